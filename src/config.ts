@@ -1,0 +1,149 @@
+/**
+ * FabricConfig: defaults, validation, frozen result.
+ *
+ * @module
+ */
+import { ConfigError } from './errors.js';
+
+/** Default for {@link FabricConfig.maxQueueDepth}. */
+export const DEFAULT_MAX_QUEUE_DEPTH = 1000;
+/** Default for {@link FabricConfig.defaultTimeoutSeconds}. */
+export const DEFAULT_TIMEOUT_SECONDS = 300;
+/** Default for {@link FabricConfig.heartbeatIntervalSeconds}. */
+export const DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 30;
+/** Default for {@link FabricConfig.maxConcurrentAgents}. */
+export const DEFAULT_MAX_CONCURRENT_AGENTS = 100;
+/** Default for {@link FabricConfig.maxConcurrentTasksPerAgent}. */
+export const DEFAULT_MAX_CONCURRENT_TASKS_PER_AGENT = 5;
+/** Default for {@link FabricConfig.defaultMaxAttempts}. */
+export const DEFAULT_MAX_ATTEMPTS = 3;
+/** Default for {@link FabricConfig.drainTimeoutSeconds}. */
+export const DEFAULT_DRAIN_TIMEOUT_SECONDS = 30;
+/** Default for {@link FabricConfig.finishedTaskRetention}. */
+export const DEFAULT_FINISHED_TASK_RETENTION = 10_000;
+
+/** Options of an {@link AgentFabric}. Every field is optional; see the `DEFAULT_*` constants. */
+export interface FabricConfig {
+  /**
+   * Most tasks that may wait in queues at once (all queues together); `schedule` beyond it
+   * throws `QueueFullError`.
+   * @default 1000
+   */
+  maxQueueDepth: number;
+  /**
+   * Running-time limit of a task that sets no `timeoutSeconds` of its own.
+   * @default 300
+   */
+  defaultTimeoutSeconds: number;
+  /**
+   * How often agents are expected to heartbeat. An agent that misses two intervals is
+   * DEGRADED, three UNHEALTHY.
+   * @default 30
+   */
+  heartbeatIntervalSeconds: number;
+  /**
+   * Most agents alive at once (terminated agents do not count).
+   * @default 100
+   */
+  maxConcurrentAgents: number;
+  /**
+   * Most tasks one agent runs at once.
+   * @default 5
+   */
+  maxConcurrentTasksPerAgent: number;
+  /**
+   * Attempts a task gets when its agent dies or its worker crashes, unless the task sets its own.
+   * @default 3
+   */
+  defaultMaxAttempts: number;
+  /**
+   * How long `terminate` and `deletePool` let running tasks finish before aborting them.
+   * @default 30
+   */
+  drainTimeoutSeconds: number;
+  /**
+   * How many finished tasks are kept for `getTask`/`waitForTask` before the oldest are forgotten.
+   * @default 10000
+   */
+  finishedTaskRetention: number;
+}
+
+/** The built-in defaults, as in the Fabric Guide's table. */
+export const DEFAULT_FABRIC_CONFIG: Readonly<FabricConfig> = Object.freeze({
+  maxQueueDepth: DEFAULT_MAX_QUEUE_DEPTH,
+  defaultTimeoutSeconds: DEFAULT_TIMEOUT_SECONDS,
+  heartbeatIntervalSeconds: DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+  maxConcurrentAgents: DEFAULT_MAX_CONCURRENT_AGENTS,
+  maxConcurrentTasksPerAgent: DEFAULT_MAX_CONCURRENT_TASKS_PER_AGENT,
+  defaultMaxAttempts: DEFAULT_MAX_ATTEMPTS,
+  drainTimeoutSeconds: DEFAULT_DRAIN_TIMEOUT_SECONDS,
+  finishedTaskRetention: DEFAULT_FINISHED_TASK_RETENTION,
+});
+
+type Kind = 'positiveInt' | 'positiveNumber' | 'nonNegativeInt';
+
+const FIELDS: Readonly<Record<keyof FabricConfig, Kind>> = {
+  maxQueueDepth: 'positiveInt',
+  defaultTimeoutSeconds: 'positiveNumber',
+  heartbeatIntervalSeconds: 'positiveNumber',
+  maxConcurrentAgents: 'positiveInt',
+  maxConcurrentTasksPerAgent: 'positiveInt',
+  defaultMaxAttempts: 'positiveInt',
+  drainTimeoutSeconds: 'positiveNumber',
+  finishedTaskRetention: 'nonNegativeInt',
+};
+
+/**
+ * Checks one numeric option and returns it.
+ * @throws ConfigError naming `field` when the value is not a finite number of the right kind.
+ */
+export function checkNumber(field: string, value: unknown, kind: Kind): number {
+  if (typeof value !== 'number' || Number.isNaN(value)) {
+    throw new ConfigError(field, `must be a number, got ${describe(value)}`);
+  }
+  switch (kind) {
+    case 'positiveInt':
+      if (!Number.isSafeInteger(value) || value <= 0)
+        throw new ConfigError(field, `must be a positive integer, got ${value}`);
+      break;
+    case 'nonNegativeInt':
+      if (!Number.isSafeInteger(value) || value < 0)
+        throw new ConfigError(field, `must be a non-negative integer, got ${value}`);
+      break;
+    case 'positiveNumber':
+      if (!Number.isFinite(value) || value <= 0)
+        throw new ConfigError(field, `must be a positive finite number, got ${value}`);
+      break;
+  }
+  return value;
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value === 'string') return `string ${JSON.stringify(value)}`;
+  return typeof value;
+}
+
+/**
+ * Merges `options` over the defaults, validates every field and freezes the result.
+ * Unknown keys are rejected so that a typo does not silently fall back to a default.
+ *
+ * @example
+ * const config = parseFabricConfig({ maxQueueDepth: 5000 });
+ * config.maxConcurrentTasksPerAgent; // 5
+ * @throws ConfigError naming the field at fault.
+ */
+export function parseFabricConfig(options: Partial<FabricConfig> = {}): Readonly<FabricConfig> {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new ConfigError('options', 'must be an object');
+  }
+  for (const key of Object.keys(options)) {
+    if (!(key in FIELDS)) throw new ConfigError(`options.${key}`, 'is not a known option');
+  }
+  const merged: FabricConfig = { ...DEFAULT_FABRIC_CONFIG };
+  for (const [key, kind] of Object.entries(FIELDS) as [keyof FabricConfig, Kind][]) {
+    const value = options[key];
+    if (value !== undefined) merged[key] = checkNumber(`options.${key}`, value, kind);
+  }
+  return Object.freeze(merged);
+}

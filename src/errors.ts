@@ -1,0 +1,301 @@
+/**
+ * The error catalog: one coded class per failure the fabric can report.
+ *
+ * Every error the fabric throws on purpose is a {@link FabricError} with a stable `code`
+ * (`FABRIC_ERR_*`). Codes are the contract: messages may be reworded, codes may not. Errors that
+ * cross a wire (MCP, gRPC, NATS) are mapped from `code` to the protocol's status in one place
+ * (see {@link FabricError.grpcStatus} / {@link FabricError.kind}). `test/unit/errors.test.ts` keeps
+ * this catalog and the README's table in sync.
+ *
+ * @module
+ */
+
+/** Broad classes of failure; each ingress maps these to its own status codes. */
+export type ErrorKind =
+  | 'invalid_argument'
+  | 'not_found'
+  | 'already_exists'
+  | 'failed_precondition'
+  | 'resource_exhausted'
+  | 'permission_denied'
+  | 'unauthenticated'
+  | 'deadline_exceeded'
+  | 'unavailable'
+  | 'internal';
+
+/** Base class of every error in the catalog. */
+export class FabricError extends Error {
+  /** Stable machine-readable code, e.g. `FABRIC_ERR_QUEUE_FULL`. */
+  readonly code: string;
+  /** Broad class of failure, used to map to wire status codes. */
+  readonly kind: ErrorKind;
+  /** Structured facts about the failure (ids, limits). Never holds secrets. */
+  readonly details: Readonly<Record<string, unknown>>;
+
+  constructor(
+    code: string,
+    kind: ErrorKind,
+    message: string,
+    details: Record<string, unknown> = {},
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+    this.kind = kind;
+    this.details = Object.freeze({ ...details });
+  }
+
+  /** A plain object safe to serialise onto a wire. */
+  toJSON(): { code: string; kind: ErrorKind; message: string; details: Record<string, unknown> } {
+    return {
+      code: this.code,
+      kind: this.kind,
+      message: this.message,
+      details: { ...this.details },
+    };
+  }
+}
+
+/** Maps an {@link ErrorKind} to the numeric gRPC status code of the same meaning. */
+export const GRPC_STATUS_BY_KIND: Readonly<Record<ErrorKind, number>> = Object.freeze({
+  invalid_argument: 3,
+  deadline_exceeded: 4,
+  not_found: 5,
+  already_exists: 6,
+  permission_denied: 7,
+  resource_exhausted: 8,
+  failed_precondition: 9,
+  internal: 13,
+  unavailable: 14,
+  unauthenticated: 16,
+});
+
+/** True when `err` is a catalog error, optionally with the given code. */
+export function isFabricError(err: unknown, code?: string): err is FabricError {
+  return err instanceof FabricError && (code === undefined || err.code === code);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration and arguments
+
+/** A configuration value is missing, of the wrong type, or out of range. */
+export class ConfigError extends FabricError {
+  static readonly code = 'FABRIC_ERR_CONFIG';
+  constructor(field: string, message: string, options?: ErrorOptions) {
+    super(ConfigError.code, 'invalid_argument', `${field} ${message}`, { field }, options);
+  }
+}
+
+/** An argument to an API call is malformed. */
+export class InvalidArgumentError extends FabricError {
+  static readonly code = 'FABRIC_ERR_INVALID_ARGUMENT';
+  constructor(field: string, message: string, options?: ErrorOptions) {
+    super(InvalidArgumentError.code, 'invalid_argument', `${field} ${message}`, { field }, options);
+  }
+}
+
+/** The component was used after `close()` (or before `start()` where that matters). */
+export class ClosedError extends FabricError {
+  static readonly code = 'FABRIC_ERR_CLOSED';
+  constructor(component: string) {
+    super(ClosedError.code, 'unavailable', `${component} is closed`, { component });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agents
+
+/** No agent with this id exists (or it was terminated and forgotten). */
+export class AgentNotFoundError extends FabricError {
+  static readonly code = 'FABRIC_ERR_AGENT_NOT_FOUND';
+  constructor(agentId: string) {
+    super(AgentNotFoundError.code, 'not_found', `agent ${agentId} does not exist`, { agentId });
+  }
+}
+
+/** Spawning would exceed `maxConcurrentAgents`. */
+export class AgentLimitError extends FabricError {
+  static readonly code = 'FABRIC_ERR_AGENT_LIMIT';
+  constructor(limit: number) {
+    super(
+      AgentLimitError.code,
+      'resource_exhausted',
+      `cannot spawn: maxConcurrentAgents (${limit}) agents are already active`,
+      { limit },
+    );
+  }
+}
+
+/** The agent exists but cannot take this request (draining, terminated, unhealthy). */
+export class AgentUnavailableError extends FabricError {
+  static readonly code = 'FABRIC_ERR_AGENT_UNAVAILABLE';
+  constructor(agentId: string, status: string, reason?: string) {
+    super(
+      AgentUnavailableError.code,
+      'failed_precondition',
+      `agent ${agentId} is ${status}${reason ? `: ${reason}` : ''}`,
+      { agentId, status },
+    );
+  }
+}
+
+/** No healthy agent with free capacity could be found. */
+export class NoAvailableAgentError extends FabricError {
+  static readonly code = 'FABRIC_ERR_NO_AVAILABLE_AGENT';
+  constructor(poolId?: string) {
+    super(
+      NoAvailableAgentError.code,
+      'unavailable',
+      poolId
+        ? `no healthy agent with free capacity in pool ${poolId}`
+        : 'no healthy agent with free capacity',
+      poolId ? { poolId } : {},
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tasks and scheduling
+
+/** No task with this id is known (never existed, or evicted after retention). */
+export class TaskNotFoundError extends FabricError {
+  static readonly code = 'FABRIC_ERR_TASK_NOT_FOUND';
+  constructor(taskId: string) {
+    super(TaskNotFoundError.code, 'not_found', `task ${taskId} does not exist`, { taskId });
+  }
+}
+
+/** `maxQueueDepth` tasks are already pending: backpressure. */
+export class QueueFullError extends FabricError {
+  static readonly code = 'FABRIC_ERR_QUEUE_FULL';
+  constructor(limit: number) {
+    super(
+      QueueFullError.code,
+      'resource_exhausted',
+      `queue is full: maxQueueDepth (${limit}) tasks are already pending`,
+      { limit },
+    );
+  }
+}
+
+/**
+ * A task operation does not fit the task's current state: a completion from an agent that
+ * does not hold the task, for a stale attempt, or for a task that already ended otherwise.
+ */
+export class TaskStateError extends FabricError {
+  static readonly code = 'FABRIC_ERR_TASK_STATE';
+  constructor(taskId: string, message: string, details: Record<string, unknown> = {}) {
+    super(TaskStateError.code, 'failed_precondition', `task ${taskId}: ${message}`, {
+      taskId,
+      ...details,
+    });
+  }
+}
+
+/** `waitForTask` (or another bounded wait) ran out of time; the task itself is unaffected. */
+export class WaitTimeoutError extends FabricError {
+  static readonly code = 'FABRIC_ERR_WAIT_TIMEOUT';
+  constructor(what: string, timeoutSeconds: number) {
+    super(
+      WaitTimeoutError.code,
+      'deadline_exceeded',
+      `timed out after ${timeoutSeconds}s waiting for ${what}`,
+      { what, timeoutSeconds },
+    );
+  }
+}
+
+/** A local agent was given a task type no handler is registered for. */
+export class HandlerNotFoundError extends FabricError {
+  static readonly code = 'FABRIC_ERR_HANDLER_NOT_FOUND';
+  constructor(taskType: string) {
+    super(
+      HandlerNotFoundError.code,
+      'failed_precondition',
+      `no handler is registered for task type ${JSON.stringify(taskType)}`,
+      { taskType },
+    );
+  }
+}
+
+/** A task's handler threw, or its worker crashed. `cause` carries the original error. */
+export class TaskExecutionError extends FabricError {
+  static readonly code = 'FABRIC_ERR_TASK_EXECUTION';
+  constructor(taskId: string, message: string, options?: ErrorOptions) {
+    super(
+      TaskExecutionError.code,
+      'internal',
+      `task ${taskId} failed: ${message}`,
+      { taskId },
+      options,
+    );
+  }
+}
+
+/** No executor is registered under the name an agent asked for. */
+export class ExecutorNotFoundError extends FabricError {
+  static readonly code = 'FABRIC_ERR_EXECUTOR_NOT_FOUND';
+  constructor(name: string) {
+    super(
+      ExecutorNotFoundError.code,
+      'invalid_argument',
+      `no executor named ${JSON.stringify(name)}`,
+      {
+        executor: name,
+      },
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pools
+
+/** No pool with this id exists. */
+export class PoolNotFoundError extends FabricError {
+  static readonly code = 'FABRIC_ERR_POOL_NOT_FOUND';
+  constructor(poolId: string) {
+    super(PoolNotFoundError.code, 'not_found', `pool ${poolId} does not exist`, { poolId });
+  }
+}
+
+/** A pool with this id already exists. */
+export class PoolExistsError extends FabricError {
+  static readonly code = 'FABRIC_ERR_POOL_EXISTS';
+  constructor(poolId: string) {
+    super(PoolExistsError.code, 'already_exists', `pool ${poolId} already exists`, { poolId });
+  }
+}
+
+/** The pool is being deleted and takes no new tasks or agents. */
+export class PoolDrainingError extends FabricError {
+  static readonly code = 'FABRIC_ERR_POOL_DRAINING';
+  constructor(poolId: string) {
+    super(PoolDrainingError.code, 'failed_precondition', `pool ${poolId} is draining`, { poolId });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identity
+
+/** A credential is missing or unknown. */
+export class UnauthenticatedError extends FabricError {
+  static readonly code = 'FABRIC_ERR_UNAUTHENTICATED';
+  constructor(message = 'a valid agent credential is required') {
+    super(UnauthenticatedError.code, 'unauthenticated', message);
+  }
+}
+
+/** The caller is known but may not do this (acting as another agent, admin-only operation). */
+export class PermissionDeniedError extends FabricError {
+  static readonly code = 'FABRIC_ERR_PERMISSION_DENIED';
+  constructor(message: string, details: Record<string, unknown> = {}) {
+    super(PermissionDeniedError.code, 'permission_denied', message, details);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy, approvals, budgets (see src/policy, src/budget)
+
+// ---------------------------------------------------------------------------------------------
+// Hooks (see src/hooks)
