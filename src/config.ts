@@ -4,6 +4,8 @@
  * @module
  */
 import { ConfigError } from './errors.js';
+import type { NumberKind } from './validate.js';
+import { checkNumber } from './validate.js';
 
 /** Default for {@link FabricConfig.maxQueueDepth}. */
 export const DEFAULT_MAX_QUEUE_DEPTH = 1000;
@@ -80,9 +82,7 @@ export const DEFAULT_FABRIC_CONFIG: Readonly<FabricConfig> = Object.freeze({
   finishedTaskRetention: DEFAULT_FINISHED_TASK_RETENTION,
 });
 
-type Kind = 'positiveInt' | 'positiveNumber' | 'nonNegativeInt';
-
-const FIELDS: Readonly<Record<keyof FabricConfig, Kind>> = {
+const FIELDS: Readonly<Record<keyof FabricConfig, NumberKind>> = {
   maxQueueDepth: 'positiveInt',
   defaultTimeoutSeconds: 'positiveNumber',
   heartbeatIntervalSeconds: 'positiveNumber',
@@ -93,36 +93,7 @@ const FIELDS: Readonly<Record<keyof FabricConfig, Kind>> = {
   finishedTaskRetention: 'nonNegativeInt',
 };
 
-/**
- * Checks one numeric option and returns it.
- * @throws ConfigError naming `field` when the value is not a finite number of the right kind.
- */
-export function checkNumber(field: string, value: unknown, kind: Kind): number {
-  if (typeof value !== 'number' || Number.isNaN(value)) {
-    throw new ConfigError(field, `must be a number, got ${describe(value)}`);
-  }
-  switch (kind) {
-    case 'positiveInt':
-      if (!Number.isSafeInteger(value) || value <= 0)
-        throw new ConfigError(field, `must be a positive integer, got ${value}`);
-      break;
-    case 'nonNegativeInt':
-      if (!Number.isSafeInteger(value) || value < 0)
-        throw new ConfigError(field, `must be a non-negative integer, got ${value}`);
-      break;
-    case 'positiveNumber':
-      if (!Number.isFinite(value) || value <= 0)
-        throw new ConfigError(field, `must be a positive finite number, got ${value}`);
-      break;
-  }
-  return value;
-}
-
-function describe(value: unknown): string {
-  if (value === null) return 'null';
-  if (typeof value === 'string') return `string ${JSON.stringify(value)}`;
-  return typeof value;
-}
+const configError = (field: string, message: string) => new ConfigError(field, message);
 
 /**
  * Merges `options` over the defaults, validates every field and freezes the result.
@@ -141,9 +112,9 @@ export function parseFabricConfig(options: Partial<FabricConfig> = {}): Readonly
     if (!(key in FIELDS)) throw new ConfigError(`options.${key}`, 'is not a known option');
   }
   const merged: FabricConfig = { ...DEFAULT_FABRIC_CONFIG };
-  for (const [key, kind] of Object.entries(FIELDS) as [keyof FabricConfig, Kind][]) {
+  for (const [key, kind] of Object.entries(FIELDS) as [keyof FabricConfig, NumberKind][]) {
     const value = options[key];
-    if (value !== undefined) merged[key] = checkNumber(`options.${key}`, value, kind);
+    if (value !== undefined) merged[key] = checkNumber(`options.${key}`, value, kind, configError);
   }
   return Object.freeze(merged);
 }

@@ -248,6 +248,19 @@ export class ExecutorNotFoundError extends FabricError {
   }
 }
 
+/** The agent already holds `maxConcurrentTasksPerAgent` tasks (or claims). */
+export class AgentBusyError extends FabricError {
+  static readonly code = 'FABRIC_ERR_AGENT_BUSY';
+  constructor(agentId: string, limit: number) {
+    super(
+      AgentBusyError.code,
+      'resource_exhausted',
+      `agent ${agentId} already holds ${limit} tasks or claims (maxConcurrentTasksPerAgent); finish one first`,
+      { agentId, limit },
+    );
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pools
 
@@ -297,5 +310,301 @@ export class PermissionDeniedError extends FabricError {
 // ---------------------------------------------------------------------------------------------
 // Policy, approvals, budgets (see src/policy, src/budget)
 
+/** A policy (or one of its rules) is malformed; `details` name the policy, rule index and field. */
+export class PolicyValidationError extends FabricError {
+  static readonly code = 'FABRIC_ERR_POLICY_INVALID';
+  constructor(policy: string, field: string, message: string, rule?: number) {
+    super(
+      PolicyValidationError.code,
+      'invalid_argument',
+      `policy ${JSON.stringify(policy)}${rule === undefined ? '' : ` rule ${rule}`}: ${field} ${message}`,
+      rule === undefined ? { policy, field } : { policy, rule, field },
+    );
+  }
+}
+
+/** A policy with this name is already registered. */
+export class PolicyExistsError extends FabricError {
+  static readonly code = 'FABRIC_ERR_POLICY_EXISTS';
+  constructor(policy: string) {
+    super(
+      PolicyExistsError.code,
+      'already_exists',
+      `policy ${JSON.stringify(policy)} already exists`,
+      {
+        policy,
+      },
+    );
+  }
+}
+
+/** A policy rule (or the default action) denied a tool call. */
+export class PolicyDeniedError extends FabricError {
+  static readonly code = 'FABRIC_ERR_POLICY_DENIED';
+  constructor(tool: string, reason: string, details: Record<string, unknown> = {}) {
+    super(PolicyDeniedError.code, 'permission_denied', `tool ${tool} denied: ${reason}`, {
+      tool,
+      ...details,
+    });
+  }
+}
+
+/** No approval with this id is known (never created, or evicted after retention). */
+export class ApprovalNotFoundError extends FabricError {
+  static readonly code = 'FABRIC_ERR_APPROVAL_NOT_FOUND';
+  constructor(approvalId: string) {
+    super(ApprovalNotFoundError.code, 'not_found', `approval ${approvalId} does not exist`, {
+      approvalId,
+    });
+  }
+}
+
+/** The approval was already approved, denied or expired; a decision is final. */
+export class ApprovalDecidedError extends FabricError {
+  static readonly code = 'FABRIC_ERR_APPROVAL_DECIDED';
+  constructor(approvalId: string, status: string) {
+    super(
+      ApprovalDecidedError.code,
+      'failed_precondition',
+      `approval ${approvalId} is already ${status}`,
+      { approvalId, status },
+    );
+  }
+}
+
+/** A human denied the approval a tool call needed. */
+export class ApprovalDeniedError extends FabricError {
+  static readonly code = 'FABRIC_ERR_APPROVAL_DENIED';
+  constructor(approvalId: string, approver?: string, reason?: string) {
+    super(
+      ApprovalDeniedError.code,
+      'permission_denied',
+      `approval ${approvalId} was denied${approver ? ` by ${approver}` : ''}${reason ? `: ${reason}` : ''}`,
+      approver ? { approvalId, approver } : { approvalId },
+    );
+  }
+}
+
+/** Nobody decided the approval before it expired; expiry counts as a denial. */
+export class ApprovalExpiredError extends FabricError {
+  static readonly code = 'FABRIC_ERR_APPROVAL_EXPIRED';
+  constructor(approvalId: string) {
+    super(
+      ApprovalExpiredError.code,
+      'permission_denied',
+      `approval ${approvalId} expired before anyone decided it`,
+      { approvalId },
+    );
+  }
+}
+
+/** A call does not fit a budget (agent, pool or fabric-wide); `details.retryAt` says when it may. */
+export class BudgetExceededError extends FabricError {
+  static readonly code = 'FABRIC_ERR_BUDGET_EXCEEDED';
+  constructor(details: {
+    scope: string;
+    limit: 'tokens' | 'cost';
+    used: number;
+    max: number;
+    retryAt: number | null;
+  }) {
+    super(
+      BudgetExceededError.code,
+      'resource_exhausted',
+      `budget of ${details.scope} exceeded: ${details.limit} ${details.used}/${details.max}` +
+        (details.retryAt === null ? '' : `, retry at ${new Date(details.retryAt).toISOString()}`),
+      details,
+    );
+  }
+}
+
+/** A usage amount or estimate is negative, NaN, infinite or not a number. */
+export class InvalidUsageError extends FabricError {
+  static readonly code = 'FABRIC_ERR_INVALID_USAGE';
+  constructor(field: string, value: unknown) {
+    super(
+      InvalidUsageError.code,
+      'invalid_argument',
+      `${field} must be a finite non-negative number, got ${typeof value === 'number' ? String(value) : typeof value}`,
+      { field },
+    );
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hooks (see src/hooks)
+/** No hook with this id exists in the hook store. */
+export class HookNotFoundError extends FabricError {
+  static readonly code = 'FABRIC_ERR_HOOK_NOT_FOUND';
+  constructor(hookId: string) {
+    super(HookNotFoundError.code, 'not_found', `hook ${hookId} does not exist`, { hookId });
+  }
+}
+
+/**
+ * A hook operation does not fit the hook's state: an illegal transition (`details.from` and
+ * `details.to` name it), or an agent acting on a hook assigned to another agent.
+ */
+export class HookStateError extends FabricError {
+  static readonly code = 'FABRIC_ERR_HOOK_STATE';
+  constructor(hookId: string, message: string, details: Record<string, unknown> = {}) {
+    super(HookStateError.code, 'failed_precondition', `hook ${hookId}: ${message}`, {
+      hookId,
+      ...details,
+    });
+  }
+}
+
+/** Reassigning the hook would exceed `maxReassignments`. */
+export class HookRetryLimitError extends FabricError {
+  static readonly code = 'FABRIC_ERR_HOOK_RETRY_LIMIT';
+  constructor(hookId: string, reassignments: number, limit: number) {
+    super(
+      HookRetryLimitError.code,
+      'resource_exhausted',
+      `hook ${hookId} was already reassigned ${reassignments} times (maxReassignments ${limit})`,
+      { hookId, reassignments, limit },
+    );
+  }
+}
+
+/** A work item (or result) serialises to more JSON than `maxWorkItemBytes` allows. */
+export class HookWorkItemTooLargeError extends FabricError {
+  static readonly code = 'FABRIC_ERR_HOOK_WORK_ITEM_TOO_LARGE';
+  constructor(field: string, bytes: number, limit: number) {
+    super(
+      HookWorkItemTooLargeError.code,
+      'resource_exhausted',
+      `${field} is ${bytes} bytes of JSON, more than maxWorkItemBytes (${limit})`,
+      { field, bytes, limit },
+    );
+  }
+}
+
+/**
+ * Another HookManager (this process or another, on this host or another) holds the hook store's
+ * lock file. `details` name the lock file and its holder (pid, hostname, start time).
+ */
+export class HookStoreLockedError extends FabricError {
+  static readonly code = 'FABRIC_ERR_HOOK_STORE_LOCKED';
+  constructor(lockPath: string, holder: Record<string, unknown>, message: string) {
+    super(HookStoreLockedError.code, 'unavailable', message, { lockPath, ...holder });
+  }
+}
+
+/** The hook store's git repository could not be read or written; `cause` has git's error. */
+export class HookStoreError extends FabricError {
+  static readonly code = 'FABRIC_ERR_HOOK_STORE';
+  constructor(
+    storagePath: string,
+    message: string,
+    details: Record<string, unknown> = {},
+    options?: ErrorOptions,
+  ) {
+    super(
+      HookStoreError.code,
+      'internal',
+      `hook store ${storagePath}: ${message}`,
+      { storagePath, ...details },
+      options,
+    );
+  }
+}
+
+/** A hook's git worktree could not be created, inspected or removed; `cause` has git's error. */
+export class HookWorktreeError extends FabricError {
+  static readonly code = 'FABRIC_ERR_HOOK_WORKTREE';
+  constructor(message: string, details: Record<string, unknown> = {}, options?: ErrorOptions) {
+    super(HookWorktreeError.code, 'failed_precondition', message, details, options);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway (see src/gateway)
+
+/** Two upstream tools (or prompts) map to the same downstream name, or a name is too long. */
+export class ToolNameError extends FabricError {
+  static readonly code = 'FABRIC_ERR_TOOL_NAME';
+  constructor(
+    upstream: string,
+    name: string,
+    message: string,
+    details: Record<string, unknown> = {},
+  ) {
+    super(
+      ToolNameError.code,
+      'invalid_argument',
+      `upstream ${upstream}: ${JSON.stringify(name)} ${message}`,
+      { upstream, name, ...details },
+    );
+  }
+}
+
+/** No tool, prompt or resource of this name is exposed by the gateway. */
+export class ToolNotFoundError extends FabricError {
+  static readonly code = 'FABRIC_ERR_TOOL_NOT_FOUND';
+  constructor(name: string, what = 'tool') {
+    super(ToolNotFoundError.code, 'not_found', `no ${what} named ${JSON.stringify(name)}`, {
+      name,
+      what,
+    });
+  }
+}
+
+/** An upstream tool server is down, restarting or failed to start. */
+export class UpstreamUnavailableError extends FabricError {
+  static readonly code = 'FABRIC_ERR_UPSTREAM_UNAVAILABLE';
+  constructor(
+    upstream: string,
+    message: string,
+    details: Record<string, unknown> = {},
+    options?: ErrorOptions,
+  ) {
+    super(
+      UpstreamUnavailableError.code,
+      'unavailable',
+      `upstream ${upstream} ${message}`,
+      { upstream, ...details },
+      options,
+    );
+  }
+}
+
+/** An upstream call ran past the gateway's call timeout. */
+export class UpstreamTimeoutError extends FabricError {
+  static readonly code = 'FABRIC_ERR_UPSTREAM_TIMEOUT';
+  constructor(upstream: string, method: string, timeoutMs: number, options?: ErrorOptions) {
+    super(
+      UpstreamTimeoutError.code,
+      'deadline_exceeded',
+      `upstream ${upstream} did not answer ${method} within ${timeoutMs} ms`,
+      { upstream, method, timeoutMs },
+      options,
+    );
+  }
+}
+
+/** A server→client request from an upstream could not be matched to exactly one agent session. */
+export class RoutingError extends FabricError {
+  static readonly code = 'FABRIC_ERR_ROUTING';
+  constructor(upstream: string, method: string, message: string) {
+    super(RoutingError.code, 'failed_precondition', `upstream ${upstream} ${method}: ${message}`, {
+      upstream,
+      method,
+    });
+  }
+}
+
+/** The sidecar's configuration file is unreadable or invalid; names the key path and line. */
+export class ConfigFileError extends FabricError {
+  static readonly code = 'FABRIC_ERR_CONFIG_FILE';
+  constructor(file: string, path: string, message: string, line?: number, options?: ErrorOptions) {
+    super(
+      ConfigFileError.code,
+      'invalid_argument',
+      `${file}${line === undefined ? '' : `:${line}`}: ${path ? `${path}: ` : ''}${message}`,
+      { file, path, ...(line === undefined ? {} : { line }) },
+      options,
+    );
+  }
+}

@@ -1,0 +1,219 @@
+/**
+ * Scheduler hot path: schedule → dispatch → complete → waiter resolved.
+ *
+ * - dispatch-piscina: local agents whose no-op handler runs on piscina worker threads, against
+ *   raw `piscina.run` of the same no-op one task per call (the obvious way to use piscina).
+ * - dispatch-piscina-latency: p50/p99 of one task at about half the measured throughput, open loop.
+ * - dispatch-inprocess-{1k,100k}: the same with the in-thread executor, against a minimal FIFO
+ *   dispatcher (array queue, direct call, one promise per task) at the same queue size.
+ * - dispatch-inprocess-flatness: 100k-queued throughput over 1k-queued throughput (goal 0.8–1.2).
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { performance } from 'node:perf_hooks';
+import { Piscina } from 'piscina';
+import { AgentFabric } from '../src/fabric.js';
+import type { BenchContext, BenchSuite } from './lib.js';
+import { Latency, median } from './lib.js';
+
+const NOOP = new URL('./fixtures/noop-handler.mjs', import.meta.url);
+const THREADS = 2;
+
+async function fabricWith(
+  executor: 'local' | 'inprocess',
+  agents: number,
+  perAgent: number,
+): Promise<AgentFabric> {
+  const fabric = new AgentFabric(
+    { maxQueueDepth: 1_000_000, maxConcurrentTasksPerAgent: perAgent, finishedTaskRetention: 0 },
+    { local: { maxThreads: THREADS, minThreads: THREADS } },
+  );
+  fabric.registerHandler('noop', NOOP);
+  fabric.registerInProcessHandler('noop', (p) => p);
+  await fabric.createPool({
+    poolId: 'bench',
+    model: 'none',
+    minAgents: agents,
+    maxAgents: agents,
+    executor,
+  });
+  return fabric;
+}
+
+/** Schedules `n` tasks to the pool and waits for all of them; returns tasks/s. */
+async function runFabric(fabric: AgentFabric, n: number): Promise<number> {
+  const start = performance.now();
+  const waits: Promise<unknown>[] = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const id = fabric.scheduler.submit({ poolId: 'bench' }, 'noop', i);
+    waits[i] = fabric.scheduler.waitForTask(id);
+  }
+  await Promise.all(waits);
+  return n / ((performance.now() - start) / 1000);
+}
+
+/** The baseline dispatcher: FIFO array, direct handler call, one promise per task. */
+async function runNaive(n: number): Promise<number> {
+  const handler = (p: unknown): unknown => p;
+  const start = performance.now();
+  const queue: { payload: number; resolve: (v: unknown) => void }[] = [];
+  const waits: Promise<unknown>[] = new Array(n);
+  for (let i = 0; i < n; i++)
+    waits[i] = new Promise((resolve) => queue.push({ payload: i, resolve }));
+  let head = 0;
+  const pump = async (): Promise<void> => {
+    while (head < queue.length) {
+      const item = queue[head++]!;
+      item.resolve(await handler(item.payload));
+    }
+  };
+  await Promise.all([pump(), pump(), pump(), pump()]);
+  await Promise.all(waits);
+  return n / ((performance.now() - start) / 1000);
+}
+
+async function runRawPiscina(pool: Piscina, n: number, inFlight: number): Promise<number> {
+  const start = performance.now();
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < n) {
+      const i = next++;
+      await pool.run(i);
+    }
+  };
+  await Promise.all(Array.from({ length: inFlight }, worker));
+  return n / ((performance.now() - start) / 1000);
+}
+
+/** Open-loop latency at `rate` tasks/s for `durationMs`. */
+async function latencyAt(fabric: AgentFabric, rate: number, durationMs: number): Promise<Latency> {
+  const lat = new Latency();
+  const perTick = Math.max(1, Math.round(rate / 1000));
+  const end = performance.now() + durationMs;
+  const waits: Promise<void>[] = [];
+  while (performance.now() < end) {
+    for (let i = 0; i < perTick; i++) {
+      const t0 = performance.now();
+      const t = fabric.scheduler.schedule({ poolId: 'bench' }, 'noop', i);
+      waits.push(
+        fabric.scheduler.waitForTask(t.id).then(() => lat.recordMs(performance.now() - t0)),
+      );
+    }
+    await sleep(1);
+  }
+  await Promise.all(waits);
+  return lat;
+}
+
+async function piscinaCases(ctx: BenchContext): Promise<void> {
+  const n = ctx.quick ? 20_000 : 200_000;
+  const rounds = ctx.quick ? 1 : 3;
+  const raw = new Piscina({ filename: NOOP.href, minThreads: THREADS, maxThreads: THREADS });
+  const fabric = await fabricWith('local', 8, 256);
+  // Warm-up both sides.
+  await runRawPiscina(raw, 2_000, 64);
+  await runFabric(fabric, 5_000);
+  const ours: number[] = [];
+  const base: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    base.push(await runRawPiscina(raw, n / 4, 64));
+    ours.push(await runFabric(fabric, n));
+  }
+  const value = median(ours);
+  const baselineValue = median(base);
+  ctx.report({
+    suite: 'scheduler',
+    case: 'dispatch-piscina',
+    unit: 'tasks/s',
+    value,
+    baseline: 'piscina.run one task per call, 64 in flight',
+    baselineValue,
+    higherIsBetter: true,
+    goal: 'ratio ≥ 3',
+  });
+
+  const lat = await latencyAt(fabric, value / 2, ctx.quick ? 1_000 : 3_000);
+  const baseLat = new Latency();
+  {
+    const rate = value / 2;
+    const perTick = Math.max(1, Math.round(rate / 1000));
+    const end = performance.now() + (ctx.quick ? 1_000 : 3_000);
+    const waits: Promise<void>[] = [];
+    while (performance.now() < end) {
+      for (let i = 0; i < perTick; i++) {
+        const t0 = performance.now();
+        waits.push(raw.run(i).then(() => baseLat.recordMs(performance.now() - t0)));
+      }
+      await sleep(1);
+    }
+    await Promise.all(waits);
+  }
+  ctx.report({
+    suite: 'scheduler',
+    case: 'dispatch-piscina-latency',
+    unit: 'µs p99',
+    value: lat.percentileUs(99),
+    baseline: 'piscina.run one task per call at the same rate',
+    baselineValue: baseLat.percentileUs(99),
+    higherIsBetter: false,
+    p50Us: lat.percentileUs(50),
+    p99Us: lat.percentileUs(99),
+    baselineP50Us: baseLat.percentileUs(50),
+    baselineP99Us: baseLat.percentileUs(99),
+    goal: 'p99 < 5000 µs at half load',
+  });
+  await fabric.close();
+  await raw.destroy();
+}
+
+async function inprocessCases(ctx: BenchContext): Promise<void> {
+  const rounds = ctx.quick ? 3 : 7;
+  const results: Record<string, number> = {};
+  for (const queued of [1_000, 100_000]) {
+    const fabric = await fabricWith('inprocess', 4, 64);
+    const reps = Math.max(1, Math.round((ctx.quick ? 100_000 : 400_000) / queued));
+    const ours: number[] = [];
+    const base: number[] = [];
+    await runFabric(fabric, queued);
+    await runNaive(queued);
+    for (let r = 0; r < rounds; r++) {
+      let t = 0;
+      for (let k = 0; k < reps; k++) t += queued / (await runFabric(fabric, queued));
+      ours.push((queued * reps) / t);
+      t = 0;
+      for (let k = 0; k < reps; k++) t += queued / (await runNaive(queued));
+      base.push((queued * reps) / t);
+    }
+    await fabric.close();
+    const label = queued >= 1000 ? `${queued / 1000}k` : String(queued);
+    results[label] = median(ours);
+    ctx.report({
+      suite: 'scheduler',
+      case: `dispatch-inprocess-${label}`,
+      unit: 'tasks/s',
+      value: median(ours),
+      baseline: 'naive FIFO dispatcher, same queue size',
+      baselineValue: median(base),
+      higherIsBetter: true,
+      goal: '≥ 300k tasks/s',
+    });
+  }
+  ctx.report({
+    suite: 'scheduler',
+    case: 'dispatch-inprocess-flatness',
+    unit: 'tasks/s at 100k queued',
+    value: results['100k']!,
+    baseline: 'tasks/s at 1k queued',
+    baselineValue: results['1k']!,
+    higherIsBetter: true,
+    goal: 'ratio 0.8–1.2',
+  });
+}
+
+const suite: BenchSuite = {
+  name: 'scheduler',
+  async run(ctx) {
+    await inprocessCases(ctx);
+    await piscinaCases(ctx);
+  },
+};
+export default suite;

@@ -1,0 +1,481 @@
+/**
+ * AgentFabric: the facade that composes the lifecycle manager, the scheduler and the pool
+ * manager, and owns their start and close.
+ *
+ * @module
+ */
+import type { AgentConfig, AgentInfo, SpawnedAgent } from './agent.js';
+import { AgentStatus } from './agent.js';
+import type { FabricConfig } from './config.js';
+import { parseFabricConfig } from './config.js';
+import {
+  AgentNotFoundError,
+  AgentUnavailableError,
+  ClosedError,
+  InvalidArgumentError,
+  NoAvailableAgentError,
+} from './errors.js';
+import type { AgentRecord } from './lifecycle/lifecycle-manager.js';
+import { LifecycleManager } from './lifecycle/lifecycle-manager.js';
+import type { PoolChange, PoolConfig, PoolInfo, PoolRecord } from './pools/pool-manager.js';
+import { PoolManager } from './pools/pool-manager.js';
+import type { SchedulerStats, PoolLoad } from './scheduler/agent-scheduler.js';
+import { AgentScheduler } from './scheduler/agent-scheduler.js';
+import type { TaskExecutor, TaskHandler } from './scheduler/executor.js';
+import { InProcessExecutor } from './scheduler/inprocess-executor.js';
+import type { PiscinaExecutorOptions } from './scheduler/piscina-executor.js';
+import { PiscinaExecutor } from './scheduler/piscina-executor.js';
+import type { TaskRecord } from './scheduler/task-record.js';
+import { MemoryStore } from './store/memory-store.js';
+import type { FabricStore } from './store/store.js';
+import type { ScheduleOptions, ScheduleRequest, Task, TaskAssignment, TaskError } from './task.js';
+import { checkNumber } from './validate.js';
+
+/** Options beyond the Fabric Guide's config: plumbing for embedders and tests. */
+export interface FabricOptions {
+  /** Where records live. @default a new in-memory store */
+  store?: FabricStore<TaskRecord, AgentRecord, PoolRecord>;
+  /** Options of the `local` (piscina) executor. */
+  local?: PiscinaExecutorOptions;
+  /** Further executors, registered under their names. */
+  executors?: readonly TaskExecutor[];
+  /** Executor of agents that name none. @default 'local' */
+  defaultExecutor?: string;
+  /** Fairness weight per tenant. @default 1 */
+  tenantWeight?: (tenant: string) => number;
+}
+
+/** Figures of one pool in {@link FabricStats}. */
+export interface PoolStats extends PoolLoad {
+  healthyAgents: number;
+}
+
+/** What {@link AgentFabric.getFabricStats} returns. */
+export interface FabricStats extends Omit<SchedulerStats, 'pools'> {
+  /** Agents not terminated. */
+  activeAgents: number;
+  agentsByStatus: Record<AgentStatus, number>;
+  pools: Record<string, PoolStats>;
+}
+
+/** Options of {@link AgentFabric.claimTask}. */
+export interface ClaimOptions {
+  /** How long to wait for a task when none is queued. @default 0 */
+  waitSeconds?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * The central orchestration facade.
+ *
+ * @example
+ * const fabric = new AgentFabric({ maxConcurrentTasksPerAgent: 5 });
+ * fabric.registerHandler('code_review', new URL('./handlers/review.js', import.meta.url));
+ * const agent = await fabric.spawn({ model: 'claude-3-opus', name: 'code-review-agent' });
+ * const task = await fabric.schedule({ agentId: agent.id, taskType: 'code_review', payload: {} });
+ * const done = await fabric.waitForTask(task.id);
+ * await fabric.close();
+ */
+export class AgentFabric {
+  /** The validated, frozen configuration. */
+  readonly config: Readonly<FabricConfig>;
+  readonly lifecycle: LifecycleManager;
+  readonly scheduler: AgentScheduler;
+  readonly pools: PoolManager;
+  readonly #store: FabricStore<TaskRecord, AgentRecord, PoolRecord>;
+  readonly #local: PiscinaExecutor;
+  readonly #inprocess: InProcessExecutor;
+  #closed = false;
+  #closing: Promise<void> | undefined;
+
+  constructor(config: Partial<FabricConfig> = {}, options: FabricOptions = {}) {
+    this.config = parseFabricConfig(config);
+    const c = this.config;
+    this.#store = options.store ?? new MemoryStore<TaskRecord, AgentRecord, PoolRecord>();
+    this.scheduler = new AgentScheduler({
+      maxQueueDepth: c.maxQueueDepth,
+      defaultTimeoutSeconds: c.defaultTimeoutSeconds,
+      maxConcurrentTasksPerAgent: c.maxConcurrentTasksPerAgent,
+      defaultMaxAttempts: c.defaultMaxAttempts,
+      finishedTaskRetention: c.finishedTaskRetention,
+      tasks: this.#store.tasks,
+      ...(options.tenantWeight ? { tenantWeight: options.tenantWeight } : {}),
+    });
+    this.#local = new PiscinaExecutor(options.local);
+    this.#inprocess = new InProcessExecutor();
+    this.scheduler.registerExecutor(this.#local);
+    this.scheduler.registerExecutor(this.#inprocess);
+    const auto = ['local', 'inprocess'];
+    for (const e of options.executors ?? []) {
+      this.scheduler.registerExecutor(e);
+      if (e.autoHeartbeat) auto.push(e.name);
+    }
+    this.lifecycle = new LifecycleManager({
+      heartbeatIntervalSeconds: c.heartbeatIntervalSeconds,
+      maxConcurrentAgents: c.maxConcurrentAgents,
+      drainTimeoutSeconds: c.drainTimeoutSeconds,
+      defaultExecutor: options.defaultExecutor ?? 'local',
+      autoHeartbeatExecutors: auto,
+      agents: this.#store.agents,
+    });
+    this.lifecycle.setWorkloadSource((id) => this.scheduler.agentLoad(id));
+    this.lifecycle.setDrainer((id, ms) => this.scheduler.drainAgent(id, ms));
+    this.lifecycle.events.on('agent.status', (agent, previous) => this.#onStatus(agent, previous));
+    const drainTimeoutMs = c.drainTimeoutSeconds * 1000;
+    this.pools = new PoolManager(
+      {
+        spawnAgent: (cfg) => this.#spawn(cfg),
+        terminateAgent: (id, ms) =>
+          this.lifecycle.terminate(id, { drainTimeoutSeconds: ms / 1000 }),
+        agentInfo: (id) =>
+          this.lifecycle.peek(id) === undefined ? undefined : this.lifecycle.agentInfo(id),
+        openPoolQueue: (id) => this.scheduler.addPool(id),
+        drainPoolQueue: (id, ms) => this.scheduler.drainPool(id, ms),
+        closePoolQueue: (id) => this.scheduler.removePool(id),
+        drainTimeoutMs,
+      },
+      this.#store.pools,
+    );
+  }
+
+  /**
+   * Starts the fabric. Optional: every method starts what it needs on first use; this exists so
+   * a daemon can fail fast on a bad setup.
+   */
+  async start(): Promise<void> {
+    this.#open();
+  }
+
+  /**
+   * Stops timers, answers open waits and claims, terminates worker threads and closes the store.
+   * Afterwards the process can exit. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#closed = true;
+      await this.lifecycle.close();
+      await this.scheduler.close();
+      await this.#store.close();
+    })();
+    return this.#closing;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Handlers and executors
+
+  /**
+   * Registers the handler module of `taskType` for `local` agents: an ES module (path or
+   * `file:` URL) whose default export (or `handler` export) is `(payload, context) => result`.
+   * It runs on a worker thread.
+   */
+  registerHandler(taskType: string, module: string | URL): void {
+    this.#local.registerHandler(taskType, module);
+  }
+
+  /** Registers a handler function of `taskType` for `inprocess` agents (main thread). */
+  registerInProcessHandler(taskType: string, handler: TaskHandler): void {
+    this.#inprocess.registerHandler(taskType, handler);
+  }
+
+  /** Adds an executor agents can name in `AgentConfig.executor`. */
+  registerExecutor(executor: TaskExecutor): void {
+    this.scheduler.registerExecutor(executor);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Agents
+
+  /**
+   * Spawns an agent; the result carries its credential (shown once).
+   * @throws AgentLimitError; InvalidArgumentError; ExecutorNotFoundError; PoolNotFoundError or
+   *   PoolDrainingError for a bad `poolId`.
+   */
+  async spawn(config: AgentConfig): Promise<SpawnedAgent> {
+    return this.#spawn(config);
+  }
+
+  #spawn(config: AgentConfig): SpawnedAgent {
+    this.#open();
+    if (config?.poolId !== undefined) this.pools.assertActive(config.poolId);
+    const executor = config?.executor ?? 'local';
+    if (this.scheduler.getExecutor(executor) === undefined) {
+      throw new InvalidArgumentError(
+        'config.executor',
+        `names no registered executor: ${JSON.stringify(executor)}`,
+      );
+    }
+    const agent = this.lifecycle.spawnSync(config);
+    this.scheduler.addAgent({
+      agentId: agent.id,
+      executor: agent.executor,
+      ...(agent.poolId === undefined ? {} : { poolId: agent.poolId }),
+    });
+    if (agent.status === AgentStatus.HEALTHY) this.scheduler.setAccepting(agent.id, true);
+    return agent;
+  }
+
+  /** Records a heartbeat of the agent. */
+  async heartbeat(agentId: string): Promise<AgentInfo> {
+    return this.lifecycle.heartbeatSync(agentId);
+  }
+
+  /** A snapshot of the agent with its task counts. */
+  async getAgentInfo(agentId: string): Promise<AgentInfo> {
+    return this.lifecycle.agentInfo(agentId);
+  }
+
+  /** Agents, optionally filtered by status or pool. */
+  async listAgents(filter: { status?: AgentStatus; poolId?: string } = {}): Promise<AgentInfo[]> {
+    return this.lifecycle.listAgents(filter);
+  }
+
+  /** Maps a credential to its agent. @throws UnauthenticatedError */
+  authenticate(credential: string): AgentInfo {
+    return this.lifecycle.authenticate(credential);
+  }
+
+  /** Terminates gracefully (see {@link LifecycleManager.terminate}). */
+  async terminate(
+    agentId: string,
+    options: { drainTimeoutSeconds?: number } = {},
+  ): Promise<AgentInfo> {
+    return this.lifecycle.terminate(agentId, options);
+  }
+
+  #onStatus(agent: AgentInfo, previous: AgentStatus): void {
+    switch (agent.status) {
+      case AgentStatus.HEALTHY:
+        this.scheduler.setAccepting(agent.id, true);
+        break;
+      case AgentStatus.UNHEALTHY:
+        this.scheduler.evictAgent(
+          agent.id,
+          {
+            code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
+            message: `agent ${agent.id} became unhealthy (no heartbeat since ${new Date(agent.lastHeartbeat).toISOString()})`,
+          },
+          { remove: false },
+        );
+        break;
+      case AgentStatus.TERMINATED:
+        break;
+      default:
+        if (previous !== agent.status) this.scheduler.setAccepting(agent.id, false);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Tasks
+
+  /**
+   * Queues a task for one agent.
+   * @throws AgentNotFoundError; AgentUnavailableError when it is unhealthy, draining or
+   *   terminated; QueueFullError; InvalidArgumentError for bad options.
+   */
+  async schedule(request: ScheduleRequest & { pinned?: boolean }): Promise<Task> {
+    this.#open();
+    if (request === null || typeof request !== 'object')
+      throw new InvalidArgumentError('request', 'must be an object');
+    const rec = this.lifecycle.peek(request.agentId);
+    if (rec === undefined) throw new AgentNotFoundError(String(request.agentId));
+    if (
+      rec.status === AgentStatus.UNHEALTHY ||
+      rec.status === AgentStatus.DRAINING ||
+      rec.status === AgentStatus.TERMINATED
+    ) {
+      throw new AgentUnavailableError(rec.id, rec.status);
+    }
+    const { agentId, taskType, payload, ...options } = request;
+    return this.scheduler.schedule({ agentId }, taskType, payload, options);
+  }
+
+  /**
+   * Queues a task to a pool, served by its least-loaded healthy agent.
+   * @throws PoolNotFoundError; PoolDrainingError; QueueFullError; InvalidArgumentError.
+   */
+  async scheduleToPool(
+    poolId: string,
+    taskType: string,
+    payload?: unknown,
+    options: ScheduleOptions = {},
+  ): Promise<Task> {
+    this.#open();
+    this.pools.assertActive(poolId);
+    return this.scheduler.schedule({ poolId }, taskType, payload, options);
+  }
+
+  /**
+   * Waits until the task has finished and returns it (at once if it already has).
+   * @param options.timeoutSeconds - bound on the wait; by default it waits as long as it takes.
+   * @throws TaskNotFoundError; WaitTimeoutError.
+   */
+  async waitForTask(taskId: string, options: { timeoutSeconds?: number } = {}): Promise<Task> {
+    const ms =
+      options.timeoutSeconds === undefined
+        ? undefined
+        : checkNumber('timeoutSeconds', options.timeoutSeconds, 'positiveNumber') * 1000;
+    return this.scheduler.waitForTask(taskId, ms);
+  }
+
+  /** A snapshot of the task. @throws TaskNotFoundError */
+  async getTask(taskId: string): Promise<Task> {
+    return this.scheduler.getTask(taskId);
+  }
+
+  /** Cancels a queued or running task. */
+  async cancelTask(taskId: string, reason?: string): Promise<Task> {
+    return this.scheduler.cancel(taskId, reason);
+  }
+
+  /**
+   * The next task for an agent that pulls its work (executor `remote`); counts as a heartbeat.
+   * Resolves `undefined` when none arrived within `waitSeconds`.
+   */
+  async claimTask(
+    agentId: string,
+    options: ClaimOptions = {},
+  ): Promise<TaskAssignment | undefined> {
+    this.#open();
+    this.lifecycle.heartbeatSync(agentId);
+    const waitMs =
+      options.waitSeconds === undefined
+        ? 0
+        : checkNumber('waitSeconds', options.waitSeconds, 'nonNegativeNumber') * 1000;
+    return this.scheduler.claim(agentId, {
+      waitMs,
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+  }
+
+  /** Completes a task the agent holds; repeating it is a no-op. Counts as a heartbeat. */
+  async completeTask(
+    agentId: string,
+    taskId: string,
+    attempt: number,
+    result?: unknown,
+  ): Promise<void> {
+    this.#touch(agentId);
+    this.scheduler.complete(taskId, attempt, result, agentId);
+  }
+
+  /** Fails a task the agent holds; with `retry` it is queued again while attempts remain. */
+  async failTask(
+    agentId: string,
+    taskId: string,
+    attempt: number,
+    error: TaskError | string,
+    options: { retry?: boolean } = {},
+  ): Promise<void> {
+    this.#touch(agentId);
+    const e =
+      typeof error === 'string' ? { code: 'FABRIC_ERR_TASK_EXECUTION', message: error } : error;
+    this.scheduler.fail(taskId, attempt, e, { ...options, agentId });
+  }
+
+  /** Records progress of a task the agent holds. */
+  async reportProgress(
+    agentId: string,
+    taskId: string,
+    attempt: number,
+    progress: unknown,
+  ): Promise<void> {
+    this.#touch(agentId);
+    this.scheduler.reportProgress(taskId, attempt, progress, agentId);
+  }
+
+  /** Activity from an agent counts as a heartbeat, except while it drains. */
+  #touch(agentId: string): void {
+    const rec = this.lifecycle.peek(agentId);
+    if (rec === undefined) throw new AgentNotFoundError(String(agentId));
+    if (rec.status !== AgentStatus.DRAINING && rec.status !== AgentStatus.TERMINATED) {
+      this.lifecycle.heartbeatSync(agentId);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Pools
+
+  /** Creates a pool and spawns its `minAgents`. */
+  async createPool(config: PoolConfig): Promise<PoolInfo & { spawned: SpawnedAgent[] }> {
+    this.#open();
+    const change = this.pools.createPool(config);
+    return { ...change.pool, spawned: change.spawned };
+  }
+
+  /** Scales a pool to `targetSize`, clamped to [minAgents, maxAgents]. */
+  async scalePool(poolId: string, targetSize: number): Promise<PoolChange> {
+    this.#open();
+    return this.pools.scalePool(poolId, targetSize);
+  }
+
+  /** Drains and deletes a pool. */
+  async deletePool(poolId: string, options: { drainTimeoutSeconds?: number } = {}): Promise<void> {
+    return this.pools.deletePool(poolId, options);
+  }
+
+  async getPool(poolId: string): Promise<PoolInfo> {
+    return this.pools.getPool(poolId);
+  }
+
+  async listPools(): Promise<PoolInfo[]> {
+    return this.pools.listPools();
+  }
+
+  /**
+   * The least-loaded healthy agent with a free task slot, in `poolId` or anywhere.
+   * @throws NoAvailableAgentError; PoolNotFoundError.
+   */
+  async getAvailableAgent(options: { poolId?: string } = {}): Promise<AgentInfo> {
+    const candidates =
+      options.poolId === undefined
+        ? this.lifecycle.listAgents({ status: AgentStatus.HEALTHY })
+        : this.pools
+            .getPool(options.poolId)
+            .currentAgents.map((id) => this.lifecycle.agentInfo(id))
+            .filter((a) => a.status === AgentStatus.HEALTHY);
+    let best: AgentInfo | undefined;
+    let bestFree = 0;
+    for (const a of candidates) {
+      const free = this.scheduler.freeSlots(a.id);
+      if (free > bestFree) {
+        best = a;
+        bestFree = free;
+      }
+    }
+    if (best === undefined) throw new NoAvailableAgentError(options.poolId);
+    return best;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Figures
+
+  /** Agent, task and pool figures. */
+  async getFabricStats(): Promise<FabricStats> {
+    const s = this.scheduler.stats();
+    const byStatus = Object.fromEntries(Object.values(AgentStatus).map((st) => [st, 0])) as Record<
+      AgentStatus,
+      number
+    >;
+    for (const a of this.lifecycle.listAgents()) byStatus[a.status]++;
+    const pools: Record<string, PoolStats> = {};
+    for (const p of this.pools.listPools()) {
+      const load = s.pools[p.poolId] ?? {
+        agents: 0,
+        acceptingAgents: 0,
+        queuedTasks: 0,
+        runningTasks: 0,
+        completedTasks: 0,
+        failedTasks: 0,
+      };
+      const healthy = p.currentAgents.filter(
+        (id) => this.lifecycle.peek(id)?.status === AgentStatus.HEALTHY,
+      ).length;
+      pools[p.poolId] = { ...load, healthyAgents: healthy };
+    }
+    return { ...s, activeAgents: this.lifecycle.activeAgents, agentsByStatus: byStatus, pools };
+  }
+
+  #open(): void {
+    if (this.#closed) throw new ClosedError('fabric');
+  }
+}

@@ -1,0 +1,434 @@
+/**
+ * LifecycleManager: spawn, credentials, heartbeats and health, graceful termination.
+ *
+ * Health is judged from the last heartbeat: an agent silent for two heartbeat intervals is
+ * DEGRADED (it keeps what it holds but gets no new work), for three UNHEALTHY (its work is taken
+ * back); any heartbeat makes it HEALTHY again. Agents whose executor runs in this process are
+ * heartbeated for by the fabric (`heartbeat: 'auto'`); remote agents must heartbeat themselves.
+ *
+ * @module
+ */
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import type { AgentConfig, AgentInfo, HeartbeatMode, SpawnedAgent } from '../agent.js';
+import { AgentStatus } from '../agent.js';
+import {
+  AgentLimitError,
+  AgentNotFoundError,
+  AgentUnavailableError,
+  ClosedError,
+  InvalidArgumentError,
+  UnauthenticatedError,
+} from '../errors.js';
+import { TypedEmitter } from '../events.js';
+import { MemoryCollection } from '../store/memory-store.js';
+import type { Collection } from '../store/store.js';
+import { checkNumber, checkString } from '../validate.js';
+
+/** The stored state of an agent. The credential is kept only as its SHA-256. */
+export interface AgentRecord {
+  id: string;
+  name: string;
+  model: string;
+  capabilities: readonly string[];
+  isolation: Readonly<Record<string, unknown>>;
+  budget: AgentConfig['budget'];
+  poolId: string | undefined;
+  executor: string;
+  heartbeatMode: HeartbeatMode;
+  labels: Readonly<Record<string, string>>;
+  status: AgentStatus;
+  createdAt: number;
+  lastHeartbeat: number;
+  terminatedAt: number | undefined;
+  credentialHash: string;
+}
+
+/** Work figures of an agent, supplied by the scheduler when one is wired in. */
+export interface AgentWorkload {
+  runningTasks: number;
+  queuedTasks: number;
+  completedTasks: number;
+  failedTasks: number;
+}
+
+/** Options of a {@link LifecycleManager}. */
+export interface LifecycleOptions {
+  /** @default 30 */
+  heartbeatIntervalSeconds?: number;
+  /** @default 100 */
+  maxConcurrentAgents?: number;
+  /** @default 30 */
+  drainTimeoutSeconds?: number;
+  /** Executor of agents that name none. @default 'local' */
+  defaultExecutor?: string;
+  /** Executors whose agents the fabric heartbeats for. @default ['local', 'inprocess'] */
+  autoHeartbeatExecutors?: readonly string[];
+  /** How many terminated agents stay visible to `getAgentInfo`. @default 1000 */
+  terminatedRetention?: number;
+  /** Where agent records live. @default in memory */
+  agents?: Collection<AgentRecord>;
+}
+
+/** Events of the lifecycle manager. */
+export type LifecycleEvents = {
+  'agent.spawned': [agent: AgentInfo];
+  'agent.status': [agent: AgentInfo, previous: AgentStatus];
+  'agent.terminated': [agent: AgentInfo];
+};
+
+/** How the manager lets an agent's running work finish before it is gone. */
+export type Drainer = (agentId: string, timeoutMs: number) => Promise<void>;
+
+const NO_WORK: AgentWorkload = {
+  runningTasks: 0,
+  queuedTasks: 0,
+  completedTasks: 0,
+  failedTasks: 0,
+};
+
+/** Hashes a credential for storage and lookup. */
+export function hashCredential(credential: string): string {
+  return createHash('sha256').update(credential).digest('hex');
+}
+
+/** Spawns agents, tracks their health, terminates them. Usable on its own. */
+export class LifecycleManager {
+  readonly events = new TypedEmitter<LifecycleEvents>();
+  readonly #agents: Collection<AgentRecord>;
+  readonly #intervalMs: number;
+  readonly #maxAgents: number;
+  readonly #drainMs: number;
+  readonly #defaultExecutor: string;
+  readonly #autoExecutors: ReadonlySet<string>;
+  readonly #retention: number;
+  readonly #byCredential = new Map<string, string>();
+  readonly #terminating = new Map<string, Promise<AgentInfo>>();
+  readonly #terminated: string[] = [];
+  #live = 0;
+  #monitor: NodeJS.Timeout | undefined;
+  #workload: (agentId: string) => AgentWorkload = () => NO_WORK;
+  #drainer: Drainer = async () => {};
+  #closed = false;
+
+  constructor(options: LifecycleOptions = {}) {
+    this.#intervalMs =
+      checkNumber(
+        'options.heartbeatIntervalSeconds',
+        options.heartbeatIntervalSeconds ?? 30,
+        'positiveNumber',
+      ) * 1000;
+    this.#maxAgents = checkNumber(
+      'options.maxConcurrentAgents',
+      options.maxConcurrentAgents ?? 100,
+      'positiveInt',
+    );
+    this.#drainMs =
+      checkNumber(
+        'options.drainTimeoutSeconds',
+        options.drainTimeoutSeconds ?? 30,
+        'positiveNumber',
+      ) * 1000;
+    this.#defaultExecutor = options.defaultExecutor ?? 'local';
+    this.#autoExecutors = new Set(options.autoHeartbeatExecutors ?? ['local', 'inprocess']);
+    this.#retention = checkNumber(
+      'options.terminatedRetention',
+      options.terminatedRetention ?? 1000,
+      'nonNegativeInt',
+    );
+    this.#agents = options.agents ?? new MemoryCollection<AgentRecord>();
+    for (const rec of this.#agents.values()) {
+      if (rec.status !== AgentStatus.TERMINATED) {
+        this.#live++;
+        this.#byCredential.set(rec.credentialHash, rec.id);
+      }
+    }
+  }
+
+  /** Lets the scheduler supply real task counts for {@link getAgentInfo}. */
+  setWorkloadSource(source: (agentId: string) => AgentWorkload): void {
+    this.#workload = source;
+  }
+
+  /** Lets the fabric wait for an agent's running tasks during {@link terminate}. */
+  setDrainer(drainer: Drainer): void {
+    this.#drainer = drainer;
+  }
+
+  /** Heartbeat interval in milliseconds. */
+  get heartbeatIntervalMs(): number {
+    return this.#intervalMs;
+  }
+
+  /**
+   * Spawns an agent and issues its credential.
+   * @throws AgentLimitError at `maxConcurrentAgents`; InvalidArgumentError for a bad config.
+   */
+  async spawn(config: AgentConfig): Promise<SpawnedAgent> {
+    return this.spawnSync(config);
+  }
+
+  /** {@link spawn} without the promise (for the fabric's own wiring). */
+  spawnSync(config: AgentConfig): SpawnedAgent {
+    this.#open();
+    const rec = this.#validate(config);
+    if (this.#live >= this.#maxAgents) throw new AgentLimitError(this.#maxAgents);
+    const credential = `afk_${randomBytes(32).toString('base64url')}`;
+    rec.credentialHash = hashCredential(credential);
+    this.#agents.put(rec.id, rec);
+    this.#byCredential.set(rec.credentialHash, rec.id);
+    this.#live++;
+    this.#ensureMonitor();
+    const info = this.#info(rec);
+    this.events.emit('agent.spawned', info);
+    return { ...info, credential };
+  }
+
+  #validate(config: AgentConfig): AgentRecord {
+    if (config === null || typeof config !== 'object')
+      throw new InvalidArgumentError('config', 'must be an object');
+    const model = checkString('config.model', config.model);
+    const name = checkString('config.name', config.name);
+    const capabilities = config.capabilities ?? [];
+    if (
+      !Array.isArray(capabilities) ||
+      capabilities.some((c) => typeof c !== 'string' || c.length === 0)
+    ) {
+      throw new InvalidArgumentError(
+        'config.capabilities',
+        'must be an array of non-empty strings',
+      );
+    }
+    const poolId =
+      config.poolId === undefined ? undefined : checkString('config.poolId', config.poolId);
+    const executor =
+      config.executor === undefined
+        ? this.#defaultExecutor
+        : checkString('config.executor', config.executor);
+    const heartbeatMode =
+      config.heartbeat ?? (this.#autoExecutors.has(executor) ? 'auto' : 'manual');
+    if (heartbeatMode !== 'auto' && heartbeatMode !== 'manual') {
+      throw new InvalidArgumentError('config.heartbeat', "must be 'auto' or 'manual'");
+    }
+    const labels = config.labels ?? {};
+    if (typeof labels !== 'object' || Object.values(labels).some((v) => typeof v !== 'string')) {
+      throw new InvalidArgumentError('config.labels', 'must map strings to strings');
+    }
+    if (
+      config.isolation !== undefined &&
+      (config.isolation === null || typeof config.isolation !== 'object')
+    ) {
+      throw new InvalidArgumentError('config.isolation', 'must be an object');
+    }
+    const now = Date.now();
+    return {
+      id: randomUUID(),
+      name,
+      model,
+      capabilities: Object.freeze([...capabilities]),
+      isolation: Object.freeze({ ...(config.isolation ?? {}) }),
+      budget: config.budget,
+      poolId,
+      executor,
+      heartbeatMode,
+      labels: Object.freeze({ ...labels }),
+      status: heartbeatMode === 'auto' ? AgentStatus.HEALTHY : AgentStatus.STARTING,
+      createdAt: now,
+      lastHeartbeat: now,
+      terminatedAt: undefined,
+      credentialHash: '',
+    };
+  }
+
+  /**
+   * Records a heartbeat; a DEGRADED, UNHEALTHY or STARTING agent becomes HEALTHY.
+   * @throws AgentNotFoundError; AgentUnavailableError when it is draining or terminated (so the
+   *   agent learns to stop).
+   */
+  async heartbeat(agentId: string): Promise<AgentInfo> {
+    return this.heartbeatSync(agentId);
+  }
+
+  /** {@link heartbeat} without the promise. */
+  heartbeatSync(agentId: string): AgentInfo {
+    const rec = this.#get(agentId);
+    if (rec.status === AgentStatus.DRAINING || rec.status === AgentStatus.TERMINATED) {
+      throw new AgentUnavailableError(agentId, rec.status);
+    }
+    rec.lastHeartbeat = Date.now();
+    if (rec.status !== AgentStatus.HEALTHY) this.#setStatus(rec, AgentStatus.HEALTHY);
+    else this.#agents.put(rec.id, rec);
+    return this.#info(rec);
+  }
+
+  /** A snapshot of the agent, with its current task counts. @throws AgentNotFoundError */
+  async getAgentInfo(agentId: string): Promise<AgentInfo> {
+    return this.#info(this.#get(agentId));
+  }
+
+  /** {@link getAgentInfo} without the promise. */
+  agentInfo(agentId: string): AgentInfo {
+    return this.#info(this.#get(agentId));
+  }
+
+  /** The agent's record, if known (terminated ones until they age out). */
+  peek(agentId: string): Readonly<AgentRecord> | undefined {
+    return this.#agents.get(agentId);
+  }
+
+  /** Every known agent, optionally filtered. */
+  listAgents(filter: { status?: AgentStatus; poolId?: string } = {}): AgentInfo[] {
+    const out: AgentInfo[] = [];
+    for (const rec of this.#agents.values()) {
+      if (filter.status !== undefined && rec.status !== filter.status) continue;
+      if (filter.poolId !== undefined && rec.poolId !== filter.poolId) continue;
+      out.push(this.#info(rec));
+    }
+    return out;
+  }
+
+  /** Agents alive now (not terminated). */
+  get activeAgents(): number {
+    return this.#live;
+  }
+
+  /**
+   * Maps a credential to its agent.
+   * @throws UnauthenticatedError for a missing, unknown or terminated agent's credential.
+   */
+  authenticate(credential: string): AgentInfo {
+    if (typeof credential !== 'string' || credential.length === 0) throw new UnauthenticatedError();
+    const id = this.#byCredential.get(hashCredential(credential));
+    const rec = id === undefined ? undefined : this.#agents.get(id);
+    if (rec === undefined || rec.status === AgentStatus.TERMINATED) {
+      throw new UnauthenticatedError('unknown or revoked agent credential');
+    }
+    return this.#info(rec);
+  }
+
+  /** Switches who heartbeats for the agent (e.g. to simulate or take over a local agent). */
+  setHeartbeatMode(agentId: string, mode: HeartbeatMode): void {
+    if (mode !== 'auto' && mode !== 'manual')
+      throw new InvalidArgumentError('mode', "must be 'auto' or 'manual'");
+    const rec = this.#get(agentId);
+    rec.heartbeatMode = mode;
+    rec.lastHeartbeat = Date.now();
+    this.#agents.put(rec.id, rec);
+  }
+
+  /**
+   * Terminates gracefully: the agent takes no new work, its running tasks get up to
+   * `drainTimeoutSeconds` to finish, then what remains is taken back. Terminating a terminated
+   * agent returns its info; concurrent calls share one termination.
+   */
+  async terminate(
+    agentId: string,
+    options: { drainTimeoutSeconds?: number } = {},
+  ): Promise<AgentInfo> {
+    const rec = this.#get(agentId);
+    if (rec.status === AgentStatus.TERMINATED) return this.#info(rec);
+    const running = this.#terminating.get(agentId);
+    if (running !== undefined) return running;
+    const drainMs =
+      options.drainTimeoutSeconds === undefined
+        ? this.#drainMs
+        : checkNumber('drainTimeoutSeconds', options.drainTimeoutSeconds, 'nonNegativeNumber') *
+          1000;
+    const p = (async () => {
+      this.#setStatus(rec, AgentStatus.DRAINING);
+      try {
+        await this.#drainer(agentId, drainMs);
+      } finally {
+        rec.terminatedAt = Date.now();
+        this.#byCredential.delete(rec.credentialHash);
+        this.#live--;
+        this.#setStatus(rec, AgentStatus.TERMINATED);
+        this.#terminating.delete(agentId);
+        this.#forgetOld(agentId);
+      }
+      const info = this.#info(rec);
+      this.events.emit('agent.terminated', info);
+      return info;
+    })();
+    this.#terminating.set(agentId, p);
+    return p;
+  }
+
+  /** Runs one health sweep now (the monitor runs it every half interval). */
+  checkHealth(): void {
+    const now = Date.now();
+    for (const rec of this.#agents.values()) {
+      if (rec.status === AgentStatus.TERMINATED || rec.status === AgentStatus.DRAINING) continue;
+      if (rec.heartbeatMode === 'auto') {
+        rec.lastHeartbeat = now;
+        if (rec.status !== AgentStatus.HEALTHY) this.#setStatus(rec, AgentStatus.HEALTHY);
+        continue;
+      }
+      const silent = now - rec.lastHeartbeat;
+      const next =
+        silent >= 3 * this.#intervalMs
+          ? AgentStatus.UNHEALTHY
+          : silent >= 2 * this.#intervalMs
+            ? AgentStatus.DEGRADED
+            : rec.status;
+      if (next !== rec.status) this.#setStatus(rec, next);
+    }
+  }
+
+  /** Stops the health monitor. Agents are left as they are. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#monitor !== undefined) clearInterval(this.#monitor);
+    this.#monitor = undefined;
+  }
+
+  #ensureMonitor(): void {
+    if (this.#monitor !== undefined || this.#closed) return;
+    this.#monitor = setInterval(() => this.checkHealth(), this.#intervalMs / 2);
+    this.#monitor.unref();
+  }
+
+  #setStatus(rec: AgentRecord, status: AgentStatus): void {
+    const previous = rec.status;
+    rec.status = status;
+    this.#agents.put(rec.id, rec);
+    this.events.emit('agent.status', this.#info(rec), previous);
+  }
+
+  #forgetOld(agentId: string): void {
+    this.#terminated.push(agentId);
+    while (this.#terminated.length > this.#retention)
+      this.#agents.delete(this.#terminated.shift()!);
+  }
+
+  #get(agentId: string): AgentRecord {
+    const rec = typeof agentId === 'string' ? this.#agents.get(agentId) : undefined;
+    if (rec === undefined) throw new AgentNotFoundError(String(agentId));
+    return rec;
+  }
+
+  #open(): void {
+    if (this.#closed) throw new ClosedError('lifecycle manager');
+  }
+
+  #info(rec: AgentRecord): AgentInfo {
+    const w = rec.status === AgentStatus.TERMINATED ? NO_WORK : this.#workload(rec.id);
+    return {
+      id: rec.id,
+      name: rec.name,
+      model: rec.model,
+      capabilities: rec.capabilities,
+      poolId: rec.poolId,
+      executor: rec.executor,
+      heartbeatMode: rec.heartbeatMode,
+      status: rec.status,
+      labels: rec.labels,
+      createdAt: rec.createdAt,
+      lastHeartbeat: rec.lastHeartbeat,
+      runningTasks: w.runningTasks,
+      queuedTasks: w.queuedTasks,
+      completedTasks: w.completedTasks,
+      failedTasks: w.failedTasks,
+      terminatedAt: rec.terminatedAt,
+    };
+  }
+}

@@ -1,0 +1,1075 @@
+/**
+ * AgentScheduler: priority and fair queues, deadlines, timeouts, retries, dispatch to executors,
+ * and the claim API of agents that pull their work.
+ *
+ * Order of service (see {@link FairQueue}): strict priority across levels; within a level,
+ * weighted round robin across tenants; within a tenant, earliest deadline first, then FIFO.
+ * Each agent has its own queue (tasks addressed to it) and serves its pool's queue too, taking
+ * whichever head runs first. Pool tasks go to the least-loaded accepting agent of the pool.
+ *
+ * Costs: schedule, dispatch, cancel, complete and every timer are O(log n) in the queued or
+ * running tasks; one timer (the earliest due task) is armed at a time; dispatch runs in batches
+ * once per microtask turn, handing each executor one array per turn.
+ *
+ * @module
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  AgentBusyError,
+  AgentNotFoundError,
+  ClosedError,
+  ExecutorNotFoundError,
+  InvalidArgumentError,
+  PermissionDeniedError,
+  PoolDrainingError,
+  PoolNotFoundError,
+  QueueFullError,
+  TaskNotFoundError,
+  TaskStateError,
+  WaitTimeoutError,
+} from '../errors.js';
+import { TypedEmitter } from '../events.js';
+import type { Collection } from '../store/store.js';
+import { MemoryCollection } from '../store/memory-store.js';
+import type { ScheduleOptions, Task, TaskAssignment, TaskError } from '../task.js';
+import { Priority, TaskStatus, isFinished } from '../task.js';
+import { checkNumber, checkString } from '../validate.js';
+import type { ExecutorSink, TaskExecutor } from './executor.js';
+import type { TenantWeights } from './fair-queue.js';
+import { FairQueue } from './fair-queue.js';
+import { IndexedHeap } from './indexed-heap.js';
+import { RemoteExecutor } from './remote-executor.js';
+import type { Waiter } from './task-record.js';
+import { TIMER_SLOT, TaskRecord, runsBefore } from './task-record.js';
+
+/** Options of an {@link AgentScheduler}. */
+export interface SchedulerOptions {
+  /** @default 1000 */
+  maxQueueDepth?: number;
+  /** @default 300 */
+  defaultTimeoutSeconds?: number;
+  /** @default 5 */
+  maxConcurrentTasksPerAgent?: number;
+  /** @default 3 */
+  defaultMaxAttempts?: number;
+  /** @default 10000 */
+  finishedTaskRetention?: number;
+  /** Where task records live. @default an in-memory collection */
+  tasks?: Collection<TaskRecord>;
+  /** Fairness weight of a tenant (tasks per round-robin turn). @default 1 for every tenant */
+  tenantWeight?: TenantWeights;
+}
+
+/** Events of the scheduler. Payloads are snapshots. */
+export type SchedulerEvents = {
+  'task.scheduled': [task: Task];
+  'task.started': [task: Task];
+  'task.progress': [task: Task];
+  'task.retried': [task: Task, reason: TaskError];
+  'task.finished': [task: Task];
+};
+
+/** Counters and gauges of the scheduler. */
+export interface SchedulerStats {
+  pendingTasks: number;
+  runningTasks: number;
+  completedTasks: number;
+  failedTasks: number;
+  timedOutTasks: number;
+  cancelledTasks: number;
+  /** Tasks waiting in queues; what `maxQueueDepth` bounds. */
+  queueDepth: number;
+  pools: Record<string, PoolLoad>;
+}
+
+/** Load figures of one pool. */
+export interface PoolLoad {
+  agents: number;
+  acceptingAgents: number;
+  queuedTasks: number;
+  runningTasks: number;
+  completedTasks: number;
+  failedTasks: number;
+}
+
+/** Load figures of one agent. */
+export interface AgentLoad {
+  runningTasks: number;
+  queuedTasks: number;
+  completedTasks: number;
+  failedTasks: number;
+}
+
+/** How an agent is known to the scheduler. */
+export interface SchedulerAgent {
+  agentId: string;
+  poolId?: string;
+  /** Executor name. */
+  executor: string;
+  /** Most tasks it holds at once. @default maxConcurrentTasksPerAgent */
+  capacity?: number;
+}
+
+/** Where a task goes: one agent's queue, or a pool's. */
+export type ScheduleTarget =
+  { agentId: string; poolId?: undefined } | { poolId: string; agentId?: undefined };
+
+interface ExecutorEntry {
+  readonly executor: TaskExecutor;
+  /** Assignments of this dispatch pass, handed over together when the pass ends. */
+  pending: TaskAssignment[];
+  /** The agent of each pending assignment. */
+  slots: AgentSlot[];
+}
+
+class AgentSlot {
+  readonly queue: FairQueue;
+  readonly running = new Set<TaskRecord>();
+  accepting = false;
+  draining = false;
+  /** Tasks given to it in this pass, not yet handed to its executor. */
+  unflushed = 0;
+  completed = 0;
+  failed = 0;
+  idle: (() => void)[] = [];
+
+  constructor(
+    readonly id: string,
+    readonly pool: PoolSlot | undefined,
+    readonly exec: ExecutorEntry,
+    readonly capacity: number,
+    weights: TenantWeights,
+  ) {
+    this.queue = new FairQueue(`agent:${id}`, weights);
+  }
+}
+
+class PoolSlot {
+  readonly queue: FairQueue;
+  readonly agents: AgentSlot[] = [];
+  accepting = true;
+  running = 0;
+  completed = 0;
+  failed = 0;
+  rr = 0;
+  idle: (() => void)[] = [];
+
+  constructor(
+    readonly id: string,
+    weights: TenantWeights,
+  ) {
+    this.queue = new FairQueue(`pool:${id}`, weights);
+  }
+}
+
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** The scheduler. Usable on its own; {@link AgentFabric} wires it to agents and pools. */
+export class AgentScheduler {
+  readonly events = new TypedEmitter<SchedulerEvents>();
+  readonly #tasks: Collection<TaskRecord>;
+  readonly #maxQueueDepth: number;
+  readonly #defaultTimeoutMs: number;
+  readonly #perAgent: number;
+  readonly #defaultMaxAttempts: number;
+  readonly #retention: number;
+  readonly #weights: TenantWeights;
+
+  readonly #executors = new Map<string, ExecutorEntry>();
+  readonly #agents = new Map<string, AgentSlot>();
+  readonly #pools = new Map<string, PoolSlot>();
+  readonly #remote = new RemoteExecutor();
+
+  readonly #timers = new IndexedHeap<TaskRecord>((a, b) => a.timerAt < b.timerAt, TIMER_SLOT);
+  #timer: NodeJS.Timeout | undefined;
+  #armedAt = Number.POSITIVE_INFINITY;
+
+  /** Tasks someone waits for; the waiters themselves hang on the record. */
+  readonly #waited = new Set<TaskRecord>();
+  readonly #finished: string[] = [];
+  #finishedHead = 0;
+
+  readonly #dirtyAgents = new Set<AgentSlot>();
+  readonly #dirtyPools = new Set<PoolSlot>();
+  readonly #flush: ExecutorEntry[] = [];
+  #passQueued = false;
+  #dispatching = false;
+
+  #seq = 0;
+  #pending = 0;
+  #running = 0;
+  #completed = 0;
+  #failed = 0;
+  #timedOut = 0;
+  #cancelled = 0;
+  #closed = false;
+
+  readonly #sink: ExecutorSink = {
+    complete: (id, attempt, result) =>
+      this.#report(id, attempt, undefined, (t) => this.#complete(t, result)),
+    fail: (id, attempt, error, options) =>
+      this.#report(id, attempt, undefined, (t) =>
+        this.#retryOrFail(t, error, options?.retry === true),
+      ),
+    started: (id, attempt) =>
+      this.#report(id, attempt, undefined, (t) => {
+        if (t.status === TaskStatus.SCHEDULED) {
+          t.status = TaskStatus.RUNNING;
+          this.#tasks.put(t.id, t);
+        }
+      }),
+    progress: (id, attempt, progress) =>
+      this.#report(id, attempt, undefined, (t) => this.#progress(t, progress)),
+  };
+
+  constructor(options: SchedulerOptions = {}) {
+    this.#maxQueueDepth = checkNumber(
+      'options.maxQueueDepth',
+      options.maxQueueDepth ?? 1000,
+      'positiveInt',
+    );
+    this.#defaultTimeoutMs =
+      checkNumber(
+        'options.defaultTimeoutSeconds',
+        options.defaultTimeoutSeconds ?? 300,
+        'positiveNumber',
+      ) * 1000;
+    this.#perAgent = checkNumber(
+      'options.maxConcurrentTasksPerAgent',
+      options.maxConcurrentTasksPerAgent ?? 5,
+      'positiveInt',
+    );
+    this.#defaultMaxAttempts = checkNumber(
+      'options.defaultMaxAttempts',
+      options.defaultMaxAttempts ?? 3,
+      'positiveInt',
+    );
+    this.#retention = checkNumber(
+      'options.finishedTaskRetention',
+      options.finishedTaskRetention ?? 10_000,
+      'nonNegativeInt',
+    );
+    this.#tasks = options.tasks ?? new MemoryCollection<TaskRecord>();
+    this.#weights = options.tenantWeight ?? (() => 1);
+    this.registerExecutor(this.#remote);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Executors, agents, pools
+
+  /** Adds an executor under its name; agents name it in `SchedulerAgent.executor`. */
+  registerExecutor(executor: TaskExecutor): void {
+    if (this.#executors.has(executor.name)) {
+      throw new InvalidArgumentError(
+        'executor.name',
+        `${JSON.stringify(executor.name)} is already registered`,
+      );
+    }
+    executor.bind(this.#sink);
+    this.#executors.set(executor.name, { executor, pending: [], slots: [] });
+  }
+
+  /** The executor registered under `name`. */
+  getExecutor(name: string): TaskExecutor | undefined {
+    return this.#executors.get(name)?.executor;
+  }
+
+  /** Makes a pool queue. */
+  addPool(poolId: string): void {
+    checkString('poolId', poolId);
+    if (!this.#pools.has(poolId)) this.#pools.set(poolId, new PoolSlot(poolId, this.#weights));
+  }
+
+  /** Makes an agent known. It takes no work until {@link setAccepting} opens it. */
+  addAgent(agent: SchedulerAgent): void {
+    this.#open();
+    const exec = this.#executors.get(agent.executor);
+    if (exec === undefined) throw new ExecutorNotFoundError(agent.executor);
+    let pool: PoolSlot | undefined;
+    if (agent.poolId !== undefined) {
+      pool = this.#pools.get(agent.poolId);
+      if (pool === undefined) throw new PoolNotFoundError(agent.poolId);
+    }
+    const capacity = checkNumber('capacity', agent.capacity ?? this.#perAgent, 'positiveInt');
+    const slot = new AgentSlot(agent.agentId, pool, exec, capacity, this.#weights);
+    this.#agents.set(agent.agentId, slot);
+    pool?.agents.push(slot);
+    exec.executor.attachAgent?.(agent.agentId);
+  }
+
+  /** Opens or closes an agent for new work (health changes). Draining agents stay closed. */
+  setAccepting(agentId: string, accepting: boolean): void {
+    const slot = this.#agents.get(agentId);
+    if (slot === undefined || slot.draining || slot.accepting === accepting) return;
+    slot.accepting = accepting;
+    if (accepting) this.#markAgent(slot);
+  }
+
+  /**
+   * Stops giving `agentId` work, waits up to `timeoutMs` for its running tasks to finish, then
+   * takes back what is left (see {@link evictAgent}) and forgets the agent.
+   */
+  async drainAgent(agentId: string, timeoutMs: number): Promise<void> {
+    const slot = this.#agents.get(agentId);
+    if (slot === undefined) return;
+    slot.accepting = false;
+    slot.draining = true;
+    if (slot.running.size > 0) await this.#whenIdle(slot.idle, timeoutMs);
+    this.evictAgent(
+      agentId,
+      { code: 'FABRIC_ERR_AGENT_UNAVAILABLE', message: `agent ${agentId} terminated` },
+      {
+        remove: true,
+        finalStatus: TaskStatus.CANCELLED,
+      },
+    );
+  }
+
+  /**
+   * Takes an agent's work back. Its queued tasks move to its pool, or fail when pinned or when it
+   * has no pool. Its running tasks are aborted and retried in the pool while attempts remain,
+   * else end with `finalStatus` (FAILED, or CANCELLED for a terminate's drain timeout).
+   */
+  evictAgent(
+    agentId: string,
+    reason: TaskError,
+    options: { remove: boolean; finalStatus?: TaskStatus.FAILED | TaskStatus.CANCELLED },
+  ): void {
+    const slot = this.#agents.get(agentId);
+    if (slot === undefined) return;
+    slot.accepting = false;
+    const pool = slot.pool;
+    for (const t of slot.queue.drain()) {
+      if (!t.pinned && pool !== undefined) {
+        t.poolId = pool.id;
+        pool.queue.push(t);
+        this.#tasks.put(t.id, t);
+      } else {
+        this.#finish(t, TaskStatus.FAILED, undefined, reason);
+      }
+    }
+    for (const t of [...slot.running]) {
+      slot.exec.executor.abort(t.id, t.attempt, reason);
+      this.#retryOrFail(t, reason, true, options.finalStatus ?? TaskStatus.FAILED);
+    }
+    if (options.remove) {
+      this.#agents.delete(agentId);
+      if (pool !== undefined) {
+        const i = pool.agents.indexOf(slot);
+        if (i >= 0) pool.agents.splice(i, 1);
+      }
+      slot.exec.executor.detachAgent?.(agentId);
+      for (const resolve of slot.idle.splice(0)) resolve();
+    }
+    if (pool !== undefined) this.#markPool(pool);
+  }
+
+  /**
+   * Closes a pool to new tasks, lets its queued and running tasks finish for up to `timeoutMs`,
+   * then cancels what is still queued in it. The pool's agents are not touched.
+   */
+  async drainPool(poolId: string, timeoutMs: number): Promise<void> {
+    const pool = this.#pools.get(poolId);
+    if (pool === undefined) throw new PoolNotFoundError(poolId);
+    pool.accepting = false;
+    if (pool.queue.size > 0 || pool.running > 0) await this.#whenIdle(pool.idle, timeoutMs);
+    const reason = { code: 'FABRIC_ERR_POOL_DRAINING', message: `pool ${poolId} was deleted` };
+    for (const t of pool.queue.drain()) this.#finish(t, TaskStatus.CANCELLED, undefined, reason);
+  }
+
+  /** Forgets a pool (after its agents are gone). */
+  removePool(poolId: string): void {
+    const pool = this.#pools.get(poolId);
+    if (pool === undefined) return;
+    for (const t of pool.queue.drain()) {
+      this.#finish(t, TaskStatus.CANCELLED, undefined, {
+        code: 'FABRIC_ERR_POOL_NOT_FOUND',
+        message: `pool ${poolId} was removed`,
+      });
+    }
+    this.#pools.delete(poolId);
+  }
+
+  #whenIdle(list: (() => void)[], timeoutMs: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(done, timeoutMs);
+      function done(): void {
+        clearTimeout(timer);
+        const i = list.indexOf(done);
+        if (i >= 0) list.splice(i, 1);
+        resolve();
+      }
+      list.push(done);
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Scheduling
+
+  /**
+   * Queues a task for an agent (`target.agentId`) or a pool (`target.poolId`).
+   * @throws QueueFullError past `maxQueueDepth`; InvalidArgumentError for bad options;
+   *   AgentNotFoundError / PoolNotFoundError / PoolDrainingError for a bad target.
+   */
+  schedule(
+    target: ScheduleTarget,
+    taskType: string,
+    payload: unknown,
+    options: ScheduleOptions & { pinned?: boolean } = {},
+  ): Task {
+    const t = this.#submit(target, taskType, payload, options);
+    const snap = t.snapshot();
+    if (this.events.listens('task.scheduled')) this.events.emit('task.scheduled', snap);
+    return snap;
+  }
+
+  /** {@link schedule} returning only the new task's id: the cheapest way in. */
+  submit(
+    target: ScheduleTarget,
+    taskType: string,
+    payload: unknown,
+    options: ScheduleOptions & { pinned?: boolean } = {},
+  ): string {
+    const t = this.#submit(target, taskType, payload, options);
+    if (this.events.listens('task.scheduled')) this.events.emit('task.scheduled', t.snapshot());
+    return t.id;
+  }
+
+  #submit(
+    target: ScheduleTarget,
+    taskType: string,
+    payload: unknown,
+    options: ScheduleOptions & { pinned?: boolean },
+  ): TaskRecord {
+    this.#open();
+    checkString('taskType', taskType);
+    const priority = options.priority ?? Priority.NORMAL;
+    if (priority !== 0 && priority !== 1 && priority !== 2 && priority !== 3) {
+      throw new InvalidArgumentError(
+        'priority',
+        `must be one of Priority.CRITICAL..LOW (0-3), got ${String(priority)}`,
+      );
+    }
+    let deadline: number | undefined;
+    if (options.deadline !== undefined) {
+      deadline = options.deadline instanceof Date ? options.deadline.getTime() : options.deadline;
+      checkNumber('deadline', deadline, 'positiveNumber');
+      if (deadline <= Date.now())
+        throw new InvalidArgumentError('deadline', 'is already in the past');
+    }
+    const timeoutMs =
+      options.timeoutSeconds === undefined
+        ? this.#defaultTimeoutMs
+        : checkNumber('timeoutSeconds', options.timeoutSeconds, 'positiveNumber') * 1000;
+    const maxAttempts =
+      options.maxAttempts === undefined
+        ? this.#defaultMaxAttempts
+        : checkNumber('maxAttempts', options.maxAttempts, 'positiveInt');
+    const tenant = options.tenant === undefined ? 'default' : checkString('tenant', options.tenant);
+
+    let queue: FairQueue;
+    let agent: AgentSlot | undefined;
+    let pool: PoolSlot | undefined;
+    if (target.agentId !== undefined) {
+      agent = this.#agents.get(target.agentId);
+      if (agent === undefined) throw new AgentNotFoundError(target.agentId);
+      queue = agent.queue;
+      pool = agent.pool;
+    } else {
+      pool = this.#pools.get(target.poolId);
+      if (pool === undefined) throw new PoolNotFoundError(target.poolId);
+      if (!pool.accepting) throw new PoolDrainingError(target.poolId);
+      queue = pool.queue;
+    }
+    if (this.#pending >= this.#maxQueueDepth) throw new QueueFullError(this.#maxQueueDepth);
+
+    const now = Date.now();
+    const task = new TaskRecord(
+      randomUUID(),
+      taskType,
+      payload,
+      priority,
+      target.agentId,
+      pool?.id,
+      options.pinned === true || (agent !== undefined && pool === undefined),
+      tenant,
+      deadline,
+      timeoutMs,
+      maxAttempts,
+      this.#seq++,
+      now,
+    );
+    this.#tasks.put(task.id, task);
+    queue.push(task);
+    this.#pending++;
+    if (deadline !== undefined) this.#setTimer(task, deadline);
+    if (agent !== undefined) this.#markAgent(agent);
+    else this.#markPool(pool!);
+    return task;
+  }
+
+  /** A snapshot of the task. @throws TaskNotFoundError */
+  getTask(taskId: string): Task {
+    return this.#get(taskId).snapshot();
+  }
+
+  /**
+   * Cancels a task: a queued one leaves its queue, a running one is aborted. Cancelling a
+   * finished task changes nothing and returns its snapshot.
+   */
+  cancel(taskId: string, reason = 'cancelled'): Task {
+    const t = this.#get(taskId);
+    if (!isFinished(t.status)) {
+      const error = { code: 'FABRIC_ERR_CANCELLED', message: reason };
+      if (t.status !== TaskStatus.PENDING)
+        this.#agentOf(t)?.exec.executor.abort(t.id, t.attempt, error);
+      this.#finish(t, TaskStatus.CANCELLED, undefined, error);
+    }
+    return t.snapshot();
+  }
+
+  /**
+   * Resolves with the task once it has finished (at once if it already has).
+   * @param timeoutMs - how long to wait; `undefined` waits as long as it takes.
+   * @throws TaskNotFoundError; WaitTimeoutError when the wait runs out (the task goes on).
+   */
+  waitForTask(taskId: string, timeoutMs?: number): Promise<Task> {
+    let t: TaskRecord;
+    try {
+      t = this.#get(taskId);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (isFinished(t.status)) return Promise.resolve(t.snapshot());
+    if (this.#closed) return Promise.reject(new ClosedError('scheduler'));
+    return new Promise<Task>((resolve, reject) => {
+      this.#waited.add(t);
+      const list = (t.waiters ??= []);
+      if (timeoutMs === undefined || timeoutMs === Number.POSITIVE_INFINITY) {
+        list.push({ resolve, reject });
+        return;
+      }
+      const waiter: Waiter = {
+        resolve: (task) => {
+          clearTimeout(timer);
+          resolve(task);
+        },
+        reject: (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      };
+      const timer = setTimeout(
+        () => {
+          const i = list.indexOf(waiter);
+          if (i >= 0) list.splice(i, 1);
+          reject(new WaitTimeoutError(`task ${taskId}`, timeoutMs / 1000));
+        },
+        Math.min(timeoutMs, MAX_TIMER_MS),
+      );
+      list.push(waiter);
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The claim API of agents that pull their work
+
+  /**
+   * Gives the agent its next task: the first of its own queue and its pool's queue. With
+   * `waitMs`, waits that long for one to arrive; resolves `undefined` when none did.
+   * @throws AgentNotFoundError; InvalidArgumentError when the agent does not claim (its executor
+   *   pushes); AgentBusyError when it already holds its limit of tasks and claims.
+   */
+  claim(
+    agentId: string,
+    options: { waitMs?: number; signal?: AbortSignal } = {},
+  ): Promise<TaskAssignment | undefined> {
+    this.#open();
+    const slot = this.#agents.get(agentId);
+    if (slot === undefined) return Promise.reject(new AgentNotFoundError(agentId));
+    if (slot.exec.executor !== this.#remote) {
+      return Promise.reject(
+        new InvalidArgumentError(
+          'agentId',
+          `agent ${agentId} runs on the ${slot.exec.executor.name} executor and does not claim tasks`,
+        ),
+      );
+    }
+    if (slot.running.size + this.#remote.capacity(agentId) >= slot.capacity) {
+      return Promise.reject(new AgentBusyError(agentId, slot.capacity));
+    }
+    const waitMs = options.waitMs ?? 0;
+    return new Promise<TaskAssignment | undefined>((resolve) => {
+      let settled = false;
+      let timer: NodeJS.Timeout | undefined = undefined;
+      const onAbort = (): void => void withdraw();
+      const withdraw = this.#remote.addClaim(agentId, (a) => {
+        settled = true;
+        if (timer !== undefined) clearTimeout(timer);
+        options.signal?.removeEventListener('abort', onAbort);
+        resolve(a);
+      });
+      this.#markAgent(slot);
+      this.#runPassNow();
+      if (settled) return;
+      if (waitMs <= 0 || options.signal?.aborted) {
+        withdraw();
+        return;
+      }
+      timer = setTimeout(withdraw, Math.min(waitMs, MAX_TIMER_MS));
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /**
+   * Completes a task held by `agentId` (omit it for trusted in-process callers). Repeating the
+   * same completion is a no-op.
+   * @throws TaskNotFoundError; PermissionDeniedError when another agent holds the task;
+   *   TaskStateError for a stale attempt or a task that already ended otherwise.
+   */
+  complete(taskId: string, attempt: number, result: unknown, agentId?: string): void {
+    const t = this.#checkHolder(taskId, attempt, agentId, TaskStatus.COMPLETED);
+    if (t !== undefined) this.#complete(t, result);
+  }
+
+  /**
+   * Fails a task held by `agentId`. With `retry`, the task is queued again while it has attempts
+   * left. Repeating the same failure is a no-op.
+   */
+  fail(
+    taskId: string,
+    attempt: number,
+    error: TaskError,
+    options: { retry?: boolean; agentId?: string } = {},
+  ): void {
+    const t = this.#checkHolder(taskId, attempt, options.agentId, TaskStatus.FAILED);
+    if (t !== undefined) this.#retryOrFail(t, error, options.retry === true);
+  }
+
+  /** Records progress of a running task held by `agentId`. */
+  reportProgress(taskId: string, attempt: number, progress: unknown, agentId?: string): void {
+    const t = this.#checkHolder(taskId, attempt, agentId, undefined);
+    if (t !== undefined) this.#progress(t, progress);
+  }
+
+  #checkHolder(
+    taskId: string,
+    attempt: number,
+    agentId: string | undefined,
+    repeatStatus: TaskStatus | undefined,
+  ): TaskRecord | undefined {
+    const t = this.#get(taskId);
+    if (agentId !== undefined && t.assignedAgentId !== agentId) {
+      throw new PermissionDeniedError(`task ${taskId} is not held by agent ${agentId}`, {
+        taskId,
+        agentId,
+      });
+    }
+    if (attempt !== t.attempt) {
+      throw new TaskStateError(
+        taskId,
+        `attempt ${attempt} is stale; the current attempt is ${t.attempt}`,
+        {
+          attempt,
+          currentAttempt: t.attempt,
+        },
+      );
+    }
+    if (t.status === TaskStatus.RUNNING || t.status === TaskStatus.SCHEDULED) return t;
+    if (repeatStatus !== undefined && t.status === repeatStatus) return undefined;
+    throw new TaskStateError(taskId, `is ${t.status}, not running`, { status: t.status });
+  }
+
+  /** Executor reports: ignore stale attempts and finished tasks (the scheduler moved on). */
+  #report(
+    taskId: string,
+    attempt: number,
+    _agentId: undefined,
+    apply: (t: TaskRecord) => void,
+  ): void {
+    if (this.#closed) return;
+    const t = this.#tasks.get(taskId);
+    if (t === undefined || t.attempt !== attempt) return;
+    if (t.status !== TaskStatus.RUNNING && t.status !== TaskStatus.SCHEDULED) return;
+    apply(t);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Figures
+
+  /** Load figures of one agent (zeros when unknown to the scheduler). */
+  agentLoad(agentId: string): AgentLoad {
+    const s = this.#agents.get(agentId);
+    if (s === undefined)
+      return { runningTasks: 0, queuedTasks: 0, completedTasks: 0, failedTasks: 0 };
+    return {
+      runningTasks: s.running.size,
+      queuedTasks: s.queue.size,
+      completedTasks: s.completed,
+      failedTasks: s.failed,
+    };
+  }
+
+  /** Free task slots of an agent that is accepting work (0 otherwise). */
+  freeSlots(agentId: string): number {
+    const s = this.#agents.get(agentId);
+    if (s === undefined || !s.accepting) return 0;
+    return Math.max(0, s.capacity - s.running.size - s.queue.size);
+  }
+
+  stats(): SchedulerStats {
+    const pools: Record<string, PoolLoad> = {};
+    for (const p of this.#pools.values()) {
+      let queued = p.queue.size;
+      let accepting = 0;
+      for (const a of p.agents) {
+        queued += a.queue.size;
+        if (a.accepting) accepting++;
+      }
+      pools[p.id] = {
+        agents: p.agents.length,
+        acceptingAgents: accepting,
+        queuedTasks: queued,
+        runningTasks: p.running,
+        completedTasks: p.completed,
+        failedTasks: p.failed,
+      };
+    }
+    return {
+      pendingTasks: this.#pending,
+      runningTasks: this.#running,
+      completedTasks: this.#completed,
+      failedTasks: this.#failed,
+      timedOutTasks: this.#timedOut,
+      cancelledTasks: this.#cancelled,
+      queueDepth: this.#pending,
+      pools,
+    };
+  }
+
+  /** Stops timers, answers open claims and waits, and closes every executor. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const closed = new ClosedError('scheduler');
+    for (const t of this.#waited) for (const w of t.waiters?.splice(0) ?? []) w.reject(closed);
+    this.#waited.clear();
+    for (const slot of this.#agents.values()) for (const r of slot.idle.splice(0)) r();
+    for (const pool of this.#pools.values()) for (const r of pool.idle.splice(0)) r();
+    await Promise.allSettled([...this.#executors.values()].map((e) => e.executor.close()));
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Internals
+
+  #open(): void {
+    if (this.#closed) throw new ClosedError('scheduler');
+  }
+
+  #get(taskId: string): TaskRecord {
+    const t = typeof taskId === 'string' ? this.#tasks.get(taskId) : undefined;
+    if (t === undefined) throw new TaskNotFoundError(String(taskId));
+    return t;
+  }
+
+  #agentOf(t: TaskRecord): AgentSlot | undefined {
+    return t.assignedAgentId === undefined ? undefined : this.#agents.get(t.assignedAgentId);
+  }
+
+  #markAgent(slot: AgentSlot): void {
+    this.#dirtyAgents.add(slot);
+    this.#queuePass();
+  }
+
+  #markPool(pool: PoolSlot): void {
+    this.#dirtyPools.add(pool);
+    this.#queuePass();
+  }
+
+  #queuePass(): void {
+    if (this.#passQueued || this.#dispatching) return;
+    this.#passQueued = true;
+    queueMicrotask(this.#pass);
+  }
+
+  #runPassNow(): void {
+    if (!this.#dispatching) this.#pass();
+  }
+
+  readonly #pass = (): void => {
+    this.#passQueued = false;
+    if (this.#closed) return;
+    this.#dispatching = true;
+    try {
+      for (const slot of this.#dirtyAgents) this.#fillAgent(slot, Number.POSITIVE_INFINITY, false);
+      this.#dirtyAgents.clear();
+      for (const pool of this.#dirtyPools) this.#fillPool(pool);
+      this.#dirtyPools.clear();
+    } finally {
+      this.#dispatching = false;
+    }
+    const flush = this.#flush;
+    for (let i = 0; i < flush.length; i++) {
+      const entry = flush[i]!;
+      const batch = entry.pending;
+      for (const slot of entry.slots) slot.unflushed = 0;
+      entry.pending = [];
+      entry.slots = [];
+      entry.executor.dispatch(batch);
+    }
+    flush.length = 0;
+    // Executors may have reported synchronously (claims resolved, handler missing): run again.
+    if (this.#dirtyAgents.size > 0 || this.#dirtyPools.size > 0) this.#queuePass();
+  };
+
+  #room(slot: AgentSlot): number {
+    if (!slot.accepting) return 0;
+    const free = slot.capacity - slot.running.size;
+    if (free <= 0) return 0;
+    return Math.min(free, slot.exec.executor.capacity(slot.id) - slot.unflushed);
+  }
+
+  /**
+   * Gives the agent up to `max` tasks from its own queue and, with `fromPool`, its pool's. Without
+   * it, a pool task that should run first stops the fill and leaves the choice of agent to
+   * {@link #fillPool}, so pool work always goes to the least-loaded agent.
+   */
+  #fillAgent(slot: AgentSlot, max: number, fromPool: boolean): number {
+    let room = Math.min(max, this.#room(slot));
+    let given = 0;
+    while (room > 0) {
+      const own = slot.queue.peek();
+      const pq = slot.pool?.queue;
+      const head = pq?.peek();
+      let task: TaskRecord | undefined;
+      if (own !== undefined && (head === undefined || runsBefore(own, head)))
+        task = slot.queue.pop();
+      else if (head !== undefined) {
+        if (!fromPool) {
+          this.#dirtyPools.add(slot.pool!);
+          break;
+        }
+        task = pq!.pop();
+      }
+      if (task === undefined) break;
+      this.#start(task, slot);
+      room--;
+      given++;
+    }
+    return given;
+  }
+
+  #fillPool(pool: PoolSlot): void {
+    const agents = pool.agents;
+    while (pool.queue.size > 0 && agents.length > 0) {
+      // Least-loaded accepting agent with room; ties rotate so idle agents share the work.
+      let best: AgentSlot | undefined;
+      const n = agents.length;
+      const start = pool.rr++ % n;
+      for (let k = 0; k < n; k++) {
+        const a = agents[(start + k) % n]!;
+        if (this.#room(a) <= 0) continue;
+        if (best === undefined || a.running.size < best.running.size) best = a;
+      }
+      if (best === undefined || this.#fillAgent(best, 1, true) === 0) break;
+    }
+  }
+
+  #start(task: TaskRecord, slot: AgentSlot): void {
+    const now = Date.now();
+    this.#pending--;
+    this.#running++;
+    task.attempt++;
+    task.assignedAgentId = slot.id;
+    task.status = slot.exec.executor.acknowledges ? TaskStatus.SCHEDULED : TaskStatus.RUNNING;
+    task.startedAt = now;
+    this.#setTimer(task, now + task.timeoutMs);
+    slot.running.add(task);
+    if (slot.pool !== undefined) slot.pool.running++;
+    const entry = slot.exec;
+    if (entry.pending.length === 0) this.#flush.push(entry);
+    entry.pending.push(task.assignment());
+    entry.slots.push(slot);
+    slot.unflushed++;
+    this.#tasks.put(task.id, task);
+    if (this.events.listens('task.started')) this.events.emit('task.started', task.snapshot());
+  }
+
+  /** Takes a task off its agent (it is no longer running there). */
+  #release(task: TaskRecord): void {
+    const slot = this.#agentOf(task);
+    this.#running--;
+    if (slot === undefined) return;
+    if (slot.running.delete(task)) {
+      if (slot.pool !== undefined) {
+        slot.pool.running--;
+        if (slot.pool.running === 0 && slot.pool.queue.size === 0)
+          for (const r of slot.pool.idle.slice()) r();
+      }
+      if (slot.running.size === 0) for (const r of slot.idle.slice()) r();
+      this.#markAgent(slot);
+    }
+  }
+
+  #complete(t: TaskRecord, result: unknown): void {
+    const slot = this.#agentOf(t);
+    if (slot !== undefined) slot.completed++;
+    if (slot?.pool !== undefined) slot.pool.completed++;
+    this.#finish(t, TaskStatus.COMPLETED, result, undefined);
+  }
+
+  #progress(t: TaskRecord, progress: unknown): void {
+    t.progress = progress;
+    this.#tasks.put(t.id, t);
+    if (this.events.listens('task.progress')) this.events.emit('task.progress', t.snapshot());
+  }
+
+  /** Queues a running task again while it has attempts and somewhere to go, else ends it. */
+  #retryOrFail(
+    t: TaskRecord,
+    error: TaskError,
+    retry: boolean,
+    finalStatus: TaskStatus.FAILED | TaskStatus.CANCELLED = TaskStatus.FAILED,
+  ): void {
+    const queue = retry && t.attempt < t.maxAttempts ? this.#requeueTarget(t) : undefined;
+    if (queue === undefined) {
+      const slot = this.#agentOf(t);
+      if (slot !== undefined && finalStatus === TaskStatus.FAILED) {
+        slot.failed++;
+        if (slot.pool !== undefined) slot.pool.failed++;
+      }
+      this.#finish(t, finalStatus, undefined, error);
+      return;
+    }
+    this.#release(t);
+    this.#pending++;
+    t.status = TaskStatus.PENDING;
+    t.error = error;
+    if (t.deadline !== undefined) this.#setTimer(t, t.deadline);
+    else this.#timers.remove(t);
+    queue.push(t);
+    this.#tasks.put(t.id, t);
+    if (this.events.listens('task.retried')) this.events.emit('task.retried', t.snapshot(), error);
+  }
+
+  #requeueTarget(t: TaskRecord): FairQueue | undefined {
+    if (t.agentId !== undefined) {
+      const a = this.#agents.get(t.agentId);
+      if (a !== undefined && a.accepting) {
+        this.#markAgent(a);
+        return a.queue;
+      }
+      if (t.pinned) return undefined;
+    }
+    const pool = t.poolId === undefined ? undefined : this.#pools.get(t.poolId);
+    if (pool === undefined) return undefined;
+    this.#markPool(pool);
+    return pool.queue;
+  }
+
+  #finish(t: TaskRecord, status: TaskStatus, result: unknown, error: TaskError | undefined): void {
+    if (t.status === TaskStatus.PENDING) {
+      this.#pending--;
+      if (t.flow !== undefined) {
+        const owner = t.agentId !== undefined ? this.#agents.get(t.agentId)?.queue : undefined;
+        if (!(owner?.remove(t) ?? false)) {
+          const pool = t.poolId === undefined ? undefined : this.#pools.get(t.poolId);
+          pool?.queue.remove(t);
+        }
+      }
+      const pool = t.poolId === undefined ? undefined : this.#pools.get(t.poolId);
+      if (pool !== undefined && pool.running === 0 && pool.queue.size === 0)
+        for (const r of pool.idle.slice()) r();
+    } else {
+      this.#release(t);
+    }
+    this.#timers.remove(t);
+    t.status = status;
+    t.finishedAt = Date.now();
+    t.result = result;
+    t.error = error;
+    switch (status) {
+      case TaskStatus.COMPLETED:
+        this.#completed++;
+        break;
+      case TaskStatus.FAILED:
+        this.#failed++;
+        break;
+      case TaskStatus.TIMEOUT:
+        this.#timedOut++;
+        break;
+      default:
+        this.#cancelled++;
+    }
+    this.#tasks.put(t.id, t);
+    this.#retain(t.id);
+    const waiters = t.waiters;
+    const listens = this.events.listens('task.finished');
+    if (waiters !== undefined || listens) {
+      const snap = t.snapshot();
+      if (waiters !== undefined) {
+        t.waiters = undefined;
+        this.#waited.delete(t);
+        for (const w of waiters) w.resolve(snap);
+      }
+      if (listens) this.events.emit('task.finished', snap);
+    }
+  }
+
+  #retain(id: string): void {
+    const list = this.#finished;
+    list.push(id);
+    while (list.length - this.#finishedHead > this.#retention) {
+      this.#tasks.delete(list[this.#finishedHead++]!);
+    }
+    if (this.#finishedHead > 4096 && this.#finishedHead * 2 > list.length) {
+      list.splice(0, this.#finishedHead);
+      this.#finishedHead = 0;
+    }
+  }
+
+  #setTimer(t: TaskRecord, at: number): void {
+    t.timerAt = at;
+    if (this.#timers.has(t)) this.#timers.update(t);
+    else this.#timers.push(t);
+    if (at < this.#armedAt) this.#arm(at);
+  }
+
+  #arm(at: number): void {
+    if (this.#closed) return;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#armedAt = at;
+    this.#timer = setTimeout(this.#onTimer, Math.max(0, Math.min(at - Date.now(), MAX_TIMER_MS)));
+    this.#timer.unref();
+  }
+
+  readonly #onTimer = (): void => {
+    this.#timer = undefined;
+    this.#armedAt = Number.POSITIVE_INFINITY;
+    const now = Date.now();
+    for (
+      let t = this.#timers.peek();
+      t !== undefined && t.timerAt <= now;
+      t = this.#timers.peek()
+    ) {
+      this.#timers.pop();
+      if (t.status === TaskStatus.PENDING) {
+        this.#finish(t, TaskStatus.TIMEOUT, undefined, {
+          code: 'FABRIC_ERR_DEADLINE_EXCEEDED',
+          message: `deadline ${new Date(t.deadline ?? now).toISOString()} passed before the task started`,
+        });
+      } else if (t.status === TaskStatus.RUNNING || t.status === TaskStatus.SCHEDULED) {
+        const error = {
+          code: 'FABRIC_ERR_TASK_TIMEOUT',
+          message: `task ran past its timeout of ${t.timeoutMs / 1000}s`,
+        };
+        this.#agentOf(t)?.exec.executor.abort(t.id, t.attempt, error);
+        this.#finish(t, TaskStatus.TIMEOUT, undefined, error);
+      }
+    }
+    const next = this.#timers.peek();
+    if (next !== undefined) this.#arm(next.timerAt);
+  };
+}

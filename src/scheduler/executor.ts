@@ -1,0 +1,83 @@
+/**
+ * The executor contract: how the scheduler hands tasks to whatever runs them — worker threads,
+ * the main thread, or agents on other machines (which claim over MCP, gRPC or NATS).
+ *
+ * Tasks cross this boundary as {@link TaskAssignment}s carrying `(taskId, attempt)`. The attempt is
+ * a fencing token: a result for an attempt the scheduler has moved past (the task timed out,
+ * was cancelled, or was retried on another agent after its first one died) is ignored, so
+ * at-least-once delivery never double-completes a task.
+ *
+ * @module
+ */
+import type { TaskAssignment, TaskError } from '../task.js';
+
+/** How an executor reports back. Every call is idempotent and ignores stale attempts. */
+export interface ExecutorSink {
+  /** The task finished with `result`. */
+  complete(taskId: string, attempt: number, result: unknown): void;
+  /**
+   * The task failed. With `retry`, the failure is an infrastructure fault (crashed worker, lost
+   * connection) and the task is retried while it has attempts left.
+   */
+  fail(taskId: string, attempt: number, error: TaskError, options?: { retry?: boolean }): void;
+  /** The executor started the task (only needed when {@link TaskExecutor.acknowledges}). */
+  started(taskId: string, attempt: number): void;
+  /** Progress reported by the running task. */
+  progress(taskId: string, attempt: number, progress: unknown): void;
+}
+
+/** Something that runs tasks for agents. Registered with the scheduler under its `name`. */
+export interface TaskExecutor {
+  /** Registry name, used as `AgentConfig.executor`. */
+  readonly name: string;
+  /**
+   * True when tasks stay SCHEDULED until the executor calls `sink.started` (remote pushes);
+   * false when dispatch means the task is running.
+   */
+  readonly acknowledges: boolean;
+  /** True when the fabric heartbeats for this executor's agents while it is open. */
+  readonly autoHeartbeat: boolean;
+  /** Called once, when the scheduler adopts the executor. */
+  bind(sink: ExecutorSink): void;
+  /**
+   * How many more tasks the executor accepts for `agentId` right now. The scheduler also applies
+   * `maxConcurrentTasksPerAgent`; return `Infinity` to leave the limit to it.
+   */
+  capacity(agentId: string): number;
+  /** Starts a batch of tasks. Must not throw; failures are reported through the sink. */
+  dispatch(batch: readonly TaskAssignment[]): void;
+  /** Stops a task (timeout, cancel, agent lost). Best effort; the scheduler has already moved on. */
+  abort(taskId: string, attempt: number, reason: TaskError): void;
+  /** An agent using this executor was added or removed. */
+  attachAgent?(agentId: string): void;
+  detachAgent?(agentId: string): void;
+  /** Releases threads, sockets and timers. */
+  close(): Promise<void>;
+}
+
+/** Context given to a task handler. */
+export interface TaskHandlerContext {
+  readonly taskId: string;
+  readonly attempt: number;
+  readonly agentId: string;
+  readonly taskType: string;
+  /** Aborted when the task times out, is cancelled, or its agent is lost. */
+  readonly signal: AbortSignal;
+}
+
+/** A task handler: receives the payload, returns the result (or throws). */
+export type TaskHandler = (payload: unknown, context: TaskHandlerContext) => unknown;
+
+/** Turns anything thrown into a {@link TaskError}. */
+export function toTaskError(err: unknown, fallbackCode = 'FABRIC_ERR_TASK_EXECUTION'): TaskError {
+  if (err !== null && typeof err === 'object') {
+    const e = err as { code?: unknown; name?: unknown; message?: unknown; stack?: unknown };
+    const code =
+      typeof e.code === 'string' ? e.code : typeof e.name === 'string' ? e.name : fallbackCode;
+    const message = typeof e.message === 'string' ? e.message : String(err);
+    return typeof e.stack === 'string'
+      ? { code, message, details: { stack: e.stack } }
+      : { code, message };
+  }
+  return { code: fallbackCode, message: String(err) };
+}

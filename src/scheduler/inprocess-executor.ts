@@ -1,0 +1,124 @@
+/**
+ * Runs task handlers on the main thread. For handlers that only await I/O (calling a model API,
+ * an MCP tool) this is the cheapest executor; CPU-bound handlers belong on the `local` (piscina)
+ * executor.
+ *
+ * @module
+ */
+import { HandlerNotFoundError, InvalidArgumentError } from '../errors.js';
+import type { TaskAssignment, TaskError } from '../task.js';
+import type { ExecutorSink, TaskExecutor, TaskHandler, TaskHandlerContext } from './executor.js';
+import { toTaskError } from './executor.js';
+
+/** Executor name of {@link InProcessExecutor}. */
+export const INPROCESS_EXECUTOR = 'inprocess';
+
+/**
+ * The context of one run. The AbortController is made only when the handler reads `signal`:
+ * creating one costs more than the whole dispatch of a no-op task.
+ */
+class RunContext implements TaskHandlerContext {
+  #controller: AbortController | undefined;
+  #abortReason: Error | undefined;
+
+  constructor(
+    readonly taskId: string,
+    readonly attempt: number,
+    readonly agentId: string,
+    readonly taskType: string,
+  ) {}
+
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController();
+      if (this.#abortReason !== undefined) this.#controller.abort(this.#abortReason);
+    }
+    return this.#controller.signal;
+  }
+
+  abort(reason: Error): void {
+    this.#abortReason ??= reason;
+    this.#controller?.abort(reason);
+  }
+}
+
+/** Runs registered handler functions on the main thread. */
+export class InProcessExecutor implements TaskExecutor {
+  readonly name = INPROCESS_EXECUTOR;
+  readonly acknowledges = false;
+  readonly autoHeartbeat = true;
+  readonly #handlers = new Map<string, TaskHandler>();
+  readonly #running = new Map<string, RunContext>();
+  #sink: ExecutorSink | undefined;
+
+  /** Registers the handler of `taskType` (replacing any earlier one). */
+  registerHandler(taskType: string, handler: TaskHandler): void {
+    if (typeof taskType !== 'string' || taskType.length === 0)
+      throw new InvalidArgumentError('taskType', 'must be a non-empty string');
+    if (typeof handler !== 'function')
+      throw new InvalidArgumentError('handler', 'must be a function');
+    this.#handlers.set(taskType, handler);
+  }
+
+  bind(sink: ExecutorSink): void {
+    this.#sink = sink;
+  }
+
+  capacity(): number {
+    return Number.POSITIVE_INFINITY;
+  }
+
+  dispatch(batch: readonly TaskAssignment[]): void {
+    // Settle asynchronously: a handler that returns synchronously must not re-enter the
+    // scheduler in the middle of its dispatch pass.
+    queueMicrotask(() => {
+      for (const a of batch) this.#run(a);
+    });
+  }
+
+  #run(a: TaskAssignment): void {
+    const sink = this.#sink!;
+    const handler = this.#handlers.get(a.taskType);
+    if (handler === undefined) {
+      const err = new HandlerNotFoundError(a.taskType);
+      sink.fail(a.taskId, a.attempt, { code: err.code, message: err.message });
+      return;
+    }
+    const ctx = new RunContext(a.taskId, a.attempt, a.agentId, a.taskType);
+    let result: unknown;
+    try {
+      result = handler(a.payload, ctx);
+    } catch (err) {
+      sink.fail(a.taskId, a.attempt, toTaskError(err));
+      return;
+    }
+    if (result === null || typeof (result as { then?: unknown })?.then !== 'function') {
+      sink.complete(a.taskId, a.attempt, result);
+      return;
+    }
+    this.#running.set(a.taskId, ctx);
+    (result as PromiseLike<unknown>).then(
+      (value) => {
+        if (this.#running.get(a.taskId) === ctx) this.#running.delete(a.taskId);
+        sink.complete(a.taskId, a.attempt, value);
+      },
+      (err: unknown) => {
+        if (this.#running.get(a.taskId) === ctx) this.#running.delete(a.taskId);
+        sink.fail(a.taskId, a.attempt, toTaskError(err));
+      },
+    );
+  }
+
+  abort(taskId: string, attempt: number, reason: TaskError): void {
+    const ctx = this.#running.get(taskId);
+    if (ctx !== undefined && ctx.attempt === attempt) {
+      this.#running.delete(taskId);
+      ctx.abort(Object.assign(new Error(reason.message), { code: reason.code }));
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const ctx of this.#running.values()) ctx.abort(new Error('executor closed'));
+    this.#running.clear();
+  }
+}

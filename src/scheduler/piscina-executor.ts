@@ -1,0 +1,270 @@
+/**
+ * The `local` executor: task handlers run on a piscina worker-thread pool.
+ *
+ * Tasks are sent to workers in batches. While fewer than `maxBatchesInFlight` batches are out, a
+ * task goes at once (low latency at low load); beyond that, tasks wait in a backlog and leave
+ * together in the next batch (high throughput at high load). One `piscina.run` costs ~40 µs of
+ * messaging whatever it carries, so batching is the lever (bench/scheduler.ts measures it).
+ *
+ * Faults stay with their task: when a batch of several tasks fails as a whole (a handler crashed
+ * its worker, or a result could not be cloned), each of its unfinished tasks is re-run alone once,
+ * without spending an attempt, so only the task at fault fails.
+ *
+ * @module
+ */
+import { availableParallelism } from 'node:os';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { isAbsolute, resolve } from 'node:path';
+import { Piscina } from 'piscina';
+import { InvalidArgumentError } from '../errors.js';
+import { checkNumber } from '../validate.js';
+import type { TaskAssignment, TaskError } from '../task.js';
+import type { ExecutorSink, TaskExecutor } from './executor.js';
+import { toTaskError } from './executor.js';
+import type { BatchInput, BatchItem, BatchOutcome } from './piscina-worker.js';
+
+/** Executor name of {@link PiscinaExecutor}. */
+export const LOCAL_EXECUTOR = 'local';
+
+/** Options of {@link PiscinaExecutor}. */
+export interface PiscinaExecutorOptions {
+  /** @default min(4, availableParallelism()) */
+  maxThreads?: number;
+  /** @default 1 */
+  minThreads?: number;
+  /** Batches a worker runs at once (useful for handlers that await I/O). @default 2 */
+  concurrentTasksPerWorker?: number;
+  /** Most tasks in one message to a worker. @default 256 */
+  maxBatchSize?: number;
+  /**
+   * After a task is aborted, how long its worker may keep running before it is terminated (a
+   * handler ignoring its signal must not hold a thread forever).
+   * @default 2000
+   */
+  abortGraceMs?: number;
+}
+
+interface Batch {
+  items: BatchItem[];
+  flags: Int32Array;
+  done: boolean;
+  /** Re-run of a single task after its batch failed as a whole. */
+  solo: boolean;
+  controller: AbortController;
+  hardAbort: NodeJS.Timeout | undefined;
+  aborted: Set<number>;
+}
+
+function workerFile(): { filename: string; execArgv: string[] } {
+  const here = import.meta.url;
+  if (here.endsWith('.ts')) {
+    // Running from source (tests, tsx): the worker needs the same TypeScript loader.
+    return { filename: new URL('./piscina-worker.ts', here).href, execArgv: ['--import', 'tsx'] };
+  }
+  return { filename: new URL('./piscina-worker.js', here).href, execArgv: [] };
+}
+
+/** Runs registered handler modules on worker threads, in batches. */
+export class PiscinaExecutor implements TaskExecutor {
+  readonly name = LOCAL_EXECUTOR;
+  readonly acknowledges = false;
+  readonly autoHeartbeat = true;
+  readonly #handlers = new Map<string, string>();
+  readonly #maxBatch: number;
+  readonly #maxInFlight: number;
+  readonly #graceMs: number;
+  readonly #options: PiscinaExecutorOptions;
+  #pool: Piscina<BatchInput, BatchOutcome[]> | undefined;
+  #sink: ExecutorSink | undefined;
+  #backlog: BatchItem[] = [];
+  #inFlight = 0;
+  /** `${taskId}#${attempt}` → batch and index, for abort. */
+  readonly #where = new Map<string, { batch: Batch; index: number }>();
+  #closed = false;
+
+  constructor(options: PiscinaExecutorOptions = {}) {
+    const maxThreads = options.maxThreads ?? Math.min(4, availableParallelism());
+    checkNumber('options.maxThreads', maxThreads, 'positiveInt');
+    const perWorker = options.concurrentTasksPerWorker ?? 2;
+    checkNumber('options.concurrentTasksPerWorker', perWorker, 'positiveInt');
+    this.#maxBatch = checkNumber(
+      'options.maxBatchSize',
+      options.maxBatchSize ?? 256,
+      'positiveInt',
+    );
+    this.#graceMs = checkNumber(
+      'options.abortGraceMs',
+      options.abortGraceMs ?? 2000,
+      'nonNegativeInt',
+    );
+    this.#maxInFlight = maxThreads * perWorker;
+    this.#options = { ...options, maxThreads, concurrentTasksPerWorker: perWorker };
+  }
+
+  /**
+   * Registers the handler module of `taskType`: a path (absolute, or relative to the working
+   * directory) or a `file:` URL of an ES module exporting the handler as default or `handler`.
+   */
+  registerHandler(taskType: string, module: string | URL): void {
+    if (typeof taskType !== 'string' || taskType.length === 0)
+      throw new InvalidArgumentError('taskType', 'must be a non-empty string');
+    let href: string;
+    if (module instanceof URL) href = module.href;
+    else if (typeof module === 'string' && module.startsWith('file:')) href = module;
+    else if (typeof module === 'string' && module.length > 0)
+      href = pathToFileURL(isAbsolute(module) ? module : resolve(module)).href;
+    else throw new InvalidArgumentError('module', 'must be a file path or file: URL');
+    // Fail at registration, not at first run, when the file is not there.
+    fileURLToPath(href);
+    this.#handlers.set(taskType, href);
+  }
+
+  /** True when a handler module is registered for `taskType`. */
+  hasHandler(taskType: string): boolean {
+    return this.#handlers.has(taskType);
+  }
+
+  bind(sink: ExecutorSink): void {
+    this.#sink = sink;
+  }
+
+  capacity(): number {
+    return Number.POSITIVE_INFINITY;
+  }
+
+  #ensurePool(): Piscina<BatchInput, BatchOutcome[]> {
+    if (this.#pool === undefined) {
+      const { filename, execArgv } = workerFile();
+      this.#pool = new Piscina<BatchInput, BatchOutcome[]>({
+        filename,
+        execArgv,
+        minThreads: this.#options.minThreads ?? 1,
+        maxThreads: this.#options.maxThreads!,
+        concurrentTasksPerWorker: this.#options.concurrentTasksPerWorker!,
+        idleTimeout: 30_000,
+      });
+    }
+    return this.#pool;
+  }
+
+  dispatch(batch: readonly TaskAssignment[]): void {
+    const sink = this.#sink!;
+    for (const a of batch) {
+      const handler = this.#handlers.get(a.taskType);
+      if (handler === undefined) {
+        queueMicrotask(() =>
+          sink.fail(a.taskId, a.attempt, {
+            code: 'FABRIC_ERR_HANDLER_NOT_FOUND',
+            message: `no handler is registered for task type ${JSON.stringify(a.taskType)}`,
+          }),
+        );
+        continue;
+      }
+      this.#backlog.push({
+        taskId: a.taskId,
+        attempt: a.attempt,
+        agentId: a.agentId,
+        taskType: a.taskType,
+        payload: a.payload,
+        handler,
+      });
+    }
+    this.#pump();
+  }
+
+  #pump(): void {
+    while (this.#backlog.length > 0 && this.#inFlight < this.#maxInFlight && !this.#closed) {
+      const items =
+        this.#backlog.length <= this.#maxBatch
+          ? this.#backlog
+          : this.#backlog.splice(0, this.#maxBatch);
+      if (items === this.#backlog) this.#backlog = [];
+      this.#send(items, false);
+    }
+  }
+
+  #send(items: BatchItem[], solo: boolean): void {
+    const flags = new Int32Array(new SharedArrayBuffer(4 * items.length));
+    const batch: Batch = {
+      items,
+      flags,
+      done: false,
+      solo,
+      controller: new AbortController(),
+      hardAbort: undefined,
+      aborted: new Set(),
+    };
+    for (let i = 0; i < items.length; i++) {
+      const it = items[i]!;
+      this.#where.set(`${it.taskId}#${it.attempt}`, { batch, index: i });
+    }
+    this.#inFlight++;
+    this.#ensurePool()
+      .run({ items, flags }, { signal: batch.controller.signal })
+      .then(
+        (outcomes) => this.#settle(batch, outcomes, undefined),
+        (err: unknown) => this.#settle(batch, undefined, err),
+      );
+  }
+
+  #settle(batch: Batch, outcomes: BatchOutcome[] | undefined, err: unknown): void {
+    batch.done = true;
+    this.#inFlight--;
+    if (batch.hardAbort !== undefined) clearTimeout(batch.hardAbort);
+    const sink = this.#sink!;
+    const retryAlone: BatchItem[] = [];
+    for (let i = 0; i < batch.items.length; i++) {
+      const it = batch.items[i]!;
+      this.#where.delete(`${it.taskId}#${it.attempt}`);
+      if (batch.aborted.has(i)) continue; // the scheduler already ended this attempt
+      const o = outcomes?.[i];
+      if (o !== undefined) {
+        if (o.ok) sink.complete(it.taskId, it.attempt, o.result);
+        else sink.fail(it.taskId, it.attempt, o.error);
+      } else if (!batch.solo && batch.items.length > 1 && !this.#closed) {
+        retryAlone.push(it);
+      } else {
+        const e = toTaskError(err, 'FABRIC_ERR_WORKER_CRASHED');
+        sink.fail(
+          it.taskId,
+          it.attempt,
+          { ...e, message: `worker failed: ${e.message}` },
+          { retry: true },
+        );
+      }
+    }
+    for (const it of retryAlone) this.#send([it], true);
+    this.#pump();
+  }
+
+  abort(taskId: string, attempt: number, _reason: TaskError): void {
+    const key = `${taskId}#${attempt}`;
+    const at = this.#where.get(key);
+    if (at === undefined) {
+      const i = this.#backlog.findIndex((b) => b.taskId === taskId && b.attempt === attempt);
+      if (i >= 0) this.#backlog.splice(i, 1);
+      return;
+    }
+    const { batch, index } = at;
+    if (batch.done) return;
+    batch.aborted.add(index);
+    Atomics.store(batch.flags, index, 1);
+    if (batch.hardAbort === undefined) {
+      batch.hardAbort = setTimeout(() => {
+        if (!batch.done) batch.controller.abort(new Error('handler ignored its abort signal'));
+      }, this.#graceMs);
+      batch.hardAbort.unref();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    const pool = this.#pool;
+    this.#pool = undefined;
+    const sink = this.#sink;
+    for (const it of this.#backlog.splice(0)) {
+      sink?.fail(it.taskId, it.attempt, { code: 'FABRIC_ERR_CLOSED', message: 'executor closed' });
+    }
+    if (pool !== undefined) await pool.destroy();
+  }
+}

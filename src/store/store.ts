@@ -1,0 +1,31 @@
+/**
+ * The state seam: every manager keeps its records in a {@link FabricStore}, so a durable store
+ * can replace the in-memory one without the managers changing.
+ *
+ * The interface is synchronous on purpose: the scheduler's hot path runs at hundreds of thousands
+ * of operations a second and cannot await per task. Durable stores are write-through (embedded
+ * SQLite is synchronous) or write-behind with their own flush; either way `put` is called after
+ * every state change of a record, so the store always sees the current state. Managers may keep
+ * derived indexes (heaps, sets) but rebuild them from the store.
+ *
+ * @module
+ */
+
+/** A keyed collection of records of one kind. */
+export interface Collection<T> {
+  get(id: string): T | undefined;
+  /** Inserts or replaces; called after every change to the record. */
+  put(id: string, record: T): void;
+  delete(id: string): boolean;
+  values(): IterableIterator<T>;
+  readonly size: number;
+}
+
+/** Where the fabric's records live. */
+export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown> {
+  readonly tasks: Collection<TTask>;
+  readonly agents: Collection<TAgent>;
+  readonly pools: Collection<TPool>;
+  /** Flushes and releases resources. */
+  close(): Promise<void>;
+}

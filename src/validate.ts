@@ -1,0 +1,73 @@
+/**
+ * Small argument checks shared by the managers, so every bad input gets the same kind of
+ * message: `<field> must be …, got …`.
+ *
+ * @module
+ */
+import type { FabricError } from './errors.js';
+import { InvalidArgumentError } from './errors.js';
+
+/** What kind of number a field takes. */
+export type NumberKind = 'positiveInt' | 'nonNegativeInt' | 'positiveNumber' | 'nonNegativeNumber';
+
+type MakeError = (field: string, message: string) => FabricError;
+const invalidArgument: MakeError = (field, message) => new InvalidArgumentError(field, message);
+
+/** A short description of a bad value for error messages (never the value of a secret). */
+export function describeValue(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value === 'string') return `string ${JSON.stringify(value.slice(0, 40))}`;
+  if (typeof value === 'number') return String(value);
+  return typeof value;
+}
+
+/**
+ * Returns `value` when it is a number of the given kind.
+ * @throws InvalidArgumentError (or what `makeError` builds) naming `field`.
+ */
+export function checkNumber(
+  field: string,
+  value: unknown,
+  kind: NumberKind,
+  makeError: MakeError = invalidArgument,
+): number {
+  if (typeof value !== 'number' || Number.isNaN(value)) {
+    throw makeError(field, `must be a number, got ${describeValue(value)}`);
+  }
+  switch (kind) {
+    case 'positiveInt':
+      if (!Number.isSafeInteger(value) || value <= 0)
+        throw makeError(field, `must be a positive integer, got ${value}`);
+      break;
+    case 'nonNegativeInt':
+      if (!Number.isSafeInteger(value) || value < 0)
+        throw makeError(field, `must be a non-negative integer, got ${value}`);
+      break;
+    case 'positiveNumber':
+      if (!Number.isFinite(value) || value <= 0)
+        throw makeError(field, `must be a positive finite number, got ${value}`);
+      break;
+    case 'nonNegativeNumber':
+      if (!Number.isFinite(value) || value < 0)
+        throw makeError(field, `must be a non-negative finite number, got ${value}`);
+      break;
+  }
+  return value;
+}
+
+/**
+ * Returns `value` when it is a non-empty string of at most `maxLength` characters.
+ * @throws InvalidArgumentError naming `field`.
+ */
+export function checkString(field: string, value: unknown, maxLength = 256): string {
+  if (typeof value !== 'string' || value.length === 0) {
+    throw new InvalidArgumentError(
+      field,
+      `must be a non-empty string, got ${describeValue(value)}`,
+    );
+  }
+  if (value.length > maxLength) {
+    throw new InvalidArgumentError(field, `must be at most ${maxLength} characters`);
+  }
+  return value;
+}
