@@ -170,7 +170,10 @@ export class PoolManager {
     this.#prune(rec);
     const target = Math.min(rec.maxAgents, Math.max(rec.minAgents, targetSize));
     const current = rec.agentIds.length;
-    if (target > current) return { pool: toInfo(rec), spawned: this.#grow(rec, target - current) };
+    if (target > current) {
+      const spawned = this.#grow(rec, target - current);
+      return { pool: toInfo(rec), spawned };
+    }
     if (target < current) {
       const byLoad = rec.agentIds
         .map((id) => ({ id, load: this.#host.agentInfo(id)?.runningTasks ?? 0 }))

@@ -224,11 +224,15 @@ export class PiscinaExecutor implements TaskExecutor {
       } else if (!batch.solo && batch.items.length > 1 && !this.#closed) {
         retryAlone.push(it);
       } else {
-        const e = toTaskError(err, 'FABRIC_ERR_WORKER_CRASHED');
+        const e = toTaskError(err);
         sink.fail(
           it.taskId,
           it.attempt,
-          { ...e, message: `worker failed: ${e.message}` },
+          {
+            code: 'FABRIC_ERR_WORKER_CRASHED',
+            message: `worker failed: ${e.message}`,
+            details: { cause: e },
+          },
           { retry: true },
         );
       }
