@@ -272,7 +272,7 @@ export class AgentFabric {
    * @throws AgentNotFoundError; AgentUnavailableError when it is unhealthy, draining or
    *   terminated; QueueFullError; InvalidArgumentError for bad options.
    */
-  async schedule(request: ScheduleRequest & { pinned?: boolean }): Promise<Task> {
+  async schedule(request: ScheduleRequest): Promise<Task> {
     this.#open();
     if (request === null || typeof request !== 'object')
       throw new InvalidArgumentError('request', 'must be an object');

@@ -72,6 +72,12 @@ export interface ScheduleOptions {
    * @default 'default'
    */
   tenant?: string;
+  /**
+   * For a task addressed to an agent of a pool: fail it if that agent is lost, instead of moving
+   * it to the pool. Tasks of agents without a pool are always pinned.
+   * @default false
+   */
+  pinned?: boolean;
 }
 
 /** A task request addressed to one agent. */

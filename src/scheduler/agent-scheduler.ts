@@ -421,7 +421,7 @@ export class AgentScheduler {
     target: ScheduleTarget,
     taskType: string,
     payload: unknown,
-    options: ScheduleOptions & { pinned?: boolean } = {},
+    options: ScheduleOptions = {},
   ): Task {
     const t = this.#submit(target, taskType, payload, options);
     const snap = t.snapshot();
@@ -434,7 +434,7 @@ export class AgentScheduler {
     target: ScheduleTarget,
     taskType: string,
     payload: unknown,
-    options: ScheduleOptions & { pinned?: boolean } = {},
+    options: ScheduleOptions = {},
   ): string {
     const t = this.#submit(target, taskType, payload, options);
     if (this.events.listens('task.scheduled')) this.events.emit('task.scheduled', t.snapshot());
@@ -445,7 +445,7 @@ export class AgentScheduler {
     target: ScheduleTarget,
     taskType: string,
     payload: unknown,
-    options: ScheduleOptions & { pinned?: boolean },
+    options: ScheduleOptions,
   ): TaskRecord {
     this.#open();
     checkString('taskType', taskType);
