@@ -62,6 +62,11 @@ export interface ScheduleOptions {
    * deadline ends TIMEOUT. Within a priority level, earlier deadlines run first.
    */
   deadline?: Date | number;
+  /**
+   * Hold the task back until then (a `Date` or epoch ms): it counts as queued but is not started
+   * before. Used to park work until a budget window frees.
+   */
+  notBefore?: Date | number;
   /** Running-time limit; past it the task ends TIMEOUT and its executor is aborted. */
   timeoutSeconds?: number;
   /** Attempts before a task whose agent died or worker crashed fails for good. */

@@ -186,6 +186,8 @@ export class AgentScheduler {
 
   /** Tasks someone waits for; the waiters themselves hang on the record. */
   readonly #waited = new Set<TaskRecord>();
+  /** Tasks held back until their `notBefore`, with what releases them into their queue. */
+  readonly #delayed = new Map<TaskRecord, () => void>();
   readonly #finished: string[] = [];
   #finishedHead = 0;
 
@@ -472,6 +474,13 @@ export class AgentScheduler {
         ? this.#defaultMaxAttempts
         : checkNumber('maxAttempts', options.maxAttempts, 'positiveInt');
     const tenant = options.tenant === undefined ? 'default' : checkString('tenant', options.tenant);
+    let notBefore: number | undefined;
+    if (options.notBefore !== undefined) {
+      notBefore =
+        options.notBefore instanceof Date ? options.notBefore.getTime() : options.notBefore;
+      checkNumber('notBefore', notBefore, 'positiveNumber');
+      if (notBefore <= Date.now()) notBefore = undefined;
+    }
 
     let queue: FairQueue;
     let agent: AgentSlot | undefined;
@@ -506,11 +515,30 @@ export class AgentScheduler {
       now,
     );
     this.#tasks.put(task.id, task);
-    queue.push(task);
     this.#pending++;
+    const enqueue = (): void => {
+      queue.push(task);
+      if (agent !== undefined) this.#markAgent(agent);
+      else this.#markPool(pool!);
+    };
+    if (notBefore !== undefined) {
+      // Held back until `notBefore` (or its deadline, whichever comes first).
+      this.#delayed.set(task, () => {
+        if (agent !== undefined && !this.#agents.has(agent.id)) {
+          this.#finish(task, TaskStatus.FAILED, undefined, {
+            code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
+            message: `agent ${agent.id} is gone`,
+          });
+          return;
+        }
+        enqueue();
+        if (deadline !== undefined) this.#setTimer(task, deadline);
+      });
+      this.#setTimer(task, deadline === undefined ? notBefore : Math.min(deadline, notBefore));
+      return task;
+    }
+    enqueue();
     if (deadline !== undefined) this.#setTimer(task, deadline);
-    if (agent !== undefined) this.#markAgent(agent);
-    else this.#markPool(pool!);
     return task;
   }
 
@@ -978,6 +1006,7 @@ export class AgentScheduler {
   #finish(t: TaskRecord, status: TaskStatus, result: unknown, error: TaskError | undefined): void {
     if (t.status === TaskStatus.PENDING) {
       this.#pending--;
+      this.#delayed.delete(t);
       if (t.flow !== undefined) {
         const owner = t.agentId !== undefined ? this.#agents.get(t.agentId)?.queue : undefined;
         if (!(owner?.remove(t) ?? false)) {
@@ -1061,7 +1090,11 @@ export class AgentScheduler {
       t = this.#timers.peek()
     ) {
       this.#timers.pop();
-      if (t.status === TaskStatus.PENDING) {
+      const release = this.#delayed.get(t);
+      if (release !== undefined && (t.deadline === undefined || t.deadline > now)) {
+        this.#delayed.delete(t);
+        release();
+      } else if (t.status === TaskStatus.PENDING) {
         this.#finish(t, TaskStatus.TIMEOUT, undefined, {
           code: 'FABRIC_ERR_DEADLINE_EXCEEDED',
           message: `deadline ${new Date(t.deadline ?? now).toISOString()} passed before the task started`,

@@ -341,3 +341,39 @@ describe('AgentScheduler deadlines, timeouts and cancel (fake timers)', () => {
     await expect(empty).resolves.toBeUndefined();
   });
 });
+
+describe('AgentScheduler notBefore (fake timers)', () => {
+  let s: AgentScheduler;
+  beforeEach(() => {
+    vi.useFakeTimers();
+    s = remoteScheduler();
+  });
+  afterEach(async () => {
+    await s.close();
+    vi.useRealTimers();
+  });
+
+  it('holds a task back until notBefore, counting it as queued', async () => {
+    const later = s.schedule({ agentId: 'a' }, 't', 'later', { notBefore: Date.now() + 1_000 });
+    s.schedule({ agentId: 'a' }, 't', 'now');
+    expect(s.stats().queueDepth).toBe(2);
+    expect(await drainOrder(s)).toEqual(['now']);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(await drainOrder(s)).toEqual(['later']);
+    expect(s.getTask(later.id).status).toBe(TaskStatus.COMPLETED);
+  });
+
+  it('times out a held task whose deadline comes first, and cancels one cleanly', async () => {
+    const late = s.schedule({ agentId: 'a' }, 't', 1, {
+      notBefore: Date.now() + 5_000,
+      deadline: Date.now() + 1_000,
+    });
+    const cancelled = s.schedule({ agentId: 'a' }, 't', 2, { notBefore: Date.now() + 5_000 });
+    s.cancel(cancelled.id);
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(s.getTask(late.id).status).toBe(TaskStatus.TIMEOUT);
+    expect(s.getTask(cancelled.id).status).toBe(TaskStatus.CANCELLED);
+    expect(s.stats().queueDepth).toBe(0);
+    expect(await drainOrder(s)).toEqual([]);
+  });
+});
