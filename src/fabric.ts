@@ -8,15 +8,19 @@ import type { AgentConfig, AgentInfo, SpawnedAgent } from './agent.js';
 import { AgentStatus } from './agent.js';
 import type { FabricConfig } from './config.js';
 import { parseFabricConfig } from './config.js';
+import { randomBytes } from 'node:crypto';
 import {
   AgentNotFoundError,
   AgentUnavailableError,
   ClosedError,
+  ConfigError,
   InvalidArgumentError,
   NoAvailableAgentError,
+  PermissionDeniedError,
+  UnauthenticatedError,
 } from './errors.js';
 import type { AgentRecord } from './lifecycle/lifecycle-manager.js';
-import { LifecycleManager } from './lifecycle/lifecycle-manager.js';
+import { LifecycleManager, hashCredential } from './lifecycle/lifecycle-manager.js';
 import type { PoolChange, PoolConfig, PoolInfo, PoolRecord } from './pools/pool-manager.js';
 import { PoolManager } from './pools/pool-manager.js';
 import type { SchedulerStats, PoolLoad } from './scheduler/agent-scheduler.js';
@@ -29,7 +33,7 @@ import type { TaskRecord } from './scheduler/task-record.js';
 import { MemoryStore } from './store/memory-store.js';
 import type { FabricStore } from './store/store.js';
 import type { ScheduleOptions, ScheduleRequest, Task, TaskAssignment, TaskError } from './task.js';
-import { checkNumber } from './validate.js';
+import { checkNumber, checkString } from './validate.js';
 
 /** Options beyond the Fabric Guide's config: plumbing for embedders and tests. */
 export interface FabricOptions {
@@ -43,7 +47,23 @@ export interface FabricOptions {
   defaultExecutor?: string;
   /** Fairness weight per tenant. @default 1 */
   tenantWeight?: (tenant: string) => number;
+  /**
+   * Credentials that authenticate as the administrator (approve, set budgets, scale, spawn).
+   * Kept only as hashes. More can be issued with {@link AgentFabric.issueAdminCredential}.
+   */
+  adminCredentials?: readonly string[];
 }
+
+/** Who a credential belongs to: one agent, or the administrator. */
+export type Identity =
+  | {
+      readonly kind: 'agent';
+      readonly agentId: string;
+      readonly poolId: string | undefined;
+      readonly labels: Readonly<Record<string, string>>;
+      readonly agent: AgentInfo;
+    }
+  | { readonly kind: 'admin'; readonly name: string };
 
 /** Figures of one pool in {@link FabricStats}. */
 export interface PoolStats extends PoolLoad {
@@ -85,6 +105,8 @@ export class AgentFabric {
   readonly #store: FabricStore<TaskRecord, AgentRecord, PoolRecord>;
   readonly #local: PiscinaExecutor;
   readonly #inprocess: InProcessExecutor;
+  /** SHA-256 of admin credential → admin name. */
+  readonly #admins = new Map<string, string>();
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -92,6 +114,15 @@ export class AgentFabric {
     this.config = parseFabricConfig(config);
     const c = this.config;
     this.#store = options.store ?? new MemoryStore<TaskRecord, AgentRecord, PoolRecord>();
+    for (const [i, cred] of (options.adminCredentials ?? []).entries()) {
+      if (typeof cred !== 'string' || cred.length < 16) {
+        throw new ConfigError(
+          `options.adminCredentials[${i}]`,
+          'must be a string of at least 16 characters',
+        );
+      }
+      this.#admins.set(hashCredential(cred), 'admin');
+    }
     this.scheduler = new AgentScheduler({
       maxQueueDepth: c.maxQueueDepth,
       defaultTimeoutSeconds: c.defaultTimeoutSeconds,
@@ -229,9 +260,34 @@ export class AgentFabric {
     return this.lifecycle.listAgents(filter);
   }
 
-  /** Maps a credential to its agent. @throws UnauthenticatedError */
-  authenticate(credential: string): AgentInfo {
-    return this.lifecycle.authenticate(credential);
+  /**
+   * Maps a credential to its agent or to the administrator. Every ingress calls this first.
+   * @throws UnauthenticatedError for a missing, unknown or revoked credential.
+   */
+  authenticate(credential: string): Identity {
+    if (typeof credential !== 'string' || credential.length === 0) throw new UnauthenticatedError();
+    const admin = this.#admins.get(hashCredential(credential));
+    if (admin !== undefined) return { kind: 'admin', name: admin };
+    const agent = this.lifecycle.authenticate(credential);
+    return { kind: 'agent', agentId: agent.id, poolId: agent.poolId, labels: agent.labels, agent };
+  }
+
+  /**
+   * Issues a new admin credential (shown once; only its hash is kept).
+   * @param name - recorded as the approver of what this credential approves.
+   */
+  issueAdminCredential(name = 'admin'): string {
+    checkString('name', name);
+    const credential = `afa_${randomBytes(32).toString('base64url')}`;
+    this.#admins.set(hashCredential(credential), name);
+    return credential;
+  }
+
+  /** @throws PermissionDeniedError unless `identity` is the administrator. */
+  requireAdmin(identity: Identity, operation: string): void {
+    if (identity.kind !== 'admin') {
+      throw new PermissionDeniedError(`${operation} needs an admin credential`, { operation });
+    }
   }
 
   /** Terminates gracefully (see {@link LifecycleManager.terminate}). */

@@ -55,7 +55,7 @@ export {
 } from './errors.js';
 
 export type { FabricConfig } from './config.js';
-export type { ClaimOptions, FabricOptions, FabricStats, PoolStats } from './fabric.js';
+export type { ClaimOptions, FabricOptions, FabricStats, Identity, PoolStats } from './fabric.js';
 export type {
   AgentBudgetConfig,
   AgentConfig,

@@ -199,3 +199,45 @@ describe('AgentFabric', () => {
     });
   });
 });
+
+describe('AgentFabric identity', () => {
+  it('maps credentials to exactly one agent or the admin, and revokes on terminate', async () => {
+    const fabric = new AgentFabric({}, { adminCredentials: ['a-very-long-admin-secret'] });
+    try {
+      const a = await fabric.spawn({
+        model: 'm',
+        name: 'a',
+        executor: 'remote',
+        labels: { team: 'x' },
+      });
+      const b = await fabric.spawn({ model: 'm', name: 'b', executor: 'remote' });
+      expect(fabric.authenticate(a.credential)).toMatchObject({
+        kind: 'agent',
+        agentId: a.id,
+        labels: { team: 'x' },
+      });
+      expect(fabric.authenticate(b.credential)).toMatchObject({ kind: 'agent', agentId: b.id });
+      expect(fabric.authenticate('a-very-long-admin-secret')).toEqual({
+        kind: 'admin',
+        name: 'admin',
+      });
+      const ops = fabric.issueAdminCredential('ops');
+      expect(fabric.authenticate(ops)).toEqual({ kind: 'admin', name: 'ops' });
+      expect(() => fabric.authenticate('')).toThrow(/credential/);
+      expect(() => fabric.authenticate(`${a.credential}x`)).toThrow(/unknown/);
+      expect(() => fabric.requireAdmin(fabric.authenticate(a.credential), 'approve')).toThrow(
+        /admin/,
+      );
+      await fabric.terminate(a.id);
+      expect(() => fabric.authenticate(a.credential)).toThrow(/revoked/);
+    } finally {
+      await fabric.close();
+    }
+  });
+
+  it('rejects short admin credentials', () => {
+    expect(() => new AgentFabric({}, { adminCredentials: ['short'] })).toThrow(
+      /adminCredentials\[0\]/,
+    );
+  });
+});
