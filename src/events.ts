@@ -8,7 +8,14 @@ import { EventEmitter } from 'node:events';
 /** Map of event name → listener argument tuple. */
 export type EventMap = { [event: string]: unknown[] };
 
-/** A typed event emitter. Listener errors are not caught: listeners must not throw. */
+/** A listener of event `K` of map `E`. */
+export type Listener<E extends EventMap, K extends keyof E> = (...args: E[K]) => void;
+
+/**
+ * A typed event emitter, used by composition (`manager.events.on(…)`) or as a base class.
+ * Listeners run synchronously, in registration order, after the state change they report; an
+ * exception thrown by a listener propagates to the caller of the method that emitted it.
+ */
 export class TypedEmitter<E extends EventMap> {
   readonly #ee = new EventEmitter({ captureRejections: false });
 
@@ -34,6 +41,11 @@ export class TypedEmitter<E extends EventMap> {
   /** True when someone listens: callers skip building event payloads otherwise. */
   listens(event: keyof E & string): boolean {
     return this.#ee.listenerCount(event) > 0;
+  }
+
+  /** Number of listeners of `event`. */
+  listenerCount(event: keyof E & string): number {
+    return this.#ee.listenerCount(event);
   }
 
   /** @internal */

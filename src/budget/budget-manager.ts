@@ -1,0 +1,426 @@
+/**
+ * The BudgetManager: token and cost limits per agent, per pool and fabric-wide, enforced by
+ * reserving an estimate before a call and settling the actual usage after it.
+ *
+ * @module
+ */
+import {
+  BudgetExceededError,
+  ConfigError,
+  InvalidArgumentError,
+  InvalidUsageError,
+} from '../errors.js';
+import { TypedEmitter } from '../events.js';
+import type { BudgetConfig } from './budget-config.js';
+import { InMemoryBudgetStore, type BudgetStore } from './budget-store.js';
+import { ScopeUsage, type BudgetAlert, type BudgetShortfall } from './scope-usage.js';
+
+/** Tokens and/or cost of one call. A missing field counts as 0. */
+export interface UsageAmount {
+  tokens?: number;
+  cost?: number;
+}
+
+/** Which pool a call runs in (its budget must fit too). */
+export interface BudgetCallOptions {
+  poolId?: string;
+}
+
+/** Result of {@link BudgetManager.check}. */
+export type BudgetCheck =
+  { readonly allowed: true } | ({ readonly allowed: false } & BudgetShortfall);
+
+/** Usage reserved for one in-flight call. Settle it with the actual usage, or release it. */
+export interface Reservation {
+  readonly agentId: string;
+  readonly poolId: string | undefined;
+  /** The reserved estimate. */
+  readonly tokens: number;
+  readonly cost: number;
+  readonly state: 'reserved' | 'settled' | 'released';
+}
+
+/** Usage and limits of one scope. Limits that are not set read `Infinity`. */
+export interface BudgetStatus {
+  /** `agent:<id>`, `pool:<id>` or `fabric`. */
+  readonly scope: string;
+  /** Tokens in the sliding hour (settled and recorded usage). */
+  readonly tokensUsed: number;
+  /** Tokens held by in-flight reservations. */
+  readonly tokensReserved: number;
+  readonly tokensLimit: number;
+  /** Cost in the day window. */
+  readonly costUsed: number;
+  readonly costReserved: number;
+  readonly costLimit: number;
+  /** The higher of tokensUsed/tokensLimit and costUsed/costLimit, in percent (0 without limits). */
+  readonly percentUsed: number;
+  readonly warnAtPercent: number;
+  /** `percentUsed >= warnAtPercent`. */
+  readonly warning: boolean;
+  /** `percentUsed >= 100`: no call passes until usage leaves the window. */
+  readonly exhausted: boolean;
+  /** When the oldest counted usage leaves a window (epoch ms), or null when nothing is counted. */
+  readonly resetsAt: number | null;
+}
+
+/** Options of a {@link BudgetManager}. */
+export interface BudgetManagerOptions {
+  /**
+   * Where budget state is kept.
+   * @default a new InMemoryBudgetStore
+   */
+  store?: BudgetStore;
+}
+
+/** Events of a {@link BudgetManager}. */
+export type BudgetEvents = {
+  /** Usage crossed `warnAtPercent` of a limit (once per crossing, re-armed when it falls below). */
+  warning: [alert: BudgetAlert];
+  /** Usage reached 100% of a limit. */
+  exhausted: [alert: BudgetAlert];
+};
+
+const ALLOWED: BudgetCheck = Object.freeze({ allowed: true });
+const RESERVED = 0;
+const SETTLED = 1;
+const RELEASED = 2;
+const STATES = ['reserved', 'settled', 'released'] as const;
+const FABRIC = 'fabric';
+
+class ReservationImpl implements Reservation {
+  readonly agentId: string;
+  readonly poolId: string | undefined;
+  readonly tokens: number;
+  readonly cost: number;
+  readonly owner: BudgetManager;
+  readonly agent: ScopeUsage;
+  readonly pool: ScopeUsage | undefined;
+  readonly fabric: ScopeUsage;
+  code = RESERVED;
+
+  constructor(
+    owner: BudgetManager,
+    agentId: string,
+    poolId: string | undefined,
+    tokens: number,
+    cost: number,
+    agent: ScopeUsage,
+    pool: ScopeUsage | undefined,
+    fabric: ScopeUsage,
+  ) {
+    this.owner = owner;
+    this.agentId = agentId;
+    this.poolId = poolId;
+    this.tokens = tokens;
+    this.cost = cost;
+    this.agent = agent;
+    this.pool = pool;
+    this.fabric = fabric;
+  }
+
+  get state(): Reservation['state'] {
+    return STATES[this.code]!;
+  }
+}
+
+/**
+ * Tracks usage against limits set on agents, pools and the whole fabric; a call must fit every
+ * level it belongs to (its agent, its pool if given, and the fabric).
+ *
+ * **Windows.** Tokens count over a sliding hour (60 one-minute buckets), cost over a sliding
+ * 24 h (96 fifteen-minute buckets) or the UTC calendar day (`costWindow: 'utc-day'`). Usage
+ * leaves a sliding window at most one bucket after the window length, never before.
+ *
+ * **Reserve, then settle.** `reserve` checks the estimate against usage plus every in-flight
+ * reservation and holds it; `settle` swaps the estimate for the actual usage; `release` gives it
+ * back. Both are idempotent. Because the check and the hold are one synchronous step, concurrent
+ * callers cannot all pass a nearly exhausted budget.
+ *
+ * @example
+ * const budgets = new BudgetManager();
+ * budgets.setBudget('agent-1', { maxTokensPerHour: 100_000, maxCostPerDay: 10 });
+ * const r = budgets.reserve('agent-1', { tokens: 2_000, cost: 0.1 });
+ * // … make the call …
+ * budgets.settle(r, { tokens: 1_500, cost: 0.05 });
+ * budgets.getStatus('agent-1').tokensUsed; // 1500
+ */
+export class BudgetManager extends TypedEmitter<BudgetEvents> {
+  readonly #store: BudgetStore;
+  readonly #agents = new Map<string, ScopeUsage>();
+  readonly #pools = new Map<string, ScopeUsage>();
+  #fabric: ScopeUsage | undefined;
+  readonly #emit = (kind: 'warning' | 'exhausted', alert: BudgetAlert): void =>
+    this.emit(kind, alert);
+
+  constructor(options: BudgetManagerOptions = {}) {
+    super();
+    if (options === null || typeof options !== 'object') {
+      throw new ConfigError('options', 'must be an object');
+    }
+    for (const key of Object.keys(options)) {
+      if (key !== 'store') throw new ConfigError(`options.${key}`, 'is not a known option');
+    }
+    const store = options.store ?? new InMemoryBudgetStore();
+    if (typeof store.load !== 'function' || typeof store.changed !== 'function') {
+      throw new ConfigError('options.store', 'must implement BudgetStore (load, changed, delete)');
+    }
+    this.#store = store;
+  }
+
+  /** The store holding this manager's state. */
+  get store(): BudgetStore {
+    return this.#store;
+  }
+
+  /**
+   * Sets the limits of an agent (replacing earlier ones; usage so far is kept).
+   * @throws ConfigError naming the field (`config.maxTokensPerHour`, …).
+   */
+  setBudget(agentId: string, config: BudgetConfig): void {
+    this.#configure(this.#agent(id('agentId', agentId)), config);
+  }
+
+  /** Sets the limits of a pool. @throws ConfigError naming the field. */
+  setPoolBudget(poolId: string, config: BudgetConfig): void {
+    this.#configure(this.#pool(id('poolId', poolId)), config);
+  }
+
+  /** Sets fabric-wide limits (all agents together). @throws ConfigError naming the field. */
+  setFabricBudget(config: BudgetConfig): void {
+    this.#configure(this.#fabricScope(), config);
+  }
+
+  /** Removes an agent's limits; its usage keeps being tracked. */
+  removeBudget(agentId: string): void {
+    this.#configure(this.#agent(id('agentId', agentId)), null);
+  }
+
+  /** Removes a pool's limits. */
+  removePoolBudget(poolId: string): void {
+    this.#configure(this.#pool(id('poolId', poolId)), null);
+  }
+
+  /** Removes the fabric-wide limits. */
+  removeFabricBudget(): void {
+    this.#configure(this.#fabricScope(), null);
+  }
+
+  /**
+   * Records usage that happened without a reservation (it may push a scope over its limit;
+   * the next `check`/`reserve` then refuses).
+   * @throws InvalidUsageError for a negative, NaN, infinite or non-numeric amount.
+   */
+  recordUsage(agentId: string, usage: UsageAmount, options?: BudgetCallOptions): void {
+    const tokens = amount('usage.tokens', usage, 'tokens');
+    const cost = amount('usage.cost', usage, 'cost');
+    const now = Date.now();
+    const poolId = options?.poolId;
+    this.#record(
+      this.#agent(id('agentId', agentId)),
+      poolId === undefined ? undefined : this.#pool(id('options.poolId', poolId)),
+      this.#fabricScope(),
+      tokens,
+      cost,
+      now,
+    );
+  }
+
+  /**
+   * Whether a call with this estimate would fit every level now (usage plus in-flight
+   * reservations). Does not reserve anything.
+   * @throws InvalidUsageError for a bad estimate.
+   */
+  check(agentId: string, estimate: UsageAmount, options?: BudgetCallOptions): BudgetCheck {
+    const tokens = amount('estimate.tokens', estimate, 'tokens');
+    const cost = amount('estimate.cost', estimate, 'cost');
+    const short = this.#shortfall(agentId, options?.poolId, tokens, cost, Date.now());
+    return short === null ? ALLOWED : Object.freeze({ allowed: false as const, ...short });
+  }
+
+  /**
+   * Reserves an estimate on every level, or throws when it does not fit one of them.
+   * @throws BudgetExceededError carrying `scope`, `limit`, `used`, `max` and `retryAt`.
+   * @throws InvalidUsageError for a bad estimate.
+   */
+  reserve(agentId: string, estimate: UsageAmount, options?: BudgetCallOptions): Reservation {
+    const tokens = amount('estimate.tokens', estimate, 'tokens');
+    const cost = amount('estimate.cost', estimate, 'cost');
+    const now = Date.now();
+    const poolId = options?.poolId;
+    const short = this.#shortfall(agentId, poolId, tokens, cost, now);
+    if (short !== null) throw new BudgetExceededError(short);
+    const a = this.#agent(agentId);
+    const p = poolId === undefined ? undefined : this.#pool(poolId);
+    const f = this.#fabricScope();
+    a.reservedTokens += tokens;
+    a.reservedCost += cost;
+    if (p !== undefined) {
+      p.reservedTokens += tokens;
+      p.reservedCost += cost;
+    }
+    f.reservedTokens += tokens;
+    f.reservedCost += cost;
+    return new ReservationImpl(this, agentId, poolId, tokens, cost, a, p, f);
+  }
+
+  /**
+   * Replaces a reservation's estimate with the actual usage (fields left out of `actual` keep
+   * the estimate). A second settle, or a settle after release, does nothing.
+   * @throws InvalidUsageError for a bad amount (the reservation stays reserved).
+   * @throws InvalidArgumentError for a reservation from another manager.
+   */
+  settle(reservation: Reservation, actual?: UsageAmount): void {
+    const r = this.#own(reservation);
+    if (r.code !== RESERVED) return;
+    const tokens =
+      actual?.tokens === undefined ? r.tokens : amount('actual.tokens', actual, 'tokens');
+    const cost = actual?.cost === undefined ? r.cost : amount('actual.cost', actual, 'cost');
+    r.code = SETTLED;
+    unreserve(r);
+    this.#record(r.agent, r.pool, r.fabric, tokens, cost, Date.now());
+  }
+
+  /** Gives a reservation back unused. Idempotent; does nothing after settle. */
+  release(reservation: Reservation): void {
+    const r = this.#own(reservation);
+    if (r.code !== RESERVED) return;
+    r.code = RELEASED;
+    unreserve(r);
+  }
+
+  /** Usage and limits of an agent. */
+  getStatus(agentId: string): BudgetStatus {
+    return status(this.#agent(id('agentId', agentId)), Date.now());
+  }
+
+  /** Usage and limits of a pool (usage of every call made with this `poolId`). */
+  getPoolStatus(poolId: string): BudgetStatus {
+    return status(this.#pool(id('poolId', poolId)), Date.now());
+  }
+
+  /** Fabric-wide usage and limits. */
+  getFabricStatus(): BudgetStatus {
+    return status(this.#fabricScope(), Date.now());
+  }
+
+  #shortfall(
+    agentId: string,
+    poolId: string | undefined,
+    tokens: number,
+    cost: number,
+    now: number,
+  ): BudgetShortfall | null {
+    id('agentId', agentId);
+    const a = this.#agent(agentId).shortfall(tokens, cost, now);
+    if (a !== null) return a;
+    if (poolId !== undefined) {
+      const p = this.#pool(id('options.poolId', poolId)).shortfall(tokens, cost, now);
+      if (p !== null) return p;
+    }
+    return this.#fabricScope().shortfall(tokens, cost, now);
+  }
+
+  #record(
+    a: ScopeUsage,
+    p: ScopeUsage | undefined,
+    f: ScopeUsage,
+    tokens: number,
+    cost: number,
+    now: number,
+  ): void {
+    a.record(tokens, cost, now, this.#emit);
+    this.#store.changed(a.scope, a);
+    if (p !== undefined) {
+      p.record(tokens, cost, now, this.#emit);
+      this.#store.changed(p.scope, p);
+    }
+    f.record(tokens, cost, now, this.#emit);
+    this.#store.changed(f.scope, f);
+  }
+
+  #configure(scope: ScopeUsage, config: BudgetConfig | null): void {
+    scope.setConfig(config, Date.now());
+    this.#store.changed(scope.scope, scope);
+  }
+
+  #own(reservation: Reservation): ReservationImpl {
+    if (!(reservation instanceof ReservationImpl) || reservation.owner !== this) {
+      throw new InvalidArgumentError('reservation', 'was not made by this BudgetManager');
+    }
+    return reservation;
+  }
+
+  #agent(agentId: string): ScopeUsage {
+    return this.#agents.get(agentId) ?? this.#load(this.#agents, agentId, `agent:${agentId}`);
+  }
+
+  #pool(poolId: string): ScopeUsage {
+    return this.#pools.get(poolId) ?? this.#load(this.#pools, poolId, `pool:${poolId}`);
+  }
+
+  #fabricScope(): ScopeUsage {
+    return (this.#fabric ??= new ScopeUsage(FABRIC, Date.now(), this.#store.load(FABRIC)));
+  }
+
+  #load(map: Map<string, ScopeUsage>, key: string, scope: string): ScopeUsage {
+    const s = new ScopeUsage(scope, Date.now(), this.#store.load(scope));
+    map.set(key, s);
+    return s;
+  }
+}
+
+function unreserve(r: ReservationImpl): void {
+  r.agent.reservedTokens -= r.tokens;
+  r.agent.reservedCost -= r.cost;
+  if (r.pool !== undefined) {
+    r.pool.reservedTokens -= r.tokens;
+    r.pool.reservedCost -= r.cost;
+  }
+  r.fabric.reservedTokens -= r.tokens;
+  r.fabric.reservedCost -= r.cost;
+}
+
+function id(field: string, value: unknown): string {
+  if (typeof value !== 'string' || value === '') {
+    throw new InvalidArgumentError(field, 'must be a non-empty string');
+  }
+  return value;
+}
+
+function amount(field: string, usage: UsageAmount | undefined, key: 'tokens' | 'cost'): number {
+  if (usage === null || typeof usage !== 'object') throw new InvalidUsageError(field, usage);
+  const v: unknown = usage[key];
+  if (v === undefined) return 0;
+  if (typeof v !== 'number' || !(v >= 0) || v === Number.POSITIVE_INFINITY) {
+    throw new InvalidUsageError(field, v);
+  }
+  return v;
+}
+
+function status(s: ScopeUsage, now: number): BudgetStatus {
+  const c = s.config;
+  const tokensUsed = s.tokens.used(now);
+  const costUsed = s.cost.used(now);
+  const tokensLimit = c?.maxTokensPerHour ?? Number.POSITIVE_INFINITY;
+  const costLimit = c?.maxCostPerDay ?? Number.POSITIVE_INFINITY;
+  const percentUsed = Math.max((tokensUsed / tokensLimit) * 100, (costUsed / costLimit) * 100);
+  const warnAtPercent = c?.warnAtPercent ?? 80;
+  const drops = [s.tokens.nextDropAt(now), s.cost.nextDropAt(now)].filter(
+    (t): t is number => t !== null,
+  );
+  return Object.freeze({
+    scope: s.scope,
+    tokensUsed,
+    tokensReserved: s.reservedTokens,
+    tokensLimit,
+    costUsed,
+    costReserved: s.reservedCost,
+    costLimit,
+    percentUsed,
+    warnAtPercent,
+    warning: c !== undefined && percentUsed >= warnAtPercent,
+    exhausted: c !== undefined && percentUsed >= 100,
+    resetsAt: drops.length === 0 ? null : Math.min(...drops),
+  });
+}

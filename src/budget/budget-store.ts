@@ -1,0 +1,84 @@
+/**
+ * Where budget state lives: a small interface so a durable store can replace the in-memory one.
+ *
+ * @module
+ */
+import type { BudgetConfig } from './budget-config.js';
+import type { UsageWindowState } from './usage-window.js';
+
+/** Serializable state of one scope (`agent:<id>`, `pool:<id>` or `fabric`). Plain JSON. */
+export interface BudgetScopeSnapshot {
+  version: 1;
+  /** The limits set on the scope, or null when it only tracks usage. */
+  config: BudgetConfig | null;
+  tokens: UsageWindowState;
+  cost: UsageWindowState;
+  /** Which alerts have fired and not yet re-armed (so a restart does not repeat them). */
+  alerts: {
+    tokensWarned: boolean;
+    tokensExhausted: boolean;
+    costWarned: boolean;
+    costExhausted: boolean;
+  };
+}
+
+/** Something whose current state can be serialized (a live scope). */
+export interface BudgetStateSource {
+  toJSON(): BudgetScopeSnapshot;
+}
+
+/**
+ * Persistence of budget state. The BudgetManager keeps live state in memory and talks to the
+ * store synchronously, so implementations must be cheap on the hot path:
+ *
+ * - `load` is called once per scope, the first time the manager touches it (after a restart,
+ *   this is how usage survives: a crash must never reset a budget);
+ * - `changed` is called after every change to a scope with the live state; a durable store
+ *   records that the scope is dirty and writes `source.toJSON()` behind (batched, on a timer).
+ *
+ * In-flight reservations are not persisted: after a crash they are simply gone (the calls they
+ * guarded died with the process); settled usage is what counts.
+ */
+export interface BudgetStore {
+  load(scope: string): BudgetScopeSnapshot | undefined;
+  changed(scope: string, source: BudgetStateSource): void;
+  delete(scope: string): void;
+}
+
+/**
+ * The default store: keeps everything in memory. `snapshot()` serializes every scope, and a
+ * store built from a snapshot resumes it (used by tests, and as the reference for durable stores).
+ *
+ * @example
+ * const saved = JSON.stringify(store.snapshot());
+ * const restored = new BudgetManager({ store: new InMemoryBudgetStore(JSON.parse(saved)) });
+ */
+export class InMemoryBudgetStore implements BudgetStore {
+  readonly #saved = new Map<string, BudgetScopeSnapshot>();
+  readonly #live = new Map<string, BudgetStateSource>();
+
+  constructor(snapshot: Readonly<Record<string, BudgetScopeSnapshot>> = {}) {
+    for (const [scope, state] of Object.entries(snapshot)) this.#saved.set(scope, state);
+  }
+
+  load(scope: string): BudgetScopeSnapshot | undefined {
+    return this.#live.get(scope)?.toJSON() ?? this.#saved.get(scope);
+  }
+
+  changed(scope: string, source: BudgetStateSource): void {
+    if (this.#live.get(scope) !== source) this.#live.set(scope, source);
+  }
+
+  delete(scope: string): void {
+    this.#saved.delete(scope);
+    this.#live.delete(scope);
+  }
+
+  /** Every scope's state, as plain JSON-serializable data. */
+  snapshot(): Record<string, BudgetScopeSnapshot> {
+    const out: Record<string, BudgetScopeSnapshot> = {};
+    for (const [scope, state] of this.#saved) out[scope] = state;
+    for (const [scope, source] of this.#live) out[scope] = source.toJSON();
+    return out;
+  }
+}

@@ -1,0 +1,34 @@
+/**
+ * Budgets: token and cost limits per agent, pool and fabric, with sliding windows and
+ * reserve/settle accounting.
+ *
+ * @module
+ */
+export {
+  DEFAULT_COST_WINDOW,
+  DEFAULT_WARN_AT_PERCENT,
+  parseBudgetConfig,
+} from './budget-config.js';
+export { BudgetManager } from './budget-manager.js';
+export { InMemoryBudgetStore } from './budget-store.js';
+export { COST_BUCKET_MS, TOKEN_BUCKET_MS } from './scope-usage.js';
+export { DAY_MS, HOUR_MS, SlidingWindow, UtcDayWindow, windowFromJSON } from './usage-window.js';
+
+export type { BudgetConfig, CostWindow, ResolvedBudgetConfig } from './budget-config.js';
+export type {
+  BudgetCallOptions,
+  BudgetCheck,
+  BudgetEvents,
+  BudgetManagerOptions,
+  BudgetStatus,
+  Reservation,
+  UsageAmount,
+} from './budget-manager.js';
+export type { BudgetScopeSnapshot, BudgetStateSource, BudgetStore } from './budget-store.js';
+export type { BudgetAlert, BudgetLimit, BudgetShortfall } from './scope-usage.js';
+export type {
+  SlidingWindowState,
+  UsageWindow,
+  UsageWindowState,
+  UtcDayWindowState,
+} from './usage-window.js';

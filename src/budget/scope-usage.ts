@@ -1,0 +1,256 @@
+/**
+ * The live usage of one budget scope: its windows, in-flight reservations and alert state.
+ * Internal to the BudgetManager (not exported from the package).
+ *
+ * @module
+ */
+import {
+  parseBudgetConfig,
+  type BudgetConfig,
+  type ResolvedBudgetConfig,
+} from './budget-config.js';
+import type { BudgetScopeSnapshot, BudgetStateSource } from './budget-store.js';
+import {
+  DAY_MS,
+  HOUR_MS,
+  SlidingWindow,
+  UtcDayWindow,
+  windowFromJSON,
+  type UsageWindow,
+} from './usage-window.js';
+
+/** Width of a token bucket: the hour window is 60 one-minute buckets (+1, see SlidingWindow). */
+export const TOKEN_BUCKET_MS = 60_000;
+/** Width of a cost bucket: the sliding day is 96 fifteen-minute buckets (+1). */
+export const COST_BUCKET_MS = 900_000;
+
+/** Which limit. */
+export type BudgetLimit = 'tokens' | 'cost';
+
+/** Why a call does not fit one scope. */
+export interface BudgetShortfall {
+  /** `agent:<id>`, `pool:<id>` or `fabric`. */
+  readonly scope: string;
+  readonly limit: BudgetLimit;
+  /** Usage inside the window (settled and recorded). */
+  readonly used: number;
+  /** Held by in-flight reservations. */
+  readonly reserved: number;
+  /** What the call asked for. */
+  readonly requested: number;
+  readonly max: number;
+  /**
+   * When enough usage will have left the window for this call to fit (epoch ms), or null when
+   * that cannot be known from the window (the request alone exceeds the limit, or in-flight
+   * reservations block it).
+   */
+  readonly retryAt: number | null;
+}
+
+/** A threshold crossing, reported by `warning` and `exhausted` events. */
+export interface BudgetAlert {
+  readonly scope: string;
+  readonly limit: BudgetLimit;
+  readonly used: number;
+  readonly max: number;
+  readonly percentUsed: number;
+  /** Epoch ms. */
+  readonly at: number;
+}
+
+/** Emits an alert; `kind` is the event name. */
+export type AlertSink = (kind: 'warning' | 'exhausted', alert: BudgetAlert) => void;
+
+// Float sums of costs (0.1 + 0.2) must not turn an exact fit into a refusal.
+const TOLERANCE = 1e-9;
+
+function newCostWindow(kind: 'sliding' | 'utc-day', now: number): UsageWindow {
+  return kind === 'sliding'
+    ? new SlidingWindow(DAY_MS, COST_BUCKET_MS, now)
+    : new UtcDayWindow(now);
+}
+
+/** Live state of one scope. Fields are public for the manager's hot path. */
+export class ScopeUsage implements BudgetStateSource {
+  readonly scope: string;
+  config: ResolvedBudgetConfig | undefined;
+  rawConfig: BudgetConfig | null = null;
+  readonly tokens: UsageWindow;
+  cost: UsageWindow;
+  reservedTokens = 0;
+  reservedCost = 0;
+  tokensWarned = false;
+  tokensExhausted = false;
+  costWarned = false;
+  costExhausted = false;
+  /** Usage at which the warning threshold is reached (Infinity without a limit). */
+  #tokensWarnAt = Number.POSITIVE_INFINITY;
+  #costWarnAt = Number.POSITIVE_INFINITY;
+
+  constructor(scope: string, now: number, snapshot?: BudgetScopeSnapshot) {
+    this.scope = scope;
+    if (snapshot === undefined) {
+      this.tokens = new SlidingWindow(HOUR_MS, TOKEN_BUCKET_MS, now);
+      this.cost = newCostWindow('sliding', now);
+      return;
+    }
+    this.tokens = windowFromJSON(snapshot.tokens);
+    this.cost = windowFromJSON(snapshot.cost);
+    if (snapshot.config !== null) this.setConfig(snapshot.config, now);
+    this.tokensWarned = snapshot.alerts.tokensWarned;
+    this.tokensExhausted = snapshot.alerts.tokensExhausted;
+    this.costWarned = snapshot.alerts.costWarned;
+    this.costExhausted = snapshot.alerts.costExhausted;
+  }
+
+  /**
+   * Sets (or with null clears) the limits. Switching the cost window kind carries the usage
+   * currently counted over into the new window, so a switch never forgives usage.
+   */
+  setConfig(raw: BudgetConfig | null, now: number, field = 'config'): void {
+    if (raw === null) {
+      this.config = undefined;
+      this.rawConfig = null;
+      this.#tokensWarnAt = this.#costWarnAt = Number.POSITIVE_INFINITY;
+      return;
+    }
+    const resolved = parseBudgetConfig(raw, field);
+    if (resolved.costWindow !== this.cost.kind) {
+      const carried = this.cost.used(now);
+      this.cost = newCostWindow(resolved.costWindow, now);
+      if (carried > 0) this.cost.add(carried, now);
+    }
+    this.config = resolved;
+    this.rawConfig = Object.freeze({ ...raw });
+    this.#tokensWarnAt = (resolved.maxTokensPerHour * resolved.warnAtPercent) / 100;
+    this.#costWarnAt = (resolved.maxCostPerDay * resolved.warnAtPercent) / 100;
+  }
+
+  /** Null when `tokens`/`cost` fit on top of usage and reservations; else why not. */
+  shortfall(tokens: number, cost: number, now: number): BudgetShortfall | null {
+    const c = this.config;
+    if (c === undefined) return null;
+    if (c.maxTokensPerHour !== Number.POSITIVE_INFINITY) {
+      const used = this.tokens.used(now);
+      if (!fits(used + this.reservedTokens, tokens, c.maxTokensPerHour)) {
+        return this.#shortfall(
+          'tokens',
+          used,
+          this.reservedTokens,
+          tokens,
+          c.maxTokensPerHour,
+          now,
+        );
+      }
+    }
+    if (c.maxCostPerDay !== Number.POSITIVE_INFINITY) {
+      const used = this.cost.used(now);
+      if (!fits(used + this.reservedCost, cost, c.maxCostPerDay)) {
+        return this.#shortfall('cost', used, this.reservedCost, cost, c.maxCostPerDay, now);
+      }
+    }
+    return null;
+  }
+
+  /** Records usage and fires threshold alerts. */
+  record(tokens: number, cost: number, now: number, emit: AlertSink): void {
+    if (tokens > 0) {
+      const after = this.tokens.add(tokens, now);
+      // Below the warning line with nothing to re-arm: the common case, no alert work.
+      if (
+        this.config !== undefined &&
+        (after >= this.#tokensWarnAt || this.tokensWarned || this.tokensExhausted)
+      ) {
+        this.#alerts('tokens', after - tokens, after, this.config!.maxTokensPerHour, now, emit);
+      }
+    }
+    if (cost > 0) {
+      const after = this.cost.add(cost, now);
+      if (
+        this.config !== undefined &&
+        (after >= this.#costWarnAt || this.costWarned || this.costExhausted)
+      ) {
+        this.#alerts('cost', after - cost, after, this.config!.maxCostPerDay, now, emit);
+      }
+    }
+  }
+
+  toJSON(): BudgetScopeSnapshot {
+    return {
+      version: 1,
+      config: this.rawConfig === null ? null : { ...this.rawConfig },
+      tokens: this.tokens.toJSON(),
+      cost: this.cost.toJSON(),
+      alerts: {
+        tokensWarned: this.tokensWarned,
+        tokensExhausted: this.tokensExhausted,
+        costWarned: this.costWarned,
+        costExhausted: this.costExhausted,
+      },
+    };
+  }
+
+  #alerts(
+    limit: BudgetLimit,
+    before: number,
+    after: number,
+    max: number,
+    now: number,
+    emit: AlertSink,
+  ): void {
+    if (max === Number.POSITIVE_INFINITY) return;
+    const warnAt = this.config!.warnAtPercent;
+    const beforePct = (before / max) * 100;
+    const pct = (after / max) * 100;
+    const isTokens = limit === 'tokens';
+    // Re-arm once usage has fallen back below a threshold (the window rolled, or a new UTC day).
+    let warned = isTokens ? this.tokensWarned : this.costWarned;
+    let exhausted = isTokens ? this.tokensExhausted : this.costExhausted;
+    if (beforePct < warnAt) warned = false;
+    if (beforePct < 100) exhausted = false;
+    const fireWarning = !warned && pct >= warnAt;
+    const fireExhausted = !exhausted && pct >= 100 - TOLERANCE;
+    if (fireWarning) warned = true;
+    if (fireExhausted) exhausted = true;
+    if (isTokens) {
+      this.tokensWarned = warned;
+      this.tokensExhausted = exhausted;
+    } else {
+      this.costWarned = warned;
+      this.costExhausted = exhausted;
+    }
+    if (fireWarning || fireExhausted) {
+      const alert: BudgetAlert = Object.freeze({
+        scope: this.scope,
+        limit,
+        used: after,
+        max,
+        percentUsed: pct,
+        at: now,
+      });
+      if (fireWarning) emit('warning', alert);
+      if (fireExhausted) emit('exhausted', alert);
+    }
+  }
+
+  #shortfall(
+    limit: BudgetLimit,
+    used: number,
+    reserved: number,
+    requested: number,
+    max: number,
+    now: number,
+  ): BudgetShortfall {
+    const window = limit === 'tokens' ? this.tokens : this.cost;
+    // Usage that must leave the window; at least a little when the scope is exactly exhausted.
+    const need = Math.max(used + reserved + requested - max, Number.MIN_VALUE);
+    const retryAt =
+      requested > max || reserved + requested > max + TOLERANCE ? null : window.freedAt(need, now);
+    return Object.freeze({ scope: this.scope, limit, used, reserved, requested, max, retryAt });
+  }
+}
+
+/** A call fits when the total stays within the limit and the scope is not already exhausted. */
+function fits(committed: number, requested: number, max: number): boolean {
+  return committed + requested <= max + TOLERANCE && committed < max - TOLERANCE;
+}

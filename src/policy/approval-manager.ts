@@ -1,0 +1,412 @@
+/**
+ * Human approvals: a `require_approval` decision becomes a pending approval that a person
+ * approves or denies before it expires.
+ *
+ * @module
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  ApprovalDecidedError,
+  ApprovalNotFoundError,
+  ClosedError,
+  ConfigError,
+  InvalidArgumentError,
+  WaitTimeoutError,
+} from '../errors.js';
+import { TypedEmitter } from '../events.js';
+
+/** Default for {@link ApprovalManagerOptions.defaultTtlSeconds}. */
+export const DEFAULT_APPROVAL_TTL_SECONDS = 300;
+/** Default for {@link ApprovalManagerOptions.maxResolved}. */
+export const DEFAULT_MAX_RESOLVED_APPROVALS = 1000;
+/** Longest TTL or wait accepted: the largest delay `setTimeout` honours (about 24.8 days). */
+export const MAX_APPROVAL_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+
+/** Where an approval is in its life. `expired` means nobody decided in time: not approved. */
+export type ApprovalStatus = 'pending' | 'approved' | 'denied' | 'expired';
+
+/** A request for a human decision, as stored. Snapshots are frozen; re-read for updates. */
+export interface Approval {
+  /** Unique id, `apr_<uuid>`. */
+  readonly id: string;
+  readonly agentId: string;
+  readonly poolId?: string;
+  readonly tool: string;
+  /** A shallow copy of the tool call's parameters, taken when the approval was created. */
+  readonly params: Readonly<Record<string, unknown>>;
+  /** The policy and rule index that required the approval (null when created directly). */
+  readonly policy: string | null;
+  readonly rule: number | null;
+  /** Why approval is needed (the rule's reason). */
+  readonly reason?: string;
+  readonly status: ApprovalStatus;
+  /** Epoch milliseconds. */
+  readonly createdAt: number;
+  /** Epoch milliseconds after which a pending approval becomes `expired`. */
+  readonly expiresAt: number;
+  /** When it was approved, denied or expired (epoch ms). */
+  readonly decidedAt?: number;
+  /** Who approved or denied it (absent for `expired`). */
+  readonly approver?: string;
+  /** The approver's reason. */
+  readonly decisionReason?: string;
+}
+
+/** The outcome {@link ApprovalManager.waitForApproval} resolves with. */
+export interface ApprovalResult {
+  readonly id: string;
+  readonly status: 'approved' | 'denied' | 'expired';
+  /** True only for `approved`. */
+  readonly approved: boolean;
+  readonly approver?: string;
+  readonly reason?: string;
+  readonly decidedAt: number;
+}
+
+/** What {@link ApprovalManager.create} needs. */
+export interface ApprovalRequest {
+  agentId: string;
+  poolId?: string;
+  tool: string;
+  params?: Readonly<Record<string, unknown>>;
+  policy?: string | null;
+  rule?: number | null;
+  reason?: string;
+  /**
+   * Seconds until the approval expires.
+   * @default options.defaultTtlSeconds
+   */
+  ttlSeconds?: number;
+}
+
+/** A human decision. */
+export interface ApprovalDecision {
+  /** Who decides: required, non-empty; recorded on the approval. */
+  approver: string;
+  reason?: string;
+}
+
+/** Options of {@link ApprovalManager.waitForApproval}. */
+export interface WaitForApprovalOptions {
+  /**
+   * Stop waiting after this many seconds with a `WaitTimeoutError`; the approval itself stays
+   * pending (it still expires at `expiresAt`). Without it the wait lasts until a decision or expiry.
+   */
+  timeoutSeconds?: number;
+  /** Stops waiting (rejects with `signal.reason`); the approval stays pending. */
+  signal?: AbortSignal;
+}
+
+/** Options of an {@link ApprovalManager}. */
+export interface ApprovalManagerOptions {
+  /**
+   * Seconds a pending approval lives before it expires (expiry counts as a denial).
+   * @default 300
+   */
+  defaultTtlSeconds?: number;
+  /**
+   * Decided approvals kept for `getApproval`/`listApprovals`/late `waitForApproval` before the
+   * oldest are forgotten. Pending approvals are never evicted.
+   * @default 1000
+   */
+  maxResolved?: number;
+}
+
+/** Events of an {@link ApprovalManager}. */
+export type ApprovalEvents = {
+  /** A pending approval was created. */
+  created: [approval: Approval];
+  /** An approval was approved, denied or expired. */
+  resolved: [approval: Approval];
+};
+
+/**
+ * Validates `options`, fills in defaults and freezes the result.
+ * @throws ConfigError naming the field at fault.
+ */
+export function parseApprovalManagerOptions(
+  options: ApprovalManagerOptions = {},
+): Readonly<Required<ApprovalManagerOptions>> {
+  if (options === null || typeof options !== 'object') {
+    throw new ConfigError('options', 'must be an object');
+  }
+  for (const key of Object.keys(options)) {
+    if (key !== 'defaultTtlSeconds' && key !== 'maxResolved') {
+      throw new ConfigError(`options.${key}`, 'is not a known option');
+    }
+  }
+  const ttl = checkSeconds(
+    'options.defaultTtlSeconds',
+    options.defaultTtlSeconds ?? DEFAULT_APPROVAL_TTL_SECONDS,
+    ConfigError,
+  );
+  const maxResolved = options.maxResolved ?? DEFAULT_MAX_RESOLVED_APPROVALS;
+  if (!Number.isSafeInteger(maxResolved) || maxResolved < 0) {
+    throw new ConfigError(
+      'options.maxResolved',
+      `must be a non-negative integer, got ${String(maxResolved)}`,
+    );
+  }
+  return Object.freeze({ defaultTtlSeconds: ttl, maxResolved });
+}
+
+function checkSeconds(
+  field: string,
+  value: unknown,
+  ErrorClass: typeof ConfigError | typeof InvalidArgumentError,
+): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+    throw new ErrorClass(
+      field,
+      `must be a positive finite number of seconds, got ${String(value)}`,
+    );
+  }
+  if (value > MAX_APPROVAL_SECONDS) {
+    throw new ErrorClass(field, `must be at most ${MAX_APPROVAL_SECONDS} seconds, got ${value}`);
+  }
+  return value;
+}
+
+interface Waiter {
+  resolve(result: ApprovalResult): void;
+  reject(err: unknown): void;
+}
+
+interface Entry {
+  snapshot: Approval;
+  timer: NodeJS.Timeout | undefined;
+  waiters: Set<Waiter>;
+}
+
+/**
+ * Holds pending approvals, records human decisions and expires what nobody decided.
+ *
+ * A decision is final: approving or denying an approval that is no longer pending throws
+ * `ApprovalDecidedError`. Expiry timers are `unref`'d (they never keep the process alive) and
+ * cleared by {@link ApprovalManager.close}.
+ *
+ * @example
+ * const approvals = new ApprovalManager({ defaultTtlSeconds: 60 });
+ * const a = approvals.create({ agentId: 'agent-1', tool: 'execute_code', params: {} });
+ * setTimeout(() => approvals.approve(a.id, { approver: 'alice' }), 10);
+ * const result = await approvals.waitForApproval(a.id); // { status: 'approved', approver: 'alice', … }
+ */
+export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
+  readonly #options: Readonly<Required<ApprovalManagerOptions>>;
+  readonly #entries = new Map<string, Entry>();
+  /** Ids of decided approvals, oldest first, for retention. */
+  readonly #resolved = new Set<string>();
+  #closed = false;
+
+  constructor(options: ApprovalManagerOptions = {}) {
+    super();
+    this.#options = parseApprovalManagerOptions(options);
+  }
+
+  /** The validated, frozen options. */
+  get options(): Readonly<Required<ApprovalManagerOptions>> {
+    return this.#options;
+  }
+
+  /**
+   * Creates a pending approval and starts its expiry timer.
+   * @throws InvalidArgumentError for a missing agentId/tool or a bad ttlSeconds.
+   * @throws ClosedError after {@link close}.
+   */
+  create(request: ApprovalRequest): Approval {
+    if (this.#closed) throw new ClosedError('ApprovalManager');
+    if (typeof request.agentId !== 'string' || request.agentId === '') {
+      throw new InvalidArgumentError('request.agentId', 'must be a non-empty string');
+    }
+    if (typeof request.tool !== 'string' || request.tool === '') {
+      throw new InvalidArgumentError('request.tool', 'must be a non-empty string');
+    }
+    const ttl =
+      request.ttlSeconds === undefined
+        ? this.#options.defaultTtlSeconds
+        : checkSeconds('request.ttlSeconds', request.ttlSeconds, InvalidArgumentError);
+    const now = Date.now();
+    const approval: Approval = Object.freeze({
+      id: `apr_${randomUUID()}`,
+      agentId: request.agentId,
+      ...(request.poolId === undefined ? {} : { poolId: request.poolId }),
+      tool: request.tool,
+      params: Object.freeze({ ...request.params }),
+      policy: request.policy ?? null,
+      rule: request.rule ?? null,
+      ...(request.reason === undefined ? {} : { reason: request.reason }),
+      status: 'pending' as const,
+      createdAt: now,
+      expiresAt: now + Math.round(ttl * 1000),
+    });
+    const entry: Entry = { snapshot: approval, timer: undefined, waiters: new Set() };
+    entry.timer = setTimeout(() => this.#resolve(entry, 'expired'), approval.expiresAt - now);
+    entry.timer.unref();
+    this.#entries.set(approval.id, entry);
+    this.emit('created', approval);
+    return approval;
+  }
+
+  /**
+   * Approves a pending approval.
+   * @throws ApprovalNotFoundError, ApprovalDecidedError (already decided or expired),
+   *   InvalidArgumentError (empty approver).
+   */
+  approve(id: string, decision: ApprovalDecision): Approval {
+    return this.#decide(id, 'approved', decision);
+  }
+
+  /**
+   * Denies a pending approval.
+   * @throws ApprovalNotFoundError, ApprovalDecidedError, InvalidArgumentError (empty approver).
+   */
+  deny(id: string, decision: ApprovalDecision): Approval {
+    return this.#decide(id, 'denied', decision);
+  }
+
+  /** The approval with this id, or `undefined` when unknown (or evicted after retention). */
+  getApproval(id: string): Approval | undefined {
+    return this.#entries.get(id)?.snapshot;
+  }
+
+  /** Approvals, oldest first, optionally filtered by status and/or agent. */
+  listApprovals(filter: { status?: ApprovalStatus; agentId?: string } = {}): Approval[] {
+    const out: Approval[] = [];
+    for (const { snapshot } of this.#entries.values()) {
+      if (filter.status !== undefined && snapshot.status !== filter.status) continue;
+      if (filter.agentId !== undefined && snapshot.agentId !== filter.agentId) continue;
+      out.push(snapshot);
+    }
+    return out;
+  }
+
+  /**
+   * Waits until the approval is decided or expires. Resolves at once if it already was.
+   *
+   * Resolves with status `approved`, `denied` or `expired` (check `result.approved`). Rejects
+   * with `ApprovalNotFoundError` for an unknown id, `WaitTimeoutError` when `timeoutSeconds`
+   * elapse first (the approval stays pending and may still be decided), `signal.reason` when
+   * aborted, and `ClosedError` when the manager closes.
+   */
+  waitForApproval(id: string, options: WaitForApprovalOptions = {}): Promise<ApprovalResult> {
+    const entry = this.#entries.get(id);
+    if (entry === undefined) return Promise.reject(new ApprovalNotFoundError(id));
+    if (entry.snapshot.status !== 'pending') return Promise.resolve(toResult(entry.snapshot));
+    if (this.#closed) return Promise.reject(new ClosedError('ApprovalManager'));
+    let timeout: number | undefined;
+    try {
+      timeout =
+        options.timeoutSeconds === undefined
+          ? undefined
+          : checkSeconds('options.timeoutSeconds', options.timeoutSeconds, InvalidArgumentError);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const { signal } = options;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+
+    return new Promise<ApprovalResult>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const cleanup = (): void => {
+        entry.waiters.delete(waiter);
+        if (timer !== undefined) clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const waiter: Waiter = {
+        resolve: (r) => {
+          cleanup();
+          resolve(r);
+        },
+        reject: (e) => {
+          cleanup();
+          reject(e);
+        },
+      };
+      const onAbort = (): void => waiter.reject(signal?.reason);
+      entry.waiters.add(waiter);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (timeout !== undefined) {
+        timer = setTimeout(
+          () => waiter.reject(new WaitTimeoutError(`approval ${id}`, timeout)),
+          Math.round(timeout * 1000),
+        );
+        timer.unref();
+      }
+    });
+  }
+
+  /**
+   * Stops every expiry timer and rejects pending waits with `ClosedError`. Approvals keep their
+   * current status; `create`, `approve` and `deny` throw `ClosedError` afterwards. Idempotent.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const err = new ClosedError('ApprovalManager');
+    for (const entry of this.#entries.values()) {
+      if (entry.timer !== undefined) clearTimeout(entry.timer);
+      entry.timer = undefined;
+      for (const w of [...entry.waiters]) w.reject(err);
+    }
+  }
+
+  #decide(id: string, status: 'approved' | 'denied', decision: ApprovalDecision): Approval {
+    if (this.#closed) throw new ClosedError('ApprovalManager');
+    const approver: unknown = decision?.approver;
+    if (typeof approver !== 'string' || approver.trim() === '') {
+      throw new InvalidArgumentError('decision.approver', 'must be a non-empty string');
+    }
+    if (decision.reason !== undefined && typeof decision.reason !== 'string') {
+      throw new InvalidArgumentError('decision.reason', 'must be a string');
+    }
+    const entry = this.#entries.get(id);
+    if (entry === undefined) throw new ApprovalNotFoundError(id);
+    if (entry.snapshot.status !== 'pending') {
+      throw new ApprovalDecidedError(id, entry.snapshot.status);
+    }
+    return this.#resolve(entry, status, approver, decision.reason);
+  }
+
+  #resolve(
+    entry: Entry,
+    status: 'approved' | 'denied' | 'expired',
+    approver?: string,
+    reason?: string,
+  ): Approval {
+    if (entry.timer !== undefined) clearTimeout(entry.timer);
+    entry.timer = undefined;
+    const snapshot: Approval = Object.freeze({
+      ...entry.snapshot,
+      status,
+      decidedAt: Date.now(),
+      ...(approver === undefined ? {} : { approver }),
+      ...(reason === undefined ? {} : { decisionReason: reason }),
+    });
+    entry.snapshot = snapshot;
+    this.#resolved.add(snapshot.id);
+    this.#evict();
+    const result = toResult(snapshot);
+    for (const w of [...entry.waiters]) w.resolve(result);
+    this.emit('resolved', snapshot);
+    return snapshot;
+  }
+
+  #evict(): void {
+    while (this.#resolved.size > this.#options.maxResolved) {
+      const oldest = this.#resolved.values().next().value as string;
+      this.#resolved.delete(oldest);
+      this.#entries.delete(oldest);
+    }
+  }
+}
+
+function toResult(a: Approval): ApprovalResult {
+  return Object.freeze({
+    id: a.id,
+    status: a.status as ApprovalResult['status'],
+    approved: a.status === 'approved',
+    ...(a.approver === undefined ? {} : { approver: a.approver }),
+    ...(a.decisionReason === undefined ? {} : { reason: a.decisionReason }),
+    decidedAt: a.decidedAt ?? Date.now(),
+  });
+}

@@ -1,0 +1,134 @@
+/**
+ * Shorthand rule conditions (`{ language: 'python' }`, `{ path: '/etc/*' }`), compiled into one
+ * predicate over a tool call's parameters; and the path normalization they rely on.
+ *
+ * @module
+ */
+import { posix } from 'node:path';
+import { compileGlob, hasGlobSyntax } from './glob.js';
+import type { ConditionScalar, PolicyConditions } from './policy.js';
+
+/** A compiled condition set: true when every condition matches `params`. */
+export type ParamsPredicate = (params: Readonly<Record<string, unknown>>) => boolean;
+
+/**
+ * Parameter names treated as paths whatever their value looks like: the name (or the last
+ * segment of a dotted name) is, or ends with, one of these words, case-insensitively — `path`,
+ * `filePath`, `target_dir`, `paths`, `source`, `destination`, `cwd`…
+ */
+export const PATH_KEY_PATTERN =
+  /(?:path|file|filename|dir|directory|folder|cwd|root|source|src|dest|destination|target)s?$/i;
+
+/**
+ * True when a string *value* looks like a path on its own: it starts with `/`, `~`, `./` or
+ * `../` (or is `.` / `..`). Other strings (`https://…`, `a/b` in code) are left alone unless
+ * their parameter name is path-like (see {@link PATH_KEY_PATTERN}).
+ */
+export function looksLikePath(value: string): boolean {
+  const c = value.charCodeAt(0);
+  if (c === 47 /* / */ || c === 126 /* ~ */) return true;
+  return value === '.' || value === '..' || value.startsWith('./') || value.startsWith('../');
+}
+
+/**
+ * Normalizes a path for matching with `path.posix.normalize` semantics: `.` segments and
+ * repeated slashes are removed and `..` is resolved lexically (`/tmp/../etc/passwd` →
+ * `/etc/passwd`; `..` above the root stays at the root), then a trailing slash is dropped
+ * (`/etc/` → `/etc`). Nothing is read from disk (symlinks are not resolved) and nothing is
+ * percent-decoded. A relative path stays relative (`../etc/passwd` does not match `/etc/*`).
+ */
+export function normalizePath(value: string): string {
+  if (value === '') return value;
+  const n = posix.normalize(value);
+  return n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n;
+}
+
+type ValueTest = (value: string) => boolean;
+
+/**
+ * Compiles `conditions`. `restrictive` is true for deny and require_approval rules: it decides
+ * how an array-valued parameter matches — any element for restrictive rules, every element
+ * (of a non-empty array) for allow rules — so an array can never be used to slip a forbidden
+ * value past a deny or to borrow an allow for a value it does not cover.
+ *
+ * @throws GlobSyntaxError for a malformed glob value.
+ */
+export function compileConditions(
+  conditions: PolicyConditions,
+  restrictive: boolean,
+): ParamsPredicate {
+  const checks = Object.entries(conditions).map(([key, expected]) =>
+    compileCondition(key, expected, restrictive),
+  );
+  if (checks.length === 1) return checks[0]!;
+  return (params) => {
+    for (let i = 0; i < checks.length; i++) if (!checks[i]!(params)) return false;
+    return true;
+  };
+}
+
+function compileCondition(
+  key: string,
+  expected: ConditionScalar | readonly ConditionScalar[],
+  restrictive: boolean,
+): ParamsPredicate {
+  const lastSegment = key.slice(key.lastIndexOf('.') + 1);
+  const pathKey = PATH_KEY_PATTERN.test(lastSegment);
+  const alternatives = (Array.isArray(expected) ? expected : [expected]) as ConditionScalar[];
+  const tests = alternatives.map((e) => compileValue(e, pathKey));
+  const one =
+    tests.length === 1
+      ? tests[0]!
+      : (v: unknown): boolean => {
+          for (let i = 0; i < tests.length; i++) if (tests[i]!(v)) return true;
+          return false;
+        };
+  const dotted = key.includes('.') ? key.split('.') : undefined;
+  return (params) => {
+    const value = lookup(params, key, dotted);
+    if (value === undefined) return false;
+    if (!Array.isArray(value)) return one(value);
+    if (restrictive) {
+      for (let i = 0; i < value.length; i++) if (one(value[i])) return true;
+      return false;
+    }
+    if (value.length === 0) return false;
+    for (let i = 0; i < value.length; i++) if (!one(value[i])) return false;
+    return true;
+  };
+}
+
+function lookup(
+  params: Readonly<Record<string, unknown>>,
+  key: string,
+  dotted: string[] | undefined,
+): unknown {
+  if (params === null || typeof params !== 'object') return undefined;
+  if (Object.hasOwn(params, key)) return params[key];
+  if (dotted === undefined) return undefined;
+  let v: unknown = params;
+  for (const k of dotted) {
+    if (v === null || typeof v !== 'object' || !Object.hasOwn(v, k)) return undefined;
+    v = (v as Record<string, unknown>)[k];
+  }
+  return v;
+}
+
+function compileValue(expected: ConditionScalar, pathKey: boolean): (v: unknown) => boolean {
+  if (typeof expected !== 'string') return (v) => v === expected;
+  let test: ValueTest;
+  if (hasGlobSyntax(expected)) {
+    const glob = compileGlob(expected);
+    test = (s) => glob.test(s);
+  } else {
+    const literal = looksLikePath(expected) || pathKey ? normalizePath(expected) : expected;
+    test = (s) => s === literal;
+  }
+  return (v) => {
+    if (typeof v !== 'string') return false;
+    if (!pathKey && !looksLikePath(v)) return test(v);
+    const n = normalizePath(v);
+    // `/etc` is matched as `/etc/` too, so a rule on `/etc/*` also covers the directory itself.
+    return test(n) || (n !== '/' && test(`${n}/`));
+  };
+}

@@ -1,0 +1,454 @@
+/**
+ * The PolicyEngine: decides whether an agent may call a tool with given parameters.
+ *
+ * @module
+ */
+import { LRUCache } from 'lru-cache';
+import { ConfigError, PolicyExistsError, PolicyValidationError } from '../errors.js';
+import { ApprovalManager } from './approval-manager.js';
+import { compileConditions, type ParamsPredicate } from './conditions.js';
+import { compileGlob, GlobSyntaxError, type GlobMatcher } from './glob.js';
+import { compileJsonLogic, JsonLogicCompileError, truthy } from './json-logic.js';
+import { parsePolicy, type NormalizedPolicy, type PolicyAction } from './policy.js';
+
+/** Default for {@link PolicyEngineOptions.defaultAction}. */
+export const DEFAULT_POLICY_ACTION: PolicyAction = 'deny';
+/** Default for {@link PolicyEngineOptions.toolCacheSize}. */
+export const DEFAULT_TOOL_CACHE_SIZE = 1024;
+
+/** Options of a {@link PolicyEngine}. */
+export interface PolicyEngineOptions {
+  /**
+   * The action when no enabled enforce-mode rule matches.
+   * @default 'deny'
+   */
+  defaultAction?: PolicyAction;
+  /**
+   * How many tool names keep their pre-filtered candidate rule list (an LRU). `0` disables the
+   * index: every evaluation then tests every rule's tool glob.
+   * @default 1024
+   */
+  toolCacheSize?: number;
+  /**
+   * Where {@link PolicyEngine.evaluate} creates approvals.
+   * @default a new ApprovalManager owned (and closed) by the engine
+   */
+  approvals?: ApprovalManager;
+}
+
+/** The tool call being decided. */
+export interface PolicyContext {
+  agentId: string;
+  tool: string;
+  params: Readonly<Record<string, unknown>>;
+  poolId?: string;
+  /** The agent's labels (visible to `when` as `agent.labels`). */
+  labels?: Readonly<Record<string, string>>;
+  /** Anything else `when` expressions may read (as `attributes`). */
+  attributes?: Readonly<Record<string, unknown>>;
+}
+
+/** An audit-mode policy's verdict: what it would have decided. */
+export interface PolicyAuditEntry {
+  readonly policy: string;
+  readonly rule: number;
+  readonly action: PolicyAction;
+  readonly reason: string;
+}
+
+/** The outcome of an evaluation. Frozen. */
+export interface PolicyDecision {
+  readonly action: PolicyAction;
+  /** `action === 'allow'`. */
+  readonly allowed: boolean;
+  /** The deciding policy, or null when the default action applied. */
+  readonly policy: string | null;
+  /** Index of the deciding rule in its policy's `rules`, or null for the default action. */
+  readonly rule: number | null;
+  readonly reason: string;
+  /** Set by {@link PolicyEngine.evaluate} when `action` is `require_approval`. */
+  readonly approvalId?: string;
+  /** Verdicts of matching audit-mode policies (absent when none matched). */
+  readonly audit?: readonly PolicyAuditEntry[];
+}
+
+/** The data a rule's `when` expression sees. */
+export interface PolicyWhenData {
+  agent: { id: string; labels: Readonly<Record<string, string>> };
+  tool: string;
+  params: Readonly<Record<string, unknown>>;
+  pool: string | null;
+  /** Epoch milliseconds at evaluation. */
+  now: number;
+  attributes: Readonly<Record<string, unknown>>;
+}
+
+const RANK: Readonly<Record<PolicyAction, number>> = { allow: 1, require_approval: 2, deny: 3 };
+const DENY_RANK = 3;
+const ACTIONS: readonly PolicyAction[] = ['allow', 'deny', 'require_approval'];
+const EMPTY: Readonly<Record<string, never>> = Object.freeze({});
+
+interface CompiledRule {
+  readonly policy: string;
+  readonly index: number;
+  readonly priority: number;
+  readonly seq: number;
+  readonly action: PolicyAction;
+  readonly rank: number;
+  readonly tool: GlobMatcher;
+  readonly conditions: ParamsPredicate | null;
+  readonly when: ((data: PolicyWhenData) => boolean) | null;
+  /** The decision this rule produces, built once. */
+  readonly decision: PolicyDecision;
+}
+
+interface CompiledPolicy {
+  readonly policy: NormalizedPolicy;
+  readonly seq: number;
+  readonly rules: readonly CompiledRule[];
+}
+
+interface Candidates {
+  readonly enforce: readonly CompiledRule[];
+  readonly audit: readonly CompiledRule[];
+}
+
+/**
+ * Validates `options`, fills in defaults and freezes the result (without `approvals`).
+ * @throws ConfigError naming the field at fault.
+ */
+export function parsePolicyEngineOptions(
+  options: PolicyEngineOptions = {},
+): Readonly<{ defaultAction: PolicyAction; toolCacheSize: number }> {
+  if (options === null || typeof options !== 'object') {
+    throw new ConfigError('options', 'must be an object');
+  }
+  for (const key of Object.keys(options)) {
+    if (!['defaultAction', 'toolCacheSize', 'approvals'].includes(key)) {
+      throw new ConfigError(`options.${key}`, 'is not a known option');
+    }
+  }
+  const defaultAction = options.defaultAction ?? DEFAULT_POLICY_ACTION;
+  if (!ACTIONS.includes(defaultAction)) {
+    throw new ConfigError('options.defaultAction', `must be one of ${ACTIONS.join(', ')}`);
+  }
+  const toolCacheSize = options.toolCacheSize ?? DEFAULT_TOOL_CACHE_SIZE;
+  if (!Number.isSafeInteger(toolCacheSize) || toolCacheSize < 0) {
+    throw new ConfigError('options.toolCacheSize', 'must be a non-negative integer');
+  }
+  if (options.approvals !== undefined && !(options.approvals instanceof ApprovalManager)) {
+    throw new ConfigError('options.approvals', 'must be an ApprovalManager');
+  }
+  return Object.freeze({ defaultAction, toolCacheSize });
+}
+
+/**
+ * Evaluates tool calls against prioritized policies.
+ *
+ * **Precedence.** Policies are evaluated by `priority`, highest number first. The first priority
+ * level that has a matching rule decides; within that level `deny` beats `require_approval`
+ * beats `allow` (ties: the policy added first, then the rule listed first). Disabled policies
+ * and audit-mode policies never decide. When nothing matches, `defaultAction` applies
+ * (`deny` unless configured).
+ *
+ * Policies are validated and compiled when added (tool globs into matchers, conditions and
+ * `when` into closures), so evaluation never meets a malformed rule. {@link evaluateSync} is the
+ * allocation-free hot path; {@link evaluate} also creates the approval a `require_approval`
+ * decision asks for.
+ *
+ * @example
+ * const engine = new PolicyEngine();
+ * engine.addPolicy({
+ *   name: 'files',
+ *   rules: [
+ *     { tool: 'file_write', action: 'deny', conditions: { path: '/etc/*' } },
+ *     { tool: 'file_*', action: 'allow' },
+ *   ],
+ * });
+ * engine.evaluateSync({ agentId: 'a1', tool: 'file_write', params: { path: '/etc/passwd' } }).action; // 'deny'
+ */
+export class PolicyEngine {
+  readonly #options: Readonly<{ defaultAction: PolicyAction; toolCacheSize: number }>;
+  readonly #approvals: ApprovalManager;
+  readonly #ownsApprovals: boolean;
+  readonly #policies = new Map<string, CompiledPolicy>();
+  readonly #defaultDecision: PolicyDecision;
+  readonly #cache: LRUCache<string, Candidates> | undefined;
+  #seq = 0;
+  /** Enabled rules, in evaluation order, split by mode. */
+  #all: Candidates = { enforce: [], audit: [] };
+
+  constructor(options: PolicyEngineOptions = {}) {
+    this.#options = parsePolicyEngineOptions(options);
+    this.#ownsApprovals = options.approvals === undefined;
+    this.#approvals = options.approvals ?? new ApprovalManager();
+    this.#cache =
+      this.#options.toolCacheSize > 0
+        ? new LRUCache<string, Candidates>({ max: this.#options.toolCacheSize })
+        : undefined;
+    const action = this.#options.defaultAction;
+    this.#defaultDecision = Object.freeze({
+      action,
+      allowed: action === 'allow',
+      policy: null,
+      rule: null,
+      reason: `no policy rule matched; default action is ${action}`,
+    });
+  }
+
+  /** The approval manager {@link evaluate} creates approvals in. */
+  get approvals(): ApprovalManager {
+    return this.#approvals;
+  }
+
+  /** The configured default action. */
+  get defaultAction(): PolicyAction {
+    return this.#options.defaultAction;
+  }
+
+  /**
+   * Validates, compiles and registers a policy. With `{ replace: true }` an existing policy of
+   * the same name is replaced atomically (it keeps its place among equal priorities).
+   *
+   * @returns the stored policy (defaults filled in, frozen).
+   * @throws PolicyValidationError naming the policy, rule index and field: bad structure or
+   *   action, malformed tool or condition glob, unknown JSON-logic operator.
+   * @throws PolicyExistsError when the name is taken and `replace` is not set.
+   */
+  addPolicy(policy: unknown, options: { replace?: boolean } = {}): NormalizedPolicy {
+    const normalized = parsePolicy(policy);
+    const existing = this.#policies.get(normalized.name);
+    if (existing !== undefined && options.replace !== true) {
+      throw new PolicyExistsError(normalized.name);
+    }
+    const seq = existing?.seq ?? this.#seq++;
+    const compiled: CompiledPolicy = {
+      policy: normalized,
+      seq,
+      rules: normalized.rules.map((_, i) => compileRule(normalized, i, seq)),
+    };
+    this.#policies.set(normalized.name, compiled);
+    this.#rebuild();
+    return normalized;
+  }
+
+  /** Removes a policy. Returns false when no policy has that name. */
+  removePolicy(name: string): boolean {
+    const removed = this.#policies.delete(name);
+    if (removed) this.#rebuild();
+    return removed;
+  }
+
+  /** The policy with this name, if any. */
+  getPolicy(name: string): NormalizedPolicy | undefined {
+    return this.#policies.get(name)?.policy;
+  }
+
+  /** Every policy (including disabled ones), in evaluation order. */
+  listPolicies(): NormalizedPolicy[] {
+    return [...this.#policies.values()].sort(byOrder).map((c) => c.policy);
+  }
+
+  /**
+   * Decides a tool call. Synchronous, and allocation-free unless audit policies match.
+   * A `require_approval` decision carries no approval id: use {@link evaluate} (or
+   * `approvals.create`) to open one.
+   */
+  evaluateSync(ctx: PolicyContext): PolicyDecision {
+    const tool = ctx.tool;
+    const cached = this.#cache?.get(tool);
+    const candidates = cached ?? (this.#cache ? this.#index(tool) : this.#all);
+    const filtered = this.#cache !== undefined;
+    const params = ctx.params ?? EMPTY;
+    let data: PolicyWhenData | undefined;
+    let best: CompiledRule | undefined;
+
+    const enforce = candidates.enforce;
+    for (let i = 0; i < enforce.length; i++) {
+      const r = enforce[i]!;
+      if (best !== undefined) {
+        if (r.priority < best.priority) break;
+        if (r.rank <= best.rank) continue;
+      }
+      if (!filtered && !r.tool.test(tool)) continue;
+      if (r.conditions !== null && !r.conditions(params)) continue;
+      if (r.when !== null && !r.when((data ??= whenData(ctx)))) continue;
+      best = r;
+      if (r.rank === DENY_RANK) break;
+    }
+    const decision = best === undefined ? this.#defaultDecision : best.decision;
+    if (candidates.audit.length === 0) return decision;
+
+    const audit = this.#audit(candidates.audit, ctx, params, filtered, data);
+    return audit === undefined ? decision : Object.freeze({ ...decision, audit });
+  }
+
+  /**
+   * Decides a tool call; for `require_approval` also creates a pending approval in
+   * {@link approvals} and returns its id as `decision.approvalId`.
+   */
+  async evaluate(
+    ctx: PolicyContext,
+    options: { ttlSeconds?: number } = {},
+  ): Promise<PolicyDecision> {
+    const decision = this.evaluateSync(ctx);
+    if (decision.action !== 'require_approval') return decision;
+    const approval = this.#approvals.create({
+      agentId: ctx.agentId,
+      ...(ctx.poolId === undefined ? {} : { poolId: ctx.poolId }),
+      tool: ctx.tool,
+      params: ctx.params,
+      policy: decision.policy,
+      rule: decision.rule,
+      reason: decision.reason,
+      ...(options.ttlSeconds === undefined ? {} : { ttlSeconds: options.ttlSeconds }),
+    });
+    return Object.freeze({ ...decision, approvalId: approval.id });
+  }
+
+  /** Closes the approval manager if the engine created it. */
+  close(): void {
+    if (this.#ownsApprovals) this.#approvals.close();
+  }
+
+  #audit(
+    rules: readonly CompiledRule[],
+    ctx: PolicyContext,
+    params: Readonly<Record<string, unknown>>,
+    filtered: boolean,
+    data: PolicyWhenData | undefined,
+  ): PolicyAuditEntry[] | undefined {
+    let out: PolicyAuditEntry[] | undefined;
+    // Rules arrive grouped by policy; report each audit policy's own verdict.
+    let current: string | undefined;
+    let best: CompiledRule | undefined;
+    const flush = (): void => {
+      if (best === undefined) return;
+      (out ??= []).push(
+        Object.freeze({
+          policy: best.policy,
+          rule: best.index,
+          action: best.action,
+          reason: best.decision.reason,
+        }),
+      );
+      best = undefined;
+    };
+    for (const r of rules) {
+      if (r.policy !== current) {
+        flush();
+        current = r.policy;
+      }
+      if (best !== undefined && r.rank <= best.rank) continue;
+      if (!filtered && !r.tool.test(ctx.tool)) continue;
+      if (r.conditions !== null && !r.conditions(params)) continue;
+      if (r.when !== null && !r.when((data ??= whenData(ctx)))) continue;
+      best = r;
+    }
+    flush();
+    return out === undefined ? undefined : (Object.freeze(out) as PolicyAuditEntry[]);
+  }
+
+  #index(tool: string): Candidates {
+    const enforce = this.#all.enforce.filter((r) => r.tool.test(tool));
+    const audit = this.#all.audit.filter((r) => r.tool.test(tool));
+    const c: Candidates = { enforce, audit };
+    this.#cache!.set(tool, c);
+    return c;
+  }
+
+  #rebuild(): void {
+    const enforce: CompiledRule[] = [];
+    const audit: CompiledRule[] = [];
+    for (const c of [...this.#policies.values()].sort(byOrder)) {
+      if (!c.policy.enabled) continue;
+      (c.policy.mode === 'audit' ? audit : enforce).push(...c.rules);
+    }
+    this.#all = { enforce, audit };
+    this.#cache?.clear();
+  }
+}
+
+function byOrder(a: CompiledPolicy, b: CompiledPolicy): number {
+  return b.policy.priority - a.policy.priority || a.seq - b.seq;
+}
+
+function whenData(ctx: PolicyContext): PolicyWhenData {
+  return {
+    agent: { id: ctx.agentId, labels: ctx.labels ?? EMPTY },
+    tool: ctx.tool,
+    params: ctx.params ?? EMPTY,
+    pool: ctx.poolId ?? null,
+    now: Date.now(),
+    attributes: ctx.attributes ?? EMPTY,
+  };
+}
+
+function compileRule(policy: NormalizedPolicy, index: number, seq: number): CompiledRule {
+  const rule = policy.rules[index]!;
+  const restrictive = rule.action !== 'allow';
+  let tool: GlobMatcher;
+  let conditions: ParamsPredicate | null = null;
+  let when: ((data: PolicyWhenData) => boolean) | null = null;
+  try {
+    tool = compileGlob(rule.tool);
+  } catch (err) {
+    throw invalid(policy.name, index, 'tool', err);
+  }
+  if (rule.conditions !== undefined) {
+    try {
+      conditions = compileConditions(rule.conditions, restrictive);
+    } catch (err) {
+      throw invalid(policy.name, index, 'conditions', err);
+    }
+  }
+  if (rule.when !== undefined) {
+    let f: (data: unknown) => unknown;
+    try {
+      f = compileJsonLogic(rule.when);
+    } catch (err) {
+      const path = err instanceof JsonLogicCompileError && err.path ? `when.${err.path}` : 'when';
+      throw invalid(policy.name, index, path, err);
+    }
+    // An expression that throws at run time fails closed: it matches a deny or
+    // require_approval rule and does not match an allow rule.
+    when = (data) => {
+      try {
+        return truthy(f(data));
+      } catch {
+        return restrictive;
+      }
+    };
+  }
+  const reason =
+    rule.reason ??
+    `${rule.action} by policy ${JSON.stringify(policy.name)} rule ${index} (tool ${JSON.stringify(rule.tool)})`;
+  return Object.freeze({
+    policy: policy.name,
+    index,
+    priority: policy.priority,
+    seq,
+    action: rule.action,
+    rank: RANK[rule.action],
+    tool,
+    conditions,
+    when,
+    decision: Object.freeze({
+      action: rule.action,
+      allowed: rule.action === 'allow',
+      policy: policy.name,
+      rule: index,
+      reason,
+    }),
+  });
+}
+
+function invalid(policy: string, rule: number, field: string, err: unknown): PolicyValidationError {
+  const message =
+    err instanceof JsonLogicCompileError
+      ? err.reason
+      : err instanceof GlobSyntaxError
+        ? err.message
+        : String((err as Error)?.message ?? err);
+  return new PolicyValidationError(policy, `rules[${rule}].${field}`, message, rule);
+}

@@ -1,0 +1,223 @@
+/**
+ * The seam between the gateway and the policy/approval/budget components: one call that says
+ * whether a tool call may run, and one that settles its usage afterwards.
+ *
+ * @module
+ */
+import type { BudgetManager, Reservation, UsageAmount } from '../budget/budget-manager.js';
+import {
+  ApprovalDeniedError,
+  ApprovalExpiredError,
+  BudgetExceededError,
+  ConfigError,
+  PolicyDeniedError,
+  WaitTimeoutError,
+  isFabricError,
+} from '../errors.js';
+import type { Approval, ApprovalManager, ApprovalResult } from './approval-manager.js';
+import type { PolicyDecision, PolicyEngine } from './policy-engine.js';
+
+/** Estimated usage of a call, reserved against budgets before it runs. */
+export type CostEstimator = (
+  tool: string,
+  params: Readonly<Record<string, unknown>>,
+) => UsageAmount;
+
+/** Collaborators of a {@link ToolCallAuthorizer}. */
+export interface ToolCallAuthorizerOptions {
+  policies: PolicyEngine;
+  approvals: ApprovalManager;
+  budgets: BudgetManager;
+  /**
+   * Usage reserved for a call before it runs (settled with the actual usage afterwards).
+   * @default () => ({ tokens: 0, cost: 0 }) — budgets then only refuse exhausted scopes
+   */
+  estimateCost?: CostEstimator;
+}
+
+/** The tool call to authorize. */
+export interface ToolCallContext {
+  agentId: string;
+  poolId?: string;
+  tool: string;
+  params: Readonly<Record<string, unknown>>;
+  labels?: Readonly<Record<string, string>>;
+  attributes?: Readonly<Record<string, unknown>>;
+  /** Aborts a wait for approval: `authorize` then rejects with `signal.reason`. */
+  signal?: AbortSignal;
+  /** Called when the call starts waiting for a human (show the approval id to someone). */
+  onWaiting?: (approval: Approval) => void;
+  /**
+   * Longest wait for a human decision; when it elapses the call is refused with
+   * `FABRIC_ERR_WAIT_TIMEOUT` (the approval itself stays pending until it expires).
+   * @default until the approval is decided or expires
+   */
+  approvalTimeoutSeconds?: number;
+  /** Overrides `estimateCost` for this call. */
+  estimate?: UsageAmount;
+}
+
+/** A call that may run. Pass it to {@link ToolCallAuthorizer.settle} when it finishes. */
+export interface ToolCallAllowed {
+  readonly allowed: true;
+  readonly decision: PolicyDecision;
+  readonly reservation: Reservation;
+  /** The human decision, when the policy required one. */
+  readonly approval?: ApprovalResult;
+}
+
+/** A call that may not run: a value, not a throw, so a gateway can map it to an MCP error result. */
+export interface ToolCallDenied {
+  readonly allowed: false;
+  /** Catalog code: `FABRIC_ERR_POLICY_DENIED`, `…_APPROVAL_DENIED`, `…_APPROVAL_EXPIRED`, `…_WAIT_TIMEOUT` or `…_BUDGET_EXCEEDED`. */
+  readonly code: string;
+  readonly reason: string;
+  readonly decision?: PolicyDecision;
+  /** For budget refusals: when the call would fit (epoch ms), if known. */
+  readonly retryAt?: number | null;
+  readonly details: Readonly<Record<string, unknown>>;
+  /** The same refusal as a catalog error (for callers that prefer to throw). */
+  readonly error: Error;
+}
+
+/** Outcome of {@link ToolCallAuthorizer.authorize}. */
+export type ToolCallAuthorization = ToolCallAllowed | ToolCallDenied;
+
+const ZERO: UsageAmount = Object.freeze({ tokens: 0, cost: 0 });
+
+/**
+ * Authorizes tool calls: policy → (if required) human approval → budget reservation.
+ *
+ * Before asking a human, the budget is checked (not reserved) so nobody is asked to approve a
+ * call that would be refused anyway; after approval the estimate is reserved. Refusals are
+ * returned as {@link ToolCallDenied}; only an aborted wait (`signal`) and programming errors throw.
+ *
+ * @example
+ * const auth = new ToolCallAuthorizer({ policies, approvals, budgets });
+ * const a = await auth.authorize({ agentId: 'a1', tool: 'file_read', params: { path: '/tmp/x' } });
+ * if (a.allowed) {
+ *   // … run the tool …
+ *   auth.settle(a, { tokens: 120, cost: 0.001 });
+ * }
+ */
+export class ToolCallAuthorizer {
+  readonly #policies: PolicyEngine;
+  readonly #approvals: ApprovalManager;
+  readonly #budgets: BudgetManager;
+  readonly #estimate: CostEstimator;
+
+  constructor(options: ToolCallAuthorizerOptions) {
+    if (options === null || typeof options !== 'object') {
+      throw new ConfigError('options', 'must be an object');
+    }
+    for (const key of ['policies', 'approvals', 'budgets'] as const) {
+      if (options[key] === null || typeof options[key] !== 'object') {
+        throw new ConfigError(`options.${key}`, 'is required');
+      }
+    }
+    if (options.estimateCost !== undefined && typeof options.estimateCost !== 'function') {
+      throw new ConfigError('options.estimateCost', 'must be a function');
+    }
+    this.#policies = options.policies;
+    this.#approvals = options.approvals;
+    this.#budgets = options.budgets;
+    this.#estimate = options.estimateCost ?? (() => ZERO);
+  }
+
+  /** Decides whether the call may run, waiting for a human when a policy requires one. */
+  async authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
+    const decision = this.#policies.evaluateSync(ctx);
+    if (decision.action === 'deny') {
+      const details = { policy: decision.policy, rule: decision.rule };
+      return denied(new PolicyDeniedError(ctx.tool, decision.reason, details), decision);
+    }
+    const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
+    const budgetOptions = ctx.poolId === undefined ? undefined : { poolId: ctx.poolId };
+
+    let approval: ApprovalResult | undefined;
+    let final = decision;
+    if (decision.action === 'require_approval') {
+      const pre = this.#budgets.check(ctx.agentId, estimate, budgetOptions);
+      if (!pre.allowed) {
+        const { allowed: _allowed, ...shortfall } = pre;
+        return denied(new BudgetExceededError(shortfall), decision, pre.retryAt);
+      }
+
+      const pending = this.#approvals.create({
+        agentId: ctx.agentId,
+        ...(ctx.poolId === undefined ? {} : { poolId: ctx.poolId }),
+        tool: ctx.tool,
+        params: ctx.params,
+        policy: decision.policy,
+        rule: decision.rule,
+        reason: decision.reason,
+      });
+      final = Object.freeze({ ...decision, approvalId: pending.id });
+      ctx.onWaiting?.(pending);
+      try {
+        approval = await this.#approvals.waitForApproval(pending.id, {
+          ...(ctx.approvalTimeoutSeconds === undefined
+            ? {}
+            : { timeoutSeconds: ctx.approvalTimeoutSeconds }),
+          ...(ctx.signal === undefined ? {} : { signal: ctx.signal }),
+        });
+      } catch (err) {
+        if (isFabricError(err, WaitTimeoutError.code)) return denied(err, final);
+        throw err;
+      }
+      if (approval.status === 'denied') {
+        return denied(
+          new ApprovalDeniedError(pending.id, approval.approver, approval.reason),
+          final,
+        );
+      }
+      if (approval.status === 'expired') {
+        return denied(new ApprovalExpiredError(pending.id), final);
+      }
+    }
+
+    try {
+      const reservation = this.#budgets.reserve(ctx.agentId, estimate, budgetOptions);
+      return Object.freeze({
+        allowed: true as const,
+        decision: final,
+        reservation,
+        ...(approval === undefined ? {} : { approval }),
+      });
+    } catch (err) {
+      if (err instanceof BudgetExceededError) {
+        return denied(err, final, err.details.retryAt as number | null);
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Records the call's actual usage against its reservation (fields left out keep the
+   * estimate). Idempotent; does nothing for a denied authorization.
+   */
+  settle(authorization: ToolCallAuthorization, actual?: UsageAmount): void {
+    if (authorization.allowed) this.#budgets.settle(authorization.reservation, actual);
+  }
+
+  /** Gives back the reservation of a call that did not run. Idempotent. */
+  release(authorization: ToolCallAuthorization): void {
+    if (authorization.allowed) this.#budgets.release(authorization.reservation);
+  }
+}
+
+function denied(
+  error: Error & { code: string; details: Readonly<Record<string, unknown>> },
+  decision: PolicyDecision,
+  retryAt?: number | null,
+): ToolCallDenied {
+  return Object.freeze({
+    allowed: false as const,
+    code: error.code,
+    reason: error.message,
+    decision,
+    ...(retryAt === undefined ? {} : { retryAt }),
+    details: error.details,
+    error,
+  });
+}

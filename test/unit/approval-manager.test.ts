@@ -1,0 +1,206 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import {
+  ApprovalDecidedError,
+  ApprovalNotFoundError,
+  ClosedError,
+  ConfigError,
+  InvalidArgumentError,
+  WaitTimeoutError,
+} from '../../src/errors.js';
+import { ApprovalManager, type Approval } from '../../src/policy/approval-manager.js';
+
+const request = { agentId: 'agent-1', tool: 'execute_code', params: { language: 'python' } };
+
+describe('ApprovalManager', () => {
+  let approvals: ApprovalManager;
+  beforeEach(() => {
+    vi.useFakeTimers();
+    vi.setSystemTime(new Date('2026-03-02T10:00:00Z'));
+    approvals = new ApprovalManager({ defaultTtlSeconds: 300 });
+  });
+  afterEach(() => {
+    approvals.close();
+    vi.useRealTimers();
+  });
+
+  it('creates pending approvals with expiry and a copy of the params', () => {
+    const params = { language: 'python' };
+    const a = approvals.create({ ...request, params, policy: 'p', rule: 0, reason: 'why' });
+    params.language = 'changed';
+    expect(a).toMatchObject({
+      status: 'pending',
+      agentId: 'agent-1',
+      tool: 'execute_code',
+      params: { language: 'python' },
+      policy: 'p',
+      rule: 0,
+      reason: 'why',
+      createdAt: Date.now(),
+      expiresAt: Date.now() + 300_000,
+    });
+    expect(Object.isFrozen(a)).toBe(true);
+    expect(approvals.getApproval(a.id)).toBe(a);
+    expect(approvals.create({ ...request, ttlSeconds: 5 }).expiresAt).toBe(Date.now() + 5000);
+  });
+
+  it('approve resolves waiters with the approver and reason', async () => {
+    const a = approvals.create(request);
+    const wait = approvals.waitForApproval(a.id);
+    const decided = approvals.approve(a.id, { approver: 'alice', reason: 'looks fine' });
+    expect(decided).toMatchObject({
+      status: 'approved',
+      approver: 'alice',
+      decisionReason: 'looks fine',
+    });
+    await expect(wait).resolves.toMatchObject({
+      id: a.id,
+      status: 'approved',
+      approved: true,
+      approver: 'alice',
+      reason: 'looks fine',
+    });
+    // Waiting on a decided approval answers at once.
+    await expect(approvals.waitForApproval(a.id)).resolves.toMatchObject({ status: 'approved' });
+  });
+
+  it('deny resolves waiters as not approved', async () => {
+    const a = approvals.create(request);
+    const wait = approvals.waitForApproval(a.id);
+    approvals.deny(a.id, { approver: 'bob' });
+    await expect(wait).resolves.toMatchObject({
+      status: 'denied',
+      approved: false,
+      approver: 'bob',
+    });
+  });
+
+  it('expires at the TTL: status expired, not approved, and final', async () => {
+    const a = approvals.create({ ...request, ttlSeconds: 60 });
+    const wait = approvals.waitForApproval(a.id);
+    await vi.advanceTimersByTimeAsync(59_999);
+    expect(approvals.getApproval(a.id)?.status).toBe('pending');
+    await vi.advanceTimersByTimeAsync(1);
+    await expect(wait).resolves.toMatchObject({ status: 'expired', approved: false });
+    expect(approvals.getApproval(a.id)).toMatchObject({ status: 'expired', decidedAt: Date.now() });
+    expect(() => approvals.approve(a.id, { approver: 'late' })).toThrow(ApprovalDecidedError);
+  });
+
+  it('a decision is final', () => {
+    const a = approvals.create(request);
+    approvals.approve(a.id, { approver: 'alice' });
+    let err: unknown;
+    try {
+      approvals.deny(a.id, { approver: 'bob' });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ApprovalDecidedError);
+    expect((err as ApprovalDecidedError).details).toEqual({ approvalId: a.id, status: 'approved' });
+    expect(approvals.getApproval(a.id)?.approver).toBe('alice');
+  });
+
+  it('requires a non-empty approver', () => {
+    const a = approvals.create(request);
+    expect(() => approvals.approve(a.id, { approver: '' })).toThrow(InvalidArgumentError);
+    expect(() => approvals.approve(a.id, { approver: '   ' })).toThrow(/decision.approver/);
+    expect(() => approvals.deny(a.id, {} as never)).toThrow(InvalidArgumentError);
+    expect(approvals.getApproval(a.id)?.status).toBe('pending');
+  });
+
+  it('unknown ids are typed not-found errors', async () => {
+    await expect(approvals.waitForApproval('apr_nope')).rejects.toBeInstanceOf(
+      ApprovalNotFoundError,
+    );
+    expect(() => approvals.approve('apr_nope', { approver: 'a' })).toThrow(ApprovalNotFoundError);
+    expect(approvals.getApproval('apr_nope')).toBeUndefined();
+  });
+
+  it('a wait timeout shorter than expiry rejects with WaitTimeoutError and leaves it pending', async () => {
+    const a = approvals.create(request);
+    const wait = approvals.waitForApproval(a.id, { timeoutSeconds: 10 });
+    const assertion = expect(wait).rejects.toBeInstanceOf(WaitTimeoutError);
+    await vi.advanceTimersByTimeAsync(10_000);
+    await assertion;
+    expect(approvals.getApproval(a.id)?.status).toBe('pending');
+    approvals.approve(a.id, { approver: 'alice' });
+    expect(approvals.getApproval(a.id)?.status).toBe('approved');
+  });
+
+  it('a wait can be aborted', async () => {
+    const a = approvals.create(request);
+    const controller = new AbortController();
+    const wait = approvals.waitForApproval(a.id, { signal: controller.signal });
+    controller.abort(new Error('caller gave up'));
+    await expect(wait).rejects.toThrow('caller gave up');
+    expect(approvals.getApproval(a.id)?.status).toBe('pending');
+    await expect(
+      approvals.waitForApproval(a.id, { signal: AbortSignal.abort(new Error('already')) }),
+    ).rejects.toThrow('already');
+  });
+
+  it('lists approvals by status and agent', () => {
+    const a = approvals.create(request);
+    const b = approvals.create({ ...request, agentId: 'agent-2' });
+    approvals.deny(b.id, { approver: 'x' });
+    expect(approvals.listApprovals().map((x) => x.id)).toEqual([a.id, b.id]);
+    expect(approvals.listApprovals({ status: 'pending' }).map((x) => x.id)).toEqual([a.id]);
+    expect(approvals.listApprovals({ agentId: 'agent-2' }).map((x) => x.status)).toEqual([
+      'denied',
+    ]);
+  });
+
+  it('emits typed created and resolved events', () => {
+    const seen: [string, Approval][] = [];
+    const onCreated = (x: Approval) => seen.push(['created', x]);
+    approvals.on('created', onCreated);
+    approvals.on('resolved', (x) => seen.push(['resolved', x]));
+    const a = approvals.create(request);
+    approvals.approve(a.id, { approver: 'alice' });
+    approvals.off('created', onCreated);
+    approvals.create(request);
+    expect(seen.map(([k, x]) => [k, x.status])).toEqual([
+      ['created', 'pending'],
+      ['resolved', 'approved'],
+    ]);
+  });
+
+  it('forgets the oldest decided approvals beyond maxResolved, never pending ones', () => {
+    const small = new ApprovalManager({ maxResolved: 1 });
+    const a = small.create(request);
+    const b = small.create(request);
+    const c = small.create(request);
+    small.deny(a.id, { approver: 'x' });
+    small.deny(b.id, { approver: 'x' });
+    expect(small.getApproval(a.id)).toBeUndefined();
+    expect(small.getApproval(b.id)?.status).toBe('denied');
+    expect(small.getApproval(c.id)?.status).toBe('pending');
+    small.close();
+  });
+
+  it('close clears timers and rejects waiters; later use throws ClosedError', async () => {
+    const a = approvals.create(request);
+    const wait = approvals.waitForApproval(a.id);
+    approvals.close();
+    await expect(wait).rejects.toBeInstanceOf(ClosedError);
+    expect(vi.getTimerCount()).toBe(0);
+    expect(() => approvals.create(request)).toThrow(ClosedError);
+    expect(() => approvals.approve(a.id, { approver: 'a' })).toThrow(ClosedError);
+  });
+
+  it('validates options and arguments, naming the field', () => {
+    expect(() => new ApprovalManager({ defaultTtlSeconds: 0 })).toThrow(ConfigError);
+    expect(() => new ApprovalManager({ defaultTtlSeconds: 0 })).toThrow(
+      /options.defaultTtlSeconds/,
+    );
+    expect(() => new ApprovalManager({ maxResolved: -1 })).toThrow(/options.maxResolved/);
+    expect(() => new ApprovalManager({ ttl: 1 } as never)).toThrow(/options.ttl/);
+    expect(() => approvals.create({ ...request, ttlSeconds: Number.NaN })).toThrow(
+      /request.ttlSeconds/,
+    );
+    expect(() => approvals.create({ ...request, agentId: '' })).toThrow(/request.agentId/);
+    const a = approvals.create(request);
+    return expect(approvals.waitForApproval(a.id, { timeoutSeconds: -1 })).rejects.toThrow(
+      /options.timeoutSeconds/,
+    );
+  });
+});

@@ -1,0 +1,365 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import {
+  BudgetExceededError,
+  ConfigError,
+  InvalidArgumentError,
+  InvalidUsageError,
+} from '../../src/errors.js';
+import { BudgetManager, type Reservation } from '../../src/budget/budget-manager.js';
+import { InMemoryBudgetStore } from '../../src/budget/budget-store.js';
+import type { BudgetAlert } from '../../src/budget/scope-usage.js';
+
+const T0 = Date.parse('2026-03-02T10:00:30Z');
+const MIN = 60_000;
+const HOUR = 60 * MIN;
+
+function exceeded(fn: () => unknown): BudgetExceededError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof BudgetExceededError) return err;
+    throw err;
+  }
+  throw new Error('expected BudgetExceededError');
+}
+
+describe('BudgetManager', () => {
+  let budgets: BudgetManager;
+  beforeEach(() => {
+    vi.useFakeTimers();
+    vi.setSystemTime(T0);
+    budgets = new BudgetManager();
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('reports status as in the Fabric Guide', () => {
+    budgets.setBudget('agent-1', {
+      maxTokensPerHour: 100_000,
+      maxCostPerDay: 10,
+      warnAtPercent: 80,
+    });
+    budgets.recordUsage('agent-1', { tokens: 1500, cost: 0.05 });
+    const s = budgets.getStatus('agent-1');
+    expect(s).toMatchObject({
+      scope: 'agent:agent-1',
+      tokensUsed: 1500,
+      tokensLimit: 100_000,
+      costUsed: 0.05,
+      costLimit: 10,
+      percentUsed: 1.5,
+      warning: false,
+      exhausted: false,
+      tokensReserved: 0,
+    });
+    // The oldest usage leaves the token window after an hour (at the end of its minute bucket).
+    expect(s.resetsAt).toBe(Date.parse('2026-03-02T11:01:00Z'));
+  });
+
+  it('reads unset limits as Infinity and tracks usage without a budget', () => {
+    budgets.recordUsage('free', { tokens: 10 });
+    expect(budgets.getStatus('free')).toMatchObject({
+      tokensUsed: 10,
+      tokensLimit: Number.POSITIVE_INFINITY,
+      costLimit: Number.POSITIVE_INFINITY,
+      percentUsed: 0,
+      warning: false,
+    });
+    expect(budgets.getStatus('nobody')).toMatchObject({ tokensUsed: 0, resetsAt: null });
+    expect(budgets.check('free', { tokens: 1e12 })).toEqual({ allowed: true });
+  });
+
+  describe('windows roll', () => {
+    it('tokens over a sliding hour', () => {
+      budgets.recordUsage('a', { tokens: 1000 });
+      vi.setSystemTime(T0 + 30 * MIN);
+      budgets.recordUsage('a', { tokens: 500 });
+      vi.setSystemTime(T0 + HOUR); // 11:00:30: everything is less than an hour old or just an hour
+      expect(budgets.getStatus('a').tokensUsed).toBe(1500);
+      vi.setSystemTime(Date.parse('2026-03-02T11:01:00Z'));
+      expect(budgets.getStatus('a').tokensUsed).toBe(500);
+      vi.setSystemTime(T0 + 30 * MIN + HOUR + MIN);
+      expect(budgets.getStatus('a').tokensUsed).toBe(0);
+    });
+
+    it('cost over a sliding 24 h (15-minute buckets)', () => {
+      budgets.recordUsage('a', { cost: 2 });
+      vi.setSystemTime(T0 + 24 * HOUR);
+      expect(budgets.getStatus('a').costUsed).toBe(2);
+      vi.setSystemTime(Date.parse('2026-03-03T10:15:00Z'));
+      expect(budgets.getStatus('a').costUsed).toBe(0);
+    });
+
+    it('cost over the UTC day', () => {
+      vi.setSystemTime(Date.parse('2026-03-02T23:50:00Z'));
+      budgets.setBudget('a', { maxCostPerDay: 1, costWindow: 'utc-day' });
+      budgets.recordUsage('a', { cost: 1 });
+      const refused = budgets.check('a', { cost: 0.5 });
+      expect(refused).toMatchObject({
+        allowed: false,
+        limit: 'cost',
+        retryAt: Date.parse('2026-03-03T00:00:00Z'),
+      });
+      vi.setSystemTime(Date.parse('2026-03-02T23:59:59.999Z'));
+      expect(budgets.getStatus('a').costUsed).toBe(1);
+      vi.setSystemTime(Date.parse('2026-03-03T00:00:00Z'));
+      expect(budgets.getStatus('a').costUsed).toBe(0);
+      expect(budgets.check('a', { cost: 0.5 }).allowed).toBe(true);
+    });
+
+    it('survives long idle gaps and keeps fixed-size state', () => {
+      for (let i = 0; i < 5000; i++) budgets.recordUsage('a', { tokens: 1 });
+      const state = (budgets.store as InMemoryBudgetStore).snapshot()['agent:a']!;
+      expect(state.tokens.kind === 'sliding' && state.tokens.buckets.length).toBe(61);
+      vi.setSystemTime(T0 + 1000 * 24 * HOUR);
+      expect(budgets.getStatus('a').tokensUsed).toBe(0);
+    });
+  });
+
+  describe('check, reserve, settle, release', () => {
+    beforeEach(() => budgets.setBudget('a', { maxTokensPerHour: 1000, maxCostPerDay: 1 }));
+
+    it('reserves estimates so in-flight calls count', () => {
+      const r1 = budgets.reserve('a', { tokens: 600 });
+      expect(budgets.getStatus('a').tokensReserved).toBe(600);
+      const err = exceeded(() => budgets.reserve('a', { tokens: 500 }));
+      expect(err.code).toBe('FABRIC_ERR_BUDGET_EXCEEDED');
+      expect(err.kind).toBe('resource_exhausted');
+      // In-flight reservations block it: when it fits cannot be read off the window.
+      expect(err.details).toMatchObject({
+        scope: 'agent:a',
+        limit: 'tokens',
+        used: 0,
+        reserved: 600,
+        requested: 500,
+        max: 1000,
+        retryAt: null,
+      });
+      budgets.settle(r1, { tokens: 300 });
+      expect(budgets.getStatus('a')).toMatchObject({ tokensUsed: 300, tokensReserved: 0 });
+      expect(budgets.reserve('a', { tokens: 500 }).state).toBe('reserved');
+    });
+
+    it('returns retryAt: when enough usage leaves the window', () => {
+      budgets.recordUsage('a', { tokens: 400 });
+      vi.setSystemTime(T0 + 20 * MIN);
+      budgets.recordUsage('a', { tokens: 500 });
+      vi.setSystemTime(T0 + 30 * MIN);
+      const check = budgets.check('a', { tokens: 200 });
+      expect(check).toEqual({
+        allowed: false,
+        scope: 'agent:a',
+        limit: 'tokens',
+        used: 900,
+        reserved: 0,
+        requested: 200,
+        max: 1000,
+        retryAt: Date.parse('2026-03-02T11:01:00Z'),
+      });
+      expect(exceeded(() => budgets.reserve('a', { tokens: 200 })).details.retryAt).toBe(
+        Date.parse('2026-03-02T11:01:00Z'),
+      );
+      vi.setSystemTime(Date.parse('2026-03-02T11:01:00Z'));
+      expect(budgets.check('a', { tokens: 200 }).allowed).toBe(true);
+      // An estimate larger than the limit never fits.
+      expect(budgets.check('a', { tokens: 2000 })).toMatchObject({ allowed: false, retryAt: null });
+    });
+
+    it('refuses every call once a limit is exhausted, even a zero estimate', () => {
+      budgets.recordUsage('a', { tokens: 1000 });
+      expect(budgets.check('a', {})).toMatchObject({ allowed: false, limit: 'tokens' });
+      expect(budgets.getStatus('a')).toMatchObject({
+        exhausted: true,
+        warning: true,
+        percentUsed: 100,
+      });
+    });
+
+    it('tolerates float sums of costs', () => {
+      budgets.setBudget('c', { maxCostPerDay: 0.3 });
+      budgets.recordUsage('c', { cost: 0.1 });
+      expect(budgets.check('c', { cost: 0.2 }).allowed).toBe(true);
+      budgets.recordUsage('c', { cost: 0.2 });
+      expect(budgets.check('c', { cost: 0 }).allowed).toBe(false);
+    });
+
+    it('settle and release are idempotent', () => {
+      const r = budgets.reserve('a', { tokens: 100, cost: 0.1 });
+      budgets.settle(r, { tokens: 50 });
+      budgets.settle(r, { tokens: 50 });
+      budgets.release(r);
+      expect(r.state).toBe('settled');
+      expect(budgets.getStatus('a')).toMatchObject({
+        tokensUsed: 50,
+        costUsed: 0.1,
+        tokensReserved: 0,
+      });
+      const r2 = budgets.reserve('a', { tokens: 100 });
+      budgets.release(r2);
+      budgets.release(r2);
+      budgets.settle(r2, { tokens: 100 });
+      expect(r2.state).toBe('released');
+      expect(budgets.getStatus('a')).toMatchObject({ tokensUsed: 50, tokensReserved: 0 });
+    });
+
+    it('50 concurrent calls cannot all pass a nearly exhausted budget', async () => {
+      budgets.recordUsage('a', { tokens: 950 });
+      const call = async (): Promise<boolean> => {
+        let r: Reservation;
+        try {
+          r = budgets.reserve('a', { tokens: 10 });
+        } catch (err) {
+          if (err instanceof BudgetExceededError) return false;
+          throw err;
+        }
+        await Promise.resolve();
+        budgets.settle(r, { tokens: 10 });
+        return true;
+      };
+      const results = await Promise.all(Array.from({ length: 50 }, call));
+      expect(results.filter(Boolean)).toHaveLength(5);
+      expect(budgets.getStatus('a').tokensUsed).toBe(1000);
+    });
+
+    it('rejects reservations from another manager', () => {
+      const other = new BudgetManager();
+      const r = other.reserve('a', { tokens: 1 });
+      expect(() => budgets.settle(r)).toThrow(InvalidArgumentError);
+    });
+  });
+
+  describe('levels', () => {
+    it('a call must fit its agent, its pool and the fabric', () => {
+      budgets.setPoolBudget('pool-1', { maxTokensPerHour: 1000 });
+      budgets.setFabricBudget({ maxTokensPerHour: 1500 });
+      budgets.recordUsage('a', { tokens: 600 }, { poolId: 'pool-1' });
+      // Without the pool the agent only meets the fabric limit.
+      expect(budgets.check('b', { tokens: 500 }).allowed).toBe(true);
+      expect(budgets.check('b', { tokens: 500 }, { poolId: 'pool-1' })).toMatchObject({
+        allowed: false,
+        scope: 'pool:pool-1',
+      });
+      budgets.recordUsage('c', { tokens: 800 }, { poolId: 'pool-2' });
+      expect(budgets.check('b', { tokens: 200 })).toMatchObject({
+        allowed: false,
+        scope: 'fabric',
+      });
+      expect(budgets.getPoolStatus('pool-1').tokensUsed).toBe(600);
+      expect(budgets.getFabricStatus().tokensUsed).toBe(1400);
+      budgets.setBudget('b', { maxTokensPerHour: 10 });
+      expect(budgets.check('b', { tokens: 20 })).toMatchObject({ scope: 'agent:b' });
+      budgets.removeFabricBudget();
+      budgets.removeBudget('b');
+      expect(budgets.check('b', { tokens: 500 }).allowed).toBe(true);
+    });
+  });
+
+  describe('events', () => {
+    it('warns once per crossing and reports exhaustion at 100%', () => {
+      const events: [string, BudgetAlert][] = [];
+      budgets.on('warning', (a) => events.push(['warning', a]));
+      budgets.on('exhausted', (a) => events.push(['exhausted', a]));
+      budgets.setBudget('a', { maxTokensPerHour: 1000, warnAtPercent: 80 });
+      budgets.recordUsage('a', { tokens: 700 });
+      expect(events).toHaveLength(0);
+      budgets.recordUsage('a', { tokens: 100 });
+      budgets.recordUsage('a', { tokens: 50 });
+      expect(events.map(([k]) => k)).toEqual(['warning']);
+      expect(events[0]![1]).toMatchObject({
+        scope: 'agent:a',
+        limit: 'tokens',
+        used: 800,
+        max: 1000,
+        percentUsed: 80,
+      });
+      budgets.recordUsage('a', { tokens: 150 });
+      budgets.recordUsage('a', { tokens: 10 });
+      expect(events.map(([k]) => k)).toEqual(['warning', 'exhausted']);
+      // The window rolls; crossing again in the next window warns again.
+      vi.setSystemTime(T0 + 2 * HOUR);
+      budgets.recordUsage('a', { tokens: 900 });
+      expect(events.map(([k]) => k)).toEqual(['warning', 'exhausted', 'warning']);
+    });
+  });
+
+  describe('validation', () => {
+    it.each([
+      [{ tokens: -1 }, 'usage.tokens'],
+      [{ tokens: Number.NaN }, 'usage.tokens'],
+      [{ tokens: '5' }, 'usage.tokens'],
+      [{ cost: Number.POSITIVE_INFINITY }, 'usage.cost'],
+      [{ cost: null }, 'usage.cost'],
+    ])('rejects usage %o', (usage, field) => {
+      let err: unknown;
+      try {
+        budgets.recordUsage('a', usage as never);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(InvalidUsageError);
+      expect((err as InvalidUsageError).details.field).toBe(field);
+      expect(budgets.getStatus('a').tokensUsed).toBe(0);
+    });
+
+    it('rejects bad estimates and actuals, keeping the reservation', () => {
+      expect(() => budgets.reserve('a', { tokens: -5 })).toThrow(/estimate.tokens/);
+      expect(() => budgets.check('a', null as never)).toThrow(InvalidUsageError);
+      const r = budgets.reserve('a', { tokens: 5 });
+      expect(() => budgets.settle(r, { tokens: Number.NaN })).toThrow(/actual.tokens/);
+      expect(r.state).toBe('reserved');
+    });
+
+    it.each([
+      [{ maxTokensPerHour: 0 }, 'config.maxTokensPerHour'],
+      [{ maxTokensPerHour: -1 }, 'config.maxTokensPerHour'],
+      [{ maxCostPerDay: Number.NaN }, 'config.maxCostPerDay'],
+      [{ maxCostPerDay: '10' }, 'config.maxCostPerDay'],
+      [{ warnAtPercent: 0 }, 'config.warnAtPercent'],
+      [{ warnAtPercent: 101 }, 'config.warnAtPercent'],
+      [{ costWindow: 'weekly' }, 'config.costWindow'],
+      [{ maxTokens: 5 }, 'config.maxTokens'],
+    ])('rejects config %o naming %s', (config, field) => {
+      let err: unknown;
+      try {
+        budgets.setBudget('a', config as never);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ConfigError);
+      expect((err as ConfigError).details.field).toBe(field);
+    });
+
+    it('rejects empty ids', () => {
+      expect(() => budgets.setBudget('', {})).toThrow(/agentId/);
+      expect(() => budgets.reserve('a', {}, { poolId: '' })).toThrow(/poolId/);
+    });
+  });
+
+  describe('store', () => {
+    it('serializes windows so a restart resumes (and keeps rolling) instead of resetting', () => {
+      const store = new InMemoryBudgetStore();
+      const first = new BudgetManager({ store });
+      first.setBudget('a', { maxTokensPerHour: 1000, maxCostPerDay: 5, costWindow: 'utc-day' });
+      first.recordUsage('a', { tokens: 900, cost: 2 }, { poolId: 'p' });
+      vi.setSystemTime(T0 + 10 * MIN);
+      first.recordUsage('a', { tokens: 50 }, { poolId: 'p' });
+      const saved = JSON.parse(JSON.stringify(store.snapshot())) as ReturnType<
+        InMemoryBudgetStore['snapshot']
+      >;
+      expect(Object.keys(saved).sort()).toEqual(['agent:a', 'fabric', 'pool:p']);
+
+      const restarted = new BudgetManager({ store: new InMemoryBudgetStore(saved) });
+      expect(restarted.getStatus('a')).toMatchObject({
+        tokensUsed: 950,
+        tokensLimit: 1000,
+        costUsed: 2,
+        costLimit: 5,
+      });
+      expect(restarted.check('a', { tokens: 100 }).allowed).toBe(false);
+      expect(restarted.getPoolStatus('p').tokensUsed).toBe(950);
+      vi.setSystemTime(Date.parse('2026-03-02T11:01:00Z'));
+      expect(restarted.getStatus('a').tokensUsed).toBe(50);
+    });
+  });
+});

@@ -1,0 +1,190 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { BudgetManager } from '../../src/budget/budget-manager.js';
+import { ConfigError } from '../../src/errors.js';
+import { ApprovalManager, type Approval } from '../../src/policy/approval-manager.js';
+import { PolicyEngine } from '../../src/policy/policy-engine.js';
+import {
+  ToolCallAuthorizer,
+  type ToolCallAuthorization,
+  type ToolCallDenied,
+} from '../../src/policy/tool-call-authorizer.js';
+
+describe('ToolCallAuthorizer', () => {
+  let approvals: ApprovalManager;
+  let policies: PolicyEngine;
+  let budgets: BudgetManager;
+  let auth: ToolCallAuthorizer;
+
+  beforeEach(() => {
+    vi.useFakeTimers();
+    vi.setSystemTime(Date.parse('2026-03-02T10:00:00Z'));
+    approvals = new ApprovalManager({ defaultTtlSeconds: 300 });
+    policies = new PolicyEngine({ approvals });
+    policies.addPolicy({
+      name: 'main',
+      rules: [
+        { tool: 'execute_code', action: 'require_approval', conditions: { language: 'python' } },
+        {
+          tool: 'file_write',
+          action: 'deny',
+          conditions: { path: '/etc/*' },
+          reason: 'system files',
+        },
+        { tool: '*', action: 'allow' },
+      ],
+    });
+    budgets = new BudgetManager();
+    budgets.setBudget('agent-1', { maxTokensPerHour: 1000 });
+    auth = new ToolCallAuthorizer({
+      policies,
+      approvals,
+      budgets,
+      estimateCost: () => ({ tokens: 100, cost: 0.01 }),
+    });
+  });
+  afterEach(() => {
+    approvals.close();
+    vi.useRealTimers();
+  });
+
+  const call = { agentId: 'agent-1', tool: 'file_read', params: { path: '/tmp/x' } };
+  const denied = (a: ToolCallAuthorization): ToolCallDenied => {
+    if (a.allowed) throw new Error('expected a denial');
+    return a;
+  };
+
+  it('allows, reserves the estimate, and settles actual usage', async () => {
+    const a = await auth.authorize(call);
+    expect(a).toMatchObject({
+      allowed: true,
+      decision: { action: 'allow', policy: 'main', rule: 2 },
+    });
+    expect(budgets.getStatus('agent-1').tokensReserved).toBe(100);
+    auth.settle(a, { tokens: 42 });
+    auth.settle(a, { tokens: 42 });
+    expect(budgets.getStatus('agent-1')).toMatchObject({ tokensUsed: 42, tokensReserved: 0 });
+  });
+
+  it('release gives the reservation back', async () => {
+    const a = await auth.authorize(call);
+    auth.release(a);
+    expect(budgets.getStatus('agent-1')).toMatchObject({ tokensUsed: 0, tokensReserved: 0 });
+  });
+
+  it('returns policy denials as values', async () => {
+    const d = denied(
+      await auth.authorize({ ...call, tool: 'file_write', params: { path: '/etc/../etc/passwd' } }),
+    );
+    expect(d).toMatchObject({
+      code: 'FABRIC_ERR_POLICY_DENIED',
+      decision: { action: 'deny', policy: 'main', rule: 1 },
+      details: { tool: 'file_write', policy: 'main', rule: 1 },
+    });
+    expect(d.reason).toContain('system files');
+    expect(budgets.getStatus('agent-1').tokensReserved).toBe(0);
+  });
+
+  it('waits for approval, then reserves', async () => {
+    let waiting: Approval | undefined;
+    const pending = auth.authorize({
+      ...call,
+      tool: 'execute_code',
+      params: { language: 'python' },
+      onWaiting: (a) => (waiting = a),
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(waiting).toMatchObject({
+      status: 'pending',
+      tool: 'execute_code',
+      policy: 'main',
+      rule: 0,
+    });
+    expect(budgets.getStatus('agent-1').tokensReserved).toBe(0);
+    approvals.approve(waiting!.id, { approver: 'alice' });
+    const a = await pending;
+    expect(a).toMatchObject({
+      allowed: true,
+      decision: { action: 'require_approval', approvalId: waiting!.id },
+      approval: { status: 'approved', approver: 'alice' },
+    });
+    expect(budgets.getStatus('agent-1').tokensReserved).toBe(100);
+  });
+
+  it('turns denied, expired and timed-out approvals into denials', async () => {
+    const python = { ...call, tool: 'execute_code', params: { language: 'python' } };
+    const p1 = auth.authorize({
+      ...python,
+      onWaiting: (a) => approvals.deny(a.id, { approver: 'bob', reason: 'no' }),
+    });
+    expect(denied(await p1)).toMatchObject({
+      code: 'FABRIC_ERR_APPROVAL_DENIED',
+      details: { approver: 'bob' },
+    });
+
+    const p2 = auth.authorize(python);
+    await vi.advanceTimersByTimeAsync(300_000);
+    expect(denied(await p2).code).toBe('FABRIC_ERR_APPROVAL_EXPIRED');
+
+    const p3 = auth.authorize({ ...python, approvalTimeoutSeconds: 5 });
+    await vi.advanceTimersByTimeAsync(5_000);
+    const d3 = denied(await p3);
+    expect(d3.code).toBe('FABRIC_ERR_WAIT_TIMEOUT');
+    expect(approvals.getApproval(d3.decision!.approvalId!)?.status).toBe('pending');
+  });
+
+  it('an aborted wait rejects with the abort reason', async () => {
+    const controller = new AbortController();
+    const p = auth.authorize({
+      ...call,
+      tool: 'execute_code',
+      params: { language: 'python' },
+      signal: controller.signal,
+    });
+    controller.abort(new Error('client went away'));
+    await expect(p).rejects.toThrow('client went away');
+  });
+
+  it('does not ask a human to approve a call the budget would refuse', async () => {
+    budgets.recordUsage('agent-1', { tokens: 950 });
+    const created = vi.fn();
+    approvals.on('created', created);
+    const d = denied(
+      await auth.authorize({ ...call, tool: 'execute_code', params: { language: 'python' } }),
+    );
+    expect(d).toMatchObject({
+      code: 'FABRIC_ERR_BUDGET_EXCEEDED',
+      retryAt: Date.parse('2026-03-02T11:01:00Z'),
+    });
+    expect(created).not.toHaveBeenCalled();
+  });
+
+  it('budget refusals carry scope, limit and retryAt', async () => {
+    budgets.setPoolBudget('pool-1', { maxTokensPerHour: 150 });
+    expect((await auth.authorize({ ...call, poolId: 'pool-1' })).allowed).toBe(true);
+    const d = denied(await auth.authorize({ ...call, poolId: 'pool-1' }));
+    expect(d).toMatchObject({
+      code: 'FABRIC_ERR_BUDGET_EXCEEDED',
+      retryAt: null,
+      details: { scope: 'pool:pool-1', limit: 'tokens', max: 150 },
+    });
+    expect(d.error.name).toBe('BudgetExceededError');
+  });
+
+  it('50 concurrent authorizations cannot all pass a nearly exhausted budget', async () => {
+    budgets.recordUsage('agent-1', { tokens: 500 });
+    const results = await Promise.all(Array.from({ length: 50 }, () => auth.authorize(call)));
+    expect(results.filter((r) => r.allowed)).toHaveLength(5);
+  });
+
+  it('uses a per-call estimate when given', async () => {
+    const a = await auth.authorize({ ...call, estimate: { tokens: 7 } });
+    expect(a.allowed && a.reservation.tokens).toBe(7);
+  });
+
+  it('validates its options', () => {
+    expect(() => new ToolCallAuthorizer({ policies, approvals } as never)).toThrow(ConfigError);
+    expect(
+      () => new ToolCallAuthorizer({ policies, approvals, budgets, estimateCost: 5 as never }),
+    ).toThrow(/options.estimateCost/);
+  });
+});
