@@ -1,0 +1,191 @@
+#!/usr/bin/env node
+/**
+ * `agent-fabric` command line.
+ *
+ * - `agent-fabric serve [--config fabric.yaml]` — run the sidecar (embedded defaults without a
+ *   config: `examples/fabric.yaml`).
+ * - `agent-fabric mcp --agent-token <token> [--url <mcp url>]` — speak MCP on stdin/stdout for a
+ *   client that launches servers as commands, bridged to a running sidecar. The token may come
+ *   from `FABRIC_AGENT_TOKEN`, the URL from `FABRIC_URL`.
+ * - `agent-fabric mcp --in-process [--config fabric.yaml]` — run the whole gateway inside this
+ *   process, bound to the config's first agent (the launching process is the trust boundary).
+ *
+ * @module
+ */
+import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { parseArgs } from 'node:util';
+import { FabricError } from '../errors.js';
+import type { GatewayLogEntry } from '../gateway/gateway.js';
+import { defaultConfigPath, loadSidecarConfig } from '../server/config-file.js';
+import { Sidecar } from '../server/sidecar.js';
+
+const USAGE = `usage:
+  agent-fabric serve [--config fabric.yaml]
+  agent-fabric mcp --agent-token <token> [--url http://127.0.0.1:8765/mcp]
+  agent-fabric mcp --in-process [--config fabric.yaml]`;
+
+function logTo(stream: NodeJS.WriteStream, quiet: boolean): (e: GatewayLogEntry) => void {
+  return (e) => {
+    if (quiet && e.level === 'debug') return;
+    stream.write(`[agent-fabric] ${e.level}: ${e.msg}${extra(e)}\n`);
+  };
+}
+
+function extra(e: GatewayLogEntry): string {
+  const { level: _l, msg: _m, ...rest } = e;
+  return Object.keys(rest).length > 0 ? ` ${JSON.stringify(rest)}` : '';
+}
+
+function fail(error: unknown): never {
+  const message = error instanceof FabricError ? `${error.code}: ${error.message}` : String(error);
+  console.error(`agent-fabric: ${message}`);
+  process.exit(1);
+}
+
+function onSignals(close: () => Promise<void>): void {
+  let stopping = false;
+  const stop = (sig: string): void => {
+    if (stopping) return;
+    stopping = true;
+    console.error(`agent-fabric: ${sig} received, shutting down`);
+    close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        console.error(`agent-fabric: shutdown failed: ${String(error)}`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGINT', () => stop('SIGINT'));
+  process.once('SIGTERM', () => stop('SIGTERM'));
+}
+
+async function serve(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } } });
+  const file = values.config ?? defaultConfigPath();
+  const config = loadSidecarConfig(file);
+  const sidecar = await Sidecar.start({ config, logger: logTo(process.stderr, true) });
+  onSignals(() => sidecar.close());
+  const url = sidecar.url ?? '';
+  const first = sidecar.agents[0];
+  const out: string[] = [];
+  out.push(`agent-fabric sidecar listening`);
+  out.push(`  config:      ${file}${values.config ? '' : ' (embedded defaults)'}`);
+  out.push(`  MCP URL:     ${url}`);
+  for (const a of sidecar.agents) out.push(`  agent token: ${a.credential}   (${a.name}, ${a.id})`);
+  if (sidecar.anonymous)
+    out.push(`  anonymous:   requests without a token act as ${sidecar.anonymous.agentId}`);
+  out.push(
+    `  admin token: ${process.env.FABRIC_ADMIN_TOKEN || config.adminToken ? '(from config/env)' : sidecar.adminToken}`,
+  );
+  if (first) {
+    out.push('');
+    out.push('Add it to Claude Code:');
+    out.push(
+      `  claude mcp add --transport http agent-fabric ${url} --header "Authorization: Bearer ${first.credential}"`,
+    );
+    out.push('');
+    out.push('Or to any MCP client config:');
+    out.push(
+      JSON.stringify(
+        {
+          mcpServers: {
+            'agent-fabric': {
+              type: 'http',
+              url,
+              headers: { Authorization: `Bearer ${first.credential}` },
+            },
+          },
+        },
+        null,
+        2,
+      ),
+    );
+  }
+  console.log(out.join('\n'));
+}
+
+async function mcp(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      'agent-token': { type: 'string' },
+      url: { type: 'string' },
+      config: { type: 'string', short: 'c' },
+      'in-process': { type: 'boolean' },
+    },
+  });
+  if (values['in-process']) {
+    const config = loadSidecarConfig(values.config ?? defaultConfigPath());
+    const sidecar = await Sidecar.start({
+      config,
+      http: false,
+      logger: logTo(process.stderr, true),
+    });
+    const agent = sidecar.agents[0];
+    const identity = agent
+      ? await sidecar.backend.authenticate(agent.credential)
+      : sidecar.anonymous;
+    if (!identity || identity.kind !== 'agent') {
+      await sidecar.close();
+      throw new Error(
+        '--in-process needs an agent in the config (agents:) or allowAnonymous: true',
+      );
+    }
+    const session = sidecar.gateway.createSession(identity);
+    const transport = new StdioServerTransport();
+    transport.onclose = () => void sidecar.close().then(() => process.exit(0));
+    onSignals(() => sidecar.close());
+    await session.connect(transport);
+    return;
+  }
+  const token = values['agent-token'] ?? process.env.FABRIC_AGENT_TOKEN;
+  if (!token)
+    throw new Error('an agent token is required: --agent-token <token> or FABRIC_AGENT_TOKEN');
+  const url = new URL(values.url ?? process.env.FABRIC_URL ?? 'http://127.0.0.1:8765/mcp');
+  const headers = { authorization: `Bearer ${token}` };
+  // Refuse to start on an unknown token: the endpoint authenticates before anything else.
+  const probe = await fetch(url, { method: 'GET', headers }).catch((error: unknown) => {
+    throw new Error(`cannot reach the sidecar at ${url.href}: ${String(error)}`);
+  });
+  await probe.body?.cancel();
+  if (probe.status === 401 || probe.status === 403) {
+    throw new Error(`the sidecar at ${url.href} refused the agent token (HTTP ${probe.status})`);
+  }
+  const upstream = new StreamableHTTPClientTransport(url, { requestInit: { headers } });
+  const downstream = new StdioServerTransport();
+  downstream.onmessage = (m) =>
+    void upstream.send(m).catch((e: unknown) => console.error(String(e)));
+  upstream.onmessage = (m) => void downstream.send(m);
+  upstream.onerror = (e) => console.error(`agent-fabric mcp: ${e.message}`);
+  const shutdown = async (): Promise<void> => {
+    await upstream.terminateSession().catch(() => undefined);
+    await upstream.close();
+    process.exit(0);
+  };
+  downstream.onclose = () => void shutdown();
+  process.stdin.once('end', () => void shutdown());
+  await upstream.start();
+  await downstream.start();
+}
+
+async function main(): Promise<void> {
+  const [command, ...rest] = process.argv.slice(2);
+  switch (command) {
+    case 'serve':
+      return serve(rest);
+    case 'mcp':
+      return mcp(rest);
+    case undefined:
+    case '-h':
+    case '--help':
+      console.log(USAGE);
+      return;
+    default:
+      console.error(`unknown command ${command}\n${USAGE}`);
+      process.exit(2);
+  }
+}
+
+main().catch(fail);

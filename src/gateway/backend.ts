@@ -1,0 +1,124 @@
+/**
+ * The seam between the tool gateway and the fabric. The gateway is written against these small
+ * interfaces; `AgentFabric` satisfies them structurally, and tests can pass a plain object.
+ *
+ * @module
+ */
+import type { TaskAssignment } from '../task.js';
+
+/** Who is on the other end of a credential. */
+export type GatewayIdentity =
+  | {
+      readonly kind: 'agent';
+      readonly agentId: string;
+      readonly poolId?: string | undefined;
+      readonly labels: Readonly<Record<string, string>>;
+    }
+  | { readonly kind: 'admin' };
+
+/** An agent identity (what every MCP session is bound to). */
+export type AgentIdentity = Extract<GatewayIdentity, { kind: 'agent' }>;
+
+/** Estimated and actual usage of one call. */
+export interface ToolUsage {
+  tokens: number;
+  cost: number;
+}
+
+/** What the gateway asks the policy + budget pipeline about one tool call. */
+export interface ToolCallContext {
+  agentId: string;
+  poolId?: string | undefined;
+  /** The downstream (namespaced) tool name, e.g. `fs__write_file`. */
+  tool: string;
+  params: Record<string, unknown>;
+  labels?: Readonly<Record<string, string>> | undefined;
+  /** Aborts an approval wait (the agent cancelled the call or disconnected). */
+  signal?: AbortSignal | undefined;
+  /** Called once when the call is parked waiting for a human approval. */
+  onWaiting?: ((approval: unknown) => void) | undefined;
+  approvalTimeoutSeconds?: number | undefined;
+  /** Reservation estimate from `toolCosts` (cost) and the tool's recent results (tokens). */
+  estimate?: ToolUsage | undefined;
+}
+
+/** A call the pipeline let through; pass it back to `settleToolCall`. */
+export interface ToolCallAllowed {
+  readonly allowed: true;
+  readonly decision: unknown;
+  readonly reservation: unknown;
+}
+
+/** A call the pipeline refused (policy deny, approval denied/expired, budget exhausted). */
+export interface ToolCallRefused {
+  readonly allowed: false;
+  /** A catalog code, e.g. `FABRIC_ERR_POLICY_DENIED`, `FABRIC_ERR_BUDGET_EXCEEDED`. */
+  readonly code: string;
+  /** Human (and model) readable reason: which rule or limit. */
+  readonly reason: string;
+  readonly decision?: unknown;
+  /** When retrying may succeed (budget window reset): epoch ms or a Date. */
+  readonly retryAt?: number | Date | null | undefined;
+  readonly details?: unknown;
+}
+
+/** Outcome of {@link GatewayBackend.authorizeToolCall}. */
+export type ToolCallAuthorization = ToolCallAllowed | ToolCallRefused;
+
+/** Probe of whether a tool is visible to an agent (used to filter `tools/list`). */
+export interface ToolVisibilityContext {
+  agentId: string;
+  poolId?: string | undefined;
+  tool: string;
+  labels?: Readonly<Record<string, string>> | undefined;
+}
+
+/** Everything the gateway needs from the fabric. `AgentFabric` satisfies it structurally. */
+export interface GatewayBackend {
+  /**
+   * Maps a bearer credential to an identity.
+   * @throws UnauthenticatedError for a missing or unknown credential.
+   */
+  authenticate(credential: string): GatewayIdentity | Promise<GatewayIdentity>;
+  /** Policy (with approval wait) then budget reservation for one call. */
+  authorizeToolCall(ctx: ToolCallContext): Promise<ToolCallAuthorization>;
+  /** Settles a reservation with the actual usage of the call. */
+  settleToolCall(authorization: ToolCallAllowed, usage: ToolUsage): unknown;
+  /**
+   * Optional side-effect-free probe: `false` when policy denies `tool` to the agent outright
+   * (a rule without conditions). Rules with conditions must answer `true`. Without this
+   * method every tool is listed.
+   */
+  isToolVisible?(ctx: ToolVisibilityContext): boolean;
+
+  // Fabric tools for agents connected only over MCP.
+  heartbeat(agentId: string): unknown;
+  claimTask(
+    agentId: string,
+    options?: { waitSeconds?: number; signal?: AbortSignal },
+  ): Promise<TaskAssignment | undefined>;
+  completeTask(agentId: string, taskId: string, attempt: number, result: unknown): unknown;
+  failTask(
+    agentId: string,
+    taskId: string,
+    attempt: number,
+    error: { code?: string; message: string },
+  ): unknown;
+  reportProgress(agentId: string, taskId: string, attempt: number, progress: unknown): unknown;
+  recordUsage(agentId: string, usage: ToolUsage): unknown;
+}
+
+/** Admin operations the sidecar's HTTP API exposes (admin credential only). */
+export interface AdminBackend {
+  listApprovals(filter?: { status?: string }): unknown;
+  approve(id: string, options?: { approver?: string; reason?: string }): unknown;
+  deny(id: string, options?: { approver?: string; reason?: string }): unknown;
+  spawn(config: {
+    name: string;
+    model: string;
+    poolId?: string;
+    executor?: string;
+    labels?: Record<string, string>;
+    capabilities?: string[];
+  }): Promise<{ readonly id: string; readonly credential: string }>;
+}

@@ -1,0 +1,130 @@
+/**
+ * The fabric's own tools, so an agent connected only over MCP can take part: heartbeat, claim a
+ * task, report progress, complete or fail it, record model usage. They run through the same
+ * policy pipeline as upstream tools.
+ *
+ * @module
+ */
+import type { CallToolResult, Tool } from '@modelcontextprotocol/sdk/types.js';
+import { z } from 'zod';
+import { InvalidArgumentError } from '../errors.js';
+import type { GatewayBackend } from './backend.js';
+
+/** Prefix of the fabric's own tool names. */
+export const FABRIC_TOOL_PREFIX = 'fabric__';
+
+/** What a fabric tool handler gets. */
+export interface FabricToolCall {
+  agentId: string;
+  args: Record<string, unknown>;
+  signal: AbortSignal;
+}
+
+/** One fabric tool: its listing and its handler. */
+export interface FabricTool {
+  readonly tool: Tool;
+  call(backend: GatewayBackend, call: FabricToolCall): Promise<CallToolResult>;
+}
+
+const attemptArgs = {
+  taskId: z.string().min(1),
+  attempt: z.number().int().positive(),
+};
+
+function json(value: unknown): CallToolResult {
+  return {
+    content: [{ type: 'text', text: JSON.stringify(value ?? null) }],
+    structuredContent: { result: value ?? null },
+  };
+}
+
+function parse<T extends z.ZodType>(tool: string, schema: T, args: unknown): z.output<T> {
+  const result = schema.safeParse(args);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    throw new InvalidArgumentError(
+      `${tool}.${issue?.path.join('.') ?? ''}`,
+      issue?.message ?? 'is invalid',
+    );
+  }
+  return result.data;
+}
+
+function define<T extends z.ZodObject>(
+  name: string,
+  description: string,
+  schema: T,
+  run: (
+    backend: GatewayBackend,
+    agentId: string,
+    args: z.output<T>,
+    signal: AbortSignal,
+  ) => unknown,
+): FabricTool {
+  const full = FABRIC_TOOL_PREFIX + name;
+  const inputSchema = z.toJSONSchema(schema, { io: 'input' }) as Tool['inputSchema'];
+  delete (inputSchema as Record<string, unknown>).$schema;
+  return {
+    tool: {
+      name: full,
+      description,
+      inputSchema,
+      outputSchema: { type: 'object', properties: { result: {} } },
+    },
+    async call(backend, { agentId, args, signal }) {
+      return json(await run(backend, agentId, parse(full, schema, args), signal));
+    },
+  };
+}
+
+/** The fabric tools, keyed by downstream name. */
+export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
+  [
+    define(
+      'heartbeat',
+      'Tell the fabric this agent is alive. Call it at least every heartbeat interval.',
+      z.object({}).strict(),
+      (b, agentId) => b.heartbeat(agentId) ?? { ok: true },
+    ),
+    define(
+      'claim_task',
+      'Claim the next task queued for this agent (or its pool). Waits up to waitSeconds for one; returns null when none arrived. Complete or fail it with the returned taskId and attempt.',
+      z.object({ waitSeconds: z.number().min(0).max(300).optional() }).strict(),
+      (b, agentId, args, signal) =>
+        b.claimTask(agentId, {
+          ...(args.waitSeconds === undefined ? {} : { waitSeconds: args.waitSeconds }),
+          signal,
+        }),
+    ),
+    define(
+      'complete_task',
+      'Report a claimed task as done, with its result.',
+      z.object({ ...attemptArgs, result: z.unknown().optional() }).strict(),
+      (b, agentId, a) => b.completeTask(agentId, a.taskId, a.attempt, a.result) ?? { ok: true },
+    ),
+    define(
+      'fail_task',
+      'Report a claimed task as failed.',
+      z
+        .object({ ...attemptArgs, code: z.string().optional(), message: z.string().min(1) })
+        .strict(),
+      (b, agentId, a) =>
+        b.failTask(agentId, a.taskId, a.attempt, {
+          ...(a.code === undefined ? {} : { code: a.code }),
+          message: a.message,
+        }) ?? { ok: true },
+    ),
+    define(
+      'report_progress',
+      'Report progress of a claimed task (any JSON).',
+      z.object({ ...attemptArgs, progress: z.unknown() }).strict(),
+      (b, agentId, a) => b.reportProgress(agentId, a.taskId, a.attempt, a.progress) ?? { ok: true },
+    ),
+    define(
+      'record_usage',
+      'Record model usage (tokens, cost) this agent spent outside tool calls, against its budget.',
+      z.object({ tokens: z.number().int().min(0), cost: z.number().min(0) }).strict(),
+      (b, agentId, a) => b.recordUsage(agentId, { tokens: a.tokens, cost: a.cost }) ?? { ok: true },
+    ),
+  ].map((t) => [t.tool.name, t]),
+);

@@ -1,0 +1,693 @@
+/**
+ * ToolGateway: the pipeline every tool call goes through, and the router between agent
+ * sessions (downstream) and upstream tool servers.
+ *
+ * ```
+ * identify → policy [→ approval wait] → budget reserve → forward → settle usage → audit
+ * ```
+ *
+ * Upstream connections are shared by every agent session. Server→client requests from an
+ * upstream (sampling, elicitation, roots/list) carry no reference to the call that caused them
+ * over stdio, so they are routed to the one session that has calls in flight on that upstream;
+ * when several sessions do, the request is refused with a routing error (see README).
+ *
+ * @module
+ */
+import { performance } from 'node:perf_hooks';
+import {
+  ErrorCode,
+  McpError,
+  type CallToolResult,
+  type LoggingMessageNotification,
+  type Notification,
+  type Request,
+  type RequestId,
+  type Result,
+  type ServerCapabilities,
+  type Tool,
+} from '@modelcontextprotocol/sdk/types.js';
+import { ClosedError, ConfigError, RoutingError, ToolNotFoundError } from '../errors.js';
+import { AuditLog, digestArgs, type AuditLogOptions, type AuditRecord } from './audit-log.js';
+import type {
+  AgentIdentity,
+  GatewayBackend,
+  ToolCallAllowed,
+  ToolCallAuthorization,
+} from './backend.js';
+import { buildCatalog, resourceOwner, type Catalog, type CatalogProblem } from './catalog.js';
+import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
+import { messageOf, refusalResult, toMcpError, toolErrorResult } from './map-error.js';
+import { GatewaySession, type DownstreamExtra, type SessionHost } from './session.js';
+import { estimateTokens, ToolCosts } from './tool-costs.js';
+import { Upstream } from './upstream.js';
+import {
+  upstreamSpecSchema,
+  type UpstreamSpec,
+  type UpstreamSpecInput,
+} from './upstream-config.js';
+
+/** Default of {@link ToolGatewayOptions.approvalProgressIntervalMs}. */
+export const DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS = 1000;
+/** Default of {@link ToolGatewayOptions.shutdownGraceMs}. */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 5000;
+
+/** A structured log line from the gateway (the CLI prints them; the library drops them). */
+export interface GatewayLogEntry {
+  level: 'debug' | 'info' | 'warn' | 'error';
+  msg: string;
+  [key: string]: unknown;
+}
+
+/** Options of a {@link ToolGateway}. */
+export interface ToolGatewayOptions {
+  /** Identity, policy, budget and fabric operations. */
+  backend: GatewayBackend;
+  /** Upstream tool servers by name. */
+  upstreams?: Readonly<Record<string, UpstreamSpecInput | UpstreamSpec>>;
+  /** Tool-name glob → cost per call (first match wins). @default {} */
+  toolCosts?: Readonly<Record<string, number>>;
+  /** Audit log file and rotation; `false` disables it. @default false */
+  audit?: AuditLogOptions | false;
+  /**
+   * Hide from `tools/list` the tools policy denies to the agent outright (needs
+   * `backend.isToolVisible`).
+   * @default true
+   */
+  hideDeniedTools?: boolean;
+  /** How long a call may wait for a human approval; passed to the backend. */
+  approvalTimeoutSeconds?: number;
+  /** Interval of progress notifications while a call waits for approval. @default 1000 */
+  approvalProgressIntervalMs?: number;
+  /** Expose the `fabric__*` tools. @default true */
+  fabricTools?: boolean;
+  /** How long `close()` lets in-flight calls finish before cutting them off. @default 5000 */
+  shutdownGraceMs?: number;
+  /** Structured log sink. @default no-op */
+  logger?: (entry: GatewayLogEntry) => void;
+  /** What the gateway calls itself downstream. */
+  serverInfo?: { name: string; version: string };
+}
+
+interface InFlight {
+  session: GatewaySession;
+  requestId: RequestId;
+}
+
+const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
+
+/**
+ * The tool gateway. Create sessions with {@link createSession} and connect each to a transport.
+ *
+ * @example
+ * const gateway = new ToolGateway({ backend, upstreams: { fs: { command: 'node', args: [bin, dir] } } });
+ * await gateway.start();
+ * const session = gateway.createSession({ kind: 'agent', agentId, labels: {} });
+ * await session.connect(transport);
+ */
+export class ToolGateway implements SessionHost {
+  readonly serverInfo: { name: string; version: string };
+
+  readonly #backend: GatewayBackend;
+  readonly #upstreams = new Map<string, Upstream>();
+  readonly #costs: ToolCosts;
+  readonly #audit: AuditLog | undefined;
+  readonly #hideDenied: boolean;
+  readonly #approvalTimeoutSeconds: number | undefined;
+  readonly #approvalProgressMs: number;
+  readonly #fabricTools: ReadonlyMap<string, FabricTool>;
+  readonly #graceMs: number;
+  readonly #log: (entry: GatewayLogEntry) => void;
+  readonly #sessions = new Set<GatewaySession>();
+  readonly #inflight = new Map<Upstream, Set<InFlight>>();
+  readonly #subscribers = new Map<string, Set<GatewaySession>>();
+  /** Last result size per tool, used as the token estimate of the next reservation. */
+  readonly #lastTokens = new Map<string, number>();
+  #catalog: Catalog = EMPTY_CATALOG;
+  #calls = 0;
+  #drained: (() => void) | undefined;
+  #state: 'new' | 'started' | 'closing' | 'closed' = 'new';
+
+  constructor(options: ToolGatewayOptions) {
+    this.#backend = options.backend;
+    this.serverInfo = options.serverInfo ?? { name: 'agent-fabric', version: '0.1.0' };
+    this.#costs = new ToolCosts(options.toolCosts);
+    this.#audit = options.audit ? new AuditLog(options.audit) : undefined;
+    this.#hideDenied = options.hideDeniedTools ?? true;
+    this.#approvalTimeoutSeconds = options.approvalTimeoutSeconds;
+    this.#approvalProgressMs =
+      options.approvalProgressIntervalMs ?? DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS;
+    this.#fabricTools = options.fabricTools === false ? new Map() : FABRIC_TOOLS;
+    this.#graceMs = options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
+    this.#log = options.logger ?? (() => undefined);
+    for (const [name, input] of Object.entries(options.upstreams ?? {})) {
+      if (!/^[A-Za-z0-9_.-]+$/.test(name)) {
+        throw new ConfigError(`upstreams.${name}`, 'must be named with letters, digits, _ . -');
+      }
+      const parsed = upstreamSpecSchema.safeParse(input);
+      if (!parsed.success) {
+        const issue = parsed.error.issues[0];
+        throw new ConfigError(
+          `upstreams.${name}${issue?.path.length ? '.' + issue.path.join('.') : ''}`,
+          issue?.message ?? 'is invalid',
+        );
+      }
+      this.#upstreams.set(name, new Upstream(name, parsed.data, this.#hooks));
+    }
+  }
+
+  /** The upstreams by name. */
+  get upstreams(): ReadonlyMap<string, Upstream> {
+    return this.#upstreams;
+  }
+
+  /** The current aggregated catalog. */
+  get catalog(): Catalog {
+    return this.#catalog;
+  }
+
+  /** Live agent sessions. */
+  get sessions(): ReadonlySet<GatewaySession> {
+    return this.#sessions;
+  }
+
+  /**
+   * Connects every upstream and builds the catalog.
+   * @throws UpstreamUnavailableError when a required upstream cannot start.
+   * @throws ToolNameError on a name clash or an over-long downstream name.
+   */
+  async start(): Promise<void> {
+    if (this.#state !== 'new') throw new ClosedError('ToolGateway');
+    const ups = [...this.#upstreams.values()];
+    const results = await Promise.allSettled(ups.map((u) => u.start()));
+    const failures: unknown[] = [];
+    results.forEach((r, i) => {
+      const u = ups[i]!;
+      if (r.status === 'rejected') {
+        if (u.spec.required) failures.push(r.reason);
+        else {
+          this.#log({
+            level: 'warn',
+            msg: 'optional upstream failed to start',
+            upstream: u.name,
+            error: messageOf(r.reason),
+          });
+          u.retryInBackground();
+        }
+      }
+    });
+    try {
+      if (failures.length > 0) throw failures[0];
+      this.#catalog = buildCatalog(ups, new Set(this.#fabricTools.keys()), true);
+    } catch (error) {
+      await Promise.all(ups.map((u) => u.close()));
+      this.#state = 'closed';
+      throw error;
+    }
+    this.#state = 'started';
+  }
+
+  /** Opens a session for one agent; connect it to a transport next. */
+  createSession(identity: AgentIdentity): GatewaySession {
+    if (this.#state === 'closing' || this.#state === 'closed') throw new ClosedError('ToolGateway');
+    const session = new GatewaySession(this, identity);
+    this.#sessions.add(session);
+    return session;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // SessionHost
+
+  /** Union of the upstreams' capabilities, plus tools and logging of the gateway itself. */
+  capabilities(): ServerCapabilities {
+    const caps: ServerCapabilities = { tools: { listChanged: true }, logging: {} };
+    for (const u of this.#upstreams.values()) {
+      const c = u.capabilities;
+      if (c.prompts) caps.prompts = { listChanged: true };
+      if (c.resources) {
+        caps.resources = {
+          listChanged: true,
+          subscribe: Boolean(caps.resources?.subscribe) || Boolean(c.resources.subscribe),
+        };
+      }
+      if (c.completions) caps.completions = {};
+    }
+    return caps;
+  }
+
+  instructions(): string | undefined {
+    const parts = [...this.#upstreams.values()]
+      .filter((u) => u.instructions)
+      .map((u) => `[${u.name}] ${u.instructions ?? ''}`);
+    return parts.length > 0 ? parts.join('\n\n') : undefined;
+  }
+
+  listTools(session: GatewaySession): Tool[] {
+    const { agentId, poolId, labels } = session.identity;
+    const probe = this.#hideDenied ? this.#backend.isToolVisible?.bind(this.#backend) : undefined;
+    const tools: Tool[] = [];
+    const add = (name: string, tool: Tool): void => {
+      if (!probe || probe({ agentId, poolId, tool: name, labels })) tools.push(tool);
+    };
+    for (const [name, t] of this.#fabricTools) add(name, t.tool);
+    for (const [name, route] of this.#catalog.tools) add(name, route.item);
+    return tools;
+  }
+
+  async callTool(
+    session: GatewaySession,
+    request: Request,
+    extra: DownstreamExtra,
+  ): Promise<Result> {
+    const started = performance.now();
+    const params = (request.params ?? {}) as { name?: unknown; arguments?: unknown };
+    const name = String(params.name);
+    const args = (params.arguments ?? {}) as Record<string, unknown>;
+    const { agentId, poolId, labels } = session.identity;
+    const fabricTool = this.#fabricTools.get(name);
+    const route = fabricTool ? undefined : this.#catalog.tools.get(name);
+    const audit = (
+      fields: Pick<AuditRecord, 'decision' | 'outcome'> & Partial<AuditRecord>,
+    ): void => {
+      this.#audit?.write({
+        time: new Date(Date.now() - (performance.now() - started)).toISOString(),
+        agent: agentId,
+        tool: name,
+        rule: undefined,
+        argsDigest: digestArgs(args),
+        durationMs: Math.round((performance.now() - started) * 1000) / 1000,
+        ...fields,
+      });
+    };
+    if (!fabricTool && !route) {
+      audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
+      throw new McpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
+    }
+    if (this.#state !== 'started') {
+      audit({ decision: 'none', outcome: 'error', code: ClosedError.code });
+      return toolErrorResult(new ClosedError('the gateway'));
+    }
+    this.#beginCall();
+    try {
+      const progressToken = extra._meta?.progressToken;
+      let waitTimer: NodeJS.Timeout | undefined;
+      let waited = false;
+      const cost = this.#costs.costOf(name);
+      let auth: ToolCallAuthorization;
+      try {
+        auth = await this.#backend.authorizeToolCall({
+          agentId,
+          poolId,
+          tool: name,
+          params: args,
+          labels,
+          signal: extra.signal,
+          approvalTimeoutSeconds: this.#approvalTimeoutSeconds,
+          estimate: { tokens: this.#lastTokens.get(name) ?? 0, cost },
+          onWaiting: (approval) => {
+            waited = true;
+            if (progressToken === undefined || waitTimer) return;
+            const id = describeApproval(approval);
+            let tick = 0;
+            const send = (): void =>
+              void session.progress(
+                progressToken,
+                { progress: tick++, message: `waiting for human approval${id ? ` ${id}` : ''}` },
+                extra.requestId,
+              );
+            send();
+            waitTimer = setInterval(send, this.#approvalProgressMs);
+            waitTimer.unref();
+          },
+        });
+      } catch (error) {
+        audit({ decision: 'error', outcome: 'error', code: codeOf(error) });
+        return toolErrorResult(error);
+      } finally {
+        if (waitTimer) clearInterval(waitTimer);
+      }
+      if (!auth.allowed) {
+        const d = describeDecision(auth.decision);
+        audit({ decision: d.action ?? 'deny', rule: d.rule, outcome: 'denied', code: auth.code });
+        return refusalResult(auth);
+      }
+      const d = describeDecision(auth.decision);
+      const decision = waited ? 'approved' : (d.action ?? 'allow');
+      let result: Result;
+      try {
+        result = fabricTool
+          ? await fabricTool.call(this.#backend, { agentId, args, signal: extra.signal })
+          : await this.#upstreamRequest(
+              session,
+              route!.upstream,
+              {
+                method: 'tools/call',
+                params: { name: route!.upstreamName, arguments: args },
+              },
+              extra,
+            );
+      } catch (error) {
+        this.#settle(auth, { tokens: 0, cost: 0 });
+        const cancelled = extra.signal.aborted;
+        audit({
+          decision,
+          rule: d.rule,
+          outcome: cancelled ? 'cancelled' : 'error',
+          code: codeOf(error),
+        });
+        if (error instanceof McpError && !(error.code === ErrorCode.ConnectionClosed)) throw error;
+        return toolErrorResult(error);
+      }
+      const tokens = estimateTokens(result);
+      this.#lastTokens.set(name, tokens);
+      this.#settle(auth, { tokens, cost });
+      audit({
+        decision,
+        rule: d.rule,
+        outcome: (result as CallToolResult).isError ? 'tool_error' : 'ok',
+        tokens,
+        cost,
+      });
+      return result;
+    } finally {
+      this.#endCall();
+    }
+  }
+
+  #settle(auth: ToolCallAllowed, usage: { tokens: number; cost: number }): void {
+    try {
+      const settled = this.#backend.settleToolCall(auth, usage);
+      if (settled instanceof Promise) {
+        settled.catch((error: unknown) =>
+          this.#log({ level: 'error', msg: 'settling usage failed', error: messageOf(error) }),
+        );
+      }
+    } catch (error) {
+      this.#log({ level: 'error', msg: 'settling usage failed', error: messageOf(error) });
+    }
+  }
+
+  async forward(
+    session: GatewaySession,
+    request: Request,
+    extra: DownstreamExtra,
+  ): Promise<Result> {
+    const catalog = this.#catalog;
+    const params = (request.params ?? {}) as Record<string, unknown>;
+    switch (request.method) {
+      case 'prompts/list':
+        return { prompts: [...catalog.prompts.values()].map((r) => r.item) };
+      case 'resources/list':
+        return { resources: catalog.resources };
+      case 'resources/templates/list':
+        return { resourceTemplates: catalog.resourceTemplates };
+      case 'prompts/get': {
+        const name = String(params.name);
+        const route = catalog.prompts.get(name);
+        if (!route) throw toMcpError(new ToolNotFoundError(name, 'prompt'));
+        return this.#upstreamRequest(
+          session,
+          route.upstream,
+          { method: request.method, params: { ...params, name: route.upstreamName } },
+          extra,
+        );
+      }
+      case 'resources/read': {
+        const uri = String(params.uri);
+        const owner = resourceOwner(catalog, uri);
+        if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
+        return this.#upstreamRequest(session, owner, request, extra);
+      }
+      case 'completion/complete': {
+        const ref = (params.ref ?? {}) as { type?: string; name?: string; uri?: string };
+        if (ref.type === 'ref/prompt') {
+          const route = catalog.prompts.get(String(ref.name));
+          if (!route) throw toMcpError(new ToolNotFoundError(String(ref.name), 'prompt'));
+          return this.#upstreamRequest(
+            session,
+            route.upstream,
+            {
+              method: request.method,
+              params: { ...params, ref: { ...ref, name: route.upstreamName } },
+            },
+            extra,
+          );
+        }
+        const uri = String(ref.uri);
+        const owner =
+          catalog.templateOwners.find((t) => t.template.toString() === uri)?.upstream ??
+          resourceOwner(catalog, uri);
+        if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource template'));
+        return this.#upstreamRequest(session, owner, request, extra);
+      }
+      default:
+        throw new McpError(ErrorCode.MethodNotFound, `Method not found: ${request.method}`);
+    }
+  }
+
+  /** Sends a request upstream on behalf of a session, tracking it for routing and progress. */
+  async #upstreamRequest(
+    session: GatewaySession,
+    upstream: Upstream,
+    request: Request,
+    extra: DownstreamExtra,
+  ): Promise<Result> {
+    const progressToken = extra._meta?.progressToken;
+    const entry: InFlight = { session, requestId: extra.requestId };
+    let set = this.#inflight.get(upstream);
+    if (!set) this.#inflight.set(upstream, (set = new Set()));
+    set.add(entry);
+    // The response must not overtake the last progress notification on the client's stream.
+    let lastProgress: Promise<void> | undefined;
+    try {
+      const result = await upstream.request(request, {
+        signal: extra.signal,
+        onprogress:
+          progressToken === undefined
+            ? undefined
+            : (p) => {
+                lastProgress = session.progress(progressToken, p, extra.requestId);
+              },
+      });
+      if (lastProgress) await lastProgress;
+      return result;
+    } catch (error) {
+      if (error instanceof McpError) throw error;
+      // Gateway-side failures of non-tool requests surface as JSON-RPC errors.
+      if (request.method !== 'tools/call') throw toMcpError(error);
+      throw error;
+    } finally {
+      set.delete(entry);
+    }
+  }
+
+  async subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void> {
+    const owner = resourceOwner(this.#catalog, uri);
+    if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
+    let subs = this.#subscribers.get(uri);
+    if (!subs) this.#subscribers.set(uri, (subs = new Set()));
+    const first = subs.size === 0;
+    subs.add(session);
+    session.subscriptions.add(uri);
+    if (first) {
+      try {
+        await this.#upstreamRequest(
+          session,
+          owner,
+          { method: 'resources/subscribe', params: { uri } },
+          extra,
+        );
+      } catch (error) {
+        subs.delete(session);
+        session.subscriptions.delete(uri);
+        throw error;
+      }
+    }
+  }
+
+  async unsubscribe(session: GatewaySession, uri: string): Promise<void> {
+    session.subscriptions.delete(uri);
+    const subs = this.#subscribers.get(uri);
+    if (!subs?.delete(session) || subs.size > 0) return;
+    this.#subscribers.delete(uri);
+    const owner = resourceOwner(this.#catalog, uri);
+    await owner
+      ?.request({ method: 'resources/unsubscribe', params: { uri } })
+      .catch(() => undefined);
+  }
+
+  sessionClosed(session: GatewaySession): void {
+    this.#sessions.delete(session);
+    for (const uri of [...session.subscriptions]) void this.unsubscribe(session, uri);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Upstream events
+
+  readonly #hooks = {
+    onCatalog: (upstream: Upstream): void => this.#rebuildCatalog(upstream),
+    onNotification: (upstream: Upstream, n: Notification): void =>
+      this.#routeNotification(upstream, n),
+    onRequest: (upstream: Upstream, request: Request, extra: { signal: AbortSignal }) =>
+      this.#routeRequest(upstream, request, extra.signal),
+    onDisconnect: (upstream: Upstream): void => {
+      this.#log({
+        level: 'warn',
+        msg: 'upstream disconnected; restarting',
+        upstream: upstream.name,
+      });
+      this.#rebuildCatalog(undefined);
+    },
+    onError: (upstream: Upstream, error: Error): void =>
+      this.#log({
+        level: 'warn',
+        msg: 'upstream error',
+        upstream: upstream.name,
+        error: error.message,
+      }),
+  };
+
+  #rebuildCatalog(reconnected: Upstream | undefined): void {
+    if (this.#state !== 'started') return;
+    const problems: CatalogProblem[] = [];
+    const before = this.#catalog;
+    this.#catalog = buildCatalog(
+      [...this.#upstreams.values()],
+      new Set(this.#fabricTools.keys()),
+      false,
+      problems,
+    );
+    for (const p of problems) this.#log({ level: 'error', msg: p.message, code: p.code });
+    const changed = {
+      tools: !sameKeys(before.tools, this.#catalog.tools) || reconnected !== undefined,
+      prompts: !sameKeys(before.prompts, this.#catalog.prompts) || reconnected !== undefined,
+      resources:
+        before.resources.length !== this.#catalog.resources.length || reconnected !== undefined,
+    };
+    for (const s of this.#sessions) s.catalogChanged(changed);
+    if (reconnected && reconnected.connectCount > 1) {
+      this.#log({ level: 'info', msg: 'upstream restarted', upstream: reconnected.name });
+      for (const uri of this.#subscribers.keys()) {
+        if (resourceOwner(this.#catalog, uri) === reconnected) {
+          reconnected
+            .request({ method: 'resources/subscribe', params: { uri } })
+            .catch(() => undefined);
+        }
+      }
+    }
+  }
+
+  #routeNotification(upstream: Upstream, n: Notification): void {
+    if (n.method === 'notifications/message') {
+      const params = n.params as LoggingMessageNotification['params'];
+      const logged = {
+        ...params,
+        logger: params.logger ? `${upstream.name}/${params.logger}` : upstream.name,
+      };
+      const entries = this.#inflight.get(upstream);
+      if (entries && entries.size > 0) {
+        // Sessions with calls in flight get it on the stream of one of their calls.
+        const seen = new Set<GatewaySession>();
+        for (const e of entries) {
+          if (seen.has(e.session)) continue;
+          seen.add(e.session);
+          e.session.log(logged, e.requestId);
+        }
+      } else {
+        for (const s of this.#sessions) s.log(logged);
+      }
+      return;
+    }
+    if (n.method === 'notifications/resources/updated') {
+      const uri = String((n.params as { uri?: unknown } | undefined)?.uri);
+      for (const s of this.#subscribers.get(uri) ?? []) s.notify(n);
+    }
+  }
+
+  async #routeRequest(upstream: Upstream, request: Request, signal: AbortSignal): Promise<Result> {
+    const entries = [...(this.#inflight.get(upstream) ?? [])];
+    const sessions = new Set(entries.map((e) => e.session));
+    if (sessions.size === 1) {
+      const entry = entries[0]!;
+      return entry.session.request(request, signal, entry.requestId);
+    }
+    if (request.method === 'roots/list' && sessions.size === 0) return { roots: [] };
+    const why =
+      sessions.size === 0
+        ? 'no agent session has a call in flight on this upstream'
+        : `${sessions.size} agent sessions have calls in flight on this upstream, so the originating one is ambiguous`;
+    const error = new RoutingError(upstream.name, request.method, why);
+    this.#log({ level: 'warn', msg: error.message });
+    throw toMcpError(error);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Shutdown
+
+  #beginCall(): void {
+    this.#calls++;
+  }
+
+  #endCall(): void {
+    if (--this.#calls === 0) this.#drained?.();
+  }
+
+  /**
+   * Stops taking calls, lets in-flight calls finish (bounded by `shutdownGraceMs`), then closes
+   * sessions and upstreams (terminating stdio children and their process trees).
+   */
+  async close(): Promise<void> {
+    if (this.#state === 'closing' || this.#state === 'closed') return;
+    this.#state = 'closing';
+    if (this.#calls > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.#graceMs);
+        timer.unref();
+        this.#drained = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    await Promise.all([...this.#upstreams.values()].map((u) => u.close()));
+    await Promise.all([...this.#sessions].map((s) => s.close()));
+    this.#audit?.close();
+    this.#state = 'closed';
+  }
+}
+
+function sameKeys(a: ReadonlyMap<string, unknown>, b: ReadonlyMap<string, unknown>): boolean {
+  if (a.size !== b.size) return false;
+  for (const k of a.keys()) if (!b.has(k)) return false;
+  return true;
+}
+
+function codeOf(error: unknown): string {
+  if (error && typeof error === 'object' && 'code' in error) return String(error.code);
+  return 'FABRIC_ERR_INTERNAL';
+}
+
+/** Reads `action` and the deciding rule's name from a policy decision of unknown shape. */
+export function describeDecision(decision: unknown): { action?: string; rule?: string } {
+  if (!decision || typeof decision !== 'object') return {};
+  const d = decision as Record<string, unknown>;
+  const out: { action?: string; rule?: string } = {};
+  if (typeof d.action === 'string') out.action = d.action;
+  const rule = d.rule ?? d.ruleName ?? d.matchedRule;
+  if (typeof rule === 'string') out.rule = rule;
+  else if (rule && typeof rule === 'object') {
+    const r = rule as Record<string, unknown>;
+    const name = r.name ?? r.id ?? r.tool;
+    if (typeof name === 'string') out.rule = name;
+  }
+  if (out.rule === undefined && typeof d.policy === 'string') out.rule = d.policy;
+  return out;
+}
+
+function describeApproval(approval: unknown): string | undefined {
+  if (approval && typeof approval === 'object') {
+    const id =
+      (approval as Record<string, unknown>).id ?? (approval as Record<string, unknown>).approvalId;
+    if (typeof id === 'string') return id;
+  }
+  return undefined;
+}

@@ -1,0 +1,110 @@
+/**
+ * The one place where errors become wire shapes: MCP tool results the model can read, JSON-RPC
+ * errors, and HTTP statuses.
+ *
+ * @module
+ */
+import { ErrorCode, McpError, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { FabricError, type ErrorKind } from '../errors.js';
+import type { ToolCallRefused } from './backend.js';
+
+/** `_meta` key under which error facts travel in tool results. */
+export const ERROR_META_KEY = 'agent-fabric/error';
+
+/** HTTP status of each error kind. */
+export const HTTP_STATUS_BY_KIND: Readonly<Record<ErrorKind, number>> = Object.freeze({
+  invalid_argument: 400,
+  unauthenticated: 401,
+  permission_denied: 403,
+  not_found: 404,
+  already_exists: 409,
+  failed_precondition: 409,
+  resource_exhausted: 429,
+  internal: 500,
+  unavailable: 503,
+  deadline_exceeded: 504,
+});
+
+/** JSON-RPC error code of each error kind (standard codes; the catalog code travels in `data`). */
+const JSONRPC_CODE_BY_KIND: Readonly<Record<ErrorKind, number>> = Object.freeze({
+  invalid_argument: ErrorCode.InvalidParams,
+  not_found: ErrorCode.InvalidParams,
+  already_exists: ErrorCode.InvalidParams,
+  failed_precondition: ErrorCode.InvalidRequest,
+  resource_exhausted: ErrorCode.InternalError,
+  permission_denied: ErrorCode.InvalidRequest,
+  unauthenticated: ErrorCode.InvalidRequest,
+  deadline_exceeded: ErrorCode.RequestTimeout,
+  unavailable: ErrorCode.InternalError,
+  internal: ErrorCode.InternalError,
+});
+
+/** HTTP status for any thrown value (500 for non-catalog errors). */
+export function httpStatusOf(error: unknown): number {
+  return error instanceof FabricError ? HTTP_STATUS_BY_KIND[error.kind] : 500;
+}
+
+/** JSON body of an HTTP error response. Never includes stacks. */
+export function httpErrorBody(error: unknown): { error: Record<string, unknown> } {
+  if (error instanceof FabricError) return { error: error.toJSON() };
+  return {
+    error: { code: 'FABRIC_ERR_INTERNAL', kind: 'internal', message: messageOf(error) },
+  };
+}
+
+/** A JSON-RPC error for a failure that is not the model's business (bad request, routing). */
+export function toMcpError(error: unknown): McpError {
+  if (error instanceof McpError) return error;
+  if (error instanceof FabricError) {
+    return new McpError(JSONRPC_CODE_BY_KIND[error.kind], error.message, error.toJSON());
+  }
+  return new McpError(ErrorCode.InternalError, messageOf(error));
+}
+
+/** A tool result with `isError: true` that the model can read and act on. */
+export function errorResult(
+  text: string,
+  meta: Record<string, unknown>,
+): CallToolResult & { isError: true } {
+  return { content: [{ type: 'text', text }], isError: true, _meta: { [ERROR_META_KEY]: meta } };
+}
+
+/** The tool result for an error raised while forwarding a call (upstream down, timeout …). */
+export function toolErrorResult(error: unknown): CallToolResult {
+  if (error instanceof FabricError) {
+    return errorResult(`Tool call failed: ${error.message} (${error.code})`, error.toJSON());
+  }
+  return errorResult(`Tool call failed: ${messageOf(error)}`, {
+    code: 'FABRIC_ERR_INTERNAL',
+    message: messageOf(error),
+  });
+}
+
+/** The tool result for a call the policy / approval / budget pipeline refused. */
+export function refusalResult(refusal: ToolCallRefused, now = Date.now()): CallToolResult {
+  let text = `Tool call refused: ${refusal.reason} (${refusal.code}).`;
+  const retryAt = toEpochMs(refusal.retryAt);
+  if (retryAt !== undefined) {
+    const inSeconds = Math.max(0, Math.ceil((retryAt - now) / 1000));
+    text += ` The limit resets at ${new Date(retryAt).toISOString()} (in ${inSeconds} s); retry after that.`;
+  } else {
+    text += ' Do not retry the same call; choose another approach or ask a human.';
+  }
+  return errorResult(text, {
+    code: refusal.code,
+    reason: refusal.reason,
+    ...(retryAt === undefined ? {} : { retryAt: new Date(retryAt).toISOString() }),
+    ...(refusal.details && typeof refusal.details === 'object' ? { details: refusal.details } : {}),
+  });
+}
+
+function toEpochMs(value: number | Date | null | undefined): number | undefined {
+  if (value === undefined || value === null) return undefined;
+  const ms = value instanceof Date ? value.getTime() : value;
+  return Number.isFinite(ms) ? ms : undefined;
+}
+
+/** The message of any thrown value. */
+export function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

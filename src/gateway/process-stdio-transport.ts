@@ -1,0 +1,183 @@
+/**
+ * A stdio client transport that owns its child's whole process tree.
+ *
+ * The SDK's `StdioClientTransport` kills only the direct child, so a server launched through a
+ * wrapper (`npx`, a shell script) leaves grandchildren behind. This transport spawns the child
+ * detached, in its own process group, and signals the group (`kill(-pgid)`) on close: SIGTERM,
+ * then SIGKILL after a grace period. It also parses lines with a cheap envelope check instead
+ * of a full schema parse — the protocol layer validates what it needs.
+ *
+ * @module
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
+import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+
+/** Environment variables inherited by default (as the SDK's stdio transport does). */
+const INHERITED_ENV = ['HOME', 'LOGNAME', 'PATH', 'SHELL', 'TERM', 'USER', 'TMPDIR', 'LANG'];
+
+/** Options of a {@link ProcessStdioTransport}. */
+export interface ProcessStdioTransportOptions {
+  command: string;
+  args?: readonly string[];
+  /** Merged over the inherited minimal environment. */
+  env?: Readonly<Record<string, string>>;
+  cwd?: string | undefined;
+  /** @default 'inherit' */
+  stderr?: 'inherit' | 'ignore' | 'pipe';
+  /**
+   * How long to wait after SIGTERM before SIGKILL of the process group.
+   * @default 2000
+   */
+  killGraceMs?: number;
+}
+
+/** Builds the child environment: a minimal safe inherited set plus `extra`. */
+export function childEnvironment(
+  extra: Readonly<Record<string, string>> = {},
+): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const key of INHERITED_ENV) {
+    const value = process.env[key];
+    if (value !== undefined && !value.startsWith('()')) env[key] = value;
+  }
+  return { ...env, ...extra };
+}
+
+/** MCP client transport over a child process's stdio, terminating its process group on close. */
+export class ProcessStdioTransport implements Transport {
+  onclose?: () => void;
+  onerror?: (error: Error) => void;
+  onmessage?: (message: JSONRPCMessage) => void;
+
+  readonly #options: ProcessStdioTransportOptions;
+  #child: ChildProcess | undefined;
+  #pid: number | undefined;
+  #buffer = '';
+  #closed = false;
+  #exited: Promise<void> | undefined;
+
+  constructor(options: ProcessStdioTransportOptions) {
+    this.#options = options;
+  }
+
+  /** Pid of the child (and id of its process group), once started. */
+  get pid(): number | undefined {
+    return this.#child?.pid;
+  }
+
+  /** The child's stderr when `stderr: 'pipe'`. */
+  get stderr(): NodeJS.ReadableStream | null {
+    return this.#child?.stderr ?? null;
+  }
+
+  start(): Promise<void> {
+    if (this.#child) throw new Error('ProcessStdioTransport already started');
+    return new Promise((resolve, reject) => {
+      const child = spawn(this.#options.command, [...(this.#options.args ?? [])], {
+        env: childEnvironment(this.#options.env),
+        cwd: this.#options.cwd,
+        stdio: ['pipe', 'pipe', this.#options.stderr ?? 'inherit'],
+        detached: process.platform !== 'win32',
+        windowsHide: true,
+      });
+      this.#child = child;
+      this.#pid = child.pid;
+      this.#exited = new Promise((done) => child.once('exit', () => done()));
+      child.once('error', (error) => {
+        reject(error);
+        this.onerror?.(error);
+      });
+      child.once('spawn', () => resolve());
+      child.once('close', () => {
+        this.#child = undefined;
+        if (!this.#closed) {
+          // Died on its own: take down whatever it left in its group, then report.
+          this.#signal('SIGKILL');
+          this.#closed = true;
+          this.onclose?.();
+        }
+      });
+      child.stdin?.on('error', (error) => this.onerror?.(error));
+      child.stdout?.setEncoding('utf8');
+      child.stdout?.on('data', (chunk: string) => this.#ondata(chunk));
+    });
+  }
+
+  #ondata(chunk: string): void {
+    let text = this.#buffer + chunk;
+    let newline = text.indexOf('\n');
+    while (newline !== -1) {
+      const line = text.slice(0, newline);
+      text = text.slice(newline + 1);
+      newline = text.indexOf('\n');
+      if (line.trim() === '') continue;
+      let message: unknown;
+      try {
+        message = JSON.parse(line);
+      } catch (error) {
+        this.onerror?.(
+          new Error(`upstream wrote a non-JSON line: ${line.slice(0, 200)}`, { cause: error }),
+        );
+        continue;
+      }
+      if (
+        message === null ||
+        typeof message !== 'object' ||
+        (message as { jsonrpc?: unknown }).jsonrpc !== '2.0'
+      ) {
+        this.onerror?.(new Error(`upstream wrote a non-JSON-RPC message: ${line.slice(0, 200)}`));
+        continue;
+      }
+      this.onmessage?.(message as JSONRPCMessage);
+    }
+    this.#buffer = text;
+  }
+
+  send(message: JSONRPCMessage): Promise<void> {
+    const stdin = this.#child?.stdin;
+    if (!stdin || this.#closed) return Promise.reject(new Error('Not connected'));
+    if (stdin.write(JSON.stringify(message) + '\n')) return Promise.resolve();
+    return new Promise((resolve) => stdin.once('drain', resolve));
+  }
+
+  /** Signals the whole process group (falls back to the child alone). */
+  #signal(sig: NodeJS.Signals): void {
+    const pid = this.#pid;
+    if (pid === undefined) return;
+    try {
+      process.kill(process.platform === 'win32' ? pid : -pid, sig);
+    } catch {
+      // the group is already gone
+    }
+  }
+
+  /** Ends stdin, then SIGTERM to the group, then SIGKILL after the grace period. */
+  async close(): Promise<void> {
+    const child = this.#child;
+    const exited = this.#exited;
+    this.#closed = true;
+    if (!child || !exited) {
+      return;
+    }
+    const grace = this.#options.killGraceMs ?? 2000;
+    try {
+      child.stdin?.end();
+    } catch {
+      // ignore
+    }
+    this.#signal('SIGTERM');
+    const timer = setTimeout(() => this.#signal('SIGKILL'), grace);
+    timer.unref();
+    await exited;
+    // The direct child is gone; make sure nothing it left in the group survives it.
+    this.#signal('SIGKILL');
+    clearTimeout(timer);
+    this.onclose?.();
+  }
+
+  /** Kills the process group at once (crash simulation, last-resort shutdown). */
+  kill(sig: NodeJS.Signals = 'SIGKILL'): void {
+    this.#signal(sig);
+  }
+}

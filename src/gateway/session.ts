@@ -1,0 +1,236 @@
+/**
+ * One agent's MCP session: a low-level SDK `Server` bound to exactly one agent identity, whose
+ * handlers hand every request to the {@link ToolGateway}.
+ *
+ * @module
+ */
+import { Server } from '@modelcontextprotocol/sdk/server/index.js';
+import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js';
+import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
+import {
+  CallToolRequestSchema,
+  CompleteRequestSchema,
+  ErrorCode,
+  McpError,
+  GetPromptRequestSchema,
+  ListPromptsRequestSchema,
+  ListResourcesRequestSchema,
+  ListResourceTemplatesRequestSchema,
+  ListToolsRequestSchema,
+  ReadResourceRequestSchema,
+  SetLevelRequestSchema,
+  SubscribeRequestSchema,
+  UnsubscribeRequestSchema,
+  type LoggingLevel,
+  type LoggingMessageNotification,
+  type Notification,
+  type Progress,
+  type ProgressToken,
+  type Request,
+  type RequestId,
+  type Result,
+  type ServerCapabilities,
+  type ServerNotification,
+  type ServerRequest,
+  type Tool,
+} from '@modelcontextprotocol/sdk/types.js';
+import type { AgentIdentity } from './backend.js';
+import { LOOSE_RESULT } from './upstream.js';
+
+/** The request-handler context of a downstream request. */
+export type DownstreamExtra = RequestHandlerExtra<ServerRequest, ServerNotification>;
+
+/** What a session needs from the gateway (implemented by ToolGateway). */
+export interface SessionHost {
+  readonly serverInfo: { name: string; version: string };
+  capabilities(): ServerCapabilities;
+  instructions(): string | undefined;
+  listTools(session: GatewaySession): Tool[];
+  callTool(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
+  forward(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
+  subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void>;
+  unsubscribe(session: GatewaySession, uri: string): Promise<void>;
+  sessionClosed(session: GatewaySession): void;
+}
+
+let nextSessionNumber = 0;
+
+const LEVELS: readonly LoggingLevel[] = [
+  'debug',
+  'info',
+  'notice',
+  'warning',
+  'error',
+  'critical',
+  'alert',
+  'emergency',
+];
+
+/** A downstream MCP session bound to one agent. */
+export class GatewaySession {
+  /** Process-unique id (also used in logs). */
+  readonly id: string;
+  readonly identity: AgentIdentity;
+  readonly server: Server;
+  /** Resource URIs this session subscribed to. */
+  readonly subscriptions = new Set<string>();
+
+  #host: SessionHost;
+  #caps: ServerCapabilities;
+  #toolsCache: Tool[] | undefined;
+  #closed = false;
+  /** Lowest severity index forwarded (set by logging/setLevel); everything by default. */
+  #minLevel = 0;
+
+  constructor(host: SessionHost, identity: AgentIdentity) {
+    this.id = `s${++nextSessionNumber}`;
+    this.identity = identity;
+    this.#host = host;
+    const capabilities = host.capabilities();
+    this.#caps = capabilities;
+    const instructions = host.instructions();
+    this.server = new Server(host.serverInfo, {
+      capabilities,
+      ...(instructions === undefined ? {} : { instructions }),
+    });
+    const s = this.server;
+    s.setRequestHandler(ListToolsRequestSchema, () => ({ tools: this.tools() }));
+    s.setRequestHandler(CallToolRequestSchema, (req, extra) => host.callTool(this, req, extra));
+    if (capabilities.prompts) {
+      s.setRequestHandler(ListPromptsRequestSchema, (req, extra) => host.forward(this, req, extra));
+      s.setRequestHandler(GetPromptRequestSchema, (req, extra) => host.forward(this, req, extra));
+    }
+    if (capabilities.resources) {
+      s.setRequestHandler(ListResourcesRequestSchema, (req, extra) =>
+        host.forward(this, req, extra),
+      );
+      s.setRequestHandler(ListResourceTemplatesRequestSchema, (req, extra) =>
+        host.forward(this, req, extra),
+      );
+      s.setRequestHandler(ReadResourceRequestSchema, (req, extra) =>
+        host.forward(this, req, extra),
+      );
+      if (capabilities.resources.subscribe) {
+        s.setRequestHandler(SubscribeRequestSchema, async (req, extra) => {
+          await host.subscribe(this, req.params.uri, extra);
+          return {};
+        });
+        s.setRequestHandler(UnsubscribeRequestSchema, async (req) => {
+          await host.unsubscribe(this, req.params.uri);
+          return {};
+        });
+      }
+    }
+    if (capabilities.completions) {
+      s.setRequestHandler(CompleteRequestSchema, (req, extra) => host.forward(this, req, extra));
+    }
+    s.setRequestHandler(SetLevelRequestSchema, (req) => {
+      this.#minLevel = Math.max(0, LEVELS.indexOf(req.params.level));
+      return {};
+    });
+    s.onclose = () => this.#onclose();
+  }
+
+  /** Connects the session's server to a downstream transport. */
+  connect(transport: Transport): Promise<void> {
+    return this.server.connect(transport);
+  }
+
+  /** The tools this agent may see (cached until the catalog changes). */
+  tools(): Tool[] {
+    this.#toolsCache ??= this.#host.listTools(this);
+    return this.#toolsCache;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Drops cached lists and tells the client which lists changed. */
+  catalogChanged(what: { tools: boolean; prompts: boolean; resources: boolean }): void {
+    if (this.#closed) return;
+    const caps = this.#caps;
+    if (what.tools) {
+      this.#toolsCache = undefined;
+      this.server.sendToolListChanged().catch(() => undefined);
+    }
+    if (what.prompts && caps.prompts) this.server.sendPromptListChanged().catch(() => undefined);
+    if (what.resources && caps.resources)
+      this.server.sendResourceListChanged().catch(() => undefined);
+  }
+
+  /**
+   * Forwards a progress update of a call to the client, under the client's own token. The
+   * promise settles once the notification was handed to the transport (never rejects).
+   */
+  progress(token: ProgressToken, progress: Progress, relatedRequestId?: RequestId): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    return this.server
+      .notification(
+        { method: 'notifications/progress', params: { ...progress, progressToken: token } },
+        relatedRequestId === undefined ? undefined : { relatedRequestId },
+      )
+      .catch(() => undefined);
+  }
+
+  /**
+   * Forwards an upstream log message, filtered by the level this client set. With
+   * `relatedRequestId` it travels on the stream of that call (HTTP).
+   */
+  log(params: LoggingMessageNotification['params'], relatedRequestId?: RequestId): void {
+    if (this.#closed || LEVELS.indexOf(params.level) < this.#minLevel) return;
+    this.server
+      .notification(
+        { method: 'notifications/message', params },
+        relatedRequestId === undefined ? undefined : { relatedRequestId },
+      )
+      .catch(() => undefined);
+  }
+
+  /** Sends an arbitrary notification (resources/updated …). */
+  notify(notification: Notification): void {
+    if (this.#closed) return;
+    this.server.notification(notification as ServerNotification).catch(() => undefined);
+  }
+
+  /**
+   * Forwards a server→client request (sampling, elicitation, roots) to this agent's client.
+   * @param relatedRequestId the agent's call that caused it (its HTTP stream carries it).
+   */
+  request(request: Request, signal: AbortSignal, relatedRequestId?: RequestId): Promise<Result> {
+    // Answer for clients that did not declare the capability instead of sending them a request
+    // they cannot handle.
+    const caps = this.server.getClientCapabilities() ?? {};
+    if (request.method === 'roots/list' && !caps.roots) return Promise.resolve({ roots: [] });
+    if (
+      (request.method === 'sampling/createMessage' && !caps.sampling) ||
+      (request.method === 'elicitation/create' && !caps.elicitation)
+    ) {
+      return Promise.reject(
+        new McpError(
+          ErrorCode.MethodNotFound,
+          `the agent's client does not support ${request.method}`,
+        ),
+      );
+    }
+    return this.server.request(request as ServerRequest, LOOSE_RESULT, {
+      signal,
+      // Server→client requests may wait for a human (elicitation); no gateway-side timeout
+      // beyond the upstream's own, which cancels through `signal`.
+      timeout: 24 * 60 * 60 * 1000,
+      ...(relatedRequestId === undefined ? {} : { relatedRequestId }),
+    });
+  }
+
+  /** Closes the session's server and transport. */
+  async close(): Promise<void> {
+    await this.server.close().catch(() => undefined);
+    this.#onclose();
+  }
+
+  #onclose(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#host.sessionClosed(this);
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * Upstream tool server declarations: the zod schema (source of the types) and defaults.
+ *
+ * @module
+ */
+import { z } from 'zod';
+
+/** Default of {@link UpstreamSpec.callTimeoutSeconds}. */
+export const DEFAULT_CALL_TIMEOUT_SECONDS = 60;
+/** Default first restart delay after an upstream dies. */
+export const DEFAULT_RESTART_INITIAL_DELAY_MS = 100;
+/** Default cap of the exponential restart delay. */
+export const DEFAULT_RESTART_MAX_DELAY_MS = 30_000;
+/** Longest tool name MCP clients accept (Claude and others cap names at 64 characters). */
+export const MAX_TOOL_NAME_LENGTH = 64;
+
+const restartSchema = z
+  .object({
+    /** First delay before restarting a dead upstream. @default 100 */
+    initialDelayMs: z.number().int().positive().default(DEFAULT_RESTART_INITIAL_DELAY_MS),
+    /** Cap of the doubling delay. @default 30000 */
+    maxDelayMs: z.number().int().positive().default(DEFAULT_RESTART_MAX_DELAY_MS),
+  })
+  .strict();
+
+const commonShape = {
+  /**
+   * How downstream names are formed: `prefix` (default `<upstream>__`, or `prefix` when given)
+   * or `none` (names pass through unchanged).
+   */
+  namespace: z.enum(['prefix', 'none']).default('prefix'),
+  /** Custom prefix used when `namespace` is `prefix`. @default `<upstream>__` */
+  prefix: z.string().min(1).optional(),
+  /** Per-call timeout, also the upper bound of a hung call. @default 60 */
+  callTimeoutSeconds: z.number().positive().default(DEFAULT_CALL_TIMEOUT_SECONDS),
+  restart: restartSchema.default({
+    initialDelayMs: DEFAULT_RESTART_INITIAL_DELAY_MS,
+    maxDelayMs: DEFAULT_RESTART_MAX_DELAY_MS,
+  }),
+  /**
+   * Declare the `roots` capability upstream and forward `roots/list` to the calling agent's
+   * client. Off by default: a server such as server-filesystem replaces its allowed folders
+   * with the client's roots, so forwarding would let an agent widen its own sandbox.
+   * @default false
+   */
+  forwardRoots: z.boolean().default(false),
+  /** Start-up is refused when an `required` upstream fails to connect. @default true */
+  required: z.boolean().default(true),
+};
+
+/** An upstream reached by spawning a command and speaking MCP over its stdin/stdout. */
+export const stdioUpstreamSchema = z
+  .object({
+    transport: z.literal('stdio').default('stdio'),
+    command: z.string().min(1),
+    args: z.array(z.string()).default([]),
+    /** Extra environment; merged over a minimal safe inherited set (PATH, HOME …). */
+    env: z.record(z.string(), z.string()).default({}),
+    cwd: z.string().optional(),
+    /** Where the child's stderr goes. @default 'inherit' */
+    stderr: z.enum(['inherit', 'ignore', 'pipe']).default('inherit'),
+    ...commonShape,
+  })
+  .strict();
+
+/** An upstream reached over Streamable HTTP (`http`) or the legacy HTTP+SSE transport (`sse`). */
+export const remoteUpstreamSchema = z
+  .object({
+    transport: z.enum(['http', 'sse']).default('http'),
+    url: z.url(),
+    headers: z.record(z.string(), z.string()).default({}),
+    ...commonShape,
+  })
+  .strict();
+
+/** One upstream declaration (stdio when it has `command`, remote when it has `url`). */
+export const upstreamSpecSchema = z.union([stdioUpstreamSchema, remoteUpstreamSchema]);
+
+/** A parsed upstream declaration. */
+export type UpstreamSpec = z.output<typeof upstreamSpecSchema>;
+/** What a caller may write for an upstream declaration. */
+export type UpstreamSpecInput = z.input<typeof upstreamSpecSchema>;
+/** A parsed stdio upstream declaration. */
+export type StdioUpstreamSpec = z.output<typeof stdioUpstreamSchema>;
+
+/** The downstream prefix of an upstream ('' for `namespace: none`). */
+export function upstreamPrefix(name: string, spec: UpstreamSpec): string {
+  return spec.namespace === 'none' ? '' : (spec.prefix ?? `${name}__`);
+}

@@ -1,0 +1,355 @@
+/**
+ * One upstream MCP server: its connection (stdio, Streamable HTTP or legacy SSE), its catalog
+ * (tools, prompts, resources, templates), and its restart loop.
+ *
+ * @module
+ */
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { RequestOptions } from '@modelcontextprotocol/sdk/shared/protocol.js';
+import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
+import {
+  ErrorCode,
+  McpError,
+  type Notification,
+  type Prompt,
+  type Request,
+  type Resource,
+  type ResourceTemplate,
+  type Result,
+  type ServerCapabilities,
+  type Tool,
+} from '@modelcontextprotocol/sdk/types.js';
+import { z } from 'zod';
+import { UpstreamTimeoutError, UpstreamUnavailableError } from '../errors.js';
+import { ProcessStdioTransport } from './process-stdio-transport.js';
+import type { UpstreamSpec } from './upstream-config.js';
+
+/** Any JSON object: results are forwarded as they are, not re-validated field by field. */
+export const LOOSE_RESULT = z.looseObject({});
+
+/** Life of an upstream connection. */
+export type UpstreamState = 'idle' | 'connecting' | 'ready' | 'restarting' | 'closed';
+
+/** Callbacks through which an upstream reports to the gateway. */
+export interface UpstreamHooks {
+  /** The upstream (re)connected or announced a list change; its catalog is fresh. */
+  onCatalog?(upstream: Upstream): void;
+  /** A notification the protocol layer did not consume (logging, resources/updated …). */
+  onNotification?(upstream: Upstream, notification: Notification): void;
+  /** A server→client request (sampling, elicitation, roots/list). */
+  onRequest?(upstream: Upstream, request: Request, extra: { signal: AbortSignal }): Promise<Result>;
+  /** The connection dropped unexpectedly (a restart is scheduled). */
+  onDisconnect?(upstream: Upstream, error: Error | undefined): void;
+  /** Non-fatal errors (unparseable lines, failed restarts). */
+  onError?(upstream: Upstream, error: Error): void;
+}
+
+/** Per-call options of {@link Upstream.request}. */
+export interface UpstreamCallOptions {
+  signal?: AbortSignal | undefined;
+  onprogress?: RequestOptions['onprogress'];
+  /** Overrides the upstream's `callTimeoutSeconds`. */
+  timeoutMs?: number | undefined;
+}
+
+/** Client identity the gateway presents upstream. */
+const CLIENT_INFO = { name: 'agent-fabric-gateway', version: '0.1.0' };
+
+/**
+ * A managed connection to one upstream server. Every capability the gateway can forward is
+ * declared upstream (sampling, elicitation, roots); whether a given agent's client supports
+ * them is checked when a request is forwarded.
+ */
+export class Upstream {
+  readonly name: string;
+  readonly spec: UpstreamSpec;
+
+  #hooks: UpstreamHooks;
+  #client: Client | undefined;
+  #transport: Transport | undefined;
+  #state: UpstreamState = 'idle';
+  #restartAttempt = 0;
+  #restartTimer: NodeJS.Timeout | undefined;
+  #nextRestartAt = 0;
+  #lastError: Error | undefined;
+  #connectCount = 0;
+
+  tools: readonly Tool[] = [];
+  prompts: readonly Prompt[] = [];
+  resources: readonly Resource[] = [];
+  resourceTemplates: readonly ResourceTemplate[] = [];
+  capabilities: ServerCapabilities = {};
+  instructions: string | undefined;
+
+  constructor(name: string, spec: UpstreamSpec, hooks: UpstreamHooks = {}) {
+    this.name = name;
+    this.spec = spec;
+    this.#hooks = hooks;
+  }
+
+  get state(): UpstreamState {
+    return this.#state;
+  }
+
+  /** How many times a connection was established (1 after start, +1 per restart). */
+  get connectCount(): number {
+    return this.#connectCount;
+  }
+
+  /** Pid of the stdio child (its process group id), when connected over stdio. */
+  get pid(): number | undefined {
+    return this.#transport instanceof ProcessStdioTransport ? this.#transport.pid : undefined;
+  }
+
+  /** The connected SDK client, for callers that need raw access (benchmarks, tests). */
+  get client(): Client | undefined {
+    return this.#client;
+  }
+
+  /**
+   * Connects and loads the catalog.
+   * @throws UpstreamUnavailableError when the server cannot be started or initialised.
+   */
+  async start(): Promise<void> {
+    if (this.#state === 'closed') throw new UpstreamUnavailableError(this.name, 'is closed');
+    await this.#connect();
+  }
+
+  #createTransport(): Transport {
+    const spec = this.spec;
+    if (spec.transport === 'stdio') {
+      return new ProcessStdioTransport({
+        command: spec.command,
+        args: spec.args,
+        env: spec.env,
+        cwd: spec.cwd,
+        stderr: spec.stderr,
+      });
+    }
+    const url = new URL(spec.url);
+    const requestInit = { headers: spec.headers };
+    return spec.transport === 'sse'
+      ? new SSEClientTransport(url, {
+          requestInit,
+          eventSourceInit: { fetch: withHeaders(spec.headers) },
+        })
+      : new StreamableHTTPClientTransport(url, { requestInit });
+  }
+
+  async #connect(): Promise<void> {
+    this.#state = 'connecting';
+    const client = new Client(CLIENT_INFO, {
+      capabilities: {
+        sampling: {},
+        elicitation: { form: {}, url: {} },
+        ...(this.spec.forwardRoots ? { roots: { listChanged: true } } : {}),
+      },
+    });
+    client.fallbackNotificationHandler = async (n) => this.#onNotification(client, n);
+    client.fallbackRequestHandler = async (request, extra) => {
+      const handler = this.#hooks.onRequest;
+      if (!handler)
+        throw new McpError(ErrorCode.MethodNotFound, `${request.method} is not supported`);
+      return handler(
+        this,
+        { method: request.method, params: request.params },
+        { signal: extra.signal },
+      );
+    };
+    client.onerror = (error) => this.#hooks.onError?.(this, error);
+    const transport = this.#createTransport();
+    try {
+      await client.connect(transport, { timeout: this.spec.callTimeoutSeconds * 1000 });
+      this.capabilities = client.getServerCapabilities() ?? {};
+      this.instructions = client.getInstructions();
+      await this.#loadCatalog(client);
+    } catch (error) {
+      await client.close().catch(() => undefined);
+      this.#state = 'restarting';
+      this.#lastError = error instanceof Error ? error : new Error(String(error));
+      throw new UpstreamUnavailableError(
+        this.name,
+        `failed to start: ${this.#lastError.message}`,
+        {},
+        { cause: error },
+      );
+    }
+    if ((this.#state as UpstreamState) === 'closed') {
+      await client.close().catch(() => undefined);
+      return;
+    }
+    this.#client = client;
+    this.#transport = transport;
+    this.#state = 'ready';
+    this.#restartAttempt = 0;
+    this.#connectCount++;
+    client.onclose = () => this.#ondisconnect(client);
+    this.#hooks.onCatalog?.(this);
+  }
+
+  async #loadCatalog(client: Client): Promise<void> {
+    const caps = this.capabilities;
+    const [tools, prompts, resources, templates] = await Promise.all([
+      caps.tools ? collect(client, 'tools/list', 'tools') : [],
+      caps.prompts ? collect(client, 'prompts/list', 'prompts') : [],
+      caps.resources ? collect(client, 'resources/list', 'resources') : [],
+      caps.resources ? collect(client, 'resources/templates/list', 'resourceTemplates') : [],
+    ]);
+    this.tools = tools as Tool[];
+    this.prompts = prompts as Prompt[];
+    this.resources = resources as Resource[];
+    this.resourceTemplates = templates as ResourceTemplate[];
+  }
+
+  async #onNotification(client: Client, n: Notification): Promise<void> {
+    switch (n.method) {
+      case 'notifications/tools/list_changed':
+      case 'notifications/prompts/list_changed':
+      case 'notifications/resources/list_changed':
+        try {
+          await this.#loadCatalog(client);
+          if (this.#client === client) this.#hooks.onCatalog?.(this);
+        } catch (error) {
+          this.#hooks.onError?.(this, asError(error));
+        }
+        return;
+      default:
+        this.#hooks.onNotification?.(this, n);
+    }
+  }
+
+  #ondisconnect(client: Client): void {
+    if (this.#client !== client) return;
+    this.#client = undefined;
+    this.#transport = undefined;
+    if (this.#state === 'closed') return;
+    this.#state = 'restarting';
+    this.#lastError = new Error('connection closed');
+    this.#hooks.onDisconnect?.(this, this.#lastError);
+    this.#scheduleRestart();
+  }
+
+  #scheduleRestart(): void {
+    if (this.#state === 'closed' || this.#restartTimer) return;
+    const { initialDelayMs, maxDelayMs } = this.spec.restart;
+    const delay = Math.min(maxDelayMs, initialDelayMs * 2 ** this.#restartAttempt);
+    this.#restartAttempt++;
+    this.#nextRestartAt = Date.now() + delay;
+    this.#restartTimer = setTimeout(() => {
+      this.#restartTimer = undefined;
+      if (this.#state === 'closed') return;
+      this.#connect().catch((error: unknown) => {
+        this.#hooks.onError?.(this, asError(error));
+        this.#scheduleRestart();
+      });
+    }, delay);
+    this.#restartTimer.unref();
+  }
+
+  /** Starts the restart loop after a failed {@link start} (for optional upstreams). */
+  retryInBackground(): void {
+    if (this.#state !== 'ready' && this.#state !== 'closed') {
+      this.#state = 'restarting';
+      this.#scheduleRestart();
+    }
+  }
+
+  #unavailable(): UpstreamUnavailableError {
+    if (this.#state === 'restarting') {
+      const inMs = Math.max(0, this.#nextRestartAt - Date.now());
+      return new UpstreamUnavailableError(
+        this.name,
+        `is restarting after a disconnect (attempt ${this.#restartAttempt}, next try in ${inMs} ms)`,
+        { state: this.#state, retryInMs: inMs, lastError: this.#lastError?.message },
+      );
+    }
+    return new UpstreamUnavailableError(this.name, `is ${this.#state}`, { state: this.#state });
+  }
+
+  /**
+   * Sends one request upstream and returns the raw result.
+   * @throws UpstreamUnavailableError when not connected or the connection drops mid-call.
+   * @throws UpstreamTimeoutError when the call runs past its timeout.
+   * @throws McpError for protocol errors the upstream itself returned.
+   */
+  async request(request: Request, options: UpstreamCallOptions = {}): Promise<Result> {
+    const client = this.#client;
+    if (!client || this.#state !== 'ready') throw this.#unavailable();
+    const timeout = options.timeoutMs ?? this.spec.callTimeoutSeconds * 1000;
+    try {
+      return await client.request(request, LOOSE_RESULT, {
+        signal: options.signal,
+        onprogress: options.onprogress,
+        timeout,
+      });
+    } catch (error) {
+      if (error instanceof McpError) {
+        if (error.code === ErrorCode.RequestTimeout && !options.signal?.aborted) {
+          throw new UpstreamTimeoutError(this.name, request.method, timeout, { cause: error });
+        }
+        if (error.code === ErrorCode.ConnectionClosed) {
+          throw new UpstreamUnavailableError(
+            this.name,
+            `disconnected during ${request.method}; it is being restarted`,
+            { state: this.#state },
+            { cause: error },
+          );
+        }
+      }
+      throw error;
+    }
+  }
+
+  /** Sends a notification upstream (best effort). */
+  async notify(notification: Notification): Promise<void> {
+    const client = this.#client;
+    if (client && this.#state === 'ready') await client.notification(notification);
+  }
+
+  /** Kills the upstream process group (tests and crash drills). */
+  killProcess(sig: NodeJS.Signals = 'SIGKILL'): void {
+    if (this.#transport instanceof ProcessStdioTransport) this.#transport.kill(sig);
+  }
+
+  /** Closes the connection for good, terminating a stdio child's process tree. */
+  async close(): Promise<void> {
+    this.#state = 'closed';
+    if (this.#restartTimer) clearTimeout(this.#restartTimer);
+    this.#restartTimer = undefined;
+    const client = this.#client;
+    this.#client = undefined;
+    this.#transport = undefined;
+    await client?.close().catch(() => undefined);
+  }
+}
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}
+
+/** Follows a paginated list to the end. */
+async function collect(client: Client, method: string, key: string): Promise<unknown[]> {
+  const items: unknown[] = [];
+  let cursor: string | undefined;
+  for (let page = 0; page < 1000; page++) {
+    const result = await client.request(
+      { method, params: cursor === undefined ? {} : { cursor } },
+      LOOSE_RESULT,
+    );
+    const list = result[key];
+    if (Array.isArray(list)) items.push(...(list as unknown[]));
+    cursor = typeof result.nextCursor === 'string' ? result.nextCursor : undefined;
+    if (cursor === undefined) break;
+  }
+  return items;
+}
+
+function withHeaders(headers: Readonly<Record<string, string>>): typeof fetch {
+  return (url, init) =>
+    fetch(url, {
+      ...init,
+      headers: { ...Object.fromEntries(new Headers(init?.headers)), ...headers },
+    });
+}

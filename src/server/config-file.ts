@@ -1,0 +1,278 @@
+/**
+ * The sidecar's configuration file (YAML or JSON): schema, variable substitution, environment
+ * overrides, and errors that name the key path and the line.
+ *
+ * @module
+ */
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { isNode, LineCounter, parseDocument } from 'yaml';
+import { z } from 'zod';
+import { ConfigFileError } from '../errors.js';
+import { upstreamSpecSchema } from '../gateway/upstream-config.js';
+
+/** Default HTTP port of the sidecar. */
+export const DEFAULT_HTTP_PORT = 8765;
+/** Default HTTP host (loopback: a sidecar is not a public service by default). */
+export const DEFAULT_HTTP_HOST = '127.0.0.1';
+
+const budgetSchema = z
+  .object({
+    maxTokensPerHour: z.number().positive().optional(),
+    maxCostPerDay: z.number().positive().optional(),
+    warnAtPercent: z.number().min(0).max(100).optional(),
+  })
+  .strict();
+
+const agentSchema = z
+  .object({
+    name: z.string().min(1),
+    model: z.string().min(1).default('mcp-client'),
+    poolId: z.string().min(1).optional(),
+    labels: z.record(z.string(), z.string()).optional(),
+    capabilities: z.array(z.string()).optional(),
+    budget: budgetSchema.optional(),
+  })
+  .strict();
+
+/** The whole configuration file. Every section is optional. */
+export const sidecarConfigSchema = z
+  .object({
+    http: z
+      .object({
+        host: z.string().min(1).default(DEFAULT_HTTP_HOST),
+        port: z.number().int().min(0).max(65535).default(DEFAULT_HTTP_PORT),
+        /** Path of the MCP endpoint. */
+        path: z.string().startsWith('/').default('/mcp'),
+        keepAliveSeconds: z.number().positive().default(15),
+      })
+      .strict()
+      .default({
+        host: DEFAULT_HTTP_HOST,
+        port: DEFAULT_HTTP_PORT,
+        path: '/mcp',
+        keepAliveSeconds: 15,
+      }),
+    /** Admin bearer token (prefer FABRIC_ADMIN_TOKEN). A random one is made when unset. */
+    adminToken: z.string().min(16).optional(),
+    /** Let requests without a token act as a built-in dev agent. Never in production. */
+    allowAnonymous: z.boolean().default(false),
+    /** AgentFabric options (maxConcurrentAgents, heartbeatIntervalSeconds …). */
+    fabric: z.record(z.string(), z.number()).default({}),
+    upstreams: z.record(z.string(), upstreamSpecSchema).default({}),
+    /** Policies as in the Fabric Guide (validated by the PolicyEngine). */
+    policies: z
+      .array(
+        z
+          .object({
+            name: z.string().min(1),
+            rules: z.array(z.record(z.string(), z.unknown())),
+          })
+          .catchall(z.unknown()),
+      )
+      .default([]),
+    /** Budget applied to every agent the sidecar spawns, unless the agent sets its own. */
+    budget: budgetSchema.optional(),
+    /** Tool-name glob → cost of one call. */
+    toolCosts: z.record(z.string(), z.number().min(0)).default({}),
+    pools: z
+      .array(
+        z
+          .object({
+            id: z.string().min(1),
+            name: z.string().min(1).optional(),
+            model: z.string().min(1).default('mcp-client'),
+            minAgents: z.number().int().min(0).default(0),
+            maxAgents: z.number().int().positive().optional(),
+          })
+          .strict(),
+      )
+      .default([]),
+    /** Agents spawned at start-up; their credentials are printed once. */
+    agents: z.array(agentSchema).default([]),
+    audit: z
+      .union([
+        z.literal(false),
+        z
+          .object({
+            path: z.string().min(1),
+            maxBytes: z.number().int().positive().optional(),
+            maxFiles: z.number().int().min(0).optional(),
+          })
+          .strict(),
+      ])
+      .default(false),
+    approvals: z
+      .object({ timeoutSeconds: z.number().positive().default(300) })
+      .strict()
+      .default({ timeoutSeconds: 300 }),
+    gateway: z
+      .object({
+        hideDeniedTools: z.boolean().default(true),
+        fabricTools: z.boolean().default(true),
+        shutdownGraceSeconds: z.number().min(0).default(5),
+      })
+      .strict()
+      .default({ hideDeniedTools: true, fabricTools: true, shutdownGraceSeconds: 5 }),
+    /** Folder created at start (the default filesystem upstream serves it). */
+    sandbox: z.string().min(1).optional(),
+  })
+  .strict();
+
+/** A parsed sidecar configuration. */
+export type SidecarConfig = z.output<typeof sidecarConfigSchema>;
+/** What may be written in a configuration file. */
+export type SidecarConfigInput = z.input<typeof sidecarConfigSchema>;
+
+/** Where the shipped example config lives (used when no config is given). */
+export function defaultConfigPath(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  // src/server or dist/server → <package>/examples/fabric.yaml
+  return resolve(here, '..', '..', 'examples', 'fabric.yaml');
+}
+
+/** Variables available as `${NAME}` in string values of the config. */
+export function configVariables(file: string, cwd = process.cwd()): Record<string, string> {
+  const require = createRequire(import.meta.url);
+  const vars: Record<string, string> = {
+    NODE: process.execPath,
+    CONFIG_DIR: dirname(resolve(file)),
+    CWD: cwd,
+    SANDBOX: join(cwd, '.fabric', 'sandbox'),
+    FABRIC_HOME: join(cwd, '.fabric'),
+  };
+  for (const [key, pkg] of [
+    ['FILESYSTEM_SERVER_BIN', '@modelcontextprotocol/server-filesystem/dist/index.js'],
+    ['EVERYTHING_SERVER_BIN', '@modelcontextprotocol/server-everything/dist/index.js'],
+  ] as const) {
+    try {
+      vars[key] = require.resolve(pkg);
+    } catch {
+      // not installed (server-everything is a dev dependency)
+    }
+  }
+  return vars;
+}
+
+/** Replaces `${NAME}` (config variables) and `${env:NAME}` (environment) in every string. */
+function substitute(
+  value: unknown,
+  vars: Record<string, string>,
+  path: string[],
+  onMissing: (path: string[], name: string) => never,
+): unknown {
+  if (typeof value === 'string') {
+    return value.replace(
+      /\$\{(env:)?([A-Za-z_][A-Za-z0-9_]*)\}/g,
+      (_m, env: string | undefined, name: string) => {
+        const v = env ? process.env[name] : vars[name];
+        if (v === undefined) onMissing(path, env ? `env:${name}` : name);
+        return v;
+      },
+    );
+  }
+  if (Array.isArray(value))
+    return value.map((v, i) => substitute(v, vars, [...path, String(i)], onMissing));
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [k, substitute(v, vars, [...path, k], onMissing)]),
+    );
+  }
+  return value;
+}
+
+/** Environment overrides: ports and secrets. */
+export const ENV_OVERRIDES = {
+  FABRIC_HTTP_PORT: 'http.port',
+  FABRIC_HTTP_HOST: 'http.host',
+  FABRIC_ADMIN_TOKEN: 'adminToken',
+  FABRIC_ALLOW_ANONYMOUS: 'allowAnonymous',
+  FABRIC_AUDIT_PATH: 'audit.path',
+} as const;
+
+function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): void {
+  const http = (raw.http ??= {}) as Record<string, unknown>;
+  if (env.FABRIC_HTTP_PORT !== undefined) http.port = Number(env.FABRIC_HTTP_PORT);
+  if (env.FABRIC_HTTP_HOST !== undefined) http.host = env.FABRIC_HTTP_HOST;
+  if (env.FABRIC_ADMIN_TOKEN !== undefined) raw.adminToken = env.FABRIC_ADMIN_TOKEN;
+  if (env.FABRIC_ALLOW_ANONYMOUS !== undefined) {
+    raw.allowAnonymous =
+      env.FABRIC_ALLOW_ANONYMOUS === '1' || env.FABRIC_ALLOW_ANONYMOUS === 'true';
+  }
+  if (env.FABRIC_AUDIT_PATH !== undefined) {
+    const audit =
+      raw.audit && typeof raw.audit === 'object' ? (raw.audit as Record<string, unknown>) : {};
+    raw.audit = { ...audit, path: env.FABRIC_AUDIT_PATH };
+  }
+}
+
+/**
+ * Parses configuration text (YAML or JSON), substitutes variables, applies environment
+ * overrides and validates it.
+ *
+ * @param file Used in error messages and to resolve `${CONFIG_DIR}`.
+ * @throws ConfigFileError naming the file, key path and line of the first problem.
+ */
+export function parseSidecarConfig(
+  text: string,
+  file: string,
+  options: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
+): SidecarConfig {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false });
+  const lineOf = (path: readonly PropertyKey[]): number | undefined => {
+    for (let n = path.length; n >= 0; n--) {
+      const node = doc.getIn(path.slice(0, n), true);
+      if (isNode(node) && node.range) return lineCounter.linePos(node.range[0]).line;
+    }
+    return undefined;
+  };
+  const firstError = doc.errors[0];
+  if (firstError) {
+    const line = firstError.linePos?.[0]?.line ?? lineCounter.linePos(firstError.pos[0]).line;
+    throw new ConfigFileError(file, '', firstError.message.split('\n')[0] ?? 'syntax error', line);
+  }
+  const raw: unknown = doc.toJS() ?? {};
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new ConfigFileError(file, '', 'must be a mapping of sections', 1);
+  }
+  const vars = configVariables(file, options.cwd);
+  const substituted = substitute(raw, vars, [], (path, name) => {
+    throw new ConfigFileError(file, path.join('.'), `unknown variable \${${name}}`, lineOf(path));
+  }) as Record<string, unknown>;
+  applyEnv(substituted, options.env ?? process.env);
+  const parsed = sidecarConfigSchema.safeParse(substituted);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const path = issue.path.map(String);
+    let message = issue.message;
+    if (issue.code === 'unrecognized_keys') {
+      const key = issue.keys[0] ?? '';
+      path.push(key);
+      message = 'is not a known key';
+    }
+    throw new ConfigFileError(file, path.join('.'), message, lineOf(path));
+  }
+  return parsed.data;
+}
+
+/**
+ * Reads and parses a configuration file.
+ * @throws ConfigFileError when the file cannot be read or is invalid.
+ */
+export function loadSidecarConfig(
+  file: string,
+  options: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
+): SidecarConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigFileError(file, '', `cannot be read: ${(error as Error).message}`, undefined, {
+      cause: error,
+    });
+  }
+  return parseSidecarConfig(text, file, options);
+}

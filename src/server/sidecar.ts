@@ -1,0 +1,252 @@
+/**
+ * The sidecar: wires a config to an AgentFabric, a ToolGateway, the HTTP server, and shuts them
+ * down in order.
+ *
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { AgentFabric } from '../fabric.js';
+import type { AdminBackend, AgentIdentity, GatewayBackend } from '../gateway/backend.js';
+import { McpHttpEndpoint } from '../gateway/downstream-http.js';
+import { ToolGateway, type GatewayLogEntry } from '../gateway/gateway.js';
+import type { SidecarConfig } from './config-file.js';
+import { FabricBackend, type FabricLike } from './fabric-backend.js';
+import { startHttpServer, type AdminApi, type StartedHttpServer } from './http-server.js';
+
+/** A spawned agent whose credential is shown once at start. */
+export interface StartupAgent {
+  readonly name: string;
+  readonly id: string;
+  readonly credential: string;
+}
+
+/** Options of {@link startSidecar}. */
+export interface SidecarOptions {
+  config: SidecarConfig;
+  /**
+   * Use this backend instead of building an AgentFabric (tests, embedders). It must also serve
+   * the admin API.
+   */
+  backend?: GatewayBackend & AdminApi;
+  /** Called to close the injected backend's resources on shutdown. */
+  closeBackend?: () => Promise<void>;
+  /** Structured log sink. */
+  logger?: (entry: GatewayLogEntry) => void;
+  /** Skip the HTTP server (stdio mode). */
+  http?: boolean;
+}
+
+type Closable = { close(): Promise<void> | void };
+
+function methodOf(target: unknown, name: string): ((...a: unknown[]) => unknown) | undefined {
+  if (!target || typeof target !== 'object') return undefined;
+  const fn = (target as Record<string, unknown>)[name];
+  return typeof fn === 'function' ? (fn.bind(target) as (...a: unknown[]) => unknown) : undefined;
+}
+
+/** A running sidecar. */
+export class Sidecar {
+  readonly gateway: ToolGateway;
+  readonly backend: GatewayBackend & AdminApi;
+  readonly adminToken: string;
+  readonly agents: readonly StartupAgent[];
+  readonly anonymous: AgentIdentity | undefined;
+  readonly #http: StartedHttpServer | undefined;
+  readonly #mcp: McpHttpEndpoint | undefined;
+  readonly #closeBackend: () => Promise<void>;
+  #closing: Promise<void> | undefined;
+
+  private constructor(parts: {
+    gateway: ToolGateway;
+    backend: GatewayBackend & AdminApi;
+    adminToken: string;
+    agents: StartupAgent[];
+    anonymous: AgentIdentity | undefined;
+    http: StartedHttpServer | undefined;
+    mcp: McpHttpEndpoint | undefined;
+    closeBackend: () => Promise<void>;
+  }) {
+    this.gateway = parts.gateway;
+    this.backend = parts.backend;
+    this.adminToken = parts.adminToken;
+    this.agents = parts.agents;
+    this.anonymous = parts.anonymous;
+    this.#http = parts.http;
+    this.#mcp = parts.mcp;
+    this.#closeBackend = parts.closeBackend;
+  }
+
+  /** The MCP endpoint URL (undefined without HTTP). */
+  get url(): string | undefined {
+    return this.#http?.url;
+  }
+
+  /** The bound HTTP port. */
+  get port(): number | undefined {
+    return this.#http?.port;
+  }
+
+  /**
+   * Starts everything the config declares.
+   * @throws ConfigError / ToolNameError / UpstreamUnavailableError on a bad setup (after
+   *   cleaning up what was started).
+   */
+  static async start(options: SidecarOptions): Promise<Sidecar> {
+    const { config } = options;
+    const log = options.logger ?? (() => undefined);
+    const cleanup: Closable[] = [];
+    try {
+      if (config.sandbox) mkdirSync(join(config.sandbox, 'protected'), { recursive: true });
+      const adminToken = config.adminToken ?? `fab_admin_${randomBytes(24).toString('base64url')}`;
+      let backend: GatewayBackend & AdminApi;
+      let closeBackend: () => Promise<void>;
+      let fabric: AgentFabric | undefined;
+      if (options.backend) {
+        backend = options.backend;
+        closeBackend = options.closeBackend ?? (async () => undefined);
+      } else {
+        fabric = new AgentFabric(config.fabric);
+        const f = fabric;
+        cleanup.push(f);
+        closeBackend = () => f.close();
+        await fabric.start();
+        await configureFabric(fabric, config, (msg) => log({ level: 'warn', msg }));
+        backend = new FabricBackend(fabric as unknown as FabricLike, adminToken, (msg) =>
+          log({ level: 'warn', msg }),
+        );
+      }
+      const agents: StartupAgent[] = [];
+      for (const a of config.agents) {
+        const spawned = await backend.spawn(spawnConfig(a, config));
+        agents.push({ name: a.name, id: spawned.id, credential: spawned.credential });
+      }
+      let anonymous: AgentIdentity | undefined;
+      if (config.allowAnonymous) {
+        const dev = await backend.spawn(
+          spawnConfig(
+            { name: 'anonymous-dev-agent', model: 'mcp-client', labels: { anonymous: 'true' } },
+            config,
+          ),
+        );
+        const id = await backend.authenticate(dev.credential);
+        if (id.kind === 'agent') anonymous = id;
+      }
+      const gateway = new ToolGateway({
+        backend,
+        upstreams: config.upstreams,
+        toolCosts: config.toolCosts,
+        audit: config.audit,
+        hideDeniedTools: config.gateway.hideDeniedTools,
+        fabricTools: config.gateway.fabricTools,
+        approvalTimeoutSeconds: config.approvals.timeoutSeconds,
+        shutdownGraceMs: config.gateway.shutdownGraceSeconds * 1000,
+        logger: log,
+      });
+      cleanup.push(gateway);
+      await gateway.start();
+      let http: StartedHttpServer | undefined;
+      let mcp: McpHttpEndpoint | undefined;
+      if (options.http !== false) {
+        mcp = new McpHttpEndpoint({
+          gateway,
+          authenticate: (c) => backend.authenticate(c),
+          anonymous,
+          keepAliveMs: config.http.keepAliveSeconds * 1000,
+        });
+        http = await startHttpServer({
+          host: config.http.host,
+          port: config.http.port,
+          mcpPath: config.http.path,
+          mcp,
+          admin: backend,
+        });
+      }
+      return new Sidecar({
+        gateway,
+        backend,
+        adminToken,
+        agents,
+        anonymous,
+        http,
+        mcp,
+        closeBackend,
+      });
+    } catch (error) {
+      for (const c of cleanup.reverse()) await Promise.resolve(c.close()).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /**
+   * Graceful shutdown: stop accepting, let in-flight calls finish (bounded), terminate upstream
+   * children and their process trees, close the fabric. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      const httpClosed = this.#http?.close();
+      await this.gateway.close();
+      await this.#mcp?.close();
+      await httpClosed;
+      await this.#closeBackend();
+    })();
+    return this.#closing;
+  }
+}
+
+/** Convenience: {@link Sidecar.start}. */
+export function startSidecar(options: SidecarOptions): Promise<Sidecar> {
+  return Sidecar.start(options);
+}
+
+function spawnConfig(
+  a: {
+    name: string;
+    model: string;
+    poolId?: string | undefined;
+    labels?: Record<string, string> | undefined;
+    capabilities?: string[] | undefined;
+    budget?: unknown;
+  },
+  config: SidecarConfig,
+): Parameters<AdminBackend['spawn']>[0] {
+  const budget = a.budget ?? config.budget;
+  return {
+    name: a.name,
+    model: a.model,
+    executor: 'remote',
+    ...(a.poolId === undefined ? {} : { poolId: a.poolId }),
+    ...(a.labels === undefined ? {} : { labels: a.labels }),
+    ...(a.capabilities === undefined ? {} : { capabilities: a.capabilities }),
+    ...(budget === undefined ? {} : { budget }),
+  } as Parameters<AdminBackend['spawn']>[0];
+}
+
+/** Applies policies and pools from the config to the fabric (whatever it supports). */
+async function configureFabric(
+  fabric: AgentFabric,
+  config: SidecarConfig,
+  warn: (msg: string) => void,
+): Promise<void> {
+  if (config.policies.length > 0) {
+    const f = fabric as unknown as Record<string, unknown>;
+    const add =
+      methodOf(fabric, 'addPolicy') ??
+      methodOf(f.policy, 'addPolicy') ??
+      methodOf(f.policies, 'addPolicy');
+    if (add) for (const p of config.policies) await add(p);
+    else warn('the fabric has no policy engine yet; policies in the config are not applied');
+  }
+  for (const p of config.pools) {
+    await fabric.createPool({
+      poolId: p.id,
+      model: p.model,
+      executor: 'remote',
+      minAgents: p.minAgents,
+      ...(p.name === undefined ? {} : { name: p.name }),
+      ...(p.maxAgents === undefined ? {} : { maxAgents: p.maxAgents }),
+      ...(config.budget === undefined ? {} : { budget: config.budget }),
+    });
+  }
+}
