@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import {
   AgentNotFoundError,
   AgentUnavailableError,
+  BudgetExceededError,
   ClosedError,
   ConfigError,
   InvalidArgumentError,
@@ -33,6 +34,20 @@ import type { TaskRecord } from './scheduler/task-record.js';
 import { MemoryStore } from './store/memory-store.js';
 import type { FabricStore } from './store/store.js';
 import type { ScheduleOptions, ScheduleRequest, Task, TaskAssignment, TaskError } from './task.js';
+import { ApprovalManager } from './policy/approval-manager.js';
+import type { ApprovalManagerOptions } from './policy/approval-manager.js';
+import { PolicyEngine } from './policy/policy-engine.js';
+import type { PolicyEngineOptions } from './policy/policy-engine.js';
+import { ToolCallAuthorizer } from './policy/tool-call-authorizer.js';
+import type {
+  CostEstimator,
+  ToolCallAuthorization,
+  ToolCallContext,
+} from './policy/tool-call-authorizer.js';
+import { BudgetManager } from './budget/budget-manager.js';
+import type { UsageAmount } from './budget/budget-manager.js';
+import type { BudgetStore } from './budget/budget-store.js';
+import { parseBudgetConfig } from './budget/budget-config.js';
 import { checkNumber, checkString } from './validate.js';
 
 /** Options beyond the Fabric Guide's config: plumbing for embedders and tests. */
@@ -52,6 +67,20 @@ export interface FabricOptions {
    * Kept only as hashes. More can be issued with {@link AgentFabric.issueAdminCredential}.
    */
   adminCredentials?: readonly string[];
+  /** Options of the policy engine (default action when nothing matches: deny). */
+  policy?: Omit<PolicyEngineOptions, 'approvals'>;
+  /** Options of the approval manager (approval TTL). */
+  approvals?: ApprovalManagerOptions;
+  /** Where budget state is kept. @default in memory */
+  budgetStore?: BudgetStore;
+  /** Usage reserved for a tool call before it runs, unless the ingress passes an estimate. */
+  estimateCost?: CostEstimator;
+  /**
+   * What `schedule`/`scheduleToPool` do when the agent's, pool's or fabric's budget is exhausted:
+   * `refuse` throws `BudgetExceededError`; `queue` holds the task back until the window frees.
+   * @default 'refuse'
+   */
+  onBudgetExhausted?: 'refuse' | 'queue';
 }
 
 /** Who a credential belongs to: one agent, or the administrator. */
@@ -102,6 +131,14 @@ export class AgentFabric {
   readonly lifecycle: LifecycleManager;
   readonly scheduler: AgentScheduler;
   readonly pools: PoolManager;
+  /** Tool access policies; `evaluate` opens approvals in {@link approvals}. */
+  readonly policies: PolicyEngine;
+  /** Human approvals of `require_approval` decisions. */
+  readonly approvals: ApprovalManager;
+  /** Token and cost budgets per agent, pool and fabric. */
+  readonly budgets: BudgetManager;
+  readonly #authorizer: ToolCallAuthorizer;
+  readonly #onBudgetExhausted: 'refuse' | 'queue';
   readonly #store: FabricStore<TaskRecord, AgentRecord, PoolRecord>;
   readonly #local: PiscinaExecutor;
   readonly #inprocess: InProcessExecutor;
@@ -149,6 +186,20 @@ export class AgentFabric {
       autoHeartbeatExecutors: auto,
       agents: this.#store.agents,
     });
+    this.approvals = new ApprovalManager(options.approvals);
+    this.policies = new PolicyEngine({ ...options.policy, approvals: this.approvals });
+    this.budgets = new BudgetManager(options.budgetStore ? { store: options.budgetStore } : {});
+    this.#authorizer = new ToolCallAuthorizer({
+      policies: this.policies,
+      approvals: this.approvals,
+      budgets: this.budgets,
+      ...(options.estimateCost ? { estimateCost: options.estimateCost } : {}),
+    });
+    const mode = options.onBudgetExhausted ?? 'refuse';
+    if (mode !== 'refuse' && mode !== 'queue') {
+      throw new ConfigError('options.onBudgetExhausted', "must be 'refuse' or 'queue'");
+    }
+    this.#onBudgetExhausted = mode;
     this.lifecycle.setWorkloadSource((id) => this.scheduler.agentLoad(id));
     this.lifecycle.setDrainer((id, ms) => this.scheduler.drainAgent(id, ms));
     this.lifecycle.events.on('agent.status', (agent, previous) => this.#onStatus(agent, previous));
@@ -185,6 +236,8 @@ export class AgentFabric {
     this.#closing ??= (async () => {
       this.#closed = true;
       await this.lifecycle.close();
+      this.policies.close();
+      this.approvals.close();
       await this.scheduler.close();
       await this.#store.close();
     })();
@@ -235,7 +288,11 @@ export class AgentFabric {
         `names no registered executor: ${JSON.stringify(executor)}`,
       );
     }
+    // Validate the budget before anything is created, so a bad one leaves no half-spawned agent.
+    const budget =
+      config.budget === undefined ? undefined : parseBudgetConfig(config.budget, 'config.budget');
     const agent = this.lifecycle.spawnSync(config);
+    if (budget !== undefined) this.budgets.setBudget(agent.id, budget);
     this.scheduler.addAgent({
       agentId: agent.id,
       executor: agent.executor,
@@ -342,7 +399,38 @@ export class AgentFabric {
       throw new AgentUnavailableError(rec.id, rec.status);
     }
     const { agentId, taskType, payload, ...options } = request;
-    return this.scheduler.schedule({ agentId }, taskType, payload, options);
+    const held = this.#budgetHold(agentId, rec.poolId);
+    return this.scheduler.schedule(
+      { agentId },
+      taskType,
+      payload,
+      held ? { ...options, notBefore: held } : options,
+    );
+  }
+
+  /**
+   * When the budget of the agent, its pool or the fabric is exhausted: throws (mode `refuse`)
+   * or returns when the task may start (mode `queue`).
+   */
+  #budgetHold(agentId: string | undefined, poolId: string | undefined): number | undefined {
+    const statuses = [this.budgets.getFabricStatus()];
+    if (poolId !== undefined) statuses.push(this.budgets.getPoolStatus(poolId));
+    if (agentId !== undefined) statuses.push(this.budgets.getStatus(agentId));
+    let hold: number | undefined;
+    for (const st of statuses) {
+      if (!st.exhausted) continue;
+      const tokens = st.tokensUsed >= st.tokensLimit;
+      const error = new BudgetExceededError({
+        scope: st.scope,
+        limit: tokens ? 'tokens' : 'cost',
+        used: tokens ? st.tokensUsed : st.costUsed,
+        max: tokens ? st.tokensLimit : st.costLimit,
+        retryAt: st.resetsAt,
+      });
+      if (this.#onBudgetExhausted === 'refuse' || st.resetsAt === null) throw error;
+      hold = Math.max(hold ?? 0, st.resetsAt);
+    }
+    return hold;
   }
 
   /**
@@ -357,7 +445,13 @@ export class AgentFabric {
   ): Promise<Task> {
     this.#open();
     this.pools.assertActive(poolId);
-    return this.scheduler.schedule({ poolId }, taskType, payload, options);
+    const held = this.#budgetHold(undefined, poolId);
+    return this.scheduler.schedule(
+      { poolId },
+      taskType,
+      payload,
+      held ? { ...options, notBefore: held } : options,
+    );
   }
 
   /**
@@ -449,12 +543,81 @@ export class AgentFabric {
   }
 
   // -------------------------------------------------------------------------------------------
+  // The tool-call pipeline (every ingress calls these for every tool call)
+
+  /**
+   * Policy → approval wait → budget reservation for one tool call of `ctx.agentId`. The agent's
+   * pool and labels come from its record, never from the caller. Refusals are values
+   * (`{ allowed: false, code, reason, retryAt }`) so an ingress can hand them to the model; the
+   * call counts as a heartbeat of the agent.
+   * @throws AgentNotFoundError for an unknown agent.
+   */
+  async authorizeToolCall(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
+    const rec = this.lifecycle.peek(ctx.agentId);
+    if (rec === undefined) throw new AgentNotFoundError(String(ctx.agentId));
+    if (rec.status === AgentStatus.DRAINING || rec.status === AgentStatus.TERMINATED) {
+      const error = new AgentUnavailableError(rec.id, rec.status);
+      return {
+        allowed: false,
+        code: error.code,
+        reason: error.message,
+        details: error.details,
+        error,
+      };
+    }
+    this.lifecycle.heartbeatSync(rec.id);
+    return this.#authorizer.authorize({ ...ctx, poolId: rec.poolId, labels: rec.labels });
+  }
+
+  /** Settles an allowed call's reservation with what it actually used. Idempotent. */
+  settleToolCall(authorization: ToolCallAuthorization, usage?: UsageAmount): void {
+    this.#authorizer.settle(authorization, usage);
+  }
+
+  /** Gives an allowed call's reservation back (the call never ran). Idempotent. */
+  releaseToolCall(authorization: ToolCallAuthorization): void {
+    this.#authorizer.release(authorization);
+  }
+
+  /**
+   * False when policy denies `tool` to the agent outright (a deny rule without conditions wins
+   * for any parameters). Side-effect free; used to filter `tools/list`.
+   */
+  isToolVisible(ctx: { agentId: string; tool: string }): boolean {
+    const rec = this.lifecycle.peek(ctx.agentId);
+    const d = this.policies.evaluateSync({
+      agentId: ctx.agentId,
+      tool: ctx.tool,
+      params: {},
+      ...(rec?.poolId === undefined ? {} : { poolId: rec.poolId }),
+      ...(rec === undefined ? {} : { labels: rec.labels }),
+    });
+    if (d.action !== 'deny' || d.policy === null || d.rule === null) return true;
+    const rule = this.policies.getPolicy(d.policy)?.rules[d.rule];
+    return rule === undefined || rule.conditions !== undefined || rule.when !== undefined;
+  }
+
+  /** Records usage an agent reports (model tokens, spend) against its budgets. */
+  async recordUsage(agentId: string, usage: UsageAmount): Promise<void> {
+    const rec = this.lifecycle.peek(agentId);
+    if (rec === undefined) throw new AgentNotFoundError(String(agentId));
+    this.budgets.recordUsage(
+      agentId,
+      usage,
+      rec.poolId === undefined ? {} : { poolId: rec.poolId },
+    );
+  }
+
+  // -------------------------------------------------------------------------------------------
   // Pools
 
   /** Creates a pool and spawns its `minAgents`. */
   async createPool(config: PoolConfig): Promise<PoolInfo & { spawned: SpawnedAgent[] }> {
     this.#open();
+    const budget =
+      config?.budget === undefined ? undefined : parseBudgetConfig(config.budget, 'config.budget');
     const change = this.pools.createPool(config);
+    if (budget !== undefined) this.budgets.setPoolBudget(change.pool.poolId, budget);
     return { ...change.pool, spawned: change.spawned };
   }
 

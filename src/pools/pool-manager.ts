@@ -28,7 +28,10 @@ export interface PoolConfig {
   executor?: string;
   capabilities?: readonly string[];
   labels?: Readonly<Record<string, string>>;
+  /** Budget shared by the whole pool (applied by the fabric). */
   budget?: AgentConfig['budget'];
+  /** Budget of each agent the pool spawns. */
+  agentBudget?: AgentConfig['budget'];
 }
 
 /** Pool lifecycle state. */
@@ -44,7 +47,7 @@ export interface PoolRecord {
   executor: string | undefined;
   capabilities: readonly string[];
   labels: Readonly<Record<string, string>>;
-  budget: AgentConfig['budget'];
+  agentBudget: AgentConfig['budget'];
   status: PoolStatus;
   /** Agents of the pool, oldest first. */
   agentIds: string[];
@@ -141,7 +144,7 @@ export class PoolManager {
         config.executor === undefined ? undefined : checkString('config.executor', config.executor),
       capabilities: Object.freeze([...(config.capabilities ?? [])]),
       labels: Object.freeze({ ...(config.labels ?? {}) }),
-      budget: config.budget,
+      agentBudget: config.agentBudget,
       status: 'ACTIVE',
       agentIds: [],
       createdAt: Date.now(),
@@ -264,7 +267,7 @@ export class PoolManager {
         capabilities: rec.capabilities,
         labels: rec.labels,
         ...(rec.executor === undefined ? {} : { executor: rec.executor }),
-        ...(rec.budget === undefined ? {} : { budget: rec.budget }),
+        ...(rec.agentBudget === undefined ? {} : { budget: rec.agentBudget }),
       });
       rec.agentIds.push(agent.id);
       spawned.push(agent);

@@ -1,18 +1,12 @@
 /**
- * Adapts an `AgentFabric` to the gateway's {@link GatewayBackend} and the admin API's
- * {@link AdminBackend}, and adds the admin credential.
- *
- * The fabric is typed loosely on purpose: the adapter follows whatever the facade offers
- * (`authorizeToolCall` on the facade, approvals on the facade or on its approval manager), so
- * the sidecar keeps working while the facade grows. Where a piece is missing it says so once
- * through `log` — and refuses tool calls rather than letting them through unchecked.
+ * Adapts an {@link AgentFabric} to the gateway's {@link GatewayBackend} and the admin API. The
+ * fabric does the work — identity, policy, approvals, budgets, tasks; this only narrows shapes.
  *
  * @module
  */
-import { timingSafeEqual } from 'node:crypto';
-import { PermissionDeniedError, UnauthenticatedError } from '../errors.js';
+import type { AgentFabric } from '../fabric.js';
+import { UnauthenticatedError } from '../errors.js';
 import type {
-  AdminBackend,
   GatewayBackend,
   GatewayIdentity,
   ToolCallAllowed,
@@ -21,115 +15,43 @@ import type {
   ToolUsage,
   ToolVisibilityContext,
 } from '../gateway/backend.js';
+import type { ApprovalStatus } from '../policy/approval-manager.js';
 import type { TaskAssignment } from '../task.js';
+import type { AdminApi } from './http-server.js';
 
-/** The fabric methods the adapter uses; anything else is looked up at call time. */
-export interface FabricLike {
-  authenticate(credential: string): unknown;
-  spawn(config: Record<string, unknown>): Promise<{ id: string; credential: string }>;
-  heartbeat(agentId: string): unknown;
-  claimTask(
-    agentId: string,
-    options?: { waitSeconds?: number; signal?: AbortSignal },
-  ): Promise<TaskAssignment | undefined>;
-  completeTask(agentId: string, taskId: string, attempt: number, result?: unknown): unknown;
-  failTask(
-    agentId: string,
-    taskId: string,
-    attempt: number,
-    error: { code: string; message: string },
-  ): unknown;
-  reportProgress(agentId: string, taskId: string, attempt: number, progress: unknown): unknown;
-}
+/** GatewayBackend + admin API over an AgentFabric. */
+export class FabricBackend implements GatewayBackend, AdminApi {
+  readonly #fabric: AgentFabric;
 
-type Fn = (...args: unknown[]) => unknown;
-
-function method(target: unknown, name: string): Fn | undefined {
-  if (!target || typeof target !== 'object') return undefined;
-  const fn = (target as Record<string, unknown>)[name];
-  return typeof fn === 'function' ? (fn.bind(target) as Fn) : undefined;
-}
-
-function sameSecret(a: string, b: string): boolean {
-  const x = Buffer.from(a);
-  const y = Buffer.from(b);
-  return x.length === y.length && timingSafeEqual(x, y);
-}
-
-/** GatewayBackend + AdminBackend over an AgentFabric. */
-export class FabricBackend implements GatewayBackend, AdminBackend {
-  readonly #fabric: FabricLike;
-  readonly #adminToken: string;
-  readonly #warn: (msg: string) => void;
-  readonly #warned = new Set<string>();
-
-  constructor(
-    fabric: FabricLike,
-    adminToken: string,
-    warn: (msg: string) => void = () => undefined,
-  ) {
+  constructor(fabric: AgentFabric) {
     this.#fabric = fabric;
-    this.#adminToken = adminToken;
-    this.#warn = warn;
-  }
-
-  #once(key: string, msg: string): void {
-    if (this.#warned.has(key)) return;
-    this.#warned.add(key);
-    this.#warn(msg);
   }
 
   authenticate(credential: string): GatewayIdentity {
-    if (!credential) throw new UnauthenticatedError();
-    if (sameSecret(credential, this.#adminToken)) return { kind: 'admin' };
-    const who = this.#fabric.authenticate(credential) as Record<string, unknown>;
-    if (who.kind === 'agent' || who.kind === 'admin') return who as unknown as GatewayIdentity;
-    return {
-      kind: 'agent',
-      agentId: String(who.id ?? who.agentId),
-      poolId: typeof who.poolId === 'string' ? who.poolId : undefined,
-      labels: (who.labels as Record<string, string> | undefined) ?? {},
-    };
+    const id = this.#fabric.authenticate(credential);
+    if (id.kind === 'admin') return { kind: 'admin' };
+    return { kind: 'agent', agentId: id.agentId, poolId: id.poolId, labels: id.labels };
   }
 
-  /** Throws unless `credential` is the admin credential. */
-  requireAdmin(credential: string | undefined): void {
+  /** Returns the admin's name. @throws UnauthenticatedError / PermissionDeniedError */
+  requireAdmin(credential: string | undefined): string {
     if (credential === undefined)
       throw new UnauthenticatedError('the admin credential is required');
-    if (!sameSecret(credential, this.#adminToken)) {
-      // An agent credential is known but not allowed; anything else is unknown.
-      try {
-        this.#fabric.authenticate(credential);
-      } catch {
-        throw new UnauthenticatedError('unknown credential');
-      }
-      throw new PermissionDeniedError('admin operations need the admin credential');
-    }
+    const id = this.#fabric.authenticate(credential);
+    this.#fabric.requireAdmin(id, 'the admin API');
+    return id.kind === 'admin' ? id.name : 'admin';
   }
 
-  async authorizeToolCall(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
-    const authorize = method(this.#fabric, 'authorizeToolCall');
-    if (!authorize) {
-      this.#once(
-        'authorize',
-        'the fabric has no authorizeToolCall (policy + budget pipeline); tool calls are refused',
-      );
-      return {
-        allowed: false,
-        code: 'FABRIC_ERR_POLICY_UNAVAILABLE',
-        reason: 'the policy pipeline is not available in this build',
-      };
-    }
-    return (await authorize(ctx)) as ToolCallAuthorization;
+  authorizeToolCall(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
+    return this.#fabric.authorizeToolCall(ctx);
   }
 
-  settleToolCall(authorization: ToolCallAllowed, usage: ToolUsage): unknown {
-    return method(this.#fabric, 'settleToolCall')?.(authorization, usage);
+  settleToolCall(authorization: ToolCallAllowed, usage: ToolUsage): void {
+    this.#fabric.settleToolCall(authorization as never, usage);
   }
 
   isToolVisible(ctx: ToolVisibilityContext): boolean {
-    const probe = method(this.#fabric, 'isToolVisible');
-    return probe ? Boolean(probe(ctx)) : true;
+    return this.#fabric.isToolVisible(ctx);
   }
 
   heartbeat(agentId: string): unknown {
@@ -143,7 +65,7 @@ export class FabricBackend implements GatewayBackend, AdminBackend {
     return this.#fabric.claimTask(agentId, options);
   }
 
-  completeTask(agentId: string, taskId: string, attempt: number, result: unknown): unknown {
+  completeTask(agentId: string, taskId: string, attempt: number, result: unknown): Promise<void> {
     return this.#fabric.completeTask(agentId, taskId, attempt, result);
   }
 
@@ -152,45 +74,48 @@ export class FabricBackend implements GatewayBackend, AdminBackend {
     taskId: string,
     attempt: number,
     error: { code?: string; message: string },
-  ): unknown {
+  ): Promise<void> {
     return this.#fabric.failTask(agentId, taskId, attempt, {
       code: error.code ?? 'FABRIC_ERR_TASK_EXECUTION',
       message: error.message,
     });
   }
 
-  reportProgress(agentId: string, taskId: string, attempt: number, progress: unknown): unknown {
+  reportProgress(
+    agentId: string,
+    taskId: string,
+    attempt: number,
+    progress: unknown,
+  ): Promise<void> {
     return this.#fabric.reportProgress(agentId, taskId, attempt, progress);
   }
 
-  recordUsage(agentId: string, usage: ToolUsage): unknown {
-    const record = method(this.#fabric, 'recordUsage');
-    if (!record) throw new PermissionDeniedError('usage recording is not available in this build');
-    return record(agentId, usage);
-  }
-
-  #approvals(name: string): Fn {
-    const fn =
-      method(this.#fabric, name) ??
-      method((this.#fabric as unknown as Record<string, unknown>).approvals, name);
-    if (!fn) throw new PermissionDeniedError(`approvals are not available in this build (${name})`);
-    return fn;
+  recordUsage(agentId: string, usage: ToolUsage): Promise<void> {
+    return this.#fabric.recordUsage(agentId, usage);
   }
 
   listApprovals(filter: { status?: string } = {}): unknown {
-    return this.#approvals('listApprovals')(filter);
+    return this.#fabric.approvals.listApprovals(
+      filter.status === undefined ? {} : { status: filter.status as ApprovalStatus },
+    );
   }
 
   approve(id: string, options: { approver?: string; reason?: string } = {}): unknown {
-    return this.#approvals('approve')(id, options);
+    return this.#fabric.approvals.approve(id, {
+      approver: options.approver ?? 'admin',
+      ...(options.reason === undefined ? {} : { reason: options.reason }),
+    });
   }
 
   deny(id: string, options: { approver?: string; reason?: string } = {}): unknown {
-    return this.#approvals('deny')(id, options);
+    return this.#fabric.approvals.deny(id, {
+      approver: options.approver ?? 'admin',
+      ...(options.reason === undefined ? {} : { reason: options.reason }),
+    });
   }
 
   async spawn(
-    config: Parameters<AdminBackend['spawn']>[0],
+    config: Parameters<AdminApi['spawn']>[0],
   ): Promise<{ id: string; credential: string }> {
     const agent = await this.#fabric.spawn({ executor: 'remote', ...config });
     return { id: agent.id, credential: agent.credential };

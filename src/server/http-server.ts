@@ -24,8 +24,11 @@ import { httpErrorBody, httpStatusOf } from '../gateway/map-error.js';
 
 /** What the admin routes need. */
 export interface AdminApi extends AdminBackend {
-  /** @throws UnauthenticatedError / PermissionDeniedError unless `credential` is the admin's. */
-  requireAdmin(credential: string | undefined): void;
+  /**
+   * Returns the admin's name (recorded as the approver unless the body names one).
+   * @throws UnauthenticatedError / PermissionDeniedError unless `credential` is an admin's.
+   */
+  requireAdmin(credential: string | undefined): string | void;
 }
 
 /** Options of {@link startHttpServer}. */
@@ -80,7 +83,7 @@ async function admin(
   url: URL,
   api: AdminApi,
 ): Promise<void> {
-  api.requireAdmin(bearerToken(req));
+  const adminName = api.requireAdmin(bearerToken(req)) ?? 'admin';
   const parts = url.pathname.split('/').filter(Boolean); // ['admin', ...]
   if (req.method === 'GET' && parts[1] === 'approvals' && parts.length === 2) {
     const status = url.searchParams.get('status') ?? undefined;
@@ -91,7 +94,7 @@ async function admin(
     const id = decodeURIComponent(parts[2]!);
     const body = await parseJson(req, decisionBody);
     const opts = {
-      approver: body.approver ?? 'admin',
+      approver: body.approver ?? adminName,
       ...(body.reason ? { reason: body.reason } : {}),
     };
     if (parts[3] === 'approve') {

@@ -12,7 +12,7 @@ import type { AdminBackend, AgentIdentity, GatewayBackend } from '../gateway/bac
 import { McpHttpEndpoint } from '../gateway/downstream-http.js';
 import { ToolGateway, type GatewayLogEntry } from '../gateway/gateway.js';
 import type { SidecarConfig } from './config-file.js';
-import { FabricBackend, type FabricLike } from './fabric-backend.js';
+import { FabricBackend } from './fabric-backend.js';
 import { startHttpServer, type AdminApi, type StartedHttpServer } from './http-server.js';
 
 /** A spawned agent whose credential is shown once at start. */
@@ -39,12 +39,6 @@ export interface SidecarOptions {
 }
 
 type Closable = { close(): Promise<void> | void };
-
-function methodOf(target: unknown, name: string): ((...a: unknown[]) => unknown) | undefined {
-  if (!target || typeof target !== 'object') return undefined;
-  const fn = (target as Record<string, unknown>)[name];
-  return typeof fn === 'function' ? (fn.bind(target) as (...a: unknown[]) => unknown) : undefined;
-}
 
 /** A running sidecar. */
 export class Sidecar {
@@ -107,15 +101,13 @@ export class Sidecar {
         backend = options.backend;
         closeBackend = options.closeBackend ?? (async () => undefined);
       } else {
-        fabric = new AgentFabric(config.fabric);
+        fabric = new AgentFabric(config.fabric, { adminCredentials: [adminToken] });
         const f = fabric;
         cleanup.push(f);
         closeBackend = () => f.close();
         await fabric.start();
-        await configureFabric(fabric, config, (msg) => log({ level: 'warn', msg }));
-        backend = new FabricBackend(fabric as unknown as FabricLike, adminToken, (msg) =>
-          log({ level: 'warn', msg }),
-        );
+        await configureFabric(fabric, config);
+        backend = new FabricBackend(fabric);
       }
       const agents: StartupAgent[] = [];
       for (const a of config.agents) {
@@ -223,21 +215,9 @@ function spawnConfig(
   } as Parameters<AdminBackend['spawn']>[0];
 }
 
-/** Applies policies and pools from the config to the fabric (whatever it supports). */
-async function configureFabric(
-  fabric: AgentFabric,
-  config: SidecarConfig,
-  warn: (msg: string) => void,
-): Promise<void> {
-  if (config.policies.length > 0) {
-    const f = fabric as unknown as Record<string, unknown>;
-    const add =
-      methodOf(fabric, 'addPolicy') ??
-      methodOf(f.policy, 'addPolicy') ??
-      methodOf(f.policies, 'addPolicy');
-    if (add) for (const p of config.policies) await add(p);
-    else warn('the fabric has no policy engine yet; policies in the config are not applied');
-  }
+/** Applies policies and pools from the config to the fabric. */
+async function configureFabric(fabric: AgentFabric, config: SidecarConfig): Promise<void> {
+  for (const p of config.policies) fabric.policies.addPolicy(p);
   for (const p of config.pools) {
     await fabric.createPool({
       poolId: p.id,
@@ -246,7 +226,7 @@ async function configureFabric(
       minAgents: p.minAgents,
       ...(p.name === undefined ? {} : { name: p.name }),
       ...(p.maxAgents === undefined ? {} : { maxAgents: p.maxAgents }),
-      ...(config.budget === undefined ? {} : { budget: config.budget }),
+      ...(config.budget === undefined ? {} : { agentBudget: config.budget }),
     });
   }
 }
