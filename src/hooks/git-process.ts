@@ -1,0 +1,194 @@
+/**
+ * A minimal git runner for the two commands simple-git cannot serve well: those that read stdin
+ * (`cat-file --batch`) and the hot-path `update-ref`, which prints nothing — simple-git 4 waits
+ * 50 ms after any command that prints nothing before it resolves, which would cap the hook
+ * store at ~20 transitions/s. Everything else goes through simple-git.
+ *
+ * @module
+ */
+import { spawn } from 'node:child_process';
+
+/** A git command that exited non-zero (or could not start). */
+export class GitCommandError extends Error {
+  readonly exitCode: number | null;
+  readonly stderr: string;
+  constructor(args: readonly string[], exitCode: number | null, stderr: string, cause?: unknown) {
+    super(
+      `git ${args[0] ?? ''} failed${exitCode === null ? '' : ` (exit ${exitCode})`}: ${stderr.trim() || 'no output'}`,
+      cause === undefined ? undefined : { cause },
+    );
+    this.name = 'GitCommandError';
+    this.exitCode = exitCode;
+    this.stderr = stderr;
+  }
+}
+
+/** Variables git commands inherit; everything else in the parent's environment is dropped. */
+const INHERITED_ENV = [
+  'PATH',
+  'HOME',
+  'USER',
+  'LOGNAME',
+  'LANG',
+  'LC_ALL',
+  'LC_CTYPE',
+  'LC_MESSAGES',
+  'TMPDIR',
+  'TMP',
+  'TEMP',
+  'XDG_CONFIG_HOME',
+  'SYSTEMROOT',
+];
+
+/**
+ * The environment git commands run with: an allow-list of the parent's. `GIT_*` variables are
+ * never inherited — a sidecar started from a git hook has `GIT_DIR`, `GIT_INDEX_FILE` … pointing
+ * at another repository — nor are editors, pagers or askpass helpers (simple-git refuses to run
+ * with those set, and the hook store never needs them).
+ */
+export function gitEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const key of INHERITED_ENV) {
+    const value = process.env[key];
+    if (value !== undefined) env[key] = value;
+  }
+  return env;
+}
+
+/** Runs `git <args>` in `cwd`, writing `input` to its stdin, and returns its stdout. */
+export function runGit(
+  cwd: string,
+  args: readonly string[],
+  input?: Buffer | string,
+  env: Record<string, string> = gitEnv(),
+): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('git', args, {
+      cwd,
+      env,
+      stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout!.on('data', (b: Buffer) => out.push(b));
+    child.stderr!.on('data', (b: Buffer) => err.push(b));
+    child.on('error', (e) => reject(new GitCommandError(args, null, e.message, e)));
+    child.on('close', (code) => {
+      if (code === 0) resolve(Buffer.concat(out));
+      else reject(new GitCommandError(args, code, Buffer.concat(err).toString('utf8')));
+    });
+    if (input !== undefined && child.stdin) {
+      // EPIPE when git exits early is reported through the exit code instead.
+      child.stdin.on('error', () => undefined);
+      child.stdin.end(input);
+    }
+  });
+}
+
+/**
+ * Moves refs through one long-running `git update-ref --stdin` process, one transaction per
+ * call (`start` / `update <ref> <new> <old>` / `prepare` / `commit`, git ≥ 2.27), so a
+ * transition does not pay for starting a git process. When git says `commit: ok` the ref is
+ * on disk. A failed transaction makes git exit; the next call starts a new process. Falls back
+ * to one `git update-ref` per call when the persistent mode is not available.
+ */
+export class RefUpdater {
+  readonly #cwd: string;
+  readonly #config: readonly string[];
+  #child: ReturnType<typeof spawn> | undefined;
+  #stdout = '';
+  #stderr = '';
+  #waiter: { resolve: () => void; reject: (err: unknown) => void } | undefined;
+  #oneShot = false;
+
+  /**
+   * @param cwd repository folder.
+   * @param config `-c key=value` pairs put before `update-ref` (e.g. fsync settings).
+   */
+  constructor(cwd: string, config: readonly string[]) {
+    this.#cwd = cwd;
+    this.#config = config;
+  }
+
+  /** Sets `ref` to `next` if it is `old` now (all zeros: if it does not exist). */
+  async update(ref: string, next: string, old: string): Promise<void> {
+    if (this.#oneShot) {
+      await runGit(this.#cwd, [...this.#config, 'update-ref', ref, next, old]);
+      return;
+    }
+    if (this.#waiter !== undefined) throw new Error('RefUpdater.update is not re-entrant');
+    const child = this.#ensure();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.#waiter = { resolve, reject };
+        this.#keepAlive(child, true);
+        child.stdin!.write(`start\nupdate ${ref} ${next} ${old}\nprepare\ncommit\n`);
+      });
+    } catch (err) {
+      if (err instanceof GitCommandError && /unknown command: start/.test(err.stderr)) {
+        // git older than 2.27: no transactions on stdin.
+        this.#oneShot = true;
+        await this.update(ref, next, old);
+        return;
+      }
+      throw err;
+    }
+  }
+
+  /** Ends the git process. */
+  close(): void {
+    const child = this.#child;
+    this.#child = undefined;
+    child?.stdin?.end();
+  }
+
+  #ensure(): ReturnType<typeof spawn> {
+    if (this.#child !== undefined) return this.#child;
+    const args = [...this.#config, 'update-ref', '--stdin'];
+    const child = spawn('git', args, { cwd: this.#cwd, env: gitEnv(), stdio: 'pipe' });
+    this.#child = child;
+    this.#stdout = '';
+    this.#stderr = '';
+    child.stdout!.on('data', (b: Buffer) => {
+      this.#stdout += b.toString('utf8');
+      let nl: number;
+      while ((nl = this.#stdout.indexOf('\n')) >= 0) {
+        const line = this.#stdout.slice(0, nl);
+        this.#stdout = this.#stdout.slice(nl + 1);
+        if (line === 'commit: ok') this.#settle();
+      }
+    });
+    child.stderr!.on('data', (b: Buffer) => {
+      this.#stderr += b.toString('utf8');
+    });
+    child.stdin!.on('error', () => undefined);
+    const gone = (code: number | null, error?: Error): void => {
+      if (this.#child === child) this.#child = undefined;
+      this.#settle(new GitCommandError(args, code, this.#stderr || error?.message || '', error));
+    };
+    child.on('error', (e) => gone(null, e));
+    child.on('close', (code) => gone(code));
+    this.#keepAlive(child, false);
+    return child;
+  }
+
+  /** An idle updater must not keep the process alive; one with a transaction in flight must. */
+  #keepAlive(child: ReturnType<typeof spawn>, on: boolean): void {
+    if (on) child.ref();
+    else child.unref();
+    for (const s of [child.stdin, child.stdout, child.stderr]) {
+      const handle = s as unknown as { ref?: () => void; unref?: () => void } | null;
+      if (on) handle?.ref?.();
+      else handle?.unref?.();
+    }
+  }
+
+  #settle(err?: unknown): void {
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    if (this.#child !== undefined) this.#keepAlive(this.#child, false);
+    if (w === undefined) return;
+    if (err === undefined) w.resolve();
+    else w.reject(err);
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * Typed events of the HookManager. Listeners run after the change is committed; a listener
+ * that throws does not undo anything (its error becomes a process warning).
+ *
+ * @module
+ */
+import type { Hook } from './hook.js';
+import type { HookStatus } from './hook-status.js';
+
+/** A committed change of a hook's status (or its creation). */
+export interface HookTransitionEvent {
+  readonly hook: Hook;
+  /** Previous status; `null` for creation. */
+  readonly from: HookStatus | null;
+  readonly to: HookStatus;
+  /** Commit on the state ref that recorded it. */
+  readonly commit: string;
+}
+
+/** `hook.reassigned`: the hook moved from one agent to another. */
+export interface HookReassignedEvent extends HookTransitionEvent {
+  readonly fromAgentId: string;
+  readonly toAgentId: string;
+}
+
+/** `hook.progress`: an agent reported progress. */
+export interface HookProgressEvent {
+  readonly hook: Hook;
+  readonly commit: string;
+}
+
+/** `hook.stale`: the patrol found a PENDING or ACTIVE hook without progress for too long. */
+export interface HookStaleEvent {
+  readonly hook: Hook;
+  /** Seconds since its last progress. */
+  readonly idleSeconds: number;
+}
+
+/** `patrol.error`: a patrol run failed (the loop keeps running). */
+export interface PatrolErrorEvent {
+  readonly error: unknown;
+}
+
+/** Event name → payload. */
+export interface HookEventMap {
+  'hook.created': HookTransitionEvent;
+  'hook.activated': HookTransitionEvent;
+  'hook.completed': HookTransitionEvent;
+  'hook.failed': HookTransitionEvent;
+  'hook.abandoned': HookTransitionEvent;
+  'hook.reassigned': HookReassignedEvent;
+  'hook.progress': HookProgressEvent;
+  'hook.stale': HookStaleEvent;
+  'patrol.error': PatrolErrorEvent;
+}
+
+/** Names of the HookManager's events. */
+export type HookEventName = keyof HookEventMap;
+
+/** A listener of event `K`. */
+export type HookListener<K extends HookEventName> = (event: HookEventMap[K]) => void;
+
+/** A small typed event emitter (no `error` special case, no max-listener warnings). */
+export class HookEmitter {
+  readonly #listeners = new Map<HookEventName, Set<(event: never) => void>>();
+
+  /** Adds `listener` for `event`; returns a function that removes it. */
+  on<K extends HookEventName>(event: K, listener: HookListener<K>): () => void {
+    let set = this.#listeners.get(event);
+    if (set === undefined) this.#listeners.set(event, (set = new Set()));
+    set.add(listener as (event: never) => void);
+    return () => this.off(event, listener);
+  }
+
+  /** Removes `listener` from `event`. */
+  off<K extends HookEventName>(event: K, listener: HookListener<K>): void {
+    this.#listeners.get(event)?.delete(listener as (event: never) => void);
+  }
+
+  /** Calls every listener of `event`; a throwing listener becomes a process warning. */
+  emit<K extends HookEventName>(event: K, payload: HookEventMap[K]): void {
+    const set = this.#listeners.get(event);
+    if (set === undefined) return;
+    for (const listener of [...set]) {
+      try {
+        (listener as HookListener<K>)(payload);
+      } catch (err) {
+        process.emitWarning(
+          `a ${event} listener threw: ${err instanceof Error ? err.message : String(err)}`,
+          { code: 'FABRIC_HOOK_LISTENER' },
+        );
+      }
+    }
+  }
+}

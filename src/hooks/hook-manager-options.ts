@@ -1,0 +1,266 @@
+/**
+ * HookManager options: defaults, validation, frozen result.
+ *
+ * @module
+ */
+import { isAbsolute, join, resolve } from 'node:path';
+import { ConfigError } from '../errors.js';
+import { isAgentLiveness, type AgentLiveness } from './liveness.js';
+import { branchNameProblem } from './ref-name.js';
+
+/** Default for {@link HookManagerOptions.patrolIntervalSeconds}. */
+export const DEFAULT_PATROL_INTERVAL_SECONDS = 30;
+/** Default for {@link HookManagerOptions.staleAfterSeconds}. */
+export const DEFAULT_STALE_AFTER_SECONDS = 600;
+/** Default for {@link HookManagerOptions.maxReassignments}. */
+export const DEFAULT_MAX_REASSIGNMENTS = 3;
+/** Default for {@link HookManagerOptions.maxWorkItemBytes}: 256 KiB of JSON. */
+export const DEFAULT_MAX_WORK_ITEM_BYTES = 256 * 1024;
+/** Default for {@link HookManagerOptions.author}. */
+export const DEFAULT_HOOK_AUTHOR: Readonly<GitIdentity> = Object.freeze({
+  name: 'agent-fabric',
+  email: 'hooks@agent-fabric.local',
+});
+/** Name of the worktree folder under `storagePath` (default {@link HookManagerOptions.worktreeRoot}). */
+export const DEFAULT_WORKTREE_DIR = '.worktrees';
+
+/** Name and e-mail written on the hook store's commits. */
+export interface GitIdentity {
+  name: string;
+  email: string;
+}
+
+/** Options of a {@link HookManager}. */
+export interface HookManagerOptions {
+  /**
+   * The hook store: a git repository. Created (with an initial commit) when it is missing or is
+   * not a repository; an existing repository, bare or not, is used as it is.
+   */
+  storagePath: string;
+  /** Give every hook its own git worktree on its branch, where the agent does its work. */
+  useGitWorktree: boolean;
+  /**
+   * What new worktree branches start from (a branch, tag or commit of the store).
+   * @default the store's current HEAD
+   */
+  baseBranch?: string;
+  /**
+   * Folder the worktrees go in, one `<hookId>` folder each. When it is inside `storagePath` it is
+   * added to the store's `info/exclude`.
+   * @default `<storagePath>/.worktrees`
+   */
+  worktreeRoot?: string;
+  /**
+   * How often `startPatrol()` runs the patrol.
+   * @default 30
+   */
+  patrolIntervalSeconds?: number;
+  /**
+   * A PENDING or ACTIVE hook with no progress (`recordProgress`, assignment) for longer than
+   * this is flagged `stale` by the patrol.
+   * @default 600
+   */
+  staleAfterSeconds?: number;
+  /**
+   * How often one hook may be reassigned (after being abandoned or failing) before recovery
+   * gives up on it.
+   * @default 3
+   */
+  maxReassignments?: number;
+  /**
+   * Largest work item (and result) accepted, in bytes of JSON.
+   * @default 262144
+   */
+  maxWorkItemBytes?: number;
+  /**
+   * Whether the patrol may treat an agent as dead. Without one the patrol only flags stale hooks.
+   * @default undefined
+   */
+  liveness?: AgentLiveness;
+  /**
+   * fsync every object and the ref on each transition, so that committed hooks survive the
+   * machine losing power, not only the process dying.
+   * @default true
+   */
+  fsync?: boolean;
+  /**
+   * Author and committer of the state commits (and of the initial commit of a new store), so
+   * the store never depends on a global git identity.
+   * @default { name: 'agent-fabric', email: 'hooks@agent-fabric.local' }
+   */
+  author?: GitIdentity;
+  /**
+   * Clock in epoch ms (tests inject one).
+   * @default Date.now
+   */
+  clock?: () => number;
+}
+
+/** {@link HookManagerOptions} with every default applied. */
+export interface ResolvedHookManagerOptions {
+  readonly storagePath: string;
+  readonly useGitWorktree: boolean;
+  readonly baseBranch: string | undefined;
+  readonly worktreeRoot: string;
+  readonly patrolIntervalSeconds: number;
+  readonly staleAfterSeconds: number;
+  readonly maxReassignments: number;
+  readonly maxWorkItemBytes: number;
+  readonly liveness: AgentLiveness | undefined;
+  readonly fsync: boolean;
+  readonly author: Readonly<GitIdentity>;
+  readonly clock: () => number;
+}
+
+const KNOWN = new Set<string>([
+  'storagePath',
+  'useGitWorktree',
+  'baseBranch',
+  'worktreeRoot',
+  'patrolIntervalSeconds',
+  'staleAfterSeconds',
+  'maxReassignments',
+  'maxWorkItemBytes',
+  'liveness',
+  'fsync',
+  'author',
+  'clock',
+]);
+
+/**
+ * Merges `options` over the defaults, validates every field and freezes the result.
+ *
+ * @example
+ * const o = parseHookManagerOptions({ storagePath: '/var/lib/hooks', useGitWorktree: true });
+ * o.maxReassignments; // 3
+ * @throws ConfigError naming the field at fault.
+ */
+export function parseHookManagerOptions(
+  options: HookManagerOptions,
+): Readonly<ResolvedHookManagerOptions> {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new ConfigError('options', 'must be an object');
+  }
+  for (const key of Object.keys(options)) {
+    if (!KNOWN.has(key)) throw new ConfigError(`options.${key}`, 'is not a known option');
+  }
+  const o = options as Partial<Record<keyof HookManagerOptions, unknown>>;
+  const storagePath = nonEmptyString('options.storagePath', o.storagePath);
+  if (storagePath.includes('\0'))
+    throw new ConfigError('options.storagePath', 'must not contain NUL');
+  if (typeof o.useGitWorktree !== 'boolean') {
+    throw new ConfigError('options.useGitWorktree', 'must be a boolean');
+  }
+  let baseBranch: string | undefined;
+  if (o.baseBranch !== undefined) {
+    baseBranch = nonEmptyString('options.baseBranch', o.baseBranch);
+    const problem = baseBranch === 'HEAD' ? undefined : branchNameProblem(baseBranch);
+    if (problem !== undefined) throw new ConfigError('options.baseBranch', problem);
+  }
+  const root = resolve(storagePath);
+  let worktreeRoot = join(root, DEFAULT_WORKTREE_DIR);
+  if (o.worktreeRoot !== undefined) {
+    const w = nonEmptyString('options.worktreeRoot', o.worktreeRoot);
+    if (!isAbsolute(w)) throw new ConfigError('options.worktreeRoot', 'must be an absolute path');
+    worktreeRoot = resolve(w);
+  }
+  if (worktreeRoot === root) {
+    throw new ConfigError('options.worktreeRoot', 'must not be the storagePath itself');
+  }
+  if (o.liveness !== undefined && !isAgentLiveness(o.liveness)) {
+    throw new ConfigError('options.liveness', 'must have an isAlive(agentId) method');
+  }
+  if (o.fsync !== undefined && typeof o.fsync !== 'boolean') {
+    throw new ConfigError('options.fsync', 'must be a boolean');
+  }
+  if (o.clock !== undefined && typeof o.clock !== 'function') {
+    throw new ConfigError('options.clock', 'must be a function returning epoch milliseconds');
+  }
+  return Object.freeze({
+    storagePath: root,
+    useGitWorktree: o.useGitWorktree,
+    baseBranch,
+    worktreeRoot,
+    patrolIntervalSeconds: number(
+      'options.patrolIntervalSeconds',
+      o.patrolIntervalSeconds,
+      DEFAULT_PATROL_INTERVAL_SECONDS,
+      'positiveNumber',
+    ),
+    staleAfterSeconds: number(
+      'options.staleAfterSeconds',
+      o.staleAfterSeconds,
+      DEFAULT_STALE_AFTER_SECONDS,
+      'positiveNumber',
+    ),
+    maxReassignments: number(
+      'options.maxReassignments',
+      o.maxReassignments,
+      DEFAULT_MAX_REASSIGNMENTS,
+      'nonNegativeInt',
+    ),
+    maxWorkItemBytes: number(
+      'options.maxWorkItemBytes',
+      o.maxWorkItemBytes,
+      DEFAULT_MAX_WORK_ITEM_BYTES,
+      'positiveInt',
+    ),
+    liveness: o.liveness as AgentLiveness | undefined,
+    fsync: (o.fsync as boolean | undefined) ?? true,
+    author: identity(o.author),
+    clock: (o.clock as (() => number) | undefined) ?? Date.now,
+  });
+}
+
+type NumberKind = 'positiveInt' | 'nonNegativeInt' | 'positiveNumber';
+
+function number(field: string, value: unknown, fallback: number, kind: NumberKind): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || Number.isNaN(value)) {
+    throw new ConfigError(field, `must be a number, got ${value === null ? 'null' : typeof value}`);
+  }
+  const ok =
+    kind === 'positiveNumber'
+      ? Number.isFinite(value) && value > 0
+      : Number.isSafeInteger(value) && (kind === 'positiveInt' ? value > 0 : value >= 0);
+  if (!ok) {
+    const what =
+      kind === 'positiveNumber'
+        ? 'a positive finite number'
+        : kind === 'positiveInt'
+          ? 'a positive integer'
+          : 'a non-negative integer';
+    throw new ConfigError(field, `must be ${what}, got ${value}`);
+  }
+  return value;
+}
+
+function nonEmptyString(field: string, value: unknown): string {
+  if (typeof value !== 'string' || value.length === 0) {
+    throw new ConfigError(field, 'must be a non-empty string');
+  }
+  return value;
+}
+
+function identity(value: unknown): Readonly<GitIdentity> {
+  if (value === undefined) return DEFAULT_HOOK_AUTHOR;
+  if (value === null || typeof value !== 'object') {
+    throw new ConfigError('options.author', 'must be an object { name, email }');
+  }
+  const { name, email } = value as Record<string, unknown>;
+  // Characters git itself strips or rejects in an ident line.
+  const bad = /[<>\n\0]/;
+  if (typeof name !== 'string' || name.trim() === '' || bad.test(name)) {
+    throw new ConfigError(
+      'options.author.name',
+      'must be a non-empty string without <, > or newlines',
+    );
+  }
+  if (typeof email !== 'string' || email.trim() === '' || bad.test(email)) {
+    throw new ConfigError(
+      'options.author.email',
+      'must be a non-empty string without <, > or newlines',
+    );
+  }
+  return Object.freeze({ name: name.trim(), email: email.trim() });
+}

@@ -1,0 +1,1022 @@
+/**
+ * The HookManager: git-backed work hooks (GUPP — if there is work on an agent's hook, the agent
+ * runs it). Work put on a hook survives the agent, the sidecar and the machine restarting.
+ *
+ * @module
+ */
+import { appendFile, mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { dirname, join, relative, sep } from 'node:path';
+import { simpleGit } from 'simple-git';
+import {
+  ClosedError,
+  HookNotFoundError,
+  HookRetryLimitError,
+  HookStateError,
+  HookStoreError,
+  InvalidArgumentError,
+} from '../errors.js';
+import type { ObjectFormat } from './git-objects.js';
+import { gitEnv } from './git-process.js';
+import type { Hook, HookErrorInfo, PatrolHook, WorktreeInfo } from './hook.js';
+import { HookEmitter, type HookEventName, type HookListener } from './hook-events.js';
+import { checkHookId, generateHookId } from './hook-id.js';
+import {
+  parseHookManagerOptions,
+  type HookManagerOptions,
+  type ResolvedHookManagerOptions,
+} from './hook-manager-options.js';
+import { HookStatus, canTransition, isOpenStatus } from './hook-status.js';
+import { deepFreeze, toJsonValue } from './json-value.js';
+import { isAgentLiveness, type AgentLiveness } from './liveness.js';
+import { checkBranchName } from './ref-name.js';
+import { HOOKS_REF, HookStateStore, type StateChange } from './state-store.js';
+import { StoreLock } from './store-lock.js';
+import { WorktreeManager, type CreatedWorktree } from './worktrees.js';
+
+/** Name of the lock file in the store's git directory. */
+export const HOOK_LOCK_FILE = 'fabric-hooks.lock';
+/** Longest agent id accepted. */
+export const MAX_AGENT_ID_LENGTH = 256;
+/** Longest progress note / abandon reason / error message kept. */
+export const MAX_NOTE_LENGTH = 4096;
+/** Most transitions written with one `update-ref` (each still gets its own commit). */
+const MAX_BATCH = 64;
+
+/** What {@link HookManager.createHook} takes. */
+export interface CreateHookRequest {
+  /** The agent that must run the work. */
+  agentId: string;
+  /** What to do: any plain JSON value up to `maxWorkItemBytes`. */
+  workItem: unknown;
+  /**
+   * Branch of the hook's worktree (created from `baseBranch`, or reused if it exists). Required
+   * with `useGitWorktree`; otherwise only recorded.
+   */
+  branch?: string;
+}
+
+/** What {@link HookManager.failHook} accepts as the error. */
+export type HookFailure =
+  Error | string | { readonly message: string; readonly code?: string; readonly name?: string };
+
+/** Filter of {@link HookManager.listHooks}. */
+export interface ListHooksFilter {
+  agentId?: string;
+  status?: HookStatus | readonly HookStatus[];
+}
+
+/** What {@link HookManager.recoverAbandoned} takes. */
+export interface RecoverOptions {
+  /** Chooses the agent that takes over `hook`; `undefined` leaves the hook ABANDONED for now. */
+  pickAgent(hook: Hook): Promise<string | undefined> | string | undefined;
+  /**
+   * Run the patrol first, so hooks of agents that just died are recovered in the same call.
+   * @default true
+   */
+  patrol?: boolean;
+}
+
+/** What {@link HookManager.recoverAbandoned} did. */
+export interface RecoveryReport {
+  readonly reassigned: readonly {
+    readonly hookId: string;
+    readonly fromAgentId: string;
+    readonly toAgentId: string;
+  }[];
+  /** Left ABANDONED: no agent was picked (or picking failed). */
+  readonly skipped: readonly { readonly hookId: string; readonly reason: string }[];
+  /** Out of reassignments: moved to FAILED. */
+  readonly exhausted: readonly string[];
+}
+
+/** A staged change: the record to commit and what to announce once it is committed. */
+interface Staged {
+  readonly record: Hook;
+  readonly message: string;
+  readonly announce?: (commit: string) => void;
+}
+
+/** What a status change adds to the record, and the event that announces it. */
+interface TransitionPlan {
+  readonly changes: Partial<Hook>;
+  readonly event:
+    'hook.activated' | 'hook.completed' | 'hook.failed' | 'hook.abandoned' | 'hook.reassigned';
+  /** Goes into the commit message's `Note:` trailer. */
+  readonly note?: string | null;
+}
+
+/** Builds a change from the current state; `null` means "nothing to do". */
+type Build = (get: (hookId: string) => Hook | undefined, now: number) => Staged | null;
+
+interface Queued {
+  readonly hookId: string;
+  readonly build: Build;
+  readonly resolve: (hook: Hook) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/**
+ * Git-backed work hooks. Every change of a hook is one commit on the `refs/fabric/hooks` ref of
+ * the store (never on a branch); hooks may get their own git worktree, which stays with the hook
+ * when it is reassigned. One HookManager per store: a lock file keeps a second one out.
+ *
+ * @example
+ * const hooks = new HookManager({ storagePath: '/var/lib/fabric/hooks', useGitWorktree: true });
+ * const hook = await hooks.createHook({
+ *   agentId: 'agent-1',
+ *   workItem: { task: 'refactor', file: 'api.py' },
+ *   branch: 'agent/refactor-123',
+ * });
+ * await hooks.activateHook(hook.hookId);
+ * await hooks.completeHook(hook.hookId, { filesChanged: ['api.py'] });
+ * await hooks.close();
+ */
+export class HookManager {
+  /** The parsed, frozen options. */
+  readonly options: Readonly<ResolvedHookManagerOptions>;
+  readonly #events = new HookEmitter();
+  readonly #hooks = new Map<string, Hook>();
+  readonly #inflight = new Set<Promise<unknown>>();
+  readonly #staleSeen = new Map<string, number>();
+  #liveness: AgentLiveness | undefined;
+  #store: HookStateStore | undefined;
+  #worktrees: WorktreeManager | undefined;
+  #lock: StoreLock | undefined;
+  #opening: Promise<void> | undefined;
+  #closing: Promise<void> | undefined;
+  #queue: Queued[] = [];
+  #draining = false;
+  #worktreeChain: Promise<unknown> = Promise.resolve();
+  #patrolTimer: ReturnType<typeof setInterval> | undefined;
+  #patrolRunning = false;
+
+  /**
+   * Checks the options; the store is opened by {@link open} or by the first call that needs it.
+   * @throws ConfigError naming the option at fault.
+   */
+  constructor(options: HookManagerOptions) {
+    this.options = parseHookManagerOptions(options);
+    this.#liveness = this.options.liveness;
+  }
+
+  /** Creates a HookManager and opens its store. */
+  static async open(options: HookManagerOptions): Promise<HookManager> {
+    const manager = new HookManager(options);
+    await manager.open();
+    return manager;
+  }
+
+  /** The ref hook state is committed on. */
+  get stateRef(): string {
+    return HOOKS_REF;
+  }
+
+  /** The store's git directory (where the lock file is), once open. */
+  get lockPath(): string | undefined {
+    return this.#lock?.path;
+  }
+
+  /**
+   * Opens the store: creates the repository if needed, takes the lock and loads every hook.
+   * Idempotent; other methods call it on first use.
+   * @throws HookStoreLockedError when another HookManager holds the store.
+   * @throws HookStoreError when the repository or the state ref can not be read.
+   */
+  async open(): Promise<this> {
+    await this.#ready();
+    return this;
+  }
+
+  /** Stops the patrol, lets queued transitions finish, and releases the lock. Idempotent. */
+  close(): Promise<void> {
+    this.stopPatrol();
+    this.#closing ??= (async () => {
+      await this.#opening?.catch(() => undefined);
+      while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+      this.#store?.close();
+      await this.#lock?.release();
+    })();
+    return this.#closing;
+  }
+
+  /** Listens to `event`; returns a function that stops listening. */
+  on<K extends HookEventName>(event: K, listener: HookListener<K>): () => void {
+    return this.#events.on(event, listener);
+  }
+
+  /** Stops `listener` listening to `event`. */
+  off<K extends HookEventName>(event: K, listener: HookListener<K>): void {
+    this.#events.off(event, listener);
+  }
+
+  /** Sets (or clears) the liveness source the patrol uses (the fabric wires its lifecycle). */
+  setLiveness(liveness: AgentLiveness | undefined): void {
+    if (liveness !== undefined && !isAgentLiveness(liveness)) {
+      throw new InvalidArgumentError('liveness', 'must have an isAlive(agentId) method');
+    }
+    this.#liveness = liveness;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Transitions
+
+  /**
+   * Puts work on an agent's hook: a PENDING hook, committed, with its worktree on `branch` when
+   * worktrees are used.
+   * @throws InvalidArgumentError for a bad agent id, branch name or non-JSON work item.
+   * @throws HookWorkItemTooLargeError when the work item exceeds `maxWorkItemBytes`.
+   * @throws HookWorktreeError when the worktree can not be created.
+   */
+  createHook(request: CreateHookRequest): Promise<Hook> {
+    return this.#run(async () => {
+      if (request === null || typeof request !== 'object') {
+        throw new InvalidArgumentError(
+          'request',
+          'must be an object { agentId, workItem, branch }',
+        );
+      }
+      const agentId = checkAgentId(request.agentId, 'agentId');
+      const workItem = toJsonValue(request.workItem, 'workItem', this.options.maxWorkItemBytes);
+      const branch = request.branch === undefined ? null : checkBranchName(request.branch);
+      if (this.options.useGitWorktree && branch === null) {
+        throw new InvalidArgumentError('branch', 'is required when useGitWorktree is true');
+      }
+      const hookId = generateHookId(this.#now());
+      let worktree: CreatedWorktree | undefined;
+      if (this.options.useGitWorktree && branch !== null) {
+        const manager = this.#worktrees!;
+        worktree = await this.#serialWorktree(() => manager.add(hookId, branch));
+      }
+      try {
+        return await this.#submit(hookId, (_get, now) => {
+          const record = freezeHook({
+            hookId,
+            agentId,
+            status: HookStatus.PENDING,
+            workItem,
+            branch,
+            worktreePath: worktree?.path ?? null,
+            baseCommit: worktree?.baseCommit ?? null,
+            createdAt: now,
+            updatedAt: now,
+            lastProgressAt: now,
+            progressNote: null,
+            attempts: 1,
+            reassignments: 0,
+            previousAgents: [],
+            result: null,
+            error: null,
+            abandonReason: null,
+            version: 1,
+          });
+          return {
+            record,
+            message: message(hookId, `created -> PENDING`, { Agent: agentId, Branch: branch }),
+            announce: (commit) =>
+              this.#events.emit('hook.created', {
+                hook: record,
+                from: null,
+                to: record.status,
+                commit,
+              }),
+          };
+        });
+      } catch (err) {
+        if (worktree !== undefined) await this.#undoWorktree(hookId, branch!, worktree);
+        throw err;
+      }
+    });
+  }
+
+  /**
+   * PENDING → ACTIVE: the agent picked the hook up. Calling it again for an ACTIVE hook is a
+   * no-op (an agent that reconnects picks its hook up again).
+   * @param options.agentId when given, the hook must be assigned to this agent.
+   * @throws HookNotFoundError, HookStateError.
+   */
+  activateHook(hookId: string, options: { agentId?: string } = {}): Promise<Hook> {
+    return this.#run(() =>
+      this.#transition(hookId, HookStatus.ACTIVE, true, (h, now) => {
+        if (options.agentId !== undefined && options.agentId !== h.agentId) {
+          throw new HookStateError(
+            hookId,
+            `is assigned to agent ${h.agentId}, not ${options.agentId}`,
+            {
+              agentId: h.agentId,
+              requestedBy: options.agentId,
+            },
+          );
+        }
+        if (h.status === HookStatus.ACTIVE) return null;
+        return { changes: { lastProgressAt: now }, event: 'hook.activated' };
+      }),
+    );
+  }
+
+  /**
+   * ACTIVE → COMPLETED, recording `result` (plain JSON, up to `maxWorkItemBytes`).
+   * @throws HookNotFoundError, HookStateError, InvalidArgumentError, HookWorkItemTooLargeError.
+   */
+  completeHook(hookId: string, result: unknown = null): Promise<Hook> {
+    return this.#run(() => {
+      const value = toJsonValue(result, 'result', this.options.maxWorkItemBytes);
+      return this.#transition(hookId, HookStatus.COMPLETED, false, () => ({
+        changes: { result: value },
+        event: 'hook.completed',
+      }));
+    });
+  }
+
+  /**
+   * ACTIVE → FAILED (or ABANDONED → FAILED, giving up), recording the error.
+   * @throws HookNotFoundError, HookStateError.
+   */
+  failHook(hookId: string, error: HookFailure): Promise<Hook> {
+    return this.#run(() => this.#fail(hookId, toErrorInfo(error)));
+  }
+
+  #fail(hookId: string, info: HookErrorInfo): Promise<Hook> {
+    return this.#transition(hookId, HookStatus.FAILED, false, () => ({
+      changes: { error: info },
+      event: 'hook.failed',
+      note: info.message,
+    }));
+  }
+
+  /**
+   * ACTIVE (or PENDING) → ABANDONED: its agent died or vanished. The worktree is kept.
+   * @throws HookNotFoundError, HookStateError.
+   */
+  abandonHook(hookId: string, reason: string): Promise<Hook> {
+    return this.#run(() => {
+      const why = checkNote(reason, 'reason');
+      return this.#transition(hookId, HookStatus.ABANDONED, false, () => ({
+        changes: { abandonReason: why },
+        event: 'hook.abandoned',
+        note: why,
+      }));
+    });
+  }
+
+  /**
+   * ABANDONED or FAILED → PENDING on `newAgentId`, keeping the worktree and whatever the last
+   * agent left in it (committed or not).
+   * @throws HookNotFoundError, HookStateError.
+   * @throws HookRetryLimitError when the hook was already reassigned `maxReassignments` times.
+   */
+  reassignHook(hookId: string, newAgentId: string): Promise<Hook> {
+    return this.#run(() => this.#reassign(hookId, newAgentId));
+  }
+
+  #reassign(hookId: string, newAgentId: string): Promise<Hook> {
+    const agentId = checkAgentId(newAgentId, 'newAgentId');
+    const limit = this.options.maxReassignments;
+    return this.#transition(hookId, HookStatus.PENDING, false, (h, now) => {
+      if (h.reassignments >= limit) throw new HookRetryLimitError(hookId, h.reassignments, limit);
+      return {
+        changes: {
+          agentId,
+          attempts: h.attempts + 1,
+          reassignments: h.reassignments + 1,
+          previousAgents: Object.freeze([...h.previousAgents, h.agentId]),
+          lastProgressAt: now,
+          progressNote: null,
+        },
+        event: 'hook.reassigned',
+        note: `${h.agentId} -> ${agentId}`,
+      };
+    });
+  }
+
+  /**
+   * Records progress on an ACTIVE hook (resets its staleness clock). Committed like a
+   * transition, so progress notes are in the audit trail too.
+   * @throws HookNotFoundError, HookStateError when the hook is not ACTIVE.
+   */
+  recordProgress(hookId: string, note?: string): Promise<Hook> {
+    return this.#run(() => {
+      const text = note === undefined ? null : checkNote(note, 'note');
+      return this.#submit(checkHookId(hookId), (get, now) => {
+        const h = this.#mustGet(get, hookId);
+        if (h.status !== HookStatus.ACTIVE) {
+          throw new HookStateError(
+            hookId,
+            `can only record progress when ACTIVE, not ${h.status}`,
+            {
+              from: h.status,
+              to: h.status,
+            },
+          );
+        }
+        const record = freezeHook({
+          ...h,
+          lastProgressAt: now,
+          progressNote: text,
+          updatedAt: now,
+          version: h.version + 1,
+        });
+        return {
+          record,
+          message: message(hookId, `progress (${h.status})`, { Agent: h.agentId, Note: text }),
+          announce: (commit) => this.#events.emit('hook.progress', { hook: record, commit }),
+        };
+      });
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Queries
+
+  /** The hook with this id. @throws HookNotFoundError, InvalidArgumentError (malformed id). */
+  getHook(hookId: string): Promise<Hook> {
+    return this.#run(async () => this.#mustGet((id) => this.#hooks.get(id), checkHookId(hookId)));
+  }
+
+  /** Hooks matching `filter`, oldest first. */
+  listHooks(filter: ListHooksFilter = {}): Promise<Hook[]> {
+    return this.#run(async () => {
+      const statuses =
+        filter.status === undefined
+          ? undefined
+          : new Set<HookStatus>(
+              typeof filter.status === 'string' ? [filter.status] : filter.status,
+            );
+      return this.#sorted().filter(
+        (h) =>
+          (filter.agentId === undefined || h.agentId === filter.agentId) &&
+          (statuses === undefined || statuses.has(h.status)),
+      );
+    });
+  }
+
+  /**
+   * What `agentId` must run when it starts or reconnects: its ACTIVE hook, else its oldest
+   * PENDING one; `undefined` when its hook is empty.
+   */
+  hookFor(agentId: string): Promise<Hook | undefined> {
+    return this.#run(async () => {
+      const mine = this.#sorted().filter((h) => h.agentId === agentId);
+      return (
+        mine.find((h) => h.status === HookStatus.ACTIVE) ??
+        mine.find((h) => h.status === HookStatus.PENDING)
+      );
+    });
+  }
+
+  /**
+   * The patrol: marks PENDING and ACTIVE hooks of dead agents ABANDONED (when a liveness source
+   * is set), then returns every PENDING, ACTIVE and ABANDONED hook, oldest first, each flagged
+   * `stale` when it had no progress for longer than `staleAfterSeconds` (and `hook.stale` is
+   * emitted, once per idle spell).
+   */
+  checkPendingHooks(): Promise<PatrolHook[]> {
+    return this.#run(() => this.#patrol());
+  }
+
+  async #patrol(): Promise<PatrolHook[]> {
+    {
+      await this.#abandonDead();
+      const now = this.#now();
+      const staleMs = this.options.staleAfterSeconds * 1000;
+      const out: PatrolHook[] = [];
+      for (const h of this.#sorted()) {
+        if (!isOpenStatus(h.status) && h.status !== HookStatus.ABANDONED) continue;
+        const idle = now - h.lastProgressAt;
+        const stale = isOpenStatus(h.status) && idle > staleMs;
+        out.push(Object.freeze({ ...h, stale }));
+        if (stale && this.#staleSeen.get(h.hookId) !== h.lastProgressAt) {
+          this.#staleSeen.set(h.hookId, h.lastProgressAt);
+          this.#events.emit('hook.stale', { hook: h, idleSeconds: Math.floor(idle / 1000) });
+        } else if (!stale) {
+          this.#staleSeen.delete(h.hookId);
+        }
+      }
+      return out;
+    }
+  }
+
+  /** Runs the patrol every `patrolIntervalSeconds` until {@link stopPatrol} or {@link close}. */
+  startPatrol(): void {
+    if (this.#closing !== undefined) throw new ClosedError('HookManager');
+    if (this.#patrolTimer !== undefined) return;
+    this.#patrolTimer = setInterval(() => {
+      if (this.#patrolRunning) return; // a slow run is never overlapped
+      this.#patrolRunning = true;
+      this.checkPendingHooks()
+        .catch((error: unknown) => this.#events.emit('patrol.error', { error }))
+        .finally(() => {
+          this.#patrolRunning = false;
+        });
+    }, this.options.patrolIntervalSeconds * 1000);
+    this.#patrolTimer.unref?.();
+  }
+
+  /** Stops the patrol loop. */
+  stopPatrol(): void {
+    if (this.#patrolTimer !== undefined) clearInterval(this.#patrolTimer);
+    this.#patrolTimer = undefined;
+  }
+
+  /** True while the patrol loop is scheduled. */
+  get patrolling(): boolean {
+    return this.#patrolTimer !== undefined;
+  }
+
+  /**
+   * Crash recovery: reassigns every ABANDONED hook to the agent `pickAgent` chooses (the
+   * fabric's `autoReassign` picks an available agent of the same pool). Hooks out of
+   * reassignments are moved to FAILED instead.
+   */
+  recoverAbandoned(options: RecoverOptions): Promise<RecoveryReport> {
+    if (options === null || typeof options?.pickAgent !== 'function') {
+      return Promise.reject(new InvalidArgumentError('options.pickAgent', 'must be a function'));
+    }
+    return this.#run(async () => {
+      if (options.patrol !== false) await this.#patrol();
+      const reassigned: { hookId: string; fromAgentId: string; toAgentId: string }[] = [];
+      const skipped: { hookId: string; reason: string }[] = [];
+      const exhausted: string[] = [];
+      const limit = this.options.maxReassignments;
+      for (const h of this.#sorted().filter((x) => x.status === HookStatus.ABANDONED)) {
+        if (h.reassignments >= limit) {
+          await this.#fail(h.hookId, {
+            message: `gave up after ${h.reassignments} reassignments (maxReassignments ${limit})`,
+            code: HookRetryLimitError.code,
+            name: HookRetryLimitError.name,
+          });
+          exhausted.push(h.hookId);
+          continue;
+        }
+        let agentId: string | undefined;
+        try {
+          agentId = await options.pickAgent(h);
+        } catch (err) {
+          skipped.push({ hookId: h.hookId, reason: `pickAgent threw: ${errorMessage(err)}` });
+          continue;
+        }
+        if (agentId === undefined) {
+          skipped.push({ hookId: h.hookId, reason: 'no agent available' });
+          continue;
+        }
+        try {
+          await this.#reassign(h.hookId, agentId);
+          reassigned.push({ hookId: h.hookId, fromAgentId: h.agentId, toAgentId: agentId });
+        } catch (err) {
+          // Someone else moved it meanwhile: not ours to recover any more.
+          if (!(err instanceof HookStateError)) throw err;
+          skipped.push({ hookId: h.hookId, reason: err.message });
+        }
+      }
+      return Object.freeze({ reassigned, skipped, exhausted });
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Worktrees
+
+  /**
+   * What is on disk for the hook's worktree: whether it exists, is a valid worktree, is dirty,
+   * and its branch and head. A missing or broken worktree is reported, not thrown.
+   * @throws HookNotFoundError, InvalidArgumentError (malformed id).
+   */
+  inspectWorktree(hookId: string): Promise<WorktreeInfo> {
+    return this.#run(async () => {
+      const h = this.#mustGet((id) => this.#hooks.get(id), checkHookId(hookId));
+      if (this.#worktrees === undefined || h.worktreePath === null) {
+        return Object.freeze({
+          hookId,
+          path: h.worktreePath,
+          exists: false,
+          valid: false,
+          dirty: false,
+          branch: null,
+          head: null,
+        });
+      }
+      return Object.freeze(await this.#worktrees.inspect(hookId, h.worktreePath));
+    });
+  }
+
+  /**
+   * Removes the worktree of a COMPLETED or FAILED hook (its branch, with the agent's commits,
+   * is kept). Refuses a dirty worktree unless `force`.
+   * @throws HookStateError for a hook that is still open, HookWorktreeError when git refuses.
+   */
+  removeWorktree(hookId: string, options: { force?: boolean } = {}): Promise<void> {
+    return this.#run(async () => {
+      const h = this.#mustGet((id) => this.#hooks.get(id), checkHookId(hookId));
+      if (h.status !== HookStatus.COMPLETED && h.status !== HookStatus.FAILED) {
+        throw new HookStateError(
+          hookId,
+          `worktree can only be removed when COMPLETED or FAILED, not ${h.status}`,
+          {
+            from: h.status,
+          },
+        );
+      }
+      if (h.worktreePath === null || this.#worktrees === undefined) return;
+      const manager = this.#worktrees;
+      await this.#serialWorktree(() => manager.remove(hookId, options.force === true));
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Internals
+
+  #now(): number {
+    return Math.floor(this.options.clock());
+  }
+
+  #sorted(): Hook[] {
+    return [...this.#hooks.values()].sort(
+      (a, b) =>
+        a.createdAt - b.createdAt || (a.hookId < b.hookId ? -1 : a.hookId > b.hookId ? 1 : 0),
+    );
+  }
+
+  #mustGet(get: (hookId: string) => Hook | undefined, hookId: string): Hook {
+    const h = get(hookId);
+    if (h === undefined) throw new HookNotFoundError(hookId);
+    return h;
+  }
+
+  /** Runs `fn` once the store is open, tracked so that `close()` waits for it. */
+  #run<T>(fn: () => Promise<T>): Promise<T> {
+    const p = (async () => {
+      await this.#ready();
+      return fn();
+    })();
+    this.#inflight.add(p);
+    const done = (): void => {
+      this.#inflight.delete(p);
+    };
+    p.then(done, done);
+    return p;
+  }
+
+  async #ready(): Promise<void> {
+    if (this.#closing !== undefined) throw new ClosedError('HookManager');
+    this.#opening ??= this.#open().catch((err: unknown) => {
+      this.#opening = undefined;
+      throw err;
+    });
+    // A call accepted before close() runs to completion; close() waits for it.
+    await this.#opening;
+  }
+
+  async #open(): Promise<void> {
+    const o = this.options;
+    const git = simpleGit({
+      baseDir: await ensureDir(o.storagePath),
+      config: [
+        `user.name=${o.author.name}`,
+        `user.email=${o.author.email}`,
+        'commit.gpgsign=false',
+      ],
+    }).env(gitEnv());
+    let gitDir: string;
+    let objectsDir: string;
+    let objectFormat: ObjectFormat;
+    let bare: boolean;
+    try {
+      if (!(await isRepository(o.storagePath))) {
+        await git.raw(['init', '--initial-branch=main']);
+        await git.raw([
+          'commit',
+          '--allow-empty',
+          '--no-verify',
+          '-m',
+          'agent-fabric: initialise hook store',
+        ]);
+      }
+      const lines = (
+        await git.raw([
+          'rev-parse',
+          '--path-format=absolute',
+          '--git-common-dir',
+          '--git-path',
+          'objects',
+          '--is-bare-repository',
+          '--show-object-format',
+        ])
+      )
+        .trim()
+        .split('\n');
+      const [dir, objects, isBare, format] = lines;
+      if (!dir || !objects || (format !== 'sha1' && format !== 'sha256')) {
+        throw new Error(`unexpected rev-parse output ${JSON.stringify(lines)}`);
+      }
+      gitDir = dir;
+      objectsDir = objects;
+      objectFormat = format;
+      bare = isBare === 'true';
+    } catch (err) {
+      throw new HookStoreError(
+        o.storagePath,
+        `is not a usable git repository: ${errorMessage(err)}`,
+        { operation: 'open' },
+        { cause: err },
+      );
+    }
+    const lock = await StoreLock.acquire(join(gitDir, HOOK_LOCK_FILE));
+    try {
+      // Holding the store lock, nobody else writes the state ref: a ref lock left by a git
+      // killed in the middle of an update is stale, and would block every transition.
+      await rm(join(gitDir, `${HOOKS_REF}.lock`), { force: true });
+      const store = new HookStateStore({
+        repoDir: o.storagePath,
+        objectsDir,
+        objectFormat,
+        fsync: o.fsync,
+        author: o.author,
+        git,
+      });
+      let records: Hook[];
+      try {
+        records = await store.load();
+      } catch (err) {
+        if (err instanceof HookStoreError) throw err;
+        throw new HookStoreError(
+          o.storagePath,
+          `could not read ${HOOKS_REF}: ${errorMessage(err)}`,
+          {
+            operation: 'load',
+          },
+          { cause: err },
+        );
+      }
+      this.#hooks.clear();
+      for (const r of records) this.#hooks.set(r.hookId, deepFreeze(r));
+      if (o.useGitWorktree) {
+        if (!bare) await excludeWorktrees(gitDir, o.storagePath, o.worktreeRoot);
+        this.#worktrees = new WorktreeManager(git, o.worktreeRoot, o.baseBranch ?? 'HEAD');
+      }
+      this.#store = store;
+      this.#lock = lock;
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+  }
+
+  /** Applies a status change `to` to an existing hook, after `check` (which may add fields). */
+  #transition(
+    hookId: string,
+    to: HookStatus,
+    idempotent: boolean,
+    check: (h: Hook, now: number) => TransitionPlan | null,
+  ): Promise<Hook> {
+    return this.#submit(checkHookId(hookId), (get, now) => {
+      const h = this.#mustGet(get, hookId);
+      if (!(idempotent && h.status === to) && !canTransition(h.status, to)) {
+        throw new HookStateError(hookId, `cannot go from ${h.status} to ${to}`, {
+          from: h.status,
+          to,
+        });
+      }
+      const plan = check(h, now);
+      if (plan === null) return null;
+      const record = freezeHook({
+        ...h,
+        ...plan.changes,
+        status: to,
+        updatedAt: now,
+        version: h.version + 1,
+      });
+      const agent = record.agentId;
+      return {
+        record,
+        message: message(hookId, `${h.status} -> ${to}`, { Agent: agent, Note: plan.note ?? null }),
+        announce: (commit) => {
+          const base = { hook: record, from: h.status, to, commit };
+          if (plan.event === 'hook.reassigned') {
+            this.#events.emit('hook.reassigned', {
+              ...base,
+              fromAgentId: h.agentId,
+              toAgentId: agent,
+            });
+          } else {
+            this.#events.emit(plan.event, base);
+          }
+        },
+      };
+    });
+  }
+
+  /** Queues a change; resolves with the hook once its commit is on the ref. */
+  #submit(hookId: string, build: Build): Promise<Hook> {
+    return new Promise<Hook>((resolve, reject) => {
+      this.#queue.push({ hookId, build, resolve, reject });
+      if (!this.#draining) void this.#drain();
+    });
+  }
+
+  /**
+   * Writes queued changes: every change queued while the previous write was in flight goes
+   * into the next write — one commit each, one `update-ref` for all (group commit).
+   */
+  async #drain(): Promise<void> {
+    this.#draining = true;
+    try {
+      while (this.#queue.length > 0) {
+        const batch = this.#queue.splice(0, MAX_BATCH);
+        const now = this.#now();
+        const staged = new Map<string, Hook>();
+        const get = (id: string): Hook | undefined => staged.get(id) ?? this.#hooks.get(id);
+        const accepted: { q: Queued; change: Staged | null }[] = [];
+        for (const q of batch) {
+          try {
+            const change = q.build(get, now);
+            if (change !== null) staged.set(change.record.hookId, change.record);
+            accepted.push({ q, change });
+          } catch (err) {
+            q.reject(err);
+          }
+        }
+        const changes = accepted.flatMap(({ change }) => (change === null ? [] : [change]));
+        let commits: string[];
+        try {
+          commits = await this.#store!.commit(
+            changes.map((c): StateChange => ({ record: c.record, message: c.message })),
+            now,
+          );
+        } catch (err) {
+          for (const { q } of accepted) q.reject(err);
+          continue;
+        }
+        for (const [id, record] of staged) this.#hooks.set(id, record);
+        let i = 0;
+        for (const { q, change } of accepted) {
+          if (change === null) {
+            q.resolve(this.#hooks.get(q.hookId)!);
+            continue;
+          }
+          const commit = commits[i++]!;
+          q.resolve(change.record);
+          change.announce?.(commit);
+        }
+      }
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  /** Marks open hooks of agents the liveness source says are dead ABANDONED. */
+  async #abandonDead(): Promise<void> {
+    const liveness = this.#liveness;
+    if (liveness === undefined) return;
+    const open = [...this.#hooks.values()].filter((h) => isOpenStatus(h.status));
+    const agents = [...new Set(open.map((h) => h.agentId))];
+    const verdicts = await Promise.all(
+      agents.map(async (agentId): Promise<[string, boolean]> => {
+        try {
+          return [agentId, (await liveness.isAlive(agentId)) === true];
+        } catch (error) {
+          this.#events.emit('patrol.error', { error });
+          return [agentId, true]; // unknown: leave its hooks alone
+        }
+      }),
+    );
+    const dead = new Set(verdicts.filter(([, alive]) => !alive).map(([id]) => id));
+    const work = open
+      .filter((h) => dead.has(h.agentId))
+      .map((seen) =>
+        this.#submit(seen.hookId, (get, now) => {
+          const h = get(seen.hookId);
+          // Changed since we looked (picked up, reassigned…): leave it.
+          if (h === undefined || h.version !== seen.version || !isOpenStatus(h.status)) return null;
+          const reason = `agent ${h.agentId} is not alive (patrol)`;
+          const record = freezeHook({
+            ...h,
+            status: HookStatus.ABANDONED,
+            abandonReason: reason,
+            updatedAt: now,
+            version: h.version + 1,
+          });
+          return {
+            record,
+            message: message(h.hookId, `${h.status} -> ABANDONED`, {
+              Agent: h.agentId,
+              Note: reason,
+            }),
+            announce: (commit) =>
+              this.#events.emit('hook.abandoned', {
+                hook: record,
+                from: h.status,
+                to: HookStatus.ABANDONED,
+                commit,
+              }),
+          };
+        }),
+      );
+    await Promise.all(work);
+  }
+
+  #serialWorktree<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.#worktreeChain.then(fn, fn);
+    this.#worktreeChain = next.catch(() => undefined);
+    return next;
+  }
+
+  async #undoWorktree(hookId: string, branch: string, worktree: CreatedWorktree): Promise<void> {
+    const manager = this.#worktrees;
+    if (manager === undefined) return;
+    await this.#serialWorktree(async () => {
+      await manager.remove(hookId, true).catch(() => undefined);
+      if (worktree.createdBranch) await manager.deleteBranch(branch);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function freezeHook(h: Hook): Hook {
+  return Object.freeze({ ...h, previousAgents: Object.freeze([...h.previousAgents]) });
+}
+
+function message(hookId: string, what: string, trailers: Record<string, string | null>): string {
+  const lines = [`hook ${hookId}: ${what}`, ''];
+  lines.push(`Hook-Id: ${hookId}`);
+  for (const [key, value] of Object.entries(trailers)) {
+    if (value !== null) lines.push(`${key}: ${value.replace(/\s+/g, ' ').slice(0, 500)}`);
+  }
+  return lines.join('\n');
+}
+
+function checkAgentId(value: unknown, field: string): string {
+  if (typeof value !== 'string' || value.length === 0) {
+    throw new InvalidArgumentError(field, 'must be a non-empty string');
+  }
+  if (value.length > MAX_AGENT_ID_LENGTH) {
+    throw new InvalidArgumentError(field, `must be at most ${MAX_AGENT_ID_LENGTH} characters`);
+  }
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(value)) {
+    throw new InvalidArgumentError(field, 'must not contain control characters');
+  }
+  return value;
+}
+
+function checkNote(value: unknown, field: string): string {
+  if (typeof value !== 'string') throw new InvalidArgumentError(field, 'must be a string');
+  return value.length > MAX_NOTE_LENGTH ? `${value.slice(0, MAX_NOTE_LENGTH)}…` : value;
+}
+
+function toErrorInfo(error: unknown): HookErrorInfo {
+  if (typeof error === 'string')
+    return Object.freeze({ message: checkNote(error, 'error'), code: null, name: null });
+  if (
+    error !== null &&
+    typeof error === 'object' &&
+    typeof (error as { message?: unknown }).message === 'string'
+  ) {
+    const e = error as { message: string; code?: unknown; name?: unknown };
+    return Object.freeze({
+      message: checkNote(e.message, 'error.message'),
+      code: typeof e.code === 'string' ? e.code : null,
+      name: error instanceof Error ? error.name : typeof e.name === 'string' ? e.name : null,
+    });
+  }
+  throw new InvalidArgumentError('error', 'must be an Error, a string or { message, code? }');
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+async function ensureDir(path: string): Promise<string> {
+  await mkdir(path, { recursive: true });
+  return path;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A work tree with `.git`, or a bare repository (HEAD + objects + refs at the top). */
+async function isRepository(path: string): Promise<boolean> {
+  if (await exists(join(path, '.git'))) return true;
+  return (
+    (await exists(join(path, 'HEAD'))) &&
+    (await exists(join(path, 'objects'))) &&
+    (await exists(join(path, 'refs')))
+  );
+}
+
+/** Keeps the worktree folder out of `git status` of the store when it is inside it. */
+async function excludeWorktrees(gitDir: string, storagePath: string, root: string): Promise<void> {
+  const rel = relative(storagePath, root);
+  if (rel === '' || rel.startsWith('..') || rel.startsWith(sep)) return;
+  const pattern = `/${rel.split(sep).join('/')}/`;
+  const file = join(gitDir, 'info', 'exclude');
+  const current = await readFile(file, 'utf8').catch(() => '');
+  if (current.split('\n').includes(pattern)) return;
+  await mkdir(dirname(file), { recursive: true });
+  const prefix = current === '' || current.endsWith('\n') ? '' : '\n';
+  await appendFile(file, `${prefix}# agent-fabric hook worktrees\n${pattern}\n`);
+}

@@ -1,0 +1,53 @@
+/**
+ * Hooks (GUPP): git-backed work that survives agents, sidecars and machines restarting.
+ *
+ * @module
+ */
+export {
+  HookManager,
+  HOOK_LOCK_FILE,
+  MAX_AGENT_ID_LENGTH,
+  MAX_NOTE_LENGTH,
+} from './hook-manager.js';
+export {
+  DEFAULT_HOOK_AUTHOR,
+  DEFAULT_MAX_REASSIGNMENTS,
+  DEFAULT_MAX_WORK_ITEM_BYTES,
+  DEFAULT_PATROL_INTERVAL_SECONDS,
+  DEFAULT_STALE_AFTER_SECONDS,
+  DEFAULT_WORKTREE_DIR,
+  parseHookManagerOptions,
+} from './hook-manager-options.js';
+export { HookStatus, HOOK_TRANSITIONS, canTransition, isOpenStatus } from './hook-status.js';
+export { HOOK_ID_PATTERN, isHookId } from './hook-id.js';
+export { branchNameProblem, checkBranchName, MAX_BRANCH_NAME_LENGTH } from './ref-name.js';
+export { HookRecordSchema } from './hook.js';
+export { HOOKS_REF, HOOK_STORE_FORMAT_VERSION } from './state-store.js';
+export { isAgentLiveness } from './liveness.js';
+
+export type {
+  CreateHookRequest,
+  HookFailure,
+  ListHooksFilter,
+  RecoverOptions,
+  RecoveryReport,
+} from './hook-manager.js';
+export type {
+  GitIdentity,
+  HookManagerOptions,
+  ResolvedHookManagerOptions,
+} from './hook-manager-options.js';
+export type { Hook, HookErrorInfo, PatrolHook, WorktreeInfo } from './hook.js';
+export type {
+  HookEventMap,
+  HookEventName,
+  HookListener,
+  HookProgressEvent,
+  HookReassignedEvent,
+  HookStaleEvent,
+  HookTransitionEvent,
+  PatrolErrorEvent,
+} from './hook-events.js';
+export type { AgentLiveness } from './liveness.js';
+export type { JsonValue } from './json-value.js';
+export type { LockHolder } from './store-lock.js';

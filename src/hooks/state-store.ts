@@ -1,0 +1,248 @@
+/**
+ * The hook state ref. Every hook is one JSON blob at `hooks/<shard>/<hookId>.json` in the tree
+ * of the commit `refs/fabric/hooks` points at; every change is one commit on that ref, whose
+ * history is the audit trail. Writes touch only the object store and that ref — never a
+ * branch, the index or a working tree — and move the ref with `update-ref <new> <old>`, so a
+ * crash leaves the old state or the new one, and a writer that lost track of the ref fails
+ * instead of overwriting.
+ *
+ * Layout of the tree:
+ *
+ * ```text
+ * format.json                    {"format":"agent-fabric/hooks","version":1}
+ * hooks/<2 hex>/<hookId>.json    one record per hook (shard = 2 hex digits of the id)
+ * ```
+ *
+ * @module
+ */
+import type { SimpleGit } from 'simple-git';
+import { HookStoreError } from '../errors.js';
+import { LooseObjectWriter, type ObjectFormat, type TreeEntry } from './git-objects.js';
+import { RefUpdater, runGit } from './git-process.js';
+import { HookRecordSchema, type Hook } from './hook.js';
+import { hookShard, isHookId } from './hook-id.js';
+
+/** The ref holding hook state. Not a branch: `git log refs/fabric/hooks` shows the history. */
+export const HOOKS_REF = 'refs/fabric/hooks';
+/** Version of the tree layout written by this code. */
+export const HOOK_STORE_FORMAT_VERSION = 1;
+const FORMAT_NAME = 'agent-fabric/hooks';
+
+/** One committed change: the hook's new record and the commit message describing it. */
+export interface StateChange {
+  readonly record: Hook;
+  readonly message: string;
+}
+
+/** Where the state store lives and how it writes. */
+export interface StateStoreOptions {
+  /** Folder git runs in (the store's work tree, or the bare repository). */
+  readonly repoDir: string;
+  /** Absolute `objects/` folder of the repository. */
+  readonly objectsDir: string;
+  readonly objectFormat: ObjectFormat;
+  readonly fsync: boolean;
+  readonly author: { readonly name: string; readonly email: string };
+  readonly git: SimpleGit;
+}
+
+/** Reads and writes the state ref. Not safe for concurrent `commit` calls: the caller queues. */
+export class HookStateStore {
+  readonly #o: StateStoreOptions;
+  readonly #writer: LooseObjectWriter;
+  readonly #refs: RefUpdater;
+  #head: string | undefined;
+  #formatOid: string | undefined;
+  /** shard -> (file name -> blob id) */
+  #shards = new Map<string, ReadonlyMap<string, string>>();
+  /** shard -> tree id */
+  #shardTrees = new Map<string, string>();
+
+  constructor(options: StateStoreOptions) {
+    this.#o = options;
+    this.#writer = new LooseObjectWriter(options.objectsDir, options.objectFormat, options.fsync);
+    this.#refs = new RefUpdater(
+      options.repoDir,
+      options.fsync ? ['-c', 'core.fsync=reference', '-c', 'core.fsyncMethod=fsync'] : [],
+    );
+  }
+
+  /** Stops the background `update-ref` process. */
+  close(): void {
+    this.#refs.close();
+  }
+
+  /** The commit the ref points at (`undefined` before the first hook). */
+  get head(): string | undefined {
+    return this.#head;
+  }
+
+  /** Reads every hook from the ref's current commit. */
+  async load(): Promise<Hook[]> {
+    const head = await this.#readRef();
+    this.#head = head;
+    this.#shards = new Map();
+    this.#shardTrees = new Map();
+    this.#formatOid = undefined;
+    if (head === undefined) return [];
+
+    const listing = await this.#o.git.raw(['ls-tree', '-r', '-t', '-z', '--full-tree', head]);
+    const blobs: { path: string; oid: string; hookId: string }[] = [];
+    for (const line of listing.split('\0')) {
+      if (line === '') continue;
+      const m = /^(\d+) (blob|tree|commit) ([0-9a-f]+)\t(.*)$/s.exec(line);
+      if (!m) throw this.#corrupt(`unexpected ls-tree line ${JSON.stringify(line)}`);
+      const [, , type, oid, path] = m as unknown as [string, string, string, string, string];
+      if (path === 'format.json' && type === 'blob') {
+        this.#formatOid = oid;
+        continue;
+      }
+      const shardTree = /^hooks\/([0-9a-f]{2})$/.exec(path);
+      if (shardTree && type === 'tree') {
+        this.#shardTrees.set(shardTree[1]!, oid);
+        continue;
+      }
+      const file = /^hooks\/([0-9a-f]{2})\/([^/]+)\.json$/.exec(path);
+      if (file && type === 'blob') {
+        const [, shard, hookId] = file as unknown as [string, string, string];
+        if (!isHookId(hookId) || hookShard(hookId) !== shard) {
+          throw this.#corrupt(`unexpected entry ${path}`);
+        }
+        blobs.push({ path, oid, hookId });
+        const entries = new Map(this.#shards.get(shard) ?? []);
+        entries.set(`${hookId}.json`, oid);
+        this.#shards.set(shard, entries);
+      }
+      // Anything else (the `hooks` tree itself, foreign entries) is not ours to keep.
+    }
+    if (this.#formatOid === undefined) throw this.#corrupt('format.json is missing');
+
+    const contents = await this.#catBlobs([this.#formatOid, ...blobs.map((b) => b.oid)]);
+    const format = this.#parseJson(contents.get(this.#formatOid), 'format.json');
+    const f = format as { format?: unknown; version?: unknown } | null;
+    if (f?.format !== FORMAT_NAME || f.version !== HOOK_STORE_FORMAT_VERSION) {
+      throw this.#corrupt(
+        `format.json says ${JSON.stringify(format)}; this version reads ${FORMAT_NAME} v${HOOK_STORE_FORMAT_VERSION}`,
+      );
+    }
+    return blobs.map(({ path, oid, hookId }) => {
+      const parsed = HookRecordSchema.safeParse(this.#parseJson(contents.get(oid), path));
+      if (!parsed.success || parsed.data.hookId !== hookId) {
+        throw this.#corrupt(`${path} is not a valid hook record`, parsed.error);
+      }
+      return parsed.data;
+    });
+  }
+
+  /**
+   * Commits `changes` in order, one commit each, and moves the ref once, from the head it was
+   * loaded at (or last moved to) to the last new commit. Returns the commit ids.
+   * @throws HookStoreError when git fails or the ref moved under us; nothing is changed then.
+   */
+  async commit(changes: readonly StateChange[], now: number): Promise<string[]> {
+    if (changes.length === 0) return [];
+    const shards = new Map(this.#shards);
+    const shardTrees = new Map(this.#shardTrees);
+    const w = this.#writer;
+    const commits: string[] = [];
+    let parent = this.#head;
+    try {
+      const formatOid = this.#formatOid ?? w.blob(formatJson());
+      for (const { record, message } of changes) {
+        const shard = hookShard(record.hookId);
+        const blob = w.blob(`${JSON.stringify(record, null, 2)}\n`);
+        const entries = new Map(shards.get(shard) ?? []);
+        entries.set(`${record.hookId}.json`, blob);
+        shards.set(shard, entries);
+        shardTrees.set(shard, w.tree([...entries].map(([name, oid]) => file(name, oid))));
+        const hooksTree = w.tree([...shardTrees].map(([name, oid]) => dir(name, oid)));
+        const root = w.tree([file('format.json', formatOid), dir('hooks', hooksTree)]);
+        parent = w.commit({
+          tree: root,
+          parents: parent === undefined ? [] : [parent],
+          name: this.#o.author.name,
+          email: this.#o.author.email,
+          time: now,
+          message,
+        });
+        commits.push(parent);
+      }
+      // Objects first, then the ref: a crash in between leaves only unreachable objects.
+      await w.flush();
+      await this.#refs.update(HOOKS_REF, parent!, this.#head ?? w.zeroOid);
+      this.#formatOid = formatOid;
+    } catch (err) {
+      w.discard();
+      throw new HookStoreError(
+        this.#o.repoDir,
+        `could not commit hook state: ${(err as Error).message}`,
+        { ref: HOOKS_REF, operation: 'commit' },
+        { cause: err },
+      );
+    }
+    this.#head = parent;
+    this.#shards = shards;
+    this.#shardTrees = shardTrees;
+    return commits;
+  }
+
+  async #readRef(): Promise<string | undefined> {
+    const out = await this.#o.git.raw([
+      'for-each-ref',
+      '--format=%(refname) %(objectname)',
+      HOOKS_REF,
+    ]);
+    for (const line of out.split('\n')) {
+      const [name, oid] = line.split(' ');
+      if (name === HOOKS_REF && oid) return oid;
+    }
+    return undefined;
+  }
+
+  async #catBlobs(oids: readonly string[]): Promise<Map<string, Buffer>> {
+    const out = await runGit(this.#o.repoDir, ['cat-file', '--batch'], `${oids.join('\n')}\n`);
+    const result = new Map<string, Buffer>();
+    let pos = 0;
+    while (pos < out.length) {
+      const nl = out.indexOf(0x0a, pos);
+      if (nl < 0) break;
+      const header = out.subarray(pos, nl).toString('utf8');
+      const m = /^([0-9a-f]+) (\w+) (\d+)$/.exec(header);
+      if (!m) throw this.#corrupt(`object missing: ${header}`);
+      const size = Number(m[3]);
+      result.set(m[1]!, out.subarray(nl + 1, nl + 1 + size));
+      pos = nl + 1 + size + 1;
+    }
+    return result;
+  }
+
+  #corrupt(message: string, cause?: unknown): HookStoreError {
+    return new HookStoreError(
+      this.#o.repoDir,
+      `${HOOKS_REF} is unreadable: ${message}`,
+      { ref: HOOKS_REF, operation: 'load' },
+      cause === undefined ? undefined : { cause },
+    );
+  }
+
+  #parseJson(content: Buffer | undefined, path: string): unknown {
+    if (content === undefined) throw this.#corrupt(`${path} is missing from the object store`);
+    try {
+      return JSON.parse(content.toString('utf8')) as unknown;
+    } catch (err) {
+      throw this.#corrupt(`${path} is not JSON: ${(err as Error).message}`);
+    }
+  }
+}
+
+function file(name: string, oid: string): TreeEntry {
+  return { mode: '100644', name, oid };
+}
+
+function dir(name: string, oid: string): TreeEntry {
+  return { mode: '40000', name, oid };
+}
+
+function formatJson(): string {
+  return `${JSON.stringify({ format: FORMAT_NAME, version: HOOK_STORE_FORMAT_VERSION })}\n`;
+}

@@ -1,0 +1,175 @@
+/**
+ * Hook worktrees: one git worktree per hook, at `<worktreeRoot>/<hookId>`, on the hook's branch.
+ * The worktree outlives its agent: reassignment hands the same folder, with whatever the last
+ * agent left uncommitted in it, to the next agent.
+ *
+ * @module
+ */
+import { realpath, stat } from 'node:fs/promises';
+import { join, relative, resolve, sep } from 'node:path';
+import { simpleGit, type SimpleGit } from 'simple-git';
+import { HookWorktreeError } from '../errors.js';
+import { gitEnv } from './git-process.js';
+import { checkHookId } from './hook-id.js';
+import { checkBranchName } from './ref-name.js';
+import type { WorktreeInfo } from './hook.js';
+
+/** A created worktree. */
+export interface CreatedWorktree {
+  readonly path: string;
+  /** Commit the branch pointed at when the worktree was made. */
+  readonly baseCommit: string;
+  /** True when the branch was created for this hook (false: an existing branch was reused). */
+  readonly createdBranch: boolean;
+}
+
+/** Creates, inspects and removes hook worktrees of one repository. */
+export class WorktreeManager {
+  readonly #git: SimpleGit;
+  readonly #root: string;
+  readonly #base: string;
+
+  /**
+   * @param git simple-git bound to the hook store.
+   * @param root folder the worktrees go in.
+   * @param base what new branches start from (`HEAD` by default).
+   */
+  constructor(git: SimpleGit, root: string, base: string) {
+    this.#git = git;
+    this.#root = resolve(root);
+    this.#base = base;
+  }
+
+  /** Where the worktree of `hookId` lives; the id is checked before it becomes a path. */
+  pathFor(hookId: string): string {
+    const path = join(this.#root, checkHookId(hookId));
+    const rel = relative(this.#root, path);
+    if (rel === '' || rel.startsWith('..') || rel.includes(sep)) {
+      throw new HookWorktreeError(
+        `hook id ${hookId} does not map to a folder under ${this.#root}`,
+        {
+          hookId,
+        },
+      );
+    }
+    return path;
+  }
+
+  /**
+   * Creates the worktree of `hookId` on `branch`: a new branch from the base, or the existing
+   * branch when there is one (it must not be checked out anywhere else).
+   * @throws HookWorktreeError when the base does not resolve, the branch is checked out
+   *   elsewhere, or git fails otherwise.
+   */
+  async add(hookId: string, branch: string): Promise<CreatedWorktree> {
+    checkBranchName(branch);
+    const path = this.pathFor(hookId);
+    const details = { hookId, branch, path };
+    if (await exists(path)) {
+      throw new HookWorktreeError(`worktree folder ${path} already exists`, details);
+    }
+    const existing = await this.#resolve(`refs/heads/${branch}`);
+    try {
+      if (existing !== undefined) {
+        await this.#git.raw(['worktree', 'add', path, branch]);
+        return { path, baseCommit: existing, createdBranch: false };
+      }
+      const base = await this.#resolve(this.#base);
+      if (base === undefined) {
+        throw new HookWorktreeError(
+          `base ${JSON.stringify(this.#base)} does not resolve to a commit (is the repository empty?)`,
+          { ...details, base: this.#base },
+        );
+      }
+      await this.#git.raw(['worktree', 'add', '-b', branch, path, base]);
+      return { path, baseCommit: base, createdBranch: true };
+    } catch (err) {
+      if (err instanceof HookWorktreeError) throw err;
+      throw new HookWorktreeError(
+        `could not create worktree for hook ${hookId} on branch ${branch}: ${firstLine(err)}`,
+        details,
+        { cause: err },
+      );
+    }
+  }
+
+  /**
+   * Removes the worktree folder of `hookId` (and git's record of it). Best effort when it is
+   * already gone. The branch is kept: it holds the agent's commits.
+   */
+  async remove(hookId: string, force: boolean): Promise<void> {
+    const path = this.pathFor(hookId);
+    try {
+      if (await exists(path)) {
+        await this.#git.raw(['worktree', 'remove', ...(force ? ['--force'] : []), path]);
+      } else {
+        await this.#git.raw(['worktree', 'prune']);
+      }
+    } catch (err) {
+      throw new HookWorktreeError(
+        `could not remove worktree ${path}: ${firstLine(err)}${force ? '' : ' (use { force: true } to discard its changes)'}`,
+        { hookId, path },
+        { cause: err },
+      );
+    }
+  }
+
+  /** Deletes `branch` (used to undo a branch created for a hook that was never committed). */
+  async deleteBranch(branch: string): Promise<void> {
+    await this.#git.raw(['branch', '-D', checkBranchName(branch)]).catch(() => undefined);
+  }
+
+  /** Reports what is on disk for the worktree of `hookId`; never throws for what it finds. */
+  async inspect(hookId: string, expectedPath: string | null): Promise<WorktreeInfo> {
+    const none = { hookId, path: expectedPath, exists: false, valid: false, dirty: false };
+    if (expectedPath === null) return { ...none, branch: null, head: null };
+    const path = this.pathFor(hookId);
+    if (!(await exists(path))) return { ...none, branch: null, head: null };
+    const invalid = { ...none, exists: true, branch: null, head: null };
+    // Without its `.git` file the folder is not a worktree, and git would walk up to the store
+    // itself and report on that instead: check the top level is the folder itself.
+    if (!(await exists(join(path, '.git')))) return invalid;
+    try {
+      const git = simpleGit({ baseDir: path }).env(gitEnv());
+      const top = (await git.raw(['rev-parse', '--show-toplevel'])).trim();
+      if ((await realpath(top)) !== (await realpath(path))) return invalid;
+      const head = (await git.raw(['rev-parse', '--verify', '-q', 'HEAD']).catch(() => '')).trim();
+      const sym = await git.raw(['symbolic-ref', '-q', '--short', 'HEAD']).catch(() => '');
+      const status = await git.raw(['status', '--porcelain=v1', '--untracked-files=normal']);
+      return {
+        hookId,
+        path,
+        exists: true,
+        valid: true,
+        dirty: status.trim().length > 0,
+        branch: sym.trim() || null,
+        head: head || null,
+      };
+    } catch {
+      return invalid;
+    }
+  }
+
+  async #resolve(rev: string): Promise<string | undefined> {
+    try {
+      const out = (await this.#git.raw(['rev-parse', '--verify', '-q', `${rev}^{commit}`])).trim();
+      return out === '' ? undefined : out;
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function firstLine(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return message.trim().split('\n')[0] ?? message;
+}

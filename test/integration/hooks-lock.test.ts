@@ -1,0 +1,115 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { HookStoreLockedError } from '../../src/errors.js';
+import { HOOK_LOCK_FILE, HookManager, HookStatus } from '../../src/hooks/index.js';
+import {
+  exited,
+  spawnFixture,
+  tempDir,
+  waitForLine,
+  type TempDir,
+} from '../fixtures/hooks/temp-store.js';
+
+let dir: TempDir;
+const managers: HookManager[] = [];
+
+beforeEach(async () => {
+  dir = await tempDir();
+});
+
+afterEach(async () => {
+  await Promise.all(managers.splice(0).map((m) => m.close()));
+  await dir.cleanup();
+});
+
+async function openManager(): Promise<HookManager> {
+  const m = await HookManager.open({ storagePath: dir.path, useGitWorktree: false });
+  managers.push(m);
+  return m;
+}
+
+async function lockError(): Promise<HookStoreLockedError> {
+  const m = new HookManager({ storagePath: dir.path, useGitWorktree: false });
+  try {
+    await m.open();
+  } catch (err) {
+    expect(err).toBeInstanceOf(HookStoreLockedError);
+    return err as HookStoreLockedError;
+  }
+  managers.push(m);
+  throw new Error('expected HookStoreLockedError');
+}
+
+describe('hook store lock', () => {
+  it('keeps a second manager in the same process out until the first closes', async () => {
+    const first = await openManager();
+    const h = await first.createHook({ agentId: 'a', workItem: 1 });
+    const err = await lockError();
+    expect(err.details).toMatchObject({ pid: process.pid, hostname: hostname() });
+    expect(err.message).toMatch(/this process/);
+    await first.close();
+    const second = await openManager();
+    expect((await second.getHook(h.hookId)).status).toBe(HookStatus.PENDING);
+  });
+
+  it('keeps a second sidecar out, naming the holder; takes over once the holder is killed', async () => {
+    await (await openManager()).close(); // create the repository
+    const child = spawnFixture('hold-lock', [dir.path]);
+    try {
+      const [, pid] = await waitForLine(child, /^ready (\d+)$/);
+      const err = await lockError();
+      expect(err.code).toBe('FABRIC_ERR_HOOK_STORE_LOCKED');
+      expect(err.details).toMatchObject({
+        pid: Number(pid),
+        hostname: hostname(),
+        lockPath: join(dir.path, '.git', HOOK_LOCK_FILE),
+      });
+      expect(err.message).toContain(`pid ${pid} on ${hostname()}`);
+    } finally {
+      child.kill('SIGKILL');
+      await exited(child);
+    }
+    // The holder died without releasing: its lock is stale and is taken over.
+    const m = await openManager();
+    expect(await m.listHooks()).toEqual([]);
+  });
+
+  it('releases the lock when the holder closes cleanly', async () => {
+    await (await openManager()).close();
+    const child = spawnFixture('hold-lock', [dir.path]);
+    await waitForLine(child, /^ready/);
+    child.kill('SIGTERM');
+    expect((await exited(child)).code).toBe(0);
+    await openManager();
+  });
+
+  it('never breaks a lock held from another host', async () => {
+    await (await openManager()).close();
+    const lockPath = join(dir.path, '.git', HOOK_LOCK_FILE);
+    const holder = {
+      pid: 1,
+      hostname: 'other-host',
+      startedAt: '2020-01-01T00:00:00.000Z',
+      instance: 'x',
+    };
+    await writeFile(lockPath, JSON.stringify(holder));
+    const err = await lockError();
+    expect(err.details).toMatchObject({ pid: 1, hostname: 'other-host' });
+    expect(err.message).toMatch(/remove the lock file/);
+  });
+
+  it('takes over a lock of a dead pid on this host, and a stale ref lock', async () => {
+    await (await openManager()).close();
+    const gitDir = join(dir.path, '.git');
+    const dead = { pid: 2 ** 22 + 12345, hostname: hostname(), startedAt: 'then', instance: 'y' };
+    await writeFile(join(gitDir, HOOK_LOCK_FILE), JSON.stringify(dead));
+    // As if a git update-ref had been killed between taking its lock and committing.
+    await mkdir(join(gitDir, 'refs', 'fabric'), { recursive: true });
+    await writeFile(join(gitDir, 'refs', 'fabric', 'hooks.lock'), '');
+    const m = await openManager();
+    const h = await m.createHook({ agentId: 'a', workItem: 1 });
+    expect(h.status).toBe(HookStatus.PENDING);
+  });
+});
