@@ -48,6 +48,11 @@ import { BudgetManager } from './budget/budget-manager.js';
 import type { UsageAmount } from './budget/budget-manager.js';
 import type { BudgetStore } from './budget/budget-store.js';
 import { parseBudgetConfig } from './budget/budget-config.js';
+import { HookManager } from './hooks/hook-manager.js';
+import type { HookManagerOptions } from './hooks/hook-manager-options.js';
+import type { Hook } from './hooks/hook.js';
+import { HookStatus } from './hooks/hook-status.js';
+import { TypedEmitter } from './events.js';
 import { checkNumber, checkString } from './validate.js';
 
 /** Options beyond the Fabric Guide's config: plumbing for embedders and tests. */
@@ -81,7 +86,24 @@ export interface FabricOptions {
    * @default 'refuse'
    */
   onBudgetExhausted?: 'refuse' | 'queue';
+  /**
+   * GUPP work hooks persisted in git. With them, an agent that becomes UNHEALTHY or is
+   * terminated has its ACTIVE (and PENDING) hooks marked ABANDONED, and with `autoReassign` they
+   * move to an available agent of the same pool, keeping their worktree.
+   */
+  hooks?: HookManagerOptions & {
+    /** @default true */
+    autoReassign?: boolean;
+  };
 }
+
+/** Events of the fabric itself (the managers have their own `events`). */
+export type FabricEvents = {
+  /** Hooks of a lost agent were abandoned (and reassigned where an agent was available). */
+  'hooks.recovered': [report: { agentId: string; abandoned: string[]; reassigned: string[] }];
+  /** A background step failed (hook recovery); the fabric keeps running. */
+  error: [error: Error];
+};
 
 /** Who a credential belongs to: one agent, or the administrator. */
 export type Identity =
@@ -137,6 +159,12 @@ export class AgentFabric {
   readonly approvals: ApprovalManager;
   /** Token and cost budgets per agent, pool and fabric. */
   readonly budgets: BudgetManager;
+  /** Git-backed work hooks, when configured. */
+  readonly hooks: HookManager | undefined;
+  /** Fabric-level events. */
+  readonly events = new TypedEmitter<FabricEvents>();
+  readonly #autoReassign: boolean;
+  #recovery: Promise<void> = Promise.resolve();
   readonly #authorizer: ToolCallAuthorizer;
   readonly #onBudgetExhausted: 'refuse' | 'queue';
   readonly #store: FabricStore<TaskRecord, AgentRecord, PoolRecord>;
@@ -200,6 +228,15 @@ export class AgentFabric {
       throw new ConfigError('options.onBudgetExhausted', "must be 'refuse' or 'queue'");
     }
     this.#onBudgetExhausted = mode;
+    if (options.hooks !== undefined) {
+      const { autoReassign, ...hookOptions } = options.hooks;
+      this.hooks = new HookManager(hookOptions);
+      this.hooks.setLiveness({ isAlive: (id) => this.#isAlive(id) });
+      this.#autoReassign = autoReassign ?? true;
+    } else {
+      this.hooks = undefined;
+      this.#autoReassign = false;
+    }
     this.lifecycle.setWorkloadSource((id) => this.scheduler.agentLoad(id));
     this.lifecycle.setDrainer((id, ms) => this.scheduler.drainAgent(id, ms));
     this.lifecycle.events.on('agent.status', (agent, previous) => this.#onStatus(agent, previous));
@@ -236,6 +273,8 @@ export class AgentFabric {
     this.#closing ??= (async () => {
       this.#closed = true;
       await this.lifecycle.close();
+      await this.#recovery;
+      await this.hooks?.close();
       this.policies.close();
       this.approvals.close();
       await this.scheduler.close();
@@ -369,8 +408,10 @@ export class AgentFabric {
           },
           { remove: false },
         );
+        this.#recoverHooks(agent.id);
         break;
       case AgentStatus.TERMINATED:
+        this.#recoverHooks(agent.id);
         break;
       default:
         if (previous !== agent.status) this.scheduler.setAccepting(agent.id, false);
@@ -696,5 +737,78 @@ export class AgentFabric {
 
   #open(): void {
     if (this.#closed) throw new ClosedError('fabric');
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Hooks
+
+  /**
+   * The hook an agent must run when it starts or reconnects ("if there is work on your hook, you
+   * run it"): its ACTIVE hook, else its oldest PENDING one.
+   * @throws InvalidArgumentError when the fabric has no hooks configured.
+   */
+  async hookFor(agentId: string): Promise<Hook | undefined> {
+    return this.#hooks().hookFor(agentId);
+  }
+
+  /**
+   * Abandons the lost agent's unfinished hooks and, with `autoReassign`, gives them to the
+   * least-loaded healthy agent of the same pool. Runs in the background, one recovery at a time.
+   */
+  #recoverHooks(agentId: string): void {
+    const hooks = this.hooks;
+    if (hooks === undefined || this.#closed) return;
+    const poolId = this.lifecycle.peek(agentId)?.poolId;
+    this.#recovery = this.#recovery.then(async () => {
+      try {
+        const abandoned: string[] = [];
+        for (const h of await hooks.listHooks({ agentId })) {
+          if (h.status === HookStatus.ACTIVE || h.status === HookStatus.PENDING) {
+            await hooks.abandonHook(
+              h.hookId,
+              `agent ${agentId} is ${this.lifecycle.peek(agentId)?.status ?? 'gone'}`,
+            );
+            abandoned.push(h.hookId);
+          }
+        }
+        const reassigned: string[] = [];
+        if (this.#autoReassign && abandoned.length > 0) {
+          const report = await hooks.recoverAbandoned({
+            patrol: false,
+            pickAgent: async (hook) => {
+              if (!abandoned.includes(hook.hookId)) return undefined;
+              try {
+                return (await this.getAvailableAgent(poolId === undefined ? {} : { poolId })).id;
+              } catch {
+                return undefined;
+              }
+            },
+          });
+          for (const r of report.reassigned) reassigned.push(r.hookId);
+        }
+        if (abandoned.length > 0)
+          this.events.emit('hooks.recovered', { agentId, abandoned, reassigned });
+      } catch (err) {
+        if (this.events.listens('error'))
+          this.events.emit('error', err instanceof Error ? err : new Error(String(err)));
+      }
+    });
+  }
+
+  /** Settles once every hook recovery started so far has finished (for tests and shutdown). */
+  async hookRecoveryIdle(): Promise<void> {
+    await this.#recovery;
+  }
+
+  #hooks(): HookManager {
+    if (this.hooks === undefined) {
+      throw new InvalidArgumentError('hooks', 'are not configured (FabricOptions.hooks)');
+    }
+    return this.hooks;
+  }
+
+  #isAlive(agentId: string): boolean {
+    const st = this.lifecycle.peek(agentId)?.status;
+    return st !== undefined && st !== AgentStatus.UNHEALTHY && st !== AgentStatus.TERMINATED;
   }
 }

@@ -28,9 +28,44 @@ export { toTaskError } from './scheduler/executor.js';
 export { PoolManager } from './pools/pool-manager.js';
 export { MemoryStore, MemoryCollection } from './store/memory-store.js';
 export { TypedEmitter } from './events.js';
+export { PolicyEngine } from './policy/policy-engine.js';
+export { ApprovalManager } from './policy/approval-manager.js';
+export { ToolCallAuthorizer } from './policy/tool-call-authorizer.js';
+export { normalizePath } from './policy/conditions.js';
+export { BudgetManager } from './budget/budget-manager.js';
+export { InMemoryBudgetStore } from './budget/budget-store.js';
+export { parseBudgetConfig } from './budget/budget-config.js';
+export { HookManager } from './hooks/hook-manager.js';
+export { HookStatus } from './hooks/hook-status.js';
+export { ToolGateway } from './gateway/gateway.js';
+export { Sidecar, startSidecar } from './server/sidecar.js';
+export { loadSidecarConfig, parseSidecarConfig } from './server/config-file.js';
+export { FabricBackend } from './server/fabric-backend.js';
 export {
   AgentBusyError,
   AgentLimitError,
+  ApprovalDecidedError,
+  ApprovalDeniedError,
+  ApprovalExpiredError,
+  ApprovalNotFoundError,
+  BudgetExceededError,
+  ConfigFileError,
+  HookNotFoundError,
+  HookRetryLimitError,
+  HookStateError,
+  HookStoreError,
+  HookStoreLockedError,
+  HookWorkItemTooLargeError,
+  HookWorktreeError,
+  InvalidUsageError,
+  PolicyDeniedError,
+  PolicyExistsError,
+  PolicyValidationError,
+  RoutingError,
+  ToolNameError,
+  ToolNotFoundError,
+  UpstreamTimeoutError,
+  UpstreamUnavailableError,
   AgentNotFoundError,
   AgentUnavailableError,
   ClosedError,
@@ -55,7 +90,50 @@ export {
 } from './errors.js';
 
 export type { FabricConfig } from './config.js';
-export type { ClaimOptions, FabricOptions, FabricStats, Identity, PoolStats } from './fabric.js';
+export type {
+  ClaimOptions,
+  FabricEvents,
+  FabricOptions,
+  FabricStats,
+  Identity,
+  PoolStats,
+} from './fabric.js';
+export type {
+  Policy,
+  PolicyAction,
+  PolicyConditions,
+  PolicyMode,
+  PolicyRule,
+} from './policy/policy.js';
+export type { PolicyContext, PolicyDecision, PolicyEngineOptions } from './policy/policy-engine.js';
+export type {
+  Approval,
+  ApprovalManagerOptions,
+  ApprovalResult,
+  ApprovalStatus,
+} from './policy/approval-manager.js';
+export type {
+  CostEstimator,
+  ToolCallAllowed,
+  ToolCallAuthorization,
+  ToolCallContext,
+  ToolCallDenied,
+} from './policy/tool-call-authorizer.js';
+export type { BudgetConfig } from './budget/budget-config.js';
+export type {
+  BudgetCheck,
+  BudgetStatus,
+  Reservation,
+  UsageAmount,
+} from './budget/budget-manager.js';
+export type { BudgetStore } from './budget/budget-store.js';
+export type { Hook, PatrolHook, WorktreeInfo } from './hooks/hook.js';
+export type { HookManagerOptions } from './hooks/hook-manager-options.js';
+export type { AgentLiveness } from './hooks/liveness.js';
+export type { GatewayBackend, GatewayIdentity } from './gateway/backend.js';
+export type { ToolGatewayOptions } from './gateway/gateway.js';
+export type { SidecarOptions } from './server/sidecar.js';
+export type { SidecarConfig, SidecarConfigInput } from './server/config-file.js';
 export type {
   AgentBudgetConfig,
   AgentConfig,
