@@ -328,10 +328,9 @@ export class AgentFabric {
       );
     }
     // Validate the budget before anything is created, so a bad one leaves no half-spawned agent.
-    const budget =
-      config.budget === undefined ? undefined : parseBudgetConfig(config.budget, 'config.budget');
+    if (config?.budget !== undefined) parseBudgetConfig(config.budget, 'config.budget');
     const agent = this.lifecycle.spawnSync(config);
-    if (budget !== undefined) this.budgets.setBudget(agent.id, budget);
+    if (config.budget !== undefined) this.budgets.setBudget(agent.id, config.budget);
     this.scheduler.addAgent({
       agentId: agent.id,
       executor: agent.executor,
@@ -655,10 +654,9 @@ export class AgentFabric {
   /** Creates a pool and spawns its `minAgents`. */
   async createPool(config: PoolConfig): Promise<PoolInfo & { spawned: SpawnedAgent[] }> {
     this.#open();
-    const budget =
-      config?.budget === undefined ? undefined : parseBudgetConfig(config.budget, 'config.budget');
+    if (config?.budget !== undefined) parseBudgetConfig(config.budget, 'config.budget');
     const change = this.pools.createPool(config);
-    if (budget !== undefined) this.budgets.setPoolBudget(change.pool.poolId, budget);
+    if (config.budget !== undefined) this.budgets.setPoolBudget(change.pool.poolId, config.budget);
     return { ...change.pool, spawned: change.spawned };
   }
 
