@@ -168,6 +168,8 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 export class AgentScheduler {
   readonly events = new TypedEmitter<SchedulerEvents>();
   readonly #tasks: Collection<TaskRecord>;
+  /** The store keeps the records themselves, so changes need no `put`. */
+  readonly #byReference: boolean;
   readonly #maxQueueDepth: number;
   readonly #defaultTimeoutMs: number;
   readonly #perAgent: number;
@@ -184,8 +186,6 @@ export class AgentScheduler {
   #timer: NodeJS.Timeout | undefined;
   #armedAt = Number.POSITIVE_INFINITY;
 
-  /** Tasks someone waits for; the waiters themselves hang on the record. */
-  readonly #waited = new Set<TaskRecord>();
   /** Tasks held back until their `notBefore`, with what releases them into their queue. */
   readonly #delayed = new Map<TaskRecord, () => void>();
   readonly #finished: string[] = [];
@@ -223,7 +223,7 @@ export class AgentScheduler {
       this.#report(id, attempt, undefined, (t) => {
         if (t.status === TaskStatus.SCHEDULED) {
           t.status = TaskStatus.RUNNING;
-          this.#tasks.put(t.id, t);
+          this.#save(t);
         }
       }),
     progress: (id, attempt, progress) =>
@@ -258,6 +258,7 @@ export class AgentScheduler {
       'nonNegativeInt',
     );
     this.#tasks = options.tasks ?? new MemoryCollection<TaskRecord>();
+    this.#byReference = this.#tasks.holdsReferences === true;
     this.#weights = options.tenantWeight ?? (() => 1);
     this.registerExecutor(this.#remote);
   }
@@ -351,7 +352,7 @@ export class AgentScheduler {
       if (!t.pinned && pool !== undefined) {
         t.poolId = pool.id;
         pool.queue.push(t);
-        this.#tasks.put(t.id, t);
+        this.#save(t);
       } else {
         this.#finish(t, TaskStatus.FAILED, undefined, reason);
       }
@@ -577,7 +578,6 @@ export class AgentScheduler {
     if (isFinished(t.status)) return Promise.resolve(t.snapshot());
     if (this.#closed) return Promise.reject(new ClosedError('scheduler'));
     return new Promise<Task>((resolve, reject) => {
-      this.#waited.add(t);
       const list = (t.waiters ??= []);
       if (timeoutMs === undefined || timeoutMs === Number.POSITIVE_INFINITY) {
         list.push({ resolve, reject });
@@ -788,8 +788,9 @@ export class AgentScheduler {
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
     const closed = new ClosedError('scheduler');
-    for (const t of this.#waited) for (const w of t.waiters?.splice(0) ?? []) w.reject(closed);
-    this.#waited.clear();
+    // Waiters hang on their records; close is rare enough to look through every task.
+    for (const t of this.#tasks.values())
+      for (const w of t.waiters?.splice(0) ?? []) w.reject(closed);
     for (const slot of this.#agents.values()) for (const r of slot.idle.splice(0)) r();
     for (const pool of this.#pools.values()) for (const r of pool.idle.splice(0)) r();
     await Promise.allSettled([...this.#executors.values()].map((e) => e.executor.close()));
@@ -800,6 +801,11 @@ export class AgentScheduler {
 
   #open(): void {
     if (this.#closed) throw new ClosedError('scheduler');
+  }
+
+  /** Tells the store a record changed (a no-op for stores that hold the records themselves). */
+  #save(t: TaskRecord): void {
+    if (!this.#byReference) this.#tasks.put(t.id, t);
   }
 
   #get(taskId: string): TaskRecord {
@@ -927,7 +933,7 @@ export class AgentScheduler {
     entry.pending.push(task.assignment());
     entry.slots.push(slot);
     slot.unflushed++;
-    this.#tasks.put(task.id, task);
+    this.#save(task);
     if (this.events.listens('task.started')) this.events.emit('task.started', task.snapshot());
   }
 
@@ -956,7 +962,7 @@ export class AgentScheduler {
 
   #progress(t: TaskRecord, progress: unknown): void {
     t.progress = progress;
-    this.#tasks.put(t.id, t);
+    this.#save(t);
     if (this.events.listens('task.progress')) this.events.emit('task.progress', t.snapshot());
   }
 
@@ -984,7 +990,7 @@ export class AgentScheduler {
     if (t.deadline !== undefined) this.#setTimer(t, t.deadline);
     else this.#timers.remove(t);
     queue.push(t);
-    this.#tasks.put(t.id, t);
+    this.#save(t);
     if (this.events.listens('task.retried')) this.events.emit('task.retried', t.snapshot(), error);
   }
 
@@ -1038,7 +1044,7 @@ export class AgentScheduler {
       default:
         this.#cancelled++;
     }
-    this.#tasks.put(t.id, t);
+    this.#save(t);
     this.#retain(t.id);
     const waiters = t.waiters;
     const listens = this.events.listens('task.finished');
@@ -1046,7 +1052,6 @@ export class AgentScheduler {
       const snap = t.snapshot();
       if (waiters !== undefined) {
         t.waiters = undefined;
-        this.#waited.delete(t);
         for (const w of waiters) w.resolve(snap);
       }
       if (listens) this.events.emit('task.finished', snap);

@@ -25,8 +25,10 @@ export class TaskRecord {
   result: unknown = undefined;
   error: TaskError | undefined = undefined;
   progress: unknown = undefined;
-  /** Position in its queue flow's heap. */
+  /** Position in its queue flow: heap index, or absolute FIFO slot when `inFifo`. */
   qIndex = NOT_IN_HEAP;
+  /** Whether its flow keeps it in the FIFO (no deadline, never run) or the heap. */
+  inFifo = false;
   /** Position in the timer heap. */
   tIndex = NOT_IN_HEAP;
   /** When the timer heap fires for it: the deadline while queued, the timeout while running. */

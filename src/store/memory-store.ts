@@ -7,6 +7,7 @@ import type { Collection, FabricStore } from './store.js';
 
 /** A Map-backed collection. */
 export class MemoryCollection<T> implements Collection<T> {
+  readonly holdsReferences = true;
   readonly #map = new Map<string, T>();
 
   get(id: string): T | undefined {

@@ -19,6 +19,11 @@ export interface Collection<T> {
   delete(id: string): boolean;
   values(): IterableIterator<T>;
   readonly size: number;
+  /**
+   * True when the collection keeps the very objects it was given (an in-memory map), so a
+   * changed record needs no further `put`. Durable stores leave it unset.
+   */
+  readonly holdsReferences?: boolean;
 }
 
 /** Where the fabric's records live. */
