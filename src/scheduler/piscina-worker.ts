@@ -36,65 +36,118 @@ export interface BatchInput {
 export type BatchOutcome = { ok: true; result: unknown } | { ok: false; error: TaskError };
 
 const ABORT_POLL_MS = 5;
-const handlers = new Map<string, Promise<TaskHandler>>();
+const loaded = new Map<string, TaskHandler>();
+const loading = new Map<string, Promise<TaskHandler>>();
 
 function loadHandler(url: string): Promise<TaskHandler> {
-  let h = handlers.get(url);
-  if (h === undefined) {
+  let p = loading.get(url);
+  if (p === undefined) {
     const href = url.startsWith('file:') ? url : pathToFileURL(url).href;
-    h = import(href).then((mod: { default?: unknown; handler?: unknown }) => {
+    p = import(href).then((mod: { default?: unknown; handler?: unknown }) => {
       const fn = typeof mod.handler === 'function' ? mod.handler : mod.default;
       if (typeof fn !== 'function') {
         throw new TypeError(`handler module ${url} exports no function (default or "handler")`);
       }
+      loaded.set(url, fn as TaskHandler);
       return fn as TaskHandler;
     });
-    handlers.set(url, h);
+    loading.set(url, p);
     // A module that failed to load may be fixed on disk; do not cache the failure.
-    h.catch(() => handlers.delete(url));
+    p.catch(() => loading.delete(url));
   }
-  return h;
+  return p;
 }
 
-/** Runs every task of the batch; never rejects for a handler's failure. */
+/** The context of one task; its AbortController is made only if the handler reads `signal`. */
+class WorkerContext {
+  #controller: AbortController | undefined;
+  #aborted = false;
+
+  constructor(
+    readonly taskId: string,
+    readonly attempt: number,
+    readonly agentId: string,
+    readonly taskType: string,
+  ) {}
+
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController();
+      if (this.#aborted) this.#controller.abort(new Error('task aborted'));
+    }
+    return this.#controller.signal;
+  }
+
+  abort(): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#controller?.abort(new Error('task aborted'));
+  }
+}
+
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return (
+    v !== null &&
+    (typeof v === 'object' || typeof v === 'function') &&
+    typeof (v as { then?: unknown }).then === 'function'
+  );
+}
+
+/**
+ * Runs every task of the batch; never rejects for a handler's failure. Synchronous handlers run
+ * back to back with no promise per task; only pending async handlers are awaited.
+ */
 export default async function runBatch(input: BatchInput): Promise<BatchOutcome[]> {
   const { items, flags } = input;
   const out = new Array<BatchOutcome>(items.length);
-  const controllers = items.map(() => new AbortController());
-  const pending: Promise<void>[] = [];
+  for (const item of items) {
+    if (!loaded.has(item.handler)) await loadHandler(item.handler).catch(() => undefined);
+  }
+  let pending: Promise<void>[] | undefined;
+  let contexts: WorkerContext[] | undefined;
   for (let i = 0; i < items.length; i++) {
     const item = items[i]!;
-    const ctx = {
-      taskId: item.taskId,
-      attempt: item.attempt,
-      agentId: item.agentId,
-      taskType: item.taskType,
-      signal: controllers[i]!.signal,
-    };
-    pending.push(
-      loadHandler(item.handler)
-        .then((fn) => fn(item.payload, ctx))
-        .then(
-          (result) => {
-            out[i] = { ok: true, result };
+    const fn = loaded.get(item.handler);
+    if (fn === undefined) {
+      out[i] = await loadHandler(item.handler).then(
+        () => ({
+          ok: false,
+          error: { code: 'FABRIC_ERR_HANDLER_NOT_FOUND', message: 'handler failed to load' },
+        }),
+        (err: unknown) => ({ ok: false, error: toTaskError(err, 'FABRIC_ERR_HANDLER_NOT_FOUND') }),
+      );
+      continue;
+    }
+    const ctx = new WorkerContext(item.taskId, item.attempt, item.agentId, item.taskType);
+    try {
+      const result = fn(item.payload, ctx);
+      if (!isThenable(result)) {
+        out[i] = { ok: true, result };
+        continue;
+      }
+      (contexts ??= [])[i] = ctx;
+      (pending ??= []).push(
+        Promise.resolve(result).then(
+          (value) => {
+            out[i] = { ok: true, result: value };
           },
           (err: unknown) => {
             out[i] = { ok: false, error: toTaskError(err) };
           },
         ),
-    );
-  }
-  const all = Promise.all(pending);
-  // Only async handlers can observe an abort; poll the shared flags while any is pending.
-  const poll = setInterval(() => {
-    for (let i = 0; i < items.length; i++) {
-      if (Atomics.load(flags, i) !== 0 && !controllers[i]!.signal.aborted) {
-        controllers[i]!.abort(new Error('task aborted'));
-      }
+      );
+    } catch (err) {
+      out[i] = { ok: false, error: toTaskError(err) };
     }
+  }
+  if (pending === undefined) return out;
+  // Only async handlers can observe an abort; poll the shared flags while any is pending.
+  const ctxs = contexts!;
+  const poll = setInterval(() => {
+    for (let i = 0; i < items.length; i++) if (Atomics.load(flags, i) !== 0) ctxs[i]?.abort();
   }, ABORT_POLL_MS);
   try {
-    await all;
+    await Promise.all(pending);
   } finally {
     clearInterval(poll);
   }
