@@ -55,6 +55,8 @@ import { HookStatus } from './hooks/hook-status.js';
 import { TypedEmitter } from './events.js';
 import { checkNumber, checkString } from './validate.js';
 
+const NO_USAGE = Object.freeze({ tokens: 0, cost: 0 });
+
 /** Options beyond the Fabric Guide's config: plumbing for embedders and tests. */
 export interface FabricOptions {
   /** Where records live. @default a new in-memory store */
@@ -453,24 +455,12 @@ export class AgentFabric {
    * or returns when the task may start (mode `queue`).
    */
   #budgetHold(agentId: string | undefined, poolId: string | undefined): number | undefined {
-    const statuses = [this.budgets.getFabricStatus()];
-    if (poolId !== undefined) statuses.push(this.budgets.getPoolStatus(poolId));
-    if (agentId !== undefined) statuses.push(this.budgets.getStatus(agentId));
-    let hold: number | undefined;
-    for (const st of statuses) {
-      if (!st.exhausted) continue;
-      const tokens = st.tokensUsed >= st.tokensLimit;
-      const error = new BudgetExceededError({
-        scope: st.scope,
-        limit: tokens ? 'tokens' : 'cost',
-        used: tokens ? st.tokensUsed : st.costUsed,
-        max: tokens ? st.tokensLimit : st.costLimit,
-        retryAt: st.resetsAt,
-      });
-      if (this.#onBudgetExhausted === 'refuse' || st.resetsAt === null) throw error;
-      hold = Math.max(hold ?? 0, st.resetsAt);
+    const check = this.budgets.check(agentId, NO_USAGE, poolId === undefined ? {} : { poolId });
+    if (check.allowed) return undefined;
+    if (this.#onBudgetExhausted === 'refuse' || check.retryAt === null) {
+      throw new BudgetExceededError(check);
     }
-    return hold;
+    return check.retryAt;
   }
 
   /**

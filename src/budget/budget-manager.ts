@@ -228,10 +228,15 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
 
   /**
    * Whether a call with this estimate would fit every level now (usage plus in-flight
-   * reservations). Does not reserve anything.
+   * reservations). Does not reserve anything. With `agentId` undefined only the pool and
+   * fabric levels are checked (work queued to a pool before an agent is chosen).
    * @throws InvalidUsageError for a bad estimate.
    */
-  check(agentId: string, estimate: UsageAmount, options?: BudgetCallOptions): BudgetCheck {
+  check(
+    agentId: string | undefined,
+    estimate: UsageAmount,
+    options?: BudgetCallOptions,
+  ): BudgetCheck {
     const tokens = amount('estimate.tokens', estimate, 'tokens');
     const cost = amount('estimate.cost', estimate, 'cost');
     const short = this.#shortfall(agentId, options?.poolId, tokens, cost, Date.now());
@@ -305,15 +310,17 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   }
 
   #shortfall(
-    agentId: string,
+    agentId: string | undefined,
     poolId: string | undefined,
     tokens: number,
     cost: number,
     now: number,
   ): BudgetShortfall | null {
-    id('agentId', agentId);
-    const a = this.#agent(agentId).shortfall(tokens, cost, now);
-    if (a !== null) return a;
+    if (agentId !== undefined) {
+      id('agentId', agentId);
+      const a = this.#agent(agentId).shortfall(tokens, cost, now);
+      if (a !== null) return a;
+    }
     if (poolId !== undefined) {
       const p = this.#pool(id('options.poolId', poolId)).shortfall(tokens, cost, now);
       if (p !== null) return p;

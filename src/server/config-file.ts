@@ -104,6 +104,11 @@ export const sidecarConfigSchema = z
           .strict(),
       ])
       .default(false),
+    /**
+     * `timeoutSeconds`: how long a `require_approval` call waits for a human. It is also the
+     * approval's TTL: nobody decided by then, the approval expires and the call is refused as
+     * expired.
+     */
     approvals: z
       .object({ timeoutSeconds: z.number().positive().default(300) })
       .strict()

@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { AgentFabric } from '../fabric.js';
+import { AgentFabric, type FabricOptions } from '../fabric.js';
 import type { AdminBackend, AgentIdentity, GatewayBackend } from '../gateway/backend.js';
 import { McpHttpEndpoint } from '../gateway/downstream-http.js';
 import { ToolGateway, type GatewayLogEntry } from '../gateway/gateway.js';
@@ -32,6 +32,12 @@ export interface SidecarOptions {
   backend?: GatewayBackend & AdminApi;
   /** Called to close the injected backend's resources on shutdown. */
   closeBackend?: () => Promise<void>;
+  /**
+   * Options of the AgentFabric the sidecar builds (ignored with `backend`). The config's admin
+   * token is always among its admin credentials; `approvals.defaultTtlSeconds` defaults to the
+   * config's `approvals.timeoutSeconds`.
+   */
+  fabricOptions?: FabricOptions;
   /** Structured log sink. */
   logger?: (entry: GatewayLogEntry) => void;
   /** Skip the HTTP server (stdio mode). */
@@ -44,6 +50,8 @@ type Closable = { close(): Promise<void> | void };
 export class Sidecar {
   readonly gateway: ToolGateway;
   readonly backend: GatewayBackend & AdminApi;
+  /** The fabric the sidecar built (undefined when a backend was injected). */
+  readonly fabric: AgentFabric | undefined;
   readonly adminToken: string;
   readonly agents: readonly StartupAgent[];
   readonly anonymous: AgentIdentity | undefined;
@@ -55,6 +63,7 @@ export class Sidecar {
   private constructor(parts: {
     gateway: ToolGateway;
     backend: GatewayBackend & AdminApi;
+    fabric: AgentFabric | undefined;
     adminToken: string;
     agents: StartupAgent[];
     anonymous: AgentIdentity | undefined;
@@ -64,6 +73,7 @@ export class Sidecar {
   }) {
     this.gateway = parts.gateway;
     this.backend = parts.backend;
+    this.fabric = parts.fabric;
     this.adminToken = parts.adminToken;
     this.agents = parts.agents;
     this.anonymous = parts.anonymous;
@@ -101,7 +111,14 @@ export class Sidecar {
         backend = options.backend;
         closeBackend = options.closeBackend ?? (async () => undefined);
       } else {
-        fabric = new AgentFabric(config.fabric, { adminCredentials: [adminToken] });
+        const extra = options.fabricOptions ?? {};
+        fabric = new AgentFabric(config.fabric, {
+          // An approval lives as long as a call may wait for it, so nobody approves a call that
+          // already gave up.
+          approvals: { defaultTtlSeconds: config.approvals.timeoutSeconds },
+          ...extra,
+          adminCredentials: [adminToken, ...(extra.adminCredentials ?? [])],
+        });
         const f = fabric;
         cleanup.push(f);
         closeBackend = () => f.close();
@@ -132,7 +149,11 @@ export class Sidecar {
         audit: config.audit,
         hideDeniedTools: config.gateway.hideDeniedTools,
         fabricTools: config.gateway.fabricTools,
-        approvalTimeoutSeconds: config.approvals.timeoutSeconds,
+        // The fabric's approval TTL ends the wait of its own calls (refused as expired); an
+        // injected backend gets the bound passed along.
+        ...(fabric === undefined
+          ? { approvalTimeoutSeconds: config.approvals.timeoutSeconds }
+          : {}),
         shutdownGraceMs: config.gateway.shutdownGraceSeconds * 1000,
         logger: log,
       });
@@ -158,6 +179,7 @@ export class Sidecar {
       return new Sidecar({
         gateway,
         backend,
+        fabric,
         adminToken,
         agents,
         anonymous,

@@ -1,38 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { execFileSync } from 'node:child_process';
-import { createRequire } from 'node:module';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { alive, httpClient, tempDir, until } from '../fixtures/gateway/harness.js';
-
-const require = createRequire(import.meta.url);
-const TSX = pathToFileURL(require.resolve('tsx')).href;
-const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
-
-/** Pids of every descendant of `pid`. */
-function descendants(pid: number): number[] {
-  let out = '';
-  try {
-    out = execFileSync('ps', ['-e', '-o', 'pid=,ppid='], { encoding: 'utf8' });
-  } catch {
-    return [];
-  }
-  const children = new Map<number, number[]>();
-  for (const line of out.trim().split('\n')) {
-    const [p, pp] = line.trim().split(/\s+/).map(Number);
-    if (p === undefined || pp === undefined) continue;
-    children.set(pp, [...(children.get(pp) ?? []), p]);
-  }
-  const all: number[] = [];
-  const walk = (p: number): void => {
-    for (const c of children.get(p) ?? []) {
-      all.push(c);
-      walk(c);
-    }
-  };
-  walk(pid);
-  return all;
-}
+import {
+  alive,
+  CLI_MAIN,
+  descendants,
+  httpClient,
+  tempDir,
+  TSX,
+  until,
+} from '../fixtures/gateway/harness.js';
 
 describe('agent-fabric serve', () => {
   let child: ChildProcess | undefined;
@@ -42,7 +18,7 @@ describe('agent-fabric serve', () => {
 
   it('starts with no config, prints URL and token, serves a client, and exits cleanly on SIGTERM', async () => {
     const cwd = tempDir('cli');
-    child = spawn(process.execPath, ['--import', TSX, MAIN, 'serve'], {
+    child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'serve'], {
       cwd,
       env: { ...process.env, FABRIC_HTTP_PORT: '0' },
       stdio: ['ignore', 'pipe', 'pipe'],

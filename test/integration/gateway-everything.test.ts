@@ -3,53 +3,73 @@ import {
   CreateMessageRequestSchema,
   ElicitRequestSchema,
   LoggingMessageNotificationSchema,
+  ResourceUpdatedNotificationSchema,
   ToolListChangedNotificationSchema,
-  type CallToolResult,
   type LoggingMessageNotification,
   type Progress,
 } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseSidecarConfig } from '../../src/server/config-file.js';
-import { Sidecar } from '../../src/server/sidecar.js';
-import { ADMIN_TOKEN, FakeBackend } from '../fixtures/gateway/fake-backend.js';
-import { alive, EVERYTHING_BIN, httpClient, until } from '../fixtures/gateway/harness.js';
+import type { Approval } from '../../src/policy/approval-manager.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  admin,
+  agentId,
+  agentToken,
+  alive,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  EVERYTHING_BIN,
+  httpClient,
+  startTestSidecar,
+  text,
+  until,
+} from '../fixtures/gateway/harness.js';
 
-const text = (r: unknown): string =>
-  ((r as CallToolResult).content as { text?: string }[]).map((c) => c.text ?? '').join('\n');
+const APPROVAL_POLICY = {
+  name: 'approvals',
+  priority: 100,
+  rules: [
+    {
+      tool: 'ev__echo',
+      action: 'require_approval',
+      conditions: { message: 'needs approval' },
+      reason: 'echoing this needs a human',
+    },
+  ],
+};
 
-describe('gateway with server-everything over Streamable HTTP', () => {
-  const backend = new FakeBackend();
+async function pendingApprovals(sidecar: Sidecar): Promise<Approval[]> {
+  const res = await admin(sidecar, '/admin/approvals?status=pending');
+  expect(res.status).toBe(200);
+  return ((await res.json()) as { approvals: Approval[] }).approvals;
+}
+
+describe('gateway with server-everything over Streamable HTTP (real fabric)', () => {
   let sidecar: Sidecar;
   let client: Client;
   const logs: LoggingMessageNotification['params'][] = [];
   let toolListChanged = 0;
 
   beforeAll(async () => {
-    const config = parseSidecarConfig(
-      JSON.stringify({
-        http: { port: 0 },
-        upstreams: {
-          ev: {
-            command: process.execPath,
-            args: [EVERYTHING_BIN, 'stdio'],
-            stderr: 'ignore',
-            forwardRoots: true,
-            restart: { initialDelayMs: 50 },
-          },
+    sidecar = await startTestSidecar({
+      upstreams: {
+        ev: {
+          command: process.execPath,
+          args: [EVERYTHING_BIN, 'stdio'],
+          stderr: 'ignore',
+          forwardRoots: true,
+          restart: { initialDelayMs: 50 },
         },
-        toolCosts: { 'ev__get-sum': 1 },
-      }),
-      'test.json',
-    );
-    backend.engine.addPolicy({
-      name: 'approvals',
-      rules: [
-        { tool: 'ev__echo', action: 'require_approval', conditions: { message: 'needs approval' } },
+      },
+      policies: [APPROVAL_POLICY, DEFAULT_ALLOW],
+      toolCosts: { 'ev__get-sum': 1 },
+      agents: [
+        { name: 'everything-agent' },
+        { name: 'budget-seq', budget: { maxCostPerDay: 3 } },
+        { name: 'budget-burst', budget: { maxCostPerDay: 10 } },
       ],
     });
-    sidecar = await Sidecar.start({ config, backend });
-    const agent = await backend.spawn({ name: 'everything-agent' });
-    client = await httpClient(sidecar.url!, agent.credential, {
+    client = await httpClient(sidecar.url!, agentToken(sidecar, 'everything-agent'), {
       sampling: {},
       elicitation: { form: {} },
     });
@@ -75,7 +95,7 @@ describe('gateway with server-everything over Streamable HTTP', () => {
 
   afterAll(async () => {
     await client?.close();
-    await sidecar?.close();
+    await closeSidecar(sidecar);
   });
 
   it('advertises the union of upstream capabilities', () => {
@@ -140,79 +160,124 @@ describe('gateway with server-everything over Streamable HTTP', () => {
     expect(prompt.messages.length).toBeGreaterThan(0);
   });
 
-  it('subscribes to a resource through the gateway', async () => {
+  it('subscribes to a resource and receives its updates through the gateway', async () => {
     const { resources } = await client.listResources();
-    await client.subscribeResource({ uri: resources[0]!.uri });
-    await client.unsubscribeResource({ uri: resources[0]!.uri });
+    const uri = resources[0]!.uri;
+    const updates: string[] = [];
+    client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => {
+      updates.push(n.params.uri);
+    });
+    await client.subscribeResource({ uri });
+    await client.callTool({ name: 'ev__toggle-subscriber-updates', arguments: {} });
+    try {
+      await until(() => updates.includes(uri), 15_000);
+    } finally {
+      await client.callTool({ name: 'ev__toggle-subscriber-updates', arguments: {} });
+      await client.unsubscribeResource({ uri });
+    }
   });
 
-  async function admin(path: string, body?: unknown): Promise<Response> {
-    return fetch(new URL(path, sidecar.url), {
-      method: body === undefined ? 'GET' : 'POST',
-      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    });
-  }
-
-  it('parks a call for approval with progress, then completes it once approved over the admin API', async () => {
+  it('parks a call for approval with progress naming the approval, then completes it once approved over the admin API', async () => {
     const progress: Progress[] = [];
-    const pending = backend.nextApproval();
     const call = client.callTool(
       { name: 'ev__echo', arguments: { message: 'needs approval' } },
       undefined,
       { onprogress: (p) => progress.push(p) },
     );
-    const approval = await pending;
-    const listed = (await (await admin('/admin/approvals?status=pending')).json()) as {
-      approvals: { id: string }[];
-    };
-    expect(listed.approvals.map((a) => a.id)).toContain(approval.id);
     await until(() => progress.length > 0);
-    expect(progress[0]?.message).toContain(approval.id);
-    const res = await admin(`/admin/approvals/${approval.id}/approve`, { approver: 'alice' });
+    const [approval, ...others] = await pendingApprovals(sidecar);
+    expect(others).toEqual([]);
+    expect(approval).toMatchObject({
+      tool: 'ev__echo',
+      agentId: agentId(sidecar, 'everything-agent'),
+      params: { message: 'needs approval' },
+      reason: 'echoing this needs a human',
+    });
+    expect(progress[0]?.message).toContain(approval!.id);
+    const res = await admin(sidecar, `/admin/approvals/${approval!.id}/approve`, {
+      approver: 'alice',
+    });
     expect(res.status).toBe(200);
-    expect(text(await call)).toBe('Echo: needs approval');
+    expect(((await res.json()) as { approval: Approval }).approval).toMatchObject({
+      status: 'approved',
+      approver: 'alice',
+    });
+    const r = await call;
+    expect(r.isError).toBeFalsy();
+    expect(text(r)).toBe('Echo: needs approval');
+    // A decision is final.
+    const again = await admin(sidecar, `/admin/approvals/${approval!.id}/deny`, {});
+    expect(again.status).toBe(409);
   });
 
   it('returns a readable refusal when the approval is denied', async () => {
-    const pending = backend.nextApproval();
     const call = client.callTool({ name: 'ev__echo', arguments: { message: 'needs approval' } });
-    const approval = await pending;
-    await admin(`/admin/approvals/${approval.id}/deny`, { reason: 'no' });
+    let pending: Approval[] = [];
+    await until(async () => (pending = await pendingApprovals(sidecar)).length > 0);
+    const res = await admin(sidecar, `/admin/approvals/${pending[0]!.id}/deny`, {
+      reason: 'not today',
+    });
+    expect(res.status).toBe(200);
     const r = await call;
     expect(r.isError).toBe(true);
     expect(text(r)).toContain('FABRIC_ERR_APPROVAL_DENIED');
+    expect(text(r)).toContain('not today');
   });
 
-  it('returns a readable refusal when the approval expires', async () => {
-    backend.approvalTimeoutSeconds = 0.1;
+  it('lets calls through until the cost budget is spent, then refuses with the reset time', async () => {
+    const budgetClient = await httpClient(sidecar.url!, agentToken(sidecar, 'budget-seq'));
     try {
-      const r = await client.callTool({
-        name: 'ev__echo',
-        arguments: { message: 'needs approval' },
+      for (let i = 0; i < 3; i++) {
+        const r = await budgetClient.callTool({ name: 'ev__get-sum', arguments: { a: i, b: 1 } });
+        expect(r.isError).toBeFalsy();
+        expect(text(r)).toContain(String(i + 1));
+      }
+      const refused = await budgetClient.callTool({
+        name: 'ev__get-sum',
+        arguments: { a: 1, b: 1 },
       });
-      expect(r.isError).toBe(true);
-      expect(text(r)).toContain('FABRIC_ERR_APPROVAL_EXPIRED');
+      expect(refused.isError).toBe(true);
+      expect(text(refused)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+      const status = sidecar.fabric!.budgets.getStatus(agentId(sidecar, 'budget-seq'));
+      expect(status).toMatchObject({ costUsed: 3, costLimit: 3, exhausted: true });
+      // The cost window is a day: the limit resets when the first call leaves it.
+      const resetsAt = Date.parse(/The limit resets at (\S+) /.exec(text(refused))?.[1] ?? '');
+      const day = 24 * 3600 * 1000;
+      expect(resetsAt).toBeGreaterThan(Date.now() + day - 3600 * 1000);
+      expect(resetsAt).toBeLessThan(Date.now() + day + 3600 * 1000);
+      expect(refused._meta?.['agent-fabric/error']).toMatchObject({
+        code: 'FABRIC_ERR_BUDGET_EXCEEDED',
+        retryAt: new Date(resetsAt).toISOString(),
+      });
+      // An exhausted scope refuses every call until usage leaves the window, free ones too.
+      const free = await budgetClient.callTool({ name: 'ev__echo', arguments: { message: 'x' } });
+      expect(free.isError).toBe(true);
+      expect(text(free)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
     } finally {
-      backend.approvalTimeoutSeconds = undefined;
+      await budgetClient.close();
     }
   });
 
-  it('enforces the budget under 50 concurrent calls and reports when it resets', async () => {
-    backend.costLimit = backend.costUsed + 10;
-    const results = await Promise.all(
-      Array.from({ length: 50 }, (_, i) =>
-        client.callTool({ name: 'ev__get-sum', arguments: { a: i, b: 1 } }),
-      ),
-    );
-    const ok = results.filter((r) => !r.isError);
-    const refused = results.filter((r) => r.isError);
-    expect(ok).toHaveLength(10);
-    expect(refused).toHaveLength(40);
-    expect(backend.costUsed).toBeLessThanOrEqual(backend.costLimit);
-    expect(text(refused[0])).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
-    expect(text(refused[0])).toContain(new Date(backend.resetAt).toISOString());
-    backend.costLimit = Infinity;
+  it('never overspends under 50 concurrent calls near the limit', async () => {
+    const burstClient = await httpClient(sidecar.url!, agentToken(sidecar, 'budget-burst'));
+    try {
+      const results = await Promise.all(
+        Array.from({ length: 50 }, (_, i) =>
+          burstClient.callTool({ name: 'ev__get-sum', arguments: { a: i, b: 1 } }),
+        ),
+      );
+      const ok = results.filter((r) => !r.isError);
+      const refused = results.filter((r) => r.isError);
+      expect(ok).toHaveLength(10);
+      expect(refused).toHaveLength(40);
+      for (const r of refused) expect(text(r)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+      const status = sidecar.fabric!.budgets.getStatus(agentId(sidecar, 'budget-burst'));
+      expect(status.costUsed).toBe(10);
+      expect(status.costReserved).toBe(0);
+      expect(text(refused[0])).toMatch(/The limit resets at \d{4}-\d\d-\d\dT[\d:.]+Z/);
+    } finally {
+      await burstClient.close();
+    }
   });
 
   it('fails a call fast when the upstream dies mid-call, restarts it, and works again', async () => {
@@ -235,5 +300,44 @@ describe('gateway with server-everything over Streamable HTTP', () => {
     await until(() => toolListChanged > before);
     const again = await client.callTool({ name: 'ev__echo', arguments: { message: 'back' } });
     expect(text(again)).toBe('Echo: back');
+  });
+});
+
+describe('approval expiry (real fabric, short approval TTL from the sidecar config)', () => {
+  let sidecar: Sidecar;
+  let client: Client;
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      policies: [
+        {
+          name: 'heartbeats-need-a-human',
+          priority: 10,
+          rules: [{ tool: 'fabric__heartbeat', action: 'require_approval' }],
+        },
+        DEFAULT_ALLOW,
+      ],
+      agents: [{ name: 'impatient' }],
+      approvals: { timeoutSeconds: 0.3 },
+    });
+    client = await httpClient(sidecar.url!, agentToken(sidecar, 'impatient'));
+  });
+
+  afterAll(async () => {
+    await client?.close();
+    await closeSidecar(sidecar);
+  });
+
+  it('refuses the call as expired when nobody decides in time, and the approval can no longer be approved', async () => {
+    const r = await client.callTool({ name: 'fabric__heartbeat', arguments: {} });
+    expect(r.isError).toBe(true);
+    expect(text(r)).toContain('FABRIC_ERR_APPROVAL_EXPIRED');
+    const res = await admin(sidecar, '/admin/approvals?status=expired');
+    const { approvals } = (await res.json()) as { approvals: Approval[] };
+    expect(approvals).toHaveLength(1);
+    expect(approvals[0]).toMatchObject({ tool: 'fabric__heartbeat', status: 'expired' });
+    const late = await admin(sidecar, `/admin/approvals/${approvals[0]!.id}/approve`, {});
+    expect(late.status).toBe(409);
+    expect(await pendingApprovals(sidecar)).toEqual([]);
   });
 });

@@ -1,50 +1,59 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseSidecarConfig } from '../../src/server/config-file.js';
-import { Sidecar } from '../../src/server/sidecar.js';
-import { FakeBackend } from '../fixtures/gateway/fake-backend.js';
-import { FILESYSTEM_BIN, httpClient, tempDir } from '../fixtures/gateway/harness.js';
+import { digestArgs } from '../../src/gateway/audit-log.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  agentId,
+  agentToken,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  FILESYSTEM_BIN,
+  httpClient,
+  startTestSidecar,
+  tempDir,
+  text,
+} from '../fixtures/gateway/harness.js';
 
-const text = (r: unknown): string =>
-  ((r as CallToolResult).content[0] as { text: string } | undefined)?.text ?? '';
-
-describe('gateway with server-filesystem and the guide policies', () => {
+describe('gateway with server-filesystem and the guide policies (real fabric)', () => {
   const sandbox = tempDir('fs');
-  const backend = new FakeBackend();
+  const auditPath = join(tempDir('fs-audit'), 'audit.log');
   let sidecar: Sidecar;
   let client: Client;
 
   beforeAll(async () => {
     mkdirSync(join(sandbox, 'protected'), { recursive: true });
     writeFileSync(join(sandbox, 'protected', 'secret.txt'), 'keep me');
-    const config = parseSidecarConfig(
-      JSON.stringify({
-        http: { port: 0 },
-        upstreams: {
-          fs: { command: process.execPath, args: [FILESYSTEM_BIN, sandbox], stderr: 'ignore' },
+    sidecar = await startTestSidecar({
+      upstreams: {
+        fs: { command: process.execPath, args: [FILESYSTEM_BIN, sandbox], stderr: 'ignore' },
+      },
+      policies: [
+        {
+          name: 'protected-files',
+          priority: 100,
+          rules: [
+            {
+              tool: 'fs__write_file',
+              action: 'deny',
+              conditions: { path: `${sandbox}/protected/**` },
+              reason: 'files under protected/ are read-only for agents',
+            },
+            { tool: 'fs__create_directory', action: 'deny', reason: 'no new folders' },
+          ],
         },
-        audit: { path: join(sandbox, '..', `${sandbox.split('/').pop()}-audit.log`) },
-      }),
-      'test.json',
-    );
-    backend.engine.addPolicy({
-      name: 'protected-files',
-      rules: [
-        { tool: 'fs__write_file', action: 'deny', conditions: { path: `${sandbox}/protected/**` } },
-        { tool: 'fs__create_directory', action: 'deny' },
+        DEFAULT_ALLOW,
       ],
+      agents: [{ name: 'fs-agent' }],
+      audit: { path: auditPath },
     });
-    sidecar = await Sidecar.start({ config, backend });
-    const agent = await backend.spawn({ name: 'fs-agent' });
-    client = await httpClient(sidecar.url!, agent.credential);
+    client = await httpClient(sidecar.url!, agentToken(sidecar, 'fs-agent'));
   });
 
   afterAll(async () => {
     await client?.close();
-    await sidecar?.close();
+    await closeSidecar(sidecar);
   });
 
   it('lists namespaced tools and hides tools denied outright', async () => {
@@ -86,29 +95,54 @@ describe('gateway with server-filesystem and the guide policies', () => {
     });
     expect(r.isError).toBe(true);
     expect(text(r)).toContain('FABRIC_ERR_POLICY_DENIED');
+    expect(text(r)).toContain('files under protected/ are read-only for agents');
     expect(() => readFileSync(join(sandbox, 'protected', 'x.txt'))).toThrow();
   });
 
-  it('returns a readable error for a tool denied outright, and writes audit lines without raw args', async () => {
+  it('refuses a tool denied outright with a readable error, even when called by name', async () => {
     const r = await client.callTool({
       name: 'fs__create_directory',
       arguments: { path: `${sandbox}/d` },
     });
     expect(r.isError).toBe(true);
-    await new Promise((resolve) => setImmediate(resolve));
-    const auditPath = join(sandbox, '..', `${sandbox.split('/').pop()}-audit.log`);
-    const lines = readFileSync(auditPath, 'utf8')
+    expect(text(r)).toContain('FABRIC_ERR_POLICY_DENIED');
+    expect(text(r)).toContain('no new folders');
+  });
+
+  it('writes one audit line per call with an argsDigest and never the raw arguments', async () => {
+    const args = { path: `${sandbox}/protected/audit-probe.txt`, content: 'pwned-by-audit-probe' };
+    await client.callTool({ name: 'fs__write_file', arguments: args });
+    await new Promise((resolve) => setImmediate(resolve)); // lines are flushed per loop turn
+    const raw = readFileSync(auditPath, 'utf8');
+    const lines = raw
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as Record<string, unknown>);
-    expect(lines.length).toBeGreaterThanOrEqual(5);
-    const denied = lines.find((l) => l.tool === 'fs__create_directory');
-    expect(denied).toMatchObject({
+    // read, write, 4 denied writes, create_directory, the probe
+    expect(lines.length).toBeGreaterThanOrEqual(8);
+    for (const l of lines) {
+      expect(l).toMatchObject({ agent: agentId(sidecar, 'fs-agent') });
+      expect(l.argsDigest).toMatch(/^[0-9a-f]{64}$/);
+      expect(typeof l.durationMs).toBe('number');
+    }
+    const probe = lines.at(-1);
+    expect(probe).toMatchObject({
+      tool: 'fs__write_file',
       decision: 'deny',
+      rule: 'protected-files',
       outcome: 'denied',
       code: 'FABRIC_ERR_POLICY_DENIED',
+      argsDigest: digestArgs(args),
     });
-    expect(denied?.argsDigest).toMatch(/^[0-9a-f]{64}$/);
-    expect(readFileSync(auditPath, 'utf8')).not.toContain('pwned');
+    expect(lines.find((l) => l.tool === 'fs__read_text_file')).toMatchObject({
+      decision: 'allow',
+      outcome: 'ok',
+    });
+    expect(lines.find((l) => l.tool === 'fs__create_directory')).toMatchObject({
+      decision: 'deny',
+      outcome: 'denied',
+    });
+    expect(raw).not.toContain('pwned');
+    expect(raw).not.toContain('keep me');
   });
 });

@@ -1,8 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseSidecarConfig } from '../../src/server/config-file.js';
-import { Sidecar } from '../../src/server/sidecar.js';
-import { ADMIN_TOKEN, FakeBackend } from '../fixtures/gateway/fake-backend.js';
-import { EVERYTHING_BIN, httpClient } from '../fixtures/gateway/harness.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  ADMIN_TOKEN,
+  admin,
+  agentId,
+  agentToken,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  EVERYTHING_BIN,
+  httpClient,
+  startTestSidecar,
+} from '../fixtures/gateway/harness.js';
 
 const INIT = {
   jsonrpc: '2.0',
@@ -15,23 +23,21 @@ const INIT = {
   },
 };
 
-describe('sidecar HTTP authentication', () => {
-  const backend = new FakeBackend();
+type ErrorBody = { error: { code: string; message: string } };
+
+describe('sidecar HTTP authentication (real fabric identities)', () => {
   let sidecar: Sidecar;
 
   beforeAll(async () => {
-    const config = parseSidecarConfig(
-      JSON.stringify({
-        http: { port: 0 },
-        upstreams: {
-          ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-        },
-      }),
-      'test.json',
-    );
-    sidecar = await Sidecar.start({ config, backend });
+    sidecar = await startTestSidecar({
+      upstreams: {
+        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'owner' }, { name: 'intruder' }, { name: 'retiring' }],
+    });
   });
-  afterAll(() => sidecar?.close());
+  afterAll(() => closeSidecar(sidecar));
 
   const post = (headers: Record<string, string>): Promise<Response> =>
     fetch(sidecar.url!, {
@@ -48,62 +54,72 @@ describe('sidecar HTTP authentication', () => {
     const res = await post({});
     expect(res.status).toBe(401);
     expect(res.headers.get('www-authenticate')).toBe('Bearer');
-    expect(((await res.json()) as { error: { code: string } }).error.code).toBe(
-      'FABRIC_ERR_UNAUTHENTICATED',
-    );
+    expect(((await res.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_UNAUTHENTICATED');
   });
 
   it('answers 401 for an unknown token', async () => {
     const res = await post({ authorization: 'Bearer not-a-real-token' });
     expect(res.status).toBe(401);
-    expect(((await res.json()) as { error: { code: string } }).error.code).toBe(
-      'FABRIC_ERR_UNAUTHENTICATED',
-    );
+    expect(((await res.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_UNAUTHENTICATED');
   });
 
   it('refuses the admin credential as an agent (403)', async () => {
     const res = await post({ authorization: `Bearer ${ADMIN_TOKEN}` });
     expect(res.status).toBe(403);
+    expect(((await res.json()) as ErrorBody).error.message).toContain('agent credential');
   });
 
-  it('refuses admin routes without the admin credential', async () => {
-    const agent = await backend.spawn({ name: 'a' });
+  it('refuses admin routes without the admin credential (401 without, 403 for an agent)', async () => {
     const none = await fetch(new URL('/admin/approvals', sidecar.url));
     expect(none.status).toBe(401);
-    const asAgent = await fetch(new URL('/admin/approvals', sidecar.url), {
-      headers: { authorization: `Bearer ${agent.credential}` },
-    });
+    const wrong = await admin(sidecar, '/admin/approvals', undefined, 'not-the-admin-token');
+    expect(wrong.status).toBe(401);
+    const asAgent = await admin(
+      sidecar,
+      '/admin/approvals',
+      undefined,
+      agentToken(sidecar, 'owner'),
+    );
     expect(asAgent.status).toBe(403);
+    expect(((await asAgent.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_PERMISSION_DENIED');
   });
 
   it('spawns an agent over the admin API whose credential opens a session', async () => {
-    const res = await fetch(new URL('/admin/agents', sidecar.url), {
-      method: 'POST',
-      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ name: 'spawned' }),
-    });
+    const res = await admin(sidecar, '/admin/agents', { name: 'spawned' });
     expect(res.status).toBe(201);
-    const { credential } = (await res.json()) as { credential: string };
+    const { id, credential } = (await res.json()) as { id: string; credential: string };
+    expect(await sidecar.fabric!.getAgentInfo(id)).toMatchObject({ name: 'spawned' });
     const client = await httpClient(sidecar.url!, credential);
-    expect((await client.listTools()).tools.length).toBeGreaterThan(0);
-    await client.close();
+    try {
+      expect((await client.listTools()).tools.length).toBeGreaterThan(0);
+    } finally {
+      await client.close();
+    }
   });
 
   it('does not let another agent use a session id it does not own', async () => {
-    const a = await backend.spawn({ name: 'owner' });
-    const b = await backend.spawn({ name: 'intruder' });
-    const init = await post({ authorization: `Bearer ${a.credential}` });
+    const init = await post({ authorization: `Bearer ${agentToken(sidecar, 'owner')}` });
     const sessionId = init.headers.get('mcp-session-id')!;
     expect(sessionId).toBeTruthy();
     const res = await fetch(sidecar.url!, {
       method: 'POST',
       headers: {
         'content-type': 'application/json',
-        authorization: `Bearer ${b.credential}`,
+        accept: 'application/json, text/event-stream',
+        authorization: `Bearer ${agentToken(sidecar, 'intruder')}`,
         'mcp-session-id': sessionId,
       },
       body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/list' }),
     });
     expect(res.status).toBe(403);
+  });
+
+  it('refuses the credential of a terminated agent (401)', async () => {
+    const token = agentToken(sidecar, 'retiring');
+    expect((await post({ authorization: `Bearer ${token}` })).status).toBe(200);
+    await sidecar.fabric!.terminate(agentId(sidecar, 'retiring'), { drainTimeoutSeconds: 1 });
+    const res = await post({ authorization: `Bearer ${token}` });
+    expect(res.status).toBe(401);
+    expect(((await res.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_UNAUTHENTICATED');
   });
 });

@@ -147,6 +147,40 @@ describe('scheduling against an exhausted budget', () => {
     });
   });
 
+  it('reports when the exhausted limit frees, not when another window rolls', async () => {
+    vi.useFakeTimers();
+    fabric = new AgentFabric();
+    const agent = await fabric.spawn({
+      model: 'm',
+      name: 'a',
+      executor: 'remote',
+      budget: { maxTokensPerHour: 1000, maxCostPerDay: 1 },
+    });
+    await fabric.recordUsage(agent.id, { tokens: 10, cost: 1 });
+    const err = (await fabric
+      .schedule({ agentId: agent.id, taskType: 't' })
+      .catch((e: unknown) => e)) as BudgetExceededError;
+    expect(err.details).toMatchObject({ limit: 'cost' });
+    expect(err.details['retryAt']).toBeGreaterThan(Date.now() + 23 * 3600_000);
+  });
+
+  it('refuses pool work when the pool budget is exhausted', async () => {
+    fabric = new AgentFabric();
+    await fabric.createPool({
+      poolId: 'p',
+      model: 'm',
+      minAgents: 1,
+      executor: 'remote',
+      budget: { maxTokensPerHour: 5 },
+    });
+    const [id] = (await fabric.getPool('p')).currentAgents;
+    await fabric.recordUsage(id!, { tokens: 5 });
+    await expect(fabric.scheduleToPool('p', 't', {})).rejects.toMatchObject({
+      code: 'FABRIC_ERR_BUDGET_EXCEEDED',
+      details: { scope: 'pool:p' },
+    });
+  });
+
   it("queues until the window frees with onBudgetExhausted: 'queue'", async () => {
     vi.useFakeTimers();
     fabric = new AgentFabric({}, { onBudgetExhausted: 'queue' });

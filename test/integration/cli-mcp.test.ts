@@ -1,0 +1,220 @@
+import { spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import type { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadSidecarConfig } from '../../src/server/config-file.js';
+import { Sidecar } from '../../src/server/sidecar.js';
+import {
+  alive,
+  CLI_MAIN,
+  cliStdioClient,
+  closeSidecar,
+  descendants,
+  httpClient,
+  tempDir,
+  TSX,
+  until,
+} from '../fixtures/gateway/harness.js';
+
+/** Runs `agent-fabric <args>` to completion; resolves its exit code and stderr. */
+function runCli(
+  args: readonly string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; stderr: string }> {
+  const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...inherited } = process.env;
+  const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, ...args], {
+    env: { ...inherited, ...env },
+    stdio: ['pipe', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stderr })));
+}
+
+/** A port nobody listens on (bound, then released). */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** What a policy decided about a call, as the model sees it. */
+function outcome(r: unknown): { isError: boolean; code: string | undefined; text: string } {
+  const result = r as CallToolResult;
+  const meta = result._meta?.['agent-fabric/error'] as { code?: string } | undefined;
+  const text = (result.content as { text?: string }[]).map((c) => c.text ?? '').join('\n');
+  return {
+    isError: result.isError === true,
+    code: meta?.code,
+    // Refusals are compared whole; successful results only by kind (paths differ per door).
+    text: result.isError ? text : 'ok',
+  };
+}
+
+describe('agent-fabric mcp (stdio bridge and in-process stdio)', () => {
+  const dir = tempDir('cli-mcp');
+  const sandbox = join(dir, 'sandbox');
+  const configFile = join(dir, 'fabric.yaml');
+  let sidecar: Sidecar;
+  let token: string;
+
+  beforeAll(async () => {
+    mkdirSync(join(sandbox, 'protected'), { recursive: true });
+    writeFileSync(join(sandbox, 'protected', 'secret.txt'), 'keep me');
+    writeFileSync(
+      configFile,
+      `http: { host: 127.0.0.1, port: 0 }
+adminToken: admin-token-for-cli-tests-0123456789
+upstreams:
+  fs:
+    command: '\${NODE}'
+    args: ['\${FILESYSTEM_SERVER_BIN}', '${sandbox}']
+    stderr: ignore
+policies:
+  - name: protected-files
+    priority: 100
+    rules:
+      - tool: fs__write_file
+        action: deny
+        conditions: { path: '${sandbox}/protected/**' }
+        reason: files under protected/ are read-only for agents
+      - tool: fs__create_directory
+        action: deny
+        reason: no new folders
+  - name: default-allow
+    rules:
+      - { tool: '*', action: allow }
+agents:
+  - name: stdio-agent
+`,
+    );
+    sidecar = await Sidecar.start({ config: loadSidecarConfig(configFile, { env: {} }) });
+    token = sidecar.agents[0]!.credential;
+  });
+
+  afterAll(() => closeSidecar(sidecar));
+
+  it('refuses to start without an agent token, saying how to give one', async () => {
+    const { code, stderr } = await runCli(['mcp', '--url', sidecar.url!]);
+    expect(code).toBe(1);
+    expect(stderr).toContain(
+      'an agent token is required: --agent-token <token> or FABRIC_AGENT_TOKEN',
+    );
+  });
+
+  it('refuses to start with an unknown agent token', async () => {
+    const { code, stderr } = await runCli([
+      'mcp',
+      '--agent-token',
+      'not-a-token',
+      '--url',
+      sidecar.url!,
+    ]);
+    expect(code).toBe(1);
+    expect(stderr).toContain(`the sidecar at ${sidecar.url} refused the agent token (HTTP 401)`);
+  });
+
+  it('refuses to start with the admin token', async () => {
+    const { code, stderr } = await runCli([
+      'mcp',
+      '--agent-token',
+      'admin-token-for-cli-tests-0123456789',
+      '--url',
+      sidecar.url!,
+    ]);
+    expect(code).toBe(1);
+    expect(stderr).toContain('refused the agent token (HTTP 403)');
+  });
+
+  it('refuses to start when the sidecar cannot be reached', async () => {
+    const url = `http://127.0.0.1:${await closedPort()}/mcp`;
+    const { code, stderr } = await runCli(['mcp', '--url', url], { FABRIC_AGENT_TOKEN: token });
+    expect(code).toBe(1);
+    expect(stderr).toContain(`cannot reach the sidecar at ${url}`);
+  });
+
+  it('bridges an MCP client on stdio to the sidecar (token and URL from the environment)', async () => {
+    const sessions = sidecar.gateway.sessions.size;
+    const { client, transport } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
+    });
+    const pid = transport.pid!;
+    try {
+      const names = (await client.listTools()).tools.map((t) => t.name);
+      expect(names).toContain('fs__read_text_file');
+      expect(names).toContain('fabric__heartbeat');
+      const r = await client.callTool({
+        name: 'fs__read_text_file',
+        arguments: { path: join(sandbox, 'protected', 'secret.txt') },
+      });
+      expect(outcome(r)).toMatchObject({ isError: false });
+      expect(sidecar.gateway.sessions.size).toBe(sessions + 1);
+    } finally {
+      await client.close();
+    }
+    await until(() => !alive(pid));
+    // The bridge ends its sidecar session when its client goes away.
+    await until(() => sidecar.gateway.sessions.size === sessions);
+  });
+
+  it('gives the same policy decisions through HTTP, the stdio bridge and in-process stdio', async () => {
+    const calls: { name: string; arguments: Record<string, unknown> }[] = [
+      { name: 'fs__read_text_file', arguments: { path: `${sandbox}/protected/secret.txt` } },
+      { name: 'fs__write_file', arguments: { path: `${sandbox}/notes.txt`, content: 'hi' } },
+      { name: 'fs__write_file', arguments: { path: `${sandbox}/protected/x.txt`, content: 'no' } },
+      {
+        name: 'fs__write_file',
+        arguments: { path: `${sandbox}/protected/../protected/x.txt`, content: 'no' },
+      },
+      {
+        name: 'fs__write_file',
+        arguments: { path: `/${sandbox}//protected//x.txt`, content: 'no' },
+      },
+      { name: 'fs__create_directory', arguments: { path: `${sandbox}/d` } },
+    ];
+    const http = await httpClient(sidecar.url!, token);
+    const bridge = await cliStdioClient(['mcp', '--agent-token', token, '--url', sidecar.url!]);
+    const inProcess = await cliStdioClient(['mcp', '--in-process', '--config', configFile]);
+    const inProcessTree = [inProcess.transport.pid!, ...descendants(inProcess.transport.pid!)];
+    expect(inProcessTree.length).toBeGreaterThan(1); // its own filesystem upstream
+    const doors: [string, Client, StdioClientTransport | undefined][] = [
+      ['http', http, undefined],
+      ['stdio bridge', bridge.client, bridge.transport],
+      ['in-process stdio', inProcess.client, inProcess.transport],
+    ];
+    try {
+      const decisions: Record<string, unknown> = {};
+      for (const [door, client] of doors) {
+        const tools = (await client.listTools()).tools.map((t) => t.name);
+        decisions[door] = {
+          hidden: ['fs__create_directory', 'fs__write_file'].filter((t) => !tools.includes(t)),
+          calls: await Promise.all(calls.map(async (c) => outcome(await client.callTool(c)))),
+        };
+      }
+      expect(decisions['http']).toMatchObject({
+        hidden: ['fs__create_directory'],
+        calls: [
+          { isError: false },
+          { isError: false },
+          { isError: true, code: 'FABRIC_ERR_POLICY_DENIED' },
+          { isError: true, code: 'FABRIC_ERR_POLICY_DENIED' },
+          { isError: true, code: 'FABRIC_ERR_POLICY_DENIED' },
+          { isError: true, code: 'FABRIC_ERR_POLICY_DENIED' },
+        ],
+      });
+      expect(decisions['stdio bridge']).toEqual(decisions['http']);
+      expect(decisions['in-process stdio']).toEqual(decisions['http']);
+      expect(() => readFileSync(join(sandbox, 'protected', 'x.txt'))).toThrow();
+    } finally {
+      for (const [, client] of doors) await client.close();
+    }
+    // Closing stdin ends the in-process gateway and its upstream's process tree.
+    await until(() => inProcessTree.every((pid) => !alive(pid)));
+  });
+});
