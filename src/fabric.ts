@@ -235,6 +235,10 @@ export class AgentFabric {
       this.hooks = new HookManager(hookOptions);
       this.hooks.setLiveness({ isAlive: (id) => this.#isAlive(id) });
       this.#autoReassign = autoReassign ?? true;
+      // The patrol catches what no status event reports (agents unknown after a restart).
+      this.hooks.startPatrol();
+      if (this.#autoReassign)
+        this.hooks.on('hook.abandoned', (e) => this.#recoverHooks(e.hook.agentId));
     } else {
       this.hooks = undefined;
       this.#autoReassign = false;
@@ -739,6 +743,45 @@ export class AgentFabric {
     return this.#hooks().hookFor(agentId);
   }
 
+  /** Picks up the agent's own hook (PENDING → ACTIVE). @throws PermissionDeniedError for another agent's hook */
+  async activateHook(agentId: string, hookId: string): Promise<Hook> {
+    await this.#ownHook(agentId, hookId);
+    return this.#hooks().activateHook(hookId, { agentId });
+  }
+
+  /** Completes the agent's own ACTIVE hook with its result. */
+  async completeHook(agentId: string, hookId: string, result?: unknown): Promise<Hook> {
+    await this.#ownHook(agentId, hookId);
+    return this.#hooks().completeHook(hookId, result ?? null);
+  }
+
+  /** Fails the agent's own hook. */
+  async failHook(
+    agentId: string,
+    hookId: string,
+    error: { code?: string; message: string },
+  ): Promise<Hook> {
+    await this.#ownHook(agentId, hookId);
+    return this.#hooks().failHook(hookId, error);
+  }
+
+  /** Records progress on the agent's own ACTIVE hook (the patrol flags hooks without any). */
+  async recordHookProgress(agentId: string, hookId: string, note?: string): Promise<Hook> {
+    await this.#ownHook(agentId, hookId);
+    return this.#hooks().recordProgress(hookId, note);
+  }
+
+  /** No agent acts on another's hook. */
+  async #ownHook(agentId: string, hookId: string): Promise<void> {
+    const hook = await this.#hooks().getHook(hookId);
+    if (hook.agentId !== agentId) {
+      throw new PermissionDeniedError(`hook ${hookId} is not assigned to agent ${agentId}`, {
+        hookId,
+        agentId,
+      });
+    }
+  }
+
   /**
    * Abandons the lost agent's unfinished hooks and, with `autoReassign`, gives them to the
    * least-loaded healthy agent of the same pool. Runs in the background, one recovery at a time.
@@ -750,21 +793,21 @@ export class AgentFabric {
     this.#recovery = this.#recovery.then(async () => {
       try {
         const abandoned: string[] = [];
-        for (const h of await hooks.listHooks({ agentId })) {
-          if (h.status === HookStatus.ACTIVE || h.status === HookStatus.PENDING) {
-            await hooks.abandonHook(
-              h.hookId,
-              `agent ${agentId} is ${this.lifecycle.peek(agentId)?.status ?? 'gone'}`,
-            );
-            abandoned.push(h.hookId);
+        if (!this.#isAlive(agentId)) {
+          for (const h of await hooks.listHooks({ agentId })) {
+            if (h.status === HookStatus.ACTIVE || h.status === HookStatus.PENDING) {
+              const status = this.lifecycle.peek(agentId)?.status ?? 'gone';
+              await hooks.abandonHook(h.hookId, `agent ${agentId} is ${status}`);
+              abandoned.push(h.hookId);
+            }
           }
         }
         const reassigned: string[] = [];
-        if (this.#autoReassign && abandoned.length > 0) {
+        if (this.#autoReassign) {
           const report = await hooks.recoverAbandoned({
             patrol: false,
             pickAgent: async (hook) => {
-              if (!abandoned.includes(hook.hookId)) return undefined;
+              if (hook.agentId !== agentId) return undefined;
               try {
                 return (await this.getAvailableAgent(poolId === undefined ? {} : { poolId })).id;
               } catch {
@@ -774,11 +817,13 @@ export class AgentFabric {
           });
           for (const r of report.reassigned) reassigned.push(r.hookId);
         }
-        if (abandoned.length > 0)
+        if (abandoned.length > 0 || reassigned.length > 0) {
           this.events.emit('hooks.recovered', { agentId, abandoned, reassigned });
+        }
       } catch (err) {
-        if (this.events.listens('error'))
+        if (this.events.listens('error')) {
           this.events.emit('error', err instanceof Error ? err : new Error(String(err)));
+        }
       }
     });
   }

@@ -106,6 +106,17 @@ export interface GatewayBackend {
   ): unknown;
   reportProgress(agentId: string, taskId: string, attempt: number, progress: unknown): unknown;
   recordUsage(agentId: string, usage: ToolUsage): unknown;
+
+  // GUPP hooks ("if there is work on your hook, you run it"); absent when hooks are not configured.
+  hookFor?(agentId: string): Promise<unknown>;
+  activateHook?(agentId: string, hookId: string): Promise<unknown>;
+  completeHook?(agentId: string, hookId: string, result?: unknown): Promise<unknown>;
+  failHook?(
+    agentId: string,
+    hookId: string,
+    error: { code?: string; message: string },
+  ): Promise<unknown>;
+  recordHookProgress?(agentId: string, hookId: string, note?: string): Promise<unknown>;
 }
 
 /** Admin operations the sidecar's HTTP API exposes (admin credential only). */

@@ -1,6 +1,6 @@
 /**
  * The fabric's own tools, so an agent connected only over MCP can take part: heartbeat, claim a
- * task, report progress, complete or fail it, record model usage. They run through the same
+ * task, report progress, complete or fail it, record model usage, and run the work on its hook. They run through the same
  * policy pipeline as upstream tools.
  *
  * @module
@@ -126,5 +126,66 @@ export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
       z.object({ tokens: z.number().int().min(0), cost: z.number().min(0) }).strict(),
       (b, agentId, a) => b.recordUsage(agentId, { tokens: a.tokens, cost: a.cost }) ?? { ok: true },
     ),
+    define(
+      'get_hook',
+      "The work on this agent's hook: its ACTIVE hook, else its oldest PENDING one, or null. If there is work on your hook, you run it: activate it, work in its worktree, then complete or fail it.",
+      z.object({}).strict(),
+      (b, agentId) => hooks(b).hookFor!(agentId),
+    ),
+    define(
+      'activate_hook',
+      'Pick up the PENDING hook returned by get_hook (it becomes ACTIVE).',
+      z.object({ hookId: z.string().min(1) }).strict(),
+      (b, agentId, a) => hooks(b).activateHook!(agentId, a.hookId),
+    ),
+    define(
+      'hook_progress',
+      'Record progress on your ACTIVE hook, with an optional note; hooks without progress are flagged stale.',
+      z.object({ hookId: z.string().min(1), note: z.string().max(4096).optional() }).strict(),
+      (b, agentId, a) => hooks(b).recordHookProgress!(agentId, a.hookId, a.note),
+    ),
+    define(
+      'complete_hook',
+      'Complete your ACTIVE hook with its result.',
+      z.object({ hookId: z.string().min(1), result: z.unknown().optional() }).strict(),
+      (b, agentId, a) => hooks(b).completeHook!(agentId, a.hookId, a.result),
+    ),
+    define(
+      'fail_hook',
+      'Fail your hook; it may be reassigned within its retry limit.',
+      z
+        .object({
+          hookId: z.string().min(1),
+          code: z.string().optional(),
+          message: z.string().min(1),
+        })
+        .strict(),
+      (b, agentId, a) =>
+        hooks(b).failHook!(agentId, a.hookId, {
+          ...(a.code === undefined ? {} : { code: a.code }),
+          message: a.message,
+        }),
+    ),
   ].map((t) => [t.tool.name, t]),
 );
+
+/** The backend, if it serves hooks. */
+function hooks(
+  b: GatewayBackend,
+): Required<
+  Pick<
+    GatewayBackend,
+    'hookFor' | 'activateHook' | 'completeHook' | 'failHook' | 'recordHookProgress'
+  >
+> {
+  if (
+    b.hookFor === undefined ||
+    b.activateHook === undefined ||
+    b.completeHook === undefined ||
+    b.failHook === undefined ||
+    b.recordHookProgress === undefined
+  ) {
+    throw new InvalidArgumentError('hooks', 'are not configured on this sidecar');
+  }
+  return b as never;
+}

@@ -123,6 +123,22 @@ export const sidecarConfigSchema = z
       .default({ hideDeniedTools: true, fabricTools: true, shutdownGraceSeconds: 5 }),
     /** Folder created at start (the default filesystem upstream serves it). */
     sandbox: z.string().min(1).optional(),
+    /**
+     * GUPP work hooks persisted in a git repository (created if missing). Agents read and run
+     * them through the `fabric__*_hook` tools; a lost agent's hooks move to its pool.
+     */
+    hooks: z
+      .object({
+        storagePath: z.string().min(1),
+        useGitWorktree: z.boolean().default(true),
+        baseBranch: z.string().min(1).optional(),
+        autoReassign: z.boolean().default(true),
+        patrolIntervalSeconds: z.number().positive().optional(),
+        staleAfterSeconds: z.number().positive().optional(),
+        maxReassignments: z.number().int().min(0).optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 

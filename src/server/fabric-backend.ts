@@ -94,6 +94,30 @@ export class FabricBackend implements GatewayBackend, AdminApi {
     return this.#fabric.recordUsage(agentId, usage);
   }
 
+  async hookFor(agentId: string): Promise<unknown> {
+    return (await this.#fabric.hookFor(agentId)) ?? null;
+  }
+
+  activateHook(agentId: string, hookId: string): Promise<unknown> {
+    return this.#fabric.activateHook(agentId, hookId);
+  }
+
+  completeHook(agentId: string, hookId: string, result?: unknown): Promise<unknown> {
+    return this.#fabric.completeHook(agentId, hookId, result);
+  }
+
+  failHook(
+    agentId: string,
+    hookId: string,
+    error: { code?: string; message: string },
+  ): Promise<unknown> {
+    return this.#fabric.failHook(agentId, hookId, error);
+  }
+
+  recordHookProgress(agentId: string, hookId: string, note?: string): Promise<unknown> {
+    return this.#fabric.recordHookProgress(agentId, hookId, note);
+  }
+
   listApprovals(filter: { status?: string } = {}): unknown {
     return this.#fabric.approvals.listApprovals(
       filter.status === undefined ? {} : { status: filter.status as ApprovalStatus },

@@ -116,6 +116,7 @@ export class Sidecar {
           // An approval lives as long as a call may wait for it, so nobody approves a call that
           // already gave up.
           approvals: { defaultTtlSeconds: config.approvals.timeoutSeconds },
+          ...(config.hooks === undefined ? {} : { hooks: hookOptions(config.hooks) }),
           ...extra,
           adminCredentials: [adminToken, ...(extra.adminCredentials ?? [])],
         });
@@ -235,6 +236,18 @@ function spawnConfig(
     ...(a.capabilities === undefined ? {} : { capabilities: a.capabilities }),
     ...(budget === undefined ? {} : { budget }),
   } as Parameters<AdminBackend['spawn']>[0];
+}
+
+/** The config's hooks section as HookManager options (unset keys keep their defaults). */
+function hookOptions(h: NonNullable<SidecarConfig['hooks']>): NonNullable<FabricOptions['hooks']> {
+  const { baseBranch, patrolIntervalSeconds, staleAfterSeconds, maxReassignments, ...always } = h;
+  return {
+    ...always,
+    ...(baseBranch === undefined ? {} : { baseBranch }),
+    ...(patrolIntervalSeconds === undefined ? {} : { patrolIntervalSeconds }),
+    ...(staleAfterSeconds === undefined ? {} : { staleAfterSeconds }),
+    ...(maxReassignments === undefined ? {} : { maxReassignments }),
+  };
 }
 
 /** Applies policies and pools from the config to the fabric. */
