@@ -432,6 +432,36 @@ export class InvalidUsageError extends FabricError {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Plugins (see src/plugins)
+
+/** A plugin is malformed, incompatible, misses a dependency, or failed to start. */
+export class PluginError extends FabricError {
+  static readonly code = 'FABRIC_ERR_PLUGIN';
+  constructor(plugin: string, message: string, options?: ErrorOptions) {
+    super(
+      PluginError.code,
+      'invalid_argument',
+      `plugin ${plugin}: ${message}`,
+      { plugin },
+      options,
+    );
+  }
+}
+
+/** A plugin's start-up did not finish within its time limit. */
+export class PluginTimeoutError extends FabricError {
+  static readonly code = 'FABRIC_ERR_PLUGIN_TIMEOUT';
+  constructor(plugin: string, timeoutMs: number) {
+    super(
+      PluginTimeoutError.code,
+      'deadline_exceeded',
+      `plugin ${plugin}: start-up did not finish within ${timeoutMs} ms`,
+      { plugin, timeoutMs },
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Hooks (see src/hooks)
 /** No hook with this id exists in the hook store. */
 export class HookNotFoundError extends FabricError {

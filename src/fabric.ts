@@ -327,7 +327,8 @@ export class AgentFabric {
     this.#open();
     if (config?.poolId !== undefined) this.pools.assertActive(config.poolId);
     const executor = config?.executor ?? 'local';
-    if (this.scheduler.getExecutor(executor) === undefined) {
+    const exec = this.scheduler.getExecutor(executor);
+    if (exec === undefined) {
       throw new InvalidArgumentError(
         'config.executor',
         `names no registered executor: ${JSON.stringify(executor)}`,
@@ -335,7 +336,12 @@ export class AgentFabric {
     }
     // Validate the budget before anything is created, so a bad one leaves no half-spawned agent.
     if (config?.budget !== undefined) parseBudgetConfig(config.budget, 'config.budget');
-    const agent = this.lifecycle.spawnSync(config);
+    // The executor knows whether the fabric heartbeats for its agents (in-process runtimes).
+    const agent = this.lifecycle.spawnSync(
+      config.heartbeat === undefined
+        ? { ...config, heartbeat: exec.autoHeartbeat ? 'auto' : 'manual' }
+        : config,
+    );
     if (config.budget !== undefined) this.budgets.setBudget(agent.id, config.budget);
     this.scheduler.addAgent({
       agentId: agent.id,

@@ -41,6 +41,7 @@ export { ToolGateway } from './gateway/gateway.js';
 export { Sidecar, startSidecar } from './server/sidecar.js';
 export { loadSidecarConfig, parseSidecarConfig } from './server/config-file.js';
 export { FabricBackend } from './server/fabric-backend.js';
+export { definePlugin, PluginHost } from './plugins/index.js';
 export {
   AgentBusyError,
   AgentLimitError,
@@ -59,6 +60,8 @@ export {
   HookWorktreeError,
   InvalidUsageError,
   PolicyDeniedError,
+  PluginError,
+  PluginTimeoutError,
   PolicyExistsError,
   PolicyValidationError,
   RoutingError,
@@ -105,7 +108,13 @@ export type {
   PolicyMode,
   PolicyRule,
 } from './policy/policy.js';
-export type { PolicyContext, PolicyDecision, PolicyEngineOptions } from './policy/policy-engine.js';
+export type {
+  PolicyContext,
+  PolicyDecision,
+  PolicyEngineOptions,
+  PolicyProvider,
+  PolicyVerdict,
+} from './policy/policy-engine.js';
 export type {
   Approval,
   ApprovalManagerOptions,
@@ -133,6 +142,14 @@ export type { AgentLiveness } from './hooks/liveness.js';
 export type { GatewayBackend, GatewayIdentity } from './gateway/backend.js';
 export type { ToolGatewayOptions } from './gateway/gateway.js';
 export type { SidecarOptions } from './server/sidecar.js';
+export type {
+  LoadedPlugin,
+  Plugin,
+  PluginContext,
+  PluginHostOptions,
+  PluginKind,
+  PluginManifest,
+} from './plugins/index.js';
 export type { SidecarConfig, SidecarConfigInput } from './server/config-file.js';
 export type {
   AgentBudgetConfig,

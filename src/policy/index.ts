@@ -56,6 +56,8 @@ export type {
   PolicyContext,
   PolicyDecision,
   PolicyEngineOptions,
+  PolicyProvider,
+  PolicyVerdict,
   PolicyWhenData,
 } from './policy-engine.js';
 export type {

@@ -48,6 +48,28 @@ export interface PolicyContext {
   attributes?: Readonly<Record<string, unknown>>;
 }
 
+/** What a {@link PolicyProvider} decides for one call. */
+export interface PolicyVerdict {
+  readonly action: PolicyAction;
+  /** Shown to the agent's model and recorded in the audit log. */
+  readonly reason?: string;
+}
+
+/**
+ * Code that takes part in policy decisions beside the JSON-logic rules — the `policy` plugin
+ * kind. A provider answers `undefined` for calls it has no opinion on. Its verdicts compete with
+ * rules by the same precedence: higher `priority` first; at equal priority deny beats
+ * require_approval beats allow. `decide` must be synchronous and side-effect free (it also
+ * answers `tools/list` visibility probes with empty params).
+ */
+export interface PolicyProvider {
+  /** Unique among providers and policies; reported as the deciding `policy`. */
+  readonly name: string;
+  /** @default 0 */
+  readonly priority?: number;
+  decide(ctx: PolicyContext): PolicyVerdict | undefined;
+}
+
 /** An audit-mode policy's verdict: what it would have decided. */
 export interface PolicyAuditEntry {
   readonly policy: string;
@@ -175,6 +197,8 @@ export class PolicyEngine {
   readonly #defaultDecision: PolicyDecision;
   readonly #cache: LRUCache<string, Candidates> | undefined;
   #seq = 0;
+  /** Providers, highest priority first. */
+  #providers: { readonly provider: PolicyProvider; readonly priority: number }[] = [];
   /** Enabled rules, in evaluation order, split by mode. */
   #all: Candidates = { enforce: [], audit: [] };
 
@@ -232,6 +256,44 @@ export class PolicyEngine {
     return normalized;
   }
 
+  /**
+   * Adds a {@link PolicyProvider} (a policy plugin).
+   * @throws PolicyExistsError when a policy or provider already has its name.
+   * @throws PolicyValidationError for a malformed provider.
+   */
+  addProvider(provider: PolicyProvider): void {
+    if (
+      provider === null ||
+      typeof provider !== 'object' ||
+      typeof provider.decide !== 'function'
+    ) {
+      throw new PolicyValidationError('provider', 'decide', 'must be a function');
+    }
+    if (typeof provider.name !== 'string' || provider.name.length === 0) {
+      throw new PolicyValidationError('provider', 'name', 'must be a non-empty string');
+    }
+    const priority = provider.priority ?? 0;
+    if (!Number.isFinite(priority)) {
+      throw new PolicyValidationError(provider.name, 'priority', 'must be a finite number');
+    }
+    if (
+      this.#policies.has(provider.name) ||
+      this.#providers.some((p) => p.provider.name === provider.name)
+    ) {
+      throw new PolicyExistsError(provider.name);
+    }
+    this.#providers = [...this.#providers, { provider, priority }].sort(
+      (a, b) => b.priority - a.priority,
+    );
+  }
+
+  /** Removes a provider. Returns false when none has that name. */
+  removeProvider(name: string): boolean {
+    const before = this.#providers.length;
+    this.#providers = this.#providers.filter((p) => p.provider.name !== name);
+    return this.#providers.length !== before;
+  }
+
   /** Removes a policy. Returns false when no policy has that name. */
   removePolicy(name: string): boolean {
     const removed = this.#policies.delete(name);
@@ -276,7 +338,8 @@ export class PolicyEngine {
       best = r;
       if (r.rank === DENY_RANK) break;
     }
-    const decision = best === undefined ? this.#defaultDecision : best.decision;
+    let decision = best === undefined ? this.#defaultDecision : best.decision;
+    if (this.#providers.length > 0) decision = this.#consultProviders(ctx, best, decision);
     if (candidates.audit.length === 0) return decision;
 
     const audit = this.#audit(candidates.audit, ctx, params, filtered, data);
@@ -304,6 +367,50 @@ export class PolicyEngine {
       ...(options.ttlSeconds === undefined ? {} : { ttlSeconds: options.ttlSeconds }),
     });
     return Object.freeze({ ...decision, approvalId: approval.id });
+  }
+
+  /** Lets providers outrank or join the rule decision, by the same precedence as rules. */
+  #consultProviders(
+    ctx: PolicyContext,
+    best: CompiledRule | undefined,
+    ruleDecision: PolicyDecision,
+  ): PolicyDecision {
+    let decision = ruleDecision;
+    let priority = best?.priority ?? Number.NEGATIVE_INFINITY;
+    let rank = best?.rank ?? 0;
+    for (const { provider, priority: p } of this.#providers) {
+      if (p < priority || (p === priority && rank === DENY_RANK)) break;
+      let verdict: PolicyVerdict | undefined;
+      try {
+        verdict = provider.decide(ctx);
+      } catch (err) {
+        // A failing provider fails closed.
+        verdict = {
+          action: 'deny',
+          reason: `policy provider ${provider.name} failed: ${String(err)}`,
+        };
+      }
+      if (verdict === undefined) continue;
+      if (RANK[verdict.action] === undefined) {
+        verdict = {
+          action: 'deny',
+          reason: `policy provider ${provider.name} returned an invalid action`,
+        };
+      }
+      const vr = RANK[verdict.action];
+      if (p > priority || vr > rank) {
+        priority = p;
+        rank = vr;
+        decision = Object.freeze({
+          action: verdict.action,
+          allowed: verdict.action === 'allow',
+          policy: provider.name,
+          rule: null,
+          reason: verdict.reason ?? `${verdict.action} by policy provider ${provider.name}`,
+        });
+      }
+    }
+    return decision;
   }
 
   /** Closes the approval manager if the engine created it. */

@@ -44,12 +44,17 @@ class RunContext implements TaskHandlerContext {
 
 /** Runs registered handler functions on the main thread. */
 export class InProcessExecutor implements TaskExecutor {
-  readonly name = INPROCESS_EXECUTOR;
+  readonly name: string;
   readonly acknowledges = false;
   readonly autoHeartbeat = true;
   readonly #handlers = new Map<string, TaskHandler>();
   readonly #running = new Map<string, RunContext>();
   #sink: ExecutorSink | undefined;
+
+  /** @param options.name - registry name; give each instance its own. @default 'inprocess' */
+  constructor(options: { name?: string } = {}) {
+    this.name = options.name ?? INPROCESS_EXECUTOR;
+  }
 
   /** Registers the handler of `taskType` (replacing any earlier one). */
   registerHandler(taskType: string, handler: TaskHandler): void {

@@ -127,6 +127,13 @@ export const sidecarConfigSchema = z
      * GUPP work hooks persisted in a git repository (created if missing). Agents read and run
      * them through the `fabric__*_hook` tools; a lost agent's hooks move to its pool.
      */
+    /**
+     * Plugins loaded at start, in order: `module` is a path (relative to the config file's
+     * folder, or `${PLUGINS}` for the first-party ones) or a `file:` URL.
+     */
+    plugins: z
+      .array(z.object({ module: z.string().min(1), options: z.unknown().optional() }).strict())
+      .default([]),
     hooks: z
       .object({
         storagePath: z.string().min(1),
@@ -163,6 +170,8 @@ export function configVariables(file: string, cwd = process.cwd()): Record<strin
     CWD: cwd,
     SANDBOX: join(cwd, '.fabric', 'sandbox'),
     FABRIC_HOME: join(cwd, '.fabric'),
+    // src/server or dist/server → <package>/plugins
+    PLUGINS: resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'plugins'),
   };
   for (const [key, pkg] of [
     ['FILESYSTEM_SERVER_BIN', '@modelcontextprotocol/server-filesystem/dist/index.js'],

@@ -12,6 +12,7 @@ import type { AdminBackend, AgentIdentity, GatewayBackend } from '../gateway/bac
 import { McpHttpEndpoint } from '../gateway/downstream-http.js';
 import { ToolGateway, type GatewayLogEntry } from '../gateway/gateway.js';
 import type { SidecarConfig } from './config-file.js';
+import { PluginHost } from '../plugins/plugin-host.js';
 import { FabricBackend } from './fabric-backend.js';
 import { startHttpServer, type AdminApi, type StartedHttpServer } from './http-server.js';
 
@@ -122,9 +123,23 @@ export class Sidecar {
         });
         const f = fabric;
         cleanup.push(f);
-        closeBackend = () => f.close();
+        const plugins = new PluginHost(fabric);
+        closeBackend = async () => {
+          await plugins
+            .close()
+            .catch((err: unknown) => log({ level: 'warn', msg: `plugins: ${String(err)}` }));
+          await f.close();
+        };
+        cleanup.push({ close: () => plugins.close() });
         await fabric.start();
         await configureFabric(fabric, config);
+        for (const p of config.plugins) {
+          const loaded = await plugins.load(p.module, p.options);
+          log({
+            level: 'info',
+            msg: `plugin ${loaded.name}@${loaded.version} (${loaded.kind}) loaded`,
+          });
+        }
         backend = new FabricBackend(fabric);
       }
       const agents: StartupAgent[] = [];
