@@ -33,7 +33,8 @@ export function findSecret(value, patterns) {
       const s = v.length > MAX_STRING ? v.slice(0, MAX_STRING) : v;
       for (const [kind, re] of patterns) if (re.test(s)) return { path, kind };
     } else if (v !== null && typeof v === 'object' && depth < MAX_DEPTH) {
-      for (const [k, child] of Object.entries(v)) stack.push({ v: child, path: `${path}.${k}`, depth: depth + 1 });
+      for (const [k, child] of Object.entries(v))
+        stack.push({ v: child, path: `${path}.${k}`, depth: depth + 1 });
     }
   }
   return undefined;
@@ -48,11 +49,14 @@ const plugin = {
   create(options = {}) {
     const action = options.action ?? 'deny';
     if (action !== 'deny' && action !== 'require_approval') {
-      throw new Error(`options.action must be 'deny' or 'require_approval', got ${JSON.stringify(action)}`);
+      throw new Error(
+        `options.action must be 'deny' or 'require_approval', got ${JSON.stringify(action)}`,
+      );
     }
     const patterns = Object.entries(BUILT_IN_PATTERNS);
     for (const [name, source] of Object.entries(options.patterns ?? {})) {
-      if (typeof source !== 'string') throw new Error(`options.patterns.${name} must be a regular expression source`);
+      if (typeof source !== 'string')
+        throw new Error(`options.patterns.${name} must be a regular expression source`);
       patterns.push([name, new RegExp(source)]);
     }
     return {
@@ -61,7 +65,10 @@ const plugin = {
       decide(ctx) {
         const hit = findSecret(ctx.params, patterns);
         if (hit === undefined) return undefined;
-        return { action, reason: `${hit.path} looks like a secret (${hit.kind}); secrets may not be passed to tools (secret-guard)` };
+        return {
+          action,
+          reason: `${hit.path} looks like a secret (${hit.kind}); secrets may not be passed to tools (secret-guard)`,
+        };
       },
     };
   },

@@ -150,13 +150,20 @@ describe('README plugin example', () => {
     const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
     const section = readme.slice(readme.indexOf('\n## Plugins\n'));
     const block = /```ts\n([\s\S]*?)```/.exec(section)![1]!;
-    const file = readFileSync(new URL('../../examples/plugins/no-shell.ts', import.meta.url), 'utf8');
+    const file = readFileSync(
+      new URL('../../examples/plugins/no-shell.ts', import.meta.url),
+      'utf8',
+    );
     expect(block).toBe(file);
-    const plugin = ((await import('../../examples/plugins/no-shell.js')) as { default: Plugin<'policy'> }).default;
+    const plugin = (
+      (await import('../../examples/plugins/no-shell.js')) as { default: Plugin<'policy'> }
+    ).default;
     const fabric = new AgentFabric();
     const host = new PluginHost(fabric);
     await host.load(plugin);
-    expect(fabric.policies.evaluateSync({ agentId: 'a', tool: 'shell_run', params: {} }).reason).toBe('no shells');
+    expect(
+      fabric.policies.evaluateSync({ agentId: 'a', tool: 'shell_run', params: {} }).reason,
+    ).toBe('no shells');
     await host.close();
     await fabric.close();
   });
