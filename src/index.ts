@@ -42,6 +42,7 @@ export { Sidecar, startSidecar } from './server/sidecar.js';
 export { loadSidecarConfig, parseSidecarConfig } from './server/config-file.js';
 export { FabricBackend } from './server/fabric-backend.js';
 export { definePlugin, PluginHost } from './plugins/index.js';
+export { FabricWorker, RemoteFabricError } from './worker/fabric-worker.js';
 export {
   AgentBusyError,
   AgentLimitError,
@@ -142,6 +143,12 @@ export type { AgentLiveness } from './hooks/liveness.js';
 export type { GatewayBackend, GatewayIdentity } from './gateway/backend.js';
 export type { ToolGatewayOptions } from './gateway/gateway.js';
 export type { SidecarOptions } from './server/sidecar.js';
+export type {
+  FabricWorkerOptions,
+  WorkerHandler,
+  WorkerHook,
+  WorkerTaskContext,
+} from './worker/fabric-worker.js';
 export type {
   LoadedPlugin,
   Plugin,
