@@ -7,11 +7,13 @@
  * - dispatch-inprocess-{1k,100k}: the same with the in-thread executor, against a minimal FIFO
  *   dispatcher (array queue, direct call, one promise per task) at the same queue size.
  * - dispatch-inprocess-flatness: 100k-queued throughput over 1k-queued throughput (goal 0.8–1.2).
+ * - queue-ops-flatness: schedule + cancel at a steady depth of 100k over the same at 1k.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { performance } from 'node:perf_hooks';
 import { Piscina } from 'piscina';
-import { AgentFabric } from '../src/fabric.js';
+// The built package, as users run it (`npm run bench` builds first; see tsconfig.bench.json).
+import { AgentFabric } from 'agent-fabric';
 import type { BenchContext, BenchSuite } from './lib.js';
 import { Latency, median } from './lib.js';
 
@@ -209,9 +211,51 @@ async function inprocessCases(ctx: BenchContext): Promise<void> {
   });
 }
 
+/**
+ * Queue operations alone at a steady depth: each step schedules one task and cancels the oldest,
+ * so the queue holds `depth` tasks throughout. Isolates the data structures from the cost of
+ * keeping `depth` waiters alive (which the end-to-end cases include, as does their baseline).
+ */
+async function queueOpsAt(depth: number, steps: number): Promise<number> {
+  const fabric = new AgentFabric({ maxQueueDepth: depth + 10, finishedTaskRetention: 0 });
+  await fabric.createPool({ poolId: 'q', model: 'none', minAgents: 1, executor: 'remote' });
+  const ids: string[] = [];
+  for (let i = 0; i < depth; i++) ids.push(fabric.scheduler.submit({ poolId: 'q' }, 'noop', i));
+  let head = 0;
+  const start = performance.now();
+  for (let i = 0; i < steps; i++) {
+    ids.push(fabric.scheduler.submit({ poolId: 'q' }, 'noop', i));
+    fabric.scheduler.cancel(ids[head++]!);
+  }
+  const rate = steps / ((performance.now() - start) / 1000);
+  await fabric.close();
+  return rate;
+}
+
+async function queueCases(ctx: BenchContext): Promise<void> {
+  const steps = ctx.quick ? 100_000 : 500_000;
+  const small: number[] = [];
+  const large: number[] = [];
+  for (let r = 0; r < (ctx.quick ? 3 : 5); r++) {
+    small.push(await queueOpsAt(1_000, steps));
+    large.push(await queueOpsAt(100_000, steps));
+  }
+  ctx.report({
+    suite: 'scheduler',
+    case: 'queue-ops-flatness',
+    unit: 'schedule+cancel/s at 100k queued',
+    value: median(large),
+    baseline: 'schedule+cancel/s at 1k queued',
+    baselineValue: median(small),
+    higherIsBetter: true,
+    goal: 'ratio 0.8–1.2',
+  });
+}
+
 const suite: BenchSuite = {
   name: 'scheduler',
   async run(ctx) {
+    await queueCases(ctx);
     await inprocessCases(ctx);
     await piscinaCases(ctx);
   },
