@@ -11,7 +11,8 @@
  * @module
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { link, mkdir, open, rename, stat, unlink } from 'node:fs/promises';
+import { link, mkdir, open, rename, unlink } from 'node:fs/promises';
+import { exists } from './fs-exists.js';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 
@@ -133,15 +134,6 @@ export class LooseObjectWriter {
         });
       }
     }
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 

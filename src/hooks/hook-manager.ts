@@ -4,7 +4,8 @@
  *
  * @module
  */
-import { appendFile, mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, rm } from 'node:fs/promises';
+import { exists } from './fs-exists.js';
 import { dirname, join, relative, sep } from 'node:path';
 import { simpleGit } from 'simple-git';
 import {
@@ -987,15 +988,6 @@ function errorMessage(err: unknown): string {
 async function ensureDir(path: string): Promise<string> {
   await mkdir(path, { recursive: true });
   return path;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** A work tree with `.git`, or a bare repository (HEAD + objects + refs at the top). */

@@ -5,7 +5,8 @@
  *
  * @module
  */
-import { realpath, stat } from 'node:fs/promises';
+import { realpath } from 'node:fs/promises';
+import { exists } from './fs-exists.js';
 import { join, relative, resolve, sep } from 'node:path';
 import { simpleGit, type SimpleGit } from 'simple-git';
 import { HookWorktreeError } from '../errors.js';
@@ -157,15 +158,6 @@ export class WorktreeManager {
     } catch {
       return undefined;
     }
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 

@@ -5,7 +5,7 @@
  */
 import { LRUCache } from 'lru-cache';
 import { ConfigError, PolicyExistsError, PolicyValidationError } from '../errors.js';
-import { ApprovalManager } from './approval-manager.js';
+import { ApprovalManager, type ApprovalRequest } from './approval-manager.js';
 import { compileConditions, type ParamsPredicate } from './conditions.js';
 import { compileGlob, GlobSyntaxError, type GlobMatcher } from './glob.js';
 import { compileJsonLogic, JsonLogicCompileError, truthy } from './json-logic.js';
@@ -46,6 +46,24 @@ export interface PolicyContext {
   labels?: Readonly<Record<string, string>>;
   /** Anything else `when` expressions may read (as `attributes`). */
   attributes?: Readonly<Record<string, unknown>>;
+}
+
+/** The approval a `require_approval` decision asks for. */
+export function approvalRequest(
+  ctx: PolicyContext,
+  decision: PolicyDecision,
+  ttlSeconds?: number,
+): ApprovalRequest {
+  return {
+    agentId: ctx.agentId,
+    ...(ctx.poolId === undefined ? {} : { poolId: ctx.poolId }),
+    tool: ctx.tool,
+    params: ctx.params,
+    policy: decision.policy,
+    rule: decision.rule,
+    reason: decision.reason,
+    ...(ttlSeconds === undefined ? {} : { ttlSeconds }),
+  };
 }
 
 /** What a {@link PolicyProvider} decides for one call. */
@@ -356,16 +374,7 @@ export class PolicyEngine {
   ): Promise<PolicyDecision> {
     const decision = this.evaluateSync(ctx);
     if (decision.action !== 'require_approval') return decision;
-    const approval = this.#approvals.create({
-      agentId: ctx.agentId,
-      ...(ctx.poolId === undefined ? {} : { poolId: ctx.poolId }),
-      tool: ctx.tool,
-      params: ctx.params,
-      policy: decision.policy,
-      rule: decision.rule,
-      reason: decision.reason,
-      ...(options.ttlSeconds === undefined ? {} : { ttlSeconds: options.ttlSeconds }),
-    });
+    const approval = this.#approvals.create(approvalRequest(ctx, decision, options.ttlSeconds));
     return Object.freeze({ ...decision, approvalId: approval.id });
   }
 

@@ -15,7 +15,7 @@ import {
   isFabricError,
 } from '../errors.js';
 import type { Approval, ApprovalManager, ApprovalResult } from './approval-manager.js';
-import type { PolicyDecision, PolicyEngine } from './policy-engine.js';
+import { approvalRequest, type PolicyDecision, type PolicyEngine } from './policy-engine.js';
 
 /** Estimated usage of a call, reserved against budgets before it runs. */
 export type CostEstimator = (
@@ -143,15 +143,7 @@ export class ToolCallAuthorizer {
         return denied(new BudgetExceededError(shortfall), decision, pre.retryAt);
       }
 
-      const pending = this.#approvals.create({
-        agentId: ctx.agentId,
-        ...(ctx.poolId === undefined ? {} : { poolId: ctx.poolId }),
-        tool: ctx.tool,
-        params: ctx.params,
-        policy: decision.policy,
-        rule: decision.rule,
-        reason: decision.reason,
-      });
+      const pending = this.#approvals.create(approvalRequest(ctx, decision));
       final = Object.freeze({ ...decision, approvalId: pending.id });
       ctx.onWaiting?.(pending);
       try {

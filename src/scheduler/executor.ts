@@ -65,6 +65,37 @@ export interface TaskHandlerContext {
   readonly signal: AbortSignal;
 }
 
+/**
+ * The {@link TaskHandlerContext} executors give handlers. Its AbortController is made only when
+ * the handler reads `signal`: creating one costs more than dispatching a no-op task.
+ */
+export class LazyHandlerContext implements TaskHandlerContext {
+  #controller: AbortController | undefined;
+  #reason: Error | undefined;
+
+  constructor(
+    readonly taskId: string,
+    readonly attempt: number,
+    readonly agentId: string,
+    readonly taskType: string,
+  ) {}
+
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController();
+      if (this.#reason !== undefined) this.#controller.abort(this.#reason);
+    }
+    return this.#controller.signal;
+  }
+
+  /** Aborts the task's signal (now, or when the handler first reads it). Idempotent. */
+  abort(reason: Error = new Error('task aborted')): void {
+    if (this.#reason !== undefined) return;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+  }
+}
+
 /** A task handler: receives the payload, returns the result (or throws). */
 export type TaskHandler = (payload: unknown, context: TaskHandlerContext) => unknown;
 

@@ -7,40 +7,11 @@
  */
 import { HandlerNotFoundError, InvalidArgumentError } from '../errors.js';
 import type { TaskAssignment, TaskError } from '../task.js';
-import type { ExecutorSink, TaskExecutor, TaskHandler, TaskHandlerContext } from './executor.js';
-import { toTaskError } from './executor.js';
+import type { ExecutorSink, TaskExecutor, TaskHandler } from './executor.js';
+import { LazyHandlerContext, toTaskError } from './executor.js';
 
 /** Executor name of {@link InProcessExecutor}. */
 export const INPROCESS_EXECUTOR = 'inprocess';
-
-/**
- * The context of one run. The AbortController is made only when the handler reads `signal`:
- * creating one costs more than the whole dispatch of a no-op task.
- */
-class RunContext implements TaskHandlerContext {
-  #controller: AbortController | undefined;
-  #abortReason: Error | undefined;
-
-  constructor(
-    readonly taskId: string,
-    readonly attempt: number,
-    readonly agentId: string,
-    readonly taskType: string,
-  ) {}
-
-  get signal(): AbortSignal {
-    if (this.#controller === undefined) {
-      this.#controller = new AbortController();
-      if (this.#abortReason !== undefined) this.#controller.abort(this.#abortReason);
-    }
-    return this.#controller.signal;
-  }
-
-  abort(reason: Error): void {
-    this.#abortReason ??= reason;
-    this.#controller?.abort(reason);
-  }
-}
 
 /** Runs registered handler functions on the main thread. */
 export class InProcessExecutor implements TaskExecutor {
@@ -48,7 +19,7 @@ export class InProcessExecutor implements TaskExecutor {
   readonly acknowledges = false;
   readonly autoHeartbeat = true;
   readonly #handlers = new Map<string, TaskHandler>();
-  readonly #running = new Map<string, RunContext>();
+  readonly #running = new Map<string, LazyHandlerContext>();
   #sink: ExecutorSink | undefined;
 
   /** @param options.name - registry name; give each instance its own. @default 'inprocess' */
@@ -89,7 +60,7 @@ export class InProcessExecutor implements TaskExecutor {
       sink.fail(a.taskId, a.attempt, { code: err.code, message: err.message });
       return;
     }
-    const ctx = new RunContext(a.taskId, a.attempt, a.agentId, a.taskType);
+    const ctx = new LazyHandlerContext(a.taskId, a.attempt, a.agentId, a.taskType);
     let result: unknown;
     try {
       result = handler(a.payload, ctx);

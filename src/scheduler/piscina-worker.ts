@@ -12,7 +12,7 @@
 import { pathToFileURL } from 'node:url';
 import type { TaskError } from '../task.js';
 import type { TaskHandler } from './executor.js';
-import { toTaskError } from './executor.js';
+import { LazyHandlerContext, toTaskError } from './executor.js';
 
 /** One task of a batch. */
 export interface BatchItem {
@@ -58,33 +58,6 @@ function loadHandler(url: string): Promise<TaskHandler> {
   return p;
 }
 
-/** The context of one task; its AbortController is made only if the handler reads `signal`. */
-class WorkerContext {
-  #controller: AbortController | undefined;
-  #aborted = false;
-
-  constructor(
-    readonly taskId: string,
-    readonly attempt: number,
-    readonly agentId: string,
-    readonly taskType: string,
-  ) {}
-
-  get signal(): AbortSignal {
-    if (this.#controller === undefined) {
-      this.#controller = new AbortController();
-      if (this.#aborted) this.#controller.abort(new Error('task aborted'));
-    }
-    return this.#controller.signal;
-  }
-
-  abort(): void {
-    if (this.#aborted) return;
-    this.#aborted = true;
-    this.#controller?.abort(new Error('task aborted'));
-  }
-}
-
 function isThenable(v: unknown): v is PromiseLike<unknown> {
   return (
     v !== null &&
@@ -104,7 +77,7 @@ export default async function runBatch(input: BatchInput): Promise<BatchOutcome[
     if (!loaded.has(item.handler)) await loadHandler(item.handler).catch(() => undefined);
   }
   let pending: Promise<void>[] | undefined;
-  let contexts: WorkerContext[] | undefined;
+  let contexts: LazyHandlerContext[] | undefined;
   for (let i = 0; i < items.length; i++) {
     const item = items[i]!;
     const fn = loaded.get(item.handler);
@@ -118,7 +91,7 @@ export default async function runBatch(input: BatchInput): Promise<BatchOutcome[
       );
       continue;
     }
-    const ctx = new WorkerContext(item.taskId, item.attempt, item.agentId, item.taskType);
+    const ctx = new LazyHandlerContext(item.taskId, item.attempt, item.agentId, item.taskType);
     try {
       const result = fn(item.payload, ctx);
       if (!isThenable(result)) {
