@@ -1,95 +1,86 @@
 /**
  * Gateway overhead: the same server-everything `echo` tool, the same SDK client, in the same
- * run — straight to the upstream vs through the gateway with policy and budget on.
+ * run — straight to the upstream vs through the gateway, with the real pipeline on: an
+ * AgentFabric (identity, policies with a conditional rule, a per-agent budget reserved and
+ * settled on every call, tool costs) and the audit log, configured by a sidecar config file.
  *
- * - stdio-latency: agent → gateway (in-process, in-memory link) → stdio upstream, vs agent →
- *   stdio upstream. Sequential calls; p50/p99 of both.
+ * - stdio-latency: agent → `agent-fabric mcp --in-process` (a child process, over a real stdio
+ *   pipe, exactly what MCP clients launch) → stdio upstream, vs agent → stdio upstream.
+ *   Sequential calls in interleaved blocks (each block's first calls unrecorded); p50/p99.
  * - stdio-throughput: the same paths, 32 calls in flight.
- * - http-throughput: agent → gateway over Streamable HTTP (gateway → upstream over stdio), vs
- *   agent → the upstream's own Streamable HTTP endpoint; 32 in flight.
+ * - stdio-latency-inproc (diagnostic): the same sidecar in the bench process, the agent on an
+ *   in-memory link: the gateway pipeline without the extra pipe hop and process.
+ * - http-throughput: agent → `agent-fabric serve` (a child process) over Streamable HTTP
+ *   (gateway → upstream over stdio), vs agent → the upstream's own Streamable HTTP endpoint;
+ *   32 in flight.
+ *
+ * - stdio-latency-relay-floor (diagnostic): agent → a process that only copies bytes → stdio
+ *   upstream: what the process hop alone costs on this machine (the floor of stdio-latency).
+ *
+ * Both HTTP clients use linkedSignalFetch (the gateway's fix for the SDK transport's shared
+ * abort signal, which otherwise trips MaxListenersExceededWarning after 1500 requests).
+ *
+ * BENCH_GATEWAY_CASES=<case,…> runs only those cases; BENCH_GATEWAY_CPU_PROF=<dir> writes
+ * `--cpu-prof` profiles of the gateway processes.
  */
-import { createServer } from 'node:net';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
-import type {
-  GatewayBackend,
-  GatewayIdentity,
-  ToolCallAllowed,
-  ToolCallAuthorization,
-  ToolCallContext,
-  ToolUsage,
-} from '../src/gateway/backend.js';
-import { McpHttpEndpoint } from '../src/gateway/downstream-http.js';
-import { ToolGateway } from '../src/gateway/gateway.js';
-import { PolicyEngine } from '../src/policy/policy-engine.js';
-import { startHttpServer } from '../src/server/http-server.js';
-import type { TaskAssignment } from '../src/task.js';
-import { Latency, median, type BenchSuite } from './lib.js';
+import { loadSidecarConfig } from '../src/server/config-file.js';
+import { linkedSignalFetch } from '../src/gateway/upstream.js';
+import { Sidecar } from '../src/server/sidecar.js';
+import { Latency, median, type BenchContext, type BenchSuite } from './lib.js';
 
 const require = createRequire(import.meta.url);
 const EVERYTHING = require.resolve('@modelcontextprotocol/server-everything/dist/index.js');
-const TOKEN = 'bench-agent-token';
-const IDENTITY = { kind: 'agent', agentId: 'bench-agent', labels: {} } as const;
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const CLI = join(ROOT, 'src', 'cli', 'main.ts');
+const PROFILE_DIR = process.env.BENCH_GATEWAY_CPU_PROF;
 
-/** Policy via the real PolicyEngine (compiled rules) and a reserve/settle cost budget. */
-class BenchBackend implements GatewayBackend {
-  readonly engine = new PolicyEngine({ defaultAction: 'deny' });
-  #reserved = 0;
-  #used = 0;
-  constructor() {
-    this.engine.addPolicy({
-      name: 'bench',
-      rules: [
-        { tool: 'ev__write_*', action: 'deny' },
-        { tool: 'ev__*', action: 'allow' },
-      ],
-    });
-  }
-  authenticate(credential: string): GatewayIdentity {
-    if (credential !== TOKEN) throw new Error('unknown');
-    return IDENTITY;
-  }
-  async authorizeToolCall(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
-    const decision = this.engine.evaluateSync({
-      agentId: ctx.agentId,
-      tool: ctx.tool,
-      params: ctx.params,
-    });
-    if (!decision.allowed)
-      return { allowed: false, code: 'DENIED', reason: decision.reason, decision };
-    const cost = ctx.estimate?.cost ?? 0;
-    if (this.#used + this.#reserved + cost > 1e12)
-      return { allowed: false, code: 'BUDGET', reason: 'budget' };
-    this.#reserved += cost;
-    return { allowed: true, decision, reservation: cost };
-  }
-  settleToolCall(auth: ToolCallAllowed, usage: ToolUsage): void {
-    this.#reserved -= auth.reservation as number;
-    this.#used += usage.cost;
-  }
-  heartbeat(): unknown {
-    return undefined;
-  }
-  async claimTask(): Promise<TaskAssignment | undefined> {
-    return undefined;
-  }
-  completeTask(): unknown {
-    return undefined;
-  }
-  failTask(): unknown {
-    return undefined;
-  }
-  reportProgress(): unknown {
-    return undefined;
-  }
-  recordUsage(): unknown {
-    return undefined;
-  }
+/**
+ * The sidecar config of every gateway case: policy deny-by-default with a conditional deny that
+ * must be evaluated on each echo call, a budget (reserve + settle per call), tool costs, audit.
+ */
+function writeConfig(dir: string): string {
+  const file = join(dir, 'fabric.yaml');
+  const config = {
+    http: { host: '127.0.0.1', port: 0 },
+    upstreams: {
+      ev: { command: '${NODE}', args: ['${EVERYTHING_SERVER_BIN}', 'stdio'], stderr: 'ignore' },
+    },
+    policies: [
+      {
+        name: 'guard',
+        priority: 100,
+        rules: [
+          { tool: 'ev__echo', action: 'deny', conditions: { message: 'forbidden*' } },
+          { tool: 'ev__write_*', action: 'deny' },
+        ],
+      },
+      { name: 'allow-ev', rules: [{ tool: 'ev__*', action: 'allow' }] },
+    ],
+    budget: { maxTokensPerHour: 1e12, maxCostPerDay: 1e9 },
+    toolCosts: { 'ev__*': 0.001 },
+    agents: [{ name: 'bench-agent' }],
+    audit: { path: join(dir, 'audit.log') },
+  };
+  writeFileSync(file, JSON.stringify(config, null, 2));
+  return file;
+}
+
+/** `node [--cpu-prof] --import tsx src/cli/main.ts …args` */
+function cliArgs(args: string[]): string[] {
+  const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [];
+  return [...prof, '--import', 'tsx', CLI, ...args];
 }
 
 function newClient(): Client {
@@ -110,14 +101,18 @@ async function freePort(): Promise<number> {
 type Call = (i: number) => Promise<unknown>;
 
 function echo(client: Client, tool: string): Call {
-  return (i) => client.callTool({ name: tool, arguments: { message: `m${i}` } });
+  return async (i) => {
+    const r = await client.callTool({ name: tool, arguments: { message: `m${i}` } });
+    if (r.isError) throw new Error(`${tool} failed: ${JSON.stringify(r.content)}`);
+    return r;
+  };
 }
 
-async function sequential(call: Call, n: number, lat: Latency): Promise<void> {
+async function sequential(call: Call, n: number, lat: Latency | undefined): Promise<void> {
   for (let i = 0; i < n; i++) {
     const t = performance.now();
     await call(i);
-    lat.recordMs(performance.now() - t);
+    lat?.recordMs(performance.now() - t);
   }
 }
 
@@ -132,163 +127,305 @@ async function inFlight(call: Call, total: number, concurrency: number): Promise
   return total / ((performance.now() - start) / 1000);
 }
 
+/** Interleaved sequential blocks of `a` (baseline) and `b`; reports the latency case. */
+async function latencyCase(
+  ctx: BenchContext,
+  name: string,
+  baseline: string,
+  a: Call,
+  b: Call,
+): Promise<void> {
+  const q = ctx.quick;
+  const latA = new Latency();
+  const latB = new Latency();
+  // Alternating blocks against drift; the first calls of each block are not recorded: a path
+  // whose processes sat idle during the other's block starts cold (caches, vCPU wake-ups), and
+  // switching every few calls would measure that instead of the path.
+  const rounds = q ? 6 : 20;
+  const block = q ? 100 : 200;
+  const settle = 25;
+  for (let r = 0; r < rounds; r++) {
+    await sequential(a, settle, undefined);
+    await sequential(a, block, latA);
+    await sequential(b, settle, undefined);
+    await sequential(b, block, latB);
+  }
+  const p50 = latB.percentileUs(50);
+  const p99 = latB.percentileUs(99);
+  const bp50 = latA.percentileUs(50);
+  const bp99 = latA.percentileUs(99);
+  ctx.report({
+    suite: 'gateway',
+    case: name,
+    unit: 'µs p50',
+    value: p50,
+    baseline,
+    baselineValue: bp50,
+    higherIsBetter: false,
+    p50Us: p50,
+    p99Us: p99,
+    baselineP50Us: bp50,
+    baselineP99Us: bp99,
+    goal: `added p50 ≤ 150 µs (got ${(p50 - bp50).toFixed(1)}), added p99 ≤ 1000 µs (got ${(p99 - bp99).toFixed(1)})`,
+  });
+}
+
+/** Alternating runs of `total` calls at 32 in flight; medians of both sides. */
+async function throughputPair(
+  a: Call,
+  b: Call,
+  total: number,
+  rounds: number,
+): Promise<{ a: number; b: number }> {
+  const ra: number[] = [];
+  const rb: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    ra.push(await inFlight(a, total, 32));
+    rb.push(await inFlight(b, total, 32));
+  }
+  return { a: median(ra), b: median(rb) };
+}
+
+async function warm(calls: Call[], n: number): Promise<void> {
+  for (let i = 0; i < n; i++) for (const c of calls) await c(i);
+}
+
+/** Ends a child with SIGTERM (graceful: flushes the audit log, writes a profile) and waits. */
+async function stop(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** Starts `agent-fabric serve` and reads its MCP URL and the agent token from stdout. */
+async function startServe(
+  config: string,
+): Promise<{ child: ChildProcess; url: string; token: string }> {
+  const child = spawn(process.execPath, cliArgs(['serve', '--config', config]), {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  let out = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 30_000);
+    child.once('exit', (code) => reject(new Error(`serve exited (${code}): ${out}`)));
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (chunk: string) => {
+      out += chunk;
+      const url = /MCP URL:\s+(\S+)/.exec(out)?.[1];
+      const token = /agent token:\s+(\S+)/.exec(out)?.[1];
+      if (url && token) {
+        clearTimeout(timer);
+        resolve({ child, url, token });
+      }
+    });
+  });
+}
+
+/** A byte relay between stdin/stdout and a child: a process hop with no work (the floor). */
+const RELAY_SOURCE = `
+import { spawn } from 'node:child_process';
+const [command, ...args] = process.argv.slice(2);
+const up = spawn(command, args, { stdio: ['pipe', 'pipe', 'ignore'], detached: true });
+process.stdin.on('data', (d) => up.stdin.write(d));
+up.stdout.on('data', (d) => process.stdout.write(d));
+process.stdin.on('end', () => { try { process.kill(-up.pid, 'SIGKILL'); } catch {} process.exit(0); });
+`;
+
+/** Cases to run: all, or those named in BENCH_GATEWAY_CASES (comma-separated). */
+function wanted(name: string): boolean {
+  const only = process.env.BENCH_GATEWAY_CASES;
+  return !only || only.split(',').includes(name);
+}
+
+async function stdioClient(
+  command: string,
+  args: string[],
+): Promise<{ client: Client; close: () => Promise<void> }> {
+  const transport = new StdioClientTransport({
+    command,
+    args,
+    cwd: ROOT,
+    env: { ...process.env } as Record<string, string>,
+    stderr: 'ignore',
+  });
+  const client = newClient();
+  await client.connect(transport);
+  return {
+    client,
+    close: async () => {
+      // SIGTERM: the gateway shuts down gracefully (flushes its audit log, writes a profile).
+      if (transport.pid) process.kill(transport.pid, 'SIGTERM');
+      await client.close();
+    },
+  };
+}
+
 const suite: BenchSuite = {
   name: 'gateway',
   async run(ctx) {
     const q = ctx.quick;
-    // Direct stdio baseline.
-    const direct = newClient();
-    await direct.connect(
-      new StdioClientTransport({
-        command: process.execPath,
-        args: [EVERYTHING, 'stdio'],
-        stderr: 'ignore',
-      }),
-    );
-    // Through the gateway (its own upstream process, same server).
-    const gateway = new ToolGateway({
-      backend: new BenchBackend(),
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING, 'stdio'], stderr: 'ignore' },
-      },
-      toolCosts: { 'ev__*': 0.001 },
-      hideDeniedTools: true,
-    });
-    await gateway.start();
-    const session = gateway.createSession(IDENTITY);
-    const [ct, st] = InMemoryTransport.createLinkedPair();
-    await session.connect(st);
-    const viaGateway = newClient();
-    await viaGateway.connect(ct);
-    const callDirect = echo(direct, 'echo');
-    const callGateway = echo(viaGateway, 'ev__echo');
-
-    // Warm-up (JIT, zod caches) on both paths.
-    for (let i = 0; i < (q ? 300 : 1000); i++) {
-      await callDirect(i);
-      await callGateway(i);
-    }
-
-    // stdio-latency: interleaved blocks.
-    const latD = new Latency();
-    const latG = new Latency();
-    const rounds = q ? 6 : 20;
-    const block = q ? 100 : 200;
-    for (let r = 0; r < rounds; r++) {
-      await sequential(callDirect, block, latD);
-      await sequential(callGateway, block, latG);
-    }
-    const p50 = latG.percentileUs(50);
-    const p99 = latG.percentileUs(99);
-    const bp50 = latD.percentileUs(50);
-    const bp99 = latD.percentileUs(99);
-    ctx.report({
-      suite: 'gateway',
-      case: 'stdio-latency',
-      unit: 'µs p50',
-      value: p50,
-      baseline: 'agent → upstream over stdio',
-      baselineValue: bp50,
-      higherIsBetter: false,
-      p50Us: p50,
-      p99Us: p99,
-      baselineP50Us: bp50,
-      baselineP99Us: bp99,
-      goal: `added p50 ≤ 150 µs (got ${(p50 - bp50).toFixed(1)}), added p99 ≤ 1000 µs (got ${(p99 - bp99).toFixed(1)})`,
-    });
-
-    // stdio-throughput: 32 in flight, alternating repetitions, median of ratios.
-    const total = q ? 3000 : 20000;
-    const ratesD: number[] = [];
-    const ratesG: number[] = [];
-    for (let r = 0; r < (q ? 2 : 3); r++) {
-      ratesD.push(await inFlight(callDirect, total, 32));
-      ratesG.push(await inFlight(callGateway, total, 32));
-    }
-    ctx.report({
-      suite: 'gateway',
-      case: 'stdio-throughput',
-      unit: 'calls/s',
-      value: median(ratesG),
-      baseline: 'agent → upstream over stdio, 32 in flight',
-      baselineValue: median(ratesD),
-      higherIsBetter: true,
-      goal: 'ratio ≥ 0.7',
-    });
-    await viaGateway.close();
-    await direct.close();
-
-    // http-throughput: gateway over Streamable HTTP vs the upstream's own Streamable HTTP.
-    const mcp = new McpHttpEndpoint({
-      gateway,
-      authenticate: (c) => new BenchBackend().authenticate(c),
-    });
-    const http = await startHttpServer({
-      host: '127.0.0.1',
-      port: 0,
-      mcpPath: '/mcp',
-      mcp,
-      admin: undefined as never,
-    });
-    const port = await freePort();
-    const child = spawn(process.execPath, [EVERYTHING, 'streamableHttp'], {
-      env: { ...process.env, PORT: String(port) },
-      stdio: 'ignore',
-      detached: true,
-    });
+    const dir = mkdtempSync(join(tmpdir(), 'fabric-bench-gateway-'));
+    const config = writeConfig(dir);
+    const closers: (() => Promise<unknown>)[] = [];
+    const closeLast = async (): Promise<void> => {
+      await closers.pop()?.();
+    };
     try {
-      const upstreamHttp = newClient();
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await upstreamHttp.connect(
-            new StreamableHTTPClientTransport(new URL(`http://127.0.0.1:${port}/mcp`)),
+      // Direct stdio baseline.
+      const direct = await stdioClient(process.execPath, [EVERYTHING, 'stdio']);
+      closers.push(direct.close);
+      const callDirect = echo(direct.client, 'echo');
+
+      if (wanted('stdio-latency') || wanted('stdio-throughput')) {
+        // The gateway as MCP clients launch it: `agent-fabric mcp --in-process`, over stdio.
+        const gw = await stdioClient(
+          process.execPath,
+          cliArgs(['mcp', '--in-process', '--config', config]),
+        );
+        closers.push(gw.close);
+        const callGateway = echo(gw.client, 'ev__echo');
+        // A denied call proves policy is on.
+        const denied = await gw.client.callTool({
+          name: 'ev__echo',
+          arguments: { message: 'forbidden!' },
+        });
+        if (!denied.isError) throw new Error('policy is not enforced: a denied call went through');
+        await warm([callDirect, callGateway], q ? 300 : 1000);
+        if (wanted('stdio-latency')) {
+          await latencyCase(
+            ctx,
+            'stdio-latency',
+            'agent → upstream over stdio',
+            callDirect,
+            callGateway,
           );
-          break;
-        } catch (error) {
-          if (attempt > 100) throw error;
-          await new Promise((r) => setTimeout(r, 100));
         }
+        if (wanted('stdio-throughput')) {
+          const t = await throughputPair(callDirect, callGateway, q ? 2000 : 8000, q ? 3 : 5);
+          ctx.report({
+            suite: 'gateway',
+            case: 'stdio-throughput',
+            unit: 'calls/s',
+            value: t.b,
+            baseline: 'agent → upstream over stdio, 32 in flight',
+            baselineValue: t.a,
+            higherIsBetter: true,
+            goal: 'ratio ≥ 0.7',
+          });
+        }
+        await closeLast();
       }
-      const gatewayHttp = newClient();
-      await gatewayHttp.connect(
-        new StreamableHTTPClientTransport(new URL(http.url), {
-          requestInit: { headers: { authorization: `Bearer ${TOKEN}` } },
-        }),
-      );
-      const callUp = echo(upstreamHttp, 'echo');
-      const callGw = echo(gatewayHttp, 'ev__echo');
-      for (let i = 0; i < (q ? 200 : 500); i++) {
-        await callUp(i);
-        await callGw(i);
+
+      if (wanted('stdio-latency-relay-floor')) {
+        // Diagnostic: what any process hop costs here — a relay that only copies bytes.
+        const relay = join(dir, 'relay.mjs');
+        writeFileSync(relay, RELAY_SOURCE);
+        const r = await stdioClient(process.execPath, [
+          relay,
+          process.execPath,
+          EVERYTHING,
+          'stdio',
+        ]);
+        closers.push(r.close);
+        const callRelay = echo(r.client, 'echo');
+        await warm([callDirect, callRelay], q ? 200 : 1000);
+        await latencyCase(
+          ctx,
+          'stdio-latency-relay-floor',
+          'agent → upstream over stdio (vs a byte relay process: the floor of any process hop)',
+          callDirect,
+          callRelay,
+        );
+        await closeLast();
       }
-      const httpTotal = q ? 1500 : 6000;
-      const up: number[] = [];
-      const gw: number[] = [];
-      for (let r = 0; r < (q ? 2 : 3); r++) {
-        up.push(await inFlight(callUp, httpTotal, 32));
-        gw.push(await inFlight(callGw, httpTotal, 32));
+
+      if (wanted('stdio-latency-inproc')) {
+        // Diagnostic: the same sidecar inside this process, on an in-memory link.
+        const sidecar = await Sidecar.start({ config: loadSidecarConfig(config), http: false });
+        closers.push(() => sidecar.close());
+        const identity = await sidecar.backend.authenticate(sidecar.agents[0]!.credential);
+        if (identity.kind !== 'agent') throw new Error('expected an agent identity');
+        const session = sidecar.gateway.createSession(identity);
+        const [ct, st] = InMemoryTransport.createLinkedPair();
+        await session.connect(st);
+        const inproc = newClient();
+        await inproc.connect(ct);
+        const callInproc = echo(inproc, 'ev__echo');
+        await warm([callDirect, callInproc], q ? 200 : 1000);
+        await latencyCase(
+          ctx,
+          'stdio-latency-inproc',
+          'agent → upstream over stdio (gateway in-process, in-memory link)',
+          callDirect,
+          callInproc,
+        );
+        await inproc.close();
+        await closeLast();
       }
-      ctx.report({
-        suite: 'gateway',
-        case: 'http-throughput',
-        unit: 'calls/s',
-        value: median(gw),
-        baseline: "agent → upstream's own Streamable HTTP, 32 in flight",
-        baselineValue: median(up),
-        higherIsBetter: true,
-        goal: 'ratio ≥ 1.0',
-      });
-      await gatewayHttp.close();
-      await upstreamHttp.close();
+      await closeLast(); // direct
+
+      if (wanted('http-throughput')) {
+        // `agent-fabric serve` vs the upstream's own Streamable HTTP.
+        const serve = await startServe(config);
+        closers.push(() => stop(serve.child));
+        const port = await freePort();
+        const everything = spawn(process.execPath, [EVERYTHING, 'streamableHttp'], {
+          env: { ...process.env, PORT: String(port) },
+          stdio: 'ignore',
+          detached: true,
+        });
+        closers.push(async () => {
+          try {
+            process.kill(-everything.pid!, 'SIGKILL');
+          } catch {
+            // gone
+          }
+        });
+        const upstreamHttp = newClient();
+        for (let attempt = 0; ; attempt++) {
+          try {
+            await upstreamHttp.connect(
+              new StreamableHTTPClientTransport(new URL(`http://127.0.0.1:${port}/mcp`), {
+                fetch: linkedSignalFetch(fetch),
+              }),
+            );
+            break;
+          } catch (error) {
+            if (attempt > 100) throw error;
+            await new Promise((r) => setTimeout(r, 100));
+          }
+        }
+        closers.push(() => upstreamHttp.close());
+        const gatewayHttp = newClient();
+        await gatewayHttp.connect(
+          new StreamableHTTPClientTransport(new URL(serve.url), {
+            requestInit: { headers: { authorization: `Bearer ${serve.token}` } },
+            fetch: linkedSignalFetch(fetch),
+          }),
+        );
+        closers.push(() => gatewayHttp.close());
+        const callUp = echo(upstreamHttp, 'echo');
+        const callGw = echo(gatewayHttp, 'ev__echo');
+        await warm([callUp, callGw], q ? 200 : 500);
+        const h = await throughputPair(callUp, callGw, q ? 1000 : 3000, q ? 3 : 5);
+        ctx.report({
+          suite: 'gateway',
+          case: 'http-throughput',
+          unit: 'calls/s',
+          value: h.b,
+          baseline: "agent → upstream's own Streamable HTTP, 32 in flight",
+          baselineValue: h.a,
+          higherIsBetter: true,
+          goal: 'ratio ≥ 1.0',
+        });
+      }
     } finally {
-      try {
-        process.kill(-child.pid!, 'SIGKILL');
-      } catch {
-        // gone
-      }
-      await mcp.close();
-      await http.close();
-      await gateway.close();
+      for (const close of closers.reverse()) await close().catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
     }
   },
 };

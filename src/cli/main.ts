@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
+import { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { parseArgs } from 'node:util';
 import { FabricError } from '../errors.js';
@@ -134,7 +134,7 @@ async function mcp(argv: string[]): Promise<void> {
       );
     }
     const session = sidecar.gateway.createSession(identity);
-    const transport = new StdioServerTransport();
+    const transport = new StdioSessionTransport();
     transport.onclose = () => void sidecar.close().then(() => process.exit(0));
     onSignals(() => sidecar.close());
     await session.connect(transport);
@@ -154,7 +154,7 @@ async function mcp(argv: string[]): Promise<void> {
     throw new Error(`the sidecar at ${url.href} refused the agent token (HTTP ${probe.status})`);
   }
   const upstream = new StreamableHTTPClientTransport(url, { requestInit: { headers } });
-  const downstream = new StdioServerTransport();
+  const downstream = new StdioSessionTransport();
   downstream.onmessage = (m) =>
     void upstream.send(m).catch((e: unknown) => console.error(String(e)));
   upstream.onmessage = (m) => void downstream.send(m);

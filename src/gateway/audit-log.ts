@@ -54,6 +54,20 @@ export function digestArgs(args: unknown): string {
     .digest('hex');
 }
 
+/** The outcome fields of a call's record (see {@link AuditLog.writeCall}). */
+export type AuditOutcome = Pick<AuditRecord, 'decision' | 'outcome'> &
+  Partial<Pick<AuditRecord, 'rule' | 'code' | 'tokens' | 'cost'>>;
+
+/** A record queued by {@link AuditLog.writeCall}, completed when it is flushed. */
+interface QueuedCall {
+  agent: string;
+  tool: string;
+  args: unknown;
+  startedAt: number;
+  durationMs: number;
+  fields: AuditOutcome;
+}
+
 /** Append-only JSON-lines audit log with size rotation. */
 export class AuditLog {
   readonly path: string;
@@ -61,8 +75,9 @@ export class AuditLog {
   readonly #maxFiles: number;
   #fd: number | undefined;
   #size = 0;
-  #pending: string[] = [];
+  #pending: (string | QueuedCall)[] = [];
   #scheduled = false;
+  readonly #flush = (): void => this.flush();
 
   constructor(options: AuditLogOptions) {
     this.path = options.path;
@@ -85,9 +100,33 @@ export class AuditLog {
   write(record: AuditRecord): void {
     if (this.#fd === undefined) return;
     this.#pending.push(JSON.stringify(record) + '\n');
+    this.#schedule();
+  }
+
+  /**
+   * Queues the record of one tool call, like {@link write}; the arguments' digest, the time
+   * and the JSON line are computed when the line is flushed (at the end of this event-loop
+   * turn), after the call's response went out. `args` must not change until then.
+   *
+   * @param startedAt Epoch ms the call arrived.
+   */
+  writeCall(
+    agent: string,
+    tool: string,
+    args: unknown,
+    startedAt: number,
+    durationMs: number,
+    fields: AuditOutcome,
+  ): void {
+    if (this.#fd === undefined) return;
+    this.#pending.push({ agent, tool, args, startedAt, durationMs, fields });
+    this.#schedule();
+  }
+
+  #schedule(): void {
     if (!this.#scheduled) {
       this.#scheduled = true;
-      setImmediate(() => this.flush());
+      setImmediate(this.#flush);
     }
   }
 
@@ -98,13 +137,17 @@ export class AuditLog {
     const lines = this.#pending;
     this.#pending = [];
     let chunk = '';
-    for (const line of lines) {
-      if (this.#size > 0 && this.#size + Buffer.byteLength(chunk) + line.length > this.#maxBytes) {
+    let chunkBytes = 0;
+    for (const queued of lines) {
+      const line = typeof queued === 'string' ? queued : formatCall(queued);
+      if (this.#size > 0 && this.#size + chunkBytes + line.length > this.#maxBytes) {
         this.#writeChunk(chunk);
         chunk = '';
+        chunkBytes = 0;
         this.#rotate();
       }
       chunk += line;
+      chunkBytes += Buffer.byteLength(line);
     }
     this.#writeChunk(chunk);
   }
@@ -137,4 +180,17 @@ export class AuditLog {
     if (this.#fd !== undefined) closeSync(this.#fd);
     this.#fd = undefined;
   }
+}
+
+function formatCall(c: QueuedCall): string {
+  const record: AuditRecord = {
+    time: new Date(c.startedAt).toISOString(),
+    agent: c.agent,
+    tool: c.tool,
+    rule: undefined,
+    argsDigest: digestArgs(c.args),
+    durationMs: c.durationMs,
+    ...c.fields,
+  };
+  return JSON.stringify(record) + '\n';
 }

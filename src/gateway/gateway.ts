@@ -27,7 +27,7 @@ import {
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
 import { ClosedError, ConfigError, RoutingError, ToolNotFoundError } from '../errors.js';
-import { AuditLog, digestArgs, type AuditLogOptions, type AuditRecord } from './audit-log.js';
+import { AuditLog, type AuditLogOptions, type AuditOutcome } from './audit-log.js';
 import type {
   AgentIdentity,
   GatewayBackend,
@@ -37,7 +37,12 @@ import type {
 import { buildCatalog, resourceOwner, type Catalog, type CatalogProblem } from './catalog.js';
 import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
 import { messageOf, refusalResult, toMcpError, toolErrorResult } from './map-error.js';
-import { GatewaySession, type DownstreamExtra, type SessionHost } from './session.js';
+import {
+  GatewaySession,
+  type CallExtra,
+  type DownstreamExtra,
+  type SessionHost,
+} from './session.js';
 import { estimateTokens, ToolCosts } from './tool-costs.js';
 import { Upstream } from './upstream.js';
 import {
@@ -253,11 +258,7 @@ export class ToolGateway implements SessionHost {
     return tools;
   }
 
-  async callTool(
-    session: GatewaySession,
-    request: Request,
-    extra: DownstreamExtra,
-  ): Promise<Result> {
+  async callTool(session: GatewaySession, request: Request, extra: CallExtra): Promise<Result> {
     const started = performance.now();
     const params = (request.params ?? {}) as { name?: unknown; arguments?: unknown };
     const name = String(params.name);
@@ -265,18 +266,19 @@ export class ToolGateway implements SessionHost {
     const { agentId, poolId, labels } = session.identity;
     const fabricTool = this.#fabricTools.get(name);
     const route = fabricTool ? undefined : this.#catalog.tools.get(name);
-    const audit = (
-      fields: Pick<AuditRecord, 'decision' | 'outcome'> & Partial<AuditRecord>,
-    ): void => {
-      this.#audit?.write({
-        time: new Date(Date.now() - (performance.now() - started)).toISOString(),
-        agent: agentId,
-        tool: name,
-        rule: undefined,
-        argsDigest: digestArgs(args),
-        durationMs: Math.round((performance.now() - started) * 1000) / 1000,
-        ...fields,
-      });
+    const log = this.#audit;
+    // The record's digest, time and JSON are made when the log flushes, after the response.
+    const audit = (fields: AuditOutcome): void => {
+      if (!log) return;
+      const now = performance.now();
+      log.writeCall(
+        agentId,
+        name,
+        args,
+        Date.now() - (now - started),
+        Math.round((now - started) * 1000) / 1000,
+        fields,
+      );
     };
     if (!fabricTool && !route) {
       audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
@@ -287,6 +289,7 @@ export class ToolGateway implements SessionHost {
       return toolErrorResult(new ClosedError('the gateway'));
     }
     this.#beginCall();
+    let endLater = false;
     try {
       const progressToken = extra._meta?.progressToken;
       let waitTimer: NodeJS.Timeout | undefined;
@@ -357,19 +360,35 @@ export class ToolGateway implements SessionHost {
         if (error instanceof McpError && !(error.code === ErrorCode.ConnectionClosed)) throw error;
         return toolErrorResult(error);
       }
-      const tokens = estimateTokens(result);
-      this.#lastTokens.set(name, tokens);
-      this.#settle(auth, { tokens, cost });
-      audit({
-        decision,
-        rule: d.rule,
-        outcome: (result as CallToolResult).isError ? 'tool_error' : 'ok',
-        tokens,
-        cost,
-      });
+      const done = result;
+      const finish = (): void => {
+        const tokens = estimateTokens(done);
+        this.#lastTokens.set(name, tokens);
+        this.#settle(auth, { tokens, cost });
+        audit({
+          decision,
+          rule: d.rule,
+          outcome: (done as CallToolResult).isError ? 'tool_error' : 'ok',
+          tokens,
+          cost,
+        });
+      };
+      if (extra.defer) {
+        // Settle and audit right after the response is written; the call ends then.
+        endLater = true;
+        extra.defer(() => {
+          try {
+            finish();
+          } finally {
+            this.#endCall();
+          }
+        });
+      } else {
+        finish();
+      }
       return result;
     } finally {
-      this.#endCall();
+      if (!endLater) this.#endCall();
     }
   }
 
@@ -449,7 +468,7 @@ export class ToolGateway implements SessionHost {
     session: GatewaySession,
     upstream: Upstream,
     request: Request,
-    extra: DownstreamExtra,
+    extra: CallExtra,
   ): Promise<Result> {
     const progressToken = extra._meta?.progressToken;
     const entry: InFlight = { session, requestId: extra.requestId };

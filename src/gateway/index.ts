@@ -12,6 +12,7 @@ export {
 export { buildCatalog, resourceOwner } from './catalog.js';
 export { McpHttpEndpoint, bearerToken, DEFAULT_MAX_BODY_BYTES } from './downstream-http.js';
 export { HttpSessionTransport, DEFAULT_SSE_KEEP_ALIVE_MS } from './downstream-http-transport.js';
+export { StdioSessionTransport } from './downstream-stdio-transport.js';
 export { FABRIC_TOOLS, FABRIC_TOOL_PREFIX } from './fabric-tools.js';
 export {
   ToolGateway,
@@ -31,7 +32,7 @@ export {
   MAX_TOOL_NAME_LENGTH,
 } from './upstream-config.js';
 
-export type { AuditLogOptions, AuditRecord } from './audit-log.js';
+export type { AuditLogOptions, AuditOutcome, AuditRecord } from './audit-log.js';
 export type {
   AdminBackend,
   AgentIdentity,

@@ -5,7 +5,9 @@
  * wrapper (`npx`, a shell script) leaves grandchildren behind. This transport spawns the child
  * detached, in its own process group, and signals the group (`kill(-pgid)`) on close: SIGTERM,
  * then SIGKILL after a grace period. It also parses lines with a cheap envelope check instead
- * of a full schema parse — the protocol layer validates what it needs.
+ * of a full schema parse — the protocol layer validates what it needs — and coalesces the
+ * messages sent during one turn of the event loop into one write (one syscall and one wake-up
+ * of the child for a whole burst of concurrent calls).
  *
  * @module
  */
@@ -54,6 +56,9 @@ export class ProcessStdioTransport implements Transport {
   #child: ChildProcess | undefined;
   #pid: number | undefined;
   #buffer = '';
+  /** Serialized messages waiting for the end of this tick. */
+  #out = '';
+  #flushScheduled = false;
   #closed = false;
   #exited: Promise<void> | undefined;
 
@@ -137,9 +142,23 @@ export class ProcessStdioTransport implements Transport {
   send(message: JSONRPCMessage): Promise<void> {
     const stdin = this.#child?.stdin;
     if (!stdin || this.#closed) return Promise.reject(new Error('Not connected'));
-    if (stdin.write(JSON.stringify(message) + '\n')) return Promise.resolve();
+    this.#out += JSON.stringify(message) + '\n';
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      // After the microtasks of this turn: every message they send goes out in one write.
+      process.nextTick(this.#flush);
+    }
+    if (!stdin.writableNeedDrain) return Promise.resolve();
     return new Promise((resolve) => stdin.once('drain', resolve));
   }
+
+  readonly #flush = (): void => {
+    this.#flushScheduled = false;
+    const out = this.#out;
+    this.#out = '';
+    const stdin = this.#child?.stdin;
+    if (out !== '' && stdin && !stdin.writableEnded) stdin.write(out);
+  };
 
   /** Signals the whole process group (falls back to the child alone). */
   #signal(sig: NodeJS.Signals): void {
@@ -162,6 +181,7 @@ export class ProcessStdioTransport implements Transport {
     }
     const grace = this.#options.killGraceMs ?? 2000;
     try {
+      this.#flush();
       child.stdin?.end();
     } catch {
       // ignore

@@ -35,10 +35,20 @@ import {
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
 import type { AgentIdentity } from './backend.js';
+import { FastToolCalls } from './fast-path.js';
 import { LOOSE_RESULT } from './upstream.js';
 
 /** The request-handler context of a downstream request. */
 export type DownstreamExtra = RequestHandlerExtra<ServerRequest, ServerNotification>;
+
+/**
+ * What a `tools/call` handler uses of its context (the fast path provides only this). With
+ * `defer`, the handler may hand over work to run right after its response was written
+ * (usage settlement, the audit record), so it stays off the call's latency.
+ */
+export type CallExtra = Pick<DownstreamExtra, 'signal' | 'requestId' | '_meta'> & {
+  defer?: ((work: () => void) => void) | undefined;
+};
 
 /** What a session needs from the gateway (implemented by ToolGateway). */
 export interface SessionHost {
@@ -46,7 +56,7 @@ export interface SessionHost {
   capabilities(): ServerCapabilities;
   instructions(): string | undefined;
   listTools(session: GatewaySession): Tool[];
-  callTool(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
+  callTool(session: GatewaySession, request: Request, extra: CallExtra): Promise<Result>;
   forward(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
   subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void>;
   unsubscribe(session: GatewaySession, uri: string): Promise<void>;
@@ -131,9 +141,17 @@ export class GatewaySession {
     s.onclose = () => this.#onclose();
   }
 
-  /** Connects the session's server to a downstream transport. */
-  connect(transport: Transport): Promise<void> {
-    return this.server.connect(transport);
+  /**
+   * Connects the session's server to a downstream transport. Plain `tools/call` requests are
+   * then served beside the server's Protocol (see fast-path.ts); everything else goes through it.
+   */
+  async connect(transport: Transport): Promise<void> {
+    await this.server.connect(transport);
+    new FastToolCalls(
+      transport,
+      (request, extra) => this.#host.callTool(this, request, extra),
+      (error) => this.server.onerror?.(error),
+    );
   }
 
   /** The tools this agent may see (cached until the catalog changes). */

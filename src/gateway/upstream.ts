@@ -21,8 +21,10 @@ import {
   type ServerCapabilities,
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
+import { setMaxListeners } from 'node:events';
 import { z } from 'zod';
 import { UpstreamTimeoutError, UpstreamUnavailableError } from '../errors.js';
+import { FastUpstreamCalls } from './fast-path.js';
 import { ProcessStdioTransport } from './process-stdio-transport.js';
 import type { UpstreamSpec } from './upstream-config.js';
 
@@ -69,6 +71,8 @@ export class Upstream {
   #hooks: UpstreamHooks;
   #client: Client | undefined;
   #transport: Transport | undefined;
+  /** Requests without progress bypass the client's Protocol (see fast-path.ts). */
+  #fast: FastUpstreamCalls | undefined;
   #state: UpstreamState = 'idle';
   #restartAttempt = 0;
   #restartTimer: NodeJS.Timeout | undefined;
@@ -135,7 +139,7 @@ export class Upstream {
           requestInit,
           eventSourceInit: { fetch: withHeaders(spec.headers) },
         })
-      : new StreamableHTTPClientTransport(url, { requestInit });
+      : new StreamableHTTPClientTransport(url, { requestInit, fetch: linkedSignalFetch(fetch) });
   }
 
   async #connect(): Promise<void> {
@@ -162,6 +166,7 @@ export class Upstream {
     const transport = this.#createTransport();
     try {
       await client.connect(transport, { timeout: this.spec.callTimeoutSeconds * 1000 });
+      this.#fast = FastUpstreamCalls.install(client, transport, LOOSE_RESULT);
       this.capabilities = client.getServerCapabilities() ?? {};
       this.instructions = client.getInstructions();
       await this.#loadCatalog(client);
@@ -279,11 +284,14 @@ export class Upstream {
     if (!client || this.#state !== 'ready') throw this.#unavailable();
     const timeout = options.timeoutMs ?? this.spec.callTimeoutSeconds * 1000;
     try {
-      return await client.request(request, LOOSE_RESULT, {
-        signal: options.signal,
-        onprogress: options.onprogress,
-        timeout,
-      });
+      const fast = this.#fast;
+      return await (fast?.client === client && options.onprogress === undefined
+        ? fast.request(request, options.signal, timeout)
+        : client.request(request, LOOSE_RESULT, {
+            signal: options.signal,
+            onprogress: options.onprogress,
+            timeout,
+          }));
     } catch (error) {
       if (error instanceof McpError) {
         if (error.code === ErrorCode.RequestTimeout && !options.signal?.aborted) {
@@ -344,6 +352,55 @@ async function collect(client: Client, method: string, key: string): Promise<unk
     if (cursor === undefined) break;
   }
   return items;
+}
+
+/** Requests in flight on one HTTP upstream before Node warns about abort listeners. */
+const MAX_LINKED_REQUESTS = 10_000;
+
+/**
+ * A `fetch` for the SDK's Streamable HTTP client transport that gives every request its own
+ * AbortSignal, linked to the one the transport passes (its lifetime signal, shared by all
+ * requests) and unlinked when the exchange is over: when the response arrives, or for an SSE
+ * response when its stream ends. Without it every request leaves an abort listener on the
+ * shared signal until the request is garbage-collected, and a busy upstream trips
+ * `MaxListenersExceededWarning` (1501 abort listeners) and keeps those requests alive.
+ */
+export function linkedSignalFetch(base: typeof fetch): typeof fetch {
+  const raised = new WeakSet<AbortSignal>();
+  return async (input, init) => {
+    const shared = init?.signal;
+    if (!shared || shared.aborted) return base(input, init);
+    if (!raised.has(shared)) {
+      // One listener per request in flight (unlinked when done): concurrency, not a leak.
+      setMaxListeners(MAX_LINKED_REQUESTS, shared);
+      raised.add(shared);
+    }
+    const own = new AbortController();
+    const relay = (): void => own.abort(shared.reason);
+    shared.addEventListener('abort', relay, { once: true });
+    const unlink = (): void => shared.removeEventListener('abort', relay);
+    let response: Response;
+    try {
+      response = await base(input, { ...init, signal: own.signal });
+    } catch (error) {
+      unlink();
+      throw error;
+    }
+    const sse = response.headers.get('content-type')?.includes('text/event-stream');
+    if (!sse || !response.body) {
+      unlink();
+      return response;
+    }
+    // Keep the link while the stream is read, so closing the transport still ends it.
+    const body = response.body.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({ flush: unlink }),
+    );
+    return new Response(body, {
+      status: response.status,
+      statusText: response.statusText,
+      headers: response.headers,
+    });
+  };
 }
 
 function withHeaders(headers: Readonly<Record<string, string>>): typeof fetch {

@@ -26,7 +26,8 @@ const budgetSchema = z
   })
   .strict();
 
-const agentSchema = z
+/** An agent spawned by the sidecar (config `agents:` and the admin API). */
+export const agentSchema = z
   .object({
     name: z.string().min(1),
     model: z.string().min(1).default('mcp-client'),

@@ -13,6 +13,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../errors.js';
+import { agentSchema } from './config-file.js';
 import type { AdminBackend } from '../gateway/backend.js';
 import {
   bearerToken,
@@ -43,15 +44,7 @@ export interface HttpServerOptions {
 const decisionBody = z
   .object({ approver: z.string().min(1).optional(), reason: z.string().optional() })
   .strict();
-const spawnBody = z
-  .object({
-    name: z.string().min(1),
-    model: z.string().min(1).default('mcp-client'),
-    poolId: z.string().min(1).optional(),
-    labels: z.record(z.string(), z.string()).optional(),
-    capabilities: z.array(z.string()).optional(),
-  })
-  .strict();
+const spawnBody = agentSchema.omit({ budget: true });
 
 async function parseJson<T extends z.ZodType>(
   req: IncomingMessage,

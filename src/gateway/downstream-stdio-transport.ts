@@ -1,0 +1,160 @@
+/**
+ * Server side of an MCP session over this process's stdin/stdout (`agent-fabric mcp`).
+ *
+ * A drop-in for the SDK's `StdioServerTransport` that splits lines on a string buffer and
+ * checks each message's JSON-RPC envelope cheaply instead of parsing it against the full zod
+ * message union (the session's Protocol still validates what it handles; messages the cheap
+ * check does not vouch for get the SDK's schema parse, so malformed ones are reported through
+ * `onerror` and skipped exactly as before). Messages sent during one tick go out in one write.
+ *
+ * @module
+ */
+import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
+import { JSONRPCMessageSchema, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+
+/** Largest line accepted (as the SDK's read buffer). */
+export const STDIO_MAX_LINE_BYTES = 10 * 1024 * 1024;
+
+/** MCP server transport over stdin/stdout with a cheap envelope check. */
+export class StdioSessionTransport implements Transport {
+  onclose?: () => void;
+  onerror?: (error: Error) => void;
+  onmessage?: (message: JSONRPCMessage) => void;
+
+  readonly #stdin: NodeJS.ReadableStream;
+  readonly #stdout: NodeJS.WritableStream;
+  #buffer = '';
+  #out = '';
+  #flushScheduled = false;
+  #started = false;
+  #closed = false;
+
+  constructor(
+    stdin: NodeJS.ReadableStream = process.stdin,
+    stdout: NodeJS.WritableStream = process.stdout,
+  ) {
+    this.#stdin = stdin;
+    this.#stdout = stdout;
+  }
+
+  readonly #ondata = (chunk: Buffer | string): void => {
+    const text = this.#buffer + (typeof chunk === 'string' ? chunk : chunk.toString('utf8'));
+    let start = 0;
+    let newline = text.indexOf('\n');
+    while (newline !== -1) {
+      let end = newline;
+      if (end > start && text.charCodeAt(end - 1) === 13) end--; // \r\n
+      if (end > start) this.#line(text.slice(start, end));
+      start = newline + 1;
+      newline = text.indexOf('\n', start);
+    }
+    this.#buffer = start === 0 ? text : text.slice(start);
+    if (this.#buffer.length > STDIO_MAX_LINE_BYTES) {
+      this.#buffer = '';
+      this.onerror?.(
+        new Error(`ReadBuffer exceeded maximum size of ${STDIO_MAX_LINE_BYTES} bytes`),
+      );
+      void this.close();
+    }
+  };
+
+  readonly #onerror = (error: Error): void => {
+    this.onerror?.(error);
+  };
+
+  #line(line: string): void {
+    let message: unknown;
+    try {
+      message = JSON.parse(line);
+    } catch (error) {
+      this.onerror?.(error instanceof Error ? error : new Error(String(error)));
+      return;
+    }
+    if (!isEnvelope(message)) {
+      // Let the SDK's schema name the problem.
+      const parsed = JSONRPCMessageSchema.safeParse(message);
+      if (!parsed.success) {
+        this.onerror?.(parsed.error);
+        return;
+      }
+      message = parsed.data;
+    }
+    this.onmessage?.(message as JSONRPCMessage);
+  }
+
+  async start(): Promise<void> {
+    if (this.#started) throw new Error('StdioSessionTransport already started');
+    this.#started = true;
+    this.#stdin.on('data', this.#ondata);
+    this.#stdin.on('error', this.#onerror);
+  }
+
+  /** Queues `message`; the messages sent during one tick go out in one write. */
+  send(message: JSONRPCMessage): Promise<void> {
+    this.#out += JSON.stringify(message) + '\n';
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true;
+      process.nextTick(this.#flush);
+    }
+    if (!(this.#stdout as { writableNeedDrain?: boolean }).writableNeedDrain) {
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.#stdout.once('drain', resolve));
+  }
+
+  readonly #flush = (): void => {
+    this.#flushScheduled = false;
+    const out = this.#out;
+    this.#out = '';
+    if (out !== '') this.#stdout.write(out);
+  };
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#flush();
+    this.#stdin.off('data', this.#ondata);
+    this.#stdin.off('error', this.#onerror);
+    if (this.#stdin.listenerCount('data') === 0) this.#stdin.pause();
+    this.#buffer = '';
+    this.onclose?.();
+  }
+}
+
+/**
+ * True when `m` is a JSON-RPC 2.0 request, notification or response the SDK's message schema
+ * accepts as is: `jsonrpc: "2.0"`, a string or integer id, a string method, object params,
+ * an object result or a `{ code, message }` error, and no other keys.
+ */
+function isEnvelope(m: unknown): boolean {
+  if (typeof m !== 'object' || m === null || Array.isArray(m)) return false;
+  const e = m as Record<string, unknown>;
+  if (e.jsonrpc !== '2.0') return false;
+  const id = e.id;
+  const hasId = id !== undefined;
+  if (hasId && typeof id !== 'string' && !Number.isSafeInteger(id)) return false;
+  for (const k in e) {
+    if (k !== 'jsonrpc' && k !== 'id' && k !== 'method' && k !== 'params') {
+      if (k !== 'result' && k !== 'error') return false;
+    }
+  }
+  if (e.method !== undefined) {
+    if (typeof e.method !== 'string' || 'result' in e || 'error' in e) return false;
+    const p = e.params;
+    if (p !== undefined && (typeof p !== 'object' || p === null || Array.isArray(p))) return false;
+    // _meta has a schema of its own; leave messages that carry one to the SDK.
+    return p === undefined || (p as { _meta?: unknown })._meta === undefined;
+  }
+  if (!hasId || 'params' in e) return false;
+  if ('result' in e) {
+    const r = e.result;
+    return (
+      !('error' in e) &&
+      typeof r === 'object' &&
+      r !== null &&
+      !Array.isArray(r) &&
+      (r as { _meta?: unknown })._meta === undefined
+    );
+  }
+  return false; // error responses are rare: the SDK schema checks them
+}

@@ -1,0 +1,410 @@
+/**
+ * The `tools/call` fast path: the hot request and response handled beside the SDK's `Protocol`
+ * instead of through it, with the same wire behaviour.
+ *
+ * The SDK validates every message several times with zod: the stdio reader parses it against
+ * the JSON-RPC message union, `Protocol` re-parses it to tell requests from responses, the
+ * `Server` re-validates `tools/call` requests and results, and the `Client` validates results
+ * against the caller's schema. On a gateway that forwards a result it did not produce, that is
+ * most of the CPU time of a call. Here a cheap structural check proves a message is one the
+ * SDK would accept unchanged; anything else (unusual keys, `_meta`, progress tokens, task
+ * augmentation, odd result shapes) goes through the SDK exactly as before, so errors, defaults
+ * and stripping stay the SDK's own.
+ *
+ * - {@link FastUpstreamCalls}: sends requests on an SDK `Client`'s transport, drawing ids from
+ *   the client's own counter, and takes their responses off the transport before `Protocol`
+ *   sees them; timeouts, cancellation (`notifications/cancelled` upstream) and connection loss
+ *   behave as in `Protocol.request`.
+ * - {@link FastToolCalls}: serves `tools/call` requests arriving on a session's transport and
+ *   writes their responses, honouring `notifications/cancelled` and connection close as
+ *   `Protocol` does.
+ *
+ * @module
+ */
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { safeParse } from '@modelcontextprotocol/sdk/server/zod-compat.js';
+import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
+import {
+  CallToolResultSchema,
+  ErrorCode,
+  McpError,
+  isJSONRPCErrorResponse,
+  isJSONRPCResultResponse,
+  type JSONRPCMessage,
+  type Request,
+  type RequestId,
+  type Result,
+} from '@modelcontextprotocol/sdk/types.js';
+import type { z } from 'zod';
+
+/** The fields of a JSON-RPC message the fast path looks at. */
+interface Envelope {
+  jsonrpc?: unknown;
+  id?: unknown;
+  method?: unknown;
+  params?: unknown;
+  result?: unknown;
+  error?: unknown;
+}
+
+type Obj = Record<string, unknown>;
+
+function isObject(value: unknown): value is Obj {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function isRequestId(id: unknown): id is RequestId {
+  return typeof id === 'string' || Number.isSafeInteger(id);
+}
+
+/** True when `message` has no keys besides `a`, `b`, `c` and `d`. */
+function onlyKeys(message: object, a: string, b: string, c: string, d = c): boolean {
+  for (const k in message) if (k !== a && k !== b && k !== c && k !== d) return false;
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+const TEXT_KEYS = new Set(['type', 'text', '_meta']);
+
+/**
+ * True when the SDK's `CallToolResultSchema` parse would return `result` unchanged: a content
+ * array of plain text blocks (no annotations, no unknown keys), `isError` boolean or absent,
+ * `structuredContent` an object or absent, no `_meta`.
+ */
+function isPlainCallToolResult(result: Obj): boolean {
+  const content = result.content;
+  if (!Array.isArray(content)) return false;
+  if (result._meta !== undefined) return false;
+  const isError = result.isError;
+  if (isError !== undefined && typeof isError !== 'boolean') return false;
+  const structured = result.structuredContent;
+  if (structured !== undefined && !isObject(structured)) return false;
+  for (const block of content as unknown[]) {
+    if (!isObject(block) || block.type !== 'text' || typeof block.text !== 'string') return false;
+    for (const k in block) if (!TEXT_KEYS.has(k)) return false;
+    if (block._meta !== undefined && !isObject(block._meta)) return false;
+  }
+  return true;
+}
+
+/**
+ * What the SDK's `Server` does with a `tools/call` handler's result: validate it against
+ * `CallToolResultSchema` and answer with the parsed value, or fail the request with
+ * `InvalidParams`. Plain results are returned as they are (the parse would not change them).
+ */
+export function validCallToolResult(result: unknown): Result {
+  if (isObject(result) && isPlainCallToolResult(result)) return result as Result;
+  const parsed = safeParse(CallToolResultSchema, result);
+  if (!parsed.success) {
+    const error: unknown = parsed.error;
+    const message = error instanceof Error ? error.message : String(error);
+    throw new McpError(ErrorCode.InvalidParams, `Invalid tools/call result: ${message}`);
+  }
+  return parsed.data as Result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream: requests on a Client's transport
+
+interface Pending {
+  resolve(result: Result): void;
+  reject(error: unknown): void;
+  timer: NodeJS.Timeout;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+/** The SDK client's request id counter (a plain field of `Protocol`). */
+type IdCounter = { _requestMessageId: number };
+
+/**
+ * Requests sent on an SDK client's transport beside its `Protocol`. Install after
+ * `client.connect()`; requests then share the client's id sequence, so ids never collide.
+ */
+export class FastUpstreamCalls {
+  readonly client: Client;
+  readonly #transport: Transport;
+  readonly #schema: z.ZodType;
+  readonly #pending = new Map<number, Pending>();
+  #open = true;
+
+  /**
+   * @returns undefined when this SDK version's client cannot be shared safely.
+   */
+  static install(
+    client: Client,
+    transport: Transport,
+    resultSchema: z.ZodType,
+  ): FastUpstreamCalls | undefined {
+    if (typeof (client as unknown as IdCounter)._requestMessageId !== 'number') return undefined;
+    if (typeof transport.onmessage !== 'function') return undefined;
+    return new FastUpstreamCalls(client, transport, resultSchema);
+  }
+
+  private constructor(client: Client, transport: Transport, resultSchema: z.ZodType) {
+    this.client = client;
+    this.#transport = transport;
+    this.#schema = resultSchema;
+    const sdkMessage = transport.onmessage!;
+    const sdkClose = transport.onclose;
+    transport.onmessage = (message, extra) => {
+      const m = message as Envelope;
+      if (m.method === undefined && this.#pending.size > 0 && this.#onResponse(m)) return;
+      sdkMessage.call(transport, message, extra);
+    };
+    transport.onclose = () => {
+      // Protocol reports the close before failing its requests; so do we.
+      sdkClose?.call(transport);
+      this.#closed();
+    };
+  }
+
+  /** Requests in flight on the fast path. */
+  get size(): number {
+    return this.#pending.size;
+  }
+
+  /**
+   * Sends `request` and resolves with its result, as `client.request(request, schema,
+   * { signal, timeout })` would.
+   */
+  request(request: Request, signal: AbortSignal | undefined, timeout: number): Promise<Result> {
+    return new Promise<Result>((resolve, reject) => {
+      if (!this.#open) {
+        reject(new Error('Not connected'));
+        return;
+      }
+      signal?.throwIfAborted();
+      const counter = this.client as unknown as IdCounter;
+      const id = counter._requestMessageId++;
+      const cancel = (reason: unknown): void => {
+        if (!this.#finish(id)) return;
+        if (this.#open) {
+          this.#transport
+            .send({
+              jsonrpc: '2.0',
+              method: 'notifications/cancelled',
+              params: { requestId: id, reason: String(reason) },
+            })
+            .catch((error: unknown) =>
+              this.client.onerror?.(new Error(`Failed to send cancellation: ${String(error)}`)),
+            );
+        }
+        reject(
+          reason instanceof McpError
+            ? reason
+            : new McpError(ErrorCode.RequestTimeout, String(reason)),
+        );
+      };
+      const entry: Pending = {
+        resolve,
+        reject,
+        timer: setTimeout(
+          () =>
+            cancel(McpError.fromError(ErrorCode.RequestTimeout, 'Request timed out', { timeout })),
+          timeout,
+        ),
+        signal,
+        onAbort: undefined,
+      };
+      if (signal) {
+        entry.onAbort = () => cancel(signal.reason);
+        signal.addEventListener('abort', entry.onAbort, { once: true });
+      }
+      this.#pending.set(id, entry);
+      this.#transport
+        .send({ ...request, jsonrpc: '2.0', id } as JSONRPCMessage)
+        .catch((error: unknown) => {
+          if (this.#finish(id)) reject(error);
+        });
+    });
+  }
+
+  /** Removes a pending request and its timer and listener; false when it was not pending. */
+  #finish(id: number): Pending | undefined {
+    const entry = this.#pending.get(id);
+    if (!entry) return undefined;
+    this.#pending.delete(id);
+    clearTimeout(entry.timer);
+    if (entry.onAbort) entry.signal!.removeEventListener('abort', entry.onAbort);
+    return entry;
+  }
+
+  /** Settles a pending request from its response; false to leave the message to Protocol. */
+  #onResponse(m: Envelope): boolean {
+    const id = typeof m.id === 'number' ? m.id : typeof m.id === 'string' ? Number(m.id) : NaN;
+    if (!this.#pending.has(id)) return false;
+    const result = m.result;
+    const error = m.error as { code?: unknown; message?: unknown; data?: unknown } | undefined;
+    let outcome: { ok: true; result: unknown } | { ok: false; error: unknown } | undefined;
+    if (m.jsonrpc === '2.0' && isRequestId(m.id)) {
+      if (
+        isObject(result) &&
+        result._meta === undefined &&
+        error === undefined &&
+        onlyKeys(m, 'jsonrpc', 'id', 'result')
+      ) {
+        outcome = { ok: true, result };
+      } else if (
+        result === undefined &&
+        isObject(error) &&
+        Number.isSafeInteger(error.code) &&
+        typeof error.message === 'string' &&
+        onlyKeys(m, 'jsonrpc', 'id', 'error') &&
+        onlyKeys(error, 'code', 'message', 'data')
+      ) {
+        outcome = { ok: false, error };
+      }
+    }
+    if (outcome === undefined) {
+      // Unusual shapes: decide exactly as Protocol would.
+      if (isJSONRPCResultResponse(m)) outcome = { ok: true, result };
+      else if (isJSONRPCErrorResponse(m)) outcome = { ok: false, error };
+      else return false; // Protocol reports it as an unknown message; the request times out
+    }
+    const entry = this.#finish(id)!;
+    if (entry.signal?.aborted) return true;
+    if (!outcome.ok) {
+      const e = outcome.error as { code: number; message: string; data?: unknown };
+      entry.reject(McpError.fromError(e.code, e.message, e.data));
+      return true;
+    }
+    if (isObject(outcome.result)) {
+      entry.resolve(outcome.result as Result);
+      return true;
+    }
+    const parsed = safeParse(this.#schema, outcome.result);
+    if (parsed.success) entry.resolve(parsed.data as Result);
+    else entry.reject(parsed.error);
+    return true;
+  }
+
+  #closed(): void {
+    this.#open = false;
+    const error = McpError.fromError(ErrorCode.ConnectionClosed, 'Connection closed');
+    for (const id of [...this.#pending.keys()]) this.#finish(id)?.reject(error);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Downstream: tools/call requests on a session's transport
+
+/** What the fast path hands the gateway for one call (a subset of the SDK's handler extra). */
+export interface FastCallExtra {
+  signal: AbortSignal;
+  requestId: RequestId;
+  _meta?: undefined;
+  /** Registers work to run once the response was handed to the transport (or dropped). */
+  defer(work: () => void): void;
+}
+
+/**
+ * Serves `tools/call` requests arriving on `transport` with `handler`, beside the SDK `Server`
+ * connected to it (install after `server.connect(transport)`). Requests the fast path does not
+ * take go to the server unchanged.
+ */
+export class FastToolCalls {
+  readonly #transport: Transport;
+  readonly #handler: (request: Request, extra: FastCallExtra) => Promise<unknown>;
+  readonly #onerror: (error: Error) => void;
+  readonly #inflight = new Map<RequestId, AbortController>();
+
+  constructor(
+    transport: Transport,
+    handler: (request: Request, extra: FastCallExtra) => Promise<unknown>,
+    onerror: (error: Error) => void,
+  ) {
+    this.#transport = transport;
+    this.#handler = handler;
+    this.#onerror = onerror;
+    const sdkMessage = transport.onmessage;
+    const sdkClose = transport.onclose;
+    transport.onmessage = (message, extra) => {
+      const m = message as Envelope;
+      if (m.method === 'tools/call') {
+        if (this.#take(m)) return;
+      } else if (m.method === 'notifications/cancelled' && this.#inflight.size > 0) {
+        this.#cancel(m);
+      }
+      sdkMessage?.call(transport, message, extra);
+    };
+    transport.onclose = () => {
+      for (const c of this.#inflight.values()) c.abort();
+      this.#inflight.clear();
+      sdkClose?.call(transport);
+    };
+  }
+
+  /** Takes a `tools/call` request the SDK would accept unchanged; false to leave it. */
+  #take(m: Envelope): boolean {
+    const id = m.id;
+    const params = m.params;
+    if (m.jsonrpc !== '2.0' || !isRequestId(id) || !isObject(params)) return false;
+    if (!onlyKeys(m, 'jsonrpc', 'id', 'method', 'params')) return false;
+    if (typeof params.name !== 'string' || params._meta !== undefined) return false;
+    if (params.task !== undefined) return false;
+    const args = params.arguments;
+    if (args !== undefined && !isObject(args)) return false;
+    const controller = new AbortController();
+    this.#inflight.set(id, controller);
+    void this.#serve(m as Request & { id: RequestId }, id, controller);
+    return true;
+  }
+
+  async #serve(request: Request, id: RequestId, controller: AbortController): Promise<void> {
+    const signal = controller.signal;
+    let after: (() => void) | undefined;
+    const defer = (work: () => void): void => {
+      after = work;
+    };
+    let response: JSONRPCMessage | undefined;
+    try {
+      const result = validCallToolResult(
+        await this.#handler(request, { signal, requestId: id, defer }),
+      );
+      if (!signal.aborted) response = { result, jsonrpc: '2.0', id };
+    } catch (caught) {
+      if (!signal.aborted) {
+        const error = (caught ?? {}) as { code?: unknown; message?: unknown; data?: unknown };
+        response = {
+          jsonrpc: '2.0',
+          id,
+          error: {
+            code: Number.isSafeInteger(error.code)
+              ? (error.code as number)
+              : ErrorCode.InternalError,
+            message: (error.message as string | undefined) ?? 'Internal error',
+            ...(error.data !== undefined && { data: error.data }),
+          },
+        };
+      }
+    } finally {
+      if (this.#inflight.get(id) === controller) this.#inflight.delete(id);
+    }
+    let sent: Promise<void> | undefined;
+    try {
+      if (response) sent = this.#transport.send(response);
+    } catch (error) {
+      sent = Promise.reject(error as Error);
+    }
+    try {
+      after?.();
+    } catch (error) {
+      this.#onerror(error instanceof Error ? error : new Error(String(error)));
+    }
+    try {
+      await sent;
+    } catch (error) {
+      this.#onerror(new Error(`Failed to send response: ${String(error)}`));
+    }
+  }
+
+  #cancel(m: Envelope): void {
+    const params = m.params as { requestId?: unknown; reason?: unknown } | undefined;
+    if (!isObject(params) || !params.requestId || !isRequestId(params.requestId)) return;
+    if (params.reason !== undefined && typeof params.reason !== 'string') return;
+    this.#inflight.get(params.requestId)?.abort(params.reason);
+  }
+}
