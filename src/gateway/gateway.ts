@@ -693,6 +693,8 @@ export function describeDecision(decision: unknown): { action?: string; rule?: s
   if (typeof d.action === 'string') out.action = d.action;
   const rule = d.rule ?? d.ruleName ?? d.matchedRule;
   if (typeof rule === 'string') out.rule = rule;
+  else if (typeof rule === 'number' && typeof d.policy === 'string')
+    out.rule = `${d.policy}#${rule}`;
   else if (rule && typeof rule === 'object') {
     const r = rule as Record<string, unknown>;
     const name = r.name ?? r.id ?? r.tool;

@@ -7,6 +7,8 @@ import { z } from 'zod';
 
 /** Default of {@link UpstreamSpec.callTimeoutSeconds}. */
 export const DEFAULT_CALL_TIMEOUT_SECONDS = 60;
+/** Default of {@link UpstreamSpec.startTimeoutSeconds}. */
+export const DEFAULT_START_TIMEOUT_SECONDS = 30;
 /** Default first restart delay after an upstream dies. */
 export const DEFAULT_RESTART_INITIAL_DELAY_MS = 100;
 /** Default cap of the exponential restart delay. */
@@ -33,6 +35,11 @@ const commonShape = {
   prefix: z.string().min(1).optional(),
   /** Per-call timeout, also the upper bound of a hung call. @default 60 */
   callTimeoutSeconds: z.number().positive().default(DEFAULT_CALL_TIMEOUT_SECONDS),
+  /**
+   * Bound of the start-up handshake and first catalog load (a server launched with `npx` may
+   * take far longer to start than any single call should). @default 30
+   */
+  startTimeoutSeconds: z.number().positive().default(DEFAULT_START_TIMEOUT_SECONDS),
   restart: restartSchema.default({
     initialDelayMs: DEFAULT_RESTART_INITIAL_DELAY_MS,
     maxDelayMs: DEFAULT_RESTART_MAX_DELAY_MS,

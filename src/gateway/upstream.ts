@@ -165,7 +165,7 @@ export class Upstream {
     client.onerror = (error) => this.#hooks.onError?.(this, error);
     const transport = this.#createTransport();
     try {
-      await client.connect(transport, { timeout: this.spec.callTimeoutSeconds * 1000 });
+      await client.connect(transport, { timeout: this.spec.startTimeoutSeconds * 1000 });
       this.#fast = FastUpstreamCalls.install(client, transport, LOOSE_RESULT);
       this.capabilities = client.getServerCapabilities() ?? {};
       this.instructions = client.getInstructions();
@@ -305,6 +305,17 @@ export class Upstream {
             { cause: error },
           );
         }
+      } else if (isConnectionFailure(error)) {
+        // An HTTP/SSE upstream that went away: no process exit tells us, so the failed request
+        // does. Treat it like a dead stdio child: drop the connection and restart with backoff.
+        this.#ondisconnect(client);
+        void client.close().catch(() => undefined);
+        throw new UpstreamUnavailableError(
+          this.name,
+          `unreachable during ${request.method} (${asError(error).message}); it is being restarted`,
+          { state: this.#state },
+          { cause: error },
+        );
       }
       throw error;
     }
@@ -331,6 +342,28 @@ export class Upstream {
     this.#transport = undefined;
     await client?.close().catch(() => undefined);
   }
+}
+
+const CONNECTION_ERROR_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ENOTFOUND',
+  'EHOSTUNREACH',
+  'ETIMEDOUT',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_CLOSED',
+]);
+
+/** True for a network failure of an HTTP upstream (fetch rejects with a TypeError and a coded cause). */
+function isConnectionFailure(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && CONNECTION_ERROR_CODES.has(code)) return true;
+  }
+  return error instanceof TypeError && /fetch failed/i.test(error.message);
 }
 
 function asError(error: unknown): Error {

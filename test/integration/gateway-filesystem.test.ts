@@ -129,7 +129,7 @@ describe('gateway with server-filesystem and the guide policies (real fabric)', 
     expect(probe).toMatchObject({
       tool: 'fs__write_file',
       decision: 'deny',
-      rule: 'protected-files',
+      rule: 'protected-files#0',
       outcome: 'denied',
       code: 'FABRIC_ERR_POLICY_DENIED',
       argsDigest: digestArgs(args),

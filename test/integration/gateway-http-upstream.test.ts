@@ -98,20 +98,19 @@ describe('a Streamable HTTP upstream (server-everything in streamableHttp mode, 
     expect(prompt.messages.length).toBeGreaterThan(0);
   });
 
-  it('returns an error result, not a hang, when the HTTP upstream is gone', async () => {
+  it('returns an error result naming the upstream, not a hang, when the HTTP upstream is gone', async () => {
     await upstream.close();
     const r = await client.callTool({ name: 'remote__echo', arguments: { message: 'anyone?' } });
     expect(r.isError).toBe(true);
     expect(text(r)).toContain('Tool call failed');
-  });
-
-  // KNOWN BUG (src/gateway/upstream.ts request/#connect): a transport failure of an HTTP upstream
-  // (`TypeError: fetch failed`) is passed through as FABRIC_ERR_INTERNAL "fetch failed", without
-  // naming the upstream, and never marks it down or reconnects it (only a stdio child's exit
-  // does). Flip `it.fails` to `it` once HTTP upstreams get the stdio upstreams' treatment.
-  it.fails('names the HTTP upstream as unavailable when it is gone', async () => {
-    const r = await client.callTool({ name: 'remote__echo', arguments: { message: 'anyone?' } });
     expect(text(r)).toContain('FABRIC_ERR_UPSTREAM_UNAVAILABLE');
     expect(text(r)).toContain('remote');
+  });
+
+  // A network failure of an HTTP upstream marks it down (it restarts with backoff), like a dead
+  // stdio child: its tools leave the list until it is back.
+  it('takes a dead HTTP upstream’s tools out of the list while it restarts', async () => {
+    const names = (await client.listTools()).tools.map((t) => t.name);
+    expect(names).not.toContain('remote__echo');
   });
 });
