@@ -98,6 +98,13 @@ interface InFlight {
   requestId: RequestId;
 }
 
+/** Who may use an `exclusive` upstream now, and who waits (FIFO). */
+interface SessionGate {
+  owner: GatewaySession | undefined;
+  active: number;
+  waiting: { session: GatewaySession; go: () => void }[];
+}
+
 const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
 
 /**
@@ -124,6 +131,7 @@ export class ToolGateway implements SessionHost {
   readonly #log: (entry: GatewayLogEntry) => void;
   readonly #sessions = new Set<GatewaySession>();
   readonly #inflight = new Map<Upstream, Set<InFlight>>();
+  readonly #gates = new Map<Upstream, SessionGate>();
   readonly #subscribers = new Map<string, Set<GatewaySession>>();
   /** Last result size per tool, used as the token estimate of the next reservation. */
   readonly #lastTokens = new Map<string, number>();
@@ -465,6 +473,65 @@ export class ToolGateway implements SessionHost {
 
   /** Sends a request upstream on behalf of a session, tracking it for routing and progress. */
   async #upstreamRequest(
+    session: GatewaySession,
+    upstream: Upstream,
+    request: Request,
+    extra: CallExtra,
+  ): Promise<Result> {
+    if (upstream.spec.exclusive) await this.#enter(upstream, session, extra.signal);
+    try {
+      return await this.#forward(session, upstream, request, extra);
+    } finally {
+      if (upstream.spec.exclusive) this.#leave(upstream);
+    }
+  }
+
+  /** Waits until `session` may use the exclusive `upstream` (its own calls share the turn). */
+  async #enter(upstream: Upstream, session: GatewaySession, signal: AbortSignal): Promise<void> {
+    let gate = this.#gates.get(upstream);
+    if (gate === undefined)
+      this.#gates.set(upstream, (gate = { owner: undefined, active: 0, waiting: [] }));
+    if (gate.owner === undefined || (gate.owner === session && gate.waiting.length === 0)) {
+      gate.owner = session;
+      gate.active++;
+      return;
+    }
+    const g = gate;
+    await new Promise<void>((resolve, reject) => {
+      const waiter = {
+        session,
+        go: () => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        },
+      };
+      const onAbort = (): void => {
+        const i = g.waiting.indexOf(waiter);
+        if (i >= 0) g.waiting.splice(i, 1);
+        reject(signal.reason instanceof Error ? signal.reason : new Error('cancelled'));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      g.waiting.push(waiter);
+    });
+  }
+
+  /** Ends one call on an exclusive upstream; the next waiting session takes over when it is free. */
+  #leave(upstream: Upstream): void {
+    const gate = this.#gates.get(upstream)!;
+    if (--gate.active > 0) return;
+    gate.owner = undefined;
+    const next = gate.waiting[0]?.session;
+    if (next === undefined) return;
+    // Admit every waiting call of the next session together.
+    gate.owner = next;
+    for (const w of gate.waiting.filter((x) => x.session === next)) {
+      gate.active++;
+      w.go();
+    }
+    gate.waiting = gate.waiting.filter((x) => x.session !== next);
+  }
+
+  async #forward(
     session: GatewaySession,
     upstream: Upstream,
     request: Request,

@@ -51,6 +51,15 @@ const commonShape = {
    * @default false
    */
   forwardRoots: z.boolean().default(false),
+  /**
+   * Serve one agent session's requests at a time on this upstream (other sessions wait their
+   * turn), so requests the upstream sends back — sampling, elicitation, roots — always reach the
+   * session that caused them. For upstreams that call back; it costs concurrency across agents.
+   * Without it a callback while several sessions have calls in flight is refused with
+   * `FABRIC_ERR_ROUTING`.
+   * @default false
+   */
+  exclusive: z.boolean().default(false),
   /** Start-up is refused when an `required` upstream fails to connect. @default true */
   required: z.boolean().default(true),
 };
