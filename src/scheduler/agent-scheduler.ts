@@ -213,21 +213,25 @@ export class AgentScheduler {
   #closed = false;
 
   readonly #sink: ExecutorSink = {
-    complete: (id, attempt, result) =>
-      this.#report(id, attempt, undefined, (t) => this.#complete(t, result)),
-    fail: (id, attempt, error, options) =>
-      this.#report(id, attempt, undefined, (t) =>
-        this.#retryOrFail(t, error, options?.retry === true),
-      ),
-    started: (id, attempt) =>
-      this.#report(id, attempt, undefined, (t) => {
-        if (t.status === TaskStatus.SCHEDULED) {
-          t.status = TaskStatus.RUNNING;
-          this.#save(t);
-        }
-      }),
-    progress: (id, attempt, progress) =>
-      this.#report(id, attempt, undefined, (t) => this.#progress(t, progress)),
+    complete: (id, attempt, result) => {
+      const t = this.#reported(id, attempt);
+      if (t !== undefined) this.#complete(t, result);
+    },
+    fail: (id, attempt, error, options) => {
+      const t = this.#reported(id, attempt);
+      if (t !== undefined) this.#retryOrFail(t, error, options?.retry === true);
+    },
+    started: (id, attempt) => {
+      const t = this.#reported(id, attempt);
+      if (t !== undefined && t.status === TaskStatus.SCHEDULED) {
+        t.status = TaskStatus.RUNNING;
+        this.#save(t);
+      }
+    },
+    progress: (id, attempt, progress) => {
+      const t = this.#reported(id, attempt);
+      if (t !== undefined) this.#progress(t, progress);
+    },
   };
 
   constructor(options: SchedulerOptions = {}) {
@@ -578,11 +582,15 @@ export class AgentScheduler {
     if (isFinished(t.status)) return Promise.resolve(t.snapshot());
     if (this.#closed) return Promise.reject(new ClosedError('scheduler'));
     return new Promise<Task>((resolve, reject) => {
-      const list = (t.waiters ??= []);
       if (timeoutMs === undefined || timeoutMs === Number.POSITIVE_INFINITY) {
-        list.push({ resolve, reject });
+        // The common case, one unbounded waiter, hangs on the record with no extra objects.
+        if (t.resolve === undefined) {
+          t.resolve = resolve;
+          t.reject = reject;
+        } else (t.waiters ??= []).push({ resolve, reject });
         return;
       }
+      const list = (t.waiters ??= []);
       const waiter: Waiter = {
         resolve: (task) => {
           clearTimeout(timer);
@@ -714,18 +722,16 @@ export class AgentScheduler {
     throw new TaskStateError(taskId, `is ${t.status}, not running`, { status: t.status });
   }
 
-  /** Executor reports: ignore stale attempts and finished tasks (the scheduler moved on). */
-  #report(
-    taskId: string,
-    attempt: number,
-    _agentId: undefined,
-    apply: (t: TaskRecord) => void,
-  ): void {
-    if (this.#closed) return;
+  /**
+   * The task an executor reports on, or undefined when the report is stale (another attempt, a
+   * finished task, a closed scheduler): the scheduler has moved on and ignores it.
+   */
+  #reported(taskId: string, attempt: number): TaskRecord | undefined {
+    if (this.#closed) return undefined;
     const t = this.#tasks.get(taskId);
-    if (t === undefined || t.attempt !== attempt) return;
-    if (t.status !== TaskStatus.RUNNING && t.status !== TaskStatus.SCHEDULED) return;
-    apply(t);
+    if (t === undefined || t.attempt !== attempt) return undefined;
+    if (t.status !== TaskStatus.RUNNING && t.status !== TaskStatus.SCHEDULED) return undefined;
+    return t;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -789,8 +795,11 @@ export class AgentScheduler {
     this.#timer = undefined;
     const closed = new ClosedError('scheduler');
     // Waiters hang on their records; close is rare enough to look through every task.
-    for (const t of this.#tasks.values())
+    for (const t of this.#tasks.values()) {
       for (const w of t.waiters?.splice(0) ?? []) w.reject(closed);
+      t.reject?.(closed);
+      t.resolve = t.reject = undefined;
+    }
     for (const slot of this.#agents.values()) for (const r of slot.idle.splice(0)) r();
     for (const pool of this.#pools.values()) for (const r of pool.idle.splice(0)) r();
     await Promise.allSettled([...this.#executors.values()].map((e) => e.executor.close()));
@@ -1047,9 +1056,14 @@ export class AgentScheduler {
     this.#save(t);
     this.#retain(t.id);
     const waiters = t.waiters;
+    const resolve = t.resolve;
     const listens = this.events.listens('task.finished');
-    if (waiters !== undefined || listens) {
+    if (waiters !== undefined || resolve !== undefined || listens) {
       const snap = t.snapshot();
+      if (resolve !== undefined) {
+        t.resolve = t.reject = undefined;
+        resolve(snap);
+      }
       if (waiters !== undefined) {
         t.waiters = undefined;
         for (const w of waiters) w.resolve(snap);

@@ -35,7 +35,10 @@ export class TaskRecord {
   timerAt = Number.POSITIVE_INFINITY;
   /** The flow it is queued in, while PENDING. */
   flow: Flow | undefined = undefined;
-  /** Who awaits its end. */
+  /** The first unbounded waiter for its end (kept inline: the common case). */
+  resolve: ((task: Task) => void) | undefined = undefined;
+  reject: ((err: Error) => void) | undefined = undefined;
+  /** Further waiters, and waiters with a timeout. */
   waiters: Waiter[] | undefined = undefined;
 
   constructor(

@@ -377,3 +377,19 @@ describe('AgentScheduler notBefore (fake timers)', () => {
     expect(await drainOrder(s)).toEqual([]);
   });
 });
+
+describe('AgentScheduler close', () => {
+  it('rejects every open wait with ClosedError and answers open claims with undefined', async () => {
+    const s = remoteScheduler();
+    const t = s.schedule({ agentId: 'a' }, 't', 1);
+    const first = s.waitForTask(t.id);
+    const second = s.waitForTask(t.id);
+    const bounded = s.waitForTask(t.id, 60_000);
+    await s.claim('a');
+    const claim = s.claim('a', { waitMs: 60_000 });
+    await s.close();
+    for (const w of [first, second, bounded])
+      await expect(w).rejects.toMatchObject({ code: 'FABRIC_ERR_CLOSED' });
+    await expect(claim).resolves.toBeUndefined();
+  });
+});
