@@ -43,6 +43,8 @@ export { loadSidecarConfig, parseSidecarConfig } from './server/config-file.js';
 export { FabricBackend } from './server/fabric-backend.js';
 export { definePlugin, PluginHost } from './plugins/index.js';
 export { FabricWorker, RemoteFabricError } from './worker/fabric-worker.js';
+export { AGENT_SERVICE_DEFINITION, startAgentGrpcServer } from './rpc/agent-service.js';
+export { grpcDefinition } from './rpc/grpc-definition.js';
 export {
   AgentBusyError,
   AgentLimitError,
@@ -143,6 +145,7 @@ export type { AgentLiveness } from './hooks/liveness.js';
 export type { GatewayBackend, GatewayIdentity } from './gateway/backend.js';
 export type { ToolGatewayOptions } from './gateway/gateway.js';
 export type { SidecarOptions } from './server/sidecar.js';
+export type { AgentGrpcServer, AgentGrpcServerOptions } from './rpc/agent-service.js';
 export type {
   FabricWorkerOptions,
   WorkerHandler,

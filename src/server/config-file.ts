@@ -128,6 +128,14 @@ export const sidecarConfigSchema = z
      * GUPP work hooks persisted in a git repository (created if missing). Agents read and run
      * them through the `fabric__*_hook` tools; a lost agent's hooks move to its pool.
      */
+    /** The gRPC agent service (proto/fabric/v1/agent.proto); off unless configured. */
+    grpc: z
+      .object({
+        host: z.string().min(1).default(DEFAULT_HTTP_HOST),
+        port: z.number().int().min(0).max(65535).default(8766),
+      })
+      .strict()
+      .optional(),
     /**
      * Plugins loaded at start, in order: `module` is a path (relative to the config file's
      * folder, or `${PLUGINS}` for the first-party ones) or a `file:` URL.

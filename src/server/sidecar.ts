@@ -13,6 +13,7 @@ import { McpHttpEndpoint } from '../gateway/downstream-http.js';
 import { ToolGateway, type GatewayLogEntry } from '../gateway/gateway.js';
 import type { SidecarConfig } from './config-file.js';
 import { PluginHost } from '../plugins/plugin-host.js';
+import { startAgentGrpcServer, type AgentGrpcServer } from '../rpc/agent-service.js';
 import { FabricBackend } from './fabric-backend.js';
 import { startHttpServer, type AdminApi, type StartedHttpServer } from './http-server.js';
 
@@ -57,6 +58,7 @@ export class Sidecar {
   readonly agents: readonly StartupAgent[];
   readonly anonymous: AgentIdentity | undefined;
   readonly #http: StartedHttpServer | undefined;
+  readonly #grpc: AgentGrpcServer | undefined;
   readonly #mcp: McpHttpEndpoint | undefined;
   readonly #closeBackend: () => Promise<void>;
   #closing: Promise<void> | undefined;
@@ -69,6 +71,7 @@ export class Sidecar {
     agents: StartupAgent[];
     anonymous: AgentIdentity | undefined;
     http: StartedHttpServer | undefined;
+    grpc: AgentGrpcServer | undefined;
     mcp: McpHttpEndpoint | undefined;
     closeBackend: () => Promise<void>;
   }) {
@@ -79,6 +82,7 @@ export class Sidecar {
     this.agents = parts.agents;
     this.anonymous = parts.anonymous;
     this.#http = parts.http;
+    this.#grpc = parts.grpc;
     this.#mcp = parts.mcp;
     this.#closeBackend = parts.closeBackend;
   }
@@ -86,6 +90,11 @@ export class Sidecar {
   /** The MCP endpoint URL (undefined without HTTP). */
   get url(): string | undefined {
     return this.#http?.url;
+  }
+
+  /** `host:port` of the gRPC agent service, when configured. */
+  get grpcAddress(): string | undefined {
+    return this.#grpc?.address;
   }
 
   /** The bound HTTP port. */
@@ -192,6 +201,11 @@ export class Sidecar {
           admin: backend,
         });
       }
+      let grpc: AgentGrpcServer | undefined;
+      if (config.grpc !== undefined && fabric !== undefined) {
+        grpc = await startAgentGrpcServer(fabric, config.grpc);
+        cleanup.push(grpc);
+      }
       return new Sidecar({
         gateway,
         backend,
@@ -200,6 +214,7 @@ export class Sidecar {
         agents,
         anonymous,
         http,
+        grpc,
         mcp,
         closeBackend,
       });
@@ -216,9 +231,11 @@ export class Sidecar {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       const httpClosed = this.#http?.close();
+      const grpcClosed = this.#grpc?.close();
       await this.gateway.close();
       await this.#mcp?.close();
       await httpClosed;
+      await grpcClosed;
       await this.#closeBackend();
     })();
     return this.#closing;

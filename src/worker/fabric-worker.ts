@@ -38,7 +38,7 @@ export interface WorkerHook {
   readonly status: string;
   readonly workItem: unknown;
   readonly branch: string | null;
-  readonly path: string | null;
+  readonly worktreePath: string | null;
   readonly [key: string]: unknown;
 }
 

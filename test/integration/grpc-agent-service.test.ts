@@ -1,0 +1,333 @@
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { create, fromJson, toJson, type JsonValue } from '@bufbuild/protobuf';
+import { ValueSchema } from '@bufbuild/protobuf/wkt';
+import {
+  credentials,
+  makeGenericClientConstructor,
+  Metadata,
+  status,
+  type ServiceError,
+} from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AgentFabric } from '../../src/fabric.js';
+import {
+  ClaimTaskRequestSchema,
+  CompleteHookRequestSchema,
+  CompleteTaskRequestSchema,
+  GetHookRequestSchema,
+  HeartbeatRequestSchema,
+  HookRequestSchema,
+  ReportProgressRequestSchema,
+  type ClaimTaskResponse,
+  type GetHookResponse,
+  type HeartbeatResponse,
+  type HookResponse,
+} from '../../src/gen/fabric/v1/agent_pb.js';
+import {
+  AGENT_SERVICE_DEFINITION,
+  startAgentGrpcServer,
+  type AgentGrpcServer,
+} from '../../src/rpc/agent-service.js';
+import { TaskStatus } from '../../src/task.js';
+
+const root = new URL('../../', import.meta.url);
+const Client = makeGenericClientConstructor(AGENT_SERVICE_DEFINITION, 'AgentService');
+type Unary = (
+  req: unknown,
+  md: Metadata,
+  cb: (err: ServiceError | null, res: unknown) => void,
+) => void;
+
+/** A real grpc-js client calling `method` with the agent's bearer credential. */
+function call<T>(
+  client: InstanceType<typeof Client>,
+  method: string,
+  req: unknown,
+  credential: string,
+): Promise<T> {
+  const md = new Metadata();
+  if (credential) md.set('authorization', `Bearer ${credential}`);
+  return new Promise((resolve, reject) =>
+    (client as unknown as Record<string, Unary>)[method]!.call(client, req, md, (err, res) =>
+      err ? reject(err) : resolve(res as T),
+    ),
+  );
+}
+
+describe('the agent protocol over gRPC (real server, real grpc-js client, real fabric)', () => {
+  let dir: string;
+  let fabric: AgentFabric;
+  let server: AgentGrpcServer;
+  let client: InstanceType<typeof Client>;
+  let alice: { id: string; credential: string };
+  let bob: { id: string; credential: string };
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'fabric-grpc-'));
+    fabric = new AgentFabric(
+      {},
+      { hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false } },
+    );
+    alice = await fabric.spawn({ model: 'm', name: 'alice', executor: 'remote' });
+    bob = await fabric.spawn({ model: 'm', name: 'bob', executor: 'remote' });
+    server = await startAgentGrpcServer(fabric);
+    client = new Client(server.address, credentials.createInsecure());
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await server?.close();
+    await fabric?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('refuses calls without a valid agent credential', async () => {
+    const none = await call(client, 'heartbeat', create(HeartbeatRequestSchema), '').catch(
+      (e: ServiceError) => e,
+    );
+    expect(none).toMatchObject({ code: status.UNAUTHENTICATED });
+    const wrong = await call(client, 'heartbeat', create(HeartbeatRequestSchema), 'afk_nope').catch(
+      (e: ServiceError) => e,
+    );
+    expect(wrong).toMatchObject({ code: status.UNAUTHENTICATED });
+    expect((wrong as ServiceError).metadata.get('fabric-error-code')).toEqual([
+      'FABRIC_ERR_UNAUTHENTICATED',
+    ]);
+  });
+
+  it('heartbeats, claims, reports progress and completes a task as the calling agent', async () => {
+    const hb = await call<HeartbeatResponse>(
+      client,
+      'heartbeat',
+      create(HeartbeatRequestSchema),
+      alice.credential,
+    );
+    expect(hb).toMatchObject({ agentId: alice.id, status: 'HEALTHY' });
+    const task = await fabric.schedule({
+      agentId: alice.id,
+      taskType: 'review',
+      payload: { pr: 42, tags: ['a'] },
+    });
+    const claimed = await call<ClaimTaskResponse>(
+      client,
+      'claimTask',
+      create(ClaimTaskRequestSchema, { waitSeconds: 5 }),
+      alice.credential,
+    );
+    expect(claimed.task).toMatchObject({ taskId: task.id, attempt: 1, taskType: 'review' });
+    expect(toJson(ValueSchema, claimed.task!.payload!)).toEqual({ pr: 42, tags: ['a'] });
+    await call(
+      client,
+      'reportProgress',
+      create(ReportProgressRequestSchema, {
+        taskId: task.id,
+        attempt: 1,
+        progress: fromJson(ValueSchema, { pct: 50 }),
+      }),
+      alice.credential,
+    );
+    // Another agent cannot finish it.
+    const foreign = await call(
+      client,
+      'completeTask',
+      create(CompleteTaskRequestSchema, { taskId: task.id, attempt: 1 }),
+      bob.credential,
+    ).catch((e: ServiceError) => e);
+    expect(foreign).toMatchObject({ code: status.PERMISSION_DENIED });
+    await call(
+      client,
+      'completeTask',
+      create(CompleteTaskRequestSchema, {
+        taskId: task.id,
+        attempt: 1,
+        result: fromJson(ValueSchema, { ok: true } as JsonValue),
+      }),
+      alice.credential,
+    );
+    expect(await fabric.waitForTask(task.id)).toMatchObject({
+      status: TaskStatus.COMPLETED,
+      result: { ok: true },
+      progress: { pct: 50 },
+    });
+    const stale = await call(
+      client,
+      'completeTask',
+      create(CompleteTaskRequestSchema, { taskId: task.id, attempt: 2 }),
+      alice.credential,
+    ).catch((e: ServiceError) => e);
+    expect(stale).toMatchObject({ code: status.FAILED_PRECONDITION });
+  });
+
+  it('serves the work on the agent’s hook ("if there is work on your hook, you run it")', async () => {
+    const empty = await call<GetHookResponse>(
+      client,
+      'getHook',
+      create(GetHookRequestSchema),
+      alice.credential,
+    );
+    expect(empty.hook).toBeUndefined();
+    const hook = await fabric.hooks!.createHook({
+      agentId: alice.id,
+      workItem: { task: 'refactor', file: 'api.py' },
+    });
+    const got = await call<GetHookResponse>(
+      client,
+      'getHook',
+      create(GetHookRequestSchema),
+      alice.credential,
+    );
+    expect(got.hook).toMatchObject({ hookId: hook.hookId, status: 'PENDING', agentId: alice.id });
+    expect(toJson(ValueSchema, got.hook!.workItem!)).toEqual({ task: 'refactor', file: 'api.py' });
+    const foreign = await call(
+      client,
+      'activateHook',
+      create(HookRequestSchema, { hookId: hook.hookId }),
+      bob.credential,
+    ).catch((e: ServiceError) => e);
+    expect(foreign).toMatchObject({ code: status.PERMISSION_DENIED });
+    const active = await call<HookResponse>(
+      client,
+      'activateHook',
+      create(HookRequestSchema, { hookId: hook.hookId }),
+      alice.credential,
+    );
+    expect(active.hook?.status).toBe('ACTIVE');
+    const done = await call<HookResponse>(
+      client,
+      'completeHook',
+      create(CompleteHookRequestSchema, {
+        hookId: hook.hookId,
+        result: fromJson(ValueSchema, { changed: 1 }),
+      }),
+      alice.credential,
+    );
+    expect(done.hook?.status).toBe('COMPLETED');
+    expect(toJson(ValueSchema, done.hook!.result!)).toEqual({ changed: 1 });
+  });
+});
+
+describe('generated protobuf code', () => {
+  it('is exactly what buf generates from proto/ (never edited by hand)', async () => {
+    const out = await mkdtemp(join(tmpdir(), 'fabric-gen-'));
+    try {
+      execFileSync('npx', ['buf', 'generate', '--output', out], {
+        cwd: new URL('.', root),
+        stdio: 'pipe',
+      });
+      const fresh = await readFile(join(out, 'src/gen/fabric/v1/agent_pb.ts'), 'utf8');
+      const committed = await readFile(new URL('src/gen/fabric/v1/agent_pb.ts', root), 'utf8');
+      expect(committed).toBe(fresh);
+    } finally {
+      await rm(out, { recursive: true, force: true });
+    }
+  });
+});
+
+/** Debian's python3 with python3-grpcio and python3-grpc-tools (.ci/run installs them). */
+const PYTHON = '/usr/bin/python3';
+const pythonGrpc = (() => {
+  try {
+    execFileSync(PYTHON, ['-c', 'import grpc, grpc_tools'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+describe('a Python agent over gRPC (cross-language)', () => {
+  // CI installs python3-grpcio; elsewhere the test runs when the packages are there.
+  it.runIf(pythonGrpc || process.env.CI !== undefined)(
+    'runs its hook and a task from Python',
+    async () => {
+      const dir = await mkdtemp(join(tmpdir(), 'fabric-py-'));
+      const fabric = new AgentFabric(
+        {},
+        { hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false } },
+      );
+      const server = await startAgentGrpcServer(fabric);
+      try {
+        const agent = await fabric.spawn({ model: 'm', name: 'py', executor: 'remote' });
+        const hook = await fabric.hooks!.createHook({
+          agentId: agent.id,
+          workItem: { task: 'lint' },
+        });
+        const task = await fabric.schedule({
+          agentId: agent.id,
+          taskType: 'add',
+          payload: { a: 2, b: 3 },
+        });
+        const stubs = join(dir, 'stubs');
+        execFileSync('mkdir', ['-p', stubs]);
+        execFileSync(
+          PYTHON,
+          [
+            '-m',
+            'grpc_tools.protoc',
+            '-Iproto',
+            `--python_out=${stubs}`,
+            `--grpc_python_out=${stubs}`,
+            'proto/fabric/v1/agent.proto',
+          ],
+          { cwd: new URL('.', root) },
+        );
+        // Asynchronously: the server runs in this process and must keep serving meanwhile.
+        const { stdout: out } = await promisify(execFile)(
+          PYTHON,
+          [
+            new URL('test/fixtures/grpc/python_agent.py', root).pathname,
+            stubs,
+            server.address,
+            agent.credential,
+          ],
+          { encoding: 'utf8', timeout: 30_000 },
+        );
+        const steps = out
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as Record<string, unknown>);
+        expect(steps).toEqual([
+          { step: 'heartbeat', agent: agent.id, status: 'HEALTHY' },
+          { step: 'hook', id: hook.hookId, status: 'COMPLETED' },
+          { step: 'task', id: task.id },
+          { step: 'refused', code: 'UNAUTHENTICATED' },
+        ]);
+        expect(await fabric.waitForTask(task.id)).toMatchObject({
+          status: TaskStatus.COMPLETED,
+          result: { sum: 5 },
+        });
+        expect(await fabric.hooks!.getHook(hook.hookId)).toMatchObject({
+          result: { ranBy: 'python', item: { task: 'lint' } },
+        });
+      } finally {
+        await server.close();
+        await fabric.close();
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
+});
+
+describe('the sidecar’s gRPC listener', () => {
+  it('serves the agent service when the config has a grpc section, and closes with the sidecar', async () => {
+    const { startTestSidecar, closeSidecar, agentToken } =
+      await import('../fixtures/gateway/harness.js');
+    const sidecar = await startTestSidecar({ grpc: { port: 0 }, agents: [{ name: 'g' }] });
+    const c = new Client(sidecar.grpcAddress!, credentials.createInsecure());
+    try {
+      const hb = await call<HeartbeatResponse>(
+        c,
+        'heartbeat',
+        create(HeartbeatRequestSchema),
+        agentToken(sidecar, 'g'),
+      );
+      expect(hb.status).toBe('HEALTHY');
+    } finally {
+      c.close();
+      await closeSidecar(sidecar);
+    }
+  });
+});
