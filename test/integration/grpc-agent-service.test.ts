@@ -260,16 +260,16 @@ describe('a Python agent over gRPC (cross-language)', () => {
           taskType: 'add',
           payload: { a: 2, b: 3 },
         });
-        const stubs = join(dir, 'stubs');
-        execFileSync('mkdir', ['-p', stubs]);
+        const generated = join(dir, 'generated');
+        execFileSync('mkdir', ['-p', generated]);
         execFileSync(
           PYTHON,
           [
             '-m',
             'grpc_tools.protoc',
             '-Iproto',
-            `--python_out=${stubs}`,
-            `--grpc_python_out=${stubs}`,
+            `--python_out=${generated}`,
+            `--grpc_python_out=${generated}`,
             'proto/fabric/v1/agent.proto',
           ],
           { cwd: new URL('.', root) },
@@ -279,7 +279,7 @@ describe('a Python agent over gRPC (cross-language)', () => {
           PYTHON,
           [
             new URL('test/fixtures/grpc/python_agent.py', root).pathname,
-            stubs,
+            generated,
             server.address,
             agent.credential,
           ],
