@@ -223,13 +223,8 @@ export class FairQueue {
       if (level.size === 0) continue;
       const flow = level.head!;
       const task = flow.pop()!;
-      task.flow = undefined;
-      level.size--;
-      this.#size--;
-      if (flow.size === 0) {
-        level.unlink(flow);
-        level.flows.delete(flow.tenant);
-      } else if (--flow.remaining <= 0) {
+      // A flow that emptied has left the ring; one that used up its turn moves to the back.
+      if (!this.#left(task, level, flow) && --flow.remaining <= 0) {
         flow.remaining = flow.weight;
         level.head = flow.next;
       }
@@ -244,13 +239,18 @@ export class FairQueue {
     if (flow === undefined) return false;
     const level = this.#levels[flow.level]!;
     if (level.flows.get(flow.tenant) !== flow || !flow.remove(task)) return false;
+    this.#left(task, level, flow);
+    return true;
+  }
+
+  /** Bookkeeping after `task` left `flow`; returns whether the flow emptied (and was dropped). */
+  #left(task: TaskRecord, level: Level, flow: Flow): boolean {
     task.flow = undefined;
     level.size--;
     this.#size--;
-    if (flow.size === 0) {
-      level.unlink(flow);
-      level.flows.delete(flow.tenant);
-    }
+    if (flow.size > 0) return false;
+    level.unlink(flow);
+    level.flows.delete(flow.tenant);
     return true;
   }
 
