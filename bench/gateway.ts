@@ -43,7 +43,8 @@ import { Latency, median, type BenchContext, type BenchSuite } from './lib.js';
 const require = createRequire(import.meta.url);
 const EVERYTHING = require.resolve('@modelcontextprotocol/server-everything/dist/index.js');
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const CLI = join(ROOT, 'src', 'cli', 'main.ts');
+/** The built CLI, what `agent-fabric` runs (`npm run bench` builds first). */
+const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 const PROFILE_DIR = process.env.BENCH_GATEWAY_CPU_PROF;
 
 /**
@@ -77,10 +78,10 @@ function writeConfig(dir: string): string {
   return file;
 }
 
-/** `node [--cpu-prof] --import tsx src/cli/main.ts …args` */
+/** `node [--cpu-prof] dist/cli/main.js …args` */
 function cliArgs(args: string[]): string[] {
   const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [];
-  return [...prof, '--import', 'tsx', CLI, ...args];
+  return [...prof, CLI, ...args];
 }
 
 function newClient(): Client {

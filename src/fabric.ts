@@ -43,6 +43,7 @@ import type {
   CostEstimator,
   ToolCallAuthorization,
   ToolCallContext,
+  ToolCallDenied,
 } from './policy/tool-call-authorizer.js';
 import { BudgetManager } from './budget/budget-manager.js';
 import type { UsageAmount } from './budget/budget-manager.js';
@@ -593,6 +594,26 @@ export class AgentFabric {
    * @throws AgentNotFoundError for an unknown agent.
    */
   async authorizeToolCall(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
+    const agent = this.#toolCallAgent(ctx);
+    return 'allowed' in agent
+      ? agent
+      : this.#authorizer.authorize({ ...ctx, poolId: agent.poolId, labels: agent.labels });
+  }
+
+  /**
+   * {@link authorizeToolCall} without waiting: the same outcome when no human has to decide,
+   * `undefined` when policy requires approval (then call `authorizeToolCall`).
+   * @throws AgentNotFoundError for an unknown agent.
+   */
+  tryAuthorizeToolCall(ctx: ToolCallContext): ToolCallAuthorization | undefined {
+    const agent = this.#toolCallAgent(ctx);
+    return 'allowed' in agent
+      ? agent
+      : this.#authorizer.tryAuthorize({ ...ctx, poolId: agent.poolId, labels: agent.labels });
+  }
+
+  /** The calling agent (heartbeat recorded), or the refusal of an agent that is leaving. */
+  #toolCallAgent(ctx: ToolCallContext): Readonly<AgentRecord> | ToolCallDenied {
     const rec = this.lifecycle.peek(ctx.agentId);
     if (rec === undefined) throw new AgentNotFoundError(String(ctx.agentId));
     if (rec.status === AgentStatus.DRAINING || rec.status === AgentStatus.TERMINATED) {
@@ -606,7 +627,7 @@ export class AgentFabric {
       };
     }
     this.lifecycle.heartbeatSync(rec.id);
-    return this.#authorizer.authorize({ ...ctx, poolId: rec.poolId, labels: rec.labels });
+    return rec;
   }
 
   /** Settles an allowed call's reservation with what it actually used. Idempotent. */

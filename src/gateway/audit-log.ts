@@ -2,19 +2,27 @@
  * The audit log: one JSON line per tool call, append-only, rotated by size.
  *
  * Records never hold raw arguments or results — only a SHA-256 digest of the arguments — so
- * secrets passed to tools do not land on disk. Lines are buffered and written in one batch per
- * event-loop turn; rotation renames `audit.log` → `audit.log.1` → … and keeps `maxFiles`.
+ * secrets passed to tools do not land on disk. Records are buffered and written in one batch
+ * every `flushIntervalMs` (as Envoy's access log does with its file flush interval): a call then
+ * costs a queue push, not a formatted line and a write(2) of its own. A full buffer, `flush()`
+ * and `close()` write at once; a crash (not a graceful stop) can lose the last interval.
+ * Rotation renames `audit.log` → `audit.log.1` → … and keeps `maxFiles`.
  *
  * @module
  */
 import { createHash } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { ConfigError } from '../errors.js';
 
 /** Default of {@link AuditLogOptions.maxBytes}: 10 MiB. */
 export const DEFAULT_AUDIT_MAX_BYTES = 10 * 1024 * 1024;
 /** Default of {@link AuditLogOptions.maxFiles}. */
 export const DEFAULT_AUDIT_MAX_FILES = 5;
+/** Default of {@link AuditLogOptions.flushIntervalMs}. */
+export const DEFAULT_AUDIT_FLUSH_INTERVAL_MS = 100;
+/** Records buffered before a flush is due regardless of the interval. */
+export const AUDIT_MAX_BUFFERED_RECORDS = 1024;
 
 /** One audit record. */
 export interface AuditRecord {
@@ -45,6 +53,11 @@ export interface AuditLogOptions {
   maxBytes?: number;
   /** Rotated files kept (`.1` … `.N`). @default 5 */
   maxFiles?: number;
+  /**
+   * Longest time a record waits in memory before it is written; `0` writes at the end of every
+   * event-loop turn that produced records. @default 100
+   */
+  flushIntervalMs?: number;
 }
 
 /** SHA-256 hex digest of a value's JSON form. */
@@ -73,16 +86,22 @@ export class AuditLog {
   readonly path: string;
   readonly #maxBytes: number;
   readonly #maxFiles: number;
+  readonly #flushIntervalMs: number;
   #fd: number | undefined;
   #size = 0;
   #pending: (string | QueuedCall)[] = [];
-  #scheduled = false;
+  #timer: NodeJS.Timeout | undefined;
+  #immediate: NodeJS.Immediate | undefined;
   readonly #flush = (): void => this.flush();
 
   constructor(options: AuditLogOptions) {
     this.path = options.path;
     this.#maxBytes = options.maxBytes ?? DEFAULT_AUDIT_MAX_BYTES;
     this.#maxFiles = options.maxFiles ?? DEFAULT_AUDIT_MAX_FILES;
+    this.#flushIntervalMs = options.flushIntervalMs ?? DEFAULT_AUDIT_FLUSH_INTERVAL_MS;
+    if (!Number.isInteger(this.#flushIntervalMs) || this.#flushIntervalMs < 0) {
+      throw new ConfigError('audit.flushIntervalMs', 'must be an integer ≥ 0 (milliseconds)');
+    }
     mkdirSync(dirname(this.path), { recursive: true });
     this.#open();
   }
@@ -96,7 +115,7 @@ export class AuditLog {
     }
   }
 
-  /** Queues one record; it reaches the file at the end of this event-loop turn. */
+  /** Queues one record; it reaches the file within `flushIntervalMs`. */
   write(record: AuditRecord): void {
     if (this.#fd === undefined) return;
     this.#pending.push(JSON.stringify(record) + '\n');
@@ -105,8 +124,8 @@ export class AuditLog {
 
   /**
    * Queues the record of one tool call, like {@link write}; the arguments' digest, the time
-   * and the JSON line are computed when the line is flushed (at the end of this event-loop
-   * turn), after the call's response went out. `args` must not change until then.
+   * and the JSON line are computed when the line is flushed, after the call's response went
+   * out. `args` must not change until then.
    *
    * @param startedAt Epoch ms the call arrived.
    */
@@ -124,15 +143,20 @@ export class AuditLog {
   }
 
   #schedule(): void {
-    if (!this.#scheduled) {
-      this.#scheduled = true;
-      setImmediate(this.#flush);
+    if (this.#immediate !== undefined) return;
+    if (this.#flushIntervalMs === 0 || this.#pending.length >= AUDIT_MAX_BUFFERED_RECORDS) {
+      this.#immediate = setImmediate(this.#flush);
+    } else {
+      this.#timer ??= setTimeout(this.#flush, this.#flushIntervalMs);
     }
   }
 
   /** Writes every queued record now. */
   flush(): void {
-    this.#scheduled = false;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    if (this.#immediate !== undefined) clearImmediate(this.#immediate);
+    this.#timer = undefined;
+    this.#immediate = undefined;
     if (this.#fd === undefined || this.#pending.length === 0) return;
     const lines = this.#pending;
     this.#pending = [];
@@ -140,14 +164,18 @@ export class AuditLog {
     let chunkBytes = 0;
     for (const queued of lines) {
       const line = typeof queued === 'string' ? queued : formatCall(queued);
-      if (this.#size > 0 && this.#size + chunkBytes + line.length > this.#maxBytes) {
+      const lineBytes = Buffer.byteLength(line);
+      // Rotate before a line that would overflow a non-empty file (a lone oversized line
+      // still gets a file of its own).
+      const used = this.#size + chunkBytes;
+      if (used > 0 && used + lineBytes > this.#maxBytes) {
         this.#writeChunk(chunk);
         chunk = '';
         chunkBytes = 0;
         this.#rotate();
       }
       chunk += line;
-      chunkBytes += Buffer.byteLength(line);
+      chunkBytes += lineBytes;
     }
     this.#writeChunk(chunk);
   }

@@ -82,6 +82,12 @@ export interface GatewayBackend {
   authenticate(credential: string): GatewayIdentity | Promise<GatewayIdentity>;
   /** Policy (with approval wait) then budget reservation for one call. */
   authorizeToolCall(ctx: ToolCallContext): Promise<ToolCallAuthorization>;
+  /**
+   * Optional synchronous {@link authorizeToolCall} for calls no human has to decide: the same
+   * outcome, or `undefined` when policy requires approval (the gateway then calls
+   * `authorizeToolCall`). Spares the hot path its promises.
+   */
+  tryAuthorizeToolCall?(ctx: ToolCallContext): ToolCallAuthorization | undefined;
   /** Settles a reservation with the actual usage of the call. */
   settleToolCall(authorization: ToolCallAllowed, usage: ToolUsage): unknown;
   /**

@@ -112,8 +112,28 @@ interface Pending {
   resolve(result: Result): void;
   reject(error: unknown): void;
   timer: NodeJS.Timeout;
-  signal: AbortSignal | undefined;
+  cancel: Cancellation | undefined;
   onAbort: (() => void) | undefined;
+}
+
+/**
+ * Cancellation of one call that needs no `AbortController` until somebody asks for a real
+ * signal: creating one and adding and removing its listener is a measurable part of a call.
+ */
+export interface CancelHook {
+  readonly aborted: boolean;
+  readonly reason: unknown;
+  /** A real signal, created on first use (approval waits, SDK requests, fabric tools). */
+  readonly signal: AbortSignal;
+  /** Sets the one listener run on cancellation; `undefined` removes it. */
+  onCancel(listener: ((reason: unknown) => void) | undefined): void;
+}
+
+/** What a fast upstream request can be cancelled by. */
+export type Cancellation = CancelHook | AbortSignal;
+
+function isCancelHook(c: Cancellation): c is CancelHook {
+  return 'onCancel' in c;
 }
 
 /** The SDK client's request id counter (a plain field of `Protocol`). */
@@ -170,16 +190,16 @@ export class FastUpstreamCalls {
    * Sends `request` and resolves with its result, as `client.request(request, schema,
    * { signal, timeout })` would.
    */
-  request(request: Request, signal: AbortSignal | undefined, timeout: number): Promise<Result> {
+  request(request: Request, cancel: Cancellation | undefined, timeout: number): Promise<Result> {
     return new Promise<Result>((resolve, reject) => {
       if (!this.#open) {
         reject(new Error('Not connected'));
         return;
       }
-      signal?.throwIfAborted();
+      if (cancel?.aborted) throw cancel.reason;
       const counter = this.client as unknown as IdCounter;
       const id = counter._requestMessageId++;
-      const cancel = (reason: unknown): void => {
+      const stop = (reason: unknown): void => {
         if (!this.#finish(id)) return;
         if (this.#open) {
           this.#transport
@@ -203,15 +223,16 @@ export class FastUpstreamCalls {
         reject,
         timer: setTimeout(
           () =>
-            cancel(McpError.fromError(ErrorCode.RequestTimeout, 'Request timed out', { timeout })),
+            stop(McpError.fromError(ErrorCode.RequestTimeout, 'Request timed out', { timeout })),
           timeout,
         ),
-        signal,
+        cancel,
         onAbort: undefined,
       };
-      if (signal) {
-        entry.onAbort = () => cancel(signal.reason);
-        signal.addEventListener('abort', entry.onAbort, { once: true });
+      if (cancel) {
+        const c = cancel;
+        if (isCancelHook(c)) c.onCancel(stop);
+        else c.addEventListener('abort', (entry.onAbort = () => stop(c.reason)), { once: true });
       }
       this.#pending.set(id, entry);
       this.#transport
@@ -228,7 +249,11 @@ export class FastUpstreamCalls {
     if (!entry) return undefined;
     this.#pending.delete(id);
     clearTimeout(entry.timer);
-    if (entry.onAbort) entry.signal!.removeEventListener('abort', entry.onAbort);
+    const cancel = entry.cancel;
+    if (cancel) {
+      if (isCancelHook(cancel)) cancel.onCancel(undefined);
+      else cancel.removeEventListener('abort', entry.onAbort!);
+    }
     return entry;
   }
 
@@ -265,7 +290,7 @@ export class FastUpstreamCalls {
       else return false; // Protocol reports it as an unknown message; the request times out
     }
     const entry = this.#finish(id)!;
-    if (entry.signal?.aborted) return true;
+    if (entry.cancel?.aborted) return true;
     if (!outcome.ok) {
       const e = outcome.error as { code: number; message: string; data?: unknown };
       entry.reject(McpError.fromError(e.code, e.message, e.data));
@@ -293,11 +318,58 @@ export class FastUpstreamCalls {
 
 /** What the fast path hands the gateway for one call (a subset of the SDK's handler extra). */
 export interface FastCallExtra {
-  signal: AbortSignal;
-  requestId: RequestId;
-  _meta?: undefined;
+  /** Created on first use; prefer {@link cancel} on the hot path. */
+  readonly signal: AbortSignal;
+  readonly cancel: CancelHook;
+  readonly requestId: RequestId;
+  readonly _meta?: undefined;
   /** Registers work to run once the response was handed to the transport (or dropped). */
   defer(work: () => void): void;
+}
+
+/** One `tools/call` in flight on the fast path: its cancellation and its deferred work. */
+class FastCall implements FastCallExtra, CancelHook {
+  readonly requestId: RequestId;
+  aborted = false;
+  reason: unknown = undefined;
+  after: (() => void) | undefined = undefined;
+  #controller: AbortController | undefined = undefined;
+  #listener: ((reason: unknown) => void) | undefined = undefined;
+
+  constructor(requestId: RequestId) {
+    this.requestId = requestId;
+  }
+
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController();
+      if (this.aborted) this.#controller.abort(this.reason);
+    }
+    return this.#controller.signal;
+  }
+
+  get cancel(): CancelHook {
+    return this;
+  }
+
+  onCancel(listener: ((reason: unknown) => void) | undefined): void {
+    this.#listener = listener;
+  }
+
+  /** Cancels the call (`AbortSignal` semantics: no reason means an `AbortError`). */
+  abort(reason?: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason ?? new DOMException('This operation was aborted', 'AbortError');
+    this.#controller?.abort(this.reason);
+    const listener = this.#listener;
+    this.#listener = undefined;
+    listener?.(this.reason);
+  }
+
+  defer(work: () => void): void {
+    this.after = work;
+  }
 }
 
 /**
@@ -309,7 +381,7 @@ export class FastToolCalls {
   readonly #transport: Transport;
   readonly #handler: (request: Request, extra: FastCallExtra) => Promise<unknown>;
   readonly #onerror: (error: Error) => void;
-  readonly #inflight = new Map<RequestId, AbortController>();
+  readonly #inflight = new Map<RequestId, FastCall>();
 
   constructor(
     transport: Transport,
@@ -347,26 +419,20 @@ export class FastToolCalls {
     if (params.task !== undefined) return false;
     const args = params.arguments;
     if (args !== undefined && !isObject(args)) return false;
-    const controller = new AbortController();
-    this.#inflight.set(id, controller);
-    void this.#serve(m as Request & { id: RequestId }, id, controller);
+    const call = new FastCall(id);
+    this.#inflight.set(id, call);
+    void this.#serve(m as Request & { id: RequestId }, call);
     return true;
   }
 
-  async #serve(request: Request, id: RequestId, controller: AbortController): Promise<void> {
-    const signal = controller.signal;
-    let after: (() => void) | undefined;
-    const defer = (work: () => void): void => {
-      after = work;
-    };
+  async #serve(request: Request, call: FastCall): Promise<void> {
+    const id = call.requestId;
     let response: JSONRPCMessage | undefined;
     try {
-      const result = validCallToolResult(
-        await this.#handler(request, { signal, requestId: id, defer }),
-      );
-      if (!signal.aborted) response = { result, jsonrpc: '2.0', id };
+      const result = validCallToolResult(await this.#handler(request, call));
+      if (!call.aborted) response = { result, jsonrpc: '2.0', id };
     } catch (caught) {
-      if (!signal.aborted) {
+      if (!call.aborted) {
         const error = (caught ?? {}) as { code?: unknown; message?: unknown; data?: unknown };
         response = {
           jsonrpc: '2.0',
@@ -381,7 +447,7 @@ export class FastToolCalls {
         };
       }
     } finally {
-      if (this.#inflight.get(id) === controller) this.#inflight.delete(id);
+      if (this.#inflight.get(id) === call) this.#inflight.delete(id);
     }
     let sent: Promise<void> | undefined;
     try {
@@ -390,7 +456,7 @@ export class FastToolCalls {
       sent = Promise.reject(error as Error);
     }
     try {
-      after?.();
+      call.after?.();
     } catch (error) {
       this.#onerror(error instanceof Error ? error : new Error(String(error)));
     }

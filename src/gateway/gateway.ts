@@ -303,17 +303,22 @@ export class ToolGateway implements SessionHost {
       let waitTimer: NodeJS.Timeout | undefined;
       let waited = false;
       const cost = this.#costs.costOf(name);
-      let auth: ToolCallAuthorization;
+      let auth: ToolCallAuthorization | undefined;
       try {
-        auth = await this.#backend.authorizeToolCall({
+        const ctx = {
           agentId,
           poolId,
           tool: name,
           params: args,
           labels,
+          estimate: { tokens: this.#lastTokens.get(name) ?? 0, cost },
+        };
+        // Calls no human has to decide are authorized without a promise; the rest wait.
+        auth = this.#backend.tryAuthorizeToolCall?.(ctx);
+        auth ??= await this.#backend.authorizeToolCall({
+          ...ctx,
           signal: extra.signal,
           approvalTimeoutSeconds: this.#approvalTimeoutSeconds,
-          estimate: { tokens: this.#lastTokens.get(name) ?? 0, cost },
           onWaiting: (approval) => {
             waited = true;
             if (progressToken === undefined || waitTimer) return;
@@ -358,7 +363,7 @@ export class ToolGateway implements SessionHost {
             );
       } catch (error) {
         this.#settle(auth, { tokens: 0, cost: 0 });
-        const cancelled = extra.signal.aborted;
+        const cancelled = (extra.cancel ?? extra.signal).aborted;
         audit({
           decision,
           rule: d.rule,
@@ -546,7 +551,7 @@ export class ToolGateway implements SessionHost {
     let lastProgress: Promise<void> | undefined;
     try {
       const result = await upstream.request(request, {
-        signal: extra.signal,
+        ...(extra.cancel ? { cancel: extra.cancel } : { signal: extra.signal }),
         onprogress:
           progressToken === undefined
             ? undefined

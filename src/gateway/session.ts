@@ -35,7 +35,7 @@ import {
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
 import type { AgentIdentity } from './backend.js';
-import { FastToolCalls } from './fast-path.js';
+import { FastToolCalls, type CancelHook } from './fast-path.js';
 import { LOOSE_RESULT } from './upstream.js';
 
 /** The request-handler context of a downstream request. */
@@ -48,6 +48,8 @@ export type DownstreamExtra = RequestHandlerExtra<ServerRequest, ServerNotificat
  */
 export type CallExtra = Pick<DownstreamExtra, 'signal' | 'requestId' | '_meta'> & {
   defer?: ((work: () => void) => void) | undefined;
+  /** The fast path's cancellation: use it instead of `signal` where it is enough. */
+  cancel?: CancelHook | undefined;
 };
 
 /** What a session needs from the gateway (implemented by ToolGateway). */

@@ -24,7 +24,7 @@ import {
 import { setMaxListeners } from 'node:events';
 import { z } from 'zod';
 import { UpstreamTimeoutError, UpstreamUnavailableError } from '../errors.js';
-import { FastUpstreamCalls } from './fast-path.js';
+import { FastUpstreamCalls, type CancelHook } from './fast-path.js';
 import { ProcessStdioTransport } from './process-stdio-transport.js';
 import type { UpstreamSpec } from './upstream-config.js';
 
@@ -51,6 +51,8 @@ export interface UpstreamHooks {
 /** Per-call options of {@link Upstream.request}. */
 export interface UpstreamCallOptions {
   signal?: AbortSignal | undefined;
+  /** Cancellation without an AbortSignal (the downstream fast path); wins over `signal`. */
+  cancel?: CancelHook | undefined;
   onprogress?: RequestOptions['onprogress'];
   /** Overrides the upstream's `callTimeoutSeconds`. */
   timeoutMs?: number | undefined;
@@ -283,18 +285,19 @@ export class Upstream {
     const client = this.#client;
     if (!client || this.#state !== 'ready') throw this.#unavailable();
     const timeout = options.timeoutMs ?? this.spec.callTimeoutSeconds * 1000;
+    const cancel = options.cancel ?? options.signal;
     try {
       const fast = this.#fast;
       return await (fast?.client === client && options.onprogress === undefined
-        ? fast.request(request, options.signal, timeout)
+        ? fast.request(request, cancel, timeout)
         : client.request(request, LOOSE_RESULT, {
-            signal: options.signal,
+            signal: options.cancel?.signal ?? options.signal,
             onprogress: options.onprogress,
             timeout,
           }));
     } catch (error) {
       if (error instanceof McpError) {
-        if (error.code === ErrorCode.RequestTimeout && !options.signal?.aborted) {
+        if (error.code === ErrorCode.RequestTimeout && !cancel?.aborted) {
           throw new UpstreamTimeoutError(this.name, request.method, timeout, { cause: error });
         }
         if (error.code === ErrorCode.ConnectionClosed) {

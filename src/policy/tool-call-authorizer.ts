@@ -127,58 +127,75 @@ export class ToolCallAuthorizer {
   /** Decides whether the call may run, waiting for a human when a policy requires one. */
   async authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
     const decision = this.#policies.evaluateSync(ctx);
+    if (decision.action !== 'require_approval') return this.#admit(ctx, decision);
+    const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
+    const budgetOptions = ctx.poolId === undefined ? undefined : { poolId: ctx.poolId };
+    const pre = this.#budgets.check(ctx.agentId, estimate, budgetOptions);
+    if (!pre.allowed) {
+      const { allowed: _allowed, ...shortfall } = pre;
+      return denied(new BudgetExceededError(shortfall), decision, pre.retryAt);
+    }
+
+    const pending = this.#approvals.create(approvalRequest(ctx, decision));
+    const final = Object.freeze({ ...decision, approvalId: pending.id });
+    ctx.onWaiting?.(pending);
+    let approval: ApprovalResult;
+    try {
+      approval = await this.#approvals.waitForApproval(pending.id, {
+        ...(ctx.approvalTimeoutSeconds === undefined
+          ? {}
+          : { timeoutSeconds: ctx.approvalTimeoutSeconds }),
+        ...(ctx.signal === undefined ? {} : { signal: ctx.signal }),
+      });
+    } catch (err) {
+      if (isFabricError(err, WaitTimeoutError.code)) return denied(err, final);
+      throw err;
+    }
+    if (approval.status === 'denied') {
+      return denied(new ApprovalDeniedError(pending.id, approval.approver, approval.reason), final);
+    }
+    if (approval.status === 'expired') {
+      return denied(new ApprovalExpiredError(pending.id), final);
+    }
+    return this.#admit(ctx, final, approval);
+  }
+
+  /**
+   * {@link authorize} without waiting: the same outcome when no human has to decide, and
+   * `undefined` when policy requires approval (nothing is reserved or created then; call
+   * `authorize`). `ctx.signal` and `ctx.onWaiting` are not used.
+   */
+  tryAuthorize(ctx: ToolCallContext): ToolCallAuthorization | undefined {
+    const decision = this.#policies.evaluateSync(ctx);
+    return decision.action === 'require_approval' ? undefined : this.#admit(ctx, decision);
+  }
+
+  /** Refuses a `deny` decision, or reserves the estimate of an allowed (or approved) call. */
+  #admit(
+    ctx: ToolCallContext,
+    decision: PolicyDecision,
+    approval?: ApprovalResult,
+  ): ToolCallAuthorization {
     if (decision.action === 'deny') {
       const details = { policy: decision.policy, rule: decision.rule };
       return denied(new PolicyDeniedError(ctx.tool, decision.reason, details), decision);
     }
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
-    const budgetOptions = ctx.poolId === undefined ? undefined : { poolId: ctx.poolId };
-
-    let approval: ApprovalResult | undefined;
-    let final = decision;
-    if (decision.action === 'require_approval') {
-      const pre = this.#budgets.check(ctx.agentId, estimate, budgetOptions);
-      if (!pre.allowed) {
-        const { allowed: _allowed, ...shortfall } = pre;
-        return denied(new BudgetExceededError(shortfall), decision, pre.retryAt);
-      }
-
-      const pending = this.#approvals.create(approvalRequest(ctx, decision));
-      final = Object.freeze({ ...decision, approvalId: pending.id });
-      ctx.onWaiting?.(pending);
-      try {
-        approval = await this.#approvals.waitForApproval(pending.id, {
-          ...(ctx.approvalTimeoutSeconds === undefined
-            ? {}
-            : { timeoutSeconds: ctx.approvalTimeoutSeconds }),
-          ...(ctx.signal === undefined ? {} : { signal: ctx.signal }),
-        });
-      } catch (err) {
-        if (isFabricError(err, WaitTimeoutError.code)) return denied(err, final);
-        throw err;
-      }
-      if (approval.status === 'denied') {
-        return denied(
-          new ApprovalDeniedError(pending.id, approval.approver, approval.reason),
-          final,
-        );
-      }
-      if (approval.status === 'expired') {
-        return denied(new ApprovalExpiredError(pending.id), final);
-      }
-    }
-
     try {
-      const reservation = this.#budgets.reserve(ctx.agentId, estimate, budgetOptions);
+      const reservation = this.#budgets.reserve(
+        ctx.agentId,
+        estimate,
+        ctx.poolId === undefined ? undefined : { poolId: ctx.poolId },
+      );
       return Object.freeze({
         allowed: true as const,
-        decision: final,
+        decision,
         reservation,
         ...(approval === undefined ? {} : { approval }),
       });
     } catch (err) {
       if (err instanceof BudgetExceededError) {
-        return denied(err, final, err.details.retryAt as number | null);
+        return denied(err, decision, err.details.retryAt as number | null);
       }
       throw err;
     }

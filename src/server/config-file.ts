@@ -101,6 +101,7 @@ export const sidecarConfigSchema = z
             path: z.string().min(1),
             maxBytes: z.number().int().positive().optional(),
             maxFiles: z.number().int().min(0).optional(),
+            flushIntervalMs: z.number().int().min(0).max(60_000).optional(),
           })
           .strict(),
       ])

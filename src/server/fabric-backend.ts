@@ -46,6 +46,10 @@ export class FabricBackend implements GatewayBackend, AdminApi {
     return this.#fabric.authorizeToolCall(ctx);
   }
 
+  tryAuthorizeToolCall(ctx: ToolCallContext): ToolCallAuthorization | undefined {
+    return this.#fabric.tryAuthorizeToolCall(ctx);
+  }
+
   settleToolCall(authorization: ToolCallAllowed, usage: ToolUsage): void {
     this.#fabric.settleToolCall(authorization as never, usage);
   }

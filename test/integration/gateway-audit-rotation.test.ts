@@ -79,7 +79,13 @@ describe('audit log rotation by size (real fabric)', () => {
       return record(100 + k);
     });
     for (const r of await Promise.all(calls)) expect(r.isError).toBeFalsy();
-    await new Promise((resolve) => setImmediate(resolve)); // lines are flushed per loop turn
+    // Records are written in batches (audit.flushIntervalMs): wait for the last call's line.
+    await until(() =>
+      generations.some(
+        (f) =>
+          existsSync(f) && readFileSync(f, 'utf8').includes(digestArgs({ tokens: 119, cost: 0 })),
+      ),
+    );
     expect(existsSync(`${path}.${MAX_FILES + 1}`)).toBe(false);
     for (const file of generations) expect(statSync(file).size).toBeLessThanOrEqual(MAX_BYTES);
     const kept = callsPerFile(digests).flat();

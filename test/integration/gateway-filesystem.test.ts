@@ -14,6 +14,7 @@ import {
   startTestSidecar,
   tempDir,
   text,
+  until,
 } from '../fixtures/gateway/harness.js';
 
 describe('gateway with server-filesystem and the guide policies (real fabric)', () => {
@@ -112,7 +113,8 @@ describe('gateway with server-filesystem and the guide policies (real fabric)', 
   it('writes one audit line per call with an argsDigest and never the raw arguments', async () => {
     const args = { path: `${sandbox}/protected/audit-probe.txt`, content: 'pwned-by-audit-probe' };
     await client.callTool({ name: 'fs__write_file', arguments: args });
-    await new Promise((resolve) => setImmediate(resolve)); // lines are flushed per loop turn
+    // Records are written in batches (audit.flushIntervalMs); wait for the probe's line.
+    await until(() => readFileSync(auditPath, 'utf8').includes(digestArgs(args)));
     const raw = readFileSync(auditPath, 'utf8');
     const lines = raw
       .trim()

@@ -78,6 +78,34 @@ describe('AgentFabric tool-call pipeline', () => {
     });
   });
 
+  it('tryAuthorizeToolCall decides without waiting and leaves approvals to authorizeToolCall', async () => {
+    const agent = await fabric.spawn({ model: 'm', name: 'a', executor: 'remote' });
+    const ok = fabric.tryAuthorizeToolCall({ agentId: agent.id, tool: 'file_read', params: {} });
+    expect(ok).toMatchObject({ allowed: true });
+    const denied = fabric.tryAuthorizeToolCall({
+      agentId: agent.id,
+      tool: 'file_write',
+      params: { path: '/etc//passwd' },
+    });
+    expect(denied).toMatchObject({ allowed: false, code: 'FABRIC_ERR_POLICY_DENIED' });
+    const human = fabric.tryAuthorizeToolCall({
+      agentId: agent.id,
+      tool: 'execute_code',
+      params: { language: 'python' },
+    });
+    expect(human).toBeUndefined();
+    expect(fabric.approvals.listApprovals()).toHaveLength(0);
+    expect(() => fabric.tryAuthorizeToolCall({ agentId: 'ghost', tool: 'x', params: {} })).toThrow(
+      AgentNotFoundError,
+    );
+    // A leaving agent is refused, as by authorizeToolCall.
+    const leaving = fabric.terminate(agent.id, { drainTimeoutSeconds: 5 });
+    expect(
+      fabric.tryAuthorizeToolCall({ agentId: agent.id, tool: 'file_read', params: {} }),
+    ).toMatchObject({ allowed: false, code: 'FABRIC_ERR_AGENT_UNAVAILABLE' });
+    await leaving;
+  });
+
   it('takes pool and labels from the agent record, not from the caller', async () => {
     await fabric.createPool({
       poolId: 'p',

@@ -181,6 +181,42 @@ describe('ToolCallAuthorizer', () => {
     expect(a.allowed && a.reservation.tokens).toBe(7);
   });
 
+  describe('tryAuthorize (no wait)', () => {
+    it('decides allow, deny and budget exactly as authorize does, without a promise', async () => {
+      const allowed = auth.tryAuthorize(call);
+      expect(allowed).toMatchObject({ allowed: true, decision: { action: 'allow', rule: 2 } });
+      expect(budgets.getStatus('agent-1').tokensReserved).toBe(100);
+
+      const deny = { agentId: 'agent-1', tool: 'file_write', params: { path: '/etc/../etc/x' } };
+      const d1 = denied(auth.tryAuthorize(deny)!);
+      const d2 = denied(await auth.authorize(deny));
+      expect(d1).toMatchObject({ code: 'FABRIC_ERR_POLICY_DENIED', reason: d2.reason });
+
+      budgets.recordUsage('agent-1', { tokens: 850 }); // + 100 reserved above
+      const b = denied(auth.tryAuthorize(call)!);
+      expect(b).toMatchObject({ code: 'FABRIC_ERR_BUDGET_EXCEEDED', details: { limit: 'tokens' } });
+    });
+
+    it('returns undefined when a human must decide, creating and reserving nothing', () => {
+      const created = vi.spyOn(approvals, 'create');
+      const r = auth.tryAuthorize({
+        agentId: 'agent-1',
+        tool: 'execute_code',
+        params: { language: 'python' },
+      });
+      expect(r).toBeUndefined();
+      expect(created).not.toHaveBeenCalled();
+      expect(approvals.listApprovals({ status: 'pending' })).toHaveLength(0);
+      expect(budgets.getStatus('agent-1').tokensReserved).toBe(0);
+    });
+
+    it('never lets 50 calls through a budget that fits 5', () => {
+      budgets.recordUsage('agent-1', { tokens: 500 });
+      const results = Array.from({ length: 50 }, () => auth.tryAuthorize(call)!);
+      expect(results.filter((r) => r.allowed)).toHaveLength(5);
+    });
+  });
+
   it('validates its options', () => {
     expect(() => new ToolCallAuthorizer({ policies, approvals } as never)).toThrow(ConfigError);
     expect(
