@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { ConfigError } from '../errors.js';
@@ -62,9 +62,7 @@ export interface AuditLogOptions {
 
 /** SHA-256 hex digest of a value's JSON form. */
 export function digestArgs(args: unknown): string {
-  return createHash('sha256')
-    .update(JSON.stringify(args ?? {}))
-    .digest('hex');
+  return hash('sha256', JSON.stringify(args ?? {}), 'hex');
 }
 
 /** The outcome fields of a call's record (see {@link AuditLog.writeCall}). */

@@ -5,12 +5,13 @@
  * checks each message's JSON-RPC envelope cheaply instead of parsing it against the full zod
  * message union (the session's Protocol still validates what it handles; messages the cheap
  * check does not vouch for get the SDK's schema parse, so malformed ones are reported through
- * `onerror` and skipped exactly as before). Messages sent during one tick go out in one write.
+ * `onerror` and skipped exactly as before). Output goes through a {@link LineWriter}.
  *
  * @module
  */
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import { JSONRPCMessageSchema, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import { LineWriter, type LineSink } from './line-writer.js';
 
 /** Largest line accepted (as the SDK's read buffer). */
 export const STDIO_MAX_LINE_BYTES = 10 * 1024 * 1024;
@@ -24,8 +25,7 @@ export class StdioSessionTransport implements Transport {
   readonly #stdin: NodeJS.ReadableStream;
   readonly #stdout: NodeJS.WritableStream;
   #buffer = '';
-  #out = '';
-  #flushScheduled = false;
+  readonly #writer: LineWriter;
   #started = false;
   #closed = false;
 
@@ -35,6 +35,7 @@ export class StdioSessionTransport implements Transport {
   ) {
     this.#stdin = stdin;
     this.#stdout = stdout;
+    this.#writer = new LineWriter(() => this.#stdout as NodeJS.WritableStream & LineSink);
   }
 
   readonly #ondata = (chunk: Buffer | string): void => {
@@ -89,30 +90,15 @@ export class StdioSessionTransport implements Transport {
     this.#stdin.on('error', this.#onerror);
   }
 
-  /** Queues `message`; the messages sent during one tick go out in one write. */
+  /** Queues `message`; the messages sent during one turn go out in one write (LineWriter). */
   send(message: JSONRPCMessage): Promise<void> {
-    this.#out += JSON.stringify(message) + '\n';
-    if (!this.#flushScheduled) {
-      this.#flushScheduled = true;
-      process.nextTick(this.#flush);
-    }
-    if (!(this.#stdout as { writableNeedDrain?: boolean }).writableNeedDrain) {
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => this.#stdout.once('drain', resolve));
+    return this.#writer.send(message);
   }
-
-  readonly #flush = (): void => {
-    this.#flushScheduled = false;
-    const out = this.#out;
-    this.#out = '';
-    if (out !== '') this.#stdout.write(out);
-  };
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#flush();
+    this.#writer.flush();
     this.#stdin.off('data', this.#ondata);
     this.#stdin.off('error', this.#onerror);
     if (this.#stdin.listenerCount('data') === 0) this.#stdin.pause();

@@ -477,17 +477,29 @@ export class ToolGateway implements SessionHost {
   }
 
   /** Sends a request upstream on behalf of a session, tracking it for routing and progress. */
-  async #upstreamRequest(
+  #upstreamRequest(
     session: GatewaySession,
     upstream: Upstream,
     request: Request,
     extra: CallExtra,
   ): Promise<Result> {
-    if (upstream.spec.exclusive) await this.#enter(upstream, session, extra.signal);
+    return upstream.spec.exclusive
+      ? this.#exclusiveRequest(session, upstream, request, extra)
+      : this.#forward(session, upstream, request, extra);
+  }
+
+  /** {@link #upstreamRequest} on an `exclusive` upstream: one session's calls at a time. */
+  async #exclusiveRequest(
+    session: GatewaySession,
+    upstream: Upstream,
+    request: Request,
+    extra: CallExtra,
+  ): Promise<Result> {
+    await this.#enter(upstream, session, extra.signal);
     try {
       return await this.#forward(session, upstream, request, extra);
     } finally {
-      if (upstream.spec.exclusive) this.#leave(upstream);
+      this.#leave(upstream);
     }
   }
 

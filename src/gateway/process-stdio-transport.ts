@@ -5,15 +5,16 @@
  * wrapper (`npx`, a shell script) leaves grandchildren behind. This transport spawns the child
  * detached, in its own process group, and signals the group (`kill(-pgid)`) on close: SIGTERM,
  * then SIGKILL after a grace period. It also parses lines with a cheap envelope check instead
- * of a full schema parse — the protocol layer validates what it needs — and coalesces the
- * messages sent during one turn of the event loop into one write (one syscall and one wake-up
- * of the child for a whole burst of concurrent calls).
+ * of a full schema parse — the protocol layer validates what it needs — and writes through a
+ * {@link LineWriter}: the messages of one event-loop turn in one write (one syscall and one
+ * wake-up of the child for a whole burst of concurrent calls).
  *
  * @module
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import { LineWriter } from './line-writer.js';
 
 /** Environment variables inherited by default (as the SDK's stdio transport does). */
 const INHERITED_ENV = ['HOME', 'LOGNAME', 'PATH', 'SHELL', 'TERM', 'USER', 'TMPDIR', 'LANG'];
@@ -56,9 +57,7 @@ export class ProcessStdioTransport implements Transport {
   #child: ChildProcess | undefined;
   #pid: number | undefined;
   #buffer = '';
-  /** Serialized messages waiting for the end of this tick. */
-  #out = '';
-  #flushScheduled = false;
+  readonly #writer = new LineWriter(() => this.#child?.stdin ?? undefined);
   #closed = false;
   #exited: Promise<void> | undefined;
 
@@ -140,25 +139,9 @@ export class ProcessStdioTransport implements Transport {
   }
 
   send(message: JSONRPCMessage): Promise<void> {
-    const stdin = this.#child?.stdin;
-    if (!stdin || this.#closed) return Promise.reject(new Error('Not connected'));
-    this.#out += JSON.stringify(message) + '\n';
-    if (!this.#flushScheduled) {
-      this.#flushScheduled = true;
-      // After the microtasks of this turn: every message they send goes out in one write.
-      process.nextTick(this.#flush);
-    }
-    if (!stdin.writableNeedDrain) return Promise.resolve();
-    return new Promise((resolve) => stdin.once('drain', resolve));
+    if (!this.#child?.stdin || this.#closed) return Promise.reject(new Error('Not connected'));
+    return this.#writer.send(message);
   }
-
-  readonly #flush = (): void => {
-    this.#flushScheduled = false;
-    const out = this.#out;
-    this.#out = '';
-    const stdin = this.#child?.stdin;
-    if (out !== '' && stdin && !stdin.writableEnded) stdin.write(out);
-  };
 
   /** Signals the whole process group (falls back to the child alone). */
   #signal(sig: NodeJS.Signals): void {
@@ -181,7 +164,7 @@ export class ProcessStdioTransport implements Transport {
     }
     const grace = this.#options.killGraceMs ?? 2000;
     try {
-      this.#flush();
+      this.#writer.flush();
       child.stdin?.end();
     } catch {
       // ignore

@@ -1,0 +1,57 @@
+/**
+ * Newline-delimited JSON-RPC output to a stream (a child's stdin, this process's stdout).
+ *
+ * Messages sent during one turn of the event loop are joined and written together when the
+ * turn's ticks end, so a loaded gateway makes one write(2) — and wakes its peer once — for a
+ * whole burst of concurrent calls instead of once per message. (Writing a turn's first message
+ * at once was measured: it cut no latency and cost 10–20 % throughput, each burst then waking
+ * the peer twice.)
+ *
+ * @module
+ */
+import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+
+/** The part of a writable stream a {@link LineWriter} uses. */
+export interface LineSink {
+  write(chunk: string): unknown;
+  once(event: 'drain', listener: () => void): unknown;
+  readonly writableNeedDrain?: boolean;
+  readonly writableEnded?: boolean;
+}
+
+/** Serializes messages onto a stream, one JSON line each. */
+export class LineWriter {
+  readonly #sink: () => LineSink | undefined;
+  #out = '';
+  #inTurn = false;
+
+  /** @param sink The stream to write to, looked up on each write (undefined: dropped). */
+  constructor(sink: () => LineSink | undefined) {
+    this.#sink = sink;
+  }
+
+  /**
+   * Queues `message` for this turn's write. Resolves when the stream can take more; a full
+   * stream's `drain` resolves it.
+   */
+  send(message: JSONRPCMessage): Promise<void> {
+    this.#out += JSON.stringify(message) + '\n';
+    if (!this.#inTurn) {
+      this.#inTurn = true;
+      process.nextTick(this.flush);
+    }
+    const sink = this.#sink();
+    if (!sink?.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => sink.once('drain', resolve));
+  }
+
+  /** Writes what this turn queued (also called when the turn's ticks end). */
+  readonly flush = (): void => {
+    this.#inTurn = false;
+    const out = this.#out;
+    if (out === '') return;
+    this.#out = '';
+    const sink = this.#sink();
+    if (sink && !sink.writableEnded) sink.write(out);
+  };
+}
