@@ -323,7 +323,7 @@ export interface FastCallExtra {
   readonly cancel: CancelHook;
   readonly requestId: RequestId;
   readonly _meta?: undefined;
-  /** Registers work to run once the response was handed to the transport (or dropped). */
+  /** Registers work to run right after the response was written (or dropped), on a later tick. */
   defer(work: () => void): void;
 }
 
@@ -455,17 +455,22 @@ export class FastToolCalls {
     } catch (error) {
       sent = Promise.reject(error as Error);
     }
-    try {
-      call.after?.();
-    } catch (error) {
-      this.#onerror(error instanceof Error ? error : new Error(String(error)));
-    }
+    // After the write: the transport flushes on this turn's first tick, queued before this one.
+    if (call.after) process.nextTick(this.#runAfter, call);
     try {
       await sent;
     } catch (error) {
       this.#onerror(new Error(`Failed to send response: ${String(error)}`));
     }
   }
+
+  readonly #runAfter = (call: FastCall): void => {
+    try {
+      call.after!();
+    } catch (error) {
+      this.#onerror(error instanceof Error ? error : new Error(String(error)));
+    }
+  };
 
   #cancel(m: Envelope): void {
     const params = m.params as { requestId?: unknown; reason?: unknown } | undefined;

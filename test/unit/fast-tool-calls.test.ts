@@ -1,6 +1,8 @@
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
+import { StdioSessionTransport } from '../../src/gateway/downstream-stdio-transport.js';
 import { FastToolCalls, type FastCallExtra } from '../../src/gateway/fast-path.js';
 
 /** A transport that records what is sent; the test drives `onmessage` / `onclose`. */
@@ -100,5 +102,28 @@ describe('FastToolCalls cancellation', () => {
       params: { requestId: 7 },
     });
     expect(extra!.cancel.aborted).toBe(false);
+  });
+
+  it('runs deferred work only after the response reached the stream', async () => {
+    const stdin = new PassThrough();
+    const stdout = new PassThrough();
+    let written = '';
+    stdout.on('data', (d: Buffer) => (written += d.toString()));
+    const t = new StdioSessionTransport(stdin, stdout);
+    new FastToolCalls(
+      t,
+      async (_request, e) => {
+        e.defer(() => seen.push(written));
+        return { content: [{ type: 'text', text: 'done' }] };
+      },
+      () => undefined,
+    );
+    const seen: string[] = [];
+    await t.start();
+    stdin.write(JSON.stringify(call(3)) + '\n');
+    await new Promise((r) => setTimeout(r, 20));
+    expect(seen).toHaveLength(1);
+    expect(JSON.parse(seen[0]!)).toMatchObject({ id: 3, result: { content: [{ text: 'done' }] } });
+    await t.close();
   });
 });
