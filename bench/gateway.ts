@@ -14,8 +14,9 @@
  *   (gateway → upstream over stdio), vs agent → the upstream's own Streamable HTTP endpoint;
  *   32 in flight.
  *
- * - stdio-latency-relay-floor (diagnostic): agent → a process that only copies bytes → stdio
- *   upstream: what the process hop alone costs on this machine (the floor of stdio-latency).
+ * - stdio-latency-relay-floor, stdio-throughput-relay-floor (diagnostics): agent → a process
+ *   that only copies bytes → stdio upstream: what the process hop alone costs on this machine
+ *   (the floor of stdio-latency, the ceiling of stdio-throughput).
  *
  * Both HTTP clients use linkedSignalFetch (the gateway's fix for the SDK transport's shared
  * abort signal, which otherwise trips MaxListenersExceededWarning after 1500 requests).
@@ -321,7 +322,7 @@ const suite: BenchSuite = {
         await closeLast();
       }
 
-      if (wanted('stdio-latency-relay-floor')) {
+      if (wanted('stdio-latency-relay-floor') || wanted('stdio-throughput-relay-floor')) {
         // Diagnostic: what any process hop costs here — a relay that only copies bytes.
         const relay = join(dir, 'relay.mjs');
         writeFileSync(relay, RELAY_SOURCE);
@@ -334,13 +335,28 @@ const suite: BenchSuite = {
         closers.push(r.close);
         const callRelay = echo(r.client, 'echo');
         await warm([callDirect, callRelay], q ? 200 : 1000);
-        await latencyCase(
-          ctx,
-          'stdio-latency-relay-floor',
-          'agent → upstream over stdio (vs a byte relay process: the floor of any process hop)',
-          callDirect,
-          callRelay,
-        );
+        if (wanted('stdio-latency-relay-floor')) {
+          await latencyCase(
+            ctx,
+            'stdio-latency-relay-floor',
+            'agent → upstream over stdio (vs a byte relay process: the floor of any process hop)',
+            callDirect,
+            callRelay,
+          );
+        }
+        if (wanted('stdio-throughput-relay-floor')) {
+          const t = await throughputPair(callDirect, callRelay, q ? 2000 : 8000, q ? 3 : 5);
+          ctx.report({
+            suite: 'gateway',
+            case: 'stdio-throughput-relay-floor',
+            unit: 'calls/s',
+            value: t.b,
+            baseline: 'agent → upstream over stdio, 32 in flight (vs a byte relay: the ceiling)',
+            baselineValue: t.a,
+            higherIsBetter: true,
+            goal: 'diagnostic: the best ratio any process hop reaches here',
+          });
+        }
         await closeLast();
       }
 
