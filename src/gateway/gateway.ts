@@ -18,6 +18,7 @@ import {
   ErrorCode,
   McpError,
   type CallToolResult,
+  type LoggingLevel,
   type LoggingMessageNotification,
   type Notification,
   type Request,
@@ -39,6 +40,7 @@ import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
 import { messageOf, refusalResult, toMcpError, toolErrorResult } from './map-error.js';
 import {
   GatewaySession,
+  LOG_LEVELS,
   type CallExtra,
   type DownstreamExtra,
   type SessionHost,
@@ -133,6 +135,8 @@ export class ToolGateway implements SessionHost {
   readonly #inflight = new Map<Upstream, Set<InFlight>>();
   readonly #gates = new Map<Upstream, SessionGate>();
   readonly #subscribers = new Map<string, Set<GatewaySession>>();
+  /** The log level each upstream was last told (see #syncLogLevel). */
+  readonly #logLevels = new Map<Upstream, LoggingLevel>();
   /** Last result size per tool, used as the token estimate of the next reservation. */
   readonly #lastTokens = new Map<string, number>();
   #catalog: Catalog = EMPTY_CATALOG;
@@ -621,18 +625,62 @@ export class ToolGateway implements SessionHost {
   sessionClosed(session: GatewaySession): void {
     this.#sessions.delete(session);
     for (const uri of [...session.subscriptions]) void this.unsubscribe(session, uri);
+    if (session.logLevel !== undefined) void this.#syncLogLevel();
+  }
+
+  logLevelChanged(): Promise<void> {
+    return this.#syncLogLevel();
+  }
+
+  /**
+   * Upstreams are shared, so they get the most verbose level any live session asked for; each
+   * session still drops what is below its own level. With no session asking, an upstream keeps
+   * the level it has (MCP has no way to unset one).
+   */
+  async #syncLogLevel(only?: Upstream): Promise<void> {
+    let wanted = LOG_LEVELS.length;
+    for (const s of this.#sessions) {
+      const level = s.logLevel;
+      if (level !== undefined) wanted = Math.min(wanted, LOG_LEVELS.indexOf(level));
+    }
+    const level = LOG_LEVELS[wanted];
+    if (level === undefined) return;
+    const targets = only ? [only] : [...this.#upstreams.values()];
+    await Promise.all(
+      targets.map(async (u) => {
+        if (!u.capabilities.logging || u.state !== 'ready' || this.#logLevels.get(u) === level) {
+          return;
+        }
+        this.#logLevels.set(u, level);
+        try {
+          await u.request({ method: 'logging/setLevel', params: { level } });
+        } catch (error) {
+          if (this.#logLevels.get(u) === level) this.#logLevels.delete(u);
+          this.#log({
+            level: 'warn',
+            msg: 'could not set the upstream log level',
+            upstream: u.name,
+            error: messageOf(error),
+          });
+        }
+      }),
+    );
   }
 
   // -------------------------------------------------------------------------------------------
   // Upstream events
 
   readonly #hooks = {
-    onCatalog: (upstream: Upstream): void => this.#rebuildCatalog(upstream),
+    onCatalog: (upstream: Upstream): void => {
+      this.#rebuildCatalog(upstream);
+      void this.#syncLogLevel(upstream); // a restarted upstream starts at its own default
+    },
     onNotification: (upstream: Upstream, n: Notification): void =>
       this.#routeNotification(upstream, n),
     onRequest: (upstream: Upstream, request: Request, extra: { signal: AbortSignal }) =>
       this.#routeRequest(upstream, request, extra.signal),
     onDisconnect: (upstream: Upstream): void => {
+      this.#logLevels.delete(upstream);
       this.#log({
         level: 'warn',
         msg: 'upstream disconnected; restarting',

@@ -63,11 +63,14 @@ export interface SessionHost {
   subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void>;
   unsubscribe(session: GatewaySession, uri: string): Promise<void>;
   sessionClosed(session: GatewaySession): void;
+  /** The session set its log level; resolves once upstreams were told (never rejects). */
+  logLevelChanged(session: GatewaySession): Promise<void>;
 }
 
 let nextSessionNumber = 0;
 
-const LEVELS: readonly LoggingLevel[] = [
+/** MCP log levels, most verbose first. */
+export const LOG_LEVELS: readonly LoggingLevel[] = [
   'debug',
   'info',
   'notice',
@@ -93,6 +96,7 @@ export class GatewaySession {
   #closed = false;
   /** Lowest severity index forwarded (set by logging/setLevel); everything by default. */
   #minLevel = 0;
+  #logLevel: LoggingLevel | undefined;
 
   constructor(host: SessionHost, identity: AgentIdentity) {
     this.id = `s${++nextSessionNumber}`;
@@ -136,8 +140,10 @@ export class GatewaySession {
     if (capabilities.completions) {
       s.setRequestHandler(CompleteRequestSchema, (req, extra) => host.forward(this, req, extra));
     }
-    s.setRequestHandler(SetLevelRequestSchema, (req) => {
-      this.#minLevel = Math.max(0, LEVELS.indexOf(req.params.level));
+    s.setRequestHandler(SetLevelRequestSchema, async (req) => {
+      this.#minLevel = Math.max(0, LOG_LEVELS.indexOf(req.params.level));
+      this.#logLevel = req.params.level;
+      await host.logLevelChanged(this);
       return {};
     });
     s.onclose = () => this.#onclose();
@@ -164,6 +170,11 @@ export class GatewaySession {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** The level this client set with `logging/setLevel`, if it did. */
+  get logLevel(): LoggingLevel | undefined {
+    return this.#logLevel;
   }
 
   /** Drops cached lists and tells the client which lists changed. */
@@ -198,7 +209,7 @@ export class GatewaySession {
    * `relatedRequestId` it travels on the stream of that call (HTTP).
    */
   log(params: LoggingMessageNotification['params'], relatedRequestId?: RequestId): void {
-    if (this.#closed || LEVELS.indexOf(params.level) < this.#minLevel) return;
+    if (this.#closed || LOG_LEVELS.indexOf(params.level) < this.#minLevel) return;
     this.server
       .notification(
         { method: 'notifications/message', params },
