@@ -14,6 +14,7 @@
  * @module
  */
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import {
   ErrorCode,
   McpError,
@@ -37,7 +38,13 @@ import type {
 } from './backend.js';
 import { buildCatalog, resourceOwner, type Catalog, type CatalogProblem } from './catalog.js';
 import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
-import { messageOf, refusalResult, toMcpError, toolErrorResult } from './map-error.js';
+import {
+  messageOf,
+  refusalError,
+  refusalResult,
+  toMcpError,
+  toolErrorResult,
+} from './map-error.js';
 import {
   GatewaySession,
   LOG_LEVELS,
@@ -275,7 +282,7 @@ export class ToolGateway implements SessionHost {
     const params = (request.params ?? {}) as { name?: unknown; arguments?: unknown };
     const name = String(params.name);
     const args = (params.arguments ?? {}) as Record<string, unknown>;
-    const { agentId, poolId, labels } = session.identity;
+    const { agentId } = session.identity;
     const fabricTool = this.#fabricTools.get(name);
     const route = fabricTool ? undefined : this.#catalog.tools.get(name);
     const log = this.#audit;
@@ -303,47 +310,19 @@ export class ToolGateway implements SessionHost {
     this.#beginCall();
     let endLater = false;
     try {
-      const progressToken = extra._meta?.progressToken;
-      let waitTimer: NodeJS.Timeout | undefined;
-      let waited = false;
       const cost = this.#costs.costOf(name);
-      let auth: ToolCallAuthorization | undefined;
+      let auth: ToolCallAuthorization;
+      let waited: boolean;
       try {
-        const ctx = {
-          agentId,
-          poolId,
-          tool: name,
-          params: args,
-          labels,
-          estimate: { tokens: this.#lastTokens.get(name) ?? 0, cost },
-        };
-        // Calls no human has to decide are authorized without a promise; the rest wait.
-        auth = this.#backend.tryAuthorizeToolCall?.(ctx);
-        auth ??= await this.#backend.authorizeToolCall({
-          ...ctx,
-          signal: extra.signal,
-          approvalTimeoutSeconds: this.#approvalTimeoutSeconds,
-          onWaiting: (approval) => {
-            waited = true;
-            if (progressToken === undefined || waitTimer) return;
-            const id = describeApproval(approval);
-            let tick = 0;
-            const send = (): void =>
-              void session.progress(
-                progressToken,
-                { progress: tick++, message: `waiting for human approval${id ? ` ${id}` : ''}` },
-                extra.requestId,
-              );
-            send();
-            waitTimer = setInterval(send, this.#approvalProgressMs);
-            waitTimer.unref();
-          },
+        let a = this.#authorize(session, name, args, extra, {
+          tokens: this.#lastTokens.get(name) ?? 0,
+          cost,
         });
+        if (a instanceof Promise) a = await a; // only approval waits
+        ({ auth, waited } = a);
       } catch (error) {
         audit({ decision: 'error', outcome: 'error', code: codeOf(error) });
         return toolErrorResult(error);
-      } finally {
-        if (waitTimer) clearInterval(waitTimer);
       }
       if (!auth.allowed) {
         const d = describeDecision(auth.decision);
@@ -409,6 +388,56 @@ export class ToolGateway implements SessionHost {
     }
   }
 
+  /**
+   * Policy [→ approval wait, with progress notifications] → budget reservation for one request
+   * of `session`. Calls no human has to decide are authorized without a promise.
+   */
+  #authorize(
+    session: GatewaySession,
+    tool: string,
+    params: Record<string, unknown>,
+    extra: Pick<CallExtra, 'signal' | 'requestId' | '_meta'>,
+    estimate: { tokens: number; cost: number },
+  ):
+    | { auth: ToolCallAuthorization; waited: boolean }
+    | Promise<{
+        auth: ToolCallAuthorization;
+        waited: boolean;
+      }> {
+    const { agentId, poolId, labels } = session.identity;
+    const ctx = { agentId, poolId, tool, params, labels, estimate };
+    const now = this.#backend.tryAuthorizeToolCall?.(ctx);
+    if (now !== undefined) return { auth: now, waited: false };
+    const progressToken = extra._meta?.progressToken;
+    let waitTimer: NodeJS.Timeout | undefined;
+    let waited = false;
+    return this.#backend
+      .authorizeToolCall({
+        ...ctx,
+        signal: extra.signal,
+        approvalTimeoutSeconds: this.#approvalTimeoutSeconds,
+        onWaiting: (approval) => {
+          waited = true;
+          if (progressToken === undefined || waitTimer) return;
+          const id = describeApproval(approval);
+          let tick = 0;
+          const send = (): void =>
+            void session.progress(
+              progressToken,
+              { progress: tick++, message: `waiting for human approval${id ? ` ${id}` : ''}` },
+              extra.requestId,
+            );
+          send();
+          waitTimer = setInterval(send, this.#approvalProgressMs);
+          waitTimer.unref();
+        },
+      })
+      .then((auth) => ({ auth, waited }))
+      .finally(() => {
+        if (waitTimer) clearInterval(waitTimer);
+      });
+  }
+
   #settle(auth: ToolCallAllowed, usage: { tokens: number; cost: number }): void {
     try {
       const settled = this.#backend.settleToolCall(auth, usage);
@@ -440,18 +469,23 @@ export class ToolGateway implements SessionHost {
         const name = String(params.name);
         const route = catalog.prompts.get(name);
         if (!route) throw toMcpError(new ToolNotFoundError(name, 'prompt'));
-        return this.#upstreamRequest(
-          session,
-          route.upstream,
-          { method: request.method, params: { ...params, name: route.upstreamName } },
-          extra,
+        const args = (params.arguments ?? {}) as Record<string, unknown>;
+        return this.#guardedRead(session, 'prompts/get', { name, arguments: args }, extra, () =>
+          this.#upstreamRequest(
+            session,
+            route.upstream,
+            { method: request.method, params: { ...params, name: route.upstreamName } },
+            extra,
+          ),
         );
       }
       case 'resources/read': {
         const uri = String(params.uri);
         const owner = resourceOwner(catalog, uri);
         if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
-        return this.#upstreamRequest(session, owner, request, extra);
+        return this.#guardedRead(session, 'resources/read', resourceParams(uri), extra, () =>
+          this.#upstreamRequest(session, owner, request, extra),
+        );
       }
       case 'completion/complete': {
         const ref = (params.ref ?? {}) as { type?: string; name?: string; uri?: string };
@@ -477,6 +511,60 @@ export class ToolGateway implements SessionHost {
       }
       default:
         throw new McpError(ErrorCode.MethodNotFound, `Method not found: ${request.method}`);
+    }
+  }
+
+  /**
+   * A resource read or prompt get carries data to the model as a tool call does, so it passes
+   * the same policy (and approval) check first — as the pseudo-tool `resources/read` with
+   * `{ uri }` (plus the decoded `path` of a `file:` URI) or `prompts/get` with
+   * `{ name, arguments }` — and gets an audit line. It reserves
+   * no usage (an exhausted budget still refuses it). Refusals are JSON-RPC errors.
+   */
+  async #guardedRead(
+    session: GatewaySession,
+    tool: 'resources/read' | 'prompts/get',
+    params: Record<string, unknown>,
+    extra: DownstreamExtra,
+    read: () => Promise<Result>,
+  ): Promise<Result> {
+    const started = performance.now();
+    const audit = (fields: AuditOutcome): void => {
+      const now = performance.now();
+      this.#audit?.writeCall(
+        session.identity.agentId,
+        tool,
+        params,
+        Date.now() - (now - started),
+        Math.round((now - started) * 1000) / 1000,
+        fields,
+      );
+    };
+    let auth: ToolCallAuthorization;
+    let waited: boolean;
+    try {
+      let a = this.#authorize(session, tool, params, extra, { tokens: 0, cost: 0 });
+      if (a instanceof Promise) a = await a;
+      ({ auth, waited } = a);
+    } catch (error) {
+      audit({ decision: 'error', outcome: 'error', code: codeOf(error) });
+      throw toMcpError(error);
+    }
+    const d = describeDecision(auth.decision);
+    if (!auth.allowed) {
+      audit({ decision: d.action ?? 'deny', rule: d.rule, outcome: 'denied', code: auth.code });
+      throw refusalError(auth);
+    }
+    const decision = waited ? 'approved' : (d.action ?? 'allow');
+    try {
+      const result = await read();
+      audit({ decision, rule: d.rule, outcome: 'ok' });
+      return result;
+    } catch (error) {
+      audit({ decision, rule: d.rule, outcome: 'error', code: codeOf(error) });
+      throw error;
+    } finally {
+      this.#settle(auth, { tokens: 0, cost: 0 });
     }
   }
 
@@ -843,4 +931,17 @@ function describeApproval(approval: unknown): string | undefined {
     if (typeof id === 'string') return id;
   }
   return undefined;
+}
+
+/**
+ * Policy parameters of a resource read: the URI, and for a `file:` URI its decoded path too, so
+ * path rules (normalized like tool paths) cover `file:///etc/%2e%2e/etc/passwd` as well.
+ */
+export function resourceParams(uri: string): Record<string, unknown> {
+  if (!uri.startsWith('file:')) return { uri };
+  try {
+    return { uri, path: fileURLToPath(uri) };
+  } catch {
+    return { uri };
+  }
 }

@@ -82,20 +82,44 @@ export function toolErrorResult(error: unknown): CallToolResult {
 
 /** The tool result for a call the policy / approval / budget pipeline refused. */
 export function refusalResult(refusal: ToolCallRefused, now = Date.now()): CallToolResult {
-  let text = `Tool call refused: ${refusal.reason} (${refusal.code}).`;
+  const { advice, meta } = refusalFacts(refusal, now);
+  return errorResult(`Tool call refused: ${refusal.reason} (${refusal.code}).${advice}`, meta);
+}
+
+/**
+ * The JSON-RPC error for a non-tool request (a resource read, a prompt) the pipeline refused:
+ * `InvalidRequest`, the same facts as {@link refusalResult} in `data`.
+ */
+export function refusalError(refusal: ToolCallRefused, now = Date.now()): McpError {
+  const { advice, meta } = refusalFacts(refusal, now);
+  return new McpError(
+    ErrorCode.InvalidRequest,
+    `Request refused: ${refusal.reason} (${refusal.code}).${advice}`,
+    meta,
+  );
+}
+
+function refusalFacts(
+  refusal: ToolCallRefused,
+  now: number,
+): { advice: string; meta: Record<string, unknown> } {
   const retryAt = toEpochMs(refusal.retryAt);
+  let advice = ' Do not retry the same call; choose another approach or ask a human.';
   if (retryAt !== undefined) {
     const inSeconds = Math.max(0, Math.ceil((retryAt - now) / 1000));
-    text += ` The limit resets at ${new Date(retryAt).toISOString()} (in ${inSeconds} s); retry after that.`;
-  } else {
-    text += ' Do not retry the same call; choose another approach or ask a human.';
+    advice = ` The limit resets at ${new Date(retryAt).toISOString()} (in ${inSeconds} s); retry after that.`;
   }
-  return errorResult(text, {
-    code: refusal.code,
-    reason: refusal.reason,
-    ...(retryAt === undefined ? {} : { retryAt: new Date(retryAt).toISOString() }),
-    ...(refusal.details && typeof refusal.details === 'object' ? { details: refusal.details } : {}),
-  });
+  return {
+    advice,
+    meta: {
+      code: refusal.code,
+      reason: refusal.reason,
+      ...(retryAt === undefined ? {} : { retryAt: new Date(retryAt).toISOString() }),
+      ...(refusal.details && typeof refusal.details === 'object'
+        ? { details: refusal.details }
+        : {}),
+    },
+  };
 }
 
 function toEpochMs(value: number | Date | null | undefined): number | undefined {

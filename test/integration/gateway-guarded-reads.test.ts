@@ -1,0 +1,131 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { McpError } from '@modelcontextprotocol/sdk/types.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Approval } from '../../src/policy/approval-manager.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  admin,
+  agentToken,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  EVERYTHING_BIN,
+  httpClient,
+  startTestSidecar,
+  tempDir,
+  until,
+} from '../fixtures/gateway/harness.js';
+
+const DOCS = 'demo://resource/static/document';
+
+const READ_POLICY = {
+  name: 'reads',
+  priority: 100,
+  rules: [
+    {
+      tool: 'resources/read',
+      action: 'deny',
+      conditions: { uri: `${DOCS}/instructions.md` },
+      reason: 'internal notes',
+    },
+    {
+      tool: 'resources/read',
+      action: 'require_approval',
+      conditions: { uri: 'demo://resource/dynamic/text/*' },
+    },
+    { tool: 'prompts/get', action: 'deny', conditions: { name: 'ev__resource-prompt' } },
+  ],
+};
+
+/** The rejection of `promise`, which must be an McpError. */
+async function refusal(promise: Promise<unknown>): Promise<McpError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(McpError);
+  return error as McpError;
+}
+
+describe('resource reads and prompt gets pass policy (server-everything, real fabric)', () => {
+  const auditPath = join(tempDir('guarded-reads'), 'audit.log');
+  let sidecar: Sidecar;
+  let client: Client;
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      upstreams: {
+        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+      },
+      policies: [READ_POLICY, DEFAULT_ALLOW],
+      agents: [{ name: 'reader' }],
+      audit: { path: auditPath, flushIntervalMs: 0 },
+    });
+    client = await httpClient(sidecar.url!, agentToken(sidecar, 'reader'));
+  });
+
+  afterAll(async () => {
+    await client?.close();
+    await closeSidecar(sidecar);
+  });
+
+  it('reads an allowed resource and refuses a denied one with a readable JSON-RPC error', async () => {
+    const ok = await client.readResource({ uri: `${DOCS}/architecture.md` });
+    expect(ok.contents.length).toBeGreaterThan(0);
+
+    const e = await refusal(client.readResource({ uri: `${DOCS}/instructions.md` }));
+    expect(e.message).toContain('FABRIC_ERR_POLICY_DENIED');
+    expect(e.message).toContain('internal notes');
+    expect(e.data).toMatchObject({ code: 'FABRIC_ERR_POLICY_DENIED' });
+  });
+
+  it('gets an allowed prompt and refuses a denied one', async () => {
+    const ok = await client.getPrompt({ name: 'ev__simple-prompt' });
+    expect(ok.messages.length).toBeGreaterThan(0);
+    const e = await refusal(
+      client.getPrompt({
+        name: 'ev__resource-prompt',
+        arguments: { resourceType: 'Text', resourceId: '1' },
+      }),
+    );
+    expect(e.data).toMatchObject({ code: 'FABRIC_ERR_POLICY_DENIED' });
+  });
+
+  it('parks a read that needs approval until an admin approves it', async () => {
+    const read = client.readResource({ uri: 'demo://resource/dynamic/text/7' });
+    let pending: Approval[] = [];
+    await until(async () => {
+      const res = await admin(sidecar, '/admin/approvals?status=pending');
+      pending = ((await res.json()) as { approvals: Approval[] }).approvals;
+      return pending.length === 1;
+    });
+    expect(pending[0]).toMatchObject({
+      tool: 'resources/read',
+      params: { uri: 'demo://resource/dynamic/text/7' },
+    });
+    const res = await admin(sidecar, `/admin/approvals/${pending[0]!.id}/approve`, {
+      approver: 'alice',
+    });
+    expect(res.status).toBe(200);
+    expect((await read).contents.length).toBeGreaterThan(0);
+  });
+
+  it('writes one audit line per read, naming the decision', async () => {
+    await until(() => readFileSync(auditPath, 'utf8').includes('"approved"'));
+    const lines = readFileSync(auditPath, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const reads = lines.filter((l) => l.tool === 'resources/read');
+    expect(reads.map((l) => [l.decision, l.outcome])).toEqual([
+      ['allow', 'ok'],
+      ['deny', 'denied'],
+      ['approved', 'ok'],
+    ]);
+    expect(lines.filter((l) => l.tool === 'prompts/get').map((l) => l.outcome)).toEqual([
+      'ok',
+      'denied',
+    ]);
+  });
+});
