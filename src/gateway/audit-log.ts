@@ -21,8 +21,13 @@ export const DEFAULT_AUDIT_MAX_BYTES = 10 * 1024 * 1024;
 export const DEFAULT_AUDIT_MAX_FILES = 5;
 /** Default of {@link AuditLogOptions.flushIntervalMs}. */
 export const DEFAULT_AUDIT_FLUSH_INTERVAL_MS = 100;
-/** Records buffered before a flush is due regardless of the interval. */
-export const AUDIT_MAX_BUFFERED_RECORDS = 1024;
+/**
+ * Records buffered before a flush is due regardless of the interval: under load the queue is
+ * written every few milliseconds, before GC would copy its records (and the calls' arguments
+ * they hold) out of the young generation. In bench runs this was as fast as a 1024-record
+ * queue or slightly faster, and it holds less memory.
+ */
+export const AUDIT_MAX_BUFFERED_RECORDS = 64;
 
 /** One audit record. */
 export interface AuditRecord {
