@@ -188,6 +188,29 @@ async function throughputPair(
   return { a: median(ra), b: median(rb) };
 }
 
+/** Alternating runs of `a` (baseline) and `b` at 32 in flight; reports the throughput case. */
+async function throughputCase(
+  ctx: BenchContext,
+  name: string,
+  baseline: string,
+  goal: string,
+  a: Call,
+  b: Call,
+  total: number,
+): Promise<void> {
+  const t = await throughputPair(a, b, total, ctx.quick ? 3 : 5);
+  ctx.report({
+    suite: 'gateway',
+    case: name,
+    unit: 'calls/s',
+    value: t.b,
+    baseline,
+    baselineValue: t.a,
+    higherIsBetter: true,
+    goal,
+  });
+}
+
 async function warm(calls: Call[], n: number): Promise<void> {
   for (let i = 0; i < n; i++) for (const c of calls) await c(i);
 }
@@ -307,17 +330,15 @@ const suite: BenchSuite = {
           );
         }
         if (wanted('stdio-throughput')) {
-          const t = await throughputPair(callDirect, callGateway, q ? 2000 : 8000, q ? 3 : 5);
-          ctx.report({
-            suite: 'gateway',
-            case: 'stdio-throughput',
-            unit: 'calls/s',
-            value: t.b,
-            baseline: 'agent → upstream over stdio, 32 in flight',
-            baselineValue: t.a,
-            higherIsBetter: true,
-            goal: 'ratio ≥ 0.7',
-          });
+          await throughputCase(
+            ctx,
+            'stdio-throughput',
+            'agent → upstream over stdio, 32 in flight',
+            'ratio ≥ 0.7',
+            callDirect,
+            callGateway,
+            q ? 2000 : 8000,
+          );
         }
         await closeLast();
       }
@@ -345,17 +366,15 @@ const suite: BenchSuite = {
           );
         }
         if (wanted('stdio-throughput-relay-floor')) {
-          const t = await throughputPair(callDirect, callRelay, q ? 2000 : 8000, q ? 3 : 5);
-          ctx.report({
-            suite: 'gateway',
-            case: 'stdio-throughput-relay-floor',
-            unit: 'calls/s',
-            value: t.b,
-            baseline: 'agent → upstream over stdio, 32 in flight (vs a byte relay: the ceiling)',
-            baselineValue: t.a,
-            higherIsBetter: true,
-            goal: 'diagnostic: the best ratio any process hop reaches here',
-          });
+          await throughputCase(
+            ctx,
+            'stdio-throughput-relay-floor',
+            'agent → upstream over stdio, 32 in flight (vs a byte relay: the ceiling)',
+            'diagnostic: the best ratio any process hop reaches here',
+            callDirect,
+            callRelay,
+            q ? 2000 : 8000,
+          );
         }
         await closeLast();
       }
@@ -428,17 +447,15 @@ const suite: BenchSuite = {
         const callUp = echo(upstreamHttp, 'echo');
         const callGw = echo(gatewayHttp, 'ev__echo');
         await warm([callUp, callGw], q ? 200 : 500);
-        const h = await throughputPair(callUp, callGw, q ? 1000 : 3000, q ? 3 : 5);
-        ctx.report({
-          suite: 'gateway',
-          case: 'http-throughput',
-          unit: 'calls/s',
-          value: h.b,
-          baseline: "agent → upstream's own Streamable HTTP, 32 in flight",
-          baselineValue: h.a,
-          higherIsBetter: true,
-          goal: 'ratio ≥ 1.0',
-        });
+        await throughputCase(
+          ctx,
+          'http-throughput',
+          "agent → upstream's own Streamable HTTP, 32 in flight",
+          'ratio ≥ 1.0',
+          callUp,
+          callGw,
+          q ? 1000 : 3000,
+        );
       }
     } finally {
       for (const close of closers.reverse()) await close().catch(() => undefined);
