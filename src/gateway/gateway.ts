@@ -518,8 +518,8 @@ export class ToolGateway implements SessionHost {
    * A resource read or prompt get carries data to the model as a tool call does, so it passes
    * the same policy (and approval) check first — as the pseudo-tool `resources/read` with
    * `{ uri }` (plus the decoded `path` of a `file:` URI) or `prompts/get` with
-   * `{ name, arguments }` — and gets an audit line. It reserves
-   * no usage (an exhausted budget still refuses it). Refusals are JSON-RPC errors.
+   * `{ name, arguments }` — and gets an audit line. It reserves no usage (an exhausted budget
+   * still refuses it). Refusals are JSON-RPC errors.
    */
   async #guardedRead(
     session: GatewaySession,
