@@ -1,7 +1,7 @@
 /**
  * Server side of an MCP session over this process's stdin/stdout (`agent-fabric mcp`).
  *
- * A drop-in for the SDK's `StdioServerTransport` that splits lines on a string buffer and
+ * A drop-in for the SDK's `StdioServerTransport` that splits lines with a {@link LineReader} and
  * checks each message's JSON-RPC envelope cheaply instead of parsing it against the full zod
  * message union (the session's Protocol still validates what it handles; messages the cheap
  * check does not vouch for get the SDK's schema parse, so malformed ones are reported through
@@ -11,6 +11,8 @@
  */
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import { JSONRPCMessageSchema, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import { StringDecoder } from 'node:string_decoder';
+import { LineReader } from './line-reader.js';
 import { LineWriter, type LineSink } from './line-writer.js';
 
 /** Largest line accepted (as the SDK's read buffer). */
@@ -24,7 +26,12 @@ export class StdioSessionTransport implements Transport {
 
   readonly #stdin: NodeJS.ReadableStream;
   readonly #stdout: NodeJS.WritableStream;
-  #buffer = '';
+  readonly #decoder = new StringDecoder('utf8');
+  readonly #reader = new LineReader(
+    (line) => this.#online(line),
+    STDIO_MAX_LINE_BYTES,
+    () => this.#onoverflow(),
+  );
   readonly #writer: LineWriter;
   #started = false;
   #closed = false;
@@ -39,25 +46,18 @@ export class StdioSessionTransport implements Transport {
   }
 
   readonly #ondata = (chunk: Buffer | string): void => {
-    const text = this.#buffer + (typeof chunk === 'string' ? chunk : chunk.toString('utf8'));
-    let start = 0;
-    let newline = text.indexOf('\n');
-    while (newline !== -1) {
-      let end = newline;
-      if (end > start && text.charCodeAt(end - 1) === 13) end--; // \r\n
-      if (end > start) this.#line(text.slice(start, end));
-      start = newline + 1;
-      newline = text.indexOf('\n', start);
-    }
-    this.#buffer = start === 0 ? text : text.slice(start);
-    if (this.#buffer.length > STDIO_MAX_LINE_BYTES) {
-      this.#buffer = '';
-      this.onerror?.(
-        new Error(`ReadBuffer exceeded maximum size of ${STDIO_MAX_LINE_BYTES} bytes`),
-      );
-      void this.close();
-    }
+    // A decoder keeps a UTF-8 character split between two chunks whole.
+    this.#reader.push(typeof chunk === 'string' ? chunk : this.#decoder.write(chunk));
   };
+
+  #online(line: string): void {
+    if (line !== '') this.#line(line);
+  }
+
+  #onoverflow(): void {
+    this.onerror?.(new Error(`ReadBuffer exceeded maximum size of ${STDIO_MAX_LINE_BYTES} bytes`));
+    void this.close();
+  }
 
   readonly #onerror = (error: Error): void => {
     this.onerror?.(error);
@@ -95,6 +95,11 @@ export class StdioSessionTransport implements Transport {
     return this.#writer.send(message);
   }
 
+  /** {@link send} for a message already serialized as one line of JSON. */
+  sendLine(json: string): Promise<void> {
+    return this.#writer.sendLine(json);
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -102,7 +107,7 @@ export class StdioSessionTransport implements Transport {
     this.#stdin.off('data', this.#ondata);
     this.#stdin.off('error', this.#onerror);
     if (this.#stdin.listenerCount('data') === 0) this.#stdin.pause();
-    this.#buffer = '';
+    this.#reader.reset();
     this.onclose?.();
   }
 }

@@ -36,6 +36,7 @@ import {
   type Result,
 } from '@modelcontextprotocol/sdk/types.js';
 import type { z } from 'zod';
+import { rememberRawResult, rawResponseLine } from './raw-results.js';
 
 /** The fields of a JSON-RPC message the fast path looks at. */
 interface Envelope {
@@ -272,6 +273,8 @@ export class FastUpstreamCalls {
         onlyKeys(m, 'jsonrpc', 'id', 'result')
       ) {
         outcome = { ok: true, result };
+        const line = (this.#transport as { currentLine?: string }).currentLine;
+        if (line !== undefined && typeof m.id === 'number') rememberRawResult(result, line, m.id);
       } else if (
         result === undefined &&
         isObject(error) &&
@@ -451,7 +454,16 @@ export class FastToolCalls {
     }
     let sent: Promise<void> | undefined;
     try {
-      if (response) sent = this.#transport.send(response);
+      if (response) {
+        const sendLine = (this.#transport as { sendLine?: (json: string) => Promise<void> })
+          .sendLine;
+        const line =
+          sendLine && 'result' in response ? rawResponseLine(response.result, id) : undefined;
+        sent =
+          line === undefined
+            ? this.#transport.send(response)
+            : sendLine!.call(this.#transport, line);
+      }
     } catch (error) {
       sent = Promise.reject(error as Error);
     }

@@ -35,7 +35,12 @@ export class LineWriter {
    * stream's `drain` resolves it.
    */
   send(message: JSONRPCMessage): Promise<void> {
-    this.#out += JSON.stringify(message) + '\n';
+    return this.sendLine(JSON.stringify(message));
+  }
+
+  /** {@link send} for a message already serialized (one line of JSON, no newline). */
+  sendLine(json: string): Promise<void> {
+    this.#out += json + '\n';
     if (!this.#inTurn) {
       this.#inTurn = true;
       process.nextTick(this.flush);

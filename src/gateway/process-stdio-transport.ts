@@ -14,6 +14,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import { LineReader } from './line-reader.js';
 import { LineWriter } from './line-writer.js';
 
 /** Environment variables inherited by default (as the SDK's stdio transport does). */
@@ -56,7 +57,8 @@ export class ProcessStdioTransport implements Transport {
   readonly #options: ProcessStdioTransportOptions;
   #child: ChildProcess | undefined;
   #pid: number | undefined;
-  #buffer = '';
+  readonly #reader = new LineReader((line) => this.#online(line));
+  #line: string | undefined;
   readonly #writer = new LineWriter(() => this.#child?.stdin ?? undefined);
   #closed = false;
   #exited: Promise<void> | undefined;
@@ -104,38 +106,40 @@ export class ProcessStdioTransport implements Transport {
       });
       child.stdin?.on('error', (error) => this.onerror?.(error));
       child.stdout?.setEncoding('utf8');
-      child.stdout?.on('data', (chunk: string) => this.#ondata(chunk));
+      child.stdout?.on('data', (chunk: string) => this.#reader.push(chunk));
     });
   }
 
-  #ondata(chunk: string): void {
-    let text = this.#buffer + chunk;
-    let newline = text.indexOf('\n');
-    while (newline !== -1) {
-      const line = text.slice(0, newline);
-      text = text.slice(newline + 1);
-      newline = text.indexOf('\n');
-      if (line.trim() === '') continue;
-      let message: unknown;
-      try {
-        message = JSON.parse(line);
-      } catch (error) {
-        this.onerror?.(
-          new Error(`upstream wrote a non-JSON line: ${line.slice(0, 200)}`, { cause: error }),
-        );
-        continue;
-      }
-      if (
-        message === null ||
-        typeof message !== 'object' ||
-        (message as { jsonrpc?: unknown }).jsonrpc !== '2.0'
-      ) {
-        this.onerror?.(new Error(`upstream wrote a non-JSON-RPC message: ${line.slice(0, 200)}`));
-        continue;
-      }
-      this.onmessage?.(message as JSONRPCMessage);
+  #online(line: string): void {
+    if (line.trim() === '') return;
+    let message: unknown;
+    try {
+      message = JSON.parse(line);
+    } catch (error) {
+      this.onerror?.(
+        new Error(`upstream wrote a non-JSON line: ${line.slice(0, 200)}`, { cause: error }),
+      );
+      return;
     }
-    this.#buffer = text;
+    if (
+      message === null ||
+      typeof message !== 'object' ||
+      (message as { jsonrpc?: unknown }).jsonrpc !== '2.0'
+    ) {
+      this.onerror?.(new Error(`upstream wrote a non-JSON-RPC message: ${line.slice(0, 200)}`));
+      return;
+    }
+    this.#line = line;
+    try {
+      this.onmessage?.(message as JSONRPCMessage);
+    } finally {
+      this.#line = undefined;
+    }
+  }
+
+  /** The line the message being delivered to `onmessage` was parsed from (during the call). */
+  get currentLine(): string | undefined {
+    return this.#line;
   }
 
   send(message: JSONRPCMessage): Promise<void> {

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { rawResultBytes } from './raw-results.js';
 
 /** Bytes of JSON per estimated token: the common ~4 characters per token rule of thumb. */
 export const BYTES_PER_TOKEN = 4;
@@ -13,8 +14,10 @@ export const BYTES_PER_TOKEN = 4;
  * so its size is what the call costs in context; this is an estimate, not a tokenizer.
  */
 export function estimateTokens(result: unknown): number {
-  const json = JSON.stringify(result) ?? '';
-  return Math.ceil(Buffer.byteLength(json, 'utf8') / BYTES_PER_TOKEN);
+  const bytes =
+    (typeof result === 'object' && result !== null ? rawResultBytes(result) : undefined) ??
+    Buffer.byteLength(JSON.stringify(result) ?? '', 'utf8');
+  return Math.ceil(bytes / BYTES_PER_TOKEN);
 }
 
 /** Compiles a glob (`*` any run of characters, `?` one character) to an anchored RegExp. */

@@ -217,4 +217,26 @@ agents:
     // Closing stdin ends the in-process gateway and its upstream's process tree.
     await until(() => inProcessTree.every((pid) => !alive(pid)));
   });
+
+  it('forwards a large non-ASCII result over in-process stdio byte for byte', async () => {
+    // Forwarded results reuse the upstream's JSON text (raw-results.ts): prove it is exact.
+    const line = 'naïve “quotes” \\ back\\slash \t tab, emoji 🚀, "json" {}[],\n';
+    const content = line.repeat(4000); // ~250 KB
+    writeFileSync(join(sandbox, 'big.txt'), content);
+    const inProcess = await cliStdioClient(['mcp', '--in-process', '--config', configFile]);
+    try {
+      const calls = Array.from({ length: 3 }, () =>
+        inProcess.client.callTool({
+          name: 'fs__read_text_file',
+          arguments: { path: `${sandbox}/big.txt` },
+        }),
+      );
+      for (const r of await Promise.all(calls)) {
+        expect(r.isError).toBeFalsy();
+        expect((r.content as { text: string }[])[0]!.text).toBe(content);
+      }
+    } finally {
+      await inProcess.client.close();
+    }
+  });
 });

@@ -1,0 +1,50 @@
+/**
+ * Forwarding an upstream's tool result without serializing it again.
+ *
+ * A result the gateway passes on unchanged was already JSON once: in the upstream's response
+ * line. When that line has the SDK's layout, `{"result":R,"jsonrpc":"2.0","id":N}`, the agent's
+ * response is the same text with N replaced by the agent's request id, and R's byte length is
+ * the result's size for the token estimate — no `JSON.stringify` of a result that may be
+ * megabytes (a file read). Replacing the value of the line's *last* member is exact: parsing the
+ * new line gives the parsed response with only the id changed, whatever the line holds before it.
+ *
+ * @module
+ */
+
+const PREFIX = '{"result":';
+const ID_MEMBER = ',"jsonrpc":"2.0","id":';
+
+interface RawResult {
+  /** The upstream's response line. */
+  readonly line: string;
+  /** Where the upstream's id value starts (the line ends with the id and `}`). */
+  readonly idAt: number;
+}
+
+const raw = new WeakMap<object, RawResult>();
+
+/**
+ * Remembers the upstream line `result` was parsed from, when it has the SDK's layout with the
+ * numeric id `id` last; otherwise nothing is remembered and the result is serialized as usual.
+ * Only call this for a response whose parsed keys are exactly `result`, `jsonrpc` and `id`.
+ */
+export function rememberRawResult(result: object, line: string, id: number): void {
+  if (!line.startsWith(PREFIX)) return;
+  const tail = ID_MEMBER + String(id) + '}';
+  if (!line.endsWith(tail)) return;
+  raw.set(result, { line, idAt: line.length - tail.length + ID_MEMBER.length });
+}
+
+/** The JSON-RPC response line carrying `result` under `id`, if its upstream text is known. */
+export function rawResponseLine(result: object, id: string | number): string | undefined {
+  const r = raw.get(result);
+  return r === undefined ? undefined : r.line.slice(0, r.idAt) + JSON.stringify(id) + '}';
+}
+
+/** UTF-8 bytes of `result`'s JSON as the upstream wrote it, if known. */
+export function rawResultBytes(result: object): number | undefined {
+  const r = raw.get(result);
+  if (r === undefined) return undefined;
+  const resultText = r.line.slice(PREFIX.length, r.idAt - ID_MEMBER.length);
+  return Buffer.byteLength(resultText, 'utf8');
+}

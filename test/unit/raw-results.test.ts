@@ -1,0 +1,54 @@
+import { describe, expect, it } from 'vitest';
+import {
+  rawResponseLine,
+  rawResultBytes,
+  rememberRawResult,
+} from '../../src/gateway/raw-results.js';
+
+/** Parses an upstream line the way the transport does and remembers its text. */
+function received(line: string): { result: object; id: number } {
+  const m = JSON.parse(line) as { result: object; id: number };
+  rememberRawResult(m.result, line, m.id);
+  return m;
+}
+
+describe('forwarding a result as the upstream wrote it', () => {
+  const result = { content: [{ type: 'text', text: 'héllo "q" \\ 🚀\u2028' }], isError: false };
+
+  it('re-addresses the SDK layout to the agent id without serializing the result again', () => {
+    const line = JSON.stringify({ result, jsonrpc: '2.0', id: 12 });
+    const m = received(line);
+    for (const id of ['req-7', 3, 0]) {
+      const out = rawResponseLine(m.result, id)!;
+      expect(JSON.parse(out)).toEqual({ result, jsonrpc: '2.0', id });
+      expect(out).toBe(JSON.stringify({ result, jsonrpc: '2.0', id }));
+    }
+    expect(rawResultBytes(m.result)).toBe(Buffer.byteLength(JSON.stringify(result)));
+  });
+
+  it('remembers nothing for other layouts, so they are serialized as usual', () => {
+    for (const line of [
+      JSON.stringify({ jsonrpc: '2.0', id: 12, result }),
+      JSON.stringify({ result, jsonrpc: '2.0', id: 12 }, null, 1).replace(/\n/g, ''),
+      JSON.stringify({ result, jsonrpc: '2.0', id: 12 }) + '\r',
+    ]) {
+      const m = JSON.parse(line) as { result: object };
+      rememberRawResult(m.result, line, 12);
+      expect(rawResponseLine(m.result, 1)).toBeUndefined();
+      expect(rawResultBytes(m.result)).toBeUndefined();
+    }
+    // The id in the text must be the one the response was matched by.
+    const line = JSON.stringify({ result, jsonrpc: '2.0', id: 12 });
+    const other = JSON.parse(line) as { result: object };
+    rememberRawResult(other.result, line, 13);
+    expect(rawResponseLine(other.result, 1)).toBeUndefined();
+  });
+
+  it('keeps JSON meaning exact when the upstream repeats keys', () => {
+    // Last member wins in JSON.parse; only that member's value is replaced.
+    const line = '{"result":{"content":[]},"id":99,"jsonrpc":"2.0","id":12}';
+    const m = received(line);
+    const out = rawResponseLine(m.result, 'mine')!;
+    expect(JSON.parse(out)).toEqual({ ...JSON.parse(line), id: 'mine' });
+  });
+});
