@@ -10,6 +10,8 @@
  * - stdio-throughput: the same paths, 32 calls in flight.
  * - stdio-latency-inproc (diagnostic): the same sidecar in the bench process, the agent on an
  *   in-memory link: the gateway pipeline without the extra pipe hop and process.
+ * - stdio-large-result (diagnostic): a 1 MB `read_text_file` from server-filesystem, direct vs
+ *   through the gateway over stdio (p50 of sequential reads).
  * - http-throughput: agent → `agent-fabric serve` (a child process) over Streamable HTTP
  *   (gateway → upstream over stdio), vs agent → the upstream's own Streamable HTTP endpoint;
  *   32 in flight.
@@ -25,7 +27,7 @@
  * `--cpu-prof` profiles of the gateway processes.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -43,6 +45,7 @@ import { Latency, median, type BenchContext, type BenchSuite } from './lib.js';
 
 const require = createRequire(import.meta.url);
 const EVERYTHING = require.resolve('@modelcontextprotocol/server-everything/dist/index.js');
+const FILESYSTEM = require.resolve('@modelcontextprotocol/server-filesystem/dist/index.js');
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** The built CLI, what `agent-fabric` runs (`npm run bench` builds first). */
 const CLI = join(ROOT, 'dist', 'cli', 'main.js');
@@ -376,6 +379,74 @@ const suite: BenchSuite = {
             q ? 2000 : 8000,
           );
         }
+        await closeLast();
+      }
+
+      if (wanted('stdio-large-result')) {
+        // A 1 MB text file read through server-filesystem: direct vs the gateway over stdio.
+        const sandbox = join(dir, 'files');
+        mkdirSync(sandbox);
+        const line = 'naïve “quotes” back\\slash 🚀 "json" {}[]\n';
+        writeFileSync(join(sandbox, 'big.txt'), line.repeat(Math.ceil(1e6 / line.length)));
+        const fsConfig = join(dir, 'fs.json');
+        writeFileSync(
+          fsConfig,
+          JSON.stringify({
+            http: { host: '127.0.0.1', port: 0 },
+            upstreams: {
+              fs: {
+                command: '${NODE}',
+                args: ['${FILESYSTEM_SERVER_BIN}', sandbox],
+                stderr: 'ignore',
+              },
+            },
+            policies: [{ name: 'allow', rules: [{ tool: 'fs__*', action: 'allow' }] }],
+            budget: { maxTokensPerHour: 1e12, maxCostPerDay: 1e9 },
+            agents: [{ name: 'bench-agent' }],
+            audit: { path: join(dir, 'fs-audit.log') },
+          }),
+        );
+        const fsDirect = await stdioClient(process.execPath, [FILESYSTEM, sandbox]);
+        closers.push(fsDirect.close);
+        const fsGateway = await stdioClient(
+          process.execPath,
+          cliArgs(['mcp', '--in-process', '--config', fsConfig]),
+        );
+        closers.push(fsGateway.close);
+        const read =
+          (client: Client, tool: string): Call =>
+          async () => {
+            const r = await client.callTool({
+              name: tool,
+              arguments: { path: join(sandbox, 'big.txt') },
+            });
+            if (r.isError) throw new Error(`${tool} failed: ${JSON.stringify(r.content)}`);
+            return r;
+          };
+        const a = read(fsDirect.client, 'read_text_file');
+        const b = read(fsGateway.client, 'fs__read_text_file');
+        await warm([a, b], 5);
+        const latA = new Latency();
+        const latB = new Latency();
+        for (let round = 0; round < (q ? 3 : 10); round++) {
+          await sequential(a, 5, latA);
+          await sequential(b, 5, latB);
+        }
+        ctx.report({
+          suite: 'gateway',
+          case: 'stdio-large-result',
+          unit: 'µs p50',
+          value: latB.percentileUs(50),
+          baseline: 'agent → server-filesystem over stdio, 1 MB read_text_file',
+          baselineValue: latA.percentileUs(50),
+          higherIsBetter: false,
+          p50Us: latB.percentileUs(50),
+          p99Us: latB.percentileUs(99),
+          baselineP50Us: latA.percentileUs(50),
+          baselineP99Us: latA.percentileUs(99),
+          goal: 'diagnostic: a large result through the gateway',
+        });
+        await closeLast();
         await closeLast();
       }
 
