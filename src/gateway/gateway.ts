@@ -285,20 +285,7 @@ export class ToolGateway implements SessionHost {
     const { agentId } = session.identity;
     const fabricTool = this.#fabricTools.get(name);
     const route = fabricTool ? undefined : this.#catalog.tools.get(name);
-    const log = this.#audit;
-    // The record's digest, time and JSON are made when the log flushes, after the response.
-    const audit = (fields: AuditOutcome): void => {
-      if (!log) return;
-      const now = performance.now();
-      log.writeCall(
-        agentId,
-        name,
-        args,
-        Date.now() - (now - started),
-        Math.round((now - started) * 1000) / 1000,
-        fields,
-      );
-    };
+    const audit = this.#auditor(agentId, name, args, started);
     if (!fabricTool && !route) {
       audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
       throw new McpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
@@ -438,6 +425,31 @@ export class ToolGateway implements SessionHost {
       });
   }
 
+  /**
+   * Writes the audit line of one request that arrived at `started` (performance.now); the
+   * line's digest, time and JSON are made when the log flushes, after the response.
+   */
+  #auditor(
+    agentId: string,
+    tool: string,
+    args: unknown,
+    started: number,
+  ): (fields: AuditOutcome) => void {
+    const log = this.#audit;
+    return (fields) => {
+      if (!log) return;
+      const now = performance.now();
+      log.writeCall(
+        agentId,
+        tool,
+        args,
+        Date.now() - (now - started),
+        Math.round((now - started) * 1000) / 1000,
+        fields,
+      );
+    };
+  }
+
   #settle(auth: ToolCallAllowed, usage: { tokens: number; cost: number }): void {
     try {
       const settled = this.#backend.settleToolCall(auth, usage);
@@ -529,17 +541,7 @@ export class ToolGateway implements SessionHost {
     read: () => Promise<Result>,
   ): Promise<Result> {
     const started = performance.now();
-    const audit = (fields: AuditOutcome): void => {
-      const now = performance.now();
-      this.#audit?.writeCall(
-        session.identity.agentId,
-        tool,
-        params,
-        Date.now() - (now - started),
-        Math.round((now - started) * 1000) / 1000,
-        fields,
-      );
-    };
+    const audit = this.#auditor(session.identity.agentId, tool, params, started);
     let auth: ToolCallAuthorization;
     let waited: boolean;
     try {
