@@ -530,8 +530,10 @@ export class ToolGateway implements SessionHost {
    * A resource read or prompt get carries data to the model as a tool call does, so it passes
    * the same policy (and approval) check first — as the pseudo-tool `resources/read` with
    * `{ uri }` (plus the decoded `path` of a `file:` URI) or `prompts/get` with
-   * `{ name, arguments }` — and gets an audit line. It reserves no usage (an exhausted budget
-   * still refuses it). Refusals are JSON-RPC errors.
+   * `{ name, arguments }` — and gets an audit line. Its budget is checked as a call's (an
+   * exhausted budget refuses it); the reservation estimates the tokens of the last such read and
+   * is settled with the tokens of what was read (the same estimator as tool results) and the
+   * `toolCosts` entry matching the pseudo-tool's name, if any. Refusals are JSON-RPC errors.
    */
   async #guardedRead(
     session: GatewaySession,
@@ -544,8 +546,12 @@ export class ToolGateway implements SessionHost {
     const audit = this.#auditor(session.identity.agentId, tool, params, started);
     let auth: ToolCallAuthorization;
     let waited: boolean;
+    const cost = this.#costs.costOf(tool);
     try {
-      let a = this.#authorize(session, tool, params, extra, { tokens: 0, cost: 0 });
+      let a = this.#authorize(session, tool, params, extra, {
+        tokens: this.#lastTokens.get(tool) ?? 0,
+        cost,
+      });
       if (a instanceof Promise) a = await a;
       ({ auth, waited } = a);
     } catch (error) {
@@ -558,16 +564,19 @@ export class ToolGateway implements SessionHost {
       throw refusalError(auth);
     }
     const decision = waited ? 'approved' : (d.action ?? 'allow');
+    let result: Result;
     try {
-      const result = await read();
-      audit({ decision, rule: d.rule, outcome: 'ok' });
-      return result;
+      result = await read();
     } catch (error) {
+      this.#settle(auth, { tokens: 0, cost: 0 });
       audit({ decision, rule: d.rule, outcome: 'error', code: codeOf(error) });
       throw error;
-    } finally {
-      this.#settle(auth, { tokens: 0, cost: 0 });
     }
+    const tokens = estimateTokens(result);
+    this.#lastTokens.set(tool, tokens);
+    this.#settle(auth, { tokens, cost });
+    audit({ decision, rule: d.rule, outcome: 'ok', tokens, cost });
+    return result;
   }
 
   /** Sends a request upstream on behalf of a session, tracking it for routing and progress. */

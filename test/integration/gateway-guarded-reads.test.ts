@@ -5,8 +5,10 @@ import { McpError } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Approval } from '../../src/policy/approval-manager.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { estimateTokens } from '../../src/gateway/tool-costs.js';
 import {
   admin,
+  agentId,
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
@@ -59,7 +61,8 @@ describe('resource reads and prompt gets pass policy (server-everything, real fa
         ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
       },
       policies: [READ_POLICY, DEFAULT_ALLOW],
-      agents: [{ name: 'reader' }],
+      agents: [{ name: 'reader' }, { name: 'metered', budget: { maxCostPerDay: 2 } }],
+      toolCosts: { 'resources/read': 1 },
       audit: { path: auditPath, flushIntervalMs: 0 },
     });
     client = await httpClient(sidecar.url!, agentToken(sidecar, 'reader'));
@@ -111,17 +114,49 @@ describe('resource reads and prompt gets pass policy (server-everything, real fa
     expect((await read).contents.length).toBeGreaterThan(0);
   });
 
+  it('counts what was read against the budget and refuses reads once it is spent', async () => {
+    const metered = await httpClient(sidecar.url!, agentToken(sidecar, 'metered'));
+    try {
+      const id = agentId(sidecar, 'metered');
+      const before = sidecar.fabric!.budgets.getStatus(id);
+      const read = await metered.readResource({ uri: `${DOCS}/architecture.md` });
+      const after = sidecar.fabric!.budgets.getStatus(id);
+      expect(after.tokensUsed - before.tokensUsed).toBe(estimateTokens(read));
+      expect(after.tokensUsed - before.tokensUsed).toBeGreaterThan(10);
+      expect(after.costUsed - before.costUsed).toBe(1);
+      expect(after.tokensReserved).toBe(0);
+
+      await metered.readResource({ uri: `${DOCS}/architecture.md` }); // spends the last unit
+      const e = await refusal(metered.readResource({ uri: `${DOCS}/architecture.md` }));
+      expect(e.data).toMatchObject({ code: 'FABRIC_ERR_BUDGET_EXCEEDED' });
+      expect(sidecar.fabric!.budgets.getStatus(id).costUsed).toBe(2);
+    } finally {
+      await metered.close();
+    }
+  });
+
   it('writes one audit line per read, naming the decision', async () => {
     await until(() => readFileSync(auditPath, 'utf8').includes('"approved"'));
     const lines = readFileSync(auditPath, 'utf8')
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as Record<string, unknown>);
-    const reads = lines.filter((l) => l.tool === 'resources/read');
+    const reader = agentId(sidecar, 'reader');
+    const reads = lines.filter((l) => l.tool === 'resources/read' && l.agent === reader);
     expect(reads.map((l) => [l.decision, l.outcome])).toEqual([
       ['allow', 'ok'],
       ['deny', 'denied'],
       ['approved', 'ok'],
+    ]);
+    expect(reads[0]).toMatchObject({ cost: 1, tokens: expect.any(Number) as number });
+    expect(reads[0]!.tokens).toBeGreaterThan(10);
+    const metered = lines.filter(
+      (l) => l.tool === 'resources/read' && l.agent === agentId(sidecar, 'metered'),
+    );
+    expect(metered.map((l) => [l.outcome, l.code])).toEqual([
+      ['ok', undefined],
+      ['ok', undefined],
+      ['denied', 'FABRIC_ERR_BUDGET_EXCEEDED'],
     ]);
     expect(lines.filter((l) => l.tool === 'prompts/get').map((l) => l.outcome)).toEqual([
       'ok',
