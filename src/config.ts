@@ -23,6 +23,8 @@ export const DEFAULT_MAX_ATTEMPTS = 3;
 export const DEFAULT_DRAIN_TIMEOUT_SECONDS = 30;
 /** Default for {@link FabricConfig.finishedTaskRetention}. */
 export const DEFAULT_FINISHED_TASK_RETENTION = 10_000;
+/** Default for {@link FabricConfig.terminatedAgentRetention}. */
+export const DEFAULT_TERMINATED_AGENT_RETENTION = 1000;
 
 /** Options of an {@link AgentFabric}. Every field is optional; see the `DEFAULT_*` constants. */
 export interface FabricConfig {
@@ -68,6 +70,12 @@ export interface FabricConfig {
    * @default 10000
    */
   finishedTaskRetention: number;
+  /**
+   * How many terminated agents stay known (to `getAgentInfo`, budget status) before the oldest
+   * are forgotten — their records and budget state both.
+   * @default 1000
+   */
+  terminatedAgentRetention: number;
 }
 
 /** The built-in defaults, as in the Fabric Guide's table. */
@@ -80,6 +88,7 @@ export const DEFAULT_FABRIC_CONFIG: Readonly<FabricConfig> = Object.freeze({
   defaultMaxAttempts: DEFAULT_MAX_ATTEMPTS,
   drainTimeoutSeconds: DEFAULT_DRAIN_TIMEOUT_SECONDS,
   finishedTaskRetention: DEFAULT_FINISHED_TASK_RETENTION,
+  terminatedAgentRetention: DEFAULT_TERMINATED_AGENT_RETENTION,
 });
 
 const FIELDS: Readonly<Record<keyof FabricConfig, NumberKind>> = {
@@ -91,6 +100,7 @@ const FIELDS: Readonly<Record<keyof FabricConfig, NumberKind>> = {
   defaultMaxAttempts: 'positiveInt',
   drainTimeoutSeconds: 'positiveNumber',
   finishedTaskRetention: 'nonNegativeInt',
+  terminatedAgentRetention: 'nonNegativeInt',
 };
 
 const configError = (field: string, message: string) => new ConfigError(field, message);

@@ -215,6 +215,7 @@ export class AgentFabric {
       drainTimeoutSeconds: c.drainTimeoutSeconds,
       defaultExecutor: options.defaultExecutor ?? 'local',
       autoHeartbeatExecutors: auto,
+      terminatedRetention: c.terminatedAgentRetention,
       agents: this.#store.agents,
     });
     this.approvals = new ApprovalManager(options.approvals);
@@ -247,6 +248,8 @@ export class AgentFabric {
     this.lifecycle.setWorkloadSource((id) => this.scheduler.agentLoad(id));
     this.lifecycle.setDrainer((id, ms) => this.scheduler.drainAgent(id, ms));
     this.lifecycle.events.on('agent.status', (agent, previous) => this.#onStatus(agent, previous));
+    // An agent gone from the records takes its budget state along (it can make no more calls).
+    this.lifecycle.events.on('agent.forgotten', (id) => this.budgets.forgetAgent(id));
     const drainTimeoutMs = c.drainTimeoutSeconds * 1000;
     this.pools = new PoolManager(
       {

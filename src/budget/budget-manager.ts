@@ -207,6 +207,28 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   }
 
   /**
+   * Drops an agent's budget state (limits and usage) from memory and from the store, for an
+   * agent that is gone for good — the fabric calls it when a terminated agent's record ages out
+   * (`terminatedRetention`). What the agent used stays counted in its pool and the fabric; a
+   * reservation still in flight settles into those alone. Asking for the agent again later
+   * starts a fresh, unlimited scope.
+   */
+  forgetAgent(agentId: string): void {
+    id('agentId', agentId);
+    const scope = this.#agents.get(agentId);
+    if (scope !== undefined) {
+      scope.forgotten = true;
+      this.#agents.delete(agentId);
+    }
+    this.#store.delete(`agent:${agentId}`);
+  }
+
+  /** Agents whose budget state is held (in memory; a durable store may hold more). */
+  get agentCount(): number {
+    return this.#agents.size;
+  }
+
+  /**
    * Records usage that happened without a reservation (it may push a scope over its limit;
    * the next `check`/`reserve` then refuses).
    * @throws InvalidUsageError for a negative, NaN, infinite or non-numeric amount.
@@ -336,8 +358,10 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     cost: number,
     now: number,
   ): void {
-    a.record(tokens, cost, now, this.#emit);
-    this.#store.changed(a.scope, a);
+    if (!a.forgotten) {
+      a.record(tokens, cost, now, this.#emit);
+      this.#store.changed(a.scope, a);
+    }
     if (p !== undefined) {
       p.record(tokens, cost, now, this.#emit);
       this.#store.changed(p.scope, p);

@@ -74,6 +74,8 @@ export type LifecycleEvents = {
   'agent.spawned': [agent: AgentInfo];
   'agent.status': [agent: AgentInfo, previous: AgentStatus];
   'agent.terminated': [agent: AgentInfo];
+  /** A terminated agent's record aged out of `terminatedRetention`: it is unknown from now on. */
+  'agent.forgotten': [agentId: string];
 };
 
 /** How the manager lets an agent's running work finish before it is gone. */
@@ -396,8 +398,11 @@ export class LifecycleManager {
 
   #forgetOld(agentId: string): void {
     this.#terminated.push(agentId);
-    while (this.#terminated.length > this.#retention)
-      this.#agents.delete(this.#terminated.shift()!);
+    while (this.#terminated.length > this.#retention) {
+      const old = this.#terminated.shift()!;
+      this.#agents.delete(old);
+      this.events.emit('agent.forgotten', old);
+    }
   }
 
   #get(agentId: string): AgentRecord {

@@ -361,5 +361,38 @@ describe('BudgetManager', () => {
       vi.setSystemTime(Date.parse('2026-03-02T11:01:00Z'));
       expect(restarted.getStatus('a').tokensUsed).toBe(50);
     });
+
+    it('forgetAgent drops an agent from memory and the store; late usage counts in pool and fabric only', () => {
+      const store = new InMemoryBudgetStore();
+      const b = new BudgetManager({ store });
+      const alerts: BudgetAlert[] = [];
+      b.on('warning', (a) => alerts.push(a));
+      b.on('exhausted', (a) => alerts.push(a));
+      b.setBudget('gone', { maxTokensPerHour: 100 });
+      b.setBudget('stays', { maxTokensPerHour: 100 });
+      b.recordUsage('gone', { tokens: 10 }, { poolId: 'p' });
+      b.recordUsage('stays', { tokens: 5 }, { poolId: 'p' });
+      const inFlight = b.reserve('gone', { tokens: 20 }, { poolId: 'p' });
+      expect(b.agentCount).toBe(2);
+
+      b.forgetAgent('gone');
+      expect(b.agentCount).toBe(1);
+      expect(Object.keys(store.snapshot()).sort()).toEqual(['agent:stays', 'fabric', 'pool:p']);
+
+      // The reservation made before settles into the pool and the fabric, not a revived agent.
+      b.settle(inFlight, { tokens: 200 });
+      expect(b.getPoolStatus('p')).toMatchObject({ tokensUsed: 215, tokensReserved: 0 });
+      expect(b.getFabricStatus()).toMatchObject({ tokensUsed: 215, tokensReserved: 0 });
+      expect(alerts).toEqual([]); // no alert about an agent that is gone
+      expect(Object.keys(store.snapshot())).not.toContain('agent:gone');
+      expect(b.getStatus('stays').tokensUsed).toBe(5);
+
+      // Asked for again, the id is a fresh, unlimited scope; forgetting twice is harmless.
+      expect(b.getStatus('gone')).toMatchObject({ tokensUsed: 0, tokensLimit: Infinity });
+      b.forgetAgent('gone');
+      b.forgetAgent('never-known');
+      expect(b.agentCount).toBe(1);
+      expect(() => b.forgetAgent('')).toThrow(InvalidArgumentError);
+    });
   });
 });

@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
 import { AgentNotFoundError, BudgetExceededError, ConfigError } from '../../src/errors.js';
+import type { InMemoryBudgetStore } from '../../src/budget/budget-store.js';
 
 const POLICY = {
   name: 'guide',
@@ -138,6 +139,44 @@ describe('AgentFabric tool-call pipeline', () => {
       fabric.spawn({ model: 'm', name: 'a', budget: { maxTokensPerHour: -5 } }),
     ).rejects.toBeInstanceOf(ConfigError);
     expect((await fabric.getFabricStats()).activeAgents).toBe(0);
+  });
+});
+
+describe('terminated agents', () => {
+  it('are forgotten beyond terminatedAgentRetention, budget state included', async () => {
+    const fabric = new AgentFabric({ terminatedAgentRetention: 2 });
+    try {
+      const agents = [];
+      for (let i = 0; i < 5; i++) {
+        const a = await fabric.spawn({
+          model: 'm',
+          name: `a${i}`,
+          executor: 'remote',
+          budget: { maxTokensPerHour: 1000 },
+        });
+        await fabric.recordUsage(a.id, { tokens: 10 });
+        agents.push(a);
+      }
+      expect(fabric.budgets.agentCount).toBe(5);
+      for (const a of agents) await fabric.terminate(a.id);
+
+      // The two most recent stay known, with their budget status; the rest are gone.
+      expect(fabric.budgets.agentCount).toBe(2);
+      const saved = Object.keys((fabric.budgets.store as InMemoryBudgetStore).snapshot()).filter(
+        (k) => k.startsWith('agent:'),
+      );
+      expect(saved.sort()).toEqual([`agent:${agents[3]!.id}`, `agent:${agents[4]!.id}`].sort());
+      expect(fabric.budgets.getStatus(agents[4]!.id).tokensUsed).toBe(10);
+      await expect(fabric.getAgentInfo(agents[0]!.id)).rejects.toBeInstanceOf(AgentNotFoundError);
+      // What the forgotten agents used still counts fabric-wide.
+      expect(fabric.budgets.getFabricStatus().tokensUsed).toBe(50);
+    } finally {
+      await fabric.close();
+    }
+  });
+
+  it('rejects a bad terminatedAgentRetention', () => {
+    expect(() => new AgentFabric({ terminatedAgentRetention: -1 })).toThrow(ConfigError);
   });
 });
 
