@@ -213,15 +213,54 @@ export class AuditLog {
   }
 }
 
-function formatCall(c: QueuedCall): string {
-  const record: AuditRecord = {
-    time: new Date(c.startedAt).toISOString(),
-    agent: c.agent,
-    tool: c.tool,
-    rule: undefined,
-    argsDigest: digestArgs(c.args),
-    durationMs: c.durationMs,
-    ...c.fields,
-  };
-  return JSON.stringify(record) + '\n';
+/**
+ * The JSON line of a queued call: the same text `JSON.stringify` makes of its {@link AuditRecord}
+ * (keys `time, agent, tool, rule, argsDigest, durationMs, decision, outcome, code, tokens, cost`,
+ * undefined ones left out), built directly — the object spread and generic stringify were a
+ * third of a record's cost, and records are made for every call.
+ */
+export function formatCall(c: {
+  agent: string;
+  tool: string;
+  args: unknown;
+  startedAt: number;
+  durationMs: number;
+  fields: AuditOutcome;
+}): string {
+  const f = c.fields;
+  let line = `{"time":"${isoTime(c.startedAt)}","agent":${JSON.stringify(c.agent)},"tool":${JSON.stringify(c.tool)}`;
+  if (f.rule !== undefined) line += `,"rule":${JSON.stringify(f.rule)}`;
+  line += `,"argsDigest":"${digestArgs(c.args)}","durationMs":${jsonNumber(c.durationMs)}`;
+  if (f.decision !== undefined) line += `,"decision":${JSON.stringify(f.decision)}`;
+  if (f.outcome !== undefined) line += `,"outcome":${JSON.stringify(f.outcome)}`;
+  if (f.code !== undefined) line += `,"code":${JSON.stringify(f.code)}`;
+  if (f.tokens !== undefined) line += `,"tokens":${jsonNumber(f.tokens)}`;
+  if (f.cost !== undefined) line += `,"cost":${jsonNumber(f.cost)}`;
+  return line + '}\n';
+}
+
+/** `JSON.stringify` of a number (non-finite → `null`). */
+function jsonNumber(n: number): string {
+  return Number.isFinite(n) ? String(n) : 'null';
+}
+
+const YEAR_10000_MS = 253402300800000;
+let isoSecond = Number.NaN;
+let isoPrefix = '';
+
+/**
+ * `new Date(ms).toISOString()`, with the text up to the second kept from the last call: a batch
+ * of records mostly shares it, and building it is most of the cost.
+ */
+function isoTime(ms: number): string {
+  const t = Math.floor(ms);
+  // Outside years 1970–9999 the text varies in width: no shortcut.
+  if (!(t >= 0 && t < YEAR_10000_MS)) return new Date(t).toISOString();
+  const second = Math.floor(t / 1000);
+  if (second !== isoSecond) {
+    isoSecond = second;
+    isoPrefix = new Date(t).toISOString().slice(0, 20); // 2026-11-26T10:05:12.
+  }
+  const milli = t - second * 1000;
+  return `${isoPrefix}${milli < 10 ? '00' : milli < 100 ? '0' : ''}${milli}Z`;
 }

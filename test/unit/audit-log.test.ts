@@ -7,6 +7,9 @@ import {
   AuditLog,
   DEFAULT_AUDIT_FLUSH_INTERVAL_MS,
   digestArgs,
+  formatCall,
+  type AuditOutcome,
+  type AuditRecord,
 } from '../../src/gateway/audit-log.js';
 import { ConfigError } from '../../src/errors.js';
 
@@ -107,5 +110,79 @@ describe('AuditLog batching', () => {
       expect(() => new AuditLog({ path, flushIntervalMs })).toThrow(ConfigError);
     }
     expect(() => new AuditLog({ path, flushIntervalMs: -1 })).toThrow(/audit\.flushIntervalMs/);
+  });
+});
+
+describe('formatCall', () => {
+  /** The line as JSON.stringify makes it of the record (the definition formatCall must match). */
+  function reference(c: Parameters<typeof formatCall>[0]): string {
+    const record: AuditRecord = {
+      time: new Date(c.startedAt).toISOString(),
+      agent: c.agent,
+      tool: c.tool,
+      rule: undefined,
+      argsDigest: digestArgs(c.args),
+      durationMs: c.durationMs,
+      ...c.fields,
+    };
+    return JSON.stringify(record) + '\n';
+  }
+
+  const outcomes: AuditOutcome[] = [
+    { decision: 'allow', outcome: 'ok' },
+    { decision: 'allow', rule: 'allow-ev#0', outcome: 'ok', tokens: 7, cost: 0.001 },
+    {
+      decision: 'deny',
+      rule: 'guard "x"\\#1',
+      outcome: 'denied',
+      code: 'FABRIC_ERR_POLICY_DENIED',
+    },
+    { decision: 'budget', rule: undefined, outcome: 'denied', code: 'E', tokens: 0, cost: 0 },
+    { decision: 'allow', outcome: 'ok', tokens: Number.NaN, cost: Infinity },
+    { decision: 'allow', outcome: 'ok', tokens: 1e21, cost: -0 },
+  ];
+  const times = [
+    Date.UTC(2026, 10, 26, 10, 5, 12, 7),
+    Date.UTC(2026, 10, 26, 10, 5, 12, 7) + 0.9, // fractional: truncated like Date does
+    Date.UTC(2026, 10, 26, 10, 5, 12, 45),
+    Date.UTC(2026, 10, 26, 10, 5, 12, 999),
+    Date.UTC(2026, 10, 26, 10, 5, 13, 0), // next second: a new prefix
+    Date.UTC(2026, 10, 26, 10, 5, 12, 100), // back again
+    0,
+    253402300799999, // the last millisecond of year 9999
+    253402300800000, // year +010000
+    -1, // 1969
+  ];
+
+  it('writes exactly the JSON.stringify text of the record', () => {
+    const agents = ['3f0c7a2e-1234-4abc-9def-0123456789ab', 'naïve “agent”\n\u2028'];
+    const tools = ['ev__echo', 'resources/read', 'tab\there'];
+    for (const startedAt of times) {
+      for (const fields of outcomes) {
+        for (const agent of agents) {
+          for (const tool of tools) {
+            const c = {
+              agent,
+              tool,
+              args: { tool, startedAt },
+              startedAt,
+              durationMs: 1.25,
+              fields,
+            };
+            expect(formatCall(c)).toBe(reference(c));
+          }
+        }
+      }
+    }
+    const odd = {
+      agent: 'a',
+      tool: 't',
+      args: undefined,
+      startedAt: times[0]!,
+      durationMs: Infinity,
+    };
+    expect(formatCall({ ...odd, fields: outcomes[0]! })).toBe(
+      reference({ ...odd, fields: outcomes[0]! }),
+    );
   });
 });
