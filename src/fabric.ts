@@ -610,9 +610,17 @@ export class AgentFabric {
    */
   tryAuthorizeToolCall(ctx: ToolCallContext): ToolCallAuthorization | undefined {
     const agent = this.#toolCallAgent(ctx);
-    return 'allowed' in agent
-      ? agent
-      : this.#authorizer.tryAuthorize({ ...ctx, poolId: agent.poolId, labels: agent.labels });
+    if ('allowed' in agent) return agent;
+    // Spelled out (no spread): this runs on every tool call.
+    return this.#authorizer.tryAuthorize({
+      agentId: ctx.agentId,
+      tool: ctx.tool,
+      params: ctx.params,
+      poolId: agent.poolId,
+      labels: agent.labels,
+      attributes: ctx.attributes,
+      estimate: ctx.estimate,
+    });
   }
 
   /** The calling agent (heartbeat recorded), or the refusal of an agent that is leaving. */

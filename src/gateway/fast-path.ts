@@ -236,11 +236,11 @@ export class FastUpstreamCalls {
         else c.addEventListener('abort', (entry.onAbort = () => stop(c.reason)), { once: true });
       }
       this.#pending.set(id, entry);
-      this.#transport
-        .send({ ...request, jsonrpc: '2.0', id } as JSONRPCMessage)
-        .catch((error: unknown) => {
-          if (this.#finish(id)) reject(error);
-        });
+      // A literal of fixed shape: spreading `request` cost more than the rest of the send.
+      const message = { jsonrpc: '2.0', id, method: request.method, params: request.params };
+      this.#transport.send(message as JSONRPCMessage).catch((error: unknown) => {
+        if (this.#finish(id)) reject(error);
+      });
     });
   }
 

@@ -665,8 +665,11 @@ export class ToolGateway implements SessionHost {
     // The response must not overtake the last progress notification on the client's stream.
     let lastProgress: Promise<void> | undefined;
     try {
+      const cancel = extra.cancel;
       const result = await upstream.request(request, {
-        ...(extra.cancel ? { cancel: extra.cancel } : { signal: extra.signal }),
+        // `signal` only without a cancel hook: reading it creates an AbortController.
+        cancel,
+        signal: cancel === undefined ? extra.signal : undefined,
         onprogress:
           progressToken === undefined
             ? undefined

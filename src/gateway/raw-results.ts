@@ -19,9 +19,22 @@ interface RawResult {
   readonly line: string;
   /** Where the upstream's id value starts (the line ends with the id and `}`). */
   readonly idAt: number;
+  /** The result this line is of: a copy made by spreading it carries the key but is not it. */
+  readonly owner: object;
 }
 
-const raw = new WeakMap<object, RawResult>();
+/**
+ * Where the line is kept: a symbol-keyed property of the parsed result (invisible to JSON, zod
+ * and `for…in`). A WeakMap did the same at ~1 µs a call in ephemeron write barriers and GC work.
+ */
+const RAW = Symbol('agent-fabric.rawResult');
+
+type WithRaw = { [RAW]?: RawResult };
+
+function rawOf(result: object): RawResult | undefined {
+  const r = (result as WithRaw)[RAW];
+  return r !== undefined && r.owner === result ? r : undefined;
+}
 
 /**
  * Remembers the upstream line `result` was parsed from, when it has the SDK's layout with the
@@ -29,21 +42,25 @@ const raw = new WeakMap<object, RawResult>();
  * Only call this for a response whose parsed keys are exactly `result`, `jsonrpc` and `id`.
  */
 export function rememberRawResult(result: object, line: string, id: number): void {
-  if (!line.startsWith(PREFIX)) return;
+  if (!line.startsWith(PREFIX) || !Object.isExtensible(result)) return;
   const tail = ID_MEMBER + String(id) + '}';
   if (!line.endsWith(tail)) return;
-  raw.set(result, { line, idAt: line.length - tail.length + ID_MEMBER.length });
+  (result as WithRaw)[RAW] = {
+    line,
+    idAt: line.length - tail.length + ID_MEMBER.length,
+    owner: result,
+  };
 }
 
 /** The JSON-RPC response line carrying `result` under `id`, if its upstream text is known. */
 export function rawResponseLine(result: object, id: string | number): string | undefined {
-  const r = raw.get(result);
+  const r = rawOf(result);
   return r === undefined ? undefined : r.line.slice(0, r.idAt) + JSON.stringify(id) + '}';
 }
 
 /** UTF-8 bytes of `result`'s JSON as the upstream wrote it, if known. */
 export function rawResultBytes(result: object): number | undefined {
-  const r = raw.get(result);
+  const r = rawOf(result);
   if (r === undefined) return undefined;
   const resultText = r.line.slice(PREFIX.length, r.idAt - ID_MEMBER.length);
   return Buffer.byteLength(resultText, 'utf8');

@@ -187,12 +187,11 @@ export class ToolCallAuthorizer {
         estimate,
         ctx.poolId === undefined ? undefined : { poolId: ctx.poolId },
       );
-      return Object.freeze({
-        allowed: true as const,
-        decision,
-        reservation,
-        ...(approval === undefined ? {} : { approval }),
-      });
+      return Object.freeze(
+        approval === undefined
+          ? { allowed: true as const, decision, reservation }
+          : { allowed: true as const, decision, reservation, approval },
+      );
     } catch (err) {
       if (err instanceof BudgetExceededError) {
         return denied(err, decision, err.details.retryAt as number | null);

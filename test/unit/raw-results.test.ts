@@ -44,6 +44,19 @@ describe('forwarding a result as the upstream wrote it', () => {
     expect(rawResponseLine(other.result, 1)).toBeUndefined();
   });
 
+  it('stays invisible to JSON and keys, and does not follow a modified copy', () => {
+    const line = JSON.stringify({ result, jsonrpc: '2.0', id: 12 });
+    const m = received(line);
+    expect(JSON.stringify(m.result)).toBe(JSON.stringify(result));
+    expect(Object.keys(m.result)).toEqual(Object.keys(result));
+    const changed = { ...m.result, isError: true };
+    expect(rawResponseLine(changed, 1)).toBeUndefined();
+    expect(rawResultBytes(changed)).toBeUndefined();
+    const frozen = Object.freeze((JSON.parse(line) as { result: object }).result);
+    expect(() => rememberRawResult(frozen, line, 12)).not.toThrow();
+    expect(rawResponseLine(frozen, 1)).toBeUndefined();
+  });
+
   it('keeps JSON meaning exact when the upstream repeats keys', () => {
     // Last member wins in JSON.parse; only that member's value is replaced.
     const line = '{"result":{"content":[]},"id":99,"jsonrpc":"2.0","id":12}';
