@@ -228,15 +228,32 @@ export function formatCall(c: {
   fields: AuditOutcome;
 }): string {
   const f = c.fields;
-  let line = `{"time":"${isoTime(c.startedAt)}","agent":${JSON.stringify(c.agent)},"tool":${JSON.stringify(c.tool)}`;
-  if (f.rule !== undefined) line += `,"rule":${JSON.stringify(f.rule)}`;
+  let line = `{"time":"${isoTime(c.startedAt)}","agent":${jsonString(c.agent)},"tool":${jsonString(c.tool)}`;
+  if (f.rule !== undefined) line += `,"rule":${jsonString(f.rule)}`;
   line += `,"argsDigest":"${digestArgs(c.args)}","durationMs":${jsonNumber(c.durationMs)}`;
-  if (f.decision !== undefined) line += `,"decision":${JSON.stringify(f.decision)}`;
-  if (f.outcome !== undefined) line += `,"outcome":${JSON.stringify(f.outcome)}`;
-  if (f.code !== undefined) line += `,"code":${JSON.stringify(f.code)}`;
+  if (f.decision !== undefined) line += `,"decision":${jsonString(f.decision)}`;
+  if (f.outcome !== undefined) line += `,"outcome":${jsonString(f.outcome)}`;
+  if (f.code !== undefined) line += `,"code":${jsonString(f.code)}`;
   if (f.tokens !== undefined) line += `,"tokens":${jsonNumber(f.tokens)}`;
   if (f.cost !== undefined) line += `,"cost":${jsonNumber(f.cost)}`;
   return line + '}\n';
+}
+
+/**
+ * `JSON.stringify` of a string, remembered: agents, tools, rules and outcomes repeat from a
+ * small set, and escaping each afresh was a visible part of a record.
+ */
+const jsonStrings = new Map<string, string>();
+const JSON_STRINGS_MAX = 4096;
+
+function jsonString(s: string): string {
+  let json = jsonStrings.get(s);
+  if (json === undefined) {
+    json = JSON.stringify(s);
+    if (jsonStrings.size >= JSON_STRINGS_MAX) jsonStrings.clear();
+    if (s.length <= 256) jsonStrings.set(s, json);
+  }
+  return json;
 }
 
 /** `JSON.stringify` of a number (non-finite → `null`). */
