@@ -19,6 +19,12 @@
  * - stdio-latency-relay-floor, stdio-throughput-relay-floor (diagnostics): agent → a process
  *   that only copies bytes → stdio upstream: what the process hop alone costs on this machine
  *   (the floor of stdio-latency, the ceiling of stdio-throughput).
+ * - stdio-cpu-per-call (diagnostic): CPU time of the gateway process per forwarded call (policy,
+ *   budget and audit on), vs a minimal JSON-RPC relay process (parse, re-id, serialize — the
+ *   least any JSON-RPC gateway does), both between a raw-line client and a trivial echo
+ *   server, so the middle process does nearly all the work. Far steadier than the ratios
+ *   above on a shared machine: the number to watch when changing the hot path. Linux only
+ *   (reads /proc/<pid>/stat).
  *
  * Both HTTP clients use linkedSignalFetch (the gateway's fix for the SDK transport's shared
  * abort signal, which otherwise trips MaxListenersExceededWarning after 1500 requests).
@@ -27,7 +33,7 @@
  * `--cpu-prof` profiles of the gateway processes.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -46,6 +52,8 @@ import { Latency, median, type BenchContext, type BenchSuite } from './lib.js';
 const require = createRequire(import.meta.url);
 const EVERYTHING = require.resolve('@modelcontextprotocol/server-everything/dist/index.js');
 const FILESYSTEM = require.resolve('@modelcontextprotocol/server-filesystem/dist/index.js');
+const ECHO_SERVER = fileURLToPath(new URL('./fixtures/echo-mcp-server.mjs', import.meta.url));
+const JSON_RELAY = fileURLToPath(new URL('./fixtures/json-relay.mjs', import.meta.url));
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** The built CLI, what `agent-fabric` runs (`npm run bench` builds first). */
 const CLI = join(ROOT, 'dist', 'cli', 'main.js');
@@ -55,13 +63,18 @@ const PROFILE_DIR = process.env.BENCH_GATEWAY_CPU_PROF;
  * The sidecar config of every gateway case: policy deny-by-default with a conditional deny that
  * must be evaluated on each echo call, a budget (reserve + settle per call), tool costs, audit.
  */
-function writeConfig(dir: string): string {
-  const file = join(dir, 'fabric.yaml');
+function writeConfig(
+  dir: string,
+  name = 'fabric.yaml',
+  upstream: { command: string; args: string[] } = {
+    command: '${NODE}',
+    args: ['${EVERYTHING_SERVER_BIN}', 'stdio'],
+  },
+): string {
+  const file = join(dir, name);
   const config = {
     http: { host: '127.0.0.1', port: 0 },
-    upstreams: {
-      ev: { command: '${NODE}', args: ['${EVERYTHING_SERVER_BIN}', 'stdio'], stderr: 'ignore' },
-    },
+    upstreams: { ev: { ...upstream, stderr: 'ignore' } },
     policies: [
       {
         name: 'guard',
@@ -76,7 +89,7 @@ function writeConfig(dir: string): string {
     budget: { maxTokensPerHour: 1e12, maxCostPerDay: 1e9 },
     toolCosts: { 'ev__*': 0.001 },
     agents: [{ name: 'bench-agent' }],
-    audit: { path: join(dir, 'audit.log') },
+    audit: { path: join(dir, `${name}.audit.log`) },
   };
   writeFileSync(file, JSON.stringify(config, null, 2));
   return file;
@@ -263,6 +276,85 @@ up.stdout.on('data', (d) => process.stdout.write(d));
 process.stdin.on('end', () => { try { process.kill(-up.pid, 'SIGKILL'); } catch {} process.exit(0); });
 `;
 
+/** User + system CPU time of a process so far, in µs (Linux: /proc/<pid>/stat). */
+function processCpuUs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  // utime and stime (fields 14 and 15 of the line) are in clock ticks of 10 ms.
+  return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+
+/**
+ * A JSON-RPC client speaking raw lines to a child over stdio: no SDK, no validation, so the
+ * client costs little next to the process under test. After the MCP handshake, `run` makes
+ * `n` calls of `tool` at `concurrency` in flight.
+ */
+async function rawMcpPeer(
+  args: string[],
+  tool: string,
+): Promise<{ pid: number; run(n: number, concurrency: number): Promise<void>; close(): void }> {
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['pipe', 'pipe', 'ignore'] });
+  const waiting = new Map<string | number, (line: string) => void>();
+  let pending = '';
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (chunk: string) => {
+    pending += chunk;
+    let start = 0;
+    for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n', start)) {
+      const line = pending.slice(start, nl);
+      start = nl + 1;
+      const id = (JSON.parse(line) as { id?: string | number }).id;
+      const resolve = id === undefined ? undefined : waiting.get(id);
+      if (resolve) {
+        waiting.delete(id!);
+        resolve(line);
+      }
+    }
+    pending = pending.slice(start);
+  });
+  const exited = new Promise<never>((_, reject) =>
+    child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited (${code})`))),
+  );
+  exited.catch(() => undefined);
+  const rpc = (id: string | number, method: string, params?: object): Promise<string> =>
+    Promise.race([
+      exited,
+      new Promise<string>((resolve) => {
+        waiting.set(id, resolve);
+        child.stdin.write(JSON.stringify({ jsonrpc: '2.0', id, method, params }) + '\n');
+      }),
+    ]);
+  await rpc('init', 'initialize', {
+    protocolVersion: '2025-06-18',
+    capabilities: {},
+    clientInfo: { name: 'bench-agent', version: '1.0.0' },
+  });
+  child.stdin.write(JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) + '\n');
+  const tools = await rpc('list', 'tools/list');
+  if (!tools.includes(`"${tool}"`)) throw new Error(`no tool ${tool}: ${tools}`);
+  let next = 0;
+  return {
+    pid: child.pid!,
+    async run(n, concurrency) {
+      let left = n;
+      await Promise.all(
+        Array.from({ length: concurrency }, async () => {
+          while (left-- > 0) {
+            const id = next++;
+            const line = await rpc(id, 'tools/call', {
+              name: tool,
+              arguments: { message: `m${id}` },
+            });
+            if (line.includes('"isError":true') || line.includes('"error"')) {
+              throw new Error(`${tool} failed: ${line}`);
+            }
+          }
+        }),
+      );
+    },
+    close: () => child.kill('SIGTERM'),
+  };
+}
+
 /** Cases to run: all, or those named in BENCH_GATEWAY_CASES (comma-separated). */
 function wanted(name: string): boolean {
   const only = process.env.BENCH_GATEWAY_CASES;
@@ -379,6 +471,52 @@ const suite: BenchSuite = {
             q ? 2000 : 8000,
           );
         }
+        await closeLast();
+      }
+
+      if (wanted('stdio-cpu-per-call') && existsSync('/proc/self/stat')) {
+        // The gateway's own CPU per call vs a minimal JSON-RPC relay, both in front of a trivial
+        // echo server and driven by a raw-line client.
+        const echoConfig = writeConfig(dir, 'echo.json', {
+          command: process.execPath,
+          args: [ECHO_SERVER],
+        });
+        const gateway = await rawMcpPeer(
+          cliArgs(['mcp', '--in-process', '--config', echoConfig]),
+          'ev__echo',
+        );
+        closers.push(async () => gateway.close());
+        const relay = await rawMcpPeer([JSON_RELAY, process.execPath, ECHO_SERVER], 'echo');
+        closers.push(async () => relay.close());
+        const calls = q ? 4000 : 10_000;
+        await gateway.run(calls, 32);
+        await relay.run(calls, 32);
+        // Alternating rounds; CPU summed over all of them (clock ticks are 10 ms).
+        const used = { gateway: 0, relay: 0 };
+        for (let round = 0; round < (q ? 3 : 5); round++) {
+          for (const [name, peer] of [
+            ['relay', relay],
+            ['gateway', gateway],
+          ] as const) {
+            const before = processCpuUs(peer.pid);
+            await peer.run(calls, 32);
+            used[name] += processCpuUs(peer.pid) - before;
+          }
+        }
+        const rounds = q ? 3 : 5;
+        const gatewayUs = used.gateway / (rounds * calls);
+        const relayUs = used.relay / (rounds * calls);
+        ctx.report({
+          suite: 'gateway',
+          case: 'stdio-cpu-per-call',
+          unit: 'µs CPU/call',
+          value: gatewayUs,
+          baseline: 'a minimal JSON-RPC relay process (parse, re-id, serialize)',
+          baselineValue: relayUs,
+          higherIsBetter: false,
+          goal: "diagnostic: the gateway process's own CPU per call (policy, budget, audit on)",
+        });
+        await closeLast();
         await closeLast();
       }
 
