@@ -482,7 +482,7 @@ export class ToolGateway implements SessionHost {
         const route = catalog.prompts.get(name);
         if (!route) throw toMcpError(new ToolNotFoundError(name, 'prompt'));
         const args = (params.arguments ?? {}) as Record<string, unknown>;
-        return this.#guardedRead(session, 'prompts/get', { name, arguments: args }, extra, () =>
+        return this.#guarded(session, 'prompts/get', { name, arguments: args }, extra, () =>
           this.#upstreamRequest(
             session,
             route.upstream,
@@ -495,23 +495,28 @@ export class ToolGateway implements SessionHost {
         const uri = String(params.uri);
         const owner = resourceOwner(catalog, uri);
         if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
-        return this.#guardedRead(session, 'resources/read', resourceParams(uri), extra, () =>
+        return this.#guarded(session, 'resources/read', resourceParams(uri), extra, () =>
           this.#upstreamRequest(session, owner, request, extra),
         );
       }
       case 'completion/complete': {
+        // Completions can reveal data (file names, records), so they pass policy too.
         const ref = (params.ref ?? {}) as { type?: string; name?: string; uri?: string };
+        const argument = params.argument;
         if (ref.type === 'ref/prompt') {
-          const route = catalog.prompts.get(String(ref.name));
-          if (!route) throw toMcpError(new ToolNotFoundError(String(ref.name), 'prompt'));
-          return this.#upstreamRequest(
-            session,
-            route.upstream,
-            {
-              method: request.method,
-              params: { ...params, ref: { ...ref, name: route.upstreamName } },
-            },
-            extra,
+          const name = String(ref.name);
+          const route = catalog.prompts.get(name);
+          if (!route) throw toMcpError(new ToolNotFoundError(name, 'prompt'));
+          return this.#guarded(session, 'completion/complete', { name, argument }, extra, () =>
+            this.#upstreamRequest(
+              session,
+              route.upstream,
+              {
+                method: request.method,
+                params: { ...params, ref: { ...ref, name: route.upstreamName } },
+              },
+              extra,
+            ),
           );
         }
         const uri = String(ref.uri);
@@ -519,7 +524,13 @@ export class ToolGateway implements SessionHost {
           catalog.templateOwners.find((t) => t.template.toString() === uri)?.upstream ??
           resourceOwner(catalog, uri);
         if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource template'));
-        return this.#upstreamRequest(session, owner, request, extra);
+        return this.#guarded(
+          session,
+          'completion/complete',
+          { ...resourceParams(uri), argument },
+          extra,
+          () => this.#upstreamRequest(session, owner, request, extra),
+        );
       }
       default:
         throw new McpError(ErrorCode.MethodNotFound, `Method not found: ${request.method}`);
@@ -527,17 +538,20 @@ export class ToolGateway implements SessionHost {
   }
 
   /**
-   * A resource read or prompt get carries data to the model as a tool call does, so it passes
-   * the same policy (and approval) check first — as the pseudo-tool `resources/read` with
-   * `{ uri }` (plus the decoded `path` of a `file:` URI) or `prompts/get` with
-   * `{ name, arguments }` — and gets an audit line. Its budget is checked as a call's (an
-   * exhausted budget refuses it); the reservation estimates the tokens of the last such read and
-   * is settled with the tokens of what was read (the same estimator as tool results) and the
-   * `toolCosts` entry matching the pseudo-tool's name, if any. Refusals are JSON-RPC errors.
+   * A resource read, prompt get or completion carries data to the model as a tool call does,
+   * and a resource subscription asks to watch a resource, so each passes the same policy (and
+   * approval) check first — as the pseudo-tool `resources/read` / `resources/subscribe` with
+   * `{ uri }` (plus the decoded `path` of a `file:` URI), `prompts/get` with
+   * `{ name, arguments }`, or `completion/complete` with the prompt's `name` or the template's
+   * `uri` (and `path`) plus `argument` — and gets an audit line. Its budget is checked as a
+   * call's (an exhausted budget refuses it); the reservation estimates the tokens of the last
+   * such request and is settled with the tokens of what came back (the same estimator as tool
+   * results; none for a subscription) and the `toolCosts` entry matching the pseudo-tool's
+   * name, if any. Refusals are JSON-RPC errors.
    */
-  async #guardedRead(
+  async #guarded(
     session: GatewaySession,
-    tool: 'resources/read' | 'prompts/get',
+    tool: 'resources/read' | 'resources/subscribe' | 'prompts/get' | 'completion/complete',
     params: Record<string, unknown>,
     extra: DownstreamExtra,
     read: () => Promise<Result>,
@@ -572,7 +586,7 @@ export class ToolGateway implements SessionHost {
       audit({ decision, rule: d.rule, outcome: 'error', code: codeOf(error) });
       throw error;
     }
-    const tokens = estimateTokens(result);
+    const tokens = tool === 'resources/subscribe' ? 0 : estimateTokens(result);
     this.#lastTokens.set(tool, tokens);
     this.#settle(auth, { tokens, cost });
     audit({ decision, rule: d.rule, outcome: 'ok', tokens, cost });
@@ -692,6 +706,18 @@ export class ToolGateway implements SessionHost {
   async subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void> {
     const owner = resourceOwner(this.#catalog, uri);
     if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
+    await this.#guarded(session, 'resources/subscribe', resourceParams(uri), extra, async () => {
+      await this.#subscribe(session, owner, uri, extra);
+      return {};
+    });
+  }
+
+  async #subscribe(
+    session: GatewaySession,
+    owner: Upstream,
+    uri: string,
+    extra: DownstreamExtra,
+  ): Promise<void> {
     let subs = this.#subscribers.get(uri);
     if (!subs) this.#subscribers.set(uri, (subs = new Set()));
     const first = subs.size === 0;

@@ -37,6 +37,17 @@ const READ_POLICY = {
       conditions: { uri: 'demo://resource/dynamic/text/*' },
     },
     { tool: 'prompts/get', action: 'deny', conditions: { name: 'ev__resource-prompt' } },
+    {
+      tool: 'completion/complete',
+      action: 'deny',
+      conditions: { name: 'ev__completable-prompt', 'argument.name': 'name' },
+      reason: 'team members are personal data',
+    },
+    {
+      tool: 'resources/subscribe',
+      action: 'deny',
+      conditions: { uri: `${DOCS}/instructions.md` },
+    },
   ],
 };
 
@@ -50,7 +61,7 @@ async function refusal(promise: Promise<unknown>): Promise<McpError> {
   return error as McpError;
 }
 
-describe('resource reads and prompt gets pass policy (server-everything, real fabric)', () => {
+describe('resource reads, prompt gets, completions and subscriptions pass policy (server-everything, real fabric)', () => {
   const auditPath = join(tempDir('guarded-reads'), 'audit.log');
   let sidecar: Sidecar;
   let client: Client;
@@ -93,6 +104,32 @@ describe('resource reads and prompt gets pass policy (server-everything, real fa
       }),
     );
     expect(e.data).toMatchObject({ code: 'FABRIC_ERR_POLICY_DENIED' });
+  });
+
+  it('completes allowed prompt arguments and refuses a denied one', async () => {
+    const ok = await client.complete({
+      ref: { type: 'ref/prompt', name: 'ev__completable-prompt' },
+      argument: { name: 'department', value: 'E' },
+    });
+    expect(ok.completion.values).toEqual(['Engineering']);
+    const e = await refusal(
+      client.complete({
+        ref: { type: 'ref/prompt', name: 'ev__completable-prompt' },
+        argument: { name: 'name', value: 'A' },
+        context: { arguments: { department: 'Engineering' } },
+      }),
+    );
+    expect(e.data).toMatchObject({ code: 'FABRIC_ERR_POLICY_DENIED' });
+    expect(e.message).toContain('personal data');
+  });
+
+  it('subscribes to an allowed resource and refuses a denied one, unsubscribing freely', async () => {
+    await client.subscribeResource({ uri: `${DOCS}/architecture.md` });
+    await client.unsubscribeResource({ uri: `${DOCS}/architecture.md` });
+    const e = await refusal(client.subscribeResource({ uri: `${DOCS}/instructions.md` }));
+    expect(e.data).toMatchObject({ code: 'FABRIC_ERR_POLICY_DENIED' });
+    // A refused subscription leaves nothing behind: unsubscribing it is a no-op, not an error.
+    await client.unsubscribeResource({ uri: `${DOCS}/instructions.md` });
   });
 
   it('parks a read that needs approval until an admin approves it', async () => {
@@ -157,6 +194,16 @@ describe('resource reads and prompt gets pass policy (server-everything, real fa
       ['ok', undefined],
       ['ok', undefined],
       ['denied', 'FABRIC_ERR_BUDGET_EXCEEDED'],
+    ]);
+    expect(
+      lines.filter((l) => l.tool === 'completion/complete').map((l) => [l.outcome, l.rule]),
+    ).toEqual([
+      ['ok', 'default-allow#0'],
+      ['denied', 'reads#3'],
+    ]);
+    expect(lines.filter((l) => l.tool === 'resources/subscribe').map((l) => l.outcome)).toEqual([
+      'ok',
+      'denied',
     ]);
     expect(lines.filter((l) => l.tool === 'prompts/get').map((l) => l.outcome)).toEqual([
       'ok',
