@@ -493,7 +493,8 @@ const suite: BenchSuite = {
         await relay.run(calls, 32);
         // Alternating rounds; CPU summed over all of them (clock ticks are 10 ms).
         const used = { gateway: 0, relay: 0 };
-        for (let round = 0; round < (q ? 3 : 5); round++) {
+        const rounds = q ? 3 : 5;
+        for (let round = 0; round < rounds; round++) {
           for (const [name, peer] of [
             ['relay', relay],
             ['gateway', gateway],
@@ -503,7 +504,6 @@ const suite: BenchSuite = {
             used[name] += processCpuUs(peer.pid) - before;
           }
         }
-        const rounds = q ? 3 : 5;
         const gatewayUs = used.gateway / (rounds * calls);
         const relayUs = used.relay / (rounds * calls);
         ctx.report({
