@@ -75,7 +75,7 @@ export type AuditOutcome = Pick<AuditRecord, 'decision' | 'outcome'> &
   Partial<Pick<AuditRecord, 'rule' | 'code' | 'tokens' | 'cost'>>;
 
 /** A record queued by {@link AuditLog.writeCall}, completed when it is flushed. */
-interface QueuedCall {
+export interface QueuedCall {
   agent: string;
   tool: string;
   args: unknown;
@@ -219,14 +219,7 @@ export class AuditLog {
  * undefined ones left out), built directly — the object spread and generic stringify were a
  * third of a record's cost, and records are made for every call.
  */
-export function formatCall(c: {
-  agent: string;
-  tool: string;
-  args: unknown;
-  startedAt: number;
-  durationMs: number;
-  fields: AuditOutcome;
-}): string {
+export function formatCall(c: QueuedCall): string {
   const f = c.fields;
   let line = `{"time":"${isoTime(c.startedAt)}","agent":${jsonString(c.agent)},"tool":${jsonString(c.tool)}`;
   if (f.rule !== undefined) line += `,"rule":${jsonString(f.rule)}`;
