@@ -488,7 +488,7 @@ const suite: BenchSuite = {
         closers.push(async () => gateway.close());
         const relay = await rawMcpPeer([JSON_RELAY, process.execPath, ECHO_SERVER], 'echo');
         closers.push(async () => relay.close());
-        const calls = q ? 4000 : 10_000;
+        const calls = q ? 3000 : 6000;
         await gateway.run(calls, 32);
         await relay.run(calls, 32);
         // Alternating rounds; CPU summed over all of them (clock ticks are 10 ms).
@@ -566,7 +566,7 @@ const suite: BenchSuite = {
         await warm([a, b], 5);
         const latA = new Latency();
         const latB = new Latency();
-        for (let round = 0; round < (q ? 3 : 10); round++) {
+        for (let round = 0; round < (q ? 3 : 6); round++) {
           await sequential(a, 5, latA);
           await sequential(b, 5, latB);
         }
@@ -655,7 +655,7 @@ const suite: BenchSuite = {
         closers.push(() => gatewayHttp.close());
         const callUp = echo(upstreamHttp, 'echo');
         const callGw = echo(gatewayHttp, 'ev__echo');
-        await warm([callUp, callGw], q ? 200 : 500);
+        await warm([callUp, callGw], q ? 200 : 300);
         await throughputCase(
           ctx,
           'http-throughput',
@@ -663,7 +663,7 @@ const suite: BenchSuite = {
           'ratio ≥ 1.0',
           callUp,
           callGw,
-          q ? 1000 : 3000,
+          q ? 1000 : 1500,
         );
       }
     } finally {
