@@ -138,4 +138,18 @@ export interface AdminBackend {
     labels?: Record<string, string>;
     capabilities?: string[];
   }): Promise<{ readonly id: string; readonly credential: string }>;
+  /** Agents (no credentials), optionally filtered by status or pool. */
+  listAgents(filter?: { status?: string; poolId?: string }): Promise<unknown>;
+  /**
+   * One agent with its budget status.
+   * @throws AgentNotFoundError for an unknown (or forgotten) agent.
+   */
+  getAgent(agentId: string): Promise<unknown>;
+  /**
+   * Terminates an agent: from now on it gets no new work and no tool call passes; its running
+   * work may finish (and be reported) for up to `drainTimeoutSeconds`, then its credential stops
+   * working. Resolves once it is terminated; terminating a terminated agent returns it.
+   * @throws AgentNotFoundError for an unknown agent.
+   */
+  terminateAgent(agentId: string, options?: { drainTimeoutSeconds?: number }): Promise<unknown>;
 }

@@ -4,8 +4,10 @@
  *
  * @module
  */
+import { AgentStatus, type AgentInfo } from '../agent.js';
+import type { BudgetStatus } from '../budget/budget-manager.js';
 import type { AgentFabric } from '../fabric.js';
-import { UnauthenticatedError } from '../errors.js';
+import { InvalidArgumentError, UnauthenticatedError } from '../errors.js';
 import type {
   GatewayBackend,
   GatewayIdentity,
@@ -148,4 +150,28 @@ export class FabricBackend implements GatewayBackend, AdminApi {
     const agent = await this.#fabric.spawn({ executor: 'remote', ...config });
     return { id: agent.id, credential: agent.credential };
   }
+
+  listAgents(filter: { status?: string; poolId?: string } = {}): Promise<AgentInfo[]> {
+    if (filter.status !== undefined && !AGENT_STATUSES.has(filter.status)) {
+      throw new InvalidArgumentError(
+        'status',
+        `must be one of ${[...AGENT_STATUSES].join(', ')} (got "${filter.status}")`,
+      );
+    }
+    return this.#fabric.listAgents(filter as { status?: AgentStatus; poolId?: string });
+  }
+
+  async getAgent(agentId: string): Promise<{ agent: AgentInfo; budget: BudgetStatus }> {
+    const agent = await this.#fabric.getAgentInfo(agentId);
+    return { agent, budget: this.#fabric.budgets.getStatus(agent.id) };
+  }
+
+  terminateAgent(
+    agentId: string,
+    options: { drainTimeoutSeconds?: number } = {},
+  ): Promise<AgentInfo> {
+    return this.#fabric.terminate(agentId, options);
+  }
 }
+
+const AGENT_STATUSES: ReadonlySet<string> = new Set(Object.values(AgentStatus));

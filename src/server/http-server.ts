@@ -99,10 +99,38 @@ async function admin(
       return;
     }
   }
-  if (req.method === 'POST' && parts[1] === 'agents' && parts.length === 2) {
-    const body = await parseJson(req, spawnBody);
-    sendJson(res, 201, await api.spawn(body));
-    return;
+  if (parts[1] === 'agents' && parts.length === 2) {
+    if (req.method === 'POST') {
+      const body = await parseJson(req, spawnBody);
+      sendJson(res, 201, await api.spawn(body));
+      return;
+    }
+    if (req.method === 'GET') {
+      const status = url.searchParams.get('status') ?? undefined;
+      const poolId = url.searchParams.get('poolId') ?? undefined;
+      const agents = await api.listAgents({
+        ...(status === undefined ? {} : { status }),
+        ...(poolId === undefined ? {} : { poolId }),
+      });
+      sendJson(res, 200, { agents });
+      return;
+    }
+  }
+  if (parts[1] === 'agents' && parts.length === 3) {
+    const id = decodeURIComponent(parts[2]!);
+    if (req.method === 'GET') {
+      sendJson(res, 200, await api.getAgent(id));
+      return;
+    }
+    if (req.method === 'DELETE') {
+      const drain = url.searchParams.get('drainTimeoutSeconds'); // validated by the fabric
+      const agent = await api.terminateAgent(
+        id,
+        drain === null ? {} : { drainTimeoutSeconds: Number(drain) },
+      );
+      sendJson(res, 200, { agent });
+      return;
+    }
   }
   sendJson(res, 404, {
     error: { code: 'FABRIC_ERR_NOT_FOUND', message: `no route ${req.method} ${url.pathname}` },

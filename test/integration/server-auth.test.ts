@@ -97,6 +97,70 @@ describe('sidecar HTTP authentication (real fabric identities)', () => {
     }
   });
 
+  it('lists and shows agents over the admin API, never their credentials', async () => {
+    const list = await admin(sidecar, '/admin/agents');
+    expect(list.status).toBe(200);
+    const text = await list.text();
+    expect(text).not.toContain(agentToken(sidecar, 'owner'));
+    expect(text).not.toContain('credential');
+    const { agents } = JSON.parse(text) as { agents: { id: string; name: string }[] };
+    expect(agents.map((a) => a.name)).toEqual(expect.arrayContaining(['owner', 'intruder']));
+
+    const bogus = await admin(sidecar, '/admin/agents?status=SLEEPING');
+    expect(bogus.status).toBe(400);
+    expect(((await bogus.json()) as ErrorBody).error.message).toContain('status');
+
+    const one = await admin(sidecar, `/admin/agents/${agentId(sidecar, 'owner')}`);
+    expect(one.status).toBe(200);
+    expect(await one.json()).toMatchObject({
+      agent: { id: agentId(sidecar, 'owner'), name: 'owner' },
+      budget: { scope: `agent:${agentId(sidecar, 'owner')}`, tokensUsed: 0 },
+    });
+    const { status } = (
+      (await (await admin(sidecar, `/admin/agents/${agentId(sidecar, 'intruder')}`)).json()) as {
+        agent: { status: string };
+      }
+    ).agent;
+    const filtered = await admin(sidecar, `/admin/agents?status=${status}`);
+    const names = ((await filtered.json()) as { agents: { name: string; status: string }[] })
+      .agents;
+    expect(names.map((a) => a.name)).toContain('intruder');
+    expect(names.every((a) => a.status === status)).toBe(true);
+
+    const unknown = await admin(sidecar, '/admin/agents/no-such-agent');
+    expect(unknown.status).toBe(404);
+    expect(((await unknown.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_AGENT_NOT_FOUND');
+  });
+
+  it('terminates an agent over the admin API: its calls stop, then its credential', async () => {
+    const spawned = await admin(sidecar, '/admin/agents', { name: 'to-revoke' });
+    const { id, credential } = (await spawned.json()) as { id: string; credential: string };
+    const client = await httpClient(sidecar.url!, credential);
+    try {
+      const ok = await client.callTool({ name: 'ev__echo', arguments: { message: 'hi' } });
+      expect(ok.isError).toBeFalsy();
+      const del = (query: string, token = ADMIN_TOKEN): Promise<Response> =>
+        fetch(new URL(`/admin/agents/${id}${query}`, sidecar.url), {
+          method: 'DELETE',
+          headers: { authorization: `Bearer ${token}` },
+        });
+      expect((await del('', credential)).status).toBe(403); // an agent cannot do it
+      expect((await del('?drainTimeoutSeconds=soon')).status).toBe(400);
+      const res = await del('?drainTimeoutSeconds=0');
+      expect(res.status).toBe(200);
+      expect(await res.json()).toMatchObject({ agent: { id, status: 'TERMINATED' } });
+      expect((await del('')).status).toBe(200); // again: returns it, no error
+
+      const refused = await post({ authorization: `Bearer ${credential}` });
+      expect(refused.status).toBe(401);
+      await expect(
+        client.callTool({ name: 'ev__echo', arguments: { message: 'again' } }),
+      ).rejects.toThrow(/401|unauthenticated|revoked/i);
+    } finally {
+      await client.close();
+    }
+  });
+
   it('does not let another agent use a session id it does not own', async () => {
     const init = await post({ authorization: `Bearer ${agentToken(sidecar, 'owner')}` });
     const sessionId = init.headers.get('mcp-session-id')!;
