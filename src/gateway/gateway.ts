@@ -38,6 +38,7 @@ import type {
 } from './backend.js';
 import { buildCatalog, resourceOwner, type Catalog, type CatalogProblem } from './catalog.js';
 import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
+import { GatewayMetrics } from './metrics.js';
 import {
   messageOf,
   refusalError,
@@ -115,6 +116,8 @@ interface SessionGate {
 }
 
 const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
+/** The metrics label of a tool name that is not in the catalog (agents must not grow labels). */
+const UNKNOWN_TOOL = '(unknown)';
 
 /**
  * The tool gateway. Create sessions with {@link createSession} and connect each to a transport.
@@ -139,6 +142,8 @@ export class ToolGateway implements SessionHost {
   readonly #graceMs: number;
   readonly #log: (entry: GatewayLogEntry) => void;
   readonly #sessions = new Set<GatewaySession>();
+  /** Counts of every request's decision, outcome and duration (rendered at `GET /metrics`). */
+  readonly metrics = new GatewayMetrics();
   readonly #inflight = new Map<Upstream, Set<InFlight>>();
   readonly #gates = new Map<Upstream, SessionGate>();
   readonly #subscribers = new Map<string, Set<GatewaySession>>();
@@ -285,8 +290,9 @@ export class ToolGateway implements SessionHost {
     const { agentId } = session.identity;
     const fabricTool = this.#fabricTools.get(name);
     const route = fabricTool ? undefined : this.#catalog.tools.get(name);
-    const audit = this.#auditor(agentId, name, args, started);
-    if (!fabricTool && !route) {
+    const known = fabricTool !== undefined || route !== undefined;
+    const audit = this.#auditor(agentId, name, args, started, known ? name : UNKNOWN_TOOL);
+    if (!known) {
       audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
       throw new McpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
     }
@@ -426,7 +432,8 @@ export class ToolGateway implements SessionHost {
   }
 
   /**
-   * Writes the audit line of one request that arrived at `started` (performance.now); the
+   * Counts one request that arrived at `started` (performance.now) in {@link metrics} — under
+   * `metricTool`, `(unknown)` for a name not in the catalog — and writes its audit line; the
    * line's digest, time and JSON are made when the log flushes, after the response.
    */
   #auditor(
@@ -434,17 +441,21 @@ export class ToolGateway implements SessionHost {
     tool: string,
     args: unknown,
     started: number,
+    metricTool = tool,
   ): (fields: AuditOutcome) => void {
     const log = this.#audit;
+    const metrics = this.metrics;
     return (fields) => {
-      if (!log) return;
       const now = performance.now();
+      const durationMs = now - started;
+      metrics.recordCall(metricTool, fields.decision, fields.outcome, durationMs);
+      if (!log) return;
       log.writeCall(
         agentId,
         tool,
         args,
-        Date.now() - (now - started),
-        Math.round((now - started) * 1000) / 1000,
+        Date.now() - durationMs,
+        Math.round(durationMs * 1000) / 1000,
         fields,
       );
     };

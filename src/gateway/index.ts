@@ -20,6 +20,7 @@ export {
   DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS,
   DEFAULT_SHUTDOWN_GRACE_MS,
 } from './gateway.js';
+export { GatewayMetrics, renderMetrics, DURATION_BUCKETS } from './metrics.js';
 export { ERROR_META_KEY, HTTP_STATUS_BY_KIND, httpStatusOf, toMcpError } from './map-error.js';
 export { ProcessStdioTransport } from './process-stdio-transport.js';
 export { GatewaySession } from './session.js';
@@ -33,6 +34,7 @@ export {
 } from './upstream-config.js';
 
 export type { AuditLogOptions, AuditOutcome, AuditRecord } from './audit-log.js';
+export type { MetricFamily } from './metrics.js';
 export type {
   AdminBackend,
   AgentIdentity,

@@ -39,6 +39,8 @@ export interface HttpServerOptions {
   mcpPath: string;
   mcp: McpHttpEndpoint;
   admin: AdminApi;
+  /** Renders `GET /metrics` (Prometheus text; admin token required). */
+  metrics?: () => string;
 }
 
 const decisionBody = z
@@ -155,6 +157,20 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
     }
     if (url.pathname === '/healthz') {
       sendJson(res, 200, { ok: true });
+      return;
+    }
+    if (url.pathname === '/metrics' && options.metrics && req.method === 'GET') {
+      try {
+        options.admin.requireAdmin(bearerToken(req));
+        const body = options.metrics();
+        res.writeHead(200, {
+          'content-type': 'text/plain; version=0.0.4; charset=utf-8',
+          'content-length': Buffer.byteLength(body),
+        });
+        res.end(body);
+      } catch (error) {
+        sendJson(res, httpStatusOf(error), httpErrorBody(error));
+      }
       return;
     }
     if (url.pathname.startsWith('/admin/')) {

@@ -7,10 +7,12 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { AgentStatus } from '../agent.js';
 import { AgentFabric, type FabricOptions } from '../fabric.js';
 import type { AdminBackend, AgentIdentity, GatewayBackend } from '../gateway/backend.js';
 import { McpHttpEndpoint } from '../gateway/downstream-http.js';
 import { ToolGateway, type GatewayLogEntry } from '../gateway/gateway.js';
+import { renderMetrics, type MetricFamily } from '../gateway/metrics.js';
 import type { SidecarConfig } from './config-file.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import { startAgentGrpcServer, type AgentGrpcServer } from '../rpc/agent-service.js';
@@ -199,6 +201,7 @@ export class Sidecar {
           mcpPath: config.http.path,
           mcp,
           admin: backend,
+          metrics: () => renderMetrics(sidecarMetrics(gateway, fabric)),
         });
       }
       let grpc: AgentGrpcServer | undefined;
@@ -296,4 +299,57 @@ async function configureFabric(fabric: AgentFabric, config: SidecarConfig): Prom
       ...(config.budget === undefined ? {} : { agentBudget: config.budget }),
     });
   }
+}
+
+/** What `GET /metrics` shows: the gateway's request counters, upstreams, sessions, agents. */
+function sidecarMetrics(gateway: ToolGateway, fabric: AgentFabric | undefined): MetricFamily[] {
+  const upstreams = [...gateway.upstreams.values()];
+  const families = [
+    ...gateway.metrics.families(),
+    {
+      name: 'agent_fabric_upstream_up',
+      help: 'Whether an upstream is connected and serving (1) or not (0).',
+      type: 'gauge' as const,
+      samples: upstreams.map((u) => ({
+        labels: { upstream: u.name },
+        value: u.state === 'ready' ? 1 : 0,
+      })),
+    },
+    {
+      name: 'agent_fabric_upstream_restarts_total',
+      help: 'Reconnections of an upstream after it died or became unreachable.',
+      type: 'counter' as const,
+      samples: upstreams.map((u) => ({
+        labels: { upstream: u.name },
+        value: Math.max(0, u.connectCount - 1),
+      })),
+    },
+    {
+      name: 'agent_fabric_mcp_sessions',
+      help: 'Open agent MCP sessions (HTTP and stdio).',
+      type: 'gauge' as const,
+      samples: [{ value: gateway.sessions.size }],
+    },
+  ];
+  if (fabric !== undefined) {
+    const byStatus = new Map<string, number>(Object.values(AgentStatus).map((s) => [s, 0]));
+    for (const a of fabric.lifecycle.listAgents()) {
+      byStatus.set(a.status, (byStatus.get(a.status) ?? 0) + 1);
+    }
+    families.push(
+      {
+        name: 'agent_fabric_agents',
+        help: 'Agents by status (terminated ones while still retained).',
+        type: 'gauge' as const,
+        samples: [...byStatus].map(([status, value]) => ({ labels: { status }, value })),
+      },
+      {
+        name: 'agent_fabric_approvals_pending',
+        help: 'Calls waiting for a human decision.',
+        type: 'gauge' as const,
+        samples: [{ value: fabric.approvals.listApprovals({ status: 'pending' }).length }],
+      },
+    );
+  }
+  return families;
 }

@@ -161,6 +161,46 @@ describe('sidecar HTTP authentication (real fabric identities)', () => {
     }
   });
 
+  it('serves Prometheus metrics to the admin only, counting every request', async () => {
+    const scrape = async (token?: string): Promise<Response> =>
+      fetch(new URL('/metrics', sidecar.url), {
+        headers: token === undefined ? {} : { authorization: `Bearer ${token}` },
+      });
+    expect((await scrape()).status).toBe(401);
+    expect((await scrape(agentToken(sidecar, 'owner'))).status).toBe(403);
+    const value = (text: string, series: string): number => {
+      const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+      return line === undefined ? 0 : Number(line.slice(series.length + 1));
+    };
+    const OK = 'agent_fabric_requests_total{tool="ev__echo",decision="allow",outcome="ok"}';
+    const UNKNOWN = 'agent_fabric_requests_total{tool="(unknown)",decision="none",outcome="error"}';
+    const before = await (await scrape(ADMIN_TOKEN)).text();
+
+    const client = await httpClient(sidecar.url!, agentToken(sidecar, 'owner'));
+    try {
+      await client.callTool({ name: 'ev__echo', arguments: { message: 'a' } });
+      await client.callTool({ name: 'ev__echo', arguments: { message: 'b' } });
+      await client.callTool({ name: 'made-up-tool-name', arguments: {} }).catch(() => undefined);
+    } finally {
+      await client.close();
+    }
+    const res = await scrape(ADMIN_TOKEN);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toContain('text/plain; version=0.0.4');
+    const text = await res.text();
+    expect(value(text, OK) - value(before, OK)).toBe(2);
+    expect(value(text, UNKNOWN) - value(before, UNKNOWN)).toBe(1);
+    expect(text).not.toContain('made-up-tool-name'); // agents cannot grow the label set
+    expect(text).toContain('agent_fabric_upstream_up{upstream="ev"} 1\n');
+    expect(text).toContain('agent_fabric_upstream_restarts_total{upstream="ev"} 0\n');
+    const agentLines = text.split('\n').filter((l) => l.startsWith('agent_fabric_agents{'));
+    expect(agentLines.length).toBe(6); // every status, zeros included
+    const total = agentLines.reduce((n, l) => n + Number(l.split(' ')[1]), 0);
+    expect(total).toBe(sidecar.fabric!.lifecycle.listAgents().length);
+    expect(text).toMatch(/\nagent_fabric_approvals_pending 0\n/);
+    expect(text).toMatch(/\nagent_fabric_mcp_sessions \d+\n/);
+  });
+
   it('does not let another agent use a session id it does not own', async () => {
     const init = await post({ authorization: `Bearer ${agentToken(sidecar, 'owner')}` });
     const sessionId = init.headers.get('mcp-session-id')!;
