@@ -65,6 +65,14 @@ export class HttpSessionTransport implements Transport {
     return this.#closed;
   }
 
+  /** True while a request awaits its response or the standalone SSE stream is open. */
+  get busy(): boolean {
+    return (
+      this.#exchanges.size > 0 ||
+      (this.#standalone !== undefined && !this.#standalone.res.writableEnded)
+    );
+  }
+
   /** Delivers a parsed POST body (one message or a batch) and answers on `res`. */
   handlePost(res: ServerResponse, body: unknown, headers: IncomingHttpHeaders): void {
     const messages = (Array.isArray(body) ? body : [body]) as JSONRPCMessage[];

@@ -5,7 +5,12 @@
  */
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { FabricError, PermissionDeniedError, UnauthenticatedError } from '../errors.js';
+import {
+  ConfigError,
+  FabricError,
+  PermissionDeniedError,
+  UnauthenticatedError,
+} from '../errors.js';
 import type { AgentIdentity, GatewayIdentity } from './backend.js';
 import { HttpSessionTransport } from './downstream-http-transport.js';
 import type { ToolGateway } from './gateway.js';
@@ -26,12 +31,24 @@ export interface McpHttpEndpointOptions {
   keepAliveMs?: number;
   /** Largest accepted request body. @default 4194304 */
   maxBodyBytes?: number;
+  /**
+   * A session with no request in flight, no open SSE stream and no request for this long is
+   * closed (clients that vanish without `DELETE` would otherwise hold it forever); its id then
+   * gets 404 and the client starts a new session. `0` never expires sessions.
+   * @default 1800000 (30 minutes)
+   */
+  idleTimeoutMs?: number;
 }
+
+/** Default of {@link McpHttpEndpointOptions.idleTimeoutMs}: 30 minutes. */
+export const DEFAULT_SESSION_IDLE_TIMEOUT_MS = 30 * 60_000;
 
 interface HttpSession {
   readonly transport: HttpSessionTransport;
   readonly session: GatewaySession;
   readonly credential: string | undefined;
+  /** Date.now() of the last request. */
+  lastSeen: number;
 }
 
 /** Reads a request body up to `limit` bytes. */
@@ -97,10 +114,30 @@ function sameSecret(a: string | undefined, b: string | undefined): boolean {
 export class McpHttpEndpoint {
   readonly #options: McpHttpEndpointOptions;
   readonly #sessions = new Map<string, HttpSession>();
+  readonly #idleMs: number;
+  #sweeper: NodeJS.Timeout | undefined;
   #closed = false;
 
   constructor(options: McpHttpEndpointOptions) {
     this.#options = options;
+    this.#idleMs = options.idleTimeoutMs ?? DEFAULT_SESSION_IDLE_TIMEOUT_MS;
+    if (!Number.isFinite(this.#idleMs) || this.#idleMs < 0) {
+      throw new ConfigError('idleTimeoutMs', 'must be a number ≥ 0 (0: never)');
+    }
+  }
+
+  /** Closes sessions idle for longer than the timeout (runs on a timer; callable directly). */
+  sweepIdle(now = Date.now()): void {
+    if (this.#idleMs === 0) return;
+    for (const e of this.#sessions.values()) {
+      if (!e.transport.busy && now - e.lastSeen > this.#idleMs) void e.session.close();
+    }
+  }
+
+  #startSweeper(): void {
+    if (this.#sweeper !== undefined || this.#idleMs === 0) return;
+    this.#sweeper = setInterval(() => this.sweepIdle(), Math.min(this.#idleMs / 2, 60_000));
+    this.#sweeper.unref();
   }
 
   /** Number of open sessions. */
@@ -169,6 +206,7 @@ export class McpHttpEndpoint {
         throw new PermissionDeniedError('this session belongs to another agent');
       }
     }
+    if (entry) entry.lastSeen = Date.now();
     switch (req.method) {
       case 'POST': {
         const text = await readBody(req, this.#options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
@@ -217,8 +255,9 @@ export class McpHttpEndpoint {
         : { keepAliveMs: this.#options.keepAliveMs }),
     });
     const session = this.#options.gateway.createSession(identity);
-    const entry: HttpSession = { transport, session, credential };
+    const entry: HttpSession = { transport, session, credential, lastSeen: Date.now() };
     this.#sessions.set(transport.sessionId, entry);
+    this.#startSweeper();
     await session.connect(transport);
     const previous = transport.onclose;
     transport.onclose = () => {
@@ -231,6 +270,8 @@ export class McpHttpEndpoint {
   /** Closes every session and refuses new requests. */
   async close(): Promise<void> {
     this.#closed = true;
+    if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
     await Promise.all([...this.#sessions.values()].map((e) => e.session.close()));
     this.#sessions.clear();
   }

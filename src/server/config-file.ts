@@ -48,6 +48,8 @@ export const sidecarConfigSchema = z
         /** Path of the MCP endpoint. */
         path: z.string().startsWith('/').default('/mcp'),
         keepAliveSeconds: z.number().positive().default(15),
+        /** Sessions idle this long (no request, no open stream) are closed; 0 = never. */
+        sessionIdleSeconds: z.number().min(0).default(1800),
       })
       .strict()
       .default({
@@ -55,6 +57,7 @@ export const sidecarConfigSchema = z
         port: DEFAULT_HTTP_PORT,
         path: '/mcp',
         keepAliveSeconds: 15,
+        sessionIdleSeconds: 1800,
       }),
     /** Admin bearer token (prefer FABRIC_ADMIN_TOKEN). A random one is made when unset. */
     adminToken: z.string().min(16).optional(),

@@ -194,6 +194,7 @@ export class Sidecar {
           authenticate: (c) => backend.authenticate(c),
           anonymous,
           keepAliveMs: config.http.keepAliveSeconds * 1000,
+          idleTimeoutMs: config.http.sessionIdleSeconds * 1000,
         });
         http = await startHttpServer({
           host: config.http.host,

@@ -1,0 +1,97 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  agentToken,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  EVERYTHING_BIN,
+  startTestSidecar,
+  until,
+} from '../fixtures/gateway/harness.js';
+
+const INIT = {
+  jsonrpc: '2.0',
+  id: 1,
+  method: 'initialize',
+  params: {
+    protocolVersion: '2025-06-18',
+    capabilities: {},
+    clientInfo: { name: 'raw', version: '1' },
+  },
+};
+
+describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
+  let sidecar: Sidecar;
+  let token: string;
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      http: { sessionIdleSeconds: 0.4 },
+      upstreams: {
+        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'a' }],
+    });
+    token = agentToken(sidecar, 'a');
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  const request = (body: unknown, sessionId?: string): Promise<Response> =>
+    fetch(sidecar.url!, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+        authorization: `Bearer ${token}`,
+        ...(sessionId === undefined ? {} : { 'mcp-session-id': sessionId }),
+      },
+      body: JSON.stringify(body),
+    });
+
+  async function openSession(): Promise<string> {
+    const res = await request(INIT);
+    expect(res.status).toBe(200);
+    await res.text();
+    return res.headers.get('mcp-session-id')!;
+  }
+
+  it('closes a session nobody uses; its id then gets 404', async () => {
+    const before = sidecar.gateway.sessions.size;
+    const id = await openSession();
+    expect(sidecar.gateway.sessions.size).toBe(before + 1);
+    await until(() => sidecar.gateway.sessions.size === before, 10_000);
+    const res = await request({ jsonrpc: '2.0', id: 2, method: 'tools/list' }, id);
+    expect(res.status).toBe(404);
+  });
+
+  it('keeps a session whose client holds its SSE stream open, and one that keeps asking', async () => {
+    const before = sidecar.gateway.sessions.size;
+    const streaming = await openSession();
+    const stream = new AbortController();
+    const get = await fetch(sidecar.url!, {
+      headers: {
+        accept: 'text/event-stream',
+        authorization: `Bearer ${token}`,
+        'mcp-session-id': streaming,
+      },
+      signal: stream.signal,
+    });
+    expect(get.status).toBe(200);
+    const chatty = await openSession();
+    // Three idle timeouts pass; the chatty client asks in between.
+    for (let i = 0; i < 6; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      const res = await request({ jsonrpc: '2.0', id: 10 + i, method: 'tools/list' }, chatty);
+      expect(res.status).toBe(200);
+      await res.text();
+    }
+    expect(sidecar.gateway.sessions.size).toBe(before + 2);
+    // Closing the stream makes the first one idle; it goes.
+    stream.abort();
+    await get.body?.cancel().catch(() => undefined);
+    await until(() => sidecar.gateway.sessions.size === before + 1, 10_000);
+    const res = await request({ jsonrpc: '2.0', id: 99, method: 'tools/list' }, streaming);
+    expect(res.status).toBe(404);
+  });
+});
