@@ -3,6 +3,7 @@ import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
   closeSidecar,
+  httpClient,
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
   startTestSidecar,
@@ -65,8 +66,20 @@ describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
     expect(res.status).toBe(404);
   });
 
+  it('keeps an official SDK client connected through idle time (it holds the SSE stream)', async () => {
+    const client = await httpClient(sidecar.url!, token);
+    try {
+      await new Promise((r) => setTimeout(r, 1500)); // several idle timeouts
+      expect((await client.listTools()).tools.length).toBeGreaterThan(0);
+    } finally {
+      await client.close();
+    }
+  });
+
   it('keeps a session whose client holds its SSE stream open, and one that keeps asking', async () => {
-    const before = sidecar.gateway.sessions.size;
+    // The SDK client above closed without DELETE: its session idles out first.
+    await until(() => sidecar.gateway.sessions.size === 0, 10_000);
+    const before = 0;
     const streaming = await openSession();
     const stream = new AbortController();
     const get = await fetch(sidecar.url!, {
@@ -87,10 +100,10 @@ describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
       await res.text();
     }
     expect(sidecar.gateway.sessions.size).toBe(before + 2);
-    // Closing the stream makes the first one idle; it goes.
+    // Closing the stream makes the first one idle (and the chatty one stops asking): both go.
     stream.abort();
     await get.body?.cancel().catch(() => undefined);
-    await until(() => sidecar.gateway.sessions.size === before + 1, 10_000);
+    await until(() => sidecar.gateway.sessions.size === before, 10_000);
     const res = await request({ jsonrpc: '2.0', id: 99, method: 'tools/list' }, streaming);
     expect(res.status).toBe(404);
   });
