@@ -761,6 +761,16 @@ export class ToolGateway implements SessionHost {
       .catch(() => undefined);
   }
 
+  /**
+   * Closes every open session of `agentId` (its streams end; HTTP clients get 404 for the old
+   * session id and, with a revoked credential, 401 for a new one). The sidecar calls this when
+   * an agent is terminated.
+   */
+  async closeAgentSessions(agentId: string): Promise<void> {
+    const mine = [...this.#sessions].filter((s) => s.identity.agentId === agentId);
+    await Promise.all(mine.map((s) => s.close().catch(() => undefined)));
+  }
+
   sessionClosed(session: GatewaySession): void {
     this.#sessions.delete(session);
     for (const uri of [...session.subscriptions]) void this.unsubscribe(session, uri);

@@ -186,6 +186,10 @@ export class Sidecar {
       });
       cleanup.push(gateway);
       await gateway.start();
+      // A terminated agent's open sessions end with it (an open SSE stream would never idle out).
+      fabric?.lifecycle.events.on('agent.terminated', (agent) => {
+        void gateway.closeAgentSessions(agent.id);
+      });
       let http: StartedHttpServer | undefined;
       let mcp: McpHttpEndpoint | undefined;
       if (options.http !== false) {

@@ -10,6 +10,7 @@ import {
   EVERYTHING_BIN,
   httpClient,
   startTestSidecar,
+  until,
 } from '../fixtures/gateway/harness.js';
 
 const INIT = {
@@ -149,6 +150,8 @@ describe('sidecar HTTP authentication (real fabric identities)', () => {
       const res = await del('?drainTimeoutSeconds=0');
       expect(res.status).toBe(200);
       expect(await res.json()).toMatchObject({ agent: { id, status: 'TERMINATED' } });
+      // Its open session (the SDK client holds an SSE stream) is closed with it.
+      await until(() => ![...sidecar.gateway.sessions].some((x) => x.identity.agentId === id));
       expect((await del('')).status).toBe(200); // again: returns it, no error
 
       const refused = await post({ authorization: `Bearer ${credential}` });
