@@ -6,20 +6,10 @@ import {
   httpClient,
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
+  INIT,
   startTestSidecar,
   until,
 } from '../fixtures/gateway/harness.js';
-
-const INIT = {
-  jsonrpc: '2.0',
-  id: 1,
-  method: 'initialize',
-  params: {
-    protocolVersion: '2025-06-18',
-    capabilities: {},
-    clientInfo: { name: 'raw', version: '1' },
-  },
-};
 
 describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
   let sidecar: Sidecar;

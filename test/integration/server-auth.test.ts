@@ -8,21 +8,11 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
+  INIT,
   httpClient,
   startTestSidecar,
   until,
 } from '../fixtures/gateway/harness.js';
-
-const INIT = {
-  jsonrpc: '2.0',
-  id: 1,
-  method: 'initialize',
-  params: {
-    protocolVersion: '2025-06-18',
-    capabilities: {},
-    clientInfo: { name: 'raw', version: '1' },
-  },
-};
 
 type ErrorBody = { error: { code: string; message: string } };
 
