@@ -130,7 +130,9 @@ export class McpHttpEndpoint {
   sweepIdle(now = Date.now()): void {
     if (this.#idleMs === 0) return;
     for (const e of this.#sessions.values()) {
-      if (!e.transport.busy && now - e.lastSeen > this.#idleMs) void e.session.close();
+      // Time spent answering (a call parked for approval) or streaming counts as activity.
+      if (e.transport.busy) e.lastSeen = now;
+      else if (now - e.lastSeen > this.#idleMs) void e.session.close().catch(() => undefined);
     }
   }
 
@@ -206,7 +208,12 @@ export class McpHttpEndpoint {
         throw new PermissionDeniedError('this session belongs to another agent');
       }
     }
-    if (entry) entry.lastSeen = Date.now();
+    // Activity: the request's arrival and the end of its answer (a call may take long).
+    const touch = (): void => {
+      if (entry) entry.lastSeen = Date.now();
+    };
+    touch();
+    res.once('close', touch);
     switch (req.method) {
       case 'POST': {
         const text = await readBody(req, this.#options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);

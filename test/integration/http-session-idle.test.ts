@@ -17,7 +17,7 @@ describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
 
   beforeAll(async () => {
     sidecar = await startTestSidecar({
-      http: { sessionIdleSeconds: 0.4 },
+      http: { sessionIdleSeconds: 0.6 }, // swept every 0.3 s
       upstreams: {
         ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
       },
@@ -56,6 +56,30 @@ describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
     expect(res.status).toBe(404);
   });
 
+  it('counts a long call as activity: the session survives it', async () => {
+    const id = await openSession();
+    const long = await request(
+      {
+        jsonrpc: '2.0',
+        id: 2,
+        method: 'tools/call',
+        params: {
+          name: 'ev__trigger-long-running-operation',
+          arguments: { duration: 1, steps: 2 },
+        },
+      },
+      id,
+    );
+    expect(long.status).toBe(200);
+    expect(await long.text()).toContain('Long running operation completed');
+    // The call took 1 s, longer than the idle timeout, and a sweep passes after it: the
+    // session is still there (idle counts from the end of the answer).
+    await new Promise((r) => setTimeout(r, 350));
+    const after = await request({ jsonrpc: '2.0', id: 3, method: 'tools/list' }, id);
+    expect(after.status).toBe(200);
+    await after.text();
+  });
+
   it('keeps an official SDK client connected through idle time (it holds the SSE stream)', async () => {
     const client = await httpClient(sidecar.url!, token);
     try {
@@ -82,7 +106,7 @@ describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
     });
     expect(get.status).toBe(200);
     const chatty = await openSession();
-    // Three idle timeouts pass; the chatty client asks in between.
+    // Two idle timeouts pass; the chatty client asks in between.
     for (let i = 0; i < 6; i++) {
       await new Promise((r) => setTimeout(r, 200));
       const res = await request({ jsonrpc: '2.0', id: 10 + i, method: 'tools/list' }, chatty);
