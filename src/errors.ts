@@ -398,6 +398,19 @@ export class ApprovalExpiredError extends FabricError {
   }
 }
 
+/** The agent already has `maxPendingPerAgent` approvals waiting for a human. */
+export class ApprovalLimitError extends FabricError {
+  static readonly code = 'FABRIC_ERR_APPROVAL_LIMIT';
+  constructor(agentId: string, limit: number) {
+    super(
+      ApprovalLimitError.code,
+      'resource_exhausted',
+      `agent ${agentId} already has ${limit} approvals waiting for a human; wait for a decision before asking for more`,
+      { agentId, limit },
+    );
+  }
+}
+
 /** A call does not fit a budget (agent, pool or fabric-wide); `details.retryAt` says when it may. */
 export class BudgetExceededError extends FabricError {
   static readonly code = 'FABRIC_ERR_BUDGET_EXCEEDED';

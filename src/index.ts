@@ -51,6 +51,7 @@ export {
   ApprovalDecidedError,
   ApprovalDeniedError,
   ApprovalExpiredError,
+  ApprovalLimitError,
   ApprovalNotFoundError,
   BudgetExceededError,
   ConfigFileError,

@@ -7,6 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import {
   ApprovalDecidedError,
+  ApprovalLimitError,
   ApprovalNotFoundError,
   ClosedError,
   ConfigError,
@@ -19,6 +20,8 @@ import { TypedEmitter } from '../events.js';
 export const DEFAULT_APPROVAL_TTL_SECONDS = 300;
 /** Default for {@link ApprovalManagerOptions.maxResolved}. */
 export const DEFAULT_MAX_RESOLVED_APPROVALS = 1000;
+/** Default for {@link ApprovalManagerOptions.maxPendingPerAgent}. */
+export const DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT = 32;
 /** Longest TTL or wait accepted: the largest delay `setTimeout` honours (about 24.8 days). */
 export const MAX_APPROVAL_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
 
@@ -110,6 +113,14 @@ export interface ApprovalManagerOptions {
    * @default 1000
    */
   maxResolved?: number;
+  /**
+   * Pending approvals one agent may have at once; `create` beyond it throws
+   * `ApprovalLimitError`. Pending approvals are never evicted and each holds a copy of its call's
+   * params, so without a cap an agent that fires and abandons `require_approval` calls could
+   * grow memory (and the operators' queue) without bound.
+   * @default 32
+   */
+  maxPendingPerAgent?: number;
 }
 
 /** Events of an {@link ApprovalManager}. */
@@ -131,7 +142,7 @@ export function parseApprovalManagerOptions(
     throw new ConfigError('options', 'must be an object');
   }
   for (const key of Object.keys(options)) {
-    if (key !== 'defaultTtlSeconds' && key !== 'maxResolved') {
+    if (key !== 'defaultTtlSeconds' && key !== 'maxResolved' && key !== 'maxPendingPerAgent') {
       throw new ConfigError(`options.${key}`, 'is not a known option');
     }
   }
@@ -147,7 +158,14 @@ export function parseApprovalManagerOptions(
       `must be a non-negative integer, got ${String(maxResolved)}`,
     );
   }
-  return Object.freeze({ defaultTtlSeconds: ttl, maxResolved });
+  const maxPendingPerAgent = options.maxPendingPerAgent ?? DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT;
+  if (!Number.isSafeInteger(maxPendingPerAgent) || maxPendingPerAgent < 1) {
+    throw new ConfigError(
+      'options.maxPendingPerAgent',
+      `must be a positive integer, got ${String(maxPendingPerAgent)}`,
+    );
+  }
+  return Object.freeze({ defaultTtlSeconds: ttl, maxResolved, maxPendingPerAgent });
 }
 
 function checkSeconds(
@@ -196,6 +214,8 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
   readonly #entries = new Map<string, Entry>();
   /** Ids of decided approvals, oldest first, for retention. */
   readonly #resolved = new Set<string>();
+  /** Pending approvals per agent (entries only while > 0). */
+  readonly #pendingByAgent = new Map<string, number>();
   #closed = false;
 
   constructor(options: ApprovalManagerOptions = {}) {
@@ -211,6 +231,7 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
   /**
    * Creates a pending approval and starts its expiry timer.
    * @throws InvalidArgumentError for a missing agentId/tool or a bad ttlSeconds.
+   * @throws ApprovalLimitError when the agent already has `maxPendingPerAgent` pending.
    * @throws ClosedError after {@link close}.
    */
   create(request: ApprovalRequest): Approval {
@@ -225,6 +246,10 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
       request.ttlSeconds === undefined
         ? this.#options.defaultTtlSeconds
         : checkSeconds('request.ttlSeconds', request.ttlSeconds, InvalidArgumentError);
+    const pending = this.#pendingByAgent.get(request.agentId) ?? 0;
+    if (pending >= this.#options.maxPendingPerAgent) {
+      throw new ApprovalLimitError(request.agentId, this.#options.maxPendingPerAgent);
+    }
     const now = Date.now();
     const approval: Approval = Object.freeze({
       id: `apr_${randomUUID()}`,
@@ -243,6 +268,7 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
     entry.timer = setTimeout(() => this.#resolve(entry, 'expired'), approval.expiresAt - now);
     entry.timer.unref();
     this.#entries.set(approval.id, entry);
+    this.#pendingByAgent.set(approval.agentId, pending + 1);
     this.emit('created', approval);
     return approval;
   }
@@ -383,6 +409,9 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
       ...(reason === undefined ? {} : { decisionReason: reason }),
     });
     entry.snapshot = snapshot;
+    const left = (this.#pendingByAgent.get(snapshot.agentId) ?? 1) - 1;
+    if (left > 0) this.#pendingByAgent.set(snapshot.agentId, left);
+    else this.#pendingByAgent.delete(snapshot.agentId);
     this.#resolved.add(snapshot.id);
     this.#evict();
     const result = toResult(snapshot);

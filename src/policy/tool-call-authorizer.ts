@@ -8,6 +8,7 @@ import type { BudgetManager, Reservation, UsageAmount } from '../budget/budget-m
 import {
   ApprovalDeniedError,
   ApprovalExpiredError,
+  ApprovalLimitError,
   BudgetExceededError,
   ConfigError,
   PolicyDeniedError,
@@ -69,7 +70,7 @@ export interface ToolCallAllowed {
 /** A call that may not run: a value, not a throw, so a gateway can map it to an MCP error result. */
 export interface ToolCallDenied {
   readonly allowed: false;
-  /** Catalog code: `FABRIC_ERR_POLICY_DENIED`, `…_APPROVAL_DENIED`, `…_APPROVAL_EXPIRED`, `…_WAIT_TIMEOUT` or `…_BUDGET_EXCEEDED`. */
+  /** Catalog code: `FABRIC_ERR_POLICY_DENIED`, `…_APPROVAL_DENIED`, `…_APPROVAL_EXPIRED`, `…_APPROVAL_LIMIT`, `…_WAIT_TIMEOUT` or `…_BUDGET_EXCEEDED`. */
   readonly code: string;
   readonly reason: string;
   readonly decision?: PolicyDecision;
@@ -136,7 +137,13 @@ export class ToolCallAuthorizer {
       return denied(new BudgetExceededError(shortfall), decision, pre.retryAt);
     }
 
-    const pending = this.#approvals.create(approvalRequest(ctx, decision));
+    let pending: Approval;
+    try {
+      pending = this.#approvals.create(approvalRequest(ctx, decision));
+    } catch (err) {
+      if (err instanceof ApprovalLimitError) return denied(err, decision);
+      throw err;
+    }
     const final = Object.freeze({ ...decision, approvalId: pending.id });
     ctx.onWaiting?.(pending);
     let approval: ApprovalResult;

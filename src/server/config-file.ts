@@ -12,6 +12,7 @@ import { isNode, LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { ConfigFileError } from '../errors.js';
 import { upstreamSpecSchema } from '../gateway/upstream-config.js';
+import { DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT } from '../policy/approval-manager.js';
 
 /** Default HTTP port of the sidecar. */
 export const DEFAULT_HTTP_PORT = 8765;
@@ -112,12 +113,23 @@ export const sidecarConfigSchema = z
     /**
      * `timeoutSeconds`: how long a `require_approval` call waits for a human. It is also the
      * approval's TTL: nobody decided by then, the approval expires and the call is refused as
-     * expired.
+     * expired. `maxPendingPerAgent`: approvals one agent may have waiting at once.
      */
     approvals: z
-      .object({ timeoutSeconds: z.number().positive().default(300) })
+      .object({
+        timeoutSeconds: z.number().positive().default(300),
+        /** Pending approvals one agent may have at once (beyond: FABRIC_ERR_APPROVAL_LIMIT). */
+        maxPendingPerAgent: z
+          .number()
+          .int()
+          .positive()
+          .default(DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT),
+      })
       .strict()
-      .default({ timeoutSeconds: 300 }),
+      .default({
+        timeoutSeconds: 300,
+        maxPendingPerAgent: DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT,
+      }),
     gateway: z
       .object({
         hideDeniedTools: z.boolean().default(true),

@@ -127,7 +127,10 @@ export class Sidecar {
         fabric = new AgentFabric(config.fabric, {
           // An approval lives as long as a call may wait for it, so nobody approves a call that
           // already gave up.
-          approvals: { defaultTtlSeconds: config.approvals.timeoutSeconds },
+          approvals: {
+            defaultTtlSeconds: config.approvals.timeoutSeconds,
+            maxPendingPerAgent: config.approvals.maxPendingPerAgent,
+          },
           ...(config.hooks === undefined ? {} : { hooks: hookOptions(config.hooks) }),
           ...extra,
           adminCredentials: [adminToken, ...(extra.adminCredentials ?? [])],

@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   ApprovalDecidedError,
+  ApprovalLimitError,
   ApprovalNotFoundError,
   ClosedError,
   ConfigError,
@@ -177,6 +178,26 @@ describe('ApprovalManager', () => {
     small.close();
   });
 
+  it('caps pending approvals per agent; a decision or expiry frees a slot', async () => {
+    const capped = new ApprovalManager({ maxPendingPerAgent: 2, defaultTtlSeconds: 10 });
+    const a = capped.create(request);
+    capped.create(request);
+    expect(() => capped.create(request)).toThrow(ApprovalLimitError);
+    expect(() => capped.create(request)).toThrow(/agent-1 already has 2 approvals/);
+    // Another agent is not affected.
+    expect(capped.create({ ...request, agentId: 'agent-2' }).status).toBe('pending');
+    capped.approve(a.id, { approver: 'x' });
+    const c = capped.create(request);
+    expect(() => capped.create(request)).toThrow(ApprovalLimitError);
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(capped.getApproval(c.id)?.status).toBe('expired');
+    expect(capped.listApprovals({ status: 'pending', agentId: 'agent-1' })).toHaveLength(0);
+    capped.create(request);
+    capped.create(request);
+    expect(() => capped.create(request)).toThrow(ApprovalLimitError);
+    capped.close();
+  });
+
   it('close clears timers and rejects waiters; later use throws ClosedError', async () => {
     const a = approvals.create(request);
     const wait = approvals.waitForApproval(a.id);
@@ -193,6 +214,9 @@ describe('ApprovalManager', () => {
       /options.defaultTtlSeconds/,
     );
     expect(() => new ApprovalManager({ maxResolved: -1 })).toThrow(/options.maxResolved/);
+    expect(() => new ApprovalManager({ maxPendingPerAgent: 0 })).toThrow(
+      /options.maxPendingPerAgent/,
+    );
     expect(() => new ApprovalManager({ ttl: 1 } as never)).toThrow(/options.ttl/);
     expect(() => approvals.create({ ...request, ttlSeconds: Number.NaN })).toThrow(
       /request.ttlSeconds/,

@@ -110,6 +110,27 @@ describe('ToolCallAuthorizer', () => {
     expect(budgets.getStatus('agent-1').tokensReserved).toBe(100);
   });
 
+  it('refuses a call needing approval once the agent has too many pending, creating none', async () => {
+    const few = new ApprovalManager({ maxPendingPerAgent: 1 });
+    const engine = new PolicyEngine({ approvals: few });
+    engine.addPolicy({ name: 'ask', rules: [{ tool: '*', action: 'require_approval' }] });
+    const capped = new ToolCallAuthorizer({ policies: engine, approvals: few, budgets });
+    const stop = new AbortController();
+    const first = capped.authorize({ ...call, signal: stop.signal });
+    await vi.advanceTimersByTimeAsync(0);
+    // The first caller gave up: its approval stays pending for the human, holding the slot.
+    stop.abort(new Error('gone'));
+    await expect(first).rejects.toThrow('gone');
+    const second = denied(await capped.authorize(call));
+    expect(second).toMatchObject({
+      code: 'FABRIC_ERR_APPROVAL_LIMIT',
+      details: { agentId: 'agent-1', limit: 1 },
+    });
+    expect(few.listApprovals({ status: 'pending' })).toHaveLength(1);
+    expect(budgets.getStatus('agent-1').tokensReserved).toBe(0);
+    few.close();
+  });
+
   it('turns denied, expired and timed-out approvals into denials', async () => {
     const python = { ...call, tool: 'execute_code', params: { language: 'python' } };
     const p1 = auth.authorize({
