@@ -25,6 +25,8 @@ export const DEFAULT_DRAIN_TIMEOUT_SECONDS = 30;
 export const DEFAULT_FINISHED_TASK_RETENTION = 10_000;
 /** Default for {@link FabricConfig.terminatedAgentRetention}. */
 export const DEFAULT_TERMINATED_AGENT_RETENTION = 1000;
+/** Default for {@link FabricConfig.maxTaskResultBytes}: 1 MiB. */
+export const DEFAULT_MAX_TASK_RESULT_BYTES = 1024 * 1024;
 
 /** Options of an {@link AgentFabric}. Every field is optional; see the `DEFAULT_*` constants. */
 export interface FabricConfig {
@@ -76,6 +78,14 @@ export interface FabricConfig {
    * @default 1000
    */
   terminatedAgentRetention: number;
+  /**
+   * Largest result, progress report or error (as JSON) an agent may hand in with
+   * `completeTask`, `reportProgress` or `failTask`; beyond it the call throws
+   * `TaskResultTooLargeError` and the task stays with the agent. Finished tasks are retained
+   * (`finishedTaskRetention`), so without a bound one agent could pin gigabytes.
+   * @default 1048576
+   */
+  maxTaskResultBytes: number;
 }
 
 /** The built-in defaults, as in the Fabric Guide's table. */
@@ -89,6 +99,7 @@ export const DEFAULT_FABRIC_CONFIG: Readonly<FabricConfig> = Object.freeze({
   drainTimeoutSeconds: DEFAULT_DRAIN_TIMEOUT_SECONDS,
   finishedTaskRetention: DEFAULT_FINISHED_TASK_RETENTION,
   terminatedAgentRetention: DEFAULT_TERMINATED_AGENT_RETENTION,
+  maxTaskResultBytes: DEFAULT_MAX_TASK_RESULT_BYTES,
 });
 
 const FIELDS: Readonly<Record<keyof FabricConfig, NumberKind>> = {
@@ -101,6 +112,7 @@ const FIELDS: Readonly<Record<keyof FabricConfig, NumberKind>> = {
   drainTimeoutSeconds: 'positiveNumber',
   finishedTaskRetention: 'nonNegativeInt',
   terminatedAgentRetention: 'nonNegativeInt',
+  maxTaskResultBytes: 'positiveInt',
 };
 
 const configError = (field: string, message: string) => new ConfigError(field, message);

@@ -511,6 +511,19 @@ export class HookRetryLimitError extends FabricError {
   }
 }
 
+/** A task result, progress report or error an agent handed in is larger than `maxTaskResultBytes`. */
+export class TaskResultTooLargeError extends FabricError {
+  static readonly code = 'FABRIC_ERR_TASK_RESULT_TOO_LARGE';
+  constructor(field: string, bytes: number, limit: number) {
+    super(
+      TaskResultTooLargeError.code,
+      'resource_exhausted',
+      `${field} is ${bytes} bytes of JSON, more than maxTaskResultBytes (${limit}); the task is still yours: send a smaller ${field} or fail the task`,
+      { field, bytes, limit },
+    );
+  }
+}
+
 /** A work item (or result) serialises to more JSON than `maxWorkItemBytes` allows. */
 export class HookWorkItemTooLargeError extends FabricError {
   static readonly code = 'FABRIC_ERR_HOOK_WORK_ITEM_TOO_LARGE';

@@ -18,6 +18,7 @@ import {
   InvalidArgumentError,
   NoAvailableAgentError,
   PermissionDeniedError,
+  TaskResultTooLargeError,
   UnauthenticatedError,
 } from './errors.js';
 import type { AgentRecord } from './lifecycle/lifecycle-manager.js';
@@ -54,7 +55,7 @@ import type { HookManagerOptions } from './hooks/hook-manager-options.js';
 import type { Hook } from './hooks/hook.js';
 import { HookStatus } from './hooks/hook-status.js';
 import { TypedEmitter } from './events.js';
-import { checkNumber, checkString } from './validate.js';
+import { checkNumber, checkString, jsonByteLength } from './validate.js';
 
 const NO_USAGE = Object.freeze({ tokens: 0, cost: 0 });
 
@@ -549,6 +550,7 @@ export class AgentFabric {
     result?: unknown,
   ): Promise<void> {
     this.#touch(agentId);
+    this.#checkSize('result', result);
     this.scheduler.complete(taskId, attempt, result, agentId);
   }
 
@@ -563,6 +565,7 @@ export class AgentFabric {
     this.#touch(agentId);
     const e =
       typeof error === 'string' ? { code: 'FABRIC_ERR_TASK_EXECUTION', message: error } : error;
+    this.#checkSize('error', e);
     this.scheduler.fail(taskId, attempt, e, { ...options, agentId });
   }
 
@@ -574,7 +577,15 @@ export class AgentFabric {
     progress: unknown,
   ): Promise<void> {
     this.#touch(agentId);
+    this.#checkSize('progress', progress);
     this.scheduler.reportProgress(taskId, attempt, progress, agentId);
+  }
+
+  /** What an agent hands in is kept with the task: bounded by `maxTaskResultBytes`. */
+  #checkSize(field: string, value: unknown): void {
+    const bytes = jsonByteLength(field, value);
+    const limit = this.config.maxTaskResultBytes;
+    if (bytes > limit) throw new TaskResultTooLargeError(field, bytes, limit);
   }
 
   /** Activity from an agent counts as a heartbeat, except while it drains. */

@@ -90,6 +90,7 @@ export {
   QueueFullError,
   TaskExecutionError,
   TaskNotFoundError,
+  TaskResultTooLargeError,
   TaskStateError,
   UnauthenticatedError,
   WaitTimeoutError,

@@ -71,3 +71,21 @@ export function checkString(field: string, value: unknown, maxLength = 256): str
   }
   return value;
 }
+
+/**
+ * Bytes of `value` as UTF-8 JSON (0 for `undefined`).
+ * @throws InvalidArgumentError naming `field` when it cannot be serialized (a cycle, a BigInt,
+ *   nesting too deep for the serializer).
+ */
+export function jsonByteLength(field: string, value: unknown): number {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch (error) {
+    throw new InvalidArgumentError(
+      field,
+      `cannot be serialized as JSON (${error instanceof Error ? error.message : String(error)})`,
+    );
+  }
+  return text === undefined ? 0 : Buffer.byteLength(text, 'utf8');
+}

@@ -10,6 +10,8 @@ import {
   PoolDrainingError,
   PoolExistsError,
   PoolNotFoundError,
+  InvalidArgumentError,
+  TaskResultTooLargeError,
 } from '../../src/errors.js';
 
 describe('AgentFabric', () => {
@@ -26,6 +28,37 @@ describe('AgentFabric', () => {
   it('throws a typed config error naming the field', () => {
     expect(() => new AgentFabric({ maxConcurrentAgents: -1 })).toThrow(ConfigError);
     expect(() => new AgentFabric({ maxConcurrentAgents: -1 })).toThrow(/maxConcurrentAgents/);
+  });
+
+  it('refuses results, progress and errors over maxTaskResultBytes; the task stays held', async () => {
+    const small = new AgentFabric({ maxTaskResultBytes: 1024 });
+    const agent = await small.spawn({ model: 'm', name: 'remote', executor: 'remote' });
+    const task = await small.schedule({ agentId: agent.id, taskType: 't', payload: {} });
+    const claimed = (await small.claimTask(agent.id))!;
+    const big = { blob: 'x'.repeat(2000) };
+    await expect(small.completeTask(agent.id, task.id, claimed.attempt, big)).rejects.toThrow(
+      TaskResultTooLargeError,
+    );
+    await expect(small.reportProgress(agent.id, task.id, claimed.attempt, big)).rejects.toThrow(
+      /progress is \d+ bytes of JSON, more than maxTaskResultBytes \(1024\)/,
+    );
+    await expect(
+      small.failTask(agent.id, task.id, claimed.attempt, 'y'.repeat(2000)),
+    ).rejects.toThrow(TaskResultTooLargeError);
+    // Nesting too deep to serialize is a typed error, not a RangeError.
+    let deep: unknown = 1;
+    for (let i = 0; i < 20_000; i++) deep = [deep];
+    await expect(small.completeTask(agent.id, task.id, claimed.attempt, deep)).rejects.toThrow(
+      InvalidArgumentError,
+    );
+    expect(await small.getTask(task.id)).toMatchObject({ status: TaskStatus.RUNNING });
+    expect((await small.getTask(task.id)).progress).toBeUndefined();
+    await small.completeTask(agent.id, task.id, claimed.attempt, { ok: true });
+    expect(await small.getTask(task.id)).toMatchObject({
+      status: TaskStatus.COMPLETED,
+      result: { ok: true },
+    });
+    await small.close();
   });
 
   it('runs the remote-agent protocol: claim, progress, complete', async () => {
