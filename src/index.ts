@@ -44,7 +44,12 @@ export { FabricBackend } from './server/fabric-backend.js';
 export { definePlugin, PluginHost } from './plugins/index.js';
 export { FabricWorker, RemoteFabricError } from './worker/fabric-worker.js';
 export { AGENT_SERVICE_DEFINITION, startAgentGrpcServer } from './rpc/agent-service.js';
-export { grpcDefinition } from './rpc/grpc-definition.js';
+export {
+  decodeRequest,
+  grpcDefinition,
+  grpcServerDefinition,
+  DEFAULT_GRPC_RECURSION_LIMIT,
+} from './rpc/grpc-definition.js';
 export {
   AgentBusyError,
   AgentLimitError,

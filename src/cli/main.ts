@@ -14,9 +14,11 @@
  */
 import { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { parseArgs } from 'node:util';
 import { FabricError } from '../errors.js';
 import type { GatewayLogEntry } from '../gateway/gateway.js';
+import { messageOf } from '../gateway/map-error.js';
 import { defaultConfigPath, loadSidecarConfig } from '../server/config-file.js';
 import { Sidecar } from '../server/sidecar.js';
 
@@ -158,7 +160,21 @@ async function mcp(argv: string[]): Promise<void> {
   const upstream = new StreamableHTTPClientTransport(url, { requestInit: { headers } });
   const downstream = new StdioSessionTransport();
   downstream.onmessage = (m) =>
-    void upstream.send(m).catch((e: unknown) => console.error(String(e)));
+    void upstream.send(m).catch((e: unknown) => {
+      console.error(String(e));
+      // A request that could not be forwarded (too deep to serialize, refused by the sidecar's
+      // HTTP layer) is answered here: the agent must not wait for it forever.
+      const { id, method } = m as { id?: unknown; method?: unknown };
+      if (typeof method !== 'string' || (typeof id !== 'string' && typeof id !== 'number')) return;
+      void downstream.send({
+        jsonrpc: '2.0',
+        id,
+        error: {
+          code: ErrorCode.InternalError,
+          message: `agent-fabric mcp could not forward the request: ${messageOf(e)}`,
+        },
+      });
+    });
   upstream.onmessage = (m) => void downstream.send(m);
   upstream.onerror = (e) => console.error(`agent-fabric mcp: ${e.message}`);
   const shutdown = async (): Promise<void> => {

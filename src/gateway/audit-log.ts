@@ -8,6 +8,11 @@
  * and `close()` write at once; a crash (not a graceful stop) can lose the last interval.
  * Rotation renames `audit.log` → `audit.log.1` → … and keeps `maxFiles`.
  *
+ * A flush never throws out of its timer (that would end the process): a record whose arguments
+ * cannot be serialized (nested past what `JSON.stringify` can do, a cycle, a BigInt) is written
+ * with `argsDigest: null` and an `argsError` marker, and the rest of its batch is written as
+ * usual; a failed write is reported to `onError`.
+ *
  * @module
  */
 import { hash } from 'node:crypto';
@@ -42,8 +47,13 @@ export interface AuditRecord {
   durationMs: number;
   /** `ok`, `tool_error`, `denied`, `error`, `cancelled`. */
   outcome: string;
-  /** SHA-256 hex of the JSON arguments. */
-  argsDigest: string;
+  /**
+   * SHA-256 hex of the JSON arguments; `null` when they could not be serialized (then
+   * `argsError` says why).
+   */
+  argsDigest: string | null;
+  /** Why the arguments could not be digested (only with `argsDigest: null`). */
+  argsError?: string | undefined;
   /** Error code when the outcome is not `ok`. */
   code?: string | undefined;
   tokens?: number | undefined;
@@ -63,6 +73,11 @@ export interface AuditLogOptions {
    * event-loop turn that produced records. @default 100
    */
   flushIntervalMs?: number;
+  /**
+   * Told of a write that failed in a timed flush (disk full, file removed …); those lines are
+   * lost. Explicit `flush()` and `close()` throw instead. @default ignore
+   */
+  onError?: (error: unknown) => void;
 }
 
 /** SHA-256 hex digest of a value's JSON form. */
@@ -95,13 +110,22 @@ export class AuditLog {
   #pending: (string | QueuedCall)[] = [];
   #timer: NodeJS.Timeout | undefined;
   #immediate: NodeJS.Immediate | undefined;
-  readonly #flush = (): void => this.flush();
+  readonly #onError: (error: unknown) => void;
+  /** Timed flushes must not throw: an exception in a timer ends the process. */
+  readonly #flush = (): void => {
+    try {
+      this.flush();
+    } catch (error) {
+      this.#onError(error);
+    }
+  };
 
   constructor(options: AuditLogOptions) {
     this.path = options.path;
     this.#maxBytes = options.maxBytes ?? DEFAULT_AUDIT_MAX_BYTES;
     this.#maxFiles = options.maxFiles ?? DEFAULT_AUDIT_MAX_FILES;
     this.#flushIntervalMs = options.flushIntervalMs ?? DEFAULT_AUDIT_FLUSH_INTERVAL_MS;
+    this.#onError = options.onError ?? (() => undefined);
     if (!Number.isInteger(this.#flushIntervalMs) || this.#flushIntervalMs < 0) {
       throw new ConfigError('audit.flushIntervalMs', 'must be an integer ≥ 0 (milliseconds)');
     }
@@ -121,7 +145,19 @@ export class AuditLog {
   /** Queues one record; it reaches the file within `flushIntervalMs`. */
   write(record: AuditRecord): void {
     if (this.#fd === undefined) return;
-    this.#pending.push(JSON.stringify(record) + '\n');
+    let line: string;
+    try {
+      line = JSON.stringify(record) + '\n';
+    } catch (error) {
+      // A field of the wrong type (a BigInt, a cycle): keep who, what and the outcome.
+      const r = record as unknown as Record<string, unknown>;
+      line =
+        `{"time":${jsonString(String(r.time))},"agent":${jsonString(String(r.agent))}` +
+        `,"tool":${jsonString(String(r.tool))},"decision":${jsonString(String(r.decision))}` +
+        `,"outcome":${jsonString(String(r.outcome))}` +
+        `,"recordError":${JSON.stringify(`record could not be serialized: ${errorText(error)}`)}}\n`;
+    }
+    this.#pending.push(line);
     this.#schedule();
   }
 
@@ -166,7 +202,7 @@ export class AuditLog {
     let chunk = '';
     let chunkBytes = 0;
     for (const queued of lines) {
-      const line = typeof queued === 'string' ? queued : formatCall(queued);
+      const line = typeof queued === 'string' ? queued : safeFormatCall(queued);
       const lineBytes = Buffer.byteLength(line);
       // Rotate before a line that would overflow a non-empty file (a lone oversized line
       // still gets a file of its own).
@@ -216,20 +252,51 @@ export class AuditLog {
 /**
  * The JSON line of a queued call: the same text `JSON.stringify` makes of its {@link AuditRecord}
  * (keys `time, agent, tool, rule, argsDigest, durationMs, decision, outcome, code, tokens, cost`,
- * undefined ones left out), built directly — the object spread and generic stringify were a
+ * undefined ones left out; `argsDigest: null, argsError` when the arguments cannot be
+ * serialized), built directly — the object spread and generic stringify were a
  * third of a record's cost, and records are made for every call.
  */
 export function formatCall(c: QueuedCall): string {
   const f = c.fields;
   let line = `{"time":"${isoTime(c.startedAt)}","agent":${jsonString(c.agent)},"tool":${jsonString(c.tool)}`;
   if (f.rule !== undefined) line += `,"rule":${jsonString(f.rule)}`;
-  line += `,"argsDigest":"${digestArgs(c.args)}","durationMs":${jsonNumber(c.durationMs)}`;
+  let digest: string;
+  try {
+    digest = `"${digestArgs(c.args)}"`;
+  } catch (error) {
+    // Arguments JSON.stringify cannot serialize: the record is still written, marked.
+    digest = `null,"argsError":${JSON.stringify(`arguments could not be serialized: ${errorText(error)}`)}`;
+  }
+  line += `,"argsDigest":${digest},"durationMs":${jsonNumber(c.durationMs)}`;
   if (f.decision !== undefined) line += `,"decision":${jsonString(f.decision)}`;
   if (f.outcome !== undefined) line += `,"outcome":${jsonString(f.outcome)}`;
   if (f.code !== undefined) line += `,"code":${jsonString(f.code)}`;
   if (f.tokens !== undefined) line += `,"tokens":${jsonNumber(f.tokens)}`;
   if (f.cost !== undefined) line += `,"cost":${jsonNumber(f.cost)}`;
   return line + '}\n';
+}
+
+/**
+ * {@link formatCall} that cannot throw: a record with a field of the wrong type (a library
+ * caller's BigInt agent id) is written as a marker line instead of losing its batch.
+ */
+function safeFormatCall(c: QueuedCall): string {
+  try {
+    return formatCall(c);
+  } catch (error) {
+    const text = (v: unknown): string => JSON.stringify(typeof v === 'string' ? v : typeof v);
+    return (
+      `{"time":${Math.abs(c.startedAt) <= 8.64e15 ? text(new Date(c.startedAt).toISOString()) : 'null'}` +
+      `,"agent":${text(c.agent)},"tool":${text(c.tool)},"decision":${text(c.fields?.decision)}` +
+      `,"outcome":${text(c.fields?.outcome)}` +
+      `,"recordError":${JSON.stringify(`record could not be serialized: ${errorText(error)}`)}}\n`
+    );
+  }
+}
+
+/** The message of a thrown value, for a marker. */
+function errorText(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }
 
 /**

@@ -20,6 +20,7 @@ import type {
   MessageExtraInfo,
   RequestId,
 } from '@modelcontextprotocol/sdk/types.js';
+import { serializeMessage } from './serialize-message.js';
 
 /** Default keep-alive interval of SSE streams. */
 export const DEFAULT_SSE_KEEP_ALIVE_MS = 15_000;
@@ -27,7 +28,8 @@ export const DEFAULT_SSE_KEEP_ALIVE_MS = 15_000;
 interface Exchange {
   readonly res: ServerResponse;
   readonly pending: Set<RequestId>;
-  readonly responses: JSONRPCMessage[];
+  /** Serialized responses not yet written (see serialize-message.ts). */
+  readonly responses: string[];
   readonly batch: boolean;
   sse: boolean;
   keepAlive: NodeJS.Timeout | undefined;
@@ -133,8 +135,8 @@ export class HttpSessionTransport implements Transport {
     return timer;
   }
 
-  #writeEvent(res: ServerResponse, message: JSONRPCMessage): void {
-    if (!res.writableEnded) res.write(`event: message\ndata: ${JSON.stringify(message)}\n\n`);
+  #writeEvent(res: ServerResponse, json: string): void {
+    if (!res.writableEnded) res.write(`event: message\ndata: ${json}\n\n`);
   }
 
   async send(message: JSONRPCMessage, options?: TransportSendOptions): Promise<void> {
@@ -145,6 +147,8 @@ export class HttpSessionTransport implements Transport {
       const id = e.id as RequestId;
       const ex = this.#exchanges.get(id);
       if (!ex) return; // the client went away or the request was answered already
+      // Serialized here, not in the timer below: it cannot throw for a response.
+      const json = serializeMessage(message);
       this.#exchanges.delete(id);
       ex.pending.delete(id);
       if (ex.sse) {
@@ -152,7 +156,7 @@ export class HttpSessionTransport implements Transport {
         // so a response read in the same chunk as the last progress notification would
         // overtake it and the notification would be dropped. Write the response a turn later.
         setImmediate(() => {
-          this.#writeEvent(ex.res, message);
+          this.#writeEvent(ex.res, json);
           if (ex.pending.size === 0) {
             if (ex.keepAlive) clearInterval(ex.keepAlive);
             ex.res.end();
@@ -160,19 +164,22 @@ export class HttpSessionTransport implements Transport {
         });
         return;
       }
-      ex.responses.push(message);
+      ex.responses.push(json);
       if (ex.pending.size === 0 && !ex.res.writableEnded) {
-        const json = JSON.stringify(ex.batch ? ex.responses : ex.responses[0]);
+        const body = ex.batch ? `[${ex.responses.join(',')}]` : ex.responses[0]!;
         ex.res
           .writeHead(200, {
             'content-type': 'application/json',
-            'content-length': Buffer.byteLength(json),
+            'content-length': Buffer.byteLength(body),
             'mcp-session-id': this.sessionId,
           })
-          .end(json);
+          .end(body);
       }
       return;
     }
+    // A request or notification that cannot be serialized rejects here, before any stream
+    // changes (the sender handles it).
+    const json = serializeMessage(message);
     const related = options?.relatedRequestId;
     const ex = related === undefined ? undefined : this.#exchanges.get(related);
     if (ex && !ex.res.writableEnded) {
@@ -182,10 +189,10 @@ export class HttpSessionTransport implements Transport {
         for (const r of ex.responses) this.#writeEvent(ex.res, r);
         ex.keepAlive = this.#startKeepAlive(ex.res);
       }
-      this.#writeEvent(ex.res, message);
+      this.#writeEvent(ex.res, json);
       return;
     }
-    if (this.#standalone) this.#writeEvent(this.#standalone.res, message);
+    if (this.#standalone) this.#writeEvent(this.#standalone.res, json);
     // Otherwise there is no open stream: the message is dropped, as the spec allows.
   }
 

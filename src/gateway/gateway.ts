@@ -38,6 +38,7 @@ import type {
 } from './backend.js';
 import { buildCatalog, resourceOwner, type Catalog, type CatalogProblem } from './catalog.js';
 import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
+import { checkInputBounds, parseInputBounds, type InputBounds } from './input-bounds.js';
 import { GatewayMetrics } from './metrics.js';
 import {
   messageOf,
@@ -101,6 +102,14 @@ export interface ToolGatewayOptions {
   logger?: (entry: GatewayLogEntry) => void;
   /** What the gateway calls itself downstream. */
   serverInfo?: { name: string; version: string };
+  /**
+   * Deepest nesting of a call's `arguments` (and of the params of `resources/read`,
+   * `prompts/get`, `completion/complete`); deeper requests are refused before policy.
+   * @default 64
+   */
+  maxArgumentDepth?: number;
+  /** Most values (elements and members, all levels) in one call's `arguments`. @default 100000 */
+  maxArgumentNodes?: number;
 }
 
 interface InFlight {
@@ -118,6 +127,8 @@ interface SessionGate {
 const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
 /** The metrics label of a tool name that is not in the catalog (agents must not grow labels). */
 const UNKNOWN_TOOL = '(unknown)';
+/** Longest unknown tool name written to the audit log (a made-up name could be megabytes). */
+const AUDIT_UNKNOWN_NAME_MAX = 256;
 
 /**
  * The tool gateway. Create sessions with {@link createSession} and connect each to a transport.
@@ -140,6 +151,7 @@ export class ToolGateway implements SessionHost {
   readonly #approvalProgressMs: number;
   readonly #fabricTools: ReadonlyMap<string, FabricTool>;
   readonly #graceMs: number;
+  readonly #bounds: InputBounds;
   readonly #log: (entry: GatewayLogEntry) => void;
   readonly #sessions = new Set<GatewaySession>();
   /** Counts of every request's decision, outcome and duration (rendered at `GET /metrics`). */
@@ -160,14 +172,21 @@ export class ToolGateway implements SessionHost {
     this.#backend = options.backend;
     this.serverInfo = options.serverInfo ?? { name: 'agent-fabric', version: '0.1.0' };
     this.#costs = new ToolCosts(options.toolCosts);
-    this.#audit = options.audit ? new AuditLog(options.audit) : undefined;
+    this.#bounds = parseInputBounds(options);
+    this.#log = options.logger ?? (() => undefined);
+    this.#audit = options.audit
+      ? new AuditLog({
+          ...options.audit,
+          onError: (error) =>
+            this.#log({ level: 'error', msg: 'audit log write failed', error: messageOf(error) }),
+        })
+      : undefined;
     this.#hideDenied = options.hideDeniedTools ?? true;
     this.#approvalTimeoutSeconds = options.approvalTimeoutSeconds;
     this.#approvalProgressMs =
       options.approvalProgressIntervalMs ?? DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS;
     this.#fabricTools = options.fabricTools === false ? new Map() : FABRIC_TOOLS;
     this.#graceMs = options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
-    this.#log = options.logger ?? (() => undefined);
     for (const [name, input] of Object.entries(options.upstreams ?? {})) {
       if (!/^[A-Za-z0-9_.-]+$/.test(name)) {
         throw new ConfigError(`upstreams.${name}`, 'must be named with letters, digits, _ . -');
@@ -291,7 +310,16 @@ export class ToolGateway implements SessionHost {
     const fabricTool = this.#fabricTools.get(name);
     const route = fabricTool ? undefined : this.#catalog.tools.get(name);
     const known = fabricTool !== undefined || route !== undefined;
-    const audit = this.#auditor(agentId, name, args, started, known ? name : UNKNOWN_TOOL);
+    const audit = known
+      ? this.#auditor(agentId, name, args, started)
+      : this.#auditor(agentId, truncated(name), args, started, UNKNOWN_TOOL);
+    // Before anything looks inside the arguments: policy, plugins, the audit digest and the
+    // upstream all recurse into them (see input-bounds.ts).
+    const tooBig = checkInputBounds(args, this.#bounds, 'arguments');
+    if (tooBig !== undefined) {
+      audit({ decision: 'invalid', outcome: 'error', code: tooBig.code });
+      return toolErrorResult(tooBig);
+    }
     if (!known) {
       audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
       throw new McpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
@@ -481,7 +509,21 @@ export class ToolGateway implements SessionHost {
   ): Promise<Result> {
     const catalog = this.#catalog;
     const params = (request.params ?? {}) as Record<string, unknown>;
-    switch (request.method) {
+    const method = request.method;
+    if (
+      method === 'prompts/get' ||
+      method === 'resources/read' ||
+      method === 'completion/complete'
+    ) {
+      // The whole params are forwarded upstream (and parts of them reach policy): bound them all.
+      const tooBig = checkInputBounds(params, this.#bounds, 'params');
+      if (tooBig !== undefined) {
+        const audit = this.#auditor(session.identity.agentId, method, params, performance.now());
+        audit({ decision: 'invalid', outcome: 'error', code: tooBig.code });
+        throw toMcpError(tooBig);
+      }
+    }
+    switch (method) {
       case 'prompts/list':
         return { prompts: [...catalog.prompts.values()].map((r) => r.item) };
       case 'resources/list':
@@ -959,6 +1001,11 @@ function sameKeys(a: ReadonlyMap<string, unknown>, b: ReadonlyMap<string, unknow
   if (a.size !== b.size) return false;
   for (const k of a.keys()) if (!b.has(k)) return false;
   return true;
+}
+
+/** `name`, cut to {@link AUDIT_UNKNOWN_NAME_MAX} characters. */
+function truncated(name: string): string {
+  return name.length > AUDIT_UNKNOWN_NAME_MAX ? `${name.slice(0, AUDIT_UNKNOWN_NAME_MAX)}…` : name;
 }
 
 function codeOf(error: unknown): string {

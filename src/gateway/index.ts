@@ -20,11 +20,20 @@ export {
   DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS,
   DEFAULT_SHUTDOWN_GRACE_MS,
 } from './gateway.js';
+export {
+  checkInputBounds,
+  exceededBound,
+  DEFAULT_INPUT_BOUNDS,
+  DEFAULT_MAX_ARGUMENT_DEPTH,
+  DEFAULT_MAX_ARGUMENT_NODES,
+  MAX_ARGUMENT_DEPTH_LIMIT,
+} from './input-bounds.js';
 export { GatewayMetrics, renderMetrics, DURATION_BUCKETS } from './metrics.js';
 export { ERROR_META_KEY, HTTP_STATUS_BY_KIND, httpStatusOf, toMcpError } from './map-error.js';
 export { ProcessStdioTransport } from './process-stdio-transport.js';
 export { GatewaySession } from './session.js';
-export { ToolCosts, estimateTokens, BYTES_PER_TOKEN } from './tool-costs.js';
+export { serializeMessage } from './serialize-message.js';
+export { ToolCosts, approximateJsonBytes, estimateTokens, BYTES_PER_TOKEN } from './tool-costs.js';
 export { Upstream } from './upstream.js';
 export {
   upstreamSpecSchema,
@@ -34,6 +43,7 @@ export {
 } from './upstream-config.js';
 
 export type { AuditLogOptions, AuditOutcome, AuditRecord } from './audit-log.js';
+export type { ExceededBound, InputBounds } from './input-bounds.js';
 export type { MetricFamily } from './metrics.js';
 export type {
   AdminBackend,

@@ -10,6 +10,7 @@
  * @module
  */
 import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import { serializeMessage } from './serialize-message.js';
 
 /** The part of a writable stream a {@link LineWriter} uses. */
 export interface LineSink {
@@ -32,10 +33,17 @@ export class LineWriter {
 
   /**
    * Queues `message` for this turn's write. Resolves when the stream can take more; a full
-   * stream's `drain` resolves it.
+   * stream's `drain` resolves it. A response that cannot be serialized is written as an error
+   * response (see serialize-message.ts); other such messages reject.
    */
   send(message: JSONRPCMessage): Promise<void> {
-    return this.sendLine(JSON.stringify(message));
+    let json: string;
+    try {
+      json = serializeMessage(message);
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    return this.sendLine(json);
   }
 
   /** {@link send} for a message already serialized (one line of JSON, no newline). */

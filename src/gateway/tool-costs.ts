@@ -12,12 +12,58 @@ export const BYTES_PER_TOKEN = 4;
 /**
  * Estimated tokens of a result: `ceil(JSON byte length / 4)`. The agent's model reads the result,
  * so its size is what the call costs in context; this is an estimate, not a tokenizer.
+ *
+ * Never throws: a result `JSON.stringify` cannot serialize (an upstream may answer with JSON
+ * nested thousands of levels deep; a fabric tool's value may hold a BigInt or a cycle) is
+ * measured by {@link approximateJsonBytes} instead.
  */
 export function estimateTokens(result: unknown): number {
-  const bytes =
-    (typeof result === 'object' && result !== null ? rawResultBytes(result) : undefined) ??
-    Buffer.byteLength(JSON.stringify(result) ?? '', 'utf8');
+  let bytes = typeof result === 'object' && result !== null ? rawResultBytes(result) : undefined;
+  if (bytes === undefined) {
+    try {
+      bytes = Buffer.byteLength(JSON.stringify(result) ?? '', 'utf8');
+    } catch {
+      bytes = approximateJsonBytes(result);
+    }
+  }
   return Math.ceil(bytes / BYTES_PER_TOKEN);
+}
+
+/** Most values {@link approximateJsonBytes} visits (a cycle would otherwise never end). */
+export const APPROXIMATE_JSON_MAX_NODES = 1 << 22;
+
+/**
+ * About the UTF-8 size of `value`'s JSON, measured without recursion: strings and keys by their
+ * UTF-8 length plus quotes, other scalars by their text, and a byte per separator or bracket.
+ * Stops after {@link APPROXIMATE_JSON_MAX_NODES} values (what it counted so far is returned),
+ * so it ends on any input, cycles included.
+ */
+export function approximateJsonBytes(value: unknown): number {
+  let bytes = 0;
+  let nodes = 0;
+  const limit = APPROXIMATE_JSON_MAX_NODES;
+  const stack: unknown[] = [value];
+  // Nothing is pushed past the limit either, so the stack stays bounded on a cycle.
+  while (stack.length > 0 && nodes++ < limit) {
+    const v = stack.pop();
+    if (typeof v === 'string') bytes += Buffer.byteLength(v, 'utf8') + 2;
+    else if (typeof v === 'object' && v !== null) {
+      if (Array.isArray(v)) {
+        bytes += 2 + Math.max(0, v.length - 1);
+        for (let i = 0; i < v.length && nodes + stack.length < limit; i++) stack.push(v[i]);
+      } else {
+        bytes += 2;
+        let first = true;
+        for (const k in v) {
+          bytes += Buffer.byteLength(k, 'utf8') + (first ? 3 : 4); // "k": and a comma
+          first = false;
+          if (nodes + stack.length < limit) stack.push((v as Record<string, unknown>)[k]);
+        }
+      }
+    } else if (v === undefined || typeof v === 'function' || typeof v === 'symbol') bytes += 4;
+    else bytes += String(v).length;
+  }
+  return bytes;
 }
 
 /** Compiles a glob (`*` any run of characters, `?` one character) to an anchored RegExp. */

@@ -5,9 +5,21 @@
  * agent. Catalog errors map to gRPC status codes (`GRPC_STATUS_BY_KIND`), with the fabric's code
  * in the `fabric-error-code` trailer.
  *
+ * The credential is checked before the request is decoded (see grpc-definition.ts): without a
+ * valid one the answer is UNAUTHENTICATED whatever the bytes; with one, bytes that are not a
+ * valid message (or nest deeper than the decoder's recursion limit) and `Value`s that are not
+ * JSON (NaN, Infinity) are INVALID_ARGUMENT with `FABRIC_ERR_INVALID_ARGUMENT`.
+ *
  * @module
  */
-import { create, fromJson, toJson, type JsonValue } from '@bufbuild/protobuf';
+import {
+  create,
+  fromJson,
+  toJson,
+  type DescMessage,
+  type JsonValue,
+  type MessageShape,
+} from '@bufbuild/protobuf';
 import { ValueSchema, type Value } from '@bufbuild/protobuf/wkt';
 import {
   Metadata,
@@ -18,7 +30,12 @@ import {
   type ServerUnaryCall,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { FabricError, GRPC_STATUS_BY_KIND, UnauthenticatedError } from '../errors.js';
+import {
+  FabricError,
+  GRPC_STATUS_BY_KIND,
+  InvalidArgumentError,
+  UnauthenticatedError,
+} from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
 import type { Hook as FabricHook } from '../hooks/hook.js';
 import {
@@ -32,16 +49,9 @@ import {
   HookSchema,
   ReportProgressResponseSchema,
   TaskSchema,
-  type ClaimTaskRequest,
-  type CompleteHookRequest,
-  type CompleteTaskRequest,
-  type FailHookRequest,
-  type FailTaskRequest,
   type Hook,
-  type HookRequest,
-  type ReportProgressRequest,
 } from '../gen/fabric/v1/agent_pb.js';
-import { grpcDefinition } from './grpc-definition.js';
+import { decodeRequest, grpcDefinition, grpcServerDefinition } from './grpc-definition.js';
 
 /** Options of {@link startAgentGrpcServer}. */
 export interface AgentGrpcServerOptions {
@@ -72,8 +82,21 @@ function toValue(v: unknown): Value {
   );
 }
 
-function fromValue(v: Value | undefined): unknown {
-  return v === undefined ? null : toJson(ValueSchema, v);
+/**
+ * The JSON of a request's `Value` field.
+ * @throws InvalidArgumentError naming `field` when it is not JSON (NaN, Infinity, no kind).
+ */
+function fromValue(v: Value | undefined, field: string): unknown {
+  if (v === undefined) return null;
+  try {
+    return toJson(ValueSchema, v);
+  } catch (error) {
+    throw new InvalidArgumentError(
+      field,
+      `is not a JSON value: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
+  }
 }
 
 function hookMessage(h: FabricHook): Hook {
@@ -96,11 +119,15 @@ export async function startAgentGrpcServer(
   const maxWait = options.maxClaimWaitSeconds ?? 300;
   const server = new Server();
 
-  /** Authenticates the call, runs `handler` as that agent, maps errors to status codes. */
-  function unary<Req, Res>(
-    handler: (agentId: string, request: Req, signal: AbortSignal) => Promise<Res>,
+  /**
+   * Authenticates the call, then decodes its request as a `method.input` message, runs
+   * `handler` as that agent, and maps errors to status codes.
+   */
+  function unary<D extends DescMessage, Res>(
+    method: { readonly input: D },
+    handler: (agentId: string, request: MessageShape<D>, signal: AbortSignal) => Promise<Res>,
   ) {
-    return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
+    return (call: ServerUnaryCall<Buffer, Res>, callback: sendUnaryData<Res>): void => {
       const controller = new AbortController();
       call.on('cancelled', () => controller.abort());
       void (async () => {
@@ -109,7 +136,8 @@ export async function startAgentGrpcServer(
         const identity = fabric.authenticate(credential);
         if (identity.kind !== 'agent')
           throw new UnauthenticatedError('the agent protocol needs an agent credential');
-        return handler(identity.agentId, call.request, controller.signal);
+        const request = decodeRequest(method.input, call.request);
+        return handler(identity.agentId, request, controller.signal);
       })().then(
         (res) => callback(null, res),
         (err: unknown) => callback(toServiceError(err)),
@@ -117,8 +145,9 @@ export async function startAgentGrpcServer(
     };
   }
 
+  const m = AgentService.method;
   const implementation: UntypedServiceImplementation = {
-    heartbeat: unary(async (agentId) => {
+    heartbeat: unary(m.heartbeat, async (agentId) => {
       const info = await fabric.heartbeat(agentId);
       return create(HeartbeatResponseSchema, {
         agentId: info.id,
@@ -126,7 +155,7 @@ export async function startAgentGrpcServer(
         lastHeartbeatMs: BigInt(info.lastHeartbeat),
       });
     }),
-    claimTask: unary(async (agentId, req: ClaimTaskRequest, signal) => {
+    claimTask: unary(m.claimTask, async (agentId, req, signal) => {
       const a = await fabric.claimTask(agentId, {
         waitSeconds: Math.min(maxWait, Math.max(0, req.waitSeconds)),
         signal,
@@ -146,11 +175,12 @@ export async function startAgentGrpcServer(
             }),
       });
     }),
-    completeTask: unary(async (agentId, req: CompleteTaskRequest) => {
-      await fabric.completeTask(agentId, req.taskId, req.attempt, fromValue(req.result));
+    completeTask: unary(m.completeTask, async (agentId, req) => {
+      const result = fromValue(req.result, 'result');
+      await fabric.completeTask(agentId, req.taskId, req.attempt, result);
       return create(CompleteTaskResponseSchema);
     }),
-    failTask: unary(async (agentId, req: FailTaskRequest) => {
+    failTask: unary(m.failTask, async (agentId, req) => {
       await fabric.failTask(
         agentId,
         req.taskId,
@@ -160,25 +190,27 @@ export async function startAgentGrpcServer(
       );
       return create(FailTaskResponseSchema);
     }),
-    reportProgress: unary(async (agentId, req: ReportProgressRequest) => {
-      await fabric.reportProgress(agentId, req.taskId, req.attempt, fromValue(req.progress));
+    reportProgress: unary(m.reportProgress, async (agentId, req) => {
+      const progress = fromValue(req.progress, 'progress');
+      await fabric.reportProgress(agentId, req.taskId, req.attempt, progress);
       return create(ReportProgressResponseSchema);
     }),
-    getHook: unary(async (agentId) => {
+    getHook: unary(m.getHook, async (agentId) => {
       const h = await fabric.hookFor(agentId);
       return create(GetHookResponseSchema, h === undefined ? {} : { hook: hookMessage(h) });
     }),
-    activateHook: unary(async (agentId, req: HookRequest) =>
+    activateHook: unary(m.activateHook, async (agentId, req) =>
       create(HookResponseSchema, {
         hook: hookMessage(await fabric.activateHook(agentId, req.hookId)),
       }),
     ),
-    completeHook: unary(async (agentId, req: CompleteHookRequest) =>
-      create(HookResponseSchema, {
-        hook: hookMessage(await fabric.completeHook(agentId, req.hookId, fromValue(req.result))),
-      }),
-    ),
-    failHook: unary(async (agentId, req: FailHookRequest) =>
+    completeHook: unary(m.completeHook, async (agentId, req) => {
+      const result = fromValue(req.result, 'result');
+      return create(HookResponseSchema, {
+        hook: hookMessage(await fabric.completeHook(agentId, req.hookId, result)),
+      });
+    }),
+    failHook: unary(m.failHook, async (agentId, req) =>
       create(HookResponseSchema, {
         hook: hookMessage(
           await fabric.failHook(agentId, req.hookId, {
@@ -189,7 +221,7 @@ export async function startAgentGrpcServer(
       }),
     ),
   };
-  server.addService(AGENT_SERVICE_DEFINITION, implementation);
+  server.addService(grpcServerDefinition(AgentService), implementation);
 
   const host = options.host ?? '127.0.0.1';
   const port = await new Promise<number>((resolve, reject) =>

@@ -3,6 +3,13 @@
  * stays the single source of truth for paths and message types, and messages cross the wire as
  * protobuf binary.
  *
+ * A server gets requests as raw bytes ({@link grpcServerDefinition}) and decodes them itself
+ * with {@link decodeRequest}, after the call is authenticated: grpc-js runs a definition's
+ * `requestDeserialize` before any handler and answers INTERNAL ("Error deserializing request")
+ * when it throws, so decoding there would let an unauthenticated caller make the server parse
+ * anything it sends, and would report a malformed or over-deep message as a server fault
+ * rather than the caller's.
+ *
  * @module
  */
 import {
@@ -13,6 +20,14 @@ import {
   type MessageShape,
 } from '@bufbuild/protobuf';
 import type { ServiceDefinition } from '@grpc/grpc-js';
+import { InvalidArgumentError } from '../errors.js';
+
+/**
+ * Most nested messages a request may hold when decoded: protobuf-es's default. A
+ * `google.protobuf.Value` uses about two levels per level of JSON nesting (Value → Struct or
+ * ListValue → Value), so this admits JSON about 50 levels deep.
+ */
+export const DEFAULT_GRPC_RECURSION_LIMIT = 100;
 
 /** grpc-js definition of every unary method of `service`, keyed by the method's local name. */
 export function grpcDefinition(service: DescService): ServiceDefinition {
@@ -31,6 +46,38 @@ export function grpcDefinition(service: DescService): ServiceDefinition {
     };
   }
   return definition as ServiceDefinition;
+}
+
+/**
+ * {@link grpcDefinition} for a server: requests reach the handler as the raw `Buffer` grpc-js
+ * received; decode them with {@link decodeRequest} once the caller is authenticated.
+ */
+export function grpcServerDefinition(service: DescService): ServiceDefinition {
+  const definition = grpcDefinition(service);
+  for (const method of Object.values(definition)) {
+    (method as { requestDeserialize: (b: Buffer) => Buffer }).requestDeserialize = (b) => b;
+  }
+  return definition;
+}
+
+/**
+ * Decodes a request's protobuf binary.
+ * @throws InvalidArgumentError (`details.field` `request`) when `bytes` is not a valid message
+ *   of `schema` — malformed, or nested deeper than {@link DEFAULT_GRPC_RECURSION_LIMIT}.
+ */
+export function decodeRequest<D extends DescMessage>(
+  schema: D,
+  bytes: Uint8Array,
+): MessageShape<D> {
+  try {
+    return fromBinary(schema, bytes, { recursionLimit: DEFAULT_GRPC_RECURSION_LIMIT });
+  } catch (error) {
+    throw new InvalidArgumentError(
+      'request',
+      `is not a valid ${schema.typeName} message: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
+  }
 }
 
 function serializer<D extends DescMessage>(schema: D): (m: MessageShape<D>) => Buffer {

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { isNode, LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { ConfigFileError } from '../errors.js';
+import { MAX_ARGUMENT_DEPTH_LIMIT } from '../gateway/input-bounds.js';
 import { upstreamSpecSchema } from '../gateway/upstream-config.js';
 import { DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT } from '../policy/approval-manager.js';
 
@@ -135,6 +136,9 @@ export const sidecarConfigSchema = z
         hideDeniedTools: z.boolean().default(true),
         fabricTools: z.boolean().default(true),
         shutdownGraceSeconds: z.number().min(0).default(5),
+        /** Input bounds of every call (see gateway/input-bounds.ts); unset: the defaults. */
+        maxArgumentDepth: z.number().int().min(1).max(MAX_ARGUMENT_DEPTH_LIMIT).optional(),
+        maxArgumentNodes: z.number().int().positive().optional(),
       })
       .strict()
       .default({ hideDeniedTools: true, fabricTools: true, shutdownGraceSeconds: 5 }),

@@ -185,6 +185,8 @@ export class Sidecar {
           ? { approvalTimeoutSeconds: config.approvals.timeoutSeconds }
           : {}),
         shutdownGraceMs: config.gateway.shutdownGraceSeconds * 1000,
+        maxArgumentDepth: config.gateway.maxArgumentDepth,
+        maxArgumentNodes: config.gateway.maxArgumentNodes,
         logger: log,
       });
       cleanup.push(gateway);

@@ -186,3 +186,97 @@ describe('formatCall', () => {
     );
   });
 });
+
+describe('AuditLog robustness (records an agent made hostile)', () => {
+  let dir: string;
+  let path: string;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'fabric-audit-'));
+    path = join(dir, 'audit.log');
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'clearImmediate'] });
+  });
+
+  afterEach(() => {
+    vi.useRealTimers();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const lines = (): Record<string, unknown>[] =>
+    readFileSync(path, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+  const outcome: AuditOutcome = { decision: 'invalid', outcome: 'error', code: 'E' };
+
+  it('writes arguments JSON.stringify cannot serialize with a marker, and keeps the batch', () => {
+    const log = new AuditLog({ path });
+    let deep: unknown = 1;
+    for (let i = 0; i < 100_000; i++) deep = { a: deep };
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    log.writeCall('agent-1', 'before', { i: 1 }, Date.UTC(2026, 0, 1), 1, outcome);
+    log.writeCall('agent-1', 'deep', deep, Date.UTC(2026, 0, 1), 1, outcome);
+    log.writeCall('agent-1', 'cyclic', cyclic, Date.UTC(2026, 0, 1), 1, outcome);
+    log.writeCall('agent-1', 'bigint', { n: 1n }, Date.UTC(2026, 0, 1), 1, outcome);
+    log.writeCall('agent-1', 'after', { i: 2 }, Date.UTC(2026, 0, 1), 1, outcome);
+    // The timed flush is where an exception would have ended the process.
+    expect(() => vi.advanceTimersByTime(DEFAULT_AUDIT_FLUSH_INTERVAL_MS)).not.toThrow();
+    const written = lines();
+    expect(written.map((l) => l.tool)).toEqual(['before', 'deep', 'cyclic', 'bigint', 'after']);
+    expect(written[0]!.argsDigest).toBe(digestArgs({ i: 1 }));
+    expect(written[4]!.argsDigest).toBe(digestArgs({ i: 2 }));
+    for (const marked of written.slice(1, 4)) {
+      expect(marked).toMatchObject({
+        agent: 'agent-1',
+        argsDigest: null,
+        decision: 'invalid',
+        outcome: 'error',
+        code: 'E',
+      });
+      expect(marked.argsError).toMatch(/^arguments could not be serialized: \w*Error: /);
+    }
+    log.close();
+  });
+
+  it('writes a marker line for a record of the wrong types instead of losing the batch', () => {
+    const log = new AuditLog({ path });
+    log.write({
+      time: 'now',
+      agent: 'a',
+      tool: 't',
+      decision: 'allow',
+      durationMs: 1,
+      outcome: 'ok',
+      argsDigest: 'd',
+      tokens: 1n as unknown as number,
+    });
+    log.writeCall(7n as unknown as string, 'odd', {}, 0, 1, outcome);
+    log.writeCall('agent-1', 'after', {}, 0, 1, outcome);
+    vi.advanceTimersByTime(DEFAULT_AUDIT_FLUSH_INTERVAL_MS);
+    const written = lines();
+    expect(written).toHaveLength(3);
+    expect(written[0]).toMatchObject({ agent: 'a', tool: 't', decision: 'allow', outcome: 'ok' });
+    expect(written[0]!.recordError).toMatch(/could not be serialized/);
+    expect(written[1]).toMatchObject({ agent: 'bigint', tool: 'odd', decision: 'invalid' });
+    expect(written[1]!.recordError).toMatch(/could not be serialized/);
+    expect(written[2]).toMatchObject({ agent: 'agent-1', tool: 'after' });
+    log.close();
+  });
+
+  it('reports a failed write of a timed flush to onError instead of throwing from the timer', () => {
+    const errors: unknown[] = [];
+    const log = new AuditLog({ path, maxBytes: 10, onError: (e) => errors.push(e) });
+    // The file's folder disappears: rotating (renaming the file) fails.
+    rmSync(dir, { recursive: true, force: true });
+    log.writeCall('agent-1', 'fs__read', { i: 1 }, 0, 1, outcome);
+    log.writeCall('agent-1', 'fs__read', { i: 2 }, 0, 1, outcome);
+    expect(() => vi.advanceTimersByTime(DEFAULT_AUDIT_FLUSH_INTERVAL_MS)).not.toThrow();
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatchObject({ code: 'ENOENT' });
+    // An explicit flush still throws to its caller.
+    log.writeCall('agent-1', 'fs__read', { i: 3 }, 0, 1, outcome);
+    expect(() => log.flush()).toThrow();
+  });
+});
