@@ -14,6 +14,7 @@
  */
 import { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { parseArgs } from 'node:util';
 import { FabricError } from '../errors.js';
 import type { GatewayLogEntry } from '../gateway/gateway.js';
@@ -158,7 +159,18 @@ async function mcp(argv: string[]): Promise<void> {
   const upstream = new StreamableHTTPClientTransport(url, { requestInit: { headers } });
   const downstream = new StdioSessionTransport();
   downstream.onmessage = (m) =>
-    void upstream.send(m).catch((e: unknown) => console.error(String(e)));
+    void upstream.send(m).catch((e: unknown) => {
+      console.error(String(e));
+      // A refused POST (429 over a limit, 413, the sidecar gone) has no JSON-RPC answer: give
+      // the client one, or it waits forever for this request.
+      if ('method' in m && 'id' in m && m.id !== undefined) {
+        void downstream.send({
+          jsonrpc: '2.0',
+          id: m.id,
+          error: { code: ErrorCode.InternalError, message: `the sidecar refused: ${String(e)}` },
+        });
+      }
+    });
   upstream.onmessage = (m) => void downstream.send(m);
   upstream.onerror = (e) => console.error(`agent-fabric mcp: ${e.message}`);
   const shutdown = async (): Promise<void> => {
