@@ -73,12 +73,16 @@ describe('HostGuard (DNS rebinding allow-lists)', () => {
     expect(allowed(open, 'anything.example', 'http://anything.example')).toBe(false);
   });
 
-  it('re-checks when the Host changes after an accepted one (the cache is one value)', () => {
+  it('re-checks when the Host or Origin changes after an accepted one (the cache is one value)', () => {
     const guard = new HostGuard({ bindHost: '127.0.0.1' });
     expect(allowed(guard, 'localhost')).toBe(true);
     expect(allowed(guard, 'evil.example')).toBe(false);
     expect(allowed(guard, 'localhost')).toBe(true);
     expect(guard.check(req({}))).toMatchObject({ code: 'FABRIC_ERR_HOST_NOT_ALLOWED' });
+    expect(allowed(guard, 'localhost', 'http://localhost:3000')).toBe(true);
+    expect(allowed(guard, 'localhost', 'http://evil.example')).toBe(false);
+    expect(allowed(guard, 'localhost', 'http://evil.example')).toBe(false);
+    expect(allowed(guard, 'localhost', 'http://localhost:3000')).toBe(true);
   });
 
   it('rejects bad allow-list entries and timeouts in the config, naming the key', () => {
