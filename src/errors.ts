@@ -308,6 +308,74 @@ export class PermissionDeniedError extends FabricError {
 }
 
 // ---------------------------------------------------------------------------------------------
+// HTTP ingress (see src/gateway/downstream-http.ts, src/server/http-server.ts)
+
+/**
+ * A request's `Host` or `Origin` header is not on the allow-list (`http.allowedHosts`,
+ * `http.allowedOrigins`): DNS rebinding protection. `details.header` names the header.
+ */
+export class HostNotAllowedError extends FabricError {
+  static readonly code = 'FABRIC_ERR_HOST_NOT_ALLOWED';
+  constructor(header: 'host' | 'origin', message: string, details: Record<string, unknown> = {}) {
+    super(HostNotAllowedError.code, 'permission_denied', message, { header, ...details });
+  }
+}
+
+/** An agent already holds `http.maxSessionsPerAgent` open MCP sessions. */
+export class SessionLimitError extends FabricError {
+  static readonly code = 'FABRIC_ERR_SESSION_LIMIT';
+  constructor(limit: number, agentId: string) {
+    super(
+      SessionLimitError.code,
+      'resource_exhausted',
+      `agent ${agentId} already has ${limit} open MCP sessions (http.maxSessionsPerAgent): ` +
+        'end one with DELETE, or wait until an idle one expires (http.sessionIdleSeconds)',
+      { limit, agentId },
+    );
+  }
+}
+
+/** An agent's requests in flight over HTTP would exceed `http.maxInflightPerAgent`. */
+export class InflightLimitError extends FabricError {
+  static readonly code = 'FABRIC_ERR_INFLIGHT_LIMIT';
+  constructor(limit: number, agentId: string, inflight: number) {
+    super(
+      InflightLimitError.code,
+      'resource_exhausted',
+      `agent ${agentId} has ${inflight} requests in flight; at most ${limit} are allowed ` +
+        '(http.maxInflightPerAgent): retry once some are answered',
+      { limit, agentId, inflight },
+    );
+  }
+}
+
+/** A request body is larger than the endpoint accepts (HTTP 413). */
+export class PayloadTooLargeError extends FabricError {
+  static readonly code = 'FABRIC_ERR_PAYLOAD_TOO_LARGE';
+  constructor(limit: number) {
+    super(
+      PayloadTooLargeError.code,
+      'resource_exhausted',
+      `the request body exceeds ${limit} bytes`,
+      { limit },
+    );
+  }
+}
+
+/** A request body did not arrive in full within the body timeout (HTTP 408). */
+export class BodyTimeoutError extends FabricError {
+  static readonly code = 'FABRIC_ERR_BODY_TIMEOUT';
+  constructor(timeoutMs: number) {
+    super(
+      BodyTimeoutError.code,
+      'deadline_exceeded',
+      `the request body did not arrive within ${timeoutMs} ms (http.bodyTimeoutSeconds)`,
+      { timeoutMs },
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Policy, approvals, budgets (see src/policy, src/budget)
 
 /** A policy (or one of its rules) is malformed; `details` name the policy, rule index and field. */

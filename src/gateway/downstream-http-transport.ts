@@ -8,6 +8,14 @@
  * client on the stream of the call that caused it. Messages unrelated to any request go to the
  * session's standalone GET stream. SSE streams get keep-alive comments.
  *
+ * Every POST is answered, whatever it holds: the SDK's `Protocol` never answers a message its
+ * schemas reject, nor a request the client cancelled, so the transport does. Messages come
+ * classified ({@link classifyMessage}); only valid ones reach `onmessage`, invalid ones get
+ * `-32600` in the POST's answer. A request whose id is already in flight in this session is
+ * refused the same way (its answer would otherwise be delivered to the other request's POST
+ * and leave this one open forever). A `notifications/cancelled` for a request in flight ends
+ * that request's part of its POST at once (the SDK sends no answer to a cancelled request).
+ *
  * @module
  */
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
@@ -15,15 +23,35 @@ import type {
   Transport,
   TransportSendOptions,
 } from '@modelcontextprotocol/sdk/shared/transport.js';
-import type {
-  JSONRPCMessage,
-  MessageExtraInfo,
-  RequestId,
+import {
+  ErrorCode,
+  type JSONRPCMessage,
+  type MessageExtraInfo,
+  type RequestId,
 } from '@modelcontextprotocol/sdk/types.js';
+import {
+  invalidMessageResponse,
+  isRequestId,
+  jsonRpcError,
+  type MessageKind,
+} from './jsonrpc-message.js';
 import { serializeMessage } from './serialize-message.js';
 
 /** Default keep-alive interval of SSE streams. */
 export const DEFAULT_SSE_KEEP_ALIVE_MS = 15_000;
+
+/** Options of an {@link HttpSessionTransport}. */
+export interface HttpSessionTransportOptions {
+  /** Keep-alive interval of SSE streams. @default 15000 */
+  keepAliveMs?: number;
+  /**
+   * Called with the number of requests that stopped being in flight (answered, cancelled by the
+   * client, refused as a duplicate, or dropped when the session closed). With the count of
+   * requests handed to {@link HttpSessionTransport.handlePost}, this is how an owner keeps an
+   * exact in-flight count.
+   */
+  onRequestsDone?: (count: number) => void;
+}
 
 interface Exchange {
   readonly res: ServerResponse;
@@ -35,7 +63,7 @@ interface Exchange {
   keepAlive: NodeJS.Timeout | undefined;
 }
 
-type Envelope = { id?: RequestId; method?: unknown; result?: unknown; error?: unknown };
+type Envelope = { id?: RequestId; method?: unknown; params?: unknown };
 
 const SSE_HEADERS = {
   'content-type': 'text/event-stream',
@@ -43,6 +71,8 @@ const SSE_HEADERS = {
   connection: 'keep-alive',
   'x-accel-buffering': 'no',
 };
+
+const DUPLICATE_ID = 'Invalid Request: id is already used by a request in flight in this session';
 
 /** One Streamable HTTP session's server transport. */
 export class HttpSessionTransport implements Transport {
@@ -52,13 +82,15 @@ export class HttpSessionTransport implements Transport {
   onmessage?: (message: JSONRPCMessage, extra?: MessageExtraInfo) => void;
 
   readonly #keepAliveMs: number;
+  readonly #onRequestsDone: (count: number) => void;
   readonly #exchanges = new Map<RequestId, Exchange>();
   #standalone: { res: ServerResponse; keepAlive: NodeJS.Timeout } | undefined;
   #closed = false;
 
-  constructor(sessionId: string, options: { keepAliveMs?: number } = {}) {
+  constructor(sessionId: string, options: HttpSessionTransportOptions = {}) {
     this.sessionId = sessionId;
     this.#keepAliveMs = options.keepAliveMs ?? DEFAULT_SSE_KEEP_ALIVE_MS;
+    this.#onRequestsDone = options.onRequestsDone ?? (() => undefined);
   }
 
   async start(): Promise<void> {}
@@ -75,33 +107,116 @@ export class HttpSessionTransport implements Transport {
     );
   }
 
-  /** Delivers a parsed POST body (one message or a batch) and answers on `res`. */
-  handlePost(res: ServerResponse, body: unknown, headers: IncomingHttpHeaders): void {
-    const messages = (Array.isArray(body) ? body : [body]) as JSONRPCMessage[];
-    const ids: RequestId[] = [];
-    for (const m of messages) {
-      const e = m as Envelope;
-      if (typeof e.method === 'string' && e.id !== undefined) ids.push(e.id);
+  /** Requests received and not answered yet (nor cancelled). */
+  get pendingRequests(): number {
+    return this.#exchanges.size;
+  }
+
+  /**
+   * Delivers the messages of one POST and answers on `res`: `202` when none is a request and all
+   * are valid, `400` with the errors when none is a request and some are invalid, else the
+   * responses (with the errors of the invalid ones) as JSON or SSE.
+   *
+   * @param kinds `classifyMessage` of each message; used as scratch (a duplicate id's entry
+   *   becomes `invalid`).
+   * @param batch The body was a JSON array: the answer is an array too.
+   */
+  handlePost(
+    res: ServerResponse,
+    messages: readonly unknown[],
+    kinds: MessageKind[],
+    batch: boolean,
+    headers: IncomingHttpHeaders,
+  ): void {
+    let pending: Set<RequestId> | undefined;
+    let errors: unknown[] | undefined;
+    let duplicates = 0;
+    for (let i = 0; i < messages.length; i++) {
+      const kind = kinds[i];
+      if (kind === 'request') {
+        const id = (messages[i] as Envelope).id!;
+        if (this.#exchanges.has(id) || pending?.has(id)) {
+          kinds[i] = 'invalid';
+          (errors ??= []).push(jsonRpcError(ErrorCode.InvalidRequest, DUPLICATE_ID, id));
+          duplicates++;
+        } else {
+          (pending ??= new Set()).add(id);
+        }
+      } else if (kind === 'invalid') {
+        (errors ??= []).push(invalidMessageResponse(messages[i]));
+      }
+    }
+    if (duplicates > 0) this.#onRequestsDone(duplicates);
+    if (pending === undefined) {
+      if (errors === undefined) res.writeHead(202, { 'mcp-session-id': this.sessionId }).end();
+      else this.#writeJson(res, 400, batch ? errors : errors[0]);
+    } else {
+      const ex: Exchange = {
+        res,
+        pending,
+        responses: errors === undefined ? [] : errors.map((r) => JSON.stringify(r)),
+        batch,
+        sse: false,
+        keepAlive: undefined,
+      };
+      for (const id of pending) this.#exchanges.set(id, ex);
+      res.once('close', () => {
+        if (ex.keepAlive) clearInterval(ex.keepAlive);
+      });
     }
     const extra: MessageExtraInfo = { requestInfo: { headers } };
-    if (ids.length === 0) {
-      res.writeHead(202, { 'mcp-session-id': this.sessionId }).end();
-      for (const m of messages) this.onmessage?.(m, extra);
-      return;
+    for (let i = 0; i < messages.length; i++) {
+      const kind = kinds[i];
+      if (kind === 'invalid') continue;
+      const m = messages[i] as JSONRPCMessage;
+      this.onmessage?.(m, extra);
+      if (kind === 'notification' && (m as Envelope).method === 'notifications/cancelled') {
+        this.#cancelled((m as Envelope).params);
+      }
     }
-    const ex: Exchange = {
-      res,
-      pending: new Set(ids),
-      responses: [],
-      batch: Array.isArray(body),
-      sse: false,
-      keepAlive: undefined,
-    };
-    for (const id of ids) this.#exchanges.set(id, ex);
-    res.once('close', () => {
-      if (ex.keepAlive) clearInterval(ex.keepAlive);
-    });
-    for (const m of messages) this.onmessage?.(m, extra);
+  }
+
+  /**
+   * A client cancelled a request: the SDK will not answer it, so its part of the POST ends here.
+   * Mirrors when `Protocol` (and the fast path) actually cancel: a truthy valid `requestId` and
+   * a string `reason` or none.
+   */
+  #cancelled(params: unknown): void {
+    const p = params as { requestId?: unknown; reason?: unknown } | undefined;
+    const id = p?.requestId;
+    if (!id || !isRequestId(id)) return;
+    if (p.reason !== undefined && typeof p.reason !== 'string') return;
+    const ex = this.#exchanges.get(id);
+    if (!ex) return;
+    this.#exchanges.delete(id);
+    ex.pending.delete(id);
+    this.#onRequestsDone(1);
+    if (ex.pending.size === 0) this.#finish(ex);
+  }
+
+  /** Ends an exchange with nothing pending: what it collected, or `202` when that is nothing. */
+  #finish(ex: Exchange): void {
+    if (ex.keepAlive) clearInterval(ex.keepAlive);
+    if (ex.res.writableEnded) return;
+    if (ex.sse) ex.res.end();
+    else if (ex.responses.length > 0) {
+      this.#writeText(ex.res, 200, ex.batch ? `[${ex.responses.join(',')}]` : ex.responses[0]!);
+    } else ex.res.writeHead(202, { 'mcp-session-id': this.sessionId }).end();
+  }
+
+  #writeJson(res: ServerResponse, status: number, body: unknown): void {
+    this.#writeText(res, status, JSON.stringify(body));
+  }
+
+  #writeText(res: ServerResponse, status: number, json: string): void {
+    if (res.writableEnded) return;
+    res
+      .writeHead(status, {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(json),
+        'mcp-session-id': this.sessionId,
+      })
+      .end(json);
   }
 
   /** Opens the standalone SSE stream for messages unrelated to a request. */
@@ -146,35 +261,24 @@ export class HttpSessionTransport implements Transport {
     if (isResponse) {
       const id = e.id as RequestId;
       const ex = this.#exchanges.get(id);
-      if (!ex) return; // the client went away or the request was answered already
+      if (!ex) return; // the request was cancelled, or the session closed
       // Serialized here, not in the timer below: it cannot throw for a response.
       const json = serializeMessage(message);
       this.#exchanges.delete(id);
       ex.pending.delete(id);
+      this.#onRequestsDone(1);
       if (ex.sse) {
         // The SDK client dispatches notifications on a microtask but responses synchronously,
         // so a response read in the same chunk as the last progress notification would
         // overtake it and the notification would be dropped. Write the response a turn later.
         setImmediate(() => {
           this.#writeEvent(ex.res, json);
-          if (ex.pending.size === 0) {
-            if (ex.keepAlive) clearInterval(ex.keepAlive);
-            ex.res.end();
-          }
+          if (ex.pending.size === 0) this.#finish(ex);
         });
         return;
       }
       ex.responses.push(json);
-      if (ex.pending.size === 0 && !ex.res.writableEnded) {
-        const body = ex.batch ? `[${ex.responses.join(',')}]` : ex.responses[0]!;
-        ex.res
-          .writeHead(200, {
-            'content-type': 'application/json',
-            'content-length': Buffer.byteLength(body),
-            'mcp-session-id': this.sessionId,
-          })
-          .end(body);
-      }
+      if (ex.pending.size === 0) this.#finish(ex);
       return;
     }
     // A request or notification that cannot be serialized rejects here, before any stream
@@ -199,14 +303,22 @@ export class HttpSessionTransport implements Transport {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    const dropped = this.#exchanges.size;
     for (const ex of new Set(this.#exchanges.values())) {
       if (ex.keepAlive) clearInterval(ex.keepAlive);
       if (!ex.res.headersSent) {
-        ex.res.writeHead(503, { 'content-type': 'application/json' });
-      }
-      ex.res.end();
+        this.#writeJson(
+          ex.res,
+          503,
+          jsonRpcError(
+            ErrorCode.ConnectionClosed,
+            'the session was closed before the request was answered',
+          ),
+        );
+      } else ex.res.end();
     }
     this.#exchanges.clear();
+    if (dropped > 0) this.#onRequestsDone(dropped);
     if (this.#standalone) {
       clearInterval(this.#standalone.keepAlive);
       this.#standalone.res.end();

@@ -1,24 +1,56 @@
 /**
  * The `/mcp` endpoint: Streamable HTTP sessions, one agent each, authenticated by bearer token.
  *
+ * What one agent can hold is bounded: open sessions (`maxSessionsPerAgent`), requests in
+ * flight across all its sessions (`maxInflightPerAgent`), messages in one batch
+ * (`maxBatchMessages`), body size and body read time. Past a bound the request is refused at
+ * once with a JSON-RPC error naming the limit (HTTP 429, 413, 408 or 400), never queued.
+ *
  * @module
  */
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import {
   ConfigError,
   FabricError,
+  InflightLimitError,
+  PayloadTooLargeError,
   PermissionDeniedError,
+  SessionLimitError,
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentIdentity, GatewayIdentity } from './backend.js';
 import { HttpSessionTransport } from './downstream-http-transport.js';
 import type { ToolGateway } from './gateway.js';
+import {
+  closesConnection,
+  DEFAULT_BODY_TIMEOUT_MS,
+  readBody,
+  sendJson,
+  sendJsonRpcRefusal,
+} from './http-body.js';
+import {
+  classifyMessage,
+  invalidMessageResponse,
+  jsonRpcError,
+  type MessageKind,
+} from './jsonrpc-message.js';
 import { httpErrorBody, httpStatusOf } from './map-error.js';
 import type { GatewaySession } from './session.js';
 
+export { readBody, sendJson } from './http-body.js';
+
 /** Default of {@link McpHttpEndpointOptions.maxBodyBytes}: 4 MiB. */
 export const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024;
+/** Default of {@link McpHttpEndpointOptions.maxSessionsPerAgent}. */
+export const DEFAULT_MAX_SESSIONS_PER_AGENT = 32;
+/** Default of {@link McpHttpEndpointOptions.maxInflightPerAgent}. */
+export const DEFAULT_MAX_INFLIGHT_PER_AGENT = 256;
+/** Default of {@link McpHttpEndpointOptions.maxBatchMessages}. */
+export const DEFAULT_MAX_BATCH_MESSAGES = 100;
+/** Default of {@link McpHttpEndpointOptions.idleTimeoutMs}: 30 minutes. */
+export const DEFAULT_SESSION_IDLE_TIMEOUT_MS = 30 * 60_000;
 
 /** Options of an {@link McpHttpEndpoint}. */
 export interface McpHttpEndpointOptions {
@@ -29,8 +61,10 @@ export interface McpHttpEndpointOptions {
   anonymous?: AgentIdentity | undefined;
   /** Keep-alive interval of SSE streams. @default 15000 */
   keepAliveMs?: number;
-  /** Largest accepted request body. @default 4194304 */
+  /** Largest accepted request body (413 beyond). @default 4194304 */
   maxBodyBytes?: number;
+  /** Time allowed to receive a request body (408 beyond); `0` for none. @default 30000 */
+  bodyTimeoutMs?: number;
   /**
    * A session with no request in flight, no open SSE stream and no request for this long is
    * closed (clients that vanish without `DELETE` would otherwise hold it forever); its id then
@@ -38,61 +72,34 @@ export interface McpHttpEndpointOptions {
    * @default 1800000 (30 minutes)
    */
   idleTimeoutMs?: number;
+  /**
+   * Open sessions one agent may hold; an `initialize` beyond gets 429 (`SessionLimitError`).
+   * `DELETE` or idle expiry frees a slot. @default 32
+   */
+  maxSessionsPerAgent?: number;
+  /**
+   * Requests one agent may have in flight across all its sessions (a batch counts each
+   * request); a POST that would go beyond gets 429 (`InflightLimitError`) and none of its
+   * messages is delivered. @default 256
+   */
+  maxInflightPerAgent?: number;
+  /** Messages in one JSON-RPC batch; a longer batch gets 400. @default 100 */
+  maxBatchMessages?: number;
 }
 
-/** Default of {@link McpHttpEndpointOptions.idleTimeoutMs}: 30 minutes. */
-export const DEFAULT_SESSION_IDLE_TIMEOUT_MS = 30 * 60_000;
+/** One agent's share of the endpoint. */
+interface AgentLoad {
+  sessions: number;
+  inflight: number;
+}
 
 interface HttpSession {
   readonly transport: HttpSessionTransport;
   readonly session: GatewaySession;
   readonly credential: string | undefined;
+  readonly load: AgentLoad;
   /** Date.now() of the last request. */
   lastSeen: number;
-}
-
-/** Reads a request body up to `limit` bytes. */
-export function readBody(req: IncomingMessage, limit: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        reject(new PayloadTooLargeError(limit));
-        req.destroy();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.once('end', () =>
-      resolve(
-        chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks).toString('utf8'),
-      ),
-    );
-    req.once('error', reject);
-  });
-}
-
-class PayloadTooLargeError extends Error {
-  constructor(limit: number) {
-    super(`request body exceeds ${limit} bytes`);
-  }
-}
-
-/** Writes a JSON response. */
-export function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const json = JSON.stringify(body);
-  res
-    .writeHead(status, {
-      'content-type': 'application/json',
-      'content-length': Buffer.byteLength(json),
-    })
-    .end(json);
-}
-
-function jsonRpcError(res: ServerResponse, status: number, code: number, message: string): void {
-  sendJson(res, status, { jsonrpc: '2.0', error: { code, message }, id: null });
 }
 
 /** The bearer token of a request, if any. */
@@ -110,11 +117,29 @@ function sameSecret(a: string | undefined, b: string | undefined): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
+function badRequest(res: ServerResponse, code: number, message: string): void {
+  sendJson(res, 400, jsonRpcError(code, message));
+}
+
+function limit(name: string, value: number | undefined, fallback: number, min: number): number {
+  const v = value ?? fallback;
+  if (!Number.isSafeInteger(v) || v < min) {
+    throw new ConfigError(name, `must be an integer ≥ ${min}`);
+  }
+  return v;
+}
+
 /** Serves MCP over Streamable HTTP; mount it on a path of a `node:http` server. */
 export class McpHttpEndpoint {
   readonly #options: McpHttpEndpointOptions;
   readonly #sessions = new Map<string, HttpSession>();
+  readonly #loads = new Map<string, AgentLoad>();
   readonly #idleMs: number;
+  readonly #maxBody: number;
+  readonly #bodyTimeoutMs: number;
+  readonly #maxSessions: number;
+  readonly #maxInflight: number;
+  readonly #maxBatch: number;
   #sweeper: NodeJS.Timeout | undefined;
   #closed = false;
 
@@ -124,6 +149,29 @@ export class McpHttpEndpoint {
     if (!Number.isFinite(this.#idleMs) || this.#idleMs < 0) {
       throw new ConfigError('idleTimeoutMs', 'must be a number ≥ 0 (0: never)');
     }
+    this.#bodyTimeoutMs = options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
+    if (!Number.isFinite(this.#bodyTimeoutMs) || this.#bodyTimeoutMs < 0) {
+      throw new ConfigError('bodyTimeoutMs', 'must be a number ≥ 0 (0: none)');
+    }
+    this.#maxBody = limit('maxBodyBytes', options.maxBodyBytes, DEFAULT_MAX_BODY_BYTES, 1);
+    this.#maxSessions = limit(
+      'maxSessionsPerAgent',
+      options.maxSessionsPerAgent,
+      DEFAULT_MAX_SESSIONS_PER_AGENT,
+      1,
+    );
+    this.#maxInflight = limit(
+      'maxInflightPerAgent',
+      options.maxInflightPerAgent,
+      DEFAULT_MAX_INFLIGHT_PER_AGENT,
+      1,
+    );
+    this.#maxBatch = limit(
+      'maxBatchMessages',
+      options.maxBatchMessages,
+      DEFAULT_MAX_BATCH_MESSAGES,
+      1,
+    );
   }
 
   /** Closes sessions idle for longer than the timeout (runs on a timer; callable directly). */
@@ -145,6 +193,13 @@ export class McpHttpEndpoint {
   /** Number of open sessions. */
   get sessionCount(): number {
     return this.#sessions.size;
+  }
+
+  /** Requests received over HTTP and not answered yet (nor cancelled), all agents together. */
+  get inflightRequests(): number {
+    let n = 0;
+    for (const load of this.#loads.values()) n += load.inflight;
+    return n;
   }
 
   async #identify(
@@ -176,19 +231,18 @@ export class McpHttpEndpoint {
         res.end();
         return;
       }
-      if (error instanceof PayloadTooLargeError) {
-        jsonRpcError(res, 413, -32600, error.message);
-        return;
-      }
       const status = error instanceof FabricError ? httpStatusOf(error) : 500;
-      if (status === 401) res.setHeader('www-authenticate', 'Bearer');
-      sendJson(res, status, httpErrorBody(error));
+      const headers: Record<string, string> = {};
+      if (status === 401) headers['www-authenticate'] = 'Bearer';
+      // An unread body is not worth reading for a refusal: close instead of draining it.
+      if (!req.complete) headers.connection = 'close';
+      sendJson(res, status, httpErrorBody(error), headers);
     }
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (this.#closed) {
-      jsonRpcError(res, 503, -32000, 'the gateway is shutting down');
+      sendJson(res, 503, jsonRpcError(-32000, 'the gateway is shutting down'));
       return;
     }
     const { identity, credential } = await this.#identify(req);
@@ -198,7 +252,7 @@ export class McpHttpEndpoint {
     if (sessionId !== undefined) {
       entry = this.#sessions.get(sessionId);
       if (!entry) {
-        jsonRpcError(res, 404, -32001, 'Session not found');
+        sendJson(res, 404, jsonRpcError(-32001, 'Session not found'));
         return;
       }
       if (
@@ -215,36 +269,19 @@ export class McpHttpEndpoint {
     touch();
     res.once('close', touch);
     switch (req.method) {
-      case 'POST': {
-        const text = await readBody(req, this.#options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES);
-        let body: unknown;
-        try {
-          body = JSON.parse(text);
-        } catch {
-          jsonRpcError(res, 400, -32700, 'Parse error: the body is not JSON');
-          return;
-        }
-        if (!entry) {
-          const first = (Array.isArray(body) ? body[0] : body) as { method?: unknown } | undefined;
-          if (first?.method !== 'initialize') {
-            jsonRpcError(res, 400, -32000, 'Bad Request: no mcp-session-id; send initialize first');
-            return;
-          }
-          entry = await this.#open(identity, credential);
-        }
-        entry.transport.handlePost(res, body, req.headers);
+      case 'POST':
+        await this.#post(req, res, identity, credential, entry);
         return;
-      }
       case 'GET':
         if (!entry) {
-          jsonRpcError(res, 400, -32000, 'Bad Request: mcp-session-id header is required');
+          badRequest(res, -32000, 'Bad Request: mcp-session-id header is required');
           return;
         }
         entry.transport.handleGet(res);
         return;
       case 'DELETE':
         if (!entry) {
-          jsonRpcError(res, 400, -32000, 'Bad Request: mcp-session-id header is required');
+          badRequest(res, -32000, 'Bad Request: mcp-session-id header is required');
           return;
         }
         await entry.session.close();
@@ -255,20 +292,139 @@ export class McpHttpEndpoint {
     }
   }
 
-  async #open(identity: AgentIdentity, credential: string | undefined): Promise<HttpSession> {
+  async #post(
+    req: IncomingMessage,
+    res: ServerResponse,
+    identity: AgentIdentity,
+    credential: string | undefined,
+    entry: HttpSession | undefined,
+  ): Promise<void> {
+    let text: string;
+    try {
+      text = await readBody(req, { limit: this.#maxBody, timeoutMs: this.#bodyTimeoutMs });
+    } catch (error) {
+      if (!closesConnection(error)) throw error;
+      const tooLarge = error instanceof PayloadTooLargeError;
+      sendJsonRpcRefusal(req, res, error as FabricError, tooLarge ? -32600 : -32000);
+      return;
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      badRequest(res, ErrorCode.ParseError, 'Parse error: the body is not JSON');
+      return;
+    }
+    const batch = Array.isArray(body);
+    const messages = batch ? (body as unknown[]) : [body];
+    if (messages.length === 0) {
+      badRequest(res, ErrorCode.InvalidRequest, 'Invalid Request: the batch is empty');
+      return;
+    }
+    if (messages.length > this.#maxBatch) {
+      badRequest(
+        res,
+        ErrorCode.InvalidRequest,
+        `Invalid Request: a batch may hold at most ${this.#maxBatch} messages (http.maxBatchMessages)`,
+      );
+      return;
+    }
+    const kinds: MessageKind[] = new Array<MessageKind>(messages.length);
+    let requests = 0;
+    for (let i = 0; i < messages.length; i++) {
+      const kind = classifyMessage(messages[i]);
+      kinds[i] = kind;
+      if (kind === 'request') requests++;
+    }
+    if (!entry) {
+      const first = messages[0] as { method?: unknown };
+      if (kinds[0] === 'invalid') {
+        sendJson(res, 400, invalidMessageResponse(first));
+        return;
+      }
+      if (kinds[0] !== 'request' || first.method !== 'initialize') {
+        badRequest(res, -32000, 'Bad Request: no mcp-session-id; send initialize first');
+        return;
+      }
+    }
+    const agentId = identity.agentId;
+    const load = entry?.load ?? this.#loadOf(agentId);
+    if (load.inflight + requests > this.#maxInflight) {
+      // Checked before a session is opened: an initialize over the limit leaves nothing behind.
+      this.#forgetIfIdle(agentId, load);
+      const error = new InflightLimitError(this.#maxInflight, agentId, load.inflight);
+      sendJsonRpcRefusal(req, res, error, -32000, { 'retry-after': '1' });
+      return;
+    }
+    // Counted before any await, so parallel POSTs cannot all pass the check.
+    load.inflight += requests;
+    if (!entry) {
+      try {
+        entry = await this.#open(identity, credential, load);
+      } catch (error) {
+        load.inflight -= requests;
+        this.#forgetIfIdle(agentId, load);
+        if (!(error instanceof SessionLimitError)) throw error;
+        sendJsonRpcRefusal(req, res, error, -32000);
+        return;
+      }
+    }
+    entry.transport.handlePost(res, messages, kinds, batch, req.headers);
+  }
+
+  /** The load record of an agent (created empty; dropped again by {@link #forgetIfIdle}). */
+  #loadOf(agentId: string): AgentLoad {
+    let load = this.#loads.get(agentId);
+    if (load === undefined) {
+      load = { sessions: 0, inflight: 0 };
+      this.#loads.set(agentId, load);
+    }
+    return load;
+  }
+
+  #forgetIfIdle(agentId: string, load: AgentLoad): void {
+    if (load.sessions === 0 && load.inflight === 0) this.#loads.delete(agentId);
+  }
+
+  async #open(
+    identity: AgentIdentity,
+    credential: string | undefined,
+    load: AgentLoad,
+  ): Promise<HttpSession> {
+    const agentId = identity.agentId;
+    if (load.sessions >= this.#maxSessions) throw new SessionLimitError(this.#maxSessions, agentId);
+    // Counted before the first await: parallel initializes cannot all pass the check.
+    load.sessions++;
+    const agentLoad = load;
     const transport = new HttpSessionTransport(randomUUID(), {
       ...(this.#options.keepAliveMs === undefined
         ? {}
         : { keepAliveMs: this.#options.keepAliveMs }),
+      onRequestsDone: (n) => {
+        agentLoad.inflight -= n;
+      },
     });
     const session = this.#options.gateway.createSession(identity);
-    const entry: HttpSession = { transport, session, credential, lastSeen: Date.now() };
+    const entry: HttpSession = { transport, session, credential, load, lastSeen: Date.now() };
     this.#sessions.set(transport.sessionId, entry);
     this.#startSweeper();
-    await session.connect(transport);
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      this.#sessions.delete(transport.sessionId);
+      agentLoad.sessions--;
+      this.#forgetIfIdle(agentId, agentLoad);
+    };
+    try {
+      await session.connect(transport);
+    } catch (error) {
+      release();
+      throw error;
+    }
     const previous = transport.onclose;
     transport.onclose = () => {
-      this.#sessions.delete(transport.sessionId);
+      release();
       previous?.();
     };
     return entry;

@@ -4,16 +4,26 @@
  * A drop-in for the SDK's `StdioServerTransport` that splits lines with a {@link LineReader} and
  * checks each message's JSON-RPC envelope cheaply instead of parsing it against the full zod
  * message union (the session's Protocol still validates what it handles; messages the cheap
- * check does not vouch for get the SDK's schema parse, so malformed ones are reported through
- * `onerror` and skipped exactly as before). Output goes through a {@link LineWriter}.
+ * check does not vouch for get the SDK's schema parse). A message the SDK rejects is reported
+ * through `onerror` and, when it carries an id the client may be waiting on, answered with
+ * `-32600 Invalid Request` (the SDK alone would leave that client waiting forever); lines that
+ * are not JSON have no id to answer and are only reported. Output goes through a
+ * {@link LineWriter}.
  *
  * @module
  */
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
-import { JSONRPCMessageSchema, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import {
+  ErrorCode,
+  JSONRPCMessageSchema,
+  type JSONRPCMessage,
+} from '@modelcontextprotocol/sdk/types.js';
 import { StringDecoder } from 'node:string_decoder';
+import { answerIdOf, invalidMessageResponse, jsonRpcError } from './jsonrpc-message.js';
 import { LineReader } from './line-reader.js';
 import { LineWriter, type LineSink } from './line-writer.js';
+
+const NO_BATCH = 'Invalid Request: batches are not supported over stdio; send one message a line';
 
 /** Largest line accepted (as the SDK's read buffer). */
 export const STDIO_MAX_LINE_BYTES = 10 * 1024 * 1024;
@@ -76,11 +86,30 @@ export class StdioSessionTransport implements Transport {
       const parsed = JSONRPCMessageSchema.safeParse(message);
       if (!parsed.success) {
         this.onerror?.(parsed.error);
+        this.#refuse(message);
         return;
       }
       message = parsed.data;
     }
     this.onmessage?.(message as JSONRPCMessage);
+  }
+
+  /**
+   * Answers a message the SDK rejects when it carries an id a client may be waiting on (the
+   * SDK itself would only report it through `onerror`, and the client would wait forever);
+   * without one it is only reported.
+   */
+  #refuse(message: unknown): void {
+    if (Array.isArray(message)) {
+      for (const m of message) {
+        const id = answerIdOf(m);
+        if (id !== null)
+          void this.sendLine(JSON.stringify(jsonRpcError(ErrorCode.InvalidRequest, NO_BATCH, id)));
+      }
+      return;
+    }
+    if (answerIdOf(message) !== null)
+      void this.sendLine(JSON.stringify(invalidMessageResponse(message)));
   }
 
   async start(): Promise<void> {

@@ -400,7 +400,11 @@ export class FastToolCalls {
       const m = message as Envelope;
       if (m.method === 'tools/call') {
         if (this.#take(m)) return;
-      } else if (m.method === 'notifications/cancelled' && this.#inflight.size > 0) {
+      } else if (
+        m.method === 'notifications/cancelled' &&
+        m.id === undefined && // a request of that name is not a cancellation (Protocol agrees)
+        this.#inflight.size > 0
+      ) {
         this.#cancel(m);
       }
       sdkMessage?.call(transport, message, extra);

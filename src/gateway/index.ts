@@ -10,9 +10,19 @@ export {
   DEFAULT_AUDIT_MAX_FILES,
 } from './audit-log.js';
 export { buildCatalog, resourceOwner } from './catalog.js';
-export { McpHttpEndpoint, bearerToken, DEFAULT_MAX_BODY_BYTES } from './downstream-http.js';
+export {
+  McpHttpEndpoint,
+  bearerToken,
+  DEFAULT_MAX_BODY_BYTES,
+  DEFAULT_MAX_BATCH_MESSAGES,
+  DEFAULT_MAX_INFLIGHT_PER_AGENT,
+  DEFAULT_MAX_SESSIONS_PER_AGENT,
+  DEFAULT_SESSION_IDLE_TIMEOUT_MS,
+} from './downstream-http.js';
 export { HttpSessionTransport, DEFAULT_SSE_KEEP_ALIVE_MS } from './downstream-http-transport.js';
 export { StdioSessionTransport } from './downstream-stdio-transport.js';
+export { DEFAULT_BODY_TIMEOUT_MS } from './http-body.js';
+export { classifyMessage, isRequestId } from './jsonrpc-message.js';
 export { FABRIC_TOOLS, FABRIC_TOOL_PREFIX } from './fabric-tools.js';
 export {
   ToolGateway,
@@ -59,6 +69,8 @@ export type {
 } from './backend.js';
 export type { Catalog, Route } from './catalog.js';
 export type { McpHttpEndpointOptions } from './downstream-http.js';
+export type { HttpSessionTransportOptions } from './downstream-http-transport.js';
+export type { MessageKind } from './jsonrpc-message.js';
 export type { FabricTool } from './fabric-tools.js';
 export type { GatewayLogEntry, ToolGatewayOptions } from './gateway.js';
 export type { UpstreamHooks, UpstreamState, UpstreamCallOptions } from './upstream.js';

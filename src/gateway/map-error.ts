@@ -5,7 +5,7 @@
  * @module
  */
 import { ErrorCode, McpError, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { FabricError, type ErrorKind } from '../errors.js';
+import { BodyTimeoutError, FabricError, PayloadTooLargeError, type ErrorKind } from '../errors.js';
 import type { ToolCallRefused } from './backend.js';
 
 /** `_meta` key under which error facts travel in tool results. */
@@ -39,9 +39,16 @@ const JSONRPC_CODE_BY_KIND: Readonly<Record<ErrorKind, number>> = Object.freeze(
   internal: ErrorCode.InternalError,
 });
 
+/** Codes whose HTTP status is more precise than their kind's (HTTP has its own words). */
+const HTTP_STATUS_BY_CODE: Readonly<Record<string, number>> = Object.freeze({
+  [PayloadTooLargeError.code]: 413,
+  [BodyTimeoutError.code]: 408,
+});
+
 /** HTTP status for any thrown value (500 for non-catalog errors). */
 export function httpStatusOf(error: unknown): number {
-  return error instanceof FabricError ? HTTP_STATUS_BY_KIND[error.kind] : 500;
+  if (!(error instanceof FabricError)) return 500;
+  return HTTP_STATUS_BY_CODE[error.code] ?? HTTP_STATUS_BY_KIND[error.kind];
 }
 
 /** JSON body of an HTTP error response. Never includes stacks. */

@@ -12,13 +12,38 @@ import { isNode, LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { ConfigFileError } from '../errors.js';
 import { MAX_ARGUMENT_DEPTH_LIMIT } from '../gateway/input-bounds.js';
+import {
+  DEFAULT_MAX_BATCH_MESSAGES,
+  DEFAULT_MAX_INFLIGHT_PER_AGENT,
+  DEFAULT_MAX_SESSIONS_PER_AGENT,
+} from '../gateway/downstream-http.js';
+import { DEFAULT_BODY_TIMEOUT_MS } from '../gateway/http-body.js';
 import { upstreamSpecSchema } from '../gateway/upstream-config.js';
 import { DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT } from '../policy/approval-manager.js';
+import { HostGuard } from './host-guard.js';
 
 /** Default HTTP port of the sidecar. */
 export const DEFAULT_HTTP_PORT = 8765;
 /** Default HTTP host (loopback: a sidecar is not a public service by default). */
 export const DEFAULT_HTTP_HOST = '127.0.0.1';
+/** Default time a client has to send a request's headers: 10 s (Node's own is 60 s). */
+export const DEFAULT_HEADERS_TIMEOUT_MS = 10_000;
+/** Default time a client has to send a whole request: 60 s (Node's own is 300 s). */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+
+/** Checks `http.allowedHosts` / `http.allowedOrigins` entries the way the server parses them. */
+function allowList(which: 'hosts' | 'origins') {
+  return (list: string[], ctx: z.RefinementCtx): void => {
+    try {
+      new HostGuard({
+        bindHost: DEFAULT_HTTP_HOST,
+        ...(which === 'hosts' ? { allowedHosts: list } : { allowedOrigins: list }),
+      });
+    } catch (error) {
+      ctx.addIssue({ code: 'custom', message: (error as Error).message });
+    }
+  };
+}
 
 const budgetSchema = z
   .object({
@@ -52,15 +77,33 @@ export const sidecarConfigSchema = z
         keepAliveSeconds: z.number().positive().default(15),
         /** Sessions idle this long (no request, no open stream) are closed; 0 = never. */
         sessionIdleSeconds: z.number().min(0).default(1800),
+        /** Host names served besides loopback and the bind address (DNS rebinding check). */
+        allowedHosts: z.array(z.string().min(1)).default([]).superRefine(allowList('hosts')),
+        /** Exact origins allowed besides http(s) origins on allowed hosts. */
+        allowedOrigins: z.array(z.string().min(1)).default([]).superRefine(allowList('origins')),
+        maxSessionsPerAgent: z.number().int().positive().default(DEFAULT_MAX_SESSIONS_PER_AGENT),
+        maxInflightPerAgent: z.number().int().positive().default(DEFAULT_MAX_INFLIGHT_PER_AGENT),
+        maxBatchMessages: z.number().int().positive().default(DEFAULT_MAX_BATCH_MESSAGES),
+        headersTimeoutSeconds: z
+          .number()
+          .positive()
+          .default(DEFAULT_HEADERS_TIMEOUT_MS / 1000),
+        requestTimeoutSeconds: z
+          .number()
+          .positive()
+          .default(DEFAULT_REQUEST_TIMEOUT_MS / 1000),
+        bodyTimeoutSeconds: z
+          .number()
+          .positive()
+          .default(DEFAULT_BODY_TIMEOUT_MS / 1000),
       })
       .strict()
-      .default({
-        host: DEFAULT_HTTP_HOST,
-        port: DEFAULT_HTTP_PORT,
-        path: '/mcp',
-        keepAliveSeconds: 15,
-        sessionIdleSeconds: 1800,
-      }),
+      .refine((h) => h.headersTimeoutSeconds <= h.requestTimeoutSeconds, {
+        path: ['headersTimeoutSeconds'],
+        message: 'must be ≤ requestTimeoutSeconds',
+      })
+      // Every key's default applies when the section is left out.
+      .prefault({}),
     /** Admin bearer token (prefer FABRIC_ADMIN_TOKEN). A random one is made when unset. */
     adminToken: z.string().min(16).optional(),
     /** Let requests without a token act as a built-in dev agent. Never in production. */

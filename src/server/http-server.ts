@@ -7,21 +7,38 @@
  * - `POST /admin/approvals/:id/deny` `{ approver?, reason? }` — deny it
  * - `POST /admin/agents` `{ name, model?, poolId?, labels? }` — spawn an agent, returns its credential
  *
+ * Every route but `GET /healthz` (which tells nothing but "up") first passes the
+ * {@link HostGuard} (DNS rebinding protection: 403). The server's own timeouts bound how long a
+ * client may take to send its request: `headersTimeoutMs` for the headers, `requestTimeoutMs`
+ * for the whole request, and the body read timeout of the MCP endpoint and the admin routes.
+ * They end once the request has arrived: an SSE stream or a long-running call's answer is not
+ * cut by them.
+ *
  * @module
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
-import { InvalidArgumentError } from '../errors.js';
-import { agentSchema } from './config-file.js';
-import type { AdminBackend } from '../gateway/backend.js';
+import { ConfigError, InvalidArgumentError } from '../errors.js';
 import {
-  bearerToken,
+  agentSchema,
+  DEFAULT_HEADERS_TIMEOUT_MS,
+  DEFAULT_REQUEST_TIMEOUT_MS,
+} from './config-file.js';
+import type { AdminBackend } from '../gateway/backend.js';
+import { bearerToken, type McpHttpEndpoint } from '../gateway/downstream-http.js';
+import {
+  closesConnection,
+  DEFAULT_BODY_TIMEOUT_MS,
   readBody,
   sendJson,
-  type McpHttpEndpoint,
-} from '../gateway/downstream-http.js';
+  sendJsonRpcRefusal,
+} from '../gateway/http-body.js';
 import { httpErrorBody, httpStatusOf } from '../gateway/map-error.js';
+import { HostGuard } from './host-guard.js';
+
+/** Largest admin request body (1 MiB). */
+const ADMIN_MAX_BODY_BYTES = 1024 * 1024;
 
 /** What the admin routes need. */
 export interface AdminApi extends AdminBackend {
@@ -41,6 +58,19 @@ export interface HttpServerOptions {
   admin: AdminApi;
   /** Renders `GET /metrics` (Prometheus text; admin token required). */
   metrics?: () => string;
+  /**
+   * Host and Origin allow-lists. @default loopback names and `host` (see {@link HostGuard})
+   */
+  hostGuard?: HostGuard;
+  /** Time a client has to send the request headers (then 408 and close). @default 10000 */
+  headersTimeoutMs?: number;
+  /**
+   * Time a client has to send a whole request, headers and body (then 408 and close); the
+   * answer's time is not counted. Must be ≥ `headersTimeoutMs`. @default 60000
+   */
+  requestTimeoutMs?: number;
+  /** Time an admin route waits for its request body (then 408 and close). @default 30000 */
+  bodyTimeoutMs?: number;
 }
 
 const decisionBody = z
@@ -51,8 +81,9 @@ const spawnBody = agentSchema.omit({ budget: true });
 async function parseJson<T extends z.ZodType>(
   req: IncomingMessage,
   schema: T,
+  bodyTimeoutMs: number,
 ): Promise<z.output<T>> {
-  const text = await readBody(req, 1024 * 1024);
+  const text = await readBody(req, { limit: ADMIN_MAX_BODY_BYTES, timeoutMs: bodyTimeoutMs });
   let value: unknown = {};
   if (text.trim() !== '') {
     try {
@@ -77,6 +108,7 @@ async function admin(
   res: ServerResponse,
   url: URL,
   api: AdminApi,
+  bodyTimeoutMs: number,
 ): Promise<void> {
   const adminName = api.requireAdmin(bearerToken(req)) ?? 'admin';
   const parts = url.pathname.split('/').filter(Boolean); // ['admin', ...]
@@ -87,7 +119,7 @@ async function admin(
   }
   if (req.method === 'POST' && parts[1] === 'approvals' && parts.length === 4) {
     const id = decodeURIComponent(parts[2]!);
-    const body = await parseJson(req, decisionBody);
+    const body = await parseJson(req, decisionBody, bodyTimeoutMs);
     const opts = {
       approver: body.approver ?? adminName,
       ...(body.reason ? { reason: body.reason } : {}),
@@ -103,7 +135,7 @@ async function admin(
   }
   if (parts[1] === 'agents' && parts.length === 2) {
     if (req.method === 'POST') {
-      const body = await parseJson(req, spawnBody);
+      const body = await parseJson(req, spawnBody, bodyTimeoutMs);
       sendJson(res, 201, await api.spawn(body));
       return;
     }
@@ -147,43 +179,95 @@ export interface StartedHttpServer {
   close(): Promise<void>;
 }
 
-/** Starts the HTTP server; resolves once it listens. */
+/** Sends an error of a non-MCP route; the connection closes when the body was not read. */
+function sendError(req: IncomingMessage, res: ServerResponse, error: unknown): void {
+  const close = !req.complete || closesConnection(error);
+  sendJson(res, httpStatusOf(error), httpErrorBody(error), close ? { connection: 'close' } : {});
+}
+
+function timeout(name: string, value: number | undefined, fallback: number): number {
+  const v = value ?? fallback;
+  if (!Number.isFinite(v) || v <= 0) throw new ConfigError(name, 'must be a number > 0');
+  return Math.ceil(v);
+}
+
+/**
+ * Starts the HTTP server; resolves once it listens.
+ * @throws ConfigError on a bad timeout; the listen error when the port is taken.
+ */
 export async function startHttpServer(options: HttpServerOptions): Promise<StartedHttpServer> {
-  const server = createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://localhost');
-    if (url.pathname === options.mcpPath) {
-      void options.mcp.handle(req, res);
-      return;
-    }
-    if (url.pathname === '/healthz') {
-      sendJson(res, 200, { ok: true });
-      return;
-    }
-    if (url.pathname === '/metrics' && options.metrics && req.method === 'GET') {
+  const headersTimeout = timeout(
+    'headersTimeoutMs',
+    options.headersTimeoutMs,
+    DEFAULT_HEADERS_TIMEOUT_MS,
+  );
+  const requestTimeout = timeout(
+    'requestTimeoutMs',
+    options.requestTimeoutMs,
+    DEFAULT_REQUEST_TIMEOUT_MS,
+  );
+  if (headersTimeout > requestTimeout) {
+    throw new ConfigError('headersTimeoutMs', `must be ≤ requestTimeoutMs (${requestTimeout})`);
+  }
+  const bodyTimeoutMs = options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
+  const guard = options.hostGuard ?? new HostGuard({ bindHost: options.host });
+  const server = createServer(
+    {
+      headersTimeout,
+      requestTimeout,
+      // Node looks for expired requests on this interval (30 s by default, which would let a
+      // 10 s headers timeout run to 40 s).
+      connectionsCheckingInterval: Math.max(100, Math.min(headersTimeout / 4, 5_000)),
+    },
+    (req, res) => {
+      let url: URL;
       try {
-        options.admin.requireAdmin(bearerToken(req));
-        const body = options.metrics();
-        res.writeHead(200, {
-          'content-type': 'text/plain; version=0.0.4; charset=utf-8',
-          'content-length': Buffer.byteLength(body),
-        });
-        res.end(body);
-      } catch (error) {
-        sendJson(res, httpStatusOf(error), httpErrorBody(error));
+        url = new URL(req.url ?? '/', 'http://localhost');
+      } catch {
+        // `GET //[ HTTP/1.1` is a request line Node accepts; throwing here would end the process.
+        sendError(req, res, new InvalidArgumentError('the request target', 'is not a valid URL'));
+        return;
       }
-      return;
-    }
-    if (url.pathname.startsWith('/admin/')) {
-      admin(req, res, url, options.admin).catch((error: unknown) => {
-        if (res.headersSent) res.end();
-        else sendJson(res, httpStatusOf(error), httpErrorBody(error));
+      if (url.pathname === '/healthz') {
+        sendJson(res, 200, { ok: true });
+        return;
+      }
+      const refused = guard.check(req);
+      if (refused) {
+        if (url.pathname === options.mcpPath) sendJsonRpcRefusal(req, res, refused, -32000);
+        else sendError(req, res, refused);
+        return;
+      }
+      if (url.pathname === options.mcpPath) {
+        void options.mcp.handle(req, res);
+        return;
+      }
+      if (url.pathname === '/metrics' && options.metrics && req.method === 'GET') {
+        try {
+          options.admin.requireAdmin(bearerToken(req));
+          const body = options.metrics();
+          res.writeHead(200, {
+            'content-type': 'text/plain; version=0.0.4; charset=utf-8',
+            'content-length': Buffer.byteLength(body),
+          });
+          res.end(body);
+        } catch (error) {
+          sendError(req, res, error);
+        }
+        return;
+      }
+      if (url.pathname.startsWith('/admin/')) {
+        admin(req, res, url, options.admin, bodyTimeoutMs).catch((error: unknown) => {
+          if (res.headersSent) res.end();
+          else sendError(req, res, error);
+        });
+        return;
+      }
+      sendJson(res, 404, {
+        error: { code: 'FABRIC_ERR_NOT_FOUND', message: `no route ${url.pathname}` },
       });
-      return;
-    }
-    sendJson(res, 404, {
-      error: { code: 'FABRIC_ERR_NOT_FOUND', message: `no route ${url.pathname}` },
-    });
-  });
+    },
+  );
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -17,6 +17,7 @@ import type { SidecarConfig } from './config-file.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import { startAgentGrpcServer, type AgentGrpcServer } from '../rpc/agent-service.js';
 import { FabricBackend } from './fabric-backend.js';
+import { HostGuard } from './host-guard.js';
 import { startHttpServer, type AdminApi, type StartedHttpServer } from './http-server.js';
 
 /** A spawned agent whose credential is shown once at start. */
@@ -198,20 +199,39 @@ export class Sidecar {
       let http: StartedHttpServer | undefined;
       let mcp: McpHttpEndpoint | undefined;
       if (options.http !== false) {
+        const h = config.http;
         mcp = new McpHttpEndpoint({
           gateway,
           authenticate: (c) => backend.authenticate(c),
           anonymous,
-          keepAliveMs: config.http.keepAliveSeconds * 1000,
-          idleTimeoutMs: config.http.sessionIdleSeconds * 1000,
+          keepAliveMs: h.keepAliveSeconds * 1000,
+          idleTimeoutMs: h.sessionIdleSeconds * 1000,
+          bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
+          maxSessionsPerAgent: h.maxSessionsPerAgent,
+          maxInflightPerAgent: h.maxInflightPerAgent,
+          maxBatchMessages: h.maxBatchMessages,
         });
+        const hostGuard = new HostGuard({
+          bindHost: h.host,
+          allowedHosts: h.allowedHosts,
+          allowedOrigins: h.allowedOrigins,
+        });
+        log({
+          level: hostGuard.allowsAnyHost ? 'warn' : 'info',
+          msg: `http: serving requests for hosts ${hostGuard.describe()}`,
+        });
+        const endpoint = mcp;
         http = await startHttpServer({
-          host: config.http.host,
-          port: config.http.port,
-          mcpPath: config.http.path,
+          host: h.host,
+          port: h.port,
+          mcpPath: h.path,
           mcp,
           admin: backend,
-          metrics: () => renderMetrics(sidecarMetrics(gateway, fabric)),
+          metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint)),
+          hostGuard,
+          headersTimeoutMs: h.headersTimeoutSeconds * 1000,
+          requestTimeoutMs: h.requestTimeoutSeconds * 1000,
+          bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
         });
       }
       let grpc: AgentGrpcServer | undefined;
@@ -312,7 +332,11 @@ async function configureFabric(fabric: AgentFabric, config: SidecarConfig): Prom
 }
 
 /** What `GET /metrics` shows: the gateway's request counters, upstreams, sessions, agents. */
-function sidecarMetrics(gateway: ToolGateway, fabric: AgentFabric | undefined): MetricFamily[] {
+function sidecarMetrics(
+  gateway: ToolGateway,
+  fabric: AgentFabric | undefined,
+  mcp: McpHttpEndpoint,
+): MetricFamily[] {
   const upstreams = [...gateway.upstreams.values()];
   const families = [
     ...gateway.metrics.families(),
@@ -339,6 +363,12 @@ function sidecarMetrics(gateway: ToolGateway, fabric: AgentFabric | undefined): 
       help: 'Open agent MCP sessions (HTTP and stdio).',
       type: 'gauge' as const,
       samples: [{ value: gateway.sessions.size }],
+    },
+    {
+      name: 'agent_fabric_mcp_http_requests_in_flight',
+      help: 'MCP requests received over HTTP and not answered (nor cancelled) yet.',
+      type: 'gauge' as const,
+      samples: [{ value: mcp.inflightRequests }],
     },
   ];
   if (fabric !== undefined) {
