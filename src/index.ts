@@ -39,6 +39,7 @@ export { parseBudgetConfig } from './budget/budget-config.js';
 export { HookManager } from './hooks/hook-manager.js';
 export { HookStatus } from './hooks/hook-status.js';
 export { ToolGateway } from './gateway/gateway.js';
+export { PathResolver } from './gateway/path-resolver.js';
 export { Sidecar, startSidecar } from './server/sidecar.js';
 export { loadSidecarConfig, parseSidecarConfig } from './server/config-file.js';
 export { FabricBackend } from './server/fabric-backend.js';
