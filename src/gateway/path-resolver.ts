@@ -49,6 +49,13 @@ export const MAX_PATH_WALK_NODES = 10_000;
 export const MAX_PATHS_PER_CALL = 256;
 /** Most symlinks (and Unicode-equivalent renames) followed for one value (Linux `SYMLOOP_MAX`). */
 export const MAX_SYMLINK_HOPS = 40;
+/**
+ * Most filesystem lookups (`realpath`, `lstat`, `readlink`, `readdir`) spent on one call's paths;
+ * values still unresolved then are markers. A path usually costs 1–4.
+ */
+export const MAX_DISK_LOOKUPS_PER_CALL = 1024;
+/** Paths of one call looked up on disk at the same time. */
+const DISK_CONCURRENCY = 8;
 /** Default of {@link PathResolutionOptions.realpath} for stdio upstreams (they share our disk). */
 export const DEFAULT_STDIO_REALPATH = true;
 /** Default of {@link PathResolutionOptions.realpath} for remote upstreams. */
@@ -168,22 +175,41 @@ export class PathResolver {
     if (!mayHoldPaths(params)) return params;
     const slots = walk(params);
     if (slots.length === 0) return params;
-    const pending: Promise<void>[] = [];
     const resolved = new Map<string, Resolved>();
-    const waiting = new Set<string>();
+    const disk: (readonly [value: string, abs: string])[] = [];
     for (const slot of slots) {
       const value = slot.value;
-      if (typeof value !== 'string' || resolved.has(value) || waiting.has(value)) continue;
-      const r = this.resolve(value);
-      if (r instanceof Promise) {
-        waiting.add(value);
-        pending.push(r.then((v) => void resolved.set(value, v)));
+      if (typeof value !== 'string' || resolved.has(value)) continue;
+      const abs = this.#lexical(value);
+      if (typeof abs === 'string' && this.options.realpath) {
+        resolved.set(value, abs); // replaced by the real path below
+        disk.push([value, abs]);
       } else {
-        resolved.set(value, r);
+        resolved.set(value, typeof abs === 'string' ? abs.normalize('NFC') : abs);
       }
     }
-    if (pending.length === 0) return buildView(params, slots, resolved);
-    return Promise.all(pending).then(() => buildView(params, slots, resolved));
+    if (disk.length === 0) return buildView(params, slots, resolved);
+    return this.#realAll(disk, resolved).then(() => buildView(params, slots, resolved));
+  }
+
+  /**
+   * Looks `disk` up, {@link DISK_CONCURRENCY} at a time in walk order (top-level parameters
+   * first), under one {@link MAX_DISK_LOOKUPS_PER_CALL} budget: the parameters a rule most
+   * likely reads get the budget first, and one call cannot flood libuv's thread pool.
+   */
+  async #realAll(
+    disk: readonly (readonly [value: string, abs: string])[],
+    resolved: Map<string, Resolved>,
+  ): Promise<void> {
+    const budget: DiskBudget = { left: MAX_DISK_LOOKUPS_PER_CALL };
+    for (let i = 0; i < disk.length; i += DISK_CONCURRENCY) {
+      await Promise.all(
+        disk.slice(i, i + DISK_CONCURRENCY).map(async ([value, abs]) => {
+          const r = await this.#real(value, abs, budget);
+          resolved.set(value, typeof r === 'string' ? r.normalize('NFC') : r);
+        }),
+      );
+    }
   }
 
   /**
@@ -194,7 +220,9 @@ export class PathResolver {
     const abs = this.#lexical(value);
     if (typeof abs !== 'string') return abs;
     if (!this.options.realpath) return abs.normalize('NFC');
-    return this.#real(value, abs).then((r) => (typeof r === 'string' ? r.normalize('NFC') : r));
+    return this.#real(value, abs, { left: MAX_DISK_LOOKUPS_PER_CALL }).then((r) =>
+      typeof r === 'string' ? r.normalize('NFC') : r,
+    );
   }
 
   /** Steps 1–4: an absolute normalized path, or a marker. */
@@ -231,9 +259,18 @@ export class PathResolver {
   }
 
   /** Step 5: the path on disk, following symlinks as the OS would. */
-  async #real(value: string, abs: string): Promise<Resolved> {
+  async #real(value: string, abs: string, budget: DiskBudget): Promise<Resolved> {
+    const spent = (): UnresolvedPath | undefined =>
+      budget.left-- > 0
+        ? undefined
+        : unresolved(
+            value,
+            `needs more than ${MAX_DISK_LOOKUPS_PER_CALL} disk lookups in one call`,
+          );
     let path = abs;
     for (let hops = 0; hops <= MAX_SYMLINK_HOPS; hops++) {
+      let over = spent();
+      if (over) return over;
       try {
         return await realpath(path);
       } catch (error) {
@@ -243,8 +280,9 @@ export class PathResolver {
       // The deepest existing prefix: usually the parent, else found by bisection (existence
       // is monotonic along a path), so a deep missing path costs O(log n) lookups.
       let lo = 0;
-      let real = '/';
+      let real = '/'; // the root's real path is itself
       let hi = parts.length;
+      if ((over = spent())) return over;
       const parent = await realOrMissing(prefix(parts, hi - 1));
       if (parent instanceof Error) return unreadable(value, parent);
       if (parent !== undefined) {
@@ -254,6 +292,7 @@ export class PathResolver {
         hi -= 1;
         while (hi - lo > 1) {
           const mid = (lo + hi) >>> 1;
+          if ((over = spent())) return over;
           const r = await realOrMissing(prefix(parts, mid));
           if (r instanceof Error) return unreadable(value, r);
           if (r === undefined) hi = mid;
@@ -262,15 +301,16 @@ export class PathResolver {
             real = r;
           }
         }
-        if (lo === 0) real = await realpath('/');
       }
       // parts[lo] does not resolve: a dangling symlink, another spelling of an entry, or new.
       const name = parts[lo]!;
       const rest = parts.slice(lo + 1);
       let entry = name;
+      if ((over = spent())) return over;
       let stat = await lstatOrMissing(posix.join(real, name));
       if (stat instanceof Error) return unreadable(value, stat);
       if (stat === undefined) {
+        if (!hasNoOtherSpelling(name) && (over = spent())) return over;
         const match = await equivalentEntry(real, name);
         if (match instanceof Error) return unreadable(value, match);
         if (match === null) {
@@ -278,6 +318,7 @@ export class PathResolver {
         }
         if (match === undefined) return posix.join(real, name, ...rest);
         entry = match;
+        if ((over = spent())) return over;
         stat = await lstatOrMissing(posix.join(real, entry));
         if (stat instanceof Error) return unreadable(value, stat);
         if (stat === undefined) return posix.join(real, name, ...rest); // removed meanwhile
@@ -285,6 +326,7 @@ export class PathResolver {
       if (stat.isSymbolicLink()) {
         // Dangling: what an open(O_CREAT) would create is the link's target.
         let target: string;
+        if ((over = spent())) return over;
         try {
           target = await readlink(posix.join(real, entry));
         } catch (error) {
@@ -297,6 +339,11 @@ export class PathResolver {
     }
     return unresolved(value, `follows more than ${MAX_SYMLINK_HOPS} symlinks`);
   }
+}
+
+/** What is left of one call's {@link MAX_DISK_LOOKUPS_PER_CALL}. */
+interface DiskBudget {
+  left: number;
 }
 
 function unreadable(value: string, error: unknown): UnresolvedPath {

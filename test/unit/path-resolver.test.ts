@@ -2,6 +2,7 @@ import { mkdirSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
+  MAX_DISK_LOOKUPS_PER_CALL,
   MAX_PATH_LENGTH,
   MAX_PATH_WALK_DEPTH,
   MAX_PATH_WALK_NODES,
@@ -123,6 +124,20 @@ describe('PathResolver: realpath on disk', () => {
     expect(reason(await r.resolve('loop1/x'))).toMatch(/ELOOP/);
     expect(reason(await r.resolve('file.txt/x'))).toMatch(/ENOTDIR/);
     expect(reason(await r.resolve(`${'n'.repeat(300)}/x`))).toMatch(/ENAMETOOLONG/);
+  });
+
+  it('spends at most MAX_DISK_LOOKUPS_PER_CALL lookups on one call; the rest are markers', async () => {
+    // Deep missing paths cost a bisection each (about a dozen lookups): 200 of them overspend.
+    const deep = (i: number): string => `${base}/missing-${i}/${'d/'.repeat(1000)}x`;
+    const view = (await r.view({ paths: Array.from({ length: 200 }, (_, i) => deep(i)) })) as {
+      paths: unknown[];
+    };
+    const markers = view.paths.filter(isUnresolvedPath);
+    expect(markers.length).toBeGreaterThan(0);
+    expect(reason(markers[0])).toMatch(new RegExp(`${MAX_DISK_LOOKUPS_PER_CALL} disk lookups`));
+    // Looked up in order: the first values got the budget, the last ones did not.
+    expect(typeof view.paths[0]).toBe('string');
+    expect(isUnresolvedPath(view.paths.at(-1))).toBe(true);
   });
 
   it('gives up after MAX_SYMLINK_HOPS links', async () => {
