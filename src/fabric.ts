@@ -627,6 +627,7 @@ export class AgentFabric {
       agentId: ctx.agentId,
       tool: ctx.tool,
       params: ctx.params,
+      rawParams: ctx.rawParams,
       poolId: agent.poolId,
       labels: agent.labels,
       attributes: ctx.attributes,

@@ -122,7 +122,8 @@ const plugin = {
       name: 'secret-guard',
       priority: options.priority ?? 1000,
       decide(ctx) {
-        const hit = findSecret(ctx.params, patterns);
+        // What is forwarded, not the policy's resolved view of it (paths resolved for matching).
+        const hit = findSecret(ctx.rawParams ?? ctx.params, patterns);
         if (hit === undefined) return undefined;
         if (hit.unscannable) {
           // What was not scanned is not forwarded: refused whatever `action` says.

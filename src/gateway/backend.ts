@@ -31,7 +31,16 @@ export interface ToolCallContext {
   poolId?: string | undefined;
   /** The downstream (namespaced) tool name, e.g. `fs__write_file`. */
   tool: string;
-  params: Record<string, unknown>;
+  /**
+   * What the policy decides on: the call's parameters with path-like values resolved the way
+   * the upstream resolves them (a value that cannot be resolved is an `UnresolvedPath` marker).
+   */
+  params: Readonly<Record<string, unknown>>;
+  /**
+   * The parameters exactly as the agent sent them and the upstream receives them, when they
+   * differ from `params` (scan these for what is forwarded, e.g. secrets).
+   */
+  rawParams?: Readonly<Record<string, unknown>> | undefined;
   labels?: Readonly<Record<string, string>> | undefined;
   /** Aborts an approval wait (the agent cancelled the call or disconnected). */
   signal?: AbortSignal | undefined;

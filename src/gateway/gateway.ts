@@ -29,17 +29,20 @@ import {
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
 import { ClosedError, ConfigError, RoutingError, ToolNotFoundError } from '../errors.js';
+import { markHoldsUnresolved, UnresolvedPath } from '../policy/unresolved-path.js';
 import { AuditLog, type AuditLogOptions, type AuditOutcome } from './audit-log.js';
 import type {
   AgentIdentity,
   GatewayBackend,
   ToolCallAllowed,
   ToolCallAuthorization,
+  ToolCallRefused,
 } from './backend.js';
 import { buildCatalog, resourceOwner, type Catalog, type CatalogProblem } from './catalog.js';
 import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
 import { checkInputBounds, parseInputBounds, type InputBounds } from './input-bounds.js';
 import { GatewayMetrics } from './metrics.js';
+import { unresolvedPathsIn } from './path-resolver.js';
 import {
   messageOf,
   refusalError,
@@ -334,8 +337,14 @@ export class ToolGateway implements SessionHost {
       const cost = this.#costs.costOf(name);
       let auth: ToolCallAuthorization;
       let waited: boolean;
+      let view: Readonly<Record<string, unknown>> = args;
       try {
-        let a = this.#authorize(session, name, args, extra, {
+        // The policy sees paths as this upstream will resolve them; the upstream gets `args`.
+        if (route !== undefined) {
+          const v = route.upstream.paths.view(args);
+          view = v instanceof Promise ? await v : v; // only for paths looked up on disk
+        }
+        let a = this.#authorize(session, name, view, args, extra, {
           tokens: this.#lastTokens.get(name) ?? 0,
           cost,
         });
@@ -348,7 +357,7 @@ export class ToolGateway implements SessionHost {
       if (!auth.allowed) {
         const d = describeDecision(auth.decision);
         audit({ decision: d.action ?? 'deny', rule: d.rule, outcome: 'denied', code: auth.code });
-        return refusalResult(auth);
+        return refusalResult(explainUnresolved(auth, view));
       }
       const d = describeDecision(auth.decision);
       const decision = waited ? 'approved' : (d.action ?? 'allow');
@@ -411,12 +420,15 @@ export class ToolGateway implements SessionHost {
 
   /**
    * Policy [→ approval wait, with progress notifications] → budget reservation for one request
-   * of `session`. Calls no human has to decide are authorized without a promise.
+   * of `session`. Calls no human has to decide are authorized without a promise. `params` is
+   * the policy's view (paths resolved), `raw` what the upstream receives (given to the backend
+   * as `rawParams` when they differ).
    */
   #authorize(
     session: GatewaySession,
     tool: string,
-    params: Record<string, unknown>,
+    params: Readonly<Record<string, unknown>>,
+    raw: Readonly<Record<string, unknown>>,
     extra: Pick<CallExtra, 'signal' | 'requestId' | '_meta'>,
     estimate: { tokens: number; cost: number },
   ):
@@ -426,7 +438,8 @@ export class ToolGateway implements SessionHost {
         waited: boolean;
       }> {
     const { agentId, poolId, labels } = session.identity;
-    const ctx = { agentId, poolId, tool, params, labels, estimate };
+    const rawParams = raw === params ? undefined : raw;
+    const ctx = { agentId, poolId, tool, params, rawParams, labels, estimate };
     const now = this.#backend.tryAuthorizeToolCall?.(ctx);
     if (now !== undefined) return { auth: now, waited: false };
     const progressToken = extra._meta?.progressToken;
@@ -535,20 +548,26 @@ export class ToolGateway implements SessionHost {
         const route = catalog.prompts.get(name);
         if (!route) throw toMcpError(new ToolNotFoundError(name, 'prompt'));
         const args = (params.arguments ?? {}) as Record<string, unknown>;
-        return this.#guarded(session, 'prompts/get', { name, arguments: args }, extra, () =>
-          this.#upstreamRequest(
-            session,
-            route.upstream,
-            { method: request.method, params: { ...params, name: route.upstreamName } },
-            extra,
-          ),
+        return this.#guarded(
+          session,
+          route.upstream,
+          'prompts/get',
+          { name, arguments: args },
+          extra,
+          () =>
+            this.#upstreamRequest(
+              session,
+              route.upstream,
+              { method: request.method, params: { ...params, name: route.upstreamName } },
+              extra,
+            ),
         );
       }
       case 'resources/read': {
         const uri = String(params.uri);
         const owner = resourceOwner(catalog, uri);
         if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
-        return this.#guarded(session, 'resources/read', resourceParams(uri), extra, () =>
+        return this.#guarded(session, owner, 'resources/read', resourceParams(uri), extra, () =>
           this.#upstreamRequest(session, owner, request, extra),
         );
       }
@@ -560,16 +579,22 @@ export class ToolGateway implements SessionHost {
           const name = String(ref.name);
           const route = catalog.prompts.get(name);
           if (!route) throw toMcpError(new ToolNotFoundError(name, 'prompt'));
-          return this.#guarded(session, 'completion/complete', { name, argument }, extra, () =>
-            this.#upstreamRequest(
-              session,
-              route.upstream,
-              {
-                method: request.method,
-                params: { ...params, ref: { ...ref, name: route.upstreamName } },
-              },
-              extra,
-            ),
+          return this.#guarded(
+            session,
+            route.upstream,
+            'completion/complete',
+            { name, argument },
+            extra,
+            () =>
+              this.#upstreamRequest(
+                session,
+                route.upstream,
+                {
+                  method: request.method,
+                  params: { ...params, ref: { ...ref, name: route.upstreamName } },
+                },
+                extra,
+              ),
           );
         }
         const uri = String(ref.uri);
@@ -579,6 +604,7 @@ export class ToolGateway implements SessionHost {
         if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource template'));
         return this.#guarded(
           session,
+          owner,
           'completion/complete',
           { ...resourceParams(uri), argument },
           extra,
@@ -594,9 +620,10 @@ export class ToolGateway implements SessionHost {
    * A resource read, prompt get or completion carries data to the model as a tool call does,
    * and a resource subscription asks to watch a resource, so each passes the same policy (and
    * approval) check first — as the pseudo-tool `resources/read` / `resources/subscribe` with
-   * `{ uri }` (plus the decoded `path` of a `file:` URI), `prompts/get` with
+   * `{ uri }` (plus the `path` of a `file:` URI, see {@link resourceParams}), `prompts/get` with
    * `{ name, arguments }`, or `completion/complete` with the prompt's `name` or the template's
-   * `uri` (and `path`) plus `argument` — and gets an audit line. Its budget is checked as a
+   * `uri` (and `path`) plus `argument` — and gets an audit line. Path-like values are resolved
+   * by the owning `upstream`'s resolver for the policy, as a tool call's are. Its budget is checked as a
    * call's (an exhausted budget refuses it); the reservation estimates the tokens of the last
    * such request and is settled with the tokens of what came back (the same estimator as tool
    * results; none for a subscription) and the `toolCosts` entry matching the pseudo-tool's
@@ -604,6 +631,7 @@ export class ToolGateway implements SessionHost {
    */
   async #guarded(
     session: GatewaySession,
+    upstream: Upstream,
     tool: 'resources/read' | 'resources/subscribe' | 'prompts/get' | 'completion/complete',
     params: Record<string, unknown>,
     extra: DownstreamExtra,
@@ -613,9 +641,12 @@ export class ToolGateway implements SessionHost {
     const audit = this.#auditor(session.identity.agentId, tool, params, started);
     let auth: ToolCallAuthorization;
     let waited: boolean;
+    let view: Readonly<Record<string, unknown>> = params;
     const cost = this.#costs.costOf(tool);
     try {
-      let a = this.#authorize(session, tool, params, extra, {
+      const v = upstream.paths.view(params);
+      view = v instanceof Promise ? await v : v;
+      let a = this.#authorize(session, tool, view, params, extra, {
         tokens: this.#lastTokens.get(tool) ?? 0,
         cost,
       });
@@ -628,7 +659,7 @@ export class ToolGateway implements SessionHost {
     const d = describeDecision(auth.decision);
     if (!auth.allowed) {
       audit({ decision: d.action ?? 'deny', rule: d.rule, outcome: 'denied', code: auth.code });
-      throw refusalError(auth);
+      throw refusalError(explainUnresolved(auth, view));
     }
     const decision = waited ? 'approved' : (d.action ?? 'allow');
     let result: Result;
@@ -759,10 +790,17 @@ export class ToolGateway implements SessionHost {
   async subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void> {
     const owner = resourceOwner(this.#catalog, uri);
     if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
-    await this.#guarded(session, 'resources/subscribe', resourceParams(uri), extra, async () => {
-      await this.#subscribe(session, owner, uri, extra);
-      return {};
-    });
+    await this.#guarded(
+      session,
+      owner,
+      'resources/subscribe',
+      resourceParams(uri),
+      extra,
+      async () => {
+        await this.#subscribe(session, owner, uri, extra);
+        return {};
+      },
+    );
   }
 
   async #subscribe(
@@ -1042,14 +1080,48 @@ function describeApproval(approval: unknown): string | undefined {
 }
 
 /**
- * Policy parameters of a resource read: the URI, and for a `file:` URI its decoded path too, so
- * path rules (normalized like tool paths) cover `file:///etc/%2e%2e/etc/passwd` as well.
+ * Policy parameters of a resource read, subscription or template completion: the URI, and the
+ * path it names. The URI is parsed as the WHATWG URL parser (and so an upstream using
+ * `new URL`) reads it: leading and trailing C0 controls and spaces are dropped, tabs and
+ * newlines anywhere are removed, the scheme is case-insensitive (`FILE:`, ` file:`). A `file:`
+ * URL gets its decoded path (`file:///etc/%2e%2e/etc/passwd` → `/etc/passwd`), which the
+ * gateway then resolves like a tool's path parameter. A URI that is not a URL, and a `file:` URL
+ * that cannot be decoded (`%2F` in a segment, a remote host, invalid UTF-8), gets an
+ * {@link UnresolvedPath} marker as `path`: deny rules on `path` match it, allow rules do not.
+ * Other schemes get no `path`.
  */
 export function resourceParams(uri: string): Record<string, unknown> {
-  if (!uri.startsWith('file:')) return { uri };
+  let url: URL;
   try {
-    return { uri, path: fileURLToPath(uri) };
+    url = new URL(uri);
   } catch {
-    return { uri };
+    return withMarker(uri, 'is not a URL');
   }
+  if (url.protocol !== 'file:') return { uri };
+  try {
+    return { uri, path: fileURLToPath(url) };
+  } catch (error) {
+    return withMarker(uri, `is a file: URL that cannot be decoded (${messageOf(error)})`);
+  }
+}
+
+function withMarker(uri: string, reason: string): Record<string, unknown> {
+  const params = { uri, path: new UnresolvedPath(uri, reason) };
+  markHoldsUnresolved(params);
+  return params;
+}
+
+/** A refusal's reason, plus which paths could not be resolved when the view had any. */
+function explainUnresolved(
+  auth: ToolCallRefused,
+  view: Readonly<Record<string, unknown>>,
+): ToolCallRefused {
+  const markers = unresolvedPathsIn(view);
+  if (markers.length === 0) return auth;
+  const listed = markers
+    .slice(0, 3)
+    .map((m) => `${JSON.stringify(m.value)} ${m.reason}`)
+    .join('; ');
+  const more = markers.length > 3 ? ` (and ${markers.length - 3} more)` : '';
+  return { ...auth, reason: `${auth.reason} [unresolved path: ${listed}${more}]` };
 }

@@ -40,6 +40,19 @@ export {
 } from './input-bounds.js';
 export { GatewayMetrics, renderMetrics, DURATION_BUCKETS } from './metrics.js';
 export { ERROR_META_KEY, HTTP_STATUS_BY_KIND, httpStatusOf, toMcpError } from './map-error.js';
+export {
+  DEFAULT_REMOTE_REALPATH,
+  DEFAULT_STDIO_REALPATH,
+  MAX_DISK_LOOKUPS_PER_CALL,
+  MAX_PATH_LENGTH,
+  MAX_PATH_WALK_DEPTH,
+  MAX_PATH_WALK_NODES,
+  MAX_PATHS_PER_CALL,
+  MAX_SYMLINK_HOPS,
+  PathResolver,
+  pathResolutionOf,
+  unresolvedPathsIn,
+} from './path-resolver.js';
 export { ProcessStdioTransport } from './process-stdio-transport.js';
 export { GatewaySession } from './session.js';
 export { serializeMessage } from './serialize-message.js';
@@ -55,6 +68,7 @@ export {
 export type { AuditLogOptions, AuditOutcome, AuditRecord } from './audit-log.js';
 export type { ExceededBound, InputBounds } from './input-bounds.js';
 export type { MetricFamily } from './metrics.js';
+export type { PathResolutionOptions } from './path-resolver.js';
 export type {
   AdminBackend,
   AgentIdentity,

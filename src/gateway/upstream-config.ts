@@ -25,6 +25,25 @@ const restartSchema = z
   })
   .strict();
 
+const absolutePath = z
+  .string()
+  .refine((p) => p.startsWith('/'), { error: 'must be an absolute path' })
+  .refine((p) => !p.includes('\0'), { error: 'must not contain a NUL byte' });
+
+const pathsSchema = z
+  .object({
+    /**
+     * Directories relative paths are resolved against, in the upstream's own order
+     * (server-filesystem: its allowed directories). @default []
+     */
+    roots: z.array(absolutePath).default([]),
+    /** What `~` means to the upstream. @default the child's HOME (stdio); unknown (remote) */
+    home: absolutePath.optional(),
+    /** Resolve symlinks on our disk. @default true (stdio), false (remote) */
+    realpath: z.boolean().optional(),
+  })
+  .strict();
+
 const commonShape = {
   /**
    * How downstream names are formed: `prefix` (default `<upstream>__`, or `prefix` when given)
@@ -62,6 +81,12 @@ const commonShape = {
   exclusive: z.boolean().default(false),
   /** Start-up is refused when an `required` upstream fails to connect. @default true */
   required: z.boolean().default(true),
+  /**
+   * How this upstream resolves path parameters, so policy matches what it will touch (see
+   * `path-resolver.ts` and the README's "Path resolution"). Defaults: no roots; `home` the
+   * child's HOME for stdio, unknown for remote; `realpath` true for stdio, false for remote.
+   */
+  paths: pathsSchema.optional(),
 };
 
 /** An upstream reached by spawning a command and speaking MCP over its stdin/stdout. */

@@ -25,6 +25,7 @@ import { setMaxListeners } from 'node:events';
 import { z } from 'zod';
 import { UpstreamTimeoutError, UpstreamUnavailableError } from '../errors.js';
 import { FastUpstreamCalls, type CancelHook } from './fast-path.js';
+import { PathResolver, pathResolutionOf } from './path-resolver.js';
 import { ProcessStdioTransport } from './process-stdio-transport.js';
 import type { UpstreamSpec } from './upstream-config.js';
 
@@ -69,6 +70,8 @@ const CLIENT_INFO = { name: 'agent-fabric-gateway', version: '0.1.0' };
 export class Upstream {
   readonly name: string;
   readonly spec: UpstreamSpec;
+  /** Resolves this upstream's path parameters for the policy (from `spec.paths`). */
+  readonly paths: PathResolver;
 
   #hooks: UpstreamHooks;
   #client: Client | undefined;
@@ -92,6 +95,7 @@ export class Upstream {
   constructor(name: string, spec: UpstreamSpec, hooks: UpstreamHooks = {}) {
     this.name = name;
     this.spec = spec;
+    this.paths = new PathResolver(pathResolutionOf(spec));
     this.#hooks = hooks;
   }
 

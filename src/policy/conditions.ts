@@ -2,11 +2,17 @@
  * Shorthand rule conditions (`{ language: 'python' }`, `{ path: '/etc/*' }`), compiled into one
  * predicate over a tool call's parameters; and the path normalization they rely on.
  *
+ * Normalization here is lexical. The gateway gives the engine a *resolved* view of a call's
+ * parameters instead (relative paths, `~`, symlinks resolved the way the upstream resolves them,
+ * see `gateway/path-resolver.ts`), where a value it cannot resolve is an {@link UnresolvedPath}
+ * marker: a restrictive rule's condition on a marker matches, an allow rule's does not.
+ *
  * @module
  */
 import { posix } from 'node:path';
 import { compileGlob, hasGlobSyntax } from './glob.js';
 import type { ConditionScalar, PolicyConditions } from './policy.js';
+import { UnresolvedPath } from './unresolved-path.js';
 
 /** A compiled condition set: true when every condition matches `params`. */
 export type ParamsPredicate = (params: Readonly<Record<string, unknown>>) => boolean;
@@ -34,13 +40,14 @@ export function looksLikePath(value: string): boolean {
  * Normalizes a path for matching with `path.posix.normalize` semantics: `.` segments and
  * repeated slashes are removed and `..` is resolved lexically (`/tmp/../etc/passwd` →
  * `/etc/passwd`; `..` above the root stays at the root), then a trailing slash is dropped
- * (`/etc/` → `/etc`). Nothing is read from disk (symlinks are not resolved) and nothing is
- * percent-decoded. A relative path stays relative (`../etc/passwd` does not match `/etc/*`).
+ * (`/etc/` → `/etc`), then the result is Unicode-NFC-normalized (rule values are too, so an NFD
+ * spelling of a name matches). Nothing is read from disk (symlinks are not resolved) and nothing
+ * is percent-decoded. A relative path stays relative (`../etc/passwd` does not match `/etc/*`).
  */
 export function normalizePath(value: string): string {
   if (value === '') return value;
   const n = posix.normalize(value);
-  return n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n;
+  return (n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n).normalize('NFC');
 }
 
 type ValueTest = (value: string) => boolean;
@@ -49,7 +56,10 @@ type ValueTest = (value: string) => boolean;
  * Compiles `conditions`. `restrictive` is true for deny and require_approval rules: it decides
  * how an array-valued parameter matches — any element for restrictive rules, every element
  * (of a non-empty array) for allow rules — so an array can never be used to slip a forbidden
- * value past a deny or to borrow an allow for a value it does not cover.
+ * value past a deny or to borrow an allow for a value it does not cover. It also decides an
+ * {@link UnresolvedPath} marker (in the value, or on the way to it through dotted keys): a
+ * condition on one matches exactly when `restrictive` is true, so what could not be resolved
+ * is caught by deny rules and never allowed by allow rules.
  *
  * @throws GlobSyntaxError for a malformed glob value.
  */
@@ -75,7 +85,7 @@ function compileCondition(
   const lastSegment = key.slice(key.lastIndexOf('.') + 1);
   const pathKey = PATH_KEY_PATTERN.test(lastSegment);
   const alternatives = (Array.isArray(expected) ? expected : [expected]) as ConditionScalar[];
-  const tests = alternatives.map((e) => compileValue(e, pathKey));
+  const tests = alternatives.map((e) => compileValue(e, pathKey, restrictive));
   const one =
     tests.length === 1
       ? tests[0]!
@@ -108,24 +118,33 @@ function lookup(
   if (dotted === undefined) return undefined;
   let v: unknown = params;
   for (const k of dotted) {
+    // Nothing below a marker can be known: the marker answers for it.
+    if (v instanceof UnresolvedPath) return v;
     if (v === null || typeof v !== 'object' || !Object.hasOwn(v, k)) return undefined;
     v = (v as Record<string, unknown>)[k];
   }
   return v;
 }
 
-function compileValue(expected: ConditionScalar, pathKey: boolean): (v: unknown) => boolean {
-  if (typeof expected !== 'string') return (v) => v === expected;
+function compileValue(
+  expected: ConditionScalar,
+  pathKey: boolean,
+  restrictive: boolean,
+): (v: unknown) => boolean {
+  if (typeof expected !== 'string') {
+    return (v) => v === expected || (restrictive && v instanceof UnresolvedPath);
+  }
   let test: ValueTest;
+  const pathish = pathKey || looksLikePath(expected);
   if (hasGlobSyntax(expected)) {
-    const glob = compileGlob(expected);
+    const glob = compileGlob(pathish ? expected.normalize('NFC') : expected);
     test = (s) => glob.test(s);
   } else {
-    const literal = looksLikePath(expected) || pathKey ? normalizePath(expected) : expected;
+    const literal = pathish ? normalizePath(expected) : expected;
     test = (s) => s === literal;
   }
   return (v) => {
-    if (typeof v !== 'string') return false;
+    if (typeof v !== 'string') return restrictive && v instanceof UnresolvedPath;
     if (!pathKey && !looksLikePath(v)) return test(v);
     const n = normalizePath(v);
     // `/etc` is matched as `/etc/` too, so a rule on `/etc/*` also covers the directory itself.

@@ -22,6 +22,12 @@ export {
 } from './json-logic.js';
 export { parsePolicy, PolicyRuleSchema, PolicySchema } from './policy.js';
 export {
+  holdsUnresolved,
+  isUnresolvedPath,
+  MAX_UNRESOLVED_VALUE_DISPLAY,
+  UnresolvedPath,
+} from './unresolved-path.js';
+export {
   DEFAULT_POLICY_ACTION,
   DEFAULT_TOOL_CACHE_SIZE,
   parsePolicyEngineOptions,

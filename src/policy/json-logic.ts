@@ -9,12 +9,16 @@
  * `json-logic-js` in ways that matter for authorization (`{"==":[null,0]}` is `true`, `1/0` and
  * `max` over strings throw) and its interpreted and compiled modes disagree on `{"!":[[0]]}`.
  *
- * Differences from `json-logic-js`, all at compile time: an unknown operator is rejected when the
- * expression is compiled (not when it runs), `log` is not available (policies have no side effects),
- * and expressions nested deeper than {@link MAX_JSON_LOGIC_DEPTH} are rejected.
+ * Differences from `json-logic-js`: an unknown operator is rejected when the expression is
+ * compiled (not when it runs), `log` is not available (policies have no side effects),
+ * expressions nested deeper than {@link MAX_JSON_LOGIC_DEPTH} are rejected, and a `var` (or
+ * `missing`) that reads an {@link UnresolvedPath} marker — the value itself, through it, or an
+ * object or array holding one — throws, so a rule cannot decide on a path nobody could resolve
+ * (a `when` that throws fails closed in the engine).
  *
  * @module
  */
+import { holdsUnresolved, UnresolvedPath } from './unresolved-path.js';
 
 /** A compiled expression: evaluates against `data` like `jsonLogic.apply(logic, data)`. */
 export type CompiledLogic = (data: unknown) => unknown;
@@ -45,6 +49,11 @@ export function truthy(value: unknown): boolean {
 /* eslint-disable @typescript-eslint/no-explicit-any -- the operators are JavaScript's loose ops */
 type Op = (data: any, args: any[]) => unknown;
 
+/** What reading a marker throws (the engine turns it into a fail-closed match). */
+function unresolvedRead(path: string): Error {
+  return new TypeError(`var ${JSON.stringify(path)} reads an unresolved path`);
+}
+
 function getVar(data: any, a: any, b: any): unknown {
   const notFound = b === undefined ? null : b;
   if (a === undefined || a === '' || a === null) return data;
@@ -53,7 +62,9 @@ function getVar(data: any, a: any, b: any): unknown {
     if (data === null || data === undefined) return notFound;
     data = data[props[i]!];
     if (data === undefined) return notFound;
+    if (data instanceof UnresolvedPath) throw unresolvedRead(String(a));
   }
+  if (holdsUnresolved(data)) throw unresolvedRead(String(a));
   return data;
 }
 
@@ -193,13 +204,17 @@ function compile(logic: unknown, path: string, depth: number): CompiledLogic {
     if (a === undefined || a === '' || a === null) return (data) => data;
     const props = String(a).split('.');
     const notFound = b === undefined ? null : b;
+    const path = String(a);
     return (data) => {
       let d: any = data;
       for (let i = 0; i < props.length; i++) {
         if (d === null || d === undefined) return notFound;
         d = d[props[i]!];
         if (d === undefined) return notFound;
+        if (d instanceof UnresolvedPath) throw unresolvedRead(path);
       }
+      // Only objects can hold a marker; strings and numbers (the usual case) skip the lookup.
+      if (typeof d === 'object' && d !== null && holdsUnresolved(d)) throw unresolvedRead(path);
       return d;
     };
   }

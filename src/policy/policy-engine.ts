@@ -40,7 +40,19 @@ export interface PolicyEngineOptions {
 export interface PolicyContext {
   agentId: string;
   tool: string;
+  /**
+   * What rules match and `when` reads. The gateway passes a resolved view: path-like values
+   * resolved the way the tool's upstream resolves them, and an `UnresolvedPath` marker where
+   * that is not possible with certainty. Called directly, the engine matches paths lexically
+   * (see `normalizePath`).
+   */
   params: Readonly<Record<string, unknown>>;
+  /**
+   * The parameters exactly as sent to the tool, when `params` is a resolved view of them
+   * (absent when they are the same). Policy plugins that look at what is forwarded — secrets,
+   * sizes — read `rawParams ?? params`.
+   */
+  rawParams?: Readonly<Record<string, unknown>> | undefined;
   poolId?: string;
   /** The agent's labels (visible to `when` as `agent.labels`). */
   labels?: Readonly<Record<string, string>>;

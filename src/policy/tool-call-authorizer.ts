@@ -41,7 +41,10 @@ export interface ToolCallContext {
   agentId: string;
   poolId?: string;
   tool: string;
+  /** What the policy decides on (see `PolicyContext.params`). */
   params: Readonly<Record<string, unknown>>;
+  /** The parameters as forwarded, when `params` is a resolved view (see `PolicyContext.rawParams`). */
+  rawParams?: Readonly<Record<string, unknown>> | undefined;
   labels?: Readonly<Record<string, string>>;
   attributes?: Readonly<Record<string, unknown>>;
   /** Aborts a wait for approval: `authorize` then rejects with `signal.reason`. */

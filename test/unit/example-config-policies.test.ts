@@ -33,6 +33,13 @@ describe('the shipped example config’s policies', () => {
     ).toBe('deny');
   });
 
+  it('declares how its filesystem server resolves paths, so the gateway resolves them alike', () => {
+    // The rules above see resolved paths only behind the gateway (test/security/path-policy).
+    const fs = config.upstreams.fs!;
+    expect(fs.paths?.roots).toEqual([sandbox]);
+    expect(fs.transport === 'stdio' && fs.args.at(-1)).toBe(sandbox);
+  });
+
   it('allows reads everywhere and writes elsewhere, and asks a human before running python', () => {
     expect(decide('fs__read_text_file', { path: `${sandbox}/protected/x.txt` })).toBe('allow');
     expect(decide('fs__write_file', { path: `${sandbox}/notes.txt`, content: 'x' })).toBe('allow');

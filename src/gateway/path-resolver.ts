@@ -1,0 +1,591 @@
+/**
+ * Per-upstream path resolution: the policy's view of a call's parameters, with every path-like
+ * value resolved the way the upstream that receives the call will resolve it. The upstream
+ * itself still gets the agent's parameters unchanged; only the policy (rules, `when`, policy
+ * plugins, approval records) sees the view.
+ *
+ * Why: a policy that matches `/sandbox/protected/**` against the agent's spelling is bypassed by
+ * every other spelling the upstream accepts — `protected/x` (server-filesystem resolves relative
+ * paths against its allowed directories), `~/…`, a symlink inside the sandbox, an NFD spelling
+ * of a name. So each value is resolved like server-filesystem's `validatePath` does it (the
+ * model for stdio servers that share our disk):
+ *
+ * 1. refused as unresolvable: a NUL byte, more than {@link MAX_PATH_LENGTH} characters, or
+ *    leading/trailing whitespace or quotes (server-filesystem trims those for its containment
+ *    check but not for the file it opens; other servers may trim or not — ambiguous);
+ * 2. `~` and `~/x` against `home` (unknown home: unresolvable);
+ * 3. a relative path against the first root under which it stays inside some root, else the
+ *    first root (no roots declared: unresolvable);
+ * 4. lexical normalization (`path.posix.resolve`: `.`/`..`/`//`, no trailing slash);
+ * 5. with `realpath`: the longest existing prefix is realpath'd and the rest appended; a missing
+ *    component that matches exactly one existing entry up to Unicode NFC is taken as that entry
+ *    (as the server does); a dangling symlink is followed to where it would create its target;
+ *    an error other than "does not exist" (ELOOP, EACCES, ENOTDIR, ENAMETOOLONG) or an
+ *    ambiguous name is unresolvable;
+ * 6. the result is NFC-normalized (rule values are too).
+ *
+ * What cannot be resolved with certainty becomes an {@link UnresolvedPath} marker in the view:
+ * deny/require_approval conditions on it match, allow conditions do not, a `when` reading it
+ * fails closed. The walk over the parameters is iterative and bounded
+ * ({@link MAX_PATH_WALK_DEPTH}, {@link MAX_PATH_WALK_NODES}, {@link MAX_PATHS_PER_CALL}); what it
+ * does not inspect becomes a marker too.
+ *
+ * @module
+ */
+import { lstat, readdir, readlink, realpath } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { posix } from 'node:path';
+import { looksLikePath, PATH_KEY_PATTERN } from '../policy/conditions.js';
+import { markHoldsUnresolved, UnresolvedPath } from '../policy/unresolved-path.js';
+import type { UpstreamSpec } from './upstream-config.js';
+
+/** Longest path-like value resolved (Linux `PATH_MAX`); longer ones are unresolvable. */
+export const MAX_PATH_LENGTH = 4096;
+/** Deepest nesting of parameters the walk inspects; a deeper object or array is a marker. */
+export const MAX_PATH_WALK_DEPTH = 32;
+/** Most parameter values (of any type) one walk visits; what is left over becomes markers. */
+export const MAX_PATH_WALK_NODES = 10_000;
+/** Most path-like values resolved for one call; the rest are markers. */
+export const MAX_PATHS_PER_CALL = 256;
+/** Most symlinks (and Unicode-equivalent renames) followed for one value (Linux `SYMLOOP_MAX`). */
+export const MAX_SYMLINK_HOPS = 40;
+/**
+ * Most filesystem lookups (`realpath`, `lstat`, `readlink`, `readdir`) spent on one call's paths;
+ * values still unresolved then are markers. A path usually costs 1–4.
+ */
+export const MAX_DISK_LOOKUPS_PER_CALL = 1024;
+/** Paths of one call looked up on disk at the same time. */
+const DISK_CONCURRENCY = 8;
+/** Default of {@link PathResolutionOptions.realpath} for stdio upstreams (they share our disk). */
+export const DEFAULT_STDIO_REALPATH = true;
+/** Default of {@link PathResolutionOptions.realpath} for remote upstreams. */
+export const DEFAULT_REMOTE_REALPATH = false;
+
+/** How one upstream resolves paths (the upstream spec's `paths:`, defaults filled in). */
+export interface PathResolutionOptions {
+  /**
+   * Absolute directories relative paths are resolved against (server-filesystem: its allowed
+   * directories, in the same order). Empty: relative paths are unresolvable.
+   * @default []
+   */
+  readonly roots: readonly string[];
+  /**
+   * What `~` means. `undefined`: `~` paths are unresolvable.
+   * @default stdio: the child's HOME (`env.HOME` of the spec, else the sidecar's home); remote: unknown
+   */
+  readonly home: string | undefined;
+  /**
+   * Resolve symlinks (and Unicode-equivalent names) on disk.
+   * @default true for stdio upstreams, false for remote ones
+   */
+  readonly realpath: boolean;
+}
+
+/** The path resolution of an upstream spec: its `paths:` with the transport's defaults. */
+export function pathResolutionOf(spec: UpstreamSpec): Readonly<PathResolutionOptions> {
+  const declared = spec.paths;
+  const stdio = spec.transport === 'stdio';
+  const home = declared?.home ?? (stdio ? (spec.env.HOME ?? homedir()) : undefined);
+  return Object.freeze({
+    roots: Object.freeze((declared?.roots ?? []).map((r) => posix.resolve(r))),
+    home,
+    realpath: declared?.realpath ?? (stdio ? DEFAULT_STDIO_REALPATH : DEFAULT_REMOTE_REALPATH),
+  });
+}
+
+/** Markers of each view built by a resolver (for refusal messages). */
+const VIEW_MARKERS = new WeakMap<object, readonly UnresolvedPath[]>();
+
+/** The markers a resolved view holds (empty for anything else). */
+export function unresolvedPathsIn(view: object): readonly UnresolvedPath[] {
+  return VIEW_MARKERS.get(view) ?? [];
+}
+
+/** A container met by the walk. */
+interface Frame {
+  readonly node: object;
+  readonly parent: Frame | undefined;
+  readonly key: string | number;
+  readonly depth: number;
+  /** Whether string elements (of an array) count as paths by their parameter's name. */
+  readonly pathKey: boolean;
+  /** The view's copy, made when something below it changes. */
+  copy: Record<string | number, unknown> | undefined;
+}
+
+/** One value of the view that differs from the parameters. */
+interface Slot {
+  readonly frame: Frame;
+  readonly key: string | number;
+  /** A path to resolve, or the marker that replaces the value. */
+  readonly value: string | UnresolvedPath;
+}
+
+type Resolved = string | UnresolvedPath;
+
+function unresolved(value: string, reason: string): UnresolvedPath {
+  return new UnresolvedPath(value, reason);
+}
+
+function errnoOf(error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : 'an error';
+}
+
+/** Trimming changes it, or it starts or ends with a quote. */
+function hasAmbiguousEnds(value: string): boolean {
+  if (value.length === 0) return false;
+  const first = value.charCodeAt(0);
+  const last = value.charCodeAt(value.length - 1);
+  if (first === 34 || first === 39 || last === 34 || last === 39) return true; // " '
+  return value !== value.trim();
+}
+
+/**
+ * Resolves an upstream's path-like parameters for the policy (see the module comment).
+ *
+ * @example
+ * const r = new PathResolver({ roots: ['/srv/sandbox'], home: '/home/me', realpath: false });
+ * r.resolve('protected/x'); // '/srv/sandbox/protected/x'
+ * r.view({ path: '~/a', content: 'x' }); // { path: '/home/me/a', content: 'x' }
+ */
+export class PathResolver {
+  readonly options: Readonly<PathResolutionOptions>;
+
+  constructor(options: PathResolutionOptions) {
+    for (const root of options.roots) {
+      if (!posix.isAbsolute(root)) throw new TypeError(`paths.roots: ${root} is not absolute`);
+    }
+    this.options = Object.freeze({
+      roots: Object.freeze(options.roots.map((r) => posix.resolve(r))),
+      home: options.home,
+      realpath: options.realpath,
+    });
+  }
+
+  /**
+   * The policy's view of `params`: `params` itself when nothing in it is path-like (no copy, no
+   * promise) or every path in it is already in its resolved form, else a copy in which
+   * path-like values are resolved or replaced by markers (branches without changes are shared,
+   * not copied). A promise only when something must be looked up on disk (`realpath`).
+   */
+  view(
+    params: Readonly<Record<string, unknown>>,
+  ): Readonly<Record<string, unknown>> | Promise<Readonly<Record<string, unknown>>> {
+    if (!mayHoldPaths(params)) return params;
+    const slots = walk(params);
+    if (slots.length === 0) return params;
+    const resolved = new Map<string, Resolved>();
+    const disk: (readonly [value: string, abs: string])[] = [];
+    for (const slot of slots) {
+      const value = slot.value;
+      if (typeof value !== 'string' || resolved.has(value)) continue;
+      const abs = this.#lexical(value);
+      if (typeof abs === 'string' && this.options.realpath) {
+        resolved.set(value, abs); // replaced by the real path below
+        disk.push([value, abs]);
+      } else {
+        resolved.set(value, typeof abs === 'string' ? abs.normalize('NFC') : abs);
+      }
+    }
+    if (disk.length === 0) return buildView(params, slots, resolved);
+    return this.#realAll(disk, resolved).then(() => buildView(params, slots, resolved));
+  }
+
+  /**
+   * Looks `disk` up, {@link DISK_CONCURRENCY} at a time in walk order (top-level parameters
+   * first), under one {@link MAX_DISK_LOOKUPS_PER_CALL} budget: the parameters a rule most
+   * likely reads get the budget first, and one call cannot flood libuv's thread pool.
+   */
+  async #realAll(
+    disk: readonly (readonly [value: string, abs: string])[],
+    resolved: Map<string, Resolved>,
+  ): Promise<void> {
+    const budget: DiskBudget = { left: MAX_DISK_LOOKUPS_PER_CALL };
+    for (let i = 0; i < disk.length; i += DISK_CONCURRENCY) {
+      await Promise.all(
+        disk.slice(i, i + DISK_CONCURRENCY).map(async ([value, abs]) => {
+          const r = await this.#real(value, abs, budget);
+          resolved.set(value, typeof r === 'string' ? r.normalize('NFC') : r);
+        }),
+      );
+    }
+  }
+
+  /**
+   * One path-like value as the upstream will see it: an absolute, normalized, NFC path, or a
+   * marker. A promise only with `realpath`.
+   */
+  resolve(value: string): Resolved | Promise<Resolved> {
+    const abs = this.#lexical(value);
+    if (typeof abs !== 'string') return abs;
+    if (!this.options.realpath) return abs.normalize('NFC');
+    return this.#real(value, abs, { left: MAX_DISK_LOOKUPS_PER_CALL }).then((r) =>
+      typeof r === 'string' ? r.normalize('NFC') : r,
+    );
+  }
+
+  /** Steps 1–4: an absolute normalized path, or a marker. */
+  #lexical(value: string): Resolved {
+    if (value.length > MAX_PATH_LENGTH) {
+      return unresolved(value, `longer than ${MAX_PATH_LENGTH} characters`);
+    }
+    if (value.includes('\0')) return unresolved(value, 'contains a NUL byte');
+    if (hasAmbiguousEnds(value)) {
+      return unresolved(
+        value,
+        'starts or ends with whitespace or a quote (an upstream may trim it or not)',
+      );
+    }
+    let p = value;
+    if (p === '~' || p.startsWith('~/')) {
+      const home = this.options.home;
+      if (home === undefined) {
+        return unresolved(value, "starts with ~ and the upstream's home is not known (paths.home)");
+      }
+      p = posix.join(home, p.slice(1));
+    }
+    if (posix.isAbsolute(p)) return posix.resolve(p);
+    const roots = this.options.roots;
+    if (roots.length === 0) {
+      return unresolved(value, 'is relative and the upstream declares no paths.roots');
+    }
+    // server-filesystem's rule: the first root under which the result stays inside some root.
+    for (const root of roots) {
+      const candidate = posix.resolve(root, p);
+      if (insideAny(candidate, roots)) return candidate;
+    }
+    return posix.resolve(roots[0]!, p);
+  }
+
+  /** Step 5: the path on disk, following symlinks as the OS would. */
+  async #real(value: string, abs: string, budget: DiskBudget): Promise<Resolved> {
+    const spent = (): UnresolvedPath | undefined =>
+      budget.left-- > 0
+        ? undefined
+        : unresolved(
+            value,
+            `needs more than ${MAX_DISK_LOOKUPS_PER_CALL} disk lookups in one call`,
+          );
+    let path = abs;
+    for (let hops = 0; hops <= MAX_SYMLINK_HOPS; hops++) {
+      let over = spent();
+      if (over) return over;
+      try {
+        return await realpath(path);
+      } catch (error) {
+        if (errnoOf(error) !== 'ENOENT') return unreadable(value, error);
+      }
+      const parts = path.split('/').filter((s) => s !== '');
+      // The deepest existing prefix: usually the parent, else found by bisection (existence
+      // is monotonic along a path), so a deep missing path costs O(log n) lookups.
+      let lo = 0;
+      let real = '/'; // the root's real path is itself
+      let hi = parts.length;
+      if ((over = spent())) return over;
+      const parent = await realOrMissing(prefix(parts, hi - 1));
+      if (parent instanceof Error) return unreadable(value, parent);
+      if (parent !== undefined) {
+        lo = hi - 1;
+        real = parent;
+      } else {
+        hi -= 1;
+        while (hi - lo > 1) {
+          const mid = (lo + hi) >>> 1;
+          if ((over = spent())) return over;
+          const r = await realOrMissing(prefix(parts, mid));
+          if (r instanceof Error) return unreadable(value, r);
+          if (r === undefined) hi = mid;
+          else {
+            lo = mid;
+            real = r;
+          }
+        }
+      }
+      // parts[lo] does not resolve: a dangling symlink, another spelling of an entry, or new.
+      const name = parts[lo]!;
+      const rest = parts.slice(lo + 1);
+      let entry = name;
+      if ((over = spent())) return over;
+      let stat = await lstatOrMissing(posix.join(real, name));
+      if (stat instanceof Error) return unreadable(value, stat);
+      if (stat === undefined) {
+        if (!hasNoOtherSpelling(name) && (over = spent())) return over;
+        const match = await equivalentEntry(real, name);
+        if (match instanceof Error) return unreadable(value, match);
+        if (match === null) {
+          return unresolved(value, `names an entry ambiguously (Unicode-equivalent names)`);
+        }
+        if (match === undefined) return posix.join(real, name, ...rest);
+        entry = match;
+        if ((over = spent())) return over;
+        stat = await lstatOrMissing(posix.join(real, entry));
+        if (stat instanceof Error) return unreadable(value, stat);
+        if (stat === undefined) return posix.join(real, name, ...rest); // removed meanwhile
+      }
+      if (stat.isSymbolicLink()) {
+        // Dangling: what an open(O_CREAT) would create is the link's target.
+        let target: string;
+        if ((over = spent())) return over;
+        try {
+          target = await readlink(posix.join(real, entry));
+        } catch (error) {
+          return unreadable(value, error);
+        }
+        path = posix.resolve(real, target, ...rest);
+      } else {
+        path = posix.join(real, entry, ...rest);
+      }
+    }
+    return unresolved(value, `follows more than ${MAX_SYMLINK_HOPS} symlinks`);
+  }
+}
+
+/** What is left of one call's {@link MAX_DISK_LOOKUPS_PER_CALL}. */
+interface DiskBudget {
+  left: number;
+}
+
+function unreadable(value: string, error: unknown): UnresolvedPath {
+  return unresolved(value, `cannot be resolved on disk (${errnoOf(error)})`);
+}
+
+function prefix(parts: readonly string[], n: number): string {
+  return `/${parts.slice(0, n).join('/')}`;
+}
+
+/** The real path, `undefined` when it does not exist, or the error. */
+async function realOrMissing(path: string): Promise<string | undefined | Error> {
+  try {
+    return await realpath(path);
+  } catch (error) {
+    return errnoOf(error) === 'ENOENT' ? undefined : (error as Error);
+  }
+}
+
+async function lstatOrMissing(
+  path: string,
+): Promise<Awaited<ReturnType<typeof lstat>> | undefined | Error> {
+  try {
+    return await lstat(path);
+  } catch (error) {
+    return errnoOf(error) === 'ENOENT' ? undefined : (error as Error);
+  }
+}
+
+/**
+ * The one entry of `dir` equal to `name` up to Unicode NFC (server-filesystem opens it for
+ * `name`); `undefined` when none, `null` when several.
+ */
+async function equivalentEntry(
+  dir: string,
+  name: string,
+): Promise<string | undefined | null | Error> {
+  // Only three non-ASCII characters normalize to ASCII (U+037E → `;`, U+1FEF → `` ` ``,
+  // U+212A → `K`): an ASCII name without those has no other spelling, and needs no listing.
+  if (hasNoOtherSpelling(name)) return undefined;
+  let entries: string[];
+  try {
+    entries = await readdir(dir);
+  } catch (error) {
+    return error as Error;
+  }
+  const wanted = name.normalize('NFC');
+  let found: string | undefined;
+  for (const e of entries) {
+    if (e.normalize('NFC') !== wanted) continue;
+    if (found !== undefined) return null;
+    found = e;
+  }
+  return found;
+}
+
+/** ASCII, and none of the characters a non-ASCII one NFC-normalizes to. */
+function hasNoOtherSpelling(name: string): boolean {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c > 0x7f || c === 0x3b /* ; */ || c === 0x4b /* K */ || c === 0x60 /* ` */) return false;
+  }
+  return true;
+}
+
+function insideAny(path: string, roots: readonly string[]): boolean {
+  for (const root of roots) {
+    if (path === root || root === '/' || path.startsWith(`${root}/`)) return true;
+  }
+  return false;
+}
+
+/** True unless `params` is flat and has no path-like string (the common call: no walk). */
+function mayHoldPaths(params: Readonly<Record<string, unknown>>): boolean {
+  for (const key in params) {
+    const v = params[key];
+    if (typeof v === 'string') {
+      if (looksLikePath(v) || PATH_KEY_PATTERN.test(key)) return true;
+    } else if (typeof v === 'object' && v !== null) {
+      return true;
+    }
+  }
+  return false;
+}
+
+/**
+ * Finds the values of `params` the view changes: path-like strings (to resolve), and markers for
+ * what the walk does not inspect. Iterative, and bounded: nothing deeper than
+ * {@link MAX_PATH_WALK_DEPTH} is entered, and once {@link MAX_PATH_WALK_NODES} values were
+ * visited nothing more is entered — every object or array not yet walked, and every path-like
+ * string not yet seen, stands as a marker (one shared instance, so a huge call costs no more
+ * than a pass over what is left of the containers already entered).
+ */
+function walk(params: Readonly<Record<string, unknown>>): Slot[] {
+  const root: Frame = {
+    node: params,
+    parent: undefined,
+    key: '',
+    depth: 0,
+    pathKey: false,
+    copy: undefined,
+  };
+  // Plain state and top-level functions, no closures: this runs for every call with a path.
+  const w: Walk = {
+    slots: [],
+    stack: [root],
+    nodes: 0,
+    paths: 0,
+    over: undefined,
+    many: undefined,
+  };
+  while (w.stack.length > 0) {
+    const frame = w.stack.pop()!;
+    if (w.over !== undefined && frame.parent !== undefined) {
+      w.slots.push({ frame: frame.parent, key: frame.key, value: w.over });
+      continue;
+    }
+    const node = frame.node;
+    if (Array.isArray(node)) {
+      for (let i = 0; i < node.length; i++) visit(w, frame, i, node[i], frame.pathKey);
+    } else {
+      const obj = node as Record<string, unknown>;
+      for (const key in obj) {
+        if (Object.hasOwn(obj, key)) visit(w, frame, key, obj[key], PATH_KEY_PATTERN.test(key));
+      }
+    }
+  }
+  return w.slots;
+}
+
+/** State of one {@link walk}. */
+interface Walk {
+  readonly slots: Slot[];
+  readonly stack: Frame[];
+  nodes: number;
+  paths: number;
+  /** Set once the node budget is spent: the marker of everything not inspected. */
+  over: UnresolvedPath | undefined;
+  /** The marker of paths over {@link MAX_PATHS_PER_CALL}. */
+  many: UnresolvedPath | undefined;
+}
+
+function visit(
+  w: Walk,
+  frame: Frame,
+  key: string | number,
+  child: unknown,
+  pathKey: boolean,
+): void {
+  if (w.over === undefined && ++w.nodes > MAX_PATH_WALK_NODES) {
+    w.over = new UnresolvedPath(
+      '',
+      `was not inspected (over ${MAX_PATH_WALK_NODES} values in one call)`,
+    );
+  }
+  if (typeof child === 'string') {
+    if (!looksLikePath(child) && !pathKey) return;
+    let value: string | UnresolvedPath = child;
+    if (w.over !== undefined) value = w.over;
+    else if (++w.paths > MAX_PATHS_PER_CALL) {
+      value = w.many ??= new UnresolvedPath(
+        '',
+        `was not resolved (over ${MAX_PATHS_PER_CALL} paths in one call)`,
+      );
+    }
+    w.slots.push({ frame, key, value });
+  } else if (typeof child === 'object' && child !== null) {
+    if (child instanceof UnresolvedPath) w.slots.push({ frame, key, value: child });
+    else if (w.over !== undefined) w.slots.push({ frame, key, value: w.over });
+    else if (frame.depth >= MAX_PATH_WALK_DEPTH) {
+      w.slots.push({
+        frame,
+        key,
+        value: new UnresolvedPath('', `is nested deeper than ${MAX_PATH_WALK_DEPTH} levels`),
+      });
+    } else {
+      w.stack.push({
+        node: child,
+        parent: frame,
+        key,
+        depth: frame.depth + 1,
+        pathKey,
+        copy: undefined,
+      });
+    }
+  }
+}
+
+function copyOf(frame: Frame): Record<string | number, unknown> {
+  if (frame.copy !== undefined) return frame.copy;
+  const node = frame.node as Record<string | number, unknown>;
+  const copy = (Array.isArray(node) ? node.slice() : { ...node }) as Record<
+    string | number,
+    unknown
+  >;
+  frame.copy = copy;
+  // Depth-limited by MAX_PATH_WALK_DEPTH.
+  if (frame.parent !== undefined) setOwn(copyOf(frame.parent), frame.key, copy);
+  return copy;
+}
+
+/** Assigns without invoking the `__proto__` setter (a JSON key like any other). */
+function setOwn(obj: Record<string | number, unknown>, key: string | number, value: unknown): void {
+  if (key === '__proto__') {
+    Object.defineProperty(obj, key, {
+      value,
+      writable: true,
+      enumerable: true,
+      configurable: true,
+    });
+  } else {
+    obj[key] = value;
+  }
+}
+
+function buildView(
+  params: Readonly<Record<string, unknown>>,
+  slots: readonly Slot[],
+  resolved: ReadonlyMap<string, Resolved>,
+): Readonly<Record<string, unknown>> {
+  const markers: UnresolvedPath[] = [];
+  let root: Frame | undefined;
+  for (const slot of slots) {
+    const value = typeof slot.value === 'string' ? resolved.get(slot.value)! : slot.value;
+    if (value === slot.value && typeof value === 'string') continue; // already canonical
+    setOwn(copyOf(slot.frame), slot.key, value);
+    if (value instanceof UnresolvedPath) {
+      markers.push(value);
+      for (let f: Frame | undefined = slot.frame; f !== undefined; f = f.parent) {
+        markHoldsUnresolved(f.copy!);
+      }
+    }
+    root ??= rootOf(slot.frame);
+  }
+  if (root === undefined) return params; // every path was canonical already: no copy
+  const view = root.copy!;
+  if (markers.length > 0) VIEW_MARKERS.set(view, markers);
+  return view;
+}
+
+function rootOf(frame: Frame): Frame {
+  let f = frame;
+  while (f.parent !== undefined) f = f.parent;
+  return f;
+}

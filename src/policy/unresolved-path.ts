@@ -1,0 +1,80 @@
+/**
+ * The "unresolved path" marker: what a policy sees in place of a path-like parameter that could
+ * not be resolved with certainty (a relative path when the upstream declares no roots, `~` with
+ * no known home, a realpath error other than "does not exist", a NUL byte, an over-long value,
+ * a `file:` URI that cannot be decoded…).
+ *
+ * Policies fail closed on it, whichever way they read it: a `deny` or `require_approval` rule's
+ * condition on it matches and an `allow` rule's does not (see `conditions.ts`); a JSON-logic
+ * `var` that reads it — or reads an object or array holding one — throws, and a `when` that
+ * throws fails closed the same way (see `json-logic.ts`). Code that reads it as a string (a
+ * policy plugin calling `String(p)`, `p + ''` or `p == 'x'`) gets a `TypeError`, and a provider
+ * that throws denies. Serialized (approval records, logs) it is
+ * `{ "unresolvedPath": reason, "value": <the agent's spelling, truncated> }`.
+ *
+ * @module
+ */
+
+/** Longest part of the agent's spelling a marker keeps for display. */
+export const MAX_UNRESOLVED_VALUE_DISPLAY = 256;
+
+/**
+ * Stands in for a path-like value the policy cannot trust. Frozen; compare with
+ * {@link isUnresolvedPath}, never by value.
+ *
+ * @example
+ * const p = new UnresolvedPath('protected/x', 'relative path and the upstream declares no paths.roots');
+ * isUnresolvedPath(p); // true
+ * JSON.stringify(p); // {"unresolvedPath":"relative path and …","value":"protected/x"}
+ */
+export class UnresolvedPath {
+  /** The agent's spelling (at most {@link MAX_UNRESOLVED_VALUE_DISPLAY} characters). */
+  readonly value: string;
+  /** Why it could not be resolved. */
+  readonly reason: string;
+
+  constructor(value: string, reason: string) {
+    this.value =
+      value.length > MAX_UNRESOLVED_VALUE_DISPLAY
+        ? `${value.slice(0, MAX_UNRESOLVED_VALUE_DISPLAY)}…`
+        : value;
+    this.reason = reason;
+    Object.freeze(this);
+  }
+
+  /** The serialized form (approval records, logs). */
+  toJSON(): { unresolvedPath: string; value: string } {
+    return { unresolvedPath: this.reason, value: this.value };
+  }
+
+  /** Reading the marker as a string or number is a policy bug waiting to fail open: refuse. */
+  [Symbol.toPrimitive](): never {
+    throw new TypeError(`unresolved path ${JSON.stringify(this.value)}: ${this.reason}`);
+  }
+}
+
+/** True for an {@link UnresolvedPath} marker. */
+export function isUnresolvedPath(value: unknown): value is UnresolvedPath {
+  return value instanceof UnresolvedPath;
+}
+
+/** Objects and arrays of a resolved view that hold a marker somewhere below them. */
+const HOLDERS = new WeakSet<object>();
+
+/**
+ * Records that `container` (an object or array of a resolved parameter view) holds an
+ * {@link UnresolvedPath} somewhere below it, so that reading the container whole fails closed
+ * too. The resolver calls it for every ancestor of a marker.
+ */
+export function markHoldsUnresolved(container: object): void {
+  HOLDERS.add(container);
+}
+
+/** True for a marker, or an object or array recorded with {@link markHoldsUnresolved}. */
+export function holdsUnresolved(value: unknown): boolean {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    (value instanceof UnresolvedPath || HOLDERS.has(value))
+  );
+}

@@ -1,0 +1,268 @@
+import { mkdirSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import {
+  MAX_DISK_LOOKUPS_PER_CALL,
+  MAX_PATH_LENGTH,
+  MAX_PATH_WALK_DEPTH,
+  MAX_PATH_WALK_NODES,
+  MAX_PATHS_PER_CALL,
+  MAX_SYMLINK_HOPS,
+  PathResolver,
+  pathResolutionOf,
+  unresolvedPathsIn,
+} from '../../src/gateway/path-resolver.js';
+import { upstreamSpecSchema } from '../../src/gateway/upstream-config.js';
+import { holdsUnresolved, isUnresolvedPath } from '../../src/policy/unresolved-path.js';
+import { tempDir } from '../fixtures/gateway/harness.js';
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- test views are walked by hand
+type Any = any;
+
+const lexical = (roots: string[], home?: string): PathResolver =>
+  new PathResolver({ roots, home, realpath: false });
+
+function reason(value: unknown): string {
+  expect(isUnresolvedPath(value), JSON.stringify(value)).toBe(true);
+  return (value as { reason: string }).reason;
+}
+
+describe('PathResolver: lexical resolution (server-filesystem rules)', () => {
+  const r = lexical(['/srv/sandbox'], '/home/me');
+
+  it('resolves relative paths against the root, ~ against home, and normalizes', () => {
+    expect(r.resolve('protected/x')).toBe('/srv/sandbox/protected/x');
+    expect(r.resolve('./protected/x')).toBe('/srv/sandbox/protected/x');
+    expect(r.resolve('../sandbox/protected/x')).toBe('/srv/sandbox/protected/x');
+    expect(r.resolve('protected//x/')).toBe('/srv/sandbox/protected/x');
+    expect(r.resolve('protected/./sub/../x')).toBe('/srv/sandbox/protected/x');
+    expect(r.resolve('')).toBe('/srv/sandbox');
+    expect(r.resolve('~')).toBe('/home/me');
+    expect(r.resolve('~/a/../b')).toBe('/home/me/b');
+    // Only `~` and `~/` are expanded, as the server does: `~user` is a relative name.
+    expect(r.resolve('~root/x')).toBe('/srv/sandbox/~root/x');
+    expect(r.resolve('/etc/../etc//passwd/')).toBe('/etc/passwd');
+    expect(r.resolve('/../../etc')).toBe('/etc');
+  });
+
+  it('picks the first root under which the result stays inside some root, else the first', () => {
+    const two = lexical(['/a', '/b']);
+    expect(two.resolve('x')).toBe('/a/x');
+    expect(two.resolve('../b/x')).toBe('/b/x'); // /a/../b/x is inside /b
+    expect(two.resolve('../c/x')).toBe('/c/x'); // inside neither: the first root's answer
+    expect(lexical(['/']).resolve('etc/x')).toBe('/etc/x');
+  });
+
+  it('NFC-normalizes the result', () => {
+    expect(r.resolve('cafe\u0301/x')).toBe('/srv/sandbox/caf\u00e9/x');
+  });
+
+  it('marks what cannot be resolved with certainty', () => {
+    expect(reason(lexical([]).resolve('protected/x'))).toMatch(/relative.*paths\.roots/);
+    expect(reason(lexical([]).resolve('./x'))).toMatch(/paths\.roots/);
+    expect(reason(lexical(['/s']).resolve('~/x'))).toMatch(/home/);
+    expect(reason(lexical(['/s']).resolve('~'))).toMatch(/home/);
+    expect(reason(r.resolve('a\0b'))).toMatch(/NUL/);
+    expect(reason(r.resolve('/x'.repeat(MAX_PATH_LENGTH)))).toMatch(/longer than/);
+    for (const v of [' protected/x', 'protected/x ', '\tx', 'x\n', '"x"', "'x", 'x"', '\u00a0x']) {
+      expect(reason(r.resolve(v)), JSON.stringify(v)).toMatch(/whitespace or a quote/);
+    }
+  });
+
+  it('a home that is not absolute is joined as the server does (then resolved like any path)', () => {
+    expect(lexical(['/s'], '').resolve('~/x')).toBe('/x');
+    expect(lexical(['/s'], 'rel').resolve('~/x')).toBe('/s/rel/x');
+  });
+});
+
+describe('PathResolver: realpath on disk', () => {
+  const base = realpathSync(tempDir('resolver'));
+  const s = join(base, 'sandbox');
+  mkdirSync(join(s, 'protected'), { recursive: true });
+  mkdirSync(join(s, 'caf\u00e9'));
+  writeFileSync(join(s, 'protected', 'secret.txt'), 'x');
+  writeFileSync(join(s, 'file.txt'), 'x');
+  symlinkSync('protected', join(s, 'plink'));
+  symlinkSync('protected/secret.txt', join(s, 'flink'));
+  symlinkSync('plink', join(s, 'chain2'));
+  symlinkSync('chain2', join(s, 'chain1'));
+  symlinkSync('protected/new.txt', join(s, 'dangle'));
+  symlinkSync('dangle2', join(s, 'dangle1'));
+  symlinkSync('protected/deeper/new.txt', join(s, 'dangle2'));
+  symlinkSync('loop2', join(s, 'loop1'));
+  symlinkSync('loop1', join(s, 'loop2'));
+  symlinkSync('protected', join(s, 'p\u00e9'));
+  // Two names equal up to NFC (Å precomposed and A + ring); a third spelling (the ANGSTROM
+  // SIGN) matches both: the server refuses to pick one, and so do we.
+  mkdirSync(join(s, '\u00c5'));
+  mkdirSync(join(s, 'A\u030a'));
+  const r = new PathResolver({ roots: [s], home: base, realpath: true });
+  const p = (rel: string): string => join(s, rel);
+
+  it('follows symlinks in existing paths, and in the existing prefix of new ones', async () => {
+    expect(await r.resolve('plink/secret.txt')).toBe(p('protected/secret.txt'));
+    expect(await r.resolve('flink')).toBe(p('protected/secret.txt'));
+    expect(await r.resolve('chain1/new/deeper.txt')).toBe(p('protected/new/deeper.txt'));
+    expect(await r.resolve('~/sandbox/plink/x')).toBe(p('protected/x'));
+    expect(await r.resolve(`${s}/a/b/c/d/e/f/g`)).toBe(p('a/b/c/d/e/f/g'));
+    expect(await r.resolve('/')).toBe('/');
+  });
+
+  it('follows dangling symlinks to what creating through them would create', async () => {
+    expect(await r.resolve('dangle')).toBe(p('protected/new.txt'));
+    expect(await r.resolve('dangle1')).toBe(p('protected/deeper/new.txt'));
+  });
+
+  it('takes a missing name as its one Unicode-equivalent entry (as the server does)', async () => {
+    expect(await r.resolve('pe\u0301/x')).toBe(p('protected/x'));
+    expect(await r.resolve('cafe\u0301/x')).toBe(p('caf\u00e9/x'));
+    expect(await r.resolve('\u00c5/x')).toBe(p('\u00c5/x')); // an exact name wins
+    expect(reason(await r.resolve('\u212b/x'))).toMatch(/ambiguously/);
+  });
+
+  it('marks errors other than "does not exist"', async () => {
+    expect(reason(await r.resolve('loop1/x'))).toMatch(/ELOOP/);
+    expect(reason(await r.resolve('file.txt/x'))).toMatch(/ENOTDIR/);
+    expect(reason(await r.resolve(`${'n'.repeat(300)}/x`))).toMatch(/ENAMETOOLONG/);
+  });
+
+  it('spends at most MAX_DISK_LOOKUPS_PER_CALL lookups on one call; the rest are markers', async () => {
+    // Deep missing paths cost a bisection each (about a dozen lookups): 200 of them overspend.
+    const deep = (i: number): string => `${base}/missing-${i}/${'d/'.repeat(1000)}x`;
+    const view = (await r.view({ paths: Array.from({ length: 200 }, (_, i) => deep(i)) })) as {
+      paths: unknown[];
+    };
+    const markers = view.paths.filter(isUnresolvedPath);
+    expect(markers.length).toBeGreaterThan(0);
+    expect(reason(markers[0])).toMatch(new RegExp(`${MAX_DISK_LOOKUPS_PER_CALL} disk lookups`));
+    // Looked up in order: the first values got the budget, the last ones did not.
+    expect(typeof view.paths[0]).toBe('string');
+    expect(isUnresolvedPath(view.paths.at(-1))).toBe(true);
+  });
+
+  it('gives up after MAX_SYMLINK_HOPS links', async () => {
+    // A chain of dangling links longer than the bound, each pointing to the next.
+    const dir = join(base, 'hops');
+    mkdirSync(dir);
+    for (let i = 0; i <= MAX_SYMLINK_HOPS + 1; i++) symlinkSync(`h${i + 1}`, join(dir, `h${i}`));
+    const hops = new PathResolver({ roots: [dir], home: undefined, realpath: true });
+    // The kernel's own limit (40) or ours, whichever is met first.
+    expect(reason(await hops.resolve('h0'))).toMatch(/ELOOP|symlinks/);
+  });
+});
+
+describe('PathResolver.view: the policy view of a call', () => {
+  const r = lexical(['/s'], '/h');
+
+  it('returns the same object, synchronously, when nothing in it is path-like', () => {
+    const flat = { message: 'hi', n: 1, ok: true, none: null };
+    expect(r.view(flat)).toBe(flat);
+    const nested = { options: { mode: 'fast', list: ['a', 'b'] }, text: 'x/y' };
+    expect(r.view(nested)).toBe(nested);
+  });
+
+  it('resolves path-like values by name or by shape, in copies, leaving params untouched', () => {
+    const params = {
+      path: 'a/b',
+      content: 'protected/x', // not a path by name or shape
+      note: './rel', // a path by shape
+      edits: [{ oldText: '/etc/x', newText: 'y' }],
+      paths: ['x', '~/y'],
+      nested: { target_dir: 'd' },
+    };
+    const snapshot = structuredClone(params);
+    const view = r.view(params) as Record<string, unknown>;
+    expect(view).toEqual({
+      path: '/s/a/b',
+      content: 'protected/x',
+      note: '/s/rel',
+      edits: [{ oldText: '/etc/x', newText: 'y' }],
+      paths: ['/s/x', '/h/y'],
+      nested: { target_dir: '/s/d' },
+    });
+    expect(params).toEqual(snapshot);
+    expect(view).not.toBe(params);
+    expect(view.edits).toBe(params.edits); // unchanged branches are shared
+    const canonical = { path: '/s/a', paths: ['/etc/x'] };
+    expect(r.view(canonical)).toBe(canonical); // nothing to change: no copy
+  });
+
+  it('with realpath, the view is a promise', async () => {
+    const real = new PathResolver({ roots: ['/'], home: undefined, realpath: true });
+    const v = real.view({ path: 'tmp' });
+    expect(v).toBeInstanceOf(Promise);
+    expect(await v).toEqual({ path: realpathSync('/tmp') });
+  });
+
+  it('marks containers that hold a marker, and lists the markers', () => {
+    const none = lexical([]);
+    const view = none.view({ a: { b: ['ok', './rel'] }, path: '/abs' }) as Record<string, Any>;
+    expect(isUnresolvedPath(view.a.b[1])).toBe(true);
+    expect(holdsUnresolved(view)).toBe(true);
+    expect(holdsUnresolved(view.a)).toBe(true);
+    expect(holdsUnresolved(view.a.b)).toBe(true);
+    expect(view.path).toBe('/abs');
+    expect(unresolvedPathsIn(view).map((m) => m.value)).toEqual(['./rel']);
+  });
+
+  it('treats a __proto__ key as data', () => {
+    const params = JSON.parse('{"__proto__": {"path": "x"}, "path": "y"}') as Record<string, Any>;
+    const view = r.view(params) as Record<string, Any>;
+    expect(Object.getPrototypeOf(view)).toBe(Object.prototype);
+    expect(Object.getOwnPropertyDescriptor(view, '__proto__')?.value).toEqual({ path: '/s/x' });
+    expect(view.path).toBe('/s/y');
+  });
+
+  it('marks what is nested deeper than MAX_PATH_WALK_DEPTH, without recursing', () => {
+    let deep: unknown = { path: 'x' };
+    for (let i = 0; i < 100_000; i++) deep = { d: deep };
+    const view = r.view({ deep, path: 'top' }) as Record<string, Any>;
+    expect(view.path).toBe('/s/top');
+    let v = view.deep;
+    for (let i = 0; i < MAX_PATH_WALK_DEPTH - 1; i++) v = v.d;
+    expect(reason(v.d)).toMatch(/nested deeper/);
+  });
+
+  it('resolves at most MAX_PATHS_PER_CALL paths; the rest are markers', () => {
+    const paths = Array.from({ length: MAX_PATHS_PER_CALL + 10 }, (_, i) => `f${i}`);
+    const view = r.view({ paths }) as { paths: unknown[] };
+    expect(view.paths[0]).toBe('/s/f0');
+    expect(view.paths[MAX_PATHS_PER_CALL - 1]).toBe(`/s/f${MAX_PATHS_PER_CALL - 1}`);
+    expect(reason(view.paths[MAX_PATHS_PER_CALL])).toMatch(/paths in one call/);
+  });
+
+  it('over MAX_PATH_WALK_NODES values, what was not walked stands as markers', () => {
+    const junk = Array.from({ length: MAX_PATH_WALK_NODES }, (_, i) => ({ n: i }));
+    const view = r.view({ path: 'first', junk, later: { path: 'x' } }) as Record<string, Any>;
+    expect(view.path).toBe('/s/first'); // top-level values are visited before any nesting
+    // Containers are walked last in, first out: `later` before `junk`, whose objects were
+    // counted but, the budget spent, are never entered.
+    expect(view.later.path).toBe('/s/x');
+    const junkView = view.junk as unknown[];
+    expect(junkView.every(isUnresolvedPath)).toBe(true);
+    expect(reason(junkView[0])).toMatch(/not inspected/);
+  });
+});
+
+describe('pathResolutionOf: defaults by transport', () => {
+  it('stdio: the child HOME, realpath on; remote: no home, realpath off; declared values win', () => {
+    const stdio = upstreamSpecSchema.parse({ command: 'x', env: { HOME: '/child' } });
+    expect(pathResolutionOf(stdio)).toEqual({ roots: [], home: '/child', realpath: true });
+    const remote = upstreamSpecSchema.parse({ url: 'http://127.0.0.1:1/mcp' });
+    expect(pathResolutionOf(remote)).toEqual({ roots: [], home: undefined, realpath: false });
+    const declared = upstreamSpecSchema.parse({
+      url: 'http://127.0.0.1:1/mcp',
+      paths: { roots: ['/a/./b/'], home: '/h', realpath: true },
+    });
+    expect(pathResolutionOf(declared)).toEqual({ roots: ['/a/b'], home: '/h', realpath: true });
+  });
+
+  it('refuses relative roots and homes in the config', () => {
+    for (const paths of [{ roots: ['rel'] }, { home: '~' }, { roots: ['/a\0'] }, { other: 1 }]) {
+      expect(
+        upstreamSpecSchema.safeParse({ command: 'x', paths }).success,
+        JSON.stringify(paths),
+      ).toBe(false);
+    }
+  });
+});
