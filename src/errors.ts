@@ -349,6 +349,20 @@ export class InflightLimitError extends FabricError {
   }
 }
 
+/** A session's `resources/subscribe` would exceed `gateway.maxSubscriptionsPerSession`. */
+export class SubscriptionLimitError extends FabricError {
+  static readonly code = 'FABRIC_ERR_SUBSCRIPTION_LIMIT';
+  constructor(limit: number) {
+    super(
+      SubscriptionLimitError.code,
+      'resource_exhausted',
+      `this session already has ${limit} resource subscriptions ` +
+        '(gateway.maxSubscriptionsPerSession): unsubscribe from one first',
+      { limit },
+    );
+  }
+}
+
 /** A request body is larger than the endpoint accepts (HTTP 413). */
 export class PayloadTooLargeError extends FabricError {
   static readonly code = 'FABRIC_ERR_PAYLOAD_TOO_LARGE';

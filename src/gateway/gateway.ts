@@ -28,7 +28,13 @@ import {
   type ServerCapabilities,
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
-import { ClosedError, ConfigError, RoutingError, ToolNotFoundError } from '../errors.js';
+import {
+  ClosedError,
+  ConfigError,
+  RoutingError,
+  SubscriptionLimitError,
+  ToolNotFoundError,
+} from '../errors.js';
 import { markHoldsUnresolved, UnresolvedPath } from '../policy/unresolved-path.js';
 import { AuditLog, type AuditLogOptions, type AuditOutcome } from './audit-log.js';
 import type {
@@ -69,6 +75,8 @@ import {
 export const DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS = 1000;
 /** Default of {@link ToolGatewayOptions.shutdownGraceMs}. */
 export const DEFAULT_SHUTDOWN_GRACE_MS = 5000;
+/** Default of {@link ToolGatewayOptions.maxSubscriptionsPerSession}. */
+export const DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION = 256;
 
 /** A structured log line from the gateway (the CLI prints them; the library drops them). */
 export interface GatewayLogEntry {
@@ -113,6 +121,12 @@ export interface ToolGatewayOptions {
   maxArgumentDepth?: number;
   /** Most values (elements and members, all levels) in one call's `arguments`. @default 100000 */
   maxArgumentNodes?: number;
+  /**
+   * Resources one session may be subscribed to at once; `resources/subscribe` beyond it is
+   * refused with `FABRIC_ERR_SUBSCRIPTION_LIMIT` (each subscription is state the gateway holds
+   * and an upstream watch). @default 256
+   */
+  maxSubscriptionsPerSession?: number;
 }
 
 interface InFlight {
@@ -155,6 +169,7 @@ export class ToolGateway implements SessionHost {
   readonly #fabricTools: ReadonlyMap<string, FabricTool>;
   readonly #graceMs: number;
   readonly #bounds: InputBounds;
+  readonly #maxSubscriptions: number;
   readonly #log: (entry: GatewayLogEntry) => void;
   readonly #sessions = new Set<GatewaySession>();
   /** Counts of every request's decision, outcome and duration (rendered at `GET /metrics`). */
@@ -176,6 +191,11 @@ export class ToolGateway implements SessionHost {
     this.serverInfo = options.serverInfo ?? { name: 'agent-fabric', version: '0.1.0' };
     this.#costs = new ToolCosts(options.toolCosts);
     this.#bounds = parseInputBounds(options);
+    this.#maxSubscriptions =
+      options.maxSubscriptionsPerSession ?? DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION;
+    if (!Number.isSafeInteger(this.#maxSubscriptions) || this.#maxSubscriptions < 1) {
+      throw new ConfigError('maxSubscriptionsPerSession', 'must be a positive integer');
+    }
     this.#log = options.logger ?? (() => undefined);
     this.#audit = options.audit
       ? new AuditLog({
@@ -790,6 +810,10 @@ export class ToolGateway implements SessionHost {
   async subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void> {
     const owner = resourceOwner(this.#catalog, uri);
     if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
+    const mine = session.subscriptions;
+    if (mine.size >= this.#maxSubscriptions && !mine.has(uri)) {
+      throw toMcpError(new SubscriptionLimitError(this.#maxSubscriptions));
+    }
     await this.#guarded(
       session,
       owner,

@@ -182,6 +182,8 @@ export const sidecarConfigSchema = z
         /** Input bounds of every call (see gateway/input-bounds.ts); unset: the defaults. */
         maxArgumentDepth: z.number().int().min(1).max(MAX_ARGUMENT_DEPTH_LIMIT).optional(),
         maxArgumentNodes: z.number().int().positive().optional(),
+        /** Resource subscriptions one session may hold (unset: 256). */
+        maxSubscriptionsPerSession: z.number().int().positive().optional(),
       })
       .strict()
       .default({ hideDeniedTools: true, fabricTools: true, shutdownGraceSeconds: 5 }),

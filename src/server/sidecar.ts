@@ -188,6 +188,7 @@ export class Sidecar {
         shutdownGraceMs: config.gateway.shutdownGraceSeconds * 1000,
         maxArgumentDepth: config.gateway.maxArgumentDepth,
         maxArgumentNodes: config.gateway.maxArgumentNodes,
+        maxSubscriptionsPerSession: config.gateway.maxSubscriptionsPerSession,
         logger: log,
       });
       cleanup.push(gateway);

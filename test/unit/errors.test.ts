@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import * as errors from '../../src/errors.js';
+import * as api from '../../src/index.js';
 import { FabricError, GRPC_STATUS_BY_KIND } from '../../src/errors.js';
 
 const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
@@ -20,6 +21,12 @@ describe('error catalog', () => {
     expect(codes.length).toBeGreaterThan(30);
     expect(new Set(codes).size).toBe(codes.length);
     for (const code of codes) expect(code).toMatch(/^FABRIC_ERR_[A-Z_]+$/);
+  });
+
+  it('is exported from the package, class for class', () => {
+    const exported = api as Record<string, unknown>;
+    const missing = catalog.filter((c) => exported[c.name] !== c).map((c) => c.name);
+    expect(missing).toEqual([]);
   });
 
   it('is documented in the README, row for row', () => {
