@@ -22,6 +22,9 @@ export type {
   BudgetManagerOptions,
   BudgetStatus,
   Reservation,
+  ReserveOptions,
+  ReserveWhenFreeOptions,
+  SettleOptions,
   UsageAmount,
 } from './budget-manager.js';
 export type { BudgetScopeSnapshot, BudgetStateSource, BudgetStore } from './budget-store.js';
