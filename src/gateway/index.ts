@@ -18,12 +18,20 @@ export {
   ToolGateway,
   describeDecision,
   DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS,
+  DEFAULT_BUDGET_WAIT_MS,
   DEFAULT_SHUTDOWN_GRACE_MS,
 } from './gateway.js';
 export { GatewayMetrics, renderMetrics, DURATION_BUCKETS } from './metrics.js';
 export { ERROR_META_KEY, HTTP_STATUS_BY_KIND, httpStatusOf, toMcpError } from './map-error.js';
 export { ProcessStdioTransport } from './process-stdio-transport.js';
 export { GatewaySession } from './session.js';
+export {
+  TokenEstimates,
+  ToolEstimate,
+  DEFAULT_MAX_ESTIMATE_AGENTS,
+  DEFAULT_TOKEN_ESTIMATE,
+  ESTIMATE_DECAY,
+} from './token-estimates.js';
 export { ToolCosts, estimateTokens, BYTES_PER_TOKEN } from './tool-costs.js';
 export { Upstream } from './upstream.js';
 export {
@@ -40,6 +48,7 @@ export type {
   AgentIdentity,
   GatewayBackend,
   GatewayIdentity,
+  SettleToolCallOptions,
   ToolCallAllowed,
   ToolCallAuthorization,
   ToolCallContext,
@@ -51,5 +60,6 @@ export type { Catalog, Route } from './catalog.js';
 export type { McpHttpEndpointOptions } from './downstream-http.js';
 export type { FabricTool } from './fabric-tools.js';
 export type { GatewayLogEntry, ToolGatewayOptions } from './gateway.js';
+export type { TokenEstimatesOptions } from './token-estimates.js';
 export type { UpstreamHooks, UpstreamState, UpstreamCallOptions } from './upstream.js';
 export type { UpstreamSpec, UpstreamSpecInput, StdioUpstreamSpec } from './upstream-config.js';
