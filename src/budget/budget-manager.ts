@@ -107,7 +107,17 @@ export interface BudgetManagerOptions {
    * @default a new InMemoryBudgetStore
    */
   store?: BudgetStore;
+  /**
+   * Most calls one agent may have parked in {@link BudgetManager.reserveWhenFree}; more are
+   * decided at once (refused with a `retryAt` when they do not fit). Every settle retries the
+   * parked calls, so this bounds both their memory and that work.
+   * @default DEFAULT_MAX_WAITERS_PER_AGENT
+   */
+  maxWaitersPerAgent?: number;
 }
+
+/** Default of {@link BudgetManagerOptions.maxWaitersPerAgent}. */
+export const DEFAULT_MAX_WAITERS_PER_AGENT = 64;
 
 /** Events of a {@link BudgetManager}. */
 export type BudgetEvents = {
@@ -207,6 +217,9 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     this.emit(kind, alert);
   /** Calls waiting for in-flight reservations to settle, oldest first. */
   #waiters: Waiter[] = [];
+  /** Parked calls per agent (see `maxWaitersPerAgent`). */
+  readonly #waitersOf = new Map<string, number>();
+  readonly #maxWaiters: number;
 
   constructor(options: BudgetManagerOptions = {}) {
     super();
@@ -214,8 +227,15 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
       throw new ConfigError('options', 'must be an object');
     }
     for (const key of Object.keys(options)) {
-      if (key !== 'store') throw new ConfigError(`options.${key}`, 'is not a known option');
+      if (key !== 'store' && key !== 'maxWaitersPerAgent') {
+        throw new ConfigError(`options.${key}`, 'is not a known option');
+      }
     }
+    const maxWaiters = options.maxWaitersPerAgent ?? DEFAULT_MAX_WAITERS_PER_AGENT;
+    if (!Number.isSafeInteger(maxWaiters) || maxWaiters < 0) {
+      throw new ConfigError('options.maxWaitersPerAgent', 'must be an integer >= 0');
+    }
+    this.#maxWaiters = maxWaiters;
     const store = options.store ?? new InMemoryBudgetStore();
     if (typeof store.load !== 'function' || typeof store.changed !== 'function') {
       throw new ConfigError('options.store', 'must implement BudgetStore (load, changed, delete)');
@@ -339,6 +359,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
    * usage could not fit even with them gone, after `waitMs`, or when `signal` aborts (then it
    * rejects with the signal's reason). A refusal always carries the best `retryAt` known: when
    * usage leaves the window, or — when only in-flight calls block it — the end of another wait.
+   * An agent with `maxWaitersPerAgent` calls parked already is decided at once.
    * @throws BudgetExceededError (as a rejection) carrying `scope`, `limit`, `used`, `max`, `retryAt`.
    * @throws InvalidUsageError for a bad estimate.
    */
@@ -375,7 +396,8 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
         timer: undefined,
         onAbort: undefined,
       };
-      if (this.#attempt(w, waitMs === 0)) return;
+      const parked = this.#waitersOf.get(agentId) ?? 0;
+      if (this.#attempt(w, waitMs === 0 || parked >= this.#maxWaiters)) return;
       w.timer = setTimeout(() => {
         this.#unpark(w);
         this.#attempt(w, true);
@@ -389,6 +411,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
         signal.addEventListener('abort', w.onAbort, { once: true });
       }
       this.#waiters.push(w);
+      this.#waitersOf.set(agentId, parked + 1);
     });
   }
 
@@ -417,12 +440,20 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     return true;
   }
 
-  /** Removes a waiter's timer, listener and queue entry. */
+  /** Removes a waiter from the queue, with its timer and listener. */
   #unpark(w: Waiter): void {
-    if (w.timer !== undefined) clearTimeout(w.timer);
-    if (w.onAbort !== undefined) w.signal!.removeEventListener('abort', w.onAbort);
     const i = this.#waiters.indexOf(w);
     if (i >= 0) this.#waiters.splice(i, 1);
+    this.#disarm(w);
+  }
+
+  /** Clears a waiter's timer and listener and uncounts it (it has left the queue). */
+  #disarm(w: Waiter): void {
+    if (w.timer !== undefined) clearTimeout(w.timer);
+    if (w.onAbort !== undefined) w.signal!.removeEventListener('abort', w.onAbort);
+    const n = (this.#waitersOf.get(w.agentId) ?? 1) - 1;
+    if (n > 0) this.#waitersOf.set(w.agentId, n);
+    else this.#waitersOf.delete(w.agentId);
   }
 
   /** Retries every waiter, oldest first (after a reservation settled or was released). */
@@ -430,7 +461,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     const waiters = this.#waiters;
     this.#waiters = [];
     for (const w of waiters) {
-      if (this.#attempt(w, false)) this.#unpark(w);
+      if (this.#attempt(w, false)) this.#disarm(w);
       else this.#waiters.push(w);
     }
   }

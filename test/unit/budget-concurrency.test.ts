@@ -183,6 +183,25 @@ describe('BudgetManager under concurrency: clamped estimates, bounded waits, set
       expect(budgets.waiting).toBe(0);
     });
 
+    it('parks at most maxWaitersPerAgent calls per agent; more are decided at once', async () => {
+      const b = new BudgetManager({ maxWaitersPerAgent: 2 });
+      b.setFabricBudget({ maxTokensPerHour: 100 });
+      const held = b.reserve('a', { tokens: 100 });
+      const parked = [1, 2].map(() => b.reserveWhenFree('a', { tokens: 10 }, { waitMs: 5000 }));
+      const third = await refused(b.reserveWhenFree('a', { tokens: 10 }, { waitMs: 5000 }));
+      expect(third.details.retryAt).toBeGreaterThan(Date.now());
+      // Another agent still gets its turn to wait.
+      const other = b.reserveWhenFree('b', { tokens: 10 }, { waitMs: 5000 });
+      expect(b.waiting).toBe(3);
+      b.settle(held, { tokens: 0 });
+      expect((await Promise.all([...parked, other])).map((r) => r.tokens)).toEqual([10, 10, 10]);
+      expect(b.waiting).toBe(0);
+      expect((await b.reserveWhenFree('a', { tokens: 10 }, { waitMs: 5000 })).tokens).toBe(10);
+      expect(() => new BudgetManager({ maxWaitersPerAgent: -1 })).toThrow(
+        'options.maxWaitersPerAgent',
+      );
+    });
+
     it('rejects a bad waitMs', () => {
       expect(() => budgets.reserveWhenFree('a', { tokens: 1 }, { waitMs: -1 })).toThrow(
         InvalidArgumentError,
