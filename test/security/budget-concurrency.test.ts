@@ -121,6 +121,7 @@ describe('token budgets hold under concurrency (server-filesystem, real fabric)'
         { name: 'payer', budget: { maxCostPerDay: 1 } },
         { name: 'canceller', budget },
         { name: 'reader', budget: { maxTokensPerHour: 50 } },
+        { name: 'reporter', budget: { maxTokensPerHour: 100 } },
       ],
       toolCosts: { fs__list_allowed_directories: 0.1 },
       // The long operation reserves the whole budget while it runs.
@@ -291,5 +292,19 @@ describe('token budgets hold under concurrency (server-filesystem, real fabric)'
       details: { withheld: true, max: 50 },
     });
     expect(status('reader')).toMatchObject({ tokensUsed: 0, tokensReserved: 0 });
+  });
+
+  it('self-reported usage is recorded past the limit and confirmed once; then nothing is delivered', async () => {
+    const c = await client('reporter');
+    const r = (await c.callTool({
+      name: 'fabric__record_usage',
+      arguments: { tokens: 500, cost: 0 },
+    })) as CallToolResult;
+    // The confirmation arrives (an agent that missed it would report twice), uncharged.
+    expect(r.isError, text(r)).toBeFalsy();
+    expect(status('reporter')).toMatchObject({ tokensUsed: 500, tokensReserved: 0 });
+    const after = await read(c, small);
+    expect(classify(after)).toBe('refused');
+    expect(status('reporter').tokensUsed).toBe(500);
   });
 });
