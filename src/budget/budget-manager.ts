@@ -575,13 +575,11 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
 
   /** `tokens`, but at most the smallest token limit of the call's levels. */
   #clamp(agentId: string | undefined, poolId: string | undefined, tokens: number): number {
-    const limitOf = (s: ScopeUsage): number =>
-      s.config?.maxTokensPerHour ?? Number.POSITIVE_INFINITY;
-    let cap = limitOf(this.#fabricScope());
-    if (agentId !== undefined) cap = Math.min(cap, limitOf(this.#agent(id('agentId', agentId))));
+    let cap = tokenLimit(this.#fabricScope());
+    if (agentId !== undefined) cap = Math.min(cap, tokenLimit(this.#agent(id('agentId', agentId))));
     if (poolId !== undefined)
-      cap = Math.min(cap, limitOf(this.#pool(id('options.poolId', poolId))));
-    return Math.min(tokens, cap);
+      cap = Math.min(cap, tokenLimit(this.#pool(id('options.poolId', poolId))));
+    return tokens < cap ? tokens : cap;
   }
 
   /** The level a shortfall names. */
@@ -648,6 +646,10 @@ const MIN_RETRY_MS = 1000;
 
 function abortReason(signal: AbortSignal): unknown {
   return signal.reason instanceof Error ? signal.reason : new Error('cancelled');
+}
+
+function tokenLimit(s: ScopeUsage): number {
+  return s.config?.maxTokensPerHour ?? Number.POSITIVE_INFINITY;
 }
 
 function unreserve(r: ReservationImpl): void {
