@@ -110,14 +110,14 @@ export interface GatewayBackend {
   /**
    * Settles a reservation with the actual usage of the call, synchronously: with `requireFit`,
    * a `FABRIC_ERR_BUDGET_EXCEEDED` refusal means the tokens were not charged and the gateway
-   * withholds the result; `undefined` means everything was charged. A promise (a backend that
-   * settles remotely) cannot withhold anything: it is only watched for failure.
+   * withholds the result; nothing (`undefined`) means everything was charged. A promise (a
+   * backend that settles remotely) cannot withhold anything: it is only watched for failure.
    */
   settleToolCall(
     authorization: ToolCallAllowed,
     usage: ToolUsage,
     options?: SettleToolCallOptions,
-  ): ToolCallRefused | undefined | Promise<unknown>;
+  ): ToolCallRefused | void | Promise<unknown>;
   /**
    * Optional side-effect-free probe: `false` when policy denies `tool` to the agent outright
    * (a rule without conditions). Rules with conditions must answer `true`. Without this

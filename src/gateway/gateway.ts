@@ -565,7 +565,7 @@ export class ToolGateway implements SessionHost {
         );
         return undefined;
       }
-      return settled?.allowed === false ? settled : undefined;
+      return isRefusal(settled) ? settled : undefined;
     } catch (error) {
       this.#log({ level: 'error', msg: 'settling usage failed', error: messageOf(error) });
       return undefined;
@@ -1081,6 +1081,12 @@ function sameKeys(a: ReadonlyMap<string, unknown>, b: ReadonlyMap<string, unknow
   if (a.size !== b.size) return false;
   for (const k of a.keys()) if (!b.has(k)) return false;
   return true;
+}
+
+function isRefusal(value: unknown): value is ToolCallRefused {
+  return (
+    typeof value === 'object' && value !== null && (value as ToolCallRefused).allowed === false
+  );
 }
 
 function codeOf(error: unknown): string {
