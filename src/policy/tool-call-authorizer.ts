@@ -190,33 +190,39 @@ export class ToolCallAuthorizer {
 
   /**
    * {@link authorize} without waiting: the same outcome when no human has to decide, and
-   * `undefined` when policy requires approval, or when the budget refuses a call that may wait
-   * (`ctx.budget.waitMs` > 0) — nothing is reserved or created then; call `authorize`.
-   * `ctx.signal` and `ctx.onWaiting` are not used.
+   * `undefined` when policy requires approval, or when the budget refuses a call with
+   * `ctx.budget` (it may wait, and its refusal gets the best `retryAt` known) — nothing is
+   * reserved or created then; call `authorize`. `ctx.signal` and `ctx.onWaiting` are not used.
    */
   tryAuthorize(ctx: ToolCallContext): ToolCallAuthorization | undefined {
     const decision = this.#policies.evaluateSync(ctx);
     if (decision.action === 'require_approval') return undefined;
     const a = this.#admit(ctx, decision);
     // Budget refusals are rare; the waiting path decides them (with the better retryAt).
-    if (!a.allowed && a.code === BudgetExceededError.code && waitMsOf(ctx) > 0) return undefined;
+    if (!a.allowed && a.code === BudgetExceededError.code && ctx.budget !== undefined) {
+      return undefined;
+    }
     return a;
   }
 
-  /** {@link #admit}, waiting up to `ctx.budget.waitMs` for in-flight reservations to settle. */
+  /**
+   * {@link #admit}; with `ctx.budget`, through `reserveWhenFree`: waiting up to `waitMs` for
+   * in-flight reservations to settle, and refusing with a `retryAt` whenever one can be given.
+   */
   async #admitWaiting(
     ctx: ToolCallContext,
     decision: PolicyDecision,
     approval?: ApprovalResult,
   ): Promise<ToolCallAuthorization> {
-    const waitMs = waitMsOf(ctx);
-    if (decision.action === 'deny' || waitMs <= 0) return this.#admit(ctx, decision, approval);
+    if (decision.action === 'deny' || ctx.budget === undefined) {
+      return this.#admit(ctx, decision, approval);
+    }
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     try {
       const reservation = await this.#budgets.reserveWhenFree(ctx.agentId, estimate, {
         poolId: ctx.poolId,
         clampTokens: ctx.budget?.clampTokens === true,
-        waitMs,
+        waitMs: waitMsOf(ctx),
         signal: ctx.signal,
       });
       return allowed(decision, reservation, approval);

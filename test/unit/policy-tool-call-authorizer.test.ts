@@ -250,6 +250,17 @@ describe('ToolCallAuthorizer', () => {
       expect(budgets.getStatus('agent-1').tokensReserved).toBe(1000);
     });
 
+    it('without waiting, a refusal that only in-flight calls cause still says when to retry', async () => {
+      await auth.authorize({ ...call, estimate: { tokens: 1000 } });
+      const noWait = { ...call, budget: { waitMs: 0 } };
+      expect(auth.tryAuthorize(noWait)).toBeUndefined();
+      const d = denied(await auth.authorize(noWait));
+      expect(d.code).toBe('FABRIC_ERR_BUDGET_EXCEEDED');
+      expect(d.retryAt).toBeGreaterThan(Date.now());
+      // Without ctx.budget, the old answer: the window cannot tell.
+      expect(denied(auth.tryAuthorize(call)!).retryAt).toBeNull();
+    });
+
     it('an aborted wait rejects and holds nothing', async () => {
       await auth.authorize({ ...call, estimate: { tokens: 1000 } });
       const ac = new AbortController();
