@@ -273,6 +273,11 @@ export class ToolGateway implements SessionHost {
     this.#state = 'started';
   }
 
+  /** The learned token estimates: what each (agent, tool)'s next call reserves. */
+  get tokenEstimates(): TokenEstimates {
+    return this.#estimates;
+  }
+
   /**
    * Drops what the gateway learned about an agent (its token estimates). The sidecar calls it
    * when the fabric forgets an agent.

@@ -11,6 +11,7 @@ import { McpError, type CallToolResult } from '@modelcontextprotocol/sdk/types.j
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
+  ADMIN_TOKEN,
   agentId,
   agentToken,
   closeSidecar,
@@ -122,6 +123,7 @@ describe('token budgets hold under concurrency (server-filesystem, real fabric)'
         { name: 'canceller', budget },
         { name: 'reader', budget: { maxTokensPerHour: 50 } },
         { name: 'reporter', budget: { maxTokensPerHour: 100 } },
+        { name: 'leaver', budget },
       ],
       toolCosts: { fs__list_allowed_directories: 0.1 },
       // The long operation reserves the whole budget while it runs.
@@ -129,6 +131,8 @@ describe('token budgets hold under concurrency (server-filesystem, real fabric)'
       audit: { path: auditPath, flushIntervalMs: 0 },
       // Generous, so a slow machine's long operation still ends inside a wait.
       gateway: { budgetWaitSeconds: 20 },
+      // A terminated agent is forgotten at once (and what the gateway learned about it).
+      fabric: { terminatedAgentRetention: 0 },
     });
   });
 
@@ -306,5 +310,19 @@ describe('token budgets hold under concurrency (server-filesystem, real fabric)'
     const after = await read(c, small);
     expect(classify(after)).toBe('refused');
     expect(status('reporter').tokensUsed).toBe(500);
+  });
+
+  it("forgets an agent's estimates when the fabric forgets the agent", async () => {
+    const c = await client('leaver');
+    const id = agentId(sidecar, 'leaver');
+    expect((await read(c, small)).isError).toBeFalsy();
+    const estimates = sidecar.gateway.tokenEstimates;
+    const before = estimates.agentCount;
+    const res = await fetch(new URL(`/admin/agents/${id}?drainTimeoutSeconds=0`, sidecar.url), {
+      method: 'DELETE',
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    expect(res.status).toBe(200);
+    await until(() => estimates.agentCount === before - 1);
   });
 });
