@@ -380,7 +380,13 @@ export class ToolGateway implements SessionHost {
         if (a instanceof Promise) a = await a; // only approval and budget waits
         ({ auth, waited } = a);
       } catch (error) {
-        audit({ decision: 'error', outcome: 'error', code: codeOf(error) });
+        // A wait (approval, budget) ends by throwing when the client cancels the call.
+        const cancelled = (extra.cancel ?? extra.signal).aborted;
+        audit({
+          decision: 'error',
+          outcome: cancelled ? 'cancelled' : 'error',
+          code: codeOf(error),
+        });
         return toolErrorResult(error);
       }
       if (!auth.allowed) {
@@ -700,7 +706,12 @@ export class ToolGateway implements SessionHost {
         if (a instanceof Promise) a = await a;
         ({ auth, waited } = a);
       } catch (error) {
-        audit({ decision: 'error', outcome: 'error', code: codeOf(error) });
+        const cancelled = extra.signal.aborted;
+        audit({
+          decision: 'error',
+          outcome: cancelled ? 'cancelled' : 'error',
+          code: codeOf(error),
+        });
         throw toMcpError(error);
       }
       const d = describeDecision(auth.decision);

@@ -277,7 +277,7 @@ describe('token budgets hold under concurrency (server-filesystem, real fabric)'
     await until(() => status('canceller').tokensReserved === 0);
     expect(budgets.waiting).toBe(0);
     const lines = await audit('canceller', 'fs__get_file_info');
-    expect(lines.map((l) => l.outcome)).toEqual(['error']);
+    expect(lines.map((l) => l.outcome)).toEqual(['cancelled']);
   });
 
   it('a resource read whose content does not fit is withheld as a JSON-RPC error, nothing charged', async () => {
