@@ -47,7 +47,7 @@ import type {
   ToolCallDenied,
 } from './policy/tool-call-authorizer.js';
 import { BudgetManager } from './budget/budget-manager.js';
-import type { UsageAmount } from './budget/budget-manager.js';
+import type { SettleOptions, UsageAmount } from './budget/budget-manager.js';
 import type { BudgetStore } from './budget/budget-store.js';
 import { parseBudgetConfig } from './budget/budget-config.js';
 import { HookManager } from './hooks/hook-manager.js';
@@ -632,6 +632,7 @@ export class AgentFabric {
       labels: agent.labels,
       attributes: ctx.attributes,
       estimate: ctx.estimate,
+      budget: ctx.budget,
     });
   }
 
@@ -653,9 +654,18 @@ export class AgentFabric {
     return rec;
   }
 
-  /** Settles an allowed call's reservation with what it actually used. Idempotent. */
-  settleToolCall(authorization: ToolCallAuthorization, usage?: UsageAmount): void {
-    this.#authorizer.settle(authorization, usage);
+  /**
+   * Settles an allowed call's reservation with what it actually used. Idempotent. With
+   * `requireFit`, tokens that do not fit a budget are not charged and the refusal is returned:
+   * the ingress must withhold the call's result (see `ToolCallAuthorizer.settle`).
+   * @returns undefined when everything was charged.
+   */
+  settleToolCall(
+    authorization: ToolCallAuthorization,
+    usage?: UsageAmount,
+    options?: SettleOptions,
+  ): ToolCallDenied | undefined {
+    return this.#authorizer.settle(authorization, usage, options);
   }
 
   /** Gives an allowed call's reservation back (the call never ran). Idempotent. */

@@ -151,6 +151,9 @@ export type {
   BudgetCheck,
   BudgetStatus,
   Reservation,
+  ReserveOptions,
+  ReserveWhenFreeOptions,
+  SettleOptions,
   UsageAmount,
 } from './budget/budget-manager.js';
 export type { BudgetStore } from './budget/budget-store.js';

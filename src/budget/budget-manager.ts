@@ -23,7 +23,43 @@ export interface UsageAmount {
 
 /** Which pool a call runs in (its budget must fit too). */
 export interface BudgetCallOptions {
-  poolId?: string;
+  poolId?: string | undefined;
+}
+
+/** Options of {@link BudgetManager.reserve} and {@link BudgetManager.check}. */
+export interface ReserveOptions extends BudgetCallOptions {
+  /**
+   * Hold at most the smallest token limit among the call's scopes, so a token estimate that is
+   * a guess (a conservative prior larger than a small limit) cannot make a call impossible on an
+   * idle budget. Meant for callers that settle with {@link SettleOptions.requireFit}, which
+   * bounds what is charged whatever the estimate was.
+   * @default false
+   */
+  clampTokens?: boolean | undefined;
+}
+
+/** Options of {@link BudgetManager.reserveWhenFree}. */
+export interface ReserveWhenFreeOptions extends ReserveOptions {
+  /**
+   * Longest wait, in ms, for in-flight reservations to settle when only they keep the call from
+   * fitting. 0 decides at once, like {@link BudgetManager.reserve}.
+   */
+  waitMs: number;
+  /** Ends the wait: the promise rejects with `signal.reason` and nothing stays reserved. */
+  signal?: AbortSignal | undefined;
+}
+
+/** Options of {@link BudgetManager.settle}. */
+export interface SettleOptions {
+  /**
+   * Charge the actual tokens only when they fit every scope's token limit on top of the usage
+   * already counted (in-flight reservations of other calls aside). When they do not, only the
+   * cost is charged and `settle` returns the shortfall: the caller must then withhold what the
+   * tokens stand for (a tool result the agent has not seen yet). Delivered tokens then never
+   * exceed a limit, whatever the estimates were.
+   * @default false
+   */
+  requireFit?: boolean | undefined;
 }
 
 /** Result of {@link BudgetManager.check}. */
@@ -71,7 +107,17 @@ export interface BudgetManagerOptions {
    * @default a new InMemoryBudgetStore
    */
   store?: BudgetStore;
+  /**
+   * Most calls one agent may have parked in {@link BudgetManager.reserveWhenFree}; more are
+   * decided at once (refused with a `retryAt` when they do not fit). Every settle retries the
+   * parked calls, so this bounds both their memory and that work.
+   * @default DEFAULT_MAX_WAITERS_PER_AGENT
+   */
+  maxWaitersPerAgent?: number;
 }
+
+/** Default of {@link BudgetManagerOptions.maxWaitersPerAgent}. */
+export const DEFAULT_MAX_WAITERS_PER_AGENT = 64;
 
 /** Events of a {@link BudgetManager}. */
 export type BudgetEvents = {
@@ -80,6 +126,21 @@ export type BudgetEvents = {
   /** Usage reached 100% of a limit. */
   exhausted: [alert: BudgetAlert];
 };
+
+/** A call parked by {@link BudgetManager.reserveWhenFree}. */
+interface Waiter {
+  readonly agentId: string;
+  readonly poolId: string | undefined;
+  readonly tokens: number;
+  readonly cost: number;
+  readonly clamp: boolean;
+  readonly waitMs: number;
+  readonly resolve: (r: Reservation) => void;
+  readonly reject: (e: unknown) => void;
+  readonly signal: AbortSignal | undefined;
+  timer: NodeJS.Timeout | undefined;
+  onAbort: (() => void) | undefined;
+}
 
 const ALLOWED: BudgetCheck = Object.freeze({ allowed: true });
 const RESERVED = 0;
@@ -135,7 +196,9 @@ class ReservationImpl implements Reservation {
  * **Reserve, then settle.** `reserve` checks the estimate against usage plus every in-flight
  * reservation and holds it; `settle` swaps the estimate for the actual usage; `release` gives it
  * back. Both are idempotent. Because the check and the hold are one synchronous step, concurrent
- * callers cannot all pass a nearly exhausted budget.
+ * callers cannot all pass a nearly exhausted budget. `reserveWhenFree` waits (bounded) while
+ * only in-flight reservations keep a call out; `settle` with `requireFit` charges tokens only
+ * when they fit, so a caller can withhold a result that would overspend.
  *
  * @example
  * const budgets = new BudgetManager();
@@ -152,6 +215,11 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   #fabric: ScopeUsage | undefined;
   readonly #emit = (kind: 'warning' | 'exhausted', alert: BudgetAlert): void =>
     this.emit(kind, alert);
+  /** Calls waiting for in-flight reservations to settle, oldest first. */
+  #waiters: Waiter[] = [];
+  /** Parked calls per agent (see `maxWaitersPerAgent`). */
+  readonly #waitersOf = new Map<string, number>();
+  readonly #maxWaiters: number;
 
   constructor(options: BudgetManagerOptions = {}) {
     super();
@@ -159,8 +227,15 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
       throw new ConfigError('options', 'must be an object');
     }
     for (const key of Object.keys(options)) {
-      if (key !== 'store') throw new ConfigError(`options.${key}`, 'is not a known option');
+      if (key !== 'store' && key !== 'maxWaitersPerAgent') {
+        throw new ConfigError(`options.${key}`, 'is not a known option');
+      }
     }
+    const maxWaiters = options.maxWaitersPerAgent ?? DEFAULT_MAX_WAITERS_PER_AGENT;
+    if (!Number.isSafeInteger(maxWaiters) || maxWaiters < 0) {
+      throw new ConfigError('options.maxWaitersPerAgent', 'must be an integer >= 0');
+    }
+    this.#maxWaiters = maxWaiters;
     const store = options.store ?? new InMemoryBudgetStore();
     if (typeof store.load !== 'function' || typeof store.changed !== 'function') {
       throw new ConfigError('options.store', 'must implement BudgetStore (load, changed, delete)');
@@ -254,14 +329,12 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
    * fabric levels are checked (work queued to a pool before an agent is chosen).
    * @throws InvalidUsageError for a bad estimate.
    */
-  check(
-    agentId: string | undefined,
-    estimate: UsageAmount,
-    options?: BudgetCallOptions,
-  ): BudgetCheck {
-    const tokens = amount('estimate.tokens', estimate, 'tokens');
+  check(agentId: string | undefined, estimate: UsageAmount, options?: ReserveOptions): BudgetCheck {
+    let tokens = amount('estimate.tokens', estimate, 'tokens');
     const cost = amount('estimate.cost', estimate, 'cost');
-    const short = this.#shortfall(agentId, options?.poolId, tokens, cost, Date.now());
+    const poolId = options?.poolId;
+    if (options?.clampTokens === true) tokens = this.#clamp(agentId, poolId, tokens);
+    const short = this.#shortfall(agentId, poolId, tokens, cost, Date.now());
     return short === null ? ALLOWED : Object.freeze({ allowed: false as const, ...short });
   }
 
@@ -270,13 +343,131 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
    * @throws BudgetExceededError carrying `scope`, `limit`, `used`, `max` and `retryAt`.
    * @throws InvalidUsageError for a bad estimate.
    */
-  reserve(agentId: string, estimate: UsageAmount, options?: BudgetCallOptions): Reservation {
+  reserve(agentId: string, estimate: UsageAmount, options?: ReserveOptions): Reservation {
+    let tokens = amount('estimate.tokens', estimate, 'tokens');
+    const cost = amount('estimate.cost', estimate, 'cost');
+    const poolId = options?.poolId;
+    if (options?.clampTokens === true) tokens = this.#clamp(agentId, poolId, tokens);
+    const short = this.#shortfall(agentId, poolId, tokens, cost, Date.now());
+    if (short !== null) throw new BudgetExceededError(short);
+    return this.#hold(agentId, poolId, tokens, cost);
+  }
+
+  /**
+   * {@link reserve}, waiting while only in-flight reservations keep the call out: it is retried
+   * whenever a reservation settles or is released, oldest waiter first, and refused once its
+   * usage could not fit even with them gone, after `waitMs`, or when `signal` aborts (then it
+   * rejects with the signal's reason). A refusal always carries the best `retryAt` known: when
+   * usage leaves the window, or — when only in-flight calls block it — the end of another wait.
+   * An agent with `maxWaitersPerAgent` calls parked already is decided at once.
+   * @throws BudgetExceededError (as a rejection) carrying `scope`, `limit`, `used`, `max`, `retryAt`.
+   * @throws InvalidUsageError for a bad estimate.
+   */
+  reserveWhenFree(
+    agentId: string,
+    estimate: UsageAmount,
+    options: ReserveWhenFreeOptions,
+  ): Promise<Reservation> {
     const tokens = amount('estimate.tokens', estimate, 'tokens');
     const cost = amount('estimate.cost', estimate, 'cost');
+    id('agentId', agentId);
+    const poolId = options.poolId;
+    if (poolId !== undefined) id('options.poolId', poolId);
+    const waitMs = options.waitMs;
+    if (typeof waitMs !== 'number' || !(waitMs >= 0) || waitMs === Number.POSITIVE_INFINITY) {
+      throw new InvalidArgumentError('options.waitMs', 'must be a finite number >= 0');
+    }
+    const signal = options.signal;
+    return new Promise<Reservation>((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(abortReason(signal));
+        return;
+      }
+      const w: Waiter = {
+        agentId,
+        poolId,
+        tokens,
+        cost,
+        clamp: options.clampTokens === true,
+        waitMs,
+        resolve,
+        reject,
+        signal,
+        timer: undefined,
+        onAbort: undefined,
+      };
+      const parked = this.#waitersOf.get(agentId) ?? 0;
+      if (this.#attempt(w, waitMs === 0 || parked >= this.#maxWaiters)) return;
+      w.timer = setTimeout(() => {
+        this.#unpark(w);
+        this.#attempt(w, true);
+      }, waitMs);
+      w.timer.unref?.();
+      if (signal !== undefined) {
+        w.onAbort = () => {
+          this.#unpark(w);
+          reject(abortReason(signal));
+        };
+        signal.addEventListener('abort', w.onAbort, { once: true });
+      }
+      this.#waiters.push(w);
+      this.#waitersOf.set(agentId, parked + 1);
+    });
+  }
+
+  /** Calls waiting in {@link reserveWhenFree}. */
+  get waiting(): number {
+    return this.#waiters.length;
+  }
+
+  /**
+   * Reserves for `w` and resolves it (true), refuses it (true) when waiting cannot help or
+   * `final`, or leaves it waiting (false).
+   */
+  #attempt(w: Waiter, final: boolean): boolean {
     const now = Date.now();
-    const poolId = options?.poolId;
-    const short = this.#shortfall(agentId, poolId, tokens, cost, now);
-    if (short !== null) throw new BudgetExceededError(short);
+    const tokens = w.clamp ? this.#clamp(w.agentId, w.poolId, w.tokens) : w.tokens;
+    const short = this.#shortfall(w.agentId, w.poolId, tokens, w.cost, now);
+    if (short === null) {
+      w.resolve(this.#hold(w.agentId, w.poolId, tokens, w.cost));
+      return true;
+    }
+    const waitable = this.#fitsUnreserved(w.agentId, w.poolId, tokens, w.cost, now);
+    if (waitable && !final) return false;
+    const scope = this.#scopeNamed(short.scope, w.agentId, w.poolId);
+    const retryAt = scope.retryHint(short, now, now + Math.max(w.waitMs, MIN_RETRY_MS));
+    w.reject(new BudgetExceededError({ ...short, retryAt }));
+    return true;
+  }
+
+  /** Removes a waiter from the queue, with its timer and listener. */
+  #unpark(w: Waiter): void {
+    const i = this.#waiters.indexOf(w);
+    if (i >= 0) this.#waiters.splice(i, 1);
+    this.#disarm(w);
+  }
+
+  /** Clears a waiter's timer and listener and uncounts it (it has left the queue). */
+  #disarm(w: Waiter): void {
+    if (w.timer !== undefined) clearTimeout(w.timer);
+    if (w.onAbort !== undefined) w.signal!.removeEventListener('abort', w.onAbort);
+    const n = (this.#waitersOf.get(w.agentId) ?? 1) - 1;
+    if (n > 0) this.#waitersOf.set(w.agentId, n);
+    else this.#waitersOf.delete(w.agentId);
+  }
+
+  /** Retries every waiter, oldest first (after a reservation settled or was released). */
+  #wake(): void {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) {
+      if (this.#attempt(w, false)) this.#disarm(w);
+      else this.#waiters.push(w);
+    }
+  }
+
+  /** Holds a reservation on every level (the check was done). */
+  #hold(agentId: string, poolId: string | undefined, tokens: number, cost: number): Reservation {
     const a = this.#agent(agentId);
     const p = poolId === undefined ? undefined : this.#pool(poolId);
     const f = this.#fabricScope();
@@ -297,15 +488,31 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
    * @throws InvalidUsageError for a bad amount (the reservation stays reserved).
    * @throws InvalidArgumentError for a reservation from another manager.
    */
-  settle(reservation: Reservation, actual?: UsageAmount): void {
+  settle(
+    reservation: Reservation,
+    actual?: UsageAmount,
+    options?: SettleOptions,
+  ): BudgetShortfall | null {
     const r = this.#own(reservation);
-    if (r.code !== RESERVED) return;
-    const tokens =
+    if (r.code !== RESERVED) return null;
+    let tokens =
       actual?.tokens === undefined ? r.tokens : amount('actual.tokens', actual, 'tokens');
     const cost = actual?.cost === undefined ? r.cost : amount('actual.cost', actual, 'cost');
     r.code = SETTLED;
     unreserve(r);
-    this.#record(r.agent, r.pool, r.fabric, tokens, cost, Date.now());
+    const now = Date.now();
+    let short: BudgetShortfall | null = null;
+    if (options?.requireFit === true && tokens > 0) {
+      // A forgotten agent's scope records nothing, so it cannot be overspent either.
+      short =
+        (r.agent.forgotten ? null : r.agent.deliveryShortfall(tokens, now)) ??
+        r.pool?.deliveryShortfall(tokens, now) ??
+        r.fabric.deliveryShortfall(tokens, now);
+      if (short !== null) tokens = 0;
+    }
+    this.#record(r.agent, r.pool, r.fabric, tokens, cost, now);
+    if (this.#waiters.length > 0) this.#wake();
+    return short;
   }
 
   /** Gives a reservation back unused. Idempotent; does nothing after settle. */
@@ -314,6 +521,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     if (r.code !== RESERVED) return;
     r.code = RELEASED;
     unreserve(r);
+    if (this.#waiters.length > 0) this.#wake();
   }
 
   /** Usage and limits of an agent. */
@@ -348,6 +556,38 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
       if (p !== null) return p;
     }
     return this.#fabricScope().shortfall(tokens, cost, now);
+  }
+
+  /** True when no level is short of the call with in-flight reservations left aside. */
+  #fitsUnreserved(
+    agentId: string,
+    poolId: string | undefined,
+    tokens: number,
+    cost: number,
+    now: number,
+  ): boolean {
+    return (
+      this.#agent(agentId).fitsUnreserved(tokens, cost, now) &&
+      (poolId === undefined || this.#pool(poolId).fitsUnreserved(tokens, cost, now)) &&
+      this.#fabricScope().fitsUnreserved(tokens, cost, now)
+    );
+  }
+
+  /** `tokens`, but at most the smallest token limit of the call's levels. */
+  #clamp(agentId: string | undefined, poolId: string | undefined, tokens: number): number {
+    let cap = tokenLimit(this.#fabricScope());
+    if (agentId !== undefined) cap = Math.min(cap, tokenLimit(this.#agent(id('agentId', agentId))));
+    if (poolId !== undefined)
+      cap = Math.min(cap, tokenLimit(this.#pool(id('options.poolId', poolId))));
+    return tokens < cap ? tokens : cap;
+  }
+
+  /** The level a shortfall names. */
+  #scopeNamed(scope: string, agentId: string, poolId: string | undefined): ScopeUsage {
+    if (scope === FABRIC) return this.#fabricScope();
+    return poolId !== undefined && scope === `pool:${poolId}`
+      ? this.#pool(poolId)
+      : this.#agent(agentId);
   }
 
   #record(
@@ -399,6 +639,17 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     map.set(key, s);
     return s;
   }
+}
+
+/** The smallest `retryAt` hint after a wait, so a refused caller does not spin. */
+const MIN_RETRY_MS = 1000;
+
+function abortReason(signal: AbortSignal): unknown {
+  return signal.reason instanceof Error ? signal.reason : new Error('cancelled');
+}
+
+function tokenLimit(s: ScopeUsage): number {
+  return s.config?.maxTokensPerHour ?? Number.POSITIVE_INFINITY;
 }
 
 function unreserve(r: ReservationImpl): void {

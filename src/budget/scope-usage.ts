@@ -154,6 +154,58 @@ export class ScopeUsage implements BudgetStateSource {
     return null;
   }
 
+  /**
+   * True when `tokens`/`cost` fit on top of the usage counted in the windows alone, in-flight
+   * reservations aside: whether waiting for those to settle can let the call pass.
+   */
+  fitsUnreserved(tokens: number, cost: number, now: number): boolean {
+    const c = this.config;
+    if (c === undefined) return true;
+    return (
+      (c.maxTokensPerHour === Number.POSITIVE_INFINITY ||
+        fits(this.tokens.used(now), tokens, c.maxTokensPerHour)) &&
+      (c.maxCostPerDay === Number.POSITIVE_INFINITY ||
+        fits(this.cost.used(now), cost, c.maxCostPerDay))
+    );
+  }
+
+  /**
+   * Null when `tokens` more would stay within the token limit on top of the usage counted (not
+   * the reservations: this is the check of a result about to be delivered); else why not, with
+   * `retryAt` when enough usage will have left the window for them (null when `tokens` alone
+   * exceed the limit). Unlike {@link shortfall}, an exhausted scope still takes 0 tokens.
+   */
+  deliveryShortfall(tokens: number, now: number): BudgetShortfall | null {
+    const max = this.config?.maxTokensPerHour ?? Number.POSITIVE_INFINITY;
+    if (max === Number.POSITIVE_INFINITY) return null;
+    const used = this.tokens.used(now);
+    if (used + tokens <= max + TOLERANCE) return null;
+    const retryAt = tokens > max ? null : this.tokens.freedAt(used + tokens - max, now);
+    return Object.freeze({
+      scope: this.scope,
+      limit: 'tokens' as const,
+      used,
+      reserved: this.reservedTokens,
+      requested: tokens,
+      max,
+      retryAt,
+    });
+  }
+
+  /**
+   * When a call refused with `short` (a shortfall of this scope) may fit: its `retryAt`, else —
+   * for a request within the limit that in-flight reservations block — when enough usage leaves
+   * the window for the request alone, or `fallback` when the window already has room for it.
+   * Null when the request alone exceeds the limit.
+   */
+  retryHint(short: BudgetShortfall, now: number, fallback: number): number | null {
+    if (short.retryAt !== null) return short.retryAt;
+    if (short.requested > short.max + TOLERANCE) return null;
+    const need = short.used + short.requested - short.max;
+    if (need <= TOLERANCE) return fallback;
+    return (short.limit === 'tokens' ? this.tokens : this.cost).freedAt(need, now) ?? fallback;
+  }
+
   /** Records usage and fires threshold alerts. */
   record(tokens: number, cost: number, now: number, emit: AlertSink): void {
     if (tokens > 0) {

@@ -47,8 +47,27 @@ export interface ToolCallContext {
   /** Called once when the call is parked waiting for a human approval. */
   onWaiting?: ((approval: unknown) => void) | undefined;
   approvalTimeoutSeconds?: number | undefined;
-  /** Reservation estimate from `toolCosts` (cost) and the tool's recent results (tokens). */
+  /**
+   * Reservation estimate: cost from `toolCosts`, tokens learned from this agent's recent results
+   * of this tool (a prior before the first one; see `TokenEstimates`).
+   */
   estimate?: ToolUsage | undefined;
+  /**
+   * How the budget admits the call: it may wait up to `waitMs` while only other calls'
+   * in-flight reservations keep it out, and its token estimate is a guess to clamp to the
+   * smallest limit (`clampTokens`; the gateway settles with `requireFit`).
+   */
+  budget?: { readonly waitMs?: number; readonly clampTokens?: boolean } | undefined;
+}
+
+/** Options of {@link GatewayBackend.settleToolCall}. */
+export interface SettleToolCallOptions {
+  /**
+   * Charge the result's tokens only if they fit every budget on top of the usage already
+   * counted; otherwise charge the cost alone and return the refusal, so the gateway withholds
+   * the result.
+   */
+  requireFit?: boolean;
 }
 
 /** A call the pipeline let through; pass it back to `settleToolCall`. */
@@ -97,8 +116,17 @@ export interface GatewayBackend {
    * `authorizeToolCall`). Spares the hot path its promises.
    */
   tryAuthorizeToolCall?(ctx: ToolCallContext): ToolCallAuthorization | undefined;
-  /** Settles a reservation with the actual usage of the call. */
-  settleToolCall(authorization: ToolCallAllowed, usage: ToolUsage): unknown;
+  /**
+   * Settles a reservation with the actual usage of the call, synchronously: with `requireFit`,
+   * a `FABRIC_ERR_BUDGET_EXCEEDED` refusal means the tokens were not charged and the gateway
+   * withholds the result; nothing (`undefined`) means everything was charged. A promise (a
+   * backend that settles remotely) cannot withhold anything: it is only watched for failure.
+   */
+  settleToolCall(
+    authorization: ToolCallAllowed,
+    usage: ToolUsage,
+    options?: SettleToolCallOptions,
+  ): ToolCallRefused | void | Promise<unknown>;
   /**
    * Optional side-effect-free probe: `false` when policy denies `tool` to the agent outright
    * (a rule without conditions). Rules with conditions must answer `true`. Without this

@@ -23,6 +23,12 @@ export interface FabricToolCall {
 /** One fabric tool: its listing and its handler. */
 export interface FabricTool {
   readonly tool: Tool;
+  /**
+   * Its answer reaches the agent even when its tokens do not fit the budget (they are then not
+   * charged): `record_usage` confirms usage it already recorded, and an agent that never saw
+   * the confirmation would report the same usage again.
+   */
+  readonly alwaysDelivered?: boolean;
   call(backend: GatewayBackend, call: FabricToolCall): Promise<CallToolResult>;
 }
 
@@ -120,12 +126,16 @@ export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
       z.object({ ...attemptArgs, progress: z.unknown() }).strict(),
       (b, agentId, a) => b.reportProgress(agentId, a.taskId, a.attempt, a.progress) ?? { ok: true },
     ),
-    define(
-      'record_usage',
-      'Record model usage (tokens, cost) this agent spent outside tool calls, against its budget.',
-      z.object({ tokens: z.number().int().min(0), cost: z.number().min(0) }).strict(),
-      (b, agentId, a) => b.recordUsage(agentId, { tokens: a.tokens, cost: a.cost }) ?? { ok: true },
-    ),
+    {
+      ...define(
+        'record_usage',
+        'Record model usage (tokens, cost) this agent spent outside tool calls, against its budget.',
+        z.object({ tokens: z.number().int().min(0), cost: z.number().min(0) }).strict(),
+        (b, agentId, a) =>
+          b.recordUsage(agentId, { tokens: a.tokens, cost: a.cost }) ?? { ok: true },
+      ),
+      alwaysDelivered: true,
+    },
     define(
       'get_hook',
       "The work on this agent's hook: its ACTIVE hook, else its oldest PENDING one, or null. If there is work on your hook, you run it: activate it, work in its worktree, then complete or fail it.",

@@ -3,7 +3,8 @@
  * sessions (downstream) and upstream tool servers.
  *
  * ```
- * identify → policy [→ approval wait] → budget reserve → forward → settle usage → audit
+ * identify → policy [→ approval wait] → budget reserve [→ wait] → forward → settle usage
+ *   (a result whose tokens do not fit is withheld) → response → audit
  * ```
  *
  * Upstream connections are shared by every agent session. Server→client requests from an
@@ -40,6 +41,7 @@ import { AuditLog, type AuditLogOptions, type AuditOutcome } from './audit-log.j
 import type {
   AgentIdentity,
   GatewayBackend,
+  SettleToolCallOptions,
   ToolCallAllowed,
   ToolCallAuthorization,
   ToolCallRefused,
@@ -63,6 +65,7 @@ import {
   type DownstreamExtra,
   type SessionHost,
 } from './session.js';
+import { TokenEstimates, type ToolEstimate } from './token-estimates.js';
 import { estimateTokens, ToolCosts } from './tool-costs.js';
 import { Upstream } from './upstream.js';
 import {
@@ -77,6 +80,8 @@ export const DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS = 1000;
 export const DEFAULT_SHUTDOWN_GRACE_MS = 5000;
 /** Default of {@link ToolGatewayOptions.maxSubscriptionsPerSession}. */
 export const DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION = 256;
+/** Default of {@link ToolGatewayOptions.budgetWaitMs}. */
+export const DEFAULT_BUDGET_WAIT_MS = 5000;
 
 /** A structured log line from the gateway (the CLI prints them; the library drops them). */
 export interface GatewayLogEntry {
@@ -93,6 +98,20 @@ export interface ToolGatewayOptions {
   upstreams?: Readonly<Record<string, UpstreamSpecInput | UpstreamSpec>>;
   /** Tool-name glob → cost per call (first match wins). @default {} */
   toolCosts?: Readonly<Record<string, number>>;
+  /**
+   * Tool-name glob → tokens reserved for an agent's first call of a matching tool, before its
+   * results teach the estimate (first match wins; unmatched tools use `DEFAULT_TOKEN_ESTIMATE`).
+   * @default {}
+   */
+  tokenEstimates?: Readonly<Record<string, number>>;
+  /**
+   * Longest wait, in ms, of a call that in-flight calls' reservations keep out of a budget, or
+   * that waits for the first result of a tool it has not used yet (single flight); then it
+   * proceeds or is refused with `FABRIC_ERR_BUDGET_EXCEEDED` and a `retryAt`. 0: no waiting
+   * (refuse at once, no single flight).
+   * @default 5000
+   */
+  budgetWaitMs?: number;
   /** Audit log file and rotation; `false` disables it. @default false */
   audit?: AuditLogOptions | false;
   /**
@@ -141,7 +160,14 @@ interface SessionGate {
   waiting: { session: GatewaySession; go: () => void }[];
 }
 
+/** How the backend admits a call's budget reservation (see `ToolCallContext.budget`). */
+interface BudgetAdmission {
+  readonly waitMs: number;
+  readonly clampTokens: true;
+}
+
 const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
+const REQUIRE_FIT: SettleToolCallOptions = Object.freeze({ requireFit: true });
 /** The metrics label of a tool name that is not in the catalog (agents must not grow labels). */
 const UNKNOWN_TOOL = '(unknown)';
 /** Longest unknown tool name written to the audit log (a made-up name could be megabytes). */
@@ -179,8 +205,11 @@ export class ToolGateway implements SessionHost {
   readonly #subscribers = new Map<string, Set<GatewaySession>>();
   /** The log level each upstream was last told (see #syncLogLevel). */
   readonly #logLevels = new Map<Upstream, LoggingLevel>();
-  /** Last result size per tool, used as the token estimate of the next reservation. */
-  readonly #lastTokens = new Map<string, number>();
+  /** Learned token estimates per (agent, tool): what a call reserves. */
+  readonly #estimates: TokenEstimates;
+  readonly #budgetWaitMs: number;
+  /** How the backend admits calls (one frozen object: no allocation per call). */
+  readonly #budgetOptions: BudgetAdmission;
   #catalog: Catalog = EMPTY_CATALOG;
   #calls = 0;
   #drained: (() => void) | undefined;
@@ -204,6 +233,14 @@ export class ToolGateway implements SessionHost {
             this.#log({ level: 'error', msg: 'audit log write failed', error: messageOf(error) }),
         })
       : undefined;
+    this.#estimates = new TokenEstimates({ priors: options.tokenEstimates });
+    const waitMs = options.budgetWaitMs ?? DEFAULT_BUDGET_WAIT_MS;
+    if (typeof waitMs !== 'number' || !Number.isFinite(waitMs) || waitMs < 0) {
+      throw new ConfigError('budgetWaitMs', 'must be a finite number >= 0');
+    }
+    this.#budgetWaitMs = waitMs;
+    // Estimates are guesses (clamped to the limit); what is charged is bounded at settle.
+    this.#budgetOptions = Object.freeze({ waitMs, clampTokens: true as const });
     this.#hideDenied = options.hideDeniedTools ?? true;
     this.#approvalTimeoutSeconds = options.approvalTimeoutSeconds;
     this.#approvalProgressMs =
@@ -275,6 +312,19 @@ export class ToolGateway implements SessionHost {
       throw error;
     }
     this.#state = 'started';
+  }
+
+  /** The learned token estimates: what each (agent, tool)'s next call reserves. */
+  get tokenEstimates(): TokenEstimates {
+    return this.#estimates;
+  }
+
+  /**
+   * Drops what the gateway learned about an agent (its token estimates). The sidecar calls it
+   * when the fabric forgets an agent.
+   */
+  forgetAgent(agentId: string): void {
+    this.#estimates.forgetAgent(agentId);
   }
 
   /** Opens a session for one agent; connect it to a transport next. */
@@ -353,8 +403,19 @@ export class ToolGateway implements SessionHost {
     }
     this.#beginCall();
     let endLater = false;
+    const estimate = this.#estimates.get(agentId, name);
+    let flight = false;
     try {
       const cost = this.#costs.costOf(name);
+      let budget = this.#budgetOptions;
+      if (!estimate.observed) {
+        try {
+          ({ flight, budget } = await this.#coldFlight(estimate, extra));
+        } catch (error) {
+          audit({ decision: 'none', outcome: 'cancelled', code: codeOf(error) });
+          return toolErrorResult(error);
+        }
+      }
       let auth: ToolCallAuthorization;
       let waited: boolean;
       let view: Readonly<Record<string, unknown>> = args;
@@ -364,14 +425,25 @@ export class ToolGateway implements SessionHost {
           const v = route.upstream.paths.view(args);
           view = v instanceof Promise ? await v : v; // only for paths looked up on disk
         }
-        let a = this.#authorize(session, name, view, args, extra, {
-          tokens: this.#lastTokens.get(name) ?? 0,
-          cost,
-        });
-        if (a instanceof Promise) a = await a; // only approval waits
+        let a = this.#authorize(
+          session,
+          name,
+          view,
+          args,
+          extra,
+          { tokens: estimate.tokens, cost },
+          budget,
+        );
+        if (a instanceof Promise) a = await a; // only approval, budget and disk waits
         ({ auth, waited } = a);
       } catch (error) {
-        audit({ decision: 'error', outcome: 'error', code: codeOf(error) });
+        // A wait (approval, budget) ends by throwing when the client cancels the call.
+        const cancelled = (extra.cancel ?? extra.signal).aborted;
+        audit({
+          decision: 'error',
+          outcome: cancelled ? 'cancelled' : 'error',
+          code: codeOf(error),
+        });
         return toolErrorResult(error);
       }
       if (!auth.allowed) {
@@ -406,21 +478,22 @@ export class ToolGateway implements SessionHost {
         if (error instanceof McpError && !(error.code === ErrorCode.ConnectionClosed)) throw error;
         return toolErrorResult(error);
       }
-      const done = result;
-      const finish = (): void => {
-        const tokens = estimateTokens(done);
-        this.#lastTokens.set(name, tokens);
-        this.#settle(auth, { tokens, cost });
-        audit({
-          decision,
-          rule: d.rule,
-          outcome: (done as CallToolResult).isError ? 'tool_error' : 'ok',
-          tokens,
-          cost,
-        });
-      };
+      // Settled before the response is written: the agent never sees tokens its budget cannot
+      // hold. The audit line waits until after the write.
+      const tokens = estimateTokens(result);
+      estimate.observe(tokens);
+      let withheld = this.#settle(auth, { tokens, cost }, true);
+      if (fabricTool?.alwaysDelivered === true) withheld = undefined; // not charged, delivered
+      const outcome =
+        withheld !== undefined
+          ? 'withheld'
+          : (result as CallToolResult).isError
+            ? 'tool_error'
+            : 'ok';
+      const code = withheld?.code;
+      const finish = (): void => audit({ decision, rule: d.rule, outcome, code, tokens, cost });
       if (extra.defer) {
-        // Settle and audit right after the response is written; the call ends then.
+        // Audit right after the response is written; the call ends then.
         endLater = true;
         extra.defer(() => {
           try {
@@ -432,10 +505,29 @@ export class ToolGateway implements SessionHost {
       } else {
         finish();
       }
-      return result;
+      return withheld === undefined ? result : refusalResult(withheld);
     } finally {
+      if (flight) estimate.land();
       if (!endLater) this.#endCall();
     }
+  }
+
+  /**
+   * The single flight of a pair with no result yet (rare: an agent's first calls of a tool).
+   * Waits, bounded by `budgetWaitMs` and ended by the call's cancellation, while another call
+   * holds it. `flight`: this call now holds it; `budget`: the admission options with what is
+   * left of the wait, so a call waits at most `budgetWaitMs` in all.
+   */
+  async #coldFlight(
+    estimate: ToolEstimate,
+    extra: Pick<CallExtra, 'signal'>,
+  ): Promise<{ flight: boolean; budget: BudgetAdmission }> {
+    const started = performance.now();
+    const f = estimate.flight(this.#budgetWaitMs, extra.signal);
+    if (typeof f === 'boolean') return { flight: f, budget: this.#budgetOptions };
+    const flight = await f;
+    const waitMs = Math.max(0, this.#budgetWaitMs - (performance.now() - started));
+    return { flight, budget: { waitMs, clampTokens: true } };
   }
 
   /**
@@ -451,6 +543,7 @@ export class ToolGateway implements SessionHost {
     raw: Readonly<Record<string, unknown>>,
     extra: Pick<CallExtra, 'signal' | 'requestId' | '_meta'>,
     estimate: { tokens: number; cost: number },
+    budget: BudgetAdmission = this.#budgetOptions,
   ):
     | { auth: ToolCallAuthorization; waited: boolean }
     | Promise<{
@@ -459,7 +552,7 @@ export class ToolGateway implements SessionHost {
       }> {
     const { agentId, poolId, labels } = session.identity;
     const rawParams = raw === params ? undefined : raw;
-    const ctx = { agentId, poolId, tool, params, rawParams, labels, estimate };
+    const ctx = { agentId, poolId, tool, params, rawParams, labels, estimate, budget };
     const now = this.#backend.tryAuthorizeToolCall?.(ctx);
     if (now !== undefined) return { auth: now, waited: false };
     const progressToken = extra._meta?.progressToken;
@@ -522,16 +615,32 @@ export class ToolGateway implements SessionHost {
     };
   }
 
-  #settle(auth: ToolCallAllowed, usage: { tokens: number; cost: number }): void {
+  /**
+   * Settles a call's usage, synchronously. With `requireFit` (a result about to be delivered),
+   * returns the backend's refusal when the result's tokens do not fit a budget: they were not
+   * charged, and the caller withholds the result.
+   */
+  #settle(
+    auth: ToolCallAllowed,
+    usage: { tokens: number; cost: number },
+    requireFit = false,
+  ): ToolCallRefused | undefined {
     try {
-      const settled = this.#backend.settleToolCall(auth, usage);
+      const settled = this.#backend.settleToolCall(
+        auth,
+        usage,
+        requireFit ? REQUIRE_FIT : undefined,
+      );
       if (settled instanceof Promise) {
         settled.catch((error: unknown) =>
           this.#log({ level: 'error', msg: 'settling usage failed', error: messageOf(error) }),
         );
+        return undefined;
       }
+      return isRefusal(settled) ? settled : undefined;
     } catch (error) {
       this.#log({ level: 'error', msg: 'settling usage failed', error: messageOf(error) });
+      return undefined;
     }
   }
 
@@ -643,11 +752,11 @@ export class ToolGateway implements SessionHost {
    * `{ uri }` (plus the `path` of a `file:` URI, see {@link resourceParams}), `prompts/get` with
    * `{ name, arguments }`, or `completion/complete` with the prompt's `name` or the template's
    * `uri` (and `path`) plus `argument` — and gets an audit line. Path-like values are resolved
-   * by the owning `upstream`'s resolver for the policy, as a tool call's are. Its budget is checked as a
-   * call's (an exhausted budget refuses it); the reservation estimates the tokens of the last
-   * such request and is settled with the tokens of what came back (the same estimator as tool
-   * results; none for a subscription) and the `toolCosts` entry matching the pseudo-tool's
-   * name, if any. Refusals are JSON-RPC errors.
+   * by the owning `upstream`'s resolver for the policy, as a tool call's are. Its budget is
+   * handled as a call's: the reservation is the agent's learned estimate for the pseudo-tool,
+   * settled with the tokens of what came back (the same estimator as tool results; none for a
+   * subscription) and the `toolCosts` entry matching the pseudo-tool's name, if any; what does
+   * not fit is withheld. Refusals are JSON-RPC errors.
    */
   async #guarded(
     session: GatewaySession,
@@ -658,43 +767,73 @@ export class ToolGateway implements SessionHost {
     read: () => Promise<Result>,
   ): Promise<Result> {
     const started = performance.now();
-    const audit = this.#auditor(session.identity.agentId, tool, params, started);
-    let auth: ToolCallAuthorization;
-    let waited: boolean;
-    let view: Readonly<Record<string, unknown>> = params;
-    const cost = this.#costs.costOf(tool);
+    const { agentId } = session.identity;
+    const audit = this.#auditor(agentId, tool, params, started);
+    const estimate = this.#estimates.get(agentId, tool);
+    let flight = false;
     try {
-      const v = upstream.paths.view(params);
-      view = v instanceof Promise ? await v : v;
-      let a = this.#authorize(session, tool, view, params, extra, {
-        tokens: this.#lastTokens.get(tool) ?? 0,
-        cost,
-      });
-      if (a instanceof Promise) a = await a;
-      ({ auth, waited } = a);
-    } catch (error) {
-      audit({ decision: 'error', outcome: 'error', code: codeOf(error) });
-      throw toMcpError(error);
+      let budget = this.#budgetOptions;
+      if (!estimate.observed) {
+        try {
+          ({ flight, budget } = await this.#coldFlight(estimate, extra));
+        } catch (error) {
+          audit({ decision: 'none', outcome: 'cancelled', code: codeOf(error) });
+          throw toMcpError(error);
+        }
+      }
+      let auth: ToolCallAuthorization;
+      let waited: boolean;
+      let view: Readonly<Record<string, unknown>> = params;
+      const cost = this.#costs.costOf(tool);
+      try {
+        const v = upstream.paths.view(params);
+        view = v instanceof Promise ? await v : v;
+        let a = this.#authorize(
+          session,
+          tool,
+          view,
+          params,
+          extra,
+          { tokens: estimate.tokens, cost },
+          budget,
+        );
+        if (a instanceof Promise) a = await a;
+        ({ auth, waited } = a);
+      } catch (error) {
+        const cancelled = extra.signal.aborted;
+        audit({
+          decision: 'error',
+          outcome: cancelled ? 'cancelled' : 'error',
+          code: codeOf(error),
+        });
+        throw toMcpError(error);
+      }
+      const d = describeDecision(auth.decision);
+      if (!auth.allowed) {
+        audit({ decision: d.action ?? 'deny', rule: d.rule, outcome: 'denied', code: auth.code });
+        throw refusalError(explainUnresolved(auth, view));
+      }
+      const decision = waited ? 'approved' : (d.action ?? 'allow');
+      let result: Result;
+      try {
+        result = await read();
+      } catch (error) {
+        this.#settle(auth, { tokens: 0, cost: 0 });
+        audit({ decision, rule: d.rule, outcome: 'error', code: codeOf(error) });
+        throw error;
+      }
+      const tokens = tool === 'resources/subscribe' ? 0 : estimateTokens(result);
+      estimate.observe(tokens);
+      const withheld = this.#settle(auth, { tokens, cost }, true);
+      if (withheld !== undefined) {
+        audit({ decision, rule: d.rule, outcome: 'withheld', code: withheld.code, tokens, cost });
+        throw refusalError(withheld);
+      }
+      audit({ decision, rule: d.rule, outcome: 'ok', tokens, cost });
+      return result;
+    } finally {
+      if (flight) estimate.land();
     }
-    const d = describeDecision(auth.decision);
-    if (!auth.allowed) {
-      audit({ decision: d.action ?? 'deny', rule: d.rule, outcome: 'denied', code: auth.code });
-      throw refusalError(explainUnresolved(auth, view));
-    }
-    const decision = waited ? 'approved' : (d.action ?? 'allow');
-    let result: Result;
-    try {
-      result = await read();
-    } catch (error) {
-      this.#settle(auth, { tokens: 0, cost: 0 });
-      audit({ decision, rule: d.rule, outcome: 'error', code: codeOf(error) });
-      throw error;
-    }
-    const tokens = tool === 'resources/subscribe' ? 0 : estimateTokens(result);
-    this.#lastTokens.set(tool, tokens);
-    this.#settle(auth, { tokens, cost });
-    audit({ decision, rule: d.rule, outcome: 'ok', tokens, cost });
-    return result;
   }
 
   /** Sends a request upstream on behalf of a session, tracking it for routing and progress. */
@@ -1068,6 +1207,12 @@ function sameKeys(a: ReadonlyMap<string, unknown>, b: ReadonlyMap<string, unknow
 /** `name`, cut to {@link AUDIT_UNKNOWN_NAME_MAX} characters. */
 function truncated(name: string): string {
   return name.length > AUDIT_UNKNOWN_NAME_MAX ? `${name.slice(0, AUDIT_UNKNOWN_NAME_MAX)}…` : name;
+}
+
+function isRefusal(value: unknown): value is ToolCallRefused {
+  return (
+    typeof value === 'object' && value !== null && (value as ToolCallRefused).allowed === false
+  );
 }
 
 function codeOf(error: unknown): string {

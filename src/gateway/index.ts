@@ -28,6 +28,8 @@ export {
   ToolGateway,
   describeDecision,
   DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS,
+  DEFAULT_BUDGET_WAIT_MS,
+  DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION,
   DEFAULT_SHUTDOWN_GRACE_MS,
 } from './gateway.js';
 export {
@@ -56,6 +58,13 @@ export {
 export { ProcessStdioTransport } from './process-stdio-transport.js';
 export { GatewaySession } from './session.js';
 export { serializeMessage } from './serialize-message.js';
+export {
+  TokenEstimates,
+  ToolEstimate,
+  DEFAULT_MAX_ESTIMATE_AGENTS,
+  DEFAULT_TOKEN_ESTIMATE,
+  ESTIMATE_DECAY,
+} from './token-estimates.js';
 export { ToolCosts, approximateJsonBytes, estimateTokens, BYTES_PER_TOKEN } from './tool-costs.js';
 export { Upstream } from './upstream.js';
 export {
@@ -74,6 +83,7 @@ export type {
   AgentIdentity,
   GatewayBackend,
   GatewayIdentity,
+  SettleToolCallOptions,
   ToolCallAllowed,
   ToolCallAuthorization,
   ToolCallContext,
@@ -87,5 +97,6 @@ export type { HttpSessionTransportOptions } from './downstream-http-transport.js
 export type { MessageKind } from './jsonrpc-message.js';
 export type { FabricTool } from './fabric-tools.js';
 export type { GatewayLogEntry, ToolGatewayOptions } from './gateway.js';
+export type { TokenEstimatesOptions } from './token-estimates.js';
 export type { UpstreamHooks, UpstreamState, UpstreamCallOptions } from './upstream.js';
 export type { UpstreamSpec, UpstreamSpecInput, StdioUpstreamSpec } from './upstream-config.js';

@@ -4,7 +4,14 @@
  *
  * @module
  */
-import type { BudgetManager, Reservation, UsageAmount } from '../budget/budget-manager.js';
+import type {
+  BudgetManager,
+  Reservation,
+  ReserveOptions,
+  SettleOptions,
+  UsageAmount,
+} from '../budget/budget-manager.js';
+import type { BudgetShortfall } from '../budget/scope-usage.js';
 import {
   ApprovalDeniedError,
   ApprovalExpiredError,
@@ -36,6 +43,22 @@ export interface ToolCallAuthorizerOptions {
   estimateCost?: CostEstimator;
 }
 
+/** How the budget admits one call (see {@link ToolCallContext.budget}). */
+export interface ToolCallBudgetOptions {
+  /**
+   * Longest wait, in ms, while only other calls' in-flight reservations keep this one out
+   * (bounded, ended by `signal`); then it is reserved or refused with a `retryAt`.
+   * @default 0 — refuse at once
+   */
+  readonly waitMs?: number | undefined;
+  /**
+   * The token estimate is a guess: reserve at most the smallest token limit, so a conservative
+   * prior cannot make a call impossible. Pair it with `settle(…, { requireFit: true })`.
+   * @default false
+   */
+  readonly clampTokens?: boolean | undefined;
+}
+
 /** The tool call to authorize. */
 export interface ToolCallContext {
   agentId: string;
@@ -58,7 +81,9 @@ export interface ToolCallContext {
    */
   approvalTimeoutSeconds?: number;
   /** Overrides `estimateCost` for this call. */
-  estimate?: UsageAmount;
+  estimate?: UsageAmount | undefined;
+  /** Waiting and clamping of the budget reservation. @default refuse at once, no clamping */
+  budget?: ToolCallBudgetOptions | undefined;
 }
 
 /** A call that may run. Pass it to {@link ToolCallAuthorizer.settle} when it finishes. */
@@ -88,13 +113,16 @@ export interface ToolCallDenied {
 export type ToolCallAuthorization = ToolCallAllowed | ToolCallDenied;
 
 const ZERO: UsageAmount = Object.freeze({ tokens: 0, cost: 0 });
+const REQUIRE_FIT: SettleOptions = Object.freeze({ requireFit: true });
 
 /**
  * Authorizes tool calls: policy → (if required) human approval → budget reservation.
  *
  * Before asking a human, the budget is checked (not reserved) so nobody is asked to approve a
- * call that would be refused anyway; after approval the estimate is reserved. Refusals are
- * returned as {@link ToolCallDenied}; only an aborted wait (`signal`) and programming errors throw.
+ * call that would be refused anyway; after approval the estimate is reserved. With
+ * `ctx.budget.waitMs`, a call that only other calls' in-flight reservations keep out waits for
+ * them to settle (bounded). Refusals are returned as {@link ToolCallDenied}; only an aborted
+ * wait (`signal`) and programming errors throw.
  *
  * @example
  * const auth = new ToolCallAuthorizer({ policies, approvals, budgets });
@@ -131,11 +159,11 @@ export class ToolCallAuthorizer {
   /** Decides whether the call may run, waiting for a human when a policy requires one. */
   async authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
     const decision = this.#policies.evaluateSync(ctx);
-    if (decision.action !== 'require_approval') return this.#admit(ctx, decision);
+    if (decision.action !== 'require_approval') return this.#admitWaiting(ctx, decision);
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
-    const budgetOptions = ctx.poolId === undefined ? undefined : { poolId: ctx.poolId };
-    const pre = this.#budgets.check(ctx.agentId, estimate, budgetOptions);
-    if (!pre.allowed) {
+    const pre = this.#budgets.check(ctx.agentId, estimate, reserveOptions(ctx));
+    // A call only in-flight reservations keep out may fit by the time a human decides.
+    if (!pre.allowed && !(waitMsOf(ctx) > 0 && inFlightOnly(pre))) {
       const { allowed: _allowed, ...shortfall } = pre;
       return denied(new BudgetExceededError(shortfall), decision, pre.retryAt);
     }
@@ -167,17 +195,53 @@ export class ToolCallAuthorizer {
     if (approval.status === 'expired') {
       return denied(new ApprovalExpiredError(pending.id), final);
     }
-    return this.#admit(ctx, final, approval);
+    return this.#admitWaiting(ctx, final, approval);
   }
 
   /**
    * {@link authorize} without waiting: the same outcome when no human has to decide, and
-   * `undefined` when policy requires approval (nothing is reserved or created then; call
-   * `authorize`). `ctx.signal` and `ctx.onWaiting` are not used.
+   * `undefined` when policy requires approval, or when the budget refuses a call with
+   * `ctx.budget` (it may wait, and its refusal gets the best `retryAt` known) — nothing is
+   * reserved or created then; call `authorize`. `ctx.signal` and `ctx.onWaiting` are not used.
    */
   tryAuthorize(ctx: ToolCallContext): ToolCallAuthorization | undefined {
     const decision = this.#policies.evaluateSync(ctx);
-    return decision.action === 'require_approval' ? undefined : this.#admit(ctx, decision);
+    if (decision.action === 'require_approval') return undefined;
+    const a = this.#admit(ctx, decision);
+    // Budget refusals are rare; the waiting path decides them (with the better retryAt).
+    if (!a.allowed && a.code === BudgetExceededError.code && ctx.budget !== undefined) {
+      return undefined;
+    }
+    return a;
+  }
+
+  /**
+   * {@link #admit}; with `ctx.budget`, through `reserveWhenFree`: waiting up to `waitMs` for
+   * in-flight reservations to settle, and refusing with a `retryAt` whenever one can be given.
+   */
+  async #admitWaiting(
+    ctx: ToolCallContext,
+    decision: PolicyDecision,
+    approval?: ApprovalResult,
+  ): Promise<ToolCallAuthorization> {
+    if (decision.action === 'deny' || ctx.budget === undefined) {
+      return this.#admit(ctx, decision, approval);
+    }
+    const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
+    try {
+      const reservation = await this.#budgets.reserveWhenFree(ctx.agentId, estimate, {
+        poolId: ctx.poolId,
+        clampTokens: ctx.budget?.clampTokens === true,
+        waitMs: waitMsOf(ctx),
+        signal: ctx.signal,
+      });
+      return allowed(decision, reservation, approval);
+    } catch (err) {
+      if (err instanceof BudgetExceededError) {
+        return denied(err, decision, err.details.retryAt as number | null);
+      }
+      throw err;
+    }
   }
 
   /** Refuses a `deny` decision, or reserves the estimate of an allowed (or approved) call. */
@@ -192,16 +256,8 @@ export class ToolCallAuthorizer {
     }
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     try {
-      const reservation = this.#budgets.reserve(
-        ctx.agentId,
-        estimate,
-        ctx.poolId === undefined ? undefined : { poolId: ctx.poolId },
-      );
-      return Object.freeze(
-        approval === undefined
-          ? { allowed: true as const, decision, reservation }
-          : { allowed: true as const, decision, reservation, approval },
-      );
+      const reservation = this.#budgets.reserve(ctx.agentId, estimate, reserveOptions(ctx));
+      return allowed(decision, reservation, approval);
     } catch (err) {
       if (err instanceof BudgetExceededError) {
         return denied(err, decision, err.details.retryAt as number | null);
@@ -213,15 +269,80 @@ export class ToolCallAuthorizer {
   /**
    * Records the call's actual usage against its reservation (fields left out keep the
    * estimate). Idempotent; does nothing for a denied authorization.
+   *
+   * With `requireFit`, the tokens are charged only when they fit every budget on top of the
+   * usage already counted; otherwise only the cost is, and the result is a
+   * `FABRIC_ERR_BUDGET_EXCEEDED` refusal (details `withheld: true`, `requested` = the tokens,
+   * `max`, `used`, `retryAt`): the caller must withhold the call's result from the agent.
+   * @returns undefined when everything was charged.
    */
-  settle(authorization: ToolCallAuthorization, actual?: UsageAmount): void {
-    if (authorization.allowed) this.#budgets.settle(authorization.reservation, actual);
+  settle(
+    authorization: ToolCallAuthorization,
+    actual?: UsageAmount,
+    options?: SettleOptions,
+  ): ToolCallDenied | undefined {
+    if (!authorization.allowed) return undefined;
+    const short = this.#budgets.settle(
+      authorization.reservation,
+      actual,
+      options?.requireFit === true ? REQUIRE_FIT : undefined,
+    );
+    return short === null ? undefined : withheld(short, authorization.decision);
   }
 
   /** Gives back the reservation of a call that did not run. Idempotent. */
   release(authorization: ToolCallAuthorization): void {
     if (authorization.allowed) this.#budgets.release(authorization.reservation);
   }
+}
+
+function allowed(
+  decision: PolicyDecision,
+  reservation: Reservation,
+  approval: ApprovalResult | undefined,
+): ToolCallAllowed {
+  return Object.freeze(
+    approval === undefined
+      ? { allowed: true as const, decision, reservation }
+      : { allowed: true as const, decision, reservation, approval },
+  );
+}
+
+/** Reservation options of a call: its pool, and whether its token estimate is clamped. */
+function reserveOptions(ctx: ToolCallContext): ReserveOptions | undefined {
+  const clampTokens = ctx.budget?.clampTokens === true;
+  if (ctx.poolId === undefined) return clampTokens ? CLAMP : undefined;
+  return { poolId: ctx.poolId, clampTokens };
+}
+
+const CLAMP: ReserveOptions = Object.freeze({ clampTokens: true });
+
+function waitMsOf(ctx: ToolCallContext): number {
+  const w = ctx.budget?.waitMs;
+  return typeof w === 'number' && w > 0 && Number.isFinite(w) ? w : 0;
+}
+
+/** A check refused only because of in-flight reservations (the window has room for it). */
+function inFlightOnly(s: BudgetShortfall): boolean {
+  return s.reserved > 0 && s.used + s.requested <= s.max && s.requested <= s.max;
+}
+
+/** The refusal of a call that ran but whose result's tokens do not fit a budget. */
+function withheld(short: BudgetShortfall, decision: PolicyDecision): ToolCallDenied {
+  const details = Object.freeze({ ...short, withheld: true });
+  const error = new BudgetExceededError(details);
+  const reason =
+    `the call ran, but its result (${short.requested} tokens) was withheld: it does not fit ` +
+    `the token budget of ${short.scope} (${short.used} of ${short.max} used in the window)`;
+  return Object.freeze({
+    allowed: false as const,
+    code: error.code,
+    reason,
+    decision,
+    retryAt: short.retryAt,
+    details,
+    error,
+  });
 }
 
 function denied(

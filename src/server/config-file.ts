@@ -126,6 +126,11 @@ export const sidecarConfigSchema = z
     budget: budgetSchema.optional(),
     /** Tool-name glob → cost of one call. */
     toolCosts: z.record(z.string(), z.number().min(0)).default({}),
+    /**
+     * Tool-name glob → tokens reserved for an agent's first call of a matching tool, until its
+     * results teach the estimate (first match wins; others use DEFAULT_TOKEN_ESTIMATE).
+     */
+    tokenEstimates: z.record(z.string(), z.number().min(0).finite()).default({}),
     pools: z
       .array(
         z
@@ -184,9 +189,19 @@ export const sidecarConfigSchema = z
         maxArgumentNodes: z.number().int().positive().optional(),
         /** Resource subscriptions one session may hold (unset: 256). */
         maxSubscriptionsPerSession: z.number().int().positive().optional(),
+        /**
+         * Longest wait of a call that in-flight calls keep out of its budget (or that waits for
+         * the first result of a tool new to its agent); 0 = refuse at once.
+         */
+        budgetWaitSeconds: z.number().min(0).max(300).default(5),
       })
       .strict()
-      .default({ hideDeniedTools: true, fabricTools: true, shutdownGraceSeconds: 5 }),
+      .default({
+        hideDeniedTools: true,
+        fabricTools: true,
+        shutdownGraceSeconds: 5,
+        budgetWaitSeconds: 5,
+      }),
     /** Folder created at start (the default filesystem upstream serves it). */
     sandbox: z.string().min(1).optional(),
     /**

@@ -11,9 +11,11 @@ import { InvalidArgumentError, UnauthenticatedError } from '../errors.js';
 import type {
   GatewayBackend,
   GatewayIdentity,
+  SettleToolCallOptions,
   ToolCallAllowed,
   ToolCallAuthorization,
   ToolCallContext,
+  ToolCallRefused,
   ToolUsage,
   ToolVisibilityContext,
 } from '../gateway/backend.js';
@@ -52,8 +54,12 @@ export class FabricBackend implements GatewayBackend, AdminApi {
     return this.#fabric.tryAuthorizeToolCall(ctx);
   }
 
-  settleToolCall(authorization: ToolCallAllowed, usage: ToolUsage): void {
-    this.#fabric.settleToolCall(authorization as never, usage);
+  settleToolCall(
+    authorization: ToolCallAllowed,
+    usage: ToolUsage,
+    options?: SettleToolCallOptions,
+  ): ToolCallRefused | undefined {
+    return this.#fabric.settleToolCall(authorization as never, usage, options);
   }
 
   isToolVisible(ctx: ToolVisibilityContext): boolean {

@@ -177,6 +177,8 @@ export class Sidecar {
         backend,
         upstreams: config.upstreams,
         toolCosts: config.toolCosts,
+        tokenEstimates: config.tokenEstimates,
+        budgetWaitMs: config.gateway.budgetWaitSeconds * 1000,
         audit: config.audit,
         hideDeniedTools: config.gateway.hideDeniedTools,
         fabricTools: config.gateway.fabricTools,
@@ -197,6 +199,8 @@ export class Sidecar {
       fabric?.lifecycle.events.on('agent.terminated', (agent) => {
         void gateway.closeAgentSessions(agent.id);
       });
+      // What the gateway learned about an agent (token estimates) goes with its record.
+      fabric?.lifecycle.events.on('agent.forgotten', (id) => gateway.forgetAgent(id));
       let http: StartedHttpServer | undefined;
       let mcp: McpHttpEndpoint | undefined;
       if (options.http !== false) {

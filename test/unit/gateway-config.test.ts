@@ -49,6 +49,23 @@ describe('sidecar config file', () => {
     expect(c.adminToken).toBe('x'.repeat(20));
   });
 
+  it('reads token estimate priors and the budget wait, rejecting bad ones by key path', () => {
+    const c = parseSidecarConfig(
+      'tokenEstimates:\n  "fs__read_*": 2000\ngateway:\n  budgetWaitSeconds: 2\n',
+      'f.yaml',
+      { env: {} },
+    );
+    expect(c.tokenEstimates).toEqual({ 'fs__read_*': 2000 });
+    expect(c.gateway.budgetWaitSeconds).toBe(2);
+    expect(parseSidecarConfig('{}', 'c.json', { env: {} }).gateway.budgetWaitSeconds).toBe(5);
+    expect(() =>
+      parseSidecarConfig('tokenEstimates:\n  "fs__*": -1\n', 'f.yaml', { env: {} }),
+    ).toThrow(/f\.yaml:2: tokenEstimates\.fs__\*/);
+    expect(() =>
+      parseSidecarConfig('gateway:\n  budgetWaitSeconds: -1\n', 'f.yaml', { env: {} }),
+    ).toThrow(/gateway\.budgetWaitSeconds/);
+  });
+
   it('loads the shipped example config', () => {
     const c = loadSidecarConfig(defaultConfigPath(), { env: {} });
     expect(c.upstreams.fs).toBeDefined();

@@ -244,4 +244,69 @@ describe('ToolCallAuthorizer', () => {
       () => new ToolCallAuthorizer({ policies, approvals, budgets, estimateCost: 5 as never }),
     ).toThrow(/options.estimateCost/);
   });
+  describe('budget waits and settle-time fit', () => {
+    const waiting = { ...call, budget: { waitMs: 5000, clampTokens: true } };
+
+    it('tryAuthorize leaves a budget refusal that may wait to authorize, which waits for settles', async () => {
+      const first = await auth.authorize({ ...call, estimate: { tokens: 950 } });
+      expect(auth.tryAuthorize({ ...waiting, estimate: { tokens: 100 } })).toBeUndefined();
+      // Without waiting, the same call is refused at once.
+      expect(denied(auth.tryAuthorize({ ...call, estimate: { tokens: 100 } })!).code).toBe(
+        'FABRIC_ERR_BUDGET_EXCEEDED',
+      );
+      const second = auth.authorize({ ...waiting, estimate: { tokens: 100 } });
+      await vi.advanceTimersByTimeAsync(0);
+      auth.settle(first, { tokens: 500 });
+      expect(await second).toMatchObject({ allowed: true, reservation: { tokens: 100 } });
+    });
+
+    it('clamps a prior larger than the limit, and refuses after the wait with a retryAt', async () => {
+      const big = await auth.authorize({ ...waiting, estimate: { tokens: 99_999 } });
+      expect(big).toMatchObject({ allowed: true, reservation: { tokens: 1000 } });
+      const next = auth.authorize({ ...waiting, estimate: { tokens: 10 } });
+      await vi.advanceTimersByTimeAsync(5000);
+      const d = denied(await next);
+      expect(d.code).toBe('FABRIC_ERR_BUDGET_EXCEEDED');
+      expect(d.retryAt).toBeGreaterThan(Date.now());
+      expect(budgets.getStatus('agent-1').tokensReserved).toBe(1000);
+    });
+
+    it('without waiting, a refusal that only in-flight calls cause still says when to retry', async () => {
+      await auth.authorize({ ...call, estimate: { tokens: 1000 } });
+      const noWait = { ...call, budget: { waitMs: 0 } };
+      expect(auth.tryAuthorize(noWait)).toBeUndefined();
+      const d = denied(await auth.authorize(noWait));
+      expect(d.code).toBe('FABRIC_ERR_BUDGET_EXCEEDED');
+      expect(d.retryAt).toBeGreaterThan(Date.now());
+      // Without ctx.budget, the old answer: the window cannot tell.
+      expect(denied(auth.tryAuthorize(call)!).retryAt).toBeNull();
+    });
+
+    it('an aborted wait rejects and holds nothing', async () => {
+      await auth.authorize({ ...call, estimate: { tokens: 1000 } });
+      const ac = new AbortController();
+      const next = auth.authorize({ ...waiting, signal: ac.signal });
+      await vi.advanceTimersByTimeAsync(0);
+      ac.abort(new Error('gone'));
+      await expect(next).rejects.toThrow('gone');
+      expect(budgets.getStatus('agent-1').tokensReserved).toBe(1000);
+    });
+
+    it('settle with requireFit withholds tokens that do not fit, charging the cost alone', async () => {
+      const a = await auth.authorize(call);
+      budgets.recordUsage('agent-1', { tokens: 900 });
+      const w = auth.settle(a, { tokens: 200, cost: 0.5 }, { requireFit: true });
+      expect(w).toMatchObject({
+        allowed: false,
+        code: 'FABRIC_ERR_BUDGET_EXCEEDED',
+        details: { withheld: true, requested: 200, used: 900, max: 1000 },
+      });
+      expect(w!.reason).toContain('the call ran, but its result (200 tokens) was withheld');
+      expect(w!.retryAt).toBeGreaterThan(Date.now());
+      expect(budgets.getStatus('agent-1')).toMatchObject({ tokensUsed: 900, costUsed: 0.5 });
+      const b = await auth.authorize({ ...call, estimate: { tokens: 0 } });
+      expect(auth.settle(b, { tokens: 100 }, { requireFit: true })).toBeUndefined();
+      expect(budgets.getStatus('agent-1').tokensUsed).toBe(1000);
+    });
+  });
 });
