@@ -28,7 +28,13 @@ import {
   type ServerCapabilities,
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
-import { ClosedError, ConfigError, RoutingError, ToolNotFoundError } from '../errors.js';
+import {
+  ClosedError,
+  ConfigError,
+  FabricError,
+  RoutingError,
+  ToolNotFoundError,
+} from '../errors.js';
 import { AuditLog, type AuditLogOptions, type AuditOutcome } from './audit-log.js';
 import type {
   AgentIdentity,
@@ -160,7 +166,7 @@ export class ToolGateway implements SessionHost {
     this.#backend = options.backend;
     this.serverInfo = options.serverInfo ?? { name: 'agent-fabric', version: '0.1.0' };
     this.#costs = new ToolCosts(options.toolCosts);
-    this.#audit = options.audit ? new AuditLog(options.audit) : undefined;
+    this.#audit = options.audit ? openAuditLog(options.audit) : undefined;
     this.#hideDenied = options.hideDeniedTools ?? true;
     this.#approvalTimeoutSeconds = options.approvalTimeoutSeconds;
     this.#approvalProgressMs =
@@ -952,6 +958,16 @@ export class ToolGateway implements SessionHost {
     await Promise.all([...this.#sessions].map((s) => s.close()));
     this.#audit?.close();
     this.#state = 'closed';
+  }
+}
+
+/** Opens the audit log; a file that cannot be opened is a configuration error naming it. */
+function openAuditLog(options: AuditLogOptions): AuditLog {
+  try {
+    return new AuditLog(options);
+  } catch (error) {
+    if (error instanceof FabricError) throw error;
+    throw new ConfigError('audit.path', `cannot be opened: ${messageOf(error)}`, { cause: error });
   }
 }
 
