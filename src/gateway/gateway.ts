@@ -44,6 +44,7 @@ import type {
 } from './backend.js';
 import { buildCatalog, resourceOwner, type Catalog, type CatalogProblem } from './catalog.js';
 import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
+import { perCaller, type ListHints } from './list-hints.js';
 import { GatewayMetrics } from './metrics.js';
 import {
   messageOf,
@@ -276,6 +277,15 @@ export class ToolGateway implements SessionHost {
     return parts.length > 0 ? parts.join('\n\n') : undefined;
   }
 
+  /**
+   * The list-level hints of `tools/list`. A list filtered by policy differs by agent, so a
+   * `public` cache scope becomes `private`.
+   */
+  toolListHints(): ListHints {
+    const hints = this.#catalog.hints.tools;
+    return this.#hideDenied && this.#backend.isToolVisible ? perCaller(hints) : hints;
+  }
+
   listTools(session: GatewaySession): Tool[] {
     const { agentId, poolId, labels } = session.identity;
     const probe = this.#hideDenied ? this.#backend.isToolVisible?.bind(this.#backend) : undefined;
@@ -339,7 +349,11 @@ export class ToolGateway implements SessionHost {
               route!.upstream,
               {
                 method: 'tools/call',
-                params: { name: route!.upstreamName, arguments: args },
+                // `arguments` as received: absent stays absent (policy and audit saw `{}`).
+                params:
+                  params.arguments === undefined
+                    ? { name: route!.upstreamName }
+                    : { name: route!.upstreamName, arguments: params.arguments },
               },
               extra,
             );
@@ -488,12 +502,16 @@ export class ToolGateway implements SessionHost {
     const catalog = this.#catalog;
     const params = (request.params ?? {}) as Record<string, unknown>;
     switch (request.method) {
+      // The upstreams' list-level hints (ttlMs, cacheScope, _meta …) travel with the lists.
       case 'prompts/list':
-        return { prompts: [...catalog.prompts.values()].map((r) => r.item) };
+        return {
+          ...catalog.hints.prompts,
+          prompts: [...catalog.prompts.values()].map((r) => r.item),
+        };
       case 'resources/list':
-        return { resources: catalog.resources };
+        return { ...catalog.hints.resources, resources: catalog.resources };
       case 'resources/templates/list':
-        return { resourceTemplates: catalog.resourceTemplates };
+        return { ...catalog.hints.resourceTemplates, resourceTemplates: catalog.resourceTemplates };
       case 'prompts/get': {
         const name = String(params.name);
         const route = catalog.prompts.get(name);
@@ -885,10 +903,15 @@ export class ToolGateway implements SessionHost {
   #routeNotification(upstream: Upstream, n: Notification): void {
     if (n.method === 'notifications/message') {
       const params = n.params as LoggingMessageNotification['params'];
-      const logged = {
-        ...params,
-        logger: params.logger ? `${upstream.name}/${params.logger}` : upstream.name,
-      };
+      // Prefixed upstreams say whose message it is, as their tool names do; with `namespace:
+      // none` the gateway is transparent and the upstream's own words pass unchanged.
+      const logged =
+        upstream.spec.namespace === 'none'
+          ? params
+          : {
+              ...params,
+              logger: params.logger ? `${upstream.name}/${params.logger}` : upstream.name,
+            };
       const entries = this.#inflight.get(upstream);
       if (entries && entries.size > 0) {
         // Sessions with calls in flight get it on the stream of one of their calls.

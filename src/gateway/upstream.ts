@@ -26,6 +26,8 @@ import { performance } from 'node:perf_hooks';
 import { z } from 'zod';
 import { UpstreamTimeoutError, UpstreamUnavailableError } from '../errors.js';
 import { FastUpstreamCalls, type CancelHook } from './fast-path.js';
+import { relayedMcpError } from './map-error.js';
+import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from './list-hints.js';
 import { ProcessStdioTransport, SpawnError } from './process-stdio-transport.js';
 import type { UpstreamSpec } from './upstream-config.js';
 
@@ -87,6 +89,8 @@ export class Upstream {
   prompts: readonly Prompt[] = [];
   resources: readonly Resource[] = [];
   resourceTemplates: readonly ResourceTemplate[] = [];
+  /** The list-level hints (`ttlMs`, `cacheScope`, `_meta` …) of each list, as last loaded. */
+  listHints: Readonly<Record<ListKey, ListHints>> = EMPTY_LIST_HINTS;
   capabilities: ServerCapabilities = {};
   instructions: string | undefined;
 
@@ -211,17 +215,23 @@ export class Upstream {
   async #loadCatalog(client: Client, timeout: number): Promise<void> {
     const caps = this.capabilities;
     const [tools, prompts, resources, templates] = await Promise.all([
-      caps.tools ? collect(client, 'tools/list', 'tools', timeout) : [],
-      caps.prompts ? collect(client, 'prompts/list', 'prompts', timeout) : [],
-      caps.resources ? collect(client, 'resources/list', 'resources', timeout) : [],
+      caps.tools ? collect(client, 'tools/list', 'tools', timeout) : NOTHING,
+      caps.prompts ? collect(client, 'prompts/list', 'prompts', timeout) : NOTHING,
+      caps.resources ? collect(client, 'resources/list', 'resources', timeout) : NOTHING,
       caps.resources
         ? collect(client, 'resources/templates/list', 'resourceTemplates', timeout)
-        : [],
+        : NOTHING,
     ]);
-    this.tools = tools as Tool[];
-    this.prompts = prompts as Prompt[];
-    this.resources = resources as Resource[];
-    this.resourceTemplates = templates as ResourceTemplate[];
+    this.tools = tools.items as Tool[];
+    this.prompts = prompts.items as Prompt[];
+    this.resources = resources.items as Resource[];
+    this.resourceTemplates = templates.items as ResourceTemplate[];
+    this.listHints = {
+      tools: tools.hints,
+      prompts: prompts.hints,
+      resources: resources.hints,
+      resourceTemplates: templates.hints,
+    };
   }
 
   async #onNotification(client: Client, n: Notification): Promise<void> {
@@ -322,6 +332,8 @@ export class Upstream {
             { cause: error },
           );
         }
+        // Any other protocol error is the upstream's answer, relayed as it sent it.
+        throw relayedMcpError(error);
       } else if (isConnectionFailure(error)) {
         // An HTTP/SSE upstream that went away: no process exit tells us, so the failed request
         // does. Treat it like a dead stdio child: drop the connection and restart with backoff.
@@ -499,14 +511,30 @@ function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
 
+const EMPTY_LIST_HINTS: Readonly<Record<ListKey, ListHints>> = Object.freeze({
+  tools: NO_HINTS,
+  prompts: NO_HINTS,
+  resources: NO_HINTS,
+  resourceTemplates: NO_HINTS,
+});
+
+/** One list of an upstream: its items, and its list-level hints (all pages combined). */
+interface Collected {
+  items: readonly unknown[];
+  hints: ListHints;
+}
+
+const NOTHING: Collected = { items: [], hints: NO_HINTS };
+
 /** Follows a paginated list to the end (each page bounded by `timeout` ms). */
 async function collect(
   client: Client,
   method: string,
-  key: string,
+  key: ListKey,
   timeout: number,
-): Promise<unknown[]> {
+): Promise<Collected> {
   const items: unknown[] = [];
+  const hints: ListHints[] = [];
   let cursor: string | undefined;
   for (let page = 0; page < 1000; page++) {
     const result = await client.request(
@@ -516,10 +544,11 @@ async function collect(
     );
     const list = result[key];
     if (Array.isArray(list)) items.push(...(list as unknown[]));
+    hints.push(pageHints(result, key));
     cursor = typeof result.nextCursor === 'string' ? result.nextCursor : undefined;
     if (cursor === undefined) break;
   }
-  return items;
+  return { items, hints: combineHints(hints, true) };
 }
 
 /** Requests in flight on one HTTP upstream before Node warns about abort listeners. */
