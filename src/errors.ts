@@ -722,6 +722,40 @@ export class UpstreamTimeoutError extends FabricError {
   }
 }
 
+/**
+ * The sidecar could not listen on its HTTP or gRPC address (in use, not available on this host,
+ * not permitted); `details` name the listener and the address.
+ */
+export class ListenError extends FabricError {
+  static readonly code = 'FABRIC_ERR_LISTEN';
+  constructor(listener: string, address: string, message: string, options?: ErrorOptions) {
+    super(
+      ListenError.code,
+      'unavailable',
+      `${listener} cannot listen on ${address}: ${message}`,
+      { listener, address },
+      options,
+    );
+  }
+}
+
+/**
+ * Start-up failed in a step no more specific error covers (an unexpected exception, or a step
+ * that never settled); `details.step` names the step. Start-up is refused, never half-done.
+ */
+export class StartupError extends FabricError {
+  static readonly code = 'FABRIC_ERR_STARTUP';
+  constructor(step: string, message: string, options?: ErrorOptions) {
+    super(
+      StartupError.code,
+      'internal',
+      `start-up failed (${step}): ${message}`,
+      { step },
+      options,
+    );
+  }
+}
+
 /** A server→client request from an upstream could not be matched to exactly one agent session. */
 export class RoutingError extends FabricError {
   static readonly code = 'FABRIC_ERR_ROUTING';

@@ -270,10 +270,13 @@ export class AgentFabric {
 
   /**
    * Starts the fabric. Optional: every method starts what it needs on first use; this exists so
-   * a daemon can fail fast on a bad setup.
+   * a daemon can fail fast on a bad setup — including a hook store that cannot be opened or is
+   * locked by another process (which would otherwise only show on the first hook operation).
+   * @throws HookStoreLockedError / HookStoreError when hooks are configured and unusable.
    */
   async start(): Promise<void> {
     this.#open();
+    await this.hooks?.open();
   }
 
   /**

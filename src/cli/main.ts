@@ -16,7 +16,7 @@ import { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { parseArgs } from 'node:util';
-import { FabricError } from '../errors.js';
+import { FabricError, StartupError } from '../errors.js';
 import type { GatewayLogEntry } from '../gateway/gateway.js';
 import { messageOf } from '../gateway/map-error.js';
 import { defaultConfigPath, loadSidecarConfig } from '../server/config-file.js';
@@ -39,18 +39,31 @@ function extra(e: GatewayLogEntry): string {
   return Object.keys(rest).length > 0 ? ` ${JSON.stringify(rest)}` : '';
 }
 
+/**
+ * Where the command is: a supervisor must never see exit 0 unless the command finished or was
+ * asked to stop.
+ */
+let phase: 'starting' | 'running' | 'stopping' = 'starting';
+
+/** Prints one line — the error's code and message, newlines folded — and exits 1. */
 function fail(error: unknown): never {
   const message = error instanceof FabricError ? `${error.code}: ${error.message}` : String(error);
-  console.error(`agent-fabric: ${message}`);
+  console.error(`agent-fabric: ${message.replace(/\s*[\r\n]+\s*/g, ' ')}`);
   process.exit(1);
 }
 
-function onSignals(close: () => Promise<void>): void {
-  let stopping = false;
-  const stop = (sig: string): void => {
-    if (stopping) return;
-    stopping = true;
-    console.error(`agent-fabric: ${sig} received, shutting down`);
+/**
+ * Closes on SIGINT/SIGTERM, and exits 0 once closed. Installed before start-up, so a signal
+ * during start-up waits for it to settle and then closes what it started (upstream process
+ * groups included) instead of leaving them behind.
+ */
+function onSignals(): { closeWith(close: () => Promise<void>): void } {
+  let close: (() => Promise<void>) | undefined;
+  let received: string | undefined;
+  const stop = (): void => {
+    if (close === undefined || received === undefined) return;
+    phase = 'stopping';
+    console.error(`agent-fabric: ${received} received, shutting down`);
     close().then(
       () => process.exit(0),
       (error: unknown) => {
@@ -59,16 +72,41 @@ function onSignals(close: () => Promise<void>): void {
       },
     );
   };
-  process.once('SIGINT', () => stop('SIGINT'));
-  process.once('SIGTERM', () => stop('SIGTERM'));
+  const on = (sig: string): void => {
+    if (received !== undefined) return;
+    received = sig;
+    stop();
+  };
+  process.once('SIGINT', () => on('SIGINT'));
+  process.once('SIGTERM', () => on('SIGTERM'));
+  return {
+    closeWith(c) {
+      close = c;
+      stop();
+    },
+  };
 }
+
+// The event loop ran dry while the command had not finished starting (a start-up step whose
+// promise can never settle), or while `serve` was serving without being asked to stop: Node
+// would exit 0 and a supervisor would take it for success.
+process.on('beforeExit', () => {
+  if (phase === 'starting') {
+    fail(new StartupError('start-up', 'the process ran out of work before start-up finished'));
+  }
+  if (phase === 'running') {
+    fail(new StartupError('serve', 'the sidecar stopped serving without being asked to stop'));
+  }
+});
 
 async function serve(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } } });
   const file = values.config ?? defaultConfigPath();
+  const signals = onSignals();
   const config = loadSidecarConfig(file);
   const sidecar = await Sidecar.start({ config, logger: logTo(process.stderr, true) });
-  onSignals(() => sidecar.close());
+  phase = 'running';
+  signals.closeWith(() => sidecar.close());
   const url = sidecar.url ?? '';
   const first = sidecar.agents[0];
   const out: string[] = [];
@@ -121,6 +159,7 @@ async function mcp(argv: string[]): Promise<void> {
     },
   });
   if (values['in-process']) {
+    const signals = onSignals();
     const config = loadSidecarConfig(values.config ?? defaultConfigPath());
     const sidecar = await Sidecar.start({
       config,
@@ -139,9 +178,13 @@ async function mcp(argv: string[]): Promise<void> {
     }
     const session = sidecar.gateway.createSession(identity);
     const transport = new StdioSessionTransport();
-    transport.onclose = () => void sidecar.close().then(() => process.exit(0));
-    onSignals(() => sidecar.close());
+    transport.onclose = () => {
+      phase = 'stopping';
+      void sidecar.close().then(() => process.exit(0));
+    };
+    signals.closeWith(() => sidecar.close());
     await session.connect(transport);
+    phase = 'stopping'; // ends when stdin does
     return;
   }
   const token = values['agent-token'] ?? process.env.FABRIC_AGENT_TOKEN;
@@ -186,6 +229,7 @@ async function mcp(argv: string[]): Promise<void> {
   process.stdin.once('end', () => void shutdown());
   await upstream.start();
   await downstream.start();
+  phase = 'stopping'; // ends when stdin does
 }
 
 async function main(): Promise<void> {
@@ -198,6 +242,7 @@ async function main(): Promise<void> {
     case undefined:
     case '-h':
     case '--help':
+      phase = 'stopping';
       console.log(USAGE);
       return;
     default:

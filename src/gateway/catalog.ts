@@ -7,6 +7,7 @@
 import { UriTemplate } from '@modelcontextprotocol/sdk/shared/uriTemplate.js';
 import type { Prompt, Resource, ResourceTemplate, Tool } from '@modelcontextprotocol/sdk/types.js';
 import { ToolNameError } from '../errors.js';
+import { combineHints, type ListHints, type ListKey } from './list-hints.js';
 import type { Upstream } from './upstream.js';
 import { MAX_TOOL_NAME_LENGTH, upstreamPrefix } from './upstream-config.js';
 
@@ -33,6 +34,11 @@ export interface Catalog {
   readonly templateOwners: readonly { template: UriTemplate; upstream: Upstream }[];
   /** Upstreams that advertise resources (fallback routing when exactly one does). */
   readonly resourceUpstreams: readonly Upstream[];
+  /**
+   * List-level hints of each list answer: one upstream's passed through, several upstreams'
+   * combined conservatively (see list-hints.ts).
+   */
+  readonly hints: Readonly<Record<ListKey, ListHints>>;
 }
 
 /**
@@ -57,6 +63,12 @@ export function buildCatalog(
   const templateOwners: { template: UriTemplate; upstream: Upstream }[] = [];
   const resourceUpstreams: Upstream[] = [];
   const owner = new Map<string, string>();
+  const hints: Record<ListKey, ListHints[]> = {
+    tools: [],
+    prompts: [],
+    resources: [],
+    resourceTemplates: [],
+  };
 
   const fail = (error: ToolNameError): void => {
     if (strict) throw error;
@@ -66,6 +78,14 @@ export function buildCatalog(
   for (const upstream of upstreams) {
     if (upstream.state !== 'ready') continue;
     const prefix = upstreamPrefix(upstream.name, upstream.spec);
+    // Every upstream serving a list shapes the answer, even with an empty list.
+    const caps = upstream.capabilities;
+    if (caps.tools) hints.tools.push(upstream.listHints.tools);
+    if (caps.prompts) hints.prompts.push(upstream.listHints.prompts);
+    if (caps.resources) {
+      hints.resources.push(upstream.listHints.resources);
+      hints.resourceTemplates.push(upstream.listHints.resourceTemplates);
+    }
     for (const tool of upstream.tools) {
       const name = prefix + tool.name;
       if (name.length > MAX_TOOL_NAME_LENGTH) {
@@ -137,6 +157,12 @@ export function buildCatalog(
     resourceOwners,
     templateOwners,
     resourceUpstreams,
+    hints: {
+      tools: combineHints(hints.tools, false),
+      prompts: combineHints(hints.prompts, false),
+      resources: combineHints(hints.resources, false),
+      resourceTemplates: combineHints(hints.resourceTemplates, false),
+    },
   };
 }
 

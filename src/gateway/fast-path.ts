@@ -36,6 +36,7 @@ import {
   type Result,
 } from '@modelcontextprotocol/sdk/types.js';
 import type { z } from 'zod';
+import { RelayedMcpError } from './map-error.js';
 import { rememberRawResult, rawResponseLine } from './raw-results.js';
 
 /** The fields of a JSON-RPC message the fast path looks at. */
@@ -296,7 +297,8 @@ export class FastUpstreamCalls {
     if (entry.cancel?.aborted) return true;
     if (!outcome.ok) {
       const e = outcome.error as { code: number; message: string; data?: unknown };
-      entry.reject(McpError.fromError(e.code, e.message, e.data));
+      // Relayed with the upstream's own message (McpError would prefix it).
+      entry.reject(new RelayedMcpError(e.code, e.message, e.data));
       return true;
     }
     if (isObject(outcome.result)) {

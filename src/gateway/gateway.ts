@@ -32,6 +32,7 @@ import {
 import {
   ClosedError,
   ConfigError,
+  FabricError,
   RoutingError,
   SubscriptionLimitError,
   ToolNotFoundError,
@@ -49,6 +50,7 @@ import type {
 import { buildCatalog, resourceOwner, type Catalog, type CatalogProblem } from './catalog.js';
 import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
 import { checkInputBounds, parseInputBounds, type InputBounds } from './input-bounds.js';
+import { perCaller, type ListHints } from './list-hints.js';
 import { GatewayMetrics } from './metrics.js';
 import { unresolvedPathsIn } from './path-resolver.js';
 import {
@@ -227,7 +229,7 @@ export class ToolGateway implements SessionHost {
     }
     this.#log = options.logger ?? (() => undefined);
     this.#audit = options.audit
-      ? new AuditLog({
+      ? openAuditLog({
           ...options.audit,
           onError: (error) =>
             this.#log({ level: 'error', msg: 'audit log write failed', error: messageOf(error) }),
@@ -362,6 +364,15 @@ export class ToolGateway implements SessionHost {
     return parts.length > 0 ? parts.join('\n\n') : undefined;
   }
 
+  /**
+   * The list-level hints of `tools/list`. A list filtered by policy differs by agent, so a
+   * `public` cache scope becomes `private`.
+   */
+  toolListHints(): ListHints {
+    const hints = this.#catalog.hints.tools;
+    return this.#hideDenied && this.#backend.isToolVisible ? perCaller(hints) : hints;
+  }
+
   listTools(session: GatewaySession): Tool[] {
     const { agentId, poolId, labels } = session.identity;
     const probe = this.#hideDenied ? this.#backend.isToolVisible?.bind(this.#backend) : undefined;
@@ -462,7 +473,11 @@ export class ToolGateway implements SessionHost {
               route!.upstream,
               {
                 method: 'tools/call',
-                params: { name: route!.upstreamName, arguments: args },
+                // `arguments` as received: absent stays absent (policy and audit saw `{}`).
+                params:
+                  params.arguments === undefined
+                    ? { name: route!.upstreamName }
+                    : { name: route!.upstreamName, arguments: params.arguments },
               },
               extra,
             );
@@ -666,12 +681,16 @@ export class ToolGateway implements SessionHost {
       }
     }
     switch (method) {
+      // The upstreams' list-level hints (ttlMs, cacheScope, _meta …) travel with the lists.
       case 'prompts/list':
-        return { prompts: [...catalog.prompts.values()].map((r) => r.item) };
+        return {
+          ...catalog.hints.prompts,
+          prompts: [...catalog.prompts.values()].map((r) => r.item),
+        };
       case 'resources/list':
-        return { resources: catalog.resources };
+        return { ...catalog.hints.resources, resources: catalog.resources };
       case 'resources/templates/list':
-        return { resourceTemplates: catalog.resourceTemplates };
+        return { ...catalog.hints.resourceTemplates, resourceTemplates: catalog.resourceTemplates };
       case 'prompts/get': {
         const name = String(params.name);
         const route = catalog.prompts.get(name);
@@ -1122,10 +1141,15 @@ export class ToolGateway implements SessionHost {
   #routeNotification(upstream: Upstream, n: Notification): void {
     if (n.method === 'notifications/message') {
       const params = n.params as LoggingMessageNotification['params'];
-      const logged = {
-        ...params,
-        logger: params.logger ? `${upstream.name}/${params.logger}` : upstream.name,
-      };
+      // Prefixed upstreams say whose message it is, as their tool names do; with `namespace:
+      // none` the gateway is transparent and the upstream's own words pass unchanged.
+      const logged =
+        upstream.spec.namespace === 'none'
+          ? params
+          : {
+              ...params,
+              logger: params.logger ? `${upstream.name}/${params.logger}` : upstream.name,
+            };
       const entries = this.#inflight.get(upstream);
       if (entries && entries.size > 0) {
         // Sessions with calls in flight get it on the stream of one of their calls.
@@ -1195,6 +1219,16 @@ export class ToolGateway implements SessionHost {
     await Promise.all([...this.#sessions].map((s) => s.close()));
     this.#audit?.close();
     this.#state = 'closed';
+  }
+}
+
+/** Opens the audit log; a file that cannot be opened is a configuration error naming it. */
+function openAuditLog(options: AuditLogOptions): AuditLog {
+  try {
+    return new AuditLog(options);
+  } catch (error) {
+    if (error instanceof FabricError) throw error;
+    throw new ConfigError('audit.path', `cannot be opened: ${messageOf(error)}`, { cause: error });
   }
 }
 

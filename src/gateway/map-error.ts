@@ -45,6 +45,37 @@ const HTTP_STATUS_BY_CODE: Readonly<Record<string, number>> = Object.freeze({
   [BodyTimeoutError.code]: 408,
 });
 
+/**
+ * A JSON-RPC error an upstream returned, relayed as it was sent: its `message` is the upstream's
+ * own, without the `MCP error <code>: ` prefix the SDK's `McpError` constructor adds (sent on,
+ * that prefix would be added again by every client: "MCP error -32602: MCP error -32602: …").
+ * `code` and `data` are the upstream's too. Still an `McpError`, so every path that relays
+ * protocol errors relays it; the SDK's `Protocol` and the fast path both put `message` on the
+ * wire.
+ */
+export class RelayedMcpError extends McpError {
+  constructor(code: number, message: string, data?: unknown) {
+    super(code, message, data);
+    this.message = message;
+  }
+}
+
+/**
+ * An error the SDK built from a peer's JSON-RPC error response (an upstream's answer to a call,
+ * or an agent's client's answer to a request an upstream sent it), as a {@link RelayedMcpError}
+ * carrying the peer's original message (the SDK prefixed it).
+ */
+export function relayedMcpError(error: McpError): RelayedMcpError {
+  if (error instanceof RelayedMcpError) return error;
+  const prefix = `MCP error ${error.code}: `;
+  const message = error.message.startsWith(prefix)
+    ? error.message.slice(prefix.length)
+    : error.message;
+  const relayed = new RelayedMcpError(error.code, message, error.data);
+  relayed.cause = error;
+  return relayed;
+}
+
 /** HTTP status for any thrown value (500 for non-catalog errors). */
 export function httpStatusOf(error: unknown): number {
   if (!(error instanceof FabricError)) return 500;

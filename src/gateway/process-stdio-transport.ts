@@ -12,6 +12,7 @@
  * @module
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import { LineReader } from './line-reader.js';
@@ -48,6 +49,40 @@ export function childEnvironment(
   return { ...env, ...extra };
 }
 
+/** How a child process ended: its exit code, or the signal that ended it. */
+export interface ChildExitStatus {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+/**
+ * The child could not be started at all (the command does not exist or is not executable, or
+ * the working directory does not exist). The message names the command, never its arguments
+ * or environment (they may hold credentials).
+ */
+export class SpawnError extends Error {
+  /** The system error code (`ENOENT`, `EACCES` …). */
+  readonly code: string | undefined;
+
+  constructor(command: string, cwd: string | undefined, cause: Error) {
+    const code = (cause as NodeJS.ErrnoException).code;
+    super(spawnFailure(command, cwd, code), { cause });
+    this.name = 'SpawnError';
+    this.code = code;
+  }
+}
+
+/** Why `command` could not be started, in words (Node says ENOENT for a missing cwd too). */
+function spawnFailure(command: string, cwd: string | undefined, code: string | undefined): string {
+  const quoted = JSON.stringify(command);
+  if (code === 'ENOENT' && cwd !== undefined && !existsSync(cwd)) {
+    return `cannot run command ${quoted}: its working directory ${JSON.stringify(cwd)} does not exist`;
+  }
+  if (code === 'ENOENT') return `cannot run command ${quoted}: not found (ENOENT)`;
+  if (code === 'EACCES') return `cannot run command ${quoted}: permission denied (EACCES)`;
+  return `cannot run command ${quoted}: ${code ?? 'spawn failed'}`;
+}
+
 /** MCP client transport over a child process's stdio, terminating its process group on close. */
 export class ProcessStdioTransport implements Transport {
   onclose?: () => void;
@@ -62,6 +97,7 @@ export class ProcessStdioTransport implements Transport {
   readonly #writer = new LineWriter(() => this.#child?.stdin ?? undefined);
   #closed = false;
   #exited: Promise<void> | undefined;
+  #exitStatus: ChildExitStatus | undefined;
 
   constructor(options: ProcessStdioTransportOptions) {
     this.#options = options;
@@ -80,21 +116,39 @@ export class ProcessStdioTransport implements Transport {
   start(): Promise<void> {
     if (this.#child) throw new Error('ProcessStdioTransport already started');
     return new Promise((resolve, reject) => {
-      const child = spawn(this.#options.command, [...(this.#options.args ?? [])], {
+      const { command, cwd } = this.#options;
+      const child = spawn(command, [...(this.#options.args ?? [])], {
         env: childEnvironment(this.#options.env),
-        cwd: this.#options.cwd,
+        cwd,
         stdio: ['pipe', 'pipe', this.#options.stderr ?? 'inherit'],
         detached: process.platform !== 'win32',
         windowsHide: true,
       });
       this.#child = child;
       this.#pid = child.pid;
-      this.#exited = new Promise((done) => child.once('exit', () => done()));
+      let spawned = false;
+      // A child that never ran (ENOENT, EACCES, a missing cwd) emits 'error' and 'close' but
+      // never 'exit': waiting for 'exit' alone would hang close() — and with nothing else
+      // scheduled, the whole process would run out of work and exit 0 during start-up.
+      this.#exited = new Promise((done) => {
+        child.once('exit', () => done());
+        child.once('close', () => done());
+      });
       child.once('error', (error) => {
-        reject(error);
+        if (!spawned) {
+          // start() reports it; onerror too would log the same failure twice.
+          reject(new SpawnError(command, cwd, error));
+          return;
+        }
         this.onerror?.(error);
       });
-      child.once('spawn', () => resolve());
+      child.once('spawn', () => {
+        spawned = true;
+        resolve();
+      });
+      child.once('exit', (code, signal) => {
+        this.#exitStatus = { code, signal };
+      });
       child.once('close', () => {
         this.#child = undefined;
         if (!this.#closed) {
@@ -108,6 +162,11 @@ export class ProcessStdioTransport implements Transport {
       child.stdout?.setEncoding('utf8');
       child.stdout?.on('data', (chunk: string) => this.#reader.push(chunk));
     });
+  }
+
+  /** How the child ended, once it has (undefined while it runs or when it never started). */
+  get exitStatus(): ChildExitStatus | undefined {
+    return this.#exitStatus;
   }
 
   #online(line: string): void {

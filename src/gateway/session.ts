@@ -36,6 +36,8 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import type { AgentIdentity } from './backend.js';
 import { FastToolCalls, type CancelHook } from './fast-path.js';
+import type { ListHints } from './list-hints.js';
+import { relayedMcpError } from './map-error.js';
 import { LOOSE_RESULT } from './upstream.js';
 
 /** The request-handler context of a downstream request. */
@@ -58,6 +60,8 @@ export interface SessionHost {
   capabilities(): ServerCapabilities;
   instructions(): string | undefined;
   listTools(session: GatewaySession): Tool[];
+  /** The list-level hints (`ttlMs`, `cacheScope`, `_meta` …) sent with `tools/list`. */
+  toolListHints(session: GatewaySession): ListHints;
   callTool(session: GatewaySession, request: Request, extra: CallExtra): Promise<Result>;
   forward(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
   subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void>;
@@ -110,7 +114,10 @@ export class GatewaySession {
       ...(instructions === undefined ? {} : { instructions }),
     });
     const s = this.server;
-    s.setRequestHandler(ListToolsRequestSchema, () => ({ tools: this.tools() }));
+    s.setRequestHandler(ListToolsRequestSchema, () => ({
+      ...host.toolListHints(this),
+      tools: this.tools(),
+    }));
     s.setRequestHandler(CallToolRequestSchema, (req, extra) => host.callTool(this, req, extra));
     if (capabilities.prompts) {
       s.setRequestHandler(ListPromptsRequestSchema, (req, extra) => host.forward(this, req, extra));
@@ -244,13 +251,18 @@ export class GatewaySession {
         ),
       );
     }
-    return this.server.request(request as ServerRequest, LOOSE_RESULT, {
-      signal,
-      // Server→client requests may wait for a human (elicitation); no gateway-side timeout
-      // beyond the upstream's own, which cancels through `signal`.
-      timeout: 24 * 60 * 60 * 1000,
-      ...(relatedRequestId === undefined ? {} : { relatedRequestId }),
-    });
+    return this.server
+      .request(request as ServerRequest, LOOSE_RESULT, {
+        signal,
+        // Server→client requests may wait for a human (elicitation); no gateway-side timeout
+        // beyond the upstream's own, which cancels through `signal`.
+        timeout: 24 * 60 * 60 * 1000,
+        ...(relatedRequestId === undefined ? {} : { relatedRequestId }),
+      })
+      .catch((error: unknown) => {
+        // The client's error goes back upstream with its own message, not the SDK's prefix.
+        throw error instanceof McpError ? relayedMcpError(error) : error;
+      });
   }
 
   /** Closes the session's server and transport. */

@@ -22,11 +22,14 @@ import {
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
 import { setMaxListeners } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import { z } from 'zod';
 import { UpstreamTimeoutError, UpstreamUnavailableError } from '../errors.js';
 import { FastUpstreamCalls, type CancelHook } from './fast-path.js';
+import { relayedMcpError } from './map-error.js';
+import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from './list-hints.js';
 import { PathResolver, pathResolutionOf } from './path-resolver.js';
-import { ProcessStdioTransport } from './process-stdio-transport.js';
+import { ProcessStdioTransport, SpawnError } from './process-stdio-transport.js';
 import type { UpstreamSpec } from './upstream-config.js';
 
 /** Any JSON object: results are forwarded as they are, not re-validated field by field. */
@@ -89,6 +92,8 @@ export class Upstream {
   prompts: readonly Prompt[] = [];
   resources: readonly Resource[] = [];
   resourceTemplates: readonly ResourceTemplate[] = [];
+  /** The list-level hints (`ttlMs`, `cacheScope`, `_meta` …) of each list, as last loaded. */
+  listHints: Readonly<Record<ListKey, ListHints>> = EMPTY_LIST_HINTS;
   capabilities: ServerCapabilities = {};
   instructions: string | undefined;
 
@@ -168,22 +173,33 @@ export class Upstream {
         { signal: extra.signal },
       );
     };
-    client.onerror = (error) => this.#hooks.onError?.(this, error);
+    client.onerror = (error) => {
+      // An HTTP transport reports a failed request here and by rejecting it: while connecting,
+      // the rejected start says it once. (A stdio child's stray output is still worth a line.)
+      if (this.#state === 'connecting' && this.spec.transport !== 'stdio') return;
+      this.#hooks.onError?.(this, redactError(this.spec, error));
+    };
     const transport = this.#createTransport();
+    // One bound for the whole start: handshake and first catalog load.
+    const timeoutMs = this.spec.startTimeoutSeconds * 1000;
+    const deadline = performance.now() + timeoutMs;
+    let phase: StartPhase = 'initialize';
     try {
-      await client.connect(transport, { timeout: this.spec.startTimeoutSeconds * 1000 });
+      await client.connect(transport, { timeout: timeoutMs });
       this.#fast = FastUpstreamCalls.install(client, transport, LOOSE_RESULT);
       this.capabilities = client.getServerCapabilities() ?? {};
       this.instructions = client.getInstructions();
-      await this.#loadCatalog(client);
+      phase = 'catalog';
+      await this.#loadCatalog(client, Math.max(1, Math.ceil(deadline - performance.now())));
     } catch (error) {
       await client.close().catch(() => undefined);
       this.#state = 'restarting';
-      this.#lastError = error instanceof Error ? error : new Error(String(error));
+      const failure = describeStartFailure(this.spec, transport, phase, error, timeoutMs);
+      this.#lastError = new Error(failure.message, { cause: error });
       throw new UpstreamUnavailableError(
         this.name,
-        `failed to start: ${this.#lastError.message}`,
-        {},
+        `failed to start: ${failure.message}`,
+        failure.details,
         { cause: error },
       );
     }
@@ -200,18 +216,26 @@ export class Upstream {
     this.#hooks.onCatalog?.(this);
   }
 
-  async #loadCatalog(client: Client): Promise<void> {
+  async #loadCatalog(client: Client, timeout: number): Promise<void> {
     const caps = this.capabilities;
     const [tools, prompts, resources, templates] = await Promise.all([
-      caps.tools ? collect(client, 'tools/list', 'tools') : [],
-      caps.prompts ? collect(client, 'prompts/list', 'prompts') : [],
-      caps.resources ? collect(client, 'resources/list', 'resources') : [],
-      caps.resources ? collect(client, 'resources/templates/list', 'resourceTemplates') : [],
+      caps.tools ? collect(client, 'tools/list', 'tools', timeout) : NOTHING,
+      caps.prompts ? collect(client, 'prompts/list', 'prompts', timeout) : NOTHING,
+      caps.resources ? collect(client, 'resources/list', 'resources', timeout) : NOTHING,
+      caps.resources
+        ? collect(client, 'resources/templates/list', 'resourceTemplates', timeout)
+        : NOTHING,
     ]);
-    this.tools = tools as Tool[];
-    this.prompts = prompts as Prompt[];
-    this.resources = resources as Resource[];
-    this.resourceTemplates = templates as ResourceTemplate[];
+    this.tools = tools.items as Tool[];
+    this.prompts = prompts.items as Prompt[];
+    this.resources = resources.items as Resource[];
+    this.resourceTemplates = templates.items as ResourceTemplate[];
+    this.listHints = {
+      tools: tools.hints,
+      prompts: prompts.hints,
+      resources: resources.hints,
+      resourceTemplates: templates.hints,
+    };
   }
 
   async #onNotification(client: Client, n: Notification): Promise<void> {
@@ -220,7 +244,7 @@ export class Upstream {
       case 'notifications/prompts/list_changed':
       case 'notifications/resources/list_changed':
         try {
-          await this.#loadCatalog(client);
+          await this.#loadCatalog(client, this.spec.callTimeoutSeconds * 1000);
           if (this.#client === client) this.#hooks.onCatalog?.(this);
         } catch (error) {
           this.#hooks.onError?.(this, asError(error));
@@ -312,6 +336,8 @@ export class Upstream {
             { cause: error },
           );
         }
+        // Any other protocol error is the upstream's answer, relayed as it sent it.
+        throw relayedMcpError(error);
       } else if (isConnectionFailure(error)) {
         // An HTTP/SSE upstream that went away: no process exit tells us, so the failed request
         // does. Treat it like a dead stdio child: drop the connection and restart with backoff.
@@ -373,25 +399,160 @@ function isConnectionFailure(error: unknown): boolean {
   return error instanceof TypeError && /fetch failed/i.test(error.message);
 }
 
+/** Where a start (or restart) of an upstream failed: its `initialize` handshake or its lists. */
+type StartPhase = 'initialize' | 'catalog';
+
+/**
+ * Why an upstream failed to start, in one line that names what was run — the stdio command or
+ * the URL — and never its arguments, environment, headers, URL credentials or query (any of
+ * which may hold a secret).
+ */
+function describeStartFailure(
+  spec: UpstreamSpec,
+  transport: Transport,
+  phase: StartPhase,
+  error: unknown,
+  timeoutMs: number,
+): { message: string; details: Record<string, unknown> } {
+  const target =
+    spec.transport === 'stdio'
+      ? { what: `command ${JSON.stringify(spec.command)}`, details: { command: spec.command } }
+      : { what: `url ${JSON.stringify(safeUrl(spec.url))}`, details: { url: safeUrl(spec.url) } };
+  const details: Record<string, unknown> = { ...target.details, phase };
+  if (error instanceof SpawnError) {
+    return { message: error.message, details: { ...details, errno: error.code } };
+  }
+  const step =
+    phase === 'initialize'
+      ? 'before it answered initialize'
+      : 'while its tools, prompts and resources were listed';
+  // Checked before the exit status: the gateway itself stops a child that timed out.
+  if (error instanceof McpError && error.code === ErrorCode.RequestTimeout) {
+    const what = phase === 'initialize' ? 'initialize' : 'its tools, prompts and resources lists';
+    return {
+      message: `${target.what} did not answer ${what} within ${timeoutMs} ms (startTimeoutSeconds)`,
+      details: { ...details, timeoutMs },
+    };
+  }
+  const exit = transport instanceof ProcessStdioTransport ? transport.exitStatus : undefined;
+  if (exit !== undefined) {
+    const how =
+      exit.signal === null ? `exited with code ${exit.code}` : `was killed by ${exit.signal}`;
+    return {
+      message: `${target.what} ${how} ${step}`,
+      details: { ...details, exitCode: exit.code, signal: exit.signal },
+    };
+  }
+  if (error instanceof McpError && error.code === ErrorCode.ConnectionClosed) {
+    return { message: `${target.what} closed the connection ${step}`, details };
+  }
+  return {
+    message: `${target.what} failed ${step}: ${redact(spec, causeChain(error))}`,
+    details,
+  };
+}
+
+/**
+ * `text` without the values of `spec` that may be secret: the full URL (only its origin and
+ * path are kept), its credentials and query values, header values, environment values and
+ * arguments. Library messages quote some of them (fetch quotes a URL with credentials whole).
+ */
+function redact(spec: UpstreamSpec, text: string): string {
+  const secrets: string[] = [];
+  if (spec.transport === 'stdio') {
+    secrets.push(...Object.values(spec.env), ...spec.args);
+  } else {
+    text = text.split(spec.url).join(safeUrl(spec.url));
+    secrets.push(...Object.values(spec.headers));
+    try {
+      const u = new URL(spec.url);
+      secrets.push(u.username, u.password, u.search.slice(1), ...u.searchParams.values());
+      secrets.push(decodeURIComponent(u.username), decodeURIComponent(u.password));
+    } catch {
+      // an invalid URL never got as far as a request
+    }
+  }
+  // Longest first, so a value containing another is removed whole; short values (flags like
+  // `-y`) would redact ordinary words and carry no secret.
+  for (const secret of [...new Set(secrets)].sort((a, b) => b.length - a.length)) {
+    if (secret.length >= 6) text = text.split(secret).join('[redacted]');
+  }
+  return text;
+}
+
+/** {@link redact} of an error reported while the upstream runs (same class, redacted message). */
+function redactError(spec: UpstreamSpec, error: Error): Error {
+  const message = redact(spec, error.message);
+  return message === error.message ? error : new Error(message, { cause: error });
+}
+
+/** A URL without credentials, query or fragment: safe to print. */
+function safeUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.origin}${u.pathname}`;
+  } catch {
+    return '(invalid url)';
+  }
+}
+
+/** An error's message with its causes' codes and messages (fetch hides the reason in `cause`). */
+function causeChain(error: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = error, depth = 0; e !== undefined && depth < 4; depth++) {
+    if (!(e instanceof Error)) {
+      parts.push(String(e));
+      break;
+    }
+    const code = (e as { code?: unknown }).code;
+    parts.push(typeof code === 'string' ? `${e.message} (${code})` : e.message);
+    e = e.cause;
+  }
+  return parts.join(': ');
+}
+
 function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
 
-/** Follows a paginated list to the end. */
-async function collect(client: Client, method: string, key: string): Promise<unknown[]> {
+const EMPTY_LIST_HINTS: Readonly<Record<ListKey, ListHints>> = Object.freeze({
+  tools: NO_HINTS,
+  prompts: NO_HINTS,
+  resources: NO_HINTS,
+  resourceTemplates: NO_HINTS,
+});
+
+/** One list of an upstream: its items, and its list-level hints (all pages combined). */
+interface Collected {
+  items: readonly unknown[];
+  hints: ListHints;
+}
+
+const NOTHING: Collected = { items: [], hints: NO_HINTS };
+
+/** Follows a paginated list to the end (each page bounded by `timeout` ms). */
+async function collect(
+  client: Client,
+  method: string,
+  key: ListKey,
+  timeout: number,
+): Promise<Collected> {
   const items: unknown[] = [];
+  const hints: ListHints[] = [];
   let cursor: string | undefined;
   for (let page = 0; page < 1000; page++) {
     const result = await client.request(
       { method, params: cursor === undefined ? {} : { cursor } },
       LOOSE_RESULT,
+      { timeout },
     );
     const list = result[key];
     if (Array.isArray(list)) items.push(...(list as unknown[]));
+    hints.push(pageHints(result, key));
     cursor = typeof result.nextCursor === 'string' ? result.nextCursor : undefined;
     if (cursor === undefined) break;
   }
-  return items;
+  return { items, hints: combineHints(hints, true) };
 }
 
 /** Requests in flight on one HTTP upstream before Node warns about abort listeners. */

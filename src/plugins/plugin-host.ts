@@ -29,7 +29,7 @@ export const FABRIC_VERSION: string = (
 export interface PluginHostOptions {
   /** Relative plugin paths resolve against it. @default process.cwd() */
   baseDir?: string;
-  /** Longest a plugin's `create` may take. @default 10000 */
+  /** Longest a plugin module's import, and then its `create`, may each take. @default 10000 */
   initTimeoutMs?: number;
 }
 
@@ -147,12 +147,24 @@ export class PluginHost {
           ? source
           : pathToFileURL(isAbsolute(source) ? source : resolve(this.#baseDir, source)).href;
     let mod: { default?: unknown; plugin?: unknown };
+    // Importing runs the module's top level, which may await forever: it shares the start-up
+    // bound with `create`, so start-up fails instead of never finishing.
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new PluginTimeoutError(label, this.#timeoutMs)),
+        this.#timeoutMs,
+      );
+    });
     try {
-      mod = (await import(href)) as typeof mod;
+      mod = (await Promise.race([import(href), timeout])) as typeof mod;
     } catch (err) {
+      if (err instanceof PluginTimeoutError) throw err;
       throw new PluginError(label, `could not be imported: ${(err as Error).message}`, {
         cause: err,
       });
+    } finally {
+      clearTimeout(timer);
     }
     const plugin = mod.plugin ?? mod.default;
     if (plugin === undefined)

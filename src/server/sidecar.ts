@@ -8,9 +8,11 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentStatus } from '../agent.js';
+import { ConfigError, FabricError, ListenError, StartupError } from '../errors.js';
 import { AgentFabric, type FabricOptions } from '../fabric.js';
 import type { AdminBackend, AgentIdentity, GatewayBackend } from '../gateway/backend.js';
 import { McpHttpEndpoint } from '../gateway/downstream-http.js';
+import { messageOf } from '../gateway/map-error.js';
 import { ToolGateway, type GatewayLogEntry } from '../gateway/gateway.js';
 import { renderMetrics, type MetricFamily } from '../gateway/metrics.js';
 import type { SidecarConfig } from './config-file.js';
@@ -107,15 +109,19 @@ export class Sidecar {
 
   /**
    * Starts everything the config declares.
-   * @throws ConfigError / ToolNameError / UpstreamUnavailableError on a bad setup (after
-   *   cleaning up what was started).
+   * @throws ConfigError / ToolNameError / UpstreamUnavailableError / ListenError / PluginError /
+   *   HookStoreLockedError … on a bad setup, and StartupError (naming the step) for any failure
+   *   that is not a catalog error — always after closing what was started.
    */
   static async start(options: SidecarOptions): Promise<Sidecar> {
     const { config } = options;
     const log = options.logger ?? (() => undefined);
     const cleanup: Closable[] = [];
+    // The step in progress, named by a start-up failure no coded error describes.
+    let step = 'sandbox';
     try {
-      if (config.sandbox) mkdirSync(join(config.sandbox, 'protected'), { recursive: true });
+      if (config.sandbox) makeSandbox(config.sandbox);
+      step = 'fabric';
       const adminToken = config.adminToken ?? `fab_admin_${randomBytes(24).toString('base64url')}`;
       let backend: GatewayBackend & AdminApi;
       let closeBackend: () => Promise<void>;
@@ -149,6 +155,7 @@ export class Sidecar {
         await fabric.start();
         await configureFabric(fabric, config);
         for (const p of config.plugins) {
+          step = `plugin ${p.module}`;
           const loaded = await plugins.load(p.module, p.options);
           log({
             level: 'info',
@@ -157,6 +164,7 @@ export class Sidecar {
         }
         backend = new FabricBackend(fabric);
       }
+      step = 'agents';
       const agents: StartupAgent[] = [];
       for (const a of config.agents) {
         const spawned = await backend.spawn(spawnConfig(a, config));
@@ -173,6 +181,7 @@ export class Sidecar {
         const id = await backend.authenticate(dev.credential);
         if (id.kind === 'agent') anonymous = id;
       }
+      step = 'gateway';
       const gateway = new ToolGateway({
         backend,
         upstreams: config.upstreams,
@@ -204,6 +213,7 @@ export class Sidecar {
       let http: StartedHttpServer | undefined;
       let mcp: McpHttpEndpoint | undefined;
       if (options.http !== false) {
+        step = 'http';
         const h = config.http;
         mcp = new McpHttpEndpoint({
           gateway,
@@ -226,6 +236,7 @@ export class Sidecar {
           msg: `http: serving requests for hosts ${hostGuard.describe()}`,
         });
         const endpoint = mcp;
+        cleanup.push({ close: () => endpoint.close() });
         http = await startHttpServer({
           host: h.host,
           port: h.port,
@@ -237,11 +248,18 @@ export class Sidecar {
           headersTimeoutMs: h.headersTimeoutSeconds * 1000,
           requestTimeoutMs: h.requestTimeoutSeconds * 1000,
           bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
+        }).catch((error: unknown) => {
+          throw listenError('HTTP', h.host, h.port, error);
         });
+        cleanup.push(http);
       }
       let grpc: AgentGrpcServer | undefined;
       if (config.grpc !== undefined && fabric !== undefined) {
-        grpc = await startAgentGrpcServer(fabric, config.grpc);
+        step = 'grpc';
+        const { host, port } = config.grpc;
+        grpc = await startAgentGrpcServer(fabric, config.grpc).catch((error: unknown) => {
+          throw listenError('gRPC', host, port, error);
+        });
         cleanup.push(grpc);
       }
       return new Sidecar({
@@ -258,7 +276,8 @@ export class Sidecar {
       });
     } catch (error) {
       for (const c of cleanup.reverse()) await Promise.resolve(c.close()).catch(() => undefined);
-      throw error;
+      if (error instanceof FabricError) throw error;
+      throw new StartupError(step, messageOf(error), { cause: error });
     }
   }
 
@@ -278,6 +297,34 @@ export class Sidecar {
     })();
     return this.#closing;
   }
+}
+
+/** Creates the sandbox folder (and its `protected/`); a path that cannot be made is a config error. */
+function makeSandbox(sandbox: string): void {
+  try {
+    mkdirSync(join(sandbox, 'protected'), { recursive: true });
+  } catch (error) {
+    throw new ConfigError('sandbox', `cannot be created: ${messageOf(error)}`, { cause: error });
+  }
+}
+
+/**
+ * A listener's bind failure as a {@link ListenError} (Node's and grpc-js's own errors name
+ * neither the listener nor, for gRPC, the reason in the first line).
+ */
+function listenError(listener: string, host: string, port: number, error: unknown): ListenError {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  const message = messageOf(error);
+  const reason =
+    code === 'EADDRINUSE' || /EADDRINUSE/.test(message)
+      ? 'the address is already in use (EADDRINUSE)'
+      : code === 'EADDRNOTAVAIL' || /EADDRNOTAVAIL/.test(message)
+        ? 'the address is not available on this host (EADDRNOTAVAIL)'
+        : code === 'EACCES' || /EACCES/.test(message)
+          ? 'permission denied (EACCES)'
+          : message;
+  const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+  return new ListenError(listener, address, reason, { cause: error });
 }
 
 /** Convenience: {@link Sidecar.start}. */
