@@ -17,14 +17,12 @@ import {
 
 const uri = (n: number): string => `demo://resource/dynamic/text/${n}`;
 
-async function refusal(promise: Promise<unknown>): Promise<McpError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
+/** The McpError a refused request rejects with. */
+const refusal = (promise: Promise<unknown>): Promise<McpError> =>
+  promise.then(
+    () => expect.fail('the request was not refused'),
+    (e: unknown) => (expect(e).toBeInstanceOf(McpError), e as McpError),
   );
-  expect(error).toBeInstanceOf(McpError);
-  return error as McpError;
-}
 
 describe('resource subscriptions are bounded per session (server-everything, real sidecar)', () => {
   let sidecar: Sidecar;
