@@ -184,7 +184,8 @@ async function latencyCase(
     p99Us: p99,
     baselineP50Us: bp50,
     baselineP99Us: bp99,
-    goal: `added p50 ≤ 150 µs (got ${(p50 - bp50).toFixed(1)}), added p99 ≤ 1000 µs (got ${(p99 - bp99).toFixed(1)})`,
+    // Two noisy p99s side by side, not their difference (which went negative in one run).
+    goal: `added p50 ≤ 150 µs (got ${(p50 - bp50).toFixed(1)}), p99 ≤ direct + 1000 µs (got ${p99.toFixed(0)} vs ${bp99.toFixed(0)} direct)`,
   });
 }
 
