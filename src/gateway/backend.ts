@@ -38,7 +38,9 @@ export interface ToolCallContext {
   params: Readonly<Record<string, unknown>>;
   /**
    * The parameters exactly as the agent sent them and the upstream receives them, when they
-   * differ from `params` (scan these for what is forwarded, e.g. secrets).
+   * differ from `params` (scan these for what is forwarded, e.g. secrets). For a resource read,
+   * subscription, prompt get or completion: the request's params as forwarded (`_meta`, a
+   * completion's `context` and all).
    */
   rawParams?: Readonly<Record<string, unknown>> | undefined;
   labels?: Readonly<Record<string, string>> | undefined;

@@ -696,17 +696,19 @@ export class ToolGateway implements SessionHost {
         const route = catalog.prompts.get(name);
         if (!route) throw toMcpError(new ToolNotFoundError(name, 'prompt'));
         const args = (params.arguments ?? {}) as Record<string, unknown>;
+        const forwarded = { ...params, name: route.upstreamName };
         return this.#guarded(
           session,
           route.upstream,
           'prompts/get',
           { name, arguments: args },
+          forwarded,
           extra,
           () =>
             this.#upstreamRequest(
               session,
               route.upstream,
-              { method: request.method, params: { ...params, name: route.upstreamName } },
+              { method: request.method, params: forwarded },
               extra,
             ),
         );
@@ -715,32 +717,39 @@ export class ToolGateway implements SessionHost {
         const uri = String(params.uri);
         const owner = resourceOwner(catalog, uri);
         if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
-        return this.#guarded(session, owner, 'resources/read', resourceParams(uri), extra, () =>
-          this.#upstreamRequest(session, owner, request, extra),
+        return this.#guarded(
+          session,
+          owner,
+          'resources/read',
+          resourceParams(uri),
+          params,
+          extra,
+          () => this.#upstreamRequest(session, owner, request, extra),
         );
       }
       case 'completion/complete': {
         // Completions can reveal data (file names, records), so they pass policy too.
         const ref = (params.ref ?? {}) as { type?: string; name?: string; uri?: string };
         const argument = params.argument;
+        // The values of the prompt's other arguments, which the upstream's completer reads too.
+        const context = params.context === undefined ? undefined : { context: params.context };
         if (ref.type === 'ref/prompt') {
           const name = String(ref.name);
           const route = catalog.prompts.get(name);
           if (!route) throw toMcpError(new ToolNotFoundError(name, 'prompt'));
+          const forwarded = { ...params, ref: { ...ref, name: route.upstreamName } };
           return this.#guarded(
             session,
             route.upstream,
             'completion/complete',
-            { name, argument },
+            { name, argument, ...context },
+            forwarded,
             extra,
             () =>
               this.#upstreamRequest(
                 session,
                 route.upstream,
-                {
-                  method: request.method,
-                  params: { ...params, ref: { ...ref, name: route.upstreamName } },
-                },
+                { method: request.method, params: forwarded },
                 extra,
               ),
           );
@@ -754,7 +763,9 @@ export class ToolGateway implements SessionHost {
           session,
           owner,
           'completion/complete',
-          { ...resourceParams(uri), argument },
+          // A template is compared as written (the SDK matches `ref.uri` exactly), not as a URL.
+          { ...resourceParams(uri), uri, argument, ...context },
+          params,
           extra,
           () => this.#upstreamRequest(session, owner, request, extra),
         );
@@ -775,13 +786,16 @@ export class ToolGateway implements SessionHost {
    * handled as a call's: the reservation is the agent's learned estimate for the pseudo-tool,
    * settled with the tokens of what came back (the same estimator as tool results; none for a
    * subscription) and the `toolCosts` entry matching the pseudo-tool's name, if any; what does
-   * not fit is withheld. Refusals are JSON-RPC errors.
+   * not fit is withheld. Refusals are JSON-RPC errors. `forwarded` is the request's params as
+   * the upstream gets them (`_meta`, a completion's `context` and all): policy plugins get them
+   * as `rawParams`, so secret-guard scans everything that leaves, not only what rules match on.
    */
   async #guarded(
     session: GatewaySession,
     upstream: Upstream,
     tool: 'resources/read' | 'resources/subscribe' | 'prompts/get' | 'completion/complete',
     params: Record<string, unknown>,
+    forwarded: Readonly<Record<string, unknown>>,
     extra: DownstreamExtra,
     read: () => Promise<Result>,
   ): Promise<Result> {
@@ -811,7 +825,7 @@ export class ToolGateway implements SessionHost {
           session,
           tool,
           view,
-          params,
+          forwarded,
           extra,
           { tokens: estimate.tokens, cost },
           budget,
@@ -977,6 +991,7 @@ export class ToolGateway implements SessionHost {
       owner,
       'resources/subscribe',
       resourceParams(uri),
+      { uri },
       extra,
       async () => {
         await this.#subscribe(session, owner, uri, extra);
@@ -1286,30 +1301,40 @@ function describeApproval(approval: unknown): string | undefined {
  * Policy parameters of a resource read, subscription or template completion: the URI, and the
  * path it names. The URI is parsed as the WHATWG URL parser (and so an upstream using
  * `new URL`) reads it: leading and trailing C0 controls and spaces are dropped, tabs and
- * newlines anywhere are removed, the scheme is case-insensitive (`FILE:`, ` file:`). A `file:`
- * URL gets its decoded path (`file:///etc/%2e%2e/etc/passwd` → `/etc/passwd`), which the
- * gateway then resolves like a tool's path parameter. A URI that is not a URL, and a `file:` URL
- * that cannot be decoded (`%2F` in a segment, a remote host, invalid UTF-8), gets an
- * {@link UnresolvedPath} marker as `path`: deny rules on `path` match it, allow rules do not.
- * Other schemes get no `path`.
+ * newlines anywhere are removed, the scheme is case-insensitive (`FILE:`, ` file:`). `uri` is
+ * the serialized URL, what an SDK-based upstream looks the resource up by (`new URL(uri)
+ * .toString()`): scheme lower-cased, `.` and `..` segments resolved — so `DEMO://x/./a` or
+ * `demo://x/b/../a` is matched as `demo://x/a`, the resource the upstream serves for it. A
+ * `file:` URL gets its decoded path (`file:///etc/%2e%2e/etc/passwd` → `/etc/passwd`), which the
+ * gateway then resolves like a tool's path parameter. A URI that is not a URL gets an
+ * {@link UnresolvedPath} marker as `uri` and `path`, a `file:` URL that cannot be decoded (`%2F`
+ * in a segment, a remote host, invalid UTF-8) as `path`: deny rules on them match, allow rules
+ * do not. Other schemes get no `path`.
  */
 export function resourceParams(uri: string): Record<string, unknown> {
   let url: URL;
   try {
     url = new URL(uri);
   } catch {
-    return withMarker(uri, 'is not a URL');
+    return withMarker(uri, 'is not a URL', undefined);
   }
-  if (url.protocol !== 'file:') return { uri };
+  if (url.protocol !== 'file:') return { uri: url.href };
   try {
-    return { uri, path: fileURLToPath(url) };
+    return { uri: url.href, path: fileURLToPath(url) };
   } catch (error) {
-    return withMarker(uri, `is a file: URL that cannot be decoded (${messageOf(error)})`);
+    const why = `is a file: URL that cannot be decoded (${messageOf(error)})`;
+    return withMarker(uri, why, url.href);
   }
 }
 
-function withMarker(uri: string, reason: string): Record<string, unknown> {
-  const params = { uri, path: new UnresolvedPath(uri, reason) };
+/** `path` an unresolved marker, and `uri` too when it is no URL (`href` undefined). */
+function withMarker(
+  uri: string,
+  reason: string,
+  href: string | undefined,
+): Record<string, unknown> {
+  const marker = new UnresolvedPath(uri, reason);
+  const params = { uri: href ?? marker, path: marker };
   markHoldsUnresolved(params);
   return params;
 }

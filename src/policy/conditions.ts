@@ -59,7 +59,8 @@ type ValueTest = (value: string) => boolean;
  * value past a deny or to borrow an allow for a value it does not cover. It also decides an
  * {@link UnresolvedPath} marker (in the value, or on the way to it through dotted keys): a
  * condition on one matches exactly when `restrictive` is true, so what could not be resolved
- * is caught by deny rules and never allowed by allow rules.
+ * is caught by deny rules and never allowed by allow rules. A dotted key (`a.b`) reads both the
+ * literal parameter `a.b` and the nested `a` → `b`, combined the same way as array elements.
  *
  * @throws GlobSyntaxError for a malformed glob value.
  */
@@ -93,10 +94,7 @@ function compileCondition(
           for (let i = 0; i < tests.length; i++) if (tests[i]!(v)) return true;
           return false;
         };
-  const dotted = key.includes('.') ? key.split('.') : undefined;
-  return (params) => {
-    const value = lookup(params, key, dotted);
-    if (value === undefined) return false;
+  const matches = (value: unknown): boolean => {
     if (!Array.isArray(value)) return one(value);
     if (restrictive) {
       for (let i = 0; i < value.length; i++) if (one(value[i])) return true;
@@ -106,16 +104,32 @@ function compileCondition(
     for (let i = 0; i < value.length; i++) if (!one(value[i])) return false;
     return true;
   };
+  if (!key.includes('.')) {
+    return (params) => {
+      if (params === null || typeof params !== 'object' || !Object.hasOwn(params, key)) {
+        return false;
+      }
+      const value = params[key];
+      return value !== undefined && matches(value);
+    };
+  }
+  // A dotted key names two parameters an agent controls at once: the literal key `a.b` and the
+  // nested `a` → `b`, and which one the tool reads is the tool's business. Both are matched
+  // like an array's elements: a restrictive rule matches if either does (else `{"a.b": ok,
+  // "a": {"b": bad}}` slips `bad` past a deny), an allow rule only if every one present does.
+  const dotted = key.split('.');
+  return (params) => {
+    if (params === null || typeof params !== 'object') return false;
+    const literal = Object.hasOwn(params, key) ? params[key] : undefined;
+    const nested = walkDotted(params, dotted);
+    if (literal === undefined) return nested !== undefined && matches(nested);
+    if (nested === undefined) return matches(literal);
+    return restrictive ? matches(literal) || matches(nested) : matches(literal) && matches(nested);
+  };
 }
 
-function lookup(
-  params: Readonly<Record<string, unknown>>,
-  key: string,
-  dotted: string[] | undefined,
-): unknown {
-  if (params === null || typeof params !== 'object') return undefined;
-  if (Object.hasOwn(params, key)) return params[key];
-  if (dotted === undefined) return undefined;
+/** The value at `params.a.b…` (own properties only), or a marker met on the way. */
+function walkDotted(params: Readonly<Record<string, unknown>>, dotted: readonly string[]): unknown {
   let v: unknown = params;
   for (const k of dotted) {
     // Nothing below a marker can be known: the marker answers for it.

@@ -49,8 +49,10 @@ export interface PolicyContext {
   params: Readonly<Record<string, unknown>>;
   /**
    * The parameters exactly as sent to the tool, when `params` is a resolved view of them
-   * (absent when they are the same). Policy plugins that look at what is forwarded — secrets,
-   * sizes — read `rawParams ?? params`.
+   * (absent when they are the same); for the gateway's pseudo-tools (`resources/read`,
+   * `prompts/get`, `completion/complete`…) the request's params as forwarded upstream, `_meta`
+   * included. Policy plugins that look at what is forwarded — secrets, sizes — read
+   * `rawParams ?? params`.
    */
   rawParams?: Readonly<Record<string, unknown>> | undefined;
   poolId?: string;

@@ -42,7 +42,24 @@ describe('policy parameters of a resource read', () => {
       'file:/etc/passwd',
       'file:///etc/%70asswd',
     ]) {
-      expect(resourceParams(uri), JSON.stringify(uri)).toEqual({ uri, path: '/etc/passwd' });
+      expect(resourceParams(uri), JSON.stringify(uri)).toEqual({
+        uri: new URL(uri).href,
+        path: '/etc/passwd',
+      });
+    }
+  });
+
+  it('matches the URI as an SDK upstream looks it up: serialized, dot segments resolved', () => {
+    for (const uri of [
+      'DEMO://resource/static/document/a.md',
+      ' demo://resource/static/document/a.md\n',
+      'demo://resource/static/x/../document/a.md',
+      'demo://resource/static/./document/a.md',
+      'demo://resource/static/docu\tment/a.md',
+    ]) {
+      expect(resourceParams(uri), JSON.stringify(uri)).toEqual({
+        uri: 'demo://resource/static/document/a.md',
+      });
     }
   });
 
@@ -64,6 +81,8 @@ describe('policy parameters of a resource read', () => {
     ]) {
       const params = resourceParams(uri);
       expect(isUnresolvedPath(params.path), JSON.stringify(uri)).toBe(true);
+      // Not a URL at all: the URI itself is unknown too (a deny on `uri` matches it).
+      expect(isUnresolvedPath(params.uri), JSON.stringify(uri)).toBe(!URL.canParse(uri));
       expect(engine.evaluateSync({ agentId: 'a', tool: 'resources/read', params }).policy).toBe(
         'files',
       );
