@@ -55,6 +55,7 @@ import { GatewayMetrics } from './metrics.js';
 import { unresolvedPathsIn } from './path-resolver.js';
 import {
   messageOf,
+  RelayedMcpError,
   refusalError,
   refusalResult,
   toMcpError,
@@ -406,7 +407,7 @@ export class ToolGateway implements SessionHost {
     }
     if (!known) {
       audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
-      throw new McpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
+      throw new RelayedMcpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
     }
     if (this.#state !== 'started') {
       audit({ decision: 'none', outcome: 'error', code: ClosedError.code });
@@ -771,7 +772,7 @@ export class ToolGateway implements SessionHost {
         );
       }
       default:
-        throw new McpError(ErrorCode.MethodNotFound, `Method not found: ${request.method}`);
+        throw new RelayedMcpError(ErrorCode.MethodNotFound, `Method not found: ${request.method}`);
     }
   }
 

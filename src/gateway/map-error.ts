@@ -46,12 +46,12 @@ const HTTP_STATUS_BY_CODE: Readonly<Record<string, number>> = Object.freeze({
 });
 
 /**
- * A JSON-RPC error an upstream returned, relayed as it was sent: its `message` is the upstream's
- * own, without the `MCP error <code>: ` prefix the SDK's `McpError` constructor adds (sent on,
- * that prefix would be added again by every client: "MCP error -32602: MCP error -32602: …").
- * `code` and `data` are the upstream's too. Still an `McpError`, so every path that relays
- * protocol errors relays it; the SDK's `Protocol` and the fast path both put `message` on the
- * wire.
+ * An `McpError` whose `message` goes on the wire exactly as given: the SDK's `McpError`
+ * constructor prefixes `MCP error <code>: `, and every client prefixes again on receipt ("MCP
+ * error -32602: MCP error -32602: …"). Used for errors relayed from an upstream (its own
+ * message, code and data) and for the gateway's own JSON-RPC errors. Still an `McpError`, so
+ * every path that relays protocol errors relays it; the SDK's `Protocol` and the fast path both
+ * put `message` on the wire.
  */
 export class RelayedMcpError extends McpError {
   constructor(code: number, message: string, data?: unknown) {
@@ -94,9 +94,9 @@ export function httpErrorBody(error: unknown): { error: Record<string, unknown> 
 export function toMcpError(error: unknown): McpError {
   if (error instanceof McpError) return error;
   if (error instanceof FabricError) {
-    return new McpError(JSONRPC_CODE_BY_KIND[error.kind], error.message, error.toJSON());
+    return new RelayedMcpError(JSONRPC_CODE_BY_KIND[error.kind], error.message, error.toJSON());
   }
-  return new McpError(ErrorCode.InternalError, messageOf(error));
+  return new RelayedMcpError(ErrorCode.InternalError, messageOf(error));
 }
 
 /** A tool result with `isError: true` that the model can read and act on. */
@@ -130,7 +130,7 @@ export function refusalResult(refusal: ToolCallRefused, now = Date.now()): CallT
  */
 export function refusalError(refusal: ToolCallRefused, now = Date.now()): McpError {
   const { advice, meta } = refusalFacts(refusal, now);
-  return new McpError(
+  return new RelayedMcpError(
     ErrorCode.InvalidRequest,
     `Request refused: ${refusal.reason} (${refusal.code}).${advice}`,
     meta,

@@ -89,6 +89,8 @@ describe('resource reads, prompt gets, completions and subscriptions pass policy
     expect(ok.contents.length).toBeGreaterThan(0);
 
     const e = await refusal(client.readResource({ uri: `${DOCS}/instructions.md` }));
+    // The client adds the `MCP error <code>: ` prefix once; the gateway must not add its own.
+    expect(e.message).toMatch(/^MCP error -32600: Request refused: /);
     expect(e.message).toContain('FABRIC_ERR_POLICY_DENIED');
     expect(e.message).toContain('internal notes');
     expect(e.data).toMatchObject({ code: 'FABRIC_ERR_POLICY_DENIED' });
