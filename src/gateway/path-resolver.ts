@@ -79,6 +79,12 @@ export interface PathResolutionOptions {
    * @default true for stdio upstreams, false for remote ones
    */
   readonly realpath: boolean;
+  /**
+   * Parameter names taken as paths besides those {@link PATH_KEY_PATTERN} matches (a tool's
+   * `output`, `to` …): their string values (and an array's strings) are resolved too.
+   * @default []
+   */
+  readonly params?: readonly string[] | undefined;
 }
 
 /** The path resolution of an upstream spec: its `paths:` with the transport's defaults. */
@@ -90,8 +96,14 @@ export function pathResolutionOf(spec: UpstreamSpec): Readonly<PathResolutionOpt
     roots: Object.freeze((declared?.roots ?? []).map((r) => posix.resolve(r))),
     home,
     realpath: declared?.realpath ?? (stdio ? DEFAULT_STDIO_REALPATH : DEFAULT_REMOTE_REALPATH),
+    params: Object.freeze([...(declared?.params ?? [])]),
   });
 }
+
+/** Whether a parameter name is path-like: the built-in pattern, or one of `extra`. */
+type PathKeyTest = (key: string) => boolean;
+
+const builtInPathKey: PathKeyTest = (key) => PATH_KEY_PATTERN.test(key);
 
 /** Markers of each view built by a resolver (for refusal messages). */
 const VIEW_MARKERS = new WeakMap<object, readonly UnresolvedPath[]>();
@@ -151,6 +163,7 @@ function hasAmbiguousEnds(value: string): boolean {
  */
 export class PathResolver {
   readonly options: Readonly<PathResolutionOptions>;
+  readonly #isPathKey: PathKeyTest;
 
   constructor(options: PathResolutionOptions) {
     for (const root of options.roots) {
@@ -160,7 +173,11 @@ export class PathResolver {
       roots: Object.freeze(options.roots.map((r) => posix.resolve(r))),
       home: options.home,
       realpath: options.realpath,
+      params: Object.freeze([...(options.params ?? [])]),
     });
+    const extra = new Set(this.options.params);
+    this.#isPathKey =
+      extra.size === 0 ? builtInPathKey : (key) => extra.has(key) || PATH_KEY_PATTERN.test(key);
   }
 
   /**
@@ -172,8 +189,8 @@ export class PathResolver {
   view(
     params: Readonly<Record<string, unknown>>,
   ): Readonly<Record<string, unknown>> | Promise<Readonly<Record<string, unknown>>> {
-    if (!mayHoldPaths(params)) return params;
-    const slots = walk(params);
+    if (!mayHoldPaths(params, this.#isPathKey)) return params;
+    const slots = walk(params, this.#isPathKey);
     if (slots.length === 0) return params;
     const resolved = new Map<string, Resolved>();
     const disk: (readonly [value: string, abs: string])[] = [];
@@ -417,11 +434,11 @@ function insideAny(path: string, roots: readonly string[]): boolean {
 }
 
 /** True unless `params` is flat and has no path-like string (the common call: no walk). */
-function mayHoldPaths(params: Readonly<Record<string, unknown>>): boolean {
+function mayHoldPaths(params: Readonly<Record<string, unknown>>, isPathKey: PathKeyTest): boolean {
   for (const key in params) {
     const v = params[key];
     if (typeof v === 'string') {
-      if (looksLikePath(v) || PATH_KEY_PATTERN.test(key)) return true;
+      if (looksLikePath(v) || isPathKey(key)) return true;
     } else if (typeof v === 'object' && v !== null) {
       return true;
     }
@@ -437,7 +454,7 @@ function mayHoldPaths(params: Readonly<Record<string, unknown>>): boolean {
  * string not yet seen, stands as a marker (one shared instance, so a huge call costs no more
  * than a pass over what is left of the containers already entered).
  */
-function walk(params: Readonly<Record<string, unknown>>): Slot[] {
+function walk(params: Readonly<Record<string, unknown>>, isPathKey: PathKeyTest): Slot[] {
   const root: Frame = {
     node: params,
     parent: undefined,
@@ -467,7 +484,7 @@ function walk(params: Readonly<Record<string, unknown>>): Slot[] {
     } else {
       const obj = node as Record<string, unknown>;
       for (const key in obj) {
-        if (Object.hasOwn(obj, key)) visit(w, frame, key, obj[key], PATH_KEY_PATTERN.test(key));
+        if (Object.hasOwn(obj, key)) visit(w, frame, key, obj[key], isPathKey(key));
       }
     }
   }

@@ -41,6 +41,12 @@ const pathsSchema = z
     home: absolutePath.optional(),
     /** Resolve symlinks on our disk. @default true (stdio), false (remote) */
     realpath: z.boolean().optional(),
+    /**
+     * Parameter names this upstream's tools take as paths beyond the built-in name pattern
+     * (`path`, `file`, `dir`, `source`, `target` …), e.g. `output`, `to`; matched exactly, at
+     * any depth. @default []
+     */
+    params: z.array(z.string().min(1)).default([]),
   })
   .strict();
 

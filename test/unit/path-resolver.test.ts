@@ -187,6 +187,27 @@ describe('PathResolver.view: the policy view of a call', () => {
     expect(r.view(canonical)).toBe(canonical); // nothing to change: no copy
   });
 
+  it('resolves the parameter names an upstream declares in paths.params, at any depth', () => {
+    const params = { output: 'protected/x', job: { to: ['a', 'b'] }, content: 'protected/y' };
+    // Not path-like by name or shape: left as written without the declaration…
+    expect(r.view(params)).toBe(params);
+    // …and resolved with it (a deny rule on /s/protected/** then matches).
+    const declared = new PathResolver({
+      roots: ['/s'],
+      home: '/h',
+      realpath: false,
+      params: ['output', 'to'],
+    });
+    expect(declared.view(params)).toEqual({
+      output: '/s/protected/x',
+      job: { to: ['/s/a', '/s/b'] },
+      content: 'protected/y',
+    });
+    const spec = upstreamSpecSchema.parse({ command: 'x', paths: { params: ['output'] } });
+    expect(pathResolutionOf(spec).params).toEqual(['output']);
+    expect(pathResolutionOf(upstreamSpecSchema.parse({ command: 'x' })).params).toEqual([]);
+  });
+
   it('with realpath, the view is a promise', async () => {
     const real = new PathResolver({ roots: ['/'], home: undefined, realpath: true });
     const v = real.view({ path: 'tmp' });
@@ -247,14 +268,29 @@ describe('PathResolver.view: the policy view of a call', () => {
 describe('pathResolutionOf: defaults by transport', () => {
   it('stdio: the child HOME, realpath on; remote: no home, realpath off; declared values win', () => {
     const stdio = upstreamSpecSchema.parse({ command: 'x', env: { HOME: '/child' } });
-    expect(pathResolutionOf(stdio)).toEqual({ roots: [], home: '/child', realpath: true });
+    expect(pathResolutionOf(stdio)).toEqual({
+      roots: [],
+      home: '/child',
+      realpath: true,
+      params: [],
+    });
     const remote = upstreamSpecSchema.parse({ url: 'http://127.0.0.1:1/mcp' });
-    expect(pathResolutionOf(remote)).toEqual({ roots: [], home: undefined, realpath: false });
+    expect(pathResolutionOf(remote)).toEqual({
+      roots: [],
+      home: undefined,
+      realpath: false,
+      params: [],
+    });
     const declared = upstreamSpecSchema.parse({
       url: 'http://127.0.0.1:1/mcp',
-      paths: { roots: ['/a/./b/'], home: '/h', realpath: true },
+      paths: { roots: ['/a/./b/'], home: '/h', realpath: true, params: ['to'] },
     });
-    expect(pathResolutionOf(declared)).toEqual({ roots: ['/a/b'], home: '/h', realpath: true });
+    expect(pathResolutionOf(declared)).toEqual({
+      roots: ['/a/b'],
+      home: '/h',
+      realpath: true,
+      params: ['to'],
+    });
   });
 
   it('refuses relative roots and homes in the config', () => {
