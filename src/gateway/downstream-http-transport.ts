@@ -61,6 +61,8 @@ interface Exchange {
   readonly batch: boolean;
   sse: boolean;
   keepAlive: NodeJS.Timeout | undefined;
+  /** SSE responses waiting for their turn to be written (see {@link HttpSessionTransport.send}). */
+  queued: number;
 }
 
 type Envelope = { id?: RequestId; method?: unknown; params?: unknown };
@@ -158,6 +160,7 @@ export class HttpSessionTransport implements Transport {
         batch,
         sse: false,
         keepAlive: undefined,
+        queued: 0,
       };
       for (const id of pending) this.#exchanges.set(id, ex);
       res.once('close', () => {
@@ -196,6 +199,7 @@ export class HttpSessionTransport implements Transport {
 
   /** Ends an exchange with nothing pending: what it collected, or `202` when that is nothing. */
   #finish(ex: Exchange): void {
+    if (ex.queued > 0) return; // the last queued response's turn ends it
     if (ex.keepAlive) clearInterval(ex.keepAlive);
     if (ex.res.writableEnded) return;
     if (ex.sse) ex.res.end();
@@ -271,7 +275,11 @@ export class HttpSessionTransport implements Transport {
         // The SDK client dispatches notifications on a microtask but responses synchronously,
         // so a response read in the same chunk as the last progress notification would
         // overtake it and the notification would be dropped. Write the response a turn later.
+        // The stream ends after the last queued response: responses of a batch that arrive in
+        // one turn were lost when the first one's turn ended the stream.
+        ex.queued++;
         setImmediate(() => {
+          ex.queued--;
           this.#writeEvent(ex.res, json);
           if (ex.pending.size === 0) this.#finish(ex);
         });
