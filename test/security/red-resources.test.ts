@@ -13,20 +13,27 @@
  *   unread (one connection each); now they hold the agent's in-flight slots until they leave.
  *
  * What the sidecar holds is read from its own gauges (`/metrics`), not guessed from timing.
+ *
+ * And what one agent can spend: a priced call the agent cancels once its upstream has started
+ * (its first progress notification arrived) was settled at cost 0 on main, so cancelling every
+ * call ran any number of them under a cost budget of a few.
  */
 import { writeFileSync } from 'node:fs';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   admin,
+  agentId,
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
   FILESYSTEM_BIN,
+  httpClient,
   INIT,
   startTestSidecar,
   tempDir,
@@ -248,5 +255,59 @@ describe('resources an agent can make the sidecar hold (real sidecar)', () => {
     const ok = await call(token, sid, 'ev__echo', { message: 'after' });
     expect(ok.status).toBe(200);
     expect(await ok.text()).toContain('Echo: after');
+  }, 60_000);
+});
+
+describe('cost budget against cancellation (real sidecar)', () => {
+  let sidecar: Sidecar;
+  let client: Client | undefined;
+  const LIMIT = 3;
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      upstreams: {
+        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+      },
+      policies: [DEFAULT_ALLOW],
+      toolCosts: { [LONG_RUNNING]: 1 },
+      agents: [{ name: 'canceller', budget: { maxCostPerDay: LIMIT } }],
+    });
+  });
+  afterAll(async () => {
+    await client?.close();
+    await closeSidecar(sidecar);
+  });
+
+  it('a priced call cancelled after its upstream started is charged: cancelling cannot spend past the limit', async () => {
+    client = await httpClient(sidecar.url!, agentToken(sidecar, 'canceller'));
+    const id = agentId(sidecar, 'canceller');
+    const outcomes: string[] = [];
+    for (let i = 0; i < LIMIT * 3; i++) {
+      const controller = new AbortController();
+      let started = false;
+      try {
+        const result = await client.callTool(
+          { name: LONG_RUNNING, arguments: { duration: 30, steps: 300 } },
+          undefined,
+          {
+            signal: controller.signal,
+            // The upstream is running the call: its first progress notification arrived.
+            onprogress: () => {
+              started = true;
+              controller.abort();
+            },
+          },
+        );
+        outcomes.push(result.isError ? 'refused' : 'ok');
+      } catch {
+        outcomes.push(started ? 'cancelled' : 'error');
+      }
+    }
+    // On main: every call started upstream, was cancelled and cost nothing.
+    expect(outcomes.filter((o) => o === 'cancelled')).toHaveLength(LIMIT);
+    expect(outcomes.filter((o) => o === 'refused')).toHaveLength(LIMIT * 2);
+    const status = sidecar.fabric!.budgets.getStatus(id);
+    expect(status.costUsed).toBe(LIMIT);
+    expect(status.costReserved).toBe(0);
   }, 60_000);
 });
