@@ -16,6 +16,16 @@
  * and leave this one open forever). A `notifications/cancelled` for a request in flight ends
  * that request's part of its POST at once (the SDK sends no answer to a cancelled request).
  *
+ * A client that does not read what it is sent must not make this process hold it: Node buffers
+ * every write the socket cannot take, without limit. Two bounds follow. A notification (progress,
+ * a log line, a list change, a resource update) to a stream that already holds
+ * `maxStreamBacklogBytes` the client has not read is dropped — notifications carry no answer
+ * anyone waits for, and an upstream emitting progress every millisecond filled ~20 MB a second
+ * of one unread stream before. Responses and server→client requests are never dropped: a
+ * request stays counted as in flight ({@link HttpSessionTransportOptions.onRequestsDone}) until
+ * its POST's answer has left the process (the response finished, or its connection closed), so
+ * the owner's in-flight limit bounds the answers an agent can leave unread.
+ *
  * @module
  */
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
@@ -39,18 +49,33 @@ import { serializeMessage } from './serialize-message.js';
 
 /** Default keep-alive interval of SSE streams. */
 export const DEFAULT_SSE_KEEP_ALIVE_MS = 15_000;
+/**
+ * Default of {@link HttpSessionTransportOptions.maxStreamBacklogBytes}: 256 KiB held beyond what
+ * the operating system buffers for the connection.
+ */
+export const DEFAULT_MAX_STREAM_BACKLOG_BYTES = 256 * 1024;
 
 /** Options of an {@link HttpSessionTransport}. */
 export interface HttpSessionTransportOptions {
   /** Keep-alive interval of SSE streams. @default 15000 */
   keepAliveMs?: number;
   /**
-   * Called with the number of requests that stopped being in flight (answered, cancelled by the
-   * client, refused as a duplicate, or dropped when the session closed). With the count of
-   * requests handed to {@link HttpSessionTransport.handlePost}, this is how an owner keeps an
-   * exact in-flight count.
+   * Bytes a response stream may hold that the client has not read yet (beyond the operating
+   * system's socket buffers) and still take a notification; past it notifications to that
+   * stream are dropped. Responses and requests are always written. @default 262144
+   */
+  maxStreamBacklogBytes?: number;
+  /**
+   * Called with the number of requests that stopped being in flight: answered and the answer
+   * written out (its POST's response finished or its connection closed — a batch's requests
+   * when the whole batch's answer has), cancelled by the client, refused as a duplicate, or
+   * dropped when the session closed. With the count of requests handed to
+   * {@link HttpSessionTransport.handlePost}, this is how an owner keeps an exact in-flight
+   * count.
    */
   onRequestsDone?: (count: number) => void;
+  /** Called for each notification dropped because its stream's client is not reading. */
+  onNotificationDropped?: () => void;
 }
 
 interface Exchange {
@@ -61,6 +86,12 @@ interface Exchange {
   readonly batch: boolean;
   sse: boolean;
   keepAlive: NodeJS.Timeout | undefined;
+  /** Answered requests whose answer has not left the process yet (still in flight). */
+  held: number;
+  /** The response finished or its connection closed. */
+  closed: boolean;
+  /** SSE responses waiting for their turn to be written (see {@link HttpSessionTransport.send}). */
+  queued: number;
 }
 
 type Envelope = { id?: RequestId; method?: unknown; params?: unknown };
@@ -82,15 +113,21 @@ export class HttpSessionTransport implements Transport {
   onmessage?: (message: JSONRPCMessage, extra?: MessageExtraInfo) => void;
 
   readonly #keepAliveMs: number;
+  readonly #maxBacklog: number;
   readonly #onRequestsDone: (count: number) => void;
+  readonly #onDropped: () => void;
   readonly #exchanges = new Map<RequestId, Exchange>();
+  /** Responses this session writes to and that have not closed (for {@link unsentBytes}). */
+  readonly #open = new Set<ServerResponse>();
   #standalone: { res: ServerResponse; keepAlive: NodeJS.Timeout } | undefined;
   #closed = false;
 
   constructor(sessionId: string, options: HttpSessionTransportOptions = {}) {
     this.sessionId = sessionId;
     this.#keepAliveMs = options.keepAliveMs ?? DEFAULT_SSE_KEEP_ALIVE_MS;
+    this.#maxBacklog = options.maxStreamBacklogBytes ?? DEFAULT_MAX_STREAM_BACKLOG_BYTES;
     this.#onRequestsDone = options.onRequestsDone ?? (() => undefined);
+    this.#onDropped = options.onNotificationDropped ?? (() => undefined);
   }
 
   async start(): Promise<void> {}
@@ -110,6 +147,13 @@ export class HttpSessionTransport implements Transport {
   /** Requests received and not answered yet (nor cancelled). */
   get pendingRequests(): number {
     return this.#exchanges.size;
+  }
+
+  /** Bytes written to this session's open responses that have not left the process yet. */
+  get unsentBytes(): number {
+    let n = 0;
+    for (const res of this.#open) n += res.writableLength;
+    return n;
   }
 
   /**
@@ -158,10 +202,20 @@ export class HttpSessionTransport implements Transport {
         batch,
         sse: false,
         keepAlive: undefined,
+        held: 0,
+        closed: false,
+        queued: 0,
       };
       for (const id of pending) this.#exchanges.set(id, ex);
+      this.#open.add(res);
       res.once('close', () => {
         if (ex.keepAlive) clearInterval(ex.keepAlive);
+        this.#open.delete(res);
+        ex.closed = true;
+        // The answers are out (or cannot be delivered any more): their requests are done.
+        const held = ex.held;
+        ex.held = 0;
+        if (held > 0) this.#onRequestsDone(held);
       });
     }
     const extra: MessageExtraInfo = { requestInfo: { headers } };
@@ -196,6 +250,7 @@ export class HttpSessionTransport implements Transport {
 
   /** Ends an exchange with nothing pending: what it collected, or `202` when that is nothing. */
   #finish(ex: Exchange): void {
+    if (ex.queued > 0) return; // the last queued response's turn ends it
     if (ex.keepAlive) clearInterval(ex.keepAlive);
     if (ex.res.writableEnded) return;
     if (ex.sse) ex.res.end();
@@ -236,15 +291,18 @@ export class HttpSessionTransport implements Transport {
     const keepAlive = this.#startKeepAlive(res);
     const standalone = { res, keepAlive };
     this.#standalone = standalone;
+    this.#open.add(res);
     res.once('close', () => {
       clearInterval(keepAlive);
+      this.#open.delete(res);
       if (this.#standalone === standalone) this.#standalone = undefined;
     });
   }
 
   #startKeepAlive(res: ServerResponse): NodeJS.Timeout {
     const timer = setInterval(() => {
-      if (!res.writableEnded) res.write(': keep-alive\n\n');
+      // A stream with bytes still waiting to go out is not idle: nothing to keep alive.
+      if (!res.writableEnded && res.writableLength === 0) res.write(': keep-alive\n\n');
     }, this.#keepAliveMs);
     timer.unref();
     return timer;
@@ -252,6 +310,22 @@ export class HttpSessionTransport implements Transport {
 
   #writeEvent(res: ServerResponse, json: string): void {
     if (!res.writableEnded) res.write(`event: message\ndata: ${json}\n\n`);
+  }
+
+  /**
+   * True when a notification to `res` must be dropped: the client has left more than
+   * `maxStreamBacklogBytes` unread (Node would buffer every further write in memory).
+   */
+  #backlogged(res: ServerResponse): boolean {
+    if (res.writableLength <= this.#maxBacklog) return false;
+    this.#onDropped();
+    return true;
+  }
+
+  /** An answered request of `ex`: in flight until the exchange's response has gone out. */
+  #answered(ex: Exchange): void {
+    if (ex.closed) this.#onRequestsDone(1);
+    else ex.held++;
   }
 
   async send(message: JSONRPCMessage, options?: TransportSendOptions): Promise<void> {
@@ -266,12 +340,16 @@ export class HttpSessionTransport implements Transport {
       const json = serializeMessage(message);
       this.#exchanges.delete(id);
       ex.pending.delete(id);
-      this.#onRequestsDone(1);
+      this.#answered(ex);
       if (ex.sse) {
         // The SDK client dispatches notifications on a microtask but responses synchronously,
         // so a response read in the same chunk as the last progress notification would
         // overtake it and the notification would be dropped. Write the response a turn later.
+        // The stream ends after the last queued response: responses of a batch that arrive in
+        // one turn were lost when the first one's turn ended the stream.
+        ex.queued++;
         setImmediate(() => {
+          ex.queued--;
           this.#writeEvent(ex.res, json);
           if (ex.pending.size === 0) this.#finish(ex);
         });
@@ -281,12 +359,15 @@ export class HttpSessionTransport implements Transport {
       if (ex.pending.size === 0) this.#finish(ex);
       return;
     }
-    // A request or notification that cannot be serialized rejects here, before any stream
-    // changes (the sender handles it).
-    const json = serializeMessage(message);
+    const notification = e.id === undefined;
     const related = options?.relatedRequestId;
     const ex = related === undefined ? undefined : this.#exchanges.get(related);
     if (ex && !ex.res.writableEnded) {
+      // Checked before serializing: a flood to a client that does not read costs little.
+      if (notification && ex.sse && this.#backlogged(ex.res)) return;
+      // A request or notification that cannot be serialized rejects here, before any stream
+      // changes (the sender handles it).
+      const json = serializeMessage(message);
       if (!ex.sse) {
         ex.sse = true;
         ex.res.writeHead(200, { ...SSE_HEADERS, 'mcp-session-id': this.sessionId });
@@ -296,7 +377,11 @@ export class HttpSessionTransport implements Transport {
       this.#writeEvent(ex.res, json);
       return;
     }
-    if (this.#standalone) this.#writeEvent(this.#standalone.res, json);
+    const json = serializeMessage(message);
+    const standalone = this.#standalone?.res;
+    if (standalone && !(notification && this.#backlogged(standalone))) {
+      this.#writeEvent(standalone, json);
+    }
     // Otherwise there is no open stream: the message is dropped, as the spec allows.
   }
 

@@ -2,9 +2,12 @@
  * The `/mcp` endpoint: Streamable HTTP sessions, one agent each, authenticated by bearer token.
  *
  * What one agent can hold is bounded: open sessions (`maxSessionsPerAgent`), requests in
- * flight across all its sessions (`maxInflightPerAgent`), messages in one batch
- * (`maxBatchMessages`), body size and body read time. Past a bound the request is refused at
- * once with a JSON-RPC error naming the limit (HTTP 429, 413, 408 or 400), never queued.
+ * flight across all its sessions (`maxInflightPerAgent`; a request stays in flight until its
+ * answer has left the process, so answers the agent does not read count), messages in one batch
+ * (`maxBatchMessages`), body size and body read time, and what a stream it does not read may
+ * hold (`maxStreamBacklogBytes`, then notifications are dropped). Past a bound the request is
+ * refused at once with a JSON-RPC error naming the limit (HTTP 429, 413, 408 or 400), never
+ * queued.
  *
  * @module
  */
@@ -21,7 +24,10 @@ import {
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentIdentity, GatewayIdentity } from './backend.js';
-import { HttpSessionTransport } from './downstream-http-transport.js';
+import {
+  DEFAULT_MAX_STREAM_BACKLOG_BYTES,
+  HttpSessionTransport,
+} from './downstream-http-transport.js';
 import type { ToolGateway } from './gateway.js';
 import {
   closesConnection,
@@ -85,6 +91,12 @@ export interface McpHttpEndpointOptions {
   maxInflightPerAgent?: number;
   /** Messages in one JSON-RPC batch; a longer batch gets 400. @default 100 */
   maxBatchMessages?: number;
+  /**
+   * Bytes a response stream may hold that its client has not read (beyond the OS socket
+   * buffers) and still take a notification; further notifications to it are dropped until the
+   * client reads. Responses are never dropped. @default 262144
+   */
+  maxStreamBacklogBytes?: number;
 }
 
 /** One agent's share of the endpoint. */
@@ -140,6 +152,8 @@ export class McpHttpEndpoint {
   readonly #maxSessions: number;
   readonly #maxInflight: number;
   readonly #maxBatch: number;
+  readonly #maxBacklog: number;
+  #droppedNotifications = 0;
   #sweeper: NodeJS.Timeout | undefined;
   #closed = false;
 
@@ -172,6 +186,12 @@ export class McpHttpEndpoint {
       DEFAULT_MAX_BATCH_MESSAGES,
       1,
     );
+    this.#maxBacklog = limit(
+      'maxStreamBacklogBytes',
+      options.maxStreamBacklogBytes,
+      DEFAULT_MAX_STREAM_BACKLOG_BYTES,
+      0,
+    );
   }
 
   /** Closes sessions idle for longer than the timeout (runs on a timer; callable directly). */
@@ -195,7 +215,25 @@ export class McpHttpEndpoint {
     return this.#sessions.size;
   }
 
-  /** Requests received over HTTP and not answered yet (nor cancelled), all agents together. */
+  /**
+   * Bytes written to open MCP responses that have not left the process yet (clients that do
+   * not read), all sessions together. Walks every session: for metrics, not for a hot path.
+   */
+  get unsentBytes(): number {
+    let n = 0;
+    for (const e of this.#sessions.values()) n += e.transport.unsentBytes;
+    return n;
+  }
+
+  /** Notifications dropped because their stream's client was not reading, since start. */
+  get droppedNotifications(): number {
+    return this.#droppedNotifications;
+  }
+
+  /**
+   * Requests received over HTTP whose answer has not left the process yet (nor were they
+   * cancelled), all agents together.
+   */
   get inflightRequests(): number {
     let n = 0;
     for (const load of this.#loads.values()) n += load.inflight;
@@ -383,7 +421,9 @@ export class McpHttpEndpoint {
   }
 
   #forgetIfIdle(agentId: string, load: AgentLoad): void {
-    if (load.sessions === 0 && load.inflight === 0) this.#loads.delete(agentId);
+    if (load.sessions === 0 && load.inflight === 0 && this.#loads.get(agentId) === load) {
+      this.#loads.delete(agentId);
+    }
   }
 
   async #open(
@@ -400,8 +440,14 @@ export class McpHttpEndpoint {
       ...(this.#options.keepAliveMs === undefined
         ? {}
         : { keepAliveMs: this.#options.keepAliveMs }),
+      maxStreamBacklogBytes: this.#maxBacklog,
       onRequestsDone: (n) => {
         agentLoad.inflight -= n;
+        // An answer can leave the process after its session closed.
+        this.#forgetIfIdle(agentId, agentLoad);
+      },
+      onNotificationDropped: () => {
+        this.#droppedNotifications++;
       },
     });
     const session = this.#options.gateway.createSession(identity);

@@ -171,6 +171,23 @@ interface BudgetAdmission {
 
 const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
 const REQUIRE_FIT: SettleToolCallOptions = Object.freeze({ requireFit: true });
+/**
+ * Errors of requests that were sent to their upstream (a cancellation, a timeout, a dropped
+ * connection or the upstream's own error after it got the request). Kept only on the error
+ * path, so a successful call pays nothing for it.
+ */
+const reachedUpstream = new WeakSet<object>();
+
+/**
+ * The cost to charge for a call that failed with `error`: all of it once the request reached
+ * its upstream — the upstream may have done the work (a cancellation only asks it to stop, a
+ * timeout does not stop it), so an agent cannot spend past its cost budget by cancelling every
+ * call once it started — else nothing.
+ */
+function chargedCost(error: unknown, cost: number): number {
+  return typeof error === 'object' && error !== null && reachedUpstream.has(error) ? cost : 0;
+}
+
 /** The metrics label of a tool name that is not in the catalog (agents must not grow labels). */
 const UNKNOWN_TOOL = '(unknown)';
 /** Longest unknown tool name written to the audit log (a made-up name could be megabytes). */
@@ -483,13 +500,15 @@ export class ToolGateway implements SessionHost {
               extra,
             );
       } catch (error) {
-        this.#settle(auth, { tokens: 0, cost: 0 });
+        const charged = chargedCost(error, cost);
+        this.#settle(auth, { tokens: 0, cost: charged });
         const cancelled = (extra.cancel ?? extra.signal).aborted;
         audit({
           decision,
           rule: d.rule,
           outcome: cancelled ? 'cancelled' : 'error',
           code: codeOf(error),
+          cost: charged,
         });
         if (error instanceof McpError && !(error.code === ErrorCode.ConnectionClosed)) throw error;
         return toolErrorResult(error);
@@ -852,8 +871,9 @@ export class ToolGateway implements SessionHost {
       try {
         result = await read();
       } catch (error) {
-        this.#settle(auth, { tokens: 0, cost: 0 });
-        audit({ decision, rule: d.rule, outcome: 'error', code: codeOf(error) });
+        const charged = chargedCost(error, cost);
+        this.#settle(auth, { tokens: 0, cost: charged });
+        audit({ decision, rule: d.rule, outcome: 'error', code: codeOf(error), cost: charged });
         throw error;
       }
       const tokens = tool === 'resources/subscribe' ? 0 : estimateTokens(result);
@@ -955,6 +975,8 @@ export class ToolGateway implements SessionHost {
     set.add(entry);
     // The response must not overtake the last progress notification on the client's stream.
     let lastProgress: Promise<void> | undefined;
+    // Unless ready, Upstream.request throws before anything is sent.
+    const reached = upstream.state === 'ready';
     try {
       const cancel = extra.cancel;
       const result = await upstream.request(request, {
@@ -971,10 +993,11 @@ export class ToolGateway implements SessionHost {
       if (lastProgress) await lastProgress;
       return result;
     } catch (error) {
-      if (error instanceof McpError) throw error;
       // Gateway-side failures of non-tool requests surface as JSON-RPC errors.
-      if (request.method !== 'tools/call') throw toMcpError(error);
-      throw error;
+      const e =
+        error instanceof McpError || request.method === 'tools/call' ? error : toMcpError(error);
+      if (reached && typeof e === 'object' && e !== null) reachedUpstream.add(e);
+      throw e;
     } finally {
       set.delete(entry);
     }

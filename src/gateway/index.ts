@@ -19,7 +19,11 @@ export {
   DEFAULT_MAX_SESSIONS_PER_AGENT,
   DEFAULT_SESSION_IDLE_TIMEOUT_MS,
 } from './downstream-http.js';
-export { HttpSessionTransport, DEFAULT_SSE_KEEP_ALIVE_MS } from './downstream-http-transport.js';
+export {
+  HttpSessionTransport,
+  DEFAULT_MAX_STREAM_BACKLOG_BYTES,
+  DEFAULT_SSE_KEEP_ALIVE_MS,
+} from './downstream-http-transport.js';
 export { StdioSessionTransport } from './downstream-stdio-transport.js';
 export { DEFAULT_BODY_TIMEOUT_MS } from './http-body.js';
 export { classifyMessage, isRequestId } from './jsonrpc-message.js';

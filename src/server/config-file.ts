@@ -17,6 +17,7 @@ import {
   DEFAULT_MAX_INFLIGHT_PER_AGENT,
   DEFAULT_MAX_SESSIONS_PER_AGENT,
 } from '../gateway/downstream-http.js';
+import { DEFAULT_MAX_STREAM_BACKLOG_BYTES } from '../gateway/downstream-http-transport.js';
 import { DEFAULT_BODY_TIMEOUT_MS } from '../gateway/http-body.js';
 import { upstreamSpecSchema } from '../gateway/upstream-config.js';
 import { DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT } from '../policy/approval-manager.js';
@@ -84,6 +85,8 @@ export const sidecarConfigSchema = z
         maxSessionsPerAgent: z.number().int().positive().default(DEFAULT_MAX_SESSIONS_PER_AGENT),
         maxInflightPerAgent: z.number().int().positive().default(DEFAULT_MAX_INFLIGHT_PER_AGENT),
         maxBatchMessages: z.number().int().positive().default(DEFAULT_MAX_BATCH_MESSAGES),
+        /** Unread bytes a response stream may hold before notifications to it are dropped. */
+        maxStreamBacklogBytes: z.number().int().min(0).default(DEFAULT_MAX_STREAM_BACKLOG_BYTES),
         headersTimeoutSeconds: z
           .number()
           .positive()

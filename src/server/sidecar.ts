@@ -225,6 +225,7 @@ export class Sidecar {
           maxSessionsPerAgent: h.maxSessionsPerAgent,
           maxInflightPerAgent: h.maxInflightPerAgent,
           maxBatchMessages: h.maxBatchMessages,
+          maxStreamBacklogBytes: h.maxStreamBacklogBytes,
         });
         const hostGuard = new HostGuard({
           bindHost: h.host,
@@ -418,9 +419,21 @@ function sidecarMetrics(
     },
     {
       name: 'agent_fabric_mcp_http_requests_in_flight',
-      help: 'MCP requests received over HTTP and not answered (nor cancelled) yet.',
+      help: 'MCP requests received over HTTP whose answer has not left the process (nor were they cancelled) yet.',
       type: 'gauge' as const,
       samples: [{ value: mcp.inflightRequests }],
+    },
+    {
+      name: 'agent_fabric_mcp_http_unsent_bytes',
+      help: 'Bytes written to open MCP responses that clients have not read and the OS does not buffer.',
+      type: 'gauge' as const,
+      samples: [{ value: mcp.unsentBytes }],
+    },
+    {
+      name: 'agent_fabric_mcp_http_notifications_dropped_total',
+      help: 'Notifications dropped because the stream they were for held maxStreamBacklogBytes unread.',
+      type: 'counter' as const,
+      samples: [{ value: mcp.droppedNotifications }],
     },
   ];
   if (fabric !== undefined) {
