@@ -162,6 +162,7 @@ export type { BudgetStore } from './budget/budget-store.js';
 export type { Hook, PatrolHook, WorktreeInfo } from './hooks/hook.js';
 export type { HookManagerOptions } from './hooks/hook-manager-options.js';
 export type { AgentLiveness } from './hooks/liveness.js';
+export type { AgentPicker } from './hooks/hook-manager.js';
 export type { GatewayBackend, GatewayIdentity } from './gateway/backend.js';
 export type { ToolGatewayOptions } from './gateway/gateway.js';
 export type { SidecarOptions } from './server/sidecar.js';

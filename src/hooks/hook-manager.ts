@@ -66,10 +66,16 @@ export interface ListHooksFilter {
   status?: HookStatus | readonly HookStatus[];
 }
 
+/**
+ * Chooses the agent that takes over an ABANDONED `hook`; `undefined` leaves it ABANDONED for now
+ * (asked again on the next patrol when set with {@link HookManager.setAgentPicker}).
+ */
+export type AgentPicker = (hook: Hook) => Promise<string | undefined> | string | undefined;
+
 /** What {@link HookManager.recoverAbandoned} takes. */
 export interface RecoverOptions {
   /** Chooses the agent that takes over `hook`; `undefined` leaves the hook ABANDONED for now. */
-  pickAgent(hook: Hook): Promise<string | undefined> | string | undefined;
+  pickAgent: AgentPicker;
   /**
    * Run the patrol first, so hooks of agents that just died are recovered in the same call.
    * @default true
@@ -140,6 +146,7 @@ export class HookManager {
   readonly #inflight = new Set<Promise<unknown>>();
   readonly #staleSeen = new Map<string, number>();
   #liveness: AgentLiveness | undefined;
+  #picker: AgentPicker | undefined;
   #store: HookStateStore | undefined;
   #worktrees: WorktreeManager | undefined;
   #lock: StoreLock | undefined;
@@ -216,6 +223,20 @@ export class HookManager {
       throw new InvalidArgumentError('liveness', 'must have an isAlive(agentId) method');
     }
     this.#liveness = liveness;
+  }
+
+  /**
+   * Sets (or clears) who picks the next agent of an ABANDONED hook on every patrol run. A hook
+   * abandoned while no agent was free is then retried each `patrolIntervalSeconds` until an
+   * agent is picked or it runs out of reassignments (then FAILED); a run that finds no agent
+   * spends none. The fabric wires this when `autoReassign` is on.
+   * @throws InvalidArgumentError when `pick` is neither a function nor `undefined`.
+   */
+  setAgentPicker(pick: AgentPicker | undefined): void {
+    if (pick !== undefined && typeof pick !== 'function') {
+      throw new InvalidArgumentError('pick', 'must be a function (hook) => agentId | undefined');
+    }
+    this.#picker = pick;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -466,17 +487,21 @@ export class HookManager {
 
   /**
    * The patrol: marks PENDING and ACTIVE hooks of dead agents ABANDONED (when a liveness source
-   * is set), then returns every PENDING, ACTIVE and ABANDONED hook, oldest first, each flagged
-   * `stale` when it had no progress for longer than `staleAfterSeconds` (and `hook.stale` is
-   * emitted, once per idle spell).
+   * is set), retries every ABANDONED hook with the agent picker (when one is set, see
+   * {@link setAgentPicker}), then returns every PENDING, ACTIVE and ABANDONED hook, oldest first,
+   * each flagged `stale` when it had no progress for longer than `staleAfterSeconds` (and
+   * `hook.stale` is emitted, once per idle spell).
    */
   checkPendingHooks(): Promise<PatrolHook[]> {
-    return this.#run(() => this.#patrol());
+    return this.#run(() => this.#patrol(this.#picker));
   }
 
-  async #patrol(): Promise<PatrolHook[]> {
+  async #patrol(pick: AgentPicker | undefined): Promise<PatrolHook[]> {
     {
       await this.#abandonDead();
+      // Capacity that appeared since the hook was abandoned (a pool scaled up, an agent back)
+      // raises no event here, so every run asks again.
+      if (pick !== undefined) await this.#recover(pick);
       const now = this.#now();
       const staleMs = this.options.staleAfterSeconds * 1000;
       const out: PatrolHook[] = [];
@@ -533,43 +558,61 @@ export class HookManager {
       return Promise.reject(new InvalidArgumentError('options.pickAgent', 'must be a function'));
     }
     return this.#run(async () => {
-      if (options.patrol !== false) await this.#patrol();
-      const reassigned: { hookId: string; fromAgentId: string; toAgentId: string }[] = [];
-      const skipped: { hookId: string; reason: string }[] = [];
-      const exhausted: string[] = [];
-      const limit = this.options.maxReassignments;
-      for (const h of this.#sorted().filter((x) => x.status === HookStatus.ABANDONED)) {
-        if (h.reassignments >= limit) {
+      if (options.patrol !== false) await this.#patrol(undefined);
+      return this.#recover(options.pickAgent);
+    });
+  }
+
+  /**
+   * Reassigns each ABANDONED hook to the agent `pick` names. Only a hook that actually moves
+   * spends a reassignment; one out of them is moved to FAILED. A hook someone else moved
+   * meanwhile (a concurrent recovery, an explicit reassignHook) is skipped, so concurrent runs
+   * never move or count one hook twice.
+   */
+  async #recover(pick: AgentPicker): Promise<RecoveryReport> {
+    const reassigned: { hookId: string; fromAgentId: string; toAgentId: string }[] = [];
+    const skipped: { hookId: string; reason: string }[] = [];
+    const exhausted: string[] = [];
+    const limit = this.options.maxReassignments;
+    const abandoned: Hook[] = [];
+    for (const h of this.#hooks.values()) if (h.status === HookStatus.ABANDONED) abandoned.push(h);
+    abandoned.sort(byAge);
+    for (const h of abandoned) {
+      if (h.reassignments >= limit) {
+        try {
           await this.#fail(h.hookId, {
             message: `gave up after ${h.reassignments} reassignments (maxReassignments ${limit})`,
             code: HookRetryLimitError.code,
             name: HookRetryLimitError.name,
           });
           exhausted.push(h.hookId);
-          continue;
-        }
-        let agentId: string | undefined;
-        try {
-          agentId = await options.pickAgent(h);
         } catch (err) {
-          skipped.push({ hookId: h.hookId, reason: `pickAgent threw: ${errorMessage(err)}` });
-          continue;
-        }
-        if (agentId === undefined) {
-          skipped.push({ hookId: h.hookId, reason: 'no agent available' });
-          continue;
-        }
-        try {
-          await this.#reassign(h.hookId, agentId);
-          reassigned.push({ hookId: h.hookId, fromAgentId: h.agentId, toAgentId: agentId });
-        } catch (err) {
-          // Someone else moved it meanwhile: not ours to recover any more.
           if (!(err instanceof HookStateError)) throw err;
           skipped.push({ hookId: h.hookId, reason: err.message });
         }
+        continue;
       }
-      return Object.freeze({ reassigned, skipped, exhausted });
-    });
+      let agentId: string | undefined;
+      try {
+        agentId = await pick(h);
+      } catch (err) {
+        skipped.push({ hookId: h.hookId, reason: `pickAgent threw: ${errorMessage(err)}` });
+        continue;
+      }
+      if (agentId === undefined) {
+        skipped.push({ hookId: h.hookId, reason: 'no agent available' });
+        continue;
+      }
+      try {
+        await this.#reassign(h.hookId, agentId);
+        reassigned.push({ hookId: h.hookId, fromAgentId: h.agentId, toAgentId: agentId });
+      } catch (err) {
+        // Moved meanwhile (not ours to recover any more), or a malformed id from the picker.
+        if (!(err instanceof HookStateError) && !(err instanceof InvalidArgumentError)) throw err;
+        skipped.push({ hookId: h.hookId, reason: err.message });
+      }
+    }
+    return Object.freeze({ reassigned, skipped, exhausted });
   }
 
   // -------------------------------------------------------------------------------------------
@@ -629,10 +672,7 @@ export class HookManager {
   }
 
   #sorted(): Hook[] {
-    return [...this.#hooks.values()].sort(
-      (a, b) =>
-        a.createdAt - b.createdAt || (a.hookId < b.hookId ? -1 : a.hookId > b.hookId ? 1 : 0),
-    );
+    return [...this.#hooks.values()].sort(byAge);
   }
 
   #mustGet(get: (hookId: string) => Hook | undefined, hookId: string): Hook {
@@ -930,6 +970,11 @@ export class HookManager {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/** Oldest first; the id breaks ties so the order is stable. */
+function byAge(a: Hook, b: Hook): number {
+  return a.createdAt - b.createdAt || (a.hookId < b.hookId ? -1 : a.hookId > b.hookId ? 1 : 0);
+}
 
 function freezeHook(h: Hook): Hook {
   return Object.freeze({ ...h, previousAgents: Object.freeze([...h.previousAgents]) });

@@ -26,6 +26,7 @@ export { HOOKS_REF, HOOK_STORE_FORMAT_VERSION } from './state-store.js';
 export { isAgentLiveness } from './liveness.js';
 
 export type {
+  AgentPicker,
   CreateHookRequest,
   HookFailure,
   ListHooksFilter,

@@ -562,3 +562,123 @@ describe('crash recovery', () => {
     });
   });
 });
+
+describe('patrol retries abandoned hooks (setAgentPicker)', () => {
+  it('retries on each run until an agent is picked; runs without one spend nothing', async () => {
+    const dead = new Set(['a']);
+    const hooks = manager({ liveness: { isAlive: (id) => !dead.has(id) } });
+    const h = await hooks.createHook({ agentId: 'a', workItem: 1 });
+    await hooks.activateHook(h.hookId);
+    const free: string[] = []; // agents with a free slot
+    const asked: string[] = [];
+    hooks.setAgentPicker((hook) => {
+      asked.push(hook.hookId);
+      return free[0];
+    });
+    for (let i = 0; i < 5; i++) await hooks.checkPendingHooks();
+    expect(await hooks.getHook(h.hookId)).toMatchObject({
+      status: HookStatus.ABANDONED,
+      reassignments: 0,
+      attempts: 1,
+    });
+    expect(asked).toHaveLength(5);
+    const commits = auditTrail().length;
+
+    free.push('b');
+    const [after] = await hooks.checkPendingHooks();
+    expect(after).toMatchObject({ status: HookStatus.PENDING, agentId: 'b', reassignments: 1 });
+    expect(auditTrail().slice(commits)).toEqual([`hook ${h.hookId}: ABANDONED -> PENDING`]);
+    // Settled: later runs do not ask again.
+    await hooks.checkPendingHooks();
+    expect(asked).toHaveLength(6);
+  });
+
+  it('retries within one interval of the patrol timer (fake timers)', async () => {
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    const hooks = manager({ patrolIntervalSeconds: 30 });
+    const h = await hooks.createHook({ agentId: 'a', workItem: 1 });
+    await hooks.abandonHook(h.hookId, 'gone');
+    const reassigned = new Promise<string>((resolve) =>
+      hooks.on('hook.reassigned', (e) => resolve(e.toAgentId)),
+    );
+    hooks.setAgentPicker(() => 'b');
+    hooks.startPatrol();
+    vi.advanceTimersByTime(30_000);
+    expect(await reassigned).toBe('b');
+    hooks.stopPatrol();
+  });
+
+  it('stays bounded by maxReassignments, then FAILED with the retry-limit code', async () => {
+    const dead = new Set(['a']);
+    const hooks = manager({ maxReassignments: 2, liveness: { isAlive: (id) => !dead.has(id) } });
+    const h = await hooks.createHook({ agentId: 'a', workItem: 1 });
+    let n = 0;
+    hooks.setAgentPicker(() => `b${++n}`);
+    for (let i = 0; i < 6; i++) {
+      await hooks.checkPendingHooks(); // abandons the dead owner, hands the hook on
+      dead.add((await hooks.getHook(h.hookId)).agentId); // …which dies too
+    }
+    expect(await hooks.getHook(h.hookId)).toMatchObject({
+      status: HookStatus.FAILED,
+      reassignments: 2,
+      previousAgents: ['a', 'b1'],
+      error: { code: HookRetryLimitError.code },
+    });
+    expect(n).toBe(2);
+  });
+
+  it('skips a picker that throws or names a malformed agent, and the patrol goes on', async () => {
+    const hooks = manager();
+    const h1 = await hooks.createHook({ agentId: 'a', workItem: 1 });
+    const h2 = await hooks.createHook({ agentId: 'a', workItem: 2 });
+    const h3 = await hooks.createHook({ agentId: 'a', workItem: 3 });
+    for (const h of [h1, h2, h3]) await hooks.abandonHook(h.hookId, 'gone');
+    hooks.setAgentPicker((hook) => {
+      if (hook.hookId === h1.hookId) throw new Error('pool lookup failed');
+      if (hook.hookId === h2.hookId) return 'bad\nid';
+      return 'b';
+    });
+    const patrol = await hooks.checkPendingHooks();
+    expect(patrol.map((h) => h.status)).toEqual([
+      HookStatus.ABANDONED,
+      HookStatus.ABANDONED,
+      HookStatus.PENDING,
+    ]);
+    expect((await hooks.getHook(h2.hookId)).reassignments).toBe(0);
+    expect(() => hooks.setAgentPicker('b' as never)).toThrow(InvalidArgumentError);
+    hooks.setAgentPicker(undefined);
+    await hooks.checkPendingHooks();
+    expect((await hooks.getHook(h1.hookId)).status).toBe(HookStatus.ABANDONED);
+  });
+
+  it('moves and counts a hook once under concurrent patrols and recoveries', async () => {
+    const hooks = manager({ maxReassignments: 1 });
+    const ids: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const h = await hooks.createHook({ agentId: 'a', workItem: i });
+      await hooks.abandonHook(h.hookId, 'gone');
+      ids.push(h.hookId);
+    }
+    let n = 0;
+    // Each call names a different agent, so a double move would show.
+    const pick = async (): Promise<string> => `b${++n}`;
+    hooks.setAgentPicker(pick);
+    const commits = auditTrail().length;
+    const runs = await Promise.all([
+      hooks.checkPendingHooks(),
+      hooks.recoverAbandoned({ pickAgent: pick }),
+      hooks.checkPendingHooks(),
+      hooks.recoverAbandoned({ pickAgent: pick, patrol: false }),
+      hooks.checkPendingHooks(),
+    ]);
+    expect(runs).toHaveLength(5);
+    for (const id of ids) {
+      expect(await hooks.getHook(id)).toMatchObject({
+        status: HookStatus.PENDING,
+        reassignments: 1,
+        previousAgents: ['a'],
+      });
+    }
+    expect(auditTrail().slice(commits)).toHaveLength(ids.length);
+  });
+});
