@@ -93,7 +93,9 @@ export interface FabricOptions {
   /**
    * GUPP work hooks persisted in git. With them, an agent that becomes UNHEALTHY or is
    * terminated has its ACTIVE (and PENDING) hooks marked ABANDONED, and with `autoReassign` they
-   * move to an available agent of the same pool, keeping their worktree.
+   * move to an available agent of the same pool, keeping their worktree — at once when one is
+   * free, else on the first patrol run after one is (or after their own agent is HEALTHY again),
+   * at most `maxReassignments` times.
    */
   hooks?: HookManagerOptions & {
     /** @default true */
@@ -240,8 +242,11 @@ export class AgentFabric {
       this.#autoReassign = autoReassign ?? true;
       // The patrol catches what no status event reports (agents unknown after a restart).
       this.hooks.startPatrol();
-      if (this.#autoReassign)
+      if (this.#autoReassign) {
         this.hooks.on('hook.abandoned', (e) => this.#recoverHooks(e.hook.agentId));
+        // A hook abandoned while no agent was free is retried on every patrol run.
+        this.hooks.setAgentPicker((hook) => this.#pickHookAgent(hook));
+      }
     } else {
       this.hooks = undefined;
       this.#autoReassign = false;
@@ -869,14 +874,8 @@ export class AgentFabric {
         if (this.#autoReassign) {
           const report = await hooks.recoverAbandoned({
             patrol: false,
-            pickAgent: async (hook) => {
-              if (hook.agentId !== agentId) return undefined;
-              try {
-                return (await this.getAvailableAgent(poolId === undefined ? {} : { poolId })).id;
-              } catch {
-                return undefined;
-              }
-            },
+            pickAgent: (hook) =>
+              hook.agentId === agentId ? this.#pickHookAgent(hook, poolId) : undefined,
           });
           for (const r of report.reassigned) reassigned.push(r.hookId);
         }
@@ -891,9 +890,33 @@ export class AgentFabric {
     });
   }
 
+  /**
+   * The next owner of an ABANDONED hook. Its own agent, when it is HEALTHY again (it heartbeated
+   * before another agent took the hook), gets it back: it has the context, and the hook's
+   * worktree is its own work. Otherwise the least-loaded healthy agent with a free slot of the
+   * pool the agent was in (`poolId` as known when it was lost; any healthy agent when the agent
+   * had no pool or is no longer known); none: `undefined`, and the patrol asks again.
+   */
+  async #pickHookAgent(
+    hook: Hook,
+    poolId = this.lifecycle.peek(hook.agentId)?.poolId,
+  ): Promise<string | undefined> {
+    if (this.lifecycle.peek(hook.agentId)?.status === AgentStatus.HEALTHY) return hook.agentId;
+    try {
+      return (await this.getAvailableAgent(poolId === undefined ? {} : { poolId })).id;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Settles once every hook recovery started so far has finished (for tests and shutdown). */
   async hookRecoveryIdle(): Promise<void> {
-    await this.#recovery;
+    // A recovery can queue another (its abandonments announce `hook.abandoned`): wait for all.
+    let seen: Promise<void>;
+    do {
+      seen = this.#recovery;
+      await seen;
+    } while (seen !== this.#recovery);
   }
 
   #hooks(): HookManager {
