@@ -31,13 +31,20 @@ describe('abandoned hooks are reassigned once capacity appears (real git, remote
     fabric!.lifecycle.checkHealth();
   }
 
-  async function setup(maxReassignments = 3) {
+  async function setup(maxReassignments = 3, patrolIntervalSeconds?: number) {
     vi.useFakeTimers({ toFake: ['Date'] });
     dir = await tempDir('fabric-hook-retry-');
     const storagePath = join(dir.path, 'hooks');
     fabric = new AgentFabric(
       { heartbeatIntervalSeconds: HEARTBEAT_S },
-      { hooks: { storagePath, useGitWorktree: true, maxReassignments } },
+      {
+        hooks: {
+          storagePath,
+          useGitWorktree: true,
+          maxReassignments,
+          ...(patrolIntervalSeconds === undefined ? {} : { patrolIntervalSeconds }),
+        },
+      },
     );
     const pool = await fabric.createPool({
       poolId: 'p',
@@ -127,6 +134,24 @@ describe('abandoned hooks are reassigned once capacity appears (real git, remote
       await reread.close();
     }
     expect(existsSync(worktree)).toBe(true);
+  });
+
+  it('retries on the fabric’s own patrol timer, with nobody calling the patrol', async () => {
+    const { a1, hookId } = await setup(3, 0.05);
+    const hooks = fabric!.hooks!;
+    silenceFor(3);
+    await fabric!.hookRecoveryIdle();
+    expect((await hooks.getHook(hookId)).status).toBe(HookStatus.ABANDONED);
+    const moved = new Promise<string>((resolve) =>
+      hooks.on('hook.reassigned', (e) => resolve(e.toAgentId)),
+    );
+    const a2 = await grow(2, [a1]);
+    expect(await moved).toBe(a2);
+    expect(await hooks.getHook(hookId)).toMatchObject({
+      status: HookStatus.PENDING,
+      agentId: a2,
+      reassignments: 1,
+    });
   });
 
   it('stays bounded by maxReassignments: the next agent after the last one gets nothing', async () => {
