@@ -72,8 +72,9 @@ export interface ScheduleOptions {
   /** Attempts before a task whose agent died or worker crashed fails for good. */
   maxAttempts?: number;
   /**
-   * Fairness key: tasks of different tenants at the same priority in the same queue are served
-   * by deficit round robin, so no tenant starves another.
+   * Fairness key: tasks of different tenants at the same priority are served by deficit round
+   * robin across everything an agent serves (its own queue and its pool's), so no tenant starves
+   * another, whichever queue each used.
    * @default 'default'
    */
   tenant?: string;
