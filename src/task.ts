@@ -20,7 +20,10 @@ export enum Priority {
 export enum TaskStatus {
   /** Waiting in a queue. */
   PENDING = 'PENDING',
-  /** Assigned to an agent, handed to its executor. */
+  /**
+   * Assigned to an agent and handed to its executor, not yet started: on `local` agents until a
+   * worker thread begins its batch. `remote` and `inprocess` tasks start at once (RUNNING).
+   */
   SCHEDULED = 'SCHEDULED',
   /** In progress on an agent. */
   RUNNING = 'RUNNING',
