@@ -20,7 +20,10 @@ export enum Priority {
 export enum TaskStatus {
   /** Waiting in a queue. */
   PENDING = 'PENDING',
-  /** Assigned to an agent, handed to its executor. */
+  /**
+   * Assigned to an agent and handed to its executor, not yet started: on `local` agents until a
+   * worker thread begins its batch. `remote` and `inprocess` tasks start at once (RUNNING).
+   */
   SCHEDULED = 'SCHEDULED',
   /** In progress on an agent. */
   RUNNING = 'RUNNING',
@@ -72,8 +75,9 @@ export interface ScheduleOptions {
   /** Attempts before a task whose agent died or worker crashed fails for good. */
   maxAttempts?: number;
   /**
-   * Fairness key: tasks of different tenants at the same priority in the same queue are served
-   * by deficit round robin, so no tenant starves another.
+   * Fairness key: tasks of different tenants at the same priority are served by deficit round
+   * robin across everything an agent serves (its own queue and its pool's), so no tenant starves
+   * another, whichever queue each used.
    * @default 'default'
    */
   tenant?: string;

@@ -4,8 +4,9 @@
  *
  * Order of service (see {@link FairQueue}): strict priority across levels; within a level,
  * weighted round robin across tenants; within a tenant, earliest deadline first, then FIFO.
- * Each agent has its own queue (tasks addressed to it) and serves its pool's queue too, taking
- * whichever head runs first. Pool tasks go to the least-loaded accepting agent of the pool.
+ * Each agent has its own queue (tasks addressed to it) and serves its pool's queue too; its
+ * {@link TenantMix} runs the round robin across the tenants of both, so fairness holds for what
+ * the agent runs, not per queue. Pool tasks go to the least-loaded accepting agent of the pool.
  *
  * Costs: schedule, dispatch, cancel, complete and every timer are O(log n) in the queued or
  * running tasks; one timer (the earliest due task) is armed at a time; dispatch runs in batches
@@ -39,8 +40,9 @@ import type { TenantWeights } from './fair-queue.js';
 import { FairQueue } from './fair-queue.js';
 import { IndexedHeap } from './indexed-heap.js';
 import { RemoteExecutor } from './remote-executor.js';
+import { TenantMix } from './tenant-mix.js';
 import type { Waiter } from './task-record.js';
-import { TIMER_SLOT, TaskRecord, runsBefore } from './task-record.js';
+import { TIMER_SLOT, TaskRecord } from './task-record.js';
 
 /** Options of an {@link AgentScheduler}. */
 export interface SchedulerOptions {
@@ -124,6 +126,8 @@ interface ExecutorEntry {
 
 class AgentSlot {
   readonly queue: FairQueue;
+  /** Round robin across its own queue and its pool's; undefined without a pool. */
+  readonly mix: TenantMix | undefined;
   readonly running = new Set<TaskRecord>();
   accepting = false;
   draining = false;
@@ -140,7 +144,13 @@ class AgentSlot {
     readonly capacity: number,
     weights: TenantWeights,
   ) {
-    this.queue = new FairQueue(`agent:${id}`, weights);
+    let mix: TenantMix | undefined;
+    this.queue = new FairQueue(
+      `agent:${id}`,
+      weights,
+      pool === undefined ? undefined : (flow, active) => mix!.update(flow, active),
+    );
+    this.mix = mix = pool === undefined ? undefined : new TenantMix(this.queue);
   }
 }
 
@@ -158,7 +168,10 @@ class PoolSlot {
     readonly id: string,
     weights: TenantWeights,
   ) {
-    this.queue = new FairQueue(`pool:${id}`, weights);
+    // Every agent of the pool runs the pool's tenants in its own round robin.
+    this.queue = new FairQueue(`pool:${id}`, weights, (flow, active) => {
+      for (const a of this.agents) a.mix!.update(flow, active);
+    });
   }
 }
 
@@ -194,6 +207,8 @@ export class AgentScheduler {
   readonly #dirtyAgents = new Set<AgentSlot>();
   readonly #dirtyPools = new Set<PoolSlot>();
   readonly #flush: ExecutorEntry[] = [];
+  /** Agents whose fill stopped at a pool task in this pass (see {@link #fillAgent}). */
+  readonly #deferred: AgentSlot[] = [];
   #passQueued = false;
   #dispatching = false;
 
@@ -306,7 +321,10 @@ export class AgentScheduler {
     const capacity = checkNumber('capacity', agent.capacity ?? this.#perAgent, 'positiveInt');
     const slot = new AgentSlot(agent.agentId, pool, exec, capacity, this.#weights);
     this.#agents.set(agent.agentId, slot);
-    pool?.agents.push(slot);
+    if (pool !== undefined) {
+      pool.agents.push(slot);
+      for (const flow of pool.queue.flows()) slot.mix!.update(flow, true);
+    }
     exec.executor.attachAgent?.(agent.agentId);
   }
 
@@ -856,6 +874,11 @@ export class AgentScheduler {
       this.#dirtyAgents.clear();
       for (const pool of this.#dirtyPools) this.#fillPool(pool);
       this.#dirtyPools.clear();
+      // The pools have their agents now; an agent that stopped at a pool task may take the rest.
+      const deferred = this.#deferred;
+      for (let i = 0; i < deferred.length; i++)
+        this.#fillAgent(deferred[i]!, Number.POSITIVE_INFINITY, true);
+      deferred.length = 0;
     } finally {
       this.#dispatching = false;
     }
@@ -888,19 +911,22 @@ export class AgentScheduler {
   #fillAgent(slot: AgentSlot, max: number, fromPool: boolean): number {
     let room = Math.min(max, this.#room(slot));
     let given = 0;
+    const mix = slot.mix;
     while (room > 0) {
-      const own = slot.queue.peek();
-      const pq = slot.pool?.queue;
-      const head = pq?.peek();
       let task: TaskRecord | undefined;
-      if (own !== undefined && (head === undefined || runsBefore(own, head)))
-        task = slot.queue.pop();
-      else if (head !== undefined) {
+      if (mix === undefined) task = slot.queue.pop();
+      else {
         if (!fromPool) {
-          this.#dirtyPools.add(slot.pool!);
-          break;
+          const flow = mix.peek();
+          if (flow === undefined) break;
+          if (flow.queue !== slot.queue) {
+            // Its own tasks behind this pool task still need it once the pool is served.
+            this.#dirtyPools.add(slot.pool!);
+            this.#deferred.push(slot);
+            break;
+          }
         }
-        task = pq!.pop();
+        task = mix.pop();
       }
       if (task === undefined) break;
       this.#start(task, slot);

@@ -31,8 +31,8 @@ export interface TaskExecutor {
   /** Registry name, used as `AgentConfig.executor`. */
   readonly name: string;
   /**
-   * True when tasks stay SCHEDULED until the executor calls `sink.started` (remote pushes);
-   * false when dispatch means the task is running.
+   * True when tasks stay SCHEDULED until the executor calls `sink.started` (the `local` executor:
+   * when a worker thread begins the batch); false when dispatch means the task is running.
    */
   readonly acknowledges: boolean;
   /** True when the fabric heartbeats for this executor's agents while it is open. */

@@ -9,6 +9,10 @@
  * ring, never indefinitely. Every operation is O(log n) in the tenant's tasks (plus O(1) ring
  * work); nothing scans the queue.
  *
+ * An agent of a pool serves two queues; its `TenantMix` runs the round robin across both,
+ * so it takes flows from here with {@link FairQueue.popFlow} and learns which flows hold tasks
+ * through the queue's {@link FlowListener}.
+ *
  * @module
  */
 import { IndexedHeap, NOT_IN_HEAP } from './indexed-heap.js';
@@ -32,7 +36,7 @@ function withinFlow(a: TaskRecord, b: TaskRecord): boolean {
  * level). Tasks with a deadline, and retried tasks (which keep their original place), sit in a
  * heap ordered by (deadline, arrival). The head of the flow is the better of the two heads.
  */
-export class Flow {
+export class Flow implements RingNode<Flow> {
   readonly #heap = new IndexedHeap<TaskRecord>(withinFlow, QUEUE_SLOT);
   /** FIFO slots; `undefined` marks a removed task. `qIndex` of a FIFO task is `#base + slot`. */
   #fifo: (TaskRecord | undefined)[] = [];
@@ -46,6 +50,8 @@ export class Flow {
   inRing = false;
 
   constructor(
+    /** The queue it belongs to. */
+    readonly queue: FairQueue,
     readonly tenant: string,
     readonly level: number,
     readonly weight: number,
@@ -133,57 +139,88 @@ export class Flow {
   }
 }
 
-class Level {
-  readonly flows = new Map<string, Flow>();
-  head: Flow | undefined = undefined;
-  size = 0;
+/** A member of a {@link Ring}: a tenant's turn, `weight` tasks long. */
+export interface RingNode<N> {
+  readonly weight: number;
+  /** Tasks left in its current turn. */
+  remaining: number;
+  prev: N;
+  next: N;
+  inRing: boolean;
+}
 
-  link(flow: Flow): void {
-    flow.inRing = true;
-    flow.remaining = flow.weight;
+/** Deficit round robin with unit cost: a circular list whose head is the member being served. */
+export class Ring<N extends RingNode<N>> {
+  head: N | undefined = undefined;
+
+  /** Adds `node` at the tail: a newly active tenant waits its turn. */
+  link(node: N): void {
+    node.inRing = true;
+    node.remaining = node.weight;
     const head = this.head;
     if (head === undefined) {
-      flow.prev = flow;
-      flow.next = flow;
-      this.head = flow;
+      node.prev = node;
+      node.next = node;
+      this.head = node;
       return;
     }
-    // Append at the tail (just before head): a newly active tenant waits its turn.
     const tail = head.prev;
-    flow.prev = tail;
-    flow.next = head;
-    tail.next = flow;
-    head.prev = flow;
+    node.prev = tail;
+    node.next = head;
+    tail.next = node;
+    head.prev = node;
   }
 
-  unlink(flow: Flow): void {
-    flow.inRing = false;
-    if (flow.next === flow) {
+  unlink(node: N): void {
+    node.inRing = false;
+    if (node.next === node) {
       this.head = undefined;
     } else {
-      flow.prev.next = flow.next;
-      flow.next.prev = flow.prev;
-      if (this.head === flow) this.head = flow.next;
+      node.prev.next = node.next;
+      node.next.prev = node.prev;
+      if (this.head === node) this.head = node.next;
     }
-    flow.prev = flow;
-    flow.next = flow;
+    node.prev = node;
+    node.next = node;
   }
+
+  /** Counts one task served from the head; a head that used up its turn moves to the back. */
+  served(node: N): void {
+    if (node.inRing && --node.remaining <= 0) {
+      node.remaining = node.weight;
+      if (this.head === node) this.head = node.next;
+    }
+  }
+}
+
+class Level extends Ring<Flow> {
+  readonly flows = new Map<string, Flow>();
+  size = 0;
 }
 
 /** Fairness weights per tenant (default 1). */
 export type TenantWeights = (tenant: string) => number;
 
+/**
+ * Told when a flow of the queue gains its first task (`active`) and when it loses its last one
+ * (emptied, removed or drained). Called once per change, never per task.
+ */
+export type FlowListener = (flow: Flow, active: boolean) => void;
+
 /** A multi-level, multi-tenant fair queue of tasks. */
 export class FairQueue {
   readonly #levels: Level[] = Array.from({ length: LEVELS }, () => new Level());
   readonly #weight: TenantWeights;
+  readonly #listener: FlowListener | undefined;
   #size = 0;
 
   constructor(
     readonly key: string,
     weight: TenantWeights = () => 1,
+    listener?: FlowListener,
   ) {
     this.#weight = weight;
+    this.#listener = listener;
   }
 
   get size(): number {
@@ -195,6 +232,7 @@ export class FairQueue {
     let flow = level.flows.get(task.tenant);
     if (flow === undefined) {
       flow = new Flow(
+        this,
         task.tenant,
         task.priority,
         Math.max(1, Math.floor(this.#weight(task.tenant))),
@@ -203,9 +241,17 @@ export class FairQueue {
     }
     flow.push(task);
     task.flow = flow;
-    if (!flow.inRing) level.link(flow);
     level.size++;
     this.#size++;
+    if (!flow.inRing) {
+      level.link(flow);
+      this.#listener?.(flow, true);
+    }
+  }
+
+  /** Every flow that holds tasks (an agent joining a pool learns the pool's flows from it). */
+  *flows(): IterableIterator<Flow> {
+    for (const level of this.#levels) yield* level.flows.values();
   }
 
   /** The task `pop` would return. */
@@ -224,13 +270,21 @@ export class FairQueue {
       const flow = level.head!;
       const task = flow.pop()!;
       // A flow that emptied has left the ring; one that used up its turn moves to the back.
-      if (!this.#left(task, level, flow) && --flow.remaining <= 0) {
-        flow.remaining = flow.weight;
-        level.head = flow.next;
-      }
+      this.#left(task, level, flow);
+      level.served(flow);
       return task;
     }
     return undefined;
+  }
+
+  /**
+   * Removes and returns the head of `flow`, a flow of this queue with tasks, whatever this
+   * queue's own ring says: the caller (a `TenantMix`) runs the round robin.
+   */
+  popFlow(flow: Flow): TaskRecord {
+    const task = flow.pop()!;
+    this.#left(task, this.#levels[flow.level]!, flow);
+    return task;
   }
 
   /** Removes a queued task (cancel, deadline). Returns whether it was here. */
@@ -251,6 +305,7 @@ export class FairQueue {
     if (flow.size > 0) return false;
     level.unlink(flow);
     level.flows.delete(flow.tenant);
+    this.#listener?.(flow, false);
     return true;
   }
 
@@ -265,9 +320,11 @@ export class FairQueue {
         }
         flow.inRing = false;
       }
+      const gone = this.#listener === undefined ? [] : [...level.flows.values()];
       level.flows.clear();
       level.head = undefined;
       level.size = 0;
+      for (const flow of gone) this.#listener!(flow, false);
     }
     this.#size = 0;
     return out;

@@ -6,6 +6,12 @@
  * together in the next batch (high throughput at high load). One `piscina.run` costs ~40 µs of
  * messaging whatever it carries, so batching is the lever (bench/scheduler.ts measures it).
  *
+ * A task is SCHEDULED from the moment the scheduler hands it over until a worker thread begins
+ * its batch: while it waits in the backlog, and while its batch waits behind another batch on a
+ * busy thread. The worker marks the batch begun in the batch's shared flags and wakes an
+ * `Atomics.waitAsync` here (one per batch, not per task; ~4 µs of main-thread time measured,
+ * a tenth of a `piscina.run`), which reports the tasks RUNNING.
+ *
  * Faults stay with their task: when a batch of several tasks fails as a whole (a handler crashed
  * its worker, or a result could not be cloned), each of its unfinished tasks is re-run alone once,
  * without spending an attempt, so only the task at fault fails.
@@ -46,6 +52,7 @@ export interface PiscinaExecutorOptions {
 
 interface Batch {
   items: BatchItem[];
+  /** One abort flag per item, then the begun flag ({@link BEGUN} at index `items.length`). */
   flags: Int32Array;
   done: boolean;
   /** Re-run of a single task after its batch failed as a whole. */
@@ -64,10 +71,24 @@ function workerFile(): { filename: string; execArgv: string[] } {
   return { filename: new URL('./piscina-worker.js', here).href, execArgv: [] };
 }
 
+/** Value of a batch's begun flag once its worker thread has begun it. */
+const BEGUN = 1;
+
+/** `Atomics.waitAsync` (ES2024, in Node since 16): the project's `lib` is ES2023. */
+const waitAsync = (
+  Atomics as unknown as {
+    waitAsync(
+      array: Int32Array,
+      index: number,
+      value: number,
+    ): { async: false; value: string } | { async: true; value: Promise<string> };
+  }
+).waitAsync;
+
 /** Runs registered handler modules on worker threads, in batches. */
 export class PiscinaExecutor implements TaskExecutor {
   readonly name = LOCAL_EXECUTOR;
-  readonly acknowledges = false;
+  readonly acknowledges = true;
   readonly autoHeartbeat = true;
   readonly #handlers = new Map<string, string>();
   readonly #maxBatch: number;
@@ -184,7 +205,7 @@ export class PiscinaExecutor implements TaskExecutor {
   }
 
   #send(items: BatchItem[], solo: boolean): void {
-    const flags = new Int32Array(new SharedArrayBuffer(4 * items.length));
+    const flags = new Int32Array(new SharedArrayBuffer(4 * (items.length + 1)));
     const batch: Batch = {
       items,
       flags,
@@ -205,11 +226,24 @@ export class PiscinaExecutor implements TaskExecutor {
         (outcomes) => this.#settle(batch, outcomes, undefined),
         (err: unknown) => this.#settle(batch, undefined, err),
       );
+    const begun = waitAsync.call(Atomics, flags, items.length, 0);
+    if (begun.async) void begun.value.then(() => this.#begun(batch));
+    else this.#begun(batch);
+  }
+
+  /** The worker began the batch (or it ended without beginning: then nothing is reported). */
+  #begun(batch: Batch): void {
+    if (Atomics.load(batch.flags, batch.items.length) !== BEGUN) return;
+    const sink = this.#sink!;
+    // Stale reports (a task already finished, aborted or retried) are ignored by the sink.
+    for (const it of batch.items) sink.started(it.taskId, it.attempt);
   }
 
   #settle(batch: Batch, outcomes: BatchOutcome[] | undefined, err: unknown): void {
     batch.done = true;
     this.#inFlight--;
+    // A batch that never began (its worker died first) still has a waiter: release it.
+    Atomics.notify(batch.flags, batch.items.length);
     if (batch.hardAbort !== undefined) clearTimeout(batch.hardAbort);
     const sink = this.#sink!;
     const retryAlone: BatchItem[] = [];

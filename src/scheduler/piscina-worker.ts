@@ -25,10 +25,13 @@ export interface BatchItem {
   handler: string;
 }
 
-/** A batch: tasks plus one abort flag per task in shared memory. */
+/** A batch: tasks plus one abort flag per task, and a begun flag, in shared memory. */
 export interface BatchInput {
   items: BatchItem[];
-  /** Int32 per item; non-zero means "abort this task". */
+  /**
+   * Int32 per item; non-zero means "abort this task". One more at `items.length`: the worker
+   * sets it to 1 and notifies when it begins the batch.
+   */
   flags: Int32Array;
 }
 
@@ -72,6 +75,9 @@ function isThenable(v: unknown): v is PromiseLike<unknown> {
  */
 export default async function runBatch(input: BatchInput): Promise<BatchOutcome[]> {
   const { items, flags } = input;
+  // The batch has begun: its tasks leave SCHEDULED for RUNNING (see PiscinaExecutor).
+  Atomics.store(flags, items.length, 1);
+  Atomics.notify(flags, items.length);
   const out = new Array<BatchOutcome>(items.length);
   for (const item of items) {
     if (!loaded.has(item.handler)) await loadHandler(item.handler).catch(() => undefined);
@@ -89,6 +95,14 @@ export default async function runBatch(input: BatchInput): Promise<BatchOutcome[
         }),
         (err: unknown) => ({ ok: false, error: toTaskError(err, 'FABRIC_ERR_HANDLER_NOT_FOUND') }),
       );
+      continue;
+    }
+    // Aborted while SCHEDULED (cancelled, timed out) before the batch got here: never start it.
+    if (Atomics.load(flags, i) !== 0) {
+      out[i] = {
+        ok: false,
+        error: { code: 'FABRIC_ERR_CANCELLED', message: 'aborted before start' },
+      };
       continue;
     }
     const ctx = new LazyHandlerContext(item.taskId, item.attempt, item.agentId, item.taskType);

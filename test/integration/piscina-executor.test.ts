@@ -1,6 +1,9 @@
 import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
 
@@ -34,6 +37,100 @@ describe('local agents on piscina worker threads', () => {
       status: TaskStatus.FAILED,
       error: { code: 'FABRIC_ERR_HANDLER_NOT_FOUND' },
     });
+  });
+
+  it('keeps a task SCHEDULED until a worker thread begins it: in the backlog, and behind a busy thread', async () => {
+    // One thread that takes two batches at once: the second batch is handed to the thread while
+    // the first blocks it; a third task waits in the executor's backlog.
+    fabric = new AgentFabric(
+      { maxConcurrentTasksPerAgent: 10 },
+      { local: { maxThreads: 1, minThreads: 1, concurrentTasksPerWorker: 2 } },
+    );
+    fabric.registerHandler('block', handler('block'));
+    fabric.registerHandler('echo', handler('echo'));
+    const agent = await fabric.spawn({ model: 'm', name: 'local' });
+    const gate = new SharedArrayBuffer(4);
+    const blocker = await fabric.schedule({
+      agentId: agent.id,
+      taskType: 'block',
+      payload: { gate },
+    });
+    await vi.waitFor(async () =>
+      expect((await fabric.getTask(blocker.id)).status).toBe(TaskStatus.RUNNING),
+    );
+    const handed = await fabric.schedule({ agentId: agent.id, taskType: 'echo', payload: 1 });
+    await vi.waitFor(async () => expect((await fabric.getTask(handed.id)).attempt).toBe(1));
+    const backlog = await fabric.schedule({ agentId: agent.id, taskType: 'echo', payload: 2 });
+    await vi.waitFor(async () => expect((await fabric.getTask(backlog.id)).attempt).toBe(1));
+    // Assigned to the agent and handed over, not begun: the thread is blocked.
+    expect(await fabric.getTask(handed.id)).toMatchObject({
+      status: TaskStatus.SCHEDULED,
+      assignedAgentId: agent.id,
+    });
+    expect((await fabric.getTask(backlog.id)).status).toBe(TaskStatus.SCHEDULED);
+    expect((await fabric.getTask(blocker.id)).status).toBe(TaskStatus.RUNNING);
+    Atomics.store(new Int32Array(gate), 0, 1);
+    Atomics.notify(new Int32Array(gate), 0);
+    expect(await fabric.waitForTask(blocker.id)).toMatchObject({
+      status: TaskStatus.COMPLETED,
+      result: 'released',
+    });
+    expect(await fabric.waitForTask(handed.id)).toMatchObject({ status: TaskStatus.COMPLETED });
+    expect(await fabric.waitForTask(backlog.id)).toMatchObject({ status: TaskStatus.COMPLETED });
+  });
+
+  it('cancels a task while it is SCHEDULED, in the backlog or handed to a busy thread: it never runs', async () => {
+    fabric = new AgentFabric(
+      { maxConcurrentTasksPerAgent: 10 },
+      { local: { maxThreads: 1, minThreads: 1, concurrentTasksPerWorker: 2 } },
+    );
+    fabric.registerHandler('block', handler('block'));
+    fabric.registerHandler('touch', handler('touch'));
+    const agent = await fabric.spawn({ model: 'm', name: 'local' });
+    const dir = mkdtempSync(join(tmpdir(), 'fabric-scheduled-'));
+    const file = (name: string) => join(dir, name);
+    try {
+      const gate = new SharedArrayBuffer(4);
+      const blocker = await fabric.schedule({
+        agentId: agent.id,
+        taskType: 'block',
+        payload: { gate },
+      });
+      const status = async (id: string) => (await fabric.getTask(id)).status;
+      await vi.waitFor(async () => expect(await status(blocker.id)).toBe(TaskStatus.RUNNING));
+      // Handed to the blocked thread (second batch slot), then one in the backlog.
+      const handed = await fabric.schedule({
+        agentId: agent.id,
+        taskType: 'touch',
+        payload: { path: file('handed') },
+      });
+      await vi.waitFor(async () => expect(await status(handed.id)).toBe(TaskStatus.SCHEDULED));
+      const backlog = await fabric.schedule({
+        agentId: agent.id,
+        taskType: 'touch',
+        payload: { path: file('backlog') },
+      });
+      await vi.waitFor(async () => expect(await status(backlog.id)).toBe(TaskStatus.SCHEDULED));
+      await fabric.cancelTask(handed.id);
+      await fabric.cancelTask(backlog.id);
+      const after = await fabric.schedule({
+        agentId: agent.id,
+        taskType: 'touch',
+        payload: { path: file('after') },
+      });
+      Atomics.store(new Int32Array(gate), 0, 1);
+      Atomics.notify(new Int32Array(gate), 0);
+      await fabric.waitForTask(blocker.id);
+      // The thread took the handed batch before this one: by now it has begun and passed it.
+      expect(await fabric.waitForTask(after.id)).toMatchObject({ status: TaskStatus.COMPLETED });
+      expect(existsSync(file('after'))).toBe(true);
+      expect(existsSync(file('handed'))).toBe(false);
+      expect(existsSync(file('backlog'))).toBe(false);
+      expect(await fabric.getTask(handed.id)).toMatchObject({ status: TaskStatus.CANCELLED });
+      expect(await fabric.getTask(backlog.id)).toMatchObject({ status: TaskStatus.CANCELLED });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('fails only the tasks of a crashing worker; its batch-mates complete', async () => {
