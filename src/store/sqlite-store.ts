@@ -6,10 +6,11 @@
  * Why it looks like this:
  * - The seam is synchronous (the hot path cannot await per record), and so is better-sqlite3.
  *   Records are kept in memory as the very objects the managers hold — managers mutate a record
- *   and then `put` it — and a `put` only marks the record dirty. All records marked in one
- *   synchronous run are written in ONE transaction on a microtask (group commit), so a burst of
- *   changes costs one commit, and a caller that `await`s a fabric call resumes only after the
- *   commit (the microtask was queued before its continuation). `close()` commits what is left.
+ *   and then `put` it — and a `put` only marks the record dirty. Dirty records are written in
+ *   ONE transaction (group commit): for agents and pools on a microtask, so a caller that
+ *   `await`s a fabric call (spawn, terminate, createPool) resumes only after the commit; for
+ *   budget usage at the end of the event-loop iteration, so every tool call settled in one
+ *   iteration shares one commit (measured in bench/state.ts). `close()` commits what is left.
  * - Records are stored as JSON of the plain data the managers keep; agents' credentials only as
  *   their SHA-256 (see `AgentRecord.credentialHash`), never in plaintext.
  * - Tasks are NOT persisted yet: `tasks` is an in-memory collection, typed as such, so nobody
@@ -83,7 +84,8 @@ type Kind = 'agent' | 'pool';
 
 /** What a collection needs from its store: to be told a record changed. */
 interface Journal {
-  touch(): void;
+  /** `urgent`: commit before the current run's awaiting callers resume (a microtask). */
+  touch(urgent: boolean): void;
 }
 
 /**
@@ -111,14 +113,14 @@ export class SqliteCollection<T> implements Collection<T> {
   put(id: string, record: T): void {
     this.#map.set(id, record);
     this.#dirty.add(id);
-    this.#journal.touch();
+    this.#journal.touch(true);
   }
 
   delete(id: string): boolean {
     const had = this.#map.delete(id);
     if (had) {
       this.#dirty.add(id);
-      this.#journal.touch();
+      this.#journal.touch(true);
     }
     return had;
   }
@@ -176,12 +178,12 @@ export class SqliteBudgetStore implements BudgetStore {
 
   changed(scope: string, source: BudgetStateSource): void {
     this.#dirty.set(scope, source);
-    this.#journal.touch();
+    this.#journal.touch(false);
   }
 
   delete(scope: string): void {
     this.#dirty.set(scope, null);
-    this.#journal.touch();
+    this.#journal.touch(false);
   }
 
   /** @internal */
@@ -227,7 +229,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly #removeBudget: Database.Statement<[string]>;
   readonly #setMeta: Database.Statement<[string, string]>;
   readonly #getMeta: Database.Statement<[string], { value: string }>;
-  #scheduled = false;
+  /** A microtask commit is queued (records changed). */
+  #soon = false;
+  /** An end-of-iteration commit is queued (only budget usage changed). */
+  #later: NodeJS.Immediate | undefined;
   #closed = false;
   #lastError: StateStoreError | undefined;
 
@@ -243,7 +248,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.#db = db;
     this.#lock = lock;
     this.#onError = options.onError ?? (() => undefined);
-    const journal: Journal = { touch: () => this.#schedule() };
+    const journal: Journal = { touch: (urgent) => this.#schedule(urgent) };
     const rows = (kind: Kind): Array<[string, never]> =>
       db
         .prepare<[string], { id: string; data: string }>(
@@ -355,7 +360,9 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    * @throws StateStoreError when the write fails (the changes stay pending).
    */
   flush(): void {
-    this.#scheduled = false;
+    this.#soon = false;
+    if (this.#later !== undefined) clearImmediate(this.#later);
+    this.#later = undefined;
     if (this.#closed) return;
     const agents = this.agents.pending();
     const pools = this.pools.pending();
@@ -411,19 +418,32 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     return this.#lastError;
   }
 
-  #schedule(): void {
-    if (this.#scheduled || this.#closed) return;
-    this.#scheduled = true;
-    queueMicrotask(() => {
-      try {
-        this.flush();
-        this.#lastError = undefined;
-      } catch (error) {
-        // Never thrown into a microtask (that would crash the process): reported, kept pending.
-        this.#lastError = error as StateStoreError;
-        this.#onError(this.#lastError);
-      }
-    });
+  /**
+   * Agents and pools change rarely and carry identity: their commit runs on a microtask, before
+   * a caller awaiting the change resumes. Budget usage changes on every tool call: its commit
+   * waits for the end of the event-loop iteration (setImmediate), so the settles of every call
+   * that finished in one iteration share one transaction instead of paying one each.
+   */
+  #schedule(urgent: boolean): void {
+    if (this.#closed || this.#soon) return;
+    if (urgent) {
+      this.#soon = true;
+      queueMicrotask(() => this.#background());
+    } else {
+      this.#later ??= setImmediate(() => this.#background());
+    }
+  }
+
+  #background(): void {
+    try {
+      this.flush();
+      this.#lastError = undefined;
+    } catch (error) {
+      // Never thrown into a microtask or immediate (that would crash the process): reported,
+      // and the changes stay pending for the next commit.
+      this.#lastError = error as StateStoreError;
+      this.#onError(this.#lastError);
+    }
   }
 
   #assertOpen(): void {

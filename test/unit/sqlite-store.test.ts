@@ -49,6 +49,25 @@ describe('SqliteStore', () => {
     expect(committedIds(s.path)).toHaveLength(99);
   });
 
+  it('commits budget usage of one event-loop iteration together, at its end', async () => {
+    const s = await open('budget.db');
+    const snap = { version: 1 } as never;
+    for (let i = 0; i < 50; i++) s.budgets.changed(`agent:${i}`, { toJSON: () => snap });
+    await Promise.resolve();
+    const count = (): number => {
+      const db = new Database(s.path, { readonly: true });
+      try {
+        return db.prepare<[], { n: number }>('SELECT count(*) AS n FROM budgets').get()!.n;
+      } finally {
+        db.close();
+      }
+    };
+    expect(count()).toBe(0); // still in this iteration
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    expect(count()).toBe(50);
+    expect(s.budgets.load('agent:7')).toEqual(snap);
+  });
+
   it('writes meta values at once, and creates the file for its owner only', async () => {
     const s = await open('meta.db');
     s.setMeta('k', 'v');
