@@ -370,7 +370,8 @@ const STARTUP_KEY = 'startupAgentKey';
 /**
  * The start-up agent `name` over a durable store: the agent a previous start made under that
  * name (same id, same credential: the credential is derived from the state's secret and the id,
- * so it can be shown again), or a new one. A start-up agent that was terminated stays
+ * so it can be shown again; its budget limits follow the config), or a new one. A start-up
+ * agent that was terminated stays
  * terminated (it is not shown: its credential no longer works) until its record ages out.
  */
 async function startupAgent(
@@ -397,6 +398,10 @@ async function startupAgent(
     if (identity.kind !== 'agent' || identity.agentId !== id) {
       throw new StateStoreError(store.path, `start-up agent ${name}'s credential does not match`);
     }
+    // The config is the source of its limits (usage so far is kept); limits set at run time on
+    // an agent whose config names none are left alone.
+    const budget = (config as AgentConfig).budget;
+    if (budget !== undefined) fabric.budgets.setBudget(id, budget);
     return { name, id, credential };
   }
   const spawned = await fabric.spawn(config as AgentConfig, { credentialFor });

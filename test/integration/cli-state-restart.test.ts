@@ -6,7 +6,8 @@
  *   same token) works after it; the generated admin token still authenticates and is not shown
  *   again (it is kept only as a hash);
  * - after SIGKILL, usage settled before the kill is still counted — read from the file on disk,
- *   and enforced: an agent at its cost limit stays refused after the restart.
+ *   and enforced: an agent at its cost limit stays refused after the restart;
+ * - a limit raised in the config applies to the kept agent, on top of the usage it kept.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -114,22 +115,26 @@ function costOnDisk(path: string, agentId: string): number {
   }
 }
 
+function writeConfig(dir: string, port: number, limit: number): void {
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port },
+      upstreams: {
+        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+      },
+      policies: [DEFAULT_ALLOW],
+      toolCosts: { ev__echo: 1 },
+      agents: [{ name: 'worker', budget: { maxCostPerDay: limit } }],
+    }),
+  );
+}
+
 describe('agent-fabric serve over a state file', () => {
   it('restarts with the same agent token and budget usage, after SIGTERM and after SIGKILL', async () => {
     const dir = tempDir('cli-state');
     const port = await freePort();
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port },
-        upstreams: {
-          ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-        },
-        policies: [DEFAULT_ALLOW],
-        toolCosts: { ev__echo: 1 },
-        agents: [{ name: 'worker', budget: { maxCostPerDay: LIMIT } }],
-      }),
-    );
+    writeConfig(dir, port, LIMIT);
     const statePath = join(dir, '.fabric', 'state.db');
 
     // First start: a token is made and shown, and so is the generated admin token.
@@ -182,5 +187,16 @@ describe('agent-fabric serve over a state file', () => {
     expect(text(refused)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
     expect(costOnDisk(statePath, agentId)).toBe(LIMIT);
     expect(await stop(third, 'SIGTERM')).toBe(0);
+
+    // The config raises the limit: the kept agent gets the new limit, its usage still counts.
+    writeConfig(dir, port, LIMIT + 1);
+    const fourth = await serve(dir);
+    expect(fourth.token).toBe(first.token);
+    const raised = await connect(fourth.url, first.token);
+    const ok = await raised.callTool({ name: 'ev__echo', arguments: { message: 'four' } });
+    expect(ok.isError).toBeFalsy();
+    const over = await raised.callTool({ name: 'ev__echo', arguments: { message: 'five' } });
+    expect(text(over)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+    expect(await stop(fourth, 'SIGTERM')).toBe(0);
   }, 120_000);
 });
