@@ -37,7 +37,7 @@ import type {
   BudgetStore,
 } from '../budget/budget-store.js';
 import {
-  FabricError,
+  HookStoreLockedError,
   InvalidArgumentError,
   StateLockedError,
   StateStoreError,
@@ -300,7 +300,9 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     }
     const lock = await acquireLock(path);
     try {
-      const created = !existsSync(path) || statSync(path).size === 0;
+      // A zero-length file with a WAL beside it is not new: its data is in the WAL.
+      const created =
+        !existsSync(path) || (statSync(path).size === 0 && !existsSync(`${path}-wal`));
       if (!created) inspect(path);
       let db: Database.Database;
       try {
@@ -456,12 +458,16 @@ async function acquireLock(path: string): Promise<StoreLock> {
   try {
     return await StoreLock.acquire(`${path}.lock`);
   } catch (error) {
-    if (error instanceof FabricError && error.code === 'FABRIC_ERR_HOOK_STORE_LOCKED') {
-      const { lockPath, ...holder } = error.details as { lockPath: string };
+    if (error instanceof HookStoreLockedError) {
+      const { lockPath, pid, hostname, startedAt } = error.details as {
+        lockPath: string;
+        pid?: number;
+        hostname?: string;
+        startedAt?: string;
+      };
       const who =
-        typeof holder === 'object' && 'pid' in holder
-          ? `pid ${String(holder.pid)} on ${String((holder as { hostname?: unknown }).hostname)} since ${String((holder as { startedAt?: unknown }).startedAt)}`
-          : 'an unknown holder';
+        pid === undefined ? 'an unreadable holder' : `pid ${pid} on ${hostname} since ${startedAt}`;
+      const holder = pid === undefined ? {} : { pid, hostname, startedAt };
       throw new StateLockedError(
         lockPath,
         holder,
