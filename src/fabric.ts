@@ -293,10 +293,15 @@ export class AgentFabric {
 
   /**
    * Gives the scheduler the pools and live agents a durable store kept across a restart (their
-   * records are already loaded; queues and accepting flags are runtime state).
+   * records are already loaded; queues and accepting flags are runtime state). A pool whose
+   * deletion the restart interrupted (DRAINING) is deleted now: the work it drained is gone.
    */
   #restore(): void {
-    for (const pool of this.#store.pools.values()) this.scheduler.addPool(pool.poolId);
+    const draining: string[] = [];
+    for (const pool of this.#store.pools.values()) {
+      this.scheduler.addPool(pool.poolId);
+      if (pool.status === 'DRAINING') draining.push(pool.poolId);
+    }
     for (const agent of this.#store.agents.values()) {
       if (agent.status === AgentStatus.TERMINATED) continue;
       this.scheduler.addAgent({
@@ -305,6 +310,13 @@ export class AgentFabric {
         ...(agent.poolId === undefined ? {} : { poolId: agent.poolId }),
       });
       if (agent.status === AgentStatus.HEALTHY) this.scheduler.setAccepting(agent.id, true);
+    }
+    for (const poolId of draining) {
+      this.pools.deletePool(poolId, { drainTimeoutSeconds: 0 }).catch((err: unknown) => {
+        if (this.events.listens('error')) {
+          this.events.emit('error', err instanceof Error ? err : new Error(String(err)));
+        }
+      });
     }
   }
 

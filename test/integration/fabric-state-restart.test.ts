@@ -11,15 +11,17 @@ import type { AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
 import type { PoolRecord } from '../../src/pools/pool-manager.js';
 import type { TaskRecord } from '../../src/scheduler/task-record.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
-import { tempDir } from '../fixtures/gateway/harness.js';
+import { tempDir, until } from '../fixtures/gateway/harness.js';
 
 const fabrics: AgentFabric[] = [];
 afterEach(async () => {
   for (const f of fabrics.splice(0)) await f.close();
 });
 
+let store: SqliteStore<TaskRecord, AgentRecord, PoolRecord>;
+
 async function openFabric(path: string): Promise<AgentFabric> {
-  const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+  store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
   const fabric = new AgentFabric({}, { store });
   fabric.registerInProcessHandler('echo', (payload) => payload);
   fabrics.push(fabric);
@@ -45,6 +47,16 @@ describe('AgentFabric over a SqliteStore, reopened', () => {
     const gone = await first.spawn({ name: 'gone', model: 'm', executor: 'inprocess' });
     await first.terminate(gone.id, { drainTimeoutSeconds: 0 });
     await first.recordUsage(solo.id, { tokens: 0, cost: 4 });
+    // A pool whose deletion a crash interrupted: its record says DRAINING.
+    const doomed = await first.createPool({
+      poolId: 'doomed',
+      model: 'm',
+      executor: 'inprocess',
+      minAgents: 1,
+    });
+    const rec = store.pools.get('doomed')!;
+    rec.status = 'DRAINING';
+    store.pools.put('doomed', rec);
     const task = await first.scheduleToPool('p', 'echo', { n: 1 });
     expect((await first.waitForTask(task.id)).result).toEqual({ n: 1 });
     await first.close();
@@ -67,6 +79,11 @@ describe('AgentFabric over a SqliteStore, reopened', () => {
     await expect(
       second.schedule({ agentId: solo.id, taskType: 'echo', payload: {} }),
     ).rejects.toMatchObject({ code: 'FABRIC_ERR_BUDGET_EXCEEDED' });
+    // The interrupted deletion is finished: pool gone, its agent terminated.
+    await until(async () => (await second.listPools()).every((p) => p.poolId !== 'doomed'));
+    expect((await second.getAgentInfo(doomed.currentAgents[0]!)).status).toBe(
+      AgentStatus.TERMINATED,
+    );
     // Tasks are not persisted in this version.
     await expect(second.getTask(task.id)).rejects.toMatchObject({
       code: 'FABRIC_ERR_TASK_NOT_FOUND',
