@@ -65,8 +65,9 @@ export interface SqliteStoreOptions {
    */
   synchronous?: StateSynchronous;
   /**
-   * Told about a background commit that failed (disk full, I/O error). The changes stay pending
-   * and are retried with the next commit; `close()` throws if they still cannot be written.
+   * Told about a background commit that failed (disk full, I/O error): the changes stay pending
+   * and are retried with the next commit; `close()` throws if they still cannot be written. Also
+   * told about a record that cannot be serialized as JSON: it is not written (the others are).
    * @default ignore (close reports it)
    */
   onError?: (error: StateStoreError) => void;
@@ -370,20 +371,43 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     const pools = this.pools.pending();
     const budgets = this.budgets.pending();
     if (agents.length === 0 && pools.length === 0 && budgets.length === 0) return;
+    // Serialize first, one record at a time: a record that cannot be serialized (a BigInt or a
+    // cycle an embedder put in it) is reported, not allowed to block every other record's commit.
+    const unserializable: string[] = [];
+    const json = (name: string, value: () => unknown): string | undefined => {
+      try {
+        return JSON.stringify(value());
+      } catch {
+        unserializable.push(name);
+        return undefined;
+      }
+    };
+    const rows: Array<[Kind, string, string | undefined | null]> = [];
+    for (const [c, changed] of [
+      [this.agents, agents],
+      [this.pools, pools],
+    ] as const) {
+      for (const [id, record] of changed) {
+        rows.push([
+          c.kind,
+          id,
+          record === undefined ? null : json(`${c.kind} ${id}`, () => record),
+        ]);
+      }
+    }
+    const scopes = budgets.map(([scope, source]): [string, string | undefined | null] => [
+      scope,
+      source === null ? null : json(`budget ${scope}`, () => source.toJSON()),
+    ]);
     try {
       this.#db.transaction(() => {
-        for (const [c, rows] of [
-          [this.agents, agents],
-          [this.pools, pools],
-        ] as const) {
-          for (const [id, record] of rows) {
-            if (record === undefined) this.#remove.run(c.kind, id);
-            else this.#upsert.run(c.kind, id, JSON.stringify(record));
-          }
+        for (const [kind, id, data] of rows) {
+          if (data === null) this.#remove.run(kind, id);
+          else if (data !== undefined) this.#upsert.run(kind, id, data);
         }
-        for (const [scope, source] of budgets) {
-          if (source === null) this.#removeBudget.run(scope);
-          else this.#upsertBudget.run(scope, JSON.stringify(source.toJSON()));
+        for (const [scope, data] of scopes) {
+          if (data === null) this.#removeBudget.run(scope);
+          else if (data !== undefined) this.#upsertBudget.run(scope, data);
         }
       })();
     } catch (error) {
@@ -392,6 +416,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.agents.committed(agents.map(([id]) => id));
     this.pools.committed(pools.map(([id]) => id));
     this.budgets.committed(budgets);
+    if (unserializable.length > 0) {
+      throw new StateStoreError(
+        this.path,
+        `not written, cannot be serialized as JSON: ${unserializable.join(', ')} (the rest was committed)`,
+      );
+    }
   }
 
   /**

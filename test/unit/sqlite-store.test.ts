@@ -68,6 +68,23 @@ describe('SqliteStore', () => {
     expect(s.budgets.load('agent:7')).toEqual(snap);
   });
 
+  it('a record that cannot be serialized is reported, and blocks no other record', async () => {
+    const errors: StateStoreError[] = [];
+    const path = join(tempDir('sqlite-unit'), 'poison.db');
+    const s = await SqliteStore.open(path, { onError: (e) => errors.push(e) });
+    stores.push(s);
+    s.agents.put('good', { n: 1 });
+    s.agents.put('bad', { n: 10n });
+    await Promise.resolve();
+    expect(committedIds(path)).toEqual(['good']);
+    expect(errors).toHaveLength(1);
+    expect(errors[0]!.message).toContain('agent bad');
+    s.agents.put('later', { n: 2 });
+    await Promise.resolve();
+    expect(committedIds(path)).toEqual(['good', 'later']);
+    expect(errors).toHaveLength(1);
+  });
+
   it('writes meta values at once, and creates the file for its owner only', async () => {
     const s = await open('meta.db');
     s.setMeta('k', 'v');
