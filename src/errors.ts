@@ -658,6 +658,43 @@ export class HookWorktreeError extends FabricError {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Durable state (see src/store)
+
+/** The state file could not be opened, read or written (corrupt, not a database, unreadable). */
+export class StateStoreError extends FabricError {
+  static readonly code = 'FABRIC_ERR_STATE_STORE';
+  constructor(path: string, message: string, options?: ErrorOptions) {
+    super(StateStoreError.code, 'internal', `state store ${path}: ${message}`, { path }, options);
+  }
+}
+
+/** The state file was written by a newer schema than this code knows; it is left untouched. */
+export class StateVersionError extends FabricError {
+  static readonly code = 'FABRIC_ERR_STATE_VERSION';
+  constructor(path: string, fileVersion: number, knownVersion: number) {
+    super(
+      StateVersionError.code,
+      'failed_precondition',
+      `state store ${path} has schema version ${fileVersion}, newer than the ${knownVersion} this version of Agent Fabric knows; upgrade Agent Fabric or point state.path elsewhere (the file was not changed)`,
+      { path, fileVersion, knownVersion },
+    );
+  }
+}
+
+/** Another sidecar (or store) holds the state file's lock. `details` name the lock and holder. */
+export class StateLockedError extends FabricError {
+  static readonly code = 'FABRIC_ERR_STATE_LOCKED';
+  constructor(
+    lockPath: string,
+    holder: Record<string, unknown>,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(StateLockedError.code, 'unavailable', message, { lockPath, ...holder }, options);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Gateway (see src/gateway)
 
 /** Two upstream tools (or prompts) map to the same downstream name, or a name is too long. */

@@ -61,7 +61,11 @@ const NO_USAGE = Object.freeze({ tokens: 0, cost: 0 });
 
 /** Options beyond the Fabric Guide's config: plumbing for embedders and tests. */
 export interface FabricOptions {
-  /** Where records live. @default a new in-memory store */
+  /**
+   * Where records live. A durable store (`await SqliteStore.open(path)`) keeps agents, their
+   * credential hashes, pools and — unless `budgetStore` is given — budget usage across restarts.
+   * @default a new in-memory store
+   */
   store?: FabricStore<TaskRecord, AgentRecord, PoolRecord>;
   /** Options of the `local` (piscina) executor. */
   local?: PiscinaExecutorOptions;
@@ -76,11 +80,13 @@ export interface FabricOptions {
    * Kept only as hashes. More can be issued with {@link AgentFabric.issueAdminCredential}.
    */
   adminCredentials?: readonly string[];
+  /** SHA-256 (hex) of further admin credentials, for credentials only kept as hashes. */
+  adminCredentialHashes?: readonly string[];
   /** Options of the policy engine (default action when nothing matches: deny). */
   policy?: Omit<PolicyEngineOptions, 'approvals'>;
   /** Options of the approval manager (approval TTL). */
   approvals?: ApprovalManagerOptions;
-  /** Where budget state is kept. @default in memory */
+  /** Where budget state is kept. @default the store's `budgets`, else in memory */
   budgetStore?: BudgetStore;
   /** Usage reserved for a tool call before it runs, unless the ingress passes an estimate. */
   estimateCost?: CostEstimator;
@@ -101,6 +107,15 @@ export interface FabricOptions {
     /** @default true */
     autoReassign?: boolean;
   };
+}
+
+/** Options of {@link AgentFabric.spawn}. */
+export interface SpawnOptions {
+  /**
+   * Makes the agent's credential from its id (at least 32 characters) instead of random bytes;
+   * the sidecar derives its start-up agents' credentials so it can show them after a restart.
+   */
+  credentialFor?: (agentId: string) => string;
 }
 
 /** Events of the fabric itself (the managers have their own `events`). */
@@ -194,6 +209,12 @@ export class AgentFabric {
       }
       this.#admins.set(hashCredential(cred), 'admin');
     }
+    for (const [i, hash] of (options.adminCredentialHashes ?? []).entries()) {
+      if (typeof hash !== 'string' || !/^[0-9a-f]{64}$/.test(hash)) {
+        throw new ConfigError(`options.adminCredentialHashes[${i}]`, 'must be a SHA-256 in hex');
+      }
+      this.#admins.set(hash, 'admin');
+    }
     this.scheduler = new AgentScheduler({
       maxQueueDepth: c.maxQueueDepth,
       defaultTimeoutSeconds: c.defaultTimeoutSeconds,
@@ -223,7 +244,8 @@ export class AgentFabric {
     });
     this.approvals = new ApprovalManager(options.approvals);
     this.policies = new PolicyEngine({ ...options.policy, approvals: this.approvals });
-    this.budgets = new BudgetManager(options.budgetStore ? { store: options.budgetStore } : {});
+    const budgetStore = options.budgetStore ?? this.#store.budgets;
+    this.budgets = new BudgetManager(budgetStore ? { store: budgetStore } : {});
     this.#authorizer = new ToolCallAuthorizer({
       policies: this.policies,
       approvals: this.approvals,
@@ -271,6 +293,36 @@ export class AgentFabric {
       },
       this.#store.pools,
     );
+    this.#restore();
+  }
+
+  /**
+   * Gives the scheduler the pools and live agents a durable store kept across a restart (their
+   * records are already loaded; queues and accepting flags are runtime state). A pool whose
+   * deletion the restart interrupted (DRAINING) is deleted now: the work it drained is gone.
+   */
+  #restore(): void {
+    const draining: string[] = [];
+    for (const pool of this.#store.pools.values()) {
+      this.scheduler.addPool(pool.poolId);
+      if (pool.status === 'DRAINING') draining.push(pool.poolId);
+    }
+    for (const agent of this.#store.agents.values()) {
+      if (agent.status === AgentStatus.TERMINATED) continue;
+      this.scheduler.addAgent({
+        agentId: agent.id,
+        executor: agent.executor,
+        ...(agent.poolId === undefined ? {} : { poolId: agent.poolId }),
+      });
+      if (agent.status === AgentStatus.HEALTHY) this.scheduler.setAccepting(agent.id, true);
+    }
+    for (const poolId of draining) {
+      this.pools.deletePool(poolId, { drainTimeoutSeconds: 0 }).catch((err: unknown) => {
+        if (this.events.listens('error')) {
+          this.events.emit('error', err instanceof Error ? err : new Error(String(err)));
+        }
+      });
+    }
   }
 
   /**
@@ -332,11 +384,11 @@ export class AgentFabric {
    * @throws AgentLimitError; InvalidArgumentError; ExecutorNotFoundError; PoolNotFoundError or
    *   PoolDrainingError for a bad `poolId`.
    */
-  async spawn(config: AgentConfig): Promise<SpawnedAgent> {
-    return this.#spawn(config);
+  async spawn(config: AgentConfig, options: SpawnOptions = {}): Promise<SpawnedAgent> {
+    return this.#spawn(config, options.credentialFor);
   }
 
-  #spawn(config: AgentConfig): SpawnedAgent {
+  #spawn(config: AgentConfig, credentialFor?: (agentId: string) => string): SpawnedAgent {
     this.#open();
     if (config?.poolId !== undefined) this.pools.assertActive(config.poolId);
     const executor = config?.executor ?? 'local';
@@ -354,6 +406,7 @@ export class AgentFabric {
       config.heartbeat === undefined
         ? { ...config, heartbeat: exec.autoHeartbeat ? 'auto' : 'manual' }
         : config,
+      credentialFor,
     );
     if (config.budget !== undefined) this.budgets.setBudget(agent.id, config.budget);
     this.scheduler.addAgent({

@@ -27,6 +27,13 @@ export { RemoteExecutor, REMOTE_EXECUTOR } from './scheduler/remote-executor.js'
 export { toTaskError } from './scheduler/executor.js';
 export { PoolManager } from './pools/pool-manager.js';
 export { MemoryStore, MemoryCollection } from './store/memory-store.js';
+export {
+  SqliteStore,
+  SqliteCollection,
+  SqliteBudgetStore,
+  STATE_SCHEMA_VERSION,
+  DEFAULT_STATE_SYNCHRONOUS,
+} from './store/sqlite-store.js';
 export { TypedEmitter } from './events.js';
 export { PolicyEngine } from './policy/policy-engine.js';
 export { ApprovalManager } from './policy/approval-manager.js';
@@ -70,6 +77,9 @@ export {
   HookStoreLockedError,
   HookWorkItemTooLargeError,
   HookWorktreeError,
+  StateLockedError,
+  StateStoreError,
+  StateVersionError,
   HostNotAllowedError,
   InflightLimitError,
   InvalidUsageError,
@@ -120,6 +130,7 @@ export type {
   FabricStats,
   Identity,
   PoolStats,
+  SpawnOptions,
 } from './fabric.js';
 export type {
   Policy,
@@ -223,5 +234,6 @@ export type {
   PoolStatus,
 } from './pools/pool-manager.js';
 export type { Collection, FabricStore } from './store/store.js';
+export type { SqliteStoreOptions, StateSynchronous } from './store/sqlite-store.js';
 export type { ErrorKind } from './errors.js';
 export type { EventMap } from './events.js';

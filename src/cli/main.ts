@@ -119,7 +119,15 @@ async function serve(argv: string[]): Promise<void> {
   if (sidecar.anonymous)
     out.push(`  anonymous:   requests without a token act as ${sidecar.anonymous.agentId}`);
   out.push(
-    `  admin token: ${process.env.FABRIC_ADMIN_TOKEN || config.adminToken ? '(from config/env)' : sidecar.adminToken}`,
+    `  admin token: ${
+      process.env.FABRIC_ADMIN_TOKEN || config.adminToken
+        ? '(from config/env)'
+        : (sidecar.adminToken ??
+          `(generated at an earlier start and shown then; still valid, kept only as a hash in ${sidecar.statePath ?? 'the state file'} — set FABRIC_ADMIN_TOKEN to choose one)`)
+    }`,
+  );
+  out.push(
+    `  state:       ${sidecar.statePath ?? 'memory (nothing survives a restart)'}${sidecar.statePath ? ' (agents, credentials, pools, budget usage; tasks and approvals are not kept)' : ''}`,
   );
   if (first) {
     out.push('');

@@ -93,6 +93,13 @@ export function hashCredential(credential: string): string {
   return createHash('sha256').update(credential).digest('hex');
 }
 
+function checkCredential(credential: unknown): string {
+  if (typeof credential !== 'string' || credential.length < 32) {
+    throw new InvalidArgumentError('credential', 'must be a string of at least 32 characters');
+  }
+  return credential;
+}
+
 /** Spawns agents, tracks their health, terminates them. Usable on its own. */
 export class LifecycleManager {
   readonly events = new TypedEmitter<LifecycleEvents>();
@@ -138,12 +145,38 @@ export class LifecycleManager {
       'nonNegativeInt',
     );
     this.#agents = options.agents ?? new MemoryCollection<AgentRecord>();
+    this.#restore();
+  }
+
+  /**
+   * Rebuilds the indexes from records a durable store kept across a restart. A termination the
+   * restart interrupted (DRAINING) is finished: the work it waited for died with the process.
+   * Agents that heartbeat themselves get a fresh heartbeat, so they have the usual intervals to
+   * reconnect before their health is judged.
+   */
+  #restore(): void {
+    const now = Date.now();
+    const terminated: AgentRecord[] = [];
     for (const rec of this.#agents.values()) {
-      if (rec.status !== AgentStatus.TERMINATED) {
-        this.#live++;
-        this.#byCredential.set(rec.credentialHash, rec.id);
+      if (rec.status === AgentStatus.DRAINING) {
+        rec.status = AgentStatus.TERMINATED;
+        rec.terminatedAt = now;
+        this.#agents.put(rec.id, rec);
+      }
+      if (rec.status === AgentStatus.TERMINATED) {
+        terminated.push(rec);
+        continue;
+      }
+      this.#live++;
+      this.#byCredential.set(rec.credentialHash, rec.id);
+      if (rec.heartbeatMode === 'manual') {
+        rec.lastHeartbeat = now;
+        this.#agents.put(rec.id, rec);
       }
     }
+    terminated.sort((a, b) => (a.terminatedAt ?? 0) - (b.terminatedAt ?? 0));
+    for (const rec of terminated) this.#terminated.push(rec.id);
+    if (this.#live > 0) this.#ensureMonitor();
   }
 
   /** Lets the scheduler supply real task counts for {@link getAgentInfo}. */
@@ -169,12 +202,23 @@ export class LifecycleManager {
     return this.spawnSync(config);
   }
 
-  /** {@link spawn} without the promise (for the fabric's own wiring). */
-  spawnSync(config: AgentConfig): SpawnedAgent {
+  /**
+   * {@link spawn} without the promise (for the fabric's own wiring).
+   * @param credentialFor - makes the credential from the new agent's id instead of random bytes
+   *   (the sidecar derives its start-up agents' credentials, so it can show them again after a
+   *   restart). It must return at least 32 characters no other agent uses.
+   */
+  spawnSync(config: AgentConfig, credentialFor?: (agentId: string) => string): SpawnedAgent {
     this.#open();
     const rec = this.#validate(config);
     if (this.#live >= this.#maxAgents) throw new AgentLimitError(this.#maxAgents);
-    const credential = `afk_${randomBytes(32).toString('base64url')}`;
+    const credential =
+      credentialFor === undefined
+        ? `afk_${randomBytes(32).toString('base64url')}`
+        : checkCredential(credentialFor(rec.id));
+    if (this.#byCredential.has(hashCredential(credential))) {
+      throw new InvalidArgumentError('credential', 'is already used by another agent');
+    }
     rec.credentialHash = hashCredential(credential);
     this.#agents.put(rec.id, rec);
     this.#byCredential.set(rec.credentialHash, rec.id);

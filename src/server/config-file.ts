@@ -21,6 +21,7 @@ import { DEFAULT_MAX_STREAM_BACKLOG_BYTES } from '../gateway/downstream-http-tra
 import { DEFAULT_BODY_TIMEOUT_MS } from '../gateway/http-body.js';
 import { upstreamSpecSchema } from '../gateway/upstream-config.js';
 import { DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT } from '../policy/approval-manager.js';
+import { DEFAULT_STATE_SYNCHRONOUS } from '../store/sqlite-store.js';
 import { HostGuard } from './host-guard.js';
 
 /** Default HTTP port of the sidecar. */
@@ -109,6 +110,23 @@ export const sidecarConfigSchema = z
       .prefault({}),
     /** Admin bearer token (prefer FABRIC_ADMIN_TOKEN). A random one is made when unset. */
     adminToken: z.string().min(16).optional(),
+    /**
+     * Where agents, their credential hashes, pools, budget usage and the generated admin token's
+     * hash persist: `{ path, synchronous }` (an embedded SQLite file) or `memory` (nothing
+     * survives a restart). Tasks and approvals are not persisted yet. A relative path is taken
+     * from the working directory. @default { path: '${CWD}/.fabric/state.db' }
+     */
+    state: z
+      .union([
+        z.literal('memory'),
+        z
+          .object({
+            path: z.string().min(1),
+            synchronous: z.enum(['NORMAL', 'FULL']).default(DEFAULT_STATE_SYNCHRONOUS),
+          })
+          .strict(),
+      ])
+      .optional(),
     /** Let requests without a token act as a built-in dev agent. Never in production. */
     allowAnonymous: z.boolean().default(false),
     /** AgentFabric options (maxConcurrentAgents, heartbeatIntervalSeconds …). */
@@ -305,8 +323,12 @@ function substitute(
   return value;
 }
 
+/** Default state file, relative to the working directory. */
+export const DEFAULT_STATE_PATH = join('.fabric', 'state.db');
+
 /** Environment overrides: ports and secrets. */
 export const ENV_OVERRIDES = {
+  FABRIC_STATE: 'state',
   FABRIC_HTTP_PORT: 'http.port',
   FABRIC_HTTP_HOST: 'http.host',
   FABRIC_ADMIN_TOKEN: 'adminToken',
@@ -319,6 +341,9 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): void {
   if (env.FABRIC_HTTP_PORT !== undefined) http.port = Number(env.FABRIC_HTTP_PORT);
   if (env.FABRIC_HTTP_HOST !== undefined) http.host = env.FABRIC_HTTP_HOST;
   if (env.FABRIC_ADMIN_TOKEN !== undefined) raw.adminToken = env.FABRIC_ADMIN_TOKEN;
+  if (env.FABRIC_STATE !== undefined) {
+    raw.state = env.FABRIC_STATE === 'memory' ? 'memory' : { path: env.FABRIC_STATE };
+  }
   if (env.FABRIC_ALLOW_ANONYMOUS !== undefined) {
     raw.allowAnonymous =
       env.FABRIC_ALLOW_ANONYMOUS === '1' || env.FABRIC_ALLOW_ANONYMOUS === 'true';
@@ -377,7 +402,15 @@ export function parseSidecarConfig(
     }
     throw new ConfigFileError(file, path.join('.'), message, lineOf(path));
   }
-  return parsed.data;
+  const cwd = options.cwd ?? process.cwd();
+  const state = parsed.data.state ?? {
+    path: DEFAULT_STATE_PATH,
+    synchronous: DEFAULT_STATE_SYNCHRONOUS,
+  };
+  return {
+    ...parsed.data,
+    state: state === 'memory' ? state : { ...state, path: resolve(cwd, state.path) },
+  };
 }
 
 /**

@@ -7,8 +7,9 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import type { AgentConfig } from '../agent.js';
 import { AgentStatus } from '../agent.js';
-import { ConfigError, FabricError, ListenError, StartupError } from '../errors.js';
+import { ConfigError, FabricError, ListenError, StartupError, StateStoreError } from '../errors.js';
 import { AgentFabric, type FabricOptions } from '../fabric.js';
 import type { AdminBackend, AgentIdentity, GatewayBackend } from '../gateway/backend.js';
 import { McpHttpEndpoint } from '../gateway/downstream-http.js';
@@ -20,6 +21,10 @@ import { PluginHost } from '../plugins/plugin-host.js';
 import { startAgentGrpcServer, type AgentGrpcServer } from '../rpc/agent-service.js';
 import { FabricBackend } from './fabric-backend.js';
 import { HostGuard } from './host-guard.js';
+import { hashCredential, type AgentRecord } from '../lifecycle/lifecycle-manager.js';
+import type { PoolRecord } from '../pools/pool-manager.js';
+import type { TaskRecord } from '../scheduler/task-record.js';
+import { SqliteStore } from '../store/sqlite-store.js';
 import { startHttpServer, type AdminApi, type StartedHttpServer } from './http-server.js';
 
 /** A spawned agent whose credential is shown once at start. */
@@ -59,7 +64,13 @@ export class Sidecar {
   readonly backend: GatewayBackend & AdminApi;
   /** The fabric the sidecar built (undefined when a backend was injected). */
   readonly fabric: AgentFabric | undefined;
-  readonly adminToken: string;
+  /**
+   * The admin token, when it is known to this start: from the config, or generated now. A token
+   * generated at an earlier start is kept only as a hash in the state file, so it is undefined.
+   */
+  readonly adminToken: string | undefined;
+  /** The state file, when state is durable. */
+  readonly statePath: string | undefined;
   readonly agents: readonly StartupAgent[];
   readonly anonymous: AgentIdentity | undefined;
   readonly #http: StartedHttpServer | undefined;
@@ -72,7 +83,8 @@ export class Sidecar {
     gateway: ToolGateway;
     backend: GatewayBackend & AdminApi;
     fabric: AgentFabric | undefined;
-    adminToken: string;
+    adminToken: string | undefined;
+    statePath: string | undefined;
     agents: StartupAgent[];
     anonymous: AgentIdentity | undefined;
     http: StartedHttpServer | undefined;
@@ -84,6 +96,7 @@ export class Sidecar {
     this.backend = parts.backend;
     this.fabric = parts.fabric;
     this.adminToken = parts.adminToken;
+    this.statePath = parts.statePath;
     this.agents = parts.agents;
     this.anonymous = parts.anonymous;
     this.#http = parts.http;
@@ -121,8 +134,35 @@ export class Sidecar {
     let step = 'sandbox';
     try {
       if (config.sandbox) makeSandbox(config.sandbox);
+      step = 'state';
+      const state = config.state;
+      let store: DurableStore | undefined;
+      if (
+        !options.backend &&
+        options.fabricOptions?.store === undefined &&
+        state !== undefined &&
+        state !== 'memory'
+      ) {
+        store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(state.path, {
+          synchronous: state.synchronous,
+          onError: (e) => log({ level: 'error', msg: e.message }),
+        });
+        cleanup.push(store);
+      }
       step = 'fabric';
-      const adminToken = config.adminToken ?? `fab_admin_${randomBytes(24).toString('base64url')}`;
+      // A generated admin token is kept as a hash: it authenticates after a restart, but only the
+      // start that made it can show it (it is stored once that start succeeded, see below).
+      let adminToken = config.adminToken;
+      let generatedToken = false;
+      const adminHashes: string[] = [];
+      if (adminToken === undefined) {
+        const stored = store?.getMeta(ADMIN_TOKEN_HASH);
+        if (stored !== undefined) adminHashes.push(stored);
+        else {
+          adminToken = `fab_admin_${randomBytes(24).toString('base64url')}`;
+          generatedToken = true;
+        }
+      }
       let backend: GatewayBackend & AdminApi;
       let closeBackend: () => Promise<void>;
       let fabric: AgentFabric | undefined;
@@ -140,7 +180,12 @@ export class Sidecar {
           },
           ...(config.hooks === undefined ? {} : { hooks: hookOptions(config.hooks) }),
           ...extra,
-          adminCredentials: [adminToken, ...(extra.adminCredentials ?? [])],
+          ...(store === undefined ? {} : { store }),
+          adminCredentials: [
+            ...(adminToken === undefined ? [] : [adminToken]),
+            ...(extra.adminCredentials ?? []),
+          ],
+          adminCredentialHashes: [...adminHashes, ...(extra.adminCredentialHashes ?? [])],
         });
         const f = fabric;
         cleanup.push(f);
@@ -167,19 +212,29 @@ export class Sidecar {
       step = 'agents';
       const agents: StartupAgent[] = [];
       for (const a of config.agents) {
+        if (fabric !== undefined && store !== undefined) {
+          const kept = await startupAgent(fabric, store, a.name, spawnConfig(a, config), log);
+          if (kept !== undefined) agents.push(kept);
+          continue;
+        }
         const spawned = await backend.spawn(spawnConfig(a, config));
         agents.push({ name: a.name, id: spawned.id, credential: spawned.credential });
       }
       let anonymous: AgentIdentity | undefined;
       if (config.allowAnonymous) {
-        const dev = await backend.spawn(
-          spawnConfig(
-            { name: 'anonymous-dev-agent', model: 'mcp-client', labels: { anonymous: 'true' } },
-            config,
-          ),
+        const devConfig = spawnConfig(
+          { name: 'anonymous-dev-agent', model: 'mcp-client', labels: { anonymous: 'true' } },
+          config,
         );
-        const id = await backend.authenticate(dev.credential);
-        if (id.kind === 'agent') anonymous = id;
+        // Over durable state the dev agent is kept like a start-up agent (not one more per start).
+        const dev =
+          fabric !== undefined && store !== undefined
+            ? await startupAgent(fabric, store, 'anonymous-dev-agent', devConfig, log)
+            : await backend.spawn(devConfig);
+        if (dev !== undefined) {
+          const id = await backend.authenticate(dev.credential);
+          if (id.kind === 'agent') anonymous = id;
+        }
       }
       step = 'gateway';
       const gateway = new ToolGateway({
@@ -263,11 +318,16 @@ export class Sidecar {
         });
         cleanup.push(grpc);
       }
+      // Only now: a start that failed never showed its token, so a later one must make a new one.
+      if (generatedToken && adminToken !== undefined) {
+        store?.setMeta(ADMIN_TOKEN_HASH, hashCredential(adminToken));
+      }
       return new Sidecar({
         gateway,
         backend,
         fabric,
         adminToken,
+        statePath: store?.path,
         agents,
         anonymous,
         http,
@@ -298,6 +358,55 @@ export class Sidecar {
     })();
     return this.#closing;
   }
+}
+
+type DurableStore = SqliteStore<TaskRecord, AgentRecord, PoolRecord>;
+
+/** Meta key of the generated admin token's SHA-256. */
+const ADMIN_TOKEN_HASH = 'adminTokenHash';
+/** Meta key of the secret the start-up agents' credentials are derived from. */
+const STARTUP_KEY = 'startupAgentKey';
+
+/**
+ * The start-up agent `name` over a durable store: the agent a previous start made under that
+ * name (same id, same credential: the credential is derived from the state's secret and the id,
+ * so it can be shown again; its budget limits follow the config), or a new one. A start-up
+ * agent that was terminated stays
+ * terminated (it is not shown: its credential no longer works) until its record ages out.
+ */
+async function startupAgent(
+  fabric: AgentFabric,
+  store: DurableStore,
+  name: string,
+  config: Parameters<AdminBackend['spawn']>[0],
+  log: (entry: GatewayLogEntry) => void,
+): Promise<StartupAgent | undefined> {
+  const key = `startupAgent:${name}`;
+  const credentialFor = (id: string): string => `afk_${store.derive(STARTUP_KEY, id)}`;
+  const id = store.getMeta(key);
+  const kept = id === undefined ? undefined : fabric.lifecycle.peek(id);
+  if (id !== undefined && kept !== undefined) {
+    if (kept.status === AgentStatus.TERMINATED) {
+      log({
+        level: 'warn',
+        msg: `start-up agent ${name} (${id}) was terminated and stays terminated; remove it from agents: or point state.path elsewhere for a new one`,
+      });
+      return undefined;
+    }
+    const credential = credentialFor(id);
+    const identity = fabric.authenticate(credential);
+    if (identity.kind !== 'agent' || identity.agentId !== id) {
+      throw new StateStoreError(store.path, `start-up agent ${name}'s credential does not match`);
+    }
+    // The config is the source of its limits (usage so far is kept); limits set at run time on
+    // an agent whose config names none are left alone.
+    const budget = (config as AgentConfig).budget;
+    if (budget !== undefined) fabric.budgets.setBudget(id, budget);
+    return { name, id, credential };
+  }
+  const spawned = await fabric.spawn(config as AgentConfig, { credentialFor });
+  store.setMeta(key, spawned.id);
+  return { name, id: spawned.id, credential: spawned.credential };
 }
 
 /** Creates the sandbox folder (and its `protected/`); a path that cannot be made is a config error. */
@@ -372,6 +481,8 @@ function hookOptions(h: NonNullable<SidecarConfig['hooks']>): NonNullable<Fabric
 async function configureFabric(fabric: AgentFabric, config: SidecarConfig): Promise<void> {
   for (const p of config.policies) fabric.policies.addPolicy(p);
   for (const p of config.pools) {
+    // Over durable state a pool made by an earlier start is kept as it is, with its agents.
+    if (fabric.pools.peek(p.id) !== undefined) continue;
     await fabric.createPool({
       poolId: p.id,
       model: p.model,

@@ -3,13 +3,14 @@
  * can replace the in-memory one without the managers changing.
  *
  * The interface is synchronous on purpose: the scheduler's hot path runs at hundreds of thousands
- * of operations a second and cannot await per task. Durable stores are write-through (embedded
- * SQLite is synchronous) or write-behind with their own flush; either way `put` is called after
- * every state change of a record, so the store always sees the current state. Managers may keep
- * derived indexes (heaps, sets) but rebuild them from the store.
+ * of operations a second and cannot await per task. The durable `SqliteStore` keeps records in
+ * memory and commits the ones `put` in one synchronous run as one transaction (group commit);
+ * `put` is called after every state change of a record, so the store always sees the current
+ * state. Managers may keep derived indexes (heaps, sets) but rebuild them from the store.
  *
  * @module
  */
+import type { BudgetStore } from '../budget/budget-store.js';
 
 /** A keyed collection of records of one kind. */
 export interface Collection<T> {
@@ -31,6 +32,8 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
   readonly tasks: Collection<TTask>;
   readonly agents: Collection<TAgent>;
   readonly pools: Collection<TPool>;
+  /** Budget state kept with the records (the fabric uses it unless given its own). */
+  readonly budgets?: BudgetStore;
   /** Flushes and releases resources. */
   close(): Promise<void>;
 }

@@ -94,7 +94,9 @@ agents:
   - name: stdio-agent
 `,
     );
-    sidecar = await Sidecar.start({ config: loadSidecarConfig(configFile, { env: {} }) });
+    sidecar = await Sidecar.start({
+      config: loadSidecarConfig(configFile, { env: { FABRIC_STATE: 'memory' } }),
+    });
     token = sidecar.agents[0]!.credential;
   });
 

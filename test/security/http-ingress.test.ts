@@ -872,6 +872,7 @@ agents:
       process.execPath,
       ['--import', TSX, CLI_MAIN, 'mcp', '--in-process', '--config', config],
       {
+        env: { ...process.env, FABRIC_STATE: 'memory' },
         stdio: ['pipe', 'pipe', 'pipe'],
       },
     );

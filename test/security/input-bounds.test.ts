@@ -339,7 +339,9 @@ class RawStdio {
 
   constructor(args: readonly string[]) {
     const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...env } = process.env;
-    this.child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, ...args], { env });
+    this.child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, ...args], {
+      env: { ...env, FABRIC_STATE: 'memory' },
+    });
     this.child.stderr.resume();
     createInterface({ input: this.child.stdout }).on('line', (line) => {
       let m: RpcResponse;

@@ -1,0 +1,103 @@
+/**
+ * What durable state costs on the tool-call path: budget reserve+settle (agent, pool and fabric
+ * levels) with the SQLite store (WAL, synchronous NORMAL and FULL) against the in-memory store,
+ * same run. `per-call` ends the event-loop iteration after every call, so every call pays its own
+ * commit (the worst case); `per-turn-100` settles 100 calls per iteration (a busy sidecar), one
+ * commit for all of them. The `durable-dispatch` case of issue 11 needs persisted tasks and is
+ * not here yet.
+ */
+import { rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BudgetManager, InMemoryBudgetStore } from '../src/budget/index.js';
+import type { BudgetStore } from '../src/budget/budget-store.js';
+import { SqliteStore, type StateSynchronous } from '../src/store/sqlite-store.js';
+import { Latency, median, type BenchContext, type BenchSuite } from './lib.js';
+
+const AGENTS = 16;
+
+/** Calls per second of reserve+settle, `perTurn` calls between two turns, and per-call latency. */
+async function measure(
+  store: BudgetStore,
+  calls: number,
+  perTurn: number,
+): Promise<{ ops: number; latency: Latency }> {
+  const budgets = new BudgetManager({ store });
+  const big = { maxTokensPerHour: 1e15, maxCostPerDay: 1e15 };
+  for (let a = 0; a < AGENTS; a++) budgets.setBudget(`agent-${a}`, big);
+  budgets.setPoolBudget('pool-1', big);
+  budgets.setFabricBudget(big);
+  const latency = new Latency();
+  const start = performance.now();
+  for (let i = 0; i < calls; i += perTurn) {
+    const t0 = performance.now();
+    for (let k = 0; k < perTurn; k++) {
+      const r = budgets.reserve(
+        `agent-${(i + k) % AGENTS}`,
+        { tokens: 100, cost: 1 },
+        {
+          poolId: 'pool-1',
+        },
+      );
+      budgets.settle(r, { tokens: 90, cost: 1 });
+    }
+    // The event-loop iteration ends: the group commit runs here, inside the measured time.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    latency.recordMs((performance.now() - t0) / perTurn);
+  }
+  return { ops: calls / ((performance.now() - start) / 1000), latency };
+}
+
+async function durable(
+  ctx: BenchContext,
+  synchronous: StateSynchronous,
+  perTurn: number,
+  calls: number,
+): Promise<void> {
+  const dir = join(tmpdir(), `fabric-bench-state-${process.pid}-${synchronous}-${perTurn}`);
+  rmSync(dir, { recursive: true, force: true });
+  const runs: Array<{ ops: number; base: number; latency: Latency; baseLatency: Latency }> = [];
+  try {
+    for (let round = 0; round < (ctx.quick ? 1 : 3); round++) {
+      const store = await SqliteStore.open(join(dir, `state-${round}.db`), { synchronous });
+      const base = await measure(new InMemoryBudgetStore(), calls, perTurn);
+      const sql = await measure(store.budgets, calls, perTurn);
+      await store.close();
+      runs.push({
+        ops: sql.ops,
+        base: base.ops,
+        latency: sql.latency,
+        baseLatency: base.latency,
+      });
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const last = runs.at(-1)!;
+  ctx.report({
+    suite: 'state',
+    case: `budget-settle-${synchronous.toLowerCase()}-${perTurn === 1 ? 'per-call' : `per-turn-${perTurn}`}`,
+    unit: 'calls/s',
+    value: Math.round(median(runs.map((r) => r.ops))),
+    baseline: 'InMemoryBudgetStore',
+    baselineValue: Math.round(median(runs.map((r) => r.base))),
+    higherIsBetter: true,
+    p50Us: last.latency.percentileUs(50),
+    p99Us: last.latency.percentileUs(99),
+    baselineP50Us: last.baseLatency.percentileUs(50),
+    baselineP99Us: last.baseLatency.percentileUs(99),
+  });
+}
+
+const suite: BenchSuite = {
+  name: 'state',
+  async run(ctx) {
+    const calls = ctx.quick ? 5_000 : 50_000;
+    await durable(ctx, 'NORMAL', 1, calls);
+    await durable(ctx, 'NORMAL', 100, calls);
+    await durable(ctx, 'FULL', 1, ctx.quick ? 500 : 2_000);
+    await durable(ctx, 'FULL', 100, calls);
+  },
+};
+
+export default suite;

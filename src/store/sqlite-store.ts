@@ -1,0 +1,576 @@
+/**
+ * The durable {@link FabricStore}: one embedded SQLite file (better-sqlite3, WAL mode) that
+ * carries agents, pools, budget usage and a few keyed values (`meta`) across restarts and
+ * crashes.
+ *
+ * Why it looks like this:
+ * - The seam is synchronous (the hot path cannot await per record), and so is better-sqlite3.
+ *   Records are kept in memory as the very objects the managers hold — managers mutate a record
+ *   and then `put` it — and a `put` only marks the record dirty. Dirty records are written in
+ *   ONE transaction (group commit): for agents and pools on a microtask, so a caller that
+ *   `await`s a fabric call (spawn, terminate, createPool) resumes only after the commit; for
+ *   budget usage at the end of the event-loop iteration, so every tool call settled in one
+ *   iteration shares one commit (measured in bench/state.ts). `close()` commits what is left.
+ * - Records are stored as JSON of the plain data the managers keep; agents' credentials only as
+ *   their SHA-256 (see `AgentRecord.credentialHash`), never in plaintext.
+ * - Tasks are NOT persisted yet: `tasks` is an in-memory collection, typed as such, so nobody
+ *   mistakes it for a durable one.
+ * - A file that is not ours, corrupt, or from a newer schema is refused with a typed error and
+ *   left byte for byte as it was (it is checked through a read-only connection before anything
+ *   opens it for writing); a second process on the same path gets {@link StateLockedError}
+ *   (the hook store's lock file, `<path>.lock`).
+ *
+ * Durability: `synchronous=NORMAL` (the default) means a committed transaction survives the
+ * process dying at any point (SIGKILL, crash); after a power loss or OS crash the most recent
+ * commits may be rolled back (the file stays consistent). `synchronous: 'FULL'` also survives a
+ * power loss, at the cost of an fsync per commit on the event loop.
+ *
+ * @module
+ */
+import { createHmac, randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import type {
+  BudgetScopeSnapshot,
+  BudgetStateSource,
+  BudgetStore,
+} from '../budget/budget-store.js';
+import {
+  HookStoreLockedError,
+  InvalidArgumentError,
+  StateLockedError,
+  StateStoreError,
+  StateVersionError,
+} from '../errors.js';
+import { StoreLock } from '../hooks/store-lock.js';
+import { MemoryCollection } from './memory-store.js';
+import type { Collection, FabricStore } from './store.js';
+
+/** The schema version this code writes (stored as SQLite's `user_version`). */
+export const STATE_SCHEMA_VERSION = 1;
+
+/** How hard a commit is pushed to disk. @see SqliteStoreOptions.synchronous */
+export type StateSynchronous = 'NORMAL' | 'FULL';
+
+/** Default of {@link SqliteStoreOptions.synchronous}. */
+export const DEFAULT_STATE_SYNCHRONOUS: StateSynchronous = 'NORMAL';
+
+/** Options of {@link SqliteStore.open}. */
+export interface SqliteStoreOptions {
+  /**
+   * SQLite's `synchronous` in WAL mode. `NORMAL`: commits survive a process crash, the last ones
+   * may be lost on power loss. `FULL`: commits also survive power loss (one fsync per commit).
+   * @default 'NORMAL'
+   */
+  synchronous?: StateSynchronous;
+  /**
+   * Told about a background commit that failed (disk full, I/O error): the changes stay pending
+   * and are retried with the next commit; `close()` throws if they still cannot be written. Also
+   * told about a record that cannot be serialized as JSON: it is not written (the others are).
+   * @default ignore (close reports it)
+   */
+  onError?: (error: StateStoreError) => void;
+}
+
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (kind, id)
+  ) WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS budgets (scope TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
+`;
+
+type Kind = 'agent' | 'pool';
+
+/** What a collection needs from its store: to be told a record changed. */
+interface Journal {
+  /** `urgent`: commit before the current run's awaiting callers resume (a microtask). */
+  touch(urgent: boolean): void;
+}
+
+/**
+ * A collection whose records live in memory and are written to SQLite by the store's group
+ * commit. `get` returns the very object last `put` (managers mutate it, then `put` again).
+ */
+export class SqliteCollection<T> implements Collection<T> {
+  readonly #map = new Map<string, T>();
+  readonly #dirty = new Set<string>();
+  readonly #journal: Journal;
+  /** @internal */
+  readonly kind: Kind;
+
+  /** @internal */
+  constructor(kind: Kind, journal: Journal, rows: Iterable<[string, T]>) {
+    this.kind = kind;
+    this.#journal = journal;
+    for (const [id, record] of rows) this.#map.set(id, record);
+  }
+
+  get(id: string): T | undefined {
+    return this.#map.get(id);
+  }
+
+  put(id: string, record: T): void {
+    this.#map.set(id, record);
+    this.#dirty.add(id);
+    this.#journal.touch(true);
+  }
+
+  delete(id: string): boolean {
+    const had = this.#map.delete(id);
+    if (had) {
+      this.#dirty.add(id);
+      this.#journal.touch(true);
+    }
+    return had;
+  }
+
+  values(): IterableIterator<T> {
+    return this.#map.values();
+  }
+
+  get size(): number {
+    return this.#map.size;
+  }
+
+  /** @internal The changed ids and their current records (undefined: deleted). */
+  pending(): Array<[string, T | undefined]> {
+    const out: Array<[string, T | undefined]> = [];
+    for (const id of this.#dirty) out.push([id, this.#map.get(id)]);
+    return out;
+  }
+
+  /** @internal Called once `ids` are committed. */
+  committed(ids: readonly string[]): void {
+    for (const id of ids) this.#dirty.delete(id);
+  }
+}
+
+/** Budget state in the same file and the same group commit as the records. */
+export class SqliteBudgetStore implements BudgetStore {
+  readonly #journal: Journal;
+  readonly #select: Database.Statement<[string], { data: string }>;
+  readonly #path: string;
+  /** Scopes changed since the last commit; null = deleted. */
+  readonly #dirty = new Map<string, BudgetStateSource | null>();
+
+  /** @internal */
+  constructor(db: Database.Database, path: string, journal: Journal) {
+    this.#journal = journal;
+    this.#path = path;
+    this.#select = db.prepare('SELECT data FROM budgets WHERE scope = ?');
+  }
+
+  load(scope: string): BudgetScopeSnapshot | undefined {
+    const pending = this.#dirty.get(scope);
+    if (pending === null) return undefined;
+    if (pending !== undefined) return pending.toJSON();
+    const row = this.#select.get(scope);
+    if (row === undefined) return undefined;
+    try {
+      return JSON.parse(row.data) as BudgetScopeSnapshot;
+    } catch (error) {
+      throw new StateStoreError(this.#path, `budget scope ${JSON.stringify(scope)} is not JSON`, {
+        cause: error,
+      });
+    }
+  }
+
+  changed(scope: string, source: BudgetStateSource): void {
+    this.#dirty.set(scope, source);
+    this.#journal.touch(false);
+  }
+
+  delete(scope: string): void {
+    this.#dirty.set(scope, null);
+    this.#journal.touch(false);
+  }
+
+  /** @internal */
+  pending(): Array<[string, BudgetStateSource | null]> {
+    return [...this.#dirty];
+  }
+
+  /** @internal */
+  committed(done: ReadonlyArray<[string, BudgetStateSource | null]>): void {
+    // The commit ran synchronously, so nothing changed between reading and committing.
+    for (const [scope, source] of done)
+      if (this.#dirty.get(scope) === source) this.#dirty.delete(scope);
+  }
+}
+
+/**
+ * The durable store. Open it with {@link SqliteStore.open}; the fabric closes it.
+ *
+ * @example
+ * const store = await SqliteStore.open('.fabric/state.db');
+ * const fabric = new AgentFabric({}, { store }); // budgets use store.budgets
+ */
+export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> implements FabricStore<
+  TTask,
+  TAgent,
+  TPool
+> {
+  /** The state file. */
+  readonly path: string;
+  /** True when this open created the file (first start). */
+  readonly created: boolean;
+  /** Tasks are not persisted in this version: they live in memory and die with the process. */
+  readonly tasks: MemoryCollection<TTask>;
+  readonly agents: SqliteCollection<TAgent>;
+  readonly pools: SqliteCollection<TPool>;
+  readonly budgets: SqliteBudgetStore;
+  readonly #db: Database.Database;
+  readonly #lock: StoreLock;
+  readonly #onError: (error: StateStoreError) => void;
+  readonly #upsert: Database.Statement<[string, string, string]>;
+  readonly #remove: Database.Statement<[string, string]>;
+  readonly #upsertBudget: Database.Statement<[string, string]>;
+  readonly #removeBudget: Database.Statement<[string]>;
+  readonly #setMeta: Database.Statement<[string, string]>;
+  readonly #getMeta: Database.Statement<[string], { value: string }>;
+  /** A microtask commit is queued (records changed). */
+  #soon = false;
+  /** An end-of-iteration commit is queued (only budget usage changed). */
+  #later: NodeJS.Immediate | undefined;
+  #closed = false;
+  #lastError: StateStoreError | undefined;
+
+  private constructor(
+    path: string,
+    created: boolean,
+    db: Database.Database,
+    lock: StoreLock,
+    options: SqliteStoreOptions,
+  ) {
+    this.path = path;
+    this.created = created;
+    this.#db = db;
+    this.#lock = lock;
+    this.#onError = options.onError ?? (() => undefined);
+    const journal: Journal = { touch: (urgent) => this.#schedule(urgent) };
+    const rows = (kind: Kind): Array<[string, never]> =>
+      db
+        .prepare<[string], { id: string; data: string }>(
+          'SELECT id, data FROM records WHERE kind = ?',
+        )
+        .all(kind)
+        .map((r) => [r.id, parseRecord(path, kind, r.id, r.data) as never]);
+    this.tasks = new MemoryCollection<TTask>();
+    this.agents = new SqliteCollection<TAgent>('agent', journal, rows('agent'));
+    this.pools = new SqliteCollection<TPool>('pool', journal, rows('pool'));
+    this.budgets = new SqliteBudgetStore(db, path, journal);
+    this.#upsert = db.prepare(
+      'INSERT INTO records (kind, id, data) VALUES (?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET data = excluded.data',
+    );
+    this.#remove = db.prepare('DELETE FROM records WHERE kind = ? AND id = ?');
+    this.#upsertBudget = db.prepare(
+      'INSERT INTO budgets (scope, data) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE SET data = excluded.data',
+    );
+    this.#removeBudget = db.prepare('DELETE FROM budgets WHERE scope = ?');
+    this.#setMeta = db.prepare(
+      'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
+    );
+    this.#getMeta = db.prepare('SELECT value FROM meta WHERE key = ?');
+  }
+
+  /**
+   * Opens (or creates, with its folder) the state file at `path` and takes its lock.
+   * @throws StateLockedError when another process (or store in this one) has it open;
+   *   StateVersionError for a newer schema; StateStoreError for a file that is not an Agent
+   *   Fabric state file, is corrupt or cannot be read. In every error case the file is unchanged.
+   */
+  static async open<TTask = unknown, TAgent = unknown, TPool = unknown>(
+    path: string,
+    options: SqliteStoreOptions = {},
+  ): Promise<SqliteStore<TTask, TAgent, TPool>> {
+    if (typeof path !== 'string' || path.length === 0) {
+      throw new InvalidArgumentError('path', 'must be a non-empty string');
+    }
+    const synchronous = options.synchronous ?? DEFAULT_STATE_SYNCHRONOUS;
+    if (synchronous !== 'NORMAL' && synchronous !== 'FULL') {
+      throw new InvalidArgumentError('options.synchronous', "must be 'NORMAL' or 'FULL'");
+    }
+    try {
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    } catch (error) {
+      throw new StateStoreError(path, `its folder cannot be created: ${messageOf(error)}`, {
+        cause: error,
+      });
+    }
+    const lock = await acquireLock(path);
+    try {
+      // A zero-length file with a WAL beside it is not new: its data is in the WAL.
+      const created =
+        !existsSync(path) || (statSync(path).size === 0 && !existsSync(`${path}-wal`));
+      if (!created) inspect(path);
+      let db: Database.Database;
+      try {
+        db = new Database(path);
+        db.pragma('journal_mode = WAL');
+        db.pragma(`synchronous = ${synchronous}`);
+        db.exec(SCHEMA);
+        db.pragma(`user_version = ${STATE_SCHEMA_VERSION}`);
+      } catch (error) {
+        throw new StateStoreError(path, `cannot be opened: ${messageOf(error)}`, { cause: error });
+      }
+      // The file holds credential hashes and the start-up agents' key: owner only.
+      if (created) chmodSync(path, 0o600);
+      try {
+        return new SqliteStore<TTask, TAgent, TPool>(path, created, db, lock, options);
+      } catch (error) {
+        db.close();
+        throw error;
+      }
+    } catch (error) {
+      await lock.release();
+      throw error;
+    }
+  }
+
+  /** A value stored under `key` (admin token hash, key of start-up credentials), if any. */
+  getMeta(key: string): string | undefined {
+    this.#assertOpen();
+    return this.#getMeta.get(key)?.value;
+  }
+
+  /** Stores `value` under `key`, committed before it returns. */
+  setMeta(key: string, value: string): void {
+    this.#assertOpen();
+    this.#setMeta.run(key, value);
+  }
+
+  /**
+   * The value under `key`, created (random 32 bytes, hex) and committed if missing. Used for the
+   * secret from which the sidecar derives its start-up agents' credentials.
+   */
+  secret(key: string): string {
+    const existing = this.getMeta(key);
+    if (existing !== undefined) return existing;
+    const value = randomBytes(32).toString('hex');
+    this.setMeta(key, value);
+    return value;
+  }
+
+  /** HMAC-SHA256 of `message` under {@link secret}(`key`), base64url. */
+  derive(key: string, message: string): string {
+    return createHmac('sha256', this.secret(key)).update(message).digest('base64url');
+  }
+
+  /**
+   * Commits every pending change now, in one transaction.
+   * @throws StateStoreError when the write fails (the changes stay pending).
+   */
+  flush(): void {
+    this.#soon = false;
+    if (this.#later !== undefined) clearImmediate(this.#later);
+    this.#later = undefined;
+    if (this.#closed) return;
+    const agents = this.agents.pending();
+    const pools = this.pools.pending();
+    const budgets = this.budgets.pending();
+    if (agents.length === 0 && pools.length === 0 && budgets.length === 0) return;
+    // Serialize first, one record at a time: a record that cannot be serialized (a BigInt or a
+    // cycle an embedder put in it) is reported, not allowed to block every other record's commit.
+    const unserializable: string[] = [];
+    const json = (name: string, value: () => unknown): string | undefined => {
+      try {
+        return JSON.stringify(value());
+      } catch {
+        unserializable.push(name);
+        return undefined;
+      }
+    };
+    const rows: Array<[Kind, string, string | undefined | null]> = [];
+    for (const [c, changed] of [
+      [this.agents, agents],
+      [this.pools, pools],
+    ] as const) {
+      for (const [id, record] of changed) {
+        rows.push([
+          c.kind,
+          id,
+          record === undefined ? null : json(`${c.kind} ${id}`, () => record),
+        ]);
+      }
+    }
+    const scopes = budgets.map(([scope, source]): [string, string | undefined | null] => [
+      scope,
+      source === null ? null : json(`budget ${scope}`, () => source.toJSON()),
+    ]);
+    try {
+      this.#db.transaction(() => {
+        for (const [kind, id, data] of rows) {
+          if (data === null) this.#remove.run(kind, id);
+          else if (data !== undefined) this.#upsert.run(kind, id, data);
+        }
+        for (const [scope, data] of scopes) {
+          if (data === null) this.#removeBudget.run(scope);
+          else if (data !== undefined) this.#upsertBudget.run(scope, data);
+        }
+      })();
+    } catch (error) {
+      throw new StateStoreError(this.path, `write failed: ${messageOf(error)}`, { cause: error });
+    }
+    this.agents.committed(agents.map(([id]) => id));
+    this.pools.committed(pools.map(([id]) => id));
+    this.budgets.committed(budgets);
+    if (unserializable.length > 0) {
+      throw new StateStoreError(
+        this.path,
+        `not written, cannot be serialized as JSON: ${unserializable.join(', ')} (the rest was committed)`,
+      );
+    }
+  }
+
+  /**
+   * Commits what is pending, closes the database and releases the lock. Idempotent.
+   * @throws StateStoreError when the last commit fails.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    let failure: unknown;
+    try {
+      this.flush();
+    } catch (error) {
+      failure = error;
+    }
+    this.#closed = true;
+    try {
+      this.#db.close();
+    } finally {
+      await this.#lock.release();
+    }
+    if (failure !== undefined) throw failure;
+  }
+
+  /** The last background commit failure, if the latest commit failed. */
+  get lastError(): StateStoreError | undefined {
+    return this.#lastError;
+  }
+
+  /**
+   * Agents and pools change rarely and carry identity: their commit runs on a microtask, before
+   * a caller awaiting the change resumes. Budget usage changes on every tool call: its commit
+   * waits for the end of the event-loop iteration (setImmediate), so the settles of every call
+   * that finished in one iteration share one transaction instead of paying one each.
+   */
+  #schedule(urgent: boolean): void {
+    if (this.#closed || this.#soon) return;
+    if (urgent) {
+      this.#soon = true;
+      queueMicrotask(() => this.#background());
+    } else {
+      this.#later ??= setImmediate(() => this.#background());
+    }
+  }
+
+  #background(): void {
+    try {
+      this.flush();
+      this.#lastError = undefined;
+    } catch (error) {
+      // Never thrown into a microtask or immediate (that would crash the process): reported,
+      // and the changes stay pending for the next commit.
+      this.#lastError = error as StateStoreError;
+      this.#onError(this.#lastError);
+    }
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new StateStoreError(this.path, 'is closed');
+  }
+}
+
+/** Takes `<path>.lock`, reporting a holder as a state (not hook) lock. */
+async function acquireLock(path: string): Promise<StoreLock> {
+  try {
+    return await StoreLock.acquire(`${path}.lock`);
+  } catch (error) {
+    if (error instanceof HookStoreLockedError) {
+      const { lockPath, pid, hostname, startedAt } = error.details as {
+        lockPath: string;
+        pid?: number;
+        hostname?: string;
+        startedAt?: string;
+      };
+      const who =
+        pid === undefined ? 'an unreadable holder' : `pid ${pid} on ${hostname} since ${startedAt}`;
+      const holder = pid === undefined ? {} : { pid, hostname, startedAt };
+      throw new StateLockedError(
+        lockPath,
+        holder,
+        `state store ${path} is in use by ${who} (lock ${lockPath}); one sidecar per state file. If that process is gone, remove the lock file`,
+        { cause: error },
+      );
+    }
+    throw new StateStoreError(path, `its lock cannot be taken: ${messageOf(error)}`, {
+      cause: error,
+    });
+  }
+}
+
+/**
+ * Checks an existing file through a read-only connection before anything may write to it:
+ * SQLite, ours, not newer, intact.
+ */
+function inspect(path: string): void {
+  let db: Database.Database;
+  try {
+    db = new Database(path, { readonly: true, fileMustExist: true });
+  } catch (error) {
+    throw new StateStoreError(path, `cannot be read: ${messageOf(error)}`, { cause: error });
+  }
+  try {
+    let version: number;
+    try {
+      version = db.pragma('user_version', { simple: true }) as number;
+    } catch (error) {
+      throw new StateStoreError(
+        path,
+        `is not a SQLite database or is corrupt: ${messageOf(error)}`,
+        {
+          cause: error,
+        },
+      );
+    }
+    if (version > STATE_SCHEMA_VERSION) {
+      throw new StateVersionError(path, version, STATE_SCHEMA_VERSION);
+    }
+    let check: string;
+    try {
+      check = String(db.pragma('quick_check', { simple: true }));
+    } catch (error) {
+      throw new StateStoreError(path, `is corrupt: ${messageOf(error)}`, { cause: error });
+    }
+    if (check !== 'ok') throw new StateStoreError(path, `is corrupt: ${check}`);
+    if (version === 0) {
+      const tables = db
+        .prepare<[], { n: number }>("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table'")
+        .get();
+      if ((tables?.n ?? 0) > 0) {
+        throw new StateStoreError(
+          path,
+          'is a SQLite database but not an Agent Fabric state file (no schema version)',
+        );
+      }
+    }
+  } finally {
+    db.close();
+  }
+}
+
+function parseRecord(path: string, kind: Kind, id: string, data: string): unknown {
+  try {
+    const value: unknown = JSON.parse(data);
+    if (value !== null && typeof value === 'object') return value;
+  } catch {
+    // reported below
+  }
+  throw new StateStoreError(path, `${kind} record ${JSON.stringify(id)} is not a JSON object`);
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

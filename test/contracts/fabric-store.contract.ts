@@ -1,0 +1,201 @@
+/**
+ * The contract every FabricStore keeps, for the collections it persists (agents, pools) and its
+ * BudgetStore. `runFabricStoreContract({ name, create, reopen })` registers the tests; each
+ * store's test file calls it. `reopen` (durable stores only) closes a store and opens a new one
+ * on the same backing, as a restart would: everything written must be there again.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import type { BudgetScopeSnapshot, BudgetStore } from '../../src/budget/budget-store.js';
+import { BudgetManager } from '../../src/budget/budget-manager.js';
+import { AgentStatus } from '../../src/agent.js';
+import { LifecycleManager, type AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
+import type { FabricStore } from '../../src/store/store.js';
+
+/** A store under test, with the budget store it carries (or one made for it). */
+export type StoreUnderTest = FabricStore<unknown, AgentRecord, { poolId: string; n: number }> & {
+  readonly budgets: BudgetStore;
+};
+
+export interface FabricStoreContract {
+  name: string;
+  create(): Promise<StoreUnderTest>;
+  /** Closes `store` and opens its backing again (durable stores only). */
+  reopen?: (store: StoreUnderTest) => Promise<StoreUnderTest>;
+}
+
+function agentRecord(id: string, extra: Partial<AgentRecord> = {}): AgentRecord {
+  return {
+    id,
+    name: `agent-${id}`,
+    model: 'm',
+    capabilities: ['a'],
+    isolation: {},
+    budget: undefined,
+    poolId: undefined,
+    executor: 'remote',
+    heartbeatMode: 'manual',
+    labels: { team: 'x' },
+    status: AgentStatus.HEALTHY,
+    createdAt: 1,
+    lastHeartbeat: 2,
+    terminatedAt: undefined,
+    credentialHash: 'f'.repeat(64),
+    ...extra,
+  };
+}
+
+/** A budget state source whose snapshot the test controls. */
+function source(spent: number): { snap: BudgetScopeSnapshot; toJSON(): BudgetScopeSnapshot } {
+  const snap: BudgetScopeSnapshot = {
+    version: 1,
+    config: null,
+    tokens: { windowMs: 1000, bucketMs: 100, buckets: [] } as never,
+    cost: { spent } as never,
+    alerts: {
+      tokensWarned: false,
+      tokensExhausted: false,
+      costWarned: false,
+      costExhausted: false,
+    },
+  };
+  return { snap, toJSON: () => structuredClone(snap) };
+}
+
+export function runFabricStoreContract(contract: FabricStoreContract): void {
+  describe(`FabricStore contract: ${contract.name}`, () => {
+    const open: StoreUnderTest[] = [];
+    afterEach(async () => {
+      for (const s of open.splice(0)) await s.close();
+    });
+    const create = async (): Promise<StoreUnderTest> => {
+      const s = await contract.create();
+      open.push(s);
+      return s;
+    };
+    const reopen = async (s: StoreUnderTest): Promise<StoreUnderTest> => {
+      open.splice(open.indexOf(s), 1);
+      const again = await contract.reopen!(s);
+      open.push(again);
+      return again;
+    };
+
+    it('starts empty', async () => {
+      const s = await create();
+      expect(s.agents.size).toBe(0);
+      expect(s.pools.size).toBe(0);
+      expect(s.agents.get('nope')).toBeUndefined();
+      expect([...s.agents.values()]).toEqual([]);
+      expect(s.budgets.load('agent:nope')).toBeUndefined();
+    });
+
+    it('puts, replaces, lists and deletes records', async () => {
+      const s = await create();
+      s.agents.put('a', agentRecord('a'));
+      s.agents.put('b', agentRecord('b'));
+      s.agents.put('a', agentRecord('a', { model: 'replaced' }));
+      expect(s.agents.size).toBe(2);
+      expect(s.agents.get('a')?.model).toBe('replaced');
+      expect([...s.agents.values()].map((r) => r.id).sort()).toEqual(['a', 'b']);
+      expect(s.agents.delete('a')).toBe(true);
+      expect(s.agents.delete('a')).toBe(false);
+      expect(s.agents.get('a')).toBeUndefined();
+      expect(s.agents.size).toBe(1);
+      s.pools.put('p', { poolId: 'p', n: 1 });
+      expect(s.pools.get('p')).toEqual({ poolId: 'p', n: 1 });
+    });
+
+    it('returns the record last put, so a manager can change it and put it again', async () => {
+      const s = await create();
+      const rec = agentRecord('a');
+      s.agents.put('a', rec);
+      const held = s.agents.get('a')!;
+      held.status = AgentStatus.DEGRADED;
+      s.agents.put('a', held);
+      expect(s.agents.get('a')?.status).toBe(AgentStatus.DEGRADED);
+    });
+
+    it('keeps budget state: load sees the latest change, delete forgets it', async () => {
+      const s = await create();
+      const src = source(1);
+      s.budgets.changed('agent:a', src);
+      expect(s.budgets.load('agent:a')).toEqual(src.snap);
+      src.snap.cost = { spent: 2 } as never;
+      s.budgets.changed('agent:a', src);
+      expect(s.budgets.load('agent:a')).toEqual(src.snap);
+      s.budgets.delete('agent:a');
+      expect(s.budgets.load('agent:a')).toBeUndefined();
+    });
+
+    it('serves a BudgetManager: usage recorded is what it loads again', async () => {
+      const s = await create();
+      const first = new BudgetManager({ store: s.budgets });
+      first.setBudget('a', { maxCostPerDay: 5 });
+      first.recordUsage('a', { tokens: 0, cost: 5 });
+      expect(first.check('a', { tokens: 0, cost: 1 }).allowed).toBe(false);
+      const second = new BudgetManager({ store: s.budgets });
+      expect(second.check('a', { tokens: 0, cost: 1 }).allowed).toBe(false);
+      expect(second.check('b', { tokens: 0, cost: 1 }).allowed).toBe(true);
+    });
+
+    if (contract.reopen === undefined) return;
+
+    describe('across a reopen (durable)', () => {
+      it('keeps every record put and none deleted, including changes made just before close', async () => {
+        let s = await create();
+        s.agents.put('a', agentRecord('a'));
+        s.agents.put('b', agentRecord('b'));
+        s.pools.put('p', { poolId: 'p', n: 1 });
+        await Promise.resolve();
+        s.agents.delete('b');
+        const a = s.agents.get('a')!;
+        a.status = AgentStatus.TERMINATED;
+        a.terminatedAt = 42;
+        s.agents.put('a', a);
+        // no turn passes: close must commit these
+        s = await reopen(s);
+        expect([...s.agents.values()].map((r) => r.id)).toEqual(['a']);
+        expect(s.agents.get('a')).toEqual({
+          ...agentRecord('a'),
+          status: 'TERMINATED',
+          terminatedAt: 42,
+        });
+        expect(s.pools.get('p')).toEqual({ poolId: 'p', n: 1 });
+      });
+
+      it('keeps budget usage: an agent at its limit is still refused', async () => {
+        let s = await create();
+        const before = new BudgetManager({ store: s.budgets });
+        before.setBudget('a', { maxCostPerDay: 3 });
+        before.recordUsage('a', { tokens: 0, cost: 3 });
+        s = await reopen(s);
+        const after = new BudgetManager({ store: s.budgets });
+        const check = after.check('a', { tokens: 0, cost: 1 });
+        expect(check.allowed).toBe(false);
+        expect(after.getStatus('a').costUsed).toBe(3);
+      });
+
+      it('keeps credentials (as hashes only): a credential issued before authenticates after', async () => {
+        let s = await create();
+        const lm = new LifecycleManager({ agents: s.agents });
+        const spawned = lm.spawnSync({ name: 'w', model: 'm', executor: 'remote' });
+        const gone = lm.spawnSync({ name: 'g', model: 'm', executor: 'remote' });
+        await lm.terminate(gone.id, { drainTimeoutSeconds: 0 });
+        await lm.close();
+        for (const r of s.agents.values()) {
+          expect(JSON.stringify(r)).not.toContain(spawned.credential);
+          expect(JSON.stringify(r)).not.toContain(gone.credential);
+        }
+        s = await reopen(s);
+        const again = new LifecycleManager({ agents: s.agents });
+        try {
+          expect(again.authenticate(spawned.credential).id).toBe(spawned.id);
+          expect(() => again.authenticate(gone.credential)).toThrow(/revoked/);
+          expect(again.peek(gone.id)?.status).toBe(AgentStatus.TERMINATED);
+          expect(again.activeAgents).toBe(1);
+        } finally {
+          await again.close();
+        }
+      });
+    });
+  });
+}

@@ -1,0 +1,202 @@
+/**
+ * Identity and money survive a restart of the real `agent-fabric serve` (child processes, a real
+ * server-everything upstream, the official SDK client, a real SQLite state file in a temp dir):
+ *
+ * - a clean restart prints the same agent token, and a client configured before it (same URL,
+ *   same token) works after it; the generated admin token still authenticates and is not shown
+ *   again (it is kept only as a hash);
+ * - after SIGKILL, usage settled before the kill is still counted — read from the file on disk,
+ *   and enforced: an agent at its cost limit stays refused after the restart;
+ * - a limit raised in the config applies to the kept agent, on top of the usage it kept.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  CLI_MAIN,
+  DEFAULT_ALLOW,
+  EVERYTHING_BIN,
+  httpClient,
+  tempDir,
+  text,
+  TSX,
+  until,
+} from '../fixtures/gateway/harness.js';
+
+const LIMIT = 2;
+const spawned = new Set<ChildProcess>();
+const clients: Client[] = [];
+afterAll(async () => {
+  for (const c of clients) await c.close().catch(() => undefined);
+  for (const child of spawned) if (child.exitCode === null) child.kill('SIGKILL');
+});
+
+interface Running {
+  child: ChildProcess;
+  out: string;
+  err: () => string;
+  url: string;
+  token: string;
+  adminLine: string;
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** The environment without overrides that would change what this test checks. */
+function childEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const key of ['FABRIC_ADMIN_TOKEN', 'FABRIC_STATE', 'FABRIC_HTTP_PORT']) delete env[key];
+  return env;
+}
+
+/** Starts `agent-fabric serve --config <dir>/fabric.json` in `dir` and waits until it listens. */
+async function serve(dir: string): Promise<Running> {
+  const child = spawn(
+    process.execPath,
+    ['--import', TSX, CLI_MAIN, 'serve', '--config', join(dir, 'fabric.json')],
+    {
+      cwd: dir,
+      env: childEnv(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  spawned.add(child);
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+  await until(() => out.includes('"mcpServers"') || child.exitCode !== null, 30_000);
+  if (child.exitCode !== null) throw new Error(`serve exited ${child.exitCode}: ${err}`);
+  return {
+    child,
+    out,
+    err: () => err,
+    url: /MCP URL:\s+(\S+)/.exec(out)![1]!,
+    token: /agent token:\s+(\S+)/.exec(out)![1]!,
+    adminLine: /admin token:\s+(.*)/.exec(out)![1]!,
+  };
+}
+
+async function stop(r: Running, signal: NodeJS.Signals): Promise<number | null> {
+  const exited = new Promise<number | null>((resolve) => r.child.once('exit', (c) => resolve(c)));
+  r.child.kill(signal);
+  return exited;
+}
+
+async function connect(url: string, token: string): Promise<Client> {
+  const c = await httpClient(url, token);
+  clients.push(c);
+  return c;
+}
+
+/** Cost used by `agent:<id>` as written in the state file (read-only, beside the live sidecar). */
+function costOnDisk(path: string, agentId: string): number {
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  try {
+    const row = db
+      .prepare<[string], { data: string }>('SELECT data FROM budgets WHERE scope = ?')
+      .get(`agent:${agentId}`);
+    if (row === undefined) return 0;
+    // Every bucket of the stored day window is inside the window: this test runs in minutes.
+    const cost = (JSON.parse(row.data) as { cost: { used?: number; buckets?: number[] } }).cost;
+    return cost.used ?? (cost.buckets ?? []).reduce((a, b) => a + b, 0);
+  } finally {
+    db.close();
+  }
+}
+
+function writeConfig(dir: string, port: number, limit: number): void {
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port },
+      upstreams: {
+        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+      },
+      policies: [DEFAULT_ALLOW],
+      toolCosts: { ev__echo: 1 },
+      agents: [{ name: 'worker', budget: { maxCostPerDay: limit } }],
+    }),
+  );
+}
+
+describe('agent-fabric serve over a state file', () => {
+  it('restarts with the same agent token and budget usage, after SIGTERM and after SIGKILL', async () => {
+    const dir = tempDir('cli-state');
+    const port = await freePort();
+    writeConfig(dir, port, LIMIT);
+    const statePath = join(dir, '.fabric', 'state.db');
+
+    // First start: a token is made and shown, and so is the generated admin token.
+    const first = await serve(dir);
+    expect(first.out).toContain(`state:       ${statePath}`);
+    expect(first.adminLine).toMatch(/^fab_admin_\S+$/);
+    const adminToken = first.adminLine;
+    const agentId = /agent token:\s+\S+\s+\(worker, ([0-9a-f-]+)\)/.exec(first.out)![1]!;
+    const before = await connect(first.url, first.token);
+    expect(
+      text(await before.callTool({ name: 'ev__echo', arguments: { message: 'one' } })),
+    ).toContain('one');
+    expect(await stop(first, 'SIGTERM')).toBe(0);
+    // The file never holds a credential in plaintext.
+    const wal = `${statePath}-wal`;
+    const bytes =
+      readFileSync(statePath).toString('latin1') +
+      (existsSync(wal) ? readFileSync(wal).toString('latin1') : '');
+    expect(bytes).not.toContain(first.token);
+    expect(bytes).not.toContain(adminToken);
+    expect(costOnDisk(statePath, agentId)).toBe(1);
+
+    // Clean restart: same URL, same token; the client configured before works again.
+    const second = await serve(dir);
+    expect(second.url).toBe(first.url);
+    expect(second.token).toBe(first.token);
+    expect(second.adminLine).not.toContain(adminToken);
+    expect(second.adminLine).toContain('generated at an earlier start');
+    const admin = await fetch(new URL('/admin/approvals?status=pending', second.url), {
+      headers: { authorization: `Bearer ${adminToken}` },
+    });
+    expect(admin.status).toBe(200);
+    const after = await connect(second.url, first.token);
+    expect(
+      text(await after.callTool({ name: 'ev__echo', arguments: { message: 'two' } })),
+    ).toContain('two');
+    // Settled usage is committed to disk (read beside the running sidecar) before the kill.
+    await until(() => costOnDisk(statePath, agentId) === LIMIT);
+    await stop(second, 'SIGKILL');
+
+    // After SIGKILL: same token, the usage before the kill still counts, the agent stays refused.
+    const third = await serve(dir);
+    expect(third.token).toBe(first.token);
+    const refusedClient = await connect(third.url, first.token);
+    const refused = await refusedClient.callTool({
+      name: 'ev__echo',
+      arguments: { message: 'three' },
+    });
+    expect(refused.isError).toBe(true);
+    expect(text(refused)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+    expect(costOnDisk(statePath, agentId)).toBe(LIMIT);
+    expect(await stop(third, 'SIGTERM')).toBe(0);
+
+    // The config raises the limit: the kept agent gets the new limit, its usage still counts.
+    writeConfig(dir, port, LIMIT + 1);
+    const fourth = await serve(dir);
+    expect(fourth.token).toBe(first.token);
+    const raised = await connect(fourth.url, first.token);
+    const ok = await raised.callTool({ name: 'ev__echo', arguments: { message: 'four' } });
+    expect(ok.isError).toBeFalsy();
+    const over = await raised.callTool({ name: 'ev__echo', arguments: { message: 'five' } });
+    expect(text(over)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+    expect(await stop(fourth, 'SIGTERM')).toBe(0);
+  }, 120_000);
+});

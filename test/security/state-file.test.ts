@@ -1,0 +1,223 @@
+/**
+ * Bad state never silently resets. A state file that is from a newer schema, corrupt, not ours,
+ * or in use by another sidecar is refused with a typed error that names it — and is left byte
+ * for byte as it was (checked by hashing the file before and after). The real CLI is run for
+ * the three cases an operator meets; the store itself is attacked with more shapes of bad file.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  truncateSync,
+  writeFileSync,
+  openSync,
+  writeSync,
+  closeSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterAll, describe, expect, it } from 'vitest';
+import { StateLockedError, StateStoreError, StateVersionError } from '../../src/errors.js';
+import { LifecycleManager } from '../../src/lifecycle/lifecycle-manager.js';
+import { SqliteStore, STATE_SCHEMA_VERSION } from '../../src/store/sqlite-store.js';
+import { CLI_MAIN, tempDir, TSX } from '../fixtures/gateway/harness.js';
+
+const opened: SqliteStore[] = [];
+afterAll(async () => {
+  for (const s of opened) await s.close().catch(() => undefined);
+});
+
+/** SHA-256 of the file and of its WAL (when there is one): what "unchanged" means. */
+function fingerprint(path: string): string {
+  const h = createHash('sha256').update(readFileSync(path));
+  if (existsSync(`${path}-wal`)) h.update(readFileSync(`${path}-wal`));
+  return h.digest('hex');
+}
+
+/** A real state file with a few agents, closed. */
+async function realState(path: string): Promise<void> {
+  const store = await SqliteStore.open(path);
+  const lm = new LifecycleManager({ agents: store.agents as never, maxConcurrentAgents: 1000 });
+  for (let i = 0; i < 200; i++) lm.spawnSync({ name: `a${i}`, model: 'm', executor: 'remote' });
+  await lm.close();
+  await store.close();
+}
+
+async function openError(path: string): Promise<unknown> {
+  try {
+    opened.push(await SqliteStore.open(path));
+  } catch (error) {
+    return error;
+  }
+  throw new Error(`${path} opened`);
+}
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  last: string;
+}
+
+/** `agent-fabric serve` with `state.path` at `statePath`, run to its end. */
+function serve(dir: string, statePath: string): Promise<Run> {
+  const file = join(dir, 'fabric.json');
+  writeFileSync(
+    file,
+    JSON.stringify({ http: { host: '127.0.0.1', port: 0 }, state: { path: statePath } }),
+  );
+  const env = { ...process.env };
+  delete env.FABRIC_STATE;
+  const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'serve', '--config', file], {
+    cwd: dir,
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const guard = setTimeout(() => child.kill('SIGKILL'), 45_000);
+  return new Promise((resolve) =>
+    child.once('close', (code) => {
+      clearTimeout(guard);
+      const lines = stderr.split('\n').filter((l) => l.trim() !== '');
+      resolve({ code, stdout, last: lines.at(-1) ?? '' });
+    }),
+  );
+}
+
+describe('a bad state file stops the real CLI, named, and is left as it was', () => {
+  it('newer schema: FABRIC_ERR_STATE_VERSION naming the file and both versions', async () => {
+    const dir = tempDir('state-newer');
+    const path = join(dir, 'state.db');
+    await realState(path);
+    const db = new Database(path);
+    db.pragma(`user_version = ${STATE_SCHEMA_VERSION + 7}`);
+    db.close();
+    const before = fingerprint(path);
+    const run = await serve(dir, path);
+    expect(run.code).toBe(1);
+    expect(run.stdout).not.toContain('listening');
+    expect(run.last).toMatch(/^agent-fabric: FABRIC_ERR_STATE_VERSION: /);
+    expect(run.last).toContain(path);
+    expect(run.last).toContain(`version ${STATE_SCHEMA_VERSION + 7}`);
+    expect(run.last).toContain(`the ${STATE_SCHEMA_VERSION} this version`);
+    expect(fingerprint(path)).toBe(before);
+  }, 60_000);
+
+  it('corrupt file: FABRIC_ERR_STATE_STORE naming the file', async () => {
+    const dir = tempDir('state-corrupt');
+    const path = join(dir, 'state.db');
+    await realState(path);
+    // Overwrite pages in the middle of a real database (a torn disk, a bad copy).
+    const fd = openSync(path, 'r+');
+    writeSync(fd, Buffer.alloc(8192, 0xa5), 0, 8192, 8192);
+    closeSync(fd);
+    const before = fingerprint(path);
+    const run = await serve(dir, path);
+    expect(run.code).toBe(1);
+    expect(run.last).toMatch(/^agent-fabric: FABRIC_ERR_STATE_STORE: state store /);
+    expect(run.last).toContain(path);
+    expect(fingerprint(path)).toBe(before);
+  }, 60_000);
+
+  it('a second sidecar on the same state path: FABRIC_ERR_STATE_LOCKED naming the holder', async () => {
+    const dir = tempDir('state-locked');
+    const path = join(dir, 'state.db');
+    mkdirSync(join(dir, 'second'));
+    const holder = await SqliteStore.open(path);
+    opened.push(holder);
+    holder.setMeta('probe', 'x');
+    const before = fingerprint(path);
+    const run = await serve(join(dir, 'second'), path);
+    expect(run.code).toBe(1);
+    expect(run.last).toMatch(/^agent-fabric: FABRIC_ERR_STATE_LOCKED: /);
+    expect(run.last).toContain(`pid ${process.pid}`);
+    expect(fingerprint(path)).toBe(before);
+    expect(holder.getMeta('probe')).toBe('x');
+  }, 60_000);
+});
+
+describe('SqliteStore.open against hostile files', () => {
+  it('random bytes: StateStoreError, unchanged', async () => {
+    const path = join(tempDir('state-random'), 'state.db');
+    writeFileSync(path, Buffer.from(Array.from({ length: 65536 }, (_, i) => (i * 7919) % 251)));
+    const before = fingerprint(path);
+    const error = await openError(path);
+    expect(error).toBeInstanceOf(StateStoreError);
+    expect((error as Error).message).toContain(path);
+    expect(fingerprint(path)).toBe(before);
+  });
+
+  it('a truncated database: StateStoreError, unchanged', async () => {
+    const path = join(tempDir('state-truncated'), 'state.db');
+    await realState(path);
+    truncateSync(path, 4096 + 100);
+    const before = fingerprint(path);
+    const error = await openError(path);
+    expect(error).toBeInstanceOf(StateStoreError);
+    expect(fingerprint(path)).toBe(before);
+  });
+
+  it("someone else's SQLite database: refused, unchanged", async () => {
+    const path = join(tempDir('state-foreign'), 'app.db');
+    const db = new Database(path);
+    db.exec('CREATE TABLE users (name TEXT); INSERT INTO users VALUES (1)');
+    db.close();
+    const before = fingerprint(path);
+    const error = await openError(path);
+    expect(error).toBeInstanceOf(StateStoreError);
+    expect((error as Error).message).toContain('not an Agent Fabric state file');
+    expect(fingerprint(path)).toBe(before);
+  });
+
+  it('a record that is not JSON: StateStoreError naming it', async () => {
+    const path = join(tempDir('state-badrow'), 'state.db');
+    await realState(path);
+    const db = new Database(path);
+    const id = db.prepare<[], { id: string }>("SELECT id FROM records WHERE kind = 'agent'").get()!
+      .id;
+    db.prepare('UPDATE records SET data = \'{"id": \' WHERE id = ?').run(id);
+    db.close();
+    const error = await openError(path);
+    expect(error).toBeInstanceOf(StateStoreError);
+    expect((error as Error).message).toContain(id);
+  });
+
+  it('a folder at the path: StateStoreError', async () => {
+    const path = join(tempDir('state-dir'), 'state.db');
+    mkdirSync(path);
+    expect(await openError(path)).toBeInstanceOf(StateStoreError);
+  });
+
+  it('concurrent opens of one path: exactly one wins, the others get StateLockedError', async () => {
+    const path = join(tempDir('state-race'), 'state.db');
+    const results = await Promise.allSettled(
+      Array.from({ length: 8 }, () => SqliteStore.open(path)),
+    );
+    const won = results.filter((r) => r.status === 'fulfilled');
+    const lost = results.filter((r) => r.status === 'rejected');
+    expect(won).toHaveLength(1);
+    for (const r of won) opened.push(r.value);
+    for (const r of lost) expect(r.reason).toBeInstanceOf(StateLockedError);
+  });
+
+  it('newer schema through the API: StateVersionError with both versions in details', async () => {
+    const path = join(tempDir('state-newer-api'), 'state.db');
+    const db = new Database(path);
+    db.pragma('user_version = 1000');
+    db.close();
+    const error = await openError(path);
+    expect(error).toBeInstanceOf(StateVersionError);
+    expect((error as StateVersionError).details).toMatchObject({
+      path,
+      fileVersion: 1000,
+      knownVersion: STATE_SCHEMA_VERSION,
+    });
+    // the lock was given back: a store on a good path in the same folder still opens
+    const good = await SqliteStore.open(join(path, '..', 'good.db'));
+    opened.push(good);
+  });
+});

@@ -1,0 +1,110 @@
+/**
+ * SqliteStore's commit rule, checked from a second (read-only) connection on the same file: what
+ * was put in one synchronous run is committed before a caller awaiting that run continues, and
+ * the file is readable by its owner only.
+ */
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { StateStoreError } from '../../src/errors.js';
+import { SqliteStore } from '../../src/store/sqlite-store.js';
+import { tempDir } from '../fixtures/gateway/harness.js';
+
+const stores: SqliteStore[] = [];
+afterEach(async () => {
+  for (const s of stores.splice(0)) await s.close();
+});
+
+async function open(name: string): Promise<SqliteStore> {
+  const s = await SqliteStore.open(join(tempDir('sqlite-unit'), name));
+  stores.push(s);
+  return s;
+}
+
+function committedIds(path: string): string[] {
+  const db = new Database(path, { readonly: true });
+  try {
+    return db
+      .prepare<[], { id: string }>('SELECT id FROM records ORDER BY id')
+      .all()
+      .map((r) => r.id);
+  } finally {
+    db.close();
+  }
+}
+
+describe('SqliteStore', () => {
+  it('commits the puts of one synchronous run before an awaiting caller continues', async () => {
+    const s = await open('group.db');
+    const write = async (): Promise<void> => {
+      for (let i = 0; i < 100; i++) s.agents.put(`a${String(i).padStart(3, '0')}`, { i });
+    };
+    const pending = write();
+    expect(committedIds(s.path)).toEqual([]); // nothing yet: the run is not over
+    await pending;
+    expect(committedIds(s.path)).toHaveLength(100);
+    s.agents.delete('a000');
+    await Promise.resolve();
+    expect(committedIds(s.path)).toHaveLength(99);
+  });
+
+  it('commits budget usage of one event-loop iteration together, at its end', async () => {
+    const s = await open('budget.db');
+    const snap = { version: 1 } as never;
+    for (let i = 0; i < 50; i++) s.budgets.changed(`agent:${i}`, { toJSON: () => snap });
+    await Promise.resolve();
+    const count = (): number => {
+      const db = new Database(s.path, { readonly: true });
+      try {
+        return db.prepare<[], { n: number }>('SELECT count(*) AS n FROM budgets').get()!.n;
+      } finally {
+        db.close();
+      }
+    };
+    expect(count()).toBe(0); // still in this iteration
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    expect(count()).toBe(50);
+    expect(s.budgets.load('agent:7')).toEqual(snap);
+  });
+
+  it('a record that cannot be serialized is reported, and blocks no other record', async () => {
+    const errors: StateStoreError[] = [];
+    const path = join(tempDir('sqlite-unit'), 'poison.db');
+    const s = await SqliteStore.open(path, { onError: (e) => errors.push(e) });
+    stores.push(s);
+    s.agents.put('good', { n: 1 });
+    s.agents.put('bad', { n: 10n });
+    await Promise.resolve();
+    expect(committedIds(path)).toEqual(['good']);
+    expect(errors).toHaveLength(1);
+    expect(errors[0]!.message).toContain('agent bad');
+    s.agents.put('later', { n: 2 });
+    await Promise.resolve();
+    expect(committedIds(path)).toEqual(['good', 'later']);
+    expect(errors).toHaveLength(1);
+  });
+
+  it('writes meta values at once, and creates the file for its owner only', async () => {
+    const s = await open('meta.db');
+    s.setMeta('k', 'v');
+    expect(s.getMeta('k')).toBe('v');
+    expect(s.secret('key')).toMatch(/^[0-9a-f]{64}$/);
+    expect(s.secret('key')).toBe(s.secret('key'));
+    expect(s.derive('key', 'id-1')).not.toBe(s.derive('key', 'id-2'));
+    expect(statSync(s.path).mode & 0o777).toBe(0o600);
+  });
+
+  it('refuses use after close with a typed error, and closes twice quietly', async () => {
+    const s = await open('closed.db');
+    await s.close();
+    await s.close();
+    expect(() => s.getMeta('k')).toThrow(StateStoreError);
+  });
+
+  it('rejects a bad synchronous option naming it', async () => {
+    await expect(
+      SqliteStore.open(join(tempDir('sqlite-unit'), 'x.db'), { synchronous: 'OFF' as never }),
+    ).rejects.toThrow(/options.synchronous/);
+  });
+});
