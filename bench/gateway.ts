@@ -90,6 +90,8 @@ function writeConfig(
     toolCosts: { 'ev__*': 0.001 },
     agents: [{ name: 'bench-agent' }],
     audit: { path: join(dir, `${name}.audit.log`) },
+    // Durable, as `serve` is by default, but never the repository's own .fabric/state.db.
+    state: { path: join(dir, `${name}.state.db`) },
   };
   writeFileSync(file, JSON.stringify(config, null, 2));
   return file;

@@ -301,8 +301,10 @@ export class LifecycleManager {
       throw new AgentUnavailableError(agentId, rec.status);
     }
     rec.lastHeartbeat = Date.now();
+    // A status change is stored; the time alone is not: every tool call is a heartbeat, so
+    // storing it would put a durable commit on the hot path, and a restored agent gets a fresh
+    // heartbeat (one interval of grace) anyway.
     if (rec.status !== AgentStatus.HEALTHY) this.#setStatus(rec, AgentStatus.HEALTHY);
-    else this.#agents.put(rec.id, rec);
     return this.#info(rec);
   }
 
