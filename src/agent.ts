@@ -52,8 +52,8 @@ export interface AgentConfig {
   poolId?: string;
   /**
    * Name of the executor that runs its tasks: `local` (handlers on a piscina worker pool),
-   * `inprocess` (handlers on the main thread), or `remote` (the agent claims its tasks over MCP,
-   * gRPC or NATS). Further executors are registered with `registerExecutor`.
+   * `inprocess` (handlers on the main thread), or `remote` (the agent claims its tasks over MCP or
+   * gRPC). Further executors are registered with `registerExecutor`.
    * @default 'local'
    */
   executor?: string;
@@ -93,7 +93,7 @@ export interface AgentInfo {
 /** A spawned agent: its view plus the credential it authenticates with. */
 export interface SpawnedAgent extends AgentInfo {
   /**
-   * Bearer credential of this agent for every ingress (MCP, gRPC, NATS). Shown once; the
+   * Bearer credential of this agent for every ingress (MCP, gRPC). Shown once; the
    * fabric keeps only its hash.
    */
   readonly credential: string;

@@ -3,7 +3,7 @@
  *
  * Every error the fabric throws on purpose is a {@link FabricError} with a stable `code`
  * (`FABRIC_ERR_*`). Codes are the contract: messages may be reworded, codes may not. Errors that
- * cross a wire (MCP, gRPC, NATS) are mapped from `code` to the protocol's status in one place
+ * cross a wire (MCP, gRPC) are mapped from `code` to the protocol's status in one place
  * (see {@link FabricError.kind} and {@link GRPC_STATUS_BY_KIND}). `test/unit/errors.test.ts` keeps
  * this catalog and the README's table in sync.
  *

@@ -1,5 +1,5 @@
 /**
- * The executor of agents that run elsewhere and pull their work: over MCP, gRPC or NATS an agent
+ * The executor of agents that run elsewhere and pull their work: over MCP or gRPC an agent
  * calls `claimTask`, which parks a claim here until the scheduler dispatches a task to it.
  *
  * @module
