@@ -367,7 +367,8 @@ describe.concurrent(
 describe('agent-fabric serve: SIGTERM during start-up', () => {
   it('closes what start-up started (the slow upstream too) and exits 0', async () => {
     const marker = `slow-start-${randomBytes(6).toString('hex')}`;
-    const file = join(tempDir('start-signal'), 'fabric.yaml');
+    const dir = tempDir('start-signal');
+    const file = join(dir, 'fabric.yaml');
     writeFileSync(
       file,
       JSON.stringify({
@@ -381,7 +382,9 @@ describe('agent-fabric serve: SIGTERM during start-up', () => {
         },
       }),
     );
+    // Its own folder: the default state file (.fabric/state.db) must not be the repository's.
     const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'serve', '--config', file], {
+      cwd: dir,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     spawned.add(child);
