@@ -103,6 +103,15 @@ async function parseJson<T extends z.ZodType>(
   return parsed.data;
 }
 
+/** A decoded path segment; a malformed `%` escape is the client's error (400), not ours. */
+function pathSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new InvalidArgumentError('path', 'has a malformed percent-escape');
+  }
+}
+
 async function admin(
   req: IncomingMessage,
   res: ServerResponse,
@@ -118,7 +127,7 @@ async function admin(
     return;
   }
   if (req.method === 'POST' && parts[1] === 'approvals' && parts.length === 4) {
-    const id = decodeURIComponent(parts[2]!);
+    const id = pathSegment(parts[2]!);
     const body = await parseJson(req, decisionBody, bodyTimeoutMs);
     const opts = {
       approver: body.approver ?? adminName,
@@ -151,7 +160,7 @@ async function admin(
     }
   }
   if (parts[1] === 'agents' && parts.length === 3) {
-    const id = decodeURIComponent(parts[2]!);
+    const id = pathSegment(parts[2]!);
     if (req.method === 'GET') {
       sendJson(res, 200, await api.getAgent(id));
       return;

@@ -121,6 +121,11 @@ describe('sidecar HTTP authentication (real fabric identities)', () => {
     const unknown = await admin(sidecar, '/admin/agents/no-such-agent');
     expect(unknown.status).toBe(404);
     expect(((await unknown.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_AGENT_NOT_FOUND');
+
+    // A malformed escape in the path is a bad request, not a server error.
+    const malformed = await admin(sidecar, '/admin/agents/%E0%A4%A');
+    expect(malformed.status).toBe(400);
+    expect(((await malformed.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_INVALID_ARGUMENT');
   });
 
   it('terminates an agent over the admin API: its calls stop, then its credential', async () => {
