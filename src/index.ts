@@ -52,7 +52,8 @@ export { loadSidecarConfig, parseSidecarConfig } from './server/config-file.js';
 export { FabricBackend } from './server/fabric-backend.js';
 export { definePlugin, PluginHost } from './plugins/index.js';
 export { FabricWorker, RemoteFabricError } from './worker/fabric-worker.js';
-export { AGENT_SERVICE_DEFINITION, startAgentGrpcServer } from './rpc/agent-service.js';
+export { AGENT_SERVICE_DEFINITION } from './rpc/agent-service.js';
+export { startGrpcServer } from './rpc/grpc-server.js';
 export {
   decodeRequest,
   grpcDefinition,
@@ -177,7 +178,8 @@ export type { AgentPicker } from './hooks/hook-manager.js';
 export type { GatewayBackend, GatewayIdentity } from './gateway/backend.js';
 export type { ToolGatewayOptions } from './gateway/gateway.js';
 export type { SidecarOptions } from './server/sidecar.js';
-export type { AgentGrpcServer, AgentGrpcServerOptions } from './rpc/agent-service.js';
+export type { AgentServiceOptions } from './rpc/agent-service.js';
+export type { GrpcServer, GrpcServerOptions } from './rpc/grpc-server.js';
 export type {
   FabricWorkerOptions,
   WorkerHandler,

@@ -18,7 +18,7 @@ import { ToolGateway, type GatewayLogEntry } from '../gateway/gateway.js';
 import { renderMetrics, type MetricFamily } from '../gateway/metrics.js';
 import type { SidecarConfig } from './config-file.js';
 import { PluginHost } from '../plugins/plugin-host.js';
-import { startAgentGrpcServer, type AgentGrpcServer } from '../rpc/agent-service.js';
+import { startGrpcServer, type GrpcServer } from '../rpc/grpc-server.js';
 import { FabricBackend } from './fabric-backend.js';
 import { HostGuard } from './host-guard.js';
 import { hashCredential, type AgentRecord } from '../lifecycle/lifecycle-manager.js';
@@ -74,7 +74,7 @@ export class Sidecar {
   readonly agents: readonly StartupAgent[];
   readonly anonymous: AgentIdentity | undefined;
   readonly #http: StartedHttpServer | undefined;
-  readonly #grpc: AgentGrpcServer | undefined;
+  readonly #grpc: GrpcServer | undefined;
   readonly #mcp: McpHttpEndpoint | undefined;
   readonly #closeBackend: () => Promise<void>;
   #closing: Promise<void> | undefined;
@@ -88,7 +88,7 @@ export class Sidecar {
     agents: StartupAgent[];
     anonymous: AgentIdentity | undefined;
     http: StartedHttpServer | undefined;
-    grpc: AgentGrpcServer | undefined;
+    grpc: GrpcServer | undefined;
     mcp: McpHttpEndpoint | undefined;
     closeBackend: () => Promise<void>;
   }) {
@@ -309,11 +309,11 @@ export class Sidecar {
         });
         cleanup.push(http);
       }
-      let grpc: AgentGrpcServer | undefined;
+      let grpc: GrpcServer | undefined;
       if (config.grpc !== undefined && fabric !== undefined) {
         step = 'grpc';
         const { host, port } = config.grpc;
-        grpc = await startAgentGrpcServer(fabric, config.grpc).catch((error: unknown) => {
+        grpc = await startGrpcServer(fabric, config.grpc).catch((error: unknown) => {
           throw listenError('gRPC', host, port, error);
         });
         cleanup.push(grpc);

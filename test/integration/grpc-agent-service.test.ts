@@ -27,11 +27,8 @@ import {
   type HeartbeatResponse,
   type HookResponse,
 } from '../../src/gen/fabric/v1/agent_pb.js';
-import {
-  AGENT_SERVICE_DEFINITION,
-  startAgentGrpcServer,
-  type AgentGrpcServer,
-} from '../../src/rpc/agent-service.js';
+import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
+import { startGrpcServer, type GrpcServer } from '../../src/rpc/grpc-server.js';
 import { TaskStatus } from '../../src/task.js';
 
 const root = new URL('../../', import.meta.url);
@@ -61,7 +58,7 @@ function call<T>(
 describe('the agent protocol over gRPC (real server, real grpc-js client, real fabric)', () => {
   let dir: string;
   let fabric: AgentFabric;
-  let server: AgentGrpcServer;
+  let server: GrpcServer;
   let client: InstanceType<typeof Client>;
   let alice: { id: string; credential: string };
   let bob: { id: string; credential: string };
@@ -74,7 +71,7 @@ describe('the agent protocol over gRPC (real server, real grpc-js client, real f
     );
     alice = await fabric.spawn({ model: 'm', name: 'alice', executor: 'remote' });
     bob = await fabric.spawn({ model: 'm', name: 'bob', executor: 'remote' });
-    server = await startAgentGrpcServer(fabric);
+    server = await startGrpcServer(fabric);
     client = new Client(server.address, credentials.createInsecure());
   });
 
@@ -248,7 +245,7 @@ describe('a Python agent over gRPC (cross-language)', () => {
         {},
         { hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false } },
       );
-      const server = await startAgentGrpcServer(fabric);
+      const server = await startGrpcServer(fabric);
       try {
         const agent = await fabric.spawn({ model: 'm', name: 'py', executor: 'remote' });
         const hook = await fabric.hooks!.createHook({

@@ -23,11 +23,8 @@ import {
   CompleteTaskRequestSchema,
   ReportProgressRequestSchema,
 } from '../../src/gen/fabric/v1/agent_pb.js';
-import {
-  AGENT_SERVICE_DEFINITION,
-  startAgentGrpcServer,
-  type AgentGrpcServer,
-} from '../../src/rpc/agent-service.js';
+import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
+import { startGrpcServer, type GrpcServer } from '../../src/rpc/grpc-server.js';
 
 /** The service's definition with requests sent as the given bytes, unchanged. */
 const RAW_DEFINITION: ServiceDefinition = Object.fromEntries(
@@ -88,7 +85,7 @@ const GARBAGE = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0x0f, 0x12, 0x99, 0x01])
 describe('gRPC agent service against hostile bytes (real server, raw grpc-js client)', () => {
   let dir: string;
   let fabric: AgentFabric;
-  let server: AgentGrpcServer;
+  let server: GrpcServer;
   let client: InstanceType<typeof RawClient>;
   let agent: { id: string; credential: string };
 
@@ -99,7 +96,7 @@ describe('gRPC agent service against hostile bytes (real server, raw grpc-js cli
       { hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false } },
     );
     agent = await fabric.spawn({ model: 'm', name: 'raw', executor: 'remote' });
-    server = await startAgentGrpcServer(fabric);
+    server = await startGrpcServer(fabric);
     client = new RawClient(server.address, credentials.createInsecure());
   });
 
