@@ -11,8 +11,7 @@
  *
  * @module
  */
-import { create, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
-import type { Server, UntypedServiceImplementation } from '@grpc/grpc-js';
+import { create } from '@bufbuild/protobuf';
 import type { AgentFabric } from '../fabric.js';
 import type { Hook as FabricHook } from '../hooks/hook.js';
 import {
@@ -28,10 +27,10 @@ import {
   TaskSchema,
   type Hook,
 } from '../gen/fabric/v1/agent_pb.js';
-import { grpcDefinition, grpcServerDefinition } from './grpc-definition.js';
-import { fromValue, toValue, unaryHandler } from './rpc-call.js';
+import { grpcDefinition } from './grpc-definition.js';
+import { fromValue, toValue, type ServiceImplementation } from './rpc-call.js';
 
-/** Options of {@link addAgentService}. */
+/** Options of {@link agentService}. */
 export interface AgentServiceOptions {
   /** Longest `ClaimTask` wait. @default 300 */
   maxClaimWaitSeconds?: number;
@@ -52,95 +51,87 @@ function hookMessage(h: FabricHook): Hook {
   });
 }
 
-/** Adds `fabric.v1.AgentService` over `fabric` to `server`. */
-export function addAgentService(
-  server: Server,
+/** `fabric.v1.AgentService` over `fabric`: every method acts as the calling agent. */
+export function agentService(
   fabric: AgentFabric,
   options: AgentServiceOptions = {},
-): void {
+): ServiceImplementation<typeof AgentService> {
   const maxWait = options.maxClaimWaitSeconds ?? 300;
-  /** An agent method: `handler` gets the calling agent's id. */
-  const unary = <D extends DescMessage, Res>(
-    method: { readonly input: D },
-    handler: (agentId: string, request: MessageShape<D>, signal: AbortSignal) => Promise<Res>,
-  ) =>
-    unaryHandler(fabric, 'agent', method, (caller, req, signal) => handler(caller.id, req, signal));
-
-  const m = AgentService.method;
-  const implementation: UntypedServiceImplementation = {
-    heartbeat: unary(m.heartbeat, async (agentId) => {
-      const info = await fabric.heartbeat(agentId);
-      return create(HeartbeatResponseSchema, {
-        agentId: info.id,
-        status: info.status,
-        lastHeartbeatMs: BigInt(info.lastHeartbeat),
-      });
-    }),
-    claimTask: unary(m.claimTask, async (agentId, req, signal) => {
-      const a = await fabric.claimTask(agentId, {
-        waitSeconds: Math.min(maxWait, Math.max(0, req.waitSeconds)),
-        signal,
-      });
-      return create(ClaimTaskResponseSchema, {
-        ...(a === undefined
-          ? {}
-          : {
-              task: create(TaskSchema, {
-                taskId: a.taskId,
-                attempt: a.attempt,
-                taskType: a.taskType,
-                payload: toValue(a.payload),
-                timeoutSeconds: a.timeoutSeconds,
-                deadlineMs: BigInt(a.deadline ?? 0),
+  return {
+    service: AgentService,
+    caller: 'agent',
+    unary: {
+      heartbeat: async ({ id: agentId }) => {
+        const info = await fabric.heartbeat(agentId);
+        return create(HeartbeatResponseSchema, {
+          agentId: info.id,
+          status: info.status,
+          lastHeartbeatMs: BigInt(info.lastHeartbeat),
+        });
+      },
+      claimTask: async ({ id: agentId }, req, signal) => {
+        const a = await fabric.claimTask(agentId, {
+          waitSeconds: Math.min(maxWait, Math.max(0, req.waitSeconds)),
+          signal,
+        });
+        return create(ClaimTaskResponseSchema, {
+          ...(a === undefined
+            ? {}
+            : {
+                task: create(TaskSchema, {
+                  taskId: a.taskId,
+                  attempt: a.attempt,
+                  taskType: a.taskType,
+                  payload: toValue(a.payload),
+                  timeoutSeconds: a.timeoutSeconds,
+                  deadlineMs: BigInt(a.deadline ?? 0),
+                }),
               }),
+        });
+      },
+      completeTask: async ({ id: agentId }, req) => {
+        const result = fromValue(req.result, 'result');
+        await fabric.completeTask(agentId, req.taskId, req.attempt, result);
+        return create(CompleteTaskResponseSchema);
+      },
+      failTask: async ({ id: agentId }, req) => {
+        await fabric.failTask(
+          agentId,
+          req.taskId,
+          req.attempt,
+          { code: req.code || 'FABRIC_ERR_TASK_EXECUTION', message: req.message || 'failed' },
+          { retry: req.retry },
+        );
+        return create(FailTaskResponseSchema);
+      },
+      reportProgress: async ({ id: agentId }, req) => {
+        const progress = fromValue(req.progress, 'progress');
+        await fabric.reportProgress(agentId, req.taskId, req.attempt, progress);
+        return create(ReportProgressResponseSchema);
+      },
+      getHook: async ({ id: agentId }) => {
+        const h = await fabric.hookFor(agentId);
+        return create(GetHookResponseSchema, h === undefined ? {} : { hook: hookMessage(h) });
+      },
+      activateHook: async ({ id: agentId }, req) =>
+        create(HookResponseSchema, {
+          hook: hookMessage(await fabric.activateHook(agentId, req.hookId)),
+        }),
+      completeHook: async ({ id: agentId }, req) => {
+        const result = fromValue(req.result, 'result');
+        return create(HookResponseSchema, {
+          hook: hookMessage(await fabric.completeHook(agentId, req.hookId, result)),
+        });
+      },
+      failHook: async ({ id: agentId }, req) =>
+        create(HookResponseSchema, {
+          hook: hookMessage(
+            await fabric.failHook(agentId, req.hookId, {
+              ...(req.code ? { code: req.code } : {}),
+              message: req.message || 'failed',
             }),
-      });
-    }),
-    completeTask: unary(m.completeTask, async (agentId, req) => {
-      const result = fromValue(req.result, 'result');
-      await fabric.completeTask(agentId, req.taskId, req.attempt, result);
-      return create(CompleteTaskResponseSchema);
-    }),
-    failTask: unary(m.failTask, async (agentId, req) => {
-      await fabric.failTask(
-        agentId,
-        req.taskId,
-        req.attempt,
-        { code: req.code || 'FABRIC_ERR_TASK_EXECUTION', message: req.message || 'failed' },
-        { retry: req.retry },
-      );
-      return create(FailTaskResponseSchema);
-    }),
-    reportProgress: unary(m.reportProgress, async (agentId, req) => {
-      const progress = fromValue(req.progress, 'progress');
-      await fabric.reportProgress(agentId, req.taskId, req.attempt, progress);
-      return create(ReportProgressResponseSchema);
-    }),
-    getHook: unary(m.getHook, async (agentId) => {
-      const h = await fabric.hookFor(agentId);
-      return create(GetHookResponseSchema, h === undefined ? {} : { hook: hookMessage(h) });
-    }),
-    activateHook: unary(m.activateHook, async (agentId, req) =>
-      create(HookResponseSchema, {
-        hook: hookMessage(await fabric.activateHook(agentId, req.hookId)),
-      }),
-    ),
-    completeHook: unary(m.completeHook, async (agentId, req) => {
-      const result = fromValue(req.result, 'result');
-      return create(HookResponseSchema, {
-        hook: hookMessage(await fabric.completeHook(agentId, req.hookId, result)),
-      });
-    }),
-    failHook: unary(m.failHook, async (agentId, req) =>
-      create(HookResponseSchema, {
-        hook: hookMessage(
-          await fabric.failHook(agentId, req.hookId, {
-            ...(req.code ? { code: req.code } : {}),
-            message: req.message || 'failed',
-          }),
-        ),
-      }),
-    ),
+          ),
+        }),
+    },
   };
-  server.addService(grpcServerDefinition(AgentService), implementation);
 }

@@ -6,7 +6,8 @@
  */
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { AgentFabric } from '../fabric.js';
-import { addAgentService, type AgentServiceOptions } from './agent-service.js';
+import { agentService, type AgentServiceOptions } from './agent-service.js';
+import { addGrpcService } from './rpc-call.js';
 
 /** Options of {@link startGrpcServer}. */
 export interface GrpcServerOptions extends AgentServiceOptions {
@@ -31,7 +32,7 @@ export async function startGrpcServer(
   options: GrpcServerOptions = {},
 ): Promise<GrpcServer> {
   const server = new Server();
-  addAgentService(server, fabric, options);
+  addGrpcService(server, fabric, agentService(fabric, options));
 
   const host = options.host ?? '127.0.0.1';
   const port = await new Promise<number>((resolve, reject) =>

@@ -13,6 +13,7 @@ import {
   fromJson,
   toJson,
   type DescMessage,
+  type DescService,
   type JsonValue,
   type MessageShape,
 } from '@bufbuild/protobuf';
@@ -20,9 +21,11 @@ import { ValueSchema, type Value } from '@bufbuild/protobuf/wkt';
 import {
   Metadata,
   status,
+  type Server,
   type sendUnaryData,
   type ServerUnaryCall,
   type UntypedHandleCall,
+  type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import {
   FabricError,
@@ -32,7 +35,7 @@ import {
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
-import { decodeRequest } from './grpc-definition.js';
+import { decodeRequest, grpcServerDefinition } from './grpc-definition.js';
 
 /** Who a call must come from: an agent (acting as itself) or the administrator. */
 export type CallerKind = 'agent' | 'admin';
@@ -127,4 +130,52 @@ export function unaryHandler<D extends DescMessage, Res>(
       (err: unknown) => callback(toServiceError(err)),
     );
   };
+}
+
+/** The unary methods of a generated service, each as `(caller, request, signal) → response`. */
+export type UnaryMethods<S extends DescService> = {
+  [
+    K in keyof S['method'] as S['method'][K]['methodKind'] extends 'unary' ? K : never
+  ]: S['method'][K] extends { input: infer I; output: infer O }
+    ? I extends DescMessage
+      ? O extends DescMessage
+        ? (
+            caller: Caller,
+            request: MessageShape<I>,
+            signal: AbortSignal,
+          ) => Promise<MessageShape<O>>
+        : never
+      : never
+    : never;
+};
+
+/**
+ * One service implemented once, served by every door (gRPC today): which service, who may call
+ * it, and its unary methods.
+ */
+export interface ServiceImplementation<S extends DescService> {
+  readonly service: S;
+  readonly caller: CallerKind;
+  readonly unary: UnaryMethods<S>;
+}
+
+/** Adds `impl`'s unary methods to a grpc-js `server` (messages as protobuf binary). */
+export function addGrpcService<S extends DescService>(
+  server: Server,
+  fabric: AgentFabric,
+  impl: ServiceImplementation<S>,
+): void {
+  const handlers: UntypedServiceImplementation = {};
+  const methods = impl.unary as Record<
+    string,
+    (caller: Caller, request: never, signal: AbortSignal) => Promise<unknown>
+  >;
+  for (const method of impl.service.methods) {
+    const handler = methods[method.localName];
+    if (method.methodKind !== 'unary' || handler === undefined) continue;
+    handlers[method.localName] = unaryHandler(fabric, impl.caller, method, (caller, req, signal) =>
+      handler(caller, req as never, signal),
+    );
+  }
+  server.addService(grpcServerDefinition(impl.service), handlers);
 }
