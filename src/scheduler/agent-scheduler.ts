@@ -34,7 +34,7 @@ import type { Collection } from '../store/store.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { ScheduleOptions, Task, TaskAssignment, TaskError } from '../task.js';
 import { Priority, TaskStatus, isFinished } from '../task.js';
-import { checkNumber, checkString } from '../validate.js';
+import { checkNumber, checkString, jsonByteLength } from '../validate.js';
 import type { ExecutorSink, TaskExecutor } from './executor.js';
 import type { TenantWeights } from './fair-queue.js';
 import { FairQueue } from './fair-queue.js';
@@ -43,6 +43,13 @@ import { RemoteExecutor } from './remote-executor.js';
 import { TenantMix } from './tenant-mix.js';
 import type { Waiter } from './task-record.js';
 import { TIMER_SLOT, TaskRecord } from './task-record.js';
+import {
+  agentGone,
+  deadlinePassed,
+  interruptedAttempt,
+  recoverTasks,
+  wasRunning,
+} from './task-recovery.js';
 
 /** Options of an {@link AgentScheduler}. */
 export interface SchedulerOptions {
@@ -56,7 +63,11 @@ export interface SchedulerOptions {
   defaultMaxAttempts?: number;
   /** @default 10000 */
   finishedTaskRetention?: number;
-  /** Where task records live. @default an in-memory collection */
+  /**
+   * Where task records live. A collection that is not {@link Collection.holdsReferences} (a
+   * durable store) is told of every change, and payloads, results and progress must then be
+   * JSON-serializable. @default an in-memory collection
+   */
   tasks?: Collection<TaskRecord>;
   /** Fairness weight of a tenant (tasks per round-robin turn). @default 1 for every tenant */
   tenantWeight?: TenantWeights;
@@ -226,11 +237,16 @@ export class AgentScheduler {
   #timedOut = 0;
   #cancelled = 0;
   #closed = false;
+  #restored = false;
 
   readonly #sink: ExecutorSink = {
     complete: (id, attempt, result) => {
       const t = this.#reported(id, attempt);
-      if (t !== undefined) this.#complete(t, result);
+      if (t === undefined) return;
+      const unstorable = this.#unstorable('result', result);
+      // A result the store cannot keep fails the task visibly rather than vanishing on restart.
+      if (unstorable !== undefined) this.#retryOrFail(t, unstorable, false);
+      else this.#complete(t, result);
     },
     fail: (id, attempt, error, options) => {
       const t = this.#reported(id, attempt);
@@ -245,7 +261,9 @@ export class AgentScheduler {
     },
     progress: (id, attempt, progress) => {
       const t = this.#reported(id, attempt);
-      if (t !== undefined) this.#progress(t, progress);
+      // Progress is advisory: a report the store cannot keep is not applied (the task goes on).
+      if (t !== undefined && this.#unstorable('progress', progress) === undefined)
+        this.#progress(t, progress);
     },
   };
 
@@ -520,6 +538,8 @@ export class AgentScheduler {
       queue = pool.queue;
     }
     if (this.#pending >= this.#maxQueueDepth) throw new QueueFullError(this.#maxQueueDepth);
+    // Refused before it is acknowledged, not dropped by the store after.
+    if (!this.#byReference) jsonByteLength('payload', payload);
 
     const now = Date.now();
     const task = new TaskRecord(
@@ -537,32 +557,103 @@ export class AgentScheduler {
       this.#seq++,
       now,
     );
+    task.notBefore = notBefore;
     this.#tasks.put(task.id, task);
     this.#pending++;
+    this.#place(task, queue, agent, pool);
+    return task;
+  }
+
+  /**
+   * Puts a PENDING task (already counted in `#pending`) in `queue` — or holds it back until its
+   * `notBefore` — and arms its deadline.
+   */
+  #place(
+    task: TaskRecord,
+    queue: FairQueue,
+    agent: AgentSlot | undefined,
+    pool: PoolSlot | undefined,
+  ): void {
+    const deadline = task.deadline;
     const enqueue = (): void => {
       queue.push(task);
       if (agent !== undefined) this.#markAgent(agent);
       else this.#markPool(pool!);
     };
-    if (notBefore !== undefined) {
+    const notBefore = task.notBefore;
+    if (notBefore !== undefined && notBefore > Date.now()) {
       // Held back until `notBefore` (or its deadline, whichever comes first).
       this.#delayed.set(task, () => {
         if (agent !== undefined && !this.#agents.has(agent.id)) {
-          this.#finish(task, TaskStatus.FAILED, undefined, {
-            code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
-            message: `agent ${agent.id} is gone`,
-          });
+          this.#finish(task, TaskStatus.FAILED, undefined, agentGone(agent.id));
           return;
         }
         enqueue();
         if (deadline !== undefined) this.#setTimer(task, deadline);
       });
       this.#setTimer(task, deadline === undefined ? notBefore : Math.min(deadline, notBefore));
-      return task;
+      return;
     }
     enqueue();
     if (deadline !== undefined) this.#setTimer(task, deadline);
-    return task;
+  }
+
+  /**
+   * Rebuilds the runtime state of the tasks a durable store kept from an earlier process. Call it
+   * once, after the agents and pools the store kept are added (the fabric does). Queued tasks go
+   * back to their queues in arrival order (the queues order them by priority, tenant and
+   * deadline as before); a task that was running is retried with that attempt counted — so a
+   * late report for it is refused — or fails when it has used `maxAttempts`; a queued task whose
+   * deadline passed times out; a task for an agent that is gone follows the rule of
+   * {@link evictAgent} (to its pool unless pinned, else FAILED), one for a pool that is gone is
+   * CANCELLED. Finished tasks stay readable, oldest first out of the retention. Counters in
+   * {@link stats} count from this start; restored finished tasks are not in them.
+   * @throws InvalidArgumentError naming a stored record that is not a task record.
+   */
+  restore(): void {
+    this.#open();
+    if (this.#restored) return;
+    this.#restored = true;
+    if (this.#tasks.size === 0) return;
+    const { finished, open, nextSeq } = recoverTasks(this.#tasks);
+    if (nextSeq > this.#seq) this.#seq = nextSeq;
+    for (const t of finished) this.#finished.push(t.id);
+    this.#trimRetention();
+    const now = Date.now();
+    for (const t of open) {
+      // Counted as queued from here; #finish and the queues take it on from this state.
+      this.#pending++;
+      if (wasRunning(t)) {
+        const reason = interruptedAttempt(t);
+        t.status = TaskStatus.PENDING;
+        t.error = reason;
+        if (t.attempt >= t.maxAttempts) {
+          this.#finish(t, TaskStatus.FAILED, undefined, reason);
+          continue;
+        }
+        this.#save(t);
+      }
+      if (t.deadline !== undefined && t.deadline <= now) {
+        this.#finish(t, TaskStatus.TIMEOUT, undefined, deadlinePassed(t, now));
+        continue;
+      }
+      const agent = t.agentId === undefined ? undefined : this.#agents.get(t.agentId);
+      if (agent !== undefined) {
+        this.#place(t, agent.queue, agent, agent.pool);
+        continue;
+      }
+      const pool = t.poolId === undefined ? undefined : this.#pools.get(t.poolId);
+      if (t.agentId !== undefined && (t.pinned || pool === undefined)) {
+        this.#finish(t, TaskStatus.FAILED, undefined, agentGone(t.agentId));
+      } else if (pool === undefined) {
+        this.#finish(t, TaskStatus.CANCELLED, undefined, {
+          code: 'FABRIC_ERR_POOL_NOT_FOUND',
+          message: `pool ${t.poolId ?? '(none)'} is gone`,
+        });
+      } else {
+        this.#place(t, pool.queue, undefined, pool);
+      }
+    }
   }
 
   /** A snapshot of the task. @throws TaskNotFoundError */
@@ -688,6 +779,7 @@ export class AgentScheduler {
    *   TaskStateError for a stale attempt or a task that already ended otherwise.
    */
   complete(taskId: string, attempt: number, result: unknown, agentId?: string): void {
+    if (!this.#byReference) jsonByteLength('result', result);
     const t = this.#checkHolder(taskId, attempt, agentId, TaskStatus.COMPLETED);
     if (t !== undefined) this.#complete(t, result);
   }
@@ -708,6 +800,7 @@ export class AgentScheduler {
 
   /** Records progress of a running task held by `agentId`. */
   reportProgress(taskId: string, attempt: number, progress: unknown, agentId?: string): void {
+    if (!this.#byReference) jsonByteLength('progress', progress);
     const t = this.#checkHolder(taskId, attempt, agentId, undefined);
     if (t !== undefined) this.#progress(t, progress);
   }
@@ -828,6 +921,20 @@ export class AgentScheduler {
 
   #open(): void {
     if (this.#closed) throw new ClosedError('scheduler');
+  }
+
+  /**
+   * Why `value` cannot go into a durable store (not JSON-serializable), as a task error; undefined
+   * when it can, and always for stores that hold the records themselves.
+   */
+  #unstorable(field: string, value: unknown): TaskError | undefined {
+    if (this.#byReference) return undefined;
+    try {
+      jsonByteLength(field, value);
+      return undefined;
+    } catch (error) {
+      return { code: InvalidArgumentError.code, message: (error as Error).message };
+    }
   }
 
   /** Tells the store a record changed (a no-op for stores that hold the records themselves). */
@@ -1099,8 +1206,13 @@ export class AgentScheduler {
   }
 
   #retain(id: string): void {
+    this.#finished.push(id);
+    this.#trimRetention();
+  }
+
+  /** Forgets the oldest finished tasks beyond the retention. */
+  #trimRetention(): void {
     const list = this.#finished;
-    list.push(id);
     while (list.length - this.#finishedHead > this.#retention) {
       this.#tasks.delete(list[this.#finishedHead++]!);
     }
@@ -1140,10 +1252,7 @@ export class AgentScheduler {
         this.#delayed.delete(t);
         release();
       } else if (t.status === TaskStatus.PENDING) {
-        this.#finish(t, TaskStatus.TIMEOUT, undefined, {
-          code: 'FABRIC_ERR_DEADLINE_EXCEEDED',
-          message: `deadline ${new Date(t.deadline ?? now).toISOString()} passed before the task started`,
-        });
+        this.#finish(t, TaskStatus.TIMEOUT, undefined, deadlinePassed(t, now));
       } else if (t.status === TaskStatus.RUNNING || t.status === TaskStatus.SCHEDULED) {
         const error = {
           code: 'FABRIC_ERR_TASK_TIMEOUT',

@@ -44,7 +44,6 @@ import {
   StateVersionError,
 } from '../errors.js';
 import { StoreLock } from '../hooks/store-lock.js';
-import { MemoryCollection } from './memory-store.js';
 import type { Collection, FabricStore } from './store.js';
 
 /** The schema version this code writes (stored as SQLite's `user_version`). */
@@ -81,7 +80,7 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS budgets (scope TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
 `;
 
-type Kind = 'agent' | 'pool';
+type Kind = 'task' | 'agent' | 'pool';
 
 /** What a collection needs from its store: to be told a record changed. */
 interface Journal {
@@ -115,6 +114,10 @@ export class SqliteCollection<T> implements Collection<T> {
     this.#map.set(id, record);
     this.#dirty.add(id);
     this.#journal.touch(true);
+  }
+
+  adopt(id: string, record: T): void {
+    this.#map.set(id, record);
   }
 
   delete(id: string): boolean {
@@ -216,8 +219,11 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly path: string;
   /** True when this open created the file (first start). */
   readonly created: boolean;
-  /** Tasks are not persisted in this version: they live in memory and die with the process. */
-  readonly tasks: MemoryCollection<TTask>;
+  /**
+   * Tasks. Loaded records are the plain data the scheduler stored (`TaskData`); the scheduler
+   * rebuilds its live records from them when the fabric starts and holds those from then on.
+   */
+  readonly tasks: SqliteCollection<TTask>;
   readonly agents: SqliteCollection<TAgent>;
   readonly pools: SqliteCollection<TPool>;
   readonly budgets: SqliteBudgetStore;
@@ -257,7 +263,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         )
         .all(kind)
         .map((r) => [r.id, parseRecord(path, kind, r.id, r.data) as never]);
-    this.tasks = new MemoryCollection<TTask>();
+    this.tasks = new SqliteCollection<TTask>('task', journal, rows('task'));
     this.agents = new SqliteCollection<TAgent>('agent', journal, rows('agent'));
     this.pools = new SqliteCollection<TPool>('pool', journal, rows('pool'));
     this.budgets = new SqliteBudgetStore(db, path, journal);
@@ -367,10 +373,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     if (this.#later !== undefined) clearImmediate(this.#later);
     this.#later = undefined;
     if (this.#closed) return;
+    const tasks = this.tasks.pending();
     const agents = this.agents.pending();
     const pools = this.pools.pending();
     const budgets = this.budgets.pending();
-    if (agents.length === 0 && pools.length === 0 && budgets.length === 0) return;
+    if (tasks.length === 0 && agents.length === 0 && pools.length === 0 && budgets.length === 0)
+      return;
     // Serialize first, one record at a time: a record that cannot be serialized (a BigInt or a
     // cycle an embedder put in it) is reported, not allowed to block every other record's commit.
     const unserializable: string[] = [];
@@ -384,6 +392,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     };
     const rows: Array<[Kind, string, string | undefined | null]> = [];
     for (const [c, changed] of [
+      [this.tasks, tasks],
       [this.agents, agents],
       [this.pools, pools],
     ] as const) {
@@ -413,6 +422,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     } catch (error) {
       throw new StateStoreError(this.path, `write failed: ${messageOf(error)}`, { cause: error });
     }
+    this.tasks.committed(tasks.map(([id]) => id));
     this.agents.committed(agents.map(([id]) => id));
     this.pools.committed(pools.map(([id]) => id));
     this.budgets.committed(budgets);
