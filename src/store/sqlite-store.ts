@@ -1,20 +1,23 @@
 /**
  * The durable {@link FabricStore}: one embedded SQLite file (better-sqlite3, WAL mode) that
- * carries agents, pools, budget usage and a few keyed values (`meta`) across restarts and
+ * carries tasks, agents, pools, budget usage and a few keyed values (`meta`) across restarts and
  * crashes.
  *
  * Why it looks like this:
  * - The seam is synchronous (the hot path cannot await per record), and so is better-sqlite3.
  *   Records are kept in memory as the very objects the managers hold — managers mutate a record
  *   and then `put` it — and a `put` only marks the record dirty. Dirty records are written in
- *   ONE transaction (group commit): for agents and pools on a microtask, so a caller that
- *   `await`s a fabric call (spawn, terminate, createPool) resumes only after the commit; for
+ *   ONE transaction (group commit): for tasks, agents and pools on a microtask queued by the
+ *   first change, so a caller that `await`s a fabric call (schedule, completeTask, spawn,
+ *   terminate, createPool …) resumes only after the commit, and the changes of one synchronous
+ *   run (a batch of schedules, a dispatch pass) share one transaction; for
  *   budget usage at the end of the event-loop iteration, so every tool call settled in one
  *   iteration shares one commit (measured in bench/state.ts). `close()` commits what is left.
  * - Records are stored as JSON of the plain data the managers keep; agents' credentials only as
- *   their SHA-256 (see `AgentRecord.credentialHash`), never in plaintext.
- * - Tasks are NOT persisted yet: `tasks` is an in-memory collection, typed as such, so nobody
- *   mistakes it for a durable one.
+ *   their SHA-256 (see `AgentRecord.credentialHash`), never in plaintext. A task is stored as its
+ *   `TaskData` (the scheduler's `TaskRecord.toJSON`), not its runtime state; on open, `tasks`
+ *   holds that plain data until the scheduler rebuilds its records (`AgentScheduler.restore`,
+ *   which `adopt`s them without a write).
  * - A file that is not ours, corrupt, or from a newer schema is refused with a typed error and
  *   left byte for byte as it was (it is checked through a read-only connection before anything
  *   opens it for writing); a second process on the same path gets {@link StateLockedError}
@@ -66,7 +69,8 @@ export interface SqliteStoreOptions {
   /**
    * Told about a background commit that failed (disk full, I/O error): the changes stay pending
    * and are retried with the next commit; `close()` throws if they still cannot be written. Also
-   * told about a record that cannot be serialized as JSON: it is not written (the others are).
+   * told about a record that cannot be serialized as JSON: it is not written (the others are) —
+   * the scheduler refuses unserializable task payloads and results before that can happen.
    * @default ignore (close reports it)
    */
   onError?: (error: StateStoreError) => void;
