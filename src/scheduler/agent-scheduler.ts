@@ -27,7 +27,6 @@ import {
   QueueFullError,
   TaskNotFoundError,
   TaskStateError,
-  WaitTimeoutError,
 } from '../errors.js';
 import { TypedEmitter } from '../events.js';
 import type { Collection } from '../store/store.js';
@@ -36,13 +35,20 @@ import type { ScheduleOptions, Task, TaskAssignment, TaskError } from '../task.j
 import { Priority, TaskStatus, isFinished } from '../task.js';
 import { checkNumber, checkString, jsonByteLength } from '../validate.js';
 import type { ExecutorSink, TaskExecutor } from './executor.js';
-import type { TenantWeights } from './fair-queue.js';
-import { FairQueue } from './fair-queue.js';
-import { IndexedHeap } from './indexed-heap.js';
+import type { FairQueue, TenantWeights } from './fair-queue.js';
 import { RemoteExecutor } from './remote-executor.js';
-import { TenantMix } from './tenant-mix.js';
-import type { Waiter } from './task-record.js';
-import { TIMER_SLOT, TaskRecord } from './task-record.js';
+import type { ExecutorEntry } from './slots.js';
+import { AgentSlot, PoolSlot } from './slots.js';
+import { FinishedRetention } from './finished-retention.js';
+import { TaskRecord } from './task-record.js';
+import { TaskTimers } from './task-timers.js';
+import {
+  MAX_TIMER_MS,
+  hasWaiters,
+  rejectWaiters,
+  settleWaiters,
+  waitForEnd,
+} from './task-waiters.js';
 import {
   agentGone,
   deadlinePassed,
@@ -127,67 +133,6 @@ export interface SchedulerAgent {
 export type ScheduleTarget =
   { agentId: string; poolId?: undefined } | { poolId: string; agentId?: undefined };
 
-interface ExecutorEntry {
-  readonly executor: TaskExecutor;
-  /** Assignments of this dispatch pass, handed over together when the pass ends. */
-  pending: TaskAssignment[];
-  /** The agent of each pending assignment. */
-  slots: AgentSlot[];
-}
-
-class AgentSlot {
-  readonly queue: FairQueue;
-  /** Round robin across its own queue and its pool's; undefined without a pool. */
-  readonly mix: TenantMix | undefined;
-  readonly running = new Set<TaskRecord>();
-  accepting = false;
-  draining = false;
-  /** Tasks given to it in this pass, not yet handed to its executor. */
-  unflushed = 0;
-  completed = 0;
-  failed = 0;
-  idle: (() => void)[] = [];
-
-  constructor(
-    readonly id: string,
-    readonly pool: PoolSlot | undefined,
-    readonly exec: ExecutorEntry,
-    readonly capacity: number,
-    weights: TenantWeights,
-  ) {
-    let mix: TenantMix | undefined;
-    this.queue = new FairQueue(
-      `agent:${id}`,
-      weights,
-      pool === undefined ? undefined : (flow, active) => mix!.update(flow, active),
-    );
-    this.mix = mix = pool === undefined ? undefined : new TenantMix(this.queue);
-  }
-}
-
-class PoolSlot {
-  readonly queue: FairQueue;
-  readonly agents: AgentSlot[] = [];
-  accepting = true;
-  running = 0;
-  completed = 0;
-  failed = 0;
-  rr = 0;
-  idle: (() => void)[] = [];
-
-  constructor(
-    readonly id: string,
-    weights: TenantWeights,
-  ) {
-    // Every agent of the pool runs the pool's tenants in its own round robin.
-    this.queue = new FairQueue(`pool:${id}`, weights, (flow, active) => {
-      for (const a of this.agents) a.mix!.update(flow, active);
-    });
-  }
-}
-
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
 /** The scheduler. Usable on its own; {@link AgentFabric} wires it to agents and pools. */
 export class AgentScheduler {
   readonly events = new TypedEmitter<SchedulerEvents>();
@@ -198,7 +143,6 @@ export class AgentScheduler {
   readonly #defaultTimeoutMs: number;
   readonly #perAgent: number;
   readonly #defaultMaxAttempts: number;
-  readonly #retention: number;
   readonly #weights: TenantWeights;
 
   readonly #executors = new Map<string, ExecutorEntry>();
@@ -206,14 +150,11 @@ export class AgentScheduler {
   readonly #pools = new Map<string, PoolSlot>();
   readonly #remote = new RemoteExecutor();
 
-  readonly #timers = new IndexedHeap<TaskRecord>((a, b) => a.timerAt < b.timerAt, TIMER_SLOT);
-  #timer: NodeJS.Timeout | undefined;
-  #armedAt = Number.POSITIVE_INFINITY;
+  readonly #timers = new TaskTimers((t, now) => this.#due(t, now));
 
   /** Tasks held back until their `notBefore`, with what releases them into their queue. */
   readonly #delayed = new Map<TaskRecord, () => void>();
-  readonly #finished: string[] = [];
-  #finishedHead = 0;
+  readonly #finished: FinishedRetention;
 
   readonly #dirtyAgents = new Set<AgentSlot>();
   readonly #dirtyPools = new Set<PoolSlot>();
@@ -289,12 +230,16 @@ export class AgentScheduler {
       options.defaultMaxAttempts ?? 3,
       'positiveInt',
     );
-    this.#retention = checkNumber(
-      'options.finishedTaskRetention',
-      options.finishedTaskRetention ?? 10_000,
-      'nonNegativeInt',
-    );
     this.#tasks = options.tasks ?? new MemoryCollection<TaskRecord>();
+    const tasks = this.#tasks;
+    this.#finished = new FinishedRetention(
+      checkNumber(
+        'options.finishedTaskRetention',
+        options.finishedTaskRetention ?? 10_000,
+        'nonNegativeInt',
+      ),
+      (id) => tasks.delete(id),
+    );
     this.#byReference = this.#tasks.holdsReferences === true;
     this.#weights = options.tenantWeight ?? (() => 1);
     this.registerExecutor(this.#remote);
@@ -589,13 +534,13 @@ export class AgentScheduler {
           return;
         }
         enqueue();
-        if (deadline !== undefined) this.#setTimer(task, deadline);
+        if (deadline !== undefined) this.#timers.set(task, deadline);
       });
-      this.#setTimer(task, deadline === undefined ? notBefore : Math.min(deadline, notBefore));
+      this.#timers.set(task, deadline === undefined ? notBefore : Math.min(deadline, notBefore));
       return;
     }
     enqueue();
-    if (deadline !== undefined) this.#setTimer(task, deadline);
+    if (deadline !== undefined) this.#timers.set(task, deadline);
   }
 
   /**
@@ -617,8 +562,8 @@ export class AgentScheduler {
     if (this.#tasks.size === 0) return;
     const { finished, open, nextSeq } = recoverTasks(this.#tasks);
     if (nextSeq > this.#seq) this.#seq = nextSeq;
-    for (const t of finished) this.#finished.push(t.id);
-    this.#trimRetention();
+    this.#finished.load(finished.map((t) => t.id));
+    this.#finished.trim();
     const now = Date.now();
     for (const t of open) {
       // Counted as queued from here; #finish and the queues take it on from this state.
@@ -690,36 +635,7 @@ export class AgentScheduler {
     }
     if (isFinished(t.status)) return Promise.resolve(t.snapshot());
     if (this.#closed) return Promise.reject(new ClosedError('scheduler'));
-    return new Promise<Task>((resolve, reject) => {
-      if (timeoutMs === undefined || timeoutMs === Number.POSITIVE_INFINITY) {
-        // The common case, one unbounded waiter, hangs on the record with no extra objects.
-        if (t.resolve === undefined) {
-          t.resolve = resolve;
-          t.reject = reject;
-        } else (t.waiters ??= []).push({ resolve, reject });
-        return;
-      }
-      const list = (t.waiters ??= []);
-      const waiter: Waiter = {
-        resolve: (task) => {
-          clearTimeout(timer);
-          resolve(task);
-        },
-        reject: (err) => {
-          clearTimeout(timer);
-          reject(err);
-        },
-      };
-      const timer = setTimeout(
-        () => {
-          const i = list.indexOf(waiter);
-          if (i >= 0) list.splice(i, 1);
-          reject(new WaitTimeoutError(`task ${taskId}`, timeoutMs / 1000));
-        },
-        Math.min(timeoutMs, MAX_TIMER_MS),
-      );
-      list.push(waiter);
-    });
+    return waitForEnd(t, timeoutMs);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -902,15 +818,10 @@ export class AgentScheduler {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#timers.close();
     const closed = new ClosedError('scheduler');
     // Waiters hang on their records; close is rare enough to look through every task.
-    for (const t of this.#tasks.values()) {
-      for (const w of t.waiters?.splice(0) ?? []) w.reject(closed);
-      t.reject?.(closed);
-      t.resolve = t.reject = undefined;
-    }
+    for (const t of this.#tasks.values()) rejectWaiters(t, closed);
     for (const slot of this.#agents.values()) for (const r of slot.idle.splice(0)) r();
     for (const pool of this.#pools.values()) for (const r of pool.idle.splice(0)) r();
     await Promise.allSettled([...this.#executors.values()].map((e) => e.executor.close()));
@@ -1067,7 +978,7 @@ export class AgentScheduler {
     task.assignedAgentId = slot.id;
     task.status = slot.exec.executor.acknowledges ? TaskStatus.SCHEDULED : TaskStatus.RUNNING;
     task.startedAt = now;
-    this.#setTimer(task, now + task.timeoutMs);
+    this.#timers.set(task, now + task.timeoutMs);
     slot.running.add(task);
     if (slot.pool !== undefined) slot.pool.running++;
     const entry = slot.exec;
@@ -1129,7 +1040,7 @@ export class AgentScheduler {
     this.#pending++;
     t.status = TaskStatus.PENDING;
     t.error = error;
-    if (t.deadline !== undefined) this.#setTimer(t, t.deadline);
+    if (t.deadline !== undefined) this.#timers.set(t, t.deadline);
     else this.#timers.remove(t);
     queue.push(t);
     this.#save(t);
@@ -1187,82 +1098,30 @@ export class AgentScheduler {
         this.#cancelled++;
     }
     this.#save(t);
-    this.#retain(t.id);
-    const waiters = t.waiters;
-    const resolve = t.resolve;
+    this.#finished.add(t.id);
     const listens = this.events.listens('task.finished');
-    if (waiters !== undefined || resolve !== undefined || listens) {
+    if (listens || hasWaiters(t)) {
       const snap = t.snapshot();
-      if (resolve !== undefined) {
-        t.resolve = t.reject = undefined;
-        resolve(snap);
-      }
-      if (waiters !== undefined) {
-        t.waiters = undefined;
-        for (const w of waiters) w.resolve(snap);
-      }
+      settleWaiters(t, snap);
       if (listens) this.events.emit('task.finished', snap);
     }
   }
 
-  #retain(id: string): void {
-    this.#finished.push(id);
-    this.#trimRetention();
-  }
-
-  /** Forgets the oldest finished tasks beyond the retention. */
-  #trimRetention(): void {
-    const list = this.#finished;
-    while (list.length - this.#finishedHead > this.#retention) {
-      this.#tasks.delete(list[this.#finishedHead++]!);
+  /** A task's timer came: release it into its queue, or end it (deadline, timeout). */
+  #due(t: TaskRecord, now: number): void {
+    const release = this.#delayed.get(t);
+    if (release !== undefined && (t.deadline === undefined || t.deadline > now)) {
+      this.#delayed.delete(t);
+      release();
+    } else if (t.status === TaskStatus.PENDING) {
+      this.#finish(t, TaskStatus.TIMEOUT, undefined, deadlinePassed(t, now));
+    } else if (t.status === TaskStatus.RUNNING || t.status === TaskStatus.SCHEDULED) {
+      const error = {
+        code: 'FABRIC_ERR_TASK_TIMEOUT',
+        message: `task ran past its timeout of ${t.timeoutMs / 1000}s`,
+      };
+      this.#agentOf(t)?.exec.executor.abort(t.id, t.attempt, error);
+      this.#finish(t, TaskStatus.TIMEOUT, undefined, error);
     }
-    if (this.#finishedHead > 4096 && this.#finishedHead * 2 > list.length) {
-      list.splice(0, this.#finishedHead);
-      this.#finishedHead = 0;
-    }
   }
-
-  #setTimer(t: TaskRecord, at: number): void {
-    t.timerAt = at;
-    if (this.#timers.has(t)) this.#timers.update(t);
-    else this.#timers.push(t);
-    if (at < this.#armedAt) this.#arm(at);
-  }
-
-  #arm(at: number): void {
-    if (this.#closed) return;
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#armedAt = at;
-    this.#timer = setTimeout(this.#onTimer, Math.max(0, Math.min(at - Date.now(), MAX_TIMER_MS)));
-    this.#timer.unref();
-  }
-
-  readonly #onTimer = (): void => {
-    this.#timer = undefined;
-    this.#armedAt = Number.POSITIVE_INFINITY;
-    const now = Date.now();
-    for (
-      let t = this.#timers.peek();
-      t !== undefined && t.timerAt <= now;
-      t = this.#timers.peek()
-    ) {
-      this.#timers.pop();
-      const release = this.#delayed.get(t);
-      if (release !== undefined && (t.deadline === undefined || t.deadline > now)) {
-        this.#delayed.delete(t);
-        release();
-      } else if (t.status === TaskStatus.PENDING) {
-        this.#finish(t, TaskStatus.TIMEOUT, undefined, deadlinePassed(t, now));
-      } else if (t.status === TaskStatus.RUNNING || t.status === TaskStatus.SCHEDULED) {
-        const error = {
-          code: 'FABRIC_ERR_TASK_TIMEOUT',
-          message: `task ran past its timeout of ${t.timeoutMs / 1000}s`,
-        };
-        this.#agentOf(t)?.exec.executor.abort(t.id, t.attempt, error);
-        this.#finish(t, TaskStatus.TIMEOUT, undefined, error);
-      }
-    }
-    const next = this.#timers.peek();
-    if (next !== undefined) this.#arm(next.timerAt);
-  };
 }
