@@ -12,6 +12,11 @@
  * running tasks; one timer (the earliest due task) is armed at a time; dispatch runs in batches
  * once per microtask turn, handing each executor one array per turn.
  *
+ * Its runtime pieces live beside it: the agents' and pools' slots (`slots.ts`), the timer heap
+ * (`task-timers.ts`), waiters (`task-waiters.ts`), the finished-task retention
+ * (`finished-retention.ts`) and the rebuilding of tasks from a durable store (`task-recovery.ts`,
+ * used by {@link AgentScheduler.restore}). A task's stored form is `TaskData` (`task-record.ts`).
+ *
  * @module
  */
 import { randomBytes } from 'node:crypto';
