@@ -63,7 +63,8 @@ const NO_USAGE = Object.freeze({ tokens: 0, cost: 0 });
 export interface FabricOptions {
   /**
    * Where records live. A durable store (`await SqliteStore.open(path)`) keeps agents, their
-   * credential hashes, pools and — unless `budgetStore` is given — budget usage across restarts.
+   * credential hashes, pools, tasks and — unless `budgetStore` is given — budget usage across
+   * restarts.
    * @default a new in-memory store
    */
   store?: FabricStore<TaskRecord, AgentRecord, PoolRecord>;
@@ -297,8 +298,9 @@ export class AgentFabric {
   }
 
   /**
-   * Gives the scheduler the pools and live agents a durable store kept across a restart (their
-   * records are already loaded; queues and accepting flags are runtime state). A pool whose
+   * Gives the scheduler the pools, live agents and tasks a durable store kept across a restart
+   * (their records are already loaded; queues, timers and accepting flags are runtime state;
+   * see {@link AgentScheduler.restore} for what becomes of each task). A pool whose
    * deletion the restart interrupted (DRAINING) is deleted now: the work it drained is gone.
    */
   #restore(): void {
@@ -316,6 +318,8 @@ export class AgentFabric {
       });
       if (agent.status === AgentStatus.HEALTHY) this.scheduler.setAccepting(agent.id, true);
     }
+    // Tasks last: they go back to the queues of the agents and pools just made known.
+    this.scheduler.restore();
     for (const poolId of draining) {
       this.pools.deletePool(poolId, { drainTimeoutSeconds: 0 }).catch((err: unknown) => {
         if (this.events.listens('error')) {

@@ -227,6 +227,7 @@ export type {
   TaskHandlerContext,
 } from './scheduler/executor.js';
 export type { PiscinaExecutorOptions } from './scheduler/piscina-executor.js';
+export type { TaskData } from './scheduler/task-record.js';
 export type {
   PoolChange,
   PoolConfig,

@@ -127,7 +127,7 @@ async function serve(argv: string[]): Promise<void> {
     }`,
   );
   out.push(
-    `  state:       ${sidecar.statePath ?? 'memory (nothing survives a restart)'}${sidecar.statePath ? ' (agents, credentials, pools, budget usage; tasks and approvals are not kept)' : ''}`,
+    `  state:       ${sidecar.statePath ?? 'memory (nothing survives a restart)'}${sidecar.statePath ? ' (agents, credentials, pools, tasks, budget usage; approvals are not kept)' : ''}`,
   );
   if (first) {
     out.push('');

@@ -12,6 +12,11 @@
  * running tasks; one timer (the earliest due task) is armed at a time; dispatch runs in batches
  * once per microtask turn, handing each executor one array per turn.
  *
+ * Its runtime pieces live beside it: the agents' and pools' slots (`slots.ts`), the timer heap
+ * (`task-timers.ts`), waiters (`task-waiters.ts`), the finished-task retention
+ * (`finished-retention.ts`) and the rebuilding of tasks from a durable store (`task-recovery.ts`,
+ * used by {@link AgentScheduler.restore}). A task's stored form is `TaskData` (`task-record.ts`).
+ *
  * @module
  */
 import { randomBytes } from 'node:crypto';
@@ -27,22 +32,35 @@ import {
   QueueFullError,
   TaskNotFoundError,
   TaskStateError,
-  WaitTimeoutError,
 } from '../errors.js';
 import { TypedEmitter } from '../events.js';
 import type { Collection } from '../store/store.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { ScheduleOptions, Task, TaskAssignment, TaskError } from '../task.js';
 import { Priority, TaskStatus, isFinished } from '../task.js';
-import { checkNumber, checkString } from '../validate.js';
+import { checkNumber, checkString, jsonByteLength } from '../validate.js';
 import type { ExecutorSink, TaskExecutor } from './executor.js';
-import type { TenantWeights } from './fair-queue.js';
-import { FairQueue } from './fair-queue.js';
-import { IndexedHeap } from './indexed-heap.js';
+import type { FairQueue, TenantWeights } from './fair-queue.js';
 import { RemoteExecutor } from './remote-executor.js';
-import { TenantMix } from './tenant-mix.js';
-import type { Waiter } from './task-record.js';
-import { TIMER_SLOT, TaskRecord } from './task-record.js';
+import type { ExecutorEntry } from './slots.js';
+import { AgentSlot, PoolSlot } from './slots.js';
+import { FinishedRetention } from './finished-retention.js';
+import { TaskRecord } from './task-record.js';
+import { TaskTimers } from './task-timers.js';
+import {
+  MAX_TIMER_MS,
+  hasWaiters,
+  rejectWaiters,
+  settleWaiters,
+  waitForEnd,
+} from './task-waiters.js';
+import {
+  agentGone,
+  deadlinePassed,
+  interruptedAttempt,
+  recoverTasks,
+  wasRunning,
+} from './task-recovery.js';
 
 /** Options of an {@link AgentScheduler}. */
 export interface SchedulerOptions {
@@ -56,7 +74,11 @@ export interface SchedulerOptions {
   defaultMaxAttempts?: number;
   /** @default 10000 */
   finishedTaskRetention?: number;
-  /** Where task records live. @default an in-memory collection */
+  /**
+   * Where task records live. A collection that is not {@link Collection.holdsReferences} (a
+   * durable store) is told of every change, and payloads, results and progress must then be
+   * JSON-serializable. @default an in-memory collection
+   */
   tasks?: Collection<TaskRecord>;
   /** Fairness weight of a tenant (tasks per round-robin turn). @default 1 for every tenant */
   tenantWeight?: TenantWeights;
@@ -116,67 +138,6 @@ export interface SchedulerAgent {
 export type ScheduleTarget =
   { agentId: string; poolId?: undefined } | { poolId: string; agentId?: undefined };
 
-interface ExecutorEntry {
-  readonly executor: TaskExecutor;
-  /** Assignments of this dispatch pass, handed over together when the pass ends. */
-  pending: TaskAssignment[];
-  /** The agent of each pending assignment. */
-  slots: AgentSlot[];
-}
-
-class AgentSlot {
-  readonly queue: FairQueue;
-  /** Round robin across its own queue and its pool's; undefined without a pool. */
-  readonly mix: TenantMix | undefined;
-  readonly running = new Set<TaskRecord>();
-  accepting = false;
-  draining = false;
-  /** Tasks given to it in this pass, not yet handed to its executor. */
-  unflushed = 0;
-  completed = 0;
-  failed = 0;
-  idle: (() => void)[] = [];
-
-  constructor(
-    readonly id: string,
-    readonly pool: PoolSlot | undefined,
-    readonly exec: ExecutorEntry,
-    readonly capacity: number,
-    weights: TenantWeights,
-  ) {
-    let mix: TenantMix | undefined;
-    this.queue = new FairQueue(
-      `agent:${id}`,
-      weights,
-      pool === undefined ? undefined : (flow, active) => mix!.update(flow, active),
-    );
-    this.mix = mix = pool === undefined ? undefined : new TenantMix(this.queue);
-  }
-}
-
-class PoolSlot {
-  readonly queue: FairQueue;
-  readonly agents: AgentSlot[] = [];
-  accepting = true;
-  running = 0;
-  completed = 0;
-  failed = 0;
-  rr = 0;
-  idle: (() => void)[] = [];
-
-  constructor(
-    readonly id: string,
-    weights: TenantWeights,
-  ) {
-    // Every agent of the pool runs the pool's tenants in its own round robin.
-    this.queue = new FairQueue(`pool:${id}`, weights, (flow, active) => {
-      for (const a of this.agents) a.mix!.update(flow, active);
-    });
-  }
-}
-
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
 /** The scheduler. Usable on its own; {@link AgentFabric} wires it to agents and pools. */
 export class AgentScheduler {
   readonly events = new TypedEmitter<SchedulerEvents>();
@@ -187,7 +148,6 @@ export class AgentScheduler {
   readonly #defaultTimeoutMs: number;
   readonly #perAgent: number;
   readonly #defaultMaxAttempts: number;
-  readonly #retention: number;
   readonly #weights: TenantWeights;
 
   readonly #executors = new Map<string, ExecutorEntry>();
@@ -195,14 +155,11 @@ export class AgentScheduler {
   readonly #pools = new Map<string, PoolSlot>();
   readonly #remote = new RemoteExecutor();
 
-  readonly #timers = new IndexedHeap<TaskRecord>((a, b) => a.timerAt < b.timerAt, TIMER_SLOT);
-  #timer: NodeJS.Timeout | undefined;
-  #armedAt = Number.POSITIVE_INFINITY;
+  readonly #timers = new TaskTimers((t, now) => this.#due(t, now));
 
   /** Tasks held back until their `notBefore`, with what releases them into their queue. */
   readonly #delayed = new Map<TaskRecord, () => void>();
-  readonly #finished: string[] = [];
-  #finishedHead = 0;
+  readonly #finished: FinishedRetention;
 
   readonly #dirtyAgents = new Set<AgentSlot>();
   readonly #dirtyPools = new Set<PoolSlot>();
@@ -226,11 +183,16 @@ export class AgentScheduler {
   #timedOut = 0;
   #cancelled = 0;
   #closed = false;
+  #restored = false;
 
   readonly #sink: ExecutorSink = {
     complete: (id, attempt, result) => {
       const t = this.#reported(id, attempt);
-      if (t !== undefined) this.#complete(t, result);
+      if (t === undefined) return;
+      const unstorable = this.#unstorable('result', result);
+      // A result the store cannot keep fails the task visibly rather than vanishing on restart.
+      if (unstorable !== undefined) this.#retryOrFail(t, unstorable, false);
+      else this.#complete(t, result);
     },
     fail: (id, attempt, error, options) => {
       const t = this.#reported(id, attempt);
@@ -245,7 +207,9 @@ export class AgentScheduler {
     },
     progress: (id, attempt, progress) => {
       const t = this.#reported(id, attempt);
-      if (t !== undefined) this.#progress(t, progress);
+      // Progress is advisory: a report the store cannot keep is not applied (the task goes on).
+      if (t !== undefined && this.#unstorable('progress', progress) === undefined)
+        this.#progress(t, progress);
     },
   };
 
@@ -271,12 +235,16 @@ export class AgentScheduler {
       options.defaultMaxAttempts ?? 3,
       'positiveInt',
     );
-    this.#retention = checkNumber(
-      'options.finishedTaskRetention',
-      options.finishedTaskRetention ?? 10_000,
-      'nonNegativeInt',
-    );
     this.#tasks = options.tasks ?? new MemoryCollection<TaskRecord>();
+    const tasks = this.#tasks;
+    this.#finished = new FinishedRetention(
+      checkNumber(
+        'options.finishedTaskRetention',
+        options.finishedTaskRetention ?? 10_000,
+        'nonNegativeInt',
+      ),
+      (id) => tasks.delete(id),
+    );
     this.#byReference = this.#tasks.holdsReferences === true;
     this.#weights = options.tenantWeight ?? (() => 1);
     this.registerExecutor(this.#remote);
@@ -520,6 +488,8 @@ export class AgentScheduler {
       queue = pool.queue;
     }
     if (this.#pending >= this.#maxQueueDepth) throw new QueueFullError(this.#maxQueueDepth);
+    // Refused before it is acknowledged, not dropped by the store after.
+    if (!this.#byReference) jsonByteLength('payload', payload);
 
     const now = Date.now();
     const task = new TaskRecord(
@@ -537,32 +507,103 @@ export class AgentScheduler {
       this.#seq++,
       now,
     );
+    task.notBefore = notBefore;
     this.#tasks.put(task.id, task);
     this.#pending++;
+    this.#place(task, queue, agent, pool);
+    return task;
+  }
+
+  /**
+   * Puts a PENDING task (already counted in `#pending`) in `queue` — or holds it back until its
+   * `notBefore` — and arms its deadline.
+   */
+  #place(
+    task: TaskRecord,
+    queue: FairQueue,
+    agent: AgentSlot | undefined,
+    pool: PoolSlot | undefined,
+  ): void {
+    const deadline = task.deadline;
     const enqueue = (): void => {
       queue.push(task);
       if (agent !== undefined) this.#markAgent(agent);
       else this.#markPool(pool!);
     };
-    if (notBefore !== undefined) {
+    const notBefore = task.notBefore;
+    if (notBefore !== undefined && notBefore > Date.now()) {
       // Held back until `notBefore` (or its deadline, whichever comes first).
       this.#delayed.set(task, () => {
         if (agent !== undefined && !this.#agents.has(agent.id)) {
-          this.#finish(task, TaskStatus.FAILED, undefined, {
-            code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
-            message: `agent ${agent.id} is gone`,
-          });
+          this.#finish(task, TaskStatus.FAILED, undefined, agentGone(agent.id));
           return;
         }
         enqueue();
-        if (deadline !== undefined) this.#setTimer(task, deadline);
+        if (deadline !== undefined) this.#timers.set(task, deadline);
       });
-      this.#setTimer(task, deadline === undefined ? notBefore : Math.min(deadline, notBefore));
-      return task;
+      this.#timers.set(task, deadline === undefined ? notBefore : Math.min(deadline, notBefore));
+      return;
     }
     enqueue();
-    if (deadline !== undefined) this.#setTimer(task, deadline);
-    return task;
+    if (deadline !== undefined) this.#timers.set(task, deadline);
+  }
+
+  /**
+   * Rebuilds the runtime state of the tasks a durable store kept from an earlier process. Call it
+   * once, after the agents and pools the store kept are added (the fabric does). Queued tasks go
+   * back to their queues in arrival order (the queues order them by priority, tenant and
+   * deadline as before); a task that was running is retried with that attempt counted — so a
+   * late report for it is refused — or fails when it has used `maxAttempts`; a queued task whose
+   * deadline passed times out; a task for an agent that is gone follows the rule of
+   * {@link evictAgent} (to its pool unless pinned, else FAILED), one for a pool that is gone is
+   * CANCELLED. Finished tasks stay readable, oldest first out of the retention. Counters in
+   * {@link stats} count from this start; restored finished tasks are not in them.
+   * @throws InvalidArgumentError naming a stored record that is not a task record.
+   */
+  restore(): void {
+    this.#open();
+    if (this.#restored) return;
+    this.#restored = true;
+    if (this.#tasks.size === 0) return;
+    const { finished, open, nextSeq } = recoverTasks(this.#tasks);
+    if (nextSeq > this.#seq) this.#seq = nextSeq;
+    this.#finished.load(finished.map((t) => t.id));
+    this.#finished.trim();
+    const now = Date.now();
+    for (const t of open) {
+      // Counted as queued from here; #finish and the queues take it on from this state.
+      this.#pending++;
+      if (wasRunning(t)) {
+        const reason = interruptedAttempt(t);
+        t.status = TaskStatus.PENDING;
+        t.error = reason;
+        if (t.attempt >= t.maxAttempts) {
+          this.#finish(t, TaskStatus.FAILED, undefined, reason);
+          continue;
+        }
+        this.#save(t);
+      }
+      if (t.deadline !== undefined && t.deadline <= now) {
+        this.#finish(t, TaskStatus.TIMEOUT, undefined, deadlinePassed(t, now));
+        continue;
+      }
+      const agent = t.agentId === undefined ? undefined : this.#agents.get(t.agentId);
+      if (agent !== undefined) {
+        this.#place(t, agent.queue, agent, agent.pool);
+        continue;
+      }
+      const pool = t.poolId === undefined ? undefined : this.#pools.get(t.poolId);
+      if (t.agentId !== undefined && (t.pinned || pool === undefined)) {
+        this.#finish(t, TaskStatus.FAILED, undefined, agentGone(t.agentId));
+      } else if (pool === undefined) {
+        this.#finish(t, TaskStatus.CANCELLED, undefined, {
+          code: 'FABRIC_ERR_POOL_NOT_FOUND',
+          message: `pool ${t.poolId ?? '(none)'} is gone`,
+        });
+      } else {
+        this.#place(t, pool.queue, undefined, pool);
+      }
+    }
   }
 
   /** A snapshot of the task. @throws TaskNotFoundError */
@@ -599,36 +640,7 @@ export class AgentScheduler {
     }
     if (isFinished(t.status)) return Promise.resolve(t.snapshot());
     if (this.#closed) return Promise.reject(new ClosedError('scheduler'));
-    return new Promise<Task>((resolve, reject) => {
-      if (timeoutMs === undefined || timeoutMs === Number.POSITIVE_INFINITY) {
-        // The common case, one unbounded waiter, hangs on the record with no extra objects.
-        if (t.resolve === undefined) {
-          t.resolve = resolve;
-          t.reject = reject;
-        } else (t.waiters ??= []).push({ resolve, reject });
-        return;
-      }
-      const list = (t.waiters ??= []);
-      const waiter: Waiter = {
-        resolve: (task) => {
-          clearTimeout(timer);
-          resolve(task);
-        },
-        reject: (err) => {
-          clearTimeout(timer);
-          reject(err);
-        },
-      };
-      const timer = setTimeout(
-        () => {
-          const i = list.indexOf(waiter);
-          if (i >= 0) list.splice(i, 1);
-          reject(new WaitTimeoutError(`task ${taskId}`, timeoutMs / 1000));
-        },
-        Math.min(timeoutMs, MAX_TIMER_MS),
-      );
-      list.push(waiter);
-    });
+    return waitForEnd(t, timeoutMs);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -688,6 +700,7 @@ export class AgentScheduler {
    *   TaskStateError for a stale attempt or a task that already ended otherwise.
    */
   complete(taskId: string, attempt: number, result: unknown, agentId?: string): void {
+    if (!this.#byReference) jsonByteLength('result', result);
     const t = this.#checkHolder(taskId, attempt, agentId, TaskStatus.COMPLETED);
     if (t !== undefined) this.#complete(t, result);
   }
@@ -708,6 +721,7 @@ export class AgentScheduler {
 
   /** Records progress of a running task held by `agentId`. */
   reportProgress(taskId: string, attempt: number, progress: unknown, agentId?: string): void {
+    if (!this.#byReference) jsonByteLength('progress', progress);
     const t = this.#checkHolder(taskId, attempt, agentId, undefined);
     if (t !== undefined) this.#progress(t, progress);
   }
@@ -809,15 +823,10 @@ export class AgentScheduler {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#timers.close();
     const closed = new ClosedError('scheduler');
     // Waiters hang on their records; close is rare enough to look through every task.
-    for (const t of this.#tasks.values()) {
-      for (const w of t.waiters?.splice(0) ?? []) w.reject(closed);
-      t.reject?.(closed);
-      t.resolve = t.reject = undefined;
-    }
+    for (const t of this.#tasks.values()) rejectWaiters(t, closed);
     for (const slot of this.#agents.values()) for (const r of slot.idle.splice(0)) r();
     for (const pool of this.#pools.values()) for (const r of pool.idle.splice(0)) r();
     await Promise.allSettled([...this.#executors.values()].map((e) => e.executor.close()));
@@ -828,6 +837,20 @@ export class AgentScheduler {
 
   #open(): void {
     if (this.#closed) throw new ClosedError('scheduler');
+  }
+
+  /**
+   * Why `value` cannot go into a durable store (not JSON-serializable), as a task error; undefined
+   * when it can, and always for stores that hold the records themselves.
+   */
+  #unstorable(field: string, value: unknown): TaskError | undefined {
+    if (this.#byReference) return undefined;
+    try {
+      jsonByteLength(field, value);
+      return undefined;
+    } catch (error) {
+      return { code: InvalidArgumentError.code, message: (error as Error).message };
+    }
   }
 
   /** Tells the store a record changed (a no-op for stores that hold the records themselves). */
@@ -960,7 +983,7 @@ export class AgentScheduler {
     task.assignedAgentId = slot.id;
     task.status = slot.exec.executor.acknowledges ? TaskStatus.SCHEDULED : TaskStatus.RUNNING;
     task.startedAt = now;
-    this.#setTimer(task, now + task.timeoutMs);
+    this.#timers.set(task, now + task.timeoutMs);
     slot.running.add(task);
     if (slot.pool !== undefined) slot.pool.running++;
     const entry = slot.exec;
@@ -1022,7 +1045,7 @@ export class AgentScheduler {
     this.#pending++;
     t.status = TaskStatus.PENDING;
     t.error = error;
-    if (t.deadline !== undefined) this.#setTimer(t, t.deadline);
+    if (t.deadline !== undefined) this.#timers.set(t, t.deadline);
     else this.#timers.remove(t);
     queue.push(t);
     this.#save(t);
@@ -1080,80 +1103,30 @@ export class AgentScheduler {
         this.#cancelled++;
     }
     this.#save(t);
-    this.#retain(t.id);
-    const waiters = t.waiters;
-    const resolve = t.resolve;
+    this.#finished.add(t.id);
     const listens = this.events.listens('task.finished');
-    if (waiters !== undefined || resolve !== undefined || listens) {
+    if (listens || hasWaiters(t)) {
       const snap = t.snapshot();
-      if (resolve !== undefined) {
-        t.resolve = t.reject = undefined;
-        resolve(snap);
-      }
-      if (waiters !== undefined) {
-        t.waiters = undefined;
-        for (const w of waiters) w.resolve(snap);
-      }
+      settleWaiters(t, snap);
       if (listens) this.events.emit('task.finished', snap);
     }
   }
 
-  #retain(id: string): void {
-    const list = this.#finished;
-    list.push(id);
-    while (list.length - this.#finishedHead > this.#retention) {
-      this.#tasks.delete(list[this.#finishedHead++]!);
-    }
-    if (this.#finishedHead > 4096 && this.#finishedHead * 2 > list.length) {
-      list.splice(0, this.#finishedHead);
-      this.#finishedHead = 0;
+  /** A task's timer came: release it into its queue, or end it (deadline, timeout). */
+  #due(t: TaskRecord, now: number): void {
+    const release = this.#delayed.get(t);
+    if (release !== undefined && (t.deadline === undefined || t.deadline > now)) {
+      this.#delayed.delete(t);
+      release();
+    } else if (t.status === TaskStatus.PENDING) {
+      this.#finish(t, TaskStatus.TIMEOUT, undefined, deadlinePassed(t, now));
+    } else if (t.status === TaskStatus.RUNNING || t.status === TaskStatus.SCHEDULED) {
+      const error = {
+        code: 'FABRIC_ERR_TASK_TIMEOUT',
+        message: `task ran past its timeout of ${t.timeoutMs / 1000}s`,
+      };
+      this.#agentOf(t)?.exec.executor.abort(t.id, t.attempt, error);
+      this.#finish(t, TaskStatus.TIMEOUT, undefined, error);
     }
   }
-
-  #setTimer(t: TaskRecord, at: number): void {
-    t.timerAt = at;
-    if (this.#timers.has(t)) this.#timers.update(t);
-    else this.#timers.push(t);
-    if (at < this.#armedAt) this.#arm(at);
-  }
-
-  #arm(at: number): void {
-    if (this.#closed) return;
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
-    this.#armedAt = at;
-    this.#timer = setTimeout(this.#onTimer, Math.max(0, Math.min(at - Date.now(), MAX_TIMER_MS)));
-    this.#timer.unref();
-  }
-
-  readonly #onTimer = (): void => {
-    this.#timer = undefined;
-    this.#armedAt = Number.POSITIVE_INFINITY;
-    const now = Date.now();
-    for (
-      let t = this.#timers.peek();
-      t !== undefined && t.timerAt <= now;
-      t = this.#timers.peek()
-    ) {
-      this.#timers.pop();
-      const release = this.#delayed.get(t);
-      if (release !== undefined && (t.deadline === undefined || t.deadline > now)) {
-        this.#delayed.delete(t);
-        release();
-      } else if (t.status === TaskStatus.PENDING) {
-        this.#finish(t, TaskStatus.TIMEOUT, undefined, {
-          code: 'FABRIC_ERR_DEADLINE_EXCEEDED',
-          message: `deadline ${new Date(t.deadline ?? now).toISOString()} passed before the task started`,
-        });
-      } else if (t.status === TaskStatus.RUNNING || t.status === TaskStatus.SCHEDULED) {
-        const error = {
-          code: 'FABRIC_ERR_TASK_TIMEOUT',
-          message: `task ran past its timeout of ${t.timeoutMs / 1000}s`,
-        };
-        this.#agentOf(t)?.exec.executor.abort(t.id, t.attempt, error);
-        this.#finish(t, TaskStatus.TIMEOUT, undefined, error);
-      }
-    }
-    const next = this.#timers.peek();
-    if (next !== undefined) this.#arm(next.timerAt);
-  };
 }

@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { InvalidArgumentError } from '../errors.js';
 import type { Priority, Task, TaskAssignment, TaskError } from '../task.js';
 import { TaskStatus } from '../task.js';
 import type { HeapSlot } from './indexed-heap.js';
@@ -13,6 +14,38 @@ import type { Flow } from './fair-queue.js';
 export interface Waiter {
   resolve(task: Task): void;
   reject(err: Error): void;
+}
+
+/**
+ * A task as stored: plain, JSON-serializable data, every field needed to rebuild the task after
+ * a restart and nothing of the runtime (queue and timer positions, flows, waiters). A durable
+ * store writes this (`JSON.stringify` of a {@link TaskRecord} yields it, through `toJSON`) and
+ * gives it back on load; {@link TaskRecord.fromData} rebuilds the record from it.
+ */
+export interface TaskData {
+  id: string;
+  type: string;
+  payload?: unknown;
+  priority: Priority;
+  agentId?: string;
+  poolId?: string;
+  pinned: boolean;
+  tenant: string;
+  deadline?: number;
+  /** Held back until then (a budget in `queue` mode); absent once it may run. */
+  notBefore?: number;
+  timeoutMs: number;
+  maxAttempts: number;
+  seq: number;
+  createdAt: number;
+  status: TaskStatus;
+  attempt: number;
+  assignedAgentId?: string;
+  startedAt?: number;
+  finishedAt?: number;
+  result?: unknown;
+  error?: TaskError;
+  progress?: unknown;
 }
 
 /** Mutable task state. Fields are public for speed; only the scheduler writes them. */
@@ -40,6 +73,8 @@ export class TaskRecord {
   reject: ((err: Error) => void) | undefined = undefined;
   /** Further waiters, and waiters with a timeout. */
   waiters: Waiter[] | undefined = undefined;
+  /** Held back from its queue until then (epoch ms). */
+  notBefore: number | undefined = undefined;
 
   constructor(
     readonly id: string,
@@ -60,6 +95,92 @@ export class TaskRecord {
     readonly seq: number,
     readonly createdAt: number,
   ) {}
+
+  /**
+   * The record rebuilt from its stored form, with no runtime state (not queued, no timer).
+   * @throws InvalidArgumentError naming the task and the field when `data` is not a task record.
+   */
+  static fromData(data: unknown): TaskRecord {
+    const d = data as Partial<TaskData> | null;
+    const id = d !== null && typeof d === 'object' && typeof d.id === 'string' ? d.id : undefined;
+    const bad = (field: string, what: string): never => {
+      throw new InvalidArgumentError(
+        `stored task ${id === undefined ? '(no id)' : JSON.stringify(id)}`,
+        `is not a task record: ${field} must be ${what}`,
+      );
+    };
+    if (id === undefined) return bad('id', 'a string');
+    const str = (v: unknown, field: string, optional: boolean): string | undefined =>
+      (optional && v === undefined) || typeof v === 'string' ? v : bad(field, 'a string');
+    const num = (v: unknown, field: string, optional: boolean): number | undefined =>
+      (optional && v === undefined) || (typeof v === 'number' && Number.isFinite(v))
+        ? v
+        : bad(field, 'a finite number');
+    const rec = d!;
+    if (rec.priority !== 0 && rec.priority !== 1 && rec.priority !== 2 && rec.priority !== 3)
+      bad('priority', '0-3');
+    if (typeof rec.pinned !== 'boolean') bad('pinned', 'a boolean');
+    if (!Object.values(TaskStatus).includes(rec.status as TaskStatus))
+      bad('status', 'a task status');
+    const t = new TaskRecord(
+      id,
+      str(rec.type, 'type', false)!,
+      rec.payload,
+      rec.priority!,
+      str(rec.agentId, 'agentId', true),
+      str(rec.poolId, 'poolId', true),
+      rec.pinned!,
+      str(rec.tenant, 'tenant', false)!,
+      num(rec.deadline, 'deadline', true),
+      num(rec.timeoutMs, 'timeoutMs', false)!,
+      num(rec.maxAttempts, 'maxAttempts', false)!,
+      num(rec.seq, 'seq', false)!,
+      num(rec.createdAt, 'createdAt', false)!,
+    );
+    t.status = rec.status!;
+    t.attempt = num(rec.attempt, 'attempt', false)!;
+    t.assignedAgentId = str(rec.assignedAgentId, 'assignedAgentId', true);
+    t.startedAt = num(rec.startedAt, 'startedAt', true);
+    t.finishedAt = num(rec.finishedAt, 'finishedAt', true);
+    t.notBefore = num(rec.notBefore, 'notBefore', true);
+    t.result = rec.result;
+    if (rec.error !== undefined) {
+      const e = rec.error as Partial<TaskError> | null;
+      if (e === null || typeof e !== 'object' || typeof e.code !== 'string')
+        bad('error', 'an object with a code');
+      t.error = rec.error;
+    }
+    t.progress = rec.progress;
+    return t;
+  }
+
+  /** The stored form ({@link TaskData}); what `JSON.stringify` of the record writes. */
+  toJSON(): TaskData {
+    return {
+      id: this.id,
+      type: this.taskType,
+      payload: this.payload,
+      priority: this.priority,
+      agentId: this.agentId,
+      poolId: this.poolId,
+      pinned: this.pinned,
+      tenant: this.tenant,
+      deadline: this.deadline,
+      notBefore: this.notBefore,
+      timeoutMs: this.timeoutMs,
+      maxAttempts: this.maxAttempts,
+      seq: this.seq,
+      createdAt: this.createdAt,
+      status: this.status,
+      attempt: this.attempt,
+      assignedAgentId: this.assignedAgentId,
+      startedAt: this.startedAt,
+      finishedAt: this.finishedAt,
+      result: this.result,
+      error: this.error,
+      progress: this.progress,
+    };
+  }
 
   /** A frozen point-in-time view. */
   snapshot(): Task {

@@ -1,20 +1,23 @@
 /**
  * The durable {@link FabricStore}: one embedded SQLite file (better-sqlite3, WAL mode) that
- * carries agents, pools, budget usage and a few keyed values (`meta`) across restarts and
+ * carries tasks, agents, pools, budget usage and a few keyed values (`meta`) across restarts and
  * crashes.
  *
  * Why it looks like this:
  * - The seam is synchronous (the hot path cannot await per record), and so is better-sqlite3.
  *   Records are kept in memory as the very objects the managers hold — managers mutate a record
  *   and then `put` it — and a `put` only marks the record dirty. Dirty records are written in
- *   ONE transaction (group commit): for agents and pools on a microtask, so a caller that
- *   `await`s a fabric call (spawn, terminate, createPool) resumes only after the commit; for
+ *   ONE transaction (group commit): for tasks, agents and pools on a microtask queued by the
+ *   first change, so a caller that `await`s a fabric call (schedule, completeTask, spawn,
+ *   terminate, createPool …) resumes only after the commit, and the changes of one synchronous
+ *   run (a batch of schedules, a dispatch pass) share one transaction; for
  *   budget usage at the end of the event-loop iteration, so every tool call settled in one
  *   iteration shares one commit (measured in bench/state.ts). `close()` commits what is left.
  * - Records are stored as JSON of the plain data the managers keep; agents' credentials only as
- *   their SHA-256 (see `AgentRecord.credentialHash`), never in plaintext.
- * - Tasks are NOT persisted yet: `tasks` is an in-memory collection, typed as such, so nobody
- *   mistakes it for a durable one.
+ *   their SHA-256 (see `AgentRecord.credentialHash`), never in plaintext. A task is stored as its
+ *   `TaskData` (the scheduler's `TaskRecord.toJSON`), not its runtime state; on open, `tasks`
+ *   holds that plain data until the scheduler rebuilds its records (`AgentScheduler.restore`,
+ *   which `adopt`s them without a write).
  * - A file that is not ours, corrupt, or from a newer schema is refused with a typed error and
  *   left byte for byte as it was (it is checked through a read-only connection before anything
  *   opens it for writing); a second process on the same path gets {@link StateLockedError}
@@ -44,7 +47,6 @@ import {
   StateVersionError,
 } from '../errors.js';
 import { StoreLock } from '../hooks/store-lock.js';
-import { MemoryCollection } from './memory-store.js';
 import type { Collection, FabricStore } from './store.js';
 
 /** The schema version this code writes (stored as SQLite's `user_version`). */
@@ -67,7 +69,8 @@ export interface SqliteStoreOptions {
   /**
    * Told about a background commit that failed (disk full, I/O error): the changes stay pending
    * and are retried with the next commit; `close()` throws if they still cannot be written. Also
-   * told about a record that cannot be serialized as JSON: it is not written (the others are).
+   * told about a record that cannot be serialized as JSON: it is not written (the others are) —
+   * the scheduler refuses unserializable task payloads and results before that can happen.
    * @default ignore (close reports it)
    */
   onError?: (error: StateStoreError) => void;
@@ -81,7 +84,7 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS budgets (scope TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
 `;
 
-type Kind = 'agent' | 'pool';
+type Kind = 'task' | 'agent' | 'pool';
 
 /** What a collection needs from its store: to be told a record changed. */
 interface Journal {
@@ -115,6 +118,10 @@ export class SqliteCollection<T> implements Collection<T> {
     this.#map.set(id, record);
     this.#dirty.add(id);
     this.#journal.touch(true);
+  }
+
+  adopt(id: string, record: T): void {
+    this.#map.set(id, record);
   }
 
   delete(id: string): boolean {
@@ -216,8 +223,11 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly path: string;
   /** True when this open created the file (first start). */
   readonly created: boolean;
-  /** Tasks are not persisted in this version: they live in memory and die with the process. */
-  readonly tasks: MemoryCollection<TTask>;
+  /**
+   * Tasks. Loaded records are the plain data the scheduler stored (`TaskData`); the scheduler
+   * rebuilds its live records from them when the fabric starts and holds those from then on.
+   */
+  readonly tasks: SqliteCollection<TTask>;
   readonly agents: SqliteCollection<TAgent>;
   readonly pools: SqliteCollection<TPool>;
   readonly budgets: SqliteBudgetStore;
@@ -257,7 +267,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         )
         .all(kind)
         .map((r) => [r.id, parseRecord(path, kind, r.id, r.data) as never]);
-    this.tasks = new MemoryCollection<TTask>();
+    this.tasks = new SqliteCollection<TTask>('task', journal, rows('task'));
     this.agents = new SqliteCollection<TAgent>('agent', journal, rows('agent'));
     this.pools = new SqliteCollection<TPool>('pool', journal, rows('pool'));
     this.budgets = new SqliteBudgetStore(db, path, journal);
@@ -367,10 +377,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     if (this.#later !== undefined) clearImmediate(this.#later);
     this.#later = undefined;
     if (this.#closed) return;
+    const tasks = this.tasks.pending();
     const agents = this.agents.pending();
     const pools = this.pools.pending();
     const budgets = this.budgets.pending();
-    if (agents.length === 0 && pools.length === 0 && budgets.length === 0) return;
+    if (tasks.length === 0 && agents.length === 0 && pools.length === 0 && budgets.length === 0)
+      return;
     // Serialize first, one record at a time: a record that cannot be serialized (a BigInt or a
     // cycle an embedder put in it) is reported, not allowed to block every other record's commit.
     const unserializable: string[] = [];
@@ -384,6 +396,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     };
     const rows: Array<[Kind, string, string | undefined | null]> = [];
     for (const [c, changed] of [
+      [this.tasks, tasks],
       [this.agents, agents],
       [this.pools, pools],
     ] as const) {
@@ -413,6 +426,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     } catch (error) {
       throw new StateStoreError(this.path, `write failed: ${messageOf(error)}`, { cause: error });
     }
+    this.tasks.committed(tasks.map(([id]) => id));
     this.agents.committed(agents.map(([id]) => id));
     this.pools.committed(pools.map(([id]) => id));
     this.budgets.committed(budgets);

@@ -21,6 +21,12 @@ export interface Collection<T> {
   values(): IterableIterator<T>;
   readonly size: number;
   /**
+   * Holds `record` for `id` in place of the object loaded from storage, without writing it: for
+   * a manager that rebuilds its live objects from the plain records a durable store loaded, when
+   * the rebuilt object stores as the same data. Stores that never load leave it unset.
+   */
+  adopt?(id: string, record: T): void;
+  /**
    * True when the collection keeps the very objects it was given (an in-memory map), so a
    * changed record needs no further `put`. Durable stores leave it unset.
    */

@@ -1,6 +1,6 @@
 /**
- * The contract every FabricStore keeps, for the collections it persists (agents, pools) and its
- * BudgetStore. `runFabricStoreContract({ name, create, reopen })` registers the tests; each
+ * The contract every FabricStore keeps, for the collections it persists (tasks, agents, pools)
+ * and its BudgetStore. `runFabricStoreContract({ name, create, reopen })` registers the tests; each
  * store's test file calls it. `reopen` (durable stores only) closes a store and opens a new one
  * on the same backing, as a restart would: everything written must be there again.
  */
@@ -9,7 +9,9 @@ import type { BudgetScopeSnapshot, BudgetStore } from '../../src/budget/budget-s
 import { BudgetManager } from '../../src/budget/budget-manager.js';
 import { AgentStatus } from '../../src/agent.js';
 import { LifecycleManager, type AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
+import { TaskRecord } from '../../src/scheduler/task-record.js';
 import type { FabricStore } from '../../src/store/store.js';
+import { Priority, TaskStatus } from '../../src/task.js';
 
 /** A store under test, with the budget store it carries (or one made for it). */
 export type StoreUnderTest = FabricStore<unknown, AgentRecord, { poolId: string; n: number }> & {
@@ -42,6 +44,33 @@ function agentRecord(id: string, extra: Partial<AgentRecord> = {}): AgentRecord 
     credentialHash: 'f'.repeat(64),
     ...extra,
   };
+}
+
+/** A task record with every field set, as the scheduler would have it mid-life. */
+function taskRecord(id: string): TaskRecord {
+  const t = new TaskRecord(
+    id,
+    'review',
+    { files: ['a.ts'], nested: { n: 1 } },
+    Priority.HIGH,
+    'agent-1',
+    'pool-1',
+    true,
+    'tenant-a',
+    2_000_000_000_000,
+    30_000,
+    4,
+    17,
+    1_700_000_000_000,
+  );
+  t.notBefore = 1_700_000_000_500;
+  t.status = TaskStatus.RUNNING;
+  t.attempt = 2;
+  t.assignedAgentId = 'agent-1';
+  t.startedAt = 1_700_000_001_000;
+  t.error = { code: 'FABRIC_ERR_TASK_EXECUTION', message: 'first attempt failed' };
+  t.progress = { pct: 50 };
+  return t;
 }
 
 /** A budget state source whose snapshot the test controls. */
@@ -81,6 +110,7 @@ export function runFabricStoreContract(contract: FabricStoreContract): void {
 
     it('starts empty', async () => {
       const s = await create();
+      expect(s.tasks.size).toBe(0);
       expect(s.agents.size).toBe(0);
       expect(s.pools.size).toBe(0);
       expect(s.agents.get('nope')).toBeUndefined();
@@ -112,6 +142,23 @@ export function runFabricStoreContract(contract: FabricStoreContract): void {
       held.status = AgentStatus.DEGRADED;
       s.agents.put('a', held);
       expect(s.agents.get('a')?.status).toBe(AgentStatus.DEGRADED);
+    });
+
+    it('keeps task records: the record last put, changed and put again; delete forgets it', async () => {
+      const s = await create();
+      const tasks = s.tasks as FabricStore<TaskRecord>['tasks'];
+      const t = taskRecord('t1');
+      tasks.put('t1', t);
+      tasks.put('t2', taskRecord('t2'));
+      t.status = TaskStatus.COMPLETED;
+      t.finishedAt = 1_700_000_002_000;
+      t.result = { ok: true };
+      tasks.put('t1', t);
+      expect(tasks.get('t1')).toBe(t);
+      expect(tasks.size).toBe(2);
+      expect(tasks.delete('t2')).toBe(true);
+      expect(tasks.get('t2')).toBeUndefined();
+      expect([...tasks.values()]).toEqual([t]);
     });
 
     it('keeps budget state: load sees the latest change, delete forgets it', async () => {
@@ -160,6 +207,30 @@ export function runFabricStoreContract(contract: FabricStoreContract): void {
           terminatedAt: 42,
         });
         expect(s.pools.get('p')).toEqual({ poolId: 'p', n: 1 });
+      });
+
+      it('keeps a task record as its plain data, from which the same task is rebuilt', async () => {
+        let s = await create();
+        const t = taskRecord('t1');
+        s.tasks.put('t1', t);
+        await Promise.resolve();
+        s.tasks.put('gone', taskRecord('gone'));
+        t.status = TaskStatus.COMPLETED;
+        t.finishedAt = 1_700_000_002_000;
+        t.result = { ok: [1, 2] };
+        s.tasks.put('t1', t);
+        s.tasks.delete('gone');
+        // no turn passes: close must commit these
+        s = await reopen(s);
+        expect(s.tasks.size).toBe(1);
+        const loaded = s.tasks.get('t1');
+        // Plain data — every field needed to rebuild, nothing of the runtime (heap slots, flow).
+        expect(loaded).not.toBeInstanceOf(TaskRecord);
+        expect(loaded).toEqual(JSON.parse(JSON.stringify(t.toJSON())));
+        expect(Object.keys(loaded as object)).not.toContain('qIndex');
+        const rebuilt = TaskRecord.fromData(loaded);
+        expect(rebuilt.snapshot()).toEqual(t.snapshot());
+        expect(rebuilt.toJSON()).toEqual(t.toJSON());
       });
 
       it('keeps budget usage: an agent at its limit is still refused', async () => {

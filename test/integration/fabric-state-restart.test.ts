@@ -1,7 +1,7 @@
 /**
  * The library over a real SQLite state file: what one AgentFabric persisted, the next one on the
  * same file serves — pools and their agents back in the scheduler (work runs on them), agents'
- * credentials, budgets and their usage; terminated agents stay terminated; tasks are not kept.
+ * credentials, budgets and their usage, finished tasks; terminated agents stay terminated.
  */
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -84,9 +84,11 @@ describe('AgentFabric over a SqliteStore, reopened', () => {
     expect((await second.getAgentInfo(doomed.currentAgents[0]!)).status).toBe(
       AgentStatus.TERMINATED,
     );
-    // Tasks are not persisted in this version.
-    await expect(second.getTask(task.id)).rejects.toMatchObject({
-      code: 'FABRIC_ERR_TASK_NOT_FOUND',
+    // The finished task, its result readable after the restart.
+    expect(await second.getTask(task.id)).toMatchObject({
+      status: 'COMPLETED',
+      result: { n: 1 },
+      attempt: 1,
     });
   }, 60_000);
 });

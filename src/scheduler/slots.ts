@@ -1,0 +1,75 @@
+/**
+ * The scheduler's runtime view of the agents, pools and executors it serves: each agent's and
+ * pool's queue, what runs where, and the executor an agent's work goes through. Rebuilt on start
+ * (agents and pools from their records, queues from the task records); never stored.
+ *
+ * @module
+ */
+import type { TaskAssignment } from '../task.js';
+import type { TaskExecutor } from './executor.js';
+import type { TenantWeights } from './fair-queue.js';
+import { FairQueue } from './fair-queue.js';
+import type { TaskRecord } from './task-record.js';
+import { TenantMix } from './tenant-mix.js';
+
+/** A registered executor and the assignments of the current dispatch pass. */
+export interface ExecutorEntry {
+  readonly executor: TaskExecutor;
+  /** Assignments of this dispatch pass, handed over together when the pass ends. */
+  pending: TaskAssignment[];
+  /** The agent of each pending assignment. */
+  slots: AgentSlot[];
+}
+
+/** An agent as the scheduler knows it. */
+export class AgentSlot {
+  readonly queue: FairQueue;
+  /** Round robin across its own queue and its pool's; undefined without a pool. */
+  readonly mix: TenantMix | undefined;
+  readonly running = new Set<TaskRecord>();
+  accepting = false;
+  draining = false;
+  /** Tasks given to it in this pass, not yet handed to its executor. */
+  unflushed = 0;
+  completed = 0;
+  failed = 0;
+  idle: (() => void)[] = [];
+
+  constructor(
+    readonly id: string,
+    readonly pool: PoolSlot | undefined,
+    readonly exec: ExecutorEntry,
+    readonly capacity: number,
+    weights: TenantWeights,
+  ) {
+    let mix: TenantMix | undefined;
+    this.queue = new FairQueue(
+      `agent:${id}`,
+      weights,
+      pool === undefined ? undefined : (flow, active) => mix!.update(flow, active),
+    );
+    this.mix = mix = pool === undefined ? undefined : new TenantMix(this.queue);
+  }
+}
+
+/** A pool's queue and load. */
+export class PoolSlot {
+  readonly queue: FairQueue;
+  readonly agents: AgentSlot[] = [];
+  accepting = true;
+  running = 0;
+  completed = 0;
+  failed = 0;
+  rr = 0;
+  idle: (() => void)[] = [];
+
+  constructor(
+    readonly id: string,
+    weights: TenantWeights,
+  ) {
+    // Every agent of the pool runs the pool's tenants in its own round robin.
+    this.queue = new FairQueue(`pool:${id}`, weights, (flow, active) => {
+      for (const a of this.agents) a.mix!.update(flow, active);
+    });
+  }
+}

@@ -1,0 +1,398 @@
+/**
+ * Tasks over a real SQLite state file, across a restart (close the fabric and its store, open a
+ * new store on the same file, build a new AgentFabric on it): finished tasks keep their result,
+ * queued ones come back in the same order, a running one is retried with its attempt counted (a
+ * late report of the old attempt is refused) or fails at `maxAttempts`, deadlines that passed
+ * time out, tasks of agents that are gone follow the lost-agent rule, and what the store could
+ * not keep is refused before it is acknowledged.
+ */
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { AgentStatus } from '../../src/agent.js';
+import { AgentFabric } from '../../src/fabric.js';
+import type { AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
+import type { PoolRecord } from '../../src/pools/pool-manager.js';
+import type { TaskRecord } from '../../src/scheduler/task-record.js';
+import { SqliteStore } from '../../src/store/sqlite-store.js';
+import { MemoryStore } from '../../src/store/memory-store.js';
+import { Priority, TaskStatus } from '../../src/task.js';
+import type { FabricConfig } from '../../src/config.js';
+import { tempDir, until } from '../fixtures/gateway/harness.js';
+
+type Store = SqliteStore<TaskRecord, AgentRecord, PoolRecord>;
+
+const fabrics: AgentFabric[] = [];
+afterEach(async () => {
+  for (const f of fabrics.splice(0)) await f.close();
+});
+
+async function open(
+  path: string,
+  config: Partial<FabricConfig> = {},
+): Promise<{ fabric: AgentFabric; store: Store }> {
+  const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+  const fabric = new AgentFabric(config, { store });
+  fabric.registerInProcessHandler('echo', (payload) => payload);
+  fabrics.push(fabric);
+  return { fabric, store };
+}
+
+async function close(fabric: AgentFabric): Promise<void> {
+  fabrics.splice(fabrics.indexOf(fabric), 1);
+  await fabric.close();
+}
+
+/** The stored rows of tasks, read from the file itself. */
+function storedTasks(path: string): Map<string, Record<string, unknown>> {
+  const db = new Database(path, { readonly: true });
+  try {
+    const rows = db
+      .prepare<[], { id: string; data: string }>("SELECT id, data FROM records WHERE kind = 'task'")
+      .all();
+    return new Map(rows.map((r) => [r.id, JSON.parse(r.data) as Record<string, unknown>]));
+  } finally {
+    db.close();
+  }
+}
+
+/** Claims and completes every task the agent gets, returning the payloads' `n` in claim order. */
+async function drain(fabric: AgentFabric, agentId: string): Promise<number[]> {
+  const order: number[] = [];
+  for (;;) {
+    const a = await fabric.claimTask(agentId);
+    if (a === undefined) return order;
+    order.push((a.payload as { n: number }).n);
+    await fabric.completeTask(agentId, a.taskId, a.attempt, a.payload);
+  }
+}
+
+/** A deadline every run of the test shares, so the orders compare. */
+const far = Date.now() + 3_600_000;
+
+/** A mix of priorities, tenants and deadlines, so every part of the queue order counts. */
+async function scheduleMix(fabric: AgentFabric, agentId: string, from: number): Promise<string[]> {
+  const ids: string[] = [];
+  const specs = [
+    { priority: Priority.LOW },
+    { priority: Priority.NORMAL, tenant: 'a' },
+    { priority: Priority.NORMAL, tenant: 'b' },
+    { priority: Priority.NORMAL, tenant: 'a', deadline: far + 10 },
+    { priority: Priority.HIGH },
+    { priority: Priority.NORMAL, tenant: 'b', deadline: far },
+    { priority: Priority.NORMAL, tenant: 'a' },
+    { priority: Priority.CRITICAL, tenant: 'c' },
+    { priority: Priority.NORMAL, tenant: 'a', deadline: far },
+    { priority: Priority.LOW, tenant: 'b' },
+    { priority: Priority.NORMAL, tenant: 'b' },
+  ];
+  for (const [i, spec] of specs.entries()) {
+    const t = await fabric.schedule({
+      agentId,
+      taskType: 'echo',
+      payload: { n: from + i },
+      ...spec,
+    });
+    ids.push(t.id);
+  }
+  return ids;
+}
+
+describe('tasks across a restart of the fabric (SqliteStore)', () => {
+  it('requeues pending tasks in the order they would have run, and numbers new ones after them', async () => {
+    // The order the same tasks run in without a restart.
+    const reference = new AgentFabric({}, { store: new MemoryStore() });
+    fabrics.push(reference);
+    const refAgent = await reference.spawn({ name: 'w', model: 'm', executor: 'remote' });
+    await scheduleMix(reference, refAgent.id, 0);
+    await scheduleMix(reference, refAgent.id, 100);
+    const expected = await drain(reference, refAgent.id);
+    expect(expected).toHaveLength(22);
+
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    const agent = await first.fabric.spawn({ name: 'w', model: 'm', executor: 'remote' });
+    const ids = await scheduleMix(first.fabric, agent.id, 0);
+    await close(first.fabric);
+    expect([...storedTasks(path).values()].map((r) => r.status)).toEqual(ids.map(() => 'PENDING'));
+
+    const second = await open(path);
+    for (const id of ids) expect((await second.fabric.getTask(id)).status).toBe('PENDING');
+    expect(second.fabric.scheduler.stats().pendingTasks).toBe(ids.length);
+    await scheduleMix(second.fabric, agent.id, 100);
+    expect(await drain(second.fabric, agent.id)).toEqual(expected);
+  });
+
+  it('keeps a completed task and its result; a waiter on it resolves at once', async () => {
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    const agent = await first.fabric.spawn({ name: 'w', model: 'm', executor: 'inprocess' });
+    const task = await first.fabric.schedule({
+      agentId: agent.id,
+      taskType: 'echo',
+      payload: { deep: { list: [1, 'two', null] } },
+    });
+    const done = await first.fabric.waitForTask(task.id);
+    await close(first.fabric);
+
+    const second = await open(path);
+    const again = await second.fabric.waitForTask(task.id);
+    expect(again).toEqual(done);
+    expect(again.result).toEqual({ deep: { list: [1, 'two', null] } });
+  });
+
+  it('retries a task that was running with the attempt counted, refusing the old attempt', async () => {
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    const agent = await first.fabric.spawn({ name: 'w', model: 'm', executor: 'remote' });
+    const task = await first.fabric.schedule({
+      agentId: agent.id,
+      taskType: 'echo',
+      payload: { n: 1 },
+      maxAttempts: 3,
+    });
+    const claimed = await first.fabric.claimTask(agent.id);
+    expect(claimed).toMatchObject({ taskId: task.id, attempt: 1 });
+    await first.fabric.reportProgress(agent.id, task.id, 1, { half: true });
+    await close(first.fabric);
+    expect(storedTasks(path).get(task.id)).toMatchObject({
+      status: 'RUNNING',
+      attempt: 1,
+      progress: { half: true },
+    });
+
+    const second = await open(path);
+    expect(await second.fabric.getTask(task.id)).toMatchObject({
+      status: 'PENDING',
+      attempt: 1,
+      error: { code: 'FABRIC_ERR_AGENT_UNAVAILABLE' },
+    });
+    // The old attempt's late completion: refused, and nothing changes.
+    await expect(
+      second.fabric.completeTask(agent.id, task.id, 1, { late: true }),
+    ).rejects.toMatchObject({ code: 'FABRIC_ERR_TASK_STATE' });
+    expect((await second.fabric.getTask(task.id)).status).toBe('PENDING');
+    const retry = await second.fabric.claimTask(agent.id);
+    expect(retry).toMatchObject({ taskId: task.id, attempt: 2 });
+    await expect(
+      second.fabric.completeTask(agent.id, task.id, 1, { late: true }),
+    ).rejects.toMatchObject({ code: 'FABRIC_ERR_TASK_STATE' });
+    await second.fabric.completeTask(agent.id, task.id, 2, { ok: true });
+    await close(second.fabric);
+    expect(storedTasks(path).get(task.id)).toMatchObject({
+      status: 'COMPLETED',
+      attempt: 2,
+      result: { ok: true },
+    });
+  });
+
+  it('fails a running task that has used maxAttempts, and times out queued ones past their deadline', async () => {
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    const agent = await first.fabric.spawn({ name: 'w', model: 'm', executor: 'remote' });
+    const last = await first.fabric.schedule({
+      agentId: agent.id,
+      taskType: 'echo',
+      payload: {},
+      maxAttempts: 1,
+    });
+    expect((await first.fabric.claimTask(agent.id))?.taskId).toBe(last.id);
+    const deadline = Date.now() + 200;
+    const late = await first.fabric.schedule({
+      agentId: agent.id,
+      taskType: 'echo',
+      payload: {},
+      deadline,
+    });
+    await close(first.fabric);
+    await until(() => Date.now() > deadline + 1);
+
+    const second = await open(path);
+    expect(await second.fabric.getTask(last.id)).toMatchObject({
+      status: 'FAILED',
+      attempt: 1,
+      error: { code: 'FABRIC_ERR_AGENT_UNAVAILABLE' },
+    });
+    expect(await second.fabric.getTask(late.id)).toMatchObject({
+      status: 'TIMEOUT',
+      attempt: 0,
+      error: { code: 'FABRIC_ERR_DEADLINE_EXCEEDED' },
+    });
+    expect(await second.fabric.claimTask(agent.id)).toBeUndefined();
+    await close(second.fabric);
+    const rows = storedTasks(path);
+    expect(rows.get(last.id)?.status).toBe('FAILED');
+    expect(rows.get(late.id)?.status).toBe('TIMEOUT');
+  });
+
+  it('re-arms the deadline of a task still queued', async () => {
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    const agent = await first.fabric.spawn({ name: 'w', model: 'm', executor: 'remote' });
+    const task = await first.fabric.schedule({
+      agentId: agent.id,
+      taskType: 'echo',
+      payload: {},
+      deadline: Date.now() + 1_500,
+    });
+    await close(first.fabric);
+    const second = await open(path);
+    expect((await second.fabric.getTask(task.id)).status).toBe('PENDING');
+    const ended = await second.fabric.waitForTask(task.id, { timeoutSeconds: 30 });
+    expect(ended).toMatchObject({
+      status: 'TIMEOUT',
+      error: { code: 'FABRIC_ERR_DEADLINE_EXCEEDED' },
+    });
+  });
+
+  it('treats tasks of an agent that is gone like a lost agent’s: to its pool unless pinned', async () => {
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    const pool = await first.fabric.createPool({
+      poolId: 'p',
+      model: 'm',
+      executor: 'remote',
+      minAgents: 2,
+    });
+    const [gone, stays] = pool.currentAgents as [string, string];
+    const free = await first.fabric.schedule({
+      agentId: gone,
+      taskType: 'echo',
+      payload: { n: 1 },
+    });
+    const pinned = await first.fabric.schedule({
+      agentId: gone,
+      taskType: 'echo',
+      payload: { n: 2 },
+      pinned: true,
+    });
+    const running = await first.fabric.schedule({
+      agentId: gone,
+      taskType: 'echo',
+      payload: { n: 3 },
+    });
+    // The first one is running when the process stops; the other two are queued.
+    const claimed = await first.fabric.claimTask(gone);
+    expect(claimed?.taskId).toBe(free.id);
+    await close(first.fabric);
+    // Between the runs the agent's record says it ended (as a crash mid-terminate leaves it).
+    const edit = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+    const rec = edit.agents.get(gone)!;
+    rec.status = AgentStatus.TERMINATED;
+    rec.terminatedAt = Date.now();
+    edit.agents.put(gone, rec);
+    await edit.close();
+
+    const second = await open(path);
+    expect(await second.fabric.getTask(pinned.id)).toMatchObject({
+      status: 'FAILED',
+      error: { code: 'FABRIC_ERR_AGENT_UNAVAILABLE' },
+    });
+    // The one that was running (retried) and the unpinned queued one move to the pool.
+    const got = await drain(second.fabric, stays);
+    expect(got.sort()).toEqual([1, 3]);
+    expect(await second.fabric.getTask(free.id)).toMatchObject({
+      status: 'COMPLETED',
+      attempt: 2,
+      assignedAgentId: stays,
+    });
+    expect(await second.fabric.getTask(running.id)).toMatchObject({
+      status: 'COMPLETED',
+      attempt: 1,
+    });
+  });
+
+  it('keeps retention across the restart: oldest finished out first, deleted from the file', async () => {
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const config = { finishedTaskRetention: 3 };
+    const first = await open(path, config);
+    const agent = await first.fabric.spawn({ name: 'w', model: 'm', executor: 'inprocess' });
+    const ids: string[] = [];
+    for (let n = 0; n < 4; n++) {
+      const t = await first.fabric.schedule({
+        agentId: agent.id,
+        taskType: 'echo',
+        payload: { n },
+      });
+      await first.fabric.waitForTask(t.id);
+      ids.push(t.id);
+    }
+    await close(first.fabric);
+    expect([...storedTasks(path).keys()].sort()).toEqual(ids.slice(1).sort());
+
+    const second = await open(path, config);
+    await expect(second.fabric.getTask(ids[0]!)).rejects.toMatchObject({
+      code: 'FABRIC_ERR_TASK_NOT_FOUND',
+    });
+    const t = await second.fabric.schedule({ agentId: agent.id, taskType: 'echo', payload: {} });
+    await second.fabric.waitForTask(t.id);
+    // The new one pushes out the oldest restored one, not a newer one.
+    await expect(second.fabric.getTask(ids[1]!)).rejects.toMatchObject({
+      code: 'FABRIC_ERR_TASK_NOT_FOUND',
+    });
+    expect((await second.fabric.getTask(ids[2]!)).status).toBe(TaskStatus.COMPLETED);
+    await close(second.fabric);
+    expect([...storedTasks(path).keys()].sort()).toEqual([ids[2], ids[3], t.id].sort());
+  });
+
+  it('refuses what the store cannot keep before acknowledging it', async () => {
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    const agent = await first.fabric.spawn({ name: 'w', model: 'm', executor: 'remote' });
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    for (const payload of [{ n: 1n }, cyclic]) {
+      await expect(
+        first.fabric.schedule({ agentId: agent.id, taskType: 'echo', payload }),
+      ).rejects.toMatchObject({
+        code: 'FABRIC_ERR_INVALID_ARGUMENT',
+        details: { field: 'payload' },
+      });
+    }
+    expect(first.store.tasks.size).toBe(0);
+    const task = await first.fabric.schedule({ agentId: agent.id, taskType: 'echo', payload: {} });
+    const a = (await first.fabric.claimTask(agent.id))!;
+    await expect(
+      first.fabric.completeTask(agent.id, a.taskId, a.attempt, { n: 1n }),
+    ).rejects.toMatchObject({ code: 'FABRIC_ERR_INVALID_ARGUMENT' });
+    await expect(
+      first.fabric.reportProgress(agent.id, a.taskId, a.attempt, cyclic),
+    ).rejects.toMatchObject({ code: 'FABRIC_ERR_INVALID_ARGUMENT' });
+    // An in-process handler whose result cannot be stored: the task fails, visibly.
+    first.fabric.registerInProcessHandler('bigint', () => 1n);
+    const inproc = await first.fabric.spawn({ name: 'i', model: 'm', executor: 'inprocess' });
+    const big = await first.fabric.schedule({
+      agentId: inproc.id,
+      taskType: 'bigint',
+      payload: {},
+    });
+    expect(await first.fabric.waitForTask(big.id)).toMatchObject({
+      status: 'FAILED',
+      error: { code: 'FABRIC_ERR_INVALID_ARGUMENT' },
+    });
+    await close(first.fabric);
+    const rows = storedTasks(path);
+    expect([...rows.keys()].sort()).toEqual([task.id, big.id].sort());
+    expect(rows.get(task.id)).toMatchObject({ status: 'RUNNING', attempt: 1 });
+    expect(rows.get(task.id)).not.toHaveProperty('progress');
+    expect(rows.get(big.id)).toMatchObject({ status: 'FAILED' });
+  });
+
+  it('refuses to start on a stored task that is not a task record, naming it', async () => {
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    await close(first.fabric);
+    const db = new Database(path);
+    db.prepare("INSERT INTO records (kind, id, data) VALUES ('task', 'bad', ?)").run(
+      JSON.stringify({ id: 'bad', type: 'echo', priority: 9 }),
+    );
+    db.close();
+    const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+    try {
+      expect(() => new AgentFabric({}, { store })).toThrow(/stored task "bad".*priority/);
+    } finally {
+      await store.close();
+    }
+    expect(storedTasks(path).get('bad')).toEqual({ id: 'bad', type: 'echo', priority: 9 });
+  });
+});
