@@ -20,6 +20,11 @@ export interface BenchResult {
   baselineP99Us?: number;
   /** The goal the issue set for this case, for the table; not an assertion. */
   goal?: string;
+  /**
+   * Why the case was not measured (a peer's server unreachable); `value`, `baselineValue` and
+   * `ratio` are then 0 and mean nothing.
+   */
+  skipped?: string;
 }
 
 /** What a suite gets from the runner. */

@@ -50,9 +50,9 @@ if (!json) {
   const rows = results.map((r) => ({
     suite: r.suite,
     case: r.case,
-    value: `${fmt(r.value)} ${r.unit}`,
-    baseline: `${fmt(r.baselineValue)} (${r.baseline})`,
-    ratio: r.ratio.toFixed(2) + (r.higherIsBetter ? ' ↑' : ' ↓'),
+    value: r.skipped === undefined ? `${fmt(r.value)} ${r.unit}` : `skipped: ${r.skipped}`,
+    baseline: r.skipped === undefined ? `${fmt(r.baselineValue)} (${r.baseline})` : r.baseline,
+    ratio: r.skipped === undefined ? r.ratio.toFixed(2) + (r.higherIsBetter ? ' ↑' : ' ↓') : '',
     p50Us: r.p50Us ?? '',
     p99Us: r.p99Us ?? '',
     goal: r.goal ?? '',
