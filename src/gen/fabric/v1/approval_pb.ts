@@ -55,14 +55,15 @@ export type Approval = Message<"fabric.v1.Approval"> & {
 
   /**
    * The call's parameters as a JSON object, as the `/admin/approvals` HTTP routes show them.
-   * Numbers are doubles: read `params_json` for exact integers.
+   * Numbers are doubles, as the fabric holds them (a call's arguments are parsed as JSON, so an
+   * integer above 2^53 was rounded when the call arrived).
    *
    * @generated from field: google.protobuf.Value params = 5;
    */
   params?: Value | undefined;
 
   /**
-   * The same parameters as UTF-8 JSON (lossless numbers).
+   * The same parameters as UTF-8 JSON (the fabric's own serialization of them).
    *
    * @generated from field: bytes params_json = 6;
    */

@@ -137,7 +137,7 @@ export type AgentEvent = Message<"fabric.v1.AgentEvent"> & {
 
   /**
    * Its status after the event (the library's `AgentStatus`: `STARTING`, `HEALTHY`,
-   * `UNHEALTHY`, `DRAINING`, `TERMINATED`).
+   * `DEGRADED`, `UNHEALTHY`, `DRAINING`, `TERMINATED`).
    *
    * @generated from field: string status = 4;
    */
@@ -375,7 +375,7 @@ export enum AgentEventKind {
   SPAWNED = 1,
 
   /**
-   * Its status changed (HEALTHY, UNHEALTHY, DRAINING, …), see `status` and `previous_status`.
+   * Its status changed (HEALTHY, DEGRADED, UNHEALTHY, DRAINING, …), see `status` and `previous_status`.
    *
    * @generated from enum value: AGENT_EVENT_KIND_STATUS_CHANGED = 2;
    */

@@ -44,8 +44,8 @@ export type PolicyRule = Message<"fabric.v1.PolicyRule"> & {
   /**
    * Shorthand parameter conditions (all must match): each key names a parameter (dots walk
    * into nested objects); a value is a string (a glob when it has glob syntax), a number, a
-   * bool, null, or a list of those meaning "any of". Unset: no conditions. A Struct turns every
-   * number into a double: send `policy_json` where an exact integer above 2^53 matters.
+   * bool, null, or a list of those meaning "any of". Unset: no conditions. Numbers are
+   * doubles here and in the engine alike (it compares JavaScript numbers).
    *
    * @generated from field: google.protobuf.Struct conditions = 3;
    */
@@ -124,7 +124,7 @@ export type Policy = Message<"fabric.v1.Policy"> & {
 
   /**
    * Output only (ignored on input): the policy as stored, as UTF-8 JSON in the library's shape
-   * (`{ name, rules, priority, enabled, mode, description? }`), numbers exact.
+   * (`{ name, rules, priority, enabled, mode, description? }`).
    *
    * @generated from field: bytes policy_json = 7;
    */
@@ -230,7 +230,8 @@ export type AddPolicyRequest = Message<"fabric.v1.AddPolicyRequest"> & {
   policy?: Policy | undefined;
 
   /**
-   * The policy as UTF-8 JSON in the library's shape (lossless numbers); at most 1 MiB.
+   * The policy as UTF-8 JSON in the library's shape (as in a config file); at most 1 MiB.
+   * Numbers become JavaScript numbers (doubles) either way.
    *
    * @generated from field: bytes policy_json = 2;
    */
@@ -280,7 +281,7 @@ export type ReplacePolicyRequest = Message<"fabric.v1.ReplacePolicyRequest"> & {
   policy?: Policy | undefined;
 
   /**
-   * The new policy as UTF-8 JSON in the library's shape (lossless numbers); at most 1 MiB.
+   * The new policy as UTF-8 JSON in the library's shape; at most 1 MiB.
    *
    * @generated from field: bytes policy_json = 2;
    */
@@ -388,17 +389,19 @@ export type EvaluatePolicyRequest = Message<"fabric.v1.EvaluatePolicyRequest"> &
   tool: string;
 
   /**
-   * The call's parameters: a JSON object (unset: `{}`). Numbers are doubles; use
-   * `params_json` for exact integers. Matched as given: the gateway resolves path-like
-   * parameters against the upstream's roots before deciding, this dry run does not.
+   * The call's parameters: a JSON object (unset: `{}`), nesting at most 64 levels and holding
+   * at most 100 000 values (the gateway's default input bounds). Matched as given: the gateway
+   * resolves path-like parameters against the upstream's roots before deciding, this dry run
+   * does not.
    *
    * @generated from field: google.protobuf.Value params = 5;
    */
   params?: Value | undefined;
 
   /**
-   * The parameters as a UTF-8 JSON object (lossless numbers); at most 1 MiB. Set at most one
-   * of `params` and `params_json`.
+   * The parameters as a UTF-8 JSON object; at most 1 MiB, same bounds. Numbers become
+   * JavaScript numbers (doubles), as they do for a real call's arguments. Set at most one of
+   * `params` and `params_json`.
    *
    * @generated from field: bytes params_json = 6;
    */
