@@ -54,7 +54,8 @@ export type Approval = Message<"fabric.v1.Approval"> & {
   tool: string;
 
   /**
-   * The call's parameters as a JSON object, as the `/admin/approvals` HTTP routes show them.
+   * The call's parameters as a JSON object: the copy the approval holds (what the policy decided
+   * on), as the `/admin/approvals` HTTP routes show them; not masked.
    * Numbers are doubles, as the fabric holds them (a call's arguments are parsed as JSON, so an
    * integer above 2^53 was rounded when the call arrived).
    *
