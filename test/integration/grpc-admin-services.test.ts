@@ -1,4 +1,7 @@
-import { readFileSync, existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { create, toJson, type DescService } from '@bufbuild/protobuf';
 import { ValueSchema } from '@bufbuild/protobuf/wkt';
@@ -742,5 +745,22 @@ describe('operator services over gRPC (real sidecar, real MCP upstream, real grp
       ADMIN_TOKEN,
     );
     expect(await bad.ended).toMatchObject({ code: status.INVALID_ARGUMENT });
+  });
+});
+
+describe('generated code of the operator services', () => {
+  it('is exactly what buf generates from proto/ (never edited by hand)', async () => {
+    const root = new URL('../../', import.meta.url);
+    const out = await mkdtemp(join(tmpdir(), 'fabric-gen-'));
+    try {
+      execFileSync('npx', ['buf', 'generate', '--output', out], { cwd: root, stdio: 'pipe' });
+      for (const file of ['policy_pb.ts', 'approval_pb.ts', 'budget_pb.ts', 'events_pb.ts']) {
+        const fresh = await readFile(join(out, 'src/gen/fabric/v1', file), 'utf8');
+        const committed = await readFile(new URL(`src/gen/fabric/v1/${file}`, root), 'utf8');
+        expect({ file, committed }).toEqual({ file, committed: fresh });
+      }
+    } finally {
+      await rm(out, { recursive: true, force: true });
+    }
   });
 });
