@@ -5,6 +5,7 @@ import { AgentFabric } from '../../src/fabric.js';
 import {
   ApprovalEventKind,
   ApprovalServiceWatchRequestSchema,
+  ApprovalStatus,
   type ApprovalServiceWatchResponse,
 } from '../../src/gen/fabric/v1/approval_pb.js';
 import {
@@ -92,6 +93,27 @@ describe('gRPC watch streams (real server, real grpc-js client, real fabric)', (
     expect(await watch.ended).toMatchObject({ code: status.CANCELLED });
     await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline));
     fabric.approvals.deny(a.id, { approver: 'test' });
+  });
+
+  it('reports an approval nobody decided in time as EXPIRED', async () => {
+    const watch = openStream<ApprovalServiceWatchResponse>(
+      approvals,
+      'watch',
+      create(ApprovalServiceWatchRequestSchema),
+      ADMIN,
+    );
+    await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 2));
+    const a = fabric.approvals.create({ agentId, tool: 'deploy', params: {}, ttlSeconds: 0.05 });
+    const [requested, expired] = await watch.first(2);
+    expect(requested!.event).toMatchObject({ kind: ApprovalEventKind.REQUESTED });
+    expect(expired!.event).toMatchObject({
+      kind: ApprovalEventKind.EXPIRED,
+      approval: { id: a.id, status: ApprovalStatus.EXPIRED, approver: '' },
+    });
+    expect(expired!.event!.approval!.decidedAt).toBeDefined();
+    watch.stream.cancel();
+    await watch.ended;
+    await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline));
   });
 
   it('a slow consumer hits the bound: RESOURCE_EXHAUSTED after every queued event, none skipped', async () => {
