@@ -35,6 +35,7 @@ import {
 } from '@grpc/grpc-js';
 import {
   ClosedError,
+  ConfigError,
   FabricError,
   GRPC_STATUS_BY_KIND,
   InvalidArgumentError,
@@ -325,6 +326,7 @@ export interface GrpcServiceOptions {
 /**
  * A grpc-js server-streaming handler: authenticates the call as a `kind` caller before decoding
  * its request (as {@link unaryHandler}), then runs `handler` with a bounded `send`.
+ * @throws ConfigError when `options.maxBufferedMessages` is not a positive integer.
  */
 export function serverStreamHandler<D extends DescMessage, Res>(
   fabric: AgentFabric,
@@ -339,6 +341,12 @@ export function serverStreamHandler<D extends DescMessage, Res>(
   options: GrpcServiceOptions = {},
 ): UntypedHandleCall {
   const limit = options.maxBufferedMessages ?? DEFAULT_MAX_BUFFERED_STREAM_MESSAGES;
+  if (!Number.isSafeInteger(limit) || limit < 1) {
+    throw new ConfigError(
+      'options.maxBufferedMessages',
+      `must be a positive integer, got ${String(limit)}`,
+    );
+  }
   return (call: ServerWritableStream<Buffer, Res>): void => {
     const controller = new AbortController();
     let ended = false;
@@ -378,6 +386,7 @@ export function serverStreamHandler<D extends DescMessage, Res>(
 /**
  * Adds `impl`'s unary and server-streaming methods to a grpc-js `server` (messages as protobuf
  * binary).
+ * @throws ConfigError when `options.maxBufferedMessages` is not a positive integer.
  */
 export function addGrpcService<S extends DescService>(
   server: Server,

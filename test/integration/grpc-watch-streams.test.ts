@@ -173,6 +173,15 @@ describe('gRPC watch streams (real server, real grpc-js client, real fabric)', (
     await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline));
   });
 
+  it('refuses a stream bound that would not bound anything', async () => {
+    for (const maxBufferedMessages of [0, -1, Number.NaN, 1.5]) {
+      await expect(startGrpcServer(fabric, { maxBufferedMessages })).rejects.toMatchObject({
+        code: 'FABRIC_ERR_CONFIG',
+        details: { field: 'options.maxBufferedMessages' },
+      });
+    }
+  });
+
   it('ends open streams with UNAVAILABLE when the server closes', async () => {
     const other = await startGrpcServer(fabric);
     const client = grpcClient(EVENT_SERVICE_DEFINITION, other.address);
