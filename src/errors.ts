@@ -363,6 +363,23 @@ export class SubscriptionLimitError extends FabricError {
   }
 }
 
+/**
+ * A server stream's client read too slowly: `limit` messages were waiting to be written, so the
+ * stream ends (after the messages already queued) rather than grow or drop events silently.
+ */
+export class StreamOverflowError extends FabricError {
+  static readonly code = 'FABRIC_ERR_STREAM_OVERFLOW';
+  constructor(limit: number) {
+    super(
+      StreamOverflowError.code,
+      'resource_exhausted',
+      `the client read too slowly: ${limit} messages were waiting to be sent; the stream ends ` +
+        'here (watch again to resynchronize)',
+      { limit },
+    );
+  }
+}
+
 /** A request body is larger than the endpoint accepts (HTTP 413). */
 export class PayloadTooLargeError extends FabricError {
   static readonly code = 'FABRIC_ERR_PAYLOAD_TOO_LARGE';
@@ -413,6 +430,21 @@ export class PolicyExistsError extends FabricError {
       PolicyExistsError.code,
       'already_exists',
       `policy ${JSON.stringify(policy)} already exists`,
+      {
+        policy,
+      },
+    );
+  }
+}
+
+/** No policy with this name is registered. */
+export class PolicyNotFoundError extends FabricError {
+  static readonly code = 'FABRIC_ERR_POLICY_NOT_FOUND';
+  constructor(policy: string) {
+    super(
+      PolicyNotFoundError.code,
+      'not_found',
+      `policy ${JSON.stringify(policy)} does not exist`,
       {
         policy,
       },

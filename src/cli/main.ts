@@ -114,7 +114,10 @@ async function serve(argv: string[]): Promise<void> {
   out.push(`  config:      ${file}${values.config ? '' : ' (embedded defaults)'}`);
   out.push(`  MCP URL:     ${url}`);
   if (sidecar.grpcAddress)
-    out.push(`  gRPC:        ${sidecar.grpcAddress} (fabric.v1.AgentService)`);
+    out.push(
+      `  gRPC:        ${sidecar.grpcAddress} (fabric.v1: AgentService; with the admin token ` +
+        'PolicyService, ApprovalService, BudgetService, EventService)',
+    );
   for (const a of sidecar.agents) out.push(`  agent token: ${a.credential}   (${a.name}, ${a.id})`);
   if (sidecar.anonymous)
     out.push(`  anonymous:   requests without a token act as ${sidecar.anonymous.agentId}`);

@@ -29,15 +29,18 @@ import { InvalidArgumentError } from '../errors.js';
  */
 export const DEFAULT_GRPC_RECURSION_LIMIT = 100;
 
-/** grpc-js definition of every unary method of `service`, keyed by the method's local name. */
+/**
+ * grpc-js definition of every unary and server-streaming method of `service`, keyed by the
+ * method's local name (client- and bidi-streaming methods are not served).
+ */
 export function grpcDefinition(service: DescService): ServiceDefinition {
   const definition: Record<string, ServiceDefinition[string]> = {};
   for (const method of service.methods) {
-    if (method.methodKind !== 'unary') continue;
+    if (method.methodKind !== 'unary' && method.methodKind !== 'server_streaming') continue;
     definition[method.localName] = {
       path: `/${service.typeName}/${method.name}`,
       requestStream: false,
-      responseStream: false,
+      responseStream: method.methodKind === 'server_streaming',
       requestSerialize: serializer(method.input),
       requestDeserialize: deserializer(method.input),
       responseSerialize: serializer(method.output),

@@ -1,16 +1,22 @@
 /**
  * The fabric's gRPC server: one grpc-js `Server` on one port carrying every service of
- * proto/fabric/v1 that is implemented (today `fabric.v1.AgentService`).
+ * proto/fabric/v1 that is implemented: `AgentService` (agents), and `PolicyService`,
+ * `ApprovalService`, `BudgetService` and `EventService` (the administrator).
  *
  * @module
  */
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { AgentFabric } from '../fabric.js';
 import { agentService, type AgentServiceOptions } from './agent-service.js';
-import { addGrpcService } from './rpc-call.js';
+import { approvalService } from './approval-service.js';
+import { budgetService } from './budget-service.js';
+import { eventService } from './events-service.js';
+import { policyService } from './policy-service.js';
+import { ActiveStreams, addGrpcService, type GrpcServiceOptions } from './rpc-call.js';
 
 /** Options of {@link startGrpcServer}. */
-export interface GrpcServerOptions extends AgentServiceOptions {
+export interface GrpcServerOptions
+  extends AgentServiceOptions, Pick<GrpcServiceOptions, 'maxBufferedMessages'> {
   /** @default '127.0.0.1' */
   host?: string;
   /** 0 picks a free port. @default 0 */
@@ -22,7 +28,10 @@ export interface GrpcServer {
   /** `host:port` to dial. */
   readonly address: string;
   readonly port: number;
-  /** Stops accepting, lets calls finish briefly, then closes. */
+  /**
+   * Stops accepting, ends the server streams in progress (UNAVAILABLE), lets unary calls finish
+   * briefly, then closes.
+   */
   close(): Promise<void>;
 }
 
@@ -32,7 +41,18 @@ export async function startGrpcServer(
   options: GrpcServerOptions = {},
 ): Promise<GrpcServer> {
   const server = new Server();
-  addGrpcService(server, fabric, agentService(fabric, options));
+  const streams = new ActiveStreams();
+  const serviceOptions: GrpcServiceOptions = {
+    streams,
+    ...(options.maxBufferedMessages === undefined
+      ? {}
+      : { maxBufferedMessages: options.maxBufferedMessages }),
+  };
+  addGrpcService(server, fabric, agentService(fabric, options), serviceOptions);
+  addGrpcService(server, fabric, policyService(fabric), serviceOptions);
+  addGrpcService(server, fabric, approvalService(fabric), serviceOptions);
+  addGrpcService(server, fabric, budgetService(fabric), serviceOptions);
+  addGrpcService(server, fabric, eventService(fabric), serviceOptions);
 
   const host = options.host ?? '127.0.0.1';
   const port = await new Promise<number>((resolve, reject) =>
@@ -53,6 +73,8 @@ export async function startGrpcServer(
           clearTimeout(force);
           resolve();
         });
+        // After tryShutdown (no new calls): a watch never ends on its own.
+        streams.endAll();
       }),
   };
 }

@@ -7,6 +7,11 @@
  * Catalog errors map to gRPC status codes through `GRPC_STATUS_BY_KIND`, with the fabric's code
  * in the `fabric-error-code` trailer; anything else is INTERNAL.
  *
+ * Server-streaming methods get a `send` function whose messages wait in the call's own write
+ * buffer while the client is slow; when `maxBufferedMessages` are waiting the stream ends with
+ * RESOURCE_EXHAUSTED (`FABRIC_ERR_STREAM_OVERFLOW`) after them, so a client that stops reading
+ * costs bounded memory and learns that it missed events instead of losing them silently.
+ *
  * @module
  */
 import {
@@ -24,14 +29,18 @@ import {
   type Server,
   type sendUnaryData,
   type ServerUnaryCall,
+  type ServerWritableStream,
   type UntypedHandleCall,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import {
+  ClosedError,
+  ConfigError,
   FabricError,
   GRPC_STATUS_BY_KIND,
   InvalidArgumentError,
   PermissionDeniedError,
+  StreamOverflowError,
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
@@ -72,6 +81,76 @@ export function fromValue(v: Value | undefined, field: string): unknown {
   }
 }
 
+/** Largest `…_json` bytes field a request may carry (1 MiB). */
+export const MAX_JSON_FIELD_BYTES = 1024 * 1024;
+
+/** A JSON value as the UTF-8 bytes of a lossless `…_json` field. */
+export function toJsonBytes(v: unknown): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(v === undefined ? null : v));
+}
+
+/**
+ * The JSON of a request's `…_json` bytes field.
+ * @throws InvalidArgumentError naming `field` when it is larger than
+ *   {@link MAX_JSON_FIELD_BYTES} or not UTF-8 JSON.
+ */
+export function fromJsonBytes(bytes: Uint8Array, field: string): unknown {
+  if (bytes.length > MAX_JSON_FIELD_BYTES) {
+    throw new InvalidArgumentError(field, `is larger than ${MAX_JSON_FIELD_BYTES} bytes`);
+  }
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes)) as unknown;
+  } catch (error) {
+    throw new InvalidArgumentError(
+      field,
+      `is not UTF-8 JSON: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
+  }
+}
+
+/** Wraps an event listener so that what it throws ends the stream instead of the emitter's caller. */
+export type ListenerGuard = <A extends unknown[]>(
+  listener: (...args: A) => void,
+) => (...args: A) => void;
+
+/**
+ * Runs a stream that forwards events: `subscribe` registers its listeners (each wrapped by the
+ * guard it gets) and returns how to remove them. Settles when `signal` aborts (resolves) or a
+ * guarded listener throws (rejects with that error, so the stream ends with its status rather
+ * than the exception reaching whoever emitted the event); removes the listeners either way.
+ */
+export async function forwardEvents(
+  signal: AbortSignal,
+  subscribe: (guard: ListenerGuard) => () => void,
+): Promise<void> {
+  if (signal.aborted) return;
+  let fail: (err: unknown) => void = () => {};
+  const failed = new Promise<void>((_resolve, reject) => (fail = reject));
+  let failure = false;
+  const guard: ListenerGuard =
+    (listener) =>
+    (...args) => {
+      if (failure) return;
+      try {
+        listener(...args);
+      } catch (err) {
+        failure = true;
+        fail(err);
+      }
+    };
+  const aborted = new Promise<void>((resolve) =>
+    signal.addEventListener('abort', () => resolve(), { once: true }),
+  );
+  let unsubscribe: (() => void) | undefined;
+  try {
+    unsubscribe = subscribe(guard);
+    await Promise.race([aborted, failed]);
+  } finally {
+    unsubscribe?.();
+  }
+}
+
 /** A catalog error as a gRPC status; anything else is INTERNAL with its message. */
 export function toServiceError(err: unknown): {
   code: number;
@@ -89,6 +168,32 @@ export function toServiceError(err: unknown): {
     details: err instanceof Error ? err.message : String(err),
     metadata,
   };
+}
+
+/**
+ * The caller of a call from its `authorization: Bearer` metadata, as a `kind` caller.
+ * @throws UnauthenticatedError without a valid credential, or for the admin credential on an
+ *   agent method (it acts as no agent).
+ * @throws PermissionDeniedError for an agent credential on an admin method.
+ */
+export function authenticateCall(
+  fabric: AgentFabric,
+  kind: CallerKind,
+  metadata: Metadata,
+): Caller {
+  const header = metadata.get('authorization')[0];
+  const credential = typeof header === 'string' ? header.replace(/^Bearer\s+/i, '') : '';
+  const identity = fabric.authenticate(credential);
+  if (kind === 'agent') {
+    if (identity.kind !== 'agent') {
+      throw new UnauthenticatedError('the agent protocol needs an agent credential');
+    }
+    return { kind, id: identity.agentId };
+  }
+  if (identity.kind !== 'admin') {
+    throw new PermissionDeniedError('this operation needs the admin credential');
+  }
+  return { kind, id: identity.name };
 }
 
 /**
@@ -110,19 +215,7 @@ export function unaryHandler<D extends DescMessage, Res>(
     const controller = new AbortController();
     call.on('cancelled', () => controller.abort());
     void (async () => {
-      const header = call.metadata.get('authorization')[0];
-      const credential = typeof header === 'string' ? header.replace(/^Bearer\s+/i, '') : '';
-      const identity = fabric.authenticate(credential);
-      let caller: Caller;
-      if (kind === 'agent') {
-        if (identity.kind !== 'agent')
-          throw new UnauthenticatedError('the agent protocol needs an agent credential');
-        caller = { kind, id: identity.agentId };
-      } else {
-        if (identity.kind !== 'admin')
-          throw new PermissionDeniedError('this operation needs the admin credential');
-        caller = { kind, id: identity.name };
-      }
+      const caller = authenticateCall(fabric, kind, call.metadata);
       const request = decodeRequest(method.input, call.request);
       return handler(caller, request, controller.signal);
     })().then(
@@ -150,32 +243,192 @@ export type UnaryMethods<S extends DescService> = {
 };
 
 /**
+ * Sends one message of a server stream. It never blocks: the message waits in the stream's
+ * bounded buffer (see {@link GrpcServiceOptions.maxBufferedMessages}). After the stream ended
+ * (cancelled, overflowed, server stopping) it does nothing; `signal` has aborted by then.
+ */
+export type StreamSender<M> = (message: M) => void;
+
+/**
+ * The server-streaming methods of a generated service, each as
+ * `(caller, request, signal, send) → done`. The method sends with `send` and settles when the
+ * stream is complete (OK) or failed (its error's status); it must stop sending and settle when
+ * `signal` aborts — the client cancelled, its deadline passed, it read too slowly, or the
+ * server stops — and release what it subscribed to.
+ */
+export type ServerStreamMethods<S extends DescService> = {
+  [
+    K in keyof S['method'] as S['method'][K]['methodKind'] extends 'server_streaming' ? K : never
+  ]: S['method'][K] extends { input: infer I; output: infer O }
+    ? I extends DescMessage
+      ? O extends DescMessage
+        ? (
+            caller: Caller,
+            request: MessageShape<I>,
+            signal: AbortSignal,
+            send: StreamSender<MessageShape<O>>,
+          ) => Promise<void>
+        : never
+      : never
+    : never;
+};
+
+/**
  * One service implemented once, served by every door (gRPC today): which service, who may call
- * it, and its unary methods.
+ * it, its unary methods and its server-streaming methods (served over gRPC only).
  */
 export interface ServiceImplementation<S extends DescService> {
   readonly service: S;
   readonly caller: CallerKind;
   readonly unary: UnaryMethods<S>;
+  readonly serverStream?: ServerStreamMethods<S>;
 }
 
-/** Adds `impl`'s unary methods to a grpc-js `server` (messages as protobuf binary). */
+/** Default of {@link GrpcServiceOptions.maxBufferedMessages}. */
+export const DEFAULT_MAX_BUFFERED_STREAM_MESSAGES = 1024;
+
+/**
+ * The server streams in progress on one server, so stopping the server can end them (a watch
+ * never ends on its own, and grpc-js's graceful shutdown waits for every call).
+ */
+export class ActiveStreams {
+  readonly #ends = new Set<(err: unknown) => void>();
+
+  /** Streams in progress. */
+  get size(): number {
+    return this.#ends.size;
+  }
+
+  /** @internal registers a stream's ending; returns its deregistration. */
+  add(end: (err: unknown) => void): () => void {
+    this.#ends.add(end);
+    return () => this.#ends.delete(end);
+  }
+
+  /** Ends every stream in progress with `err`'s status (UNAVAILABLE by default). */
+  endAll(err: unknown = new ClosedError('gRPC server')): void {
+    for (const end of [...this.#ends]) end(err);
+  }
+}
+
+/** Options of {@link addGrpcService}. */
+export interface GrpcServiceOptions {
+  /**
+   * Messages of one server stream that may wait to be written to a slow client; one more ends
+   * the stream with RESOURCE_EXHAUSTED (`FABRIC_ERR_STREAM_OVERFLOW`) after the ones waiting.
+   * @default 1024
+   */
+  maxBufferedMessages?: number;
+  /** Where the server's streams are registered, so {@link ActiveStreams.endAll} ends them. */
+  streams?: ActiveStreams;
+}
+
+/**
+ * A grpc-js server-streaming handler: authenticates the call as a `kind` caller before decoding
+ * its request (as {@link unaryHandler}), then runs `handler` with a bounded `send`.
+ * @throws ConfigError when `options.maxBufferedMessages` is not a positive integer.
+ */
+export function serverStreamHandler<D extends DescMessage, Res>(
+  fabric: AgentFabric,
+  kind: CallerKind,
+  method: { readonly input: D },
+  handler: (
+    caller: Caller,
+    request: MessageShape<D>,
+    signal: AbortSignal,
+    send: StreamSender<Res>,
+  ) => Promise<void>,
+  options: GrpcServiceOptions = {},
+): UntypedHandleCall {
+  const limit = options.maxBufferedMessages ?? DEFAULT_MAX_BUFFERED_STREAM_MESSAGES;
+  if (!Number.isSafeInteger(limit) || limit < 1) {
+    throw new ConfigError(
+      'options.maxBufferedMessages',
+      `must be a positive integer, got ${String(limit)}`,
+    );
+  }
+  return (call: ServerWritableStream<Buffer, Res>): void => {
+    const controller = new AbortController();
+    let ended = false;
+    const deregister = options.streams?.add((err) => end(err)) ?? (() => false);
+    /** Ends the stream once: OK without `err`, else `err`'s status; aborts `signal`. */
+    const end = (err?: unknown): void => {
+      if (ended) return;
+      ended = true;
+      deregister();
+      controller.abort(err ?? new ClosedError('stream'));
+      if (call.cancelled) return;
+      if (err === undefined) call.end();
+      else call.emit('error', toServiceError(err));
+    };
+    call.on('cancelled', () => end(new ClosedError('stream (cancelled by the client)')));
+    const send: StreamSender<Res> = (message) => {
+      if (ended) return;
+      // `writableLength` counts messages grpc-js has not handed to HTTP/2 yet: they pile up
+      // only while the client does not read (flow control holds the HTTP/2 stream).
+      if (call.writableLength >= limit) {
+        end(new StreamOverflowError(limit));
+        return;
+      }
+      call.write(message);
+    };
+    void (async () => {
+      const caller = authenticateCall(fabric, kind, call.metadata);
+      const request = decodeRequest(method.input, call.request);
+      await handler(caller, request, controller.signal, send);
+    })().then(
+      () => end(),
+      (err: unknown) => end(err),
+    );
+  };
+}
+
+/**
+ * Adds `impl`'s unary and server-streaming methods to a grpc-js `server` (messages as protobuf
+ * binary).
+ * @throws ConfigError when `options.maxBufferedMessages` is not a positive integer.
+ */
 export function addGrpcService<S extends DescService>(
   server: Server,
   fabric: AgentFabric,
   impl: ServiceImplementation<S>,
+  options: GrpcServiceOptions = {},
 ): void {
   const handlers: UntypedServiceImplementation = {};
   const methods = impl.unary as Record<
     string,
     (caller: Caller, request: never, signal: AbortSignal) => Promise<unknown>
   >;
+  const streams = (impl.serverStream ?? {}) as Record<
+    string,
+    (
+      caller: Caller,
+      request: never,
+      signal: AbortSignal,
+      send: StreamSender<unknown>,
+    ) => Promise<void>
+  >;
   for (const method of impl.service.methods) {
-    const handler = methods[method.localName];
-    if (method.methodKind !== 'unary' || handler === undefined) continue;
-    handlers[method.localName] = unaryHandler(fabric, impl.caller, method, (caller, req, signal) =>
-      handler(caller, req as never, signal),
-    );
+    if (method.methodKind === 'unary') {
+      const handler = methods[method.localName];
+      if (handler === undefined) continue;
+      handlers[method.localName] = unaryHandler(
+        fabric,
+        impl.caller,
+        method,
+        (caller, req, signal) => handler(caller, req as never, signal),
+      );
+    } else if (method.methodKind === 'server_streaming') {
+      const handler = streams[method.localName];
+      if (handler === undefined) continue;
+      handlers[method.localName] = serverStreamHandler(
+        fabric,
+        impl.caller,
+        method,
+        (caller, req, signal, send) => handler(caller, req as never, signal, send),
+        options,
+      );
+    }
   }
   server.addService(grpcServerDefinition(impl.service), handlers);
 }

@@ -110,7 +110,7 @@ export class Sidecar {
     return this.#http?.url;
   }
 
-  /** `host:port` of the gRPC agent service, when configured. */
+  /** `host:port` of the gRPC services (agent protocol and operator services), when configured. */
   get grpcAddress(): string | undefined {
     return this.#grpc?.address;
   }
