@@ -133,9 +133,9 @@ export const sidecarConfigSchema = z
     /** Admin bearer token (prefer FABRIC_ADMIN_TOKEN). A random one is made when unset. */
     adminToken: z.string().min(16).optional(),
     /**
-     * Where agents, their credential hashes, pools, budget usage and the generated admin token's
-     * hash persist: `{ path, synchronous }` (an embedded SQLite file) or `memory` (nothing
-     * survives a restart). Tasks and approvals are not persisted yet. A relative path is taken
+     * Where agents, their credential hashes, pools, budget usage, approvals and the generated
+     * admin token's hash persist: `{ path, synchronous }` (an embedded SQLite file) or `memory`
+     * (nothing survives a restart). Tasks are not persisted yet. A relative path is taken
      * from the working directory. @default { path: '${CWD}/.fabric/state.db' }
      */
     state: z

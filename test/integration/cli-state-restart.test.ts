@@ -13,13 +13,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
-import {
-  DEFAULT_ALLOW,
-  EVERYTHING_BIN,
-  tempDir,
-  text,
-  until,
-} from '../fixtures/gateway/harness.js';
+import { DEFAULT_ALLOW, EVERYTHING_BIN, tempDir, text } from '../fixtures/gateway/harness.js';
 import { cleanUp, connect, freePort, serve, stop } from '../fixtures/state/serve.js';
 
 const LIMIT = 2;
@@ -97,8 +91,8 @@ describe('agent-fabric serve over a state file', () => {
     expect(
       text(await after.callTool({ name: 'ev__echo', arguments: { message: 'two' } })),
     ).toContain('two');
-    // Settled usage is committed to disk (read beside the running sidecar) before the kill.
-    await until(() => costOnDisk(statePath, agentId) === LIMIT);
+    // The answer came after the settle was committed: on disk (read beside the running sidecar).
+    expect(costOnDisk(statePath, agentId)).toBe(LIMIT);
     await stop(second, 'SIGKILL');
 
     // After SIGKILL: same token, the usage before the kill still counts, the agent stays refused.
