@@ -3,7 +3,9 @@
  * levels) with the SQLite store (WAL, synchronous NORMAL and FULL) against the in-memory store,
  * same run. `per-call` ends the event-loop iteration after every call, so every call pays its own
  * commit (the worst case); `per-turn-100` settles 100 calls per iteration (a busy sidecar), one
- * commit for all of them. The `durable-dispatch` case of issue 11 needs persisted tasks and is
+ * commit for all of them; `awaited-32` runs 32 calls at once, each an async function that settles
+ * after an awaited answer and whose caller awaits it (as the gateway does): usage commits on a
+ * microtask, before any caller resumes, and the 32 settles of one run share that commit. The `durable-dispatch` case of issue 11 needs persisted tasks and is
  * not here yet.
  */
 import { rmSync } from 'node:fs';
@@ -16,11 +18,15 @@ import { Latency, median, type BenchContext, type BenchSuite } from './lib.js';
 
 const AGENTS = 16;
 
-/** Calls per second of reserve+settle, `perTurn` calls between two turns, and per-call latency. */
+/**
+ * Calls per second of reserve+settle, `perTurn` calls between two turns, and per-call latency.
+ * `awaited`: the calls of a turn run concurrently as async functions (see the module comment).
+ */
 async function measure(
   store: BudgetStore,
   calls: number,
   perTurn: number,
+  awaited = false,
 ): Promise<{ ops: number; latency: Latency }> {
   const budgets = new BudgetManager({ store });
   const big = { maxTokensPerHour: 1e15, maxCostPerDay: 1e15 };
@@ -31,7 +37,7 @@ async function measure(
   const start = performance.now();
   for (let i = 0; i < calls; i += perTurn) {
     const t0 = performance.now();
-    for (let k = 0; k < perTurn; k++) {
+    const call = (k: number): void => {
       const r = budgets.reserve(
         `agent-${(i + k) % AGENTS}`,
         { tokens: 100, cost: 1 },
@@ -40,6 +46,16 @@ async function measure(
         },
       );
       budgets.settle(r, { tokens: 90, cost: 1 });
+    };
+    if (awaited) {
+      const answer = Promise.resolve();
+      const one = async (k: number): Promise<void> => {
+        await answer; // the upstream's answer arrives
+        call(k);
+      };
+      await Promise.all(Array.from({ length: perTurn }, (_, k) => one(k)));
+    } else {
+      for (let k = 0; k < perTurn; k++) call(k);
     }
     // The event-loop iteration ends: the group commit runs here, inside the measured time.
     await new Promise<void>((resolve) => setImmediate(resolve));
@@ -53,6 +69,7 @@ async function durable(
   synchronous: StateSynchronous,
   perTurn: number,
   calls: number,
+  awaited = false,
 ): Promise<void> {
   const dir = join(tmpdir(), `fabric-bench-state-${process.pid}-${synchronous}-${perTurn}`);
   rmSync(dir, { recursive: true, force: true });
@@ -60,8 +77,8 @@ async function durable(
   try {
     for (let round = 0; round < (ctx.quick ? 1 : 3); round++) {
       const store = await SqliteStore.open(join(dir, `state-${round}.db`), { synchronous });
-      const base = await measure(new InMemoryBudgetStore(), calls, perTurn);
-      const sql = await measure(store.budgets, calls, perTurn);
+      const base = await measure(new InMemoryBudgetStore(), calls, perTurn, awaited);
+      const sql = await measure(store.budgets, calls, perTurn, awaited);
       await store.close();
       runs.push({
         ops: sql.ops,
@@ -76,7 +93,7 @@ async function durable(
   const last = runs.at(-1)!;
   ctx.report({
     suite: 'state',
-    case: `budget-settle-${synchronous.toLowerCase()}-${perTurn === 1 ? 'per-call' : `per-turn-${perTurn}`}`,
+    case: `budget-settle-${synchronous.toLowerCase()}-${awaited ? `awaited-${perTurn}` : perTurn === 1 ? 'per-call' : `per-turn-${perTurn}`}`,
     unit: 'calls/s',
     value: Math.round(median(runs.map((r) => r.ops))),
     baseline: 'InMemoryBudgetStore',
@@ -95,6 +112,7 @@ const suite: BenchSuite = {
     const calls = ctx.quick ? 5_000 : 50_000;
     await durable(ctx, 'NORMAL', 1, calls);
     await durable(ctx, 'NORMAL', 100, calls);
+    await durable(ctx, 'NORMAL', 32, calls, true);
     await durable(ctx, 'FULL', 1, ctx.quick ? 500 : 2_000);
     await durable(ctx, 'FULL', 100, calls);
   },

@@ -243,7 +243,7 @@ export class AgentFabric {
       terminatedRetention: c.terminatedAgentRetention,
       agents: this.#store.agents,
     });
-    this.approvals = new ApprovalManager(options.approvals);
+    this.approvals = new ApprovalManager(options.approvals, this.#store.approvals);
     this.policies = new PolicyEngine({ ...options.policy, approvals: this.approvals });
     const budgetStore = options.budgetStore ?? this.#store.budgets;
     this.budgets = new BudgetManager(budgetStore ? { store: budgetStore } : {});

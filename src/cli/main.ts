@@ -99,6 +99,9 @@ process.on('beforeExit', () => {
   }
 });
 
+/** Shown instead of a credential pinned in the config. */
+const PINNED = '(pinned in the config; not shown)';
+
 async function serve(argv: string[]): Promise<void> {
   const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } } });
   const file = values.config ?? defaultConfigPath();
@@ -118,7 +121,10 @@ async function serve(argv: string[]): Promise<void> {
       `  gRPC:        ${sidecar.grpcAddress} (fabric.v1: AgentService; with the admin token ` +
         'PolicyService, ApprovalService, BudgetService, EventService)',
     );
-  for (const a of sidecar.agents) out.push(`  agent token: ${a.credential}   (${a.name}, ${a.id})`);
+  for (const a of sidecar.agents) {
+    // A pinned token is the deployment's secret: it is never printed, not even once.
+    out.push(`  agent token: ${a.pinned ? PINNED : a.credential}   (${a.name}, ${a.id})`);
+  }
   if (sidecar.anonymous)
     out.push(`  anonymous:   requests without a token act as ${sidecar.anonymous.agentId}`);
   out.push(
@@ -130,13 +136,14 @@ async function serve(argv: string[]): Promise<void> {
     }`,
   );
   out.push(
-    `  state:       ${sidecar.statePath ?? 'memory (nothing survives a restart)'}${sidecar.statePath ? ' (agents, credentials, pools, tasks, budget usage; approvals are not kept)' : ''}`,
+    `  state:       ${sidecar.statePath ?? 'memory (nothing survives a restart)'}${sidecar.statePath ? ' (agents, credentials, pools, tasks, budget usage, approvals)' : ''}`,
   );
   if (first) {
+    const bearer = first.pinned ? `<the token pinned for ${first.name}>` : first.credential;
     out.push('');
     out.push('Add it to Claude Code:');
     out.push(
-      `  claude mcp add --transport http agent-fabric ${url} --header "Authorization: Bearer ${first.credential}"`,
+      `  claude mcp add --transport http agent-fabric ${url} --header "Authorization: Bearer ${bearer}"`,
     );
     out.push('');
     out.push('Or to any MCP client config:');
@@ -147,7 +154,7 @@ async function serve(argv: string[]): Promise<void> {
             'agent-fabric': {
               type: 'http',
               url,
-              headers: { Authorization: `Bearer ${first.credential}` },
+              headers: { Authorization: `Bearer ${bearer}` },
             },
           },
         },

@@ -229,6 +229,30 @@ export class LifecycleManager {
     return { ...info, credential };
   }
 
+  /**
+   * Makes `credential` the agent's only credential (the one it had stops authenticating). Used
+   * for a credential pinned in the sidecar's config that changed since the agent was made.
+   * @throws AgentNotFoundError; UnauthenticatedError for a terminated agent;
+   *   InvalidArgumentError when the credential is shorter than 32 characters or another agent
+   *   uses it.
+   */
+  replaceCredential(agentId: string, credential: string): void {
+    this.#open();
+    const rec = this.#get(agentId);
+    if (rec.status === AgentStatus.TERMINATED) {
+      throw new UnauthenticatedError('unknown or revoked agent credential');
+    }
+    const hash = hashCredential(checkCredential(credential));
+    if (hash === rec.credentialHash) return;
+    if (this.#byCredential.has(hash)) {
+      throw new InvalidArgumentError('credential', 'is already used by another agent');
+    }
+    this.#byCredential.delete(rec.credentialHash);
+    rec.credentialHash = hash;
+    this.#byCredential.set(hash, rec.id);
+    this.#agents.put(rec.id, rec);
+  }
+
   #validate(config: AgentConfig): AgentRecord {
     if (config === null || typeof config !== 'object')
       throw new InvalidArgumentError('config', 'must be an object');

@@ -2,6 +2,18 @@
  * Human approvals: a `require_approval` decision becomes a pending approval that a person
  * approves or denies before it expires.
  *
+ * Approvals are plain records in a {@link Collection} (the fabric's store), so a durable store
+ * keeps them across a restart: a manager built on a store that holds approvals re-arms the expiry
+ * of the pending ones (expiring at once those whose time passed while nobody ran), counts them
+ * against `maxPendingPerAgent`, and keeps the decided ones within `maxResolved`. Waiters, timers
+ * and counters are runtime state, rebuilt from the records.
+ *
+ * A decision belongs to the one call that asked for it. When nobody waits for a pending approval
+ * any more (the call's connection closed, its wait ended, or the process restarted), the approval
+ * is marked `orphaned`: it can still be decided — the decision is recorded with its approver —
+ * but nothing runs because of it; the agent must make the call again, which asks for a new
+ * approval. No decision is ever carried over to another call.
+ *
  * @module
  */
 import { randomUUID } from 'node:crypto';
@@ -15,6 +27,8 @@ import {
   WaitTimeoutError,
 } from '../errors.js';
 import { TypedEmitter } from '../events.js';
+import { MemoryCollection } from '../store/memory-store.js';
+import type { Collection } from '../store/store.js';
 
 /** Default for {@link ApprovalManagerOptions.defaultTtlSeconds}. */
 export const DEFAULT_APPROVAL_TTL_SECONDS = 300;
@@ -53,7 +67,15 @@ export interface Approval {
   readonly approver?: string;
   /** The approver's reason. */
   readonly decisionReason?: string;
+  /**
+   * True once no call waits for this approval any more (its connection closed, its wait ended,
+   * or the process restarted while it was pending). Deciding it records the decision and runs
+   * nothing: the agent must call again (a new call asks for a new approval).
+   */
+  readonly orphaned?: boolean;
 }
+
+const STATUSES: ReadonlySet<string> = new Set(['pending', 'approved', 'denied', 'expired']);
 
 /** The outcome {@link ApprovalManager.waitForApproval} resolves with. */
 export interface ApprovalResult {
@@ -109,7 +131,8 @@ export interface ApprovalManagerOptions {
   defaultTtlSeconds?: number;
   /**
    * Decided approvals kept for `getApproval`/`listApprovals`/late `waitForApproval` before the
-   * oldest are forgotten. Pending approvals are never evicted.
+   * oldest (by decision time) are forgotten — and deleted from the store. Pending approvals are
+   * never evicted.
    * @default 1000
    */
   maxResolved?: number;
@@ -212,15 +235,66 @@ interface Entry {
 export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
   readonly #options: Readonly<Required<ApprovalManagerOptions>>;
   readonly #entries = new Map<string, Entry>();
+  readonly #store: Collection<Approval>;
   /** Ids of decided approvals, oldest first, for retention. */
   readonly #resolved = new Set<string>();
   /** Pending approvals per agent (entries only while > 0). */
   readonly #pendingByAgent = new Map<string, number>();
   #closed = false;
 
-  constructor(options: ApprovalManagerOptions = {}) {
+  /**
+   * @param store - where approval records live (the fabric passes its store's `approvals`). The
+   *   approvals already in it are restored: pending ones are marked `orphaned`, their expiry
+   *   re-armed (or applied at once when it passed); decided ones are kept within `maxResolved`.
+   * @throws InvalidArgumentError naming a stored record that is not an approval.
+   */
+  constructor(
+    options: ApprovalManagerOptions = {},
+    store: Collection<Approval> = new MemoryCollection<Approval>(),
+  ) {
     super();
     this.#options = parseApprovalManagerOptions(options);
+    this.#store = store;
+    this.#restore();
+  }
+
+  #restore(): void {
+    const records = [...this.#store.values()];
+    for (const r of records) checkRecord(r);
+    for (const r of records) {
+      Object.freeze(r.params);
+      Object.freeze(r);
+    }
+    const decided = records
+      .filter((r) => r.status !== 'pending')
+      .sort((a, b) => (a.decidedAt ?? a.createdAt) - (b.decidedAt ?? b.createdAt));
+    for (const snapshot of decided) {
+      this.#entries.set(snapshot.id, { snapshot, timer: undefined, waiters: new Set() });
+      this.#resolved.add(snapshot.id);
+    }
+    this.#evict();
+    const now = Date.now();
+    const pending = records
+      .filter((r) => r.status === 'pending')
+      .sort((a, b) => a.createdAt - b.createdAt);
+    for (const r of pending) {
+      // The call that asked for it died with the previous process.
+      const snapshot: Approval = r.orphaned === true ? r : Object.freeze({ ...r, orphaned: true });
+      if (snapshot !== r) this.#store.put(snapshot.id, snapshot);
+      const entry: Entry = { snapshot, timer: undefined, waiters: new Set() };
+      this.#entries.set(snapshot.id, entry);
+      this.#pendingByAgent.set(
+        snapshot.agentId,
+        (this.#pendingByAgent.get(snapshot.agentId) ?? 0) + 1,
+      );
+      if (snapshot.expiresAt <= now) this.#resolve(entry, 'expired');
+      else this.#arm(entry, snapshot.expiresAt - now);
+    }
+  }
+
+  #arm(entry: Entry, ms: number): void {
+    entry.timer = setTimeout(() => this.#resolve(entry, 'expired'), ms);
+    entry.timer.unref();
   }
 
   /** The validated, frozen options. */
@@ -264,13 +338,37 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
       createdAt: now,
       expiresAt: now + Math.round(ttl * 1000),
     });
+    // Stored first: a write that fails leaves no approval behind (and no call parked on it).
+    try {
+      this.#store.put(approval.id, approval);
+    } catch (error) {
+      try {
+        this.#store.delete(approval.id);
+      } catch {
+        // the deletion stays pending in the store like the put did
+      }
+      throw error;
+    }
     const entry: Entry = { snapshot: approval, timer: undefined, waiters: new Set() };
-    entry.timer = setTimeout(() => this.#resolve(entry, 'expired'), approval.expiresAt - now);
-    entry.timer.unref();
+    this.#arm(entry, approval.expiresAt - now);
     this.#entries.set(approval.id, entry);
     this.#pendingByAgent.set(approval.agentId, pending + 1);
     this.emit('created', approval);
     return approval;
+  }
+
+  /**
+   * Marks a pending approval `orphaned`: the call that asked for it no longer waits (its
+   * connection closed or its wait ended). It stays pending and can still be decided; the decision
+   * is recorded and runs nothing. A no-op for an unknown or decided approval, and while another
+   * `waitForApproval` still waits on it.
+   */
+  orphan(id: string): void {
+    const entry = this.#entries.get(id);
+    if (entry === undefined || entry.snapshot.status !== 'pending') return;
+    if (entry.snapshot.orphaned === true || entry.waiters.size > 0 || this.#closed) return;
+    entry.snapshot = Object.freeze({ ...entry.snapshot, orphaned: true });
+    this.#store.put(id, entry.snapshot);
   }
 
   /**
@@ -404,11 +502,20 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
     const snapshot: Approval = Object.freeze({
       ...entry.snapshot,
       status,
-      decidedAt: Date.now(),
+      // An approval expires at its expiry, also when that passed while the process was down.
+      decidedAt: status === 'expired' ? entry.snapshot.expiresAt : Date.now(),
       ...(approver === undefined ? {} : { approver }),
       ...(reason === undefined ? {} : { decisionReason: reason }),
     });
     entry.snapshot = snapshot;
+    // A durable store commits here; if that write fails the decision still stands (and is
+    // retried with the next commit), and the caller is told after the waiters are answered.
+    let failure: unknown;
+    try {
+      this.#store.put(snapshot.id, snapshot);
+    } catch (error) {
+      failure = error;
+    }
     const left = (this.#pendingByAgent.get(snapshot.agentId) ?? 1) - 1;
     if (left > 0) this.#pendingByAgent.set(snapshot.agentId, left);
     else this.#pendingByAgent.delete(snapshot.agentId);
@@ -417,6 +524,7 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
     const result = toResult(snapshot);
     for (const w of [...entry.waiters]) w.resolve(result);
     this.emit('resolved', snapshot);
+    if (failure !== undefined) throw failure;
     return snapshot;
   }
 
@@ -425,7 +533,27 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
       const oldest = this.#resolved.values().next().value as string;
       this.#resolved.delete(oldest);
       this.#entries.delete(oldest);
+      this.#store.delete(oldest);
     }
+  }
+}
+
+/** A record read back from a store must at least have an approval's identity and times. */
+function checkRecord(r: Approval): void {
+  const ok =
+    r !== null &&
+    typeof r === 'object' &&
+    typeof r.id === 'string' &&
+    typeof r.agentId === 'string' &&
+    typeof r.tool === 'string' &&
+    STATUSES.has(r.status) &&
+    Number.isFinite(r.createdAt) &&
+    Number.isFinite(r.expiresAt);
+  if (!ok) {
+    throw new InvalidArgumentError(
+      `store.approvals[${JSON.stringify((r as { id?: unknown } | null)?.id)}]`,
+      'is not an approval record',
+    );
   }
 }
 

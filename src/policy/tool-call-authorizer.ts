@@ -186,6 +186,8 @@ export class ToolCallAuthorizer {
         ...(ctx.signal === undefined ? {} : { signal: ctx.signal }),
       });
     } catch (err) {
+      // Nobody will run this call now: a later decision is recorded but applies to nothing.
+      this.#approvals.orphan(pending.id);
       if (isFabricError(err, WaitTimeoutError.code)) return denied(err, final);
       throw err;
     }

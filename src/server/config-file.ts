@@ -23,6 +23,7 @@ import { upstreamSpecSchema } from '../gateway/upstream-config.js';
 import { DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT } from '../policy/approval-manager.js';
 import { DEFAULT_STATE_SYNCHRONOUS } from '../store/sqlite-store.js';
 import { HostGuard } from './host-guard.js';
+import { pinnedCredentialProblem } from './pinned-credential.js';
 
 /** Default HTTP port of the sidecar. */
 export const DEFAULT_HTTP_PORT = 8765;
@@ -64,6 +65,27 @@ export const agentSchema = z
     labels: z.record(z.string(), z.string()).optional(),
     capabilities: z.array(z.string()).optional(),
     budget: budgetSchema.optional(),
+  })
+  .strict();
+
+/**
+ * An agent of the config's `agents:` list: an {@link agentSchema} that may pin its credential
+ * (`credential: ${env:AGENT_TOKEN}`) instead of taking the one the sidecar makes.
+ */
+export const startupAgentSchema = agentSchema
+  .extend({
+    /**
+     * The agent's token, chosen by the deployment (at least 32 printable characters, not
+     * guessable; see `pinnedCredentialProblem`). Never printed or logged. Changing it replaces
+     * the stored hash at the next start (the old token stops working).
+     */
+    credential: z
+      .string()
+      .superRefine((value, ctx) => {
+        const problem = pinnedCredentialProblem(value);
+        if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
+      })
+      .optional(),
   })
   .strict();
 
@@ -111,9 +133,9 @@ export const sidecarConfigSchema = z
     /** Admin bearer token (prefer FABRIC_ADMIN_TOKEN). A random one is made when unset. */
     adminToken: z.string().min(16).optional(),
     /**
-     * Where agents, their credential hashes, pools, tasks, budget usage and the generated admin
-     * token's hash persist: `{ path, synchronous }` (an embedded SQLite file) or `memory` (nothing
-     * survives a restart). Approvals are not persisted yet. A relative path is taken
+     * Where agents, their credential hashes, pools, tasks, budget usage, approvals and the
+     * generated admin token's hash persist: `{ path, synchronous }` (an embedded SQLite file) or
+     * `memory` (nothing survives a restart). A relative path is taken
      * from the working directory. @default { path: '${CWD}/.fabric/state.db' }
      */
     state: z
@@ -166,7 +188,34 @@ export const sidecarConfigSchema = z
       )
       .default([]),
     /** Agents spawned at start-up; their credentials are printed once. */
-    agents: z.array(agentSchema).default([]),
+    agents: z
+      .array(startupAgentSchema)
+      .default([])
+      .superRefine((agents, ctx) => {
+        const names = new Map<string, number>();
+        const pinned = new Map<string, number>();
+        for (const [i, a] of agents.entries()) {
+          const sameName = names.get(a.name);
+          if (sameName !== undefined) {
+            ctx.addIssue({
+              code: 'custom',
+              path: [i, 'name'],
+              message: `is the name of agents.${sameName} too; names must be unique`,
+            });
+          }
+          names.set(a.name, i);
+          if (a.credential === undefined) continue;
+          const same = pinned.get(a.credential);
+          if (same !== undefined) {
+            ctx.addIssue({
+              code: 'custom',
+              path: [i, 'credential'],
+              message: `is the credential of agents.${same} too; each agent needs its own`,
+            });
+          }
+          pinned.set(a.credential, i);
+        }
+      }),
     audit: z
       .union([
         z.literal(false),

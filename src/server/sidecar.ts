@@ -32,6 +32,8 @@ export interface StartupAgent {
   readonly name: string;
   readonly id: string;
   readonly credential: string;
+  /** True when the credential was pinned in the config (`agents[].credential`): never show it. */
+  readonly pinned: boolean;
 }
 
 /** Options of {@link startSidecar}. */
@@ -211,14 +213,40 @@ export class Sidecar {
       }
       step = 'agents';
       const agents: StartupAgent[] = [];
-      for (const a of config.agents) {
+      for (const [i, a] of config.agents.entries()) {
+        const pinned = a.credential;
+        if (pinned !== undefined && (fabric === undefined || pinned === adminToken)) {
+          throw new ConfigError(
+            `agents.${i}.credential`,
+            fabric === undefined
+              ? 'cannot be pinned when the sidecar is given a backend'
+              : 'must differ from the admin token',
+          );
+        }
         if (fabric !== undefined && store !== undefined) {
-          const kept = await startupAgent(fabric, store, a.name, spawnConfig(a, config), log);
+          const kept = await startupAgent(
+            fabric,
+            store,
+            a.name,
+            spawnConfig(a, config),
+            log,
+            pinned,
+          );
           if (kept !== undefined) agents.push(kept);
           continue;
         }
-        const spawned = await backend.spawn(spawnConfig(a, config));
-        agents.push({ name: a.name, id: spawned.id, credential: spawned.credential });
+        const spawned =
+          fabric !== undefined && pinned !== undefined
+            ? await fabric.spawn(spawnConfig(a, config) as AgentConfig, {
+                credentialFor: () => pinned,
+              })
+            : await backend.spawn(spawnConfig(a, config));
+        agents.push({
+          name: a.name,
+          id: spawned.id,
+          credential: spawned.credential,
+          pinned: pinned !== undefined,
+        });
       }
       let anonymous: AgentIdentity | undefined;
       if (config.allowAnonymous) {
@@ -370,9 +398,11 @@ const STARTUP_KEY = 'startupAgentKey';
 /**
  * The start-up agent `name` over a durable store: the agent a previous start made under that
  * name (same id, same credential: the credential is derived from the state's secret and the id,
- * so it can be shown again; its budget limits follow the config), or a new one. A start-up
- * agent that was terminated stays
- * terminated (it is not shown: its credential no longer works) until its record ages out.
+ * so it can be shown again; its budget limits follow the config), or a new one. A credential
+ * pinned in the config is used instead of the derived one; when the pinned credential changed
+ * (or was pinned or unpinned) since the previous start, the new one replaces the stored hash and
+ * the old one stops working. A start-up agent that was terminated stays terminated (it is not
+ * shown: its credential no longer works) until its record ages out.
  */
 async function startupAgent(
   fabric: AgentFabric,
@@ -380,9 +410,11 @@ async function startupAgent(
   name: string,
   config: Parameters<AdminBackend['spawn']>[0],
   log: (entry: GatewayLogEntry) => void,
+  pinned?: string,
 ): Promise<StartupAgent | undefined> {
   const key = `startupAgent:${name}`;
-  const credentialFor = (id: string): string => `afk_${store.derive(STARTUP_KEY, id)}`;
+  const pinnedKey = `startupAgentPinned:${name}`;
+  const credentialFor = (id: string): string => pinned ?? `afk_${store.derive(STARTUP_KEY, id)}`;
   const id = store.getMeta(key);
   const kept = id === undefined ? undefined : fabric.lifecycle.peek(id);
   if (id !== undefined && kept !== undefined) {
@@ -394,6 +426,16 @@ async function startupAgent(
       return undefined;
     }
     const credential = credentialFor(id);
+    const wasPinned = store.getMeta(pinnedKey) === '1';
+    if ((pinned !== undefined || wasPinned) && kept.credentialHash !== hashCredential(credential)) {
+      fabric.lifecycle.replaceCredential(id, credential);
+      store.flush(); // the new hash is on disk before the meta that says which one it is
+      log({
+        level: 'info',
+        msg: `start-up agent ${name} (${id}): its credential changed in the config; the previous one no longer authenticates`,
+      });
+    }
+    store.setMeta(pinnedKey, pinned === undefined ? '0' : '1');
     const identity = fabric.authenticate(credential);
     if (identity.kind !== 'agent' || identity.agentId !== id) {
       throw new StateStoreError(store.path, `start-up agent ${name}'s credential does not match`);
@@ -402,11 +444,12 @@ async function startupAgent(
     // an agent whose config names none are left alone.
     const budget = (config as AgentConfig).budget;
     if (budget !== undefined) fabric.budgets.setBudget(id, budget);
-    return { name, id, credential };
+    return { name, id, credential, pinned: pinned !== undefined };
   }
   const spawned = await fabric.spawn(config as AgentConfig, { credentialFor });
   store.setMeta(key, spawned.id);
-  return { name, id: spawned.id, credential: spawned.credential };
+  store.setMeta(pinnedKey, pinned === undefined ? '0' : '1');
+  return { name, id: spawned.id, credential: spawned.credential, pinned: pinned !== undefined };
 }
 
 /** Creates the sandbox folder (and its `protected/`); a path that cannot be made is a config error. */

@@ -3,6 +3,7 @@
  *
  * @module
  */
+import type { Approval } from '../policy/approval-manager.js';
 import type { Collection, FabricStore } from './store.js';
 
 /** A Map-backed collection. */
@@ -40,6 +41,7 @@ export class MemoryStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly tasks = new MemoryCollection<TTask>();
   readonly agents = new MemoryCollection<TAgent>();
   readonly pools = new MemoryCollection<TPool>();
+  readonly approvals = new MemoryCollection<Approval>();
 
   async close(): Promise<void> {}
 }

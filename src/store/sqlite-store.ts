@@ -1,18 +1,18 @@
 /**
  * The durable {@link FabricStore}: one embedded SQLite file (better-sqlite3, WAL mode) that
- * carries tasks, agents, pools, budget usage and a few keyed values (`meta`) across restarts and
- * crashes.
+ * carries tasks, agents, pools, approvals, budget usage and a few keyed values (`meta`) across
+ * restarts and crashes.
  *
  * Why it looks like this:
  * - The seam is synchronous (the hot path cannot await per record), and so is better-sqlite3.
  *   Records are kept in memory as the very objects the managers hold — managers mutate a record
  *   and then `put` it — and a `put` only marks the record dirty. Dirty records are written in
- *   ONE transaction (group commit): for tasks, agents and pools on a microtask queued by the
- *   first change, so a caller that `await`s a fabric call (schedule, completeTask, spawn,
- *   terminate, createPool …) resumes only after the commit, and the changes of one synchronous
- *   run (a batch of schedules, a dispatch pass) share one transaction; for
- *   budget usage at the end of the event-loop iteration, so every tool call settled in one
- *   iteration shares one commit (measured in bench/state.ts). `close()` commits what is left.
+ *   ONE transaction (group commit) on a microtask queued by the first change, so a caller that
+ *   `await`s a fabric call (schedule, completeTask, spawn, terminate, createPool, recordUsage, a
+ *   tool call's settle …) resumes only after the commit, and every change of one synchronous
+ *   run (a batch of schedules, a dispatch pass) shares it (measured in bench/state.ts and
+ *   bench/store.ts). Approvals are the exception: their `put` commits before it returns (see
+ *   `#schedule`). `close()` commits what is left.
  * - Records are stored as JSON of the plain data the managers keep; agents' credentials only as
  *   their SHA-256 (see `AgentRecord.credentialHash`), never in plaintext. A task is stored as its
  *   `TaskData` (the scheduler's `TaskRecord.toJSON`), not its runtime state; on open, `tasks`
@@ -47,6 +47,7 @@ import {
   StateVersionError,
 } from '../errors.js';
 import { StoreLock } from '../hooks/store-lock.js';
+import type { Approval } from '../policy/approval-manager.js';
 import type { Collection, FabricStore } from './store.js';
 
 /** The schema version this code writes (stored as SQLite's `user_version`). */
@@ -84,12 +85,19 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS budgets (scope TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
 `;
 
-type Kind = 'task' | 'agent' | 'pool';
+type Kind = 'task' | 'agent' | 'pool' | 'approval';
+
+/**
+ * When a change is committed: `now` before the call that made it returns (a synchronous
+ * transaction: approvals, human-speed and rare); `soon` on a microtask, before a caller awaiting
+ * the change resumes (tasks, agents, pools, budget usage); `later` at the end of the event-loop
+ * iteration.
+ */
+type Urgency = 'now' | 'soon' | 'later';
 
 /** What a collection needs from its store: to be told a record changed. */
 interface Journal {
-  /** `urgent`: commit before the current run's awaiting callers resume (a microtask). */
-  touch(urgent: boolean): void;
+  touch(urgency: Urgency): void;
 }
 
 /**
@@ -100,13 +108,15 @@ export class SqliteCollection<T> implements Collection<T> {
   readonly #map = new Map<string, T>();
   readonly #dirty = new Set<string>();
   readonly #journal: Journal;
+  readonly #urgency: Urgency;
   /** @internal */
   readonly kind: Kind;
 
   /** @internal */
-  constructor(kind: Kind, journal: Journal, rows: Iterable<[string, T]>) {
+  constructor(kind: Kind, journal: Journal, rows: Iterable<[string, T]>, urgency: Urgency) {
     this.kind = kind;
     this.#journal = journal;
+    this.#urgency = urgency;
     for (const [id, record] of rows) this.#map.set(id, record);
   }
 
@@ -117,7 +127,7 @@ export class SqliteCollection<T> implements Collection<T> {
   put(id: string, record: T): void {
     this.#map.set(id, record);
     this.#dirty.add(id);
-    this.#journal.touch(true);
+    this.#journal.touch(this.#urgency);
   }
 
   adopt(id: string, record: T): void {
@@ -128,7 +138,7 @@ export class SqliteCollection<T> implements Collection<T> {
     const had = this.#map.delete(id);
     if (had) {
       this.#dirty.add(id);
-      this.#journal.touch(true);
+      this.#journal.touch(this.#urgency);
     }
     return had;
   }
@@ -186,12 +196,12 @@ export class SqliteBudgetStore implements BudgetStore {
 
   changed(scope: string, source: BudgetStateSource): void {
     this.#dirty.set(scope, source);
-    this.#journal.touch(false);
+    this.#journal.touch('soon');
   }
 
   delete(scope: string): void {
     this.#dirty.set(scope, null);
-    this.#journal.touch(false);
+    this.#journal.touch('soon');
   }
 
   /** @internal */
@@ -230,6 +240,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly tasks: SqliteCollection<TTask>;
   readonly agents: SqliteCollection<TAgent>;
   readonly pools: SqliteCollection<TPool>;
+  /** Committed synchronously: `put`/`delete` return after the transaction. */
+  readonly approvals: SqliteCollection<Approval>;
   readonly budgets: SqliteBudgetStore;
   readonly #db: Database.Database;
   readonly #lock: StoreLock;
@@ -240,10 +252,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly #removeBudget: Database.Statement<[string]>;
   readonly #setMeta: Database.Statement<[string, string]>;
   readonly #getMeta: Database.Statement<[string], { value: string }>;
-  /** A microtask commit is queued (records changed). */
+  /** A microtask commit is queued. */
   #soon = false;
-  /** An end-of-iteration commit is queued (only budget usage changed). */
-  #later: NodeJS.Immediate | undefined;
   #closed = false;
   #lastError: StateStoreError | undefined;
 
@@ -259,7 +269,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.#db = db;
     this.#lock = lock;
     this.#onError = options.onError ?? (() => undefined);
-    const journal: Journal = { touch: (urgent) => this.#schedule(urgent) };
+    const journal: Journal = { touch: (urgency) => this.#schedule(urgency) };
     const rows = (kind: Kind): Array<[string, never]> =>
       db
         .prepare<[string], { id: string; data: string }>(
@@ -267,9 +277,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         )
         .all(kind)
         .map((r) => [r.id, parseRecord(path, kind, r.id, r.data) as never]);
-    this.tasks = new SqliteCollection<TTask>('task', journal, rows('task'));
-    this.agents = new SqliteCollection<TAgent>('agent', journal, rows('agent'));
-    this.pools = new SqliteCollection<TPool>('pool', journal, rows('pool'));
+    this.tasks = new SqliteCollection<TTask>('task', journal, rows('task'), 'soon');
+    this.agents = new SqliteCollection<TAgent>('agent', journal, rows('agent'), 'soon');
+    this.pools = new SqliteCollection<TPool>('pool', journal, rows('pool'), 'soon');
+    this.approvals = new SqliteCollection<Approval>('approval', journal, rows('approval'), 'now');
     this.budgets = new SqliteBudgetStore(db, path, journal);
     this.#upsert = db.prepare(
       'INSERT INTO records (kind, id, data) VALUES (?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET data = excluded.data',
@@ -374,15 +385,21 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    */
   flush(): void {
     this.#soon = false;
-    if (this.#later !== undefined) clearImmediate(this.#later);
-    this.#later = undefined;
     if (this.#closed) return;
     const tasks = this.tasks.pending();
     const agents = this.agents.pending();
     const pools = this.pools.pending();
+    const approvals = this.approvals.pending();
     const budgets = this.budgets.pending();
-    if (tasks.length === 0 && agents.length === 0 && pools.length === 0 && budgets.length === 0)
+    if (
+      tasks.length === 0 &&
+      agents.length === 0 &&
+      pools.length === 0 &&
+      approvals.length === 0 &&
+      budgets.length === 0
+    ) {
       return;
+    }
     // Serialize first, one record at a time: a record that cannot be serialized (a BigInt or a
     // cycle an embedder put in it) is reported, not allowed to block every other record's commit.
     const unserializable: string[] = [];
@@ -399,6 +416,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       [this.tasks, tasks],
       [this.agents, agents],
       [this.pools, pools],
+      [this.approvals, approvals],
     ] as const) {
       for (const [id, record] of changed) {
         rows.push([
@@ -429,6 +447,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.tasks.committed(tasks.map(([id]) => id));
     this.agents.committed(agents.map(([id]) => id));
     this.pools.committed(pools.map(([id]) => id));
+    this.approvals.committed(approvals.map(([id]) => id));
     this.budgets.committed(budgets);
     if (unserializable.length > 0) {
       throw new StateStoreError(
@@ -465,30 +484,36 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   }
 
   /**
-   * Agents and pools change rarely and carry identity: their commit runs on a microtask, before
-   * a caller awaiting the change resumes. Budget usage changes on every tool call: its commit
-   * waits for the end of the event-loop iteration (setImmediate), so the settles of every call
-   * that finished in one iteration share one transaction instead of paying one each.
+   * Agents, pools and budget usage commit on a microtask: before a caller awaiting the change
+   * resumes (an awaited `spawn`, `recordUsage`, a tool call's settle before its response is
+   * written), while every change made in the same synchronous run — the settles of all calls
+   * answered by one chunk of upstream output, say — shares one transaction (group commit).
+   * Approvals commit at once (`now`): a decision is human-speed and a library caller of the
+   * synchronous `approve()` must not be able to observe it before it is on disk.
+   * @throws StateStoreError (urgency `now` only) when that commit fails: the change stays
+   *   pending and is retried with the next commit.
    */
-  #schedule(urgent: boolean): void {
-    if (this.#closed || this.#soon) return;
-    if (urgent) {
-      this.#soon = true;
-      queueMicrotask(() => this.#background());
-    } else {
-      this.#later ??= setImmediate(() => this.#background());
+  #schedule(urgency: Urgency): void {
+    if (this.#closed) return;
+    if (urgency === 'now') {
+      this.#commit(true);
+      return;
     }
+    if (this.#soon) return;
+    this.#soon = true;
+    queueMicrotask(() => this.#commit(false));
   }
 
-  #background(): void {
+  #commit(rethrow: boolean): void {
     try {
       this.flush();
       this.#lastError = undefined;
     } catch (error) {
-      // Never thrown into a microtask or immediate (that would crash the process): reported,
-      // and the changes stay pending for the next commit.
+      // Never thrown into a microtask (that would crash the process): reported, and the changes
+      // stay pending for the next commit. A synchronous commit also throws to its caller.
       this.#lastError = error as StateStoreError;
       this.#onError(this.#lastError);
+      if (rethrow) throw error;
     }
   }
 

@@ -11,6 +11,7 @@
  * @module
  */
 import type { BudgetStore } from '../budget/budget-store.js';
+import type { Approval } from '../policy/approval-manager.js';
 
 /** A keyed collection of records of one kind. */
 export interface Collection<T> {
@@ -38,6 +39,12 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
   readonly tasks: Collection<TTask>;
   readonly agents: Collection<TAgent>;
   readonly pools: Collection<TPool>;
+  /**
+   * Human approvals (plain, frozen snapshots: a change is a new object `put` under the same id).
+   * A durable store commits an approval's `put`/`delete` before it returns, so a decision the
+   * caller saw is on disk.
+   */
+  readonly approvals: Collection<Approval>;
   /** Budget state kept with the records (the fabric uses it unless given its own). */
   readonly budgets?: BudgetStore;
   /** Flushes and releases resources. */

@@ -10,6 +10,7 @@ import { BudgetManager } from '../../src/budget/budget-manager.js';
 import { AgentStatus } from '../../src/agent.js';
 import { LifecycleManager, type AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
 import { TaskRecord } from '../../src/scheduler/task-record.js';
+import { ApprovalManager, type Approval } from '../../src/policy/approval-manager.js';
 import type { FabricStore } from '../../src/store/store.js';
 import { Priority, TaskStatus } from '../../src/task.js';
 
@@ -71,6 +72,22 @@ function taskRecord(id: string): TaskRecord {
   t.error = { code: 'FABRIC_ERR_TASK_EXECUTION', message: 'first attempt failed' };
   t.progress = { pct: 50 };
   return t;
+}
+
+/** A stored approval record, as the ApprovalManager writes it. */
+function approvalRecord(id: string, extra: Partial<Approval> = {}): Approval {
+  return {
+    id,
+    agentId: 'a',
+    tool: 'execute_code',
+    params: { code: 'x' },
+    policy: 'p',
+    rule: 0,
+    status: 'pending',
+    createdAt: 1_000,
+    expiresAt: Date.now() + 3_600_000,
+    ...extra,
+  };
 }
 
 /** A budget state source whose snapshot the test controls. */
@@ -173,6 +190,42 @@ export function runFabricStoreContract(contract: FabricStoreContract): void {
       expect(s.budgets.load('agent:a')).toBeUndefined();
     });
 
+    it('keeps approvals as plain records: put, replace, list, delete', async () => {
+      const s = await create();
+      expect(s.approvals.size).toBe(0);
+      s.approvals.put('apr_1', approvalRecord('apr_1'));
+      s.approvals.put('apr_2', approvalRecord('apr_2'));
+      s.approvals.put('apr_1', approvalRecord('apr_1', { status: 'denied', approver: 'bob' }));
+      expect(s.approvals.get('apr_1')).toMatchObject({ status: 'denied', approver: 'bob' });
+      expect([...s.approvals.values()].map((a) => a.id).sort()).toEqual(['apr_1', 'apr_2']);
+      expect(s.approvals.delete('apr_2')).toBe(true);
+      expect(s.approvals.delete('apr_2')).toBe(false);
+      expect(s.approvals.size).toBe(1);
+    });
+
+    it('serves an ApprovalManager: every create and decision is a record in the store', async () => {
+      const s = await create();
+      const m = new ApprovalManager({ maxResolved: 1 }, s.approvals);
+      try {
+        const a = m.create({ agentId: 'a', tool: 'execute_code', params: { code: '1' } });
+        expect(s.approvals.get(a.id)).toEqual(a);
+        m.approve(a.id, { approver: 'alice', reason: 'ok' });
+        expect(s.approvals.get(a.id)).toMatchObject({
+          status: 'approved',
+          approver: 'alice',
+          decisionReason: 'ok',
+        });
+        // Retention: the oldest decided approval beyond maxResolved leaves the store too.
+        const b = m.create({ agentId: 'a', tool: 'execute_code' });
+        m.deny(b.id, { approver: 'bob' });
+        expect(s.approvals.get(a.id)).toBeUndefined();
+        expect(s.approvals.get(b.id)?.status).toBe('denied');
+        expect(s.approvals.size).toBe(1);
+      } finally {
+        m.close();
+      }
+    });
+
     it('serves a BudgetManager: usage recorded is what it loads again', async () => {
       const s = await create();
       const first = new BudgetManager({ store: s.budgets });
@@ -231,6 +284,70 @@ export function runFabricStoreContract(contract: FabricStoreContract): void {
         const rebuilt = TaskRecord.fromData(loaded);
         expect(rebuilt.snapshot()).toEqual(t.snapshot());
         expect(rebuilt.toJSON()).toEqual(t.toJSON());
+      });
+
+      it('keeps approvals: a pending one keeps its expiry and can be decided after the reopen', async () => {
+        let s = await create();
+        const before = new ApprovalManager({ defaultTtlSeconds: 3600 }, s.approvals);
+        const a = before.create({ agentId: 'a', tool: 'execute_code', params: { code: 'rm' } });
+        const decided = before.create({ agentId: 'a', tool: 't' });
+        before.deny(decided.id, { approver: 'bob' });
+        before.close();
+        s = await reopen(s);
+        const after = new ApprovalManager({ defaultTtlSeconds: 3600 }, s.approvals);
+        try {
+          const restored = after.getApproval(a.id)!;
+          expect(restored).toEqual({ ...a, orphaned: true });
+          expect(after.getApproval(decided.id)).toMatchObject({
+            status: 'denied',
+            approver: 'bob',
+          });
+          expect(after.listApprovals({ status: 'pending' }).map((x) => x.id)).toEqual([a.id]);
+          const approved = after.approve(a.id, { approver: 'alice' });
+          expect(approved).toMatchObject({ status: 'approved', approver: 'alice', orphaned: true });
+          expect(s.approvals.get(a.id)).toEqual(approved);
+        } finally {
+          after.close();
+        }
+      });
+
+      it('expires on reopen what expired while closed, at its expiry', async () => {
+        let s = await create();
+        const expiresAt = Date.now() - 5_000;
+        s.approvals.put('apr_old', approvalRecord('apr_old', { expiresAt }));
+        s = await reopen(s);
+        const m = new ApprovalManager({}, s.approvals);
+        try {
+          expect(m.getApproval('apr_old')).toMatchObject({
+            status: 'expired',
+            decidedAt: expiresAt,
+          });
+          expect(s.approvals.get('apr_old')?.status).toBe('expired');
+          expect(() => m.approve('apr_old', { approver: 'alice' })).toThrow(/already expired/);
+        } finally {
+          m.close();
+        }
+        s = await reopen(s);
+        expect(s.approvals.get('apr_old')?.status).toBe('expired');
+      });
+
+      it('counts restored pending approvals against maxPendingPerAgent', async () => {
+        let s = await create();
+        const before = new ApprovalManager({ maxPendingPerAgent: 2 }, s.approvals);
+        before.create({ agentId: 'a', tool: 't' });
+        before.create({ agentId: 'a', tool: 't' });
+        before.close();
+        s = await reopen(s);
+        const after = new ApprovalManager({ maxPendingPerAgent: 2 }, s.approvals);
+        try {
+          expect(() => after.create({ agentId: 'a', tool: 't' })).toThrow(
+            expect.objectContaining({ code: 'FABRIC_ERR_APPROVAL_LIMIT' }),
+          );
+          expect(after.create({ agentId: 'b', tool: 't' }).status).toBe('pending');
+          expect(s.approvals.size).toBe(3);
+        } finally {
+          after.close();
+        }
       });
 
       it('keeps budget usage: an agent at its limit is still refused', async () => {

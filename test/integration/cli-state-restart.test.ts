@@ -9,95 +9,15 @@
  *   and enforced: an agent at its cost limit stays refused after the restart;
  * - a limit raised in the config applies to the kept agent, on top of the usage it kept.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, describe, expect, it } from 'vitest';
-import {
-  CLI_MAIN,
-  DEFAULT_ALLOW,
-  EVERYTHING_BIN,
-  httpClient,
-  tempDir,
-  text,
-  TSX,
-  until,
-} from '../fixtures/gateway/harness.js';
+import { DEFAULT_ALLOW, EVERYTHING_BIN, tempDir, text } from '../fixtures/gateway/harness.js';
+import { cleanUp, connect, freePort, serve, stop } from '../fixtures/state/serve.js';
 
 const LIMIT = 2;
-const spawned = new Set<ChildProcess>();
-const clients: Client[] = [];
-afterAll(async () => {
-  for (const c of clients) await c.close().catch(() => undefined);
-  for (const child of spawned) if (child.exitCode === null) child.kill('SIGKILL');
-});
-
-interface Running {
-  child: ChildProcess;
-  out: string;
-  err: () => string;
-  url: string;
-  token: string;
-  adminLine: string;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as { port: number }).port;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-/** The environment without overrides that would change what this test checks. */
-function childEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  for (const key of ['FABRIC_ADMIN_TOKEN', 'FABRIC_STATE', 'FABRIC_HTTP_PORT']) delete env[key];
-  return env;
-}
-
-/** Starts `agent-fabric serve --config <dir>/fabric.json` in `dir` and waits until it listens. */
-async function serve(dir: string): Promise<Running> {
-  const child = spawn(
-    process.execPath,
-    ['--import', TSX, CLI_MAIN, 'serve', '--config', join(dir, 'fabric.json')],
-    {
-      cwd: dir,
-      env: childEnv(),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  spawned.add(child);
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-  child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-  await until(() => out.includes('"mcpServers"') || child.exitCode !== null, 30_000);
-  if (child.exitCode !== null) throw new Error(`serve exited ${child.exitCode}: ${err}`);
-  return {
-    child,
-    out,
-    err: () => err,
-    url: /MCP URL:\s+(\S+)/.exec(out)![1]!,
-    token: /agent token:\s+(\S+)/.exec(out)![1]!,
-    adminLine: /admin token:\s+(.*)/.exec(out)![1]!,
-  };
-}
-
-async function stop(r: Running, signal: NodeJS.Signals): Promise<number | null> {
-  const exited = new Promise<number | null>((resolve) => r.child.once('exit', (c) => resolve(c)));
-  r.child.kill(signal);
-  return exited;
-}
-
-async function connect(url: string, token: string): Promise<Client> {
-  const c = await httpClient(url, token);
-  clients.push(c);
-  return c;
-}
+afterAll(cleanUp);
 
 /** Cost used by `agent:<id>` as written in the state file (read-only, beside the live sidecar). */
 function costOnDisk(path: string, agentId: string): number {
@@ -171,8 +91,8 @@ describe('agent-fabric serve over a state file', () => {
     expect(
       text(await after.callTool({ name: 'ev__echo', arguments: { message: 'two' } })),
     ).toContain('two');
-    // Settled usage is committed to disk (read beside the running sidecar) before the kill.
-    await until(() => costOnDisk(statePath, agentId) === LIMIT);
+    // The answer came after the settle was committed: on disk (read beside the running sidecar).
+    expect(costOnDisk(statePath, agentId)).toBe(LIMIT);
     await stop(second, 'SIGKILL');
 
     // After SIGKILL: same token, the usage before the kill still counts, the agent stays refused.

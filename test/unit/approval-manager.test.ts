@@ -9,6 +9,7 @@ import {
   WaitTimeoutError,
 } from '../../src/errors.js';
 import { ApprovalManager, type Approval } from '../../src/policy/approval-manager.js';
+import { MemoryCollection } from '../../src/store/memory-store.js';
 
 const request = { agentId: 'agent-1', tool: 'execute_code', params: { language: 'python' } };
 
@@ -226,5 +227,41 @@ describe('ApprovalManager', () => {
     return expect(approvals.waitForApproval(a.id, { timeoutSeconds: -1 })).rejects.toThrow(
       /options.timeoutSeconds/,
     );
+  });
+
+  describe('over a store (restart)', () => {
+    it('re-arms the expiry of restored pending approvals and keeps decided ones in order', async () => {
+      const store = new MemoryCollection<Approval>();
+      const before = new ApprovalManager({ defaultTtlSeconds: 300, maxResolved: 2 }, store);
+      const old = before.create(request);
+      before.deny(old.id, { approver: 'bob' });
+      vi.advanceTimersByTime(1_000);
+      const pending = before.create(request);
+      before.close();
+      vi.advanceTimersByTime(100_000); // the process was down for a while
+      const after = new ApprovalManager({ defaultTtlSeconds: 300, maxResolved: 2 }, store);
+      try {
+        const waited = after.waitForApproval(pending.id);
+        expect(after.getApproval(pending.id)).toMatchObject({ status: 'pending', orphaned: true });
+        vi.advanceTimersByTime(pending.expiresAt - Date.now() - 1);
+        expect(after.getApproval(pending.id)?.status).toBe('pending');
+        vi.advanceTimersByTime(1);
+        expect(await waited).toMatchObject({ status: 'expired', decidedAt: pending.expiresAt });
+        expect(store.get(pending.id)?.status).toBe('expired');
+        // Retention counts the restored decided approvals, oldest decision first.
+        const next = after.create(request);
+        after.approve(next.id, { approver: 'alice' });
+        expect(store.get(old.id)).toBeUndefined();
+        expect(after.listApprovals().map((a) => a.id)).toEqual([pending.id, next.id]);
+      } finally {
+        after.close();
+      }
+    });
+
+    it('refuses a stored record that is not an approval, naming it', () => {
+      const store = new MemoryCollection<Approval>();
+      store.put('apr_bad', { id: 'apr_bad', status: 'maybe' } as never);
+      expect(() => new ApprovalManager({}, store)).toThrow(/store\.approvals\["apr_bad"\]/);
+    });
   });
 });

@@ -165,6 +165,41 @@ describe('ToolCallAuthorizer', () => {
     await expect(p).rejects.toThrow('client went away');
   });
 
+  it('a call that stops waiting orphans its approval: a later decision is recorded and applies to no other call', async () => {
+    const python = { ...call, tool: 'execute_code', params: { language: 'python' } };
+    const controller = new AbortController();
+    let first: Approval | undefined;
+    const gone = auth.authorize({
+      ...python,
+      signal: controller.signal,
+      onWaiting: (a) => (first = a),
+    });
+    controller.abort(new Error('connection closed'));
+    await expect(gone).rejects.toThrow('connection closed');
+    expect(approvals.getApproval(first!.id)).toMatchObject({ status: 'pending', orphaned: true });
+
+    // The agent calls again: a new approval, not the old one's decision.
+    let second: Approval | undefined;
+    const retry = auth.authorize({ ...python, onWaiting: (a) => (second = a) });
+    await Promise.resolve();
+    expect(second!.id).not.toBe(first!.id);
+    expect(approvals.approve(first!.id, { approver: 'alice' })).toMatchObject({
+      status: 'approved',
+      approver: 'alice',
+      orphaned: true,
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(approvals.getApproval(second!.id)?.status).toBe('pending'); // still waiting
+    approvals.deny(second!.id, { approver: 'bob' });
+    expect(denied(await retry).code).toBe('FABRIC_ERR_APPROVAL_DENIED');
+
+    // A timed-out wait orphans too.
+    const timed = auth.authorize({ ...python, approvalTimeoutSeconds: 1 });
+    await vi.advanceTimersByTimeAsync(1_000);
+    const d = denied(await timed);
+    expect(approvals.getApproval(d.decision!.approvalId!)?.orphaned).toBe(true);
+  });
+
   it('does not ask a human to approve a call the budget would refuse', async () => {
     budgets.recordUsage('agent-1', { tokens: 950 });
     const created = vi.fn();

@@ -22,12 +22,12 @@ async function open(name: string): Promise<SqliteStore> {
   return s;
 }
 
-function committedIds(path: string): string[] {
+function committedIds(path: string, kind = 'agent'): string[] {
   const db = new Database(path, { readonly: true });
   try {
     return db
-      .prepare<[], { id: string }>('SELECT id FROM records ORDER BY id')
-      .all()
+      .prepare<[string], { id: string }>('SELECT id FROM records WHERE kind = ? ORDER BY id')
+      .all(kind)
       .map((r) => r.id);
   } finally {
     db.close();
@@ -49,11 +49,9 @@ describe('SqliteStore', () => {
     expect(committedIds(s.path)).toHaveLength(99);
   });
 
-  it('commits budget usage of one event-loop iteration together, at its end', async () => {
+  it('commits budget usage of one synchronous run together, before an awaiting caller resumes', async () => {
     const s = await open('budget.db');
     const snap = { version: 1 } as never;
-    for (let i = 0; i < 50; i++) s.budgets.changed(`agent:${i}`, { toJSON: () => snap });
-    await Promise.resolve();
     const count = (): number => {
       const db = new Database(s.path, { readonly: true });
       try {
@@ -62,10 +60,33 @@ describe('SqliteStore', () => {
         db.close();
       }
     };
-    expect(count()).toBe(0); // still in this iteration
-    await new Promise<void>((resolve) => setImmediate(resolve));
-    expect(count()).toBe(50);
+    const settleAll = async (): Promise<void> => {
+      for (let i = 0; i < 50; i++) s.budgets.changed(`agent:${i}`, { toJSON: () => snap });
+    };
+    const settled = settleAll();
+    expect(count()).toBe(0); // the run is not over: one commit for all 50 comes after it
+    await settled;
+    expect(count()).toBe(50); // ... and before the awaiting caller resumed
     expect(s.budgets.load('agent:7')).toEqual(snap);
+  });
+
+  it('commits an approval before put returns', async () => {
+    const s = await open('approvals.db');
+    const approval = {
+      id: 'apr_1',
+      agentId: 'a',
+      tool: 't',
+      params: {},
+      policy: null,
+      rule: null,
+      status: 'pending' as const,
+      createdAt: 1,
+      expiresAt: 2,
+    };
+    s.approvals.put(approval.id, approval);
+    expect(committedIds(s.path, 'approval')).toEqual(['apr_1']);
+    s.approvals.delete(approval.id);
+    expect(committedIds(s.path, 'approval')).toEqual([]);
   });
 
   it('a record that cannot be serialized is reported, and blocks no other record', async () => {
