@@ -92,6 +92,7 @@ export {
   PolicyExistsError,
   PolicyValidationError,
   RoutingError,
+  GatewayUnavailableError,
   SessionLimitError,
   StartupError,
   SubscriptionLimitError,

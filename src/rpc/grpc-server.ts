@@ -1,13 +1,16 @@
 /**
  * The fabric's gRPC server: one grpc-js `Server` on one port carrying every service of
- * proto/fabric/v1 that is implemented (today `fabric.v1.AgentService`).
+ * proto/fabric/v1 that is implemented: `fabric.v1.AgentService`, and `fabric.v1.ToolService` (the
+ * tool gateway's tools, UNAVAILABLE when no gateway is given).
  *
  * @module
  */
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { AgentFabric } from '../fabric.js';
+import type { ToolGateway } from '../gateway/gateway.js';
 import { agentService, type AgentServiceOptions } from './agent-service.js';
 import { addGrpcService } from './rpc-call.js';
+import { toolService } from './tool-service.js';
 
 /** Options of {@link startGrpcServer}. */
 export interface GrpcServerOptions extends AgentServiceOptions {
@@ -15,6 +18,8 @@ export interface GrpcServerOptions extends AgentServiceOptions {
   host?: string;
   /** 0 picks a free port. @default 0 */
   port?: number;
+  /** The tool gateway `ToolService` calls through. @default none: ToolService is UNAVAILABLE */
+  gateway?: ToolGateway | undefined;
 }
 
 /** A running gRPC server. */
@@ -33,6 +38,7 @@ export async function startGrpcServer(
 ): Promise<GrpcServer> {
   const server = new Server();
   addGrpcService(server, fabric, agentService(fabric, options));
+  addGrpcService(server, fabric, toolService(fabric, options.gateway));
 
   const host = options.host ?? '127.0.0.1';
   const port = await new Promise<number>((resolve, reject) =>
