@@ -129,18 +129,35 @@ function toStruct(value: object): JsonObject {
  * The call's arguments: the Struct's JSON, or `arguments_json` parsed; `undefined` when neither
  * is set.
  * @throws InvalidArgumentError naming `arguments_json` for bytes that are not UTF-8 JSON of an
- *   object, or that hold a number JSON.parse would change (a Struct that is not JSON, e.g.
- *   NaN, already failed decoding).
+ *   object or hold a number JSON.parse would change, or `arguments` for a Struct holding NaN
+ *   or ±Infinity.
  */
 export function argumentsOf(req: CallToolRequest): Record<string, unknown> | undefined {
   switch (req.args.case) {
     case undefined:
       return undefined;
     case 'arguments':
-      return req.args.value;
+      return finiteStruct(req.args.value);
     case 'argumentsJson':
       return parseArgumentsJson(req.args.value);
   }
+}
+
+/**
+ * `value`, checked for numbers that are no JSON (NaN, ±Infinity decode from a Struct and would
+ * reach the tool as `null`). Bounded: the decoder's recursion limit caps the depth and the
+ * message size the node count; the walk uses a stack, not recursion.
+ */
+function finiteStruct(value: JsonObject): JsonObject {
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (typeof v === 'number' && !Number.isFinite(v)) {
+      throw new InvalidArgumentError('arguments', `holds ${String(v)}, which is not a JSON number`);
+    }
+    if (typeof v === 'object' && v !== null) for (const x of Object.values(v)) stack.push(x);
+  }
+  return value;
 }
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true });

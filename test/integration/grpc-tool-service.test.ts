@@ -9,6 +9,7 @@ import {
   type ServiceError,
 } from '@grpc/grpc-js';
 import type { Client as McpClient } from '@modelcontextprotocol/sdk/client/index.js';
+import { ValueSchema } from '@bufbuild/protobuf/wkt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import {
@@ -420,13 +421,32 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
       expect(lines.every((l) => l.decision === 'invalid')).toBe(true);
     });
 
-    it('a Struct nested past the decoder limit is INVALID_ARGUMENT', async () => {
+    it('a Struct nested past the decoder limit, or holding NaN, is INVALID_ARGUMENT', async () => {
       let value: JsonObject = { a: 1 };
       for (let i = 0; i < 80; i++) value = { a: value };
-      const bytes = toBinary(
+      const deep = toBinary(
         CallToolRequestSchema,
         create(CallToolRequestSchema, { name: 'ev__echo', args: { case: 'arguments', value } }),
       );
+      // NaN has no JSON form: protobuf-es would not encode it as a Struct, so write it by hand.
+      const nanValue = toBinary(
+        ValueSchema,
+        create(ValueSchema, { kind: { case: 'numberValue', value: Number.NaN } }),
+      );
+      const entry = Buffer.concat([
+        Buffer.from([0x0a, 1]),
+        Buffer.from('x'),
+        Buffer.from([0x12, nanValue.length]),
+        nanValue,
+      ]);
+      const struct = Buffer.concat([Buffer.from([0x0a, entry.length]), entry]);
+      const name = Buffer.from('ev__echo');
+      const nan = Buffer.concat([
+        Buffer.from([0x0a, name.length]),
+        name,
+        Buffer.from([0x12, struct.length]),
+        struct,
+      ]);
       const md = new Metadata();
       md.set('authorization', `Bearer ${token('hostile')}`);
       const raw = new (makeGenericClientConstructor(
@@ -439,17 +459,19 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
         'RawToolService',
       ))(sidecar.grpcAddress!, credentials.createInsecure());
       try {
-        const err = await new Promise<ServiceError | null>((resolve) =>
-          (raw as unknown as Record<string, Unary>).callTool!.call(
-            raw,
-            Buffer.from(bytes),
-            md,
-            {},
-            (e) => resolve(e),
-          ),
-        );
-        expect(err?.code).toBe(status.INVALID_ARGUMENT);
-        expect(code(err)).toBe('FABRIC_ERR_INVALID_ARGUMENT');
+        for (const bytes of [deep, nan]) {
+          const err = await new Promise<ServiceError | null>((resolve) =>
+            (raw as unknown as Record<string, Unary>).callTool!.call(
+              raw,
+              Buffer.from(bytes),
+              md,
+              {},
+              (e) => resolve(e),
+            ),
+          );
+          expect(err?.code).toBe(status.INVALID_ARGUMENT);
+          expect(code(err)).toBe('FABRIC_ERR_INVALID_ARGUMENT');
+        }
       } finally {
         raw.close();
       }
