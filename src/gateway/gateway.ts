@@ -1,21 +1,23 @@
 /**
- * ToolGateway: the pipeline every tool call goes through, and the router between agent
- * sessions (downstream) and upstream tool servers.
+ * ToolGateway: the router between agent sessions (downstream) and upstream tool servers, and
+ * the doors into the one tool-call pipeline every call goes through (tool-call-pipeline.ts):
  *
  * ```
- * identify → policy [→ approval wait] → budget reserve [→ wait] → forward → settle usage
- *   (a result whose tokens do not fit is withheld) → response → audit
+ * identify → input bounds → policy [→ approval wait] → budget reserve [→ wait] → forward
+ *   → settle usage (a result whose tokens do not fit is withheld) → response → audit
  * ```
  *
- * Upstream connections are shared by every agent session. Server→client requests from an
- * upstream (sampling, elicitation, roots/list) carry no reference to the call that caused them
- * over stdio, so they are routed to the one session that has calls in flight on that upstream;
- * when several sessions do, the request is refused with a routing error (see README).
+ * MCP sessions enter by `callTool` (and resource reads, prompt gets, completions and
+ * subscriptions, as pseudo-tools); doors without sessions (the gRPC ToolService) by
+ * `callToolAs`. Both reach the same pipeline; each maps its typed outcome to its own wire.
+ * The pieces live beside it: the pipeline, the exclusive-upstream gate (upstream-gate.ts), the
+ * routing of upstreams' requests and log messages to the sessions with calls in flight
+ * (upstream-routing.ts), resource subscriptions (resource-subscriptions.ts) and what policy
+ * sees of a resource URI (resource-params.ts).
  *
  * @module
  */
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import {
   ErrorCode,
   McpError,
@@ -23,7 +25,6 @@ import {
   type LoggingMessageNotification,
   type Notification,
   type Request,
-  type RequestId,
   type Result,
   type ServerCapabilities,
   type Tool,
@@ -32,11 +33,9 @@ import {
   ClosedError,
   ConfigError,
   FabricError,
-  RoutingError,
   SubscriptionLimitError,
   ToolNotFoundError,
 } from '../errors.js';
-import { markHoldsUnresolved, UnresolvedPath } from '../policy/unresolved-path.js';
 import { AuditLog, type AuditLogOptions } from './audit-log.js';
 import type { AgentIdentity, GatewayBackend } from './backend.js';
 import { buildCatalog, resourceOwner, type Catalog, type CatalogProblem } from './catalog.js';
@@ -69,7 +68,10 @@ import {
   type ToolCallOutcome,
   type ToolCallRequest,
 } from './tool-call-pipeline.js';
+import { resourceParams } from './resource-params.js';
+import { ResourceSubscriptions } from './resource-subscriptions.js';
 import { Upstream } from './upstream.js';
+import { InflightRoutes } from './upstream-routing.js';
 import { UpstreamGate } from './upstream-gate.js';
 import {
   upstreamSpecSchema,
@@ -78,6 +80,7 @@ import {
 } from './upstream-config.js';
 
 export type { GatewayLogEntry };
+export { resourceParams };
 
 /** Default of {@link ToolGatewayOptions.approvalProgressIntervalMs}. */
 export const DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS = 1000;
@@ -146,12 +149,6 @@ export interface ToolGatewayOptions {
   maxSubscriptionsPerSession?: number;
 }
 
-/** A request in flight on an upstream: whose (no session: a gRPC call) and which. */
-interface InFlight {
-  session: GatewaySession | undefined;
-  requestId: RequestId;
-}
-
 const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
 /** The metrics label of a tool name that is not in the catalog (agents must not grow labels). */
 const UNKNOWN_TOOL = '(unknown)';
@@ -182,9 +179,10 @@ export class ToolGateway implements SessionHost {
   readonly #sessions = new Set<GatewaySession>();
   /** Counts of every request's decision, outcome and duration (rendered at `GET /metrics`). */
   readonly metrics = new GatewayMetrics();
-  readonly #inflight = new Map<Upstream, Set<InFlight>>();
+  /** Requests in flight per upstream: where an upstream's requests and log messages go. */
+  readonly #routes: InflightRoutes;
   readonly #gates = new Map<Upstream, UpstreamGate>();
-  readonly #subscribers = new Map<string, Set<GatewaySession>>();
+  readonly #subscribers = new ResourceSubscriptions();
   /** The log level each upstream was last told (see #syncLogLevel). */
   readonly #logLevels = new Map<Upstream, LoggingLevel>();
   /** Learned token estimates per (agent, tool): what a call reserves. */
@@ -206,6 +204,7 @@ export class ToolGateway implements SessionHost {
       throw new ConfigError('maxSubscriptionsPerSession', 'must be a positive integer');
     }
     this.#log = options.logger ?? (() => undefined);
+    this.#routes = new InflightRoutes(this.#log);
     this.#audit = options.audit
       ? openAuditLog({
           ...options.audit,
@@ -731,10 +730,7 @@ export class ToolGateway implements SessionHost {
     extra: CallExtra,
   ): Promise<Result> {
     const progressToken = extra._meta?.progressToken;
-    const entry: InFlight = { session, requestId: extra.requestId };
-    let set = this.#inflight.get(upstream);
-    if (!set) this.#inflight.set(upstream, (set = new Set()));
-    set.add(entry);
+    const entry = this.#routes.enter(upstream, session, extra.requestId);
     // The response must not overtake the last progress notification on the client's stream.
     let lastProgress: Promise<void> | undefined;
     // Unless ready, Upstream.request throws before anything is sent.
@@ -761,7 +757,7 @@ export class ToolGateway implements SessionHost {
       if (reached) markReachedUpstream(e);
       throw e;
     } finally {
-      set.delete(entry);
+      this.#routes.leave(upstream, entry);
     }
   }
 
@@ -792,12 +788,7 @@ export class ToolGateway implements SessionHost {
     uri: string,
     extra: DownstreamExtra,
   ): Promise<void> {
-    let subs = this.#subscribers.get(uri);
-    if (!subs) this.#subscribers.set(uri, (subs = new Set()));
-    const first = subs.size === 0;
-    subs.add(session);
-    session.subscriptions.add(uri);
-    if (first) {
+    if (this.#subscribers.add(session, uri)) {
       try {
         await this.#upstreamRequest(
           session,
@@ -806,18 +797,14 @@ export class ToolGateway implements SessionHost {
           extra,
         );
       } catch (error) {
-        subs.delete(session);
-        session.subscriptions.delete(uri);
+        this.#subscribers.remove(session, uri);
         throw error;
       }
     }
   }
 
   async unsubscribe(session: GatewaySession, uri: string): Promise<void> {
-    session.subscriptions.delete(uri);
-    const subs = this.#subscribers.get(uri);
-    if (!subs?.delete(session) || subs.size > 0) return;
-    this.#subscribers.delete(uri);
+    if (!this.#subscribers.remove(session, uri)) return;
     const owner = resourceOwner(this.#catalog, uri);
     await owner
       ?.request({ method: 'resources/unsubscribe', params: { uri } })
@@ -890,7 +877,7 @@ export class ToolGateway implements SessionHost {
     onNotification: (upstream: Upstream, n: Notification): void =>
       this.#routeNotification(upstream, n),
     onRequest: (upstream: Upstream, request: Request, extra: { signal: AbortSignal }) =>
-      this.#routeRequest(upstream, request, extra.signal),
+      this.#routes.request(upstream, request, extra.signal),
     onDisconnect: (upstream: Upstream): void => {
       this.#logLevels.delete(upstream);
       this.#log({
@@ -929,7 +916,7 @@ export class ToolGateway implements SessionHost {
     for (const s of this.#sessions) s.catalogChanged(changed);
     if (reconnected && reconnected.connectCount > 1) {
       this.#log({ level: 'info', msg: 'upstream restarted', upstream: reconnected.name });
-      for (const uri of this.#subscribers.keys()) {
+      for (const uri of this.#subscribers.uris()) {
         if (resourceOwner(this.#catalog, uri) === reconnected) {
           reconnected
             .request({ method: 'resources/subscribe', params: { uri } })
@@ -951,41 +938,13 @@ export class ToolGateway implements SessionHost {
               ...params,
               logger: params.logger ? `${upstream.name}/${params.logger}` : upstream.name,
             };
-      const entries = this.#inflight.get(upstream);
-      if (entries && entries.size > 0) {
-        // Sessions with calls in flight get it on the stream of one of their calls.
-        const seen = new Set<GatewaySession>();
-        for (const e of entries) {
-          if (e.session === undefined || seen.has(e.session)) continue;
-          seen.add(e.session);
-          e.session.log(logged, e.requestId);
-        }
-      } else {
-        for (const s of this.#sessions) s.log(logged);
-      }
+      this.#routes.log(upstream, logged, this.#sessions);
       return;
     }
     if (n.method === 'notifications/resources/updated') {
       const uri = String((n.params as { uri?: unknown } | undefined)?.uri);
-      for (const s of this.#subscribers.get(uri) ?? []) s.notify(n);
+      this.#subscribers.notify(uri, n);
     }
-  }
-
-  async #routeRequest(upstream: Upstream, request: Request, signal: AbortSignal): Promise<Result> {
-    const entries = [...(this.#inflight.get(upstream) ?? [])];
-    const sessions = new Set(entries.map((e) => e.session));
-    const only = sessions.size === 1 ? entries[0] : undefined;
-    if (only?.session !== undefined) return only.session.request(request, signal, only.requestId);
-    if (request.method === 'roots/list' && sessions.size === 0) return { roots: [] };
-    const why =
-      sessions.size === 0
-        ? 'no agent session has a call in flight on this upstream'
-        : only !== undefined
-          ? 'the call in flight on this upstream came through gRPC, which cannot answer it'
-          : `${sessions.size} agent sessions have calls in flight on this upstream, so the originating one is ambiguous`;
-    const error = new RoutingError(upstream.name, request.method, why);
-    this.#log({ level: 'warn', msg: error.message });
-    throw toMcpError(error);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -1042,48 +1001,6 @@ function sameKeys(a: ReadonlyMap<string, unknown>, b: ReadonlyMap<string, unknow
 /** `name`, cut to {@link AUDIT_UNKNOWN_NAME_MAX} characters. */
 function truncated(name: string): string {
   return name.length > AUDIT_UNKNOWN_NAME_MAX ? `${name.slice(0, AUDIT_UNKNOWN_NAME_MAX)}…` : name;
-}
-
-/**
- * Policy parameters of a resource read, subscription or template completion: the URI, and the
- * path it names. The URI is parsed as the WHATWG URL parser (and so an upstream using
- * `new URL`) reads it: leading and trailing C0 controls and spaces are dropped, tabs and
- * newlines anywhere are removed, the scheme is case-insensitive (`FILE:`, ` file:`). `uri` is
- * the serialized URL, what an SDK-based upstream looks the resource up by (`new URL(uri)
- * .toString()`): scheme lower-cased, `.` and `..` segments resolved — so `DEMO://x/./a` or
- * `demo://x/b/../a` is matched as `demo://x/a`, the resource the upstream serves for it. A
- * `file:` URL gets its decoded path (`file:///etc/%2e%2e/etc/passwd` → `/etc/passwd`), which the
- * gateway then resolves like a tool's path parameter. A URI that is not a URL gets an
- * {@link UnresolvedPath} marker as `uri` and `path`, a `file:` URL that cannot be decoded (`%2F`
- * in a segment, a remote host, invalid UTF-8) as `path`: deny rules on them match, allow rules
- * do not. Other schemes get no `path`.
- */
-export function resourceParams(uri: string): Record<string, unknown> {
-  let url: URL;
-  try {
-    url = new URL(uri);
-  } catch {
-    return withMarker(uri, 'is not a URL', undefined);
-  }
-  if (url.protocol !== 'file:') return { uri: url.href };
-  try {
-    return { uri: url.href, path: fileURLToPath(url) };
-  } catch (error) {
-    const why = `is a file: URL that cannot be decoded (${messageOf(error)})`;
-    return withMarker(uri, why, url.href);
-  }
-}
-
-/** `path` an unresolved marker, and `uri` too when it is no URL (`href` undefined). */
-function withMarker(
-  uri: string,
-  reason: string,
-  href: string | undefined,
-): Record<string, unknown> {
-  const marker = new UnresolvedPath(uri, reason);
-  const params = { uri: href ?? marker, path: marker };
-  markHoldsUnresolved(params);
-  return params;
 }
 
 /** Approval-wait progress for a request of `session` that asked for progress (else none). */
