@@ -15,8 +15,9 @@
  * wire (map-error.ts for MCP, rpc-call.ts for gRPC), so a decision and its audit line are the
  * same whichever door the call came through.
  *
- * Calls no human has to decide are authorized without a promise (`tryAuthorizeToolCall`): the
- * hot path pays for one `await`, the forward.
+ * Calls no human has to decide are authorized without a promise (`tryAuthorizeToolCall`), and
+ * nothing but the forward is awaited on the hot path (path views looked up on disk, approval,
+ * budget and cold-estimate waits only when they happen).
  *
  * @module
  */
