@@ -836,6 +836,19 @@ export class RoutingError extends FabricError {
   }
 }
 
+/** A tool call came through a door (the gRPC `ToolService`) of a process that runs no tool gateway. */
+export class GatewayUnavailableError extends FabricError {
+  static readonly code = 'FABRIC_ERR_GATEWAY_UNAVAILABLE';
+  constructor(door: string) {
+    super(
+      GatewayUnavailableError.code,
+      'unavailable',
+      `${door} needs the tool gateway, which this process does not run (start the sidecar, or pass the gateway to startGrpcServer)`,
+      { door },
+    );
+  }
+}
+
 /** The sidecar's configuration file is unreadable or invalid; names the key path and line. */
 export class ConfigFileError extends FabricError {
   static readonly code = 'FABRIC_ERR_CONFIG_FILE';

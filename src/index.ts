@@ -53,6 +53,7 @@ export { FabricBackend } from './server/fabric-backend.js';
 export { definePlugin, PluginHost } from './plugins/index.js';
 export { FabricWorker, RemoteFabricError } from './worker/fabric-worker.js';
 export { AGENT_SERVICE_DEFINITION } from './rpc/agent-service.js';
+export { TOOL_SERVICE_DEFINITION } from './rpc/tool-service.js';
 export { startGrpcServer } from './rpc/grpc-server.js';
 export {
   decodeRequest,
@@ -93,6 +94,7 @@ export {
   PolicyNotFoundError,
   PolicyValidationError,
   RoutingError,
+  GatewayUnavailableError,
   SessionLimitError,
   StartupError,
   SubscriptionLimitError,
@@ -177,8 +179,9 @@ export type { Hook, PatrolHook, WorktreeInfo } from './hooks/hook.js';
 export type { HookManagerOptions } from './hooks/hook-manager-options.js';
 export type { AgentLiveness } from './hooks/liveness.js';
 export type { AgentPicker } from './hooks/hook-manager.js';
-export type { GatewayBackend, GatewayIdentity } from './gateway/backend.js';
+export type { GatewayBackend, GatewayIdentity, ToolCallRefused } from './gateway/backend.js';
 export type { ToolGatewayOptions } from './gateway/gateway.js';
+export type { ToolCallOutcome, ToolCallRequest } from './gateway/tool-call-pipeline.js';
 export type { SidecarOptions } from './server/sidecar.js';
 export type { AgentServiceOptions } from './rpc/agent-service.js';
 export type { GrpcServer, GrpcServerOptions } from './rpc/grpc-server.js';

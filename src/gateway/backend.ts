@@ -4,7 +4,16 @@
  *
  * @module
  */
+import type { Reservation } from '../budget/budget-manager.js';
+import type { Approval } from '../policy/approval-manager.js';
+import type { PolicyDecision } from '../policy/policy-engine.js';
 import type { TaskAssignment } from '../task.js';
+
+/** A policy decision as the pipeline gets it: the action and the deciding policy and rule. */
+export type Decision = PolicyDecision;
+
+/** An allowed call's budget reservation: settle it with the actual usage (or release it). */
+export type { Reservation };
 
 /** Who is on the other end of a credential. */
 export type GatewayIdentity =
@@ -47,7 +56,7 @@ export interface ToolCallContext {
   /** Aborts an approval wait (the agent cancelled the call or disconnected). */
   signal?: AbortSignal | undefined;
   /** Called once when the call is parked waiting for a human approval. */
-  onWaiting?: ((approval: unknown) => void) | undefined;
+  onWaiting?: ((approval: Approval) => void) | undefined;
   approvalTimeoutSeconds?: number | undefined;
   /**
    * Reservation estimate: cost from `toolCosts`, tokens learned from this agent's recent results
@@ -75,8 +84,8 @@ export interface SettleToolCallOptions {
 /** A call the pipeline let through; pass it back to `settleToolCall`. */
 export interface ToolCallAllowed {
   readonly allowed: true;
-  readonly decision: unknown;
-  readonly reservation: unknown;
+  readonly decision: Decision;
+  readonly reservation: Reservation;
 }
 
 /** A call the pipeline refused (policy deny, approval denied/expired, budget exhausted). */
@@ -86,10 +95,14 @@ export interface ToolCallRefused {
   readonly code: string;
   /** Human (and model) readable reason: which rule or limit. */
   readonly reason: string;
-  readonly decision?: unknown;
-  /** When retrying may succeed (budget window reset): epoch ms or a Date. */
-  readonly retryAt?: number | Date | null | undefined;
-  readonly details?: unknown;
+  /** The policy decision, when policy got to decide (absent e.g. for a draining agent). */
+  readonly decision?: Decision | undefined;
+  /** When retrying may succeed (budget window reset), epoch ms; null when unknown. */
+  readonly retryAt?: number | null | undefined;
+  /** Structured facts of the refusal (rule, policy, limit, retryAt …); never secrets. */
+  readonly details?: Readonly<Record<string, unknown>> | undefined;
+  /** The same refusal as a catalog error, for doors that report errors rather than results. */
+  readonly error?: Error | undefined;
 }
 
 /** Outcome of {@link GatewayBackend.authorizeToolCall}. */

@@ -1,30 +1,30 @@
 /**
- * ToolGateway: the pipeline every tool call goes through, and the router between agent
- * sessions (downstream) and upstream tool servers.
+ * ToolGateway: the router between agent sessions (downstream) and upstream tool servers, and
+ * the doors into the one tool-call pipeline every call goes through (tool-call-pipeline.ts):
  *
  * ```
- * identify → policy [→ approval wait] → budget reserve [→ wait] → forward → settle usage
- *   (a result whose tokens do not fit is withheld) → response → audit
+ * identify → input bounds → policy [→ approval wait] → budget reserve [→ wait] → forward
+ *   → settle usage (a result whose tokens do not fit is withheld) → response → audit
  * ```
  *
- * Upstream connections are shared by every agent session. Server→client requests from an
- * upstream (sampling, elicitation, roots/list) carry no reference to the call that caused them
- * over stdio, so they are routed to the one session that has calls in flight on that upstream;
- * when several sessions do, the request is refused with a routing error (see README).
+ * MCP sessions enter by `callTool` (and resource reads, prompt gets, completions and
+ * subscriptions, as pseudo-tools); doors without sessions (the gRPC ToolService) by
+ * `callToolAs`. Both reach the same pipeline; each maps its typed outcome to its own wire.
+ * The pieces live beside it: the pipeline, the exclusive-upstream gate (upstream-gate.ts), the
+ * routing of upstreams' requests and log messages to the sessions with calls in flight
+ * (upstream-routing.ts), resource subscriptions (resource-subscriptions.ts) and what policy
+ * sees of a resource URI (resource-params.ts).
  *
  * @module
  */
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import {
   ErrorCode,
   McpError,
-  type CallToolResult,
   type LoggingLevel,
   type LoggingMessageNotification,
   type Notification,
   type Request,
-  type RequestId,
   type Result,
   type ServerCapabilities,
   type Tool,
@@ -33,26 +33,16 @@ import {
   ClosedError,
   ConfigError,
   FabricError,
-  RoutingError,
   SubscriptionLimitError,
   ToolNotFoundError,
 } from '../errors.js';
-import { markHoldsUnresolved, UnresolvedPath } from '../policy/unresolved-path.js';
-import { AuditLog, type AuditLogOptions, type AuditOutcome } from './audit-log.js';
-import type {
-  AgentIdentity,
-  GatewayBackend,
-  SettleToolCallOptions,
-  ToolCallAllowed,
-  ToolCallAuthorization,
-  ToolCallRefused,
-} from './backend.js';
+import { AuditLog, type AuditLogOptions } from './audit-log.js';
+import type { AgentIdentity, GatewayBackend } from './backend.js';
 import { buildCatalog, resourceOwner, type Catalog, type CatalogProblem } from './catalog.js';
 import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
 import { checkInputBounds, parseInputBounds, type InputBounds } from './input-bounds.js';
 import { perCaller, type ListHints } from './list-hints.js';
 import { GatewayMetrics } from './metrics.js';
-import { unresolvedPathsIn } from './path-resolver.js';
 import {
   messageOf,
   RelayedMcpError,
@@ -68,14 +58,29 @@ import {
   type DownstreamExtra,
   type SessionHost,
 } from './session.js';
-import { TokenEstimates, type ToolEstimate } from './token-estimates.js';
-import { estimateTokens, ToolCosts } from './tool-costs.js';
+import { TokenEstimates } from './token-estimates.js';
+import { ToolCosts } from './tool-costs.js';
+import {
+  markReachedUpstream,
+  ToolCallPipeline,
+  type GatewayLogEntry,
+  type ProgressSink,
+  type ToolCallOutcome,
+  type ToolCallRequest,
+} from './tool-call-pipeline.js';
+import { resourceParams } from './resource-params.js';
+import { ResourceSubscriptions } from './resource-subscriptions.js';
 import { Upstream } from './upstream.js';
+import { InflightRoutes } from './upstream-routing.js';
+import { UpstreamGate } from './upstream-gate.js';
 import {
   upstreamSpecSchema,
   type UpstreamSpec,
   type UpstreamSpecInput,
 } from './upstream-config.js';
+
+export type { GatewayLogEntry };
+export { resourceParams };
 
 /** Default of {@link ToolGatewayOptions.approvalProgressIntervalMs}. */
 export const DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS = 1000;
@@ -85,13 +90,6 @@ export const DEFAULT_SHUTDOWN_GRACE_MS = 5000;
 export const DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION = 256;
 /** Default of {@link ToolGatewayOptions.budgetWaitMs}. */
 export const DEFAULT_BUDGET_WAIT_MS = 5000;
-
-/** A structured log line from the gateway (the CLI prints them; the library drops them). */
-export interface GatewayLogEntry {
-  level: 'debug' | 'info' | 'warn' | 'error';
-  msg: string;
-  [key: string]: unknown;
-}
 
 /** Options of a {@link ToolGateway}. */
 export interface ToolGatewayOptions {
@@ -151,43 +149,7 @@ export interface ToolGatewayOptions {
   maxSubscriptionsPerSession?: number;
 }
 
-interface InFlight {
-  session: GatewaySession;
-  requestId: RequestId;
-}
-
-/** Who may use an `exclusive` upstream now, and who waits (FIFO). */
-interface SessionGate {
-  owner: GatewaySession | undefined;
-  active: number;
-  waiting: { session: GatewaySession; go: () => void }[];
-}
-
-/** How the backend admits a call's budget reservation (see `ToolCallContext.budget`). */
-interface BudgetAdmission {
-  readonly waitMs: number;
-  readonly clampTokens: true;
-}
-
 const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
-const REQUIRE_FIT: SettleToolCallOptions = Object.freeze({ requireFit: true });
-/**
- * Errors of requests that were sent to their upstream (a cancellation, a timeout, a dropped
- * connection or the upstream's own error after it got the request). Kept only on the error
- * path, so a successful call pays nothing for it.
- */
-const reachedUpstream = new WeakSet<object>();
-
-/**
- * The cost to charge for a call that failed with `error`: all of it once the request reached
- * its upstream — the upstream may have done the work (a cancellation only asks it to stop, a
- * timeout does not stop it), so an agent cannot spend past its cost budget by cancelling every
- * call once it started — else nothing.
- */
-function chargedCost(error: unknown, cost: number): number {
-  return typeof error === 'object' && error !== null && reachedUpstream.has(error) ? cost : 0;
-}
-
 /** The metrics label of a tool name that is not in the catalog (agents must not grow labels). */
 const UNKNOWN_TOOL = '(unknown)';
 /** Longest unknown tool name written to the audit log (a made-up name could be megabytes). */
@@ -207,11 +169,8 @@ export class ToolGateway implements SessionHost {
 
   readonly #backend: GatewayBackend;
   readonly #upstreams = new Map<string, Upstream>();
-  readonly #costs: ToolCosts;
   readonly #audit: AuditLog | undefined;
   readonly #hideDenied: boolean;
-  readonly #approvalTimeoutSeconds: number | undefined;
-  readonly #approvalProgressMs: number;
   readonly #fabricTools: ReadonlyMap<string, FabricTool>;
   readonly #graceMs: number;
   readonly #bounds: InputBounds;
@@ -220,16 +179,16 @@ export class ToolGateway implements SessionHost {
   readonly #sessions = new Set<GatewaySession>();
   /** Counts of every request's decision, outcome and duration (rendered at `GET /metrics`). */
   readonly metrics = new GatewayMetrics();
-  readonly #inflight = new Map<Upstream, Set<InFlight>>();
-  readonly #gates = new Map<Upstream, SessionGate>();
-  readonly #subscribers = new Map<string, Set<GatewaySession>>();
+  /** Requests in flight per upstream: where an upstream's requests and log messages go. */
+  readonly #routes: InflightRoutes;
+  readonly #gates = new Map<Upstream, UpstreamGate>();
+  readonly #subscribers = new ResourceSubscriptions();
   /** The log level each upstream was last told (see #syncLogLevel). */
   readonly #logLevels = new Map<Upstream, LoggingLevel>();
   /** Learned token estimates per (agent, tool): what a call reserves. */
   readonly #estimates: TokenEstimates;
-  readonly #budgetWaitMs: number;
-  /** How the backend admits calls (one frozen object: no allocation per call). */
-  readonly #budgetOptions: BudgetAdmission;
+  /** Bounds → policy [→ approval] → budget → forward → settle → audit, for every door. */
+  readonly #pipeline: ToolCallPipeline;
   #catalog: Catalog = EMPTY_CATALOG;
   #calls = 0;
   #drained: (() => void) | undefined;
@@ -238,7 +197,6 @@ export class ToolGateway implements SessionHost {
   constructor(options: ToolGatewayOptions) {
     this.#backend = options.backend;
     this.serverInfo = options.serverInfo ?? { name: 'agent-fabric', version: '0.1.0' };
-    this.#costs = new ToolCosts(options.toolCosts);
     this.#bounds = parseInputBounds(options);
     this.#maxSubscriptions =
       options.maxSubscriptionsPerSession ?? DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION;
@@ -246,6 +204,7 @@ export class ToolGateway implements SessionHost {
       throw new ConfigError('maxSubscriptionsPerSession', 'must be a positive integer');
     }
     this.#log = options.logger ?? (() => undefined);
+    this.#routes = new InflightRoutes(this.#log);
     this.#audit = options.audit
       ? openAuditLog({
           ...options.audit,
@@ -258,13 +217,19 @@ export class ToolGateway implements SessionHost {
     if (typeof waitMs !== 'number' || !Number.isFinite(waitMs) || waitMs < 0) {
       throw new ConfigError('budgetWaitMs', 'must be a finite number >= 0');
     }
-    this.#budgetWaitMs = waitMs;
-    // Estimates are guesses (clamped to the limit); what is charged is bounded at settle.
-    this.#budgetOptions = Object.freeze({ waitMs, clampTokens: true as const });
+    this.#pipeline = new ToolCallPipeline({
+      backend: this.#backend,
+      costs: new ToolCosts(options.toolCosts),
+      estimates: this.#estimates,
+      budgetWaitMs: waitMs,
+      approvalTimeoutSeconds: options.approvalTimeoutSeconds,
+      approvalProgressIntervalMs:
+        options.approvalProgressIntervalMs ?? DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS,
+      audit: this.#audit,
+      metrics: this.metrics,
+      log: this.#log,
+    });
     this.#hideDenied = options.hideDeniedTools ?? true;
-    this.#approvalTimeoutSeconds = options.approvalTimeoutSeconds;
-    this.#approvalProgressMs =
-      options.approvalProgressIntervalMs ?? DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS;
     this.#fabricTools = options.fabricTools === false ? new Map() : FABRIC_TOOLS;
     this.#graceMs = options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
     for (const [name, input] of Object.entries(options.upstreams ?? {})) {
@@ -392,7 +357,69 @@ export class ToolGateway implements SessionHost {
   }
 
   listTools(session: GatewaySession): Tool[] {
-    const { agentId, poolId, labels } = session.identity;
+    return this.listToolsFor(session.identity);
+  }
+
+  /**
+   * `tools/call` from an MCP session: the session's call run by {@link callToolAs}'s pipeline,
+   * mapped to MCP — a refusal or a gateway-side failure is an `isError` result the model can
+   * read; an unknown tool and an upstream's own protocol error are JSON-RPC errors.
+   */
+  async callTool(session: GatewaySession, request: Request, extra: CallExtra): Promise<Result> {
+    const params = (request.params ?? {}) as { name?: unknown; arguments?: unknown };
+    const name = String(params.name);
+    const outcome = await this.#runToolCall(
+      session.identity,
+      name,
+      params.arguments,
+      extra,
+      progressSink(session, extra),
+      session,
+    );
+    switch (outcome.kind) {
+      case 'result':
+        return outcome.result;
+      case 'refused':
+        return refusalResult(outcome.refusal);
+      case 'error': {
+        const { error, stage } = outcome;
+        if (stage === 'admission' && error instanceof ToolNotFoundError) {
+          throw new RelayedMcpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
+        }
+        if (stage === 'forward' && error instanceof McpError) {
+          if (error.code !== ErrorCode.ConnectionClosed) throw error;
+        }
+        return toolErrorResult(error);
+      }
+    }
+  }
+
+  /**
+   * Calls a tool as `request.identity` through the same pipeline as an MCP session's
+   * `tools/call` — input bounds → policy [→ approval wait] → budget reservation → forward →
+   * settle → audit — for a door without MCP sessions (the gRPC `ToolService`): the same
+   * decision, reservation and audit line as the same call over MCP. Never rejects: refusals and
+   * errors are outcomes. Server→client requests an upstream sends while such a call is in
+   * flight (sampling, elicitation) are refused with a routing error: nobody can answer them.
+   */
+  callToolAs(request: ToolCallRequest): Promise<ToolCallOutcome> {
+    const extra: CallExtra = { signal: request.signal, requestId: -1 };
+    return this.#runToolCall(
+      request.identity,
+      request.name,
+      request.arguments,
+      extra,
+      request.progress,
+      undefined,
+    );
+  }
+
+  /**
+   * The tools `identity` may see, as `tools/list` lists them (policy hides those it denies
+   * outright, see `hideDeniedTools`).
+   */
+  listToolsFor(identity: AgentIdentity): Tool[] {
+    const { agentId, poolId, labels } = identity;
     const probe = this.#hideDenied ? this.#backend.isToolVisible?.bind(this.#backend) : undefined;
     const tools: Tool[] = [];
     const add = (name: string, tool: Tool): void => {
@@ -403,279 +430,90 @@ export class ToolGateway implements SessionHost {
     return tools;
   }
 
-  async callTool(session: GatewaySession, request: Request, extra: CallExtra): Promise<Result> {
+  /**
+   * One tool call from any door: input bounds, the tool's route, then the pipeline. `rawArgs`
+   * is forwarded as received (absent stays absent; policy and audit see `{}`). `session` is the
+   * MCP session the call came from, for routing an upstream's requests back (none over gRPC).
+   */
+  async #runToolCall(
+    identity: AgentIdentity,
+    name: string,
+    rawArgs: unknown,
+    extra: CallExtra,
+    progress: ProgressSink | undefined,
+    session: GatewaySession | undefined,
+  ): Promise<ToolCallOutcome> {
     const started = performance.now();
-    const params = (request.params ?? {}) as { name?: unknown; arguments?: unknown };
-    const name = String(params.name);
-    const args = (params.arguments ?? {}) as Record<string, unknown>;
-    const { agentId } = session.identity;
+    const args = (rawArgs ?? {}) as Record<string, unknown>;
+    const { agentId } = identity;
     const fabricTool = this.#fabricTools.get(name);
     const route = fabricTool ? undefined : this.#catalog.tools.get(name);
     const known = fabricTool !== undefined || route !== undefined;
     const audit = known
-      ? this.#auditor(agentId, name, args, started)
-      : this.#auditor(agentId, truncated(name), args, started, UNKNOWN_TOOL);
+      ? this.#pipeline.auditor(agentId, name, args, started)
+      : this.#pipeline.auditor(agentId, truncated(name), args, started, UNKNOWN_TOOL);
     // Before anything looks inside the arguments: policy, plugins, the audit digest and the
     // upstream all recurse into them (see input-bounds.ts).
     const tooBig = checkInputBounds(args, this.#bounds, 'arguments');
     if (tooBig !== undefined) {
       audit({ decision: 'invalid', outcome: 'error', code: tooBig.code });
-      return toolErrorResult(tooBig);
+      return { kind: 'error', error: tooBig, stage: 'admission' };
     }
     if (!known) {
       audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
-      throw new RelayedMcpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
+      return { kind: 'error', error: new ToolNotFoundError(truncated(name)), stage: 'admission' };
     }
     if (this.#state !== 'started') {
       audit({ decision: 'none', outcome: 'error', code: ClosedError.code });
-      return toolErrorResult(new ClosedError('the gateway'));
+      return { kind: 'error', error: new ClosedError('the gateway'), stage: 'admission' };
     }
     this.#beginCall();
     let endLater = false;
-    const estimate = this.#estimates.get(agentId, name);
-    let flight = false;
     try {
-      const cost = this.#costs.costOf(name);
-      let budget = this.#budgetOptions;
-      if (!estimate.observed) {
-        try {
-          ({ flight, budget } = await this.#coldFlight(estimate, extra));
-        } catch (error) {
-          audit({ decision: 'none', outcome: 'cancelled', code: codeOf(error) });
-          return toolErrorResult(error);
-        }
-      }
-      let auth: ToolCallAuthorization;
-      let waited: boolean;
-      let view: Readonly<Record<string, unknown>> = args;
-      try {
-        // The policy sees paths as this upstream will resolve them; the upstream gets `args`.
-        if (route !== undefined) {
-          const v = route.upstream.paths.view(args);
-          view = v instanceof Promise ? await v : v; // only for paths looked up on disk
-        }
-        let a = this.#authorize(
-          session,
-          name,
-          view,
-          args,
-          extra,
-          { tokens: estimate.tokens, cost },
-          budget,
-        );
-        if (a instanceof Promise) a = await a; // only approval, budget and disk waits
-        ({ auth, waited } = a);
-      } catch (error) {
-        // A wait (approval, budget) ends by throwing when the client cancels the call.
-        const cancelled = (extra.cancel ?? extra.signal).aborted;
-        audit({
-          decision: 'error',
-          outcome: cancelled ? 'cancelled' : 'error',
-          code: codeOf(error),
-        });
-        return toolErrorResult(error);
-      }
-      if (!auth.allowed) {
-        const d = describeDecision(auth.decision);
-        audit({ decision: d.action ?? 'deny', rule: d.rule, outcome: 'denied', code: auth.code });
-        return refusalResult(explainUnresolved(auth, view));
-      }
-      const d = describeDecision(auth.decision);
-      const decision = waited ? 'approved' : (d.action ?? 'allow');
-      let result: Result;
-      try {
-        result = fabricTool
-          ? await fabricTool.call(this.#backend, { agentId, args, signal: extra.signal })
-          : await this.#upstreamRequest(
-              session,
-              route!.upstream,
-              {
-                method: 'tools/call',
-                // `arguments` as received: absent stays absent (policy and audit saw `{}`).
-                params:
-                  params.arguments === undefined
-                    ? { name: route!.upstreamName }
-                    : { name: route!.upstreamName, arguments: params.arguments },
-              },
-              extra,
-            );
-      } catch (error) {
-        const charged = chargedCost(error, cost);
-        this.#settle(auth, { tokens: 0, cost: charged });
-        const cancelled = (extra.cancel ?? extra.signal).aborted;
-        audit({
-          decision,
-          rule: d.rule,
-          outcome: cancelled ? 'cancelled' : 'error',
-          code: codeOf(error),
-          cost: charged,
-        });
-        if (error instanceof McpError && !(error.code === ErrorCode.ConnectionClosed)) throw error;
-        return toolErrorResult(error);
-      }
-      // Settled before the response is written: the agent never sees tokens its budget cannot
-      // hold. The audit line waits until after the write.
-      const tokens = estimateTokens(result);
-      estimate.observe(tokens);
-      let withheld = this.#settle(auth, { tokens, cost }, true);
-      if (fabricTool?.alwaysDelivered === true) withheld = undefined; // not charged, delivered
-      const outcome =
-        withheld !== undefined
-          ? 'withheld'
-          : (result as CallToolResult).isError
-            ? 'tool_error'
-            : 'ok';
-      const code = withheld?.code;
-      const finish = (): void => audit({ decision, rule: d.rule, outcome, code, tokens, cost });
-      if (extra.defer) {
-        // Audit right after the response is written; the call ends then.
-        endLater = true;
-        extra.defer(() => {
-          try {
-            finish();
-          } finally {
-            this.#endCall();
-          }
-        });
-      } else {
-        finish();
-      }
-      return withheld === undefined ? result : refusalResult(withheld);
-    } finally {
-      if (flight) estimate.land();
-      if (!endLater) this.#endCall();
-    }
-  }
-
-  /**
-   * The single flight of a pair with no result yet (rare: an agent's first calls of a tool).
-   * Waits, bounded by `budgetWaitMs` and ended by the call's cancellation, while another call
-   * holds it. `flight`: this call now holds it; `budget`: the admission options with what is
-   * left of the wait, so a call waits at most `budgetWaitMs` in all.
-   */
-  async #coldFlight(
-    estimate: ToolEstimate,
-    extra: Pick<CallExtra, 'signal'>,
-  ): Promise<{ flight: boolean; budget: BudgetAdmission }> {
-    const started = performance.now();
-    const f = estimate.flight(this.#budgetWaitMs, extra.signal);
-    if (typeof f === 'boolean') return { flight: f, budget: this.#budgetOptions };
-    const flight = await f;
-    const waitMs = Math.max(0, this.#budgetWaitMs - (performance.now() - started));
-    return { flight, budget: { waitMs, clampTokens: true } };
-  }
-
-  /**
-   * Policy [→ approval wait, with progress notifications] → budget reservation for one request
-   * of `session`. Calls no human has to decide are authorized without a promise. `params` is
-   * the policy's view (paths resolved), `raw` what the upstream receives (given to the backend
-   * as `rawParams` when they differ).
-   */
-  #authorize(
-    session: GatewaySession,
-    tool: string,
-    params: Readonly<Record<string, unknown>>,
-    raw: Readonly<Record<string, unknown>>,
-    extra: Pick<CallExtra, 'signal' | 'requestId' | '_meta'>,
-    estimate: { tokens: number; cost: number },
-    budget: BudgetAdmission = this.#budgetOptions,
-  ):
-    | { auth: ToolCallAuthorization; waited: boolean }
-    | Promise<{
-        auth: ToolCallAuthorization;
-        waited: boolean;
-      }> {
-    const { agentId, poolId, labels } = session.identity;
-    const rawParams = raw === params ? undefined : raw;
-    const ctx = { agentId, poolId, tool, params, rawParams, labels, estimate, budget };
-    const now = this.#backend.tryAuthorizeToolCall?.(ctx);
-    if (now !== undefined) return { auth: now, waited: false };
-    const progressToken = extra._meta?.progressToken;
-    let waitTimer: NodeJS.Timeout | undefined;
-    let waited = false;
-    return this.#backend
-      .authorizeToolCall({
-        ...ctx,
-        signal: extra.signal,
-        approvalTimeoutSeconds: this.#approvalTimeoutSeconds,
-        onWaiting: (approval) => {
-          waited = true;
-          if (progressToken === undefined || waitTimer) return;
-          const id = describeApproval(approval);
-          let tick = 0;
-          const send = (): void =>
-            void session.progress(
-              progressToken,
-              { progress: tick++, message: `waiting for human approval${id ? ` ${id}` : ''}` },
-              extra.requestId,
-            );
-          send();
-          waitTimer = setInterval(send, this.#approvalProgressMs);
-          waitTimer.unref();
+      return await this.#pipeline.run(
+        {
+          identity,
+          tool: name,
+          params: args,
+          paths: route?.upstream.paths,
+          abort: extra,
+          progress,
+          audit,
+          alwaysDelivered: fabricTool?.alwaysDelivered,
+          // Audit right after the response is written; the call ends then.
+          defer:
+            extra.defer === undefined
+              ? undefined
+              : (work: () => void) => {
+                  endLater = true;
+                  extra.defer!(() => {
+                    try {
+                      work();
+                    } finally {
+                      this.#endCall();
+                    }
+                  });
+                },
         },
-      })
-      .then((auth) => ({ auth, waited }))
-      .finally(() => {
-        if (waitTimer) clearInterval(waitTimer);
-      });
-  }
-
-  /**
-   * Counts one request that arrived at `started` (performance.now) in {@link metrics} — under
-   * `metricTool`, `(unknown)` for a name not in the catalog — and writes its audit line; the
-   * line's digest, time and JSON are made when the log flushes, after the response.
-   */
-  #auditor(
-    agentId: string,
-    tool: string,
-    args: unknown,
-    started: number,
-    metricTool = tool,
-  ): (fields: AuditOutcome) => void {
-    const log = this.#audit;
-    const metrics = this.metrics;
-    return (fields) => {
-      const now = performance.now();
-      const durationMs = now - started;
-      metrics.recordCall(metricTool, fields.decision, fields.outcome, durationMs);
-      if (!log) return;
-      log.writeCall(
-        agentId,
-        tool,
-        args,
-        Date.now() - durationMs,
-        Math.round(durationMs * 1000) / 1000,
-        fields,
+        () =>
+          fabricTool
+            ? fabricTool.call(this.#backend, { agentId, args, signal: extra.signal })
+            : this.#upstreamRequest(
+                session,
+                route!.upstream,
+                {
+                  method: 'tools/call',
+                  // `arguments` as received: absent stays absent (policy and audit saw `{}`).
+                  params:
+                    rawArgs === undefined
+                      ? { name: route!.upstreamName }
+                      : { name: route!.upstreamName, arguments: rawArgs },
+                },
+                extra,
+              ),
       );
-    };
-  }
-
-  /**
-   * Settles a call's usage, synchronously. With `requireFit` (a result about to be delivered),
-   * returns the backend's refusal when the result's tokens do not fit a budget: they were not
-   * charged, and the caller withholds the result.
-   */
-  #settle(
-    auth: ToolCallAllowed,
-    usage: { tokens: number; cost: number },
-    requireFit = false,
-  ): ToolCallRefused | undefined {
-    try {
-      const settled = this.#backend.settleToolCall(
-        auth,
-        usage,
-        requireFit ? REQUIRE_FIT : undefined,
-      );
-      if (settled instanceof Promise) {
-        settled.catch((error: unknown) =>
-          this.#log({ level: 'error', msg: 'settling usage failed', error: messageOf(error) }),
-        );
-        return undefined;
-      }
-      return isRefusal(settled) ? settled : undefined;
-    } catch (error) {
-      this.#log({ level: 'error', msg: 'settling usage failed', error: messageOf(error) });
-      return undefined;
+    } finally {
+      if (!endLater) this.#endCall();
     }
   }
 
@@ -695,7 +533,12 @@ export class ToolGateway implements SessionHost {
       // The whole params are forwarded upstream (and parts of them reach policy): bound them all.
       const tooBig = checkInputBounds(params, this.#bounds, 'params');
       if (tooBig !== undefined) {
-        const audit = this.#auditor(session.identity.agentId, method, params, performance.now());
+        const audit = this.#pipeline.auditor(
+          session.identity.agentId,
+          method,
+          params,
+          performance.now(),
+        );
         audit({ decision: 'invalid', outcome: 'error', code: tooBig.code });
         throw toMcpError(tooBig);
       }
@@ -819,80 +662,38 @@ export class ToolGateway implements SessionHost {
     extra: DownstreamExtra,
     read: () => Promise<Result>,
   ): Promise<Result> {
-    const started = performance.now();
-    const { agentId } = session.identity;
-    const audit = this.#auditor(agentId, tool, params, started);
-    const estimate = this.#estimates.get(agentId, tool);
-    let flight = false;
-    try {
-      let budget = this.#budgetOptions;
-      if (!estimate.observed) {
-        try {
-          ({ flight, budget } = await this.#coldFlight(estimate, extra));
-        } catch (error) {
-          audit({ decision: 'none', outcome: 'cancelled', code: codeOf(error) });
-          throw toMcpError(error);
-        }
-      }
-      let auth: ToolCallAuthorization;
-      let waited: boolean;
-      let view: Readonly<Record<string, unknown>> = params;
-      const cost = this.#costs.costOf(tool);
-      try {
-        const v = upstream.paths.view(params);
-        view = v instanceof Promise ? await v : v;
-        let a = this.#authorize(
-          session,
-          tool,
-          view,
-          forwarded,
-          extra,
-          { tokens: estimate.tokens, cost },
-          budget,
-        );
-        if (a instanceof Promise) a = await a;
-        ({ auth, waited } = a);
-      } catch (error) {
-        const cancelled = extra.signal.aborted;
-        audit({
-          decision: 'error',
-          outcome: cancelled ? 'cancelled' : 'error',
-          code: codeOf(error),
-        });
-        throw toMcpError(error);
-      }
-      const d = describeDecision(auth.decision);
-      if (!auth.allowed) {
-        audit({ decision: d.action ?? 'deny', rule: d.rule, outcome: 'denied', code: auth.code });
-        throw refusalError(explainUnresolved(auth, view));
-      }
-      const decision = waited ? 'approved' : (d.action ?? 'allow');
-      let result: Result;
-      try {
-        result = await read();
-      } catch (error) {
-        const charged = chargedCost(error, cost);
-        this.#settle(auth, { tokens: 0, cost: charged });
-        audit({ decision, rule: d.rule, outcome: 'error', code: codeOf(error), cost: charged });
-        throw error;
-      }
-      const tokens = tool === 'resources/subscribe' ? 0 : estimateTokens(result);
-      estimate.observe(tokens);
-      const withheld = this.#settle(auth, { tokens, cost }, true);
-      if (withheld !== undefined) {
-        audit({ decision, rule: d.rule, outcome: 'withheld', code: withheld.code, tokens, cost });
-        throw refusalError(withheld);
-      }
-      audit({ decision, rule: d.rule, outcome: 'ok', tokens, cost });
-      return result;
-    } finally {
-      if (flight) estimate.land();
+    const { identity } = session;
+    const outcome = await this.#pipeline.run(
+      {
+        identity,
+        tool,
+        params,
+        forwarded,
+        paths: upstream.paths,
+        abort: extra,
+        progress: progressSink(session, extra),
+        audit: this.#pipeline.auditor(identity.agentId, tool, params, performance.now()),
+        countTokens: tool !== 'resources/subscribe',
+      },
+      read,
+    );
+    switch (outcome.kind) {
+      case 'result':
+        return outcome.result;
+      case 'refused':
+        throw refusalError(outcome.refusal);
+      case 'error':
+        // Gateway-side failures are JSON-RPC errors; what the upstream said passes as it is.
+        throw outcome.stage === 'admission' ? toMcpError(outcome.error) : outcome.error;
     }
   }
 
-  /** Sends a request upstream on behalf of a session, tracking it for routing and progress. */
+  /**
+   * Sends a request upstream on behalf of a session (none for a gRPC call), tracking it for
+   * routing and progress.
+   */
   #upstreamRequest(
-    session: GatewaySession,
+    session: GatewaySession | undefined,
     upstream: Upstream,
     request: Request,
     extra: CallExtra,
@@ -902,77 +703,34 @@ export class ToolGateway implements SessionHost {
       : this.#forward(session, upstream, request, extra);
   }
 
-  /** {@link #upstreamRequest} on an `exclusive` upstream: one session's calls at a time. */
+  /**
+   * {@link #upstreamRequest} on an `exclusive` upstream: one session's calls at a time; a call
+   * without a session takes its turn alone.
+   */
   async #exclusiveRequest(
-    session: GatewaySession,
+    session: GatewaySession | undefined,
     upstream: Upstream,
     request: Request,
     extra: CallExtra,
   ): Promise<Result> {
-    await this.#enter(upstream, session, extra.signal);
+    let gate = this.#gates.get(upstream);
+    if (gate === undefined) this.#gates.set(upstream, (gate = new UpstreamGate()));
+    await gate.enter(session ?? {}, extra.signal);
     try {
       return await this.#forward(session, upstream, request, extra);
     } finally {
-      this.#leave(upstream);
+      gate.leave();
     }
-  }
-
-  /** Waits until `session` may use the exclusive `upstream` (its own calls share the turn). */
-  async #enter(upstream: Upstream, session: GatewaySession, signal: AbortSignal): Promise<void> {
-    let gate = this.#gates.get(upstream);
-    if (gate === undefined)
-      this.#gates.set(upstream, (gate = { owner: undefined, active: 0, waiting: [] }));
-    if (gate.owner === undefined || (gate.owner === session && gate.waiting.length === 0)) {
-      gate.owner = session;
-      gate.active++;
-      return;
-    }
-    const g = gate;
-    await new Promise<void>((resolve, reject) => {
-      const waiter = {
-        session,
-        go: () => {
-          signal.removeEventListener('abort', onAbort);
-          resolve();
-        },
-      };
-      const onAbort = (): void => {
-        const i = g.waiting.indexOf(waiter);
-        if (i >= 0) g.waiting.splice(i, 1);
-        reject(signal.reason instanceof Error ? signal.reason : new Error('cancelled'));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      g.waiting.push(waiter);
-    });
-  }
-
-  /** Ends one call on an exclusive upstream; the next waiting session takes over when it is free. */
-  #leave(upstream: Upstream): void {
-    const gate = this.#gates.get(upstream)!;
-    if (--gate.active > 0) return;
-    gate.owner = undefined;
-    const next = gate.waiting[0]?.session;
-    if (next === undefined) return;
-    // Admit every waiting call of the next session together.
-    gate.owner = next;
-    for (const w of gate.waiting.filter((x) => x.session === next)) {
-      gate.active++;
-      w.go();
-    }
-    gate.waiting = gate.waiting.filter((x) => x.session !== next);
   }
 
   async #forward(
-    session: GatewaySession,
+    session: GatewaySession | undefined,
     upstream: Upstream,
     request: Request,
     extra: CallExtra,
   ): Promise<Result> {
     const progressToken = extra._meta?.progressToken;
-    const entry: InFlight = { session, requestId: extra.requestId };
-    let set = this.#inflight.get(upstream);
-    if (!set) this.#inflight.set(upstream, (set = new Set()));
-    set.add(entry);
+    const entry = this.#routes.enter(upstream, session, extra.requestId);
     // The response must not overtake the last progress notification on the client's stream.
     let lastProgress: Promise<void> | undefined;
     // Unless ready, Upstream.request throws before anything is sent.
@@ -987,7 +745,7 @@ export class ToolGateway implements SessionHost {
           progressToken === undefined
             ? undefined
             : (p) => {
-                lastProgress = session.progress(progressToken, p, extra.requestId);
+                lastProgress = session?.progress(progressToken, p, extra.requestId);
               },
       });
       if (lastProgress) await lastProgress;
@@ -996,10 +754,10 @@ export class ToolGateway implements SessionHost {
       // Gateway-side failures of non-tool requests surface as JSON-RPC errors.
       const e =
         error instanceof McpError || request.method === 'tools/call' ? error : toMcpError(error);
-      if (reached && typeof e === 'object' && e !== null) reachedUpstream.add(e);
+      if (reached) markReachedUpstream(e);
       throw e;
     } finally {
-      set.delete(entry);
+      this.#routes.leave(upstream, entry);
     }
   }
 
@@ -1030,12 +788,7 @@ export class ToolGateway implements SessionHost {
     uri: string,
     extra: DownstreamExtra,
   ): Promise<void> {
-    let subs = this.#subscribers.get(uri);
-    if (!subs) this.#subscribers.set(uri, (subs = new Set()));
-    const first = subs.size === 0;
-    subs.add(session);
-    session.subscriptions.add(uri);
-    if (first) {
+    if (this.#subscribers.add(session, uri)) {
       try {
         await this.#upstreamRequest(
           session,
@@ -1044,18 +797,14 @@ export class ToolGateway implements SessionHost {
           extra,
         );
       } catch (error) {
-        subs.delete(session);
-        session.subscriptions.delete(uri);
+        this.#subscribers.remove(session, uri);
         throw error;
       }
     }
   }
 
   async unsubscribe(session: GatewaySession, uri: string): Promise<void> {
-    session.subscriptions.delete(uri);
-    const subs = this.#subscribers.get(uri);
-    if (!subs?.delete(session) || subs.size > 0) return;
-    this.#subscribers.delete(uri);
+    if (!this.#subscribers.remove(session, uri)) return;
     const owner = resourceOwner(this.#catalog, uri);
     await owner
       ?.request({ method: 'resources/unsubscribe', params: { uri } })
@@ -1128,7 +877,7 @@ export class ToolGateway implements SessionHost {
     onNotification: (upstream: Upstream, n: Notification): void =>
       this.#routeNotification(upstream, n),
     onRequest: (upstream: Upstream, request: Request, extra: { signal: AbortSignal }) =>
-      this.#routeRequest(upstream, request, extra.signal),
+      this.#routes.request(upstream, request, extra.signal),
     onDisconnect: (upstream: Upstream): void => {
       this.#logLevels.delete(upstream);
       this.#log({
@@ -1167,7 +916,7 @@ export class ToolGateway implements SessionHost {
     for (const s of this.#sessions) s.catalogChanged(changed);
     if (reconnected && reconnected.connectCount > 1) {
       this.#log({ level: 'info', msg: 'upstream restarted', upstream: reconnected.name });
-      for (const uri of this.#subscribers.keys()) {
+      for (const uri of this.#subscribers.uris()) {
         if (resourceOwner(this.#catalog, uri) === reconnected) {
           reconnected
             .request({ method: 'resources/subscribe', params: { uri } })
@@ -1189,41 +938,13 @@ export class ToolGateway implements SessionHost {
               ...params,
               logger: params.logger ? `${upstream.name}/${params.logger}` : upstream.name,
             };
-      const entries = this.#inflight.get(upstream);
-      if (entries && entries.size > 0) {
-        // Sessions with calls in flight get it on the stream of one of their calls.
-        const seen = new Set<GatewaySession>();
-        for (const e of entries) {
-          if (seen.has(e.session)) continue;
-          seen.add(e.session);
-          e.session.log(logged, e.requestId);
-        }
-      } else {
-        for (const s of this.#sessions) s.log(logged);
-      }
+      this.#routes.log(upstream, logged, this.#sessions);
       return;
     }
     if (n.method === 'notifications/resources/updated') {
       const uri = String((n.params as { uri?: unknown } | undefined)?.uri);
-      for (const s of this.#subscribers.get(uri) ?? []) s.notify(n);
+      this.#subscribers.notify(uri, n);
     }
-  }
-
-  async #routeRequest(upstream: Upstream, request: Request, signal: AbortSignal): Promise<Result> {
-    const entries = [...(this.#inflight.get(upstream) ?? [])];
-    const sessions = new Set(entries.map((e) => e.session));
-    if (sessions.size === 1) {
-      const entry = entries[0]!;
-      return entry.session.request(request, signal, entry.requestId);
-    }
-    if (request.method === 'roots/list' && sessions.size === 0) return { roots: [] };
-    const why =
-      sessions.size === 0
-        ? 'no agent session has a call in flight on this upstream'
-        : `${sessions.size} agent sessions have calls in flight on this upstream, so the originating one is ambiguous`;
-    const error = new RoutingError(upstream.name, request.method, why);
-    this.#log({ level: 'warn', msg: error.message });
-    throw toMcpError(error);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -1282,98 +1003,12 @@ function truncated(name: string): string {
   return name.length > AUDIT_UNKNOWN_NAME_MAX ? `${name.slice(0, AUDIT_UNKNOWN_NAME_MAX)}…` : name;
 }
 
-function isRefusal(value: unknown): value is ToolCallRefused {
-  return (
-    typeof value === 'object' && value !== null && (value as ToolCallRefused).allowed === false
-  );
-}
-
-function codeOf(error: unknown): string {
-  if (error && typeof error === 'object' && 'code' in error) return String(error.code);
-  return 'FABRIC_ERR_INTERNAL';
-}
-
-/** Reads `action` and the deciding rule's name from a policy decision of unknown shape. */
-export function describeDecision(decision: unknown): { action?: string; rule?: string } {
-  if (!decision || typeof decision !== 'object') return {};
-  const d = decision as Record<string, unknown>;
-  const out: { action?: string; rule?: string } = {};
-  if (typeof d.action === 'string') out.action = d.action;
-  const rule = d.rule ?? d.ruleName ?? d.matchedRule;
-  if (typeof rule === 'string') out.rule = rule;
-  else if (typeof rule === 'number' && typeof d.policy === 'string')
-    out.rule = `${d.policy}#${rule}`;
-  else if (rule && typeof rule === 'object') {
-    const r = rule as Record<string, unknown>;
-    const name = r.name ?? r.id ?? r.tool;
-    if (typeof name === 'string') out.rule = name;
-  }
-  if (out.rule === undefined && typeof d.policy === 'string') out.rule = d.policy;
-  return out;
-}
-
-function describeApproval(approval: unknown): string | undefined {
-  if (approval && typeof approval === 'object') {
-    const id =
-      (approval as Record<string, unknown>).id ?? (approval as Record<string, unknown>).approvalId;
-    if (typeof id === 'string') return id;
-  }
-  return undefined;
-}
-
-/**
- * Policy parameters of a resource read, subscription or template completion: the URI, and the
- * path it names. The URI is parsed as the WHATWG URL parser (and so an upstream using
- * `new URL`) reads it: leading and trailing C0 controls and spaces are dropped, tabs and
- * newlines anywhere are removed, the scheme is case-insensitive (`FILE:`, ` file:`). `uri` is
- * the serialized URL, what an SDK-based upstream looks the resource up by (`new URL(uri)
- * .toString()`): scheme lower-cased, `.` and `..` segments resolved — so `DEMO://x/./a` or
- * `demo://x/b/../a` is matched as `demo://x/a`, the resource the upstream serves for it. A
- * `file:` URL gets its decoded path (`file:///etc/%2e%2e/etc/passwd` → `/etc/passwd`), which the
- * gateway then resolves like a tool's path parameter. A URI that is not a URL gets an
- * {@link UnresolvedPath} marker as `uri` and `path`, a `file:` URL that cannot be decoded (`%2F`
- * in a segment, a remote host, invalid UTF-8) as `path`: deny rules on them match, allow rules
- * do not. Other schemes get no `path`.
- */
-export function resourceParams(uri: string): Record<string, unknown> {
-  let url: URL;
-  try {
-    url = new URL(uri);
-  } catch {
-    return withMarker(uri, 'is not a URL', undefined);
-  }
-  if (url.protocol !== 'file:') return { uri: url.href };
-  try {
-    return { uri: url.href, path: fileURLToPath(url) };
-  } catch (error) {
-    const why = `is a file: URL that cannot be decoded (${messageOf(error)})`;
-    return withMarker(uri, why, url.href);
-  }
-}
-
-/** `path` an unresolved marker, and `uri` too when it is no URL (`href` undefined). */
-function withMarker(
-  uri: string,
-  reason: string,
-  href: string | undefined,
-): Record<string, unknown> {
-  const marker = new UnresolvedPath(uri, reason);
-  const params = { uri: href ?? marker, path: marker };
-  markHoldsUnresolved(params);
-  return params;
-}
-
-/** A refusal's reason, plus which paths could not be resolved when the view had any. */
-function explainUnresolved(
-  auth: ToolCallRefused,
-  view: Readonly<Record<string, unknown>>,
-): ToolCallRefused {
-  const markers = unresolvedPathsIn(view);
-  if (markers.length === 0) return auth;
-  const listed = markers
-    .slice(0, 3)
-    .map((m) => `${JSON.stringify(m.value)} ${m.reason}`)
-    .join('; ');
-  const more = markers.length > 3 ? ` (and ${markers.length - 3} more)` : '';
-  return { ...auth, reason: `${auth.reason} [unresolved path: ${listed}${more}]` };
+/** Approval-wait progress for a request of `session` that asked for progress (else none). */
+function progressSink(
+  session: GatewaySession,
+  extra: Pick<CallExtra, 'requestId' | '_meta'>,
+): ProgressSink | undefined {
+  const token = extra._meta?.progressToken;
+  if (token === undefined) return undefined;
+  return (p) => void session.progress(token, p, extra.requestId);
 }

@@ -30,7 +30,6 @@ export { classifyMessage, isRequestId } from './jsonrpc-message.js';
 export { FABRIC_TOOLS, FABRIC_TOOL_PREFIX } from './fabric-tools.js';
 export {
   ToolGateway,
-  describeDecision,
   DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS,
   DEFAULT_BUDGET_WAIT_MS,
   DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION,
@@ -100,7 +99,19 @@ export type { McpHttpEndpointOptions } from './downstream-http.js';
 export type { HttpSessionTransportOptions } from './downstream-http-transport.js';
 export type { MessageKind } from './jsonrpc-message.js';
 export type { FabricTool } from './fabric-tools.js';
-export type { GatewayLogEntry, ToolGatewayOptions } from './gateway.js';
+export type { ToolGatewayOptions } from './gateway.js';
+export { ToolCallPipeline, describeDecision } from './tool-call-pipeline.js';
+export type {
+  CallAbort,
+  GatewayLogEntry,
+  PipelineCall,
+  ProgressSink,
+  ToolCallOutcome,
+  ToolCallPipelineOptions,
+  ToolCallRequest,
+  ToolCallStage,
+} from './tool-call-pipeline.js';
+export { UpstreamGate } from './upstream-gate.js';
 export type { TokenEstimatesOptions } from './token-estimates.js';
 export type { UpstreamHooks, UpstreamState, UpstreamCallOptions } from './upstream.js';
 export type { UpstreamSpec, UpstreamSpecInput, StdioUpstreamSpec } from './upstream-config.js';

@@ -60,8 +60,12 @@ export function rawResponseLine(result: object, id: string | number): string | u
 
 /** UTF-8 bytes of `result`'s JSON as the upstream wrote it, if known. */
 export function rawResultBytes(result: object): number | undefined {
+  const json = rawResultJson(result);
+  return json === undefined ? undefined : Buffer.byteLength(json, 'utf8');
+}
+
+/** `result`'s JSON text as the upstream wrote it (its numbers exactly as written), if known. */
+export function rawResultJson(result: object): string | undefined {
   const r = rawOf(result);
-  if (r === undefined) return undefined;
-  const resultText = r.line.slice(PREFIX.length, r.idAt - ID_MEMBER.length);
-  return Buffer.byteLength(resultText, 'utf8');
+  return r === undefined ? undefined : r.line.slice(PREFIX.length, r.idAt - ID_MEMBER.length);
 }

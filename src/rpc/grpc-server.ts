@@ -1,18 +1,21 @@
 /**
  * The fabric's gRPC server: one grpc-js `Server` on one port carrying every service of
- * proto/fabric/v1 that is implemented: `AgentService` (agents), and `PolicyService`,
+ * proto/fabric/v1 that is implemented: `AgentService` (agents), `ToolService` (the tool gateway's
+ * tools as the calling agent, UNAVAILABLE when no gateway is given), and `PolicyService`,
  * `ApprovalService`, `BudgetService` and `EventService` (the administrator).
  *
  * @module
  */
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { AgentFabric } from '../fabric.js';
+import type { ToolGateway } from '../gateway/gateway.js';
 import { agentService, type AgentServiceOptions } from './agent-service.js';
 import { approvalService } from './approval-service.js';
 import { budgetService } from './budget-service.js';
 import { eventService } from './events-service.js';
 import { policyService } from './policy-service.js';
 import { ActiveStreams, addGrpcService, type GrpcServiceOptions } from './rpc-call.js';
+import { toolService } from './tool-service.js';
 
 /** Options of {@link startGrpcServer}. */
 export interface GrpcServerOptions
@@ -21,6 +24,8 @@ export interface GrpcServerOptions
   host?: string;
   /** 0 picks a free port. @default 0 */
   port?: number;
+  /** The tool gateway `ToolService` calls through. @default none: ToolService is UNAVAILABLE */
+  gateway?: ToolGateway | undefined;
 }
 
 /** A running gRPC server. */
@@ -49,6 +54,7 @@ export async function startGrpcServer(
       : { maxBufferedMessages: options.maxBufferedMessages }),
   };
   addGrpcService(server, fabric, agentService(fabric, options), serviceOptions);
+  addGrpcService(server, fabric, toolService(fabric, options.gateway), serviceOptions);
   addGrpcService(server, fabric, policyService(fabric), serviceOptions);
   addGrpcService(server, fabric, approvalService(fabric), serviceOptions);
   addGrpcService(server, fabric, budgetService(fabric), serviceOptions);

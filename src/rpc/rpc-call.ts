@@ -4,8 +4,9 @@
  * grpc-definition.ts), the mapping of catalog errors to status codes, and the conversion of
  * `google.protobuf.Value` fields to and from JSON.
  *
- * Catalog errors map to gRPC status codes through `GRPC_STATUS_BY_KIND`, with the fabric's code
- * in the `fabric-error-code` trailer; anything else is INTERNAL.
+ * Catalog errors map to gRPC status codes through `GRPC_STATUS_BY_KIND` (see
+ * {@link toServiceError}), with the fabric's code in the `fabric-error-code` trailer and the
+ * error's details as JSON in the `fabric-error-details` trailer; anything else is INTERNAL.
  *
  * Server-streaming methods get a `send` function whose messages wait in the call's own write
  * buffer while the client is slow; when `maxBufferedMessages` are waiting the stream ends with
@@ -151,7 +152,23 @@ export async function forwardEvents(
   }
 }
 
-/** A catalog error as a gRPC status; anything else is INTERNAL with its message. */
+/** Trailer with the fabric's error code (`FABRIC_ERR_…`) of a failed call. */
+export const ERROR_CODE_TRAILER = 'fabric-error-code';
+/** Trailer with the failed call's error details as a JSON object (see {@link toServiceError}). */
+export const ERROR_DETAILS_TRAILER = 'fabric-error-details';
+/** Longest `fabric-error-details` value: grpc-js clients refuse metadata over 8 KiB in all. */
+export const MAX_ERROR_DETAILS_LENGTH = 4096;
+/** Detail members never put on the wire, whatever an error carries (credentials and the like). */
+const SECRET_KEY =
+  /credential|secret|password|authorization|^(access|bearer|admin)?_?token$|api[-_]?key/i;
+
+/**
+ * The one mapping of errors to gRPC statuses: a catalog error's kind to its status code
+ * (`GRPC_STATUS_BY_KIND`), its code in the `fabric-error-code` trailer and its `details` (rule,
+ * policy, limit, retryAt …) as a JSON object in the `fabric-error-details` trailer — see
+ * {@link errorDetailsJson}. Anything else is INTERNAL with its message and
+ * `FABRIC_ERR_INTERNAL`, without details.
+ */
 export function toServiceError(err: unknown): {
   code: number;
   details: string;
@@ -159,7 +176,8 @@ export function toServiceError(err: unknown): {
 } {
   const metadata = new Metadata();
   if (err instanceof FabricError) {
-    metadata.set('fabric-error-code', err.code);
+    metadata.set(ERROR_CODE_TRAILER, err.code);
+    metadata.set(ERROR_DETAILS_TRAILER, errorDetailsJson(err.details));
     return { code: GRPC_STATUS_BY_KIND[err.kind], details: err.message, metadata };
   }
   metadata.set('fabric-error-code', 'FABRIC_ERR_INTERNAL');
@@ -197,6 +215,45 @@ export function authenticateCall(
 }
 
 /**
+ * `details` as the value of the `fabric-error-details` trailer: a JSON object without members
+ * named like secrets (credential, token, password …), non-ASCII characters `\u`-escaped (a
+ * metadata value is ASCII), at most {@link MAX_ERROR_DETAILS_LENGTH} characters — when the
+ * whole does not fit, the members that do, in order, and `"truncated": true`.
+ */
+export function errorDetailsJson(details: Readonly<Record<string, unknown>>): string {
+  const kept: [string, string][] = [];
+  for (const [key, value] of Object.entries(details)) {
+    if (SECRET_KEY.test(key)) continue;
+    let json: string | undefined;
+    try {
+      json = JSON.stringify(value);
+    } catch {
+      json = undefined; // a cycle or a BigInt: not a wire fact
+    }
+    if (json !== undefined) kept.push([JSON.stringify(key), json]);
+  }
+  const whole = `{${kept.map(([k, v]) => `${k}:${v}`).join(',')}}`;
+  if (whole.length <= MAX_ERROR_DETAILS_LENGTH) return asciiJson(whole);
+  const fits: string[] = [];
+  let length = '{"truncated":true}'.length;
+  for (const [k, v] of kept) {
+    const member = `${k}:${v}`;
+    if (length + member.length + 1 > MAX_ERROR_DETAILS_LENGTH) continue;
+    fits.push(member);
+    length += member.length + 1;
+  }
+  return asciiJson(`{${[...fits, '"truncated":true'].join(',')}}`);
+}
+
+/** JSON text with every non-ASCII character as a `\u` escape (the same JSON value). */
+function asciiJson(json: string): string {
+  return json.replace(
+    /[\u007f-\uffff]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+}
+
+/**
  * A grpc-js unary handler that authenticates the call as a `kind` caller, then decodes its
  * request as a `method.input` message, runs `handler`, and maps errors to status codes. The
  * `signal` aborts when the client cancels the call or its deadline passes.
@@ -214,6 +271,8 @@ export function unaryHandler<D extends DescMessage, Res>(
   return (call: ServerUnaryCall<Buffer, Res>, callback: sendUnaryData<Res>): void => {
     const controller = new AbortController();
     call.on('cancelled', () => controller.abort());
+    // A deadline that passed before the handler ran emitted `cancelled` before anyone listened.
+    if (call.cancelled) controller.abort();
     void (async () => {
       const caller = authenticateCall(fabric, kind, call.metadata);
       const request = decodeRequest(method.input, call.request);

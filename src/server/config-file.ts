@@ -278,7 +278,7 @@ export const sidecarConfigSchema = z
      * GUPP work hooks persisted in a git repository (created if missing). Agents read and run
      * them through the `fabric__*_hook` tools; a lost agent's hooks move to its pool.
      */
-    /** The gRPC agent service (proto/fabric/v1/agent.proto); off unless configured. */
+    /** The gRPC services (proto/fabric/v1: AgentService, ToolService); off unless configured. */
     grpc: z
       .object({
         host: z.string().min(1).default(DEFAULT_HTTP_HOST),

@@ -59,7 +59,7 @@ export class FabricBackend implements GatewayBackend, AdminApi {
     usage: ToolUsage,
     options?: SettleToolCallOptions,
   ): ToolCallRefused | undefined {
-    return this.#fabric.settleToolCall(authorization as never, usage, options);
+    return this.#fabric.settleToolCall(authorization, usage, options);
   }
 
   isToolVisible(ctx: ToolVisibilityContext): boolean {

@@ -341,9 +341,11 @@ export class Sidecar {
       if (config.grpc !== undefined && fabric !== undefined) {
         step = 'grpc';
         const { host, port } = config.grpc;
-        grpc = await startGrpcServer(fabric, config.grpc).catch((error: unknown) => {
-          throw listenError('gRPC', host, port, error);
-        });
+        grpc = await startGrpcServer(fabric, { ...config.grpc, gateway }).catch(
+          (error: unknown) => {
+            throw listenError('gRPC', host, port, error);
+          },
+        );
         cleanup.push(grpc);
       }
       // Only now: a start that failed never showed its token, so a later one must make a new one.

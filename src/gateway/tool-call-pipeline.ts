@@ -1,0 +1,468 @@
+/**
+ * The tool-call pipeline: the admission sequence every tool call — and every resource read,
+ * prompt get, completion and subscription, as a pseudo-tool — goes through, whichever door it
+ * came in by (an MCP session, the gRPC `ToolService`):
+ *
+ * ```
+ * [single flight of a cold estimate] → path view → policy [→ approval wait] → budget reserve
+ *   → forward → settle usage (a result whose tokens do not fit is withheld) → audit + metrics
+ * ```
+ *
+ * It knows no transport: a door hands it a {@link PipelineCall} (who, which tool, the arguments,
+ * how the caller cancels, where approval progress goes) and a `forward` function, and gets a
+ * typed {@link ToolCallOutcome} back — a result, a refusal (with the policy decision, the rule
+ * and a `retryAt`), or an error and the stage it happened at. Each door maps the outcome to its
+ * wire (map-error.ts for MCP, rpc-call.ts for gRPC), so a decision and its audit line are the
+ * same whichever door the call came through.
+ *
+ * Calls no human has to decide are authorized without a promise (`tryAuthorizeToolCall`), and
+ * nothing but the forward is awaited on the hot path (path views looked up on disk, approval,
+ * budget and cold-estimate waits only when they happen).
+ *
+ * @module
+ */
+import { performance } from 'node:perf_hooks';
+import type { CallToolResult, Result } from '@modelcontextprotocol/sdk/types.js';
+import type { AuditLog, AuditOutcome } from './audit-log.js';
+import type {
+  AgentIdentity,
+  Decision,
+  GatewayBackend,
+  SettleToolCallOptions,
+  ToolCallAllowed,
+  ToolCallAuthorization,
+  ToolCallRefused,
+} from './backend.js';
+import { messageOf } from './map-error.js';
+import type { GatewayMetrics } from './metrics.js';
+import { unresolvedPathsIn, type PathResolver } from './path-resolver.js';
+import type { TokenEstimates, ToolEstimate } from './token-estimates.js';
+import { estimateTokens, type ToolCosts } from './tool-costs.js';
+
+/** A structured log line from the gateway (the CLI prints them; the library drops them). */
+export interface GatewayLogEntry {
+  level: 'debug' | 'info' | 'warn' | 'error';
+  msg: string;
+  [key: string]: unknown;
+}
+
+/** How the caller ends a call: `cancel` (when given) is read instead of `signal` where it is enough. */
+export interface CallAbort {
+  /** Aborts on cancellation; read lazily (on the MCP fast path reading it allocates). */
+  readonly signal: AbortSignal;
+  /** A cheaper cancellation flag (the MCP fast path's cancel hook). */
+  readonly cancel?: { readonly aborted: boolean } | undefined;
+}
+
+/** Where a call parked for a human approval reports that it waits. */
+export type ProgressSink = (progress: { progress: number; message: string }) => void;
+
+/** A tool call from a door without MCP sessions (see `ToolGateway.callToolAs`). */
+export interface ToolCallRequest {
+  /** The calling agent, from the caller's credential (never from the request). */
+  readonly identity: AgentIdentity;
+  /** The downstream tool name, as `tools/list` lists it. */
+  readonly name: string;
+  /** The tool's arguments; `undefined`: none (forwarded as none, policy and audit see `{}`). */
+  readonly arguments?: unknown;
+  /** Cancels the call: ends an approval or budget wait, or the upstream request. */
+  readonly signal: AbortSignal;
+  /** Approval-wait progress (absent: none is reported). */
+  readonly progress?: ProgressSink | undefined;
+}
+
+/** One call as the pipeline takes it, from any door. */
+export interface PipelineCall {
+  /** The calling agent (every ingress maps a request to exactly one agent first). */
+  readonly identity: AgentIdentity;
+  /** The downstream tool name (`fs__read_file`), or a pseudo-tool (`resources/read` …). */
+  readonly tool: string;
+  /** What policy decides on and the audit digests, before paths are resolved. */
+  readonly params: Readonly<Record<string, unknown>>;
+  /** The parameters exactly as forwarded, when they are another object than `params`. */
+  readonly forwarded?: Readonly<Record<string, unknown>> | undefined;
+  /** The owning upstream's path resolver; absent: policy sees `params` as they are. */
+  readonly paths?: PathResolver | undefined;
+  readonly abort: CallAbort;
+  /** Approval-wait progress (absent: none is sent). */
+  readonly progress?: ProgressSink | undefined;
+  /** Writes the call's audit line and metrics ({@link ToolCallPipeline.auditor}). */
+  readonly audit: (fields: AuditOutcome) => void;
+  /** The result is delivered even when its tokens do not fit (not charged). @default false */
+  readonly alwaysDelivered?: boolean | undefined;
+  /** Charge the result's tokens (a subscription's `{}` has none). @default true */
+  readonly countTokens?: boolean | undefined;
+  /** Runs the audit right after the response is written instead of before. */
+  readonly defer?: ((work: () => void) => void) | undefined;
+}
+
+/** Where a call that ended in an error failed. */
+export type ToolCallStage = 'admission' | 'forward';
+
+/** What became of one call. */
+export type ToolCallOutcome =
+  | {
+      readonly kind: 'result';
+      readonly result: Result;
+      /** The policy decision that let it through. */
+      readonly decision: Decision;
+      /** A human approved it (it waited for one). */
+      readonly approved: boolean;
+    }
+  | {
+      readonly kind: 'refused';
+      /** Code, reason, decision (and its rule), `retryAt`, details. */
+      readonly refusal: ToolCallRefused;
+      /** The call ran, but its result's tokens did not fit a budget: the result is withheld. */
+      readonly withheld: boolean;
+    }
+  | {
+      readonly kind: 'error';
+      readonly error: unknown;
+      /** `admission`: before anything was forwarded; `forward`: the upstream or fabric tool. */
+      readonly stage: ToolCallStage;
+    };
+
+/** Collaborators and settings of a {@link ToolCallPipeline}. */
+export interface ToolCallPipelineOptions {
+  readonly backend: GatewayBackend;
+  readonly costs: ToolCosts;
+  readonly estimates: TokenEstimates;
+  /** Longest budget (and cold-estimate) wait in ms; 0: refuse at once. */
+  readonly budgetWaitMs: number;
+  readonly approvalTimeoutSeconds?: number | undefined;
+  readonly approvalProgressIntervalMs: number;
+  readonly audit: AuditLog | undefined;
+  readonly metrics: GatewayMetrics;
+  readonly log: (entry: GatewayLogEntry) => void;
+}
+
+/** How the backend admits a call's budget reservation (see `ToolCallContext.budget`). */
+interface BudgetAdmission {
+  readonly waitMs: number;
+  readonly clampTokens: true;
+}
+
+interface Authorized {
+  readonly auth: ToolCallAuthorization;
+  readonly waited: boolean;
+}
+
+const REQUIRE_FIT: SettleToolCallOptions = Object.freeze({ requireFit: true });
+
+/**
+ * Errors of requests that were sent to their upstream (a cancellation, a timeout, a dropped
+ * connection or the upstream's own error after it got the request). Kept only on the error
+ * path, so a successful call pays nothing for it.
+ */
+const reachedUpstream = new WeakSet<object>();
+
+/** Marks `error` as thrown by a request that reached its upstream (see {@link chargedCost}). */
+export function markReachedUpstream(error: unknown): void {
+  if (typeof error === 'object' && error !== null) reachedUpstream.add(error);
+}
+
+/**
+ * The cost to charge for a call that failed with `error`: all of it once the request reached
+ * its upstream — the upstream may have done the work (a cancellation only asks it to stop, a
+ * timeout does not stop it), so an agent cannot spend past its cost budget by cancelling every
+ * call once it started — else nothing.
+ */
+function chargedCost(error: unknown, cost: number): number {
+  return typeof error === 'object' && error !== null && reachedUpstream.has(error) ? cost : 0;
+}
+
+/**
+ * The pipeline. One per gateway; every door runs its calls through {@link run}.
+ *
+ * @example
+ * const outcome = await pipeline.run(
+ *   { identity, tool: 'fs__read_file', params: args, abort: { signal }, audit: pipeline.auditor(identity.agentId, 'fs__read_file', args, performance.now()) },
+ *   () => upstream.request({ method: 'tools/call', params: { name: 'read_file', arguments: args } }),
+ * );
+ */
+export class ToolCallPipeline {
+  readonly #backend: GatewayBackend;
+  readonly #costs: ToolCosts;
+  readonly #estimates: TokenEstimates;
+  readonly #budgetWaitMs: number;
+  /** How the backend admits calls (one frozen object: no allocation per call). */
+  readonly #budgetOptions: BudgetAdmission;
+  readonly #approvalTimeoutSeconds: number | undefined;
+  readonly #approvalProgressMs: number;
+  readonly #audit: AuditLog | undefined;
+  readonly #metrics: GatewayMetrics;
+  readonly #log: (entry: GatewayLogEntry) => void;
+
+  constructor(options: ToolCallPipelineOptions) {
+    this.#backend = options.backend;
+    this.#costs = options.costs;
+    this.#estimates = options.estimates;
+    this.#budgetWaitMs = options.budgetWaitMs;
+    // Estimates are guesses (clamped to the limit); what is charged is bounded at settle.
+    this.#budgetOptions = Object.freeze({ waitMs: options.budgetWaitMs, clampTokens: true });
+    this.#approvalTimeoutSeconds = options.approvalTimeoutSeconds;
+    this.#approvalProgressMs = options.approvalProgressIntervalMs;
+    this.#audit = options.audit;
+    this.#metrics = options.metrics;
+    this.#log = options.log;
+  }
+
+  /**
+   * Runs one call through the pipeline; `forward` sends it on once it is authorized. Never
+   * rejects for what happens to the call: refusals and errors are outcomes.
+   */
+  async run(
+    call: PipelineCall,
+    forward: (auth: ToolCallAllowed) => Promise<Result>,
+  ): Promise<ToolCallOutcome> {
+    const { audit, abort } = call;
+    const estimate = this.#estimates.get(call.identity.agentId, call.tool);
+    let flight = false;
+    try {
+      const cost = this.#costs.costOf(call.tool);
+      let budget = this.#budgetOptions;
+      if (!estimate.observed) {
+        try {
+          ({ flight, budget } = await this.#coldFlight(estimate, abort.signal));
+        } catch (error) {
+          audit({ decision: 'none', outcome: 'cancelled', code: codeOf(error) });
+          return { kind: 'error', error, stage: 'admission' };
+        }
+      }
+      let authorized: Authorized;
+      let view = call.params;
+      try {
+        // The policy sees paths as the upstream will resolve them; the upstream gets `params`.
+        if (call.paths !== undefined) {
+          const v = call.paths.view(call.params);
+          view = v instanceof Promise ? await v : v; // only for paths looked up on disk
+        }
+        const a = this.#authorize(call, view, { tokens: estimate.tokens, cost }, budget);
+        authorized = a instanceof Promise ? await a : a; // only approval, budget and disk waits
+      } catch (error) {
+        // A wait (approval, budget) ends by throwing when the client cancels the call.
+        const cancelled = (abort.cancel ?? abort.signal).aborted;
+        audit({
+          decision: 'error',
+          outcome: cancelled ? 'cancelled' : 'error',
+          code: codeOf(error),
+        });
+        return { kind: 'error', error, stage: 'admission' };
+      }
+      const { auth, waited } = authorized;
+      const d = describeDecision(auth.decision);
+      if (!auth.allowed) {
+        audit({ decision: d.action ?? 'deny', rule: d.rule, outcome: 'denied', code: auth.code });
+        return { kind: 'refused', refusal: explainUnresolved(auth, view), withheld: false };
+      }
+      const decision = waited ? 'approved' : (d.action ?? 'allow');
+      let result: Result;
+      try {
+        result = await forward(auth);
+      } catch (error) {
+        const charged = chargedCost(error, cost);
+        this.#settle(auth, { tokens: 0, cost: charged });
+        const cancelled = (abort.cancel ?? abort.signal).aborted;
+        audit({
+          decision,
+          rule: d.rule,
+          outcome: cancelled ? 'cancelled' : 'error',
+          code: codeOf(error),
+          cost: charged,
+        });
+        return { kind: 'error', error, stage: 'forward' };
+      }
+      // Settled before the response is written: the agent never sees tokens its budget cannot
+      // hold. The audit line may wait until after the write (`defer`).
+      const tokens = call.countTokens === false ? 0 : estimateTokens(result);
+      estimate.observe(tokens);
+      let withheld = this.#settle(auth, { tokens, cost }, true);
+      if (call.alwaysDelivered === true) withheld = undefined; // not charged, delivered
+      const outcome =
+        withheld !== undefined
+          ? 'withheld'
+          : (result as CallToolResult).isError
+            ? 'tool_error'
+            : 'ok';
+      const code = withheld?.code;
+      const finish = (): void => audit({ decision, rule: d.rule, outcome, code, tokens, cost });
+      if (call.defer) call.defer(finish);
+      else finish();
+      return withheld === undefined
+        ? { kind: 'result', result, decision: auth.decision, approved: waited }
+        : { kind: 'refused', refusal: withheld, withheld: true };
+    } finally {
+      if (flight) estimate.land();
+    }
+  }
+
+  /**
+   * Counts one request that arrived at `started` (performance.now) in the metrics — under
+   * `metricTool`, e.g. `(unknown)` for a name not in the catalog — and writes its audit line;
+   * the line's digest, time and JSON are made when the log flushes, after the response.
+   */
+  auditor(
+    agentId: string,
+    tool: string,
+    args: unknown,
+    started: number,
+    metricTool = tool,
+  ): (fields: AuditOutcome) => void {
+    const log = this.#audit;
+    const metrics = this.#metrics;
+    return (fields) => {
+      const now = performance.now();
+      const durationMs = now - started;
+      metrics.recordCall(metricTool, fields.decision, fields.outcome, durationMs);
+      if (!log) return;
+      log.writeCall(
+        agentId,
+        tool,
+        args,
+        Date.now() - durationMs,
+        Math.round(durationMs * 1000) / 1000,
+        fields,
+      );
+    };
+  }
+
+  /**
+   * The single flight of a pair with no result yet (rare: an agent's first calls of a tool).
+   * Waits, bounded by `budgetWaitMs` and ended by the call's cancellation, while another call
+   * holds it. `flight`: this call now holds it; `budget`: the admission options with what is
+   * left of the wait, so a call waits at most `budgetWaitMs` in all.
+   */
+  async #coldFlight(
+    estimate: ToolEstimate,
+    signal: AbortSignal,
+  ): Promise<{ flight: boolean; budget: BudgetAdmission }> {
+    const started = performance.now();
+    const f = estimate.flight(this.#budgetWaitMs, signal);
+    if (typeof f === 'boolean') return { flight: f, budget: this.#budgetOptions };
+    const flight = await f;
+    const waitMs = Math.max(0, this.#budgetWaitMs - (performance.now() - started));
+    return { flight, budget: { waitMs, clampTokens: true } };
+  }
+
+  /**
+   * Policy [→ approval wait, with progress] → budget reservation. Calls no human has to decide
+   * are authorized without a promise. `view` is what the policy decides on (paths resolved);
+   * the forwarded params go to the backend as `rawParams` when they are another object.
+   */
+  #authorize(
+    call: PipelineCall,
+    view: Readonly<Record<string, unknown>>,
+    estimate: { tokens: number; cost: number },
+    budget: BudgetAdmission,
+  ): Authorized | Promise<Authorized> {
+    const { agentId, poolId, labels } = call.identity;
+    const raw = call.forwarded ?? call.params;
+    const rawParams = raw === view ? undefined : raw;
+    const ctx = {
+      agentId,
+      poolId,
+      tool: call.tool,
+      params: view,
+      rawParams,
+      labels,
+      estimate,
+      budget,
+    };
+    const now = this.#backend.tryAuthorizeToolCall?.(ctx);
+    if (now !== undefined) return { auth: now, waited: false };
+    const progress = call.progress;
+    let waitTimer: NodeJS.Timeout | undefined;
+    let waited = false;
+    return this.#backend
+      .authorizeToolCall({
+        ...ctx,
+        signal: call.abort.signal,
+        approvalTimeoutSeconds: this.#approvalTimeoutSeconds,
+        onWaiting: (approval) => {
+          waited = true;
+          if (progress === undefined || waitTimer) return;
+          let tick = 0;
+          const send = (): void =>
+            progress({ progress: tick++, message: `waiting for human approval ${approval.id}` });
+          send();
+          waitTimer = setInterval(send, this.#approvalProgressMs);
+          waitTimer.unref();
+        },
+      })
+      .then((auth) => ({ auth, waited }))
+      .finally(() => {
+        if (waitTimer) clearInterval(waitTimer);
+      });
+  }
+
+  /**
+   * Settles a call's usage, synchronously. With `requireFit` (a result about to be delivered),
+   * returns the backend's refusal when the result's tokens do not fit a budget: they were not
+   * charged, and the caller withholds the result.
+   */
+  #settle(
+    auth: ToolCallAllowed,
+    usage: { tokens: number; cost: number },
+    requireFit = false,
+  ): ToolCallRefused | undefined {
+    try {
+      const settled = this.#backend.settleToolCall(
+        auth,
+        usage,
+        requireFit ? REQUIRE_FIT : undefined,
+      );
+      if (settled instanceof Promise) {
+        settled.catch((error: unknown) =>
+          this.#log({ level: 'error', msg: 'settling usage failed', error: messageOf(error) }),
+        );
+        return undefined;
+      }
+      return isRefusal(settled) ? settled : undefined;
+    } catch (error) {
+      this.#log({ level: 'error', msg: 'settling usage failed', error: messageOf(error) });
+      return undefined;
+    }
+  }
+}
+
+function isRefusal(value: unknown): value is ToolCallRefused {
+  return (
+    typeof value === 'object' && value !== null && (value as ToolCallRefused).allowed === false
+  );
+}
+
+/** The catalog code of a thrown value (`FABRIC_ERR_INTERNAL` when it has none). */
+export function codeOf(error: unknown): string {
+  if (error && typeof error === 'object' && 'code' in error) return String(error.code);
+  return 'FABRIC_ERR_INTERNAL';
+}
+
+/**
+ * The action and the deciding rule of a policy decision, as the audit log names them: the rule
+ * as `policy#index`, the policy alone for a provider's verdict, nothing for the default action.
+ */
+export function describeDecision(decision: Decision | undefined): {
+  action?: string;
+  rule?: string;
+} {
+  if (decision === undefined) return {};
+  const { action, policy, rule } = decision;
+  if (policy === null) return { action };
+  return { action, rule: rule === null ? policy : `${policy}#${rule}` };
+}
+
+/** A refusal's reason, plus which paths could not be resolved when the view had any. */
+function explainUnresolved(
+  auth: ToolCallRefused,
+  view: Readonly<Record<string, unknown>>,
+): ToolCallRefused {
+  const markers = unresolvedPathsIn(view);
+  if (markers.length === 0) return auth;
+  const listed = markers
+    .slice(0, 3)
+    .map((m) => `${JSON.stringify(m.value)} ${m.reason}`)
+    .join('; ');
+  const more = markers.length > 3 ? ` (and ${markers.length - 3} more)` : '';
+  return { ...auth, reason: `${auth.reason} [unresolved path: ${listed}${more}]` };
+}

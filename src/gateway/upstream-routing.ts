@@ -1,0 +1,94 @@
+/**
+ * The requests in flight on each upstream, and the routing that needs them. Upstream
+ * connections are shared by every agent session, and server→client requests from an upstream
+ * (sampling, elicitation, roots/list) and its log messages carry no reference to the call that
+ * caused them over stdio. So a request goes to the one session with calls in flight on that
+ * upstream — refused with a routing error when several have (ambiguous), none has, or the one
+ * call in flight came through a door that cannot answer (gRPC) — and a log message goes to each
+ * session with a call in flight there (everyone when none is).
+ *
+ * @module
+ */
+import type {
+  LoggingMessageNotification,
+  Request,
+  RequestId,
+  Result,
+} from '@modelcontextprotocol/sdk/types.js';
+import { RoutingError } from '../errors.js';
+import { toMcpError } from './map-error.js';
+import type { GatewaySession } from './session.js';
+import type { GatewayLogEntry } from './tool-call-pipeline.js';
+import type { Upstream } from './upstream.js';
+
+/** A request in flight on an upstream: whose (no session: a gRPC call) and which. */
+export interface InFlight {
+  readonly session: GatewaySession | undefined;
+  readonly requestId: RequestId;
+}
+
+/** The requests in flight per upstream. */
+export class InflightRoutes {
+  readonly #inflight = new Map<Upstream, Set<InFlight>>();
+  readonly #log: (entry: GatewayLogEntry) => void;
+
+  constructor(log: (entry: GatewayLogEntry) => void) {
+    this.#log = log;
+  }
+
+  /** Tracks a request of `session` (none: a gRPC call) on `upstream` until {@link leave}. */
+  enter(upstream: Upstream, session: GatewaySession | undefined, requestId: RequestId): InFlight {
+    const entry: InFlight = { session, requestId };
+    let set = this.#inflight.get(upstream);
+    if (!set) this.#inflight.set(upstream, (set = new Set()));
+    set.add(entry);
+    return entry;
+  }
+
+  leave(upstream: Upstream, entry: InFlight): void {
+    this.#inflight.get(upstream)?.delete(entry);
+  }
+
+  /**
+   * Delivers an upstream's log message: to each session with calls in flight there, on the
+   * stream of one of its calls; to `everyone` when no call is in flight.
+   */
+  log(
+    upstream: Upstream,
+    params: LoggingMessageNotification['params'],
+    everyone: Iterable<GatewaySession>,
+  ): void {
+    const entries = this.#inflight.get(upstream);
+    if (entries && entries.size > 0) {
+      const seen = new Set<GatewaySession>();
+      for (const e of entries) {
+        if (e.session === undefined || seen.has(e.session)) continue;
+        seen.add(e.session);
+        e.session.log(params, e.requestId);
+      }
+    } else {
+      for (const s of everyone) s.log(params);
+    }
+  }
+
+  /**
+   * Routes a server→client request of `upstream` to the session of the calls in flight there.
+   * @throws McpError of a RoutingError when that session is not exactly one (see the module).
+   */
+  async request(upstream: Upstream, request: Request, signal: AbortSignal): Promise<Result> {
+    const entries = [...(this.#inflight.get(upstream) ?? [])];
+    const sessions = new Set(entries.map((e) => e.session));
+    const only = sessions.size === 1 ? entries[0] : undefined;
+    if (only?.session !== undefined) return only.session.request(request, signal, only.requestId);
+    if (request.method === 'roots/list' && sessions.size === 0) return { roots: [] };
+    const why =
+      sessions.size === 0
+        ? 'no agent session has a call in flight on this upstream'
+        : only !== undefined
+          ? 'the call in flight on this upstream came through gRPC, which cannot answer it'
+          : `${sessions.size} agent sessions have calls in flight on this upstream, so the originating one is ambiguous`;
+    const error = new RoutingError(upstream.name, request.method, why);
+    this.#log({ level: 'warn', msg: error.message });
+    throw toMcpError(error);
+  }
+}

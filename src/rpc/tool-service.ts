@@ -1,0 +1,230 @@
+/**
+ * The gRPC ingress of the tool gateway (proto/fabric/v1/tool.proto): list and call tools as the
+ * calling agent, for agents in any language. A call runs through the gateway's one tool-call
+ * pipeline (`ToolGateway.callToolAs`), the same as an MCP `tools/call`: the same input bounds,
+ * policy decision, approval parking, budget reservation and settlement, and audit line. Only
+ * the mapping differs: a refusal is a status with its facts in the `fabric-error-details`
+ * trailer (rpc-call.ts), not an `isError` result.
+ *
+ * The RPC's cancellation and deadline abort the call wherever it is: a call parked for a human
+ * approval stops waiting (no reservation was made yet), a call waiting for budget leaves the
+ * queue, a forwarded call is cancelled upstream (and charged as over MCP).
+ *
+ * @module
+ */
+import { create, type JsonObject } from '@bufbuild/protobuf';
+import { ErrorCode, McpError, type Tool as McpTool } from '@modelcontextprotocol/sdk/types.js';
+import {
+  ApprovalLimitError,
+  BudgetExceededError,
+  FabricError,
+  GatewayUnavailableError,
+  InvalidArgumentError,
+  WaitTimeoutError,
+  type ErrorKind,
+} from '../errors.js';
+import type { AgentFabric } from '../fabric.js';
+import type { AgentIdentity, ToolCallRefused } from '../gateway/backend.js';
+import type { ToolGateway } from '../gateway/gateway.js';
+import { messageOf } from '../gateway/map-error.js';
+import { rawResultJson } from '../gateway/raw-results.js';
+import { describeDecision } from '../gateway/tool-call-pipeline.js';
+import {
+  CallToolResponseSchema,
+  ListToolsResponseSchema,
+  ResultEncoding,
+  ToolCallDecision,
+  ToolSchema,
+  ToolService,
+  type CallToolRequest,
+  type Tool,
+} from '../gen/fabric/v1/tool_pb.js';
+import { grpcDefinition } from './grpc-definition.js';
+import type { ServiceImplementation } from './rpc-call.js';
+
+/** The grpc-js definition of `fabric.v1.ToolService` (for clients in this process too). */
+export const TOOL_SERVICE_DEFINITION = grpcDefinition(ToolService);
+
+/**
+ * `fabric.v1.ToolService` over `gateway`; every method acts as the calling agent. Without a
+ * gateway (a fabric served on its own) every method fails with UNAVAILABLE
+ * (`FABRIC_ERR_GATEWAY_UNAVAILABLE`).
+ */
+export function toolService(
+  fabric: AgentFabric,
+  gateway: ToolGateway | undefined,
+): ServiceImplementation<typeof ToolService> {
+  const need = (): ToolGateway => {
+    if (gateway === undefined) throw new GatewayUnavailableError('the gRPC ToolService');
+    return gateway;
+  };
+  return {
+    service: ToolService,
+    caller: 'agent',
+    unary: {
+      listTools: async ({ id }) => {
+        const tools = need().listToolsFor(identityOf(fabric, id));
+        return create(ListToolsResponseSchema, { tools: tools.map(toolMessage) });
+      },
+      callTool: async ({ id }, req, signal) => {
+        const gw = need();
+        const outcome = await gw.callToolAs({
+          identity: identityOf(fabric, id),
+          name: req.name,
+          arguments: argumentsOf(req),
+          signal,
+        });
+        switch (outcome.kind) {
+          case 'refused':
+            throw refusalError(outcome.refusal);
+          case 'error':
+            throw callError(outcome.error);
+          case 'result': {
+            const { result } = outcome;
+            const rule = describeDecision(outcome.decision).rule ?? '';
+            const asJson = req.resultEncoding === ResultEncoding.JSON;
+            return create(CallToolResponseSchema, {
+              ...(asJson
+                ? { resultJson: Buffer.from(rawResultJson(result) ?? JSON.stringify(result)) }
+                : { result: toStruct(result) }),
+              isError: result.isError === true,
+              decision: outcome.approved ? ToolCallDecision.APPROVED : ToolCallDecision.ALLOW,
+              rule,
+            });
+          }
+        }
+      },
+    },
+  };
+}
+
+/**
+ * The calling agent as the gateway sees an MCP session's agent: its pool and labels from its
+ * record (policy reads them from there too).
+ */
+function identityOf(fabric: AgentFabric, agentId: string): AgentIdentity {
+  const rec = fabric.lifecycle.peek(agentId);
+  return { kind: 'agent', agentId, poolId: rec?.poolId, labels: rec?.labels ?? {} };
+}
+
+function toolMessage(tool: McpTool): Tool {
+  return create(ToolSchema, {
+    name: tool.name,
+    title: tool.title ?? '',
+    description: tool.description ?? '',
+    inputSchema: toStruct(tool.inputSchema),
+    toolJson: Buffer.from(JSON.stringify(tool)),
+  });
+}
+
+/**
+ * A JSON object for a `google.protobuf.Struct` field (protobuf-es holds a Struct as its JSON):
+ * through JSON, so `undefined` members drop out as they would over MCP.
+ */
+function toStruct(value: object): JsonObject {
+  return JSON.parse(JSON.stringify(value)) as JsonObject;
+}
+
+/**
+ * The call's arguments: the Struct's JSON, or `arguments_json` parsed; `undefined` when neither
+ * is set.
+ * @throws InvalidArgumentError naming `arguments_json` for bytes that are not UTF-8 JSON of an
+ *   object or hold a number JSON.parse would change, or `arguments` for a Struct holding NaN
+ *   or ±Infinity.
+ */
+export function argumentsOf(req: CallToolRequest): Record<string, unknown> | undefined {
+  switch (req.args.case) {
+    case undefined:
+      return undefined;
+    case 'arguments':
+      return finiteStruct(req.args.value);
+    case 'argumentsJson':
+      return parseArgumentsJson(req.args.value);
+  }
+}
+
+/**
+ * `value`, checked for numbers that are no JSON (NaN, ±Infinity decode from a Struct and would
+ * reach the tool as `null`). Bounded: the decoder's recursion limit caps the depth and the
+ * message size the node count; the walk uses a stack, not recursion.
+ */
+function finiteStruct(value: JsonObject): JsonObject {
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (typeof v === 'number' && !Number.isFinite(v)) {
+      throw new InvalidArgumentError('arguments', `holds ${String(v)}, which is not a JSON number`);
+    }
+    if (typeof v === 'object' && v !== null) for (const x of Object.values(v)) stack.push(x);
+  }
+  return value;
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+/** String literals and numbers of JSON text (strings first, so digits inside them are skipped). */
+const JSON_TOKEN = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
+
+/** `arguments_json` as an object; see {@link argumentsOf}. */
+function parseArgumentsJson(bytes: Uint8Array): Record<string, unknown> {
+  let text: string;
+  let value: unknown;
+  try {
+    text = UTF8.decode(bytes);
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new InvalidArgumentError('arguments_json', `is not UTF-8 JSON: ${messageOf(error)}`, {
+      cause: error,
+    });
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new InvalidArgumentError('arguments_json', 'must be a JSON object');
+  }
+  // A number JSON.parse would change is refused, never forwarded changed (a linear scan: no
+  // recursion however deep the text nests).
+  for (const [token] of text.matchAll(JSON_TOKEN)) {
+    if (token.startsWith('"')) continue;
+    const n = Number(token);
+    if (!Number.isFinite(n) || (Number.isInteger(n) && !Number.isSafeInteger(n))) {
+      throw new InvalidArgumentError(
+        'arguments_json',
+        `holds the number ${token.slice(0, 40)}, which the sidecar cannot carry exactly (integers up to ±(2^53-1)); send it as a string`,
+      );
+    }
+  }
+  return value as Record<string, unknown>;
+}
+
+/** A refusal as the catalog error it is (policy, approval, budget, a leaving agent). */
+function refusalError(refusal: ToolCallRefused): FabricError {
+  if (refusal.error instanceof FabricError) return refusal.error;
+  // A backend that answers refusals without the error: rebuild it from the code.
+  return new FabricError(refusal.code, kindOfRefusal(refusal.code), refusal.reason, {
+    ...refusal.details,
+    ...(refusal.retryAt === undefined ? {} : { retryAt: refusal.retryAt }),
+  });
+}
+
+function kindOfRefusal(code: string): ErrorKind {
+  switch (code) {
+    case BudgetExceededError.code:
+    case ApprovalLimitError.code:
+      return 'resource_exhausted';
+    case WaitTimeoutError.code:
+      return 'deadline_exceeded';
+    default:
+      return 'permission_denied';
+  }
+}
+
+/**
+ * A failed call's error for the wire: catalog errors as they are; an upstream's own rejection of
+ * the arguments (JSON-RPC invalid params) is INVALID_ARGUMENT; anything else INTERNAL.
+ */
+function callError(error: unknown): unknown {
+  if (error instanceof McpError && error.code === ErrorCode.InvalidParams) {
+    return new InvalidArgumentError('arguments', `were rejected by the tool: ${error.message}`, {
+      cause: error,
+    });
+  }
+  return error;
+}
