@@ -603,6 +603,15 @@ export class AgentFabric {
     });
   }
 
+  /**
+   * Gives back a task {@link claimTask} handed to `agentId` whose answer never reached the agent
+   * (the call carrying it ended first): it is queued again and the attempt does not count.
+   * Returns false when the task has moved on. See {@link AgentScheduler.unclaim}.
+   */
+  unclaimTask(agentId: string, taskId: string, attempt: number): boolean {
+    return this.scheduler.unclaim(taskId, attempt, agentId);
+  }
+
   /** Completes a task the agent holds; repeating it is a no-op. Counts as a heartbeat. */
   async completeTask(
     agentId: string,

@@ -51,6 +51,29 @@ function hookMessage(h: FabricHook): Hook {
   });
 }
 
+/**
+ * Longest margin a `ClaimTask` keeps before the call's deadline: the wait ends that much
+ * earlier, so a task handed out at its very end still has time to travel before the client
+ * gives up on the call.
+ */
+export const CLAIM_DEADLINE_MARGIN_MS = 250;
+
+/**
+ * How long a claim waits: what the agent asked, at most `maxWait`, and ending before the call's
+ * deadline by a fifth of the time left (at most {@link CLAIM_DEADLINE_MARGIN_MS}).
+ */
+export function claimWaitSeconds(
+  requested: number,
+  maxWait: number,
+  deadline = Number.POSITIVE_INFINITY,
+): number {
+  const wait = Math.min(maxWait, Math.max(0, Number.isNaN(requested) ? 0 : requested));
+  const left = deadline - Date.now();
+  if (left === Number.POSITIVE_INFINITY) return wait;
+  const usable = left - Math.min(CLAIM_DEADLINE_MARGIN_MS, left / 5);
+  return Math.max(0, Math.min(wait, usable / 1000));
+}
+
 /** `fabric.v1.AgentService` over `fabric`: every method acts as the calling agent. */
 export function agentService(
   fabric: AgentFabric,
@@ -69,11 +92,14 @@ export function agentService(
           lastHeartbeatMs: BigInt(info.lastHeartbeat),
         });
       },
-      claimTask: async ({ id: agentId }, req, signal) => {
+      claimTask: async ({ id: agentId }, req, signal, context) => {
         const a = await fabric.claimTask(agentId, {
-          waitSeconds: Math.min(maxWait, Math.max(0, req.waitSeconds)),
+          waitSeconds: claimWaitSeconds(req.waitSeconds, maxWait, context?.deadline),
           signal,
         });
+        // A task whose answer is not written (the call ended first) goes back to the queue.
+        if (a !== undefined)
+          context?.onUndelivered(() => void fabric.unclaimTask(agentId, a.taskId, a.attempt));
         return create(ClaimTaskResponseSchema, {
           ...(a === undefined
             ? {}

@@ -35,7 +35,7 @@ import {
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
-import { decodeRequest, grpcServerDefinition } from './grpc-definition.js';
+import { decodeRequest, grpcServerDefinition, sendAndCheckWritten } from './grpc-definition.js';
 
 /** Who a call must come from: an agent (acting as itself) or the administrator. */
 export type CallerKind = 'agent' | 'admin';
@@ -45,6 +45,20 @@ export interface Caller {
   readonly kind: CallerKind;
   /** The agent id for agents; the admin credential's name for the administrator. */
   readonly id: string;
+}
+
+/**
+ * What a method may know of the call carrying it beyond the request: its deadline, and a way to
+ * undo work whose answer never reaches the client.
+ */
+export interface CallContext {
+  /** Epoch milliseconds by which the client wants its answer; `Infinity` when it set none. */
+  readonly deadline: number;
+  /**
+   * Registers `undo`, run when the method's response is not written because the call ended
+   * first (the client cancelled, or its deadline passed): e.g. a claimed task goes back.
+   */
+  onUndelivered(undo: () => void): void;
 }
 
 /** A JSON value as a `google.protobuf.Value` (`undefined` becomes `null`). */
@@ -104,11 +118,22 @@ export function unaryHandler<D extends DescMessage, Res>(
   fabric: AgentFabric,
   kind: CallerKind,
   method: { readonly input: D },
-  handler: (caller: Caller, request: MessageShape<D>, signal: AbortSignal) => Promise<Res>,
+  handler: (
+    caller: Caller,
+    request: MessageShape<D>,
+    signal: AbortSignal,
+    context: CallContext,
+  ) => Promise<Res>,
 ): UntypedHandleCall {
   return (call: ServerUnaryCall<Buffer, Res>, callback: sendUnaryData<Res>): void => {
     const controller = new AbortController();
     call.on('cancelled', () => controller.abort());
+    const undos: (() => void)[] = [];
+    const deadline = call.getDeadline();
+    const context: CallContext = {
+      deadline: deadline instanceof Date ? deadline.getTime() : deadline,
+      onUndelivered: (undo) => void undos.push(undo),
+    };
     void (async () => {
       const header = call.metadata.get('authorization')[0];
       const credential = typeof header === 'string' ? header.replace(/^Bearer\s+/i, '') : '';
@@ -124,9 +149,16 @@ export function unaryHandler<D extends DescMessage, Res>(
         caller = { kind, id: identity.name };
       }
       const request = decodeRequest(method.input, call.request);
-      return handler(caller, request, controller.signal);
+      return handler(caller, request, controller.signal, context);
     })().then(
-      (res) => callback(null, res),
+      (res) => {
+        if (undos.length === 0) return callback(null, res);
+        // The call may have ended while the method ran; grpc-js then drops the answer silently.
+        const written =
+          !controller.signal.aborted &&
+          sendAndCheckWritten(res as object, () => callback(null, res));
+        if (!written) for (const undo of undos) undo();
+      },
       (err: unknown) => callback(toServiceError(err)),
     );
   };
@@ -143,6 +175,7 @@ export type UnaryMethods<S extends DescService> = {
             caller: Caller,
             request: MessageShape<I>,
             signal: AbortSignal,
+            context?: CallContext,
           ) => Promise<MessageShape<O>>
         : never
       : never
@@ -168,13 +201,16 @@ export function addGrpcService<S extends DescService>(
   const handlers: UntypedServiceImplementation = {};
   const methods = impl.unary as Record<
     string,
-    (caller: Caller, request: never, signal: AbortSignal) => Promise<unknown>
+    (caller: Caller, request: never, signal: AbortSignal, context: CallContext) => Promise<unknown>
   >;
   for (const method of impl.service.methods) {
     const handler = methods[method.localName];
     if (method.methodKind !== 'unary' || handler === undefined) continue;
-    handlers[method.localName] = unaryHandler(fabric, impl.caller, method, (caller, req, signal) =>
-      handler(caller, req as never, signal),
+    handlers[method.localName] = unaryHandler(
+      fabric,
+      impl.caller,
+      method,
+      (caller, req, signal, context) => handler(caller, req as never, signal, context),
     );
   }
   server.addService(grpcServerDefinition(impl.service), handlers);

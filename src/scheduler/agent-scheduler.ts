@@ -682,6 +682,29 @@ export class AgentScheduler {
   }
 
   /**
+   * Gives back a task a claim handed to `agentId` that never reached it: the call carrying it
+   * ended (cancelled, past its deadline) before the answer was written. The task is queued
+   * again as though that attempt never started — it does not count against `maxAttempts` — but
+   * its attempt number stays used, so a report naming it is stale. Returns whether the task
+   * went back; false when it has moved on (finished, another attempt, another agent).
+   */
+  unclaim(taskId: string, attempt: number, agentId: string): boolean {
+    const t = this.#tasks.get(taskId);
+    if (t === undefined || t.attempt !== attempt || t.assignedAgentId !== agentId) return false;
+    if (t.status !== TaskStatus.RUNNING && t.status !== TaskStatus.SCHEDULED) return false;
+    t.undelivered++;
+    this.#retryOrFail(
+      t,
+      {
+        code: 'FABRIC_ERR_CANCELLED',
+        message: `the claim of agent ${agentId} ended before attempt ${attempt} reached it`,
+      },
+      true,
+    );
+    return true;
+  }
+
+  /**
    * Completes a task held by `agentId` (omit it for trusted in-process callers). Repeating the
    * same completion is a no-op.
    * @throws TaskNotFoundError; PermissionDeniedError when another agent holds the task;
@@ -1008,7 +1031,7 @@ export class AgentScheduler {
     retry: boolean,
     finalStatus: TaskStatus.FAILED | TaskStatus.CANCELLED = TaskStatus.FAILED,
   ): void {
-    const queue = retry && t.attempt < t.maxAttempts ? this.#requeueTarget(t) : undefined;
+    const queue = retry && t.attemptsLeft() ? this.#requeueTarget(t) : undefined;
     if (queue === undefined) {
       const slot = this.#agentOf(t);
       if (slot !== undefined && finalStatus === TaskStatus.FAILED) {

@@ -19,6 +19,12 @@ export interface Waiter {
 export class TaskRecord {
   status: TaskStatus = TaskStatus.PENDING;
   attempt = 0;
+  /**
+   * Attempts handed to a claim whose call ended before the task reached the agent: their
+   * numbers stay used (a late report naming one is stale) but they do not count against
+   * `maxAttempts` — see {@link TaskRecord.attemptsLeft}.
+   */
+  undelivered = 0;
   assignedAgentId: string | undefined = undefined;
   startedAt: number | undefined = undefined;
   finishedAt: number | undefined = undefined;
@@ -60,6 +66,11 @@ export class TaskRecord {
     readonly seq: number,
     readonly createdAt: number,
   ) {}
+
+  /** Whether another attempt may start: attempts that reached an agent are below `maxAttempts`. */
+  attemptsLeft(): boolean {
+    return this.attempt - this.undelivered < this.maxAttempts;
+  }
 
   /** A frozen point-in-time view. */
   snapshot(): Task {
