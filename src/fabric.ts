@@ -17,6 +17,7 @@ import {
   ConfigError,
   InvalidArgumentError,
   NoAvailableAgentError,
+  HookNotFoundError,
   PermissionDeniedError,
   TaskResultTooLargeError,
   UnauthenticatedError,
@@ -873,7 +874,7 @@ export class AgentFabric {
     return this.#hooks().hookFor(agentId);
   }
 
-  /** Picks up the agent's own hook (PENDING → ACTIVE). @throws PermissionDeniedError for another agent's hook */
+  /** Picks up the agent's own hook (PENDING → ACTIVE). @throws HookNotFoundError for another agent's hook */
   async activateHook(agentId: string, hookId: string): Promise<Hook> {
     await this.#ownHook(agentId, hookId);
     return this.#hooks().activateHook(hookId, { agentId });
@@ -901,15 +902,11 @@ export class AgentFabric {
     return this.#hooks().recordProgress(hookId, note);
   }
 
-  /** No agent acts on another's hook. */
+  /** No agent acts on another's hook. @throws HookNotFoundError for an unknown or foreign hook */
   async #ownHook(agentId: string, hookId: string): Promise<void> {
     const hook = await this.#hooks().getHook(hookId);
-    if (hook.agentId !== agentId) {
-      throw new PermissionDeniedError(`hook ${hookId} is not assigned to agent ${agentId}`, {
-        hookId,
-        agentId,
-      });
-    }
+    // Answered exactly like an unknown hook: an agent must not learn which hooks exist.
+    if (hook.agentId !== agentId) throw new HookNotFoundError(hookId);
   }
 
   /**

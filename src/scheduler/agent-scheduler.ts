@@ -21,7 +21,6 @@ import {
   ClosedError,
   ExecutorNotFoundError,
   InvalidArgumentError,
-  PermissionDeniedError,
   PoolDrainingError,
   PoolNotFoundError,
   QueueFullError,
@@ -39,7 +38,7 @@ import type { ExecutorSink, TaskExecutor } from './executor.js';
 import type { TenantWeights } from './fair-queue.js';
 import { FairQueue } from './fair-queue.js';
 import { IndexedHeap } from './indexed-heap.js';
-import { RemoteExecutor } from './remote-executor.js';
+import { RemoteExecutor, type EndedTask } from './remote-executor.js';
 import { TenantMix } from './tenant-mix.js';
 import type { Waiter } from './task-record.js';
 import { TIMER_SLOT, TaskRecord } from './task-record.js';
@@ -380,7 +379,7 @@ export class AgentScheduler {
       }
     }
     for (const t of [...slot.running]) {
-      slot.exec.executor.abort(t.id, t.attempt, reason);
+      slot.exec.executor.abort(t.id, t.attempt, reason, slot.id);
       this.#retryOrFail(t, reason, true, options.finalStatus ?? TaskStatus.FAILED);
     }
     if (options.remove) {
@@ -578,8 +577,7 @@ export class AgentScheduler {
     const t = this.#get(taskId);
     if (!isFinished(t.status)) {
       const error = { code: 'FABRIC_ERR_CANCELLED', message: reason };
-      if (t.status !== TaskStatus.PENDING)
-        this.#agentOf(t)?.exec.executor.abort(t.id, t.attempt, error);
+      if (t.status !== TaskStatus.PENDING) this.#abort(t, error);
       this.#finish(t, TaskStatus.CANCELLED, undefined, error);
     }
     return t.snapshot();
@@ -707,7 +705,7 @@ export class AgentScheduler {
   /**
    * Completes a task held by `agentId` (omit it for trusted in-process callers). Repeating the
    * same completion is a no-op.
-   * @throws TaskNotFoundError; PermissionDeniedError when another agent holds the task;
+   * @throws TaskNotFoundError for an unknown task and for one `agentId` does not hold;
    *   TaskStateError for a stale attempt or a task that already ended otherwise.
    */
   complete(taskId: string, attempt: number, result: unknown, agentId?: string): void {
@@ -742,12 +740,9 @@ export class AgentScheduler {
     repeatStatus: TaskStatus | undefined,
   ): TaskRecord | undefined {
     const t = this.#get(taskId);
-    if (agentId !== undefined && t.assignedAgentId !== agentId) {
-      throw new PermissionDeniedError(`task ${taskId} is not held by agent ${agentId}`, {
-        taskId,
-        agentId,
-      });
-    }
+    // A task the agent does not hold is answered exactly like an unknown one: task ids are
+    // sequential, and an agent must not learn which of them exist.
+    if (agentId !== undefined && t.assignedAgentId !== agentId) throw new TaskNotFoundError(taskId);
     if (attempt !== t.attempt) {
       throw new TaskStateError(
         taskId,
@@ -995,6 +990,25 @@ export class AgentScheduler {
     if (this.events.listens('task.started')) this.events.emit('task.started', task.snapshot());
   }
 
+  /** Tells the executor of the agent running `t` that the scheduler ended the attempt. */
+  #abort(t: TaskRecord, error: TaskError): void {
+    const slot = this.#agentOf(t);
+    slot?.exec.executor.abort(t.id, t.attempt, error, slot.id);
+  }
+
+  /**
+   * Tasks of `agentId` (a remote agent) the fabric ended while the agent held them — cancelled,
+   * timed out — that it has not been told about yet; telling is up to the caller. Oldest first.
+   */
+  takeEndedTasks(agentId: string): EndedTask[] {
+    return this.#remote.takeEnded(agentId);
+  }
+
+  /** Puts back notices {@link takeEndedTasks} gave out that did not reach the agent. */
+  restoreEndedTasks(agentId: string, notices: readonly EndedTask[]): void {
+    this.#remote.restoreEnded(agentId, notices);
+  }
+
   /** Takes a task off its agent (it is no longer running there). */
   #release(task: TaskRecord): void {
     const slot = this.#agentOf(task);
@@ -1172,7 +1186,7 @@ export class AgentScheduler {
           code: 'FABRIC_ERR_TASK_TIMEOUT',
           message: `task ran past its timeout of ${t.timeoutMs / 1000}s`,
         };
-        this.#agentOf(t)?.exec.executor.abort(t.id, t.attempt, error);
+        this.#abort(t, error);
         this.#finish(t, TaskStatus.TIMEOUT, undefined, error);
       }
     }

@@ -134,7 +134,7 @@ describe('the agent protocol over gRPC (real server, real grpc-js client, real f
       create(CompleteTaskRequestSchema, { taskId: task.id, attempt: 1 }),
       bob.credential,
     ).catch((e: ServiceError) => e);
-    expect(foreign).toMatchObject({ code: status.PERMISSION_DENIED });
+    expect(foreign).toMatchObject({ code: status.NOT_FOUND });
     await call(
       client,
       'completeTask',
@@ -185,7 +185,7 @@ describe('the agent protocol over gRPC (real server, real grpc-js client, real f
       create(HookRequestSchema, { hookId: hook.hookId }),
       bob.credential,
     ).catch((e: ServiceError) => e);
-    expect(foreign).toMatchObject({ code: status.PERMISSION_DENIED });
+    expect(foreign).toMatchObject({ code: status.NOT_FOUND });
     const active = await call<HookResponse>(
       client,
       'activateHook',

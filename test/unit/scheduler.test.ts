@@ -5,7 +5,6 @@ import { Priority, TaskStatus } from '../../src/task.js';
 import {
   AgentBusyError,
   InvalidArgumentError,
-  PermissionDeniedError,
   PoolDrainingError,
   QueueFullError,
   TaskNotFoundError,
@@ -194,7 +193,7 @@ describe('AgentScheduler limits and errors', () => {
     s.setAccepting('b', true);
     const task = s.schedule({ agentId: 'a' }, 't', 1);
     const claim = (await s.claim('a'))!;
-    expect(() => s.complete(task.id, claim.attempt, 'x', 'b')).toThrow(PermissionDeniedError);
+    expect(() => s.complete(task.id, claim.attempt, 'x', 'b')).toThrow(TaskNotFoundError);
     expect(() => s.complete(task.id, claim.attempt + 1, 'x', 'a')).toThrow(TaskStateError);
     s.complete(task.id, claim.attempt, 'ok', 'a');
     s.complete(task.id, claim.attempt, 'again', 'a');
