@@ -12,23 +12,32 @@
  * @module
  */
 import { create } from '@bufbuild/protobuf';
+import { InvalidArgumentError } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
 import type { Hook as FabricHook } from '../hooks/hook.js';
+import type { EndedTask as FabricEndedTask } from '../scheduler/remote-executor.js';
 import {
+  ActivateHookResponseSchema,
   AgentService,
   ClaimTaskResponseSchema,
+  CompleteHookResponseSchema,
   CompleteTaskResponseSchema,
+  EndedTaskSchema,
+  FailHookResponseSchema,
   FailTaskResponseSchema,
   GetHookResponseSchema,
   HeartbeatResponseSchema,
-  HookResponseSchema,
+  HookErrorSchema,
   HookSchema,
+  RecordHookProgressResponseSchema,
+  RecordUsageResponseSchema,
   ReportProgressResponseSchema,
   TaskSchema,
+  type EndedTask,
   type Hook,
 } from '../gen/fabric/v1/agent_pb.js';
 import { grpcDefinition } from './grpc-definition.js';
-import { fromValue, toValue, type ServiceImplementation } from './rpc-call.js';
+import { fromValue, toValue, type CallContext, type ServiceImplementation } from './rpc-call.js';
 
 /** Options of {@link agentService}. */
 export interface AgentServiceOptions {
@@ -48,7 +57,27 @@ function hookMessage(h: FabricHook): Hook {
     branch: h.branch ?? '',
     path: h.worktreePath ?? '',
     result: toValue(h.result ?? null),
+    ...(h.error === null
+      ? {}
+      : {
+          error: create(HookErrorSchema, {
+            code: h.error.code ?? '',
+            message: h.error.message,
+            name: h.error.name ?? '',
+          }),
+        }),
   });
+}
+
+/**
+ * The agent's not-yet-told notices of tasks the fabric ended while it held them; they are put
+ * back when the answer carrying them is not written.
+ */
+function endedTasks(fabric: AgentFabric, agentId: string, context?: CallContext): EndedTask[] {
+  const notices = fabric.scheduler.takeEndedTasks(agentId);
+  if (notices.length === 0) return [];
+  context?.onUndelivered(() => fabric.scheduler.restoreEndedTasks(agentId, notices));
+  return notices.map((n: FabricEndedTask) => create(EndedTaskSchema, n));
 }
 
 /**
@@ -74,6 +103,9 @@ export function claimWaitSeconds(
   return Math.max(0, Math.min(wait, usable / 1000));
 }
 
+/** Longest `RecordHookProgress` note, as over MCP (`hook_progress`). */
+export const MAX_HOOK_NOTE_CHARS = 4096;
+
 /** `fabric.v1.AgentService` over `fabric`: every method acts as the calling agent. */
 export function agentService(
   fabric: AgentFabric,
@@ -84,12 +116,13 @@ export function agentService(
     service: AgentService,
     caller: 'agent',
     unary: {
-      heartbeat: async ({ id: agentId }) => {
+      heartbeat: async ({ id: agentId }, _req, _signal, context) => {
         const info = await fabric.heartbeat(agentId);
         return create(HeartbeatResponseSchema, {
           agentId: info.id,
           status: info.status,
           lastHeartbeatMs: BigInt(info.lastHeartbeat),
+          endedTasks: endedTasks(fabric, agentId, context),
         });
       },
       claimTask: async ({ id: agentId }, req, signal, context) => {
@@ -130,27 +163,49 @@ export function agentService(
         );
         return create(FailTaskResponseSchema);
       },
-      reportProgress: async ({ id: agentId }, req) => {
+      reportProgress: async ({ id: agentId }, req, _signal, context) => {
         const progress = fromValue(req.progress, 'progress');
         await fabric.reportProgress(agentId, req.taskId, req.attempt, progress);
-        return create(ReportProgressResponseSchema);
+        return create(ReportProgressResponseSchema, {
+          endedTasks: endedTasks(fabric, agentId, context),
+        });
+      },
+      recordUsage: async ({ id: agentId }, req) => {
+        if (req.tokens > BigInt(Number.MAX_SAFE_INTEGER) || req.tokens < 0n) {
+          throw new InvalidArgumentError(
+            'tokens',
+            `must be a non-negative safe integer, got ${req.tokens.toString()}`,
+          );
+        }
+        await fabric.recordUsage(agentId, { tokens: Number(req.tokens), cost: req.cost });
+        return create(RecordUsageResponseSchema);
       },
       getHook: async ({ id: agentId }) => {
         const h = await fabric.hookFor(agentId);
         return create(GetHookResponseSchema, h === undefined ? {} : { hook: hookMessage(h) });
       },
       activateHook: async ({ id: agentId }, req) =>
-        create(HookResponseSchema, {
+        create(ActivateHookResponseSchema, {
           hook: hookMessage(await fabric.activateHook(agentId, req.hookId)),
         }),
+      recordHookProgress: async ({ id: agentId }, req) => {
+        if (req.note.length > MAX_HOOK_NOTE_CHARS) {
+          throw new InvalidArgumentError(
+            'note',
+            `is ${req.note.length} characters, more than ${MAX_HOOK_NOTE_CHARS}`,
+          );
+        }
+        const hook = await fabric.recordHookProgress(agentId, req.hookId, req.note || undefined);
+        return create(RecordHookProgressResponseSchema, { hook: hookMessage(hook) });
+      },
       completeHook: async ({ id: agentId }, req) => {
         const result = fromValue(req.result, 'result');
-        return create(HookResponseSchema, {
+        return create(CompleteHookResponseSchema, {
           hook: hookMessage(await fabric.completeHook(agentId, req.hookId, result)),
         });
       },
       failHook: async ({ id: agentId }, req) =>
-        create(HookResponseSchema, {
+        create(FailHookResponseSchema, {
           hook: hookMessage(
             await fabric.failHook(agentId, req.hookId, {
               ...(req.code ? { code: req.code } : {}),

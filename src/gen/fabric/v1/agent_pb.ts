@@ -19,7 +19,49 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fabric/v1/agent.proto.
  */
 export const file_fabric_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChVmYWJyaWMvdjEvYWdlbnQucHJvdG8SCWZhYnJpYy52MSISChBIZWFydGJlYXRSZXF1ZXN0IlAKEUhlYXJ0YmVhdFJlc3BvbnNlEhAKCGFnZW50X2lkGAEgASgJEg4KBnN0YXR1cxgCIAEoCRIZChFsYXN0X2hlYXJ0YmVhdF9tcxgDIAEoAyIoChBDbGFpbVRhc2tSZXF1ZXN0EhQKDHdhaXRfc2Vjb25kcxgBIAEoASKSAQoEVGFzaxIPCgd0YXNrX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SEQoJdGFza190eXBlGAMgASgJEicKB3BheWxvYWQYBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSFwoPdGltZW91dF9zZWNvbmRzGAUgASgBEhMKC2RlYWRsaW5lX21zGAYgASgDIjIKEUNsYWltVGFza1Jlc3BvbnNlEh0KBHRhc2sYASABKAsyDy5mYWJyaWMudjEuVGFzayJfChNDb21wbGV0ZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRImCgZyZXN1bHQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUiFgoUQ29tcGxldGVUYXNrUmVzcG9uc2UiYQoPRmFpbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIMCgRjb2RlGAMgASgJEg8KB21lc3NhZ2UYBCABKAkSDQoFcmV0cnkYBSABKAgiEgoQRmFpbFRhc2tSZXNwb25zZSJjChVSZXBvcnRQcm9ncmVzc1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEigKCHByb2dyZXNzGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIhgKFlJlcG9ydFByb2dyZXNzUmVzcG9uc2UiqgEKBEhvb2sSDwoHaG9va19pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIOCgZzdGF0dXMYAyABKAkSKQoJd29ya19pdGVtGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEg4KBmJyYW5jaBgFIAEoCRIMCgRwYXRoGAYgASgJEiYKBnJlc3VsdBgHIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSIQCg5HZXRIb29rUmVxdWVzdCIwCg9HZXRIb29rUmVzcG9uc2USHQoEaG9vaxgBIAEoCzIPLmZhYnJpYy52MS5Ib29rIh4KC0hvb2tSZXF1ZXN0Eg8KB2hvb2tfaWQYASABKAkiTgoTQ29tcGxldGVIb29rUmVxdWVzdBIPCgdob29rX2lkGAEgASgJEiYKBnJlc3VsdBgCIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSJBCg9GYWlsSG9va1JlcXVlc3QSDwoHaG9va19pZBgBIAEoCRIMCgRjb2RlGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiLQoMSG9va1Jlc3BvbnNlEh0KBGhvb2sYASABKAsyDy5mYWJyaWMudjEuSG9vazKYBQoMQWdlbnRTZXJ2aWNlEkYKCUhlYXJ0YmVhdBIbLmZhYnJpYy52MS5IZWFydGJlYXRSZXF1ZXN0GhwuZmFicmljLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEkYKCUNsYWltVGFzaxIbLmZhYnJpYy52MS5DbGFpbVRhc2tSZXF1ZXN0GhwuZmFicmljLnYxLkNsYWltVGFza1Jlc3BvbnNlEk8KDENvbXBsZXRlVGFzaxIeLmZhYnJpYy52MS5Db21wbGV0ZVRhc2tSZXF1ZXN0Gh8uZmFicmljLnYxLkNvbXBsZXRlVGFza1Jlc3BvbnNlEkMKCEZhaWxUYXNrEhouZmFicmljLnYxLkZhaWxUYXNrUmVxdWVzdBobLmZhYnJpYy52MS5GYWlsVGFza1Jlc3BvbnNlElUKDlJlcG9ydFByb2dyZXNzEiAuZmFicmljLnYxLlJlcG9ydFByb2dyZXNzUmVxdWVzdBohLmZhYnJpYy52MS5SZXBvcnRQcm9ncmVzc1Jlc3BvbnNlEkAKB0dldEhvb2sSGS5mYWJyaWMudjEuR2V0SG9va1JlcXVlc3QaGi5mYWJyaWMudjEuR2V0SG9va1Jlc3BvbnNlEj8KDEFjdGl2YXRlSG9vaxIWLmZhYnJpYy52MS5Ib29rUmVxdWVzdBoXLmZhYnJpYy52MS5Ib29rUmVzcG9uc2USRwoMQ29tcGxldGVIb29rEh4uZmFicmljLnYxLkNvbXBsZXRlSG9va1JlcXVlc3QaFy5mYWJyaWMudjEuSG9va1Jlc3BvbnNlEj8KCEZhaWxIb29rEhouZmFicmljLnYxLkZhaWxIb29rUmVxdWVzdBoXLmZhYnJpYy52MS5Ib29rUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_struct]);
+  fileDesc("ChVmYWJyaWMvdjEvYWdlbnQucHJvdG8SCWZhYnJpYy52MSJMCglFbmRlZFRhc2sSDwoHdGFza19pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEgwKBGNvZGUYAyABKAkSDwoHbWVzc2FnZRgEIAEoCSISChBIZWFydGJlYXRSZXF1ZXN0InsKEUhlYXJ0YmVhdFJlc3BvbnNlEhAKCGFnZW50X2lkGAEgASgJEg4KBnN0YXR1cxgCIAEoCRIZChFsYXN0X2hlYXJ0YmVhdF9tcxgDIAEoAxIpCgtlbmRlZF90YXNrcxgEIAMoCzIULmZhYnJpYy52MS5FbmRlZFRhc2siKAoQQ2xhaW1UYXNrUmVxdWVzdBIUCgx3YWl0X3NlY29uZHMYASABKAEikgEKBFRhc2sSDwoHdGFza19pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEhEKCXRhc2tfdHlwZRgDIAEoCRInCgdwYXlsb2FkGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhcKD3RpbWVvdXRfc2Vjb25kcxgFIAEoARITCgtkZWFkbGluZV9tcxgGIAEoAyIyChFDbGFpbVRhc2tSZXNwb25zZRIdCgR0YXNrGAEgASgLMg8uZmFicmljLnYxLlRhc2siXwoTQ29tcGxldGVUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SJgoGcmVzdWx0GAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIhYKFENvbXBsZXRlVGFza1Jlc3BvbnNlImEKD0ZhaWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDAoEY29kZRgDIAEoCRIPCgdtZXNzYWdlGAQgASgJEg0KBXJldHJ5GAUgASgIIhIKEEZhaWxUYXNrUmVzcG9uc2UiYwoVUmVwb3J0UHJvZ3Jlc3NSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIoCghwcm9ncmVzcxgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSJDChZSZXBvcnRQcm9ncmVzc1Jlc3BvbnNlEikKC2VuZGVkX3Rhc2tzGAEgAygLMhQuZmFicmljLnYxLkVuZGVkVGFzayIyChJSZWNvcmRVc2FnZVJlcXVlc3QSDgoGdG9rZW5zGAEgASgDEgwKBGNvc3QYAiABKAEiFQoTUmVjb3JkVXNhZ2VSZXNwb25zZSLPAQoESG9vaxIPCgdob29rX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEg4KBnN0YXR1cxgDIAEoCRIpCgl3b3JrX2l0ZW0YBCABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSDgoGYnJhbmNoGAUgASgJEgwKBHBhdGgYBiABKAkSJgoGcmVzdWx0GAcgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiMKBWVycm9yGAggASgLMhQuZmFicmljLnYxLkhvb2tFcnJvciI4CglIb29rRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEgwKBG5hbWUYAyABKAkiEAoOR2V0SG9va1JlcXVlc3QiMAoPR2V0SG9va1Jlc3BvbnNlEh0KBGhvb2sYASABKAsyDy5mYWJyaWMudjEuSG9vayImChNBY3RpdmF0ZUhvb2tSZXF1ZXN0Eg8KB2hvb2tfaWQYASABKAkiNQoUQWN0aXZhdGVIb29rUmVzcG9uc2USHQoEaG9vaxgBIAEoCzIPLmZhYnJpYy52MS5Ib29rIjoKGVJlY29yZEhvb2tQcm9ncmVzc1JlcXVlc3QSDwoHaG9va19pZBgBIAEoCRIMCgRub3RlGAIgASgJIjsKGlJlY29yZEhvb2tQcm9ncmVzc1Jlc3BvbnNlEh0KBGhvb2sYASABKAsyDy5mYWJyaWMudjEuSG9vayJOChNDb21wbGV0ZUhvb2tSZXF1ZXN0Eg8KB2hvb2tfaWQYASABKAkSJgoGcmVzdWx0GAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlIkEKD0ZhaWxIb29rUmVxdWVzdBIPCgdob29rX2lkGAEgASgJEgwKBGNvZGUYAiABKAkSDwoHbWVzc2FnZRgDIAEoCSI1ChRDb21wbGV0ZUhvb2tSZXNwb25zZRIdCgRob29rGAEgASgLMg8uZmFicmljLnYxLkhvb2siMQoQRmFpbEhvb2tSZXNwb25zZRIdCgRob29rGAEgASgLMg8uZmFicmljLnYxLkhvb2sy5QYKDEFnZW50U2VydmljZRJGCglIZWFydGJlYXQSGy5mYWJyaWMudjEuSGVhcnRiZWF0UmVxdWVzdBocLmZhYnJpYy52MS5IZWFydGJlYXRSZXNwb25zZRJGCglDbGFpbVRhc2sSGy5mYWJyaWMudjEuQ2xhaW1UYXNrUmVxdWVzdBocLmZhYnJpYy52MS5DbGFpbVRhc2tSZXNwb25zZRJPCgxDb21wbGV0ZVRhc2sSHi5mYWJyaWMudjEuQ29tcGxldGVUYXNrUmVxdWVzdBofLmZhYnJpYy52MS5Db21wbGV0ZVRhc2tSZXNwb25zZRJDCghGYWlsVGFzaxIaLmZhYnJpYy52MS5GYWlsVGFza1JlcXVlc3QaGy5mYWJyaWMudjEuRmFpbFRhc2tSZXNwb25zZRJVCg5SZXBvcnRQcm9ncmVzcxIgLmZhYnJpYy52MS5SZXBvcnRQcm9ncmVzc1JlcXVlc3QaIS5mYWJyaWMudjEuUmVwb3J0UHJvZ3Jlc3NSZXNwb25zZRJMCgtSZWNvcmRVc2FnZRIdLmZhYnJpYy52MS5SZWNvcmRVc2FnZVJlcXVlc3QaHi5mYWJyaWMudjEuUmVjb3JkVXNhZ2VSZXNwb25zZRJACgdHZXRIb29rEhkuZmFicmljLnYxLkdldEhvb2tSZXF1ZXN0GhouZmFicmljLnYxLkdldEhvb2tSZXNwb25zZRJPCgxBY3RpdmF0ZUhvb2sSHi5mYWJyaWMudjEuQWN0aXZhdGVIb29rUmVxdWVzdBofLmZhYnJpYy52MS5BY3RpdmF0ZUhvb2tSZXNwb25zZRJhChJSZWNvcmRIb29rUHJvZ3Jlc3MSJC5mYWJyaWMudjEuUmVjb3JkSG9va1Byb2dyZXNzUmVxdWVzdBolLmZhYnJpYy52MS5SZWNvcmRIb29rUHJvZ3Jlc3NSZXNwb25zZRJPCgxDb21wbGV0ZUhvb2sSHi5mYWJyaWMudjEuQ29tcGxldGVIb29rUmVxdWVzdBofLmZhYnJpYy52MS5Db21wbGV0ZUhvb2tSZXNwb25zZRJDCghGYWlsSG9vaxIaLmZhYnJpYy52MS5GYWlsSG9va1JlcXVlc3QaGy5mYWJyaWMudjEuRmFpbEhvb2tSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_struct]);
+
+/**
+ * A task of the calling agent that the fabric ended while the agent held it.
+ *
+ * @generated from message fabric.v1.EndedTask
+ */
+export type EndedTask = Message<"fabric.v1.EndedTask"> & {
+  /**
+   * The task.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * The attempt that was ended; reports naming it are now rejected.
+   *
+   * @generated from field: uint32 attempt = 2;
+   */
+  attempt: number;
+
+  /**
+   * Why: FABRIC_ERR_CANCELLED, FABRIC_ERR_TASK_TIMEOUT, …
+   *
+   * @generated from field: string code = 3;
+   */
+  code: string;
+
+  /**
+   * A readable reason.
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message fabric.v1.EndedTask.
+ * Use `create(EndedTaskSchema)` to create a new message.
+ */
+export const EndedTaskSchema: GenMessage<EndedTask> = /*@__PURE__*/
+  messageDesc(file_fabric_v1_agent, 0);
 
 /**
  * @generated from message fabric.v1.HeartbeatRequest
@@ -32,26 +74,40 @@ export type HeartbeatRequest = Message<"fabric.v1.HeartbeatRequest"> & {
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 0);
+  messageDesc(file_fabric_v1_agent, 1);
 
 /**
  * @generated from message fabric.v1.HeartbeatResponse
  */
 export type HeartbeatResponse = Message<"fabric.v1.HeartbeatResponse"> & {
   /**
+   * The calling agent.
+   *
    * @generated from field: string agent_id = 1;
    */
   agentId: string;
 
   /**
+   * Its status (HEALTHY, DEGRADED, DRAINING, …).
+   *
    * @generated from field: string status = 2;
    */
   status: string;
 
   /**
+   * Its last heartbeat, epoch milliseconds.
+   *
    * @generated from field: int64 last_heartbeat_ms = 3;
    */
   lastHeartbeatMs: bigint;
+
+  /**
+   * Tasks the fabric ended while the agent held them, not told before (each is told once;
+   * oldest first, at most 256 kept per agent). Stop working on them.
+   *
+   * @generated from field: repeated fabric.v1.EndedTask ended_tasks = 4;
+   */
+  endedTasks: EndedTask[];
 };
 
 /**
@@ -59,13 +115,16 @@ export type HeartbeatResponse = Message<"fabric.v1.HeartbeatResponse"> & {
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 1);
+  messageDesc(file_fabric_v1_agent, 2);
 
 /**
  * @generated from message fabric.v1.ClaimTaskRequest
  */
 export type ClaimTaskRequest = Message<"fabric.v1.ClaimTaskRequest"> & {
   /**
+   * How long to wait for a task when none is queued (capped by the server, 300 s by default,
+   * and by the call's deadline); 0 answers at once.
+   *
    * @generated from field: double wait_seconds = 1;
    */
   waitSeconds: number;
@@ -76,13 +135,17 @@ export type ClaimTaskRequest = Message<"fabric.v1.ClaimTaskRequest"> & {
  * Use `create(ClaimTaskRequestSchema)` to create a new message.
  */
 export const ClaimTaskRequestSchema: GenMessage<ClaimTaskRequest> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 2);
+  messageDesc(file_fabric_v1_agent, 3);
 
 /**
+ * A task handed to the agent.
+ *
  * @generated from message fabric.v1.Task
  */
 export type Task = Message<"fabric.v1.Task"> & {
   /**
+   * The task's id.
+   *
    * @generated from field: string task_id = 1;
    */
   taskId: string;
@@ -95,16 +158,23 @@ export type Task = Message<"fabric.v1.Task"> & {
   attempt: number;
 
   /**
+   * What kind of work it is.
+   *
    * @generated from field: string task_type = 3;
    */
   taskType: string;
 
   /**
+   * The payload as JSON.
+   * Numbers are doubles (in a Value, and in the fabric): an integer beyond 2^53 changes.
+   *
    * @generated from field: google.protobuf.Value payload = 4;
    */
   payload?: Value | undefined;
 
   /**
+   * How long the attempt may run before it times out.
+   *
    * @generated from field: double timeout_seconds = 5;
    */
   timeoutSeconds: number;
@@ -122,7 +192,7 @@ export type Task = Message<"fabric.v1.Task"> & {
  * Use `create(TaskSchema)` to create a new message.
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 3);
+  messageDesc(file_fabric_v1_agent, 4);
 
 /**
  * Message fields have presence in proto3: no task → the field is unset.
@@ -131,6 +201,8 @@ export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
  */
 export type ClaimTaskResponse = Message<"fabric.v1.ClaimTaskResponse"> & {
   /**
+   * The task; unset when none came within the wait.
+   *
    * @generated from field: fabric.v1.Task task = 1;
    */
   task?: Task | undefined;
@@ -141,23 +213,30 @@ export type ClaimTaskResponse = Message<"fabric.v1.ClaimTaskResponse"> & {
  * Use `create(ClaimTaskResponseSchema)` to create a new message.
  */
 export const ClaimTaskResponseSchema: GenMessage<ClaimTaskResponse> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 4);
+  messageDesc(file_fabric_v1_agent, 5);
 
 /**
  * @generated from message fabric.v1.CompleteTaskRequest
  */
 export type CompleteTaskRequest = Message<"fabric.v1.CompleteTaskRequest"> & {
   /**
+   * The task the agent holds.
+   *
    * @generated from field: string task_id = 1;
    */
   taskId: string;
 
   /**
+   * The attempt it was handed (Task.attempt).
+   *
    * @generated from field: uint32 attempt = 2;
    */
   attempt: number;
 
   /**
+   * The result as JSON.
+   * Numbers are doubles (in a Value, and in the fabric): an integer beyond 2^53 changes.
+   *
    * @generated from field: google.protobuf.Value result = 3;
    */
   result?: Value | undefined;
@@ -168,7 +247,7 @@ export type CompleteTaskRequest = Message<"fabric.v1.CompleteTaskRequest"> & {
  * Use `create(CompleteTaskRequestSchema)` to create a new message.
  */
 export const CompleteTaskRequestSchema: GenMessage<CompleteTaskRequest> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 5);
+  messageDesc(file_fabric_v1_agent, 6);
 
 /**
  * @generated from message fabric.v1.CompleteTaskResponse
@@ -181,28 +260,36 @@ export type CompleteTaskResponse = Message<"fabric.v1.CompleteTaskResponse"> & {
  * Use `create(CompleteTaskResponseSchema)` to create a new message.
  */
 export const CompleteTaskResponseSchema: GenMessage<CompleteTaskResponse> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 6);
+  messageDesc(file_fabric_v1_agent, 7);
 
 /**
  * @generated from message fabric.v1.FailTaskRequest
  */
 export type FailTaskRequest = Message<"fabric.v1.FailTaskRequest"> & {
   /**
+   * The task the agent holds.
+   *
    * @generated from field: string task_id = 1;
    */
   taskId: string;
 
   /**
+   * The attempt it was handed (Task.attempt).
+   *
    * @generated from field: uint32 attempt = 2;
    */
   attempt: number;
 
   /**
+   * Machine-readable error code; FABRIC_ERR_TASK_EXECUTION when empty.
+   *
    * @generated from field: string code = 3;
    */
   code: string;
 
   /**
+   * A readable message; "failed" when empty.
+   *
    * @generated from field: string message = 4;
    */
   message: string;
@@ -220,7 +307,7 @@ export type FailTaskRequest = Message<"fabric.v1.FailTaskRequest"> & {
  * Use `create(FailTaskRequestSchema)` to create a new message.
  */
 export const FailTaskRequestSchema: GenMessage<FailTaskRequest> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 7);
+  messageDesc(file_fabric_v1_agent, 8);
 
 /**
  * @generated from message fabric.v1.FailTaskResponse
@@ -233,23 +320,30 @@ export type FailTaskResponse = Message<"fabric.v1.FailTaskResponse"> & {
  * Use `create(FailTaskResponseSchema)` to create a new message.
  */
 export const FailTaskResponseSchema: GenMessage<FailTaskResponse> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 8);
+  messageDesc(file_fabric_v1_agent, 9);
 
 /**
  * @generated from message fabric.v1.ReportProgressRequest
  */
 export type ReportProgressRequest = Message<"fabric.v1.ReportProgressRequest"> & {
   /**
+   * The task the agent holds.
+   *
    * @generated from field: string task_id = 1;
    */
   taskId: string;
 
   /**
+   * The attempt it was handed (Task.attempt).
+   *
    * @generated from field: uint32 attempt = 2;
    */
   attempt: number;
 
   /**
+   * Progress as JSON.
+   * Numbers are doubles (in a Value, and in the fabric): an integer beyond 2^53 changes.
+   *
    * @generated from field: google.protobuf.Value progress = 3;
    */
   progress?: Value | undefined;
@@ -260,12 +354,18 @@ export type ReportProgressRequest = Message<"fabric.v1.ReportProgressRequest"> &
  * Use `create(ReportProgressRequestSchema)` to create a new message.
  */
 export const ReportProgressRequestSchema: GenMessage<ReportProgressRequest> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 9);
+  messageDesc(file_fabric_v1_agent, 10);
 
 /**
  * @generated from message fabric.v1.ReportProgressResponse
  */
 export type ReportProgressResponse = Message<"fabric.v1.ReportProgressResponse"> & {
+  /**
+   * As in HeartbeatResponse.
+   *
+   * @generated from field: repeated fabric.v1.EndedTask ended_tasks = 1;
+   */
+  endedTasks: EndedTask[];
 };
 
 /**
@@ -273,33 +373,85 @@ export type ReportProgressResponse = Message<"fabric.v1.ReportProgressResponse">
  * Use `create(ReportProgressResponseSchema)` to create a new message.
  */
 export const ReportProgressResponseSchema: GenMessage<ReportProgressResponse> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 10);
+  messageDesc(file_fabric_v1_agent, 11);
 
 /**
+ * @generated from message fabric.v1.RecordUsageRequest
+ */
+export type RecordUsageRequest = Message<"fabric.v1.RecordUsageRequest"> & {
+  /**
+   * Model tokens spent (not negative).
+   *
+   * @generated from field: int64 tokens = 1;
+   */
+  tokens: bigint;
+
+  /**
+   * Cost spent, in the budget's currency unit (not negative, finite).
+   *
+   * @generated from field: double cost = 2;
+   */
+  cost: number;
+};
+
+/**
+ * Describes the message fabric.v1.RecordUsageRequest.
+ * Use `create(RecordUsageRequestSchema)` to create a new message.
+ */
+export const RecordUsageRequestSchema: GenMessage<RecordUsageRequest> = /*@__PURE__*/
+  messageDesc(file_fabric_v1_agent, 12);
+
+/**
+ * @generated from message fabric.v1.RecordUsageResponse
+ */
+export type RecordUsageResponse = Message<"fabric.v1.RecordUsageResponse"> & {
+};
+
+/**
+ * Describes the message fabric.v1.RecordUsageResponse.
+ * Use `create(RecordUsageResponseSchema)` to create a new message.
+ */
+export const RecordUsageResponseSchema: GenMessage<RecordUsageResponse> = /*@__PURE__*/
+  messageDesc(file_fabric_v1_agent, 13);
+
+/**
+ * A unit of work on an agent's hook.
+ *
  * @generated from message fabric.v1.Hook
  */
 export type Hook = Message<"fabric.v1.Hook"> & {
   /**
+   * The hook's id.
+   *
    * @generated from field: string hook_id = 1;
    */
   hookId: string;
 
   /**
+   * The agent it is assigned to (the caller).
+   *
    * @generated from field: string agent_id = 2;
    */
   agentId: string;
 
   /**
+   * PENDING, ACTIVE, COMPLETED, FAILED or ABANDONED.
+   *
    * @generated from field: string status = 3;
    */
   status: string;
 
   /**
+   * The work item as JSON.
+   * Numbers are doubles (in a Value, and in the fabric): an integer beyond 2^53 changes.
+   *
    * @generated from field: google.protobuf.Value work_item = 4;
    */
   workItem?: Value | undefined;
 
   /**
+   * The hook's git branch; empty when it has none.
+   *
    * @generated from field: string branch = 5;
    */
   branch: string;
@@ -312,9 +464,18 @@ export type Hook = Message<"fabric.v1.Hook"> & {
   path: string;
 
   /**
+   * The result it completed with, as JSON (null until then).
+   *
    * @generated from field: google.protobuf.Value result = 7;
    */
   result?: Value | undefined;
+
+  /**
+   * Why the hook failed; unset unless it did.
+   *
+   * @generated from field: fabric.v1.HookError error = 8;
+   */
+  error?: HookError | undefined;
 };
 
 /**
@@ -322,7 +483,42 @@ export type Hook = Message<"fabric.v1.Hook"> & {
  * Use `create(HookSchema)` to create a new message.
  */
 export const HookSchema: GenMessage<Hook> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 11);
+  messageDesc(file_fabric_v1_agent, 14);
+
+/**
+ * The error a hook failed with.
+ *
+ * @generated from message fabric.v1.HookError
+ */
+export type HookError = Message<"fabric.v1.HookError"> & {
+  /**
+   * Machine-readable code (e.g. a FABRIC_ERR_* code); empty when it had none.
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * A readable message.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * The error's class name, when it was an Error; empty otherwise.
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message fabric.v1.HookError.
+ * Use `create(HookErrorSchema)` to create a new message.
+ */
+export const HookErrorSchema: GenMessage<HookError> = /*@__PURE__*/
+  messageDesc(file_fabric_v1_agent, 15);
 
 /**
  * @generated from message fabric.v1.GetHookRequest
@@ -335,13 +531,15 @@ export type GetHookRequest = Message<"fabric.v1.GetHookRequest"> & {
  * Use `create(GetHookRequestSchema)` to create a new message.
  */
 export const GetHookRequestSchema: GenMessage<GetHookRequest> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 12);
+  messageDesc(file_fabric_v1_agent, 16);
 
 /**
  * @generated from message fabric.v1.GetHookResponse
  */
 export type GetHookResponse = Message<"fabric.v1.GetHookResponse"> & {
   /**
+   * The hook; unset when the agent has no work on its hook.
+   *
    * @generated from field: fabric.v1.Hook hook = 1;
    */
   hook?: Hook | undefined;
@@ -352,35 +550,110 @@ export type GetHookResponse = Message<"fabric.v1.GetHookResponse"> & {
  * Use `create(GetHookResponseSchema)` to create a new message.
  */
 export const GetHookResponseSchema: GenMessage<GetHookResponse> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 13);
+  messageDesc(file_fabric_v1_agent, 17);
 
 /**
- * @generated from message fabric.v1.HookRequest
+ * Same fields as the former shared HookRequest (wire compatible).
+ *
+ * @generated from message fabric.v1.ActivateHookRequest
  */
-export type HookRequest = Message<"fabric.v1.HookRequest"> & {
+export type ActivateHookRequest = Message<"fabric.v1.ActivateHookRequest"> & {
   /**
+   * The hook to pick up.
+   *
    * @generated from field: string hook_id = 1;
    */
   hookId: string;
 };
 
 /**
- * Describes the message fabric.v1.HookRequest.
- * Use `create(HookRequestSchema)` to create a new message.
+ * Describes the message fabric.v1.ActivateHookRequest.
+ * Use `create(ActivateHookRequestSchema)` to create a new message.
  */
-export const HookRequestSchema: GenMessage<HookRequest> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 14);
+export const ActivateHookRequestSchema: GenMessage<ActivateHookRequest> = /*@__PURE__*/
+  messageDesc(file_fabric_v1_agent, 18);
+
+/**
+ * Same fields as the former shared HookResponse (wire compatible), as are the other hook answers.
+ *
+ * @generated from message fabric.v1.ActivateHookResponse
+ */
+export type ActivateHookResponse = Message<"fabric.v1.ActivateHookResponse"> & {
+  /**
+   * The hook, now ACTIVE.
+   *
+   * @generated from field: fabric.v1.Hook hook = 1;
+   */
+  hook?: Hook | undefined;
+};
+
+/**
+ * Describes the message fabric.v1.ActivateHookResponse.
+ * Use `create(ActivateHookResponseSchema)` to create a new message.
+ */
+export const ActivateHookResponseSchema: GenMessage<ActivateHookResponse> = /*@__PURE__*/
+  messageDesc(file_fabric_v1_agent, 19);
+
+/**
+ * @generated from message fabric.v1.RecordHookProgressRequest
+ */
+export type RecordHookProgressRequest = Message<"fabric.v1.RecordHookProgressRequest"> & {
+  /**
+   * The agent's ACTIVE hook.
+   *
+   * @generated from field: string hook_id = 1;
+   */
+  hookId: string;
+
+  /**
+   * An optional note (at most 4096 characters).
+   *
+   * @generated from field: string note = 2;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message fabric.v1.RecordHookProgressRequest.
+ * Use `create(RecordHookProgressRequestSchema)` to create a new message.
+ */
+export const RecordHookProgressRequestSchema: GenMessage<RecordHookProgressRequest> = /*@__PURE__*/
+  messageDesc(file_fabric_v1_agent, 20);
+
+/**
+ * @generated from message fabric.v1.RecordHookProgressResponse
+ */
+export type RecordHookProgressResponse = Message<"fabric.v1.RecordHookProgressResponse"> & {
+  /**
+   * The hook with its progress recorded.
+   *
+   * @generated from field: fabric.v1.Hook hook = 1;
+   */
+  hook?: Hook | undefined;
+};
+
+/**
+ * Describes the message fabric.v1.RecordHookProgressResponse.
+ * Use `create(RecordHookProgressResponseSchema)` to create a new message.
+ */
+export const RecordHookProgressResponseSchema: GenMessage<RecordHookProgressResponse> = /*@__PURE__*/
+  messageDesc(file_fabric_v1_agent, 21);
 
 /**
  * @generated from message fabric.v1.CompleteHookRequest
  */
 export type CompleteHookRequest = Message<"fabric.v1.CompleteHookRequest"> & {
   /**
+   * The agent's ACTIVE hook.
+   *
    * @generated from field: string hook_id = 1;
    */
   hookId: string;
 
   /**
+   * The result as JSON.
+   * Numbers are doubles (in a Value, and in the fabric): an integer beyond 2^53 changes.
+   *
    * @generated from field: google.protobuf.Value result = 2;
    */
   result?: Value | undefined;
@@ -391,23 +664,29 @@ export type CompleteHookRequest = Message<"fabric.v1.CompleteHookRequest"> & {
  * Use `create(CompleteHookRequestSchema)` to create a new message.
  */
 export const CompleteHookRequestSchema: GenMessage<CompleteHookRequest> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 15);
+  messageDesc(file_fabric_v1_agent, 22);
 
 /**
  * @generated from message fabric.v1.FailHookRequest
  */
 export type FailHookRequest = Message<"fabric.v1.FailHookRequest"> & {
   /**
+   * The agent's hook.
+   *
    * @generated from field: string hook_id = 1;
    */
   hookId: string;
 
   /**
+   * Machine-readable error code; none when empty.
+   *
    * @generated from field: string code = 2;
    */
   code: string;
 
   /**
+   * A readable message; "failed" when empty.
+   *
    * @generated from field: string message = 3;
    */
   message: string;
@@ -418,31 +697,54 @@ export type FailHookRequest = Message<"fabric.v1.FailHookRequest"> & {
  * Use `create(FailHookRequestSchema)` to create a new message.
  */
 export const FailHookRequestSchema: GenMessage<FailHookRequest> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 16);
+  messageDesc(file_fabric_v1_agent, 23);
 
 /**
- * @generated from message fabric.v1.HookResponse
+ * @generated from message fabric.v1.CompleteHookResponse
  */
-export type HookResponse = Message<"fabric.v1.HookResponse"> & {
+export type CompleteHookResponse = Message<"fabric.v1.CompleteHookResponse"> & {
   /**
+   * The hook, now COMPLETED.
+   *
    * @generated from field: fabric.v1.Hook hook = 1;
    */
   hook?: Hook | undefined;
 };
 
 /**
- * Describes the message fabric.v1.HookResponse.
- * Use `create(HookResponseSchema)` to create a new message.
+ * Describes the message fabric.v1.CompleteHookResponse.
+ * Use `create(CompleteHookResponseSchema)` to create a new message.
  */
-export const HookResponseSchema: GenMessage<HookResponse> = /*@__PURE__*/
-  messageDesc(file_fabric_v1_agent, 17);
+export const CompleteHookResponseSchema: GenMessage<CompleteHookResponse> = /*@__PURE__*/
+  messageDesc(file_fabric_v1_agent, 24);
+
+/**
+ * @generated from message fabric.v1.FailHookResponse
+ */
+export type FailHookResponse = Message<"fabric.v1.FailHookResponse"> & {
+  /**
+   * The hook after the failure (FAILED, or PENDING again when it is retried).
+   *
+   * @generated from field: fabric.v1.Hook hook = 1;
+   */
+  hook?: Hook | undefined;
+};
+
+/**
+ * Describes the message fabric.v1.FailHookResponse.
+ * Use `create(FailHookResponseSchema)` to create a new message.
+ */
+export const FailHookResponseSchema: GenMessage<FailHookResponse> = /*@__PURE__*/
+  messageDesc(file_fabric_v1_agent, 25);
 
 /**
  * @generated from service fabric.v1.AgentService
  */
 export const AgentService: GenService<{
   /**
-   * Records a heartbeat of the calling agent.
+   * Records a heartbeat of the calling agent. The answer lists the agent's tasks the fabric
+   * ended while the agent held them (cancelled, timed out) — the way a remote worker learns to
+   * stop working on them.
    *
    * @generated from rpc fabric.v1.AgentService.Heartbeat
    */
@@ -453,6 +755,10 @@ export const AgentService: GenService<{
   },
   /**
    * The next task of the agent or its pool; waits up to wait_seconds; no task when none came.
+   * The wait ends before the call's deadline (by a fifth of the time left, at most 250 ms), so
+   * the answer can travel in time. A task handed to a call that ended before the answer was
+   * written (the client cancelled, or its deadline passed) goes back to the queue; that attempt
+   * does not count against the task's max_attempts.
    *
    * @generated from rpc fabric.v1.AgentService.ClaimTask
    */
@@ -462,6 +768,8 @@ export const AgentService: GenService<{
     output: typeof ClaimTaskResponseSchema;
   },
   /**
+   * Completes a task the agent holds; repeating the same completion is a no-op.
+   *
    * @generated from rpc fabric.v1.AgentService.CompleteTask
    */
   completeTask: {
@@ -470,6 +778,8 @@ export const AgentService: GenService<{
     output: typeof CompleteTaskResponseSchema;
   },
   /**
+   * Fails a task the agent holds; with retry it is queued again while attempts remain.
+   *
    * @generated from rpc fabric.v1.AgentService.FailTask
    */
   failTask: {
@@ -478,12 +788,26 @@ export const AgentService: GenService<{
     output: typeof FailTaskResponseSchema;
   },
   /**
+   * Records progress of a task the agent holds (counts as a heartbeat). Like Heartbeat, the
+   * answer lists the agent's tasks the fabric ended while the agent held them.
+   *
    * @generated from rpc fabric.v1.AgentService.ReportProgress
    */
   reportProgress: {
     methodKind: "unary";
     input: typeof ReportProgressRequestSchema;
     output: typeof ReportProgressResponseSchema;
+  },
+  /**
+   * Records model usage (tokens, cost) the agent spent outside tool calls against its budgets
+   * (agent, its pool, the fabric). Recorded whether or not it fits: it was already spent.
+   *
+   * @generated from rpc fabric.v1.AgentService.RecordUsage
+   */
+  recordUsage: {
+    methodKind: "unary";
+    input: typeof RecordUsageRequestSchema;
+    output: typeof RecordUsageResponseSchema;
   },
   /**
    * The work on the agent's hook: its ACTIVE hook, else its oldest PENDING one.
@@ -496,28 +820,45 @@ export const AgentService: GenService<{
     output: typeof GetHookResponseSchema;
   },
   /**
+   * Picks up the agent's PENDING hook (it becomes ACTIVE).
+   *
    * @generated from rpc fabric.v1.AgentService.ActivateHook
    */
   activateHook: {
     methodKind: "unary";
-    input: typeof HookRequestSchema;
-    output: typeof HookResponseSchema;
+    input: typeof ActivateHookRequestSchema;
+    output: typeof ActivateHookResponseSchema;
   },
   /**
+   * Records progress on the agent's ACTIVE hook, with an optional note; the patrol flags
+   * hooks without progress as stale.
+   *
+   * @generated from rpc fabric.v1.AgentService.RecordHookProgress
+   */
+  recordHookProgress: {
+    methodKind: "unary";
+    input: typeof RecordHookProgressRequestSchema;
+    output: typeof RecordHookProgressResponseSchema;
+  },
+  /**
+   * Completes the agent's ACTIVE hook with its result.
+   *
    * @generated from rpc fabric.v1.AgentService.CompleteHook
    */
   completeHook: {
     methodKind: "unary";
     input: typeof CompleteHookRequestSchema;
-    output: typeof HookResponseSchema;
+    output: typeof CompleteHookResponseSchema;
   },
   /**
+   * Fails the agent's hook; it may be reassigned within its retry limit.
+   *
    * @generated from rpc fabric.v1.AgentService.FailHook
    */
   failHook: {
     methodKind: "unary";
     input: typeof FailHookRequestSchema;
-    output: typeof HookResponseSchema;
+    output: typeof FailHookResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fabric_v1_agent, 0);
