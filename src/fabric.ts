@@ -858,6 +858,11 @@ export class AgentFabric {
     return { ...s, activeAgents: this.lifecycle.activeAgents, agentsByStatus: byStatus, pools };
   }
 
+  /** Whether {@link close} was called. */
+  get isClosed(): boolean {
+    return this.#closed;
+  }
+
   #open(): void {
     if (this.#closed) throw new ClosedError('fabric');
   }

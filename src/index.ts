@@ -84,6 +84,7 @@ export {
   HostNotAllowedError,
   InflightLimitError,
   InvalidUsageError,
+  InsecureListenerError,
   ListenError,
   PayloadTooLargeError,
   PolicyDeniedError,

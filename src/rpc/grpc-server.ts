@@ -1,13 +1,22 @@
 /**
  * The fabric's gRPC server: one grpc-js `Server` on one port carrying every service of
- * proto/fabric/v1 that is implemented (today `fabric.v1.AgentService`).
+ * proto/fabric/v1 that is implemented (today `fabric.v1.AgentService`), plus the standard
+ * `grpc.health.v1.Health` (see health-service.ts) and server reflection (reflection-service.ts).
+ *
+ * With `tls` it speaks TLS (mutual TLS when `tls.ca` is given); without it, it refuses to listen
+ * beyond loopback unless `allowInsecure` (see server/tls.ts).
  *
  * @module
  */
+import type { DescService } from '@bufbuild/protobuf';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { AgentFabric } from '../fabric.js';
+import { Health } from '../gen/grpc/health/v1/health_pb.js';
+import { checkListenerSecurity, type TlsMaterial } from '../server/tls.js';
 import { agentService, type AgentServiceOptions } from './agent-service.js';
-import { addGrpcService } from './rpc-call.js';
+import { addHealthService, HealthRegistry, type HealthProbe } from './health-service.js';
+import { addReflectionService } from './reflection-service.js';
+import { addGrpcService, type ServiceImplementation } from './rpc-call.js';
 
 /** Options of {@link startGrpcServer}. */
 export interface GrpcServerOptions extends AgentServiceOptions {
@@ -15,6 +24,17 @@ export interface GrpcServerOptions extends AgentServiceOptions {
   host?: string;
   /** 0 picks a free port. @default 0 */
   port?: number;
+  /** Serve TLS with this certificate and key; with `ca`, require client certificates from it. */
+  tls?: TlsMaterial | undefined;
+  /** Listen beyond loopback without TLS. @default false */
+  allowInsecure?: boolean | undefined;
+  /**
+   * Parts the server's health depends on besides the fabric itself (`fabric`): e.g. `state`
+   * (the state store) and `upstream/<name>`; see health-service.ts.
+   */
+  healthProbes?: Readonly<Record<string, HealthProbe>> | undefined;
+  /** Serve gRPC server reflection. @default true */
+  reflection?: boolean | undefined;
 }
 
 /** A running gRPC server. */
@@ -26,20 +46,45 @@ export interface GrpcServer {
   close(): Promise<void>;
 }
 
-/** Starts the fabric's gRPC services over `fabric`. */
+/**
+ * Starts the fabric's gRPC services over `fabric`.
+ * @throws InsecureListenerError for a non-loopback host without `tls` or `allowInsecure`.
+ */
 export async function startGrpcServer(
   fabric: AgentFabric,
   options: GrpcServerOptions = {},
 ): Promise<GrpcServer> {
-  const server = new Server();
-  addGrpcService(server, fabric, agentService(fabric, options));
-
   const host = options.host ?? '127.0.0.1';
+  checkListenerSecurity('gRPC', host, options.tls, options.allowInsecure);
+  const server = new Server();
+  const health = new HealthRegistry();
+  const described: DescService[] = [];
+  const add = <S extends DescService>(impl: ServiceImplementation<S>): void => {
+    addGrpcService(server, fabric, impl);
+    described.push(impl.service);
+    health.addService(impl.service.typeName);
+  };
+  add(agentService(fabric, options));
+
+  health.addProbe('fabric', () => !fabric.isClosed);
+  for (const [name, probe] of Object.entries(options.healthProbes ?? {}))
+    health.addProbe(name, probe);
+  const endStreams = [addHealthService(server, health)];
+  if (options.reflection !== false)
+    endStreams.push(addReflectionService(server, [...described, Health]));
+
+  const tls = options.tls;
+  const credentials =
+    tls === undefined
+      ? ServerCredentials.createInsecure()
+      : ServerCredentials.createSsl(
+          tls.ca ?? null,
+          [{ private_key: tls.key, cert_chain: tls.cert }],
+          tls.ca !== undefined,
+        );
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(
-      `${host}:${options.port ?? 0}`,
-      ServerCredentials.createInsecure(),
-      (err, p) => (err ? reject(err) : resolve(p)),
+    server.bindAsync(`${host}:${options.port ?? 0}`, credentials, (err, p) =>
+      err ? reject(err) : resolve(p),
     ),
   );
   return {
@@ -47,6 +92,7 @@ export async function startGrpcServer(
     port,
     close: () =>
       new Promise<void>((resolve) => {
+        for (const end of endStreams) end();
         const force = setTimeout(() => server.forceShutdown(), 2_000);
         force.unref();
         server.tryShutdown(() => {
