@@ -216,9 +216,16 @@ describe('generated protobuf code', () => {
         cwd: new URL('.', root),
         stdio: 'pipe',
       });
-      const fresh = await readFile(join(out, 'src/gen/fabric/v1/agent_pb.ts'), 'utf8');
-      const committed = await readFile(new URL('src/gen/fabric/v1/agent_pb.ts', root), 'utf8');
-      expect(committed).toBe(fresh);
+      for (const file of [
+        'src/gen/fabric/v1/agent_pb.ts',
+        // The vendored gRPC wire specs (proto-grpc/) too.
+        'src/gen/grpc/health/v1/health_pb.ts',
+        'src/gen/grpc/reflection/v1/reflection_pb.ts',
+      ]) {
+        const fresh = await readFile(join(out, file), 'utf8');
+        const committed = await readFile(new URL(file, root), 'utf8');
+        expect(committed).toBe(fresh);
+      }
     } finally {
       await rm(out, { recursive: true, force: true });
     }
