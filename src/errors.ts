@@ -809,6 +809,22 @@ export class ListenError extends FabricError {
 }
 
 /**
+ * A listener would serve beyond loopback without TLS: start-up is refused unless the listener
+ * has `tls` or is explicitly `allowInsecure`. `details` name the listener and the host.
+ */
+export class InsecureListenerError extends FabricError {
+  static readonly code = 'FABRIC_ERR_INSECURE_LISTENER';
+  constructor(listener: string, host: string) {
+    super(
+      InsecureListenerError.code,
+      'failed_precondition',
+      `${listener} would listen on ${host}, beyond loopback, without TLS: configure tls (cert and key) for it, or set allowInsecure: true to accept plaintext`,
+      { listener, host },
+    );
+  }
+}
+
+/**
  * Start-up failed in a step no more specific error covers (an unexpected exception, or a step
  * that never settled); `details.step` names the step. Start-up is refused, never half-done.
  */

@@ -17,6 +17,7 @@ import {
   ConfigError,
   InvalidArgumentError,
   NoAvailableAgentError,
+  HookNotFoundError,
   PermissionDeniedError,
   TaskResultTooLargeError,
   UnauthenticatedError,
@@ -607,6 +608,15 @@ export class AgentFabric {
     });
   }
 
+  /**
+   * Gives back a task {@link claimTask} handed to `agentId` whose answer never reached the agent
+   * (the call carrying it ended first): it is queued again and the attempt does not count.
+   * Returns false when the task has moved on. See {@link AgentScheduler.unclaim}.
+   */
+  unclaimTask(agentId: string, taskId: string, attempt: number): boolean {
+    return this.scheduler.unclaim(taskId, attempt, agentId);
+  }
+
   /** Completes a task the agent holds; repeating it is a no-op. Counts as a heartbeat. */
   async completeTask(
     agentId: string,
@@ -852,6 +862,11 @@ export class AgentFabric {
     return { ...s, activeAgents: this.lifecycle.activeAgents, agentsByStatus: byStatus, pools };
   }
 
+  /** Whether {@link close} was called. */
+  get isClosed(): boolean {
+    return this.#closed;
+  }
+
   #open(): void {
     if (this.#closed) throw new ClosedError('fabric');
   }
@@ -868,7 +883,7 @@ export class AgentFabric {
     return this.#hooks().hookFor(agentId);
   }
 
-  /** Picks up the agent's own hook (PENDING → ACTIVE). @throws PermissionDeniedError for another agent's hook */
+  /** Picks up the agent's own hook (PENDING → ACTIVE). @throws HookNotFoundError for another agent's hook */
   async activateHook(agentId: string, hookId: string): Promise<Hook> {
     await this.#ownHook(agentId, hookId);
     return this.#hooks().activateHook(hookId, { agentId });
@@ -896,15 +911,11 @@ export class AgentFabric {
     return this.#hooks().recordProgress(hookId, note);
   }
 
-  /** No agent acts on another's hook. */
+  /** No agent acts on another's hook. @throws HookNotFoundError for an unknown or foreign hook */
   async #ownHook(agentId: string, hookId: string): Promise<void> {
     const hook = await this.#hooks().getHook(hookId);
-    if (hook.agentId !== agentId) {
-      throw new PermissionDeniedError(`hook ${hookId} is not assigned to agent ${agentId}`, {
-        hookId,
-        agentId,
-      });
-    }
+    // Answered exactly like an unknown hook: an agent must not learn which hooks exist.
+    if (hook.agentId !== agentId) throw new HookNotFoundError(hookId);
   }
 
   /**

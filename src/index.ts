@@ -85,6 +85,7 @@ export {
   HostNotAllowedError,
   InflightLimitError,
   InvalidUsageError,
+  InsecureListenerError,
   ListenError,
   PayloadTooLargeError,
   PolicyDeniedError,

@@ -12,23 +12,32 @@
  * @module
  */
 import { create } from '@bufbuild/protobuf';
+import { InvalidArgumentError } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
 import type { Hook as FabricHook } from '../hooks/hook.js';
+import type { EndedTask as FabricEndedTask } from '../scheduler/remote-executor.js';
 import {
+  ActivateHookResponseSchema,
   AgentService,
   ClaimTaskResponseSchema,
+  CompleteHookResponseSchema,
   CompleteTaskResponseSchema,
+  EndedTaskSchema,
+  FailHookResponseSchema,
   FailTaskResponseSchema,
   GetHookResponseSchema,
   HeartbeatResponseSchema,
-  HookResponseSchema,
+  HookErrorSchema,
   HookSchema,
+  RecordHookProgressResponseSchema,
+  RecordUsageResponseSchema,
   ReportProgressResponseSchema,
   TaskSchema,
+  type EndedTask,
   type Hook,
 } from '../gen/fabric/v1/agent_pb.js';
 import { grpcDefinition } from './grpc-definition.js';
-import { fromValue, toValue, type ServiceImplementation } from './rpc-call.js';
+import { fromValue, toValue, type CallContext, type ServiceImplementation } from './rpc-call.js';
 
 /** Options of {@link agentService}. */
 export interface AgentServiceOptions {
@@ -48,8 +57,54 @@ function hookMessage(h: FabricHook): Hook {
     branch: h.branch ?? '',
     path: h.worktreePath ?? '',
     result: toValue(h.result ?? null),
+    ...(h.error === null
+      ? {}
+      : {
+          error: create(HookErrorSchema, {
+            code: h.error.code ?? '',
+            message: h.error.message,
+            name: h.error.name ?? '',
+          }),
+        }),
   });
 }
+
+/**
+ * The agent's not-yet-told notices of tasks the fabric ended while it held them; they are put
+ * back when the answer carrying them is not written.
+ */
+function endedTasks(fabric: AgentFabric, agentId: string, context?: CallContext): EndedTask[] {
+  const notices = fabric.scheduler.takeEndedTasks(agentId);
+  if (notices.length === 0) return [];
+  context?.onUndelivered(() => fabric.scheduler.restoreEndedTasks(agentId, notices));
+  return notices.map((n: FabricEndedTask) => create(EndedTaskSchema, n));
+}
+
+/**
+ * Longest margin a `ClaimTask` keeps before the call's deadline: the wait ends that much
+ * earlier, so a task handed out at its very end still has time to travel before the client
+ * gives up on the call.
+ */
+export const CLAIM_DEADLINE_MARGIN_MS = 250;
+
+/**
+ * How long a claim waits: what the agent asked, at most `maxWait`, and ending before the call's
+ * deadline by a fifth of the time left (at most {@link CLAIM_DEADLINE_MARGIN_MS}).
+ */
+export function claimWaitSeconds(
+  requested: number,
+  maxWait: number,
+  deadline = Number.POSITIVE_INFINITY,
+): number {
+  const wait = Math.min(maxWait, Math.max(0, Number.isNaN(requested) ? 0 : requested));
+  const left = deadline - Date.now();
+  if (left === Number.POSITIVE_INFINITY) return wait;
+  const usable = left - Math.min(CLAIM_DEADLINE_MARGIN_MS, left / 5);
+  return Math.max(0, Math.min(wait, usable / 1000));
+}
+
+/** Longest `RecordHookProgress` note, as over MCP (`hook_progress`). */
+export const MAX_HOOK_NOTE_CHARS = 4096;
 
 /** `fabric.v1.AgentService` over `fabric`: every method acts as the calling agent. */
 export function agentService(
@@ -61,19 +116,23 @@ export function agentService(
     service: AgentService,
     caller: 'agent',
     unary: {
-      heartbeat: async ({ id: agentId }) => {
+      heartbeat: async ({ id: agentId }, _req, _signal, context) => {
         const info = await fabric.heartbeat(agentId);
         return create(HeartbeatResponseSchema, {
           agentId: info.id,
           status: info.status,
           lastHeartbeatMs: BigInt(info.lastHeartbeat),
+          endedTasks: endedTasks(fabric, agentId, context),
         });
       },
-      claimTask: async ({ id: agentId }, req, signal) => {
+      claimTask: async ({ id: agentId }, req, signal, context) => {
         const a = await fabric.claimTask(agentId, {
-          waitSeconds: Math.min(maxWait, Math.max(0, req.waitSeconds)),
+          waitSeconds: claimWaitSeconds(req.waitSeconds, maxWait, context?.deadline),
           signal,
         });
+        // A task whose answer is not written (the call ended first) goes back to the queue.
+        if (a !== undefined)
+          context?.onUndelivered(() => void fabric.unclaimTask(agentId, a.taskId, a.attempt));
         return create(ClaimTaskResponseSchema, {
           ...(a === undefined
             ? {}
@@ -104,27 +163,49 @@ export function agentService(
         );
         return create(FailTaskResponseSchema);
       },
-      reportProgress: async ({ id: agentId }, req) => {
+      reportProgress: async ({ id: agentId }, req, _signal, context) => {
         const progress = fromValue(req.progress, 'progress');
         await fabric.reportProgress(agentId, req.taskId, req.attempt, progress);
-        return create(ReportProgressResponseSchema);
+        return create(ReportProgressResponseSchema, {
+          endedTasks: endedTasks(fabric, agentId, context),
+        });
+      },
+      recordUsage: async ({ id: agentId }, req) => {
+        if (req.tokens > BigInt(Number.MAX_SAFE_INTEGER) || req.tokens < 0n) {
+          throw new InvalidArgumentError(
+            'tokens',
+            `must be a non-negative safe integer, got ${req.tokens.toString()}`,
+          );
+        }
+        await fabric.recordUsage(agentId, { tokens: Number(req.tokens), cost: req.cost });
+        return create(RecordUsageResponseSchema);
       },
       getHook: async ({ id: agentId }) => {
         const h = await fabric.hookFor(agentId);
         return create(GetHookResponseSchema, h === undefined ? {} : { hook: hookMessage(h) });
       },
       activateHook: async ({ id: agentId }, req) =>
-        create(HookResponseSchema, {
+        create(ActivateHookResponseSchema, {
           hook: hookMessage(await fabric.activateHook(agentId, req.hookId)),
         }),
+      recordHookProgress: async ({ id: agentId }, req) => {
+        if (req.note.length > MAX_HOOK_NOTE_CHARS) {
+          throw new InvalidArgumentError(
+            'note',
+            `is ${req.note.length} characters, more than ${MAX_HOOK_NOTE_CHARS}`,
+          );
+        }
+        const hook = await fabric.recordHookProgress(agentId, req.hookId, req.note || undefined);
+        return create(RecordHookProgressResponseSchema, { hook: hookMessage(hook) });
+      },
       completeHook: async ({ id: agentId }, req) => {
         const result = fromValue(req.result, 'result');
-        return create(HookResponseSchema, {
+        return create(CompleteHookResponseSchema, {
           hook: hookMessage(await fabric.completeHook(agentId, req.hookId, result)),
         });
       },
       failHook: async ({ id: agentId }, req) =>
-        create(HookResponseSchema, {
+        create(FailHookResponseSchema, {
           hook: hookMessage(
             await fabric.failHook(agentId, req.hookId, {
               ...(req.code ? { code: req.code } : {}),

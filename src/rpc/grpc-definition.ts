@@ -59,8 +59,32 @@ export function grpcServerDefinition(service: DescService): ServiceDefinition {
   const definition = grpcDefinition(service);
   for (const method of Object.values(definition)) {
     (method as { requestDeserialize: (b: Buffer) => Buffer }).requestDeserialize = (b) => b;
+    const serialize = method.responseSerialize;
+    method.responseSerialize = (m: object) => {
+      awaitingWrite.delete(m);
+      return serialize(m);
+    };
   }
   return definition;
+}
+
+/**
+ * Responses handed to grpc-js whose bytes it has not produced yet. grpc-js serializes a response
+ * just before it writes it to the call's stream and skips both when the call has already ended
+ * (the client cancelled, its deadline passed), without telling the handler; a response still
+ * here after the handler's callback returned was therefore never written.
+ */
+const awaitingWrite = new WeakSet<object>();
+
+/**
+ * Hands `response` to grpc-js through `send` and tells whether grpc-js wrote it: false when the
+ * call had ended so the response was dropped. Relies on grpc-js serializing synchronously
+ * inside the unary callback (it does for servers without interceptors, which ours is).
+ */
+export function sendAndCheckWritten(response: object, send: () => void): boolean {
+  awaitingWrite.add(response);
+  send();
+  return !awaitingWrite.delete(response);
 }
 
 /**

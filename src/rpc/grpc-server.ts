@@ -2,19 +2,33 @@
  * The fabric's gRPC server: one grpc-js `Server` on one port carrying every service of
  * proto/fabric/v1 that is implemented: `AgentService` (agents), `ToolService` (the tool gateway's
  * tools as the calling agent, UNAVAILABLE when no gateway is given), and `PolicyService`,
- * `ApprovalService`, `BudgetService` and `EventService` (the administrator).
+ * `ApprovalService`, `BudgetService` and `EventService` (the administrator) — plus the standard
+ * `grpc.health.v1.Health` (see health-service.ts) and server reflection (reflection-service.ts).
+ *
+ * With `tls` it speaks TLS (mutual TLS when `tls.ca` is given); without it, it refuses to listen
+ * beyond loopback unless `allowInsecure` (see server/tls.ts).
  *
  * @module
  */
+import type { DescService } from '@bufbuild/protobuf';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { AgentFabric } from '../fabric.js';
 import type { ToolGateway } from '../gateway/gateway.js';
+import { Health } from '../gen/grpc/health/v1/health_pb.js';
+import { checkListenerSecurity, type TlsMaterial } from '../server/tls.js';
 import { agentService, type AgentServiceOptions } from './agent-service.js';
 import { approvalService } from './approval-service.js';
 import { budgetService } from './budget-service.js';
 import { eventService } from './events-service.js';
+import { addHealthService, HealthRegistry, type HealthProbe } from './health-service.js';
 import { policyService } from './policy-service.js';
-import { ActiveStreams, addGrpcService, type GrpcServiceOptions } from './rpc-call.js';
+import { addReflectionService } from './reflection-service.js';
+import {
+  ActiveStreams,
+  addGrpcService,
+  type GrpcServiceOptions,
+  type ServiceImplementation,
+} from './rpc-call.js';
 import { toolService } from './tool-service.js';
 
 /** Options of {@link startGrpcServer}. */
@@ -26,6 +40,17 @@ export interface GrpcServerOptions
   port?: number;
   /** The tool gateway `ToolService` calls through. @default none: ToolService is UNAVAILABLE */
   gateway?: ToolGateway | undefined;
+  /** Serve TLS with this certificate and key; with `ca`, require client certificates from it. */
+  tls?: TlsMaterial | undefined;
+  /** Listen beyond loopback without TLS. @default false */
+  allowInsecure?: boolean | undefined;
+  /**
+   * Parts the server's health depends on besides the fabric itself (`fabric`): e.g. `state`
+   * (the state store) and `upstream/<name>`; see health-service.ts.
+   */
+  healthProbes?: Readonly<Record<string, HealthProbe>> | undefined;
+  /** Serve gRPC server reflection. @default true */
+  reflection?: boolean | undefined;
 }
 
 /** A running gRPC server. */
@@ -40,11 +65,16 @@ export interface GrpcServer {
   close(): Promise<void>;
 }
 
-/** Starts the fabric's gRPC services over `fabric`. */
+/**
+ * Starts the fabric's gRPC services over `fabric`.
+ * @throws InsecureListenerError for a non-loopback host without `tls` or `allowInsecure`.
+ */
 export async function startGrpcServer(
   fabric: AgentFabric,
   options: GrpcServerOptions = {},
 ): Promise<GrpcServer> {
+  const host = options.host ?? '127.0.0.1';
+  checkListenerSecurity('gRPC', host, options.tls, options.allowInsecure);
   const server = new Server();
   const streams = new ActiveStreams();
   const serviceOptions: GrpcServiceOptions = {
@@ -53,19 +83,39 @@ export async function startGrpcServer(
       ? {}
       : { maxBufferedMessages: options.maxBufferedMessages }),
   };
-  addGrpcService(server, fabric, agentService(fabric, options), serviceOptions);
-  addGrpcService(server, fabric, toolService(fabric, options.gateway), serviceOptions);
-  addGrpcService(server, fabric, policyService(fabric), serviceOptions);
-  addGrpcService(server, fabric, approvalService(fabric), serviceOptions);
-  addGrpcService(server, fabric, budgetService(fabric), serviceOptions);
-  addGrpcService(server, fabric, eventService(fabric), serviceOptions);
+  const health = new HealthRegistry();
+  const described: DescService[] = [];
+  const add = <S extends DescService>(impl: ServiceImplementation<S>): void => {
+    addGrpcService(server, fabric, impl, serviceOptions);
+    described.push(impl.service);
+    health.addService(impl.service.typeName);
+  };
+  add(agentService(fabric, options));
+  add(toolService(fabric, options.gateway));
+  add(policyService(fabric));
+  add(approvalService(fabric));
+  add(budgetService(fabric));
+  add(eventService(fabric));
 
-  const host = options.host ?? '127.0.0.1';
+  health.addProbe('fabric', () => !fabric.isClosed);
+  for (const [name, probe] of Object.entries(options.healthProbes ?? {}))
+    health.addProbe(name, probe);
+  const endStreams = [addHealthService(server, health)];
+  if (options.reflection !== false)
+    endStreams.push(addReflectionService(server, [...described, Health]));
+
+  const tls = options.tls;
+  const credentials =
+    tls === undefined
+      ? ServerCredentials.createInsecure()
+      : ServerCredentials.createSsl(
+          tls.ca ?? null,
+          [{ private_key: tls.key, cert_chain: tls.cert }],
+          tls.ca !== undefined,
+        );
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(
-      `${host}:${options.port ?? 0}`,
-      ServerCredentials.createInsecure(),
-      (err, p) => (err ? reject(err) : resolve(p)),
+    server.bindAsync(`${host}:${options.port ?? 0}`, credentials, (err, p) =>
+      err ? reject(err) : resolve(p),
     ),
   );
   return {
@@ -73,6 +123,7 @@ export async function startGrpcServer(
     port,
     close: () =>
       new Promise<void>((resolve) => {
+        for (const end of endStreams) end();
         const force = setTimeout(() => server.forceShutdown(), 2_000);
         force.unref();
         server.tryShutdown(() => {

@@ -45,7 +45,7 @@ import {
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
-import { decodeRequest, grpcServerDefinition } from './grpc-definition.js';
+import { decodeRequest, grpcServerDefinition, sendAndCheckWritten } from './grpc-definition.js';
 
 /** Who a call must come from: an agent (acting as itself) or the administrator. */
 export type CallerKind = 'agent' | 'admin';
@@ -55,6 +55,20 @@ export interface Caller {
   readonly kind: CallerKind;
   /** The agent id for agents; the admin credential's name for the administrator. */
   readonly id: string;
+}
+
+/**
+ * What a method may know of the call carrying it beyond the request: its deadline, and a way to
+ * undo work whose answer never reaches the client.
+ */
+export interface CallContext {
+  /** Epoch milliseconds by which the client wants its answer; `Infinity` when it set none. */
+  readonly deadline: number;
+  /**
+   * Registers `undo`, run when the method's response is not written because the call ended
+   * first (the client cancelled, or its deadline passed): e.g. a claimed task goes back.
+   */
+  onUndelivered(undo: () => void): void;
 }
 
 /** A JSON value as a `google.protobuf.Value` (`undefined` becomes `null`). */
@@ -266,19 +280,37 @@ export function unaryHandler<D extends DescMessage, Res>(
   fabric: AgentFabric,
   kind: CallerKind,
   method: { readonly input: D },
-  handler: (caller: Caller, request: MessageShape<D>, signal: AbortSignal) => Promise<Res>,
+  handler: (
+    caller: Caller,
+    request: MessageShape<D>,
+    signal: AbortSignal,
+    context: CallContext,
+  ) => Promise<Res>,
 ): UntypedHandleCall {
   return (call: ServerUnaryCall<Buffer, Res>, callback: sendUnaryData<Res>): void => {
     const controller = new AbortController();
     call.on('cancelled', () => controller.abort());
     // A deadline that passed before the handler ran emitted `cancelled` before anyone listened.
     if (call.cancelled) controller.abort();
+    const undos: (() => void)[] = [];
+    const deadline = call.getDeadline();
+    const context: CallContext = {
+      deadline: deadline instanceof Date ? deadline.getTime() : deadline,
+      onUndelivered: (undo) => void undos.push(undo),
+    };
     void (async () => {
       const caller = authenticateCall(fabric, kind, call.metadata);
       const request = decodeRequest(method.input, call.request);
-      return handler(caller, request, controller.signal);
+      return handler(caller, request, controller.signal, context);
     })().then(
-      (res) => callback(null, res),
+      (res) => {
+        if (undos.length === 0) return callback(null, res);
+        // The call may have ended while the method ran; grpc-js then drops the answer silently.
+        const written =
+          !controller.signal.aborted &&
+          sendAndCheckWritten(res as object, () => callback(null, res));
+        if (!written) for (const undo of undos) undo();
+      },
       (err: unknown) => callback(toServiceError(err)),
     );
   };
@@ -295,6 +327,7 @@ export type UnaryMethods<S extends DescService> = {
             caller: Caller,
             request: MessageShape<I>,
             signal: AbortSignal,
+            context?: CallContext,
           ) => Promise<MessageShape<O>>
         : never
       : never
@@ -456,7 +489,7 @@ export function addGrpcService<S extends DescService>(
   const handlers: UntypedServiceImplementation = {};
   const methods = impl.unary as Record<
     string,
-    (caller: Caller, request: never, signal: AbortSignal) => Promise<unknown>
+    (caller: Caller, request: never, signal: AbortSignal, context: CallContext) => Promise<unknown>
   >;
   const streams = (impl.serverStream ?? {}) as Record<
     string,
@@ -475,7 +508,7 @@ export function addGrpcService<S extends DescService>(
         fabric,
         impl.caller,
         method,
-        (caller, req, signal) => handler(caller, req as never, signal),
+        (caller, req, signal, context) => handler(caller, req as never, signal, context),
       );
     } else if (method.methodKind === 'server_streaming') {
       const handler = streams[method.localName];

@@ -26,7 +26,6 @@ import {
   ClosedError,
   ExecutorNotFoundError,
   InvalidArgumentError,
-  PermissionDeniedError,
   PoolDrainingError,
   PoolNotFoundError,
   QueueFullError,
@@ -41,7 +40,7 @@ import { Priority, TaskStatus, isFinished } from '../task.js';
 import { checkNumber, checkString, jsonByteLength } from '../validate.js';
 import type { ExecutorSink, TaskExecutor } from './executor.js';
 import type { FairQueue, TenantWeights } from './fair-queue.js';
-import { RemoteExecutor } from './remote-executor.js';
+import { RemoteExecutor, type EndedTask } from './remote-executor.js';
 import type { ExecutorEntry } from './slots.js';
 import { AgentSlot, PoolSlot } from './slots.js';
 import { FinishedRetention } from './finished-retention.js';
@@ -348,7 +347,7 @@ export class AgentScheduler {
       }
     }
     for (const t of [...slot.running]) {
-      slot.exec.executor.abort(t.id, t.attempt, reason);
+      slot.exec.executor.abort(t.id, t.attempt, reason, slot.id);
       this.#retryOrFail(t, reason, true, options.finalStatus ?? TaskStatus.FAILED);
     }
     if (options.remove) {
@@ -577,7 +576,7 @@ export class AgentScheduler {
         const reason = interruptedAttempt(t);
         t.status = TaskStatus.PENDING;
         t.error = reason;
-        if (t.attempt >= t.maxAttempts) {
+        if (!t.attemptsLeft()) {
           this.#finish(t, TaskStatus.FAILED, undefined, reason);
           continue;
         }
@@ -619,8 +618,7 @@ export class AgentScheduler {
     const t = this.#get(taskId);
     if (!isFinished(t.status)) {
       const error = { code: 'FABRIC_ERR_CANCELLED', message: reason };
-      if (t.status !== TaskStatus.PENDING)
-        this.#agentOf(t)?.exec.executor.abort(t.id, t.attempt, error);
+      if (t.status !== TaskStatus.PENDING) this.#abort(t, error);
       this.#finish(t, TaskStatus.CANCELLED, undefined, error);
     }
     return t.snapshot();
@@ -694,9 +692,32 @@ export class AgentScheduler {
   }
 
   /**
+   * Gives back a task a claim handed to `agentId` that never reached it: the call carrying it
+   * ended (cancelled, past its deadline) before the answer was written. The task is queued
+   * again as though that attempt never started — it does not count against `maxAttempts` — but
+   * its attempt number stays used, so a report naming it is stale. Returns whether the task
+   * went back; false when it has moved on (finished, another attempt, another agent).
+   */
+  unclaim(taskId: string, attempt: number, agentId: string): boolean {
+    const t = this.#tasks.get(taskId);
+    if (t === undefined || t.attempt !== attempt || t.assignedAgentId !== agentId) return false;
+    if (t.status !== TaskStatus.RUNNING && t.status !== TaskStatus.SCHEDULED) return false;
+    t.undelivered++;
+    this.#retryOrFail(
+      t,
+      {
+        code: 'FABRIC_ERR_CANCELLED',
+        message: `the claim of agent ${agentId} ended before attempt ${attempt} reached it`,
+      },
+      true,
+    );
+    return true;
+  }
+
+  /**
    * Completes a task held by `agentId` (omit it for trusted in-process callers). Repeating the
    * same completion is a no-op.
-   * @throws TaskNotFoundError; PermissionDeniedError when another agent holds the task;
+   * @throws TaskNotFoundError for an unknown task and for one `agentId` does not hold;
    *   TaskStateError for a stale attempt or a task that already ended otherwise.
    */
   complete(taskId: string, attempt: number, result: unknown, agentId?: string): void {
@@ -733,12 +754,9 @@ export class AgentScheduler {
     repeatStatus: TaskStatus | undefined,
   ): TaskRecord | undefined {
     const t = this.#get(taskId);
-    if (agentId !== undefined && t.assignedAgentId !== agentId) {
-      throw new PermissionDeniedError(`task ${taskId} is not held by agent ${agentId}`, {
-        taskId,
-        agentId,
-      });
-    }
+    // A task the agent does not hold is answered exactly like an unknown one: task ids are
+    // sequential, and an agent must not learn which of them exist.
+    if (agentId !== undefined && t.assignedAgentId !== agentId) throw new TaskNotFoundError(taskId);
     if (attempt !== t.attempt) {
       throw new TaskStateError(
         taskId,
@@ -995,6 +1013,25 @@ export class AgentScheduler {
     if (this.events.listens('task.started')) this.events.emit('task.started', task.snapshot());
   }
 
+  /** Tells the executor of the agent running `t` that the scheduler ended the attempt. */
+  #abort(t: TaskRecord, error: TaskError): void {
+    const slot = this.#agentOf(t);
+    slot?.exec.executor.abort(t.id, t.attempt, error, slot.id);
+  }
+
+  /**
+   * Tasks of `agentId` (a remote agent) the fabric ended while the agent held them — cancelled,
+   * timed out — that it has not been told about yet; telling is up to the caller. Oldest first.
+   */
+  takeEndedTasks(agentId: string): EndedTask[] {
+    return this.#remote.takeEnded(agentId);
+  }
+
+  /** Puts back notices {@link takeEndedTasks} gave out that did not reach the agent. */
+  restoreEndedTasks(agentId: string, notices: readonly EndedTask[]): void {
+    this.#remote.restoreEnded(agentId, notices);
+  }
+
   /** Takes a task off its agent (it is no longer running there). */
   #release(task: TaskRecord): void {
     const slot = this.#agentOf(task);
@@ -1031,7 +1068,7 @@ export class AgentScheduler {
     retry: boolean,
     finalStatus: TaskStatus.FAILED | TaskStatus.CANCELLED = TaskStatus.FAILED,
   ): void {
-    const queue = retry && t.attempt < t.maxAttempts ? this.#requeueTarget(t) : undefined;
+    const queue = retry && t.attemptsLeft() ? this.#requeueTarget(t) : undefined;
     if (queue === undefined) {
       const slot = this.#agentOf(t);
       if (slot !== undefined && finalStatus === TaskStatus.FAILED) {
@@ -1125,7 +1162,7 @@ export class AgentScheduler {
         code: 'FABRIC_ERR_TASK_TIMEOUT',
         message: `task ran past its timeout of ${t.timeoutMs / 1000}s`,
       };
-      this.#agentOf(t)?.exec.executor.abort(t.id, t.attempt, error);
+      this.#abort(t, error);
       this.#finish(t, TaskStatus.TIMEOUT, undefined, error);
     }
   }

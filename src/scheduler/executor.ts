@@ -46,8 +46,11 @@ export interface TaskExecutor {
   capacity(agentId: string): number;
   /** Starts a batch of tasks. Must not throw; failures are reported through the sink. */
   dispatch(batch: readonly TaskAssignment[]): void;
-  /** Stops a task (timeout, cancel, agent lost). Best effort; the scheduler has already moved on. */
-  abort(taskId: string, attempt: number, reason: TaskError): void;
+  /**
+   * Stops a task (timeout, cancel, agent lost). Best effort; the scheduler has already moved on.
+   * `agentId` is the agent the attempt ran on.
+   */
+  abort(taskId: string, attempt: number, reason: TaskError, agentId: string): void;
   /** An agent using this executor was added or removed. */
   attachAgent?(agentId: string): void;
   detachAgent?(agentId: string): void;

@@ -2,13 +2,29 @@
  * The executor of agents that run elsewhere and pull their work: over MCP or gRPC an agent
  * calls `claimTask`, which parks a claim here until the scheduler dispatches a task to it.
  *
+ * It cannot stop a remote agent's work, so when the scheduler ends an attempt the agent holds
+ * (cancelled, timed out) it keeps a notice for the agent, which an ingress hands out (gRPC:
+ * the `ended_tasks` of `Heartbeat` and `ReportProgress` answers).
+ *
  * @module
  */
-import type { TaskAssignment } from '../task.js';
+import type { TaskAssignment, TaskError } from '../task.js';
 import type { ExecutorSink, TaskExecutor } from './executor.js';
 
 /** Executor name of {@link RemoteExecutor}. */
 export const REMOTE_EXECUTOR = 'remote';
+
+/** Most notices kept per agent; older ones are dropped (the agent still learns on its next report). */
+export const MAX_ENDED_NOTICES = 256;
+
+/** A notice for a remote agent: the fabric ended an attempt it holds. */
+export interface EndedTask {
+  readonly taskId: string;
+  readonly attempt: number;
+  /** Why: `FABRIC_ERR_CANCELLED`, `FABRIC_ERR_TASK_TIMEOUT`, … */
+  readonly code: string;
+  readonly message: string;
+}
 
 interface Claim {
   resolve(a: TaskAssignment | undefined): void;
@@ -20,6 +36,7 @@ export class RemoteExecutor implements TaskExecutor {
   readonly acknowledges = false;
   readonly autoHeartbeat = false;
   readonly #claims = new Map<string, Claim[]>();
+  readonly #ended = new Map<string, EndedTask[]>();
 
   bind(_sink: ExecutorSink): void {}
 
@@ -54,13 +71,33 @@ export class RemoteExecutor implements TaskExecutor {
     }
   }
 
-  abort(): void {
-    // The remote agent learns on its next call: completions of the aborted attempt are rejected.
+  abort(taskId: string, attempt: number, reason: TaskError, agentId: string): void {
+    // Reports of the aborted attempt are rejected too; the notice tells an agent that is silent.
+    const list = this.#ended.get(agentId) ?? [];
+    list.push({ taskId, attempt, code: reason.code, message: reason.message });
+    if (list.length > MAX_ENDED_NOTICES) list.splice(0, list.length - MAX_ENDED_NOTICES);
+    this.#ended.set(agentId, list);
+  }
+
+  /** Hands out (and forgets) the agent's notices, oldest first. */
+  takeEnded(agentId: string): EndedTask[] {
+    const list = this.#ended.get(agentId) ?? [];
+    this.#ended.delete(agentId);
+    return list;
+  }
+
+  /** Puts back notices {@link takeEnded} handed out that did not reach the agent. */
+  restoreEnded(agentId: string, notices: readonly EndedTask[]): void {
+    if (notices.length === 0) return;
+    const list = [...notices, ...(this.#ended.get(agentId) ?? [])];
+    if (list.length > MAX_ENDED_NOTICES) list.splice(0, list.length - MAX_ENDED_NOTICES);
+    this.#ended.set(agentId, list);
   }
 
   detachAgent(agentId: string): void {
     const list = this.#claims.get(agentId);
     this.#claims.delete(agentId);
+    this.#ended.delete(agentId);
     for (const c of list ?? []) c.resolve(undefined);
   }
 

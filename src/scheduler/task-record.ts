@@ -40,6 +40,8 @@ export interface TaskData {
   createdAt: number;
   status: TaskStatus;
   attempt: number;
+  /** Attempts that never reached their agent (not counted against `maxAttempts`); absent: 0. */
+  undelivered?: number;
   assignedAgentId?: string;
   startedAt?: number;
   finishedAt?: number;
@@ -52,6 +54,12 @@ export interface TaskData {
 export class TaskRecord {
   status: TaskStatus = TaskStatus.PENDING;
   attempt = 0;
+  /**
+   * Attempts handed to a claim whose call ended before the task reached the agent: their
+   * numbers stay used (a late report naming one is stale) but they do not count against
+   * `maxAttempts` — see {@link TaskRecord.attemptsLeft}.
+   */
+  undelivered = 0;
   assignedAgentId: string | undefined = undefined;
   startedAt: number | undefined = undefined;
   finishedAt: number | undefined = undefined;
@@ -139,6 +147,7 @@ export class TaskRecord {
     );
     t.status = rec.status!;
     t.attempt = num(rec.attempt, 'attempt', false)!;
+    t.undelivered = num(rec.undelivered, 'undelivered', true) ?? 0;
     t.assignedAgentId = str(rec.assignedAgentId, 'assignedAgentId', true);
     t.startedAt = num(rec.startedAt, 'startedAt', true);
     t.finishedAt = num(rec.finishedAt, 'finishedAt', true);
@@ -173,6 +182,7 @@ export class TaskRecord {
       createdAt: this.createdAt,
       status: this.status,
       attempt: this.attempt,
+      ...(this.undelivered === 0 ? {} : { undelivered: this.undelivered }),
       assignedAgentId: this.assignedAgentId,
       startedAt: this.startedAt,
       finishedAt: this.finishedAt,
@@ -180,6 +190,11 @@ export class TaskRecord {
       error: this.error,
       progress: this.progress,
     };
+  }
+
+  /** Whether another attempt may start: attempts that reached an agent are below `maxAttempts`. */
+  attemptsLeft(): boolean {
+    return this.attempt - this.undelivered < this.maxAttempts;
   }
 
   /** A frozen point-in-time view. */

@@ -89,6 +89,14 @@ export const startupAgentSchema = agentSchema
   })
   .strict();
 
+/**
+ * TLS files (PEM paths, relative to the working directory; `${CONFIG_DIR}` names the config's
+ * folder) of a listener. With `ca`, clients must present a certificate it issued (mutual TLS).
+ */
+const tlsSchema = z
+  .object({ cert: z.string().min(1), key: z.string().min(1), ca: z.string().min(1).optional() })
+  .strict();
+
 /** The whole configuration file. Every section is optional. */
 export const sidecarConfigSchema = z
   .object({
@@ -122,6 +130,10 @@ export const sidecarConfigSchema = z
           .number()
           .positive()
           .default(DEFAULT_BODY_TIMEOUT_MS / 1000),
+        /** HTTPS with these files (else the top-level `tls`, else plain HTTP). */
+        tls: tlsSchema.optional(),
+        /** Serve plain HTTP beyond loopback (start-up refuses it otherwise). */
+        allowInsecure: z.boolean().default(false),
       })
       .strict()
       .refine((h) => h.headersTimeoutSeconds <= h.requestTimeoutSeconds, {
@@ -278,11 +290,25 @@ export const sidecarConfigSchema = z
      * GUPP work hooks persisted in a git repository (created if missing). Agents read and run
      * them through the `fabric__*_hook` tools; a lost agent's hooks move to its pool.
      */
-    /** The gRPC services (proto/fabric/v1: AgentService, ToolService); off unless configured. */
+    /**
+     * TLS files shared by the listeners (HTTP and gRPC) that have no `tls` of their own. A
+     * listener beyond loopback without TLS refuses to start unless it is `allowInsecure`.
+     */
+    tls: tlsSchema.optional(),
+    /**
+     * The gRPC services (proto/fabric/v1: AgentService, ToolService and the admin services,
+     * plus health and reflection); off unless configured.
+     */
     grpc: z
       .object({
         host: z.string().min(1).default(DEFAULT_HTTP_HOST),
         port: z.number().int().min(0).max(65535).default(8766),
+        /** TLS with these files (else the top-level `tls`, else plaintext). */
+        tls: tlsSchema.optional(),
+        /** Serve plaintext beyond loopback (start-up refuses it otherwise). */
+        allowInsecure: z.boolean().default(false),
+        /** Serve gRPC server reflection (v1 and v1alpha). */
+        reflection: z.boolean().default(true),
       })
       .strict()
       .optional(),
@@ -456,9 +482,24 @@ export function parseSidecarConfig(
     path: DEFAULT_STATE_PATH,
     synchronous: DEFAULT_STATE_SYNCHRONOUS,
   };
+  const tls = <T extends { cert: string; key: string; ca?: string | undefined }>(
+    t: T | undefined,
+  ): T | undefined =>
+    t === undefined
+      ? undefined
+      : {
+          ...t,
+          cert: resolve(cwd, t.cert),
+          key: resolve(cwd, t.key),
+          ...(t.ca === undefined ? {} : { ca: resolve(cwd, t.ca) }),
+        };
+  const { http, grpc } = parsed.data;
   return {
     ...parsed.data,
     state: state === 'memory' ? state : { ...state, path: resolve(cwd, state.path) },
+    tls: tls(parsed.data.tls),
+    http: { ...http, tls: tls(http.tls) },
+    grpc: grpc === undefined ? undefined : { ...grpc, tls: tls(grpc.tls) },
   };
 }
 

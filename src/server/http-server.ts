@@ -16,7 +16,15 @@
  *
  * @module
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type RequestListener,
+  type Server,
+  type ServerOptions,
+  type ServerResponse,
+} from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
 import { ConfigError, InvalidArgumentError } from '../errors.js';
@@ -36,6 +44,7 @@ import {
 } from '../gateway/http-body.js';
 import { httpErrorBody, httpStatusOf } from '../gateway/map-error.js';
 import { HostGuard } from './host-guard.js';
+import type { TlsMaterial } from './tls.js';
 
 /** Largest admin request body (1 MiB). */
 const ADMIN_MAX_BODY_BYTES = 1024 * 1024;
@@ -71,6 +80,8 @@ export interface HttpServerOptions {
   requestTimeoutMs?: number;
   /** Time an admin route waits for its request body (then 408 and close). @default 30000 */
   bodyTimeoutMs?: number;
+  /** Serve HTTPS with this certificate and key; with `ca`, require client certificates from it. */
+  tls?: TlsMaterial | undefined;
 }
 
 const decisionBody = z
@@ -201,6 +212,23 @@ function timeout(name: string, value: number | undefined, fallback: number): num
 }
 
 /**
+ * Makes the server: plain HTTP, or with `tls` HTTPS — an HTTP server that speaks TLS, with the
+ * same requests and methods (with `tls.ca`, clients must present a certificate it issued).
+ */
+function serverFactory(
+  tls: TlsMaterial | undefined,
+): (options: ServerOptions, handler: RequestListener) => Server {
+  if (tls === undefined) return (options, handler) => createHttpServer(options, handler);
+  const secure = {
+    cert: tls.cert,
+    key: tls.key,
+    ...(tls.ca === undefined ? {} : { ca: tls.ca, requestCert: true, rejectUnauthorized: true }),
+  };
+  return (options, handler) =>
+    createHttpsServer({ ...options, ...secure }, handler) as unknown as Server;
+}
+
+/**
  * Starts the HTTP server; resolves once it listens.
  * @throws ConfigError on a bad timeout; the listen error when the port is taken.
  */
@@ -220,6 +248,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
   }
   const bodyTimeoutMs = options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
   const guard = options.hostGuard ?? new HostGuard({ bindHost: options.host });
+  const createServer = serverFactory(options.tls);
   const server = createServer(
     {
       headersTimeout,
@@ -290,7 +319,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
   return {
     server,
     port,
-    url: `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}${options.mcpPath}`,
+    url: `${options.tls === undefined ? 'http' : 'https'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}${options.mcpPath}`,
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -19,6 +19,7 @@ import { renderMetrics, type MetricFamily } from '../gateway/metrics.js';
 import type { SidecarConfig } from './config-file.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import { startGrpcServer, type GrpcServer } from '../rpc/grpc-server.js';
+import { checkListenerSecurity, readTlsFiles } from './tls.js';
 import { FabricBackend } from './fabric-backend.js';
 import { HostGuard } from './host-guard.js';
 import { hashCredential, type AgentRecord } from '../lifecycle/lifecycle-manager.js';
@@ -136,6 +137,23 @@ export class Sidecar {
     let step = 'sandbox';
     try {
       if (config.sandbox) makeSandbox(config.sandbox);
+      // Before anything starts: a listener that would expose credentials in plaintext beyond
+      // loopback refuses the start (its TLS files are read now, so a bad path fails here too).
+      step = 'tls';
+      const httpTlsFiles = config.http.tls ?? config.tls;
+      const httpTls =
+        options.http === false || httpTlsFiles === undefined
+          ? undefined
+          : readTlsFiles('http', httpTlsFiles);
+      if (options.http !== false)
+        checkListenerSecurity('HTTP', config.http.host, httpTls, config.http.allowInsecure);
+      const grpcTlsFiles = config.grpc?.tls ?? config.tls;
+      const grpcTls =
+        config.grpc === undefined || grpcTlsFiles === undefined
+          ? undefined
+          : readTlsFiles('grpc', grpcTlsFiles);
+      if (config.grpc !== undefined)
+        checkListenerSecurity('gRPC', config.grpc.host, grpcTls, config.grpc.allowInsecure);
       step = 'state';
       const state = config.state;
       let store: DurableStore | undefined;
@@ -329,6 +347,7 @@ export class Sidecar {
           admin: backend,
           metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint)),
           hostGuard,
+          tls: httpTls,
           headersTimeoutMs: h.headersTimeoutSeconds * 1000,
           requestTimeoutMs: h.requestTimeoutSeconds * 1000,
           bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
@@ -341,11 +360,22 @@ export class Sidecar {
       if (config.grpc !== undefined && fabric !== undefined) {
         step = 'grpc';
         const { host, port } = config.grpc;
-        grpc = await startGrpcServer(fabric, { ...config.grpc, gateway }).catch(
-          (error: unknown) => {
-            throw listenError('gRPC', host, port, error);
-          },
-        );
+        const stateStore = store;
+        const healthProbes: Record<string, () => boolean> = {
+          // The last commit to the state store succeeded (always, for in-memory state).
+          state: () => stateStore?.lastError === undefined,
+        };
+        for (const name of gateway.upstreams.keys()) {
+          healthProbes[`upstream/${name}`] = () => gateway.upstreams.get(name)?.state === 'ready';
+        }
+        grpc = await startGrpcServer(fabric, {
+          ...config.grpc,
+          gateway,
+          tls: grpcTls,
+          healthProbes,
+        }).catch((error: unknown) => {
+          throw listenError('gRPC', host, port, error);
+        });
         cleanup.push(grpc);
       }
       // Only now: a start that failed never showed its token, so a later one must make a new one.

@@ -112,8 +112,10 @@ export function runExecutorContract(options: { name: string; create: () => TaskE
       setup();
       executor.dispatch([assignment('t', 'echo', 1)]);
       await sink.waitFor(1);
-      expect(() => executor.abort('t', 1, { code: 'X', message: 'late' })).not.toThrow();
-      expect(() => executor.abort('never', 1, { code: 'X', message: 'unknown' })).not.toThrow();
+      expect(() => executor.abort('t', 1, { code: 'X', message: 'late' }, 'a1')).not.toThrow();
+      expect(() =>
+        executor.abort('never', 1, { code: 'X', message: 'unknown' }, 'a1'),
+      ).not.toThrow();
     });
 
     it('reports a positive capacity for an attached agent', () => {

@@ -113,8 +113,9 @@ describe('the fabric tools over MCP, end to end with the real fabric', () => {
     expect(taskId).toBe(task.id);
     const foreign = await call(other, 'complete_task', { taskId, attempt, result: 'mine now' });
     expect(foreign.isError).toBe(true);
-    expect(text(foreign)).toContain('FABRIC_ERR_PERMISSION_DENIED');
-    expect(text(foreign)).toContain(`task ${taskId} is not held by agent`);
+    // Exactly what an unknown task gets: an agent does not learn which tasks exist.
+    expect(text(foreign)).toContain('FABRIC_ERR_TASK_NOT_FOUND');
+    expect(text(foreign)).toContain(`task ${taskId} does not exist`);
 
     const stale = await call(worker, 'complete_task', { taskId, attempt: attempt + 1 });
     expect(stale.isError).toBe(true);

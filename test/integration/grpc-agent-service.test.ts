@@ -20,12 +20,13 @@ import {
   CompleteTaskRequestSchema,
   GetHookRequestSchema,
   HeartbeatRequestSchema,
-  HookRequestSchema,
+  ActivateHookRequestSchema,
   ReportProgressRequestSchema,
   type ClaimTaskResponse,
   type GetHookResponse,
   type HeartbeatResponse,
-  type HookResponse,
+  type ActivateHookResponse,
+  type CompleteHookResponse,
 } from '../../src/gen/fabric/v1/agent_pb.js';
 import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
 import { startGrpcServer, type GrpcServer } from '../../src/rpc/grpc-server.js';
@@ -134,7 +135,7 @@ describe('the agent protocol over gRPC (real server, real grpc-js client, real f
       create(CompleteTaskRequestSchema, { taskId: task.id, attempt: 1 }),
       bob.credential,
     ).catch((e: ServiceError) => e);
-    expect(foreign).toMatchObject({ code: status.PERMISSION_DENIED });
+    expect(foreign).toMatchObject({ code: status.NOT_FOUND });
     await call(
       client,
       'completeTask',
@@ -182,18 +183,18 @@ describe('the agent protocol over gRPC (real server, real grpc-js client, real f
     const foreign = await call(
       client,
       'activateHook',
-      create(HookRequestSchema, { hookId: hook.hookId }),
+      create(ActivateHookRequestSchema, { hookId: hook.hookId }),
       bob.credential,
     ).catch((e: ServiceError) => e);
-    expect(foreign).toMatchObject({ code: status.PERMISSION_DENIED });
-    const active = await call<HookResponse>(
+    expect(foreign).toMatchObject({ code: status.NOT_FOUND });
+    const active = await call<ActivateHookResponse>(
       client,
       'activateHook',
-      create(HookRequestSchema, { hookId: hook.hookId }),
+      create(ActivateHookRequestSchema, { hookId: hook.hookId }),
       alice.credential,
     );
     expect(active.hook?.status).toBe('ACTIVE');
-    const done = await call<HookResponse>(
+    const done = await call<CompleteHookResponse>(
       client,
       'completeHook',
       create(CompleteHookRequestSchema, {
@@ -215,9 +216,16 @@ describe('generated protobuf code', () => {
         cwd: new URL('.', root),
         stdio: 'pipe',
       });
-      const fresh = await readFile(join(out, 'src/gen/fabric/v1/agent_pb.ts'), 'utf8');
-      const committed = await readFile(new URL('src/gen/fabric/v1/agent_pb.ts', root), 'utf8');
-      expect(committed).toBe(fresh);
+      for (const file of [
+        'src/gen/fabric/v1/agent_pb.ts',
+        // The vendored gRPC wire specs (proto-grpc/) too.
+        'src/gen/grpc/health/v1/health_pb.ts',
+        'src/gen/grpc/reflection/v1/reflection_pb.ts',
+      ]) {
+        const fresh = await readFile(join(out, file), 'utf8');
+        const committed = await readFile(new URL(file, root), 'utf8');
+        expect(committed).toBe(fresh);
+      }
     } finally {
       await rm(out, { recursive: true, force: true });
     }
@@ -288,8 +296,10 @@ describe('a Python agent over gRPC (cross-language)', () => {
           .map((l) => JSON.parse(l) as Record<string, unknown>);
         expect(steps).toEqual([
           { step: 'heartbeat', agent: agent.id, status: 'HEALTHY' },
+          { step: 'hook_progress', status: 'ACTIVE' },
           { step: 'hook', id: hook.hookId, status: 'COMPLETED' },
           { step: 'task', id: task.id },
+          { step: 'usage' },
           { step: 'refused', code: 'UNAUTHENTICATED' },
         ]);
         expect(await fabric.waitForTask(task.id)).toMatchObject({
@@ -298,6 +308,11 @@ describe('a Python agent over gRPC (cross-language)', () => {
         });
         expect(await fabric.hooks!.getHook(hook.hookId)).toMatchObject({
           result: { ranBy: 'python', item: { task: 'lint' } },
+          progressNote: 'halfway',
+        });
+        expect(fabric.budgets.getStatus(agent.id)).toMatchObject({
+          tokensUsed: 1234,
+          costUsed: 0.5,
         });
       } finally {
         await server.close();

@@ -9,7 +9,7 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AgentStatus } from '../../src/agent.js';
-import { HookRetryLimitError, PermissionDeniedError } from '../../src/errors.js';
+import { HookNotFoundError, HookRetryLimitError } from '../../src/errors.js';
 import { AgentFabric } from '../../src/fabric.js';
 import { HookManager } from '../../src/hooks/hook-manager.js';
 import { HookStatus } from '../../src/hooks/hook-status.js';
@@ -112,7 +112,8 @@ describe('hook reassignment against hostile agents', () => {
       () => fabric!.recordHookProgress(old!, h.hookId, 'mine'),
       () => fabric!.failHook(old!, h.hookId, { message: 'mine' }),
     ]) {
-      await expect(attempt()).rejects.toBeInstanceOf(PermissionDeniedError);
+      // Exactly what an unknown hook gets: an agent does not learn which hooks exist.
+      await expect(attempt()).rejects.toBeInstanceOf(HookNotFoundError);
     }
     expect(await hooks.getHook(h.hookId)).toMatchObject({
       status: HookStatus.PENDING,

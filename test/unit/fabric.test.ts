@@ -11,6 +11,7 @@ import {
   PoolExistsError,
   PoolNotFoundError,
   InvalidArgumentError,
+  TaskNotFoundError,
   TaskResultTooLargeError,
 } from '../../src/errors.js';
 
@@ -112,9 +113,12 @@ describe('AgentFabric', () => {
     expect((await fabric.getTask(running.id)).status).toBe(TaskStatus.PENDING);
     const retry = (await fabric.claimTask(b!))!;
     expect(retry).toMatchObject({ taskId: running.id, attempt: 2 });
-    // The first agent comes back and tries to finish its stale attempt: rejected.
+    // The first agent comes back and tries to finish its stale attempt: rejected, as if the task
+    // did not exist (it no longer holds it).
     await fabric.heartbeat(a!);
-    await expect(fabric.completeTask(a!, running.id, 1, 'stale')).rejects.toThrow(/not held/);
+    await expect(fabric.completeTask(a!, running.id, 1, 'stale')).rejects.toBeInstanceOf(
+      TaskNotFoundError,
+    );
     await fabric.completeTask(b!, running.id, 2, 'fresh');
     expect((await fabric.getTask(running.id)).result).toBe('fresh');
   });

@@ -5,7 +5,6 @@ import { Priority, TaskStatus } from '../../src/task.js';
 import {
   AgentBusyError,
   InvalidArgumentError,
-  PermissionDeniedError,
   PoolDrainingError,
   QueueFullError,
   TaskNotFoundError,
@@ -194,7 +193,7 @@ describe('AgentScheduler limits and errors', () => {
     s.setAccepting('b', true);
     const task = s.schedule({ agentId: 'a' }, 't', 1);
     const claim = (await s.claim('a'))!;
-    expect(() => s.complete(task.id, claim.attempt, 'x', 'b')).toThrow(PermissionDeniedError);
+    expect(() => s.complete(task.id, claim.attempt, 'x', 'b')).toThrow(TaskNotFoundError);
     expect(() => s.complete(task.id, claim.attempt + 1, 'x', 'a')).toThrow(TaskStateError);
     s.complete(task.id, claim.attempt, 'ok', 'a');
     s.complete(task.id, claim.attempt, 'again', 'a');
@@ -203,6 +202,50 @@ describe('AgentScheduler limits and errors', () => {
     expect(() =>
       s.fail(task.id, claim.attempt, { code: 'X', message: 'late' }, { agentId: 'a' }),
     ).toThrow(TaskStateError);
+  });
+
+  it('unclaim gives back an undelivered attempt without counting it; reports on it are stale', async () => {
+    s = remoteScheduler({ maxConcurrentTasksPerAgent: 1 });
+    s.addAgent({ agentId: 'b', executor: 'remote' });
+    s.setAccepting('b', true);
+    const task = s.schedule({ agentId: 'a' }, 't', 1, { maxAttempts: 1 });
+    const c1 = (await s.claim('a'))!;
+    // Only the holder, with the current attempt, can give it back; once.
+    expect(s.unclaim(task.id, c1.attempt, 'b')).toBe(false);
+    expect(s.unclaim(task.id, c1.attempt + 1, 'a')).toBe(false);
+    expect(s.unclaim(task.id, c1.attempt, 'a')).toBe(true);
+    expect(s.unclaim(task.id, c1.attempt, 'a')).toBe(false);
+    expect(s.getTask(task.id)).toMatchObject({ status: TaskStatus.PENDING, attempt: 1 });
+    expect(s.agentLoad('a').runningTasks).toBe(0);
+    // maxAttempts is 1, yet it runs again: the undelivered attempt did not count.
+    const c2 = (await s.claim('a'))!;
+    expect(c2).toMatchObject({ taskId: task.id, attempt: 2 });
+    expect(() => s.complete(task.id, c1.attempt, 'late', 'a')).toThrow(TaskStateError);
+    // A delivered attempt that fails uses up the only attempt.
+    s.fail(task.id, c2.attempt, { code: 'E', message: 'x' }, { retry: true, agentId: 'a' });
+    expect(s.getTask(task.id).status).toBe(TaskStatus.FAILED);
+  });
+
+  it('keeps notices of attempts it ended for their remote agent, each handed out once', async () => {
+    s = remoteScheduler({ maxConcurrentTasksPerAgent: 2 });
+    const t1 = s.schedule({ agentId: 'a' }, 't', 1);
+    const t2 = s.schedule({ agentId: 'a' }, 't', 2, { timeoutSeconds: 0.01 });
+    await s.claim('a');
+    await s.claim('a');
+    s.cancel(t1.id, 'stop');
+    await vi.waitFor(() => expect(s.getTask(t2.id).status).toBe(TaskStatus.TIMEOUT));
+    const notices = s.takeEndedTasks('a');
+    expect(notices.map((n) => [n.taskId, n.code])).toEqual([
+      [t1.id, 'FABRIC_ERR_CANCELLED'],
+      [t2.id, 'FABRIC_ERR_TASK_TIMEOUT'],
+    ]);
+    expect(s.takeEndedTasks('a')).toEqual([]);
+    s.restoreEndedTasks('a', notices);
+    expect(s.takeEndedTasks('a')).toEqual(notices);
+    // A task cancelled while still queued was never held: no notice.
+    const t3 = s.schedule({ agentId: 'a' }, 't', 3);
+    s.cancel(t3.id);
+    expect(s.takeEndedTasks('a')).toEqual([]);
   });
 
   it('failTask with retry requeues while attempts remain, then fails for good', async () => {
