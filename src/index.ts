@@ -54,6 +54,10 @@ export { definePlugin, PluginHost } from './plugins/index.js';
 export { FabricWorker, RemoteFabricError } from './worker/fabric-worker.js';
 export { AGENT_SERVICE_DEFINITION } from './rpc/agent-service.js';
 export { startGrpcServer } from './rpc/grpc-server.js';
+export { DEFAULT_MAX_WAIT_TASK_SECONDS, fabricService } from './rpc/fabric-service.js';
+export { fabricServices } from './rpc/services.js';
+export { DEFAULT_API_PREFIX, HttpDoor } from './rpc/http-door.js';
+export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from './paging.js';
 export {
   decodeRequest,
   grpcDefinition,
@@ -91,6 +95,7 @@ export {
   PluginTimeoutError,
   PolicyExistsError,
   PolicyValidationError,
+  RouteNotFoundError,
   RoutingError,
   SessionLimitError,
   StartupError,
@@ -180,6 +185,11 @@ export type { ToolGatewayOptions } from './gateway/gateway.js';
 export type { SidecarOptions } from './server/sidecar.js';
 export type { AgentServiceOptions } from './rpc/agent-service.js';
 export type { GrpcServer, GrpcServerOptions } from './rpc/grpc-server.js';
+export type { FabricServiceOptions } from './rpc/fabric-service.js';
+export type { AnyServiceImplementation, FabricServicesOptions } from './rpc/services.js';
+export type { HttpDoorOptions } from './rpc/http-door.js';
+export type { Page, PageRequest } from './paging.js';
+export type { TaskFilter } from './scheduler/agent-scheduler.js';
 export type {
   FabricWorkerOptions,
   WorkerHandler,

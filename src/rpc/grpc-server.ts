@@ -1,16 +1,16 @@
 /**
  * The fabric's gRPC server: one grpc-js `Server` on one port carrying every service of
- * proto/fabric/v1 that is implemented (today `fabric.v1.AgentService`).
+ * proto/fabric/v1 that is implemented (the list in services.ts, which the HTTP door serves too).
  *
  * @module
  */
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { AgentFabric } from '../fabric.js';
-import { agentService, type AgentServiceOptions } from './agent-service.js';
 import { addGrpcService } from './rpc-call.js';
+import { fabricServices, type FabricServicesOptions } from './services.js';
 
 /** Options of {@link startGrpcServer}. */
-export interface GrpcServerOptions extends AgentServiceOptions {
+export interface GrpcServerOptions extends FabricServicesOptions {
   /** @default '127.0.0.1' */
   host?: string;
   /** 0 picks a free port. @default 0 */
@@ -32,7 +32,7 @@ export async function startGrpcServer(
   options: GrpcServerOptions = {},
 ): Promise<GrpcServer> {
   const server = new Server();
-  addGrpcService(server, fabric, agentService(fabric, options));
+  for (const impl of fabricServices(fabric, options)) addGrpcService(server, fabric, impl);
 
   const host = options.host ?? '127.0.0.1';
   const port = await new Promise<number>((resolve, reject) =>

@@ -47,11 +47,18 @@ export interface Caller {
   readonly id: string;
 }
 
-/** A JSON value as a `google.protobuf.Value` (`undefined` becomes `null`). */
+/**
+ * A JSON value as a `google.protobuf.Value` (`undefined` becomes `null`). A `bigint` (a large
+ * integer from a `..._json` field) becomes the nearest double: a Value holds nothing else.
+ */
 export function toValue(v: unknown): Value {
   return fromJson(
     ValueSchema,
-    (v === undefined ? null : JSON.parse(JSON.stringify(v))) as JsonValue,
+    (v === undefined
+      ? null
+      : JSON.parse(
+          JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? Number(x) : x)),
+        )) as JsonValue,
   );
 }
 
@@ -92,6 +99,29 @@ export function toServiceError(err: unknown): {
 }
 
 /**
+ * The caller of a `kind` method from its `authorization` value (`Bearer <credential>`), the same
+ * for every door.
+ * @throws UnauthenticatedError without a valid credential, and for the admin credential on an
+ *   agent method (it acts as no agent); PermissionDeniedError for an agent credential on an
+ *   admin method.
+ */
+export function authenticateCaller(
+  fabric: AgentFabric,
+  kind: CallerKind,
+  authorization: string,
+): Caller {
+  const identity = fabric.authenticate(authorization.replace(/^Bearer\s+/i, ''));
+  if (kind === 'agent') {
+    if (identity.kind !== 'agent')
+      throw new UnauthenticatedError('the agent protocol needs an agent credential');
+    return { kind, id: identity.agentId };
+  }
+  if (identity.kind !== 'admin')
+    throw new PermissionDeniedError('this operation needs the admin credential');
+  return { kind, id: identity.name };
+}
+
+/**
  * A grpc-js unary handler that authenticates the call as a `kind` caller, then decodes its
  * request as a `method.input` message, runs `handler`, and maps errors to status codes. The
  * `signal` aborts when the client cancels the call or its deadline passes.
@@ -111,18 +141,7 @@ export function unaryHandler<D extends DescMessage, Res>(
     call.on('cancelled', () => controller.abort());
     void (async () => {
       const header = call.metadata.get('authorization')[0];
-      const credential = typeof header === 'string' ? header.replace(/^Bearer\s+/i, '') : '';
-      const identity = fabric.authenticate(credential);
-      let caller: Caller;
-      if (kind === 'agent') {
-        if (identity.kind !== 'agent')
-          throw new UnauthenticatedError('the agent protocol needs an agent credential');
-        caller = { kind, id: identity.agentId };
-      } else {
-        if (identity.kind !== 'admin')
-          throw new PermissionDeniedError('this operation needs the admin credential');
-        caller = { kind, id: identity.name };
-      }
+      const caller = authenticateCaller(fabric, kind, typeof header === 'string' ? header : '');
       const request = decodeRequest(method.input, call.request);
       return handler(caller, request, controller.signal);
     })().then(

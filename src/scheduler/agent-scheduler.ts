@@ -102,6 +102,14 @@ export interface AgentLoad {
   failedTasks: number;
 }
 
+/** Filter of {@link AgentScheduler.listTasks}; unset fields match every task. */
+export interface TaskFilter {
+  status?: TaskStatus;
+  poolId?: string;
+  /** Tasks addressed to this agent or assigned to it. */
+  agentId?: string;
+}
+
 /** How an agent is known to the scheduler. */
 export interface SchedulerAgent {
   agentId: string;
@@ -586,11 +594,40 @@ export class AgentScheduler {
   }
 
   /**
+   * Snapshots of the tasks the scheduler keeps (queued, running, and finished ones up to
+   * `finishedTaskRetention`) that match `filter`, in no particular order. A scan of every kept
+   * task: for operator listings, not for the hot path.
+   * @param filter.agentId - tasks addressed to this agent or assigned to it.
+   */
+  listTasks(filter: TaskFilter = {}): Task[] {
+    const out: Task[] = [];
+    for (const t of this.#tasks.values()) {
+      if (filter.status !== undefined && t.status !== filter.status) continue;
+      if (filter.poolId !== undefined && t.poolId !== filter.poolId) continue;
+      if (
+        filter.agentId !== undefined &&
+        t.agentId !== filter.agentId &&
+        t.assignedAgentId !== filter.agentId
+      )
+        continue;
+      out.push(t.snapshot());
+    }
+    return out;
+  }
+
+  /** How many callers wait for the task's end (0 for an unknown task). */
+  waiterCount(taskId: string): number {
+    const t = this.#tasks.get(taskId);
+    return t === undefined ? 0 : (t.resolve === undefined ? 0 : 1) + (t.waiters?.length ?? 0);
+  }
+
+  /**
    * Resolves with the task once it has finished (at once if it already has).
    * @param timeoutMs - how long to wait; `undefined` waits as long as it takes.
+   * @param signal - ends the wait (rejecting with the signal's reason) and removes the waiter.
    * @throws TaskNotFoundError; WaitTimeoutError when the wait runs out (the task goes on).
    */
-  waitForTask(taskId: string, timeoutMs?: number): Promise<Task> {
+  waitForTask(taskId: string, timeoutMs?: number, signal?: AbortSignal): Promise<Task> {
     let t: TaskRecord;
     try {
       t = this.#get(taskId);
@@ -599,8 +636,10 @@ export class AgentScheduler {
     }
     if (isFinished(t.status)) return Promise.resolve(t.snapshot());
     if (this.#closed) return Promise.reject(new ClosedError('scheduler'));
+    if (signal?.aborted) return Promise.reject(signal.reason as Error);
+    const unbounded = timeoutMs === undefined || timeoutMs === Number.POSITIVE_INFINITY;
     return new Promise<Task>((resolve, reject) => {
-      if (timeoutMs === undefined || timeoutMs === Number.POSITIVE_INFINITY) {
+      if (unbounded && signal === undefined) {
         // The common case, one unbounded waiter, hangs on the record with no extra objects.
         if (t.resolve === undefined) {
           t.resolve = resolve;
@@ -609,24 +648,36 @@ export class AgentScheduler {
         return;
       }
       const list = (t.waiters ??= []);
+      let timer: NodeJS.Timeout | undefined;
+      const done = (): void => {
+        if (timer !== undefined) clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const leave = (err: Error): void => {
+        const i = list.indexOf(waiter);
+        if (i >= 0) list.splice(i, 1);
+        done();
+        reject(err);
+      };
+      const onAbort = (): void => leave(signal!.reason as Error);
       const waiter: Waiter = {
         resolve: (task) => {
-          clearTimeout(timer);
+          done();
           resolve(task);
         },
         reject: (err) => {
-          clearTimeout(timer);
+          done();
           reject(err);
         },
       };
-      const timer = setTimeout(
-        () => {
-          const i = list.indexOf(waiter);
-          if (i >= 0) list.splice(i, 1);
-          reject(new WaitTimeoutError(`task ${taskId}`, timeoutMs / 1000));
-        },
-        Math.min(timeoutMs, MAX_TIMER_MS),
-      );
+      if (!unbounded) {
+        const ms = timeoutMs!;
+        timer = setTimeout(
+          () => leave(new WaitTimeoutError(`task ${taskId}`, ms / 1000)),
+          Math.min(ms, MAX_TIMER_MS),
+        );
+      }
+      signal?.addEventListener('abort', onAbort, { once: true });
       list.push(waiter);
     });
   }

@@ -7,6 +7,8 @@
  * - `POST /admin/approvals/:id/deny` `{ approver?, reason? }` — deny it
  * - `POST /admin/agents` `{ name, model?, poolId?, labels? }` — spawn an agent, returns its credential
  *
+ * Operator API (the gRPC services as JSON, see rpc/http-door.ts): `POST /api/<package.Service>/<Method>`.
+ *
  * Every route but `GET /healthz` (which tells nothing but "up") first passes the
  * {@link HostGuard} (DNS rebinding protection: 403). The server's own timeouts bound how long a
  * client may take to send its request: `headersTimeoutMs` for the headers, `requestTimeoutMs`
@@ -36,6 +38,7 @@ import {
 } from '../gateway/http-body.js';
 import { httpErrorBody, httpStatusOf } from '../gateway/map-error.js';
 import { HostGuard } from './host-guard.js';
+import type { HttpDoor } from '../rpc/http-door.js';
 
 /** Largest admin request body (1 MiB). */
 const ADMIN_MAX_BODY_BYTES = 1024 * 1024;
@@ -56,6 +59,8 @@ export interface HttpServerOptions {
   mcpPath: string;
   mcp: McpHttpEndpoint;
   admin: AdminApi;
+  /** The gRPC services as JSON under the door's prefix (`/api/`); absent: those paths are 404. */
+  api?: HttpDoor;
   /** Renders `GET /metrics` (Prometheus text; admin token required). */
   metrics?: () => string;
   /**
@@ -263,6 +268,10 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
         } catch (error) {
           sendError(req, res, error);
         }
+        return;
+      }
+      if (options.api?.owns(url.pathname)) {
+        void options.api.handle(req, res, url.pathname);
         return;
       }
       if (url.pathname.startsWith('/admin/')) {

@@ -19,6 +19,8 @@ import { renderMetrics, type MetricFamily } from '../gateway/metrics.js';
 import type { SidecarConfig } from './config-file.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import { startGrpcServer, type GrpcServer } from '../rpc/grpc-server.js';
+import { HttpDoor } from '../rpc/http-door.js';
+import { fabricServices } from '../rpc/services.js';
 import { FabricBackend } from './fabric-backend.js';
 import { HostGuard } from './host-guard.js';
 import { hashCredential, type AgentRecord } from '../lifecycle/lifecycle-manager.js';
@@ -299,6 +301,15 @@ export class Sidecar {
           mcpPath: h.path,
           mcp,
           admin: backend,
+          ...(fabric === undefined
+            ? {}
+            : {
+                api: new HttpDoor({
+                  fabric,
+                  services: fabricServices(fabric),
+                  bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
+                }),
+              }),
           metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint)),
           hostGuard,
           headersTimeoutMs: h.headersTimeoutSeconds * 1000,
