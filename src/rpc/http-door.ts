@@ -18,7 +18,8 @@
  * kind and the body `{ code, kind, message, details }` (`FabricError.toJSON()`; not Connect's
  * error shape), the code also in the `fabric-error-code` header as in gRPC's trailer. An unknown
  * service or method, a server-streaming method, or another verb than POST is 404
- * `FABRIC_ERR_ROUTE_NOT_FOUND`. The Host/Origin guard runs before this, in the HTTP server.
+ * `FABRIC_ERR_ROUTE_NOT_FOUND`. The Host/Origin guard runs before this, in the HTTP server, and
+ * answers its 403 through {@link HttpDoor.refuse} in the same shape.
  *
  * @module
  */
@@ -120,13 +121,22 @@ export class HttpDoor {
       const body = await this.#call(req, res, pathname);
       sendJson(res, 200, body);
     } catch (error) {
-      const close = !req.complete || closesConnection(error);
-      const body = httpErrorBody(error).error;
-      sendJson(res, httpStatusOf(error), body, {
-        'fabric-error-code': String(body.code),
-        ...(close ? { connection: 'close' } : {}),
-      });
+      this.refuse(req, res, error);
     }
+  }
+
+  /**
+   * Answers with `error` in the door's shape: the status of its catalog kind, the body
+   * `{ code, kind, message, details }`, the code in `fabric-error-code`; `connection: close`
+   * when the body was not read.
+   */
+  refuse(req: IncomingMessage, res: ServerResponse, error: unknown): void {
+    const close = !req.complete || closesConnection(error);
+    const body = httpErrorBody(error).error;
+    sendJson(res, httpStatusOf(error), body, {
+      'fabric-error-code': String(body.code),
+      ...(close ? { connection: 'close' } : {}),
+    });
   }
 
   async #call(req: IncomingMessage, res: ServerResponse, pathname: string): Promise<JsonValue> {

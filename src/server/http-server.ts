@@ -249,6 +249,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
       const refused = guard.check(req);
       if (refused) {
         if (url.pathname === options.mcpPath) sendJsonRpcRefusal(req, res, refused, -32000);
+        else if (options.api?.owns(url.pathname)) options.api.refuse(req, res, refused);
         else sendError(req, res, refused);
         return;
       }
