@@ -25,9 +25,18 @@ if ! previous=$(git rev-parse -q --verify 'HEAD~1^{commit}'); then
   echo "buf breaking: HEAD is the first commit; nothing to compare against"
   exit 0
 fi
+if ! git ls-tree -r --name-only "$previous" -- proto | grep -q '\.proto$'; then
+  echo "buf breaking: HEAD~1 has no .proto files in proto/; nothing to compare against"
+  exit 0
+fi
+# HEAD~1's proto/ as it was, compared as a plain folder: works whether or not HEAD~1 had a
+# buf.yaml, and buf's own rules (from today's buf.yaml) apply.
+against=$(mktemp -d)
+trap 'rm -rf "$against"' EXIT
+git archive "$previous" proto | tar -x -C "$against"
 if git log -1 --format=%B | grep -qE '^Proto-Breaking: *[^ ]'; then
-  "$buf" breaking --against ".git#ref=${previous}" ||
+  "$buf" breaking --against "$against/proto" ||
     echo "buf breaking: accepted by the Proto-Breaking trailer of HEAD's commit message"
 else
-  "$buf" breaking --against ".git#ref=${previous}"
+  "$buf" breaking --against "$against/proto"
 fi
