@@ -1,5 +1,5 @@
 import { request } from 'node:http';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AgentService } from '../../src/gen/fabric/v1/agent_pb.js';
 import { FabricService } from '../../src/gen/fabric/v1/fabric_pb.js';
 import { HttpDoor } from '../../src/rpc/http-door.js';
@@ -98,6 +98,21 @@ describe('the HTTP door: the gRPC services as JSON over the sidecar HTTP server'
     });
     const stats = await ok<{ completedTasks: string }>(rpc('fabric.v1.FabricService/GetStats', {}));
     expect(Number(stats.completedTasks)).toBeGreaterThanOrEqual(1);
+  });
+
+  it('stops a WaitTask when its HTTP client goes away (no waiter left)', async () => {
+    const fabric = sidecar.fabric!;
+    const a = await fabric.spawn({ model: 'm', name: 'waited-on', executor: 'remote' });
+    const task = await fabric.schedule({ agentId: a.id, taskType: 'never' });
+    const controller = new AbortController();
+    const waiting = rpc('fabric.v1.FabricService/WaitTask', { taskId: task.id }, ADMIN_TOKEN, {
+      signal: controller.signal,
+    }).catch((e: unknown) => e);
+    await vi.waitFor(() => expect(fabric.scheduler.waiterCount(task.id)).toBe(1));
+    controller.abort();
+    expect(await waiting).toBeInstanceOf(Error);
+    await vi.waitFor(() => expect(fabric.scheduler.waiterCount(task.id)).toBe(0));
+    await fabric.cancelTask(task.id);
   });
 
   it('keeps a 2^53+1 payload exact through payloadJson (base64 in the JSON mapping)', async () => {
