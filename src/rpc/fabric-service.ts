@@ -30,6 +30,7 @@ import type { HookStatus } from '../hooks/hook-status.js';
 import { pageOf } from '../paging.js';
 import type { PoolInfo } from '../pools/pool-manager.js';
 import type { Priority, ScheduleOptions, Task, TaskStatus } from '../task.js';
+import { bigintAsNumber } from '../validate.js';
 import { jsonBytes, parseJsonBytes } from './json-bytes.js';
 import { fromValue, toValue, type ServiceImplementation } from './rpc-call.js';
 
@@ -51,9 +52,7 @@ function time(ms: number | undefined): ReturnType<typeof timestampFromMs> | unde
 
 /** A JSON-safe copy (a `bigint` as the nearest double), for `Struct` fields. */
 function jsonObject(v: Readonly<Record<string, unknown>>): JsonObject {
-  return JSON.parse(
-    JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? Number(x) : x)),
-  ) as JsonObject;
+  return JSON.parse(JSON.stringify(v, bigintAsNumber)) as JsonObject;
 }
 
 function agentInfo(a: AgentInfo): pb.AgentInfo {

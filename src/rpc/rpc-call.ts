@@ -35,6 +35,7 @@ import {
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
+import { bigintAsNumber } from '../validate.js';
 import { decodeRequest, grpcServerDefinition } from './grpc-definition.js';
 
 /** Who a call must come from: an agent (acting as itself) or the administrator. */
@@ -54,11 +55,7 @@ export interface Caller {
 export function toValue(v: unknown): Value {
   return fromJson(
     ValueSchema,
-    (v === undefined
-      ? null
-      : JSON.parse(
-          JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? Number(x) : x)),
-        )) as JsonValue,
+    (v === undefined ? null : JSON.parse(JSON.stringify(v, bigintAsNumber))) as JsonValue,
   );
 }
 
