@@ -229,7 +229,7 @@ export const sidecarConfigSchema = z
      * GUPP work hooks persisted in a git repository (created if missing). Agents read and run
      * them through the `fabric__*_hook` tools; a lost agent's hooks move to its pool.
      */
-    /** The gRPC agent service (proto/fabric/v1/agent.proto); off unless configured. */
+    /** The gRPC services (AgentService, FabricService: proto/fabric/v1); off unless configured. */
     grpc: z
       .object({
         host: z.string().min(1).default(DEFAULT_HTTP_HOST),

@@ -112,7 +112,7 @@ export class Sidecar {
     return this.#http?.url;
   }
 
-  /** `host:port` of the gRPC agent service, when configured. */
+  /** `host:port` of the gRPC services, when configured. */
   get grpcAddress(): string | undefined {
     return this.#grpc?.address;
   }
