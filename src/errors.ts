@@ -878,3 +878,11 @@ export class ConfigFileError extends FabricError {
     );
   }
 }
+
+/** An HTTP request names no route: no such service or method, or not `POST` for an RPC. */
+export class RouteNotFoundError extends FabricError {
+  static readonly code = 'FABRIC_ERR_ROUTE_NOT_FOUND';
+  constructor(method: string, path: string, reason = 'no such route') {
+    super(RouteNotFoundError.code, 'not_found', `${method} ${path}: ${reason}`, { method, path });
+  }
+}

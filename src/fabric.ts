@@ -54,6 +54,9 @@ import { parseBudgetConfig } from './budget/budget-config.js';
 import { HookManager } from './hooks/hook-manager.js';
 import type { HookManagerOptions } from './hooks/hook-manager-options.js';
 import type { Hook } from './hooks/hook.js';
+import type { CreateHookRequest, ListHooksFilter } from './hooks/hook-manager.js';
+import { pageOf, type Page, type PageRequest } from './paging.js';
+import type { TaskFilter } from './scheduler/agent-scheduler.js';
 import { HookStatus } from './hooks/hook-status.js';
 import { TypedEmitter } from './events.js';
 import { checkNumber, checkString, jsonByteLength } from './validate.js';
@@ -570,12 +573,29 @@ export class AgentFabric {
    * @param options.timeoutSeconds - bound on the wait; by default it waits as long as it takes.
    * @throws TaskNotFoundError; WaitTimeoutError.
    */
-  async waitForTask(taskId: string, options: { timeoutSeconds?: number } = {}): Promise<Task> {
+  async waitForTask(
+    taskId: string,
+    options: { timeoutSeconds?: number; signal?: AbortSignal } = {},
+  ): Promise<Task> {
     const ms =
       options.timeoutSeconds === undefined
         ? undefined
         : checkNumber('timeoutSeconds', options.timeoutSeconds, 'positiveNumber') * 1000;
-    return this.scheduler.waitForTask(taskId, ms);
+    return this.scheduler.waitForTask(taskId, ms, options.signal);
+  }
+
+  /**
+   * A page of the tasks the fabric keeps (queued, running, and finished ones up to
+   * `finishedTaskRetention`), oldest first, filtered by status, pool and agent (addressed to
+   * it or run by it).
+   * @throws InvalidArgumentError for a bad page size or token.
+   */
+  async listTasks(filter: TaskFilter & PageRequest = {}): Promise<Page<Task>> {
+    const { pageSize, pageToken, ...match } = filter;
+    return pageOf(this.scheduler.listTasks(match), (t) => [t.createdAt, t.id], {
+      ...(pageSize === undefined ? {} : { pageSize }),
+      ...(pageToken === undefined ? {} : { pageToken }),
+    });
   }
 
   /** A snapshot of the task. @throws TaskNotFoundError */
@@ -909,6 +929,44 @@ export class AgentFabric {
   async recordHookProgress(agentId: string, hookId: string, note?: string): Promise<Hook> {
     await this.#ownHook(agentId, hookId);
     return this.#hooks().recordProgress(hookId, note);
+  }
+
+  /**
+   * Puts work on an agent's hook (an operator's call: the agent must exist and not be
+   * terminated).
+   * @throws AgentNotFoundError; AgentUnavailableError; InvalidArgumentError without hooks.
+   */
+  async createHook(request: CreateHookRequest): Promise<Hook> {
+    const hooks = this.#hooks();
+    this.#hookAgent(request?.agentId);
+    return hooks.createHook(request);
+  }
+
+  /** The hook with this id. @throws HookNotFoundError */
+  async getHook(hookId: string): Promise<Hook> {
+    return this.#hooks().getHook(hookId);
+  }
+
+  /** Hooks matching `filter`, oldest first. */
+  async listHooks(filter: ListHooksFilter = {}): Promise<Hook[]> {
+    return this.#hooks().listHooks(filter);
+  }
+
+  /**
+   * Gives a FAILED or ABANDONED hook to `agentId` (an operator's call: the agent must exist and
+   * not be terminated); it is PENDING there and keeps its worktree.
+   * @throws AgentNotFoundError; AgentUnavailableError; HookStateError; HookRetryLimitError.
+   */
+  async reassignHook(hookId: string, agentId: string): Promise<Hook> {
+    const hooks = this.#hooks();
+    this.#hookAgent(agentId);
+    return hooks.reassignHook(hookId, agentId);
+  }
+
+  #hookAgent(agentId: string): void {
+    const rec = this.lifecycle.peek(agentId);
+    if (rec === undefined) throw new AgentNotFoundError(String(agentId));
+    if (rec.status === AgentStatus.TERMINATED) throw new AgentUnavailableError(rec.id, rec.status);
   }
 
   /** No agent acts on another's hook. @throws HookNotFoundError for an unknown or foreign hook */

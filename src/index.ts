@@ -55,6 +55,10 @@ export { FabricWorker, RemoteFabricError } from './worker/fabric-worker.js';
 export { AGENT_SERVICE_DEFINITION } from './rpc/agent-service.js';
 export { TOOL_SERVICE_DEFINITION } from './rpc/tool-service.js';
 export { startGrpcServer } from './rpc/grpc-server.js';
+export { DEFAULT_MAX_WAIT_TASK_SECONDS, fabricService } from './rpc/fabric-service.js';
+export { fabricServices } from './rpc/services.js';
+export { DEFAULT_API_PREFIX, HttpDoor } from './rpc/http-door.js';
+export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from './paging.js';
 export {
   decodeRequest,
   grpcDefinition,
@@ -94,6 +98,7 @@ export {
   PolicyExistsError,
   PolicyNotFoundError,
   PolicyValidationError,
+  RouteNotFoundError,
   RoutingError,
   GatewayUnavailableError,
   SessionLimitError,
@@ -186,6 +191,11 @@ export type { ToolCallOutcome, ToolCallRequest } from './gateway/tool-call-pipel
 export type { SidecarOptions } from './server/sidecar.js';
 export type { AgentServiceOptions } from './rpc/agent-service.js';
 export type { GrpcServer, GrpcServerOptions } from './rpc/grpc-server.js';
+export type { FabricServiceOptions } from './rpc/fabric-service.js';
+export type { AnyServiceImplementation, FabricServicesOptions } from './rpc/services.js';
+export type { HttpDoorOptions } from './rpc/http-door.js';
+export type { Page, PageRequest } from './paging.js';
+export type { TaskFilter } from './scheduler/agent-scheduler.js';
 export type {
   FabricWorkerOptions,
   WorkerHandler,

@@ -89,3 +89,12 @@ export function jsonByteLength(field: string, value: unknown): number {
   }
   return text === undefined ? 0 : Buffer.byteLength(text, 'utf8');
 }
+
+/**
+ * A `JSON.stringify` replacer that writes a `bigint` (a payload integer beyond 2^53 kept exact
+ * from the operator API's `payload_json`) as the nearest number: plain JSON has no other way,
+ * and `JSON.stringify` would throw.
+ */
+export function bigintAsNumber(_key: string, value: unknown): unknown {
+  return typeof value === 'bigint' ? Number(value) : value;
+}

@@ -8,6 +8,7 @@
 import type { CallToolResult, Tool } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../errors.js';
+import { bigintAsNumber } from '../validate.js';
 import type { GatewayBackend } from './backend.js';
 
 /** Prefix of the fabric's own tool names. */
@@ -37,10 +38,17 @@ const attemptArgs = {
   attempt: z.number().int().positive(),
 };
 
+/** A tool result holding `value`; a `bigint` in it (see `bigintAsNumber`) as the nearest number. */
 function json(value: unknown): CallToolResult {
+  let big = false;
+  const text = JSON.stringify(value ?? null, (key, v: unknown) => {
+    if (typeof v !== 'bigint') return v;
+    big = true;
+    return bigintAsNumber(key, v);
+  });
   return {
-    content: [{ type: 'text', text: JSON.stringify(value ?? null) }],
-    structuredContent: { result: value ?? null },
+    content: [{ type: 'text', text }],
+    structuredContent: { result: big ? (JSON.parse(text) as unknown) : (value ?? null) },
   };
 }
 

@@ -1,7 +1,8 @@
 /**
  * The fabric's gRPC server: one grpc-js `Server` on one port carrying every service of
- * proto/fabric/v1 that is implemented: `AgentService` (agents), `ToolService` (the tool gateway's
- * tools as the calling agent, UNAVAILABLE when no gateway is given), and `PolicyService`,
+ * proto/fabric/v1 that is implemented — the list in services.ts, which the HTTP door serves too:
+ * `AgentService` (agents), `ToolService` (the tool gateway's tools as the calling agent,
+ * UNAVAILABLE when no gateway is given), and `FabricService`, `PolicyService`,
  * `ApprovalService`, `BudgetService` and `EventService` (the administrator) — plus the standard
  * `grpc.health.v1.Health` (see health-service.ts) and server reflection (reflection-service.ts).
  *
@@ -13,33 +14,20 @@
 import type { DescService } from '@bufbuild/protobuf';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { AgentFabric } from '../fabric.js';
-import type { ToolGateway } from '../gateway/gateway.js';
 import { Health } from '../gen/grpc/health/v1/health_pb.js';
 import { checkListenerSecurity, type TlsMaterial } from '../server/tls.js';
-import { agentService, type AgentServiceOptions } from './agent-service.js';
-import { approvalService } from './approval-service.js';
-import { budgetService } from './budget-service.js';
-import { eventService } from './events-service.js';
 import { addHealthService, HealthRegistry, type HealthProbe } from './health-service.js';
-import { policyService } from './policy-service.js';
 import { addReflectionService } from './reflection-service.js';
-import {
-  ActiveStreams,
-  addGrpcService,
-  type GrpcServiceOptions,
-  type ServiceImplementation,
-} from './rpc-call.js';
-import { toolService } from './tool-service.js';
+import { ActiveStreams, addGrpcService, type GrpcServiceOptions } from './rpc-call.js';
+import { fabricServices, type FabricServicesOptions } from './services.js';
 
 /** Options of {@link startGrpcServer}. */
 export interface GrpcServerOptions
-  extends AgentServiceOptions, Pick<GrpcServiceOptions, 'maxBufferedMessages'> {
+  extends FabricServicesOptions, Pick<GrpcServiceOptions, 'maxBufferedMessages'> {
   /** @default '127.0.0.1' */
   host?: string;
   /** 0 picks a free port. @default 0 */
   port?: number;
-  /** The tool gateway `ToolService` calls through. @default none: ToolService is UNAVAILABLE */
-  gateway?: ToolGateway | undefined;
   /** Serve TLS with this certificate and key; with `ca`, require client certificates from it. */
   tls?: TlsMaterial | undefined;
   /** Listen beyond loopback without TLS. @default false */
@@ -85,17 +73,11 @@ export async function startGrpcServer(
   };
   const health = new HealthRegistry();
   const described: DescService[] = [];
-  const add = <S extends DescService>(impl: ServiceImplementation<S>): void => {
+  for (const impl of fabricServices(fabric, options)) {
     addGrpcService(server, fabric, impl, serviceOptions);
     described.push(impl.service);
     health.addService(impl.service.typeName);
-  };
-  add(agentService(fabric, options));
-  add(toolService(fabric, options.gateway));
-  add(policyService(fabric));
-  add(approvalService(fabric));
-  add(budgetService(fabric));
-  add(eventService(fabric));
+  }
 
   health.addProbe('fabric', () => !fabric.isClosed);
   for (const [name, probe] of Object.entries(options.healthProbes ?? {}))

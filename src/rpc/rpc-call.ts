@@ -45,6 +45,7 @@ import {
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
+import { bigintAsNumber } from '../validate.js';
 import { decodeRequest, grpcServerDefinition, sendAndCheckWritten } from './grpc-definition.js';
 
 /** Who a call must come from: an agent (acting as itself) or the administrator. */
@@ -71,11 +72,14 @@ export interface CallContext {
   onUndelivered(undo: () => void): void;
 }
 
-/** A JSON value as a `google.protobuf.Value` (`undefined` becomes `null`). */
+/**
+ * A JSON value as a `google.protobuf.Value` (`undefined` becomes `null`). A `bigint` (a large
+ * integer from a `..._json` field) becomes the nearest double: a Value holds nothing else.
+ */
 export function toValue(v: unknown): Value {
   return fromJson(
     ValueSchema,
-    (v === undefined ? null : JSON.parse(JSON.stringify(v))) as JsonValue,
+    (v === undefined ? null : JSON.parse(JSON.stringify(v, bigintAsNumber))) as JsonValue,
   );
 }
 
@@ -203,10 +207,30 @@ export function toServiceError(err: unknown): {
 }
 
 /**
- * The caller of a call from its `authorization: Bearer` metadata, as a `kind` caller.
- * @throws UnauthenticatedError without a valid credential, or for the admin credential on an
- *   agent method (it acts as no agent).
- * @throws PermissionDeniedError for an agent credential on an admin method.
+ * The caller of a `kind` method from its `authorization` value (`Bearer <credential>`), the same
+ * for every door.
+ * @throws UnauthenticatedError without a valid credential, and for the admin credential on an
+ *   agent method (it acts as no agent); PermissionDeniedError for an agent credential on an
+ *   admin method.
+ */
+export function authenticateCaller(
+  fabric: AgentFabric,
+  kind: CallerKind,
+  authorization: string,
+): Caller {
+  const identity = fabric.authenticate(authorization.replace(/^Bearer\s+/i, ''));
+  if (kind === 'agent') {
+    if (identity.kind !== 'agent')
+      throw new UnauthenticatedError('the agent protocol needs an agent credential');
+    return { kind, id: identity.agentId };
+  }
+  if (identity.kind !== 'admin')
+    throw new PermissionDeniedError('this operation needs the admin credential');
+  return { kind, id: identity.name };
+}
+
+/**
+ * The caller of a gRPC call from its `authorization` metadata; see {@link authenticateCaller}.
  */
 export function authenticateCall(
   fabric: AgentFabric,
@@ -214,18 +238,7 @@ export function authenticateCall(
   metadata: Metadata,
 ): Caller {
   const header = metadata.get('authorization')[0];
-  const credential = typeof header === 'string' ? header.replace(/^Bearer\s+/i, '') : '';
-  const identity = fabric.authenticate(credential);
-  if (kind === 'agent') {
-    if (identity.kind !== 'agent') {
-      throw new UnauthenticatedError('the agent protocol needs an agent credential');
-    }
-    return { kind, id: identity.agentId };
-  }
-  if (identity.kind !== 'admin') {
-    throw new PermissionDeniedError('this operation needs the admin credential');
-  }
-  return { kind, id: identity.name };
+  return authenticateCaller(fabric, kind, typeof header === 'string' ? header : '');
 }
 
 /**

@@ -123,6 +123,14 @@ export interface AgentLoad {
   failedTasks: number;
 }
 
+/** Filter of {@link AgentScheduler.listTasks}; unset fields match every task. */
+export interface TaskFilter {
+  status?: TaskStatus;
+  poolId?: string;
+  /** Tasks addressed to this agent or assigned to it. */
+  agentId?: string;
+}
+
 /** How an agent is known to the scheduler. */
 export interface SchedulerAgent {
   agentId: string;
@@ -625,11 +633,40 @@ export class AgentScheduler {
   }
 
   /**
+   * Snapshots of the tasks the scheduler keeps (queued, running, and finished ones up to
+   * `finishedTaskRetention`) that match `filter`, in no particular order. A scan of every kept
+   * task: for operator listings, not for the hot path.
+   * @param filter.agentId - tasks addressed to this agent or assigned to it.
+   */
+  listTasks(filter: TaskFilter = {}): Task[] {
+    const out: Task[] = [];
+    for (const t of this.#tasks.values()) {
+      if (filter.status !== undefined && t.status !== filter.status) continue;
+      if (filter.poolId !== undefined && t.poolId !== filter.poolId) continue;
+      if (
+        filter.agentId !== undefined &&
+        t.agentId !== filter.agentId &&
+        t.assignedAgentId !== filter.agentId
+      )
+        continue;
+      out.push(t.snapshot());
+    }
+    return out;
+  }
+
+  /** How many callers wait for the task's end (0 for an unknown task). */
+  waiterCount(taskId: string): number {
+    const t = this.#tasks.get(taskId);
+    return t === undefined ? 0 : (t.resolve === undefined ? 0 : 1) + (t.waiters?.length ?? 0);
+  }
+
+  /**
    * Resolves with the task once it has finished (at once if it already has).
    * @param timeoutMs - how long to wait; `undefined` waits as long as it takes.
+   * @param signal - ends the wait (rejecting with the signal's reason) and removes the waiter.
    * @throws TaskNotFoundError; WaitTimeoutError when the wait runs out (the task goes on).
    */
-  waitForTask(taskId: string, timeoutMs?: number): Promise<Task> {
+  waitForTask(taskId: string, timeoutMs?: number, signal?: AbortSignal): Promise<Task> {
     let t: TaskRecord;
     try {
       t = this.#get(taskId);
@@ -638,7 +675,7 @@ export class AgentScheduler {
     }
     if (isFinished(t.status)) return Promise.resolve(t.snapshot());
     if (this.#closed) return Promise.reject(new ClosedError('scheduler'));
-    return waitForEnd(t, timeoutMs);
+    return waitForEnd(t, timeoutMs, signal);
   }
 
   // -------------------------------------------------------------------------------------------

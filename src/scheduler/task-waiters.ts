@@ -15,11 +15,19 @@ export const MAX_TIMER_MS = 2 ** 31 - 1;
 /**
  * Waits for the end of an unfinished task.
  * @param timeoutMs - how long; `undefined` or `Infinity` as long as it takes.
+ * @param signal - ends the wait (rejecting with the signal's reason) and removes the waiter.
  * @returns a promise that rejects with WaitTimeoutError when the wait runs out.
  */
-export function waitForEnd(t: TaskRecord, timeoutMs: number | undefined): Promise<Task> {
+export function waitForEnd(
+  t: TaskRecord,
+  timeoutMs: number | undefined,
+  signal?: AbortSignal,
+): Promise<Task> {
+  if (signal?.aborted) return Promise.reject(signal.reason as Error);
+  const unbounded = timeoutMs === undefined || timeoutMs === Number.POSITIVE_INFINITY;
   return new Promise<Task>((resolve, reject) => {
-    if (timeoutMs === undefined || timeoutMs === Number.POSITIVE_INFINITY) {
+    if (unbounded && signal === undefined) {
+      // The common case, one unbounded waiter, hangs on the record with no extra objects.
       if (t.resolve === undefined) {
         t.resolve = resolve;
         t.reject = reject;
@@ -27,24 +35,37 @@ export function waitForEnd(t: TaskRecord, timeoutMs: number | undefined): Promis
       return;
     }
     const list = (t.waiters ??= []);
+    let timer: NodeJS.Timeout | undefined;
+    const done = (): void => {
+      if (timer !== undefined) clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    };
+    const leave = (err: Error): void => {
+      const i = list.indexOf(waiter);
+      if (i >= 0) list.splice(i, 1);
+      if (list.length === 0 && t.waiters === list) t.waiters = undefined;
+      done();
+      reject(err);
+    };
+    const onAbort = (): void => leave(signal!.reason as Error);
     const waiter: Waiter = {
       resolve: (task) => {
-        clearTimeout(timer);
+        done();
         resolve(task);
       },
       reject: (err) => {
-        clearTimeout(timer);
+        done();
         reject(err);
       },
     };
-    const timer = setTimeout(
-      () => {
-        const i = list.indexOf(waiter);
-        if (i >= 0) list.splice(i, 1);
-        reject(new WaitTimeoutError(`task ${t.id}`, timeoutMs / 1000));
-      },
-      Math.min(timeoutMs, MAX_TIMER_MS),
-    );
+    if (!unbounded) {
+      const ms = timeoutMs!;
+      timer = setTimeout(
+        () => leave(new WaitTimeoutError(`task ${t.id}`, ms / 1000)),
+        Math.min(ms, MAX_TIMER_MS),
+      );
+    }
+    signal?.addEventListener('abort', onAbort, { once: true });
     list.push(waiter);
   });
 }

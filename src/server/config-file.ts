@@ -296,7 +296,7 @@ export const sidecarConfigSchema = z
      */
     tls: tlsSchema.optional(),
     /**
-     * The gRPC services (proto/fabric/v1: AgentService, ToolService and the admin services,
+     * The gRPC services (proto/fabric/v1: AgentService, ToolService, FabricService and the admin services,
      * plus health and reflection); off unless configured.
      */
     grpc: z

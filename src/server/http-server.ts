@@ -7,6 +7,8 @@
  * - `POST /admin/approvals/:id/deny` `{ approver?, reason? }` — deny it
  * - `POST /admin/agents` `{ name, model?, poolId?, labels? }` — spawn an agent, returns its credential
  *
+ * Operator API (the gRPC services as JSON, see rpc/http-door.ts): `POST /api/<package.Service>/<Method>`.
+ *
  * Every route but `GET /healthz` (which tells nothing but "up") first passes the
  * {@link HostGuard} (DNS rebinding protection: 403). The server's own timeouts bound how long a
  * client may take to send its request: `headersTimeoutMs` for the headers, `requestTimeoutMs`
@@ -44,6 +46,7 @@ import {
 } from '../gateway/http-body.js';
 import { httpErrorBody, httpStatusOf } from '../gateway/map-error.js';
 import { HostGuard } from './host-guard.js';
+import type { HttpDoor } from '../rpc/http-door.js';
 import type { TlsMaterial } from './tls.js';
 
 /** Largest admin request body (1 MiB). */
@@ -65,6 +68,8 @@ export interface HttpServerOptions {
   mcpPath: string;
   mcp: McpHttpEndpoint;
   admin: AdminApi;
+  /** The gRPC services as JSON under the door's prefix (`/api/`); absent: those paths are 404. */
+  api?: HttpDoor;
   /** Renders `GET /metrics` (Prometheus text; admin token required). */
   metrics?: () => string;
   /**
@@ -273,6 +278,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
       const refused = guard.check(req);
       if (refused) {
         if (url.pathname === options.mcpPath) sendJsonRpcRefusal(req, res, refused, -32000);
+        else if (options.api?.owns(url.pathname)) options.api.refuse(req, res, refused);
         else sendError(req, res, refused);
         return;
       }
@@ -292,6 +298,10 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
         } catch (error) {
           sendError(req, res, error);
         }
+        return;
+      }
+      if (options.api?.owns(url.pathname)) {
+        void options.api.handle(req, res, url.pathname);
         return;
       }
       if (url.pathname.startsWith('/admin/')) {

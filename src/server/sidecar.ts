@@ -19,6 +19,8 @@ import { renderMetrics, type MetricFamily } from '../gateway/metrics.js';
 import type { SidecarConfig } from './config-file.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import { startGrpcServer, type GrpcServer } from '../rpc/grpc-server.js';
+import { HttpDoor } from '../rpc/http-door.js';
+import { fabricServices } from '../rpc/services.js';
 import { checkListenerSecurity, readTlsFiles } from './tls.js';
 import { FabricBackend } from './fabric-backend.js';
 import { HostGuard } from './host-guard.js';
@@ -345,6 +347,15 @@ export class Sidecar {
           mcpPath: h.path,
           mcp,
           admin: backend,
+          ...(fabric === undefined
+            ? {}
+            : {
+                api: new HttpDoor({
+                  fabric,
+                  services: fabricServices(fabric, { gateway }),
+                  bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
+                }),
+              }),
           metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint)),
           hostGuard,
           tls: httpTls,

@@ -129,6 +129,20 @@ describe('the fabric tools over MCP, end to end with the real fabric', () => {
     expect(text(late)).toContain('is COMPLETED, not running');
   });
 
+  it('hands out a task whose payload holds an integer beyond 2^53 (the nearest number in JSON)', async () => {
+    const task = await fabric.schedule({
+      agentId: workerId,
+      taskType: 'big',
+      payload: { id: 9007199254740993n, name: 'x' },
+    });
+    const claimed = resultOf<TaskAssignment>(await call(worker, 'claim_task', { waitSeconds: 5 }));
+    expect(claimed).toMatchObject({
+      taskId: task.id,
+      payload: { id: 9007199254740992, name: 'x' },
+    });
+    resultOf(await call(worker, 'complete_task', { taskId: task.id, attempt: claimed.attempt }));
+  });
+
   it('fails a claimed task with a code and message the scheduler records', async () => {
     const task = await fabric.schedule({
       agentId: workerId,
