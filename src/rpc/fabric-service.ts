@@ -23,6 +23,7 @@ import {
 import type { AgentStatus, AgentBudgetConfig, AgentInfo, SpawnedAgent } from '../agent.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
+import { CostWindow, type BudgetLimits } from '../gen/fabric/v1/budget_pb.js';
 import * as rpc from '../gen/fabric/v1/fabric_pb.js';
 import * as pb from '../gen/fabric/v1/fabric_types_pb.js';
 import type { Hook } from '../hooks/hook.js';
@@ -179,8 +180,14 @@ function seconds(d: Duration | undefined): number | undefined {
   return d === undefined ? undefined : durationMs(d) / 1000;
 }
 
-function budget(b: pb.BudgetLimits | undefined): AgentBudgetConfig | undefined {
+function budget(b: BudgetLimits | undefined): AgentBudgetConfig | undefined {
   if (b === undefined) return undefined;
+  if (b.costWindow !== CostWindow.UNSPECIFIED) {
+    throw new InvalidArgumentError(
+      'budget.cost_window',
+      'cannot be chosen at spawn; set it with BudgetService.SetBudgetLimits',
+    );
+  }
   return {
     ...(b.maxTokensPerHour === undefined ? {} : { maxTokensPerHour: b.maxTokensPerHour }),
     ...(b.maxCostPerDay === undefined ? {} : { maxCostPerDay: b.maxCostPerDay }),

@@ -1,7 +1,12 @@
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AgentService } from '../../src/gen/fabric/v1/agent_pb.js';
+import { ApprovalService } from '../../src/gen/fabric/v1/approval_pb.js';
+import { BudgetService } from '../../src/gen/fabric/v1/budget_pb.js';
+import { EventService } from '../../src/gen/fabric/v1/events_pb.js';
 import { FabricService } from '../../src/gen/fabric/v1/fabric_pb.js';
+import { PolicyService } from '../../src/gen/fabric/v1/policy_pb.js';
+import { ToolService } from '../../src/gen/fabric/v1/tool_pb.js';
 import { HttpDoor } from '../../src/rpc/http-door.js';
 import { fabricServices } from '../../src/rpc/services.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
@@ -56,10 +61,42 @@ describe('the HTTP door: the gRPC services as JSON over the sidecar HTTP server'
       fabric: sidecar.fabric!,
       services: fabricServices(sidecar.fabric!),
     });
-    const expected = [AgentService, FabricService].flatMap((s) =>
+    const expected = [
+      AgentService,
+      ToolService,
+      FabricService,
+      PolicyService,
+      ApprovalService,
+      BudgetService,
+      EventService, // streaming only: nothing on this door
+    ].flatMap((s) =>
       s.methods.filter((m) => m.methodKind === 'unary').map((m) => `/api/${s.typeName}/${m.name}`),
     );
     expect(door.paths.sort()).toEqual(expected.sort());
+    expect(door.paths).toContain('/api/fabric.v1.ApprovalService/ListApprovals');
+    expect(door.paths).not.toContain('/api/fabric.v1.EventService/Watch');
+  });
+
+  it('serves the admin services as the same implementation: budgets set over HTTP read back over HTTP', async () => {
+    const { spawned } = await ok<{ spawned: { agent: { agentId: string } } }>(
+      rpc('fabric.v1.FabricService/SpawnAgent', {
+        name: 'budgeted',
+        model: 'm',
+        executor: 'remote',
+      }),
+    );
+    const agentId = spawned.agent.agentId;
+    await ok(
+      rpc('fabric.v1.BudgetService/SetBudgetLimits', {
+        scope: { agentId },
+        limits: { maxTokensPerHour: 1234 },
+      }),
+    );
+    const status = await ok<Record<string, unknown>>(
+      rpc('fabric.v1.BudgetService/GetBudgetStatus', { scope: { agentId } }),
+    );
+    expect(JSON.stringify(status)).toContain('1234');
+    expect(sidecar.fabric!.budgets.getStatus(agentId).tokensLimit).toBe(1234);
   });
 
   it('runs spawn → schedule → claim → complete → wait with fetch and JSON, as admin and as the agent', async () => {
