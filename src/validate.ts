@@ -6,6 +6,7 @@
  */
 import type { FabricError } from './errors.js';
 import { InvalidArgumentError } from './errors.js';
+import { recordJson } from './json-bytes.js';
 
 /** What kind of number a field takes. */
 export type NumberKind = 'positiveInt' | 'nonNegativeInt' | 'positiveNumber' | 'nonNegativeNumber';
@@ -73,14 +74,15 @@ export function checkString(field: string, value: unknown, maxLength = 256): str
 }
 
 /**
- * Bytes of `value` as UTF-8 JSON (0 for `undefined`).
- * @throws InvalidArgumentError naming `field` when it cannot be serialized (a cycle, a BigInt,
- *   nesting too deep for the serializer).
+ * Bytes of `value` as UTF-8 JSON (0 for `undefined`), as the state store writes it: a `bigint`
+ * (an exact large integer from a `..._json` field) as its digits (see `recordJson`).
+ * @throws InvalidArgumentError naming `field` when it cannot be serialized (a cycle, nesting too
+ *   deep for the serializer).
  */
 export function jsonByteLength(field: string, value: unknown): number {
   let text: string | undefined;
   try {
-    text = JSON.stringify(value);
+    text = recordJson(value, field);
   } catch (error) {
     throw new InvalidArgumentError(
       field,

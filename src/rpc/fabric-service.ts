@@ -32,7 +32,7 @@ import { pageOf } from '../paging.js';
 import type { PoolInfo } from '../pools/pool-manager.js';
 import type { Priority, ScheduleOptions, Task, TaskStatus } from '../task.js';
 import { bigintAsNumber } from '../validate.js';
-import { jsonBytes, parseJsonBytes } from './json-bytes.js';
+import { jsonBytes, parseJsonBytes } from '../json-bytes.js';
 import { fromValue, toValue, type ServiceImplementation } from './rpc-call.js';
 
 /** Options of {@link fabricService}. */

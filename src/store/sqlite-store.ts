@@ -47,6 +47,7 @@ import {
   StateVersionError,
 } from '../errors.js';
 import { StoreLock } from '../hooks/store-lock.js';
+import { parseRecordJson, recordJson } from '../json-bytes.js';
 import type { Approval } from '../policy/approval-manager.js';
 import type { Collection, FabricStore } from './store.js';
 
@@ -405,7 +406,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     const unserializable: string[] = [];
     const json = (name: string, value: () => unknown): string | undefined => {
       try {
-        return JSON.stringify(value());
+        return recordJson(value(), name);
       } catch {
         unserializable.push(name);
         return undefined;
@@ -602,7 +603,7 @@ function inspect(path: string): void {
 
 function parseRecord(path: string, kind: Kind, id: string, data: string): unknown {
   try {
-    const value: unknown = JSON.parse(data);
+    const value: unknown = parseRecordJson(data, `${kind} record ${id}`);
     if (value !== null && typeof value === 'object') return value;
   } catch {
     // reported below

@@ -98,6 +98,13 @@ async function scheduleMix(fabric: AgentFabric, agentId: string, from: number): 
   return ids;
 }
 
+/** `{ d: { d: … } }`, `depth` levels. */
+function nest(depth: number): unknown {
+  let v: unknown = 1;
+  for (let i = 0; i < depth; i++) v = { d: v };
+  return v;
+}
+
 describe('tasks across a restart of the fabric (SqliteStore)', () => {
   it('requeues pending tasks in the order they would have run, and numbers new ones after them', async () => {
     // The order the same tasks run in without a restart.
@@ -341,7 +348,7 @@ describe('tasks across a restart of the fabric (SqliteStore)', () => {
     const agent = await first.fabric.spawn({ name: 'w', model: 'm', executor: 'remote' });
     const cyclic: Record<string, unknown> = {};
     cyclic.self = cyclic;
-    for (const payload of [{ n: 1n }, cyclic]) {
+    for (const payload of [cyclic, { n: 1n, deep: nest(300) }]) {
       await expect(
         first.fabric.schedule({ agentId: agent.id, taskType: 'echo', payload }),
       ).rejects.toMatchObject({
@@ -353,13 +360,17 @@ describe('tasks across a restart of the fabric (SqliteStore)', () => {
     const task = await first.fabric.schedule({ agentId: agent.id, taskType: 'echo', payload: {} });
     const a = (await first.fabric.claimTask(agent.id))!;
     await expect(
-      first.fabric.completeTask(agent.id, a.taskId, a.attempt, { n: 1n }),
+      first.fabric.completeTask(agent.id, a.taskId, a.attempt, cyclic),
     ).rejects.toMatchObject({ code: 'FABRIC_ERR_INVALID_ARGUMENT' });
     await expect(
       first.fabric.reportProgress(agent.id, a.taskId, a.attempt, cyclic),
     ).rejects.toMatchObject({ code: 'FABRIC_ERR_INVALID_ARGUMENT' });
     // An in-process handler whose result cannot be stored: the task fails, visibly.
-    first.fabric.registerInProcessHandler('bigint', () => 1n);
+    first.fabric.registerInProcessHandler('bigint', () => {
+      const loop: Record<string, unknown> = { n: 1n };
+      loop.loop = loop;
+      return loop;
+    });
     const inproc = await first.fabric.spawn({ name: 'i', model: 'm', executor: 'inprocess' });
     const big = await first.fabric.schedule({
       agentId: inproc.id,
@@ -376,6 +387,26 @@ describe('tasks across a restart of the fabric (SqliteStore)', () => {
     expect(rows.get(task.id)).toMatchObject({ status: 'RUNNING', attempt: 1 });
     expect(rows.get(task.id)).not.toHaveProperty('progress');
     expect(rows.get(big.id)).toMatchObject({ status: 'FAILED' });
+  });
+
+  it('keeps integers beyond 2^53 exact (bigint from a ..._json field) through a restart', async () => {
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    const agent = await first.fabric.spawn({ name: 'w', model: 'm', executor: 'remote' });
+    const exact = 2n ** 53n + 1n;
+    const task = await first.fabric.schedule({
+      agentId: agent.id,
+      taskType: 'echo',
+      payload: { n: exact, ids: [9007199254740993n, 1.5, 'x'] },
+    });
+    const a = (await first.fabric.claimTask(agent.id))!;
+    await first.fabric.completeTask(agent.id, a.taskId, a.attempt, { sum: exact * 3n });
+    await close(first.fabric);
+    const second = await open(path);
+    const t = await second.fabric.getTask(task.id);
+    expect(t.payload).toEqual({ n: exact, ids: [9007199254740993n, 1.5, 'x'] });
+    expect(t.result).toEqual({ sum: exact * 3n });
+    await close(second.fabric);
   });
 
   it('refuses to start on a stored task that is not a task record, naming it', async () => {

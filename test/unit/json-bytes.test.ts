@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
-import { jsonBytes, MAX_JSON_DEPTH, parseJsonBytes } from '../../src/rpc/json-bytes.js';
+import { jsonBytes, MAX_JSON_DEPTH, parseJsonBytes } from '../../src/json-bytes.js';
 
 const parse = (text: string): unknown => parseJsonBytes(Buffer.from(text), 'payload_json');
 const print = (v: unknown): string => Buffer.from(jsonBytes(v, 'payload')).toString();

@@ -157,13 +157,15 @@ describe('AgentScheduler over a durable collection', () => {
 
   it('refuses a payload, result or progress it could not store, changing nothing', async () => {
     const tasks = setup();
-    expect(() => s.submit({ poolId: 'p' }, 'work', { n: 1n })).toThrow(/payload/);
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    expect(() => s.submit({ poolId: 'p' }, 'work', cyclic)).toThrow(/payload/);
     expect(tasks.size).toBe(0);
     const id = s.submit({ poolId: 'p' }, 'work', {});
     const a = (await s.claim('a'))!;
     const puts = tasks.puts;
-    expect(() => s.complete(id, a.attempt, { n: 1n }, 'a')).toThrow(/result/);
-    expect(() => s.reportProgress(id, a.attempt, { n: 1n }, 'a')).toThrow(/progress/);
+    expect(() => s.complete(id, a.attempt, cyclic, 'a')).toThrow(/result/);
+    expect(() => s.reportProgress(id, a.attempt, cyclic, 'a')).toThrow(/progress/);
     expect(tasks.puts).toBe(puts);
     expect(s.getTask(id).status).toBe(TaskStatus.RUNNING);
   });

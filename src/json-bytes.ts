@@ -11,10 +11,13 @@
  *
  * @module
  */
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError } from './errors.js';
 
 /** Deepest nesting of arrays and objects accepted (the same order as a `Value`'s ~50 levels). */
 export const MAX_JSON_DEPTH = 64;
+
+/** Deepest nesting {@link jsonBytes} and {@link recordJson} print (`toJSON` results count). */
+const PRINT_DEPTH = MAX_JSON_DEPTH * 4;
 
 const NUMBER = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
 const WHITESPACE = /[ \t\n\r]*/y;
@@ -24,6 +27,7 @@ class Parser {
   constructor(
     readonly text: string,
     readonly field: string,
+    readonly maxDepth = MAX_JSON_DEPTH,
   ) {}
 
   fail(what: string): never {
@@ -47,7 +51,7 @@ class Parser {
     this.ws();
     const c = this.text[this.#i];
     if (c === '{' || c === '[') {
-      if (depth >= MAX_JSON_DEPTH) this.fail(`nesting deeper than ${MAX_JSON_DEPTH}`);
+      if (depth >= this.maxDepth) this.fail(`nesting deeper than ${this.maxDepth}`);
       return c === '{' ? this.object(depth + 1) : this.array(depth + 1);
     }
     if (c === '"') return this.string();
@@ -166,7 +170,7 @@ function print(v: unknown, depth: number, field: string): string | undefined {
       return undefined;
   }
   if (v === null) return 'null';
-  if (depth >= MAX_JSON_DEPTH * 4) {
+  if (depth >= PRINT_DEPTH) {
     throw new InvalidArgumentError(field, 'nests too deep to print as JSON');
   }
   const o = v as Record<string, unknown> & { toJSON?: () => unknown };
@@ -189,4 +193,35 @@ function print(v: unknown, depth: number, field: string): string | undefined {
 export function jsonBytes(value: unknown, field: string): Uint8Array {
   const text = print(value, 0, field);
   return text === undefined ? new Uint8Array(0) : Buffer.from(text, 'utf8');
+}
+
+/**
+ * The JSON text of a record the state store keeps: `JSON.stringify`'s, except for a value that
+ * holds a `bigint` (an integer beyond 2^53 that came in exact through a `..._json` field), which
+ * `JSON.stringify` cannot print: that one is printed with the `bigint`s as their digits, so the
+ * store keeps it exact. `undefined` for a value JSON has no text for.
+ * @throws what `JSON.stringify` throws for a cycle; InvalidArgumentError naming `field` for a
+ *   `bigint`-holding value nested deeper than JSON bytes allow.
+ */
+export function recordJson(value: unknown, field: string): string | undefined {
+  try {
+    return JSON.stringify(value);
+  } catch (error) {
+    if (!(error instanceof TypeError) || !/BigInt/i.test(error.message)) throw error;
+    return print(value, 0, field);
+  }
+}
+
+/** Integer literals this long may be beyond 2^53 (9007199254740993 has 16 digits). */
+const LONG_DIGITS = /\d{16}/;
+
+/**
+ * Parses text {@link recordJson} wrote: with `JSON.parse`, unless the text has a run of 16 or
+ * more digits — then with this module's parser, so an integer beyond 2^53 comes back as the
+ * same `bigint` (other numbers as `JSON.parse` makes them).
+ */
+export function parseRecordJson(text: string, field: string): unknown {
+  return LONG_DIGITS.test(text)
+    ? new Parser(text, field, PRINT_DEPTH + 1).document()
+    : JSON.parse(text);
 }
