@@ -34,6 +34,12 @@ fi
 against=$(mktemp -d)
 trap 'rm -rf "$against"' EXIT
 git archive "$previous" proto | tar -x -C "$against"
+# A previous commit whose protos do not build (e.g. two files declaring one message, fixed by
+# this commit) is no contract anyone could deploy: there is nothing to compare against.
+if ! "$buf" build "$against/proto" -o /dev/null 2>/dev/null; then
+  echo "buf breaking: HEAD~1's protos do not build; nothing to compare against"
+  exit 0
+fi
 if git log -1 --format=%B | grep -qE '^Proto-Breaking: *[^ ]'; then
   "$buf" breaking --against "$against/proto" ||
     echo "buf breaking: accepted by the Proto-Breaking trailer of HEAD's commit message"

@@ -123,4 +123,16 @@ describe('npm run lint: buf lint and buf breaking against HEAD~1', () => {
     expect(r.status).toBe(0);
     expect(r.output).toContain('accepted by the Proto-Breaking trailer');
   });
+
+  it('passes a commit that repairs protos HEAD~1 could not build (nothing to compare against)', () => {
+    writeProto('syntax = "proto3";\npackage demo.v1;\nmessage PingResponse {}\n', 'dup.proto');
+    commit('two files declare PingResponse');
+    expect(check().status).not.toBe(0);
+    rmSync(join(dir, 'proto', 'demo', 'v1', 'dup.proto'));
+    commit('the duplicate removed');
+    expect(check()).toEqual({
+      status: 0,
+      output: "buf breaking: HEAD~1's protos do not build; nothing to compare against\n",
+    });
+  });
 });
