@@ -42,6 +42,8 @@ import {
 
 /** No answer within this long counts as a hang. */
 const DEADLINE_MS = 8_000;
+/** Deadline of requests a test holds open until it decides them (beyond the test timeout). */
+const HELD_DEADLINE_MS = 60_000;
 const MAX_SESSIONS = 3;
 const MAX_INFLIGHT = 16;
 const MAX_BATCH = 20;
@@ -119,8 +121,11 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
     path?: string;
     headers?: Record<string, string>;
     body?: string | Buffer;
+    /** How long to wait for the answer; a request the test holds open on purpose waits longer. */
+    deadlineMs?: number;
   }): Promise<Answer> {
     const { method = 'POST', path = mcpPath, headers = {}, body } = options;
+    const deadlineMs = options.deadlineMs ?? DEADLINE_MS;
     return new Promise((resolve, reject) => {
       const req = httpRequest(
         {
@@ -147,8 +152,8 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
       );
       const timer = setTimeout(() => {
         req.destroy();
-        reject(new Error(`no answer within ${DEADLINE_MS} ms: ${method} ${String(body)}`));
-      }, DEADLINE_MS);
+        reject(new Error(`no answer within ${deadlineMs} ms: ${method} ${String(body)}`));
+      }, deadlineMs);
       req.on('error', (error) => {
         clearTimeout(timer);
         reject(error);
@@ -169,10 +174,12 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
     body: unknown,
     session?: string,
     headers: Record<string, string> = {},
+    deadlineMs?: number,
   ): Promise<Answer> {
     return raw({
       headers: { ...mcpHeaders(token, session), ...headers },
       body: typeof body === 'string' ? body : JSON.stringify(body),
+      ...(deadlineMs === undefined ? {} : { deadlineMs }),
     });
   }
 
@@ -783,11 +790,15 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
       const token = agentToken(sidecar, 'hold');
       const s1 = await openSession(token);
       const s2 = await openSession(token);
+      // Held open for the whole test (parked for approval): bounded by the test's timeout, not
+      // by the per-request deadline, which a loaded machine can outlast before the test decides.
       const held = Array.from({ length: MAX_INFLIGHT }, (_, i) =>
         post(
           token,
           { jsonrpc: '2.0', id: i + 1, method: 'tools/call', params: HOLD },
           i % 2 ? s2 : s1,
+          {},
+          HELD_DEADLINE_MS,
         ),
       );
       await until(async () => (await pendingApprovals()).length === MAX_INFLIGHT);

@@ -95,7 +95,9 @@ describe('SqliteStore', () => {
     const s = await SqliteStore.open(path, { onError: (e) => errors.push(e) });
     stores.push(s);
     s.agents.put('good', { n: 1 });
-    s.agents.put('bad', { n: 10n });
+    const cyclic: Record<string, unknown> = { n: 10 };
+    cyclic.self = cyclic;
+    s.agents.put('bad', cyclic);
     await Promise.resolve();
     expect(committedIds(path)).toEqual(['good']);
     expect(errors).toHaveLength(1);
@@ -104,6 +106,20 @@ describe('SqliteStore', () => {
     await Promise.resolve();
     expect(committedIds(path)).toEqual(['good', 'later']);
     expect(errors).toHaveLength(1);
+  });
+
+  it('keeps a bigint (an exact integer beyond 2^53) exact across a reopen', async () => {
+    const path = join(tempDir('sqlite-unit'), 'bigint.db');
+    let s = await SqliteStore.open(path);
+    s.agents.put('a', { n: 2n ** 64n + 1n, small: 1, digits: '12345678901234567890' });
+    await s.close();
+    s = await SqliteStore.open(path);
+    stores.push(s);
+    expect(s.agents.get('a')).toEqual({
+      n: 2n ** 64n + 1n,
+      small: 1,
+      digits: '12345678901234567890',
+    });
   });
 
   it('writes meta values at once, and creates the file for its owner only', async () => {
