@@ -4,16 +4,10 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Sidecar } from '../../src/server/sidecar.js';
+import { parseSidecarConfig } from '../../src/server/config-file.js';
+import { Sidecar } from '../../src/server/sidecar.js';
 import { TaskStatus } from '../../src/task.js';
-import {
-  ADMIN_TOKEN,
-  closeSidecar,
-  EVERYTHING_BIN,
-  startTestSidecar,
-  tempDir,
-  until,
-} from '../fixtures/gateway/harness.js';
+import { ADMIN_TOKEN, closeSidecar, tempDir, until } from '../fixtures/gateway/harness.js';
 
 /** Debian's python3 with python3-grpcio and python3-grpc-tools (.ci/run installs them). */
 const PYTHON = '/usr/bin/python3';
@@ -29,27 +23,8 @@ const pythonGrpc = (() => {
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const DEMO = join(root, 'examples/python/fabric_demo.py');
 
-/** The sidecar config the example's README describes: one allow, one deny, one require_approval. */
-const POLICIES = [
-  {
-    name: 'echo-needs-approval',
-    priority: 100,
-    rules: [
-      {
-        tool: 'ev__echo',
-        action: 'require_approval',
-        conditions: { message: 'needs approval' },
-        reason: 'a human reads this first',
-      },
-    ],
-  },
-  {
-    name: 'no-sums',
-    priority: 100,
-    rules: [{ tool: 'ev__get-sum', action: 'deny', reason: 'agents may not add' }],
-  },
-  { name: 'echo-allowed', priority: 10, rules: [{ tool: 'ev__echo', action: 'allow' }] },
-];
+/** The example's sidecar config: one allow, one deny and one require_approval policy. */
+const CONFIG = join(root, 'examples/python/fabric.yaml');
 
 interface AuditLine {
   agent: string;
@@ -97,14 +72,12 @@ describe('examples/python against a real sidecar (cross-language proof)', () => 
 
   beforeAll(async () => {
     if (!pythonGrpc && process.env.CI === undefined) return;
-    sidecar = await startTestSidecar({
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-      },
-      policies: POLICIES,
-      audit: { path: auditPath, flushIntervalMs: 10 },
-      grpc: { host: '127.0.0.1', port: 0 },
+    // The example's config as it is, on free ports, with the audit log in the temp dir.
+    const config = parseSidecarConfig(readFileSync(CONFIG, 'utf8'), CONFIG, {
+      env: { FABRIC_HTTP_PORT: '0', FABRIC_ADMIN_TOKEN: ADMIN_TOKEN, FABRIC_AUDIT_PATH: auditPath },
+      cwd: dir,
     });
+    sidecar = await Sidecar.start({ config: { ...config, grpc: { ...config.grpc!, port: 0 } } });
     // The client is generated from proto/ by the example's own script, as its README says.
     execFileSync(join(root, 'examples/python/generate.sh'), [client], {
       env: { ...process.env, PYTHON },
