@@ -11,8 +11,9 @@ not committed. Steps, each printed on its own line:
   6. denied    ToolService.CallTool of a denied tool -> PERMISSION_DENIED; the rule that denied it
                is read from the `fabric-error-details` trailer
   7. approval  ToolService.CallTool of a tool under a `require_approval` policy parks; the
-               operator lists the pending approvals (ApprovalService.ListApprovals), approves it
-               (ApprovalService.Approve), and the parked call completes
+               operator lists the pending approvals (ApprovalService.ListApprovals); the agent's own
+               Approve is PERMISSION_DENIED; the operator approves it (ApprovalService.Approve)
+               and the parked call completes
 
 Exits 0 when every step went as described, 1 (with the reason on stderr) otherwise.
 
@@ -230,6 +231,14 @@ def main():
         request = pending[0]
         step("pending", f"approval {request.id} for {request.tool} by {request.agent_id} "
                         f"(policy {request.policy}: {request.reason})")
+        # The agent cannot approve its own call: ApprovalService takes the admin token only.
+        try:
+            approvals.Approve(approval_pb2.ApproveRequest(id=request.id), metadata=agent_md,
+                              timeout=CALL_TIMEOUT)
+            raise Unexpected("the agent approved its own call")
+        except grpc.RpcError as e:
+            expect(e.code() == grpc.StatusCode.PERMISSION_DENIED, f"self-approval: {e.code()} {e.details()}")
+            step("self-approve", f"refused to the agent: {e.code().name}")
         approved = approvals.Approve(approval_pb2.ApproveRequest(id=request.id, reason="looks fine"),
                                      metadata=admin, timeout=CALL_TIMEOUT).approval
         expect(approved.status == approval_pb2.APPROVAL_STATUS_APPROVED, "the approval is not APPROVED")

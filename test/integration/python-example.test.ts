@@ -112,6 +112,7 @@ describe('examples/python against a real sidecar (cross-language proof)', () => 
         'allowed',
         'denied',
         'pending',
+        'self-approve',
         'approve',
         'parked',
         'done',
@@ -136,7 +137,7 @@ describe('examples/python against a real sidecar (cross-language proof)', () => 
       expect(lines[5]).toMatch(
         /^denied: ev__get-sum -> PERMISSION_DENIED FABRIC_ERR_POLICY_DENIED policy=no-sums rule=0: /,
       );
-      expect(lines[8]).toBe(
+      expect(lines[9]).toBe(
         "parked: ev__echo -> 'Echo: needs approval' (TOOL_CALL_DECISION_APPROVED)",
       );
 
@@ -149,7 +150,12 @@ describe('examples/python against a real sidecar (cross-language proof)', () => 
         approver: 'admin',
         policy: 'echo-needs-approval',
       });
-      expect(lines[7]).toBe(`approve: approval ${decided[0]!.id} APPROVED by admin`);
+      expect(lines[6]).toBe(
+        `pending: approval ${decided[0]!.id} for ev__echo by ${agentId} ` +
+          '(policy echo-needs-approval: a human reads this first)',
+      );
+      expect(lines[7]).toBe('self-approve: refused to the agent: PERMISSION_DENIED');
+      expect(lines[8]).toBe(`approve: approval ${decided[0]!.id} APPROVED by admin`);
 
       // The audit log records the three decisions as the agent's.
       await until(() => audit().filter((l) => l.agent === agentId).length === 3);
