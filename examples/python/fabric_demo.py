@@ -21,7 +21,7 @@ Usage:
   fabric_demo.py [--address HOST:PORT] [--admin-token TOKEN] [--client DIR]
                  [--allowed TOOL] [--denied TOOL] [--parked TOOL] [--parked-message TEXT]
 Defaults: $FABRIC_GRPC_ADDRESS (else 127.0.0.1:50051), $FABRIC_ADMIN_TOKEN, $FABRIC_PY_CLIENT
-(else ./fabric_client), and the tool names of examples/python/README.md's sidecar config.
+(else ./fabric_client), and the tool names and message of examples/python/fabric.yaml.
 """
 
 import argparse
