@@ -6,7 +6,13 @@
  *   against a `startGrpcServer` over an in-memory fabric, vs `fabric.scheduleToPool` in the
  *   same process at the same concurrency (the call the RPC makes). The pool has one remote agent
  *   that nobody drains: the tasks stay queued, so both sides measure scheduling alone. Rounds
- *   alternate; tasks/s from the median round, p50/p99 of each call over all rounds.
+ *   alternate; tasks/s from the median round, p50/p99 of each call over all rounds. Client and
+ *   server share this process's event loop (and the machine's 2 cores), so each RPC's client
+ *   and server work both count.
+ * - schedule-unary-vs-health (diagnostic): the same ScheduleTaskToPool rounds against the
+ *   standard `grpc.health.v1.Health/Check` on the same server and client setup (no auth, no
+ *   fabric work), interleaved: how much of the RPC cost is grpc-js itself, which bounds
+ *   schedule-unary's ratio whatever the fabric does.
  * - claim-complete: one remote worker's loop, one task at a time — claim (no wait: the tasks are
  *   queued for it beforehand) then complete — over `AgentService.ClaimTask` + `CompleteTask`
  *   with the agent's credential, vs the same loop over the MCP fabric tools
@@ -43,6 +49,8 @@ import {
   startGrpcServer,
 } from 'agent-fabric';
 import { linkedSignalFetch } from '../src/gateway/upstream.js';
+// The standard health service's descriptor (generated code the package does not export).
+import { Health } from '../src/gen/grpc/health/v1/health_pb.js';
 import { Latency, median, type BenchContext, type BenchSuite } from './lib.js';
 
 const ADMIN = 'bench-admin-token-0123456789abcdef';
@@ -114,6 +122,8 @@ async function scheduleUnary(ctx: BenchContext): Promise<void> {
   const svc = service(fabric, 'fabric.v1.FabricService');
   const Ctor = makeGenericClientConstructor(grpcDefinition(svc), 'FabricService');
   const client = new Ctor(server.address, credentials.createInsecure());
+  const HealthCtor = makeGenericClientConstructor(grpcDefinition(Health), 'Health');
+  const health = new HealthCtor(server.address, credentials.createInsecure());
   try {
     // One remote agent nobody claims for: every task stays queued.
     await fabric.createPool({
@@ -135,18 +145,26 @@ async function scheduleUnary(ctx: BenchContext): Promise<void> {
           payloadJson: Buffer.from(String(i)),
         }),
       );
+    // The least a unary RPC costs on this server: the standard health check (no auth, no
+    // fabric work), the ceiling any FabricService call can reach here.
+    const healthReq = create(Health.methods.find((m) => m.localName === 'check')!.input, {});
+    const healthCheck = (): Promise<unknown> => unary(health, 'check', new Metadata(), healthReq);
     const inProcess = (i: number): Promise<unknown> => fabric.scheduleToPool('sink', 'noop', i);
     const n = ctx.quick ? 2_000 : 10_000;
     const rounds = ctx.quick ? 3 : 5;
     await inFlight(ctx.quick ? 500 : 2_000, viaGrpc, undefined);
     await inFlight(ctx.quick ? 500 : 2_000, inProcess, undefined);
+    await inFlight(ctx.quick ? 500 : 2_000, healthCheck, undefined);
     const latGrpc = new Latency();
     const latLocal = new Latency();
+    const latHealth = new Latency();
     const ours: number[] = [];
     const base: number[] = [];
+    const floor: number[] = [];
     for (let r = 0; r < rounds; r++) {
       base.push(await inFlight(n, inProcess, latLocal));
       ours.push(await inFlight(n, viaGrpc, latGrpc));
+      floor.push(await inFlight(n, healthCheck, latHealth));
     }
     ctx.report({
       suite: 'grpc',
@@ -155,6 +173,8 @@ async function scheduleUnary(ctx: BenchContext): Promise<void> {
       value: median(ours),
       baseline: 'fabric.scheduleToPool in-process, 32 in flight',
       baselineValue: median(base),
+      // Two significant digits: far below 0.01 here, which the default rounding shows as 0.
+      ratio: Number((median(ours) / median(base)).toPrecision(2)),
       higherIsBetter: true,
       p50Us: latGrpc.percentileUs(50),
       p99Us: latGrpc.percentileUs(99),
@@ -162,8 +182,23 @@ async function scheduleUnary(ctx: BenchContext): Promise<void> {
       baselineP99Us: latLocal.percentileUs(99),
       goal: 'ratio ≥ 0.3',
     });
+    ctx.report({
+      suite: 'grpc',
+      case: 'schedule-unary-vs-health',
+      unit: 'RPCs/s',
+      value: median(ours),
+      baseline: 'grpc.health.v1 Health/Check on the same server, 32 in flight',
+      baselineValue: median(floor),
+      higherIsBetter: true,
+      p50Us: latGrpc.percentileUs(50),
+      p99Us: latGrpc.percentileUs(99),
+      baselineP50Us: latHealth.percentileUs(50),
+      baselineP99Us: latHealth.percentileUs(99),
+      goal: 'diagnostic: the unary RPC floor of grpc-js here (expected below 1)',
+    });
   } finally {
     client.close();
+    health.close();
     await server.close();
     await fabric.close();
   }
