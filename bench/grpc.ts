@@ -150,11 +150,11 @@ async function scheduleUnary(ctx: BenchContext): Promise<void> {
     const healthReq = create(Health.methods.find((m) => m.localName === 'check')!.input, {});
     const healthCheck = (): Promise<unknown> => unary(health, 'check', new Metadata(), healthReq);
     const inProcess = (i: number): Promise<unknown> => fabric.scheduleToPool('sink', 'noop', i);
-    const n = ctx.quick ? 2_000 : 10_000;
+    const n = ctx.quick ? 1_000 : 2_000;
     const rounds = ctx.quick ? 3 : 5;
-    await inFlight(ctx.quick ? 500 : 2_000, viaGrpc, undefined);
-    await inFlight(ctx.quick ? 500 : 2_000, inProcess, undefined);
-    await inFlight(ctx.quick ? 500 : 2_000, healthCheck, undefined);
+    await inFlight(ctx.quick ? 300 : 1_000, viaGrpc, undefined);
+    await inFlight(ctx.quick ? 300 : 1_000, inProcess, undefined);
+    await inFlight(ctx.quick ? 300 : 1_000, healthCheck, undefined);
     const latGrpc = new Latency();
     const latLocal = new Latency();
     const latHealth = new Latency();
@@ -299,10 +299,10 @@ async function claimComplete(ctx: BenchContext): Promise<void> {
       }
       return rate;
     };
-    const n = ctx.quick ? 300 : 1_500;
+    const n = ctx.quick ? 150 : 400;
     const rounds = ctx.quick ? 3 : 5;
-    await loop(grpcWorker.id, ctx.quick ? 100 : 300, grpcTask, undefined);
-    await loop(mcpWorker.id, ctx.quick ? 100 : 300, mcpTask, undefined);
+    await loop(grpcWorker.id, ctx.quick ? 50 : 150, grpcTask, undefined);
+    await loop(mcpWorker.id, ctx.quick ? 50 : 150, mcpTask, undefined);
     const latGrpc = new Latency();
     const latMcp = new Latency();
     const ours: number[] = [];
