@@ -52,7 +52,7 @@ if (!json) {
     case: r.case,
     value: r.skipped === undefined ? `${fmt(r.value)} ${r.unit}` : `skipped: ${r.skipped}`,
     baseline: r.skipped === undefined ? `${fmt(r.baselineValue)} (${r.baseline})` : r.baseline,
-    ratio: r.skipped === undefined ? r.ratio.toFixed(2) + (r.higherIsBetter ? ' ↑' : ' ↓') : '',
+    ratio: r.skipped === undefined ? fmtRatio(r.ratio) + (r.higherIsBetter ? ' ↑' : ' ↓') : '',
     p50Us: r.p50Us ?? '',
     p99Us: r.p99Us ?? '',
     goal: r.goal ?? '',
@@ -62,4 +62,9 @@ if (!json) {
 
 function fmt(n: number): string {
   return n >= 100 ? Math.round(n).toLocaleString('en-US') : n.toFixed(2);
+}
+
+/** Two decimals; two significant digits below 0.01, which two decimals would show as 0.00. */
+function fmtRatio(ratio: number): string {
+  return ratio !== 0 && Math.abs(ratio) < 0.01 ? ratio.toPrecision(2) : ratio.toFixed(2);
 }

@@ -1,0 +1,342 @@
+/**
+ * The gRPC agent protocol against the in-process API and against MCP, in the same run over real
+ * grpc-js clients (protobuf binary over HTTP/2 on loopback).
+ *
+ * - schedule-unary: `FabricService.ScheduleTaskToPool` with the admin token, 32 calls in flight,
+ *   against a `startGrpcServer` over an in-memory fabric, vs `fabric.scheduleToPool` in the
+ *   same process at the same concurrency (the call the RPC makes). The pool has one remote agent
+ *   that nobody drains: the tasks stay queued, so both sides measure scheduling alone. Rounds
+ *   alternate; tasks/s from the median round, p50/p99 of each call over all rounds. Client and
+ *   server share this process's event loop (and the machine's 2 cores), so each RPC's client
+ *   and server work both count.
+ * - schedule-unary-vs-health (diagnostic): the same ScheduleTaskToPool rounds against the
+ *   standard `grpc.health.v1.Health/Check` on the same server and client setup (no auth, no
+ *   fabric work), interleaved: how much of the RPC cost is grpc-js itself, which bounds
+ *   schedule-unary's ratio whatever the fabric does.
+ * - claim-complete: one remote worker's loop, one task at a time — claim (no wait: the tasks are
+ *   queued for it beforehand) then complete — over `AgentService.ClaimTask` + `CompleteTask`
+ *   with the agent's credential, vs the same loop over the MCP fabric tools
+ *   (`fabric__claim_task` + `fabric__complete_task`) with the official SDK client over Streamable
+ *   HTTP. Both go to one sidecar (`state: memory`) serving MCP and gRPC; each side has its own
+ *   start-up agent and the same number of tasks per round. Tasks/s and p50/p99 per task
+ *   (claim + complete).
+ */
+import { performance } from 'node:perf_hooks';
+import {
+  create,
+  type DescMessage,
+  type DescService,
+  type MessageInitShape,
+} from '@bufbuild/protobuf';
+import {
+  credentials,
+  makeGenericClientConstructor,
+  Metadata,
+  type Client as GrpcClient,
+  type ServiceError,
+} from '@grpc/grpc-js';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+// The built package, as users run it (`npm run bench` builds first; see tsconfig.bench.json).
+import {
+  AGENT_SERVICE_DEFINITION,
+  AgentFabric,
+  fabricServices,
+  grpcDefinition,
+  parseSidecarConfig,
+  Sidecar,
+  startGrpcServer,
+} from 'agent-fabric';
+import { linkedSignalFetch } from '../src/gateway/upstream.js';
+// The standard health service's descriptor (generated code the package does not export).
+import { Health } from '../src/gen/grpc/health/v1/health_pb.js';
+import { Latency, median, type BenchContext, type BenchSuite } from './lib.js';
+
+const ADMIN = 'bench-admin-token-0123456789abcdef';
+const IN_FLIGHT = 32;
+
+type Unary = (
+  req: unknown,
+  md: Metadata,
+  cb: (err: ServiceError | null, res: unknown) => void,
+) => void;
+
+/** A unary call of `method` on a grpc-js client with a bearer credential. */
+function unary<T>(client: GrpcClient, method: string, md: Metadata, req: unknown): Promise<T> {
+  return new Promise((resolve, reject) =>
+    (client as unknown as Record<string, Unary>)[method]!.call(client, req, md, (err, res) =>
+      err ? reject(err) : resolve(res as T),
+    ),
+  );
+}
+
+function bearer(credential: string): Metadata {
+  const md = new Metadata();
+  md.set('authorization', `Bearer ${credential}`);
+  return md;
+}
+
+/** The service descriptor `typeName` among the fabric's gRPC services. */
+function service(fabric: AgentFabric, typeName: string): DescService {
+  const found = fabricServices(fabric).find((s) => s.service.typeName === typeName);
+  if (!found) throw new Error(`no gRPC service ${typeName}`);
+  return found.service;
+}
+
+/** The request message of `method` of `svc`, built from `init`. */
+function request(svc: DescService, method: string, init: Record<string, unknown>): unknown {
+  const input = svc.methods.find((m) => m.localName === method)!.input;
+  return create(input, init as MessageInitShape<DescMessage>);
+}
+
+/**
+ * `total` calls of `op`, `IN_FLIGHT` at a time; each call's latency into `lat`; returns calls/s.
+ */
+async function inFlight(
+  total: number,
+  op: (i: number) => Promise<unknown>,
+  lat: Latency | undefined,
+): Promise<number> {
+  let next = 0;
+  const start = performance.now();
+  await Promise.all(
+    Array.from({ length: IN_FLIGHT }, async () => {
+      while (next < total) {
+        const i = next++;
+        const t0 = performance.now();
+        await op(i);
+        lat?.recordMs(performance.now() - t0);
+      }
+    }),
+  );
+  return total / ((performance.now() - start) / 1000);
+}
+
+async function scheduleUnary(ctx: BenchContext): Promise<void> {
+  const fabric = new AgentFabric(
+    { maxQueueDepth: 1_000_000, finishedTaskRetention: 0 },
+    { adminCredentials: [ADMIN] },
+  );
+  const server = await startGrpcServer(fabric);
+  const svc = service(fabric, 'fabric.v1.FabricService');
+  const Ctor = makeGenericClientConstructor(grpcDefinition(svc), 'FabricService');
+  const client = new Ctor(server.address, credentials.createInsecure());
+  const HealthCtor = makeGenericClientConstructor(grpcDefinition(Health), 'Health');
+  const health = new HealthCtor(server.address, credentials.createInsecure());
+  try {
+    // One remote agent nobody claims for: every task stays queued.
+    await fabric.createPool({
+      poolId: 'sink',
+      model: 'none',
+      minAgents: 1,
+      maxAgents: 1,
+      executor: 'remote',
+    });
+    const md = bearer(ADMIN);
+    const viaGrpc = (i: number): Promise<unknown> =>
+      unary(
+        client,
+        'scheduleTaskToPool',
+        md,
+        request(svc, 'scheduleTaskToPool', {
+          poolId: 'sink',
+          taskType: 'noop',
+          payloadJson: Buffer.from(String(i)),
+        }),
+      );
+    // The least a unary RPC costs on this server: the standard health check (no auth, no
+    // fabric work), the ceiling any FabricService call can reach here.
+    const healthReq = create(Health.methods.find((m) => m.localName === 'check')!.input, {});
+    const healthCheck = (): Promise<unknown> => unary(health, 'check', new Metadata(), healthReq);
+    const inProcess = (i: number): Promise<unknown> => fabric.scheduleToPool('sink', 'noop', i);
+    const n = ctx.quick ? 1_000 : 2_000;
+    const rounds = ctx.quick ? 3 : 5;
+    await inFlight(ctx.quick ? 300 : 1_000, viaGrpc, undefined);
+    await inFlight(ctx.quick ? 300 : 1_000, inProcess, undefined);
+    await inFlight(ctx.quick ? 300 : 1_000, healthCheck, undefined);
+    const latGrpc = new Latency();
+    const latLocal = new Latency();
+    const latHealth = new Latency();
+    const ours: number[] = [];
+    const base: number[] = [];
+    const floor: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      base.push(await inFlight(n, inProcess, latLocal));
+      ours.push(await inFlight(n, viaGrpc, latGrpc));
+      floor.push(await inFlight(n, healthCheck, latHealth));
+    }
+    ctx.report({
+      suite: 'grpc',
+      case: 'schedule-unary',
+      unit: 'RPCs/s',
+      value: median(ours),
+      baseline: 'fabric.scheduleToPool in-process, 32 in flight',
+      baselineValue: median(base),
+      // Two significant digits: far below 0.01 here, which the default rounding shows as 0.
+      ratio: Number((median(ours) / median(base)).toPrecision(2)),
+      higherIsBetter: true,
+      p50Us: latGrpc.percentileUs(50),
+      p99Us: latGrpc.percentileUs(99),
+      baselineP50Us: latLocal.percentileUs(50),
+      baselineP99Us: latLocal.percentileUs(99),
+      goal: 'ratio ≥ 0.3',
+    });
+    ctx.report({
+      suite: 'grpc',
+      case: 'schedule-unary-vs-health',
+      unit: 'RPCs/s',
+      value: median(ours),
+      baseline: 'grpc.health.v1 Health/Check on the same server, 32 in flight',
+      baselineValue: median(floor),
+      higherIsBetter: true,
+      p50Us: latGrpc.percentileUs(50),
+      p99Us: latGrpc.percentileUs(99),
+      baselineP50Us: latHealth.percentileUs(50),
+      baselineP99Us: latHealth.percentileUs(99),
+      goal: 'diagnostic: the unary RPC floor of grpc-js here (expected below 1)',
+    });
+  } finally {
+    client.close();
+    health.close();
+    await server.close();
+    await fabric.close();
+  }
+}
+
+interface Assignment {
+  taskId: string;
+  attempt: number;
+}
+
+/** The `result` of a fabric tool call; throws on a tool error. */
+function toolResult<T>(r: unknown): T {
+  const call = r as CallToolResult;
+  if (call.isError) throw new Error(`fabric tool failed: ${JSON.stringify(call.content)}`);
+  return (call.structuredContent as { result: T }).result;
+}
+
+async function claimComplete(ctx: BenchContext): Promise<void> {
+  const config = parseSidecarConfig(
+    JSON.stringify({
+      adminToken: ADMIN,
+      state: 'memory',
+      http: { host: '127.0.0.1', port: 0 },
+      grpc: { host: '127.0.0.1', port: 0 },
+      policies: [{ name: 'allow-fabric', rules: [{ tool: 'fabric__*', action: 'allow' }] }],
+      agents: [{ name: 'grpc-worker' }, { name: 'mcp-worker' }],
+      fabric: { maxQueueDepth: 1_000_000 },
+    }),
+    'bench-grpc.json',
+    { env: {} },
+  );
+  const sidecar = await Sidecar.start({ config });
+  const fabric = sidecar.fabric!;
+  const agent = (name: string) => sidecar.agents.find((a) => a.name === name)!;
+  const grpcWorker = agent('grpc-worker');
+  const mcpWorker = agent('mcp-worker');
+  const svc = service(fabric, 'fabric.v1.AgentService');
+  const Ctor = makeGenericClientConstructor(AGENT_SERVICE_DEFINITION, 'AgentService');
+  const client = new Ctor(sidecar.grpcAddress!, credentials.createInsecure());
+  const mcp = new Client({ name: 'bench-worker', version: '1.0.0' });
+  try {
+    await mcp.connect(
+      new StreamableHTTPClientTransport(new URL(sidecar.url!), {
+        requestInit: { headers: { authorization: `Bearer ${mcpWorker.credential}` } },
+        fetch: linkedSignalFetch(fetch),
+      }),
+    );
+    const md = bearer(grpcWorker.credential);
+    const grpcTask = async (): Promise<void> => {
+      const { task } = await unary<{ task?: Assignment }>(
+        client,
+        'claimTask',
+        md,
+        request(svc, 'claimTask', { waitSeconds: 0 }),
+      );
+      if (!task) throw new Error('ClaimTask returned no task though one was queued');
+      await unary(
+        client,
+        'completeTask',
+        md,
+        request(svc, 'completeTask', { taskId: task.taskId, attempt: task.attempt }),
+      );
+    };
+    const mcpTask = async (): Promise<void> => {
+      const task = toolResult<Assignment | null>(
+        await mcp.callTool({ name: 'fabric__claim_task', arguments: { waitSeconds: 0 } }),
+      );
+      if (!task) throw new Error('fabric__claim_task returned no task though one was queued');
+      toolResult(
+        await mcp.callTool({
+          name: 'fabric__complete_task',
+          arguments: { taskId: task.taskId, attempt: task.attempt, result: null },
+        }),
+      );
+    };
+    /** Queues `n` tasks for `agentId`, then runs the worker loop over them; tasks/s. */
+    const loop = async (
+      agentId: string,
+      n: number,
+      once: () => Promise<void>,
+      lat: Latency | undefined,
+    ): Promise<number> => {
+      const ids: string[] = [];
+      for (let i = 0; i < n; i++) {
+        ids.push((await fabric.schedule({ agentId, taskType: 'work', payload: i })).id);
+      }
+      const start = performance.now();
+      for (let i = 0; i < n; i++) {
+        const t0 = performance.now();
+        await once();
+        lat?.recordMs(performance.now() - t0);
+      }
+      const rate = n / ((performance.now() - start) / 1000);
+      // Every task the loop claimed is finished: a lost completion would fail the case.
+      for (const id of ids) {
+        const t = await fabric.getTask(id);
+        if (t.status !== 'COMPLETED') throw new Error(`task ${id} is ${t.status}, not COMPLETED`);
+      }
+      return rate;
+    };
+    const n = ctx.quick ? 150 : 400;
+    const rounds = ctx.quick ? 3 : 5;
+    await loop(grpcWorker.id, ctx.quick ? 50 : 150, grpcTask, undefined);
+    await loop(mcpWorker.id, ctx.quick ? 50 : 150, mcpTask, undefined);
+    const latGrpc = new Latency();
+    const latMcp = new Latency();
+    const ours: number[] = [];
+    const base: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      base.push(await loop(mcpWorker.id, n, mcpTask, latMcp));
+      ours.push(await loop(grpcWorker.id, n, grpcTask, latGrpc));
+    }
+    ctx.report({
+      suite: 'grpc',
+      case: 'claim-complete',
+      unit: 'tasks/s',
+      value: median(ours),
+      baseline: 'the same loop over MCP fabric tools (Streamable HTTP, SDK client)',
+      baselineValue: median(base),
+      higherIsBetter: true,
+      p50Us: latGrpc.percentileUs(50),
+      p99Us: latGrpc.percentileUs(99),
+      baselineP50Us: latMcp.percentileUs(50),
+      baselineP99Us: latMcp.percentileUs(99),
+      goal: 'diagnostic: gRPC vs MCP for a remote worker, one task at a time',
+    });
+  } finally {
+    client.close();
+    await mcp.close();
+    await sidecar.close();
+  }
+}
+
+const suite: BenchSuite = {
+  name: 'grpc',
+  async run(ctx) {
+    await scheduleUnary(ctx);
+    await claimComplete(ctx);
+  },
+};
+export default suite;
