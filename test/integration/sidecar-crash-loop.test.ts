@@ -12,6 +12,9 @@
  * - every task whose schedule was answered exists and ended COMPLETED with the result its worker
  *   sent for the attempt that ended it; a completion that was answered is that end (no task ended
  *   twice, none lost);
+ * - a call parked for approval before the first kill left an approval that is still pending
+ *   with the same expiry (its TTL is an hour; it cannot expire during the test), via the admin
+ *   API and on disk;
  * - the cost used on disk equals the settles that were answered, plus at most the calls that were
  *   in flight at each kill (committed before their answer could be sent), never less.
  */
@@ -38,7 +41,15 @@ function writeConfig(dir: string, port: number): void {
       upstreams: {
         ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
       },
-      policies: [DEFAULT_ALLOW],
+      policies: [
+        {
+          name: 'approvals',
+          priority: 100,
+          rules: [{ tool: 'ev__get-sum', action: 'require_approval', reason: 'a human adds' }],
+        },
+        DEFAULT_ALLOW,
+      ],
+      approvals: { timeoutSeconds: 3600 },
       toolCosts: { ev__echo: 1 },
       pools: [{ id: 'crunch' }],
       agents: NAMES.map((name) => ({
@@ -68,6 +79,22 @@ async function door<T>(r: Running, method: string, body: unknown): Promise<T> {
   const json = (await res.json()) as T;
   if (res.status !== 200) throw new Error(`${method}: ${res.status} ${JSON.stringify(json)}`);
   return json;
+}
+
+interface Approval {
+  id: string;
+  status: string;
+  expiresAt: number;
+  createdAt: number;
+}
+
+/** Pending approvals, through the admin API. */
+async function pending(r: Running): Promise<Approval[]> {
+  const res = await fetch(new URL('/admin/approvals?status=pending', r.url), {
+    headers: { authorization: `Bearer ${ADMIN}` },
+  });
+  expect(res.status).toBe(200);
+  return ((await res.json()) as { approvals: Approval[] }).approvals;
 }
 
 interface TaskInfo {
@@ -195,7 +222,11 @@ function onDisk(path: string, scopes: string[]) {
       const c = (JSON.parse(row.data) as { cost: { used?: number; buckets?: number[] } }).cost;
       return c.used ?? (c.buckets ?? []).reduce((a, b) => a + b, 0);
     };
-    return { tasks, cost: scopes.reduce((sum, scope) => sum + cost(scope), 0) };
+    const approvals = db
+      .prepare<[], { data: string }>("SELECT data FROM records WHERE kind = 'approval'")
+      .all()
+      .map((row) => JSON.parse(row.data) as Approval);
+    return { tasks, approvals, cost: scopes.reduce((sum, scope) => sum + cost(scope), 0) };
   } finally {
     db.close();
   }
@@ -213,6 +244,15 @@ describe('agent-fabric serve under load, SIGKILLed at random moments', () => {
     expect([...agents.keys()].sort()).toEqual(NAMES);
     const tokens = NAMES.map((n) => agents.get(n)!.token);
     let current = first;
+    // One call parked for approval before the first kill: it must stay pending, same expiry.
+    const parker = await connect(first.url, tokens[0]!);
+    const parkedCall = parker
+      .callTool({ name: 'ev__get-sum', arguments: { a: 1, b: 2 } }, undefined, {
+        timeout: 600_000,
+      })
+      .catch((error: unknown) => ({ error }));
+    await until(async () => (await pending(first)).length === 1, 30_000);
+    const [parked] = await pending(first);
 
     for (let round = 0; round < 4; round++) {
       const clients = await clientsFor(current, tokens); // old tokens must still authenticate
@@ -233,6 +273,7 @@ describe('agent-fabric serve under load, SIGKILLed at random moments', () => {
       await stop(current, 'SIGKILL');
       inFlightAtKills += inFlight;
       await run.done;
+      if (round === 0) expect(await parkedCall).toHaveProperty('error'); // died with the sidecar
       for (const c of clients) await c.close().catch(() => undefined);
       current = await serve(dir);
       // Same tokens printed after every restart.
@@ -258,6 +299,14 @@ describe('agent-fabric serve under load, SIGKILLed at random moments', () => {
       expect(task.status).toBe('TASK_STATUS_COMPLETED');
       expect(task.result).toEqual(resultFor(n, task.attempt ?? 0));
     }
+    // The approval parked before the first kill: still pending, same expiry, via the API…
+    expect(await pending(current)).toEqual([
+      expect.objectContaining({
+        id: parked!.id,
+        createdAt: parked!.createdAt,
+        expiresAt: parked!.expiresAt,
+      }),
+    ]);
     expect(await stop(current, 'SIGTERM')).toBe(0);
 
     // On disk, after the sidecar stopped.
@@ -283,6 +332,10 @@ describe('agent-fabric serve under load, SIGKILLed at random moments', () => {
         attempt,
       });
     }
+    // …and on disk.
+    expect(disk.approvals).toEqual([
+      expect.objectContaining({ id: parked!.id, status: 'pending', expiresAt: parked!.expiresAt }),
+    ]);
     // The kills did catch claimed tasks (their next attempt ended them).
     expect(retried).toBeGreaterThan(0);
     const used = disk.cost;
