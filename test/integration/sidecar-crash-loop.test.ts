@@ -15,6 +15,8 @@
  * - a call parked for approval before the first kill left an approval that is still pending
  *   with the same expiry (its TTL is an hour; it cannot expire during the test), via the admin
  *   API and on disk;
+ * - a claim held across each kill (never completed) was retried: a later attempt ended the task,
+ *   and the old attempt's completion after the restart is refused with FABRIC_ERR_TASK_STATE;
  * - the cost used on disk equals the settles that were answered, plus at most the calls that were
  *   in flight at each kill (committed before their answer could be sent), never less.
  */
@@ -244,6 +246,7 @@ describe('agent-fabric serve under load, SIGKILLed at random moments', () => {
     expect([...agents.keys()].sort()).toEqual(NAMES);
     const tokens = NAMES.map((n) => agents.get(n)!.token);
     let current = first;
+    const held: { taskId: string; attempt: number }[] = [];
     // One call parked for approval before the first kill: it must stay pending, same expiry.
     const parker = await connect(first.url, tokens[0]!);
     const parkedCall = parker
@@ -254,7 +257,7 @@ describe('agent-fabric serve under load, SIGKILLed at random moments', () => {
     await until(async () => (await pending(first)).length === 1, 30_000);
     const [parked] = await pending(first);
 
-    for (let round = 0; round < 4; round++) {
+    for (let round = 0; round < 3; round++) {
       const clients = await clientsFor(current, tokens); // old tokens must still authenticate
       let killed = false;
       const run = load(current, clients, () => killed);
@@ -267,6 +270,14 @@ describe('agent-fabric serve under load, SIGKILLed at random moments', () => {
           settled > before.settled + 5,
         30_000,
       );
+      // A claim held across the kill (its worker never completes it): it must be retried.
+      const claim = await clients[1]!.callTool({
+        name: 'fabric__claim_task',
+        arguments: { waitSeconds: 10 },
+      });
+      const hold = structured(claim) as { taskId: string; attempt: number } | null;
+      expect(hold).not.toBeNull();
+      held.push(hold!);
       await new Promise((resolve) => setTimeout(resolve, Math.random() * 400));
       const inFlight = run.inFlight();
       killed = true;
@@ -278,6 +289,15 @@ describe('agent-fabric serve under load, SIGKILLed at random moments', () => {
       current = await serve(dir);
       // Same tokens printed after every restart.
       for (const n of NAMES) expect(agentsOf(current).get(n)?.token).toBe(agents.get(n)!.token);
+      // Hostile: the held attempt's late completion is refused; nothing it sent is stored.
+      const late = await (
+        await connect(current.url, tokens[1]!)
+      ).callTool({
+        name: 'fabric__complete_task',
+        arguments: { taskId: hold!.taskId, attempt: hold!.attempt, result: 'stale' },
+      });
+      expect(late.isError).toBe(true);
+      expect(JSON.stringify(late.content)).toContain('FABRIC_ERR_TASK_STATE');
     }
 
     // Last round: no kill, no new schedules; the workers drain every acknowledged task.
@@ -336,8 +356,9 @@ describe('agent-fabric serve under load, SIGKILLed at random moments', () => {
     expect(disk.approvals).toEqual([
       expect.objectContaining({ id: parked!.id, status: 'pending', expiresAt: parked!.expiresAt }),
     ]);
-    // The kills did catch claimed tasks (their next attempt ended them).
-    expect(retried).toBeGreaterThan(0);
+    // The claims held across the kills were retried: a later attempt ended them.
+    for (const h of held) expect(disk.tasks.get(h.taskId)!.attempt).toBeGreaterThan(h.attempt);
+    expect(retried).toBeGreaterThanOrEqual(held.length);
     const used = disk.cost;
     expect(used).toBeGreaterThanOrEqual(settled);
     expect(used).toBeLessThanOrEqual(settled + inFlightAtKills);
