@@ -19,6 +19,9 @@
  * - stdio-latency-relay-floor, stdio-throughput-relay-floor (diagnostics): agent → a process
  *   that only copies bytes → stdio upstream: what the process hop alone costs on this machine
  *   (the floor of stdio-latency, the ceiling of stdio-throughput).
+ * - http-cpu-per-call: CPU time of `agent-fabric serve` per Streamable HTTP `tools/call` (bearer
+ *   auth, policy, budget and audit on) over a fixed number of calls, against the CPU time its
+ *   upstream (server-everything over stdio) spends on the same calls. Linux only (/proc).
  * - stdio-cpu-per-call (diagnostic): CPU time of the gateway process per forwarded call (policy,
  *   budget and audit on), vs a minimal JSON-RPC relay process (parse, re-id, serialize — the
  *   least any JSON-RPC gateway does), both between a raw-line client and a trivial echo
@@ -33,7 +36,15 @@
  * `--cpu-prof` profiles of the gateway processes.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -285,6 +296,21 @@ function processCpuUs(pid: number): number {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   // utime and stime (fields 14 and 15 of the line) are in clock ticks of 10 ms.
   return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+
+/** Pids of the live children of `pid` (Linux: the ppid field of /proc/<child>/stat). */
+function childPids(pid: number): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const fields = readFileSync(`/proc/${entry}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      if (Number(fields[1]) === pid) out.push(Number(entry));
+    } catch {
+      // gone while we looked
+    }
+  }
+  return out;
 }
 
 /**
@@ -616,6 +642,53 @@ const suite: BenchSuite = {
         await closeLast();
       }
       await closeLast(); // direct
+
+      if (wanted('http-cpu-per-call') && existsSync('/proc/self/stat')) {
+        // The sidecar's own CPU per Streamable HTTP tools/call, all of its pipeline on, against
+        // what the upstream process spends on the very same calls.
+        const serve = await startServe(config);
+        closers.push(() => stop(serve.child));
+        const client = newClient();
+        await client.connect(
+          new StreamableHTTPClientTransport(new URL(serve.url), {
+            requestInit: { headers: { authorization: `Bearer ${serve.token}` } },
+            fetch: linkedSignalFetch(fetch),
+          }),
+        );
+        closers.push(() => client.close());
+        const call = echo(client, 'ev__echo');
+        await warm([call], q ? 100 : 300);
+        // The upstream is the sidecar's one child process (started by the first call at latest).
+        const upstreams = childPids(serve.child.pid!);
+        if (upstreams.length !== 1)
+          throw new Error(`expected one upstream process, found ${upstreams.length}`);
+        const upstreamPid = upstreams[0]!;
+        const calls = q ? 500 : 1000;
+        const rounds = q ? 2 : 3;
+        let gatewayCpu = 0;
+        let upstreamCpu = 0;
+        for (let round = 0; round < rounds; round++) {
+          const g = processCpuUs(serve.child.pid!);
+          const u = processCpuUs(upstreamPid);
+          await inFlight(call, calls, 32);
+          gatewayCpu += processCpuUs(serve.child.pid!) - g;
+          upstreamCpu += processCpuUs(upstreamPid) - u;
+        }
+        const gatewayUs = gatewayCpu / (rounds * calls);
+        const upstreamUs = upstreamCpu / (rounds * calls);
+        ctx.report({
+          suite: 'gateway',
+          case: 'http-cpu-per-call',
+          unit: 'µs CPU/call',
+          value: gatewayUs,
+          baseline: 'the upstream process (server-everything, stdio) on the same calls',
+          baselineValue: upstreamUs,
+          higherIsBetter: false,
+          goal: `≤ 100 µs and ratio ≤ 2 (got ${gatewayUs.toFixed(0)} µs)`,
+        });
+        await closeLast();
+        await closeLast();
+      }
 
       if (wanted('http-throughput')) {
         // `agent-fabric serve` vs the upstream's own Streamable HTTP.
