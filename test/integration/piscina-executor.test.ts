@@ -55,8 +55,10 @@ describe('local agents on piscina worker threads', () => {
       taskType: 'block',
       payload: { gate },
     });
-    await vi.waitFor(async () =>
-      expect((await fabric.getTask(blocker.id)).status).toBe(TaskStatus.RUNNING),
+    // The first batch waits for the worker thread to start (seconds on a loaded machine).
+    await vi.waitFor(
+      async () => expect((await fabric.getTask(blocker.id)).status).toBe(TaskStatus.RUNNING),
+      { timeout: 15_000 },
     );
     const handed = await fabric.schedule({ agentId: agent.id, taskType: 'echo', payload: 1 });
     await vi.waitFor(async () => expect((await fabric.getTask(handed.id)).attempt).toBe(1));
@@ -97,7 +99,9 @@ describe('local agents on piscina worker threads', () => {
         payload: { gate },
       });
       const status = async (id: string) => (await fabric.getTask(id)).status;
-      await vi.waitFor(async () => expect(await status(blocker.id)).toBe(TaskStatus.RUNNING));
+      await vi.waitFor(async () => expect(await status(blocker.id)).toBe(TaskStatus.RUNNING), {
+        timeout: 15_000,
+      });
       // Handed to the blocked thread (second batch slot), then one in the backlog.
       const handed = await fabric.schedule({
         agentId: agent.id,
