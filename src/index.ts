@@ -52,6 +52,9 @@ export { loadSidecarConfig, parseSidecarConfig } from './server/config-file.js';
 export { FabricBackend } from './server/fabric-backend.js';
 export { definePlugin, PluginHost } from './plugins/index.js';
 export { FabricWorker, RemoteFabricError } from './worker/fabric-worker.js';
+export { NatsWorker } from './transport/nats/nats-worker.js';
+export { NatsExecutor, NATS_EXECUTOR } from './transport/nats/nats-executor.js';
+export { parseNatsOptions } from './transport/nats/nats-options.js';
 export { AGENT_SERVICE_DEFINITION } from './rpc/agent-service.js';
 export { TOOL_SERVICE_DEFINITION } from './rpc/tool-service.js';
 export { startGrpcServer } from './rpc/grpc-server.js';
@@ -91,6 +94,7 @@ export {
   InvalidUsageError,
   InsecureListenerError,
   ListenError,
+  NatsUnavailableError,
   PayloadTooLargeError,
   PolicyDeniedError,
   PluginError,
@@ -196,6 +200,13 @@ export type { AnyServiceImplementation, FabricServicesOptions } from './rpc/serv
 export type { HttpDoorOptions } from './rpc/http-door.js';
 export type { Page, PageRequest } from './paging.js';
 export type { TaskFilter } from './scheduler/agent-scheduler.js';
+export type {
+  NatsRunOptions,
+  NatsTaskContext,
+  NatsTaskHandler,
+  NatsWorkerOptions,
+} from './transport/nats/nats-worker.js';
+export type { NatsOptions, NatsOptionsInput } from './transport/nats/nats-options.js';
 export type {
   FabricWorkerOptions,
   WorkerHandler,

@@ -1,0 +1,350 @@
+/**
+ * The worker side of the NATS transport: a remote agent that heartbeats on core NATS and pulls
+ * its tasks from the JetStream work queue — its own durable consumer and, when it is in a pool,
+ * the pool's (shared with every worker of the pool, on any sidecar). Nothing here talks to a
+ * sidecar directly: only a NATS connection, the agent's id and its credential are needed, which
+ * is also all a worker in another language needs (see the README, "NATS wire protocol").
+ *
+ * Per task: report `start` (a refused start — the attempt ended, or the report is not
+ * authentic — terminates the message unrun), run the handler with a signal of its own (aborted
+ * by the sidecar's `ended` notice or by {@link NatsWorker.stop}), send in-progress acks while it
+ * runs, report `complete` or `fail`, then ack. Reports are retried until the owning sidecar
+ * answers; a message whose sidecar is gone (no responders) is terminated, as that sidecar
+ * re-dispatches the task as a new attempt when it comes back.
+ *
+ * @example
+ * const worker = await NatsWorker.connect({ nats: { url }, agentId, credential, poolId });
+ * const stop = new AbortController();
+ * await worker.run({ echo: (payload) => payload }, { signal: stop.signal });
+ * await worker.close();
+ *
+ * @module
+ */
+import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
+import { jetstream } from '@nats-io/jetstream';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import { NoRespondersError, RequestError } from '@nats-io/transport-node';
+import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
+import { InvalidArgumentError } from '../../errors.js';
+import type { TaskHandlerContext } from '../../scheduler/executor.js';
+import { toTaskError } from '../../scheduler/executor.js';
+import { checkNumber, checkString } from '../../validate.js';
+import { connectNats } from './nats-connection.js';
+import type { NatsOptions, NatsOptionsInput } from './nats-options.js';
+import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
+import type { NatsNames } from './subjects.js';
+import { natsNames } from './subjects.js';
+import type { Answer, EndedNotice, Report, ReportKind, TaskMessage } from './wire.js';
+import { decodeJson, encodeJson, heartbeatProof, reportProof, taskMessageSchema } from './wire.js';
+
+/** Options of {@link NatsWorker.connect}. */
+export interface NatsWorkerOptions {
+  /** The NATS server and namespace (the same as the sidecar's `nats:`). */
+  nats: NatsOptionsInput;
+  /** This agent's id (from `spawn`). */
+  agentId: string;
+  /** This agent's credential; it never leaves the process (only HMAC proofs do). */
+  credential: string;
+  /** The agent's pool: its worker also pulls the pool's tasks. */
+  poolId?: string;
+  /** Tasks run at once. @default 4 */
+  concurrency?: number;
+  /** Heartbeat period. @default 10 */
+  heartbeatSeconds?: number;
+  /** How long one report waits for the sidecar's answer before it is sent again. @default 5000 */
+  reportTimeoutMs?: number;
+}
+
+/** Context of a {@link NatsTaskHandler}: the task's own signal, and progress reports. */
+export interface NatsTaskContext extends TaskHandlerContext {
+  /** Reports progress of this attempt to the sidecar that scheduled it. */
+  progress(progress: unknown): Promise<void>;
+}
+
+/** A handler of one task type: receives the payload, returns the result (or throws). */
+export type NatsTaskHandler = (payload: unknown, context: NatsTaskContext) => unknown;
+
+/** Options of {@link NatsWorker.run}. */
+export interface NatsRunOptions {
+  /** Stops the worker: no new tasks; running ones finish (their signal is not aborted). */
+  signal?: AbortSignal;
+}
+
+/** Counts of what the worker did. */
+export interface NatsWorkerStats {
+  started: number;
+  completed: number;
+  failed: number;
+  refused: number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A connected NATS worker. */
+export class NatsWorker {
+  readonly agentId: string;
+  readonly stats: NatsWorkerStats = { started: 0, completed: 0, failed: 0, refused: 0 };
+  readonly #nc: NatsConnection;
+  readonly #ownsConnection: boolean;
+  readonly #names: NatsNames;
+  readonly #key: string;
+  readonly #poolId: string | undefined;
+  readonly #concurrency: number;
+  readonly #heartbeatMs: number;
+  readonly #reportTimeoutMs: number;
+  /** Running attempts (`taskId:attempt`) → their abort controller. */
+  readonly #running = new Map<string, AbortController>();
+  #lastTs = 0;
+  #closed = false;
+
+  private constructor(
+    nc: NatsConnection,
+    owns: boolean,
+    nats: NatsOptions,
+    options: NatsWorkerOptions,
+  ) {
+    this.#nc = nc;
+    this.#ownsConnection = owns;
+    this.#names = natsNames(nats.namespace);
+    this.agentId = checkString('options.agentId', options.agentId);
+    this.#key = hashCredential(checkString('options.credential', options.credential, 4096));
+    this.#poolId =
+      options.poolId === undefined ? undefined : checkString('options.poolId', options.poolId);
+    this.#concurrency = checkNumber('options.concurrency', options.concurrency ?? 4, 'positiveInt');
+    this.#heartbeatMs =
+      checkNumber('options.heartbeatSeconds', options.heartbeatSeconds ?? 10, 'positiveNumber') *
+      1000;
+    this.#reportTimeoutMs = checkNumber(
+      'options.reportTimeoutMs',
+      options.reportTimeoutMs ?? DEFAULT_REPORT_TIMEOUT_MS,
+      'positiveInt',
+    );
+  }
+
+  /**
+   * Connects to NATS (or uses `connection`, which the worker then does not close).
+   * @throws NatsUnavailableError naming the URL; ConfigError / InvalidArgumentError for options.
+   */
+  static async connect(
+    options: NatsWorkerOptions,
+    connection?: NatsConnection,
+  ): Promise<NatsWorker> {
+    if (options === null || typeof options !== 'object') {
+      throw new InvalidArgumentError('options', 'must be an object');
+    }
+    const nats = parseNatsOptions(options.nats, 'options.nats');
+    const nc = connection ?? (await connectNats(nats, `agent-fabric worker ${options.agentId}`));
+    try {
+      return new NatsWorker(nc, connection === undefined, nats, options);
+    } catch (err) {
+      if (connection === undefined) await nc.close();
+      throw err;
+    }
+  }
+
+  /** Sends one heartbeat and returns the sidecar's answer (`{ ok, status }` or an error code). */
+  async heartbeat(): Promise<Answer> {
+    const m = await this.#nc.request(this.#names.heartbeat(this.agentId), this.#heartbeatBody(), {
+      timeout: this.#reportTimeoutMs,
+    });
+    return decodeJson(m.data) as Answer;
+  }
+
+  #heartbeatBody(): Uint8Array {
+    // Strictly increasing: the sidecar refuses a timestamp it has seen (replays).
+    const ts = Math.max(Date.now(), this.#lastTs + 1);
+    this.#lastTs = ts;
+    return encodeJson({ ts, proof: heartbeatProof(this.#key, this.agentId, ts) });
+  }
+
+  /**
+   * Heartbeats and runs tasks with `handlers` (by task type) until `options.signal` aborts;
+   * then stops pulling, lets running tasks finish, and resolves.
+   */
+  async run(
+    handlers: Readonly<Record<string, NatsTaskHandler>>,
+    options: NatsRunOptions = {},
+  ): Promise<void> {
+    const stop = options.signal;
+    if (stop?.aborted) return;
+    const js = jetstream(this.#nc);
+    const consumers: Consumer[] = [
+      await js.consumers.get(this.#names.stream, this.#names.agentConsumer(this.agentId)),
+    ];
+    if (this.#poolId !== undefined) {
+      consumers.push(
+        await js.consumers.get(this.#names.stream, this.#names.poolConsumer(this.#poolId)),
+      );
+    }
+    const ackWaitMs = Math.max(
+      100,
+      Number((await consumers[0]!.info(true)).config.ack_wait ?? 30e9) / 1e6,
+    );
+    const ended: Subscription = this.#nc.subscribe(this.#names.allEnded, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        const n = decodeJson(msg.data) as Partial<EndedNotice> | undefined;
+        const c = n && this.#running.get(`${n.taskId}:${n.attempt}`);
+        c?.abort(new Error(`${n!.code}: ${n!.message}`));
+      },
+    });
+    this.#nc.publish(this.#names.heartbeat(this.agentId), this.#heartbeatBody());
+    const hb = setInterval(() => {
+      if (!this.#nc.isClosed()) {
+        this.#nc.publish(this.#names.heartbeat(this.agentId), this.#heartbeatBody());
+      }
+    }, this.#heartbeatMs);
+    let free = this.#concurrency;
+    let wake: (() => void) | undefined;
+    const inFlight = new Set<Promise<void>>();
+    const iterators: ConsumerMessages[] = [];
+    const onStop = (): void => {
+      for (const it of iterators) void it.close();
+      wake?.();
+    };
+    stop?.addEventListener('abort', onStop, { once: true });
+    try {
+      await Promise.all(
+        consumers.map(async (c) => {
+          const messages = await c.consume({ max_messages: this.#concurrency });
+          iterators.push(messages);
+          if (stop?.aborted) void messages.close();
+          for await (const m of messages) {
+            while (free === 0 && !stop?.aborted) {
+              await new Promise<void>((r) => (wake = r));
+            }
+            if (stop?.aborted) {
+              // Pulled but not started: back to the queue at once, for another worker.
+              m.nak();
+              continue;
+            }
+            free--;
+            const p = this.#runOne(m, handlers, ackWaitMs).finally(() => {
+              free++;
+              inFlight.delete(p);
+              const w = wake;
+              wake = undefined;
+              w?.();
+            });
+            inFlight.add(p);
+          }
+        }),
+      );
+      await Promise.all(inFlight);
+    } finally {
+      stop?.removeEventListener('abort', onStop);
+      clearInterval(hb);
+      ended.unsubscribe();
+    }
+  }
+
+  async #runOne(
+    m: JsMsg,
+    handlers: Readonly<Record<string, NatsTaskHandler>>,
+    ackWaitMs: number,
+  ): Promise<void> {
+    const parsed = taskMessageSchema.safeParse(decodeJson(m.data));
+    if (!parsed.success) {
+      m.term('not a fabric task message');
+      return;
+    }
+    const task = parsed.data;
+    if (m.info.deliveryCount > task.maxAttempts) {
+      await this.#report(task, 'fail', {
+        error: {
+          code: 'FABRIC_ERR_TASK_EXECUTION',
+          message: `delivered ${m.info.deliveryCount} times (maxAttempts ${task.maxAttempts})`,
+        },
+      });
+      m.term('delivered too often');
+      return;
+    }
+    const start = await this.#report(task, 'start', {});
+    if (start === undefined || !start.ok) {
+      this.stats.refused++;
+      m.term(start === undefined ? 'owning sidecar gone' : start.code);
+      return;
+    }
+    this.stats.started++;
+    const key = `${task.taskId}:${task.attempt}`;
+    const controller = new AbortController();
+    this.#running.set(key, controller);
+    const working = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
+    try {
+      const handler = handlers[task.taskType];
+      let outcome: Omit<Partial<Report>, 'kind'>;
+      try {
+        if (handler === undefined) {
+          throw Object.assign(new Error(`no handler for task type ${task.taskType}`), {
+            code: 'FABRIC_ERR_HANDLER_NOT_FOUND',
+          });
+        }
+        const result: unknown = await handler(task.payload, {
+          taskId: task.taskId,
+          attempt: task.attempt,
+          agentId: this.agentId,
+          taskType: task.taskType,
+          signal: controller.signal,
+          progress: async (progress) => {
+            await this.#report(task, 'progress', { progress });
+          },
+        });
+        outcome = { result: result === undefined ? null : result };
+      } catch (err) {
+        outcome = { error: toTaskError(err) };
+      }
+      if (controller.signal.aborted) {
+        m.term('attempt ended by the fabric');
+        return;
+      }
+      const kind: ReportKind = outcome.error === undefined ? 'complete' : 'fail';
+      await this.#report(task, kind, outcome);
+      if (kind === 'complete') this.stats.completed++;
+      else this.stats.failed++;
+      m.ack();
+    } finally {
+      clearInterval(working);
+      this.#running.delete(key);
+    }
+  }
+
+  /**
+   * Sends a report until the owning sidecar answers. `undefined` when nobody listens on the
+   * task's `replyTo` (that sidecar is gone) or the worker is closed.
+   */
+  async #report(
+    task: TaskMessage,
+    kind: ReportKind,
+    extra: Omit<Partial<Report>, 'kind'>,
+  ): Promise<Answer | undefined> {
+    const report: Report = {
+      kind,
+      taskId: task.taskId,
+      attempt: task.attempt,
+      lease: task.lease,
+      agentId: this.agentId,
+      proof: reportProof(this.#key, this.agentId, kind, task.taskId, task.attempt),
+      ...extra,
+    };
+    const body = encodeJson(report);
+    for (let tries = 0; !this.#closed && !this.#nc.isClosed(); tries++) {
+      try {
+        const m = await this.#nc.request(task.replyTo, body, { timeout: this.#reportTimeoutMs });
+        return decodeJson(m.data) as Answer;
+      } catch (err) {
+        const gone =
+          err instanceof NoRespondersError || (err instanceof RequestError && err.isNoResponders());
+        if (gone && tries >= 3) return undefined;
+        await sleep(Math.min(1000, 50 * 2 ** Math.min(tries, 5)));
+      }
+    }
+    return undefined;
+  }
+
+  /** Closes the connection (when the worker opened it). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const c of this.#running.values()) c.abort(new Error('worker closed'));
+    if (this.#ownsConnection) await this.#nc.close();
+  }
+}
