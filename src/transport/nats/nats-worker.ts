@@ -293,12 +293,15 @@ export class NatsWorker {
       } catch (err) {
         outcome = { error: toTaskError(err) };
       }
+      // Closed: the worker is gone as far as anyone knows; the message is redelivered.
+      if (this.#closed) return;
       if (controller.signal.aborted) {
         m.term('attempt ended by the fabric');
         return;
       }
       const kind: ReportKind = outcome.error === undefined ? 'complete' : 'fail';
-      await this.#report(task, kind, outcome);
+      const answer = await this.#report(task, kind, outcome);
+      if (answer === undefined) return; // closed, or the owner is gone: redelivered / re-dispatched
       if (kind === 'complete') this.stats.completed++;
       else this.stats.failed++;
       m.ack();
