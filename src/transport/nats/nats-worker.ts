@@ -301,7 +301,11 @@ export class NatsWorker {
       }
       const kind: ReportKind = outcome.error === undefined ? 'complete' : 'fail';
       const answer = await this.#report(task, kind, outcome);
-      if (answer === undefined) return; // closed, or the owner is gone: redelivered / re-dispatched
+      if (this.#closed) return; // redelivered after AckWait
+      if (answer === undefined) {
+        m.term('owning sidecar gone'); // it re-dispatches the task when it comes back
+        return;
+      }
       if (kind === 'complete') this.stats.completed++;
       else this.stats.failed++;
       m.ack();
