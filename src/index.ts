@@ -198,10 +198,18 @@ export type { Page, PageRequest } from './paging.js';
 export type { TaskFilter } from './scheduler/agent-scheduler.js';
 export type {
   FabricWorkerOptions,
+  FabricWorkerRunOptions,
   WorkerHandler,
-  WorkerHook,
   WorkerTaskContext,
 } from './worker/fabric-worker.js';
+export type {
+  HeldTask,
+  WorkerEndedTask,
+  WorkerFailure,
+  WorkerHook,
+  WorkerReportAnswer,
+  WorkerTransport,
+} from './worker/worker-transport.js';
 export type {
   LoadedPlugin,
   Plugin,
