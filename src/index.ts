@@ -209,10 +209,18 @@ export type {
 export type { NatsOptions, NatsOptionsInput } from './transport/nats/nats-options.js';
 export type {
   FabricWorkerOptions,
+  FabricWorkerRunOptions,
   WorkerHandler,
-  WorkerHook,
   WorkerTaskContext,
 } from './worker/fabric-worker.js';
+export type {
+  HeldTask,
+  WorkerEndedTask,
+  WorkerFailure,
+  WorkerHook,
+  WorkerReportAnswer,
+  WorkerTransport,
+} from './worker/worker-transport.js';
 export type {
   LoadedPlugin,
   Plugin,
