@@ -53,6 +53,7 @@ export { FabricBackend } from './server/fabric-backend.js';
 export { definePlugin, PluginHost } from './plugins/index.js';
 export { FabricWorker, RemoteFabricError } from './worker/fabric-worker.js';
 export { NatsWorker } from './transport/nats/nats-worker.js';
+export { NatsWorkerTransport } from './transport/nats/nats-worker-transport.js';
 export { NatsExecutor, NATS_EXECUTOR } from './transport/nats/nats-executor.js';
 export { parseNatsOptions } from './transport/nats/nats-options.js';
 export { AGENT_SERVICE_DEFINITION } from './rpc/agent-service.js';
@@ -207,6 +208,7 @@ export type {
   NatsWorkerOptions,
 } from './transport/nats/nats-worker.js';
 export type { NatsOptions, NatsOptionsInput } from './transport/nats/nats-options.js';
+export type { NatsWorkerTransportOptions } from './transport/nats/nats-worker-transport.js';
 export type {
   FabricWorkerOptions,
   FabricWorkerRunOptions,

@@ -23,8 +23,6 @@
 import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import { jetstream } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { NoRespondersError, RequestError } from '@nats-io/transport-node';
-import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
 import { InvalidArgumentError } from '../../errors.js';
 import type { TaskHandlerContext } from '../../scheduler/executor.js';
 import { toTaskError } from '../../scheduler/executor.js';
@@ -34,8 +32,9 @@ import type { NatsOptions, NatsOptionsInput } from './nats-options.js';
 import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
 import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
-import type { Answer, EndedNotice, Report, ReportKind, TaskMessage } from './wire.js';
-import { decodeJson, encodeJson, heartbeatProof, reportProof, taskMessageSchema } from './wire.js';
+import type { Answer, EndedNotice, Report, ReportKind } from './wire.js';
+import { decodeJson, taskMessageSchema } from './wire.js';
+import { NatsAgentLink } from './nats-agent-link.js';
 
 /** Options of {@link NatsWorker.connect}. */
 export interface NatsWorkerOptions {
@@ -78,8 +77,6 @@ export interface NatsWorkerStats {
   refused: number;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
 /** A connected NATS worker. */
 export class NatsWorker {
   readonly agentId: string;
@@ -87,14 +84,13 @@ export class NatsWorker {
   readonly #nc: NatsConnection;
   readonly #ownsConnection: boolean;
   readonly #names: NatsNames;
-  readonly #key: string;
+  readonly #link: NatsAgentLink;
   readonly #poolId: string | undefined;
   readonly #concurrency: number;
   readonly #heartbeatMs: number;
   readonly #reportTimeoutMs: number;
   /** Running attempts (`taskId:attempt`) → their abort controller. */
   readonly #running = new Map<string, AbortController>();
-  #lastTs = 0;
   #closed = false;
 
   private constructor(
@@ -107,7 +103,6 @@ export class NatsWorker {
     this.#ownsConnection = owns;
     this.#names = natsNames(nats.namespace);
     this.agentId = checkString('options.agentId', options.agentId);
-    this.#key = hashCredential(checkString('options.credential', options.credential, 4096));
     this.#poolId =
       options.poolId === undefined ? undefined : checkString('options.poolId', options.poolId);
     this.#concurrency = checkNumber('options.concurrency', options.concurrency ?? 4, 'positiveInt');
@@ -118,6 +113,13 @@ export class NatsWorker {
       'options.reportTimeoutMs',
       options.reportTimeoutMs ?? DEFAULT_REPORT_TIMEOUT_MS,
       'positiveInt',
+    );
+    this.#link = new NatsAgentLink(
+      nc,
+      this.#names,
+      this.agentId,
+      checkString('options.credential', options.credential, 4096),
+      this.#reportTimeoutMs,
     );
   }
 
@@ -143,18 +145,8 @@ export class NatsWorker {
   }
 
   /** Sends one heartbeat and returns the sidecar's answer (`{ ok, status }` or an error code). */
-  async heartbeat(): Promise<Answer> {
-    const m = await this.#nc.request(this.#names.heartbeat(this.agentId), this.#heartbeatBody(), {
-      timeout: this.#reportTimeoutMs,
-    });
-    return decodeJson(m.data) as Answer;
-  }
-
-  #heartbeatBody(): Uint8Array {
-    // Strictly increasing: the sidecar refuses a timestamp it has seen (replays).
-    const ts = Math.max(Date.now(), this.#lastTs + 1);
-    this.#lastTs = ts;
-    return encodeJson({ ts, proof: heartbeatProof(this.#key, this.agentId, ts) });
+  heartbeat(): Promise<Answer> {
+    return this.#link.heartbeat();
   }
 
   /**
@@ -188,12 +180,8 @@ export class NatsWorker {
         c?.abort(new Error(`${n!.code}: ${n!.message}`));
       },
     });
-    this.#nc.publish(this.#names.heartbeat(this.agentId), this.#heartbeatBody());
-    const hb = setInterval(() => {
-      if (!this.#nc.isClosed()) {
-        this.#nc.publish(this.#names.heartbeat(this.agentId), this.#heartbeatBody());
-      }
-    }, this.#heartbeatMs);
+    this.#link.publishHeartbeat();
+    const hb = setInterval(() => this.#link.publishHeartbeat(), this.#heartbeatMs);
     let free = this.#concurrency;
     let wake: (() => void) | undefined;
     const inFlight = new Set<Promise<void>>();
@@ -250,7 +238,7 @@ export class NatsWorker {
     }
     const task = parsed.data;
     if (m.info.deliveryCount > task.maxAttempts) {
-      await this.#report(task, 'fail', {
+      await this.#link.report(task, 'fail', {
         error: {
           code: 'FABRIC_ERR_TASK_EXECUTION',
           message: `delivered ${m.info.deliveryCount} times (maxAttempts ${task.maxAttempts})`,
@@ -259,7 +247,7 @@ export class NatsWorker {
       m.term('delivered too often');
       return;
     }
-    const start = await this.#report(task, 'start', {});
+    const start = await this.#link.report(task, 'start', {});
     if (start === undefined || !start.ok) {
       this.stats.refused++;
       m.term(start === undefined ? 'owning sidecar gone' : start.code);
@@ -286,7 +274,7 @@ export class NatsWorker {
           taskType: task.taskType,
           signal: controller.signal,
           progress: async (progress) => {
-            await this.#report(task, 'progress', { progress });
+            await this.#link.report(task, 'progress', { progress });
           },
         });
         outcome = { result: result === undefined ? null : result };
@@ -300,7 +288,7 @@ export class NatsWorker {
         return;
       }
       const kind: ReportKind = outcome.error === undefined ? 'complete' : 'fail';
-      const answer = await this.#report(task, kind, outcome);
+      const answer = await this.#link.report(task, kind, outcome);
       if (this.#closed) return; // redelivered after AckWait
       if (answer === undefined) {
         m.term('owning sidecar gone'); // it re-dispatches the task when it comes back
@@ -315,43 +303,10 @@ export class NatsWorker {
     }
   }
 
-  /**
-   * Sends a report until the owning sidecar answers. `undefined` when nobody listens on the
-   * task's `replyTo` (that sidecar is gone) or the worker is closed.
-   */
-  async #report(
-    task: TaskMessage,
-    kind: ReportKind,
-    extra: Omit<Partial<Report>, 'kind'>,
-  ): Promise<Answer | undefined> {
-    const report: Report = {
-      kind,
-      taskId: task.taskId,
-      attempt: task.attempt,
-      lease: task.lease,
-      agentId: this.agentId,
-      proof: reportProof(this.#key, this.agentId, kind, task.taskId, task.attempt),
-      ...extra,
-    };
-    const body = encodeJson(report);
-    for (let tries = 0; !this.#closed && !this.#nc.isClosed(); tries++) {
-      try {
-        const m = await this.#nc.request(task.replyTo, body, { timeout: this.#reportTimeoutMs });
-        return decodeJson(m.data) as Answer;
-      } catch (err) {
-        const gone =
-          err instanceof NoRespondersError || (err instanceof RequestError && err.isNoResponders());
-        if (gone && tries >= 3) return undefined;
-        await sleep(Math.min(1000, 50 * 2 ** Math.min(tries, 5)));
-      }
-    }
-    return undefined;
-  }
-
   /** Closes the connection (when the worker opened it). */
   async close(): Promise<void> {
     this.#closed = true;
     for (const c of this.#running.values()) c.abort(new Error('worker closed'));
-    if (this.#ownsConnection) await this.#nc.close();
+    await this.#link.close(this.#ownsConnection);
   }
 }
