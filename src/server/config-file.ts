@@ -350,20 +350,12 @@ export const sidecarConfigSchema = z
   .superRefine((c, ctx) => {
     // An agent or pool on the `nats` executor needs the NATS connection to get any work.
     if (c.nats !== undefined) return;
-    for (const [i, a] of c.agents.entries()) {
-      if (a.executor === 'nats') {
+    for (const key of ['agents', 'pools'] as const) {
+      for (const [i, a] of c[key].entries()) {
+        if (a.executor !== 'nats') continue;
         ctx.addIssue({
           code: 'custom',
-          path: ['agents', i, 'executor'],
-          message: "is 'nats' but no nats: section is configured",
-        });
-      }
-    }
-    for (const [i, p] of c.pools.entries()) {
-      if (p.executor === 'nats') {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['pools', i, 'executor'],
+          path: [key, i, 'executor'],
           message: "is 'nats' but no nats: section is configured",
         });
       }

@@ -3,26 +3,20 @@
  * tasks run with their own signal, a cancel reaches the running handler, a refused report is a
  * RemoteFabricError with the catalog code.
  */
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import { FabricWorker } from '../../src/worker/fabric-worker.js';
 import { RemoteFabricError } from '../../src/worker/worker-transport.js';
 import { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transport.js';
 import { TaskStatus } from '../../src/task.js';
 import { until } from '../fixtures/gateway/harness.js';
-import { describeNats, startNatsServer, type NatsServer } from '../fixtures/nats-server.js';
+import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
 describeNats('FabricWorker over NATS', () => {
-  let server: NatsServer;
-  beforeAll(async () => {
-    server = await startNatsServer();
-  });
-  afterAll(async () => {
-    await server?.close();
-  });
+  const suiteServer = natsServerPerSuite();
 
   it('runs tasks and aborts a cancelled one through its own signal', async () => {
-    const nats = { url: server.url, namespace: 'fw' };
+    const nats = { url: suiteServer().url, namespace: 'fw' };
     const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
     await fabric.start();
     const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });

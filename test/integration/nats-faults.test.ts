@@ -4,26 +4,20 @@
  */
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { TaskStatus } from '../../src/task.js';
 import { TSX, until } from '../fixtures/gateway/harness.js';
-import { describeNats, startNatsServer, type NatsServer } from '../fixtures/nats-server.js';
+import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
 const WORKER = fileURLToPath(new URL('../fixtures/nats/worker-process.ts', import.meta.url));
 
 describeNats('NATS faults', () => {
-  let server: NatsServer;
-  beforeAll(async () => {
-    server = await startNatsServer();
-  });
-  afterAll(async () => {
-    await server?.close();
-  });
+  const suiteServer = natsServerPerSuite();
 
   it('a worker killed (SIGKILL) mid-task: the task is redelivered and completes once', async () => {
-    const nats = { url: server.url, namespace: 'kill', ackWaitSeconds: 1 };
+    const nats = { url: suiteServer().url, namespace: 'kill', ackWaitSeconds: 1 };
     const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
     await fabric.start();
     await fabric.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
@@ -35,7 +29,7 @@ describeNats('NATS faults', () => {
     const child = spawn(process.execPath, ['--import', TSX, WORKER], {
       env: {
         ...process.env,
-        NATS_URL: server.url,
+        NATS_URL: suiteServer().url,
         NATS_NAMESPACE: 'kill',
         AGENT_ID: victim.id,
         AGENT_CREDENTIAL: victim.credential,
@@ -81,7 +75,7 @@ describeNats('NATS faults', () => {
   });
 
   it('nats-server restarted mid-load: no queued task is lost, each completes once', async () => {
-    const nats = { url: server.url, namespace: 'restart', ackWaitSeconds: 2 };
+    const nats = { url: suiteServer().url, namespace: 'restart', ackWaitSeconds: 2 };
     const fabric = new AgentFabric(
       { heartbeatIntervalSeconds: 60, maxQueueDepth: 10_000, maxConcurrentTasksPerAgent: 50 },
       { nats },
@@ -119,11 +113,11 @@ describeNats('NATS faults', () => {
     const ids: string[] = [];
     for (let i = 0; i < total; i++) ids.push((await fabric.scheduleToPool('p', 'work', i)).id);
     await until(() => completed.size >= 20, 20_000);
-    await server.stop();
+    await suiteServer().stop();
     // Mid-load: tasks were still queued in the scheduler and in the stream when it stopped.
     expect(completed.size).toBeLessThan(total - 50);
     await new Promise((r) => setTimeout(r, 500));
-    await server.restart();
+    await suiteServer().restart();
     const done = await Promise.all(ids.map((id) => fabric.waitForTask(id, { timeoutSeconds: 60 })));
     expect(done.filter((t) => t.status !== TaskStatus.COMPLETED)).toEqual([]);
     expect(done.map((t) => t.result)).toEqual(ids.map((_, i) => i));

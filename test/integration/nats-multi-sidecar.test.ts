@@ -3,7 +3,7 @@
  * worker attached through the other, and reports are accepted only with the attempt's lease and
  * from the agent a pinned task belongs to.
  */
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { connect } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
 import { AgentFabric } from '../../src/fabric.js';
@@ -13,19 +13,13 @@ import type { TaskMessage } from '../../src/transport/nats/wire.js';
 import { decodeJson, encodeJson, reportProof } from '../../src/transport/nats/wire.js';
 import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
 import { TaskStatus } from '../../src/task.js';
-import { describeNats, startNatsServer, type NatsServer } from '../fixtures/nats-server.js';
+import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
 describeNats('NATS: two sidecars on one server', () => {
-  let server: NatsServer;
-  beforeAll(async () => {
-    server = await startNatsServer();
-  });
-  afterAll(async () => {
-    await server?.close();
-  });
+  const suiteServer = natsServerPerSuite();
 
   it('a worker attached through A runs a pool task scheduled on B; B sees the result', async () => {
-    const nats = { url: server.url, namespace: 'multi' };
+    const nats = { url: suiteServer().url, namespace: 'multi' };
     const a = new AgentFabric({}, { nats });
     const b = new AgentFabric({}, { nats });
     await a.start();
@@ -68,7 +62,7 @@ describeNats('NATS: two sidecars on one server', () => {
 
   it('refuses reports without the lease, and reports on a pinned task from another agent', async () => {
     const ns = 'hostile';
-    const nats = { url: server.url, namespace: ns };
+    const nats = { url: suiteServer().url, namespace: ns };
     const names = natsNames(ns);
     const b = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
     const a = new AgentFabric({}, { nats });
@@ -81,7 +75,7 @@ describeNats('NATS: two sidecars on one server', () => {
     await b.heartbeat(victim.id);
     const task = await b.schedule({ agentId: victim.id, taskType: 't', payload: 1 });
     // Any NATS client may pull the victim's consumer: it then holds a valid lease.
-    const nc = await connect({ servers: server.url });
+    const nc = await connect({ servers: suiteServer().url });
     const consumer = await jetstream(nc).consumers.get(
       names.stream,
       names.agentConsumer(victim.id),

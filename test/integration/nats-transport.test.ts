@@ -2,7 +2,7 @@
  * The NATS transport against a real nats-server: connection errors, heartbeats with credential
  * proofs, and JetStream dispatch to a worker.
  */
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { connect } from '@nats-io/transport-node';
 import { AgentFabric } from '../../src/fabric.js';
 import { NatsUnavailableError } from '../../src/errors.js';
@@ -12,21 +12,10 @@ import { encodeJson, heartbeatProof, decodeJson } from '../../src/transport/nats
 import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
 import { TaskStatus } from '../../src/task.js';
 import { AgentStatus } from '../../src/agent.js';
-import {
-  describeNats,
-  freePort,
-  startNatsServer,
-  type NatsServer,
-} from '../fixtures/nats-server.js';
+import { describeNats, freePort, natsServerPerSuite } from '../fixtures/nats-server.js';
 
 describeNats('NATS transport', () => {
-  let server: NatsServer;
-  beforeAll(async () => {
-    server = await startNatsServer();
-  });
-  afterAll(async () => {
-    await server?.close();
-  });
+  const suiteServer = natsServerPerSuite();
 
   it('start fails with NatsUnavailableError naming the URL when nothing listens', async () => {
     const url = `nats://127.0.0.1:${await freePort()}`;
@@ -42,22 +31,25 @@ describeNats('NATS transport', () => {
   });
 
   it('refuses bad nats options with the field named', () => {
-    expect(() => new AgentFabric({}, { nats: { url: server.url, namespace: 'a.b' } })).toThrow(
-      /options\.nats\.namespace/,
-    );
+    expect(
+      () => new AgentFabric({}, { nats: { url: suiteServer().url, namespace: 'a.b' } }),
+    ).toThrow(/options\.nats\.namespace/);
     expect(
       () =>
-        new AgentFabric({}, { nats: { url: server.url, token: 't', user: 'u', password: 'p' } }),
+        new AgentFabric(
+          {},
+          { nats: { url: suiteServer().url, token: 't', user: 'u', password: 'p' } },
+        ),
     ).toThrow(/one of token/);
   });
 
   it('runs a task through JetStream and fences a second report of the attempt', async () => {
-    const fabric = new AgentFabric({}, { nats: { url: server.url, namespace: 'disp' } });
+    const fabric = new AgentFabric({}, { nats: { url: suiteServer().url, namespace: 'disp' } });
     await fabric.start();
     const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
     await fabric.natsExecutor!.consumersReady();
     const worker = await NatsWorker.connect({
-      nats: { url: server.url, namespace: 'disp' },
+      nats: { url: suiteServer().url, namespace: 'disp' },
       agentId: agent.id,
       credential: agent.credential,
     });
@@ -89,13 +81,13 @@ describeNats('NATS transport', () => {
     const ns = 'hb';
     const fabric = new AgentFabric(
       { heartbeatIntervalSeconds: 60 },
-      { nats: { url: server.url, namespace: ns } },
+      { nats: { url: suiteServer().url, namespace: ns } },
     );
     await fabric.start();
     const a = await fabric.spawn({ name: 'a', model: 'm', executor: 'nats' });
     const b = await fabric.spawn({ name: 'b', model: 'm', executor: 'nats' });
     expect(fabric.lifecycle.agentInfo(a.id).status).toBe(AgentStatus.STARTING);
-    const nc = await connect({ servers: server.url });
+    const nc = await connect({ servers: suiteServer().url });
     const names = natsNames(ns);
     const send = async (agentId: string, key: string, ts: number): Promise<unknown> => {
       const m = await nc.request(
@@ -127,7 +119,7 @@ describeNats('NATS transport', () => {
     ).rejects.toThrow();
     // The worker client heartbeats with its proof.
     const worker = await NatsWorker.connect({
-      nats: { url: server.url, namespace: ns },
+      nats: { url: suiteServer().url, namespace: ns },
       agentId: b.id,
       credential: b.credential,
     });

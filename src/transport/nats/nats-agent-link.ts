@@ -5,12 +5,13 @@
  *
  * @module
  */
+import type { JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { NoRespondersError, RequestError } from '@nats-io/transport-node';
 import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
 import type { NatsNames } from './subjects.js';
 import type { Answer, Report, ReportKind, TaskMessage } from './wire.js';
-import { decodeJson, encodeJson, heartbeatProof, reportProof } from './wire.js';
+import { decodeJson, encodeJson, heartbeatProof, reportProof, taskMessageSchema } from './wire.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -85,6 +86,37 @@ export class NatsAgentLink {
       }
     }
     return undefined;
+  }
+
+  /**
+   * Takes a pulled message up: checks it, refuses one delivered more often than its
+   * `maxAttempts` (reported `fail`), reports `start`. Returns the task to run, or `undefined`
+   * when the message was terminated instead (not a task, delivered too often, start refused —
+   * the attempt ended — or its sidecar gone).
+   */
+  async begin(m: JsMsg): Promise<TaskMessage | undefined> {
+    const parsed = taskMessageSchema.safeParse(decodeJson(m.data));
+    if (!parsed.success) {
+      m.term('not a fabric task message');
+      return undefined;
+    }
+    const task = parsed.data;
+    if (m.info.deliveryCount > task.maxAttempts) {
+      await this.report(task, 'fail', {
+        error: {
+          code: 'FABRIC_ERR_TASK_EXECUTION',
+          message: `delivered ${m.info.deliveryCount} times (maxAttempts ${task.maxAttempts})`,
+        },
+      });
+      m.term('delivered too often');
+      return undefined;
+    }
+    const start = await this.report(task, 'start');
+    if (start === undefined || !start.ok) {
+      m.term(start === undefined ? 'owning sidecar gone' : start.code);
+      return undefined;
+    }
+    return task;
   }
 
   /** Stops reporting; closes the connection when `owns`. */

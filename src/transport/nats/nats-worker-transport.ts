@@ -32,7 +32,7 @@ import type { NatsOptionsInput } from './nats-options.js';
 import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, TaskMessage } from './wire.js';
-import { decodeJson, taskMessageSchema } from './wire.js';
+import { decodeJson } from './wire.js';
 
 /** Options of {@link NatsWorkerTransport.connect}. */
 export interface NatsWorkerTransportOptions {
@@ -204,28 +204,9 @@ export class NatsWorkerTransport implements WorkerTransport {
 
   /** Reports `start` for a pulled message; the assignment, or undefined when it is not to run. */
   async #take(m: JsMsg, working: NodeJS.Timeout): Promise<TaskAssignment | undefined> {
-    const parsed = taskMessageSchema.safeParse(decodeJson(m.data));
-    if (!parsed.success) {
+    const task = await this.#link.begin(m);
+    if (task === undefined) {
       clearInterval(working);
-      m.term('not a fabric task message');
-      return undefined;
-    }
-    const task = parsed.data;
-    if (m.info.deliveryCount > task.maxAttempts) {
-      clearInterval(working);
-      await this.#link.report(task, 'fail', {
-        error: {
-          code: 'FABRIC_ERR_TASK_EXECUTION',
-          message: `delivered ${m.info.deliveryCount} times (maxAttempts ${task.maxAttempts})`,
-        },
-      });
-      m.term('delivered too often');
-      return undefined;
-    }
-    const start = await this.#link.report(task, 'start');
-    if (start === undefined || !start.ok) {
-      clearInterval(working);
-      m.term(start === undefined ? 'owning sidecar gone' : start.code);
       return undefined;
     }
     this.#held.set(`${task.taskId}:${task.attempt}`, { m, task, working });

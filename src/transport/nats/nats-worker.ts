@@ -33,7 +33,7 @@ import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
 import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, ReportKind } from './wire.js';
-import { decodeJson, taskMessageSchema } from './wire.js';
+import { decodeJson } from './wire.js';
 import { NatsAgentLink } from './nats-agent-link.js';
 
 /** Options of {@link NatsWorker.connect}. */
@@ -231,26 +231,9 @@ export class NatsWorker {
     handlers: Readonly<Record<string, NatsTaskHandler>>,
     ackWaitMs: number,
   ): Promise<void> {
-    const parsed = taskMessageSchema.safeParse(decodeJson(m.data));
-    if (!parsed.success) {
-      m.term('not a fabric task message');
-      return;
-    }
-    const task = parsed.data;
-    if (m.info.deliveryCount > task.maxAttempts) {
-      await this.#link.report(task, 'fail', {
-        error: {
-          code: 'FABRIC_ERR_TASK_EXECUTION',
-          message: `delivered ${m.info.deliveryCount} times (maxAttempts ${task.maxAttempts})`,
-        },
-      });
-      m.term('delivered too often');
-      return;
-    }
-    const start = await this.#link.report(task, 'start', {});
-    if (start === undefined || !start.ok) {
+    const task = await this.#link.begin(m);
+    if (task === undefined) {
       this.stats.refused++;
-      m.term(start === undefined ? 'owning sidecar gone' : start.code);
       return;
     }
     this.stats.started++;
