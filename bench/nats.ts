@@ -234,7 +234,7 @@ const suite: BenchSuite = {
   async run(ctx: BenchContext): Promise<void> {
     const server = await startNatsServer();
     try {
-      const n = ctx.quick ? 1000 : 10_000;
+      const n = ctx.quick ? 1000 : 4000;
       const rounds = ctx.quick ? 1 : 3;
       const values: number[] = [];
       const baselines: number[] = [];
