@@ -809,6 +809,23 @@ export class ListenError extends FabricError {
 }
 
 /**
+ * The NATS server configured in `nats.url` could not be reached or refused the login at start;
+ * `details.url` names the server(s). Credentials are never part of the message.
+ */
+export class NatsUnavailableError extends FabricError {
+  static readonly code = 'FABRIC_ERR_NATS_UNAVAILABLE';
+  constructor(url: string, message: string, options?: ErrorOptions) {
+    super(
+      NatsUnavailableError.code,
+      'unavailable',
+      `NATS at ${url} is unavailable: ${message}`,
+      { url },
+      options,
+    );
+  }
+}
+
+/**
  * A listener would serve beyond loopback without TLS: start-up is refused unless the listener
  * has `tls` or is explicitly `allowInsecure`. `details` name the listener and the host.
  */

@@ -60,6 +60,13 @@ import type { TaskFilter } from './scheduler/agent-scheduler.js';
 import { HookStatus } from './hooks/hook-status.js';
 import { TypedEmitter } from './events.js';
 import { checkNumber, checkString, jsonByteLength } from './validate.js';
+import type { NatsConnection } from '@nats-io/transport-node';
+import type { NatsOptions, NatsOptionsInput } from './transport/nats/nats-options.js';
+import { parseNatsOptions } from './transport/nats/nats-options.js';
+import { NatsExecutor } from './transport/nats/nats-executor.js';
+import { HeartbeatListener } from './transport/nats/heartbeat-listener.js';
+import { connectNats } from './transport/nats/nats-connection.js';
+import { isFinished } from './task.js';
 
 const NO_USAGE = Object.freeze({ tokens: 0, cost: 0 });
 
@@ -112,6 +119,13 @@ export interface FabricOptions {
     /** @default true */
     autoReassign?: boolean;
   };
+  /**
+   * A NATS server with JetStream: agents heartbeat on `fabric.<ns>.hb.<agentId>` and agents
+   * spawned with `executor: 'nats'` get their tasks through a JetStream work queue (see the
+   * README, "NATS"). {@link AgentFabric.start} connects and fails with `NatsUnavailableError`
+   * naming the URL when the server cannot be reached. Without it nothing uses NATS.
+   */
+  nats?: NatsOptionsInput;
 }
 
 /** Options of {@link AgentFabric.spawn}. */
@@ -200,6 +214,12 @@ export class AgentFabric {
   readonly #admins = new Map<string, string>();
   #closed = false;
   #closing: Promise<void> | undefined;
+  readonly #nats: NatsOptions | undefined;
+  /** The `nats` executor, when `FabricOptions.nats` is set. */
+  readonly natsExecutor: NatsExecutor | undefined;
+  /** The heartbeat consumer, when `FabricOptions.nats` is set. */
+  readonly natsHeartbeats: HeartbeatListener | undefined;
+  #nc: NatsConnection | undefined;
 
   constructor(config: Partial<FabricConfig> = {}, options: FabricOptions = {}) {
     this.config = parseFabricConfig(config);
@@ -234,6 +254,41 @@ export class AgentFabric {
     this.scheduler.registerExecutor(this.#local);
     this.scheduler.registerExecutor(this.#inprocess);
     const auto = ['local', 'inprocess'];
+    this.#nats = options.nats === undefined ? undefined : parseNatsOptions(options.nats);
+    if (this.#nats !== undefined) {
+      const exec = new NatsExecutor(this.#nats, {
+        ackWaitMs: Math.min(this.#nats.ackWaitSeconds, c.defaultTimeoutSeconds) * 1000,
+        maxDeliver: c.defaultMaxAttempts,
+      });
+      exec.setHost({
+        task: (id) => {
+          const t = this.scheduler.peekTask(id);
+          return t === undefined
+            ? undefined
+            : {
+                attempt: t.attempt,
+                finished: isFinished(t.status),
+                // Routed to the agent's own consumer while it runs on the agent it was
+                // addressed to; a task that moved to its pool goes to the pool's consumer.
+                agentId:
+                  t.agentId !== undefined && t.agentId === t.assignedAgentId
+                    ? t.agentId
+                    : undefined,
+                poolId: t.poolId,
+                maxAttempts: t.maxAttempts,
+              };
+        },
+        credentialHash: (id) => {
+          const rec = this.lifecycle.peek(id);
+          return rec === undefined || rec.status === AgentStatus.TERMINATED
+            ? undefined
+            : rec.credentialHash;
+        },
+        agentPool: (id) => this.lifecycle.peek(id)?.poolId,
+      });
+      this.natsExecutor = exec;
+      this.scheduler.registerExecutor(exec);
+    } else this.natsExecutor = undefined;
     for (const e of options.executors ?? []) {
       this.scheduler.registerExecutor(e);
       if (e.autoHeartbeat) auto.push(e.name);
@@ -278,6 +333,10 @@ export class AgentFabric {
       this.hooks = undefined;
       this.#autoReassign = false;
     }
+    this.natsHeartbeats =
+      this.#nats === undefined
+        ? undefined
+        : new HeartbeatListener(this.lifecycle, this.natsExecutor!.names);
     this.lifecycle.setWorkloadSource((id) => this.scheduler.agentLoad(id));
     this.lifecycle.setDrainer((id, ms) => this.scheduler.drainAgent(id, ms));
     this.lifecycle.events.on('agent.status', (agent, previous) => this.#onStatus(agent, previous));
@@ -342,6 +401,18 @@ export class AgentFabric {
   async start(): Promise<void> {
     this.#open();
     await this.hooks?.open();
+    if (this.#nats !== undefined && this.#nc === undefined) {
+      const nc = await connectNats(this.#nats, `agent-fabric ${this.natsExecutor!.sidecarId}`);
+      this.#nc = nc;
+      try {
+        this.natsHeartbeats!.start(nc);
+        await this.natsExecutor!.start(nc);
+      } catch (err) {
+        this.#nc = undefined;
+        await nc.close();
+        throw err;
+      }
+    }
   }
 
   /**
@@ -357,6 +428,8 @@ export class AgentFabric {
       this.policies.close();
       this.approvals.close();
       await this.scheduler.close();
+      await this.natsHeartbeats?.close();
+      if (this.#nc !== undefined) await this.#nc.drain().catch(() => this.#nc?.close());
       await this.#store.close();
     })();
     return this.#closing;

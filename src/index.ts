@@ -52,6 +52,10 @@ export { loadSidecarConfig, parseSidecarConfig } from './server/config-file.js';
 export { FabricBackend } from './server/fabric-backend.js';
 export { definePlugin, PluginHost } from './plugins/index.js';
 export { FabricWorker, RemoteFabricError } from './worker/fabric-worker.js';
+export { NatsWorker } from './transport/nats/nats-worker.js';
+export { NatsWorkerTransport } from './transport/nats/nats-worker-transport.js';
+export { NatsExecutor, NATS_EXECUTOR } from './transport/nats/nats-executor.js';
+export { parseNatsOptions } from './transport/nats/nats-options.js';
 export { AGENT_SERVICE_DEFINITION } from './rpc/agent-service.js';
 export { TOOL_SERVICE_DEFINITION } from './rpc/tool-service.js';
 export { startGrpcServer } from './rpc/grpc-server.js';
@@ -91,6 +95,7 @@ export {
   InvalidUsageError,
   InsecureListenerError,
   ListenError,
+  NatsUnavailableError,
   PayloadTooLargeError,
   PolicyDeniedError,
   PluginError,
@@ -197,11 +202,27 @@ export type { HttpDoorOptions } from './rpc/http-door.js';
 export type { Page, PageRequest } from './paging.js';
 export type { TaskFilter } from './scheduler/agent-scheduler.js';
 export type {
+  NatsRunOptions,
+  NatsTaskContext,
+  NatsTaskHandler,
+  NatsWorkerOptions,
+} from './transport/nats/nats-worker.js';
+export type { NatsOptions, NatsOptionsInput } from './transport/nats/nats-options.js';
+export type { NatsWorkerTransportOptions } from './transport/nats/nats-worker-transport.js';
+export type {
   FabricWorkerOptions,
+  FabricWorkerRunOptions,
   WorkerHandler,
-  WorkerHook,
   WorkerTaskContext,
 } from './worker/fabric-worker.js';
+export type {
+  HeldTask,
+  WorkerEndedTask,
+  WorkerFailure,
+  WorkerHook,
+  WorkerReportAnswer,
+  WorkerTransport,
+} from './worker/worker-transport.js';
 export type {
   LoadedPlugin,
   Plugin,

@@ -7,6 +7,7 @@
 import type { Reservation } from '../budget/budget-manager.js';
 import type { Approval } from '../policy/approval-manager.js';
 import type { PolicyDecision } from '../policy/policy-engine.js';
+import type { EndedTask } from '../scheduler/remote-executor.js';
 import type { TaskAssignment } from '../task.js';
 
 /** A policy decision as the pipeline gets it: the action and the deciding policy and rule. */
@@ -163,6 +164,13 @@ export interface GatewayBackend {
     error: { code?: string; message: string },
   ): unknown;
   reportProgress(agentId: string, taskId: string, attempt: number, progress: unknown): unknown;
+  /**
+   * Gives back a task the agent claimed but will not run (it is stopping): queued again, the
+   * attempt not counted. False when the task has moved on.
+   */
+  releaseTask(agentId: string, taskId: string, attempt: number): boolean;
+  /** Hands out (once) the agent's notices of tasks the fabric ended while it held them. */
+  takeEndedTasks(agentId: string): readonly EndedTask[];
   recordUsage(agentId: string, usage: ToolUsage): unknown;
 
   // GUPP hooks ("if there is work on your hook, you run it"); absent when hooks are not configured.

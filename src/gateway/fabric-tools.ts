@@ -96,9 +96,12 @@ export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
   [
     define(
       'heartbeat',
-      'Tell the fabric this agent is alive. Call it at least every heartbeat interval.',
+      "Tell the fabric this agent is alive. Call it at least every heartbeat interval. The answer's endedTasks lists the tasks you hold that the fabric ended (cancelled, timed out): stop working on them.",
       z.object({}).strict(),
-      (b, agentId) => b.heartbeat(agentId) ?? { ok: true },
+      async (b, agentId) => ({
+        ...(((await b.heartbeat(agentId)) ?? { ok: true }) as object),
+        endedTasks: b.takeEndedTasks(agentId),
+      }),
     ),
     define(
       'claim_task',
@@ -130,9 +133,18 @@ export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
     ),
     define(
       'report_progress',
-      'Report progress of a claimed task (any JSON).',
+      "Report progress of a claimed task (any JSON). The answer's endedTasks lists the tasks you hold that the fabric ended (cancelled, timed out): stop working on them.",
       z.object({ ...attemptArgs, progress: z.unknown() }).strict(),
-      (b, agentId, a) => b.reportProgress(agentId, a.taskId, a.attempt, a.progress) ?? { ok: true },
+      async (b, agentId, a) => {
+        await b.reportProgress(agentId, a.taskId, a.attempt, a.progress);
+        return { ok: true, endedTasks: b.takeEndedTasks(agentId) };
+      },
+    ),
+    define(
+      'release_task',
+      'Give back a claimed task you will not run (you are stopping): it is queued again and this attempt does not count. released is false when the task has moved on.',
+      z.object(attemptArgs).strict(),
+      (b, agentId, a) => ({ released: b.releaseTask(agentId, a.taskId, a.attempt) }),
     ),
     {
       ...define(

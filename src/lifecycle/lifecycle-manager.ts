@@ -6,6 +6,11 @@
  * back); any heartbeat makes it HEALTHY again. Agents whose executor runs in this process are
  * heartbeated for by the fabric (`heartbeat: 'auto'`); remote agents must heartbeat themselves.
  *
+ * The health sweep does not look at every agent: agents that heartbeat themselves sit in a map
+ * ordered by their last heartbeat (a heartbeat moves its agent to the end), so a sweep reads
+ * only the agents silent long enough to change status and stops at the first one that is not.
+ * Its cost follows the heartbeats received and the status changes, not agents × sweeps.
+ *
  * @module
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
@@ -113,6 +118,8 @@ export class LifecycleManager {
   readonly #byCredential = new Map<string, string>();
   readonly #terminating = new Map<string, Promise<AgentInfo>>();
   readonly #terminated: string[] = [];
+  /** Live agents with `heartbeat: 'manual'`, not UNHEALTHY, oldest heartbeat first. */
+  readonly #watched = new Map<string, AgentRecord>();
   #live = 0;
   #monitor: NodeJS.Timeout | undefined;
   #workload: (agentId: string) => AgentWorkload = () => NO_WORK;
@@ -172,6 +179,10 @@ export class LifecycleManager {
       if (rec.heartbeatMode === 'manual') {
         rec.lastHeartbeat = now;
         this.#agents.put(rec.id, rec);
+        if (rec.status !== AgentStatus.UNHEALTHY) this.#watched.set(rec.id, rec);
+      } else if (rec.status !== AgentStatus.HEALTHY) {
+        rec.status = AgentStatus.HEALTHY;
+        this.#agents.put(rec.id, rec);
       }
     }
     terminated.sort((a, b) => (a.terminatedAt ?? 0) - (b.terminatedAt ?? 0));
@@ -223,6 +234,7 @@ export class LifecycleManager {
     this.#agents.put(rec.id, rec);
     this.#byCredential.set(rec.credentialHash, rec.id);
     this.#live++;
+    if (rec.heartbeatMode === 'manual') this.#watched.set(rec.id, rec);
     this.#ensureMonitor();
     const info = this.#info(rec);
     this.events.emit('agent.spawned', info);
@@ -325,6 +337,11 @@ export class LifecycleManager {
       throw new AgentUnavailableError(agentId, rec.status);
     }
     rec.lastHeartbeat = Date.now();
+    if (rec.heartbeatMode === 'manual') {
+      // To the end of the sweep order (delete + set: a Map keeps insertion order).
+      this.#watched.delete(rec.id);
+      this.#watched.set(rec.id, rec);
+    }
     // A status change is stored; the time alone is not: every tool call is a heartbeat, so
     // storing it would put a durable commit on the hot path, and a restored agent gets a fresh
     // heartbeat (one interval of grace) anyway.
@@ -385,6 +402,10 @@ export class LifecycleManager {
     rec.heartbeatMode = mode;
     rec.lastHeartbeat = Date.now();
     this.#agents.put(rec.id, rec);
+    this.#watched.delete(rec.id);
+    if (rec.status === AgentStatus.DRAINING || rec.status === AgentStatus.TERMINATED) return;
+    if (mode === 'manual') this.#watched.set(rec.id, rec);
+    else if (rec.status !== AgentStatus.HEALTHY) this.#setStatus(rec, AgentStatus.HEALTHY);
   }
 
   /**
@@ -406,6 +427,7 @@ export class LifecycleManager {
         : checkNumber('drainTimeoutSeconds', options.drainTimeoutSeconds, 'nonNegativeNumber') *
           1000;
     const p = (async () => {
+      this.#watched.delete(rec.id);
       this.#setStatus(rec, AgentStatus.DRAINING);
       try {
         await this.#drainer(agentId, drainMs);
@@ -425,23 +447,22 @@ export class LifecycleManager {
     return p;
   }
 
-  /** Runs one health sweep now (the monitor runs it every half interval). */
+  /**
+   * Runs one health sweep now (the monitor runs it every half interval): agents silent for two
+   * intervals become DEGRADED, for three UNHEALTHY. Reads only those (see the module comment).
+   */
   checkHealth(): void {
     const now = Date.now();
-    for (const rec of this.#agents.values()) {
-      if (rec.status === AgentStatus.TERMINATED || rec.status === AgentStatus.DRAINING) continue;
-      if (rec.heartbeatMode === 'auto') {
-        rec.lastHeartbeat = now;
-        if (rec.status !== AgentStatus.HEALTHY) this.#setStatus(rec, AgentStatus.HEALTHY);
+    for (const rec of this.#watched.values()) {
+      const silent = now - rec.lastHeartbeat;
+      if (silent < 2 * this.#intervalMs) break; // the rest heartbeated later
+      if (rec.status === AgentStatus.DRAINING || rec.status === AgentStatus.TERMINATED) {
+        this.#watched.delete(rec.id);
         continue;
       }
-      const silent = now - rec.lastHeartbeat;
-      const next =
-        silent >= 3 * this.#intervalMs
-          ? AgentStatus.UNHEALTHY
-          : silent >= 2 * this.#intervalMs
-            ? AgentStatus.DEGRADED
-            : rec.status;
+      const next = silent >= 3 * this.#intervalMs ? AgentStatus.UNHEALTHY : AgentStatus.DEGRADED;
+      // An UNHEALTHY agent changes nothing more until it heartbeats (which puts it back).
+      if (next === AgentStatus.UNHEALTHY) this.#watched.delete(rec.id);
       if (next !== rec.status) this.#setStatus(rec, next);
     }
   }
@@ -498,7 +519,11 @@ export class LifecycleManager {
       status: rec.status,
       labels: rec.labels,
       createdAt: rec.createdAt,
-      lastHeartbeat: rec.lastHeartbeat,
+      // The fabric heartbeats for an `auto` agent all the time it lives.
+      lastHeartbeat:
+        rec.heartbeatMode === 'auto' && rec.status === AgentStatus.HEALTHY
+          ? Date.now()
+          : rec.lastHeartbeat,
       runningTasks: w.runningTasks,
       queuedTasks: w.queuedTasks,
       completedTasks: w.completedTasks,

@@ -618,6 +618,11 @@ export class AgentScheduler {
     return this.#get(taskId).snapshot();
   }
 
+  /** The live record of a task, or undefined (no snapshot: for executors on their hot path). */
+  peekTask(taskId: string): Readonly<TaskRecord> | undefined {
+    return this.#tasks.get(taskId);
+  }
+
   /**
    * Cancels a task: a queued one leaves its queue, a running one is aborted. Cancelling a
    * finished task changes nothing and returns its snapshot.

@@ -1,6 +1,7 @@
 /**
  * The executor contract: how the scheduler hands tasks to whatever runs them — worker threads,
- * the main thread, or agents on other machines (which claim over MCP or gRPC).
+ * the main thread, or agents on other machines (which claim over MCP or gRPC, or pull from
+ * JetStream: `src/transport/nats/nats-executor.ts`).
  *
  * Tasks cross this boundary as {@link TaskAssignment}s carrying `(taskId, attempt)`. The attempt is
  * a fencing token: a result for an attempt the scheduler has moved past (the task timed out,

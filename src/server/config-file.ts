@@ -24,6 +24,7 @@ import { DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT } from '../policy/approval-mana
 import { DEFAULT_STATE_SYNCHRONOUS } from '../store/sqlite-store.js';
 import { HostGuard } from './host-guard.js';
 import { pinnedCredentialProblem } from './pinned-credential.js';
+import { natsOptionsSchema } from '../transport/nats/nats-options.js';
 
 /** Default HTTP port of the sidecar. */
 export const DEFAULT_HTTP_PORT = 8765;
@@ -65,6 +66,11 @@ export const agentSchema = z
     labels: z.record(z.string(), z.string()).optional(),
     capabilities: z.array(z.string()).optional(),
     budget: budgetSchema.optional(),
+    /**
+     * How the agent gets its tasks: `remote` (it claims them over MCP or gRPC) or `nats` (its
+     * worker pulls them from JetStream; needs the `nats:` section). @default 'remote'
+     */
+    executor: z.enum(['remote', 'nats']).optional(),
   })
   .strict();
 
@@ -195,6 +201,8 @@ export const sidecarConfigSchema = z
             model: z.string().min(1).default('mcp-client'),
             minAgents: z.number().int().min(0).default(0),
             maxAgents: z.number().int().positive().optional(),
+            /** Executor of the pool's agents (see `agents[].executor`). @default 'remote' */
+            executor: z.enum(['remote', 'nats']).optional(),
           })
           .strict(),
       )
@@ -319,6 +327,12 @@ export const sidecarConfigSchema = z
     plugins: z
       .array(z.object({ module: z.string().min(1), options: z.unknown().optional() }).strict())
       .default([]),
+    /**
+     * A NATS server with JetStream (see the README, "NATS"): heartbeats on core subjects and
+     * JetStream dispatch for agents with `executor: 'nats'`. Off unless configured; start-up
+     * fails (FABRIC_ERR_NATS_UNAVAILABLE, naming the URL) when the server cannot be reached.
+     */
+    nats: natsOptionsSchema.optional(),
     hooks: z
       .object({
         storagePath: z.string().min(1),
@@ -332,7 +346,21 @@ export const sidecarConfigSchema = z
       .strict()
       .optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    // An agent or pool on the `nats` executor needs the NATS connection to get any work.
+    if (c.nats !== undefined) return;
+    for (const key of ['agents', 'pools'] as const) {
+      for (const [i, a] of c[key].entries()) {
+        if (a.executor !== 'nats') continue;
+        ctx.addIssue({
+          code: 'custom',
+          path: [key, i, 'executor'],
+          message: "is 'nats' but no nats: section is configured",
+        });
+      }
+    }
+  });
 
 /** A parsed sidecar configuration. */
 export type SidecarConfig = z.output<typeof sidecarConfigSchema>;

@@ -20,6 +20,7 @@ import type {
   ToolVisibilityContext,
 } from '../gateway/backend.js';
 import type { ApprovalStatus } from '../policy/approval-manager.js';
+import type { EndedTask } from '../scheduler/remote-executor.js';
 import type { TaskAssignment } from '../task.js';
 import type { AdminApi } from './http-server.js';
 
@@ -100,6 +101,14 @@ export class FabricBackend implements GatewayBackend, AdminApi {
     progress: unknown,
   ): Promise<void> {
     return this.#fabric.reportProgress(agentId, taskId, attempt, progress);
+  }
+
+  releaseTask(agentId: string, taskId: string, attempt: number): boolean {
+    return this.#fabric.unclaimTask(agentId, taskId, attempt);
+  }
+
+  takeEndedTasks(agentId: string): readonly EndedTask[] {
+    return this.#fabric.scheduler.takeEndedTasks(agentId);
   }
 
   recordUsage(agentId: string, usage: ToolUsage): Promise<void> {

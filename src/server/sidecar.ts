@@ -201,6 +201,7 @@ export class Sidecar {
             maxPendingPerAgent: config.approvals.maxPendingPerAgent,
           },
           ...(config.hooks === undefined ? {} : { hooks: hookOptions(config.hooks) }),
+          ...(config.nats === undefined ? {} : { nats: config.nats }),
           ...extra,
           ...(store === undefined ? {} : { store }),
           adminCredentials: [
@@ -536,6 +537,7 @@ function spawnConfig(
     labels?: Record<string, string> | undefined;
     capabilities?: string[] | undefined;
     budget?: unknown;
+    executor?: 'remote' | 'nats' | undefined;
   },
   config: SidecarConfig,
 ): Parameters<AdminBackend['spawn']>[0] {
@@ -543,7 +545,7 @@ function spawnConfig(
   return {
     name: a.name,
     model: a.model,
-    executor: 'remote',
+    executor: a.executor ?? 'remote',
     ...(a.poolId === undefined ? {} : { poolId: a.poolId }),
     ...(a.labels === undefined ? {} : { labels: a.labels }),
     ...(a.capabilities === undefined ? {} : { capabilities: a.capabilities }),
@@ -572,7 +574,7 @@ async function configureFabric(fabric: AgentFabric, config: SidecarConfig): Prom
     await fabric.createPool({
       poolId: p.id,
       model: p.model,
-      executor: 'remote',
+      executor: p.executor ?? 'remote',
       minAgents: p.minAgents,
       ...(p.name === undefined ? {} : { name: p.name }),
       ...(p.maxAgents === undefined ? {} : { maxAgents: p.maxAgents }),

@@ -1,8 +1,19 @@
 /**
- * The worker SDK: a remote agent's side of the fabric, over MCP. A worker connects to a sidecar
- * with its agent credential, heartbeats, runs the work on its hook first ("if there is work on
- * your hook, you run it"), then claims tasks and runs them with its handlers. Every call goes
- * through the sidecar's policy pipeline like any tool call.
+ * The worker SDK: a remote agent's side of the fabric. A worker connects to a sidecar with its
+ * agent credential, heartbeats, runs the work on its hook first ("if there is work on your hook,
+ * you run it"), then claims tasks and runs them with its handlers. Every call goes through the
+ * sidecar's policy pipeline like any tool call.
+ *
+ * The wire is a {@link WorkerTransport}: {@link FabricWorker.connect} opens the MCP one; any other
+ * goes through {@link FabricWorker.withTransport}. The run loop lives here, so every transport
+ * gets the same behaviour:
+ * - each task's handler gets its own `AbortSignal`, aborted when the fabric ends the task
+ *   (cancelled, timed out: learned from the answers of heartbeats and progress reports), when
+ *   the task's own timeout passes on this machine's clock, and when `run()` stops;
+ * - a task a claim hands over after `run()` was told to stop is given back (`release`), and so is
+ *   a task whose handler gave up because `run()` stopped — nothing stays RUNNING on a worker
+ *   that left;
+ * - hooks are looked up when `run()` starts and again every `hookCheckSeconds`.
  *
  * @example
  * const worker = await FabricWorker.connect({ url: 'http://127.0.0.1:8765/mcp', credential });
@@ -12,39 +23,72 @@
  *
  * @module
  */
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { FabricError, InvalidArgumentError, type ErrorKind } from '../errors.js';
-import { ERROR_META_KEY } from '../gateway/map-error.js';
+import {
+  HandlerNotFoundError,
+  InvalidArgumentError,
+  TaskNotFoundError,
+  TaskStateError,
+} from '../errors.js';
+import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
 import type { TaskAssignment } from '../task.js';
 import { checkNumber, checkString } from '../validate.js';
+import { McpWorkerTransport } from './mcp-worker-transport.js';
+import {
+  RemoteFabricError,
+  type HeldTask,
+  type WorkerFailure,
+  type WorkerHook,
+  type WorkerReportAnswer,
+  type WorkerTransport,
+} from './worker-transport.js';
+
+export { RemoteFabricError };
+export type { WorkerHook };
+
+/** Default of {@link FabricWorkerOptions.heartbeatSeconds}. */
+export const DEFAULT_WORKER_HEARTBEAT_SECONDS = 10;
+/** Default of {@link FabricWorkerOptions.claimWaitSeconds}. */
+export const DEFAULT_WORKER_CLAIM_WAIT_SECONDS = 20;
+/** Default of {@link FabricWorkerOptions.hookCheckSeconds}. */
+export const DEFAULT_WORKER_HOOK_CHECK_SECONDS = 10;
+/**
+ * Longest wait of one claim inside `run()`: a claim is never abandoned (its answer could carry a
+ * task), so stopping and the next hook check wait for it to return.
+ */
+export const MAX_RUN_CLAIM_WAIT_SECONDS = 5;
+
+/** Options of how a worker runs, whatever its transport. */
+export interface FabricWorkerRunOptions {
+  /**
+   * How often `run` heartbeats. A cancel of a running task reaches its handler with the next
+   * heartbeat (or progress report) at the latest.
+   * @default 10
+   */
+  heartbeatSeconds?: number;
+  /** How long one claim waits for a task (inside `run`, at most 5 s). @default 20 */
+  claimWaitSeconds?: number;
+  /** How often `run` looks for work on its hook besides at start. @default 10 */
+  hookCheckSeconds?: number;
+}
 
 /** Options of {@link FabricWorker.connect}. */
-export interface FabricWorkerOptions {
+export interface FabricWorkerOptions extends FabricWorkerRunOptions {
   /** The sidecar's MCP endpoint, e.g. `http://127.0.0.1:8765/mcp`. */
   url: string | URL;
   /** This agent's credential (from `spawn`, or printed by `agent-fabric serve`). */
   credential: string;
-  /** How often `run` heartbeats. @default 10 */
-  heartbeatSeconds?: number;
-  /** How long one claim waits for a task. @default 20 */
-  claimWaitSeconds?: number;
-}
-
-/** A hook as the worker sees it. */
-export interface WorkerHook {
-  readonly hookId: string;
-  readonly status: string;
-  readonly workItem: unknown;
-  readonly branch: string | null;
-  readonly worktreePath: string | null;
-  readonly [key: string]: unknown;
 }
 
 /** Context of a task or hook handler. */
 export interface WorkerTaskContext {
   readonly worker: FabricWorker;
+  /**
+   * Aborted when this task must stop: the fabric ended it (`reason` a {@link RemoteFabricError}
+   * with the fabric's code, e.g. `FABRIC_ERR_CANCELLED`), its timeout passed (`reason` a
+   * `TimeoutError` DOMException), or `run()` stopped (`reason` an `AbortError` DOMException).
+   * A hook's signal aborts only when `run()` stops.
+   */
   readonly signal: AbortSignal;
   /** Reports progress of the task being run. */
   progress(progress: unknown): Promise<void>;
@@ -53,108 +97,156 @@ export interface WorkerTaskContext {
 /** A handler of one task type. Hooks are run by the handler named by `workItem.taskType`, else `hook`. */
 export type WorkerHandler = (payload: unknown, context: WorkerTaskContext) => unknown;
 
-/** An error the sidecar returned, with its catalog code. */
-export class RemoteFabricError extends FabricError {}
+interface ParsedRunOptions {
+  readonly heartbeatMs: number;
+  readonly claimWait: number;
+  readonly hookCheckMs: number;
+}
+
+function parseRunOptions(options: FabricWorkerRunOptions): ParsedRunOptions {
+  return Object.freeze({
+    heartbeatMs:
+      checkNumber(
+        'options.heartbeatSeconds',
+        options.heartbeatSeconds ?? DEFAULT_WORKER_HEARTBEAT_SECONDS,
+        'positiveNumber',
+      ) * 1000,
+    claimWait: checkNumber(
+      'options.claimWaitSeconds',
+      options.claimWaitSeconds ?? DEFAULT_WORKER_CLAIM_WAIT_SECONDS,
+      'nonNegativeNumber',
+    ),
+    hookCheckMs:
+      checkNumber(
+        'options.hookCheckSeconds',
+        options.hookCheckSeconds ?? DEFAULT_WORKER_HOOK_CHECK_SECONDS,
+        'positiveNumber',
+      ) * 1000,
+  });
+}
+
+/** A task whose handler runs now, and what aborts it. */
+interface Running {
+  readonly attempt: number;
+  readonly controller: AbortController;
+}
 
 /** A connected worker. */
 export class FabricWorker {
-  readonly #client: Client;
-  readonly #heartbeatMs: number;
-  readonly #claimWait: number;
+  readonly #transport: WorkerTransport;
+  readonly #options: ParsedRunOptions;
+  /** Handlers running now, by task id, so an ended-task notice reaches the right one. */
+  readonly #running = new Map<string, Running>();
 
-  private constructor(client: Client, heartbeatMs: number, claimWait: number) {
-    this.#client = client;
-    this.#heartbeatMs = heartbeatMs;
-    this.#claimWait = claimWait;
+  private constructor(transport: WorkerTransport, options: ParsedRunOptions) {
+    this.#transport = transport;
+    this.#options = options;
   }
 
   /**
-   * Connects to a sidecar as the agent the credential belongs to.
+   * Connects to a sidecar over MCP as the agent the credential belongs to.
    * @throws the sidecar's 401 as an error when the credential is unknown.
    */
   static async connect(options: FabricWorkerOptions): Promise<FabricWorker> {
     const credential = checkString('options.credential', options.credential, 4096);
-    const heartbeatMs =
-      checkNumber('options.heartbeatSeconds', options.heartbeatSeconds ?? 10, 'positiveNumber') *
-      1000;
-    const claimWait = checkNumber(
-      'options.claimWaitSeconds',
-      options.claimWaitSeconds ?? 20,
-      'nonNegativeNumber',
+    const parsed = parseRunOptions(options);
+    return new FabricWorker(
+      await McpWorkerTransport.connect(new URL(options.url), credential),
+      parsed,
     );
-    const transport = new StreamableHTTPClientTransport(new URL(options.url), {
-      requestInit: { headers: { Authorization: `Bearer ${credential}` } },
-    });
-    const client = new Client({ name: 'agent-fabric-worker', version: '0.1.0' });
-    await client.connect(transport);
-    return new FabricWorker(client, heartbeatMs, claimWait);
   }
 
-  /** Records a heartbeat. */
-  heartbeat(): Promise<unknown> {
-    return this.#call('heartbeat', {});
+  /** A worker over an already open transport (it is closed by {@link close}). */
+  static withTransport(
+    transport: WorkerTransport,
+    options: FabricWorkerRunOptions = {},
+  ): FabricWorker {
+    return new FabricWorker(transport, parseRunOptions(options));
+  }
+
+  /** Records a heartbeat; ended-task notices in the answer abort the handlers they name. */
+  async heartbeat(): Promise<WorkerReportAnswer> {
+    return this.#noticed(await this.#transport.heartbeat());
   }
 
   /** The next task of this agent or its pool, or `null` when none arrived within `waitSeconds`. */
-  async claimTask(options: { waitSeconds?: number } = {}): Promise<TaskAssignment | null> {
-    return (await this.#call('claim_task', {
-      waitSeconds: options.waitSeconds ?? this.#claimWait,
-    })) as TaskAssignment | null;
+  claimTask(options: { waitSeconds?: number } = {}): Promise<TaskAssignment | null> {
+    return this.#transport.claim(options.waitSeconds ?? this.#options.claimWait);
   }
 
-  completeTask(task: TaskAssignment, result?: unknown): Promise<unknown> {
-    return this.#call('complete_task', {
-      taskId: task.taskId,
-      attempt: task.attempt,
-      result: result ?? null,
-    });
+  completeTask(task: HeldTask, result?: unknown): Promise<unknown> {
+    return this.#transport.complete(task, result ?? null);
   }
 
-  failTask(task: TaskAssignment, error: { code?: string; message: string }): Promise<unknown> {
-    return this.#call('fail_task', { taskId: task.taskId, attempt: task.attempt, ...error });
+  failTask(task: HeldTask, error: WorkerFailure): Promise<unknown> {
+    return this.#transport.fail(task, error);
   }
 
-  reportProgress(task: TaskAssignment, progress: unknown): Promise<unknown> {
-    return this.#call('report_progress', { taskId: task.taskId, attempt: task.attempt, progress });
+  /**
+   * Gives back a claimed task this worker will not run: it is queued again and this attempt
+   * does not count against `maxAttempts`. False when the task has moved on.
+   */
+  releaseTask(task: HeldTask): Promise<boolean> {
+    return this.#transport.release(task);
+  }
+
+  /** Reports progress; ended-task notices in the answer abort the handlers they name. */
+  async reportProgress(task: HeldTask, progress: unknown): Promise<WorkerReportAnswer> {
+    return this.#noticed(await this.#transport.reportProgress(task, progress));
   }
 
   /** Records model usage spent outside tool calls against this agent's budget. */
   recordUsage(usage: { tokens: number; cost: number }): Promise<unknown> {
-    return this.#call('record_usage', usage);
+    return this.#transport.recordUsage(usage);
   }
 
   /** The work on this agent's hook (ACTIVE, else oldest PENDING), or `null`. */
-  async hookFor(): Promise<WorkerHook | null> {
-    return (await this.#call('get_hook', {})) as WorkerHook | null;
+  hookFor(): Promise<WorkerHook | null> {
+    return this.#transport.hookFor();
   }
 
   activateHook(hookId: string): Promise<unknown> {
-    return this.#call('activate_hook', { hookId });
+    return this.#transport.activateHook(hookId);
   }
 
   hookProgress(hookId: string, note?: string): Promise<unknown> {
-    return this.#call('hook_progress', note === undefined ? { hookId } : { hookId, note });
+    return this.#transport.hookProgress(hookId, note);
   }
 
   completeHook(hookId: string, result?: unknown): Promise<unknown> {
-    return this.#call('complete_hook', { hookId, result: result ?? null });
+    return this.#transport.completeHook(hookId, result ?? null);
   }
 
-  failHook(hookId: string, error: { code?: string; message: string }): Promise<unknown> {
-    return this.#call('fail_hook', { hookId, ...error });
-  }
-
-  /** Calls an upstream tool through the gateway (policy and budget apply). */
-  callTool(name: string, args: Record<string, unknown> = {}): Promise<CallToolResult> {
-    return this.#client.callTool({ name, arguments: args }) as Promise<CallToolResult>;
+  failHook(hookId: string, error: WorkerFailure): Promise<unknown> {
+    return this.#transport.failHook(hookId, error);
   }
 
   /**
-   * Runs until `signal` aborts: heartbeats every `heartbeatSeconds`; first runs the work on its
-   * hook, if any, with the handler named by the work item's `taskType` (else `hook`); then claims
-   * tasks one at a time and runs them with `handlers[taskType]`. A handler's error fails the task
-   * (or hook) with the error's code and message; a task type without a handler fails with
-   * `FABRIC_ERR_HANDLER_NOT_FOUND`.
+   * Calls an upstream tool through the gateway (policy and budget apply).
+   * @throws InvalidArgumentError when the transport does not reach the gateway.
+   */
+  callTool(name: string, args: Record<string, unknown> = {}): Promise<CallToolResult> {
+    if (this.#transport.callTool === undefined) {
+      return Promise.reject(
+        new InvalidArgumentError('callTool', 'this worker transport does not carry tool calls'),
+      );
+    }
+    return this.#transport.callTool(name, args);
+  }
+
+  /**
+   * Runs until `signal` aborts: heartbeats every `heartbeatSeconds`; runs the work on its hook,
+   * if any, with the handler named by the work item's `taskType` (else `hook`) — at start and
+   * every `hookCheckSeconds`; between hook checks claims tasks one at a time and runs them with
+   * `handlers[taskType]`. A handler's error fails the task (or hook) with the error's code and
+   * message; a task type without a handler fails with `FABRIC_ERR_HANDLER_NOT_FOUND`.
+   *
+   * When `signal` aborts, the running handler's signal aborts too; if the handler then throws,
+   * the task is given back (queued again, the attempt not counted) — if it returns, its result
+   * completes the task. A task a claim hands over after `signal` aborted is given back unrun.
+   * A hook whose handler throws after `signal` aborted stays ACTIVE on this agent, to be picked
+   * up on its next `run()`. Resolves once the claim in flight (at most 5 s) and the running
+   * handler returned.
    */
   async run(
     handlers: Readonly<Record<string, WorkerHandler>>,
@@ -164,89 +256,157 @@ export class FabricWorker {
     if (!(signal instanceof AbortSignal))
       throw new InvalidArgumentError('options.signal', 'must be an AbortSignal');
     await this.heartbeat();
-    const beat = setInterval(() => void this.heartbeat().catch(() => undefined), this.#heartbeatMs);
+    const beat = setInterval(
+      () => void this.heartbeat().catch(() => undefined),
+      this.#options.heartbeatMs,
+    );
+    const claimWait = Math.min(this.#options.claimWait, MAX_RUN_CLAIM_WAIT_SECONDS);
     try {
-      await this.#runHook(handlers, signal);
+      let nextHookCheck = 0;
       while (!signal.aborted) {
-        const task = await this.claimTask({ waitSeconds: Math.min(this.#claimWait, 5) });
-        if (task === null || signal.aborted) continue;
-        const handler = handlers[task.taskType];
-        if (handler === undefined) {
-          await this.failTask(task, {
-            code: 'FABRIC_ERR_HANDLER_NOT_FOUND',
-            message: `this worker has no handler for ${JSON.stringify(task.taskType)}`,
-          });
+        if (Date.now() >= nextHookCheck) {
+          await this.#runHooks(handlers, signal);
+          nextHookCheck = Date.now() + this.#options.hookCheckMs;
           continue;
         }
-        const ctx: WorkerTaskContext = {
-          worker: this,
-          signal,
-          progress: async (p) => void (await this.reportProgress(task, p)),
-        };
-        try {
-          await this.completeTask(task, await handler(task.payload, ctx));
-        } catch (err) {
-          await this.failTask(task, errorInfo(err)).catch(() => undefined);
+        const task = await this.claimTask({ waitSeconds: claimWait });
+        if (task === null) continue;
+        if (signal.aborted) {
+          // Stopped while the claim was out: the handler never started, so the task goes back.
+          await this.releaseTask(task).catch(() => undefined);
+          break;
         }
+        await this.#runTask(task, handlers, signal);
       }
     } finally {
       clearInterval(beat);
     }
   }
 
-  async #runHook(
+  async #runTask(
+    task: TaskAssignment,
     handlers: Readonly<Record<string, WorkerHandler>>,
-    signal: AbortSignal,
+    stop: AbortSignal,
   ): Promise<void> {
-    const hook = await this.hookFor();
-    if (hook === null || signal.aborted) return;
-    const item = hook.workItem as { taskType?: unknown } | null;
-    const type =
-      item !== null && typeof item === 'object' && typeof item.taskType === 'string'
-        ? item.taskType
-        : 'hook';
-    const handler = handlers[type];
-    if (handler === undefined) return; // not ours to run: leave it for a worker that can
-    if (hook.status === 'PENDING') await this.activateHook(hook.hookId);
+    const handler = handlers[task.taskType];
+    if (handler === undefined) {
+      const err = new HandlerNotFoundError(task.taskType);
+      await this.#report(this.failTask(task, { code: err.code, message: err.message }));
+      return;
+    }
+    const controller = new AbortController();
+    const running: Running = { attempt: task.attempt, controller };
+    this.#running.set(task.taskId, running);
+    const onStop = () => controller.abort(new DOMException('the worker is stopping', 'AbortError'));
+    stop.addEventListener('abort', onStop, { once: true });
+    // The fabric times the task out on its own clock and tells us; this stops the handler on
+    // time even when that notice is late (the next heartbeat).
+    const timeoutMs = task.timeoutSeconds * 1000;
+    const timer =
+      timeoutMs > 0 && timeoutMs <= MAX_TIMER_MS
+        ? setTimeout(
+            () =>
+              controller.abort(
+                new DOMException(`task ${task.taskId} ran past its timeout`, 'TimeoutError'),
+              ),
+            timeoutMs,
+          )
+        : undefined;
     const ctx: WorkerTaskContext = {
       worker: this,
-      signal,
-      progress: async (p) =>
-        void (await this.hookProgress(hook.hookId, typeof p === 'string' ? p : JSON.stringify(p))),
+      signal: controller.signal,
+      progress: async (p) => void (await this.reportProgress(task, p)),
     };
+    /** Detaches the task from what could abort it once its handler returned. */
+    const settled = () => {
+      clearTimeout(timer);
+      stop.removeEventListener('abort', onStop);
+      if (this.#running.get(task.taskId) === running) this.#running.delete(task.taskId);
+    };
+    let result: unknown;
     try {
-      await this.completeHook(hook.hookId, await handler(hook.workItem, ctx));
+      result = await handler(task.payload, ctx);
     } catch (err) {
-      await this.failHook(hook.hookId, errorInfo(err)).catch(() => undefined);
+      const reason: unknown = controller.signal.reason;
+      const aborted = controller.signal.aborted;
+      settled();
+      if (!aborted) await this.#report(this.failTask(task, errorInfo(err)));
+      else if (reason instanceof DOMException && reason.name === 'AbortError')
+        await this.#report(this.releaseTask(task));
+      // Ended by the fabric, or past its timeout (the fabric ends it): nothing to report.
+      return;
+    }
+    // The handler is done: from here on nothing aborts it (a stop or notice during the report).
+    settled();
+    await this.#report(this.completeTask(task, result));
+  }
+
+  /**
+   * A report about a task this worker held. The task may have moved on meanwhile (cancelled,
+   * timed out): the fabric's refusal of a stale report is expected and dropped; any other error
+   * (the sidecar unreachable) ends `run()`.
+   */
+  async #report(call: Promise<unknown>): Promise<void> {
+    try {
+      await call;
+    } catch (err) {
+      const code = (err as { code?: unknown } | null)?.code;
+      if (code !== TaskStateError.code && code !== TaskNotFoundError.code) throw err;
+    }
+  }
+
+  /** Aborts the handlers of the attempts the fabric ended. */
+  #noticed(answer: WorkerReportAnswer): WorkerReportAnswer {
+    for (const n of answer.endedTasks) {
+      const r = this.#running.get(n.taskId);
+      // A notice for another attempt (or a task that already finished here) is stale.
+      if (r === undefined || r.attempt !== n.attempt) continue;
+      r.controller.abort(new RemoteFabricError(n.code, 'failed_precondition', n.message, { ...n }));
+    }
+    return answer;
+  }
+
+  /** Runs the work on this agent's hooks until none is left that this worker can run. */
+  async #runHooks(
+    handlers: Readonly<Record<string, WorkerHandler>>,
+    stop: AbortSignal,
+  ): Promise<void> {
+    const seen = new Set<string>();
+    while (!stop.aborted) {
+      const hook = await this.hookFor();
+      // The same hook twice in one pass: its report did not take; look again at the next check.
+      if (hook === null || seen.has(hook.hookId)) return;
+      seen.add(hook.hookId);
+      const item = hook.workItem as { taskType?: unknown } | null;
+      const type =
+        item !== null && typeof item === 'object' && typeof item.taskType === 'string'
+          ? item.taskType
+          : 'hook';
+      const handler = handlers[type];
+      if (handler === undefined) return; // not ours to run: leave it for a worker that can
+      if (hook.status === 'PENDING') await this.activateHook(hook.hookId);
+      const ctx: WorkerTaskContext = {
+        worker: this,
+        signal: stop,
+        progress: async (p) =>
+          void (await this.hookProgress(
+            hook.hookId,
+            typeof p === 'string' ? p : JSON.stringify(p),
+          )),
+      };
+      try {
+        await this.completeHook(hook.hookId, await handler(hook.workItem, ctx));
+      } catch (err) {
+        // Stopped: the hook stays ACTIVE on this agent for its next run().
+        if (stop.aborted) return;
+        await this.failHook(hook.hookId, errorInfo(err)).catch(() => undefined);
+      }
     }
   }
 
   /** Disconnects. */
-  async close(): Promise<void> {
-    await this.#client.close();
-  }
-
-  async #call(tool: string, args: Record<string, unknown>): Promise<unknown> {
-    const res = (await this.#client.callTool({
-      name: `fabric__${tool}`,
-      arguments: args,
-    })) as CallToolResult;
-    if (res.isError === true) {
-      const meta = (res._meta?.[ERROR_META_KEY] ?? {}) as {
-        code?: string;
-        kind?: ErrorKind;
-        message?: string;
-        details?: Record<string, unknown>;
-      };
-      const text = res.content?.find((c) => c.type === 'text');
-      throw new RemoteFabricError(
-        meta.code ?? 'FABRIC_ERR_INTERNAL',
-        meta.kind ?? 'internal',
-        meta.message ?? (text?.type === 'text' ? text.text : `fabric__${tool} failed`),
-        meta.details ?? {},
-      );
-    }
-    return (res.structuredContent as { result?: unknown } | undefined)?.result ?? null;
+  close(): Promise<void> {
+    return this.#transport.close();
   }
 }
 

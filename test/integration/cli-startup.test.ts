@@ -121,6 +121,22 @@ describe.concurrent(
       expect(run.stderr.trim().split('\n')).toHaveLength(1);
     });
 
+    it('a NATS server that is not reachable (named by its URL, its token never printed)', async () => {
+      const port = await new Promise<number>((resolve) => {
+        const srv = createServer().listen(0, '127.0.0.1', () => {
+          const a = srv.address();
+          srv.close(() => resolve(typeof a === 'object' && a !== null ? a.port : 0));
+        });
+      });
+      const url = `nats://127.0.0.1:${port}`;
+      const run = await serve(tempDir('start'), {
+        ...base,
+        nats: { url, token: SECRET, connectTimeoutMs: 1000 },
+      });
+      expectFailure(run, 'FABRIC_ERR_NATS_UNAVAILABLE');
+      expect(run.last).toContain(`NATS at ${url} is unavailable`);
+    });
+
     it('an upstream whose working directory does not exist', async () => {
       const run = await serve(tempDir('start'), {
         ...base,

@@ -59,6 +59,7 @@ describe('the fabric tools over MCP, end to end with the real fabric', () => {
         'fabric__report_progress',
         'fabric__complete_task',
         'fabric__fail_task',
+        'fabric__release_task',
         'fabric__record_usage',
       ]),
     );

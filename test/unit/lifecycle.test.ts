@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { AgentStatus } from '../../src/agent.js';
-import { LifecycleManager } from '../../src/lifecycle/lifecycle-manager.js';
+import { LifecycleManager, type AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
+import { MemoryCollection } from '../../src/store/memory-store.js';
 import {
   AgentLimitError,
   AgentNotFoundError,
@@ -115,5 +116,44 @@ describe('LifecycleManager', () => {
     expect(() => new LifecycleManager({ heartbeatIntervalSeconds: -1 })).toThrow(
       /heartbeatIntervalSeconds/,
     );
+  });
+
+  it('sweeps only agents silent long enough to change, never every agent', async () => {
+    let scans = 0;
+    class CountingCollection extends MemoryCollection<AgentRecord> {
+      override values(): IterableIterator<AgentRecord> {
+        scans++;
+        return super.values();
+      }
+    }
+    const lc = new LifecycleManager({
+      heartbeatIntervalSeconds: 10,
+      maxConcurrentAgents: 500,
+      agents: new CountingCollection(),
+    });
+    const ids: string[] = [];
+    for (let i = 0; i < 300; i++) {
+      ids.push((await lc.spawn({ model: 'm', name: `a${i}`, executor: 'remote' })).id);
+    }
+    const auto = await lc.spawn({ model: 'm', name: 'auto', executor: 'local' });
+    scans = 0;
+    // Everyone but ids[0] keeps heartbeating; 30 s of sweeps (every 5 s).
+    for (let t = 0; t < 6; t++) {
+      await vi.advanceTimersByTimeAsync(5_000);
+      for (const id of ids.slice(1)) lc.heartbeatSync(id);
+    }
+    expect(scans).toBe(0);
+    expect(lc.agentInfo(ids[0]!).status).toBe(AgentStatus.UNHEALTHY);
+    expect(ids.slice(1).every((id) => lc.agentInfo(id).status === AgentStatus.HEALTHY)).toBe(true);
+    expect(lc.agentInfo(auto.id)).toMatchObject({
+      status: AgentStatus.HEALTHY,
+      lastHeartbeat: Date.now(),
+    });
+    // A heartbeat brings the silent one back, and silence degrades it again.
+    lc.heartbeatSync(ids[0]!);
+    expect(lc.agentInfo(ids[0]!).status).toBe(AgentStatus.HEALTHY);
+    await vi.advanceTimersByTimeAsync(20_000);
+    expect(lc.agentInfo(ids[0]!).status).toBe(AgentStatus.DEGRADED);
+    await lc.close();
   });
 });

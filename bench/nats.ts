@@ -1,0 +1,291 @@
+/**
+ * NATS transport benchmarks against a real nats-server (its own port and store, started here),
+ * each with its baseline in the same run and over the same kind of client:
+ *
+ * - dispatch-jetstream: tasks scheduled to a pool → the `nats` executor publishes them to the
+ *   JetStream work queue → a NatsWorker in this process (no-op handler) reports start and
+ *   completion → every task seen finished by the scheduler (`waitForTask`), vs raw JetStream on
+ *   the same connection kind: publish the same number of messages (with `Nats-Msg-Id`) to a
+ *   work-queue stream, consume and ack them all. Tasks/s vs messages/s.
+ * - enqueue-to-start: at half the dispatch rate measured above, the time from `scheduleToPool`
+ *   to the handler starting on the worker (same process, same clock), vs the time from a raw
+ *   JetStream publish to its consumer receiving it at the same rate. p50/p99.
+ * - heartbeats: 10 000 simulated agents heartbeating once a second (another process signs and
+ *   publishes them) into a fabric that checks every proof and feeds its lifecycle; the fabric
+ *   process's CPU share of one core, vs a bare subscriber of the same subjects that only counts
+ *   messages (lower is better).
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { AckPolicy, RetentionPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import { AgentFabric, hashCredential, NatsWorker } from 'agent-fabric';
+import { startNatsServer, type NatsServer } from '../test/fixtures/nats-server-process.js';
+import { Latency, type BenchContext, type BenchSuite } from './lib.js';
+
+const SIM = fileURLToPath(new URL('./fixtures/nats-heartbeat-sim.ts', import.meta.url));
+
+async function fabricWithWorker(server: NatsServer, namespace: string) {
+  const nats = { url: server.url, namespace };
+  const fabric = new AgentFabric(
+    { maxQueueDepth: 100_000, maxConcurrentTasksPerAgent: 1000, heartbeatIntervalSeconds: 60 },
+    { nats },
+  );
+  await fabric.start();
+  await fabric.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+  const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats', poolId: 'p' });
+  await fabric.natsExecutor!.consumersReady();
+  await fabric.heartbeat(agent.id);
+  const worker = await NatsWorker.connect({
+    nats,
+    agentId: agent.id,
+    credential: agent.credential,
+    poolId: 'p',
+    concurrency: 256,
+  });
+  return { fabric, worker };
+}
+
+/** Raw JetStream: a work-queue stream and a durable pull consumer with explicit ack. */
+async function rawJetStream(server: NatsServer, name: string) {
+  const nc = await connect({ servers: server.url });
+  const jsm = await jetstreamManager(nc);
+  await jsm.streams.add({
+    name,
+    subjects: [`${name}.>`],
+    retention: RetentionPolicy.Workqueue,
+  });
+  await jsm.consumers.add(name, { durable_name: 'c', ack_policy: AckPolicy.Explicit });
+  const js = jetstream(nc);
+  const consumer = await js.consumers.get(name, 'c');
+  return { nc, js, consumer };
+}
+
+async function dispatch(server: NatsServer, n: number, round: number): Promise<[number, number]> {
+  // The project: schedule → JetStream → worker → reports → finished.
+  const { fabric, worker } = await fabricWithWorker(server, `d${round}`);
+  const stop = new AbortController();
+  const running = worker.run({ noop: () => null }, { signal: stop.signal });
+  let t0 = performance.now();
+  const ids: string[] = [];
+  for (let i = 0; i < n; i++) ids.push((await fabric.scheduleToPool('p', 'noop', i)).id);
+  await Promise.all(ids.map((id) => fabric.waitForTask(id)));
+  const value = n / ((performance.now() - t0) / 1000);
+  stop.abort();
+  await running;
+  await worker.close();
+  await fabric.close();
+  // The baseline: the same number of messages, published with ids, consumed and acked.
+  const raw = await rawJetStream(server, `RAW${round}`);
+  const messages = await raw.consumer.consume({ max_messages: 256 });
+  let acked = 0;
+  const all = new Promise<void>((resolve) => {
+    void (async () => {
+      for await (const m of messages) {
+        m.ack();
+        if (++acked === n) resolve();
+      }
+    })();
+  });
+  t0 = performance.now();
+  const pubs: Promise<unknown>[] = [];
+  for (let i = 0; i < n; i++) {
+    pubs.push(raw.js.publish(`RAW${round}.x`, JSON.stringify({ i }), { msgID: `m${i}:1` }));
+  }
+  await Promise.all(pubs);
+  await all;
+  const baseline = n / ((performance.now() - t0) / 1000);
+  await messages.close();
+  await raw.nc.close();
+  return [value, baseline];
+}
+
+async function enqueueToStart(
+  server: NatsServer,
+  rate: number,
+  seconds: number,
+): Promise<[Latency, Latency]> {
+  const n = Math.max(50, Math.round(rate * seconds));
+  const gapMs = 1000 / rate;
+  const project = new Latency();
+  const { fabric, worker } = await fabricWithWorker(server, 'lat');
+  const scheduledAt = new Map<string, number>();
+  const stop = new AbortController();
+  const running = worker.run(
+    {
+      noop: (_p, ctx) => {
+        const at = scheduledAt.get(ctx.taskId);
+        if (at !== undefined) project.recordMs(performance.now() - at);
+        return null;
+      },
+    },
+    { signal: stop.signal },
+  );
+  const ids: string[] = [];
+  let t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    const wait = t0 + i * gapMs - performance.now();
+    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+    const at = performance.now();
+    const t = await fabric.scheduleToPool('p', 'noop', i);
+    scheduledAt.set(t.id, at);
+    ids.push(t.id);
+  }
+  await Promise.all(ids.map((id) => fabric.waitForTask(id)));
+  stop.abort();
+  await running;
+  await worker.close();
+  await fabric.close();
+
+  const baseline = new Latency();
+  const raw = await rawJetStream(server, 'RAWLAT');
+  const messages = await raw.consumer.consume({ max_messages: 256 });
+  let seen = 0;
+  const all = new Promise<void>((resolve) => {
+    void (async () => {
+      for await (const m of messages) {
+        baseline.recordMs(performance.now() - (m.json<{ at: number }>().at ?? 0));
+        m.ack();
+        if (++seen === n) resolve();
+      }
+    })();
+  });
+  t0 = performance.now();
+  for (let i = 0; i < n; i++) {
+    const wait = t0 + i * gapMs - performance.now();
+    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+    await raw.js.publish('RAWLAT.x', JSON.stringify({ at: performance.now() }), {
+      msgID: `l${i}`,
+    });
+  }
+  await all;
+  await messages.close();
+  await raw.nc.close();
+  return [project, baseline];
+}
+
+/** CPU time of this process (user + system) over `ms`, as a share of one core. */
+async function cpuShare(ms: number): Promise<number> {
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  await new Promise((r) => setTimeout(r, ms));
+  const c = process.cpuUsage(c0);
+  return (c.user + c.system) / 1000 / (performance.now() - t0);
+}
+
+async function heartbeats(
+  server: NatsServer,
+  agents: number,
+  ms: number,
+): Promise<[number, number, number]> {
+  const ns = 'hb';
+  const fabric = new AgentFabric(
+    { maxConcurrentAgents: agents + 1, heartbeatIntervalSeconds: 30 },
+    { nats: { url: server.url, namespace: ns } },
+  );
+  await fabric.start();
+  const list: { id: string; key: string }[] = [];
+  for (let i = 0; i < agents; i++) {
+    const a = await fabric.spawn({ name: `a${i}`, model: 'm', executor: 'remote' });
+    list.push({ id: a.id, key: hashCredential(a.credential) });
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'fabric-bench-hb-'));
+  const file = join(dir, 'agents.json');
+  writeFileSync(file, JSON.stringify(list));
+  const sim = spawn(process.execPath, [...process.execArgv, SIM, file, server.url, ns], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      sim.stdout.on('data', (c: Buffer) => c.toString().includes('running') && resolve());
+      sim.once('exit', (code) => reject(new Error(`heartbeat simulator exited (${code})`)));
+    });
+    await new Promise((r) => setTimeout(r, 1500)); // every agent heartbeated once
+    const before = fabric.natsHeartbeats!.stats.accepted;
+    const value = await cpuShare(ms);
+    const accepted = fabric.natsHeartbeats!.stats.accepted - before;
+    await fabric.natsHeartbeats!.close();
+    // Baseline: a bare subscriber of the same subjects, counting.
+    const nc = await connect({ servers: server.url });
+    let count = 0;
+    nc.subscribe(`fabric.${ns}.hb.*`, {
+      callback: () => {
+        count++;
+      },
+    });
+    await nc.flush();
+    const baseline = await cpuShare(ms);
+    await nc.close();
+    if (count === 0) throw new Error('the baseline subscriber received no heartbeats');
+    return [value, baseline, accepted / (ms / 1000)];
+  } finally {
+    sim.kill('SIGKILL');
+    await fabric.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const suite: BenchSuite = {
+  name: 'nats',
+  async run(ctx: BenchContext): Promise<void> {
+    const server = await startNatsServer();
+    try {
+      const n = ctx.quick ? 1000 : 4000;
+      const rounds = ctx.quick ? 1 : 3;
+      const values: number[] = [];
+      const baselines: number[] = [];
+      for (let r = 0; r < rounds; r++) {
+        const [v, b] = await dispatch(server, n, r);
+        values.push(v);
+        baselines.push(b);
+      }
+      const mid = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+      const rate = mid(values);
+      ctx.report({
+        suite: 'nats',
+        case: 'dispatch-jetstream',
+        unit: 'tasks/s',
+        value: rate,
+        baseline: 'raw JetStream publish (msg ids) + consume + ack, same server',
+        baselineValue: mid(baselines),
+        higherIsBetter: true,
+        goal: 'ratio >= 0.5',
+      });
+      const [project, raw] = await enqueueToStart(server, rate / 2, ctx.quick ? 1 : 3);
+      ctx.report({
+        suite: 'nats',
+        case: 'enqueue-to-start',
+        unit: 'µs p50',
+        value: project.percentileUs(50),
+        baseline: `raw JetStream publish → consumer at the same rate (${Math.round(rate / 2)}/s)`,
+        baselineValue: raw.percentileUs(50),
+        higherIsBetter: false,
+        p50Us: project.percentileUs(50),
+        p99Us: project.percentileUs(99),
+        baselineP50Us: raw.percentileUs(50),
+        baselineP99Us: raw.percentileUs(99),
+        goal: 'p50 < 1 ms, p99 < 10 ms',
+      });
+      const agents = ctx.quick ? 2000 : 10_000;
+      const [cpu, bare, perSecond] = await heartbeats(server, agents, ctx.quick ? 2000 : 5000);
+      ctx.report({
+        suite: 'nats',
+        case: `heartbeats (${agents} agents @1Hz, ${Math.round(perSecond)}/s checked)`,
+        unit: 'CPU share of one core',
+        value: Math.round(cpu * 1000) / 1000,
+        baseline: 'bare subscriber counting the same heartbeats',
+        baselineValue: Math.round(bare * 1000) / 1000,
+        higherIsBetter: false,
+        goal: '< 0.25 of one core at 10k agents',
+      });
+    } finally {
+      await server.close();
+    }
+  },
+};
+
+export default suite;

@@ -1,0 +1,95 @@
+/**
+ * Consumes agents' heartbeats from core NATS (`fabric.<ns>.hb.<agentId>`) for the lifecycle.
+ *
+ * Every sidecar of a namespace receives every heartbeat; it acts on those of agents it knows
+ * (their credential hash is in its store) and drops the rest unanswered, so the agent's own
+ * sidecar is the one that answers. Work per heartbeat is one map lookup, one HMAC and one
+ * timestamp comparison: the cost follows the heartbeats received, not the number of agents.
+ *
+ * @module
+ */
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { AgentStatus } from '../../agent.js';
+import { AgentUnavailableError, UnauthenticatedError, isFabricError } from '../../errors.js';
+import type { LifecycleManager } from '../../lifecycle/lifecycle-manager.js';
+import type { NatsNames } from './subjects.js';
+import { idFromToken } from './subjects.js';
+import type { Answer } from './wire.js';
+import { decodeJson, encodeJson, heartbeatProof, heartbeatSchema, sameProof } from './wire.js';
+
+/** A heartbeat further than this ahead of the sidecar's clock is refused (clock skew bound). */
+export const MAX_HEARTBEAT_SKEW_MS = 60_000;
+
+/** Counts of what the listener did, for tests and benchmarks. */
+export interface HeartbeatStats {
+  accepted: number;
+  rejected: number;
+  ignored: number;
+}
+
+/** Subscribes the heartbeats of one namespace and feeds them to a lifecycle manager. */
+export class HeartbeatListener {
+  readonly stats: HeartbeatStats = { accepted: 0, rejected: 0, ignored: 0 };
+  readonly #lifecycle: LifecycleManager;
+  readonly #names: NatsNames;
+  /** Last accepted timestamp per agent: a heartbeat must be newer (no replays). */
+  readonly #lastTs = new Map<string, number>();
+  #sub: Subscription | undefined;
+
+  constructor(lifecycle: LifecycleManager, names: NatsNames) {
+    this.#lifecycle = lifecycle;
+    this.#names = names;
+    lifecycle.events.on('agent.forgotten', (id) => this.#lastTs.delete(id));
+  }
+
+  /** Starts listening on `nc`. */
+  start(nc: NatsConnection): void {
+    const prefixLength = this.#names.heartbeats.length - 1;
+    this.#sub = nc.subscribe(this.#names.heartbeats, {
+      callback: (err, msg) => {
+        if (err === null) this.#onMessage(msg, idFromToken(msg.subject.slice(prefixLength)));
+      },
+    });
+  }
+
+  #onMessage(msg: Msg, agentId: string): void {
+    const rec = this.#lifecycle.peek(agentId);
+    if (rec === undefined) {
+      this.stats.ignored++;
+      return; // another sidecar's agent (or nobody's): that sidecar answers
+    }
+    const answer = this.#accept(msg, agentId, rec.credentialHash);
+    if (answer.ok) this.stats.accepted++;
+    else this.stats.rejected++;
+    if (msg.reply) msg.respond(encodeJson(answer));
+  }
+
+  #accept(msg: Msg, agentId: string, credentialHash: string): Answer {
+    const hb = heartbeatSchema.safeParse(decodeJson(msg.data));
+    const bad = new UnauthenticatedError('heartbeat without a valid proof of the agent credential');
+    if (!hb.success) return { ok: false, code: bad.code, message: bad.message };
+    const { ts, proof } = hb.data;
+    if (!sameProof(proof, heartbeatProof(credentialHash, agentId, ts))) {
+      return { ok: false, code: bad.code, message: bad.message };
+    }
+    if (ts <= (this.#lastTs.get(agentId) ?? 0) || ts > Date.now() + MAX_HEARTBEAT_SKEW_MS) {
+      const e = new UnauthenticatedError('heartbeat timestamp replayed or out of range');
+      return { ok: false, code: e.code, message: e.message };
+    }
+    this.#lastTs.set(agentId, ts);
+    try {
+      const info = this.#lifecycle.heartbeatSync(agentId);
+      return { ok: true, status: info.status };
+    } catch (err) {
+      if (isFabricError(err)) return { ok: false, code: err.code, message: err.message };
+      const e = new AgentUnavailableError(agentId, AgentStatus.TERMINATED);
+      return { ok: false, code: e.code, message: e.message };
+    }
+  }
+
+  /** Stops listening. */
+  async close(): Promise<void> {
+    this.#sub?.unsubscribe();
+    this.#sub = undefined;
+  }
+}

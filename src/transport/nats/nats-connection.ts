@@ -1,0 +1,53 @@
+/**
+ * Opens the NATS connection of a sidecar or a worker from {@link NatsOptions}: fails fast with a
+ * {@link NatsUnavailableError} naming the URL when the server cannot be reached at start, and
+ * reconnects forever once connected (a restarted server must not take the fabric down).
+ *
+ * @module
+ */
+import { readFile } from 'node:fs/promises';
+import type { ConnectionOptions, NatsConnection } from '@nats-io/transport-node';
+import { connect, credsAuthenticator } from '@nats-io/transport-node';
+import { NatsUnavailableError } from '../../errors.js';
+import type { NatsOptions } from './nats-options.js';
+import { natsServers } from './nats-options.js';
+
+/**
+ * Connects with the options' server and credentials.
+ * @param name - the client name the server shows (`nats server report connections`).
+ * @throws NatsUnavailableError naming the URL (never the credentials).
+ */
+export async function connectNats(options: NatsOptions, name: string): Promise<NatsConnection> {
+  const servers = natsServers(options);
+  const shown = servers.join(', ');
+  const opts: ConnectionOptions = {
+    servers,
+    name,
+    timeout: options.connectTimeoutMs,
+    reconnect: true,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+  };
+  if (options.token !== undefined) opts.token = options.token;
+  if (options.user !== undefined) {
+    opts.user = options.user;
+    opts.pass = options.password!;
+  }
+  if (options.credsFile !== undefined) {
+    let creds: Uint8Array;
+    try {
+      creds = await readFile(options.credsFile);
+    } catch (err) {
+      throw new NatsUnavailableError(shown, `cannot read credsFile ${options.credsFile}`, {
+        cause: err,
+      });
+    }
+    opts.authenticator = credsAuthenticator(creds);
+  }
+  try {
+    return await connect(opts);
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    throw new NatsUnavailableError(shown, message, { cause: err });
+  }
+}

@@ -1,0 +1,347 @@
+/**
+ * The `nats` executor: dispatch through a JetStream work-queue stream to workers anywhere.
+ *
+ * The scheduler keeps what it keeps for every executor (the task record, queues, timers, the
+ * attempt as fencing token); this executor only carries attempts to workers and reports back:
+ *
+ * - **Dispatch.** Each assignment is published to the stream `FABRIC_<ns>_TASKS` with
+ *   `Nats-Msg-Id: <taskId>:<attempt>`, so a publish repeated after a lost PubAck is stored once.
+ *   A task addressed to an agent goes to `task.agent.<agentId>` (that agent's durable consumer);
+ *   a task queued to a pool goes to `task.pool.<poolId>`, whose durable consumer every worker
+ *   of the pool pulls from — on any sidecar of the namespace. A publish that fails (server
+ *   restarting) is retried while the attempt is still the task's current one.
+ * - **Consumers.** Durable pull consumers with explicit ack, `AckWait` = the smaller of
+ *   `ackWaitSeconds` and the fabric's default task timeout (workers holding a task longer send
+ *   in-progress acks), `MaxDeliver` = the fabric's `defaultMaxAttempts`. The sidecar creates the
+ *   consumers of an agent (and of its pool) when the agent is attached here.
+ * - **Reports.** Workers send `start`, `progress`, `complete` and `fail` as requests on the
+ *   scheduling sidecar's `res.<sidecarId>`. A report must carry the attempt's lease (see
+ *   `wire.ts`) and, when this sidecar knows the reporting agent, its credential proof; a task
+ *   pinned to an agent can only be reported on by that agent. A report on an attempt that is
+ *   no longer current is answered `FABRIC_ERR_TASK_STATE` and changes nothing.
+ * - **Abort.** When the scheduler ends an attempt (cancel, timeout, agent lost) the executor
+ *   publishes `ended.<taskId>`; the worker running it aborts the handler's signal.
+ *
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import {
+  AckPolicy,
+  RetentionPolicy,
+  StorageType,
+  jetstream,
+  jetstreamManager,
+} from '@nats-io/jetstream';
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { nanos } from '@nats-io/transport-node';
+import { TaskStateError, UnauthenticatedError } from '../../errors.js';
+import type { ExecutorSink, TaskExecutor } from '../../scheduler/executor.js';
+import type { TaskAssignment, TaskError } from '../../task.js';
+import type { NatsOptions } from './nats-options.js';
+import type { NatsNames } from './subjects.js';
+import { natsNames } from './subjects.js';
+import type { Answer, EndedNotice, Report, TaskMessage } from './wire.js';
+import {
+  attemptLease,
+  decodeJson,
+  encodeJson,
+  reportProof,
+  reportSchema,
+  sameProof,
+} from './wire.js';
+
+/** Executor name of {@link NatsExecutor}. */
+export const NATS_EXECUTOR = 'nats';
+
+/** How long JetStream remembers a `Nats-Msg-Id` for deduplication. */
+export const DUPLICATE_WINDOW_MS = 120_000;
+
+/** What the executor needs to know about tasks and agents (the fabric supplies it). */
+export interface NatsExecutorHost {
+  /** The task's routing and current attempt; undefined when unknown. */
+  task(taskId: string):
+    | {
+        attempt: number;
+        finished: boolean;
+        agentId: string | undefined;
+        poolId: string | undefined;
+        maxAttempts: number;
+      }
+    | undefined;
+  /** SHA-256 (hex) of a known, not terminated agent's credential. */
+  credentialHash(agentId: string): string | undefined;
+  /** The pool of a known agent. */
+  agentPool(agentId: string): string | undefined;
+}
+
+/** Options of a {@link NatsExecutor}. */
+export interface NatsExecutorOptions {
+  /** Consumers' `AckWait` in ms. */
+  ackWaitMs: number;
+  /** Consumers' `MaxDeliver`. */
+  maxDeliver: number;
+}
+
+/** Counts of what the executor did, for tests and benchmarks. */
+export interface NatsExecutorStats {
+  published: number;
+  publishRetries: number;
+  reportsAccepted: number;
+  reportsRejected: number;
+}
+
+/** Dispatches tasks through JetStream; see the module comment. */
+export class NatsExecutor implements TaskExecutor {
+  readonly name = NATS_EXECUTOR;
+  readonly acknowledges = true;
+  readonly autoHeartbeat = false;
+  readonly names: NatsNames;
+  /** This sidecar's id on the bus. */
+  readonly sidecarId: string;
+  readonly stats: NatsExecutorStats = {
+    published: 0,
+    publishRetries: 0,
+    reportsAccepted: 0,
+    reportsRejected: 0,
+  };
+  readonly #secret = randomBytes(32).toString('base64url');
+  readonly #options: NatsExecutorOptions;
+  readonly #replyTo: string;
+  #host: NatsExecutorHost | undefined;
+  #sink: ExecutorSink | undefined;
+  #nc: NatsConnection | undefined;
+  #js: JetStreamClient | undefined;
+  #jsm: JetStreamManager | undefined;
+  #sub: Subscription | undefined;
+  /** Assignments dispatched before {@link start}. */
+  #waiting: TaskAssignment[] = [];
+  /** Agents attached before {@link start}. */
+  readonly #attached = new Set<string>();
+  readonly #consumers = new Map<string, Promise<void>>();
+  readonly #timers = new Set<NodeJS.Timeout>();
+  #closed = false;
+
+  constructor(nats: NatsOptions, options: NatsExecutorOptions) {
+    this.names = natsNames(nats.namespace);
+    this.sidecarId =
+      nats.sidecarId ??
+      randomBytes(9)
+        .toString('base64url')
+        .replace(/[^A-Za-z0-9]/g, 'x');
+    this.#replyTo = this.names.results(this.sidecarId);
+    this.#options = options;
+  }
+
+  /** Gives the executor its view of tasks and agents. */
+  setHost(host: NatsExecutorHost): void {
+    this.#host = host;
+  }
+
+  bind(sink: ExecutorSink): void {
+    this.#sink = sink;
+  }
+
+  /**
+   * Makes the stream, subscribes the reports and sends what was dispatched before.
+   * @throws whatever JetStream answers when the stream cannot be made (JetStream disabled, …).
+   */
+  async start(nc: NatsConnection): Promise<void> {
+    this.#nc = nc;
+    this.#jsm = await jetstreamManager(nc);
+    this.#js = jetstream(nc);
+    await this.#ensureStream(this.#jsm);
+    this.#sub = nc.subscribe(this.#replyTo, {
+      callback: (err, msg) => {
+        if (err === null) this.#onReport(msg);
+      },
+    });
+    for (const id of this.#attached) this.#ensureConsumers(id);
+    const waiting = this.#waiting;
+    this.#waiting = [];
+    this.dispatch(waiting);
+  }
+
+  async #ensureStream(jsm: JetStreamManager): Promise<void> {
+    const config = {
+      name: this.names.stream,
+      subjects: [`fabric.${this.names.namespace}.task.>`],
+      retention: RetentionPolicy.Workqueue,
+      storage: StorageType.File,
+      duplicate_window: nanos(DUPLICATE_WINDOW_MS),
+    };
+    try {
+      await jsm.streams.add(config);
+    } catch (err) {
+      // Made by another sidecar (maybe with other limits an operator set): use it as it is.
+      await jsm.streams.info(this.names.stream).catch(() => {
+        throw err;
+      });
+    }
+  }
+
+  capacity(): number {
+    return Number.POSITIVE_INFINITY;
+  }
+
+  dispatch(batch: readonly TaskAssignment[]): void {
+    if (this.#js === undefined) {
+      if (!this.#closed) for (const a of batch) this.#waiting.push(a);
+      return;
+    }
+    for (const a of batch) this.#publish(a, 0);
+  }
+
+  #publish(a: TaskAssignment, tries: number): void {
+    const t = this.#host?.task(a.taskId);
+    if (this.#closed || t === undefined || t.finished || t.attempt !== a.attempt) return;
+    const pool = t.agentId === undefined ? t.poolId : undefined;
+    const subject =
+      pool === undefined ? this.names.agentTasks(a.agentId) : this.names.poolTasks(pool);
+    const msg: TaskMessage = {
+      v: 1,
+      taskId: a.taskId,
+      attempt: a.attempt,
+      taskType: a.taskType,
+      payload: a.payload === undefined ? null : a.payload,
+      deadline: a.deadline ?? null,
+      timeoutSeconds: a.timeoutSeconds,
+      maxAttempts: t.maxAttempts,
+      agentId: pool === undefined ? a.agentId : null,
+      poolId: pool ?? null,
+      replyTo: this.#replyTo,
+      lease: attemptLease(this.#secret, a.taskId, a.attempt),
+    };
+    this.#js!.publish(subject, encodeJson(msg), { msgID: `${a.taskId}:${a.attempt}` }).then(
+      () => {
+        this.stats.published++;
+      },
+      () => {
+        // Not stored (server restarting, no quorum): try again while the attempt is current.
+        this.stats.publishRetries++;
+        const timer = setTimeout(
+          () => {
+            this.#timers.delete(timer);
+            this.#publish(a, tries + 1);
+          },
+          Math.min(2000, 50 * 2 ** Math.min(tries, 6)),
+        );
+        this.#timers.add(timer);
+      },
+    );
+  }
+
+  abort(taskId: string, attempt: number, reason: TaskError): void {
+    if (this.#nc === undefined || this.#nc.isClosed()) return;
+    const notice: EndedNotice = { taskId, attempt, code: reason.code, message: reason.message };
+    this.#nc.publish(this.names.ended(taskId), encodeJson(notice));
+  }
+
+  attachAgent(agentId: string): void {
+    this.#attached.add(agentId);
+    if (this.#jsm !== undefined) this.#ensureConsumers(agentId);
+  }
+
+  detachAgent(agentId: string): void {
+    this.#attached.delete(agentId);
+  }
+
+  /** Resolves when the consumers of every attached agent exist (for tests and start-up). */
+  async consumersReady(): Promise<void> {
+    await Promise.all(this.#consumers.values());
+  }
+
+  #ensureConsumers(agentId: string): void {
+    this.#ensureConsumer(this.names.agentConsumer(agentId), this.names.agentTasks(agentId));
+    const pool = this.#host?.agentPool(agentId);
+    if (pool !== undefined) {
+      this.#ensureConsumer(this.names.poolConsumer(pool), this.names.poolTasks(pool));
+    }
+  }
+
+  #ensureConsumer(name: string, filter: string): void {
+    if (this.#consumers.has(name)) return;
+    const jsm = this.#jsm!;
+    const p = jsm.consumers
+      .add(this.names.stream, {
+        durable_name: name,
+        ack_policy: AckPolicy.Explicit,
+        ack_wait: nanos(this.#options.ackWaitMs),
+        max_deliver: this.#options.maxDeliver,
+        filter_subject: filter,
+      })
+      .then(
+        () => undefined,
+        async (err: unknown) => {
+          // Another sidecar made it (a pool's consumer is shared): fine when it exists.
+          await jsm.consumers.info(this.names.stream, name).catch(() => {
+            this.#consumers.delete(name);
+            throw err;
+          });
+        },
+      );
+    p.catch(() => undefined);
+    this.#consumers.set(name, p);
+  }
+
+  #onReport(msg: Msg): void {
+    const answer = this.#accept(reportSchema.safeParse(decodeJson(msg.data)));
+    if (answer.ok) this.stats.reportsAccepted++;
+    else this.stats.reportsRejected++;
+    if (msg.reply) msg.respond(encodeJson(answer));
+  }
+
+  #accept(parsed: ReturnType<typeof reportSchema.safeParse>): Answer {
+    const denied = new UnauthenticatedError('report without a valid lease or agent proof');
+    const deny: Answer = { ok: false, code: denied.code, message: denied.message };
+    if (!parsed.success) return deny;
+    const r: Report = parsed.data;
+    if (!sameProof(r.lease, attemptLease(this.#secret, r.taskId, r.attempt))) return deny;
+    const t = this.#host?.task(r.taskId);
+    if (t === undefined) return deny; // a valid lease of a task forgotten since
+    const hash = this.#host!.credentialHash(r.agentId);
+    if (hash === undefined) {
+      // An agent of another sidecar: only a pool's tasks are shared across sidecars.
+      if (t.agentId !== undefined) return deny;
+    } else {
+      if (!sameProof(r.proof, reportProof(hash, r.agentId, r.kind, r.taskId, r.attempt))) {
+        return deny;
+      }
+      if (t.agentId !== undefined && t.agentId !== r.agentId) return deny;
+    }
+    if (t.finished || t.attempt !== r.attempt) {
+      const e = new TaskStateError(r.taskId, `attempt ${r.attempt} is no longer current`);
+      return { ok: false, code: e.code, message: e.message };
+    }
+    const sink = this.#sink!;
+    switch (r.kind) {
+      case 'start':
+        sink.started(r.taskId, r.attempt);
+        break;
+      case 'progress':
+        sink.progress(r.taskId, r.attempt, r.progress);
+        break;
+      case 'complete':
+        sink.complete(r.taskId, r.attempt, r.result === undefined ? null : r.result);
+        break;
+      case 'fail':
+        sink.fail(
+          r.taskId,
+          r.attempt,
+          r.error ?? { code: 'FABRIC_ERR_TASK_EXECUTION', message: 'failed' },
+          { retry: r.retry === true },
+        );
+        break;
+    }
+    return { ok: true };
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#waiting = [];
+    for (const t of this.#timers) clearTimeout(t);
+    this.#timers.clear();
+    this.#sub?.unsubscribe();
+    this.#sub = undefined;
+  }
+}

@@ -1,0 +1,311 @@
+/**
+ * `FabricWorker` over NATS: a {@link WorkerTransport} whose claims pull from the agent's (and
+ * its pool's) JetStream consumers and whose reports are the signed requests of `wire.ts`, so
+ * `FabricWorker.withTransport(await NatsWorkerTransport.connect(…))` runs with the same API and
+ * run loop (per-task signals, stop hand-back) as over MCP.
+ *
+ * What NATS does not carry: hooks (`hookFor` finds none; the hook calls and `recordUsage` are
+ * refused with `FABRIC_ERR_INVALID_ARGUMENT`) and tool calls (no `callTool`). Ended-task notices
+ * (`fabric.<ns>.ended.<taskId>`) arrive by push and are handed out with the next heartbeat or
+ * progress answer, as the transport contract says.
+ *
+ * @module
+ */
+import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
+import { jetstream } from '@nats-io/jetstream';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import { InvalidArgumentError, TaskNotFoundError } from '../../errors.js';
+import type { TaskAssignment } from '../../task.js';
+import { checkString } from '../../validate.js';
+import type {
+  HeldTask,
+  WorkerEndedTask,
+  WorkerFailure,
+  WorkerHook,
+  WorkerReportAnswer,
+  WorkerTransport,
+} from '../../worker/worker-transport.js';
+import { RemoteFabricError } from '../../worker/worker-transport.js';
+import { NatsAgentLink } from './nats-agent-link.js';
+import { connectNats } from './nats-connection.js';
+import type { NatsOptionsInput } from './nats-options.js';
+import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
+import { natsNames } from './subjects.js';
+import type { Answer, EndedNotice, TaskMessage } from './wire.js';
+import { decodeJson } from './wire.js';
+
+/** Options of {@link NatsWorkerTransport.connect}. */
+export interface NatsWorkerTransportOptions {
+  nats: NatsOptionsInput;
+  agentId: string;
+  credential: string;
+  /** The agent's pool: claims also pull the pool's tasks. */
+  poolId?: string;
+  /** @default 5000 */
+  reportTimeoutMs?: number;
+}
+
+interface Held {
+  readonly m: JsMsg;
+  readonly task: TaskMessage;
+  readonly working: NodeJS.Timeout;
+}
+
+function refused(answer: Answer | undefined): RemoteFabricError {
+  if (answer === undefined) {
+    return new RemoteFabricError(
+      'FABRIC_ERR_NATS_UNAVAILABLE',
+      'unavailable',
+      'the sidecar that scheduled the task does not answer',
+    );
+  }
+  if (answer.ok) throw new Error('not a refusal');
+  const kind =
+    answer.code === 'FABRIC_ERR_UNAUTHENTICATED' ? 'unauthenticated' : 'failed_precondition';
+  return new RemoteFabricError(answer.code, kind, answer.message);
+}
+
+function notOverNats(what: string): RemoteFabricError {
+  const e = new InvalidArgumentError(what, 'is not carried over NATS (use the MCP transport)');
+  return new RemoteFabricError(e.code, e.kind, e.message);
+}
+
+/** {@link WorkerTransport} over NATS; see the module comment. */
+export class NatsWorkerTransport implements WorkerTransport {
+  readonly #link: NatsAgentLink;
+  readonly #owns: boolean;
+  readonly #consumers: Consumer[];
+  readonly #ackWaitMs: number;
+  readonly #iterators: ConsumerMessages[] = [];
+  /** Pulled, not yet claimed (each keeps its AckWait alive with in-progress acks). */
+  readonly #buffer: { m: JsMsg; working: NodeJS.Timeout }[] = [];
+  #wake: (() => void) | undefined;
+  readonly #held = new Map<string, Held>();
+  #ended: WorkerEndedTask[] = [];
+  readonly #endedSub: Subscription;
+  #consuming = false;
+
+  private constructor(
+    link: NatsAgentLink,
+    owns: boolean,
+    consumers: Consumer[],
+    ackWaitMs: number,
+  ) {
+    this.#link = link;
+    this.#owns = owns;
+    this.#consumers = consumers;
+    this.#ackWaitMs = ackWaitMs;
+    this.#endedSub = link.nc.subscribe(link.names.allEnded, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        const n = decodeJson(msg.data) as Partial<EndedNotice> | undefined;
+        if (n === undefined || !this.#held.has(`${n.taskId}:${n.attempt}`)) return;
+        this.#ended.push({
+          taskId: String(n.taskId),
+          attempt: Number(n.attempt),
+          code: String(n.code),
+          message: String(n.message),
+        });
+      },
+    });
+  }
+
+  /**
+   * Connects (or uses `connection`, left open by {@link close}) and binds the consumers.
+   * @throws NatsUnavailableError; the JetStream error when the agent's consumer does not exist
+   *   (the agent is not a `nats` agent of a sidecar of this namespace).
+   */
+  static async connect(
+    options: NatsWorkerTransportOptions,
+    connection?: NatsConnection,
+  ): Promise<NatsWorkerTransport> {
+    if (options === null || typeof options !== 'object') {
+      throw new InvalidArgumentError('options', 'must be an object');
+    }
+    const nats = parseNatsOptions(options.nats, 'options.nats');
+    const agentId = checkString('options.agentId', options.agentId);
+    const credential = checkString('options.credential', options.credential, 4096);
+    const nc = connection ?? (await connectNats(nats, `agent-fabric worker ${agentId}`));
+    try {
+      const names = natsNames(nats.namespace);
+      const js = jetstream(nc);
+      const consumers = [await js.consumers.get(names.stream, names.agentConsumer(agentId))];
+      if (options.poolId !== undefined) {
+        const pool = checkString('options.poolId', options.poolId);
+        consumers.push(await js.consumers.get(names.stream, names.poolConsumer(pool)));
+      }
+      const info = await consumers[0]!.info(true);
+      const ackWaitMs = Math.max(100, Number(info.config.ack_wait ?? 30e9) / 1e6);
+      const link = new NatsAgentLink(
+        nc,
+        names,
+        agentId,
+        credential,
+        options.reportTimeoutMs ?? DEFAULT_REPORT_TIMEOUT_MS,
+      );
+      return new NatsWorkerTransport(link, connection === undefined, consumers, ackWaitMs);
+    } catch (err) {
+      if (connection === undefined) await nc.close();
+      throw err;
+    }
+  }
+
+  async heartbeat(): Promise<WorkerReportAnswer> {
+    const answer = await this.#link.heartbeat();
+    if (!answer.ok) throw refused(answer);
+    return { ...answer, endedTasks: this.#takeEnded() };
+  }
+
+  #takeEnded(): WorkerEndedTask[] {
+    const out = this.#ended;
+    this.#ended = [];
+    return out;
+  }
+
+  #startConsuming(): void {
+    if (this.#consuming) return;
+    this.#consuming = true;
+    for (const c of this.#consumers) {
+      void (async () => {
+        const messages = await c.consume({ max_messages: 1 });
+        this.#iterators.push(messages);
+        for await (const m of messages) {
+          const working = setInterval(() => m.working(), Math.max(50, this.#ackWaitMs / 3));
+          this.#buffer.push({ m, working });
+          const w = this.#wake;
+          this.#wake = undefined;
+          w?.();
+        }
+      })().catch(() => undefined);
+    }
+  }
+
+  async claim(waitSeconds: number): Promise<TaskAssignment | null> {
+    this.#startConsuming();
+    const deadline = Date.now() + waitSeconds * 1000;
+    for (;;) {
+      const next = this.#buffer.shift();
+      if (next !== undefined) {
+        const a = await this.#take(next.m, next.working);
+        if (a !== undefined) return a;
+        continue;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0 || this.#link.closed) return null;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.#wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  }
+
+  /** Reports `start` for a pulled message; the assignment, or undefined when it is not to run. */
+  async #take(m: JsMsg, working: NodeJS.Timeout): Promise<TaskAssignment | undefined> {
+    const task = await this.#link.begin(m);
+    if (task === undefined) {
+      clearInterval(working);
+      return undefined;
+    }
+    this.#held.set(`${task.taskId}:${task.attempt}`, { m, task, working });
+    return {
+      taskId: task.taskId,
+      attempt: task.attempt,
+      agentId: this.#link.agentId,
+      taskType: task.taskType,
+      payload: task.payload,
+      deadline: task.deadline ?? undefined,
+      timeoutSeconds: task.timeoutSeconds,
+    };
+  }
+
+  #heldTask(task: HeldTask): Held {
+    const h = this.#held.get(`${task.taskId}:${task.attempt}`);
+    if (h === undefined) {
+      const e = new TaskNotFoundError(task.taskId);
+      throw new RemoteFabricError(e.code, e.kind, e.message);
+    }
+    return h;
+  }
+
+  async #finish(task: HeldTask, kind: 'complete' | 'fail', extra: object): Promise<unknown> {
+    const h = this.#heldTask(task);
+    const answer = await this.#link.report(h.task, kind, extra);
+    clearInterval(h.working);
+    this.#held.delete(`${task.taskId}:${task.attempt}`);
+    if (answer === undefined) {
+      if (!this.#link.closed) h.m.term('owning sidecar gone');
+      throw refused(answer);
+    }
+    h.m.ack();
+    if (!answer.ok) throw refused(answer);
+    return answer;
+  }
+
+  complete(task: HeldTask, result: unknown): Promise<unknown> {
+    return this.#finish(task, 'complete', { result: result === undefined ? null : result });
+  }
+
+  fail(task: HeldTask, error: WorkerFailure): Promise<unknown> {
+    return this.#finish(task, 'fail', {
+      error: { code: error.code ?? 'FABRIC_ERR_TASK_EXECUTION', message: error.message },
+    });
+  }
+
+  /** Gives the message back to the stream at once (redelivered, same attempt). */
+  async release(task: HeldTask): Promise<boolean> {
+    const h = this.#held.get(`${task.taskId}:${task.attempt}`);
+    if (h === undefined) return false;
+    clearInterval(h.working);
+    this.#held.delete(`${task.taskId}:${task.attempt}`);
+    h.m.nak();
+    return true;
+  }
+
+  async reportProgress(task: HeldTask, progress: unknown): Promise<WorkerReportAnswer> {
+    const h = this.#heldTask(task);
+    const answer = await this.#link.report(h.task, 'progress', { progress });
+    if (answer === undefined || !answer.ok) throw refused(answer);
+    return { endedTasks: this.#takeEnded() };
+  }
+
+  recordUsage(): Promise<unknown> {
+    return Promise.reject(notOverNats('recordUsage'));
+  }
+
+  async hookFor(): Promise<WorkerHook | null> {
+    return null;
+  }
+
+  activateHook(): Promise<unknown> {
+    return Promise.reject(notOverNats('activateHook'));
+  }
+
+  hookProgress(): Promise<unknown> {
+    return Promise.reject(notOverNats('hookProgress'));
+  }
+
+  completeHook(): Promise<unknown> {
+    return Promise.reject(notOverNats('completeHook'));
+  }
+
+  failHook(): Promise<unknown> {
+    return Promise.reject(notOverNats('failHook'));
+  }
+
+  /** Stops pulling; pulled-but-unclaimed and held messages go back to the stream. */
+  async close(): Promise<void> {
+    this.#endedSub.unsubscribe();
+    for (const it of this.#iterators) await it.close().catch(() => undefined);
+    for (const b of this.#buffer.splice(0)) {
+      clearInterval(b.working);
+      if (!this.#link.closed) b.m.nak();
+    }
+    for (const h of this.#held.values()) clearInterval(h.working);
+    this.#held.clear();
+    this.#wake?.();
+    await this.#link.close(this.#owns);
+  }
+}

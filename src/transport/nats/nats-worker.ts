@@ -1,0 +1,295 @@
+/**
+ * The worker side of the NATS transport: a remote agent that heartbeats on core NATS and pulls
+ * its tasks from the JetStream work queue — its own durable consumer and, when it is in a pool,
+ * the pool's (shared with every worker of the pool, on any sidecar). Nothing here talks to a
+ * sidecar directly: only a NATS connection, the agent's id and its credential are needed, which
+ * is also all a worker in another language needs (see the README, "NATS wire protocol").
+ *
+ * Per task: report `start` (a refused start — the attempt ended, or the report is not
+ * authentic — terminates the message unrun), run the handler with a signal of its own (aborted
+ * by the sidecar's `ended` notice or by {@link NatsWorker.stop}), send in-progress acks while it
+ * runs, report `complete` or `fail`, then ack. Reports are retried until the owning sidecar
+ * answers; a message whose sidecar is gone (no responders) is terminated, as that sidecar
+ * re-dispatches the task as a new attempt when it comes back.
+ *
+ * @example
+ * const worker = await NatsWorker.connect({ nats: { url }, agentId, credential, poolId });
+ * const stop = new AbortController();
+ * await worker.run({ echo: (payload) => payload }, { signal: stop.signal });
+ * await worker.close();
+ *
+ * @module
+ */
+import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
+import { jetstream } from '@nats-io/jetstream';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import { InvalidArgumentError } from '../../errors.js';
+import type { TaskHandlerContext } from '../../scheduler/executor.js';
+import { toTaskError } from '../../scheduler/executor.js';
+import { checkNumber, checkString } from '../../validate.js';
+import { connectNats } from './nats-connection.js';
+import type { NatsOptions, NatsOptionsInput } from './nats-options.js';
+import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
+import type { NatsNames } from './subjects.js';
+import { natsNames } from './subjects.js';
+import type { Answer, EndedNotice, Report, ReportKind } from './wire.js';
+import { decodeJson } from './wire.js';
+import { NatsAgentLink } from './nats-agent-link.js';
+
+/** Options of {@link NatsWorker.connect}. */
+export interface NatsWorkerOptions {
+  /** The NATS server and namespace (the same as the sidecar's `nats:`). */
+  nats: NatsOptionsInput;
+  /** This agent's id (from `spawn`). */
+  agentId: string;
+  /** This agent's credential; it never leaves the process (only HMAC proofs do). */
+  credential: string;
+  /** The agent's pool: its worker also pulls the pool's tasks. */
+  poolId?: string;
+  /** Tasks run at once. @default 4 */
+  concurrency?: number;
+  /** Heartbeat period. @default 10 */
+  heartbeatSeconds?: number;
+  /** How long one report waits for the sidecar's answer before it is sent again. @default 5000 */
+  reportTimeoutMs?: number;
+}
+
+/** Context of a {@link NatsTaskHandler}: the task's own signal, and progress reports. */
+export interface NatsTaskContext extends TaskHandlerContext {
+  /** Reports progress of this attempt to the sidecar that scheduled it. */
+  progress(progress: unknown): Promise<void>;
+}
+
+/** A handler of one task type: receives the payload, returns the result (or throws). */
+export type NatsTaskHandler = (payload: unknown, context: NatsTaskContext) => unknown;
+
+/** Options of {@link NatsWorker.run}. */
+export interface NatsRunOptions {
+  /** Stops the worker: no new tasks; running ones finish (their signal is not aborted). */
+  signal?: AbortSignal;
+}
+
+/** Counts of what the worker did. */
+export interface NatsWorkerStats {
+  started: number;
+  completed: number;
+  failed: number;
+  refused: number;
+}
+
+/** A connected NATS worker. */
+export class NatsWorker {
+  readonly agentId: string;
+  readonly stats: NatsWorkerStats = { started: 0, completed: 0, failed: 0, refused: 0 };
+  readonly #nc: NatsConnection;
+  readonly #ownsConnection: boolean;
+  readonly #names: NatsNames;
+  readonly #link: NatsAgentLink;
+  readonly #poolId: string | undefined;
+  readonly #concurrency: number;
+  readonly #heartbeatMs: number;
+  readonly #reportTimeoutMs: number;
+  /** Running attempts (`taskId:attempt`) → their abort controller. */
+  readonly #running = new Map<string, AbortController>();
+  #closed = false;
+
+  private constructor(
+    nc: NatsConnection,
+    owns: boolean,
+    nats: NatsOptions,
+    options: NatsWorkerOptions,
+  ) {
+    this.#nc = nc;
+    this.#ownsConnection = owns;
+    this.#names = natsNames(nats.namespace);
+    this.agentId = checkString('options.agentId', options.agentId);
+    this.#poolId =
+      options.poolId === undefined ? undefined : checkString('options.poolId', options.poolId);
+    this.#concurrency = checkNumber('options.concurrency', options.concurrency ?? 4, 'positiveInt');
+    this.#heartbeatMs =
+      checkNumber('options.heartbeatSeconds', options.heartbeatSeconds ?? 10, 'positiveNumber') *
+      1000;
+    this.#reportTimeoutMs = checkNumber(
+      'options.reportTimeoutMs',
+      options.reportTimeoutMs ?? DEFAULT_REPORT_TIMEOUT_MS,
+      'positiveInt',
+    );
+    this.#link = new NatsAgentLink(
+      nc,
+      this.#names,
+      this.agentId,
+      checkString('options.credential', options.credential, 4096),
+      this.#reportTimeoutMs,
+    );
+  }
+
+  /**
+   * Connects to NATS (or uses `connection`, which the worker then does not close).
+   * @throws NatsUnavailableError naming the URL; ConfigError / InvalidArgumentError for options.
+   */
+  static async connect(
+    options: NatsWorkerOptions,
+    connection?: NatsConnection,
+  ): Promise<NatsWorker> {
+    if (options === null || typeof options !== 'object') {
+      throw new InvalidArgumentError('options', 'must be an object');
+    }
+    const nats = parseNatsOptions(options.nats, 'options.nats');
+    const nc = connection ?? (await connectNats(nats, `agent-fabric worker ${options.agentId}`));
+    try {
+      return new NatsWorker(nc, connection === undefined, nats, options);
+    } catch (err) {
+      if (connection === undefined) await nc.close();
+      throw err;
+    }
+  }
+
+  /** Sends one heartbeat and returns the sidecar's answer (`{ ok, status }` or an error code). */
+  heartbeat(): Promise<Answer> {
+    return this.#link.heartbeat();
+  }
+
+  /**
+   * Heartbeats and runs tasks with `handlers` (by task type) until `options.signal` aborts;
+   * then stops pulling, lets running tasks finish, and resolves.
+   */
+  async run(
+    handlers: Readonly<Record<string, NatsTaskHandler>>,
+    options: NatsRunOptions = {},
+  ): Promise<void> {
+    const stop = options.signal;
+    if (stop?.aborted) return;
+    const js = jetstream(this.#nc);
+    const consumers: Consumer[] = [
+      await js.consumers.get(this.#names.stream, this.#names.agentConsumer(this.agentId)),
+    ];
+    if (this.#poolId !== undefined) {
+      consumers.push(
+        await js.consumers.get(this.#names.stream, this.#names.poolConsumer(this.#poolId)),
+      );
+    }
+    const ackWaitMs = Math.max(
+      100,
+      Number((await consumers[0]!.info(true)).config.ack_wait ?? 30e9) / 1e6,
+    );
+    const ended: Subscription = this.#nc.subscribe(this.#names.allEnded, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        const n = decodeJson(msg.data) as Partial<EndedNotice> | undefined;
+        const c = n && this.#running.get(`${n.taskId}:${n.attempt}`);
+        c?.abort(new Error(`${n!.code}: ${n!.message}`));
+      },
+    });
+    this.#link.publishHeartbeat();
+    const hb = setInterval(() => this.#link.publishHeartbeat(), this.#heartbeatMs);
+    let free = this.#concurrency;
+    let wake: (() => void) | undefined;
+    const inFlight = new Set<Promise<void>>();
+    const iterators: ConsumerMessages[] = [];
+    const onStop = (): void => {
+      for (const it of iterators) void it.close();
+      wake?.();
+    };
+    stop?.addEventListener('abort', onStop, { once: true });
+    try {
+      await Promise.all(
+        consumers.map(async (c) => {
+          const messages = await c.consume({ max_messages: this.#concurrency });
+          iterators.push(messages);
+          if (stop?.aborted) void messages.close();
+          for await (const m of messages) {
+            while (free === 0 && !stop?.aborted) {
+              await new Promise<void>((r) => (wake = r));
+            }
+            if (stop?.aborted) {
+              // Pulled but not started: back to the queue at once, for another worker.
+              m.nak();
+              continue;
+            }
+            free--;
+            const p = this.#runOne(m, handlers, ackWaitMs).finally(() => {
+              free++;
+              inFlight.delete(p);
+              const w = wake;
+              wake = undefined;
+              w?.();
+            });
+            inFlight.add(p);
+          }
+        }),
+      );
+      await Promise.all(inFlight);
+    } finally {
+      stop?.removeEventListener('abort', onStop);
+      clearInterval(hb);
+      ended.unsubscribe();
+    }
+  }
+
+  async #runOne(
+    m: JsMsg,
+    handlers: Readonly<Record<string, NatsTaskHandler>>,
+    ackWaitMs: number,
+  ): Promise<void> {
+    const task = await this.#link.begin(m);
+    if (task === undefined) {
+      this.stats.refused++;
+      return;
+    }
+    this.stats.started++;
+    const key = `${task.taskId}:${task.attempt}`;
+    const controller = new AbortController();
+    this.#running.set(key, controller);
+    const working = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
+    try {
+      const handler = handlers[task.taskType];
+      let outcome: Omit<Partial<Report>, 'kind'>;
+      try {
+        if (handler === undefined) {
+          throw Object.assign(new Error(`no handler for task type ${task.taskType}`), {
+            code: 'FABRIC_ERR_HANDLER_NOT_FOUND',
+          });
+        }
+        const result: unknown = await handler(task.payload, {
+          taskId: task.taskId,
+          attempt: task.attempt,
+          agentId: this.agentId,
+          taskType: task.taskType,
+          signal: controller.signal,
+          progress: async (progress) => {
+            await this.#link.report(task, 'progress', { progress });
+          },
+        });
+        outcome = { result: result === undefined ? null : result };
+      } catch (err) {
+        outcome = { error: toTaskError(err) };
+      }
+      // Closed: the worker is gone as far as anyone knows; the message is redelivered.
+      if (this.#closed) return;
+      if (controller.signal.aborted) {
+        m.term('attempt ended by the fabric');
+        return;
+      }
+      const kind: ReportKind = outcome.error === undefined ? 'complete' : 'fail';
+      const answer = await this.#link.report(task, kind, outcome);
+      if (this.#closed) return; // redelivered after AckWait
+      if (answer === undefined) {
+        m.term('owning sidecar gone'); // it re-dispatches the task when it comes back
+        return;
+      }
+      if (kind === 'complete') this.stats.completed++;
+      else this.stats.failed++;
+      m.ack();
+    } finally {
+      clearInterval(working);
+      this.#running.delete(key);
+    }
+  }
+
+  /** Closes the connection (when the worker opened it). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const c of this.#running.values()) c.abort(new Error('worker closed'));
+    await this.#link.close(this.#ownsConnection);
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * The JSON messages of the NATS transport and the proofs they carry. The README's "NATS wire
+ * protocol" section documents the same shapes for workers written in other languages.
+ *
+ * **Proof of an agent credential.** A sidecar keeps only the SHA-256 (hex) of an agent's
+ * credential, and the credential itself must not travel on a bus every sidecar and worker
+ * reads. So a worker signs what it sends with HMAC-SHA256 keyed by that hash: the key is the
+ * 64-character lowercase hex string `sha256(credential)` (its UTF-8 bytes), and the signed text
+ * names the agent, the act and the task or time, so a proof is good for one message only.
+ * A heartbeat carries a millisecond timestamp that must grow from one heartbeat to the next,
+ * which makes a replayed heartbeat worthless.
+ *
+ * **Lease of a dispatched attempt.** Each task message carries `lease` =
+ * HMAC-SHA256(sidecar secret, `taskId:attempt`), which only the scheduling sidecar can make and
+ * check without storing anything: a report must carry the lease of the attempt it is about, so
+ * only a worker the message was delivered to can report on it.
+ *
+ * @module
+ */
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { z } from 'zod';
+
+/** A task as it sits in the JetStream work queue. */
+export const taskMessageSchema = z
+  .object({
+    v: z.literal(1),
+    taskId: z.string().min(1),
+    attempt: z.number().int().positive(),
+    taskType: z.string().min(1),
+    payload: z.unknown(),
+    /** Epoch ms by which it had to start, or null. */
+    deadline: z.number().nullable(),
+    timeoutSeconds: z.number().positive(),
+    maxAttempts: z.number().int().positive(),
+    /** The agent the task is pinned to (subject `task.agent.<id>`), or null for a pool task. */
+    agentId: z.string().nullable(),
+    /** The pool of a pool task, or null. */
+    poolId: z.string().nullable(),
+    /** Subject the reports go to (the scheduling sidecar's `res.<sidecarId>`). */
+    replyTo: z.string().min(1),
+    lease: z.string().min(1),
+  })
+  .strict();
+/** A task as it sits in the JetStream work queue. */
+export type TaskMessage = z.infer<typeof taskMessageSchema>;
+
+const taskErrorSchema = z
+  .object({
+    code: z.string().min(1).max(200),
+    message: z.string().max(10_000),
+    details: z.record(z.string(), z.unknown()).optional(),
+  })
+  .strict();
+
+/** What a report is about. */
+export type ReportKind = 'start' | 'progress' | 'complete' | 'fail';
+
+/** A worker's report on a task (request on the task's `replyTo`). */
+export const reportSchema = z
+  .object({
+    kind: z.enum(['start', 'progress', 'complete', 'fail']),
+    taskId: z.string().min(1),
+    attempt: z.number().int().positive(),
+    lease: z.string().min(1),
+    /** The agent whose worker ran the task. */
+    agentId: z.string().min(1),
+    /** HMAC proof of the agent's credential (see {@link reportProof}). */
+    proof: z.string().min(1),
+    result: z.unknown().optional(),
+    progress: z.unknown().optional(),
+    error: taskErrorSchema.optional(),
+    /** With `fail`: an infrastructure fault, retried while attempts remain. */
+    retry: z.boolean().optional(),
+  })
+  .strict();
+/** A worker's report on a task. */
+export type Report = z.infer<typeof reportSchema>;
+
+/** A heartbeat (core subject `hb.<agentId>`). */
+export const heartbeatSchema = z
+  .object({ ts: z.number().int().positive(), proof: z.string().min(1) })
+  .strict();
+/** A heartbeat. */
+export type Heartbeat = z.infer<typeof heartbeatSchema>;
+
+/** The answer to a report or a heartbeat request. */
+export type Answer = { ok: true; status?: string } | { ok: false; code: string; message: string };
+
+/** A sidecar's notice that it ended an attempt (core subject `ended.<taskId>`). */
+export interface EndedNotice {
+  taskId: string;
+  attempt: number;
+  code: string;
+  message: string;
+}
+
+function hmac(key: string, text: string): string {
+  return createHmac('sha256', key).update(text).digest('base64url');
+}
+
+/** Constant-time comparison of two proofs. */
+export function sameProof(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/** Proof of a heartbeat; `credentialHash` is the hex SHA-256 of the agent's credential. */
+export function heartbeatProof(credentialHash: string, agentId: string, ts: number): string {
+  return hmac(credentialHash, `hb:${agentId}:${ts}`);
+}
+
+/** Proof of a report. */
+export function reportProof(
+  credentialHash: string,
+  agentId: string,
+  kind: ReportKind,
+  taskId: string,
+  attempt: number,
+): string {
+  return hmac(credentialHash, `${kind}:${agentId}:${taskId}:${attempt}`);
+}
+
+/** The lease of an attempt, keyed by the scheduling sidecar's secret. */
+export function attemptLease(secret: string, taskId: string, attempt: number): string {
+  return hmac(secret, `${taskId}:${attempt}`);
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** JSON to bytes. */
+export function encodeJson(value: unknown): Uint8Array {
+  return encoder.encode(JSON.stringify(value));
+}
+
+/** Bytes to JSON; `undefined` when the bytes are not JSON. */
+export function decodeJson(data: Uint8Array): unknown {
+  try {
+    return JSON.parse(decoder.decode(data)) as unknown;
+  } catch {
+    return undefined;
+  }
+}

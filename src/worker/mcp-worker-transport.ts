@@ -1,0 +1,152 @@
+/**
+ * The worker transport over MCP: each operation is a call of the sidecar's `fabric__*` tool of
+ * the same name, made with the agent's credential as bearer token, so it passes the sidecar's
+ * policy pipeline like any tool call. Refusals come back as tool errors carrying the catalog
+ * code in `_meta` and are thrown as {@link RemoteFabricError}.
+ *
+ * @module
+ */
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { ErrorKind } from '../errors.js';
+import { ERROR_META_KEY } from '../gateway/map-error.js';
+import type { TaskAssignment } from '../task.js';
+import {
+  RemoteFabricError,
+  type HeldTask,
+  type WorkerEndedTask,
+  type WorkerFailure,
+  type WorkerHook,
+  type WorkerReportAnswer,
+  type WorkerTransport,
+} from './worker-transport.js';
+
+/** {@link WorkerTransport} over a sidecar's MCP endpoint. */
+export class McpWorkerTransport implements WorkerTransport {
+  readonly #client: Client;
+
+  private constructor(client: Client) {
+    this.#client = client;
+  }
+
+  /** Connects to `url` with `credential` as bearer token. @throws the sidecar's 401 as an error */
+  static async connect(url: URL, credential: string): Promise<McpWorkerTransport> {
+    const transport = new StreamableHTTPClientTransport(url, {
+      requestInit: { headers: { Authorization: `Bearer ${credential}` } },
+    });
+    const client = new Client({ name: 'agent-fabric-worker', version: '0.1.0' });
+    await client.connect(transport);
+    return new McpWorkerTransport(client);
+  }
+
+  async heartbeat(): Promise<WorkerReportAnswer> {
+    return reportAnswer(await this.#call('heartbeat', {}));
+  }
+
+  async claim(waitSeconds: number): Promise<TaskAssignment | null> {
+    return (await this.#call('claim_task', { waitSeconds })) as TaskAssignment | null;
+  }
+
+  complete(task: HeldTask, result: unknown): Promise<unknown> {
+    return this.#call('complete_task', {
+      taskId: task.taskId,
+      attempt: task.attempt,
+      result: result ?? null,
+    });
+  }
+
+  fail(task: HeldTask, error: WorkerFailure): Promise<unknown> {
+    return this.#call('fail_task', { taskId: task.taskId, attempt: task.attempt, ...error });
+  }
+
+  async release(task: HeldTask): Promise<boolean> {
+    const answer = (await this.#call('release_task', {
+      taskId: task.taskId,
+      attempt: task.attempt,
+    })) as { released?: unknown } | null;
+    return answer?.released === true;
+  }
+
+  async reportProgress(task: HeldTask, progress: unknown): Promise<WorkerReportAnswer> {
+    return reportAnswer(
+      await this.#call('report_progress', { taskId: task.taskId, attempt: task.attempt, progress }),
+    );
+  }
+
+  recordUsage(usage: { tokens: number; cost: number }): Promise<unknown> {
+    return this.#call('record_usage', usage);
+  }
+
+  async hookFor(): Promise<WorkerHook | null> {
+    return (await this.#call('get_hook', {})) as WorkerHook | null;
+  }
+
+  activateHook(hookId: string): Promise<unknown> {
+    return this.#call('activate_hook', { hookId });
+  }
+
+  hookProgress(hookId: string, note?: string): Promise<unknown> {
+    return this.#call('hook_progress', note === undefined ? { hookId } : { hookId, note });
+  }
+
+  completeHook(hookId: string, result: unknown): Promise<unknown> {
+    return this.#call('complete_hook', { hookId, result: result ?? null });
+  }
+
+  failHook(hookId: string, error: WorkerFailure): Promise<unknown> {
+    return this.#call('fail_hook', { hookId, ...error });
+  }
+
+  callTool(name: string, args: Record<string, unknown>): Promise<CallToolResult> {
+    return this.#client.callTool({ name, arguments: args }) as Promise<CallToolResult>;
+  }
+
+  close(): Promise<void> {
+    return this.#client.close();
+  }
+
+  async #call(tool: string, args: Record<string, unknown>): Promise<unknown> {
+    const res = (await this.#client.callTool({
+      name: `fabric__${tool}`,
+      arguments: args,
+    })) as CallToolResult;
+    if (res.isError === true) {
+      const meta = (res._meta?.[ERROR_META_KEY] ?? {}) as {
+        code?: string;
+        kind?: ErrorKind;
+        message?: string;
+        details?: Record<string, unknown>;
+      };
+      const text = res.content?.find((c) => c.type === 'text');
+      throw new RemoteFabricError(
+        meta.code ?? 'FABRIC_ERR_INTERNAL',
+        meta.kind ?? 'internal',
+        meta.message ?? (text?.type === 'text' ? text.text : `fabric__${tool} failed`),
+        meta.details ?? {},
+      );
+    }
+    return (res.structuredContent as { result?: unknown } | undefined)?.result ?? null;
+  }
+}
+
+/** The answer of `heartbeat`/`report_progress`; a sidecar without notices gives none. */
+function reportAnswer(answer: unknown): WorkerReportAnswer {
+  const a = (answer !== null && typeof answer === 'object' ? answer : {}) as {
+    endedTasks?: unknown;
+  };
+  const ended = Array.isArray(a.endedTasks) ? a.endedTasks.filter(isEndedTask) : [];
+  return { ...a, endedTasks: ended };
+}
+
+function isEndedTask(n: unknown): n is WorkerEndedTask {
+  const e = n as Partial<WorkerEndedTask> | null;
+  return (
+    e !== null &&
+    typeof e === 'object' &&
+    typeof e.taskId === 'string' &&
+    typeof e.attempt === 'number' &&
+    typeof e.code === 'string' &&
+    typeof e.message === 'string'
+  );
+}

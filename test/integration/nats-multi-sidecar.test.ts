@@ -1,0 +1,125 @@
+/**
+ * Two fabrics (two sidecars) on one nats-server: a pool's tasks scheduled on one are run by a
+ * worker attached through the other, and reports are accepted only with the attempt's lease and
+ * from the agent a pinned task belongs to.
+ */
+import { expect, it } from 'vitest';
+import { connect } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
+import { AgentFabric } from '../../src/fabric.js';
+import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
+import { natsNames } from '../../src/transport/nats/subjects.js';
+import type { TaskMessage } from '../../src/transport/nats/wire.js';
+import { decodeJson, encodeJson, reportProof } from '../../src/transport/nats/wire.js';
+import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
+import { TaskStatus } from '../../src/task.js';
+import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
+
+describeNats('NATS: two sidecars on one server', () => {
+  const suiteServer = natsServerPerSuite();
+
+  it('a worker attached through A runs a pool task scheduled on B; B sees the result', async () => {
+    const nats = { url: suiteServer().url, namespace: 'multi' };
+    const a = new AgentFabric({}, { nats });
+    const b = new AgentFabric({}, { nats });
+    await a.start();
+    await b.start();
+    expect(a.natsExecutor!.sidecarId).not.toBe(b.natsExecutor!.sidecarId);
+    // A: the pool with the agent whose worker runs.
+    await a.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+    const x = await a.spawn({ name: 'x', model: 'm', executor: 'nats', poolId: 'p' });
+    // B: the same pool with a dispatch slot (no worker of its own; B heartbeats for it).
+    await b.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+    await b.spawn({ name: 'slot', model: 'm', executor: 'nats', poolId: 'p', heartbeat: 'auto' });
+    await a.natsExecutor!.consumersReady();
+    await b.natsExecutor!.consumersReady();
+    const worker = await NatsWorker.connect({
+      nats,
+      agentId: x.id,
+      credential: x.credential,
+      poolId: 'p',
+    });
+    const stop = new AbortController();
+    const running = worker.run(
+      { add: (p) => (p as { a: number; b: number }).a + (p as { a: number; b: number }).b },
+      { signal: stop.signal },
+    );
+    const tasks = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => b.scheduleToPool('p', 'add', { a: i, b: 1 })),
+    );
+    const done = await Promise.all(tasks.map((t) => b.waitForTask(t.id, { timeoutSeconds: 20 })));
+    expect(done.map((t) => t.status)).toEqual(tasks.map(() => TaskStatus.COMPLETED));
+    expect(done.map((t) => t.result)).toEqual(tasks.map((_, i) => i + 1));
+    // A never saw these tasks: its records hold none.
+    expect((await a.listTasks()).items).toEqual([]);
+    stop.abort();
+    await running;
+    expect(worker.stats.completed).toBe(20);
+    await worker.close();
+    await a.close();
+    await b.close();
+  });
+
+  it('refuses reports without the lease, and reports on a pinned task from another agent', async () => {
+    const ns = 'hostile';
+    const nats = { url: suiteServer().url, namespace: ns };
+    const names = natsNames(ns);
+    const b = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
+    const a = new AgentFabric({}, { nats });
+    await b.start();
+    await a.start();
+    const victim = await b.spawn({ name: 'victim', model: 'm', executor: 'nats' });
+    const intruder = await b.spawn({ name: 'intruder', model: 'm', executor: 'nats' });
+    const foreign = await a.spawn({ name: 'foreign', model: 'm', executor: 'nats' });
+    await b.natsExecutor!.consumersReady();
+    await b.heartbeat(victim.id);
+    const task = await b.schedule({ agentId: victim.id, taskType: 't', payload: 1 });
+    // Any NATS client may pull the victim's consumer: it then holds a valid lease.
+    const nc = await connect({ servers: suiteServer().url });
+    const consumer = await jetstream(nc).consumers.get(
+      names.stream,
+      names.agentConsumer(victim.id),
+    );
+    const m = await consumer.next({ expires: 5000 });
+    expect(m).not.toBeNull();
+    const msg = decodeJson(m!.data) as TaskMessage;
+    expect(msg.taskId).toBe(task.id);
+    const report = async (body: Record<string, unknown>): Promise<unknown> =>
+      decodeJson((await nc.request(msg.replyTo, encodeJson(body), { timeout: 5000 })).data);
+    const as = (agentId: string, credential: string, lease = msg.lease) => ({
+      kind: 'complete',
+      taskId: msg.taskId,
+      attempt: msg.attempt,
+      lease,
+      agentId,
+      proof: reportProof(hashCredential(credential), agentId, 'complete', msg.taskId, msg.attempt),
+      result: 'forged',
+    });
+    const refused = { ok: false, code: 'FABRIC_ERR_UNAUTHENTICATED' };
+    // Another agent of B, with its own valid proof and the lease: not its task.
+    expect(await report(as(intruder.id, intruder.credential))).toMatchObject(refused);
+    // Claiming to be the victim without its credential.
+    expect(await report(as(victim.id, intruder.credential))).toMatchObject(refused);
+    // An agent of another sidecar: pinned tasks are not shared.
+    expect(await report(as(foreign.id, foreign.credential))).toMatchObject(refused);
+    // The victim's proof with a made-up lease.
+    expect(await report(as(victim.id, victim.credential, 'x'.repeat(43)))).toMatchObject(refused);
+    // Not JSON of the schema at all.
+    expect(await report({ kind: 'complete' })).toMatchObject(refused);
+    expect((await b.getTask(task.id)).status).toBe(TaskStatus.SCHEDULED);
+    expect((await b.getTask(task.id)).result).toBeUndefined();
+    // The victim itself completes it; a second report of the attempt changes nothing.
+    expect(await report(as(victim.id, victim.credential))).toEqual({ ok: true });
+    const done = await b.waitForTask(task.id, { timeoutSeconds: 5 });
+    expect(done).toMatchObject({ status: TaskStatus.COMPLETED, result: 'forged' });
+    expect(await report({ ...as(victim.id, victim.credential), result: 'again' })).toMatchObject({
+      ok: false,
+      code: 'FABRIC_ERR_TASK_STATE',
+    });
+    expect((await b.getTask(task.id)).result).toBe('forged');
+    m!.ack();
+    await nc.close();
+    await a.close();
+    await b.close();
+  });
+});
