@@ -557,6 +557,8 @@ export function parseSidecarConfig(
         );
       }
     }
+    // In file order; values set by the environment or a flag (no line) last.
+    problems.sort((a, b) => (a.line ?? Infinity) - (b.line ?? Infinity));
     throw ConfigFileError.of(file, problems);
   }
   const cwd = options.cwd ?? process.cwd();
