@@ -71,7 +71,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'upstreams.<name>.env':
     'Extra environment (stdio), merged over a minimal inherited set (PATH, HOME, …).',
   'upstreams.<name>.cwd': 'Working directory of the child (stdio).',
-  'upstreams.<name>.stderr': "Where the child's stderr goes (stdio).",
+  'upstreams.<name>.stderr':
+    "Where the child's stderr goes (stdio): `log` — each line into the sidecar's log with the upstream's name; `inherit` — the sidecar's stderr, unmarked; `ignore`; `pipe` — for library use (`ProcessStdioTransport.stderr`); the sidecar does not read it.",
   'upstreams.<name>.url': 'Endpoint of a remote upstream.',
   'upstreams.<name>.headers': 'HTTP headers sent to a remote upstream (e.g. its credential).',
   'upstreams.<name>.namespace':

@@ -18,23 +18,49 @@
  */
 import { createRequire } from 'node:module';
 import { FabricError, StartupError } from '../errors.js';
-import type { GatewayLogEntry } from '../gateway/gateway.js';
+import type { SidecarConfig } from '../server/config-file.js';
+import type { SidecarLog } from '../server/logger.js';
+import type { Sidecar } from '../server/sidecar.js';
 import { CliError } from './api-client.js';
-import { runCommand, usageError, type Command, type CommandContext } from './command.js';
+import {
+  runCommand,
+  usageError,
+  type Command,
+  type CommandContext,
+  type OptionSpec,
+} from './command.js';
 import { EXIT, EXIT_CODES_HELP } from './exit-codes.js';
 import { offlineCommands } from './offline-commands.js';
 import { operatorCommands } from './operator-commands.js';
 
-function logTo(stream: NodeJS.WriteStream, quiet: boolean): (e: GatewayLogEntry) => void {
-  return (e) => {
-    if (quiet && e.level === 'debug') return;
-    stream.write(`[agent-fabric] ${e.level}: ${e.msg}${extra(e)}\n`);
-  };
+/** The log of a sidecar run by `serve` or `mcp --in-process`, with the config's secrets. */
+async function sidecarLog(
+  values: CommandContext['values'],
+  config: SidecarConfig,
+): Promise<SidecarLog> {
+  const { createSidecarLog } = await import('../server/logger.js');
+  const { isSecretName } = await import('../server/log-redaction.js');
+  let log: SidecarLog;
+  try {
+    log = createSidecarLog({
+      level: (values['log-level'] as string | undefined) ?? process.env.FABRIC_LOG_LEVEL,
+      format: (values['log-format'] as string | undefined) ?? process.env.FABRIC_LOG_FORMAT,
+    });
+  } catch (error) {
+    throw new CliError((error as Error).message, EXIT.usage);
+  }
+  log.redactor.add(config.adminToken, process.env.FABRIC_ADMIN_TOKEN);
+  for (const a of config.agents) log.redactor.add(a.credential);
+  for (const u of Object.values(config.upstreams)) {
+    const named = u.transport === 'stdio' ? u.env : u.headers;
+    for (const [k, v] of Object.entries(named)) if (isSecretName(k)) log.redactor.add(v);
+  }
+  return log;
 }
 
-function extra(e: GatewayLogEntry): string {
-  const { level: _l, msg: _m, ...rest } = e;
-  return Object.keys(rest).length > 0 ? ` ${JSON.stringify(rest)}` : '';
+/** Teaches the log the credentials the sidecar made at start (they are printed, not logged). */
+function learnSecrets(log: SidecarLog, sidecar: Sidecar): void {
+  log.redactor.add(sidecar.adminToken, ...sidecar.agents.map((a) => a.credential));
 }
 
 /**
@@ -66,17 +92,19 @@ function fail(error: unknown): never {
  * during start-up waits for it to settle and then closes what it started (upstream process
  * groups included) instead of leaving them behind.
  */
-function onSignals(): { closeWith(close: () => Promise<void>): void } {
+function onSignals(note: (msg: string) => void = (msg) => console.error(`agent-fabric: ${msg}`)): {
+  closeWith(close: () => Promise<void>): void;
+} {
   let close: (() => Promise<void>) | undefined;
   let received: string | undefined;
   const stop = (): void => {
     if (close === undefined || received === undefined) return;
     phase = 'stopping';
-    console.error(`agent-fabric: ${received} received, shutting down`);
+    note(`${received} received, shutting down`);
     close().then(
       () => process.exit(0),
       (error: unknown) => {
-        console.error(`agent-fabric: shutdown failed: ${String(error)}`);
+        note(`shutdown failed: ${String(error)}`);
         process.exit(1);
       },
     );
@@ -121,9 +149,13 @@ async function serve(values: CommandContext['values']): Promise<'running'> {
   const flags: Record<string, string> = {};
   if (typeof values.port === 'string') flags.port = values.port;
   if (typeof values.host === 'string') flags.host = values.host;
-  const signals = onSignals();
+  // Nothing is started before the signal handlers are installed: a signal before them ends
+  // the process the default way, with nothing to close.
   const config = loadSidecarConfig(file, { flags });
-  const sidecar = await Sidecar.start({ config, logger: logTo(process.stderr, true) });
+  const log = await sidecarLog(values, config);
+  const signals = onSignals((msg) => log.write({ level: 'info', msg }));
+  const sidecar = await Sidecar.start({ config, logger: log.write });
+  learnSecrets(log, sidecar);
   phase = 'running';
   signals.closeWith(() => sidecar.close());
   const url = sidecar.url ?? '';
@@ -189,12 +221,14 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   if (values['in-process'] === true) {
     const signals = onSignals();
     const config = loadSidecarConfig((values.config as string | undefined) ?? defaultConfigPath());
+    const log = await sidecarLog(values, config);
     const { Sidecar } = await import('../server/sidecar.js');
     const sidecar = await Sidecar.start({
       config,
       http: false,
-      logger: logTo(process.stderr, true),
+      logger: log.write,
     });
+    learnSecrets(log, sidecar);
     const agent = sidecar.agents[0];
     const identity = agent
       ? await sidecar.backend.authenticate(agent.credential)
@@ -274,12 +308,28 @@ function version(): string {
   return pkg.version;
 }
 
+const LOG_OPTIONS: Readonly<Record<string, OptionSpec>> = {
+  'log-level': {
+    type: 'string',
+    value: 'level',
+    description: 'debug, info (default), warn, error or silent (env FABRIC_LOG_LEVEL)',
+  },
+  'log-format': {
+    type: 'string',
+    value: 'format',
+    description:
+      'json, pretty, or auto (default): pretty on a terminal, JSON lines otherwise (env FABRIC_LOG_FORMAT)',
+  },
+};
+
 const serveCommand: Command = {
   name: 'serve',
   summary: 'Runs the sidecar: the MCP gateway, the operator API and (when configured) gRPC.',
   description: `Without --config the embedded defaults (examples/fabric.yaml) are used. --port and --host
 override http.port and http.host of the config and the FABRIC_HTTP_PORT/FABRIC_HTTP_HOST
-environment. Stops on SIGINT/SIGTERM (exit 0 once closed).`,
+environment. The log goes to stderr: JSON lines (pino) when stderr is not a terminal, readable
+lines when it is; each upstream's stderr is logged with its name; credentials are redacted.
+Stops on SIGINT/SIGTERM (exit 0 once closed).`,
   options: {
     config: {
       type: 'string',
@@ -294,6 +344,7 @@ environment. Stops on SIGINT/SIGTERM (exit 0 once closed).`,
       description: 'HTTP port (0 for any free port)',
     },
     host: { type: 'string', value: 'address', description: 'HTTP bind address' },
+    ...LOG_OPTIONS,
   },
   run: (ctx) => serve(ctx.values),
 };
@@ -312,6 +363,7 @@ const mcpCommand: Command = {
     },
     config: { type: 'string', short: 'c', value: 'file', description: 'config of --in-process' },
     'in-process': { type: 'boolean', description: 'run the gateway in this process' },
+    ...LOG_OPTIONS,
   },
   run: (ctx) => mcp(ctx.values),
 };
