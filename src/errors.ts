@@ -868,15 +868,7 @@ export class GatewayUnavailableError extends FabricError {
 /** The sidecar's configuration file is unreadable or invalid; names the key path and line. */
 export class ConfigFileError extends FabricError {
   static readonly code = 'FABRIC_ERR_CONFIG_FILE';
-  constructor(file: string, path: string, message: string, line?: number, options?: ErrorOptions);
-  constructor(
-    file: string,
-    path: string,
-    message: string,
-    line?: number,
-    options?: ErrorOptions,
-    problems?: readonly ConfigFileProblem[],
-  );
+  /** `problems`: all of them when there are several (see {@link ConfigFileError.of}). */
   constructor(
     file: string,
     path: string,

@@ -49,22 +49,34 @@ function enumOption(
   return e[found] as number;
 }
 
-/** Fetches pages of a list until `limit` items; tells on stderr when more were left. */
+/** One page of a list answer: its items, the next page token and the JSON as sent. */
+interface Page<T> {
+  items: T[];
+  next: string;
+  json: JsonValue;
+}
+
+/**
+ * Fetches pages of a list until `limit` items; tells on stderr when more were left. Returns the
+ * items and their JSON (the answers' `key` arrays, for `--json`).
+ */
 async function paged<T>(
   limit: number,
-  fetchPage: (pageSize: number, pageToken: string) => Promise<{ items: T[]; next: string }>,
-  what: string,
-): Promise<T[]> {
+  key: string,
+  fetchPage: (pageSize: number, pageToken: string) => Promise<Page<T>>,
+): Promise<{ items: T[]; json: JsonValue[] }> {
   const items: T[] = [];
+  const json: JsonValue[] = [];
   let token = '';
   for (;;) {
     const page = await fetchPage(Math.min(MAX_PAGE, limit - items.length), token);
     items.push(...page.items);
+    json.push(...((page.json as Record<string, JsonValue[] | undefined>)[key] ?? []));
     token = page.next;
-    if (token === '') return items;
+    if (token === '') return { items, json };
     if (items.length >= limit) {
-      process.stderr.write(`agent-fabric: more ${what} than --limit ${limit}; not all shown\n`);
-      return items;
+      process.stderr.write(`agent-fabric: more ${key} than --limit ${limit}; not all shown\n`);
+      return { items, json };
     }
   }
 }
@@ -101,17 +113,17 @@ const statusCommand: Command = {
   async run(ctx) {
     const api = ctx.api();
     const stats = await api.call(FabricService.method.getStats, {});
-    const queued = await paged(
+    const { items: queued } = await paged(
       STATUS_QUEUE_SCAN,
+      'tasks',
       async (pageSize, pageToken) => {
-        const { message } = await api.call(FabricService.method.listTasks, {
+        const a = await api.call(FabricService.method.listTasks, {
           status: TaskStatus.PENDING,
           pageSize,
           pageToken,
         });
-        return { items: message.tasks, next: message.nextPageToken };
+        return { items: a.message.tasks, next: a.message.nextPageToken, json: a.json };
       },
-      'queued tasks',
     );
     const byPriority: Record<string, number> = { CRITICAL: 0, HIGH: 0, NORMAL: 0, LOW: 0 };
     for (const t of queued) {
@@ -239,21 +251,15 @@ const agentsCommand: Command = {
   async run(ctx) {
     const status = enumOption(agentsCommand, 'status', AgentStatus, ctx.values.status);
     const limit = intOption(agentsCommand, ctx.values, 'limit', DEFAULT_LIMIT);
-    const json: JsonValue[] = [];
-    const agents = await paged(
-      limit,
-      async (pageSize, pageToken) => {
-        const a = await ctx.api().call(FabricService.method.listAgents, {
-          status,
-          poolId: (ctx.values.pool as string | undefined) ?? '',
-          pageSize,
-          pageToken,
-        });
-        json.push(...((a.json as { agents?: JsonValue[] }).agents ?? []));
-        return { items: a.message.agents, next: a.message.nextPageToken };
-      },
-      'agents',
-    );
+    const { items: agents, json } = await paged(limit, 'agents', async (pageSize, pageToken) => {
+      const a = await ctx.api().call(FabricService.method.listAgents, {
+        status,
+        poolId: (ctx.values.pool as string | undefined) ?? '',
+        pageSize,
+        pageToken,
+      });
+      return { items: a.message.agents, next: a.message.nextPageToken, json: a.json };
+    });
     if (ctx.json) {
       printJson(ctx, { agents: json });
       return EXIT.ok;
@@ -313,22 +319,16 @@ const tasksCommand: Command = {
   async run(ctx) {
     const status = enumOption(tasksCommand, 'status', TaskStatus, ctx.values.status);
     const limit = intOption(tasksCommand, ctx.values, 'limit', DEFAULT_LIMIT);
-    const json: JsonValue[] = [];
-    const tasks = await paged(
-      limit,
-      async (pageSize, pageToken) => {
-        const a = await ctx.api().call(FabricService.method.listTasks, {
-          status,
-          poolId: (ctx.values.pool as string | undefined) ?? '',
-          agentId: (ctx.values.agent as string | undefined) ?? '',
-          pageSize,
-          pageToken,
-        });
-        json.push(...((a.json as { tasks?: JsonValue[] }).tasks ?? []));
-        return { items: a.message.tasks, next: a.message.nextPageToken };
-      },
-      'tasks',
-    );
+    const { items: tasks, json } = await paged(limit, 'tasks', async (pageSize, pageToken) => {
+      const a = await ctx.api().call(FabricService.method.listTasks, {
+        status,
+        poolId: (ctx.values.pool as string | undefined) ?? '',
+        agentId: (ctx.values.agent as string | undefined) ?? '',
+        pageSize,
+        pageToken,
+      });
+      return { items: a.message.tasks, next: a.message.nextPageToken, json: a.json };
+    });
     if (ctx.json) {
       printJson(ctx, { tasks: json });
       return EXIT.ok;
@@ -541,13 +541,13 @@ const budgetsCommand: Command = {
       scopes.push({ case: 'fabric', value: true });
       const pools = await api.call(FabricService.method.listPools, {});
       for (const p of pools.message.pools) scopes.push({ case: 'poolId', value: p.poolId });
-      const agents = await paged(
+      const { items: agents } = await paged(
         10 * MAX_PAGE,
+        'agents',
         async (pageSize, pageToken) => {
           const a = await api.call(FabricService.method.listAgents, { pageSize, pageToken });
-          return { items: a.message.agents, next: a.message.nextPageToken };
+          return { items: a.message.agents, next: a.message.nextPageToken, json: a.json };
         },
-        'agents',
       );
       for (const a of agents) {
         if (a.status !== AgentStatus.TERMINATED) scopes.push({ case: 'agentId', value: a.agentId });
@@ -602,21 +602,15 @@ const hooksCommand: Command = {
   async run(ctx) {
     const status = enumOption(hooksCommand, 'status', HookStatus, ctx.values.status);
     const limit = intOption(hooksCommand, ctx.values, 'limit', DEFAULT_LIMIT);
-    const json: JsonValue[] = [];
-    const hooks = await paged(
-      limit,
-      async (pageSize, pageToken) => {
-        const a = await ctx.api().call(FabricService.method.listHooks, {
-          status,
-          agentId: (ctx.values.agent as string | undefined) ?? '',
-          pageSize,
-          pageToken,
-        });
-        json.push(...((a.json as { hooks?: JsonValue[] }).hooks ?? []));
-        return { items: a.message.hooks, next: a.message.nextPageToken };
-      },
-      'hooks',
-    );
+    const { items: hooks, json } = await paged(limit, 'hooks', async (pageSize, pageToken) => {
+      const a = await ctx.api().call(FabricService.method.listHooks, {
+        status,
+        agentId: (ctx.values.agent as string | undefined) ?? '',
+        pageSize,
+        pageToken,
+      });
+      return { items: a.message.hooks, next: a.message.nextPageToken, json: a.json };
+    });
     if (ctx.json) {
       printJson(ctx, { hooks: json });
       return EXIT.ok;
