@@ -17,7 +17,7 @@
  * @module
  */
 import { createRequire } from 'node:module';
-import { FabricError, StartupError } from '../errors.js';
+import { ConfigFileError, FabricError, StartupError } from '../errors.js';
 import type { SidecarConfig } from '../server/config-file.js';
 import type { SidecarLog } from '../server/logger.js';
 import type { Sidecar } from '../server/sidecar.js';
@@ -70,20 +70,27 @@ function learnSecrets(log: SidecarLog, sidecar: Sidecar): void {
 let phase: 'starting' | 'running' | 'stopping' = 'starting';
 
 /**
- * Prints the error and exits with its code: a {@link CliError}'s own, else 1. A config error
- * with several problems prints one per line; anything else is one line, newlines folded.
+ * Prints the error and exits with its code: a {@link CliError}'s own, else 1. The last line is
+ * always `agent-fabric: <code>: <message>` (supervisors and tests read it); a config error with
+ * several problems lists them on the lines before it.
  */
 function fail(error: unknown): never {
   if (error instanceof CliError) {
     console.error(`agent-fabric: ${error.message}`);
     process.exit(error.exitCode);
   }
-  const problems = error instanceof FabricError ? error.details.problems : undefined;
-  const message =
-    error instanceof FabricError
-      ? `${error.code}: ${Array.isArray(problems) && problems.length > 1 ? error.message : error.message.replace(/\s*[\r\n]+\s*/g, ' ')}`
-      : String(error).replace(/\s*[\r\n]+\s*/g, ' ');
-  console.error(`agent-fabric: ${message}`);
+  const fold = (text: string): string => text.replace(/\s*[\r\n]+\s*/g, ' ');
+  if (error instanceof FabricError) {
+    const [first, ...problems] = error.message.split('\n');
+    if (error instanceof ConfigFileError && problems.length > 0) {
+      for (const p of problems) console.error(p);
+      console.error(`agent-fabric: ${error.code}: ${first ?? ''} (above)`);
+    } else {
+      console.error(`agent-fabric: ${error.code}: ${fold(error.message)}`);
+    }
+  } else {
+    console.error(`agent-fabric: ${fold(String(error))}`);
+  }
   process.exit(EXIT.failure);
 }
 

@@ -164,6 +164,16 @@ describe('agent-fabric without a sidecar', () => {
     expect(bad.err).toContain(`${file}:2: http.port:`);
     expect(bad.err).toContain(`${file}:3: http.bogus: is not a known key`);
     expect(bad.err).toContain(`${file}:5: gateway.hideDeniedTools:`);
+    // serve lists them too, its last line the coded one supervisors read.
+    const served = await cli(['serve', '--config', file]);
+    expect(served.code).toBe(1);
+    const lines = served.err.trim().split('\n');
+    expect(lines.at(-1)).toBe(`agent-fabric: FABRIC_ERR_CONFIG_FILE: ${file}: 3 problems (above)`);
+    expect(lines.slice(0, -1)).toEqual([
+      expect.stringContaining(`${file}:2: http.port:`),
+      `  ${file}:3: http.bogus: is not a known key`,
+      expect.stringContaining(`${file}:5: gateway.hideDeniedTools:`),
+    ]);
     const good = join(dir, 'good.yaml');
     writeFileSync(good, 'gateway:\n  hideDeniedTools: true\n');
     expect((await cli(['config', 'check', good])).code).toBe(0);
