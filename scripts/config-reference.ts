@@ -28,7 +28,7 @@ export const README_END = '<!-- config-reference:end -->';
  * `a.<name>` for the entries of a map.
  */
 export const DESCRIPTIONS: Readonly<Record<string, string>> = {
-  http: 'The HTTP listener: MCP endpoint, operator API (`/api/`), `/metrics`, `/healthz`.',
+  http: 'The HTTP listener: MCP endpoint, operator API (`/api/`), `/metrics`, `/healthz`, `/readyz`.',
   'http.host':
     'Bind address (env `FABRIC_HTTP_HOST`, `serve --host`). Beyond loopback it needs TLS or `allowInsecure`.',
   'http.port': 'Port; 0 picks a free one (env `FABRIC_HTTP_PORT`, `serve --port`).',
