@@ -72,7 +72,7 @@ let phase: 'starting' | 'running' | 'stopping' = 'starting';
 /**
  * Prints the error and exits with its code: a {@link CliError}'s own, else 1. The last line is
  * always `agent-fabric: <code>: <message>` (supervisors and tests read it); a config error with
- * several problems lists them on the lines before it.
+ * several problems lists them on the lines before it and repeats the first one there.
  */
 function fail(error: unknown): never {
   if (error instanceof CliError) {
@@ -83,8 +83,12 @@ function fail(error: unknown): never {
   if (error instanceof FabricError) {
     const [first, ...problems] = error.message.split('\n');
     if (error instanceof ConfigFileError && problems.length > 0) {
+      // All of them, then the first again on the coded last line (with its line number).
       for (const p of problems) console.error(p);
-      console.error(`agent-fabric: ${error.code}: ${first ?? ''} (above)`);
+      const head = /^.*: (\d+) problems$/.exec(first ?? '')?.[1] ?? String(problems.length);
+      console.error(
+        `agent-fabric: ${error.code}: ${problems[0]!.trim()} (1 of ${head} problems, all above)`,
+      );
     } else {
       console.error(`agent-fabric: ${error.code}: ${fold(error.message)}`);
     }
