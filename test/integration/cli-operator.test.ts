@@ -169,7 +169,9 @@ describe('agent-fabric without a sidecar', () => {
     expect(served.code).toBe(1);
     const lines = served.err.trim().split('\n');
     expect(lines.at(-1)).toMatch(
-      `agent-fabric: FABRIC_ERR_CONFIG_FILE: ${file}:2: http.port: .* \\(1 of 3 problems, all above\\)$`,
+      new RegExp(
+        `^agent-fabric: FABRIC_ERR_CONFIG_FILE: ${file}:2: http\\.port: .* \\(1 of 3 problems, all above\\)$`,
+      ),
     );
     expect(lines.slice(0, -1)).toEqual([
       expect.stringContaining(`${file}:2: http.port:`),
