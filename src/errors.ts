@@ -885,15 +885,56 @@ export class GatewayUnavailableError extends FabricError {
 /** The sidecar's configuration file is unreadable or invalid; names the key path and line. */
 export class ConfigFileError extends FabricError {
   static readonly code = 'FABRIC_ERR_CONFIG_FILE';
-  constructor(file: string, path: string, message: string, line?: number, options?: ErrorOptions) {
+  /** `problems`: all of them when there are several (see {@link ConfigFileError.of}). */
+  constructor(
+    file: string,
+    path: string,
+    message: string,
+    line?: number,
+    options?: ErrorOptions,
+    problems?: readonly ConfigFileProblem[],
+  ) {
+    const one: ConfigFileProblem = { path, message, ...(line === undefined ? {} : { line }) };
+    const all = problems ?? [one];
     super(
       ConfigFileError.code,
       'invalid_argument',
-      `${file}${line === undefined ? '' : `:${line}`}: ${path ? `${path}: ` : ''}${message}`,
-      { file, path, ...(line === undefined ? {} : { line }) },
+      all.length === 1
+        ? configProblemText(file, all[0]!)
+        : `${file}: ${all.length} problems\n${all.map((p) => `  ${configProblemText(file, p)}`).join('\n')}`,
+      { file, path, ...(line === undefined ? {} : { line }), problems: all },
       options,
     );
   }
+
+  /**
+   * Every problem of `file` in one error (at least one). `details.path` and `details.line` are
+   * the first problem's; `details.problems` lists them all.
+   */
+  static of(file: string, problems: readonly ConfigFileProblem[]): ConfigFileError {
+    const first = problems[0] ?? { path: '', message: 'is invalid' };
+    return new ConfigFileError(file, first.path, first.message, first.line, undefined, [
+      ...(problems.length > 0 ? problems : [first]),
+    ]);
+  }
+}
+
+/** One problem of a config file: where (line, or the env variable/flag that set it) and what. */
+export interface ConfigFileProblem {
+  /** Key path, dot-separated; empty for the whole file. */
+  readonly path: string;
+  readonly message: string;
+  /** Line in the file, when the value is written there. */
+  readonly line?: number;
+  /** Where a value set outside the file came from: `env FABRIC_HTTP_PORT`, `--port`. */
+  readonly source?: string;
+}
+
+/** `file:line: path: message`, or `file: path (from env X): message` for an override. */
+function configProblemText(file: string, p: ConfigFileProblem): string {
+  const where = p.source === undefined && p.line !== undefined ? `${file}:${p.line}` : file;
+  const path = p.path ? `${p.path}${p.source === undefined ? '' : ` (from ${p.source})`}: ` : '';
+  return `${where}: ${path}${p.message}`;
 }
 
 /** An HTTP request names no route: no such service or method, or not `POST` for an RPC. */

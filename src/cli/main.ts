@@ -1,42 +1,66 @@
 #!/usr/bin/env node
 /**
- * `agent-fabric` command line.
+ * `agent-fabric` command line: `agent-fabric --help` lists the commands, `<command> --help`
+ * tells one; exit codes are in exit-codes.ts.
  *
- * - `agent-fabric serve [--config fabric.yaml]` — run the sidecar (embedded defaults without a
- *   config: `examples/fabric.yaml`).
+ * - `agent-fabric serve [--config fabric.yaml] [--port n] [--host h]` — run the sidecar
+ *   (embedded defaults without a config: `examples/fabric.yaml`).
  * - `agent-fabric mcp --agent-token <token> [--url <mcp url>]` — speak MCP on stdin/stdout for a
  *   client that launches servers as commands, bridged to a running sidecar. The token may come
  *   from `FABRIC_AGENT_TOKEN`, the URL from `FABRIC_URL`.
  * - `agent-fabric mcp --in-process [--config fabric.yaml]` — run the whole gateway inside this
  *   process, bound to the config's first agent (the launching process is the trust boundary).
+ * - the operator commands (`status`, `agents`, `approvals …`; operator-commands.ts) against a
+ *   running sidecar's `/api/` door with the admin token, and the offline ones (`policy test`,
+ *   `config check`; offline-commands.ts).
  *
  * @module
  */
-import { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
-import { parseArgs } from 'node:util';
-import { FabricError, StartupError } from '../errors.js';
-import type { GatewayLogEntry } from '../gateway/gateway.js';
-import { messageOf } from '../gateway/map-error.js';
-import { defaultConfigPath, loadSidecarConfig } from '../server/config-file.js';
-import { Sidecar } from '../server/sidecar.js';
+import { createRequire } from 'node:module';
+import { ConfigFileError, FabricError, StartupError } from '../errors.js';
+import type { SidecarConfig } from '../server/config-file.js';
+import type { SidecarLog } from '../server/logger.js';
+import type { Sidecar } from '../server/sidecar.js';
+import { CliError } from './api-client.js';
+import {
+  runCommand,
+  usageError,
+  type Command,
+  type CommandContext,
+  type OptionSpec,
+} from './command.js';
+import { EXIT, EXIT_CODES_HELP } from './exit-codes.js';
+import { offlineCommands } from './offline-commands.js';
+import { operatorCommands } from './operator-commands.js';
 
-const USAGE = `usage:
-  agent-fabric serve [--config fabric.yaml]
-  agent-fabric mcp --agent-token <token> [--url http://127.0.0.1:8765/mcp]
-  agent-fabric mcp --in-process [--config fabric.yaml]`;
-
-function logTo(stream: NodeJS.WriteStream, quiet: boolean): (e: GatewayLogEntry) => void {
-  return (e) => {
-    if (quiet && e.level === 'debug') return;
-    stream.write(`[agent-fabric] ${e.level}: ${e.msg}${extra(e)}\n`);
-  };
+/** The log of a sidecar run by `serve` or `mcp --in-process`, with the config's secrets. */
+async function sidecarLog(
+  values: CommandContext['values'],
+  config: SidecarConfig,
+): Promise<SidecarLog> {
+  const { createSidecarLog } = await import('../server/logger.js');
+  const { isSecretName } = await import('../server/log-redaction.js');
+  let log: SidecarLog;
+  try {
+    log = createSidecarLog({
+      level: (values['log-level'] as string | undefined) ?? process.env.FABRIC_LOG_LEVEL,
+      format: (values['log-format'] as string | undefined) ?? process.env.FABRIC_LOG_FORMAT,
+    });
+  } catch (error) {
+    throw new CliError((error as Error).message, EXIT.usage);
+  }
+  log.redactor.add(config.adminToken, process.env.FABRIC_ADMIN_TOKEN);
+  for (const a of config.agents) log.redactor.add(a.credential);
+  for (const u of Object.values(config.upstreams)) {
+    const named = u.transport === 'stdio' ? u.env : u.headers;
+    for (const [k, v] of Object.entries(named)) if (isSecretName(k)) log.redactor.add(v);
+  }
+  return log;
 }
 
-function extra(e: GatewayLogEntry): string {
-  const { level: _l, msg: _m, ...rest } = e;
-  return Object.keys(rest).length > 0 ? ` ${JSON.stringify(rest)}` : '';
+/** Teaches the log the credentials the sidecar made at start (they are printed, not logged). */
+function learnSecrets(log: SidecarLog, sidecar: Sidecar): void {
+  log.redactor.add(sidecar.adminToken, ...sidecar.agents.map((a) => a.credential));
 }
 
 /**
@@ -45,11 +69,33 @@ function extra(e: GatewayLogEntry): string {
  */
 let phase: 'starting' | 'running' | 'stopping' = 'starting';
 
-/** Prints one line — the error's code and message, newlines folded — and exits 1. */
+/**
+ * Prints the error and exits with its code: a {@link CliError}'s own, else 1. The last line is
+ * always `agent-fabric: <code>: <message>` (supervisors and tests read it); a config error with
+ * several problems lists them on the lines before it and repeats the first one there.
+ */
 function fail(error: unknown): never {
-  const message = error instanceof FabricError ? `${error.code}: ${error.message}` : String(error);
-  console.error(`agent-fabric: ${message.replace(/\s*[\r\n]+\s*/g, ' ')}`);
-  process.exit(1);
+  if (error instanceof CliError) {
+    console.error(`agent-fabric: ${error.message}`);
+    process.exit(error.exitCode);
+  }
+  const fold = (text: string): string => text.replace(/\s*[\r\n]+\s*/g, ' ');
+  if (error instanceof FabricError) {
+    const [first, ...problems] = error.message.split('\n');
+    if (error instanceof ConfigFileError && problems.length > 0) {
+      // All of them, then the first again on the coded last line (with its line number).
+      for (const p of problems) console.error(p);
+      const head = /^.*: (\d+) problems$/.exec(first ?? '')?.[1] ?? String(problems.length);
+      console.error(
+        `agent-fabric: ${error.code}: ${problems[0]!.trim()} (1 of ${head} problems, all above)`,
+      );
+    } else {
+      console.error(`agent-fabric: ${error.code}: ${fold(error.message)}`);
+    }
+  } else {
+    console.error(`agent-fabric: ${fold(String(error))}`);
+  }
+  process.exit(EXIT.failure);
 }
 
 /**
@@ -57,17 +103,19 @@ function fail(error: unknown): never {
  * during start-up waits for it to settle and then closes what it started (upstream process
  * groups included) instead of leaving them behind.
  */
-function onSignals(): { closeWith(close: () => Promise<void>): void } {
+function onSignals(note: (msg: string) => void = (msg) => console.error(`agent-fabric: ${msg}`)): {
+  closeWith(close: () => Promise<void>): void;
+} {
   let close: (() => Promise<void>) | undefined;
   let received: string | undefined;
   const stop = (): void => {
     if (close === undefined || received === undefined) return;
     phase = 'stopping';
-    console.error(`agent-fabric: ${received} received, shutting down`);
+    note(`${received} received, shutting down`);
     close().then(
       () => process.exit(0),
       (error: unknown) => {
-        console.error(`agent-fabric: shutdown failed: ${String(error)}`);
+        note(`shutdown failed: ${String(error)}`);
         process.exit(1);
       },
     );
@@ -102,12 +150,23 @@ process.on('beforeExit', () => {
 /** Shown instead of a credential pinned in the config. */
 const PINNED = '(pinned in the config; not shown)';
 
-async function serve(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } } });
-  const file = values.config ?? defaultConfigPath();
-  const signals = onSignals();
-  const config = loadSidecarConfig(file);
-  const sidecar = await Sidecar.start({ config, logger: logTo(process.stderr, true) });
+// The sidecar, the MCP SDK and zod load only for the commands that use them: an operator
+// command starts in a fraction of the time.
+
+async function serve(values: CommandContext['values']): Promise<'running'> {
+  const { defaultConfigPath, loadSidecarConfig } = await import('../server/config-file.js');
+  const { Sidecar } = await import('../server/sidecar.js');
+  const file = (values.config as string | undefined) ?? defaultConfigPath();
+  const flags: Record<string, string> = {};
+  if (typeof values.port === 'string') flags.port = values.port;
+  if (typeof values.host === 'string') flags.host = values.host;
+  // Nothing is started before the signal handlers are installed: a signal before them ends
+  // the process the default way, with nothing to close.
+  const config = loadSidecarConfig(file, { flags });
+  const log = await sidecarLog(values, config);
+  const signals = onSignals((msg) => log.write({ level: 'info', msg }));
+  const sidecar = await Sidecar.start({ config, logger: log.write });
+  learnSecrets(log, sidecar);
   phase = 'running';
   signals.closeWith(() => sidecar.close());
   const url = sidecar.url ?? '';
@@ -164,26 +223,23 @@ async function serve(argv: string[]): Promise<void> {
     );
   }
   console.log(out.join('\n'));
+  return 'running';
 }
 
-async function mcp(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      'agent-token': { type: 'string' },
-      url: { type: 'string' },
-      config: { type: 'string', short: 'c' },
-      'in-process': { type: 'boolean' },
-    },
-  });
-  if (values['in-process']) {
+async function mcp(values: CommandContext['values']): Promise<'running'> {
+  const { defaultConfigPath, loadSidecarConfig } = await import('../server/config-file.js');
+  const { StdioSessionTransport } = await import('../gateway/downstream-stdio-transport.js');
+  if (values['in-process'] === true) {
     const signals = onSignals();
-    const config = loadSidecarConfig(values.config ?? defaultConfigPath());
+    const config = loadSidecarConfig((values.config as string | undefined) ?? defaultConfigPath());
+    const log = await sidecarLog(values, config);
+    const { Sidecar } = await import('../server/sidecar.js');
     const sidecar = await Sidecar.start({
       config,
       http: false,
-      logger: logTo(process.stderr, true),
+      logger: log.write,
     });
+    learnSecrets(log, sidecar);
     const agent = sidecar.agents[0];
     const identity = agent
       ? await sidecar.backend.authenticate(agent.credential)
@@ -203,12 +259,14 @@ async function mcp(argv: string[]): Promise<void> {
     signals.closeWith(() => sidecar.close());
     await session.connect(transport);
     phase = 'stopping'; // ends when stdin does
-    return;
+    return 'running';
   }
-  const token = values['agent-token'] ?? process.env.FABRIC_AGENT_TOKEN;
+  const token = (values['agent-token'] as string | undefined) ?? process.env.FABRIC_AGENT_TOKEN;
   if (!token)
     throw new Error('an agent token is required: --agent-token <token> or FABRIC_AGENT_TOKEN');
-  const url = new URL(values.url ?? process.env.FABRIC_URL ?? 'http://127.0.0.1:8765/mcp');
+  const url = new URL(
+    (values.url as string | undefined) ?? process.env.FABRIC_URL ?? 'http://127.0.0.1:8765/mcp',
+  );
   const headers = { authorization: `Bearer ${token}` };
   // Refuse to start on an unknown token: the endpoint authenticates before anything else.
   const probe = await fetch(url, { method: 'GET', headers }).catch((error: unknown) => {
@@ -218,6 +276,10 @@ async function mcp(argv: string[]): Promise<void> {
   if (probe.status === 401 || probe.status === 403) {
     throw new Error(`the sidecar at ${url.href} refused the agent token (HTTP ${probe.status})`);
   }
+  const { StreamableHTTPClientTransport } =
+    await import('@modelcontextprotocol/sdk/client/streamableHttp.js');
+  const { ErrorCode } = await import('@modelcontextprotocol/sdk/types.js');
+  const { messageOf } = await import('../gateway/map-error.js');
   const upstream = new StreamableHTTPClientTransport(url, { requestInit: { headers } });
   const downstream = new StdioSessionTransport();
   downstream.onmessage = (m) =>
@@ -248,25 +310,150 @@ async function mcp(argv: string[]): Promise<void> {
   await upstream.start();
   await downstream.start();
   phase = 'stopping'; // ends when stdin does
+  return 'running';
+}
+
+/** The package's version (package.json, two folders up from src/cli and dist/cli). */
+function version(): string {
+  const pkg = createRequire(import.meta.url)('../../package.json') as { version: string };
+  return pkg.version;
+}
+
+const LOG_OPTIONS: Readonly<Record<string, OptionSpec>> = {
+  'log-level': {
+    type: 'string',
+    value: 'level',
+    description: 'debug, info (default), warn, error or silent (env FABRIC_LOG_LEVEL)',
+  },
+  'log-format': {
+    type: 'string',
+    value: 'format',
+    description:
+      'json, pretty, or auto (default): pretty on a terminal, JSON lines otherwise (env FABRIC_LOG_FORMAT)',
+  },
+};
+
+const serveCommand: Command = {
+  name: 'serve',
+  summary: 'Runs the sidecar: the MCP gateway, the operator API and (when configured) gRPC.',
+  description: `Without --config the embedded defaults (examples/fabric.yaml) are used. --port and --host
+override http.port and http.host of the config and the FABRIC_HTTP_PORT/FABRIC_HTTP_HOST
+environment. The log goes to stderr: JSON lines (pino) when stderr is not a terminal, readable
+lines when it is; each upstream's stderr is logged with its name; credentials are redacted.
+Stops on SIGINT/SIGTERM (exit 0 once closed).`,
+  options: {
+    config: {
+      type: 'string',
+      short: 'c',
+      value: 'file',
+      description: 'the config file (YAML or JSON)',
+    },
+    port: {
+      type: 'string',
+      short: 'p',
+      value: 'n',
+      description: 'HTTP port (0 for any free port)',
+    },
+    host: { type: 'string', value: 'address', description: 'HTTP bind address' },
+    ...LOG_OPTIONS,
+  },
+  run: (ctx) => serve(ctx.values),
+};
+
+const mcpCommand: Command = {
+  name: 'mcp',
+  summary: 'Speaks MCP on stdin/stdout, bridged to a running sidecar (or an in-process gateway).',
+  description: `For MCP clients that launch servers as commands. The agent token may come from FABRIC_AGENT_TOKEN, the URL from FABRIC_URL.
+--in-process runs the whole gateway here, bound to the config's first agent.`,
+  options: {
+    'agent-token': { type: 'string', value: 'token', description: 'the agent credential' },
+    url: {
+      type: 'string',
+      value: 'url',
+      description: "the sidecar's MCP URL (default http://127.0.0.1:8765/mcp)",
+    },
+    config: { type: 'string', short: 'c', value: 'file', description: 'config of --in-process' },
+    'in-process': { type: 'boolean', description: 'run the gateway in this process' },
+    ...LOG_OPTIONS,
+  },
+  run: (ctx) => mcp(ctx.values),
+};
+
+const versionCommand: Command = {
+  name: 'version',
+  summary: 'Prints the version of agent-fabric.',
+  run: async (ctx) => {
+    ctx.print(version());
+    return EXIT.ok;
+  },
+};
+
+const COMMANDS: readonly Command[] = [
+  serveCommand,
+  mcpCommand,
+  ...operatorCommands,
+  ...offlineCommands,
+  versionCommand,
+];
+
+/** `agent-fabric --help`. */
+function mainHelp(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.name.length));
+  return [
+    `agent-fabric ${version()} — MCP gateway sidecar for fleets of AI agents`,
+    '',
+    'usage: agent-fabric <command> [options]   (agent-fabric <command> --help for one)',
+    '',
+    'commands:',
+    ...COMMANDS.map(
+      (c) => `  ${c.name.padEnd(width)}  ${c.summary.split('. ')[0]!.replace(/\.$/, '')}`,
+    ),
+    '',
+    'operator commands reach the sidecar at --url (or FABRIC_URL; default http://127.0.0.1:8765)',
+    'with the admin token from FABRIC_ADMIN_TOKEN or --token-file.',
+    '',
+    EXIT_CODES_HELP,
+  ].join('\n');
 }
 
 async function main(): Promise<void> {
-  const [command, ...rest] = process.argv.slice(2);
-  switch (command) {
-    case 'serve':
-      return serve(rest);
-    case 'mcp':
-      return mcp(rest);
-    case undefined:
-    case '-h':
-    case '--help':
-      phase = 'stopping';
-      console.log(USAGE);
-      return;
-    default:
-      console.error(`unknown command ${command}\n${USAGE}`);
-      process.exit(2);
+  const argv = process.argv.slice(2);
+  const [first, second] = argv;
+  if (first === undefined || first === '-h' || first === '--help' || first === 'help') {
+    phase = 'stopping';
+    console.log(mainHelp());
+    return;
   }
+  if (first === '--version' || first === '-v') {
+    phase = 'stopping';
+    console.log(version());
+    return;
+  }
+  const command =
+    COMMANDS.find((c) => second !== undefined && c.name === `${first} ${second}`) ??
+    COMMANDS.find((c) => c.name === first);
+  if (command === undefined) {
+    const group = COMMANDS.filter((c) => c.name.startsWith(`${first} `));
+    if (group.length > 0) {
+      const width = Math.max(...group.map((c) => c.name.length));
+      const list = group.map(
+        (c) => `  agent-fabric ${c.name.padEnd(width)}  ${c.summary.split('. ')[0]}`,
+      );
+      if (second === undefined || second === '--help' || second === '-h') {
+        phase = 'stopping';
+        console.log(`usage:\n${list.join('\n')}`);
+        if (second === undefined) process.exit(EXIT.usage);
+        return;
+      }
+      throw usageError(undefined, `unknown command ${first} ${second}`);
+    }
+    throw usageError(undefined, `unknown command ${first}`);
+  }
+  const rest = argv.slice(command.name.split(' ').length);
+  const result = await runCommand(command, rest, process.env);
+  if (result === 'running') return; // serve and mcp set the phase themselves
+  phase = 'stopping';
+  process.exit(result);
 }
 
 main().catch(fail);

@@ -894,6 +894,8 @@ export class ToolGateway implements SessionHost {
         upstream: upstream.name,
         error: error.message,
       }),
+    onStderr: (upstream: Upstream, line: string): void =>
+      this.#log({ level: 'info', msg: line, upstream: upstream.name, stream: 'stderr' }),
   };
 
   #rebuildCatalog(reconnected: Upstream | undefined): void {

@@ -19,6 +19,9 @@ import { LineReader } from './line-reader.js';
 import { LineWriter } from './line-writer.js';
 
 /** Environment variables inherited by default (as the SDK's stdio transport does). */
+/** Longest stderr line passed to `onStderrLine`; a longer one is replaced by a marker line. */
+export const MAX_STDERR_LINE = 16 * 1024;
+
 const INHERITED_ENV = ['HOME', 'LOGNAME', 'PATH', 'SHELL', 'TERM', 'USER', 'TMPDIR', 'LANG'];
 
 /** Options of a {@link ProcessStdioTransport}. */
@@ -29,7 +32,12 @@ export interface ProcessStdioTransportOptions {
   env?: Readonly<Record<string, string>>;
   cwd?: string | undefined;
   /** @default 'inherit' */
-  stderr?: 'inherit' | 'ignore' | 'pipe';
+  stderr?: 'log' | 'inherit' | 'ignore' | 'pipe';
+  /**
+   * With `stderr: 'log'`: called with each non-blank line the child writes to stderr (a line
+   * longer than {@link MAX_STDERR_LINE} is replaced by a line that says it was dropped).
+   */
+  onStderrLine?: (line: string) => void;
   /**
    * How long to wait after SIGTERM before SIGKILL of the process group.
    * @default 2000
@@ -117,10 +125,11 @@ export class ProcessStdioTransport implements Transport {
     if (this.#child) throw new Error('ProcessStdioTransport already started');
     return new Promise((resolve, reject) => {
       const { command, cwd } = this.#options;
+      const stderr = this.#options.stderr ?? 'inherit';
       const child = spawn(command, [...(this.#options.args ?? [])], {
         env: childEnvironment(this.#options.env),
         cwd,
-        stdio: ['pipe', 'pipe', this.#options.stderr ?? 'inherit'],
+        stdio: ['pipe', 'pipe', stderr === 'log' ? 'pipe' : stderr],
         detached: process.platform !== 'win32',
         windowsHide: true,
       });
@@ -161,6 +170,19 @@ export class ProcessStdioTransport implements Transport {
       child.stdin?.on('error', (error) => this.onerror?.(error));
       child.stdout?.setEncoding('utf8');
       child.stdout?.on('data', (chunk: string) => this.#reader.push(chunk));
+      if (stderr === 'log') {
+        // Always read, even without a listener: a child blocks once its stderr pipe is full.
+        const online = this.#options.onStderrLine;
+        const lines = new LineReader(
+          (line) => {
+            if (line.trim() !== '') online?.(line);
+          },
+          MAX_STDERR_LINE,
+          () => online?.(`[a stderr line longer than ${MAX_STDERR_LINE} characters was dropped]`),
+        );
+        child.stderr?.setEncoding('utf8');
+        child.stderr?.on('data', (chunk: string) => lines.push(chunk));
+      }
     });
   }
 

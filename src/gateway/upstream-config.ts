@@ -104,8 +104,13 @@ export const stdioUpstreamSchema = z
     /** Extra environment; merged over a minimal safe inherited set (PATH, HOME …). */
     env: z.record(z.string(), z.string()).default({}),
     cwd: z.string().optional(),
-    /** Where the child's stderr goes. @default 'inherit' */
-    stderr: z.enum(['inherit', 'ignore', 'pipe']).default('inherit'),
+    /**
+     * Where the child's stderr goes: `log` — each line into the gateway's log with the
+     * upstream's name (dropped when the gateway has no logger); `inherit` — the sidecar's own
+     * stderr, unmarked; `ignore`; `pipe` — left to the caller (`ProcessStdioTransport.stderr`).
+     * @default 'log'
+     */
+    stderr: z.enum(['log', 'inherit', 'ignore', 'pipe']).default('log'),
     ...commonShape,
   })
   .strict();

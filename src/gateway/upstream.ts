@@ -50,6 +50,8 @@ export interface UpstreamHooks {
   onDisconnect?(upstream: Upstream, error: Error | undefined): void;
   /** Non-fatal errors (unparseable lines, failed restarts). */
   onError?(upstream: Upstream, error: Error): void;
+  /** A line the stdio child wrote to its stderr (`stderr: 'log'`). */
+  onStderr?(upstream: Upstream, line: string): void;
 }
 
 /** Per-call options of {@link Upstream.request}. */
@@ -141,6 +143,7 @@ export class Upstream {
         env: spec.env,
         cwd: spec.cwd,
         stderr: spec.stderr,
+        onStderrLine: (line) => this.#hooks.onStderr?.(this, line),
       });
     }
     const url = new URL(spec.url);

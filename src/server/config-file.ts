@@ -10,7 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isNode, LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
-import { ConfigFileError } from '../errors.js';
+import { ConfigFileError, type ConfigFileProblem } from '../errors.js';
 import { MAX_ARGUMENT_DEPTH_LIMIT } from '../gateway/input-bounds.js';
 import {
   DEFAULT_MAX_BATCH_MESSAGES,
@@ -102,6 +102,11 @@ export const startupAgentSchema = agentSchema
 const tlsSchema = z
   .object({ cert: z.string().min(1), key: z.string().min(1), ca: z.string().min(1).optional() })
   .strict();
+
+/** `{ line }` when known. */
+function withLine(line: number | undefined): { line?: number } {
+  return line === undefined ? {} : { line };
+}
 
 /** The whole configuration file. Every section is optional. */
 export const sidecarConfigSchema = z
@@ -404,7 +409,7 @@ function substitute(
   value: unknown,
   vars: Record<string, string>,
   path: string[],
-  onMissing: (path: string[], name: string) => never,
+  onMissing: (path: string[], name: string) => void,
 ): unknown {
   if (typeof value === 'string') {
     return value.replace(
@@ -412,7 +417,7 @@ function substitute(
       (_m, env: string | undefined, name: string) => {
         const v = env ? process.env[name] : vars[name];
         if (v === undefined) onMissing(path, env ? `env:${name}` : name);
-        return v;
+        return v ?? '';
       },
     );
   }
@@ -439,36 +444,96 @@ export const ENV_OVERRIDES = {
   FABRIC_AUDIT_PATH: 'audit.path',
 } as const;
 
-function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): void {
-  const http = (raw.http ??= {}) as Record<string, unknown>;
-  if (env.FABRIC_HTTP_PORT !== undefined) http.port = Number(env.FABRIC_HTTP_PORT);
-  if (env.FABRIC_HTTP_HOST !== undefined) http.host = env.FABRIC_HTTP_HOST;
-  if (env.FABRIC_ADMIN_TOKEN !== undefined) raw.adminToken = env.FABRIC_ADMIN_TOKEN;
+/** A value set outside the file: an environment variable or a `serve` flag. */
+interface Override {
+  /** Key path it sets. */
+  path: readonly string[];
+  /** `env FABRIC_HTTP_PORT`, `--port`. */
+  source: string;
+}
+
+/** Options of {@link parseSidecarConfig} and {@link loadSidecarConfig}. */
+export interface SidecarConfigOptions {
+  /** @default process.env */
+  env?: NodeJS.ProcessEnv;
+  /** Working directory relative paths are taken from. @default process.cwd() */
+  cwd?: string;
+  /** `serve --port` / `--host`: override `http.port` / `http.host`, and the environment. */
+  flags?: { port?: string; host?: string };
+}
+
+/** Applies the environment overrides, then the flags; returns what each one set. */
+function applyOverrides(
+  raw: Record<string, unknown>,
+  env: NodeJS.ProcessEnv,
+  flags: NonNullable<SidecarConfigOptions['flags']>,
+): Override[] {
+  const applied: Override[] = [];
+  const section = (key: string): Record<string, unknown> => {
+    const v = raw[key];
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) {
+      return v as Record<string, unknown>;
+    }
+    return (raw[key] = {});
+  };
+  const set = (path: [string, ...string[]], value: unknown, source: string): void => {
+    if (path.length === 1) raw[path[0]] = value;
+    else section(path[0])[path[1]!] = value;
+    applied.push({ path, source });
+  };
+  if (env.FABRIC_HTTP_PORT !== undefined) {
+    set(['http', 'port'], Number(env.FABRIC_HTTP_PORT), 'env FABRIC_HTTP_PORT');
+  }
+  if (env.FABRIC_HTTP_HOST !== undefined) {
+    set(['http', 'host'], env.FABRIC_HTTP_HOST, 'env FABRIC_HTTP_HOST');
+  }
+  if (env.FABRIC_ADMIN_TOKEN !== undefined) {
+    set(['adminToken'], env.FABRIC_ADMIN_TOKEN, 'env FABRIC_ADMIN_TOKEN');
+  }
   if (env.FABRIC_STATE !== undefined) {
-    raw.state = env.FABRIC_STATE === 'memory' ? 'memory' : { path: env.FABRIC_STATE };
+    const state = env.FABRIC_STATE === 'memory' ? 'memory' : { path: env.FABRIC_STATE };
+    set(['state'], state, 'env FABRIC_STATE');
   }
   if (env.FABRIC_ALLOW_ANONYMOUS !== undefined) {
-    raw.allowAnonymous =
-      env.FABRIC_ALLOW_ANONYMOUS === '1' || env.FABRIC_ALLOW_ANONYMOUS === 'true';
+    const on = env.FABRIC_ALLOW_ANONYMOUS === '1' || env.FABRIC_ALLOW_ANONYMOUS === 'true';
+    set(['allowAnonymous'], on, 'env FABRIC_ALLOW_ANONYMOUS');
   }
   if (env.FABRIC_AUDIT_PATH !== undefined) {
-    const audit =
-      raw.audit && typeof raw.audit === 'object' ? (raw.audit as Record<string, unknown>) : {};
-    raw.audit = { ...audit, path: env.FABRIC_AUDIT_PATH };
+    // `audit: false` in the file becomes an audit log at that path.
+    if (raw.audit === false) raw.audit = {};
+    set(['audit', 'path'], env.FABRIC_AUDIT_PATH, 'env FABRIC_AUDIT_PATH');
   }
+  // A port that is not a whole number stays a string so the schema names it.
+  if (flags.port !== undefined) {
+    const port = /^\d+$/.test(flags.port) ? Number(flags.port) : flags.port;
+    set(['http', 'port'], port, '--port');
+  }
+  if (flags.host !== undefined) set(['http', 'host'], flags.host, '--host');
+  return applied;
+}
+
+/**
+ * The line of a syntax error at `offset`: an error found at the end of the text (an unclosed
+ * bracket or quote) is on the last line that has content, not on the empty line after it.
+ */
+function syntaxLine(text: string, lines: LineCounter, offset: number): number {
+  const end = text.trimEnd().length;
+  return lines.linePos(Math.min(offset, Math.max(0, end - 1))).line;
 }
 
 /**
  * Parses configuration text (YAML or JSON), substitutes variables, applies environment
- * overrides and validates it.
+ * overrides (then `flags`) and validates it.
  *
  * @param file Used in error messages and to resolve `${CONFIG_DIR}`.
- * @throws ConfigFileError naming the file, key path and line of the first problem.
+ * @throws ConfigFileError listing every problem found: its key path and its line, or for a value
+ *   set by the environment or a flag, that variable or flag instead of a line. Syntax errors
+ *   stop before the schema is checked (the file's content is unknown then).
  */
 export function parseSidecarConfig(
   text: string,
   file: string,
-  options: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
+  options: SidecarConfigOptions = {},
 ): SidecarConfig {
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false });
@@ -479,31 +544,50 @@ export function parseSidecarConfig(
     }
     return undefined;
   };
-  const firstError = doc.errors[0];
-  if (firstError) {
-    const line = firstError.linePos?.[0]?.line ?? lineCounter.linePos(firstError.pos[0]).line;
-    throw new ConfigFileError(file, '', firstError.message.split('\n')[0] ?? 'syntax error', line);
+  if (doc.errors.length > 0) {
+    throw ConfigFileError.of(
+      file,
+      doc.errors.map((e) => ({
+        path: '',
+        message: e.message.split('\n')[0] ?? 'syntax error',
+        line: syntaxLine(text, lineCounter, e.pos[0]),
+      })),
+    );
   }
   const raw: unknown = doc.toJS() ?? {};
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) {
     throw new ConfigFileError(file, '', 'must be a mapping of sections', 1);
   }
   const vars = configVariables(file, options.cwd);
+  const problems: ConfigFileProblem[] = [];
   const substituted = substitute(raw, vars, [], (path, name) => {
-    throw new ConfigFileError(file, path.join('.'), `unknown variable \${${name}}`, lineOf(path));
+    problems.push({
+      path: path.join('.'),
+      message: `unknown variable \${${name}}`,
+      ...withLine(lineOf(path)),
+    });
   }) as Record<string, unknown>;
-  applyEnv(substituted, options.env ?? process.env);
+  if (problems.length > 0) throw ConfigFileError.of(file, problems);
+  const overrides = applyOverrides(substituted, options.env ?? process.env, options.flags ?? {});
   const parsed = sidecarConfigSchema.safeParse(substituted);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    const path = issue.path.map(String);
-    let message = issue.message;
-    if (issue.code === 'unrecognized_keys') {
-      const key = issue.keys[0] ?? '';
-      path.push(key);
-      message = 'is not a known key';
+    for (const issue of parsed.error.issues) {
+      const keys = issue.code === 'unrecognized_keys' ? issue.keys : [undefined];
+      for (const key of keys) {
+        const path = issue.path.map(String);
+        if (key !== undefined) path.push(key);
+        const message = key !== undefined ? 'is not a known key' : issue.message;
+        const from = overrides.find((o) => o.path.every((k, i) => path[i] === k));
+        problems.push(
+          from !== undefined
+            ? { path: path.join('.'), message, source: from.source }
+            : { path: path.join('.'), message, ...withLine(lineOf(path)) },
+        );
+      }
     }
-    throw new ConfigFileError(file, path.join('.'), message, lineOf(path));
+    // In file order; values set by the environment or a flag (no line) last.
+    problems.sort((a, b) => (a.line ?? Infinity) - (b.line ?? Infinity));
+    throw ConfigFileError.of(file, problems);
   }
   const cwd = options.cwd ?? process.cwd();
   const state = parsed.data.state ?? {
@@ -535,10 +619,7 @@ export function parseSidecarConfig(
  * Reads and parses a configuration file.
  * @throws ConfigFileError when the file cannot be read or is invalid.
  */
-export function loadSidecarConfig(
-  file: string,
-  options: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
-): SidecarConfig {
+export function loadSidecarConfig(file: string, options: SidecarConfigOptions = {}): SidecarConfig {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');

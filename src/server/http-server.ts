@@ -9,7 +9,11 @@
  *
  * Operator API (the gRPC services as JSON, see rpc/http-door.ts): `POST /api/<package.Service>/<Method>`.
  *
- * Every route but `GET /healthz` (which tells nothing but "up") first passes the
+ * `GET /readyz` answers 200 `{ ready: true, checks }` when the sidecar can serve, else 503 with
+ * `ready: false` — `checks` names each part (`fabric`, `state`, `upstream/<name>`) and whether it
+ * works (see {@link Readiness}); like gRPC health, it needs no credential.
+ *
+ * Every route but `GET /healthz` (which tells nothing but "up") and `GET /readyz` first passes the
  * {@link HostGuard} (DNS rebinding protection: 403). The server's own timeouts bound how long a
  * client may take to send its request: `headersTimeoutMs` for the headers, `requestTimeoutMs`
  * for the whole request, and the body read timeout of the MCP endpoint and the admin routes.
@@ -62,6 +66,14 @@ export interface AdminApi extends AdminBackend {
 }
 
 /** Options of {@link startHttpServer}. */
+/** What `GET /readyz` answers. */
+export interface Readiness {
+  /** True when every check that must pass does (an optional upstream may be down). */
+  ready: boolean;
+  /** Each part and whether it works now. */
+  checks: Record<string, boolean>;
+}
+
 export interface HttpServerOptions {
   host: string;
   port: number;
@@ -72,6 +84,8 @@ export interface HttpServerOptions {
   api?: HttpDoor;
   /** Renders `GET /metrics` (Prometheus text; admin token required). */
   metrics?: () => string;
+  /** Answers `GET /readyz`; without it the route is not served. */
+  readiness?: () => Readiness;
   /**
    * Host and Origin allow-lists. @default loopback names and `host` (see {@link HostGuard})
    */
@@ -273,6 +287,11 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
       }
       if (url.pathname === '/healthz') {
         sendJson(res, 200, { ok: true });
+        return;
+      }
+      if (url.pathname === '/readyz' && options.readiness) {
+        const r = options.readiness();
+        sendJson(res, r.ready ? 200 : 503, r);
         return;
       }
       const refused = guard.check(req);

@@ -28,7 +28,12 @@ import { hashCredential, type AgentRecord } from '../lifecycle/lifecycle-manager
 import type { PoolRecord } from '../pools/pool-manager.js';
 import type { TaskRecord } from '../scheduler/task-record.js';
 import { SqliteStore } from '../store/sqlite-store.js';
-import { startHttpServer, type AdminApi, type StartedHttpServer } from './http-server.js';
+import {
+  startHttpServer,
+  type AdminApi,
+  type Readiness,
+  type StartedHttpServer,
+} from './http-server.js';
 
 /** A spawned agent whose credential is shown once at start. */
 export interface StartupAgent {
@@ -358,6 +363,7 @@ export class Sidecar {
                 }),
               }),
           metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint)),
+          readiness: () => readiness(gateway, fabric, store),
           hostGuard,
           tls: httpTls,
           headersTimeoutMs: h.headersTimeoutSeconds * 1000,
@@ -581,6 +587,28 @@ async function configureFabric(fabric: AgentFabric, config: SidecarConfig): Prom
       ...(config.budget === undefined ? {} : { agentBudget: config.budget }),
     });
   }
+}
+
+/**
+ * What `GET /readyz` answers: the fabric is open, the last state commit succeeded, and every
+ * `required` upstream is connected. Optional upstreams are reported but do not make it unready.
+ */
+function readiness(
+  gateway: ToolGateway,
+  fabric: AgentFabric | undefined,
+  store: { lastError?: unknown } | undefined,
+): Readiness {
+  const checks: Record<string, boolean> = {};
+  let ready = true;
+  if (fabric !== undefined) ready = checks.fabric = !fabric.isClosed;
+  checks.state = store?.lastError === undefined;
+  ready &&= checks.state;
+  for (const u of gateway.upstreams.values()) {
+    const up = u.state === 'ready';
+    checks[`upstream/${u.name}`] = up;
+    if (u.spec.required) ready &&= up;
+  }
+  return { ready, checks };
 }
 
 /** What `GET /metrics` shows: the gateway's request counters, upstreams, sessions, agents. */

@@ -1,0 +1,192 @@
+/**
+ * Commands that need no sidecar: `policy test` (a dry run of a tool call against a policy file)
+ * and `config check` (the sidecar's own config validation, every problem at once).
+ *
+ * @module
+ */
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { FabricError } from '../errors.js';
+import type { PolicyDecision } from '../policy/policy-engine.js';
+import type { PolicyAction } from '../policy/policy.js';
+import { CliError } from './api-client.js';
+import { usageError, type Command } from './command.js';
+import { EXIT } from './exit-codes.js';
+
+const ACTIONS: readonly PolicyAction[] = ['allow', 'deny', 'require_approval'];
+
+/**
+ * The policies of `file`: a sidecar config (its `policies:`, the whole config validated as
+ * `serve` would), a list of policies, or one policy (`name:` and `rules:`).
+ */
+async function policiesOf(file: string): Promise<unknown[]> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new CliError(`${file}: cannot be read: ${(error as Error).message}`, EXIT.failure);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (error) {
+    throw new CliError(`${file}: ${(error as Error).message.split('\n')[0]}`, EXIT.failure);
+  }
+  if (Array.isArray(doc)) return doc as unknown[];
+  if (doc !== null && typeof doc === 'object') {
+    if ('rules' in doc) return [doc];
+    // A sidecar config: the policies `serve` would load, after the same checks.
+    const { parseSidecarConfig } = await import('../server/config-file.js');
+    return parseSidecarConfig(text, file).policies;
+  }
+  throw new CliError(
+    `${file}: must be a sidecar config, a list of policies or one policy`,
+    EXIT.failure,
+  );
+}
+
+function stringOption(value: unknown): string | undefined {
+  return typeof value === 'string' ? value : undefined;
+}
+
+const policyTestCommand: Command = {
+  name: 'policy test',
+  args: '<file>',
+  positionals: [1, 1],
+  summary:
+    'Dry-runs one tool call against the policies of a file, offline, and shows the deciding policy and rule.',
+  description: `<file> is a sidecar config (its policies:), a YAML/JSON list of policies, or one policy.
+The engine is the sidecar's, with its default action; paths in --params are matched lexically
+(the running gateway first resolves them the way the tool's upstream does). Exit 0 whatever the
+decision, unless --expect is given: then 1 when the decision differs.`,
+  options: {
+    tool: {
+      type: 'string',
+      value: 'name',
+      description: 'the tool as agents see it (upstream__tool); required',
+    },
+    params: {
+      type: 'string',
+      value: 'json',
+      description: "the call's arguments, a JSON object (default {})",
+    },
+    agent: { type: 'string', value: 'id', description: 'the calling agent\'s id (default "cli")' },
+    pool: { type: 'string', value: 'id', description: "the calling agent's pool" },
+    label: {
+      type: 'string',
+      value: 'k=v',
+      multiple: true,
+      description: 'a label of the calling agent (repeatable)',
+    },
+    expect: {
+      type: 'string',
+      value: 'action',
+      description: 'allow, deny or require_approval: exit 1 when the decision is another',
+    },
+  },
+  json: true,
+  async run(ctx) {
+    const tool = stringOption(ctx.values.tool);
+    if (tool === undefined || tool === '')
+      throw usageError(policyTestCommand, '--tool is required');
+    let params: unknown = {};
+    const rawParams = stringOption(ctx.values.params);
+    if (rawParams !== undefined) {
+      try {
+        params = JSON.parse(rawParams);
+      } catch (error) {
+        throw usageError(policyTestCommand, `--params: not JSON: ${(error as Error).message}`);
+      }
+    }
+    if (params === null || typeof params !== 'object' || Array.isArray(params)) {
+      throw usageError(policyTestCommand, '--params: must be a JSON object');
+    }
+    const expect = stringOption(ctx.values.expect);
+    if (expect !== undefined && !ACTIONS.includes(expect as PolicyAction)) {
+      throw usageError(policyTestCommand, `--expect: one of ${ACTIONS.join(', ')}, not ${expect}`);
+    }
+    const labels: Record<string, string> = {};
+    for (const l of (ctx.values.label as string[] | undefined) ?? []) {
+      const eq = l.indexOf('=');
+      if (eq <= 0) throw usageError(policyTestCommand, `--label: k=v, not ${l}`);
+      labels[l.slice(0, eq)] = l.slice(eq + 1);
+    }
+    const file = ctx.positionals[0]!;
+    const { PolicyEngine } = await import('../policy/policy-engine.js');
+    const engine = new PolicyEngine();
+    const policies = await policiesOf(file);
+    for (const [i, p] of policies.entries()) {
+      try {
+        engine.addPolicy(p);
+      } catch (error) {
+        const what = error instanceof FabricError ? error.message : String(error);
+        throw new CliError(`${file}: policy ${i + 1}: ${what}`, EXIT.failure);
+      }
+    }
+    const pool = stringOption(ctx.values.pool);
+    const decision: PolicyDecision = engine.evaluateSync({
+      agentId: stringOption(ctx.values.agent) ?? 'cli',
+      tool,
+      params: params as Record<string, unknown>,
+      ...(pool === undefined ? {} : { poolId: pool }),
+      labels,
+    });
+    const rule =
+      decision.policy === null || decision.rule === null
+        ? undefined
+        : engine.getPolicy(decision.policy)?.rules[decision.rule];
+    engine.close();
+    if (ctx.json) {
+      ctx.print(JSON.stringify({ ...decision, ...(rule ? { ruleText: rule } : {}) }, null, 2));
+    } else {
+      ctx.print(`decision: ${decision.action}`);
+      ctx.print(`policy:   ${decision.policy ?? '(none: the default action)'}`);
+      ctx.print(
+        `rule:     ${decision.rule === null ? '-' : `#${decision.rule} ${JSON.stringify(rule)}`}`,
+      );
+      ctx.print(`reason:   ${decision.reason}`);
+      for (const a of decision.audit ?? []) {
+        ctx.print(`audit:    ${a.policy} rule #${a.rule} would ${a.action}: ${a.reason}`);
+      }
+    }
+    return expect !== undefined && expect !== decision.action ? EXIT.failure : EXIT.ok;
+  },
+};
+
+const configCheckCommand: Command = {
+  name: 'config check',
+  args: '<file>',
+  positionals: [1, 1],
+  summary:
+    'Validates a sidecar config file as `serve` would (environment overrides included) and lists every problem with its line.',
+  description:
+    'Nothing is started: upstreams are not launched and the policies, plugins and TLS files are not loaded. Exit 0 when valid, 1 when not.',
+  json: true,
+  async run(ctx) {
+    const file = ctx.positionals[0]!;
+    const { loadSidecarConfig } = await import('../server/config-file.js');
+    try {
+      const config = loadSidecarConfig(file);
+      if (ctx.json) ctx.print(JSON.stringify({ valid: true, file }, null, 2));
+      else
+        ctx.print(
+          `${file}: valid (${Object.keys(config.upstreams).length} upstreams, ${config.policies.length} policies, ${config.agents.length} agents)`,
+        );
+      return EXIT.ok;
+    } catch (error) {
+      if (!(error instanceof FabricError)) throw error;
+      const problems = (error.details as { problems?: unknown[] }).problems;
+      if (ctx.json) {
+        ctx.print(
+          JSON.stringify({ valid: false, file, problems: problems ?? [error.details] }, null, 2),
+        );
+      } else {
+        process.stderr.write(`${error.message}\n`);
+      }
+      return EXIT.failure;
+    }
+  },
+};
+
+/** The commands that need no sidecar. */
+export const offlineCommands: readonly Command[] = [policyTestCommand, configCheckCommand];

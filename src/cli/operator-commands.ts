@@ -1,0 +1,648 @@
+/**
+ * The commands that read and steer a running sidecar through the operator API: `status`,
+ * `agents`, `tasks`, `pools`, `approvals list|approve|deny|watch`, `budgets`, `hooks`.
+ *
+ * `approvals watch` polls `ApprovalService.ListApprovals`: the HTTP door serves unary methods
+ * only, and `ApprovalService.Watch` is a server stream (gRPC only).
+ *
+ * @module
+ */
+import { toJson, type JsonValue } from '@bufbuild/protobuf';
+import { ValueSchema, type Value } from '@bufbuild/protobuf/wkt';
+import { ApprovalService, ApprovalStatus, type Approval } from '../gen/fabric/v1/approval_pb.js';
+import { BudgetService, type BudgetStatus } from '../gen/fabric/v1/budget_pb.js';
+import { FabricService } from '../gen/fabric/v1/fabric_pb.js';
+import {
+  AgentStatus,
+  HookStatus,
+  PoolStatus,
+  TaskPriority,
+  TaskStatus,
+} from '../gen/fabric/v1/fabric_types_pb.js';
+import { intOption, usageError, type Command, type CommandContext } from './command.js';
+import { EXIT } from './exit-codes.js';
+import { brief, enumName, num, orDash, table, when } from './format.js';
+
+/** Largest page the API serves. */
+const MAX_PAGE = 1000;
+/** Default of `--limit` for the list commands. */
+const DEFAULT_LIMIT = 100;
+/** Queued tasks `status` counts at most (10 pages). */
+const STATUS_QUEUE_SCAN = 10 * MAX_PAGE;
+/** Default of `approvals watch --interval` (seconds). */
+const DEFAULT_WATCH_INTERVAL = 2;
+
+/** The enum value named `raw` (any case, with or without the enum's prefix). */
+function enumOption(
+  command: Command,
+  option: string,
+  e: Record<string, string | number>,
+  raw: unknown,
+): number {
+  if (raw === undefined || typeof raw !== 'string') return 0;
+  const names = Object.keys(e).filter((k) => Number.isNaN(Number(k)) && k !== 'UNSPECIFIED');
+  const key = raw.toUpperCase().replace(/-/g, '_');
+  const found = names.find((n) => n === key || key.endsWith(`_${n}`));
+  if (found === undefined) {
+    throw usageError(command, `--${option}: one of ${names.join(', ').toLowerCase()}, not ${raw}`);
+  }
+  return e[found] as number;
+}
+
+/** One page of a list answer: its items, the next page token and the JSON as sent. */
+interface Page<T> {
+  items: T[];
+  next: string;
+  json: JsonValue;
+}
+
+/**
+ * Fetches pages of a list until `limit` items; tells on stderr when more were left. Returns the
+ * items and their JSON (the answers' `key` arrays, for `--json`).
+ */
+async function paged<T>(
+  limit: number,
+  key: string,
+  fetchPage: (pageSize: number, pageToken: string) => Promise<Page<T>>,
+): Promise<{ items: T[]; json: JsonValue[] }> {
+  const items: T[] = [];
+  const json: JsonValue[] = [];
+  let token = '';
+  for (;;) {
+    const page = await fetchPage(Math.min(MAX_PAGE, limit - items.length), token);
+    items.push(...page.items);
+    json.push(...((page.json as Record<string, JsonValue[] | undefined>)[key] ?? []));
+    token = page.next;
+    if (token === '') return { items, json };
+    if (items.length >= limit) {
+      process.stderr.write(`agent-fabric: more ${key} than --limit ${limit}; not all shown\n`);
+      return { items, json };
+    }
+  }
+}
+
+/** A `google.protobuf.Value` (or its `*_json` bytes twin) as plain JSON. */
+function valueJson(value: Value | undefined, bytes?: Uint8Array): unknown {
+  if (bytes !== undefined && bytes.length > 0) {
+    try {
+      return JSON.parse(Buffer.from(bytes).toString('utf8')) as unknown;
+    } catch {
+      return Buffer.from(bytes).toString('utf8');
+    }
+  }
+  return value === undefined ? undefined : toJson(ValueSchema, value);
+}
+
+function printJson(ctx: CommandContext, json: unknown): void {
+  ctx.print(JSON.stringify(json, null, 2));
+}
+
+const LIMIT_OPTION = {
+  type: 'string',
+  value: 'n',
+  description: `show at most n (default ${DEFAULT_LIMIT})`,
+} as const;
+
+const statusCommand: Command = {
+  name: 'status',
+  summary:
+    'The sidecar at a glance: agents by health, queued tasks by priority, the fabric budget, pending approvals, upstreams and pools.',
+  description: `Queued tasks are counted from the PENDING tasks (at most ${STATUS_QUEUE_SCAN}); upstreams come from GET /metrics (agent_fabric_upstream_up).`,
+  online: true,
+  json: true,
+  async run(ctx) {
+    const api = ctx.api();
+    const stats = await api.call(FabricService.method.getStats, {});
+    const { items: queued } = await paged(
+      STATUS_QUEUE_SCAN,
+      'tasks',
+      async (pageSize, pageToken) => {
+        const a = await api.call(FabricService.method.listTasks, {
+          status: TaskStatus.PENDING,
+          pageSize,
+          pageToken,
+        });
+        return { items: a.message.tasks, next: a.message.nextPageToken, json: a.json };
+      },
+    );
+    const byPriority: Record<string, number> = { CRITICAL: 0, HIGH: 0, NORMAL: 0, LOW: 0 };
+    for (const t of queued) {
+      const p = enumName(TaskPriority, t.priority === 0 ? TaskPriority.NORMAL : t.priority);
+      byPriority[p] = (byPriority[p] ?? 0) + 1;
+    }
+    const budget = await api.call(BudgetService.method.getBudgetStatus, {
+      scope: { scope: { case: 'fabric', value: true } },
+    });
+    const approvals = await api.call(ApprovalService.method.listApprovals, {
+      status: ApprovalStatus.PENDING,
+    });
+    const upstreams = upstreamsOf(await api.metrics());
+    if (ctx.json) {
+      printJson(ctx, {
+        stats: stats.json,
+        queuedByPriority: byPriority,
+        budget: (budget.json as { status?: JsonValue }).status ?? null,
+        pendingApprovals: approvals.message.approvals.length,
+        upstreams,
+      });
+      return EXIT.ok;
+    }
+    const s = stats.message;
+    const agents = Object.entries(s.agentsByStatus)
+      .filter(([, n]) => n > 0)
+      .map(([k, n]) => `${n} ${k}`)
+      .join(', ');
+    ctx.print(`agents:     ${s.activeAgents} active${agents ? ` (${agents})` : ''}`);
+    ctx.print(
+      `tasks:      ${s.pendingTasks} queued, ${s.runningTasks} running, ${s.completedTasks} completed, ${s.failedTasks} failed, ${s.timedOutTasks} timed out, ${s.cancelledTasks} cancelled`,
+    );
+    ctx.print(
+      `queued:     ${Object.entries(byPriority)
+        .map(([k, n]) => `${k} ${n}`)
+        .join(', ')}`,
+    );
+    ctx.print(`approvals:  ${approvals.message.approvals.length} pending`);
+    ctx.print(`budget:     ${budgetLine(budget.message.status)}`);
+    ctx.print(
+      `upstreams:  ${
+        upstreams.length === 0
+          ? '(none)'
+          : upstreams
+              .map(
+                (u) =>
+                  `${u.name} ${u.up ? 'up' : 'DOWN'}${u.restarts > 0 ? ` (${u.restarts} restarts)` : ''}`,
+              )
+              .join(', ')
+      }`,
+    );
+    const pools = Object.entries(s.pools);
+    ctx.print('pools:');
+    ctx.print(
+      indent(
+        table(
+          ['POOL', 'AGENTS', 'HEALTHY', 'ACCEPTING', 'QUEUED', 'RUNNING', 'DONE', 'FAILED'],
+          pools.map(([id, p]) => [
+            id,
+            String(p.agents),
+            String(p.healthyAgents),
+            String(p.acceptingAgents),
+            String(p.queuedTasks),
+            String(p.runningTasks),
+            String(p.completedTasks),
+            String(p.failedTasks),
+          ]),
+        ),
+      ),
+    );
+    return EXIT.ok;
+  },
+};
+
+function indent(text: string): string {
+  return text
+    .split('\n')
+    .map((l) => `  ${l}`)
+    .join('\n');
+}
+
+/** Upstream figures from the Prometheus text of `GET /metrics`. */
+export function upstreamsOf(metrics: string): { name: string; up: boolean; restarts: number }[] {
+  const found = new Map<string, { name: string; up: boolean; restarts: number }>();
+  const sample =
+    /^agent_fabric_upstream_(up|restarts_total)\{upstream="((?:[^"\\]|\\.)*)"\} (\S+)$/;
+  for (const line of metrics.split('\n')) {
+    const m = sample.exec(line);
+    if (!m) continue;
+    const name = m[2]!.replace(/\\(.)/g, (_x, c: string) => (c === 'n' ? '\n' : c));
+    const u = found.get(name) ?? { name, up: false, restarts: 0 };
+    if (m[1] === 'up') u.up = Number(m[3]) === 1;
+    else u.restarts = Number(m[3]);
+    found.set(name, u);
+  }
+  return [...found.values()];
+}
+
+function budgetLine(b: BudgetStatus | undefined): string {
+  if (b === undefined) return '-';
+  const part = (what: string, u: BudgetStatus['tokens']): string =>
+    u === undefined
+      ? ''
+      : `${what} ${num(u.used)}${u.limit === undefined ? '' : `/${num(u.limit)}`}${u.reserved > 0 ? ` (+${num(u.reserved)} reserved)` : ''}`;
+  const parts = [part('tokens/h', b.tokens), part('cost/day', b.cost)].filter(Boolean);
+  const flags = [b.exhausted ? 'EXHAUSTED' : '', b.warning ? 'WARNING' : ''].filter(Boolean);
+  return `${parts.join(', ') || 'no usage'}${flags.length ? ` ${flags.join(' ')}` : ''}`;
+}
+
+const agentsCommand: Command = {
+  name: 'agents',
+  summary: 'Agents with their status, pool, model, tasks and last heartbeat.',
+  options: {
+    status: {
+      type: 'string',
+      value: 'status',
+      description:
+        'only agents in this status (starting, healthy, degraded, unhealthy, draining, terminated)',
+    },
+    pool: { type: 'string', value: 'id', description: 'only agents of this pool' },
+    limit: LIMIT_OPTION,
+  },
+  online: true,
+  json: true,
+  async run(ctx) {
+    const status = enumOption(agentsCommand, 'status', AgentStatus, ctx.values.status);
+    const limit = intOption(agentsCommand, ctx.values, 'limit', DEFAULT_LIMIT);
+    const { items: agents, json } = await paged(limit, 'agents', async (pageSize, pageToken) => {
+      const a = await ctx.api().call(FabricService.method.listAgents, {
+        status,
+        poolId: (ctx.values.pool as string | undefined) ?? '',
+        pageSize,
+        pageToken,
+      });
+      return { items: a.message.agents, next: a.message.nextPageToken, json: a.json };
+    });
+    if (ctx.json) {
+      printJson(ctx, { agents: json });
+      return EXIT.ok;
+    }
+    ctx.print(
+      table(
+        [
+          'ID',
+          'NAME',
+          'STATUS',
+          'POOL',
+          'MODEL',
+          'RUNNING',
+          'QUEUED',
+          'DONE',
+          'FAILED',
+          'HEARTBEAT',
+        ],
+        agents.map((a) => [
+          a.agentId,
+          a.name,
+          enumName(AgentStatus, a.status),
+          orDash(a.poolId),
+          a.model,
+          String(a.runningTasks),
+          String(a.queuedTasks),
+          String(a.completedTasks),
+          String(a.failedTasks),
+          when(a.lastHeartbeatAt),
+        ]),
+      ),
+    );
+    return EXIT.ok;
+  },
+};
+
+const tasksCommand: Command = {
+  name: 'tasks',
+  summary: 'Tasks with their status, priority, agent or pool, attempt and times.',
+  options: {
+    status: {
+      type: 'string',
+      value: 'status',
+      description:
+        'only tasks in this status (pending, scheduled, running, completed, failed, timeout, cancelled)',
+    },
+    pool: { type: 'string', value: 'id', description: 'only tasks of this pool' },
+    agent: {
+      type: 'string',
+      value: 'id',
+      description: 'only tasks addressed to or run by this agent',
+    },
+    limit: LIMIT_OPTION,
+  },
+  online: true,
+  json: true,
+  async run(ctx) {
+    const status = enumOption(tasksCommand, 'status', TaskStatus, ctx.values.status);
+    const limit = intOption(tasksCommand, ctx.values, 'limit', DEFAULT_LIMIT);
+    const { items: tasks, json } = await paged(limit, 'tasks', async (pageSize, pageToken) => {
+      const a = await ctx.api().call(FabricService.method.listTasks, {
+        status,
+        poolId: (ctx.values.pool as string | undefined) ?? '',
+        agentId: (ctx.values.agent as string | undefined) ?? '',
+        pageSize,
+        pageToken,
+      });
+      return { items: a.message.tasks, next: a.message.nextPageToken, json: a.json };
+    });
+    if (ctx.json) {
+      printJson(ctx, { tasks: json });
+      return EXIT.ok;
+    }
+    ctx.print(
+      table(
+        ['ID', 'TYPE', 'STATUS', 'PRIORITY', 'AGENT', 'POOL', 'ATTEMPT', 'CREATED', 'ERROR'],
+        tasks.map((t) => [
+          t.taskId,
+          t.taskType,
+          enumName(TaskStatus, t.status),
+          enumName(TaskPriority, t.priority),
+          orDash(t.assignedAgentId || t.agentId),
+          orDash(t.poolId),
+          `${t.attempt}/${t.maxAttempts}`,
+          when(t.createdAt),
+          t.error ? `${t.error.code}: ${brief(t.error.message, 40)}` : '',
+        ]),
+      ),
+    );
+    return EXIT.ok;
+  },
+};
+
+const poolsCommand: Command = {
+  name: 'pools',
+  summary: 'Pools with their size bounds, status and agents.',
+  online: true,
+  json: true,
+  async run(ctx) {
+    const { message, json } = await ctx.api().call(FabricService.method.listPools, {});
+    if (ctx.json) {
+      printJson(ctx, json);
+      return EXIT.ok;
+    }
+    ctx.print(
+      table(
+        ['ID', 'NAME', 'MODEL', 'STATUS', 'MIN', 'MAX', 'AGENTS', 'CREATED'],
+        message.pools.map((p) => [
+          p.poolId,
+          p.name,
+          p.model,
+          enumName(PoolStatus, p.status),
+          String(p.minAgents),
+          String(p.maxAgents),
+          String(p.agentIds.length),
+          when(p.createdAt),
+        ]),
+      ),
+    );
+    return EXIT.ok;
+  },
+};
+
+function approvalRows(list: readonly Approval[]): string[][] {
+  return list.map((a) => [
+    a.id,
+    enumName(ApprovalStatus, a.status),
+    a.agentId,
+    a.tool,
+    brief(valueJson(a.params, a.paramsJson), 50),
+    `${a.policy}${a.rule === undefined ? '' : `#${a.rule}`}`,
+    when(a.expiresAt),
+  ]);
+}
+
+const APPROVAL_HEADER = ['ID', 'STATUS', 'AGENT', 'TOOL', 'PARAMS', 'POLICY#RULE', 'EXPIRES'];
+
+const approvalsListCommand: Command = {
+  name: 'approvals list',
+  summary: 'Approvals: the tool calls parked by a require_approval rule, and what became of them.',
+  options: {
+    status: {
+      type: 'string',
+      value: 'status',
+      description: 'pending (default), approved, denied, expired or all',
+    },
+    agent: { type: 'string', value: 'id', description: "only this agent's approvals" },
+  },
+  online: true,
+  json: true,
+  async run(ctx) {
+    const raw = (ctx.values.status as string | undefined) ?? 'pending';
+    const status =
+      raw === 'all' ? 0 : enumOption(approvalsListCommand, 'status', ApprovalStatus, raw);
+    const { message, json } = await ctx.api().call(ApprovalService.method.listApprovals, {
+      status,
+      agentId: (ctx.values.agent as string | undefined) ?? '',
+    });
+    if (ctx.json) {
+      printJson(ctx, json);
+      return EXIT.ok;
+    }
+    ctx.print(table(APPROVAL_HEADER, approvalRows(message.approvals)));
+    return EXIT.ok;
+  },
+};
+
+function decideCommand(verb: 'approve' | 'deny'): Command {
+  const command: Command = {
+    name: `approvals ${verb}`,
+    args: '<id>',
+    positionals: [1, 1],
+    summary:
+      verb === 'approve'
+        ? 'Approves a pending approval: the parked call goes on.'
+        : 'Denies a pending approval: the parked call is refused.',
+    description:
+      'Fails (exit 1) when the approval does not exist or was already decided or expired.',
+    options: {
+      reason: { type: 'string', value: 'text', description: 'recorded with the decision' },
+    },
+    online: true,
+    json: true,
+    async run(ctx) {
+      const request = {
+        id: ctx.positionals[0]!,
+        reason: (ctx.values.reason as string | undefined) ?? '',
+      };
+      const { message, json } =
+        verb === 'approve'
+          ? await ctx.api().call(ApprovalService.method.approve, request)
+          : await ctx.api().call(ApprovalService.method.deny, request);
+      if (ctx.json) {
+        printJson(ctx, json);
+        return EXIT.ok;
+      }
+      const a = message.approval;
+      ctx.print(
+        `${a?.id ?? ctx.positionals[0]} ${enumName(ApprovalStatus, a?.status ?? 0)} (${a?.tool ?? '?'} by ${a?.agentId ?? '?'})`,
+      );
+      return EXIT.ok;
+    },
+  };
+  return command;
+}
+
+const approvalsWatchCommand: Command = {
+  name: 'approvals watch',
+  summary: 'Prints approvals as they are requested, decided or expire, until interrupted.',
+  description:
+    'Polls ApprovalService.ListApprovals every --interval seconds (the HTTP door serves unary methods only; the streaming ApprovalService.Watch is on gRPC). Each line is one change: the pending approvals at start, then new ones and decisions. With --json, one JSON object per line.',
+  options: {
+    interval: {
+      type: 'string',
+      value: 'seconds',
+      description: `seconds between polls (default ${DEFAULT_WATCH_INTERVAL})`,
+    },
+  },
+  online: true,
+  json: true,
+  async run(ctx) {
+    const interval = intOption(
+      approvalsWatchCommand,
+      ctx.values,
+      'interval',
+      DEFAULT_WATCH_INTERVAL,
+    );
+    const seen = new Map<string, ApprovalStatus>();
+    let first = true;
+    let stop = false;
+    const stopNow = (): void => {
+      stop = true;
+    };
+    process.once('SIGINT', stopNow);
+    process.once('SIGTERM', stopNow);
+    if (!ctx.json)
+      ctx.print(table(APPROVAL_HEADER, []).replace('(none)', APPROVAL_HEADER.join('  ')));
+    while (!stop) {
+      const { message, json } = await ctx.api().call(ApprovalService.method.listApprovals, {});
+      const jsonList = (json as { approvals?: JsonValue[] }).approvals ?? [];
+      for (const [i, a] of message.approvals.entries()) {
+        const before = seen.get(a.id);
+        seen.set(a.id, a.status);
+        // At start only the pending ones: the decided history is `approvals list --status all`.
+        if (before === a.status || (first && a.status !== ApprovalStatus.PENDING)) continue;
+        if (ctx.json) ctx.print(JSON.stringify(jsonList[i] ?? null));
+        else ctx.print(table(APPROVAL_HEADER, approvalRows([a])).split('\n')[1]!);
+      }
+      first = false;
+      for (let waited = 0; waited < interval * 10 && !stop; waited++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
+    return EXIT.ok;
+  },
+};
+
+const budgetsCommand: Command = {
+  name: 'budgets',
+  summary: 'Budget usage and limits of the fabric, every pool and every agent not terminated.',
+  options: {
+    agent: { type: 'string', value: 'id', description: 'only this agent' },
+    pool: { type: 'string', value: 'id', description: 'only this pool' },
+  },
+  online: true,
+  json: true,
+  async run(ctx) {
+    const api = ctx.api();
+    type Scope = { case: 'agentId' | 'poolId'; value: string } | { case: 'fabric'; value: true };
+    const scopes: Scope[] = [];
+    if (ctx.values.agent !== undefined && ctx.values.pool !== undefined) {
+      throw usageError(budgetsCommand, '--agent and --pool exclude each other');
+    }
+    if (typeof ctx.values.agent === 'string')
+      scopes.push({ case: 'agentId', value: ctx.values.agent });
+    else if (typeof ctx.values.pool === 'string')
+      scopes.push({ case: 'poolId', value: ctx.values.pool });
+    else {
+      scopes.push({ case: 'fabric', value: true });
+      const pools = await api.call(FabricService.method.listPools, {});
+      for (const p of pools.message.pools) scopes.push({ case: 'poolId', value: p.poolId });
+      const { items: agents } = await paged(
+        10 * MAX_PAGE,
+        'agents',
+        async (pageSize, pageToken) => {
+          const a = await api.call(FabricService.method.listAgents, { pageSize, pageToken });
+          return { items: a.message.agents, next: a.message.nextPageToken, json: a.json };
+        },
+      );
+      for (const a of agents) {
+        if (a.status !== AgentStatus.TERMINATED) scopes.push({ case: 'agentId', value: a.agentId });
+      }
+    }
+    const statuses: BudgetStatus[] = [];
+    const json: JsonValue[] = [];
+    for (const scope of scopes) {
+      const s = await api.call(BudgetService.method.getBudgetStatus, { scope: { scope } });
+      if (s.message.status) statuses.push(s.message.status);
+      json.push((s.json as { status?: JsonValue }).status ?? null);
+    }
+    if (ctx.json) {
+      printJson(ctx, { budgets: json });
+      return EXIT.ok;
+    }
+    const usage = (u: BudgetStatus['tokens']): string =>
+      u === undefined
+        ? '-'
+        : `${num(u.used)}${u.reserved > 0 ? `+${num(u.reserved)}` : ''}/${u.limit === undefined ? '-' : num(u.limit)}`;
+    ctx.print(
+      table(
+        ['SCOPE', 'TOKENS/H', 'COST/DAY', 'USED%', 'STATE', 'RESETS'],
+        statuses.map((b) => [
+          b.scope,
+          usage(b.tokens),
+          usage(b.cost),
+          num(b.percentUsed),
+          b.exhausted ? 'EXHAUSTED' : b.warning ? 'WARNING' : 'ok',
+          when(b.resetsAt),
+        ]),
+      ),
+    );
+    return EXIT.ok;
+  },
+};
+
+const hooksCommand: Command = {
+  name: 'hooks',
+  summary: 'Work hooks (GUPP) with their agent, status, branch and progress.',
+  options: {
+    status: {
+      type: 'string',
+      value: 'status',
+      description: 'only hooks in this status (pending, active, completed, failed, abandoned)',
+    },
+    agent: { type: 'string', value: 'id', description: "only this agent's hooks" },
+    limit: LIMIT_OPTION,
+  },
+  online: true,
+  json: true,
+  async run(ctx) {
+    const status = enumOption(hooksCommand, 'status', HookStatus, ctx.values.status);
+    const limit = intOption(hooksCommand, ctx.values, 'limit', DEFAULT_LIMIT);
+    const { items: hooks, json } = await paged(limit, 'hooks', async (pageSize, pageToken) => {
+      const a = await ctx.api().call(FabricService.method.listHooks, {
+        status,
+        agentId: (ctx.values.agent as string | undefined) ?? '',
+        pageSize,
+        pageToken,
+      });
+      return { items: a.message.hooks, next: a.message.nextPageToken, json: a.json };
+    });
+    if (ctx.json) {
+      printJson(ctx, { hooks: json });
+      return EXIT.ok;
+    }
+    ctx.print(
+      table(
+        ['ID', 'AGENT', 'STATUS', 'BRANCH', 'ATTEMPTS', 'UPDATED', 'PROGRESS'],
+        hooks.map((h) => [
+          h.hookId,
+          h.agentId,
+          enumName(HookStatus, h.status),
+          orDash(h.branch),
+          String(h.attempts),
+          when(h.updatedAt),
+          h.progressNote.length > 40 ? `${h.progressNote.slice(0, 37)}...` : h.progressNote,
+        ]),
+      ),
+    );
+    return EXIT.ok;
+  },
+};
+
+/** The commands that talk to a running sidecar. */
+export const operatorCommands: readonly Command[] = [
+  statusCommand,
+  agentsCommand,
+  tasksCommand,
+  poolsCommand,
+  approvalsListCommand,
+  decideCommand('approve'),
+  decideCommand('deny'),
+  approvalsWatchCommand,
+  budgetsCommand,
+  hooksCommand,
+];

@@ -1,0 +1,383 @@
+/**
+ * The operator commands of the real `agent-fabric` CLI (child processes) against a real
+ * `agent-fabric serve` (child process, a real server-everything upstream, the official SDK
+ * client as the agent):
+ *
+ * - help, version and usage errors, with their exit codes;
+ * - `serve --port/--host` override the config's port;
+ * - the admin token from the environment or a 0600 `--token-file`; none, a wrong one, an agent's
+ *   own token, or a token file other users can read: exit 4, and nothing is decided (the
+ *   approval stays pending in the sidecar) — the token never appears in the output;
+ * - an unreachable sidecar: exit 3;
+ * - `status`, `agents`, `pools`, `tasks`, `budgets` as tables and `--json`; `hooks` on a sidecar
+ *   without hooks fails with the sidecar's reason;
+ * - `approvals watch` sees a call parked by a `require_approval` rule; `approvals approve` lets
+ *   it through (the agent gets the echo), `approvals deny` refuses the next one, and deciding a
+ *   decided approval fails;
+ * - `policy test` and `config check` offline.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  CLI_MAIN,
+  EVERYTHING_BIN,
+  tempDir,
+  text,
+  TSX,
+  until,
+} from '../fixtures/gateway/harness.js';
+import { cleanUp, connect, freePort, serve, type Running } from '../fixtures/state/serve.js';
+
+afterAll(cleanUp);
+
+const ADMIN = `fab_admin_${'Zr7w'.repeat(8)}`;
+
+interface Ran {
+  code: number | null;
+  out: string;
+  err: string;
+}
+
+/** Every output the CLI printed in this file (checked for the admin token at the end). */
+const outputs: string[] = [];
+
+/** The environment without the variables the CLI reads, plus `extra`. */
+function cliEnv(extra: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const key of ['FABRIC_ADMIN_TOKEN', 'FABRIC_URL', 'FABRIC_HTTP_PORT']) delete env[key];
+  return { ...env, ...extra };
+}
+
+/** Runs `agent-fabric <args>` (from source) to its end. */
+function cli(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<Ran> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      ['--import', TSX, CLI_MAIN, ...args],
+      { env: cliEnv(env), timeout: 60_000 },
+      (error, out, err) => {
+        outputs.push(out, err);
+        const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;
+        resolve({ code, out, err });
+      },
+    );
+  });
+}
+
+describe('agent-fabric without a sidecar', () => {
+  it('prints help and the version, and refuses a wrong command line with exit 2', async () => {
+    const help = await cli(['--help']);
+    expect(help.code).toBe(0);
+    for (const c of ['serve', 'status', 'approvals watch', 'policy test', 'config check']) {
+      expect(help.out).toContain(`  ${c} `);
+    }
+    expect(help.out).toMatch(/exit codes:\n\s+0/);
+    const serveHelp = await cli(['serve', '--help']);
+    expect(serveHelp.code).toBe(0);
+    expect(serveHelp.out).toMatch(/--port <n>/);
+    expect(serveHelp.out).toMatch(/--host <address>/);
+    const { version } = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+    expect((await cli(['--version'])).out.trim()).toBe(version);
+    expect((await cli(['version'])).out.trim()).toBe(version);
+    const unknown = await cli(['agents', '--bogus']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.err).toMatch(/--bogus.*agent-fabric agents --help/s);
+    expect((await cli(['frobnicate'])).code).toBe(2);
+    expect((await cli(['approvals', 'approve'])).code).toBe(2); // missing <id>
+  });
+
+  it('policy test shows the deciding policy and rule; --expect fails on another decision', async () => {
+    const dir = tempDir('cli-policy');
+    const file = join(dir, 'policies.yaml');
+    writeFileSync(
+      file,
+      [
+        '- name: no-secrets',
+        '  priority: 50',
+        '  rules:',
+        '    - tool: "fs__*"',
+        '      action: deny',
+        '      conditions: { path: "**/.env" }',
+        '      reason: secrets stay put',
+        '- name: rest',
+        '  rules: [{ tool: "*", action: allow }]',
+      ].join('\n'),
+    );
+    const denied = await cli([
+      'policy',
+      'test',
+      file,
+      '--tool',
+      'fs__read_text_file',
+      '--params',
+      '{"path":"/srv/app/.env"}',
+    ]);
+    expect(denied.code).toBe(0);
+    expect(denied.out).toContain('decision: deny');
+    expect(denied.out).toContain('policy:   no-secrets');
+    expect(denied.out).toMatch(/rule:\s+#0 /);
+    expect(denied.out).toContain('reason:   secrets stay put');
+    const json = await cli([
+      'policy',
+      'test',
+      file,
+      '--tool',
+      'fs__read_text_file',
+      '--params',
+      '{"path":"/srv/app/main.ts"}',
+      '--json',
+      '--expect',
+      'allow',
+    ]);
+    expect(json.code).toBe(0);
+    expect(JSON.parse(json.out)).toMatchObject({ action: 'allow', policy: 'rest', rule: 0 });
+    const mismatch = await cli([
+      'policy',
+      'test',
+      file,
+      '--tool',
+      'fs__x',
+      '--params',
+      '{"path":"a/.env"}',
+      '--expect',
+      'allow',
+    ]);
+    expect(mismatch.code).toBe(1);
+    expect((await cli(['policy', 'test', file, '--params', '{}'])).code).toBe(2); // no --tool
+    expect((await cli(['policy', 'test', file, '--tool', 't', '--params', '[1]'])).code).toBe(2);
+  });
+
+  it('config check lists every problem with its line, and names an env override as env', async () => {
+    const dir = tempDir('cli-config');
+    const file = join(dir, 'fabric.yaml');
+    writeFileSync(
+      file,
+      ['http:', '  port: "abc"', '  bogus: 1', 'gateway:', '  hideDeniedTools: maybe', ''].join(
+        '\n',
+      ),
+    );
+    const bad = await cli(['config', 'check', file]);
+    expect(bad.code).toBe(1);
+    expect(bad.err).toContain(`${file}: 3 problems`);
+    expect(bad.err).toContain(`${file}:2: http.port:`);
+    expect(bad.err).toContain(`${file}:3: http.bogus: is not a known key`);
+    expect(bad.err).toContain(`${file}:5: gateway.hideDeniedTools:`);
+    // serve lists them too, its last line the coded one supervisors read.
+    const served = await cli(['serve', '--config', file]);
+    expect(served.code).toBe(1);
+    const lines = served.err.trim().split('\n');
+    expect(lines.at(-1)).toMatch(
+      new RegExp(
+        `^agent-fabric: FABRIC_ERR_CONFIG_FILE: ${file}:2: http\\.port: .* \\(1 of 3 problems, all above\\)$`,
+      ),
+    );
+    expect(lines.slice(0, -1)).toEqual([
+      expect.stringContaining(`${file}:2: http.port:`),
+      `  ${file}:3: http.bogus: is not a known key`,
+      expect.stringContaining(`${file}:5: gateway.hideDeniedTools:`),
+    ]);
+    const good = join(dir, 'good.yaml');
+    writeFileSync(good, 'gateway:\n  hideDeniedTools: true\n');
+    expect((await cli(['config', 'check', good])).code).toBe(0);
+    const env = await cli(['config', 'check', good, '--json'], { FABRIC_HTTP_PORT: '70000' });
+    expect(env.code).toBe(1);
+    const problems = (JSON.parse(env.out) as { problems: Record<string, unknown>[] }).problems;
+    expect(problems).toEqual([
+      expect.objectContaining({ path: 'http.port', source: 'env FABRIC_HTTP_PORT' }),
+    ]);
+    expect(problems[0]).not.toHaveProperty('line');
+  });
+});
+
+describe('agent-fabric operator commands against a running sidecar', () => {
+  let sidecar: Running;
+  let dir: string;
+  let port: number;
+  const admin = (): NodeJS.ProcessEnv => ({ FABRIC_ADMIN_TOKEN: ADMIN, FABRIC_URL: sidecar.url });
+
+  beforeAll(async () => {
+    dir = tempDir('cli-operator');
+    port = await freePort();
+    writeFileSync(
+      join(dir, 'fabric.json'),
+      JSON.stringify({
+        // --port below overrides this port (nothing listens on 9).
+        http: { host: '127.0.0.1', port: 9 },
+        adminToken: ADMIN,
+        state: 'memory',
+        upstreams: {
+          ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+        },
+        policies: [
+          {
+            name: 'approvals',
+            priority: 100,
+            rules: [{ tool: 'ev__echo', action: 'require_approval', reason: 'a human echoes' }],
+          },
+          { name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] },
+        ],
+        pools: [{ id: 'builders', minAgents: 1 }],
+        agents: [{ name: 'worker' }],
+      }),
+    );
+    sidecar = await serve(dir, {}, ['--port', String(port), '--host', '127.0.0.1']);
+  }, 60_000);
+
+  it('serve --port overrides the config', () => {
+    expect(sidecar.url).toBe(`http://127.0.0.1:${port}/mcp`);
+  });
+
+  it('needs the admin token: none, a wrong one, or an agent token is exit 4; unreachable is 3', async () => {
+    const none = await cli(['status'], { FABRIC_URL: sidecar.url });
+    expect(none.code).toBe(4);
+    expect(none.err).toMatch(/FABRIC_ADMIN_TOKEN|--token-file/);
+    const wrong = await cli(['agents'], { FABRIC_URL: sidecar.url, FABRIC_ADMIN_TOKEN: 'nope' });
+    expect(wrong.code).toBe(4);
+    const agent = await cli(['agents'], {
+      FABRIC_URL: sidecar.url,
+      FABRIC_ADMIN_TOKEN: sidecar.token,
+    });
+    expect(agent.code).toBe(4);
+    const closed = await freePort();
+    const unreachable = await cli(['pools', '--url', `http://127.0.0.1:${closed}`], {
+      FABRIC_ADMIN_TOKEN: ADMIN,
+    });
+    expect(unreachable.code).toBe(3);
+    expect(unreachable.err).toContain(`127.0.0.1:${closed}`);
+  }, 120_000);
+
+  it('takes the token from a 0600 --token-file and refuses one others can read', async () => {
+    const file = join(dir, 'admin.token');
+    writeFileSync(file, `${ADMIN}\n`);
+    chmodSync(file, 0o644);
+    const open = await cli(['pools', '--token-file', file, '--url', sidecar.url]);
+    expect(open.code).toBe(4);
+    expect(open.err).toContain('chmod 600');
+    chmodSync(file, 0o600);
+    const ok = await cli(['pools', '--token-file', file, '--url', sidecar.url]);
+    expect(ok.code).toBe(0);
+    expect(ok.out).toMatch(/^ID\s+NAME\s+MODEL\s+STATUS/);
+    expect(ok.out).toMatch(/\nbuilders\s+builders\s+mcp-client\s+ACTIVE\s+1\s+10\s+1\s/);
+  }, 120_000);
+
+  it('status, agents, tasks and budgets as tables and JSON; hooks tells they are not configured', async () => {
+    const status = await cli(['status'], admin());
+    expect(status.code).toBe(0);
+    expect(status.out).toMatch(/^agents:\s+2 active/m);
+    expect(status.out).toMatch(/^queued:\s+CRITICAL 0, HIGH 0, NORMAL 0, LOW 0$/m);
+    expect(status.out).toMatch(/^upstreams:\s+ev up$/m);
+    expect(status.out).toMatch(/^\s+builders\s+1\s/m);
+    const statusJson = JSON.parse((await cli(['status', '--json'], admin())).out) as {
+      stats: { activeAgents: number };
+      upstreams: unknown[];
+      pendingApprovals: number;
+    };
+    expect(statusJson).toMatchObject({
+      stats: { activeAgents: 2 },
+      upstreams: [{ name: 'ev', up: true, restarts: 0 }],
+      pendingApprovals: 0,
+    });
+    const agents = JSON.parse((await cli(['agents', '--json'], admin())).out) as {
+      agents: { name: string; poolId?: string }[];
+    };
+    expect(agents.agents.map((a) => a.name).sort()).toEqual(['builders-1', 'worker']);
+    const pooled = await cli(['agents', '--pool', 'builders'], admin());
+    expect(pooled.out).toContain('builders-1');
+    expect(pooled.out).not.toContain('worker');
+    expect((await cli(['agents', '--status', 'sleepy'], admin())).code).toBe(2);
+    const tasks = await cli(['tasks', '--status', 'pending'], admin());
+    expect(tasks).toMatchObject({ code: 0, out: '(none)\n' });
+    const budgets = JSON.parse((await cli(['budgets', '--json'], admin())).out) as {
+      budgets: { scope: string }[];
+    };
+    expect(budgets.budgets.map((b) => b.scope)).toEqual(
+      expect.arrayContaining(['fabric', 'pool:builders']),
+    );
+    expect(budgets.budgets).toHaveLength(4); // fabric, the pool, its agent, worker
+    const hooks = await cli(['hooks'], admin());
+    expect(hooks.code).toBe(1);
+    expect(hooks.err).toContain('hooks are not configured');
+  }, 180_000);
+
+  it('approvals: watch sees a parked call, approve lets it through, deny refuses; an agent decides nothing', async () => {
+    const agent = await connect(sidecar.url, sidecar.token);
+    const watch = spawn(
+      process.execPath,
+      ['--import', TSX, CLI_MAIN, 'approvals', 'watch', '--json', '--interval', '1'],
+      { env: cliEnv(admin()), stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let watched = '';
+    watch.stdout.on('data', (c: Buffer) => (watched += c.toString()));
+    const events = (): { id: string; status: string; tool: string }[] =>
+      watched
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { id: string; status: string; tool: string });
+
+    const first = agent.callTool({ name: 'ev__echo', arguments: { message: 'first' } }, undefined, {
+      timeout: 600_000,
+    });
+    await until(() => events().some((e) => e.status === 'APPROVAL_STATUS_PENDING'), 60_000);
+    const id1 = events()[0]!.id;
+    expect(events()[0]).toMatchObject({ tool: 'ev__echo' });
+
+    // The agent's own token decides nothing; the approval is still pending afterwards.
+    const selfApprove = await cli(['approvals', 'approve', id1], {
+      FABRIC_URL: sidecar.url,
+      FABRIC_ADMIN_TOKEN: sidecar.token,
+    });
+    expect(selfApprove.code).toBe(4);
+    const pending = await cli(['approvals', 'list', '--json'], admin());
+    expect(JSON.parse(pending.out)).toMatchObject({
+      approvals: [{ id: id1, status: 'APPROVAL_STATUS_PENDING' }],
+    });
+
+    const approved = await cli(['approvals', 'approve', id1, '--reason', 'looks fine'], admin());
+    expect(approved.code).toBe(0);
+    expect(approved.out).toContain(`${id1} APPROVED (ev__echo by `);
+    expect(text(await first)).toContain('first');
+    await until(
+      () => events().some((e) => e.id === id1 && e.status === 'APPROVAL_STATUS_APPROVED'),
+      60_000,
+    );
+    const again = await cli(['approvals', 'deny', id1], admin());
+    expect(again.code).toBe(1);
+
+    const second = agent.callTool(
+      { name: 'ev__echo', arguments: { message: 'second' } },
+      undefined,
+      {
+        timeout: 600_000,
+      },
+    );
+    await until(() => events().some((e) => e.id !== id1), 60_000);
+    const id2 = events().find((e) => e.id !== id1)!.id;
+    expect((await cli(['approvals', 'deny', id2, '--reason', 'no'], admin())).code).toBe(0);
+    const refused = await second;
+    expect(refused.isError).toBe(true);
+    const all = JSON.parse(
+      (await cli(['approvals', 'list', '--status', 'all', '--json'], admin())).out,
+    ) as {
+      approvals: { id: string; status: string; decisionReason?: string }[];
+    };
+    expect(all.approvals).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({
+          id: id1,
+          status: 'APPROVAL_STATUS_APPROVED',
+          decisionReason: 'looks fine',
+        }),
+        expect.objectContaining({ id: id2, status: 'APPROVAL_STATUS_DENIED' }),
+      ]),
+    );
+    const exited = new Promise<number | null>((resolve) => watch.once('exit', (c) => resolve(c)));
+    watch.kill('SIGTERM');
+    expect(await exited).toBe(0);
+  }, 240_000);
+
+  it('never prints the admin token', () => {
+    for (const o of outputs) expect(o).not.toContain(ADMIN);
+  });
+});
