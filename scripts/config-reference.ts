@@ -161,6 +161,20 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'plugins[].module':
     "Path (relative to the config's folder; `${PLUGINS}` for the first-party ones) or `file:` URL.",
   'plugins[].options': "The plugin's options.",
+  'agents[].executor':
+    'How its tasks reach it: `remote` (claimed over MCP/gRPC, the default) or `nats` (pulled from JetStream; needs `nats:`).',
+  'pools[].executor': "Executor of the pool's agents (see `agents[].executor`).",
+  nats: 'NATS server for heartbeats and JetStream dispatch (agents with `executor: nats`). Off unless configured; unreachable at start = exit 1.',
+  'nats.url': 'Server URL or list of URLs, e.g. `nats://127.0.0.1:4222`.',
+  'nats.token': 'Token authentication (`${env:NAME}`; never logged).',
+  'nats.user': 'User of user/password authentication.',
+  'nats.password': 'Password of user/password authentication (`${env:NAME}`; never logged).',
+  'nats.credsFile': 'A `.creds` file (JWT + nkey seed) as made by `nsc`.',
+  'nats.namespace': 'Prefix of every subject (`fabric.<namespace>.…`) and of the stream name.',
+  'nats.sidecarId':
+    "This sidecar's name on the bus (results come back on `fabric.<ns>.res.<sidecarId>`); unique per sidecar. Default: random per process.",
+  'nats.ackWaitSeconds': "Upper bound of the consumers' AckWait (also capped by the task timeout).",
+  'nats.connectTimeoutMs': 'How long the first connection may take.',
   hooks: 'GUPP work hooks persisted in a git repository (created if missing).',
   'hooks.storagePath': 'The git repository.',
   'hooks.useGitWorktree': 'Give each hook its own worktree on its branch.',
