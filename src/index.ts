@@ -105,6 +105,8 @@ export {
   StartupError,
   SubscriptionLimitError,
   StreamOverflowError,
+  StreamLimitError,
+  CallDeadlineError,
   ToolNameError,
   ToolNotFoundError,
   UpstreamTimeoutError,

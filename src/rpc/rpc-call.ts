@@ -379,8 +379,8 @@ export type ServerStreamMethods<S extends DescService> = {
 };
 
 /**
- * One service implemented once, served by every door (gRPC today): which service, who may call
- * it, its unary methods and its server-streaming methods (served over gRPC only).
+ * One service implemented once, served by every door (gRPC, and the HTTP door http-door.ts):
+ * which service, who may call it, its unary methods and its server-streaming methods.
  */
 export interface ServiceImplementation<S extends DescService> {
   readonly service: S;

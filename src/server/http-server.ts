@@ -209,6 +209,8 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
     url: `${options.tls === undefined ? 'http' : 'https'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}${options.mcpPath}`,
     close: () =>
       new Promise<void>((resolve) => {
+        // The door's streams (watches) never end on their own: end them with their `end` line.
+        options.api?.close();
         server.close(() => resolve());
         server.closeIdleConnections();
         // SSE streams never go idle on their own; cut what is left after a moment.

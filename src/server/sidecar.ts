@@ -354,6 +354,7 @@ export class Sidecar {
                   fabric,
                   services: fabricServices(fabric, { gateway }),
                   bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
+                  keepAliveMs: h.keepAliveSeconds * 1000,
                 }),
               }),
           metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint)),

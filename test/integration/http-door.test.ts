@@ -56,7 +56,7 @@ describe('the HTTP door: the gRPC services as JSON over the sidecar HTTP server'
     return body;
   };
 
-  it('serves every unary method of every registered service, and only those', () => {
+  it('serves every unary and server-streaming method of every registered service', () => {
     const door = new HttpDoor({
       fabric: sidecar.fabric!,
       services: fabricServices(sidecar.fabric!),
@@ -68,13 +68,12 @@ describe('the HTTP door: the gRPC services as JSON over the sidecar HTTP server'
       PolicyService,
       ApprovalService,
       BudgetService,
-      EventService, // streaming only: nothing on this door
-    ].flatMap((s) =>
-      s.methods.filter((m) => m.methodKind === 'unary').map((m) => `/api/${s.typeName}/${m.name}`),
-    );
+      EventService,
+    ].flatMap((s) => s.methods.map((m) => `/api/${s.typeName}/${m.name}`));
     expect(door.paths.sort()).toEqual(expected.sort());
     expect(door.paths).toContain('/api/fabric.v1.ApprovalService/ListApprovals');
-    expect(door.paths).not.toContain('/api/fabric.v1.EventService/Watch');
+    expect(door.paths).toContain('/api/fabric.v1.EventService/Watch');
+    expect(door.paths).toContain('/api/fabric.v1.ApprovalService/Watch');
   });
 
   it('serves the admin services as the same implementation: budgets set over HTTP read back over HTTP', async () => {
@@ -238,7 +237,7 @@ describe('the HTTP door: the gRPC services as JSON over the sidecar HTTP server'
     await ok(rpc('fabric.v1.FabricService/ListPools', {}));
   });
 
-  it('answers unknown services and methods, streaming-free GETs and other verbs with 404 JSON', async () => {
+  it('answers unknown services and methods, GETs and other verbs with 404 JSON', async () => {
     await refused(
       rpc('fabric.v1.FabricService/NoSuchMethod', {}),
       404,
