@@ -13,6 +13,7 @@ import type { CallContext } from '../../src/rpc/rpc-call.js';
 import type { AnyServiceImplementation } from '../../src/rpc/services.js';
 import { fabricServices } from '../../src/rpc/services.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { postJson } from '../fixtures/api.js';
 import { ADMIN_TOKEN, closeSidecar, startTestSidecar } from '../fixtures/gateway/harness.js';
 
 type ErrorBody = { code: string; kind: string; message: string };
@@ -36,14 +37,12 @@ async function openStream(
   credential = ADMIN_TOKEN,
 ): Promise<Stream> {
   const controller = new AbortController();
-  const res = await fetch(new URL(path, base), {
-    method: 'POST',
+  const res = await postJson(new URL(path, base), body, credential, {
     headers: {
       'content-type': 'application/json',
       authorization: `Bearer ${credential}`,
       ...headers,
     },
-    body: JSON.stringify(body),
     signal: controller.signal,
   });
   const lines: Line[] = [];
@@ -89,17 +88,13 @@ describe('the HTTP door: server streams, deadlines, undelivered answers', () => 
     body: unknown,
     credential = ADMIN_TOKEN,
     headers: Record<string, string> = {},
-    signal?: AbortSignal,
   ): Promise<Response> =>
-    fetch(new URL(path, base), {
-      method: 'POST',
+    postJson(new URL(path, base), body, credential, {
       headers: {
         'content-type': 'application/json',
         authorization: `Bearer ${credential}`,
         ...headers,
       },
-      body: JSON.stringify(body),
-      ...(signal === undefined ? {} : { signal }),
     });
 
   /** Listeners the event watch registers on the fabric (all topics). */
@@ -234,11 +229,7 @@ describe('the HTTP door: server streams, deadlines, undelivered answers', () => 
       expect(door.openStreams).toBe(2);
       const burst = await Promise.all(
         Array.from({ length: 20 }, () =>
-          fetch(new URL('fabric.v1.EventService/Watch', b), {
-            method: 'POST',
-            headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` },
-            body: '{}',
-          }),
+          postJson(new URL('fabric.v1.EventService/Watch', b), {}, ADMIN_TOKEN),
         ),
       );
       for (const res of burst) {
@@ -278,15 +269,12 @@ describe('the HTTP door: server streams, deadlines, undelivered answers', () => 
       const { base: b } = await serve({}, services);
       const agent = await fabric.spawn({ model: 'm', name: 'dropper', executor: 'remote' });
       const claim = (signal?: AbortSignal): Promise<Response> =>
-        fetch(new URL('fabric.v1.AgentService/ClaimTask', b), {
-          method: 'POST',
-          headers: {
-            'content-type': 'application/json',
-            authorization: `Bearer ${agent.credential}`,
-          },
-          body: JSON.stringify({ waitSeconds: 30 }),
-          ...(signal === undefined ? {} : { signal }),
-        });
+        postJson(
+          new URL('fabric.v1.AgentService/ClaimTask', b),
+          { waitSeconds: 30 },
+          agent.credential,
+          signal === undefined ? {} : { signal },
+        );
       const controller = new AbortController();
       const dropped = claim(controller.signal).catch((e: unknown) => e);
       await claimEntered;
@@ -373,26 +361,22 @@ describe('the HTTP door: server streams, deadlines, undelivered answers', () => 
       });
       const { base: b } = await serve({}, [fake]);
       const controller = new AbortController();
-      const call = fetch(new URL('fabric.v1.AgentService/ClaimTask', b), {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${credential}` },
-        body: '{}',
-        signal: controller.signal,
-      }).catch((e: unknown) => e);
+      const url = new URL('fabric.v1.AgentService/ClaimTask', b);
+      const call = postJson(url, {}, credential, { signal: controller.signal }).catch(
+        (e: unknown) => e,
+      );
       await vi.waitFor(() => expect(calls).toBe(1));
       controller.abort();
       expect(await call).toBeInstanceOf(Error);
       await answered;
       expect(undone).toBe(1);
       // And by deadline: the answer after it is undelivered too.
-      const late = await fetch(new URL('fabric.v1.AgentService/ClaimTask', b), {
-        method: 'POST',
+      const late = await postJson(url, {}, credential, {
         headers: {
           'content-type': 'application/json',
           authorization: `Bearer ${credential}`,
           'connect-timeout-ms': '100',
         },
-        body: '{}',
       });
       expect(late.status).toBe(504);
       await vi.waitFor(() => expect(undone).toBe(2));

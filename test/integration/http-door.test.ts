@@ -10,6 +10,7 @@ import { ToolService } from '../../src/gen/fabric/v1/tool_pb.js';
 import { HttpDoor } from '../../src/rpc/http-door.js';
 import { fabricServices } from '../../src/rpc/services.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { postJson } from '../fixtures/api.js';
 import { ADMIN_TOKEN, closeSidecar, startTestSidecar } from '../fixtures/gateway/harness.js';
 
 type ErrorBody = { code: string; kind: string; message: string; details: Record<string, unknown> };
@@ -29,16 +30,7 @@ describe('the HTTP door: the gRPC services as JSON over the sidecar HTTP server'
     body: unknown,
     credential: string | null = ADMIN_TOKEN,
     init: RequestInit = {},
-  ): Promise<Response> =>
-    fetch(new URL(path, base), {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        ...(credential === null ? {} : { authorization: `Bearer ${credential}` }),
-      },
-      body: typeof body === 'string' ? body : JSON.stringify(body),
-      ...init,
-    });
+  ): Promise<Response> => postJson(new URL(path, base), body, credential, init);
 
   const ok = async <T>(res: Response | Promise<Response>): Promise<T> => {
     const r = await res;
