@@ -89,3 +89,28 @@ export function median(values: number[]): number {
   const mid = s.length >> 1;
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
+
+/**
+ * `total` calls of `op`, `concurrency` at a time; each call's latency into `lat`; returns
+ * calls/s.
+ */
+export async function inFlight(
+  total: number,
+  concurrency: number,
+  op: (i: number) => Promise<unknown>,
+  lat: Latency | undefined,
+): Promise<number> {
+  let next = 0;
+  const start = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < total) {
+        const i = next++;
+        const t0 = performance.now();
+        await op(i);
+        lat?.recordMs(performance.now() - t0);
+      }
+    }),
+  );
+  return total / ((performance.now() - start) / 1000);
+}

@@ -380,6 +380,32 @@ export class StreamOverflowError extends FabricError {
   }
 }
 
+/** A door's server streams in progress would exceed its cap (HTTP door: `maxStreams`). */
+export class StreamLimitError extends FabricError {
+  static readonly code = 'FABRIC_ERR_STREAM_LIMIT';
+  constructor(limit: number) {
+    super(
+      StreamLimitError.code,
+      'resource_exhausted',
+      `${limit} streams are open on this door, the most it serves at once: retry once one ends`,
+      { limit },
+    );
+  }
+}
+
+/** The call's own deadline (e.g. the HTTP door's `connect-timeout-ms`) passed before its answer. */
+export class CallDeadlineError extends FabricError {
+  static readonly code = 'FABRIC_ERR_CALL_DEADLINE';
+  constructor(timeoutMs: number) {
+    super(
+      CallDeadlineError.code,
+      'deadline_exceeded',
+      `the call's deadline (${timeoutMs} ms after it arrived) passed`,
+      { timeoutMs },
+    );
+  }
+}
+
 /** A request body is larger than the endpoint accepts (HTTP 413). */
 export class PayloadTooLargeError extends FabricError {
   static readonly code = 'FABRIC_ERR_PAYLOAD_TOO_LARGE';

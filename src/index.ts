@@ -110,6 +110,8 @@ export {
   StartupError,
   SubscriptionLimitError,
   StreamOverflowError,
+  StreamLimitError,
+  CallDeadlineError,
   ToolNameError,
   ToolNotFoundError,
   UpstreamTimeoutError,

@@ -185,11 +185,8 @@ export interface GatewayBackend {
   recordHookProgress?(agentId: string, hookId: string, note?: string): Promise<unknown>;
 }
 
-/** Admin operations the sidecar's HTTP API exposes (admin credential only). */
+/** What the sidecar needs of a backend beyond the gateway's: spawning its start-up agents. */
 export interface AdminBackend {
-  listApprovals(filter?: { status?: string }): unknown;
-  approve(id: string, options?: { approver?: string; reason?: string }): unknown;
-  deny(id: string, options?: { approver?: string; reason?: string }): unknown;
   spawn(config: {
     name: string;
     model: string;
@@ -198,18 +195,4 @@ export interface AdminBackend {
     labels?: Record<string, string>;
     capabilities?: string[];
   }): Promise<{ readonly id: string; readonly credential: string }>;
-  /** Agents (no credentials), optionally filtered by status or pool. */
-  listAgents(filter?: { status?: string; poolId?: string }): Promise<unknown>;
-  /**
-   * One agent with its budget status.
-   * @throws AgentNotFoundError for an unknown (or forgotten) agent.
-   */
-  getAgent(agentId: string): Promise<unknown>;
-  /**
-   * Terminates an agent: from now on it gets no new work and no tool call passes; its running
-   * work may finish (and be reported) for up to `drainTimeoutSeconds`, then its credential stops
-   * working. Resolves once it is terminated; terminating a terminated agent returns it.
-   * @throws AgentNotFoundError for an unknown agent.
-   */
-  terminateAgent(agentId: string, options?: { drainTimeoutSeconds?: number }): Promise<unknown>;
 }

@@ -1,13 +1,30 @@
 /**
  * The HTTP door: the same {@link ServiceImplementation}s the gRPC server serves, as JSON over
  * HTTP — `POST <prefix><package.Service>/<Method>` with a JSON body in the protobuf JSON mapping
- * (protobuf-es `fromJson`/`toJson`), answered with the response message as JSON. This is the
- * request and response form of the Connect protocol's unary calls, so a client can be a plain
- * `curl`.
+ * (protobuf-es `fromJson`/`toJson`).
  *
- * Why not `@connectrpc/connect-node`: v2 needs Node 22 (the fabric supports Node 20), and v1
- * needs `@bufbuild/protobuf` v1 (the generated code is v2). What a unary JSON call needs is
- * small: one route per method, read from the same service descriptors as gRPC.
+ * - **Unary methods** answer with the response message as JSON. This is the request and
+ *   response form of the Connect protocol's unary calls, so a client can be a plain `curl`.
+ * - **Server-streaming methods** (`EventService/Watch`, `ApprovalService/Watch`) answer `200`
+ *   with `content-type: application/x-ndjson`: one JSON object per line, `{"message": <the
+ *   response message>}` for each message, then exactly one last line `{"end": {}}` when the
+ *   stream completed or `{"end": {"error": {code, kind, message, details}}}` when it failed (a
+ *   slow reader's overflow, the deadline, the server stopping). A stream that stops without an
+ *   `end` line was cut. While nothing happens an empty line is sent every `keepAliveMs` (skip
+ *   empty lines). NDJSON rather than SSE: it is read the same way from `fetch` as from `curl -N`,
+ *   and a browser's `EventSource` could not send the POST body and `authorization` header
+ *   anyway; rather than Connect's binary-enveloped stream: a dashboard needs no framing code.
+ *   At most `maxStreams` streams are open at once (one more: 429 `FABRIC_ERR_STREAM_LIMIT`
+ *   before the stream starts); a client that stops reading costs at most
+ *   `maxBufferedMessages` queued messages, then its stream ends with
+ *   `FABRIC_ERR_STREAM_OVERFLOW` (as over gRPC).
+ *
+ * **Deadline:** the `connect-timeout-ms` header (Connect's; a positive integer of at most 10
+ * digits) is the call's deadline, given to the method as its `CallContext.deadline` (ClaimTask
+ * waits no longer, WaitTask neither). When it passes the method's signal aborts and the answer is
+ * 504 `FABRIC_ERR_CALL_DEADLINE` (a stream's `end` error). A response that cannot be delivered —
+ * the client went away or the deadline passed before it was written — runs the method's
+ * `onUndelivered` undo, as over gRPC: a task `ClaimTask` assigned goes back to the queue.
  *
  * The same rules as gRPC, in the same order: the caller is authenticated from
  * `authorization: Bearer <credential>` before the body is read (no credential: 401; an agent's
@@ -17,9 +34,9 @@
  * that aborts when the client goes away. Errors answer with the HTTP status of their catalog
  * kind and the body `{ code, kind, message, details }` (`FabricError.toJSON()`; not Connect's
  * error shape), the code also in the `fabric-error-code` header as in gRPC's trailer. An unknown
- * service or method, a server-streaming method, or another verb than POST is 404
- * `FABRIC_ERR_ROUTE_NOT_FOUND`. The Host/Origin guard runs before this, in the HTTP server, and
- * answers its 403 through {@link HttpDoor.refuse} in the same shape.
+ * service or method, or another verb than POST, is 404 `FABRIC_ERR_ROUTE_NOT_FOUND`. The
+ * Host/Origin guard runs before this, in the HTTP server, and answers its 403 through
+ * {@link HttpDoor.refuse} in the same shape.
  *
  * @module
  */
@@ -31,7 +48,16 @@ import {
   type JsonValue,
 } from '@bufbuild/protobuf';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { InvalidArgumentError, RouteNotFoundError } from '../errors.js';
+import {
+  CallDeadlineError,
+  ClosedError,
+  ConfigError,
+  FabricError,
+  InvalidArgumentError,
+  RouteNotFoundError,
+  StreamLimitError,
+  StreamOverflowError,
+} from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
 import { exceededBound } from '../gateway/input-bounds.js';
 import {
@@ -42,12 +68,20 @@ import {
 } from '../gateway/http-body.js';
 import { httpErrorBody, httpStatusOf } from '../gateway/map-error.js';
 import { DEFAULT_GRPC_RECURSION_LIMIT } from './grpc-definition.js';
-import { authenticateCaller, type Caller, type CallerKind } from './rpc-call.js';
+import {
+  ActiveStreams,
+  authenticateCaller,
+  DEFAULT_MAX_BUFFERED_STREAM_MESSAGES,
+  type CallContext,
+  type Caller,
+  type CallerKind,
+  type StreamSender,
+} from './rpc-call.js';
 import type { AnyServiceImplementation } from './services.js';
 
 /** Path prefix of the HTTP door in the sidecar. */
 export const DEFAULT_API_PREFIX = '/api/';
-/** Largest request body of the HTTP door (1 MiB, like the admin routes). */
+/** Largest request body of the HTTP door (1 MiB). */
 export const DEFAULT_API_MAX_BODY_BYTES = 1024 * 1024;
 /**
  * Most nested arrays and objects in a request body. Half of gRPC's decoder limit: a
@@ -56,6 +90,14 @@ export const DEFAULT_API_MAX_BODY_BYTES = 1024 * 1024;
 export const MAX_API_JSON_DEPTH = DEFAULT_GRPC_RECURSION_LIMIT / 2;
 /** Most values in a request body (an array of a million zeros fits in 2 MiB). */
 export const MAX_API_JSON_NODES = 200_000;
+/** Default of {@link HttpDoorOptions.maxStreams}. */
+export const DEFAULT_API_MAX_STREAMS = 64;
+/** Default of {@link HttpDoorOptions.keepAliveMs}. */
+export const DEFAULT_API_KEEP_ALIVE_MS = 15_000;
+/** Request header with the call's deadline in milliseconds (the Connect protocol's). */
+export const DEADLINE_HEADER = 'connect-timeout-ms';
+/** Content type of a server stream's answer: one JSON object per line. */
+export const STREAM_CONTENT_TYPE = 'application/x-ndjson';
 
 /** Options of {@link HttpDoor}. */
 export interface HttpDoorOptions {
@@ -68,39 +110,96 @@ export interface HttpDoorOptions {
   maxBodyBytes?: number;
   /** Time the client has to send the body (then 408). @default 30000 */
   bodyTimeoutMs?: number;
+  /** Server streams open at once; one more is 429 `FABRIC_ERR_STREAM_LIMIT`. @default 64 */
+  maxStreams?: number;
+  /**
+   * Messages of one stream that may wait to be written to a slow client; one more ends the
+   * stream with `FABRIC_ERR_STREAM_OVERFLOW`. @default 1024
+   */
+  maxBufferedMessages?: number;
+  /** An empty line is sent on a quiet stream this often (0: never). @default 15000 */
+  keepAliveMs?: number;
 }
 
-type Handler = (caller: Caller, request: unknown, signal: AbortSignal) => Promise<unknown>;
+type UnaryHandler = (
+  caller: Caller,
+  request: unknown,
+  signal: AbortSignal,
+  context: CallContext,
+) => Promise<unknown>;
+type StreamHandler = (
+  caller: Caller,
+  request: unknown,
+  signal: AbortSignal,
+  send: StreamSender<unknown>,
+) => Promise<void>;
 
-interface Route {
-  readonly caller: CallerKind;
-  readonly method: DescMethod;
-  readonly handler: Handler;
+type Route = { readonly caller: CallerKind; readonly method: DescMethod } & (
+  | { readonly kind: 'unary'; readonly handler: UnaryHandler }
+  | { readonly kind: 'stream'; readonly handler: StreamHandler }
+);
+
+/** One call's abort signal: the client went away, the deadline passed, or the door closes. */
+interface CallScope {
+  readonly controller: AbortController;
+  readonly deadline: number;
+  /** Stops the deadline timer and the close listener. */
+  dispose(): void;
 }
 
-/** Serves the unary methods of every service as JSON over HTTP. */
+function positiveInteger(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new ConfigError(name, `must be a non-negative integer, got ${String(value)}`);
+  }
+  return value;
+}
+
+/** Serves the unary and server-streaming methods of every service as JSON over HTTP. */
 export class HttpDoor {
   readonly prefix: string;
   readonly #fabric: AgentFabric;
   readonly #routes = new Map<string, Route>();
   readonly #maxBodyBytes: number;
   readonly #bodyTimeoutMs: number;
+  readonly #maxStreams: number;
+  readonly #maxBuffered: number;
+  readonly #keepAliveMs: number;
+  readonly #streams = new ActiveStreams();
 
+  /** @throws ConfigError when a limit is not a non-negative integer (`maxStreams`, `maxBufferedMessages` ≥ 1). */
   constructor(options: HttpDoorOptions) {
     this.#fabric = options.fabric;
     this.prefix = options.prefix ?? DEFAULT_API_PREFIX;
     this.#maxBodyBytes = options.maxBodyBytes ?? DEFAULT_API_MAX_BODY_BYTES;
     this.#bodyTimeoutMs = options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
+    this.#maxStreams = positiveInteger(
+      'options.maxStreams',
+      options.maxStreams ?? DEFAULT_API_MAX_STREAMS,
+    );
+    this.#maxBuffered = positiveInteger(
+      'options.maxBufferedMessages',
+      options.maxBufferedMessages ?? DEFAULT_MAX_BUFFERED_STREAM_MESSAGES,
+    );
+    if (this.#maxBuffered < 1) {
+      throw new ConfigError('options.maxBufferedMessages', 'must be at least 1');
+    }
+    this.#keepAliveMs = positiveInteger(
+      'options.keepAliveMs',
+      options.keepAliveMs ?? DEFAULT_API_KEEP_ALIVE_MS,
+    );
     for (const impl of options.services) {
-      const handlers = impl.unary as Record<string, Handler | undefined>;
+      const unary = impl.unary as Record<string, UnaryHandler | undefined>;
+      const streams = (impl.serverStream ?? {}) as Record<string, StreamHandler | undefined>;
       for (const method of impl.service.methods) {
-        const handler = handlers[method.localName];
-        if (method.methodKind !== 'unary' || handler === undefined) continue;
-        this.#routes.set(`${impl.service.typeName}/${method.name}`, {
-          caller: impl.caller,
-          method,
-          handler,
-        });
+        const key = `${impl.service.typeName}/${method.name}`;
+        const route = { caller: impl.caller, method };
+        if (method.methodKind === 'unary') {
+          const handler = unary[method.localName];
+          if (handler !== undefined) this.#routes.set(key, { ...route, kind: 'unary', handler });
+        } else if (method.methodKind === 'server_streaming') {
+          const handler = streams[method.localName];
+          if (handler !== undefined) this.#routes.set(key, { ...route, kind: 'stream', handler });
+        }
       }
     }
   }
@@ -110,16 +209,25 @@ export class HttpDoor {
     return [...this.#routes.keys()].map((k) => this.prefix + k);
   }
 
+  /** Server streams open now. */
+  get openStreams(): number {
+    return this.#streams.size;
+  }
+
   /** True when `pathname` is the door's to answer. */
   owns(pathname: string): boolean {
     return pathname.startsWith(this.prefix);
   }
 
+  /** Ends every open stream with `FABRIC_ERR_CLOSED` (its `end` line), e.g. when the server stops. */
+  close(): void {
+    this.#streams.endAll(new ClosedError('HTTP door'));
+  }
+
   /** Answers one request under the prefix; never rejects. */
   async handle(req: IncomingMessage, res: ServerResponse, pathname: string): Promise<void> {
     try {
-      const body = await this.#call(req, res, pathname);
-      sendJson(res, 200, body);
+      await this.#call(req, res, pathname);
     } catch (error) {
       this.refuse(req, res, error);
     }
@@ -131,6 +239,7 @@ export class HttpDoor {
    * when the body was not read.
    */
   refuse(req: IncomingMessage, res: ServerResponse, error: unknown): void {
+    if (res.destroyed) return;
     const close = !req.complete || closesConnection(error);
     const body = httpErrorBody(error).error;
     sendJson(res, httpStatusOf(error), body, {
@@ -139,7 +248,7 @@ export class HttpDoor {
     });
   }
 
-  async #call(req: IncomingMessage, res: ServerResponse, pathname: string): Promise<JsonValue> {
+  async #call(req: IncomingMessage, res: ServerResponse, pathname: string): Promise<void> {
     const route = this.#routes.get(pathname.slice(this.prefix.length));
     if (route === undefined) {
       throw new RouteNotFoundError(req.method ?? '', pathname, 'no such service method');
@@ -152,23 +261,159 @@ export class HttpDoor {
     if (type !== 'application/json') {
       throw new InvalidArgumentError('content-type', 'must be application/json');
     }
+    const timeoutMs = deadlineOf(req);
+    if (route.kind === 'stream' && this.#streams.size >= this.#maxStreams) {
+      throw new StreamLimitError(this.#maxStreams);
+    }
     const text = await readBody(req, {
       limit: this.#maxBodyBytes,
       timeoutMs: this.#bodyTimeoutMs,
     });
     const request = decodeJson(route.method.input, text);
-    const controller = new AbortController();
-    const onClose = (): void => {
-      if (!res.writableEnded) controller.abort(new Error('the client closed the connection'));
+    if (route.kind === 'stream') {
+      // Checked again: streams may have opened while this body was read.
+      if (this.#streams.size >= this.#maxStreams) throw new StreamLimitError(this.#maxStreams);
+      return this.#stream(res, route, caller, request, timeoutMs);
+    }
+    const scope = callScope(res, timeoutMs);
+    const undos: (() => void)[] = [];
+    const undo = (): void => {
+      for (const u of undos.splice(0)) u();
     };
-    res.once('close', onClose);
+    const context: CallContext = {
+      deadline: scope.deadline,
+      onUndelivered: (u) => void undos.push(u),
+    };
+    const running = route.handler(caller, request, scope.controller.signal, context);
     try {
-      const response = await route.handler(caller, request, controller.signal);
-      return toJson(route.method.output, response as never);
+      const response = await Promise.race([running, aborted(scope.controller.signal)]);
+      if (res.destroyed) return undo();
+      const json = JSON.stringify(toJson(route.method.output, response as never));
+      // Written but not flushed when the connection ends: the client never got it.
+      res.once('close', () => {
+        if (!res.writableFinished) undo();
+      });
+      res
+        .writeHead(200, {
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(json),
+        })
+        .end(json);
+    } catch (error) {
+      // The answer the method gives after the deadline (or after the client left) goes nowhere.
+      if (scope.controller.signal.aborted) running.then(undo, () => {});
+      throw error;
     } finally {
-      res.off('close', onClose);
+      scope.dispose();
     }
   }
+
+  async #stream(
+    res: ServerResponse,
+    route: Route & { kind: 'stream' },
+    caller: Caller,
+    request: unknown,
+    timeoutMs: number | undefined,
+  ): Promise<void> {
+    const scope = callScope(res, timeoutMs);
+    const { controller } = scope;
+    let ended = false;
+    let pending = 0;
+    const line = (json: unknown): void => {
+      pending++;
+      res.write(`${JSON.stringify(json)}\n`, () => pending--);
+    };
+    /** Ends the stream once, with its `end` line unless the client is gone. */
+    const end = (err?: unknown): void => {
+      if (ended) return;
+      ended = true;
+      deregister();
+      clearInterval(keepAlive);
+      controller.abort(err ?? new ClosedError('stream'));
+      scope.dispose();
+      if (res.destroyed) return;
+      line({ end: err === undefined ? {} : { error: httpErrorBody(err).error } });
+      res.end();
+    };
+    const deregister = this.#streams.add((err) => end(err));
+    controller.signal.addEventListener('abort', () => {
+      const reason: unknown = controller.signal.reason;
+      end(reason instanceof FabricError ? reason : new ClosedError('stream (the client left)'));
+    });
+    res.writeHead(200, {
+      'content-type': STREAM_CONTENT_TYPE,
+      'cache-control': 'no-store',
+      // Proxies that buffer answers (nginx) would hold the events back.
+      'x-accel-buffering': 'no',
+    });
+    res.flushHeaders();
+    const keepAlive =
+      this.#keepAliveMs > 0
+        ? setInterval(() => {
+            if (pending === 0) res.write('\n');
+          }, this.#keepAliveMs)
+        : undefined;
+    keepAlive?.unref();
+    const send: StreamSender<unknown> = (message) => {
+      if (ended) return;
+      if (pending >= this.#maxBuffered) {
+        end(new StreamOverflowError(this.#maxBuffered));
+        return;
+      }
+      line({ message: toJson(route.method.output, message as never) });
+    };
+    try {
+      await route.handler(caller, request, controller.signal, send);
+      end();
+    } catch (error) {
+      end(error);
+    }
+  }
+}
+
+/**
+ * The `connect-timeout-ms` header in milliseconds (`undefined` without one).
+ * @throws InvalidArgumentError when it is not a positive integer of at most 10 digits.
+ */
+function deadlineOf(req: IncomingMessage): number | undefined {
+  const raw = req.headers[DEADLINE_HEADER];
+  if (raw === undefined) return undefined;
+  if (typeof raw !== 'string' || !/^[0-9]{1,10}$/.test(raw) || Number(raw) === 0) {
+    throw new InvalidArgumentError(
+      DEADLINE_HEADER,
+      'must be a positive integer of at most 10 digits',
+    );
+  }
+  return Number(raw);
+}
+
+/** A call's signal: aborts when `res` closes before it is answered or when `timeoutMs` passes. */
+function callScope(res: ServerResponse, timeoutMs: number | undefined): CallScope {
+  const controller = new AbortController();
+  const onClose = (): void => {
+    if (!res.writableFinished) controller.abort(new ClosedError('call (the client left)'));
+  };
+  res.once('close', onClose);
+  const timer =
+    timeoutMs === undefined
+      ? undefined
+      : setTimeout(() => controller.abort(new CallDeadlineError(timeoutMs)), timeoutMs);
+  return {
+    controller,
+    deadline: timeoutMs === undefined ? Infinity : Date.now() + timeoutMs,
+    dispose: () => {
+      clearTimeout(timer);
+      res.off('close', onClose);
+    },
+  };
+}
+
+/** Rejects with `signal`'s reason once it aborts. */
+function aborted(signal: AbortSignal): Promise<never> {
+  return new Promise((_resolve, reject) => {
+    if (signal.aborted) reject(signal.reason);
+    signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+  });
 }
 
 /**

@@ -280,6 +280,31 @@ function asciiJson(json: string): string {
   );
 }
 
+/** The abort reason of a unary call the client cancelled (or whose deadline passed); one object. */
+const CALL_CANCELLED = new ClosedError('call (cancelled by the client or past its deadline)');
+
+/**
+ * What unary and server-streaming calls share: `onCancel` runs when the client cancels or the
+ * deadline passes (also when that happened before the handler ran: grpc-js emitted `cancelled`
+ * before anyone listened), then the caller is authenticated as `kind` before the request is
+ * decoded as `method.input`, then `run` runs. Rejects with what any step throws.
+ */
+function runCall<D extends DescMessage, R>(
+  fabric: AgentFabric,
+  kind: CallerKind,
+  method: { readonly input: D },
+  call: ServerUnaryCall<Buffer, unknown> | ServerWritableStream<Buffer, unknown>,
+  onCancel: () => void,
+  run: (caller: Caller, request: MessageShape<D>) => Promise<R>,
+): Promise<R> {
+  call.on('cancelled', onCancel);
+  if (call.cancelled) onCancel();
+  return (async () => {
+    const caller = authenticateCall(fabric, kind, call.metadata);
+    return run(caller, decodeRequest(method.input, call.request));
+  })();
+}
+
 /**
  * A grpc-js unary handler that authenticates the call as a `kind` caller, then decodes its
  * request as a `method.input` message, runs `handler`, and maps errors to status codes. The
@@ -302,21 +327,25 @@ export function unaryHandler<D extends DescMessage, Res>(
 ): UntypedHandleCall {
   return (call: ServerUnaryCall<Buffer, Res>, callback: sendUnaryData<Res>): void => {
     const controller = new AbortController();
-    call.on('cancelled', () => controller.abort());
-    // A deadline that passed before the handler ran emitted `cancelled` before anyone listened.
-    if (call.cancelled) controller.abort();
     const undos: (() => void)[] = [];
     const deadline = call.getDeadline();
     const context: CallContext = {
       deadline: deadline instanceof Date ? deadline.getTime() : deadline,
       onUndelivered: (undo) => void undos.push(undo),
     };
-    void (async () => {
-      const caller = authenticateCall(fabric, kind, call.metadata);
-      const request = decodeRequest(method.input, call.request);
-      return handler(caller, request, controller.signal, context);
-    })().then(
+    let settled = false;
+    runCall(
+      fabric,
+      kind,
+      method,
+      call,
+      // grpc-js emits `cancelled` at the end of every call, answered ones too: aborting then
+      // would cost a DOMException (a stack trace) per RPC for nothing (bench/grpc profile).
+      () => void (settled || controller.abort(CALL_CANCELLED)),
+      (caller, request) => handler(caller, request, controller.signal, context),
+    ).then(
       (res) => {
+        settled = true;
         if (undos.length === 0) return callback(null, res);
         // The call may have ended while the method ran; grpc-js then drops the answer silently.
         const written =
@@ -324,7 +353,10 @@ export function unaryHandler<D extends DescMessage, Res>(
           sendAndCheckWritten(res as object, () => callback(null, res));
         if (!written) for (const undo of undos) undo();
       },
-      (err: unknown) => callback(toServiceError(err)),
+      (err: unknown) => {
+        settled = true;
+        callback(toServiceError(err));
+      },
     );
   };
 }
@@ -379,8 +411,8 @@ export type ServerStreamMethods<S extends DescService> = {
 };
 
 /**
- * One service implemented once, served by every door (gRPC today): which service, who may call
- * it, its unary methods and its server-streaming methods (served over gRPC only).
+ * One service implemented once, served by every door (gRPC, and the HTTP door http-door.ts):
+ * which service, who may call it, its unary methods and its server-streaming methods.
  */
 export interface ServiceImplementation<S extends DescService> {
   readonly service: S;
@@ -466,7 +498,6 @@ export function serverStreamHandler<D extends DescMessage, Res>(
       if (err === undefined) call.end();
       else call.emit('error', toServiceError(err));
     };
-    call.on('cancelled', () => end(new ClosedError('stream (cancelled by the client)')));
     const send: StreamSender<Res> = (message) => {
       if (ended) return;
       // `writableLength` counts messages grpc-js has not handed to HTTP/2 yet: they pile up
@@ -477,11 +508,14 @@ export function serverStreamHandler<D extends DescMessage, Res>(
       }
       call.write(message);
     };
-    void (async () => {
-      const caller = authenticateCall(fabric, kind, call.metadata);
-      const request = decodeRequest(method.input, call.request);
-      await handler(caller, request, controller.signal, send);
-    })().then(
+    runCall(
+      fabric,
+      kind,
+      method,
+      call,
+      () => end(new ClosedError('stream (cancelled by the client)')),
+      (caller, request) => handler(caller, request, controller.signal, send),
+    ).then(
       () => end(),
       (err: unknown) => end(err),
     );
@@ -500,39 +534,17 @@ export function addGrpcService<S extends DescService>(
   options: GrpcServiceOptions = {},
 ): void {
   const handlers: UntypedServiceImplementation = {};
-  const methods = impl.unary as Record<
-    string,
-    (caller: Caller, request: never, signal: AbortSignal, context: CallContext) => Promise<unknown>
-  >;
+  const unary = impl.unary as Record<string, Parameters<typeof unaryHandler>[3] | undefined>;
   const streams = (impl.serverStream ?? {}) as Record<
     string,
-    (
-      caller: Caller,
-      request: never,
-      signal: AbortSignal,
-      send: StreamSender<unknown>,
-    ) => Promise<void>
+    Parameters<typeof serverStreamHandler>[3] | undefined
   >;
   for (const method of impl.service.methods) {
-    if (method.methodKind === 'unary') {
-      const handler = methods[method.localName];
-      if (handler === undefined) continue;
-      handlers[method.localName] = unaryHandler(
-        fabric,
-        impl.caller,
-        method,
-        (caller, req, signal, context) => handler(caller, req as never, signal, context),
-      );
-    } else if (method.methodKind === 'server_streaming') {
-      const handler = streams[method.localName];
-      if (handler === undefined) continue;
-      handlers[method.localName] = serverStreamHandler(
-        fabric,
-        impl.caller,
-        method,
-        (caller, req, signal, send) => handler(caller, req as never, signal, send),
-        options,
-      );
+    const name = method.localName;
+    if (method.methodKind === 'unary' && unary[name] !== undefined) {
+      handlers[name] = unaryHandler(fabric, impl.caller, method, unary[name]);
+    } else if (method.methodKind === 'server_streaming' && streams[name] !== undefined) {
+      handlers[name] = serverStreamHandler(fabric, impl.caller, method, streams[name], options);
     }
   }
   server.addService(grpcServerDefinition(impl.service), handlers);

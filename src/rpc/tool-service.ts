@@ -180,7 +180,9 @@ function parseArgumentsJson(bytes: Uint8Array): Record<string, unknown> {
     throw new InvalidArgumentError('arguments_json', 'must be a JSON object');
   }
   // A number JSON.parse would change is refused, never forwarded changed (a linear scan: no
-  // recursion however deep the text nests).
+  // recursion however deep the text nests). Not parsed losslessly (json-bytes.ts) as payloads
+  // are: the upstream leg is MCP JSON-RPC written with JSON.stringify by the SDK's transports,
+  // which on Node 20 cannot write an integer beyond 2^53 exactly (a bigint throws there).
   for (const [token] of text.matchAll(JSON_TOKEN)) {
     if (token.startsWith('"')) continue;
     const n = Number(token);

@@ -1,14 +1,14 @@
 /**
- * Adapts an {@link AgentFabric} to the gateway's {@link GatewayBackend} and the admin API. The
+ * Adapts an {@link AgentFabric} to the gateway's {@link GatewayBackend}, the sidecar's
+ * {@link AdminBackend} (start-up agents) and the admin check of `GET /metrics`. The
  * fabric does the work — identity, policy, approvals, budgets, tasks; this only narrows shapes.
  *
  * @module
  */
-import { AgentStatus, type AgentInfo } from '../agent.js';
-import type { BudgetStatus } from '../budget/budget-manager.js';
 import type { AgentFabric } from '../fabric.js';
-import { InvalidArgumentError, UnauthenticatedError } from '../errors.js';
+import { UnauthenticatedError } from '../errors.js';
 import type {
+  AdminBackend,
   GatewayBackend,
   GatewayIdentity,
   SettleToolCallOptions,
@@ -19,13 +19,12 @@ import type {
   ToolUsage,
   ToolVisibilityContext,
 } from '../gateway/backend.js';
-import type { ApprovalStatus } from '../policy/approval-manager.js';
 import type { EndedTask } from '../scheduler/remote-executor.js';
 import type { TaskAssignment } from '../task.js';
 import type { AdminApi } from './http-server.js';
 
-/** GatewayBackend + admin API over an AgentFabric. */
-export class FabricBackend implements GatewayBackend, AdminApi {
+/** GatewayBackend + AdminBackend + the admin check over an AgentFabric. */
+export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
   readonly #fabric: AgentFabric;
 
   constructor(fabric: AgentFabric) {
@@ -139,54 +138,10 @@ export class FabricBackend implements GatewayBackend, AdminApi {
     return this.#fabric.recordHookProgress(agentId, hookId, note);
   }
 
-  listApprovals(filter: { status?: string } = {}): unknown {
-    return this.#fabric.approvals.listApprovals(
-      filter.status === undefined ? {} : { status: filter.status as ApprovalStatus },
-    );
-  }
-
-  approve(id: string, options: { approver?: string; reason?: string } = {}): unknown {
-    return this.#fabric.approvals.approve(id, {
-      approver: options.approver ?? 'admin',
-      ...(options.reason === undefined ? {} : { reason: options.reason }),
-    });
-  }
-
-  deny(id: string, options: { approver?: string; reason?: string } = {}): unknown {
-    return this.#fabric.approvals.deny(id, {
-      approver: options.approver ?? 'admin',
-      ...(options.reason === undefined ? {} : { reason: options.reason }),
-    });
-  }
-
   async spawn(
-    config: Parameters<AdminApi['spawn']>[0],
+    config: Parameters<AdminBackend['spawn']>[0],
   ): Promise<{ id: string; credential: string }> {
     const agent = await this.#fabric.spawn({ executor: 'remote', ...config });
     return { id: agent.id, credential: agent.credential };
   }
-
-  listAgents(filter: { status?: string; poolId?: string } = {}): Promise<AgentInfo[]> {
-    if (filter.status !== undefined && !AGENT_STATUSES.has(filter.status)) {
-      throw new InvalidArgumentError(
-        'status',
-        `must be one of ${[...AGENT_STATUSES].join(', ')} (got "${filter.status}")`,
-      );
-    }
-    return this.#fabric.listAgents(filter as { status?: AgentStatus; poolId?: string });
-  }
-
-  async getAgent(agentId: string): Promise<{ agent: AgentInfo; budget: BudgetStatus }> {
-    const agent = await this.#fabric.getAgentInfo(agentId);
-    return { agent, budget: this.#fabric.budgets.getStatus(agent.id) };
-  }
-
-  terminateAgent(
-    agentId: string,
-    options: { drainTimeoutSeconds?: number } = {},
-  ): Promise<AgentInfo> {
-    return this.#fabric.terminate(agentId, options);
-  }
 }
-
-const AGENT_STATUSES: ReadonlySet<string> = new Set(Object.values(AgentStatus));

@@ -1,13 +1,10 @@
 /**
  * The sidecar's HTTP server: the MCP endpoint, the admin API and a health check, on `node:http`.
  *
- * Admin API (admin bearer credential):
- * - `GET  /admin/approvals?status=pending` — list approvals
- * - `POST /admin/approvals/:id/approve` `{ approver?, reason? }` — approve a parked call
- * - `POST /admin/approvals/:id/deny` `{ approver?, reason? }` — deny it
- * - `POST /admin/agents` `{ name, model?, poolId?, labels? }` — spawn an agent, returns its credential
- *
- * Operator API (the gRPC services as JSON, see rpc/http-door.ts): `POST /api/<package.Service>/<Method>`.
+ * Operator API (the gRPC services as JSON, see rpc/http-door.ts): `POST /api/<package.Service>/<Method>`,
+ * the only admin API over HTTP. The `/admin/...` routes of earlier versions were a second
+ * implementation of some of its methods and are gone: they answer 404 `FABRIC_ERR_ROUTE_NOT_FOUND`
+ * naming the `/api/` door. `GET /metrics` (Prometheus text, admin credential) stays.
  *
  * `GET /readyz` answers 200 `{ ready: true, checks }` when the sidecar can serve, else 503 with
  * `ready: false` — `checks` names each part (`fabric`, `state`, `upstream/<name>`) and whether it
@@ -16,7 +13,7 @@
  * Every route but `GET /healthz` (which tells nothing but "up") and `GET /readyz` first passes the
  * {@link HostGuard} (DNS rebinding protection: 403). The server's own timeouts bound how long a
  * client may take to send its request: `headersTimeoutMs` for the headers, `requestTimeoutMs`
- * for the whole request, and the body read timeout of the MCP endpoint and the admin routes.
+ * for the whole request, and the body read timeout of the MCP endpoint and the `/api/` door.
  * They end once the request has arrived: an SSE stream or a long-running call's answer is not
  * cut by them.
  *
@@ -32,34 +29,19 @@ import {
 } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { z } from 'zod';
-import { ConfigError, InvalidArgumentError } from '../errors.js';
-import {
-  agentSchema,
-  DEFAULT_HEADERS_TIMEOUT_MS,
-  DEFAULT_REQUEST_TIMEOUT_MS,
-} from './config-file.js';
-import type { AdminBackend } from '../gateway/backend.js';
+import { ConfigError, InvalidArgumentError, RouteNotFoundError } from '../errors.js';
+import { DEFAULT_HEADERS_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS } from './config-file.js';
 import { bearerToken, type McpHttpEndpoint } from '../gateway/downstream-http.js';
-import {
-  closesConnection,
-  DEFAULT_BODY_TIMEOUT_MS,
-  readBody,
-  sendJson,
-  sendJsonRpcRefusal,
-} from '../gateway/http-body.js';
+import { closesConnection, sendJson, sendJsonRpcRefusal } from '../gateway/http-body.js';
 import { httpErrorBody, httpStatusOf } from '../gateway/map-error.js';
 import { HostGuard } from './host-guard.js';
 import type { HttpDoor } from '../rpc/http-door.js';
 import type { TlsMaterial } from './tls.js';
 
-/** Largest admin request body (1 MiB). */
-const ADMIN_MAX_BODY_BYTES = 1024 * 1024;
-
-/** What the admin routes need. */
-export interface AdminApi extends AdminBackend {
+/** What `GET /metrics` needs: the admin check. */
+export interface AdminApi {
   /**
-   * Returns the admin's name (recorded as the approver unless the body names one).
+   * Returns the admin's name.
    * @throws UnauthenticatedError / PermissionDeniedError unless `credential` is an admin's.
    */
   requireAdmin(credential: string | undefined): string | void;
@@ -97,117 +79,8 @@ export interface HttpServerOptions {
    * answer's time is not counted. Must be ≥ `headersTimeoutMs`. @default 60000
    */
   requestTimeoutMs?: number;
-  /** Time an admin route waits for its request body (then 408 and close). @default 30000 */
-  bodyTimeoutMs?: number;
   /** Serve HTTPS with this certificate and key; with `ca`, require client certificates from it. */
   tls?: TlsMaterial | undefined;
-}
-
-const decisionBody = z
-  .object({ approver: z.string().min(1).optional(), reason: z.string().optional() })
-  .strict();
-const spawnBody = agentSchema.omit({ budget: true });
-
-async function parseJson<T extends z.ZodType>(
-  req: IncomingMessage,
-  schema: T,
-  bodyTimeoutMs: number,
-): Promise<z.output<T>> {
-  const text = await readBody(req, { limit: ADMIN_MAX_BODY_BYTES, timeoutMs: bodyTimeoutMs });
-  let value: unknown = {};
-  if (text.trim() !== '') {
-    try {
-      value = JSON.parse(text);
-    } catch {
-      throw new InvalidArgumentError('body', 'is not JSON');
-    }
-  }
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new InvalidArgumentError(
-      `body.${issue?.path.join('.') ?? ''}`,
-      issue?.message ?? 'is invalid',
-    );
-  }
-  return parsed.data;
-}
-
-/** A decoded path segment; a malformed `%` escape is the client's error (400), not ours. */
-function pathSegment(segment: string): string {
-  try {
-    return decodeURIComponent(segment);
-  } catch {
-    throw new InvalidArgumentError('path', 'has a malformed percent-escape');
-  }
-}
-
-async function admin(
-  req: IncomingMessage,
-  res: ServerResponse,
-  url: URL,
-  api: AdminApi,
-  bodyTimeoutMs: number,
-): Promise<void> {
-  const adminName = api.requireAdmin(bearerToken(req)) ?? 'admin';
-  const parts = url.pathname.split('/').filter(Boolean); // ['admin', ...]
-  if (req.method === 'GET' && parts[1] === 'approvals' && parts.length === 2) {
-    const status = url.searchParams.get('status') ?? undefined;
-    sendJson(res, 200, { approvals: await api.listApprovals(status ? { status } : {}) });
-    return;
-  }
-  if (req.method === 'POST' && parts[1] === 'approvals' && parts.length === 4) {
-    const id = pathSegment(parts[2]!);
-    const body = await parseJson(req, decisionBody, bodyTimeoutMs);
-    const opts = {
-      approver: body.approver ?? adminName,
-      ...(body.reason ? { reason: body.reason } : {}),
-    };
-    if (parts[3] === 'approve') {
-      sendJson(res, 200, { approval: await api.approve(id, opts) });
-      return;
-    }
-    if (parts[3] === 'deny') {
-      sendJson(res, 200, { approval: await api.deny(id, opts) });
-      return;
-    }
-  }
-  if (parts[1] === 'agents' && parts.length === 2) {
-    if (req.method === 'POST') {
-      const body = await parseJson(req, spawnBody, bodyTimeoutMs);
-      sendJson(res, 201, await api.spawn(body));
-      return;
-    }
-    if (req.method === 'GET') {
-      const status = url.searchParams.get('status') ?? undefined;
-      const poolId = url.searchParams.get('poolId') ?? undefined;
-      const agents = await api.listAgents({
-        ...(status === undefined ? {} : { status }),
-        ...(poolId === undefined ? {} : { poolId }),
-      });
-      sendJson(res, 200, { agents });
-      return;
-    }
-  }
-  if (parts[1] === 'agents' && parts.length === 3) {
-    const id = pathSegment(parts[2]!);
-    if (req.method === 'GET') {
-      sendJson(res, 200, await api.getAgent(id));
-      return;
-    }
-    if (req.method === 'DELETE') {
-      const drain = url.searchParams.get('drainTimeoutSeconds'); // validated by the fabric
-      const agent = await api.terminateAgent(
-        id,
-        drain === null ? {} : { drainTimeoutSeconds: Number(drain) },
-      );
-      sendJson(res, 200, { agent });
-      return;
-    }
-  }
-  sendJson(res, 404, {
-    error: { code: 'FABRIC_ERR_NOT_FOUND', message: `no route ${req.method} ${url.pathname}` },
-  });
 }
 
 /** A started HTTP server and its address. */
@@ -265,7 +138,6 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
   if (headersTimeout > requestTimeout) {
     throw new ConfigError('headersTimeoutMs', `must be ≤ requestTimeoutMs (${requestTimeout})`);
   }
-  const bodyTimeoutMs = options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
   const guard = options.hostGuard ?? new HostGuard({ bindHost: options.host });
   const createServer = serverFactory(options.tls);
   const server = createServer(
@@ -324,10 +196,15 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
         return;
       }
       if (url.pathname.startsWith('/admin/')) {
-        admin(req, res, url, options.admin, bodyTimeoutMs).catch((error: unknown) => {
-          if (res.headersSent) res.end();
-          else sendError(req, res, error);
-        });
+        sendError(
+          req,
+          res,
+          new RouteNotFoundError(
+            req.method ?? '',
+            url.pathname,
+            'the admin routes are the Operator API now: POST /api/fabric.v1.<Service>/<Method>',
+          ),
+        );
         return;
       }
       sendJson(res, 404, {
@@ -351,6 +228,8 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
     url: `${options.tls === undefined ? 'http' : 'https'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}${options.mcpPath}`,
     close: () =>
       new Promise<void>((resolve) => {
+        // The door's streams (watches) never end on their own: end them with their `end` line.
+        options.api?.close();
         server.close(() => resolve());
         server.closeIdleConnections();
         // SSE streams never go idle on their own; cut what is left after a moment.

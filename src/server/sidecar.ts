@@ -51,7 +51,7 @@ export interface SidecarOptions {
    * Use this backend instead of building an AgentFabric (tests, embedders). It must also serve
    * the admin API.
    */
-  backend?: GatewayBackend & AdminApi;
+  backend?: GatewayBackend & AdminBackend & AdminApi;
   /** Called to close the injected backend's resources on shutdown. */
   closeBackend?: () => Promise<void>;
   /**
@@ -71,7 +71,7 @@ type Closable = { close(): Promise<void> | void };
 /** A running sidecar. */
 export class Sidecar {
   readonly gateway: ToolGateway;
-  readonly backend: GatewayBackend & AdminApi;
+  readonly backend: GatewayBackend & AdminBackend & AdminApi;
   /** The fabric the sidecar built (undefined when a backend was injected). */
   readonly fabric: AgentFabric | undefined;
   /**
@@ -91,7 +91,7 @@ export class Sidecar {
 
   private constructor(parts: {
     gateway: ToolGateway;
-    backend: GatewayBackend & AdminApi;
+    backend: GatewayBackend & AdminBackend & AdminApi;
     fabric: AgentFabric | undefined;
     adminToken: string | undefined;
     statePath: string | undefined;
@@ -190,7 +190,7 @@ export class Sidecar {
           generatedToken = true;
         }
       }
-      let backend: GatewayBackend & AdminApi;
+      let backend: GatewayBackend & AdminBackend & AdminApi;
       let closeBackend: () => Promise<void>;
       let fabric: AgentFabric | undefined;
       if (options.backend) {
@@ -360,6 +360,7 @@ export class Sidecar {
                   fabric,
                   services: fabricServices(fabric, { gateway }),
                   bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
+                  keepAliveMs: h.keepAliveSeconds * 1000,
                 }),
               }),
           metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint)),
@@ -368,7 +369,6 @@ export class Sidecar {
           tls: httpTls,
           headersTimeoutMs: h.headersTimeoutSeconds * 1000,
           requestTimeoutMs: h.requestTimeoutSeconds * 1000,
-          bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
         }).catch((error: unknown) => {
           throw listenError('HTTP', h.host, h.port, error);
         });

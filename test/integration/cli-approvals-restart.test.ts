@@ -4,7 +4,7 @@
  * file in a temp dir, SIGKILL):
  *
  * - a call parked on a `require_approval` policy leaves a pending approval that survives the
- *   kill with the same expiry; the admin API can still approve it afterwards (the decision is
+ *   kill with the same expiry; the Operator API (`/api/`) can still approve it afterwards (the decision is
  *   recorded, the approval shows who decided and that no call waited) — and that decision is not
  *   applied to the agent's next call, which asks for a new approval;
  * - pending approvals restored after the restart still count against `maxPendingPerAgent`;
@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Approval } from '../../src/policy/approval-manager.js';
+import { callApi, listApprovals, type ApiApproval } from '../fixtures/api.js';
 import { EVERYTHING_BIN, tempDir, text, until } from '../fixtures/gateway/harness.js';
 import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
 
@@ -50,18 +51,8 @@ function writeConfig(dir: string, port: number, ttlSeconds: number): void {
   );
 }
 
-async function adminRequest(r: Running, path: string, token = ADMIN, body?: unknown) {
-  return fetch(new URL(path, r.url), {
-    method: body === undefined ? 'GET' : 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-}
-
-async function approvals(r: Running, status?: string): Promise<Approval[]> {
-  const res = await adminRequest(r, `/admin/approvals${status ? `?status=${status}` : ''}`);
-  expect(res.status).toBe(200);
-  return ((await res.json()) as { approvals: Approval[] }).approvals;
+function approvals(r: Running, status?: 'pending'): Promise<ApiApproval[]> {
+  return listApprovals(r.url, ADMIN, status);
 }
 
 /** The approval as written in the state file (read-only, beside the live sidecar). */
@@ -89,7 +80,7 @@ async function park(r: Running, token: string, message: string) {
       (result) => ({ result }),
       (error: unknown) => ({ error }),
     );
-  let parked: Approval | undefined;
+  let parked: ApiApproval | undefined;
   await until(async () => {
     parked = (await approvals(r, 'pending')).find((a) => !before.has(a.id));
     return parked !== undefined;
@@ -128,17 +119,15 @@ describe('agent-fabric serve: approvals and pinned credentials over a state file
       id: parked.id,
       expiresAt: parked.expiresAt,
       createdAt: parked.createdAt,
-      orphaned: true,
     });
+    expect(onDisk(statePath, parked.id)).toMatchObject({ orphaned: true });
 
     // Hostile: an agent's token neither reads nor decides approvals; nothing changes on disk.
-    expect((await adminRequest(second, '/admin/approvals', worker)).status).toBeGreaterThanOrEqual(
-      401,
+    expect((await callApi(second.url, 'ApprovalService/ListApprovals', {}, worker)).status).toBe(
+      403,
     );
-    const forged = await adminRequest(second, `/admin/approvals/${parked.id}/approve`, PINNED, {
-      approver: 'the agent itself',
-    });
-    expect([401, 403]).toContain(forged.status);
+    const forged = await callApi(second.url, 'ApprovalService/Approve', { id: parked.id }, PINNED);
+    expect(forged.status).toBe(403);
     expect(onDisk(statePath, parked.id)?.status).toBe('pending');
 
     // The restored approval counts against maxPendingPerAgent (2): one more parks, then refused.
@@ -149,19 +138,18 @@ describe('agent-fabric serve: approvals and pinned credentials over a state file
     expect(text(refused)).toContain('FABRIC_ERR_APPROVAL_LIMIT');
     expect((await approvals(second, 'pending')).length).toBe(2);
 
-    // The approval of the dead call can still be decided: recorded with its approver…
-    const res = await adminRequest(second, `/admin/approvals/${parked.id}/approve`, ADMIN, {
-      approver: 'alice',
-    });
+    // The approval of the dead call can still be decided: recorded with its approver (the
+    // admin credential's name)…
+    const res = await callApi(second.url, 'ApprovalService/Approve', { id: parked.id }, ADMIN);
     expect(res.status).toBe(200);
     expect(onDisk(statePath, parked.id)).toMatchObject({
       status: 'approved',
-      approver: 'alice',
+      approver: 'admin',
       orphaned: true,
     });
     // …and it does not let the agent's other parked call through: that one has its own approval.
     expect((await approvals(second, 'pending')).map((a) => a.id)).toEqual([fresh.id]);
-    await adminRequest(second, `/admin/approvals/${fresh.id}/deny`, ADMIN, { reason: 'no' });
+    await callApi(second.url, 'ApprovalService/Deny', { id: fresh.id, reason: 'no' }, ADMIN);
     const denied = await waiting;
     expect('result' in denied && text(denied.result as never)).toContain(
       'FABRIC_ERR_APPROVAL_DENIED',

@@ -13,6 +13,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
+import { callApi } from '../fixtures/api.js';
 import { DEFAULT_ALLOW, EVERYTHING_BIN, tempDir, text } from '../fixtures/gateway/harness.js';
 import { cleanUp, connect, freePort, serve, stop } from '../fixtures/state/serve.js';
 
@@ -83,9 +84,7 @@ describe('agent-fabric serve over a state file', () => {
     expect(second.token).toBe(first.token);
     expect(second.adminLine).not.toContain(adminToken);
     expect(second.adminLine).toContain('generated at an earlier start');
-    const admin = await fetch(new URL('/admin/approvals?status=pending', second.url), {
-      headers: { authorization: `Bearer ${adminToken}` },
-    });
+    const admin = await callApi(second.url, 'ApprovalService/ListApprovals', {}, adminToken);
     expect(admin.status).toBe(200);
     const after = await connect(second.url, first.token);
     expect(

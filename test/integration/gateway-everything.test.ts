@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Approval } from '../../src/policy/approval-manager.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  admin,
+  api,
   agentId,
   agentToken,
   alive,
@@ -39,9 +39,11 @@ const APPROVAL_POLICY = {
 };
 
 async function pendingApprovals(sidecar: Sidecar): Promise<Approval[]> {
-  const res = await admin(sidecar, '/admin/approvals?status=pending');
+  const res = await api(sidecar, 'ApprovalService/ListApprovals', {
+    status: 'APPROVAL_STATUS_PENDING',
+  });
   expect(res.status).toBe(200);
-  return ((await res.json()) as { approvals: Approval[] }).approvals;
+  return ((await res.json()) as { approvals?: Approval[] }).approvals ?? [];
 }
 
 describe('gateway with server-everything over Streamable HTTP (real fabric)', () => {
@@ -194,19 +196,17 @@ describe('gateway with server-everything over Streamable HTTP (real fabric)', ()
       reason: 'echoing this needs a human',
     });
     expect(progress[0]?.message).toContain(approval!.id);
-    const res = await admin(sidecar, `/admin/approvals/${approval!.id}/approve`, {
-      approver: 'alice',
-    });
+    const res = await api(sidecar, 'ApprovalService/Approve', { id: approval!.id });
     expect(res.status).toBe(200);
     expect(((await res.json()) as { approval: Approval }).approval).toMatchObject({
-      status: 'approved',
-      approver: 'alice',
+      status: 'APPROVAL_STATUS_APPROVED',
+      approver: 'admin',
     });
     const r = await call;
     expect(r.isError).toBeFalsy();
     expect(text(r)).toBe('Echo: needs approval');
     // A decision is final.
-    const again = await admin(sidecar, `/admin/approvals/${approval!.id}/deny`, {});
+    const again = await api(sidecar, 'ApprovalService/Deny', { id: approval!.id });
     expect(again.status).toBe(409);
   });
 
@@ -214,7 +214,8 @@ describe('gateway with server-everything over Streamable HTTP (real fabric)', ()
     const call = client.callTool({ name: 'ev__echo', arguments: { message: 'needs approval' } });
     let pending: Approval[] = [];
     await until(async () => (pending = await pendingApprovals(sidecar)).length > 0);
-    const res = await admin(sidecar, `/admin/approvals/${pending[0]!.id}/deny`, {
+    const res = await api(sidecar, 'ApprovalService/Deny', {
+      id: pending[0]!.id,
       reason: 'not today',
     });
     expect(res.status).toBe(200);
@@ -332,11 +333,16 @@ describe('approval expiry (real fabric, short approval TTL from the sidecar conf
     const r = await client.callTool({ name: 'fabric__heartbeat', arguments: {} });
     expect(r.isError).toBe(true);
     expect(text(r)).toContain('FABRIC_ERR_APPROVAL_EXPIRED');
-    const res = await admin(sidecar, '/admin/approvals?status=expired');
+    const res = await api(sidecar, 'ApprovalService/ListApprovals', {
+      status: 'APPROVAL_STATUS_EXPIRED',
+    });
     const { approvals } = (await res.json()) as { approvals: Approval[] };
     expect(approvals).toHaveLength(1);
-    expect(approvals[0]).toMatchObject({ tool: 'fabric__heartbeat', status: 'expired' });
-    const late = await admin(sidecar, `/admin/approvals/${approvals[0]!.id}/approve`, {});
+    expect(approvals[0]).toMatchObject({
+      tool: 'fabric__heartbeat',
+      status: 'APPROVAL_STATUS_EXPIRED',
+    });
+    const late = await api(sidecar, 'ApprovalService/Approve', { id: approvals[0]!.id });
     expect(late.status).toBe(409);
     expect(await pendingApprovals(sidecar)).toEqual([]);
   });

@@ -7,7 +7,7 @@ import type { Approval } from '../../src/policy/approval-manager.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { estimateTokens } from '../../src/gateway/tool-costs.js';
 import {
-  admin,
+  api,
   agentId,
   agentToken,
   closeSidecar,
@@ -138,17 +138,17 @@ describe('resource reads, prompt gets, completions and subscriptions pass policy
     const read = client.readResource({ uri: 'demo://resource/dynamic/text/7' });
     let pending: Approval[] = [];
     await until(async () => {
-      const res = await admin(sidecar, '/admin/approvals?status=pending');
-      pending = ((await res.json()) as { approvals: Approval[] }).approvals;
+      const res = await api(sidecar, 'ApprovalService/ListApprovals', {
+        status: 'APPROVAL_STATUS_PENDING',
+      });
+      pending = ((await res.json()) as { approvals?: Approval[] }).approvals ?? [];
       return pending.length === 1;
     });
     expect(pending[0]).toMatchObject({
       tool: 'resources/read',
       params: { uri: 'demo://resource/dynamic/text/7' },
     });
-    const res = await admin(sidecar, `/admin/approvals/${pending[0]!.id}/approve`, {
-      approver: 'alice',
-    });
+    const res = await api(sidecar, 'ApprovalService/Approve', { id: pending[0]!.id });
     expect(res.status).toBe(200);
     expect((await read).contents.length).toBeGreaterThan(0);
   });

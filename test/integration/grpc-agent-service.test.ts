@@ -5,15 +5,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { create, fromJson, toJson, type JsonValue } from '@bufbuild/protobuf';
 import { ValueSchema } from '@bufbuild/protobuf/wkt';
-import {
-  credentials,
-  makeGenericClientConstructor,
-  Metadata,
-  status,
-  type ServiceError,
-} from '@grpc/grpc-js';
+import { status, type Client, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentFabric } from '../../src/fabric.js';
+import type { AgentFabric } from '../../src/fabric.js';
 import {
   ClaimTaskRequestSchema,
   CompleteHookRequestSchema,
@@ -29,58 +23,32 @@ import {
   type CompleteHookResponse,
 } from '../../src/gen/fabric/v1/agent_pb.js';
 import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
-import { startGrpcServer, type GrpcServer } from '../../src/rpc/grpc-server.js';
+import type { GrpcServer } from '../../src/rpc/grpc-server.js';
+import { grpcClient, unary as call } from '../fixtures/grpc-client.js';
+import { startGrpcFabric, type GrpcFabric } from '../fixtures/grpc/fabric-server.js';
 import { TaskStatus } from '../../src/task.js';
 
 const root = new URL('../../', import.meta.url);
-const Client = makeGenericClientConstructor(AGENT_SERVICE_DEFINITION, 'AgentService');
-type Unary = (
-  req: unknown,
-  md: Metadata,
-  cb: (err: ServiceError | null, res: unknown) => void,
-) => void;
-
-/** A real grpc-js client calling `method` with the agent's bearer credential. */
-function call<T>(
-  client: InstanceType<typeof Client>,
-  method: string,
-  req: unknown,
-  credential: string,
-): Promise<T> {
-  const md = new Metadata();
-  if (credential) md.set('authorization', `Bearer ${credential}`);
-  return new Promise((resolve, reject) =>
-    (client as unknown as Record<string, Unary>)[method]!.call(client, req, md, (err, res) =>
-      err ? reject(err) : resolve(res as T),
-    ),
-  );
-}
 
 describe('the agent protocol over gRPC (real server, real grpc-js client, real fabric)', () => {
-  let dir: string;
+  let grpc: GrpcFabric;
   let fabric: AgentFabric;
   let server: GrpcServer;
-  let client: InstanceType<typeof Client>;
+  let client: Client;
   let alice: { id: string; credential: string };
   let bob: { id: string; credential: string };
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'fabric-grpc-'));
-    fabric = new AgentFabric(
-      {},
-      { hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false } },
-    );
+    grpc = await startGrpcFabric('grpc');
+    ({ fabric, server } = grpc);
     alice = await fabric.spawn({ model: 'm', name: 'alice', executor: 'remote' });
     bob = await fabric.spawn({ model: 'm', name: 'bob', executor: 'remote' });
-    server = await startGrpcServer(fabric);
-    client = new Client(server.address, credentials.createInsecure());
+    client = grpcClient(AGENT_SERVICE_DEFINITION, server.address);
   });
 
   afterAll(async () => {
     client?.close();
-    await server?.close();
-    await fabric?.close();
-    await rm(dir, { recursive: true, force: true });
+    await grpc?.close();
   });
 
   it('refuses calls without a valid agent credential', async () => {
@@ -248,12 +216,7 @@ describe('a Python agent over gRPC (cross-language)', () => {
   it.runIf(pythonGrpc || process.env.CI !== undefined)(
     'runs its hook and a task from Python',
     async () => {
-      const dir = await mkdtemp(join(tmpdir(), 'fabric-py-'));
-      const fabric = new AgentFabric(
-        {},
-        { hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false } },
-      );
-      const server = await startGrpcServer(fabric);
+      const { dir, fabric, server, close } = await startGrpcFabric('py');
       try {
         const agent = await fabric.spawn({ model: 'm', name: 'py', executor: 'remote' });
         const hook = await fabric.hooks!.createHook({
@@ -315,9 +278,7 @@ describe('a Python agent over gRPC (cross-language)', () => {
           costUsed: 0.5,
         });
       } finally {
-        await server.close();
-        await fabric.close();
-        await rm(dir, { recursive: true, force: true });
+        await close();
       }
     },
   );
@@ -328,7 +289,7 @@ describe('the sidecar’s gRPC listener', () => {
     const { startTestSidecar, closeSidecar, agentToken } =
       await import('../fixtures/gateway/harness.js');
     const sidecar = await startTestSidecar({ grpc: { port: 0 }, agents: [{ name: 'g' }] });
-    const c = new Client(sidecar.grpcAddress!, credentials.createInsecure());
+    const c = grpcClient(AGENT_SERVICE_DEFINITION, sidecar.grpcAddress!);
     try {
       const hb = await call<HeartbeatResponse>(
         c,

@@ -3,19 +3,10 @@
  * and fabric: usage, hook progress, the hook's error, the notice of tasks the fabric ended, and
  * what an agent learns (nothing) about tasks and hooks that are not its own.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { create } from '@bufbuild/protobuf';
-import {
-  credentials,
-  makeGenericClientConstructor,
-  Metadata,
-  status,
-  type ServiceError,
-} from '@grpc/grpc-js';
+import { status, type Client, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentFabric } from '../../src/fabric.js';
+import type { AgentFabric } from '../../src/fabric.js';
 import {
   ActivateHookRequestSchema,
   ClaimTaskRequestSchema,
@@ -32,64 +23,30 @@ import {
   type ReportProgressResponse,
 } from '../../src/gen/fabric/v1/agent_pb.js';
 import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
-import { startGrpcServer, type GrpcServer } from '../../src/rpc/grpc-server.js';
+import type { GrpcServer } from '../../src/rpc/grpc-server.js';
+import { failure, grpcClient, unary as call } from '../fixtures/grpc-client.js';
+import { startGrpcFabric, type GrpcFabric } from '../fixtures/grpc/fabric-server.js';
 import { TaskStatus } from '../../src/task.js';
 
-const Client = makeGenericClientConstructor(AGENT_SERVICE_DEFINITION, 'AgentService');
-type Unary = (
-  req: unknown,
-  md: Metadata,
-  cb: (err: ServiceError | null, res: unknown) => void,
-) => void;
-
-function call<T>(
-  client: InstanceType<typeof Client>,
-  method: string,
-  req: unknown,
-  credential: string,
-): Promise<T> {
-  const md = new Metadata();
-  md.set('authorization', `Bearer ${credential}`);
-  return new Promise((resolve, reject) =>
-    (client as unknown as Record<string, Unary>)[method]!.call(client, req, md, (err, res) =>
-      err ? reject(err) : resolve(res as T),
-    ),
-  );
-}
-
-const failure = (p: Promise<unknown>): Promise<ServiceError> =>
-  p.then(
-    () => {
-      throw new Error('expected the call to fail');
-    },
-    (e: ServiceError) => e,
-  );
-
 describe('agent-side RPCs over gRPC', () => {
-  let dir: string;
+  let grpc: GrpcFabric;
   let fabric: AgentFabric;
   let server: GrpcServer;
-  let client: InstanceType<typeof Client>;
+  let client: Client;
   let alice: { id: string; credential: string };
   let bob: { id: string; credential: string };
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'fabric-grpc-side-'));
-    fabric = new AgentFabric(
-      {},
-      { hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false } },
-    );
+    grpc = await startGrpcFabric('grpc-side');
+    ({ fabric, server } = grpc);
     alice = await fabric.spawn({ model: 'm', name: 'alice', executor: 'remote' });
     bob = await fabric.spawn({ model: 'm', name: 'bob', executor: 'remote' });
-    server = await startGrpcServer(fabric);
-    client = new Client(server.address, credentials.createInsecure());
+    client = grpcClient(AGENT_SERVICE_DEFINITION, server.address);
   });
 
   afterAll(async () => {
     client?.close();
-    await server?.close();
-    await fabric?.close();
-    await rm(dir, { recursive: true, force: true });
+    await grpc?.close();
   });
 
   it('records usage against the calling agent only, and refuses bad amounts', async () => {

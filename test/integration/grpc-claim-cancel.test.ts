@@ -5,15 +5,7 @@
  * arrive around the moment each call's deadline passes, many times over.
  */
 import { create } from '@bufbuild/protobuf';
-import {
-  credentials,
-  makeGenericClientConstructor,
-  Metadata,
-  Server,
-  ServerCredentials,
-  status,
-  type ServiceError,
-} from '@grpc/grpc-js';
+import { Server, ServerCredentials, status, type Client, type ServiceError } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import type { AgentService } from '../../src/gen/fabric/v1/agent_pb.js';
@@ -26,40 +18,29 @@ import { AGENT_SERVICE_DEFINITION, agentService } from '../../src/rpc/agent-serv
 import { addGrpcService, type ServiceImplementation } from '../../src/rpc/rpc-call.js';
 import { startGrpcServer, type GrpcServer } from '../../src/rpc/grpc-server.js';
 import { TaskStatus } from '../../src/task.js';
+import { grpcClient, unary } from '../fixtures/grpc-client.js';
 
-const Client = makeGenericClientConstructor(AGENT_SERVICE_DEFINITION, 'AgentService');
-type Unary = (
-  req: unknown,
-  md: Metadata,
-  options: { deadline?: number },
-  cb: (err: ServiceError | null, res: unknown) => void,
-) => { cancel(): void };
-
+/** A ClaimTask-style call with a deadline, or cancelled by the client after `cancelAfterMs`. */
 function call<T>(
-  client: InstanceType<typeof Client>,
+  client: Client,
   method: string,
   req: unknown,
   credential: string,
   options: { deadline?: number; cancelAfterMs?: number } = {},
 ): Promise<T> {
-  const md = new Metadata();
-  md.set('authorization', `Bearer ${credential}`);
-  return new Promise((resolve, reject) => {
-    const c = (client as unknown as Record<string, Unary>)[method]!.call(
-      client,
-      req,
-      md,
-      options.deadline === undefined ? {} : { deadline: options.deadline },
-      (err, res) => (err ? reject(err) : resolve(res as T)),
-    );
-    if (options.cancelAfterMs !== undefined) setTimeout(() => c.cancel(), options.cancelAfterMs);
+  const { deadline, cancelAfterMs } = options;
+  return unary<T>(client, method, req, credential, {
+    ...(deadline === undefined ? {} : { deadline }),
+    ...(cancelAfterMs === undefined
+      ? {}
+      : { started: (c) => void setTimeout(() => c.cancel(), cancelAfterMs) }),
   });
 }
 
 describe('ClaimTask cut off by the client', () => {
   let fabric: AgentFabric | undefined;
   let server: GrpcServer | undefined;
-  let client: InstanceType<typeof Client> | undefined;
+  let client: Client | undefined;
 
   afterEach(async () => {
     client?.close();
@@ -72,7 +53,7 @@ describe('ClaimTask cut off by the client', () => {
     fabric = new AgentFabric({ maxConcurrentTasksPerAgent: 2 });
     const agent = await fabric.spawn({ model: 'm', name: 'w', executor: 'remote' });
     server = await startGrpcServer(fabric);
-    client = new Client(server.address, credentials.createInsecure());
+    client = grpcClient(AGENT_SERVICE_DEFINITION, server.address);
     const delivered = new Set<string>();
     const scheduled: string[] = [];
     for (let i = 0; i < RUNS; i++) {
@@ -140,7 +121,7 @@ describe('ClaimTask cut off by the client', () => {
         e ? reject(e) : resolve(p),
       ),
     );
-    client = new Client(`127.0.0.1:${port}`, credentials.createInsecure());
+    client = grpcClient(AGENT_SERVICE_DEFINITION, `127.0.0.1:${port}`);
     try {
       const scheduled: string[] = [];
       fabric.scheduler.events.on('task.scheduled', (t) => scheduled.push(t.id));
@@ -166,7 +147,7 @@ describe('ClaimTask cut off by the client', () => {
       client.close();
       client = undefined;
       server = await startGrpcServer(fabric);
-      client = new Client(server.address, credentials.createInsecure());
+      client = grpcClient(AGENT_SERVICE_DEFINITION, server.address);
       await everyUndeliveredTaskIsBack(agent, scheduled, new Set());
     } finally {
       grpc.forceShutdown();

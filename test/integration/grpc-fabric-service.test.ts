@@ -1,20 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { create, fromJson, toJson, type DescMessage, type JsonValue } from '@bufbuild/protobuf';
 import { durationFromMs, ValueSchema } from '@bufbuild/protobuf/wkt';
-import {
-  credentials,
-  makeGenericClientConstructor,
-  Metadata,
-  status,
-  type Client,
-  type ClientUnaryCall,
-  type ServiceError,
-} from '@grpc/grpc-js';
+import { status, type Client, type ClientUnaryCall } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { AgentFabric } from '../../src/fabric.js';
+import type { AgentFabric } from '../../src/fabric.js';
 import {
   ClaimTaskRequestSchema,
   CompleteTaskRequestSchema,
@@ -40,54 +30,17 @@ import {
 import { HookStatus, TaskStatus } from '../../src/gen/fabric/v1/fabric_types_pb.js';
 import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
 import { grpcDefinition } from '../../src/rpc/grpc-definition.js';
-import { startGrpcServer, type GrpcServer } from '../../src/rpc/grpc-server.js';
+import type { GrpcServer } from '../../src/rpc/grpc-server.js';
+import { failure, grpcClient, unary as call } from '../fixtures/grpc-client.js';
+import { startGrpcFabric, type GrpcFabric } from '../fixtures/grpc/fabric-server.js';
 
 const ADMIN = 'admin-credential-for-the-fabric-service-test';
-const FabricClient = makeGenericClientConstructor(grpcDefinition(FabricService), 'FabricService');
-const AgentClient = makeGenericClientConstructor(AGENT_SERVICE_DEFINITION, 'AgentService');
-type Unary = (
-  req: unknown,
-  md: Metadata,
-  options: { deadline?: number },
-  cb: (err: ServiceError | null, res: unknown) => void,
-) => ClientUnaryCall;
-
-/** Calls `method` of `client` (a real grpc-js client) with `credential`. */
-function call<T>(
-  client: Client,
-  method: string,
-  req: unknown,
-  credential: string,
-  options: { deadline?: number; started?: (c: ClientUnaryCall) => void } = {},
-): Promise<T> {
-  const md = new Metadata();
-  if (credential) md.set('authorization', `Bearer ${credential}`);
-  return new Promise((resolve, reject) => {
-    const c = (client as unknown as Record<string, Unary>)[method]!.call(
-      client,
-      req,
-      md,
-      options.deadline === undefined ? {} : { deadline: options.deadline },
-      (err, res) => (err ? reject(err) : resolve(res as T)),
-    );
-    options.started?.(c);
-  });
-}
-
-const failure = (p: Promise<unknown>): Promise<ServiceError> =>
-  p.then(
-    () => {
-      throw new Error('the call succeeded');
-    },
-    (e: ServiceError) => e,
-  );
-
 const value = (v: JsonValue) => fromJson(ValueSchema, v);
 const input = <D extends DescMessage>(schema: D, json: JsonValue) => fromJson(schema, json);
 const method = (name: string) => FabricService.methods.find((m) => m.localName === name)!;
 
 describe('FabricService over gRPC (real server, real grpc-js clients, real fabric and git)', () => {
-  let dir: string;
+  let grpc: GrpcFabric;
   let fabric: AgentFabric;
   let server: GrpcServer;
   let admin: Client;
@@ -95,26 +48,20 @@ describe('FabricService over gRPC (real server, real grpc-js clients, real fabri
   let outsider: { id: string; credential: string };
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'fabric-svc-'));
-    fabric = new AgentFabric(
-      {},
-      {
-        adminCredentials: [ADMIN],
-        hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false },
-      },
-    );
+    grpc = await startGrpcFabric('svc', {
+      adminCredentials: [ADMIN],
+      server: { maxWaitTaskSeconds: 30 },
+    });
+    ({ fabric, server } = grpc);
     outsider = await fabric.spawn({ model: 'm', name: 'outsider', executor: 'remote' });
-    server = await startGrpcServer(fabric, { maxWaitTaskSeconds: 30 });
-    admin = new FabricClient(server.address, credentials.createInsecure());
-    agents = new AgentClient(server.address, credentials.createInsecure());
+    admin = grpcClient(grpcDefinition(FabricService), server.address);
+    agents = grpcClient(AGENT_SERVICE_DEFINITION, server.address);
   });
 
   afterAll(async () => {
     admin?.close();
     agents?.close();
-    await server?.close();
-    await fabric?.close();
-    await rm(dir, { recursive: true, force: true });
+    await grpc?.close();
   });
 
   it('refuses every method to an agent credential (PERMISSION_DENIED) and to none (UNAUTHENTICATED), changing nothing', async () => {
@@ -492,7 +439,7 @@ describe('FabricService over gRPC (real server, real grpc-js clients, real fabri
 
     const log = execFileSync(
       'git',
-      ['--git-dir', join(dir, 'hooks', '.git'), 'log', '--format=%s', 'refs/fabric/hooks'],
+      ['--git-dir', join(grpc.dir, 'hooks', '.git'), 'log', '--format=%s', 'refs/fabric/hooks'],
       { encoding: 'utf8' },
     );
     expect(log).toContain(hook!.hookId);

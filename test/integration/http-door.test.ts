@@ -10,6 +10,7 @@ import { ToolService } from '../../src/gen/fabric/v1/tool_pb.js';
 import { HttpDoor } from '../../src/rpc/http-door.js';
 import { fabricServices } from '../../src/rpc/services.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { postJson } from '../fixtures/api.js';
 import { ADMIN_TOKEN, closeSidecar, startTestSidecar } from '../fixtures/gateway/harness.js';
 
 type ErrorBody = { code: string; kind: string; message: string; details: Record<string, unknown> };
@@ -29,16 +30,7 @@ describe('the HTTP door: the gRPC services as JSON over the sidecar HTTP server'
     body: unknown,
     credential: string | null = ADMIN_TOKEN,
     init: RequestInit = {},
-  ): Promise<Response> =>
-    fetch(new URL(path, base), {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        ...(credential === null ? {} : { authorization: `Bearer ${credential}` }),
-      },
-      body: typeof body === 'string' ? body : JSON.stringify(body),
-      ...init,
-    });
+  ): Promise<Response> => postJson(new URL(path, base), body, credential, init);
 
   const ok = async <T>(res: Response | Promise<Response>): Promise<T> => {
     const r = await res;
@@ -56,7 +48,7 @@ describe('the HTTP door: the gRPC services as JSON over the sidecar HTTP server'
     return body;
   };
 
-  it('serves every unary method of every registered service, and only those', () => {
+  it('serves every unary and server-streaming method of every registered service', () => {
     const door = new HttpDoor({
       fabric: sidecar.fabric!,
       services: fabricServices(sidecar.fabric!),
@@ -68,13 +60,12 @@ describe('the HTTP door: the gRPC services as JSON over the sidecar HTTP server'
       PolicyService,
       ApprovalService,
       BudgetService,
-      EventService, // streaming only: nothing on this door
-    ].flatMap((s) =>
-      s.methods.filter((m) => m.methodKind === 'unary').map((m) => `/api/${s.typeName}/${m.name}`),
-    );
+      EventService,
+    ].flatMap((s) => s.methods.map((m) => `/api/${s.typeName}/${m.name}`));
     expect(door.paths.sort()).toEqual(expected.sort());
     expect(door.paths).toContain('/api/fabric.v1.ApprovalService/ListApprovals');
-    expect(door.paths).not.toContain('/api/fabric.v1.EventService/Watch');
+    expect(door.paths).toContain('/api/fabric.v1.EventService/Watch');
+    expect(door.paths).toContain('/api/fabric.v1.ApprovalService/Watch');
   });
 
   it('serves the admin services as the same implementation: budgets set over HTTP read back over HTTP', async () => {
@@ -238,7 +229,7 @@ describe('the HTTP door: the gRPC services as JSON over the sidecar HTTP server'
     await ok(rpc('fabric.v1.FabricService/ListPools', {}));
   });
 
-  it('answers unknown services and methods, streaming-free GETs and other verbs with 404 JSON', async () => {
+  it('answers unknown services and methods, GETs and other verbs with 404 JSON', async () => {
     await refused(
       rpc('fabric.v1.FabricService/NoSuchMethod', {}),
       404,

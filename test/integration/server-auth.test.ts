@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   ADMIN_TOKEN,
-  admin,
+  api,
   agentId,
   agentToken,
   closeSidecar,
@@ -60,27 +60,60 @@ describe('sidecar HTTP authentication (real fabric identities)', () => {
     expect(((await res.json()) as ErrorBody).error.message).toContain('agent credential');
   });
 
-  it('refuses admin routes without the admin credential (401 without, 403 for an agent)', async () => {
-    const none = await fetch(new URL('/admin/approvals', sidecar.url));
+  it('refuses the Operator API without the admin credential (401 without, 403 for an agent)', async () => {
+    const none = await fetch(new URL('/api/fabric.v1.ApprovalService/ListApprovals', sidecar.url), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{}',
+    });
     expect(none.status).toBe(401);
-    const wrong = await admin(sidecar, '/admin/approvals', undefined, 'not-the-admin-token');
+    const wrong = await api(sidecar, 'ApprovalService/ListApprovals', {}, 'not-the-admin-token');
     expect(wrong.status).toBe(401);
-    const asAgent = await admin(
+    const asAgent = await api(
       sidecar,
-      '/admin/approvals',
-      undefined,
+      'ApprovalService/ListApprovals',
+      {},
       agentToken(sidecar, 'owner'),
     );
     expect(asAgent.status).toBe(403);
-    expect(((await asAgent.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_PERMISSION_DENIED');
+    expect(((await asAgent.json()) as ErrorBody['error']).code).toBe(
+      'FABRIC_ERR_PERMISSION_DENIED',
+    );
   });
 
-  it('spawns an agent over the admin API whose credential opens a session', async () => {
-    const res = await admin(sidecar, '/admin/agents', { name: 'spawned' });
-    expect(res.status).toBe(201);
-    const { id, credential } = (await res.json()) as { id: string; credential: string };
-    expect(await sidecar.fabric!.getAgentInfo(id)).toMatchObject({ name: 'spawned' });
-    const client = await httpClient(sidecar.url!, credential);
+  it('answers the retired /admin/ routes 404 naming the Operator API', async () => {
+    for (const [method, path] of [
+      ['GET', '/admin/approvals?status=pending'],
+      ['POST', '/admin/agents'],
+      ['DELETE', `/admin/agents/${agentId(sidecar, 'owner')}`],
+    ] as const) {
+      const res = await fetch(new URL(path, sidecar.url), {
+        method,
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
+        ...(method === 'POST' ? { body: JSON.stringify({ name: 'via-old-route' }) } : {}),
+      });
+      expect(res.status).toBe(404);
+      const { error } = (await res.json()) as ErrorBody;
+      expect(error.code).toBe('FABRIC_ERR_ROUTE_NOT_FOUND');
+      expect(error.message).toContain('/api/');
+    }
+    // Nothing was done by them.
+    expect((await sidecar.fabric!.listAgents()).map((a) => a.name)).not.toContain('via-old-route');
+    expect((await sidecar.fabric!.getAgentInfo(agentId(sidecar, 'owner'))).status).not.toBe(
+      'TERMINATED',
+    );
+  });
+
+  it('spawns an agent over the Operator API whose credential opens a session', async () => {
+    const res = await api(sidecar, 'FabricService/SpawnAgent', { name: 'spawned', model: 'm' });
+    expect(res.status).toBe(200);
+    const { spawned } = (await res.json()) as {
+      spawned: { agent: { agentId: string }; credential: string };
+    };
+    expect(await sidecar.fabric!.getAgentInfo(spawned.agent.agentId)).toMatchObject({
+      name: 'spawned',
+    });
+    const client = await httpClient(sidecar.url!, spawned.credential);
     try {
       expect((await client.listTools()).tools.length).toBeGreaterThan(0);
     } finally {
@@ -88,66 +121,75 @@ describe('sidecar HTTP authentication (real fabric identities)', () => {
     }
   });
 
-  it('lists and shows agents over the admin API, never their credentials', async () => {
-    const list = await admin(sidecar, '/admin/agents');
+  it('lists and shows agents over the Operator API, never their credentials', async () => {
+    const list = await api(sidecar, 'FabricService/ListAgents');
     expect(list.status).toBe(200);
     const text = await list.text();
     expect(text).not.toContain(agentToken(sidecar, 'owner'));
     expect(text).not.toContain('credential');
-    const { agents } = JSON.parse(text) as { agents: { id: string; name: string }[] };
+    const { agents } = JSON.parse(text) as { agents: { agentId: string; name: string }[] };
     expect(agents.map((a) => a.name)).toEqual(expect.arrayContaining(['owner', 'intruder']));
 
-    const bogus = await admin(sidecar, '/admin/agents?status=SLEEPING');
+    const bogus = await api(sidecar, 'FabricService/ListAgents', { status: 'SLEEPING' });
     expect(bogus.status).toBe(400);
-    expect(((await bogus.json()) as ErrorBody).error.message).toContain('status');
+    expect(((await bogus.json()) as ErrorBody['error']).message).toContain('SLEEPING');
 
-    const one = await admin(sidecar, `/admin/agents/${agentId(sidecar, 'owner')}`);
+    const owner = agentId(sidecar, 'owner');
+    const one = await api(sidecar, 'FabricService/GetAgent', { agentId: owner });
     expect(one.status).toBe(200);
-    expect(await one.json()).toMatchObject({
-      agent: { id: agentId(sidecar, 'owner'), name: 'owner' },
-      budget: { scope: `agent:${agentId(sidecar, 'owner')}`, tokensUsed: 0 },
+    expect(await one.json()).toMatchObject({ agent: { agentId: owner, name: 'owner' } });
+    const budget = await api(sidecar, 'BudgetService/GetBudgetStatus', {
+      scope: { agentId: owner },
     });
+    expect(await budget.json()).toMatchObject({ status: { scope: `agent:${owner}` } });
     const { status } = (
-      (await (await admin(sidecar, `/admin/agents/${agentId(sidecar, 'intruder')}`)).json()) as {
-        agent: { status: string };
-      }
+      (await (
+        await api(sidecar, 'FabricService/GetAgent', { agentId: agentId(sidecar, 'intruder') })
+      ).json()) as { agent: { status: string } }
     ).agent;
-    const filtered = await admin(sidecar, `/admin/agents?status=${status}`);
+    const filtered = await api(sidecar, 'FabricService/ListAgents', { status });
     const names = ((await filtered.json()) as { agents: { name: string; status: string }[] })
       .agents;
     expect(names.map((a) => a.name)).toContain('intruder');
     expect(names.every((a) => a.status === status)).toBe(true);
 
-    const unknown = await admin(sidecar, '/admin/agents/no-such-agent');
+    const unknown = await api(sidecar, 'FabricService/GetAgent', { agentId: 'no-such-agent' });
     expect(unknown.status).toBe(404);
-    expect(((await unknown.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_AGENT_NOT_FOUND');
-
-    // A malformed escape in the path is a bad request, not a server error.
-    const malformed = await admin(sidecar, '/admin/agents/%E0%A4%A');
-    expect(malformed.status).toBe(400);
-    expect(((await malformed.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_INVALID_ARGUMENT');
+    expect(((await unknown.json()) as ErrorBody['error']).code).toBe('FABRIC_ERR_AGENT_NOT_FOUND');
   });
 
-  it('terminates an agent over the admin API: its calls stop, then its credential', async () => {
-    const spawned = await admin(sidecar, '/admin/agents', { name: 'to-revoke' });
-    const { id, credential } = (await spawned.json()) as { id: string; credential: string };
+  it('terminates an agent over the Operator API: its calls stop, then its credential', async () => {
+    const spawned = await api(sidecar, 'FabricService/SpawnAgent', {
+      name: 'to-revoke',
+      model: 'm',
+    });
+    const {
+      spawned: {
+        agent: { agentId: id },
+        credential,
+      },
+    } = (await spawned.json()) as { spawned: { agent: { agentId: string }; credential: string } };
     const client = await httpClient(sidecar.url!, credential);
     try {
       const ok = await client.callTool({ name: 'ev__echo', arguments: { message: 'hi' } });
       expect(ok.isError).toBeFalsy();
-      const del = (query: string, token = ADMIN_TOKEN): Promise<Response> =>
-        fetch(new URL(`/admin/agents/${id}${query}`, sidecar.url), {
-          method: 'DELETE',
-          headers: { authorization: `Bearer ${token}` },
-        });
-      expect((await del('', credential)).status).toBe(403); // an agent cannot do it
-      expect((await del('?drainTimeoutSeconds=soon')).status).toBe(400);
-      const res = await del('?drainTimeoutSeconds=0');
+      const del = (drainTimeout: unknown, token = ADMIN_TOKEN): Promise<Response> =>
+        api(
+          sidecar,
+          'FabricService/TerminateAgent',
+          { agentId: id, ...(drainTimeout === undefined ? {} : { drainTimeout }) },
+          token,
+        );
+      expect((await del(undefined, credential)).status).toBe(403); // an agent cannot do it
+      expect((await del('soon')).status).toBe(400);
+      const res = await del('0s');
       expect(res.status).toBe(200);
-      expect(await res.json()).toMatchObject({ agent: { id, status: 'TERMINATED' } });
+      expect(await res.json()).toMatchObject({
+        agent: { agentId: id, status: 'AGENT_STATUS_TERMINATED' },
+      });
       // Its open session (the SDK client holds an SSE stream) is closed with it.
       await until(() => ![...sidecar.gateway.sessions].some((x) => x.identity.agentId === id));
-      expect((await del('')).status).toBe(200); // again: returns it, no error
+      expect((await del(undefined)).status).toBe(200); // again: returns it, no error
 
       const refused = await post({ authorization: `Bearer ${credential}` });
       expect(refused.status).toBe(401);

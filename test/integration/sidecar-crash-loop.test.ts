@@ -13,7 +13,7 @@
  *   sent for the attempt that ended it; a completion that was answered is that end (no task ended
  *   twice, none lost);
  * - a call parked for approval before the first kill left an approval that is still pending
- *   with the same expiry (its TTL is an hour; it cannot expire during the test), via the admin
+ *   with the same expiry (its TTL is an hour; it cannot expire during the test), via the Operator
  *   API and on disk;
  * - a claim held across each kill (never completed) was retried: a later attempt ended the task,
  *   and the old attempt's completion after the restart is refused with FABRIC_ERR_TASK_STATE;
@@ -25,6 +25,7 @@ import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
+import { listApprovals, type ApiApproval } from '../fixtures/api.js';
 import { DEFAULT_ALLOW, EVERYTHING_BIN, tempDir, until } from '../fixtures/gateway/harness.js';
 import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
 
@@ -83,20 +84,9 @@ async function door<T>(r: Running, method: string, body: unknown): Promise<T> {
   return json;
 }
 
-interface Approval {
-  id: string;
-  status: string;
-  expiresAt: number;
-  createdAt: number;
-}
-
-/** Pending approvals, through the admin API. */
-async function pending(r: Running): Promise<Approval[]> {
-  const res = await fetch(new URL('/admin/approvals?status=pending', r.url), {
-    headers: { authorization: `Bearer ${ADMIN}` },
-  });
-  expect(res.status).toBe(200);
-  return ((await res.json()) as { approvals: Approval[] }).approvals;
+/** Pending approvals, through the HTTP door (`ApprovalService/ListApprovals`). */
+function pending(r: Running): Promise<ApiApproval[]> {
+  return listApprovals(r.url, ADMIN, 'pending');
 }
 
 interface TaskInfo {
@@ -227,7 +217,7 @@ function onDisk(path: string, scopes: string[]) {
     const approvals = db
       .prepare<[], { data: string }>("SELECT data FROM records WHERE kind = 'approval'")
       .all()
-      .map((row) => JSON.parse(row.data) as Approval);
+      .map((row) => JSON.parse(row.data) as ApiApproval);
     return { tasks, approvals, cost: scopes.reduce((sum, scope) => sum + cost(scope), 0) };
   } finally {
     db.close();

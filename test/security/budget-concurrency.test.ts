@@ -11,8 +11,8 @@ import { McpError, type CallToolResult } from '@modelcontextprotocol/sdk/types.j
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  ADMIN_TOKEN,
   agentId,
+  api,
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
@@ -318,9 +318,9 @@ describe('token budgets hold under concurrency (server-filesystem, real fabric)'
     expect((await read(c, small)).isError).toBeFalsy();
     const estimates = sidecar.gateway.tokenEstimates;
     const before = estimates.agentCount;
-    const res = await fetch(new URL(`/admin/agents/${id}?drainTimeoutSeconds=0`, sidecar.url), {
-      method: 'DELETE',
-      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    const res = await api(sidecar, 'FabricService/TerminateAgent', {
+      agentId: id,
+      drainTimeout: '0s',
     });
     expect(res.status).toBe(200);
     await until(() => estimates.agentCount === before - 1);

@@ -24,7 +24,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   ADMIN_TOKEN,
-  admin,
+  api,
   agentId,
   agentToken,
   CLI_MAIN,
@@ -214,8 +214,10 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
       .length;
 
   async function pendingApprovals(): Promise<{ id: string }[]> {
-    const res = await admin(sidecar, '/admin/approvals?status=pending');
-    return ((await res.json()) as { approvals: { id: string }[] }).approvals;
+    const res = await api(sidecar, 'ApprovalService/ListApprovals', {
+      status: 'APPROVAL_STATUS_PENDING',
+    });
+    return ((await res.json()) as { approvals?: { id: string }[] }).approvals ?? [];
   }
 
   describe('DNS rebinding: Host and Origin', () => {
@@ -312,21 +314,19 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
       }
     });
 
-    it('guards the admin API and /metrics too; /healthz stays open', async () => {
-      const agentsBefore = (await (await admin(sidecar, '/admin/agents')).json()) as {
-        agents: unknown[];
-      };
+    it('guards the Operator API and /metrics too; /healthz stays open', async () => {
+      const listAgents = async (): Promise<{ agents: unknown[] }> =>
+        (await (await api(sidecar, 'FabricService/ListAgents')).json()) as { agents: unknown[] };
+      const agentsBefore = await listAgents();
       const evil = { host: `evil.example:${port}`, authorization: `Bearer ${ADMIN_TOKEN}` };
       const spawn = await raw({
-        path: '/admin/agents',
+        path: '/api/fabric.v1.FabricService/SpawnAgent',
         headers: { ...evil, 'content-type': 'application/json' },
         body: JSON.stringify({ name: 'rebound' }),
       });
       expect(spawn.status).toBe(403);
-      expect(JSON.parse(spawn.body).error.code).toBe('FABRIC_ERR_HOST_NOT_ALLOWED');
-      const agentsAfter = (await (await admin(sidecar, '/admin/agents')).json()) as {
-        agents: unknown[];
-      };
+      expect(JSON.parse(spawn.body).code).toBe('FABRIC_ERR_HOST_NOT_ALLOWED');
+      const agentsAfter = await listAgents();
       expect(agentsAfter.agents.length).toBe(agentsBefore.agents.length); // nothing spawned
       const origin = { origin: 'http://evil.example', authorization: `Bearer ${ADMIN_TOKEN}` };
       expect((await raw({ method: 'GET', path: '/metrics', headers: evil })).status).toBe(403);
@@ -621,7 +621,7 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
       expect(JSON.parse(fake.body)).toMatchObject({ id: 78, error: { code: -32601 } });
       expect(await metric('agent_fabric_mcp_http_requests_in_flight')).toBe(1);
       const [approval] = await pendingApprovals();
-      await admin(sidecar, `/admin/approvals/${approval!.id}/deny`, { reason: 'test' });
+      await api(sidecar, 'ApprovalService/Deny', { id: approval!.id, reason: 'test' });
       const answer = await held;
       expect(answer.status).toBe(200);
       expect(JSON.parse(answer.body)).toMatchObject({ id: 77, result: { isError: true } });
@@ -737,7 +737,7 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
       await until(async () => (await pendingApprovals()).length === 1);
       await new Promise((r) => setTimeout(r, 2500));
       const [approval] = await pendingApprovals();
-      await admin(sidecar, `/admin/approvals/${approval!.id}/approve`, {});
+      await api(sidecar, 'ApprovalService/Approve', { id: approval!.id });
       const answer = await held;
       expect(answer.status).toBe(200);
       expect(JSON.parse(answer.body)).toMatchObject({
@@ -837,7 +837,7 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
       expect((await post(token, { jsonrpc: '2.0', id: 101, method: 'ping' }, s2)).status).toBe(200);
       // Deciding the rest answers every held POST.
       for (const a of await pendingApprovals()) {
-        await admin(sidecar, `/admin/approvals/${a.id}/deny`, { reason: 'test over' });
+        await api(sidecar, 'ApprovalService/Deny', { id: a.id, reason: 'test over' });
       }
       const rest = await Promise.all(held.slice(1));
       for (const r of rest) expect(r.status).toBe(200);

@@ -16,7 +16,7 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  admin,
+  ADMIN_TOKEN,
   agentToken,
   alive,
   CLI_MAIN,
@@ -203,7 +203,9 @@ describe('input bounds over Streamable HTTP (real sidecar, real filesystem serve
   }
 
   it('counts the refusals in the metrics (unknown names folded into one label)', async () => {
-    const res = await admin(sidecar, '/metrics');
+    const res = await fetch(new URL('/metrics', sidecar.url), {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
     const body = await res.text();
     const count = (tool: string): number =>
       Number(

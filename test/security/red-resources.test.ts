@@ -26,7 +26,7 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  admin,
+  ADMIN_TOKEN,
   agentId,
   agentToken,
   closeSidecar,
@@ -76,7 +76,9 @@ describe('resources an agent can make the sidecar hold (real sidecar)', () => {
 
   /** The sidecar's metrics as `name{labels}` → value. */
   async function metrics(): Promise<Map<string, number>> {
-    const res = await admin(sidecar, '/metrics');
+    const res = await fetch(new URL('/metrics', sidecar.url), {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
     const out = new Map<string, number>();
     for (const line of (await res.text()).split('\n')) {
       if (line === '' || line.startsWith('#')) continue;

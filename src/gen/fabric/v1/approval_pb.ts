@@ -55,7 +55,7 @@ export type Approval = Message<"fabric.v1.Approval"> & {
 
   /**
    * The call's parameters as a JSON object: the copy the approval holds (what the policy decided
-   * on), as the `/admin/approvals` HTTP routes show them; not masked.
+   * on); not masked.
    * Numbers are doubles, as the fabric holds them (a call's arguments are parsed as JSON, so an
    * integer above 2^53 was rounded when the call arrived).
    *

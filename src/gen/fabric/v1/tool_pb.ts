@@ -153,7 +153,10 @@ export type CallToolRequest = Message<"fabric.v1.CallToolRequest"> & {
     /**
      * The arguments as UTF-8 JSON text of an object. Its numbers reach the sidecar as written;
      * the sidecar reads JSON as JavaScript does (IEEE doubles), so an integer it cannot carry
-     * exactly (beyond ±(2^53-1)) is refused with INVALID_ARGUMENT rather than changed.
+     * exactly (beyond ±(2^53-1)) is refused with INVALID_ARGUMENT rather than changed. (Not kept
+     * as a bigint like FabricService's payload_json: the arguments are forwarded to the upstream
+     * as MCP JSON-RPC, which the MCP SDK's transports write with JSON.stringify, and on Node 20
+     * that cannot write such an integer exactly.)
      * Malformed JSON, or JSON that is not an object, is INVALID_ARGUMENT.
      *
      * @generated from field: bytes arguments_json = 3;
