@@ -24,8 +24,15 @@ import {
 } from './errors.js';
 import type { AgentRecord } from './lifecycle/lifecycle-manager.js';
 import { LifecycleManager, hashCredential } from './lifecycle/lifecycle-manager.js';
-import type { PoolChange, PoolConfig, PoolInfo, PoolRecord } from './pools/pool-manager.js';
+import type {
+  PoolChange,
+  PoolConfig,
+  PoolInfo,
+  PoolManagerOptions,
+  PoolRecord,
+} from './pools/pool-manager.js';
 import { PoolManager } from './pools/pool-manager.js';
+import type { PoolProvider } from './pools/pool-provider.js';
 import type { SchedulerStats, PoolLoad } from './scheduler/agent-scheduler.js';
 import { AgentScheduler } from './scheduler/agent-scheduler.js';
 import type { TaskExecutor, TaskHandler } from './scheduler/executor.js';
@@ -78,6 +85,8 @@ export interface FabricOptions {
   executors?: readonly TaskExecutor[];
   /** Executor of agents that name none. @default 'local' */
   defaultExecutor?: string;
+  /** How pools are reconciled (interval, start backoff). */
+  pools?: PoolManagerOptions;
   /** Fairness weight per tenant. @default 1 */
   tenantWeight?: (tenant: string) => number;
   /**
@@ -297,7 +306,10 @@ export class AgentFabric {
         drainTimeoutMs,
       },
       this.#store.pools,
+      options.pools,
     );
+    // Pools keep their size: a pool agent that ends or turns UNHEALTHY is replaced.
+    this.lifecycle.events.on('agent.status', (agent) => this.pools.onAgentStatus(agent));
     this.#restore();
   }
 
@@ -351,6 +363,7 @@ export class AgentFabric {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#closed = true;
+      this.pools.close();
       await this.lifecycle.close();
       await this.#recovery;
       await this.hooks?.close();
@@ -382,6 +395,24 @@ export class AgentFabric {
   /** Adds an executor agents can name in `AgentConfig.executor`. */
   registerExecutor(executor: TaskExecutor): void {
     this.scheduler.registerExecutor(executor);
+  }
+
+  /**
+   * Removes an executor (its plugin is unloading); its agents' work is taken back and they take
+   * no more. The executor is returned, not closed.
+   */
+  unregisterExecutor(name: string): TaskExecutor | undefined {
+    return this.scheduler.unregisterExecutor(name);
+  }
+
+  /** Adds a pool provider pools can name in `PoolConfig.provider`. */
+  registerPoolProvider(provider: PoolProvider): void {
+    this.pools.registerProvider(provider);
+  }
+
+  /** Removes a pool provider; its pools start no agents until one of that name returns. */
+  unregisterPoolProvider(name: string): boolean {
+    return this.pools.unregisterProvider(name);
   }
 
   // -------------------------------------------------------------------------------------------
