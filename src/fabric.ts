@@ -60,6 +60,7 @@ import type { BudgetStore } from './budget/budget-store.js';
 import { parseBudgetConfig } from './budget/budget-config.js';
 import { HookManager } from './hooks/hook-manager.js';
 import type { HookManagerOptions } from './hooks/hook-manager-options.js';
+import type { HookStore } from './hooks/hook-store.js';
 import type { Hook } from './hooks/hook.js';
 import type { CreateHookRequest, ListHooksFilter } from './hooks/hook-manager.js';
 import { pageOf, type Page, type PageRequest } from './paging.js';
@@ -194,11 +195,11 @@ export class AgentFabric {
   readonly approvals: ApprovalManager;
   /** Token and cost budgets per agent, pool and fabric. */
   readonly budgets: BudgetManager;
-  /** Git-backed work hooks, when configured. */
-  readonly hooks: HookManager | undefined;
   /** Fabric-level events. */
   readonly events = new TypedEmitter<FabricEvents>();
-  readonly #autoReassign: boolean;
+  #hookStore: HookStore | undefined;
+  #hookUnsubscribe: (() => void) | undefined;
+  #autoReassign = false;
   #recovery: Promise<void> = Promise.resolve();
   readonly #authorizer: ToolCallAuthorizer;
   readonly #onBudgetExhausted: 'refuse' | 'queue';
@@ -273,19 +274,7 @@ export class AgentFabric {
     this.#onBudgetExhausted = mode;
     if (options.hooks !== undefined) {
       const { autoReassign, ...hookOptions } = options.hooks;
-      this.hooks = new HookManager(hookOptions);
-      this.hooks.setLiveness({ isAlive: (id) => this.#isAlive(id) });
-      this.#autoReassign = autoReassign ?? true;
-      // The patrol catches what no status event reports (agents unknown after a restart).
-      this.hooks.startPatrol();
-      if (this.#autoReassign) {
-        this.hooks.on('hook.abandoned', (e) => this.#recoverHooks(e.hook.agentId));
-        // A hook abandoned while no agent was free is retried on every patrol run.
-        this.hooks.setAgentPicker((hook) => this.#pickHookAgent(hook));
-      }
-    } else {
-      this.hooks = undefined;
-      this.#autoReassign = false;
+      this.#attachHooks(new HookManager(hookOptions), autoReassign ?? true);
     }
     this.lifecycle.setWorkloadSource((id) => this.scheduler.agentLoad(id));
     this.lifecycle.setDrainer((id, ms) => this.scheduler.drainAgent(id, ms));
@@ -342,6 +331,54 @@ export class AgentFabric {
           this.events.emit('error', err instanceof Error ? err : new Error(String(err)));
         }
       });
+    }
+  }
+
+  /** The work hook store: git-backed by default (`FabricOptions.hooks`), or a `hook` plugin's. */
+  get hooks(): HookStore | undefined {
+    return this.#hookStore;
+  }
+
+  /**
+   * Makes `store` the fabric's hook store (a `hook` plugin): opens it and wires recovery as
+   * `FabricOptions.hooks` does.
+   * @throws InvalidArgumentError when the fabric already has a hook store.
+   */
+  async useHookStore(store: HookStore, options: { autoReassign?: boolean } = {}): Promise<void> {
+    this.#open();
+    if (this.#hookStore !== undefined) {
+      throw new InvalidArgumentError('hooks', 'a hook store is already in use');
+    }
+    await store.open();
+    this.#attachHooks(store, options.autoReassign ?? true);
+  }
+
+  /**
+   * Stops using `store` (its plugin is unloading): its patrol stops and the fabric stops
+   * listening to it. It is not closed. Returns false when it is not the store in use.
+   */
+  detachHookStore(store: HookStore): boolean {
+    if (this.#hookStore !== store) return false;
+    store.stopPatrol();
+    store.setAgentPicker(undefined);
+    store.setLiveness(undefined);
+    this.#hookUnsubscribe?.();
+    this.#hookUnsubscribe = undefined;
+    this.#hookStore = undefined;
+    this.#autoReassign = false;
+    return true;
+  }
+
+  #attachHooks(store: HookStore, autoReassign: boolean): void {
+    this.#hookStore = store;
+    store.setLiveness({ isAlive: (id) => this.#isAlive(id) });
+    this.#autoReassign = autoReassign;
+    // The patrol catches what no status event reports (agents unknown after a restart).
+    store.startPatrol();
+    if (autoReassign) {
+      this.#hookUnsubscribe = store.on('hook.abandoned', (e) => this.#recoverHooks(e.hook.agentId));
+      // A hook abandoned while no agent was free is retried on every patrol run.
+      store.setAgentPicker((hook) => this.#pickHookAgent(hook));
     }
   }
 
@@ -1076,11 +1113,14 @@ export class AgentFabric {
     } while (seen !== this.#recovery);
   }
 
-  #hooks(): HookManager {
-    if (this.hooks === undefined) {
-      throw new InvalidArgumentError('hooks', 'are not configured (FabricOptions.hooks)');
+  #hooks(): HookStore {
+    if (this.#hookStore === undefined) {
+      throw new InvalidArgumentError(
+        'hooks',
+        'are not configured (FabricOptions.hooks or a hook plugin)',
+      );
     }
-    return this.hooks;
+    return this.#hookStore;
   }
 
   #isAlive(agentId: string): boolean {

@@ -195,6 +195,8 @@ export const sidecarConfigSchema = z
             model: z.string().min(1).default('mcp-client'),
             minAgents: z.number().int().min(0).default(0),
             maxAgents: z.number().int().positive().optional(),
+            /** A pool provider (a `pool` plugin) that starts the pool's agents. */
+            provider: z.string().min(1).optional(),
           })
           .strict(),
       )
@@ -313,11 +315,21 @@ export const sidecarConfigSchema = z
       .strict()
       .optional(),
     /**
-     * Plugins loaded at start, in order: `module` is a path (relative to the config file's
-     * folder, or `${PLUGINS}` for the first-party ones) or a `file:` URL.
+     * Plugins loaded at start, in order: `module` is a path (`./…`, `../…` or absolute; `${PLUGINS}`
+     * is the first-party folder), a `file:` URL, a first-party plugin's name (`policy-rate-limit`)
+     * or an npm package name. `options` are checked by the plugin's schema; an `optional` plugin
+     * that fails to load is logged as an error and the sidecar starts without it.
      */
     plugins: z
-      .array(z.object({ module: z.string().min(1), options: z.unknown().optional() }).strict())
+      .array(
+        z
+          .object({
+            module: z.string().min(1),
+            options: z.unknown().optional(),
+            optional: z.boolean().default(false),
+          })
+          .strict(),
+      )
       .default([]),
     hooks: z
       .object({

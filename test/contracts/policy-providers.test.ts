@@ -1,19 +1,24 @@
 import { fileURLToPath } from 'node:url';
-import type { Plugin } from '../../src/plugins/plugin.js';
+import type { PolicyProvider } from '../../src/policy/policy-engine.js';
 import { AgentFabric } from '../../src/fabric.js';
+import { PluginHost } from '../../src/plugins/plugin-host.js';
 import { runPolicyProviderContract } from './policy-provider.contract.js';
 
 const secretGuard = fileURLToPath(new URL('../../plugins/secret-guard/index.js', import.meta.url));
 
+/** Loads a policy plugin through a real PluginHost and hands back its provider. */
+export async function loadPolicyPlugin(source: string, options?: unknown): Promise<PolicyProvider> {
+  const fabric = new AgentFabric();
+  const host = new PluginHost(fabric);
+  const loaded = await host.load(source, options);
+  const provider = host.instanceOf<'policy'>(loaded.name)!;
+  await fabric.close();
+  return provider;
+}
+
 runPolicyProviderContract({
   name: 'plugins/secret-guard',
-  create: async () => {
-    const plugin = ((await import(secretGuard)) as { default: Plugin<'policy'> }).default;
-    const fabric = new AgentFabric();
-    const provider = await plugin.create({}, { fabric, signal: new AbortController().signal });
-    await fabric.close();
-    return provider;
-  },
+  create: () => loadPolicyPlugin(secretGuard),
   deniedCall: {
     agentId: 'a',
     tool: 'fs__write_file',
