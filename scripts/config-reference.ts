@@ -159,10 +159,14 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'grpc.reflection': 'Serve gRPC server reflection (v1 and v1alpha).',
   plugins: 'Plugins loaded at start, in order.',
   'plugins[].module':
-    "Path (relative to the config's folder; `${PLUGINS}` for the first-party ones) or `file:` URL.",
-  'plugins[].options': "The plugin's options.",
+    "Path (`./…`, `../…` relative to the config's folder, or absolute; `${PLUGINS}` is the first-party folder), `file:` URL, a first-party plugin's name (`policy-rate-limit`) or an npm package name.",
+  'plugins[].options': "The plugin's options (checked by the plugin's own schema).",
+  'plugins[].optional':
+    'Start without this plugin if it fails to load (logged as an error) instead of refusing to start.',
   'agents[].executor':
     'How its tasks reach it: `remote` (claimed over MCP/gRPC, the default) or `nats` (pulled from JetStream; needs `nats:`).',
+  'pools[].provider':
+    'A pool provider (a `pool` plugin, e.g. `pool-process`) that starts, checks and stops its agents; excludes `executor`.',
   'pools[].executor': "Executor of the pool's agents (see `agents[].executor`).",
   nats: 'NATS server for heartbeats and JetStream dispatch (agents with `executor: nats`). Off unless configured; unreachable at start = exit 1.',
   'nats.url': 'Server URL or list of URLs, e.g. `nats://127.0.0.1:4222`.',

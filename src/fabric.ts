@@ -24,8 +24,15 @@ import {
 } from './errors.js';
 import type { AgentRecord } from './lifecycle/lifecycle-manager.js';
 import { LifecycleManager, hashCredential } from './lifecycle/lifecycle-manager.js';
-import type { PoolChange, PoolConfig, PoolInfo, PoolRecord } from './pools/pool-manager.js';
+import type {
+  PoolChange,
+  PoolConfig,
+  PoolInfo,
+  PoolManagerOptions,
+  PoolRecord,
+} from './pools/pool-manager.js';
 import { PoolManager } from './pools/pool-manager.js';
+import type { PoolProvider } from './pools/pool-provider.js';
 import type { SchedulerStats, PoolLoad } from './scheduler/agent-scheduler.js';
 import { AgentScheduler } from './scheduler/agent-scheduler.js';
 import type { TaskExecutor, TaskHandler } from './scheduler/executor.js';
@@ -53,6 +60,7 @@ import type { BudgetStore } from './budget/budget-store.js';
 import { parseBudgetConfig } from './budget/budget-config.js';
 import { HookManager } from './hooks/hook-manager.js';
 import type { HookManagerOptions } from './hooks/hook-manager-options.js';
+import type { HookStore } from './hooks/hook-store.js';
 import type { Hook } from './hooks/hook.js';
 import type { CreateHookRequest, ListHooksFilter } from './hooks/hook-manager.js';
 import { pageOf, type Page, type PageRequest } from './paging.js';
@@ -85,6 +93,8 @@ export interface FabricOptions {
   executors?: readonly TaskExecutor[];
   /** Executor of agents that name none. @default 'local' */
   defaultExecutor?: string;
+  /** How pools are reconciled (interval, start backoff). */
+  pools?: PoolManagerOptions;
   /** Fairness weight per tenant. @default 1 */
   tenantWeight?: (tenant: string) => number;
   /**
@@ -199,11 +209,11 @@ export class AgentFabric {
   readonly approvals: ApprovalManager;
   /** Token and cost budgets per agent, pool and fabric. */
   readonly budgets: BudgetManager;
-  /** Git-backed work hooks, when configured. */
-  readonly hooks: HookManager | undefined;
   /** Fabric-level events. */
   readonly events = new TypedEmitter<FabricEvents>();
-  readonly #autoReassign: boolean;
+  #hookStore: HookStore | undefined;
+  #hookUnsubscribe: (() => void) | undefined;
+  #autoReassign = false;
   #recovery: Promise<void> = Promise.resolve();
   readonly #authorizer: ToolCallAuthorizer;
   readonly #onBudgetExhausted: 'refuse' | 'queue';
@@ -319,19 +329,7 @@ export class AgentFabric {
     this.#onBudgetExhausted = mode;
     if (options.hooks !== undefined) {
       const { autoReassign, ...hookOptions } = options.hooks;
-      this.hooks = new HookManager(hookOptions);
-      this.hooks.setLiveness({ isAlive: (id) => this.#isAlive(id) });
-      this.#autoReassign = autoReassign ?? true;
-      // The patrol catches what no status event reports (agents unknown after a restart).
-      this.hooks.startPatrol();
-      if (this.#autoReassign) {
-        this.hooks.on('hook.abandoned', (e) => this.#recoverHooks(e.hook.agentId));
-        // A hook abandoned while no agent was free is retried on every patrol run.
-        this.hooks.setAgentPicker((hook) => this.#pickHookAgent(hook));
-      }
-    } else {
-      this.hooks = undefined;
-      this.#autoReassign = false;
+      this.#attachHooks(new HookManager(hookOptions), autoReassign ?? true);
     }
     this.natsHeartbeats =
       this.#nats === undefined
@@ -356,7 +354,10 @@ export class AgentFabric {
         drainTimeoutMs,
       },
       this.#store.pools,
+      options.pools,
     );
+    // Pools keep their size: a pool agent that ends or turns UNHEALTHY is replaced.
+    this.lifecycle.events.on('agent.status', (agent) => this.pools.onAgentStatus(agent));
     this.#restore();
   }
 
@@ -392,6 +393,54 @@ export class AgentFabric {
     }
   }
 
+  /** The work hook store: git-backed by default (`FabricOptions.hooks`), or a `hook` plugin's. */
+  get hooks(): HookStore | undefined {
+    return this.#hookStore;
+  }
+
+  /**
+   * Makes `store` the fabric's hook store (a `hook` plugin): opens it and wires recovery as
+   * `FabricOptions.hooks` does.
+   * @throws InvalidArgumentError when the fabric already has a hook store.
+   */
+  async useHookStore(store: HookStore, options: { autoReassign?: boolean } = {}): Promise<void> {
+    this.#open();
+    if (this.#hookStore !== undefined) {
+      throw new InvalidArgumentError('hooks', 'a hook store is already in use');
+    }
+    await store.open();
+    this.#attachHooks(store, options.autoReassign ?? true);
+  }
+
+  /**
+   * Stops using `store` (its plugin is unloading): its patrol stops and the fabric stops
+   * listening to it. It is not closed. Returns false when it is not the store in use.
+   */
+  detachHookStore(store: HookStore): boolean {
+    if (this.#hookStore !== store) return false;
+    store.stopPatrol();
+    store.setAgentPicker(undefined);
+    store.setLiveness(undefined);
+    this.#hookUnsubscribe?.();
+    this.#hookUnsubscribe = undefined;
+    this.#hookStore = undefined;
+    this.#autoReassign = false;
+    return true;
+  }
+
+  #attachHooks(store: HookStore, autoReassign: boolean): void {
+    this.#hookStore = store;
+    store.setLiveness({ isAlive: (id) => this.#isAlive(id) });
+    this.#autoReassign = autoReassign;
+    // The patrol catches what no status event reports (agents unknown after a restart).
+    store.startPatrol();
+    if (autoReassign) {
+      this.#hookUnsubscribe = store.on('hook.abandoned', (e) => this.#recoverHooks(e.hook.agentId));
+      // A hook abandoned while no agent was free is retried on every patrol run.
+      store.setAgentPicker((hook) => this.#pickHookAgent(hook));
+    }
+  }
+
   /**
    * Starts the fabric. Optional: every method starts what it needs on first use; this exists so
    * a daemon can fail fast on a bad setup — including a hook store that cannot be opened or is
@@ -422,6 +471,7 @@ export class AgentFabric {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#closed = true;
+      this.pools.close();
       await this.lifecycle.close();
       await this.#recovery;
       await this.hooks?.close();
@@ -455,6 +505,24 @@ export class AgentFabric {
   /** Adds an executor agents can name in `AgentConfig.executor`. */
   registerExecutor(executor: TaskExecutor): void {
     this.scheduler.registerExecutor(executor);
+  }
+
+  /**
+   * Removes an executor (its plugin is unloading); its agents' work is taken back and they take
+   * no more. The executor is returned, not closed.
+   */
+  unregisterExecutor(name: string): TaskExecutor | undefined {
+    return this.scheduler.unregisterExecutor(name);
+  }
+
+  /** Adds a pool provider pools can name in `PoolConfig.provider`. */
+  registerPoolProvider(provider: PoolProvider): void {
+    this.pools.registerProvider(provider);
+  }
+
+  /** Removes a pool provider; its pools start no agents until one of that name returns. */
+  unregisterPoolProvider(name: string): boolean {
+    return this.pools.unregisterProvider(name);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -1118,11 +1186,14 @@ export class AgentFabric {
     } while (seen !== this.#recovery);
   }
 
-  #hooks(): HookManager {
-    if (this.hooks === undefined) {
-      throw new InvalidArgumentError('hooks', 'are not configured (FabricOptions.hooks)');
+  #hooks(): HookStore {
+    if (this.#hookStore === undefined) {
+      throw new InvalidArgumentError(
+        'hooks',
+        'are not configured (FabricOptions.hooks or a hook plugin)',
+      );
     }
-    return this.hooks;
+    return this.#hookStore;
   }
 
   #isAlive(agentId: string): boolean {

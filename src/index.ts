@@ -50,7 +50,12 @@ export { PathResolver } from './gateway/path-resolver.js';
 export { Sidecar, startSidecar } from './server/sidecar.js';
 export { loadSidecarConfig, parseSidecarConfig } from './server/config-file.js';
 export { FabricBackend } from './server/fabric-backend.js';
-export { definePlugin, PluginHost } from './plugins/index.js';
+export {
+  definePlugin,
+  FIRST_PARTY_PLUGINS_DIR,
+  PLUGIN_API_VERSION,
+  PluginHost,
+} from './plugins/index.js';
 export { FabricWorker, RemoteFabricError } from './worker/fabric-worker.js';
 export { NatsWorker } from './transport/nats/nats-worker.js';
 export { NatsWorkerTransport } from './transport/nats/nats-worker-transport.js';
@@ -229,9 +234,15 @@ export type {
   LoadedPlugin,
   Plugin,
   PluginContext,
+  PluginEndpoints,
   PluginHostOptions,
+  PluginInstance,
   PluginKind,
+  PluginLogEntry,
+  PluginLogger,
   PluginManifest,
+  PluginOptionsSchema,
+  SkippedPlugin,
 } from './plugins/index.js';
 export type { SidecarConfig, SidecarConfigInput } from './server/config-file.js';
 export type {
@@ -270,11 +281,16 @@ export type { TaskData } from './scheduler/task-record.js';
 export type {
   PoolChange,
   PoolConfig,
+  PoolEvents,
   PoolHost,
   PoolInfo,
+  PoolManagerOptions,
   PoolRecord,
+  PoolSpawnReason,
   PoolStatus,
 } from './pools/pool-manager.js';
+export type { PoolAgentStart, PoolProvider, PoolStopReason } from './pools/pool-provider.js';
+export type { HookStore } from './hooks/hook-store.js';
 export type { Collection, FabricStore } from './store/store.js';
 export type { SqliteStoreOptions, StateSynchronous } from './store/sqlite-store.js';
 export type { ErrorKind } from './errors.js';

@@ -1,18 +1,30 @@
 /**
- * Loads plugins into a fabric: validates each manifest, checks the fabric version and the
- * dependencies, starts it within a time limit, plugs in what it provides, and closes everything
- * in reverse order. Every failure is a coded error naming the plugin.
+ * Loads plugins into a fabric: finds the module (a path, a name in a plugins directory, or an
+ * npm package), validates the manifest and the options, checks the fabric version, the plugin
+ * API version and the dependencies, starts it within a time limit, plugs in what it provides,
+ * and on unload unplugs and closes everything in reverse order. Every failure is a coded error
+ * naming the plugin.
  *
  * @module
  */
-import { readFileSync } from 'node:fs';
-import { isAbsolute, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { z } from 'zod';
+import type { AgentInfo, AgentStatus } from '../agent.js';
 import { PluginError, PluginTimeoutError } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
-import type { Plugin, PluginInstance, PluginKind } from './plugin.js';
-import { PLUGIN_KINDS } from './plugin.js';
+import type {
+  Plugin,
+  PluginContext,
+  PluginEndpoints,
+  PluginInstance,
+  PluginKind,
+  PluginLogger,
+  PluginOptionsSchema,
+} from './plugin.js';
+import { PLUGIN_API_VERSION, PLUGIN_KINDS } from './plugin.js';
 import { isValidRange, satisfies } from './version-range.js';
 
 /** Default for {@link PluginHostOptions.initTimeoutMs}. */
@@ -25,12 +37,35 @@ export const FABRIC_VERSION: string = (
   }
 ).version;
 
+/** The folder of the first-party plugins (`<package>/plugins`). */
+export const FIRST_PARTY_PLUGINS_DIR: string = fileURLToPath(
+  new URL('../../plugins', import.meta.url),
+);
+
+/** One log line of the host or of a plugin. */
+export interface PluginLogEntry {
+  level: 'info' | 'warn' | 'error';
+  msg: string;
+  plugin: string;
+  [field: string]: unknown;
+}
+
 /** Options of a {@link PluginHost}. */
 export interface PluginHostOptions {
-  /** Relative plugin paths resolve against it. @default process.cwd() */
+  /** Relative plugin paths and npm package names resolve from it. @default process.cwd() */
   baseDir?: string;
+  /**
+   * Folders searched, in order, for a plugin given by bare name (`rate-limit` →
+   * `<dir>/rate-limit/index.js` or `<dir>/rate-limit.js`) before it is taken as an npm package.
+   * @default [FIRST_PARTY_PLUGINS_DIR]
+   */
+  pluginDirs?: readonly string[];
   /** Longest a plugin module's import, and then its `create`, may each take. @default 10000 */
   initTimeoutMs?: number;
+  /** Where plugins' log lines (and the host's warnings) go. @default nowhere */
+  log?: (entry: PluginLogEntry) => void;
+  /** Where the sidecar serves, once it listens. @default resolves to `{}` at once */
+  endpoints?: Promise<PluginEndpoints>;
 }
 
 /** A loaded plugin. */
@@ -38,6 +73,12 @@ export interface LoadedPlugin {
   readonly name: string;
   readonly version: string;
   readonly kind: PluginKind;
+}
+
+/** A plugin marked `optional` that failed to load. */
+export interface SkippedPlugin {
+  readonly source: string;
+  readonly error: Error;
 }
 
 const manifestSchema = z
@@ -49,7 +90,17 @@ const manifestSchema = z
       .string()
       .refine(isValidRange, 'must be *, x.y.z, ^x.y.z, ~x.y.z or >=x.y.z')
       .optional(),
+    api: z.number().int().positive().optional(),
     dependencies: z.array(z.string().min(1)).optional(),
+    options: z
+      .custom<PluginOptionsSchema>(
+        (v) =>
+          typeof v === 'object' &&
+          v !== null &&
+          typeof (v as { safeParse?: unknown }).safeParse === 'function',
+        'must be a schema with safeParse (e.g. zod)',
+      )
+      .optional(),
     create: z.custom<Plugin['create']>((v) => typeof v === 'function', 'must be a function'),
   })
   .loose();
@@ -57,19 +108,33 @@ const manifestSchema = z
 interface Entry {
   readonly plugin: LoadedPlugin;
   readonly instance: PluginInstance<PluginKind>;
+  readonly controller: AbortController;
+  readonly cleanups: (() => void)[];
+  readonly dependencies: readonly string[];
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 /** Loads plugins into one fabric. */
 export class PluginHost {
   readonly #fabric: AgentFabric;
   readonly #baseDir: string;
+  readonly #dirs: readonly string[];
   readonly #timeoutMs: number;
+  readonly #log: (entry: PluginLogEntry) => void;
+  readonly #endpoints: Promise<PluginEndpoints>;
   readonly #loaded: Entry[] = [];
+  readonly #skipped: SkippedPlugin[] = [];
 
   constructor(fabric: AgentFabric, options: PluginHostOptions = {}) {
     this.#fabric = fabric;
     this.#baseDir = options.baseDir ?? process.cwd();
+    this.#dirs = options.pluginDirs ?? [FIRST_PARTY_PLUGINS_DIR];
     this.#timeoutMs = options.initTimeoutMs ?? DEFAULT_PLUGIN_INIT_TIMEOUT_MS;
+    this.#log = options.log ?? (() => undefined);
+    this.#endpoints = options.endpoints ?? Promise.resolve({});
   }
 
   /** The plugins loaded so far, in load order. */
@@ -77,17 +142,88 @@ export class PluginHost {
     return this.#loaded.map((e) => e.plugin);
   }
 
+  /** What the loaded plugin `name` plugged in (a provider, an executor, a store). */
+  instanceOf<K extends PluginKind>(name: string): PluginInstance<K> | undefined {
+    return this.#loaded.find((e) => e.plugin.name === name)?.instance as
+      PluginInstance<K> | undefined;
+  }
+
+  /** Optional plugins that failed to load (the fabric runs without them). */
+  get skipped(): readonly SkippedPlugin[] {
+    return [...this.#skipped];
+  }
+
   /**
-   * Loads a plugin: a module path (relative to `baseDir`), a `file:` URL, or a plugin object.
-   * The module's default export (or its `plugin` export) is the plugin.
-   * @throws PluginError (bad module or manifest, duplicate name, unmet dependency, incompatible
-   *   fabric version, `create` failed); PluginTimeoutError.
+   * Loads a plugin: a module path (relative to `baseDir`), a `file:` URL, a bare name (looked up
+   * in `pluginDirs`, then as an npm package), or a plugin object. The module's default export
+   * (or its `plugin` export) is the plugin. With `optional`, a plugin that fails to load is
+   * logged as an error, listed in {@link skipped}, and `undefined` is returned.
+   * @throws PluginError (bad module, manifest or options, duplicate name, unmet dependency,
+   *   incompatible fabric or plugin API version, `create` failed); PluginTimeoutError.
    */
-  async load(source: string | URL | Plugin, options?: unknown): Promise<LoadedPlugin> {
+  async load(source: string | URL | Plugin, options?: unknown): Promise<LoadedPlugin>;
+  async load(
+    source: string | URL | Plugin,
+    options: unknown,
+    load: { optional: boolean },
+  ): Promise<LoadedPlugin | undefined>;
+  async load(
+    source: string | URL | Plugin,
+    options?: unknown,
+    load: { optional: boolean } = { optional: false },
+  ): Promise<LoadedPlugin | undefined> {
     const label =
       typeof source === 'object' && !(source instanceof URL)
         ? String(source?.name)
         : String(source);
+    try {
+      return await this.#load(source, label, options);
+    } catch (err) {
+      if (!load.optional) throw err;
+      const error = err instanceof Error ? err : new Error(String(err));
+      this.#skipped.push({ source: label, error });
+      this.#log({
+        level: 'error',
+        plugin: label,
+        msg: `OPTIONAL PLUGIN NOT LOADED — the fabric runs WITHOUT it: ${error.message}`,
+      });
+      return undefined;
+    }
+  }
+
+  /**
+   * Unloads one plugin: unplugs what it registered and closes it.
+   * @throws PluginError when it is not loaded or a loaded plugin depends on it.
+   */
+  async unload(name: string): Promise<void> {
+    const i = this.#loaded.findIndex((e) => e.plugin.name === name);
+    if (i < 0) throw new PluginError(name, 'is not loaded');
+    const dependent = this.#loaded.find((e) => e.dependencies.includes(name));
+    if (dependent !== undefined) {
+      throw new PluginError(name, `is needed by ${dependent.plugin.name} (unload that first)`);
+    }
+    const [entry] = this.#loaded.splice(i, 1);
+    await this.#unplug(entry!);
+  }
+
+  /** Unplugs and closes every plugin, last loaded first. Errors are collected, not thrown early. */
+  async close(): Promise<void> {
+    const errors: unknown[] = [];
+    for (const entry of this.#loaded.splice(0).reverse()) {
+      try {
+        await this.#unplug(entry);
+      } catch (err) {
+        errors.push(err);
+      }
+    }
+    if (errors.length > 0) throw new AggregateError(errors, 'some plugins failed to close');
+  }
+
+  async #load(
+    source: string | URL | Plugin,
+    label: string,
+    options: unknown,
+  ): Promise<LoadedPlugin> {
     const plugin = await this.#resolve(source, label);
     const parsed = manifestSchema.safeParse(plugin);
     if (!parsed.success) {
@@ -103,49 +239,110 @@ export class PluginHost {
     if (m.fabric !== undefined && !satisfies(FABRIC_VERSION, m.fabric)) {
       throw new PluginError(m.name, `needs fabric ${m.fabric}, this is ${FABRIC_VERSION}`);
     }
+    if (m.api !== undefined && m.api !== PLUGIN_API_VERSION) {
+      throw new PluginError(
+        m.name,
+        `is written for plugin API ${m.api}; this fabric provides plugin API ${PLUGIN_API_VERSION}`,
+      );
+    }
     for (const dep of m.dependencies ?? []) {
       if (!this.#loaded.some((e) => e.plugin.name === dep)) {
         throw new PluginError(m.name, `depends on ${dep}, which is not loaded (load it first)`);
       }
     }
-    const instance = await this.#create(plugin as Plugin, m.name, options);
-    try {
-      this.#plugIn(m.kind, instance);
-    } catch (err) {
-      await Promise.resolve(instance.close?.()).catch(() => undefined);
-      throw new PluginError(m.name, `could not be plugged in: ${(err as Error).message}`, {
-        cause: err,
-      });
+    let opts = options;
+    if (m.options !== undefined) {
+      const checked = m.options.safeParse(options ?? {});
+      if (!checked.success) {
+        const issues = checked.error.issues
+          .slice(0, 3)
+          .map((i) => `options.${i.path.map(String).join('.') || '(root)'}: ${i.message}`);
+        throw new PluginError(m.name, `invalid options: ${issues.join('; ')}`);
+      }
+      opts = checked.data;
     }
-    const loaded: LoadedPlugin = Object.freeze({ name: m.name, version: m.version, kind: m.kind });
-    this.#loaded.push({ plugin: loaded, instance });
-    return loaded;
+    const controller = new AbortController();
+    const cleanups: (() => void)[] = [];
+    const context = this.#context(m.name, controller, cleanups);
+    const instance = await this.#create(plugin as Plugin, m.name, opts, context, controller);
+    const entry: Entry = {
+      plugin: Object.freeze({ name: m.name, version: m.version, kind: m.kind }),
+      instance,
+      controller,
+      cleanups,
+      dependencies: m.dependencies ?? [],
+    };
+    try {
+      await this.#plugIn(m.kind, instance);
+    } catch (err) {
+      controller.abort(new Error('not plugged in'));
+      for (const c of cleanups) c();
+      await Promise.resolve(instance.close?.()).catch(() => undefined);
+      throw new PluginError(m.name, `could not be plugged in: ${message(err)}`, { cause: err });
+    }
+    this.#loaded.push(entry);
+    return entry.plugin;
   }
 
-  /** Unplugs and closes every plugin, last loaded first. Errors are collected, not thrown early. */
-  async close(): Promise<void> {
-    const errors: unknown[] = [];
-    for (const { plugin, instance } of this.#loaded.splice(0).reverse()) {
-      try {
-        if (plugin.kind === 'policy')
-          this.#fabric.policies.removeProvider((instance as PluginInstance<'policy'>).name);
-        // Executors stay registered with the scheduler, which closes them with the fabric.
-        if (plugin.kind !== 'executor') await instance.close?.();
-      } catch (err) {
-        errors.push(err);
-      }
+  #context(name: string, controller: AbortController, cleanups: (() => void)[]): PluginContext {
+    const fabric = this.#fabric;
+    const write =
+      (level: PluginLogEntry['level']) =>
+      (msg: string, fields?: Readonly<Record<string, unknown>>): void =>
+        this.#log({ ...fields, level, msg, plugin: name });
+    const log: PluginLogger = { info: write('info'), warn: write('warn'), error: write('error') };
+    return Object.freeze({
+      apiVersion: PLUGIN_API_VERSION,
+      fabricVersion: FABRIC_VERSION,
+      pluginName: name,
+      signal: controller.signal,
+      log,
+      endpoints: () => this.#endpoints,
+      agents: Object.freeze({
+        get: (agentId: string): AgentInfo | undefined =>
+          fabric.lifecycle.peek(agentId) === undefined
+            ? undefined
+            : fabric.lifecycle.agentInfo(agentId),
+        list: (filter: { status?: AgentStatus; poolId?: string } = {}): AgentInfo[] =>
+          fabric.lifecycle.listAgents(filter),
+        onStatus: (listener: (agent: AgentInfo, previous: AgentStatus) => void) => {
+          fabric.lifecycle.events.on('agent.status', listener);
+          const off = (): void => void fabric.lifecycle.events.off('agent.status', listener);
+          cleanups.push(off);
+          return off;
+        },
+      }),
+      pools: Object.freeze({
+        get: (poolId: string) =>
+          fabric.pools.peek(poolId) === undefined ? undefined : fabric.pools.getPool(poolId),
+      }),
+    });
+  }
+
+  async #unplug(entry: Entry): Promise<void> {
+    const { plugin, instance } = entry;
+    switch (plugin.kind) {
+      case 'policy':
+        this.#fabric.policies.removeProvider((instance as PluginInstance<'policy'>).name);
+        break;
+      case 'executor':
+        this.#fabric.unregisterExecutor((instance as PluginInstance<'executor'>).name);
+        break;
+      case 'pool':
+        this.#fabric.unregisterPoolProvider((instance as PluginInstance<'pool'>).name);
+        break;
+      case 'hook':
+        this.#fabric.detachHookStore(instance as PluginInstance<'hook'>);
+        break;
     }
-    if (errors.length > 0) throw new AggregateError(errors, 'some plugins failed to close');
+    entry.controller.abort(new Error(`plugin ${plugin.name} unloaded`));
+    for (const c of entry.cleanups.splice(0)) c();
+    await instance.close?.();
   }
 
   async #resolve(source: string | URL | Plugin, label: string): Promise<unknown> {
     if (typeof source === 'object' && !(source instanceof URL)) return source;
-    const href =
-      source instanceof URL
-        ? source.href
-        : source.startsWith('file:')
-          ? source
-          : pathToFileURL(isAbsolute(source) ? source : resolve(this.#baseDir, source)).href;
+    const href = this.#locate(source, label);
     let mod: { default?: unknown; plugin?: unknown };
     // Importing runs the module's top level, which may await forever: it shares the start-up
     // bound with `create`, so start-up fails instead of never finishing.
@@ -160,9 +357,7 @@ export class PluginHost {
       mod = (await Promise.race([import(href), timeout])) as typeof mod;
     } catch (err) {
       if (err instanceof PluginTimeoutError) throw err;
-      throw new PluginError(label, `could not be imported: ${(err as Error).message}`, {
-        cause: err,
-      });
+      throw new PluginError(label, `could not be imported: ${message(err)}`, { cause: err });
     } finally {
       clearTimeout(timer);
     }
@@ -172,12 +367,42 @@ export class PluginHost {
     return plugin;
   }
 
+  /** What to import: a URL, a path, a plugin folder's entry, or an npm package. */
+  #locate(source: string | URL, label: string): string {
+    if (source instanceof URL) return source.href;
+    if (source.startsWith('file:')) return source;
+    if (isAbsolute(source) || source.startsWith('./') || source.startsWith('../')) {
+      return pathToFileURL(isAbsolute(source) ? source : resolve(this.#baseDir, source)).href;
+    }
+    // A bare name: a plugins directory first, then an npm package.
+    if (/^(@[a-z0-9][\w.-]*\/)?[a-z0-9][\w.-]*(\/[\w.-]+)*$/i.test(source)) {
+      for (const dir of this.#dirs) {
+        const base = resolve(this.#baseDir, dir, source);
+        for (const file of [join(base, 'index.js'), join(base, 'index.mjs'), `${base}.js`]) {
+          if (existsSync(file) && statSync(file).isFile()) return pathToFileURL(file).href;
+        }
+      }
+      try {
+        return pathToFileURL(createRequire(join(this.#baseDir, 'noop.js')).resolve(source)).href;
+      } catch {
+        // Not resolvable from baseDir (or ESM-only without a require condition): let import()
+        // resolve it from the fabric's own node_modules.
+        return source;
+      }
+    }
+    throw new PluginError(
+      label,
+      'is neither a path (absolute, ./ or ../), a file: URL, nor a plugin or package name',
+    );
+  }
+
   async #create(
     plugin: Plugin,
     name: string,
     options: unknown,
+    context: PluginContext,
+    controller: AbortController,
   ): Promise<PluginInstance<PluginKind>> {
-    const controller = new AbortController();
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
@@ -186,9 +411,7 @@ export class PluginHost {
       }, this.#timeoutMs);
     });
     try {
-      const created = Promise.resolve().then(() =>
-        plugin.create(options, { fabric: this.#fabric, signal: controller.signal }),
-      );
+      const created = Promise.resolve().then(() => plugin.create(options, context));
       const instance = await Promise.race([created, timeout]);
       if (instance === null || typeof instance !== 'object') {
         throw new PluginError(name, 'create() returned nothing to plug in');
@@ -196,16 +419,26 @@ export class PluginHost {
       return instance;
     } catch (err) {
       if (err instanceof PluginTimeoutError || err instanceof PluginError) throw err;
-      throw new PluginError(name, `create() failed: ${(err as Error)?.message ?? String(err)}`, {
-        cause: err,
-      });
+      throw new PluginError(name, `create() failed: ${message(err)}`, { cause: err });
     } finally {
       clearTimeout(timer);
     }
   }
 
-  #plugIn(kind: PluginKind, instance: PluginInstance<PluginKind>): void {
-    if (kind === 'policy') this.#fabric.policies.addProvider(instance as PluginInstance<'policy'>);
-    else this.#fabric.registerExecutor(instance as PluginInstance<'executor'>);
+  async #plugIn(kind: PluginKind, instance: PluginInstance<PluginKind>): Promise<void> {
+    switch (kind) {
+      case 'policy':
+        this.#fabric.policies.addProvider(instance as PluginInstance<'policy'>);
+        break;
+      case 'executor':
+        this.#fabric.registerExecutor(instance as PluginInstance<'executor'>);
+        break;
+      case 'pool':
+        this.#fabric.registerPoolProvider(instance as PluginInstance<'pool'>);
+        break;
+      case 'hook':
+        await this.#fabric.useHookStore(instance as PluginInstance<'hook'>);
+        break;
+    }
   }
 }

@@ -85,6 +85,8 @@ export interface PolicyVerdict {
   readonly action: PolicyAction;
   /** Shown to the agent's model and recorded in the audit log. */
   readonly reason?: string;
+  /** For a `deny` that lifts by itself (a rate limit): when the call may succeed (epoch ms). */
+  readonly retryAt?: number;
 }
 
 /**
@@ -92,7 +94,9 @@ export interface PolicyVerdict {
  * kind. A provider answers `undefined` for calls it has no opinion on. Its verdicts compete with
  * rules by the same precedence: higher `priority` first; at equal priority deny beats
  * require_approval beats allow. `decide` must be synchronous and side-effect free (it also
- * answers `tools/list` visibility probes with empty params).
+ * answers `tools/list` visibility probes with empty params, and may be asked twice about a call
+ * that waits for approval). A provider that counts calls (rate limits, loop guards) counts them
+ * in `admitted`, which the tool-call pipeline calls once per call it lets through.
  */
 export interface PolicyProvider {
   /** Unique among providers and policies; reported as the deciding `policy`. */
@@ -100,6 +104,11 @@ export interface PolicyProvider {
   /** @default 0 */
   readonly priority?: number;
   decide(ctx: PolicyContext): PolicyVerdict | undefined;
+  /**
+   * The call was allowed (policy, approval and budget) and is about to be forwarded. Called for
+   * every admitted call, whichever policy decided it. Must not throw (a throw is ignored).
+   */
+  admitted?(ctx: PolicyContext): void;
 }
 
 /** An audit-mode policy's verdict: what it would have decided. */
@@ -124,6 +133,8 @@ export interface PolicyDecision {
   readonly approvalId?: string;
   /** Verdicts of matching audit-mode policies (absent when none matched). */
   readonly audit?: readonly PolicyAuditEntry[];
+  /** From a provider's `deny` that lifts by itself: when to retry (epoch ms). */
+  readonly retryAt?: number;
 }
 
 /** The data a rule's `when` expression sees. */
@@ -231,6 +242,8 @@ export class PolicyEngine {
   #seq = 0;
   /** Providers, highest priority first. */
   #providers: { readonly provider: PolicyProvider; readonly priority: number }[] = [];
+  /** The providers with `admitted` (most have none: the hot path skips an empty list). */
+  #admitting: { readonly provider: PolicyProvider }[] = [];
   /** Enabled rules, in evaluation order, split by mode. */
   #all: Candidates = { enforce: [], audit: [] };
 
@@ -314,15 +327,20 @@ export class PolicyEngine {
     ) {
       throw new PolicyExistsError(provider.name);
     }
+    if (provider.admitted !== undefined && typeof provider.admitted !== 'function') {
+      throw new PolicyValidationError(provider.name, 'admitted', 'must be a function');
+    }
     this.#providers = [...this.#providers, { provider, priority }].sort(
       (a, b) => b.priority - a.priority,
     );
+    this.#admitting = this.#providers.filter((p) => p.provider.admitted !== undefined);
   }
 
   /** Removes a provider. Returns false when none has that name. */
   removeProvider(name: string): boolean {
     const before = this.#providers.length;
     this.#providers = this.#providers.filter((p) => p.provider.name !== name);
+    this.#admitting = this.#providers.filter((p) => p.provider.admitted !== undefined);
     return this.#providers.length !== before;
   }
 
@@ -430,10 +448,26 @@ export class PolicyEngine {
           policy: provider.name,
           rule: null,
           reason: verdict.reason ?? `${verdict.action} by policy provider ${provider.name}`,
+          ...(verdict.action === 'deny' && Number.isFinite(verdict.retryAt)
+            ? { retryAt: verdict.retryAt! }
+            : {}),
         });
       }
     }
     return decision;
+  }
+
+  /** Tells every provider with `admitted` that the call is going through. */
+  admitted(ctx: PolicyContext): void {
+    const list = this.#admitting;
+    if (list.length === 0) return;
+    for (const { provider } of list) {
+      try {
+        provider.admitted!(ctx);
+      } catch {
+        // A counter that fails must not fail a call policy already let through.
+      }
+    }
   }
 
   /** Closes the approval manager if the engine created it. */

@@ -158,6 +158,12 @@ export class ToolCallAuthorizer {
 
   /** Decides whether the call may run, waiting for a human when a policy requires one. */
   async authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
+    const a = await this.#authorize(ctx);
+    if (a.allowed) this.#policies.admitted(ctx);
+    return a;
+  }
+
+  async #authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
     const decision = this.#policies.evaluateSync(ctx);
     if (decision.action !== 'require_approval') return this.#admitWaiting(ctx, decision);
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
@@ -214,6 +220,7 @@ export class ToolCallAuthorizer {
     if (!a.allowed && a.code === BudgetExceededError.code && ctx.budget !== undefined) {
       return undefined;
     }
+    if (a.allowed) this.#policies.admitted(ctx);
     return a;
   }
 
@@ -253,8 +260,16 @@ export class ToolCallAuthorizer {
     approval?: ApprovalResult,
   ): ToolCallAuthorization {
     if (decision.action === 'deny') {
-      const details = { policy: decision.policy, rule: decision.rule };
-      return denied(new PolicyDeniedError(ctx.tool, decision.reason, details), decision);
+      const details = {
+        policy: decision.policy,
+        rule: decision.rule,
+        ...(decision.retryAt === undefined ? {} : { retryAt: decision.retryAt }),
+      };
+      return denied(
+        new PolicyDeniedError(ctx.tool, decision.reason, details),
+        decision,
+        decision.retryAt,
+      );
     }
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     try {

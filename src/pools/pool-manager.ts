@@ -5,14 +5,25 @@
  * least-loaded healthy agent. Deleting a pool drains it: no new tasks, queued and running ones
  * get the drain timeout to finish, then its agents terminate.
  *
+ * **Reconcile.** Each pool has a desired size (`minAgents` at creation, then what `scalePool`
+ * asked for). The manager compares it with the pool's live agents — not TERMINATED, not
+ * UNHEALTHY, not failing their provider's health check — whenever a pool agent's status
+ * changes and on a timer, and starts replacements for what is missing. An UNHEALTHY agent is
+ * terminated and replaced (its work was already taken back by the scheduler). Starts that fail
+ * — the spawn throws, the provider's `start` rejects, or the agent is lost before it was ever
+ * HEALTHY — back off exponentially per pool; every step is an event.
+ *
  * @module
  */
 import type { AgentConfig, AgentInfo, SpawnedAgent } from '../agent.js';
-import { PoolDrainingError, PoolExistsError, PoolNotFoundError } from '../errors.js';
+import { AgentStatus } from '../agent.js';
+import { ConfigError, PoolDrainingError, PoolExistsError, PoolNotFoundError } from '../errors.js';
+import { TypedEmitter } from '../events.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { Collection } from '../store/store.js';
 import { InvalidArgumentError } from '../errors.js';
 import { checkNumber, checkString } from '../validate.js';
+import type { PoolProvider, PoolStopReason } from './pool-provider.js';
 
 /** What {@link PoolManager.createPool} takes. */
 export interface PoolConfig {
@@ -24,8 +35,14 @@ export interface PoolConfig {
   minAgents?: number;
   /** @default max(minAgents, 10) */
   maxAgents?: number;
-  /** Executor of the pool's agents. @default the fabric's default ('local') */
+  /** Executor of the pool's agents. @default the provider's, else the fabric's default ('local') */
   executor?: string;
+  /**
+   * The registered {@link PoolProvider} that starts, checks and stops the pool's agents'
+   * runtimes (e.g. `process` from `plugins/pool-process`).
+   * @default none: the agents are records only, run by their executor
+   */
+  provider?: string;
   capabilities?: readonly string[];
   labels?: Readonly<Record<string, string>>;
   /** Budget shared by the whole pool (applied by the fabric). */
@@ -45,6 +62,10 @@ export interface PoolRecord {
   minAgents: number;
   maxAgents: number;
   executor: string | undefined;
+  /** Name of the pool's provider (absent in records written before providers existed). */
+  provider?: string | undefined;
+  /** The size reconcile keeps (absent in older records: then the agents it has, at least min). */
+  desired?: number;
   capabilities: readonly string[];
   labels: Readonly<Record<string, string>>;
   agentBudget: AgentConfig['budget'];
@@ -62,6 +83,9 @@ export interface PoolInfo {
   readonly minAgents: number;
   readonly maxAgents: number;
   readonly executor: string | undefined;
+  readonly provider: string | undefined;
+  /** The size reconcile keeps the pool at. */
+  readonly desiredAgents: number;
   readonly status: PoolStatus;
   /** Ids of its live agents. */
   readonly currentAgents: readonly string[];
@@ -94,21 +118,228 @@ function toInfo(rec: PoolRecord): PoolInfo {
     minAgents: rec.minAgents,
     maxAgents: rec.maxAgents,
     executor: rec.executor,
+    provider: rec.provider,
+    desiredAgents: desiredOf(rec),
     status: rec.status,
     currentAgents: Object.freeze([...rec.agentIds]),
     createdAt: rec.createdAt,
   };
 }
 
-/** Creates, scales and deletes pools through a {@link PoolHost}. */
+function desiredOf(rec: PoolRecord): number {
+  const d = rec.desired ?? Math.max(rec.minAgents, rec.agentIds.length);
+  return Math.min(rec.maxAgents, Math.max(rec.minAgents, d));
+}
+
+/** Default of {@link PoolManagerOptions.reconcileIntervalMs}. */
+export const DEFAULT_RECONCILE_INTERVAL_MS = 5_000;
+/** Default of {@link PoolManagerOptions.startBackoffMs}. */
+export const DEFAULT_START_BACKOFF_MS = 1_000;
+/** Default of {@link PoolManagerOptions.maxStartBackoffMs}. */
+export const DEFAULT_MAX_START_BACKOFF_MS = 60_000;
+
+/** Options of a {@link PoolManager}. */
+export interface PoolManagerOptions {
+  /** How often every pool is reconciled and providers' health checks run. @default 5000 */
+  reconcileIntervalMs?: number;
+  /** Delay before the first retry after a failed start; doubles per failure in a row. @default 1000 */
+  startBackoffMs?: number;
+  /** Longest delay between retries. @default 60000 */
+  maxStartBackoffMs?: number;
+}
+
+/** Validates and freezes {@link PoolManagerOptions}. @throws ConfigError naming the field */
+export function parsePoolManagerOptions(
+  options: PoolManagerOptions = {},
+): Readonly<Required<PoolManagerOptions>> {
+  const out = {
+    reconcileIntervalMs: options.reconcileIntervalMs ?? DEFAULT_RECONCILE_INTERVAL_MS,
+    startBackoffMs: options.startBackoffMs ?? DEFAULT_START_BACKOFF_MS,
+    maxStartBackoffMs: options.maxStartBackoffMs ?? DEFAULT_MAX_START_BACKOFF_MS,
+  };
+  for (const [key, v] of Object.entries(out)) {
+    if (!Number.isInteger(v) || v <= 0 || v > 2 ** 31 - 1) {
+      throw new ConfigError(`options.pools.${key}`, 'must be a positive integer (ms)');
+    }
+  }
+  if (out.maxStartBackoffMs < out.startBackoffMs) {
+    throw new ConfigError('options.pools.maxStartBackoffMs', 'must be at least startBackoffMs');
+  }
+  return Object.freeze(out);
+}
+
+/** Why a pool spawned an agent. */
+export type PoolSpawnReason = 'create' | 'scale' | 'replace';
+
+/** Events of the {@link PoolManager}. */
+export type PoolEvents = {
+  /** The pool spawned an agent (and asked its provider, if any, to start it). */
+  'pool.agent.spawned': [e: { poolId: string; agentId: string; reason: PoolSpawnReason }];
+  /** The provider reports the agent's runtime started. */
+  'pool.agent.started': [e: { poolId: string; agentId: string }];
+  /** An agent left the pool without being scaled away; reconcile replaces it. */
+  'pool.agent.lost': [e: { poolId: string; agentId: string; reason: PoolStopReason }];
+  /** A start failed; the next attempt is not before `retryAt` (epoch ms). */
+  'pool.start.failed': [
+    e: {
+      poolId: string;
+      agentId: string | undefined;
+      error: Error;
+      failures: number;
+      retryAt: number;
+    },
+  ];
+  /** A background step failed (a provider's stop or health check threw). */
+  error: [error: Error];
+};
+
+interface Runtime {
+  readonly poolId: string;
+  readonly provider: PoolProvider;
+  readonly controller: AbortController;
+  /** `start` resolved: health checks apply. */
+  started: boolean;
+}
+
+interface Backoff {
+  failures: number;
+  retryAt: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+/** Creates, scales and deletes pools through a {@link PoolHost}, and keeps them at size. */
 export class PoolManager {
+  /** Pool events: spawned, started, lost, start failures. */
+  readonly events = new TypedEmitter<PoolEvents>();
   readonly #pools: Collection<PoolRecord>;
   readonly #host: PoolHost;
+  readonly #options: Readonly<Required<PoolManagerOptions>>;
   readonly #deleting = new Map<string, Promise<void>>();
+  readonly #providers = new Map<string, PoolProvider>();
+  /** Agents whose runtime a provider started (or is starting). */
+  readonly #runtimes = new Map<string, Runtime>();
+  /** Agents that were HEALTHY at least once (losing one is not a failed start). */
+  readonly #everHealthy = new Set<string>();
+  readonly #backoff = new Map<string, Backoff>();
+  readonly #timer: NodeJS.Timeout;
+  #checking = false;
+  #closed = false;
 
-  constructor(host: PoolHost, pools: Collection<PoolRecord> = new MemoryCollection<PoolRecord>()) {
+  constructor(
+    host: PoolHost,
+    pools: Collection<PoolRecord> = new MemoryCollection<PoolRecord>(),
+    options: PoolManagerOptions = {},
+  ) {
     this.#host = host;
     this.#pools = pools;
+    this.#options = parsePoolManagerOptions(options);
+    this.#timer = setInterval(() => void this.#tick(), this.#options.reconcileIntervalMs);
+    this.#timer.unref();
+  }
+
+  /**
+   * Adds a pool provider pools can name in `PoolConfig.provider`.
+   * @throws InvalidArgumentError for a malformed provider or a taken name.
+   */
+  registerProvider(provider: PoolProvider): void {
+    if (
+      provider === null ||
+      typeof provider !== 'object' ||
+      typeof provider.name !== 'string' ||
+      provider.name.length === 0 ||
+      typeof provider.executor !== 'string' ||
+      typeof provider.start !== 'function' ||
+      typeof provider.stop !== 'function'
+    ) {
+      throw new InvalidArgumentError(
+        'provider',
+        'must have a name, an executor, start() and stop()',
+      );
+    }
+    if (this.#providers.has(provider.name)) {
+      throw new InvalidArgumentError(
+        'provider.name',
+        `${JSON.stringify(provider.name)} is already registered`,
+      );
+    }
+    this.#providers.set(provider.name, provider);
+  }
+
+  /**
+   * Removes a provider. Its pools keep their agents' records but start no new ones until a
+   * provider of that name is registered again. The provider's runtimes are its own to stop
+   * (its `close`).
+   */
+  unregisterProvider(name: string): boolean {
+    const p = this.#providers.get(name);
+    if (p === undefined) return false;
+    this.#providers.delete(name);
+    for (const [id, r] of this.#runtimes) {
+      if (r.provider === p) {
+        r.controller.abort(new Error(`pool provider ${name} was unregistered`));
+        this.#runtimes.delete(id);
+      }
+    }
+    return true;
+  }
+
+  /** The registered provider names. */
+  providers(): string[] {
+    return [...this.#providers.keys()];
+  }
+
+  /**
+   * Tells the manager a pool agent changed status (the fabric forwards lifecycle events):
+   * HEALTHY ends a pool's start backoff; TERMINATED and UNHEALTHY trigger a reconcile.
+   */
+  onAgentStatus(agent: AgentInfo): void {
+    if (this.#closed) return;
+    if (agent.status === AgentStatus.HEALTHY) {
+      this.#everHealthy.add(agent.id);
+      if (agent.poolId === undefined) return;
+      const poolId = agent.poolId;
+      this.#clearBackoff(poolId);
+      // An agent back from UNHEALTHY may leave the pool above its size.
+      void Promise.resolve().then(() => this.reconcile(poolId));
+      return;
+    }
+    if (agent.status === AgentStatus.TERMINATED) {
+      this.#stopRuntime(agent.id, 'terminated');
+    }
+    if (
+      agent.poolId !== undefined &&
+      (agent.status === AgentStatus.TERMINATED || agent.status === AgentStatus.UNHEALTHY)
+    ) {
+      const poolId = agent.poolId;
+      // Deferred: the lifecycle manager is still emitting; spawning from inside it re-enters.
+      void Promise.resolve().then(() => this.reconcile(poolId));
+    }
+  }
+
+  /**
+   * Brings a pool (or every pool) to its desired size now: drops lost agents, terminates
+   * UNHEALTHY ones, and spawns what is missing unless the pool is backing off.
+   */
+  reconcile(poolId?: string): void {
+    if (this.#closed) return;
+    if (poolId !== undefined) {
+      const rec = this.#pools.get(poolId);
+      if (rec !== undefined) this.#reconcile(rec);
+      return;
+    }
+    for (const rec of [...this.#pools.values()]) this.#reconcile(rec);
+  }
+
+  /** Stops the reconcile timer and retry timers; pools and agents are left as they are. */
+  close(): void {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    for (const b of this.#backoff.values()) clearTimeout(b.timer);
+    this.#backoff.clear();
   }
 
   /**
@@ -134,12 +365,22 @@ export class PoolManager {
         `must be at least minAgents (${minAgents}), got ${maxAgents}`,
       );
     }
+    const provider =
+      config.provider === undefined ? undefined : checkString('config.provider', config.provider);
+    if (provider !== undefined && !this.#providers.has(provider)) {
+      throw new InvalidArgumentError(
+        'config.provider',
+        `names no registered pool provider: ${JSON.stringify(provider)}`,
+      );
+    }
     const rec: PoolRecord = {
       poolId,
       name: config.name === undefined ? poolId : checkString('config.name', config.name),
       model,
       minAgents,
       maxAgents,
+      desired: minAgents,
+      provider,
       executor:
         config.executor === undefined ? undefined : checkString('config.executor', config.executor),
       capabilities: Object.freeze([...(config.capabilities ?? [])]),
@@ -153,7 +394,7 @@ export class PoolManager {
     this.#host.openPoolQueue(poolId);
     let spawned: SpawnedAgent[];
     try {
-      spawned = this.#grow(rec, minAgents);
+      spawned = this.#grow(rec, minAgents, 'create');
     } catch (err) {
       for (const id of rec.agentIds) void this.#host.terminateAgent(id, 0);
       this.#host.closePoolQueue(poolId);
@@ -172,9 +413,11 @@ export class PoolManager {
     checkNumber('targetSize', targetSize, 'nonNegativeInt');
     this.#prune(rec);
     const target = Math.min(rec.maxAgents, Math.max(rec.minAgents, targetSize));
+    rec.desired = target;
+    this.#pools.put(poolId, rec);
     const current = rec.agentIds.length;
     if (target > current) {
-      const spawned = this.#grow(rec, target - current);
+      const spawned = this.#grow(rec, target - current, 'scale');
       return { pool: toInfo(rec), spawned };
     }
     if (target < current) {
@@ -257,34 +500,241 @@ export class PoolManager {
     return rec;
   }
 
-  #grow(rec: PoolRecord, count: number): SpawnedAgent[] {
-    const spawned: SpawnedAgent[] = [];
-    for (let i = 0; i < count; i++) {
-      const agent = this.#host.spawnAgent({
-        model: rec.model,
-        name: `${rec.name}-${rec.agentIds.length + 1}`,
-        poolId: rec.poolId,
-        capabilities: rec.capabilities,
-        labels: rec.labels,
-        ...(rec.executor === undefined ? {} : { executor: rec.executor }),
-        ...(rec.agentBudget === undefined ? {} : { budget: rec.agentBudget }),
-      });
-      rec.agentIds.push(agent.id);
-      spawned.push(agent);
+  #grow(rec: PoolRecord, count: number, reason: PoolSpawnReason): SpawnedAgent[] {
+    const provider = rec.provider === undefined ? undefined : this.#providers.get(rec.provider);
+    if (rec.provider !== undefined && provider === undefined) {
+      throw new InvalidArgumentError(
+        'pool.provider',
+        `pool ${rec.poolId} names pool provider ${JSON.stringify(rec.provider)}, which is not registered`,
+      );
     }
-    this.#pools.put(rec.poolId, rec);
+    const executor = rec.executor ?? provider?.executor;
+    const spawned: SpawnedAgent[] = [];
+    try {
+      for (let i = 0; i < count; i++) {
+        const agent = this.#host.spawnAgent({
+          model: rec.model,
+          name: `${rec.name}-${rec.agentIds.length + 1}`,
+          poolId: rec.poolId,
+          capabilities: rec.capabilities,
+          labels: rec.labels,
+          ...(executor === undefined ? {} : { executor }),
+          ...(rec.agentBudget === undefined ? {} : { budget: rec.agentBudget }),
+        });
+        rec.agentIds.push(agent.id);
+        spawned.push(agent);
+        if (agent.status === AgentStatus.HEALTHY) this.#everHealthy.add(agent.id);
+      }
+    } finally {
+      this.#pools.put(rec.poolId, rec);
+    }
+    for (const agent of spawned) {
+      if (this.events.listens('pool.agent.spawned')) {
+        this.events.emit('pool.agent.spawned', { poolId: rec.poolId, agentId: agent.id, reason });
+      }
+      if (provider !== undefined) this.#startRuntime(rec, provider, agent);
+    }
     return spawned;
   }
 
-  /** Drops agents that were terminated by other means. */
-  #prune(rec: PoolRecord): void {
-    const alive = rec.agentIds.filter((id) => {
+  #startRuntime(rec: PoolRecord, provider: PoolProvider, agent: SpawnedAgent): void {
+    const runtime: Runtime = {
+      poolId: rec.poolId,
+      provider,
+      controller: new AbortController(),
+      started: false,
+    };
+    this.#runtimes.set(agent.id, runtime);
+    Promise.resolve()
+      .then(() =>
+        provider.start({
+          agentId: agent.id,
+          credential: agent.credential,
+          poolId: rec.poolId,
+          model: rec.model,
+          name: agent.name,
+          labels: rec.labels,
+          signal: runtime.controller.signal,
+        }),
+      )
+      .then(
+        () => {
+          if (this.#runtimes.get(agent.id) !== runtime) return;
+          runtime.started = true;
+          this.events.emit('pool.agent.started', { poolId: rec.poolId, agentId: agent.id });
+        },
+        (err: unknown) => {
+          if (this.#runtimes.get(agent.id) !== runtime) return;
+          this.#failed(rec.poolId, agent.id, asError(err));
+          this.#retire(rec.poolId, agent.id, 'start-failed');
+        },
+      );
+  }
+
+  /** Ends an agent's runtime once (the provider's `stop`), whatever ended the agent. */
+  #stopRuntime(agentId: string, reason: PoolStopReason): void {
+    const r = this.#runtimes.get(agentId);
+    if (r === undefined) return;
+    this.#runtimes.delete(agentId);
+    r.controller.abort(new Error(`agent ${agentId} stopped: ${reason}`));
+    Promise.resolve()
+      .then(() => r.provider.stop(agentId, reason))
+      .catch((err: unknown) => this.#error(err));
+  }
+
+  /**
+   * Takes a lost agent out of its pool: stops its runtime and terminates its record (a no-op
+   * for one already terminated). Reconcile replaces it.
+   */
+  #retire(poolId: string, agentId: string, reason: PoolStopReason): void {
+    const rec = this.#pools.get(poolId);
+    if (rec !== undefined && rec.agentIds.includes(agentId)) {
+      rec.agentIds = rec.agentIds.filter((id) => id !== agentId);
+      this.#pools.put(poolId, rec);
+      this.events.emit('pool.agent.lost', { poolId, agentId, reason });
+      // Lost before it was ever healthy: the start did not work.
+      if (reason !== 'terminated' && reason !== 'start-failed' && !this.#everHealthy.has(agentId)) {
+        this.#failed(
+          poolId,
+          agentId,
+          new Error(`agent ${agentId} was lost (${reason}) before it became healthy`),
+        );
+      }
+    }
+    this.#everHealthy.delete(agentId);
+    this.#stopRuntime(agentId, reason);
+    const info = this.#host.agentInfo(agentId);
+    if (info !== undefined && info.status !== AgentStatus.TERMINATED) {
+      this.#host.terminateAgent(agentId, 0).catch((err: unknown) => this.#error(err));
+    }
+    void Promise.resolve().then(() => this.reconcile(poolId));
+  }
+
+  #reconcile(rec: PoolRecord): void {
+    if (rec.status !== 'ACTIVE') return;
+    let unhealthy = 0;
+    for (const id of [...rec.agentIds]) {
       const info = this.#host.agentInfo(id);
-      return info !== undefined && info.status !== 'TERMINATED';
+      if (info === undefined || info.status === AgentStatus.TERMINATED) {
+        this.#retire(rec.poolId, id, 'terminated');
+      } else if (info.status === AgentStatus.UNHEALTHY) {
+        // Never healthy: a start that did not work. Once healthy: it may come back (and keep
+        // its hooks), so it stays, uncounted, while a replacement covers for it.
+        if (!this.#everHealthy.has(id)) this.#retire(rec.poolId, id, 'unhealthy');
+        else unhealthy++;
+      }
+    }
+    const current = this.#pools.get(rec.poolId);
+    if (current === undefined || current.status !== 'ACTIVE') return;
+    const live = current.agentIds.length - unhealthy;
+    const desired = desiredOf(current);
+    if (live > desired) {
+      this.#trim(current, live - desired);
+      return;
+    }
+    // UNHEALTHY agents still count against maxAgents: a pool never holds more than that.
+    const missing = Math.min(desired - live, current.maxAgents - current.agentIds.length);
+    if (missing <= 0) return;
+    const backoff = this.#backoff.get(current.poolId);
+    if (backoff !== undefined && Date.now() < backoff.retryAt) return;
+    try {
+      this.#grow(current, missing, 'replace');
+    } catch (err) {
+      this.#failed(current.poolId, undefined, asError(err));
+    }
+  }
+
+  /**
+   * An agent came back and the pool has more live agents than it wants: retires the surplus,
+   * agents not yet started first, then the least loaded, newest first (the returning agent
+   * keeps its context and hooks). They drain like a scale-down.
+   */
+  #trim(rec: PoolRecord, count: number): void {
+    const order = (status: AgentStatus | undefined): number =>
+      status === AgentStatus.STARTING ? 0 : 1;
+    const surplus = rec.agentIds
+      .map((id, i) => ({ id, i, info: this.#host.agentInfo(id) }))
+      .filter((a) => a.info !== undefined && a.info.status !== AgentStatus.UNHEALTHY)
+      .sort(
+        (a, b) =>
+          order(a.info?.status) - order(b.info?.status) ||
+          (a.info?.runningTasks ?? 0) - (b.info?.runningTasks ?? 0) ||
+          b.i - a.i,
+      )
+      .slice(0, count)
+      .map((a) => a.id);
+    rec.agentIds = rec.agentIds.filter((id) => !surplus.includes(id));
+    this.#pools.put(rec.poolId, rec);
+    for (const id of surplus) {
+      this.#host
+        .terminateAgent(id, this.#host.drainTimeoutMs)
+        .catch((err: unknown) => this.#error(err));
+    }
+  }
+
+  /** Records a failed start and schedules the retry. */
+  #failed(poolId: string, agentId: string | undefined, error: Error): void {
+    const b = this.#backoff.get(poolId) ?? { failures: 0, retryAt: 0, timer: undefined };
+    b.failures++;
+    const { startBackoffMs, maxStartBackoffMs } = this.#options;
+    const delay = Math.min(maxStartBackoffMs, startBackoffMs * 2 ** Math.min(b.failures - 1, 30));
+    b.retryAt = Date.now() + delay;
+    clearTimeout(b.timer);
+    if (!this.#closed) {
+      b.timer = setTimeout(() => this.reconcile(poolId), delay);
+      b.timer.unref();
+    }
+    this.#backoff.set(poolId, b);
+    this.events.emit('pool.start.failed', {
+      poolId,
+      agentId,
+      error,
+      failures: b.failures,
+      retryAt: b.retryAt,
     });
-    if (alive.length !== rec.agentIds.length) {
-      rec.agentIds = alive;
-      this.#pools.put(rec.poolId, rec);
+  }
+
+  #clearBackoff(poolId: string): void {
+    const b = this.#backoff.get(poolId);
+    if (b === undefined) return;
+    clearTimeout(b.timer);
+    this.#backoff.delete(poolId);
+  }
+
+  /** Reconciles every pool, then asks providers about the agents they started. */
+  async #tick(): Promise<void> {
+    this.reconcile();
+    if (this.#checking || this.#closed) return;
+    this.#checking = true;
+    try {
+      const checks = [...this.#runtimes]
+        .filter(([, r]) => r.started && r.provider.healthCheck !== undefined)
+        .map(async ([id, r]) => {
+          let ok: boolean;
+          try {
+            ok = (await r.provider.healthCheck!(id)) === true;
+          } catch {
+            ok = false;
+          }
+          if (!ok && this.#runtimes.get(id) === r) this.#retire(r.poolId, id, 'health-check');
+        });
+      await Promise.all(checks);
+    } finally {
+      this.#checking = false;
+    }
+  }
+
+  #error(err: unknown): void {
+    if (this.events.listens('error')) this.events.emit('error', asError(err));
+  }
+
+  /** Drops agents that were terminated by other means (reconcile then replaces them). */
+  #prune(rec: PoolRecord): void {
+    for (const id of [...rec.agentIds]) {
+      const info = this.#host.agentInfo(id);
+      if (info === undefined || info.status === AgentStatus.TERMINATED) {
+        this.#retire(rec.poolId, id, 'terminated');
+      }
     }
   }
 }

@@ -272,6 +272,27 @@ export class AgentScheduler {
     this.#executors.set(executor.name, { executor, pending: [], slots: [] });
   }
 
+  /**
+   * Removes the executor registered under `name` (its plugin is unloading): the work of the
+   * agents using it is taken back as {@link evictAgent} does and they are forgotten here (they
+   * take no more work). The executor is not closed: whoever registered it closes it.
+   * @returns the executor, or undefined when none has that name.
+   */
+  unregisterExecutor(name: string): TaskExecutor | undefined {
+    const entry = this.#executors.get(name);
+    if (entry === undefined) return undefined;
+    for (const slot of [...this.#agents.values()]) {
+      if (slot.exec !== entry) continue;
+      this.evictAgent(
+        slot.id,
+        { code: 'FABRIC_ERR_AGENT_UNAVAILABLE', message: `executor ${name} was removed` },
+        { remove: true },
+      );
+    }
+    this.#executors.delete(name);
+    return entry.executor;
+  }
+
   /** The executor registered under `name`. */
   getExecutor(name: string): TaskExecutor | undefined {
     return this.#executors.get(name)?.executor;

@@ -208,6 +208,11 @@ export const sidecarConfigSchema = z
             maxAgents: z.number().int().positive().optional(),
             /** Executor of the pool's agents (see `agents[].executor`). @default 'remote' */
             executor: z.enum(['remote', 'nats']).optional(),
+            /**
+             * A pool provider (a `pool` plugin) that starts the pool's agents; it names their
+             * executor, so it excludes `executor`.
+             */
+            provider: z.string().min(1).optional(),
           })
           .strict(),
       )
@@ -326,11 +331,21 @@ export const sidecarConfigSchema = z
       .strict()
       .optional(),
     /**
-     * Plugins loaded at start, in order: `module` is a path (relative to the config file's
-     * folder, or `${PLUGINS}` for the first-party ones) or a `file:` URL.
+     * Plugins loaded at start, in order: `module` is a path (`./…`, `../…` or absolute; `${PLUGINS}`
+     * is the first-party folder), a `file:` URL, a first-party plugin's name (`policy-rate-limit`)
+     * or an npm package name. `options` are checked by the plugin's schema; an `optional` plugin
+     * that fails to load is logged as an error and the sidecar starts without it.
      */
     plugins: z
-      .array(z.object({ module: z.string().min(1), options: z.unknown().optional() }).strict())
+      .array(
+        z
+          .object({
+            module: z.string().min(1),
+            options: z.unknown().optional(),
+            optional: z.boolean().default(false),
+          })
+          .strict(),
+      )
       .default([]),
     /**
      * A NATS server with JetStream (see the README, "NATS"): heartbeats on core subjects and
@@ -353,6 +368,15 @@ export const sidecarConfigSchema = z
   })
   .strict()
   .superRefine((c, ctx) => {
+    // A pool provider names its agents' executor itself.
+    for (const [i, p] of c.pools.entries()) {
+      if (p.provider === undefined || p.executor === undefined) continue;
+      ctx.addIssue({
+        code: 'custom',
+        path: ['pools', i, 'executor'],
+        message: 'cannot be set with provider (the pool provider names its executor)',
+      });
+    }
     // An agent or pool on the `nats` executor needs the NATS connection to get any work.
     if (c.nats !== undefined) return;
     for (const key of ['agents', 'pools'] as const) {

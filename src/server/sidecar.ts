@@ -18,6 +18,7 @@ import { ToolGateway, type GatewayLogEntry } from '../gateway/gateway.js';
 import { renderMetrics, type MetricFamily } from '../gateway/metrics.js';
 import type { SidecarConfig } from './config-file.js';
 import { PluginHost } from '../plugins/plugin-host.js';
+import type { PluginEndpoints } from '../plugins/plugin.js';
 import { startGrpcServer, type GrpcServer } from '../rpc/grpc-server.js';
 import { HttpDoor } from '../rpc/http-door.js';
 import { fabricServices } from '../rpc/services.js';
@@ -192,6 +193,9 @@ export class Sidecar {
       }
       let backend: GatewayBackend & AdminBackend & AdminApi;
       let closeBackend: () => Promise<void>;
+      // Plugins learn where the sidecar serves once it listens (pool-process hands it to workers).
+      let listen: (endpoints: PluginEndpoints) => void = () => undefined;
+      const listening = new Promise<PluginEndpoints>((resolve) => (listen = resolve));
       let fabric: AgentFabric | undefined;
       if (options.backend) {
         backend = options.backend;
@@ -217,7 +221,11 @@ export class Sidecar {
         });
         const f = fabric;
         cleanup.push(f);
-        const plugins = new PluginHost(fabric);
+        const plugins = new PluginHost(fabric, {
+          log: ({ level, msg, plugin, ...fields }) =>
+            log({ ...fields, level, msg: `plugin ${plugin}: ${msg}` }),
+          endpoints: listening,
+        });
         closeBackend = async () => {
           await plugins
             .close()
@@ -226,15 +234,18 @@ export class Sidecar {
         };
         cleanup.push({ close: () => plugins.close() });
         await fabric.start();
-        await configureFabric(fabric, config);
+        // Plugins first: the config's pools may name a pool provider a plugin brings.
         for (const p of config.plugins) {
           step = `plugin ${p.module}`;
-          const loaded = await plugins.load(p.module, p.options);
+          const loaded = await plugins.load(p.module, p.options, { optional: p.optional });
+          if (loaded === undefined) continue;
           log({
             level: 'info',
             msg: `plugin ${loaded.name}@${loaded.version} (${loaded.kind}) loaded`,
           });
         }
+        step = 'fabric';
+        await configureFabric(fabric, config);
         backend = new FabricBackend(fabric);
       }
       step = 'agents';
@@ -396,6 +407,10 @@ export class Sidecar {
         });
         cleanup.push(grpc);
       }
+      listen({
+        ...(http?.url === undefined ? {} : { mcpUrl: http.url }),
+        ...(grpc === undefined ? {} : { grpcAddress: grpc.address }),
+      });
       // Only now: a start that failed never showed its token, so a later one must make a new one.
       if (generatedToken && adminToken !== undefined) {
         store?.setMeta(ADMIN_TOKEN_HASH, hashCredential(adminToken));
@@ -580,7 +595,10 @@ async function configureFabric(fabric: AgentFabric, config: SidecarConfig): Prom
     await fabric.createPool({
       poolId: p.id,
       model: p.model,
-      executor: p.executor ?? 'remote',
+      // A pool provider names its agents' executor; without one they are remote or NATS workers.
+      ...(p.provider === undefined
+        ? { executor: p.executor ?? 'remote' }
+        : { provider: p.provider }),
       minAgents: p.minAgents,
       ...(p.name === undefined ? {} : { name: p.name }),
       ...(p.maxAgents === undefined ? {} : { maxAgents: p.maxAgents }),

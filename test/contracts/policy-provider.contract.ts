@@ -44,9 +44,25 @@ export function runPolicyProviderContract(options: {
       engine.close();
     });
 
-    it('is side-effect free: the same call gets the same verdict', async () => {
+    it('is side-effect free: deciding, however often, changes no verdict', async () => {
       const p = await options.create();
-      expect(p.decide(options.deniedCall)).toEqual(p.decide(options.deniedCall));
+      const denied = p.decide(options.deniedCall);
+      const allowed = p.decide(options.allowedCall);
+      for (let i = 0; i < 50; i++) {
+        p.decide(options.allowedCall);
+        p.decide({ ...options.allowedCall, params: {} });
+      }
+      expect(p.decide(options.deniedCall)).toEqual(denied);
+      expect(p.decide(options.allowedCall)).toEqual(allowed);
+    });
+
+    it('a deny that lifts by itself says when (retryAt in the future)', async () => {
+      const p = await options.create();
+      const v = p.decide(options.deniedCall);
+      if (v?.retryAt !== undefined) {
+        expect(v.action).toBe('deny');
+        expect(v.retryAt).toBeGreaterThan(Date.now() - 1);
+      }
     });
   });
 }

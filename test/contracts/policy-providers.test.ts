@@ -1,19 +1,21 @@
-import { fileURLToPath } from 'node:url';
-import type { Plugin } from '../../src/plugins/plugin.js';
-import { AgentFabric } from '../../src/fabric.js';
+import { afterAll } from 'vitest';
+import { FIRST_PARTY, loadPlugin, userPluginDir } from './load-plugin.js';
 import { runPolicyProviderContract } from './policy-provider.contract.js';
 
-const secretGuard = fileURLToPath(new URL('../../plugins/secret-guard/index.js', import.meta.url));
+const closers: (() => Promise<void>)[] = [];
+afterAll(async () => {
+  for (const c of closers) await c();
+});
+
+async function load(source: string, options?: unknown) {
+  const p = await loadPlugin<'policy'>(source, options);
+  closers.push(p.close);
+  return p.instance;
+}
 
 runPolicyProviderContract({
   name: 'plugins/secret-guard',
-  create: async () => {
-    const plugin = ((await import(secretGuard)) as { default: Plugin<'policy'> }).default;
-    const fabric = new AgentFabric();
-    const provider = await plugin.create({}, { fabric, signal: new AbortController().signal });
-    await fabric.close();
-    return provider;
-  },
+  create: () => load(FIRST_PARTY('secret-guard')),
   deniedCall: {
     agentId: 'a',
     tool: 'fs__write_file',
@@ -24,4 +26,52 @@ runPolicyProviderContract({
     tool: 'fs__write_file',
     params: { path: '/tmp/notes.txt', content: 'hello' },
   },
+});
+
+runPolicyProviderContract({
+  name: 'plugins/policy-rate-limit',
+  create: async () => {
+    const p = await load(FIRST_PARTY('policy-rate-limit'), {
+      perAgent: { capacity: 2, refillPerSecond: 0.001 },
+    });
+    // `flood` has used its burst; `calm` has not.
+    for (let i = 0; i < 2; i++) p.admitted!({ agentId: 'flood', tool: 'fs__read', params: {} });
+    return p;
+  },
+  deniedCall: { agentId: 'flood', tool: 'fs__read', params: { path: 'a' } },
+  allowedCall: { agentId: 'calm', tool: 'fs__read', params: { path: 'a' } },
+});
+
+runPolicyProviderContract({
+  name: 'plugins/policy-loop-guard',
+  create: async () => {
+    const p = await load(FIRST_PARTY('policy-loop-guard'), { maxRepeats: 3 });
+    for (let i = 0; i < 3; i++) {
+      p.admitted!({ agentId: 'a', tool: 'search', params: { q: 'same', page: 1 } });
+    }
+    return p;
+  },
+  // Same call, keys reordered and whitespace changed: still the same call.
+  deniedCall: { agentId: 'a', tool: 'search', params: { page: 1, q: '  same ' } },
+  allowedCall: { agentId: 'a', tool: 'search', params: { q: 'same', page: 2 } },
+});
+
+// A user's plugin, written outside the repository without importing anything, loaded by path.
+const user = userPluginDir({
+  'no-rm.mjs': `export default {
+  name: 'user-no-rm', version: '0.1.0', kind: 'policy', api: 2,
+  create: () => ({
+    name: 'user-no-rm',
+    decide: (ctx) => (ctx.tool === 'shell__rm' ? { action: 'deny', reason: 'no rm' } : undefined),
+  }),
+};
+`,
+});
+afterAll(() => user.remove());
+
+runPolicyProviderContract({
+  name: 'user plugin from a temp dir',
+  create: () => load(`${user.dir}/no-rm.mjs`),
+  deniedCall: { agentId: 'a', tool: 'shell__rm', params: { path: '/' } },
+  allowedCall: { agentId: 'a', tool: 'shell__ls', params: {} },
 });

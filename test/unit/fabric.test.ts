@@ -109,13 +109,20 @@ describe('AgentFabric', () => {
       await vi.advanceTimersByTimeAsync(10_000);
       await fabric.heartbeat(b!);
     }
+    // `a` stays in the pool (it may come back); a third agent covers for it meanwhile.
     expect((await fabric.getAgentInfo(a!)).status).toBe(AgentStatus.UNHEALTHY);
+    const during = (await fabric.getPool('p')).currentAgents;
+    expect(during).toHaveLength(3);
+    const cover = during.find((id) => id !== a && id !== b)!;
     expect((await fabric.getTask(running.id)).status).toBe(TaskStatus.PENDING);
     const retry = (await fabric.claimTask(b!))!;
     expect(retry).toMatchObject({ taskId: running.id, attempt: 2 });
     // The first agent comes back and tries to finish its stale attempt: rejected, as if the task
-    // did not exist (it no longer holds it).
+    // did not exist (it no longer holds it). The pool is above its size again: the cover goes.
     await fabric.heartbeat(a!);
+    await vi.advanceTimersByTimeAsync(0);
+    expect((await fabric.getPool('p')).currentAgents).toEqual([a, b]);
+    expect((await fabric.getAgentInfo(cover)).status).toBe(AgentStatus.TERMINATED);
     await expect(fabric.completeTask(a!, running.id, 1, 'stale')).rejects.toBeInstanceOf(
       TaskNotFoundError,
     );

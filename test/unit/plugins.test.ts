@@ -1,4 +1,6 @@
+import { readFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { parseSidecarConfig } from '../../src/server/config-file.js';
 import { AgentFabric } from '../../src/fabric.js';
 import { PluginError, PluginTimeoutError } from '../../src/errors.js';
 import { definePlugin, type Plugin } from '../../src/plugins/plugin.js';
@@ -166,5 +168,54 @@ describe('README plugin example', () => {
     ).toBe('no shells');
     await host.close();
     await fabric.close();
+  });
+});
+
+describe('README plugin section', () => {
+  const readme = () =>
+    readFileSync(new URL('../../README.md', import.meta.url), 'utf8').slice(
+      readFileSync(new URL('../../README.md', import.meta.url), 'utf8').indexOf('\n## Plugins\n'),
+    );
+
+  it('shows examples/plugins/pool-inline.ts verbatim, and it keeps a pool at size', async () => {
+    const blocks = [...readme().matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+    const file = readFileSync(
+      new URL('../../examples/plugins/pool-inline.ts', import.meta.url),
+      'utf8',
+    );
+    expect(blocks[1]).toBe(file);
+    const fabric = new AgentFabric();
+    const host = new PluginHost(fabric);
+    await host.load(new URL('../../examples/plugins/pool-inline.ts', import.meta.url), {
+      label: 'inline',
+    });
+    const pool = await fabric.createPool({
+      poolId: 'p',
+      model: 'm',
+      minAgents: 2,
+      provider: 'inline',
+    });
+    await fabric.terminate(pool.currentAgents[0]!);
+    await new Promise((r) => setImmediate(r));
+    expect((await fabric.getPool('p')).currentAgents).toHaveLength(2);
+    await host.close();
+    await fabric.close();
+  });
+
+  it('shows a config that the sidecar config parser accepts', () => {
+    const yaml = /### Loading plugins from the config\n\n```yaml\n([\s\S]*?)```/.exec(
+      readme(),
+    )![1]!;
+    const config = parseSidecarConfig(yaml, 'readme.yaml', { env: {} });
+    expect(config.plugins.map((p) => p.module)).toEqual([
+      'secret-guard',
+      'policy-rate-limit',
+      'policy-loop-guard',
+      'pool-process',
+      './plugins/pool-inline.js',
+      '@acme/fabric-policy-pii',
+    ]);
+    expect(config.plugins.at(-1)!.optional).toBe(true);
+    expect(config.pools[0]).toMatchObject({ id: 'workers', provider: 'process' });
   });
 });

@@ -1,0 +1,280 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { AgentStatus } from '../../src/agent.js';
+import { ConfigError, InvalidArgumentError } from '../../src/errors.js';
+import { AgentFabric } from '../../src/fabric.js';
+import type { PoolEvents } from '../../src/pools/pool-manager.js';
+import type {
+  PoolAgentStart,
+  PoolProvider,
+  PoolStopReason,
+} from '../../src/pools/pool-provider.js';
+
+type Ev = {
+  [K in keyof PoolEvents]: { type: K; e: PoolEvents[K][0]; at: number };
+}[keyof PoolEvents];
+
+function record(fabric: AgentFabric): Ev[] {
+  const seen: Ev[] = [];
+  for (const type of [
+    'pool.agent.spawned',
+    'pool.agent.started',
+    'pool.agent.lost',
+    'pool.start.failed',
+  ] as const) {
+    fabric.pools.events.on(type, (e: unknown) => void seen.push({ type, e, at: Date.now() } as Ev));
+  }
+  return seen;
+}
+
+/** A provider whose starts fail while `failing` is set and whose health answers `alive`. */
+class ScriptedProvider implements PoolProvider {
+  readonly name = 'scripted';
+  readonly executor = 'inprocess';
+  failing = 0;
+  readonly alive = new Set<string>();
+  readonly started: PoolAgentStart[] = [];
+  readonly stopped: [string, PoolStopReason][] = [];
+  hang = false;
+  async start(agent: PoolAgentStart): Promise<void> {
+    this.started.push(agent);
+    if (this.hang) return new Promise(() => undefined);
+    if (this.failing > 0) {
+      this.failing--;
+      throw new Error('could not start');
+    }
+    this.alive.add(agent.agentId);
+  }
+  healthCheck(agentId: string): boolean {
+    return this.alive.has(agentId);
+  }
+  async stop(agentId: string, reason: PoolStopReason): Promise<void> {
+    this.alive.delete(agentId);
+    this.stopped.push([agentId, reason]);
+  }
+}
+
+describe('pools reconcile', () => {
+  let fabric: AgentFabric;
+  beforeEach(() => {
+    vi.useFakeTimers();
+    fabric = new AgentFabric(
+      { heartbeatIntervalSeconds: 10, drainTimeoutSeconds: 1, maxConcurrentAgents: 6 },
+      { pools: { reconcileIntervalMs: 1000, startBackoffMs: 1000, maxStartBackoffMs: 8000 } },
+    );
+  });
+  afterEach(async () => {
+    await fabric.close();
+    vi.useRealTimers();
+  });
+
+  it('keeps minAgents through terminations, and reports each loss and replacement', async () => {
+    const seen = record(fabric);
+    await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 2, executor: 'inprocess' });
+    const [a, b] = (await fabric.getPool('p')).currentAgents;
+    await fabric.terminate(a!);
+    await vi.advanceTimersByTimeAsync(0);
+    const pool = await fabric.getPool('p');
+    expect(pool.currentAgents).toHaveLength(2);
+    expect(pool.currentAgents).toContain(b);
+    expect(pool.currentAgents).not.toContain(a);
+    const replacement = pool.currentAgents.find((id) => id !== b)!;
+    expect((await fabric.getAgentInfo(replacement)).status).toBe(AgentStatus.HEALTHY);
+    expect(seen.filter((s) => s.type === 'pool.agent.lost').map((s) => s.e)).toEqual([
+      { poolId: 'p', agentId: a, reason: 'terminated' },
+    ]);
+    expect(seen.filter((s) => s.type === 'pool.agent.spawned').map((s) => s.e)).toEqual([
+      { poolId: 'p', agentId: a, reason: 'create' },
+      { poolId: 'p', agentId: b, reason: 'create' },
+      { poolId: 'p', agentId: replacement, reason: 'replace' },
+    ]);
+  });
+
+  it('keeps the scaled size, but does not bring back agents scaled away', async () => {
+    await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 1, executor: 'inprocess' });
+    await fabric.scalePool('p', 3);
+    const [first] = (await fabric.getPool('p')).currentAgents;
+    await fabric.terminate(first!);
+    await vi.advanceTimersByTimeAsync(0);
+    expect((await fabric.getPool('p')).currentAgents).toHaveLength(3);
+    await fabric.scalePool('p', 1);
+    await vi.advanceTimersByTimeAsync(5000);
+    const pool = await fabric.getPool('p');
+    expect(pool.currentAgents).toHaveLength(1);
+    expect(pool.desiredAgents).toBe(1);
+    expect(await fabric.listAgents({ status: AgentStatus.HEALTHY })).toHaveLength(1);
+  });
+
+  it('terminates and replaces an agent that went UNHEALTHY without ever being healthy', async () => {
+    await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 2, executor: 'remote' });
+    const [a, b] = (await fabric.getPool('p')).currentAgents;
+    await fabric.heartbeat(a!);
+    for (let i = 0; i < 4; i++) {
+      await vi.advanceTimersByTimeAsync(10_000);
+      await fabric.heartbeat(a!);
+    }
+    expect((await fabric.getAgentInfo(b!)).status).toBe(AgentStatus.TERMINATED);
+    const pool = await fabric.getPool('p');
+    expect(pool.currentAgents).toHaveLength(2);
+    expect(pool.currentAgents).toContain(a);
+    expect(pool.currentAgents).not.toContain(b);
+  });
+
+  it('backs off exponentially while agents die before ever becoming healthy', async () => {
+    const seen = record(fabric);
+    // Remote agents nobody runs: each one goes UNHEALTHY without a heartbeat.
+    await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 1, executor: 'remote' });
+    await vi.advanceTimersByTimeAsync(200_000);
+    const events = seen.filter((s) => s.type === 'pool.start.failed');
+    const failed = events.map((s) => s.e as PoolEvents['pool.start.failed'][0]);
+    expect(failed.length).toBeGreaterThanOrEqual(4);
+    expect(failed.map((f) => f.failures)).toEqual(failed.map((_, i) => i + 1));
+    const delays = events.map((s, i) => failed[i]!.retryAt - s.at);
+    expect(delays.slice(0, 4)).toEqual([1000, 2000, 4000, 8000]);
+    expect(Math.max(...delays)).toBe(8000);
+    // Each agent lives ~30 s before it counts as lost; with the backoff no more are spawned
+    // than one per failure, plus the first.
+    const spawned = seen.filter((s) => s.type === 'pool.agent.spawned').length;
+    expect(spawned).toBe(failed.length + 1);
+    // A heartbeat from the current agent ends the backoff: the next loss is retried at once.
+    const [current] = (await fabric.getPool('p')).currentAgents;
+    await fabric.heartbeat(current!);
+    await fabric.terminate(current!);
+    await vi.advanceTimersByTimeAsync(0);
+    expect((await fabric.getPool('p')).currentAgents).toHaveLength(1);
+  });
+
+  it('retries a spawn the agent limit refuses, with backoff, and fills in once there is room', async () => {
+    const seen = record(fabric);
+    const loners = [];
+    for (let i = 0; i < 4; i++) loners.push(await fabric.spawn({ model: 'm', name: `x${i}` }));
+    await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 2, executor: 'inprocess' });
+    const [a, b] = (await fabric.getPool('p')).currentAgents;
+    // Someone else takes the slot `a` frees before the pool can (maxConcurrentAgents is 6).
+    fabric.pools.events.on(
+      'pool.agent.lost',
+      () => void fabric.spawn({ model: 'm', name: 'taker' }),
+    );
+    await fabric.terminate(a!);
+    await vi.advanceTimersByTimeAsync(0);
+    expect((await fabric.getPool('p')).currentAgents).toEqual([b]);
+    const failed = seen.flatMap((s) => (s.type === 'pool.start.failed' ? [s.e] : []));
+    expect(failed).toHaveLength(1);
+    expect(failed[0]!.error.name).toBe('AgentLimitError');
+    expect(failed[0]!.agentId).toBeUndefined();
+    // A slot frees; the retry after the backoff takes it.
+    await fabric.terminate(loners[0]!.id);
+    await vi.advanceTimersByTimeAsync(999);
+    expect((await fabric.getPool('p')).currentAgents).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect((await fabric.getPool('p')).currentAgents).toHaveLength(2);
+  });
+
+  describe('with a pool provider', () => {
+    let provider: ScriptedProvider;
+    beforeEach(() => {
+      provider = new ScriptedProvider();
+      fabric.registerPoolProvider(provider);
+    });
+
+    it('starts each agent through the provider with its credential, on the provider executor', async () => {
+      const seen = record(fabric);
+      const pool = await fabric.createPool({
+        poolId: 'p',
+        model: 'm',
+        minAgents: 2,
+        provider: 'scripted',
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      expect(pool.provider).toBe('scripted');
+      expect(provider.started.map((s) => s.agentId)).toEqual(pool.currentAgents);
+      expect(provider.started.map((s) => s.credential)).toEqual(
+        pool.spawned.map((s) => s.credential),
+      );
+      for (const id of pool.currentAgents) {
+        expect((await fabric.getAgentInfo(id)).executor).toBe('inprocess');
+      }
+      expect(seen.filter((s) => s.type === 'pool.agent.started')).toHaveLength(2);
+    });
+
+    it('refuses an unknown provider and a malformed one', async () => {
+      await expect(
+        fabric.createPool({ poolId: 'p', model: 'm', provider: 'nope' }),
+      ).rejects.toBeInstanceOf(InvalidArgumentError);
+      expect(() => fabric.registerPoolProvider({ name: 'x' } as never)).toThrow(
+        InvalidArgumentError,
+      );
+      expect(() => fabric.registerPoolProvider(new ScriptedProvider())).toThrow(/already/);
+      expect((await fabric.listPools()).length).toBe(0);
+    });
+
+    it('backs off on failed starts (1 s, 2 s, 4 s) and stops what a failed start left', async () => {
+      const seen = record(fabric);
+      provider.failing = 3;
+      await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 1, provider: 'scripted' });
+      await vi.advanceTimersByTimeAsync(0);
+      const failures = () => seen.flatMap((s) => (s.type === 'pool.start.failed' ? [s.e] : []));
+      expect(failures()).toHaveLength(1);
+      const t0 = Date.now();
+      expect(failures()[0]!.retryAt - t0).toBe(1000);
+      await vi.advanceTimersByTimeAsync(999);
+      expect(provider.started).toHaveLength(1);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(provider.started).toHaveLength(2);
+      expect(failures()[1]!.retryAt - Date.now()).toBe(2000);
+      await vi.advanceTimersByTimeAsync(2000);
+      expect(failures()[2]!.retryAt - Date.now()).toBe(4000);
+      await vi.advanceTimersByTimeAsync(4000);
+      expect(provider.started).toHaveLength(4);
+      const pool = await fabric.getPool('p');
+      expect(pool.currentAgents).toEqual([provider.started[3]!.agentId]);
+      expect(provider.stopped).toEqual(
+        provider.started.slice(0, 3).map((s) => [s.agentId, 'start-failed']),
+      );
+      for (const s of provider.started.slice(0, 3)) {
+        expect((await fabric.getAgentInfo(s.agentId)).status).toBe(AgentStatus.TERMINATED);
+      }
+    });
+
+    it('replaces an agent that fails its health check, stopping the old runtime', async () => {
+      await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 2, provider: 'scripted' });
+      await vi.advanceTimersByTimeAsync(0);
+      const [a, b] = (await fabric.getPool('p')).currentAgents;
+      provider.alive.delete(a!); // its process died
+      await vi.advanceTimersByTimeAsync(1000);
+      const pool = await fabric.getPool('p');
+      expect(pool.currentAgents).toHaveLength(2);
+      expect(pool.currentAgents).toContain(b);
+      expect(pool.currentAgents).not.toContain(a);
+      expect(provider.stopped).toEqual([[a, 'health-check']]);
+      expect((await fabric.getAgentInfo(a!)).status).toBe(AgentStatus.TERMINATED);
+    });
+
+    it('aborts a start that never finishes when its agent is terminated, and stops it once', async () => {
+      provider.hang = true;
+      await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 1, provider: 'scripted' });
+      await vi.advanceTimersByTimeAsync(0);
+      const [first] = provider.started;
+      await fabric.terminate(first!.agentId);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(first!.signal.aborted).toBe(true);
+      expect(provider.stopped).toEqual([[first!.agentId, 'terminated']]);
+    });
+
+    it('stops every runtime when the pool is deleted, and replaces none', async () => {
+      await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 3, provider: 'scripted' });
+      await vi.advanceTimersByTimeAsync(0);
+      const ids = (await fabric.getPool('p')).currentAgents;
+      await fabric.deletePool('p', { drainTimeoutSeconds: 0 });
+      await vi.advanceTimersByTimeAsync(5000);
+      expect(provider.stopped.map(([id]) => id).sort()).toEqual([...ids].sort());
+      expect(provider.started).toHaveLength(3);
+    });
+  });
+
+  it('validates reconcile options, naming the field', () => {
+    expect(() => new AgentFabric({}, { pools: { reconcileIntervalMs: 0 } })).toThrow(ConfigError);
+    expect(
+      () => new AgentFabric({}, { pools: { startBackoffMs: 10, maxStartBackoffMs: 5 } }),
+    ).toThrow(/maxStartBackoffMs/);
+  });
+});
