@@ -49,10 +49,22 @@ import {
 import { StoreLock } from '../hooks/store-lock.js';
 import { parseRecordJson, recordJson } from '../json-bytes.js';
 import type { Approval } from '../policy/approval-manager.js';
+import {
+  INSERT_TASK,
+  TASKS_TABLE,
+  UPDATE_TASK,
+  insertCells,
+  taskFromRow,
+  updateCells,
+  type TaskRow,
+} from './sqlite-tasks.js';
 import type { Collection, FabricStore } from './store.js';
 
-/** The schema version this code writes (stored as SQLite's `user_version`). */
-export const STATE_SCHEMA_VERSION = 1;
+/**
+ * The schema version this code writes (stored as SQLite's `user_version`). 2: tasks in their own
+ * table (`sqlite-tasks.ts`); a version-1 file is migrated when opened.
+ */
+export const STATE_SCHEMA_VERSION = 2;
 
 /** How hard a commit is pushed to disk. @see SqliteStoreOptions.synchronous */
 export type StateSynchronous = 'NORMAL' | 'FULL';
@@ -86,7 +98,8 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS budgets (scope TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
 `;
 
-type Kind = 'task' | 'agent' | 'pool' | 'approval';
+/** Kinds of the `records` table (tasks have their own table since schema 2). */
+type Kind = 'agent' | 'pool' | 'approval';
 
 /**
  * When a change is committed: `now` before the call that made it returns (a synchronous
@@ -111,10 +124,15 @@ export class SqliteCollection<T> implements Collection<T> {
   readonly #journal: Journal;
   readonly #urgency: Urgency;
   /** @internal */
-  readonly kind: Kind;
+  readonly kind: Kind | 'task';
 
   /** @internal */
-  constructor(kind: Kind, journal: Journal, rows: Iterable<[string, T]>, urgency: Urgency) {
+  constructor(
+    kind: Kind | 'task',
+    journal: Journal,
+    rows: Iterable<[string, T]>,
+    urgency: Urgency,
+  ) {
     this.kind = kind;
     this.#journal = journal;
     this.#urgency = urgency;
@@ -162,6 +180,46 @@ export class SqliteCollection<T> implements Collection<T> {
   /** @internal Called once `ids` are committed. */
   committed(ids: readonly string[]): void {
     for (const id of ids) this.#dirty.delete(id);
+  }
+}
+
+/**
+ * The task collection: as {@link SqliteCollection}, and it knows which tasks have a row (and
+ * its `rid`), so a task's first write is an insert and later ones update its changing columns.
+ */
+export class SqliteTaskCollection<T> extends SqliteCollection<T> {
+  /** Row of each task committed to the `tasks` table. */
+  readonly #rids = new Map<string, number>();
+  #nextRid = 1;
+
+  /** @internal */
+  constructor(journal: Journal, rows: ReadonlyArray<[string, T, number]>) {
+    super(
+      'task',
+      journal,
+      rows.map(([id, record]): [string, T] => [id, record]),
+      'soon',
+    );
+    for (const [id, , rid] of rows) {
+      this.#rids.set(id, rid);
+      if (rid >= this.#nextRid) this.#nextRid = rid + 1;
+    }
+  }
+
+  /** @internal The row of a committed task, if it has one. */
+  rowOf(id: string): number | undefined {
+    return this.#rids.get(id);
+  }
+
+  /** @internal A fresh row number for a task's insert (recorded by {@link inserted}). */
+  newRow(): number {
+    return this.#nextRid++;
+  }
+
+  /** @internal Called once the rows are committed. */
+  rowsCommitted(inserted: ReadonlyArray<[string, number]>, deleted: readonly string[]): void {
+    for (const [id, rid] of inserted) this.#rids.set(id, rid);
+    for (const id of deleted) this.#rids.delete(id);
   }
 }
 
@@ -238,7 +296,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    * Tasks. Loaded records are the plain data the scheduler stored (`TaskData`); the scheduler
    * rebuilds its live records from them when the fabric starts and holds those from then on.
    */
-  readonly tasks: SqliteCollection<TTask>;
+  readonly tasks: SqliteTaskCollection<TTask>;
   readonly agents: SqliteCollection<TAgent>;
   readonly pools: SqliteCollection<TPool>;
   /** Committed synchronously: `put`/`delete` return after the transaction. */
@@ -249,6 +307,9 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly #onError: (error: StateStoreError) => void;
   readonly #upsert: Database.Statement<[string, string, string]>;
   readonly #remove: Database.Statement<[string, string]>;
+  readonly #insertTask: Database.Statement<unknown[]>;
+  readonly #updateTask: Database.Statement<unknown[]>;
+  readonly #removeTask: Database.Statement<[number]>;
   readonly #upsertBudget: Database.Statement<[string, string]>;
   readonly #removeBudget: Database.Statement<[string]>;
   readonly #setMeta: Database.Statement<[string, string]>;
@@ -278,7 +339,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         )
         .all(kind)
         .map((r) => [r.id, parseRecord(path, kind, r.id, r.data) as never]);
-    this.tasks = new SqliteCollection<TTask>('task', journal, rows('task'), 'soon');
+    this.tasks = new SqliteTaskCollection<TTask>(journal, taskRows(path, db));
     this.agents = new SqliteCollection<TAgent>('agent', journal, rows('agent'), 'soon');
     this.pools = new SqliteCollection<TPool>('pool', journal, rows('pool'), 'soon');
     this.approvals = new SqliteCollection<Approval>('approval', journal, rows('approval'), 'now');
@@ -287,6 +348,9 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       'INSERT INTO records (kind, id, data) VALUES (?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET data = excluded.data',
     );
     this.#remove = db.prepare('DELETE FROM records WHERE kind = ? AND id = ?');
+    this.#insertTask = db.prepare(INSERT_TASK);
+    this.#updateTask = db.prepare(UPDATE_TASK);
+    this.#removeTask = db.prepare('DELETE FROM tasks WHERE rid = ?');
     this.#upsertBudget = db.prepare(
       'INSERT INTO budgets (scope, data) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE SET data = excluded.data',
     );
@@ -327,15 +391,21 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       const created =
         !existsSync(path) || (statSync(path).size === 0 && !existsSync(`${path}-wal`));
       if (!created) inspect(path);
-      let db: Database.Database;
+      let db: Database.Database | undefined;
       try {
         db = new Database(path);
         db.pragma('journal_mode = WAL');
         db.pragma(`synchronous = ${synchronous}`);
         db.exec(SCHEMA);
-        db.pragma(`user_version = ${STATE_SCHEMA_VERSION}`);
       } catch (error) {
+        db?.close();
         throw new StateStoreError(path, `cannot be opened: ${messageOf(error)}`, { cause: error });
+      }
+      try {
+        migrate(path, db);
+      } catch (error) {
+        db.close();
+        throw error;
       }
       // The file holds credential hashes and the start-up agents' key: owner only.
       if (created) chmodSync(path, 0o600);
@@ -412,16 +482,32 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         return undefined;
       }
     };
+    // Tasks: a first write inserts the row, later ones update its changing columns.
+    const inserts: Array<[string, number, unknown[]]> = [];
+    const updates: unknown[][] = [];
+    const removed: string[] = [];
+    for (const [id, record] of tasks) {
+      const rid = this.tasks.rowOf(id);
+      if (record === undefined) {
+        if (rid !== undefined) removed.push(id);
+        continue;
+      }
+      try {
+        if (rid === undefined) inserts.push([id, this.tasks.newRow(), insertCells(id, record)]);
+        else updates.push([...updateCells(id, record), rid]);
+      } catch {
+        unserializable.push(`task ${id}`);
+      }
+    }
     const rows: Array<[Kind, string, string | undefined | null]> = [];
     for (const [c, changed] of [
-      [this.tasks, tasks],
       [this.agents, agents],
       [this.pools, pools],
       [this.approvals, approvals],
     ] as const) {
       for (const [id, record] of changed) {
         rows.push([
-          c.kind,
+          c.kind as Kind,
           id,
           record === undefined ? null : json(`${c.kind} ${id}`, () => record),
         ]);
@@ -433,6 +519,9 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     ]);
     try {
       this.#db.transaction(() => {
+        for (const [, rid, cells] of inserts) this.#insertTask.run(rid, ...cells);
+        for (const cells of updates) this.#updateTask.run(...cells);
+        for (const id of removed) this.#removeTask.run(this.tasks.rowOf(id)!);
         for (const [kind, id, data] of rows) {
           if (data === null) this.#remove.run(kind, id);
           else if (data !== undefined) this.#upsert.run(kind, id, data);
@@ -445,6 +534,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     } catch (error) {
       throw new StateStoreError(this.path, `write failed: ${messageOf(error)}`, { cause: error });
     }
+    this.tasks.rowsCommitted(
+      inserts.map(([id, rid]) => [id, rid]),
+      removed,
+    );
     this.tasks.committed(tasks.map(([id]) => id));
     this.agents.committed(agents.map(([id]) => id));
     this.pools.committed(pools.map(([id]) => id));
@@ -601,7 +694,61 @@ function inspect(path: string): void {
   }
 }
 
-function parseRecord(path: string, kind: Kind, id: string, data: string): unknown {
+/**
+ * Brings a file of an older schema to {@link STATE_SCHEMA_VERSION} in one transaction (a failure
+ * leaves it as it was): 0 (new) or 1 → 2 creates the `tasks` table and moves schema 1's task
+ * records (JSON in `records`) into it.
+ * @throws StateStoreError naming the file and the task when a schema-1 task record is not JSON.
+ */
+function migrate(path: string, db: Database.Database): void {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version === STATE_SCHEMA_VERSION) return;
+  try {
+    db.transaction(() => {
+      db.exec(TASKS_TABLE);
+      if (version === 1) {
+        const insert = db.prepare(INSERT_TASK);
+        let rid = 0;
+        for (const r of db
+          .prepare<[], { id: string; data: string }>(
+            "SELECT id, data FROM records WHERE kind = 'task' ORDER BY id",
+          )
+          .all()) {
+          insert.run(++rid, ...insertCells(r.id, parseRecord(path, 'task', r.id, r.data)));
+        }
+        db.exec("DELETE FROM records WHERE kind = 'task'");
+      }
+      db.pragma(`user_version = ${STATE_SCHEMA_VERSION}`);
+    })();
+  } catch (error) {
+    if (error instanceof StateStoreError) throw error;
+    throw new StateStoreError(
+      path,
+      `cannot be migrated from schema ${version} to ${STATE_SCHEMA_VERSION}: ${messageOf(error)}`,
+      { cause: error },
+    );
+  }
+}
+
+/** The stored tasks with their rows, in row order. */
+function taskRows(path: string, db: Database.Database): Array<[string, never, number]> {
+  return db
+    .prepare<[], TaskRow>('SELECT * FROM tasks ORDER BY rid')
+    .all()
+    .map((row) => {
+      try {
+        return [row.id, taskFromRow(row) as never, row.rid];
+      } catch (error) {
+        throw new StateStoreError(
+          path,
+          `task record ${JSON.stringify(row.id)} cannot be read: ${messageOf(error)}`,
+          { cause: error },
+        );
+      }
+    });
+}
+
+function parseRecord(path: string, kind: Kind | 'task', id: string, data: string): unknown {
   try {
     const value: unknown = parseRecordJson(data, `${kind} record ${id}`);
     if (value !== null && typeof value === 'object') return value;
