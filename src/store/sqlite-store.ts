@@ -121,6 +121,8 @@ interface Journal {
 export class SqliteCollection<T> implements Collection<T> {
   readonly #map = new Map<string, T>();
   readonly #dirty = new Set<string>();
+  /** Changed by {@link putLazily} only: committed by the end-of-iteration commit (or `flush`). */
+  readonly #lazy = new Set<string>();
   readonly #journal: Journal;
   readonly #urgency: Urgency;
   /** @internal */
@@ -146,7 +148,15 @@ export class SqliteCollection<T> implements Collection<T> {
   put(id: string, record: T): void {
     this.#map.set(id, record);
     this.#dirty.add(id);
+    this.#lazy.delete(id);
     this.#journal.touch(this.#urgency);
+  }
+
+  putLazily(id: string, record: T): void {
+    this.#map.set(id, record);
+    if (this.#dirty.has(id)) return; // written with the pending change anyway
+    this.#lazy.add(id);
+    this.#journal.touch('later');
   }
 
   adopt(id: string, record: T): void {
@@ -157,6 +167,7 @@ export class SqliteCollection<T> implements Collection<T> {
     const had = this.#map.delete(id);
     if (had) {
       this.#dirty.add(id);
+      this.#lazy.delete(id);
       this.#journal.touch(this.#urgency);
     }
     return had;
@@ -170,16 +181,30 @@ export class SqliteCollection<T> implements Collection<T> {
     return this.#map.size;
   }
 
-  /** @internal The changed ids and their current records (undefined: deleted). */
-  pending(): Array<[string, T | undefined]> {
+  /**
+   * @internal The changed ids and their current records (undefined: deleted); with `lazy`, also
+   * those changed by {@link putLazily}.
+   */
+  pending(lazy: boolean): Array<[string, T | undefined]> {
     const out: Array<[string, T | undefined]> = [];
     for (const id of this.#dirty) out.push([id, this.#map.get(id)]);
+    if (lazy) for (const id of this.#lazy) out.push([id, this.#map.get(id)]);
     return out;
+  }
+
+  /** @internal The ids {@link pending} would give. */
+  changedIds(lazy: boolean): string[] {
+    const ids = [...this.#dirty];
+    if (lazy) for (const id of this.#lazy) ids.push(id);
+    return ids;
   }
 
   /** @internal Called once `ids` are committed. */
   committed(ids: readonly string[]): void {
-    for (const id of ids) this.#dirty.delete(id);
+    for (const id of ids) {
+      this.#dirty.delete(id);
+      this.#lazy.delete(id);
+    }
   }
 }
 
@@ -316,6 +341,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly #getMeta: Database.Statement<[string], { value: string }>;
   /** A microtask commit is queued. */
   #soon = false;
+  /** An end-of-iteration commit is queued (for lazy changes). */
+  #later = false;
   #closed = false;
   #lastError: StateStoreError | undefined;
 
@@ -455,12 +482,17 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    * @throws StateStoreError when the write fails (the changes stay pending).
    */
   flush(): void {
-    this.#soon = false;
+    this.#flush(true);
+  }
+
+  /** {@link flush}; `lazy`: also the changes made with `putLazily`. */
+  #flush(lazy: boolean): void {
+    if (!lazy) this.#soon = false;
     if (this.#closed) return;
-    const tasks = this.tasks.pending();
-    const agents = this.agents.pending();
-    const pools = this.pools.pending();
-    const approvals = this.approvals.pending();
+    const tasks = this.tasks.changedIds(lazy);
+    const agents = this.agents.pending(lazy);
+    const pools = this.pools.pending(lazy);
+    const approvals = this.approvals.pending(lazy);
     const budgets = this.budgets.pending();
     if (
       tasks.length === 0 &&
@@ -482,23 +514,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         return undefined;
       }
     };
-    // Tasks: a first write inserts the row, later ones update its changing columns.
-    const inserts: Array<[string, number, unknown[]]> = [];
-    const updates: unknown[][] = [];
+    // Tasks are serialized inside the transaction, one at a time (no intermediate copies: they
+    // are most of the writes); a task that cannot be serialized is skipped and reported.
+    const inserted: Array<[string, number]> = [];
     const removed: string[] = [];
-    for (const [id, record] of tasks) {
-      const rid = this.tasks.rowOf(id);
-      if (record === undefined) {
-        if (rid !== undefined) removed.push(id);
-        continue;
-      }
-      try {
-        if (rid === undefined) inserts.push([id, this.tasks.newRow(), insertCells(id, record)]);
-        else updates.push([...updateCells(id, record), rid]);
-      } catch {
-        unserializable.push(`task ${id}`);
-      }
-    }
     const rows: Array<[Kind, string, string | undefined | null]> = [];
     for (const [c, changed] of [
       [this.agents, agents],
@@ -519,9 +538,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     ]);
     try {
       this.#db.transaction(() => {
-        for (const [, rid, cells] of inserts) this.#insertTask.run(rid, ...cells);
-        for (const cells of updates) this.#updateTask.run(...cells);
-        for (const id of removed) this.#removeTask.run(this.tasks.rowOf(id)!);
+        for (const id of tasks) this.#writeTask(id, inserted, removed, unserializable);
         for (const [kind, id, data] of rows) {
           if (data === null) this.#remove.run(kind, id);
           else if (data !== undefined) this.#upsert.run(kind, id, data);
@@ -534,11 +551,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     } catch (error) {
       throw new StateStoreError(this.path, `write failed: ${messageOf(error)}`, { cause: error });
     }
-    this.tasks.rowsCommitted(
-      inserts.map(([id, rid]) => [id, rid]),
-      removed,
-    );
-    this.tasks.committed(tasks.map(([id]) => id));
+    this.tasks.rowsCommitted(inserted, removed);
+    this.tasks.committed(tasks);
     this.agents.committed(agents.map(([id]) => id));
     this.pools.committed(pools.map(([id]) => id));
     this.approvals.committed(approvals.map(([id]) => id));
@@ -548,6 +562,42 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         this.path,
         `not written, cannot be serialized as JSON: ${unserializable.join(', ')} (the rest was committed)`,
       );
+    }
+  }
+
+  /**
+   * Writes the task `id` (inside the commit's transaction): a first write inserts its row, later
+   * ones update the columns that change, a deleted task's row goes.
+   */
+  #writeTask(
+    id: string,
+    inserted: Array<[string, number]>,
+    removed: string[],
+    unserializable: string[],
+  ): void {
+    const record = this.tasks.get(id);
+    const rid = this.tasks.rowOf(id);
+    if (record === undefined) {
+      if (rid !== undefined) {
+        this.#removeTask.run(rid);
+        removed.push(id);
+      }
+      return;
+    }
+    let cells: unknown[];
+    try {
+      cells = rid === undefined ? insertCells(id, record) : updateCells(id, record);
+    } catch {
+      unserializable.push(`task ${id}`);
+      return;
+    }
+    if (rid === undefined) {
+      const row = this.tasks.newRow();
+      this.#insertTask.run(row, ...cells);
+      inserted.push([id, row]);
+    } else {
+      cells.push(rid);
+      this.#updateTask.run(...cells);
     }
   }
 
@@ -590,17 +640,26 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #schedule(urgency: Urgency): void {
     if (this.#closed) return;
     if (urgency === 'now') {
-      this.#commit(true);
+      this.#commit(true, false);
+      return;
+    }
+    if (urgency === 'later') {
+      if (this.#later) return;
+      this.#later = true;
+      setImmediate(() => {
+        this.#later = false;
+        this.#commit(false, true);
+      });
       return;
     }
     if (this.#soon) return;
     this.#soon = true;
-    queueMicrotask(() => this.#commit(false));
+    queueMicrotask(() => this.#commit(false, false));
   }
 
-  #commit(rethrow: boolean): void {
+  #commit(rethrow: boolean, lazy: boolean): void {
     try {
-      this.flush();
+      this.#flush(lazy);
       this.#lastError = undefined;
     } catch (error) {
       // Never thrown into a microtask (that would crash the process): reported, and the changes

@@ -149,7 +149,9 @@ export function insertCells(id: string, record: unknown): Cell[] {
  * @throws for a result, error or progress that cannot be serialized
  */
 export function updateCells(id: string, record: unknown): MutableCells {
-  return mutableCells(id, dataOf(record));
+  // The changing fields have the same names on a live TaskRecord as in its stored form, so they
+  // are read from the record itself (no `toJSON` copy per write).
+  return mutableCells(id, (record ?? {}) as Record<string, unknown>);
 }
 
 function mutableCells(id: string, d: Record<string, unknown>): MutableCells {

@@ -188,6 +188,45 @@ function schemaOneFile(path: string, tasks: Array<[string, string]>): void {
 }
 
 describe('SqliteStore tasks table (schema 2)', () => {
+  it('commits a lazy put at the end of the event-loop iteration, not with an earlier commit', async () => {
+    const s = await open('tasks-lazy.db');
+    const started = task('t1');
+    s.tasks.put('t1', started);
+    s.tasks.put('t2', task('t2'));
+    await Promise.resolve();
+    started.status = TaskStatus.RUNNING;
+    started.attempt = 1;
+    s.tasks.putLazily('t1', started);
+    // Another record's change commits on a microtask; the lazy one waits.
+    s.agents.put('a', { n: 1 });
+    await Promise.resolve();
+    expect(committedIds(s.path)).toEqual(['a']);
+    expect(taskStatus(s.path, 't1')).toBe('PENDING');
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(taskStatus(s.path, 't1')).toBe('RUNNING');
+
+    // A change made with put after a lazy one is committed with the next commit, once.
+    const other = s.tasks.get('t2') as TaskRecord;
+    other.status = TaskStatus.RUNNING;
+    s.tasks.putLazily('t2', other);
+    other.status = TaskStatus.COMPLETED;
+    s.tasks.put('t2', other);
+    await Promise.resolve();
+    expect(taskStatus(s.path, 't2')).toBe('COMPLETED');
+  });
+
+  it('commits lazy puts on close', async () => {
+    const path = join(tempDir('sqlite-unit'), 'tasks-lazy-close.db');
+    const s = await SqliteStore.open(path);
+    const t = task('t1');
+    s.tasks.put('t1', t);
+    await Promise.resolve();
+    t.status = TaskStatus.RUNNING;
+    s.tasks.putLazily('t1', t);
+    await s.close();
+    expect(taskStatus(path, 't1')).toBe('RUNNING');
+  });
+
   it("writes a task's payload at its first commit only; later commits update what changes", async () => {
     const s = await open('tasks-once.db');
     const t = task('t1', { big: 'x'.repeat(1000) });
@@ -285,6 +324,17 @@ function committedTaskIds(path: string): string[] {
       .prepare<[], { id: string }>('SELECT id FROM tasks ORDER BY id')
       .all()
       .map((r) => r.id);
+  } finally {
+    db.close();
+  }
+}
+
+function taskStatus(path: string, id: string): unknown {
+  const db = new Database(path, { readonly: true });
+  try {
+    return db
+      .prepare<[string], { status: unknown }>('SELECT status FROM tasks WHERE id = ?')
+      .get(id)?.status;
   } finally {
     db.close();
   }
