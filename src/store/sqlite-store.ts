@@ -12,12 +12,16 @@
  *   tool call's settle …) resumes only after the commit, and every change of one synchronous
  *   run (a batch of schedules, a dispatch pass) shares it (measured in bench/state.ts and
  *   bench/store.ts). Approvals are the exception: their `put` commits before it returns (see
- *   `#schedule`). `close()` commits what is left.
- * - Records are stored as JSON of the plain data the managers keep; agents' credentials only as
- *   their SHA-256 (see `AgentRecord.credentialHash`), never in plaintext. A task is stored as its
- *   `TaskData` (the scheduler's `TaskRecord.toJSON`), not its runtime state; on open, `tasks`
- *   holds that plain data until the scheduler rebuilds its records (`AgentScheduler.restore`,
- *   which `adopt`s them without a write).
+ *   `#schedule`). A `putLazily` (the start of an in-process attempt) waits for the
+ *   end-of-iteration commit instead, so a task that starts and ends in one turn is written once.
+ *   `close()` commits what is left.
+ * - Agents, pools and approvals are stored as JSON of the plain data the managers keep; agents'
+ *   credentials only as their SHA-256 (see `AgentRecord.credentialHash`), never in plaintext.
+ *   Tasks, most of the writes, have their own table with a column per field of their `TaskData`
+ *   (`sqlite-tasks.ts`: inserted once, then only the changing columns updated; not the runtime
+ *   state); on open, `tasks` holds that plain data until the scheduler rebuilds its records
+ *   (`AgentScheduler.restore`, which `adopt`s them without a write).
+ * - Schema 1 (tasks as JSON in `records`) is migrated to 2 when opened, in one transaction.
  * - A file that is not ours, corrupt, or from a newer schema is refused with a typed error and
  *   left byte for byte as it was (it is checked through a read-only connection before anything
  *   opens it for writing); a second process on the same path gets {@link StateLockedError}
@@ -104,8 +108,8 @@ type Kind = 'agent' | 'pool' | 'approval';
 /**
  * When a change is committed: `now` before the call that made it returns (a synchronous
  * transaction: approvals, human-speed and rare); `soon` on a microtask, before a caller awaiting
- * the change resumes (tasks, agents, pools, budget usage); `later` at the end of the event-loop
- * iteration.
+ * the change resumes (tasks, agents, pools, budget usage); `later` (`putLazily`) at the end of
+ * the event-loop iteration, unless a `soon` change of the same record comes first.
  */
 type Urgency = 'now' | 'soon' | 'later';
 
