@@ -209,7 +209,7 @@ export class AgentScheduler {
       const t = this.#reported(id, attempt);
       if (t !== undefined && t.status === TaskStatus.SCHEDULED) {
         t.status = TaskStatus.RUNNING;
-        this.#save(t);
+        this.#saveStart(t, this.#agentOf(t));
       }
     },
     progress: (id, attempt, progress) => {
@@ -939,6 +939,17 @@ export class AgentScheduler {
     if (!this.#byReference) this.#tasks.put(t.id, t);
   }
 
+  /**
+   * {@link #save} of an attempt's start: lazily when the agent's executor runs it in this
+   * process (see `TaskExecutor.inProcess`), so a start and an end in one turn are one write.
+   */
+  #saveStart(t: TaskRecord, slot: AgentSlot | undefined): void {
+    if (this.#byReference) return;
+    if (slot?.exec.executor.inProcess === true && this.#tasks.putLazily !== undefined)
+      this.#tasks.putLazily(t.id, t);
+    else this.#tasks.put(t.id, t);
+  }
+
   #get(taskId: string): TaskRecord {
     const t = typeof taskId === 'string' ? this.#tasks.get(taskId) : undefined;
     if (t === undefined) throw new TaskNotFoundError(String(taskId));
@@ -1072,7 +1083,7 @@ export class AgentScheduler {
     entry.pending.push(task.assignment());
     entry.slots.push(slot);
     slot.unflushed++;
-    this.#save(task);
+    this.#saveStart(task, slot);
     if (this.events.listens('task.started')) this.events.emit('task.started', task.snapshot());
   }
 

@@ -38,6 +38,16 @@ export interface TaskExecutor {
   readonly acknowledges: boolean;
   /** True when the fabric heartbeats for this executor's agents while it is open. */
   readonly autoHeartbeat: boolean;
+  /**
+   * True when its tasks run inside this process (the main thread, worker threads) and end with
+   * it. No assignment leaves the process, so an attempt whose start was never committed cannot
+   * report later: a durable store may then commit the start of an attempt with its next commit
+   * (at the latest at the end of the event-loop iteration) instead of before the executor hears
+   * of it — a task that starts and ends in one turn is written once. Leave it unset for agents
+   * elsewhere: their start (the attempt, the fencing token) is committed before the assignment
+   * can leave.
+   */
+  readonly inProcess?: boolean;
   /** Called once, when the scheduler adopts the executor. */
   bind(sink: ExecutorSink): void;
   /**

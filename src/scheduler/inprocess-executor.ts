@@ -18,6 +18,7 @@ export class InProcessExecutor implements TaskExecutor {
   readonly name: string;
   readonly acknowledges = false;
   readonly autoHeartbeat = true;
+  readonly inProcess = true;
   readonly #handlers = new Map<string, TaskHandler>();
   readonly #running = new Map<string, LazyHandlerContext>();
   #sink: ExecutorSink | undefined;

@@ -90,6 +90,7 @@ export class PiscinaExecutor implements TaskExecutor {
   readonly name = LOCAL_EXECUTOR;
   readonly acknowledges = true;
   readonly autoHeartbeat = true;
+  readonly inProcess = true;
   readonly #handlers = new Map<string, string>();
   readonly #maxBatch: number;
   readonly #maxInFlight: number;

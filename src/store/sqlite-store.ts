@@ -12,12 +12,16 @@
  *   tool call's settle …) resumes only after the commit, and every change of one synchronous
  *   run (a batch of schedules, a dispatch pass) shares it (measured in bench/state.ts and
  *   bench/store.ts). Approvals are the exception: their `put` commits before it returns (see
- *   `#schedule`). `close()` commits what is left.
- * - Records are stored as JSON of the plain data the managers keep; agents' credentials only as
- *   their SHA-256 (see `AgentRecord.credentialHash`), never in plaintext. A task is stored as its
- *   `TaskData` (the scheduler's `TaskRecord.toJSON`), not its runtime state; on open, `tasks`
- *   holds that plain data until the scheduler rebuilds its records (`AgentScheduler.restore`,
- *   which `adopt`s them without a write).
+ *   `#schedule`). A `putLazily` (the start of an in-process attempt) waits for the
+ *   end-of-iteration commit instead, so a task that starts and ends in one turn is written once.
+ *   `close()` commits what is left.
+ * - Agents, pools and approvals are stored as JSON of the plain data the managers keep; agents'
+ *   credentials only as their SHA-256 (see `AgentRecord.credentialHash`), never in plaintext.
+ *   Tasks, most of the writes, have their own table with a column per field of their `TaskData`
+ *   (`sqlite-tasks.ts`: inserted once, then only the changing columns updated; not the runtime
+ *   state); on open, `tasks` holds that plain data until the scheduler rebuilds its records
+ *   (`AgentScheduler.restore`, which `adopt`s them without a write).
+ * - Schema 1 (tasks as JSON in `records`) is migrated to 2 when opened, in one transaction.
  * - A file that is not ours, corrupt, or from a newer schema is refused with a typed error and
  *   left byte for byte as it was (it is checked through a read-only connection before anything
  *   opens it for writing); a second process on the same path gets {@link StateLockedError}
@@ -49,10 +53,22 @@ import {
 import { StoreLock } from '../hooks/store-lock.js';
 import { parseRecordJson, recordJson } from '../json-bytes.js';
 import type { Approval } from '../policy/approval-manager.js';
+import {
+  INSERT_TASK,
+  TASKS_TABLE,
+  UPDATE_TASK,
+  insertCells,
+  taskFromRow,
+  updateCells,
+  type TaskRow,
+} from './sqlite-tasks.js';
 import type { Collection, FabricStore } from './store.js';
 
-/** The schema version this code writes (stored as SQLite's `user_version`). */
-export const STATE_SCHEMA_VERSION = 1;
+/**
+ * The schema version this code writes (stored as SQLite's `user_version`). 2: tasks in their own
+ * table (`sqlite-tasks.ts`); a version-1 file is migrated when opened.
+ */
+export const STATE_SCHEMA_VERSION = 2;
 
 /** How hard a commit is pushed to disk. @see SqliteStoreOptions.synchronous */
 export type StateSynchronous = 'NORMAL' | 'FULL';
@@ -86,13 +102,14 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS budgets (scope TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
 `;
 
-type Kind = 'task' | 'agent' | 'pool' | 'approval';
+/** Kinds of the `records` table (tasks have their own table since schema 2). */
+type Kind = 'agent' | 'pool' | 'approval';
 
 /**
  * When a change is committed: `now` before the call that made it returns (a synchronous
  * transaction: approvals, human-speed and rare); `soon` on a microtask, before a caller awaiting
- * the change resumes (tasks, agents, pools, budget usage); `later` at the end of the event-loop
- * iteration.
+ * the change resumes (tasks, agents, pools, budget usage); `later` (`putLazily`) at the end of
+ * the event-loop iteration, unless a `soon` change of the same record comes first.
  */
 type Urgency = 'now' | 'soon' | 'later';
 
@@ -108,13 +125,20 @@ interface Journal {
 export class SqliteCollection<T> implements Collection<T> {
   readonly #map = new Map<string, T>();
   readonly #dirty = new Set<string>();
+  /** Changed by {@link putLazily} only: committed by the end-of-iteration commit (or `flush`). */
+  readonly #lazy = new Set<string>();
   readonly #journal: Journal;
   readonly #urgency: Urgency;
   /** @internal */
-  readonly kind: Kind;
+  readonly kind: Kind | 'task';
 
   /** @internal */
-  constructor(kind: Kind, journal: Journal, rows: Iterable<[string, T]>, urgency: Urgency) {
+  constructor(
+    kind: Kind | 'task',
+    journal: Journal,
+    rows: Iterable<[string, T]>,
+    urgency: Urgency,
+  ) {
     this.kind = kind;
     this.#journal = journal;
     this.#urgency = urgency;
@@ -128,7 +152,15 @@ export class SqliteCollection<T> implements Collection<T> {
   put(id: string, record: T): void {
     this.#map.set(id, record);
     this.#dirty.add(id);
+    this.#lazy.delete(id);
     this.#journal.touch(this.#urgency);
+  }
+
+  putLazily(id: string, record: T): void {
+    this.#map.set(id, record);
+    if (this.#dirty.has(id)) return; // written with the pending change anyway
+    this.#lazy.add(id);
+    this.#journal.touch('later');
   }
 
   adopt(id: string, record: T): void {
@@ -139,6 +171,7 @@ export class SqliteCollection<T> implements Collection<T> {
     const had = this.#map.delete(id);
     if (had) {
       this.#dirty.add(id);
+      this.#lazy.delete(id);
       this.#journal.touch(this.#urgency);
     }
     return had;
@@ -152,16 +185,70 @@ export class SqliteCollection<T> implements Collection<T> {
     return this.#map.size;
   }
 
-  /** @internal The changed ids and their current records (undefined: deleted). */
-  pending(): Array<[string, T | undefined]> {
+  /**
+   * @internal The changed ids and their current records (undefined: deleted); with `lazy`, also
+   * those changed by {@link putLazily}.
+   */
+  pending(lazy: boolean): Array<[string, T | undefined]> {
     const out: Array<[string, T | undefined]> = [];
     for (const id of this.#dirty) out.push([id, this.#map.get(id)]);
+    if (lazy) for (const id of this.#lazy) out.push([id, this.#map.get(id)]);
     return out;
+  }
+
+  /** @internal The ids {@link pending} would give. */
+  changedIds(lazy: boolean): string[] {
+    const ids = [...this.#dirty];
+    if (lazy) for (const id of this.#lazy) ids.push(id);
+    return ids;
   }
 
   /** @internal Called once `ids` are committed. */
   committed(ids: readonly string[]): void {
-    for (const id of ids) this.#dirty.delete(id);
+    for (const id of ids) {
+      this.#dirty.delete(id);
+      this.#lazy.delete(id);
+    }
+  }
+}
+
+/**
+ * The task collection: as {@link SqliteCollection}, and it knows which tasks have a row (and
+ * its `rid`), so a task's first write is an insert and later ones update its changing columns.
+ */
+export class SqliteTaskCollection<T> extends SqliteCollection<T> {
+  /** Row of each task committed to the `tasks` table. */
+  readonly #rids = new Map<string, number>();
+  #nextRid = 1;
+
+  /** @internal */
+  constructor(journal: Journal, rows: ReadonlyArray<[string, T, number]>) {
+    super(
+      'task',
+      journal,
+      rows.map(([id, record]): [string, T] => [id, record]),
+      'soon',
+    );
+    for (const [id, , rid] of rows) {
+      this.#rids.set(id, rid);
+      if (rid >= this.#nextRid) this.#nextRid = rid + 1;
+    }
+  }
+
+  /** @internal The row of a committed task, if it has one. */
+  rowOf(id: string): number | undefined {
+    return this.#rids.get(id);
+  }
+
+  /** @internal A fresh row number for a task's insert (recorded by {@link inserted}). */
+  newRow(): number {
+    return this.#nextRid++;
+  }
+
+  /** @internal Called once the rows are committed. */
+  rowsCommitted(inserted: ReadonlyArray<[string, number]>, deleted: readonly string[]): void {
+    for (const [id, rid] of inserted) this.#rids.set(id, rid);
+    for (const id of deleted) this.#rids.delete(id);
   }
 }
 
@@ -238,7 +325,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    * Tasks. Loaded records are the plain data the scheduler stored (`TaskData`); the scheduler
    * rebuilds its live records from them when the fabric starts and holds those from then on.
    */
-  readonly tasks: SqliteCollection<TTask>;
+  readonly tasks: SqliteTaskCollection<TTask>;
   readonly agents: SqliteCollection<TAgent>;
   readonly pools: SqliteCollection<TPool>;
   /** Committed synchronously: `put`/`delete` return after the transaction. */
@@ -249,12 +336,17 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly #onError: (error: StateStoreError) => void;
   readonly #upsert: Database.Statement<[string, string, string]>;
   readonly #remove: Database.Statement<[string, string]>;
+  readonly #insertTask: Database.Statement<unknown[]>;
+  readonly #updateTask: Database.Statement<unknown[]>;
+  readonly #removeTask: Database.Statement<[number]>;
   readonly #upsertBudget: Database.Statement<[string, string]>;
   readonly #removeBudget: Database.Statement<[string]>;
   readonly #setMeta: Database.Statement<[string, string]>;
   readonly #getMeta: Database.Statement<[string], { value: string }>;
   /** A microtask commit is queued. */
   #soon = false;
+  /** An end-of-iteration commit is queued (for lazy changes). */
+  #later = false;
   #closed = false;
   #lastError: StateStoreError | undefined;
 
@@ -278,7 +370,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         )
         .all(kind)
         .map((r) => [r.id, parseRecord(path, kind, r.id, r.data) as never]);
-    this.tasks = new SqliteCollection<TTask>('task', journal, rows('task'), 'soon');
+    this.tasks = new SqliteTaskCollection<TTask>(journal, taskRows(path, db));
     this.agents = new SqliteCollection<TAgent>('agent', journal, rows('agent'), 'soon');
     this.pools = new SqliteCollection<TPool>('pool', journal, rows('pool'), 'soon');
     this.approvals = new SqliteCollection<Approval>('approval', journal, rows('approval'), 'now');
@@ -287,6 +379,9 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       'INSERT INTO records (kind, id, data) VALUES (?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET data = excluded.data',
     );
     this.#remove = db.prepare('DELETE FROM records WHERE kind = ? AND id = ?');
+    this.#insertTask = db.prepare(INSERT_TASK);
+    this.#updateTask = db.prepare(UPDATE_TASK);
+    this.#removeTask = db.prepare('DELETE FROM tasks WHERE rid = ?');
     this.#upsertBudget = db.prepare(
       'INSERT INTO budgets (scope, data) VALUES (?, ?) ON CONFLICT (scope) DO UPDATE SET data = excluded.data',
     );
@@ -327,15 +422,21 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       const created =
         !existsSync(path) || (statSync(path).size === 0 && !existsSync(`${path}-wal`));
       if (!created) inspect(path);
-      let db: Database.Database;
+      let db: Database.Database | undefined;
       try {
         db = new Database(path);
         db.pragma('journal_mode = WAL');
         db.pragma(`synchronous = ${synchronous}`);
         db.exec(SCHEMA);
-        db.pragma(`user_version = ${STATE_SCHEMA_VERSION}`);
       } catch (error) {
+        db?.close();
         throw new StateStoreError(path, `cannot be opened: ${messageOf(error)}`, { cause: error });
+      }
+      try {
+        migrate(path, db);
+      } catch (error) {
+        db.close();
+        throw error;
       }
       // The file holds credential hashes and the start-up agents' key: owner only.
       if (created) chmodSync(path, 0o600);
@@ -385,12 +486,17 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    * @throws StateStoreError when the write fails (the changes stay pending).
    */
   flush(): void {
-    this.#soon = false;
+    this.#flush(true);
+  }
+
+  /** {@link flush}; `lazy`: also the changes made with `putLazily`. */
+  #flush(lazy: boolean): void {
+    if (!lazy) this.#soon = false;
     if (this.#closed) return;
-    const tasks = this.tasks.pending();
-    const agents = this.agents.pending();
-    const pools = this.pools.pending();
-    const approvals = this.approvals.pending();
+    const tasks = this.tasks.changedIds(lazy);
+    const agents = this.agents.pending(lazy);
+    const pools = this.pools.pending(lazy);
+    const approvals = this.approvals.pending(lazy);
     const budgets = this.budgets.pending();
     if (
       tasks.length === 0 &&
@@ -412,16 +518,19 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         return undefined;
       }
     };
+    // Tasks are serialized inside the transaction, one at a time (no intermediate copies: they
+    // are most of the writes); a task that cannot be serialized is skipped and reported.
+    const inserted: Array<[string, number]> = [];
+    const removed: string[] = [];
     const rows: Array<[Kind, string, string | undefined | null]> = [];
     for (const [c, changed] of [
-      [this.tasks, tasks],
       [this.agents, agents],
       [this.pools, pools],
       [this.approvals, approvals],
     ] as const) {
       for (const [id, record] of changed) {
         rows.push([
-          c.kind,
+          c.kind as Kind,
           id,
           record === undefined ? null : json(`${c.kind} ${id}`, () => record),
         ]);
@@ -433,6 +542,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     ]);
     try {
       this.#db.transaction(() => {
+        for (const id of tasks) this.#writeTask(id, inserted, removed, unserializable);
         for (const [kind, id, data] of rows) {
           if (data === null) this.#remove.run(kind, id);
           else if (data !== undefined) this.#upsert.run(kind, id, data);
@@ -445,7 +555,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     } catch (error) {
       throw new StateStoreError(this.path, `write failed: ${messageOf(error)}`, { cause: error });
     }
-    this.tasks.committed(tasks.map(([id]) => id));
+    this.tasks.rowsCommitted(inserted, removed);
+    this.tasks.committed(tasks);
     this.agents.committed(agents.map(([id]) => id));
     this.pools.committed(pools.map(([id]) => id));
     this.approvals.committed(approvals.map(([id]) => id));
@@ -455,6 +566,42 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         this.path,
         `not written, cannot be serialized as JSON: ${unserializable.join(', ')} (the rest was committed)`,
       );
+    }
+  }
+
+  /**
+   * Writes the task `id` (inside the commit's transaction): a first write inserts its row, later
+   * ones update the columns that change, a deleted task's row goes.
+   */
+  #writeTask(
+    id: string,
+    inserted: Array<[string, number]>,
+    removed: string[],
+    unserializable: string[],
+  ): void {
+    const record = this.tasks.get(id);
+    const rid = this.tasks.rowOf(id);
+    if (record === undefined) {
+      if (rid !== undefined) {
+        this.#removeTask.run(rid);
+        removed.push(id);
+      }
+      return;
+    }
+    let cells: unknown[];
+    try {
+      cells = rid === undefined ? insertCells(id, record) : updateCells(id, record);
+    } catch {
+      unserializable.push(`task ${id}`);
+      return;
+    }
+    if (rid === undefined) {
+      const row = this.tasks.newRow();
+      this.#insertTask.run(row, ...cells);
+      inserted.push([id, row]);
+    } else {
+      cells.push(rid);
+      this.#updateTask.run(...cells);
     }
   }
 
@@ -497,17 +644,26 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #schedule(urgency: Urgency): void {
     if (this.#closed) return;
     if (urgency === 'now') {
-      this.#commit(true);
+      this.#commit(true, false);
+      return;
+    }
+    if (urgency === 'later') {
+      if (this.#later) return;
+      this.#later = true;
+      setImmediate(() => {
+        this.#later = false;
+        this.#commit(false, true);
+      });
       return;
     }
     if (this.#soon) return;
     this.#soon = true;
-    queueMicrotask(() => this.#commit(false));
+    queueMicrotask(() => this.#commit(false, false));
   }
 
-  #commit(rethrow: boolean): void {
+  #commit(rethrow: boolean, lazy: boolean): void {
     try {
-      this.flush();
+      this.#flush(lazy);
       this.#lastError = undefined;
     } catch (error) {
       // Never thrown into a microtask (that would crash the process): reported, and the changes
@@ -601,7 +757,61 @@ function inspect(path: string): void {
   }
 }
 
-function parseRecord(path: string, kind: Kind, id: string, data: string): unknown {
+/**
+ * Brings a file of an older schema to {@link STATE_SCHEMA_VERSION} in one transaction (a failure
+ * leaves it as it was): 0 (new) or 1 → 2 creates the `tasks` table and moves schema 1's task
+ * records (JSON in `records`) into it.
+ * @throws StateStoreError naming the file and the task when a schema-1 task record is not JSON.
+ */
+function migrate(path: string, db: Database.Database): void {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version === STATE_SCHEMA_VERSION) return;
+  try {
+    db.transaction(() => {
+      db.exec(TASKS_TABLE);
+      if (version === 1) {
+        const insert = db.prepare(INSERT_TASK);
+        let rid = 0;
+        for (const r of db
+          .prepare<[], { id: string; data: string }>(
+            "SELECT id, data FROM records WHERE kind = 'task' ORDER BY id",
+          )
+          .all()) {
+          insert.run(++rid, ...insertCells(r.id, parseRecord(path, 'task', r.id, r.data)));
+        }
+        db.exec("DELETE FROM records WHERE kind = 'task'");
+      }
+      db.pragma(`user_version = ${STATE_SCHEMA_VERSION}`);
+    })();
+  } catch (error) {
+    if (error instanceof StateStoreError) throw error;
+    throw new StateStoreError(
+      path,
+      `cannot be migrated from schema ${version} to ${STATE_SCHEMA_VERSION}: ${messageOf(error)}`,
+      { cause: error },
+    );
+  }
+}
+
+/** The stored tasks with their rows, in row order. */
+function taskRows(path: string, db: Database.Database): Array<[string, never, number]> {
+  return db
+    .prepare<[], TaskRow>('SELECT * FROM tasks ORDER BY rid')
+    .all()
+    .map((row) => {
+      try {
+        return [row.id, taskFromRow(row) as never, row.rid];
+      } catch (error) {
+        throw new StateStoreError(
+          path,
+          `task record ${JSON.stringify(row.id)} cannot be read: ${messageOf(error)}`,
+          { cause: error },
+        );
+      }
+    });
+}
+
+function parseRecord(path: string, kind: Kind | 'task', id: string, data: string): unknown {
   try {
     const value: unknown = parseRecordJson(data, `${kind} record ${id}`);
     if (value !== null && typeof value === 'object') return value;

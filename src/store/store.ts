@@ -18,6 +18,12 @@ export interface Collection<T> {
   get(id: string): T | undefined;
   /** Inserts or replaces; called after every change to the record. */
   put(id: string, record: T): void;
+  /**
+   * {@link put} of a change that may be committed with the store's next commit, at the latest at
+   * the end of the event-loop iteration, rather than before a caller awaiting it resumes: a
+   * further change of the record before then is written once. Stores without it get `put`.
+   */
+  putLazily?(id: string, record: T): void;
   delete(id: string): boolean;
   values(): IterableIterator<T>;
   readonly size: number;

@@ -25,6 +25,7 @@ import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
+import { taskFromRow, type TaskRow } from '../../src/store/sqlite-tasks.js';
 import { listApprovals, type ApiApproval } from '../fixtures/api.js';
 import { DEFAULT_ALLOW, EVERYTHING_BIN, tempDir, until } from '../fixtures/gateway/harness.js';
 import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
@@ -200,11 +201,9 @@ function onDisk(path: string, scopes: string[]) {
   try {
     const tasks = new Map(
       db
-        .prepare<[], { id: string; data: string }>(
-          "SELECT id, data FROM records WHERE kind = 'task'",
-        )
+        .prepare<[], TaskRow>('SELECT * FROM tasks')
         .all()
-        .map((row) => [row.id, JSON.parse(row.data) as TaskInfo & { attempt: number }]),
+        .map((row) => [row.id, taskFromRow(row) as unknown as TaskInfo & { attempt: number }]),
     );
     const cost = (scope: string): number => {
       const row = db

@@ -15,6 +15,7 @@ import type { AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
 import type { PoolRecord } from '../../src/pools/pool-manager.js';
 import type { TaskRecord } from '../../src/scheduler/task-record.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
+import { taskFromRow, type TaskRow } from '../../src/store/sqlite-tasks.js';
 import { MemoryStore } from '../../src/store/memory-store.js';
 import { Priority, TaskStatus } from '../../src/task.js';
 import type { FabricConfig } from '../../src/config.js';
@@ -47,10 +48,8 @@ async function close(fabric: AgentFabric): Promise<void> {
 function storedTasks(path: string): Map<string, Record<string, unknown>> {
   const db = new Database(path, { readonly: true });
   try {
-    const rows = db
-      .prepare<[], { id: string; data: string }>("SELECT id, data FROM records WHERE kind = 'task'")
-      .all();
-    return new Map(rows.map((r) => [r.id, JSON.parse(r.data) as Record<string, unknown>]));
+    const rows = db.prepare<[], TaskRow>('SELECT * FROM tasks').all();
+    return new Map(rows.map((r) => [r.id, taskFromRow(r)]));
   } finally {
     db.close();
   }
@@ -414,9 +413,7 @@ describe('tasks across a restart of the fabric (SqliteStore)', () => {
     const first = await open(path);
     await close(first.fabric);
     const db = new Database(path);
-    db.prepare("INSERT INTO records (kind, id, data) VALUES ('task', 'bad', ?)").run(
-      JSON.stringify({ id: 'bad', type: 'echo', priority: 9 }),
-    );
+    db.prepare("INSERT INTO tasks (id, type, priority) VALUES ('bad', 'echo', 9)").run();
     db.close();
     const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
     try {

@@ -6,7 +6,11 @@ import type { AgentFabric } from '../../src/fabric.js';
 import { HookStatus } from '../../src/hooks/hook-status.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { TaskStatus } from '../../src/task.js';
-import { FabricWorker, RemoteFabricError } from '../../src/worker/fabric-worker.js';
+import {
+  FabricWorker,
+  RemoteFabricError,
+  type FabricWorkerRunOptions,
+} from '../../src/worker/fabric-worker.js';
 import { McpWorkerTransport } from '../../src/worker/mcp-worker-transport.js';
 import type { WorkerReportAnswer, WorkerTransport } from '../../src/worker/worker-transport.js';
 import {
@@ -17,27 +21,46 @@ import {
   startTestSidecar,
 } from '../fixtures/gateway/harness.js';
 
+/** One real sidecar for the file; each test works as its own agent, so none sees another's tasks. */
+let dir: string;
+let sidecar: Sidecar;
+let fabric: AgentFabric;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'fabric-worker-'));
+  sidecar = await startTestSidecar({
+    policies: [DEFAULT_ALLOW],
+    agents: [
+      'worker',
+      'hooked',
+      'cancelled',
+      'timed',
+      'stopper',
+      'quitter',
+      'stale',
+      'intruder',
+    ].map((name) => ({ name })),
+    hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false },
+  });
+  fabric = sidecar.fabric!;
+});
+
+afterAll(async () => {
+  await closeSidecar(sidecar);
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** A worker over MCP as the sidecar's start-up agent `name`. */
+function connectAs(name: string, options: FabricWorkerRunOptions = {}): Promise<FabricWorker> {
+  return FabricWorker.connect({
+    url: sidecar.url!,
+    credential: agentToken(sidecar, name),
+    ...options,
+  });
+}
+
 /** The worker SDK against a real sidecar: hook first, then claimed tasks, over MCP. */
 describe('FabricWorker (worker SDK over MCP)', () => {
-  let dir: string;
-  let sidecar: Sidecar;
-  let fabric: AgentFabric;
-
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'fabric-worker-'));
-    sidecar = await startTestSidecar({
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker' }],
-      hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false },
-    });
-    fabric = sidecar.fabric!;
-  });
-
-  afterAll(async () => {
-    await closeSidecar(sidecar);
-    await rm(dir, { recursive: true, force: true });
-  });
-
   it('runs the work on its hook first, then its tasks; handler errors fail only their task', async () => {
     const id = agentId(sidecar, 'worker');
     const hook = await fabric.hooks!.createHook({
@@ -49,10 +72,7 @@ describe('FabricWorker (worker SDK over MCP)', () => {
     const stray = await fabric.schedule({ agentId: id, taskType: 'nobody-handles-this' });
 
     const order: string[] = [];
-    const worker = await FabricWorker.connect({
-      url: sidecar.url!,
-      credential: agentToken(sidecar, 'worker'),
-    });
+    const worker = await connectAs('worker');
     const stop = new AbortController();
     const running = worker.run(
       {
@@ -102,10 +122,7 @@ describe('FabricWorker (worker SDK over MCP)', () => {
 
   it('surfaces the sidecar’s refusals as coded errors', async () => {
     const id = agentId(sidecar, 'worker');
-    const worker = await FabricWorker.connect({
-      url: sidecar.url!,
-      credential: agentToken(sidecar, 'worker'),
-    });
+    const worker = await connectAs('worker');
     try {
       const t = await fabric.schedule({ agentId: id, taskType: 'x' });
       const claimed = (await worker.claimTask({ waitSeconds: 5 }))!;
@@ -172,33 +189,7 @@ class WatchedTransport implements WorkerTransport {
 }
 
 describe('FabricWorker run loop: hooks during run, per-task abort, stop', () => {
-  let dir: string;
-  let sidecar: Sidecar;
-  let fabric: AgentFabric;
   const fast = { heartbeatSeconds: 0.1, hookCheckSeconds: 0.1, claimWaitSeconds: 1 };
-
-  beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'fabric-worker-run-'));
-    sidecar = await startTestSidecar({
-      policies: [DEFAULT_ALLOW],
-      agents: [
-        { name: 'hooked' },
-        { name: 'cancelled' },
-        { name: 'timed' },
-        { name: 'stopper' },
-        { name: 'quitter' },
-        { name: 'stale' },
-        { name: 'intruder' },
-      ],
-      hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false },
-    });
-    fabric = sidecar.fabric!;
-  });
-
-  afterAll(async () => {
-    await closeSidecar(sidecar);
-    await rm(dir, { recursive: true, force: true });
-  });
 
   it('picks up a hook created after run() started', async () => {
     const transport = await WatchedTransport.open(sidecar, 'hooked');
@@ -230,11 +221,7 @@ describe('FabricWorker run loop: hooks during run, per-task abort, stop', () => 
 
   it('aborts a handler when the fabric cancels its task, and keeps working', async () => {
     const id = agentId(sidecar, 'cancelled');
-    const worker = await FabricWorker.connect({
-      url: sidecar.url!,
-      credential: agentToken(sidecar, 'cancelled'),
-      ...fast,
-    });
+    const worker = await connectAs('cancelled', fast);
     const started = signalled();
     const reasons: unknown[] = [];
     const stop = new AbortController();
@@ -274,11 +261,7 @@ describe('FabricWorker run loop: hooks during run, per-task abort, stop', () => 
 
   it('aborts a handler when its task times out; a result after that changes nothing', async () => {
     const id = agentId(sidecar, 'timed');
-    const worker = await FabricWorker.connect({
-      url: sidecar.url!,
-      credential: agentToken(sidecar, 'timed'),
-      ...fast,
-    });
+    const worker = await connectAs('timed', fast);
     const aborted = signalled<unknown>();
     const stop = new AbortController();
     const running = worker.run(
@@ -328,10 +311,7 @@ describe('FabricWorker run loop: hooks during run, per-task abort, stop', () => 
     expect(back.status).toBe(TaskStatus.PENDING);
 
     // A later worker runs it; the given-back attempt did not use up maxAttempts: 1.
-    const again = await FabricWorker.connect({
-      url: sidecar.url!,
-      credential: agentToken(sidecar, 'stopper'),
-    });
+    const again = await connectAs('stopper');
     const a = (await again.claimTask({ waitSeconds: 5 }))!;
     expect(a.taskId).toBe(t.id);
     expect(a.attempt).toBeGreaterThan(back.attempt);
@@ -350,11 +330,7 @@ describe('FabricWorker run loop: hooks during run, per-task abort, stop', () => 
 
   it('stop aborts the running handler: a handler that gives up hands its task back, one that finishes completes', async () => {
     const id = agentId(sidecar, 'quitter');
-    const worker = await FabricWorker.connect({
-      url: sidecar.url!,
-      credential: agentToken(sidecar, 'quitter'),
-      ...fast,
-    });
+    const worker = await connectAs('quitter', fast);
     const started = signalled();
     const stop = new AbortController();
     const running = worker.run(
@@ -432,14 +408,8 @@ describe('FabricWorker run loop: hooks during run, per-task abort, stop', () => 
   });
 
   it('an agent cannot release, or learn the ended tasks of, another agent', async () => {
-    const owner = await FabricWorker.connect({
-      url: sidecar.url!,
-      credential: agentToken(sidecar, 'stale'),
-    });
-    const intruder = await FabricWorker.connect({
-      url: sidecar.url!,
-      credential: agentToken(sidecar, 'intruder'),
-    });
+    const owner = await connectAs('stale');
+    const intruder = await connectAs('intruder');
     try {
       const t = await fabric.schedule({ agentId: agentId(sidecar, 'stale'), taskType: 'x' });
       const a = (await owner.claimTask({ waitSeconds: 5 }))!;

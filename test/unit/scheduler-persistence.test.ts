@@ -7,6 +7,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentScheduler } from '../../src/scheduler/agent-scheduler.js';
+import { InProcessExecutor } from '../../src/scheduler/inprocess-executor.js';
 import type { TaskRecord } from '../../src/scheduler/task-record.js';
 import type { Collection } from '../../src/store/store.js';
 import type { Task } from '../../src/task.js';
@@ -168,5 +169,44 @@ describe('AgentScheduler over a durable collection', () => {
     expect(() => s.reportProgress(id, a.attempt, cyclic, 'a')).toThrow(/progress/);
     expect(tasks.puts).toBe(puts);
     expect(s.getTask(id).status).toBe(TaskStatus.RUNNING);
+  });
+});
+
+/** A JsonCollection that also takes lazy puts, and logs which kind each put of a task was. */
+class LazyJsonCollection extends JsonCollection {
+  readonly log: string[] = [];
+  override put(id: string, record: TaskRecord): void {
+    this.log.push(`put ${record.status}`);
+    super.put(id, record);
+  }
+  putLazily(id: string, record: TaskRecord): void {
+    this.log.push(`lazy ${record.status}`);
+    super.put(id, record);
+  }
+}
+
+describe('AgentScheduler: when the start of an attempt may be written lazily', () => {
+  it('lazily for an in-process agent (the task ends with the process), at once for a remote one', async () => {
+    const tasks = new LazyJsonCollection();
+    s = new AgentScheduler({ tasks });
+    const inproc = new InProcessExecutor();
+    inproc.registerHandler('work', (p) => p);
+    s.registerExecutor(inproc);
+    s.addAgent({ agentId: 'here', executor: 'inprocess' });
+    s.addAgent({ agentId: 'far', executor: 'remote' });
+    s.setAccepting('here', true);
+    s.setAccepting('far', true);
+
+    const local = s.submit({ agentId: 'here' }, 'work', 1);
+    expect((await s.waitForTask(local)).status).toBe(TaskStatus.COMPLETED);
+    expect(tasks.log).toEqual(['put PENDING', 'lazy RUNNING', 'put COMPLETED']);
+
+    tasks.log.length = 0;
+    const remote = s.submit({ agentId: 'far' }, 'work', 2);
+    const a = (await s.claim('far'))!;
+    // The attempt is the fencing token of an assignment that leaves the process: written at once.
+    expect(tasks.log).toEqual(['put PENDING', 'put RUNNING']);
+    s.complete(remote, a.attempt, 2, 'far');
+    expect(tasks.log).toEqual(['put PENDING', 'put RUNNING', 'put COMPLETED']);
   });
 });

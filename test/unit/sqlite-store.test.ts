@@ -3,12 +3,14 @@
  * was put in one synchronous run is committed before a caller awaiting that run continues, and
  * the file is readable by its owner only.
  */
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { StateStoreError } from '../../src/errors.js';
-import { SqliteStore } from '../../src/store/sqlite-store.js';
+import { TaskRecord } from '../../src/scheduler/task-record.js';
+import { STATE_SCHEMA_VERSION, SqliteStore } from '../../src/store/sqlite-store.js';
+import { Priority, TaskStatus } from '../../src/task.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
 
 const stores: SqliteStore[] = [];
@@ -145,3 +147,195 @@ describe('SqliteStore', () => {
     ).rejects.toThrow(/options.synchronous/);
   });
 });
+
+/** A task as the scheduler stores it. */
+function task(id: string, payload: unknown = { n: id }): TaskRecord {
+  const t = new TaskRecord(
+    id,
+    'echo',
+    payload,
+    Priority.NORMAL,
+    undefined,
+    'p',
+    false,
+    'default',
+    undefined,
+    60_000,
+    2,
+    Number(id.replace(/\D/g, '') || 0),
+    1_700_000_000_000,
+  );
+  return t;
+}
+
+/** A state file as schema 1 wrote it: every record, tasks included, as JSON in `records`. */
+function schemaOneFile(path: string, tasks: Array<[string, string]>): void {
+  const db = new Database(path);
+  db.pragma('journal_mode = WAL');
+  db.exec(`
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE records (
+      kind TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (kind, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE budgets (scope TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
+  `);
+  const insert = db.prepare('INSERT INTO records (kind, id, data) VALUES (?, ?, ?)');
+  insert.run('agent', 'a1', JSON.stringify({ id: 'a1', n: 1 }));
+  for (const [id, data] of tasks) insert.run('task', id, data);
+  db.pragma('user_version = 1');
+  db.pragma('wal_checkpoint(TRUNCATE)');
+  db.close();
+}
+
+describe('SqliteStore tasks table (schema 2)', () => {
+  it('commits a lazy put at the end of the event-loop iteration, not with an earlier commit', async () => {
+    const s = await open('tasks-lazy.db');
+    const started = task('t1');
+    s.tasks.put('t1', started);
+    s.tasks.put('t2', task('t2'));
+    await Promise.resolve();
+    started.status = TaskStatus.RUNNING;
+    started.attempt = 1;
+    s.tasks.putLazily('t1', started);
+    // Another record's change commits on a microtask; the lazy one waits.
+    s.agents.put('a', { n: 1 });
+    await Promise.resolve();
+    expect(committedIds(s.path)).toEqual(['a']);
+    expect(taskStatus(s.path, 't1')).toBe('PENDING');
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(taskStatus(s.path, 't1')).toBe('RUNNING');
+
+    // A change made with put after a lazy one is committed with the next commit, once.
+    const other = s.tasks.get('t2') as TaskRecord;
+    other.status = TaskStatus.RUNNING;
+    s.tasks.putLazily('t2', other);
+    other.status = TaskStatus.COMPLETED;
+    s.tasks.put('t2', other);
+    await Promise.resolve();
+    expect(taskStatus(s.path, 't2')).toBe('COMPLETED');
+  });
+
+  it('commits lazy puts on close', async () => {
+    const path = join(tempDir('sqlite-unit'), 'tasks-lazy-close.db');
+    const s = await SqliteStore.open(path);
+    const t = task('t1');
+    s.tasks.put('t1', t);
+    await Promise.resolve();
+    t.status = TaskStatus.RUNNING;
+    s.tasks.putLazily('t1', t);
+    await s.close();
+    expect(taskStatus(path, 't1')).toBe('RUNNING');
+  });
+
+  it("writes a task's payload at its first commit only; later commits update what changes", async () => {
+    const s = await open('tasks-once.db');
+    const t = task('t1', { big: 'x'.repeat(1000) });
+    s.tasks.put('t1', t);
+    await Promise.resolve();
+    // Another connection changes the stored payload behind the store's back…
+    const db = new Database(s.path);
+    db.prepare(`UPDATE tasks SET payload = '"marker"' WHERE id = 't1'`).run();
+    db.close();
+    t.status = TaskStatus.COMPLETED;
+    t.attempt = 1;
+    t.result = { ok: 1 };
+    s.tasks.put('t1', t);
+    await Promise.resolve();
+    // …and the completion's write leaves it alone: it updated status and result only.
+    const ro = new Database(s.path, { readonly: true });
+    try {
+      expect(ro.prepare(`SELECT payload, status, result FROM tasks WHERE id = 't1'`).get()).toEqual(
+        {
+          payload: '"marker"',
+          status: 'COMPLETED',
+          result: '{"ok":1}',
+        },
+      );
+    } finally {
+      ro.close();
+    }
+  });
+
+  it('a task that cannot be serialized is reported and blocks no other task; delete removes its row', async () => {
+    const errors: StateStoreError[] = [];
+    const path = join(tempDir('sqlite-unit'), 'tasks-poison.db');
+    const s = await SqliteStore.open(path, { onError: (e) => errors.push(e) });
+    stores.push(s);
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    s.tasks.put('t1', task('t1'));
+    s.tasks.put('t2', task('t2', cyclic));
+    await Promise.resolve();
+    expect(errors.map((e) => e.message)).toEqual([expect.stringContaining('task t2')]);
+    expect(committedTaskIds(path)).toEqual(['t1']);
+    s.tasks.delete('t1');
+    s.tasks.delete('t2');
+    await Promise.resolve();
+    expect(committedTaskIds(path)).toEqual([]);
+  });
+
+  it('migrates a schema-1 file: its task records move to the tasks table, the rest stays', async () => {
+    const path = join(tempDir('sqlite-unit'), 'v1.db');
+    const t = task('t7');
+    t.status = TaskStatus.FAILED;
+    t.attempt = 2;
+    t.undelivered = 1;
+    t.error = { code: 'E', message: 'm' };
+    t.result = { sum: 3 };
+    const data = JSON.parse(JSON.stringify(t)) as Record<string, unknown>;
+    schemaOneFile(path, [['t7', JSON.stringify(data)]]);
+    let s = await SqliteStore.open(path);
+    expect(s.tasks.get('t7')).toEqual(data);
+    expect(s.agents.get('a1')).toEqual({ id: 'a1', n: 1 });
+    await s.close();
+    const db = new Database(path, { readonly: true });
+    try {
+      expect(db.pragma('user_version', { simple: true })).toBe(STATE_SCHEMA_VERSION);
+      expect(db.prepare("SELECT count(*) AS n FROM records WHERE kind = 'task'").get()).toEqual({
+        n: 0,
+      });
+    } finally {
+      db.close();
+    }
+    s = await SqliteStore.open(path);
+    stores.push(s);
+    expect(TaskRecord.fromData(s.tasks.get('t7')).toJSON()).toEqual(t.toJSON());
+  });
+
+  it('refuses a schema-1 file whose task record is not JSON, naming it, and leaves the file as it was', async () => {
+    const path = join(tempDir('sqlite-unit'), 'v1-bad.db');
+    schemaOneFile(path, [
+      ['t1', JSON.stringify(task('t1').toJSON())],
+      ['t2', '{not json'],
+    ]);
+    const before = readFileSync(path);
+    const err = await SqliteStore.open(path).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StateStoreError);
+    expect((err as Error).message).toContain(path);
+    expect((err as Error).message).toContain('"t2"');
+    expect(readFileSync(path).equals(before)).toBe(true);
+  });
+});
+
+function committedTaskIds(path: string): string[] {
+  const db = new Database(path, { readonly: true });
+  try {
+    return db
+      .prepare<[], { id: string }>('SELECT id FROM tasks ORDER BY id')
+      .all()
+      .map((r) => r.id);
+  } finally {
+    db.close();
+  }
+}
+
+function taskStatus(path: string, id: string): unknown {
+  const db = new Database(path, { readonly: true });
+  try {
+    return db
+      .prepare<[string], { status: unknown }>('SELECT status FROM tasks WHERE id = ?')
+      .get(id)?.status;
+  } finally {
+    db.close();
+  }
+}

@@ -1,0 +1,220 @@
+/**
+ * How the SQLite state store keeps tasks: a table of its own, one column per field of the stored
+ * form (`TaskData`, see `scheduler/task-record.ts`), keyed by an integer the store assigns.
+ *
+ * Why not JSON in the generic `records` table (schema 1): a task is written two or three times in
+ * its life (queued, started, finished), and with one JSON text per write every write serialized
+ * and stored the whole record again, payload included, under a text key in a WITHOUT ROWID
+ * B-tree. Profiled (bench/store `durable-dispatch`, 20k tasks), those writes were most of the
+ * commit time. Here a task's first write inserts every column; later writes update only the
+ * fields that change after creation ({@link MUTABLE_COLUMNS}) — the payload and the other fields
+ * fixed at creation are written once — and JSON is only used for the values that are JSON
+ * (payload, result, error, progress), through `recordJson` (a `bigint` stays exact).
+ *
+ * @module
+ */
+import { parseRecordJson, recordJson } from '../json-bytes.js';
+
+/** The `tasks` table (schema 2). `rid` is the store's key; `id` the task id. */
+export const TASKS_TABLE = `
+  CREATE TABLE IF NOT EXISTS tasks (
+    rid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    type TEXT,
+    payload TEXT,
+    priority INTEGER,
+    agent_id TEXT,
+    pinned INTEGER,
+    tenant TEXT,
+    deadline REAL,
+    timeout_ms REAL,
+    max_attempts REAL,
+    seq REAL,
+    created_at REAL,
+    pool_id TEXT,
+    status TEXT,
+    attempt REAL,
+    undelivered REAL,
+    assigned_agent_id TEXT,
+    started_at REAL,
+    finished_at REAL,
+    not_before REAL,
+    result TEXT,
+    error TEXT,
+    progress TEXT
+  );
+`;
+
+/** Columns written at a task's first write only: fixed when the task is created. */
+const FIXED_COLUMNS = [
+  'id',
+  'type',
+  'payload',
+  'priority',
+  'agent_id',
+  'pinned',
+  'tenant',
+  'deadline',
+  'timeout_ms',
+  'max_attempts',
+  'seq',
+  'created_at',
+] as const;
+
+/** Columns every write of a task updates. */
+export const MUTABLE_COLUMNS = [
+  'pool_id',
+  'status',
+  'attempt',
+  'undelivered',
+  'assigned_agent_id',
+  'started_at',
+  'finished_at',
+  'not_before',
+  'result',
+  'error',
+  'progress',
+] as const;
+
+/** `INSERT` of a new task: `rid`, then the fixed columns, then the mutable ones. */
+export const INSERT_TASK = `INSERT INTO tasks (rid, ${[...FIXED_COLUMNS, ...MUTABLE_COLUMNS].join(', ')}) VALUES (${Array(
+  1 + FIXED_COLUMNS.length + MUTABLE_COLUMNS.length,
+)
+  .fill('?')
+  .join(', ')})`;
+
+/** `UPDATE` of a stored task: the mutable columns, then `rid`. */
+export const UPDATE_TASK = `UPDATE tasks SET ${MUTABLE_COLUMNS.map((c) => `${c} = ?`).join(', ')} WHERE rid = ?`;
+
+type Cell = string | number | null;
+
+/** The mutable columns' values of a task, in {@link MUTABLE_COLUMNS} order. */
+export type MutableCells = Cell[];
+
+/** A stored task row, as `SELECT * FROM tasks` gives it. */
+export interface TaskRow {
+  rid: number;
+  id: string;
+  [column: string]: Cell;
+}
+
+/**
+ * The stored form of `record` (its `toJSON()` when it has one: a live `TaskRecord`).
+ * Fields are read by name; unknown ones are not stored.
+ */
+function dataOf(record: unknown): Record<string, unknown> {
+  const r = record as { toJSON?: () => unknown } | null;
+  const d = typeof r?.toJSON === 'function' ? r.toJSON() : record;
+  return (d !== null && typeof d === 'object' ? d : {}) as Record<string, unknown>;
+}
+
+/** A string column: the value if it is a string, else null (a record not of this shape). */
+const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+/** A number column: the value if it is a finite number, else null. */
+const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+/**
+ * A JSON column: its text, null for undefined.
+ * @throws what `recordJson` throws for a value that cannot be serialized (a cycle)
+ */
+function json(v: unknown, field: string): string | null {
+  if (v === undefined) return null;
+  return recordJson(v, field) ?? null;
+}
+
+/**
+ * The row of a new task: fixed then mutable cells (without `rid`).
+ * @throws for a payload, result, error or progress that cannot be serialized
+ */
+export function insertCells(id: string, record: unknown): Cell[] {
+  const d = dataOf(record);
+  return [
+    id,
+    str(d.type),
+    json(d.payload, `task ${id} payload`),
+    num(d.priority),
+    str(d.agentId),
+    typeof d.pinned === 'boolean' ? (d.pinned ? 1 : 0) : null,
+    str(d.tenant),
+    num(d.deadline),
+    num(d.timeoutMs),
+    num(d.maxAttempts),
+    num(d.seq),
+    num(d.createdAt),
+    ...mutableCells(id, d),
+  ];
+}
+
+/**
+ * The mutable cells of a stored task, in {@link MUTABLE_COLUMNS} order.
+ * @throws for a result, error or progress that cannot be serialized
+ */
+export function updateCells(id: string, record: unknown): MutableCells {
+  // The changing fields have the same names on a live TaskRecord as in its stored form, so they
+  // are read from the record itself (no `toJSON` copy per write).
+  return mutableCells(id, (record ?? {}) as Record<string, unknown>);
+}
+
+function mutableCells(id: string, d: Record<string, unknown>): MutableCells {
+  return [
+    str(d.poolId),
+    str(d.status),
+    num(d.attempt),
+    num(d.undelivered),
+    str(d.assignedAgentId),
+    num(d.startedAt),
+    num(d.finishedAt),
+    num(d.notBefore),
+    json(d.result, `task ${id} result`),
+    json(d.error, `task ${id} error`),
+    json(d.progress, `task ${id} progress`),
+  ];
+}
+
+/** Column → `TaskData` field, for the columns read back as they are. */
+const PLAIN_FIELDS: ReadonlyArray<readonly [string, string]> = [
+  ['type', 'type'],
+  ['priority', 'priority'],
+  ['agent_id', 'agentId'],
+  ['tenant', 'tenant'],
+  ['deadline', 'deadline'],
+  ['timeout_ms', 'timeoutMs'],
+  ['max_attempts', 'maxAttempts'],
+  ['seq', 'seq'],
+  ['created_at', 'createdAt'],
+  ['pool_id', 'poolId'],
+  ['status', 'status'],
+  ['attempt', 'attempt'],
+  ['undelivered', 'undelivered'],
+  ['assigned_agent_id', 'assignedAgentId'],
+  ['started_at', 'startedAt'],
+  ['finished_at', 'finishedAt'],
+  ['not_before', 'notBefore'],
+];
+
+/** Columns holding JSON text → `TaskData` field. */
+const JSON_FIELDS: ReadonlyArray<readonly [string, string]> = [
+  ['payload', 'payload'],
+  ['result', 'result'],
+  ['error', 'error'],
+  ['progress', 'progress'],
+];
+
+/**
+ * The stored form (`TaskData`) of a row: null columns are absent fields.
+ * @throws SyntaxError-like errors from the JSON parser for a JSON column that is not JSON
+ */
+export function taskFromRow(row: TaskRow): Record<string, unknown> {
+  const d: Record<string, unknown> = { id: row.id };
+  for (const [col, field] of PLAIN_FIELDS) {
+    const v = row[col];
+    if (v !== null && v !== undefined) d[field] = v;
+  }
+  if (row.pinned !== null && row.pinned !== undefined) d.pinned = row.pinned === 1;
+  for (const [col, field] of JSON_FIELDS) {
+    const v = row[col];
+    if (typeof v === 'string') d[field] = parseRecordJson(v, `task ${row.id} ${field}`);
+  }
+  // `undelivered` is stored as 0 when absent from the record; the stored form omits a 0.
+  if (d.undelivered === 0) delete d.undelivered;
+  return d;
+}
