@@ -104,6 +104,7 @@ export {
   SessionLimitError,
   StartupError,
   SubscriptionLimitError,
+  ToolTaskLimitError,
   StreamOverflowError,
   ToolNameError,
   ToolNotFoundError,
