@@ -317,6 +317,16 @@ export class ToolGateway implements SessionHost {
       throw error;
     }
     this.#state = 'started';
+    // Tasks restored waiting for an approval run again, as their agent (labels and pool come
+    // from the fabric's agent record; an agent that is gone is refused like any call of it).
+    this.#tasks?.resume((record, run) =>
+      this.#runTask(
+        { kind: 'agent', agentId: record.agentId, labels: {} },
+        record.tool,
+        record.arguments,
+        run,
+      ),
+    );
   }
 
   /** The learned token estimates: what each (agent, tool)'s next call reserves. */
@@ -426,21 +436,28 @@ export class ToolGateway implements SessionHost {
     return tasks.create(
       identity.agentId,
       name,
-      { ttl: typeof ttl === 'number' ? ttl : undefined },
-      async (run) => {
-        const extra: CallExtra = { signal: run.signal, requestId: -1 };
-        const outcome = await this.#runToolCall(
-          identity,
-          name,
-          rawArgs,
-          extra,
-          undefined,
-          undefined,
-          run,
-        );
-        return mcpToolAnswer(outcome, name);
-      },
+      { ttl: typeof ttl === 'number' ? ttl : undefined, arguments: rawArgs },
+      (run) => this.#runTask(identity, name, rawArgs, run),
     );
+  }
+
+  async #runTask(
+    identity: AgentIdentity,
+    name: string,
+    rawArgs: unknown,
+    run: ToolTaskRun,
+  ): Promise<Result> {
+    const extra: CallExtra = { signal: run.signal, requestId: -1 };
+    const outcome = await this.#runToolCall(
+      identity,
+      name,
+      rawArgs,
+      extra,
+      undefined,
+      undefined,
+      run,
+    );
+    return mcpToolAnswer(outcome, name);
   }
 
   /**
@@ -561,6 +578,7 @@ export class ToolGateway implements SessionHost {
           abort: extra,
           progress,
           onApproval: task?.waiting,
+          resumeApproval: task?.approvalId,
           audit,
           alwaysDelivered: fabricTool?.alwaysDelivered,
           // Audit right after the response is written; the call ends then.

@@ -89,6 +89,8 @@ export interface PipelineCall {
   readonly progress?: ProgressSink | undefined;
   /** Told once when the call parks waiting for a human approval (a task's status). */
   readonly onApproval?: ((approval: Approval) => void) | undefined;
+  /** The approval this same call asked for before a restart (a durable gateway task). */
+  readonly resumeApproval?: string | undefined;
   /** Writes the call's audit line and metrics ({@link ToolCallPipeline.auditor}). */
   readonly audit: (fields: AuditOutcome) => void;
   /** The result is delivered even when its tokens do not fit (not charged). @default false */
@@ -382,6 +384,7 @@ export class ToolCallPipeline {
         ...ctx,
         signal: call.abort.signal,
         approvalTimeoutSeconds: this.#approvalTimeoutSeconds,
+        resumeApproval: call.resumeApproval,
         onWaiting: (approval) => {
           waited = true;
           call.onApproval?.(approval);

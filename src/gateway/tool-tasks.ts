@@ -9,9 +9,11 @@
  * the same answer as for an id that never existed. A task lives `ttl` ms from its creation
  * (the client's request, bounded by `maxTtlMs`); then it is forgotten (a call still running is
  * cancelled). Records are plain snapshots in a {@link Collection}, so a durable store keeps
- * them across a restart: a finished task's result survives; a task that was unfinished when
- * the process ended is restored as `failed` — its call (and the approval it waited for, which
- * the approval manager marks orphaned) does not resume.
+ * them across a restart: a finished task's result survives; a task that waited for a human
+ * approval when the process ended resumes (see {@link ToolTasks.resume}) — its call asks the
+ * policy again and, when that still requires the same approval, waits for (or takes) that
+ * approval's decision instead of asking for a new one; a task whose call had already been
+ * forwarded is restored as `failed` (whether the tool ran is unknown).
  *
  * @module
  */
@@ -103,6 +105,8 @@ export interface ToolTaskRecord {
   /** The agent that created it; nobody else can see it. */
   readonly agentId: string;
   readonly tool: string;
+  /** The call's arguments as received (absent: none), kept to resume the call after a restart. */
+  readonly arguments?: unknown;
   readonly status: TaskStatus;
   readonly statusMessage?: string;
   /** Epoch ms. */
@@ -122,6 +126,8 @@ export interface ToolTaskRecord {
 export interface ToolTaskRun {
   /** Aborts when the task is cancelled or expires: ends an approval wait or the forward. */
   readonly signal: AbortSignal;
+  /** The approval this call asked for before a restart (when it resumes), to wait for again. */
+  readonly approvalId?: string | undefined;
   /** The call waits for a human approval. */
   waiting(approval: { id: string; policy: string | null; rule: number | null }): void;
   /** The call was authorized and is being forwarded. */
@@ -155,6 +161,8 @@ export class ToolTasks {
   /** Task ids per agent, oldest first (rebuilt from the store). */
   readonly #byAgent = new Map<string, Set<string>>();
   readonly #sweep: NodeJS.Timeout;
+  /** Tasks restored waiting for an approval, until {@link resume} runs them. */
+  #resumable: ToolTaskRecord[] = [];
   #closed = false;
 
   /**
@@ -189,12 +197,13 @@ export class ToolTasks {
       }
       this.#index(r);
       if (isTerminalStatus(r.status)) continue;
-      // The call ran in the process that ended; nothing resumes it.
+      if (r.status === 'input_required' && r.approvalId !== undefined) {
+        this.#resumable.push(r);
+        continue;
+      }
+      // The call may have reached its tool in the process that ended: never run it twice.
       const message =
-        r.status === 'input_required' && r.approvalId !== undefined
-          ? `the gateway restarted while the call waited for approval ${r.approvalId}; ` +
-            'the call does not resume (a decision on that approval runs nothing): call again'
-          : 'the gateway restarted before the call finished; whether the tool ran is unknown';
+        'the gateway restarted before the call finished; whether the tool ran is unknown';
       this.#put({
         ...r,
         status: 'failed',
@@ -202,6 +211,19 @@ export class ToolTasks {
         updatedAt: now,
         error: { code: ErrorCode.InternalError, message },
       });
+    }
+  }
+
+  /**
+   * Runs again the calls of the tasks restored waiting for an approval (the gateway calls it
+   * once its tools are known). `run` gets the record (tool, arguments, owner) and the handle,
+   * whose `approvalId` names the approval to wait for again.
+   */
+  resume(run: (record: ToolTaskRecord, task: ToolTaskRun) => Promise<Result>): void {
+    const records = this.#resumable;
+    this.#resumable = [];
+    for (const r of records) {
+      if (this.#live(r.taskId) !== undefined) this.#start(r, (task) => run(r, task));
     }
   }
 
@@ -214,7 +236,7 @@ export class ToolTasks {
   create(
     agentId: string,
     tool: string,
-    params: { ttl?: number | undefined },
+    params: { ttl?: number | undefined; arguments?: unknown },
     run: (task: ToolTaskRun) => Promise<Result>,
   ): CreateTaskResult {
     if (this.#closed) throw toMcpError(new TaskStateError('(new)', 'the gateway is closing'));
@@ -229,6 +251,7 @@ export class ToolTasks {
       taskId: `tt_${randomUUID()}`,
       agentId,
       tool,
+      ...(params.arguments === undefined ? {} : { arguments: params.arguments }),
       status: 'working',
       createdAt: now,
       updatedAt: now,
@@ -236,11 +259,17 @@ export class ToolTasks {
     };
     this.#put(record);
     this.#index(record);
+    this.#start(record, run);
+    return { task: this.#toTask(record) };
+  }
+
+  #start(record: ToolTaskRecord, run: (task: ToolTaskRun) => Promise<Result>): void {
     const controller = new AbortController();
     this.#running.set(record.taskId, controller);
     const id = record.taskId;
     const handle: ToolTaskRun = {
       signal: controller.signal,
+      approvalId: record.approvalId,
       waiting: (approval) => {
         const rule = approval.rule === null ? '' : `#${approval.rule}`;
         const policy = approval.policy === null ? '' : ` (policy ${approval.policy}${rule})`;
@@ -259,7 +288,6 @@ export class ToolTasks {
         (error: unknown) => this.#finish(id, { error }),
       );
     });
-    return { task: this.#toTask(record) };
   }
 
   /**
