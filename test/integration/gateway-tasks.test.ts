@@ -144,6 +144,29 @@ describe('gateway as the receiver of task-augmented tool calls', () => {
     expect(lines.at(-1)).toMatchObject({ decision: 'allow', outcome: 'ok' });
   });
 
+  it("works with the SDK client's callToolStream, for upstream and fabric tools", async () => {
+    for (const [name, args] of [
+      ['ev__echo', { message: 'streamed' }],
+      ['fabric__heartbeat', {}],
+    ] as const) {
+      const kinds: string[] = [];
+      let final: unknown;
+      for await (const message of owner.experimental.tasks.callToolStream(
+        { name, arguments: args },
+        CallToolResultSchema,
+        { task: { ttl: 60_000 } },
+      )) {
+        kinds.push(message.type);
+        if (message.type === 'result') final = message.result;
+        if (message.type === 'error') final = message.error;
+      }
+      expect(kinds[0]).toBe('taskCreated');
+      expect(kinds.at(-1)).toBe('result');
+      expect((final as { isError?: boolean }).isError).toBeFalsy();
+      if (name === 'ev__echo') expect(text(final)).toBe('Echo: streamed');
+    }
+  });
+
   it('parks a call needing approval as input_required; approval runs it, the agent reconnected', async () => {
     const { task } = await callAsTask(owner, 'ev__echo', { message: 'needs approval' });
     let approval: Approval | undefined;
