@@ -317,11 +317,16 @@ export class ToolGateway implements SessionHost {
       throw error;
     }
     this.#state = 'started';
-    // Tasks restored waiting for an approval run again, as their agent (labels and pool come
-    // from the fabric's agent record; an agent that is gone is refused like any call of it).
+    // Tasks restored waiting for an approval run again, as their agent (the fabric takes pool
+    // and labels from its agent record; an agent that is gone is refused like any call of it).
     this.#tasks?.resume((record, run) =>
       this.#runTask(
-        { kind: 'agent', agentId: record.agentId, labels: {} },
+        {
+          kind: 'agent',
+          agentId: record.agentId,
+          poolId: record.poolId,
+          labels: record.labels ?? {},
+        },
         record.tool,
         record.arguments,
         run,
@@ -434,7 +439,7 @@ export class ToolGateway implements SessionHost {
     }
     const ttl = (task as { ttl?: unknown } | null)?.ttl;
     return tasks.create(
-      identity.agentId,
+      identity,
       name,
       { ttl: typeof ttl === 'number' ? ttl : undefined, arguments: rawArgs },
       (run) => this.#runTask(identity, name, rawArgs, run),

@@ -104,6 +104,9 @@ export interface ToolTaskRecord {
   readonly taskId: string;
   /** The agent that created it; nobody else can see it. */
   readonly agentId: string;
+  /** The agent's pool and labels when it made the call (a resumed call runs with them). */
+  readonly poolId?: string;
+  readonly labels?: Readonly<Record<string, string>>;
   readonly tool: string;
   /** The call's arguments as received (absent: none), kept to resume the call after a restart. */
   readonly arguments?: unknown;
@@ -146,7 +149,7 @@ export function isTerminalStatus(status: TaskStatus): boolean {
  *
  * @example
  * const tasks = new ToolTasks({ maxTtlMs: 60_000 });
- * const { task } = tasks.create('agent-1', 'fs__read_file', { ttl: 30_000 }, async (run) => {
+ * const { task } = tasks.create({ agentId: 'agent-1' }, 'fs__read_file', { ttl: 30_000 }, async (run) => {
  *   return await callTheTool(run.signal);
  * });
  * const result = await tasks.result('agent-1', task.taskId, AbortSignal.timeout(60_000));
@@ -228,18 +231,23 @@ export class ToolTasks {
   }
 
   /**
-   * Creates a task for `agentId` and starts `run`. `run` resolves with the call's MCP answer
+   * Creates a task owned by `identity.agentId` and starts `run`. `run` resolves with the call's MCP answer
    * (a result) or rejects with its JSON-RPC error; both are kept for `tasks/result`.
    * @throws McpError (`FABRIC_ERR_TOOL_TASK_LIMIT` in `data`) when the agent holds
    *   `maxPerAgent` unfinished tasks.
    */
   create(
-    agentId: string,
+    identity: {
+      agentId: string;
+      poolId?: string | undefined;
+      labels?: Readonly<Record<string, string>>;
+    },
     tool: string,
     params: { ttl?: number | undefined; arguments?: unknown },
     run: (task: ToolTaskRun) => Promise<Result>,
   ): CreateTaskResult {
     if (this.#closed) throw toMcpError(new TaskStateError('(new)', 'the gateway is closing'));
+    const { agentId, poolId, labels } = identity;
     this.#makeRoom(agentId);
     const now = Date.now();
     const asked = params.ttl;
@@ -250,6 +258,8 @@ export class ToolTasks {
     const record: ToolTaskRecord = {
       taskId: `tt_${randomUUID()}`,
       agentId,
+      ...(poolId === undefined ? {} : { poolId }),
+      ...(labels === undefined ? {} : { labels }),
       tool,
       ...(params.arguments === undefined ? {} : { arguments: params.arguments }),
       status: 'working',

@@ -95,7 +95,13 @@ describe('gateway as the receiver of task-augmented tool calls', () => {
         ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
       },
       policies: [POLICY, DEFAULT_ALLOW],
-      agents: [{ name: 'owner' }, { name: 'stranger' }, { name: 'flooder' }],
+      agents: [
+        { name: 'owner' },
+        { name: 'stranger' },
+        { name: 'flooder' },
+        { name: 'budgeted', budget: { maxCostPerDay: 1 } },
+      ],
+      toolCosts: { 'ev__get-sum': 1 },
       audit: { path: auditPath },
       gateway: { tasks: { maxTtlSeconds: 120, maxPerAgent: 3 }, shutdownGraceSeconds: 0 },
     });
@@ -164,6 +170,31 @@ describe('gateway as the receiver of task-augmented tool calls', () => {
       expect(kinds.at(-1)).toBe('result');
       expect((final as { isError?: boolean }).isError).toBeFalsy();
       if (name === 'ev__echo') expect(text(final)).toBe('Echo: streamed');
+    }
+  });
+
+  it('charges the same budget as a plain call: a task past it fails with the refusal', async () => {
+    const budgeted = await httpClient(sidecar.url!, agentToken(sidecar, 'budgeted'));
+    try {
+      const first = (await callAsTask(budgeted, 'ev__get-sum', { a: 1, b: 2 })).task;
+      const sum = await budgeted.experimental.tasks.getTaskResult(
+        first.taskId,
+        CallToolResultSchema,
+      );
+      expect(text(sum)).toContain('3');
+      const second = (await callAsTask(budgeted, 'ev__get-sum', { a: 1, b: 2 })).task;
+      const refused = await budgeted.experimental.tasks.getTaskResult(
+        second.taskId,
+        CallToolResultSchema,
+      );
+      expect(refused.isError).toBe(true);
+      expect(text(refused)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+      expect((await budgeted.experimental.tasks.getTask(second.taskId)).status).toBe('failed');
+      // A plain call sees the same spent budget.
+      const plain = await budgeted.callTool({ name: 'ev__get-sum', arguments: { a: 1, b: 2 } });
+      expect(text(plain)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+    } finally {
+      await budgeted.close();
     }
   });
 

@@ -50,7 +50,7 @@ describe('ToolTasks', () => {
   it('forgets a task at its ttl and aborts its call', async () => {
     tasks = new ToolTasks({ maxTtlMs: 60_000 });
     let signal: AbortSignal | undefined;
-    const { task } = tasks.create('a', 't', { ttl: 10 ** 12 }, (run) => {
+    const { task } = tasks.create({ agentId: 'a' }, 't', { ttl: 10 ** 12 }, (run) => {
       signal = run.signal;
       return never(run);
     });
@@ -65,7 +65,7 @@ describe('ToolTasks', () => {
 
   it("answers another agent's task id exactly like an unknown one", () => {
     tasks = new ToolTasks();
-    const { task } = tasks.create('owner', 't', {}, never);
+    const { task } = tasks.create({ agentId: 'owner' }, 't', {}, never);
     const stranger = (): unknown => tasks.get('intruder', task.taskId);
     const unknown = (): unknown => tasks.get('intruder', 'tt_nope');
     expect(code(stranger)).toBe(ErrorCode.InvalidParams);
