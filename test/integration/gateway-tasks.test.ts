@@ -139,15 +139,22 @@ describe('gateway as the receiver of task-augmented tool calls', () => {
       taskId: task.taskId,
     });
     expect((await owner.experimental.tasks.getTask(task.taskId)).status).toBe('completed');
-    // The same audit line as a plain call.
-    await until(() => readFileSync(auditPath, 'utf8').includes('"tool":"ev__echo"'));
-    const lines = readFileSync(auditPath, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as Record<string, unknown>)
-      .filter((l) => l.tool === 'ev__echo');
-    expect(lines.length).toBeGreaterThanOrEqual(2);
-    expect(lines.at(-1)).toMatchObject({ decision: 'allow', outcome: 'ok' });
+    // The same audit line as a plain call (the plain one above, then this one).
+    const echoLines = (): Array<Record<string, unknown>> =>
+      readFileSync(auditPath, 'utf8')
+        .trim()
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .filter((l) => l.tool === 'ev__echo');
+    await until(() => echoLines().length >= 2);
+    const [plain, task_] = echoLines();
+    expect(task_).toMatchObject({
+      decision: 'allow',
+      outcome: 'ok',
+      agent: plain?.agent,
+      rule: plain?.rule,
+    });
   });
 
   it("works with the SDK client's callToolStream, for upstream and fabric tools", async () => {
