@@ -142,6 +142,13 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'gateway.maxSubscriptionsPerSession': 'Resource subscriptions one session may hold (unset: 256).',
   'gateway.budgetWaitSeconds':
     'Longest wait of a call that in-flight calls keep out of its budget; 0 = refuse at once.',
+  'gateway.tasks':
+    'Task-augmented `tools/call` (MCP tasks, answered by the gateway itself); `false` turns them off.',
+  'gateway.tasks.defaultTtlSeconds':
+    "A task's lifetime when the client asks for none (default 3600); then it is forgotten.",
+  'gateway.tasks.maxTtlSeconds': 'Longest lifetime a client may ask for (default 86400).',
+  'gateway.tasks.maxPerAgent':
+    'Tasks one agent may hold (default 64); at the cap its oldest finished one is dropped, else the call is refused.',
   sandbox:
     'Folder created at start (and its `protected/`); the default filesystem upstream serves it.',
   tls: 'TLS files of the listeners (HTTP and gRPC) that have no `tls` of their own.',

@@ -364,6 +364,23 @@ export class SubscriptionLimitError extends FabricError {
 }
 
 /**
+ * An agent already holds `gateway.tasks.maxPerAgent` unfinished task-augmented tool calls:
+ * each is state the gateway keeps (and stores) until it ends.
+ */
+export class ToolTaskLimitError extends FabricError {
+  static readonly code = 'FABRIC_ERR_TOOL_TASK_LIMIT';
+  constructor(agentId: string, limit: number) {
+    super(
+      ToolTaskLimitError.code,
+      'resource_exhausted',
+      `agent ${agentId} already has ${limit} unfinished tool-call tasks ` +
+        '(gateway.tasks.maxPerAgent): wait for one to end or cancel it',
+      { agentId, limit },
+    );
+  }
+}
+
+/**
  * A server stream's client read too slowly: `limit` messages were waiting to be written, so the
  * stream ends (after the messages already queued) rather than grow or drop events silently.
  */

@@ -114,6 +114,7 @@ export {
   SessionLimitError,
   StartupError,
   SubscriptionLimitError,
+  ToolTaskLimitError,
   StreamOverflowError,
   StreamLimitError,
   CallDeadlineError,

@@ -58,6 +58,8 @@ export interface ToolCallContext {
   signal?: AbortSignal | undefined;
   /** Called once when the call is parked waiting for a human approval. */
   onWaiting?: ((approval: Approval) => void) | undefined;
+  /** The approval this same call asked for before a restart (a durable gateway task). */
+  resumeApproval?: string | undefined;
   approvalTimeoutSeconds?: number | undefined;
   /**
    * Reservation estimate: cost from `toolCosts`, tokens learned from this agent's recent results

@@ -29,6 +29,7 @@ import {
   type ServerCapabilities,
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
+import type { Collection } from '../store/store.js';
 import {
   ClosedError,
   ConfigError,
@@ -60,6 +61,12 @@ import {
 } from './session.js';
 import { TokenEstimates } from './token-estimates.js';
 import { ToolCosts } from './tool-costs.js';
+import {
+  ToolTasks,
+  type ToolTaskRecord,
+  type ToolTaskRun,
+  type ToolTasksOptions,
+} from './tool-tasks.js';
 import {
   markReachedUpstream,
   ToolCallPipeline,
@@ -147,6 +154,13 @@ export interface ToolGatewayOptions {
    * and an upstream watch). @default 256
    */
   maxSubscriptionsPerSession?: number;
+  /**
+   * Task-augmented `tools/call` (MCP Tasks, experimental): the gateway answers at once with a
+   * task and serves `tasks/get`, `tasks/result`, `tasks/list` and `tasks/cancel` from its own
+   * task store; `false` turns it off (the `tasks` capability is then not advertised).
+   * @default {} (on, with the defaults of {@link ToolTasksOptions})
+   */
+  tasks?: (ToolTasksOptions & { store?: Collection<ToolTaskRecord> | undefined }) | false;
 }
 
 const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
@@ -189,6 +203,8 @@ export class ToolGateway implements SessionHost {
   readonly #estimates: TokenEstimates;
   /** Bounds → policy [→ approval] → budget → forward → settle → audit, for every door. */
   readonly #pipeline: ToolCallPipeline;
+  /** Task-augmented tool calls and their records (absent: tasks are off). */
+  readonly #tasks: ToolTasks | undefined;
   #catalog: Catalog = EMPTY_CATALOG;
   #calls = 0;
   #drained: (() => void) | undefined;
@@ -229,6 +245,10 @@ export class ToolGateway implements SessionHost {
       metrics: this.metrics,
       log: this.#log,
     });
+    if (options.tasks !== false) {
+      const { store, ...taskOptions } = options.tasks ?? {};
+      this.#tasks = new ToolTasks(taskOptions, store);
+    }
     this.#hideDenied = options.hideDeniedTools ?? true;
     this.#fabricTools = options.fabricTools === false ? new Map() : FABRIC_TOOLS;
     this.#graceMs = options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
@@ -297,6 +317,21 @@ export class ToolGateway implements SessionHost {
       throw error;
     }
     this.#state = 'started';
+    // Tasks restored waiting for an approval run again, as their agent (the fabric takes pool
+    // and labels from its agent record; an agent that is gone is refused like any call of it).
+    this.#tasks?.resume((record, run) =>
+      this.#runTask(
+        {
+          kind: 'agent',
+          agentId: record.agentId,
+          poolId: record.poolId,
+          labels: record.labels ?? {},
+        },
+        record.tool,
+        record.arguments,
+        run,
+      ),
+    );
   }
 
   /** The learned token estimates: what each (agent, tool)'s next call reserves. */
@@ -326,6 +361,8 @@ export class ToolGateway implements SessionHost {
   /** Union of the upstreams' capabilities, plus tools and logging of the gateway itself. */
   capabilities(): ServerCapabilities {
     const caps: ServerCapabilities = { tools: { listChanged: true }, logging: {} };
+    // Only what is served: task-augmented tools/call, and the four tasks/* methods.
+    if (this.#tasks) caps.tasks = { list: {}, cancel: {}, requests: { tools: { call: {} } } };
     for (const u of this.#upstreams.values()) {
       const c = u.capabilities;
       if (c.prompts) caps.prompts = { listChanged: true };
@@ -363,11 +400,19 @@ export class ToolGateway implements SessionHost {
   /**
    * `tools/call` from an MCP session: the session's call run by {@link callToolAs}'s pipeline,
    * mapped to MCP — a refusal or a gateway-side failure is an `isError` result the model can
-   * read; an unknown tool and an upstream's own protocol error are JSON-RPC errors.
+   * read; an unknown tool and an upstream's own protocol error are JSON-RPC errors. Sent with
+   * `task`, it is answered at once with a task (see {@link taskRequest}).
    */
   async callTool(session: GatewaySession, request: Request, extra: CallExtra): Promise<Result> {
-    const params = (request.params ?? {}) as { name?: unknown; arguments?: unknown };
+    const params = (request.params ?? {}) as {
+      name?: unknown;
+      arguments?: unknown;
+      task?: unknown;
+    };
     const name = String(params.name);
+    if (params.task !== undefined && this.#isKnownTool(name)) {
+      return this.#startTask(session.identity, name, params.arguments, params.task);
+    }
     const outcome = await this.#runToolCall(
       session.identity,
       name,
@@ -376,22 +421,80 @@ export class ToolGateway implements SessionHost {
       progressSink(session, extra),
       session,
     );
-    switch (outcome.kind) {
-      case 'result':
-        return outcome.result;
-      case 'refused':
-        return refusalResult(outcome.refusal);
-      case 'error': {
-        const { error, stage } = outcome;
-        if (stage === 'admission' && error instanceof ToolNotFoundError) {
-          throw new RelayedMcpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
-        }
-        if (stage === 'forward' && error instanceof McpError) {
-          if (error.code !== ErrorCode.ConnectionClosed) throw error;
-        }
-        return toolErrorResult(error);
-      }
+    return mcpToolAnswer(outcome, name);
+  }
+
+  /**
+   * A task-augmented `tools/call`: answered at once with the task; the call runs through the
+   * same pipeline as a plain one, with no session to route an upstream's requests back to (the
+   * agent may be gone while it runs). Its MCP answer is kept for `tasks/result`.
+   */
+  #startTask(identity: AgentIdentity, name: string, rawArgs: unknown, task: unknown): Result {
+    const tasks = this.#tasks;
+    if (tasks === undefined) {
+      throw new RelayedMcpError(
+        ErrorCode.InvalidRequest,
+        'this gateway does not accept task-augmented tool calls (gateway tasks are off)',
+      );
     }
+    const ttl = (task as { ttl?: unknown } | null)?.ttl;
+    return tasks.create(
+      identity,
+      name,
+      { ttl: typeof ttl === 'number' ? ttl : undefined, arguments: rawArgs },
+      (run) => this.#runTask(identity, name, rawArgs, run),
+    );
+  }
+
+  async #runTask(
+    identity: AgentIdentity,
+    name: string,
+    rawArgs: unknown,
+    run: ToolTaskRun,
+  ): Promise<Result> {
+    const extra: CallExtra = { signal: run.signal, requestId: -1 };
+    const outcome = await this.#runToolCall(
+      identity,
+      name,
+      rawArgs,
+      extra,
+      undefined,
+      undefined,
+      run,
+    );
+    return mcpToolAnswer(outcome, name);
+  }
+
+  /**
+   * A `tasks/*` request of a session's agent (`tasks/get`, `tasks/result`, `tasks/list`,
+   * `tasks/cancel`), answered from the gateway's task store; only the agent's own tasks exist
+   * for it.
+   */
+  async taskRequest(
+    session: GatewaySession,
+    request: Request,
+    extra: DownstreamExtra,
+  ): Promise<Result> {
+    const tasks = this.#tasks;
+    if (tasks === undefined) throw new McpError(ErrorCode.MethodNotFound, 'Method not found');
+    const { agentId } = session.identity;
+    const params = (request.params ?? {}) as { taskId?: unknown; cursor?: unknown };
+    switch (request.method) {
+      case 'tasks/get':
+        return tasks.get(agentId, params.taskId);
+      case 'tasks/result':
+        return tasks.result(agentId, params.taskId, extra.signal);
+      case 'tasks/list':
+        return tasks.list(agentId, typeof params.cursor === 'string' ? params.cursor : undefined);
+      case 'tasks/cancel':
+        return tasks.cancel(agentId, params.taskId);
+      default:
+        throw new McpError(ErrorCode.MethodNotFound, 'Method not found');
+    }
+  }
+
+  #isKnownTool(name: string): boolean {
+    return this.#fabricTools.has(name) || this.#catalog.tools.has(name);
   }
 
   /**
@@ -442,6 +545,7 @@ export class ToolGateway implements SessionHost {
     extra: CallExtra,
     progress: ProgressSink | undefined,
     session: GatewaySession | undefined,
+    task?: ToolTaskRun,
   ): Promise<ToolCallOutcome> {
     const started = performance.now();
     const args = (rawArgs ?? {}) as Record<string, unknown>;
@@ -478,6 +582,8 @@ export class ToolGateway implements SessionHost {
           paths: route?.upstream.paths,
           abort: extra,
           progress,
+          onApproval: task?.waiting,
+          resumeApproval: task?.approvalId,
           audit,
           alwaysDelivered: fabricTool?.alwaysDelivered,
           // Audit right after the response is written; the call ends then.
@@ -495,8 +601,9 @@ export class ToolGateway implements SessionHost {
                   });
                 },
         },
-        () =>
-          fabricTool
+        () => {
+          task?.working();
+          return fabricTool
             ? fabricTool.call(this.#backend, { agentId, args, signal: extra.signal })
             : this.#upstreamRequest(
                 session,
@@ -510,7 +617,8 @@ export class ToolGateway implements SessionHost {
                       : { name: route!.upstreamName, arguments: rawArgs },
                 },
                 extra,
-              ),
+              );
+        },
       );
     } finally {
       if (!endLater) this.#endCall();
@@ -977,6 +1085,9 @@ export class ToolGateway implements SessionHost {
         };
       });
     }
+    // What ends after this (cut off below) is not recorded: a restart on the same store
+    // restores those tasks as failed.
+    this.#tasks?.close();
     await Promise.all([...this.#upstreams.values()].map((u) => u.close()));
     await Promise.all([...this.#sessions].map((s) => s.close()));
     this.#audit?.close();
@@ -1013,4 +1124,28 @@ function progressSink(
   const token = extra._meta?.progressToken;
   if (token === undefined) return undefined;
   return (p) => void session.progress(token, p, extra.requestId);
+}
+
+/**
+ * A call's outcome as MCP answers it: a refusal or a gateway-side failure is an `isError`
+ * result the model can read; an unknown tool and an upstream's own protocol error are thrown
+ * as JSON-RPC errors.
+ */
+function mcpToolAnswer(outcome: ToolCallOutcome, name: string): Result {
+  switch (outcome.kind) {
+    case 'result':
+      return outcome.result;
+    case 'refused':
+      return refusalResult(outcome.refusal);
+    case 'error': {
+      const { error, stage } = outcome;
+      if (stage === 'admission' && error instanceof ToolNotFoundError) {
+        throw new RelayedMcpError(ErrorCode.InvalidParams, `Unknown tool: ${name}`);
+      }
+      if (stage === 'forward' && error instanceof McpError) {
+        if (error.code !== ErrorCode.ConnectionClosed) throw error;
+      }
+      return toolErrorResult(error);
+    }
+  }
 }

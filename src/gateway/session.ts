@@ -9,6 +9,10 @@ import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/proto
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import {
   CallToolRequestSchema,
+  CancelTaskRequestSchema,
+  GetTaskPayloadRequestSchema,
+  GetTaskRequestSchema,
+  ListTasksRequestSchema,
   CompleteRequestSchema,
   ErrorCode,
   McpError,
@@ -63,6 +67,8 @@ export interface SessionHost {
   /** The list-level hints (`ttlMs`, `cacheScope`, `_meta` …) sent with `tools/list`. */
   toolListHints(session: GatewaySession): ListHints;
   callTool(session: GatewaySession, request: Request, extra: CallExtra): Promise<Result>;
+  /** `tasks/get`, `tasks/result`, `tasks/list`, `tasks/cancel` (only with the `tasks` capability). */
+  taskRequest(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
   forward(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
   subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void>;
   unsubscribe(session: GatewaySession, uri: string): Promise<void>;
@@ -119,6 +125,14 @@ export class GatewaySession {
       tools: this.tools(),
     }));
     s.setRequestHandler(CallToolRequestSchema, (req, extra) => host.callTool(this, req, extra));
+    if (capabilities.tasks) {
+      const task = (req: Request, extra: DownstreamExtra): Promise<Result> =>
+        host.taskRequest(this, req, extra);
+      s.setRequestHandler(GetTaskRequestSchema, task);
+      s.setRequestHandler(GetTaskPayloadRequestSchema, task);
+      s.setRequestHandler(ListTasksRequestSchema, task);
+      s.setRequestHandler(CancelTaskRequestSchema, task);
+    }
     if (capabilities.prompts) {
       s.setRequestHandler(ListPromptsRequestSchema, (req, extra) => host.forward(this, req, extra));
       s.setRequestHandler(GetPromptRequestSchema, (req, extra) => host.forward(this, req, extra));

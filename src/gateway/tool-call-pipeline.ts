@@ -33,6 +33,7 @@ import type {
   ToolCallAuthorization,
   ToolCallRefused,
 } from './backend.js';
+import type { Approval } from '../policy/approval-manager.js';
 import { messageOf } from './map-error.js';
 import type { GatewayMetrics } from './metrics.js';
 import { unresolvedPathsIn, type PathResolver } from './path-resolver.js';
@@ -86,6 +87,10 @@ export interface PipelineCall {
   readonly abort: CallAbort;
   /** Approval-wait progress (absent: none is sent). */
   readonly progress?: ProgressSink | undefined;
+  /** Told once when the call parks waiting for a human approval (a task's status). */
+  readonly onApproval?: ((approval: Approval) => void) | undefined;
+  /** The approval this same call asked for before a restart (a durable gateway task). */
+  readonly resumeApproval?: string | undefined;
   /** Writes the call's audit line and metrics ({@link ToolCallPipeline.auditor}). */
   readonly audit: (fields: AuditOutcome) => void;
   /** The result is delivered even when its tokens do not fit (not charged). @default false */
@@ -379,8 +384,10 @@ export class ToolCallPipeline {
         ...ctx,
         signal: call.abort.signal,
         approvalTimeoutSeconds: this.#approvalTimeoutSeconds,
+        resumeApproval: call.resumeApproval,
         onWaiting: (approval) => {
           waited = true;
+          call.onApproval?.(approval);
           if (progress === undefined || waitTimer) return;
           let tick = 0;
           const send = (): void =>

@@ -372,6 +372,32 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
   }
 
   /**
+   * Hands an existing approval back to the same call, made again after a restart by a durable
+   * gateway task that recorded the approval's id: the approval is returned when it is still
+   * known and was asked for the same agent, tool, policy rule and parameters (else `undefined`,
+   * and the call asks for a new one). A pending one is no longer `orphaned`: its decision runs
+   * the call again. The id never comes from an agent: only the task's own record holds it.
+   */
+  resume(id: string, request: ApprovalRequest): Approval | undefined {
+    const entry = this.#entries.get(id);
+    if (entry === undefined || this.#closed) return undefined;
+    const a = entry.snapshot;
+    const same =
+      a.agentId === request.agentId &&
+      a.tool === request.tool &&
+      a.policy === (request.policy ?? null) &&
+      a.rule === (request.rule ?? null) &&
+      JSON.stringify(a.params) === JSON.stringify({ ...request.params });
+    if (!same) return undefined;
+    if (a.status === 'pending' && a.orphaned === true) {
+      const { orphaned: _orphaned, ...rest } = a;
+      entry.snapshot = Object.freeze(rest);
+      this.#store.put(id, entry.snapshot);
+    }
+    return entry.snapshot;
+  }
+
+  /**
    * Approves a pending approval.
    * @throws ApprovalNotFoundError, ApprovalDecidedError (already decided or expired),
    *   InvalidArgumentError (empty approver).

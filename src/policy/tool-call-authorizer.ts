@@ -75,6 +75,11 @@ export interface ToolCallContext {
   /** Called when the call starts waiting for a human (show the approval id to someone). */
   onWaiting?: (approval: Approval) => void;
   /**
+   * The approval this same call asked for before a restart (a durable gateway task): used
+   * instead of a new one when it still matches the call (see `ApprovalManager.resume`).
+   */
+  resumeApproval?: string | undefined;
+  /**
    * Longest wait for a human decision; when it elapses the call is refused with
    * `FABRIC_ERR_WAIT_TIMEOUT` (the approval itself stays pending until it expires).
    * @default until the approval is decided or expires
@@ -174,9 +179,13 @@ export class ToolCallAuthorizer {
       return denied(new BudgetExceededError(shortfall), decision, pre.retryAt);
     }
 
-    let pending: Approval;
+    const request = approvalRequest(ctx, decision);
+    let pending =
+      ctx.resumeApproval === undefined
+        ? undefined
+        : this.#approvals.resume(ctx.resumeApproval, request);
     try {
-      pending = this.#approvals.create(approvalRequest(ctx, decision));
+      pending ??= this.#approvals.create(request);
     } catch (err) {
       if (err instanceof ApprovalLimitError) return denied(err, decision);
       throw err;

@@ -294,6 +294,22 @@ export const sidecarConfigSchema = z
          * the first result of a tool new to its agent); 0 = refuse at once.
          */
         budgetWaitSeconds: z.number().min(0).max(300).default(5),
+        /**
+         * Task-augmented tool calls (MCP tasks): a task's lifetime when the client asks for none,
+         * the longest it may ask for, and the tasks one agent may hold; `false`: off.
+         */
+        tasks: z
+          .union([
+            z.literal(false),
+            z
+              .object({
+                defaultTtlSeconds: z.number().int().positive().optional(),
+                maxTtlSeconds: z.number().int().positive().optional(),
+                maxPerAgent: z.number().int().positive().optional(),
+              })
+              .strict(),
+          ])
+          .optional(),
       })
       .strict()
       .default({

@@ -14,7 +14,7 @@ import { AgentFabric, type FabricOptions } from '../fabric.js';
 import type { AdminBackend, AgentIdentity, GatewayBackend } from '../gateway/backend.js';
 import { McpHttpEndpoint } from '../gateway/downstream-http.js';
 import { messageOf } from '../gateway/map-error.js';
-import { ToolGateway, type GatewayLogEntry } from '../gateway/gateway.js';
+import { ToolGateway, type GatewayLogEntry, type ToolGatewayOptions } from '../gateway/gateway.js';
 import { renderMetrics, type MetricFamily } from '../gateway/metrics.js';
 import type { SidecarConfig } from './config-file.js';
 import { PluginHost } from '../plugins/plugin-host.js';
@@ -320,6 +320,7 @@ export class Sidecar {
         maxArgumentDepth: config.gateway.maxArgumentDepth,
         maxArgumentNodes: config.gateway.maxArgumentNodes,
         maxSubscriptionsPerSession: config.gateway.maxSubscriptionsPerSession,
+        tasks: gatewayTasks(config.gateway.tasks, store),
         logger: log,
       });
       cleanup.push(gateway);
@@ -702,4 +703,23 @@ function sidecarMetrics(
     );
   }
   return families;
+}
+
+/** The gateway's task options from `gateway.tasks`, its records in the durable store if any. */
+function gatewayTasks(
+  tasks:
+    | { defaultTtlSeconds?: number; maxTtlSeconds?: number; maxPerAgent?: number }
+    | false
+    | undefined,
+  store: DurableStore | undefined,
+): ToolGatewayOptions['tasks'] {
+  if (tasks === false) return false;
+  const ms = (seconds: number | undefined): number | undefined =>
+    seconds === undefined ? undefined : seconds * 1000;
+  return {
+    defaultTtlMs: ms(tasks?.defaultTtlSeconds),
+    maxTtlMs: ms(tasks?.maxTtlSeconds),
+    maxPerAgent: tasks?.maxPerAgent,
+    store: store?.toolTasks,
+  };
 }

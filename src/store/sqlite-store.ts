@@ -1,6 +1,6 @@
 /**
  * The durable {@link FabricStore}: one embedded SQLite file (better-sqlite3, WAL mode) that
- * carries tasks, agents, pools, approvals, budget usage and a few keyed values (`meta`) across
+ * carries tasks, agents, pools, approvals, the gateway's tool-call tasks, budget usage and a few keyed values (`meta`) across
  * restarts and crashes.
  *
  * Why it looks like this:
@@ -52,6 +52,7 @@ import {
 } from '../errors.js';
 import { StoreLock } from '../hooks/store-lock.js';
 import { parseRecordJson, recordJson } from '../json-bytes.js';
+import type { ToolTaskRecord } from '../gateway/tool-tasks.js';
 import type { Approval } from '../policy/approval-manager.js';
 import {
   INSERT_TASK,
@@ -103,7 +104,7 @@ const SCHEMA = `
 `;
 
 /** Kinds of the `records` table (tasks have their own table since schema 2). */
-type Kind = 'agent' | 'pool' | 'approval';
+type Kind = 'agent' | 'pool' | 'approval' | 'tool_task';
 
 /**
  * When a change is committed: `now` before the call that made it returns (a synchronous
@@ -330,6 +331,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly pools: SqliteCollection<TPool>;
   /** Committed synchronously: `put`/`delete` return after the transaction. */
   readonly approvals: SqliteCollection<Approval>;
+  /** The gateway's task-augmented tool calls (MCP tasks). */
+  readonly toolTasks: SqliteCollection<ToolTaskRecord>;
   readonly budgets: SqliteBudgetStore;
   readonly #db: Database.Database;
   readonly #lock: StoreLock;
@@ -374,6 +377,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.agents = new SqliteCollection<TAgent>('agent', journal, rows('agent'), 'soon');
     this.pools = new SqliteCollection<TPool>('pool', journal, rows('pool'), 'soon');
     this.approvals = new SqliteCollection<Approval>('approval', journal, rows('approval'), 'now');
+    this.toolTasks = new SqliteCollection<ToolTaskRecord>(
+      'tool_task',
+      journal,
+      rows('tool_task'),
+      'soon',
+    );
     this.budgets = new SqliteBudgetStore(db, path, journal);
     this.#upsert = db.prepare(
       'INSERT INTO records (kind, id, data) VALUES (?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET data = excluded.data',
@@ -497,12 +506,14 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     const agents = this.agents.pending(lazy);
     const pools = this.pools.pending(lazy);
     const approvals = this.approvals.pending(lazy);
+    const toolTasks = this.toolTasks.pending(lazy);
     const budgets = this.budgets.pending();
     if (
       tasks.length === 0 &&
       agents.length === 0 &&
       pools.length === 0 &&
       approvals.length === 0 &&
+      toolTasks.length === 0 &&
       budgets.length === 0
     ) {
       return;
@@ -527,6 +538,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       [this.agents, agents],
       [this.pools, pools],
       [this.approvals, approvals],
+      [this.toolTasks, toolTasks],
     ] as const) {
       for (const [id, record] of changed) {
         rows.push([
@@ -560,6 +572,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.agents.committed(agents.map(([id]) => id));
     this.pools.committed(pools.map(([id]) => id));
     this.approvals.committed(approvals.map(([id]) => id));
+    this.toolTasks.committed(toolTasks.map(([id]) => id));
     this.budgets.committed(budgets);
     if (unserializable.length > 0) {
       throw new StateStoreError(

@@ -11,6 +11,7 @@
  * @module
  */
 import type { BudgetStore } from '../budget/budget-store.js';
+import type { ToolTaskRecord } from '../gateway/tool-tasks.js';
 import type { Approval } from '../policy/approval-manager.js';
 
 /** A keyed collection of records of one kind. */
@@ -51,6 +52,11 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
    * caller saw is on disk.
    */
   readonly approvals: Collection<Approval>;
+  /**
+   * The gateway's task-augmented tool calls (MCP tasks); a store without it leaves the gateway
+   * keeping them in memory.
+   */
+  readonly toolTasks?: Collection<ToolTaskRecord>;
   /** Budget state kept with the records (the fabric uses it unless given its own). */
   readonly budgets?: BudgetStore;
   /** Flushes and releases resources. */

@@ -1,0 +1,541 @@
+/**
+ * Task-augmented tool calls (MCP 2025-11-25 "Tasks", experimental): the gateway is the
+ * receiver. A `tools/call` sent with `task` is answered at once with a task handle; the call
+ * runs through the same pipeline as a plain call (policy, approval wait, budget, audit), and
+ * the agent polls `tasks/get`, fetches `tasks/result`, lists with `tasks/list` and cancels with
+ * `tasks/cancel`.
+ *
+ * Every task belongs to the one agent that created it: any other agent asking for its id gets
+ * the same answer as for an id that never existed. A task lives `ttl` ms from its creation
+ * (the client's request, bounded by `maxTtlMs`); then it is forgotten (a call still running is
+ * cancelled). Records are plain snapshots in a {@link Collection}, so a durable store keeps
+ * them across a restart: a finished task's result survives; a task that waited for a human
+ * approval when the process ended resumes (see {@link ToolTasks.resume}) — its call asks the
+ * policy again and, when that still requires the same approval, waits for (or takes) that
+ * approval's decision instead of asking for a new one; a task whose call had already been
+ * forwarded is restored as `failed` (whether the tool ran is unknown).
+ *
+ * @module
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  ErrorCode,
+  McpError,
+  type CallToolResult,
+  type CreateTaskResult,
+  type ListTasksResult,
+  type Result,
+  type Task,
+  type TaskStatus,
+} from '@modelcontextprotocol/sdk/types.js';
+import { ConfigError, TaskNotFoundError, TaskStateError, ToolTaskLimitError } from '../errors.js';
+import { MemoryCollection } from '../store/memory-store.js';
+import type { Collection } from '../store/store.js';
+import { RelayedMcpError, toMcpError } from './map-error.js';
+
+/** Default of {@link ToolTasksOptions.defaultTtlMs}: one hour. */
+export const DEFAULT_TOOL_TASK_TTL_MS = 60 * 60 * 1000;
+/** Default of {@link ToolTasksOptions.maxTtlMs}: one day. */
+export const DEFAULT_TOOL_TASK_MAX_TTL_MS = 24 * 60 * 60 * 1000;
+/** Default of {@link ToolTasksOptions.maxPerAgent}. */
+export const DEFAULT_TOOL_TASKS_PER_AGENT = 64;
+/** Default of {@link ToolTasksOptions.pollIntervalMs}. */
+export const DEFAULT_TOOL_TASK_POLL_INTERVAL_MS = 1000;
+/** Tasks per `tasks/list` page. */
+const PAGE_SIZE = 100;
+/** How often expired tasks are swept (they are also dropped when looked up). */
+const SWEEP_INTERVAL_MS = 60_000;
+/** Longest status message taken from a tool's error text. */
+const STATUS_MESSAGE_MAX = 500;
+/** `_meta` key that ties a `tasks/result` answer to its task (spec). */
+export const RELATED_TASK_META_KEY = 'io.modelcontextprotocol/related-task';
+
+/** Options of {@link ToolTasks} (the sidecar's `gateway.tasks`). */
+export interface ToolTasksOptions {
+  /** A task's lifetime when the client asks for none. @default 3600000 */
+  defaultTtlMs?: number;
+  /** Longest lifetime a client may ask for (a longer `ttl` is cut to it). @default 86400000 */
+  maxTtlMs?: number;
+  /**
+   * Tasks one agent may hold; at the limit the agent's oldest finished task is forgotten, and
+   * when none is finished, a new task is refused with `FABRIC_ERR_TOOL_TASK_LIMIT`.
+   * @default 64
+   */
+  maxPerAgent?: number;
+  /** The `pollInterval` suggested to clients. @default 1000 */
+  pollIntervalMs?: number;
+}
+
+/**
+ * Validates `options`, fills in defaults and freezes the result.
+ * @throws ConfigError naming the field at fault.
+ */
+export function parseToolTasksOptions(
+  options: ToolTasksOptions = {},
+): Readonly<Required<ToolTasksOptions>> {
+  const int = (field: keyof ToolTasksOptions, value: number): number => {
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw new ConfigError(`tasks.${field}`, `must be a positive integer, got ${String(value)}`);
+    }
+    return value;
+  };
+  const maxTtlMs = int('maxTtlMs', options.maxTtlMs ?? DEFAULT_TOOL_TASK_MAX_TTL_MS);
+  const defaultTtlMs = int(
+    'defaultTtlMs',
+    options.defaultTtlMs ?? Math.min(DEFAULT_TOOL_TASK_TTL_MS, maxTtlMs),
+  );
+  if (defaultTtlMs > maxTtlMs) {
+    throw new ConfigError('tasks.defaultTtlMs', `must be at most tasks.maxTtlMs (${maxTtlMs})`);
+  }
+  return Object.freeze({
+    defaultTtlMs,
+    maxTtlMs,
+    maxPerAgent: int('maxPerAgent', options.maxPerAgent ?? DEFAULT_TOOL_TASKS_PER_AGENT),
+    pollIntervalMs: int(
+      'pollIntervalMs',
+      options.pollIntervalMs ?? DEFAULT_TOOL_TASK_POLL_INTERVAL_MS,
+    ),
+  });
+}
+
+/** A task as stored: a plain, frozen snapshot (a change is a new object `put` under its id). */
+export interface ToolTaskRecord {
+  /** `tt_<uuid>`: unguessable, and never the only thing that guards a task (see `agentId`). */
+  readonly taskId: string;
+  /** The agent that created it; nobody else can see it. */
+  readonly agentId: string;
+  /** The agent's pool and labels when it made the call (a resumed call runs with them). */
+  readonly poolId?: string;
+  readonly labels?: Readonly<Record<string, string>>;
+  readonly tool: string;
+  /** The call's arguments as received (absent: none), kept to resume the call after a restart. */
+  readonly arguments?: unknown;
+  readonly status: TaskStatus;
+  readonly statusMessage?: string;
+  /** Epoch ms. */
+  readonly createdAt: number;
+  readonly updatedAt: number;
+  /** Lifetime from creation, ms (as granted, after the bound). */
+  readonly ttl: number;
+  /** The approval the call waits (or waited) for. */
+  readonly approvalId?: string;
+  /** A finished call's result: what `tasks/result` answers. */
+  readonly result?: Result;
+  /** A finished call's JSON-RPC error: what `tasks/result` answers instead of a result. */
+  readonly error?: { readonly code: number; readonly message: string; readonly data?: unknown };
+}
+
+/** What a running task's call reports (the gateway calls these from the pipeline). */
+export interface ToolTaskRun {
+  /** Aborts when the task is cancelled or expires: ends an approval wait or the forward. */
+  readonly signal: AbortSignal;
+  /** The approval this call asked for before a restart (when it resumes), to wait for again. */
+  readonly approvalId?: string | undefined;
+  /** The call waits for a human approval. */
+  waiting(approval: { id: string; policy: string | null; rule: number | null }): void;
+  /** The call was authorized and is being forwarded. */
+  working(): void;
+}
+
+const TERMINAL: ReadonlySet<TaskStatus> = new Set(['completed', 'failed', 'cancelled']);
+
+/** True for `completed`, `failed` and `cancelled`. */
+export function isTerminalStatus(status: TaskStatus): boolean {
+  return TERMINAL.has(status);
+}
+
+/**
+ * The gateway's task store and runner.
+ *
+ * @example
+ * const tasks = new ToolTasks({ maxTtlMs: 60_000 });
+ * const { task } = tasks.create({ agentId: 'agent-1' }, 'fs__read_file', { ttl: 30_000 }, async (run) => {
+ *   return await callTheTool(run.signal);
+ * });
+ * const result = await tasks.result('agent-1', task.taskId, AbortSignal.timeout(60_000));
+ */
+export class ToolTasks {
+  readonly #options: Readonly<Required<ToolTasksOptions>>;
+  readonly #store: Collection<ToolTaskRecord>;
+  /** Calls in flight by task id. */
+  readonly #running = new Map<string, AbortController>();
+  /** `tasks/result` requests waiting for a task to end. */
+  readonly #waiters = new Map<string, Set<() => void>>();
+  /** Task ids per agent, oldest first (rebuilt from the store). */
+  readonly #byAgent = new Map<string, Set<string>>();
+  readonly #sweep: NodeJS.Timeout;
+  /** Tasks restored waiting for an approval, until {@link resume} runs them. */
+  #resumable: ToolTaskRecord[] = [];
+  #closed = false;
+
+  /**
+   * @param store - where task records live (the sidecar passes its durable store's
+   *   `toolTasks`); records already in it are restored (unfinished ones as `failed`).
+   */
+  constructor(
+    options: ToolTasksOptions = {},
+    store: Collection<ToolTaskRecord> = new MemoryCollection<ToolTaskRecord>(),
+  ) {
+    this.#options = parseToolTasksOptions(options);
+    this.#store = store;
+    this.#restore();
+    this.#sweep = setInterval(() => this.#expireAll(), SWEEP_INTERVAL_MS);
+    this.#sweep.unref();
+  }
+
+  /** The validated, frozen options. */
+  get options(): Readonly<Required<ToolTasksOptions>> {
+    return this.#options;
+  }
+
+  #restore(): void {
+    const now = Date.now();
+    const records = [...this.#store.values()]
+      .filter(isRecord)
+      .sort((a, b) => a.createdAt - b.createdAt);
+    for (const r of records) {
+      if (r.createdAt + r.ttl <= now) {
+        this.#store.delete(r.taskId);
+        continue;
+      }
+      this.#index(r);
+      if (isTerminalStatus(r.status)) continue;
+      if (r.status === 'input_required' && r.approvalId !== undefined) {
+        this.#resumable.push(r);
+        continue;
+      }
+      // The call may have reached its tool in the process that ended: never run it twice.
+      const message =
+        'the gateway restarted before the call finished; whether the tool ran is unknown';
+      this.#put({
+        ...r,
+        status: 'failed',
+        statusMessage: message,
+        updatedAt: now,
+        error: { code: ErrorCode.InternalError, message },
+      });
+    }
+  }
+
+  /**
+   * Runs again the calls of the tasks restored waiting for an approval (the gateway calls it
+   * once its tools are known). `run` gets the record (tool, arguments, owner) and the handle,
+   * whose `approvalId` names the approval to wait for again.
+   */
+  resume(run: (record: ToolTaskRecord, task: ToolTaskRun) => Promise<Result>): void {
+    const records = this.#resumable;
+    this.#resumable = [];
+    for (const r of records) {
+      if (this.#live(r.taskId) !== undefined) this.#start(r, (task) => run(r, task));
+    }
+  }
+
+  /**
+   * Creates a task owned by `identity.agentId` and starts `run`. `run` resolves with the call's MCP answer
+   * (a result) or rejects with its JSON-RPC error; both are kept for `tasks/result`.
+   * @throws McpError (`FABRIC_ERR_TOOL_TASK_LIMIT` in `data`) when the agent holds
+   *   `maxPerAgent` unfinished tasks.
+   */
+  create(
+    identity: {
+      agentId: string;
+      poolId?: string | undefined;
+      labels?: Readonly<Record<string, string>>;
+    },
+    tool: string,
+    params: { ttl?: number | undefined; arguments?: unknown },
+    run: (task: ToolTaskRun) => Promise<Result>,
+  ): CreateTaskResult {
+    if (this.#closed) throw toMcpError(new TaskStateError('(new)', 'the gateway is closing'));
+    const { agentId, poolId, labels } = identity;
+    this.#makeRoom(agentId);
+    const now = Date.now();
+    const asked = params.ttl;
+    const ttl =
+      typeof asked === 'number' && Number.isFinite(asked) && asked > 0
+        ? Math.min(Math.ceil(asked), this.#options.maxTtlMs)
+        : this.#options.defaultTtlMs;
+    const record: ToolTaskRecord = {
+      taskId: `tt_${randomUUID()}`,
+      agentId,
+      ...(poolId === undefined ? {} : { poolId }),
+      ...(labels === undefined ? {} : { labels }),
+      tool,
+      ...(params.arguments === undefined ? {} : { arguments: params.arguments }),
+      status: 'working',
+      createdAt: now,
+      updatedAt: now,
+      ttl,
+    };
+    this.#put(record);
+    this.#index(record);
+    this.#start(record, run);
+    return { task: this.#toTask(record) };
+  }
+
+  #start(record: ToolTaskRecord, run: (task: ToolTaskRun) => Promise<Result>): void {
+    const controller = new AbortController();
+    this.#running.set(record.taskId, controller);
+    const id = record.taskId;
+    const handle: ToolTaskRun = {
+      signal: controller.signal,
+      approvalId: record.approvalId,
+      waiting: (approval) => {
+        const rule = approval.rule === null ? '' : `#${approval.rule}`;
+        const policy = approval.policy === null ? '' : ` (policy ${approval.policy}${rule})`;
+        this.#update(id, {
+          status: 'input_required',
+          statusMessage: `waiting for human approval ${approval.id}${policy}`,
+          approvalId: approval.id,
+        });
+      },
+      working: () => this.#update(id, { status: 'working', statusMessage: 'running' }),
+    };
+    // The task's answer goes out first; the call starts on the next turn.
+    queueMicrotask(() => {
+      run(handle).then(
+        (result) => this.#finish(id, { result }),
+        (error: unknown) => this.#finish(id, { error }),
+      );
+    });
+  }
+
+  /**
+   * The task `taskId` of `agentId`.
+   * @throws McpError InvalidParams (`FABRIC_ERR_TASK_NOT_FOUND`) for an unknown, expired or
+   *   another agent's task — the same answer for each.
+   */
+  get(agentId: string, taskId: unknown): Task {
+    return this.#toTask(this.#own(agentId, taskId));
+  }
+
+  /**
+   * The finished task's answer: its result (with the related-task `_meta`), or its JSON-RPC
+   * error thrown. Waits while the task runs, until it ends or `signal` aborts.
+   */
+  async result(agentId: string, taskId: unknown, signal: AbortSignal): Promise<Result> {
+    let record = this.#own(agentId, taskId);
+    while (!isTerminalStatus(record.status)) {
+      await this.#changed(record.taskId, signal);
+      record = this.#own(agentId, taskId);
+    }
+    if (record.error !== undefined) {
+      const { code, message, data } = record.error;
+      throw new RelayedMcpError(code, message, data);
+    }
+    const result = record.result ?? {};
+    return {
+      ...result,
+      _meta: { ...result._meta, [RELATED_TASK_META_KEY]: { taskId: record.taskId } },
+    };
+  }
+
+  /** The agent's tasks, oldest first, {@link PAGE_SIZE} a page; `cursor` is the last id seen. */
+  list(agentId: string, cursor?: string): ListTasksResult {
+    const ids = [...(this.#byAgent.get(agentId) ?? [])];
+    let start = 0;
+    if (cursor !== undefined) {
+      const at = ids.indexOf(cursor);
+      if (at < 0) throw new McpError(ErrorCode.InvalidParams, 'Invalid cursor');
+      start = at + 1;
+    }
+    const tasks: Task[] = [];
+    let last: string | undefined;
+    for (let i = start; i < ids.length && tasks.length < PAGE_SIZE; i++) {
+      const record = this.#live(ids[i]!);
+      last = ids[i];
+      if (record !== undefined) tasks.push(this.#toTask(record));
+    }
+    const more = last !== undefined && ids.indexOf(last) < ids.length - 1;
+    return more ? { tasks, nextCursor: last } : { tasks };
+  }
+
+  /**
+   * Cancels a running task: its call is aborted (an approval wait ends, the upstream request is
+   * cancelled; the pipeline releases the reservation and writes the audit line).
+   * @throws McpError InvalidParams for an unknown task or one that already ended.
+   */
+  cancel(agentId: string, taskId: unknown): Task {
+    const record = this.#own(agentId, taskId);
+    if (isTerminalStatus(record.status)) {
+      const error = new TaskStateError(
+        record.taskId,
+        `cannot cancel a task that is ${record.status}`,
+      );
+      throw new RelayedMcpError(ErrorCode.InvalidParams, error.message, error.toJSON());
+    }
+    const cancelled = this.#update(record.taskId, {
+      status: 'cancelled',
+      statusMessage: 'cancelled by the agent',
+      error: { code: ErrorCode.InvalidRequest, message: `task ${record.taskId} was cancelled` },
+    });
+    this.#running.get(record.taskId)?.abort(new Error('the task was cancelled'));
+    return this.#toTask(cancelled ?? record);
+  }
+
+  /**
+   * Stops the sweep and records nothing more: calls still running end without changing their
+   * records (a restart on the same store restores them as `failed`). Waiting `tasks/result`
+   * requests are released by their own request's end. Idempotent.
+   */
+  close(): void {
+    this.#closed = true;
+    clearInterval(this.#sweep);
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  #finish(id: string, end: { result?: Result; error?: unknown }): void {
+    this.#running.delete(id);
+    const record = this.#store.get(id);
+    if (this.#closed || record === undefined || isTerminalStatus(record.status)) return;
+    if (end.result !== undefined) {
+      const failed = (end.result as CallToolResult).isError === true;
+      this.#update(id, {
+        status: failed ? 'failed' : 'completed',
+        statusMessage: failed ? firstText(end.result) : 'completed',
+        result: end.result,
+      });
+      return;
+    }
+    const error = toMcpError(end.error);
+    this.#update(id, {
+      status: 'failed',
+      statusMessage: error.message.slice(0, STATUS_MESSAGE_MAX),
+      error: {
+        code: error.code,
+        message: error.message,
+        ...(error.data === undefined ? {} : { data: error.data }),
+      },
+    });
+  }
+
+  #update(id: string, change: Partial<ToolTaskRecord>): ToolTaskRecord | undefined {
+    if (this.#closed) return undefined;
+    const record = this.#store.get(id);
+    if (record === undefined) return undefined;
+    const next = { ...record, ...change, updatedAt: Date.now() };
+    this.#put(next);
+    const waiters = this.#waiters.get(id);
+    if (waiters !== undefined) for (const wake of [...waiters]) wake();
+    return next;
+  }
+
+  #put(record: ToolTaskRecord): void {
+    this.#store.put(record.taskId, Object.freeze(record));
+  }
+
+  #index(record: ToolTaskRecord): void {
+    let ids = this.#byAgent.get(record.agentId);
+    if (ids === undefined) this.#byAgent.set(record.agentId, (ids = new Set()));
+    ids.add(record.taskId);
+  }
+
+  /** The record if it is `agentId`'s and alive; else the not-found error every stranger gets. */
+  #own(agentId: string, taskId: unknown): ToolTaskRecord {
+    const id = typeof taskId === 'string' ? taskId : String(taskId);
+    const record = this.#live(id);
+    if (record === undefined || record.agentId !== agentId) {
+      throw toMcpError(new TaskNotFoundError(id.slice(0, 128)));
+    }
+    return record;
+  }
+
+  /** The record, unless it expired (then it is forgotten, its call cancelled). */
+  #live(id: string): ToolTaskRecord | undefined {
+    const record = this.#store.get(id);
+    if (record === undefined) return undefined;
+    if (record.createdAt + record.ttl > Date.now()) return record;
+    this.#forget(record);
+    return undefined;
+  }
+
+  #forget(record: ToolTaskRecord): void {
+    this.#running.get(record.taskId)?.abort(new Error('the task expired'));
+    this.#running.delete(record.taskId);
+    this.#store.delete(record.taskId);
+    const ids = this.#byAgent.get(record.agentId);
+    ids?.delete(record.taskId);
+    if (ids?.size === 0) this.#byAgent.delete(record.agentId);
+    const waiters = this.#waiters.get(record.taskId);
+    if (waiters !== undefined) for (const wake of [...waiters]) wake();
+  }
+
+  #expireAll(): void {
+    for (const record of [...this.#store.values()]) this.#live(record.taskId);
+  }
+
+  /** Keeps the agent under `maxPerAgent`: forgets its oldest finished task, or refuses. */
+  #makeRoom(agentId: string): void {
+    const ids = this.#byAgent.get(agentId);
+    if (ids === undefined) return;
+    for (const id of [...ids]) this.#live(id);
+    if (ids.size < this.#options.maxPerAgent) return;
+    for (const id of ids) {
+      const record = this.#store.get(id);
+      if (record !== undefined && isTerminalStatus(record.status)) {
+        this.#forget(record);
+        return;
+      }
+    }
+    throw toMcpError(new ToolTaskLimitError(agentId, this.#options.maxPerAgent));
+  }
+
+  /** Resolves on the task's next change (or its end), rejects when `signal` aborts. */
+  #changed(id: string, signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return Promise.reject(signal.reason);
+    return new Promise<void>((resolve, reject) => {
+      let set = this.#waiters.get(id);
+      if (set === undefined) this.#waiters.set(id, (set = new Set()));
+      const waiters = set;
+      const done = (): void => {
+        waiters.delete(wake);
+        if (waiters.size === 0) this.#waiters.delete(id);
+        signal.removeEventListener('abort', onAbort);
+      };
+      const wake = (): void => {
+        done();
+        resolve();
+      };
+      const onAbort = (): void => {
+        done();
+        reject(signal.reason);
+      };
+      waiters.add(wake);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  #toTask(r: ToolTaskRecord): Task {
+    return {
+      taskId: r.taskId,
+      status: r.status,
+      ttl: r.ttl,
+      createdAt: new Date(r.createdAt).toISOString(),
+      lastUpdatedAt: new Date(r.updatedAt).toISOString(),
+      pollInterval: this.#options.pollIntervalMs,
+      ...(r.statusMessage === undefined ? {} : { statusMessage: r.statusMessage }),
+    };
+  }
+}
+
+function firstText(result: Result): string {
+  const content = (result as CallToolResult).content;
+  const text = Array.isArray(content)
+    ? content.find((c): c is { type: 'text'; text: string } => c.type === 'text')?.text
+    : undefined;
+  return (text ?? 'the tool call ended in an error').slice(0, STATUS_MESSAGE_MAX);
+}
+
+/** A stored record must at least carry a task's identity, owner, status and times. */
+function isRecord(r: ToolTaskRecord): boolean {
+  return (
+    r !== null &&
+    typeof r === 'object' &&
+    typeof r.taskId === 'string' &&
+    typeof r.agentId === 'string' &&
+    typeof r.status === 'string' &&
+    Number.isFinite(r.createdAt) &&
+    Number.isFinite(r.ttl)
+  );
+}

@@ -1,0 +1,164 @@
+/**
+ * Task-augmented tool calls across SIGKILL of the real `agent-fabric serve` (child processes, a
+ * real server-everything upstream, the official SDK client, a real SQLite state file):
+ *
+ * - a finished task's result is still fetched by `tasks/result` after the kill;
+ * - a task parked on an approval survives the kill as `input_required` with the same approval;
+ *   approving it after the restart runs the call, whose result survives the next kill;
+ * - a restored task decided before its agent reconnects runs without it;
+ * - the records are in the state file (kind `tool_task`), owned by the agent that made them.
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import {
+  CallToolResultSchema,
+  CreateTaskResultSchema,
+  type CreateTaskResult,
+} from '@modelcontextprotocol/sdk/types.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { ToolTaskRecord } from '../../src/gateway/tool-tasks.js';
+import { callApi, listApprovals, type ApiApproval } from '../fixtures/api.js';
+import { EVERYTHING_BIN, tempDir, text, until } from '../fixtures/gateway/harness.js';
+import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
+
+afterAll(cleanUp);
+
+const ADMIN = `fab_admin_${'t7Wq'.repeat(8)}`;
+
+function writeConfig(dir: string, port: number): void {
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port },
+      adminToken: ADMIN,
+      upstreams: {
+        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+      },
+      policies: [
+        {
+          name: 'approvals',
+          priority: 100,
+          rules: [
+            {
+              tool: 'ev__echo',
+              action: 'require_approval',
+              conditions: { message: 'approve*' },
+              reason: 'a human echoes',
+            },
+          ],
+        },
+        { name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] },
+      ],
+      approvals: { timeoutSeconds: 3600 },
+      agents: [{ name: 'worker' }],
+    }),
+  );
+}
+
+type Approval = ApiApproval & { params: { message?: string }; orphaned?: boolean };
+
+function approve(r: Running, id: string): Promise<Response> {
+  return callApi(r.url, 'ApprovalService/Approve', { id }, ADMIN);
+}
+
+async function pending(r: Running): Promise<Approval[]> {
+  return (await listApprovals(r.url, ADMIN, 'pending')) as Approval[];
+}
+
+function callAsTask(client: Client, message: string): Promise<CreateTaskResult> {
+  return client.request(
+    { method: 'tools/call', params: { name: 'ev__echo', arguments: { message }, task: {} } },
+    CreateTaskResultSchema,
+  );
+}
+
+/** The task as written in the state file (read-only, beside the live sidecar). */
+function onDisk(statePath: string, id: string): ToolTaskRecord | undefined {
+  const db = new Database(statePath, { readonly: true, fileMustExist: true });
+  try {
+    const row = db
+      .prepare<[string], { data: string }>(
+        "SELECT data FROM records WHERE kind = 'tool_task' AND id = ?",
+      )
+      .get(id);
+    return row === undefined ? undefined : (JSON.parse(row.data) as ToolTaskRecord);
+  } finally {
+    db.close();
+  }
+}
+
+describe('agent-fabric serve: MCP tasks over a state file', () => {
+  it('keeps results and parked approvals across SIGKILL, and runs what is approved after', async () => {
+    const dir = tempDir('cli-tasks');
+    const port = await freePort();
+    const statePath = join(dir, '.fabric', 'state.db');
+    writeConfig(dir, port);
+
+    const first = await serve(dir);
+    const token = first.token;
+    let client = await connect(first.url, token);
+    const done = (await callAsTask(client, 'quick')).task;
+    const quick = await client.experimental.tasks.getTaskResult(done.taskId, CallToolResultSchema);
+    expect(text(quick)).toBe('Echo: quick');
+    const parked = (await callAsTask(client, 'approve after restart')).task;
+    const downDecided = (await callAsTask(client, 'approve before reconnect')).task;
+    let approvals: Approval[] = [];
+    await until(async () => (approvals = await pending(first)).length === 2, 30_000);
+    await until(
+      () =>
+        onDisk(statePath, parked.taskId)?.status === 'input_required' &&
+        onDisk(statePath, downDecided.taskId)?.status === 'input_required',
+      30_000,
+    );
+    const approvalOf = (message: string): Approval =>
+      approvals.find((a) => a.params.message === message)!;
+    expect(onDisk(statePath, parked.taskId)).toMatchObject({
+      approvalId: approvalOf('approve after restart').id,
+      tool: 'ev__echo',
+    });
+    expect(onDisk(statePath, done.taskId)).toMatchObject({ status: 'completed' });
+    await stop(first, 'SIGKILL');
+
+    // Decided right after the start, before the agent comes back: the call runs without it.
+    const second = await serve(dir);
+    expect(second.token).toBe(token);
+    const res = await approve(second, approvalOf('approve before reconnect').id);
+    expect(res.status).toBe(200);
+    client = await connect(second.url, token);
+    // The finished task's result survived.
+    const again = await client.experimental.tasks.getTaskResult(done.taskId, CallToolResultSchema);
+    expect(text(again)).toBe('Echo: quick');
+    // The one decided without its agent connected ran.
+    const ran = await client.experimental.tasks.getTaskResult(
+      downDecided.taskId,
+      CallToolResultSchema,
+    );
+    expect(text(ran)).toBe('Echo: approve before reconnect');
+    // The other still waits for the same approval; approving it now runs it.
+    const waiting = await client.experimental.tasks.getTask(parked.taskId);
+    expect(waiting.status).toBe('input_required');
+    expect(waiting.statusMessage).toContain(approvalOf('approve after restart').id);
+    const [still, ...others] = await pending(second);
+    expect(others).toEqual([]);
+    expect(still).toMatchObject({ id: approvalOf('approve after restart').id });
+    expect(still?.orphaned).toBeUndefined();
+    await approve(second, still!.id);
+    const result = await client.experimental.tasks.getTaskResult(
+      parked.taskId,
+      CallToolResultSchema,
+    );
+    expect(text(result)).toBe('Echo: approve after restart');
+    await until(() => onDisk(statePath, parked.taskId)?.status === 'completed', 30_000);
+    await stop(second, 'SIGKILL');
+
+    // Decided and run: the result outlives the next kill as well.
+    const third = await serve(dir);
+    client = await connect(third.url, token);
+    const kept = await client.experimental.tasks.getTaskResult(parked.taskId, CallToolResultSchema);
+    expect(text(kept)).toBe('Echo: approve after restart');
+    expect(await pending(third)).toEqual([]);
+    await stop(third, 'SIGTERM');
+  }, 120_000);
+});

@@ -1,0 +1,148 @@
+/**
+ * The gateway's task store on its own (fake timers): ttl bound and expiry, ownership, restore
+ * from a store, and the approval hand-back a restored task relies on.
+ */
+import { ErrorCode, McpError, type Result } from '@modelcontextprotocol/sdk/types.js';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { ConfigError } from '../../src/errors.js';
+import {
+  parseToolTasksOptions,
+  ToolTasks,
+  type ToolTaskRecord,
+  type ToolTaskRun,
+} from '../../src/gateway/tool-tasks.js';
+import { ApprovalManager } from '../../src/policy/approval-manager.js';
+import { MemoryCollection } from '../../src/store/memory-store.js';
+
+const never = (task: ToolTaskRun): Promise<Result> =>
+  new Promise((_resolve, reject) =>
+    task.signal.addEventListener('abort', () => reject(new Error('aborted'))),
+  );
+
+function code(fn: () => unknown): number | undefined {
+  try {
+    fn();
+  } catch (error) {
+    return error instanceof McpError ? error.code : -1;
+  }
+  return undefined;
+}
+
+describe('ToolTasks', () => {
+  let tasks: ToolTasks;
+  beforeEach(() => {
+    vi.useFakeTimers();
+    vi.setSystemTime(new Date('2026-12-02T10:00:00Z'));
+  });
+  afterEach(() => {
+    tasks?.close();
+    vi.useRealTimers();
+  });
+
+  it('rejects bad options by name', () => {
+    expect(() => parseToolTasksOptions({ maxTtlMs: 0 })).toThrow(ConfigError);
+    expect(() => parseToolTasksOptions({ defaultTtlMs: 10, maxTtlMs: 5 })).toThrow(
+      /tasks.defaultTtlMs/,
+    );
+    expect(parseToolTasksOptions({ maxTtlMs: 1000 }).defaultTtlMs).toBe(1000);
+  });
+
+  it('forgets a task at its ttl and aborts its call', async () => {
+    tasks = new ToolTasks({ maxTtlMs: 60_000 });
+    let signal: AbortSignal | undefined;
+    const { task } = tasks.create({ agentId: 'a' }, 't', { ttl: 10 ** 12 }, (run) => {
+      signal = run.signal;
+      return never(run);
+    });
+    expect(task.ttl).toBe(60_000);
+    await vi.advanceTimersByTimeAsync(59_000);
+    expect(tasks.get('a', task.taskId).status).toBe('working');
+    await vi.advanceTimersByTimeAsync(2_000);
+    expect(code(() => tasks.get('a', task.taskId))).toBe(ErrorCode.InvalidParams);
+    expect(signal?.aborted).toBe(true);
+    expect(tasks.list('a').tasks).toEqual([]);
+  });
+
+  it("answers another agent's task id exactly like an unknown one", () => {
+    tasks = new ToolTasks();
+    const { task } = tasks.create({ agentId: 'owner' }, 't', {}, never);
+    const stranger = (): unknown => tasks.get('intruder', task.taskId);
+    const unknown = (): unknown => tasks.get('intruder', 'tt_nope');
+    expect(code(stranger)).toBe(ErrorCode.InvalidParams);
+    expect(code(() => tasks.cancel('intruder', task.taskId))).toBe(ErrorCode.InvalidParams);
+    let a = '';
+    let b = '';
+    try {
+      stranger();
+    } catch (e) {
+      a = (e as Error).message.replace(task.taskId, 'ID');
+    }
+    try {
+      unknown();
+    } catch (e) {
+      b = (e as Error).message.replace('tt_nope', 'ID');
+    }
+    expect(a).toBe(b);
+    expect(tasks.get('owner', task.taskId).status).toBe('working');
+  });
+
+  it('restores from its store: finished tasks keep their result, forwarded ones fail, parked ones wait to resume', async () => {
+    const store = new MemoryCollection<ToolTaskRecord>();
+    const now = Date.now();
+    const base = { agentId: 'a', tool: 't', createdAt: now, updatedAt: now, ttl: 60_000 };
+    store.put('tt_done', {
+      ...base,
+      taskId: 'tt_done',
+      status: 'completed',
+      result: { content: [] },
+    });
+    store.put('tt_fwd', { ...base, taskId: 'tt_fwd', status: 'working' });
+    store.put('tt_park', {
+      ...base,
+      taskId: 'tt_park',
+      status: 'input_required',
+      approvalId: 'apr_1',
+      arguments: { x: 1 },
+    });
+    store.put('tt_old', {
+      ...base,
+      taskId: 'tt_old',
+      status: 'completed',
+      createdAt: now - 70_000,
+    });
+    tasks = new ToolTasks({}, store);
+    expect(store.get('tt_old')).toBeUndefined();
+    expect(tasks.get('a', 'tt_fwd')).toMatchObject({ status: 'failed' });
+    expect(tasks.get('a', 'tt_fwd').statusMessage).toContain('whether the tool ran is unknown');
+    expect(tasks.get('a', 'tt_park').status).toBe('input_required');
+    const seen: Array<{ args: unknown; approvalId: string | undefined }> = [];
+    tasks.resume(async (record, run) => {
+      seen.push({ args: record.arguments, approvalId: run.approvalId });
+      return { content: [{ type: 'text', text: 'ran' }] };
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(seen).toEqual([{ args: { x: 1 }, approvalId: 'apr_1' }]);
+    expect(tasks.get('a', 'tt_park').status).toBe('completed');
+    const result = await tasks.result('a', 'tt_done', new AbortController().signal);
+    expect(result._meta).toEqual({ 'io.modelcontextprotocol/related-task': { taskId: 'tt_done' } });
+  });
+});
+
+describe('ApprovalManager.resume', () => {
+  it('hands an approval back only to the same agent, tool, rule and params', () => {
+    const approvals = new ApprovalManager();
+    const request = { agentId: 'a', tool: 't', params: { m: 1 }, policy: 'p', rule: 0 };
+    const created = approvals.create(request);
+    approvals.orphan(created.id);
+    expect(approvals.resume(created.id, { ...request, agentId: 'b' })).toBeUndefined();
+    expect(approvals.resume(created.id, { ...request, tool: 'u' })).toBeUndefined();
+    expect(approvals.resume(created.id, { ...request, params: { m: 2 } })).toBeUndefined();
+    expect(approvals.resume(created.id, { ...request, rule: 1 })).toBeUndefined();
+    expect(approvals.resume('apr_unknown', request)).toBeUndefined();
+    expect(approvals.getApproval(created.id)?.orphaned).toBe(true);
+    const resumed = approvals.resume(created.id, request);
+    expect(resumed?.id).toBe(created.id);
+    expect(resumed?.orphaned).toBeUndefined();
+    approvals.close();
+  });
+});
