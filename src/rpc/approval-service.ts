@@ -75,6 +75,7 @@ export function approvalMessage(a: FabricApproval): Approval {
     ...(a.decidedAt === undefined ? {} : { decidedAt: timestampFromMs(a.decidedAt) }),
     approver: a.approver ?? '',
     decisionReason: a.decisionReason ?? '',
+    orphaned: a.orphaned === true,
   });
 }
 
