@@ -449,10 +449,7 @@ describe('approvals watch when its sidecar goes away', () => {
     watch.stdout.on('data', (c: Buffer) => (out += c.toString()));
     watch.stderr.on('data', (c: Buffer) => (err += c.toString()));
     const exit = new Promise<Ran>((resolve) =>
-      watch.once('exit', (code) => {
-        outputs.push(out, err);
-        resolve({ code, out, err });
-      }),
+      watch.once('exit', (code) => resolve({ code, out, err })),
     );
     // The header shows once the stream is open (a keep-alive line every 0.2 s sends the door's
     // headers while no approval is pending).
@@ -464,23 +461,21 @@ describe('approvals watch when its sidecar goes away', () => {
     const { sidecar, exit } = await watching('cli-watch-stop');
     expect(await stop(sidecar, 'SIGTERM')).toBe(0);
     const ran = await exit;
+    expect(ran.out + ran.err).not.toContain(ADMIN);
     expect(ran.code).toBe(1);
     expect(ran.err).toMatch(
       /ApprovalService\/Watch: the sidecar ended the stream: FABRIC_ERR_CLOSED: /,
     );
   }, 120_000);
 
-  it('the sidecar killed cuts the connection: exit 3, the stream was cut', async () => {
+  it('the sidecar killed cuts the connection: exit 3, the connection lost', async () => {
     const { sidecar, exit } = await watching('cli-watch-kill');
     await stop(sidecar, 'SIGKILL');
     const ran = await exit;
+    expect(ran.out + ran.err).not.toContain(ADMIN);
     expect(ran.code).toBe(3);
     expect(ran.err).toMatch(
       /ApprovalService\/Watch: (the stream was cut|the connection to the sidecar was lost)/,
     );
   }, 120_000);
-
-  it('never prints the admin token', () => {
-    for (const o of outputs) expect(o).not.toContain(ADMIN);
-  });
 });
