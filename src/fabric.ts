@@ -230,6 +230,8 @@ export class AgentFabric {
   /** The heartbeat consumer, when `FabricOptions.nats` is set. */
   readonly natsHeartbeats: HeartbeatListener | undefined;
   #nc: NatsConnection | undefined;
+  /** Whether {@link #nc} is connected: false from a `disconnect` status to the `reconnect`. */
+  #natsConnected = false;
 
   constructor(config: Partial<FabricConfig> = {}, options: FabricOptions = {}) {
     this.config = parseFabricConfig(config);
@@ -453,6 +455,8 @@ export class AgentFabric {
     if (this.#nats !== undefined && this.#nc === undefined) {
       const nc = await connectNats(this.#nats, `agent-fabric ${this.natsExecutor!.sidecarId}`);
       this.#nc = nc;
+      this.#natsConnected = true;
+      this.#followNatsStatus(nc);
       try {
         this.natsHeartbeats!.start(nc);
         await this.natsExecutor!.start(nc);
@@ -1021,6 +1025,30 @@ export class AgentFabric {
       pools[p.poolId] = { ...load, healthyAgents: healthy };
     }
     return { ...s, activeAgents: this.lifecycle.activeAgents, agentsByStatus: byStatus, pools };
+  }
+
+  /**
+   * The NATS connection's state: `undefined` without `FabricOptions.nats` or before
+   * {@link start} connected; `connected`; `reconnecting` after the server went away (the client
+   * retries forever); `closed` once closed (the fabric closing).
+   */
+  get natsState(): 'connected' | 'reconnecting' | 'closed' | undefined {
+    const nc = this.#nc;
+    if (nc === undefined) return undefined;
+    if (nc.isClosed()) return 'closed';
+    return this.#natsConnected ? 'connected' : 'reconnecting';
+  }
+
+  /** Follows `nc`'s status events (the iterator ends when the connection closes). */
+  #followNatsStatus(nc: NatsConnection): void {
+    void (async () => {
+      for await (const s of nc.status()) {
+        if (s.type === 'disconnect') this.#natsConnected = false;
+        else if (s.type === 'reconnect') this.#natsConnected = true;
+      }
+    })().catch(() => {
+      // the status iterator does not fail; nothing to report if it ever did
+    });
   }
 
   /** Whether {@link close} was called. */

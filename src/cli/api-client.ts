@@ -2,7 +2,9 @@
  * The CLI's client of a running sidecar: the operator API through the HTTP door
  * (`POST /api/<package.Service>/<Method>`, protobuf JSON mapping; src/rpc/http-door.ts) with the
  * admin token as bearer. Requests are built and answers read with the generated schemas, so a
- * field renamed in proto/ breaks the build here rather than an operator's script.
+ * field renamed in proto/ breaks the build here rather than an operator's script. Server streams
+ * are read as the door sends them: NDJSON, `{"message": …}` lines, then one `{"end": {}}` or
+ * `{"end": {"error": …}}` line, with empty keep-alive lines between.
  *
  * The admin token never comes from the command line (`ps` shows arguments to every local user):
  * it comes from `FABRIC_ADMIN_TOKEN` or from the file named by `--token-file`.
@@ -15,6 +17,7 @@ import {
   fromJson,
   toJson,
   type DescMessage,
+  type DescMethodServerStreaming,
   type DescMethodUnary,
   type JsonValue,
   type MessageInitShape,
@@ -51,7 +54,7 @@ export interface ApiAnswer<O extends DescMessage> {
   json: JsonValue;
 }
 
-/** Calls unary methods of the operator API with the admin token. */
+/** Calls unary and server-streaming methods of the operator API with the admin token. */
 export class ApiClient {
   readonly base: URL;
   readonly #token: string;
@@ -78,6 +81,89 @@ export class ApiClient {
     const body = toJson(method.input, create(method.input, request));
     const json = await this.#post(`api/${method.parent.typeName}/${method.name}`, body);
     return { message: fromJson(method.output, json, { ignoreUnknownFields: true }), json };
+  }
+
+  /**
+   * Opens the server stream `method` with `request` and yields its messages until the stream's
+   * `end` line. Throws a {@link CliError}: refused before the stream started — the matching exit
+   * code; the `end` line's error (overflow, deadline, the sidecar stopping) — `EXIT.failure`;
+   * the connection lost, or the stream stopped without its `end` line — `EXIT.unreachable`.
+   * When `options.signal` aborts, the stream is closed and the iteration ends without an error;
+   * `options.onOpen` is called once the sidecar answered 200 (the door sends its headers with
+   * the first line: a message or a keep-alive).
+   */
+  async *stream<I extends DescMessage, O extends DescMessage>(
+    method: DescMethodServerStreaming<I, O>,
+    request: MessageInitShape<I>,
+    options: { signal?: AbortSignal; onOpen?: () => void } = {},
+  ): AsyncGenerator<ApiAnswer<O>, void> {
+    const { signal } = options;
+    const path = `api/${method.parent.typeName}/${method.name}`;
+    const what = `POST /${path}`;
+    let res: Response;
+    try {
+      res = await this.#fetch(path, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(toJson(method.input, create(method.input, request))),
+        ...(signal === undefined ? {} : { signal }),
+      });
+    } catch (error) {
+      if (signal?.aborted) return;
+      throw error;
+    }
+    if (!res.ok) throw refused(res.status, what, await res.text());
+    options.onOpen?.();
+    const reader = res.body?.getReader();
+    if (reader === undefined) throw streamCut(what);
+    const decoder = new TextDecoder();
+    let buffered = '';
+    try {
+      for (;;) {
+        let chunk: Awaited<ReturnType<typeof reader.read>>;
+        try {
+          chunk = await reader.read();
+        } catch (error) {
+          if (signal?.aborted) return;
+          const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+          throw new CliError(
+            `${what}: the connection to the sidecar was lost: ${cause?.code ?? cause?.message ?? String(error)}`,
+            EXIT.unreachable,
+            { cause: error },
+          );
+        }
+        if (chunk.done) break;
+        buffered += decoder.decode(chunk.value, { stream: true });
+        for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
+          const line = buffered.slice(0, nl).trim();
+          buffered = buffered.slice(nl + 1);
+          if (line === '') continue; // keep-alive
+          const item = streamLine(line, what);
+          if (item.end !== undefined) {
+            if (item.end.error === undefined) return;
+            throw new CliError(
+              `${what}: the sidecar ended the stream: ${errorDetail(item.end.error) ?? 'an error without a code'}`,
+              EXIT.failure,
+            );
+          }
+          let message: MessageShape<O>;
+          try {
+            message = fromJson(method.output, item.message, { ignoreUnknownFields: true });
+          } catch (error) {
+            throw new CliError(
+              `${what}: the sidecar sent a message that is not a ${method.output.typeName}: ${(error as Error).message}`,
+              EXIT.failure,
+              { cause: error },
+            );
+          }
+          yield { message, json: item.message };
+        }
+      }
+    } finally {
+      await reader.cancel().catch(() => undefined);
+    }
+    if (signal?.aborted) return;
+    throw streamCut(what);
   }
 
   /** `GET /metrics` (Prometheus text; the admin token is required there too). */
@@ -121,18 +207,57 @@ export class ApiClient {
   }
 }
 
+/** One line of an NDJSON stream: a message or the end (with its error when it failed). */
+interface StreamLine {
+  message: JsonValue;
+  end?: { error?: unknown };
+}
+
+/** Parses a non-empty line of a stream; a line that is neither shape fails (`EXIT.failure`). */
+function streamLine(line: string, what: string): StreamLine {
+  let item: unknown;
+  try {
+    item = JSON.parse(line);
+  } catch {
+    item = undefined;
+  }
+  if (typeof item === 'object' && item !== null) {
+    const { message, end } = item as { message?: JsonValue; end?: unknown };
+    if (typeof end === 'object' && end !== null) return { message: null, end };
+    if (message !== undefined) return { message };
+  }
+  throw new CliError(
+    `${what}: the sidecar sent a stream line that is neither a message nor the end`,
+    EXIT.failure,
+  );
+}
+
+/** The error a stream that stopped without its `end` line ends with. */
+function streamCut(what: string): CliError {
+  return new CliError(
+    `${what}: the stream was cut: the connection to the sidecar closed before the stream's end`,
+    EXIT.unreachable,
+  );
+}
+
+/** `code: message` of an error body `{ code, message, … }`, or `undefined` when it is not one. */
+function errorDetail(err: unknown): string | undefined {
+  const { code, message } = (typeof err === 'object' && err !== null ? err : {}) as {
+    code?: unknown;
+    message?: unknown;
+  };
+  return typeof code === 'string' && typeof message === 'string'
+    ? `${code}: ${message}`
+    : undefined;
+}
+
 /** The error a refused request ends with: the sidecar's `code: message` when it sent one. */
 function refused(status: number, what: string, text: string): CliError {
   let detail = `HTTP ${status}`;
   try {
     const body = JSON.parse(text) as { code?: unknown; message?: unknown; error?: unknown };
-    const err = (typeof body.error === 'object' && body.error !== null ? body.error : body) as {
-      code?: unknown;
-      message?: unknown;
-    };
-    if (typeof err.code === 'string' && typeof err.message === 'string') {
-      detail = `${err.code}: ${err.message}`;
-    }
+    const err = typeof body.error === 'object' && body.error !== null ? body.error : body;
+    detail = errorDetail(err) ?? detail;
   } catch {
     // not JSON: the status says enough
   }

@@ -14,7 +14,7 @@ export const EXIT = {
   failure: 1,
   /** The command line is wrong: unknown command or option, missing or extra argument. */
   usage: 2,
-  /** The sidecar cannot be reached at `--url`. */
+  /** The sidecar cannot be reached at `--url`, or the connection to it was lost (a stream cut). */
   unreachable: 3,
   /** No admin token, an unreadable token file, or the sidecar refused the token (401/403). */
   auth: 4,
@@ -25,5 +25,5 @@ export const EXIT_CODES_HELP = `exit codes:
   0  done
   1  failed: the sidecar refused the request, a file is invalid, serve could not start
   2  usage: unknown command or option, missing or extra argument
-  3  the sidecar cannot be reached at --url
+  3  the sidecar cannot be reached at --url, or the connection was lost
   4  no admin token, unreadable token file, or the token was refused`;

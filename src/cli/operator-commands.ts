@@ -2,14 +2,19 @@
  * The commands that read and steer a running sidecar through the operator API: `status`,
  * `agents`, `tasks`, `pools`, `approvals list|approve|deny|watch`, `budgets`, `hooks`.
  *
- * `approvals watch` polls `ApprovalService.ListApprovals`: the HTTP door serves unary methods
- * only, and `ApprovalService.Watch` is a server stream (gRPC only).
+ * `approvals watch` reads the `ApprovalService.Watch` server stream as the HTTP door serves it
+ * (NDJSON; `ApiClient.stream` reads it).
  *
  * @module
  */
 import { toJson, type JsonValue } from '@bufbuild/protobuf';
 import { ValueSchema, type Value } from '@bufbuild/protobuf/wkt';
-import { ApprovalService, ApprovalStatus, type Approval } from '../gen/fabric/v1/approval_pb.js';
+import {
+  ApprovalEventKind,
+  ApprovalService,
+  ApprovalStatus,
+  type Approval,
+} from '../gen/fabric/v1/approval_pb.js';
 import { BudgetService, type BudgetStatus } from '../gen/fabric/v1/budget_pb.js';
 import { FabricService } from '../gen/fabric/v1/fabric_pb.js';
 import {
@@ -29,8 +34,6 @@ const MAX_PAGE = 1000;
 const DEFAULT_LIMIT = 100;
 /** Queued tasks `status` counts at most (10 pages). */
 const STATUS_QUEUE_SCAN = 10 * MAX_PAGE;
-/** Default of `approvals watch --interval` (seconds). */
-const DEFAULT_WATCH_INTERVAL = 2;
 
 /** The enum value named `raw` (any case, with or without the enum's prefix). */
 function enumOption(
@@ -396,6 +399,8 @@ function approvalRows(list: readonly Approval[]): string[][] {
 }
 
 const APPROVAL_HEADER = ['ID', 'STATUS', 'AGENT', 'TOOL', 'PARAMS', 'POLICY#RULE', 'EXPIRES'];
+/** Columns of `approvals watch`: the event, then the approval as after it. */
+const WATCH_HEADER = ['EVENT', ...APPROVAL_HEADER];
 
 const approvalsListCommand: Command = {
   name: 'approvals list',
@@ -470,48 +475,38 @@ const approvalsWatchCommand: Command = {
   name: 'approvals watch',
   summary: 'Prints approvals as they are requested, decided or expire, until interrupted.',
   description:
-    'Polls ApprovalService.ListApprovals every --interval seconds (the HTTP door serves unary methods only; the streaming ApprovalService.Watch is on gRPC). Each line is one change: the pending approvals at start, then new ones and decisions. With --json, one JSON object per line.',
-  options: {
-    interval: {
-      type: 'string',
-      value: 'seconds',
-      description: `seconds between polls (default ${DEFAULT_WATCH_INTERVAL})`,
-    },
-  },
+    "Reads the ApprovalService.Watch stream: first the approvals pending at start (EXISTING), then each one requested, decided or expired, one line each as it happens (the header line shows once the stream is open). With --json, the stream's events, one JSON object per line. Ctrl-C ends it (exit 0); the stream ended by the sidecar with an error (it stopped, or this reader fell behind) exits 1, the connection lost exits 3.",
   online: true,
   json: true,
   async run(ctx) {
-    const interval = intOption(
-      approvalsWatchCommand,
-      ctx.values,
-      'interval',
-      DEFAULT_WATCH_INTERVAL,
-    );
-    const seen = new Map<string, ApprovalStatus>();
-    let first = true;
-    let stop = false;
-    const stopNow = (): void => {
-      stop = true;
-    };
+    const stop = new AbortController();
+    const stopNow = (): void => stop.abort();
     process.once('SIGINT', stopNow);
     process.once('SIGTERM', stopNow);
-    if (!ctx.json)
-      ctx.print(table(APPROVAL_HEADER, []).replace('(none)', APPROVAL_HEADER.join('  ')));
-    while (!stop) {
-      const { message, json } = await ctx.api().call(ApprovalService.method.listApprovals, {});
-      const jsonList = (json as { approvals?: JsonValue[] }).approvals ?? [];
-      for (const [i, a] of message.approvals.entries()) {
-        const before = seen.get(a.id);
-        seen.set(a.id, a.status);
-        // At start only the pending ones: the decided history is `approvals list --status all`.
-        if (before === a.status || (first && a.status !== ApprovalStatus.PENDING)) continue;
-        if (ctx.json) ctx.print(JSON.stringify(jsonList[i] ?? null));
-        else ctx.print(table(APPROVAL_HEADER, approvalRows([a])).split('\n')[1]!);
+    try {
+      const stream = ctx.api().stream(
+        ApprovalService.method.watch,
+        {},
+        {
+          signal: stop.signal,
+          onOpen: () => {
+            if (!ctx.json) ctx.print(WATCH_HEADER.join('  '));
+          },
+        },
+      );
+      for await (const { message, json } of stream) {
+        const e = message.event;
+        if (e?.approval === undefined) continue;
+        if (ctx.json) {
+          ctx.print(JSON.stringify((json as { event?: JsonValue }).event ?? null));
+          continue;
+        }
+        const kind = e.existing ? 'EXISTING' : enumName(ApprovalEventKind, e.kind);
+        ctx.print(table(WATCH_HEADER, [[kind, ...approvalRows([e.approval])[0]!]]).split('\n')[1]!);
       }
-      first = false;
-      for (let waited = 0; waited < interval * 10 && !stop; waited++) {
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
+    } finally {
+      process.removeListener('SIGINT', stopNow);
+      process.removeListener('SIGTERM', stopNow);
     }
     return EXIT.ok;
   },

@@ -609,8 +609,10 @@ async function configureFabric(fabric: AgentFabric, config: SidecarConfig): Prom
 }
 
 /**
- * What `GET /readyz` answers: the fabric is open, the last state commit succeeded, and every
- * `required` upstream is connected. Optional upstreams are reported but do not make it unready.
+ * What `GET /readyz` answers: the fabric is open, the last state commit succeeded, the NATS
+ * connection (when `nats:` is configured) is connected rather than reconnecting or closed, and
+ * every `required` upstream is connected. Optional upstreams are reported but do not make it
+ * unready.
  */
 function readiness(
   gateway: ToolGateway,
@@ -622,6 +624,11 @@ function readiness(
   if (fabric !== undefined) ready = checks.fabric = !fabric.isClosed;
   checks.state = store?.lastError === undefined;
   ready &&= checks.state;
+  const nats = fabric?.natsState;
+  if (nats !== undefined) {
+    checks.nats = nats === 'connected';
+    ready &&= checks.nats;
+  }
   for (const u of gateway.upstreams.values()) {
     const up = u.state === 'ready';
     checks[`upstream/${u.name}`] = up;

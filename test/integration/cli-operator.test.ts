@@ -11,9 +11,13 @@
  * - an unreachable sidecar: exit 3;
  * - `status`, `agents`, `pools`, `tasks`, `budgets` as tables and `--json`; `hooks` on a sidecar
  *   without hooks fails with the sidecar's reason;
- * - `approvals watch` sees a call parked by a `require_approval` rule; `approvals approve` lets
- *   it through (the agent gets the echo), `approvals deny` refuses the next one, and deciding a
- *   decided approval fails;
+ * - `approvals watch` reads the `ApprovalService/Watch` stream: a call parked by a
+ *   `require_approval` rule before it started (`existing`), its decision, and a call parked after
+ *   it started, as they happen; `approvals approve` lets the first through (the agent gets the
+ *   echo), `approvals deny` refuses the next one, and deciding a decided approval fails; Ctrl-C
+ *   (SIGINT) ends the watch with exit 0;
+ * - a watch whose sidecar stops gets the stream's end error (exit 1, the reason printed); one
+ *   whose sidecar is killed lost its connection (exit 3);
  * - `policy test` and `config check` offline.
  */
 import { execFile, spawn } from 'node:child_process';
@@ -28,7 +32,7 @@ import {
   TSX,
   until,
 } from '../fixtures/gateway/harness.js';
-import { cleanUp, connect, freePort, serve, type Running } from '../fixtures/state/serve.js';
+import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
 
@@ -301,27 +305,50 @@ describe('agent-fabric operator commands against a running sidecar', () => {
     expect(hooks.err).toContain('hooks are not configured');
   }, 180_000);
 
-  it('approvals: watch sees a parked call, approve lets it through, deny refuses; an agent decides nothing', async () => {
+  it('approvals: watch streams a call parked before and one parked after it started, approve lets it through, deny refuses; an agent decides nothing', async () => {
     const agent = await connect(sidecar.url, sidecar.token);
-    const watch = spawn(
-      process.execPath,
-      ['--import', TSX, CLI_MAIN, 'approvals', 'watch', '--json', '--interval', '1'],
-      { env: cliEnv(admin()), stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let watched = '';
-    watch.stdout.on('data', (c: Buffer) => (watched += c.toString()));
-    const events = (): { id: string; status: string; tool: string }[] =>
-      watched
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as { id: string; status: string; tool: string });
-
     const first = agent.callTool({ name: 'ev__echo', arguments: { message: 'first' } }, undefined, {
       timeout: 600_000,
     });
-    await until(() => events().some((e) => e.status === 'APPROVAL_STATUS_PENDING'), 60_000);
-    const id1 = events()[0]!.id;
-    expect(events()[0]).toMatchObject({ tool: 'ev__echo' });
+    const pendingIds = async (): Promise<string[]> => {
+      const listed = await cli(['approvals', 'list', '--json'], admin());
+      return ((JSON.parse(listed.out) as { approvals?: { id: string }[] }).approvals ?? []).map(
+        (a) => a.id,
+      );
+    };
+    await until(async () => (await pendingIds()).length === 1, 60_000);
+    const id1 = (await pendingIds())[0]!;
+
+    const watch = spawn(
+      process.execPath,
+      ['--import', TSX, CLI_MAIN, 'approvals', 'watch', '--json'],
+      {
+        env: cliEnv(admin()),
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let watched = '';
+    watch.stdout.on('data', (c: Buffer) => (watched += c.toString()));
+    let watchErr = '';
+    watch.stderr.on('data', (c: Buffer) => (watchErr += c.toString()));
+    interface Event {
+      kind: string;
+      existing?: boolean;
+      approval: { id: string; status: string; tool: string };
+    }
+    const events = (): Event[] =>
+      watched
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Event);
+
+    // The stream starts with the approval already pending.
+    await until(() => events().length > 0, 60_000);
+    expect(events()[0]).toMatchObject({
+      kind: 'APPROVAL_EVENT_KIND_REQUESTED',
+      existing: true,
+      approval: { id: id1, status: 'APPROVAL_STATUS_PENDING', tool: 'ev__echo' },
+    });
 
     // The agent's own token decides nothing; the approval is still pending afterwards.
     const selfApprove = await cli(['approvals', 'approve', id1], {
@@ -338,10 +365,11 @@ describe('agent-fabric operator commands against a running sidecar', () => {
     expect(approved.code).toBe(0);
     expect(approved.out).toContain(`${id1} APPROVED (ev__echo by `);
     expect(text(await first)).toContain('first');
-    await until(
-      () => events().some((e) => e.id === id1 && e.status === 'APPROVAL_STATUS_APPROVED'),
-      60_000,
-    );
+    await until(() => events().length >= 2, 60_000);
+    expect(events()[1]).toMatchObject({
+      kind: 'APPROVAL_EVENT_KIND_DECIDED',
+      approval: { id: id1, status: 'APPROVAL_STATUS_APPROVED' },
+    });
     const again = await cli(['approvals', 'deny', id1], admin());
     expect(again.code).toBe(1);
 
@@ -352,11 +380,24 @@ describe('agent-fabric operator commands against a running sidecar', () => {
         timeout: 600_000,
       },
     );
-    await until(() => events().some((e) => e.id !== id1), 60_000);
-    const id2 = events().find((e) => e.id !== id1)!.id;
+    // Parked after the watch started: streamed as it happens (not one of the existing).
+    await until(() => events().length >= 3, 60_000);
+    const requested = events()[2]!;
+    expect(requested).toMatchObject({
+      kind: 'APPROVAL_EVENT_KIND_REQUESTED',
+      approval: { status: 'APPROVAL_STATUS_PENDING', tool: 'ev__echo' },
+    });
+    expect(requested.existing).toBeUndefined();
+    const id2 = requested.approval.id;
+    expect(id2).not.toBe(id1);
     expect((await cli(['approvals', 'deny', id2, '--reason', 'no'], admin())).code).toBe(0);
     const refused = await second;
     expect(refused.isError).toBe(true);
+    await until(() => events().length >= 4, 60_000);
+    expect(events()[3]).toMatchObject({
+      kind: 'APPROVAL_EVENT_KIND_DECIDED',
+      approval: { id: id2, status: 'APPROVAL_STATUS_DENIED' },
+    });
     const all = JSON.parse(
       (await cli(['approvals', 'list', '--status', 'all', '--json'], admin())).out,
     ) as {
@@ -373,11 +414,68 @@ describe('agent-fabric operator commands against a running sidecar', () => {
       ]),
     );
     const exited = new Promise<number | null>((resolve) => watch.once('exit', (c) => resolve(c)));
-    watch.kill('SIGTERM');
+    watch.kill('SIGINT');
     expect(await exited).toBe(0);
+    outputs.push(watched, watchErr);
+    expect(watchErr).toBe('');
   }, 240_000);
 
   it('never prints the admin token', () => {
     for (const o of outputs) expect(o).not.toContain(ADMIN);
   });
+});
+
+describe('approvals watch when its sidecar goes away', () => {
+  /** A sidecar of its own (no upstreams, one agent) and a watch (text mode) reading its stream. */
+  const watching = async (name: string): Promise<{ sidecar: Running; exit: Promise<Ran> }> => {
+    const dir = tempDir(name);
+    writeFileSync(
+      join(dir, 'fabric.json'),
+      JSON.stringify({
+        http: { host: '127.0.0.1', port: 9, keepAliveSeconds: 0.2 },
+        adminToken: ADMIN,
+        state: 'memory',
+        agents: [{ name: 'worker' }],
+      }),
+    );
+    const port = await freePort();
+    const sidecar = await serve(dir, {}, ['--port', String(port), '--host', '127.0.0.1']);
+    const watch = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'approvals', 'watch'], {
+      env: cliEnv({ FABRIC_ADMIN_TOKEN: ADMIN, FABRIC_URL: sidecar.url }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    watch.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    watch.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const exit = new Promise<Ran>((resolve) =>
+      watch.once('exit', (code) => resolve({ code, out, err })),
+    );
+    // The header shows once the stream is open (a keep-alive line every 0.2 s sends the door's
+    // headers while no approval is pending).
+    await until(() => out.startsWith('EVENT  ID'), 60_000);
+    return { sidecar, exit };
+  };
+
+  it('the sidecar stopping ends the watch with its end error: exit 1 and the reason', async () => {
+    const { sidecar, exit } = await watching('cli-watch-stop');
+    expect(await stop(sidecar, 'SIGTERM')).toBe(0);
+    const ran = await exit;
+    expect(ran.out + ran.err).not.toContain(ADMIN);
+    expect(ran.code).toBe(1);
+    expect(ran.err).toMatch(
+      /ApprovalService\/Watch: the sidecar ended the stream: FABRIC_ERR_CLOSED: /,
+    );
+  }, 120_000);
+
+  it('the sidecar killed cuts the connection: exit 3, the connection lost', async () => {
+    const { sidecar, exit } = await watching('cli-watch-kill');
+    await stop(sidecar, 'SIGKILL');
+    const ran = await exit;
+    expect(ran.out + ran.err).not.toContain(ADMIN);
+    expect(ran.code).toBe(3);
+    expect(ran.err).toMatch(
+      /ApprovalService\/Watch: (the stream was cut|the connection to the sidecar was lost)/,
+    );
+  }, 120_000);
 });
