@@ -27,6 +27,7 @@ import type { Sidecar } from '../../src/server/sidecar.js';
 import { listApprovals, type ApiApproval } from '../fixtures/api.js';
 import {
   ADMIN_TOKEN,
+  agentId,
   agentToken,
   api,
   closeSidecar,
@@ -102,8 +103,9 @@ describe('gateway as the receiver of task-augmented tool calls', () => {
         { name: 'stranger' },
         { name: 'flooder' },
         { name: 'budgeted', budget: { maxCostPerDay: 1 } },
+        { name: 'parker', budget: { maxCostPerDay: 1 } },
       ],
-      toolCosts: { 'ev__get-sum': 1 },
+      toolCosts: { 'ev__get-sum': 1, ev__echo: 1 },
       audit: { path: auditPath },
       gateway: { tasks: { maxTtlSeconds: 120, maxPerAgent: 3 }, shutdownGraceSeconds: 0 },
     });
@@ -325,6 +327,39 @@ describe('gateway as the receiver of task-augmented tool calls', () => {
       expect(listed).toEqual([ids[1], ids[2], task.taskId]);
     } finally {
       await flooder.close();
+    }
+  });
+  it('a parked task cancelled, then approved, spends none of its budget and runs nothing', async () => {
+    const parker = await httpClient(sidecar.url!, agentToken(sidecar, 'parker'));
+    try {
+      const { task } = await callAsTask(parker, 'ev__echo', { message: 'needs approval' });
+      const mine = async (): Promise<Approval | undefined> =>
+        (await pending(sidecar)).find((a) => a.agentId === agentId(sidecar, 'parker'));
+      await until(async () => (await mine()) !== undefined);
+      const approval = (await mine())!;
+      expect((await parker.experimental.tasks.cancelTask(task.taskId)).status).toBe('cancelled');
+      await until(async () => (await mine())?.orphaned === true);
+      expect((await api(sidecar, 'ApprovalService/Approve', { id: approval.id })).status).toBe(200);
+      expect((await parker.experimental.tasks.getTask(task.taskId)).status).toBe('cancelled');
+      // The whole day's budget (1) is still there for a plain call costing 1 …
+      const sum = await parker.callTool({ name: 'ev__get-sum', arguments: { a: 1, b: 2 } });
+      expect(sum.isError).toBeFalsy();
+      expect(text(sum)).toContain('3');
+      // … and spent by it: the next is refused, so the budget really is 1.
+      const over = await parker.callTool({ name: 'ev__get-sum', arguments: { a: 1, b: 2 } });
+      expect(text(over)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+      // The echo never reached the upstream: once parker's two get-sum lines are written, there is
+      // no line of its ev__echo with outcome ok.
+      const parkerLines = (): Array<Record<string, unknown>> =>
+        readFileSync(auditPath, 'utf8')
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as Record<string, unknown>)
+          .filter((l) => l.agent === agentId(sidecar, 'parker'));
+      await until(() => parkerLines().filter((l) => l.tool === 'ev__get-sum').length === 2);
+      expect(parkerLines().filter((l) => l.tool === 'ev__echo' && l.outcome === 'ok')).toEqual([]);
+    } finally {
+      await parker.close();
     }
   });
 });
