@@ -30,6 +30,29 @@ describeNats('NATS transport', () => {
     await fabric.close();
   });
 
+  it('never shows a password or token written into the URL', async () => {
+    const port = await freePort();
+    const urls = [
+      `nats://alice:pw-Secret-1@127.0.0.1:${port}`,
+      `nats://tok-Secret-2@127.0.0.1:${port}`,
+    ];
+    const fabric = new AgentFabric({}, { nats: { url: urls, connectTimeoutMs: 1000 } });
+    const err = await fabric.start().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(NatsUnavailableError);
+    const shown = JSON.stringify({
+      message: (err as Error).message,
+      details: (err as NatsUnavailableError).details,
+    });
+    expect(shown).not.toMatch(/Secret|alice/);
+    expect((err as NatsUnavailableError).details).toEqual({
+      url: `nats://***@127.0.0.1:${port}, nats://***@127.0.0.1:${port}`,
+    });
+    await fabric.close();
+  });
+
   it('refuses bad nats options with the field named', () => {
     expect(
       () => new AgentFabric({}, { nats: { url: suiteServer().url, namespace: 'a.b' } }),

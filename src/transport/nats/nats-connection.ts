@@ -10,7 +10,7 @@ import type { ConnectionOptions, NatsConnection } from '@nats-io/transport-node'
 import { connect, credsAuthenticator } from '@nats-io/transport-node';
 import { NatsUnavailableError } from '../../errors.js';
 import type { NatsOptions } from './nats-options.js';
-import { natsServers } from './nats-options.js';
+import { natsServers, shownNatsServers } from './nats-options.js';
 
 /**
  * Connects with the options' server and credentials.
@@ -19,7 +19,7 @@ import { natsServers } from './nats-options.js';
  */
 export async function connectNats(options: NatsOptions, name: string): Promise<NatsConnection> {
   const servers = natsServers(options);
-  const shown = servers.join(', ');
+  const shown = shownNatsServers(options);
   const opts: ConnectionOptions = {
     servers,
     name,

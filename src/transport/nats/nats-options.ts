@@ -94,3 +94,13 @@ export function parseNatsOptions(input: unknown, field = 'options.nats'): NatsOp
 export function natsServers(options: NatsOptions): string[] {
   return typeof options.url === 'string' ? [options.url] : [...options.url];
 }
+
+/**
+ * The servers as errors and logs may show them: a password or token written into a URL
+ * (`nats://user:secret@host`, `nats://token@host`) is replaced by `***`.
+ */
+export function shownNatsServers(options: NatsOptions): string {
+  return natsServers(options)
+    .map((url) => url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, '$1***@'))
+    .join(', ');
+}
