@@ -506,6 +506,21 @@ export class PolicyDeniedError extends FabricError {
   }
 }
 
+/**
+ * A tool call was refused because a policy that must be asked could not be: an external policy
+ * service (the `policy-grpc` plugin) failed, missed its deadline, was unreachable or answered
+ * something unusable. Policy fails closed.
+ */
+export class PolicyUnavailableError extends FabricError {
+  static readonly code = 'FABRIC_ERR_POLICY_UNAVAILABLE';
+  constructor(tool: string, reason: string, details: Record<string, unknown> = {}) {
+    super(PolicyUnavailableError.code, 'unavailable', `tool ${tool} denied: ${reason}`, {
+      tool,
+      ...details,
+    });
+  }
+}
+
 /** No approval with this id is known (never created, or evicted after retention). */
 export class ApprovalNotFoundError extends FabricError {
   static readonly code = 'FABRIC_ERR_APPROVAL_NOT_FOUND';

@@ -63,6 +63,11 @@ export { NatsExecutor, NATS_EXECUTOR } from './transport/nats/nats-executor.js';
 export { parseNatsOptions } from './transport/nats/nats-options.js';
 export { AGENT_SERVICE_DEFINITION } from './rpc/agent-service.js';
 export { TOOL_SERVICE_DEFINITION } from './rpc/tool-service.js';
+export {
+  POLICY_PROVIDER_DECISION,
+  POLICY_PROVIDER_SERVICE_DEFINITION,
+  policyProviderRequest,
+} from './rpc/policy-provider.js';
 export { startGrpcServer } from './rpc/grpc-server.js';
 export { DEFAULT_MAX_WAIT_TASK_SECONDS, fabricService } from './rpc/fabric-service.js';
 export { fabricServices } from './rpc/services.js';
@@ -103,6 +108,7 @@ export {
   NatsUnavailableError,
   PayloadTooLargeError,
   PolicyDeniedError,
+  PolicyUnavailableError,
   PluginError,
   PluginTimeoutError,
   PolicyExistsError,
@@ -203,6 +209,7 @@ export type { ToolGatewayOptions } from './gateway/gateway.js';
 export type { ToolCallOutcome, ToolCallRequest } from './gateway/tool-call-pipeline.js';
 export type { SidecarOptions } from './server/sidecar.js';
 export type { AgentServiceOptions } from './rpc/agent-service.js';
+export type { DecideRequest, DecideResponse } from './rpc/policy-provider.js';
 export type { GrpcServer, GrpcServerOptions } from './rpc/grpc-server.js';
 export type { FabricServiceOptions } from './rpc/fabric-service.js';
 export type { AnyServiceImplementation, FabricServicesOptions } from './rpc/services.js';

@@ -4,7 +4,12 @@
  * @module
  */
 import { LRUCache } from 'lru-cache';
-import { ConfigError, PolicyExistsError, PolicyValidationError } from '../errors.js';
+import {
+  ConfigError,
+  PolicyExistsError,
+  PolicyUnavailableError,
+  PolicyValidationError,
+} from '../errors.js';
 import { ApprovalManager, type ApprovalRequest } from './approval-manager.js';
 import { compileConditions, type ParamsPredicate } from './conditions.js';
 import { compileGlob, GlobSyntaxError, type GlobMatcher } from './glob.js';
@@ -87,6 +92,12 @@ export interface PolicyVerdict {
   readonly reason?: string;
   /** For a `deny` that lifts by itself (a rate limit): when the call may succeed (epoch ms). */
   readonly retryAt?: number;
+  /**
+   * For a `deny` that is no judgement on the call: the catalog code the refusal carries instead
+   * of `FABRIC_ERR_POLICY_DENIED`. Only `FABRIC_ERR_POLICY_UNAVAILABLE` (the policy could not be
+   * asked: a policy service failed, timed out or answered nonsense) is recognised.
+   */
+  readonly code?: string;
 }
 
 /**
@@ -104,6 +115,15 @@ export interface PolicyProvider {
   /** @default 0 */
   readonly priority?: number;
   decide(ctx: PolicyContext): PolicyVerdict | undefined;
+  /**
+   * For a provider that has to ask something outside the process (a policy service): decides a
+   * tool call asynchronously. When a provider has it, the engine decides tool calls with
+   * {@link PolicyEngine.evaluateAsync} and awaits it (only when its priority lets it matter);
+   * `decide` then answers only what is known without waiting (e.g. a cached verdict), for
+   * `tools/list` probes and dry runs. A rejection fails closed: a deny with
+   * `FABRIC_ERR_POLICY_UNAVAILABLE`. Side-effect free like `decide`.
+   */
+  decideAsync?(ctx: PolicyContext, signal?: AbortSignal): Promise<PolicyVerdict | undefined>;
   /**
    * The call was allowed (policy, approval and budget) and is about to be forwarded. Called for
    * every admitted call, whichever policy decided it. Must not throw (a throw is ignored).
@@ -135,6 +155,8 @@ export interface PolicyDecision {
   readonly audit?: readonly PolicyAuditEntry[];
   /** From a provider's `deny` that lifts by itself: when to retry (epoch ms). */
   readonly retryAt?: number;
+  /** From a provider's `deny` that is no judgement on the call (see {@link PolicyVerdict.code}). */
+  readonly code?: string;
 }
 
 /** The data a rule's `when` expression sees. */
@@ -244,6 +266,8 @@ export class PolicyEngine {
   #providers: { readonly provider: PolicyProvider; readonly priority: number }[] = [];
   /** The providers with `admitted` (most have none: the hot path skips an empty list). */
   #admitting: { readonly provider: PolicyProvider }[] = [];
+  /** How many providers have `decideAsync`. */
+  #async = 0;
   /** Enabled rules, in evaluation order, split by mode. */
   #all: Candidates = { enforce: [], audit: [] };
 
@@ -330,17 +354,34 @@ export class PolicyEngine {
     if (provider.admitted !== undefined && typeof provider.admitted !== 'function') {
       throw new PolicyValidationError(provider.name, 'admitted', 'must be a function');
     }
+    if (provider.decideAsync !== undefined && typeof provider.decideAsync !== 'function') {
+      throw new PolicyValidationError(provider.name, 'decideAsync', 'must be a function');
+    }
     this.#providers = [...this.#providers, { provider, priority }].sort(
       (a, b) => b.priority - a.priority,
     );
+    this.#indexProviders();
+  }
+
+  #indexProviders(): void {
     this.#admitting = this.#providers.filter((p) => p.provider.admitted !== undefined);
+    this.#async = this.#providers.filter((p) => p.provider.decideAsync !== undefined).length;
+  }
+
+  /**
+   * True when a provider decides asynchronously (`decideAsync`): tool calls must then be decided
+   * with {@link evaluateAsync} (or {@link evaluate}); {@link evaluateSync} answers for such a
+   * provider only what it knows without waiting.
+   */
+  get hasAsyncProviders(): boolean {
+    return this.#async > 0;
   }
 
   /** Removes a provider. Returns false when none has that name. */
   removeProvider(name: string): boolean {
     const before = this.#providers.length;
     this.#providers = this.#providers.filter((p) => p.provider.name !== name);
-    this.#admitting = this.#providers.filter((p) => p.provider.admitted !== undefined);
+    this.#indexProviders();
     return this.#providers.length !== before;
   }
 
@@ -364,17 +405,69 @@ export class PolicyEngine {
   /**
    * Decides a tool call. Synchronous, and allocation-free unless audit policies match.
    * A `require_approval` decision carries no approval id: use {@link evaluate} (or
-   * `approvals.create`) to open one.
+   * `approvals.create`) to open one. A provider with `decideAsync` is not awaited: its `decide`
+   * answers (see {@link hasAsyncProviders}).
    */
   evaluateSync(ctx: PolicyContext): PolicyDecision {
-    const tool = ctx.tool;
+    const candidates = this.#candidates(ctx.tool);
+    const best = this.#bestRule(ctx, candidates);
+    let decision = best === undefined ? this.#defaultDecision : best.decision;
+    if (this.#providers.length > 0) decision = this.#consultProviders(ctx, best, decision);
+    return this.#withAudit(ctx, candidates, decision);
+  }
+
+  /**
+   * {@link evaluateSync}, awaiting the providers that decide asynchronously (`decideAsync`) —
+   * those whose priority can still change the outcome, all at once. A provider that rejects
+   * fails closed (deny, `FABRIC_ERR_POLICY_UNAVAILABLE`).
+   * @throws `signal.reason` when `signal` aborts while a provider is asked.
+   */
+  async evaluateAsync(ctx: PolicyContext, signal?: AbortSignal): Promise<PolicyDecision> {
+    if (this.#async === 0) return this.evaluateSync(ctx);
+    const candidates = this.#candidates(ctx.tool);
+    const best = this.#bestRule(ctx, candidates);
+    const ruleDecision = best === undefined ? this.#defaultDecision : best.decision;
+    const priority = best?.priority ?? Number.NEGATIVE_INFINITY;
+    const rank = best?.rank ?? 0;
+    const verdicts = new Map<PolicyProvider, PolicyVerdict | undefined>();
+    await Promise.all(
+      this.#providers
+        .filter(
+          ({ provider, priority: p }) =>
+            provider.decideAsync !== undefined &&
+            (p > priority || (p === priority && rank !== DENY_RANK)),
+        )
+        .map(async ({ provider }) => {
+          let verdict: PolicyVerdict | undefined;
+          try {
+            verdict = await provider.decideAsync!(ctx, signal);
+          } catch (err) {
+            verdict = {
+              action: 'deny',
+              code: PolicyUnavailableError.code,
+              reason: `policy provider ${provider.name} failed: ${String((err as Error)?.message ?? err)}`,
+            };
+          }
+          verdicts.set(provider, verdict);
+        }),
+    );
+    signal?.throwIfAborted();
+    const decision = this.#consultProviders(ctx, best, ruleDecision, verdicts);
+    return this.#withAudit(ctx, candidates, decision);
+  }
+
+  #candidates(tool: string): Candidates {
     const cached = this.#cache?.get(tool);
-    const candidates = cached ?? (this.#cache ? this.#index(tool) : this.#all);
+    return cached ?? (this.#cache ? this.#index(tool) : this.#all);
+  }
+
+  /** The deciding enforce-mode rule, by precedence (undefined: the default action applies). */
+  #bestRule(ctx: PolicyContext, candidates: Candidates): CompiledRule | undefined {
+    const tool = ctx.tool;
     const filtered = this.#cache !== undefined;
     const params = ctx.params ?? EMPTY;
     let data: PolicyWhenData | undefined;
     let best: CompiledRule | undefined;
-
     const enforce = candidates.enforce;
     for (let i = 0; i < enforce.length; i++) {
       const r = enforce[i]!;
@@ -388,11 +481,18 @@ export class PolicyEngine {
       best = r;
       if (r.rank === DENY_RANK) break;
     }
-    let decision = best === undefined ? this.#defaultDecision : best.decision;
-    if (this.#providers.length > 0) decision = this.#consultProviders(ctx, best, decision);
-    if (candidates.audit.length === 0) return decision;
+    return best;
+  }
 
-    const audit = this.#audit(candidates.audit, ctx, params, filtered, data);
+  #withAudit(ctx: PolicyContext, candidates: Candidates, decision: PolicyDecision): PolicyDecision {
+    if (candidates.audit.length === 0) return decision;
+    const audit = this.#audit(
+      candidates.audit,
+      ctx,
+      ctx.params ?? EMPTY,
+      this.#cache !== undefined,
+      undefined,
+    );
     return audit === undefined ? decision : Object.freeze({ ...decision, audit });
   }
 
@@ -404,17 +504,22 @@ export class PolicyEngine {
     ctx: PolicyContext,
     options: { ttlSeconds?: number } = {},
   ): Promise<PolicyDecision> {
-    const decision = this.evaluateSync(ctx);
+    const decision = await this.evaluateAsync(ctx);
     if (decision.action !== 'require_approval') return decision;
     const approval = this.#approvals.create(approvalRequest(ctx, decision, options.ttlSeconds));
     return Object.freeze({ ...decision, approvalId: approval.id });
   }
 
-  /** Lets providers outrank or join the rule decision, by the same precedence as rules. */
+  /**
+   * Lets providers outrank or join the rule decision, by the same precedence as rules. A
+   * provider's verdict is taken from `verdicts` when it is there (asked asynchronously), else
+   * from its `decide`.
+   */
   #consultProviders(
     ctx: PolicyContext,
     best: CompiledRule | undefined,
     ruleDecision: PolicyDecision,
+    verdicts?: ReadonlyMap<PolicyProvider, PolicyVerdict | undefined>,
   ): PolicyDecision {
     let decision = ruleDecision;
     let priority = best?.priority ?? Number.NEGATIVE_INFINITY;
@@ -423,7 +528,10 @@ export class PolicyEngine {
       if (p < priority || (p === priority && rank === DENY_RANK)) break;
       let verdict: PolicyVerdict | undefined;
       try {
-        verdict = provider.decide(ctx);
+        verdict =
+          verdicts !== undefined && verdicts.has(provider)
+            ? verdicts.get(provider)
+            : provider.decide(ctx);
       } catch (err) {
         // A failing provider fails closed.
         verdict = {
@@ -450,6 +558,9 @@ export class PolicyEngine {
           reason: verdict.reason ?? `${verdict.action} by policy provider ${provider.name}`,
           ...(verdict.action === 'deny' && Number.isFinite(verdict.retryAt)
             ? { retryAt: verdict.retryAt! }
+            : {}),
+          ...(verdict.action === 'deny' && verdict.code === PolicyUnavailableError.code
+            ? { code: verdict.code }
             : {}),
         });
       }

@@ -19,6 +19,7 @@ import {
   BudgetExceededError,
   ConfigError,
   PolicyDeniedError,
+  PolicyUnavailableError,
   WaitTimeoutError,
   isFabricError,
 } from '../errors.js';
@@ -103,7 +104,7 @@ export interface ToolCallAllowed {
 /** A call that may not run: a value, not a throw, so a gateway can map it to an MCP error result. */
 export interface ToolCallDenied {
   readonly allowed: false;
-  /** Catalog code: `FABRIC_ERR_POLICY_DENIED`, `…_APPROVAL_DENIED`, `…_APPROVAL_EXPIRED`, `…_APPROVAL_LIMIT`, `…_WAIT_TIMEOUT` or `…_BUDGET_EXCEEDED`. */
+  /** Catalog code: `FABRIC_ERR_POLICY_DENIED`, `…_POLICY_UNAVAILABLE`, `…_APPROVAL_DENIED`, `…_APPROVAL_EXPIRED`, `…_APPROVAL_LIMIT`, `…_WAIT_TIMEOUT` or `…_BUDGET_EXCEEDED`. */
   readonly code: string;
   readonly reason: string;
   readonly decision?: PolicyDecision;
@@ -169,7 +170,9 @@ export class ToolCallAuthorizer {
   }
 
   async #authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
-    const decision = this.#policies.evaluateSync(ctx);
+    const decision = this.#policies.hasAsyncProviders
+      ? await this.#policies.evaluateAsync(ctx, ctx.signal)
+      : this.#policies.evaluateSync(ctx);
     if (decision.action !== 'require_approval') return this.#admitWaiting(ctx, decision);
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     const pre = this.#budgets.check(ctx.agentId, estimate, reserveOptions(ctx));
@@ -219,9 +222,12 @@ export class ToolCallAuthorizer {
    * {@link authorize} without waiting: the same outcome when no human has to decide, and
    * `undefined` when policy requires approval, or when the budget refuses a call with
    * `ctx.budget` (it may wait, and its refusal gets the best `retryAt` known) — nothing is
-   * reserved or created then; call `authorize`. `ctx.signal` and `ctx.onWaiting` are not used.
+   * reserved or created then; call `authorize`. Also `undefined` whenever a policy provider
+   * decides asynchronously (a policy service must be asked). `ctx.signal` and `ctx.onWaiting`
+   * are not used.
    */
   tryAuthorize(ctx: ToolCallContext): ToolCallAuthorization | undefined {
+    if (this.#policies.hasAsyncProviders) return undefined;
     const decision = this.#policies.evaluateSync(ctx);
     if (decision.action === 'require_approval') return undefined;
     const a = this.#admit(ctx, decision);
@@ -274,11 +280,11 @@ export class ToolCallAuthorizer {
         rule: decision.rule,
         ...(decision.retryAt === undefined ? {} : { retryAt: decision.retryAt }),
       };
-      return denied(
-        new PolicyDeniedError(ctx.tool, decision.reason, details),
-        decision,
-        decision.retryAt,
-      );
+      const error =
+        decision.code === PolicyUnavailableError.code
+          ? new PolicyUnavailableError(ctx.tool, decision.reason, details)
+          : new PolicyDeniedError(ctx.tool, decision.reason, details);
+      return denied(error, decision, decision.retryAt);
     }
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     try {

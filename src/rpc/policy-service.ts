@@ -5,8 +5,8 @@
  * A policy arriving as a message is turned into the library's plain shape and handed to
  * `PolicyEngine.addPolicy`, so it is validated exactly as a library caller's would be (an
  * unset enum becomes a missing field, an unknown enum number an invalid value, for the
- * library to name). The evaluation is `PolicyEngine.evaluateSync` — the side-effect-free half
- * of the pipeline's policy step: no approval is opened, no budget reserved, no audit record
+ * library to name). The evaluation is `PolicyEngine.evaluateAsync` — the side-effect-free half
+ * of the pipeline's policy step (a policy service behind a `policy-grpc` plugin is asked): no approval is opened, no budget reserved, no audit record
  * written, and the agent's record is only read (`lifecycle.peek`, not a heartbeat).
  *
  * @module
@@ -194,7 +194,7 @@ export function policyService(fabric: AgentFabric): ServiceImplementation<typeof
           );
         }
         const poolId = rec === undefined ? req.poolId || undefined : rec.poolId;
-        const d = engine.evaluateSync({
+        const d = await engine.evaluateAsync({
           agentId: req.agentId,
           tool: req.tool,
           params,

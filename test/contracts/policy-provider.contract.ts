@@ -1,10 +1,29 @@
 /**
  * The contract every PolicyProvider (policy plugin) must keep, run against each implementation:
- * `runPolicyProviderContract({ name, create, deniedCall, allowedCall })`.
+ * `runPolicyProviderContract({ name, create, deniedCall, allowedCall })`. A provider that
+ * decides asynchronously (`decideAsync`, e.g. policy-grpc) is held to the same verdicts through
+ * it and `PolicyEngine.evaluateAsync`; its synchronous `decide` must still be synchronous.
  */
 import { describe, expect, it } from 'vitest';
-import type { PolicyContext, PolicyProvider } from '../../src/policy/policy-engine.js';
+import type {
+  PolicyContext,
+  PolicyProvider,
+  PolicyVerdict,
+} from '../../src/policy/policy-engine.js';
 import { PolicyEngine } from '../../src/policy/policy-engine.js';
+
+/** The provider's verdict for a tool call: `decideAsync` when it has one, else `decide`. */
+async function verdictOf(
+  p: PolicyProvider,
+  ctx: PolicyContext,
+): Promise<PolicyVerdict | undefined> {
+  return p.decideAsync === undefined ? p.decide(ctx) : p.decideAsync(ctx);
+}
+
+/** The engine's decision as the tool-call pipeline makes it. */
+function evaluate(engine: PolicyEngine, ctx: PolicyContext) {
+  return engine.hasAsyncProviders ? engine.evaluateAsync(ctx) : engine.evaluateSync(ctx);
+}
 
 export function runPolicyProviderContract(options: {
   name: string;
@@ -32,6 +51,8 @@ export function runPolicyProviderContract(options: {
       ]) {
         const v = p.decide(ctx);
         if (v !== undefined) expect(['allow', 'deny', 'require_approval']).toContain(v.action);
+        const w = await verdictOf(p, ctx);
+        if (w !== undefined) expect(['allow', 'deny', 'require_approval']).toContain(w.action);
       }
     });
 
@@ -39,26 +60,28 @@ export function runPolicyProviderContract(options: {
       const engine = new PolicyEngine();
       engine.addPolicy({ name: 'allow-all', rules: [{ tool: '*', action: 'allow' }] });
       engine.addProvider(await options.create());
-      expect(engine.evaluateSync(options.deniedCall).allowed).toBe(false);
-      expect(engine.evaluateSync(options.allowedCall).allowed).toBe(true);
+      expect((await evaluate(engine, options.deniedCall)).allowed).toBe(false);
+      expect((await evaluate(engine, options.allowedCall)).allowed).toBe(true);
       engine.close();
     });
 
     it('is side-effect free: deciding, however often, changes no verdict', async () => {
       const p = await options.create();
-      const denied = p.decide(options.deniedCall);
-      const allowed = p.decide(options.allowedCall);
+      const denied = await verdictOf(p, options.deniedCall);
+      const allowed = await verdictOf(p, options.allowedCall);
+      expect(denied?.action).toMatch(/^(deny|require_approval)$/);
       for (let i = 0; i < 50; i++) {
         p.decide(options.allowedCall);
         p.decide({ ...options.allowedCall, params: {} });
+        if (p.decideAsync !== undefined && i % 10 === 0) await p.decideAsync(options.allowedCall);
       }
-      expect(p.decide(options.deniedCall)).toEqual(denied);
-      expect(p.decide(options.allowedCall)).toEqual(allowed);
+      expect(await verdictOf(p, options.deniedCall)).toEqual(denied);
+      expect(await verdictOf(p, options.allowedCall)).toEqual(allowed);
     });
 
     it('a deny that lifts by itself says when (retryAt in the future)', async () => {
       const p = await options.create();
-      const v = p.decide(options.deniedCall);
+      const v = await verdictOf(p, options.deniedCall);
       if (v?.retryAt !== undefined) {
         expect(v.action).toBe('deny');
         expect(v.retryAt).toBeGreaterThan(Date.now() - 1);

@@ -1,4 +1,9 @@
 import { afterAll } from 'vitest';
+import {
+  pythonGrpc,
+  startPythonPolicyService,
+  type PythonPolicyService,
+} from '../fixtures/grpc/python-policy-service.js';
 import { FIRST_PARTY, loadPlugin, userPluginDir } from './load-plugin.js';
 import { runPolicyProviderContract } from './policy-provider.contract.js';
 
@@ -75,3 +80,22 @@ runPolicyProviderContract({
   deniedCall: { agentId: 'a', tool: 'shell__rm', params: { path: '/' } },
   allowedCall: { agentId: 'a', tool: 'shell__ls', params: {} },
 });
+
+// policy-grpc against a real Python policy service (tool `*__deny` denied, `*__allow` allowed).
+if (pythonGrpc || process.env.CI !== undefined) {
+  let service: PythonPolicyService | undefined;
+  afterAll(() => service?.close());
+  runPolicyProviderContract({
+    name: 'plugins/policy-grpc (Python service)',
+    create: async () => {
+      service ??= await startPythonPolicyService();
+      return load(FIRST_PARTY('policy-grpc'), {
+        target: service.address,
+        insecure: true,
+        deadlineMs: 5000,
+      });
+    },
+    deniedCall: { agentId: 'a', tool: 'py__deny', params: { path: '/etc/passwd' } },
+    allowedCall: { agentId: 'a', tool: 'py__allow', params: { path: '/tmp/x' } },
+  });
+}

@@ -1,0 +1,293 @@
+// policy-grpc: a first-party policy plugin that asks an external policy service, over gRPC,
+// about every tool call (`fabric.v1.PolicyProviderService/Decide`, proto/fabric/v1/
+// policy_provider.proto), so policies can be written in any language. Each call has a
+// deadline; answers the service marks cacheable are reused for the same agent, tool and
+// normalized arguments (a bounded LRU); and it fails closed: an error, a missed deadline, an
+// unreachable service or an unusable answer denies the call with FABRIC_ERR_POLICY_UNAVAILABLE.
+// See README.md.
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { credentials, makeGenericClientConstructor, Metadata, status } from '@grpc/grpc-js';
+import {
+  POLICY_PROVIDER_DECISION as D,
+  POLICY_PROVIDER_SERVICE_DEFINITION,
+  policyProviderRequest,
+} from 'agent-fabric';
+import { LRUCache } from 'lru-cache';
+import { z } from 'zod';
+
+/** The catalog code of a fail-closed deny (PolicyUnavailableError). */
+export const UNAVAILABLE_CODE = 'FABRIC_ERR_POLICY_UNAVAILABLE';
+
+/** Longest reason kept from the service (longer ones are cut). */
+const MAX_REASON_CHARS = 2000;
+
+const metadataKey = z
+  .string()
+  .regex(/^[0-9a-z_.-]+$/, 'must be a lowercase gRPC metadata key (0-9 a-z _ . -)')
+  .refine((k) => !k.startsWith('grpc-') && !k.endsWith('-bin'), 'grpc-* and *-bin are reserved')
+  .refine((k) => k !== 'authorization', 'use authToken for authorization');
+
+export const optionsSchema = z
+  .object({
+    /** The provider's name, as decisions report it; unique among policies and providers. */
+    name: z.string().min(1).default('policy-grpc'),
+    /** The policy service: a gRPC target, e.g. `127.0.0.1:50051` or `dns:///policy.internal:443`. */
+    target: z.string().min(1),
+    /** Plaintext. Must be said explicitly (`insecure: true`) when `tls` is not given. */
+    insecure: z.literal(true).optional(),
+    /** TLS: the CA to trust (default: the system's), and a client certificate for mutual TLS. */
+    tls: z
+      .object({
+        caFile: z.string().min(1).optional(),
+        certFile: z.string().min(1).optional(),
+        keyFile: z.string().min(1).optional(),
+        /** Checks the server's certificate for this name instead of the target's host. */
+        serverName: z.string().min(1).optional(),
+      })
+      .strict()
+      .refine((t) => (t.certFile === undefined) === (t.keyFile === undefined), {
+        message: 'certFile and keyFile go together',
+      })
+      .optional(),
+    /** Longest wait for one answer; past it the call is denied (fail closed). */
+    deadlineMs: z.number().int().positive().max(60_000).default(500),
+    /** Answers remembered (agent + tool + normalized arguments); 0 turns the cache off. */
+    cacheSize: z.number().int().min(0).max(1_000_000).default(10_000),
+    /** Cap on the `cache_ttl_ms` a service grants. */
+    maxCacheTtlMs: z
+      .number()
+      .int()
+      .min(0)
+      .max(24 * 3600_000)
+      .default(60_000),
+    /** Sent as `authorization: Bearer <authToken>` with every call. Never logged. */
+    authToken: z.string().min(1).optional(),
+    /** Extra metadata sent with every call. */
+    metadata: z.record(metadataKey, z.string()).default({}),
+    /** Precedence among policies (higher first; at equal priority deny > approval > allow). */
+    priority: z.number().finite().default(0),
+    /** Largest normalized arguments sent; a bigger call is denied (fail closed). */
+    maxArgumentsBytes: z.number().int().positive().default(1_048_576),
+    /** Deepest nesting of arguments sent; a deeper call is denied (fail closed). */
+    maxArgumentsDepth: z.number().int().positive().max(1000).default(64),
+  })
+  .strict()
+  .refine((o) => (o.insecure === true) !== (o.tls !== undefined), {
+    message: 'say how to connect: exactly one of `insecure: true` or `tls: {...}`',
+    path: ['insecure'],
+  });
+
+/**
+ * The call's arguments as canonical JSON: object keys sorted, no whitespace, `toJSON` honoured,
+ * `undefined` members left out (as JSON.stringify does). Throws past `maxDepth` levels.
+ */
+export function canonicalJson(value, maxDepth = 64) {
+  const walk = (v, depth) => {
+    if (v !== null && typeof v === 'object' && typeof v.toJSON === 'function') v = v.toJSON();
+    if (v === null || typeof v !== 'object') {
+      if (typeof v === 'bigint') throw new Error('a BigInt is not JSON');
+      const text = JSON.stringify(v);
+      return text === undefined ? undefined : text;
+    }
+    if (depth >= maxDepth) throw new Error(`arguments nest deeper than ${maxDepth} levels`);
+    if (Array.isArray(v)) {
+      return `[${v.map((x) => walk(x, depth + 1) ?? 'null').join(',')}]`;
+    }
+    const parts = [];
+    for (const k of Object.keys(v).sort()) {
+      const text = walk(v[k], depth + 1);
+      if (text !== undefined) parts.push(`${JSON.stringify(k)}:${text}`);
+    }
+    return `{${parts.join(',')}}`;
+  };
+  return walk(value ?? {}, 0) ?? '{}';
+}
+
+const STATUS_NAME = Object.fromEntries(Object.entries(status).map(([k, v]) => [v, k]));
+
+function channelCredentials(o) {
+  if (o.insecure === true) return credentials.createInsecure();
+  const read = (f) => (f === undefined ? null : readFileSync(f));
+  return credentials.createSsl(read(o.tls.caFile), read(o.tls.keyFile), read(o.tls.certFile));
+}
+
+export class GrpcPolicyProvider {
+  #o;
+  #log;
+  #client;
+  #cache;
+  /** key -> the answer being fetched (identical concurrent calls ask once) */
+  #inflight = new Map();
+  #failing = false;
+
+  constructor(options, context) {
+    this.#o = options;
+    this.#log = context.log;
+    this.name = options.name;
+    this.priority = options.priority;
+    const Client = makeGenericClientConstructor(POLICY_PROVIDER_SERVICE_DEFINITION, 'Policy');
+    const channelOptions = { 'grpc.max_receive_message_length': 64 * 1024 };
+    if (options.tls?.serverName !== undefined) {
+      channelOptions['grpc.ssl_target_name_override'] = options.tls.serverName;
+    }
+    this.#client = new Client(options.target, channelCredentials(options), channelOptions);
+    this.#cache = options.cacheSize > 0 ? new LRUCache({ max: options.cacheSize }) : undefined;
+    if (options.insecure === true && options.authToken !== undefined) {
+      context.log.warn('authToken is sent in plaintext (insecure: true); use tls', {
+        target: options.target,
+      });
+    }
+  }
+
+  /** What is known without asking: a cached answer (tools/list probes, dry runs). */
+  decide(ctx) {
+    if (this.#cache === undefined) return undefined;
+    let key;
+    try {
+      key = this.#key(ctx, this.#arguments(ctx));
+    } catch {
+      return undefined;
+    }
+    return this.#cache.get(key)?.verdict;
+  }
+
+  async decideAsync(ctx) {
+    let args;
+    try {
+      args = this.#arguments(ctx);
+    } catch (err) {
+      return this.#failClosed(`the call's arguments cannot be sent: ${err.message}`, false);
+    }
+    if (Buffer.byteLength(args) > this.#o.maxArgumentsBytes) {
+      return this.#failClosed(
+        `the call's arguments (${Buffer.byteLength(args)} bytes) exceed maxArgumentsBytes ${this.#o.maxArgumentsBytes}`,
+        false,
+      );
+    }
+    const key = this.#key(ctx, args);
+    const hit = this.#cache?.get(key);
+    if (hit !== undefined) return hit.verdict;
+    let pending = this.#inflight.get(key);
+    if (pending === undefined) {
+      pending = this.#ask(ctx, args, key).finally(() => this.#inflight.delete(key));
+      this.#inflight.set(key, pending);
+    }
+    return pending;
+  }
+
+  #arguments(ctx) {
+    return canonicalJson(ctx.params, this.#o.maxArgumentsDepth);
+  }
+
+  #key(ctx, args) {
+    return createHash('sha256')
+      .update(ctx.agentId)
+      .update('\0')
+      .update(ctx.tool)
+      .update('\0')
+      .update(args)
+      .digest('base64url');
+  }
+
+  async #ask(ctx, args, key) {
+    let res;
+    try {
+      res = await this.#call(
+        policyProviderRequest({
+          agentId: ctx.agentId,
+          tool: ctx.tool,
+          argumentsJson: args,
+          poolId: ctx.poolId ?? '',
+          labels: { ...ctx.labels },
+        }),
+      );
+    } catch (err) {
+      const name = STATUS_NAME[err.code] ?? String(err.code);
+      return this.#failClosed(`${name}: ${err.details || err.message}`, true);
+    }
+    const verdict = this.#verdict(res);
+    if (verdict === null) {
+      return this.#failClosed(`answered an unusable decision (${res.decision})`, true);
+    }
+    if (this.#failing) {
+      this.#failing = false;
+      this.#log.info('policy service answers again', { target: this.#o.target });
+    }
+    const ttl = Math.min(res.cacheTtlMs, this.#o.maxCacheTtlMs);
+    if (ttl > 0) this.#cache?.set(key, { verdict }, { ttl });
+    return verdict;
+  }
+
+  /** The engine's verdict for a service's answer; undefined = abstain; null = unusable. */
+  #verdict(res) {
+    const reason =
+      res.reason.length > MAX_REASON_CHARS
+        ? `${res.reason.slice(0, MAX_REASON_CHARS)}…`
+        : res.reason;
+    const action =
+      res.decision === D.ALLOW
+        ? 'allow'
+        : res.decision === D.DENY
+          ? 'deny'
+          : res.decision === D.REQUIRE_APPROVAL
+            ? 'require_approval'
+            : res.decision === D.ABSTAIN
+              ? undefined
+              : null;
+    if (action === null) return null;
+    if (action === undefined) return undefined;
+    return Object.freeze({
+      action,
+      reason:
+        reason === '' ? `${action} by policy service ${this.#o.target} (${this.name})` : reason,
+    });
+  }
+
+  #call(request) {
+    const metadata = new Metadata();
+    for (const [k, v] of Object.entries(this.#o.metadata)) metadata.set(k, v);
+    if (this.#o.authToken !== undefined) {
+      metadata.set('authorization', `Bearer ${this.#o.authToken}`);
+    }
+    return new Promise((resolve, reject) => {
+      this.#client.decide(
+        request,
+        metadata,
+        { deadline: Date.now() + this.#o.deadlineMs },
+        (err, res) => (err ? reject(err) : resolve(res)),
+      );
+    });
+  }
+
+  #failClosed(why, service) {
+    const reason = service
+      ? `policy service ${this.#o.target} could not decide (${why}); denied, failing closed (${this.name})`
+      : `${why}; denied, failing closed (${this.name})`;
+    if (service && !this.#failing) {
+      this.#failing = true;
+      this.#log.warn(`policy service fails; tool calls are denied until it answers: ${why}`, {
+        target: this.#o.target,
+      });
+    }
+    return Object.freeze({ action: 'deny', code: UNAVAILABLE_CODE, reason });
+  }
+
+  close() {
+    this.#client.close();
+    this.#cache?.clear();
+  }
+}
+
+/** @type {import('agent-fabric').Plugin<'policy'>} */
+const plugin = {
+  name: 'policy-grpc',
+  version: '1.0.0',
+  kind: 'policy',
+  fabric: '>=0.1.0',
+  api: 2,
+  options: optionsSchema,
+  create: (options, context) => new GrpcPolicyProvider(options, context),
+};
+
+export default plugin;
