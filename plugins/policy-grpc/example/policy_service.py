@@ -6,7 +6,7 @@ Generate the stubs from the fabric's proto first, then start it:
         proto/fabric/v1/policy_provider.proto
     python3 policy_service.py gen 50051          # port 0: any free port
 
-It prints `PORT <n>` once it listens. Rules (edit `decide` for your own):
+It prints `PORT <n>` once it listens, then a `CALL <json>` line per decision. Rules (edit `decide` for your own):
   - writes (`*__write_file`, `*__edit_file`, `*__move_file`): denied, cached 30 s;
   - shell tools (`shell__*`): a human must approve;
   - reads (`*__read_*`, `*__list_*`): allowed, cached 60 s;
@@ -46,6 +46,9 @@ class PolicyProvider(pb_grpc.PolicyProviderServiceServicer):
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing token")
         args = json.loads(request.arguments_json or "{}")
         decision, reason, ttl = decide(request.agent_id, request.tool, args)
+        # One log line per decision (CALL <json>).
+        line = {"agent": request.agent_id, "tool": request.tool, "decision": decision}
+        print("CALL " + json.dumps(line), flush=True)
         return pb.DecideResponse(decision=decision, reason=reason, cache_ttl_ms=ttl)
 
 
