@@ -1,6 +1,16 @@
 import { describe, expect, it } from 'vitest';
-import { PolicyEngine, type PolicyProvider } from '../../src/policy/policy-engine.js';
-import { PolicyExistsError, PolicyValidationError } from '../../src/errors.js';
+import { BudgetManager } from '../../src/budget/budget-manager.js';
+import {
+  PolicyExistsError,
+  PolicyUnavailableError,
+  PolicyValidationError,
+} from '../../src/errors.js';
+import {
+  PolicyEngine,
+  type PolicyProvider,
+  type PolicyVerdict,
+} from '../../src/policy/policy-engine.js';
+import { ToolCallAuthorizer } from '../../src/policy/tool-call-authorizer.js';
 
 const ctx = (tool: string, params: Record<string, unknown> = {}) => ({
   agentId: 'a1',
@@ -71,5 +81,106 @@ describe('PolicyEngine providers', () => {
       engine.addProvider({ name: 'x', priority: Number.NaN, decide: () => undefined }),
     ).toThrow(/priority/);
     engine.close();
+  });
+});
+
+describe('PolicyEngine asynchronous providers (decideAsync)', () => {
+  /** A provider that answers after a turn, counting what it was asked. */
+  function remote(
+    name: string,
+    priority: number,
+    answer: (tool: string) => Promise<PolicyVerdict | undefined>,
+  ): PolicyProvider & { asked: string[] } {
+    const asked: string[] = [];
+    return {
+      name,
+      priority,
+      asked,
+      decide: () => undefined,
+      decideAsync: async (c) => {
+        asked.push(c.tool);
+        await new Promise((r) => setImmediate(r));
+        return answer(c.tool);
+      },
+    };
+  }
+
+  it('are awaited by evaluateAsync, by the same precedence; evaluateSync only uses decide', async () => {
+    const engine = new PolicyEngine();
+    engine.addPolicy({
+      name: 'rules',
+      rules: [
+        { tool: 'blocked', action: 'deny' },
+        { tool: '*', action: 'allow' },
+      ],
+    });
+    const p = remote('svc', 0, async (tool) =>
+      tool === 'rm' ? { action: 'deny', reason: 'svc says no' } : undefined,
+    );
+    engine.addProvider(p);
+    expect(engine.hasAsyncProviders).toBe(true);
+    expect(await engine.evaluateAsync(ctx('rm'))).toMatchObject({
+      action: 'deny',
+      policy: 'svc',
+      reason: 'svc says no',
+    });
+    expect(engine.evaluateSync(ctx('rm')).action).toBe('allow');
+    // Abstain: the rule decides.
+    expect(await engine.evaluateAsync(ctx('ls'))).toMatchObject({
+      action: 'allow',
+      policy: 'rules',
+    });
+    // A rule deny at its priority decides without asking it.
+    p.asked.length = 0;
+    expect((await engine.evaluateAsync(ctx('blocked'))).policy).toBe('rules');
+    expect(p.asked).toEqual([]);
+    // evaluate (which opens approvals) awaits it too.
+    expect((await engine.evaluate(ctx('rm'))).action).toBe('deny');
+    engine.removeProvider('svc');
+    expect(engine.hasAsyncProviders).toBe(false);
+    engine.close();
+  });
+
+  it('a rejection fails closed with FABRIC_ERR_POLICY_UNAVAILABLE; an aborted signal throws', async () => {
+    const engine = new PolicyEngine();
+    engine.addPolicy({ name: 'rules', rules: [{ tool: '*', action: 'allow' }] });
+    engine.addProvider(
+      remote('down', 0, async () => {
+        throw new Error('connection refused');
+      }),
+    );
+    expect(await engine.evaluateAsync(ctx('x'))).toMatchObject({
+      action: 'deny',
+      allowed: false,
+      code: PolicyUnavailableError.code,
+      reason: expect.stringMatching(/policy provider down failed: connection refused/),
+    });
+    const ac = new AbortController();
+    ac.abort(new Error('client went away'));
+    await expect(engine.evaluateAsync(ctx('x'), ac.signal)).rejects.toThrow('client went away');
+    engine.close();
+  });
+
+  it('make the authorizer wait for them: tryAuthorize defers, authorize refuses with the typed code', async () => {
+    const policies = new PolicyEngine();
+    policies.addPolicy({ name: 'rules', rules: [{ tool: '*', action: 'allow' }] });
+    policies.addProvider(
+      remote('svc', 0, async (tool) =>
+        tool === 'down'
+          ? { action: 'deny', code: PolicyUnavailableError.code, reason: 'svc unreachable' }
+          : { action: 'deny', reason: 'svc says no' },
+      ),
+    );
+    const budgets = new BudgetManager();
+    const auth = new ToolCallAuthorizer({ policies, approvals: policies.approvals, budgets });
+    expect(auth.tryAuthorize(ctx('rm'))).toBeUndefined();
+    expect(await auth.authorize(ctx('rm'))).toMatchObject({
+      allowed: false,
+      code: 'FABRIC_ERR_POLICY_DENIED',
+    });
+    const down = await auth.authorize(ctx('down'));
+    expect(down).toMatchObject({ allowed: false, code: 'FABRIC_ERR_POLICY_UNAVAILABLE' });
+    expect(!down.allowed && down.error).toBeInstanceOf(PolicyUnavailableError);
+    policies.close();
   });
 });
