@@ -1,16 +1,28 @@
 /**
  * Policy and budget hot paths: policy evaluation (compiled vs json-logic-js), its p99 per
- * decision, and budget reserve+settle.
+ * decision, budget reserve+settle, and the cost per decision of the policy-grpc plugin (a
+ * policy service over gRPC, cache miss and cache hit) against the in-process engine.
  */
+import { fileURLToPath } from 'node:url';
+import { fromBinary, toBinary, create } from '@bufbuild/protobuf';
+import { Server, ServerCredentials, type ServiceDefinition } from '@grpc/grpc-js';
 import jsonLogic from 'json-logic-js';
 import { BudgetManager } from '../src/budget/index.js';
+import { AgentFabric } from '../src/fabric.js';
+import {
+  DecideRequestSchema,
+  DecideResponseSchema,
+  Decision,
+  PolicyProviderService,
+} from '../src/gen/fabric/v1/policy_provider_pb.js';
+import { PluginHost } from '../src/plugins/plugin-host.js';
 import {
   PolicyEngine,
   type Policy,
   type PolicyAction,
   type PolicyContext,
 } from '../src/policy/index.js';
-import { Latency, median, type BenchSuite } from './lib.js';
+import { inFlight, Latency, median, type BenchSuite } from './lib.js';
 
 const POLICIES = 100;
 
@@ -207,6 +219,157 @@ class NaiveBudgets {
   }
 }
 
+/**
+ * An in-bench policy service (grpc-js, protobuf binary): denies `*__write_file`, allows the
+ * rest; grants a 60 s cache TTL only for agents whose id starts with `hit-`, so the same
+ * plugin measures misses (every call asked) and hits.
+ */
+async function startPolicyService(): Promise<{ address: string; close(): Promise<void> }> {
+  const server = new Server();
+  const method = PolicyProviderService.method.decide;
+  const definition = {
+    decide: {
+      path: `/${PolicyProviderService.typeName}/${method.name}`,
+      requestStream: false,
+      responseStream: false,
+      requestDeserialize: (b: Buffer) => fromBinary(DecideRequestSchema, b),
+      requestSerialize: (m: never) => Buffer.from(toBinary(DecideRequestSchema, m)),
+      responseSerialize: (m: never) => Buffer.from(toBinary(DecideResponseSchema, m)),
+      responseDeserialize: (b: Buffer) => fromBinary(DecideResponseSchema, b),
+    },
+  } as unknown as ServiceDefinition;
+  server.addService(definition, {
+    decide: (
+      call: { request: { agentId: string; tool: string } },
+      cb: (err: null, res: unknown) => void,
+    ) => {
+      const { agentId, tool } = call.request;
+      const deny = tool.endsWith('__write_file');
+      cb(
+        null,
+        create(DecideResponseSchema, {
+          decision: deny ? Decision.DENY : Decision.ALLOW,
+          reason: deny ? 'no writes' : 'ok',
+          cacheTtlMs: agentId.startsWith('hit-') ? 60_000 : 0,
+        }),
+      );
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
+  );
+  return {
+    address: `127.0.0.1:${port}`,
+    close: () => new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
+  };
+}
+
+async function sequential(n: number, fn: (i: number) => Promise<unknown>): Promise<Latency> {
+  const h = new Latency();
+  for (let i = 0; i < n; i++) {
+    const t = process.hrtime.bigint();
+    await fn(i);
+    h.recordNs(process.hrtime.bigint() - t);
+  }
+  return h;
+}
+
+/**
+ * policy-grpc (loaded through a PluginHost from plugins/, as the sidecar loads it) in an engine
+ * holding the same 100×5 rules, at a priority above them so every call consults it; against
+ * that engine's in-process `evaluateSync` without the plugin, in the same run.
+ */
+async function grpcCases(
+  policies: Policy[],
+  ctxs: PolicyContext[],
+  quick: boolean,
+  report: Parameters<BenchSuite['run']>[0]['report'],
+): Promise<void> {
+  const service = await startPolicyService();
+  const fabric = new AgentFabric();
+  const host = new PluginHost(fabric);
+  try {
+    for (const p of policies) fabric.policies.addPolicy(p);
+    const local = new PolicyEngine();
+    for (const p of policies) local.addPolicy(p);
+    await host.load(fileURLToPath(new URL('../plugins/policy-grpc/index.js', import.meta.url)), {
+      target: service.address,
+      insecure: true,
+      deadlineMs: 5000,
+      priority: 100,
+    });
+    const engine = fabric.policies;
+    const mask = ctxs.length - 1;
+    // Misses: agent ids without the hit- prefix get no TTL, so every decision asks the service.
+    const miss = (i: number) => engine.evaluateAsync(ctxs[i & mask]!);
+    const hitCtxs = ctxs.map((c) => ({ ...c, agentId: `hit-${c.agentId}` }));
+    const hit = (i: number) => engine.evaluateAsync(hitCtxs[i & mask]!);
+    let sink = 0;
+    const inProcess = async (i: number) => {
+      sink += local.evaluateSync(ctxs[i & mask]!).rule ?? 0;
+    };
+    const nMiss = quick ? 300 : 3000;
+    const nHit = quick ? 5_000 : 100_000;
+    const nLocal = quick ? 20_000 : 200_000;
+    // Sanity: the service's verdicts arrive (writes denied by policy-grpc).
+    const w = await engine.evaluateAsync({ agentId: 'x', tool: 'svc1__write_file', params: {} });
+    if (w.policy !== 'policy-grpc' || w.action !== 'deny')
+      throw new Error(`policy-grpc not consulted: ${JSON.stringify(w)}`);
+    // Warm-up (connection, JIT, the hit cache filled), then measured back to back.
+    await sequential(nMiss / 3, miss);
+    await sequential(ctxs.length * 2, hit);
+    await sequential(nLocal, inProcess);
+    const latMiss = await sequential(nMiss, miss);
+    const latHit = await sequential(nHit, hit);
+    const latLocal = await sequential(nLocal, inProcess);
+    const local50 = latLocal.percentileUs(50);
+    const local99 = latLocal.percentileUs(99);
+    for (const [name, lat, what] of [
+      ['grpc-decision-miss', latMiss, 'policy-grpc, cache miss: one Decide RPC per decision'],
+      ['grpc-decision-hit', latHit, 'policy-grpc, cache hit: normalize + hash + LRU'],
+    ] as const) {
+      report({
+        suite: 'policy',
+        case: name,
+        unit: 'µs/decision p50',
+        value: lat.percentileUs(50),
+        baseline: 'in-process PolicyEngine.evaluateSync, same 100×5 rules, no plugin',
+        baselineValue: local50,
+        higherIsBetter: false,
+        p50Us: lat.percentileUs(50),
+        p99Us: lat.percentileUs(99),
+        baselineP50Us: local50,
+        baselineP99Us: local99,
+        goal: what,
+      });
+    }
+    // Misses 16 in flight: what one sidecar gets through a policy service per second.
+    const total = quick ? 500 : 5000;
+    const rate = await inFlight(total, 16, miss, undefined);
+    const localRate = await inFlight(nLocal, 16, inProcess, undefined);
+    report({
+      suite: 'policy',
+      case: 'grpc-decision-miss-16',
+      unit: 'decisions/s',
+      value: rate,
+      baseline: 'in-process PolicyEngine.evaluateSync, same rules, 16 in flight',
+      baselineValue: localRate,
+      // Unrounded: far below 0.01, which the runner's default two decimals would show as 0.
+      ratio: rate / localRate,
+      higherIsBetter: true,
+      goal: 'policy-grpc cache misses, 16 concurrent calls (one channel)',
+    });
+    if (sink === -1) console.log(sink);
+    local.close();
+  } finally {
+    await host.close();
+    await fabric.close();
+    await service.close();
+  }
+}
+
 const suite: BenchSuite = {
   name: 'policy',
   async run({ quick, report }) {
@@ -321,6 +484,7 @@ const suite: BenchSuite = {
       higherIsBetter: true,
       goal: '≥ 1,000,000/s',
     });
+    await grpcCases(policies, ctxs, quick, report);
     if (sink === -1) console.log(sink);
   },
 };
