@@ -33,12 +33,13 @@ import type {
 } from './pools/pool-manager.js';
 import { PoolManager } from './pools/pool-manager.js';
 import type { PoolProvider } from './pools/pool-provider.js';
+import { THREADS_POOL_PROVIDER, ThreadPoolProvider } from './pools/thread-pool-provider.js';
 import type { SchedulerStats, PoolLoad } from './scheduler/agent-scheduler.js';
 import { AgentScheduler } from './scheduler/agent-scheduler.js';
 import type { TaskExecutor, TaskHandler } from './scheduler/executor.js';
 import { InProcessExecutor } from './scheduler/inprocess-executor.js';
 import type { PiscinaExecutorOptions } from './scheduler/piscina-executor.js';
-import { PiscinaExecutor } from './scheduler/piscina-executor.js';
+import { LOCAL_EXECUTOR, PiscinaExecutor } from './scheduler/piscina-executor.js';
 import type { TaskRecord } from './scheduler/task-record.js';
 import { MemoryStore } from './store/memory-store.js';
 import type { FabricStore } from './store/store.js';
@@ -220,6 +221,13 @@ export class AgentFabric {
   readonly #store: FabricStore<TaskRecord, AgentRecord, PoolRecord>;
   readonly #local: PiscinaExecutor;
   readonly #inprocess: InProcessExecutor;
+  /**
+   * The built-in default pool provider (`threads`): pools that name no provider and run on
+   * `local` use it, unless a plugin registered its own `threads` provider (then that one).
+   */
+  readonly #threads = new ThreadPoolProvider();
+  #threadsBuiltIn = true;
+  readonly #defaultExecutor: string;
   /** SHA-256 of admin credential → admin name. */
   readonly #admins = new Map<string, string>();
   #closed = false;
@@ -309,7 +317,7 @@ export class AgentFabric {
       heartbeatIntervalSeconds: c.heartbeatIntervalSeconds,
       maxConcurrentAgents: c.maxConcurrentAgents,
       drainTimeoutSeconds: c.drainTimeoutSeconds,
-      defaultExecutor: options.defaultExecutor ?? 'local',
+      defaultExecutor: (this.#defaultExecutor = options.defaultExecutor ?? LOCAL_EXECUTOR),
       autoHeartbeatExecutors: auto,
       terminatedRetention: c.terminatedAgentRetention,
       agents: this.#store.agents,
@@ -358,6 +366,7 @@ export class AgentFabric {
       this.#store.pools,
       options.pools,
     );
+    this.pools.registerProvider(this.#threads);
     // Pools keep their size: a pool agent that ends or turns UNHEALTHY is replaced.
     this.lifecycle.events.on('agent.status', (agent) => this.pools.onAgentStatus(agent));
     this.#restore();
@@ -476,6 +485,7 @@ export class AgentFabric {
     this.#closing ??= (async () => {
       this.#closed = true;
       this.pools.close();
+      this.#threads.close();
       await this.lifecycle.close();
       await this.#recovery;
       await this.hooks?.close();
@@ -519,14 +529,39 @@ export class AgentFabric {
     return this.scheduler.unregisterExecutor(name);
   }
 
-  /** Adds a pool provider pools can name in `PoolConfig.provider`. */
+  /**
+   * Adds a pool provider pools can name in `PoolConfig.provider`. A provider named `threads`
+   * (e.g. the `pool-threads` plugin) takes the built-in default's place: agents it started keep
+   * running, new ones start with the new provider.
+   */
   registerPoolProvider(provider: PoolProvider): void {
-    this.pools.registerProvider(provider);
+    const replacesBuiltIn =
+      this.#threadsBuiltIn &&
+      provider !== null &&
+      typeof provider === 'object' &&
+      provider.name === THREADS_POOL_PROVIDER;
+    if (replacesBuiltIn) this.pools.unregisterProvider(THREADS_POOL_PROVIDER);
+    try {
+      this.pools.registerProvider(provider);
+    } catch (err) {
+      if (replacesBuiltIn) this.pools.registerProvider(this.#threads);
+      throw err;
+    }
+    if (replacesBuiltIn) this.#threadsBuiltIn = false;
   }
 
-  /** Removes a pool provider; its pools start no agents until one of that name returns. */
+  /**
+   * Removes a pool provider; its pools start no agents until one of that name returns. Removing
+   * a plugin's `threads` provider brings the built-in default back.
+   */
   unregisterPoolProvider(name: string): boolean {
-    return this.pools.unregisterProvider(name);
+    if (name === THREADS_POOL_PROVIDER && this.#threadsBuiltIn) return false;
+    const removed = this.pools.unregisterProvider(name);
+    if (removed && name === THREADS_POOL_PROVIDER) {
+      this.pools.registerProvider(this.#threads);
+      this.#threadsBuiltIn = true;
+    }
+    return removed;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -945,11 +980,22 @@ export class AgentFabric {
   // -------------------------------------------------------------------------------------------
   // Pools
 
-  /** Creates a pool and spawns its `minAgents`. */
+  /**
+   * Creates a pool and spawns its `minAgents`. A pool that names no provider and whose agents
+   * run on `local` (its `executor`, else the fabric's default) gets the default provider,
+   * `threads`.
+   */
   async createPool(config: PoolConfig): Promise<PoolInfo & { spawned: SpawnedAgent[] }> {
     this.#open();
     if (config?.budget !== undefined) parseBudgetConfig(config.budget, 'config.budget');
-    const change = this.pools.createPool(config);
+    const threads =
+      config !== null &&
+      typeof config === 'object' &&
+      config.provider === undefined &&
+      (config.executor ?? this.#defaultExecutor) === LOCAL_EXECUTOR;
+    const change = this.pools.createPool(
+      threads ? { ...config, provider: THREADS_POOL_PROVIDER } : config,
+    );
     if (config.budget !== undefined) this.budgets.setPoolBudget(change.pool.poolId, config.budget);
     return { ...change.pool, spawned: change.spawned };
   }

@@ -26,6 +26,7 @@ export { PiscinaExecutor, LOCAL_EXECUTOR } from './scheduler/piscina-executor.js
 export { RemoteExecutor, REMOTE_EXECUTOR } from './scheduler/remote-executor.js';
 export { toTaskError } from './scheduler/executor.js';
 export { PoolManager } from './pools/pool-manager.js';
+export { THREADS_POOL_PROVIDER, ThreadPoolProvider } from './pools/thread-pool-provider.js';
 export { MemoryStore, MemoryCollection } from './store/memory-store.js';
 export {
   SqliteStore,
@@ -298,6 +299,7 @@ export type {
   PoolStatus,
 } from './pools/pool-manager.js';
 export type { PoolAgentStart, PoolProvider, PoolStopReason } from './pools/pool-provider.js';
+export type { ThreadPoolProviderOptions } from './pools/thread-pool-provider.js';
 export type { HookStore } from './hooks/hook-store.js';
 export type { Collection, FabricStore } from './store/store.js';
 export type { SqliteStoreOptions, StateSynchronous } from './store/sqlite-store.js';

@@ -35,3 +35,8 @@ runPoolProviderContract({
   name: 'user plugin from a temp dir (timer agents)',
   load: (fabric) => load(fabric, join(dir, 'timer-pool.mjs')),
 });
+
+runPoolProviderContract({
+  name: 'plugins/pool-threads',
+  load: (fabric) => load(fabric, FIRST_PARTY('pool-threads')),
+});
