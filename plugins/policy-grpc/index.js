@@ -63,6 +63,11 @@ export const optionsSchema = z
       .default(60_000),
     /** Sent as `authorization: Bearer <authToken>` with every call. Never logged. */
     authToken: z.string().min(1).optional(),
+    /** The environment variable holding the token instead (keeps it out of the config file). */
+    authTokenEnv: z
+      .string()
+      .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name')
+      .optional(),
     /** Extra metadata sent with every call. */
     metadata: z.record(metadataKey, z.string()).default({}),
     /** Precedence among policies (higher first; at equal priority deny > approval > allow). */
@@ -76,6 +81,10 @@ export const optionsSchema = z
   .refine((o) => (o.insecure === true) !== (o.tls !== undefined), {
     message: 'say how to connect: exactly one of `insecure: true` or `tls: {...}`',
     path: ['insecure'],
+  })
+  .refine((o) => o.authToken === undefined || o.authTokenEnv === undefined, {
+    message: 'give authToken or authTokenEnv, not both',
+    path: ['authTokenEnv'],
   });
 
 /**
@@ -122,6 +131,15 @@ export class GrpcPolicyProvider {
   #failing = false;
 
   constructor(options, context) {
+    if (options.authTokenEnv !== undefined) {
+      const token = process.env[options.authTokenEnv];
+      if (token === undefined || token === '') {
+        throw new Error(
+          `options.authTokenEnv: environment variable ${options.authTokenEnv} is not set`,
+        );
+      }
+      options = { ...options, authToken: token };
+    }
     this.#o = options;
     this.#log = context.log;
     this.name = options.name;

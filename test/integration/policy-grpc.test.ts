@@ -264,6 +264,14 @@ describe('policy-grpc options', () => {
     ],
     [{ target: '127.0.0.1:1', insecure: true, tls_: 1 }, /options/],
     [{ target: '127.0.0.1:1', tls: { certFile: '/x.pem' } }, /certFile and keyFile go together/],
+    [
+      { target: '127.0.0.1:1', insecure: true, authToken: 'a', authTokenEnv: 'B' },
+      /options\.authTokenEnv: give authToken or authTokenEnv, not both/,
+    ],
+    [
+      { target: '127.0.0.1:1', insecure: true, authTokenEnv: 'POLICY_GRPC_UNSET_VAR' },
+      /environment variable POLICY_GRPC_UNSET_VAR is not set/,
+    ],
   ])('%j is refused naming the plugin and the option', async (options, message) => {
     const err = await load(options).then(
       () => undefined,
@@ -286,6 +294,7 @@ describe.runIf(runs)(
     beforeAll(async () => {
       service = await startPythonPolicyService(EXAMPLE_SERVICE, ['0'], { POLICY_TOKEN: TOKEN });
       writeFileSync(join(sandbox, 'notes.txt'), 'original');
+      process.env.POLICY_GRPC_TOKEN = TOKEN;
       sidecar = await startTestSidecar({
         upstreams: {
           fs: { command: process.execPath, args: [FILESYSTEM_BIN, sandbox], stderr: 'ignore' },
@@ -294,7 +303,8 @@ describe.runIf(runs)(
         plugins: [
           {
             module: 'policy-grpc',
-            options: { target: service.address, insecure: true, authToken: TOKEN },
+            // The token from the environment (the example service refuses calls without it).
+            options: { target: service.address, insecure: true, authTokenEnv: 'POLICY_GRPC_TOKEN' },
           },
         ],
         agents: [{ name: 'writer' }],

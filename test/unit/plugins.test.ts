@@ -212,10 +212,12 @@ describe('README plugin section', () => {
       'policy-rate-limit',
       'policy-loop-guard',
       'pool-process',
+      'policy-grpc',
       './plugins/pool-inline.js',
       '@acme/fabric-policy-pii',
     ]);
     expect(config.plugins.at(-1)!.optional).toBe(true);
     expect(config.pools[0]).toMatchObject({ id: 'workers', provider: 'process' });
+    expect(config.plugins[4]!.options).toMatchObject({ authTokenEnv: 'POLICY_TOKEN' });
   });
 });
