@@ -125,6 +125,7 @@ function poolInfo(p: PoolInfo): pb.PoolInfo {
     status: pb.PoolStatus[p.status],
     agentIds: [...p.currentAgents],
     createdAt: timestampFromMs(p.createdAt),
+    provider: p.provider ?? '',
   });
 }
 
@@ -371,6 +372,7 @@ export function fabricService(
           ...(req.minAgents === undefined ? {} : { minAgents: req.minAgents }),
           ...(req.maxAgents === undefined ? {} : { maxAgents: req.maxAgents }),
           ...(req.executor === '' ? {} : { executor: req.executor }),
+          ...(req.provider === '' ? {} : { provider: req.provider }),
           ...(poolBudget === undefined ? {} : { budget: poolBudget }),
           ...(agentBudget === undefined ? {} : { agentBudget }),
         });

@@ -15,6 +15,7 @@ import {
   type CreateHookResponse,
   type CreatePoolResponse,
   type FabricServiceGetHookResponse,
+  type GetPoolResponse,
   type GetStatsResponse,
   type GetTaskResponse,
   type ListAgentsResponse,
@@ -446,6 +447,63 @@ describe('FabricService over gRPC (real server, real grpc-js clients, real fabri
     expect(log.split('\n').filter((l) => l.includes(hook!.hookId)).length).toBe(
       moved.hook!.version,
     );
+  });
+
+  it('CreatePool with a provider: the registered provider starts its agents; an unknown one creates nothing', async () => {
+    const started: string[] = [];
+    fabric.registerPoolProvider({
+      name: 'rpc-timers',
+      executor: 'inprocess',
+      start: async (a) => void started.push(a.agentId),
+      stop: async () => undefined,
+    });
+    try {
+      const created = await call<CreatePoolResponse>(
+        admin,
+        'createPool',
+        input(method('createPool').input, {
+          poolId: 'pool-provided',
+          model: 'm',
+          minAgents: 2,
+          provider: 'rpc-timers',
+        }),
+        ADMIN,
+      );
+      expect(created.pool).toMatchObject({ poolId: 'pool-provided', provider: 'rpc-timers' });
+      const ids = created.spawned.map((s) => s.agent!.agentId);
+      expect(ids).toHaveLength(2);
+      await vi.waitFor(() => expect(started.sort()).toEqual([...ids].sort()));
+      for (const id of ids) expect((await fabric.getAgentInfo(id)).executor).toBe('inprocess');
+      const got = await call<GetPoolResponse>(
+        admin,
+        'getPool',
+        input(method('getPool').input, { poolId: 'pool-provided' }),
+        ADMIN,
+      );
+      expect(got.pool!.provider).toBe('rpc-timers');
+
+      const before = (await fabric.listAgents()).length;
+      const bad = await failure(
+        call(
+          admin,
+          'createPool',
+          input(method('createPool').input, {
+            poolId: 'pool-unknown-provider',
+            model: 'm',
+            minAgents: 1,
+            provider: 'no-such-provider',
+          }),
+          ADMIN,
+        ),
+      );
+      expect(bad.code).toBe(status.INVALID_ARGUMENT);
+      expect(bad.details).toMatch(/config\.provider.*no-such-provider/);
+      expect(fabric.pools.peek('pool-unknown-provider')).toBeUndefined();
+      expect((await fabric.listAgents()).length).toBe(before);
+    } finally {
+      await fabric.deletePool('pool-provided', { drainTimeoutSeconds: 0 });
+      fabric.unregisterPoolProvider('rpc-timers');
+    }
   });
 
   it('pools: create, scale, schedule to, stats, delete', async () => {
