@@ -26,6 +26,7 @@ import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
 import type { GrpcServer } from '../../src/rpc/grpc-server.js';
 import { grpcClient, unary as call } from '../fixtures/grpc-client.js';
 import { startGrpcFabric, type GrpcFabric } from '../fixtures/grpc/fabric-server.js';
+import { generatePythonStubs, PYTHON, pythonGrpc } from '../fixtures/grpc/python.js';
 import { TaskStatus } from '../../src/task.js';
 
 const root = new URL('../../', import.meta.url);
@@ -200,17 +201,6 @@ describe('generated protobuf code', () => {
   });
 });
 
-/** Debian's python3 with python3-grpcio and python3-grpc-tools (.ci/run installs them). */
-const PYTHON = '/usr/bin/python3';
-const pythonGrpc = (() => {
-  try {
-    execFileSync(PYTHON, ['-c', 'import grpc, grpc_tools'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-
 describe('a Python agent over gRPC (cross-language)', () => {
   // CI installs python3-grpcio; elsewhere the test runs when the packages are there.
   it.runIf(pythonGrpc || process.env.CI !== undefined)(
@@ -230,18 +220,7 @@ describe('a Python agent over gRPC (cross-language)', () => {
         });
         const generated = join(dir, 'generated');
         execFileSync('mkdir', ['-p', generated]);
-        execFileSync(
-          PYTHON,
-          [
-            '-m',
-            'grpc_tools.protoc',
-            '-Iproto',
-            `--python_out=${generated}`,
-            `--grpc_python_out=${generated}`,
-            'proto/fabric/v1/agent.proto',
-          ],
-          { cwd: new URL('.', root) },
-        );
+        generatePythonStubs('proto/fabric/v1/agent.proto', generated);
         // Asynchronously: the server runs in this process and must keep serving meanwhile.
         const { stdout: out } = await promisify(execFile)(
           PYTHON,
