@@ -47,7 +47,7 @@ import {
   type CatalogProblem,
   type Route,
 } from './catalog.js';
-import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
+import { FABRIC_TOOLS, SCHEDULE_TOOL, type FabricTool } from './fabric-tools.js';
 import { checkInputBounds, parseInputBounds, type InputBounds } from './input-bounds.js';
 import { perCaller, type ListHints } from './list-hints.js';
 import { GatewayMetrics } from './metrics.js';
@@ -143,6 +143,11 @@ export interface ToolGatewayOptions {
   approvalProgressIntervalMs?: number;
   /** Expose the `fabric__*` tools. @default true */
   fabricTools?: boolean;
+  /**
+   * Also expose `fabric__schedule_task`: an agent in a pool queues work to its own pool (policy
+   * still decides each call). Scheduling is otherwise an admin operation. @default false
+   */
+  poolScheduling?: boolean;
   /** How long `close()` lets in-flight calls finish before cutting them off. @default 5000 */
   shutdownGraceMs?: number;
   /** Structured log sink. @default no-op */
@@ -269,7 +274,12 @@ export class ToolGateway implements SessionHost {
       });
     }
     this.#hideDenied = options.hideDeniedTools ?? true;
-    this.#fabricTools = options.fabricTools === false ? new Map() : FABRIC_TOOLS;
+    this.#fabricTools =
+      options.fabricTools === false
+        ? new Map()
+        : options.poolScheduling === true
+          ? new Map([...FABRIC_TOOLS, [SCHEDULE_TOOL.tool.name, SCHEDULE_TOOL]])
+          : FABRIC_TOOLS;
     this.#graceMs = options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
     for (const [name, input] of Object.entries(options.upstreams ?? {})) {
       if (!/^[A-Za-z0-9_.-]+$/.test(name)) {
@@ -518,8 +528,12 @@ export class ToolGateway implements SessionHost {
       case 'tasks/get': {
         // A passed-through task shows its upstream task's current status (asked only after the
         // ownership check; what the upstream says never names its own id).
-        const upstream = tasks.upstreamOf(agentId, params.taskId);
-        if (upstream !== undefined) await this.#relayTaskStatus(tasks, upstream, extra.signal);
+        const link = tasks.linkOf(agentId, params.taskId);
+        if (link?.upstream !== undefined) {
+          await this.#relayTaskStatus(tasks, link.upstream, extra.signal);
+        } else if (link?.fabricTaskId !== undefined) {
+          await this.#relayFabricStatus(tasks, link.taskId, link.fabricTaskId);
+        }
         return tasks.get(agentId, params.taskId);
       }
       case 'tasks/result':
@@ -554,6 +568,16 @@ export class ToolGateway implements SessionHost {
         upstream: upstream.name,
         error: messageOf(error),
       });
+    }
+  }
+
+  /** Asks the fabric for the status of the fabric task behind a task (best effort). */
+  async #relayFabricStatus(tasks: ToolTasks, taskId: string, fabricTaskId: string): Promise<void> {
+    try {
+      const fabricTask = await this.#backend.fabricTask?.(fabricTaskId);
+      if (fabricTask !== undefined) tasks.relayFabricStatus(taskId, fabricTask.status);
+    } catch (error) {
+      this.#log({ level: 'warn', msg: 'could not get a fabric task', error: messageOf(error) });
     }
   }
 
@@ -738,7 +762,16 @@ export class ToolGateway implements SessionHost {
             );
           }
           return fabricTool
-            ? fabricTool.call(this.#backend, { agentId, args, signal: extra.signal })
+            ? fabricTool.call(this.#backend, {
+                agentId,
+                poolId: identity.poolId,
+                args,
+                signal: extra.signal,
+                task:
+                  task === undefined
+                    ? undefined
+                    : { fabricTaskId: task.fabricTaskId, scheduled: task.scheduled },
+              })
             : this.#upstreamRequest(
                 session,
                 route!.upstream,

@@ -15,7 +15,9 @@
  * approval's decision instead of asking for a new one; a task whose call had already been
  * forwarded is restored as `failed` (whether the tool ran is unknown) — unless it was passed
  * through to an upstream's own task: its record keeps the upstream task's id, and the resumed
- * call fetches that task's result instead of calling the tool again.
+ * call fetches that task's result instead of calling the tool again. Likewise a task that
+ * scheduled fabric work (`fabric__schedule_task`) keeps the fabric task's id and, resumed, waits
+ * for that fabric task instead of scheduling again.
  *
  * Pass-through: when the upstream itself is a task receiver for the tool, the call's run forwards
  * the task-augmented call and reports the upstream's task id ({@link ToolTaskRun.relayed}); the
@@ -135,6 +137,8 @@ export interface ToolTaskRecord {
    * never shown to the agent.
    */
   readonly upstream?: { readonly name: string; readonly taskId: string };
+  /** The fabric task the call scheduled (`fabric__schedule_task`). */
+  readonly fabricTaskId?: string;
 }
 
 /** Longest upstream task id the gateway keeps (a longer one is refused as malformed). */
@@ -150,12 +154,16 @@ export interface ToolTaskRun {
   readonly ttl: number;
   /** The upstream task this call was passed through to before a restart (when it resumes). */
   readonly upstreamTask?: { readonly name: string; readonly taskId: string } | undefined;
+  /** The fabric task this call scheduled before a restart (when it resumes). */
+  readonly fabricTaskId?: string | undefined;
   /** The call waits for a human approval. */
   waiting(approval: { id: string; policy: string | null; rule: number | null }): void;
   /** The call was authorized and is being forwarded. */
   working(): void;
   /** The call was passed through to the upstream `name`, which made its task `taskId`. */
   relayed(name: string, taskId: string): void;
+  /** The call scheduled the fabric task `id`, now `status`. */
+  scheduled(id: string, status: string): void;
 }
 
 /** What {@link ToolTasks} reports to its owner. */
@@ -232,7 +240,11 @@ export class ToolTasks {
       }
       this.#index(r);
       if (isTerminalStatus(r.status)) continue;
-      if ((r.status === 'input_required' && r.approvalId !== undefined) || r.upstream) {
+      if (
+        (r.status === 'input_required' && r.approvalId !== undefined) ||
+        r.upstream !== undefined ||
+        r.fabricTaskId !== undefined
+      ) {
         this.#resumable.push(r);
         continue;
       }
@@ -315,6 +327,7 @@ export class ToolTasks {
       approvalId: record.approvalId,
       ttl: record.ttl,
       upstreamTask: record.upstream,
+      fabricTaskId: record.fabricTaskId,
       waiting: (approval) => {
         const rule = approval.rule === null ? '' : `#${approval.rule}`;
         const policy = approval.policy === null ? '' : ` (policy ${approval.policy}${rule})`;
@@ -331,6 +344,11 @@ export class ToolTasks {
           this.#byUpstream.set(upstreamKey(upstream), id);
         }
       },
+      scheduled: (fabricTaskId, status) =>
+        this.#update(id, {
+          fabricTaskId,
+          statusMessage: fabricStatusMessage(fabricTaskId, status),
+        }),
     };
     // The task's answer goes out first; the call starts on the next turn.
     queueMicrotask(() => {
@@ -351,16 +369,25 @@ export class ToolTasks {
   }
 
   /**
-   * The upstream task behind `agentId`'s running task `taskId`, if it was passed through (the
-   * gateway relays `tasks/get` to it).
+   * What `agentId`'s running task `taskId` waits on, if anything: the upstream task it was
+   * passed through to, or the fabric task it scheduled (the gateway asks either for its status
+   * on `tasks/get`). Nothing for a finished task.
    * @throws McpError InvalidParams (`FABRIC_ERR_TASK_NOT_FOUND`) as {@link get}.
    */
-  upstreamOf(
+  linkOf(
     agentId: string,
     taskId: unknown,
-  ): { readonly name: string; readonly taskId: string } | undefined {
+  ): Pick<ToolTaskRecord, 'taskId' | 'upstream' | 'fabricTaskId'> | undefined {
     const record = this.#own(agentId, taskId);
-    return isTerminalStatus(record.status) ? undefined : record.upstream;
+    return isTerminalStatus(record.status) ? undefined : record;
+  }
+
+  /** The fabric task behind the running task `taskId` is now `status`: its status message. */
+  relayFabricStatus(taskId: string, status: string): void {
+    const record = this.#live(taskId);
+    if (record?.fabricTaskId === undefined || isTerminalStatus(record.status)) return;
+    const statusMessage = fabricStatusMessage(record.fabricTaskId, status);
+    if (record.statusMessage !== statusMessage) this.#update(taskId, { statusMessage });
   }
 
   /**
@@ -599,6 +626,11 @@ export class ToolTasks {
       ...(r.statusMessage === undefined ? {} : { statusMessage: r.statusMessage }),
     };
   }
+}
+
+/** What `tasks/get` says of a task waiting on fabric task `id`. */
+function fabricStatusMessage(id: string, status: string): string {
+  return `fabric task ${id} is ${status}`;
 }
 
 /** The key of an upstream task in {@link ToolTasks}'s index. */
