@@ -9,7 +9,9 @@
  * - the records are in the state file (kind `tool_task`), owned by the agent that made them;
  * - a task passed through to an HTTP upstream's own task keeps the upstream task's id on disk:
  *   after the kill the restarted sidecar fetches that task's result instead of calling the tool
- *   again.
+ *   again;
+ * - a task that scheduled fabric work (`fabric__schedule_task`) keeps the fabric task's id on
+ *   disk: after the kill it waits for that same fabric task, which is then claimed and completed.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -18,6 +20,7 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import {
   CallToolResultSchema,
   CreateTaskResultSchema,
+  type CallToolResult,
   type CreateTaskResult,
 } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -240,5 +243,72 @@ describe('agent-fabric serve: MCP tasks over a state file', () => {
     } finally {
       await upstream.close();
     }
+  }, 120_000);
+
+  it('a task that scheduled fabric work waits for the same fabric task after SIGKILL', async () => {
+    const dir = tempDir('cli-tasks-fabric');
+    const port = await freePort();
+    const statePath = join(dir, '.fabric', 'state.db');
+    writeFileSync(
+      join(dir, 'fabric.json'),
+      JSON.stringify({
+        http: { host: '127.0.0.1', port },
+        adminToken: ADMIN,
+        policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
+        pools: [{ id: 'crew' }],
+        agents: [{ name: 'lead', poolId: 'crew' }],
+        gateway: { poolScheduling: true },
+      }),
+    );
+    const first = await serve(dir);
+    let client = await connect(first.url, first.token);
+    const { task } = await client.request(
+      {
+        method: 'tools/call',
+        params: {
+          name: 'fabric__schedule_task',
+          arguments: { taskType: 'review', payload: 'kept' },
+          task: {},
+        },
+      },
+      CreateTaskResultSchema,
+    );
+    await until(() => onDisk(statePath, task.taskId)?.fabricTaskId !== undefined, 30_000);
+    const fabricTaskId = onDisk(statePath, task.taskId)!.fabricTaskId!;
+    await stop(first, 'SIGKILL');
+
+    const second = await serve(dir);
+    client = await connect(second.url, first.token);
+    const waiting = await client.experimental.tasks.getTask(task.taskId);
+    expect(waiting).toMatchObject({
+      status: 'working',
+      statusMessage: `fabric task ${fabricTaskId} is PENDING`,
+    });
+    // The same fabric task (scheduled once) is the one there is to claim.
+    const claimed = await client.callTool({
+      name: 'fabric__claim_task',
+      arguments: { waitSeconds: 10 },
+    });
+    const work = (claimed as CallToolResult).structuredContent?.result as {
+      taskId: string;
+      attempt: number;
+    };
+    expect(work.taskId).toBe(fabricTaskId);
+    await client.callTool({
+      name: 'fabric__complete_task',
+      arguments: { taskId: work.taskId, attempt: work.attempt, result: 'done after restart' },
+    });
+    const result = await client.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    expect(result.structuredContent?.result).toMatchObject({
+      taskId: fabricTaskId,
+      status: 'COMPLETED',
+      result: 'done after restart',
+    });
+    const none = await client.callTool({
+      name: 'fabric__claim_task',
+      arguments: { waitSeconds: 0 },
+    });
+    expect((none as CallToolResult).structuredContent?.result).toBeNull();
+    await stop(second, 'SIGTERM');
   }, 120_000);
 });
