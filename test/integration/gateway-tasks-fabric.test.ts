@@ -13,9 +13,7 @@
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import {
   CallToolResultSchema,
-  CreateTaskResultSchema,
   ErrorCode,
-  McpError,
   type CallToolResult,
   type CreateTaskResult,
 } from '@modelcontextprotocol/sdk/types.js';
@@ -30,12 +28,10 @@ import {
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import { callAsTask, rpcError } from '../fixtures/gateway/tasks.js';
 
 function schedule(client: Client, args: Record<string, unknown>): Promise<CreateTaskResult> {
-  return client.request(
-    { method: 'tools/call', params: { name: 'fabric__schedule_task', arguments: args, task: {} } },
-    CreateTaskResultSchema,
-  );
+  return callAsTask(client, 'fabric__schedule_task', args);
 }
 
 /** The `structuredContent.result` of a fabric tool's answer. */
@@ -103,12 +99,8 @@ describe('fabric work scheduled and polled as MCP tasks', () => {
       statusMessage: `fabric task ${fabricId} is RUNNING`,
     });
     // The worker cannot see the lead's MCP task.
-    const hidden = await hand.experimental.tasks.getTask(task.taskId).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(hidden).toBeInstanceOf(McpError);
-    expect((hidden as McpError).code).toBe(ErrorCode.InvalidParams);
+    const hidden = await rpcError(hand.experimental.tasks.getTask(task.taskId));
+    expect(hidden.code).toBe(ErrorCode.InvalidParams);
     await hand.callTool({
       name: 'fabric__complete_task',
       arguments: { taskId: work.taskId, attempt: work.attempt, result: { verdict: 'ok' } },
@@ -187,13 +179,10 @@ describe('without gateway.poolScheduling', () => {
       const names = (await lead.listTools()).tools.map((t) => t.name);
       expect(names).toContain('fabric__claim_task');
       expect(names).not.toContain('fabric__schedule_task');
-      const r = await lead
-        .callTool({ name: 'fabric__schedule_task', arguments: { taskType: 'review' } })
-        .then(
-          () => undefined,
-          (e: unknown) => e,
-        );
-      expect((r as McpError).message).toContain('Unknown tool');
+      const r = await rpcError(
+        lead.callTool({ name: 'fabric__schedule_task', arguments: { taskType: 'review' } }),
+      );
+      expect(r.message).toContain('Unknown tool');
     } finally {
       await lead.close();
       await closeSidecar(sidecar);

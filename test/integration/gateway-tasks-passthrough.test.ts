@@ -23,11 +23,8 @@ import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import {
   CallToolResultSchema,
-  CreateTaskResultSchema,
   ErrorCode,
-  McpError,
   TaskStatusNotificationSchema,
-  type CreateTaskResult,
   type Task,
 } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -45,6 +42,7 @@ import {
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import { callAsTask, rpcError } from '../fixtures/gateway/tasks.js';
 
 const TASK_SERVER = fileURLToPath(new URL('../fixtures/gateway/task-server.mjs', import.meta.url));
 const UPSTREAMS = {
@@ -62,26 +60,6 @@ const POLICY = {
     },
   ],
 };
-
-function callAsTask(
-  client: Client,
-  name: string,
-  args: Record<string, unknown>,
-): Promise<CreateTaskResult> {
-  return client.request(
-    { method: 'tools/call', params: { name, arguments: args, task: { ttl: 60_000 } } },
-    CreateTaskResultSchema,
-  );
-}
-
-async function rpcError(promise: Promise<unknown>): Promise<McpError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(McpError);
-  return error as McpError;
-}
 
 /** The tasks the upstream holds, as it reports them itself. */
 async function upstreamTasks(client: Client): Promise<Array<{ taskId: string; status: string }>> {
