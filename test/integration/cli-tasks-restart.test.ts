@@ -70,6 +70,27 @@ function writeConfig(dir: string, port: number): void {
   );
 }
 
+/**
+ * A temp folder with a config allowing every tool (on a free port, with the test admin token)
+ * plus `config`; its state file's path.
+ */
+async function allowAllConfig(
+  prefix: string,
+  config: Record<string, unknown>,
+): Promise<{ dir: string; statePath: string }> {
+  const dir = tempDir(prefix);
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port: await freePort() },
+      adminToken: ADMIN,
+      policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
+      ...config,
+    }),
+  );
+  return { dir, statePath: join(dir, '.fabric', 'state.db') };
+}
+
 type Approval = ApiApproval & { params: { message?: string }; orphaned?: boolean };
 
 function approve(r: Running, id: string): Promise<Response> {
@@ -181,19 +202,10 @@ describe('agent-fabric serve: MCP tasks over a state file', () => {
       '/mcp',
     );
     try {
-      const dir = tempDir('cli-tasks-pass');
-      const port = await freePort();
-      const statePath = join(dir, '.fabric', 'state.db');
-      writeFileSync(
-        join(dir, 'fabric.json'),
-        JSON.stringify({
-          http: { host: '127.0.0.1', port },
-          adminToken: ADMIN,
-          upstreams: { tk: { url: upstream.url } },
-          policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
-          agents: [{ name: 'worker' }],
-        }),
-      );
+      const { dir, statePath } = await allowAllConfig('cli-tasks-pass', {
+        upstreams: { tk: { url: upstream.url } },
+        agents: [{ name: 'worker' }],
+      });
       const upstreamTasks = async (c: Client): Promise<Array<{ taskId: string; status: string }>> =>
         (
           JSON.parse(text(await c.callTool({ name: 'tk__upstream_tasks', arguments: {} }))) as {
@@ -246,20 +258,11 @@ describe('agent-fabric serve: MCP tasks over a state file', () => {
   }, 120_000);
 
   it('a task that scheduled fabric work waits for the same fabric task after SIGKILL', async () => {
-    const dir = tempDir('cli-tasks-fabric');
-    const port = await freePort();
-    const statePath = join(dir, '.fabric', 'state.db');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port },
-        adminToken: ADMIN,
-        policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
-        pools: [{ id: 'crew' }],
-        agents: [{ name: 'lead', poolId: 'crew' }],
-        gateway: { poolScheduling: true },
-      }),
-    );
+    const { dir, statePath } = await allowAllConfig('cli-tasks-fabric', {
+      pools: [{ id: 'crew' }],
+      agents: [{ name: 'lead', poolId: 'crew' }],
+      gateway: { poolScheduling: true },
+    });
     const first = await serve(dir);
     let client = await connect(first.url, first.token);
     const { task } = await client.request(
