@@ -597,7 +597,13 @@ export class ToolGateway implements SessionHost {
     extra: CallExtra,
     run: ToolTaskRun,
   ): Promise<Result> {
-    let upstreamTaskId = run.upstreamTask?.name === upstream.name ? run.upstreamTask.taskId : '';
+    if (run.upstreamTask !== undefined && run.upstreamTask.name !== upstream.name) {
+      throw new RelayedMcpError(
+        ErrorCode.InternalError,
+        `the task's upstream task was on upstream ${run.upstreamTask.name}, which no longer serves this tool`,
+      );
+    }
+    let upstreamTaskId = run.upstreamTask?.taskId ?? '';
     if (upstreamTaskId === '') {
       const params: Record<string, unknown> = { name: upstreamName, task: { ttl: run.ttl } };
       if (rawArgs !== undefined) params.arguments = rawArgs;
@@ -751,7 +757,12 @@ export class ToolGateway implements SessionHost {
         },
         () => {
           task?.working();
-          if (task !== undefined && route !== undefined && passesThrough(route)) {
+          // A task restored with an upstream task behind it never calls the tool again.
+          if (
+            task !== undefined &&
+            route !== undefined &&
+            (task.upstreamTask !== undefined || passesThrough(route))
+          ) {
             return this.#forwardAsTask(
               session,
               route.upstream,
