@@ -7,7 +7,8 @@
  * - `tasks/get` shows the fabric task's status (PENDING, then RUNNING once claimed);
  *   `tasks/result` gives the fabric task's result; a failed fabric task fails the MCP task;
  * - `tasks/cancel` cancels the fabric task (the fabric records it CANCELLED);
- * - the MCP task is the scheduling agent's alone; an agent in no pool schedules nothing;
+ * - the MCP task is the scheduling agent's alone (another agent's cancel leaves the fabric task
+ *   queued); an agent in no pool schedules nothing, nor do malformed arguments;
  * - without `poolScheduling` the tool does not exist.
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -147,6 +148,41 @@ describe('fabric work scheduled and polled as MCP tasks', () => {
     // Nothing is left for the pool to claim.
     const none = await hand.callTool({ name: 'fabric__claim_task', arguments: { waitSeconds: 0 } });
     expect(value(none)).toBeNull();
+  });
+
+  it("another agent's cancel of the task is not found and leaves the fabric task queued", async () => {
+    const { task } = await schedule(lead, { taskType: 'review', payload: 'kept' });
+    let fabricId = '';
+    await until(async () => {
+      const m = /^fabric task (\S+) is/.exec(
+        (await lead.experimental.tasks.getTask(task.taskId)).statusMessage ?? '',
+      );
+      fabricId = m?.[1] ?? '';
+      return fabricId !== '';
+    });
+    const refused = await rpcError(hand.experimental.tasks.cancelTask(task.taskId));
+    expect(refused.code).toBe(ErrorCode.InvalidParams);
+    expect((await sidecar.fabric!.getTask(fabricId)).status).toBe('PENDING');
+    expect((await lead.experimental.tasks.getTask(task.taskId)).status).toBe('working');
+    await lead.experimental.tasks.cancelTask(task.taskId);
+    await until(async () => (await sidecar.fabric!.getTask(fabricId)).status === 'CANCELLED');
+  });
+
+  it('malformed arguments schedule nothing', async () => {
+    const before = (await sidecar.fabric!.listTasks({ pageSize: 1000 })).items.length;
+    for (const args of [
+      {},
+      { taskType: '' },
+      { taskType: 'x'.repeat(257) },
+      { taskType: 42 },
+      { taskType: 'review', timeoutSeconds: -1 },
+      { taskType: 'review', extra: true },
+    ]) {
+      const r = await lead.callTool({ name: 'fabric__schedule_task', arguments: args });
+      expect(r.isError).toBe(true);
+      expect(text(r)).toContain('FABRIC_ERR_INVALID_ARGUMENT');
+    }
+    expect((await sidecar.fabric!.listTasks({ pageSize: 1000 })).items).toHaveLength(before);
   });
 
   it('an agent in no pool schedules nothing', async () => {
