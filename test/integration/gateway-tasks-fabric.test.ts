@@ -40,6 +40,17 @@ function value<T>(result: unknown): T {
   return (result as CallToolResult).structuredContent?.result as T;
 }
 
+/** The fabric task behind the MCP task `taskId`, once `tasks/get` names it. */
+async function fabricIdOf(client: Client, taskId: string): Promise<string> {
+  let id = '';
+  await until(async () => {
+    const status = (await client.experimental.tasks.getTask(taskId)).statusMessage ?? '';
+    id = /^fabric task (\S+) is/.exec(status)?.[1] ?? '';
+    return id !== '';
+  });
+  return id;
+}
+
 /** `hand` claims the next task of the pool (waiting for it). */
 async function claim(hand: Client): Promise<{ taskId: string; attempt: number; payload: unknown }> {
   const claimed = await hand.callTool({
@@ -135,14 +146,7 @@ describe('fabric work scheduled and polled as MCP tasks', () => {
 
   it('tasks/cancel cancels the fabric task', async () => {
     const { task } = await schedule(lead, { taskType: 'review', payload: 'doomed' });
-    let fabricId = '';
-    await until(async () => {
-      const m = /^fabric task (\S+) is/.exec(
-        (await lead.experimental.tasks.getTask(task.taskId)).statusMessage ?? '',
-      );
-      fabricId = m?.[1] ?? '';
-      return fabricId !== '';
-    });
+    const fabricId = await fabricIdOf(lead, task.taskId);
     expect((await lead.experimental.tasks.cancelTask(task.taskId)).status).toBe('cancelled');
     await until(async () => (await sidecar.fabric!.getTask(fabricId)).status === 'CANCELLED');
     // Nothing is left for the pool to claim.
@@ -152,14 +156,7 @@ describe('fabric work scheduled and polled as MCP tasks', () => {
 
   it("another agent's cancel of the task is not found and leaves the fabric task queued", async () => {
     const { task } = await schedule(lead, { taskType: 'review', payload: 'kept' });
-    let fabricId = '';
-    await until(async () => {
-      const m = /^fabric task (\S+) is/.exec(
-        (await lead.experimental.tasks.getTask(task.taskId)).statusMessage ?? '',
-      );
-      fabricId = m?.[1] ?? '';
-      return fabricId !== '';
-    });
+    const fabricId = await fabricIdOf(lead, task.taskId);
     const refused = await rpcError(hand.experimental.tasks.cancelTask(task.taskId));
     expect(refused.code).toBe(ErrorCode.InvalidParams);
     expect((await sidecar.fabric!.getTask(fabricId)).status).toBe('PENDING');

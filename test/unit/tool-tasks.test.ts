@@ -127,37 +127,6 @@ describe('ToolTasks', () => {
     const result = await tasks.result('a', 'tt_done', new AbortController().signal);
     expect(result._meta).toEqual({ 'io.modelcontextprotocol/related-task': { taskId: 'tt_done' } });
   });
-});
-
-describe('ApprovalManager.resume', () => {
-  it('hands an approval back only to the same agent, tool, rule and params', () => {
-    const approvals = new ApprovalManager();
-    const request = { agentId: 'a', tool: 't', params: { m: 1 }, policy: 'p', rule: 0 };
-    const created = approvals.create(request);
-    approvals.orphan(created.id);
-    expect(approvals.resume(created.id, { ...request, agentId: 'b' })).toBeUndefined();
-    expect(approvals.resume(created.id, { ...request, tool: 'u' })).toBeUndefined();
-    expect(approvals.resume(created.id, { ...request, params: { m: 2 } })).toBeUndefined();
-    expect(approvals.resume(created.id, { ...request, rule: 1 })).toBeUndefined();
-    expect(approvals.resume('apr_unknown', request)).toBeUndefined();
-    expect(approvals.getApproval(created.id)?.orphaned).toBe(true);
-    const resumed = approvals.resume(created.id, request);
-    expect(resumed?.id).toBe(created.id);
-    expect(resumed?.orphaned).toBeUndefined();
-    approvals.close();
-  });
-});
-
-describe('ToolTasks with upstream and fabric tasks behind them', () => {
-  let tasks: ToolTasks;
-  beforeEach(() => {
-    vi.useFakeTimers();
-    vi.setSystemTime(new Date('2026-12-02T10:00:00Z'));
-  });
-  afterEach(() => {
-    tasks?.close();
-    vi.useRealTimers();
-  });
 
   it("takes only the mapped upstream's non-terminal status, and tells the owner", async () => {
     const told: Array<[string, string, string | undefined]> = [];
@@ -221,5 +190,24 @@ describe('ToolTasks with upstream and fabric tasks behind them', () => {
       ]);
       expect(tasks.get('a', 'tt_1').status).toBe('working');
     });
+  });
+});
+
+describe('ApprovalManager.resume', () => {
+  it('hands an approval back only to the same agent, tool, rule and params', () => {
+    const approvals = new ApprovalManager();
+    const request = { agentId: 'a', tool: 't', params: { m: 1 }, policy: 'p', rule: 0 };
+    const created = approvals.create(request);
+    approvals.orphan(created.id);
+    expect(approvals.resume(created.id, { ...request, agentId: 'b' })).toBeUndefined();
+    expect(approvals.resume(created.id, { ...request, tool: 'u' })).toBeUndefined();
+    expect(approvals.resume(created.id, { ...request, params: { m: 2 } })).toBeUndefined();
+    expect(approvals.resume(created.id, { ...request, rule: 1 })).toBeUndefined();
+    expect(approvals.resume('apr_unknown', request)).toBeUndefined();
+    expect(approvals.getApproval(created.id)?.orphaned).toBe(true);
+    const resumed = approvals.resume(created.id, request);
+    expect(resumed?.id).toBe(created.id);
+    expect(resumed?.orphaned).toBeUndefined();
+    approvals.close();
   });
 });
