@@ -136,6 +136,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   gateway: 'The MCP tool gateway.',
   'gateway.hideDeniedTools': "`tools/list` leaves out tools the agent's policies deny outright.",
   'gateway.fabricTools': 'Serve the `fabric__*` tools (tasks, hooks) to agents.',
+  'gateway.poolScheduling':
+    'Also serve `fabric__schedule_task`: an agent in a pool queues work to its own pool and waits for (or, as an MCP task, polls) its result; policy decides each call.',
   'gateway.shutdownGraceSeconds': 'Time in-flight calls get to finish at shutdown.',
   'gateway.maxArgumentDepth': "Deepest nesting of a call's arguments (unset: the default).",
   'gateway.maxArgumentNodes': "Most values in a call's arguments (unset: the default).",

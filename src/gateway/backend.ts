@@ -8,7 +8,7 @@ import type { Reservation } from '../budget/budget-manager.js';
 import type { Approval } from '../policy/approval-manager.js';
 import type { PolicyDecision } from '../policy/policy-engine.js';
 import type { EndedTask } from '../scheduler/remote-executor.js';
-import type { TaskAssignment } from '../task.js';
+import type { Task, TaskAssignment } from '../task.js';
 
 /** A policy decision as the pipeline gets it: the action and the deciding policy and rule. */
 export type Decision = PolicyDecision;
@@ -174,6 +174,22 @@ export interface GatewayBackend {
   /** Hands out (once) the agent's notices of tasks the fabric ended while it held them. */
   takeEndedTasks(agentId: string): readonly EndedTask[];
   recordUsage(agentId: string, usage: ToolUsage): unknown;
+
+  // Fabric work an agent schedules to its own pool (`fabric__schedule_task`); absent: not served.
+  /**
+   * Queues `taskType` to the pool `poolId` of the agent `agentId`, with the agent as its tenant.
+   */
+  scheduleToOwnPool?(
+    agentId: string,
+    poolId: string,
+    request: { taskType: string; payload?: unknown; timeoutSeconds?: number },
+  ): Promise<Task>;
+  /** The fabric task once it has ended (rejects when `signal` aborts). */
+  waitForFabricTask?(taskId: string, signal: AbortSignal): Promise<Task>;
+  /** A snapshot of the fabric task. */
+  fabricTask?(taskId: string): Promise<Task>;
+  /** Cancels the fabric task (a no-op error when it has ended is the caller's to ignore). */
+  cancelFabricTask?(taskId: string, reason: string): Promise<unknown>;
 
   // GUPP hooks ("if there is work on your hook, you run it"); absent when hooks are not configured.
   hookFor?(agentId: string): Promise<unknown>;

@@ -17,8 +17,20 @@ export const FABRIC_TOOL_PREFIX = 'fabric__';
 /** What a fabric tool handler gets. */
 export interface FabricToolCall {
   agentId: string;
+  /** The caller's pool, if it is in one. */
+  poolId?: string | undefined;
   args: Record<string, unknown>;
   signal: AbortSignal;
+  /** Set when the call runs as an MCP task: where a fabric task it schedules is recorded. */
+  task?: FabricTaskLink | undefined;
+}
+
+/** The MCP task a `fabric__schedule_task` call runs as. */
+export interface FabricTaskLink {
+  /** The fabric task the call scheduled before a restart: wait for it, schedule nothing. */
+  readonly fabricTaskId?: string | undefined;
+  /** The call scheduled the fabric task `id` (now in `status`). */
+  scheduled(id: string, status: string): void;
 }
 
 /** One fabric tool: its listing and its handler. */
@@ -198,6 +210,91 @@ export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
     ),
   ].map((t) => [t.tool.name, t]),
 );
+
+const SCHEDULE_NAME = `${FABRIC_TOOL_PREFIX}schedule_task`;
+const scheduleArgs = z
+  .object({
+    taskType: z.string().min(1).max(256),
+    payload: z.unknown().optional(),
+    timeoutSeconds: z.number().positive().max(86_400).optional(),
+  })
+  .strict();
+const scheduleSchema = z.toJSONSchema(scheduleArgs, { io: 'input' }) as Tool['inputSchema'];
+delete (scheduleSchema as Record<string, unknown>).$schema;
+
+/**
+ * `fabric__schedule_task` (served with `gateway.poolScheduling`): queues fabric work to the
+ * caller's own pool and waits for it to end; its answer is the fabric task (`taskId`, `status`,
+ * `result`, `error`), an `isError` result unless it `COMPLETED`. Aborting the call (a cancelled
+ * request or MCP task) cancels the fabric task. Sent as an MCP task, the agent polls it with
+ * `tasks/*` instead of holding the request open.
+ */
+export const SCHEDULE_TOOL: FabricTool = {
+  tool: {
+    name: SCHEDULE_NAME,
+    description:
+      'Schedule work to your own pool and wait for its result (send it as an MCP task to poll with tasks/get and fetch with tasks/result instead). The answer is the fabric task: taskId, status, result, error. Cancelling the call or task cancels the work.',
+    inputSchema: scheduleSchema,
+    outputSchema: { type: 'object', properties: { result: {} } },
+  },
+  async call(backend, { agentId, poolId, args, signal, task }) {
+    const a = parse(SCHEDULE_NAME, scheduleArgs, args);
+    const b = scheduling(backend);
+    let id = task?.fabricTaskId;
+    if (id === undefined) {
+      if (poolId === undefined) {
+        throw new InvalidArgumentError(
+          SCHEDULE_NAME,
+          'this agent is in no pool: it can schedule work only to its own pool',
+        );
+      }
+      const scheduled = await b.scheduleToOwnPool(agentId, poolId, {
+        taskType: a.taskType,
+        ...(a.payload === undefined ? {} : { payload: a.payload }),
+        ...(a.timeoutSeconds === undefined ? {} : { timeoutSeconds: a.timeoutSeconds }),
+      });
+      id = scheduled.id;
+      task?.scheduled(id, scheduled.status);
+    }
+    let done;
+    try {
+      done = await b.waitForFabricTask(id, signal);
+    } catch (error) {
+      if (signal.aborted) {
+        const reason = 'the MCP call or task that scheduled it was cancelled';
+        await b.cancelFabricTask(id, reason).catch(() => undefined);
+      }
+      throw error;
+    }
+    const answer = json({
+      taskId: done.id,
+      status: done.status,
+      result: done.result ?? null,
+      error: done.error ?? null,
+    });
+    return done.status === 'COMPLETED' ? answer : { ...answer, isError: true };
+  },
+};
+
+/** The backend's scheduling methods, or an error saying they are not served. */
+function scheduling(
+  b: GatewayBackend,
+): Required<
+  Pick<
+    GatewayBackend,
+    'scheduleToOwnPool' | 'waitForFabricTask' | 'fabricTask' | 'cancelFabricTask'
+  >
+> {
+  if (
+    b.scheduleToOwnPool === undefined ||
+    b.waitForFabricTask === undefined ||
+    b.fabricTask === undefined ||
+    b.cancelFabricTask === undefined
+  ) {
+    throw new InvalidArgumentError(SCHEDULE_NAME, 'is not served by this backend');
+  }
+  return b as never;
+}
 
 /** The backend, if it serves hooks. */
 function hooks(

@@ -21,6 +21,7 @@ import { performance } from 'node:perf_hooks';
 import {
   ErrorCode,
   McpError,
+  type CreateTaskResult,
   type LoggingLevel,
   type LoggingMessageNotification,
   type Notification,
@@ -39,8 +40,14 @@ import {
 } from '../errors.js';
 import { AuditLog, type AuditLogOptions } from './audit-log.js';
 import type { AgentIdentity, GatewayBackend } from './backend.js';
-import { buildCatalog, resourceOwner, type Catalog, type CatalogProblem } from './catalog.js';
-import { FABRIC_TOOLS, type FabricTool } from './fabric-tools.js';
+import {
+  buildCatalog,
+  resourceOwner,
+  type Catalog,
+  type CatalogProblem,
+  type Route,
+} from './catalog.js';
+import { FABRIC_TOOLS, SCHEDULE_TOOL, type FabricTool } from './fabric-tools.js';
 import { checkInputBounds, parseInputBounds, type InputBounds } from './input-bounds.js';
 import { perCaller, type ListHints } from './list-hints.js';
 import { GatewayMetrics } from './metrics.js';
@@ -62,6 +69,8 @@ import {
 import { TokenEstimates } from './token-estimates.js';
 import { ToolCosts } from './tool-costs.js';
 import {
+  MAX_UPSTREAM_TASK_ID,
+  RELATED_TASK_META_KEY,
   ToolTasks,
   type ToolTaskRecord,
   type ToolTaskRun,
@@ -134,6 +143,11 @@ export interface ToolGatewayOptions {
   approvalProgressIntervalMs?: number;
   /** Expose the `fabric__*` tools. @default true */
   fabricTools?: boolean;
+  /**
+   * Also expose `fabric__schedule_task`: an agent in a pool queues work to its own pool (policy
+   * still decides each call). Scheduling is otherwise an admin operation. @default false
+   */
+  poolScheduling?: boolean;
   /** How long `close()` lets in-flight calls finish before cutting them off. @default 5000 */
   shutdownGraceMs?: number;
   /** Structured log sink. @default no-op */
@@ -247,10 +261,25 @@ export class ToolGateway implements SessionHost {
     });
     if (options.tasks !== false) {
       const { store, ...taskOptions } = options.tasks ?? {};
-      this.#tasks = new ToolTasks(taskOptions, store);
+      this.#tasks = new ToolTasks(taskOptions, store, {
+        // Every live session of the owning agent hears of it (the one that made the task may be
+        // gone; the agent's new session polls the same task).
+        onStatus: (agentId, task) => {
+          for (const s of this.#sessions) {
+            if (s.identity.agentId === agentId) {
+              s.notify({ method: 'notifications/tasks/status', params: task });
+            }
+          }
+        },
+      });
     }
     this.#hideDenied = options.hideDeniedTools ?? true;
-    this.#fabricTools = options.fabricTools === false ? new Map() : FABRIC_TOOLS;
+    this.#fabricTools =
+      options.fabricTools === false
+        ? new Map()
+        : options.poolScheduling === true
+          ? new Map([...FABRIC_TOOLS, [SCHEDULE_TOOL.tool.name, SCHEDULE_TOOL]])
+          : FABRIC_TOOLS;
     this.#graceMs = options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
     for (const [name, input] of Object.entries(options.upstreams ?? {})) {
       if (!/^[A-Za-z0-9_.-]+$/.test(name)) {
@@ -393,8 +422,24 @@ export class ToolGateway implements SessionHost {
     return this.#hideDenied && this.#backend.isToolVisible ? perCaller(hints) : hints;
   }
 
+  /**
+   * With gateway tasks on, every tool carries `execution.taskSupport`: `"optional"` (the gateway
+   * is the receiver, or passes the task through to an upstream that takes it optionally), or
+   * `"required"` where the upstream itself requires a task.
+   */
   listTools(session: GatewaySession): Tool[] {
-    return this.listToolsFor(session.identity);
+    const tools = this.listToolsFor(session.identity);
+    if (this.#tasks === undefined) return tools;
+    return tools.map((tool) => {
+      const route = this.#catalog.tools.get(tool.name);
+      const taskSupport =
+        route !== undefined &&
+        upstreamTakesTasks(route.upstream) &&
+        route.item.execution?.taskSupport === 'required'
+          ? 'required'
+          : 'optional';
+      return { ...tool, execution: { ...tool.execution, taskSupport } };
+    });
   }
 
   /**
@@ -480,8 +525,17 @@ export class ToolGateway implements SessionHost {
     const { agentId } = session.identity;
     const params = (request.params ?? {}) as { taskId?: unknown; cursor?: unknown };
     switch (request.method) {
-      case 'tasks/get':
+      case 'tasks/get': {
+        // A passed-through task shows its upstream task's current status (asked only after the
+        // ownership check; what the upstream says never names its own id).
+        const link = tasks.linkOf(agentId, params.taskId);
+        if (link?.upstream !== undefined) {
+          await this.#relayTaskStatus(tasks, link.upstream, extra.signal);
+        } else if (link?.fabricTaskId !== undefined) {
+          await this.#relayFabricStatus(tasks, link.taskId, link.fabricTaskId);
+        }
         return tasks.get(agentId, params.taskId);
+      }
       case 'tasks/result':
         return tasks.result(agentId, params.taskId, extra.signal);
       case 'tasks/list':
@@ -490,6 +544,106 @@ export class ToolGateway implements SessionHost {
         return tasks.cancel(agentId, params.taskId);
       default:
         throw new McpError(ErrorCode.MethodNotFound, 'Method not found');
+    }
+  }
+
+  /** Asks the upstream for its task's status and takes it (best effort: a failure keeps ours). */
+  async #relayTaskStatus(
+    tasks: ToolTasks,
+    upstreamTask: { name: string; taskId: string },
+    signal: AbortSignal,
+  ): Promise<void> {
+    const upstream = this.#upstreams.get(upstreamTask.name);
+    if (upstream === undefined || upstream.state !== 'ready') return;
+    try {
+      const task = (await upstream.request(
+        { method: 'tasks/get', params: { taskId: upstreamTask.taskId } },
+        { signal, timeoutMs: RELAY_GET_TIMEOUT_MS },
+      )) as { status?: unknown; statusMessage?: unknown };
+      tasks.relayStatus(upstream.name, upstreamTask.taskId, task.status, task.statusMessage);
+    } catch (error) {
+      this.#log({
+        level: 'warn',
+        msg: 'could not get the status of an upstream task',
+        upstream: upstream.name,
+        error: messageOf(error),
+      });
+    }
+  }
+
+  /** Asks the fabric for the status of the fabric task behind a task (best effort). */
+  async #relayFabricStatus(tasks: ToolTasks, taskId: string, fabricTaskId: string): Promise<void> {
+    try {
+      const fabricTask = await this.#backend.fabricTask?.(fabricTaskId);
+      if (fabricTask !== undefined) tasks.relayFabricStatus(taskId, fabricTask.status);
+    } catch (error) {
+      this.#log({ level: 'warn', msg: 'could not get a fabric task', error: messageOf(error) });
+    }
+  }
+
+  /**
+   * A task's call passed through to an upstream that is itself a task receiver for the tool:
+   * `tools/call` with `task` (the ttl the gateway granted), the upstream's task id recorded
+   * (after a restart, `run.upstreamTask` is that id and the tool is not called again), then the
+   * upstream's `tasks/result`, waited for until the task's lifetime ends. When the call is
+   * aborted (the agent cancelled the task, or it expired) the upstream task is cancelled too.
+   * The result reaches the agent without the upstream's related-task `_meta` (its task id).
+   */
+  async #forwardAsTask(
+    session: GatewaySession | undefined,
+    upstream: Upstream,
+    upstreamName: string,
+    rawArgs: unknown,
+    extra: CallExtra,
+    run: ToolTaskRun,
+  ): Promise<Result> {
+    if (run.upstreamTask !== undefined && run.upstreamTask.name !== upstream.name) {
+      throw new RelayedMcpError(
+        ErrorCode.InternalError,
+        `the task's upstream task was on upstream ${run.upstreamTask.name}, which no longer serves this tool`,
+      );
+    }
+    let upstreamTaskId = run.upstreamTask?.taskId ?? '';
+    if (upstreamTaskId === '') {
+      const params: Record<string, unknown> = { name: upstreamName, task: { ttl: run.ttl } };
+      if (rawArgs !== undefined) params.arguments = rawArgs;
+      const created = (await this.#upstreamRequest(
+        session,
+        upstream,
+        { method: 'tools/call', params },
+        extra,
+      )) as Partial<CreateTaskResult>;
+      const id = created.task?.taskId;
+      if (typeof id !== 'string' || id === '' || id.length > MAX_UPSTREAM_TASK_ID) {
+        throw new RelayedMcpError(
+          ErrorCode.InternalError,
+          `upstream ${upstream.name} answered a task-augmented tools/call without a valid task id`,
+        );
+      }
+      upstreamTaskId = id;
+      run.relayed(upstream.name, id);
+    }
+    try {
+      // The wait is bounded by the task's lifetime (its expiry also aborts `extra.signal`).
+      const result = await upstream.request(
+        { method: 'tasks/result', params: { taskId: upstreamTaskId } },
+        { signal: extra.signal, timeoutMs: run.ttl },
+      );
+      const meta = result._meta;
+      if (meta === undefined || !(RELATED_TASK_META_KEY in meta)) return result;
+      const { [RELATED_TASK_META_KEY]: _upstreamTask, ...rest } = meta;
+      const { _meta: _dropped, ...plain } = result;
+      return Object.keys(rest).length === 0 ? plain : { ...plain, _meta: rest };
+    } catch (error) {
+      if (extra.signal.aborted && upstream.state === 'ready') {
+        await upstream
+          .request(
+            { method: 'tasks/cancel', params: { taskId: upstreamTaskId } },
+            { timeoutMs: RELAY_GET_TIMEOUT_MS },
+          )
+          .catch(() => undefined);
+      }
+      throw error;
     }
   }
 
@@ -603,8 +757,32 @@ export class ToolGateway implements SessionHost {
         },
         () => {
           task?.working();
+          // A task restored with an upstream task behind it never calls the tool again.
+          if (
+            task !== undefined &&
+            route !== undefined &&
+            (task.upstreamTask !== undefined || passesThrough(route))
+          ) {
+            return this.#forwardAsTask(
+              session,
+              route.upstream,
+              route.upstreamName,
+              rawArgs,
+              extra,
+              task,
+            );
+          }
           return fabricTool
-            ? fabricTool.call(this.#backend, { agentId, args, signal: extra.signal })
+            ? fabricTool.call(this.#backend, {
+                agentId,
+                poolId: identity.poolId,
+                args,
+                signal: extra.signal,
+                task:
+                  task === undefined
+                    ? undefined
+                    : { fabricTaskId: task.fabricTaskId, scheduled: task.scheduled },
+              })
             : this.#upstreamRequest(
                 session,
                 route!.upstream,
@@ -1051,6 +1229,17 @@ export class ToolGateway implements SessionHost {
       this.#routes.log(upstream, logged, this.#sessions);
       return;
     }
+    if (n.method === 'notifications/tasks/status') {
+      // An upstream task behind one of the gateway's tasks: its owner hears of it under the
+      // gateway's id (see ToolTasks.relayStatus); any other upstream task is nobody's business.
+      const params = (n.params ?? {}) as {
+        taskId?: unknown;
+        status?: unknown;
+        statusMessage?: unknown;
+      };
+      this.#tasks?.relayStatus(upstream.name, params.taskId, params.status, params.statusMessage);
+      return;
+    }
     if (n.method === 'notifications/resources/updated') {
       const uri = String((n.params as { uri?: unknown } | undefined)?.uri);
       this.#subscribers.notify(uri, n);
@@ -1103,6 +1292,20 @@ function openAuditLog(options: AuditLogOptions): AuditLog {
     if (error instanceof FabricError) throw error;
     throw new ConfigError('audit.path', `cannot be opened: ${messageOf(error)}`, { cause: error });
   }
+}
+
+/** Bound on the gateway's own `tasks/get` / `tasks/cancel` to an upstream for a relayed task. */
+const RELAY_GET_TIMEOUT_MS = 10_000;
+
+/** The upstream is a task receiver for `tools/call`. */
+function upstreamTakesTasks(upstream: Upstream): boolean {
+  return upstream.capabilities.tasks?.requests?.tools?.call !== undefined;
+}
+
+/** A task-augmented call of this tool is passed through to its upstream's own task. */
+function passesThrough(route: Route<Tool>): boolean {
+  const support = route.item.execution?.taskSupport;
+  return upstreamTakesTasks(route.upstream) && (support === 'optional' || support === 'required');
 }
 
 function sameKeys(a: ReadonlyMap<string, unknown>, b: ReadonlyMap<string, unknown>): boolean {

@@ -9,10 +9,6 @@ import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/proto
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import {
   CallToolRequestSchema,
-  CancelTaskRequestSchema,
-  GetTaskPayloadRequestSchema,
-  GetTaskRequestSchema,
-  ListTasksRequestSchema,
   CompleteRequestSchema,
   ErrorCode,
   McpError,
@@ -38,6 +34,7 @@ import {
   type ServerRequest,
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
+import { z } from 'zod';
 import type { AgentIdentity } from './backend.js';
 import { FastToolCalls, type CancelHook } from './fast-path.js';
 import type { ListHints } from './list-hints.js';
@@ -78,6 +75,13 @@ export interface SessionHost {
 }
 
 let nextSessionNumber = 0;
+
+const TASK_METHODS = ['tasks/get', 'tasks/result', 'tasks/list', 'tasks/cancel'] as const;
+
+/** A request schema for `method` that takes any params object. */
+function looseRequest<M extends string>(method: M) {
+  return z.object({ method: z.literal(method), params: z.looseObject({}).optional() });
+}
 
 /** MCP log levels, most verbose first. */
 export const LOG_LEVELS: readonly LoggingLevel[] = [
@@ -128,10 +132,9 @@ export class GatewaySession {
     if (capabilities.tasks) {
       const task = (req: Request, extra: DownstreamExtra): Promise<Result> =>
         host.taskRequest(this, req, extra);
-      s.setRequestHandler(GetTaskRequestSchema, task);
-      s.setRequestHandler(GetTaskPayloadRequestSchema, task);
-      s.setRequestHandler(ListTasksRequestSchema, task);
-      s.setRequestHandler(CancelTaskRequestSchema, task);
+      // Params are checked by the host: a malformed `taskId` gets the not-found answer every
+      // unknown id gets (InvalidParams), not the SDK's schema dump as an InternalError.
+      for (const method of TASK_METHODS) s.setRequestHandler(looseRequest(method), task);
     }
     if (capabilities.prompts) {
       s.setRequestHandler(ListPromptsRequestSchema, (req, extra) => host.forward(this, req, extra));

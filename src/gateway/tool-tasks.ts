@@ -13,7 +13,16 @@
  * approval when the process ended resumes (see {@link ToolTasks.resume}) — its call asks the
  * policy again and, when that still requires the same approval, waits for (or takes) that
  * approval's decision instead of asking for a new one; a task whose call had already been
- * forwarded is restored as `failed` (whether the tool ran is unknown).
+ * forwarded is restored as `failed` (whether the tool ran is unknown) — unless it was passed
+ * through to an upstream's own task: its record keeps the upstream task's id, and the resumed
+ * call fetches that task's result instead of calling the tool again. Likewise a task that
+ * scheduled fabric work (`fabric__schedule_task`) keeps the fabric task's id and, resumed, waits
+ * for that fabric task instead of scheduling again.
+ *
+ * Pass-through: when the upstream itself is a task receiver for the tool, the call's run forwards
+ * the task-augmented call and reports the upstream's task id ({@link ToolTaskRun.relayed}); the
+ * agent only ever sees the gateway's `tt_` id, and the upstream's status changes
+ * ({@link ToolTasks.relayStatus}) show through it.
  *
  * @module
  */
@@ -123,7 +132,17 @@ export interface ToolTaskRecord {
   readonly result?: Result;
   /** A finished call's JSON-RPC error: what `tasks/result` answers instead of a result. */
   readonly error?: { readonly code: number; readonly message: string; readonly data?: unknown };
+  /**
+   * The upstream task the call was passed through to (upstream name, the upstream's task id):
+   * never shown to the agent.
+   */
+  readonly upstream?: { readonly name: string; readonly taskId: string };
+  /** The fabric task the call scheduled (`fabric__schedule_task`). */
+  readonly fabricTaskId?: string;
 }
+
+/** Longest upstream task id the gateway keeps (a longer one is refused as malformed). */
+export const MAX_UPSTREAM_TASK_ID = 512;
 
 /** What a running task's call reports (the gateway calls these from the pipeline). */
 export interface ToolTaskRun {
@@ -131,10 +150,26 @@ export interface ToolTaskRun {
   readonly signal: AbortSignal;
   /** The approval this call asked for before a restart (when it resumes), to wait for again. */
   readonly approvalId?: string | undefined;
+  /** The task's lifetime as granted, ms (a pass-through asks the upstream for the same). */
+  readonly ttl: number;
+  /** The upstream task this call was passed through to before a restart (when it resumes). */
+  readonly upstreamTask?: { readonly name: string; readonly taskId: string } | undefined;
+  /** The fabric task this call scheduled before a restart (when it resumes). */
+  readonly fabricTaskId?: string | undefined;
   /** The call waits for a human approval. */
   waiting(approval: { id: string; policy: string | null; rule: number | null }): void;
   /** The call was authorized and is being forwarded. */
   working(): void;
+  /** The call was passed through to the upstream `name`, which made its task `taskId`. */
+  relayed(name: string, taskId: string): void;
+  /** The call scheduled the fabric task `id`, now `status`. */
+  scheduled(id: string, status: string): void;
+}
+
+/** What {@link ToolTasks} reports to its owner. */
+export interface ToolTaskEvents {
+  /** A task's status or status message changed (not called for its creation). */
+  onStatus?: (agentId: string, task: Task) => void;
 }
 
 const TERMINAL: ReadonlySet<TaskStatus> = new Set(['completed', 'failed', 'cancelled']);
@@ -163,6 +198,9 @@ export class ToolTasks {
   readonly #waiters = new Map<string, Set<() => void>>();
   /** Task ids per agent, oldest first (rebuilt from the store). */
   readonly #byAgent = new Map<string, Set<string>>();
+  /** Gateway task id by upstream task (see {@link upstreamKey}). */
+  readonly #byUpstream = new Map<string, string>();
+  readonly #events: ToolTaskEvents;
   readonly #sweep: NodeJS.Timeout;
   /** Tasks restored waiting for an approval, until {@link resume} runs them. */
   #resumable: ToolTaskRecord[] = [];
@@ -175,9 +213,11 @@ export class ToolTasks {
   constructor(
     options: ToolTasksOptions = {},
     store: Collection<ToolTaskRecord> = new MemoryCollection<ToolTaskRecord>(),
+    events: ToolTaskEvents = {},
   ) {
     this.#options = parseToolTasksOptions(options);
     this.#store = store;
+    this.#events = events;
     this.#restore();
     this.#sweep = setInterval(() => this.#expireAll(), SWEEP_INTERVAL_MS);
     this.#sweep.unref();
@@ -200,7 +240,11 @@ export class ToolTasks {
       }
       this.#index(r);
       if (isTerminalStatus(r.status)) continue;
-      if (r.status === 'input_required' && r.approvalId !== undefined) {
+      if (
+        (r.status === 'input_required' && r.approvalId !== undefined) ||
+        r.upstream !== undefined ||
+        r.fabricTaskId !== undefined
+      ) {
         this.#resumable.push(r);
         continue;
       }
@@ -218,9 +262,10 @@ export class ToolTasks {
   }
 
   /**
-   * Runs again the calls of the tasks restored waiting for an approval (the gateway calls it
-   * once its tools are known). `run` gets the record (tool, arguments, owner) and the handle,
-   * whose `approvalId` names the approval to wait for again.
+   * Runs again the calls of the tasks restored waiting for an approval or passed through to an
+   * upstream task (the gateway calls it once its tools are known). `run` gets the record (tool,
+   * arguments, owner) and the handle, whose `approvalId` names the approval to wait for again and
+   * `upstreamTask` the upstream task to fetch the result of.
    */
   resume(run: (record: ToolTaskRecord, task: ToolTaskRun) => Promise<Result>): void {
     const records = this.#resumable;
@@ -280,6 +325,9 @@ export class ToolTasks {
     const handle: ToolTaskRun = {
       signal: controller.signal,
       approvalId: record.approvalId,
+      ttl: record.ttl,
+      upstreamTask: record.upstream,
+      fabricTaskId: record.fabricTaskId,
       waiting: (approval) => {
         const rule = approval.rule === null ? '' : `#${approval.rule}`;
         const policy = approval.policy === null ? '' : ` (policy ${approval.policy}${rule})`;
@@ -290,6 +338,17 @@ export class ToolTasks {
         });
       },
       working: () => this.#update(id, { status: 'working', statusMessage: 'running' }),
+      relayed: (name, taskId) => {
+        const upstream = { name, taskId };
+        if (this.#update(id, { upstream }) !== undefined) {
+          this.#byUpstream.set(upstreamKey(upstream), id);
+        }
+      },
+      scheduled: (fabricTaskId, status) =>
+        this.#update(id, {
+          fabricTaskId,
+          statusMessage: fabricStatusMessage(fabricTaskId, status),
+        }),
     };
     // The task's answer goes out first; the call starts on the next turn.
     queueMicrotask(() => {
@@ -307,6 +366,51 @@ export class ToolTasks {
    */
   get(agentId: string, taskId: unknown): Task {
     return this.#toTask(this.#own(agentId, taskId));
+  }
+
+  /**
+   * What `agentId`'s running task `taskId` waits on, if anything: the upstream task it was
+   * passed through to, or the fabric task it scheduled (the gateway asks either for its status
+   * on `tasks/get`). Nothing for a finished task.
+   * @throws McpError InvalidParams (`FABRIC_ERR_TASK_NOT_FOUND`) as {@link get}.
+   */
+  linkOf(
+    agentId: string,
+    taskId: unknown,
+  ): Pick<ToolTaskRecord, 'taskId' | 'upstream' | 'fabricTaskId'> | undefined {
+    const record = this.#own(agentId, taskId);
+    return isTerminalStatus(record.status) ? undefined : record;
+  }
+
+  /** The fabric task behind the running task `taskId` is now `status`: its status message. */
+  relayFabricStatus(taskId: string, status: string): void {
+    const record = this.#live(taskId);
+    if (record?.fabricTaskId === undefined || isTerminalStatus(record.status)) return;
+    const statusMessage = fabricStatusMessage(record.fabricTaskId, status);
+    if (record.statusMessage !== statusMessage) this.#update(taskId, { statusMessage });
+  }
+
+  /**
+   * An upstream's word on its task (a `notifications/tasks/status`, or its `tasks/get` answer):
+   * a running pass-through task takes the upstream's `working` / `input_required` and status
+   * message. A terminal status is not taken from here — the task ends when its call gets the
+   * upstream's result. Unknown upstream tasks are ignored.
+   */
+  relayStatus(upstream: string, upstreamTaskId: unknown, status: unknown, message: unknown): void {
+    if (typeof upstreamTaskId !== 'string') return;
+    const id = this.#byUpstream.get(upstreamKey({ name: upstream, taskId: upstreamTaskId }));
+    const record = id === undefined ? undefined : this.#live(id);
+    if (record === undefined || isTerminalStatus(record.status)) return;
+    if (status !== 'working' && status !== 'input_required') return;
+    const statusMessage =
+      typeof message === 'string' ? message.slice(0, STATUS_MESSAGE_MAX) : undefined;
+    if (record.status === status && record.statusMessage === statusMessage) return;
+    this.#update(record.taskId, {
+      status,
+      ...(statusMessage === undefined
+        ? { statusMessage: `upstream task ${status}` }
+        : { statusMessage }),
+    });
   }
 
   /**
@@ -418,6 +522,9 @@ export class ToolTasks {
     this.#put(next);
     const waiters = this.#waiters.get(id);
     if (waiters !== undefined) for (const wake of [...waiters]) wake();
+    if (next.status !== record.status || next.statusMessage !== record.statusMessage) {
+      this.#events.onStatus?.(next.agentId, this.#toTask(next));
+    }
     return next;
   }
 
@@ -429,6 +536,7 @@ export class ToolTasks {
     let ids = this.#byAgent.get(record.agentId);
     if (ids === undefined) this.#byAgent.set(record.agentId, (ids = new Set()));
     ids.add(record.taskId);
+    if (record.upstream) this.#byUpstream.set(upstreamKey(record.upstream), record.taskId);
   }
 
   /** The record if it is `agentId`'s and alive; else the not-found error every stranger gets. */
@@ -454,6 +562,7 @@ export class ToolTasks {
     this.#running.get(record.taskId)?.abort(new Error('the task expired'));
     this.#running.delete(record.taskId);
     this.#store.delete(record.taskId);
+    if (record.upstream) this.#byUpstream.delete(upstreamKey(record.upstream));
     const ids = this.#byAgent.get(record.agentId);
     ids?.delete(record.taskId);
     if (ids?.size === 0) this.#byAgent.delete(record.agentId);
@@ -517,6 +626,16 @@ export class ToolTasks {
       ...(r.statusMessage === undefined ? {} : { statusMessage: r.statusMessage }),
     };
   }
+}
+
+/** What `tasks/get` says of a task waiting on fabric task `id`. */
+function fabricStatusMessage(id: string, status: string): string {
+  return `fabric task ${id} is ${status}`;
+}
+
+/** The key of an upstream task in {@link ToolTasks}'s index. */
+function upstreamKey(upstream: { name: string; taskId: string }): string {
+  return `${upstream.name}\u0000${upstream.taskId}`;
 }
 
 function firstText(result: Result): string {

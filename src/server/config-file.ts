@@ -283,6 +283,8 @@ export const sidecarConfigSchema = z
       .object({
         hideDeniedTools: z.boolean().default(true),
         fabricTools: z.boolean().default(true),
+        /** Serve `fabric__schedule_task`: agents queue work to their own pool. */
+        poolScheduling: z.boolean().default(false),
         shutdownGraceSeconds: z.number().min(0).default(5),
         /** Input bounds of every call (see gateway/input-bounds.ts); unset: the defaults. */
         maxArgumentDepth: z.number().int().min(1).max(MAX_ARGUMENT_DEPTH_LIMIT).optional(),
@@ -315,6 +317,7 @@ export const sidecarConfigSchema = z
       .default({
         hideDeniedTools: true,
         fabricTools: true,
+        poolScheduling: false,
         shutdownGraceSeconds: 5,
         budgetWaitSeconds: 5,
       }),

@@ -20,7 +20,7 @@ import type {
   ToolVisibilityContext,
 } from '../gateway/backend.js';
 import type { EndedTask } from '../scheduler/remote-executor.js';
-import type { TaskAssignment } from '../task.js';
+import type { Task, TaskAssignment } from '../task.js';
 import type { AdminApi } from './http-server.js';
 
 /** GatewayBackend + AdminBackend + the admin check over an AgentFabric. */
@@ -112,6 +112,30 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
 
   recordUsage(agentId: string, usage: ToolUsage): Promise<void> {
     return this.#fabric.recordUsage(agentId, usage);
+  }
+
+  scheduleToOwnPool(
+    agentId: string,
+    poolId: string,
+    request: { taskType: string; payload?: unknown; timeoutSeconds?: number },
+  ): Promise<Task> {
+    const { taskType, payload, timeoutSeconds } = request;
+    return this.#fabric.scheduleToPool(poolId, taskType, payload, {
+      tenant: `agent:${agentId}`,
+      ...(timeoutSeconds === undefined ? {} : { timeoutSeconds }),
+    });
+  }
+
+  waitForFabricTask(taskId: string, signal: AbortSignal): Promise<Task> {
+    return this.#fabric.waitForTask(taskId, { signal });
+  }
+
+  fabricTask(taskId: string): Promise<Task> {
+    return this.#fabric.getTask(taskId);
+  }
+
+  cancelFabricTask(taskId: string, reason: string): Promise<unknown> {
+    return this.#fabric.cancelTask(taskId, reason);
   }
 
   async hookFor(agentId: string): Promise<unknown> {

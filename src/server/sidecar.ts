@@ -311,6 +311,7 @@ export class Sidecar {
         audit: config.audit,
         hideDeniedTools: config.gateway.hideDeniedTools,
         fabricTools: config.gateway.fabricTools,
+        poolScheduling: config.gateway.poolScheduling,
         // The fabric's approval TTL ends the wait of its own calls (refused as expired); an
         // injected backend gets the bound passed along.
         ...(fabric === undefined

@@ -6,7 +6,12 @@
  * - a task parked on an approval survives the kill as `input_required` with the same approval;
  *   approving it after the restart runs the call, whose result survives the next kill;
  * - a restored task decided before its agent reconnects runs without it;
- * - the records are in the state file (kind `tool_task`), owned by the agent that made them.
+ * - the records are in the state file (kind `tool_task`), owned by the agent that made them;
+ * - a task passed through to an HTTP upstream's own task keeps the upstream task's id on disk:
+ *   after the kill the restarted sidecar fetches that task's result instead of calling the tool
+ *   again;
+ * - a task that scheduled fabric work (`fabric__schedule_task`) keeps the fabric task's id on
+ *   disk: after the kill it waits for that same fabric task, which is then claimed and completed.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,12 +20,20 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import {
   CallToolResultSchema,
   CreateTaskResultSchema,
+  type CallToolResult,
   type CreateTaskResult,
 } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { ToolTaskRecord } from '../../src/gateway/tool-tasks.js';
 import { callApi, listApprovals, type ApiApproval } from '../fixtures/api.js';
-import { EVERYTHING_BIN, tempDir, text, until } from '../fixtures/gateway/harness.js';
+import { fileURLToPath } from 'node:url';
+import {
+  EVERYTHING_BIN,
+  startHttpUpstream,
+  tempDir,
+  text,
+  until,
+} from '../fixtures/gateway/harness.js';
 import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
@@ -55,6 +68,27 @@ function writeConfig(dir: string, port: number): void {
       agents: [{ name: 'worker' }],
     }),
   );
+}
+
+/**
+ * A temp folder with a config allowing every tool (on a free port, with the test admin token)
+ * plus `config`; its state file's path.
+ */
+async function allowAllConfig(
+  prefix: string,
+  config: Record<string, unknown>,
+): Promise<{ dir: string; statePath: string }> {
+  const dir = tempDir(prefix);
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port: await freePort() },
+      adminToken: ADMIN,
+      policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
+      ...config,
+    }),
+  );
+  return { dir, statePath: join(dir, '.fabric', 'state.db') };
 }
 
 type Approval = ApiApproval & { params: { message?: string }; orphaned?: boolean };
@@ -160,5 +194,124 @@ describe('agent-fabric serve: MCP tasks over a state file', () => {
     expect(text(kept)).toBe('Echo: approve after restart');
     expect(await pending(third)).toEqual([]);
     await stop(third, 'SIGTERM');
+  }, 120_000);
+
+  it('re-attaches a passed-through task to its upstream task after SIGKILL', async () => {
+    const upstream = await startHttpUpstream(
+      [fileURLToPath(new URL('../fixtures/gateway/task-server.mjs', import.meta.url)), 'http'],
+      '/mcp',
+    );
+    try {
+      const { dir, statePath } = await allowAllConfig('cli-tasks-pass', {
+        upstreams: { tk: { url: upstream.url } },
+        agents: [{ name: 'worker' }],
+      });
+      const upstreamTasks = async (c: Client): Promise<Array<{ taskId: string; status: string }>> =>
+        (
+          JSON.parse(text(await c.callTool({ name: 'tk__upstream_tasks', arguments: {} }))) as {
+            tasks: Array<{ taskId: string; status: string }>;
+          }
+        ).tasks;
+
+      const first = await serve(dir);
+      let client = await connect(first.url, first.token);
+      const { task } = await client.request(
+        {
+          method: 'tools/call',
+          params: { name: 'tk__slow_echo', arguments: { message: 'across', hold: true }, task: {} },
+        },
+        CreateTaskResultSchema,
+      );
+      await until(
+        async () => (await upstreamTasks(client))[0]?.status === 'input_required',
+        30_000,
+      );
+      const [held] = await upstreamTasks(client);
+      await until(() => onDisk(statePath, task.taskId)?.upstream !== undefined, 30_000);
+      expect(onDisk(statePath, task.taskId)?.upstream).toEqual({
+        name: 'tk',
+        taskId: held!.taskId,
+      });
+      await stop(first, 'SIGKILL');
+
+      const second = await serve(dir);
+      client = await connect(second.url, first.token);
+      // Not failed: tasks/get shows the upstream task's status again.
+      await until(
+        async () =>
+          (await client.experimental.tasks.getTask(task.taskId)).status === 'input_required',
+        30_000,
+      );
+      await client.callTool({ name: 'tk__release', arguments: { message: 'across' } });
+      const result = await client.experimental.tasks.getTaskResult(
+        task.taskId,
+        CallToolResultSchema,
+      );
+      expect(text(result)).toBe('Echo: across');
+      // The tool ran once: the upstream holds that one task, completed.
+      expect(await upstreamTasks(client)).toEqual([{ taskId: held!.taskId, status: 'completed' }]);
+      await until(() => onDisk(statePath, task.taskId)?.status === 'completed', 30_000);
+      await stop(second, 'SIGTERM');
+    } finally {
+      await upstream.close();
+    }
+  }, 120_000);
+
+  it('a task that scheduled fabric work waits for the same fabric task after SIGKILL', async () => {
+    const { dir, statePath } = await allowAllConfig('cli-tasks-fabric', {
+      pools: [{ id: 'crew' }],
+      agents: [{ name: 'lead', poolId: 'crew' }],
+      gateway: { poolScheduling: true },
+    });
+    const first = await serve(dir);
+    let client = await connect(first.url, first.token);
+    const { task } = await client.request(
+      {
+        method: 'tools/call',
+        params: {
+          name: 'fabric__schedule_task',
+          arguments: { taskType: 'review', payload: 'kept' },
+          task: {},
+        },
+      },
+      CreateTaskResultSchema,
+    );
+    await until(() => onDisk(statePath, task.taskId)?.fabricTaskId !== undefined, 30_000);
+    const fabricTaskId = onDisk(statePath, task.taskId)!.fabricTaskId!;
+    await stop(first, 'SIGKILL');
+
+    const second = await serve(dir);
+    client = await connect(second.url, first.token);
+    const waiting = await client.experimental.tasks.getTask(task.taskId);
+    expect(waiting).toMatchObject({
+      status: 'working',
+      statusMessage: `fabric task ${fabricTaskId} is PENDING`,
+    });
+    // The same fabric task (scheduled once) is the one there is to claim.
+    const claimed = await client.callTool({
+      name: 'fabric__claim_task',
+      arguments: { waitSeconds: 10 },
+    });
+    const work = (claimed as CallToolResult).structuredContent?.result as {
+      taskId: string;
+      attempt: number;
+    };
+    expect(work.taskId).toBe(fabricTaskId);
+    await client.callTool({
+      name: 'fabric__complete_task',
+      arguments: { taskId: work.taskId, attempt: work.attempt, result: 'done after restart' },
+    });
+    const result = await client.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    expect(result.structuredContent?.result).toMatchObject({
+      taskId: fabricTaskId,
+      status: 'COMPLETED',
+      result: 'done after restart',
+    });
+    const none = await client.callTool({
+      name: 'fabric__claim_task',
+      arguments: { waitSeconds: 0 },
+    });
+    expect((none as CallToolResult).structuredContent?.result).toBeNull();
+    await stop(second, 'SIGTERM');
   }, 120_000);
 });

@@ -15,13 +15,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import {
-  CallToolResultSchema,
-  CreateTaskResultSchema,
-  ErrorCode,
-  McpError,
-  type CreateTaskResult,
-} from '@modelcontextprotocol/sdk/types.js';
+import { CallToolResultSchema, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { listApprovals, type ApiApproval } from '../fixtures/api.js';
@@ -39,6 +33,7 @@ import {
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import { callAsTask, rpcError } from '../fixtures/gateway/tasks.js';
 
 const POLICY = {
   name: 'approvals',
@@ -53,36 +48,10 @@ const POLICY = {
   ],
 };
 
-/** Sends `tools/call` with `task`, as a task-aware client does; resolves with the handle. */
-function callAsTask(
-  client: Client,
-  name: string,
-  args: Record<string, unknown>,
-  ttl?: number,
-): Promise<CreateTaskResult> {
-  return client.request(
-    {
-      method: 'tools/call',
-      params: { name, arguments: args, task: ttl === undefined ? {} : { ttl } },
-    },
-    CreateTaskResultSchema,
-  );
-}
-
 type Approval = ApiApproval & { params: { message?: string }; orphaned?: boolean };
 
 async function pending(sidecar: Sidecar): Promise<Approval[]> {
   return (await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending')) as Approval[];
-}
-
-/** The JSON-RPC error `promise` rejects with. */
-async function rpcError(promise: Promise<unknown>): Promise<McpError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(McpError);
-  return error as McpError;
 }
 
 describe('gateway as the receiver of task-augmented tool calls', () => {

@@ -1,6 +1,7 @@
 /**
  * The gateway's task store on its own (fake timers): ttl bound and expiry, ownership, restore
- * from a store, and the approval hand-back a restored task relies on.
+ * from a store, the approval hand-back a restored task relies on, and the status an upstream
+ * reports for a passed-through task.
  */
 import { ErrorCode, McpError, type Result } from '@modelcontextprotocol/sdk/types.js';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
@@ -125,6 +126,70 @@ describe('ToolTasks', () => {
     expect(tasks.get('a', 'tt_park').status).toBe('completed');
     const result = await tasks.result('a', 'tt_done', new AbortController().signal);
     expect(result._meta).toEqual({ 'io.modelcontextprotocol/related-task': { taskId: 'tt_done' } });
+  });
+
+  it("takes only the mapped upstream's non-terminal status, and tells the owner", async () => {
+    const told: Array<[string, string, string | undefined]> = [];
+    tasks = new ToolTasks({}, undefined, {
+      onStatus: (agentId, task) => told.push([agentId, task.status, task.statusMessage]),
+    });
+    let run: ToolTaskRun | undefined;
+    const { task } = tasks.create({ agentId: 'a' }, 't', {}, (r) => {
+      run = r;
+      return never(r);
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    run!.relayed('up', 'u-1');
+    expect(tasks.linkOf('a', task.taskId)?.upstream).toEqual({ name: 'up', taskId: 'u-1' });
+    expect(code(() => tasks.linkOf('b', task.taskId))).toBe(ErrorCode.InvalidParams);
+    // Another upstream's task of the same id, an unknown id, a bad status: nothing changes.
+    tasks.relayStatus('other', 'u-1', 'input_required', 'x');
+    tasks.relayStatus('up', 'u-2', 'input_required', 'x');
+    tasks.relayStatus('up', { id: 'u-1' }, 'input_required', 'x');
+    tasks.relayStatus('up', 'u-1', 'bogus', 'x');
+    // A terminal status does not end the task: its call's result does.
+    tasks.relayStatus('up', 'u-1', 'completed', 'done');
+    expect(tasks.get('a', task.taskId).status).toBe('working');
+    expect(told).toEqual([]);
+    tasks.relayStatus('up', 'u-1', 'input_required', 'm'.repeat(10_000));
+    const parked = tasks.get('a', task.taskId);
+    expect(parked.status).toBe('input_required');
+    expect(parked.statusMessage).toHaveLength(500);
+    expect(told).toEqual([['a', 'input_required', 'm'.repeat(500)]]);
+  });
+
+  it('restores a passed-through task for resuming, with its upstream task', () => {
+    const store = new MemoryCollection<ToolTaskRecord>();
+    const now = Date.now();
+    const base = {
+      agentId: 'a',
+      tool: 't',
+      status: 'working' as const,
+      createdAt: now,
+      updatedAt: now,
+    };
+    store.put('tt_1', {
+      ...base,
+      taskId: 'tt_1',
+      ttl: 60_000,
+      upstream: { name: 'up', taskId: 'u' },
+    });
+    store.put('tt_2', { ...base, taskId: 'tt_2', ttl: 60_000, fabricTaskId: 'f-1' });
+    store.put('tt_3', { ...base, taskId: 'tt_3', ttl: 60_000 });
+    tasks = new ToolTasks({}, store);
+    expect(tasks.get('a', 'tt_3').status).toBe('failed');
+    const resumed: Array<Pick<ToolTaskRun, 'upstreamTask' | 'fabricTaskId'>> = [];
+    tasks.resume(async (_record, run) => {
+      resumed.push({ upstreamTask: run.upstreamTask, fabricTaskId: run.fabricTaskId });
+      return never(run);
+    });
+    return vi.advanceTimersByTimeAsync(0).then(() => {
+      expect(resumed).toEqual([
+        { upstreamTask: { name: 'up', taskId: 'u' }, fabricTaskId: undefined },
+        { upstreamTask: undefined, fabricTaskId: 'f-1' },
+      ]);
+      expect(tasks.get('a', 'tt_1').status).toBe('working');
+    });
   });
 });
 
