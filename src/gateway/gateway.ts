@@ -425,11 +425,13 @@ export class ToolGateway implements SessionHost {
   /**
    * With gateway tasks on, every tool carries `execution.taskSupport`: `"optional"` (the gateway
    * is the receiver, or passes the task through to an upstream that takes it optionally), or
-   * `"required"` where the upstream itself requires a task.
+   * `"required"` where the upstream itself requires a task. With tasks off, an upstream's own
+   * `taskSupport` is removed: this gateway advertises no `tasks` capability and would not
+   * forward the `task` field, so a client must not be told it can send one.
    */
   listTools(session: GatewaySession): Tool[] {
     const tools = this.listToolsFor(session.identity);
-    if (this.#tasks === undefined) return tools;
+    if (this.#tasks === undefined) return tools.map(withoutTaskSupport);
     return tools.map((tool) => {
       const route = this.#catalog.tools.get(tool.name);
       const taskSupport =
@@ -1296,6 +1298,14 @@ function openAuditLog(options: AuditLogOptions): AuditLog {
 
 /** Bound on the gateway's own `tasks/get` / `tasks/cancel` to an upstream for a relayed task. */
 const RELAY_GET_TIMEOUT_MS = 10_000;
+
+/** A tool as listed with tasks off: its `execution.taskSupport`, if any, dropped. */
+function withoutTaskSupport(tool: Tool): Tool {
+  if (tool.execution?.taskSupport === undefined) return tool;
+  const { execution, ...rest } = tool;
+  const { taskSupport: _dropped, ...others } = execution;
+  return Object.keys(others).length === 0 ? rest : { ...rest, execution: others };
+}
 
 /** The upstream is a task receiver for `tools/call`. */
 function upstreamTakesTasks(upstream: Upstream): boolean {

@@ -301,4 +301,25 @@ describe('a client that does not use tasks', () => {
     expect(withTasks[2]).toEqual([]);
     expect(withTasks).toEqual(await answers(off));
   });
+
+  it('is told of no task support by a gateway with tasks off, even for tools whose upstream takes tasks', async () => {
+    const listed = async (sidecar: Sidecar) => {
+      const client = await httpClient(sidecar.url!, agentToken(sidecar, 'plain'));
+      try {
+        return {
+          capabilities: client.getServerCapabilities(),
+          tools: (await client.listTools()).tools,
+        };
+      } finally {
+        await client.close();
+      }
+    };
+    const withTasks = await listed(on);
+    const slowOn = withTasks.tools.find((t) => t.name === 'tk__slow_echo');
+    expect(slowOn?.execution?.taskSupport).toBe('optional');
+    const withoutTasks = await listed(off);
+    expect(withoutTasks.capabilities?.tasks).toBeUndefined();
+    expect(withoutTasks.tools.map((t) => t.name)).toEqual(withTasks.tools.map((t) => t.name));
+    for (const tool of withoutTasks.tools) expect(tool.execution?.taskSupport).toBeUndefined();
+  });
 });
