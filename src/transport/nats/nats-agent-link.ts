@@ -15,9 +15,20 @@ import { decodeJson, encodeJson, heartbeatProof, reportProof, taskMessageSchema 
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Terminates a message: the work queue drops it, it is never delivered again. Sent without a
+ * reason text: nats-server before 2.10 does not recognise `+TERM <reason>` and would redeliver
+ * the message after AckWait, again and again.
+ */
+export function terminate(m: JsMsg): void {
+  m.term();
+}
+
 /** A signed link of one agent; see the module comment. */
 export class NatsAgentLink {
   readonly #key: string;
+  /** When reports on a task taken up by {@link begin} stop waiting for a sidecar that is gone. */
+  readonly #giveUpAt = new WeakMap<TaskMessage, number>();
   #lastTs = 0;
   #closed = false;
 
@@ -56,8 +67,10 @@ export class NatsAgentLink {
   }
 
   /**
-   * Sends a report until the scheduling sidecar answers. `undefined` when nobody listens on the
-   * task's `replyTo` (that sidecar is gone) or the link is closed.
+   * Sends a report until the scheduling sidecar answers. While nobody listens on the task's
+   * `replyTo` (that sidecar is down — it may be restarting on its durable store, which keeps
+   * its name and lease key) it keeps trying until the task's timeout has passed since the
+   * message was taken up; then, or when the link is closed, `undefined`.
    */
   async report(
     task: TaskMessage,
@@ -74,6 +87,7 @@ export class NatsAgentLink {
       ...extra,
     };
     const body = encodeJson(report);
+    const giveUpAt = this.#giveUpAt.get(task) ?? Date.now() + 2_000;
     for (let tries = 0; !this.closed; tries++) {
       try {
         const m = await this.nc.request(task.replyTo, body, { timeout: this.reportTimeoutMs });
@@ -81,7 +95,7 @@ export class NatsAgentLink {
       } catch (err) {
         const gone =
           err instanceof NoRespondersError || (err instanceof RequestError && err.isNoResponders());
-        if (gone && tries >= 3) return undefined;
+        if (gone && Date.now() >= giveUpAt) return undefined;
         await sleep(Math.min(1000, 50 * 2 ** Math.min(tries, 5)));
       }
     }
@@ -89,31 +103,23 @@ export class NatsAgentLink {
   }
 
   /**
-   * Takes a pulled message up: checks it, refuses one delivered more often than its
-   * `maxAttempts` (reported `fail`), reports `start`. Returns the task to run, or `undefined`
-   * when the message was terminated instead (not a task, delivered too often, start refused —
-   * the attempt ended — or its sidecar gone).
+   * Takes a pulled message up: checks it and reports `start` with the message's delivery count
+   * (the sidecar counts a redelivered, already started attempt as lost and answers it stale).
+   * Returns the task to run, or `undefined` when the message was terminated instead (not a task,
+   * start refused — the attempt ended or was lost — or its sidecar gone). The caller keeps the
+   * message alive with in-progress acks meanwhile.
    */
   async begin(m: JsMsg): Promise<TaskMessage | undefined> {
     const parsed = taskMessageSchema.safeParse(decodeJson(m.data));
     if (!parsed.success) {
-      m.term('not a fabric task message');
+      terminate(m); // not a fabric task message
       return undefined;
     }
     const task = parsed.data;
-    if (m.info.deliveryCount > task.maxAttempts) {
-      await this.report(task, 'fail', {
-        error: {
-          code: 'FABRIC_ERR_TASK_EXECUTION',
-          message: `delivered ${m.info.deliveryCount} times (maxAttempts ${task.maxAttempts})`,
-        },
-      });
-      m.term('delivered too often');
-      return undefined;
-    }
-    const start = await this.report(task, 'start');
+    this.#giveUpAt.set(task, Date.now() + task.timeoutSeconds * 1000);
+    const start = await this.report(task, 'start', { delivery: m.info.deliveryCount });
     if (start === undefined || !start.ok) {
-      m.term(start === undefined ? 'owning sidecar gone' : start.code);
+      terminate(m); // the attempt is over, or its sidecar is gone
       return undefined;
     }
     return task;

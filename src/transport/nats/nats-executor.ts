@@ -64,6 +64,8 @@ export interface NatsExecutorHost {
     | {
         attempt: number;
         finished: boolean;
+        /** The current attempt's start was reported (RUNNING). */
+        started: boolean;
         agentId: string | undefined;
         poolId: string | undefined;
         maxAttempts: number;
@@ -79,8 +81,12 @@ export interface NatsExecutorHost {
 export interface NatsExecutorOptions {
   /** Consumers' `AckWait` in ms. */
   ackWaitMs: number;
-  /** Consumers' `MaxDeliver`. */
-  maxDeliver: number;
+  /**
+   * The lease key and, unless `nats.sidecarId` is set, the sidecar id, kept by a durable store
+   * (see `FabricStore.secret`): attempts then outlive this process (`resumable`). Without it
+   * both are random per process.
+   */
+  durable?: { leaseKey: string; sidecarId: string };
 }
 
 /** Counts of what the executor did, for tests and benchmarks. */
@@ -105,8 +111,12 @@ export class NatsExecutor implements TaskExecutor {
     reportsAccepted: 0,
     reportsRejected: 0,
   };
-  readonly #secret = randomBytes(32).toString('base64url');
+  /** True with a durable lease key: see `TaskExecutor.resumable`. */
+  readonly resumable: boolean;
+  readonly #secret: string;
   readonly #options: NatsExecutorOptions;
+  /** Delivery count of the message whose start was accepted, per running attempt. */
+  readonly #deliveries = new Map<string, { attempt: number; delivery: number }>();
   readonly #replyTo: string;
   #host: NatsExecutorHost | undefined;
   #sink: ExecutorSink | undefined;
@@ -126,9 +136,12 @@ export class NatsExecutor implements TaskExecutor {
     this.names = natsNames(nats.namespace);
     this.sidecarId =
       nats.sidecarId ??
+      options.durable?.sidecarId ??
       randomBytes(9)
         .toString('base64url')
         .replace(/[^A-Za-z0-9]/g, 'x');
+    this.#secret = options.durable?.leaseKey ?? randomBytes(32).toString('base64url');
+    this.resumable = options.durable !== undefined;
     this.#replyTo = this.names.results(this.sidecarId);
     this.#options = options;
   }
@@ -189,7 +202,11 @@ export class NatsExecutor implements TaskExecutor {
       if (!this.#closed) for (const a of batch) this.#waiting.push(a);
       return;
     }
-    for (const a of batch) this.#publish(a, 0);
+    // On a microtask queued after the store's commit of these starts (queued when the scheduler
+    // saved them): an assignment leaves only once its attempt is on disk.
+    queueMicrotask(() => {
+      for (const a of batch) this.#publish(a, 0);
+    });
   }
 
   #publish(a: TaskAssignment, tries: number): void {
@@ -232,6 +249,7 @@ export class NatsExecutor implements TaskExecutor {
   }
 
   abort(taskId: string, attempt: number, reason: TaskError): void {
+    this.#deliveries.delete(taskId);
     if (this.#nc === undefined || this.#nc.isClosed()) return;
     const notice: EndedNotice = { taskId, attempt, code: reason.code, message: reason.message };
     this.#nc.publish(this.names.ended(taskId), encodeJson(notice));
@@ -267,7 +285,7 @@ export class NatsExecutor implements TaskExecutor {
         durable_name: name,
         ack_policy: AckPolicy.Explicit,
         ack_wait: nanos(this.#options.ackWaitMs),
-        max_deliver: this.#options.maxDeliver,
+        // No MaxDeliver: the fabric counts attempts itself (see #accept), per task.
         filter_subject: filter,
       })
       .then(
@@ -288,7 +306,9 @@ export class NatsExecutor implements TaskExecutor {
     const answer = this.#accept(reportSchema.safeParse(decodeJson(msg.data)));
     if (answer.ok) this.stats.reportsAccepted++;
     else this.stats.reportsRejected++;
-    if (msg.reply) msg.respond(encodeJson(answer));
+    // Answered on a microtask queued after the store's commit of what the report changed (the
+    // change queued it): a worker acks its message only once the outcome is on disk.
+    if (msg.reply) queueMicrotask(() => msg.respond(encodeJson(answer)));
   }
 
   #accept(parsed: ReturnType<typeof reportSchema.safeParse>): Answer {
@@ -309,22 +329,44 @@ export class NatsExecutor implements TaskExecutor {
       }
       if (t.agentId !== undefined && t.agentId !== r.agentId) return deny;
     }
-    if (t.finished || t.attempt !== r.attempt) {
+    const stale = (): Answer => {
       const e = new TaskStateError(r.taskId, `attempt ${r.attempt} is no longer current`);
       return { ok: false, code: e.code, message: e.message };
-    }
+    };
+    if (t.finished || t.attempt !== r.attempt) return stale();
     const sink = this.#sink!;
     switch (r.kind) {
-      case 'start':
-        sink.started(r.taskId, r.attempt);
+      case 'start': {
+        if (r.delivery === undefined) return deny;
+        const known = this.#deliveries.get(r.taskId);
+        const accepted = known !== undefined && known.attempt === r.attempt ? known.delivery : 1;
+        if (t.started && r.delivery > accepted) {
+          // The message came back after AckWait: the worker that started this attempt stopped
+          // acknowledging it (died, hung, cut off). That attempt is over and counts; the task
+          // is retried as a new attempt (a new message) while it has attempts left, else FAILED.
+          const error = {
+            code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
+            message: `attempt ${r.attempt} was delivered again (delivery ${r.delivery}): its worker stopped acknowledging it`,
+          };
+          this.abort(r.taskId, r.attempt, error);
+          sink.fail(r.taskId, r.attempt, error, { retry: true });
+          return stale();
+        }
+        if (!t.started) {
+          this.#deliveries.set(r.taskId, { attempt: r.attempt, delivery: r.delivery });
+          sink.started(r.taskId, r.attempt);
+        }
         break;
+      }
       case 'progress':
         sink.progress(r.taskId, r.attempt, r.progress);
         break;
       case 'complete':
+        this.#deliveries.delete(r.taskId);
         sink.complete(r.taskId, r.attempt, r.result === undefined ? null : r.result);
         break;
       case 'fail':
+        this.#deliveries.delete(r.taskId);
         sink.fail(
           r.taskId,
           r.attempt,

@@ -34,7 +34,7 @@ import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, ReportKind } from './wire.js';
 import { decodeJson } from './wire.js';
-import { NatsAgentLink } from './nats-agent-link.js';
+import { NatsAgentLink, terminate } from './nats-agent-link.js';
 
 /** Options of {@link NatsWorker.connect}. */
 export interface NatsWorkerOptions {
@@ -231,8 +231,10 @@ export class NatsWorker {
     handlers: Readonly<Record<string, NatsTaskHandler>>,
     ackWaitMs: number,
   ): Promise<void> {
+    const working = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
     const task = await this.#link.begin(m);
     if (task === undefined) {
+      clearInterval(working);
       this.stats.refused++;
       return;
     }
@@ -240,7 +242,6 @@ export class NatsWorker {
     const key = `${task.taskId}:${task.attempt}`;
     const controller = new AbortController();
     this.#running.set(key, controller);
-    const working = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
     try {
       const handler = handlers[task.taskType];
       let outcome: Omit<Partial<Report>, 'kind'>;
@@ -267,14 +268,14 @@ export class NatsWorker {
       // Closed: the worker is gone as far as anyone knows; the message is redelivered.
       if (this.#closed) return;
       if (controller.signal.aborted) {
-        m.term('attempt ended by the fabric');
+        terminate(m); // the fabric ended the attempt
         return;
       }
       const kind: ReportKind = outcome.error === undefined ? 'complete' : 'fail';
       const answer = await this.#link.report(task, kind, outcome);
       if (this.#closed) return; // redelivered after AckWait
       if (answer === undefined) {
-        m.term('owning sidecar gone'); // it re-dispatches the task when it comes back
+        terminate(m); // its sidecar is gone for longer than the task's timeout
         return;
       }
       if (kind === 'complete') this.stats.completed++;

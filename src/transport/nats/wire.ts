@@ -71,6 +71,12 @@ export const reportSchema = z
     error: taskErrorSchema.optional(),
     /** With `fail`: an infrastructure fault, retried while attempts remain. */
     retry: z.boolean().optional(),
+    /**
+     * With `start` (required there): the message's JetStream delivery count. A start of an
+     * attempt already started, with a higher count, means the message came back after AckWait —
+     * its first worker is lost — and the fabric ends that attempt and retries as a new one.
+     */
+    delivery: z.number().int().positive().optional(),
   })
   .strict();
 /** A worker's report on a task. */
