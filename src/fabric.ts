@@ -74,7 +74,7 @@ import { parseNatsOptions } from './transport/nats/nats-options.js';
 import { NatsExecutor } from './transport/nats/nats-executor.js';
 import { HeartbeatListener } from './transport/nats/heartbeat-listener.js';
 import { connectNats } from './transport/nats/nats-connection.js';
-import { TaskStatus, isFinished } from './task.js';
+import { TaskStatus } from './task.js';
 
 const NO_USAGE = Object.freeze({ tokens: 0, cost: 0 });
 
@@ -289,7 +289,8 @@ export class AgentFabric {
             ? undefined
             : {
                 attempt: t.attempt,
-                finished: isFinished(t.status),
+                dispatched:
+                  t.status === TaskStatus.SCHEDULED || t.status === TaskStatus.RUNNING,
                 started: t.status === TaskStatus.RUNNING,
                 // Routed to the agent's own consumer while it runs on the agent it was
                 // addressed to; a task that moved to its pool goes to the pool's consumer.

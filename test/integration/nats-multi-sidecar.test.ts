@@ -108,8 +108,24 @@ describeNats('NATS: two sidecars on one server', () => {
     expect(await report({ kind: 'complete' })).toMatchObject(refused);
     expect((await b.getTask(task.id)).status).toBe(TaskStatus.SCHEDULED);
     expect((await b.getTask(task.id)).result).toBeUndefined();
-    // The victim itself completes it; a second report of the attempt changes nothing.
-    expect(await report(as(victim.id, victim.credential))).toEqual({ ok: true });
+    // Batches: too many reports, or not a list, are refused whole and change nothing.
+    const tooMany = Array.from({ length: 1025 }, () => as(victim.id, victim.credential));
+    expect(await report({ v: 1, reports: tooMany })).toMatchObject(refused);
+    expect(await report({ v: 1, reports: { 0: as(victim.id, victim.credential) } })).toMatchObject(
+      refused,
+    );
+    expect((await b.getTask(task.id)).status).toBe(TaskStatus.SCHEDULED);
+    // In one batch each report is judged alone: the forged one is refused, the victim's own
+    // completion is accepted; a second report of the attempt changes nothing.
+    expect(
+      await report({
+        v: 1,
+        reports: [
+          { ...as(intruder.id, intruder.credential), result: 'forged-in-batch' },
+          as(victim.id, victim.credential),
+        ],
+      }),
+    ).toMatchObject({ answers: [refused, { ok: true }] });
     const done = await b.waitForTask(task.id, { timeoutSeconds: 5 });
     expect(done).toMatchObject({ status: TaskStatus.COMPLETED, result: 'forged' });
     expect(await report({ ...as(victim.id, victim.credential), result: 'again' })).toMatchObject({

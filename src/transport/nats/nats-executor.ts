@@ -46,10 +46,21 @@ import {
   attemptLease,
   decodeJson,
   encodeJson,
+  reportBatchSchema,
   reportProof,
   reportSchema,
   sameProof,
 } from './wire.js';
+
+const denied = new UnauthenticatedError('report without a valid lease or agent proof');
+/** The answer to a report that is not authentic (made once: it is the same every time). */
+const DENY: Answer = Object.freeze({ ok: false, code: denied.code, message: denied.message });
+const OK: Answer = Object.freeze({ ok: true });
+
+/** True for a batch of reports (`{ v: 1, reports: [...] }`) rather than one report. */
+function isBatch(data: unknown): boolean {
+  return typeof data === 'object' && data !== null && 'reports' in data;
+}
 
 /** Executor name of {@link NatsExecutor}. */
 export const NATS_EXECUTOR = 'nats';
@@ -63,7 +74,8 @@ export interface NatsExecutorHost {
   task(taskId: string):
     | {
         attempt: number;
-        finished: boolean;
+        /** The current attempt is held by an agent (SCHEDULED or RUNNING). */
+        dispatched: boolean;
         /** The current attempt's start was reported (RUNNING). */
         started: boolean;
         agentId: string | undefined;
@@ -115,8 +127,8 @@ export class NatsExecutor implements TaskExecutor {
   readonly resumable: boolean;
   readonly #secret: string;
   readonly #options: NatsExecutorOptions;
-  /** Delivery count of the message whose start was accepted, per running attempt. */
-  readonly #deliveries = new Map<string, { attempt: number; delivery: number }>();
+  /** The take-up whose start was accepted, per running attempt (see `Report.take`). */
+  readonly #takes = new Map<string, { attempt: number; take: string }>();
   readonly #replyTo: string;
   #host: NatsExecutorHost | undefined;
   #sink: ExecutorSink | undefined;
@@ -211,7 +223,7 @@ export class NatsExecutor implements TaskExecutor {
 
   #publish(a: TaskAssignment, tries: number): void {
     const t = this.#host?.task(a.taskId);
-    if (this.#closed || t === undefined || t.finished || t.attempt !== a.attempt) return;
+    if (this.#closed || t === undefined || !t.dispatched || t.attempt !== a.attempt) return;
     const pool = t.agentId === undefined ? t.poolId : undefined;
     const subject =
       pool === undefined ? this.names.agentTasks(a.agentId) : this.names.poolTasks(pool);
@@ -249,7 +261,7 @@ export class NatsExecutor implements TaskExecutor {
   }
 
   abort(taskId: string, attempt: number, reason: TaskError): void {
-    this.#deliveries.delete(taskId);
+    this.#takes.delete(taskId);
     if (this.#nc === undefined || this.#nc.isClosed()) return;
     const notice: EndedNotice = { taskId, attempt, code: reason.code, message: reason.message };
     this.#nc.publish(this.names.ended(taskId), encodeJson(notice));
@@ -303,17 +315,27 @@ export class NatsExecutor implements TaskExecutor {
   }
 
   #onReport(msg: Msg): void {
-    const answer = this.#accept(reportSchema.safeParse(decodeJson(msg.data)));
-    if (answer.ok) this.stats.reportsAccepted++;
-    else this.stats.reportsRejected++;
+    const data = decodeJson(msg.data);
+    let answer: Answer | { answers: Answer[] };
+    if (isBatch(data)) {
+      const batch = reportBatchSchema.safeParse(data);
+      answer = batch.success ? { answers: batch.data.reports.map((r) => this.#count(r)) } : DENY;
+    } else answer = this.#count(data);
     // Answered on a microtask queued after the store's commit of what the report changed (the
     // change queued it): a worker acks its message only once the outcome is on disk.
     if (msg.reply) queueMicrotask(() => msg.respond(encodeJson(answer)));
   }
 
+  /** Accepts one report (or not) and counts it. */
+  #count(data: unknown): Answer {
+    const answer = this.#accept(reportSchema.safeParse(data));
+    if (answer.ok) this.stats.reportsAccepted++;
+    else this.stats.reportsRejected++;
+    return answer;
+  }
+
   #accept(parsed: ReturnType<typeof reportSchema.safeParse>): Answer {
-    const denied = new UnauthenticatedError('report without a valid lease or agent proof');
-    const deny: Answer = { ok: false, code: denied.code, message: denied.message };
+    const deny = DENY;
     if (!parsed.success) return deny;
     const r: Report = parsed.data;
     if (!sameProof(r.lease, attemptLease(this.#secret, r.taskId, r.attempt))) return deny;
@@ -333,27 +355,32 @@ export class NatsExecutor implements TaskExecutor {
       const e = new TaskStateError(r.taskId, `attempt ${r.attempt} is no longer current`);
       return { ok: false, code: e.code, message: e.message };
     };
-    if (t.finished || t.attempt !== r.attempt) return stale();
+    // Not held by an agent (queued again for a retry, or finished): no attempt is current.
+    if (!t.dispatched || t.attempt !== r.attempt) return stale();
     const sink = this.#sink!;
     switch (r.kind) {
       case 'start': {
-        if (r.delivery === undefined) return deny;
-        const known = this.#deliveries.get(r.taskId);
-        const accepted = known !== undefined && known.attempt === r.attempt ? known.delivery : 1;
-        if (t.started && r.delivery > accepted) {
-          // The message came back after AckWait: the worker that started this attempt stopped
-          // acknowledging it (died, hung, cut off). That attempt is over and counts; the task
-          // is retried as a new attempt (a new message) while it has attempts left, else FAILED.
+        if (r.take === undefined) return deny;
+        const known = this.#takes.get(r.taskId);
+        if (
+          t.started &&
+          (known === undefined || known.attempt !== r.attempt || known.take !== r.take)
+        ) {
+          // Another take-up of a started attempt: its message went out again after AckWait, so
+          // the worker that started it stopped acknowledging it (died, hung, cut off). That
+          // attempt is over and counts; the task is retried as a new attempt (a new message)
+          // while it has attempts left, else FAILED. (After a restart the first take-up is not
+          // known, so any start of a started attempt counts so: at worst one attempt more.)
           const error = {
             code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
-            message: `attempt ${r.attempt} was delivered again (delivery ${r.delivery}): its worker stopped acknowledging it`,
+            message: `attempt ${r.attempt} was taken up again: its worker stopped acknowledging it`,
           };
           this.abort(r.taskId, r.attempt, error);
           sink.fail(r.taskId, r.attempt, error, { retry: true });
           return stale();
         }
         if (!t.started) {
-          this.#deliveries.set(r.taskId, { attempt: r.attempt, delivery: r.delivery });
+          this.#takes.set(r.taskId, { attempt: r.attempt, take: r.take });
           sink.started(r.taskId, r.attempt);
         }
         break;
@@ -362,11 +389,11 @@ export class NatsExecutor implements TaskExecutor {
         sink.progress(r.taskId, r.attempt, r.progress);
         break;
       case 'complete':
-        this.#deliveries.delete(r.taskId);
+        this.#takes.delete(r.taskId);
         sink.complete(r.taskId, r.attempt, r.result === undefined ? null : r.result);
         break;
       case 'fail':
-        this.#deliveries.delete(r.taskId);
+        this.#takes.delete(r.taskId);
         sink.fail(
           r.taskId,
           r.attempt,
@@ -375,7 +402,7 @@ export class NatsExecutor implements TaskExecutor {
         );
         break;
     }
-    return { ok: true };
+    return OK;
   }
 
   async close(): Promise<void> {

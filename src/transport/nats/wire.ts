@@ -72,15 +72,27 @@ export const reportSchema = z
     /** With `fail`: an infrastructure fault, retried while attempts remain. */
     retry: z.boolean().optional(),
     /**
-     * With `start` (required there): the message's JetStream delivery count. A start of an
-     * attempt already started, with a higher count, means the message came back after AckWait —
-     * its first worker is lost — and the fabric ends that attempt and retries as a new one.
+     * With `start` (required there): an id the worker makes for this take-up of the message
+     * (unique per delivery it received; a re-sent report repeats it). A start of an attempt
+     * already started under another take-up means the message came back after AckWait — its
+     * first worker is lost — and the fabric ends that attempt and retries as a new one.
      */
-    delivery: z.number().int().positive().optional(),
+    take: z.string().min(1).max(64).optional(),
   })
   .strict();
 /** A worker's report on a task. */
 export type Report = z.infer<typeof reportSchema>;
+
+/** Most reports one batch may carry. */
+export const MAX_REPORT_BATCH = 1024;
+
+/**
+ * Several reports in one request (each checked on its own), answered
+ * `{ answers: Answer[] }` in the same order.
+ */
+export const reportBatchSchema = z
+  .object({ v: z.literal(1), reports: z.array(z.unknown()).min(1).max(MAX_REPORT_BATCH) })
+  .strict();
 
 /** A heartbeat (core subject `hb.<agentId>`). */
 export const heartbeatSchema = z
