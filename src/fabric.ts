@@ -289,8 +289,7 @@ export class AgentFabric {
             ? undefined
             : {
                 attempt: t.attempt,
-                dispatched:
-                  t.status === TaskStatus.SCHEDULED || t.status === TaskStatus.RUNNING,
+                dispatched: t.status === TaskStatus.SCHEDULED || t.status === TaskStatus.RUNNING,
                 started: t.status === TaskStatus.RUNNING,
                 // Routed to the agent's own consumer while it runs on the agent it was
                 // addressed to; a task that moved to its pool goes to the pool's consumer.

@@ -62,7 +62,6 @@ describeNats('NATS faults', () => {
     try {
       // One worker process after another: each runs the task's message once and dies.
       while ((await fabric.getTask(task.id)).status !== TaskStatus.FAILED) {
-
         expect(workers.length).toBeLessThan(8);
         const w = workerProcess(nats.url, nats.namespace, agent);
         workers.push(w);
