@@ -41,7 +41,7 @@ import type { TaskAssignment, TaskError } from '../../task.js';
 import type { NatsOptions } from './nats-options.js';
 import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
-import type { Answer, EndedNotice, Report, TaskMessage } from './wire.js';
+import type { Answer, EndedNotice, Report, TaskMessage, Vouch } from './wire.js';
 import {
   attemptLease,
   decodeJson,
@@ -50,6 +50,7 @@ import {
   reportProof,
   reportSchema,
   sameProof,
+  vouchSchema,
 } from './wire.js';
 
 const denied = new UnauthenticatedError('report without a valid lease or agent proof');
@@ -61,6 +62,9 @@ const OK: Answer = Object.freeze({ ok: true });
 function isBatch(data: unknown): boolean {
   return typeof data === 'object' && data !== null && 'reports' in data;
 }
+
+/** How long a sidecar waits for another to vouch for its agent's proof. */
+const VOUCH_TIMEOUT_MS = 2_000;
 
 /** Executor name of {@link NatsExecutor}. */
 export const NATS_EXECUTOR = 'nats';
@@ -136,6 +140,7 @@ export class NatsExecutor implements TaskExecutor {
   #js: JetStreamClient | undefined;
   #jsm: JetStreamManager | undefined;
   #sub: Subscription | undefined;
+  #vouchSub: Subscription | undefined;
   /** Assignments dispatched before {@link start}. */
   #waiting: TaskAssignment[] = [];
   /** Agents attached before {@link start}. */
@@ -179,6 +184,11 @@ export class NatsExecutor implements TaskExecutor {
     this.#sub = nc.subscribe(this.#replyTo, {
       callback: (err, msg) => {
         if (err === null) this.#onReport(msg);
+      },
+    });
+    this.#vouchSub = nc.subscribe(this.names.vouch, {
+      callback: (err, msg) => {
+        if (err === null) this.#vouchFor(msg);
       },
     });
     for (const id of this.#attached) this.#ensureConsumers(id);
@@ -316,41 +326,94 @@ export class NatsExecutor implements TaskExecutor {
 
   #onReport(msg: Msg): void {
     const data = decodeJson(msg.data);
-    let answer: Answer | { answers: Answer[] };
+    let reports: unknown[];
     if (isBatch(data)) {
       const batch = reportBatchSchema.safeParse(data);
-      answer = batch.success ? { answers: batch.data.reports.map((r) => this.#count(r)) } : DENY;
-    } else answer = this.#count(data);
-    // Answered on a microtask queued after the store's commit of what the report changed (the
-    // change queued it): a worker acks its message only once the outcome is on disk.
-    if (msg.reply) queueMicrotask(() => msg.respond(encodeJson(answer)));
+      if (!batch.success) {
+        this.stats.reportsRejected++;
+        if (msg.reply) msg.respond(encodeJson(DENY));
+        return;
+      }
+      reports = batch.data.reports;
+    } else reports = [data];
+    const checked = reports.map((d) => this.#check(d));
+    const answer = (list: (Report | undefined)[]): void => {
+      const answers = list.map((r) => {
+        const a = r === undefined ? DENY : this.#apply(r);
+        if (a.ok) this.stats.reportsAccepted++;
+        else this.stats.reportsRejected++;
+        return a;
+      });
+      // Answered on a microtask queued after the store's commit of what the reports changed
+      // (the change queued it): a worker acks its message only once the outcome is on disk.
+      const body = isBatch(data) ? { answers } : answers[0]!;
+      if (msg.reply) queueMicrotask(() => msg.respond(encodeJson(body)));
+    };
+    if (checked.some((c) => c instanceof Promise)) {
+      void Promise.all(checked).then(answer);
+    } else answer(checked as (Report | undefined)[]);
   }
 
-  /** Accepts one report (or not) and counts it. */
-  #count(data: unknown): Answer {
-    const answer = this.#accept(reportSchema.safeParse(data));
-    if (answer.ok) this.stats.reportsAccepted++;
-    else this.stats.reportsRejected++;
-    return answer;
-  }
-
-  #accept(parsed: ReturnType<typeof reportSchema.safeParse>): Answer {
-    const deny = DENY;
-    if (!parsed.success) return deny;
+  /**
+   * The report when it is authentic — schema, the attempt's lease, the agent's proof — else
+   * undefined. The proof of an agent this sidecar does not know (a pool member attached through
+   * another sidecar) is checked by that agent's own sidecar ({@link #vouchFor}), so a promise.
+   */
+  #check(data: unknown): Report | undefined | Promise<Report | undefined> {
+    const parsed = reportSchema.safeParse(data);
+    if (!parsed.success) return undefined;
     const r: Report = parsed.data;
-    if (!sameProof(r.lease, attemptLease(this.#secret, r.taskId, r.attempt))) return deny;
+    if (!sameProof(r.lease, attemptLease(this.#secret, r.taskId, r.attempt))) return undefined;
     const t = this.#host?.task(r.taskId);
-    if (t === undefined) return deny; // a valid lease of a task forgotten since
+    if (t === undefined) return undefined; // a valid lease of a task forgotten since
     const hash = this.#host!.credentialHash(r.agentId);
     if (hash === undefined) {
       // An agent of another sidecar: only a pool's tasks are shared across sidecars.
-      if (t.agentId !== undefined) return deny;
-    } else {
-      if (!sameProof(r.proof, reportProof(hash, r.agentId, r.kind, r.taskId, r.attempt))) {
-        return deny;
-      }
-      if (t.agentId !== undefined && t.agentId !== r.agentId) return deny;
+      if (t.agentId !== undefined) return undefined;
+      return this.#askVouch(r).then((ok) => (ok ? r : undefined));
     }
+    if (!sameProof(r.proof, reportProof(hash, r.agentId, r.kind, r.taskId, r.attempt))) {
+      return undefined;
+    }
+    if (t.agentId !== undefined && t.agentId !== r.agentId) return undefined;
+    return r;
+  }
+
+  /** Asks the sidecars of the namespace whether the report's proof is its agent's. */
+  async #askVouch(r: Report): Promise<boolean> {
+    const nc = this.#nc;
+    if (nc === undefined || nc.isClosed()) return false;
+    const v: Vouch = {
+      agentId: r.agentId,
+      kind: r.kind,
+      taskId: r.taskId,
+      attempt: r.attempt,
+      proof: r.proof,
+    };
+    try {
+      const m = await nc.request(this.names.vouch, encodeJson(v), { timeout: VOUCH_TIMEOUT_MS });
+      return (decodeJson(m.data) as { ok?: unknown } | undefined)?.ok === true;
+    } catch {
+      return false; // nobody knows the agent (or no answer in time): not proven
+    }
+  }
+
+  /** Answers a vouch request for an agent this sidecar knows; stays silent otherwise. */
+  #vouchFor(msg: Msg): void {
+    const v = vouchSchema.safeParse(decodeJson(msg.data));
+    if (!v.success || !msg.reply) return;
+    const { agentId, kind, taskId, attempt, proof } = v.data;
+    const hash = this.#host?.credentialHash(agentId);
+    if (hash === undefined) return; // another sidecar's agent (or nobody's)
+    const ok = sameProof(proof, reportProof(hash, agentId, kind, taskId, attempt));
+    msg.respond(encodeJson({ ok }));
+  }
+
+  /** Applies an authentic report to the task's current attempt. */
+  #apply(r: Report): Answer {
+    const deny = DENY;
+    const t = this.#host?.task(r.taskId);
+    if (t === undefined) return deny;
     const stale = (): Answer => {
       const e = new TaskStateError(r.taskId, `attempt ${r.attempt} is no longer current`);
       return { ok: false, code: e.code, message: e.message };
@@ -412,5 +475,7 @@ export class NatsExecutor implements TaskExecutor {
     this.#timers.clear();
     this.#sub?.unsubscribe();
     this.#sub = undefined;
+    this.#vouchSub?.unsubscribe();
+    this.#vouchSub = undefined;
   }
 }

@@ -94,6 +94,19 @@ export const reportBatchSchema = z
   .object({ v: z.literal(1), reports: z.array(z.unknown()).min(1).max(MAX_REPORT_BATCH) })
   .strict();
 
+/** A request to the agent's own sidecar to check a report's proof (core subject `vouch`). */
+export const vouchSchema = z
+  .object({
+    agentId: z.string().min(1).max(200),
+    kind: z.enum(['start', 'progress', 'complete', 'fail']),
+    taskId: z.string().min(1).max(200),
+    attempt: z.number().int().positive(),
+    proof: z.string().min(1).max(100),
+  })
+  .strict();
+/** A vouch request. */
+export type Vouch = z.infer<typeof vouchSchema>;
+
 /** A heartbeat (core subject `hb.<agentId>`). */
 export const heartbeatSchema = z
   .object({ ts: z.number().int().positive(), proof: z.string().min(1) })
