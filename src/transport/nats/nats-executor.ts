@@ -8,17 +8,26 @@
  *   `Nats-Msg-Id: <taskId>:<attempt>`, so a publish repeated after a lost PubAck is stored once.
  *   A task addressed to an agent goes to `task.agent.<agentId>` (that agent's durable consumer);
  *   a task queued to a pool goes to `task.pool.<poolId>`, whose durable consumer every worker
- *   of the pool pulls from — on any sidecar of the namespace. A publish that fails (server
- *   restarting) is retried while the attempt is still the task's current one.
+ *   of the pool pulls from — on any sidecar of the namespace. Published on a microtask after
+ *   the store's commit of the attempt. A publish that fails (server restarting) is retried while
+ *   the attempt is still the task's current one.
  * - **Consumers.** Durable pull consumers with explicit ack, `AckWait` = the smaller of
  *   `ackWaitSeconds` and the fabric's default task timeout (workers holding a task longer send
- *   in-progress acks), `MaxDeliver` = the fabric's `defaultMaxAttempts`. The sidecar creates the
- *   consumers of an agent (and of its pool) when the agent is attached here.
+ *   in-progress acks), no `MaxDeliver`: attempts are counted here, per task — a `start` of an
+ *   already started attempt under another take-up (its message came back after AckWait) ends
+ *   that attempt as lost and retries the task as a new attempt, or FAILS it after its
+ *   `maxAttempts`. The sidecar creates the consumers of an agent (and of its pool) when the
+ *   agent is attached here.
  * - **Reports.** Workers send `start`, `progress`, `complete` and `fail` as requests on the
- *   scheduling sidecar's `res.<sidecarId>`. A report must carry the attempt's lease (see
- *   `wire.ts`) and, when this sidecar knows the reporting agent, its credential proof; a task
- *   pinned to an agent can only be reported on by that agent. A report on an attempt that is
- *   no longer current is answered `FABRIC_ERR_TASK_STATE` and changes nothing.
+ *   scheduling sidecar's `res.<sidecarId>`, alone or batched. A report must carry the attempt's
+ *   lease (see `wire.ts`) and the reporting agent's credential proof, checked here for agents
+ *   of this sidecar and by the agent's own sidecar (`vouch`) for others; a task pinned to an
+ *   agent can only be reported on by that agent. A report on an attempt that is no longer
+ *   current is answered `FABRIC_ERR_TASK_STATE` and changes nothing. Answers go out after the
+ *   store's commit of what the report changed.
+ * - **Restarts.** With a durable store the lease key and sidecar id are kept in it, so the
+ *   executor is `resumable`: attempts out in JetStream, and their workers' reports, outlive a
+ *   restart of this sidecar.
  * - **Abort.** When the scheduler ends an attempt (cancel, timeout, agent lost) the executor
  *   publishes `ended.<taskId>`; the worker running it aborts the handler's signal.
  *

@@ -5,12 +5,13 @@
  * sidecar directly: only a NATS connection, the agent's id and its credential are needed, which
  * is also all a worker in another language needs (see the README, "NATS wire protocol").
  *
- * Per task: report `start` (a refused start — the attempt ended, or the report is not
- * authentic — terminates the message unrun), run the handler with a signal of its own (aborted
- * by the sidecar's `ended` notice or by {@link NatsWorker.stop}), send in-progress acks while it
- * runs, report `complete` or `fail`, then ack. Reports are retried until the owning sidecar
- * answers; a message whose sidecar is gone (no responders) is terminated, as that sidecar
- * re-dispatches the task as a new attempt when it comes back.
+ * Per task: send in-progress acks from the pull on, report `start` (a refused start — the
+ * attempt ended, or the report is not authentic — terminates the message unrun), run the
+ * handler with a signal of its own (aborted by the sidecar's `ended` notice or by
+ * {@link NatsWorker.stop}), report `complete` or `fail`, then ack. Reports are retried until the
+ * owning sidecar answers; while its sidecar is gone (no responders) a message is kept until the
+ * task's timeout has passed — a sidecar restarted on its durable store accepts the reports —
+ * then terminated.
  *
  * @example
  * const worker = await NatsWorker.connect({ nats: { url }, agentId, credential, poolId });
