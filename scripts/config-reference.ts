@@ -185,7 +185,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'nats.credsFile': 'A `.creds` file (JWT + nkey seed) as made by `nsc`.',
   'nats.namespace': 'Prefix of every subject (`fabric.<namespace>.…`) and of the stream name.',
   'nats.sidecarId':
-    "This sidecar's name on the bus (results come back on `fabric.<ns>.res.<sidecarId>`); unique per sidecar. Default: random per process.",
+    "This sidecar's name on the bus (results come back on `fabric.<ns>.res.<sidecarId>`); unique per sidecar. Default: made once and kept in the state file (random per process with `state: memory`).",
   'nats.ackWaitSeconds': "Upper bound of the consumers' AckWait (also capped by the task timeout).",
   'nats.connectTimeoutMs': 'How long the first connection may take.',
   hooks: 'GUPP work hooks persisted in a git repository (created if missing).',

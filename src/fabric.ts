@@ -75,7 +75,7 @@ import { parseNatsOptions } from './transport/nats/nats-options.js';
 import { NatsExecutor } from './transport/nats/nats-executor.js';
 import { HeartbeatListener } from './transport/nats/heartbeat-listener.js';
 import { connectNats } from './transport/nats/nats-connection.js';
-import { isFinished } from './task.js';
+import { TaskStatus } from './task.js';
 
 const NO_USAGE = Object.freeze({ tokens: 0, cost: 0 });
 
@@ -276,9 +276,19 @@ export class AgentFabric {
     const auto = ['local', 'inprocess'];
     this.#nats = options.nats === undefined ? undefined : parseNatsOptions(options.nats);
     if (this.#nats !== undefined) {
+      const store = this.#store;
       const exec = new NatsExecutor(this.#nats, {
         ackWaitMs: Math.min(this.#nats.ackWaitSeconds, c.defaultTimeoutSeconds) * 1000,
-        maxDeliver: c.defaultMaxAttempts,
+        // A durable store keeps the lease key and the sidecar's name on the bus, so attempts in
+        // JetStream (and their workers' reports) outlive a restart of this sidecar.
+        ...(store.secret === undefined
+          ? {}
+          : {
+              durable: {
+                leaseKey: store.secret('nats.leaseKey'),
+                sidecarId: store.secret('nats.sidecarId').slice(0, 16),
+              },
+            }),
       });
       exec.setHost({
         task: (id) => {
@@ -287,7 +297,8 @@ export class AgentFabric {
             ? undefined
             : {
                 attempt: t.attempt,
-                finished: isFinished(t.status),
+                dispatched: t.status === TaskStatus.SCHEDULED || t.status === TaskStatus.RUNNING,
+                started: t.status === TaskStatus.RUNNING,
                 // Routed to the agent's own consumer while it runs on the agent it was
                 // addressed to; a task that moved to its pool goes to the pool's consumer.
                 agentId:

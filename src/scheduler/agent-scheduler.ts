@@ -581,7 +581,9 @@ export class AgentScheduler {
    * once, after the agents and pools the store kept are added (the fabric does). Queued tasks go
    * back to their queues in arrival order (the queues order them by priority, tenant and
    * deadline as before); a task that was running is retried with that attempt counted — so a
-   * late report for it is refused — or fails when it has used `maxAttempts`; a queued task whose
+   * late report for it is refused — or fails when it has used `maxAttempts`, except that an
+   * attempt the executor held but never started (SCHEDULED) is not counted, and a RUNNING
+   * attempt of a `resumable` executor's agent goes on running; a queued task whose
    * deadline passed times out; a task for an agent that is gone follows the rule of
    * {@link evictAgent} (to its pool unless pinned, else FAILED), one for a pool that is gone is
    * CANCELLED. Finished tasks stay readable, oldest first out of the retention. Counters in
@@ -599,10 +601,24 @@ export class AgentScheduler {
     this.#finished.trim();
     const now = Date.now();
     for (const t of open) {
+      const holder =
+        t.assignedAgentId === undefined ? undefined : this.#agents.get(t.assignedAgentId);
+      if (
+        t.status === TaskStatus.RUNNING &&
+        holder !== undefined &&
+        holder.exec.executor.resumable === true
+      ) {
+        // Its worker is elsewhere and outlived this process: the attempt goes on as it was.
+        this.#resume(t, holder, now);
+        continue;
+      }
       // Counted as queued from here; #finish and the queues take it on from this state.
       this.#pending++;
       if (wasRunning(t)) {
         const reason = interruptedAttempt(t);
+        // Dispatched but never started (its executor acknowledges starts): it reached no
+        // worker, so like an unclaimed attempt it does not count against maxAttempts.
+        if (t.status === TaskStatus.SCHEDULED) t.undelivered++;
         t.status = TaskStatus.PENDING;
         t.error = reason;
         if (!t.attemptsLeft()) {
@@ -632,6 +648,18 @@ export class AgentScheduler {
         this.#place(t, pool.queue, undefined, pool);
       }
     }
+  }
+
+  /**
+   * Puts a restored RUNNING attempt back on its agent as it was (see
+   * `TaskExecutor.resumable`): same attempt, its timeout counted from when it started, nothing
+   * dispatched again — the executor still holds it.
+   */
+  #resume(t: TaskRecord, slot: AgentSlot, now: number): void {
+    this.#running++;
+    slot.running.add(t);
+    if (slot.pool !== undefined) slot.pool.running++;
+    this.#timers.set(t, (t.startedAt ?? now) + t.timeoutMs);
   }
 
   /** A snapshot of the task. @throws TaskNotFoundError */

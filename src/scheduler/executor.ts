@@ -48,6 +48,13 @@ export interface TaskExecutor {
    * can leave.
    */
   readonly inProcess?: boolean;
+  /**
+   * True when its attempts outlive this process: they are held by workers elsewhere through a
+   * queue that keeps them, and reports on them are still accepted after a restart on the same
+   * durable store (the `nats` executor, whose lease key is kept in the store). A RUNNING attempt
+   * restored from the store then stays running instead of being retried.
+   */
+  readonly resumable?: boolean;
   /** Called once, when the scheduler adopts the executor. */
   bind(sink: ExecutorSink): void;
   /**

@@ -59,6 +59,11 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
   readonly toolTasks?: Collection<ToolTaskRecord>;
   /** Budget state kept with the records (the fabric uses it unless given its own). */
   readonly budgets?: BudgetStore;
+  /**
+   * A random value kept under `key` across restarts (made and committed on first use). Only
+   * durable stores have it; the NATS executor keeps its lease key and sidecar id in it.
+   */
+  secret?(key: string): string;
   /** Flushes and releases resources. */
   close(): Promise<void>;
 }

@@ -60,6 +60,66 @@ describeNats('NATS: two sidecars on one server', () => {
     await b.close();
   });
 
+  it("a pool task's report from an agent of another sidecar needs that agent's proof, vouched for by its own sidecar", async () => {
+    const ns = 'vouch';
+    const nats = { url: suiteServer().url, namespace: ns };
+    const names = natsNames(ns);
+    const a = new AgentFabric({}, { nats });
+    const b = new AgentFabric({}, { nats });
+    await a.start();
+    await b.start();
+    await a.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+    const x = await a.spawn({ name: 'x', model: 'm', executor: 'nats', poolId: 'p' });
+    const other = await a.spawn({ name: 'other', model: 'm', executor: 'nats' });
+    await b.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+    await b.spawn({ name: 'slot', model: 'm', executor: 'nats', poolId: 'p', heartbeat: 'auto' });
+    await a.natsExecutor!.consumersReady();
+    await b.natsExecutor!.consumersReady();
+    const task = await b.scheduleToPool('p', 't', 1);
+    const nc = await connect({ servers: suiteServer().url });
+    const consumer = await jetstream(nc).consumers.get(names.stream, names.poolConsumer('p'));
+    const m = await consumer.next({ expires: 5000 });
+    const msg = decodeJson(m!.data) as TaskMessage;
+    expect(msg.taskId).toBe(task.id);
+    const report = async (body: Record<string, unknown>): Promise<unknown> =>
+      decodeJson((await nc.request(msg.replyTo, encodeJson(body), { timeout: 10_000 })).data);
+    const as = (agentId: string, credential: string, kind: string, extra: object = {}) => ({
+      kind,
+      taskId: msg.taskId,
+      attempt: msg.attempt,
+      lease: msg.lease,
+      agentId,
+      proof: reportProof(hashCredential(credential), agentId, kind as 'start', msg.taskId, 1),
+      ...extra,
+    });
+    const refused = { ok: false, code: 'FABRIC_ERR_UNAUTHENTICATED' };
+    // x's id with another agent's proof, and an agent no sidecar knows: refused (B asked A).
+    expect(await report(as(x.id, other.credential, 'start', { take: 'a' }))).toMatchObject(refused);
+    expect(
+      await report(
+        as('00000000-0000-4000-8000-000000000000', x.credential, 'start', { take: 'a' }),
+      ),
+    ).toMatchObject(refused);
+    expect((await b.getTask(task.id)).status).toBe(TaskStatus.SCHEDULED);
+    // x itself, proven to A, vouched to B: accepted.
+    expect(await report(as(x.id, x.credential, 'start', { take: 'a' }))).toEqual({ ok: true });
+    expect(
+      await report(as(x.id, other.credential, 'complete', { result: 'forged' })),
+    ).toMatchObject(refused);
+    expect((await b.getTask(task.id)).status).toBe(TaskStatus.RUNNING);
+    expect(await report(as(x.id, x.credential, 'complete', { result: 'real' }))).toEqual({
+      ok: true,
+    });
+    expect(await b.waitForTask(task.id, { timeoutSeconds: 5 })).toMatchObject({
+      status: TaskStatus.COMPLETED,
+      result: 'real',
+    });
+    m!.ack();
+    await nc.close();
+    await a.close();
+    await b.close();
+  });
+
   it('refuses reports without the lease, and reports on a pinned task from another agent', async () => {
     const ns = 'hostile';
     const nats = { url: suiteServer().url, namespace: ns };
@@ -108,8 +168,24 @@ describeNats('NATS: two sidecars on one server', () => {
     expect(await report({ kind: 'complete' })).toMatchObject(refused);
     expect((await b.getTask(task.id)).status).toBe(TaskStatus.SCHEDULED);
     expect((await b.getTask(task.id)).result).toBeUndefined();
-    // The victim itself completes it; a second report of the attempt changes nothing.
-    expect(await report(as(victim.id, victim.credential))).toEqual({ ok: true });
+    // Batches: too many reports, or not a list, are refused whole and change nothing.
+    const tooMany = Array.from({ length: 1025 }, () => as(victim.id, victim.credential));
+    expect(await report({ v: 1, reports: tooMany })).toMatchObject(refused);
+    expect(await report({ v: 1, reports: { 0: as(victim.id, victim.credential) } })).toMatchObject(
+      refused,
+    );
+    expect((await b.getTask(task.id)).status).toBe(TaskStatus.SCHEDULED);
+    // In one batch each report is judged alone: the forged one is refused, the victim's own
+    // completion is accepted; a second report of the attempt changes nothing.
+    expect(
+      await report({
+        v: 1,
+        reports: [
+          { ...as(intruder.id, intruder.credential), result: 'forged-in-batch' },
+          as(victim.id, victim.credential),
+        ],
+      }),
+    ).toMatchObject({ answers: [refused, { ok: true }] });
     const done = await b.waitForTask(task.id, { timeoutSeconds: 5 });
     expect(done).toMatchObject({ status: TaskStatus.COMPLETED, result: 'forged' });
     expect(await report({ ...as(victim.id, victim.credential), result: 'again' })).toMatchObject({

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { randomBytes } from 'node:crypto';
 import type { JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { NoRespondersError, RequestError } from '@nats-io/transport-node';
@@ -15,9 +16,38 @@ import { decodeJson, encodeJson, heartbeatProof, reportProof, taskMessageSchema 
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Most reports in one batch request, and most bytes (NATS' default max_payload is 1 MiB). */
+const MAX_BATCH = 256;
+const MAX_BATCH_BYTES = 512 * 1024;
+const encoder = new TextEncoder();
+
+/** A report waiting for its batch. */
+interface Queued {
+  readonly json: string;
+  readonly giveUpAt: number;
+  readonly resolve: (answer: Answer | undefined) => void;
+}
+
+/**
+ * Terminates a message: the work queue drops it, it is never delivered again. Sent without a
+ * reason text: nats-server before 2.10 does not recognise `+TERM <reason>` and would redeliver
+ * the message after AckWait, again and again.
+ */
+export function terminate(m: JsMsg): void {
+  m.term();
+}
+
 /** A signed link of one agent; see the module comment. */
 export class NatsAgentLink {
   readonly #key: string;
+  /** When reports on a task taken up by {@link begin} stop waiting for a sidecar that is gone. */
+  readonly #giveUpAt = new WeakMap<TaskMessage, number>();
+  /** Reports not sent yet, by the subject they go to (sent together on the next flush). */
+  readonly #outbox = new Map<string, Queued[]>();
+  #flushQueued = false;
+  /** Makes take-up ids unique across workers (random) and within this one (counter). */
+  readonly #nonce = randomBytes(9).toString('base64url');
+  #takes = 0;
   #lastTs = 0;
   #closed = false;
 
@@ -56,14 +86,21 @@ export class NatsAgentLink {
   }
 
   /**
-   * Sends a report until the scheduling sidecar answers. `undefined` when nobody listens on the
-   * task's `replyTo` (that sidecar is gone) or the link is closed.
+   * Sends a report until the scheduling sidecar answers. While nobody listens on the task's
+   * `replyTo` (that sidecar is down — it may be restarting on its durable store, which keeps
+   * its name and lease key) it keeps trying until the task's timeout has passed since the
+   * message was taken up; then, or when the link is closed, `undefined`.
+   *
+   * Reports made in the same turn of the event loop to the same sidecar travel as one batch
+   * request (`{ v: 1, reports: [...] }`, answered `{ answers: [...] }` in the same order), so a
+   * worker holding many tasks pays one round trip per batch, not per report.
    */
-  async report(
+  report(
     task: TaskMessage,
     kind: ReportKind,
     extra: Omit<Partial<Report>, 'kind'> = {},
   ): Promise<Answer | undefined> {
+    if (this.closed) return Promise.resolve(undefined);
     const report: Report = {
       kind,
       taskId: task.taskId,
@@ -73,47 +110,88 @@ export class NatsAgentLink {
       proof: reportProof(this.#key, this.agentId, kind, task.taskId, task.attempt),
       ...extra,
     };
-    const body = encodeJson(report);
+    const giveUpAt = this.#giveUpAt.get(task) ?? Date.now() + 2_000;
+    return new Promise((resolve) => {
+      let queue = this.#outbox.get(task.replyTo);
+      if (queue === undefined) {
+        queue = [];
+        this.#outbox.set(task.replyTo, queue);
+      }
+      queue.push({ json: JSON.stringify(report), giveUpAt, resolve });
+      if (!this.#flushQueued) {
+        this.#flushQueued = true;
+        setImmediate(this.#flush);
+      }
+    });
+  }
+
+  readonly #flush = (): void => {
+    this.#flushQueued = false;
+    for (const [replyTo, queue] of this.#outbox) {
+      let batch: Queued[] = [];
+      let bytes = 0;
+      for (const q of queue) {
+        if (
+          batch.length > 0 &&
+          (batch.length >= MAX_BATCH || bytes + q.json.length > MAX_BATCH_BYTES)
+        ) {
+          void this.#send(replyTo, batch);
+          batch = [];
+          bytes = 0;
+        }
+        batch.push(q);
+        bytes += q.json.length + 1;
+      }
+      void this.#send(replyTo, batch);
+    }
+    this.#outbox.clear();
+  };
+
+  async #send(replyTo: string, batch: Queued[]): Promise<void> {
+    const single = batch.length === 1;
+    const body = encoder.encode(
+      single ? batch[0]!.json : `{"v":1,"reports":[${batch.map((q) => q.json).join(',')}]}`,
+    );
+    let giveUpAt = 0;
+    for (const q of batch) giveUpAt = Math.max(giveUpAt, q.giveUpAt);
     for (let tries = 0; !this.closed; tries++) {
       try {
-        const m = await this.nc.request(task.replyTo, body, { timeout: this.reportTimeoutMs });
-        return decodeJson(m.data) as Answer;
+        const m = await this.nc.request(replyTo, body, { timeout: this.reportTimeoutMs });
+        const data = decodeJson(m.data) as { answers?: unknown } | undefined;
+        const answers = single || !Array.isArray(data?.answers) ? undefined : data.answers;
+        // A refusal of the whole batch (a sidecar that cannot read it) answers each report.
+        for (let i = 0; i < batch.length; i++) {
+          batch[i]!.resolve((answers === undefined ? data : answers[i]) as Answer | undefined);
+        }
+        return;
       } catch (err) {
         const gone =
           err instanceof NoRespondersError || (err instanceof RequestError && err.isNoResponders());
-        if (gone && tries >= 3) return undefined;
+        if (gone && Date.now() >= giveUpAt) break;
         await sleep(Math.min(1000, 50 * 2 ** Math.min(tries, 5)));
       }
     }
-    return undefined;
+    for (const q of batch) q.resolve(undefined);
   }
 
   /**
-   * Takes a pulled message up: checks it, refuses one delivered more often than its
-   * `maxAttempts` (reported `fail`), reports `start`. Returns the task to run, or `undefined`
-   * when the message was terminated instead (not a task, delivered too often, start refused —
-   * the attempt ended — or its sidecar gone).
+   * Takes a pulled message up: checks it and reports `start` with an id of this take-up (the
+   * sidecar counts an already started attempt taken up again as lost and answers it stale).
+   * Returns the task to run, or `undefined` when the message was terminated instead (not a task,
+   * start refused — the attempt ended or was lost — or its sidecar gone). The caller keeps the
+   * message alive with in-progress acks meanwhile.
    */
   async begin(m: JsMsg): Promise<TaskMessage | undefined> {
     const parsed = taskMessageSchema.safeParse(decodeJson(m.data));
     if (!parsed.success) {
-      m.term('not a fabric task message');
+      terminate(m); // not a fabric task message
       return undefined;
     }
     const task = parsed.data;
-    if (m.info.deliveryCount > task.maxAttempts) {
-      await this.report(task, 'fail', {
-        error: {
-          code: 'FABRIC_ERR_TASK_EXECUTION',
-          message: `delivered ${m.info.deliveryCount} times (maxAttempts ${task.maxAttempts})`,
-        },
-      });
-      m.term('delivered too often');
-      return undefined;
-    }
-    const start = await this.report(task, 'start');
+    this.#giveUpAt.set(task, Date.now() + task.timeoutSeconds * 1000);
+    const start = await this.report(task, 'start', { take: `${this.#nonce}.${++this.#takes}` });
     if (start === undefined || !start.ok) {
-      m.term(start === undefined ? 'owning sidecar gone' : start.code);
+      terminate(m); // the attempt is over, or its sidecar is gone
       return undefined;
     }
     return task;

@@ -8,17 +8,26 @@
  *   `Nats-Msg-Id: <taskId>:<attempt>`, so a publish repeated after a lost PubAck is stored once.
  *   A task addressed to an agent goes to `task.agent.<agentId>` (that agent's durable consumer);
  *   a task queued to a pool goes to `task.pool.<poolId>`, whose durable consumer every worker
- *   of the pool pulls from — on any sidecar of the namespace. A publish that fails (server
- *   restarting) is retried while the attempt is still the task's current one.
+ *   of the pool pulls from — on any sidecar of the namespace. Published on a microtask after
+ *   the store's commit of the attempt. A publish that fails (server restarting) is retried while
+ *   the attempt is still the task's current one.
  * - **Consumers.** Durable pull consumers with explicit ack, `AckWait` = the smaller of
  *   `ackWaitSeconds` and the fabric's default task timeout (workers holding a task longer send
- *   in-progress acks), `MaxDeliver` = the fabric's `defaultMaxAttempts`. The sidecar creates the
- *   consumers of an agent (and of its pool) when the agent is attached here.
+ *   in-progress acks), no `MaxDeliver`: attempts are counted here, per task — a `start` of an
+ *   already started attempt under another take-up (its message came back after AckWait) ends
+ *   that attempt as lost and retries the task as a new attempt, or FAILS it after its
+ *   `maxAttempts`. The sidecar creates the consumers of an agent (and of its pool) when the
+ *   agent is attached here.
  * - **Reports.** Workers send `start`, `progress`, `complete` and `fail` as requests on the
- *   scheduling sidecar's `res.<sidecarId>`. A report must carry the attempt's lease (see
- *   `wire.ts`) and, when this sidecar knows the reporting agent, its credential proof; a task
- *   pinned to an agent can only be reported on by that agent. A report on an attempt that is
- *   no longer current is answered `FABRIC_ERR_TASK_STATE` and changes nothing.
+ *   scheduling sidecar's `res.<sidecarId>`, alone or batched. A report must carry the attempt's
+ *   lease (see `wire.ts`) and the reporting agent's credential proof, checked here for agents
+ *   of this sidecar and by the agent's own sidecar (`vouch`) for others; a task pinned to an
+ *   agent can only be reported on by that agent. A report on an attempt that is no longer
+ *   current is answered `FABRIC_ERR_TASK_STATE` and changes nothing. Answers go out after the
+ *   store's commit of what the report changed.
+ * - **Restarts.** With a durable store the lease key and sidecar id are kept in it, so the
+ *   executor is `resumable`: attempts out in JetStream, and their workers' reports, outlive a
+ *   restart of this sidecar.
  * - **Abort.** When the scheduler ends an attempt (cancel, timeout, agent lost) the executor
  *   publishes `ended.<taskId>`; the worker running it aborts the handler's signal.
  *
@@ -41,15 +50,30 @@ import type { TaskAssignment, TaskError } from '../../task.js';
 import type { NatsOptions } from './nats-options.js';
 import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
-import type { Answer, EndedNotice, Report, TaskMessage } from './wire.js';
+import type { Answer, EndedNotice, Report, TaskMessage, Vouch } from './wire.js';
 import {
   attemptLease,
   decodeJson,
   encodeJson,
+  reportBatchSchema,
   reportProof,
   reportSchema,
   sameProof,
+  vouchSchema,
 } from './wire.js';
+
+const denied = new UnauthenticatedError('report without a valid lease or agent proof');
+/** The answer to a report that is not authentic (made once: it is the same every time). */
+const DENY: Answer = Object.freeze({ ok: false, code: denied.code, message: denied.message });
+const OK: Answer = Object.freeze({ ok: true });
+
+/** True for a batch of reports (`{ v: 1, reports: [...] }`) rather than one report. */
+function isBatch(data: unknown): boolean {
+  return typeof data === 'object' && data !== null && 'reports' in data;
+}
+
+/** How long a sidecar waits for another to vouch for its agent's proof. */
+const VOUCH_TIMEOUT_MS = 2_000;
 
 /** Executor name of {@link NatsExecutor}. */
 export const NATS_EXECUTOR = 'nats';
@@ -63,7 +87,10 @@ export interface NatsExecutorHost {
   task(taskId: string):
     | {
         attempt: number;
-        finished: boolean;
+        /** The current attempt is held by an agent (SCHEDULED or RUNNING). */
+        dispatched: boolean;
+        /** The current attempt's start was reported (RUNNING). */
+        started: boolean;
         agentId: string | undefined;
         poolId: string | undefined;
         maxAttempts: number;
@@ -79,8 +106,12 @@ export interface NatsExecutorHost {
 export interface NatsExecutorOptions {
   /** Consumers' `AckWait` in ms. */
   ackWaitMs: number;
-  /** Consumers' `MaxDeliver`. */
-  maxDeliver: number;
+  /**
+   * The lease key and, unless `nats.sidecarId` is set, the sidecar id, kept by a durable store
+   * (see `FabricStore.secret`): attempts then outlive this process (`resumable`). Without it
+   * both are random per process.
+   */
+  durable?: { leaseKey: string; sidecarId: string };
 }
 
 /** Counts of what the executor did, for tests and benchmarks. */
@@ -105,8 +136,12 @@ export class NatsExecutor implements TaskExecutor {
     reportsAccepted: 0,
     reportsRejected: 0,
   };
-  readonly #secret = randomBytes(32).toString('base64url');
+  /** True with a durable lease key: see `TaskExecutor.resumable`. */
+  readonly resumable: boolean;
+  readonly #secret: string;
   readonly #options: NatsExecutorOptions;
+  /** The take-up whose start was accepted, per running attempt (see `Report.take`). */
+  readonly #takes = new Map<string, { attempt: number; take: string }>();
   readonly #replyTo: string;
   #host: NatsExecutorHost | undefined;
   #sink: ExecutorSink | undefined;
@@ -114,6 +149,7 @@ export class NatsExecutor implements TaskExecutor {
   #js: JetStreamClient | undefined;
   #jsm: JetStreamManager | undefined;
   #sub: Subscription | undefined;
+  #vouchSub: Subscription | undefined;
   /** Assignments dispatched before {@link start}. */
   #waiting: TaskAssignment[] = [];
   /** Agents attached before {@link start}. */
@@ -126,9 +162,12 @@ export class NatsExecutor implements TaskExecutor {
     this.names = natsNames(nats.namespace);
     this.sidecarId =
       nats.sidecarId ??
+      options.durable?.sidecarId ??
       randomBytes(9)
         .toString('base64url')
         .replace(/[^A-Za-z0-9]/g, 'x');
+    this.#secret = options.durable?.leaseKey ?? randomBytes(32).toString('base64url');
+    this.resumable = options.durable !== undefined;
     this.#replyTo = this.names.results(this.sidecarId);
     this.#options = options;
   }
@@ -154,6 +193,11 @@ export class NatsExecutor implements TaskExecutor {
     this.#sub = nc.subscribe(this.#replyTo, {
       callback: (err, msg) => {
         if (err === null) this.#onReport(msg);
+      },
+    });
+    this.#vouchSub = nc.subscribe(this.names.vouch, {
+      callback: (err, msg) => {
+        if (err === null) this.#vouchFor(msg);
       },
     });
     for (const id of this.#attached) this.#ensureConsumers(id);
@@ -189,12 +233,16 @@ export class NatsExecutor implements TaskExecutor {
       if (!this.#closed) for (const a of batch) this.#waiting.push(a);
       return;
     }
-    for (const a of batch) this.#publish(a, 0);
+    // On a microtask queued after the store's commit of these starts (queued when the scheduler
+    // saved them): an assignment leaves only once its attempt is on disk.
+    queueMicrotask(() => {
+      for (const a of batch) this.#publish(a, 0);
+    });
   }
 
   #publish(a: TaskAssignment, tries: number): void {
     const t = this.#host?.task(a.taskId);
-    if (this.#closed || t === undefined || t.finished || t.attempt !== a.attempt) return;
+    if (this.#closed || t === undefined || !t.dispatched || t.attempt !== a.attempt) return;
     const pool = t.agentId === undefined ? t.poolId : undefined;
     const subject =
       pool === undefined ? this.names.agentTasks(a.agentId) : this.names.poolTasks(pool);
@@ -232,6 +280,7 @@ export class NatsExecutor implements TaskExecutor {
   }
 
   abort(taskId: string, attempt: number, reason: TaskError): void {
+    this.#takes.delete(taskId);
     if (this.#nc === undefined || this.#nc.isClosed()) return;
     const notice: EndedNotice = { taskId, attempt, code: reason.code, message: reason.message };
     this.#nc.publish(this.names.ended(taskId), encodeJson(notice));
@@ -267,7 +316,7 @@ export class NatsExecutor implements TaskExecutor {
         durable_name: name,
         ack_policy: AckPolicy.Explicit,
         ack_wait: nanos(this.#options.ackWaitMs),
-        max_deliver: this.#options.maxDeliver,
+        // No MaxDeliver: the fabric counts attempts itself (see #accept), per task.
         filter_subject: filter,
       })
       .then(
@@ -285,46 +334,138 @@ export class NatsExecutor implements TaskExecutor {
   }
 
   #onReport(msg: Msg): void {
-    const answer = this.#accept(reportSchema.safeParse(decodeJson(msg.data)));
-    if (answer.ok) this.stats.reportsAccepted++;
-    else this.stats.reportsRejected++;
-    if (msg.reply) msg.respond(encodeJson(answer));
+    const data = decodeJson(msg.data);
+    let reports: unknown[];
+    if (isBatch(data)) {
+      const batch = reportBatchSchema.safeParse(data);
+      if (!batch.success) {
+        this.stats.reportsRejected++;
+        if (msg.reply) msg.respond(encodeJson(DENY));
+        return;
+      }
+      reports = batch.data.reports;
+    } else reports = [data];
+    const checked = reports.map((d) => this.#check(d));
+    const answer = (list: (Report | undefined)[]): void => {
+      const answers = list.map((r) => {
+        const a = r === undefined ? DENY : this.#apply(r);
+        if (a.ok) this.stats.reportsAccepted++;
+        else this.stats.reportsRejected++;
+        return a;
+      });
+      // Answered on a microtask queued after the store's commit of what the reports changed
+      // (the change queued it): a worker acks its message only once the outcome is on disk.
+      const body = isBatch(data) ? { answers } : answers[0]!;
+      if (msg.reply) queueMicrotask(() => msg.respond(encodeJson(body)));
+    };
+    if (checked.some((c) => c instanceof Promise)) {
+      void Promise.all(checked).then(answer);
+    } else answer(checked as (Report | undefined)[]);
   }
 
-  #accept(parsed: ReturnType<typeof reportSchema.safeParse>): Answer {
-    const denied = new UnauthenticatedError('report without a valid lease or agent proof');
-    const deny: Answer = { ok: false, code: denied.code, message: denied.message };
-    if (!parsed.success) return deny;
+  /**
+   * The report when it is authentic — schema, the attempt's lease, the agent's proof — else
+   * undefined. The proof of an agent this sidecar does not know (a pool member attached through
+   * another sidecar) is checked by that agent's own sidecar ({@link #vouchFor}), so a promise.
+   */
+  #check(data: unknown): Report | undefined | Promise<Report | undefined> {
+    const parsed = reportSchema.safeParse(data);
+    if (!parsed.success) return undefined;
     const r: Report = parsed.data;
-    if (!sameProof(r.lease, attemptLease(this.#secret, r.taskId, r.attempt))) return deny;
+    if (!sameProof(r.lease, attemptLease(this.#secret, r.taskId, r.attempt))) return undefined;
     const t = this.#host?.task(r.taskId);
-    if (t === undefined) return deny; // a valid lease of a task forgotten since
+    if (t === undefined) return undefined; // a valid lease of a task forgotten since
     const hash = this.#host!.credentialHash(r.agentId);
     if (hash === undefined) {
       // An agent of another sidecar: only a pool's tasks are shared across sidecars.
-      if (t.agentId !== undefined) return deny;
-    } else {
-      if (!sameProof(r.proof, reportProof(hash, r.agentId, r.kind, r.taskId, r.attempt))) {
-        return deny;
-      }
-      if (t.agentId !== undefined && t.agentId !== r.agentId) return deny;
+      if (t.agentId !== undefined) return undefined;
+      return this.#askVouch(r).then((ok) => (ok ? r : undefined));
     }
-    if (t.finished || t.attempt !== r.attempt) {
+    if (!sameProof(r.proof, reportProof(hash, r.agentId, r.kind, r.taskId, r.attempt))) {
+      return undefined;
+    }
+    if (t.agentId !== undefined && t.agentId !== r.agentId) return undefined;
+    return r;
+  }
+
+  /** Asks the sidecars of the namespace whether the report's proof is its agent's. */
+  async #askVouch(r: Report): Promise<boolean> {
+    const nc = this.#nc;
+    if (nc === undefined || nc.isClosed()) return false;
+    const v: Vouch = {
+      agentId: r.agentId,
+      kind: r.kind,
+      taskId: r.taskId,
+      attempt: r.attempt,
+      proof: r.proof,
+    };
+    try {
+      const m = await nc.request(this.names.vouch, encodeJson(v), { timeout: VOUCH_TIMEOUT_MS });
+      return (decodeJson(m.data) as { ok?: unknown } | undefined)?.ok === true;
+    } catch {
+      return false; // nobody knows the agent (or no answer in time): not proven
+    }
+  }
+
+  /** Answers a vouch request for an agent this sidecar knows; stays silent otherwise. */
+  #vouchFor(msg: Msg): void {
+    const v = vouchSchema.safeParse(decodeJson(msg.data));
+    if (!v.success || !msg.reply) return;
+    const { agentId, kind, taskId, attempt, proof } = v.data;
+    const hash = this.#host?.credentialHash(agentId);
+    if (hash === undefined) return; // another sidecar's agent (or nobody's)
+    const ok = sameProof(proof, reportProof(hash, agentId, kind, taskId, attempt));
+    msg.respond(encodeJson({ ok }));
+  }
+
+  /** Applies an authentic report to the task's current attempt. */
+  #apply(r: Report): Answer {
+    const deny = DENY;
+    const t = this.#host?.task(r.taskId);
+    if (t === undefined) return deny;
+    const stale = (): Answer => {
       const e = new TaskStateError(r.taskId, `attempt ${r.attempt} is no longer current`);
       return { ok: false, code: e.code, message: e.message };
-    }
+    };
+    // Not held by an agent (queued again for a retry, or finished): no attempt is current.
+    if (!t.dispatched || t.attempt !== r.attempt) return stale();
     const sink = this.#sink!;
     switch (r.kind) {
-      case 'start':
-        sink.started(r.taskId, r.attempt);
+      case 'start': {
+        if (r.take === undefined) return deny;
+        const known = this.#takes.get(r.taskId);
+        if (
+          t.started &&
+          (known === undefined || known.attempt !== r.attempt || known.take !== r.take)
+        ) {
+          // Another take-up of a started attempt: its message went out again after AckWait, so
+          // the worker that started it stopped acknowledging it (died, hung, cut off). That
+          // attempt is over and counts; the task is retried as a new attempt (a new message)
+          // while it has attempts left, else FAILED. (After a restart the first take-up is not
+          // known, so any start of a started attempt counts so: at worst one attempt more.)
+          const error = {
+            code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
+            message: `attempt ${r.attempt} was taken up again: its worker stopped acknowledging it`,
+          };
+          this.abort(r.taskId, r.attempt, error);
+          sink.fail(r.taskId, r.attempt, error, { retry: true });
+          return stale();
+        }
+        if (!t.started) {
+          this.#takes.set(r.taskId, { attempt: r.attempt, take: r.take });
+          sink.started(r.taskId, r.attempt);
+        }
         break;
+      }
       case 'progress':
         sink.progress(r.taskId, r.attempt, r.progress);
         break;
       case 'complete':
+        this.#takes.delete(r.taskId);
         sink.complete(r.taskId, r.attempt, r.result === undefined ? null : r.result);
         break;
       case 'fail':
+        this.#takes.delete(r.taskId);
         sink.fail(
           r.taskId,
           r.attempt,
@@ -333,7 +474,7 @@ export class NatsExecutor implements TaskExecutor {
         );
         break;
     }
-    return { ok: true };
+    return OK;
   }
 
   async close(): Promise<void> {
@@ -343,5 +484,7 @@ export class NatsExecutor implements TaskExecutor {
     this.#timers.clear();
     this.#sub?.unsubscribe();
     this.#sub = undefined;
+    this.#vouchSub?.unsubscribe();
+    this.#vouchSub = undefined;
   }
 }

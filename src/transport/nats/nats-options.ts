@@ -44,7 +44,8 @@ export const natsOptionsSchema = z
     namespace: token.default(DEFAULT_NATS_NAMESPACE),
     /**
      * This sidecar's name on the bus: results of the tasks it scheduled come back on
-     * `fabric.<ns>.res.<sidecarId>`. Two sidecars must not share one. @default random per process
+     * `fabric.<ns>.res.<sidecarId>`. Two sidecars must not share one. @default made once and kept
+     * by a durable store (`FabricStore.secret`); random per process without one
      */
     sidecarId: token.optional(),
     /** Upper bound of the consumers' AckWait, in seconds. @default 30 */

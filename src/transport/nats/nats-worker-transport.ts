@@ -26,7 +26,7 @@ import type {
   WorkerTransport,
 } from '../../worker/worker-transport.js';
 import { RemoteFabricError } from '../../worker/worker-transport.js';
-import { NatsAgentLink } from './nats-agent-link.js';
+import { NatsAgentLink, terminate } from './nats-agent-link.js';
 import { connectNats } from './nats-connection.js';
 import type { NatsOptionsInput } from './nats-options.js';
 import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
@@ -236,7 +236,7 @@ export class NatsWorkerTransport implements WorkerTransport {
     clearInterval(h.working);
     this.#held.delete(`${task.taskId}:${task.attempt}`);
     if (answer === undefined) {
-      if (!this.#link.closed) h.m.term('owning sidecar gone');
+      if (!this.#link.closed) terminate(h.m); // its sidecar is gone
       throw refused(answer);
     }
     h.m.ack();

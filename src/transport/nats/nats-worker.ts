@@ -5,12 +5,13 @@
  * sidecar directly: only a NATS connection, the agent's id and its credential are needed, which
  * is also all a worker in another language needs (see the README, "NATS wire protocol").
  *
- * Per task: report `start` (a refused start — the attempt ended, or the report is not
- * authentic — terminates the message unrun), run the handler with a signal of its own (aborted
- * by the sidecar's `ended` notice or by {@link NatsWorker.stop}), send in-progress acks while it
- * runs, report `complete` or `fail`, then ack. Reports are retried until the owning sidecar
- * answers; a message whose sidecar is gone (no responders) is terminated, as that sidecar
- * re-dispatches the task as a new attempt when it comes back.
+ * Per task: send in-progress acks from the pull on, report `start` (a refused start — the
+ * attempt ended, or the report is not authentic — terminates the message unrun), run the
+ * handler with a signal of its own (aborted by the sidecar's `ended` notice or by
+ * {@link NatsWorker.stop}), report `complete` or `fail`, then ack. Reports are retried until the
+ * owning sidecar answers; while its sidecar is gone (no responders) a message is kept until the
+ * task's timeout has passed — a sidecar restarted on its durable store accepts the reports —
+ * then terminated.
  *
  * @example
  * const worker = await NatsWorker.connect({ nats: { url }, agentId, credential, poolId });
@@ -34,7 +35,7 @@ import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, ReportKind } from './wire.js';
 import { decodeJson } from './wire.js';
-import { NatsAgentLink } from './nats-agent-link.js';
+import { NatsAgentLink, terminate } from './nats-agent-link.js';
 
 /** Options of {@link NatsWorker.connect}. */
 export interface NatsWorkerOptions {
@@ -231,8 +232,10 @@ export class NatsWorker {
     handlers: Readonly<Record<string, NatsTaskHandler>>,
     ackWaitMs: number,
   ): Promise<void> {
+    const working = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
     const task = await this.#link.begin(m);
     if (task === undefined) {
+      clearInterval(working);
       this.stats.refused++;
       return;
     }
@@ -240,7 +243,6 @@ export class NatsWorker {
     const key = `${task.taskId}:${task.attempt}`;
     const controller = new AbortController();
     this.#running.set(key, controller);
-    const working = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
     try {
       const handler = handlers[task.taskType];
       let outcome: Omit<Partial<Report>, 'kind'>;
@@ -267,14 +269,14 @@ export class NatsWorker {
       // Closed: the worker is gone as far as anyone knows; the message is redelivered.
       if (this.#closed) return;
       if (controller.signal.aborted) {
-        m.term('attempt ended by the fabric');
+        terminate(m); // the fabric ended the attempt
         return;
       }
       const kind: ReportKind = outcome.error === undefined ? 'complete' : 'fail';
       const answer = await this.#link.report(task, kind, outcome);
       if (this.#closed) return; // redelivered after AckWait
       if (answer === undefined) {
-        m.term('owning sidecar gone'); // it re-dispatches the task when it comes back
+        terminate(m); // its sidecar is gone for longer than the task's timeout
         return;
       }
       if (kind === 'complete') this.stats.completed++;

@@ -30,6 +30,11 @@ export interface NatsNames {
   ended(taskId: string): string;
   /** Wildcard workers subscribe {@link ended} on. */
   readonly allEnded: string;
+  /**
+   * Core subject where a sidecar asks the others to check a report's proof for an agent it does
+   * not know (request/reply; only the agent's own sidecar answers).
+   */
+  readonly vouch: string;
 }
 
 /**
@@ -60,6 +65,7 @@ export function natsNames(namespace: string): NatsNames {
     results: (sidecarId) => `${p}.res.${sidecarId}`,
     ended: (taskId) => `${p}.ended.${subjectToken(taskId)}`,
     allEnded: `${p}.ended.*`,
+    vouch: `${p}.vouch`,
   };
 }
 

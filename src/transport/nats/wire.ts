@@ -71,10 +71,41 @@ export const reportSchema = z
     error: taskErrorSchema.optional(),
     /** With `fail`: an infrastructure fault, retried while attempts remain. */
     retry: z.boolean().optional(),
+    /**
+     * With `start` (required there): an id the worker makes for this take-up of the message
+     * (unique per delivery it received; a re-sent report repeats it). A start of an attempt
+     * already started under another take-up means the message came back after AckWait — its
+     * first worker is lost — and the fabric ends that attempt and retries as a new one.
+     */
+    take: z.string().min(1).max(64).optional(),
   })
   .strict();
 /** A worker's report on a task. */
 export type Report = z.infer<typeof reportSchema>;
+
+/** Most reports one batch may carry. */
+export const MAX_REPORT_BATCH = 1024;
+
+/**
+ * Several reports in one request (each checked on its own), answered
+ * `{ answers: Answer[] }` in the same order.
+ */
+export const reportBatchSchema = z
+  .object({ v: z.literal(1), reports: z.array(z.unknown()).min(1).max(MAX_REPORT_BATCH) })
+  .strict();
+
+/** A request to the agent's own sidecar to check a report's proof (core subject `vouch`). */
+export const vouchSchema = z
+  .object({
+    agentId: z.string().min(1).max(200),
+    kind: z.enum(['start', 'progress', 'complete', 'fail']),
+    taskId: z.string().min(1).max(200),
+    attempt: z.number().int().positive(),
+    proof: z.string().min(1).max(100),
+  })
+  .strict();
+/** A vouch request. */
+export type Vouch = z.infer<typeof vouchSchema>;
 
 /** A heartbeat (core subject `hb.<agentId>`). */
 export const heartbeatSchema = z
