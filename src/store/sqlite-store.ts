@@ -267,12 +267,20 @@ export class SqliteTaskCollection<T> implements Collection<T> {
     return this.#map.get(id)?.record;
   }
 
+  /** The entry of `id`, now holding `record` (a new one, without a row, when there is none). */
+  #entry(id: string, record: T): TaskEntry<T> {
+    const e = this.#map.get(id);
+    if (e !== undefined) {
+      e.record = record;
+      return e;
+    }
+    const created: TaskEntry<T> = { id, record, rid: undefined, state: CLEAN, gone: false };
+    this.#map.set(id, created);
+    return created;
+  }
+
   put(id: string, record: T): void {
-    let e = this.#map.get(id);
-    if (e === undefined) {
-      e = { id, record, rid: undefined, state: CLEAN, gone: false };
-      this.#map.set(id, e);
-    } else e.record = record;
+    const e = this.#entry(id, record);
     if (e.state !== DIRTY) {
       e.state = DIRTY;
       this.#dirty.push(e);
@@ -281,11 +289,7 @@ export class SqliteTaskCollection<T> implements Collection<T> {
   }
 
   putLazily(id: string, record: T): void {
-    let e = this.#map.get(id);
-    if (e === undefined) {
-      e = { id, record, rid: undefined, state: CLEAN, gone: false };
-      this.#map.set(id, e);
-    } else e.record = record;
+    const e = this.#entry(id, record);
     if (e.state !== CLEAN) return; // written with the pending change anyway
     e.state = LAZY;
     this.#lazy.push(e);
@@ -293,9 +297,7 @@ export class SqliteTaskCollection<T> implements Collection<T> {
   }
 
   adopt(id: string, record: T): void {
-    const e = this.#map.get(id);
-    if (e !== undefined) e.record = record;
-    else this.#map.set(id, { id, record, rid: undefined, state: CLEAN, gone: false });
+    this.#entry(id, record);
   }
 
   delete(id: string): boolean {
