@@ -134,12 +134,7 @@ export class SqliteCollection<T> implements Collection<T> {
   readonly kind: Kind;
 
   /** @internal */
-  constructor(
-    kind: Kind,
-    journal: Journal,
-    rows: Iterable<[string, T]>,
-    urgency: Urgency,
-  ) {
+  constructor(kind: Kind, journal: Journal, rows: Iterable<[string, T]>, urgency: Urgency) {
     this.kind = kind;
     this.#journal = journal;
     this.#urgency = urgency;
