@@ -15,6 +15,11 @@
  *   standard `grpc.health.v1.Health/Check` on the same server and client setup (no auth, no
  *   fabric work), interleaved: how much of the RPC cost is grpc-js itself, which bounds
  *   schedule-unary's ratio whatever the fabric does.
+ * - grpc-unary-floor (diagnostic): a bare grpc-js unary echo (fixtures/grpc-echo.ts: bytes in,
+ *   same bytes out; no protobuf, no auth, no fabric) served from the same server process, same
+ *   client, same concurrency, interleaved with the rounds above, against the same in-process
+ *   baseline: its ratio is the ceiling of schedule-unary's on this machine — what the ratio
+ *   would be if the fabric's service cost nothing. schedule-unary's goal column shows it.
  * - claim-complete: one remote worker's loop, one task at a time — claim (no wait: the tasks are
  *   queued for it beforehand) then complete — over `AgentService.ClaimTask` + `CompleteTask`
  *   with the agent's credential, vs the same loop over the MCP fabric tools
@@ -54,6 +59,7 @@ import { linkedSignalFetch } from '../src/gateway/upstream.js';
 // Service descriptors (generated code the package does not export).
 import { Health } from '../src/gen/grpc/health/v1/health_pb.js';
 import { FabricService } from '../src/gen/fabric/v1/fabric_pb.js';
+import { ECHO_DEFINITION } from './fixtures/grpc-echo.js';
 import { inFlight, Latency, median, type BenchContext, type BenchSuite } from './lib.js';
 
 const ADMIN = 'bench-admin-token-0123456789abcdef';
@@ -96,6 +102,8 @@ function request(svc: DescService, method: string, init: Record<string, unknown>
 /** The schedule-unary server process (bench/fixtures/grpc-schedule-server.ts). */
 interface ServerProcess {
   readonly address: string;
+  /** The bare grpc-js echo server beside it (fixtures/grpc-echo.ts). */
+  readonly echoAddress: string;
   /** Runs `n` in-process scheduleToPool calls there, IN_FLIGHT at a time. */
   baseline(n: number): Promise<{ rate: number; p50Us: number; p99Us: number }>;
   stop(): Promise<void>;
@@ -122,9 +130,10 @@ async function forkServer(): Promise<ServerProcess> {
         resolve(m as T);
       });
     });
-  const { address } = await next<{ address: string }>();
+  const { address, echoAddress } = await next<{ address: string; echoAddress: string }>();
   return {
     address,
+    echoAddress,
     baseline: (n) => {
       const answer = next<{ rate: number; p50Us: number; p99Us: number }>();
       child.send({ baseline: n, concurrency: IN_FLIGHT });
@@ -147,6 +156,8 @@ async function scheduleUnary(ctx: BenchContext): Promise<void> {
   const client = new Ctor(server.address, credentials.createInsecure());
   const HealthCtor = makeGenericClientConstructor(grpcDefinition(Health), 'Health');
   const health = new HealthCtor(server.address, credentials.createInsecure());
+  const EchoCtor = makeGenericClientConstructor(ECHO_DEFINITION, 'Echo');
+  const echo = new EchoCtor(server.echoAddress, credentials.createInsecure());
   try {
     const md = bearer(ADMIN);
     const viaGrpc = (i: number): Promise<unknown> =>
@@ -164,14 +175,21 @@ async function scheduleUnary(ctx: BenchContext): Promise<void> {
     // fabric work), the ceiling any FabricService call can reach here.
     const healthReq = create(Health.methods.find((m) => m.localName === 'check')!.input, {});
     const healthCheck = (): Promise<unknown> => unary(health, 'check', new Metadata(), healthReq);
+    // Less still: a bare grpc-js unary echo (no protobuf, no auth, no fabric) in the same
+    // server process — the floor of grpc-js's per-call cost, the ceiling of any unary RPC here.
+    const echoBytes = Buffer.from('0123456789');
+    const echoCall = (): Promise<unknown> => unary(echo, 'echo', new Metadata(), echoBytes);
     const n = ctx.quick ? 1_000 : 2_000;
     const rounds = ctx.quick ? 3 : 5;
     const warm = ctx.quick ? 300 : 1_000;
     await inFlight(warm, IN_FLIGHT, viaGrpc, undefined);
     await server.baseline(warm);
     await inFlight(warm, IN_FLIGHT, healthCheck, undefined);
+    await inFlight(warm, IN_FLIGHT, echoCall, undefined);
     const latGrpc = new Latency();
     const latHealth = new Latency();
+    const latEcho = new Latency();
+    const echoes: number[] = [];
     const ours: number[] = [];
     const base: { rate: number; p50Us: number; p99Us: number }[] = [];
     const floor: number[] = [];
@@ -179,9 +197,12 @@ async function scheduleUnary(ctx: BenchContext): Promise<void> {
       base.push(await server.baseline(n));
       ours.push(await inFlight(n, IN_FLIGHT, viaGrpc, latGrpc));
       floor.push(await inFlight(n, IN_FLIGHT, healthCheck, latHealth));
+      echoes.push(await inFlight(n, IN_FLIGHT, echoCall, latEcho));
     }
     const baseMedian = median(base.map((b) => b.rate));
     const baseRound = base.find((b) => b.rate === baseMedian) ?? base[0]!;
+    // The highest ratio schedule-unary could reach here if the fabric cost nothing.
+    const ceiling = Number((median(echoes) / baseMedian).toPrecision(2));
     ctx.report({
       suite: 'grpc',
       case: 'schedule-unary',
@@ -197,7 +218,7 @@ async function scheduleUnary(ctx: BenchContext): Promise<void> {
       // The median round's (the server process keeps no histogram across rounds).
       baselineP50Us: baseRound.p50Us,
       baselineP99Us: baseRound.p99Us,
-      goal: 'ratio ≥ 0.3',
+      goal: `ratio ≥ 0.3 (ceiling here: ${ceiling}, see grpc-unary-floor)`,
     });
     ctx.report({
       suite: 'grpc',
@@ -213,9 +234,25 @@ async function scheduleUnary(ctx: BenchContext): Promise<void> {
       baselineP99Us: latHealth.percentileUs(99),
       goal: 'diagnostic: the unary RPC floor of grpc-js here (expected below 1)',
     });
+    ctx.report({
+      suite: 'grpc',
+      case: 'grpc-unary-floor',
+      unit: 'RPCs/s',
+      value: median(echoes),
+      baseline: 'fabric.scheduleToPool in the server process, 32 in flight',
+      baselineValue: baseMedian,
+      ratio: ceiling,
+      higherIsBetter: true,
+      p50Us: latEcho.percentileUs(50),
+      p99Us: latEcho.percentileUs(99),
+      baselineP50Us: baseRound.p50Us,
+      baselineP99Us: baseRound.p99Us,
+      goal: 'ceiling of schedule-unary: a bare grpc-js unary echo, same client and machine',
+    });
   } finally {
     client.close();
     health.close();
+    echo.close();
     await server.stop();
   }
 }

@@ -92,6 +92,12 @@ export const MAX_API_JSON_DEPTH = DEFAULT_GRPC_RECURSION_LIMIT / 2;
 export const MAX_API_JSON_NODES = 200_000;
 /** Default of {@link HttpDoorOptions.maxStreams}. */
 export const DEFAULT_API_MAX_STREAMS = 64;
+
+/** Largest `http.apiMaxStreams` the config accepts (each stream holds a response and a buffer). */
+export const MAX_API_STREAMS = 65_536;
+
+/** Largest `http.apiMaxBufferedMessages` the config accepts. */
+export const MAX_API_BUFFERED_MESSAGES = 1_000_000;
 /** Default of {@link HttpDoorOptions.keepAliveMs}. */
 export const DEFAULT_API_KEEP_ALIVE_MS = 15_000;
 /** Request header with the call's deadline in milliseconds (the Connect protocol's). */

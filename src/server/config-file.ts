@@ -21,6 +21,12 @@ import { DEFAULT_MAX_STREAM_BACKLOG_BYTES } from '../gateway/downstream-http-tra
 import { DEFAULT_BODY_TIMEOUT_MS } from '../gateway/http-body.js';
 import { upstreamSpecSchema } from '../gateway/upstream-config.js';
 import { DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT } from '../policy/approval-manager.js';
+import {
+  DEFAULT_API_MAX_STREAMS,
+  MAX_API_BUFFERED_MESSAGES,
+  MAX_API_STREAMS,
+} from '../rpc/http-door.js';
+import { DEFAULT_MAX_BUFFERED_STREAM_MESSAGES } from '../rpc/rpc-call.js';
 import { DEFAULT_STATE_SYNCHRONOUS } from '../store/sqlite-store.js';
 import { HostGuard } from './host-guard.js';
 import { pinnedCredentialProblem } from './pinned-credential.js';
@@ -141,6 +147,26 @@ export const sidecarConfigSchema = z
           .number()
           .positive()
           .default(DEFAULT_BODY_TIMEOUT_MS / 1000),
+        /**
+         * Operator API (`/api/`) server streams open at once (EventService/Watch,
+         * ApprovalService/Watch); one more is refused with 429 FABRIC_ERR_STREAM_LIMIT.
+         */
+        apiMaxStreams: z
+          .number()
+          .int()
+          .min(1)
+          .max(MAX_API_STREAMS)
+          .default(DEFAULT_API_MAX_STREAMS),
+        /**
+         * Messages one operator API stream may hold unread; beyond, the stream ends with
+         * FABRIC_ERR_STREAM_OVERFLOW.
+         */
+        apiMaxBufferedMessages: z
+          .number()
+          .int()
+          .min(1)
+          .max(MAX_API_BUFFERED_MESSAGES)
+          .default(DEFAULT_MAX_BUFFERED_STREAM_MESSAGES),
         /** HTTPS with these files (else the top-level `tls`, else plain HTTP). */
         tls: tlsSchema.optional(),
         /** Serve plain HTTP beyond loopback (start-up refuses it otherwise). */

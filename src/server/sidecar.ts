@@ -374,6 +374,8 @@ export class Sidecar {
                   services: fabricServices(fabric, { gateway }),
                   bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
                   keepAliveMs: h.keepAliveSeconds * 1000,
+                  maxStreams: h.apiMaxStreams,
+                  maxBufferedMessages: h.apiMaxBufferedMessages,
                 }),
               }),
           metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint)),

@@ -131,15 +131,10 @@ export class SqliteCollection<T> implements Collection<T> {
   readonly #journal: Journal;
   readonly #urgency: Urgency;
   /** @internal */
-  readonly kind: Kind | 'task';
+  readonly kind: Kind;
 
   /** @internal */
-  constructor(
-    kind: Kind | 'task',
-    journal: Journal,
-    rows: Iterable<[string, T]>,
-    urgency: Urgency,
-  ) {
+  constructor(kind: Kind, journal: Journal, rows: Iterable<[string, T]>, urgency: Urgency) {
     this.kind = kind;
     this.#journal = journal;
     this.#urgency = urgency;
@@ -214,42 +209,168 @@ export class SqliteCollection<T> implements Collection<T> {
 }
 
 /**
- * The task collection: as {@link SqliteCollection}, and it knows which tasks have a row (and
- * its `rid`), so a task's first write is an insert and later ones update its changing columns.
+ * One task of {@link SqliteTaskCollection}: its record, its row, and whether it has a change to
+ * commit. One object per task, so a write costs one map lookup, not one per index.
  */
-export class SqliteTaskCollection<T> extends SqliteCollection<T> {
-  /** Row of each task committed to the `tasks` table. */
-  readonly #rids = new Map<string, number>();
+interface TaskEntry<T> {
+  readonly id: string;
+  record: T;
+  /** Its row in `tasks`, once committed (undefined: the next write inserts it). */
+  rid: number | undefined;
+  /** What is pending: {@link CLEAN}, {@link DIRTY} (put) or {@link LAZY} (putLazily). */
+  state: number;
+  /** Deleted from the collection: the commit removes its row, if it has one. */
+  gone: boolean;
+}
+
+const CLEAN = 0;
+const DIRTY = 1;
+const LAZY = 2;
+/** Being written by the commit in progress. */
+const WRITING = 3;
+
+/**
+ * The task collection (the scheduler's hot path: two or three writes per task). Same behaviour
+ * as {@link SqliteCollection}, and it knows which tasks have a row (and its `rid`), so a task's
+ * first write is an insert and later ones update its changing columns.
+ *
+ * Why it is not a `SqliteCollection`: profiled (bench/store `durable-dispatch`), the generic
+ * collection's bookkeeping — a dirty set, a lazy set and a row map, each touched on every `put`
+ * and again on commit — cost about as much CPU as SQLite's own row writes. Here each task is one
+ * {@link TaskEntry} and the changes are two arrays of entries in the order they were made.
+ */
+export class SqliteTaskCollection<T> implements Collection<T> {
+  readonly kind = 'task';
+  readonly #map = new Map<string, TaskEntry<T>>();
+  /** Entries changed by `put`/`delete` since the last commit (each once, in order). */
+  #dirty: TaskEntry<T>[] = [];
+  /** Entries changed by `putLazily` only (may since have become dirty or clean). */
+  #lazy: TaskEntry<T>[] = [];
+  readonly #journal: Journal;
   #nextRid = 1;
 
-  /** @internal */
+  /** @internal `rows`: the stored tasks with their rows. */
   constructor(journal: Journal, rows: ReadonlyArray<[string, T, number]>) {
-    super(
-      'task',
-      journal,
-      rows.map(([id, record]): [string, T] => [id, record]),
-      'soon',
-    );
-    for (const [id, , rid] of rows) {
-      this.#rids.set(id, rid);
+    this.#journal = journal;
+    for (const [id, record, rid] of rows) {
+      this.#map.set(id, { id, record, rid, state: CLEAN, gone: false });
       if (rid >= this.#nextRid) this.#nextRid = rid + 1;
     }
   }
 
-  /** @internal The row of a committed task, if it has one. */
-  rowOf(id: string): number | undefined {
-    return this.#rids.get(id);
+  get(id: string): T | undefined {
+    return this.#map.get(id)?.record;
   }
 
-  /** @internal A fresh row number for a task's insert (recorded by {@link inserted}). */
+  /** The entry of `id`, now holding `record` (a new one, without a row, when there is none). */
+  #entry(id: string, record: T): TaskEntry<T> {
+    const e = this.#map.get(id);
+    if (e !== undefined) {
+      e.record = record;
+      return e;
+    }
+    const created: TaskEntry<T> = { id, record, rid: undefined, state: CLEAN, gone: false };
+    this.#map.set(id, created);
+    return created;
+  }
+
+  put(id: string, record: T): void {
+    const e = this.#entry(id, record);
+    if (e.state !== DIRTY) {
+      e.state = DIRTY;
+      this.#dirty.push(e);
+    }
+    this.#journal.touch('soon');
+  }
+
+  putLazily(id: string, record: T): void {
+    const e = this.#entry(id, record);
+    if (e.state !== CLEAN) return; // written with the pending change anyway
+    e.state = LAZY;
+    this.#lazy.push(e);
+    this.#journal.touch('later');
+  }
+
+  adopt(id: string, record: T): void {
+    this.#entry(id, record);
+  }
+
+  delete(id: string): boolean {
+    const e = this.#map.get(id);
+    if (e === undefined) return false;
+    this.#map.delete(id);
+    e.gone = true;
+    if (e.state !== DIRTY) {
+      e.state = DIRTY;
+      this.#dirty.push(e);
+    }
+    this.#journal.touch('soon');
+    return true;
+  }
+
+  *values(): IterableIterator<T> {
+    for (const e of this.#map.values()) yield e.record;
+  }
+
+  get size(): number {
+    return this.#map.size;
+  }
+
+  /** @internal Whether anything waits for a commit (with `lazy`, lazy changes too). */
+  hasPending(lazy: boolean): boolean {
+    return this.#dirty.length > 0 || (lazy && this.#lazy.length > 0);
+  }
+
+  /**
+   * @internal Writes the pending changes with `write` (inside the commit's transaction):
+   * `write(id, record, rid)` for each changed task, `record` undefined for a deleted one, `rid`
+   * undefined for one without a row; it returns the row it inserted, if any. The caller then
+   * calls `committed()` once the transaction committed, or `failed()` when it did not
+   * (everything stays pending).
+   */
+  write(
+    lazy: boolean,
+    write: (id: string, record: T | undefined, rid: number | undefined) => number | undefined,
+  ): { committed(): void; failed(): void } {
+    const done: TaskEntry<T>[] = [];
+    const rows: number[] = [];
+    const states: number[] = [];
+    const one = (e: TaskEntry<T>): void => {
+      // WRITING also skips a second copy of the entry in the lazy list.
+      states.push(e.state);
+      e.state = WRITING;
+      done.push(e);
+      rows.push(write(e.id, e.gone ? undefined : e.record, e.rid) ?? -1);
+    };
+    const failed = (): void => {
+      for (let i = 0; i < done.length; i++) done[i]!.state = states[i]!;
+    };
+    try {
+      for (const e of this.#dirty) if (e.state === DIRTY) one(e);
+      if (lazy) for (const e of this.#lazy) if (e.state === LAZY) one(e);
+    } catch (error) {
+      failed();
+      throw error;
+    }
+    return {
+      committed: () => {
+        for (let i = 0; i < done.length; i++) {
+          const e = done[i]!;
+          e.state = CLEAN;
+          if (e.gone) e.rid = undefined;
+          else if (rows[i]! >= 0) e.rid = rows[i];
+        }
+        this.#dirty = [];
+        if (lazy) this.#lazy = [];
+        else if (this.#lazy.length > 4096) this.#lazy = this.#lazy.filter((e) => e.state === LAZY);
+      },
+      failed,
+    };
+  }
+
+  /** @internal A fresh row number for a task's insert. */
   newRow(): number {
     return this.#nextRid++;
-  }
-
-  /** @internal Called once the rows are committed. */
-  rowsCommitted(inserted: ReadonlyArray<[string, number]>, deleted: readonly string[]): void {
-    for (const [id, rid] of inserted) this.#rids.set(id, rid);
-    for (const id of deleted) this.#rids.delete(id);
   }
 }
 
@@ -502,14 +623,14 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #flush(lazy: boolean): void {
     if (!lazy) this.#soon = false;
     if (this.#closed) return;
-    const tasks = this.tasks.changedIds(lazy);
+    const tasks = this.tasks.hasPending(lazy);
     const agents = this.agents.pending(lazy);
     const pools = this.pools.pending(lazy);
     const approvals = this.approvals.pending(lazy);
     const toolTasks = this.toolTasks.pending(lazy);
     const budgets = this.budgets.pending();
     if (
-      tasks.length === 0 &&
+      !tasks &&
       agents.length === 0 &&
       pools.length === 0 &&
       approvals.length === 0 &&
@@ -529,10 +650,6 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         return undefined;
       }
     };
-    // Tasks are serialized inside the transaction, one at a time (no intermediate copies: they
-    // are most of the writes); a task that cannot be serialized is skipped and reported.
-    const inserted: Array<[string, number]> = [];
-    const removed: string[] = [];
     const rows: Array<[Kind, string, string | undefined | null]> = [];
     for (const [c, changed] of [
       [this.agents, agents],
@@ -552,9 +669,15 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       scope,
       source === null ? null : json(`budget ${scope}`, () => source.toJSON()),
     ]);
+    // Tasks are serialized inside the transaction, one at a time (no intermediate copies: they
+    // are most of the writes); a task that cannot be serialized is skipped and reported.
+    let written: { committed(): void; failed(): void } | undefined;
     try {
       this.#db.transaction(() => {
-        for (const id of tasks) this.#writeTask(id, inserted, removed, unserializable);
+        if (tasks)
+          written = this.tasks.write(lazy, (id, record, rid) =>
+            this.#writeTask(id, record, rid, unserializable),
+          );
         for (const [kind, id, data] of rows) {
           if (data === null) this.#remove.run(kind, id);
           else if (data !== undefined) this.#upsert.run(kind, id, data);
@@ -565,10 +688,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         }
       })();
     } catch (error) {
+      written?.failed();
       throw new StateStoreError(this.path, `write failed: ${messageOf(error)}`, { cause: error });
     }
-    this.tasks.rowsCommitted(inserted, removed);
-    this.tasks.committed(tasks);
+    written?.committed();
     this.agents.committed(agents.map(([id]) => id));
     this.pools.committed(pools.map(([id]) => id));
     this.approvals.committed(approvals.map(([id]) => id));
@@ -583,39 +706,35 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   }
 
   /**
-   * Writes the task `id` (inside the commit's transaction): a first write inserts its row, later
-   * ones update the columns that change, a deleted task's row goes.
+   * Writes the task `id` (inside the commit's transaction): a first write inserts its row (and
+   * returns it), later ones update the columns that change, a deleted task's row goes.
    */
   #writeTask(
     id: string,
-    inserted: Array<[string, number]>,
-    removed: string[],
+    record: TTask | undefined,
+    rid: number | undefined,
     unserializable: string[],
-  ): void {
-    const record = this.tasks.get(id);
-    const rid = this.tasks.rowOf(id);
+  ): number | undefined {
     if (record === undefined) {
-      if (rid !== undefined) {
-        this.#removeTask.run(rid);
-        removed.push(id);
-      }
-      return;
+      if (rid !== undefined) this.#removeTask.run(rid);
+      return undefined;
     }
     let cells: unknown[];
     try {
       cells = rid === undefined ? insertCells(id, record) : updateCells(id, record);
     } catch {
       unserializable.push(`task ${id}`);
-      return;
+      return undefined;
     }
     if (rid === undefined) {
       const row = this.tasks.newRow();
-      this.#insertTask.run(row, ...cells);
-      inserted.push([id, row]);
-    } else {
-      cells.push(rid);
-      this.#updateTask.run(...cells);
+      cells[0] = row;
+      this.#insertTask.run(cells);
+      return row;
     }
+    cells.push(rid);
+    this.#updateTask.run(cells);
+    return undefined;
   }
 
   /**
@@ -790,7 +909,9 @@ function migrate(path: string, db: Database.Database): void {
             "SELECT id, data FROM records WHERE kind = 'task' ORDER BY id",
           )
           .all()) {
-          insert.run(++rid, ...insertCells(r.id, parseRecord(path, 'task', r.id, r.data)));
+          const cells = insertCells(r.id, parseRecord(path, 'task', r.id, r.data));
+          cells[0] = ++rid;
+          insert.run(cells);
         }
         db.exec("DELETE FROM records WHERE kind = 'task'");
       }

@@ -99,13 +99,12 @@ export interface TaskRow {
 }
 
 /**
- * The stored form of `record` (its `toJSON()` when it has one: a live `TaskRecord`).
- * Fields are read by name; unknown ones are not stored.
+ * The fields of `record` by name: a live `TaskRecord` has the stored form's field names (but
+ * `taskType` for `type`), so no `toJSON()` copy is made per write; any other object is read as
+ * the stored form itself.
  */
-function dataOf(record: unknown): Record<string, unknown> {
-  const r = record as { toJSON?: () => unknown } | null;
-  const d = typeof r?.toJSON === 'function' ? r.toJSON() : record;
-  return (d !== null && typeof d === 'object' ? d : {}) as Record<string, unknown>;
+function fieldsOf(record: unknown): Record<string, unknown> {
+  return (record !== null && typeof record === 'object' ? record : {}) as Record<string, unknown>;
 }
 
 /** A string column: the value if it is a string, else null (a record not of this shape). */
@@ -122,14 +121,16 @@ function json(v: unknown, field: string): string | null {
 }
 
 /**
- * The row of a new task: fixed then mutable cells (without `rid`).
+ * The row of a new task: a placeholder for `rid` (the caller sets cell 0), then the fixed and
+ * the mutable cells, in {@link INSERT_TASK} order.
  * @throws for a payload, result, error or progress that cannot be serialized
  */
 export function insertCells(id: string, record: unknown): Cell[] {
-  const d = dataOf(record);
-  return [
+  const d = fieldsOf(record);
+  const cells: Cell[] = [
+    null,
     id,
-    str(d.type),
+    str(d.type ?? d.taskType),
     json(d.payload, `task ${id} payload`),
     num(d.priority),
     str(d.agentId),
@@ -140,22 +141,24 @@ export function insertCells(id: string, record: unknown): Cell[] {
     num(d.maxAttempts),
     num(d.seq),
     num(d.createdAt),
-    ...mutableCells(id, d),
   ];
+  pushMutable(cells, id, d);
+  return cells;
 }
 
 /**
- * The mutable cells of a stored task, in {@link MUTABLE_COLUMNS} order.
+ * The mutable cells of a stored task, in {@link MUTABLE_COLUMNS} order (the caller appends
+ * `rid` for {@link UPDATE_TASK}).
  * @throws for a result, error or progress that cannot be serialized
  */
 export function updateCells(id: string, record: unknown): MutableCells {
-  // The changing fields have the same names on a live TaskRecord as in its stored form, so they
-  // are read from the record itself (no `toJSON` copy per write).
-  return mutableCells(id, (record ?? {}) as Record<string, unknown>);
+  const cells: Cell[] = [];
+  pushMutable(cells, id, fieldsOf(record));
+  return cells;
 }
 
-function mutableCells(id: string, d: Record<string, unknown>): MutableCells {
-  return [
+function pushMutable(cells: Cell[], id: string, d: Record<string, unknown>): void {
+  cells.push(
     str(d.poolId),
     str(d.status),
     num(d.attempt),
@@ -167,7 +170,7 @@ function mutableCells(id: string, d: Record<string, unknown>): MutableCells {
     json(d.result, `task ${id} result`),
     json(d.error, `task ${id} error`),
     json(d.progress, `task ${id} progress`),
-  ];
+  );
 }
 
 /** Column → `TaskData` field, for the columns read back as they are. */
