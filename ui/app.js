@@ -4,7 +4,7 @@
  * that something changed; the lists say what is true now).
  */
 import { ApiError, currentSession, login, logout, watch, whenLoggedOut } from './lib/api.js';
-import { h, replace } from './lib/dom.js';
+import { h, replace, tickTimes } from './lib/dom.js';
 import * as agents from './views/agents.js';
 import * as approvals from './views/approvals.js';
 import * as budgets from './views/budgets.js';
@@ -150,9 +150,7 @@ function start(admin) {
     }
   })();
   const poll = setInterval(() => void refreshAll(), REFRESH_MS);
-  const tick = setInterval(() => {
-    for (const view of instances.values()) view.tick?.();
-  }, 1000);
+  const tick = setInterval(() => tickTimes(container), 1000);
 
   return {
     stop() {

@@ -5,7 +5,8 @@
 
 /**
  * Creates an element: `h('td', { class: 'x', onclick: fn }, 'text', childElement)`.
- * Attributes starting with `on` are event listeners; `null`/`undefined`/`false` children are skipped.
+ * Attributes starting with `on` are event listeners, `style` is an object of CSSOM properties;
+ * `null`/`undefined`/`false` children are skipped.
  */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -15,6 +16,9 @@ export function h(tag, attrs = {}, ...children) {
       el.addEventListener(key.slice(2), value);
     } else if (key === 'dataset') {
       Object.assign(el.dataset, value);
+    } else if (key === 'style') {
+      // Through the CSSOM: the Content-Security-Policy blocks inline `style` attributes.
+      Object.assign(el.style, value);
     } else {
       el.setAttribute(key, value === true ? '' : String(value));
     }
@@ -58,12 +62,98 @@ export function table(headers, rows, empty = 'Nothing here yet.') {
       rows.map((cells) =>
         h(
           'tr',
-          cells.dataset ? { dataset: cells.dataset } : {},
+          { dataset: cells.dataset ?? {} },
           cells.map((c) => h('td', {}, c)),
         ),
       ),
     ),
   );
+}
+
+/**
+ * A table whose rows are kept across updates: a row is rebuilt only when its item's `sig`
+ * (signature) changed, and not while the user is typing into one of its fields, so what the user
+ * typed (a reason, a pool size) or an armed button survive the periodic refresh. Times in rows are {@link since}/{@link until} spans that
+ * {@link tickTimes} updates in place.
+ */
+export class KeyedTable {
+  constructor(headers, empty = 'Nothing here yet.') {
+    this.tbody = h('tbody');
+    this.table = h(
+      'table',
+      {},
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          headers.map((t) => h('th', {}, t)),
+        ),
+      ),
+      this.tbody,
+    );
+    this.empty = h('p', { class: 'empty' }, empty);
+    this.el = h('div', {}, this.empty);
+    this.rows = new Map();
+  }
+
+  /**
+   * `items`: `{ key, sig, dataset, cells: () => [...], times }` in display order. `sig` leaves out
+   * the row's times: `times` (ISO strings) are written into the row's {@link since} spans, in
+   * order, without rebuilding it.
+   */
+  update(items) {
+    const keep = new Set();
+    const ordered = items.map((item) => {
+      keep.add(item.key);
+      let row = this.rows.get(item.key);
+      if (row === undefined || (row.sig !== item.sig && !editing(row.tr))) {
+        const tr = h(
+          'tr',
+          { dataset: item.dataset ?? {} },
+          item.cells().map((c) => h('td', {}, c)),
+        );
+        if (row !== undefined) row.tr.replaceWith(tr);
+        row = { tr, sig: item.sig };
+        this.rows.set(item.key, row);
+      }
+      if (item.times) {
+        row.tr.querySelectorAll('span.time').forEach((el, i) => {
+          if (item.times[i] !== undefined) el.dataset.at = item.times[i] ?? '';
+        });
+      }
+      return row.tr;
+    });
+    for (const [key, row] of this.rows) {
+      if (!keep.has(key)) {
+        row.tr.remove();
+        this.rows.delete(key);
+      }
+    }
+    // Re-append in order (moving an element keeps its state).
+    ordered.forEach((tr, i) => {
+      if (this.tbody.children[i] !== tr)
+        this.tbody.insertBefore(tr, this.tbody.children[i] ?? null);
+    });
+    this.el.replaceChildren(items.length === 0 ? this.empty : this.table);
+  }
+}
+
+/**
+ * A span showing how long ago `iso` was ("12s ago") or, for a future time, how long is left
+ * ("4m 2s left"), kept current by {@link tickTimes}.
+ */
+export function since(iso) {
+  return h('span', { class: 'time', 'data-at': iso ?? '' }, age(iso));
+}
+
+/** Updates every {@link since}/{@link until} span under `root`. */
+export function tickTimes(root) {
+  const now = Date.now();
+  for (const el of root.querySelectorAll('span.time')) {
+    el.textContent = age(el.dataset.at || undefined, now);
+  }
 }
 
 /** A status badge; `kind` picks its colour (ok, warn, bad, muted). */
@@ -142,4 +232,14 @@ export function confirmButton(label, action, attrs = {}) {
     attrs,
   );
   return el;
+}
+
+/** True while the user types into (or picks in) a field of `tr`: it is not rebuilt then. */
+function editing(tr) {
+  const active = document.activeElement;
+  return (
+    active !== null &&
+    ['INPUT', 'SELECT', 'TEXTAREA'].includes(active.tagName) &&
+    tr.contains(active)
+  );
 }

@@ -1,6 +1,6 @@
 /** Agents: health, last heartbeat, load; terminate one. Live from the AGENTS topic. */
 import { call, listAll } from '../lib/api.js';
-import { age, badge, confirmButton, enumName, h, replace, table } from '../lib/dom.js';
+import { badge, confirmButton, enumName, h, KeyedTable, since } from '../lib/dom.js';
 
 export const id = 'agents';
 export const title = 'Agents';
@@ -20,7 +20,10 @@ export function healthBadge(status) {
 }
 
 export function createView(ctx) {
-  const body = h('div');
+  const rows = new KeyedTable(
+    ['Name', 'Id', 'Health', 'Pool', 'Last heartbeat', 'Running / queued', 'Done / failed', ''],
+    'No agents.',
+  );
   const showEnded = h('input', { type: 'checkbox' });
   showEnded.addEventListener('change', () => render());
   const el = h(
@@ -32,47 +35,46 @@ export function createView(ctx) {
       h('h2', {}, title),
       h('label', {}, showEnded, ' show terminated'),
     ),
-    body,
+    rows.el,
   );
   let agents = [];
 
   function render() {
-    const now = Date.now();
     const shown = agents.filter(
       (a) => showEnded.checked || enumName(a.status, 'AGENT_STATUS_') !== 'TERMINATED',
     );
-    const rows = shown.map((a) => {
-      const live = enumName(a.status, 'AGENT_STATUS_') !== 'TERMINATED';
-      const row = [
-        h('strong', {}, a.name ?? ''),
-        h('code', {}, a.agentId),
-        healthBadge(a.status),
-        a.poolId || '—',
-        age(a.lastHeartbeatAt, now),
-        `${a.runningTasks ?? 0} / ${a.queuedTasks ?? 0}`,
-        `${a.completedTasks ?? 0} / ${a.failedTasks ?? 0}`,
-        live
-          ? confirmButton(
-              'Terminate',
-              async () => {
-                await ctx.act(`Terminated ${a.name}`, () =>
-                  call('FabricService/TerminateAgent', { agentId: a.agentId }),
-                );
-              },
-              { class: 'danger' },
-            )
-          : '',
-      ];
-      row.dataset = { agent: a.agentId, name: a.name ?? '' };
-      return row;
-    });
-    replace(
-      body,
-      table(
-        ['Name', 'Id', 'Health', 'Pool', 'Last heartbeat', 'Running / queued', 'Done / failed', ''],
-        rows,
-        'No agents.',
-      ),
+    rows.update(
+      shown.map((a) => {
+        const { lastHeartbeatAt, ...rest } = a;
+        return {
+          key: a.agentId,
+          sig: JSON.stringify(rest),
+          dataset: { agent: a.agentId, name: a.name ?? '' },
+          times: [lastHeartbeatAt],
+          cells: () => {
+            const live = enumName(a.status, 'AGENT_STATUS_') !== 'TERMINATED';
+            return [
+              h('strong', {}, a.name ?? ''),
+              h('code', {}, a.agentId),
+              healthBadge(a.status),
+              a.poolId || '—',
+              since(lastHeartbeatAt),
+              `${a.runningTasks ?? 0} / ${a.queuedTasks ?? 0}`,
+              `${a.completedTasks ?? 0} / ${a.failedTasks ?? 0}`,
+              live
+                ? confirmButton(
+                    'Terminate',
+                    () =>
+                      ctx.act(`Terminated ${a.name}`, () =>
+                        call('FabricService/TerminateAgent', { agentId: a.agentId }),
+                      ),
+                    { class: 'danger' },
+                  )
+                : '',
+            ];
+          },
+        };
+      }),
     );
   }
 
@@ -83,7 +85,6 @@ export function createView(ctx) {
       ctx.agents = agents;
       render();
     },
-    tick: render,
     onEvent(event) {
       if (event.agent) ctx.schedule('agents');
     },

@@ -4,7 +4,17 @@
  * the APPROVALS topic; a browser notification on a new one when the user allowed them.
  */
 import { call } from '../lib/api.js';
-import { age, badge, button, clock, enumName, h, replace, table } from '../lib/dom.js';
+import {
+  badge,
+  button,
+  clock,
+  enumName,
+  h,
+  KeyedTable,
+  replace,
+  since,
+  table,
+} from '../lib/dom.js';
 import { maskSecrets } from '../lib/mask.js';
 
 export const id = 'approvals';
@@ -22,7 +32,10 @@ function args(a) {
 }
 
 export function createView(ctx) {
-  const pendingBody = h('div');
+  const pendingRows = new KeyedTable(
+    ['Agent', 'Tool', 'Arguments', 'Rule', 'Time left', 'Decision'],
+    'No approval is waiting.',
+  );
   const decidedBody = h('div');
   const notify = button('Enable notifications', async () => {
     if ('Notification' in window) await Notification.requestPermission();
@@ -33,7 +46,7 @@ export function createView(ctx) {
     'section',
     { class: 'view', id: 'view-approvals' },
     h('div', { class: 'toolbar' }, h('h2', {}, 'Pending approvals'), notify),
-    pendingBody,
+    pendingRows.el,
     h('h2', {}, 'Decided'),
     decidedBody,
   );
@@ -50,39 +63,35 @@ export function createView(ctx) {
   }
 
   function renderPending() {
-    const now = Date.now();
     const agentNames = names();
-    const rows = pending.map((a) => {
-      const reason = h('input', {
-        type: 'text',
-        placeholder: 'reason (optional)',
-        class: 'reason',
-        'aria-label': `reason for ${a.id}`,
-      });
-      const row = [
-        agentNames.get(a.agentId) ?? a.agentId,
-        h('code', {}, a.tool),
-        args(a),
-        ruleOf(a),
-        h('span', { class: 'countdown' }, age(a.expiresAt, now)),
-        h(
-          'span',
-          { class: 'inline' },
-          reason,
-          button('Approve', () => decide(a, 'Approve')(reason), { class: 'approve' }),
-          button('Deny', () => decide(a, 'Deny')(reason), { class: 'danger' }),
-        ),
-      ];
-      row.dataset = { approval: a.id, tool: a.tool };
-      return row;
-    });
-    replace(
-      pendingBody,
-      table(
-        ['Agent', 'Tool', 'Arguments', 'Rule', 'Time left', 'Decision'],
-        rows,
-        'No approval is waiting.',
-      ),
+    pendingRows.update(
+      pending.map((a) => ({
+        key: a.id,
+        sig: JSON.stringify([a, agentNames.get(a.agentId)]),
+        dataset: { approval: a.id, tool: a.tool },
+        cells: () => {
+          const reason = h('input', {
+            type: 'text',
+            placeholder: 'reason (optional)',
+            class: 'reason',
+            'aria-label': `reason for ${a.id}`,
+          });
+          return [
+            agentNames.get(a.agentId) ?? a.agentId,
+            h('code', {}, a.tool),
+            args(a),
+            ruleOf(a),
+            since(a.expiresAt),
+            h(
+              'span',
+              { class: 'inline' },
+              reason,
+              button('Approve', () => decide(a, 'Approve')(reason), { class: 'approve' }),
+              button('Deny', () => decide(a, 'Deny')(reason), { class: 'danger' }),
+            ),
+          ];
+        },
+      })),
     );
   }
 
@@ -135,7 +144,6 @@ export function createView(ctx) {
         ),
       );
     },
-    tick: renderPending,
     onEvent(event) {
       const e = event.approval;
       if (!e) return;

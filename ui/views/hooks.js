@@ -1,6 +1,6 @@
 /** Hooks (GUPP): status, branch and age; reassign an ABANDONED one to another agent. */
 import { ApiError, call, listAll } from '../lib/api.js';
-import { age, badge, button, enumName, h, replace, table } from '../lib/dom.js';
+import { badge, button, enumName, h, KeyedTable, replace, since } from '../lib/dom.js';
 
 export const id = 'hooks';
 export const title = 'Hooks';
@@ -16,11 +16,19 @@ export function createView(ctx) {
     body,
   );
 
-  function reassign(hook) {
-    const live = (ctx.agents ?? []).filter(
-      (a) => a.status === 'AGENT_STATUS_HEALTHY' && a.agentId !== hook.agentId,
+  const rows = new KeyedTable(
+    ['Id', 'Status', 'Agent', 'Branch', 'Age', 'Last progress', 'Note', 'Reassigned', ''],
+    'No hooks.',
+  );
+  /** Agents that may take a hook: alive and not draining. */
+  const healthy = () =>
+    (ctx.agents ?? []).filter(
+      (a) => !['AGENT_STATUS_TERMINATED', 'AGENT_STATUS_DRAINING'].includes(a.status),
     );
-    if (live.length === 0) return h('span', { class: 'hint' }, 'no healthy agent to take it');
+
+  function reassign(hook) {
+    const live = healthy().filter((a) => a.agentId !== hook.agentId);
+    if (live.length === 0) return h('span', { class: 'hint' }, 'no live agent to take it');
     const select = h(
       'select',
       { 'aria-label': `new agent for ${hook.hookId}` },
@@ -52,31 +60,29 @@ export function createView(ctx) {
         throw error;
       }
       const names = new Map((ctx.agents ?? []).map((a) => [a.agentId, a.name]));
-      const now = Date.now();
-      const rows = hooks.map((k) => {
-        const status = enumName(k.status, 'HOOK_STATUS_');
-        const row = [
-          h('code', {}, k.hookId),
-          badge(status, KIND[status]),
-          names.get(k.agentId) ?? k.agentId,
-          k.branch ? h('code', {}, k.branch) : '—',
-          age(k.createdAt, now),
-          age(k.lastProgressAt, now),
-          k.progressNote || k.abandonReason || '',
-          String(k.reassignments ?? 0),
-          status === 'ABANDONED' ? reassign(k) : '',
-        ];
-        row.dataset = { hook: k.hookId };
-        return row;
-      });
-      replace(
-        body,
-        table(
-          ['Id', 'Status', 'Agent', 'Branch', 'Age', 'Last progress', 'Note', 'Reassigned', ''],
-          rows,
-          'No hooks.',
-        ),
+      const candidates = healthy().map((a) => a.agentId);
+      rows.update(
+        hooks.map((k) => {
+          const status = enumName(k.status, 'HOOK_STATUS_');
+          return {
+            key: k.hookId,
+            sig: JSON.stringify([k, names.get(k.agentId), status === 'ABANDONED' ? candidates : 0]),
+            dataset: { hook: k.hookId },
+            cells: () => [
+              h('code', {}, k.hookId),
+              badge(status, KIND[status]),
+              names.get(k.agentId) ?? k.agentId,
+              k.branch ? h('code', {}, k.branch) : '—',
+              since(k.createdAt),
+              since(k.lastProgressAt),
+              k.progressNote || k.abandonReason || '',
+              String(k.reassignments ?? 0),
+              status === 'ABANDONED' ? reassign(k) : '',
+            ],
+          };
+        }),
       );
+      replace(body, rows.el);
     },
     onEvent(event) {
       if (event.agent) ctx.schedule('hooks');

@@ -1,17 +1,30 @@
 /** Pools: size against min/max, queue depth, health; scale one. */
 import { call } from '../lib/api.js';
-import { badge, button, enumName, h, replace, table } from '../lib/dom.js';
+import { badge, button, enumName, h, KeyedTable } from '../lib/dom.js';
 
 export const id = 'pools';
 export const title = 'Pools';
 
 export function createView(ctx) {
-  const body = h('div');
+  const rows = new KeyedTable(
+    [
+      'Name',
+      'Id',
+      'Status',
+      'Size (min–max)',
+      'Healthy',
+      'Queue depth',
+      'Running',
+      'Done / failed',
+      'Scale',
+    ],
+    'No pools.',
+  );
   const el = h(
     'section',
     { class: 'view', id: 'view-pools' },
     h('div', { class: 'toolbar' }, h('h2', {}, title)),
-    body,
+    rows.el,
   );
 
   function scaleControl(pool) {
@@ -43,40 +56,27 @@ export function createView(ctx) {
         call('FabricService/GetStats', {}),
       ]);
       const figures = stats.pools ?? {};
-      const rows = pools.map((p) => {
-        const s = figures[p.poolId] ?? {};
-        const status = enumName(p.status, 'POOL_STATUS_');
-        const row = [
-          h('strong', {}, p.name ?? ''),
-          h('code', {}, p.poolId),
-          badge(status || 'UNKNOWN', status === 'ACTIVE' ? 'ok' : 'warn'),
-          `${(p.agentIds ?? []).length} (${p.minAgents ?? 0}–${p.maxAgents ?? 0})`,
-          `${s.healthyAgents ?? 0}`,
-          h('span', { class: 'queue' }, String(s.queuedTasks ?? 0)),
-          `${s.runningTasks ?? 0}`,
-          `${s.completedTasks ?? 0} / ${s.failedTasks ?? 0}`,
-          status === 'ACTIVE' ? scaleControl(p) : '',
-        ];
-        row.dataset = { pool: p.poolId };
-        return row;
-      });
-      replace(
-        body,
-        table(
-          [
-            'Name',
-            'Id',
-            'Status',
-            'Size (min–max)',
-            'Healthy',
-            'Queue depth',
-            'Running',
-            'Done / failed',
-            'Scale',
-          ],
-          rows,
-          'No pools.',
-        ),
+      rows.update(
+        pools.map((p) => {
+          const s = figures[p.poolId] ?? {};
+          const status = enumName(p.status, 'POOL_STATUS_');
+          return {
+            key: p.poolId,
+            sig: JSON.stringify([p, s]),
+            dataset: { pool: p.poolId },
+            cells: () => [
+              h('strong', {}, p.name ?? ''),
+              h('code', {}, p.poolId),
+              badge(status || 'UNKNOWN', status === 'ACTIVE' ? 'ok' : 'warn'),
+              `${(p.agentIds ?? []).length} (${p.minAgents ?? 0}–${p.maxAgents ?? 0})`,
+              `${s.healthyAgents ?? 0}`,
+              h('span', { class: 'queue' }, String(s.queuedTasks ?? 0)),
+              `${s.runningTasks ?? 0}`,
+              `${s.completedTasks ?? 0} / ${s.failedTasks ?? 0}`,
+              status === 'ACTIVE' ? scaleControl(p) : '',
+            ],
+          };
+        }),
       );
     },
     onEvent(event) {

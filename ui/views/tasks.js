@@ -1,6 +1,6 @@
 /** Tasks by status and priority; cancel one that has not ended. */
 import { call, listAll } from '../lib/api.js';
-import { age, badge, confirmButton, enumName, h, replace, table } from '../lib/dom.js';
+import { badge, confirmButton, enumName, h, KeyedTable, replace, since } from '../lib/dom.js';
 
 export const id = 'tasks';
 export const title = 'Tasks';
@@ -27,13 +27,16 @@ export function createView(ctx) {
     STATUSES.map((s) => h('option', { value: s }, s.toLowerCase())),
   );
   filter.addEventListener('change', () => render());
-  const body = h('div');
+  const rows = new KeyedTable(
+    ['Id', 'Type', 'Status', 'Priority', 'Agent', 'Pool', 'Attempt', 'Created', 'Error', ''],
+    'No tasks.',
+  );
   const el = h(
     'section',
     { class: 'view', id: 'view-tasks' },
     h('div', { class: 'toolbar' }, h('h2', {}, title), filter),
     counts,
-    body,
+    rows.el,
   );
   let tasks = [];
 
@@ -48,7 +51,6 @@ export function createView(ctx) {
         h('span', { class: 'count' }, badge(s.toLowerCase(), KIND[s]), ` ${byStatus[s]}`),
       ),
     );
-    const now = Date.now();
     const shown = tasks
       .filter((t) => !filter.value || enumName(t.status, 'TASK_STATUS_') === filter.value)
       .sort(
@@ -57,42 +59,39 @@ export function createView(ctx) {
             (PRIORITY_ORDER[enumName(b.priority, 'TASK_PRIORITY_')] ?? 9) ||
           Date.parse(b.createdAt ?? 0) - Date.parse(a.createdAt ?? 0),
       );
-    const rows = shown.slice(0, 500).map((t) => {
-      const status = enumName(t.status, 'TASK_STATUS_');
-      const row = [
-        h('code', {}, t.taskId),
-        t.taskType,
-        badge(status, KIND[status]),
-        enumName(t.priority, 'TASK_PRIORITY_') || 'NORMAL',
-        t.assignedAgentId || t.agentId || '—',
-        t.poolId || '—',
-        `${t.attempt ?? 0}/${t.maxAttempts ?? 0}`,
-        age(t.createdAt, now),
-        t.error ? h('span', { class: 'error' }, `${t.error.code}: ${t.error.message}`) : '',
-        OPEN.has(status)
-          ? confirmButton(
-              'Cancel',
-              () =>
-                ctx.act(`Cancelled ${t.taskId}`, () =>
-                  call('FabricService/CancelTask', {
-                    taskId: t.taskId,
-                    reason: 'cancelled from the dashboard',
-                  }),
-                ),
-              { class: 'danger' },
-            )
-          : '',
-      ];
-      row.dataset = { task: t.taskId };
-      return row;
-    });
-    replace(
-      body,
-      table(
-        ['Id', 'Type', 'Status', 'Priority', 'Agent', 'Pool', 'Attempt', 'Created', 'Error', ''],
-        rows,
-        'No tasks.',
-      ),
+    rows.update(
+      shown.slice(0, 500).map((t) => {
+        const status = enumName(t.status, 'TASK_STATUS_');
+        return {
+          key: t.taskId,
+          sig: JSON.stringify(t),
+          dataset: { task: t.taskId },
+          cells: () => [
+            h('code', {}, t.taskId),
+            t.taskType,
+            badge(status, KIND[status]),
+            enumName(t.priority, 'TASK_PRIORITY_') || 'NORMAL',
+            t.assignedAgentId || t.agentId || '—',
+            t.poolId || '—',
+            `${t.attempt ?? 0}/${t.maxAttempts ?? 0}`,
+            since(t.createdAt),
+            t.error ? h('span', { class: 'error' }, `${t.error.code}: ${t.error.message}`) : '',
+            OPEN.has(status)
+              ? confirmButton(
+                  'Cancel',
+                  () =>
+                    ctx.act(`Cancelled ${t.taskId}`, () =>
+                      call('FabricService/CancelTask', {
+                        taskId: t.taskId,
+                        reason: 'cancelled from the dashboard',
+                      }),
+                    ),
+                  { class: 'danger' },
+                )
+              : '',
+          ],
+        };
+      }),
     );
   }
 
