@@ -43,6 +43,8 @@ if (required && !available) {
 const SHOTS = fileURLToPath(new URL('../../docs/screenshots/', import.meta.url));
 /** A secret in a parked call's arguments: the inbox must show it masked. */
 const SECRET = 's3cr3t-deploy-key-0042';
+/** A value under a secret-like key: masked whole. */
+const KEY = 'key-value-that-must-not-show-77';
 /** How long a poll of the page waits (the machine is shared and slow; no timing is asserted). */
 const POLL = { timeout: 20_000, interval: 100 };
 
@@ -149,7 +151,7 @@ describe.skipIf(!available)('the web dashboard in Chromium (playwright-core)', (
   it('approves a parked tool call in the inbox and the agent’s MCP call completes', async () => {
     const call = agent.callTool({
       name: 'ev__echo',
-      arguments: { message: `deploy with Bearer ${SECRET}` },
+      arguments: { message: `deploy with Bearer ${SECRET}`, apiKey: KEY },
     }) as Promise<CallToolResult>;
     let settled = false;
     void call.finally(() => (settled = true));
@@ -162,6 +164,8 @@ describe.skipIf(!available)('the web dashboard in Chromium (playwright-core)', (
     expect(shown).toContain('echo needs a human');
     expect(shown).toContain('Bearer ••••••');
     expect(shown).not.toContain(SECRET);
+    expect(shown).toMatch(/"apiKey": "••••••"/);
+    expect(shown).not.toContain(KEY);
     expect(settled).toBe(false);
     await shot('approvals');
     await row.locator('input.reason').fill('looks fine');
