@@ -48,6 +48,11 @@ function raw(
   });
 }
 
+/** POSTs `body` to /ui/login with `headers` as given (no Origin unless named). */
+function postLogin(base: URL, headers: Record<string, string>, body: string): Promise<Answer> {
+  return raw(base, 'POST', '/ui/login', headers, body);
+}
+
 function setCookie(a: Answer): string[] {
   const v = a.headers['set-cookie'];
   return v === undefined ? [] : Array.isArray(v) ? v : [v];
@@ -91,14 +96,10 @@ describe('dashboard sessions against a real sidecar', () => {
   });
   afterAll(() => closeSidecar(sidecar));
 
+  const loginRaw = (headers: Record<string, string>, body: string): Promise<Answer> =>
+    postLogin(base, headers, body);
   const login = (token: string, headers: Record<string, string> = {}): Promise<Answer> =>
-    raw(
-      base,
-      'POST',
-      '/ui/login',
-      { 'content-type': 'application/json', origin, ...headers },
-      JSON.stringify({ token }),
-    );
+    loginRaw({ 'content-type': 'application/json', origin, ...headers }, JSON.stringify({ token }));
 
   /** Logs in; the cookie header and CSRF token of the new session. */
   async function session(): Promise<{ cookie: string; csrf: string; id: string }> {
@@ -187,18 +188,12 @@ describe('dashboard sessions against a real sidecar', () => {
     const evil = await login(ADMIN_TOKEN, { origin: 'http://evil.example' });
     expect(evil.status).toBe(403);
     expect(setCookie(evil)).toEqual([]);
-    const none = await raw(
-      base,
-      'POST',
-      '/ui/login',
+    const none = await loginRaw(
       { 'content-type': 'application/json' },
       JSON.stringify({ token: ADMIN_TOKEN }),
     );
     expect(none.status).toBe(403);
-    const form = await raw(
-      base,
-      'POST',
-      '/ui/login',
+    const form = await loginRaw(
       { 'content-type': 'application/x-www-form-urlencoded', origin },
       `token=${ADMIN_TOKEN}`,
     );
@@ -206,13 +201,7 @@ describe('dashboard sessions against a real sidecar', () => {
     expect(setCookie(form)).toEqual([]);
     const huge = await login('x'.repeat(100_000));
     expect(huge.status).toBe(413);
-    const notJson = await raw(
-      base,
-      'POST',
-      '/ui/login',
-      { 'content-type': 'application/json', origin },
-      '{',
-    );
+    const notJson = await loginRaw({ 'content-type': 'application/json', origin }, '{');
     expect(notJson.status).toBe(400);
   });
 
@@ -389,10 +378,8 @@ describe('dashboard sessions: expiry, the session cap and TLS cookies (a door ov
   });
 
   const login = (origin = base.origin): Promise<Answer> =>
-    raw(
+    postLogin(
       base,
-      'POST',
-      '/ui/login',
       { 'content-type': 'application/json', origin },
       JSON.stringify({ token: ADMIN_TOKEN }),
     );
