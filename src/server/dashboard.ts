@@ -131,7 +131,12 @@ function readFiles(dir: string): Map<string, StaticFile> {
       files.set(`${UI_PATH}/${rel}`, { body: readFileSync(path), type });
     }
   };
-  walk(dir, 0);
+  try {
+    walk(dir, 0);
+  } catch (error) {
+    // A package without its ui/ folder still serves everything else; /ui then answers 404.
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
   return files;
 }
 
@@ -217,7 +222,13 @@ export class Dashboard {
         return;
       }
       const file = this.#files.get(pathname === `${UI_PATH}/` ? `${UI_PATH}/index.html` : pathname);
-      if (file === undefined) throw new RouteNotFoundError('GET', pathname, 'no such file');
+      if (file === undefined) {
+        throw new RouteNotFoundError(
+          'GET',
+          pathname,
+          this.#files.size === 0 ? 'the dashboard files (ui/) are not installed' : 'no such file',
+        );
+      }
       send(res, 200, req.method === 'HEAD' ? '' : file.body, file.type);
     } catch (error) {
       this.refuse(req, res, error);

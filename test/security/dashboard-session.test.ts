@@ -416,6 +416,23 @@ describe('dashboard sessions: expiry, the session cap and TLS cookies (a door ov
     expect(await state(ids[2]!)).toBe(200);
   });
 
+  it('without its ui/ folder the dashboard answers 404 saying so; sessions still work', async () => {
+    const swap = dashboard;
+    dashboard = new Dashboard({
+      authenticateAdmin: () => 'admin',
+      tls: false,
+      dir: join(DEFAULT_UI_DIR, 'no-such-folder'),
+    });
+    try {
+      const res = await raw(base, 'GET', '/ui/');
+      expect(res.status).toBe(404);
+      expect(JSON.parse(res.body).error.message).toContain('not installed');
+      expect((await login()).status).toBe(200);
+    } finally {
+      dashboard = swap;
+    }
+  });
+
   it('over TLS the cookie is Secure and only the https origin may log in', async () => {
     const swap = dashboard;
     dashboard = tlsDashboard;
