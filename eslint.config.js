@@ -24,4 +24,9 @@ export default tseslint.config(
     files: ['**/*.{js,mjs,cjs}'],
     languageOptions: { globals: { ...globals.node } },
   },
+  {
+    // The web dashboard runs in the browser (served by src/server/dashboard.ts).
+    files: ['ui/**/*.js'],
+    languageOptions: { globals: { ...globals.browser } },
+  },
 );

@@ -30,6 +30,7 @@ import {
   type ServerCapabilities,
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
+import { TypedEmitter } from '../events.js';
 import type { Collection } from '../store/store.js';
 import {
   ClosedError,
@@ -79,6 +80,7 @@ import {
 import {
   markReachedUpstream,
   ToolCallPipeline,
+  type ToolCallEvents,
   type GatewayLogEntry,
   type ProgressSink,
   type ToolCallOutcome,
@@ -207,6 +209,8 @@ export class ToolGateway implements SessionHost {
   readonly #sessions = new Set<GatewaySession>();
   /** Counts of every request's decision, outcome and duration (rendered at `GET /metrics`). */
   readonly metrics = new GatewayMetrics();
+  /** Every tool call as it ends (`call.ended`), from any door; EventService's `TOOL_CALLS`. */
+  readonly toolCalls = new TypedEmitter<ToolCallEvents>();
   /** Requests in flight per upstream: where an upstream's requests and log messages go. */
   readonly #routes: InflightRoutes;
   readonly #gates = new Map<Upstream, UpstreamGate>();
@@ -258,6 +262,7 @@ export class ToolGateway implements SessionHost {
       audit: this.#audit,
       metrics: this.metrics,
       log: this.#log,
+      calls: this.toolCalls,
     });
     if (options.tasks !== false) {
       const { store, ...taskOptions } = options.tasks ?? {};

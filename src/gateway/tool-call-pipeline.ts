@@ -36,6 +36,7 @@ import type {
 import type { Approval } from '../policy/approval-manager.js';
 import { messageOf } from './map-error.js';
 import type { GatewayMetrics } from './metrics.js';
+import type { TypedEmitter } from '../events.js';
 import { unresolvedPathsIn, type PathResolver } from './path-resolver.js';
 import type { TokenEstimates, ToolEstimate } from './token-estimates.js';
 import { estimateTokens, type ToolCosts } from './tool-costs.js';
@@ -140,7 +141,20 @@ export interface ToolCallPipelineOptions {
   readonly audit: AuditLog | undefined;
   readonly metrics: GatewayMetrics;
   readonly log: (entry: GatewayLogEntry) => void;
+  /** Told of every call as it ends (EventService's `TOOL_CALLS` topic). @default none */
+  readonly calls?: TypedEmitter<ToolCallEvents> | undefined;
 }
+
+/** A tool call that ended: what its audit line records, without the arguments' digest. */
+export interface EndedToolCall extends AuditOutcome {
+  readonly agentId: string;
+  readonly tool: string;
+  /** Milliseconds from arrival to the end. */
+  readonly durationMs: number;
+}
+
+/** Events of {@link ToolCallPipelineOptions.calls}. */
+export type ToolCallEvents = { 'call.ended': [EndedToolCall] };
 
 /** How the backend admits a call's budget reservation (see `ToolCallContext.budget`). */
 interface BudgetAdmission {
@@ -198,6 +212,7 @@ export class ToolCallPipeline {
   readonly #audit: AuditLog | undefined;
   readonly #metrics: GatewayMetrics;
   readonly #log: (entry: GatewayLogEntry) => void;
+  readonly #calls: TypedEmitter<ToolCallEvents> | undefined;
 
   constructor(options: ToolCallPipelineOptions) {
     this.#backend = options.backend;
@@ -211,6 +226,7 @@ export class ToolCallPipeline {
     this.#audit = options.audit;
     this.#metrics = options.metrics;
     this.#log = options.log;
+    this.#calls = options.calls;
   }
 
   /**
@@ -316,10 +332,14 @@ export class ToolCallPipeline {
   ): (fields: AuditOutcome) => void {
     const log = this.#audit;
     const metrics = this.#metrics;
+    const calls = this.#calls;
     return (fields) => {
       const now = performance.now();
       const durationMs = now - started;
       metrics.recordCall(metricTool, fields.decision, fields.outcome, durationMs);
+      if (calls?.listens('call.ended')) {
+        calls.emit('call.ended', { ...fields, agentId, tool, durationMs });
+      }
       if (!log) return;
       log.writeCall(
         agentId,

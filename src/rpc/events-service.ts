@@ -1,8 +1,10 @@
 /**
  * `fabric.v1.EventService` (proto/fabric/v1/events.proto): one server stream of what happens in
  * the fabric, for dashboards — agents (lifecycle events), tasks (scheduler events), approvals
- * (the approval manager's, starting with the ones pending) and budget alerts (the budget
- * manager's `warning`/`exhausted`), from the typed emitters of src/events.ts.
+ * (the approval manager's, starting with the ones pending), budget alerts (the budget
+ * manager's `warning`/`exhausted`) and tool calls as they end (the gateway's `call.ended`, with
+ * the decision and deciding rule of their audit line; only when the service is given the
+ * gateway), from the typed emitters of src/events.ts.
  *
  * Listeners run synchronously inside the emitting call (spawn, schedule, approve, record
  * usage…), so they only build a message and hand it to the stream's bounded `send`; a slow
@@ -29,8 +31,11 @@ import {
   EventTopic,
   TaskEventKind,
   TaskEventSchema,
+  ToolCallEventSchema,
   type EventServiceWatchResponse,
 } from '../gen/fabric/v1/events_pb.js';
+import type { ToolGateway } from '../gateway/gateway.js';
+import type { EndedToolCall } from '../gateway/tool-call-pipeline.js';
 import type { Task, TaskError } from '../task.js';
 import { subscribeApprovals } from './approval-service.js';
 import { grpcDefinition } from './grpc-definition.js';
@@ -44,6 +49,7 @@ const ALL_TOPICS: readonly EventTopic[] = [
   EventTopic.TASKS,
   EventTopic.APPROVALS,
   EventTopic.BUDGETS,
+  EventTopic.TOOL_CALLS,
 ];
 
 /** The topics of a request: every one when none is named. */
@@ -105,8 +111,31 @@ function budgetEvent(kind: BudgetAlertKind, a: BudgetAlert): Event {
   };
 }
 
-/** `fabric.v1.EventService` over `fabric`, for the administrator. */
-export function eventService(fabric: AgentFabric): ServiceImplementation<typeof EventService> {
+function toolCallEvent(c: EndedToolCall): Event {
+  return {
+    case: 'toolCall',
+    value: create(ToolCallEventSchema, {
+      agentId: c.agentId,
+      tool: c.tool,
+      decision: c.decision,
+      rule: c.rule ?? '',
+      outcome: c.outcome,
+      errorCode: c.code ?? '',
+      durationMs: Math.round(c.durationMs * 1000) / 1000,
+      tokens: c.tokens ?? 0,
+      cost: c.cost ?? 0,
+    }),
+  };
+}
+
+/**
+ * `fabric.v1.EventService` over `fabric`, for the administrator; tool calls come from `gateway`
+ * (without one, the `TOOL_CALLS` topic is accepted and stays quiet).
+ */
+export function eventService(
+  fabric: AgentFabric,
+  gateway?: ToolGateway,
+): ServiceImplementation<typeof EventService> {
   return {
     service: EventService,
     caller: 'admin',
@@ -181,6 +210,12 @@ export function eventService(fabric: AgentFabric): ServiceImplementation<typeof 
                 emit({ case: 'approval', value }),
               ),
             );
+          }
+          if (topics.has(EventTopic.TOOL_CALLS) && gateway !== undefined) {
+            const calls = gateway.toolCalls;
+            const ended = guard((c: EndedToolCall) => emit(toolCallEvent(c)));
+            calls.on('call.ended', ended);
+            undo.push(() => calls.off('call.ended', ended));
           }
           return () => {
             for (const u of undo) u();

@@ -28,7 +28,8 @@
  *
  * The same rules as gRPC, in the same order: the caller is authenticated from
  * `authorization: Bearer <credential>` before the body is read (no credential: 401; an agent's
- * on an admin service: 403); then the body is read within the size and time limits
+ * on an admin service: 403) — or, without that header, from the web dashboard's session cookie,
+ * which counts only with its CSRF token and the sidecar's own `Origin` (server/dashboard.ts); then the body is read within the size and time limits
  * (http-body.ts: 413, 408), parsed (not JSON, nested deeper than gRPC's decoder allows, or not
  * the method's message: 400 `FABRIC_ERR_INVALID_ARGUMENT`), and the method runs with a signal
  * that aborts when the client goes away. Errors answer with the HTTP status of their catalog
@@ -57,6 +58,7 @@ import {
   RouteNotFoundError,
   StreamLimitError,
   StreamOverflowError,
+  UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
 import { exceededBound } from '../gateway/input-bounds.js';
@@ -125,6 +127,13 @@ export interface HttpDoorOptions {
   maxBufferedMessages?: number;
   /** An empty line is sent on a quiet stream this often (0: never). @default 15000 */
   keepAliveMs?: number;
+  /**
+   * The dashboard's sessions: a request without `authorization` is the admin it names when it
+   * carries a session cookie (with its CSRF token and the own `Origin`, see
+   * server/dashboard.ts). Returns undefined when the request has no session cookie; throws
+   * when it has one that does not pass.
+   */
+  sessionCaller?: (req: IncomingMessage) => string | undefined;
 }
 
 type UnaryHandler = (
@@ -171,10 +180,12 @@ export class HttpDoor {
   readonly #maxBuffered: number;
   readonly #keepAliveMs: number;
   readonly #streams = new ActiveStreams();
+  readonly #sessionCaller: ((req: IncomingMessage) => string | undefined) | undefined;
 
   /** @throws ConfigError when a limit is not a non-negative integer (`maxStreams`, `maxBufferedMessages` ≥ 1). */
   constructor(options: HttpDoorOptions) {
     this.#fabric = options.fabric;
+    this.#sessionCaller = options.sessionCaller;
     this.prefix = options.prefix ?? DEFAULT_API_PREFIX;
     this.#maxBodyBytes = options.maxBodyBytes ?? DEFAULT_API_MAX_BODY_BYTES;
     this.#bodyTimeoutMs = options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
@@ -262,7 +273,7 @@ export class HttpDoor {
     if (req.method !== 'POST') {
       throw new RouteNotFoundError(req.method ?? '', pathname, 'RPCs are called with POST');
     }
-    const caller = authenticateCaller(this.#fabric, route.caller, req.headers.authorization ?? '');
+    const caller = this.#caller(req, route.caller);
     const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
     if (type !== 'application/json') {
       throw new InvalidArgumentError('content-type', 'must be application/json');
@@ -312,6 +323,21 @@ export class HttpDoor {
     } finally {
       scope.dispose();
     }
+  }
+
+  /** The bearer credential's caller; without one, the dashboard session's admin (if any). */
+  #caller(req: IncomingMessage, kind: CallerKind): Caller {
+    const authorization = req.headers.authorization;
+    if (authorization === undefined && this.#sessionCaller !== undefined) {
+      const admin = this.#sessionCaller(req);
+      if (admin !== undefined) {
+        if (kind === 'agent') {
+          throw new UnauthenticatedError('the agent protocol needs an agent credential');
+        }
+        return { kind, id: admin };
+      }
+    }
+    return authenticateCaller(this.#fabric, kind, authorization ?? '');
   }
 
   async #stream(

@@ -42,6 +42,6 @@ export function fabricServices(
     erase(policyService(fabric)),
     erase(approvalService(fabric)),
     erase(budgetService(fabric)),
-    erase(eventService(fabric)),
+    erase(eventService(fabric, options.gateway)),
   ];
 }

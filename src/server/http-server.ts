@@ -4,7 +4,9 @@
  * Operator API (the gRPC services as JSON, see rpc/http-door.ts): `POST /api/<package.Service>/<Method>`,
  * the only admin API over HTTP. The `/admin/...` routes of earlier versions were a second
  * implementation of some of its methods and are gone: they answer 404 `FABRIC_ERR_ROUTE_NOT_FOUND`
- * naming the `/api/` door. `GET /metrics` (Prometheus text, admin credential) stays.
+ * naming the `/api/` door. `GET /metrics` (Prometheus text, admin credential) stays. The web
+ * dashboard is served under `/ui` (dashboard.ts); its session cookie is an admin credential at
+ * the `/api/` door only with its CSRF token and the sidecar's own `Origin`.
  *
  * `GET /readyz` answers 200 `{ ready: true, checks }` when the sidecar can serve, else 503 with
  * `ready: false` — `checks` names each part (`fabric`, `state`, `upstream/<name>`) and whether it
@@ -36,6 +38,7 @@ import { closesConnection, sendJson, sendJsonRpcRefusal } from '../gateway/http-
 import { httpErrorBody, httpStatusOf } from '../gateway/map-error.js';
 import { HostGuard } from './host-guard.js';
 import type { HttpDoor } from '../rpc/http-door.js';
+import type { Dashboard } from './dashboard.js';
 import type { TlsMaterial } from './tls.js';
 
 /** What `GET /metrics` needs: the admin check. */
@@ -64,6 +67,8 @@ export interface HttpServerOptions {
   admin: AdminApi;
   /** The gRPC services as JSON under the door's prefix (`/api/`); absent: those paths are 404. */
   api?: HttpDoor;
+  /** The web dashboard under `/ui` (dashboard.ts); absent: those paths are 404. */
+  dashboard?: Dashboard;
   /** Renders `GET /metrics` (Prometheus text; admin token required). */
   metrics?: () => string;
   /** Answers `GET /readyz`; without it the route is not served. */
@@ -193,6 +198,10 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
       }
       if (options.api?.owns(url.pathname)) {
         void options.api.handle(req, res, url.pathname);
+        return;
+      }
+      if (options.dashboard?.owns(url.pathname)) {
+        void options.dashboard.handle(req, res, url.pathname);
         return;
       }
       if (url.pathname.startsWith('/admin/')) {

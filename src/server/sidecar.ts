@@ -21,6 +21,7 @@ import { PluginHost } from '../plugins/plugin-host.js';
 import type { PluginEndpoints } from '../plugins/plugin.js';
 import { startGrpcServer, type GrpcServer } from '../rpc/grpc-server.js';
 import { HttpDoor } from '../rpc/http-door.js';
+import { Dashboard } from './dashboard.js';
 import { fabricServices } from '../rpc/services.js';
 import { checkListenerSecurity, readTlsFiles } from './tls.js';
 import { FabricBackend } from './fabric-backend.js';
@@ -360,13 +361,23 @@ export class Sidecar {
         });
         const endpoint = mcp;
         cleanup.push({ close: () => endpoint.close() });
+        const dashboard =
+          fabric === undefined
+            ? undefined
+            : new Dashboard({
+                authenticateAdmin: (credential) => {
+                  const identity = fabric.authenticate(credential);
+                  return identity.kind === 'admin' ? identity.name : undefined;
+                },
+                tls: httpTls !== undefined,
+              });
         http = await startHttpServer({
           host: h.host,
           port: h.port,
           mcpPath: h.path,
           mcp,
           admin: backend,
-          ...(fabric === undefined
+          ...(fabric === undefined || dashboard === undefined
             ? {}
             : {
                 api: new HttpDoor({
@@ -376,7 +387,9 @@ export class Sidecar {
                   keepAliveMs: h.keepAliveSeconds * 1000,
                   maxStreams: h.apiMaxStreams,
                   maxBufferedMessages: h.apiMaxBufferedMessages,
+                  sessionCaller: (req) => dashboard.sessionCaller(req),
                 }),
+                dashboard,
               }),
           metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint)),
           readiness: () => readiness(gateway, fabric, store),

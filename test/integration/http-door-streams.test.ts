@@ -14,7 +14,12 @@ import type { AnyServiceImplementation } from '../../src/rpc/services.js';
 import { fabricServices } from '../../src/rpc/services.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { postJson } from '../fixtures/api.js';
-import { ADMIN_TOKEN, closeSidecar, startTestSidecar } from '../fixtures/gateway/harness.js';
+import {
+  ADMIN_TOKEN,
+  closeSidecar,
+  httpClient,
+  startTestSidecar,
+} from '../fixtures/gateway/harness.js';
 
 type ErrorBody = { code: string; kind: string; message: string };
 type Line = { message?: Record<string, unknown>; end?: { error?: ErrorBody } };
@@ -138,6 +143,81 @@ describe('the HTTP door: server streams, deadlines, undelivered answers', () => 
     stream.abort();
     await stream.done;
     await vi.waitFor(() => expect(listeners()).toBe(before));
+  });
+
+  it('streams the TOOL_CALLS topic: each ended call with its decision and rule, never its arguments', async () => {
+    const calls = sidecar.gateway.toolCalls;
+    const before = calls.listenerCount('call.ended');
+    for (const policy of [
+      {
+        name: 'hb-allow',
+        priority: 5,
+        rules: [{ tool: 'fabric__heartbeat', action: 'POLICY_ACTION_ALLOW' }],
+      },
+      {
+        name: 'hb-deny',
+        priority: 6,
+        rules: [
+          {
+            tool: 'fabric__heartbeat',
+            action: 'POLICY_ACTION_DENY',
+            conditions: { mode: 'forbidden' },
+          },
+        ],
+      },
+    ]) {
+      expect((await rpc('fabric.v1.PolicyService/AddPolicy', { policy })).status).toBe(200);
+    }
+    const res = await rpc('fabric.v1.FabricService/SpawnAgent', { name: 'caller', model: 'm' });
+    const { spawned } = (await res.json()) as {
+      spawned: { agent: { agentId: string }; credential: string };
+    };
+    // A watch of other topics gets no tool call.
+    const others = await openStream(base, 'fabric.v1.EventService/Watch', {
+      topics: ['EVENT_TOPIC_AGENTS'],
+    });
+    const stream = await openStream(base, 'fabric.v1.EventService/Watch', {
+      topics: ['EVENT_TOPIC_TOOL_CALLS'],
+    });
+    await vi.waitFor(() => expect(calls.listenerCount('call.ended')).toBe(before + 1));
+    const client = await httpClient(sidecar.url!, spawned.credential);
+    try {
+      const ok = await client.callTool({ name: 'fabric__heartbeat', arguments: {} });
+      expect(ok.isError).toBeFalsy();
+      const secret = 'tool-call-secret-value-123';
+      const denied = await client.callTool({
+        name: 'fabric__heartbeat',
+        arguments: { mode: 'forbidden', token: secret },
+      });
+      expect(denied.isError).toBe(true);
+      await vi.waitFor(() => expect(stream.lines).toHaveLength(2));
+      const agentId = spawned.agent.agentId;
+      expect(stream.lines.map((l) => l.message?.['toolCall'])).toEqual([
+        expect.objectContaining({
+          agentId,
+          tool: 'fabric__heartbeat',
+          decision: 'allow',
+          rule: 'hb-allow#0',
+          outcome: 'ok',
+        }),
+        expect.objectContaining({
+          agentId,
+          tool: 'fabric__heartbeat',
+          decision: 'deny',
+          rule: 'hb-deny#0',
+          outcome: 'denied',
+          errorCode: 'FABRIC_ERR_POLICY_DENIED',
+        }),
+      ]);
+      expect(JSON.stringify(stream.lines)).not.toContain(secret);
+    } finally {
+      await client.close();
+    }
+    expect(others.lines.some((l) => l.message?.['toolCall'] !== undefined)).toBe(false);
+    stream.abort();
+    others.abort();
+    await Promise.all([stream.done, others.done]);
+    await vi.waitFor(() => expect(calls.listenerCount('call.ended')).toBe(before));
   });
 
   it('streams ApprovalService/Watch; the deadline header ends it with FABRIC_ERR_CALL_DEADLINE', async () => {

@@ -1,0 +1,394 @@
+/**
+ * The web dashboard (`/ui` on the sidecar's HTTP port): its static files and its admin sessions.
+ *
+ * **Files.** The dashboard is plain ES modules and CSS in the package's top-level `ui/` folder
+ * (no build step, no CDN). They are read once when the sidecar starts and served from memory:
+ * only the files found then, by exact path, so nothing else on disk can be reached through
+ * `/ui/`. Every `/ui` answer carries a Content-Security-Policy that allows scripts, styles and
+ * connections from the sidecar's own origin only (no inline script, no `eval`), and
+ * `frame-ancestors 'none'`.
+ *
+ * **Sessions.** `POST /ui/login` with `{"token": "<admin credential>"}` (JSON: a cross-site HTML
+ * form cannot send that content type) checks the credential like every door does; a right one
+ * starts a session: a random 256-bit id in the cookie `fabric_session` (`HttpOnly;
+ * SameSite=Strict; Path=/`, `Secure` over TLS, `Max-Age` the session's life) and a random CSRF
+ * token in the answer. The server keeps only the SHA-256 of the id, with the admin's name, the
+ * CSRF token and the expiry — never the credential. A wrong credential answers 401 and sets no
+ * cookie. `GET /ui/session` tells the page whether its cookie is a live session (and its CSRF
+ * token, after a reload); `POST /ui/logout` ends it and clears the cookie.
+ *
+ * **The cookie at the `/api/` door** (see {@link Dashboard.sessionCaller}): a request without an
+ * `authorization` header but with the session cookie is the admin only when (1) the session is
+ * known and not expired (else 401), (2) it carries the session's CSRF token in
+ * `x-fabric-csrf` (a header a cross-site form cannot set, and a cross-site `fetch` cannot send
+ * without a CORS preflight this server never grants; else 403) and (3) its `Origin` is the
+ * sidecar's own origin — the scheme it serves and the request's `Host` (else 403). An
+ * `authorization` header, when present, is used instead and the cookie is ignored.
+ *
+ * Sessions last {@link DashboardOptions.sessionTtlMs} from login (absolute, not sliding); at
+ * most {@link DashboardOptions.maxSessions} live at once (a new login then ends the oldest).
+ *
+ * @module
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { extname, join, relative, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import {
+  InvalidArgumentError,
+  PermissionDeniedError,
+  RouteNotFoundError,
+  UnauthenticatedError,
+} from '../errors.js';
+import { closesConnection, readBody } from '../gateway/http-body.js';
+import { httpErrorBody, httpStatusOf } from '../gateway/map-error.js';
+import { parseAuthority, parseOrigin } from './host-guard.js';
+
+/** Path prefix of the dashboard. */
+export const UI_PATH = '/ui';
+/** Name of the session cookie. */
+export const SESSION_COOKIE = 'fabric_session';
+/** Request header that must carry the session's CSRF token. */
+export const CSRF_HEADER = 'x-fabric-csrf';
+/** Default of {@link DashboardOptions.sessionTtlMs}: 8 hours. */
+export const DEFAULT_SESSION_TTL_MS = 8 * 60 * 60 * 1000;
+/** Default of {@link DashboardOptions.maxSessions}. */
+export const DEFAULT_MAX_SESSIONS = 256;
+/** Largest login body. */
+const MAX_LOGIN_BYTES = 4096;
+/** Time a client has to send the login body. */
+const LOGIN_BODY_TIMEOUT_MS = 10_000;
+
+/** The dashboard's files: `ui/` at the package's top level, from `src/server` or `dist/server`. */
+export const DEFAULT_UI_DIR = fileURLToPath(new URL('../../ui/', import.meta.url));
+
+/** What `/ui` answers carry besides their content type. */
+export const UI_SECURITY_HEADERS: Readonly<Record<string, string>> = Object.freeze({
+  'content-security-policy':
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  'referrer-policy': 'no-referrer',
+  'cache-control': 'no-store',
+});
+
+const CONTENT_TYPES: Readonly<Record<string, string>> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.ico': 'image/x-icon',
+};
+
+/** Options of a {@link Dashboard}. */
+export interface DashboardOptions {
+  /**
+   * Maps a credential to the admin's name; throws (or returns undefined) for anything that is not
+   * an admin credential.
+   */
+  authenticateAdmin(credential: string): string | undefined;
+  /** The server speaks TLS: cookies get `Secure`, the expected origin is `https://`. */
+  tls: boolean;
+  /** Folder of the files. @default the package's `ui/` */
+  dir?: string;
+  /** Life of a session from login. @default 8 hours */
+  sessionTtlMs?: number;
+  /** Sessions alive at once. @default 256 */
+  maxSessions?: number;
+  /** Clock (tests). @default Date.now */
+  now?: () => number;
+}
+
+interface Session {
+  readonly admin: string;
+  readonly csrf: string;
+  readonly expiresAt: number;
+}
+
+interface StaticFile {
+  readonly body: Buffer;
+  readonly type: string;
+}
+
+/** Reads every servable file under `dir` (one level of subfolders deep is enough for views). */
+function readFiles(dir: string): Map<string, StaticFile> {
+  const files = new Map<string, StaticFile>();
+  const walk = (folder: string, depth: number): void => {
+    for (const name of readdirSync(folder)) {
+      if (name.startsWith('.')) continue;
+      const path = join(folder, name);
+      const st = statSync(path);
+      if (st.isDirectory()) {
+        if (depth < 2) walk(path, depth + 1);
+        continue;
+      }
+      const type = CONTENT_TYPES[extname(name)];
+      if (type === undefined) continue;
+      const rel = relative(dir, path).split(sep).join('/');
+      files.set(`${UI_PATH}/${rel}`, { body: readFileSync(path), type });
+    }
+  };
+  try {
+    walk(dir, 0);
+  } catch (error) {
+    // A package without its ui/ folder still serves everything else; /ui then answers 404.
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  return files;
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+function sameSecret(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/** The value of cookie `name` in `req` (the first one), undefined without it. */
+export function cookieValue(req: IncomingMessage, name: string): string | undefined {
+  const header = req.headers.cookie;
+  if (header === undefined) return undefined;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq < 0) continue;
+    if (part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
+}
+
+function send(
+  res: ServerResponse,
+  status: number,
+  body: string | Buffer,
+  type: string,
+  extra: Record<string, string | string[]> = {},
+): void {
+  res.writeHead(status, {
+    ...UI_SECURITY_HEADERS,
+    'content-type': type,
+    'content-length': Buffer.byteLength(body),
+    ...extra,
+  });
+  res.end(body);
+}
+
+/** The dashboard's files and sessions; the HTTP server routes `/ui` and `/ui/…` here. */
+export class Dashboard {
+  readonly #files: Map<string, StaticFile>;
+  readonly #sessions = new Map<string, Session>();
+  readonly #authenticateAdmin: (credential: string) => string | undefined;
+  readonly #tls: boolean;
+  readonly #ttlMs: number;
+  readonly #maxSessions: number;
+  readonly #now: () => number;
+
+  constructor(options: DashboardOptions) {
+    this.#files = readFiles(options.dir ?? DEFAULT_UI_DIR);
+    this.#authenticateAdmin = options.authenticateAdmin;
+    this.#tls = options.tls;
+    this.#ttlMs = options.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS;
+    this.#maxSessions = options.maxSessions ?? DEFAULT_MAX_SESSIONS;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Sessions alive now. */
+  get sessionCount(): number {
+    this.#prune();
+    return this.#sessions.size;
+  }
+
+  /** True when `pathname` is the dashboard's to answer. */
+  owns(pathname: string): boolean {
+    return pathname === UI_PATH || pathname.startsWith(`${UI_PATH}/`);
+  }
+
+  /** Answers one `/ui` request; never rejects. */
+  async handle(req: IncomingMessage, res: ServerResponse, pathname: string): Promise<void> {
+    try {
+      if (pathname === `${UI_PATH}/login`) return await this.#login(req, res);
+      if (pathname === `${UI_PATH}/logout`) return this.#logout(req, res);
+      if (pathname === `${UI_PATH}/session`) return this.#session(req, res);
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        throw new RouteNotFoundError(req.method ?? '', pathname, 'the dashboard serves GET');
+      }
+      if (pathname === UI_PATH) {
+        res.writeHead(308, { ...UI_SECURITY_HEADERS, location: `${UI_PATH}/` }).end();
+        return;
+      }
+      const file = this.#files.get(pathname === `${UI_PATH}/` ? `${UI_PATH}/index.html` : pathname);
+      if (file === undefined) {
+        throw new RouteNotFoundError(
+          'GET',
+          pathname,
+          this.#files.size === 0 ? 'the dashboard files (ui/) are not installed' : 'no such file',
+        );
+      }
+      send(res, 200, req.method === 'HEAD' ? '' : file.body, file.type);
+    } catch (error) {
+      this.refuse(req, res, error);
+    }
+  }
+
+  /** Answers `error` as `{ error: { code, kind, message, details } }` with its catalog status. */
+  refuse(req: IncomingMessage, res: ServerResponse, error: unknown): void {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const close = !req.complete || closesConnection(error);
+    send(
+      res,
+      httpStatusOf(error),
+      JSON.stringify(httpErrorBody(error)),
+      'application/json',
+      close ? { connection: 'close' } : {},
+    );
+  }
+
+  /**
+   * The admin a request to the `/api/` door acts as through its session cookie: undefined when it
+   * has no session cookie (then the door's bearer rules apply).
+   * @throws UnauthenticatedError when the cookie names no live session;
+   *   PermissionDeniedError when the CSRF token or the `Origin` is missing or wrong.
+   */
+  sessionCaller(req: IncomingMessage): string | undefined {
+    const id = cookieValue(req, SESSION_COOKIE);
+    if (id === undefined) return undefined;
+    return this.#requireSession(req, id).admin;
+  }
+
+  #requireSession(req: IncomingMessage, id: string): Session {
+    const session = this.#lookup(id);
+    if (session === undefined) {
+      throw new UnauthenticatedError('the dashboard session is unknown or expired: log in again');
+    }
+    this.#requireSameOrigin(req);
+    const csrf = req.headers[CSRF_HEADER];
+    if (typeof csrf !== 'string' || !sameSecret(csrf, session.csrf)) {
+      throw new PermissionDeniedError(
+        `a request with the dashboard session must carry its CSRF token in ${CSRF_HEADER}`,
+        { reason: 'csrf' },
+      );
+    }
+    return session;
+  }
+
+  /** The request's `Origin` must be this server's own: its scheme and the request's `Host`. */
+  #requireSameOrigin(req: IncomingMessage): void {
+    const origin = req.headers.origin;
+    const host = parseAuthority(req.headers.host ?? '');
+    const parsed = typeof origin === 'string' ? parseOrigin(origin) : undefined;
+    const scheme = this.#tls ? 'https' : 'http';
+    const defaultPort = this.#tls ? 443 : 80;
+    if (
+      parsed === undefined ||
+      parsed === 'null' ||
+      host === undefined ||
+      parsed.scheme !== scheme ||
+      parsed.host !== host.host ||
+      parsed.port !== (host.port ?? defaultPort)
+    ) {
+      throw new PermissionDeniedError(
+        'a dashboard request must come from the dashboard’s own origin',
+        { reason: 'origin' },
+      );
+    }
+  }
+
+  #lookup(id: string): Session | undefined {
+    if (id.length === 0 || id.length > 128) return undefined;
+    const key = sha256(id);
+    const session = this.#sessions.get(key);
+    if (session === undefined) return undefined;
+    if (session.expiresAt <= this.#now()) {
+      this.#sessions.delete(key);
+      return undefined;
+    }
+    return session;
+  }
+
+  #prune(): void {
+    const now = this.#now();
+    for (const [key, s] of this.#sessions) if (s.expiresAt <= now) this.#sessions.delete(key);
+  }
+
+  #cookie(value: string, maxAgeSeconds: number): string {
+    return (
+      `${SESSION_COOKIE}=${value}; HttpOnly; SameSite=Strict; Path=/; Max-Age=${maxAgeSeconds}` +
+      (this.#tls ? '; Secure' : '')
+    );
+  }
+
+  async #login(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (req.method !== 'POST') {
+      throw new RouteNotFoundError(req.method ?? '', `${UI_PATH}/login`, 'log in with POST');
+    }
+    this.#requireSameOrigin(req);
+    const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+    if (type !== 'application/json') {
+      throw new InvalidArgumentError('content-type', 'must be application/json');
+    }
+    const text = await readBody(req, { limit: MAX_LOGIN_BYTES, timeoutMs: LOGIN_BODY_TIMEOUT_MS });
+    let token: unknown;
+    try {
+      token = (JSON.parse(text) as { token?: unknown } | null)?.token;
+    } catch {
+      throw new InvalidArgumentError('body', 'is not JSON');
+    }
+    if (typeof token !== 'string' || token === '') {
+      throw new InvalidArgumentError('token', 'must be the admin credential (a string)');
+    }
+    let admin: string | undefined;
+    try {
+      admin = this.#authenticateAdmin(token);
+    } catch {
+      admin = undefined;
+    }
+    if (admin === undefined) {
+      throw new UnauthenticatedError('that is not the admin credential');
+    }
+    this.#prune();
+    while (this.#sessions.size >= this.#maxSessions) {
+      const oldest = this.#sessions.keys().next().value as string;
+      this.#sessions.delete(oldest);
+    }
+    const id = randomBytes(32).toString('base64url');
+    const csrf = randomBytes(32).toString('base64url');
+    this.#sessions.set(sha256(id), { admin, csrf, expiresAt: this.#now() + this.#ttlMs });
+    send(res, 200, JSON.stringify({ admin, csrf }), 'application/json', {
+      'set-cookie': this.#cookie(id, Math.floor(this.#ttlMs / 1000)),
+    });
+  }
+
+  #logout(req: IncomingMessage, res: ServerResponse): void {
+    if (req.method !== 'POST') {
+      throw new RouteNotFoundError(req.method ?? '', `${UI_PATH}/logout`, 'log out with POST');
+    }
+    const id = cookieValue(req, SESSION_COOKIE);
+    if (id === undefined) throw new UnauthenticatedError('no dashboard session');
+    this.#requireSession(req, id);
+    this.#sessions.delete(sha256(id));
+    send(res, 200, '{}', 'application/json', { 'set-cookie': this.#cookie('', 0) });
+  }
+
+  #session(req: IncomingMessage, res: ServerResponse): void {
+    if (req.method !== 'GET') {
+      throw new RouteNotFoundError(req.method ?? '', `${UI_PATH}/session`, 'read it with GET');
+    }
+    const id = cookieValue(req, SESSION_COOKIE);
+    const session = id === undefined ? undefined : this.#lookup(id);
+    if (session === undefined) throw new UnauthenticatedError('no dashboard session');
+    send(
+      res,
+      200,
+      JSON.stringify({ admin: session.admin, csrf: session.csrf }),
+      'application/json',
+    );
+  }
+}

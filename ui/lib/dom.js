@@ -1,0 +1,245 @@
+/**
+ * Small DOM helpers. Text is always set through `textContent`, never parsed as HTML, so data
+ * from the fabric (agent names, tool arguments, reasons) cannot inject markup.
+ */
+
+/**
+ * Creates an element: `h('td', { class: 'x', onclick: fn }, 'text', childElement)`.
+ * Attributes starting with `on` are event listeners, `style` is an object of CSSOM properties;
+ * `null`/`undefined`/`false` children are skipped.
+ */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith('on') && typeof value === 'function') {
+      el.addEventListener(key.slice(2), value);
+    } else if (key === 'dataset') {
+      Object.assign(el.dataset, value);
+    } else if (key === 'style') {
+      // Through the CSSOM: the Content-Security-Policy blocks inline `style` attributes.
+      Object.assign(el.style, value);
+    } else {
+      el.setAttribute(key, value === true ? '' : String(value));
+    }
+  }
+  append(el, children);
+  return el;
+}
+
+function append(el, children) {
+  for (const child of children) {
+    if (child === undefined || child === null || child === false) continue;
+    if (Array.isArray(child)) append(el, child);
+    else el.append(child instanceof Node ? child : String(child));
+  }
+}
+
+/** Replaces the children of `el`. */
+export function replace(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+}
+
+/** A table with a header row; `rows` are arrays of cells (text or nodes). */
+export function table(headers, rows, empty = 'Nothing here yet.') {
+  if (rows.length === 0) return h('p', { class: 'empty' }, empty);
+  return h(
+    'table',
+    {},
+    h(
+      'thead',
+      {},
+      h(
+        'tr',
+        {},
+        headers.map((t) => h('th', {}, t)),
+      ),
+    ),
+    h(
+      'tbody',
+      {},
+      rows.map((cells) =>
+        h(
+          'tr',
+          { dataset: cells.dataset ?? {} },
+          cells.map((c) => h('td', {}, c)),
+        ),
+      ),
+    ),
+  );
+}
+
+/**
+ * A table whose rows are kept across updates: a row is rebuilt only when its item's `sig`
+ * (signature) changed, and not while the user is typing into one of its fields, so what the user
+ * typed (a reason, a pool size) or an armed button survive the periodic refresh. Times in rows are {@link since}/{@link until} spans that
+ * {@link tickTimes} updates in place.
+ */
+export class KeyedTable {
+  constructor(headers, empty = 'Nothing here yet.') {
+    this.tbody = h('tbody');
+    this.table = h(
+      'table',
+      {},
+      h(
+        'thead',
+        {},
+        h(
+          'tr',
+          {},
+          headers.map((t) => h('th', {}, t)),
+        ),
+      ),
+      this.tbody,
+    );
+    this.empty = h('p', { class: 'empty' }, empty);
+    this.el = h('div', {}, this.empty);
+    this.rows = new Map();
+  }
+
+  /**
+   * `items`: `{ key, sig, dataset, cells: () => [...], times }` in display order. `sig` leaves out
+   * the row's times: `times` (ISO strings) are written into the row's {@link since} spans, in
+   * order, without rebuilding it.
+   */
+  update(items) {
+    const keep = new Set();
+    const ordered = items.map((item) => {
+      keep.add(item.key);
+      let row = this.rows.get(item.key);
+      if (row === undefined || (row.sig !== item.sig && !editing(row.tr))) {
+        const tr = h(
+          'tr',
+          { dataset: item.dataset ?? {} },
+          item.cells().map((c) => h('td', {}, c)),
+        );
+        if (row !== undefined) row.tr.replaceWith(tr);
+        row = { tr, sig: item.sig };
+        this.rows.set(item.key, row);
+      }
+      if (item.times) {
+        row.tr.querySelectorAll('span.time').forEach((el, i) => {
+          if (item.times[i] !== undefined) el.dataset.at = item.times[i] ?? '';
+        });
+      }
+      return row.tr;
+    });
+    for (const [key, row] of this.rows) {
+      if (!keep.has(key)) {
+        row.tr.remove();
+        this.rows.delete(key);
+      }
+    }
+    // Re-append in order (moving an element keeps its state).
+    ordered.forEach((tr, i) => {
+      if (this.tbody.children[i] !== tr)
+        this.tbody.insertBefore(tr, this.tbody.children[i] ?? null);
+    });
+    this.el.replaceChildren(items.length === 0 ? this.empty : this.table);
+  }
+}
+
+/**
+ * A span showing how long ago `iso` was ("12s ago") or, for a future time, how long is left
+ * ("4m 2s left"), kept current by {@link tickTimes}.
+ */
+export function since(iso) {
+  return h('span', { class: 'time', 'data-at': iso ?? '' }, age(iso));
+}
+
+/** Updates every {@link since}/{@link until} span under `root`. */
+export function tickTimes(root) {
+  const now = Date.now();
+  for (const el of root.querySelectorAll('span.time')) {
+    el.textContent = age(el.dataset.at || undefined, now);
+  }
+}
+
+/** A status badge; `kind` picks its colour (ok, warn, bad, muted). */
+export function badge(text, kind = 'muted') {
+  return h('span', { class: `badge ${kind}` }, text);
+}
+
+/** `ENUM_PREFIX_VALUE` → `VALUE`. */
+export function enumName(value, prefix) {
+  if (typeof value !== 'string') return '';
+  return value.startsWith(prefix) ? value.slice(prefix.length) : value;
+}
+
+/** "12s", "4m", "3h", "2d" since (or, negative, until) an ISO time. */
+export function age(iso, now = Date.now()) {
+  if (!iso) return '—';
+  const ms = now - Date.parse(iso);
+  return duration(Math.abs(ms)) + (ms < 0 ? ' left' : ' ago');
+}
+
+/** A short human duration of `ms`. */
+export function duration(ms) {
+  const s = Math.floor(ms / 1000);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+  return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+}
+
+/** A local time of day for an ISO time. */
+export function clock(iso) {
+  return iso ? new Date(iso).toLocaleTimeString() : '—';
+}
+
+/** A button that runs `action` and shows its error instead of throwing. */
+export function button(label, action, attrs = {}) {
+  const el = h('button', { type: 'button', ...attrs }, label);
+  el.addEventListener('click', async () => {
+    el.disabled = true;
+    try {
+      await action();
+    } finally {
+      el.disabled = false;
+    }
+  });
+  return el;
+}
+
+/**
+ * A button that asks once more before `action` runs (the first click arms it, the second runs
+ * it; it disarms after a few seconds).
+ */
+export function confirmButton(label, action, attrs = {}) {
+  let armed = false;
+  let timer;
+  const el = button(
+    label,
+    async () => {
+      if (!armed) {
+        armed = true;
+        el.textContent = `Confirm ${label.toLowerCase()}`;
+        el.classList.add('armed');
+        timer = setTimeout(() => {
+          armed = false;
+          el.textContent = label;
+          el.classList.remove('armed');
+        }, 4000);
+        return;
+      }
+      clearTimeout(timer);
+      armed = false;
+      el.textContent = label;
+      el.classList.remove('armed');
+      await action();
+    },
+    attrs,
+  );
+  return el;
+}
+
+/** True while the user types into (or picks in) a field of `tr`: it is not rebuilt then. */
+function editing(tr) {
+  const active = document.activeElement;
+  return (
+    active !== null &&
+    ['INPUT', 'SELECT', 'TEXTAREA'].includes(active.tagName) &&
+    tr.contains(active)
+  );
+}

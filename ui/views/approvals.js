@@ -1,0 +1,155 @@
+/**
+ * The approvals inbox: pending approvals (agent, tool, arguments with secrets masked, the rule,
+ * time left) with Approve / Deny and a reason; the decided ones with their approver. Live from
+ * the APPROVALS topic; a browser notification on a new one when the user allowed them.
+ */
+import { call } from '../lib/api.js';
+import {
+  badge,
+  button,
+  clock,
+  enumName,
+  h,
+  KeyedTable,
+  replace,
+  since,
+  table,
+} from '../lib/dom.js';
+import { maskSecrets } from '../lib/mask.js';
+
+export const id = 'approvals';
+export const title = 'Approvals';
+
+const STATUS = { APPROVED: 'ok', DENIED: 'bad', EXPIRED: 'muted', PENDING: 'warn' };
+
+function ruleOf(a) {
+  if (!a.policy) return a.reason || '—';
+  return `${a.policy}${a.rule !== undefined ? ` #${a.rule}` : ''}${a.reason ? `: ${a.reason}` : ''}`;
+}
+
+function args(a) {
+  return h('pre', { class: 'args' }, JSON.stringify(maskSecrets(a.params ?? {}), null, 2));
+}
+
+export function createView(ctx) {
+  const pendingRows = new KeyedTable(
+    ['Agent', 'Tool', 'Arguments', 'Rule', 'Time left', 'Decision'],
+    'No approval is waiting.',
+  );
+  const decidedBody = h('div');
+  const notify = button('Enable notifications', async () => {
+    if ('Notification' in window) await Notification.requestPermission();
+    notify.hidden = !('Notification' in window) || Notification.permission !== 'default';
+  });
+  notify.hidden = !('Notification' in window) || Notification.permission !== 'default';
+  const el = h(
+    'section',
+    { class: 'view', id: 'view-approvals' },
+    h('div', { class: 'toolbar' }, h('h2', {}, 'Pending approvals'), notify),
+    pendingRows.el,
+    h('h2', {}, 'Decided'),
+    decidedBody,
+  );
+  let pending = [];
+  const names = () => new Map((ctx.agents ?? []).map((a) => [a.agentId, a.name]));
+
+  function decide(a, verb) {
+    return async (reasonInput) => {
+      const reason = reasonInput.value.trim();
+      await ctx.act(`${verb === 'Approve' ? 'Approved' : 'Denied'} ${a.tool}`, () =>
+        call(`ApprovalService/${verb}`, { id: a.id, reason }),
+      );
+    };
+  }
+
+  function renderPending() {
+    const agentNames = names();
+    pendingRows.update(
+      pending.map((a) => ({
+        key: a.id,
+        sig: JSON.stringify([a, agentNames.get(a.agentId)]),
+        dataset: { approval: a.id, tool: a.tool },
+        cells: () => {
+          const reason = h('input', {
+            type: 'text',
+            placeholder: 'reason (optional)',
+            class: 'reason',
+            'aria-label': `reason for ${a.id}`,
+          });
+          return [
+            agentNames.get(a.agentId) ?? a.agentId,
+            h('code', {}, a.tool),
+            args(a),
+            ruleOf(a),
+            since(a.expiresAt),
+            h(
+              'span',
+              { class: 'inline' },
+              reason,
+              button('Approve', () => decide(a, 'Approve')(reason), { class: 'approve' }),
+              button('Deny', () => decide(a, 'Deny')(reason), { class: 'danger' }),
+            ),
+          ];
+        },
+      })),
+    );
+  }
+
+  function notifyNew(a) {
+    if (!('Notification' in window) || Notification.permission !== 'granted') return;
+    const n = new Notification('Approval needed', {
+      body: `${names().get(a.agentId) ?? a.agentId} wants to call ${a.tool}`,
+      tag: a.id,
+    });
+    n.onclick = () => {
+      window.focus();
+      ctx.show('approvals');
+    };
+  }
+
+  return {
+    el,
+    async refresh() {
+      const [p, all] = await Promise.all([
+        call('ApprovalService/ListApprovals', { status: 'APPROVAL_STATUS_PENDING' }),
+        call('ApprovalService/ListApprovals', {}),
+      ]);
+      pending = p.approvals ?? [];
+      ctx.badge('approvals', pending.length);
+      renderPending();
+      const agentNames = names();
+      const decided = (all.approvals ?? [])
+        .filter((a) => a.status !== 'APPROVAL_STATUS_PENDING')
+        .reverse()
+        .slice(0, 100);
+      replace(
+        decidedBody,
+        table(
+          ['Decided', 'Agent', 'Tool', 'Arguments', 'Status', 'Approver', 'Reason'],
+          decided.map((a) => {
+            const status = enumName(a.status, 'APPROVAL_STATUS_');
+            const row = [
+              clock(a.decidedAt),
+              agentNames.get(a.agentId) ?? a.agentId,
+              h('code', {}, a.tool),
+              args(a),
+              badge(status, STATUS[status]),
+              a.approver || '—',
+              a.decisionReason || '',
+            ];
+            row.dataset = { approval: a.id, status };
+            return row;
+          }),
+          'Nothing decided yet.',
+        ),
+      );
+    },
+    onEvent(event) {
+      const e = event.approval;
+      if (!e) return;
+      if (e.kind === 'APPROVAL_EVENT_KIND_REQUESTED' && !e.existing && e.approval)
+        notifyNew(e.approval);
+      ctx.schedule('approvals');
+    },
+  };
+}
