@@ -6,7 +6,9 @@
  * appear, approves one parked call and sees the agent's call complete, denies another and sees
  * the agent get the denial, and uses every action (scale a pool, cancel a task, terminate an
  * agent, reassign its abandoned hook), checking each effect through the Operator API. It saves a
- * screenshot of each view into docs/screenshots/ (the README shows them).
+ * screenshot of each view: into docs/screenshots/ (the README shows them) when
+ * FABRIC_UPDATE_SCREENSHOTS is set, else into a temporary directory, so a test run leaves the
+ * checkout unchanged.
  *
  * Skips only when /usr/bin/chromium is missing and FABRIC_TEST_REQUIRE_BROWSER is unset
  * (.ci/run installs Chromium and sets it).
@@ -40,7 +42,10 @@ const available = existsSync(CHROMIUM);
 if (required && !available) {
   throw new Error(`FABRIC_TEST_REQUIRE_BROWSER is set but ${CHROMIUM} is missing`);
 }
-const SHOTS = fileURLToPath(new URL('../../docs/screenshots/', import.meta.url));
+const SHOTS =
+  process.env.FABRIC_UPDATE_SCREENSHOTS !== undefined
+    ? fileURLToPath(new URL('../../docs/screenshots/', import.meta.url))
+    : tempDir('dashboard-shots');
 /** A secret in a parked call's arguments: the inbox must show it masked. */
 const SECRET = 's3cr3t-deploy-key-0042';
 /** A value under a secret-like key: masked whole. */
