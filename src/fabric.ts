@@ -873,6 +873,7 @@ export class AgentFabric {
       attributes: ctx.attributes,
       estimate: ctx.estimate,
       budget: ctx.budget,
+      trace: ctx.trace,
     });
   }
 
