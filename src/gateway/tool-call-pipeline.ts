@@ -324,7 +324,7 @@ export class ToolCallPipeline {
     return (fields) => {
       const now = performance.now();
       const durationMs = now - started;
-      metrics.recordCall(metricTool, fields.decision, fields.outcome, durationMs);
+      metrics.recordCall(metricTool, fields.decision, fields.outcome, durationMs, fields.code);
       if (!log) return;
       log.writeCall(
         agentId,

@@ -17,6 +17,7 @@ import { messageOf } from '../gateway/map-error.js';
 import { ToolGateway, type GatewayLogEntry, type ToolGatewayOptions } from '../gateway/gateway.js';
 import { renderMetrics, type MetricFamily } from '../gateway/metrics.js';
 import type { SidecarConfig } from './config-file.js';
+import { FabricMetrics } from './fabric-metrics.js';
 import type { Tracing } from '../telemetry/tracing.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import type { PluginEndpoints } from '../plugins/plugin.js';
@@ -204,6 +205,7 @@ export class Sidecar {
       let listen: (endpoints: PluginEndpoints) => void = () => undefined;
       const listening = new Promise<PluginEndpoints>((resolve) => (listen = resolve));
       let fabric: AgentFabric | undefined;
+      let fabricMetrics: FabricMetrics | undefined;
       if (options.backend) {
         backend = options.backend;
         closeBackend = options.closeBackend ?? (async () => undefined);
@@ -254,6 +256,8 @@ export class Sidecar {
         }
         step = 'fabric';
         await configureFabric(fabric, config);
+        // After the plugins: a `hook` plugin's store is the one whose events are counted.
+        fabricMetrics = new FabricMetrics(fabric, store);
         backend = new FabricBackend(fabric);
       }
       step = 'agents';
@@ -384,7 +388,7 @@ export class Sidecar {
                   keepAliveMs: h.keepAliveSeconds * 1000,
                 }),
               }),
-          metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint)),
+          metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint, fabricMetrics)),
           readiness: () => readiness(gateway, fabric, store),
           hostGuard,
           tls: httpTls,
@@ -688,6 +692,7 @@ function sidecarMetrics(
   gateway: ToolGateway,
   fabric: AgentFabric | undefined,
   mcp: McpHttpEndpoint,
+  fabricMetrics: FabricMetrics | undefined,
 ): MetricFamily[] {
   const upstreams = [...gateway.upstreams.values()];
   const families = [
@@ -755,6 +760,7 @@ function sidecarMetrics(
       },
     );
   }
+  if (fabricMetrics !== undefined) families.push(...fabricMetrics.families());
   return families;
 }
 

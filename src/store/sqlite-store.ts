@@ -37,6 +37,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import type {
   BudgetScopeSnapshot,
@@ -352,6 +353,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #later = false;
   #closed = false;
   #lastError: StateStoreError | undefined;
+  readonly #stats = { commits: 0, failedCommits: 0, recordsWritten: 0, commitSeconds: 0 };
 
   private constructor(
     path: string,
@@ -552,6 +554,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       scope,
       source === null ? null : json(`budget ${scope}`, () => source.toJSON()),
     ]);
+    const started = performance.now();
     try {
       this.#db.transaction(() => {
         for (const id of tasks) this.#writeTask(id, inserted, removed, unserializable);
@@ -567,6 +570,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     } catch (error) {
       throw new StateStoreError(this.path, `write failed: ${messageOf(error)}`, { cause: error });
     }
+    const stats = this.#stats;
+    stats.commits++;
+    stats.recordsWritten += tasks.length + rows.length + scopes.length;
+    stats.commitSeconds += (performance.now() - started) / 1000;
     this.tasks.rowsCommitted(inserted, removed);
     this.tasks.committed(tasks);
     this.agents.committed(agents.map(([id]) => id));
@@ -639,6 +646,19 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     if (failure !== undefined) throw failure;
   }
 
+  /**
+   * Commits (transactions written), failed commits, records written (inserted, updated or
+   * deleted) and the time spent in commits, since the store was opened (for `/metrics`).
+   */
+  get stats(): Readonly<{
+    commits: number;
+    failedCommits: number;
+    recordsWritten: number;
+    commitSeconds: number;
+  }> {
+    return this.#stats;
+  }
+
   /** The last background commit failure, if the latest commit failed. */
   get lastError(): StateStoreError | undefined {
     return this.#lastError;
@@ -682,6 +702,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       // Never thrown into a microtask (that would crash the process): reported, and the changes
       // stay pending for the next commit. A synchronous commit also throws to its caller.
       this.#lastError = error as StateStoreError;
+      this.#stats.failedCommits++;
       this.#onError(this.#lastError);
       if (rethrow) throw error;
     }

@@ -1,0 +1,210 @@
+/**
+ * The fabric's part of `GET /metrics`: scheduler and queues, task outcomes, budgets, work hooks
+ * and the state store. Everything but the hook counters is read from the components when the
+ * endpoint is scraped (their own counters and gauges), so nothing is added to the task or call
+ * paths; hook events are counted as they are announced.
+ *
+ * @module
+ */
+import type { AgentFabric } from '../fabric.js';
+import type { MetricFamily } from '../gateway/metrics.js';
+import type { HookEventName } from '../hooks/hook-events.js';
+import { Priority } from '../task.js';
+
+type Sample = MetricFamily['samples'][number];
+
+/** The state store's figures (see `SqliteStore.stats`). */
+export interface StoreFigures {
+  readonly stats: Readonly<{
+    commits: number;
+    failedCommits: number;
+    recordsWritten: number;
+    commitSeconds: number;
+  }>;
+  readonly lastError: unknown;
+}
+
+/** Hook events counted, by event name. */
+const HOOK_EVENTS: readonly HookEventName[] = [
+  'hook.created',
+  'hook.activated',
+  'hook.completed',
+  'hook.failed',
+  'hook.abandoned',
+  'hook.reassigned',
+  'hook.progress',
+  'hook.stale',
+  'patrol.error',
+];
+
+const PRIORITY_NAMES = [Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW].map(
+  (p) => Priority[p],
+);
+
+/** Collects the fabric's metric families; one per sidecar. */
+export class FabricMetrics {
+  readonly #fabric: AgentFabric;
+  readonly #store: StoreFigures | undefined;
+  readonly #hookEvents = new Map<string, number>();
+
+  /** Counts the fabric's hook events from now on (its hook store must be set by then). */
+  constructor(fabric: AgentFabric, store: StoreFigures | undefined) {
+    this.#fabric = fabric;
+    this.#store = store;
+    const hooks = fabric.hooks;
+    if (hooks !== undefined) {
+      for (const event of HOOK_EVENTS) {
+        this.#hookEvents.set(event, 0);
+        hooks.on(event, () => this.#hookEvents.set(event, (this.#hookEvents.get(event) ?? 0) + 1));
+      }
+    }
+  }
+
+  families(): MetricFamily[] {
+    const fabric = this.#fabric;
+    const s = fabric.scheduler.stats();
+    const queued = fabric.scheduler.queuedByPriority();
+    const families: MetricFamily[] = [
+      {
+        name: 'agent_fabric_tasks_queued',
+        help: 'Tasks waiting to run, by priority (in queues or held back until their notBefore).',
+        type: 'gauge',
+        samples: PRIORITY_NAMES.map((priority, i) => ({
+          labels: { priority: priority! },
+          value: queued[i] ?? 0,
+        })),
+      },
+      {
+        name: 'agent_fabric_tasks_running',
+        help: 'Tasks handed to an agent and not finished.',
+        type: 'gauge',
+        samples: [{ value: s.runningTasks }],
+      },
+      {
+        name: 'agent_fabric_tasks_scheduled_total',
+        help: 'Tasks scheduled since the sidecar started.',
+        type: 'counter',
+        samples: [{ value: s.scheduledTasks }],
+      },
+      {
+        name: 'agent_fabric_task_retries_total',
+        help: 'Failed attempts that were queued again since the sidecar started.',
+        type: 'counter',
+        samples: [{ value: s.retriedTasks }],
+      },
+      {
+        name: 'agent_fabric_tasks_finished_total',
+        help: 'Tasks that reached a final status, by status.',
+        type: 'counter',
+        samples: [
+          { labels: { status: 'COMPLETED' }, value: s.completedTasks },
+          { labels: { status: 'FAILED' }, value: s.failedTasks },
+          { labels: { status: 'TIMED_OUT' }, value: s.timedOutTasks },
+          { labels: { status: 'CANCELLED' }, value: s.cancelledTasks },
+        ],
+      },
+      {
+        name: 'agent_fabric_pool_tasks_queued',
+        help: 'Tasks waiting in a pool (its queue and its agents’ queues).',
+        type: 'gauge',
+        samples: Object.entries(s.pools).map(([pool, load]) => ({
+          labels: { pool },
+          value: load.queuedTasks,
+        })),
+      },
+      ...this.#budgetFamilies(),
+    ];
+    if (this.#hookEvents.size > 0) {
+      families.push({
+        name: 'agent_fabric_hook_events_total',
+        help: 'Work-hook changes and patrol findings announced, by event.',
+        type: 'counter',
+        samples: [...this.#hookEvents].map(([event, value]) => ({ labels: { event }, value })),
+      });
+    }
+    const store = this.#store;
+    if (store !== undefined) {
+      const st = store.stats;
+      families.push(
+        {
+          name: 'agent_fabric_store_up',
+          help: 'Whether the last commit to the state store succeeded (1) or failed (0).',
+          type: 'gauge',
+          samples: [{ value: store.lastError === undefined ? 1 : 0 }],
+        },
+        {
+          name: 'agent_fabric_store_commits_total',
+          help: 'Transactions committed to the state store.',
+          type: 'counter',
+          samples: [{ value: st.commits }],
+        },
+        {
+          name: 'agent_fabric_store_commit_failures_total',
+          help: 'Commits to the state store that failed (their changes stay pending and are retried).',
+          type: 'counter',
+          samples: [{ value: st.failedCommits }],
+        },
+        {
+          name: 'agent_fabric_store_records_written_total',
+          help: 'Records (tasks, agents, pools, approvals, budget scopes …) written or deleted.',
+          type: 'counter',
+          samples: [{ value: st.recordsWritten }],
+        },
+        {
+          name: 'agent_fabric_store_commit_seconds_total',
+          help: 'Time spent writing commits to the state store.',
+          type: 'counter',
+          samples: [{ value: st.commitSeconds }],
+        },
+      );
+    }
+    return families;
+  }
+
+  /** Usage and limits of the fabric-wide and pool budgets (agents are too many to label). */
+  #budgetFamilies(): MetricFamily[] {
+    const budgets = this.#fabric.budgets;
+    const statuses = [budgets.getFabricStatus()];
+    for (const p of this.#fabric.pools.listPools()) statuses.push(budgets.getPoolStatus(p.poolId));
+    const of = (pick: (b: (typeof statuses)[number]) => number): Sample[] =>
+      statuses.map((b) => ({ labels: { scope: b.scope }, value: pick(b) }));
+    return [
+      {
+        name: 'agent_fabric_budget_tokens_used',
+        help: 'Tokens used in the sliding hour, by budget scope (fabric, pool:<id>).',
+        type: 'gauge',
+        samples: of((b) => b.tokensUsed),
+      },
+      {
+        name: 'agent_fabric_budget_tokens_reserved',
+        help: 'Tokens held by calls in flight, by budget scope.',
+        type: 'gauge',
+        samples: of((b) => b.tokensReserved),
+      },
+      {
+        name: 'agent_fabric_budget_tokens_limit',
+        help: 'Tokens per hour allowed, by budget scope (+Inf: no limit).',
+        type: 'gauge',
+        samples: of((b) => b.tokensLimit),
+      },
+      {
+        name: 'agent_fabric_budget_cost_used',
+        help: 'Cost in the day window, by budget scope.',
+        type: 'gauge',
+        samples: of((b) => b.costUsed),
+      },
+      {
+        name: 'agent_fabric_budget_cost_limit',
+        help: 'Cost per day allowed, by budget scope (+Inf: no limit).',
+        type: 'gauge',
+        samples: of((b) => b.costLimit),
+      },
+      {
+        name: 'agent_fabric_budget_waiting_calls',
+        help: 'Calls waiting for in-flight reservations to settle before their budget admits them.',
+        type: 'gauge',
+        samples: [{ value: budgets.waiting }],
+      },
+    ];
+  }
+}
