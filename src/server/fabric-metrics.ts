@@ -11,8 +11,6 @@ import type { MetricFamily } from '../gateway/metrics.js';
 import type { HookEventName } from '../hooks/hook-events.js';
 import { Priority } from '../task.js';
 
-type Sample = MetricFamily['samples'][number];
-
 /** The state store's figures (see `SqliteStore.stats`). */
 export interface StoreFigures {
   readonly stats: Readonly<{
@@ -166,39 +164,38 @@ export class FabricMetrics {
     const budgets = this.#fabric.budgets;
     const statuses = [budgets.getFabricStatus()];
     for (const p of this.#fabric.pools.listPools()) statuses.push(budgets.getPoolStatus(p.poolId));
-    const of = (pick: (b: (typeof statuses)[number]) => number): Sample[] =>
-      statuses.map((b) => ({ labels: { scope: b.scope }, value: pick(b) }));
+    const scoped = (
+      name: string,
+      help: string,
+      pick: (b: (typeof statuses)[number]) => number,
+    ): MetricFamily => ({
+      name: `agent_fabric_budget_${name}`,
+      help,
+      type: 'gauge',
+      samples: statuses.map((b) => ({ labels: { scope: b.scope }, value: pick(b) })),
+    });
     return [
-      {
-        name: 'agent_fabric_budget_tokens_used',
-        help: 'Tokens used in the sliding hour, by budget scope (fabric, pool:<id>).',
-        type: 'gauge',
-        samples: of((b) => b.tokensUsed),
-      },
-      {
-        name: 'agent_fabric_budget_tokens_reserved',
-        help: 'Tokens held by calls in flight, by budget scope.',
-        type: 'gauge',
-        samples: of((b) => b.tokensReserved),
-      },
-      {
-        name: 'agent_fabric_budget_tokens_limit',
-        help: 'Tokens per hour allowed, by budget scope (+Inf: no limit).',
-        type: 'gauge',
-        samples: of((b) => b.tokensLimit),
-      },
-      {
-        name: 'agent_fabric_budget_cost_used',
-        help: 'Cost in the day window, by budget scope.',
-        type: 'gauge',
-        samples: of((b) => b.costUsed),
-      },
-      {
-        name: 'agent_fabric_budget_cost_limit',
-        help: 'Cost per day allowed, by budget scope (+Inf: no limit).',
-        type: 'gauge',
-        samples: of((b) => b.costLimit),
-      },
+      scoped(
+        'tokens_used',
+        'Tokens used in the sliding hour, by budget scope (fabric, pool:<id>).',
+        (b) => b.tokensUsed,
+      ),
+      scoped(
+        'tokens_reserved',
+        'Tokens held by calls in flight, by budget scope.',
+        (b) => b.tokensReserved,
+      ),
+      scoped(
+        'tokens_limit',
+        'Tokens per hour allowed, by budget scope (+Inf: no limit).',
+        (b) => b.tokensLimit,
+      ),
+      scoped('cost_used', 'Cost in the day window, by budget scope.', (b) => b.costUsed),
+      scoped(
+        'cost_limit',
+        'Cost per day allowed, by budget scope (+Inf: no limit).',
+        (b) => b.costLimit,
+      ),
       {
         name: 'agent_fabric_budget_waiting_calls',
         help: 'Calls waiting for in-flight reservations to settle before their budget admits them.',
