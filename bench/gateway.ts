@@ -57,7 +57,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
-import { loadSidecarConfig } from '../src/server/config-file.js';
+import { loadSidecarConfig, type SidecarConfig } from '../src/server/config-file.js';
 import { linkedSignalFetch } from '../src/gateway/upstream.js';
 import { Sidecar } from '../src/server/sidecar.js';
 import { Latency, median, type BenchContext, type BenchSuite } from './lib.js';
@@ -120,6 +120,27 @@ function cliArgs(args: string[]): string[] {
 
 function newClient(): Client {
   return new Client({ name: 'bench-agent', version: '1.0.0' });
+}
+
+/**
+ * A sidecar started in this process from `config` and an agent client on an in-memory link to
+ * it (its start-up agent): the `echo` call. The sidecar, then the client, go on `closers`.
+ */
+async function inprocEcho(
+  config: SidecarConfig,
+  closers: (() => Promise<unknown>)[],
+): Promise<Call> {
+  const sidecar = await Sidecar.start({ config, http: false });
+  closers.push(() => sidecar.close());
+  const identity = await sidecar.backend.authenticate(sidecar.agents[0]!.credential);
+  if (identity.kind !== 'agent') throw new Error('expected an agent identity');
+  const session = sidecar.gateway.createSession(identity);
+  const [ct, st] = InMemoryTransport.createLinkedPair();
+  await session.connect(st);
+  const client = newClient();
+  await client.connect(ct);
+  closers.push(() => client.close());
+  return echo(client, 'ev__echo');
 }
 
 async function freePort(): Promise<number> {
@@ -627,16 +648,7 @@ const suite: BenchSuite = {
 
       if (wanted('stdio-latency-inproc')) {
         // Diagnostic: the same sidecar inside this process, on an in-memory link.
-        const sidecar = await Sidecar.start({ config: loadSidecarConfig(config), http: false });
-        closers.push(() => sidecar.close());
-        const identity = await sidecar.backend.authenticate(sidecar.agents[0]!.credential);
-        if (identity.kind !== 'agent') throw new Error('expected an agent identity');
-        const session = sidecar.gateway.createSession(identity);
-        const [ct, st] = InMemoryTransport.createLinkedPair();
-        await session.connect(st);
-        const inproc = newClient();
-        await inproc.connect(ct);
-        const callInproc = echo(inproc, 'ev__echo');
+        const callInproc = await inprocEcho(loadSidecarConfig(config), closers);
         await warm([callDirect, callInproc], q ? 200 : 1000);
         await latencyCase(
           ctx,
@@ -645,8 +657,8 @@ const suite: BenchSuite = {
           callDirect,
           callInproc,
         );
-        await inproc.close();
-        await closeLast();
+        await closeLast(); // the client
+        await closeLast(); // the sidecar
       }
 
       if (wanted('stdio-latency-inproc-traced')) {
@@ -662,31 +674,18 @@ const suite: BenchSuite = {
           sink.once('exit', () => reject(new Error('the OTLP sink exited')));
         });
         const endpoint = `http://127.0.0.1:${port}`;
-        const inprocCall = async (file: string, traced: boolean): Promise<Call> => {
-          const base = loadSidecarConfig(file);
-          const config = traced
-            ? {
-                ...base,
-                telemetry: {
-                  serviceName: 'bench',
-                  otlp: { endpoint, scheduledDelayMs: 1000 },
-                },
-              }
-            : base;
-          const sidecar = await Sidecar.start({ config, http: false });
-          closers.push(() => sidecar.close());
-          const identity = await sidecar.backend.authenticate(sidecar.agents[0]!.credential);
-          if (identity.kind !== 'agent') throw new Error('expected an agent identity');
-          const session = sidecar.gateway.createSession(identity);
-          const [ct, st] = InMemoryTransport.createLinkedPair();
-          await session.connect(st);
-          const client = newClient();
-          await client.connect(ct);
-          closers.push(() => client.close());
-          return echo(client, 'ev__echo');
-        };
-        const off = await inprocCall(writeConfig(dir, 'fabric-untraced.yaml'), false);
-        const on = await inprocCall(writeConfig(dir, 'fabric-traced.yaml'), true);
+        const off = await inprocEcho(
+          loadSidecarConfig(writeConfig(dir, 'fabric-untraced.yaml')),
+          closers,
+        );
+        const traced = loadSidecarConfig(writeConfig(dir, 'fabric-traced.yaml'));
+        const on = await inprocEcho(
+          {
+            ...traced,
+            telemetry: { serviceName: 'bench', otlp: { endpoint, scheduledDelayMs: 1000 } },
+          },
+          closers,
+        );
         await warm([off, on], q ? 200 : 1000);
         await latencyCase(
           ctx,
