@@ -39,6 +39,11 @@ const PRIORITY_NAMES = [Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Prior
   (p) => Priority[p],
 );
 
+/** A family of one unlabelled sample. */
+function one(name: string, type: 'counter' | 'gauge', help: string, value: number): MetricFamily {
+  return { name, help, type, samples: [{ value }] };
+}
+
 /** Collects the fabric's metric families; one per sidecar. */
 export class FabricMetrics {
   readonly #fabric: AgentFabric;
@@ -72,24 +77,24 @@ export class FabricMetrics {
           value: queued[i] ?? 0,
         })),
       },
-      {
-        name: 'agent_fabric_tasks_running',
-        help: 'Tasks handed to an agent and not finished.',
-        type: 'gauge',
-        samples: [{ value: s.runningTasks }],
-      },
-      {
-        name: 'agent_fabric_tasks_scheduled_total',
-        help: 'Tasks scheduled since the sidecar started.',
-        type: 'counter',
-        samples: [{ value: s.scheduledTasks }],
-      },
-      {
-        name: 'agent_fabric_task_retries_total',
-        help: 'Failed attempts that were queued again since the sidecar started.',
-        type: 'counter',
-        samples: [{ value: s.retriedTasks }],
-      },
+      one(
+        'agent_fabric_tasks_running',
+        'gauge',
+        'Tasks handed to an agent and not finished.',
+        s.runningTasks,
+      ),
+      one(
+        'agent_fabric_tasks_scheduled_total',
+        'counter',
+        'Tasks scheduled since the sidecar started.',
+        s.scheduledTasks,
+      ),
+      one(
+        'agent_fabric_task_retries_total',
+        'counter',
+        'Failed attempts that were queued again since the sidecar started.',
+        s.retriedTasks,
+      ),
       {
         name: 'agent_fabric_tasks_finished_total',
         help: 'Tasks that reached a final status, by status.',
@@ -124,36 +129,36 @@ export class FabricMetrics {
     if (store !== undefined) {
       const st = store.stats;
       families.push(
-        {
-          name: 'agent_fabric_store_up',
-          help: 'Whether the last commit to the state store succeeded (1) or failed (0).',
-          type: 'gauge',
-          samples: [{ value: store.lastError === undefined ? 1 : 0 }],
-        },
-        {
-          name: 'agent_fabric_store_commits_total',
-          help: 'Transactions committed to the state store.',
-          type: 'counter',
-          samples: [{ value: st.commits }],
-        },
-        {
-          name: 'agent_fabric_store_commit_failures_total',
-          help: 'Commits to the state store that failed (their changes stay pending and are retried).',
-          type: 'counter',
-          samples: [{ value: st.failedCommits }],
-        },
-        {
-          name: 'agent_fabric_store_records_written_total',
-          help: 'Records (tasks, agents, pools, approvals, budget scopes …) written or deleted.',
-          type: 'counter',
-          samples: [{ value: st.recordsWritten }],
-        },
-        {
-          name: 'agent_fabric_store_commit_seconds_total',
-          help: 'Time spent writing commits to the state store.',
-          type: 'counter',
-          samples: [{ value: st.commitSeconds }],
-        },
+        one(
+          'agent_fabric_store_up',
+          'gauge',
+          'Whether the last commit to the state store succeeded (1) or failed (0).',
+          store.lastError === undefined ? 1 : 0,
+        ),
+        one(
+          'agent_fabric_store_commits_total',
+          'counter',
+          'Transactions committed to the state store.',
+          st.commits,
+        ),
+        one(
+          'agent_fabric_store_commit_failures_total',
+          'counter',
+          'Commits to the state store that failed (their changes stay pending and are retried).',
+          st.failedCommits,
+        ),
+        one(
+          'agent_fabric_store_records_written_total',
+          'counter',
+          'Records (tasks, agents, pools, approvals, budget scopes …) written or deleted.',
+          st.recordsWritten,
+        ),
+        one(
+          'agent_fabric_store_commit_seconds_total',
+          'counter',
+          'Time spent writing commits to the state store.',
+          st.commitSeconds,
+        ),
       );
     }
     return families;
@@ -196,12 +201,12 @@ export class FabricMetrics {
         'Cost per day allowed, by budget scope (+Inf: no limit).',
         (b) => b.costLimit,
       ),
-      {
-        name: 'agent_fabric_budget_waiting_calls',
-        help: 'Calls waiting for in-flight reservations to settle before their budget admits them.',
-        type: 'gauge',
-        samples: [{ value: budgets.waiting }],
-      },
+      one(
+        'agent_fabric_budget_waiting_calls',
+        'gauge',
+        'Calls waiting for in-flight reservations to settle before their budget admits them.',
+        budgets.waiting,
+      ),
     ];
   }
 }
