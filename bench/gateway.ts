@@ -10,6 +10,8 @@
  * - stdio-throughput: the same paths, 32 calls in flight.
  * - stdio-latency-inproc (diagnostic): the same sidecar in the bench process, the agent on an
  *   in-memory link: the gateway pipeline without the extra pipe hop and process.
+ * - stdio-latency-inproc-traced (diagnostic): two such in-process gateways, tracing off (the
+ *   baseline) and on (spans exported to an OTLP/HTTP sink process): what tracing costs when on.
  * - stdio-large-result (diagnostic): a 1 MB `read_text_file` from server-filesystem, direct vs
  *   through the gateway over stdio (p50 of sequential reads).
  * - http-throughput: agent → `agent-fabric serve` (a child process) over Streamable HTTP
@@ -55,7 +57,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
-import { loadSidecarConfig } from '../src/server/config-file.js';
+import { loadSidecarConfig, type SidecarConfig } from '../src/server/config-file.js';
 import { linkedSignalFetch } from '../src/gateway/upstream.js';
 import { Sidecar } from '../src/server/sidecar.js';
 import { Latency, median, type BenchContext, type BenchSuite } from './lib.js';
@@ -69,6 +71,8 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** The built CLI, what `agent-fabric` runs (`npm run bench` builds first). */
 const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 const PROFILE_DIR = process.env.BENCH_GATEWAY_CPU_PROF;
+/** An OTLP/HTTP receiver that reads and discards every export (prints its port). */
+const OTLP_SINK = `require('node:http').createServer((q, s) => { q.resume(); q.on('end', () => s.end('{}')); }).listen(0, '127.0.0.1', function () { console.log(this.address().port); });`;
 
 /**
  * The sidecar config of every gateway case: policy deny-by-default with a conditional deny that
@@ -118,6 +122,27 @@ function newClient(): Client {
   return new Client({ name: 'bench-agent', version: '1.0.0' });
 }
 
+/**
+ * A sidecar started in this process from `config` and an agent client on an in-memory link to
+ * it (its start-up agent): the `echo` call. The sidecar, then the client, go on `closers`.
+ */
+async function inprocEcho(
+  config: SidecarConfig,
+  closers: (() => Promise<unknown>)[],
+): Promise<Call> {
+  const sidecar = await Sidecar.start({ config, http: false });
+  closers.push(() => sidecar.close());
+  const identity = await sidecar.backend.authenticate(sidecar.agents[0]!.credential);
+  if (identity.kind !== 'agent') throw new Error('expected an agent identity');
+  const session = sidecar.gateway.createSession(identity);
+  const [ct, st] = InMemoryTransport.createLinkedPair();
+  await session.connect(st);
+  const client = newClient();
+  await client.connect(ct);
+  closers.push(() => client.close());
+  return echo(client, 'ev__echo');
+}
+
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
@@ -165,6 +190,7 @@ async function latencyCase(
   baseline: string,
   a: Call,
   b: Call,
+  goal?: string,
 ): Promise<void> {
   const q = ctx.quick;
   const latA = new Latency();
@@ -199,7 +225,9 @@ async function latencyCase(
     baselineP99Us: bp99,
     // Both sides' percentiles next to each other, never their difference: a difference of two
     // noisy percentiles is not an added latency (one run printed p99 "added" -1124 µs).
-    goal: `p50 ≤ direct + 150 µs (got ${p50.toFixed(0)} vs ${bp50.toFixed(0)} direct), p99 ≤ direct + 1000 µs (got ${p99.toFixed(0)} vs ${bp99.toFixed(0)} direct)`,
+    goal:
+      goal ??
+      `p50 ≤ direct + 150 µs (got ${p50.toFixed(0)} vs ${bp50.toFixed(0)} direct), p99 ≤ direct + 1000 µs (got ${p99.toFixed(0)} vs ${bp99.toFixed(0)} direct)`,
   });
 }
 
@@ -620,16 +648,7 @@ const suite: BenchSuite = {
 
       if (wanted('stdio-latency-inproc')) {
         // Diagnostic: the same sidecar inside this process, on an in-memory link.
-        const sidecar = await Sidecar.start({ config: loadSidecarConfig(config), http: false });
-        closers.push(() => sidecar.close());
-        const identity = await sidecar.backend.authenticate(sidecar.agents[0]!.credential);
-        if (identity.kind !== 'agent') throw new Error('expected an agent identity');
-        const session = sidecar.gateway.createSession(identity);
-        const [ct, st] = InMemoryTransport.createLinkedPair();
-        await session.connect(st);
-        const inproc = newClient();
-        await inproc.connect(ct);
-        const callInproc = echo(inproc, 'ev__echo');
+        const callInproc = await inprocEcho(loadSidecarConfig(config), closers);
         await warm([callDirect, callInproc], q ? 200 : 1000);
         await latencyCase(
           ctx,
@@ -638,8 +657,45 @@ const suite: BenchSuite = {
           callDirect,
           callInproc,
         );
-        await inproc.close();
-        await closeLast();
+        await closeLast(); // the client
+        await closeLast(); // the sidecar
+      }
+
+      if (wanted('stdio-latency-inproc-traced')) {
+        // Diagnostic: what tracing costs when on (spans exported to an OTLP/HTTP sink process that
+        // discards them), against the same in-process gateway with tracing off — both in this
+        // run, each with its own state file.
+        const sink = spawn(process.execPath, ['-e', OTLP_SINK], {
+          stdio: ['ignore', 'pipe', 'ignore'],
+        });
+        closers.push(() => stop(sink));
+        const port = await new Promise<string>((r, reject) => {
+          sink.stdout!.once('data', (c: Buffer) => r(c.toString().trim()));
+          sink.once('exit', () => reject(new Error('the OTLP sink exited')));
+        });
+        const endpoint = `http://127.0.0.1:${port}`;
+        const off = await inprocEcho(
+          loadSidecarConfig(writeConfig(dir, 'fabric-untraced.yaml')),
+          closers,
+        );
+        const traced = loadSidecarConfig(writeConfig(dir, 'fabric-traced.yaml'));
+        const on = await inprocEcho(
+          {
+            ...traced,
+            telemetry: { serviceName: 'bench', otlp: { endpoint, scheduledDelayMs: 1000 } },
+          },
+          closers,
+        );
+        await warm([off, on], q ? 200 : 1000);
+        await latencyCase(
+          ctx,
+          'stdio-latency-inproc-traced',
+          'the same in-process gateway with tracing off (no OTLP endpoint)',
+          off,
+          on,
+          'diagnostic: the cost of tracing when it is on (off is the baseline)',
+        );
+        for (let i = 0; i < 5; i++) await closeLast(); // both clients, both sidecars, the sink
       }
       await closeLast(); // direct
 

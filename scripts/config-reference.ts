@@ -192,6 +192,17 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     "This sidecar's name on the bus (results come back on `fabric.<ns>.res.<sidecarId>`); unique per sidecar. Default: made once and kept in the state file (random per process with `state: memory`).",
   'nats.ackWaitSeconds': "Upper bound of the consumers' AckWait (also capped by the task timeout).",
   'nats.connectTimeoutMs': 'How long the first connection may take.',
+  telemetry:
+    'OpenTelemetry traces of tool calls and tasks (see "Observability"); on only when an OTLP endpoint is set.',
+  'telemetry.serviceName': '`service.name` of the exported spans (env `OTEL_SERVICE_NAME`).',
+  'telemetry.otlp': 'The OTLP/HTTP collector spans are exported to (JSON encoding, in batches).',
+  'telemetry.otlp.endpoint':
+    'Base URL of the collector; spans go to `<endpoint>/v1/traces` (env `OTEL_EXPORTER_OTLP_ENDPOINT`).',
+  'telemetry.otlp.tracesEndpoint':
+    'Full traces URL; wins over `endpoint` (env `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).',
+  'telemetry.otlp.headers':
+    'Headers of every export request (a collector API key: use `${env:NAME}`).',
+  'telemetry.otlp.scheduledDelayMs': 'Longest wait before buffered spans are exported.',
   hooks: 'GUPP work hooks persisted in a git repository (created if missing).',
   'hooks.storagePath': 'The git repository.',
   'hooks.useGitWorktree': 'Give each hook its own worktree on its branch.',

@@ -919,6 +919,7 @@ export class AgentFabric {
       attributes: ctx.attributes,
       estimate: ctx.estimate,
       budget: ctx.budget,
+      trace: ctx.trace,
     });
   }
 

@@ -32,6 +32,7 @@ import {
 import { EXIT, EXIT_CODES_HELP } from './exit-codes.js';
 import { offlineCommands } from './offline-commands.js';
 import { operatorCommands } from './operator-commands.js';
+import { scaleCommands } from './scale-commands.js';
 
 /** The log of a sidecar run by `serve` or `mcp --in-process`, with the config's secrets. */
 async function sidecarLog(
@@ -392,6 +393,7 @@ const COMMANDS: readonly Command[] = [
   serveCommand,
   mcpCommand,
   ...operatorCommands,
+  ...scaleCommands,
   ...offlineCommands,
   versionCommand,
 ];

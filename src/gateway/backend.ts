@@ -4,6 +4,7 @@
  *
  * @module
  */
+import type { CallPhases } from '../telemetry/tracing.js';
 import type { Reservation } from '../budget/budget-manager.js';
 import type { Approval } from '../policy/approval-manager.js';
 import type { PolicyDecision } from '../policy/policy-engine.js';
@@ -72,6 +73,8 @@ export interface ToolCallContext {
    * smallest limit (`clampTokens`; the gateway settles with `requireFit`).
    */
   budget?: { readonly waitMs?: number; readonly clampTokens?: boolean } | undefined;
+  /** Spans of the call's phases (policy, approval wait, budget); absent: not traced. */
+  trace?: CallPhases | undefined;
 }
 
 /** Options of {@link GatewayBackend.settleToolCall}. */

@@ -31,6 +31,7 @@ import {
   isJSONRPCErrorResponse,
   isJSONRPCResultResponse,
   type JSONRPCMessage,
+  type MessageExtraInfo,
   type Request,
   type RequestId,
   type Result,
@@ -328,6 +329,8 @@ export interface FastCallExtra {
   readonly cancel: CancelHook;
   readonly requestId: RequestId;
   readonly _meta?: undefined;
+  /** The HTTP request the call came in (its headers: a caller's `traceparent`); none over stdio. */
+  readonly requestInfo?: MessageExtraInfo['requestInfo'];
   /** Registers work to run right after the response was written (or dropped), on a later tick. */
   defer(work: () => void): void;
 }
@@ -335,14 +338,16 @@ export interface FastCallExtra {
 /** One `tools/call` in flight on the fast path: its cancellation and its deferred work. */
 class FastCall implements FastCallExtra, CancelHook {
   readonly requestId: RequestId;
+  readonly requestInfo: MessageExtraInfo['requestInfo'];
   aborted = false;
   reason: unknown = undefined;
   after: (() => void) | undefined = undefined;
   #controller: AbortController | undefined = undefined;
   #listener: ((reason: unknown) => void) | undefined = undefined;
 
-  constructor(requestId: RequestId) {
+  constructor(requestId: RequestId, requestInfo: MessageExtraInfo['requestInfo']) {
     this.requestId = requestId;
+    this.requestInfo = requestInfo;
   }
 
   get signal(): AbortSignal {
@@ -401,7 +406,7 @@ export class FastToolCalls {
     transport.onmessage = (message, extra) => {
       const m = message as Envelope;
       if (m.method === 'tools/call') {
-        if (this.#take(m)) return;
+        if (this.#take(m, extra)) return;
       } else if (
         m.method === 'notifications/cancelled' &&
         m.id === undefined && // a request of that name is not a cancellation (Protocol agrees)
@@ -419,7 +424,7 @@ export class FastToolCalls {
   }
 
   /** Takes a `tools/call` request the SDK would accept unchanged; false to leave it. */
-  #take(m: Envelope): boolean {
+  #take(m: Envelope, extra: MessageExtraInfo | undefined): boolean {
     const id = m.id;
     const params = m.params;
     if (m.jsonrpc !== '2.0' || !isRequestId(id) || !isObject(params)) return false;
@@ -428,7 +433,7 @@ export class FastToolCalls {
     if (params.task !== undefined) return false;
     const args = params.arguments;
     if (args !== undefined && !isObject(args)) return false;
-    const call = new FastCall(id);
+    const call = new FastCall(id, extra?.requestInfo);
     this.#inflight.set(id, call);
     void this.#serve(m as Request & { id: RequestId }, call);
     return true;

@@ -32,6 +32,7 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import { TypedEmitter } from '../events.js';
 import type { Collection } from '../store/store.js';
+import type { TraceCarrier, Tracing } from '../telemetry/tracing.js';
 import {
   ClosedError,
   ConfigError,
@@ -39,7 +40,7 @@ import {
   SubscriptionLimitError,
   ToolNotFoundError,
 } from '../errors.js';
-import { AuditLog, type AuditLogOptions } from './audit-log.js';
+import { AuditLog, type AuditLogOptions, type AuditOutcome } from './audit-log.js';
 import type { AgentIdentity, GatewayBackend } from './backend.js';
 import {
   buildCatalog,
@@ -177,6 +178,8 @@ export interface ToolGatewayOptions {
    * @default {} (on, with the defaults of {@link ToolTasksOptions})
    */
   tasks?: (ToolTasksOptions & { store?: Collection<ToolTaskRecord> | undefined }) | false;
+  /** Spans of every tool call (see telemetry/tracing.ts); absent: no tracing, no overhead. */
+  tracing?: Tracing | undefined;
 }
 
 const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
@@ -223,6 +226,7 @@ export class ToolGateway implements SessionHost {
   readonly #pipeline: ToolCallPipeline;
   /** Task-augmented tool calls and their records (absent: tasks are off). */
   readonly #tasks: ToolTasks | undefined;
+  readonly #tracing: Tracing | undefined;
   #catalog: Catalog = EMPTY_CATALOG;
   #calls = 0;
   #drained: (() => void) | undefined;
@@ -278,6 +282,7 @@ export class ToolGateway implements SessionHost {
         },
       });
     }
+    this.#tracing = options.tracing;
     this.#hideDenied = options.hideDeniedTools ?? true;
     this.#fabricTools =
       options.fabricTools === false
@@ -667,7 +672,11 @@ export class ToolGateway implements SessionHost {
    * flight (sampling, elicitation) are refused with a routing error: nobody can answer them.
    */
   callToolAs(request: ToolCallRequest): Promise<ToolCallOutcome> {
-    const extra: CallExtra = { signal: request.signal, requestId: -1 };
+    const extra: CallExtra = {
+      signal: request.signal,
+      requestId: -1,
+      traceContext: request.traceContext,
+    };
     return this.#runToolCall(
       request.identity,
       request.name,
@@ -676,6 +685,11 @@ export class ToolGateway implements SessionHost {
       request.progress,
       undefined,
     );
+  }
+
+  /** Whether tool calls are traced (a door then reads the caller's trace context). */
+  get traced(): boolean {
+    return this.#tracing !== undefined;
   }
 
   /**
@@ -714,9 +728,24 @@ export class ToolGateway implements SessionHost {
     const fabricTool = this.#fabricTools.get(name);
     const route = fabricTool ? undefined : this.#catalog.tools.get(name);
     const known = fabricTool !== undefined || route !== undefined;
-    const audit = known
+    const audited = known
       ? this.#pipeline.auditor(agentId, name, args, started)
       : this.#pipeline.auditor(agentId, truncated(name), args, started, UNKNOWN_TOOL);
+    // `_meta` (SEP-414) wins over the HTTP headers; gRPC metadata comes as `traceContext`.
+    const trace = this.#tracing?.toolCall(
+      agentId,
+      known ? name : UNKNOWN_TOOL,
+      extra._meta as TraceCarrier | undefined,
+      extra.requestInfo?.headers,
+      extra.traceContext,
+    );
+    const audit =
+      trace === undefined
+        ? audited
+        : (fields: AuditOutcome): void => {
+            audited(fields);
+            trace.end(fields);
+          };
     // Before anything looks inside the arguments: policy, plugins, the audit digest and the
     // upstream all recurse into them (see input-bounds.ts).
     const tooBig = checkInputBounds(args, this.#bounds, 'arguments');
@@ -747,6 +776,7 @@ export class ToolGateway implements SessionHost {
           resumeApproval: task?.approvalId,
           audit,
           alwaysDelivered: fabricTool?.alwaysDelivered,
+          trace,
           // Audit right after the response is written; the call ends then.
           defer:
             extra.defer === undefined
@@ -764,45 +794,50 @@ export class ToolGateway implements SessionHost {
         },
         () => {
           task?.working();
-          // A task restored with an upstream task behind it never calls the tool again.
-          if (
-            task !== undefined &&
-            route !== undefined &&
-            (task.upstreamTask !== undefined || passesThrough(route))
-          ) {
-            return this.#forwardAsTask(
-              session,
-              route.upstream,
-              route.upstreamName,
-              rawArgs,
-              extra,
-              task,
-            );
-          }
-          return fabricTool
-            ? fabricTool.call(this.#backend, {
-                agentId,
-                poolId: identity.poolId,
-                args,
-                signal: extra.signal,
-                task:
-                  task === undefined
-                    ? undefined
-                    : { fabricTaskId: task.fabricTaskId, scheduled: task.scheduled },
-              })
-            : this.#upstreamRequest(
+          const send = (): Promise<Result> => {
+            // A task restored with an upstream task behind it never calls the tool again.
+            if (
+              task !== undefined &&
+              route !== undefined &&
+              (task.upstreamTask !== undefined || passesThrough(route))
+            ) {
+              return this.#forwardAsTask(
                 session,
-                route!.upstream,
-                {
-                  method: 'tools/call',
-                  // `arguments` as received: absent stays absent (policy and audit saw `{}`).
-                  params:
-                    rawArgs === undefined
-                      ? { name: route!.upstreamName }
-                      : { name: route!.upstreamName, arguments: rawArgs },
-                },
+                route.upstream,
+                route.upstreamName,
+                rawArgs,
                 extra,
+                task,
               );
+            }
+            return fabricTool
+              ? fabricTool.call(this.#backend, {
+                  agentId,
+                  poolId: identity.poolId,
+                  args,
+                  signal: extra.signal,
+                  task:
+                    task === undefined
+                      ? undefined
+                      : { fabricTaskId: task.fabricTaskId, scheduled: task.scheduled },
+                })
+              : this.#upstreamRequest(
+                  session,
+                  route!.upstream,
+                  {
+                    method: 'tools/call',
+                    // `arguments` as received: absent stays absent (policy and audit saw `{}`).
+                    params:
+                      rawArgs === undefined
+                        ? { name: route!.upstreamName }
+                        : { name: route!.upstreamName, arguments: rawArgs },
+                  },
+                  extra,
+                );
+          };
+          return trace === undefined
+            ? send()
+            : trace.upstream(fabricTool ? 'fabric' : route!.upstream.name, send);
         },
       );
     } finally {

@@ -14,6 +14,9 @@ export const DURATION_BUCKETS: readonly number[] = [
   0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 ];
 
+/** A catalog error code (anything else is counted as `other`). */
+const FABRIC_CODE = /^FABRIC_ERR_[A-Z_]{1,64}$/;
+
 /** One metric family with its samples, ready to render. */
 export interface MetricFamily {
   name: string;
@@ -45,9 +48,22 @@ export class GatewayMetrics {
   readonly #calls = new Map<string, Map<string, Map<string, number>>>();
   /** outcome → durations */
   readonly #durations = new Map<string, Histogram>();
+  /** `outcome code` → count, of requests that were refused or failed */
+  readonly #failures = new Map<string, { outcome: string; code: string; count: number }>();
 
-  /** Counts one finished request. `tool` must be a catalog name or `(unknown)`. */
-  recordCall(tool: string, decision: string, outcome: string, durationMs: number): void {
+  /**
+   * Counts one finished request. `tool` must be a catalog name or `(unknown)`; `code` is the
+   * error code of a request that did not succeed (a code that is not a `FABRIC_ERR_*` one, e.g.
+   * an upstream's JSON-RPC code, is counted as `other`: upstreams cannot grow the label set).
+   */
+  recordCall(
+    tool: string,
+    decision: string,
+    outcome: string,
+    durationMs: number,
+    code?: string,
+  ): void {
+    if (code !== undefined) this.#recordFailure(outcome, code);
     let byDecision = this.#calls.get(tool);
     if (byDecision === undefined) this.#calls.set(tool, (byDecision = new Map()));
     let byOutcome = byDecision.get(decision);
@@ -56,6 +72,14 @@ export class GatewayMetrics {
     let h = this.#durations.get(outcome);
     if (h === undefined) this.#durations.set(outcome, (h = new Histogram()));
     h.observe(durationMs / 1000);
+  }
+
+  #recordFailure(outcome: string, code: string): void {
+    const c = FABRIC_CODE.test(code) ? code : 'other';
+    const key = `${outcome} ${c}`;
+    const entry = this.#failures.get(key);
+    if (entry !== undefined) entry.count++;
+    else this.#failures.set(key, { outcome, code: c, count: 1 });
   }
 
   /** The call counters and the duration histogram. */
@@ -95,6 +119,15 @@ export class GatewayMetrics {
         help: 'Time from a request arriving to its response (approval waits included).',
         type: 'histogram',
         samples: durations,
+      },
+      {
+        name: 'agent_fabric_request_failures_total',
+        help: 'Requests refused or failed, by outcome and error code (FABRIC_ERR_BUDGET_EXCEEDED: budget refusals).',
+        type: 'counter',
+        samples: [...this.#failures.values()].map((f) => ({
+          labels: { outcome: f.outcome, code: f.code },
+          value: f.count,
+        })),
       },
     ];
   }

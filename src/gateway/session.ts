@@ -35,6 +35,7 @@ import {
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
+import type { TraceCarrier } from '../telemetry/tracing.js';
 import type { AgentIdentity } from './backend.js';
 import { FastToolCalls, type CancelHook } from './fast-path.js';
 import type { ListHints } from './list-hints.js';
@@ -49,10 +50,12 @@ export type DownstreamExtra = RequestHandlerExtra<ServerRequest, ServerNotificat
  * `defer`, the handler may hand over work to run right after its response was written
  * (usage settlement, the audit record), so it stays off the call's latency.
  */
-export type CallExtra = Pick<DownstreamExtra, 'signal' | 'requestId' | '_meta'> & {
+export type CallExtra = Pick<DownstreamExtra, 'signal' | 'requestId' | '_meta' | 'requestInfo'> & {
   defer?: ((work: () => void) => void) | undefined;
   /** The fast path's cancellation: use it instead of `signal` where it is enough. */
   cancel?: CancelHook | undefined;
+  /** The caller's W3C trace context from outside MCP (gRPC metadata). */
+  traceContext?: TraceCarrier | undefined;
 };
 
 /** What a session needs from the gateway (implemented by ToolGateway). */

@@ -35,6 +35,7 @@ import type {
 } from './backend.js';
 import type { Approval } from '../policy/approval-manager.js';
 import { messageOf } from './map-error.js';
+import type { CallPhases, TraceCarrier } from '../telemetry/tracing.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { TypedEmitter } from '../events.js';
 import { unresolvedPathsIn, type PathResolver } from './path-resolver.js';
@@ -71,6 +72,8 @@ export interface ToolCallRequest {
   readonly signal: AbortSignal;
   /** Approval-wait progress (absent: none is reported). */
   readonly progress?: ProgressSink | undefined;
+  /** The caller's W3C trace context (gRPC metadata `traceparent`, `tracestate`). */
+  readonly traceContext?: TraceCarrier | undefined;
 }
 
 /** One call as the pipeline takes it, from any door. */
@@ -100,6 +103,8 @@ export interface PipelineCall {
   readonly countTokens?: boolean | undefined;
   /** Runs the audit right after the response is written instead of before. */
   readonly defer?: ((work: () => void) => void) | undefined;
+  /** The call's spans (policy, approval wait and budget phases); absent: not traced. */
+  readonly trace?: CallPhases | undefined;
 }
 
 /** Where a call that ended in an error failed. */
@@ -336,7 +341,7 @@ export class ToolCallPipeline {
     return (fields) => {
       const now = performance.now();
       const durationMs = now - started;
-      metrics.recordCall(metricTool, fields.decision, fields.outcome, durationMs);
+      metrics.recordCall(metricTool, fields.decision, fields.outcome, durationMs, fields.code);
       if (calls?.listens('call.ended')) {
         calls.emit('call.ended', { ...fields, agentId, tool, durationMs });
       }
@@ -393,6 +398,7 @@ export class ToolCallPipeline {
       labels,
       estimate,
       budget,
+      trace: call.trace,
     };
     const now = this.#backend.tryAuthorizeToolCall?.(ctx);
     if (now !== undefined) return { auth: now, waited: false };

@@ -31,6 +31,7 @@ import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from 
 import { PathResolver, pathResolutionOf } from './path-resolver.js';
 import { ProcessStdioTransport, SpawnError } from './process-stdio-transport.js';
 import type { UpstreamSpec } from './upstream-config.js';
+import { traceparentFetch } from '../telemetry/trace-context.js';
 
 /** Any JSON object: results are forwarded as they are, not re-validated field by field. */
 export const LOOSE_RESULT = z.looseObject({});
@@ -153,7 +154,10 @@ export class Upstream {
           requestInit,
           eventSourceInit: { fetch: withHeaders(spec.headers) },
         })
-      : new StreamableHTTPClientTransport(url, { requestInit, fetch: linkedSignalFetch(fetch) });
+      : new StreamableHTTPClientTransport(url, {
+          requestInit,
+          fetch: linkedSignalFetch(traceparentFetch(fetch)),
+        });
   }
 
   async #connect(): Promise<void> {

@@ -23,6 +23,7 @@ import {
   WaitTimeoutError,
   isFabricError,
 } from '../errors.js';
+import type { CallPhases, TracePhase } from '../telemetry/tracing.js';
 import type { Approval, ApprovalManager, ApprovalResult } from './approval-manager.js';
 import { approvalRequest, type PolicyDecision, type PolicyEngine } from './policy-engine.js';
 
@@ -90,6 +91,8 @@ export interface ToolCallContext {
   estimate?: UsageAmount | undefined;
   /** Waiting and clamping of the budget reservation. @default refuse at once, no clamping */
   budget?: ToolCallBudgetOptions | undefined;
+  /** Spans of the call's phases (policy, approval wait, budget); absent: not traced. */
+  trace?: CallPhases | undefined;
 }
 
 /** A call that may run. Pass it to {@link ToolCallAuthorizer.settle} when it finishes. */
@@ -171,8 +174,8 @@ export class ToolCallAuthorizer {
 
   async #authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
     const decision = this.#policies.hasAsyncProviders
-      ? await this.#policies.evaluateAsync(ctx, ctx.signal)
-      : this.#policies.evaluateSync(ctx);
+      ? await this.#decideAsync(ctx)
+      : this.#decide(ctx);
     if (decision.action !== 'require_approval') return this.#admitWaiting(ctx, decision);
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     const pre = this.#budgets.check(ctx.agentId, estimate, reserveOptions(ctx));
@@ -194,6 +197,7 @@ export class ToolCallAuthorizer {
       throw err;
     }
     const final = Object.freeze({ ...decision, approvalId: pending.id });
+    const waiting = ctx.trace?.phase('approval.wait');
     ctx.onWaiting?.(pending);
     let approval: ApprovalResult;
     try {
@@ -204,11 +208,13 @@ export class ToolCallAuthorizer {
         ...(ctx.signal === undefined ? {} : { signal: ctx.signal }),
       });
     } catch (err) {
+      waiting?.end({ 'fabric.approval.id': pending.id }, codeOf(err));
       // Nobody will run this call now: a later decision is recorded but applies to nothing.
       this.#approvals.orphan(pending.id);
       if (isFabricError(err, WaitTimeoutError.code)) return denied(err, final);
       throw err;
     }
+    waiting?.end({ 'fabric.approval.id': pending.id, 'fabric.approval.status': approval.status });
     if (approval.status === 'denied') {
       return denied(new ApprovalDeniedError(pending.id, approval.approver, approval.reason), final);
     }
@@ -228,7 +234,7 @@ export class ToolCallAuthorizer {
    */
   tryAuthorize(ctx: ToolCallContext): ToolCallAuthorization | undefined {
     if (this.#policies.hasAsyncProviders) return undefined;
-    const decision = this.#policies.evaluateSync(ctx);
+    const decision = this.#decide(ctx);
     if (decision.action === 'require_approval') return undefined;
     const a = this.#admit(ctx, decision);
     // Budget refusals are rare; the waiting path decides them (with the better retryAt).
@@ -252,6 +258,7 @@ export class ToolCallAuthorizer {
       return this.#admit(ctx, decision, approval);
     }
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
+    const span = ctx.trace?.phase('budget');
     try {
       const reservation = await this.#budgets.reserveWhenFree(ctx.agentId, estimate, {
         poolId: ctx.poolId,
@@ -259,11 +266,38 @@ export class ToolCallAuthorizer {
         waitMs: waitMsOf(ctx),
         signal: ctx.signal,
       });
+      span?.end(RESERVED);
       return allowed(decision, reservation, approval);
     } catch (err) {
       if (err instanceof BudgetExceededError) {
+        span?.end(REFUSED);
         return denied(err, decision, err.details.retryAt as number | null);
       }
+      span?.end(undefined, codeOf(err));
+      throw err;
+    }
+  }
+
+  /** The policy decision of the call (a `policy` span when traced). */
+  #decide(ctx: ToolCallContext): PolicyDecision {
+    const span = ctx.trace?.phase('policy');
+    if (span === undefined) return this.#policies.evaluateSync(ctx);
+    try {
+      return endPolicySpan(span, this.#policies.evaluateSync(ctx));
+    } catch (err) {
+      span.end(undefined, codeOf(err));
+      throw err;
+    }
+  }
+
+  /** {@link #decide} asking the asynchronous policy providers (e.g. a policy service) too. */
+  async #decideAsync(ctx: ToolCallContext): Promise<PolicyDecision> {
+    const span = ctx.trace?.phase('policy');
+    try {
+      const decision = await this.#policies.evaluateAsync(ctx, ctx.signal);
+      return span === undefined ? decision : endPolicySpan(span, decision);
+    } catch (err) {
+      span?.end(undefined, codeOf(err));
       throw err;
     }
   }
@@ -287,13 +321,17 @@ export class ToolCallAuthorizer {
       return denied(error, decision, decision.retryAt);
     }
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
+    const span = ctx.trace?.phase('budget');
     try {
       const reservation = this.#budgets.reserve(ctx.agentId, estimate, reserveOptions(ctx));
+      span?.end(RESERVED);
       return allowed(decision, reservation, approval);
     } catch (err) {
       if (err instanceof BudgetExceededError) {
+        span?.end(REFUSED);
         return denied(err, decision, err.details.retryAt as number | null);
       }
+      span?.end(undefined, codeOf(err));
       throw err;
     }
   }
@@ -349,6 +387,19 @@ function reserveOptions(ctx: ToolCallContext): ReserveOptions | undefined {
 
 const CLAMP: ReserveOptions = Object.freeze({ clampTokens: true });
 
+/** Attributes of a `budget` span. */
+const RESERVED = Object.freeze({ 'fabric.budget.reserved': true });
+const REFUSED = Object.freeze({
+  'fabric.budget.reserved': false,
+  'fabric.error.code': BudgetExceededError.code,
+});
+
+/** The catalog code of a thrown value, for a span's status. */
+function codeOf(err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : 'FABRIC_ERR_INTERNAL';
+}
+
 function waitMsOf(ctx: ToolCallContext): number {
   const w = ctx.budget?.waitMs;
   return typeof w === 'number' && w > 0 && Number.isFinite(w) ? w : 0;
@@ -391,4 +442,15 @@ function denied(
     details: error.details,
     error,
   });
+}
+
+/** Ends a `policy` span with the decision, the deciding policy and rule; returns the decision. */
+function endPolicySpan(span: TracePhase, decision: PolicyDecision): PolicyDecision {
+  const { policy, rule } = decision;
+  span.end({
+    'fabric.decision': decision.action,
+    ...(policy === null ? {} : { 'fabric.policy': policy }),
+    ...(policy === null || rule === null ? {} : { 'fabric.rule': `${policy}#${rule}` }),
+  });
+  return decision;
 }

@@ -300,6 +300,7 @@ export class HttpDoor {
     const context: CallContext = {
       deadline: scope.deadline,
       onUndelivered: (u) => void undos.push(u),
+      traceContext: { traceparent: req.headers.traceparent, tracestate: req.headers.tracestate },
     };
     const running = route.handler(caller, request, scope.controller.signal, context);
     try {

@@ -45,6 +45,7 @@ import {
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
+import type { TraceCarrier } from '../telemetry/tracing.js';
 import { bigintAsNumber } from '../validate.js';
 import { decodeRequest, grpcServerDefinition, sendAndCheckWritten } from './grpc-definition.js';
 
@@ -70,6 +71,8 @@ export interface CallContext {
    * first (the client cancelled, or its deadline passed): e.g. a claimed task goes back.
    */
   onUndelivered(undo: () => void): void;
+  /** The caller's W3C trace context (`traceparent`, `tracestate` metadata or headers). */
+  readonly traceContext?: TraceCarrier | undefined;
 }
 
 /**
@@ -332,6 +335,13 @@ export function unaryHandler<D extends DescMessage, Res>(
     const context: CallContext = {
       deadline: deadline instanceof Date ? deadline.getTime() : deadline,
       onUndelivered: (undo) => void undos.push(undo),
+      // Read only when the method asks (the tool service, when tracing is on).
+      get traceContext(): TraceCarrier {
+        return {
+          traceparent: call.metadata.get('traceparent')[0],
+          tracestate: call.metadata.get('tracestate')[0],
+        };
+      },
     };
     let settled = false;
     runCall(

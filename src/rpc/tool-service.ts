@@ -66,13 +66,14 @@ export function toolService(
         const tools = need().listToolsFor(identityOf(fabric, id));
         return create(ListToolsResponseSchema, { tools: tools.map(toolMessage) });
       },
-      callTool: async ({ id }, req, signal) => {
+      callTool: async ({ id }, req, signal, context) => {
         const gw = need();
         const outcome = await gw.callToolAs({
           identity: identityOf(fabric, id),
           name: req.name,
           arguments: argumentsOf(req),
           signal,
+          traceContext: gw.traced ? context?.traceContext : undefined,
         });
         switch (outcome.kind) {
           case 'refused':

@@ -102,6 +102,10 @@ export interface SchedulerStats {
   cancelledTasks: number;
   /** Tasks waiting in queues; what `maxQueueDepth` bounds. */
   queueDepth: number;
+  /** Tasks scheduled by this scheduler since it was created (recovered ones not included). */
+  scheduledTasks: number;
+  /** Attempts that failed and were queued again, since the scheduler was created. */
+  retriedTasks: number;
   pools: Record<string, PoolLoad>;
 }
 
@@ -189,6 +193,8 @@ export class AgentScheduler {
   #failed = 0;
   #timedOut = 0;
   #cancelled = 0;
+  #scheduled = 0;
+  #retried = 0;
   #closed = false;
   #restored = false;
 
@@ -538,6 +544,7 @@ export class AgentScheduler {
     task.notBefore = notBefore;
     this.#tasks.put(task.id, task);
     this.#pending++;
+    this.#scheduled++;
     this.#place(task, queue, agent, pool);
     return task;
   }
@@ -924,8 +931,26 @@ export class AgentScheduler {
       timedOutTasks: this.#timedOut,
       cancelledTasks: this.#cancelled,
       queueDepth: this.#pending,
+      scheduledTasks: this.#scheduled,
+      retriedTasks: this.#retried,
       pools,
     };
+  }
+
+  /**
+   * Tasks waiting by priority (index: `Priority`): those in the agents' and pools' queues plus
+   * those held back until their `notBefore`. Walks the queues (not the tasks): for `/metrics`.
+   */
+  queuedByPriority(): number[] {
+    const counts = [0, 0, 0, 0];
+    const add = (queue: FairQueue): void => {
+      if (queue.size === 0) return;
+      for (let p = 0; p < counts.length; p++) counts[p]! += queue.sizeAt(p);
+    };
+    for (const a of this.#agents.values()) add(a.queue);
+    for (const p of this.#pools.values()) add(p.queue);
+    for (const t of this.#delayed.keys()) counts[t.priority]!++;
+    return counts;
   }
 
   /** Stops timers, answers open claims and waits, and closes every executor. */
@@ -1182,6 +1207,7 @@ export class AgentScheduler {
     }
     this.#release(t);
     this.#pending++;
+    this.#retried++;
     t.status = TaskStatus.PENDING;
     t.error = error;
     if (t.deadline !== undefined) this.#timers.set(t, t.deadline);

@@ -227,6 +227,11 @@ export class FairQueue {
     return this.#size;
   }
 
+  /** Tasks queued at priority `level` (0 = CRITICAL … 3 = LOW). */
+  sizeAt(level: number): number {
+    return this.#levels[level]?.size ?? 0;
+  }
+
   push(task: TaskRecord): void {
     const level = this.#levels[task.priority]!;
     let flow = level.flows.get(task.tenant);

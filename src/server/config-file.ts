@@ -398,6 +398,28 @@ export const sidecarConfigSchema = z
      * fails (FABRIC_ERR_NATS_UNAVAILABLE, naming the URL) when the server cannot be reached.
      */
     nats: natsOptionsSchema.optional(),
+    /**
+     * OpenTelemetry traces (see telemetry/tracing.ts): on only with an OTLP endpoint, from here
+     * or from the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+     */
+    telemetry: z
+      .object({
+        serviceName: z.string().min(1).max(256).default('agent-fabric'),
+        otlp: z
+          .object({
+            /** Base URL; spans go to `<endpoint>/v1/traces` (OTLP/HTTP, JSON). */
+            endpoint: z.url({ protocol: /^https?$/ }).optional(),
+            /** Full traces URL (wins over `endpoint`). */
+            tracesEndpoint: z.url({ protocol: /^https?$/ }).optional(),
+            headers: z.record(z.string().min(1), z.string()).optional(),
+            /** Longest wait before buffered spans are exported. */
+            scheduledDelayMs: z.number().int().min(10).max(60_000).default(5000),
+          })
+          .strict()
+          .optional(),
+      })
+      .strict()
+      .default({ serviceName: 'agent-fabric' }),
     hooks: z
       .object({
         storagePath: z.string().min(1),
@@ -511,6 +533,9 @@ export const ENV_OVERRIDES = {
   FABRIC_ADMIN_TOKEN: 'adminToken',
   FABRIC_ALLOW_ANONYMOUS: 'allowAnonymous',
   FABRIC_AUDIT_PATH: 'audit.path',
+  OTEL_EXPORTER_OTLP_ENDPOINT: 'telemetry.otlp.endpoint',
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'telemetry.otlp.tracesEndpoint',
+  OTEL_SERVICE_NAME: 'telemetry.serviceName',
 } as const;
 
 /** A value set outside the file: an environment variable or a `serve` flag. */
@@ -571,6 +596,24 @@ function applyOverrides(
     // `audit: false` in the file becomes an audit log at that path.
     if (raw.audit === false) raw.audit = {};
     set(['audit', 'path'], env.FABRIC_AUDIT_PATH, 'env FABRIC_AUDIT_PATH');
+  }
+  for (const [name, key] of [
+    ['OTEL_EXPORTER_OTLP_ENDPOINT', 'endpoint'],
+    ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'tracesEndpoint'],
+  ] as const) {
+    const value = env[name];
+    if (value === undefined || value === '') continue;
+    const telemetry = section('telemetry');
+    const otlp = telemetry.otlp;
+    const o =
+      otlp !== null && typeof otlp === 'object' && !Array.isArray(otlp)
+        ? (otlp as Record<string, unknown>)
+        : (telemetry.otlp = {});
+    o[key] = value;
+    applied.push({ path: ['telemetry', 'otlp', key], source: `env ${name}` });
+  }
+  if (env.OTEL_SERVICE_NAME !== undefined && env.OTEL_SERVICE_NAME !== '') {
+    set(['telemetry', 'serviceName'], env.OTEL_SERVICE_NAME, 'env OTEL_SERVICE_NAME');
   }
   // A port that is not a whole number stays a string so the schema names it.
   if (flags.port !== undefined) {

@@ -17,6 +17,8 @@ import { messageOf } from '../gateway/map-error.js';
 import { ToolGateway, type GatewayLogEntry, type ToolGatewayOptions } from '../gateway/gateway.js';
 import { renderMetrics, type MetricFamily } from '../gateway/metrics.js';
 import type { SidecarConfig } from './config-file.js';
+import { FabricMetrics } from './fabric-metrics.js';
+import type { Tracing } from '../telemetry/tracing.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import type { PluginEndpoints } from '../plugins/plugin.js';
 import { startGrpcServer, type GrpcServer } from '../rpc/grpc-server.js';
@@ -89,6 +91,7 @@ export class Sidecar {
   readonly #grpc: GrpcServer | undefined;
   readonly #mcp: McpHttpEndpoint | undefined;
   readonly #closeBackend: () => Promise<void>;
+  readonly #tracing: Tracing | undefined;
   #closing: Promise<void> | undefined;
 
   private constructor(parts: {
@@ -103,6 +106,7 @@ export class Sidecar {
     grpc: GrpcServer | undefined;
     mcp: McpHttpEndpoint | undefined;
     closeBackend: () => Promise<void>;
+    tracing: Tracing | undefined;
   }) {
     this.gateway = parts.gateway;
     this.backend = parts.backend;
@@ -115,6 +119,7 @@ export class Sidecar {
     this.#grpc = parts.grpc;
     this.#mcp = parts.mcp;
     this.#closeBackend = parts.closeBackend;
+    this.#tracing = parts.tracing;
   }
 
   /** The MCP endpoint URL (undefined without HTTP). */
@@ -163,6 +168,9 @@ export class Sidecar {
           : readTlsFiles('grpc', grpcTlsFiles);
       if (config.grpc !== undefined)
         checkListenerSecurity('gRPC', config.grpc.host, grpcTls, config.grpc.allowInsecure);
+      step = 'telemetry';
+      const tracing = await startTracing(config.telemetry);
+      if (tracing !== undefined) cleanup.push({ close: () => stopTracing(tracing) });
       step = 'state';
       const state = config.state;
       let store: DurableStore | undefined;
@@ -198,6 +206,7 @@ export class Sidecar {
       let listen: (endpoints: PluginEndpoints) => void = () => undefined;
       const listening = new Promise<PluginEndpoints>((resolve) => (listen = resolve));
       let fabric: AgentFabric | undefined;
+      let fabricMetrics: FabricMetrics | undefined;
       if (options.backend) {
         backend = options.backend;
         closeBackend = options.closeBackend ?? (async () => undefined);
@@ -222,6 +231,7 @@ export class Sidecar {
         });
         const f = fabric;
         cleanup.push(f);
+        tracing?.followTasks(fabric.scheduler.events);
         const plugins = new PluginHost(fabric, {
           log: ({ level, msg, plugin, ...fields }) =>
             log({ ...fields, level, msg: `plugin ${plugin}: ${msg}` }),
@@ -247,6 +257,8 @@ export class Sidecar {
         }
         step = 'fabric';
         await configureFabric(fabric, config);
+        // After the plugins: a `hook` plugin's store is the one whose events are counted.
+        fabricMetrics = new FabricMetrics(fabric, store);
         backend = new FabricBackend(fabric);
       }
       step = 'agents';
@@ -323,6 +335,7 @@ export class Sidecar {
         maxArgumentNodes: config.gateway.maxArgumentNodes,
         maxSubscriptionsPerSession: config.gateway.maxSubscriptionsPerSession,
         tasks: gatewayTasks(config.gateway.tasks, store),
+        tracing,
         logger: log,
       });
       cleanup.push(gateway);
@@ -391,7 +404,7 @@ export class Sidecar {
                 }),
                 dashboard,
               }),
-          metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint)),
+          metrics: () => renderMetrics(sidecarMetrics(gateway, fabric, endpoint, fabricMetrics)),
           readiness: () => readiness(gateway, fabric, store),
           hostGuard,
           tls: httpTls,
@@ -444,6 +457,7 @@ export class Sidecar {
         grpc,
         mcp,
         closeBackend,
+        tracing,
       });
     } catch (error) {
       for (const c of cleanup.reverse()) await Promise.resolve(c.close()).catch(() => undefined);
@@ -465,12 +479,48 @@ export class Sidecar {
       await httpClosed;
       await grpcClosed;
       await this.#closeBackend();
+      if (this.#tracing !== undefined) await stopTracing(this.#tracing);
     })();
     return this.#closing;
   }
 }
 
 type DurableStore = SqliteStore<TaskRecord, AgentRecord, PoolRecord>;
+
+/** Longest wait for the last spans to be exported at shutdown (a collector may be down). */
+const TRACING_SHUTDOWN_MS = 5000;
+
+/**
+ * The tracer of `telemetry`, when an OTLP endpoint is configured; the OpenTelemetry SDK is
+ * loaded only then.
+ */
+async function startTracing(telemetry: SidecarConfig['telemetry']): Promise<Tracing | undefined> {
+  const otlp = telemetry.otlp;
+  const url =
+    otlp?.tracesEndpoint ??
+    (otlp?.endpoint === undefined ? undefined : `${otlp.endpoint.replace(/\/+$/, '')}/v1/traces`);
+  if (url === undefined) return undefined;
+  const { Tracing } = await import('../telemetry/tracing.js');
+  return Tracing.create({
+    url,
+    headers: otlp?.headers,
+    serviceName: telemetry.serviceName,
+    scheduledDelayMillis: otlp?.scheduledDelayMs,
+  });
+}
+
+/** Exports the spans still buffered and stops, bounded by {@link TRACING_SHUTDOWN_MS}. */
+async function stopTracing(tracing: Tracing): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    tracing.shutdown().catch(() => undefined),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, TRACING_SHUTDOWN_MS);
+      timer.unref();
+    }),
+  ]);
+  clearTimeout(timer);
+}
 
 /** Meta key of the generated admin token's SHA-256. */
 const ADMIN_TOKEN_HASH = 'adminTokenHash';
@@ -658,6 +708,7 @@ function sidecarMetrics(
   gateway: ToolGateway,
   fabric: AgentFabric | undefined,
   mcp: McpHttpEndpoint,
+  fabricMetrics: FabricMetrics | undefined,
 ): MetricFamily[] {
   const upstreams = [...gateway.upstreams.values()];
   const families = [
@@ -725,6 +776,7 @@ function sidecarMetrics(
       },
     );
   }
+  if (fabricMetrics !== undefined) families.push(...fabricMetrics.families());
   return families;
 }
 

@@ -37,6 +37,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import type {
   BudgetScopeSnapshot,
@@ -326,12 +327,12 @@ export class SqliteTaskCollection<T> implements Collection<T> {
    * `write(id, record, rid)` for each changed task, `record` undefined for a deleted one, `rid`
    * undefined for one without a row; it returns the row it inserted, if any. The caller then
    * calls `committed()` once the transaction committed, or `failed()` when it did not
-   * (everything stays pending).
+   * (everything stays pending). `count`: the tasks written.
    */
   write(
     lazy: boolean,
     write: (id: string, record: T | undefined, rid: number | undefined) => number | undefined,
-  ): { committed(): void; failed(): void } {
+  ): { count: number; committed(): void; failed(): void } {
     const done: TaskEntry<T>[] = [];
     const rows: number[] = [];
     const states: number[] = [];
@@ -353,6 +354,7 @@ export class SqliteTaskCollection<T> implements Collection<T> {
       throw error;
     }
     return {
+      count: done.length,
       committed: () => {
         for (let i = 0; i < done.length; i++) {
           const e = done[i]!;
@@ -473,6 +475,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #later = false;
   #closed = false;
   #lastError: StateStoreError | undefined;
+  readonly #stats = { commits: 0, failedCommits: 0, recordsWritten: 0, commitSeconds: 0 };
 
   private constructor(
     path: string,
@@ -671,7 +674,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     ]);
     // Tasks are serialized inside the transaction, one at a time (no intermediate copies: they
     // are most of the writes); a task that cannot be serialized is skipped and reported.
-    let written: { committed(): void; failed(): void } | undefined;
+    let written: { count: number; committed(): void; failed(): void } | undefined;
+    const started = performance.now();
     try {
       this.#db.transaction(() => {
         if (tasks)
@@ -692,6 +696,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       throw new StateStoreError(this.path, `write failed: ${messageOf(error)}`, { cause: error });
     }
     written?.committed();
+    const stats = this.#stats;
+    stats.commits++;
+    stats.recordsWritten += (written?.count ?? 0) + rows.length + scopes.length;
+    stats.commitSeconds += (performance.now() - started) / 1000;
     this.agents.committed(agents.map(([id]) => id));
     this.pools.committed(pools.map(([id]) => id));
     this.approvals.committed(approvals.map(([id]) => id));
@@ -758,6 +766,19 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     if (failure !== undefined) throw failure;
   }
 
+  /**
+   * Commits (transactions written), failed commits, records written (inserted, updated or
+   * deleted) and the time spent in commits, since the store was opened (for `/metrics`).
+   */
+  get stats(): Readonly<{
+    commits: number;
+    failedCommits: number;
+    recordsWritten: number;
+    commitSeconds: number;
+  }> {
+    return this.#stats;
+  }
+
   /** The last background commit failure, if the latest commit failed. */
   get lastError(): StateStoreError | undefined {
     return this.#lastError;
@@ -801,6 +822,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       // Never thrown into a microtask (that would crash the process): reported, and the changes
       // stay pending for the next commit. A synchronous commit also throws to its caller.
       this.#lastError = error as StateStoreError;
+      this.#stats.failedCommits++;
       this.#onError(this.#lastError);
       if (rethrow) throw error;
     }

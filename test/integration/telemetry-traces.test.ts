@@ -1,0 +1,398 @@
+import { credentials, makeGenericClientConstructor, Metadata } from '@grpc/grpc-js';
+import { create } from '@bufbuild/protobuf';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CallToolRequestSchema } from '../../src/gen/fabric/v1/tool_pb.js';
+import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
+import { parseSidecarConfig } from '../../src/server/config-file.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  agentId,
+  agentToken,
+  closeSidecar,
+  httpClient,
+  startEverythingHttp,
+  startTestSidecar,
+  text,
+  until,
+  type HttpUpstreamProcess,
+} from '../fixtures/gateway/harness.js';
+
+/** One span as the OTLP/HTTP JSON exporter sends it. */
+interface OtlpSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  kind: number;
+  attributes: { key: string; value: Record<string, unknown> }[];
+  status?: { code?: number; message?: string };
+}
+
+/** A real OTLP/HTTP receiver: accepts POST /v1/traces (JSON encoding) and keeps the spans. */
+class OtlpReceiver {
+  readonly spans: OtlpSpan[] = [];
+  readonly services = new Set<string>();
+  readonly contentTypes = new Set<string>();
+  readonly #server: Server;
+
+  constructor() {
+    this.#server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        if (req.method !== 'POST' || req.url !== '/v1/traces') {
+          res.writeHead(404).end();
+          return;
+        }
+        this.contentTypes.add(String(req.headers['content-type']));
+        const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
+          resourceSpans: {
+            resource: { attributes: OtlpSpan['attributes'] };
+            scopeSpans: { spans: OtlpSpan[] }[];
+          }[];
+        };
+        for (const rs of body.resourceSpans) {
+          const service = rs.resource.attributes.find((a) => a.key === 'service.name');
+          if (service) this.services.add(String(service.value.stringValue));
+          for (const ss of rs.scopeSpans) this.spans.push(...ss.spans);
+        }
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      });
+    });
+  }
+
+  async listen(): Promise<string> {
+    await new Promise<void>((resolve) => this.#server.listen(0, '127.0.0.1', resolve));
+    return `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.#server.close(() => resolve()));
+  }
+
+  /** Spans of trace `traceId`. */
+  trace(traceId: string): OtlpSpan[] {
+    return this.spans.filter((s) => s.traceId === traceId);
+  }
+}
+
+/** A span attribute's value (string, int or bool). */
+function attr(span: OtlpSpan | undefined, key: string): unknown {
+  const v = span?.attributes.find((a) => a.key === key)?.value;
+  if (v === undefined) return undefined;
+  return v.stringValue ?? v.intValue ?? v.boolValue;
+}
+
+/**
+ * A recording HTTP proxy in front of the real HTTP upstream: keeps the `traceparent` header of
+ * every `tools/call` POST it forwards.
+ */
+async function recordingProxy(target: string): Promise<{
+  url: string;
+  calls: { traceparent: string | undefined; body: string }[];
+  close(): Promise<void>;
+}> {
+  const calls: { traceparent: string | undefined; body: string }[] = [];
+  const to = new URL(target);
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const s = body.toString('utf8');
+      if (s.includes('"tools/call"')) {
+        const tp = req.headers.traceparent;
+        calls.push({ traceparent: Array.isArray(tp) ? tp[0] : tp, body: s });
+      }
+      const up = httpRequest(
+        {
+          host: to.hostname,
+          port: to.port,
+          method: req.method,
+          path: req.url,
+          headers: { ...req.headers, host: to.host },
+        },
+        (ur) => {
+          res.writeHead(ur.statusCode ?? 502, ur.headers);
+          ur.pipe(res);
+        },
+      );
+      up.on('error', () => res.destroy());
+      up.end(body);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}${to.pathname}`,
+    calls,
+    close: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+const CALLER_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
+const CALLER_SPAN = '00f067aa0ba902b7';
+const SECRET = 'sk-live-0123456789abcdef-never-in-a-span';
+
+describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
+  const receiver = new OtlpReceiver();
+  let upstream: HttpUpstreamProcess;
+  let proxy: Awaited<ReturnType<typeof recordingProxy>>;
+  let sidecar: Sidecar;
+  let client: Client;
+
+  beforeAll(async () => {
+    const endpoint = await receiver.listen();
+    upstream = await startEverythingHttp();
+    proxy = await recordingProxy(upstream.url);
+    sidecar = await startTestSidecar({
+      upstreams: { remote: { url: proxy.url, callTimeoutSeconds: 20 } },
+      policies: [
+        {
+          name: 'guard',
+          priority: 10,
+          rules: [
+            { tool: 'remote__get-sum', action: 'deny', conditions: { a: 13 }, reason: 'unlucky' },
+            {
+              tool: 'remote__get-sum',
+              action: 'require_approval',
+              conditions: { a: 7 },
+              reason: 'a human checks sevens',
+            },
+            { tool: 'remote__*', action: 'allow' },
+          ],
+        },
+      ],
+      agents: [{ name: 'traced-agent' }],
+      grpc: { host: '127.0.0.1', port: 0 },
+      telemetry: { serviceName: 'fabric-under-test', otlp: { endpoint, scheduledDelayMs: 100 } },
+    });
+    client = await httpClient(sidecar.url!, agentToken(sidecar, 'traced-agent'));
+  });
+
+  afterAll(async () => {
+    await client?.close();
+    await closeSidecar(sidecar);
+    await proxy?.close();
+    await upstream?.close();
+    await receiver.close();
+  });
+
+  /** Waits until trace `traceId` holds a span named `name`. */
+  async function spanOf(traceId: string, name: string): Promise<OtlpSpan> {
+    await until(() => receiver.trace(traceId).some((s) => s.name === name), 15_000);
+    return receiver.trace(traceId).find((s) => s.name === name)!;
+  }
+
+  it('makes a span tree under the caller’s _meta traceparent and passes it to the HTTP upstream', async () => {
+    const r = await client.callTool({
+      name: 'remote__echo',
+      arguments: { message: SECRET },
+      _meta: { traceparent: `00-${CALLER_TRACE}-${CALLER_SPAN}-01`, tracestate: 'vendor=x' },
+    });
+    expect(text(r)).toBe(`Echo: ${SECRET}`);
+    const root = await spanOf(CALLER_TRACE, 'tools/call remote__echo');
+    await spanOf(CALLER_TRACE, 'upstream.call');
+    expect(root.parentSpanId).toBe(CALLER_SPAN);
+    expect(root.kind).toBe(2); // SERVER
+    expect(attr(root, 'fabric.agent.id')).toBe(agentId(sidecar, 'traced-agent'));
+    expect(attr(root, 'fabric.tool')).toBe('remote__echo');
+    expect(attr(root, 'fabric.decision')).toBe('allow');
+    expect(attr(root, 'fabric.rule')).toBe('guard#2');
+    expect(attr(root, 'fabric.outcome')).toBe('ok');
+    const children = receiver.trace(CALLER_TRACE).filter((s) => s.parentSpanId === root.spanId);
+    expect(children.map((s) => s.name).sort()).toEqual(['budget', 'policy', 'upstream.call']);
+    const policy = children.find((s) => s.name === 'policy');
+    expect(attr(policy, 'fabric.decision')).toBe('allow');
+    expect(attr(policy, 'fabric.rule')).toBe('guard#2');
+    const call = children.find((s) => s.name === 'upstream.call')!;
+    expect(call.kind).toBe(3); // CLIENT
+    expect(attr(call, 'fabric.upstream')).toBe('remote');
+    // The upstream got the trace: the upstream-call span is the parent of its request.
+    const forwarded = proxy.calls.find((c) => c.body.includes(SECRET));
+    expect(forwarded?.traceparent).toBe(`00-${CALLER_TRACE}-${call.spanId}-01`);
+    // Never arguments, results or credentials in a span.
+    const all = JSON.stringify(receiver.spans);
+    expect(all).not.toContain(SECRET);
+    expect(all).not.toContain(agentToken(sidecar, 'traced-agent'));
+    expect(receiver.services).toContain('fabric-under-test');
+    expect([...receiver.contentTypes].every((t) => t.startsWith('application/json'))).toBe(true);
+  });
+
+  it('takes the caller’s context from the HTTP traceparent header; a denied call has no upstream span', async () => {
+    const trace = 'a'.repeat(31) + '1';
+    const parent = 'b'.repeat(15) + '2';
+    const headerClient = new Client({ name: 'header-agent', version: '1.0.0' });
+    await headerClient.connect(
+      new StreamableHTTPClientTransport(new URL(sidecar.url!), {
+        requestInit: {
+          headers: {
+            authorization: `Bearer ${agentToken(sidecar, 'traced-agent')}`,
+            traceparent: `00-${trace}-${parent}-01`,
+          },
+        },
+      }),
+    );
+    try {
+      const denied = await headerClient.callTool({
+        name: 'remote__get-sum',
+        arguments: { a: 13, b: 1 },
+      });
+      expect(denied.isError).toBe(true);
+    } finally {
+      await headerClient.close();
+    }
+    const root = await spanOf(trace, 'tools/call remote__get-sum');
+    expect(root.parentSpanId).toBe(parent);
+    expect(attr(root, 'fabric.decision')).toBe('deny');
+    expect(attr(root, 'fabric.rule')).toBe('guard#0');
+    expect(attr(root, 'fabric.outcome')).toBe('denied');
+    expect(attr(root, 'fabric.error.code')).toBe('FABRIC_ERR_POLICY_DENIED');
+    const names = receiver.trace(trace).map((s) => s.name);
+    expect(names).toContain('policy');
+    expect(names).not.toContain('upstream.call');
+    expect(names).not.toContain('budget');
+  });
+
+  it('records the approval wait as its own span', async () => {
+    const trace = 'c'.repeat(31) + '3';
+    const pending = client.callTool({
+      name: 'remote__get-sum',
+      arguments: { a: 7, b: 1 },
+      _meta: { traceparent: `00-${trace}-${'d'.repeat(15)}4-01` },
+    });
+    const fabric = sidecar.fabric!;
+    await until(() => fabric.approvals.listApprovals({ status: 'pending' }).length > 0);
+    const [approval] = fabric.approvals.listApprovals({ status: 'pending' });
+    fabric.approvals.approve(approval!.id, { approver: 'ops' });
+    expect(text(await pending)).toContain('8');
+    const wait = await spanOf(trace, 'approval.wait');
+    await spanOf(trace, 'tools/call remote__get-sum');
+    const root = receiver.trace(trace).find((s) => s.name === 'tools/call remote__get-sum')!;
+    expect(wait.parentSpanId).toBe(root.spanId);
+    expect(attr(wait, 'fabric.approval.id')).toBe(approval!.id);
+    expect(attr(wait, 'fabric.approval.status')).toBe('approved');
+    expect(attr(root, 'fabric.decision')).toBe('approved');
+  });
+
+  it('takes the caller’s context from gRPC metadata', async () => {
+    const trace = 'e'.repeat(31) + '5';
+    const parent = 'f'.repeat(15) + '6';
+    const Ctor = makeGenericClientConstructor(TOOL_SERVICE_DEFINITION, 'ToolService');
+    const grpc = new Ctor(sidecar.grpcAddress!, credentials.createInsecure());
+    try {
+      const md = new Metadata();
+      md.set('authorization', `Bearer ${agentToken(sidecar, 'traced-agent')}`);
+      md.set('traceparent', `00-${trace}-${parent}-01`);
+      await new Promise<void>((resolve, reject) => {
+        (grpc as unknown as Record<string, (...a: unknown[]) => void>).callTool!.call(
+          grpc,
+          create(CallToolRequestSchema, {
+            name: 'remote__echo',
+            args: { case: 'argumentsJson', value: Buffer.from('{"message":"hi"}') },
+          }),
+          md,
+          (err: Error | null) => (err ? reject(err) : resolve()),
+        );
+      });
+    } finally {
+      grpc.close();
+    }
+    const root = await spanOf(trace, 'tools/call remote__echo');
+    expect(root.parentSpanId).toBe(parent);
+    expect(attr(root, 'fabric.outcome')).toBe('ok');
+    const call = await spanOf(trace, 'upstream.call');
+    expect(proxy.calls.some((c) => c.traceparent === `00-${trace}-${call.spanId}-01`)).toBe(true);
+  });
+
+  it('ignores a malformed or huge traceparent: the call works and starts a new trace', async () => {
+    const before = new Set(receiver.spans.map((s) => s.traceId));
+    for (const bad of [
+      'garbage',
+      `00-${'0'.repeat(32)}-${CALLER_SPAN}-01`,
+      `00-${'1'.repeat(1_000_000)}`,
+    ]) {
+      const r = await client.callTool({
+        name: 'remote__echo',
+        arguments: { message: 'still works' },
+        _meta: { traceparent: bad, tracestate: 'x'.repeat(100_000) },
+      });
+      expect(text(r)).toBe('Echo: still works');
+    }
+    await until(
+      () =>
+        receiver.spans.filter((s) => s.name === 'tools/call remote__echo' && !before.has(s.traceId))
+          .length >= 3,
+      15_000,
+    );
+    const roots = receiver.spans.filter(
+      (s) => s.name === 'tools/call remote__echo' && !before.has(s.traceId),
+    );
+    for (const r of roots) expect(r.parentSpanId ?? '').toBe('');
+  });
+
+  it('traces a task from schedule to end, one span per attempt', async () => {
+    const fabric = sidecar.fabric!;
+    const id = agentId(sidecar, 'traced-agent');
+    const task = await fabric.schedule({
+      agentId: id,
+      taskType: 'traced-job',
+      payload: { secret: SECRET },
+      maxAttempts: 2,
+    });
+    const first = await fabric.claimTask(id);
+    expect(first?.taskId).toBe(task.id);
+    await fabric.failTask(id, task.id, first!.attempt, 'flaky', { retry: true });
+    const second = await fabric.claimTask(id);
+    expect(second?.attempt).toBe(2);
+    await fabric.completeTask(id, task.id, second!.attempt, { ok: true });
+    await until(() => receiver.spans.some((s) => attr(s, 'fabric.task.id') === task.id), 15_000);
+    const root = receiver.spans.find((s) => attr(s, 'fabric.task.id') === task.id)!;
+    expect(root.name).toBe('task traced-job');
+    expect(attr(root, 'fabric.task.status')).toBe('COMPLETED');
+    expect(String(attr(root, 'fabric.task.attempts'))).toBe('2');
+    const children = receiver.trace(root.traceId).filter((s) => s.parentSpanId === root.spanId);
+    const attempts = children.filter((s) => s.name === 'task.attempt');
+    expect(attempts).toHaveLength(2);
+    expect(attempts.map((a) => String(attr(a, 'fabric.task.attempt'))).sort()).toEqual(['1', '2']);
+    const failed = attempts.find((a) => String(attr(a, 'fabric.task.attempt')) === '1');
+    expect(failed?.status?.code).toBe(2); // ERROR
+    expect(children.filter((s) => s.name === 'task.queued')).toHaveLength(2);
+    expect(JSON.stringify(receiver.spans)).not.toContain(SECRET);
+  });
+});
+
+describe('telemetry configuration', () => {
+  it('is off without an endpoint: the gateway creates no spans', async () => {
+    const sidecar = await startTestSidecar({ agents: [{ name: 'a' }] });
+    try {
+      expect(sidecar.gateway.traced).toBe(false);
+    } finally {
+      await closeSidecar(sidecar);
+    }
+  });
+
+  it('honours OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SERVICE_NAME, and names them in errors', () => {
+    const config = parseSidecarConfig('{}', 'c.json', {
+      env: { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318', OTEL_SERVICE_NAME: 'svc' },
+    });
+    expect(config.telemetry.otlp?.endpoint).toBe('http://collector:4318');
+    expect(config.telemetry.serviceName).toBe('svc');
+    expect(() =>
+      parseSidecarConfig('telemetry:\n  otlp:\n    endpoint: http://ok:4318\n', 'c.yaml', {
+        env: { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'not a url' },
+      }),
+    ).toThrow(/telemetry\.otlp\.tracesEndpoint.*env OTEL_EXPORTER_OTLP_TRACES_ENDPOINT/s);
+    expect(() =>
+      parseSidecarConfig('telemetry:\n  otlp:\n    endpoint: ftp://x\n', 'c.yaml', { env: {} }),
+    ).toThrow(/telemetry\.otlp\.endpoint/);
+  });
+});
