@@ -179,7 +179,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'agents[].executor':
     'How its tasks reach it: `remote` (claimed over MCP/gRPC, the default) or `nats` (pulled from JetStream; needs `nats:`).',
   'pools[].provider':
-    'A pool provider (a `pool` plugin, e.g. `pool-process`) that starts, checks and stops its agents; excludes `executor`.',
+    'A pool provider (a `pool` plugin, e.g. `pool-process`) that starts, checks and stops its agents; excludes `executor`. `threads` (library only: no task handlers in a sidecar) is refused.',
   'pools[].executor': "Executor of the pool's agents (see `agents[].executor`).",
   nats: 'NATS server for heartbeats and JetStream dispatch (agents with `executor: nats`). Off unless configured; unreachable at start = exit 1.',
   'nats.url': 'Server URL or list of URLs, e.g. `nats://127.0.0.1:4222`.',

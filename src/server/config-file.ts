@@ -21,6 +21,7 @@ import { DEFAULT_MAX_STREAM_BACKLOG_BYTES } from '../gateway/downstream-http-tra
 import { DEFAULT_BODY_TIMEOUT_MS } from '../gateway/http-body.js';
 import { upstreamSpecSchema } from '../gateway/upstream-config.js';
 import { DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT } from '../policy/approval-manager.js';
+import { THREADS_POOL_PROVIDER } from '../pools/thread-pool-provider.js';
 import {
   DEFAULT_API_MAX_STREAMS,
   MAX_API_BUFFERED_MESSAGES,
@@ -437,6 +438,17 @@ export const sidecarConfigSchema = z
   .superRefine((c, ctx) => {
     // A pool provider names its agents' executor itself.
     for (const [i, p] of c.pools.entries()) {
+      // `threads` agents run task handlers registered in code (`registerHandler`), and a
+      // sidecar registers none: every task of such a pool would fail.
+      if (p.provider === THREADS_POOL_PROVIDER) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['pools', i, 'provider'],
+          message:
+            'threads runs handlers registered in code (library use only); a sidecar pool uses ' +
+            'executor remote or nats, or a provider such as pool-process',
+        });
+      }
       if (p.provider === undefined || p.executor === undefined) continue;
       ctx.addIssue({
         code: 'custom',

@@ -90,4 +90,21 @@ describe('config errors', () => {
     ).list;
     expect(syntax.map((p) => p.line)).toEqual([3, 4]);
   });
+
+  it('refuses the threads pool provider in a sidecar (no task handlers there), naming the line', () => {
+    const yaml = [
+      'pools:', // 1
+      '  - id: workers', // 2
+      '    provider: threads', // 3
+      '  - id: both', // 4
+      '    provider: pool-process', // 5
+      '    executor: remote', // 6
+    ].join('\n');
+    const { list } = problems(() => parseSidecarConfig(yaml, 'f.yaml', { env: {} }));
+    expect(list.map((p) => [p.path, p.line])).toEqual([
+      ['pools.0.provider', 3],
+      ['pools.1.executor', 6],
+    ]);
+    expect(list[0]!.message).toContain('library use only');
+  });
 });
