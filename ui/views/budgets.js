@@ -4,7 +4,7 @@
  * BUDGETS topic.
  */
 import { call } from '../lib/api.js';
-import { age, badge, h, replace } from '../lib/dom.js';
+import { badge, duration, h, replace } from '../lib/dom.js';
 
 export const id = 'budgets';
 export const title = 'Budgets';
@@ -103,7 +103,7 @@ export function createView(ctx) {
             h(
               'p',
               { class: 'hint' },
-              `warning at ${warnAt}% · resets ${status.resetsAt ? `${age(status.resetsAt)} (${new Date(status.resetsAt).toLocaleTimeString()})` : '—'}`,
+              `warning at ${warnAt}% · next reset ${status.resetsAt ? `in ${duration(Math.max(0, Date.parse(status.resetsAt) - Date.now()))} (${new Date(status.resetsAt).toLocaleTimeString()})` : '—'}`,
             ),
           );
         });
