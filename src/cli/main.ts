@@ -176,6 +176,8 @@ async function serve(values: CommandContext['values']): Promise<'running'> {
   out.push(`agent-fabric sidecar listening`);
   out.push(`  config:      ${file}${values.config ? '' : ' (embedded defaults)'}`);
   out.push(`  MCP URL:     ${url}`);
+  if (sidecar.dashboardUrl)
+    out.push(`  dashboard:   ${sidecar.dashboardUrl} (log in with the admin token)`);
   if (sidecar.grpcAddress)
     out.push(
       `  gRPC:        ${sidecar.grpcAddress} (fabric.v1: AgentService; with the admin token ` +

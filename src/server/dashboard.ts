@@ -197,6 +197,11 @@ export class Dashboard {
     this.#now = options.now ?? Date.now;
   }
 
+  /** The dashboard's files were found (`ui/` ships in the package). */
+  get installed(): boolean {
+    return this.#files.size > 0;
+  }
+
   /** Sessions alive now. */
   get sessionCount(): number {
     this.#prune();

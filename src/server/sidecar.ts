@@ -107,6 +107,7 @@ export class Sidecar {
     mcp: McpHttpEndpoint | undefined;
     closeBackend: () => Promise<void>;
     tracing: Tracing | undefined;
+    dashboardUrl: string | undefined;
   }) {
     this.gateway = parts.gateway;
     this.backend = parts.backend;
@@ -120,7 +121,11 @@ export class Sidecar {
     this.#mcp = parts.mcp;
     this.#closeBackend = parts.closeBackend;
     this.#tracing = parts.tracing;
+    this.dashboardUrl = parts.dashboardUrl;
   }
+
+  /** The web dashboard's URL, when this sidecar serves it (its own fabric, `ui/` installed). */
+  readonly dashboardUrl: string | undefined;
 
   /** The MCP endpoint URL (undefined without HTTP). */
   get url(): string | undefined {
@@ -347,6 +352,7 @@ export class Sidecar {
       // What the gateway learned about an agent (token estimates) goes with its record.
       fabric?.lifecycle.events.on('agent.forgotten', (id) => gateway.forgetAgent(id));
       let http: StartedHttpServer | undefined;
+      let dashboardUrl: string | undefined;
       let mcp: McpHttpEndpoint | undefined;
       if (options.http !== false) {
         step = 'http';
@@ -414,6 +420,7 @@ export class Sidecar {
           throw listenError('HTTP', h.host, h.port, error);
         });
         cleanup.push(http);
+        if (dashboard?.installed) dashboardUrl = new URL('/ui/', http.url).href;
       }
       let grpc: GrpcServer | undefined;
       if (config.grpc !== undefined && fabric !== undefined) {
@@ -458,6 +465,7 @@ export class Sidecar {
         mcp,
         closeBackend,
         tracing,
+        dashboardUrl,
       });
     } catch (error) {
       for (const c of cleanup.reverse()) await Promise.resolve(c.close()).catch(() => undefined);

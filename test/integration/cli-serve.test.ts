@@ -35,6 +35,13 @@ describe('agent-fabric serve', () => {
       `claude mcp add --transport http agent-fabric ${url} --header "Authorization: Bearer ${token}"`,
     );
 
+    // The dashboard's URL, served on the same port; the banner shows it.
+    const dashboard = /dashboard:\s+(\S+)/.exec(out)?.[1];
+    expect(dashboard).toBe(new URL('/ui/', url).href);
+    const page = await fetch(dashboard!);
+    expect(page.status).toBe(200);
+    expect(await page.text()).toContain('<title>');
+
     const client = await httpClient(url!, token);
     const { tools } = await client.listTools();
     expect(tools.map((t) => t.name)).toContain('fs__read_text_file');
