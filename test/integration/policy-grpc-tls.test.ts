@@ -118,6 +118,7 @@ describe.runIf(runs)('policy-grpc over TLS with Python policy services', () => {
   });
 
   it('a TLS client and a plaintext server, or a plaintext client and a TLS server: fail closed', async () => {
+    const before = tls.calls.length;
     failedClosed(
       await decide({ target: plain.address, tls: { caFile: ca.cert } }),
       /wrong version number/,
@@ -127,6 +128,7 @@ describe.runIf(runs)('policy-grpc over TLS with Python policy services', () => {
       /No connection established/,
     );
     expect(plain.calls).toEqual([]);
+    expect(tls.calls.length).toBe(before);
   });
 
   it('a host name the certificate does not cover fails closed; serverName names the one it does', async () => {
