@@ -48,7 +48,9 @@ async function decide(
   }
 }
 
-function failedClosed(a: ToolCallAuthorization, why: RegExp): void {
+/** Loads the plugin with `options`: the call is denied, failing closed, for reason `why`. */
+async function failsClosed(options: Record<string, unknown>, why: RegExp): Promise<void> {
+  const a = await decide(options);
   if (a.allowed) throw new Error(`allowed: ${a.decision.reason}`);
   expect(a.code).toBe('FABRIC_ERR_POLICY_UNAVAILABLE');
   expect(a.reason).toMatch(/UNAVAILABLE.*failing closed/);
@@ -112,36 +114,30 @@ describe.runIf(runs)('policy-grpc over TLS with Python policy services', () => {
   it('a CA that did not sign the server certificate, or the system roots: fail closed, nothing asked', async () => {
     const before = tls.calls.length;
     const unverified = /unable to verify the first certificate/;
-    failedClosed(await decide({ target: tls.address, tls: { caFile: otherCa.cert } }), unverified);
-    failedClosed(await decide({ target: tls.address, tls: {} }), unverified);
+    await failsClosed({ target: tls.address, tls: { caFile: otherCa.cert } }, unverified);
+    await failsClosed({ target: tls.address, tls: {} }, unverified);
     expect(tls.calls.length).toBe(before);
   });
 
   it('a TLS client and a plaintext server, or a plaintext client and a TLS server: fail closed', async () => {
     const before = tls.calls.length;
-    failedClosed(
-      await decide({ target: plain.address, tls: { caFile: ca.cert } }),
-      /wrong version number/,
-    );
-    failedClosed(
-      await decide({ target: tls.address, insecure: true }),
-      /No connection established/,
-    );
+    await failsClosed({ target: plain.address, tls: { caFile: ca.cert } }, /wrong version number/);
+    await failsClosed({ target: tls.address, insecure: true }, /No connection established/);
     expect(plain.calls).toEqual([]);
     expect(tls.calls.length).toBe(before);
   });
 
   it('a host name the certificate does not cover fails closed; serverName names the one it does', async () => {
     // The certificate is for policy.internal; the target is 127.0.0.1.
-    failedClosed(
-      await decide({ target: named.address, tls: { caFile: ca.cert } }),
+    await failsClosed(
+      { target: named.address, tls: { caFile: ca.cert } },
       /ERR_TLS_CERT_ALTNAME_INVALID/,
     );
-    failedClosed(
-      await decide({
+    await failsClosed(
+      {
         target: named.address,
         tls: { caFile: ca.cert, serverName: 'other.internal' },
-      }),
+      },
       /ERR_TLS_CERT_ALTNAME_INVALID/,
     );
     expect(named.calls).toEqual([]);
@@ -164,15 +160,15 @@ describe.runIf(runs)('policy-grpc over TLS with Python policy services', () => {
 
   it('mutual TLS: no client certificate, or one from another CA, fails closed and asks nothing', async () => {
     const before = mtls.calls.length;
-    failedClosed(
-      await decide({ target: mtls.address, tls: { caFile: ca.cert } }),
+    await failsClosed(
+      { target: mtls.address, tls: { caFile: ca.cert } },
       /No connection established/,
     );
-    failedClosed(
-      await decide({
+    await failsClosed(
+      {
         target: mtls.address,
         tls: { caFile: ca.cert, certFile: strangerClient.cert, keyFile: strangerClient.key },
-      }),
+      },
       /No connection established/,
     );
     expect(mtls.calls.length).toBe(before);
