@@ -115,11 +115,39 @@ export function canonicalJson(value, maxDepth = 64) {
 
 const STATUS_NAME = Object.fromEntries(Object.entries(status).map(([k, v]) => [v, k]));
 
+/**
+ * The channel's credentials. TLS files are read and checked now, so a missing file, one holding
+ * no PEM certificate, or a key that does not match its certificate fails the load naming the
+ * option (rather than failing every call later, closed but for a reason far from the cause).
+ */
 function channelCredentials(o) {
   if (o.insecure === true) return credentials.createInsecure();
-  const read = (f) => (f === undefined ? null : readFileSync(f));
-  return credentials.createSsl(read(o.tls.caFile), read(o.tls.keyFile), read(o.tls.certFile));
+  const read = (option) => {
+    const file = o.tls[option];
+    if (file === undefined) return null;
+    let pem;
+    try {
+      pem = readFileSync(file);
+    } catch (err) {
+      throw new Error(`options.tls.${option}: cannot read ${file} (${err.code ?? err.message})`);
+    }
+    if (option !== 'keyFile' && !pem.includes('-----BEGIN CERTIFICATE-----')) {
+      throw new Error(`options.tls.${option}: ${file} holds no PEM certificate`);
+    }
+    return pem;
+  };
+  const ca = read('caFile');
+  const cert = read('certFile');
+  const key = read('keyFile');
+  try {
+    return credentials.createSsl(ca, key, cert);
+  } catch (err) {
+    throw new Error(`options.tls: unusable TLS files (${err.message})`);
+  }
 }
+
+/** One line: a TLS failure's details carry OpenSSL's multi-line text. */
+const oneLine = (text) => String(text).replace(/\s+/g, ' ').trim();
 
 export class GrpcPolicyProvider {
   #o;
@@ -222,7 +250,7 @@ export class GrpcPolicyProvider {
       );
     } catch (err) {
       const name = STATUS_NAME[err.code] ?? String(err.code);
-      return this.#failClosed(`${name}: ${err.details || err.message}`, true);
+      return this.#failClosed(`${name}: ${oneLine(err.details || err.message)}`, true);
     }
     const verdict = this.#verdict(res);
     if (verdict === null) {

@@ -2,9 +2,10 @@
  * plugins/policy-grpc against a REAL Python policy service (grpcio, stubs generated from
  * proto/fabric/v1/policy_provider.proto at test time): allow, deny, approval, abstain, the
  * decision cache (the service counts the calls it answers), fail-closed on deadline, error,
- * malformed answers and a killed service; hostile arguments; option validation; and through the
- * real gateway, an MCP SDK client's tools/call denied by the Python service never reaches the
- * filesystem upstream.
+ * unusable decisions, bytes that are not a DecideResponse, an oversized answer and a killed
+ * service; hostile arguments; option validation; and through the real gateway, an MCP SDK
+ * client's tools/call denied by the Python service never reaches the filesystem upstream. TLS:
+ * policy-grpc-tls.test.ts.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -108,6 +109,7 @@ describe.runIf(runs)('policy-grpc with a Python policy service', () => {
         pool: '',
         labels: { tier: 'gold' },
         team: 'blue',
+        client: null,
       },
     ]);
   });
@@ -202,6 +204,27 @@ describe.runIf(runs)('policy-grpc with a Python policy service', () => {
       expect(await seen(tool)).toHaveLength(1);
     }
     expect(logs.some((l) => l.level === 'warn' && /tool calls are denied/.test(l.msg))).toBe(true);
+  });
+
+  it('bytes that are not a DecideResponse, or one past the size cap: denied, failing closed, nothing cached', async () => {
+    for (const [tool, why] of [
+      ['py__garbage', /INTERNAL: Response message parsing error/],
+      // Starts as a valid ALLOW: a half-read answer must not allow.
+      ['py__truncated', /INTERNAL: Response message parsing error/],
+      ['py__badutf8', /INTERNAL: Response message parsing error.*utf-8/],
+      ['py__huge', /RESOURCE_EXHAUSTED/],
+    ] as const) {
+      for (let i = 0; i < 2; i++) {
+        const a = refusal(await call(tool, { i: 0 }));
+        expect(a.code).toBe('FABRIC_ERR_POLICY_UNAVAILABLE');
+        expect(a.reason).toMatch(why);
+        expect(provider.decide({ agentId, tool, params: { i: 0 } })).toBeUndefined();
+      }
+      // Asked both times: a failure is never served from the cache.
+      expect(await seen(tool)).toHaveLength(2);
+    }
+    // The channel is still good after them.
+    expect((await call('py__allow', { after: 'garbage' })).allowed).toBe(true);
   });
 
   it('hostile arguments: too deep or too big are denied without asking the service', async () => {
