@@ -5,11 +5,20 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  FabricService,
+  ScheduleTaskRequestSchema,
+  type ScheduleTaskResponse,
+} from '../../src/gen/fabric/v1/fabric_pb.js';
 import { CallToolRequestSchema } from '../../src/gen/fabric/v1/tool_pb.js';
+import { grpcDefinition } from '../../src/rpc/grpc-definition.js';
 import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
 import { parseSidecarConfig } from '../../src/server/config-file.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { postJson } from '../fixtures/api.js';
+import { grpcClient, unary } from '../fixtures/grpc-client.js';
 import {
+  ADMIN_TOKEN,
   agentId,
   agentToken,
   closeSidecar,
@@ -168,10 +177,13 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
               reason: 'a human checks sevens',
             },
             { tool: 'remote__*', action: 'allow' },
+            { tool: 'fabric__*', action: 'allow' },
           ],
         },
       ],
-      agents: [{ name: 'traced-agent' }],
+      pools: [{ id: 'crew' }],
+      agents: [{ name: 'traced-agent' }, { name: 'lead', poolId: 'crew' }],
+      gateway: { poolScheduling: true },
       grpc: { host: '127.0.0.1', port: 0 },
       telemetry: { serviceName: 'fabric-under-test', otlp: { endpoint, scheduledDelayMs: 100 } },
     });
@@ -367,6 +379,110 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
     expect(failed?.status?.code).toBe(2); // ERROR
     expect(children.filter((s) => s.name === 'task.queued')).toHaveLength(2);
     expect(JSON.stringify(receiver.spans)).not.toContain(SECRET);
+  });
+
+  /** The exported `task <type>` span of task `taskId`. */
+  async function taskSpan(taskId: string): Promise<OtlpSpan> {
+    await until(() => receiver.spans.some((s) => attr(s, 'fabric.task.id') === taskId), 15_000);
+    return receiver.spans.find((s) => attr(s, 'fabric.task.id') === taskId)!;
+  }
+
+  it('continues the scheduling caller’s trace: gRPC metadata and the HTTP /api traceparent header', async () => {
+    const fabric = sidecar.fabric!;
+    const id = agentId(sidecar, 'traced-agent');
+    const admin = grpcClient(grpcDefinition(FabricService), sidecar.grpcAddress!);
+    const grpcTrace = '1'.repeat(31) + '7';
+    const grpcParent = '2'.repeat(15) + '8';
+    let viaGrpc: string;
+    try {
+      const res = await unary<ScheduleTaskResponse>(
+        admin,
+        'scheduleTask',
+        create(ScheduleTaskRequestSchema, { agentId: id, taskType: 'from-grpc' }),
+        ADMIN_TOKEN,
+        { metadata: { traceparent: `00-${grpcTrace}-${grpcParent}-01`, tracestate: 'v=1' } },
+      );
+      viaGrpc = res.task!.taskId;
+      // A malformed traceparent: the task is scheduled all the same, in a new trace.
+      const bad = await unary<ScheduleTaskResponse>(
+        admin,
+        'scheduleTask',
+        create(ScheduleTaskRequestSchema, { agentId: id, taskType: 'bad-context' }),
+        ADMIN_TOKEN,
+        { metadata: { traceparent: `00-${'x'.repeat(32)}-${grpcParent}-01` } },
+      );
+      const badSpan = await taskSpanWhenEnded(bad.task!.taskId);
+      expect(badSpan.parentSpanId ?? '').toBe('');
+      expect(badSpan.traceId).not.toBe(grpcTrace);
+    } finally {
+      admin.close();
+    }
+    const httpTrace = '3'.repeat(31) + '9';
+    const httpParent = '4'.repeat(15) + 'a';
+    const res = await postJson(
+      new URL('/api/fabric.v1.FabricService/ScheduleTask', sidecar.url!),
+      { agentId: id, taskType: 'from-http' },
+      null,
+      {
+        headers: {
+          'content-type': 'application/json',
+          authorization: `Bearer ${ADMIN_TOKEN}`,
+          traceparent: `00-${httpTrace}-${httpParent}-01`,
+        },
+      },
+    );
+    expect(res.status).toBe(200);
+    const viaHttp = ((await res.json()) as { task: { taskId: string } }).task.taskId;
+    const fromGrpc = await taskSpanWhenEnded(viaGrpc);
+    const fromHttp = await taskSpanWhenEnded(viaHttp);
+    expect([fromGrpc.traceId, fromGrpc.parentSpanId]).toEqual([grpcTrace, grpcParent]);
+    expect([fromHttp.traceId, fromHttp.parentSpanId]).toEqual([httpTrace, httpParent]);
+    // The task's own children stay in the caller's trace.
+    expect(
+      receiver
+        .trace(grpcTrace)
+        .some((s) => s.name === 'task.queued' && s.parentSpanId === fromGrpc.spanId),
+    ).toBe(true);
+    expect((await fabric.getTask(viaGrpc)).status).toBe('CANCELLED');
+  });
+
+  /** Cancels task `taskId` (its span ends then) and waits for its exported `task` span. */
+  async function taskSpanWhenEnded(taskId: string): Promise<OtlpSpan> {
+    await sidecar.fabric!.cancelTask(taskId, 'test done');
+    return taskSpan(taskId);
+  }
+
+  it('makes the task of fabric__schedule_task a child of that tool call', async () => {
+    const fabric = sidecar.fabric!;
+    const lead = agentId(sidecar, 'lead');
+    const leadClient = await httpClient(sidecar.url!, agentToken(sidecar, 'lead'));
+    const trace = '5'.repeat(31) + 'b';
+    const parent = '6'.repeat(15) + 'c';
+    try {
+      const pending = leadClient.callTool({
+        name: 'fabric__schedule_task',
+        arguments: { taskType: 'from-mcp', payload: { secret: SECRET } },
+        _meta: { traceparent: `00-${trace}-${parent}-01` },
+      });
+      let claimed: Awaited<ReturnType<typeof fabric.claimTask>>;
+      await until(async () => (claimed = await fabric.claimTask(lead)) !== undefined);
+      await fabric.completeTask(lead, claimed!.taskId, claimed!.attempt, { done: true });
+      const r = await pending;
+      expect(r.isError).toBeFalsy();
+      const task = await taskSpan(claimed!.taskId);
+      const call = await spanOf(trace, 'tools/call fabric__schedule_task');
+      const upstreamCall = receiver
+        .trace(trace)
+        .find((s) => s.name === 'upstream.call' && s.parentSpanId === call.spanId)!;
+      expect(call.parentSpanId).toBe(parent);
+      expect(attr(upstreamCall, 'fabric.upstream')).toBe('fabric');
+      expect(task.traceId).toBe(trace);
+      expect(task.parentSpanId).toBe(upstreamCall.spanId);
+      expect(attr(task, 'fabric.task.status')).toBe('COMPLETED');
+      expect(JSON.stringify(receiver.spans)).not.toContain(SECRET);
+    } finally {
+      await leadClient.close();
+    }
   });
 });
 
