@@ -4,17 +4,22 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { BudgetManager } from '../../src/budget/budget-manager.js';
 import {
   FabricService,
   ScheduleTaskRequestSchema,
   type ScheduleTaskResponse,
 } from '../../src/gen/fabric/v1/fabric_pb.js';
 import { CallToolRequestSchema } from '../../src/gen/fabric/v1/tool_pb.js';
+import { ApprovalManager } from '../../src/policy/approval-manager.js';
+import { PolicyEngine } from '../../src/policy/policy-engine.js';
+import { ToolCallAuthorizer } from '../../src/policy/tool-call-authorizer.js';
 import { grpcDefinition } from '../../src/rpc/grpc-definition.js';
 import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
 import { parseSidecarConfig } from '../../src/server/config-file.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { Tracing } from '../../src/telemetry/tracing.js';
 import { postJson } from '../fixtures/api.js';
 import { grpcClient, unary } from '../fixtures/grpc-client.js';
 import {
@@ -483,6 +488,138 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
     } finally {
       await leadClient.close();
     }
+  });
+});
+
+/**
+ * The fast path (`tryAuthorize`) leaves a budget refusal that may wait, or a call a human must
+ * decide, to `authorize` — as the gateway's pipeline does, with a copy of the context sharing
+ * the call's trace. Each phase must be recorded once.
+ */
+describe('policy and budget phases of a call the fast path hands over', () => {
+  const receiver = new OtlpReceiver();
+  let tracing: Tracing;
+  let approvals: ApprovalManager;
+  let budgets: BudgetManager;
+  let auth: ToolCallAuthorizer;
+
+  beforeAll(async () => {
+    tracing = Tracing.create({ url: `${await receiver.listen()}/v1/traces` });
+  });
+  afterAll(async () => {
+    await tracing.shutdown();
+    await receiver.close();
+  });
+  beforeEach(() => {
+    approvals = new ApprovalManager({ defaultTtlSeconds: 300 });
+    const policies = new PolicyEngine({ approvals });
+    policies.addPolicy({
+      name: 'main',
+      rules: [
+        { tool: 'ask', action: 'require_approval' },
+        { tool: '*', action: 'allow' },
+      ],
+    });
+    budgets = new BudgetManager();
+    budgets.setBudget('agent-1', { maxTokensPerHour: 1000 });
+    auth = new ToolCallAuthorizer({ policies, approvals, budgets });
+  });
+  afterEach(() => approvals.close());
+
+  /** tryAuthorize, then (when it hands over) authorize with a copy, as the pipeline does. */
+  async function authorizeTraced(
+    tool: string,
+    tokens: number,
+    whileWaiting?: () => void,
+  ): Promise<{ traceId: string; allowed: boolean }> {
+    const trace = tracing.toolCall('agent-1', tool);
+    const ctx = {
+      agentId: 'agent-1',
+      tool,
+      params: {},
+      estimate: { tokens },
+      budget: { waitMs: 10_000, clampTokens: true },
+      trace,
+    };
+    let a = auth.tryAuthorize(ctx);
+    if (a === undefined) {
+      const later = auth.authorize({ ...ctx });
+      whileWaiting?.();
+      a = await later;
+    }
+    trace.end({ decision: a.allowed ? 'allow' : 'deny', outcome: a.allowed ? 'ok' : 'denied' });
+    await tracing.flush();
+    return { traceId: trace.traceId, allowed: a.allowed };
+  }
+
+  /** The names of the root's children in trace `traceId`, sorted. */
+  function phases(traceId: string): string[] {
+    const spans = receiver.trace(traceId);
+    const root = spans.find((s) => s.name.startsWith('tools/call'))!;
+    return spans
+      .filter((s) => s.parentSpanId === root.spanId)
+      .map((s) => s.name)
+      .sort();
+  }
+
+  it('a budget refusal that waits, then fits: one policy and one budget span', async () => {
+    const first = auth.tryAuthorize({
+      agentId: 'agent-1',
+      tool: 'read',
+      params: {},
+      estimate: { tokens: 950 },
+    })!;
+    expect(first.allowed).toBe(true);
+    let waited = false;
+    const r = await authorizeTraced('read', 100, () => {
+      waited = true;
+      auth.settle(first, { tokens: 500 });
+    });
+    expect(waited).toBe(true);
+    expect(r.allowed).toBe(true);
+    expect(phases(r.traceId)).toEqual(['budget', 'policy']);
+    const budget = receiver.trace(r.traceId).find((s) => s.name === 'budget');
+    expect(attr(budget, 'fabric.budget.reserved')).toBe(true);
+    expect(budgets.getStatus('agent-1').tokensReserved).toBe(100);
+  });
+
+  it('a budget refusal with nothing in flight: one policy and one refused budget span', async () => {
+    budgets.recordUsage('agent-1', { tokens: 1000 });
+    const r = await authorizeTraced('read', 100);
+    expect(r.allowed).toBe(false);
+    expect(phases(r.traceId)).toEqual(['budget', 'policy']);
+    const budget = receiver.trace(r.traceId).find((s) => s.name === 'budget');
+    expect(attr(budget, 'fabric.budget.reserved')).toBe(false);
+    expect(attr(budget, 'fabric.error.code')).toBe('FABRIC_ERR_BUDGET_EXCEEDED');
+  });
+
+  it('a call a human must decide: one policy span, then the wait and the budget', async () => {
+    const r = await authorizeTraced('ask', 10, () => {
+      const [pending] = approvals.listApprovals({ status: 'pending' });
+      approvals.approve(pending!.id, { approver: 'ops' });
+    });
+    expect(r.allowed).toBe(true);
+    expect(phases(r.traceId)).toEqual(['approval.wait', 'budget', 'policy']);
+  });
+
+  it('an untraced call is handed over as before (nothing kept for it)', async () => {
+    const first = auth.tryAuthorize({
+      agentId: 'agent-1',
+      tool: 'read',
+      params: {},
+      estimate: { tokens: 1000 },
+    })!;
+    const ctx = {
+      agentId: 'agent-1',
+      tool: 'read',
+      params: {},
+      estimate: { tokens: 10 },
+      budget: { waitMs: 10_000 },
+    };
+    expect(auth.tryAuthorize(ctx)).toBeUndefined();
+    const later = auth.authorize(ctx);
+    auth.settle(first, { tokens: 10 });
+    expect((await later).allowed).toBe(true);
   });
 });
 
