@@ -54,6 +54,22 @@ export function outgoingTraceparent(): string | undefined {
   return outgoing.getStore();
 }
 
+/**
+ * `request` with the current upstream-call span's `traceparent` in `params._meta` (SEP-414), for
+ * a `tools/call` to an upstream without HTTP headers per request (stdio, SSE); `request` itself
+ * outside a traced call. The span is the right parent of the upstream's work, so it replaces a
+ * `traceparent` already in `_meta` (the gateway forwards none of the caller's `_meta` keys: the
+ * caller's context is the span's ancestor, in the same trace). Other `_meta` keys are kept.
+ */
+export function withTraceparentMeta<R extends { method: string; params?: object | undefined }>(
+  request: R,
+): R {
+  const traceparent = outgoing.getStore();
+  if (traceparent === undefined || request.method !== 'tools/call') return request;
+  const params = (request.params ?? {}) as { _meta?: Record<string, unknown> };
+  return { ...request, params: { ...params, _meta: { ...params._meta, traceparent } } };
+}
+
 /** A `fetch` that adds the current upstream-call span's `traceparent` header, when there is one. */
 export function traceparentFetch(base: typeof fetch): typeof fetch {
   return (input, init) => {

@@ -4,6 +4,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { BudgetManager } from '../../src/budget/budget-manager.js';
 import {
@@ -152,6 +153,9 @@ async function recordingProxy(target: string): Promise<{
   };
 }
 
+const TRANSPARENCY = fileURLToPath(
+  new URL('../fixtures/gateway/transparency-server.mjs', import.meta.url),
+);
 const CALLER_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
 const CALLER_SPAN = '00f067aa0ba902b7';
 const SECRET = 'sk-live-0123456789abcdef-never-in-a-span';
@@ -160,6 +164,8 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
   const receiver = new OtlpReceiver();
   let upstream: HttpUpstreamProcess;
   let proxy: Awaited<ReturnType<typeof recordingProxy>>;
+  let sseUpstream: HttpUpstreamProcess;
+  let sseProxy: Awaited<ReturnType<typeof recordingProxy>>;
   let sidecar: Sidecar;
   let client: Client;
 
@@ -167,8 +173,14 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
     const endpoint = await receiver.listen();
     upstream = await startEverythingHttp();
     proxy = await recordingProxy(upstream.url);
+    sseUpstream = await startEverythingHttp('sse');
+    sseProxy = await recordingProxy(sseUpstream.url);
     sidecar = await startTestSidecar({
-      upstreams: { remote: { url: proxy.url, callTimeoutSeconds: 20 } },
+      upstreams: {
+        remote: { url: proxy.url, callTimeoutSeconds: 20 },
+        local: { command: process.execPath, args: [TRANSPARENCY] },
+        legacy: { transport: 'sse', url: sseProxy.url, callTimeoutSeconds: 20 },
+      },
       policies: [
         {
           name: 'guard',
@@ -183,6 +195,8 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
             },
             { tool: 'remote__*', action: 'allow' },
             { tool: 'fabric__*', action: 'allow' },
+            { tool: 'local__*', action: 'allow' },
+            { tool: 'legacy__*', action: 'allow' },
           ],
         },
       ],
@@ -200,6 +214,8 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
     await closeSidecar(sidecar);
     await proxy?.close();
     await upstream?.close();
+    await sseProxy?.close();
+    await sseUpstream?.close();
     await receiver.close();
   });
 
@@ -384,6 +400,53 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
     expect(failed?.status?.code).toBe(2); // ERROR
     expect(children.filter((s) => s.name === 'task.queued')).toHaveLength(2);
     expect(JSON.stringify(receiver.spans)).not.toContain(SECRET);
+  });
+
+  it('puts the upstream-call span’s traceparent in _meta of a tools/call to a stdio upstream', async () => {
+    const trace = '7'.repeat(31) + 'd';
+    const parent = '8'.repeat(15) + 'e';
+    const r = await client.callTool({
+      name: 'local__report',
+      arguments: { x: 1 },
+      _meta: {
+        traceparent: `00-${trace}-${parent}-01`,
+        tracestate: 'caller=1',
+        other: 'not-forwarded',
+      },
+    });
+    const received = JSON.parse(text(r)) as { _meta?: Record<string, unknown> };
+    const call = await spanOf(trace, 'upstream.call');
+    const root = await spanOf(trace, 'tools/call local__report');
+    expect(root.parentSpanId).toBe(parent);
+    expect(call.parentSpanId).toBe(root.spanId);
+    expect(attr(call, 'fabric.upstream')).toBe('local');
+    // The upstream-call span is its parent, not the caller's span; the caller's _meta keys are
+    // not forwarded (the gateway never forwarded them).
+    expect(received._meta?.traceparent).toBe(`00-${trace}-${call.spanId}-01`);
+    expect(received._meta?.tracestate).toBeUndefined();
+    expect(received._meta?.other).toBeUndefined();
+    // A call that sent no context: a new trace, still passed on.
+    const fresh = JSON.parse(
+      text(await client.callTool({ name: 'local__report', arguments: {} })),
+    ) as { _meta?: { traceparent?: string } };
+    const [, freshTrace, freshSpan] = fresh._meta!.traceparent!.split('-');
+    const freshCall = await spanOf(freshTrace!, 'upstream.call');
+    expect(freshCall.spanId).toBe(freshSpan);
+  });
+
+  it('puts it in _meta of a tools/call to an SSE upstream', async () => {
+    const trace = '9'.repeat(31) + 'f';
+    const r = await client.callTool({
+      name: 'legacy__echo',
+      arguments: { message: 'over sse' },
+      _meta: { traceparent: `00-${trace}-${'a'.repeat(15)}1-01` },
+    });
+    expect(text(r)).toBe('Echo: over sse');
+    const call = await spanOf(trace, 'upstream.call');
+    expect(attr(call, 'fabric.upstream')).toBe('legacy');
+    const sent = sseProxy.calls.find((c) => c.body.includes('over sse'));
+    const body = JSON.parse(sent!.body) as { params: { _meta?: { traceparent?: string } } };
+    expect(body.params._meta?.traceparent).toBe(`00-${trace}-${call.spanId}-01`);
   });
 
   /** The exported `task <type>` span of task `taskId`. */
