@@ -31,7 +31,7 @@ import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from 
 import { PathResolver, pathResolutionOf } from './path-resolver.js';
 import { ProcessStdioTransport, SpawnError } from './process-stdio-transport.js';
 import type { UpstreamSpec } from './upstream-config.js';
-import { traceparentFetch } from '../telemetry/trace-context.js';
+import { traceparentFetch, withTraceparentMeta } from '../telemetry/trace-context.js';
 
 /** Any JSON object: results are forwarded as they are, not re-validated field by field. */
 export const LOOSE_RESULT = z.looseObject({});
@@ -321,6 +321,8 @@ export class Upstream {
     if (!client || this.#state !== 'ready') throw this.#unavailable();
     const timeout = options.timeoutMs ?? this.spec.callTimeoutSeconds * 1000;
     const cancel = options.cancel ?? options.signal;
+    // The upstream-call span's context: a header to HTTP upstreams, `_meta` to the others.
+    if (this.spec.transport !== 'http') request = withTraceparentMeta(request);
     try {
       const fast = this.#fast;
       return await (fast?.client === client && options.onprogress === undefined

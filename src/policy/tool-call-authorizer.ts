@@ -121,6 +121,12 @@ export interface ToolCallDenied {
 /** Outcome of {@link ToolCallAuthorizer.authorize}. */
 export type ToolCallAuthorization = ToolCallAllowed | ToolCallDenied;
 
+/** See `ToolCallAuthorizer.#handedOver`. */
+interface HandOver {
+  readonly decision: PolicyDecision;
+  readonly budget: TracePhase | undefined;
+}
+
 const ZERO: UsageAmount = Object.freeze({ tokens: 0, cost: 0 });
 const REQUIRE_FIT: SettleOptions = Object.freeze({ requireFit: true });
 
@@ -146,6 +152,13 @@ export class ToolCallAuthorizer {
   readonly #approvals: ApprovalManager;
   readonly #budgets: BudgetManager;
   readonly #estimate: CostEstimator;
+  /**
+   * What {@link tryAuthorize} did before it left a traced call to {@link authorize}: its policy
+   * decision, and the open `budget` span of a refusal that may wait. `authorize` continues from
+   * there, so each phase is evaluated and recorded once. Keyed by the call's trace (the one
+   * object both calls share; the fabric copies the context between them).
+   */
+  readonly #handedOver = new WeakMap<CallPhases, HandOver>();
 
   constructor(options: ToolCallAuthorizerOptions) {
     if (options === null || typeof options !== 'object') {
@@ -173,10 +186,14 @@ export class ToolCallAuthorizer {
   }
 
   async #authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
-    const decision = this.#policies.hasAsyncProviders
-      ? await this.#decideAsync(ctx)
-      : this.#decide(ctx);
-    if (decision.action !== 'require_approval') return this.#admitWaiting(ctx, decision);
+    const handed = ctx.trace === undefined ? undefined : this.#handedOver.get(ctx.trace);
+    if (handed !== undefined) this.#handedOver.delete(ctx.trace!);
+    const decision =
+      handed?.decision ??
+      (this.#policies.hasAsyncProviders ? await this.#decideAsync(ctx) : this.#decide(ctx));
+    if (decision.action !== 'require_approval') {
+      return this.#admitWaiting(ctx, decision, undefined, handed?.budget);
+    }
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     const pre = this.#budgets.check(ctx.agentId, estimate, reserveOptions(ctx));
     // A call only in-flight reservations keep out may fit by the time a human decides.
@@ -235,14 +252,24 @@ export class ToolCallAuthorizer {
   tryAuthorize(ctx: ToolCallContext): ToolCallAuthorization | undefined {
     if (this.#policies.hasAsyncProviders) return undefined;
     const decision = this.#decide(ctx);
-    if (decision.action === 'require_approval') return undefined;
-    const a = this.#admit(ctx, decision);
+    if (decision.action === 'require_approval') return this.#handOver(ctx, decision, undefined);
+    if (decision.action === 'deny') return this.#admit(ctx, decision);
+    const budget = ctx.trace?.phase('budget');
     // Budget refusals are rare; the waiting path decides them (with the better retryAt).
-    if (!a.allowed && a.code === BudgetExceededError.code && ctx.budget !== undefined) {
-      return undefined;
-    }
+    const a = this.#reserve(ctx, decision, undefined, budget, ctx.budget !== undefined);
+    if (a === undefined) return this.#handOver(ctx, decision, budget);
     if (a.allowed) this.#policies.admitted(ctx);
     return a;
+  }
+
+  /** {@link tryAuthorize} leaves the call to `authorize`, which continues a traced one. */
+  #handOver(
+    ctx: ToolCallContext,
+    decision: PolicyDecision,
+    budget: TracePhase | undefined,
+  ): undefined {
+    if (ctx.trace !== undefined) this.#handedOver.set(ctx.trace, { decision, budget });
+    return undefined;
   }
 
   /**
@@ -253,12 +280,13 @@ export class ToolCallAuthorizer {
     ctx: ToolCallContext,
     decision: PolicyDecision,
     approval?: ApprovalResult,
+    budgetSpan?: TracePhase,
   ): Promise<ToolCallAuthorization> {
     if (decision.action === 'deny' || ctx.budget === undefined) {
       return this.#admit(ctx, decision, approval);
     }
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
-    const span = ctx.trace?.phase('budget');
+    const span = budgetSpan ?? ctx.trace?.phase('budget');
     try {
       const reservation = await this.#budgets.reserveWhenFree(ctx.agentId, estimate, {
         poolId: ctx.poolId,
@@ -320,14 +348,42 @@ export class ToolCallAuthorizer {
           : new PolicyDeniedError(ctx.tool, decision.reason, details);
       return denied(error, decision, decision.retryAt);
     }
+    return this.#reserve(ctx, decision, approval, ctx.trace?.phase('budget'), false);
+  }
+
+  /**
+   * Reserves the estimate of an allowed (or approved) call, as phase `span`. With `mayWait`, a
+   * budget refusal is `undefined` and `span` stays open: the waiting path takes both over.
+   */
+  #reserve(
+    ctx: ToolCallContext,
+    decision: PolicyDecision,
+    approval: ApprovalResult | undefined,
+    span: TracePhase | undefined,
+    mayWait: false,
+  ): ToolCallAuthorization;
+  #reserve(
+    ctx: ToolCallContext,
+    decision: PolicyDecision,
+    approval: ApprovalResult | undefined,
+    span: TracePhase | undefined,
+    mayWait: boolean,
+  ): ToolCallAuthorization | undefined;
+  #reserve(
+    ctx: ToolCallContext,
+    decision: PolicyDecision,
+    approval: ApprovalResult | undefined,
+    span: TracePhase | undefined,
+    mayWait: boolean,
+  ): ToolCallAuthorization | undefined {
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
-    const span = ctx.trace?.phase('budget');
     try {
       const reservation = this.#budgets.reserve(ctx.agentId, estimate, reserveOptions(ctx));
       span?.end(RESERVED);
       return allowed(decision, reservation, approval);
     } catch (err) {
       if (err instanceof BudgetExceededError) {
+        if (mayWait) return undefined;
         span?.end(REFUSED);
         return denied(err, decision, err.details.retryAt as number | null);
       }

@@ -31,6 +31,7 @@ import type { HookStatus } from '../hooks/hook-status.js';
 import { pageOf } from '../paging.js';
 import type { PoolInfo } from '../pools/pool-manager.js';
 import type { Priority, ScheduleOptions, Task, TaskStatus } from '../task.js';
+import { withScheduleTraceContext } from '../telemetry/trace-context.js';
 import { bigintAsNumber } from '../validate.js';
 import { jsonBytes, parseJsonBytes } from '../json-bytes.js';
 import { fromValue, toValue, type ServiceImplementation } from './rpc-call.js';
@@ -280,24 +281,24 @@ export function fabricService(
           nextPageToken: page.nextPageToken,
         });
       },
-      scheduleTask: async (_caller, req) => {
+      scheduleTask: async (_caller, req, _signal, context) => {
         const payload = payloadOf(req.payload, req.payloadJson, 'payload');
-        const task = await fabric.schedule({
-          agentId: req.agentId,
-          taskType: req.taskType,
-          payload,
-          ...scheduleOptions(req.options),
-          ...(req.pinned ? { pinned: true } : {}),
-        });
+        // The caller's trace context: the `task` span continues it (when tracing is on).
+        const task = await withScheduleTraceContext(context?.traceContext, () =>
+          fabric.schedule({
+            agentId: req.agentId,
+            taskType: req.taskType,
+            payload,
+            ...scheduleOptions(req.options),
+            ...(req.pinned ? { pinned: true } : {}),
+          }),
+        );
         return create(rpc.ScheduleTaskResponseSchema, { task: taskInfo(task) });
       },
-      scheduleTaskToPool: async (_caller, req) => {
+      scheduleTaskToPool: async (_caller, req, _signal, context) => {
         const payload = payloadOf(req.payload, req.payloadJson, 'payload');
-        const task = await fabric.scheduleToPool(
-          req.poolId,
-          req.taskType,
-          payload,
-          scheduleOptions(req.options),
+        const task = await withScheduleTraceContext(context?.traceContext, () =>
+          fabric.scheduleToPool(req.poolId, req.taskType, payload, scheduleOptions(req.options)),
         );
         return create(rpc.ScheduleTaskToPoolResponseSchema, { task: taskInfo(task) });
       },

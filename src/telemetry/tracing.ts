@@ -40,13 +40,13 @@ import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
 import type { TypedEmitter } from '../events.js';
 import type { Task, TaskError } from '../task.js';
-import { withOutgoingTraceparent } from './trace-context.js';
+import {
+  scheduleTraceContext,
+  withOutgoingTraceparent,
+  type TraceCarrier,
+} from './trace-context.js';
 
-/** Where the caller's W3C trace context may be: `_meta`, HTTP headers or gRPC metadata. */
-export interface TraceCarrier {
-  readonly traceparent?: unknown;
-  readonly tracestate?: unknown;
-}
+export type { TraceCarrier };
 
 /** Options of {@link Tracing.create}. */
 export interface TracingOptions {
@@ -269,9 +269,15 @@ export class Tracing {
   /**
    * Follows the scheduler's task events: a `task <type>` span from schedule to the end, with a
    * `task.queued` child for each wait in a queue and a `task.attempt` child for each attempt.
+   * The `task` span is a child of the scheduling caller's context (gRPC metadata or HTTP
+   * headers, see `withScheduleTraceContext`; the `upstream.call` span of a
+   * `fabric__schedule_task` call), else the root of a new trace. The context is not stored with
+   * the task: a task this process did not see scheduled (restored after a restart) starts a new
+   * trace.
    */
   followTasks(events: TaskEvents): void {
-    events.on('task.scheduled', (t) => this.#scheduled(t));
+    // Emitted synchronously inside the schedule call: its caller's context is still current.
+    events.on('task.scheduled', (t) => this.#scheduled(t, callerContext(scheduleTraceContext())));
     events.on('task.started', (t) => {
       const s = this.#taskSpans(t);
       s.current?.end(t.startedAt);
@@ -312,7 +318,7 @@ export class Tracing {
     });
   }
 
-  #scheduled(t: Task): TaskSpans {
+  #scheduled(t: Task, parent: Context): TaskSpans {
     const root = this.#tracer.startSpan(
       `task ${t.taskType}`,
       {
@@ -327,9 +333,9 @@ export class Tracing {
           ...(t.agentId === undefined ? {} : { 'fabric.agent.id': t.agentId }),
         },
       },
-      ROOT_CONTEXT,
+      parent,
     );
-    const ctx = trace.setSpan(ROOT_CONTEXT, root);
+    const ctx = trace.setSpan(parent, root);
     const s: TaskSpans = {
       root,
       ctx,
@@ -341,7 +347,7 @@ export class Tracing {
 
   /** The spans of a task; one scheduled before this process started gets its root now. */
   #taskSpans(t: Task): TaskSpans {
-    return this.#tasks.get(t.id) ?? this.#scheduled(t);
+    return this.#tasks.get(t.id) ?? this.#scheduled(t, ROOT_CONTEXT);
   }
 
   /** Exports what is buffered. */

@@ -4,12 +4,27 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { BudgetManager } from '../../src/budget/budget-manager.js';
+import {
+  FabricService,
+  ScheduleTaskRequestSchema,
+  type ScheduleTaskResponse,
+} from '../../src/gen/fabric/v1/fabric_pb.js';
 import { CallToolRequestSchema } from '../../src/gen/fabric/v1/tool_pb.js';
+import { ApprovalManager } from '../../src/policy/approval-manager.js';
+import { PolicyEngine } from '../../src/policy/policy-engine.js';
+import { ToolCallAuthorizer } from '../../src/policy/tool-call-authorizer.js';
+import { grpcDefinition } from '../../src/rpc/grpc-definition.js';
 import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
 import { parseSidecarConfig } from '../../src/server/config-file.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { Tracing } from '../../src/telemetry/tracing.js';
+import { postJson } from '../fixtures/api.js';
+import { grpcClient, unary } from '../fixtures/grpc-client.js';
 import {
+  ADMIN_TOKEN,
   agentId,
   agentToken,
   closeSidecar,
@@ -138,6 +153,9 @@ async function recordingProxy(target: string): Promise<{
   };
 }
 
+const TRANSPARENCY = fileURLToPath(
+  new URL('../fixtures/gateway/transparency-server.mjs', import.meta.url),
+);
 const CALLER_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
 const CALLER_SPAN = '00f067aa0ba902b7';
 const SECRET = 'sk-live-0123456789abcdef-never-in-a-span';
@@ -146,6 +164,8 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
   const receiver = new OtlpReceiver();
   let upstream: HttpUpstreamProcess;
   let proxy: Awaited<ReturnType<typeof recordingProxy>>;
+  let sseUpstream: HttpUpstreamProcess;
+  let sseProxy: Awaited<ReturnType<typeof recordingProxy>>;
   let sidecar: Sidecar;
   let client: Client;
 
@@ -153,8 +173,14 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
     const endpoint = await receiver.listen();
     upstream = await startEverythingHttp();
     proxy = await recordingProxy(upstream.url);
+    sseUpstream = await startEverythingHttp('sse');
+    sseProxy = await recordingProxy(sseUpstream.url);
     sidecar = await startTestSidecar({
-      upstreams: { remote: { url: proxy.url, callTimeoutSeconds: 20 } },
+      upstreams: {
+        remote: { url: proxy.url, callTimeoutSeconds: 20 },
+        local: { command: process.execPath, args: [TRANSPARENCY] },
+        legacy: { transport: 'sse', url: sseProxy.url, callTimeoutSeconds: 20 },
+      },
       policies: [
         {
           name: 'guard',
@@ -168,10 +194,15 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
               reason: 'a human checks sevens',
             },
             { tool: 'remote__*', action: 'allow' },
+            { tool: 'fabric__*', action: 'allow' },
+            { tool: 'local__*', action: 'allow' },
+            { tool: 'legacy__*', action: 'allow' },
           ],
         },
       ],
-      agents: [{ name: 'traced-agent' }],
+      pools: [{ id: 'crew' }],
+      agents: [{ name: 'traced-agent' }, { name: 'lead', poolId: 'crew' }],
+      gateway: { poolScheduling: true },
       grpc: { host: '127.0.0.1', port: 0 },
       telemetry: { serviceName: 'fabric-under-test', otlp: { endpoint, scheduledDelayMs: 100 } },
     });
@@ -183,6 +214,8 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
     await closeSidecar(sidecar);
     await proxy?.close();
     await upstream?.close();
+    await sseProxy?.close();
+    await sseUpstream?.close();
     await receiver.close();
   });
 
@@ -367,6 +400,289 @@ describe('OpenTelemetry traces exported to a real OTLP/HTTP receiver', () => {
     expect(failed?.status?.code).toBe(2); // ERROR
     expect(children.filter((s) => s.name === 'task.queued')).toHaveLength(2);
     expect(JSON.stringify(receiver.spans)).not.toContain(SECRET);
+  });
+
+  it('puts the upstream-call span’s traceparent in _meta of a tools/call to a stdio upstream', async () => {
+    const trace = '7'.repeat(31) + 'd';
+    const parent = '8'.repeat(15) + 'e';
+    const r = await client.callTool({
+      name: 'local__report',
+      arguments: { x: 1 },
+      _meta: {
+        traceparent: `00-${trace}-${parent}-01`,
+        tracestate: 'caller=1',
+        other: 'not-forwarded',
+      },
+    });
+    const received = JSON.parse(text(r)) as { _meta?: Record<string, unknown> };
+    const call = await spanOf(trace, 'upstream.call');
+    const root = await spanOf(trace, 'tools/call local__report');
+    expect(root.parentSpanId).toBe(parent);
+    expect(call.parentSpanId).toBe(root.spanId);
+    expect(attr(call, 'fabric.upstream')).toBe('local');
+    // The upstream-call span is its parent, not the caller's span; the caller's _meta keys are
+    // not forwarded (the gateway never forwarded them).
+    expect(received._meta?.traceparent).toBe(`00-${trace}-${call.spanId}-01`);
+    expect(received._meta?.tracestate).toBeUndefined();
+    expect(received._meta?.other).toBeUndefined();
+    // A call that sent no context: a new trace, still passed on.
+    const fresh = JSON.parse(
+      text(await client.callTool({ name: 'local__report', arguments: {} })),
+    ) as { _meta?: { traceparent?: string } };
+    const [, freshTrace, freshSpan] = fresh._meta!.traceparent!.split('-');
+    const freshCall = await spanOf(freshTrace!, 'upstream.call');
+    expect(freshCall.spanId).toBe(freshSpan);
+  });
+
+  it('puts it in _meta of a tools/call to an SSE upstream', async () => {
+    const trace = '9'.repeat(31) + 'f';
+    const r = await client.callTool({
+      name: 'legacy__echo',
+      arguments: { message: 'over sse' },
+      _meta: { traceparent: `00-${trace}-${'a'.repeat(15)}1-01` },
+    });
+    expect(text(r)).toBe('Echo: over sse');
+    const call = await spanOf(trace, 'upstream.call');
+    expect(attr(call, 'fabric.upstream')).toBe('legacy');
+    const sent = sseProxy.calls.find((c) => c.body.includes('over sse'));
+    const body = JSON.parse(sent!.body) as { params: { _meta?: { traceparent?: string } } };
+    expect(body.params._meta?.traceparent).toBe(`00-${trace}-${call.spanId}-01`);
+  });
+
+  /** The exported `task <type>` span of task `taskId`. */
+  async function taskSpan(taskId: string): Promise<OtlpSpan> {
+    await until(() => receiver.spans.some((s) => attr(s, 'fabric.task.id') === taskId), 15_000);
+    return receiver.spans.find((s) => attr(s, 'fabric.task.id') === taskId)!;
+  }
+
+  it('continues the scheduling caller’s trace: gRPC metadata and the HTTP /api traceparent header', async () => {
+    const fabric = sidecar.fabric!;
+    const id = agentId(sidecar, 'traced-agent');
+    const admin = grpcClient(grpcDefinition(FabricService), sidecar.grpcAddress!);
+    const grpcTrace = '1'.repeat(31) + '7';
+    const grpcParent = '2'.repeat(15) + '8';
+    let viaGrpc: string;
+    try {
+      const res = await unary<ScheduleTaskResponse>(
+        admin,
+        'scheduleTask',
+        create(ScheduleTaskRequestSchema, { agentId: id, taskType: 'from-grpc' }),
+        ADMIN_TOKEN,
+        { metadata: { traceparent: `00-${grpcTrace}-${grpcParent}-01`, tracestate: 'v=1' } },
+      );
+      viaGrpc = res.task!.taskId;
+      // A malformed traceparent: the task is scheduled all the same, in a new trace.
+      const bad = await unary<ScheduleTaskResponse>(
+        admin,
+        'scheduleTask',
+        create(ScheduleTaskRequestSchema, { agentId: id, taskType: 'bad-context' }),
+        ADMIN_TOKEN,
+        { metadata: { traceparent: `00-${'x'.repeat(32)}-${grpcParent}-01` } },
+      );
+      const badSpan = await taskSpanWhenEnded(bad.task!.taskId);
+      expect(badSpan.parentSpanId ?? '').toBe('');
+      expect(badSpan.traceId).not.toBe(grpcTrace);
+    } finally {
+      admin.close();
+    }
+    const httpTrace = '3'.repeat(31) + '9';
+    const httpParent = '4'.repeat(15) + 'a';
+    const res = await postJson(
+      new URL('/api/fabric.v1.FabricService/ScheduleTask', sidecar.url!),
+      { agentId: id, taskType: 'from-http' },
+      null,
+      {
+        headers: {
+          'content-type': 'application/json',
+          authorization: `Bearer ${ADMIN_TOKEN}`,
+          traceparent: `00-${httpTrace}-${httpParent}-01`,
+        },
+      },
+    );
+    expect(res.status).toBe(200);
+    const viaHttp = ((await res.json()) as { task: { taskId: string } }).task.taskId;
+    const fromGrpc = await taskSpanWhenEnded(viaGrpc);
+    const fromHttp = await taskSpanWhenEnded(viaHttp);
+    expect([fromGrpc.traceId, fromGrpc.parentSpanId]).toEqual([grpcTrace, grpcParent]);
+    expect([fromHttp.traceId, fromHttp.parentSpanId]).toEqual([httpTrace, httpParent]);
+    // The task's own children stay in the caller's trace.
+    expect(
+      receiver
+        .trace(grpcTrace)
+        .some((s) => s.name === 'task.queued' && s.parentSpanId === fromGrpc.spanId),
+    ).toBe(true);
+    expect((await fabric.getTask(viaGrpc)).status).toBe('CANCELLED');
+  });
+
+  /** Cancels task `taskId` (its span ends then) and waits for its exported `task` span. */
+  async function taskSpanWhenEnded(taskId: string): Promise<OtlpSpan> {
+    await sidecar.fabric!.cancelTask(taskId, 'test done');
+    return taskSpan(taskId);
+  }
+
+  it('makes the task of fabric__schedule_task a child of that tool call', async () => {
+    const fabric = sidecar.fabric!;
+    const lead = agentId(sidecar, 'lead');
+    const leadClient = await httpClient(sidecar.url!, agentToken(sidecar, 'lead'));
+    const trace = '5'.repeat(31) + 'b';
+    const parent = '6'.repeat(15) + 'c';
+    try {
+      const pending = leadClient.callTool({
+        name: 'fabric__schedule_task',
+        arguments: { taskType: 'from-mcp', payload: { secret: SECRET } },
+        _meta: { traceparent: `00-${trace}-${parent}-01` },
+      });
+      let claimed: Awaited<ReturnType<typeof fabric.claimTask>>;
+      await until(async () => (claimed = await fabric.claimTask(lead)) !== undefined);
+      await fabric.completeTask(lead, claimed!.taskId, claimed!.attempt, { done: true });
+      const r = await pending;
+      expect(r.isError).toBeFalsy();
+      const task = await taskSpan(claimed!.taskId);
+      const call = await spanOf(trace, 'tools/call fabric__schedule_task');
+      const upstreamCall = receiver
+        .trace(trace)
+        .find((s) => s.name === 'upstream.call' && s.parentSpanId === call.spanId)!;
+      expect(call.parentSpanId).toBe(parent);
+      expect(attr(upstreamCall, 'fabric.upstream')).toBe('fabric');
+      expect(task.traceId).toBe(trace);
+      expect(task.parentSpanId).toBe(upstreamCall.spanId);
+      expect(attr(task, 'fabric.task.status')).toBe('COMPLETED');
+      expect(JSON.stringify(receiver.spans)).not.toContain(SECRET);
+    } finally {
+      await leadClient.close();
+    }
+  });
+});
+
+/**
+ * The fast path (`tryAuthorize`) leaves a budget refusal that may wait, or a call a human must
+ * decide, to `authorize` — as the gateway's pipeline does, with a copy of the context sharing
+ * the call's trace. Each phase must be recorded once.
+ */
+describe('policy and budget phases of a call the fast path hands over', () => {
+  const receiver = new OtlpReceiver();
+  let tracing: Tracing;
+  let approvals: ApprovalManager;
+  let budgets: BudgetManager;
+  let auth: ToolCallAuthorizer;
+
+  beforeAll(async () => {
+    tracing = Tracing.create({ url: `${await receiver.listen()}/v1/traces` });
+  });
+  afterAll(async () => {
+    await tracing.shutdown();
+    await receiver.close();
+  });
+  beforeEach(() => {
+    approvals = new ApprovalManager({ defaultTtlSeconds: 300 });
+    const policies = new PolicyEngine({ approvals });
+    policies.addPolicy({
+      name: 'main',
+      rules: [
+        { tool: 'ask', action: 'require_approval' },
+        { tool: '*', action: 'allow' },
+      ],
+    });
+    budgets = new BudgetManager();
+    budgets.setBudget('agent-1', { maxTokensPerHour: 1000 });
+    auth = new ToolCallAuthorizer({ policies, approvals, budgets });
+  });
+  afterEach(() => approvals.close());
+
+  /** tryAuthorize, then (when it hands over) authorize with a copy, as the pipeline does. */
+  async function authorizeTraced(
+    tool: string,
+    tokens: number,
+    whileWaiting?: () => void,
+  ): Promise<{ traceId: string; allowed: boolean }> {
+    const trace = tracing.toolCall('agent-1', tool);
+    const ctx = {
+      agentId: 'agent-1',
+      tool,
+      params: {},
+      estimate: { tokens },
+      budget: { waitMs: 10_000, clampTokens: true },
+      trace,
+    };
+    let a = auth.tryAuthorize(ctx);
+    if (a === undefined) {
+      const later = auth.authorize({ ...ctx });
+      whileWaiting?.();
+      a = await later;
+    }
+    trace.end({ decision: a.allowed ? 'allow' : 'deny', outcome: a.allowed ? 'ok' : 'denied' });
+    await tracing.flush();
+    return { traceId: trace.traceId, allowed: a.allowed };
+  }
+
+  /** The names of the root's children in trace `traceId`, sorted. */
+  function phases(traceId: string): string[] {
+    const spans = receiver.trace(traceId);
+    const root = spans.find((s) => s.name.startsWith('tools/call'))!;
+    return spans
+      .filter((s) => s.parentSpanId === root.spanId)
+      .map((s) => s.name)
+      .sort();
+  }
+
+  it('a budget refusal that waits, then fits: one policy and one budget span', async () => {
+    const first = auth.tryAuthorize({
+      agentId: 'agent-1',
+      tool: 'read',
+      params: {},
+      estimate: { tokens: 950 },
+    })!;
+    expect(first.allowed).toBe(true);
+    let waited = false;
+    const r = await authorizeTraced('read', 100, () => {
+      waited = true;
+      auth.settle(first, { tokens: 500 });
+    });
+    expect(waited).toBe(true);
+    expect(r.allowed).toBe(true);
+    expect(phases(r.traceId)).toEqual(['budget', 'policy']);
+    const budget = receiver.trace(r.traceId).find((s) => s.name === 'budget');
+    expect(attr(budget, 'fabric.budget.reserved')).toBe(true);
+    expect(budgets.getStatus('agent-1').tokensReserved).toBe(100);
+  });
+
+  it('a budget refusal with nothing in flight: one policy and one refused budget span', async () => {
+    budgets.recordUsage('agent-1', { tokens: 1000 });
+    const r = await authorizeTraced('read', 100);
+    expect(r.allowed).toBe(false);
+    expect(phases(r.traceId)).toEqual(['budget', 'policy']);
+    const budget = receiver.trace(r.traceId).find((s) => s.name === 'budget');
+    expect(attr(budget, 'fabric.budget.reserved')).toBe(false);
+    expect(attr(budget, 'fabric.error.code')).toBe('FABRIC_ERR_BUDGET_EXCEEDED');
+  });
+
+  it('a call a human must decide: one policy span, then the wait and the budget', async () => {
+    const r = await authorizeTraced('ask', 10, () => {
+      const [pending] = approvals.listApprovals({ status: 'pending' });
+      approvals.approve(pending!.id, { approver: 'ops' });
+    });
+    expect(r.allowed).toBe(true);
+    expect(phases(r.traceId)).toEqual(['approval.wait', 'budget', 'policy']);
+  });
+
+  it('an untraced call is handed over as before (nothing kept for it)', async () => {
+    const first = auth.tryAuthorize({
+      agentId: 'agent-1',
+      tool: 'read',
+      params: {},
+      estimate: { tokens: 1000 },
+    })!;
+    const ctx = {
+      agentId: 'agent-1',
+      tool: 'read',
+      params: {},
+      estimate: { tokens: 10 },
+      budget: { waitMs: 10_000 },
+    };
+    expect(auth.tryAuthorize(ctx)).toBeUndefined();
+    const later = auth.authorize(ctx);
+    auth.settle(first, { tokens: 10 });
+    expect((await later).allowed).toBe(true);
   });
 });
 
