@@ -170,10 +170,13 @@ class WatchedTransport implements WorkerTransport {
     this.extraNotices = [];
     return { ...a, endedTasks: [...a.endedTasks, ...extra] };
   }
-  claim(waitSeconds: number) {
+  get leasesClaims() {
+    return this.inner.leasesClaims;
+  }
+  claim(waitSeconds: number, ackSeconds?: number) {
     this.claims++;
     this.onClaim?.();
-    return this.inner.claim(waitSeconds);
+    return this.inner.claim(waitSeconds, ackSeconds);
   }
   complete: WorkerTransport['complete'] = (t, r) => this.inner.complete(t, r);
   fail: WorkerTransport['fail'] = (t, e) => this.inner.fail(t, e);
