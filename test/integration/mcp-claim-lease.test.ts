@@ -93,10 +93,9 @@ function stored(id: string): Row | undefined {
   const db = new Database(statePath, { readonly: true });
   try {
     return db
-      .prepare<
-        [string],
-        Row
-      >('SELECT id, status, attempt, undelivered, assigned_agent_id FROM tasks WHERE id = ?')
+      .prepare<[string], Row>(
+        'SELECT id, status, attempt, undelivered, assigned_agent_id FROM tasks WHERE id = ?',
+      )
       .get(id);
   } finally {
     db.close();
@@ -129,7 +128,9 @@ describe('fabric__claim_task and a dropped answer', () => {
     await expect.poll(() => stored(t.id)?.status).toBe(TaskStatus.RUNNING);
     expect(stored(t.id)?.assigned_agent_id).toBe(agentId(sidecar, 'w'));
     // Clean up: the test gives it back itself.
-    expect(fabric.unclaimTask(agentId(sidecar, 'w'), t.id, (await fabric.getTask(t.id)).attempt)).toBe(true);
+    expect(
+      fabric.unclaimTask(agentId(sidecar, 'w'), t.id, (await fabric.getTask(t.id)).attempt),
+    ).toBe(true);
     const again = await claimRead({ waitSeconds: 0 });
     await call(reader, 'complete_task', { taskId: again.taskId, attempt: again.attempt });
     expect((await fabric.getTask(t.id)).status).toBe(TaskStatus.COMPLETED);
