@@ -9,8 +9,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentFabric } from '../../src/fabric.js';
@@ -41,23 +40,16 @@ let dropped = 0;
  * An MCP client whose `fabric__claim_task` answers are lost: the request reaches the sidecar and
  * its answer comes back, but the client throws it away unread, as one whose timeout fired would.
  */
-async function droppingClient(url: string, token: string): Promise<Client> {
-  const client = new Client({ name: 'dropping-agent', version: '1.0.0' });
-  await client.connect(
-    new StreamableHTTPClientTransport(new URL(url), {
-      requestInit: { headers: { authorization: `Bearer ${token}` } },
-      fetch: async (input, init) => {
-        const res = await fetch(input, init);
-        if (typeof init?.body === 'string' && init.body.includes('fabric__claim_task')) {
-          await res.body?.cancel();
-          dropped++;
-          throw new Error('the answer was dropped');
-        }
-        return res;
-      },
-    }),
-  );
-  return client;
+function droppingClient(url: string, token: string): Promise<Client> {
+  return httpClient(url, token, {}, async (input, init) => {
+    const res = await fetch(input, init);
+    if (typeof init?.body === 'string' && init.body.includes('fabric__claim_task')) {
+      await res.body?.cancel();
+      dropped++;
+      throw new Error('the answer was dropped');
+    }
+    return res;
+  });
 }
 
 beforeAll(async () => {
