@@ -29,11 +29,6 @@ export class ClaimLeases {
     this.#scheduler = scheduler;
   }
 
-  /** Open leases (for tests and stats). */
-  get size(): number {
-    return this.#timers.size;
-  }
-
   /** Starts the lease of `agentId`'s attempt: unacknowledged after `ms`, it is given back. */
   start(agentId: string, taskId: string, attempt: number, ms: number): void {
     const key = `${taskId}\n${attempt}`;
