@@ -30,6 +30,7 @@ import {
   TaskNotFoundError,
   TaskStateError,
 } from '../errors.js';
+import { MAX_CLAIM_ACK_SECONDS } from '../scheduler/claim-leases.js';
 import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
 import type { TaskAssignment } from '../task.js';
 import { checkNumber, checkString } from '../validate.js';
@@ -136,12 +137,19 @@ function parseRunOptions(options: FabricWorkerRunOptions): ParsedRunOptions {
         options.hookCheckSeconds ?? DEFAULT_WORKER_HOOK_CHECK_SECONDS,
         'positiveNumber',
       ) * 1000,
-    claimAck: checkNumber(
-      'options.claimAckSeconds',
-      options.claimAckSeconds ?? DEFAULT_WORKER_CLAIM_ACK_SECONDS,
-      'nonNegativeNumber',
-    ),
+    claimAck: claimAckSeconds(options.claimAckSeconds ?? DEFAULT_WORKER_CLAIM_ACK_SECONDS),
   });
+}
+
+function claimAckSeconds(value: number): number {
+  const seconds = checkNumber('options.claimAckSeconds', value, 'nonNegativeNumber');
+  if (seconds > MAX_CLAIM_ACK_SECONDS) {
+    throw new InvalidArgumentError(
+      'options.claimAckSeconds',
+      `must be at most ${MAX_CLAIM_ACK_SECONDS} (got ${seconds})`,
+    );
+  }
+  return seconds;
 }
 
 /** A task whose handler runs now, and what aborts it. */
@@ -268,7 +276,9 @@ export class FabricWorker {
    * if any, with the handler named by the work item's `taskType` (else `hook`) — at start and
    * every `hookCheckSeconds`; between hook checks claims tasks one at a time and runs them with
    * `handlers[taskType]`. A handler's error fails the task (or hook) with the error's code and
-   * message; a task type without a handler fails with `FABRIC_ERR_HANDLER_NOT_FOUND`.
+   * message; a task type without a handler fails with `FABRIC_ERR_HANDLER_NOT_FOUND`. Over a
+   * transport that {@link WorkerTransport.leasesClaims}, each claim takes a delivery lease
+   * (`claimAckSeconds`) and the task is acknowledged before its handler starts.
    *
    * When `signal` aborts, the running handler's signal aborts too; if the handler then throws,
    * the task is given back (queued again, the attempt not counted) — if it returns, its result

@@ -423,6 +423,11 @@ describe('FabricWorker run loop: hooks during run, per-task abort, stop', () => 
     const id = agentId(sidecar, 'lossy');
     const transport = await WatchedTransport.open(sidecar, 'lossy');
     transport.dropClaims = 1;
+    for (const claimAckSeconds of [3601, -1, Number.NaN]) {
+      expect(() => FabricWorker.withTransport(transport, { claimAckSeconds })).toThrow(
+        /options\.claimAckSeconds/,
+      );
+    }
     const worker = FabricWorker.withTransport(transport, {
       ...fast,
       hookCheckSeconds: 600,
