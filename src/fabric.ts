@@ -36,6 +36,7 @@ import type { PoolProvider } from './pools/pool-provider.js';
 import { THREADS_POOL_PROVIDER, ThreadPoolProvider } from './pools/thread-pool-provider.js';
 import type { SchedulerStats, PoolLoad } from './scheduler/agent-scheduler.js';
 import { AgentScheduler } from './scheduler/agent-scheduler.js';
+import { ClaimLeases, MAX_CLAIM_ACK_SECONDS } from './scheduler/claim-leases.js';
 import type { TaskExecutor, TaskHandler } from './scheduler/executor.js';
 import { InProcessExecutor } from './scheduler/inprocess-executor.js';
 import type { PiscinaExecutorOptions } from './scheduler/piscina-executor.js';
@@ -185,6 +186,13 @@ export interface ClaimOptions {
   /** How long to wait for a task when none is queued. @default 0 */
   waitSeconds?: number;
   signal?: AbortSignal;
+  /**
+   * Delivery lease in seconds (at most 3600; 0 for none): the task handed out goes back to its
+   * queue, the attempt not counted, unless the agent acknowledges it within that time with a
+   * report naming its attempt (progress — an empty one will do —, completion or failure).
+   * For doors whose answer can be lost after it was written. @default 0
+   */
+  ackSeconds?: number;
 }
 
 /**
@@ -220,6 +228,8 @@ export class AgentFabric {
   readonly #onBudgetExhausted: 'refuse' | 'queue';
   readonly #store: FabricStore<TaskRecord, AgentRecord, PoolRecord>;
   readonly #local: PiscinaExecutor;
+  /** Delivery leases of claims that took one ({@link ClaimOptions.ackSeconds}). */
+  readonly #leases: ClaimLeases;
   readonly #inprocess: InProcessExecutor;
   /**
    * The built-in default pool provider (`threads`): pools that name no provider and run on
@@ -269,6 +279,7 @@ export class AgentFabric {
       tasks: this.#store.tasks,
       ...(options.tenantWeight ? { tenantWeight: options.tenantWeight } : {}),
     });
+    this.#leases = new ClaimLeases(this.scheduler);
     this.#local = new PiscinaExecutor(options.local);
     this.#inprocess = new InProcessExecutor();
     this.scheduler.registerExecutor(this.#local);
@@ -502,6 +513,7 @@ export class AgentFabric {
       await this.hooks?.close();
       this.policies.close();
       this.approvals.close();
+      this.#leases.clear();
       await this.scheduler.close();
       await this.natsHeartbeats?.close();
       if (this.#nc !== undefined) await this.#nc.drain().catch(() => this.#nc?.close());
@@ -808,15 +820,29 @@ export class AgentFabric {
     options: ClaimOptions = {},
   ): Promise<TaskAssignment | undefined> {
     this.#open();
+    const ackSeconds =
+      options.ackSeconds === undefined
+        ? 0
+        : checkNumber('ackSeconds', options.ackSeconds, 'nonNegativeNumber');
+    if (ackSeconds > MAX_CLAIM_ACK_SECONDS) {
+      throw new InvalidArgumentError(
+        'ackSeconds',
+        `must be at most ${MAX_CLAIM_ACK_SECONDS} (got ${ackSeconds})`,
+      );
+    }
     this.lifecycle.heartbeatSync(agentId);
     const waitMs =
       options.waitSeconds === undefined
         ? 0
         : checkNumber('waitSeconds', options.waitSeconds, 'nonNegativeNumber') * 1000;
-    return this.scheduler.claim(agentId, {
+    const a = await this.scheduler.claim(agentId, {
       waitMs,
       ...(options.signal ? { signal: options.signal } : {}),
     });
+    if (a !== undefined && ackSeconds > 0) {
+      this.#leases.start(agentId, a.taskId, a.attempt, ackSeconds * 1000);
+    }
+    return a;
   }
 
   /**
@@ -825,7 +851,9 @@ export class AgentFabric {
    * Returns false when the task has moved on. See {@link AgentScheduler.unclaim}.
    */
   unclaimTask(agentId: string, taskId: string, attempt: number): boolean {
-    return this.scheduler.unclaim(taskId, attempt, agentId);
+    const back = this.scheduler.unclaim(taskId, attempt, agentId);
+    if (back) this.#leases.end(taskId, attempt);
+    return back;
   }
 
   /** Completes a task the agent holds; repeating it is a no-op. Counts as a heartbeat. */
@@ -838,6 +866,7 @@ export class AgentFabric {
     this.#touch(agentId);
     this.#checkSize('result', result);
     this.scheduler.complete(taskId, attempt, result, agentId);
+    this.#leases.end(taskId, attempt);
   }
 
   /** Fails a task the agent holds; with `retry` it is queued again while attempts remain. */
@@ -853,6 +882,7 @@ export class AgentFabric {
       typeof error === 'string' ? { code: 'FABRIC_ERR_TASK_EXECUTION', message: error } : error;
     this.#checkSize('error', e);
     this.scheduler.fail(taskId, attempt, e, { ...options, agentId });
+    this.#leases.end(taskId, attempt);
   }
 
   /** Records progress of a task the agent holds. */

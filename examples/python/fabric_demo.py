@@ -5,7 +5,9 @@ not committed. Steps, each printed on its own line:
 
   1. spawn     FabricService.SpawnAgent (admin token) -> a remote agent and its credential
   2. schedule  FabricService.ScheduleTask: a "word-count" task addressed to that agent
-  3. worker    a worker loop in a thread, as the agent: AgentService.ClaimTask / CompleteTask
+  3. worker    a worker loop in a thread, as the agent: AgentService.ClaimTask with a delivery
+               lease (ack_seconds), acknowledged at once with an empty ReportProgress, then
+               CompleteTask
   4. wait      FabricService.WaitTask -> the task COMPLETED with the worker's result
   5. allowed   ToolService.CallTool of an allowed tool, as the agent
   6. denied    ToolService.CallTool of a denied tool -> PERMISSION_DENIED; the rule that denied it
@@ -79,6 +81,10 @@ from fabric.v1 import (  # noqa: E402
 )
 
 CALL_TIMEOUT = 30  # seconds: no call of this program waits longer
+# Delivery lease of each claim: a task whose ClaimTask answer this program never read (its timeout
+# fired while the answer was on the way) goes back to the queue after this long, its attempt not
+# counted, instead of staying RUNNING on this agent until the task's own timeout.
+ACK_SECONDS = 30
 
 
 def bearer(token):
@@ -115,11 +121,24 @@ def worker_loop(agent, credential, stop, handled, errors):
     md = bearer(credential)
     try:
         while not stop.is_set():
-            claimed = agent.ClaimTask(agent_pb2.ClaimTaskRequest(wait_seconds=1), metadata=md,
-                                      timeout=CALL_TIMEOUT)
+            claimed = agent.ClaimTask(
+                agent_pb2.ClaimTaskRequest(wait_seconds=1, ack_seconds=ACK_SECONDS),
+                metadata=md, timeout=CALL_TIMEOUT)
             if not claimed.HasField("task"):
                 continue
             task = claimed.task
+            # Acknowledge the task before working on it: an empty progress report naming the
+            # attempt ends the lease. Refused (the lease ran out and the task went back, or it
+            # ended), the task is not ours to run.
+            try:
+                agent.ReportProgress(
+                    agent_pb2.ReportProgressRequest(task_id=task.task_id, attempt=task.attempt),
+                    metadata=md, timeout=CALL_TIMEOUT)
+            except grpc.RpcError as e:
+                if e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                    step("worker", f"{task.task_id} (attempt {task.attempt}) went back: {e.code().name}")
+                    continue
+                raise
             payload = json_format.MessageToDict(task.payload)
             if task.task_type == "word-count":
                 result = {"words": len(str(payload.get("text", "")).split()), "by": "python"}
@@ -133,7 +152,7 @@ def worker_loop(agent, credential, stop, handled, errors):
                                               message=f"unknown task type {task.task_type}"),
                     metadata=md, timeout=CALL_TIMEOUT)
             handled.append(task.task_id)
-            step("worker", f"claimed {task.task_id} (attempt {task.attempt}) and answered it")
+            step("worker", f"claimed {task.task_id} (attempt {task.attempt}), acknowledged and answered it")
     except grpc.RpcError as e:  # reported by the main thread
         errors.append(e)
 

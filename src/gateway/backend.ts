@@ -159,7 +159,7 @@ export interface GatewayBackend {
   heartbeat(agentId: string): unknown;
   claimTask(
     agentId: string,
-    options?: { waitSeconds?: number; signal?: AbortSignal },
+    options?: { waitSeconds?: number; signal?: AbortSignal; ackSeconds?: number },
   ): Promise<TaskAssignment | undefined>;
   completeTask(agentId: string, taskId: string, attempt: number, result: unknown): unknown;
   failTask(

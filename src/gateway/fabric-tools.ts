@@ -8,6 +8,7 @@
 import type { CallToolResult, Tool } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../errors.js';
+import { MAX_CLAIM_ACK_SECONDS } from '../scheduler/claim-leases.js';
 import { bigintAsNumber } from '../validate.js';
 import type { GatewayBackend } from './backend.js';
 
@@ -117,11 +118,17 @@ export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
     ),
     define(
       'claim_task',
-      'Claim the next task queued for this agent (or its pool). Waits up to waitSeconds for one; returns null when none arrived. Complete or fail it with the returned taskId and attempt.',
-      z.object({ waitSeconds: z.number().min(0).max(300).optional() }).strict(),
+      'Claim the next task queued for this agent (or its pool). Waits up to waitSeconds for one; returns null when none arrived. Complete or fail it with the returned taskId and attempt. With ackSeconds (a delivery lease, at most 3600), the task goes back to its queue, the attempt not counted, unless you acknowledge it within that time with report_progress (empty progress will do), complete_task or fail_task naming its attempt: use it when an answer can be lost (your client gives up on the call, the connection drops).',
+      z
+        .object({
+          waitSeconds: z.number().min(0).max(300).optional(),
+          ackSeconds: z.number().min(0).max(MAX_CLAIM_ACK_SECONDS).optional(),
+        })
+        .strict(),
       (b, agentId, args, signal) =>
         b.claimTask(agentId, {
           ...(args.waitSeconds === undefined ? {} : { waitSeconds: args.waitSeconds }),
+          ...(args.ackSeconds === undefined ? {} : { ackSeconds: args.ackSeconds }),
           signal,
         }),
     ),
@@ -145,8 +152,8 @@ export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
     ),
     define(
       'report_progress',
-      "Report progress of a claimed task (any JSON). The answer's endedTasks lists the tasks you hold that the fabric ended (cancelled, timed out): stop working on them.",
-      z.object({ ...attemptArgs, progress: z.unknown() }).strict(),
+      "Report progress of a claimed task (any JSON; without progress it only acknowledges a task claimed with ackSeconds). The answer's endedTasks lists the tasks you hold that the fabric ended (cancelled, timed out): stop working on them.",
+      z.object({ ...attemptArgs, progress: z.unknown().optional() }).strict(),
       async (b, agentId, a) => {
         await b.reportProgress(agentId, a.taskId, a.attempt, a.progress);
         return { ok: true, endedTasks: b.takeEndedTasks(agentId) };

@@ -16,7 +16,6 @@ import { InvalidArgumentError } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
 import type { Hook as FabricHook } from '../hooks/hook.js';
 import type { EndedTask as FabricEndedTask } from '../scheduler/remote-executor.js';
-import type { Task as FabricTask } from '../task.js';
 import {
   ActivateHookResponseSchema,
   AgentService,
@@ -44,74 +43,6 @@ import { fromValue, toValue, type CallContext, type ServiceImplementation } from
 export interface AgentServiceOptions {
   /** Longest `ClaimTask` wait. @default 300 */
   maxClaimWaitSeconds?: number;
-}
-
-/** Longest delivery lease a `ClaimTask` may ask for (`ack_seconds`). */
-export const MAX_CLAIM_ACK_SECONDS = 3600;
-
-/**
- * Delivery leases of tasks handed out by `ClaimTask` with `ack_seconds` (see agent.proto): a task
- * the agent does not acknowledge in time — by a report naming its attempt — goes back to its
- * queue as undelivered. One registry per fabric, so a report through any door (gRPC, the HTTP
- * door, MCP) acknowledges: progress is seen on the scheduler's `task.progress` event (listened to
- * only while a lease is open); a completion, failure or retry moves the task on, which the
- * expiring lease finds (`unclaimTask` then does nothing).
- */
-class ClaimLeases {
-  readonly #fabric: AgentFabric;
-  /** Open leases by `taskId\nattempt`. */
-  readonly #timers = new Map<string, NodeJS.Timeout>();
-  #listening = false;
-  readonly #onProgress = (t: FabricTask): void => this.end(t.id, t.attempt);
-
-  constructor(fabric: AgentFabric) {
-    this.#fabric = fabric;
-  }
-
-  /** Starts the lease of `agentId`'s attempt: unacknowledged after `ms`, it is given back. */
-  start(agentId: string, taskId: string, attempt: number, ms: number): void {
-    const key = `${taskId}\n${attempt}`;
-    clearTimeout(this.#timers.get(key));
-    const timer = setTimeout(() => {
-      this.#timers.delete(key);
-      this.#listen();
-      try {
-        this.#fabric.unclaimTask(agentId, taskId, attempt);
-      } catch {
-        // The fabric closed meanwhile: nothing to give back to.
-      }
-    }, ms);
-    timer.unref();
-    this.#timers.set(key, timer);
-    this.#listen();
-  }
-
-  /** Ends the lease of an attempt (acknowledged, or given back already); no-op without one. */
-  end(taskId: string, attempt: number): void {
-    const key = `${taskId}\n${attempt}`;
-    const timer = this.#timers.get(key);
-    if (timer === undefined) return;
-    clearTimeout(timer);
-    this.#timers.delete(key);
-    this.#listen();
-  }
-
-  /** Listens to progress reports exactly while a lease is open. */
-  #listen(): void {
-    const want = this.#timers.size > 0;
-    if (want === this.#listening) return;
-    this.#listening = want;
-    if (want) this.#fabric.scheduler.events.on('task.progress', this.#onProgress);
-    else this.#fabric.scheduler.events.off('task.progress', this.#onProgress);
-  }
-}
-
-const leasesOf = new WeakMap<AgentFabric, ClaimLeases>();
-
-function claimLeases(fabric: AgentFabric): ClaimLeases {
-  let leases = leasesOf.get(fabric);
-  if (leases === undefined) leasesOf.set(fabric, (leases = new ClaimLeases(fabric)));
-  return leases;
 }
 
 /** The grpc-js definition of `fabric.v1.AgentService` (for clients in this process too). */
@@ -181,7 +112,6 @@ export function agentService(
   options: AgentServiceOptions = {},
 ): ServiceImplementation<typeof AgentService> {
   const maxWait = options.maxClaimWaitSeconds ?? 300;
-  const leases = claimLeases(fabric);
   return {
     service: AgentService,
     caller: 'agent',
@@ -196,25 +126,16 @@ export function agentService(
         });
       },
       claimTask: async ({ id: agentId }, req, signal, context) => {
-        if (req.ackSeconds > MAX_CLAIM_ACK_SECONDS) {
-          throw new InvalidArgumentError(
-            'ackSeconds',
-            `must be at most ${MAX_CLAIM_ACK_SECONDS} (got ${req.ackSeconds})`,
-          );
-        }
+        // With ack_seconds, the fabric gives the task back unless the agent acknowledges it in
+        // time (its answer may have been dropped by the client after it was written).
         const a = await fabric.claimTask(agentId, {
           waitSeconds: claimWaitSeconds(req.waitSeconds, maxWait, context?.deadline),
           signal,
+          ackSeconds: req.ackSeconds,
         });
+        // A task whose answer is not written (the call ended first) goes back at once.
         if (a !== undefined) {
-          // Unacknowledged within ack_seconds (its answer may have been dropped by the client
-          // after it was written), the task goes back to the queue.
-          if (req.ackSeconds > 0) leases.start(agentId, a.taskId, a.attempt, req.ackSeconds * 1000);
-          // A task whose answer is not written (the call ended first) goes back at once.
-          context?.onUndelivered(() => {
-            leases.end(a.taskId, a.attempt);
-            fabric.unclaimTask(agentId, a.taskId, a.attempt);
-          });
+          context?.onUndelivered(() => void fabric.unclaimTask(agentId, a.taskId, a.attempt));
         }
         return create(ClaimTaskResponseSchema, {
           ...(a === undefined
@@ -234,7 +155,6 @@ export function agentService(
       completeTask: async ({ id: agentId }, req) => {
         const result = fromValue(req.result, 'result');
         await fabric.completeTask(agentId, req.taskId, req.attempt, result);
-        leases.end(req.taskId, req.attempt);
         return create(CompleteTaskResponseSchema);
       },
       failTask: async ({ id: agentId }, req) => {
@@ -245,7 +165,6 @@ export function agentService(
           { code: req.code || 'FABRIC_ERR_TASK_EXECUTION', message: req.message || 'failed' },
           { retry: req.retry },
         );
-        leases.end(req.taskId, req.attempt);
         return create(FailTaskResponseSchema);
       },
       reportProgress: async ({ id: agentId }, req, _signal, context) => {

@@ -72,7 +72,7 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
 
   claimTask(
     agentId: string,
-    options?: { waitSeconds?: number; signal?: AbortSignal },
+    options?: { waitSeconds?: number; signal?: AbortSignal; ackSeconds?: number },
   ): Promise<TaskAssignment | undefined> {
     return this.#fabric.claimTask(agentId, options);
   }

@@ -30,6 +30,7 @@ import {
   TaskNotFoundError,
   TaskStateError,
 } from '../errors.js';
+import { MAX_CLAIM_ACK_SECONDS } from '../scheduler/claim-leases.js';
 import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
 import type { TaskAssignment } from '../task.js';
 import { checkNumber, checkString } from '../validate.js';
@@ -50,6 +51,8 @@ export type { WorkerHook };
 export const DEFAULT_WORKER_HEARTBEAT_SECONDS = 10;
 /** Default of {@link FabricWorkerOptions.claimWaitSeconds}. */
 export const DEFAULT_WORKER_CLAIM_WAIT_SECONDS = 20;
+/** Default of {@link FabricWorkerOptions.claimAckSeconds}. */
+export const DEFAULT_WORKER_CLAIM_ACK_SECONDS = 30;
 /** Default of {@link FabricWorkerOptions.hookCheckSeconds}. */
 export const DEFAULT_WORKER_HOOK_CHECK_SECONDS = 10;
 /**
@@ -70,6 +73,17 @@ export interface FabricWorkerRunOptions {
   claimWaitSeconds?: number;
   /** How often `run` looks for work on its hook besides at start. @default 10 */
   hookCheckSeconds?: number;
+  /**
+   * Delivery lease of the claims `run` makes over a transport whose answers can be lost (MCP;
+   * at most 3600; 0 for none): `run` acknowledges each
+   * claimed task at once with an empty progress report, before its handler starts; a task whose
+   * claim answer was lost on the way (the connection dropped after the sidecar wrote it) goes
+   * back to its queue after this long, its attempt not counted, instead of staying RUNNING on
+   * this agent until its timeout. A task whose acknowledgement is refused (it went back
+   * already) is not run.
+   * @default 30
+   */
+  claimAckSeconds?: number;
 }
 
 /** Options of {@link FabricWorker.connect}. */
@@ -101,6 +115,7 @@ interface ParsedRunOptions {
   readonly heartbeatMs: number;
   readonly claimWait: number;
   readonly hookCheckMs: number;
+  readonly claimAck: number;
 }
 
 function parseRunOptions(options: FabricWorkerRunOptions): ParsedRunOptions {
@@ -122,7 +137,19 @@ function parseRunOptions(options: FabricWorkerRunOptions): ParsedRunOptions {
         options.hookCheckSeconds ?? DEFAULT_WORKER_HOOK_CHECK_SECONDS,
         'positiveNumber',
       ) * 1000,
+    claimAck: claimAckSeconds(options.claimAckSeconds ?? DEFAULT_WORKER_CLAIM_ACK_SECONDS),
   });
+}
+
+function claimAckSeconds(value: number): number {
+  const seconds = checkNumber('options.claimAckSeconds', value, 'nonNegativeNumber');
+  if (seconds > MAX_CLAIM_ACK_SECONDS) {
+    throw new InvalidArgumentError(
+      'options.claimAckSeconds',
+      `must be at most ${MAX_CLAIM_ACK_SECONDS} (got ${seconds})`,
+    );
+  }
+  return seconds;
 }
 
 /** A task whose handler runs now, and what aborts it. */
@@ -169,9 +196,19 @@ export class FabricWorker {
     return this.#noticed(await this.#transport.heartbeat());
   }
 
-  /** The next task of this agent or its pool, or `null` when none arrived within `waitSeconds`. */
-  claimTask(options: { waitSeconds?: number } = {}): Promise<TaskAssignment | null> {
-    return this.#transport.claim(options.waitSeconds ?? this.#options.claimWait);
+  /**
+   * The next task of this agent or its pool, or `null` when none arrived within `waitSeconds`.
+   * With `ackSeconds` (a delivery lease, none by default) the task goes back to its queue unless
+   * the caller acknowledges it in time: a progress report (an empty one will do), a completion or
+   * a failure naming its attempt.
+   */
+  claimTask(
+    options: { waitSeconds?: number; ackSeconds?: number } = {},
+  ): Promise<TaskAssignment | null> {
+    return this.#transport.claim(
+      options.waitSeconds ?? this.#options.claimWait,
+      options.ackSeconds ?? 0,
+    );
   }
 
   completeTask(task: HeldTask, result?: unknown): Promise<unknown> {
@@ -239,7 +276,9 @@ export class FabricWorker {
    * if any, with the handler named by the work item's `taskType` (else `hook`) — at start and
    * every `hookCheckSeconds`; between hook checks claims tasks one at a time and runs them with
    * `handlers[taskType]`. A handler's error fails the task (or hook) with the error's code and
-   * message; a task type without a handler fails with `FABRIC_ERR_HANDLER_NOT_FOUND`.
+   * message; a task type without a handler fails with `FABRIC_ERR_HANDLER_NOT_FOUND`. Over a
+   * transport that {@link WorkerTransport.leasesClaims}, each claim takes a delivery lease
+   * (`claimAckSeconds`) and the task is acknowledged before its handler starts.
    *
    * When `signal` aborts, the running handler's signal aborts too; if the handler then throws,
    * the task is given back (queued again, the attempt not counted) — if it returns, its result
@@ -269,17 +308,34 @@ export class FabricWorker {
           nextHookCheck = Date.now() + this.#options.hookCheckMs;
           continue;
         }
-        const task = await this.claimTask({ waitSeconds: claimWait });
+        const ackSeconds = this.#transport.leasesClaims === true ? this.#options.claimAck : 0;
+        const task = await this.claimTask({ waitSeconds: claimWait, ackSeconds });
         if (task === null) continue;
         if (signal.aborted) {
           // Stopped while the claim was out: the handler never started, so the task goes back.
           await this.releaseTask(task).catch(() => undefined);
           break;
         }
+        if (ackSeconds > 0 && !(await this.#acknowledge(task))) continue;
         await this.#runTask(task, handlers, signal);
       }
     } finally {
       clearInterval(beat);
+    }
+  }
+
+  /**
+   * Acknowledges a task claimed with a delivery lease (an empty progress report). False when the
+   * fabric refused it — the lease ran out and the task went back, or it ended — so the task is
+   * not run here; other errors are thrown, as a failed claim's are.
+   */
+  async #acknowledge(task: TaskAssignment): Promise<boolean> {
+    try {
+      await this.reportProgress(task, undefined);
+      return true;
+    } catch (err) {
+      if (err instanceof RemoteFabricError) return false;
+      throw err;
     }
   }
 

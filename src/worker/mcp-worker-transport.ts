@@ -25,6 +25,8 @@ import {
 /** {@link WorkerTransport} over a sidecar's MCP endpoint. */
 export class McpWorkerTransport implements WorkerTransport {
   readonly #client: Client;
+  /** `fabric__claim_task` takes `ackSeconds`: an answer can be lost on a dropped connection. */
+  readonly leasesClaims = true;
 
   private constructor(client: Client) {
     this.#client = client;
@@ -44,8 +46,9 @@ export class McpWorkerTransport implements WorkerTransport {
     return reportAnswer(await this.#call('heartbeat', {}));
   }
 
-  async claim(waitSeconds: number): Promise<TaskAssignment | null> {
-    return (await this.#call('claim_task', { waitSeconds })) as TaskAssignment | null;
+  async claim(waitSeconds: number, ackSeconds = 0): Promise<TaskAssignment | null> {
+    const args = ackSeconds > 0 ? { waitSeconds, ackSeconds } : { waitSeconds };
+    return (await this.#call('claim_task', args)) as TaskAssignment | null;
   }
 
   complete(task: HeldTask, result: unknown): Promise<unknown> {

@@ -58,9 +58,20 @@ export type HeldTask = Pick<TaskAssignment, 'taskId' | 'attempt'>;
 
 /** What a worker needs from the fabric; see the module comment for the contract. */
 export interface WorkerTransport {
+  /**
+   * The transport's `claim` takes a delivery lease when given `ackSeconds` (its answers can be
+   * lost after the sidecar wrote them), so `FabricWorker.run` acknowledges each claimed task.
+   * Absent: `ackSeconds` is ignored (the transport redelivers by other means, e.g. JetStream).
+   */
+  readonly leasesClaims?: boolean;
   heartbeat(): Promise<WorkerReportAnswer>;
-  /** The next task of this agent or its pool, or `null` when none arrived within `waitSeconds`. */
-  claim(waitSeconds: number): Promise<TaskAssignment | null>;
+  /**
+   * The next task of this agent or its pool, or `null` when none arrived within `waitSeconds`.
+   * With `ackSeconds` > 0 (and {@link leasesClaims}) the claim takes a delivery lease: the task
+   * goes back to its queue unless a report naming its attempt (`reportProgress`, `complete`,
+   * `fail`) follows in time.
+   */
+  claim(waitSeconds: number, ackSeconds?: number): Promise<TaskAssignment | null>;
   complete(task: HeldTask, result: unknown): Promise<unknown>;
   fail(task: HeldTask, error: WorkerFailure): Promise<unknown>;
   release(task: HeldTask): Promise<boolean>;

@@ -240,6 +240,7 @@ describe('a Python agent over gRPC (cross-language)', () => {
           { step: 'heartbeat', agent: agent.id, status: 'HEALTHY' },
           { step: 'hook_progress', status: 'ACTIVE' },
           { step: 'hook', id: hook.hookId, status: 'COMPLETED' },
+          { step: 'ack', id: task.id },
           { step: 'task', id: task.id },
           { step: 'usage' },
           { step: 'refused', code: 'UNAUTHENTICATED' },

@@ -10,6 +10,7 @@ import { ToolService } from '../../src/gen/fabric/v1/tool_pb.js';
 import { HttpDoor } from '../../src/rpc/http-door.js';
 import { fabricServices } from '../../src/rpc/services.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { TaskStatus } from '../../src/task.js';
 import { postJson } from '../fixtures/api.js';
 import { ADMIN_TOKEN, closeSidecar, startTestSidecar } from '../fixtures/gateway/harness.js';
 
@@ -126,6 +127,40 @@ describe('the HTTP door: the gRPC services as JSON over the sidecar HTTP server'
     });
     const stats = await ok<{ completedTasks: string }>(rpc('fabric.v1.FabricService/GetStats', {}));
     expect(Number(stats.completedTasks)).toBeGreaterThanOrEqual(1);
+  });
+
+  it('a ClaimTask answer the client drops unread: with ackSeconds the task goes back, uncounted', async () => {
+    const fabric = sidecar.fabric!;
+    const a = await fabric.spawn({ model: 'm', name: 'http-lossy', executor: 'remote' });
+    const task = await fabric.schedule({ agentId: a.id, taskType: 't', maxAttempts: 1 });
+    // The door writes the answer; the client throws it away without reading it.
+    const res = await rpc(
+      'fabric.v1.AgentService/ClaimTask',
+      { waitSeconds: 0, ackSeconds: 1 },
+      a.credential,
+    );
+    expect(res.status).toBe(200);
+    await res.body?.cancel();
+    const lost = (await fabric.getTask(task.id)).attempt;
+    await vi.waitFor(
+      async () => expect((await fabric.getTask(task.id)).status).toBe(TaskStatus.PENDING),
+      { timeout: 10_000 },
+    );
+    expect(fabric.scheduler.agentLoad(a.id).runningTasks).toBe(0);
+    // maxAttempts 1 was not used up: claimed again (and read), it completes.
+    const again = await ok<{ task: { taskId: string; attempt: number } }>(
+      rpc('fabric.v1.AgentService/ClaimTask', { waitSeconds: 0 }, a.credential),
+    );
+    expect(again.task.taskId).toBe(task.id);
+    expect(again.task.attempt).toBeGreaterThan(lost);
+    await ok(
+      rpc(
+        'fabric.v1.AgentService/CompleteTask',
+        { taskId: task.id, attempt: again.task.attempt },
+        a.credential,
+      ),
+    );
+    expect((await fabric.getTask(task.id)).status).toBe(TaskStatus.COMPLETED);
   });
 
   it('stops a WaitTask when its HTTP client goes away (no waiter left)', async () => {

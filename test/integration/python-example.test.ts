@@ -95,6 +95,12 @@ describe('examples/python against a real sidecar (cross-language proof)', () => 
     'spawns, schedules, works, waits, calls tools and approves a parked call; the sidecar shows it',
     async () => {
       const fabric = sidecar!.fabric!;
+      // The worker acknowledges its claimed task (an empty progress report) before completing it.
+      const acknowledged: string[] = [];
+      const onProgress = (t: { id: string; status: string }): void => {
+        if (t.status === TaskStatus.RUNNING) acknowledged.push(t.id);
+      };
+      fabric.scheduler.events.on('task.progress', onProgress);
       const run = await runDemo(['--address', sidecar!.grpcAddress!, '--client', client], {
         FABRIC_ADMIN_TOKEN: ADMIN_TOKEN,
       });
@@ -127,6 +133,9 @@ describe('examples/python against a real sidecar (cross-language proof)', () => 
         agentId,
         result: { words: 9, by: 'python' },
       });
+      fabric.scheduler.events.off('task.progress', onProgress);
+      expect(acknowledged).toEqual([taskId]);
+      expect(lines[2]).toBe(`worker: claimed ${taskId} (attempt 1), acknowledged and answered it`);
       expect(lines[3]).toBe(
         `wait: task ${taskId} TASK_STATUS_COMPLETED: 9 words, counted by python`,
       );

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentFabric } from '../../src/fabric.js';
 import { HookStatus } from '../../src/hooks/hook-status.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
-import { TaskStatus } from '../../src/task.js';
+import { TaskStatus, type TaskAssignment } from '../../src/task.js';
 import {
   FabricWorker,
   RemoteFabricError,
@@ -39,6 +39,7 @@ beforeAll(async () => {
       'quitter',
       'stale',
       'intruder',
+      'lossy',
     ].map((name) => ({ name })),
     hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false },
   });
@@ -156,6 +157,9 @@ function signalled<T = void>(): { promise: Promise<T>; resolve: (v: T) => void }
 class WatchedTransport implements WorkerTransport {
   claims = 0;
   onClaim: (() => void) | undefined;
+  /** Claims whose task is thrown away unseen, as a claim answer lost on the way would be. */
+  dropClaims = 0;
+  readonly droppedTasks: TaskAssignment[] = [];
   /** Notices added to the next heartbeat answer, as a confused or late sidecar might send. */
   extraNotices: WorkerReportAnswer['endedTasks'] = [];
   constructor(readonly inner: McpWorkerTransport) {}
@@ -170,10 +174,18 @@ class WatchedTransport implements WorkerTransport {
     this.extraNotices = [];
     return { ...a, endedTasks: [...a.endedTasks, ...extra] };
   }
-  claim(waitSeconds: number) {
+  get leasesClaims() {
+    return this.inner.leasesClaims;
+  }
+  claim(waitSeconds: number, ackSeconds?: number) {
     this.claims++;
     this.onClaim?.();
-    return this.inner.claim(waitSeconds);
+    return this.inner.claim(waitSeconds, ackSeconds).then((task) => {
+      if (task === null || this.dropClaims === 0) return task;
+      this.dropClaims--;
+      this.droppedTasks.push(task);
+      return null;
+    });
   }
   complete: WorkerTransport['complete'] = (t, r) => this.inner.complete(t, r);
   fail: WorkerTransport['fail'] = (t, e) => this.inner.fail(t, e);
@@ -405,6 +417,54 @@ describe('FabricWorker run loop: hooks during run, per-task abort, stop', () => 
     await worker.close();
     expect(abortedBy).toBeUndefined();
     expect(done).toMatchObject({ status: TaskStatus.COMPLETED, result: 'done' });
+  });
+
+  it('a claim answer lost on the way: the task goes back after the lease, uncounted, and runs; an acknowledged one stays past it', async () => {
+    const id = agentId(sidecar, 'lossy');
+    const transport = await WatchedTransport.open(sidecar, 'lossy');
+    transport.dropClaims = 1;
+    for (const claimAckSeconds of [3601, -1, Number.NaN]) {
+      expect(() => FabricWorker.withTransport(transport, { claimAckSeconds })).toThrow(
+        /options\.claimAckSeconds/,
+      );
+    }
+    const worker = FabricWorker.withTransport(transport, {
+      ...fast,
+      hookCheckSeconds: 600,
+      claimAckSeconds: 1,
+    });
+    const t = await fabric.schedule({ agentId: id, taskType: 'job', maxAttempts: 1 });
+    const ran: number[] = [];
+    const done = signalled();
+    const stop = new AbortController();
+    const running = worker.run(
+      {
+        job: async (_payload, ctx) => {
+          ran.push((await fabric.getTask(t.id)).attempt);
+          // Held past the 1 s lease: the run loop acknowledged the task before this started.
+          await new Promise((r) => setTimeout(r, 1_500));
+          expect(ctx.signal.aborted).toBe(false);
+          done.resolve();
+          return 'ran';
+        },
+      },
+      { signal: stop.signal },
+    );
+    await done.promise;
+    stop.abort();
+    await running;
+    expect(transport.droppedTasks.map((d) => d.taskId)).toEqual([t.id]);
+    const lost = transport.droppedTasks[0]!.attempt;
+    // Run once, by the attempt after the lost one; maxAttempts 1 was not used up by the loss.
+    expect(ran).toHaveLength(1);
+    expect(ran[0]).toBeGreaterThan(lost);
+    expect(await fabric.getTask(t.id)).toMatchObject({
+      status: TaskStatus.COMPLETED,
+      attempt: ran[0],
+      result: 'ran',
+    });
+    expect(fabric.scheduler.agentLoad(id).runningTasks).toBe(0);
+    await worker.close();
   });
 
   it('an agent cannot release, or learn the ended tasks of, another agent', async () => {
