@@ -63,6 +63,11 @@ export class Flow implements RingNode<Flow> {
     return this.#heap.size + this.#fifoSize;
   }
 
+  /** Slots the FIFO array holds, live or hole (memory it keeps; for tests and diagnostics). */
+  get fifoSlots(): number {
+    return this.#fifo.length;
+  }
+
   push(t: TaskRecord): void {
     if (t.deadline === undefined && t.attempt === 0) {
       t.inFifo = true;
@@ -104,6 +109,10 @@ export class Flow implements RingNode<Flow> {
     this.#fifo[slot] = undefined;
     this.#fifoSize--;
     t.qIndex = NOT_IN_HEAP;
+    // A flow whose tasks are cancelled rather than popped would otherwise keep a hole per task
+    // it ever held: skip holes at the front (the usual case: the oldest is cancelled), compact.
+    if (slot === this.#head) this.#fifoHead();
+    this.#compact();
     return true;
   }
 
@@ -124,16 +133,44 @@ export class Flow implements RingNode<Flow> {
   }
 
   #fifoHead(): TaskRecord | undefined {
-    if (this.#fifoSize === 0) return undefined;
+    if (this.#fifoSize === 0) {
+      // Nothing live: drop the holes (slots stay absolute through `#base`).
+      this.#base += this.#fifo.length;
+      this.#fifo.length = 0;
+      this.#head = 0;
+      return undefined;
+    }
     const fifo = this.#fifo;
     while (fifo[this.#head] === undefined) this.#head++;
     return fifo[this.#head];
   }
 
+  /**
+   * Keeps the FIFO array within about twice its live tasks: drops a long run of holes at the
+   * front (no task moves its absolute slot), or, when removals left holes in between, copies the
+   * live tasks into a fresh array and renumbers them. Either costs O(live) after at least as
+   * many removals, so O(1) amortized.
+   */
   #compact(): void {
-    if (this.#head > 1024 && this.#head * 2 > this.#fifo.length) {
-      this.#fifo.splice(0, this.#head);
+    const fifo = this.#fifo;
+    if (this.#head > 1024 && this.#head * 2 > fifo.length) {
+      fifo.splice(0, this.#head);
       this.#base += this.#head;
+      this.#head = 0;
+      return;
+    }
+    const span = fifo.length - this.#head;
+    if (span - this.#fifoSize > 1024 && span > 2 * this.#fifoSize) {
+      const base = this.#base + fifo.length;
+      const live: TaskRecord[] = [];
+      for (let i = this.#head; i < fifo.length; i++) {
+        const t = fifo[i];
+        if (t === undefined) continue;
+        t.qIndex = base + live.length;
+        live.push(t);
+      }
+      this.#fifo = live;
+      this.#base = base;
       this.#head = 0;
     }
   }

@@ -97,6 +97,51 @@ describe('FairQueue (one tenant)', () => {
     q.push(ts[0]!);
     expect(q.pop()).toBe(ts[0]);
   });
+
+  it.each([
+    ['the oldest after the stuck one', (_live: TaskRecord[]) => 1],
+    ['one in the middle', (live: TaskRecord[]) => live.length >> 1],
+    ['the second newest', (live: TaskRecord[]) => live.length - 2],
+  ])(
+    'keeps its memory bounded when queued tasks are cancelled (%s), never popped, and stays in order',
+    (_, pick) => {
+      // A task that never leaves keeps the flow alive (a pool no agent takes from); 200 queued
+      // tasks churn: each step queues one and removes one, 60k times.
+      const q = new FairQueue('q');
+      const stuck = task(0);
+      q.push(stuck);
+      let live: TaskRecord[] = [stuck];
+      let seq = 1;
+      for (; seq <= 200; seq++) {
+        const t = task(seq);
+        q.push(t);
+        live.push(t);
+      }
+      const flow = [...q.flows()][0]!;
+      let maxSlots = 0;
+      for (let i = 0; i < 60_000; i++) {
+        const t = task(seq++);
+        q.push(t);
+        live.push(t);
+        const k = pick(live);
+        const victim = live[k]!;
+        expect(q.remove(victim)).toBe(true);
+        expect(q.remove(victim)).toBe(false);
+        live.splice(k, 1);
+        maxSlots = Math.max(maxSlots, flow.fifoSlots);
+      }
+      // Before compaction on removal the array kept a slot per task ever queued (60k+).
+      expect(maxSlots).toBeLessThanOrEqual(2 * live.length + 1100);
+      expect(q.size).toBe(live.length);
+      // Renumbered tasks can still be removed individually, and the rest pop in arrival order.
+      const mid = live[100]!;
+      expect(q.remove(mid)).toBe(true);
+      live = live.filter((t) => t !== mid);
+      const got: number[] = [];
+      for (let t = q.pop(); t !== undefined; t = q.pop()) got.push(t.seq);
+      expect(got).toEqual(live.map((t) => t.seq));
+    },
+  );
 });
 
 describe('IndexedHeap', () => {
