@@ -27,7 +27,7 @@ import { checkNumber } from '../validate.js';
 import type { TaskAssignment, TaskError } from '../task.js';
 import type { ExecutorSink, TaskExecutor } from './executor.js';
 import { toTaskError } from './executor.js';
-import type { BatchInput, BatchItem, BatchOutcome } from './piscina-worker.js';
+import type { BatchInput, BatchKind, BatchOutcome } from './piscina-worker.js';
 
 /** Executor name of {@link PiscinaExecutor}. */
 export const LOCAL_EXECUTOR = 'local';
@@ -50,8 +50,14 @@ export interface PiscinaExecutorOptions {
   abortGraceMs?: number;
 }
 
+/** A task waiting to be sent, with its handler module. */
+interface Item {
+  a: TaskAssignment;
+  handler: string;
+}
+
 interface Batch {
-  items: BatchItem[];
+  items: Item[];
   /** One abort flag per item, then the begun flag ({@link BEGUN} at index `items.length`). */
   flags: Int32Array;
   done: boolean;
@@ -96,12 +102,12 @@ export class PiscinaExecutor implements TaskExecutor {
   readonly #maxInFlight: number;
   readonly #graceMs: number;
   readonly #options: PiscinaExecutorOptions;
-  #pool: Piscina<BatchInput, BatchOutcome[]> | undefined;
+  #pool: Piscina<BatchInput, BatchOutcome> | undefined;
   #sink: ExecutorSink | undefined;
-  #backlog: BatchItem[] = [];
+  #backlog: Item[] = [];
   #inFlight = 0;
-  /** `${taskId}#${attempt}` → batch and index, for abort. */
-  readonly #where = new Map<string, { batch: Batch; index: number }>();
+  /** Task id → the unsettled batch holding its latest attempt, for abort. */
+  readonly #where = new Map<string, Batch>();
   #closed = false;
 
   constructor(options: PiscinaExecutorOptions = {}) {
@@ -154,10 +160,10 @@ export class PiscinaExecutor implements TaskExecutor {
     return Number.POSITIVE_INFINITY;
   }
 
-  #ensurePool(): Piscina<BatchInput, BatchOutcome[]> {
+  #ensurePool(): Piscina<BatchInput, BatchOutcome> {
     if (this.#pool === undefined) {
       const { filename, execArgv } = workerFile();
-      this.#pool = new Piscina<BatchInput, BatchOutcome[]>({
+      this.#pool = new Piscina<BatchInput, BatchOutcome>({
         filename,
         execArgv,
         minThreads: this.#options.minThreads ?? 1,
@@ -182,14 +188,7 @@ export class PiscinaExecutor implements TaskExecutor {
         );
         continue;
       }
-      this.#backlog.push({
-        taskId: a.taskId,
-        attempt: a.attempt,
-        agentId: a.agentId,
-        taskType: a.taskType,
-        payload: a.payload,
-        handler,
-      });
+      this.#backlog.push({ a, handler });
     }
     this.#pump();
   }
@@ -205,8 +204,9 @@ export class PiscinaExecutor implements TaskExecutor {
     }
   }
 
-  #send(items: BatchItem[], solo: boolean): void {
-    const flags = new Int32Array(new SharedArrayBuffer(4 * (items.length + 1)));
+  #send(items: Item[], solo: boolean): void {
+    const n = items.length;
+    const flags = new Int32Array(new SharedArrayBuffer(4 * (n + 1)));
     const batch: Batch = {
       items,
       flags,
@@ -216,53 +216,94 @@ export class PiscinaExecutor implements TaskExecutor {
       hardAbort: undefined,
       aborted: new Set(),
     };
-    for (let i = 0; i < items.length; i++) {
-      const it = items[i]!;
-      this.#where.set(`${it.taskId}#${it.attempt}`, { batch, index: i });
+    const input: BatchInput = {
+      kindTable: [],
+      kinds: [],
+      taskIds: [],
+      attempts: [],
+      payloads: [],
+      flags,
+    };
+    const { kindTable, kinds, taskIds, attempts, payloads } = input;
+    let last: BatchKind | undefined;
+    let lastIndex = -1;
+    for (let i = 0; i < n; i++) {
+      const { a, handler } = items[i]!;
+      // A batch mostly holds runs of one agent's tasks of one type: compare with the last kind.
+      if (
+        last === undefined ||
+        last.handler !== handler ||
+        last.taskType !== a.taskType ||
+        last.agentId !== a.agentId
+      ) {
+        lastIndex = kindTable.findIndex(
+          (k) => k.handler === handler && k.taskType === a.taskType && k.agentId === a.agentId,
+        );
+        if (lastIndex < 0) {
+          lastIndex = kindTable.length;
+          kindTable.push({ handler, taskType: a.taskType, agentId: a.agentId });
+        }
+        last = kindTable[lastIndex]!;
+      }
+      kinds.push(lastIndex);
+      taskIds.push(a.taskId);
+      attempts.push(a.attempt);
+      payloads.push(a.payload);
+      this.#where.set(a.taskId, batch);
     }
     this.#inFlight++;
     this.#ensurePool()
-      .run({ items, flags }, { signal: batch.controller.signal })
+      .run(input, { signal: batch.controller.signal })
       .then(
         (outcomes) => this.#settle(batch, outcomes, undefined),
         (err: unknown) => this.#settle(batch, undefined, err),
       );
-    const begun = waitAsync.call(Atomics, flags, items.length, 0);
+    const begun = waitAsync.call(Atomics, flags, n, 0);
     if (begun.async) void begun.value.then(() => this.#begun(batch));
     else this.#begun(batch);
   }
 
   /** The worker began the batch (or it ended without beginning: then nothing is reported). */
   #begun(batch: Batch): void {
-    if (Atomics.load(batch.flags, batch.items.length) !== BEGUN) return;
+    // Settled first (its result overtook the wake-up): every task has already been reported.
+    if (batch.done || Atomics.load(batch.flags, batch.items.length) !== BEGUN) return;
     const sink = this.#sink!;
     // Stale reports (a task already finished, aborted or retried) are ignored by the sink.
-    for (const it of batch.items) sink.started(it.taskId, it.attempt);
+    for (const { a } of batch.items) sink.started(a.taskId, a.attempt);
   }
 
-  #settle(batch: Batch, outcomes: BatchOutcome[] | undefined, err: unknown): void {
+  #settle(batch: Batch, outcome: BatchOutcome | undefined, err: unknown): void {
     batch.done = true;
     this.#inFlight--;
     // A batch that never began (its worker died first) still has a waiter: release it.
     Atomics.notify(batch.flags, batch.items.length);
     if (batch.hardAbort !== undefined) clearTimeout(batch.hardAbort);
     const sink = this.#sink!;
-    const retryAlone: BatchItem[] = [];
-    for (let i = 0; i < batch.items.length; i++) {
-      const it = batch.items[i]!;
-      this.#where.delete(`${it.taskId}#${it.attempt}`);
+    const retryAlone: Item[] = [];
+    const items = batch.items;
+    // Failed tasks by index (async handlers fail in any order); usually none.
+    let errors: Map<number, TaskError> | undefined;
+    if (outcome !== undefined && outcome.failed.length > 0) {
+      errors = new Map();
+      for (let k = 0; k < outcome.failed.length; k++)
+        errors.set(outcome.failed[k]!, outcome.errors[k]!);
+    }
+    for (let i = 0; i < items.length; i++) {
+      const it = items[i]!;
+      const { taskId, attempt } = it.a;
+      if (this.#where.get(taskId) === batch) this.#where.delete(taskId);
       if (batch.aborted.has(i)) continue; // the scheduler already ended this attempt
-      const o = outcomes?.[i];
-      if (o !== undefined) {
-        if (o.ok) sink.complete(it.taskId, it.attempt, o.result);
-        else sink.fail(it.taskId, it.attempt, o.error);
-      } else if (!batch.solo && batch.items.length > 1 && !this.#closed) {
+      if (outcome !== undefined) {
+        const error = errors?.get(i);
+        if (error === undefined) sink.complete(taskId, attempt, outcome.results[i]);
+        else sink.fail(taskId, attempt, error);
+      } else if (!batch.solo && items.length > 1 && !this.#closed) {
         retryAlone.push(it);
       } else {
         const e = toTaskError(err);
         sink.fail(
-          it.taskId,
-          it.attempt,
+          taskId,
+          attempt,
           {
             code: 'FABRIC_ERR_WORKER_CRASHED',
             message: `worker failed: ${e.message}`,
@@ -277,14 +318,16 @@ export class PiscinaExecutor implements TaskExecutor {
   }
 
   abort(taskId: string, attempt: number, _reason: TaskError): void {
-    const key = `${taskId}#${attempt}`;
-    const at = this.#where.get(key);
-    if (at === undefined) {
-      const i = this.#backlog.findIndex((b) => b.taskId === taskId && b.attempt === attempt);
+    const batch = this.#where.get(taskId);
+    const index =
+      batch === undefined
+        ? -1
+        : batch.items.findIndex(({ a }) => a.taskId === taskId && a.attempt === attempt);
+    if (batch === undefined || index < 0) {
+      const i = this.#backlog.findIndex(({ a }) => a.taskId === taskId && a.attempt === attempt);
       if (i >= 0) this.#backlog.splice(i, 1);
       return;
     }
-    const { batch, index } = at;
     if (batch.done) return;
     batch.aborted.add(index);
     Atomics.store(batch.flags, index, 1);
@@ -301,8 +344,8 @@ export class PiscinaExecutor implements TaskExecutor {
     const pool = this.#pool;
     this.#pool = undefined;
     const sink = this.#sink;
-    for (const it of this.#backlog.splice(0)) {
-      sink?.fail(it.taskId, it.attempt, { code: 'FABRIC_ERR_CLOSED', message: 'executor closed' });
+    for (const { a } of this.#backlog.splice(0)) {
+      sink?.fail(a.taskId, a.attempt, { code: 'FABRIC_ERR_CLOSED', message: 'executor closed' });
     }
     if (pool !== undefined) await pool.destroy();
   }

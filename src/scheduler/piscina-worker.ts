@@ -14,29 +14,42 @@ import type { TaskError } from '../task.js';
 import type { TaskHandler } from './executor.js';
 import { LazyHandlerContext, toTaskError } from './executor.js';
 
-/** One task of a batch. */
-export interface BatchItem {
-  taskId: string;
-  attempt: number;
-  agentId: string;
-  taskType: string;
-  payload: unknown;
+/** What the tasks of a batch with the same handler, type and agent share (sent once a batch). */
+export interface BatchKind {
   /** URL of the handler module. */
   handler: string;
+  taskType: string;
+  agentId: string;
 }
 
-/** A batch: tasks plus one abort flag per task, and a begun flag, in shared memory. */
+/**
+ * A batch, in columns: one entry per task in `taskIds`, `attempts`, `payloads` and `kinds` (an
+ * index into `kindTable`). Columns of primitives cost a quarter of what one object per task does
+ * to clone, on both threads (the main thread's share is on every task's path).
+ */
 export interface BatchInput {
-  items: BatchItem[];
+  kindTable: BatchKind[];
+  kinds: number[];
+  taskIds: string[];
+  attempts: number[];
+  payloads: unknown[];
   /**
-   * Int32 per item; non-zero means "abort this task". One more at `items.length`: the worker
+   * Int32 per task; non-zero means "abort this task". One more at `taskIds.length`: the worker
    * sets it to 1 and notifies when it begins the batch.
    */
   flags: Int32Array;
 }
 
-/** Per-task outcome, in batch order. */
-export type BatchOutcome = { ok: true; result: unknown } | { ok: false; error: TaskError };
+/**
+ * Per-task outcomes, in batch order: `results[i]` is task `i`'s result unless `i` is listed in
+ * `failed`, whose `errors` entry at the same position is its error (failures are rare; no object
+ * per task).
+ */
+export interface BatchOutcome {
+  results: unknown[];
+  failed: number[];
+  errors: TaskError[];
+}
 
 const ABORT_POLL_MS = 5;
 const loaded = new Map<string, TaskHandler>();
@@ -73,70 +86,77 @@ function isThenable(v: unknown): v is PromiseLike<unknown> {
  * Runs every task of the batch; never rejects for a handler's failure. Synchronous handlers run
  * back to back with no promise per task; only pending async handlers are awaited.
  */
-export default async function runBatch(input: BatchInput): Promise<BatchOutcome[]> {
-  const { items, flags } = input;
+export default async function runBatch(input: BatchInput): Promise<BatchOutcome> {
+  const { kindTable, kinds, taskIds, attempts, payloads, flags } = input;
+  const n = taskIds.length;
   // The batch has begun: its tasks leave SCHEDULED for RUNNING (see PiscinaExecutor).
-  Atomics.store(flags, items.length, 1);
-  Atomics.notify(flags, items.length);
-  const out = new Array<BatchOutcome>(items.length);
-  for (const item of items) {
-    if (!loaded.has(item.handler)) await loadHandler(item.handler).catch(() => undefined);
+  Atomics.store(flags, n, 1);
+  Atomics.notify(flags, n);
+  const handlers: (TaskHandler | undefined)[] = [];
+  for (const kind of kindTable) {
+    let fn = loaded.get(kind.handler);
+    if (fn === undefined) fn = await loadHandler(kind.handler).catch(() => undefined);
+    handlers.push(fn);
   }
+  // Packed arrays (filled in order, never holey) clone as plain lists.
+  const results: unknown[] = [];
+  const failed: number[] = [];
+  const errors: TaskError[] = [];
+  const fail = (i: number, error: TaskError): void => {
+    failed.push(i);
+    errors.push(error);
+  };
   let pending: Promise<void>[] | undefined;
   let contexts: LazyHandlerContext[] | undefined;
-  for (let i = 0; i < items.length; i++) {
-    const item = items[i]!;
-    const fn = loaded.get(item.handler);
+  for (let i = 0; i < n; i++) {
+    results.push(undefined);
+    const kind = kindTable[kinds[i]!]!;
+    const fn = handlers[kinds[i]!];
     if (fn === undefined) {
-      out[i] = await loadHandler(item.handler).then(
-        () => ({
-          ok: false,
-          error: { code: 'FABRIC_ERR_HANDLER_NOT_FOUND', message: 'handler failed to load' },
-        }),
-        (err: unknown) => ({ ok: false, error: toTaskError(err, 'FABRIC_ERR_HANDLER_NOT_FOUND') }),
+      fail(
+        i,
+        await loadHandler(kind.handler).then(
+          () => ({ code: 'FABRIC_ERR_HANDLER_NOT_FOUND', message: 'handler failed to load' }),
+          (err: unknown) => toTaskError(err, 'FABRIC_ERR_HANDLER_NOT_FOUND'),
+        ),
       );
       continue;
     }
     // Aborted while SCHEDULED (cancelled, timed out) before the batch got here: never start it.
     if (Atomics.load(flags, i) !== 0) {
-      out[i] = {
-        ok: false,
-        error: { code: 'FABRIC_ERR_CANCELLED', message: 'aborted before start' },
-      };
+      fail(i, { code: 'FABRIC_ERR_CANCELLED', message: 'aborted before start' });
       continue;
     }
-    const ctx = new LazyHandlerContext(item.taskId, item.attempt, item.agentId, item.taskType);
+    const ctx = new LazyHandlerContext(taskIds[i]!, attempts[i]!, kind.agentId, kind.taskType);
     try {
-      const result = fn(item.payload, ctx);
+      const result = fn(payloads[i], ctx);
       if (!isThenable(result)) {
-        out[i] = { ok: true, result };
+        results[i] = result;
         continue;
       }
       (contexts ??= [])[i] = ctx;
       (pending ??= []).push(
         Promise.resolve(result).then(
           (value) => {
-            out[i] = { ok: true, result: value };
+            results[i] = value;
           },
-          (err: unknown) => {
-            out[i] = { ok: false, error: toTaskError(err) };
-          },
+          (err: unknown) => fail(i, toTaskError(err)),
         ),
       );
     } catch (err) {
-      out[i] = { ok: false, error: toTaskError(err) };
+      fail(i, toTaskError(err));
     }
   }
-  if (pending === undefined) return out;
+  if (pending === undefined) return { results, failed, errors };
   // Only async handlers can observe an abort; poll the shared flags while any is pending.
   const ctxs = contexts!;
   const poll = setInterval(() => {
-    for (let i = 0; i < items.length; i++) if (Atomics.load(flags, i) !== 0) ctxs[i]?.abort();
+    for (let i = 0; i < n; i++) if (Atomics.load(flags, i) !== 0) ctxs[i]?.abort();
   }, ABORT_POLL_MS);
   try {
     await Promise.all(pending);
   } finally {
     clearInterval(poll);
   }
-  return out;
+  return { results, failed, errors };
 }
