@@ -137,6 +137,8 @@ export class PiscinaExecutor implements TaskExecutor {
   #inFlight = 0;
   /** Task id → the unsettled batch holding its latest attempt, for abort. */
   readonly #where = new Map<string, Batch>();
+  /** Unsettled batches (an abort of an older attempt still running looks through them). */
+  readonly #unsettled = new Set<Batch>();
   #closed = false;
 
   constructor(options: PiscinaExecutorOptions = {}) {
@@ -281,6 +283,7 @@ export class PiscinaExecutor implements TaskExecutor {
       this.#where.set(a.taskId, batch);
     }
     this.#inFlight++;
+    this.#unsettled.add(batch);
     this.#ensurePool()
       .run(input, { signal: batch.hard })
       .then(
@@ -304,6 +307,7 @@ export class PiscinaExecutor implements TaskExecutor {
   #settle(batch: Batch, outcome: BatchOutcome | undefined, err: unknown): void {
     batch.done = true;
     this.#inFlight--;
+    this.#unsettled.delete(batch);
     // A batch that never began (its worker died first) still has a waiter: release it.
     Atomics.notify(batch.flags, batch.items.length);
     if (batch.hardAbort !== undefined) clearTimeout(batch.hardAbort);
@@ -347,13 +351,21 @@ export class PiscinaExecutor implements TaskExecutor {
   }
 
   abort(taskId: string, attempt: number, _reason: TaskError): void {
-    const batch = this.#where.get(taskId);
-    const index =
-      batch === undefined
-        ? -1
-        : batch.items.findIndex(({ a }) => a.taskId === taskId && a.attempt === attempt);
+    const holds = (it: Item): boolean => it.a.taskId === taskId && it.a.attempt === attempt;
+    let batch = this.#where.get(taskId);
+    let index = batch === undefined ? -1 : batch.items.findIndex(holds);
+    if (index < 0 && batch !== undefined) {
+      // An older attempt, still running beside the latest one: rare, so searched for.
+      for (const b of this.#unsettled) {
+        index = b.items.findIndex(holds);
+        if (index >= 0) {
+          batch = b;
+          break;
+        }
+      }
+    }
     if (batch === undefined || index < 0) {
-      const i = this.#backlog.findIndex(({ a }) => a.taskId === taskId && a.attempt === attempt);
+      const i = this.#backlog.findIndex(holds);
       if (i >= 0) this.#backlog.splice(i, 1);
       return;
     }

@@ -5,6 +5,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
+import type { ExecutorSink } from '../../src/scheduler/executor.js';
+import { PiscinaExecutor } from '../../src/scheduler/piscina-executor.js';
+import type { TaskAssignment } from '../../src/task.js';
 import { TaskStatus } from '../../src/task.js';
 
 const handler = (name: string) => new URL(`../fixtures/handlers/${name}.mjs`, import.meta.url);
@@ -186,6 +189,63 @@ describe('local agents on piscina worker threads', () => {
     expect(await fabric.waitForTask(after.id, { timeoutSeconds: 30 })).toMatchObject({
       status: TaskStatus.COMPLETED,
     });
+  });
+
+  it('aborts an older attempt still running beside a newer attempt of the same task', async () => {
+    // Two threads, one batch each: attempt 1 of `x` waits for its abort on one, attempt 2 blocks
+    // the other, and `y` waits in the backlog until a thread is free.
+    const executor = new PiscinaExecutor({
+      maxThreads: 2,
+      minThreads: 2,
+      concurrentTasksPerWorker: 1,
+    });
+    executor.registerHandler('wait', handler('wait-abort'));
+    executor.registerHandler('block', handler('block'));
+    executor.registerHandler('echo', handler('echo-payload'));
+    const reports: string[] = [];
+    const sink: ExecutorSink = {
+      complete: (id, attempt, result) =>
+        reports.push(`complete ${id}#${attempt} ${String(result)}`),
+      fail: (id, attempt, error) => reports.push(`fail ${id}#${attempt} ${error.code}`),
+      started: (id, attempt) => reports.push(`started ${id}#${attempt}`),
+      progress: () => undefined,
+    };
+    executor.bind(sink);
+    const task = (taskId: string, attempt: number, taskType: string, payload: unknown) =>
+      ({
+        taskId,
+        attempt,
+        agentId: 'a',
+        taskType,
+        payload,
+        deadline: undefined,
+        timeoutSeconds: 60,
+      }) satisfies TaskAssignment;
+    const gate = new SharedArrayBuffer(4);
+    try {
+      executor.dispatch([task('x', 1, 'wait', null)]);
+      await vi.waitFor(() => expect(reports).toContain('started x#1'), { timeout: 15_000 });
+      executor.dispatch([task('x', 2, 'block', { gate })]);
+      await vi.waitFor(() => expect(reports).toContain('started x#2'), { timeout: 15_000 });
+      executor.dispatch([task('y', 1, 'echo', 'y')]);
+      executor.abort('x', 1, { code: 'FABRIC_ERR_TIMEOUT', message: 'timed out' });
+      // Attempt 1 ends at its abort and frees its thread for `y`; attempt 2 still blocks.
+      await vi.waitFor(() => expect(reports).toContain('complete y#1 y'), { timeout: 15_000 });
+      Atomics.store(new Int32Array(gate), 0, 1);
+      Atomics.notify(new Int32Array(gate), 0);
+      await vi.waitFor(() => expect(reports).toContain('complete x#2 released'), {
+        timeout: 15_000,
+      });
+      // The aborted attempt is not reported: the scheduler already ended it.
+      expect(reports.filter((r) => !r.startsWith('started'))).toEqual([
+        'complete y#1 y',
+        'complete x#2 released',
+      ]);
+    } finally {
+      Atomics.store(new Int32Array(gate), 0, 1);
+      Atomics.notify(new Int32Array(gate), 0);
+      await executor.close();
+    }
   });
 
   it('lets the process exit after close(): no dangling timers, threads or claims', async () => {
