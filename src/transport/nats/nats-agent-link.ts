@@ -45,8 +45,6 @@ export class NatsAgentLink {
   /** Reports not sent yet, by the subject they go to (sent together on the next flush). */
   readonly #outbox = new Map<string, Queued[]>();
   #flushQueued = false;
-  /** Report requests sent and not answered yet. */
-  #inFlight = 0;
   /** Makes take-up ids unique across workers (random) and within this one (counter). */
   readonly #nonce = randomBytes(9).toString('base64url');
   #takes = 0;
@@ -93,10 +91,9 @@ export class NatsAgentLink {
    * its name and lease key) it keeps trying until the task's timeout has passed since the
    * message was taken up; then, or when the link is closed, `undefined`.
    *
-   * While no report waits for an answer, a report goes out at once (on a microtask); otherwise
-   * the reports made until the next turn of the event loop to the same sidecar travel as one
-   * batch request (`{ v: 1, reports: [...] }`, answered `{ answers: [...] }` in the same order),
-   * so a worker holding many tasks pays one round trip per batch, not per report.
+   * Reports made in the same turn of the event loop to the same sidecar travel as one batch
+   * request (`{ v: 1, reports: [...] }`, answered `{ answers: [...] }` in the same order), so a
+   * worker holding many tasks pays one round trip per batch, not per report.
    */
   report(
     task: TaskMessage,
@@ -123,10 +120,7 @@ export class NatsAgentLink {
       queue.push({ json: JSON.stringify(report), giveUpAt, resolve });
       if (!this.#flushQueued) {
         this.#flushQueued = true;
-        // Idle: out at once (reports made in the same synchronous run still share the batch).
-        // Under load: batched until the next turn of the event loop.
-        if (this.#inFlight === 0) queueMicrotask(this.#flush);
-        else setImmediate(this.#flush);
+        setImmediate(this.#flush);
       }
     });
   }
@@ -160,21 +154,6 @@ export class NatsAgentLink {
     );
     let giveUpAt = 0;
     for (const q of batch) giveUpAt = Math.max(giveUpAt, q.giveUpAt);
-    this.#inFlight++;
-    try {
-      await this.#sendUntilAnswered(replyTo, body, batch, single, giveUpAt);
-    } finally {
-      this.#inFlight--;
-    }
-  }
-
-  async #sendUntilAnswered(
-    replyTo: string,
-    body: Uint8Array,
-    batch: Queued[],
-    single: boolean,
-    giveUpAt: number,
-  ): Promise<void> {
     for (let tries = 0; !this.closed; tries++) {
       try {
         const m = await this.nc.request(replyTo, body, { timeout: this.reportTimeoutMs });
