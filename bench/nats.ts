@@ -6,10 +6,12 @@
  *   JetStream work queue → a NatsWorker in this process (no-op handler) reports start and
  *   completion → every task seen finished by the scheduler (`waitForTask`), vs raw JetStream on
  *   the same connection kind: publish the same number of messages (with `Nats-Msg-Id`) to a
- *   work-queue stream, consume and ack them all. Tasks/s vs messages/s.
+ *   work-queue stream, consume and ack them all. Tasks/s vs messages/s; after a warm-up round
+ *   of both, the median of the rounds (which side goes first alternates).
  * - enqueue-to-start: at half the dispatch rate measured above, the time from `scheduleToPool`
  *   to the handler starting on the worker (same process, same clock), vs the time from a raw
- *   JetStream publish to its consumer receiving it at the same rate. p50/p99.
+ *   JetStream publish to its consumer receiving it at the same rate. p50/p99; the first tenth
+ *   of each side warms up unrecorded.
  * - heartbeats: 10 000 simulated agents heartbeating once a second (another process signs and
  *   publishes them) into a fabric that checks every proof and feeds its lifecycle; the fabric
  *   process's CPU share of one core, vs a bare subscriber of the same subjects that only counts
@@ -50,9 +52,13 @@ async function fabricWithWorker(server: NatsServer, namespace: string) {
   return { fabric, worker };
 }
 
-/** Raw JetStream: a work-queue stream and a durable pull consumer with explicit ack. */
+/**
+ * Raw JetStream: a work-queue stream and a durable pull consumer with explicit ack, on a
+ * connection made as the fabric makes its own (`noAsyncTraces`), so the baseline is not slowed
+ * by a client option the project turns off.
+ */
 async function rawJetStream(server: NatsServer, name: string) {
-  const nc = await connect({ servers: server.url });
+  const nc = await connect({ servers: server.url, noAsyncTraces: true });
   const jsm = await jetstreamManager(nc);
   await jsm.streams.add({
     name,
@@ -65,12 +71,12 @@ async function rawJetStream(server: NatsServer, name: string) {
   return { nc, js, consumer };
 }
 
-async function dispatch(server: NatsServer, n: number, round: number): Promise<[number, number]> {
-  // The project: schedule → JetStream → worker → reports → finished.
+/** The project: schedule → JetStream → worker → reports → finished. Tasks/s. */
+async function dispatchProject(server: NatsServer, n: number, round: string): Promise<number> {
   const { fabric, worker } = await fabricWithWorker(server, `d${round}`);
   const stop = new AbortController();
   const running = worker.run({ noop: () => null }, { signal: stop.signal });
-  let t0 = performance.now();
+  const t0 = performance.now();
   const ids: string[] = [];
   for (let i = 0; i < n; i++) ids.push((await fabric.scheduleToPool('p', 'noop', i)).id);
   await Promise.all(ids.map((id) => fabric.waitForTask(id)));
@@ -79,7 +85,11 @@ async function dispatch(server: NatsServer, n: number, round: number): Promise<[
   await running;
   await worker.close();
   await fabric.close();
-  // The baseline: the same number of messages, published with ids, consumed and acked.
+  return value;
+}
+
+/** The baseline: the same number of messages, published with ids, consumed and acked. */
+async function dispatchRaw(server: NatsServer, n: number, round: string): Promise<number> {
   const raw = await rawJetStream(server, `RAW${round}`);
   const messages = await raw.consumer.consume({ max_messages: 256 });
   let acked = 0;
@@ -91,7 +101,7 @@ async function dispatch(server: NatsServer, n: number, round: number): Promise<[
       }
     })();
   });
-  t0 = performance.now();
+  const t0 = performance.now();
   const pubs: Promise<unknown>[] = [];
   for (let i = 0; i < n; i++) {
     pubs.push(raw.js.publish(`RAW${round}.x`, JSON.stringify({ i }), { msgID: `m${i}:1` }));
@@ -101,7 +111,18 @@ async function dispatch(server: NatsServer, n: number, round: number): Promise<[
   const baseline = n / ((performance.now() - t0) / 1000);
   await messages.close();
   await raw.nc.close();
-  return [value, baseline];
+  return baseline;
+}
+
+/** One round of both sides; which goes first alternates with `round` (the load drifts). */
+async function dispatch(server: NatsServer, n: number, round: number): Promise<[number, number]> {
+  const name = String(round);
+  if (round % 2 === 0) {
+    const value = await dispatchProject(server, n, name);
+    return [value, await dispatchRaw(server, n, name)];
+  }
+  const baseline = await dispatchRaw(server, n, name);
+  return [await dispatchProject(server, n, name), baseline];
 }
 
 async function enqueueToStart(
@@ -110,10 +131,13 @@ async function enqueueToStart(
   seconds: number,
 ): Promise<[Latency, Latency]> {
   const n = Math.max(50, Math.round(rate * seconds));
+  // The first tenth on each side warms the path up (new consumers, first pulls) unrecorded.
+  const warm = Math.round(n / 10);
+  const total = n + warm;
   const gapMs = 1000 / rate;
   const project = new Latency();
   const { fabric, worker } = await fabricWithWorker(server, 'lat');
-  const scheduledAt = new Map<string, number>();
+  const scheduledAt = new Map<string, number>(); // recorded tasks only
   const stop = new AbortController();
   const running = worker.run(
     {
@@ -127,12 +151,12 @@ async function enqueueToStart(
   );
   const ids: string[] = [];
   let t0 = performance.now();
-  for (let i = 0; i < n; i++) {
+  for (let i = 0; i < total; i++) {
     const wait = t0 + i * gapMs - performance.now();
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
     const at = performance.now();
     const t = await fabric.scheduleToPool('p', 'noop', i);
-    scheduledAt.set(t.id, at);
+    if (i >= warm) scheduledAt.set(t.id, at);
     ids.push(t.id);
   }
   await Promise.all(ids.map((id) => fabric.waitForTask(id)));
@@ -148,17 +172,18 @@ async function enqueueToStart(
   const all = new Promise<void>((resolve) => {
     void (async () => {
       for await (const m of messages) {
-        baseline.recordMs(performance.now() - (m.json<{ at: number }>().at ?? 0));
+        const { at, i } = m.json<{ at: number; i: number }>();
+        if (i >= warm) baseline.recordMs(performance.now() - at);
         m.ack();
-        if (++seen === n) resolve();
+        if (++seen === total) resolve();
       }
     })();
   });
   t0 = performance.now();
-  for (let i = 0; i < n; i++) {
+  for (let i = 0; i < total; i++) {
     const wait = t0 + i * gapMs - performance.now();
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-    await raw.js.publish('RAWLAT.x', JSON.stringify({ at: performance.now() }), {
+    await raw.js.publish('RAWLAT.x', JSON.stringify({ at: performance.now(), i }), {
       msgID: `l${i}`,
     });
   }
@@ -238,6 +263,9 @@ const suite: BenchSuite = {
       const rounds = ctx.quick ? 1 : 3;
       const values: number[] = [];
       const baselines: number[] = [];
+      // A warm-up round on both sides, not counted: the first round otherwise measures the
+      // project's cold code (JIT, first consumers) against an already warm client.
+      await dispatch(server, Math.round(n / 2), -1);
       for (let r = 0; r < rounds; r++) {
         const [v, b] = await dispatch(server, n, r);
         values.push(v);

@@ -332,6 +332,15 @@ export class LifecycleManager {
 
   /** {@link heartbeat} without the promise. */
   heartbeatSync(agentId: string): AgentInfo {
+    this.heartbeatStatus(agentId);
+    return this.#info(this.#get(agentId));
+  }
+
+  /**
+   * {@link heartbeatSync} returning only the agent's status after it (no snapshot is built:
+   * the NATS heartbeat listener takes thousands a second).
+   */
+  heartbeatStatus(agentId: string): AgentStatus {
     const rec = this.#get(agentId);
     if (rec.status === AgentStatus.DRAINING || rec.status === AgentStatus.TERMINATED) {
       throw new AgentUnavailableError(agentId, rec.status);
@@ -346,7 +355,7 @@ export class LifecycleManager {
     // storing it would put a durable commit on the hot path, and a restored agent gets a fresh
     // heartbeat (one interval of grace) anyway.
     if (rec.status !== AgentStatus.HEALTHY) this.#setStatus(rec, AgentStatus.HEALTHY);
-    return this.#info(rec);
+    return rec.status;
   }
 
   /** A snapshot of the agent, with its current task counts. @throws AgentNotFoundError */

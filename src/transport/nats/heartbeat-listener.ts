@@ -20,6 +20,14 @@ import { decodeJson, encodeJson, heartbeatProof, heartbeatSchema, sameProof } fr
 /** A heartbeat further than this ahead of the sidecar's clock is refused (clock skew bound). */
 export const MAX_HEARTBEAT_SKEW_MS = 60_000;
 
+/** A refusal answer, made once (an error object per heartbeat would cost more than its check). */
+function refusal(message: string): Answer {
+  const e = new UnauthenticatedError(message);
+  return Object.freeze({ ok: false, code: e.code, message: e.message });
+}
+const NO_PROOF = refusal('heartbeat without a valid proof of the agent credential');
+const REPLAYED = refusal('heartbeat timestamp replayed or out of range');
+
 /** Counts of what the listener did, for tests and benchmarks. */
 export interface HeartbeatStats {
   accepted: number;
@@ -66,20 +74,15 @@ export class HeartbeatListener {
 
   #accept(msg: Msg, agentId: string, credentialHash: string): Answer {
     const hb = heartbeatSchema.safeParse(decodeJson(msg.data));
-    const bad = new UnauthenticatedError('heartbeat without a valid proof of the agent credential');
-    if (!hb.success) return { ok: false, code: bad.code, message: bad.message };
+    if (!hb.success) return NO_PROOF;
     const { ts, proof } = hb.data;
-    if (!sameProof(proof, heartbeatProof(credentialHash, agentId, ts))) {
-      return { ok: false, code: bad.code, message: bad.message };
-    }
+    if (!sameProof(proof, heartbeatProof(credentialHash, agentId, ts))) return NO_PROOF;
     if (ts <= (this.#lastTs.get(agentId) ?? 0) || ts > Date.now() + MAX_HEARTBEAT_SKEW_MS) {
-      const e = new UnauthenticatedError('heartbeat timestamp replayed or out of range');
-      return { ok: false, code: e.code, message: e.message };
+      return REPLAYED;
     }
     this.#lastTs.set(agentId, ts);
     try {
-      const info = this.#lifecycle.heartbeatSync(agentId);
-      return { ok: true, status: info.status };
+      return { ok: true, status: this.#lifecycle.heartbeatStatus(agentId) };
     } catch (err) {
       if (isFabricError(err)) return { ok: false, code: err.code, message: err.message };
       const e = new AgentUnavailableError(agentId, AgentStatus.TERMINATED);
