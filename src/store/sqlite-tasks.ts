@@ -86,10 +86,8 @@ export const INSERT_TASK = `INSERT INTO tasks (rid, ${[...FIXED_COLUMNS, ...MUTA
 /** `UPDATE` of a stored task: the mutable columns, then `rid`. */
 export const UPDATE_TASK = `UPDATE tasks SET ${MUTABLE_COLUMNS.map((c) => `${c} = ?`).join(', ')} WHERE rid = ?`;
 
-type Cell = string | number | null;
-
-/** The mutable columns' values of a task, in {@link MUTABLE_COLUMNS} order. */
-export type MutableCells = Cell[];
+/** One bound value of a task row. */
+export type Cell = string | number | null;
 
 /** A stored task row, as `SELECT * FROM tasks` gives it. */
 export interface TaskRow {
@@ -112,13 +110,26 @@ const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 /** A number column: the value if it is a finite number, else null. */
 const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
 /**
- * A JSON column: its text, null for undefined.
+ * A JSON column: its text, null for undefined (`field` names it in an error, built only then).
  * @throws what `recordJson` throws for a value that cannot be serialized (a cycle)
  */
-function json(v: unknown, field: string): string | null {
+function json(v: unknown, id: string, field: string): string | null {
   if (v === undefined) return null;
-  return recordJson(v, field) ?? null;
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(v);
+  } catch {
+    // A bigint (printed as its digits) or a cycle (thrown, naming the field): recordJson.
+    text = recordJson(v, `task ${id} ${field}`);
+  }
+  return text ?? null;
 }
+
+/** Cells of {@link INSERT_TASK}: `rid`, the fixed columns, the mutable columns. */
+export const INSERT_CELLS = 1 + FIXED_COLUMNS.length + MUTABLE_COLUMNS.length;
+
+/** Cells of {@link UPDATE_TASK}: the mutable columns, then `rid`. */
+export const UPDATE_CELLS = MUTABLE_COLUMNS.length + 1;
 
 /**
  * The row of a new task: a placeholder for `rid` (the caller sets cell 0), then the fixed and
@@ -126,51 +137,57 @@ function json(v: unknown, field: string): string | null {
  * @throws for a payload, result, error or progress that cannot be serialized
  */
 export function insertCells(id: string, record: unknown): Cell[] {
+  return fillInsertCells(new Array<Cell>(INSERT_CELLS).fill(null), id, record);
+}
+
+/**
+ * {@link insertCells} written into `cells` (length {@link INSERT_CELLS}, reused from write to
+ * write: the commit writes thousands of rows in one synchronous run, and an array per row was
+ * the store's largest source of garbage); cell 0 (`rid`) is left for the caller.
+ * @throws for a payload, result, error or progress that cannot be serialized (`cells` is then
+ *   partly written)
+ */
+export function fillInsertCells(cells: Cell[], id: string, record: unknown): Cell[] {
   const d = fieldsOf(record);
-  const cells: Cell[] = [
-    null,
-    id,
-    str(d.type ?? d.taskType),
-    json(d.payload, `task ${id} payload`),
-    num(d.priority),
-    str(d.agentId),
-    typeof d.pinned === 'boolean' ? (d.pinned ? 1 : 0) : null,
-    str(d.tenant),
-    num(d.deadline),
-    num(d.timeoutMs),
-    num(d.maxAttempts),
-    num(d.seq),
-    num(d.createdAt),
-  ];
-  pushMutable(cells, id, d);
+  cells[1] = id;
+  cells[2] = str(d.type ?? d.taskType);
+  cells[3] = json(d.payload, id, 'payload');
+  cells[4] = num(d.priority);
+  cells[5] = str(d.agentId);
+  cells[6] = typeof d.pinned === 'boolean' ? (d.pinned ? 1 : 0) : null;
+  cells[7] = str(d.tenant);
+  cells[8] = num(d.deadline);
+  cells[9] = num(d.timeoutMs);
+  cells[10] = num(d.maxAttempts);
+  cells[11] = num(d.seq);
+  cells[12] = num(d.createdAt);
+  fillMutable(cells, 1 + FIXED_COLUMNS.length, id, d);
   return cells;
 }
 
 /**
- * The mutable cells of a stored task, in {@link MUTABLE_COLUMNS} order (the caller appends
- * `rid` for {@link UPDATE_TASK}).
+ * The mutable cells of a stored task, in {@link MUTABLE_COLUMNS} order, written into `cells`
+ * (length {@link UPDATE_CELLS}, reused like {@link fillInsertCells}'); the caller sets the last
+ * cell to `rid`.
  * @throws for a result, error or progress that cannot be serialized
  */
-export function updateCells(id: string, record: unknown): MutableCells {
-  const cells: Cell[] = [];
-  pushMutable(cells, id, fieldsOf(record));
+export function fillUpdateCells(cells: Cell[], id: string, record: unknown): Cell[] {
+  fillMutable(cells, 0, id, fieldsOf(record));
   return cells;
 }
 
-function pushMutable(cells: Cell[], id: string, d: Record<string, unknown>): void {
-  cells.push(
-    str(d.poolId),
-    str(d.status),
-    num(d.attempt),
-    num(d.undelivered),
-    str(d.assignedAgentId),
-    num(d.startedAt),
-    num(d.finishedAt),
-    num(d.notBefore),
-    json(d.result, `task ${id} result`),
-    json(d.error, `task ${id} error`),
-    json(d.progress, `task ${id} progress`),
-  );
+function fillMutable(cells: Cell[], at: number, id: string, d: Record<string, unknown>): void {
+  cells[at] = str(d.poolId);
+  cells[at + 1] = str(d.status);
+  cells[at + 2] = num(d.attempt);
+  cells[at + 3] = num(d.undelivered);
+  cells[at + 4] = str(d.assignedAgentId);
+  cells[at + 5] = num(d.startedAt);
+  cells[at + 6] = num(d.finishedAt);
+  cells[at + 7] = num(d.notBefore);
+  cells[at + 8] = json(d.result, id, 'result');
+  cells[at + 9] = json(d.error, id, 'error');
+  cells[at + 10] = json(d.progress, id, 'progress');
 }
 
 /** Column → `TaskData` field, for the columns read back as they are. */
