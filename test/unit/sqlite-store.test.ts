@@ -274,6 +274,43 @@ describe('SqliteStore tasks table (schema 2)', () => {
     expect(committedTaskIds(path)).toEqual([]);
   });
 
+  it('writes many tasks of one commit right: inserts, updates and deletes by the batch and one by one', async () => {
+    const path = join(tempDir('sqlite-unit'), 'tasks-many.db');
+    const s = await SqliteStore.open(path);
+    stores.push(s);
+    const all = Array.from({ length: 41 }, (_, i) => task(`t${i}`, { n: i }));
+    for (const t of all) s.tasks.put(t.id, t);
+    await Promise.resolve();
+    // 37 ends (two batches and five single rows), 35 deletes, in one commit.
+    for (const t of all.slice(0, 37)) {
+      t.status = TaskStatus.COMPLETED;
+      t.attempt = 1;
+      t.assignedAgentId = `agent-${t.seq}`;
+      t.result = { r: t.seq };
+      s.tasks.put(t.id, t);
+    }
+    for (const t of all.slice(2, 37)) s.tasks.delete(t.id);
+    await s.close();
+    const again = await SqliteStore.open(path);
+    stores.push(again);
+    const back = [...again.tasks.values()] as Array<Record<string, unknown>>;
+    const expected = [...all.slice(0, 2), ...all.slice(37)].map((t) => {
+      const { id, seq, status, attempt, assignedAgentId, result, payload } = t;
+      return { id, seq, status, attempt, assignedAgentId, result, payload };
+    });
+    expect(
+      back.map(({ id, seq, status, attempt, assignedAgentId, result, payload }) => ({
+        id,
+        seq,
+        status,
+        attempt,
+        assignedAgentId,
+        result,
+        payload,
+      })),
+    ).toEqual(expected);
+  });
+
   it('a failed commit leaves its task writes pending: inserts are inserted again, updates retried', async () => {
     const errors: StateStoreError[] = [];
     const path = join(tempDir('sqlite-unit'), 'tasks-retry.db');
