@@ -274,6 +274,94 @@ describe('SqliteStore tasks table (schema 2)', () => {
     expect(committedTaskIds(path)).toEqual([]);
   });
 
+  it('writes many tasks of one commit right: inserts, updates and deletes by the batch and one by one', async () => {
+    const path = join(tempDir('sqlite-unit'), 'tasks-many.db');
+    const s = await SqliteStore.open(path);
+    stores.push(s);
+    const all = Array.from({ length: 41 }, (_, i) => task(`t${i}`, { n: i }));
+    for (const t of all) s.tasks.put(t.id, t);
+    await Promise.resolve();
+    // 37 ends (two batches and five single rows), 35 deletes, in one commit.
+    for (const t of all.slice(0, 37)) {
+      t.status = TaskStatus.COMPLETED;
+      t.attempt = 1;
+      t.assignedAgentId = `agent-${t.seq}`;
+      t.result = { r: t.seq };
+      s.tasks.put(t.id, t);
+    }
+    for (const t of all.slice(2, 37)) s.tasks.delete(t.id);
+    await s.close();
+    const again = await SqliteStore.open(path);
+    stores.push(again);
+    const back = [...again.tasks.values()] as Array<Record<string, unknown>>;
+    const expected = [...all.slice(0, 2), ...all.slice(37)].map((t) => {
+      const { id, seq, status, attempt, assignedAgentId, result, payload } = t;
+      return { id, seq, status, attempt, assignedAgentId, result, payload };
+    });
+    expect(
+      back.map(({ id, seq, status, attempt, assignedAgentId, result, payload }) => ({
+        id,
+        seq,
+        status,
+        attempt,
+        assignedAgentId,
+        result,
+        payload,
+      })),
+    ).toEqual(expected);
+  });
+
+  it('a failed commit leaves its task writes pending: inserts are inserted again, updates retried', async () => {
+    const errors: StateStoreError[] = [];
+    const path = join(tempDir('sqlite-unit'), 'tasks-retry.db');
+    const s = await SqliteStore.open(path, { onError: (e) => errors.push(e) });
+    stores.push(s);
+    const t1 = task('t1');
+    s.tasks.put('t1', t1);
+    await Promise.resolve();
+    // A trigger from another connection makes the next commit fail after some rows were written.
+    const db = new Database(path);
+    db.exec(`CREATE TRIGGER refuse AFTER INSERT ON tasks WHEN NEW.id = 't3'
+             BEGIN SELECT RAISE(ABORT, 'refused'); END`);
+    t1.status = TaskStatus.COMPLETED;
+    t1.result = 'one';
+    s.tasks.put('t1', t1);
+    const t2 = task('t2');
+    s.tasks.put('t2', t2);
+    s.tasks.put('t3', task('t3'));
+    s.tasks.put('t4', task('t4'));
+    await Promise.resolve();
+    expect(errors.map((e) => e.message)).toEqual([expect.stringContaining('refused')]);
+    expect(committedTaskIds(path)).toEqual(['t1']);
+    expect(taskStatus(path, 't1')).toBe('PENDING');
+    db.exec('DROP TRIGGER refuse');
+    db.close();
+    t2.status = TaskStatus.RUNNING;
+    s.tasks.put('t2', t2);
+    await Promise.resolve();
+    expect(errors).toHaveLength(1);
+    expect(committedTaskIds(path)).toEqual(['t1', 't2', 't3', 't4']);
+    expect(taskStatus(path, 't1')).toBe('COMPLETED');
+    expect(taskStatus(path, 't2')).toBe('RUNNING');
+    // Their rows are known: later writes update them, deletes remove them.
+    s.tasks.delete('t3');
+    t2.status = TaskStatus.COMPLETED;
+    s.tasks.put('t2', t2);
+    await s.close();
+    const again = await SqliteStore.open(path);
+    stores.push(again);
+    expect(
+      [...again.tasks.values()].map((t) => [
+        (t as { id: string }).id,
+        (t as { status: string }).status,
+      ]),
+    ).toEqual([
+      ['t1', 'COMPLETED'],
+      ['t2', 'COMPLETED'],
+      ['t4', 'PENDING'],
+    ]);
+  });
+
   it('migrates a schema-1 file: its task records move to the tasks table, the rest stays', async () => {
     const path = join(tempDir('sqlite-unit'), 'v1.db');
     const t = task('t7');
