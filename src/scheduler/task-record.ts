@@ -105,6 +105,63 @@ export class TaskRecord {
   ) {}
 
   /**
+   * Makes this record, which nothing refers to any more (its task was evicted from the
+   * scheduler's store), the record of a new task: the same state as `new TaskRecord(...)` with
+   * these arguments, without allocating one. A record kept for a queued task lives through many
+   * young-generation collections, each copying it; reusing one that is already in the old
+   * generation skips that.
+   */
+  reuse(
+    id: string,
+    taskType: string,
+    payload: unknown,
+    priority: Priority,
+    agentId: string | undefined,
+    poolId: string | undefined,
+    pinned: boolean,
+    tenant: string,
+    deadline: number | undefined,
+    timeoutMs: number,
+    maxAttempts: number,
+    seq: number,
+    createdAt: number,
+  ): this {
+    const w = this as { -readonly [K in keyof TaskRecord]: TaskRecord[K] };
+    w.status = TaskStatus.PENDING;
+    w.attempt = 0;
+    w.undelivered = 0;
+    w.assignedAgentId = undefined;
+    w.startedAt = undefined;
+    w.finishedAt = undefined;
+    w.result = undefined;
+    w.error = undefined;
+    w.progress = undefined;
+    w.qIndex = NOT_IN_HEAP;
+    w.inFifo = false;
+    w.tIndex = NOT_IN_HEAP;
+    w.timerAt = Number.POSITIVE_INFINITY;
+    w.flow = undefined;
+    w.resolve = undefined;
+    w.reject = undefined;
+    w.waiters = undefined;
+    w.notBefore = undefined;
+    w.id = id;
+    w.taskType = taskType;
+    w.payload = payload;
+    w.priority = priority;
+    w.agentId = agentId;
+    w.poolId = poolId;
+    w.pinned = pinned;
+    w.tenant = tenant;
+    w.deadline = deadline;
+    w.timeoutMs = timeoutMs;
+    w.maxAttempts = maxAttempts;
+    w.seq = seq;
+    w.createdAt = createdAt;
+    return this;
+  }
+
+  /**
    * The record rebuilt from its stored form, with no runtime state (not queued, no timer).
    * @throws InvalidArgumentError naming the task and the field when `data` is not a task record.
    */
