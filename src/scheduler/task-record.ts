@@ -76,9 +76,12 @@ export class TaskRecord {
   timerAt = Number.POSITIVE_INFINITY;
   /** The flow it is queued in, while PENDING. */
   flow: Flow | undefined = undefined;
-  /** The first unbounded waiter for its end (kept inline: the common case). */
-  resolve: ((task: Task) => void) | undefined = undefined;
-  reject: ((err: Error) => void) | undefined = undefined;
+  /**
+   * The first unbounded waiter for its end (kept inline: the common case). Only its resolve
+   * function is kept — an error is delivered as a rejected promise it resolves with — so the
+   * reject function dies young instead of living as long as the task.
+   */
+  resolve: ((task: Task | PromiseLike<Task>) => void) | undefined = undefined;
   /** Further waiters, and waiters with a timeout. */
   waiters: Waiter[] | undefined = undefined;
   /** Held back from its queue until then (epoch ms). */
@@ -142,7 +145,6 @@ export class TaskRecord {
     w.timerAt = Number.POSITIVE_INFINITY;
     w.flow = undefined;
     w.resolve = undefined;
-    w.reject = undefined;
     w.waiters = undefined;
     w.notBefore = undefined;
     w.id = id;
