@@ -722,7 +722,10 @@ export class AgentScheduler {
     return this.#get(taskId).snapshot();
   }
 
-  /** The live record of a task, or undefined (no snapshot: for executors on their hot path). */
+  /**
+   * The live record of a task, or undefined (no snapshot: for executors on their hot path). Read
+   * it at once and do not keep it: once its task is evicted, the record may serve a new task.
+   */
   peekTask(taskId: string): Readonly<TaskRecord> | undefined {
     return this.#tasks.get(taskId);
   }
