@@ -34,7 +34,7 @@ import {
 } from '../errors.js';
 import { TypedEmitter } from '../events.js';
 import type { Collection } from '../store/store.js';
-import { MemoryCollection } from '../store/memory-store.js';
+import { SequentialCollection } from '../store/memory-store.js';
 import type { ScheduleOptions, Task, TaskAssignment, TaskError } from '../task.js';
 import { Priority, TaskStatus, isFinished } from '../task.js';
 import { checkNumber, checkString, jsonByteLength } from '../validate.js';
@@ -60,6 +60,9 @@ import {
   recoverTasks,
   wasRunning,
 } from './task-recovery.js';
+
+/** The options of a task scheduled without any (shared: a default `{}` is an object per call). */
+const NO_OPTIONS: ScheduleOptions = Object.freeze({});
 
 /** Options of an {@link AgentScheduler}. */
 export interface SchedulerOptions {
@@ -168,6 +171,14 @@ export class AgentScheduler {
 
   readonly #timers = new TaskTimers((t, now) => this.#due(t, now));
 
+  /**
+   * Records of evicted tasks, for new tasks to reuse (see {@link TaskRecord.reuse}): at most
+   * `maxQueueDepth` of them, and only with a store that holds the records themselves (a durable
+   * store may still hold an evicted record for its next commit). A record enters when its task
+   * leaves the store, which is the last thing done with it (see {@link #finish}).
+   */
+  readonly #spare: TaskRecord[] = [];
+
   /** Tasks held back until their `notBefore`, with what releases them into their queue. */
   readonly #delayed = new Map<TaskRecord, () => void>();
   readonly #finished: FinishedRetention;
@@ -248,15 +259,14 @@ export class AgentScheduler {
       options.defaultMaxAttempts ?? 3,
       'positiveInt',
     );
-    this.#tasks = options.tasks ?? new MemoryCollection<TaskRecord>();
-    const tasks = this.#tasks;
+    this.#tasks = options.tasks ?? new SequentialCollection<TaskRecord>();
     this.#finished = new FinishedRetention(
       checkNumber(
         'options.finishedTaskRetention',
         options.finishedTaskRetention ?? 10_000,
         'nonNegativeInt',
       ),
-      (id) => tasks.delete(id),
+      (id) => this.#evict(id),
     );
     this.#byReference = this.#tasks.holdsReferences === true;
     this.#weights = options.tenantWeight ?? (() => 1);
@@ -448,7 +458,7 @@ export class AgentScheduler {
     target: ScheduleTarget,
     taskType: string,
     payload: unknown,
-    options: ScheduleOptions = {},
+    options: ScheduleOptions = NO_OPTIONS,
   ): Task {
     const t = this.#submit(target, taskType, payload, options);
     const snap = t.snapshot();
@@ -461,7 +471,7 @@ export class AgentScheduler {
     target: ScheduleTarget,
     taskType: string,
     payload: unknown,
-    options: ScheduleOptions = {},
+    options: ScheduleOptions = NO_OPTIONS,
   ): string {
     const t = this.#submit(target, taskType, payload, options);
     if (this.events.listens('task.scheduled')) this.events.emit('task.scheduled', t.snapshot());
@@ -526,21 +536,40 @@ export class AgentScheduler {
     if (!this.#byReference) jsonByteLength('payload', payload);
 
     const now = Date.now();
-    const task = new TaskRecord(
-      `${this.#idPrefix}${(this.#seq + 1).toString(36)}`,
-      taskType,
-      payload,
-      priority,
-      target.agentId,
-      pool?.id,
-      options.pinned === true || (agent !== undefined && pool === undefined),
-      tenant,
-      deadline,
-      timeoutMs,
-      maxAttempts,
-      this.#seq++,
-      now,
-    );
+    const spare = this.#spare.pop();
+    const task =
+      spare === undefined
+        ? new TaskRecord(
+            `${this.#idPrefix}${(this.#seq + 1).toString(36)}`,
+            taskType,
+            payload,
+            priority,
+            target.agentId,
+            pool?.id,
+            options.pinned === true || (agent !== undefined && pool === undefined),
+            tenant,
+            deadline,
+            timeoutMs,
+            maxAttempts,
+            this.#seq,
+            now,
+          )
+        : spare.reuse(
+            `${this.#idPrefix}${(this.#seq + 1).toString(36)}`,
+            taskType,
+            payload,
+            priority,
+            target.agentId,
+            pool?.id,
+            options.pinned === true || (agent !== undefined && pool === undefined),
+            tenant,
+            deadline,
+            timeoutMs,
+            maxAttempts,
+            this.#seq,
+            now,
+          );
+    this.#seq++;
     task.notBefore = notBefore;
     this.#tasks.put(task.id, task);
     this.#pending++;
@@ -559,28 +588,47 @@ export class AgentScheduler {
     agent: AgentSlot | undefined,
     pool: PoolSlot | undefined,
   ): void {
-    const deadline = task.deadline;
-    const enqueue = (): void => {
-      queue.push(task);
-      if (agent !== undefined) this.#markAgent(agent);
-      else this.#markPool(pool!);
-    };
     const notBefore = task.notBefore;
     if (notBefore !== undefined && notBefore > Date.now()) {
-      // Held back until `notBefore` (or its deadline, whichever comes first).
-      this.#delayed.set(task, () => {
-        if (agent !== undefined && !this.#agents.has(agent.id)) {
-          this.#finish(task, TaskStatus.FAILED, undefined, agentGone(agent.id));
-          return;
-        }
-        enqueue();
-        if (deadline !== undefined) this.#timers.set(task, deadline);
-      });
-      this.#timers.set(task, deadline === undefined ? notBefore : Math.min(deadline, notBefore));
+      this.#delay(task, notBefore, queue, agent, pool);
       return;
     }
-    enqueue();
-    if (deadline !== undefined) this.#timers.set(task, deadline);
+    this.#enqueue(task, queue, agent, pool);
+    if (task.deadline !== undefined) this.#timers.set(task, task.deadline);
+  }
+
+  /**
+   * Holds a task back until `notBefore` (or its deadline, whichever comes first). Apart from
+   * {@link #place} so that placing a task that runs at once allocates no closure.
+   */
+  #delay(
+    task: TaskRecord,
+    notBefore: number,
+    queue: FairQueue,
+    agent: AgentSlot | undefined,
+    pool: PoolSlot | undefined,
+  ): void {
+    const deadline = task.deadline;
+    this.#delayed.set(task, () => {
+      if (agent !== undefined && !this.#agents.has(agent.id)) {
+        this.#finish(task, TaskStatus.FAILED, undefined, agentGone(agent.id));
+        return;
+      }
+      this.#enqueue(task, queue, agent, pool);
+      if (deadline !== undefined) this.#timers.set(task, deadline);
+    });
+    this.#timers.set(task, deadline === undefined ? notBefore : Math.min(deadline, notBefore));
+  }
+
+  #enqueue(
+    task: TaskRecord,
+    queue: FairQueue,
+    agent: AgentSlot | undefined,
+    pool: PoolSlot | undefined,
+  ): void {
+    queue.push(task);
+    if (agent !== undefined) this.#markAgent(agent);
+    else this.#markPool(pool!);
   }
 
   /**
@@ -674,7 +722,10 @@ export class AgentScheduler {
     return this.#get(taskId).snapshot();
   }
 
-  /** The live record of a task, or undefined (no snapshot: for executors on their hot path). */
+  /**
+   * The live record of a task, or undefined (no snapshot: for executors on their hot path). Read
+   * it at once and do not keep it: once its task is evicted, the record may serve a new task.
+   */
   peekTask(taskId: string): Readonly<TaskRecord> | undefined {
     return this.#tasks.get(taskId);
   }
@@ -1268,13 +1319,25 @@ export class AgentScheduler {
         this.#cancelled++;
     }
     this.#save(t);
-    this.#finished.add(t.id);
     const listens = this.events.listens('task.finished');
-    if (listens || hasWaiters(t)) {
-      const snap = t.snapshot();
-      settleWaiters(t, snap);
-      if (listens) this.events.emit('task.finished', snap);
+    try {
+      if (listens || hasWaiters(t)) {
+        const snap = t.snapshot();
+        settleWaiters(t, snap);
+        if (listens) this.events.emit('task.finished', snap);
+      }
+    } finally {
+      // Last: with no retention this evicts `t` itself, after which its record may be reused.
+      // Callers only read it (a snapshot) before any code of another party can run.
+      this.#finished.add(t.id);
     }
+  }
+
+  /** Drops a finished task out of the retention; its record may serve a new task. */
+  #evict(id: string): void {
+    const t = this.#byReference ? this.#tasks.get(id) : undefined;
+    this.#tasks.delete(id);
+    if (t !== undefined && this.#spare.length < this.#maxQueueDepth) this.#spare.push(t);
   }
 
   /** A task's timer came: release it into its queue, or end it (deadline, timeout). */

@@ -76,9 +76,12 @@ export class TaskRecord {
   timerAt = Number.POSITIVE_INFINITY;
   /** The flow it is queued in, while PENDING. */
   flow: Flow | undefined = undefined;
-  /** The first unbounded waiter for its end (kept inline: the common case). */
-  resolve: ((task: Task) => void) | undefined = undefined;
-  reject: ((err: Error) => void) | undefined = undefined;
+  /**
+   * The first unbounded waiter for its end (kept inline: the common case). Only its resolve
+   * function is kept — an error is delivered as a rejected promise it resolves with — so the
+   * reject function dies young instead of living as long as the task.
+   */
+  resolve: ((task: Task | PromiseLike<Task>) => void) | undefined = undefined;
   /** Further waiters, and waiters with a timeout. */
   waiters: Waiter[] | undefined = undefined;
   /** Held back from its queue until then (epoch ms). */
@@ -103,6 +106,62 @@ export class TaskRecord {
     readonly seq: number,
     readonly createdAt: number,
   ) {}
+
+  /**
+   * Makes this record, which nothing refers to any more (its task was evicted from the
+   * scheduler's store), the record of a new task: the same state as `new TaskRecord(...)` with
+   * these arguments, without allocating one. A record kept for a queued task lives through many
+   * young-generation collections, each copying it; reusing one that is already in the old
+   * generation skips that.
+   */
+  reuse(
+    id: string,
+    taskType: string,
+    payload: unknown,
+    priority: Priority,
+    agentId: string | undefined,
+    poolId: string | undefined,
+    pinned: boolean,
+    tenant: string,
+    deadline: number | undefined,
+    timeoutMs: number,
+    maxAttempts: number,
+    seq: number,
+    createdAt: number,
+  ): this {
+    const w = this as { -readonly [K in keyof TaskRecord]: TaskRecord[K] };
+    w.status = TaskStatus.PENDING;
+    w.attempt = 0;
+    w.undelivered = 0;
+    w.assignedAgentId = undefined;
+    w.startedAt = undefined;
+    w.finishedAt = undefined;
+    w.result = undefined;
+    w.error = undefined;
+    w.progress = undefined;
+    w.qIndex = NOT_IN_HEAP;
+    w.inFifo = false;
+    w.tIndex = NOT_IN_HEAP;
+    w.timerAt = Number.POSITIVE_INFINITY;
+    w.flow = undefined;
+    w.resolve = undefined;
+    w.waiters = undefined;
+    w.notBefore = undefined;
+    w.id = id;
+    w.taskType = taskType;
+    w.payload = payload;
+    w.priority = priority;
+    w.agentId = agentId;
+    w.poolId = poolId;
+    w.pinned = pinned;
+    w.tenant = tenant;
+    w.deadline = deadline;
+    w.timeoutMs = timeoutMs;
+    w.maxAttempts = maxAttempts;
+    w.seq = seq;
+    w.createdAt = createdAt;
+    return this;
+  }
 
   /**
    * The record rebuilt from its stored form, with no runtime state (not queued, no timer).

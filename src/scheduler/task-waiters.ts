@@ -28,10 +28,8 @@ export function waitForEnd(
   return new Promise<Task>((resolve, reject) => {
     if (unbounded && signal === undefined) {
       // The common case, one unbounded waiter, hangs on the record with no extra objects.
-      if (t.resolve === undefined) {
-        t.resolve = resolve;
-        t.reject = reject;
-      } else (t.waiters ??= []).push({ resolve, reject });
+      if (t.resolve === undefined) t.resolve = resolve;
+      else (t.waiters ??= []).push({ resolve, reject });
       return;
     }
     const list = (t.waiters ??= []);
@@ -79,7 +77,7 @@ export function hasWaiters(t: TaskRecord): boolean {
 export function settleWaiters(t: TaskRecord, snap: Task): void {
   const resolve = t.resolve;
   const waiters = t.waiters;
-  t.resolve = t.reject = undefined;
+  t.resolve = undefined;
   t.waiters = undefined;
   resolve?.(snap);
   if (waiters !== undefined) for (const w of waiters) w.resolve(snap);
@@ -87,10 +85,15 @@ export function settleWaiters(t: TaskRecord, snap: Task): void {
 
 /** Rejects every waiter of the task (the scheduler closed). */
 export function rejectWaiters(t: TaskRecord, err: Error): void {
-  const reject = t.reject;
+  const resolve = t.resolve;
   const waiters = t.waiters;
-  t.resolve = t.reject = undefined;
+  t.resolve = undefined;
   t.waiters = undefined;
   for (const w of waiters ?? []) w.reject(err);
-  reject?.(err);
+  if (resolve !== undefined) {
+    const rejected = Promise.reject(err);
+    // Handled by the promise it resolves; this keeps Node from reporting it in between.
+    rejected.catch(() => {});
+    resolve(rejected);
+  }
 }

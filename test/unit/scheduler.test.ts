@@ -436,3 +436,95 @@ describe('AgentScheduler close', () => {
     await expect(claim).resolves.toBeUndefined();
   });
 });
+
+describe('AgentScheduler records of evicted tasks', () => {
+  it('keeps a task readable while task.finished is emitted, even with no retention', async () => {
+    const s = remoteScheduler({ finishedTaskRetention: 0 });
+    const t = s.schedule({ agentId: 'a' }, 't', 1);
+    const seen: (TaskStatus | string)[] = [];
+    s.events.on('task.finished', (task) => {
+      try {
+        seen.push(s.getTask(task.id).status);
+      } catch (err) {
+        seen.push((err as Error).name);
+      }
+    });
+    s.cancel(t.id);
+    expect(seen).toEqual([TaskStatus.CANCELLED]);
+    expect(() => s.getTask(t.id)).toThrow(TaskNotFoundError);
+    await s.close();
+  });
+
+  it('gives a new task none of the state of the evicted task whose record it takes', async () => {
+    const s = remoteScheduler({ finishedTaskRetention: 0 });
+    const old = s.schedule({ agentId: 'a' }, 'old', 'old-payload', {
+      priority: Priority.HIGH,
+      tenant: 'x',
+      maxAttempts: 2,
+      timeoutSeconds: 30,
+    });
+    const oldEnd = s.waitForTask(old.id);
+    let a = (await s.claim('a'))!;
+    s.reportProgress(a.taskId, a.attempt, { pct: 50 });
+    s.fail(a.taskId, a.attempt, { code: 'E', message: 'again' }, { retry: true });
+    a = (await s.claim('a'))!;
+    s.complete(a.taskId, a.attempt, 'old-result');
+    expect(await oldEnd).toMatchObject({ id: old.id, result: 'old-result', attempt: 2 });
+
+    // A task.finished listener that schedules while the old task's end is being reported.
+    let fromListener: string | undefined;
+    s.events.on('task.finished', () => {
+      fromListener ??= s.submit({ agentId: 'a' }, 'listener', 0);
+    });
+    const cancelled = s.schedule({ agentId: 'a' }, 'cancelled', 'c');
+    // It took the old task's record: nothing of the old task shows.
+    expect(s.cancel(cancelled.id)).toMatchObject({
+      id: cancelled.id,
+      taskType: 'cancelled',
+      payload: 'c',
+      status: TaskStatus.CANCELLED,
+      priority: Priority.NORMAL,
+      tenant: 'default',
+      timeoutSeconds: 300,
+      attempt: 0,
+      maxAttempts: 3,
+      assignedAgentId: undefined,
+      startedAt: undefined,
+      result: undefined,
+      progress: undefined,
+      error: { code: 'FABRIC_ERR_CANCELLED' },
+    });
+    expect(s.getTask(fromListener!)).toMatchObject({ taskType: 'listener', payload: 0 });
+
+    const fresh = s.schedule({ agentId: 'a' }, 'new', 'new-payload');
+    expect(fresh).toEqual({
+      id: fresh.id,
+      taskType: 'new',
+      payload: 'new-payload',
+      priority: Priority.NORMAL,
+      status: TaskStatus.PENDING,
+      agentId: 'a',
+      poolId: undefined,
+      assignedAgentId: undefined,
+      tenant: 'default',
+      deadline: undefined,
+      timeoutSeconds: 300,
+      attempt: 0,
+      maxAttempts: 3,
+      createdAt: fresh.createdAt,
+      startedAt: undefined,
+      finishedAt: undefined,
+      result: undefined,
+      error: undefined,
+      progress: undefined,
+    });
+    expect(s.waiterCount(fresh.id)).toBe(0);
+    const freshEnd = s.waitForTask(fresh.id);
+    s.cancel(fromListener!);
+    a = (await s.claim('a'))!;
+    expect(a).toMatchObject({ taskId: fresh.id, attempt: 1, payload: 'new-payload' });
+    s.complete(a.taskId, a.attempt, 'new-result');
+    expect(await freshEnd).toMatchObject({ id: fresh.id, result: 'new-result', attempt: 1 });
+    await s.close();
+  });
+});
