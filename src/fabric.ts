@@ -650,9 +650,11 @@ export class AgentFabric {
    */
   authenticate(credential: string): Identity {
     if (typeof credential !== 'string' || credential.length === 0) throw new UnauthenticatedError();
-    const admin = this.#admins.get(hashCredential(credential));
+    // One hash per request (it is a measurable part of an HTTP call): admins, then agents.
+    const hash = hashCredential(credential);
+    const admin = this.#admins.get(hash);
     if (admin !== undefined) return { kind: 'admin', name: admin };
-    const agent = this.lifecycle.authenticate(credential);
+    const agent = this.lifecycle.authenticateHash(hash);
     return { kind: 'agent', agentId: agent.id, poolId: agent.poolId, labels: agent.labels, agent };
   }
 
@@ -909,7 +911,7 @@ export class AgentFabric {
     const rec = this.lifecycle.peek(agentId);
     if (rec === undefined) throw new AgentNotFoundError(String(agentId));
     if (rec.status !== AgentStatus.DRAINING && rec.status !== AgentStatus.TERMINATED) {
-      this.lifecycle.heartbeatSync(agentId);
+      this.lifecycle.heartbeatStatus(agentId);
     }
   }
 
@@ -967,7 +969,7 @@ export class AgentFabric {
         error,
       };
     }
-    this.lifecycle.heartbeatSync(rec.id);
+    this.lifecycle.heartbeatStatus(rec.id);
     return rec;
   }
 

@@ -121,12 +121,17 @@ export class SlidingWindow implements UsageWindow {
   }
 
   toJSON(): SlidingWindowState {
+    // A plain loop: `Array.from` walks a typed array through its iterator, and a budget's
+    // windows are serialized on every commit (after each tool call's settle).
+    const n = this.#n;
+    const buckets = new Array<number>(n);
+    for (let i = 0; i < n; i++) buckets[i] = this.#buckets[i]!;
     return {
       kind: 'sliding',
       windowMs: this.#windowMs,
       bucketMs: this.#bucketMs,
       head: this.#head,
-      buckets: Array.from(this.#buckets),
+      buckets,
     };
   }
 

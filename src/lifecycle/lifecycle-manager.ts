@@ -332,15 +332,18 @@ export class LifecycleManager {
 
   /** {@link heartbeat} without the promise. */
   heartbeatSync(agentId: string): AgentInfo {
-    this.heartbeatStatus(agentId);
-    return this.#info(this.#get(agentId));
+    return this.#info(this.#beat(agentId));
   }
 
   /**
-   * {@link heartbeatSync} returning only the agent's status after it (no snapshot is built:
-   * the NATS heartbeat listener takes thousands a second).
+   * {@link heartbeatSync} returning only the agent's status after it. No snapshot is built:
+   * every tool call is a heartbeat, and the NATS heartbeat listener takes thousands a second.
    */
   heartbeatStatus(agentId: string): AgentStatus {
+    return this.#beat(agentId).status;
+  }
+
+  #beat(agentId: string): AgentRecord {
     const rec = this.#get(agentId);
     if (rec.status === AgentStatus.DRAINING || rec.status === AgentStatus.TERMINATED) {
       throw new AgentUnavailableError(agentId, rec.status);
@@ -355,7 +358,7 @@ export class LifecycleManager {
     // storing it would put a durable commit on the hot path, and a restored agent gets a fresh
     // heartbeat (one interval of grace) anyway.
     if (rec.status !== AgentStatus.HEALTHY) this.#setStatus(rec, AgentStatus.HEALTHY);
-    return rec.status;
+    return rec;
   }
 
   /** A snapshot of the agent, with its current task counts. @throws AgentNotFoundError */
@@ -395,7 +398,16 @@ export class LifecycleManager {
    */
   authenticate(credential: string): AgentInfo {
     if (typeof credential !== 'string' || credential.length === 0) throw new UnauthenticatedError();
-    const id = this.#byCredential.get(hashCredential(credential));
+    return this.authenticateHash(hashCredential(credential));
+  }
+
+  /**
+   * {@link authenticate} by the credential's {@link hashCredential} (for a caller that already
+   * hashed it: the fabric checks the admin credentials with the same hash).
+   * @throws UnauthenticatedError for an unknown or terminated agent's credential.
+   */
+  authenticateHash(hash: string): AgentInfo {
+    const id = this.#byCredential.get(hash);
     const rec = id === undefined ? undefined : this.#agents.get(id);
     if (rec === undefined || rec.status === AgentStatus.TERMINATED) {
       throw new UnauthenticatedError('unknown or revoked agent credential');

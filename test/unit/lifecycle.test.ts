@@ -1,6 +1,10 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { AgentStatus } from '../../src/agent.js';
-import { LifecycleManager, type AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
+import {
+  LifecycleManager,
+  hashCredential,
+  type AgentRecord,
+} from '../../src/lifecycle/lifecycle-manager.js';
 import { MemoryCollection } from '../../src/store/memory-store.js';
 import {
   AgentLimitError,
@@ -89,6 +93,35 @@ describe('LifecycleManager', () => {
     await lifecycle.terminate(a.id);
     expect(() => lifecycle.authenticate(a.credential)).toThrow(UnauthenticatedError);
     await expect(lifecycle.heartbeat(a.id)).rejects.toBeInstanceOf(AgentUnavailableError);
+  });
+
+  it('authenticates by a credential hash exactly as by the credential', async () => {
+    const a = await lifecycle.spawn({ model: 'm', name: 'a' });
+    expect(lifecycle.authenticateHash(hashCredential(a.credential)).id).toBe(a.id);
+    // The credential itself is not its hash: a stolen hash (the state file) does not log in.
+    expect(() => lifecycle.authenticate(hashCredential(a.credential))).toThrow(
+      UnauthenticatedError,
+    );
+    expect(() => lifecycle.authenticateHash(hashCredential('afk_nope'))).toThrow(
+      UnauthenticatedError,
+    );
+    await lifecycle.terminate(a.id);
+    expect(() => lifecycle.authenticateHash(hashCredential(a.credential))).toThrow(
+      UnauthenticatedError,
+    );
+  });
+
+  it('heartbeatStatus is a heartbeat without the snapshot', async () => {
+    const a = await lifecycle.spawn({ model: 'm', name: 'a', executor: 'remote' });
+    await vi.advanceTimersByTimeAsync(25_000);
+    expect(lifecycle.agentInfo(a.id).status).not.toBe(AgentStatus.HEALTHY);
+    expect(lifecycle.heartbeatStatus(a.id)).toBe(AgentStatus.HEALTHY);
+    expect(lifecycle.agentInfo(a.id)).toMatchObject({
+      status: AgentStatus.HEALTHY,
+      lastHeartbeat: Date.now(),
+    });
+    await lifecycle.terminate(a.id);
+    expect(() => lifecycle.heartbeatStatus(a.id)).toThrow(AgentUnavailableError);
   });
 
   it('lets a drainer hold termination in DRAINING and shares one termination between callers', async () => {
