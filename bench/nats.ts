@@ -149,7 +149,9 @@ async function enqueueToStart(
     },
     { signal: stop.signal },
   );
-  const ids: string[] = [];
+  // Each task is awaited as soon as it is scheduled: waiting for them all after the loop would
+  // ask for tasks the finished-task retention (10k) may already have dropped at a fast rate.
+  const finished: Promise<unknown>[] = [];
   let t0 = performance.now();
   for (let i = 0; i < total; i++) {
     const wait = t0 + i * gapMs - performance.now();
@@ -157,9 +159,9 @@ async function enqueueToStart(
     const at = performance.now();
     const t = await fabric.scheduleToPool('p', 'noop', i);
     if (i >= warm) scheduledAt.set(t.id, at);
-    ids.push(t.id);
+    finished.push(fabric.waitForTask(t.id));
   }
-  await Promise.all(ids.map((id) => fabric.waitForTask(id)));
+  await Promise.all(finished);
   stop.abort();
   await running;
   await worker.close();
