@@ -536,17 +536,20 @@ export class AgentScheduler {
     if (!this.#byReference) jsonByteLength('payload', payload);
 
     const now = Date.now();
+    const id = `${this.#idPrefix}${(this.#seq + 1).toString(36)}`;
+    const pinned = options.pinned === true || (agent !== undefined && pool === undefined);
+    // A record out of the retention serves the new task when there is one (see TaskRecord.reuse).
     const spare = this.#spare.pop();
     const task =
       spare === undefined
         ? new TaskRecord(
-            `${this.#idPrefix}${(this.#seq + 1).toString(36)}`,
+            id,
             taskType,
             payload,
             priority,
             target.agentId,
             pool?.id,
-            options.pinned === true || (agent !== undefined && pool === undefined),
+            pinned,
             tenant,
             deadline,
             timeoutMs,
@@ -555,13 +558,13 @@ export class AgentScheduler {
             now,
           )
         : spare.reuse(
-            `${this.#idPrefix}${(this.#seq + 1).toString(36)}`,
+            id,
             taskType,
             payload,
             priority,
             target.agentId,
             pool?.id,
-            options.pinned === true || (agent !== undefined && pool === undefined),
+            pinned,
             tenant,
             deadline,
             timeoutMs,
