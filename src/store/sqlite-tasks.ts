@@ -132,22 +132,6 @@ export const INSERT_CELLS = 1 + FIXED_COLUMNS.length + MUTABLE_COLUMNS.length;
 /** Cells of {@link UPDATE_TASK}: the mutable columns, then `rid`. */
 export const UPDATE_CELLS = MUTABLE_COLUMNS.length + 1;
 
-/** {@link INSERT_TASK} of `rows` tasks in one statement: their cells one row after the other. */
-export function insertTasks(rows: number): string {
-  const row = `(${Array(INSERT_CELLS).fill('?').join(', ')})`;
-  return `${INSERT_TASK.slice(0, INSERT_TASK.indexOf(' VALUES '))} VALUES ${Array(rows).fill(row).join(', ')}`;
-}
-
-/**
- * {@link UPDATE_TASK} of `rows` tasks in one statement (each row's cells in
- * {@link UPDATE_TASK} order: the mutable columns, then `rid`).
- */
-export function updateTasks(rows: number): string {
-  const row = `(${Array(UPDATE_CELLS).fill('?').join(', ')})`;
-  const set = MUTABLE_COLUMNS.map((c, i) => `${c} = v.column${i + 1}`).join(', ');
-  return `UPDATE tasks SET ${set} FROM (VALUES ${Array(rows).fill(row).join(', ')}) AS v WHERE tasks.rid = v.column${UPDATE_CELLS}`;
-}
-
 /** `DELETE` of the tasks of `rows` row numbers in one statement. */
 export function deleteTasks(rows: number): string {
   return `DELETE FROM tasks WHERE rid IN (${Array(rows).fill('?').join(', ')})`;
@@ -203,7 +187,8 @@ function fillMutable(cells: Cell[], at: number, id: string, d: Record<string, un
   cells[at] = str(d.poolId);
   cells[at + 1] = str(d.status);
   cells[at + 2] = num(d.attempt);
-  cells[at + 3] = num(d.undelivered);
+  // Absent and 0 read back alike (absent); NULL is not bound (see TaskRowWriter).
+  cells[at + 3] = d.undelivered === 0 ? null : num(d.undelivered);
   cells[at + 4] = str(d.assignedAgentId);
   cells[at + 5] = num(d.startedAt);
   cells[at + 6] = num(d.finishedAt);
@@ -257,13 +242,141 @@ export function taskFromRow(row: TaskRow): Record<string, unknown> {
     const v = row[col];
     if (typeof v === 'string') d[field] = parseRecordJson(v, `task ${row.id} ${field}`);
   }
-  // `undelivered` is stored as 0 when absent from the record; the stored form omits a 0.
+  // `undelivered` 0 (written by earlier versions when absent) is absent in the stored form.
   if (d.undelivered === 0) delete d.undelivered;
   return d;
 }
 
 /** Rows per multi-row statement of {@link TaskRowWriter}. */
 export const TASK_BATCH = 16;
+
+/**
+ * Most statement shapes {@link TaskRowWriter} keeps per kind of write (insert, update); a row of
+ * any other shape is written with every column bound.
+ */
+export const MAX_TASK_SHAPES = 32;
+
+/** The columns of {@link INSERT_TASK}, in cell order. */
+const INSERT_COLUMNS: readonly string[] = ['rid', ...FIXED_COLUMNS, ...MUTABLE_COLUMNS];
+
+/**
+ * The statements of one shape of row: which of a write's cells are bound (the others are NULL,
+ * written as the literal in the statement), and the rows buffered for its multi-row statement.
+ */
+interface Shape {
+  /** Indexes of the bound cells in the full row ({@link INSERT_TASK} or {@link UPDATE_TASK} order). */
+  readonly cells: readonly number[];
+  readonly many: Database.Statement<unknown[]>;
+  readonly one: Database.Statement<unknown[]>;
+  /** {@link TASK_BATCH} rows of bound cells, one after the other. */
+  readonly rows: Cell[];
+  /** One row of bound cells (for the last rows of a commit). */
+  readonly row: Cell[];
+  count: number;
+}
+
+/** A multi-row `INSERT` binding only the `cells` of {@link INSERT_TASK} (the others are NULL). */
+function insertShape(cells: readonly number[], rows: number): string {
+  const row = `(${cells.map(() => '?').join(', ')})`;
+  return `INSERT INTO tasks (${cells.map((c) => INSERT_COLUMNS[c]).join(', ')}) VALUES ${Array(rows).fill(row).join(', ')}`;
+}
+
+/**
+ * An `UPDATE` of the mutable columns binding only the `cells` of {@link UPDATE_TASK} (the last,
+ * `rid`, always; the mutable columns not among them are set to NULL): one row, or `rows` rows
+ * through `UPDATE … FROM (VALUES …)`.
+ */
+function updateShape(cells: readonly number[], rows: number): string {
+  const bound = cells.slice(0, -1);
+  if (rows === 1) {
+    const set = MUTABLE_COLUMNS.map((c, i) => `${c} = ${bound.includes(i) ? '?' : 'NULL'}`);
+    // Bound cells are in column order, so `?`s in SET order match them.
+    return `UPDATE tasks SET ${set.join(', ')} WHERE rid = ?`;
+  }
+  const set = MUTABLE_COLUMNS.map((c, i) => {
+    const k = bound.indexOf(i);
+    return `${c} = ${k < 0 ? 'NULL' : `v.column${k + 1}`}`;
+  });
+  const row = `(${cells.map(() => '?').join(', ')})`;
+  return `UPDATE tasks SET ${set.join(', ')} FROM (VALUES ${Array(rows).fill(row).join(', ')}) AS v WHERE tasks.rid = v.column${cells.length}`;
+}
+
+/** The shapes of one kind of write (insert or update), by the mask of their bound cells. */
+class Shapes {
+  readonly #db: Database.Database;
+  readonly #width: number;
+  readonly #sql: (cells: readonly number[], rows: number) => string;
+  readonly #byMask = new Map<number, Shape>();
+  /** The shapes made so far (at most {@link MAX_TASK_SHAPES}, plus the full one). */
+  readonly list: Shape[] = [];
+  /** Every cell bound: for a row of a shape beyond {@link MAX_TASK_SHAPES}. */
+  readonly #full: Shape;
+
+  constructor(
+    db: Database.Database,
+    width: number,
+    sql: (cells: readonly number[], rows: number) => string,
+  ) {
+    this.#db = db;
+    this.#width = width;
+    this.#sql = sql;
+    this.#full = this.#make(2 ** width - 1);
+  }
+
+  #make(mask: number): Shape {
+    const cells: number[] = [];
+    for (let c = 0; c < this.#width; c++) if ((mask & (1 << c)) !== 0) cells.push(c);
+    const shape: Shape = {
+      cells,
+      many: this.#db.prepare(this.#sql(cells, TASK_BATCH)),
+      one: this.#db.prepare(this.#sql(cells, 1)),
+      rows: new Array<Cell>(TASK_BATCH * cells.length).fill(null),
+      row: new Array<Cell>(cells.length).fill(null),
+      count: 0,
+    };
+    this.#byMask.set(mask, shape);
+    this.list.push(shape);
+    return shape;
+  }
+
+  /**
+   * Buffers the non-NULL cells of `full` (a whole row) in the shape of its NULLs, running that
+   * shape's multi-row statement when {@link TASK_BATCH} rows are buffered.
+   * @throws SqliteError from a statement run
+   */
+  add(full: readonly Cell[]): void {
+    let mask = 0;
+    for (let c = 0; c < this.#width; c++) if (full[c] !== null) mask |= 1 << c;
+    const shape =
+      this.#byMask.get(mask) ??
+      (this.list.length <= MAX_TASK_SHAPES ? this.#make(mask) : this.#full);
+    const cells = shape.cells;
+    const rows = shape.rows;
+    let at = shape.count * cells.length;
+    for (let i = 0; i < cells.length; i++) rows[at++] = full[cells[i]!]!;
+    if (++shape.count === TASK_BATCH) {
+      shape.many.run(...rows);
+      shape.count = 0;
+    }
+  }
+
+  /** Runs each buffered row alone. @throws SqliteError */
+  end(): void {
+    for (const shape of this.list) {
+      const width = shape.cells.length;
+      for (let r = 0; r < shape.count; r++) {
+        for (let c = 0; c < width; c++) shape.row[c] = shape.rows[r * width + c]!;
+        shape.one.run(...shape.row);
+      }
+      shape.count = 0;
+    }
+  }
+
+  /** Forgets what is buffered. */
+  begin(): void {
+    for (const shape of this.list) shape.count = 0;
+  }
+}
 
 /**
  * Writes task rows inside a commit's transaction, {@link TASK_BATCH} at a time: inserts, updates
@@ -274,37 +387,43 @@ export const TASK_BATCH = 16;
  * better-sqlite3 reads an array's elements through V8's generic property API, which cost about
  * another quarter of each row write.
  *
+ * Only the cells that are not NULL are bound: a row goes to the statement of its shape (which
+ * columns are NULL — a task without tenant, deadline, result, error … — those written as the
+ * literal NULL). Counted with callgrind, binding one value (through V8's API, better-sqlite3 and
+ * SQLite) cost ~500 instructions, a NULL as much as a value, and a new task's row has about ten
+ * NULL columns. Tasks come in few shapes; past {@link MAX_TASK_SHAPES} per kind of write, a row
+ * of a new shape is written with every column bound.
+ *
  * The rows of one commit are independent (one write per task, row numbers never reused), so
  * their order within the transaction does not matter.
  */
 export class TaskRowWriter {
-  readonly #insertOne: Database.Statement<unknown[]>;
-  readonly #updateOne: Database.Statement<unknown[]>;
+  readonly #inserts: Shapes;
+  readonly #updates: Shapes;
   readonly #deleteOne: Database.Statement<[number]>;
-  readonly #insertMany: Database.Statement<unknown[]>;
-  readonly #updateMany: Database.Statement<unknown[]>;
   readonly #deleteMany: Database.Statement<unknown[]>;
-  readonly #inserts = new Array<Cell>(TASK_BATCH * INSERT_CELLS).fill(null);
-  readonly #updates = new Array<Cell>(TASK_BATCH * UPDATE_CELLS).fill(null);
-  readonly #deletes = new Array<number>(TASK_BATCH).fill(0);
-  readonly #oneInsert = new Array<Cell>(INSERT_CELLS).fill(null);
-  readonly #oneUpdate = new Array<Cell>(UPDATE_CELLS).fill(null);
-  #insertCount = 0;
-  #updateCount = 0;
-  #deleteCount = 0;
+  readonly #deleteRange: Database.Statement<[number, number]>;
+  /** The rows deleted by the commit in progress (sorted and written by {@link end}). */
+  readonly #deletes: number[] = [];
+  readonly #deleteBatch = new Array<number>(TASK_BATCH).fill(0);
+  /** One whole row of the write in progress (reused: no array per row). */
+  readonly #insertRow = new Array<Cell>(INSERT_CELLS).fill(null);
+  readonly #updateRow = new Array<Cell>(UPDATE_CELLS).fill(null);
+  #batched = 0;
 
   constructor(db: Database.Database) {
-    this.#insertOne = db.prepare(INSERT_TASK);
-    this.#updateOne = db.prepare(UPDATE_TASK);
+    this.#inserts = new Shapes(db, INSERT_CELLS, insertShape);
+    this.#updates = new Shapes(db, UPDATE_CELLS, updateShape);
     this.#deleteOne = db.prepare('DELETE FROM tasks WHERE rid = ?');
-    this.#insertMany = db.prepare(insertTasks(TASK_BATCH));
-    this.#updateMany = db.prepare(updateTasks(TASK_BATCH));
     this.#deleteMany = db.prepare(deleteTasks(TASK_BATCH));
+    this.#deleteRange = db.prepare('DELETE FROM tasks WHERE rid BETWEEN ? AND ?');
   }
 
   /** Starts a commit's writes: forgets whatever a failed commit left buffered. */
   begin(): void {
-    this.#insertCount = this.#updateCount = this.#deleteCount = 0;
+    this.#inserts.begin();
+    this.#updates.begin();
+    this.#deletes.length = 0;
   }
 
   /**
@@ -313,17 +432,14 @@ export class TaskRowWriter {
    * @throws SqliteError from a statement run
    */
   insert(rid: number, id: string, record: unknown): boolean {
-    const at = this.#insertCount * INSERT_CELLS;
+    const row = this.#insertRow;
     try {
-      fillInsertCells(this.#inserts, at, id, record);
+      fillInsertCells(row, 0, id, record);
     } catch {
       return false;
     }
-    this.#inserts[at] = rid;
-    if (++this.#insertCount === TASK_BATCH) {
-      this.#insertMany.run(...this.#inserts);
-      this.#insertCount = 0;
-    }
+    row[0] = rid;
+    this.#inserts.add(row);
     return true;
   }
 
@@ -332,42 +448,59 @@ export class TaskRowWriter {
    * @throws SqliteError from a statement run
    */
   update(rid: number, id: string, record: unknown): boolean {
-    const at = this.#updateCount * UPDATE_CELLS;
+    const row = this.#updateRow;
     try {
-      fillUpdateCells(this.#updates, at, id, record);
+      fillUpdateCells(row, 0, id, record);
     } catch {
       return false;
     }
-    this.#updates[at + UPDATE_CELLS - 1] = rid;
-    if (++this.#updateCount === TASK_BATCH) {
-      this.#updateMany.run(...this.#updates);
-      this.#updateCount = 0;
-    }
+    row[UPDATE_CELLS - 1] = rid;
+    this.#updates.add(row);
     return true;
   }
 
-  /** Deletes row `rid`. @throws SqliteError from a statement run */
+  /** Deletes row `rid` (with the commit's other deletes, in {@link end}). */
   remove(rid: number): void {
-    this.#deletes[this.#deleteCount] = rid;
-    if (++this.#deleteCount === TASK_BATCH) {
-      this.#deleteMany.run(...this.#deletes);
-      this.#deleteCount = 0;
-    }
+    this.#deletes.push(rid);
   }
 
   /** Writes what is buffered (before the transaction commits). @throws SqliteError */
   end(): void {
-    const one = this.#oneInsert;
-    for (let r = 0; r < this.#insertCount; r++) {
-      for (let c = 0; c < INSERT_CELLS; c++) one[c] = this.#inserts[r * INSERT_CELLS + c]!;
-      this.#insertOne.run(...one);
-    }
-    const upd = this.#oneUpdate;
-    for (let r = 0; r < this.#updateCount; r++) {
-      for (let c = 0; c < UPDATE_CELLS; c++) upd[c] = this.#updates[r * UPDATE_CELLS + c]!;
-      this.#updateOne.run(...upd);
-    }
-    for (let r = 0; r < this.#deleteCount; r++) this.#deleteOne.run(this.#deletes[r]!);
+    this.#inserts.end();
+    this.#updates.end();
+    this.#writeDeletes();
     this.begin();
+  }
+
+  /**
+   * The commit's deletes, in row order: a run of consecutive rows (retention evicts the tasks
+   * that finished first, mostly those that came first) as one range, the other rows
+   * {@link TASK_BATCH} to a statement. Counted with callgrind, a row deleted through
+   * `rid IN (…)` cost ~5 000 instructions, most of it the statement's per-value work.
+   * @throws SqliteError
+   */
+  #writeDeletes(): void {
+    const rids = this.#deletes;
+    if (rids.length === 0) return;
+    rids.sort((a, b) => a - b);
+    this.#batched = 0;
+    for (let i = 0; i < rids.length;) {
+      const first = rids[i]!;
+      let j = i + 1;
+      while (j < rids.length && rids[j] === rids[j - 1]! + 1) j++;
+      // Rows first..rids[j-1] are all deleted: no row in between stays.
+      if (j - i >= 4) this.#deleteRange.run(first, rids[j - 1]!);
+      else for (let k = i; k < j; k++) this.#batchDelete(rids[k]!);
+      i = j;
+    }
+    for (let r = 0; r < this.#batched; r++) this.#deleteOne.run(this.#deleteBatch[r]!);
+  }
+
+  #batchDelete(rid: number): void {
+    this.#deleteBatch[this.#batched] = rid;
+    if (++this.#batched === TASK_BATCH) {
+      this.#deleteMany.run(...this.#deleteBatch);
+      this.#batched = 0;
+    }
   }
 }

@@ -311,6 +311,78 @@ describe('SqliteStore tasks table (schema 2)', () => {
     ).toEqual(expected);
   });
 
+  it('writes tasks of many shapes: absent fields stay absent, a field cleared later is cleared; scattered and consecutive deletes', async () => {
+    const path = join(tempDir('sqlite-unit'), 'tasks-shapes.db');
+    const s = await SqliteStore.open(path);
+    stores.push(s);
+    // Six optional fields, each present or not: 64 shapes, more than the writer keeps statements for.
+    const all = Array.from({ length: 64 }, (_, i) => {
+      const t = new TaskRecord(
+        `t${i}`,
+        'echo',
+        i % 3 === 0 ? undefined : { n: i },
+        Priority.NORMAL,
+        i & 1 ? `agent-${i}` : undefined,
+        'p',
+        false,
+        i & 2 ? `tenant-${i}` : 'default',
+        i & 4 ? 1_800_000_000_000 + i : undefined,
+        60_000,
+        2,
+        i,
+        1_700_000_000_000,
+      );
+      if (i & 8) t.notBefore = 1_700_000_000_500 + i;
+      if (i & 16) t.progress = { step: i };
+      if (i & 32) t.error = { code: 'FABRIC_ERR_TIMEOUT', message: `e${i}` } as never;
+      return t;
+    });
+    // And 40 of one shape (two multi-row statements and single rows), whose fields get cleared.
+    const alike = Array.from({ length: 40 }, (_, i) => {
+      const t = task(`t${100 + i}`);
+      t.progress = { step: i };
+      t.assignedAgentId = 'agent-1';
+      t.error = { code: 'FABRIC_ERR_TIMEOUT', message: `e${i}` } as never;
+      return t;
+    });
+    all.push(...alike);
+    for (const t of all) s.tasks.put(t.id, t);
+    await Promise.resolve();
+    const stored = (t: TaskRecord): unknown => JSON.parse(JSON.stringify(t));
+    const load = async (): Promise<unknown[]> => {
+      const again = await SqliteStore.open(path);
+      try {
+        return [...again.tasks.values()].map((d) => JSON.parse(JSON.stringify(d)));
+      } finally {
+        await again.close();
+      }
+    };
+    for (const t of alike) {
+      t.progress = t.assignedAgentId = t.error = undefined;
+      t.status = TaskStatus.PENDING;
+      s.tasks.put(t.id, t);
+    }
+    // Each mutable field that was set is cleared and each that was not is set, in one commit.
+    for (const [i, t] of all.slice(0, 64).entries()) {
+      t.status = i & 1 ? TaskStatus.RUNNING : TaskStatus.PENDING;
+      t.attempt = i & 1;
+      t.assignedAgentId = i & 1 ? `agent-${i}` : undefined;
+      t.startedAt = i & 1 ? 1_700_000_000_100 : undefined;
+      t.notBefore = i & 8 ? undefined : 1_700_000_000_900;
+      t.progress = i & 16 ? undefined : 'halfway';
+      t.error = i & 32 ? undefined : ({ code: 'FABRIC_ERR_INTERNAL', message: 'x' } as never);
+      t.undelivered = i & 4 ? 1 : 0;
+      s.tasks.put(t.id, t);
+    }
+    // Deleted in the same commit: a run of ten rows, lone rows, a run of three, and rows 40–63 but 50.
+    const gone = new Set([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 14, 20, 21, 22]);
+    for (let i = 40; i < 64; i++) if (i !== 50) gone.add(i);
+    for (const i of gone) s.tasks.delete(all[i]!.id);
+    await s.close();
+    stores.splice(stores.indexOf(s), 1);
+    expect(await load()).toEqual(all.filter((_, i) => !gone.has(i)).map(stored));
+  });
+
   it('a failed commit leaves its task writes pending: inserts are inserted again, updates retried', async () => {
     const errors: StateStoreError[] = [];
     const path = join(tempDir('sqlite-unit'), 'tasks-retry.db');
