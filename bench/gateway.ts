@@ -31,6 +31,9 @@
  *   above on a shared machine: the number to watch when changing the hot path. Linux only
  *   (reads /proc/<pid>/stat).
  *
+ * Gateway processes run `node <the options on the built CLI's first line> dist/cli/main.js …`:
+ * what the `agent-fabric` bin link (and `npx`) runs, so the bench measures what users get.
+ *
  * Both HTTP clients use linkedSignalFetch (the gateway's fix for the SDK transport's shared
  * abort signal, which otherwise trips MaxListenersExceededWarning after 1500 requests).
  *
@@ -112,10 +115,21 @@ function writeConfig(
   return file;
 }
 
-/** `node [--cpu-prof] dist/cli/main.js …args` */
+/**
+ * The node options the built CLI's first line gives node (`#!/usr/bin/env -S node …`): what
+ * `agent-fabric …` runs with when started as users start it (the bin link, `npx`).
+ */
+function shebangNodeOptions(): string[] {
+  const first = readFileSync(CLI, 'utf8').split('\n', 1)[0]!;
+  const m = /^#!\/usr\/bin\/env\s+(?:-S\s+)?node((?:\s+\S+)*)\s*$/.exec(first);
+  if (!m) throw new Error(`${CLI}: unexpected first line ${first}`);
+  return m[1]!.split(/\s+/).filter(Boolean);
+}
+
+/** `node <the CLI's shebang options> [--cpu-prof] dist/cli/main.js …args` */
 function cliArgs(args: string[]): string[] {
   const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [];
-  return [...prof, CLI, ...args];
+  return [...shebangNodeOptions(), ...prof, CLI, ...args];
 }
 
 function newClient(): Client {

@@ -1,7 +1,14 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=8
 /**
  * `agent-fabric` command line: `agent-fabric --help` lists the commands, `<command> --help`
  * tells one; exit codes are in exit-codes.ts.
+ *
+ * The first line gives node `--max-semi-space-size=8` (8 MB semi-spaces, the young generation
+ * V8 collects by scavenges) whenever the file runs as a program: the bin link, `npx`, npm's
+ * Windows shims (npm's cmd-shim reads `env -S`). With V8's default (up to 16 MB on 64-bit) a
+ * gateway with many calls in flight promoted more per call to the old generation and spent more
+ * CPU per forwarded call (README, "Node options"). `node [options] dist/cli/main.js` ignores
+ * the line: there the options given are the ones used.
  *
  * - `agent-fabric serve [--config fabric.yaml] [--port n] [--host h]` — run the sidecar
  *   (embedded defaults without a config: `examples/fabric.yaml`).
