@@ -5,7 +5,9 @@
  * turn's ticks end, so a loaded gateway makes one write(2) — and wakes its peer once — for a
  * whole burst of concurrent calls instead of once per message. (Writing a turn's first message
  * at once was measured: it cut no latency and cost 10–20 % throughput, each burst then waking
- * the peer twice.)
+ * the peer twice.) With `flush: 'poll'` the messages of a whole poll phase go out together,
+ * after every I/O callback of that phase ran (`setImmediate`): the calls of concurrent HTTP
+ * requests each arrive in a callback of their own, and would otherwise take a write each.
  *
  * @module
  */
@@ -20,15 +22,27 @@ export interface LineSink {
   readonly writableEnded?: boolean;
 }
 
+/**
+ * When a {@link LineWriter} writes what it queued: `ticks` when the ticks of the I/O callback
+ * (or timer) that queued the first message end; `poll` after every I/O callback of the current
+ * poll phase ran (`setImmediate`).
+ */
+export type LineFlush = 'ticks' | 'poll';
+
 /** Serializes messages onto a stream, one JSON line each. */
 export class LineWriter {
   readonly #sink: () => LineSink | undefined;
+  readonly #poll: boolean;
   #out = '';
   #inTurn = false;
 
-  /** @param sink The stream to write to, looked up on each write (undefined: dropped). */
-  constructor(sink: () => LineSink | undefined) {
+  /**
+   * @param sink The stream to write to, looked up on each write (undefined: dropped).
+   * @param flush When the queued messages are written. @default 'ticks'
+   */
+  constructor(sink: () => LineSink | undefined, flush: LineFlush = 'ticks') {
     this.#sink = sink;
+    this.#poll = flush === 'poll';
   }
 
   /**
@@ -51,7 +65,8 @@ export class LineWriter {
     this.#out += json + '\n';
     if (!this.#inTurn) {
       this.#inTurn = true;
-      process.nextTick(this.flush);
+      if (this.#poll) setImmediate(this.flush);
+      else process.nextTick(this.flush);
     }
     const sink = this.#sink();
     if (!sink?.writableNeedDrain) return Promise.resolve();

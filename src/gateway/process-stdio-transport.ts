@@ -6,8 +6,9 @@
  * detached, in its own process group, and signals the group (`kill(-pgid)`) on close: SIGTERM,
  * then SIGKILL after a grace period. It also parses lines with a cheap envelope check instead
  * of a full schema parse — the protocol layer validates what it needs — and writes through a
- * {@link LineWriter}: the messages of one event-loop turn in one write (one syscall and one
- * wake-up of the child for a whole burst of concurrent calls).
+ * {@link LineWriter}: the messages of one poll phase of the event loop in one write (one
+ * syscall and one wake-up of the child for a whole burst of concurrent calls, also when they
+ * came in separate HTTP requests).
  *
  * @module
  */
@@ -102,7 +103,7 @@ export class ProcessStdioTransport implements Transport {
   #pid: number | undefined;
   readonly #reader = new LineReader((line) => this.#online(line));
   #line: string | undefined;
-  readonly #writer = new LineWriter(() => this.#child?.stdin ?? undefined);
+  readonly #writer = new LineWriter(() => this.#child?.stdin ?? undefined, 'poll');
   #closed = false;
   #exited: Promise<void> | undefined;
   #exitStatus: ChildExitStatus | undefined;
