@@ -64,6 +64,14 @@ import {
 /** The options of a task scheduled without any (shared: a default `{}` is an object per call). */
 const NO_OPTIONS: ScheduleOptions = Object.freeze({});
 
+/**
+ * Most evicted records kept for reuse. Steady churn reuses a record within a few tasks, so a few
+ * thousand serve it; keeping every record a burst leaves behind (up to `maxQueueDepth`) would
+ * hold ~0.5 KB of old generation per record for good — 100 MB after a burst of 200k tasks — which
+ * every later full collection has to mark.
+ */
+const MAX_SPARE_RECORDS = 4096;
+
 /** Options of an {@link AgentScheduler}. */
 export interface SchedulerOptions {
   /** @default 1000 */
@@ -159,6 +167,7 @@ export class AgentScheduler {
   /** The store keeps the records themselves, so changes need no `put`. */
   readonly #byReference: boolean;
   readonly #maxQueueDepth: number;
+  readonly #maxSpare: number;
   readonly #defaultTimeoutMs: number;
   readonly #perAgent: number;
   readonly #defaultMaxAttempts: number;
@@ -173,7 +182,7 @@ export class AgentScheduler {
 
   /**
    * Records of evicted tasks, for new tasks to reuse (see {@link TaskRecord.reuse}): at most
-   * `maxQueueDepth` of them, and only with a store that holds the records themselves (a durable
+   * {@link MAX_SPARE_RECORDS} (and `maxQueueDepth`) of them, and only with a store that holds the records themselves (a durable
    * store may still hold an evicted record for its next commit). A record enters when its task
    * leaves the store, which is the last thing done with it (see {@link #finish}).
    */
@@ -243,6 +252,7 @@ export class AgentScheduler {
       options.maxQueueDepth ?? 1000,
       'positiveInt',
     );
+    this.#maxSpare = Math.min(this.#maxQueueDepth, MAX_SPARE_RECORDS);
     this.#defaultTimeoutMs =
       checkNumber(
         'options.defaultTimeoutSeconds',
@@ -1340,7 +1350,7 @@ export class AgentScheduler {
   #evict(id: string): void {
     const t = this.#byReference ? this.#tasks.get(id) : undefined;
     this.#tasks.delete(id);
-    if (t !== undefined && this.#spare.length < this.#maxQueueDepth) this.#spare.push(t);
+    if (t !== undefined && this.#spare.length < this.#maxSpare) this.#spare.push(t);
   }
 
   /** A task's timer came: release it into its queue, or end it (deadline, timeout). */

@@ -62,7 +62,11 @@ export interface TaskExecutor {
    * `maxConcurrentTasksPerAgent`; return `Infinity` to leave the limit to it.
    */
   capacity(agentId: string): number;
-  /** Starts a batch of tasks. Must not throw; failures are reported through the sink. */
+  /**
+   * Starts a batch of tasks. Must not throw; failures are reported through the sink. The array
+   * is the executor's from then on (the scheduler hands over a new one each time and never
+   * touches it again), so it may be kept instead of copied.
+   */
   dispatch(batch: readonly TaskAssignment[]): void;
   /**
    * Stops a task (timeout, cancel, agent lost). Best effort; the scheduler has already moved on.

@@ -50,14 +50,8 @@ export interface PiscinaExecutorOptions {
   abortGraceMs?: number;
 }
 
-/** A task waiting to be sent, with its handler module. */
-interface Item {
-  a: TaskAssignment;
-  handler: string;
-}
-
 interface Batch {
-  items: Item[];
+  items: readonly TaskAssignment[];
   /** One abort flag per item, then the begun flag ({@link BEGUN} at index `items.length`). */
   flags: Int32Array;
   done: boolean;
@@ -66,7 +60,8 @@ interface Batch {
   /** Terminates the batch's worker thread (a handler ignored its abort). */
   hard: HardAbort;
   hardAbort: NodeJS.Timeout | undefined;
-  aborted: Set<number>;
+  /** Indexes of the tasks the scheduler aborted (made on the first abort; nearly never). */
+  aborted: Set<number> | undefined;
 }
 
 function workerFile(): { filename: string; execArgv: string[] } {
@@ -133,11 +128,14 @@ export class PiscinaExecutor implements TaskExecutor {
   readonly #options: PiscinaExecutorOptions;
   #pool: Piscina<BatchInput, BatchOutcome> | undefined;
   #sink: ExecutorSink | undefined;
-  #backlog: Item[] = [];
+  /** Tasks waiting to be sent (their handler is registered: checked on dispatch). */
+  #backlog: TaskAssignment[] = [];
   #inFlight = 0;
-  /** Task id → the unsettled batch holding its latest attempt, for abort. */
-  readonly #where = new Map<string, Batch>();
-  /** Unsettled batches (an abort of an older attempt still running looks through them). */
+  /**
+   * Unsettled batches, which an abort looks through: at most `maxThreads ×
+   * concurrentTasksPerWorker` batches of `maxBatchSize` (plus single-task re-runs), and aborts are
+   * rare, so a search is cheaper than a task-id index kept up on every task's path.
+   */
   readonly #unsettled = new Set<Batch>();
   #closed = false;
 
@@ -207,10 +205,31 @@ export class PiscinaExecutor implements TaskExecutor {
   }
 
   dispatch(batch: readonly TaskAssignment[]): void {
+    // The common case: every handler known, nothing waiting, a batch free. The scheduler's array
+    // goes as it is (it hands a new one over each time), with no copy into the backlog.
+    let known = true;
+    let lastType: string | undefined;
+    for (let i = 0; i < batch.length && known; i++) {
+      const type = batch[i]!.taskType;
+      if (type !== lastType) {
+        known = this.#handlers.has(type);
+        lastType = type;
+      }
+    }
+    if (
+      known &&
+      batch.length > 0 &&
+      batch.length <= this.#maxBatch &&
+      this.#backlog.length === 0 &&
+      this.#inFlight < this.#maxInFlight &&
+      !this.#closed
+    ) {
+      this.#send(batch, false);
+      return;
+    }
     const sink = this.#sink!;
     for (const a of batch) {
-      const handler = this.#handlers.get(a.taskType);
-      if (handler === undefined) {
+      if (!this.#handlers.has(a.taskType)) {
         queueMicrotask(() =>
           sink.fail(a.taskId, a.attempt, {
             code: 'FABRIC_ERR_HANDLER_NOT_FOUND',
@@ -219,7 +238,7 @@ export class PiscinaExecutor implements TaskExecutor {
         );
         continue;
       }
-      this.#backlog.push({ a, handler });
+      this.#backlog.push(a);
     }
     this.#pump();
   }
@@ -235,7 +254,7 @@ export class PiscinaExecutor implements TaskExecutor {
     }
   }
 
-  #send(items: Item[], solo: boolean): void {
+  #send(items: readonly TaskAssignment[], solo: boolean): void {
     const n = items.length;
     const flags = new Int32Array(new SharedArrayBuffer(4 * (n + 1)));
     const batch: Batch = {
@@ -245,7 +264,7 @@ export class PiscinaExecutor implements TaskExecutor {
       solo,
       hard: new HardAbort(),
       hardAbort: undefined,
-      aborted: new Set(),
+      aborted: undefined,
     };
     const input: BatchInput = {
       kindTable: [],
@@ -259,19 +278,16 @@ export class PiscinaExecutor implements TaskExecutor {
     let last: BatchKind | undefined;
     let lastIndex = -1;
     for (let i = 0; i < n; i++) {
-      const { a, handler } = items[i]!;
+      const a = items[i]!;
       // A batch mostly holds runs of one agent's tasks of one type: compare with the last kind.
-      if (
-        last === undefined ||
-        last.handler !== handler ||
-        last.taskType !== a.taskType ||
-        last.agentId !== a.agentId
-      ) {
+      // (The handler follows from the type: registered ones are never removed.)
+      if (last === undefined || last.taskType !== a.taskType || last.agentId !== a.agentId) {
         lastIndex = kindTable.findIndex(
-          (k) => k.handler === handler && k.taskType === a.taskType && k.agentId === a.agentId,
+          (k) => k.taskType === a.taskType && k.agentId === a.agentId,
         );
         if (lastIndex < 0) {
           lastIndex = kindTable.length;
+          const handler = this.#handlers.get(a.taskType)!;
           kindTable.push({ handler, taskType: a.taskType, agentId: a.agentId });
         }
         last = kindTable[lastIndex]!;
@@ -280,7 +296,6 @@ export class PiscinaExecutor implements TaskExecutor {
       taskIds.push(a.taskId);
       attempts.push(a.attempt);
       payloads.push(a.payload);
-      this.#where.set(a.taskId, batch);
     }
     this.#inFlight++;
     this.#unsettled.add(batch);
@@ -301,7 +316,7 @@ export class PiscinaExecutor implements TaskExecutor {
     if (batch.done || Atomics.load(batch.flags, batch.items.length) !== BEGUN) return;
     const sink = this.#sink!;
     // Stale reports (a task already finished, aborted or retried) are ignored by the sink.
-    for (const { a } of batch.items) sink.started(a.taskId, a.attempt);
+    for (const a of batch.items) sink.started(a.taskId, a.attempt);
   }
 
   #settle(batch: Batch, outcome: BatchOutcome | undefined, err: unknown): void {
@@ -312,7 +327,7 @@ export class PiscinaExecutor implements TaskExecutor {
     Atomics.notify(batch.flags, batch.items.length);
     if (batch.hardAbort !== undefined) clearTimeout(batch.hardAbort);
     const sink = this.#sink!;
-    const retryAlone: Item[] = [];
+    const retryAlone: TaskAssignment[] = [];
     const items = batch.items;
     // Failed tasks by index (async handlers fail in any order); usually none.
     let errors: Map<number, TaskError> | undefined;
@@ -321,11 +336,11 @@ export class PiscinaExecutor implements TaskExecutor {
       for (let k = 0; k < outcome.failed.length; k++)
         errors.set(outcome.failed[k]!, outcome.errors[k]!);
     }
+    const aborted = batch.aborted;
     for (let i = 0; i < items.length; i++) {
       const it = items[i]!;
-      const { taskId, attempt } = it.a;
-      if (this.#where.get(taskId) === batch) this.#where.delete(taskId);
-      if (batch.aborted.has(i)) continue; // the scheduler already ended this attempt
+      const { taskId, attempt } = it;
+      if (aborted?.has(i) === true) continue; // the scheduler already ended this attempt
       if (outcome !== undefined) {
         const error = errors?.get(i);
         if (error === undefined) sink.complete(taskId, attempt, outcome.results[i]);
@@ -351,26 +366,22 @@ export class PiscinaExecutor implements TaskExecutor {
   }
 
   abort(taskId: string, attempt: number, _reason: TaskError): void {
-    const holds = (it: Item): boolean => it.a.taskId === taskId && it.a.attempt === attempt;
-    let batch = this.#where.get(taskId);
-    let index = batch === undefined ? -1 : batch.items.findIndex(holds);
-    if (index < 0 && batch !== undefined) {
-      // An older attempt, still running beside the latest one: rare, so searched for.
-      for (const b of this.#unsettled) {
-        index = b.items.findIndex(holds);
-        if (index >= 0) {
-          batch = b;
-          break;
-        }
+    const holds = (a: TaskAssignment): boolean => a.taskId === taskId && a.attempt === attempt;
+    let batch: Batch | undefined;
+    let index = -1;
+    for (const b of this.#unsettled) {
+      index = b.items.findIndex(holds);
+      if (index >= 0) {
+        batch = b;
+        break;
       }
     }
-    if (batch === undefined || index < 0) {
+    if (batch === undefined) {
       const i = this.#backlog.findIndex(holds);
       if (i >= 0) this.#backlog.splice(i, 1);
       return;
     }
-    if (batch.done) return;
-    batch.aborted.add(index);
+    (batch.aborted ??= new Set()).add(index);
     Atomics.store(batch.flags, index, 1);
     if (batch.hardAbort === undefined) {
       batch.hardAbort = setTimeout(() => {
@@ -385,7 +396,7 @@ export class PiscinaExecutor implements TaskExecutor {
     const pool = this.#pool;
     this.#pool = undefined;
     const sink = this.#sink;
-    for (const { a } of this.#backlog.splice(0)) {
+    for (const a of this.#backlog.splice(0)) {
       sink?.fail(a.taskId, a.attempt, { code: 'FABRIC_ERR_CLOSED', message: 'executor closed' });
     }
     if (pool !== undefined) await pool.destroy();

@@ -108,6 +108,26 @@ export function runExecutorContract(options: { name: string; create: () => TaskE
       });
     });
 
+    it('in a batch mixing known and unknown task types, runs the known ones and fails only the others', async () => {
+      setup();
+      const batch = [
+        assignment('k1', 'echo', 1),
+        assignment('u1', 'no-such-type', 2),
+        assignment('k2', 'echo', 3),
+        assignment('u2', 'no-such-type', 4),
+      ];
+      executor.dispatch(batch);
+      await sink.waitFor(4);
+      const byId = new Map(sink.reports.map((r) => [r.taskId, r]));
+      expect(byId.get('k1')).toMatchObject({ kind: 'complete', result: 1 });
+      expect(byId.get('k2')).toMatchObject({ kind: 'complete', result: 3 });
+      for (const id of ['u1', 'u2'])
+        expect(byId.get(id)).toMatchObject({
+          kind: 'fail',
+          error: { code: 'FABRIC_ERR_HANDLER_NOT_FOUND' },
+        });
+    });
+
     it('accepts aborts of unknown or finished tasks without throwing', async () => {
       setup();
       executor.dispatch([assignment('t', 'echo', 1)]);
