@@ -34,20 +34,15 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
-import {
-  AckPolicy,
-  RetentionPolicy,
-  StorageType,
-  jetstream,
-  jetstreamManager,
-} from '@nats-io/jetstream';
+import type { JetStreamManager } from '@nats-io/jetstream';
+import { AckPolicy, RetentionPolicy, StorageType, jetstreamManager } from '@nats-io/jetstream';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import { nanos } from '@nats-io/transport-node';
+import { headers, nanos } from '@nats-io/transport-node';
 import { TaskStateError, UnauthenticatedError } from '../../errors.js';
 import type { ExecutorSink, TaskExecutor } from '../../scheduler/executor.js';
 import type { TaskAssignment, TaskError } from '../../task.js';
 import type { NatsOptions } from './nats-options.js';
+import { ReplyInbox } from './reply-inbox.js';
 import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, TaskMessage, Vouch } from './wire.js';
@@ -74,6 +69,9 @@ function isBatch(data: unknown): boolean {
 
 /** How long a sidecar waits for another to vouch for its agent's proof. */
 const VOUCH_TIMEOUT_MS = 2_000;
+
+/** How long a publish waits for JetStream's acknowledgement before it is sent again. */
+const PUBLISH_TIMEOUT_MS = 5_000;
 
 /** Executor name of {@link NatsExecutor}. */
 export const NATS_EXECUTOR = 'nats';
@@ -146,8 +144,9 @@ export class NatsExecutor implements TaskExecutor {
   #host: NatsExecutorHost | undefined;
   #sink: ExecutorSink | undefined;
   #nc: NatsConnection | undefined;
-  #js: JetStreamClient | undefined;
   #jsm: JetStreamManager | undefined;
+  /** Where JetStream's publish acknowledgements come back. */
+  #inbox: ReplyInbox | undefined;
   #sub: Subscription | undefined;
   #vouchSub: Subscription | undefined;
   /** Assignments dispatched before {@link start}. */
@@ -188,8 +187,8 @@ export class NatsExecutor implements TaskExecutor {
   async start(nc: NatsConnection): Promise<void> {
     this.#nc = nc;
     this.#jsm = await jetstreamManager(nc);
-    this.#js = jetstream(nc);
     await this.#ensureStream(this.#jsm);
+    this.#inbox = new ReplyInbox(nc);
     this.#sub = nc.subscribe(this.#replyTo, {
       callback: (err, msg) => {
         if (err === null) this.#onReport(msg);
@@ -229,7 +228,7 @@ export class NatsExecutor implements TaskExecutor {
   }
 
   dispatch(batch: readonly TaskAssignment[]): void {
-    if (this.#js === undefined) {
+    if (this.#inbox === undefined) {
       if (!this.#closed) for (const a of batch) this.#waiting.push(a);
       return;
     }
@@ -260,12 +259,24 @@ export class NatsExecutor implements TaskExecutor {
       replyTo: this.#replyTo,
       lease: attemptLease(this.#secret, a.taskId, a.attempt),
     };
-    this.#js!.publish(subject, encodeJson(msg), { msgID: `${a.taskId}:${a.attempt}` }).then(
-      () => {
-        this.stats.published++;
-      },
-      () => {
-        // Not stored (server restarting, no quorum): try again while the attempt is current.
+    // A JetStream publish is a core publish with a reply subject: the stream's acknowledgement
+    // (`{ stream, seq }`, or `{ error }`) comes back there.
+    const h = headers();
+    h.set('Nats-Msg-Id', `${a.taskId}:${a.attempt}`);
+    this.#inbox!.request(
+      subject,
+      encodeJson(msg),
+      PUBLISH_TIMEOUT_MS,
+      (reply) => {
+        if (this.#closed) return;
+        const ack =
+          reply === undefined ? undefined : (decodeJson(reply.data) as { seq?: unknown });
+        if (typeof ack?.seq === 'number') {
+          this.stats.published++;
+          return;
+        }
+        // Not stored (no answer, no stream, server restarting, no quorum): try again while the
+        // attempt is current.
         this.stats.publishRetries++;
         const timer = setTimeout(
           () => {
@@ -276,6 +287,7 @@ export class NatsExecutor implements TaskExecutor {
         );
         this.#timers.add(timer);
       },
+      h,
     );
   }
 
@@ -486,5 +498,6 @@ export class NatsExecutor implements TaskExecutor {
     this.#sub = undefined;
     this.#vouchSub?.unsubscribe();
     this.#vouchSub = undefined;
+    this.#inbox?.close();
   }
 }

@@ -92,6 +92,8 @@ export class NatsWorker {
   readonly #reportTimeoutMs: number;
   /** Running attempts (`taskId:attempt`) → their abort controller. */
   readonly #running = new Map<string, AbortController>();
+  /** Messages held from their pull to their end: kept alive by one timer ({@link run}). */
+  readonly #held = new Set<JsMsg>();
   #closed = false;
 
   private constructor(
@@ -183,6 +185,13 @@ export class NatsWorker {
     });
     this.#link.publishHeartbeat();
     const hb = setInterval(() => this.#link.publishHeartbeat(), this.#heartbeatMs);
+    // In-progress acks for every held message, every third of AckWait (one timer for all).
+    const working = setInterval(
+      () => {
+        for (const m of this.#held) m.working();
+      },
+      Math.max(50, ackWaitMs / 3),
+    );
     let free = this.#concurrency;
     let wake: (() => void) | undefined;
     const inFlight = new Set<Promise<void>>();
@@ -208,7 +217,7 @@ export class NatsWorker {
               continue;
             }
             free--;
-            const p = this.#runOne(m, handlers, ackWaitMs).finally(() => {
+            const p = this.#runOne(m, handlers).finally(() => {
               free++;
               inFlight.delete(p);
               const w = wake;
@@ -223,19 +232,16 @@ export class NatsWorker {
     } finally {
       stop?.removeEventListener('abort', onStop);
       clearInterval(hb);
+      clearInterval(working);
       ended.unsubscribe();
     }
   }
 
-  async #runOne(
-    m: JsMsg,
-    handlers: Readonly<Record<string, NatsTaskHandler>>,
-    ackWaitMs: number,
-  ): Promise<void> {
-    const working = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
+  async #runOne(m: JsMsg, handlers: Readonly<Record<string, NatsTaskHandler>>): Promise<void> {
+    this.#held.add(m);
     const task = await this.#link.begin(m);
     if (task === undefined) {
-      clearInterval(working);
+      this.#held.delete(m);
       this.stats.refused++;
       return;
     }
@@ -283,7 +289,7 @@ export class NatsWorker {
       else this.stats.failed++;
       m.ack();
     } finally {
-      clearInterval(working);
+      this.#held.delete(m);
       this.#running.delete(key);
     }
   }
