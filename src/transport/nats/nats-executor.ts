@@ -138,8 +138,11 @@ export class NatsExecutor implements TaskExecutor {
   readonly resumable: boolean;
   readonly #secret: string;
   readonly #options: NatsExecutorOptions;
-  /** The take-up whose start was accepted, per running attempt (see `Report.take`). */
-  readonly #takes = new Map<string, { attempt: number; take: string }>();
+  /**
+   * The take-up whose start was accepted, per running attempt (see `Report.take`), with the
+   * attempt's lease that start proved (its later reports are checked against it, no HMAC).
+   */
+  readonly #takes = new Map<string, { attempt: number; take: string; lease: string }>();
   readonly #replyTo: string;
   #host: NatsExecutorHost | undefined;
   #sink: ExecutorSink | undefined;
@@ -384,7 +387,12 @@ export class NatsExecutor implements TaskExecutor {
     const parsed = reportSchema.safeParse(data);
     if (!parsed.success) return undefined;
     const r: Report = parsed.data;
-    if (!sameProof(r.lease, attemptLease(this.#secret, r.taskId, r.attempt))) return undefined;
+    const known = this.#takes.get(r.taskId);
+    const lease =
+      known !== undefined && known.attempt === r.attempt
+        ? known.lease
+        : attemptLease(this.#secret, r.taskId, r.attempt);
+    if (!sameProof(r.lease, lease)) return undefined;
     const t = this.#host?.task(r.taskId);
     if (t === undefined) return undefined; // a valid lease of a task forgotten since
     const hash = this.#host!.credentialHash(r.agentId);
@@ -464,7 +472,7 @@ export class NatsExecutor implements TaskExecutor {
           return stale();
         }
         if (!t.started) {
-          this.#takes.set(r.taskId, { attempt: r.attempt, take: r.take });
+          this.#takes.set(r.taskId, { attempt: r.attempt, take: r.take, lease: r.lease });
           sink.started(r.taskId, r.attempt);
         }
         break;

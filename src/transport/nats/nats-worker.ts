@@ -78,6 +78,31 @@ export interface NatsWorkerStats {
   refused: number;
 }
 
+/**
+ * A running attempt's abort: the `AbortController` is made only when the handler reads its
+ * signal (most never do), already aborted when the attempt ended before that.
+ */
+class Running {
+  aborted = false;
+  #reason: unknown;
+  #controller: AbortController | undefined;
+
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController();
+      if (this.aborted) this.#controller.abort(this.#reason);
+    }
+    return this.#controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+  }
+}
+
 /** A connected NATS worker. */
 export class NatsWorker {
   readonly agentId: string;
@@ -90,8 +115,8 @@ export class NatsWorker {
   readonly #concurrency: number;
   readonly #heartbeatMs: number;
   readonly #reportTimeoutMs: number;
-  /** Running attempts (`taskId:attempt`) → their abort controller. */
-  readonly #running = new Map<string, AbortController>();
+  /** Running attempts (`taskId:attempt`) → their abort. */
+  readonly #running = new Map<string, Running>();
   /** Messages held from their pull to their end: kept alive by one timer ({@link run}). */
   readonly #held = new Set<JsMsg>();
   #closed = false;
@@ -247,8 +272,8 @@ export class NatsWorker {
     }
     this.stats.started++;
     const key = `${task.taskId}:${task.attempt}`;
-    const controller = new AbortController();
-    this.#running.set(key, controller);
+    const running = new Running();
+    this.#running.set(key, running);
     try {
       const handler = handlers[task.taskType];
       let outcome: Omit<Partial<Report>, 'kind'>;
@@ -263,7 +288,9 @@ export class NatsWorker {
           attempt: task.attempt,
           agentId: this.agentId,
           taskType: task.taskType,
-          signal: controller.signal,
+          get signal() {
+            return running.signal;
+          },
           progress: async (progress) => {
             await this.#link.report(task, 'progress', { progress });
           },
@@ -274,7 +301,7 @@ export class NatsWorker {
       }
       // Closed: the worker is gone as far as anyone knows; the message is redelivered.
       if (this.#closed) return;
-      if (controller.signal.aborted) {
+      if (running.aborted) {
         terminate(m); // the fabric ended the attempt
         return;
       }
