@@ -35,7 +35,7 @@ import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, ReportKind } from './wire.js';
 import { decodeJson } from './wire.js';
-import { NatsAgentLink, terminate } from './nats-agent-link.js';
+import { NatsAgentLink, ackSubject, terminate } from './nats-agent-link.js';
 
 /** Options of {@link NatsWorker.connect}. */
 export interface NatsWorkerOptions {
@@ -306,6 +306,9 @@ export class NatsWorker {
         return;
       }
       const kind: ReportKind = outcome.error === undefined ? 'complete' : 'fail';
+      // The sidecar acks the message once the outcome is on disk (`ack`), else we do below.
+      const ack = ackSubject(m);
+      if (ack !== undefined) outcome.ack = ack;
       const answer = await this.#link.report(task, kind, outcome);
       if (this.#closed) return; // redelivered after AckWait
       if (answer === undefined) {
@@ -314,7 +317,7 @@ export class NatsWorker {
       }
       if (kind === 'complete') this.stats.completed++;
       else this.stats.failed++;
-      m.ack();
+      if (answer.acked !== true) m.ack();
     } finally {
       this.#held.delete(m);
       this.#running.delete(key);
