@@ -24,7 +24,10 @@
  *   of this sidecar and by the agent's own sidecar (`vouch`) for others; a task pinned to an
  *   agent can only be reported on by that agent. A report on an attempt that is no longer
  *   current is answered `FABRIC_ERR_TASK_STATE` and changes nothing. Answers go out after the
- *   store's commit of what the report changed.
+ *   store's commit of what the report changed; so do the JetStream acks of the messages that
+ *   `complete` and `fail` reports name (`Report.ack`), in the same write. JetStream's publish
+ *   acknowledgements and the report answers come back on one reply subscription each
+ *   (`ReplyInbox`), not through nats.js' per-request machinery.
  * - **Restarts.** With a durable store the lease key and sidecar id are kept in it, so the
  *   executor is `resumable`: attempts out in JetStream, and their workers' reports, outlive a
  *   restart of this sidecar.

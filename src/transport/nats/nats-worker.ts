@@ -8,7 +8,8 @@
  * Per task: send in-progress acks from the pull on, report `start` (a refused start — the
  * attempt ended, or the report is not authentic — terminates the message unrun), run the
  * handler with a signal of its own (aborted by the sidecar's `ended` notice or by
- * {@link NatsWorker.stop}), report `complete` or `fail`, then ack. Reports are retried until the
+ * {@link NatsWorker.stop}), report `complete` or `fail` naming the message's ack subject — the
+ * sidecar acks it once the outcome is committed (else the worker acks). Reports are retried until the
  * owning sidecar answers; while its sidecar is gone (no responders) a message is kept until the
  * task's timeout has passed — a sidecar restarted on its durable store accepts the reports —
  * then terminated.
