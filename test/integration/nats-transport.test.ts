@@ -4,19 +4,11 @@
  */
 import { expect, it } from 'vitest';
 import { connect } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { AgentFabric } from '../../src/fabric.js';
 import { NatsUnavailableError } from '../../src/errors.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
-import type { TaskMessage } from '../../src/transport/nats/wire.js';
-import {
-  encodeJson,
-  heartbeatProof,
-  decodeJson,
-  reportProof,
-} from '../../src/transport/nats/wire.js';
-import { ackSubject } from '../../src/transport/nats/nats-agent-link.js';
+import { encodeJson, heartbeatProof, decodeJson } from '../../src/transport/nats/wire.js';
 import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
 import { TaskStatus } from '../../src/task.js';
 import { AgentStatus } from '../../src/agent.js';
@@ -157,64 +149,6 @@ describeNats('NATS transport', () => {
     expect(await worker.heartbeat()).toEqual({ ok: true, status: AgentStatus.HEALTHY });
     expect(fabric.natsHeartbeats!.stats.accepted).toBe(2);
     await worker.close();
-    await nc.close();
-    await fabric.close();
-  });
-
-  it("acks a task's JetStream message for its worker when the outcome names it, and only a message of its stream", async () => {
-    const ns = 'acks';
-    const fabric = new AgentFabric({}, { nats: { url: suiteServer().url, namespace: ns } });
-    await fabric.start();
-    const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-    await fabric.natsExecutor!.consumersReady();
-    await fabric.heartbeat(agent.id); // live: tasks are dispatched to it
-    const names = natsNames(ns);
-    const key = hashCredential(agent.credential);
-    const nc = await connect({ servers: suiteServer().url });
-    const jsm = await jetstreamManager(nc);
-    const consumer = await jetstream(nc).consumers.get(names.stream, names.agentConsumer(agent.id));
-    const report = async (task: TaskMessage, kind: 'start' | 'complete', extra: object) => {
-      const body = {
-        kind,
-        taskId: task.taskId,
-        attempt: task.attempt,
-        lease: task.lease,
-        agentId: agent.id,
-        proof: reportProof(key, agent.id, kind, task.taskId, task.attempt),
-        ...extra,
-      };
-      return decodeJson((await nc.request(task.replyTo, encodeJson(body), { timeout: 5000 })).data);
-    };
-    const pending = async () => (await consumer.info()).num_ack_pending;
-    // A worker of its own (raw NATS) pulls each task, starts it and completes it naming `ack`.
-    const runOne = async (ack: (reply: string) => string) => {
-      const t = await fabric.schedule({ agentId: agent.id, taskType: 'x', payload: null });
-      const m = (await consumer.next({ expires: 5000 }))!;
-      const task = decodeJson(m.data) as TaskMessage;
-      expect(task.taskId).toBe(t.id);
-      expect(await report(task, 'start', { take: 'raw.1' })).toEqual({ ok: true });
-      const reply = ackSubject(m)!;
-      expect(reply.startsWith(`$JS.ACK.${names.stream}.`)).toBe(true);
-      const answer = await report(task, 'complete', { result: 1, ack: ack(reply) });
-      expect((await fabric.waitForTask(t.id, { timeoutSeconds: 10 })).status).toBe(
-        TaskStatus.COMPLETED,
-      );
-      return { m, answer };
-    };
-    // Its own message: acked by the sidecar with the answer, so nothing is left pending.
-    const own = await runOne((reply) => reply);
-    expect(own.answer).toEqual({ ok: true, acked: true });
-    await nc.flush();
-    expect(await pending()).toBe(0);
-    expect((await jsm.streams.info(names.stream)).state.messages).toBe(0);
-    // A subject outside this namespace's stream: not acked, left to the worker.
-    const other = await runOne(() => '$JS.ACK.ELSEWHERE.c.1.1.1.1.0');
-    expect(other.answer).toEqual({ ok: true });
-    await nc.flush();
-    expect(await pending()).toBe(1);
-    other.m.ack();
-    await nc.flush();
-    expect(await pending()).toBe(0);
     await nc.close();
     await fabric.close();
   });

@@ -35,15 +35,6 @@ export function terminate(m: JsMsg): void {
   m.term();
 }
 
-/**
- * The reply subject of a pulled message (where its acks go), when the client shows it: nats.js
- * keeps it on the message object but not in the `JsMsg` type.
- */
-export function ackSubject(m: JsMsg): string | undefined {
-  const reply = (m as { reply?: unknown }).reply;
-  return typeof reply === 'string' && reply !== '' ? reply : undefined;
-}
-
 /** A signed link of one agent; see the module comment. */
 export class NatsAgentLink {
   readonly #key: string;

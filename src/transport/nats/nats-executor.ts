@@ -24,8 +24,7 @@
  *   of this sidecar and by the agent's own sidecar (`vouch`) for others; a task pinned to an
  *   agent can only be reported on by that agent. A report on an attempt that is no longer
  *   current is answered `FABRIC_ERR_TASK_STATE` and changes nothing. Answers go out after the
- *   store's commit of what the report changed; so do the JetStream acks of the messages that
- *   `complete` and `fail` reports name (`Report.ack`), in the same write. JetStream's publish
+ *   store's commit of what the report changed. JetStream's publish
  *   acknowledgements and the report answers come back on one reply subscription each
  *   (`ReplyInbox`), not through nats.js' per-request machinery.
  * - **Restarts.** With a durable store the lease key and sidecar id are kept in it, so the
@@ -64,9 +63,6 @@ const denied = new UnauthenticatedError('report without a valid lease or agent p
 /** The answer to a report that is not authentic (made once: it is the same every time). */
 const DENY: Answer = Object.freeze({ ok: false, code: denied.code, message: denied.message });
 const OK: Answer = Object.freeze({ ok: true });
-const OK_ACKED: Answer = Object.freeze({ ok: true, acked: true });
-/** The body of a JetStream ack. */
-const ACK = Uint8Array.of(43, 65, 67, 75); // "+ACK"
 
 /** True for a batch of reports (`{ v: 1, reports: [...] }`) rather than one report. */
 function isBatch(data: unknown): boolean {
@@ -150,8 +146,6 @@ export class NatsExecutor implements TaskExecutor {
    */
   readonly #takes = new Map<string, { attempt: number; take: string; lease: string }>();
   readonly #replyTo: string;
-  /** How the reply subjects of this namespace's stream's messages begin. */
-  readonly #ackPrefix: string;
   #host: NatsExecutorHost | undefined;
   #sink: ExecutorSink | undefined;
   #nc: NatsConnection | undefined;
@@ -179,7 +173,6 @@ export class NatsExecutor implements TaskExecutor {
     this.#secret = options.durable?.leaseKey ?? randomBytes(32).toString('base64url');
     this.resumable = options.durable !== undefined;
     this.#replyTo = this.names.results(this.sidecarId);
-    this.#ackPrefix = `$JS.ACK.${this.names.stream}.`;
     this.#options = options;
   }
 
@@ -370,31 +363,16 @@ export class NatsExecutor implements TaskExecutor {
     } else reports = [data];
     const checked = reports.map((d) => this.#check(d));
     const answer = (list: (Report | undefined)[]): void => {
-      let acks: string[] | undefined;
       const answers = list.map((r) => {
-        let a = r === undefined ? DENY : this.#apply(r);
+        const a = r === undefined ? DENY : this.#apply(r);
         if (a.ok) this.stats.reportsAccepted++;
         else this.stats.reportsRejected++;
-        // An authentic outcome (current or stale) ends its message: acked here when the worker
-        // named it. Only a message of this namespace's stream; a worker that can ack can ack any
-        // of its consumer's messages itself, so this lends it nothing.
-        if (r?.ack !== undefined && r.kind !== 'start' && r.kind !== 'progress') {
-          if (r.ack.startsWith(this.#ackPrefix)) {
-            (acks ??= []).push(r.ack);
-            a = a === OK ? OK_ACKED : { ...a, acked: true };
-          }
-        }
         return a;
       });
-      // Acked and answered on a microtask queued after the store's commit of what the reports
-      // changed (the change queued it): a message is acked only once the outcome is on disk.
+      // Answered on a microtask queued after the store's commit of what the reports changed
+      // (the change queued it): a worker acks its message only once the outcome is on disk.
       const body = isBatch(data) ? { answers } : answers[0]!;
-      queueMicrotask(() => {
-        if (acks !== undefined && this.#nc !== undefined && !this.#nc.isClosed()) {
-          for (const subject of acks) this.#nc.publish(subject, ACK);
-        }
-        if (msg.reply) msg.respond(encodeJson(body));
-      });
+      if (msg.reply) queueMicrotask(() => msg.respond(encodeJson(body)));
     };
     if (checked.some((c) => c instanceof Promise)) {
       void Promise.all(checked).then(answer);

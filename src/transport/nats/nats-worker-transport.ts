@@ -26,7 +26,7 @@ import type {
   WorkerTransport,
 } from '../../worker/worker-transport.js';
 import { RemoteFabricError } from '../../worker/worker-transport.js';
-import { NatsAgentLink, ackSubject, terminate } from './nats-agent-link.js';
+import { NatsAgentLink, terminate } from './nats-agent-link.js';
 import { connectNats } from './nats-connection.js';
 import type { NatsOptionsInput } from './nats-options.js';
 import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
@@ -232,20 +232,14 @@ export class NatsWorkerTransport implements WorkerTransport {
 
   async #finish(task: HeldTask, kind: 'complete' | 'fail', extra: object): Promise<unknown> {
     const h = this.#heldTask(task);
-    // The sidecar acks the message once the outcome is on disk (`ack`), else we do below.
-    const ack = ackSubject(h.m);
-    const answer = await this.#link.report(
-      h.task,
-      kind,
-      ack === undefined ? extra : { ...extra, ack },
-    );
+    const answer = await this.#link.report(h.task, kind, extra);
     clearInterval(h.working);
     this.#held.delete(`${task.taskId}:${task.attempt}`);
     if (answer === undefined) {
       if (!this.#link.closed) terminate(h.m); // its sidecar is gone
       throw refused(answer);
     }
-    if (answer.acked !== true) h.m.ack();
+    h.m.ack();
     if (!answer.ok) throw refused(answer);
     return answer;
   }

@@ -8,8 +8,7 @@
  * Per task: send in-progress acks from the pull on, report `start` (a refused start — the
  * attempt ended, or the report is not authentic — terminates the message unrun), run the
  * handler with a signal of its own (aborted by the sidecar's `ended` notice or by
- * {@link NatsWorker.stop}), report `complete` or `fail` naming the message's ack subject — the
- * sidecar acks it once the outcome is committed (else the worker acks). Reports are retried until the
+ * {@link NatsWorker.stop}), report `complete` or `fail`, then ack. Reports are retried until the
  * owning sidecar answers; while its sidecar is gone (no responders) a message is kept until the
  * task's timeout has passed — a sidecar restarted on its durable store accepts the reports —
  * then terminated.
@@ -36,7 +35,7 @@ import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, ReportKind } from './wire.js';
 import { decodeJson } from './wire.js';
-import { NatsAgentLink, ackSubject, terminate } from './nats-agent-link.js';
+import { NatsAgentLink, terminate } from './nats-agent-link.js';
 
 /** Options of {@link NatsWorker.connect}. */
 export interface NatsWorkerOptions {
@@ -307,9 +306,6 @@ export class NatsWorker {
         return;
       }
       const kind: ReportKind = outcome.error === undefined ? 'complete' : 'fail';
-      // The sidecar acks the message once the outcome is on disk (`ack`), else we do below.
-      const ack = ackSubject(m);
-      if (ack !== undefined) outcome.ack = ack;
       const answer = await this.#link.report(task, kind, outcome);
       if (this.#closed) return; // redelivered after AckWait
       if (answer === undefined) {
@@ -318,7 +314,7 @@ export class NatsWorker {
       }
       if (kind === 'complete') this.stats.completed++;
       else this.stats.failed++;
-      if (answer.acked !== true) m.ack();
+      m.ack();
     } finally {
       this.#held.delete(m);
       this.#running.delete(key);

@@ -78,13 +78,6 @@ export const reportSchema = z
      * first worker is lost — and the fabric ends that attempt and retries as a new one.
      */
     take: z.string().min(1).max(64).optional(),
-    /**
-     * With `complete` or `fail` (optional): the reply subject of the JetStream message the
-     * worker holds (`$JS.ACK.<stream>.…`). The sidecar then acks the message itself, after its
-     * store committed the outcome and in the same write as its answer, and answers
-     * `acked: true`; the worker does not ack it again.
-     */
-    ack: z.string().min(1).max(512).optional(),
   })
   .strict();
 /** A worker's report on a task. */
@@ -121,13 +114,8 @@ export const heartbeatSchema = z
 /** A heartbeat. */
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
-/**
- * The answer to a report or a heartbeat request; `acked` when the sidecar acked the report's
- * JetStream message (see `Report.ack`).
- */
-export type Answer =
-  | { ok: true; status?: string; acked?: true }
-  | { ok: false; code: string; message: string; acked?: true };
+/** The answer to a report or a heartbeat request. */
+export type Answer = { ok: true; status?: string } | { ok: false; code: string; message: string };
 
 /** A sidecar's notice that it ended an attempt (core subject `ended.<taskId>`). */
 export interface EndedNotice {
