@@ -8,13 +8,11 @@
 import { randomBytes } from 'node:crypto';
 import type { JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { NoRespondersError, RequestError } from '@nats-io/transport-node';
 import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
+import { ReplyInbox } from './reply-inbox.js';
 import type { NatsNames } from './subjects.js';
 import type { Answer, Report, ReportKind, TaskMessage } from './wire.js';
 import { decodeJson, encodeJson, heartbeatProof, reportProof, taskMessageSchema } from './wire.js';
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Most reports in one batch request, and most bytes (NATS' default max_payload is 1 MiB). */
 const MAX_BATCH = 256;
@@ -50,6 +48,10 @@ export class NatsAgentLink {
   #takes = 0;
   #lastTs = 0;
   #closed = false;
+  /** Where the sidecars' answers to reports come back. */
+  readonly #inbox: ReplyInbox;
+  /** Retries waiting for their backoff, each with its send (run at once by {@link close}). */
+  readonly #retries = new Map<NodeJS.Timeout, () => void>();
 
   constructor(
     readonly nc: NatsConnection,
@@ -59,6 +61,7 @@ export class NatsAgentLink {
     readonly reportTimeoutMs: number,
   ) {
     this.#key = hashCredential(credential);
+    this.#inbox = new ReplyInbox(nc);
   }
 
   get closed(): boolean {
@@ -135,43 +138,54 @@ export class NatsAgentLink {
           batch.length > 0 &&
           (batch.length >= MAX_BATCH || bytes + q.json.length > MAX_BATCH_BYTES)
         ) {
-          void this.#send(replyTo, batch);
+          this.#send(replyTo, batch);
           batch = [];
           bytes = 0;
         }
         batch.push(q);
         bytes += q.json.length + 1;
       }
-      void this.#send(replyTo, batch);
+      this.#send(replyTo, batch);
     }
     this.#outbox.clear();
   };
 
-  async #send(replyTo: string, batch: Queued[]): Promise<void> {
+  #send(replyTo: string, batch: Queued[]): void {
     const single = batch.length === 1;
     const body = encoder.encode(
       single ? batch[0]!.json : `{"v":1,"reports":[${batch.map((q) => q.json).join(',')}]}`,
     );
     let giveUpAt = 0;
     for (const q of batch) giveUpAt = Math.max(giveUpAt, q.giveUpAt);
-    for (let tries = 0; !this.closed; tries++) {
-      try {
-        const m = await this.nc.request(replyTo, body, { timeout: this.reportTimeoutMs });
-        const data = decodeJson(m.data) as { answers?: unknown } | undefined;
-        const answers = single || !Array.isArray(data?.answers) ? undefined : data.answers;
-        // A refusal of the whole batch (a sidecar that cannot read it) answers each report.
-        for (let i = 0; i < batch.length; i++) {
-          batch[i]!.resolve((answers === undefined ? data : answers[i]) as Answer | undefined);
-        }
+    const send = (tries: number): void => {
+      if (this.closed) {
+        for (const q of batch) q.resolve(undefined);
         return;
-      } catch (err) {
-        const gone =
-          err instanceof NoRespondersError || (err instanceof RequestError && err.isNoResponders());
-        if (gone && Date.now() >= giveUpAt) break;
-        await sleep(Math.min(1000, 50 * 2 ** Math.min(tries, 5)));
       }
-    }
-    for (const q of batch) q.resolve(undefined);
+      this.#inbox.request(replyTo, body, this.reportTimeoutMs, (m, noAnswer) => {
+        if (m !== undefined) {
+          const data = decodeJson(m.data) as { answers?: unknown } | undefined;
+          const answers = single || !Array.isArray(data?.answers) ? undefined : data.answers;
+          // A refusal of the whole batch (a sidecar that cannot read it) answers each report.
+          for (let i = 0; i < batch.length; i++) {
+            batch[i]!.resolve((answers === undefined ? data : answers[i]) as Answer | undefined);
+          }
+          return;
+        }
+        // Nobody listens there (its sidecar is gone) for longer than the tasks' timeouts.
+        if (noAnswer === 'closed' || (noAnswer === 'no-responders' && Date.now() >= giveUpAt)) {
+          for (const q of batch) q.resolve(undefined);
+          return;
+        }
+        const retry = (): void => {
+          this.#retries.delete(timer);
+          send(tries + 1);
+        };
+        const timer = setTimeout(retry, Math.min(1000, 50 * 2 ** Math.min(tries, 5)));
+        this.#retries.set(timer, retry);
+      });
+    };
+    send(0);
   }
 
   /**
@@ -200,6 +214,12 @@ export class NatsAgentLink {
   /** Stops reporting; closes the connection when `owns`. */
   async close(owns: boolean): Promise<void> {
     this.#closed = true;
+    // Reports waiting to be sent again, or for an answer, resolve with none.
+    for (const [timer, retry] of [...this.#retries]) {
+      clearTimeout(timer);
+      retry();
+    }
+    this.#inbox.close();
     if (owns) await this.nc.close();
   }
 }

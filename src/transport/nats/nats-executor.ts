@@ -24,7 +24,9 @@
  *   of this sidecar and by the agent's own sidecar (`vouch`) for others; a task pinned to an
  *   agent can only be reported on by that agent. A report on an attempt that is no longer
  *   current is answered `FABRIC_ERR_TASK_STATE` and changes nothing. Answers go out after the
- *   store's commit of what the report changed.
+ *   store's commit of what the report changed. JetStream's publish
+ *   acknowledgements and the report answers come back on one reply subscription each
+ *   (`ReplyInbox`), not through nats.js' per-request machinery.
  * - **Restarts.** With a durable store the lease key and sidecar id are kept in it, so the
  *   executor is `resumable`: attempts out in JetStream, and their workers' reports, outlive a
  *   restart of this sidecar.
@@ -34,20 +36,15 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
-import {
-  AckPolicy,
-  RetentionPolicy,
-  StorageType,
-  jetstream,
-  jetstreamManager,
-} from '@nats-io/jetstream';
+import type { JetStreamManager } from '@nats-io/jetstream';
+import { AckPolicy, RetentionPolicy, StorageType, jetstreamManager } from '@nats-io/jetstream';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import { nanos } from '@nats-io/transport-node';
+import { headers, nanos } from '@nats-io/transport-node';
 import { TaskStateError, UnauthenticatedError } from '../../errors.js';
 import type { ExecutorSink, TaskExecutor } from '../../scheduler/executor.js';
 import type { TaskAssignment, TaskError } from '../../task.js';
 import type { NatsOptions } from './nats-options.js';
+import { ReplyInbox } from './reply-inbox.js';
 import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, TaskMessage, Vouch } from './wire.js';
@@ -74,6 +71,9 @@ function isBatch(data: unknown): boolean {
 
 /** How long a sidecar waits for another to vouch for its agent's proof. */
 const VOUCH_TIMEOUT_MS = 2_000;
+
+/** How long a publish waits for JetStream's acknowledgement before it is sent again. */
+const PUBLISH_TIMEOUT_MS = 5_000;
 
 /** Executor name of {@link NatsExecutor}. */
 export const NATS_EXECUTOR = 'nats';
@@ -140,14 +140,18 @@ export class NatsExecutor implements TaskExecutor {
   readonly resumable: boolean;
   readonly #secret: string;
   readonly #options: NatsExecutorOptions;
-  /** The take-up whose start was accepted, per running attempt (see `Report.take`). */
-  readonly #takes = new Map<string, { attempt: number; take: string }>();
+  /**
+   * The take-up whose start was accepted, per running attempt (see `Report.take`), with the
+   * attempt's lease that start proved (its later reports are checked against it, no HMAC).
+   */
+  readonly #takes = new Map<string, { attempt: number; take: string; lease: string }>();
   readonly #replyTo: string;
   #host: NatsExecutorHost | undefined;
   #sink: ExecutorSink | undefined;
   #nc: NatsConnection | undefined;
-  #js: JetStreamClient | undefined;
   #jsm: JetStreamManager | undefined;
+  /** Where JetStream's publish acknowledgements come back. */
+  #inbox: ReplyInbox | undefined;
   #sub: Subscription | undefined;
   #vouchSub: Subscription | undefined;
   /** Assignments dispatched before {@link start}. */
@@ -188,8 +192,8 @@ export class NatsExecutor implements TaskExecutor {
   async start(nc: NatsConnection): Promise<void> {
     this.#nc = nc;
     this.#jsm = await jetstreamManager(nc);
-    this.#js = jetstream(nc);
     await this.#ensureStream(this.#jsm);
+    this.#inbox = new ReplyInbox(nc);
     this.#sub = nc.subscribe(this.#replyTo, {
       callback: (err, msg) => {
         if (err === null) this.#onReport(msg);
@@ -229,7 +233,7 @@ export class NatsExecutor implements TaskExecutor {
   }
 
   dispatch(batch: readonly TaskAssignment[]): void {
-    if (this.#js === undefined) {
+    if (this.#inbox === undefined) {
       if (!this.#closed) for (const a of batch) this.#waiting.push(a);
       return;
     }
@@ -260,12 +264,23 @@ export class NatsExecutor implements TaskExecutor {
       replyTo: this.#replyTo,
       lease: attemptLease(this.#secret, a.taskId, a.attempt),
     };
-    this.#js!.publish(subject, encodeJson(msg), { msgID: `${a.taskId}:${a.attempt}` }).then(
-      () => {
-        this.stats.published++;
-      },
-      () => {
-        // Not stored (server restarting, no quorum): try again while the attempt is current.
+    // A JetStream publish is a core publish with a reply subject: the stream's acknowledgement
+    // (`{ stream, seq }`, or `{ error }`) comes back there.
+    const h = headers();
+    h.set('Nats-Msg-Id', `${a.taskId}:${a.attempt}`);
+    this.#inbox!.request(
+      subject,
+      encodeJson(msg),
+      PUBLISH_TIMEOUT_MS,
+      (reply) => {
+        if (this.#closed) return;
+        const ack = reply === undefined ? undefined : (decodeJson(reply.data) as { seq?: unknown });
+        if (typeof ack?.seq === 'number') {
+          this.stats.published++;
+          return;
+        }
+        // Not stored (no answer, no stream, server restarting, no quorum): try again while the
+        // attempt is current.
         this.stats.publishRetries++;
         const timer = setTimeout(
           () => {
@@ -276,6 +291,7 @@ export class NatsExecutor implements TaskExecutor {
         );
         this.#timers.add(timer);
       },
+      h,
     );
   }
 
@@ -372,7 +388,12 @@ export class NatsExecutor implements TaskExecutor {
     const parsed = reportSchema.safeParse(data);
     if (!parsed.success) return undefined;
     const r: Report = parsed.data;
-    if (!sameProof(r.lease, attemptLease(this.#secret, r.taskId, r.attempt))) return undefined;
+    const known = this.#takes.get(r.taskId);
+    const lease =
+      known !== undefined && known.attempt === r.attempt
+        ? known.lease
+        : attemptLease(this.#secret, r.taskId, r.attempt);
+    if (!sameProof(r.lease, lease)) return undefined;
     const t = this.#host?.task(r.taskId);
     if (t === undefined) return undefined; // a valid lease of a task forgotten since
     const hash = this.#host!.credentialHash(r.agentId);
@@ -452,7 +473,7 @@ export class NatsExecutor implements TaskExecutor {
           return stale();
         }
         if (!t.started) {
-          this.#takes.set(r.taskId, { attempt: r.attempt, take: r.take });
+          this.#takes.set(r.taskId, { attempt: r.attempt, take: r.take, lease: r.lease });
           sink.started(r.taskId, r.attempt);
         }
         break;
@@ -486,5 +507,6 @@ export class NatsExecutor implements TaskExecutor {
     this.#sub = undefined;
     this.#vouchSub?.unsubscribe();
     this.#vouchSub = undefined;
+    this.#inbox?.close();
   }
 }

@@ -78,6 +78,31 @@ export interface NatsWorkerStats {
   refused: number;
 }
 
+/**
+ * A running attempt's abort: the `AbortController` is made only when the handler reads its
+ * signal (most never do), already aborted when the attempt ended before that.
+ */
+class Running {
+  aborted = false;
+  #reason: unknown;
+  #controller: AbortController | undefined;
+
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController();
+      if (this.aborted) this.#controller.abort(this.#reason);
+    }
+    return this.#controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+  }
+}
+
 /** A connected NATS worker. */
 export class NatsWorker {
   readonly agentId: string;
@@ -90,8 +115,10 @@ export class NatsWorker {
   readonly #concurrency: number;
   readonly #heartbeatMs: number;
   readonly #reportTimeoutMs: number;
-  /** Running attempts (`taskId:attempt`) → their abort controller. */
-  readonly #running = new Map<string, AbortController>();
+  /** Running attempts (`taskId:attempt`) → their abort. */
+  readonly #running = new Map<string, Running>();
+  /** Messages held from their pull to their end: kept alive by one timer ({@link run}). */
+  readonly #held = new Set<JsMsg>();
   #closed = false;
 
   private constructor(
@@ -183,6 +210,13 @@ export class NatsWorker {
     });
     this.#link.publishHeartbeat();
     const hb = setInterval(() => this.#link.publishHeartbeat(), this.#heartbeatMs);
+    // In-progress acks for every held message, every third of AckWait (one timer for all).
+    const working = setInterval(
+      () => {
+        for (const m of this.#held) m.working();
+      },
+      Math.max(50, ackWaitMs / 3),
+    );
     let free = this.#concurrency;
     let wake: (() => void) | undefined;
     const inFlight = new Set<Promise<void>>();
@@ -208,7 +242,7 @@ export class NatsWorker {
               continue;
             }
             free--;
-            const p = this.#runOne(m, handlers, ackWaitMs).finally(() => {
+            const p = this.#runOne(m, handlers).finally(() => {
               free++;
               inFlight.delete(p);
               const w = wake;
@@ -223,26 +257,23 @@ export class NatsWorker {
     } finally {
       stop?.removeEventListener('abort', onStop);
       clearInterval(hb);
+      clearInterval(working);
       ended.unsubscribe();
     }
   }
 
-  async #runOne(
-    m: JsMsg,
-    handlers: Readonly<Record<string, NatsTaskHandler>>,
-    ackWaitMs: number,
-  ): Promise<void> {
-    const working = setInterval(() => m.working(), Math.max(50, ackWaitMs / 3));
+  async #runOne(m: JsMsg, handlers: Readonly<Record<string, NatsTaskHandler>>): Promise<void> {
+    this.#held.add(m);
     const task = await this.#link.begin(m);
     if (task === undefined) {
-      clearInterval(working);
+      this.#held.delete(m);
       this.stats.refused++;
       return;
     }
     this.stats.started++;
     const key = `${task.taskId}:${task.attempt}`;
-    const controller = new AbortController();
-    this.#running.set(key, controller);
+    const running = new Running();
+    this.#running.set(key, running);
     try {
       const handler = handlers[task.taskType];
       let outcome: Omit<Partial<Report>, 'kind'>;
@@ -257,7 +288,9 @@ export class NatsWorker {
           attempt: task.attempt,
           agentId: this.agentId,
           taskType: task.taskType,
-          signal: controller.signal,
+          get signal() {
+            return running.signal;
+          },
           progress: async (progress) => {
             await this.#link.report(task, 'progress', { progress });
           },
@@ -268,7 +301,7 @@ export class NatsWorker {
       }
       // Closed: the worker is gone as far as anyone knows; the message is redelivered.
       if (this.#closed) return;
-      if (controller.signal.aborted) {
+      if (running.aborted) {
         terminate(m); // the fabric ended the attempt
         return;
       }
@@ -283,7 +316,7 @@ export class NatsWorker {
       else this.stats.failed++;
       m.ack();
     } finally {
-      clearInterval(working);
+      this.#held.delete(m);
       this.#running.delete(key);
     }
   }

@@ -1,0 +1,48 @@
+/**
+ * ReplyInbox (requests answered on one wildcard subscription) against a real nats-server: an
+ * answer reaches its own request, nobody listening is told apart from nobody answering in time,
+ * and closing ends every open request.
+ */
+import { expect, it } from 'vitest';
+import { connect } from '@nats-io/transport-node';
+import type { Msg } from '@nats-io/transport-node';
+import type { NoAnswer } from '../../src/transport/nats/reply-inbox.js';
+import { ReplyInbox } from '../../src/transport/nats/reply-inbox.js';
+import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
+
+const text = new TextEncoder();
+const ask = (inbox: ReplyInbox, subject: string, body: string, timeoutMs = 5000) =>
+  new Promise<{ msg: Msg | undefined; why: NoAnswer | undefined }>((resolve) =>
+    inbox.request(subject, text.encode(body), timeoutMs, (msg, why) => resolve({ msg, why })),
+  );
+
+describeNats('ReplyInbox', () => {
+  const server = natsServerPerSuite();
+
+  it('gives each request its own answer, and tells no responders from a timeout', async () => {
+    const nc = await connect({ servers: server().url });
+    // A responder that answers "echo:<body>", the second request first.
+    const held: Msg[] = [];
+    nc.subscribe('svc.echo', {
+      callback: (_err, m) => {
+        held.push(m);
+        if (held.length === 2) for (const h of [...held].reverse()) h.respond(`echo:${h.string()}`);
+      },
+    });
+    nc.subscribe('svc.silent', { callback: () => undefined });
+    await nc.flush();
+    const inbox = new ReplyInbox(nc, 20);
+    const [a, b] = await Promise.all([ask(inbox, 'svc.echo', 'a'), ask(inbox, 'svc.echo', 'b')]);
+    expect(a.msg?.string()).toBe('echo:a');
+    expect(b.msg?.string()).toBe('echo:b');
+    expect(await ask(inbox, 'svc.nobody', 'x')).toEqual({ msg: undefined, why: 'no-responders' });
+    expect(await ask(inbox, 'svc.silent', 'x', 100)).toEqual({ msg: undefined, why: 'timeout' });
+    expect(inbox.size).toBe(0);
+    // Close ends what is open; a request after close is told at once.
+    const open = ask(inbox, 'svc.silent', 'x');
+    inbox.close();
+    expect(await open).toEqual({ msg: undefined, why: 'closed' });
+    expect(await ask(inbox, 'svc.echo', 'y')).toEqual({ msg: undefined, why: 'closed' });
+    await nc.close();
+  });
+});
