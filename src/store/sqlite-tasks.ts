@@ -317,6 +317,9 @@ class Shapes {
     width: number,
     sql: (cells: readonly number[], rows: number) => string,
   ) {
+    // A shape is a bit mask of the row's cells in a 32-bit integer (`1 << c`): a wider row
+    // would alias cells silently, so a table grown past 31 columns must change the mask first.
+    if (width > 31) throw new Error(`task rows of ${width} cells do not fit a 31-bit shape mask`);
     this.#db = db;
     this.#width = width;
     this.#sql = sql;
