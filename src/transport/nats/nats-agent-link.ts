@@ -12,7 +12,7 @@ import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
 import { ReplyInbox } from './reply-inbox.js';
 import type { NatsNames } from './subjects.js';
 import type { Answer, Report, ReportKind, TaskMessage } from './wire.js';
-import { decodeJson, encodeJson, heartbeatProof, reportProof, taskMessageSchema } from './wire.js';
+import { asTaskMessage, decodeJson, encodeJson, heartbeatProof, reportProof } from './wire.js';
 
 /** Most reports in one batch request, and most bytes (NATS' default max_payload is 1 MiB). */
 const MAX_BATCH = 256;
@@ -24,6 +24,16 @@ interface Queued {
   readonly json: string;
   readonly giveUpAt: number;
   readonly resolve: (answer: Answer | undefined) => void;
+  /** Called once the report's first request is handed to the connection. */
+  readonly sent: (() => void) | undefined;
+}
+
+/** A `start` report in flight: see {@link NatsAgentLink.start}. */
+export interface Starting {
+  /** The sidecar's answer (undefined: none until the task's timeout, or the link closed). */
+  readonly answer: Promise<Answer | undefined>;
+  /** Resolves once the report is handed to the connection (written out on this turn). */
+  readonly sent: Promise<void>;
 }
 
 /**
@@ -102,8 +112,12 @@ export class NatsAgentLink {
     task: TaskMessage,
     kind: ReportKind,
     extra: Omit<Partial<Report>, 'kind'> = {},
+    sent?: () => void,
   ): Promise<Answer | undefined> {
-    if (this.closed) return Promise.resolve(undefined);
+    if (this.closed) {
+      sent?.();
+      return Promise.resolve(undefined);
+    }
     const report: Report = {
       kind,
       taskId: task.taskId,
@@ -120,7 +134,7 @@ export class NatsAgentLink {
         queue = [];
         this.#outbox.set(task.replyTo, queue);
       }
-      queue.push({ json: JSON.stringify(report), giveUpAt, resolve });
+      queue.push({ json: JSON.stringify(report), giveUpAt, resolve, sent });
       if (!this.#flushQueued) {
         this.#flushQueued = true;
         setImmediate(this.#flush);
@@ -186,24 +200,46 @@ export class NatsAgentLink {
       });
     };
     send(0);
+    // The publish is in the connection's buffer, which it writes out on a microtask queued
+    // before anything these callbacks go on to queue.
+    for (const q of batch) q.sent?.();
   }
 
   /**
-   * Takes a pulled message up: checks it and reports `start` with an id of this take-up (the
-   * sidecar counts an already started attempt taken up again as lost and answers it stale).
+   * The task of a pulled message, or `undefined` when it is not a fabric task message (then
+   * terminated: it is never delivered again).
+   */
+  parse(m: JsMsg): TaskMessage | undefined {
+    const task = asTaskMessage(decodeJson(m.data));
+    if (task === undefined) {
+      terminate(m); // not a fabric task message
+      return undefined;
+    }
+    this.#giveUpAt.set(task, Date.now() + task.timeoutSeconds * 1000);
+    return task;
+  }
+
+  /**
+   * Reports `start` for a parsed message, with an id of this take-up (the sidecar counts an
+   * already started attempt taken up again as lost and answers it stale).
+   */
+  start(task: TaskMessage): Starting {
+    let sent!: () => void;
+    const written = new Promise<void>((resolve) => (sent = resolve));
+    const answer = this.report(task, 'start', { take: `${this.#nonce}.${++this.#takes}` }, sent);
+    return { answer, sent: written };
+  }
+
+  /**
+   * Takes a pulled message up: parses it and waits for the sidecar's answer to its `start`.
    * Returns the task to run, or `undefined` when the message was terminated instead (not a task,
    * start refused — the attempt ended or was lost — or its sidecar gone). The caller keeps the
    * message alive with in-progress acks meanwhile.
    */
   async begin(m: JsMsg): Promise<TaskMessage | undefined> {
-    const parsed = taskMessageSchema.safeParse(decodeJson(m.data));
-    if (!parsed.success) {
-      terminate(m); // not a fabric task message
-      return undefined;
-    }
-    const task = parsed.data;
-    this.#giveUpAt.set(task, Date.now() + task.timeoutSeconds * 1000);
-    const start = await this.report(task, 'start', { take: `${this.#nonce}.${++this.#takes}` });
+    const task = this.parse(m);
+    if (task === undefined) return undefined;
+    const start = await this.start(task).answer;
     if (start === undefined || !start.ok) {
       terminate(m); // the attempt is over, or its sidecar is gone
       return undefined;

@@ -49,12 +49,12 @@ import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, TaskMessage, Vouch } from './wire.js';
 import {
+  asReport,
   attemptLease,
+  batchReports,
   decodeJson,
   encodeJson,
-  reportBatchSchema,
   reportProof,
-  reportSchema,
   sameProof,
   vouchSchema,
 } from './wire.js';
@@ -353,13 +353,13 @@ export class NatsExecutor implements TaskExecutor {
     const data = decodeJson(msg.data);
     let reports: unknown[];
     if (isBatch(data)) {
-      const batch = reportBatchSchema.safeParse(data);
-      if (!batch.success) {
+      const batch = batchReports(data as Record<string, unknown>);
+      if (batch === undefined) {
         this.stats.reportsRejected++;
         if (msg.reply) msg.respond(encodeJson(DENY));
         return;
       }
-      reports = batch.data.reports;
+      reports = batch;
     } else reports = [data];
     const checked = reports.map((d) => this.#check(d));
     const answer = (list: (Report | undefined)[]): void => {
@@ -385,9 +385,8 @@ export class NatsExecutor implements TaskExecutor {
    * another sidecar) is checked by that agent's own sidecar ({@link #vouchFor}), so a promise.
    */
   #check(data: unknown): Report | undefined | Promise<Report | undefined> {
-    const parsed = reportSchema.safeParse(data);
-    if (!parsed.success) return undefined;
-    const r: Report = parsed.data;
+    const r = asReport(data);
+    if (r === undefined) return undefined;
     const known = this.#takes.get(r.taskId);
     const lease =
       known !== undefined && known.attempt === r.attempt

@@ -103,6 +103,16 @@ class Running {
   }
 }
 
+/** How many ended attempts a worker remembers (see `NatsWorker.#ended`). */
+const ENDED_MEMORY = 4096;
+
+/** Why a start was refused, for the aborted handler's signal. */
+function refusedReason(a: Answer | undefined): string {
+  if (a === undefined)
+    return 'FABRIC_ERR_NATS_UNAVAILABLE: the sidecar that scheduled the task does not answer';
+  return a.ok ? 'accepted' : `${a.code}: ${a.message}`;
+}
+
 /** A connected NATS worker. */
 export class NatsWorker {
   readonly agentId: string;
@@ -117,6 +127,12 @@ export class NatsWorker {
   readonly #reportTimeoutMs: number;
   /** Running attempts (`taskId:attempt`) → their abort. */
   readonly #running = new Map<string, Running>();
+  /**
+   * Attempts (`taskId:attempt`) the sidecars said they ended that were not running here, the
+   * last {@link ENDED_MEMORY}: such an attempt's message, pulled later (a task cancelled while
+   * queued), waits for its start's answer — a refusal — instead of running at once.
+   */
+  readonly #ended = new Set<string>();
   /** Messages held from their pull to their end: kept alive by one timer ({@link run}). */
   readonly #held = new Set<JsMsg>();
   #closed = false;
@@ -204,8 +220,11 @@ export class NatsWorker {
       callback: (err, msg) => {
         if (err !== null) return;
         const n = decodeJson(msg.data) as Partial<EndedNotice> | undefined;
-        const c = n && this.#running.get(`${n.taskId}:${n.attempt}`);
-        c?.abort(new Error(`${n!.code}: ${n!.message}`));
+        if (n === undefined || n === null) return;
+        const key = `${n.taskId}:${n.attempt}`;
+        const c = this.#running.get(key);
+        if (c !== undefined) c.abort(new Error(`${n.code}: ${n.message}`));
+        else this.#noteEnded(key);
       },
     });
     this.#link.publishHeartbeat();
@@ -242,7 +261,7 @@ export class NatsWorker {
               continue;
             }
             free--;
-            const p = this.#runOne(m, handlers).finally(() => {
+            const p = this.#runOne(m, handlers, ackWaitMs).finally(() => {
               free++;
               inFlight.delete(p);
               const w = wake;
@@ -262,17 +281,69 @@ export class NatsWorker {
     }
   }
 
-  async #runOne(m: JsMsg, handlers: Readonly<Record<string, NatsTaskHandler>>): Promise<void> {
+  #noteEnded(key: string): void {
+    this.#ended.add(key);
+    if (this.#ended.size > ENDED_MEMORY) {
+      this.#ended.delete(this.#ended.values().next().value!);
+    }
+  }
+
+  /**
+   * True when `m` is surely the first delivery of its message: JetStream says so and it was
+   * stored less than half an AckWait ago. A message redelivered after AckWait (its first worker
+   * presumably dead) was stored at least an AckWait ago; the delivery count alone is not trusted
+   * (nats-server 2.9 can deliver a message again with a count of 1: nats-server#5305). The age is read
+   * on this machine's clock against the server's: a clock behind the server's by more than half
+   * an AckWait could take a redelivery for a first one (then the handler runs until the
+   * sidecar's refusal of its start aborts it, and its result is refused as stale).
+   */
+  #firstDelivery(m: JsMsg, ackWaitMs: number): boolean {
+    const info = m.info;
+    if (info.deliveryCount !== 1) return false;
+    const age = Date.now() - Number(info.timestampNanos) / 1e6;
+    return age < ackWaitMs / 2;
+  }
+
+  async #runOne(
+    m: JsMsg,
+    handlers: Readonly<Record<string, NatsTaskHandler>>,
+    ackWaitMs: number,
+  ): Promise<void> {
     this.#held.add(m);
-    const task = await this.#link.begin(m);
+    const task = this.#link.parse(m);
     if (task === undefined) {
       this.#held.delete(m);
       this.stats.refused++;
       return;
     }
+    const running = new Running();
+    const starting = this.#link.start(task);
+    let accepted: Promise<boolean>;
+    if (!this.#ended.has(`${task.taskId}:${task.attempt}`) && this.#firstDelivery(m, ackWaitMs)) {
+      // A first delivery runs once its start is written out, without waiting for the answer:
+      // a refusal (the attempt ended while the message was queued) aborts the handler's signal
+      // and the result is not reported. The start is out before the handler runs, so a worker
+      // the handler kills has started the attempt as far as the sidecar knows — the message's
+      // next take-up then counts it as lost (see `NatsExecutor`).
+      await starting.sent;
+      accepted = starting.answer.then((a) => {
+        if (a === undefined || !a.ok) running.abort(new Error(refusedReason(a)));
+        return a !== undefined && a.ok;
+      });
+    } else {
+      // A redelivery (or one that may be): its attempt may have been started by a worker now
+      // gone, which only the sidecar knows — run it only once the start is accepted.
+      const a = await starting.answer;
+      if (a === undefined || !a.ok) {
+        terminate(m); // the attempt is over, or its sidecar is gone
+        this.#held.delete(m);
+        this.stats.refused++;
+        return;
+      }
+      accepted = Promise.resolve(true);
+    }
     this.stats.started++;
     const key = `${task.taskId}:${task.attempt}`;
-    const running = new Running();
     this.#running.set(key, running);
     try {
       const handler = handlers[task.taskType];
@@ -302,12 +373,21 @@ export class NatsWorker {
       // Closed: the worker is gone as far as anyone knows; the message is redelivered.
       if (this.#closed) return;
       if (running.aborted) {
+        if (!(await accepted)) this.stats.refused++;
         terminate(m); // the fabric ended the attempt
         return;
       }
+      // Sent after the start (same subject, in order), so the sidecar applies the start first;
+      // a refused start makes this report stale.
       const kind: ReportKind = outcome.error === undefined ? 'complete' : 'fail';
       const answer = await this.#link.report(task, kind, outcome);
       if (this.#closed) return; // redelivered after AckWait
+      if (!(await accepted)) {
+        // The start was refused (or never answered): the attempt was not this worker's.
+        this.stats.refused++;
+        terminate(m);
+        return;
+      }
       if (answer === undefined) {
         terminate(m); // its sidecar is gone for longer than the task's timeout
         return;

@@ -125,6 +125,102 @@ export interface EndedNotice {
   message: string;
 }
 
+/*
+ * Hand-written checks of the two messages on the per-task path (a task message pulled by a
+ * worker, a report arriving at a sidecar): the same rules as {@link taskMessageSchema} and
+ * {@link reportSchema} — every key known, required keys present, the same types and bounds —
+ * without zod's per-parse allocations. `test/unit/nats-wire.test.ts` holds them to the schemas.
+ */
+
+type Json = Record<string, unknown>;
+
+function isObject(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function nonEmpty(v: unknown, max = Number.POSITIVE_INFINITY): boolean {
+  return typeof v === 'string' && v.length >= 1 && v.length <= max;
+}
+
+function isNumber(v: unknown): v is number {
+  return typeof v === 'number' && Number.isFinite(v);
+}
+
+function positiveInt(v: unknown): boolean {
+  return Number.isSafeInteger(v) && (v as number) > 0;
+}
+
+/** True when every own key of `o` is one of `keys`. */
+function onlyKeys(o: Json, keys: ReadonlySet<string>): boolean {
+  for (const k of Object.keys(o)) if (!keys.has(k)) return false;
+  return true;
+}
+
+const TASK_KEYS: ReadonlySet<string> = new Set(Object.keys(taskMessageSchema.shape));
+const REPORT_KEYS: ReadonlySet<string> = new Set(Object.keys(reportSchema.shape));
+const ERROR_KEYS: ReadonlySet<string> = new Set(['code', 'message', 'details']);
+const BATCH_KEYS: ReadonlySet<string> = new Set(['v', 'reports']);
+const KINDS: ReadonlySet<unknown> = new Set(['start', 'progress', 'complete', 'fail']);
+
+/** `data` as a task message when it is one (see {@link taskMessageSchema}), else undefined. */
+export function asTaskMessage(data: unknown): TaskMessage | undefined {
+  if (!isObject(data) || !onlyKeys(data, TASK_KEYS)) return undefined;
+  const ok =
+    data.v === 1 &&
+    nonEmpty(data.taskId) &&
+    positiveInt(data.attempt) &&
+    nonEmpty(data.taskType) &&
+    'payload' in data &&
+    (data.deadline === null || isNumber(data.deadline)) &&
+    isNumber(data.timeoutSeconds) &&
+    data.timeoutSeconds > 0 &&
+    positiveInt(data.maxAttempts) &&
+    (data.agentId === null || typeof data.agentId === 'string') &&
+    (data.poolId === null || typeof data.poolId === 'string') &&
+    nonEmpty(data.replyTo) &&
+    nonEmpty(data.lease);
+  return ok ? (data as TaskMessage) : undefined;
+}
+
+function isTaskError(v: unknown): boolean {
+  return (
+    isObject(v) &&
+    onlyKeys(v, ERROR_KEYS) &&
+    nonEmpty(v.code, 200) &&
+    typeof v.message === 'string' &&
+    v.message.length <= 10_000 &&
+    (v.details === undefined || isObject(v.details))
+  );
+}
+
+/** The reports of `data` when it is a valid batch (see {@link reportBatchSchema}), else undefined. */
+export function batchReports(data: Json): unknown[] | undefined {
+  const reports = data.reports;
+  const ok =
+    data.v === 1 &&
+    onlyKeys(data, BATCH_KEYS) &&
+    Array.isArray(reports) &&
+    reports.length >= 1 &&
+    reports.length <= MAX_REPORT_BATCH;
+  return ok ? reports : undefined;
+}
+
+/** `data` as a report when it is one (see {@link reportSchema}), else undefined. */
+export function asReport(data: unknown): Report | undefined {
+  if (!isObject(data) || !onlyKeys(data, REPORT_KEYS)) return undefined;
+  const ok =
+    KINDS.has(data.kind) &&
+    nonEmpty(data.taskId) &&
+    positiveInt(data.attempt) &&
+    nonEmpty(data.lease) &&
+    nonEmpty(data.agentId) &&
+    nonEmpty(data.proof) &&
+    (data.error === undefined || isTaskError(data.error)) &&
+    (data.retry === undefined || typeof data.retry === 'boolean') &&
+    (data.take === undefined || nonEmpty(data.take, 64));
+  return ok ? (data as Report) : undefined;
+}
+
 function hmac(key: string, text: string): string {
   return createHmac('sha256', key).update(text).digest('base64url');
 }

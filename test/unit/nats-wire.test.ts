@@ -1,0 +1,126 @@
+/**
+ * The hand-written checks of the per-task NATS messages (`asTaskMessage`, `asReport`,
+ * `batchReports`) accept exactly what the documented zod schemas accept.
+ */
+import { describe, expect, it } from 'vitest';
+import {
+  asReport,
+  asTaskMessage,
+  batchReports,
+  reportBatchSchema,
+  reportSchema,
+  taskMessageSchema,
+} from '../../src/transport/nats/wire.js';
+
+const task = {
+  v: 1,
+  taskId: 't1',
+  attempt: 1,
+  taskType: 'echo',
+  payload: { a: [1, 2] },
+  deadline: null,
+  timeoutSeconds: 30,
+  maxAttempts: 3,
+  agentId: null,
+  poolId: 'p',
+  replyTo: 'fabric.ns.res.x',
+  lease: 'L',
+};
+
+const report = {
+  kind: 'complete',
+  taskId: 't1',
+  attempt: 2,
+  lease: 'L',
+  agentId: 'a',
+  proof: 'P',
+  result: { ok: 1 },
+};
+
+/** Variants of `base`: every key dropped, and every key set to each hostile value. */
+function variants(base: Record<string, unknown>, extra: unknown[]): unknown[] {
+  const values: unknown[] = [
+    undefined,
+    null,
+    0,
+    -1,
+    1,
+    1.5,
+    2 ** 53,
+    '',
+    'x',
+    'x'.repeat(65),
+    'x'.repeat(201),
+    'x'.repeat(10_001),
+    true,
+    [],
+    {},
+    [1],
+    { code: 'C', message: 'm' },
+    { code: '', message: 'm' },
+    { code: 'C', message: 'm', details: { k: 1 } },
+    { code: 'C', message: 'm', details: [] },
+    { code: 'C', message: 'm', details: null },
+    { code: 'C', message: 'm', extra: 1 },
+    { code: 'C'.repeat(201), message: 'm' },
+    { code: 'C', message: 'm'.repeat(10_001) },
+    ...extra,
+  ];
+  const out: unknown[] = [base, null, [], 'x', 1, {}, { ...base, unknown: 1 }];
+  out.push(JSON.parse(`{"__proto__":1,${JSON.stringify(base).slice(1)}`));
+  for (const k of Object.keys(base)) {
+    const { [k]: _, ...rest } = base;
+    out.push(rest);
+    for (const v of values) out.push({ ...base, [k]: v });
+  }
+  for (const k of ['result', 'progress', 'error', 'retry', 'take']) {
+    for (const v of values) out.push({ ...base, [k]: v });
+  }
+  return out;
+}
+
+describe('NATS wire checks', () => {
+  it('asTaskMessage agrees with taskMessageSchema', () => {
+    const cases = variants(task, []);
+    let accepted = 0;
+    for (const c of cases) {
+      const zod = taskMessageSchema.safeParse(c).success;
+      expect([c, asTaskMessage(c) !== undefined]).toEqual([c, zod]);
+      if (zod) accepted++;
+    }
+    expect(accepted).toBeGreaterThan(10);
+  });
+
+  it('asReport agrees with reportSchema', () => {
+    const cases = [
+      ...variants(report, ['start', 'progress', 'fail', 'done']),
+      ...variants({ ...report, kind: 'start', take: 'w.1' }, []),
+      ...variants({ ...report, kind: 'fail', error: { code: 'E', message: 'm' }, retry: true }, []),
+    ];
+    let accepted = 0;
+    for (const c of cases) {
+      const zod = reportSchema.safeParse(c).success;
+      expect([c, asReport(c) !== undefined]).toEqual([c, zod]);
+      if (zod) accepted++;
+    }
+    expect(accepted).toBeGreaterThan(30);
+  });
+
+  it('batchReports agrees with reportBatchSchema', () => {
+    const cases: Record<string, unknown>[] = [
+      { v: 1, reports: [report] },
+      { v: 1, reports: [1, 'x', null] },
+      { v: 1, reports: [] },
+      { v: 1, reports: Array.from({ length: 1024 }, () => report) },
+      { v: 1, reports: Array.from({ length: 1025 }, () => report) },
+      { v: 2, reports: [report] },
+      { reports: [report] },
+      { v: 1, reports: { 0: report } },
+      { v: 1, reports: [report], more: 1 },
+    ];
+    for (const c of cases) {
+      const zod = reportBatchSchema.safeParse(c).success;
+      expect([c.v, batchReports(c) !== undefined]).toEqual([c.v, zod]);
+    }
+  });
+});
