@@ -1,0 +1,112 @@
+/**
+ * How a NatsWorker starts a pulled task against a real nats-server: a first delivery runs as
+ * soon as its `start` report is written (the answer is not awaited), and a refusal aborts it and
+ * keeps its result out; an attempt the worker was told had ended waits for the answer and never
+ * runs.
+ */
+import { expect, it } from 'vitest';
+import { AgentFabric } from '../../src/fabric.js';
+import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
+import { TaskStatus } from '../../src/task.js';
+import { until } from '../fixtures/gateway/harness.js';
+import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
+
+describeNats('NatsWorker start', () => {
+  const suiteServer = natsServerPerSuite();
+
+  async function setup(namespace: string, concurrency: number) {
+    const nats = { url: suiteServer().url, namespace };
+    const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
+    await fabric.start();
+    const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
+    await fabric.natsExecutor!.consumersReady();
+    await fabric.heartbeat(agent.id);
+    const worker = await NatsWorker.connect({
+      nats,
+      agentId: agent.id,
+      credential: agent.credential,
+      concurrency,
+    });
+    return { fabric, agent, worker };
+  }
+
+  it('a task cancelled while queued in JetStream: its first delivery runs, is aborted, and its result is refused', async () => {
+    const { fabric, agent, worker } = await setup('fresh', 4);
+    const stop = new AbortController();
+    try {
+      // Scheduled and cancelled before the worker listens: the message waits in the stream.
+      const task = await fabric.schedule({ agentId: agent.id, taskType: 'slow', payload: 1 });
+      await until(() => fabric.natsExecutor!.stats.published === 1, 10_000);
+      await fabric.cancelTask(task.id, 'not wanted');
+      let aborted: unknown;
+      let ran = 0;
+      const running = worker.run(
+        {
+          slow: async (_p, ctx) => {
+            ran++;
+            // Runs before the start's answer; the refusal aborts this signal.
+            await new Promise<void>((resolve) => {
+              if (ctx.signal.aborted) resolve();
+              ctx.signal.addEventListener('abort', () => resolve(), { once: true });
+            });
+            aborted = ctx.signal.reason;
+            return 'late';
+          },
+        },
+        { signal: stop.signal },
+      );
+      await until(() => worker.stats.refused === 1, 10_000);
+      expect(ran).toBe(1);
+      expect(String(aborted)).toMatch(/FABRIC_ERR_TASK_STATE/);
+      expect(worker.stats.completed).toBe(0);
+      const done = await fabric.getTask(task.id);
+      expect(done.status).toBe(TaskStatus.CANCELLED);
+      expect(done.result).toBeUndefined();
+      stop.abort();
+      await running;
+    } finally {
+      await worker.close();
+      await fabric.close();
+    }
+  });
+
+  it('an attempt the worker heard had ended waits for its start answer and never runs', async () => {
+    const { fabric, agent, worker } = await setup('noticed', 1);
+    const stop = new AbortController();
+    try {
+      let release!: () => void;
+      const blocker = new Promise<void>((r) => (release = r));
+      const runs: unknown[] = [];
+      const running = worker.run(
+        {
+          t: async (p) => {
+            runs.push(p);
+            if (p === 'first') await blocker;
+            return p;
+          },
+        },
+        { signal: stop.signal },
+      );
+      // The only slot is busy: the second task's message waits (pulled or in the stream) while
+      // it is cancelled, and the worker hears the ended notice.
+      const first = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 'first' });
+      await until(() => runs.length === 1, 10_000);
+      const second = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 'second' });
+      await until(() => fabric.natsExecutor!.stats.published === 2, 10_000);
+      await fabric.cancelTask(second.id, 'not wanted');
+      await new Promise((r) => setTimeout(r, 200)); // the notice reaches the worker
+      release();
+      expect((await fabric.waitForTask(first.id, { timeoutSeconds: 10 })).status).toBe(
+        TaskStatus.COMPLETED,
+      );
+      await until(() => worker.stats.refused === 1, 10_000);
+      expect(runs).toEqual(['first']);
+      expect((await fabric.getTask(second.id)).status).toBe(TaskStatus.CANCELLED);
+      stop.abort();
+      await running;
+    } finally {
+      await worker.close();
+      await fabric.close();
+    }
+  });
+});
