@@ -2,12 +2,15 @@
  * How a NatsWorker starts a pulled task against a real nats-server: a first delivery runs as
  * soon as its `start` report is written (the answer is not awaited), and a refusal aborts it and
  * keeps its result out; an attempt the worker was told had ended waits for the answer and never
- * runs.
+ * runs; a task cancelled while its message waits in the stream has the message deleted.
  */
 import { expect, it } from 'vitest';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
 import { AgentFabric } from '../../src/fabric.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { TaskStatus } from '../../src/task.js';
+import { encodeJson } from '../../src/transport/nats/wire.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
@@ -30,21 +33,64 @@ describeNats('NatsWorker start', () => {
     return { fabric, agent, worker };
   }
 
-  it('a task cancelled while queued in JetStream: its first delivery runs, is aborted, and its result is refused', async () => {
-    const { fabric, agent, worker } = await setup('fresh', 4);
+  it('a task cancelled while its message waits in JetStream: the message is deleted, never run', async () => {
+    const { fabric, agent, worker } = await setup('cancelled', 4);
     const stop = new AbortController();
     try {
-      // Scheduled and cancelled before the worker listens: the message waits in the stream.
-      const task = await fabric.schedule({ agentId: agent.id, taskType: 'slow', payload: 1 });
+      // Scheduled and cancelled before the worker listens: the message waited in the stream.
+      const task = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1 });
       await until(() => fabric.natsExecutor!.stats.published === 1, 10_000);
       await fabric.cancelTask(task.id, 'not wanted');
+      const nc = await connect({ servers: suiteServer().url });
+      const jsm = await jetstreamManager(nc);
+      const stream = fabric.natsExecutor!.names.stream;
+      await until(async () => (await jsm.streams.info(stream)).state.messages === 0, 10_000);
+      let ran = 0;
+      const running = worker.run({ t: () => ran++ }, { signal: stop.signal });
+      const later = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 2 });
+      expect((await fabric.waitForTask(later.id, { timeoutSeconds: 10 })).status).toBe(
+        TaskStatus.COMPLETED,
+      );
+      expect(ran).toBe(1);
+      expect((await fabric.getTask(task.id)).status).toBe(TaskStatus.CANCELLED);
+      stop.abort();
+      await running;
+      await nc.close();
+    } finally {
+      await worker.close();
+      await fabric.close();
+    }
+  });
+
+  it('a first delivery runs before its start is answered; a refusal aborts it and nothing is reported done', async () => {
+    const { fabric, agent, worker } = await setup('refused', 4);
+    const stop = new AbortController();
+    const nc = await connect({ servers: suiteServer().url });
+    try {
+      // A task message with a lease the sidecar never made (as any client allowed to publish
+      // on the task subjects could send): its start is refused.
+      const names = fabric.natsExecutor!.names;
+      const forged = {
+        v: 1,
+        taskId: 'forged',
+        attempt: 1,
+        taskType: 'slow',
+        payload: null,
+        deadline: null,
+        timeoutSeconds: 30,
+        maxAttempts: 1,
+        agentId: agent.id,
+        poolId: null,
+        replyTo: names.results(fabric.natsExecutor!.sidecarId),
+        lease: 'x'.repeat(43),
+      };
+      await jetstream(nc).publish(names.agentTasks(agent.id), encodeJson(forged));
       let aborted: unknown;
       let ran = 0;
       const running = worker.run(
         {
           slow: async (_p, ctx) => {
             ran++;
-            // Runs before the start's answer; the refusal aborts this signal.
             await new Promise<void>((resolve) => {
               if (ctx.signal.aborted) resolve();
               ctx.signal.addEventListener('abort', () => resolve(), { once: true });
@@ -57,14 +103,13 @@ describeNats('NatsWorker start', () => {
       );
       await until(() => worker.stats.refused === 1, 10_000);
       expect(ran).toBe(1);
-      expect(String(aborted)).toMatch(/FABRIC_ERR_TASK_STATE/);
+      expect(String(aborted)).toMatch(/FABRIC_ERR_UNAUTHENTICATED/);
       expect(worker.stats.completed).toBe(0);
-      const done = await fabric.getTask(task.id);
-      expect(done.status).toBe(TaskStatus.CANCELLED);
-      expect(done.result).toBeUndefined();
+      expect(fabric.natsExecutor!.stats.reportsAccepted).toBe(0);
       stop.abort();
       await running;
     } finally {
+      await nc.close();
       await worker.close();
       await fabric.close();
     }

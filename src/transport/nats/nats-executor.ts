@@ -145,6 +145,12 @@ export class NatsExecutor implements TaskExecutor {
    * attempt's lease that start proved (its later reports are checked against it, no HMAC).
    */
   readonly #takes = new Map<string, { attempt: number; take: string; lease: string }>();
+  /**
+   * The stream sequence of each attempt's message while its task is out (from the publish's
+   * acknowledgement): when the scheduler ends the attempt first (cancel, timeout) the message is
+   * deleted, so a worker that did not hear the `ended` notice does not begin it.
+   */
+  readonly #seqs = new Map<string, { attempt: number; seq: number }>();
   readonly #replyTo: string;
   #host: NatsExecutorHost | undefined;
   #sink: ExecutorSink | undefined;
@@ -277,6 +283,11 @@ export class NatsExecutor implements TaskExecutor {
         const ack = reply === undefined ? undefined : (decodeJson(reply.data) as { seq?: unknown });
         if (typeof ack?.seq === 'number') {
           this.stats.published++;
+          // Not when the attempt ended (or was reported on) while the publish was out.
+          const now = this.#host?.task(a.taskId);
+          if (now !== undefined && now.dispatched && now.attempt === a.attempt) {
+            this.#seqs.set(a.taskId, { attempt: a.attempt, seq: ack.seq });
+          }
           return;
         }
         // Not stored (no answer, no stream, server restarting, no quorum): try again while the
@@ -297,6 +308,12 @@ export class NatsExecutor implements TaskExecutor {
 
   abort(taskId: string, attempt: number, reason: TaskError): void {
     this.#takes.delete(taskId);
+    const out = this.#seqs.get(taskId);
+    if (out !== undefined && out.attempt === attempt) {
+      this.#seqs.delete(taskId);
+      // Best effort: the message may be taken up already (its start is then refused).
+      this.#jsm?.streams.deleteMessage(this.names.stream, out.seq, false).catch(() => undefined);
+    }
     if (this.#nc === undefined || this.#nc.isClosed()) return;
     const notice: EndedNotice = { taskId, attempt, code: reason.code, message: reason.message };
     this.#nc.publish(this.names.ended(taskId), encodeJson(notice));
@@ -482,10 +499,12 @@ export class NatsExecutor implements TaskExecutor {
         break;
       case 'complete':
         this.#takes.delete(r.taskId);
+        this.#seqs.delete(r.taskId);
         sink.complete(r.taskId, r.attempt, r.result === undefined ? null : r.result);
         break;
       case 'fail':
         this.#takes.delete(r.taskId);
+        this.#seqs.delete(r.taskId);
         sink.fail(
           r.taskId,
           r.attempt,
