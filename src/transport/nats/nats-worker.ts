@@ -5,10 +5,14 @@
  * sidecar directly: only a NATS connection, the agent's id and its credential are needed, which
  * is also all a worker in another language needs (see the README, "NATS wire protocol").
  *
- * Per task: send in-progress acks from the pull on, report `start` (a refused start — the
- * attempt ended, or the report is not authentic — terminates the message unrun), run the
- * handler with a signal of its own (aborted by the sidecar's `ended` notice or by
- * {@link NatsWorker.stop}), report `complete` or `fail`, then ack. Reports are retried until the
+ * Per task: send in-progress acks from the pull on, report `start`, run the handler with a
+ * signal of its own (aborted by the sidecar's `ended` notice, by a refused start, or by
+ * {@link NatsWorker.stop}), report `complete` or `fail`, then ack. A first delivery of a message
+ * runs as soon as its `start` is written out, without waiting for the answer (the round trip
+ * was about half of the enqueue-to-start latency); a refusal — the attempt ended, or the
+ * message is not authentic — then aborts the handler, its result is not reported, and the
+ * message is terminated. A redelivery, or an attempt this worker heard had ended, runs only once
+ * its start is accepted, else is terminated unrun (see `#firstDelivery`). Reports are retried until the
  * owning sidecar answers; while its sidecar is gone (no responders) a message is kept until the
  * task's timeout has passed — a sidecar restarted on its durable store accepts the reports —
  * then terminated.
