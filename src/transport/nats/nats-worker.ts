@@ -330,6 +330,10 @@ export class NatsWorker {
       // the handler kills has started the attempt as far as the sidecar knows — the message's
       // next take-up then counts it as lost (see `NatsExecutor`).
       await starting.sent;
+      if (this.#closed) {
+        this.#held.delete(m); // not run; redelivered after AckWait
+        return;
+      }
       accepted = starting.answer.then((a) => {
         if (a === undefined || !a.ok) running.abort(new Error(refusedReason(a)));
         return a !== undefined && a.ok;
