@@ -676,7 +676,7 @@ export class AgentFabric {
    * credential revoked (replaced, or its agent terminated) or an admin credential issued. While
    * it is unchanged, a credential that authenticated still authenticates as the same identity.
    */
-  get credentialEpoch(): number {
+  credentialEpoch(): number {
     return this.lifecycle.credentialRevocations + this.#adminsIssued;
   }
 

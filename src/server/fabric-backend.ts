@@ -38,7 +38,7 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
   }
 
   credentialEpoch(): number {
-    return this.#fabric.credentialEpoch;
+    return this.#fabric.credentialEpoch();
   }
 
   /** Returns the admin's name. @throws UnauthenticatedError / PermissionDeniedError */
