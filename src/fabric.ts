@@ -240,6 +240,7 @@ export class AgentFabric {
   readonly #defaultExecutor: string;
   /** SHA-256 of admin credential → admin name. */
   readonly #admins = new Map<string, string>();
+  #adminsIssued = 0;
   #closed = false;
   #closing: Promise<void> | undefined;
   readonly #nats: NatsOptions | undefined;
@@ -666,7 +667,17 @@ export class AgentFabric {
     checkString('name', name);
     const credential = `afa_${randomBytes(32).toString('base64url')}`;
     this.#admins.set(hashCredential(credential), name);
+    this.#adminsIssued++;
     return credential;
+  }
+
+  /**
+   * Changes whenever a credential's {@link authenticate} result may have changed: an agent
+   * credential revoked (replaced, or its agent terminated) or an admin credential issued. While
+   * it is unchanged, a credential that authenticated still authenticates as the same identity.
+   */
+  credentialEpoch(): number {
+    return this.lifecycle.credentialRevocations + this.#adminsIssued;
   }
 
   /** @throws PermissionDeniedError unless `identity` is the administrator. */

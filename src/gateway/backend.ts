@@ -129,6 +129,13 @@ export interface GatewayBackend {
    * @throws UnauthenticatedError for a missing or unknown credential.
    */
   authenticate(credential: string): GatewayIdentity | Promise<GatewayIdentity>;
+  /**
+   * Optional: a number that changes whenever a credential that {@link authenticate} accepted
+   * may no longer map to the same identity (revoked, replaced, or an admin credential added).
+   * With it the HTTP endpoint authenticates a session's requests by the session's own
+   * credential while the number is unchanged, instead of hashing the credential per request.
+   */
+  credentialEpoch?(): number;
   /** Policy (with approval wait) then budget reservation for one call. */
   authorizeToolCall(ctx: ToolCallContext): Promise<ToolCallAuthorization>;
   /**

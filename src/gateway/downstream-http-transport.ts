@@ -76,6 +76,11 @@ export interface HttpSessionTransportOptions {
   onRequestsDone?: (count: number) => void;
   /** Called for each notification dropped because its stream's client is not reading. */
   onNotificationDropped?: () => void;
+  /**
+   * Called when a response this session wrote to has finished or lost its connection (the
+   * answer of a POST that carried requests, the standalone stream): the session was active.
+   */
+  onActivity?: () => void;
 }
 
 interface Exchange {
@@ -116,6 +121,7 @@ export class HttpSessionTransport implements Transport {
   readonly #maxBacklog: number;
   readonly #onRequestsDone: (count: number) => void;
   readonly #onDropped: () => void;
+  readonly #onActivity: () => void;
   readonly #exchanges = new Map<RequestId, Exchange>();
   /** Responses this session writes to and that have not closed (for {@link unsentBytes}). */
   readonly #open = new Set<ServerResponse>();
@@ -128,6 +134,7 @@ export class HttpSessionTransport implements Transport {
     this.#maxBacklog = options.maxStreamBacklogBytes ?? DEFAULT_MAX_STREAM_BACKLOG_BYTES;
     this.#onRequestsDone = options.onRequestsDone ?? (() => undefined);
     this.#onDropped = options.onNotificationDropped ?? (() => undefined);
+    this.#onActivity = options.onActivity ?? (() => undefined);
   }
 
   async start(): Promise<void> {}
@@ -208,7 +215,8 @@ export class HttpSessionTransport implements Transport {
       };
       for (const id of pending) this.#exchanges.set(id, ex);
       this.#open.add(res);
-      res.once('close', () => {
+      // `close` comes once (and this handler could take a second one): `on`, not `once`.
+      res.on('close', () => {
         if (ex.keepAlive) clearInterval(ex.keepAlive);
         this.#open.delete(res);
         ex.closed = true;
@@ -216,6 +224,7 @@ export class HttpSessionTransport implements Transport {
         const held = ex.held;
         ex.held = 0;
         if (held > 0) this.#onRequestsDone(held);
+        this.#onActivity();
       });
     }
     const extra: MessageExtraInfo = { requestInfo: { headers } };
@@ -296,6 +305,7 @@ export class HttpSessionTransport implements Transport {
       clearInterval(keepAlive);
       this.#open.delete(res);
       if (this.#standalone === standalone) this.#standalone = undefined;
+      this.#onActivity();
     });
   }
 

@@ -63,6 +63,14 @@ export interface McpHttpEndpointOptions {
   gateway: ToolGateway;
   /** Maps a bearer token to an identity; throws UnauthenticatedError when unknown. */
   authenticate(credential: string): GatewayIdentity | Promise<GatewayIdentity>;
+  /**
+   * A number that changes whenever a credential `authenticate` accepted may stop mapping to the
+   * same identity (see `GatewayBackend.credentialEpoch`). With it, a request of an open
+   * session that presents the session's own credential (compared in constant time) is not
+   * authenticated again while the number is unchanged since the session's last authentication;
+   * without it every request is.
+   */
+  credentialEpoch?: () => number;
   /** Identity of requests without a token; without it they get 401. */
   anonymous?: AgentIdentity | undefined;
   /** Keep-alive interval of SSE streams. @default 15000 */
@@ -108,7 +116,10 @@ interface AgentLoad {
 interface HttpSession {
   readonly transport: HttpSessionTransport;
   readonly session: GatewaySession;
-  readonly credential: string | undefined;
+  /** The credential that opened the session (UTF-8), undefined for an anonymous one. */
+  readonly credential: Buffer | undefined;
+  /** `credentialEpoch()` when `credential` last authenticated as this session's agent. */
+  epoch: number;
   readonly load: AgentLoad;
   /** Date.now() of the last request. */
   lastSeen: number;
@@ -122,11 +133,11 @@ export function bearerToken(req: IncomingMessage): string | undefined {
   return match?.[1]?.trim() || undefined;
 }
 
-function sameSecret(a: string | undefined, b: string | undefined): boolean {
-  if (a === undefined || b === undefined) return a === b;
-  const x = Buffer.from(a);
-  const y = Buffer.from(b);
-  return x.length === y.length && timingSafeEqual(x, y);
+/** True when `candidate` is `secret` (compared in constant time), or both are absent. */
+function sameSecret(secret: Buffer | undefined, candidate: string | undefined): boolean {
+  if (secret === undefined || candidate === undefined) return secret === candidate;
+  const bytes = Buffer.from(candidate);
+  return bytes.length === secret.length && timingSafeEqual(bytes, secret);
 }
 
 function badRequest(res: ServerResponse, code: number, message: string): void {
@@ -283,32 +294,46 @@ export class McpHttpEndpoint {
       sendJson(res, 503, jsonRpcError(-32000, 'the gateway is shutting down'));
       return;
     }
-    const { identity, credential } = await this.#identify(req);
     const sid = req.headers['mcp-session-id'];
     const sessionId = Array.isArray(sid) ? sid[0] : sid;
-    let entry: HttpSession | undefined;
-    if (sessionId !== undefined) {
-      entry = this.#sessions.get(sessionId);
-      if (!entry) {
-        sendJson(res, 404, jsonRpcError(-32001, 'Session not found'));
-        return;
-      }
-      if (
-        entry.session.identity.agentId !== identity.agentId ||
-        !sameSecret(entry.credential, credential)
-      ) {
-        throw new PermissionDeniedError('this session belongs to another agent');
+    let entry = sessionId === undefined ? undefined : this.#sessions.get(sessionId);
+    let identity: AgentIdentity;
+    let credential: string | undefined;
+    const epoch = this.#options.credentialEpoch?.();
+    if (
+      entry !== undefined &&
+      epoch !== undefined &&
+      entry.epoch === epoch &&
+      entry.credential !== undefined &&
+      sameSecret(entry.credential, (credential = bearerToken(req)))
+    ) {
+      // The session's own credential, and no credential was revoked since it last authenticated
+      // as the session's agent: it still does (no hash of it, no lookup per request).
+      identity = entry.session.identity;
+    } else {
+      ({ identity, credential } = await this.#identify(req));
+      if (sessionId !== undefined) {
+        // Looked up again: the session may have closed while a backend authenticated.
+        entry = this.#sessions.get(sessionId);
+        if (!entry) {
+          sendJson(res, 404, jsonRpcError(-32001, 'Session not found'));
+          return;
+        }
+        if (
+          entry.session.identity.agentId !== identity.agentId ||
+          !sameSecret(entry.credential, credential)
+        ) {
+          throw new PermissionDeniedError('this session belongs to another agent');
+        }
+        if (epoch !== undefined) entry.epoch = epoch;
       }
     }
-    // Activity: the request's arrival and the end of its answer (a call may take long).
-    const touch = (): void => {
-      if (entry) entry.lastSeen = Date.now();
-    };
-    touch();
-    res.once('close', touch);
+    // Activity: the request's arrival, and the end of each answer of the session (a call may
+    // take long): the transport reports those (`onActivity`), no listener per request here.
+    if (entry) entry.lastSeen = Date.now();
     switch (req.method) {
       case 'POST':
-        await this.#post(req, res, identity, credential, entry);
+        await this.#post(req, res, identity, credential, entry, epoch);
         return;
       case 'GET':
         if (!entry) {
@@ -336,7 +361,12 @@ export class McpHttpEndpoint {
     identity: AgentIdentity,
     credential: string | undefined,
     entry: HttpSession | undefined,
+    epoch: number | undefined,
   ): Promise<void> {
+    // The parser hands over a body that came with its headers right after the request event
+    // (this handler may not have awaited anything yet): one turn later it is complete, and
+    // readBody takes it without listeners or a timer.
+    if (!req.complete) await undefined;
     let text: string;
     try {
       text = await readBody(req, { limit: this.#maxBody, timeoutMs: this.#bodyTimeoutMs });
@@ -398,7 +428,7 @@ export class McpHttpEndpoint {
     load.inflight += requests;
     if (!entry) {
       try {
-        entry = await this.#open(identity, credential, load);
+        entry = await this.#open(identity, credential, load, epoch);
       } catch (error) {
         load.inflight -= requests;
         this.#forgetIfIdle(agentId, load);
@@ -426,10 +456,12 @@ export class McpHttpEndpoint {
     }
   }
 
+  /** @param epoch `credentialEpoch()` as it was before `credential` was authenticated. */
   async #open(
     identity: AgentIdentity,
     credential: string | undefined,
     load: AgentLoad,
+    epoch: number | undefined,
   ): Promise<HttpSession> {
     const agentId = identity.agentId;
     if (load.sessions >= this.#maxSessions) throw new SessionLimitError(this.#maxSessions, agentId);
@@ -449,9 +481,20 @@ export class McpHttpEndpoint {
       onNotificationDropped: () => {
         this.#droppedNotifications++;
       },
+      onActivity: () => {
+        entry.lastSeen = Date.now();
+      },
     });
     const session = this.#options.gateway.createSession(identity);
-    const entry: HttpSession = { transport, session, credential, load, lastSeen: Date.now() };
+    const entry: HttpSession = {
+      transport,
+      session,
+      credential: credential === undefined ? undefined : Buffer.from(credential),
+      // -1 (never current) without an epoch: every request is authenticated.
+      epoch: epoch ?? -1,
+      load,
+      lastSeen: Date.now(),
+    };
     this.#sessions.set(transport.sessionId, entry);
     this.#startSweeper();
     let released = false;

@@ -38,6 +38,13 @@ export interface ReadBodyOptions {
  */
 export function readBody(req: IncomingMessage, options: ReadBodyOptions): Promise<string> {
   const { limit } = options;
+  // The whole body has arrived (a small body comes in the packet of its headers, and the parser
+  // has finished the message by the time the handler's first await resumes): take it from the
+  // stream's buffer at once — no listeners, no timer, no waiting for `end`.
+  if (req.complete && req.readableLength <= limit && !req.readableFlowing) {
+    const body = req.read() as Buffer | null;
+    return Promise.resolve(body === null ? '' : body.toString('utf8'));
+  }
   const timeoutMs = options.timeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
   return new Promise((resolve, reject) => {
     let chunks: Buffer[] = [];

@@ -116,6 +116,8 @@ export class LifecycleManager {
   readonly #autoExecutors: ReadonlySet<string>;
   readonly #retention: number;
   readonly #byCredential = new Map<string, string>();
+  /** Counts credentials that stopped authenticating (see {@link credentialRevocations}). */
+  #revocations = 0;
   readonly #terminating = new Map<string, Promise<AgentInfo>>();
   readonly #terminated: string[] = [];
   /** Live agents with `heartbeat: 'manual'`, not UNHEALTHY, oldest heartbeat first. */
@@ -260,9 +262,19 @@ export class LifecycleManager {
       throw new InvalidArgumentError('credential', 'is already used by another agent');
     }
     this.#byCredential.delete(rec.credentialHash);
+    this.#revocations++;
     rec.credentialHash = hash;
     this.#byCredential.set(hash, rec.id);
     this.#agents.put(rec.id, rec);
+  }
+
+  /**
+   * How many times an agent credential stopped authenticating (replaced, or its agent
+   * terminated) since this manager was made. A caller that authenticated a credential may rely
+   * on that result while this number is unchanged.
+   */
+  get credentialRevocations(): number {
+    return this.#revocations;
   }
 
   #validate(config: AgentConfig): AgentRecord {
@@ -455,6 +467,7 @@ export class LifecycleManager {
       } finally {
         rec.terminatedAt = Date.now();
         this.#byCredential.delete(rec.credentialHash);
+        this.#revocations++;
         this.#live--;
         this.#setStatus(rec, AgentStatus.TERMINATED);
         this.#terminating.delete(agentId);

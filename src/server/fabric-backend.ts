@@ -37,6 +37,10 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
     return { kind: 'agent', agentId: id.agentId, poolId: id.poolId, labels: id.labels };
   }
 
+  credentialEpoch(): number {
+    return this.#fabric.credentialEpoch();
+  }
+
   /** Returns the admin's name. @throws UnauthenticatedError / PermissionDeniedError */
   requireAdmin(credential: string | undefined): string {
     if (credential === undefined)

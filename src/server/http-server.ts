@@ -108,6 +108,15 @@ function timeout(name: string, value: number | undefined, fallback: number): num
   return Math.ceil(v);
 }
 
+/** The pathname URL parsing gives `path` (undefined when it does not parse). */
+function normalPath(path: string): string | undefined {
+  try {
+    return new URL(path, 'http://localhost').pathname;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Makes the server: plain HTTP, or with `tls` HTTPS — an HTTP server that speaks TLS, with the
  * same requests and methods (with `tls.ca`, clients must present a certificate it issued).
@@ -145,6 +154,9 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
   }
   const guard = options.hostGuard ?? new HostGuard({ bindHost: options.host });
   const createServer = serverFactory(options.tls);
+  // A request target equal to the MCP path is routed there without parsing a URL when that is
+  // what parsing would conclude (the path is already in the form URL parsing gives).
+  const mcpTarget = normalPath(options.mcpPath) === options.mcpPath ? options.mcpPath : undefined;
   const server = createServer(
     {
       headersTimeout,
@@ -154,35 +166,40 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
       connectionsCheckingInterval: Math.max(100, Math.min(headersTimeout / 4, 5_000)),
     },
     (req, res) => {
-      let url: URL;
-      try {
-        url = new URL(req.url ?? '/', 'http://localhost');
-      } catch {
-        // `GET //[ HTTP/1.1` is a request line Node accepts; throwing here would end the process.
-        sendError(req, res, new InvalidArgumentError('the request target', 'is not a valid URL'));
-        return;
+      // The MCP path as MCP clients send it (nearly every request) needs no URL parsed.
+      const target = req.url ?? '/';
+      let pathname: string;
+      if (target === mcpTarget) pathname = target;
+      else {
+        try {
+          pathname = new URL(target, 'http://localhost').pathname;
+        } catch {
+          // `GET //[ HTTP/1.1` is a request line Node accepts; throwing here would end the process.
+          sendError(req, res, new InvalidArgumentError('the request target', 'is not a valid URL'));
+          return;
+        }
       }
-      if (url.pathname === '/healthz') {
+      if (pathname === '/healthz') {
         sendJson(res, 200, { ok: true });
         return;
       }
-      if (url.pathname === '/readyz' && options.readiness) {
+      if (pathname === '/readyz' && options.readiness) {
         const r = options.readiness();
         sendJson(res, r.ready ? 200 : 503, r);
         return;
       }
       const refused = guard.check(req);
       if (refused) {
-        if (url.pathname === options.mcpPath) sendJsonRpcRefusal(req, res, refused, -32000);
-        else if (options.api?.owns(url.pathname)) options.api.refuse(req, res, refused);
+        if (pathname === options.mcpPath) sendJsonRpcRefusal(req, res, refused, -32000);
+        else if (options.api?.owns(pathname)) options.api.refuse(req, res, refused);
         else sendError(req, res, refused);
         return;
       }
-      if (url.pathname === options.mcpPath) {
+      if (pathname === options.mcpPath) {
         void options.mcp.handle(req, res);
         return;
       }
-      if (url.pathname === '/metrics' && options.metrics && req.method === 'GET') {
+      if (pathname === '/metrics' && options.metrics && req.method === 'GET') {
         try {
           options.admin.requireAdmin(bearerToken(req));
           const body = options.metrics();
@@ -196,28 +213,28 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
         }
         return;
       }
-      if (options.api?.owns(url.pathname)) {
-        void options.api.handle(req, res, url.pathname);
+      if (options.api?.owns(pathname)) {
+        void options.api.handle(req, res, pathname);
         return;
       }
-      if (options.dashboard?.owns(url.pathname)) {
-        void options.dashboard.handle(req, res, url.pathname);
+      if (options.dashboard?.owns(pathname)) {
+        void options.dashboard.handle(req, res, pathname);
         return;
       }
-      if (url.pathname.startsWith('/admin/')) {
+      if (pathname.startsWith('/admin/')) {
         sendError(
           req,
           res,
           new RouteNotFoundError(
             req.method ?? '',
-            url.pathname,
+            pathname,
             'the admin routes are the Operator API now: POST /api/fabric.v1.<Service>/<Method>',
           ),
         );
         return;
       }
       sendJson(res, 404, {
-        error: { code: 'FABRIC_ERR_NOT_FOUND', message: `no route ${url.pathname}` },
+        error: { code: 'FABRIC_ERR_NOT_FOUND', message: `no route ${pathname}` },
       });
     },
   );

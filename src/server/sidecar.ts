@@ -360,6 +360,9 @@ export class Sidecar {
         mcp = new McpHttpEndpoint({
           gateway,
           authenticate: (c) => backend.authenticate(c),
+          ...(backend.credentialEpoch === undefined
+            ? {}
+            : { credentialEpoch: () => backend.credentialEpoch!() }),
           anonymous,
           keepAliveMs: h.keepAliveSeconds * 1000,
           idleTimeoutMs: h.sessionIdleSeconds * 1000,

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   ADMIN_TOKEN,
@@ -256,6 +256,59 @@ describe('sidecar HTTP authentication (real fabric identities)', () => {
       body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/list' }),
     });
     expect(res.status).toBe(403);
+  });
+
+  it("authenticates a session's requests once per credential revocation, and a replaced credential is refused on its open session", async () => {
+    const spawn = async (name: string): Promise<{ id: string; credential: string }> => {
+      const res = await api(sidecar, 'FabricService/SpawnAgent', { name, model: 'm' });
+      const { spawned } = (await res.json()) as {
+        spawned: { agent: { agentId: string }; credential: string };
+      };
+      return { id: spawned.agent.agentId, credential: spawned.credential };
+    };
+    const holder = await spawn('holder');
+    const bystander = await spawn('bystander');
+    const authenticate = vi.spyOn(sidecar.backend, 'authenticate');
+    try {
+      const init = await post({ authorization: `Bearer ${holder.credential}` });
+      expect(init.status).toBe(200);
+      const sessionId = init.headers.get('mcp-session-id')!;
+      let id = 10;
+      const list = (token: string): Promise<Response> =>
+        fetch(sidecar.url!, {
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            accept: 'application/json, text/event-stream',
+            authorization: `Bearer ${token}`,
+            'mcp-session-id': sessionId,
+          },
+          body: JSON.stringify({ jsonrpc: '2.0', id: id++, method: 'tools/list' }),
+        });
+      expect(authenticate).toHaveBeenCalledTimes(1); // the initialize
+      for (let i = 0; i < 3; i++) expect((await list(holder.credential)).status).toBe(200);
+      expect(authenticate).toHaveBeenCalledTimes(1); // the session's own credential, unchanged
+      // Another credential on this session is authenticated (and refused: not the session's).
+      expect((await list(bystander.credential)).status).toBe(403);
+      expect(authenticate).toHaveBeenCalledTimes(2);
+      // Any revocation makes every session authenticate its next request again.
+      sidecar.fabric!.lifecycle.replaceCredential(bystander.id, `afk_${'b'.repeat(40)}`);
+      expect((await list(holder.credential)).status).toBe(200);
+      expect(authenticate).toHaveBeenCalledTimes(3);
+      expect((await list(holder.credential)).status).toBe(200);
+      expect(authenticate).toHaveBeenCalledTimes(3);
+      // The session's own credential replaced: the old one no longer works on the open session,
+      // and the new one is not the session's credential.
+      const replacement = `afk_${'h'.repeat(40)}`;
+      sidecar.fabric!.lifecycle.replaceCredential(holder.id, replacement);
+      const revoked = await list(holder.credential);
+      expect(revoked.status).toBe(401);
+      expect(((await revoked.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_UNAUTHENTICATED');
+      expect((await list(holder.credential)).status).toBe(401);
+      expect((await list(replacement)).status).toBe(403);
+    } finally {
+      authenticate.mockRestore();
+    }
   });
 
   it('refuses the credential of a terminated agent (401)', async () => {

@@ -60,6 +60,41 @@ describe('readBody', () => {
     expect(made).toEqual([0]);
   });
 
+  it('takes a body that has already arrived whole at once, without listeners, and bounds it', async () => {
+    const seen: { complete: boolean; dataListeners: number }[] = [];
+    const port = await serve(async (req) => {
+      // One turn later the parser has delivered a body sent with its headers.
+      await new Promise((r) => setImmediate(r));
+      const limit = Number(req.headers['x-limit']);
+      const reading = readBody(req, { limit });
+      seen.push({ complete: req.complete, dataListeners: req.listenerCount('data') });
+      return reading.catch((error: Error) => `${error.constructor.name}`);
+    });
+    const send = (body: string, limit: number): Promise<string> =>
+      new Promise<string>((resolve, reject) => {
+        const req = request(
+          { port, host: '127.0.0.1', method: 'POST', headers: { 'x-limit': String(limit) } },
+          (res) => {
+            let text = '';
+            res.setEncoding('utf8');
+            res.on('data', (c: string) => (text += c));
+            res.on('end', () => resolve(text));
+          },
+        );
+        req.on('error', reject);
+        req.end(body);
+      });
+    expect(await send('{"naïve":"🚀"}', 1024)).toBe('{"naïve":"🚀"}');
+    expect(await send('', 1024)).toBe('');
+    // Over the limit: the listening reader answers it (413), as for a body still arriving.
+    expect(await send('x'.repeat(100), 10)).toBe('PayloadTooLargeError');
+    expect(seen).toEqual([
+      { complete: true, dataListeners: 0 },
+      { complete: true, dataListeners: 0 },
+      { complete: true, dataListeners: 1 },
+    ]);
+  });
+
   it('still ends with an error when the client goes away mid-body', async () => {
     let outcome: Promise<string> | undefined;
     const arrived = new Promise<void>((resolve) => {
