@@ -401,7 +401,7 @@ export class AgentScheduler {
         this.#finish(t, TaskStatus.FAILED, undefined, reason);
       }
     }
-    for (const t of [...slot.running]) {
+    for (const t of slot.running.toArray()) {
       slot.exec.executor.abort(t.id, t.attempt, reason, slot.id);
       this.#retryOrFail(t, reason, true, options.finalStatus ?? TaskStatus.FAILED);
     }
@@ -1118,9 +1118,10 @@ export class AgentScheduler {
     for (let i = 0; i < flush.length; i++) {
       const entry = flush[i]!;
       const batch = entry.pending;
-      for (const slot of entry.slots) slot.unflushed = 0;
+      const slots = entry.slots;
+      for (let k = 0; k < slots.length; k++) slots[k]!.unflushed = 0;
+      slots.length = 0;
       entry.pending = [];
-      entry.slots = [];
       entry.executor.dispatch(batch);
     }
     flush.length = 0;
@@ -1198,8 +1199,7 @@ export class AgentScheduler {
     const entry = slot.exec;
     if (entry.pending.length === 0) this.#flush.push(entry);
     entry.pending.push(task.assignment());
-    entry.slots.push(slot);
-    slot.unflushed++;
+    if (slot.unflushed++ === 0) entry.slots.push(slot);
     this.#saveStart(task, slot);
     if (this.events.listens('task.started')) this.events.emit('task.started', task.snapshot());
   }

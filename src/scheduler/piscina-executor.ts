@@ -101,6 +101,13 @@ class HardAbort {
   }
 }
 
+/** A packed array of `n` copies of `value` (to be pushed to). */
+function zeros(n: number, value: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) out.push(value);
+  return out;
+}
+
 /** Value of a batch's begun flag once its worker thread has begun it. */
 const BEGUN = 1;
 
@@ -266,15 +273,12 @@ export class PiscinaExecutor implements TaskExecutor {
       hardAbort: undefined,
       aborted: undefined,
     };
-    const input: BatchInput = {
-      kindTable: [],
-      kinds: [],
-      taskIds: [],
-      attempts: [],
-      payloads: [],
-      flags,
-    };
-    const { kindTable, kinds, taskIds, attempts, payloads } = input;
+    const kindTable: BatchKind[] = [];
+    const taskIds: string[] = [];
+    const payloads: unknown[] = [];
+    // Made only when needed (see BatchInput): a kind other than the first, an attempt past 1.
+    let kinds: number[] | undefined;
+    let attempts: number[] | undefined;
     let last: BatchKind | undefined;
     let lastIndex = -1;
     for (let i = 0; i < n; i++) {
@@ -291,12 +295,15 @@ export class PiscinaExecutor implements TaskExecutor {
           kindTable.push({ handler, taskType: a.taskType, agentId: a.agentId });
         }
         last = kindTable[lastIndex]!;
+        if (lastIndex !== 0 && kinds === undefined) kinds = zeros(i, 0);
       }
-      kinds.push(lastIndex);
+      if (kinds !== undefined) kinds.push(lastIndex);
+      if (a.attempt !== 1 && attempts === undefined) attempts = zeros(i, 1);
+      if (attempts !== undefined) attempts.push(a.attempt);
       taskIds.push(a.taskId);
-      attempts.push(a.attempt);
       payloads.push(a.payload);
     }
+    const input: BatchInput = { kindTable, kinds, taskIds, attempts, payloads, flags };
     this.#inFlight++;
     this.#unsettled.add(batch);
     this.#ensurePool()

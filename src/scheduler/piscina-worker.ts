@@ -25,13 +25,17 @@ export interface BatchKind {
 /**
  * A batch, in columns: one entry per task in `taskIds`, `attempts`, `payloads` and `kinds` (an
  * index into `kindTable`). Columns of primitives cost a quarter of what one object per task does
- * to clone, on both threads (the main thread's share is on every task's path).
+ * to clone, on both threads (the main thread's share is on every task's path). The two columns
+ * that nearly always hold one value are left out then: no `kinds` when every task is of the first
+ * kind, no `attempts` when every task is on its first attempt.
  */
 export interface BatchInput {
   kindTable: BatchKind[];
-  kinds: number[];
+  /** Absent: every task is of kind 0. */
+  kinds: number[] | undefined;
   taskIds: string[];
-  attempts: number[];
+  /** Absent: every task is on attempt 1. */
+  attempts: number[] | undefined;
   payloads: unknown[];
   /**
    * Int32 per task; non-zero means "abort this task". One more at `taskIds.length`: the worker
@@ -110,8 +114,9 @@ export default async function runBatch(input: BatchInput): Promise<BatchOutcome>
   let contexts: LazyHandlerContext[] | undefined;
   for (let i = 0; i < n; i++) {
     results.push(undefined);
-    const kind = kindTable[kinds[i]!]!;
-    const fn = handlers[kinds[i]!];
+    const k = kinds === undefined ? 0 : kinds[i]!;
+    const kind = kindTable[k]!;
+    const fn = handlers[k];
     if (fn === undefined) {
       fail(
         i,
@@ -127,7 +132,12 @@ export default async function runBatch(input: BatchInput): Promise<BatchOutcome>
       fail(i, { code: 'FABRIC_ERR_CANCELLED', message: 'aborted before start' });
       continue;
     }
-    const ctx = new LazyHandlerContext(taskIds[i]!, attempts[i]!, kind.agentId, kind.taskType);
+    const ctx = new LazyHandlerContext(
+      taskIds[i]!,
+      attempts === undefined ? 1 : attempts[i]!,
+      kind.agentId,
+      kind.taskType,
+    );
     try {
       const result = fn(payloads[i], ctx);
       if (!isThenable(result)) {

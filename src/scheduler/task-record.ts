@@ -72,6 +72,8 @@ export class TaskRecord {
   inFifo = false;
   /** Position in the timer heap. */
   tIndex = NOT_IN_HEAP;
+  /** Position in its agent's running tasks (`RunningTasks`), or -1. */
+  rIndex = -1;
   /** When the timer heap fires for it: the deadline while queued, the timeout while running. */
   timerAt = Number.POSITIVE_INFINITY;
   /** The flow it is queued in, while PENDING. */
@@ -142,6 +144,7 @@ export class TaskRecord {
     w.qIndex = NOT_IN_HEAP;
     w.inFifo = false;
     w.tIndex = NOT_IN_HEAP;
+    w.rIndex = -1;
     w.timerAt = Number.POSITIVE_INFINITY;
     w.flow = undefined;
     w.resolve = undefined;
