@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { AgentScheduler } from '../../src/scheduler/agent-scheduler.js';
 import { FairQueue } from '../../src/scheduler/fair-queue.js';
 import { FinishedRetention } from '../../src/scheduler/finished-retention.js';
 import { RunningTasks } from '../../src/scheduler/slots.js';
@@ -107,5 +108,17 @@ describe('FairQueue flow reuse', () => {
     for (let i = 0; i < 4; i++) q.push(task(seq++, 'a'));
     for (let i = 0; i < 2; i++) q.push(task(seq++, 'b'));
     expect(order()).toEqual(['a', 'a', 'b', 'a', 'a', 'b']);
+  });
+});
+
+describe('task ids', () => {
+  it('are the prefix and the counter in base 36, across changes in the number of digits', async () => {
+    const s = new AgentScheduler({ maxQueueDepth: 2000 });
+    s.addPool('p');
+    const ids = Array.from({ length: 1400 }, () => s.submit({ poolId: 'p' }, 'x', 0));
+    const prefix = /^t_[A-Za-z0-9_-]{8}_/.exec(ids[0]!)![0];
+    ids.forEach((id, i) => expect(id).toBe(`${prefix}${(i + 1).toString(36)}`));
+    expect(s.getTask(ids[1295]!).id).toBe(`${prefix}100`);
+    await s.close();
   });
 });
