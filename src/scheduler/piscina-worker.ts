@@ -10,6 +10,7 @@
  * @module
  */
 import { pathToFileURL } from 'node:url';
+import { workerData } from 'node:worker_threads';
 import type { TaskError } from '../task.js';
 import type { TaskHandler } from './executor.js';
 import { LazyHandlerContext, toTaskError } from './executor.js';
@@ -38,10 +39,13 @@ export interface BatchInput {
   attempts: number[] | undefined;
   payloads: unknown[];
   /**
-   * Int32 per task; non-zero means "abort this task". One more at `taskIds.length`: the worker
-   * sets it to 1 and notifies when it begins the batch.
+   * The batch's region of the shared flags buffer ({@link WorkerFlags}), or -1 when the batch
+   * brings its own `flags`. Either way: an Int32 per task, non-zero meaning "abort this task", and
+   * one more at `taskIds.length`, which the worker sets to 1 and notifies when it begins the batch.
    */
-  flags: Int32Array;
+  region: number;
+  /** The batch's own flags (when `region` is -1). */
+  flags: Int32Array | undefined;
 }
 
 /**
@@ -49,6 +53,25 @@ export interface BatchInput {
  * `failed`, whose `errors` entry at the same position is its error (failures are rare; no object
  * per task).
  */
+/** The pool's `workerData`: the flags buffer shared by every batch that names a region of it. */
+export interface WorkerFlags {
+  flags: SharedArrayBuffer;
+  /** Int32 slots per region. */
+  stride: number;
+}
+
+/** A view of each region of the shared flags buffer, made on first use. */
+const regions: Int32Array[] = [];
+
+function regionFlags(region: number): Int32Array {
+  let view = regions[region];
+  if (view === undefined) {
+    const { flags, stride } = workerData as WorkerFlags;
+    view = regions[region] = new Int32Array(flags, 4 * stride * region, stride);
+  }
+  return view;
+}
+
 export interface BatchOutcome {
   results: unknown[];
   failed: number[];
@@ -91,7 +114,8 @@ function isThenable(v: unknown): v is PromiseLike<unknown> {
  * back to back with no promise per task; only pending async handlers are awaited.
  */
 export default async function runBatch(input: BatchInput): Promise<BatchOutcome> {
-  const { kindTable, kinds, taskIds, attempts, payloads, flags } = input;
+  const { kindTable, kinds, taskIds, attempts, payloads } = input;
+  const flags = input.flags ?? regionFlags(input.region);
   const n = taskIds.length;
   // The batch has begun: its tasks leave SCHEDULED for RUNNING (see PiscinaExecutor).
   Atomics.store(flags, n, 1);
