@@ -110,7 +110,7 @@ class HardAbort {
 }
 
 /** A packed array of `n` copies of `value` (to be pushed to). */
-function zeros(n: number, value: number): number[] {
+function filled(n: number, value: number): number[] {
   const out: number[] = [];
   for (let i = 0; i < n; i++) out.push(value);
   return out;
@@ -332,10 +332,10 @@ export class PiscinaExecutor implements TaskExecutor {
           kindTable.push({ handler, taskType: a.taskType, agentId: a.agentId });
         }
         last = kindTable[lastIndex]!;
-        if (lastIndex !== 0 && kinds === undefined) kinds = zeros(i, 0);
+        if (lastIndex !== 0 && kinds === undefined) kinds = filled(i, 0);
       }
       if (kinds !== undefined) kinds.push(lastIndex);
-      if (a.attempt !== 1 && attempts === undefined) attempts = zeros(i, 1);
+      if (a.attempt !== 1 && attempts === undefined) attempts = filled(i, 1);
       if (attempts !== undefined) attempts.push(a.attempt);
       taskIds.push(a.taskId);
       payloads.push(a.payload);
