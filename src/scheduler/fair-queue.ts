@@ -54,7 +54,8 @@ export class Flow implements RingNode<Flow> {
     readonly queue: FairQueue,
     readonly tenant: string,
     readonly level: number,
-    readonly weight: number,
+    /** Tasks per turn: the tenant's weight when the flow (re)gained its first task. */
+    public weight: number,
   ) {
     this.remaining = weight;
   }
@@ -233,6 +234,11 @@ export class Ring<N extends RingNode<N>> {
 class Level extends Ring<Flow> {
   readonly flows = new Map<string, Flow>();
   size = 0;
+  /**
+   * The flow that emptied last, kept for its tenant's next task: a queue that a tenant keeps
+   * emptying and refilling (one tenant, steady load) would otherwise make a flow per refill.
+   */
+  spare: Flow | undefined = undefined;
 }
 
 /** Fairness weights per tenant (default 1). */
@@ -273,12 +279,14 @@ export class FairQueue {
     const level = this.#levels[task.priority]!;
     let flow = level.flows.get(task.tenant);
     if (flow === undefined) {
-      flow = new Flow(
-        this,
-        task.tenant,
-        task.priority,
-        Math.max(1, Math.floor(this.#weight(task.tenant))),
-      );
+      const weight = Math.max(1, Math.floor(this.#weight(task.tenant)));
+      flow = level.spare;
+      if (flow !== undefined && flow.tenant === task.tenant) {
+        level.spare = undefined;
+        flow.weight = weight;
+      } else {
+        flow = new Flow(this, task.tenant, task.priority, weight);
+      }
       level.flows.set(task.tenant, flow);
     }
     flow.push(task);
@@ -347,6 +355,7 @@ export class FairQueue {
     if (flow.size > 0) return false;
     level.unlink(flow);
     level.flows.delete(flow.tenant);
+    level.spare = flow;
     this.#listener?.(flow, false);
     return true;
   }

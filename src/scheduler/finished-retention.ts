@@ -6,10 +6,17 @@
  * @module
  */
 
-/** A bounded FIFO of finished task ids. */
+/**
+ * A bounded FIFO of finished task ids, in a ring that grows to `limit + 1` slots and then
+ * allocates nothing: every finished task passes through it, so an array that is pushed to and
+ * cut from the front would be reallocated over and over. With a limit of 0 an id is evicted as
+ * it arrives.
+ */
 export class FinishedRetention {
-  readonly #ids: string[] = [];
+  #ring: (string | undefined)[] = [];
+  /** Slot of the oldest id. */
   #head = 0;
+  #count = 0;
 
   constructor(
     readonly limit: number,
@@ -18,23 +25,45 @@ export class FinishedRetention {
 
   /** Keeps `id` as the newest finished task, evicting the oldest beyond the limit. */
   add(id: string): void {
-    this.#ids.push(id);
+    if (this.#count === 0 && this.limit === 0) {
+      this.evict(id);
+      return;
+    }
+    this.#push(id);
     this.trim();
   }
 
   /** Adds ids in the order they finished without evicting (then call {@link trim}). */
   load(ids: Iterable<string>): void {
-    for (const id of ids) this.#ids.push(id);
+    for (const id of ids) this.#push(id);
   }
 
   /** Evicts the oldest ids beyond the limit. */
   trim(): void {
-    const list = this.#ids;
-    while (list.length - this.#head > this.limit) this.evict(list[this.#head++]!);
-    // Drop the evicted prefix now and then, not on every eviction.
-    if (this.#head > 4096 && this.#head * 2 > list.length) {
-      list.splice(0, this.#head);
+    const ring = this.#ring;
+    while (this.#count > this.limit) {
+      const id = ring[this.#head]!;
+      ring[this.#head] = undefined;
+      this.#head = this.#head + 1 === ring.length ? 0 : this.#head + 1;
+      this.#count--;
+      this.evict(id);
+    }
+  }
+
+  #push(id: string): void {
+    let ring = this.#ring;
+    if (this.#count === ring.length) {
+      // Full: a larger ring, oldest first.
+      const grown: (string | undefined)[] = [];
+      for (let k = 0; k < this.#count; k++) grown.push(ring[(this.#head + k) % ring.length]);
+      const room = Math.max(16, Math.min(this.#count, this.limit + 1 - this.#count));
+      for (let k = 0; k < room; k++) grown.push(undefined);
+      this.#ring = ring = grown;
       this.#head = 0;
     }
+    let slot = this.#head + this.#count;
+    if (slot >= ring.length) slot -= ring.length;
+    ring[slot] = id;
+    this.#count++;
   }
 }

@@ -10,6 +10,7 @@
  * @module
  */
 import { pathToFileURL } from 'node:url';
+import { workerData } from 'node:worker_threads';
 import type { TaskError } from '../task.js';
 import type { TaskHandler } from './executor.js';
 import { LazyHandlerContext, toTaskError } from './executor.js';
@@ -25,19 +26,26 @@ export interface BatchKind {
 /**
  * A batch, in columns: one entry per task in `taskIds`, `attempts`, `payloads` and `kinds` (an
  * index into `kindTable`). Columns of primitives cost a quarter of what one object per task does
- * to clone, on both threads (the main thread's share is on every task's path).
+ * to clone, on both threads (the main thread's share is on every task's path). The two columns
+ * that nearly always hold one value are left out then: no `kinds` when every task is of the first
+ * kind, no `attempts` when every task is on its first attempt.
  */
 export interface BatchInput {
   kindTable: BatchKind[];
-  kinds: number[];
+  /** Absent: every task is of kind 0. */
+  kinds: number[] | undefined;
   taskIds: string[];
-  attempts: number[];
+  /** Absent: every task is on attempt 1. */
+  attempts: number[] | undefined;
   payloads: unknown[];
   /**
-   * Int32 per task; non-zero means "abort this task". One more at `taskIds.length`: the worker
-   * sets it to 1 and notifies when it begins the batch.
+   * The batch's region of the shared flags buffer ({@link WorkerFlags}), or -1 when the batch
+   * brings its own `flags`. Either way: an Int32 per task, non-zero meaning "abort this task", and
+   * one more at `taskIds.length`, which the worker sets to 1 and notifies when it begins the batch.
    */
-  flags: Int32Array;
+  region: number;
+  /** The batch's own flags (when `region` is -1). */
+  flags: Int32Array | undefined;
 }
 
 /**
@@ -45,6 +53,25 @@ export interface BatchInput {
  * `failed`, whose `errors` entry at the same position is its error (failures are rare; no object
  * per task).
  */
+/** The pool's `workerData`: the flags buffer shared by every batch that names a region of it. */
+export interface WorkerFlags {
+  flags: SharedArrayBuffer;
+  /** Int32 slots per region. */
+  stride: number;
+}
+
+/** A view of each region of the shared flags buffer, made on first use. */
+const regions: Int32Array[] = [];
+
+function regionFlags(region: number): Int32Array {
+  let view = regions[region];
+  if (view === undefined) {
+    const { flags, stride } = workerData as WorkerFlags;
+    view = regions[region] = new Int32Array(flags, 4 * stride * region, stride);
+  }
+  return view;
+}
+
 export interface BatchOutcome {
   results: unknown[];
   failed: number[];
@@ -87,7 +114,8 @@ function isThenable(v: unknown): v is PromiseLike<unknown> {
  * back to back with no promise per task; only pending async handlers are awaited.
  */
 export default async function runBatch(input: BatchInput): Promise<BatchOutcome> {
-  const { kindTable, kinds, taskIds, attempts, payloads, flags } = input;
+  const { kindTable, kinds, taskIds, attempts, payloads } = input;
+  const flags = input.flags ?? regionFlags(input.region);
   const n = taskIds.length;
   // The batch has begun: its tasks leave SCHEDULED for RUNNING (see PiscinaExecutor).
   Atomics.store(flags, n, 1);
@@ -110,8 +138,9 @@ export default async function runBatch(input: BatchInput): Promise<BatchOutcome>
   let contexts: LazyHandlerContext[] | undefined;
   for (let i = 0; i < n; i++) {
     results.push(undefined);
-    const kind = kindTable[kinds[i]!]!;
-    const fn = handlers[kinds[i]!];
+    const k = kinds === undefined ? 0 : kinds[i]!;
+    const kind = kindTable[k]!;
+    const fn = handlers[k];
     if (fn === undefined) {
       fail(
         i,
@@ -127,7 +156,12 @@ export default async function runBatch(input: BatchInput): Promise<BatchOutcome>
       fail(i, { code: 'FABRIC_ERR_CANCELLED', message: 'aborted before start' });
       continue;
     }
-    const ctx = new LazyHandlerContext(taskIds[i]!, attempts[i]!, kind.agentId, kind.taskType);
+    const ctx = new LazyHandlerContext(
+      taskIds[i]!,
+      attempts === undefined ? 1 : attempts[i]!,
+      kind.agentId,
+      kind.taskType,
+    );
     try {
       const result = fn(payloads[i], ctx);
       if (!isThenable(result)) {

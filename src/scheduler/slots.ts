@@ -17,8 +17,51 @@ export interface ExecutorEntry {
   readonly executor: TaskExecutor;
   /** Assignments of this dispatch pass, handed over together when the pass ends. */
   pending: TaskAssignment[];
-  /** The agent of each pending assignment. */
-  slots: AgentSlot[];
+  /** The agents of the pending assignments, each once (their `unflushed` counts them). */
+  readonly slots: AgentSlot[];
+}
+
+/**
+ * The tasks an agent runs: an array in which each record keeps its own position
+ * (`TaskRecord.rIndex`; a task runs on one agent at a time), so adding and removing are O(1)
+ * and, once the array has grown to the agent's peak, allocate nothing. A `Set` rehashes its
+ * table as the agent fills and empties, which on a busy agent is every few tasks.
+ */
+export class RunningTasks {
+  readonly #items: (TaskRecord | undefined)[] = [];
+  #size = 0;
+
+  get size(): number {
+    return this.#size;
+  }
+
+  add(t: TaskRecord): void {
+    if (t.rIndex >= 0) return;
+    const i = this.#size++;
+    // Slots past `size` hold `undefined` (the array never shrinks, so regrowing costs nothing).
+    if (i < this.#items.length) this.#items[i] = t;
+    else this.#items.push(t);
+    t.rIndex = i;
+  }
+
+  /** Removes `t`; false when it is not here. */
+  delete(t: TaskRecord): boolean {
+    const i = t.rIndex;
+    const items = this.#items;
+    if (i < 0 || i >= this.#size || items[i] !== t) return false;
+    const last = --this.#size;
+    const moved = items[last]!;
+    items[i] = moved;
+    moved.rIndex = i;
+    items[last] = undefined;
+    t.rIndex = -1;
+    return true;
+  }
+
+  /** A copy of the running tasks, in no particular order. */
+  toArray(): TaskRecord[] {
+    return this.#items.slice(0, this.#size) as TaskRecord[];
+  }
 }
 
 /** An agent as the scheduler knows it. */
@@ -26,7 +69,7 @@ export class AgentSlot {
   readonly queue: FairQueue;
   /** Round robin across its own queue and its pool's; undefined without a pool. */
   readonly mix: TenantMix | undefined;
-  readonly running = new Set<TaskRecord>();
+  readonly running = new RunningTasks();
   accepting = false;
   draining = false;
   /** Tasks given to it in this pass, not yet handed to its executor. */

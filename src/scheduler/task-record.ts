@@ -72,6 +72,8 @@ export class TaskRecord {
   inFifo = false;
   /** Position in the timer heap. */
   tIndex = NOT_IN_HEAP;
+  /** Position in its agent's running tasks (`RunningTasks`), or -1. */
+  rIndex = -1;
   /** When the timer heap fires for it: the deadline while queued, the timeout while running. */
   timerAt = Number.POSITIVE_INFINITY;
   /** The flow it is queued in, while PENDING. */
@@ -142,6 +144,7 @@ export class TaskRecord {
     w.qIndex = NOT_IN_HEAP;
     w.inFifo = false;
     w.tIndex = NOT_IN_HEAP;
+    w.rIndex = -1;
     w.timerAt = Number.POSITIVE_INFINITY;
     w.flow = undefined;
     w.resolve = undefined;
@@ -317,3 +320,24 @@ export const TIMER_SLOT: HeapSlot<TaskRecord> = {
     t.tIndex = i;
   },
 };
+
+// V8 gives each field of the snapshot's object literal the representation of the first values
+// stored in it. Were the first snapshot that of a finished task, `startedAt` and `finishedAt`
+// would become unboxed-number fields, and every later snapshot would copy both numbers into new
+// heap boxes (32 B per snapshot; the record already holds them boxed). One snapshot of an
+// unstarted task first makes them plain fields, whatever the order of later calls.
+new TaskRecord(
+  '',
+  '',
+  undefined,
+  0,
+  undefined,
+  undefined,
+  false,
+  '',
+  undefined,
+  0,
+  1,
+  0,
+  0,
+).snapshot();

@@ -37,7 +37,7 @@ class MixEntry implements RingNode<MixEntry> {
 
   constructor(
     readonly tenant: string,
-    readonly weight: number,
+    public weight: number,
   ) {
     this.remaining = weight;
   }
@@ -54,6 +54,8 @@ class MixEntry implements RingNode<MixEntry> {
 
 class MixLevel extends Ring<MixEntry> {
   readonly entries = new Map<string, MixEntry>();
+  /** The entry that left last, kept for its tenant's return (as `FairQueue` keeps a flow). */
+  spare: MixEntry | undefined = undefined;
 }
 
 /** Weighted round robin across tenants over an agent's own queue and its pool's queue. */
@@ -74,7 +76,13 @@ export class TenantMix {
     if (active) {
       if (entry === undefined) {
         // A tenant's weight is the same in every queue; the first flow sets it.
-        entry = new MixEntry(flow.tenant, flow.weight);
+        entry = level.spare;
+        if (entry !== undefined && entry.tenant === flow.tenant) {
+          level.spare = undefined;
+          entry.weight = flow.weight;
+        } else {
+          entry = new MixEntry(flow.tenant, flow.weight);
+        }
         level.entries.set(flow.tenant, entry);
       }
       if (own) entry.own = flow;
@@ -89,6 +97,7 @@ export class TenantMix {
     if (entry.own === undefined && entry.pool === undefined) {
       level.unlink(entry);
       level.entries.delete(flow.tenant);
+      level.spare = entry;
     }
   }
 

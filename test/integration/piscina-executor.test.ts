@@ -135,6 +135,28 @@ describe('local agents on piscina worker threads', () => {
       expect(existsSync(file('backlog'))).toBe(false);
       expect(await fabric.getTask(handed.id)).toMatchObject({ status: TaskStatus.CANCELLED });
       expect(await fabric.getTask(backlog.id)).toMatchObject({ status: TaskStatus.CANCELLED });
+
+      // The flags region of the cancelled batch serves a later batch (one goes out behind a
+      // busy thread again): the abort flag it held must not stop that batch's task.
+      const gate2 = new SharedArrayBuffer(4);
+      const blocker2 = await fabric.schedule({
+        agentId: agent.id,
+        taskType: 'block',
+        payload: { gate: gate2 },
+      });
+      await vi.waitFor(async () => expect(await status(blocker2.id)).toBe(TaskStatus.RUNNING), {
+        timeout: 15_000,
+      });
+      const reused = await fabric.schedule({
+        agentId: agent.id,
+        taskType: 'touch',
+        payload: { path: file('reused') },
+      });
+      await vi.waitFor(async () => expect(await status(reused.id)).toBe(TaskStatus.SCHEDULED));
+      Atomics.store(new Int32Array(gate2), 0, 1);
+      Atomics.notify(new Int32Array(gate2), 0);
+      expect(await fabric.waitForTask(reused.id)).toMatchObject({ status: TaskStatus.COMPLETED });
+      expect(existsSync(file('reused'))).toBe(true);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
