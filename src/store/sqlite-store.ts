@@ -63,6 +63,7 @@ import {
   taskFromRow,
   type TaskRow,
 } from './sqlite-tasks.js';
+import { SequentialCollection } from './memory-store.js';
 import type { Collection, FabricStore } from './store.js';
 
 /**
@@ -260,7 +261,18 @@ function restore(e: TaskEntry<unknown>, state: number): void {
  */
 export class SqliteTaskCollection<T> implements Collection<T> {
   readonly kind = 'task';
-  readonly #map = new Map<string, TaskEntry<T>>();
+  /**
+   * The entries of the tasks this process made, indexed like the in-memory store's tasks
+   * ({@link SequentialCollection}: the scheduler's ids are a prefix and a growing counter, so a
+   * lookup touches one array slot; a Map of tens of thousands of string keys was ~5 % of the
+   * SQLite run's CPU in `durable-dispatch`).
+   */
+  readonly #entries = new SequentialCollection<TaskEntry<T>>();
+  /**
+   * The entries of the tasks loaded from the file: made by an earlier process, under another id
+   * prefix, so kept apart (the first id the index sees sets its prefix).
+   */
+  readonly #loaded = new Map<string, TaskEntry<T>>();
   /** Entries changed by `put`/`delete` since the last commit (each once, in order). */
   #dirty: TaskEntry<T>[] = [];
   /** Entries changed by `putLazily` only (may since have become dirty or clean). */
@@ -272,24 +284,28 @@ export class SqliteTaskCollection<T> implements Collection<T> {
   constructor(journal: Journal, rows: ReadonlyArray<[string, T, number]>) {
     this.#journal = journal;
     for (const [id, record, rid] of rows) {
-      this.#map.set(id, { id, record, rid, state: CLEAN, gone: false });
+      this.#loaded.set(id, { id, record, rid, state: CLEAN, gone: false });
       if (rid >= this.#nextRid) this.#nextRid = rid + 1;
     }
   }
 
+  #find(id: string): TaskEntry<T> | undefined {
+    return this.#entries.get(id) ?? (this.#loaded.size === 0 ? undefined : this.#loaded.get(id));
+  }
+
   get(id: string): T | undefined {
-    return this.#map.get(id)?.record;
+    return this.#find(id)?.record;
   }
 
   /** The entry of `id`, now holding `record` (a new one, without a row, when there is none). */
   #entry(id: string, record: T): TaskEntry<T> {
-    const e = this.#map.get(id);
+    const e = this.#find(id);
     if (e !== undefined) {
       e.record = record;
       return e;
     }
     const created: TaskEntry<T> = { id, record, rid: undefined, state: CLEAN, gone: false };
-    this.#map.set(id, created);
+    this.#entries.put(id, created);
     return created;
   }
 
@@ -315,9 +331,9 @@ export class SqliteTaskCollection<T> implements Collection<T> {
   }
 
   delete(id: string): boolean {
-    const e = this.#map.get(id);
+    const e = this.#find(id);
     if (e === undefined) return false;
-    this.#map.delete(id);
+    if (!this.#entries.delete(id)) this.#loaded.delete(id);
     e.gone = true;
     if (e.state !== DIRTY) {
       e.state = DIRTY;
@@ -328,11 +344,12 @@ export class SqliteTaskCollection<T> implements Collection<T> {
   }
 
   *values(): IterableIterator<T> {
-    for (const e of this.#map.values()) yield e.record;
+    for (const e of this.#loaded.values()) yield e.record;
+    for (const e of this.#entries.values()) yield e.record;
   }
 
   get size(): number {
-    return this.#map.size;
+    return this.#loaded.size + this.#entries.size;
   }
 
   /** @internal Whether anything waits for a commit (with `lazy`, lazy changes too). */

@@ -282,23 +282,25 @@ function insertShape(cells: readonly number[], rows: number): string {
 }
 
 /**
- * An `UPDATE` of the mutable columns binding only the `cells` of {@link UPDATE_TASK} (the last,
- * `rid`, always; the mutable columns not among them are set to NULL): one row, or `rows` rows
- * through `UPDATE … FROM (VALUES …)`.
+ * An update of the mutable columns binding only the `cells` of {@link UPDATE_TASK} (the last,
+ * `rid`, always; the mutable columns not among them are set to NULL), for `rows` rows, written
+ * as an upsert on `rid`: `INSERT … VALUES … ON CONFLICT(rid) DO UPDATE SET col = excluded.col`.
+ * Counted with callgrind (plain better-sqlite3, 16 rows a statement, a task's completion), that
+ * cost ~12.5–13k instructions per row against ~15.7k for `UPDATE … FROM (VALUES …)` (which
+ * builds the VALUES as a table first, then joins it) and ~16k for one `UPDATE … WHERE rid = ?`
+ * a row: SQLite's VDBE seeks each row once and updates it in place. The row always exists (a
+ * task's `rid` is only set once its insert committed, and only its delete removes it), so the
+ * INSERT half never adds one; `id`, NOT NULL, gets a literal that only such an insert would keep.
  */
 function updateShape(cells: readonly number[], rows: number): string {
   const bound = cells.slice(0, -1);
-  if (rows === 1) {
-    const set = MUTABLE_COLUMNS.map((c, i) => `${c} = ${bound.includes(i) ? '?' : 'NULL'}`);
-    // Bound cells are in column order, so `?`s in SET order match them.
-    return `UPDATE tasks SET ${set.join(', ')} WHERE rid = ?`;
-  }
-  const set = MUTABLE_COLUMNS.map((c, i) => {
-    const k = bound.indexOf(i);
-    return `${c} = ${k < 0 ? 'NULL' : `v.column${k + 1}`}`;
-  });
-  const row = `(${cells.map(() => '?').join(', ')})`;
-  return `UPDATE tasks SET ${set.join(', ')} FROM (VALUES ${Array(rows).fill(row).join(', ')}) AS v WHERE tasks.rid = v.column${cells.length}`;
+  const set = MUTABLE_COLUMNS.map(
+    (c, i) => `${c} = ${bound.includes(i) ? `excluded.${c}` : 'NULL'}`,
+  );
+  // Bound cells are in column order with `rid` last, so the `?`s in column order match them.
+  const columns = [...bound.map((i) => MUTABLE_COLUMNS[i]), 'id', 'rid'];
+  const row = `(${[...bound.map(() => '?'), "''", '?'].join(', ')})`;
+  return `INSERT INTO tasks (${columns.join(', ')}) VALUES ${Array(rows).fill(row).join(', ')} ON CONFLICT(rid) DO UPDATE SET ${set.join(', ')}`;
 }
 
 /** The shapes of one kind of write (insert or update), by the mask of their bound cells. */

@@ -311,6 +311,55 @@ describe('SqliteStore tasks table (schema 2)', () => {
     ).toEqual(expected);
   });
 
+  it("keeps tasks of an earlier process (another id prefix) apart from this one's: each found, updated, deleted, and written as one row", async () => {
+    const path = join(tempDir('sqlite-unit'), 'tasks-prefixes.db');
+    const first = await SqliteStore.open(path);
+    const old = Array.from({ length: 20 }, (_, i) => task(`t_old_${(i + 1).toString(36)}`));
+    for (const t of old) first.tasks.put(t.id, t);
+    await first.close();
+
+    const s = await SqliteStore.open(path);
+    stores.push(s);
+    // Adopted like the scheduler's restore does, then this process's tasks, ids counting on.
+    for (const t of old) s.tasks.adopt!(t.id, t);
+    const now = Array.from({ length: 40 }, (_, i) => task(`t_new_${(i + 1).toString(36)}`));
+    for (const t of now) s.tasks.put(t.id, t);
+    expect(s.tasks.size).toBe(60);
+    for (const t of [...old, ...now]) expect(s.tasks.get(t.id)).toBe(t);
+    await Promise.resolve();
+    // Ends (updates) in both sets, then deletes in both.
+    for (const t of [...old.slice(0, 10), ...now.slice(0, 30)]) {
+      t.status = TaskStatus.COMPLETED;
+      t.attempt = 1;
+      t.result = { done: t.id };
+      s.tasks.put(t.id, t);
+    }
+    for (const t of [...old.slice(0, 5), ...now.slice(0, 20)])
+      expect(s.tasks.delete(t.id)).toBe(true);
+    expect(s.tasks.delete(old[0]!.id)).toBe(false);
+    expect(s.tasks.get(old[0]!.id)).toBeUndefined();
+    expect(s.tasks.size).toBe(35);
+    await s.close();
+
+    const db = new Database(path, { readonly: true });
+    try {
+      // Updates never add a row: one row per task left, none without an id.
+      const rows = db
+        .prepare<[], { id: string; status: string; result: string | null }>(
+          'SELECT id, status, result FROM tasks ORDER BY rid',
+        )
+        .all();
+      const left = [...old.slice(5), ...now.slice(20)];
+      expect(rows.map((r) => r.id)).toEqual(left.map((t) => t.id));
+      for (const [i, r] of rows.entries()) {
+        expect(r.status).toBe(left[i]!.status);
+        expect(r.result === null ? undefined : JSON.parse(r.result)).toEqual(left[i]!.result);
+      }
+    } finally {
+      db.close();
+    }
+  });
+
   it('writes tasks of many shapes: absent fields stay absent, a field cleared later is cleared; scattered and consecutive deletes', async () => {
     const path = join(tempDir('sqlite-unit'), 'tasks-shapes.db');
     const s = await SqliteStore.open(path);
