@@ -25,6 +25,8 @@ export interface BudgetScopeSnapshot {
 /** Something whose current state can be serialized (a live scope). */
 export interface BudgetStateSource {
   toJSON(): BudgetScopeSnapshot;
+  /** `JSON.stringify(toJSON())`, when the source can write it faster itself. */
+  toJSONText?(): string;
 }
 
 /**
@@ -34,7 +36,8 @@ export interface BudgetStateSource {
  * - `load` is called once per scope, the first time the manager touches it (after a restart,
  *   this is how usage survives: a crash must never reset a budget);
  * - `changed` is called after every change to a scope with the live state; a durable store
- *   records that the scope is dirty and writes `source.toJSON()` behind (batched, on a timer).
+ *   records that the scope is dirty and writes its JSON behind, batched (`source.toJSONText()`
+ *   when the source has it, else `JSON.stringify(source.toJSON())`: the same text).
  *
  * In-flight reservations are not persisted: after a crash they are simply gone (the calls they
  * guarded died with the process); settled usage is what counts.

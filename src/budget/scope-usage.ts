@@ -244,6 +244,20 @@ export class ScopeUsage implements BudgetStateSource {
     };
   }
 
+  /**
+   * `JSON.stringify(this.toJSON())`, written directly: a durable store serializes the scope on
+   * every commit (each batch of settled tool calls), and the generic stringify of the windows'
+   * bucket arrays was most of that commit's CPU.
+   */
+  toJSONText(): string {
+    const config = this.rawConfig === null ? 'null' : JSON.stringify(this.rawConfig);
+    return (
+      `{"version":1,"config":${config},"tokens":${this.tokens.toJSONText()},"cost":${this.cost.toJSONText()}` +
+      `,"alerts":{"tokensWarned":${this.tokensWarned},"tokensExhausted":${this.tokensExhausted}` +
+      `,"costWarned":${this.costWarned},"costExhausted":${this.costExhausted}}}`
+    );
+  }
+
   #alerts(
     limit: BudgetLimit,
     before: number,

@@ -48,6 +48,8 @@ export interface UsageWindow {
   /** When usage next drops (the oldest amount leaves), or null when the window is empty. */
   nextDropAt(now: number): number | null;
   toJSON(): UsageWindowState;
+  /** `JSON.stringify(this.toJSON())`, written directly (a durable store writes it per commit). */
+  toJSONText(): string;
 }
 
 /**
@@ -135,6 +137,28 @@ export class SlidingWindow implements UsageWindow {
     };
   }
 
+  toJSONText(): string {
+    // JSON.stringify of the bucket array was most of a budget commit's serialization (the
+    // generic path for a holey array of doubles). Most buckets are 0: a run of them is one
+    // remembered string, so a window of a few used buckets is a handful of concatenations.
+    const b = this.#buckets;
+    let text = `{"kind":"sliding","windowMs":${jsonNumber(this.#windowMs)},"bucketMs":${jsonNumber(this.#bucketMs)},"head":${jsonNumber(this.#head)},"buckets":[`;
+    text += b[0] === 0 ? '0' : jsonNumber(b[0]!);
+    let zeros = 0;
+    for (let i = 1; i < b.length; i++) {
+      const v = b[i]!;
+      if (v === 0) {
+        zeros++;
+        continue;
+      }
+      if (zeros > 0) text += zeroRun(zeros);
+      zeros = 0;
+      text += ',' + jsonNumber(v);
+    }
+    if (zeros > 0) text += zeroRun(zeros);
+    return text + ']}';
+  }
+
   #advance(now: number): void {
     const idx = Math.floor(now / this.#bucketMs);
     // A clock that steps back keeps adding to the newest bucket rather than rewriting history.
@@ -198,6 +222,10 @@ export class UtcDayWindow implements UsageWindow {
     return { kind: 'utc-day', day: this.#day, used: this.#used };
   }
 
+  toJSONText(): string {
+    return `{"kind":"utc-day","day":${jsonNumber(this.#day)},"used":${jsonNumber(this.#used)}}`;
+  }
+
   #advance(now: number): void {
     const day = Math.floor(now / DAY_MS);
     if (day > this.#day) {
@@ -210,6 +238,18 @@ export class UtcDayWindow implements UsageWindow {
 /** Rebuilds any window from its serialized state. */
 export function windowFromJSON(state: UsageWindowState): UsageWindow {
   return state.kind === 'sliding' ? SlidingWindow.fromJSON(state) : UtcDayWindow.fromJSON(state);
+}
+
+const zeroRuns: string[] = [];
+
+/** `,0` repeated `n` times (remembered: windows have a fixed number of buckets). */
+function zeroRun(n: number): string {
+  return (zeroRuns[n] ??= ',0'.repeat(n));
+}
+
+/** `JSON.stringify` of a number: its shortest form, `null` when not finite (as `-0` → `0`). */
+export function jsonNumber(n: number): string {
+  return Number.isFinite(n) ? String(n) : 'null';
 }
 
 function mod(a: number, n: number): number {

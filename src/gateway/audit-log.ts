@@ -197,12 +197,26 @@ export class AuditLog {
     this.#timer = undefined;
     this.#immediate = undefined;
     if (this.#fd === undefined || this.#pending.length === 0) return;
-    const lines = this.#pending;
+    const queued = this.#pending;
     this.#pending = [];
+    const lines = new Array<string>(queued.length);
+    let batch = '';
+    for (let i = 0; i < queued.length; i++) {
+      const q = queued[i]!;
+      const line = typeof q === 'string' ? q : safeFormatCall(q);
+      lines[i] = line;
+      batch += line;
+    }
+    // The whole batch in one encode and one write(2) when it fits the current file (nearly
+    // always); measuring each line's bytes is only needed where a rotation falls inside it.
+    const buf = Buffer.from(batch);
+    if (this.#size + buf.length <= this.#maxBytes) {
+      this.#writeBytes(buf);
+      return;
+    }
     let chunk = '';
     let chunkBytes = 0;
-    for (const queued of lines) {
-      const line = typeof queued === 'string' ? queued : safeFormatCall(queued);
+    for (const line of lines) {
       const lineBytes = Buffer.byteLength(line);
       // Rotate before a line that would overflow a non-empty file (a lone oversized line
       // still gets a file of its own).
@@ -220,8 +234,11 @@ export class AuditLog {
   }
 
   #writeChunk(chunk: string): void {
-    if (chunk === '' || this.#fd === undefined) return;
-    const buf = Buffer.from(chunk);
+    if (chunk !== '') this.#writeBytes(Buffer.from(chunk));
+  }
+
+  #writeBytes(buf: Buffer): void {
+    if (buf.length === 0 || this.#fd === undefined) return;
     writeSync(this.#fd, buf);
     this.#size += buf.length;
   }

@@ -692,6 +692,17 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         return undefined;
       }
     };
+    // A live budget scope writes its own JSON text (the generic stringify of its bucket arrays
+    // was most of a commit's serialization).
+    const budgetJson = (name: string, source: BudgetStateSource): string | undefined => {
+      if (source.toJSONText === undefined) return json(name, () => source.toJSON());
+      try {
+        return source.toJSONText();
+      } catch {
+        unserializable.push(name);
+        return undefined;
+      }
+    };
     const rows: Array<[Kind, string, string | undefined | null]> = [];
     for (const [c, changed] of [
       [this.agents, agents],
@@ -709,7 +720,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     }
     const scopes = budgets.map(([scope, source]): [string, string | undefined | null] => [
       scope,
-      source === null ? null : json(`budget ${scope}`, () => source.toJSON()),
+      source === null ? null : budgetJson(`budget ${scope}`, source),
     ]);
     // Tasks are serialized inside the transaction, one at a time (no intermediate copies: they
     // are most of the writes); a task that cannot be serialized is skipped and reported.

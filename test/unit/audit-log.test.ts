@@ -280,3 +280,40 @@ describe('AuditLog robustness (records an agent made hostile)', () => {
     expect(() => log.flush()).toThrow();
   });
 });
+
+describe('AuditLog rotation inside one batch', () => {
+  it('splits a flushed batch at maxBytes: no file over it, no line lost or cut, in order', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fabric-audit-rot-'));
+    const path = join(dir, 'audit.log');
+    try {
+      const log = new AuditLog({ path, maxBytes: 1000, maxFiles: 50, flushIntervalMs: 60_000 });
+      const fields: AuditOutcome = { decision: 'allow', outcome: 'ok', tokens: 1, cost: 0.001 };
+      // One flush of a batch several files long (and non-ASCII, so bytes ≠ characters).
+      for (let i = 0; i < 40; i++) log.writeCall('agent-ü', 'ev__echo', { i }, 0, 1.5, fields);
+      log.flush();
+      // Then a batch that fits the current file.
+      log.writeCall('agent-ü', 'ev__echo', { i: 40 }, 0, 1.5, fields);
+      log.close();
+      const files: string[] = [];
+      for (let n = 50; n >= 1; n--) {
+        try {
+          files.push(readFileSync(`${path}.${n}`, 'utf8'));
+        } catch {
+          // not that many generations
+        }
+      }
+      files.push(readFileSync(path, 'utf8'));
+      expect(files.length).toBeGreaterThan(3);
+      const digests: unknown[] = [];
+      for (const text of files) {
+        expect(Buffer.byteLength(text)).toBeLessThanOrEqual(1000);
+        expect(text.endsWith('\n')).toBe(true);
+        for (const line of text.trimEnd().split('\n'))
+          digests.push((JSON.parse(line) as { argsDigest: string }).argsDigest);
+      }
+      expect(digests).toEqual(Array.from({ length: 41 }, (_, i) => digestArgs({ i })));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
