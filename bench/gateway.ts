@@ -21,6 +21,9 @@
  * - stdio-latency-relay-floor, stdio-throughput-relay-floor (diagnostics): agent → a process
  *   that only copies bytes → stdio upstream: what the process hop alone costs on this machine
  *   (the floor of stdio-latency, the ceiling of stdio-throughput).
+ * - stdio-throughput-vs-relay: the gateway's stdio throughput (32 in flight) against that byte
+ *   relay's, same run, interleaved rounds: how close the gateway comes to the best any process
+ *   hop reaches here (goal ≥ 0.85).
  * - http-cpu-per-call: CPU time of `agent-fabric serve` per Streamable HTTP `tools/call` (bearer
  *   auth, policy, budget and audit on) over a fixed number of calls, against the CPU time its
  *   upstream (server-everything over stdio) spends on the same calls, both in steady state:
@@ -475,7 +478,13 @@ const suite: BenchSuite = {
       closers.push(direct.close);
       const callDirect = echo(direct.client, 'echo');
 
-      if (wanted('stdio-latency') || wanted('stdio-throughput')) {
+      // Kept open past its own cases when stdio-throughput-vs-relay needs it beside the relay.
+      let callGatewayStdio: Call | undefined;
+      if (
+        wanted('stdio-latency') ||
+        wanted('stdio-throughput') ||
+        wanted('stdio-throughput-vs-relay')
+      ) {
         // The gateway as MCP clients launch it: `agent-fabric mcp --in-process`, over stdio.
         const gw = await stdioClient(
           process.execPath,
@@ -510,10 +519,15 @@ const suite: BenchSuite = {
             q ? 2000 : 8000,
           );
         }
-        await closeLast();
+        if (wanted('stdio-throughput-vs-relay')) callGatewayStdio = callGateway;
+        else await closeLast();
       }
 
-      if (wanted('stdio-latency-relay-floor') || wanted('stdio-throughput-relay-floor')) {
+      if (
+        wanted('stdio-latency-relay-floor') ||
+        wanted('stdio-throughput-relay-floor') ||
+        wanted('stdio-throughput-vs-relay')
+      ) {
         // Diagnostic: what any process hop costs here — a relay that only copies bytes.
         const relay = join(dir, 'relay.mjs');
         writeFileSync(relay, RELAY_SOURCE);
@@ -546,8 +560,23 @@ const suite: BenchSuite = {
             q ? 2000 : 8000,
           );
         }
+        if (wanted('stdio-throughput-vs-relay') && callGatewayStdio !== undefined) {
+          // The gateway against the byte relay in the same run (rounds interleaved): a ratio
+          // of the two ratios above would divide numbers from different moments of the load.
+          await warm([callRelay, callGatewayStdio], q ? 100 : 300);
+          await throughputCase(
+            ctx,
+            'stdio-throughput-vs-relay',
+            'a byte relay process, 32 in flight (the best any process hop reaches here)',
+            'ratio ≥ 0.85',
+            callRelay,
+            callGatewayStdio,
+            q ? 2000 : 8000,
+          );
+        }
         await closeLast();
       }
+      if (callGatewayStdio !== undefined) await closeLast(); // the stdio gateway
 
       if (wanted('stdio-cpu-per-call') && existsSync('/proc/self/stat')) {
         // The gateway's own CPU per call vs a minimal JSON-RPC relay, both in front of a trivial
