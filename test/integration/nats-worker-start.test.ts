@@ -17,7 +17,7 @@ import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 describeNats('NatsWorker start', () => {
   const suiteServer = natsServerPerSuite();
 
-  async function setup(namespace: string, concurrency: number) {
+  async function setup(namespace: string, concurrency: number, startBeforeAnswer?: boolean) {
     const nats = { url: suiteServer().url, namespace };
     const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
     await fabric.start();
@@ -29,6 +29,7 @@ describeNats('NatsWorker start', () => {
       agentId: agent.id,
       credential: agent.credential,
       concurrency,
+      ...(startBeforeAnswer === undefined ? {} : { startBeforeAnswer }),
     });
     return { fabric, agent, worker };
   }
@@ -113,6 +114,55 @@ describeNats('NatsWorker start', () => {
       await worker.close();
       await fabric.close();
     }
+  });
+
+  it('startBeforeAnswer: false — a forged first delivery never runs; a real task still completes', async () => {
+    const { fabric, agent, worker } = await setup('waits', 4, false);
+    const stop = new AbortController();
+    const nc = await connect({ servers: suiteServer().url });
+    try {
+      const names = fabric.natsExecutor!.names;
+      const forged = {
+        v: 1,
+        taskId: 'forged',
+        attempt: 1,
+        taskType: 't',
+        payload: 'forged',
+        deadline: null,
+        timeoutSeconds: 30,
+        maxAttempts: 1,
+        agentId: agent.id,
+        poolId: null,
+        replyTo: names.results(fabric.natsExecutor!.sidecarId),
+        lease: 'x'.repeat(43),
+      };
+      await jetstream(nc).publish(names.agentTasks(agent.id), encodeJson(forged));
+      const payloads: unknown[] = [];
+      const running = worker.run({ t: (p) => payloads.push(p) }, { signal: stop.signal });
+      await until(() => worker.stats.refused === 1, 10_000);
+      const real = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 'real' });
+      expect((await fabric.waitForTask(real.id, { timeoutSeconds: 10 })).status).toBe(
+        TaskStatus.COMPLETED,
+      );
+      expect(payloads).toEqual(['real']);
+      stop.abort();
+      await running;
+    } finally {
+      await nc.close();
+      await worker.close();
+      await fabric.close();
+    }
+  });
+
+  it('startBeforeAnswer must be a boolean', async () => {
+    await expect(
+      NatsWorker.connect({
+        nats: { url: suiteServer().url, namespace: 'bad' },
+        agentId: 'a',
+        credential: 'c',
+        startBeforeAnswer: 'no' as unknown as boolean,
+      }),
+    ).rejects.toThrow(/options\.startBeforeAnswer/);
   });
 
   it('an attempt the worker heard had ended waits for its start answer and never runs', async () => {

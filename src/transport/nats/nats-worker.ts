@@ -57,6 +57,14 @@ export interface NatsWorkerOptions {
   heartbeatSeconds?: number;
   /** How long one report waits for the sidecar's answer before it is sent again. @default 5000 */
   reportTimeoutMs?: number;
+  /**
+   * Begin a surely-first delivery once its `start` is written, without waiting for the answer
+   * (saves a round trip per task). Until the answer comes, the worker cannot tell a forged task
+   * message from a real one: set `false` where clients other than sidecars can publish on the
+   * namespace's task subjects, and every task then runs only after its start is accepted.
+   * @default true
+   */
+  startBeforeAnswer?: boolean;
 }
 
 /** Context of a {@link NatsTaskHandler}: the task's own signal, and progress reports. */
@@ -129,6 +137,7 @@ export class NatsWorker {
   readonly #concurrency: number;
   readonly #heartbeatMs: number;
   readonly #reportTimeoutMs: number;
+  readonly #startBeforeAnswer: boolean;
   /** Running attempts (`taskId:attempt`) → their abort. */
   readonly #running = new Map<string, Running>();
   /**
@@ -162,6 +171,10 @@ export class NatsWorker {
       options.reportTimeoutMs ?? DEFAULT_REPORT_TIMEOUT_MS,
       'positiveInt',
     );
+    if (options.startBeforeAnswer !== undefined && typeof options.startBeforeAnswer !== 'boolean') {
+      throw new InvalidArgumentError('options.startBeforeAnswer', 'must be a boolean');
+    }
+    this.#startBeforeAnswer = options.startBeforeAnswer ?? true;
     this.#link = new NatsAgentLink(
       nc,
       this.#names,
@@ -323,7 +336,11 @@ export class NatsWorker {
     const running = new Running();
     const starting = this.#link.start(task);
     let accepted: Promise<boolean>;
-    if (!this.#ended.has(`${task.taskId}:${task.attempt}`) && this.#firstDelivery(m, ackWaitMs)) {
+    if (
+      this.#startBeforeAnswer &&
+      !this.#ended.has(`${task.taskId}:${task.attempt}`) &&
+      this.#firstDelivery(m, ackWaitMs)
+    ) {
       // A first delivery runs once its start is written out, without waiting for the answer:
       // a refusal (the attempt ended while the message was queued) aborts the handler's signal
       // and the result is not reported. The start is out before the handler runs, so a worker
