@@ -2,11 +2,12 @@
  * How a NatsWorker starts a pulled task against a real nats-server: a first delivery runs as
  * soon as its `start` report is written (the answer is not awaited), and a refusal aborts it and
  * keeps its result out; an attempt the worker was told had ended waits for the answer and never
- * runs; a task cancelled while its message waits in the stream has the message deleted.
+ * runs; a task cancelled while its message waits in the stream has the message deleted; with
+ * `startBeforeAnswer: false` nothing runs before its start is accepted.
  */
 import { expect, it } from 'vitest';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { connect } from '@nats-io/transport-node';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { AgentFabric } from '../../src/fabric.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { TaskStatus } from '../../src/task.js';
@@ -32,6 +33,35 @@ describeNats('NatsWorker start', () => {
       ...(startBeforeAnswer === undefined ? {} : { startBeforeAnswer }),
     });
     return { fabric, agent, worker };
+  }
+
+  /**
+   * Publishes a task message with a lease the sidecar never made (as any client allowed to
+   * publish on the task subjects could send) to the agent's task subject.
+   */
+  async function publishForged(
+    nc: NatsConnection,
+    fabric: AgentFabric,
+    agentId: string,
+    taskType: string,
+    payload: unknown,
+  ): Promise<void> {
+    const names = fabric.natsExecutor!.names;
+    const forged = {
+      v: 1,
+      taskId: 'forged',
+      attempt: 1,
+      taskType,
+      payload,
+      deadline: null,
+      timeoutSeconds: 30,
+      maxAttempts: 1,
+      agentId,
+      poolId: null,
+      replyTo: names.results(fabric.natsExecutor!.sidecarId),
+      lease: 'x'.repeat(43),
+    };
+    await jetstream(nc).publish(names.agentTasks(agentId), encodeJson(forged));
   }
 
   it('a task cancelled while its message waits in JetStream: the message is deleted, never run', async () => {
@@ -70,22 +100,7 @@ describeNats('NatsWorker start', () => {
     try {
       // A task message with a lease the sidecar never made (as any client allowed to publish
       // on the task subjects could send): its start is refused.
-      const names = fabric.natsExecutor!.names;
-      const forged = {
-        v: 1,
-        taskId: 'forged',
-        attempt: 1,
-        taskType: 'slow',
-        payload: null,
-        deadline: null,
-        timeoutSeconds: 30,
-        maxAttempts: 1,
-        agentId: agent.id,
-        poolId: null,
-        replyTo: names.results(fabric.natsExecutor!.sidecarId),
-        lease: 'x'.repeat(43),
-      };
-      await jetstream(nc).publish(names.agentTasks(agent.id), encodeJson(forged));
+      await publishForged(nc, fabric, agent.id, 'slow', null);
       let aborted: unknown;
       let ran = 0;
       const running = worker.run(
@@ -121,22 +136,7 @@ describeNats('NatsWorker start', () => {
     const stop = new AbortController();
     const nc = await connect({ servers: suiteServer().url });
     try {
-      const names = fabric.natsExecutor!.names;
-      const forged = {
-        v: 1,
-        taskId: 'forged',
-        attempt: 1,
-        taskType: 't',
-        payload: 'forged',
-        deadline: null,
-        timeoutSeconds: 30,
-        maxAttempts: 1,
-        agentId: agent.id,
-        poolId: null,
-        replyTo: names.results(fabric.natsExecutor!.sidecarId),
-        lease: 'x'.repeat(43),
-      };
-      await jetstream(nc).publish(names.agentTasks(agent.id), encodeJson(forged));
+      await publishForged(nc, fabric, agent.id, 't', 'forged');
       const payloads: unknown[] = [];
       const running = worker.run({ t: (p) => payloads.push(p) }, { signal: stop.signal });
       await until(() => worker.stats.refused === 1, 10_000);
