@@ -27,6 +27,14 @@ export interface BudgetStateSource {
   toJSON(): BudgetScopeSnapshot;
   /** `JSON.stringify(toJSON())`, when the source can write it faster itself. */
   toJSONText?(): string;
+  /**
+   * Leased persistence, for a store that does not commit every change (both or neither): the
+   * text to commit with `percent` % of a limit added to the usage of the current window heads
+   * (a ceiling), remembered as what the store holds; `leaseCovers()` is true while the live
+   * state is still within that ceiling (nothing to write). See ScopeUsage.
+   */
+  toLeasedJSONText?(percent: number, now: number): string;
+  leaseCovers?(): boolean;
 }
 
 /**
@@ -37,7 +45,8 @@ export interface BudgetStateSource {
  *   this is how usage survives: a crash must never reset a budget);
  * - `changed` is called after every change to a scope with the live state; a durable store
  *   records that the scope is dirty and writes its JSON behind, batched (`source.toJSONText()`
- *   when the source has it, else `JSON.stringify(source.toJSON())`: the same text).
+ *   when the source has it, else `JSON.stringify(source.toJSON())`: the same text). A store may
+ *   instead write a leased ceiling (`toLeasedJSONText`) and skip the changes it covers.
  *
  * In-flight reservations are not persisted: after a crash they are simply gone (the calls they
  * guarded died with the process); settled usage is what counts.

@@ -70,6 +70,20 @@ function newCostWindow(kind: 'sliding' | 'utc-day', now: number): UsageWindow {
     : new UtcDayWindow(now);
 }
 
+/**
+ * What the last leased write of a scope persisted (see {@link ScopeUsage.toLeasedJSONText}): the
+ * state it was written from and the ceilings its windows' heads were written with.
+ */
+interface PersistedLease {
+  readonly config: BudgetConfig | null;
+  readonly cost: UsageWindow;
+  readonly alerts: number;
+  readonly tokensHead: number;
+  readonly tokensCeiling: number;
+  readonly costHead: number;
+  readonly costCeiling: number;
+}
+
 /** Live state of one scope. Fields are public for the manager's hot path. */
 export class ScopeUsage implements BudgetStateSource {
   readonly scope: string;
@@ -88,6 +102,8 @@ export class ScopeUsage implements BudgetStateSource {
   /** Usage at which the warning threshold is reached (Infinity without a limit). */
   #tokensWarnAt = Number.POSITIVE_INFINITY;
   #costWarnAt = Number.POSITIVE_INFINITY;
+  /** The last leased write a store made of this scope (undefined: none). */
+  #lease: PersistedLease | undefined;
 
   constructor(scope: string, now: number, snapshot?: BudgetScopeSnapshot) {
     this.scope = scope;
@@ -245,14 +261,74 @@ export class ScopeUsage implements BudgetStateSource {
   }
 
   /**
+   * The scope's JSON as {@link toJSONText}, with a lease added to the head of each window: the
+   * newest token bucket holds `percent` % of `maxTokensPerHour` more than was used (at most up
+   * to the limit; of the tokens used in the window when the scope has no token limit), the cost
+   * window likewise.
+   * The persisted usage is then a ceiling: while {@link leaseCovers} holds, usage recorded
+   * since is already inside what the store holds, and a crash can only over-count (by at most
+   * the lease), never under-count. `percent` 0 writes the exact state. Only a store calls this,
+   * for the text it commits: this scope remembers what was written.
+   */
+  toLeasedJSONText(percent: number, now: number): string {
+    const c = this.config;
+    const tokensLease = leaseOf(c?.maxTokensPerHour, this.tokens, percent, now);
+    const costLease = leaseOf(c?.maxCostPerDay, this.cost, percent, now);
+    // The ceilings are computed exactly as the windows write them (head amount + lease), and
+    // JSON numbers read back to the same doubles.
+    this.#lease = {
+      config: this.rawConfig,
+      cost: this.cost,
+      alerts: this.#alertBits(),
+      tokensHead: this.tokens.head,
+      tokensCeiling: this.tokens.headAmount + tokensLease,
+      costHead: this.cost.head,
+      costCeiling: this.cost.headAmount + costLease,
+    };
+    return this.#text(tokensLease, costLease);
+  }
+
+  /**
+   * True when the last {@link toLeasedJSONText} still covers the live state: same limits, same
+   * alert flags, the same window heads (usage only went into the buckets the lease was added
+   * to) and no more usage in them than their ceilings. A store skips the write then.
+   */
+  leaseCovers(): boolean {
+    const l = this.#lease;
+    return (
+      l !== undefined &&
+      this.tokens.headAmount <= l.tokensCeiling &&
+      this.cost.headAmount <= l.costCeiling &&
+      this.tokens.head === l.tokensHead &&
+      this.cost.head === l.costHead &&
+      l.cost === this.cost &&
+      l.config === this.rawConfig &&
+      l.alerts === this.#alertBits()
+    );
+  }
+
+  #alertBits(): number {
+    return (
+      (this.tokensWarned ? 1 : 0) |
+      (this.tokensExhausted ? 2 : 0) |
+      (this.costWarned ? 4 : 0) |
+      (this.costExhausted ? 8 : 0)
+    );
+  }
+
+  /**
    * `JSON.stringify(this.toJSON())`, written directly: a durable store serializes the scope on
    * every commit (each batch of settled tool calls), and the generic stringify of the windows'
    * bucket arrays was most of that commit's CPU.
    */
   toJSONText(): string {
+    return this.#text(0, 0);
+  }
+
+  #text(tokensLease: number, costLease: number): string {
     const config = this.rawConfig === null ? 'null' : JSON.stringify(this.rawConfig);
     return (
-      `{"version":1,"config":${config},"tokens":${this.tokens.toJSONText()},"cost":${this.cost.toJSONText()}` +
+      `{"version":1,"config":${config},"tokens":${this.tokens.toJSONText(tokensLease)},"cost":${this.cost.toJSONText(costLease)}` +
       `,"alerts":{"tokensWarned":${this.tokensWarned},"tokensExhausted":${this.tokensExhausted}` +
       `,"costWarned":${this.costWarned},"costExhausted":${this.costExhausted}}}`
     );
@@ -316,6 +392,27 @@ export class ScopeUsage implements BudgetStateSource {
       requested > max || reserved + requested > max + TOLERANCE ? null : window.freedAt(need, now);
     return Object.freeze({ scope: this.scope, limit, used, reserved, requested, max, retryAt });
   }
+}
+
+/**
+ * The lease of one window: `percent` % of its limit, but never past the limit (a crash then never
+ * leaves a scope looking more exhausted than it was: near the limit the lease shrinks, down to
+ * an exact write at it); or, for a window without a limit (a scope that only tracks usage),
+ * `percent` % of the usage in the window, so the over-count a crash can leave stays that share of
+ * what was really used.
+ */
+function leaseOf(
+  max: number | undefined,
+  window: UsageWindow,
+  percent: number,
+  now: number,
+): number {
+  if (percent === 0) return 0;
+  const used = window.used(now);
+  if (max === undefined || max === Number.POSITIVE_INFINITY) return (used * percent) / 100;
+  const lease = (max * percent) / 100;
+  const room = max - used;
+  return room <= 0 ? 0 : lease < room ? lease : room;
 }
 
 /** A call fits when the total stays within the limit and the scope is not already exhausted. */

@@ -47,9 +47,21 @@ export interface UsageWindow {
   freedAt(amount: number, now: number): number | null;
   /** When usage next drops (the oldest amount leaves), or null when the window is empty. */
   nextDropAt(now: number): number | null;
+  /**
+   * Where new usage goes, as of the last `add`/`used`/`freedAt` (not advanced to now): the
+   * absolute index of the newest bucket, or the UTC day. Only `add` to the same head raises
+   * {@link headAmount}; everything else the window holds changes only when the head moves.
+   */
+  readonly head: number;
+  /** The amount recorded in the head (bucket or day). */
+  readonly headAmount: number;
   toJSON(): UsageWindowState;
-  /** `JSON.stringify(this.toJSON())`, written directly (a durable store writes it per commit). */
-  toJSONText(): string;
+  /**
+   * `JSON.stringify(this.toJSON())`, written directly (a durable store writes it per commit);
+   * with `extra`, as if `extra` more had been added to the head (a persisted lease: see
+   * ScopeUsage.toLeasedJSONText).
+   */
+  toJSONText(extra?: number): string;
 }
 
 /**
@@ -122,6 +134,14 @@ export class SlidingWindow implements UsageWindow {
     return this.used(now) > 0 ? this.freedAt(Number.MIN_VALUE, now) : null;
   }
 
+  get head(): number {
+    return this.#head;
+  }
+
+  get headAmount(): number {
+    return this.#buckets[mod(this.#head, this.#n)]!;
+  }
+
   toJSON(): SlidingWindowState {
     // A plain loop: `Array.from` walks a typed array through its iterator, and a budget's
     // windows are serialized on every commit (after each tool call's settle).
@@ -137,16 +157,18 @@ export class SlidingWindow implements UsageWindow {
     };
   }
 
-  toJSONText(): string {
+  toJSONText(extra = 0): string {
     // JSON.stringify of the bucket array was most of a budget commit's serialization (the
     // generic path for a holey array of doubles). Most buckets are 0: a run of them is one
     // remembered string, so a window of a few used buckets is a handful of concatenations.
     const b = this.#buckets;
+    const h = mod(this.#head, this.#n);
     let text = `{"kind":"sliding","windowMs":${jsonNumber(this.#windowMs)},"bucketMs":${jsonNumber(this.#bucketMs)},"head":${jsonNumber(this.#head)},"buckets":[`;
-    text += b[0] === 0 ? '0' : jsonNumber(b[0]!);
+    const first = h === 0 ? b[0]! + extra : b[0]!;
+    text += first === 0 ? '0' : jsonNumber(first);
     let zeros = 0;
     for (let i = 1; i < b.length; i++) {
-      const v = b[i]!;
+      const v = i === h ? b[i]! + extra : b[i]!;
       if (v === 0) {
         zeros++;
         continue;
@@ -218,12 +240,20 @@ export class UtcDayWindow implements UsageWindow {
     return this.#used > 0 ? (this.#day + 1) * DAY_MS : null;
   }
 
+  get head(): number {
+    return this.#day;
+  }
+
+  get headAmount(): number {
+    return this.#used;
+  }
+
   toJSON(): UtcDayWindowState {
     return { kind: 'utc-day', day: this.#day, used: this.#used };
   }
 
-  toJSONText(): string {
-    return `{"kind":"utc-day","day":${jsonNumber(this.#day)},"used":${jsonNumber(this.#used)}}`;
+  toJSONText(extra = 0): string {
+    return `{"kind":"utc-day","day":${jsonNumber(this.#day)},"used":${jsonNumber(this.#used + extra)}}`;
   }
 
   #advance(now: number): void {

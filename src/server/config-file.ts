@@ -28,7 +28,11 @@ import {
   MAX_API_STREAMS,
 } from '../rpc/http-door.js';
 import { DEFAULT_MAX_BUFFERED_STREAM_MESSAGES } from '../rpc/rpc-call.js';
-import { DEFAULT_STATE_SYNCHRONOUS } from '../store/sqlite-store.js';
+import {
+  DEFAULT_BUDGET_LEASE_PERCENT,
+  DEFAULT_STATE_SYNCHRONOUS,
+  MAX_BUDGET_LEASE_PERCENT,
+} from '../store/sqlite-store.js';
 import { HostGuard } from './host-guard.js';
 import { pinnedCredentialProblem } from './pinned-credential.js';
 import { natsOptionsSchema } from '../transport/nats/nats-options.js';
@@ -184,9 +188,11 @@ export const sidecarConfigSchema = z
     adminToken: z.string().min(16).optional(),
     /**
      * Where agents, their credential hashes, pools, tasks, budget usage, approvals and the
-     * generated admin token's hash persist: `{ path, synchronous }` (an embedded SQLite file) or
-     * `memory` (nothing survives a restart). A relative path is taken
-     * from the working directory. @default { path: '${CWD}/.fabric/state.db' }
+     * generated admin token's hash persist: `{ path, synchronous, budgetLeasePercent }` (an
+     * embedded SQLite file; `budgetLeasePercent`: see SqliteStoreOptions — the most a crash can
+     * over-count a budget scope's usage, as a percentage of its limit) or `memory` (nothing
+     * survives a restart). A relative path is taken from the working directory.
+     * @default { path: '${CWD}/.fabric/state.db' }
      */
     state: z
       .union([
@@ -195,6 +201,11 @@ export const sidecarConfigSchema = z
           .object({
             path: z.string().min(1),
             synchronous: z.enum(['NORMAL', 'FULL']).default(DEFAULT_STATE_SYNCHRONOUS),
+            budgetLeasePercent: z
+              .number()
+              .min(0)
+              .max(MAX_BUDGET_LEASE_PERCENT)
+              .default(DEFAULT_BUDGET_LEASE_PERCENT),
           })
           .strict(),
       ])
@@ -717,6 +728,7 @@ export function parseSidecarConfig(
   const state = parsed.data.state ?? {
     path: DEFAULT_STATE_PATH,
     synchronous: DEFAULT_STATE_SYNCHRONOUS,
+    budgetLeasePercent: DEFAULT_BUDGET_LEASE_PERCENT,
   };
   const tls = <T extends { cert: string; key: string; ca?: string | undefined }>(
     t: T | undefined,

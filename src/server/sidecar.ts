@@ -187,6 +187,7 @@ export class Sidecar {
       ) {
         store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(state.path, {
           synchronous: state.synchronous,
+          budgetLeasePercent: state.budgetLeasePercent,
           onError: (e) => log({ level: 'error', msg: e.message }),
         });
         cleanup.push(store);

@@ -78,6 +78,11 @@ export type StateSynchronous = 'NORMAL' | 'FULL';
 /** Default of {@link SqliteStoreOptions.synchronous}. */
 export const DEFAULT_STATE_SYNCHRONOUS: StateSynchronous = 'NORMAL';
 
+/** Default of {@link SqliteStoreOptions.budgetLeasePercent}. */
+export const DEFAULT_BUDGET_LEASE_PERCENT = 1;
+/** Largest {@link SqliteStoreOptions.budgetLeasePercent}. */
+export const MAX_BUDGET_LEASE_PERCENT = 10;
+
 /** Options of {@link SqliteStore.open}. */
 export interface SqliteStoreOptions {
   /**
@@ -86,6 +91,15 @@ export interface SqliteStoreOptions {
    * @default 'NORMAL'
    */
   synchronous?: StateSynchronous;
+  /**
+   * Budget usage is written ahead of use, as a ceiling: a scope's row holds its usage plus this
+   * percentage of its limit (of its usage in the window when it has no limit), and changes that
+   * stay under that ceiling are not committed (see {@link SqliteBudgetStore}). A crash (kill -9,
+   * power loss aside) then leaves each scope's usage over-counted by at most this percentage —
+   * never under-counted; `close()` writes exact usage. 0 commits every change exactly, as
+   * before. 0 to 10. @default 1
+   */
+  budgetLeasePercent?: number;
   /**
    * Told about a background commit that failed (disk full, I/O error): the changes stay pending
    * and are retried with the next commit; `close()` throws if they still cannot be written. Also
@@ -413,18 +427,33 @@ export class SqliteTaskCollection<T> implements Collection<T> {
   }
 }
 
-/** Budget state in the same file and the same group commit as the records. */
+/**
+ * Budget state in the same file and the same group commit as the records.
+ *
+ * A scope that can lease (ScopeUsage) is written with a ceiling: its usage plus `leasePercent` %
+ * of its limit (of its usage when it has none) in the newest bucket of each window. A change
+ * that stays under that ceiling — same limits, alerts and window buckets — is not written at
+ * all: it is already covered by what the file holds, so a crash can over-count a scope's usage
+ * by at most one lease and never under-count it. A tool call then costs a commit only once per
+ * lease, per new bucket (a minute for tokens, 15 minutes or a UTC day for cost) and per alert or
+ * limit change, instead of once per batch of settles. `flush()` and `close()` write every leased
+ * scope's exact usage, so a clean stop loses and adds nothing.
+ */
 export class SqliteBudgetStore implements BudgetStore {
   readonly #journal: Journal;
   readonly #select: Database.Statement<[string], { data: string }>;
   readonly #path: string;
+  readonly #leasePercent: number;
   /** Scopes changed since the last commit; null = deleted. */
   readonly #dirty = new Map<string, BudgetStateSource | null>();
+  /** Scopes written with a lease (their row holds more than their usage). */
+  readonly #leased = new Map<string, BudgetStateSource>();
 
   /** @internal */
-  constructor(db: Database.Database, path: string, journal: Journal) {
+  constructor(db: Database.Database, path: string, journal: Journal, leasePercent: number) {
     this.#journal = journal;
     this.#path = path;
+    this.#leasePercent = leasePercent;
     this.#select = db.prepare('SELECT data FROM budgets WHERE scope = ?');
   }
 
@@ -444,18 +473,35 @@ export class SqliteBudgetStore implements BudgetStore {
   }
 
   changed(scope: string, source: BudgetStateSource): void {
+    // Covered by the committed ceiling: nothing to write. (A scope still dirty — its last
+    // commit failed — is written whatever its lease says.)
+    if (source.leaseCovers?.() === true && !this.#dirty.has(scope)) return;
     this.#dirty.set(scope, source);
     this.#journal.touch('soon');
   }
 
   delete(scope: string): void {
+    this.#leased.delete(scope);
     this.#dirty.set(scope, null);
     this.#journal.touch('soon');
   }
 
-  /** @internal */
-  pending(): Array<[string, BudgetStateSource | null]> {
+  /** @internal The pending changes; `exact`: every leased scope too, to be written exact. */
+  pending(exact: boolean): Array<[string, BudgetStateSource | null]> {
+    if (exact) for (const [scope, source] of this.#leased) this.#dirty.set(scope, source);
     return [...this.#dirty];
+  }
+
+  /**
+   * @internal The JSON a commit writes for `source`: leased (see the class), or `exact`. Null
+   * when the source's own serializer is to be used.
+   */
+  text(scope: string, source: BudgetStateSource, exact: boolean): string | null {
+    if (source.toLeasedJSONText === undefined) return null;
+    const percent = exact ? 0 : this.#leasePercent;
+    if (percent > 0) this.#leased.set(scope, source);
+    else this.#leased.delete(scope);
+    return source.toLeasedJSONText(percent, Date.now());
   }
 
   /** @internal */
@@ -547,7 +593,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       rows('tool_task'),
       'soon',
     );
-    this.budgets = new SqliteBudgetStore(db, path, journal);
+    this.budgets = new SqliteBudgetStore(
+      db,
+      path,
+      journal,
+      options.budgetLeasePercent ?? DEFAULT_BUDGET_LEASE_PERCENT,
+    );
     this.#upsert = db.prepare(
       'INSERT INTO records (kind, id, data) VALUES (?, ?, ?) ON CONFLICT (kind, id) DO UPDATE SET data = excluded.data',
     );
@@ -580,6 +631,13 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     const synchronous = options.synchronous ?? DEFAULT_STATE_SYNCHRONOUS;
     if (synchronous !== 'NORMAL' && synchronous !== 'FULL') {
       throw new InvalidArgumentError('options.synchronous', "must be 'NORMAL' or 'FULL'");
+    }
+    const lease = options.budgetLeasePercent ?? DEFAULT_BUDGET_LEASE_PERCENT;
+    if (typeof lease !== 'number' || !(lease >= 0 && lease <= MAX_BUDGET_LEASE_PERCENT)) {
+      throw new InvalidArgumentError(
+        'options.budgetLeasePercent',
+        `must be a number from 0 to ${MAX_BUDGET_LEASE_PERCENT}`,
+      );
     }
     try {
       mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
@@ -658,11 +716,14 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    * @throws StateStoreError when the write fails (the changes stay pending).
    */
   flush(): void {
-    this.#flush(true);
+    this.#flush(true, true);
   }
 
-  /** {@link flush}; `lazy`: also the changes made with `putLazily`. */
-  #flush(lazy: boolean): void {
+  /**
+   * {@link flush}; `lazy`: also the changes made with `putLazily`; `exact`: budget scopes
+   * written with a lease are written with their exact usage (see {@link SqliteBudgetStore}).
+   */
+  #flush(lazy: boolean, exact = false): void {
     if (!lazy) this.#soon = false;
     if (this.#closed) return;
     const tasks = this.tasks.hasPending(lazy);
@@ -670,7 +731,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     const pools = this.pools.pending(lazy);
     const approvals = this.approvals.pending(lazy);
     const toolTasks = this.toolTasks.pending(lazy);
-    const budgets = this.budgets.pending();
+    const budgets = this.budgets.pending(exact);
     if (
       !tasks &&
       agents.length === 0 &&
@@ -694,9 +755,15 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     };
     // A live budget scope writes its own JSON text (the generic stringify of its bucket arrays
     // was most of a commit's serialization).
-    const budgetJson = (name: string, source: BudgetStateSource): string | undefined => {
-      if (source.toJSONText === undefined) return json(name, () => source.toJSON());
+    const budgetJson = (
+      scope: string,
+      name: string,
+      source: BudgetStateSource,
+    ): string | undefined => {
       try {
+        const text = this.budgets.text(scope, source, exact);
+        if (text !== null) return text;
+        if (source.toJSONText === undefined) return json(name, () => source.toJSON());
         return source.toJSONText();
       } catch {
         unserializable.push(name);
@@ -720,7 +787,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     }
     const scopes = budgets.map(([scope, source]): [string, string | undefined | null] => [
       scope,
-      source === null ? null : budgetJson(`budget ${scope}`, source),
+      source === null ? null : budgetJson(scope, `budget ${scope}`, source),
     ]);
     // Tasks are serialized inside the transaction, one at a time (no intermediate copies: they
     // are most of the writes); a task that cannot be serialized is skipped and reported.

@@ -41,7 +41,10 @@ function writeConfig(dir: string, port: number): void {
     JSON.stringify({
       http: { host: '127.0.0.1', port },
       adminToken: ADMIN,
-      state: { path: join(dir, 'state', 'state.db') },
+      // Every settle committed exactly (no budget lease: a crash would over-count by up to 1 %
+      // of the limit, and this test counts settles to the unit; the lease's own crash test is
+      // budget-lease-crash.test.ts).
+      state: { path: join(dir, 'state', 'state.db'), budgetLeasePercent: 0 },
       upstreams: {
         ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
       },

@@ -10,6 +10,7 @@ describe('sidecar config: state', () => {
     expect(parse('{}').state).toEqual({
       path: join('/srv/app', '.fabric', 'state.db'),
       synchronous: 'NORMAL',
+      budgetLeasePercent: 1,
     });
   });
 
@@ -17,7 +18,20 @@ describe('sidecar config: state', () => {
     expect(parse('state: { path: data/s.db, synchronous: FULL }').state).toEqual({
       path: '/srv/app/data/s.db',
       synchronous: 'FULL',
+      budgetLeasePercent: 1,
     });
+  });
+
+  it('takes budgetLeasePercent from 0 to 10', () => {
+    expect(parse('state: { path: s.db, budgetLeasePercent: 0 }').state).toMatchObject({
+      budgetLeasePercent: 0,
+    });
+    expect(parse('state: { path: s.db, budgetLeasePercent: 2.5 }').state).toMatchObject({
+      budgetLeasePercent: 2.5,
+    });
+    for (const bad of ['-1', '11', 'lots', '.nan']) {
+      expect(() => parse(`state: { path: s.db, budgetLeasePercent: ${bad} }`)).toThrow(/state/);
+    }
   });
 
   it('opts out with memory, in the file or with FABRIC_STATE', () => {
