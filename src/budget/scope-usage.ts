@@ -274,8 +274,10 @@ export class ScopeUsage implements BudgetStateSource {
     const c = this.config;
     const tokensLease = leaseOf(c?.maxTokensPerHour, this.tokens, percent, now);
     const costLease = leaseOf(c?.maxCostPerDay, this.cost, percent, now);
-    // The ceilings are computed exactly as the windows write them (head amount + lease), and
-    // JSON numbers read back to the same doubles.
+    const text = this.#text(tokensLease, costLease);
+    // Remembered once the text exists (a throw leaves nothing claimed). The ceilings are computed
+    // exactly as the windows write them (head amount + lease), and JSON numbers read back to the
+    // same doubles.
     this.#lease = {
       config: this.rawConfig,
       cost: this.cost,
@@ -285,7 +287,7 @@ export class ScopeUsage implements BudgetStateSource {
       costHead: this.cost.head,
       costCeiling: this.cost.headAmount + costLease,
     };
-    return this.#text(tokensLease, costLease);
+    return text;
   }
 
   /**

@@ -187,6 +187,24 @@ describe('budget lease (SqliteBudgetStore)', () => {
     expect(s.stats.commits).toBe(commits + 1);
   });
 
+  it('after a failed commit, writes the scope with the next change, whatever its lease says', async () => {
+    const errors: unknown[] = [];
+    const s = await open({ onError: (e) => errors.push(e) });
+    const m = manager(s);
+    // Another connection holds the write lock: the commit fails (SQLITE_BUSY, after the
+    // driver's 5 s busy timeout), and the ceiling it carried never reached the file.
+    const other = new Database(s.path);
+    other.exec('BEGIN IMMEDIATE');
+    await record(m, 1);
+    expect(errors).toHaveLength(1);
+    expect(onDisk(s.path, 'agent:a')).toBeUndefined();
+    other.exec('ROLLBACK');
+    other.close();
+    // Under that ceiling, but not on disk: this change must commit.
+    await record(m, 1);
+    expect(used(onDisk(s.path, 'agent:a')!.cost)).toBeGreaterThanOrEqual(2);
+  }, 20_000);
+
   it('with budgetLeasePercent 0, commits every change exactly', async () => {
     const s = await open({ budgetLeasePercent: 0 });
     const m = manager(s);
