@@ -712,7 +712,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   }
 
   /**
-   * Commits every pending change now, in one transaction.
+   * Commits every pending change now, in one transaction, budget scopes with their exact usage
+   * (no lease: see {@link SqliteBudgetStore}).
    * @throws StateStoreError when the write fails (the changes stay pending).
    */
   flush(): void {
