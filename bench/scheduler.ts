@@ -12,6 +12,12 @@
  *   task) at the same depth. Rounds alternate between the two sides; medians.
  * - dispatch-inprocess-flatness: throughput at 100k in flight over throughput at 1k (goal
  *   0.8–1.2); the naive dispatcher's own ratio is shown beside the goal.
+ * - dispatch-inprocess-depth-cost: what the depth adds to each task, in µs, ours against the
+ *   naive dispatcher's: t(100k) − t(1k), where t = 1 / (median tasks/s) at that depth. The
+ *   depth costs every dispatcher that keeps a promise per task something (V8 copies and promotes
+ *   what in-flight tasks keep alive); what ours adds beyond the naive one's is the fabric's own
+ *   share, shown beside the goal. A difference below zero (the deep runs faster than the
+ *   shallow) can only be noise, so it shows as 0.
  * - queue-ops-flatness: schedule + cancel at a steady depth of 100k over the same at 1k.
  *
  * Env: BENCH_THREADS (worker threads on both piscina sides, default 2); BENCH_SCHEDULER_CASES,
@@ -275,6 +281,11 @@ async function inprocessCases(ctx: BenchContext): Promise<void> {
     });
   }
   const naiveFlatness = naive['100k']! / naive['1k']!;
+  // Per-task time at each depth (µs), from the median rates; see the file header.
+  const depthCost = (r: Record<string, number>): number =>
+    Math.max(0, 1e6 / r['100k']! - 1e6 / r['1k']!);
+  const oursCost = depthCost(results);
+  const naiveCost = depthCost(naive);
   ctx.report({
     suite: 'scheduler',
     case: 'dispatch-inprocess-flatness',
@@ -284,6 +295,16 @@ async function inprocessCases(ctx: BenchContext): Promise<void> {
     baselineValue: results['1k']!,
     higherIsBetter: true,
     goal: `ratio 0.8–1.2 (the naive dispatcher's own: ${naiveFlatness.toFixed(2)})`,
+  });
+  ctx.report({
+    suite: 'scheduler',
+    case: 'dispatch-inprocess-depth-cost',
+    unit: 'µs per task, t(100k) − t(1k)',
+    value: oursCost,
+    baseline: 'naive FIFO dispatcher, t(100k) − t(1k)',
+    baselineValue: naiveCost,
+    higherIsBetter: false,
+    goal: `the fabric's own share: ${Math.max(0, oursCost - naiveCost).toFixed(2)} µs per task`,
   });
 }
 

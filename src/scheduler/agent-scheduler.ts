@@ -44,7 +44,7 @@ import { RemoteExecutor, type EndedTask } from './remote-executor.js';
 import type { ExecutorEntry } from './slots.js';
 import { AgentSlot, PoolSlot } from './slots.js';
 import { FinishedRetention } from './finished-retention.js';
-import { TaskRecord } from './task-record.js';
+import { clockMs, TaskRecord } from './task-record.js';
 import { TaskTimers } from './task-timers.js';
 import {
   MAX_TIMER_MS,
@@ -547,7 +547,7 @@ export class AgentScheduler {
     // Refused before it is acknowledged, not dropped by the store after.
     if (!this.#byReference) jsonByteLength('payload', payload);
 
-    const now = Date.now();
+    const now = clockMs();
     const id = this.#newId(this.#seq + 1);
     const pinned = options.pinned === true || (agent !== undefined && pool === undefined);
     // A record out of the retention serves the new task when there is one (see TaskRecord.reuse).
@@ -1213,7 +1213,7 @@ export class AgentScheduler {
   }
 
   #start(task: TaskRecord, slot: AgentSlot): void {
-    const now = Date.now();
+    const now = clockMs();
     this.#pending--;
     this.#running++;
     task.attempt++;
@@ -1342,7 +1342,7 @@ export class AgentScheduler {
     }
     this.#timers.remove(t);
     t.status = status;
-    t.finishedAt = Date.now();
+    t.finishedAt = clockMs();
     t.result = result;
     t.error = error;
     switch (status) {

@@ -298,6 +298,22 @@ export class TaskRecord {
   }
 }
 
+/** The time {@link clockMs} gave last, in the heap number every caller in its millisecond shares. */
+let lastMs = Number.NaN;
+
+/**
+ * `Date.now()` for the record's time fields (`createdAt`, `startedAt`, `finishedAt`): the same
+ * value, but one heap number per millisecond instead of one per call. Those fields hold their
+ * number boxed, and each box lives as long as its record: at 100k tasks in flight, 16 B each
+ * that the young-generation collector copies and promotes, where tasks made in one millisecond
+ * (hundreds, at full rate) now share one.
+ */
+export function clockMs(): number {
+  const now = Date.now();
+  if (now !== lastMs) lastMs = now;
+  return lastMs;
+}
+
 /** Queue order: priority, then earliest deadline, then arrival. */
 export function runsBefore(a: TaskRecord, b: TaskRecord): boolean {
   if (a.priority !== b.priority) return a.priority < b.priority;

@@ -275,6 +275,39 @@ describe('AgentScheduler limits and errors', () => {
     await expect(s.waitForTask('missing')).rejects.toBeInstanceOf(TaskNotFoundError);
   });
 
+  it('answers every wait of a task with its final snapshot, and each wait of several tasks with its own', async () => {
+    s = remoteScheduler();
+    const t1 = s.schedule({ agentId: 'a' }, 't', 1);
+    const t2 = s.schedule({ agentId: 'a' }, 't', 2);
+    // Unbounded waits (the first hangs on the record, the next in its list) between bounded ones
+    // and waits with a signal, on two tasks in turn.
+    const waits = [
+      s.waitForTask(t1.id),
+      s.waitForTask(t2.id),
+      s.waitForTask(t1.id),
+      s.waitForTask(t1.id, 60_000),
+      s.waitForTask(t2.id, undefined, new AbortController().signal),
+      s.waitForTask(t1.id),
+      s.waitForTask(t2.id),
+    ];
+    expect(s.waiterCount(t1.id)).toBe(4);
+    expect(s.waiterCount(t2.id)).toBe(3);
+    for (let a = await s.claim('a'); a !== undefined; a = await s.claim('a'))
+      s.complete(a.taskId, a.attempt, (a.payload as number) * 10, 'a');
+    const ends = await Promise.all(waits);
+    expect(ends.map((t) => [t.id, t.result])).toEqual([
+      [t1.id, 10],
+      [t2.id, 20],
+      [t1.id, 10],
+      [t1.id, 10],
+      [t2.id, 20],
+      [t1.id, 10],
+      [t2.id, 20],
+    ]);
+    expect(ends.every((t) => t.status === TaskStatus.COMPLETED)).toBe(true);
+    expect(s.waiterCount(t1.id) + s.waiterCount(t2.id)).toBe(0);
+  });
+
   it('forgets the oldest finished tasks beyond finishedTaskRetention', async () => {
     s = remoteScheduler({ finishedTaskRetention: 2 });
     const ids = [1, 2, 3].map((i) => s.schedule({ agentId: 'a' }, 't', i).id);
