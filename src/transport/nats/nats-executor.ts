@@ -160,6 +160,8 @@ export class NatsExecutor implements TaskExecutor {
   #inbox: ReplyInbox | undefined;
   #sub: Subscription | undefined;
   #vouchSub: Subscription | undefined;
+  /** Assignments dispatched after the first of this event-loop turn (see {@link dispatch}). */
+  #later: TaskAssignment[] | undefined;
   /** Assignments dispatched before {@link start}. */
   #waiting: TaskAssignment[] = [];
   /** Agents attached before {@link start}. */
@@ -244,11 +246,27 @@ export class NatsExecutor implements TaskExecutor {
       return;
     }
     // On a microtask queued after the store's commit of these starts (queued when the scheduler
-    // saved them): an assignment leaves only once its attempt is on disk.
+    // saved them): an assignment leaves only once its attempt is on disk. The first batch of a
+    // turn of the event loop goes out at once; those dispatched after it in the same turn wait
+    // for the turn's end and leave together, in one socket write (each publish flushed on its
+    // own microtask was a write — and a read for the server — per task at a paced rate).
+    if (this.#later !== undefined) {
+      for (const a of batch) this.#later.push(a);
+      return;
+    }
+    this.#later = [];
+    setImmediate(this.#publishLater);
     queueMicrotask(() => {
       for (const a of batch) this.#publish(a, 0);
     });
   }
+
+  /** Publishes the assignments dispatched after the first of this turn (see {@link dispatch}). */
+  readonly #publishLater = (): void => {
+    const later = this.#later ?? [];
+    this.#later = undefined;
+    for (const a of later) this.#publish(a, 0);
+  };
 
   #publish(a: TaskAssignment, tries: number): void {
     const t = this.#host?.task(a.taskId);
