@@ -146,11 +146,12 @@ export class NatsExecutor implements TaskExecutor {
    */
   readonly #takes = new Map<string, { attempt: number; take: string; lease: string }>();
   /**
-   * The stream sequence of each attempt's message while its task is out (from the publish's
-   * acknowledgement): when the scheduler ends the attempt first (cancel, timeout) the message is
-   * deleted, so a worker that did not hear the `ended` notice does not begin it.
+   * Each attempt's message while its task is out: its lease (a start is checked against it, no
+   * HMAC) and, from the publish's acknowledgement on, its stream sequence — when the scheduler
+   * ends the attempt first (cancel, timeout) the message is deleted, so a worker that did not
+   * hear the `ended` notice does not begin it.
    */
-  readonly #seqs = new Map<string, { attempt: number; seq: number }>();
+  readonly #out = new Map<string, { attempt: number; lease: string; seq: number | undefined }>();
   readonly #replyTo: string;
   #host: NatsExecutorHost | undefined;
   #sink: ExecutorSink | undefined;
@@ -274,6 +275,15 @@ export class NatsExecutor implements TaskExecutor {
     const pool = t.agentId === undefined ? t.poolId : undefined;
     const subject =
       pool === undefined ? this.names.agentTasks(a.agentId) : this.names.poolTasks(pool);
+    let out = this.#out.get(a.taskId);
+    if (out === undefined || out.attempt !== a.attempt) {
+      out = {
+        attempt: a.attempt,
+        lease: attemptLease(this.#secret, a.taskId, a.attempt),
+        seq: undefined,
+      };
+      this.#out.set(a.taskId, out);
+    }
     const msg: TaskMessage = {
       v: 1,
       taskId: a.taskId,
@@ -286,7 +296,7 @@ export class NatsExecutor implements TaskExecutor {
       agentId: pool === undefined ? a.agentId : null,
       poolId: pool ?? null,
       replyTo: this.#replyTo,
-      lease: attemptLease(this.#secret, a.taskId, a.attempt),
+      lease: out.lease,
     };
     // A JetStream publish is a core publish with a reply subject: the stream's acknowledgement
     // (`{ stream, seq }`, or `{ error }`) comes back there.
@@ -301,11 +311,9 @@ export class NatsExecutor implements TaskExecutor {
         const ack = reply === undefined ? undefined : (decodeJson(reply.data) as { seq?: unknown });
         if (typeof ack?.seq === 'number') {
           this.stats.published++;
-          // Not when the attempt ended (or was reported on) while the publish was out.
-          const now = this.#host?.task(a.taskId);
-          if (now !== undefined && now.dispatched && now.attempt === a.attempt) {
-            this.#seqs.set(a.taskId, { attempt: a.attempt, seq: ack.seq });
-          }
+          // Not when the attempt ended (or was reported done) while the publish was out.
+          const now = this.#out.get(a.taskId);
+          if (now !== undefined && now.attempt === a.attempt) now.seq = ack.seq;
           return;
         }
         // Not stored (no answer, no stream, server restarting, no quorum): try again while the
@@ -326,11 +334,13 @@ export class NatsExecutor implements TaskExecutor {
 
   abort(taskId: string, attempt: number, reason: TaskError): void {
     this.#takes.delete(taskId);
-    const out = this.#seqs.get(taskId);
+    const out = this.#out.get(taskId);
     if (out !== undefined && out.attempt === attempt) {
-      this.#seqs.delete(taskId);
+      this.#out.delete(taskId);
       // Best effort: the message may be taken up already (its start is then refused).
-      this.#jsm?.streams.deleteMessage(this.names.stream, out.seq, false).catch(() => undefined);
+      if (out.seq !== undefined) {
+        this.#jsm?.streams.deleteMessage(this.names.stream, out.seq, false).catch(() => undefined);
+      }
     }
     if (this.#nc === undefined || this.#nc.isClosed()) return;
     const notice: EndedNotice = { taskId, attempt, code: reason.code, message: reason.message };
@@ -422,7 +432,9 @@ export class NatsExecutor implements TaskExecutor {
   #check(data: unknown): Report | undefined | Promise<Report | undefined> {
     const r = asReport(data);
     if (r === undefined) return undefined;
-    const known = this.#takes.get(r.taskId);
+    // The lease its start proved, or the one this process put in the message; after a restart
+    // (or for an attempt no longer out) made again.
+    const known = this.#takes.get(r.taskId) ?? this.#out.get(r.taskId);
     const lease =
       known !== undefined && known.attempt === r.attempt
         ? known.lease
@@ -517,12 +529,12 @@ export class NatsExecutor implements TaskExecutor {
         break;
       case 'complete':
         this.#takes.delete(r.taskId);
-        this.#seqs.delete(r.taskId);
+        this.#out.delete(r.taskId);
         sink.complete(r.taskId, r.attempt, r.result === undefined ? null : r.result);
         break;
       case 'fail':
         this.#takes.delete(r.taskId);
-        this.#seqs.delete(r.taskId);
+        this.#out.delete(r.taskId);
         sink.fail(
           r.taskId,
           r.attempt,
