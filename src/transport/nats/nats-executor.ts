@@ -146,11 +146,12 @@ export class NatsExecutor implements TaskExecutor {
    */
   readonly #takes = new Map<string, { attempt: number; take: string; lease: string }>();
   /**
-   * The stream sequence of each attempt's message while its task is out (from the publish's
-   * acknowledgement): when the scheduler ends the attempt first (cancel, timeout) the message is
-   * deleted, so a worker that did not hear the `ended` notice does not begin it.
+   * Each attempt's message while its task is out: its lease (a start is checked against it, no
+   * HMAC) and, from the publish's acknowledgement on, its stream sequence — when the scheduler
+   * ends the attempt first (cancel, timeout) the message is deleted, so a worker that did not
+   * hear the `ended` notice does not begin it.
    */
-  readonly #seqs = new Map<string, { attempt: number; seq: number }>();
+  readonly #out = new Map<string, { attempt: number; lease: string; seq: number | undefined }>();
   readonly #replyTo: string;
   #host: NatsExecutorHost | undefined;
   #sink: ExecutorSink | undefined;
@@ -160,6 +161,8 @@ export class NatsExecutor implements TaskExecutor {
   #inbox: ReplyInbox | undefined;
   #sub: Subscription | undefined;
   #vouchSub: Subscription | undefined;
+  /** Assignments dispatched after the first of this event-loop turn (see {@link dispatch}). */
+  #later: TaskAssignment[] | undefined;
   /** Assignments dispatched before {@link start}. */
   #waiting: TaskAssignment[] = [];
   /** Agents attached before {@link start}. */
@@ -244,11 +247,27 @@ export class NatsExecutor implements TaskExecutor {
       return;
     }
     // On a microtask queued after the store's commit of these starts (queued when the scheduler
-    // saved them): an assignment leaves only once its attempt is on disk.
+    // saved them): an assignment leaves only once its attempt is on disk. The first batch of a
+    // turn of the event loop goes out at once; those dispatched after it in the same turn wait
+    // for the turn's end and leave together, in one socket write (each publish flushed on its
+    // own microtask was a write — and a read for the server — per task at a paced rate).
+    if (this.#later !== undefined) {
+      for (const a of batch) this.#later.push(a);
+      return;
+    }
+    this.#later = [];
+    setImmediate(this.#publishLater);
     queueMicrotask(() => {
       for (const a of batch) this.#publish(a, 0);
     });
   }
+
+  /** Publishes the assignments dispatched after the first of this turn (see {@link dispatch}). */
+  readonly #publishLater = (): void => {
+    const later = this.#later ?? [];
+    this.#later = undefined;
+    for (const a of later) this.#publish(a, 0);
+  };
 
   #publish(a: TaskAssignment, tries: number): void {
     const t = this.#host?.task(a.taskId);
@@ -256,6 +275,15 @@ export class NatsExecutor implements TaskExecutor {
     const pool = t.agentId === undefined ? t.poolId : undefined;
     const subject =
       pool === undefined ? this.names.agentTasks(a.agentId) : this.names.poolTasks(pool);
+    let out = this.#out.get(a.taskId);
+    if (out === undefined || out.attempt !== a.attempt) {
+      out = {
+        attempt: a.attempt,
+        lease: attemptLease(this.#secret, a.taskId, a.attempt),
+        seq: undefined,
+      };
+      this.#out.set(a.taskId, out);
+    }
     const msg: TaskMessage = {
       v: 1,
       taskId: a.taskId,
@@ -268,7 +296,7 @@ export class NatsExecutor implements TaskExecutor {
       agentId: pool === undefined ? a.agentId : null,
       poolId: pool ?? null,
       replyTo: this.#replyTo,
-      lease: attemptLease(this.#secret, a.taskId, a.attempt),
+      lease: out.lease,
     };
     // A JetStream publish is a core publish with a reply subject: the stream's acknowledgement
     // (`{ stream, seq }`, or `{ error }`) comes back there.
@@ -283,11 +311,9 @@ export class NatsExecutor implements TaskExecutor {
         const ack = reply === undefined ? undefined : (decodeJson(reply.data) as { seq?: unknown });
         if (typeof ack?.seq === 'number') {
           this.stats.published++;
-          // Not when the attempt ended (or was reported on) while the publish was out.
-          const now = this.#host?.task(a.taskId);
-          if (now !== undefined && now.dispatched && now.attempt === a.attempt) {
-            this.#seqs.set(a.taskId, { attempt: a.attempt, seq: ack.seq });
-          }
+          // Not when the attempt ended (or was reported done) while the publish was out.
+          const now = this.#out.get(a.taskId);
+          if (now !== undefined && now.attempt === a.attempt) now.seq = ack.seq;
           return;
         }
         // Not stored (no answer, no stream, server restarting, no quorum): try again while the
@@ -308,11 +334,13 @@ export class NatsExecutor implements TaskExecutor {
 
   abort(taskId: string, attempt: number, reason: TaskError): void {
     this.#takes.delete(taskId);
-    const out = this.#seqs.get(taskId);
+    const out = this.#out.get(taskId);
     if (out !== undefined && out.attempt === attempt) {
-      this.#seqs.delete(taskId);
+      this.#out.delete(taskId);
       // Best effort: the message may be taken up already (its start is then refused).
-      this.#jsm?.streams.deleteMessage(this.names.stream, out.seq, false).catch(() => undefined);
+      if (out.seq !== undefined) {
+        this.#jsm?.streams.deleteMessage(this.names.stream, out.seq, false).catch(() => undefined);
+      }
     }
     if (this.#nc === undefined || this.#nc.isClosed()) return;
     const notice: EndedNotice = { taskId, attempt, code: reason.code, message: reason.message };
@@ -404,7 +432,9 @@ export class NatsExecutor implements TaskExecutor {
   #check(data: unknown): Report | undefined | Promise<Report | undefined> {
     const r = asReport(data);
     if (r === undefined) return undefined;
-    const known = this.#takes.get(r.taskId);
+    // The lease its start proved, or the one this process put in the message; after a restart
+    // (or for an attempt no longer out) made again.
+    const known = this.#takes.get(r.taskId) ?? this.#out.get(r.taskId);
     const lease =
       known !== undefined && known.attempt === r.attempt
         ? known.lease
@@ -499,12 +529,12 @@ export class NatsExecutor implements TaskExecutor {
         break;
       case 'complete':
         this.#takes.delete(r.taskId);
-        this.#seqs.delete(r.taskId);
+        this.#out.delete(r.taskId);
         sink.complete(r.taskId, r.attempt, r.result === undefined ? null : r.result);
         break;
       case 'fail':
         this.#takes.delete(r.taskId);
-        this.#seqs.delete(r.taskId);
+        this.#out.delete(r.taskId);
         sink.fail(
           r.taskId,
           r.attempt,

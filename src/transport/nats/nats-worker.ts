@@ -253,42 +253,58 @@ export class NatsWorker {
       },
       Math.max(50, ackWaitMs / 3),
     );
+    // Messages are taken in the consumers' callbacks, so every message of one socket read is
+    // taken up in one synchronous run and their `start` reports leave together, in one write
+    // (an async iterator handed them over one microtask hop at a time).
     let free = this.#concurrency;
-    let wake: (() => void) | undefined;
+    /** Pulled while `concurrency` tasks run: started in order as tasks finish. */
+    const backlog: JsMsg[] = [];
     const inFlight = new Set<Promise<void>>();
-    const iterators: ConsumerMessages[] = [];
+    const subscriptions: ConsumerMessages[] = [];
+    const take = (m: JsMsg): void => {
+      if (stop?.aborted) {
+        m.nak(); // pulled but not started: back to the queue at once, for another worker
+        return;
+      }
+      if (free === 0) {
+        backlog.push(m);
+        return;
+      }
+      free--;
+      const p = this.#runOne(m, handlers, ackWaitMs).finally(() => {
+        free++;
+        inFlight.delete(p);
+        if (stop?.aborted) return; // the backlog is handed back (see onStop)
+        const next = backlog.shift();
+        if (next !== undefined) take(next);
+      });
+      inFlight.add(p);
+    };
+    // (On a connection closed meanwhile a nak goes nowhere: the message comes back after AckWait.)
+    const handBack = (): void => {
+      for (const m of backlog.splice(0)) m.nak();
+    };
     const onStop = (): void => {
-      for (const it of iterators) void it.close();
-      wake?.();
+      for (const s of subscriptions) void s.close();
+      // Handed back once the server has the unsubscription (a round trip later): a message
+      // handed back before then can be given to this worker's pull request again, and lost
+      // there until its AckWait.
+      this.#nc.flush().then(handBack, handBack);
     };
     stop?.addEventListener('abort', onStop, { once: true });
     try {
-      await Promise.all(
-        consumers.map(async (c) => {
-          const messages = await c.consume({ max_messages: this.#concurrency });
-          iterators.push(messages);
-          if (stop?.aborted) void messages.close();
-          for await (const m of messages) {
-            while (free === 0 && !stop?.aborted) {
-              await new Promise<void>((r) => (wake = r));
-            }
-            if (stop?.aborted) {
-              // Pulled but not started: back to the queue at once, for another worker.
-              m.nak();
-              continue;
-            }
-            free--;
-            const p = this.#runOne(m, handlers, ackWaitMs).finally(() => {
-              free++;
-              inFlight.delete(p);
-              const w = wake;
-              wake = undefined;
-              w?.();
-            });
-            inFlight.add(p);
-          }
-        }),
-      );
+      for (const c of consumers) {
+        const messages = await c.consume({
+          max_messages: this.#concurrency,
+          callback: take,
+        });
+        subscriptions.push(messages);
+        if (stop?.aborted) void messages.close();
+      }
+      for (const s of subscriptions) {
+        const err = await s.closed();
+        if (err) throw err;
+      }
       await Promise.all(inFlight);
     } finally {
       stop?.removeEventListener('abort', onStop);
