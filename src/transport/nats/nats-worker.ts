@@ -274,13 +274,11 @@ export class NatsWorker {
       const p = this.#runOne(m, handlers, ackWaitMs).finally(() => {
         free++;
         inFlight.delete(p);
-        if (stop?.aborted) return; // the backlog is handed back (see onStop)
         const next = backlog.shift();
         if (next !== undefined) take(next);
       });
       inFlight.add(p);
     };
-    // (On a connection closed meanwhile a nak goes nowhere: the message comes back after AckWait.)
     const handBack = (): void => {
       for (const m of backlog.splice(0)) m.nak();
     };
@@ -296,7 +294,13 @@ export class NatsWorker {
       for (const c of consumers) {
         const messages = await c.consume({
           max_messages: this.#concurrency,
-          callback: take,
+          callback: (m) => {
+            try {
+              take(m);
+            } catch {
+              // The connection closed under the nak: the message comes back after AckWait.
+            }
+          },
         });
         subscriptions.push(messages);
         if (stop?.aborted) void messages.close();
