@@ -52,10 +52,7 @@ export class NatsAgentLink {
   readonly #giveUpAt = new WeakMap<TaskMessage, number>();
   /** Reports not sent yet, by the subject they go to (sent together on the next flush). */
   readonly #outbox = new Map<string, Queued[]>();
-  /** A flush at the next turn of the event loop is queued (reports other than `start`). */
   #flushQueued = false;
-  /** A flush on a microtask is queued (a `start` report is waiting). */
-  #startFlushQueued = false;
   /** Makes take-up ids unique across workers (random) and within this one (counter). */
   readonly #nonce = randomBytes(9).toString('base64url');
   #takes = 0;
@@ -109,9 +106,7 @@ export class NatsAgentLink {
    *
    * Reports made in the same turn of the event loop to the same sidecar travel as one batch
    * request (`{ v: 1, reports: [...] }`, answered `{ answers: [...] }` in the same order), so a
-   * worker holding many tasks pays one round trip per batch, not per report. A `start` does not
-   * wait for the turn's end: it leaves with everything queued so far at the end of the current
-   * synchronous run (a microtask), since its task waits for it.
+   * worker holding many tasks pays one round trip per batch, not per report.
    */
   report(
     task: TaskMessage,
@@ -140,27 +135,15 @@ export class NatsAgentLink {
         this.#outbox.set(task.replyTo, queue);
       }
       queue.push({ json: JSON.stringify(report), giveUpAt, resolve, sent });
-      if (kind === 'start') {
-        // A start holds its task back: out at the end of this synchronous run (with the other
-        // starts of the messages this socket read delivered), not a turn of the event loop later.
-        if (!this.#startFlushQueued) {
-          this.#startFlushQueued = true;
-          queueMicrotask(this.#flush);
-        }
-      } else if (!this.#flushQueued) {
+      if (!this.#flushQueued) {
         this.#flushQueued = true;
-        setImmediate(this.#flushLater);
+        setImmediate(this.#flush);
       }
     });
   }
 
-  readonly #flushLater = (): void => {
-    this.#flushQueued = false;
-    this.#flush();
-  };
-
   readonly #flush = (): void => {
-    this.#startFlushQueued = false;
+    this.#flushQueued = false;
     for (const [replyTo, queue] of this.#outbox) {
       let batch: Queued[] = [];
       let bytes = 0;

@@ -253,62 +253,42 @@ export class NatsWorker {
       },
       Math.max(50, ackWaitMs / 3),
     );
-    // Messages are taken in the consumers' callbacks, so every message of one socket read is
-    // taken up in one synchronous run and their `start` reports leave together, in one write
-    // (an async iterator handed them over one microtask hop at a time).
     let free = this.#concurrency;
-    /** Pulled while `concurrency` tasks run: started in order as tasks finish. */
-    const backlog: JsMsg[] = [];
+    let wake: (() => void) | undefined;
     const inFlight = new Set<Promise<void>>();
-    const subscriptions: ConsumerMessages[] = [];
-    const take = (m: JsMsg): void => {
-      if (stop?.aborted) {
-        m.nak(); // pulled but not started: back to the queue at once, for another worker
-        return;
-      }
-      if (free === 0) {
-        backlog.push(m);
-        return;
-      }
-      free--;
-      const p = this.#runOne(m, handlers, ackWaitMs).finally(() => {
-        free++;
-        inFlight.delete(p);
-        const next = backlog.shift();
-        if (next !== undefined) take(next);
-      });
-      inFlight.add(p);
-    };
-    const handBack = (): void => {
-      for (const m of backlog.splice(0)) m.nak();
-    };
+    const iterators: ConsumerMessages[] = [];
     const onStop = (): void => {
-      for (const s of subscriptions) void s.close();
-      // Handed back once the server has the unsubscription (a round trip later): a message
-      // handed back before then can be given to this worker's pull request again, and lost
-      // there until its AckWait.
-      this.#nc.flush().then(handBack, handBack);
+      for (const it of iterators) void it.close();
+      wake?.();
     };
     stop?.addEventListener('abort', onStop, { once: true });
     try {
-      for (const c of consumers) {
-        const messages = await c.consume({
-          max_messages: this.#concurrency,
-          callback: (m) => {
-            try {
-              take(m);
-            } catch {
-              // The connection closed under the nak: the message comes back after AckWait.
+      await Promise.all(
+        consumers.map(async (c) => {
+          const messages = await c.consume({ max_messages: this.#concurrency });
+          iterators.push(messages);
+          if (stop?.aborted) void messages.close();
+          for await (const m of messages) {
+            while (free === 0 && !stop?.aborted) {
+              await new Promise<void>((r) => (wake = r));
             }
-          },
-        });
-        subscriptions.push(messages);
-        if (stop?.aborted) void messages.close();
-      }
-      for (const s of subscriptions) {
-        const err = await s.closed();
-        if (err) throw err;
-      }
+            if (stop?.aborted) {
+              // Pulled but not started: back to the queue at once, for another worker.
+              m.nak();
+              continue;
+            }
+            free--;
+            const p = this.#runOne(m, handlers, ackWaitMs).finally(() => {
+              free++;
+              inFlight.delete(p);
+              const w = wake;
+              wake = undefined;
+              w?.();
+            });
+            inFlight.add(p);
+          }
+        }),
+      );
       await Promise.all(inFlight);
     } finally {
       stop?.removeEventListener('abort', onStop);
