@@ -3,7 +3,8 @@
  * soon as its `start` report is written (the answer is not awaited), and a refusal aborts it and
  * keeps its result out; an attempt the worker was told had ended waits for the answer and never
  * runs; a task cancelled while its message waits in the stream has the message deleted; with
- * `startBeforeAnswer: false` nothing runs before its start is accepted.
+ * `startBeforeAnswer: false` nothing runs before its start is accepted; a busy worker does not
+ * hoard the queue (another worker of the agent runs what it cannot).
  */
 import { expect, it } from 'vitest';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
@@ -18,9 +19,20 @@ import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 describeNats('NatsWorker start', () => {
   const suiteServer = natsServerPerSuite();
 
-  async function setup(namespace: string, concurrency: number, startBeforeAnswer?: boolean) {
+  async function setup(
+    namespace: string,
+    concurrency: number,
+    startBeforeAnswer?: boolean,
+    maxConcurrentTasksPerAgent?: number,
+  ) {
     const nats = { url: suiteServer().url, namespace };
-    const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
+    const fabric = new AgentFabric(
+      {
+        heartbeatIntervalSeconds: 60,
+        ...(maxConcurrentTasksPerAgent ? { maxConcurrentTasksPerAgent } : {}),
+      },
+      { nats },
+    );
     await fabric.start();
     const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
     await fabric.natsExecutor!.consumersReady();
@@ -200,6 +212,71 @@ describeNats('NatsWorker start', () => {
       stop.abort();
       await running;
     } finally {
+      await worker.close();
+      await fabric.close();
+    }
+  });
+  it('a busy worker holds no more than it can start soon: another worker runs the rest', async () => {
+    // A pull consumer fed through a callback re-pulls as soon as messages arrive, whatever the
+    // handler is doing: a worker with one slot then hoards the whole queue until AckWait. The
+    // worker must pull only as it frees slots.
+    // The agent may run 50 at once (two workers serve it), so all 20 go out at once.
+    const { fabric, agent, worker } = await setup('hoard', 1, undefined, 50);
+    const nats = { url: suiteServer().url, namespace: 'hoard' };
+    const other = await NatsWorker.connect({
+      nats,
+      agentId: agent.id,
+      credential: agent.credential,
+      concurrency: 1,
+    });
+    const stop = new AbortController();
+    const otherStop = new AbortController();
+    let release!: () => void;
+    const blocker = new Promise<void>((r) => (release = r));
+    try {
+      let ranHere = 0;
+      const running = worker.run(
+        {
+          t: async (p) => {
+            ranHere++;
+            await blocker;
+            return p;
+          },
+        },
+        { signal: stop.signal },
+      );
+      const tasks = [];
+      for (let i = 0; i < 20; i++) {
+        tasks.push(await fabric.schedule({ agentId: agent.id, taskType: 't', payload: i }));
+      }
+      await until(() => fabric.natsExecutor!.stats.published === 20 && ranHere === 1, 10_000);
+      await new Promise((r) => setTimeout(r, 300)); // time for the busy worker to pull more
+      let ranThere = 0;
+      const otherRunning = other.run(
+        {
+          t: (p) => {
+            ranThere++;
+            return p;
+          },
+        },
+        { signal: otherStop.signal },
+      );
+      // The busy worker may hold one or two beyond the one it runs (its next pull); the rest,
+      // well before their AckWait (30 s), run on the other worker while the first stays blocked.
+      await until(() => ranThere >= 16, 10_000);
+      expect(ranHere).toBe(1);
+      release();
+      for (const t of tasks) {
+        expect((await fabric.waitForTask(t.id, { timeoutSeconds: 10 })).status).toBe(
+          TaskStatus.COMPLETED,
+        );
+      }
+      stop.abort();
+      otherStop.abort();
+      await Promise.all([running, otherRunning]);
+    } finally {
+      release();
+      await other.close();
       await worker.close();
       await fabric.close();
     }
