@@ -37,14 +37,17 @@ describeNats('NatsWorker start', () => {
     const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
     await fabric.natsExecutor!.consumersReady();
     await fabric.heartbeat(agent.id);
-    const worker = await NatsWorker.connect({
-      nats,
-      agentId: agent.id,
-      credential: agent.credential,
-      concurrency,
-      ...(startBeforeAnswer === undefined ? {} : { startBeforeAnswer }),
-    });
-    return { fabric, agent, worker };
+    /** Another worker of the same agent. */
+    const connectWorker = (slots: number) =>
+      NatsWorker.connect({
+        nats,
+        agentId: agent.id,
+        credential: agent.credential,
+        concurrency: slots,
+        ...(startBeforeAnswer === undefined ? {} : { startBeforeAnswer }),
+      });
+    const worker = await connectWorker(concurrency);
+    return { fabric, agent, worker, connectWorker };
   }
 
   /**
@@ -219,16 +222,10 @@ describeNats('NatsWorker start', () => {
   it('a busy worker holds no more than it can start soon: another worker runs the rest', async () => {
     // A pull consumer fed through a callback re-pulls as soon as messages arrive, whatever the
     // handler is doing: a worker with one slot then hoards the whole queue until AckWait. The
-    // worker must pull only as it frees slots.
-    // The agent may run 50 at once (two workers serve it), so all 20 go out at once.
-    const { fabric, agent, worker } = await setup('hoard', 1, undefined, 50);
-    const nats = { url: suiteServer().url, namespace: 'hoard' };
-    const other = await NatsWorker.connect({
-      nats,
-      agentId: agent.id,
-      credential: agent.credential,
-      concurrency: 1,
-    });
+    // worker must pull only as it frees slots. The agent may run 50 at once (two workers serve
+    // it), so all 20 tasks go out at once.
+    const { fabric, agent, worker, connectWorker } = await setup('hoard', 1, undefined, 50);
+    const other = await connectWorker(1);
     const stop = new AbortController();
     const otherStop = new AbortController();
     let release!: () => void;
