@@ -284,12 +284,12 @@ export function formatCall(c: QueuedCall): string {
     // Arguments JSON.stringify cannot serialize: the record is still written, marked.
     digest = `null,"argsError":${JSON.stringify(`arguments could not be serialized: ${errorText(error)}`)}`;
   }
-  line += `,"argsDigest":${digest},"durationMs":${jsonNumber(c.durationMs)}`;
+  line += `,"argsDigest":${digest},"durationMs":${jsonMs(c.durationMs)}`;
   if (f.decision !== undefined) line += `,"decision":${jsonString(f.decision)}`;
   if (f.outcome !== undefined) line += `,"outcome":${jsonString(f.outcome)}`;
   if (f.code !== undefined) line += `,"code":${jsonString(f.code)}`;
   if (f.tokens !== undefined) line += `,"tokens":${jsonNumber(f.tokens)}`;
-  if (f.cost !== undefined) line += `,"cost":${jsonNumber(f.cost)}`;
+  if (f.cost !== undefined) line += `,"cost":${jsonCost(f.cost)}`;
   return line + '}\n';
 }
 
@@ -336,6 +336,40 @@ function jsonString(s: string): string {
 /** `JSON.stringify` of a number (non-finite → `null`). */
 function jsonNumber(n: number): string {
   return Number.isFinite(n) ? String(n) : 'null';
+}
+
+/**
+ * {@link jsonNumber} of a duration in ms. One that is a whole number of µs (the gateway rounds
+ * them so) and under 10⁹ ms is written from integers: `String` of a fraction runs V8's
+ * shortest-round-trip conversion, a visible part of a record. Both give the same text: such a
+ * double is the one nearest to n/1000, doubles below 10⁹ are far closer together than 0.001,
+ * so the shortest decimal that reads back as it is n/1000 itself, trailing zeros dropped.
+ */
+export function jsonMs(ms: number): string {
+  if (ms > 0 && ms < 1e9) {
+    const us = Math.round(ms * 1000);
+    if (us / 1000 === ms) {
+      const whole = Math.floor(us / 1000);
+      const frac = us - whole * 1000;
+      if (frac === 0) return `${whole}`;
+      if (frac % 100 === 0) return `${whole}.${frac / 100}`;
+      if (frac % 10 === 0) return `${whole}.${frac < 100 ? '0' : ''}${frac / 10}`;
+      return `${whole}.${frac < 10 ? '00' : frac < 100 ? '0' : ''}${frac}`;
+    }
+  }
+  return jsonNumber(ms);
+}
+
+let lastCost = 0;
+let lastCostText = '0';
+
+/** {@link jsonNumber} of a cost, remembering the last one: a tool's calls repeat its cost. */
+function jsonCost(cost: number): string {
+  if (cost !== lastCost) {
+    lastCostText = jsonNumber(cost);
+    lastCost = cost;
+  }
+  return lastCostText;
 }
 
 const YEAR_10000_MS = 253402300800000;

@@ -43,13 +43,33 @@ function rawOf(result: object): RawResult | undefined {
  */
 export function rememberRawResult(result: object, line: string, id: number): void {
   if (!line.startsWith(PREFIX) || !Object.isExtensible(result)) return;
-  const tail = ID_MEMBER + String(id) + '}';
-  if (!line.endsWith(tail)) return;
-  (result as WithRaw)[RAW] = {
-    line,
-    idAt: line.length - tail.length + ID_MEMBER.length,
-    owner: result,
-  };
+  const idAt = idStart(line, id);
+  if (idAt === -1) return;
+  (result as WithRaw)[RAW] = { line, idAt, owner: result };
+}
+
+/**
+ * Where `id` starts in `line` when the line ends with `,"jsonrpc":"2.0","id":<id>}` (the id as
+ * `String(id)` writes it), else -1. Read from the end, digit by digit: building that tail as a
+ * string and comparing with `endsWith` cost more than the rest of remembering a result.
+ */
+function idStart(line: string, id: number): number {
+  const end = line.length - 1;
+  if (line.charCodeAt(end) !== 0x7d /* } */) return -1;
+  if (!Number.isSafeInteger(id) || id < 0) {
+    const tail = ID_MEMBER + String(id) + '}';
+    return line.endsWith(tail) ? line.length - tail.length + ID_MEMBER.length : -1;
+  }
+  // The digits of `id`, last first: exactly String(id), which never has a leading zero.
+  let at = end;
+  let rest = id;
+  do {
+    at--;
+    if (line.charCodeAt(at) !== 0x30 + (rest % 10)) return -1;
+    rest = Math.floor(rest / 10);
+  } while (rest > 0);
+  const member = at - ID_MEMBER.length;
+  return member >= PREFIX.length && line.startsWith(ID_MEMBER, member) ? at : -1;
 }
 
 /** The JSON-RPC response line carrying `result` under `id`, if its upstream text is known. */

@@ -8,6 +8,7 @@ import {
   DEFAULT_AUDIT_FLUSH_INTERVAL_MS,
   digestArgs,
   formatCall,
+  jsonMs,
   type AuditOutcome,
   type AuditRecord,
 } from '../../src/gateway/audit-log.js';
@@ -184,6 +185,54 @@ describe('formatCall', () => {
     expect(formatCall({ ...odd, fields: outcomes[0]! })).toBe(
       reference({ ...odd, fields: outcomes[0]! }),
     );
+  });
+});
+
+describe('jsonMs (durations written from integers)', () => {
+  /** The definition it must match: JSON.stringify of the number. */
+  const reference = (ms: number): string => JSON.stringify(ms);
+
+  it('writes every whole-µs duration under 3,000 ms as JSON.stringify does', () => {
+    for (let us = 0; us <= 3_000_000; us++) {
+      const ms = Math.round((us / 1000) * 1000) / 1000; // as the gateway rounds them
+      if (jsonMs(ms) !== reference(ms)) expect(jsonMs(ms)).toBe(reference(ms));
+    }
+  });
+
+  it('agrees on large, odd and unrounded durations', () => {
+    let seed = 7;
+    const random = (): number => {
+      seed = (seed * 16807) % 2147483647;
+      return seed / 2147483647;
+    };
+    const values = [
+      -0,
+      -1.5,
+      1e-7,
+      0.0001,
+      0.0005,
+      0.001,
+      999_999_999.999,
+      1e9,
+      1e9 + 0.001,
+      1e21,
+      1e-300,
+      Number.NaN,
+      Infinity,
+      -Infinity,
+      Number.MAX_VALUE,
+      Number.MIN_VALUE,
+      0.1 + 0.2,
+      1.0049999,
+    ];
+    for (let i = 0; i < 200_000; i++) {
+      const us = Math.floor(random() * 1e12); // up to 10⁹ ms
+      values.push(us / 1000, Math.round((us / 1000) * 1000) / 1000, random() * 1e9);
+      values.push(random() * 10, (us + 0.5) / 1000, Math.floor(random() * 1e16) / 1000);
+    }
+    for (const ms of values) {
+      if (jsonMs(ms) !== reference(ms)) expect([ms, jsonMs(ms)]).toEqual([ms, reference(ms)]);
+    }
   });
 });
 

@@ -64,4 +64,73 @@ describe('forwarding a result as the upstream wrote it', () => {
     const out = rawResponseLine(m.result, 'mine')!;
     expect(JSON.parse(out)).toEqual({ ...JSON.parse(line), id: 'mine' });
   });
+
+  it('re-addresses exactly the lines whose text ends with the matched id (hostile ids)', () => {
+    /** The definition: the line ends with `,"jsonrpc":"2.0","id":` + String(id) + `}`. */
+    const expected = (line: string, id: number): string | undefined => {
+      const tail = ',"jsonrpc":"2.0","id":' + String(id) + '}';
+      return line.startsWith('{"result":') && line.endsWith(tail)
+        ? line.slice(0, line.length - tail.length) + ',"jsonrpc":"2.0","id":"agent-1"}'
+        : undefined;
+    };
+    const results = [
+      '{}',
+      '{"id":7}',
+      '{"content":[{"type":"text","text":"\\",\\"jsonrpc\\":\\"2.0\\",\\"id\\":7}"}]}',
+      '{"content":[],"x":{"jsonrpc":"2.0","id":7}}',
+    ];
+    const idTexts = [
+      '7',
+      '0',
+      '70',
+      '07',
+      '-7',
+      '-0',
+      '7.0',
+      '7e0',
+      '0.7',
+      '1e3',
+      '1000',
+      '"7"',
+      '"\\u0037"',
+      ' 7',
+      '7 ',
+      '17',
+      '9007199254740991',
+      '9007199254740993',
+      '12345678901234567890',
+    ];
+    const layouts = [
+      (r: string, id: string) => `{"result":${r},"jsonrpc":"2.0","id":${id}}`,
+      (r: string, id: string) => `{"result":${r}, "jsonrpc":"2.0","id":${id}}`,
+      (r: string, id: string) => `{"result":${r},"jsonrpc":"2.0", "id":${id}}`,
+      (r: string, id: string) => `{"result":${r},"jsonrpc":"2.0","id":${id} }`,
+      (r: string, id: string) => `{"result":${r},"id":${id},"jsonrpc":"2.0"}`,
+      (r: string, id: string) => `{"jsonrpc":"2.0","result":${r},"id":${id}}`,
+      (r: string, id: string) => `{"result":${r},"jsonrpc":"2.0","id":${id}}\r`,
+    ];
+    const matchedIds = [7, 0, 70, 17, 1000, 9007199254740991, -7, -0, 0.7, 2 ** 53 + 2];
+    let remembered = 0;
+    for (const layout of layouts) {
+      for (const r of results) {
+        for (const idText of idTexts) {
+          const line = layout(r, idText);
+          for (const id of matchedIds) {
+            let parsed: { result?: object };
+            try {
+              parsed = JSON.parse(line) as { result?: object };
+            } catch {
+              parsed = { result: {} }; // the function is given text the transport parsed; be strict anyway
+            }
+            const result = parsed.result ?? {};
+            rememberRawResult(result, line, id);
+            const want = expected(line, id);
+            expect([line, id, rawResponseLine(result, 'agent-1')]).toEqual([line, id, want]);
+            if (want !== undefined) remembered++;
+          }
+        }
+      }
+    }
+    expect(remembered).toBeGreaterThan(20);
+  });
 });
