@@ -470,15 +470,33 @@ export class ToolGateway implements SessionHost {
     if (params.task !== undefined && this.#isKnownTool(name)) {
       return this.#startTask(session.identity, name, params.arguments, params.task);
     }
-    const outcome = await this.#runToolCall(
+    return this.toolAnswer(await this.sessionToolCall(session, request, extra), request);
+  }
+
+  /**
+   * The first half of {@link callTool} for a `tools/call` without `task`: the call through the
+   * pipeline, to its outcome. {@link toolAnswer} is the second. The fast path runs the two with
+   * one await between them (its own), instead of one more in `callTool`.
+   */
+  sessionToolCall(
+    session: GatewaySession,
+    request: Request,
+    extra: CallExtra,
+  ): Promise<ToolCallOutcome> {
+    const params = (request.params ?? {}) as { name?: unknown; arguments?: unknown };
+    return this.#runToolCall(
       session.identity,
-      name,
+      String(params.name),
       params.arguments,
       extra,
       progressSink(session, extra),
       session,
     );
-    return mcpToolAnswer(outcome, name);
+  }
+
+  /** A `tools/call`'s MCP answer from its outcome (see {@link sessionToolCall}); may throw. */
+  toolAnswer(outcome: ToolCallOutcome, request: Request): Result {
+    return mcpToolAnswer(outcome, String((request.params as { name?: unknown } | undefined)?.name));
   }
 
   /**
@@ -713,7 +731,7 @@ export class ToolGateway implements SessionHost {
    * is forwarded as received (absent stays absent; policy and audit see `{}`). `session` is the
    * MCP session the call came from, for routing an upstream's requests back (none over gRPC).
    */
-  async #runToolCall(
+  #runToolCall(
     identity: AgentIdentity,
     name: string,
     rawArgs: unknown,
@@ -721,6 +739,23 @@ export class ToolGateway implements SessionHost {
     progress: ProgressSink | undefined,
     session: GatewaySession | undefined,
     task?: ToolTaskRun,
+  ): Promise<ToolCallOutcome> {
+    // Not async: the pipeline's own promise is returned, without an await of ours after it.
+    try {
+      return this.#startToolCall(identity, name, rawArgs, extra, progress, session, task);
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+  }
+
+  #startToolCall(
+    identity: AgentIdentity,
+    name: string,
+    rawArgs: unknown,
+    extra: CallExtra,
+    progress: ProgressSink | undefined,
+    session: GatewaySession | undefined,
+    task: ToolTaskRun | undefined,
   ): Promise<ToolCallOutcome> {
     const started = performance.now();
     const args = (rawArgs ?? {}) as Record<string, unknown>;
@@ -751,20 +786,28 @@ export class ToolGateway implements SessionHost {
     const tooBig = checkInputBounds(args, this.#bounds, 'arguments');
     if (tooBig !== undefined) {
       audit({ decision: 'invalid', outcome: 'error', code: tooBig.code });
-      return { kind: 'error', error: tooBig, stage: 'admission' };
+      return Promise.resolve({ kind: 'error', error: tooBig, stage: 'admission' });
     }
     if (!known) {
       audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
-      return { kind: 'error', error: new ToolNotFoundError(truncated(name)), stage: 'admission' };
+      return Promise.resolve({
+        kind: 'error',
+        error: new ToolNotFoundError(truncated(name)),
+        stage: 'admission',
+      });
     }
     if (this.#state !== 'started') {
       audit({ decision: 'none', outcome: 'error', code: ClosedError.code });
-      return { kind: 'error', error: new ClosedError('the gateway'), stage: 'admission' };
+      return Promise.resolve({
+        kind: 'error',
+        error: new ClosedError('the gateway'),
+        stage: 'admission',
+      });
     }
     this.#beginCall();
-    let endLater = false;
+    let run: Promise<ToolCallOutcome>;
     try {
-      return await this.#pipeline.run(
+      run = this.#pipeline.run(
         {
           identity,
           tool: name,
@@ -778,19 +821,8 @@ export class ToolGateway implements SessionHost {
           alwaysDelivered: fabricTool?.alwaysDelivered,
           trace,
           // Audit right after the response is written; the call ends then.
-          defer:
-            extra.defer === undefined
-              ? undefined
-              : (work: () => void) => {
-                  endLater = true;
-                  extra.defer!(() => {
-                    try {
-                      work();
-                    } finally {
-                      this.#endCall();
-                    }
-                  });
-                },
+          defer: extra.defer === undefined ? undefined : (work) => extra.defer!(work),
+          onEnd: this.#endCall,
         },
         () => {
           task?.working();
@@ -840,9 +872,11 @@ export class ToolGateway implements SessionHost {
             : trace.upstream(fabricTool ? 'fabric' : route!.upstream.name, send);
         },
       );
-    } finally {
-      if (!endLater) this.#endCall();
+    } catch (error) {
+      this.#endCall(); // run is async: it cannot get here; if it did, the call ends now
+      throw error;
     }
+    return run;
   }
 
   async forward(
@@ -1295,9 +1329,9 @@ export class ToolGateway implements SessionHost {
     this.#calls++;
   }
 
-  #endCall(): void {
+  readonly #endCall = (): void => {
     if (--this.#calls === 0) this.#drained?.();
-  }
+  };
 
   /**
    * Stops taking calls, lets in-flight calls finish (bounded by `shutdownGraceMs`), then closes

@@ -38,6 +38,7 @@ import { z } from 'zod';
 import type { TraceCarrier } from '../telemetry/tracing.js';
 import type { AgentIdentity } from './backend.js';
 import { FastToolCalls, type CancelHook } from './fast-path.js';
+import type { ToolCallOutcome } from './tool-call-pipeline.js';
 import type { ListHints } from './list-hints.js';
 import { relayedMcpError } from './map-error.js';
 import { LOOSE_RESULT } from './upstream.js';
@@ -67,6 +68,14 @@ export interface SessionHost {
   /** The list-level hints (`ttlMs`, `cacheScope`, `_meta` …) sent with `tools/list`. */
   toolListHints(session: GatewaySession): ListHints;
   callTool(session: GatewaySession, request: Request, extra: CallExtra): Promise<Result>;
+  /** `callTool` of a request without `task`, in two steps: the pipeline's outcome… */
+  sessionToolCall(
+    session: GatewaySession,
+    request: Request,
+    extra: CallExtra,
+  ): Promise<ToolCallOutcome>;
+  /** …and its MCP answer (throws what `callTool` would reject with). */
+  toolAnswer(outcome: ToolCallOutcome, request: Request): Result;
   /** `tasks/get`, `tasks/result`, `tasks/list`, `tasks/cancel` (only with the `tasks` capability). */
   taskRequest(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
   forward(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
@@ -182,10 +191,12 @@ export class GatewaySession {
    */
   async connect(transport: Transport): Promise<void> {
     await this.server.connect(transport);
+    // The fast path takes no task-augmented call: the two halves of callTool, one await.
     new FastToolCalls(
       transport,
-      (request, extra) => this.#host.callTool(this, request, extra),
+      (request, extra) => this.#host.sessionToolCall(this, request, extra),
       (error) => this.server.onerror?.(error),
+      (outcome, request) => this.#host.toolAnswer(outcome as ToolCallOutcome, request),
     );
   }
 

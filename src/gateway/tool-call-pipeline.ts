@@ -103,6 +103,11 @@ export interface PipelineCall {
   readonly countTokens?: boolean | undefined;
   /** Runs the audit right after the response is written instead of before. */
   readonly defer?: ((work: () => void) => void) | undefined;
+  /**
+   * Told once when the call has ended: as {@link ToolCallPipeline.run} settles, or after the
+   * deferred audit when the audit was deferred (`defer`).
+   */
+  readonly onEnd?: (() => void) | undefined;
   /** The call's spans (policy, approval wait and budget phases); absent: not traced. */
   readonly trace?: CallPhases | undefined;
 }
@@ -245,6 +250,7 @@ export class ToolCallPipeline {
     const { audit, abort } = call;
     const estimate = this.#estimates.get(call.identity.agentId, call.tool);
     let flight = false;
+    let deferred = false;
     try {
       const cost = this.#costs.costOf(call.tool);
       let budget = this.#budgetOptions;
@@ -313,13 +319,27 @@ export class ToolCallPipeline {
             : 'ok';
       const code = withheld?.code;
       const finish = (): void => audit({ decision, rule: d.rule, outcome, code, tokens, cost });
-      if (call.defer) call.defer(finish);
-      else finish();
+      const onEnd = call.onEnd;
+      if (call.defer) {
+        call.defer(
+          onEnd === undefined
+            ? finish
+            : () => {
+                try {
+                  finish();
+                } finally {
+                  onEnd();
+                }
+              },
+        );
+        deferred = true;
+      } else finish();
       return withheld === undefined
         ? { kind: 'result', result, decision: auth.decision, approved: waited }
         : { kind: 'refused', refusal: withheld, withheld: true };
     } finally {
       if (flight) estimate.land();
+      if (!deferred) call.onEnd?.();
     }
   }
 

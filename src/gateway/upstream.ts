@@ -25,7 +25,7 @@ import { setMaxListeners } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { z } from 'zod';
 import { UpstreamTimeoutError, UpstreamUnavailableError } from '../errors.js';
-import { FastUpstreamCalls, type CancelHook } from './fast-path.js';
+import { FastUpstreamCalls, type CancelHook, type Cancellation } from './fast-path.js';
 import { relayedMcpError } from './map-error.js';
 import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from './list-hints.js';
 import { PathResolver, pathResolutionOf } from './path-resolver.js';
@@ -316,51 +316,76 @@ export class Upstream {
    * @throws UpstreamTimeoutError when the call runs past its timeout.
    * @throws McpError for protocol errors the upstream itself returned.
    */
-  async request(request: Request, options: UpstreamCallOptions = {}): Promise<Result> {
+  request(request: Request, options: UpstreamCallOptions = {}): Promise<Result> {
     const client = this.#client;
-    if (!client || this.#state !== 'ready') throw this.#unavailable();
+    if (!client || this.#state !== 'ready') return Promise.reject(this.#unavailable());
     const timeout = options.timeoutMs ?? this.spec.callTimeoutSeconds * 1000;
     const cancel = options.cancel ?? options.signal;
-    // The upstream-call span's context: a header to HTTP upstreams, `_meta` to the others.
-    if (this.spec.transport !== 'http') request = withTraceparentMeta(request);
     try {
-      const fast = this.#fast;
-      return await (fast?.client === client && options.onprogress === undefined
-        ? fast.request(request, cancel, timeout)
-        : client.request(request, LOOSE_RESULT, {
-            signal: options.cancel?.signal ?? options.signal,
-            onprogress: options.onprogress,
-            timeout,
-          }));
+      // The upstream-call span's context: a header to HTTP upstreams, `_meta` to the others.
+      if (this.spec.transport !== 'http') request = withTraceparentMeta(request);
     } catch (error) {
-      if (error instanceof McpError) {
-        if (error.code === ErrorCode.RequestTimeout && !cancel?.aborted) {
-          throw new UpstreamTimeoutError(this.name, request.method, timeout, { cause: error });
-        }
-        if (error.code === ErrorCode.ConnectionClosed) {
-          throw new UpstreamUnavailableError(
-            this.name,
-            `disconnected during ${request.method}; it is being restarted`,
-            { state: this.#state },
-            { cause: error },
-          );
-        }
-        // Any other protocol error is the upstream's answer, relayed as it sent it.
-        throw relayedMcpError(error);
-      } else if (isConnectionFailure(error)) {
-        // An HTTP/SSE upstream that went away: no process exit tells us, so the failed request
-        // does. Treat it like a dead stdio child: drop the connection and restart with backoff.
-        this.#ondisconnect(client);
-        void client.close().catch(() => undefined);
-        throw new UpstreamUnavailableError(
+      return Promise.reject(error as Error);
+    }
+    const method = request.method;
+    const fail = (error: unknown): unknown =>
+      this.#requestError(error, client, method, timeout, cancel);
+    const fast = this.#fast;
+    if (fast?.client === client && options.onprogress === undefined) {
+      // Its own promise, failures already mapped: no await of ours between the response and
+      // the caller.
+      return fast.request(request, cancel, timeout, fail);
+    }
+    let sent: Promise<Result>;
+    try {
+      sent = client.request(request, LOOSE_RESULT, {
+        signal: options.cancel?.signal ?? options.signal,
+        onprogress: options.onprogress,
+        timeout,
+      });
+    } catch (error) {
+      return Promise.reject(fail(error) as Error);
+    }
+    return sent.catch((error: unknown) => {
+      throw fail(error);
+    });
+  }
+
+  /** What a failed request rejects with: a timeout, a lost connection, the upstream's answer. */
+  #requestError(
+    error: unknown,
+    client: Client,
+    method: string,
+    timeout: number,
+    cancel: Cancellation | undefined,
+  ): unknown {
+    if (error instanceof McpError) {
+      if (error.code === ErrorCode.RequestTimeout && !cancel?.aborted) {
+        return new UpstreamTimeoutError(this.name, method, timeout, { cause: error });
+      }
+      if (error.code === ErrorCode.ConnectionClosed) {
+        return new UpstreamUnavailableError(
           this.name,
-          `unreachable during ${request.method} (${asError(error).message}); it is being restarted`,
+          `disconnected during ${method}; it is being restarted`,
           { state: this.#state },
           { cause: error },
         );
       }
-      throw error;
+      // Any other protocol error is the upstream's answer, relayed as it sent it.
+      return relayedMcpError(error);
+    } else if (isConnectionFailure(error)) {
+      // An HTTP/SSE upstream that went away: no process exit tells us, so the failed request
+      // does. Treat it like a dead stdio child: drop the connection and restart with backoff.
+      this.#ondisconnect(client);
+      void client.close().catch(() => undefined);
+      return new UpstreamUnavailableError(
+        this.name,
+        `unreachable during ${method} (${asError(error).message}); it is being restarted`,
+        { state: this.#state },
+        { cause: error },
+      );
     }
+    return error;
   }
 
   /** Sends a notification upstream (best effort). */

@@ -1,0 +1,101 @@
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  closeSidecar,
+  DEFAULT_ALLOW,
+  HANGING_SERVER,
+  startTestSidecar,
+  tempDir,
+  text,
+  until,
+} from '../fixtures/gateway/harness.js';
+
+/**
+ * `ToolGateway.close()` waits for the calls in flight, and only for them: every call is counted
+ * in when it starts and out exactly once when it ends — after its deferred audit line on the
+ * fast path, as its pipeline run settles on the SDK path. `Upstream.close()` marks the upstream
+ * closed at once, so its state shows whether close() went on without waiting.
+ */
+describe('gateway close() and the calls in flight', () => {
+  let sidecar: Sidecar | undefined;
+
+  afterEach(async () => {
+    await closeSidecar(sidecar);
+    sidecar = undefined;
+  });
+
+  async function start(audit?: string): Promise<Client> {
+    sidecar = await startTestSidecar(
+      {
+        ...(audit === undefined ? {} : { audit: { path: audit } }),
+        upstreams: {
+          slow: { command: process.execPath, args: [HANGING_SERVER], stderr: 'ignore' },
+        },
+        policies: [DEFAULT_ALLOW],
+        agents: [{ name: 'caller' }],
+      },
+      { http: false },
+    );
+    const identity = await sidecar.backend.authenticate(sidecar.agents[0]!.credential);
+    if (identity.kind !== 'agent') throw new Error('expected an agent identity');
+    const session = sidecar.gateway.createSession(identity);
+    const [ct, st] = InMemoryTransport.createLinkedPair();
+    await session.connect(st);
+    const client = new Client({ name: 'caller', version: '1.0.0' });
+    await client.connect(ct);
+    return client;
+  }
+
+  /** Ended calls on both paths: the fast path (plain) and the SDK path (with a progress token). */
+  async function endedCalls(client: Client): Promise<void> {
+    for (let i = 0; i < 3; i++) {
+      expect(text(await client.callTool({ name: 'slow__ping', arguments: {} }))).toBe('pong');
+      const viaSdk = await client.callTool({ name: 'slow__ping', arguments: {} }, undefined, {
+        onprogress: () => undefined,
+      });
+      expect(text(viaSdk)).toBe('pong');
+    }
+    await new Promise((resolve) => setImmediate(resolve)); // the deferred audits ran
+  }
+
+  it('does not wait once every call has ended (each audited once)', async () => {
+    const audit = join(tempDir('drain'), 'audit.log');
+    const client = await start(audit);
+    await endedCalls(client);
+    const upstream = sidecar!.gateway.upstreams.get('slow')!;
+    const closing = sidecar!.gateway.close();
+    expect(upstream.state).toBe('closed'); // went on at once: nothing counted in flight
+    await closing;
+    const lines = readFileSync(audit, 'utf8')
+      .split('\n')
+      .filter((l) => l.includes('"tool":"slow__ping"'));
+    expect(lines).toHaveLength(6);
+    for (const line of lines) expect(JSON.parse(line)).toMatchObject({ outcome: 'ok' });
+  });
+
+  it('waits for a call in flight, however many calls ended before it', async () => {
+    const client = await start();
+    await endedCalls(client);
+    const upstream = sidecar!.gateway.upstreams.get('slow')!;
+    const controller = new AbortController();
+    const hanging = client.callTool({ name: 'slow__hang', arguments: {} }, undefined, {
+      signal: controller.signal,
+    });
+    hanging.catch(() => undefined);
+    await until(
+      async () => text(await client.callTool({ name: 'slow__pending', arguments: {} })) === '1',
+    );
+    await new Promise((resolve) => setImmediate(resolve));
+    const closing = sidecar!.gateway.close();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(upstream.state).toBe('ready'); // waiting for the hanging call
+    controller.abort(new Error('caller gave up'));
+    await expect(hanging).rejects.toThrow('caller gave up');
+    await closing;
+    expect(upstream.state).toBe('closed');
+  });
+});
