@@ -1085,7 +1085,44 @@ export class ToolGateway implements SessionHost {
     }
   }
 
-  async #forward(
+  #forward(
+    session: GatewaySession | undefined,
+    upstream: Upstream,
+    request: Request,
+    extra: CallExtra,
+  ): Promise<Result> {
+    if (extra._meta?.progressToken !== undefined) {
+      return this.#forwardWithProgress(session, upstream, request, extra);
+    }
+    // Without progress to relay: one reaction on the upstream's promise, not an async frame
+    // (the largest allocation of a call was async functions' frames).
+    const entry = this.#routes.enter(upstream, session, extra.requestId);
+    const reached = upstream.state === 'ready';
+    const cancel = extra.cancel;
+    let sent: Promise<Result>;
+    try {
+      // `signal` only without a cancel hook: reading it creates an AbortController.
+      sent = upstream.request(
+        request,
+        cancel === undefined ? { signal: extra.signal } : { cancel },
+      );
+    } catch (error) {
+      sent = Promise.reject(error as Error);
+    }
+    return sent.then(
+      (result) => {
+        this.#routes.leave(upstream, entry);
+        return result;
+      },
+      (error: unknown) => {
+        this.#routes.leave(upstream, entry);
+        throw forwardError(error, request, reached);
+      },
+    );
+  }
+
+  /** {@link #forward} of a request whose caller asked for progress notifications. */
+  async #forwardWithProgress(
     session: GatewaySession | undefined,
     upstream: Upstream,
     request: Request,
@@ -1113,11 +1150,7 @@ export class ToolGateway implements SessionHost {
       if (lastProgress) await lastProgress;
       return result;
     } catch (error) {
-      // Gateway-side failures of non-tool requests surface as JSON-RPC errors.
-      const e =
-        error instanceof McpError || request.method === 'tools/call' ? error : toMcpError(error);
-      if (reached) markReachedUpstream(e);
-      throw e;
+      throw forwardError(error, request, reached);
     } finally {
       this.#routes.leave(upstream, entry);
     }
@@ -1358,6 +1391,18 @@ export class ToolGateway implements SessionHost {
     this.#audit?.close();
     this.#state = 'closed';
   }
+}
+
+/**
+ * What a forwarded request that failed rejects with: gateway-side failures of non-tool requests
+ * as JSON-RPC errors; marked as having reached the upstream when it was ready (see
+ * `markReachedUpstream`).
+ */
+function forwardError(error: unknown, request: Request, reached: boolean): unknown {
+  const e =
+    error instanceof McpError || request.method === 'tools/call' ? error : toMcpError(error);
+  if (reached) markReachedUpstream(e);
+  return e;
 }
 
 /** Opens the audit log; a file that cannot be opened is a configuration error naming it. */

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
+  agentId,
   closeSidecar,
   DEFAULT_ALLOW,
   HANGING_SERVER,
@@ -36,7 +37,8 @@ describe('gateway close() and the calls in flight', () => {
           slow: { command: process.execPath, args: [HANGING_SERVER], stderr: 'ignore' },
         },
         policies: [DEFAULT_ALLOW],
-        agents: [{ name: 'caller' }],
+        toolCosts: { slow__hang: 1 },
+        agents: [{ name: 'caller', budget: { maxCostPerDay: 10 } }],
       },
       { http: false },
     );
@@ -77,7 +79,7 @@ describe('gateway close() and the calls in flight', () => {
     for (const line of lines) expect(JSON.parse(line)).toMatchObject({ outcome: 'ok' });
   });
 
-  it('waits for a call in flight, however many calls ended before it', async () => {
+  it('waits for a call in flight, however many calls ended before it (charged: it reached its upstream)', async () => {
     const client = await start();
     await endedCalls(client);
     const upstream = sidecar!.gateway.upstreams.get('slow')!;
@@ -97,5 +99,9 @@ describe('gateway close() and the calls in flight', () => {
     await expect(hanging).rejects.toThrow('caller gave up');
     await closing;
     expect(upstream.state).toBe('closed');
+    // Cancelled after the upstream got it: its cost is charged (the upstream may have worked).
+    const status = sidecar!.fabric!.budgets.getStatus(agentId(sidecar!, 'caller'));
+    expect(status.costUsed).toBe(1);
+    expect(status.costReserved).toBe(0);
   });
 });
