@@ -93,7 +93,8 @@ describe('FastToolCalls cancellation', () => {
     );
     t.onmessage!(call(7));
     await new Promise((r) => setImmediate(r));
-    expect(t.sent).toEqual([
+    const byId = (m: JSONRPCMessage): number => (m as { id: number }).id;
+    expect([...t.sent].sort((a, b) => byId(a) - byId(b))).toEqual([
       { jsonrpc: '2.0', id: 7, result: { content: [{ type: 'text', text: 'ok' }] } },
     ]);
     t.onmessage!({
@@ -125,5 +126,53 @@ describe('FastToolCalls cancellation', () => {
     expect(seen).toHaveLength(1);
     expect(JSON.parse(seen[0]!)).toMatchObject({ id: 3, result: { content: [{ text: 'done' }] } });
     await t.close();
+  });
+
+  it('answers a failed handler, a failed answer and a sync throw with error responses; reports a failed send', async () => {
+    const t = fakeTransport();
+    const errors: string[] = [];
+    const boom = Object.assign(new Error('upstream said no'), { code: -32042, data: { why: 1 } });
+    new FastToolCalls(
+      t,
+      (request) => {
+        const name = (request.params as { name: string }).name;
+        if (name === 'sync') throw new Error('thrown at once');
+        if (name === 'reject') return Promise.reject(boom);
+        return Promise.resolve(name);
+      },
+      (error) => errors.push(error.message),
+      (value) => {
+        if (value === 'bad-answer')
+          throw Object.assign(new Error('no such tool'), { code: -32602 });
+        return { content: [{ type: 'text', text: String(value) }] };
+      },
+    );
+    const named = (id: number, name: string): JSONRPCMessage => ({
+      jsonrpc: '2.0',
+      id,
+      method: 'tools/call',
+      params: { name, arguments: {} },
+    });
+    t.onmessage!(named(1, 'reject'));
+    t.onmessage!(named(2, 'sync'));
+    t.onmessage!(named(3, 'bad-answer'));
+    t.onmessage!(named(4, 'fine'));
+    await new Promise((r) => setImmediate(r));
+    const byId = (m: JSONRPCMessage): number => (m as { id: number }).id;
+    expect([...t.sent].sort((a, b) => byId(a) - byId(b))).toEqual([
+      {
+        jsonrpc: '2.0',
+        id: 1,
+        error: { code: -32042, message: 'upstream said no', data: { why: 1 } },
+      },
+      { jsonrpc: '2.0', id: 2, error: { code: -32603, message: 'thrown at once' } },
+      { jsonrpc: '2.0', id: 3, error: { code: -32602, message: 'no such tool' } },
+      { jsonrpc: '2.0', id: 4, result: { content: [{ type: 'text', text: 'fine' }] } },
+    ]);
+    expect(errors).toEqual([]);
+    t.send = () => Promise.reject(new Error('pipe closed'));
+    t.onmessage!(named(5, 'fine'));
+    await new Promise((r) => setImmediate(r));
+    expect(errors).toEqual(['Failed to send response: Error: pipe closed']);
   });
 });
