@@ -311,7 +311,8 @@ export class Upstream {
   }
 
   /**
-   * Sends one request upstream and returns the raw result.
+   * Sends one request upstream and returns the raw result. Never throws: every failure is a
+   * rejection, with the errors below.
    * @throws UpstreamUnavailableError when not connected or the connection drops mid-call.
    * @throws UpstreamTimeoutError when the call runs past its timeout.
    * @throws McpError for protocol errors the upstream itself returned.
