@@ -1,6 +1,6 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
@@ -23,10 +23,13 @@ import {
  */
 describe('gateway close() and the calls in flight', () => {
   let sidecar: Sidecar | undefined;
+  let dir: string | undefined;
 
   afterEach(async () => {
     await closeSidecar(sidecar);
     sidecar = undefined;
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+    dir = undefined;
   });
 
   async function start(audit?: string): Promise<Client> {
@@ -65,7 +68,8 @@ describe('gateway close() and the calls in flight', () => {
   }
 
   it('does not wait once every call has ended (each audited once)', async () => {
-    const audit = join(tempDir('drain'), 'audit.log');
+    dir = tempDir('drain');
+    const audit = join(dir, 'audit.log');
     const client = await start(audit);
     await endedCalls(client);
     const upstream = sidecar!.gateway.upstreams.get('slow')!;
