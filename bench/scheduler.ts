@@ -385,7 +385,7 @@ function naiveListened(): ListenedSide {
  */
 async function inprocessListenedCases(ctx: BenchContext): Promise<void> {
   const rounds = ctx.quick ? 1 : 3;
-  const n = ctx.quick ? 100_000 : 400_000;
+  const n = ctx.quick ? 100_000 : 200_000;
   const ours: Record<string, number> = {};
   const naive: Record<string, number> = {};
   for (const depth of [1_000, 100_000]) {
