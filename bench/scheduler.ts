@@ -18,6 +18,10 @@
  *   what in-flight tasks keep alive); what ours adds beyond the naive one's is the fabric's own
  *   share, shown beside the goal. A difference below zero (the deep runs faster than the
  *   shallow) can only be noise, so it shows as 0.
+ * - dispatch-inprocess-depth-cost-listened (diagnostic): the same depth cost with no waiter per
+ *   task on either side: the fabric's completions observed by one `task.finished` listener, the
+ *   naive dispatcher's by one callback. Separates the scheduler's own cost at depth from the cost
+ *   of keeping a waiter (a promise, and at the end the snapshot it resolves with) per task.
  * - queue-ops-flatness: schedule + cancel at a steady depth of 100k over the same at 1k.
  *
  * Env: BENCH_THREADS (worker threads on both piscina sides, default 2); BENCH_SCHEDULER_CASES,
@@ -309,6 +313,124 @@ async function inprocessCases(ctx: BenchContext): Promise<void> {
 }
 
 /**
+ * A dispatcher side whose completions are told to one listener (no promise per task). `onDone` is
+ * set by {@link steadyDepthListened} before each run.
+ */
+interface ListenedSide {
+  submit(i: number): void;
+  onDone: () => void;
+}
+
+/** {@link steadyDepth} for a side whose completions reach one listener; returns tasks/s. */
+function steadyDepthListened(side: ListenedSide, depth: number, n: number): Promise<number> {
+  const total = 2 * depth + n;
+  let submitted = 0;
+  let finished = 0;
+  let t0 = 0;
+  let rate = 0;
+  return new Promise((resolve) => {
+    side.onDone = () => {
+      finished++;
+      if (finished === depth) t0 = performance.now();
+      else if (finished === depth + n) rate = n / ((performance.now() - t0) / 1000);
+      if (submitted < total) side.submit(submitted++);
+      else if (finished === total) resolve(rate);
+    };
+    while (submitted < depth) side.submit(submitted++);
+  });
+}
+
+/**
+ * The naive dispatcher of {@link naiveDispatcher} telling one listener of each completion instead
+ * of resolving a promise per task: FIFO array of one small object per task, drained on a
+ * microtask.
+ */
+function naiveListened(): ListenedSide {
+  const handler = (p: unknown): unknown => p;
+  let queue: ({ payload: number } | undefined)[] = [];
+  let head = 0;
+  let queued = false;
+  const side: ListenedSide = {
+    onDone: () => {},
+    submit(payload) {
+      queue.push({ payload });
+      if (!queued) {
+        queued = true;
+        queueMicrotask(pump);
+      }
+    },
+  };
+  const pump = (): void => {
+    queued = false;
+    while (head < queue.length) {
+      const item = queue[head]!;
+      queue[head++] = undefined;
+      if (head >= 65_536 && head * 2 >= queue.length) {
+        queue = queue.slice(head);
+        head = 0;
+      }
+      handler(item.payload);
+      side.onDone();
+    }
+  };
+  return side;
+}
+
+/**
+ * Diagnostic: the depth cost with no waiter per task on either side. The fabric's completions
+ * are observed by one `task.finished` listener (the event API users have), the naive
+ * dispatcher's by one callback. What is left is what the depth adds to the scheduler's own work
+ * (queues, records, ids, the dispatch pass, the event's snapshot); the difference from
+ * `dispatch-inprocess-depth-cost` is what keeping a waiter per in-flight task costs at depth.
+ */
+async function inprocessListenedCases(ctx: BenchContext): Promise<void> {
+  const rounds = ctx.quick ? 1 : 3;
+  const n = ctx.quick ? 100_000 : 200_000;
+  const ours: Record<string, number> = {};
+  const naive: Record<string, number> = {};
+  for (const depth of [1_000, 100_000]) {
+    const fabric = await fabricWith('inprocess', 4, 64);
+    const scheduler = fabric.scheduler;
+    const ourSide: ListenedSide = {
+      onDone: () => {},
+      submit: (i) => void scheduler.submit({ poolId: 'bench' }, 'noop', i),
+    };
+    scheduler.events.on('task.finished', () => ourSide.onDone());
+    const baseSide = naiveListened();
+    await steadyDepthListened(ourSide, depth, n / 4);
+    await steadyDepthListened(baseSide, depth, n / 4);
+    const a: number[] = [];
+    const b: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      if (r % 2 === 0) {
+        a.push(await steadyDepthListened(ourSide, depth, n));
+        b.push(await steadyDepthListened(baseSide, depth, n));
+      } else {
+        b.push(await steadyDepthListened(baseSide, depth, n));
+        a.push(await steadyDepthListened(ourSide, depth, n));
+      }
+    }
+    await fabric.close();
+    const label = `${depth / 1000}k`;
+    ours[label] = median(a);
+    naive[label] = median(b);
+  }
+  const cost = (r: Record<string, number>): number =>
+    Math.max(0, 1e6 / r['100k']! - 1e6 / r['1k']!);
+  const f = (r: Record<string, number>): string => (r['100k']! / r['1k']!).toFixed(2);
+  ctx.report({
+    suite: 'scheduler',
+    case: 'dispatch-inprocess-depth-cost-listened',
+    unit: 'µs per task, t(100k) − t(1k), no waiters',
+    value: cost(ours),
+    baseline: 'naive FIFO dispatcher, one callback, no promise per task',
+    baselineValue: cost(naive),
+    higherIsBetter: false,
+    goal: `diagnostic (flatness ${f(ours)}, naive ${f(naive)}; ${Math.round(ours['1k']! / 1000)}k/s at 1k)`,
+  });
+}
+
+/**
  * Queue operations alone at a steady depth: each step schedules one task and cancels the oldest,
  * so the queue holds `depth` tasks throughout. Isolates the data structures from the cost of
  * keeping `depth` waiters alive (which the end-to-end cases include, as does their baseline).
@@ -360,6 +482,7 @@ const suite: BenchSuite = {
   async run(ctx) {
     if (wanted('queue')) await queueCases(ctx);
     if (wanted('inprocess')) await inprocessCases(ctx);
+    if (wanted('inprocess')) await inprocessListenedCases(ctx);
     if (wanted('piscina')) await piscinaCases(ctx);
   },
 };
