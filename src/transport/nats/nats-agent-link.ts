@@ -276,25 +276,13 @@ export class NatsAgentLink {
   async close(owns: boolean): Promise<void> {
     this.#closed = true;
     // Acks already due go out before the connection closes (else redelivered after AckWait).
-    const acking = this.#acks.length > 0 && !this.nc.isClosed();
-    if (acking) this.#sendAcks();
+    if (!this.nc.isClosed()) this.#sendAcks();
     // Reports waiting to be sent again, or for an answer, resolve with none.
     for (const [timer, retry] of [...this.#retries]) {
       clearTimeout(timer);
       retry();
     }
     this.#inbox.close();
-    if (!owns) return;
-    // nats.js' close() drops what is not written yet (its write waits for a microtask).
-    // Bounded: a connection that is reconnecting would hold flush() until it is back.
-    if (acking) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        this.nc.flush().catch(() => undefined),
-        new Promise((r) => (timer = setTimeout(r, this.reportTimeoutMs))),
-      ]);
-      clearTimeout(timer);
-    }
-    await this.nc.close();
+    if (owns) await this.nc.close();
   }
 }
