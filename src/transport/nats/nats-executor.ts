@@ -163,9 +163,6 @@ export class NatsExecutor implements TaskExecutor {
   #vouchSub: Subscription | undefined;
   /** Assignments dispatched after the first of this event-loop turn (see {@link dispatch}). */
   #later: TaskAssignment[] | undefined;
-  /** Report answers waiting for the end of the turn (see {@link #endOfTurn}). */
-  #answers: [Msg, Uint8Array][] = [];
-  #endQueued = false;
   /** Assignments dispatched before {@link start}. */
   #waiting: TaskAssignment[] = [];
   /** Agents attached before {@link start}. */
@@ -259,38 +256,18 @@ export class NatsExecutor implements TaskExecutor {
       return;
     }
     this.#later = [];
-    this.#queueEndOfTurn();
+    setImmediate(this.#publishLater);
     queueMicrotask(() => {
       for (const a of batch) this.#publish(a, 0);
     });
   }
 
-  #queueEndOfTurn(): void {
-    if (this.#endQueued) return;
-    this.#endQueued = true;
-    setImmediate(this.#endOfTurn);
-  }
-
-  /**
-   * At the end of a turn of the event loop: publishes the assignments dispatched after the first
-   * of the turn (see {@link dispatch}) and sends the turn's report answers — in one socket write.
-   */
-  readonly #endOfTurn = (): void => {
-    this.#endQueued = false;
+  /** Publishes the assignments dispatched after the first of this turn (see {@link dispatch}). */
+  readonly #publishLater = (): void => {
     const later = this.#later ?? [];
     this.#later = undefined;
     for (const a of later) this.#publish(a, 0);
-    this.#sendAnswers();
   };
-
-  #sendAnswers(): void {
-    const answers = this.#answers;
-    if (answers.length === 0) return;
-    this.#answers = [];
-    // Once the connection is closed the workers' reports are answered by nobody; they retry.
-    if (this.#nc === undefined || this.#nc.isClosed()) return;
-    for (const [msg, body] of answers) msg.respond(body);
-  }
 
   #publish(a: TaskAssignment, tries: number): void {
     const t = this.#host?.task(a.taskId);
@@ -437,14 +414,10 @@ export class NatsExecutor implements TaskExecutor {
         else this.stats.reportsRejected++;
         return a;
       });
-      // Answered after the store's commit of what the reports changed (queued on a microtask
-      // when the change was made), at the end of the turn with the turn's other answers and
-      // publishes (one socket write): a worker acks its message only once the outcome is on disk.
+      // Answered on a microtask queued after the store's commit of what the reports changed
+      // (the change queued it): a worker acks its message only once the outcome is on disk.
       const body = isBatch(data) ? { answers } : answers[0]!;
-      if (msg.reply) {
-        this.#answers.push([msg, encodeJson(body)]);
-        this.#queueEndOfTurn();
-      }
+      if (msg.reply) queueMicrotask(() => msg.respond(encodeJson(body)));
     };
     if (checked.some((c) => c instanceof Promise)) {
       void Promise.all(checked).then(answer);
@@ -574,7 +547,6 @@ export class NatsExecutor implements TaskExecutor {
   }
 
   async close(): Promise<void> {
-    this.#sendAnswers(); // the outcomes are committed: answered, the workers can ack
     this.#closed = true;
     this.#waiting = [];
     for (const t of this.#timers) clearTimeout(t);
