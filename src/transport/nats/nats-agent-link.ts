@@ -52,8 +52,6 @@ export class NatsAgentLink {
   readonly #giveUpAt = new WeakMap<TaskMessage, number>();
   /** Reports not sent yet, by the subject they go to (sent together on the next flush). */
   readonly #outbox = new Map<string, Queued[]>();
-  /** Messages to ack on the next flush, in the same socket write as that turn's reports. */
-  #acks: JsMsg[] = [];
   #flushQueued = false;
   /** Makes take-up ids unique across workers (random) and within this one (counter). */
   readonly #nonce = randomBytes(9).toString('base64url');
@@ -137,38 +135,15 @@ export class NatsAgentLink {
         this.#outbox.set(task.replyTo, queue);
       }
       queue.push({ json: JSON.stringify(report), giveUpAt, resolve, sent });
-      this.#queueFlush();
+      if (!this.#flushQueued) {
+        this.#flushQueued = true;
+        setImmediate(this.#flush);
+      }
     });
-  }
-
-  /**
-   * Acks `m` at the end of this turn of the event loop, together with the reports made in it:
-   * one socket write for both instead of a write per ack (an ack is due when a report's answer
-   * arrives, usually in the same read as new task messages, whose starts leave at the turn's end).
-   */
-  ack(m: JsMsg): void {
-    this.#acks.push(m);
-    this.#queueFlush();
-  }
-
-  #queueFlush(): void {
-    if (!this.#flushQueued) {
-      this.#flushQueued = true;
-      setImmediate(this.#flush);
-    }
-  }
-
-  /** Sends the acks waiting for the flush (nats.js writes them out on a microtask). */
-  #sendAcks(): void {
-    const acks = this.#acks;
-    if (acks.length === 0) return;
-    this.#acks = [];
-    for (const m of acks) m.ack();
   }
 
   readonly #flush = (): void => {
     this.#flushQueued = false;
-    this.#sendAcks();
     for (const [replyTo, queue] of this.#outbox) {
       let batch: Queued[] = [];
       let bytes = 0;
@@ -275,8 +250,6 @@ export class NatsAgentLink {
   /** Stops reporting; closes the connection when `owns`. */
   async close(owns: boolean): Promise<void> {
     this.#closed = true;
-    // Acks already due go out before the connection closes (else redelivered after AckWait).
-    if (!this.nc.isClosed()) this.#sendAcks();
     // Reports waiting to be sent again, or for an answer, resolve with none.
     for (const [timer, retry] of [...this.#retries]) {
       clearTimeout(timer);

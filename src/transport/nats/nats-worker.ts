@@ -419,7 +419,7 @@ export class NatsWorker {
       }
       if (kind === 'complete') this.stats.completed++;
       else this.stats.failed++;
-      this.#link.ack(m); // with this turn's reports, in one write
+      m.ack();
     } finally {
       this.#held.delete(m);
       this.#running.delete(key);
