@@ -16,6 +16,10 @@
  *   publishes them) into a fabric that checks every proof and feeds its lifecycle; the fabric
  *   process's CPU share of one core, vs a bare subscriber of the same subjects that only counts
  *   messages (lower is better).
+ *
+ * `BENCH_NATS_CASES` (comma-separated: `dispatch`, `latency`, `heartbeats`) runs only those
+ * cases; `latency` needs the dispatch rate, so it runs `dispatch` too unless `BENCH_NATS_RATE`
+ * gives a fixed rate (a diagnostic for A/B runs, reported as such in the case name).
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -259,66 +263,97 @@ async function heartbeats(
   }
 }
 
+/** Case groups to run: all, or those named in BENCH_NATS_CASES (comma-separated). */
+function wanted(group: string): boolean {
+  const only = process.env.BENCH_NATS_CASES;
+  return !only || only.split(',').includes(group);
+}
+
+/** A fixed enqueue-to-start rate (BENCH_NATS_RATE), instead of half the measured one. */
+const FIXED_RATE = Number(process.env.BENCH_NATS_RATE) || undefined;
+
 const suite: BenchSuite = {
   name: 'nats',
   async run(ctx: BenchContext): Promise<void> {
     const server = await startNatsServer();
     try {
-      const n = ctx.quick ? 1000 : 4000;
-      const rounds = ctx.quick ? 1 : 3;
-      const values: number[] = [];
-      const baselines: number[] = [];
-      // A warm-up round on both sides, not counted: the first round otherwise measures the
-      // project's cold code (JIT, first consumers) against an already warm client.
-      await dispatch(server, Math.round(n / 2), -1);
-      for (let r = 0; r < rounds; r++) {
-        const [v, b] = await dispatch(server, n, r);
-        values.push(v);
-        baselines.push(b);
+      let rate = 0;
+      if (wanted('dispatch') || (wanted('latency') && FIXED_RATE === undefined)) {
+        rate = await dispatchCase(ctx, server);
       }
-      const mid = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-      const rate = mid(values);
-      ctx.report({
-        suite: 'nats',
-        case: 'dispatch-jetstream',
-        unit: 'tasks/s',
-        value: rate,
-        baseline: 'raw JetStream publish (msg ids) + consume + ack, same server',
-        baselineValue: mid(baselines),
-        higherIsBetter: true,
-        goal: 'ratio >= 0.5',
-      });
-      const [project, raw] = await enqueueToStart(server, rate / 2, ctx.quick ? 1 : 3);
-      ctx.report({
-        suite: 'nats',
-        case: 'enqueue-to-start',
-        unit: 'µs p50',
-        value: project.percentileUs(50),
-        baseline: `raw JetStream publish → consumer at the same rate (${Math.round(rate / 2)}/s)`,
-        baselineValue: raw.percentileUs(50),
-        higherIsBetter: false,
-        p50Us: project.percentileUs(50),
-        p99Us: project.percentileUs(99),
-        baselineP50Us: raw.percentileUs(50),
-        baselineP99Us: raw.percentileUs(99),
-        goal: 'p50 < 1 ms, p99 < 10 ms',
-      });
-      const agents = ctx.quick ? 2000 : 10_000;
-      const [cpu, bare, perSecond] = await heartbeats(server, agents, ctx.quick ? 2000 : 5000);
-      ctx.report({
-        suite: 'nats',
-        case: `heartbeats (${agents} agents @1Hz, ${Math.round(perSecond)}/s checked)`,
-        unit: 'CPU share of one core',
-        value: Math.round(cpu * 1000) / 1000,
-        baseline: 'bare subscriber counting the same heartbeats',
-        baselineValue: Math.round(bare * 1000) / 1000,
-        higherIsBetter: false,
-        goal: '< 0.25 of one core at 10k agents',
-      });
+      if (wanted('latency')) await latencyCase(ctx, server, FIXED_RATE ?? rate / 2);
+      if (wanted('heartbeats')) await heartbeatsCase(ctx, server);
     } finally {
       await server.close();
     }
   },
 };
+
+/** `dispatch-jetstream`; returns the project's measured rate (tasks/s). */
+async function dispatchCase(ctx: BenchContext, server: NatsServer): Promise<number> {
+  const n = ctx.quick ? 1000 : 4000;
+  const rounds = ctx.quick ? 1 : 3;
+  const values: number[] = [];
+  const baselines: number[] = [];
+  // A warm-up round on both sides, not counted: the first round otherwise measures the
+  // project's cold code (JIT, first consumers) against an already warm client.
+  await dispatch(server, Math.round(n / 2), -1);
+  for (let r = 0; r < rounds; r++) {
+    const [v, b] = await dispatch(server, n, r);
+    values.push(v);
+    baselines.push(b);
+  }
+  const mid = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const rate = mid(values);
+  ctx.report({
+    suite: 'nats',
+    case: 'dispatch-jetstream',
+    unit: 'tasks/s',
+    value: rate,
+    baseline: 'raw JetStream publish (msg ids) + consume + ack, same server',
+    baselineValue: mid(baselines),
+    higherIsBetter: true,
+    goal: 'ratio >= 0.5',
+  });
+  return rate;
+}
+
+/** `enqueue-to-start` at `rate` tasks/s. */
+async function latencyCase(ctx: BenchContext, server: NatsServer, rate: number): Promise<void> {
+  const [project, raw] = await enqueueToStart(server, rate, ctx.quick ? 1 : 3);
+  ctx.report({
+    suite: 'nats',
+    case:
+      FIXED_RATE === undefined
+        ? 'enqueue-to-start'
+        : `enqueue-to-start (diagnostic: fixed ${Math.round(rate)}/s)`,
+    unit: 'µs p50',
+    value: project.percentileUs(50),
+    baseline: `raw JetStream publish → consumer at the same rate (${Math.round(rate)}/s)`,
+    baselineValue: raw.percentileUs(50),
+    higherIsBetter: false,
+    p50Us: project.percentileUs(50),
+    p99Us: project.percentileUs(99),
+    baselineP50Us: raw.percentileUs(50),
+    baselineP99Us: raw.percentileUs(99),
+    goal: 'p50 < 1 ms, p99 < 10 ms',
+  });
+}
+
+/** `heartbeats`: the sidecar's CPU share with 10 000 agents at 1 Hz. */
+async function heartbeatsCase(ctx: BenchContext, server: NatsServer): Promise<void> {
+  const agents = ctx.quick ? 2000 : 10_000;
+  const [cpu, bare, perSecond] = await heartbeats(server, agents, ctx.quick ? 2000 : 5000);
+  ctx.report({
+    suite: 'nats',
+    case: `heartbeats (${agents} agents @1Hz, ${Math.round(perSecond)}/s checked)`,
+    unit: 'CPU share of one core',
+    value: Math.round(cpu * 1000) / 1000,
+    baseline: 'bare subscriber counting the same heartbeats',
+    baselineValue: Math.round(bare * 1000) / 1000,
+    higherIsBetter: false,
+    goal: '< 0.25 of one core at 10k agents',
+  });
+}
 
 export default suite;

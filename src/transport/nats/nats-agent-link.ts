@@ -19,6 +19,13 @@ const MAX_BATCH = 256;
 const MAX_BATCH_BYTES = 512 * 1024;
 const encoder = new TextEncoder();
 
+/**
+ * How long a report other than `start` (and an ack) may wait for the next `start` flush to
+ * travel with, in ms: nothing waits on them for a task to begin, and each socket write of its
+ * own costs this process and the server far more than the wait (see the README, "Measured").
+ */
+export const LAZY_FLUSH_MS = 1;
+
 /** A report waiting for its batch. */
 interface Queued {
   readonly json: string;
@@ -52,7 +59,12 @@ export class NatsAgentLink {
   readonly #giveUpAt = new WeakMap<TaskMessage, number>();
   /** Reports not sent yet, by the subject they go to (sent together on the next flush). */
   readonly #outbox = new Map<string, Queued[]>();
+  /** Messages to ack on the next flush, in the same socket write as its reports. */
+  #acks: JsMsg[] = [];
+  /** A flush at the end of this turn is queued (a `start` is waiting). */
   #flushQueued = false;
+  /** A flush within {@link LAZY_FLUSH_MS} is queued (only reports that can wait are). */
+  #lazyTimer: NodeJS.Timeout | undefined;
   /** Makes take-up ids unique across workers (random) and within this one (counter). */
   readonly #nonce = randomBytes(9).toString('base64url');
   #takes = 0;
@@ -104,9 +116,10 @@ export class NatsAgentLink {
    * its name and lease key) it keeps trying until the task's timeout has passed since the
    * message was taken up; then, or when the link is closed, `undefined`.
    *
-   * Reports made in the same turn of the event loop to the same sidecar travel as one batch
-   * request (`{ v: 1, reports: [...] }`, answered `{ answers: [...] }` in the same order), so a
-   * worker holding many tasks pays one round trip per batch, not per report.
+   * Reports sent together to the same sidecar travel as one batch request (`{ v: 1, reports:
+   * [...] }`, answered `{ answers: [...] }` in the same order), so a worker holding many tasks
+   * pays one round trip per batch, not per report. A `start` leaves at the end of the turn it
+   * was made in; the other kinds wait up to {@link LAZY_FLUSH_MS} for the next `start` flush.
    */
   report(
     task: TaskMessage,
@@ -135,15 +148,45 @@ export class NatsAgentLink {
         this.#outbox.set(task.replyTo, queue);
       }
       queue.push({ json: JSON.stringify(report), giveUpAt, resolve, sent });
-      if (!this.#flushQueued) {
-        this.#flushQueued = true;
-        setImmediate(this.#flush);
-      }
+      this.#queueFlush(kind !== 'start');
     });
+  }
+
+  /** Acks `m` with the next flush (see {@link #queueFlush}), in the same socket write. */
+  ack(m: JsMsg): void {
+    this.#acks.push(m);
+    this.#queueFlush(true);
+  }
+
+  /**
+   * A `start` leaves at the end of this turn (its handler waits for it to be written); the other
+   * reports and the acks travel with the next such flush, or after {@link LAZY_FLUSH_MS}.
+   */
+  #queueFlush(lazy: boolean): void {
+    if (this.#flushQueued) return;
+    if (!lazy) {
+      this.#flushQueued = true;
+      setImmediate(this.#flush);
+    } else if (this.#lazyTimer === undefined) {
+      this.#lazyTimer = setTimeout(this.#flush, LAZY_FLUSH_MS);
+    }
+  }
+
+  /** Sends the acks waiting for the flush (nats.js writes them out on a microtask). */
+  #sendAcks(): void {
+    const acks = this.#acks;
+    if (acks.length === 0) return;
+    this.#acks = [];
+    for (const m of acks) m.ack();
   }
 
   readonly #flush = (): void => {
     this.#flushQueued = false;
+    if (this.#lazyTimer !== undefined) {
+      clearTimeout(this.#lazyTimer);
+      this.#lazyTimer = undefined;
+    }
+    this.#sendAcks();
     for (const [replyTo, queue] of this.#outbox) {
       let batch: Queued[] = [];
       let bytes = 0;
@@ -250,12 +293,27 @@ export class NatsAgentLink {
   /** Stops reporting; closes the connection when `owns`. */
   async close(owns: boolean): Promise<void> {
     this.#closed = true;
+    // Acks already due go out before the connection closes (else redelivered after AckWait).
+    const acking = this.#acks.length > 0 && !this.nc.isClosed();
+    if (acking) this.#sendAcks();
+    if (this.#lazyTimer !== undefined) this.#flush(); // its reports resolve with no answer
     // Reports waiting to be sent again, or for an answer, resolve with none.
     for (const [timer, retry] of [...this.#retries]) {
       clearTimeout(timer);
       retry();
     }
     this.#inbox.close();
-    if (owns) await this.nc.close();
+    if (!owns) return;
+    // nats.js' close() drops what is not written yet (its write waits for a microtask).
+    // Bounded: a connection that is reconnecting would hold flush() until it is back.
+    if (acking) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        this.nc.flush().catch(() => undefined),
+        new Promise((r) => (timer = setTimeout(r, this.reportTimeoutMs))),
+      ]);
+      clearTimeout(timer);
+    }
+    await this.nc.close();
   }
 }

@@ -44,6 +44,7 @@ import { TaskStateError, UnauthenticatedError } from '../../errors.js';
 import type { ExecutorSink, TaskExecutor } from '../../scheduler/executor.js';
 import type { TaskAssignment, TaskError } from '../../task.js';
 import type { NatsOptions } from './nats-options.js';
+import { LAZY_FLUSH_MS } from './nats-agent-link.js';
 import { ReplyInbox } from './reply-inbox.js';
 import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
@@ -163,6 +164,9 @@ export class NatsExecutor implements TaskExecutor {
   #vouchSub: Subscription | undefined;
   /** Assignments dispatched after the first of this event-loop turn (see {@link dispatch}). */
   #later: TaskAssignment[] | undefined;
+  /** Report answers not sent yet: they travel with the next publishes (see {@link #answer}). */
+  #answers: [Msg, Uint8Array][] = [];
+  #answerTimer: NodeJS.Timeout | undefined;
   /** Assignments dispatched before {@link start}. */
   #waiting: TaskAssignment[] = [];
   /** Agents attached before {@link start}. */
@@ -259,6 +263,7 @@ export class NatsExecutor implements TaskExecutor {
     setImmediate(this.#publishLater);
     queueMicrotask(() => {
       for (const a of batch) this.#publish(a, 0);
+      this.#sendAnswers();
     });
   }
 
@@ -267,6 +272,32 @@ export class NatsExecutor implements TaskExecutor {
     const later = this.#later ?? [];
     this.#later = undefined;
     for (const a of later) this.#publish(a, 0);
+    this.#sendAnswers();
+  };
+
+  /**
+   * Queues a report's answer — called once the store has committed what the report changed —
+   * to leave with the next publishes (in the same socket write), or within
+   * {@link LAZY_FLUSH_MS} when none come: a worker waits on them only to ack its message, or
+   * for a redelivery's start.
+   */
+  #answer(msg: Msg, body: Uint8Array): void {
+    this.#answers.push([msg, body]);
+    if (this.#later !== undefined || this.#answerTimer !== undefined) return;
+    this.#answerTimer = setTimeout(this.#sendAnswers, LAZY_FLUSH_MS);
+  }
+
+  readonly #sendAnswers = (): void => {
+    if (this.#answerTimer !== undefined) {
+      clearTimeout(this.#answerTimer);
+      this.#answerTimer = undefined;
+    }
+    const answers = this.#answers;
+    if (answers.length === 0) return;
+    this.#answers = [];
+    // Once the connection is closed the workers' reports are answered by nobody; they retry.
+    if (this.#nc === undefined || this.#nc.isClosed()) return;
+    for (const [msg, body] of answers) msg.respond(body);
   };
 
   #publish(a: TaskAssignment, tries: number): void {
@@ -414,10 +445,10 @@ export class NatsExecutor implements TaskExecutor {
         else this.stats.reportsRejected++;
         return a;
       });
-      // Answered on a microtask queued after the store's commit of what the reports changed
-      // (the change queued it): a worker acks its message only once the outcome is on disk.
+      // Queued on a microtask queued after the store's commit of what the reports changed (the
+      // change queued it): a worker acks its message only once the outcome is on disk.
       const body = isBatch(data) ? { answers } : answers[0]!;
-      if (msg.reply) queueMicrotask(() => msg.respond(encodeJson(body)));
+      if (msg.reply) queueMicrotask(() => this.#answer(msg, encodeJson(body)));
     };
     if (checked.some((c) => c instanceof Promise)) {
       void Promise.all(checked).then(answer);
@@ -547,6 +578,7 @@ export class NatsExecutor implements TaskExecutor {
   }
 
   async close(): Promise<void> {
+    this.#sendAnswers(); // the outcomes are committed: answered, the workers can ack
     this.#closed = true;
     this.#waiting = [];
     for (const t of this.#timers) clearTimeout(t);

@@ -419,7 +419,7 @@ export class NatsWorker {
       }
       if (kind === 'complete') this.stats.completed++;
       else this.stats.failed++;
-      m.ack();
+      this.#link.ack(m); // with the link's next flush of reports, in one write
     } finally {
       this.#held.delete(m);
       this.#running.delete(key);
