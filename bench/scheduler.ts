@@ -245,6 +245,29 @@ async function piscinaCases(ctx: BenchContext): Promise<void> {
   await raw.destroy();
 }
 
+/**
+ * `rounds` measurements of each side; which side goes first alternates (the load on a shared
+ * machine drifts). Returns both sides' results, in round order.
+ */
+async function alternating(
+  rounds: number,
+  ours: () => Promise<number>,
+  base: () => Promise<number>,
+): Promise<[number[], number[]]> {
+  const a: number[] = [];
+  const b: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    if (r % 2 === 0) {
+      a.push(await ours());
+      b.push(await base());
+    } else {
+      b.push(await base());
+      a.push(await ours());
+    }
+  }
+  return [a, b];
+}
+
 async function inprocessCases(ctx: BenchContext): Promise<void> {
   const rounds = ctx.quick ? 3 : 7;
   const n = ctx.quick ? 100_000 : 400_000;
@@ -257,18 +280,11 @@ async function inprocessCases(ctx: BenchContext): Promise<void> {
     const baseSide = naiveDispatcher();
     await steadyDepth(ourSide, depth, n / 4);
     await steadyDepth(baseSide, depth, n / 4);
-    const ours: number[] = [];
-    const base: number[] = [];
-    for (let r = 0; r < rounds; r++) {
-      // The side that goes first alternates: the load on a shared machine drifts.
-      if (r % 2 === 0) {
-        ours.push(await steadyDepth(ourSide, depth, n));
-        base.push(await steadyDepth(baseSide, depth, n));
-      } else {
-        base.push(await steadyDepth(baseSide, depth, n));
-        ours.push(await steadyDepth(ourSide, depth, n));
-      }
-    }
+    const [ours, base] = await alternating(
+      rounds,
+      () => steadyDepth(ourSide, depth, n),
+      () => steadyDepth(baseSide, depth, n),
+    );
     await fabric.close();
     const label = `${depth / 1000}k`;
     results[label] = median(ours);
@@ -399,17 +415,11 @@ async function inprocessListenedCases(ctx: BenchContext): Promise<void> {
     const baseSide = naiveListened();
     await steadyDepthListened(ourSide, depth, n / 4);
     await steadyDepthListened(baseSide, depth, n / 4);
-    const a: number[] = [];
-    const b: number[] = [];
-    for (let r = 0; r < rounds; r++) {
-      if (r % 2 === 0) {
-        a.push(await steadyDepthListened(ourSide, depth, n));
-        b.push(await steadyDepthListened(baseSide, depth, n));
-      } else {
-        b.push(await steadyDepthListened(baseSide, depth, n));
-        a.push(await steadyDepthListened(ourSide, depth, n));
-      }
-    }
+    const [a, b] = await alternating(
+      rounds,
+      () => steadyDepthListened(ourSide, depth, n),
+      () => steadyDepthListened(baseSide, depth, n),
+    );
     await fabric.close();
     const label = `${depth / 1000}k`;
     ours[label] = median(a);
