@@ -8,7 +8,7 @@
  */
 import { expect, it } from 'vitest';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { AgentFabric } from '../../src/fabric.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { TaskStatus } from '../../src/task.js';
@@ -137,6 +137,171 @@ describeNats('NatsWorker start', () => {
       expect(String(aborted)).toMatch(/FABRIC_ERR_UNAUTHENTICATED/);
       expect(worker.stats.completed).toBe(0);
       expect(fabric.natsExecutor!.stats.reportsAccepted).toBe(0);
+      stop.abort();
+      await running;
+    } finally {
+      await nc.close();
+      await worker.close();
+      await fabric.close();
+    }
+  });
+
+  it('an outcome the sidecar accepted counts even when the answer to its start (retried) comes back stale', async () => {
+    // While a sidecar restarts, a worker retries its `start` and its `complete` each on its own
+    // timer, so the sidecar can get the complete first (and apply it), then the start (stale).
+    // Played here by a stand-in sidecar on the task's replyTo that answers in that order.
+    const { fabric, agent, worker } = await setup('reordered', 2);
+    const stop = new AbortController();
+    const nc = await connect({ servers: suiteServer().url });
+    try {
+      const replyTo = 'reordered.stand-in';
+      let held: Msg | undefined;
+      const kinds: string[] = [];
+      const stale = { ok: false, code: 'FABRIC_ERR_TASK_STATE', message: 'no longer current' };
+      nc.subscribe(replyTo, {
+        callback: (_err, msg) => {
+          const body = msg.json<{ kind?: string; reports?: { kind: string }[] }>();
+          const reports = body.reports ?? [body as { kind: string }];
+          for (const r of reports) kinds.push(r.kind);
+          if (body.reports !== undefined) {
+            // One batch: answered in order, the start stale, the outcome accepted.
+            msg.respond(
+              encodeJson({
+                answers: reports.map((r) => (r.kind === 'start' ? stale : { ok: true })),
+              }),
+            );
+          } else if (reports[0]!.kind === 'start') {
+            held = msg; // answered after the outcome
+          } else {
+            msg.respond(encodeJson({ ok: true }));
+            held?.respond(encodeJson(stale));
+          }
+        },
+      });
+      await nc.flush();
+      const names = fabric.natsExecutor!.names;
+      const message = {
+        v: 1,
+        taskId: 'reordered',
+        attempt: 1,
+        taskType: 't',
+        payload: 7,
+        deadline: null,
+        timeoutSeconds: 30,
+        maxAttempts: 1,
+        agentId: agent.id,
+        poolId: null,
+        replyTo,
+        lease: 'x'.repeat(43),
+      };
+      await jetstream(nc).publish(names.agentTasks(agent.id), encodeJson(message));
+      let ran = 0;
+      const running = worker.run({ t: (p) => (ran++, p) }, { signal: stop.signal });
+      await until(() => worker.stats.completed + worker.stats.refused === 1, 10_000);
+      expect(kinds).toEqual(['start', 'complete']);
+      expect(ran).toBe(1);
+      expect(worker.stats.refused).toBe(0);
+      expect(worker.stats.completed).toBe(1);
+      // Acked: gone from the work queue.
+      const jsm = await jetstreamManager(nc);
+      await until(async () => (await jsm.streams.info(names.stream)).state.messages === 0, 10_000);
+      stop.abort();
+      await running;
+    } finally {
+      await nc.close();
+      await worker.close();
+      await fabric.close();
+    }
+  });
+
+  it('a message delivered again while the worker holds it (it waited past AckWait for a slot) runs once', async () => {
+    // Two slots, both taken by `a1` and `a2` (they run until released); then `b` arrives in the
+    // worker's next pull, which asked for two and stays open for one more, and waits for a slot
+    // past AckWait — so JetStream sends it out again, into that same pull. A stand-in sidecar on
+    // the tasks' replyTo accepts every start (the real one counts a second take-up of a started
+    // attempt as lost and runs the task again): a worker that took the second delivery up too
+    // would run `b` twice.
+    const nats = { url: suiteServer().url, namespace: 'held', ackWaitSeconds: 1 };
+    const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
+    await fabric.start();
+    const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
+    await fabric.natsExecutor!.consumersReady();
+    const worker = await NatsWorker.connect({
+      nats,
+      agentId: agent.id,
+      credential: agent.credential,
+      concurrency: 2,
+    });
+    const stop = new AbortController();
+    const nc = await connect({ servers: suiteServer().url });
+    try {
+      const replyTo = 'held.stand-in';
+      const starts: string[] = [];
+      nc.subscribe(replyTo, {
+        callback: (_err, msg) => {
+          const body = msg.json<{
+            kind?: string;
+            taskId?: string;
+            reports?: { kind: string; taskId: string }[];
+          }>();
+          const reports = body.reports ?? [body as { kind: string; taskId: string }];
+          for (const r of reports) if (r.kind === 'start') starts.push(r.taskId);
+          const ok = { ok: true };
+          msg.respond(
+            encodeJson(body.reports === undefined ? ok : { answers: reports.map(() => ok) }),
+          );
+        },
+      });
+      await nc.flush();
+      const names = fabric.natsExecutor!.names;
+      const js = jetstream(nc);
+      const jsm = await jetstreamManager(nc);
+      const consumerInfo = () => jsm.consumers.info(names.stream, names.agentConsumer(agent.id));
+      const publish = async (taskId: string): Promise<void> => {
+        const message = {
+          v: 1,
+          taskId,
+          attempt: 1,
+          taskType: 't',
+          payload: taskId,
+          deadline: null,
+          timeoutSeconds: 30,
+          maxAttempts: 1,
+          agentId: agent.id,
+          poolId: null,
+          replyTo,
+          lease: 'x'.repeat(43),
+        };
+        await js.publish(names.agentTasks(agent.id), encodeJson(message));
+      };
+      const runs: string[] = [];
+      let release!: () => void;
+      const released = new Promise<void>((r) => (release = r));
+      const running = worker.run(
+        {
+          t: async (p: unknown) => {
+            runs.push(String(p));
+            if (p !== 'b') await released;
+            return p;
+          },
+        },
+        { signal: stop.signal },
+      );
+      await publish('a1');
+      await publish('a2');
+      await until(() => runs.length === 2, 10_000);
+      await until(async () => (await consumerInfo()).num_waiting > 0, 10_000); // the next pull
+      await publish('b');
+      // Past AckWait (1 s) while `b` waits for a slot: it has gone out again by now.
+      await until(async () => (await consumerInfo()).num_redelivered > 0, 10_000);
+      release();
+      await until(() => worker.stats.completed >= 3, 10_000);
+      // Past AckWait again: the ack of the held delivery removed the message for good.
+      await new Promise((r) => setTimeout(r, 2_000));
+      expect(runs.sort()).toEqual(['a1', 'a2', 'b']);
+      expect(worker.stats.started).toBe(3);
+      expect(starts.sort()).toEqual(['a1', 'a2', 'b']);
+      expect((await jsm.streams.info(names.stream)).state.messages).toBe(0);
       stop.abort();
       await running;
     } finally {

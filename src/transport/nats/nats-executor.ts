@@ -16,7 +16,8 @@
  *   in-progress acks), no `MaxDeliver`: attempts are counted here, per task — a `start` of an
  *   already started attempt under another take-up (its message came back after AckWait) ends
  *   that attempt as lost and retries the task as a new attempt, or FAILS it after its
- *   `maxAttempts`. The sidecar creates the consumers of an agent (and of its pool) when the
+ *   `maxAttempts` (after a restart, the first start heard of a started attempt is taken as its
+ *   own take-up). The sidecar creates the consumers of an agent (and of its pool) when the
  *   agent is attached here.
  * - **Reports.** Workers send `start`, `progress`, `complete` and `fail` as requests on the
  *   scheduling sidecar's `res.<sidecarId>`, alone or batched. A report must carry the attempt's
@@ -532,15 +533,22 @@ export class NatsExecutor implements TaskExecutor {
       case 'start': {
         if (r.take === undefined) return deny;
         const known = this.#takes.get(r.taskId);
-        if (
-          t.started &&
-          (known === undefined || known.attempt !== r.attempt || known.take !== r.take)
-        ) {
+        if (t.started && known === undefined) {
+          // Started before this process restarted on its store, which does not keep take-ups:
+          // the first start it hears of is taken as the attempt's own — most likely the start
+          // of the worker running it, sent again because the answer was lost with the old
+          // process (a take-up after AckWait needs that worker to have stopped acknowledging
+          // the message). Counting it as lost instead would run the task again beside that
+          // worker. At worst, the attempt of a worker that died while this sidecar was down
+          // goes uncounted.
+          this.#takes.set(r.taskId, { attempt: r.attempt, take: r.take, lease: r.lease });
+          break;
+        }
+        if (t.started && (known!.attempt !== r.attempt || known!.take !== r.take)) {
           // Another take-up of a started attempt: its message went out again after AckWait, so
           // the worker that started it stopped acknowledging it (died, hung, cut off). That
           // attempt is over and counts; the task is retried as a new attempt (a new message)
-          // while it has attempts left, else FAILED. (After a restart the first take-up is not
-          // known, so any start of a started attempt counts so: at worst one attempt more.)
+          // while it has attempts left, else FAILED.
           const error = {
             code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
             message: `attempt ${r.attempt} was taken up again: its worker stopped acknowledging it`,

@@ -146,8 +146,11 @@ export class NatsWorker {
    * queued), waits for its start's answer — a refusal — instead of running at once.
    */
   readonly #ended = new Set<string>();
-  /** Messages held from their pull to their end: kept alive by one timer ({@link run}). */
-  readonly #held = new Set<JsMsg>();
+  /**
+   * Messages held from their take-up to their end, by stream sequence: kept alive by one timer
+   * ({@link run}).
+   */
+  readonly #held = new Map<number, JsMsg>();
   #closed = false;
 
   private constructor(
@@ -249,7 +252,7 @@ export class NatsWorker {
     // In-progress acks for every held message, every third of AckWait (one timer for all).
     const working = setInterval(
       () => {
-        for (const m of this.#held) m.working();
+        for (const m of this.#held.values()) m.working();
       },
       Math.max(50, ackWaitMs / 3),
     );
@@ -269,6 +272,13 @@ export class NatsWorker {
           iterators.push(messages);
           if (stop?.aborted) void messages.close();
           for await (const m of messages) {
+            // A message this worker holds, delivered again: it waited here (pulled, its slot
+            // not free yet) past AckWait, so JetStream sent it out again, to this worker's next
+            // pull, which it reaches only once the first delivery is taken up. One take-up runs
+            // it: acks and in-progress acks go by stream sequence, so the held delivery's cover
+            // this one. (Taken up twice, the sidecar would count the attempt lost and the task
+            // would run again.)
+            if (this.#held.has(m.seq)) continue;
             while (free === 0 && !stop?.aborted) {
               await new Promise<void>((r) => (wake = r));
             }
@@ -326,10 +336,10 @@ export class NatsWorker {
     handlers: Readonly<Record<string, NatsTaskHandler>>,
     ackWaitMs: number,
   ): Promise<void> {
-    this.#held.add(m);
+    this.#held.set(m.seq, m);
     const task = this.#link.parse(m);
     if (task === undefined) {
-      this.#held.delete(m);
+      this.#held.delete(m.seq);
       this.stats.refused++;
       return;
     }
@@ -348,7 +358,7 @@ export class NatsWorker {
       // next take-up then counts it as lost (see `NatsExecutor`).
       await starting.sent;
       if (this.#closed) {
-        this.#held.delete(m); // not run; redelivered after AckWait
+        this.#held.delete(m.seq); // not run; redelivered after AckWait
         return;
       }
       accepted = starting.answer.then((a) => {
@@ -361,7 +371,7 @@ export class NatsWorker {
       const a = await starting.answer;
       if (a === undefined || !a.ok) {
         terminate(m); // the attempt is over, or its sidecar is gone
-        this.#held.delete(m);
+        this.#held.delete(m.seq);
         this.stats.refused++;
         return;
       }
@@ -407,8 +417,12 @@ export class NatsWorker {
       const kind: ReportKind = outcome.error === undefined ? 'complete' : 'fail';
       const answer = await this.#link.report(task, kind, outcome);
       if (this.#closed) return; // redelivered after AckWait
-      if (!(await accepted)) {
-        // The start was refused (or never answered): the attempt was not this worker's.
+      // An outcome the sidecar accepted makes the attempt this worker's whatever its start's
+      // answer says: while the sidecar was away (restarting) the start and this report were
+      // retried each on its own timer, so the start may have arrived after the outcome was
+      // applied and been answered stale. Otherwise a refused start (or one never answered)
+      // means the attempt was not this worker's.
+      if (answer?.ok !== true && !(await accepted)) {
         this.stats.refused++;
         terminate(m);
         return;
@@ -421,7 +435,7 @@ export class NatsWorker {
       else this.stats.failed++;
       this.#link.ack(m); // with the link's next flush of reports, in one write
     } finally {
-      this.#held.delete(m);
+      this.#held.delete(m.seq);
       this.#running.delete(key);
     }
   }
