@@ -52,7 +52,8 @@ describeNats('NatsWorker start', () => {
 
   /**
    * Publishes a task message with a lease the sidecar never made (as any client allowed to
-   * publish on the task subjects could send) to the agent's task subject.
+   * publish on the task subjects could send) to the agent's task subject. Its reports go to
+   * `replyTo`: the sidecar's own subject unless a test plays the sidecar there.
    */
   async function publishForged(
     nc: NatsConnection,
@@ -60,11 +61,12 @@ describeNats('NatsWorker start', () => {
     agentId: string,
     taskType: string,
     payload: unknown,
+    { taskId = 'forged', replyTo }: { taskId?: string; replyTo?: string } = {},
   ): Promise<void> {
     const names = fabric.natsExecutor!.names;
     const forged = {
       v: 1,
-      taskId: 'forged',
+      taskId,
       attempt: 1,
       taskType,
       payload,
@@ -73,10 +75,22 @@ describeNats('NatsWorker start', () => {
       maxAttempts: 1,
       agentId,
       poolId: null,
-      replyTo: names.results(fabric.natsExecutor!.sidecarId),
+      replyTo: replyTo ?? names.results(fabric.natsExecutor!.sidecarId),
       lease: 'x'.repeat(43),
     };
     await jetstream(nc).publish(names.agentTasks(agentId), encodeJson(forged));
+  }
+
+  /** The reports of a request a stand-in sidecar got, and whether they came as one batch. */
+  function reportsOf(msg: Msg): { batch: boolean; reports: { kind: string; taskId: string }[] } {
+    const body = msg.json<{
+      kind: string;
+      taskId: string;
+      reports?: { kind: string; taskId: string }[];
+    }>();
+    return body.reports === undefined
+      ? { batch: false, reports: [body] }
+      : { batch: true, reports: body.reports };
   }
 
   it('a task cancelled while its message waits in JetStream: the message is deleted, never run', async () => {
@@ -160,10 +174,9 @@ describeNats('NatsWorker start', () => {
       const stale = { ok: false, code: 'FABRIC_ERR_TASK_STATE', message: 'no longer current' };
       nc.subscribe(replyTo, {
         callback: (_err, msg) => {
-          const body = msg.json<{ kind?: string; reports?: { kind: string }[] }>();
-          const reports = body.reports ?? [body as { kind: string }];
+          const { batch, reports } = reportsOf(msg);
           for (const r of reports) kinds.push(r.kind);
-          if (body.reports !== undefined) {
+          if (batch) {
             // One batch: answered in order, the start stale, the outcome accepted.
             msg.respond(
               encodeJson({
@@ -180,21 +193,7 @@ describeNats('NatsWorker start', () => {
       });
       await nc.flush();
       const names = fabric.natsExecutor!.names;
-      const message = {
-        v: 1,
-        taskId: 'reordered',
-        attempt: 1,
-        taskType: 't',
-        payload: 7,
-        deadline: null,
-        timeoutSeconds: 30,
-        maxAttempts: 1,
-        agentId: agent.id,
-        poolId: null,
-        replyTo,
-        lease: 'x'.repeat(43),
-      };
-      await jetstream(nc).publish(names.agentTasks(agent.id), encodeJson(message));
+      await publishForged(nc, fabric, agent.id, 't', 7, { taskId: 'reordered', replyTo });
       let ran = 0;
       const running = worker.run({ t: (p) => (ran++, p) }, { signal: stop.signal });
       await until(() => worker.stats.completed + worker.stats.refused === 1, 10_000);
@@ -239,41 +238,18 @@ describeNats('NatsWorker start', () => {
       const starts: string[] = [];
       nc.subscribe(replyTo, {
         callback: (_err, msg) => {
-          const body = msg.json<{
-            kind?: string;
-            taskId?: string;
-            reports?: { kind: string; taskId: string }[];
-          }>();
-          const reports = body.reports ?? [body as { kind: string; taskId: string }];
+          const { batch, reports } = reportsOf(msg);
           for (const r of reports) if (r.kind === 'start') starts.push(r.taskId);
           const ok = { ok: true };
-          msg.respond(
-            encodeJson(body.reports === undefined ? ok : { answers: reports.map(() => ok) }),
-          );
+          msg.respond(encodeJson(batch ? { answers: reports.map(() => ok) } : ok));
         },
       });
       await nc.flush();
       const names = fabric.natsExecutor!.names;
-      const js = jetstream(nc);
       const jsm = await jetstreamManager(nc);
       const consumerInfo = () => jsm.consumers.info(names.stream, names.agentConsumer(agent.id));
-      const publish = async (taskId: string): Promise<void> => {
-        const message = {
-          v: 1,
-          taskId,
-          attempt: 1,
-          taskType: 't',
-          payload: taskId,
-          deadline: null,
-          timeoutSeconds: 30,
-          maxAttempts: 1,
-          agentId: agent.id,
-          poolId: null,
-          replyTo,
-          lease: 'x'.repeat(43),
-        };
-        await js.publish(names.agentTasks(agent.id), encodeJson(message));
-      };
+      const publish = (taskId: string) =>
+        publishForged(nc, fabric, agent.id, 't', taskId, { taskId, replyTo });
       const runs: string[] = [];
       let release!: () => void;
       const released = new Promise<void>((r) => (release = r));
