@@ -246,6 +246,14 @@ async function piscinaCases(ctx: BenchContext): Promise<void> {
 }
 
 /**
+ * What the depth adds to each task, in µs: t(100k) − t(1k) from the median rates at each depth
+ * (see the file header); below zero only noise, so 0.
+ */
+function depthCostUs(rates: Record<string, number>): number {
+  return Math.max(0, 1e6 / rates['100k']! - 1e6 / rates['1k']!);
+}
+
+/**
  * `rounds` measurements of each side; which side goes first alternates (the load on a shared
  * machine drifts). Returns both sides' results, in round order.
  */
@@ -301,11 +309,8 @@ async function inprocessCases(ctx: BenchContext): Promise<void> {
     });
   }
   const naiveFlatness = naive['100k']! / naive['1k']!;
-  // Per-task time at each depth (µs), from the median rates; see the file header.
-  const depthCost = (r: Record<string, number>): number =>
-    Math.max(0, 1e6 / r['100k']! - 1e6 / r['1k']!);
-  const oursCost = depthCost(results);
-  const naiveCost = depthCost(naive);
+  const oursCost = depthCostUs(results);
+  const naiveCost = depthCostUs(naive);
   ctx.report({
     suite: 'scheduler',
     case: 'dispatch-inprocess-flatness',
@@ -425,16 +430,14 @@ async function inprocessListenedCases(ctx: BenchContext): Promise<void> {
     ours[label] = median(a);
     naive[label] = median(b);
   }
-  const cost = (r: Record<string, number>): number =>
-    Math.max(0, 1e6 / r['100k']! - 1e6 / r['1k']!);
   const f = (r: Record<string, number>): string => (r['100k']! / r['1k']!).toFixed(2);
   ctx.report({
     suite: 'scheduler',
     case: 'dispatch-inprocess-depth-cost-listened',
     unit: 'µs per task, t(100k) − t(1k), no waiters',
-    value: cost(ours),
+    value: depthCostUs(ours),
     baseline: 'naive FIFO dispatcher, one callback, no promise per task',
-    baselineValue: cost(naive),
+    baselineValue: depthCostUs(naive),
     higherIsBetter: false,
     goal: `diagnostic (flatness ${f(ours)}, naive ${f(naive)}; ${Math.round(ours['1k']! / 1000)}k/s at 1k)`,
   });
