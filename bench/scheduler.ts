@@ -276,34 +276,58 @@ async function alternating(
   return [a, b];
 }
 
+/** One side of a depth case: runs `count` tasks at a steady `depth`, returns tasks/s. */
+type DepthRun = (depth: number, count: number) => Promise<number>;
+
+/**
+ * Median tasks/s of both sides at 1k and 100k in flight, by depth label (`1k`, `100k`): per
+ * depth a fresh in-process fabric, `sides` made on it, a warm-up of a quarter of `n` on each,
+ * then `rounds` alternating rounds of `n`.
+ */
+async function ratesAtDepths(
+  rounds: number,
+  n: number,
+  sides: (fabric: AgentFabric) => { ours: DepthRun; base: DepthRun },
+): Promise<{ ours: Record<string, number>; base: Record<string, number> }> {
+  const ours: Record<string, number> = {};
+  const base: Record<string, number> = {};
+  for (const depth of [1_000, 100_000]) {
+    const fabric = await fabricWith('inprocess', 4, 64);
+    const side = sides(fabric);
+    await side.ours(depth, n / 4);
+    await side.base(depth, n / 4);
+    const [a, b] = await alternating(
+      rounds,
+      () => side.ours(depth, n),
+      () => side.base(depth, n),
+    );
+    await fabric.close();
+    ours[`${depth / 1000}k`] = median(a);
+    base[`${depth / 1000}k`] = median(b);
+  }
+  return { ours, base };
+}
+
 async function inprocessCases(ctx: BenchContext): Promise<void> {
   const rounds = ctx.quick ? 3 : 7;
   const n = ctx.quick ? 100_000 : 400_000;
-  const results: Record<string, number> = {};
-  const naive: Record<string, number> = {};
-  for (const depth of [1_000, 100_000]) {
-    const fabric = await fabricWith('inprocess', 4, 64);
+  const { ours: results, base: naive } = await ratesAtDepths(rounds, n, (fabric) => {
     const ourSide = (i: number): Promise<unknown> =>
       fabric.scheduler.waitForTask(fabric.scheduler.submit({ poolId: 'bench' }, 'noop', i));
     const baseSide = naiveDispatcher();
-    await steadyDepth(ourSide, depth, n / 4);
-    await steadyDepth(baseSide, depth, n / 4);
-    const [ours, base] = await alternating(
-      rounds,
-      () => steadyDepth(ourSide, depth, n),
-      () => steadyDepth(baseSide, depth, n),
-    );
-    await fabric.close();
-    const label = `${depth / 1000}k`;
-    results[label] = median(ours);
-    naive[label] = median(base);
+    return {
+      ours: (depth, count) => steadyDepth(ourSide, depth, count),
+      base: (depth, count) => steadyDepth(baseSide, depth, count),
+    };
+  });
+  for (const label of ['1k', '100k']) {
     ctx.report({
       suite: 'scheduler',
       case: `dispatch-inprocess-${label}`,
       unit: `tasks/s, ${label} in flight`,
-      value: median(ours),
+      value: results[label]!,
       baseline: 'naive FIFO dispatcher, same depth',
-      baselineValue: median(base),
+      baselineValue: naive[label]!,
       higherIsBetter: true,
       goal: '≥ 300k tasks/s',
     });
@@ -407,10 +431,7 @@ function naiveListened(): ListenedSide {
 async function inprocessListenedCases(ctx: BenchContext): Promise<void> {
   const rounds = ctx.quick ? 1 : 3;
   const n = ctx.quick ? 100_000 : 200_000;
-  const ours: Record<string, number> = {};
-  const naive: Record<string, number> = {};
-  for (const depth of [1_000, 100_000]) {
-    const fabric = await fabricWith('inprocess', 4, 64);
+  const { ours, base: naive } = await ratesAtDepths(rounds, n, (fabric) => {
     const scheduler = fabric.scheduler;
     const ourSide: ListenedSide = {
       onDone: () => {},
@@ -418,18 +439,11 @@ async function inprocessListenedCases(ctx: BenchContext): Promise<void> {
     };
     scheduler.events.on('task.finished', () => ourSide.onDone());
     const baseSide = naiveListened();
-    await steadyDepthListened(ourSide, depth, n / 4);
-    await steadyDepthListened(baseSide, depth, n / 4);
-    const [a, b] = await alternating(
-      rounds,
-      () => steadyDepthListened(ourSide, depth, n),
-      () => steadyDepthListened(baseSide, depth, n),
-    );
-    await fabric.close();
-    const label = `${depth / 1000}k`;
-    ours[label] = median(a);
-    naive[label] = median(b);
-  }
+    return {
+      ours: (depth, count) => steadyDepthListened(ourSide, depth, count),
+      base: (depth, count) => steadyDepthListened(baseSide, depth, count),
+    };
+  });
   const f = (r: Record<string, number>): string => (r['100k']! / r['1k']!).toFixed(2);
   ctx.report({
     suite: 'scheduler',

@@ -24,8 +24,13 @@ describeNats('NatsWorker start', () => {
     concurrency: number,
     startBeforeAnswer?: boolean,
     maxConcurrentTasksPerAgent?: number,
+    ackWaitSeconds?: number,
   ) {
-    const nats = { url: suiteServer().url, namespace };
+    const nats = {
+      url: suiteServer().url,
+      namespace,
+      ...(ackWaitSeconds ? { ackWaitSeconds } : {}),
+    };
     const fabric = new AgentFabric(
       {
         heartbeatIntervalSeconds: 60,
@@ -220,17 +225,7 @@ describeNats('NatsWorker start', () => {
     // the tasks' replyTo accepts every start (the real one counts a second take-up of a started
     // attempt as lost and runs the task again): a worker that took the second delivery up too
     // would run `b` twice.
-    const nats = { url: suiteServer().url, namespace: 'held', ackWaitSeconds: 1 };
-    const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
-    await fabric.start();
-    const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-    await fabric.natsExecutor!.consumersReady();
-    const worker = await NatsWorker.connect({
-      nats,
-      agentId: agent.id,
-      credential: agent.credential,
-      concurrency: 2,
-    });
+    const { fabric, agent, worker } = await setup('held', 2, undefined, undefined, 1);
     const stop = new AbortController();
     const nc = await connect({ servers: suiteServer().url });
     try {
