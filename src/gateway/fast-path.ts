@@ -38,6 +38,7 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import type { z } from 'zod';
 import { argumentsJson } from './args-json.js';
+import { LINE_QUEUED } from './line-writer.js';
 import { RelayedMcpError } from './map-error.js';
 import { rememberRawResult, rawResponseLine } from './raw-results.js';
 
@@ -315,9 +316,11 @@ export class FastUpstreamCalls {
         const message = { jsonrpc: '2.0', id, method: request.method, params: request.params };
         sent = transport.send(message as JSONRPCMessage);
       }
-      sent.catch((error: unknown) => {
-        if (this.#finish(id)) reject(error);
-      });
+      if (sent !== LINE_QUEUED) {
+        sent.catch((error: unknown) => {
+          if (this.#finish(id)) reject(error);
+        });
+      }
     });
   }
 
@@ -564,6 +567,7 @@ export class FastToolCalls {
     }
     // After the write: the transport flushes on this turn's first tick, queued before this one.
     if (call.after) process.nextTick(this.#runAfter, call);
+    if (sent === LINE_QUEUED) return; // written with this turn's lines: nothing to wait for
     try {
       await sent;
     } catch (error) {
