@@ -19,6 +19,7 @@ import { hash } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { ConfigError } from '../errors.js';
+import { argumentsJson } from './args-json.js';
 
 /** Default of {@link AuditLogOptions.maxBytes}: 10 MiB. */
 export const DEFAULT_AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -80,9 +81,15 @@ export interface AuditLogOptions {
   onError?: (error: unknown) => void;
 }
 
-/** SHA-256 hex digest of a value's JSON form. */
+/**
+ * SHA-256 hex digest of a value's JSON form (`JSON.stringify(args ?? {})`). For an object, the
+ * text its forwarded request line already carried is reused (args-json.ts): the same text.
+ */
 export function digestArgs(args: unknown): string {
-  return hash('sha256', JSON.stringify(args ?? {}), 'hex');
+  const value = args ?? {};
+  const json =
+    typeof value === 'object' && value !== null ? argumentsJson(value) : JSON.stringify(value);
+  return hash('sha256', json, 'hex');
 }
 
 /** The outcome fields of a call's record (see {@link AuditLog.writeCall}). */

@@ -37,6 +37,8 @@ import {
   type Result,
 } from '@modelcontextprotocol/sdk/types.js';
 import type { z } from 'zod';
+import { argumentsJson } from './args-json.js';
+import { LINE_QUEUED } from './line-writer.js';
 import { RelayedMcpError } from './map-error.js';
 import { rememberRawResult, rawResponseLine } from './raw-results.js';
 
@@ -110,6 +112,47 @@ export function validCallToolResult(result: unknown): Result {
 
 // ---------------------------------------------------------------------------------------------
 // Upstream: requests on a Client's transport
+
+let lastName = '';
+let lastNameJson = '""';
+
+/**
+ * The line `JSON.stringify({ jsonrpc: '2.0', id, method, params })` makes of a request whose
+ * params are `{ name, arguments }` (in that order, `arguments` a plain object or absent), built
+ * around the arguments' text from {@link argumentsJson} — the text the audit log then digests
+ * without serializing the arguments again. The generic serialization of the envelope, with its
+ * `toJSON` lookups per object, was most of a forwarded call's `JSON.stringify` time. Undefined
+ * for any other shape (and when the arguments cannot be serialized): the caller sends it as a
+ * message, as before.
+ */
+function requestLine(id: number, method: string, params: unknown): string | undefined {
+  if (!isObject(params)) return undefined;
+  let keys = 0;
+  for (const k in params) {
+    if (k !== (keys === 0 ? 'name' : 'arguments') || keys === 2) return undefined;
+    keys++;
+  }
+  const name = params.name;
+  const args = params.arguments;
+  if (typeof name !== 'string') return undefined;
+  // A `toJSON` of the arguments themselves would be called with another key inside the
+  // message than alone: such values take the generic path.
+  if (args !== undefined && (!isObject(args) || typeof args.toJSON === 'function')) {
+    return undefined;
+  }
+  let argsText: string;
+  try {
+    argsText = args === undefined ? '' : `,"arguments":${argumentsJson(args)}`;
+  } catch {
+    return undefined; // the generic path reports it as it always did
+  }
+  if (name !== lastName) {
+    lastNameJson = JSON.stringify(name);
+    lastName = name;
+  }
+  const m = method === 'tools/call' ? '"tools/call"' : JSON.stringify(method);
+  return `{"jsonrpc":"2.0","id":${id},"method":${m},"params":{"name":${lastNameJson}${argsText}}}`;
+}
 
 interface Pending {
   resolve(result: Result): void;
@@ -259,11 +302,25 @@ export class FastUpstreamCalls {
         else c.addEventListener('abort', (entry.onAbort = () => stop(c.reason)), { once: true });
       }
       this.#pending.set(id, entry);
-      // A literal of fixed shape: spreading `request` cost more than the rest of the send.
-      const message = { jsonrpc: '2.0', id, method: request.method, params: request.params };
-      this.#transport.send(message as JSONRPCMessage).catch((error: unknown) => {
-        if (this.#finish(id)) reject(error);
-      });
+      const transport = this.#transport as Transport & {
+        sendLine?: (json: string) => Promise<void>;
+      };
+      const line =
+        transport.sendLine === undefined
+          ? undefined
+          : requestLine(id, request.method, request.params);
+      let sent: Promise<void>;
+      if (line !== undefined) sent = transport.sendLine!(line);
+      else {
+        // A literal of fixed shape: spreading `request` cost more than the rest of the send.
+        const message = { jsonrpc: '2.0', id, method: request.method, params: request.params };
+        sent = transport.send(message as JSONRPCMessage);
+      }
+      if (sent !== LINE_QUEUED) {
+        sent.catch((error: unknown) => {
+          if (this.#finish(id)) reject(error);
+        });
+      }
     });
   }
 
@@ -510,6 +567,7 @@ export class FastToolCalls {
     }
     // After the write: the transport flushes on this turn's first tick, queued before this one.
     if (call.after) process.nextTick(this.#runAfter, call);
+    if (sent === LINE_QUEUED) return; // written with this turn's lines: nothing to wait for
     try {
       await sent;
     } catch (error) {

@@ -29,6 +29,13 @@ export interface LineSink {
  */
 export type LineFlush = 'ticks' | 'poll';
 
+/**
+ * What {@link LineWriter.sendLine} returns when the line was queued and the stream needs no
+ * drain: one promise, already resolved, for every such line. A caller may compare with it and
+ * skip reacting (a `.catch` or an `await` of a resolved promise still costs a microtask).
+ */
+export const LINE_QUEUED: Promise<void> = Promise.resolve();
+
 /** Serializes messages onto a stream, one JSON line each. */
 export class LineWriter {
   readonly #sink: () => LineSink | undefined;
@@ -69,7 +76,7 @@ export class LineWriter {
       else process.nextTick(this.flush);
     }
     const sink = this.#sink();
-    if (!sink?.writableNeedDrain) return Promise.resolve();
+    if (!sink?.writableNeedDrain) return LINE_QUEUED;
     return new Promise((resolve) => sink.once('drain', resolve));
   }
 

@@ -229,6 +229,12 @@ export class ProcessStdioTransport implements Transport {
     return this.#writer.send(message);
   }
 
+  /** {@link send} for a message already serialized as one line of JSON (no newline). */
+  sendLine(json: string): Promise<void> {
+    if (!this.#child?.stdin || this.#closed) return Promise.reject(new Error('Not connected'));
+    return this.#writer.sendLine(json);
+  }
+
   /** Signals the whole process group (falls back to the child alone). */
   #signal(sig: NodeJS.Signals): void {
     const pid = this.#pid;

@@ -106,6 +106,21 @@ describe('AuditLog batching', () => {
     expect(lines()).toHaveLength(2);
   });
 
+  it('writes batches larger and smaller than its encode buffer whole, in order', () => {
+    const log = open({ flushIntervalMs: 0 });
+    const fields = { decision: 'allow', outcome: 'ok' };
+    const at = Date.UTC(2026, 0, 1);
+    const big = 'ü🚀'.repeat(12_000); // over the 64 KiB buffer's third: encoded on its own
+    log.writeCall('agent-ü-long', 'fs__read', { i: 0 }, at, 1.5, fields);
+    log.flush();
+    log.writeCall(big, 'fs__read', { i: 1 }, at, 1.5, fields);
+    log.flush();
+    log.writeCall('a', 'fs__read', { i: 2 }, at, 1.5, fields); // shorter than the first batch
+    log.flush();
+    expect(lines().map((l) => l.agent)).toEqual(['agent-ü-long', big, 'a']);
+    expect(lines().map((l) => l.argsDigest)).toEqual([0, 1, 2].map((i) => digestArgs({ i })));
+  });
+
   it('rejects a negative or fractional interval naming the key', () => {
     for (const flushIntervalMs of [-1, 1.5, Number.NaN]) {
       expect(() => new AuditLog({ path, flushIntervalMs })).toThrow(ConfigError);
