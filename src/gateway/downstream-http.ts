@@ -30,6 +30,7 @@ import {
 } from './downstream-http-transport.js';
 import type { ToolGateway } from './gateway.js';
 import {
+  arrivedBody,
   closesConnection,
   DEFAULT_BODY_TIMEOUT_MS,
   readBody,
@@ -367,14 +368,17 @@ export class McpHttpEndpoint {
     // (this handler may not have awaited anything yet): one turn later it is complete, and
     // readBody takes it without listeners or a timer.
     if (!req.complete) await undefined;
-    let text: string;
-    try {
-      text = await readBody(req, { limit: this.#maxBody, timeoutMs: this.#bodyTimeoutMs });
-    } catch (error) {
-      if (!closesConnection(error)) throw error;
-      const tooLarge = error instanceof PayloadTooLargeError;
-      sendJsonRpcRefusal(req, res, error as FabricError, tooLarge ? -32600 : -32000);
-      return;
+    // Taken at once when it has arrived (no second await), else read within the bounds.
+    let text = arrivedBody(req, this.#maxBody);
+    if (text === undefined) {
+      try {
+        text = await readBody(req, { limit: this.#maxBody, timeoutMs: this.#bodyTimeoutMs });
+      } catch (error) {
+        if (!closesConnection(error)) throw error;
+        const tooLarge = error instanceof PayloadTooLargeError;
+        sendJsonRpcRefusal(req, res, error as FabricError, tooLarge ? -32600 : -32000);
+        return;
+      }
     }
     let body: unknown;
     try {

@@ -311,7 +311,7 @@ describe('input bounds over Streamable HTTP (real sidecar, real filesystem serve
         `{"jsonrpc":"2.0","id":${id},"method":"tools/call","params":{"name":"deep__exact","arguments":{}}}`,
       );
       expect(r.text).toBe(
-        `{"result":{"content":[{"type":"text","text":"${'{['.repeat(600)}"}],"structuredContent":{"n":1.50, "big":12345678901234567890}},"jsonrpc":"2.0","id":${id}}`,
+        `{"result":{"content":[{"type":"text","text":"${'{['.repeat(600)}"}],"structuredContent":{"n":1.50,\r"big":12345678901234567890}},"jsonrpc":"2.0","id":${id}}`,
       );
     });
 
