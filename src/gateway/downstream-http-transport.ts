@@ -110,6 +110,52 @@ const SSE_HEADERS = {
 
 const DUPLICATE_ID = 'Invalid Request: id is already used by a request in flight in this session';
 
+/**
+ * Nesting below which {@link HttpSessionTransport.sendLine} writes a response's text as it is:
+ * far below the ~4,000 levels at which `JSON.stringify` runs out of stack, so a text within it
+ * is one `send` would have serialized too.
+ */
+const RAW_MAX_NESTING = 1000;
+
+/**
+ * True when the JSON text `json` nests arrays and objects fewer than `limit` levels deep. A level
+ * takes two characters, and the count of `{` and `[` bounds the depth: those settle nearly every
+ * text at once; only a text with `limit` of them is walked (strings skipped).
+ */
+export function nestsFewerThan(json: string, limit: number): boolean {
+  if (json.length < 2 * limit) return true;
+  let openings = 0;
+  for (let i = json.indexOf('{'); i !== -1 && openings < limit; i = json.indexOf('{', i + 1)) {
+    openings++;
+  }
+  for (let i = json.indexOf('['); i !== -1 && openings < limit; i = json.indexOf('[', i + 1)) {
+    openings++;
+  }
+  if (openings < limit) return true;
+  let depth = 0;
+  for (let i = 0; i < json.length; i++) {
+    const c = json.charCodeAt(i);
+    if (c === 0x22 /* " */) {
+      // To the closing quote: the next one not escaped (preceded by an even run of `\`).
+      for (;;) {
+        i = json.indexOf('"', i + 1);
+        if (i === -1) return false; // not JSON text: `send`'s serialization decides
+        let backslashes = 0;
+        while (json.charCodeAt(i - 1 - backslashes) === 0x5c /* \ */) backslashes++;
+        if (backslashes % 2 === 0) break;
+      }
+    } else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
+      if (++depth >= limit) return false;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) depth--;
+  }
+  return true;
+}
+
+/** `json` with its line breaks (whitespace between tokens in valid JSON text) as spaces. */
+function oneLine(json: string): string {
+  return json.replace(/[\r\n]/g, ' ');
+}
+
 /** One Streamable HTTP session's server transport. */
 export class HttpSessionTransport implements Transport {
   readonly sessionId: string;
@@ -319,7 +365,12 @@ export class HttpSessionTransport implements Transport {
   }
 
   #writeEvent(res: ServerResponse, json: string): void {
-    if (!res.writableEnded) res.write(`event: message\ndata: ${json}\n\n`);
+    if (res.writableEnded) return;
+    // One `data:` line: a line break in a response's text handed over by `sendLine` can only be
+    // whitespace between JSON tokens (JSON escapes them inside strings). JSON.stringify writes
+    // none.
+    const data = json.includes('\n') || json.includes('\r') ? oneLine(json) : json;
+    res.write(`event: message\ndata: ${data}\n\n`);
   }
 
   /**
@@ -338,6 +389,48 @@ export class HttpSessionTransport implements Transport {
     else ex.held++;
   }
 
+  /** Answers `id`, a request of `ex` still pending, with the response text `json`. */
+  #respond(ex: Exchange, id: RequestId, json: string): void {
+    this.#exchanges.delete(id);
+    ex.pending.delete(id);
+    this.#answered(ex);
+    if (ex.sse) {
+      // The SDK client dispatches notifications on a microtask but responses synchronously,
+      // so a response read in the same chunk as the last progress notification would
+      // overtake it and the notification would be dropped. Write the response a turn later.
+      // The stream ends after the last queued response: responses of a batch that arrive in
+      // one turn were lost when the first one's turn ended the stream.
+      ex.queued++;
+      setImmediate(() => {
+        ex.queued--;
+        this.#writeEvent(ex.res, json);
+        if (ex.pending.size === 0) this.#finish(ex);
+      });
+      return;
+    }
+    ex.responses.push(json);
+    if (ex.pending.size === 0) this.#finish(ex);
+  }
+
+  /**
+   * {@link send} for a response already serialized: `json` is the JSON text of the response to
+   * the request `id` (the fast path hands over its upstream's line with the agent's id, so the
+   * result is not serialized again).
+   */
+  sendLine(json: string, id: RequestId): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error('Not connected'));
+    const ex = this.#exchanges.get(id);
+    if (ex === undefined) return Promise.resolve(); // cancelled, or the session closed
+    let text: string;
+    if (!nestsFewerThan(json, RAW_MAX_NESTING)) {
+      // What `send` would write for it: an InternalError response when JSON.stringify cannot
+      // serialize it (a hostile upstream's result nested thousands of levels deep).
+      text = serializeMessage(JSON.parse(json) as JSONRPCMessage);
+    } else text = json;
+    this.#respond(ex, id, text);
+    return Promise.resolve();
+  }
+
   async send(message: JSONRPCMessage, options?: TransportSendOptions): Promise<void> {
     if (this.#closed) throw new Error('Not connected');
     const e = message as Envelope;
@@ -347,26 +440,7 @@ export class HttpSessionTransport implements Transport {
       const ex = this.#exchanges.get(id);
       if (!ex) return; // the request was cancelled, or the session closed
       // Serialized here, not in the timer below: it cannot throw for a response.
-      const json = serializeMessage(message);
-      this.#exchanges.delete(id);
-      ex.pending.delete(id);
-      this.#answered(ex);
-      if (ex.sse) {
-        // The SDK client dispatches notifications on a microtask but responses synchronously,
-        // so a response read in the same chunk as the last progress notification would
-        // overtake it and the notification would be dropped. Write the response a turn later.
-        // The stream ends after the last queued response: responses of a batch that arrive in
-        // one turn were lost when the first one's turn ended the stream.
-        ex.queued++;
-        setImmediate(() => {
-          ex.queued--;
-          this.#writeEvent(ex.res, json);
-          if (ex.pending.size === 0) this.#finish(ex);
-        });
-        return;
-      }
-      ex.responses.push(json);
-      if (ex.pending.size === 0) this.#finish(ex);
+      this.#respond(ex, id, serializeMessage(message));
       return;
     }
     const notification = e.id === undefined;

@@ -30,6 +30,7 @@ import {
 } from './downstream-http-transport.js';
 import type { ToolGateway } from './gateway.js';
 import {
+  arrivedBody,
   closesConnection,
   DEFAULT_BODY_TIMEOUT_MS,
   readBody,
@@ -363,18 +364,23 @@ export class McpHttpEndpoint {
     entry: HttpSession | undefined,
     epoch: number | undefined,
   ): Promise<void> {
-    // The parser hands over a body that came with its headers right after the request event
-    // (this handler may not have awaited anything yet): one turn later it is complete, and
-    // readBody takes it without listeners or a timer.
-    if (!req.complete) await undefined;
-    let text: string;
-    try {
-      text = await readBody(req, { limit: this.#maxBody, timeoutMs: this.#bodyTimeoutMs });
-    } catch (error) {
-      if (!closesConnection(error)) throw error;
-      const tooLarge = error instanceof PayloadTooLargeError;
-      sendJsonRpcRefusal(req, res, error as FabricError, tooLarge ? -32600 : -32000);
-      return;
+    // The request event comes when the headers are parsed, and microtasks run before the parser
+    // goes on with the body that came in the same read: after awaits (as this handler did
+    // before) the body is not complete yet, and reading it took listeners and a timer. The
+    // check phase of this loop iteration comes after the whole read was parsed: a body that
+    // came with its headers is complete there, and is taken without either.
+    if (!req.complete) await new Promise<void>((resolve) => setImmediate(resolve));
+    // Taken at once when it has arrived, else read within the bounds.
+    let text = arrivedBody(req, this.#maxBody);
+    if (text === undefined) {
+      try {
+        text = await readBody(req, { limit: this.#maxBody, timeoutMs: this.#bodyTimeoutMs });
+      } catch (error) {
+        if (!closesConnection(error)) throw error;
+        const tooLarge = error instanceof PayloadTooLargeError;
+        sendJsonRpcRefusal(req, res, error as FabricError, tooLarge ? -32600 : -32000);
+        return;
+      }
     }
     let body: unknown;
     try {

@@ -553,14 +553,17 @@ export class FastToolCalls {
     let sent: Promise<void> | undefined;
     try {
       if (response) {
-        const sendLine = (this.#transport as { sendLine?: (json: string) => Promise<void> })
-          .sendLine;
+        // A transport that takes a response's text (stdio, Streamable HTTP) gets the upstream's
+        // line with the agent's id: the result is not serialized again.
+        const sendLine = (
+          this.#transport as { sendLine?: (json: string, id: RequestId) => Promise<void> }
+        ).sendLine;
         const line =
           sendLine && 'result' in response ? rawResponseLine(response.result, id) : undefined;
         sent =
           line === undefined
             ? this.#transport.send(response)
-            : sendLine!.call(this.#transport, line);
+            : sendLine!.call(this.#transport, line, id);
       }
     } catch (error) {
       sent = Promise.reject(error as Error);

@@ -29,6 +29,18 @@ export interface ReadBodyOptions {
 }
 
 /**
+ * The body as UTF-8 text when the whole of it has arrived and is within `limit` bytes (a small
+ * body comes in the packet of its headers, and the parser has finished the message by the time
+ * the handler's first await resumes): taken from the stream's buffer at once — no listeners, no
+ * timer, no waiting for `end`. Undefined otherwise: {@link readBody} reads it.
+ */
+export function arrivedBody(req: IncomingMessage, limit: number): string | undefined {
+  if (!req.complete || req.readableLength > limit || req.readableFlowing) return undefined;
+  const body = req.read() as Buffer | null;
+  return body === null ? '' : body.toString('utf8');
+}
+
+/**
  * Reads a request body as UTF-8 text.
  *
  * @throws PayloadTooLargeError after the body went past `limit` (the rest was drained, up to
@@ -38,13 +50,8 @@ export interface ReadBodyOptions {
  */
 export function readBody(req: IncomingMessage, options: ReadBodyOptions): Promise<string> {
   const { limit } = options;
-  // The whole body has arrived (a small body comes in the packet of its headers, and the parser
-  // has finished the message by the time the handler's first await resumes): take it from the
-  // stream's buffer at once — no listeners, no timer, no waiting for `end`.
-  if (req.complete && req.readableLength <= limit && !req.readableFlowing) {
-    const body = req.read() as Buffer | null;
-    return Promise.resolve(body === null ? '' : body.toString('utf8'));
-  }
+  const arrived = arrivedBody(req, limit);
+  if (arrived !== undefined) return Promise.resolve(arrived);
   const timeoutMs = options.timeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
   return new Promise((resolve, reject) => {
     let chunks: Buffer[] = [];

@@ -91,10 +91,13 @@ function auditLines(path: string): Record<string, unknown>[] {
 }
 
 /** A raw Streamable HTTP session: bodies the SDK client could not even serialize. */
+/** The response to one POST (its text kept, as `text`, beside the parsed message). */
+type RawAnswer = RpcResponse & { readonly text: string };
+
 async function rawHttpSession(
   url: string,
   token: string,
-): Promise<(body: string) => Promise<RpcResponse>> {
+): Promise<(body: string) => Promise<RawAnswer>> {
   const headers = {
     authorization: `Bearer ${token}`,
     'content-type': 'application/json',
@@ -114,13 +117,13 @@ async function rawHttpSession(
     const res = await fetch(url, { method: 'POST', headers: withSession, body });
     const raw = await res.text();
     if (!(res.headers.get('content-type') ?? '').includes('text/event-stream')) {
-      return JSON.parse(raw) as RpcResponse;
+      return { ...(JSON.parse(raw) as RpcResponse), text: raw };
     }
     // SSE: the response is the event with an id.
     const messages = raw
       .split('\n')
       .filter((l) => l.startsWith('data: '))
-      .map((l) => JSON.parse(l.slice(6)) as RpcResponse);
+      .map((l) => ({ ...(JSON.parse(l.slice(6)) as RpcResponse), text: l.slice(6) }));
     return messages.find((m) => m.id !== undefined)!;
   };
 }
@@ -131,7 +134,7 @@ describe('input bounds over Streamable HTTP (real sidecar, real filesystem serve
   const auditPath = join(dir, 'audit', 'audit.log');
   let sidecar: Sidecar;
   let agent: Client;
-  let raw: (body: string) => Promise<RpcResponse>;
+  let raw: (body: string) => Promise<RawAnswer>;
   let nextId = 100;
 
   beforeAll(async () => {
@@ -299,6 +302,17 @@ describe('input bounds over Streamable HTTP (real sidecar, real filesystem serve
       expect(r.error).toMatchObject({ code: -32603, data: { code: 'FABRIC_ERR_INTERNAL' } });
       expect(r.error!.message).toMatch(/could not be serialized/);
       await ordinaryCallWorks('after-deep-result');
+    });
+
+    it('passes a shallow result on as the upstream wrote it, however many braces its strings hold', async () => {
+      // The fast path's answer is the upstream's text, not serialized again (numbers as written).
+      const id = nextId++;
+      const r = await raw(
+        `{"jsonrpc":"2.0","id":${id},"method":"tools/call","params":{"name":"deep__exact","arguments":{}}}`,
+      );
+      expect(r.text).toBe(
+        `{"result":{"content":[{"type":"text","text":"${'{['.repeat(600)}"}],"structuredContent":{"n":1.50,\r"big":12345678901234567890}},"jsonrpc":"2.0","id":${id}}`,
+      );
     });
 
     it('answers on the SSE stream too (a progress notification came first)', async () => {

@@ -1,13 +1,17 @@
 /**
  * HttpSessionTransport alone, over a fake response: when a POST's requests stop counting as in
  * flight, what a stream whose client does not read may hold, and that every response of an SSE
- * batch is written before the stream ends.
+ * batch is written before the stream ends; and that a response handed over as text (the fast
+ * path's upstream line) is written as it is.
  */
 import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import { describe, expect, it } from 'vitest';
-import { HttpSessionTransport } from '../../src/gateway/downstream-http-transport.js';
+import {
+  HttpSessionTransport,
+  nestsFewerThan,
+} from '../../src/gateway/downstream-http-transport.js';
 import type { MessageKind } from '../../src/gateway/jsonrpc-message.js';
 
 /** A response whose socket takes nothing while `stuck` (the client does not read). */
@@ -163,5 +167,72 @@ describe('HttpSessionTransport', () => {
     expect(t.dropped()).toBeGreaterThan(80);
     expect(t.transport.unsentBytes).toBeLessThan(1024 + 200);
     await t.transport.close();
+  });
+
+  describe('sendLine: a response already serialized', () => {
+    // What the fast path hands over: the upstream's line with the agent's id, numbers as written.
+    const line = (id: number, result = '{"n":1.50,"big":12345678901234567890}'): string =>
+      `{"result":${result},"jsonrpc":"2.0","id":${id}}`;
+
+    it('writes the text as it is in a JSON answer (not serialized again)', async () => {
+      const t = setup();
+      const res = t.post([1]);
+      await t.transport.sendLine(line(1), 1);
+      expect(res.status).toBe(200);
+      expect(res.chunks).toEqual([line(1)]);
+      res.flushed();
+      expect(t.done()).toBe(1);
+    });
+
+    it('writes it as one SSE data line, its line breaks (whitespace) as spaces', async () => {
+      const t = setup();
+      const res = t.post([1]);
+      await t.transport.send(progress(0), { relatedRequestId: 1 });
+      await t.transport.sendLine(line(1, '{\r\n"n":1.50,\r"s":"a\\nb"\n}'), 1);
+      await turn();
+      const data = res.chunks.filter((c) => c.startsWith('event: message')).at(-1)!;
+      expect(data).toBe(`event: message\ndata: ${line(1, '{  "n":1.50, "s":"a\\nb" }')}\n\n`);
+      expect(res.events().map((m) => m.id ?? m.method)).toEqual(['notifications/progress', 1]);
+    });
+
+    it('answers a result nested too deep for JSON.stringify as send does: an InternalError', async () => {
+      const t = setup();
+      const res = t.post([7]);
+      const deep = `${'{"a":'.repeat(10_000)}1${'}'.repeat(10_000)}`;
+      await t.transport.sendLine(line(7, deep), 7);
+      const answer = JSON.parse(res.chunks[0]!) as { id: number; error: { code: number } };
+      expect(answer).toMatchObject({ id: 7, error: { code: -32603 } });
+    });
+
+    it('drops the text of a request no longer pending (cancelled, or answered)', async () => {
+      const t = setup();
+      const res = t.post([1]);
+      await t.transport.sendLine(line(1), 1);
+      await t.transport.sendLine(line(1, '{"again":true}'), 1);
+      await t.transport.sendLine(line(2), 2);
+      expect(res.chunks).toEqual([line(1)]);
+    });
+  });
+
+  describe('nestsFewerThan', () => {
+    it('bounds the depth by the count of openings, and walks only texts with many', () => {
+      expect(nestsFewerThan('{"a":[1,{"b":[]}]}', 5)).toBe(true);
+      expect(nestsFewerThan('{"a":[1,{"b":[]}]}', 4)).toBe(false);
+      // Many openings, little depth.
+      expect(nestsFewerThan(`[${'[],'.repeat(50)}[]]`, 3)).toBe(true);
+      expect(nestsFewerThan(`[${'{},'.repeat(50)}[[]]]`, 3)).toBe(false);
+    });
+
+    it('skips strings, escaped quotes and backslashes included', () => {
+      const braces = JSON.stringify('{[{[ "\\" \\"[[[[ ' + '{'.repeat(20));
+      expect(nestsFewerThan(`{"t":${braces}}`, 2)).toBe(true);
+      expect(nestsFewerThan(`{"t":${braces},"u":[[]]}`, 3)).toBe(false);
+      expect(nestsFewerThan(`{"t":"\\\\","u":{}}`, 2)).toBe(false);
+      expect(nestsFewerThan(`{"t":"\\\\","u":1}`, 2)).toBe(true);
+    });
+
+    it('calls a text with an unterminated string too deep (serialization decides)', () => {
+      expect(nestsFewerThan(`["${'['.repeat(10)}`, 5)).toBe(false);
+    });
   });
 });
