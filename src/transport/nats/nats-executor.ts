@@ -163,7 +163,7 @@ export class NatsExecutor implements TaskExecutor {
   #inbox: ReplyInbox | undefined;
   #sub: Subscription | undefined;
   #vouchSub: Subscription | undefined;
-  /** Assignments dispatched after the first of this event-loop turn (see {@link dispatch}). */
+  /** Assignments dispatched and not published yet (see {@link dispatch}). */
   #later: TaskAssignment[] | undefined;
   /** Report answers not sent yet: they travel with the next publishes (see {@link #answer}). */
   #answers: [Msg, Uint8Array][] = [];
@@ -251,24 +251,28 @@ export class NatsExecutor implements TaskExecutor {
       if (!this.#closed) for (const a of batch) this.#waiting.push(a);
       return;
     }
-    // On a microtask queued after the store's commit of these starts (queued when the scheduler
-    // saved them): an assignment leaves only once its attempt is on disk. The first batch of a
-    // turn of the event loop goes out at once; those dispatched after it in the same turn wait
-    // for the turn's end and leave together, in one socket write (each publish flushed on its
-    // own microtask was a write — and a read for the server — per task at a paced rate).
+    // Everything dispatched while the microtask queue runs leaves together once it is empty, in
+    // one socket write (each publish flushed on its own microtask was a write — and a read for
+    // the server — per task at a paced rate), and no later: not at the end of the event-loop
+    // turn, after the I/O callbacks of the turn (that wait was most of the time from scheduling
+    // to publishing at a paced rate). A microtask queued now runs after the store's commit of
+    // these starts (queued when the scheduler saved them), so an assignment leaves only once its
+    // attempt is on disk; the `nextTick` it queues runs only once the whole microtask queue has
+    // run (Node runs next-tick callbacks between microtask checkpoints, not within one).
     if (this.#later !== undefined) {
       for (const a of batch) this.#later.push(a);
       return;
     }
-    this.#later = [];
-    setImmediate(this.#publishLater);
-    queueMicrotask(() => {
-      for (const a of batch) this.#publish(a, 0);
-      this.#sendAnswers();
-    });
+    this.#later = [...batch];
+    queueMicrotask(this.#publishSoon);
   }
 
-  /** Publishes the assignments dispatched after the first of this turn (see {@link dispatch}). */
+  /** Queues {@link #publishLater} for the end of this microtask checkpoint (see {@link dispatch}). */
+  readonly #publishSoon = (): void => {
+    process.nextTick(this.#publishLater);
+  };
+
+  /** Publishes the assignments dispatched since the last publish (see {@link dispatch}). */
   readonly #publishLater = (): void => {
     const later = this.#later ?? [];
     this.#later = undefined;
