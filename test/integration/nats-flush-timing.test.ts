@@ -1,0 +1,117 @@
+/**
+ * When the messages on a task's way to its start leave, against a real nats-server: a task's
+ * publish (sidecar) and a `start` report (worker) are handed to the connection once the
+ * microtask queue they were made in has run — together with everything else made in it, in one
+ * write — and not at the end of the event-loop turn, after the turn's other I/O callbacks
+ * (observed as: before a `setImmediate` queued earlier). No timings are asserted, only order.
+ */
+import { expect, it } from 'vitest';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { NatsAgentLink } from '../../src/transport/nats/nats-agent-link.js';
+import { NatsExecutor } from '../../src/transport/nats/nats-executor.js';
+import { parseNatsOptions } from '../../src/transport/nats/nats-options.js';
+import { natsNames } from '../../src/transport/nats/subjects.js';
+import type { TaskMessage } from '../../src/transport/nats/wire.js';
+import { until } from '../fixtures/gateway/harness.js';
+import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
+
+/** Records `label` whenever `nc` is handed a publish whose subject contains `part`. */
+function spyPublish(nc: NatsConnection, part: string, order: string[], label: string): void {
+  const publish = nc.publish.bind(nc);
+  nc.publish = (subject, ...rest) => {
+    if (subject.includes(part)) order.push(label);
+    publish(subject, ...rest);
+  };
+}
+
+describeNats('NATS flush timing', () => {
+  const server = natsServerPerSuite();
+
+  it('publishes the tasks dispatched in one microtask run together, before the turn’s end', async () => {
+    const nc = await connect({ servers: server().url });
+    const exec = new NatsExecutor(parseNatsOptions({ url: server().url, namespace: 'flush' }), {
+      ackWaitMs: 30_000,
+    });
+    exec.setHost({
+      task: () => ({
+        attempt: 1,
+        dispatched: true,
+        started: false,
+        agentId: 'a1',
+        poolId: undefined,
+        maxAttempts: 3,
+      }),
+      credentialHash: () => undefined,
+      agentPool: () => undefined,
+    });
+    exec.bind({ complete() {}, fail() {}, started() {}, progress() {} });
+    await exec.start(nc);
+    await new Promise((r) => setImmediate(r)); // what start() dispatched (nothing) is out
+    const order: string[] = [];
+    spyPublish(nc, '.task.', order, 'publish');
+    const assignment = (taskId: string) => ({
+      taskId,
+      attempt: 1,
+      agentId: 'a1',
+      taskType: 't',
+      payload: null,
+      deadline: undefined,
+      timeoutSeconds: 30,
+    });
+    setImmediate(() => order.push('immediate'));
+    // As the scheduler does: each dispatch from a microtask, after the store's commit of its
+    // attempt was queued (the publish must follow the commit).
+    queueMicrotask(() => {
+      queueMicrotask(() => order.push('commit t1'));
+      exec.dispatch([assignment('t1')]);
+      void Promise.resolve().then(() => {
+        queueMicrotask(() => order.push('commit t2'));
+        exec.dispatch([assignment('t2')]);
+      });
+    });
+    await until(() => order.length === 5, 5000);
+    expect(order).toEqual(['commit t1', 'commit t2', 'publish', 'publish', 'immediate']);
+    await until(() => exec.stats.published === 2, 5000);
+    // Dispatched outside a microtask (a timer's callback): still after the commit queued first.
+    order.length = 0;
+    setTimeout(() => {
+      queueMicrotask(() => order.push('commit t3'));
+      exec.dispatch([assignment('t3')]);
+    }, 0);
+    await until(() => order.length === 2, 5000);
+    expect(order).toEqual(['commit t3', 'publish']);
+    await exec.close();
+    await nc.close();
+  });
+
+  it('hands a start to the connection once the microtask queue has run, before the turn’s end', async () => {
+    const nc = await connect({ servers: server().url });
+    const names = natsNames('flush');
+    const link = new NatsAgentLink(nc, names, 'agent-1', 'c'.repeat(32), 1000);
+    const order: string[] = [];
+    spyPublish(nc, '.res.', order, 'start out');
+    const task: TaskMessage = {
+      v: 1,
+      taskId: 't1',
+      attempt: 1,
+      taskType: 't',
+      payload: null,
+      deadline: null,
+      timeoutSeconds: 30,
+      maxAttempts: 1,
+      agentId: 'agent-1',
+      poolId: null,
+      replyTo: names.results('s1'),
+      lease: 'x',
+    };
+    setImmediate(() => order.push('immediate'));
+    queueMicrotask(() => {
+      void link.start(task).sent.then(() => order.push('sent'));
+      void link.start({ ...task, taskId: 't2' }).sent.then(() => order.push('sent'));
+    });
+    await until(() => order.length === 4, 5000);
+    // Both starts in one batch request (one publish), handed over before the next turn phase.
+    expect(order).toEqual(['start out', 'sent', 'sent', 'immediate']);
+    await link.close(true);
+  });
+});
