@@ -1,9 +1,10 @@
 /**
- * When the messages on a task's way to its start leave, against a real nats-server: a task's
- * publish (sidecar) and a `start` report (worker) are handed to the connection once the
- * microtask queue they were made in has run — together with everything else made in it, in one
- * write — and not at the end of the event-loop turn, after the turn's other I/O callbacks
- * (observed as: before a `setImmediate` queued earlier). No timings are asserted, only order.
+ * When the messages on a task's way to its start leave (`TurnFlush`), against a real
+ * nats-server: a task's publish (sidecar) and a `start` report (worker) are handed to the
+ * connection once the microtask queue they were made in has run — together with everything else
+ * made in it, in one write — and not at the end of the event-loop turn, after the turn's other
+ * I/O callbacks (observed as: before a `setImmediate` queued earlier); a second flush in the same
+ * turn waits for its end. No timings are asserted, only order.
  */
 import { expect, it } from 'vitest';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -46,7 +47,9 @@ describeNats('NATS flush timing', () => {
     });
     exec.bind({ complete() {}, fail() {}, started() {}, progress() {} });
     await exec.start(nc);
-    await new Promise((r) => setImmediate(r)); // what start() dispatched (nothing) is out
+    // What start() dispatched (nothing) is out, and its turn is over.
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
     const order: string[] = [];
     spyPublish(nc, '.task.', order, 'publish');
     const assignment = (taskId: string) => ({
@@ -80,6 +83,24 @@ describeNats('NATS flush timing', () => {
     }, 0);
     await until(() => order.length === 2, 5000);
     expect(order).toEqual(['commit t3', 'publish']);
+    await until(() => exec.stats.published === 3, 5000);
+
+    // A second flush in the same turn (another I/O callback of the same phase, at a high rate)
+    // waits for the turn's end, with whatever else that turn dispatches.
+    await new Promise((r) => setImmediate(r));
+    order.length = 0;
+    setImmediate(() => {
+      order.push('A');
+      exec.dispatch([assignment('t4')]);
+    });
+    setImmediate(() => {
+      order.push('B');
+      setImmediate(() => order.push('after B'));
+      exec.dispatch([assignment('t5')]);
+    });
+    await until(() => order.length === 5, 5000);
+    expect(order).toEqual(['A', 'publish', 'B', 'after B', 'publish']);
+    await until(() => exec.stats.published === 5, 5000);
     await exec.close();
     await nc.close();
   });

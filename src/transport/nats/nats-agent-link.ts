@@ -10,6 +10,7 @@ import type { JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
 import { ReplyInbox } from './reply-inbox.js';
+import { TurnFlush } from './turn-flush.js';
 import type { NatsNames } from './subjects.js';
 import type { Answer, Report, ReportKind, TaskMessage } from './wire.js';
 import { asTaskMessage, decodeJson, encodeJson, heartbeatProof, reportProof } from './wire.js';
@@ -39,7 +40,7 @@ interface Queued {
 export interface Starting {
   /** The sidecar's answer (undefined: none until the task's timeout, or the link closed). */
   readonly answer: Promise<Answer | undefined>;
-  /** Resolves once the report is handed to the connection (written out on a microtask). */
+  /** Resolves once the report is handed to the connection (which writes it on a microtask). */
   readonly sent: Promise<void>;
 }
 
@@ -61,8 +62,8 @@ export class NatsAgentLink {
   readonly #outbox = new Map<string, Queued[]>();
   /** Messages to ack on the next flush, in the same socket write as its reports. */
   #acks: JsMsg[] = [];
-  /** A flush at the end of this microtask checkpoint is queued (a `start` is waiting). */
-  #flushQueued = false;
+  /** The flush a waiting `start` asked for (see {@link TurnFlush}). */
+  readonly #startFlush = new TurnFlush(() => this.#flush());
   /** A flush within {@link LAZY_FLUSH_MS} is queued (only reports that can wait are). */
   #lazyTimer: NodeJS.Timeout | undefined;
   /** Makes take-up ids unique across workers (random) and within this one (counter). */
@@ -118,8 +119,8 @@ export class NatsAgentLink {
    *
    * Reports sent together to the same sidecar travel as one batch request (`{ v: 1, reports:
    * [...] }`, answered `{ answers: [...] }` in the same order), so a worker holding many tasks
-   * pays one round trip per batch, not per report. A `start` leaves once the microtask queue
-   * it was made in has run; the other kinds wait up to {@link LAZY_FLUSH_MS} for the next `start` flush.
+   * pays one round trip per batch, not per report. A `start` leaves with the next
+   * {@link TurnFlush}; the other kinds wait up to {@link LAZY_FLUSH_MS} for the next `start` flush.
    */
   report(
     task: TaskMessage,
@@ -159,18 +160,15 @@ export class NatsAgentLink {
   }
 
   /**
-   * A `start` leaves once the microtask queue has run (its handler waits for it to be written):
-   * the starts of every message taken up from one socket read share a write, and none waits for
-   * the rest of the event-loop turn's I/O callbacks (that wait was about a third of the time from
-   * scheduling to start at a paced rate). The other reports and the acks travel with the next
-   * such flush, or after {@link LAZY_FLUSH_MS}.
+   * A `start` leaves with the next {@link TurnFlush} (its handler waits for it to be written): the
+   * starts of every message taken up from one socket read share a write, and the first ones of a
+   * turn do not wait for the rest of its I/O callbacks. The other reports and the acks travel
+   * with the next such flush, or after {@link LAZY_FLUSH_MS}.
    */
   #queueFlush(lazy: boolean): void {
-    if (this.#flushQueued) return;
-    if (!lazy) {
-      this.#flushQueued = true;
-      queueMicrotask(this.#flushSoon);
-    } else if (this.#lazyTimer === undefined) {
+    if (this.#startFlush.queued) return;
+    if (!lazy) this.#startFlush.queue();
+    else if (this.#lazyTimer === undefined) {
       this.#lazyTimer = setTimeout(this.#flush, LAZY_FLUSH_MS);
     }
   }
@@ -183,16 +181,7 @@ export class NatsAgentLink {
     for (const m of acks) m.ack();
   }
 
-  /**
-   * Queues {@link #flush} for the end of this microtask checkpoint: Node runs next-tick callbacks
-   * queued by a microtask only once the whole microtask queue has run.
-   */
-  readonly #flushSoon = (): void => {
-    process.nextTick(this.#flush);
-  };
-
   readonly #flush = (): void => {
-    this.#flushQueued = false;
     if (this.#lazyTimer !== undefined) {
       clearTimeout(this.#lazyTimer);
       this.#lazyTimer = undefined;

@@ -47,6 +47,7 @@ import type { TaskAssignment, TaskError } from '../../task.js';
 import type { NatsOptions } from './nats-options.js';
 import { LAZY_FLUSH_MS } from './nats-agent-link.js';
 import { ReplyInbox } from './reply-inbox.js';
+import { TurnFlush } from './turn-flush.js';
 import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, TaskMessage, Vouch } from './wire.js';
@@ -164,7 +165,8 @@ export class NatsExecutor implements TaskExecutor {
   #sub: Subscription | undefined;
   #vouchSub: Subscription | undefined;
   /** Assignments dispatched and not published yet (see {@link dispatch}). */
-  #later: TaskAssignment[] | undefined;
+  #later: TaskAssignment[] = [];
+  readonly #publishFlush = new TurnFlush(() => this.#publishLater());
   /** Report answers not sent yet: they travel with the next publishes (see {@link #answer}). */
   #answers: [Msg, Uint8Array][] = [];
   #answerTimer: NodeJS.Timeout | undefined;
@@ -251,34 +253,22 @@ export class NatsExecutor implements TaskExecutor {
       if (!this.#closed) for (const a of batch) this.#waiting.push(a);
       return;
     }
-    // Everything dispatched while the microtask queue runs leaves together once it is empty, in
-    // one socket write (each publish flushed on its own microtask was a write — and a read for
-    // the server — per task at a paced rate), and no later: not at the end of the event-loop
-    // turn, after the I/O callbacks of the turn (that wait was most of the time from scheduling
-    // to publishing at a paced rate). A microtask queued now runs after the store's commit of
-    // these starts (queued when the scheduler saved them), so an assignment leaves only once its
-    // attempt is on disk; the `nextTick` it queues runs only once the whole microtask queue has
-    // run (Node runs next-tick callbacks between microtask checkpoints, not within one).
-    if (this.#later !== undefined) {
-      for (const a of batch) this.#later.push(a);
-      return;
-    }
-    this.#later = [...batch];
-    queueMicrotask(this.#publishSoon);
+    // Published with the next {@link TurnFlush}: everything dispatched while one microtask queue
+    // runs leaves together in one socket write (each publish flushed on its own microtask was a
+    // write — and a read for the server — per task at a paced rate). It runs after the store's
+    // commit of these starts (a microtask queued when the scheduler saved them), so an
+    // assignment leaves only once its attempt is on disk.
+    for (const a of batch) this.#later.push(a);
+    this.#publishFlush.queue();
   }
 
-  /** Queues {@link #publishLater} for the end of this microtask checkpoint (see {@link dispatch}). */
-  readonly #publishSoon = (): void => {
-    process.nextTick(this.#publishLater);
-  };
-
-  /** Publishes the assignments dispatched since the last publish (see {@link dispatch}). */
-  readonly #publishLater = (): void => {
-    const later = this.#later ?? [];
-    this.#later = undefined;
+  /** Publishes the assignments dispatched since the last flush (see {@link dispatch}). */
+  #publishLater(): void {
+    const later = this.#later;
+    this.#later = [];
     for (const a of later) this.#publish(a, 0);
     this.#sendAnswers();
-  };
+  }
 
   /**
    * Queues a report's answer — called once the store has committed what the report changed —
@@ -288,7 +278,7 @@ export class NatsExecutor implements TaskExecutor {
    */
   #answer(msg: Msg, body: Uint8Array): void {
     this.#answers.push([msg, body]);
-    if (this.#later !== undefined || this.#answerTimer !== undefined) return;
+    if (this.#publishFlush.queued || this.#answerTimer !== undefined) return;
     this.#answerTimer = setTimeout(this.#sendAnswers, LAZY_FLUSH_MS);
   }
 
