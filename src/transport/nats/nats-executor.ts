@@ -8,9 +8,9 @@
  *   `Nats-Msg-Id: <taskId>:<attempt>`, so a publish repeated after a lost PubAck is stored once.
  *   A task addressed to an agent goes to `task.agent.<agentId>` (that agent's durable consumer);
  *   a task queued to a pool goes to `task.pool.<poolId>`, whose durable consumer every worker
- *   of the pool pulls from — on any sidecar of the namespace. Published on a microtask after
- *   the store's commit of the attempt. A publish that fails (server restarting) is retried while
- *   the attempt is still the task's current one.
+ *   of the pool pulls from — on any sidecar of the namespace. Published after the store's
+ *   commit of the attempt, with the others of its microtask run (`TurnFlush`). A publish that
+ *   fails (server restarting) is retried while the attempt is still the task's current one.
  * - **Consumers.** Durable pull consumers with explicit ack, `AckWait` = the smaller of
  *   `ackWaitSeconds` and the fabric's default task timeout (workers holding a task longer send
  *   in-progress acks), no `MaxDeliver`: attempts are counted here, per task — a `start` of an
@@ -165,8 +165,8 @@ export class NatsExecutor implements TaskExecutor {
   #sub: Subscription | undefined;
   #vouchSub: Subscription | undefined;
   /** Assignments dispatched and not published yet (see {@link dispatch}). */
-  #later: TaskAssignment[] = [];
-  readonly #publishFlush = new TurnFlush(() => this.#publishLater());
+  #unpublished: TaskAssignment[] = [];
+  readonly #publishFlush = new TurnFlush(() => this.#publishDispatched());
   /** Report answers not sent yet: they travel with the next publishes (see {@link #answer}). */
   #answers: [Msg, Uint8Array][] = [];
   #answerTimer: NodeJS.Timeout | undefined;
@@ -258,15 +258,15 @@ export class NatsExecutor implements TaskExecutor {
     // write — and a read for the server — per task at a paced rate). It runs after the store's
     // commit of these starts (a microtask queued when the scheduler saved them), so an
     // assignment leaves only once its attempt is on disk.
-    for (const a of batch) this.#later.push(a);
+    for (const a of batch) this.#unpublished.push(a);
     this.#publishFlush.queue();
   }
 
   /** Publishes the assignments dispatched since the last flush (see {@link dispatch}). */
-  #publishLater(): void {
-    const later = this.#later;
-    this.#later = [];
-    for (const a of later) this.#publish(a, 0);
+  #publishDispatched(): void {
+    const batch = this.#unpublished;
+    this.#unpublished = [];
+    for (const a of batch) this.#publish(a, 0);
     this.#sendAnswers();
   }
 
