@@ -1,18 +1,15 @@
 /**
- * When the messages on a task's way to its start leave (`TurnFlush`), against a real
- * nats-server: a task's publish (sidecar) and a `start` report (worker) are handed to the
- * connection once the microtask queue they were made in has run — together with everything else
- * made in it, in one write — and not at the end of the event-loop turn, after the turn's other
- * I/O callbacks (observed as: before a `setImmediate` queued earlier); a second flush in the same
- * turn waits for its end. No timings are asserted, only order.
+ * When a sidecar's task publishes leave (`TurnFlush`), against a real nats-server: handed to
+ * the connection once the microtask queue they were dispatched in has run — together with
+ * everything else dispatched in it, in one write — and not at the end of the event-loop turn,
+ * after the turn's other I/O callbacks (observed as: before a `setImmediate` queued earlier);
+ * a second flush in the same turn waits for its end; never before the store's commit queued
+ * ahead of the dispatch. No timings are asserted, only order.
  */
 import { expect, it } from 'vitest';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { NatsAgentLink } from '../../src/transport/nats/nats-agent-link.js';
 import { NatsExecutor } from '../../src/transport/nats/nats-executor.js';
 import { parseNatsOptions } from '../../src/transport/nats/nats-options.js';
-import { natsNames } from '../../src/transport/nats/subjects.js';
-import type { TaskMessage } from '../../src/transport/nats/wire.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
@@ -25,7 +22,7 @@ function spyPublish(nc: NatsConnection, part: string, order: string[], label: st
   };
 }
 
-describeNats('NATS flush timing', () => {
+describeNats('NATS publish flush timing', () => {
   const server = natsServerPerSuite();
 
   it('publishes the tasks dispatched in one microtask run together, before the turn’s end', async () => {
@@ -103,36 +100,5 @@ describeNats('NATS flush timing', () => {
     await until(() => exec.stats.published === 5, 5000);
     await exec.close();
     await nc.close();
-  });
-
-  it('hands a start to the connection once the microtask queue has run, before the turn’s end', async () => {
-    const nc = await connect({ servers: server().url });
-    const names = natsNames('flush');
-    const link = new NatsAgentLink(nc, names, 'agent-1', 'c'.repeat(32), 1000);
-    const order: string[] = [];
-    spyPublish(nc, '.res.', order, 'start out');
-    const task: TaskMessage = {
-      v: 1,
-      taskId: 't1',
-      attempt: 1,
-      taskType: 't',
-      payload: null,
-      deadline: null,
-      timeoutSeconds: 30,
-      maxAttempts: 1,
-      agentId: 'agent-1',
-      poolId: null,
-      replyTo: names.results('s1'),
-      lease: 'x',
-    };
-    setImmediate(() => order.push('immediate'));
-    queueMicrotask(() => {
-      void link.start(task).sent.then(() => order.push('sent'));
-      void link.start({ ...task, taskId: 't2' }).sent.then(() => order.push('sent'));
-    });
-    await until(() => order.length === 4, 5000);
-    // Both starts in one batch request (one publish), handed over before the next turn phase.
-    expect(order).toEqual(['start out', 'sent', 'sent', 'immediate']);
-    await link.close(true);
   });
 });

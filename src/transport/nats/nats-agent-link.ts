@@ -10,7 +10,6 @@ import type { JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
 import { ReplyInbox } from './reply-inbox.js';
-import { TurnFlush } from './turn-flush.js';
 import type { NatsNames } from './subjects.js';
 import type { Answer, Report, ReportKind, TaskMessage } from './wire.js';
 import { asTaskMessage, decodeJson, encodeJson, heartbeatProof, reportProof } from './wire.js';
@@ -40,7 +39,7 @@ interface Queued {
 export interface Starting {
   /** The sidecar's answer (undefined: none until the task's timeout, or the link closed). */
   readonly answer: Promise<Answer | undefined>;
-  /** Resolves once the report is handed to the connection (which writes it on a microtask). */
+  /** Resolves once the report is handed to the connection (written out on this turn). */
   readonly sent: Promise<void>;
 }
 
@@ -62,8 +61,8 @@ export class NatsAgentLink {
   readonly #outbox = new Map<string, Queued[]>();
   /** Messages to ack on the next flush, in the same socket write as its reports. */
   #acks: JsMsg[] = [];
-  /** The flush a waiting `start` asked for (see {@link TurnFlush}). */
-  readonly #startFlush = new TurnFlush(() => this.#flush());
+  /** A flush at the end of this turn is queued (a `start` is waiting). */
+  #flushQueued = false;
   /** A flush within {@link LAZY_FLUSH_MS} is queued (only reports that can wait are). */
   #lazyTimer: NodeJS.Timeout | undefined;
   /** Makes take-up ids unique across workers (random) and within this one (counter). */
@@ -119,8 +118,8 @@ export class NatsAgentLink {
    *
    * Reports sent together to the same sidecar travel as one batch request (`{ v: 1, reports:
    * [...] }`, answered `{ answers: [...] }` in the same order), so a worker holding many tasks
-   * pays one round trip per batch, not per report. A `start` leaves with the next
-   * {@link TurnFlush}; the other kinds wait up to {@link LAZY_FLUSH_MS} for the next `start` flush.
+   * pays one round trip per batch, not per report. A `start` leaves at the end of the turn it
+   * was made in; the other kinds wait up to {@link LAZY_FLUSH_MS} for the next `start` flush.
    */
   report(
     task: TaskMessage,
@@ -160,15 +159,15 @@ export class NatsAgentLink {
   }
 
   /**
-   * A `start` leaves with the next {@link TurnFlush} (its handler waits for it to be written): the
-   * starts of every message taken up from one socket read share a write, and the first ones of a
-   * turn do not wait for the rest of its I/O callbacks. The other reports and the acks travel
-   * with the next such flush, or after {@link LAZY_FLUSH_MS}.
+   * A `start` leaves at the end of this turn (its handler waits for it to be written); the other
+   * reports and the acks travel with the next such flush, or after {@link LAZY_FLUSH_MS}.
    */
   #queueFlush(lazy: boolean): void {
-    if (this.#startFlush.queued) return;
-    if (!lazy) this.#startFlush.queue();
-    else if (this.#lazyTimer === undefined) {
+    if (this.#flushQueued) return;
+    if (!lazy) {
+      this.#flushQueued = true;
+      setImmediate(this.#flush);
+    } else if (this.#lazyTimer === undefined) {
       this.#lazyTimer = setTimeout(this.#flush, LAZY_FLUSH_MS);
     }
   }
@@ -182,6 +181,7 @@ export class NatsAgentLink {
   }
 
   readonly #flush = (): void => {
+    this.#flushQueued = false;
     if (this.#lazyTimer !== undefined) {
       clearTimeout(this.#lazyTimer);
       this.#lazyTimer = undefined;

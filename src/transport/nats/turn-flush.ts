@@ -1,16 +1,18 @@
 /**
- * When a batch of outgoing messages is handed to the NATS connection (a sidecar's task
- * publishes, a worker's `start` reports): each is a socket write for this process and a read
- * for the server, the main cost per message at a paced rate, so messages made close together
- * should leave together — but the first ones of an event-loop turn should not wait for the rest
- * of the turn's I/O callbacks either.
+ * When a sidecar's batch of task publishes is handed to the NATS connection: each socket write
+ * is a cost for this process and a read for the server, the main cost per task at a paced rate,
+ * so publishes dispatched close together should leave together — but the first ones of an
+ * event-loop turn should not wait for the rest of the turn's I/O callbacks either.
  *
  * The first flush of a turn runs once the microtask queue it was asked for in has run (a
  * `nextTick` queued from a microtask runs only once the whole queue has: Node runs next-tick
  * callbacks between microtask checkpoints, not within one), so everything asked for in that run
- * — the starts of all messages of one socket read, the publishes of a burst of schedules —
- * shares a write. Flushes asked for later in the same turn (more socket reads in the same poll
- * phase, at a high rate) wait for the turn's end (`setImmediate`) and leave together.
+ * — a burst of schedules, the dispatches after one socket read of reports — shares a write.
+ * Flushes asked for later in the same turn (more I/O callbacks of the same poll phase, at a high
+ * rate) wait for the turn's end (`setImmediate`) and leave together.
+ *
+ * (A worker's `start` reports still leave at the turn's end: flushed like this, the full
+ * bench's dispatch rate fell — see the README, "Measured".)
  *
  * @module
  */
