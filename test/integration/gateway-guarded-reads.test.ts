@@ -175,7 +175,12 @@ describe('resource reads, prompt gets, completions and subscriptions pass policy
   });
 
   it('writes one audit line per read, naming the decision', async () => {
-    await until(() => readFileSync(auditPath, 'utf8').includes('"approved"'));
+    // Records are written at the end of an event-loop turn (`flushIntervalMs: 0`), which can come
+    // after the agent in this process has read its answer: wait for the last ones expected.
+    await until(() => {
+      const text = readFileSync(auditPath, 'utf8');
+      return text.includes('"approved"') && text.includes('"FABRIC_ERR_BUDGET_EXCEEDED"');
+    });
     const lines = readFileSync(auditPath, 'utf8')
       .trim()
       .split('\n')
