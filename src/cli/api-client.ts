@@ -34,6 +34,8 @@ export class CliError extends Error {
     message: string,
     readonly exitCode: number,
     options?: ErrorOptions,
+    /** The sidecar's error code (`FABRIC_ERR_…`) when the failure is its refusal with one. */
+    readonly fabricCode?: string,
   ) {
     super(message, options);
     this.name = 'CliError';
@@ -141,9 +143,12 @@ export class ApiClient {
           const item = streamLine(line, what);
           if (item.end !== undefined) {
             if (item.end.error === undefined) return;
+            const detail = errorDetail(item.end.error);
             throw new CliError(
-              `${what}: the sidecar ended the stream: ${errorDetail(item.end.error) ?? 'an error without a code'}`,
+              `${what}: the sidecar ended the stream: ${detail === undefined ? 'an error without a code' : `${detail.code}: ${detail.message}`}`,
               EXIT.failure,
+              undefined,
+              detail?.code,
             );
           }
           let message: MessageShape<O>;
@@ -240,35 +245,36 @@ function streamCut(what: string): CliError {
   );
 }
 
-/** `code: message` of an error body `{ code, message, … }`, or `undefined` when it is not one. */
-function errorDetail(err: unknown): string | undefined {
+/** `code` and `message` of an error body `{ code, message, … }`, or `undefined` when it is not one. */
+function errorDetail(err: unknown): { code: string; message: string } | undefined {
   const { code, message } = (typeof err === 'object' && err !== null ? err : {}) as {
     code?: unknown;
     message?: unknown;
   };
-  return typeof code === 'string' && typeof message === 'string'
-    ? `${code}: ${message}`
-    : undefined;
+  return typeof code === 'string' && typeof message === 'string' ? { code, message } : undefined;
 }
 
 /** The error a refused request ends with: the sidecar's `code: message` when it sent one. */
 function refused(status: number, what: string, text: string): CliError {
-  let detail = `HTTP ${status}`;
+  let detail: { code: string; message: string } | undefined;
   try {
     const body = JSON.parse(text) as { code?: unknown; message?: unknown; error?: unknown };
     const err = typeof body.error === 'object' && body.error !== null ? body.error : body;
-    detail = errorDetail(err) ?? detail;
+    detail = errorDetail(err);
   } catch {
     // not JSON: the status says enough
   }
   const code = status === 401 || status === 403 ? EXIT.auth : EXIT.failure;
+  // A 404 with the sidecar's own error code is its answer (an unknown pool, say); one without
+  // is a route this sidecar does not have.
   const hint =
     status === 401 || status === 403
       ? ' (give the admin token in FABRIC_ADMIN_TOKEN or --token-file)'
-      : status === 404 && what.includes('/api/')
+      : status === 404 && what.includes('/api/') && detail === undefined
         ? ' (is this sidecar older than the CLI?)'
         : '';
-  return new CliError(`${what}: ${detail}${hint}`, code);
+  const said = detail === undefined ? `HTTP ${status}` : `${detail.code}: ${detail.message}`;
+  return new CliError(`${what}: ${said}${hint}`, code, undefined, detail?.code);
 }
 
 /**

@@ -171,18 +171,29 @@ const poolsDrainCommand: Command = {
     const poolId = ctx.positionals[0]!;
     const timeout = drainTimeout(poolsDrainCommand, ctx);
     const api = ctx.api();
+    // The first look found the pool (an unknown pool fails there). If it is gone by the time the
+    // deletion is asked for — another drain of it finished first, as when two operators drain
+    // one pool at once — the pool was drained and deleted all the same: what this command is for.
+    let byAnother = false;
     await follow(
       ctx,
       () => lookAtPool(ctx, poolId),
       () =>
-        api.call(FabricService.method.deletePool, {
-          poolId,
-          ...(timeout === undefined ? {} : { drainTimeout: timeout }),
-        }),
+        api
+          .call(FabricService.method.deletePool, {
+            poolId,
+            ...(timeout === undefined ? {} : { drainTimeout: timeout }),
+          })
+          .catch((error: unknown) => {
+            if (!(error instanceof CliError) || error.fabricCode !== 'FABRIC_ERR_POOL_NOT_FOUND') {
+              throw error;
+            }
+            byAnother = true;
+          }),
     );
     emit(ctx, 'done', {
-      line: `pool ${poolId} drained and deleted`,
-      json: { poolId, deleted: true },
+      line: `pool ${poolId} drained and deleted${byAnother ? ' (by another request that finished first)' : ''}`,
+      json: { poolId, deleted: true, ...(byAnother ? { byAnotherRequest: true } : {}) },
     });
     return EXIT.ok;
   },
