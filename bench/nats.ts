@@ -17,9 +17,19 @@
  *   process's CPU share of one core, vs a bare subscriber of the same subjects that only counts
  *   messages (lower is better).
  *
- * `BENCH_NATS_CASES` (comma-separated: `dispatch`, `latency`, `heartbeats`) runs only those
- * cases; `latency` needs the dispatch rate, so it runs `dispatch` too unless `BENCH_NATS_RATE`
- * gives a fixed rate (a diagnostic for A/B runs, reported as such in the case name).
+ * - enqueue-to-start (diagnostic: worker in its own process): run only when BENCH_NATS_CASES
+ *   names `latency-remote` (never by default). The same as enqueue-to-start (rate, count,
+ *   warm-up, baseline: raw JetStream publish → consumer in this process, run again) except that
+ *   the NatsWorker runs in another process (bench/fixtures/nats-remote-worker.ts), so it does
+ *   not share the sidecar's event loop. The worker records its handler's start on the wall clock
+ *   (`performance.timeOrigin + performance.now()`), this process the same clock at
+ *   `scheduleToPool`; the worker sends its starts back on stdout at the end. It does not replace
+ *   enqueue-to-start: it says how much of that case's latency is the shared loop.
+ *
+ * `BENCH_NATS_CASES` (comma-separated: `dispatch`, `latency`, `heartbeats`, `latency-remote`)
+ * runs only those cases; `latency` and `latency-remote` need the dispatch rate, so they run
+ * `dispatch` too unless `BENCH_NATS_RATE` gives a fixed rate (a diagnostic for A/B runs,
+ * reported as such in the case name).
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -34,6 +44,7 @@ import { startNatsServer, type NatsServer } from '../test/fixtures/nats-server-p
 import { Latency, type BenchContext, type BenchSuite } from './lib.js';
 
 const SIM = fileURLToPath(new URL('./fixtures/nats-heartbeat-sim.ts', import.meta.url));
+const REMOTE_WORKER = fileURLToPath(new URL('./fixtures/nats-remote-worker.ts', import.meta.url));
 
 async function fabricWithWorker(server: NatsServer, namespace: string) {
   const nats = { url: server.url, namespace };
@@ -159,7 +170,7 @@ async function enqueueToStart(
   // loop ends made every scavenge of the young heap copy them (longer GC pauses, which the raw
   // side does not have), a cost of this harness and not of the fabric.
   const finished: Promise<void>[] = [];
-  let t0 = performance.now();
+  const t0 = performance.now();
   for (let i = 0; i < total; i++) {
     const wait = t0 + i * gapMs - performance.now();
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
@@ -173,9 +184,23 @@ async function enqueueToStart(
   await running;
   await worker.close();
   await fabric.close();
+  return [project, await rawEnqueueToStart(server, 'RAWLAT', rate, total, warm)];
+}
 
+/**
+ * The baseline of both enqueue-to-start cases: raw JetStream publish → consumer (this process,
+ * same clock) of `total` messages at `rate`, the first `warm` unrecorded.
+ */
+async function rawEnqueueToStart(
+  server: NatsServer,
+  stream: string,
+  rate: number,
+  total: number,
+  warm: number,
+): Promise<Latency> {
+  const gapMs = 1000 / rate;
   const baseline = new Latency();
-  const raw = await rawJetStream(server, 'RAWLAT');
+  const raw = await rawJetStream(server, stream);
   const messages = await raw.consumer.consume({ max_messages: 256 });
   let seen = 0;
   const all = new Promise<void>((resolve) => {
@@ -188,18 +213,106 @@ async function enqueueToStart(
       }
     })();
   });
-  t0 = performance.now();
+  const t0 = performance.now();
   for (let i = 0; i < total; i++) {
     const wait = t0 + i * gapMs - performance.now();
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-    await raw.js.publish('RAWLAT.x', JSON.stringify({ at: performance.now(), i }), {
+    await raw.js.publish(`${stream}.x`, JSON.stringify({ at: performance.now(), i }), {
       msgID: `l${i}`,
     });
   }
   await all;
   await messages.close();
   await raw.nc.close();
-  return [project, baseline];
+  return baseline;
+}
+
+/**
+ * Diagnostic: enqueue-to-start with the worker in its own process (bench/fixtures/
+ * nats-remote-worker.ts), so the sidecar and the worker no longer share one event loop. The
+ * same rate, count and warm-up as `enqueueToStart`; the worker records its handler's start on
+ * the wall clock (`performance.timeOrigin + performance.now()`), this process records the same
+ * clock at `scheduleToPool`, the difference is the latency. Baseline: the same raw JetStream
+ * publish → consumer as `enqueue-to-start`, run again here (its own stream).
+ */
+async function enqueueToStartRemote(
+  server: NatsServer,
+  rate: number,
+  seconds: number,
+): Promise<[Latency, Latency]> {
+  const n = Math.max(50, Math.round(rate * seconds));
+  const warm = Math.round(n / 10);
+  const total = n + warm;
+  const gapMs = 1000 / rate;
+  const namespace = 'latr';
+  const fabric = new AgentFabric(
+    { maxQueueDepth: 100_000, maxConcurrentTasksPerAgent: 1000, heartbeatIntervalSeconds: 60 },
+    { nats: { url: server.url, namespace } },
+  );
+  await fabric.start();
+  const child = await (async () => {
+    await fabric.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+    const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats', poolId: 'p' });
+    await fabric.natsExecutor!.consumersReady();
+    await fabric.heartbeat(agent.id);
+    return spawn(process.execPath, [...process.execArgv, REMOTE_WORKER], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+      env: {
+        ...process.env,
+        FABRIC_BENCH_NATS_URL: server.url,
+        FABRIC_BENCH_NATS_NAMESPACE: namespace,
+        FABRIC_BENCH_AGENT_ID: agent.id,
+        FABRIC_BENCH_AGENT_CREDENTIAL: agent.credential,
+        FABRIC_BENCH_POOL: 'p',
+      },
+    });
+  })();
+  let out = '';
+  child.stdout.setEncoding('utf8');
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const onData = (c: string) => {
+        out += c;
+        if (out.includes('running\n')) {
+          out = '';
+          child.stdout.off('data', onData);
+          resolve();
+        }
+      };
+      child.stdout.on('data', onData);
+      void exited.then((code) => reject(new Error(`remote worker exited (${code})`)));
+    });
+    child.stdout.on('data', (c: string) => (out += c));
+    const scheduledAt = new Map<string, number>(); // recorded tasks only, epoch ms
+    const finished: Promise<void>[] = [];
+    const t0 = performance.now();
+    for (let i = 0; i < total; i++) {
+      const wait = t0 + i * gapMs - performance.now();
+      if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+      const at = performance.timeOrigin + performance.now();
+      const t = await fabric.scheduleToPool('p', 'noop', i);
+      if (i >= warm) scheduledAt.set(t.id, at);
+      finished.push(fabric.waitForTask(t.id).then(() => undefined));
+    }
+    await Promise.all(finished);
+    child.stdin.end();
+    const code = await exited;
+    if (code !== 0) throw new Error(`remote worker exited (${code})`);
+    const { starts } = JSON.parse(out) as { starts: [string, number][] };
+    const project = new Latency();
+    for (const [id, startedAt] of starts) {
+      const at = scheduledAt.get(id);
+      if (at !== undefined) project.recordMs(startedAt - at);
+    }
+    if (project.count !== n) {
+      throw new Error(`remote worker reported ${project.count} of ${n} recorded starts`);
+    }
+    return [project, await rawEnqueueToStart(server, 'RAWLATR', rate, total, warm)];
+  } finally {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    await fabric.close();
+  }
 }
 
 /** CPU time of this process (user + system) over `ms`, as a share of one core. */
@@ -269,6 +382,11 @@ function wanted(group: string): boolean {
   return !only || only.split(',').includes(group);
 }
 
+/** Diagnostic case groups, run only when BENCH_NATS_CASES names them (never by default). */
+function asked(group: string): boolean {
+  return (process.env.BENCH_NATS_CASES ?? '').split(',').includes(group);
+}
+
 /** A fixed enqueue-to-start rate (BENCH_NATS_RATE), instead of half the measured one. */
 const FIXED_RATE = Number(process.env.BENCH_NATS_RATE) || undefined;
 
@@ -278,10 +396,12 @@ const suite: BenchSuite = {
     const server = await startNatsServer();
     try {
       let rate = 0;
-      if (wanted('dispatch') || (wanted('latency') && FIXED_RATE === undefined)) {
+      const needsRate = wanted('latency') || asked('latency-remote');
+      if (wanted('dispatch') || (needsRate && FIXED_RATE === undefined)) {
         rate = await dispatchCase(ctx, server);
       }
       if (wanted('latency')) await latencyCase(ctx, server, FIXED_RATE ?? rate / 2);
+      if (asked('latency-remote')) await remoteLatencyCase(ctx, server, FIXED_RATE ?? rate / 2);
       if (wanted('heartbeats')) await heartbeatsCase(ctx, server);
     } finally {
       await server.close();
@@ -327,6 +447,32 @@ async function latencyCase(ctx: BenchContext, server: NatsServer, rate: number):
       FIXED_RATE === undefined
         ? 'enqueue-to-start'
         : `enqueue-to-start (diagnostic: fixed ${Math.round(rate)}/s)`,
+    unit: 'µs p50',
+    value: project.percentileUs(50),
+    baseline: `raw JetStream publish → consumer at the same rate (${Math.round(rate)}/s)`,
+    baselineValue: raw.percentileUs(50),
+    higherIsBetter: false,
+    p50Us: project.percentileUs(50),
+    p99Us: project.percentileUs(99),
+    baselineP50Us: raw.percentileUs(50),
+    baselineP99Us: raw.percentileUs(99),
+    goal: 'p50 < 1 ms, p99 < 10 ms',
+  });
+}
+
+/** The diagnostic `enqueue-to-start` with the worker in its own process, at `rate` tasks/s. */
+async function remoteLatencyCase(
+  ctx: BenchContext,
+  server: NatsServer,
+  rate: number,
+): Promise<void> {
+  const [project, raw] = await enqueueToStartRemote(server, rate, ctx.quick ? 1 : 3);
+  ctx.report({
+    suite: 'nats',
+    case:
+      FIXED_RATE === undefined
+        ? 'enqueue-to-start (diagnostic: worker in its own process)'
+        : `enqueue-to-start (diagnostic: worker in its own process, fixed ${Math.round(rate)}/s)`,
     unit: 'µs p50',
     value: project.percentileUs(50),
     baseline: `raw JetStream publish → consumer at the same rate (${Math.round(rate)}/s)`,
