@@ -46,7 +46,8 @@ import { Latency, type BenchContext, type BenchSuite } from './lib.js';
 const SIM = fileURLToPath(new URL('./fixtures/nats-heartbeat-sim.ts', import.meta.url));
 const REMOTE_WORKER = fileURLToPath(new URL('./fixtures/nats-remote-worker.ts', import.meta.url));
 
-async function fabricWithWorker(server: NatsServer, namespace: string) {
+/** A fabric on NATS with pool `p` and one agent `w` of it, ready for a worker to attach. */
+async function fabricWithAgent(server: NatsServer, namespace: string) {
   const nats = { url: server.url, namespace };
   const fabric = new AgentFabric(
     { maxQueueDepth: 100_000, maxConcurrentTasksPerAgent: 1000, heartbeatIntervalSeconds: 60 },
@@ -57,6 +58,11 @@ async function fabricWithWorker(server: NatsServer, namespace: string) {
   const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats', poolId: 'p' });
   await fabric.natsExecutor!.consumersReady();
   await fabric.heartbeat(agent.id);
+  return { fabric, agent, nats };
+}
+
+async function fabricWithWorker(server: NatsServer, namespace: string) {
+  const { fabric, agent, nats } = await fabricWithAgent(server, namespace);
   const worker = await NatsWorker.connect({
     nats,
     agentId: agent.id,
@@ -245,28 +251,18 @@ async function enqueueToStartRemote(
   const total = n + warm;
   const gapMs = 1000 / rate;
   const namespace = 'latr';
-  const fabric = new AgentFabric(
-    { maxQueueDepth: 100_000, maxConcurrentTasksPerAgent: 1000, heartbeatIntervalSeconds: 60 },
-    { nats: { url: server.url, namespace } },
-  );
-  await fabric.start();
-  const child = await (async () => {
-    await fabric.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
-    const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats', poolId: 'p' });
-    await fabric.natsExecutor!.consumersReady();
-    await fabric.heartbeat(agent.id);
-    return spawn(process.execPath, [...process.execArgv, REMOTE_WORKER], {
-      stdio: ['pipe', 'pipe', 'inherit'],
-      env: {
-        ...process.env,
-        FABRIC_BENCH_NATS_URL: server.url,
-        FABRIC_BENCH_NATS_NAMESPACE: namespace,
-        FABRIC_BENCH_AGENT_ID: agent.id,
-        FABRIC_BENCH_AGENT_CREDENTIAL: agent.credential,
-        FABRIC_BENCH_POOL: 'p',
-      },
-    });
-  })();
+  const { fabric, agent } = await fabricWithAgent(server, namespace);
+  const child = spawn(process.execPath, [...process.execArgv, REMOTE_WORKER], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    env: {
+      ...process.env,
+      FABRIC_BENCH_NATS_URL: server.url,
+      FABRIC_BENCH_NATS_NAMESPACE: namespace,
+      FABRIC_BENCH_AGENT_ID: agent.id,
+      FABRIC_BENCH_AGENT_CREDENTIAL: agent.credential,
+      FABRIC_BENCH_POOL: 'p',
+    },
+  });
   let out = '';
   child.stdout.setEncoding('utf8');
   const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
