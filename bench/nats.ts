@@ -146,16 +146,22 @@ async function dispatch(server: NatsServer, n: number, round: number): Promise<[
   return [await dispatchProject(server, n, name), baseline];
 }
 
+/**
+ * The latency cases' schedule at `rate` tasks/s over `seconds`: `total` tasks `gapMs` apart, of
+ * which the first `warm` (a tenth) warm the path up (new consumers, first pulls) unrecorded.
+ */
+function pacing(rate: number, seconds: number) {
+  const n = Math.max(50, Math.round(rate * seconds));
+  const warm = Math.round(n / 10);
+  return { warm, total: n + warm, gapMs: 1000 / rate };
+}
+
 async function enqueueToStart(
   server: NatsServer,
   rate: number,
   seconds: number,
 ): Promise<[Latency, Latency]> {
-  const n = Math.max(50, Math.round(rate * seconds));
-  // The first tenth on each side warms the path up (new consumers, first pulls) unrecorded.
-  const warm = Math.round(n / 10);
-  const total = n + warm;
-  const gapMs = 1000 / rate;
+  const { warm, total, gapMs } = pacing(rate, seconds);
   const project = new Latency();
   const { fabric, worker } = await fabricWithWorker(server, 'lat');
   const scheduledAt = new Map<string, number>(); // recorded tasks only
@@ -246,10 +252,7 @@ async function enqueueToStartRemote(
   rate: number,
   seconds: number,
 ): Promise<[Latency, Latency]> {
-  const n = Math.max(50, Math.round(rate * seconds));
-  const warm = Math.round(n / 10);
-  const total = n + warm;
-  const gapMs = 1000 / rate;
+  const { warm, total, gapMs } = pacing(rate, seconds);
   const namespace = 'latr';
   const { fabric, agent } = await fabricWithAgent(server, namespace);
   const child = spawn(process.execPath, [...process.execArgv, REMOTE_WORKER], {
@@ -301,8 +304,8 @@ async function enqueueToStartRemote(
       const at = scheduledAt.get(id);
       if (at !== undefined) project.recordMs(startedAt - at);
     }
-    if (project.count !== n) {
-      throw new Error(`remote worker reported ${project.count} of ${n} recorded starts`);
+    if (project.count !== total - warm) {
+      throw new Error(`remote worker reported ${project.count} of ${total - warm} recorded starts`);
     }
     return [project, await rawEnqueueToStart(server, 'RAWLATR', rate, total, warm)];
   } finally {
