@@ -8,9 +8,9 @@
  *   `Nats-Msg-Id: <taskId>:<attempt>`, so a publish repeated after a lost PubAck is stored once.
  *   A task addressed to an agent goes to `task.agent.<agentId>` (that agent's durable consumer);
  *   a task queued to a pool goes to `task.pool.<poolId>`, whose durable consumer every worker
- *   of the pool pulls from — on any sidecar of the namespace. Published on a microtask after
- *   the store's commit of the attempt. A publish that fails (server restarting) is retried while
- *   the attempt is still the task's current one.
+ *   of the pool pulls from — on any sidecar of the namespace. Published after the store's
+ *   commit of the attempt, with the others of its microtask run (`TurnFlush`). A publish that
+ *   fails (server restarting) is retried while the attempt is still the task's current one.
  * - **Consumers.** Durable pull consumers with explicit ack, `AckWait` = the smaller of
  *   `ackWaitSeconds` and the fabric's default task timeout (workers holding a task longer send
  *   in-progress acks), no `MaxDeliver`: attempts are counted here, per task — a `start` of an
@@ -47,6 +47,7 @@ import type { TaskAssignment, TaskError } from '../../task.js';
 import type { NatsOptions } from './nats-options.js';
 import { LAZY_FLUSH_MS } from './nats-agent-link.js';
 import { ReplyInbox } from './reply-inbox.js';
+import { TurnFlush } from './turn-flush.js';
 import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, TaskMessage, Vouch } from './wire.js';
@@ -163,8 +164,9 @@ export class NatsExecutor implements TaskExecutor {
   #inbox: ReplyInbox | undefined;
   #sub: Subscription | undefined;
   #vouchSub: Subscription | undefined;
-  /** Assignments dispatched after the first of this event-loop turn (see {@link dispatch}). */
-  #later: TaskAssignment[] | undefined;
+  /** Assignments dispatched and not published yet (see {@link dispatch}). */
+  #unpublished: TaskAssignment[] = [];
+  readonly #publishFlush = new TurnFlush(() => this.#publishDispatched());
   /** Report answers not sent yet: they travel with the next publishes (see {@link #answer}). */
   #answers: [Msg, Uint8Array][] = [];
   #answerTimer: NodeJS.Timeout | undefined;
@@ -251,30 +253,22 @@ export class NatsExecutor implements TaskExecutor {
       if (!this.#closed) for (const a of batch) this.#waiting.push(a);
       return;
     }
-    // On a microtask queued after the store's commit of these starts (queued when the scheduler
-    // saved them): an assignment leaves only once its attempt is on disk. The first batch of a
-    // turn of the event loop goes out at once; those dispatched after it in the same turn wait
-    // for the turn's end and leave together, in one socket write (each publish flushed on its
-    // own microtask was a write — and a read for the server — per task at a paced rate).
-    if (this.#later !== undefined) {
-      for (const a of batch) this.#later.push(a);
-      return;
-    }
-    this.#later = [];
-    setImmediate(this.#publishLater);
-    queueMicrotask(() => {
-      for (const a of batch) this.#publish(a, 0);
-      this.#sendAnswers();
-    });
+    // Published with the next {@link TurnFlush}: everything dispatched while one microtask queue
+    // runs leaves together in one socket write (each publish flushed on its own microtask was a
+    // write — and a read for the server — per task at a paced rate). It runs after the store's
+    // commit of these starts (a microtask queued when the scheduler saved them), so an
+    // assignment leaves only once its attempt is on disk.
+    for (const a of batch) this.#unpublished.push(a);
+    this.#publishFlush.queue();
   }
 
-  /** Publishes the assignments dispatched after the first of this turn (see {@link dispatch}). */
-  readonly #publishLater = (): void => {
-    const later = this.#later ?? [];
-    this.#later = undefined;
-    for (const a of later) this.#publish(a, 0);
+  /** Publishes the assignments dispatched since the last flush (see {@link dispatch}). */
+  #publishDispatched(): void {
+    const batch = this.#unpublished;
+    this.#unpublished = [];
+    for (const a of batch) this.#publish(a, 0);
     this.#sendAnswers();
-  };
+  }
 
   /**
    * Queues a report's answer — called once the store has committed what the report changed —
@@ -284,7 +278,7 @@ export class NatsExecutor implements TaskExecutor {
    */
   #answer(msg: Msg, body: Uint8Array): void {
     this.#answers.push([msg, body]);
-    if (this.#later !== undefined || this.#answerTimer !== undefined) return;
+    if (this.#publishFlush.queued || this.#answerTimer !== undefined) return;
     this.#answerTimer = setTimeout(this.#sendAnswers, LAZY_FLUSH_MS);
   }
 
