@@ -311,6 +311,7 @@ export class AgentFabric {
                 attempt: t.attempt,
                 dispatched: t.status === TaskStatus.SCHEDULED || t.status === TaskStatus.RUNNING,
                 started: t.status === TaskStatus.RUNNING,
+                dispatchedAt: t.startedAt,
                 // Routed to the agent's own consumer while it runs on the agent it was
                 // addressed to; a task that moved to its pool goes to the pool's consumer.
                 agentId:

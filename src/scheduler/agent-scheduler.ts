@@ -677,8 +677,8 @@ export class AgentScheduler {
    * back to their queues in arrival order (the queues order them by priority, tenant and
    * deadline as before); a task that was running is retried with that attempt counted — so a
    * late report for it is refused — or fails when it has used `maxAttempts`, except that an
-   * attempt the executor held but never started (SCHEDULED) is not counted, and a RUNNING
-   * attempt of a `resumable` executor's agent goes on running; a queued task whose
+   * attempt the executor held but never started (SCHEDULED) is not counted, and a RUNNING or
+   * SCHEDULED attempt of a `resumable` executor's agent goes on as it was; a queued task whose
    * deadline passed times out; a task for an agent that is gone follows the rule of
    * {@link evictAgent} (to its pool unless pinned, else FAILED), one for a pool that is gone is
    * CANCELLED. Finished tasks stay readable, oldest first out of the retention. Counters in
@@ -698,12 +698,11 @@ export class AgentScheduler {
     for (const t of open) {
       const holder =
         t.assignedAgentId === undefined ? undefined : this.#agents.get(t.assignedAgentId);
-      if (
-        t.status === TaskStatus.RUNNING &&
-        holder !== undefined &&
-        holder.exec.executor.resumable === true
-      ) {
-        // Its worker is elsewhere and outlived this process: the attempt goes on as it was.
+      if (wasRunning(t) && holder !== undefined && holder.exec.executor.resumable === true) {
+        // Its worker is elsewhere and outlived this process: the attempt goes on as it was. A
+        // SCHEDULED one too: it may have reached a worker that began it before its start was
+        // answered (that start was lost with the old process and is sent again), so a new
+        // attempt could run beside it.
         this.#resume(t, holder, now);
         continue;
       }
@@ -746,15 +745,24 @@ export class AgentScheduler {
   }
 
   /**
-   * Puts a restored RUNNING attempt back on its agent as it was (see
-   * `TaskExecutor.resumable`): same attempt, its timeout counted from when it started, nothing
-   * dispatched again — the executor still holds it.
+   * Puts a restored RUNNING or SCHEDULED attempt back on its agent as it was (see
+   * `TaskExecutor.resumable`): same attempt, its timeout counted from when it was dispatched. A
+   * RUNNING one is not dispatched again — the executor still holds it; a SCHEDULED one is, the
+   * same attempt (the old process may have died before it left), and the executor sees to it
+   * that it reaches a worker once at most.
    */
   #resume(t: TaskRecord, slot: AgentSlot, now: number): void {
     this.#running++;
     slot.running.add(t);
     if (slot.pool !== undefined) slot.pool.running++;
     this.#timers.set(t, (t.startedAt ?? now) + t.timeoutMs);
+    if (t.status === TaskStatus.SCHEDULED) {
+      const entry = slot.exec;
+      if (entry.pending.length === 0) this.#flush.push(entry);
+      entry.pending.push(t.assignment());
+      if (slot.unflushed++ === 0) entry.slots.push(slot);
+      this.#queuePass();
+    }
   }
 
   /** A snapshot of the task. @throws TaskNotFoundError */

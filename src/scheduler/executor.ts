@@ -51,8 +51,11 @@ export interface TaskExecutor {
   /**
    * True when its attempts outlive this process: they are held by workers elsewhere through a
    * queue that keeps them, and reports on them are still accepted after a restart on the same
-   * durable store (the `nats` executor, whose lease key is kept in the store). A RUNNING attempt
-   * restored from the store then stays running instead of being retried.
+   * durable store (the `nats` executor, whose lease key is kept in the store). A RUNNING or
+   * SCHEDULED attempt restored from the store then goes on instead of being retried: a worker
+   * may have begun a SCHEDULED one before its start was committed. A restored SCHEDULED attempt
+   * is dispatched again, the same attempt, since the process may have stopped before it left:
+   * such an executor must not deliver an attempt twice.
    */
   readonly resumable?: boolean;
   /** Called once, when the scheduler adopts the executor. */

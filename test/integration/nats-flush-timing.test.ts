@@ -35,6 +35,7 @@ describeNats('NATS publish flush timing', () => {
         attempt: 1,
         dispatched: true,
         started: false,
+        dispatchedAt: Date.now(),
         agentId: 'a1',
         poolId: undefined,
         maxAttempts: 3,

@@ -30,14 +30,17 @@
  *   (`ReplyInbox`), not through nats.js' per-request machinery.
  * - **Restarts.** With a durable store the lease key and sidecar id are kept in it, so the
  *   executor is `resumable`: attempts out in JetStream, and their workers' reports, outlive a
- *   restart of this sidecar.
+ *   restart of this sidecar — started ones and those not started yet alike (a worker may have
+ *   begun one before its start was answered). An attempt not started yet is published again
+ *   after the restart, the same `Nats-Msg-Id`, while the stream's duplicate window still covers
+ *   its first publish (in case the old process died before it left); later it is not.
  * - **Abort.** When the scheduler ends an attempt (cancel, timeout, agent lost) the executor
  *   publishes `ended.<taskId>`; the worker running it aborts the handler's signal.
  *
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import type { JetStreamManager } from '@nats-io/jetstream';
+import type { JetStreamManager, StreamInfo } from '@nats-io/jetstream';
 import { AckPolicy, RetentionPolicy, StorageType, jetstreamManager } from '@nats-io/jetstream';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { headers, nanos } from '@nats-io/transport-node';
@@ -81,7 +84,7 @@ const PUBLISH_TIMEOUT_MS = 5_000;
 /** Executor name of {@link NatsExecutor}. */
 export const NATS_EXECUTOR = 'nats';
 
-/** How long JetStream remembers a `Nats-Msg-Id` for deduplication. */
+/** How long JetStream remembers a `Nats-Msg-Id` (the stream's duplicate window, when made here). */
 export const DUPLICATE_WINDOW_MS = 120_000;
 
 /** What the executor needs to know about tasks and agents (the fabric supplies it). */
@@ -94,6 +97,8 @@ export interface NatsExecutorHost {
         dispatched: boolean;
         /** The current attempt's start was reported (RUNNING). */
         started: boolean;
+        /** When the current attempt was handed to an agent (ms since the epoch). */
+        dispatchedAt: number | undefined;
         agentId: string | undefined;
         poolId: string | undefined;
         maxAttempts: number;
@@ -176,6 +181,13 @@ export class NatsExecutor implements TaskExecutor {
   readonly #attached = new Set<string>();
   readonly #consumers = new Map<string, Promise<void>>();
   readonly #timers = new Set<NodeJS.Timeout>();
+  /**
+   * An attempt handed out longer ago than this is not published (again): half the stream's
+   * duplicate window (see {@link #publish}).
+   */
+  #republishWithinMs = DUPLICATE_WINDOW_MS / 2;
+  /** When this executor was made: attempts dispatched before are restored ones. */
+  readonly #bornAt = Date.now();
   #closed = false;
 
   constructor(nats: NatsOptions, options: NatsExecutorOptions) {
@@ -234,14 +246,16 @@ export class NatsExecutor implements TaskExecutor {
       storage: StorageType.File,
       duplicate_window: nanos(DUPLICATE_WINDOW_MS),
     };
+    let info: StreamInfo;
     try {
-      await jsm.streams.add(config);
+      info = await jsm.streams.add(config);
     } catch (err) {
       // Made by another sidecar (maybe with other limits an operator set): use it as it is.
-      await jsm.streams.info(this.names.stream).catch(() => {
+      info = await jsm.streams.info(this.names.stream).catch(() => {
         throw err;
       });
     }
+    this.#republishWithinMs = Number(info.config.duplicate_window ?? 0) / 1e6 / 2;
   }
 
   capacity(): number {
@@ -298,6 +312,16 @@ export class NatsExecutor implements TaskExecutor {
   #publish(a: TaskAssignment, tries: number): void {
     const t = this.#host?.task(a.taskId);
     if (this.#closed || t === undefined || !t.dispatched || t.attempt !== a.attempt) return;
+    // An attempt dispatched before this process started is one dispatched again after a restart
+    // (restored SCHEDULED: see `resumable`). It may be out already — in the stream, or begun by
+    // a worker whose start was lost with the old process — or not, when that process died
+    // between the commit and the publish. It is published (and retried) only while JetStream
+    // still deduplicates its `Nats-Msg-Id`, so it is stored once at most; later a second copy
+    // could run beside the first, so it is not, and one that never left ends at its timeout.
+    const dispatchedAt = t.dispatchedAt ?? 0;
+    if (dispatchedAt < this.#bornAt && Date.now() - dispatchedAt >= this.#republishWithinMs) {
+      return;
+    }
     const pool = t.agentId === undefined ? t.poolId : undefined;
     const subject =
       pool === undefined ? this.names.agentTasks(a.agentId) : this.names.poolTasks(pool);
