@@ -193,7 +193,8 @@ export class ProcessStdioTransport implements Transport {
   }
 
   #online(line: string): void {
-    if (line.trim() === '') return;
+    // A line that starts with `{` is not blank: no trim (a copy) for the usual message.
+    if (line.charCodeAt(0) !== 0x7b && line.trim() === '') return;
     let message: unknown;
     try {
       message = JSON.parse(line);

@@ -10,6 +10,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 
 const PREFIX = '{"result":';
 const ID_MEMBER = ',"jsonrpc":"2.0","id":';
@@ -72,10 +73,16 @@ function idStart(line: string, id: number): number {
   return member >= PREFIX.length && line.startsWith(ID_MEMBER, member) ? at : -1;
 }
 
-/** The JSON-RPC response line carrying `result` under `id`, if its upstream text is known. */
+/**
+ * The JSON-RPC response line carrying `result` under `id`, if its upstream text is known. A
+ * numeric id is written with `String` — for a finite number the same text `JSON.stringify`
+ * makes, without its generic serializer (a visible part of a forwarded response).
+ */
 export function rawResponseLine(result: object, id: string | number): string | undefined {
   const r = rawOf(result);
-  return r === undefined ? undefined : r.line.slice(0, r.idAt) + JSON.stringify(id) + '}';
+  if (r === undefined) return undefined;
+  const idJson = typeof id === 'number' && Number.isFinite(id) ? `${id}` : JSON.stringify(id);
+  return `${r.line.slice(0, r.idAt)}${idJson}}`;
 }
 
 /** UTF-8 bytes of `result`'s JSON as the upstream wrote it, if known. */

@@ -201,6 +201,40 @@ describe('formatCall', () => {
       reference({ ...odd, fields: outcomes[0]! }),
     );
   });
+  it('writes the same text when records repeat, or change one field at a time', () => {
+    // formatCall keeps the fragments of the last record (who called what, what became of it):
+    // repeats, and changes of any one field in either, must each still give the exact line.
+    const base = {
+      agent: 'a1',
+      tool: 'ev__echo',
+      args: { message: 'm' },
+      startedAt: times[0]!,
+      durationMs: 0.25,
+    };
+    const sequence = [
+      { ...base, fields: outcomes[1]! },
+      { ...base, fields: outcomes[1]! },
+      { ...base, fields: { ...outcomes[1]!, rule: undefined } },
+      { ...base, fields: { ...outcomes[1]!, rule: undefined } },
+      { ...base, fields: outcomes[1]! },
+      { ...base, agent: 'a2', fields: outcomes[1]! },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: outcomes[1]! },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: outcomes[2]! },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: { ...outcomes[2]!, code: undefined } },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: { ...outcomes[2]!, outcome: 'error' } },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: { ...outcomes[2]!, decision: 'approved' } },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: outcomes[2]! },
+      { ...base, fields: outcomes[0]! },
+      { ...base, args: 1n, fields: outcomes[0]! }, // no digest: marked, fragments unchanged
+      { ...base, fields: outcomes[0]! },
+    ];
+    for (const c of sequence) {
+      if (typeof c.args === 'bigint') {
+        expect(formatCall(c)).toMatch(/"argsDigest":null,"argsError":"arguments could not/);
+        expect(JSON.parse(formatCall(c))).toMatchObject({ agent: 'a1', decision: 'allow' });
+      } else expect(formatCall(c)).toBe(reference(c));
+    }
+  });
 });
 
 describe('jsonMs (durations written from integers)', () => {
