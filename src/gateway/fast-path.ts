@@ -40,7 +40,12 @@ import type { z } from 'zod';
 import { argumentsJson } from './args-json.js';
 import { LINE_QUEUED } from './line-writer.js';
 import { RelayedMcpError } from './map-error.js';
-import { rememberRawResult, rawResponseLine } from './raw-results.js';
+import { plainTextResponse, rememberRawResult, rawResponseLine } from './raw-results.js';
+
+/** A transport that offers each line before parsing it (ProcessStdioTransport). */
+interface RawLineSource {
+  onrawline: ((line: string) => boolean) | undefined;
+}
 
 /** The fields of a JSON-RPC message the fast path looks at. */
 interface Envelope {
@@ -225,6 +230,12 @@ export class FastUpstreamCalls {
       sdkClose?.call(transport);
       this.#closed();
     };
+    // A transport that offers its lines unparsed (stdio): a response of the SDK's one-text-block
+    // layout to one of our requests is read from its text, without JSON.parse.
+    if ('onrawline' in transport) {
+      (transport as RawLineSource).onrawline = (line) =>
+        this.#pending.size > 0 && this.#onPlainLine(line);
+    }
   }
 
   /** Requests in flight on the fast path. */
@@ -336,6 +347,21 @@ export class FastUpstreamCalls {
       else cancel.removeEventListener('abort', entry.onAbort!);
     }
     return entry;
+  }
+
+  /**
+   * Settles a pending request from a response line {@link plainTextResponse} reads (its result
+   * already notes the line, as `rememberRawResult` would): what
+   * {@link #onResponse} does with the parsed message (such a message always takes its first
+   * branch); false, and the line is parsed as usual, for any other line or an id not pending.
+   */
+  #onPlainLine(line: string): boolean {
+    const plain = plainTextResponse(line);
+    if (plain === undefined || !this.#pending.has(plain.id)) return false;
+    const entry = this.#finish(plain.id)!;
+    if (entry.cancel?.aborted) return true;
+    entry.resolve(plain.result as Result);
+    return true;
   }
 
   /** Settles a pending request from its response; false to leave the message to Protocol. */

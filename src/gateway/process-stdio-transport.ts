@@ -97,6 +97,12 @@ export class ProcessStdioTransport implements Transport {
   onclose?: () => void;
   onerror?: (error: Error) => void;
   onmessage?: (message: JSONRPCMessage) => void;
+  /**
+   * Offered each non-blank line before it is parsed; returning true takes it (it is neither
+   * parsed nor delivered to `onmessage`). The fast path reads the responses it can from their
+   * text (see `plainTextResponse`). Must not throw.
+   */
+  onrawline: ((line: string) => boolean) | undefined = undefined;
 
   readonly #options: ProcessStdioTransportOptions;
   #child: ChildProcess | undefined;
@@ -195,6 +201,7 @@ export class ProcessStdioTransport implements Transport {
   #online(line: string): void {
     // A line that starts with `{` is not blank: no trim (a copy) for the usual message.
     if (line.charCodeAt(0) !== 0x7b && line.trim() === '') return;
+    if (this.onrawline?.(line) === true) return;
     let message: unknown;
     try {
       message = JSON.parse(line);
