@@ -33,6 +33,12 @@ export class StdioSessionTransport implements Transport {
   onclose?: () => void;
   onerror?: (error: Error) => void;
   onmessage?: (message: JSONRPCMessage) => void;
+  /**
+   * Offered each non-empty line before it is parsed; returning true takes it (it is neither
+   * parsed nor delivered to `onmessage`). The fast path reads the `tools/call` requests it can
+   * with a parse of their arguments alone (see `plainToolCallRequest`). Must not throw.
+   */
+  onrawline: ((line: string) => boolean) | undefined = undefined;
 
   readonly #stdin: NodeJS.ReadableStream;
   readonly #stdout: NodeJS.WritableStream;
@@ -74,6 +80,7 @@ export class StdioSessionTransport implements Transport {
   };
 
   #line(line: string): void {
+    if (this.onrawline?.(line) === true) return;
     let message: unknown;
     try {
       message = JSON.parse(line);

@@ -100,8 +100,8 @@ export function rawResultJson(result: object): string | undefined {
 /** Longest line {@link plainTextResponse} reads; longer ones are parsed (JSON.parse is faster). */
 export const PLAIN_TEXT_MAX_LINE = 1024;
 
-/** A JSON string literal: no raw `"`, `\\` or control character; only JSON's escapes. */
-const JSON_STRING = String.raw`"(?:[^"\\\u0000-\u001f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"`;
+/** A JSON string literal (a RegExp source): no raw `"`, `\\` or control character; only JSON's escapes. */
+export const JSON_STRING = String.raw`"(?:[^"\\\u0000-\u001f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"`;
 
 /**
  * The SDK's layout of a response whose result is one text block, with or without `isError`.
