@@ -8,7 +8,8 @@
  * through `onerror` and, when it carries an id the client may be waiting on, answered with
  * `-32600 Invalid Request` (the SDK alone would leave that client waiting forever); lines that
  * are not JSON have no id to answer and are only reported. Output goes through a
- * {@link LineWriter}.
+ * {@link LineWriter}. Before a line is parsed it is offered to `onrawline` (the fast path takes
+ * plain `tools/call` lines there, parsing only their arguments).
  *
  * @module
  */

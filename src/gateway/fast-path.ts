@@ -19,6 +19,14 @@
  *   writes their responses, honouring `notifications/cancelled` and connection close as
  *   `Protocol` does.
  *
+ * Over stdio both read the commonest lines from their text before any parse (the transports
+ * offer each line through `onrawline`): an agent's plain `tools/call` with one `JSON.parse` of
+ * its arguments alone ({@link plainToolCallRequest}), and an upstream's one-text-block result
+ * without a parse (`plainTextResponse` in raw-results.ts). Both accept only layouts whose every
+ * key and separator is fixed, build exactly what `JSON.parse` of the whole line builds, and
+ * leave any other line to the parse as before; a whole-line parse was the largest part of a
+ * forwarded call's CPU time.
+ *
  * @module
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';

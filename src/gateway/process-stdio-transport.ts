@@ -5,7 +5,8 @@
  * wrapper (`npx`, a shell script) leaves grandchildren behind. This transport spawns the child
  * detached, in its own process group, and signals the group (`kill(-pgid)`) on close: SIGTERM,
  * then SIGKILL after a grace period. It also parses lines with a cheap envelope check instead
- * of a full schema parse — the protocol layer validates what it needs — and writes through a
+ * of a full schema parse — the protocol layer validates what it needs; a line the fast path
+ * takes through `onrawline` (a plain text result) is not parsed at all — and writes through a
  * {@link LineWriter}: the messages of one poll phase of the event loop in one write (one
  * syscall and one wake-up of the child for a whole burst of concurrent calls, also when they
  * came in separate HTTP requests).
