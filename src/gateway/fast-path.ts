@@ -493,9 +493,10 @@ function requestIdOf(text: string): RequestId | undefined {
  * Reads an agent's `tools/call` request line of a plain layout with one `JSON.parse`, of its
  * arguments alone: `{"jsonrpc":"2.0","id":I,"method":"tools/call","params":{"name":N,
  * "arguments":A}}`, or the same members in the SDK's order. The line is prefix + A + a fixed
- * end, so when A parses as one JSON value the whole line is valid JSON and parses to exactly
- * the message returned — JSON's grammar leaves no other reading (a duplicate key outside A, or
- * anything after it, makes A itself fail to parse). What is inside A (duplicate keys, an own
+ * end, so when A parses as one JSON value the whole line is valid JSON and parses to the same
+ * members and values as the message returned (whose envelope members are always in the first
+ * order) — JSON's grammar leaves no other reading (a duplicate key outside A, or anything
+ * after it, makes A itself fail to parse). What is inside A (duplicate keys, an own
  * `__proto__`, escapes) is read by the same `JSON.parse` as before. Undefined for any other
  * line — arguments that are not an object included — which is then parsed whole as usual.
  *
