@@ -214,8 +214,14 @@ export class AuditLog {
       lines[i] = line;
       batch += line;
     }
-    // The whole batch in one encode and one write(2) when it fits the current file (nearly
-    // always); measuring each line's bytes is only needed where a rotation falls inside it.
+    // The whole batch in one write(2) when it fits the current file (nearly always); measuring
+    // each line's bytes is only needed where a rotation falls inside it. Far from the limit
+    // (UTF-8 takes at most 3 bytes per UTF-16 unit) the string is written as it is — no byte
+    // count beforehand, no Buffer — and the bytes written are what it took.
+    if (this.#size + batch.length * 3 <= this.#maxBytes) {
+      this.#size += writeSync(this.#fd, batch);
+      return;
+    }
     const buf = Buffer.from(batch);
     if (this.#size + buf.length <= this.#maxBytes) {
       this.#writeBytes(buf);

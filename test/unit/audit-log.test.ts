@@ -50,6 +50,42 @@ describe('AuditLog batching', () => {
     });
   }
 
+  it('counts the bytes of batches written far from the size limit, and rotates on time', () => {
+    // Batches far below maxBytes are written as strings (no byte count beforehand); what they
+    // took must still count, or a later batch would overflow the file instead of rotating.
+    const maxBytes = 8_000;
+    const log = new AuditLog({ path, maxBytes, maxFiles: 3 });
+    logs.push(log);
+    let i = 0;
+    for (let batch = 0; batch < 40; batch++) {
+      for (let k = 0; k < 3; k++) {
+        log.writeCall(
+          'agent-ü',
+          'fs__read',
+          { i: i++, s: 'naïve “x”' },
+          Date.UTC(2026, 0, 1),
+          1.5,
+          {
+            decision: 'allow',
+            outcome: 'ok',
+          },
+        );
+      }
+      log.flush();
+    }
+    const sizes = [path, `${path}.1`, `${path}.2`].map((p) => readFileSync(p).length);
+    for (const size of sizes) expect(size).toBeLessThanOrEqual(maxBytes);
+    // The rotated file was filled until the next line no longer fit: nothing rotated early.
+    const lineBytes = Buffer.byteLength(readFileSync(path, 'utf8').split('\n')[0]! + '\n');
+    expect(sizes[1]! + lineBytes).toBeGreaterThan(maxBytes);
+    const all = [`${path}.2`, `${path}.1`, path].flatMap((p) =>
+      readFileSync(p, 'utf8').split('\n').filter(Boolean),
+    );
+    expect(all.map((l) => (JSON.parse(l) as { argsDigest: string }).argsDigest).slice(-3)).toEqual(
+      [i - 3, i - 2, i - 1].map((n) => digestArgs({ i: n, s: 'naïve “x”' })),
+    );
+  });
+
   it('holds records for flushIntervalMs, then writes them in one batch', () => {
     const log = open();
     call(log, 1);
