@@ -8,7 +8,8 @@
  * through `onerror` and, when it carries an id the client may be waiting on, answered with
  * `-32600 Invalid Request` (the SDK alone would leave that client waiting forever); lines that
  * are not JSON have no id to answer and are only reported. Output goes through a
- * {@link LineWriter}.
+ * {@link LineWriter}. Before a line is parsed it is offered to `onrawline` (the fast path takes
+ * plain `tools/call` lines there, parsing only their arguments).
  *
  * @module
  */
@@ -33,6 +34,12 @@ export class StdioSessionTransport implements Transport {
   onclose?: () => void;
   onerror?: (error: Error) => void;
   onmessage?: (message: JSONRPCMessage) => void;
+  /**
+   * Offered each non-empty line before it is parsed; returning true takes it (it is neither
+   * parsed nor delivered to `onmessage`). The fast path reads the `tools/call` requests it can
+   * with a parse of their arguments alone (see `plainToolCallRequest`). Must not throw.
+   */
+  onrawline: ((line: string) => boolean) | undefined = undefined;
 
   readonly #stdin: NodeJS.ReadableStream;
   readonly #stdout: NodeJS.WritableStream;
@@ -74,6 +81,7 @@ export class StdioSessionTransport implements Transport {
   };
 
   #line(line: string): void {
+    if (this.onrawline?.(line) === true) return;
     let message: unknown;
     try {
       message = JSON.parse(line);

@@ -19,6 +19,14 @@
  *   writes their responses, honouring `notifications/cancelled` and connection close as
  *   `Protocol` does.
  *
+ * Over stdio both read the commonest lines from their text before any parse (the transports
+ * offer each line through `onrawline`): an agent's plain `tools/call` with one `JSON.parse` of
+ * its arguments alone ({@link plainToolCallRequest}), and an upstream's one-text-block result
+ * without a parse (`plainTextResponse` in raw-results.ts). Both accept only layouts whose every
+ * key and separator is fixed, build exactly what `JSON.parse` of the whole line builds, and
+ * leave any other line to the parse as before; a whole-line parse was the largest part of a
+ * forwarded call's CPU time.
+ *
  * @module
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -40,7 +48,17 @@ import type { z } from 'zod';
 import { argumentsJson } from './args-json.js';
 import { LINE_QUEUED } from './line-writer.js';
 import { RelayedMcpError } from './map-error.js';
-import { rememberRawResult, rawResponseLine } from './raw-results.js';
+import {
+  JSON_STRING,
+  plainTextResponse,
+  rememberRawResult,
+  rawResponseLine,
+} from './raw-results.js';
+
+/** A transport that offers each line before parsing it (ProcessStdioTransport). */
+interface RawLineSource {
+  onrawline: ((line: string) => boolean) | undefined;
+}
 
 /** The fields of a JSON-RPC message the fast path looks at. */
 interface Envelope {
@@ -225,6 +243,12 @@ export class FastUpstreamCalls {
       sdkClose?.call(transport);
       this.#closed();
     };
+    // A transport that offers its lines unparsed (stdio): a response of the SDK's one-text-block
+    // layout to one of our requests is read from its text, without JSON.parse.
+    if ('onrawline' in transport) {
+      (transport as RawLineSource).onrawline = (line) =>
+        this.#pending.size > 0 && this.#onPlainLine(line);
+    }
   }
 
   /** Requests in flight on the fast path. */
@@ -338,6 +362,21 @@ export class FastUpstreamCalls {
     return entry;
   }
 
+  /**
+   * Settles a pending request from a response line {@link plainTextResponse} reads (its result
+   * already notes the line, as `rememberRawResult` would): what
+   * {@link #onResponse} does with the parsed message (such a message always takes its first
+   * branch); false, and the line is parsed as usual, for any other line or an id not pending.
+   */
+  #onPlainLine(line: string): boolean {
+    const plain = plainTextResponse(line);
+    if (plain === undefined || !this.#pending.has(plain.id)) return false;
+    const entry = this.#finish(plain.id)!;
+    if (entry.cancel?.aborted) return true;
+    entry.resolve(plain.result as Result);
+    return true;
+  }
+
   /** Settles a pending request from its response; false to leave the message to Protocol. */
   #onResponse(m: Envelope): boolean {
     const id = typeof m.id === 'number' ? m.id : typeof m.id === 'string' ? Number(m.id) : NaN;
@@ -411,6 +450,81 @@ export interface FastCallExtra {
   readonly requestInfo?: MessageExtraInfo['requestInfo'];
   /** Registers work to run right after the response was written (or dropped), on a later tick. */
   defer(work: () => void): void;
+}
+
+/** Longest line {@link plainToolCallRequest} reads; longer ones are parsed whole. */
+export const PLAIN_CALL_MAX_LINE = 64 * 1024;
+
+/** A request id: a JSON integer as JSON.stringify writes a safe one (no `-0`), or a string. */
+const JSON_ID = String.raw`(0|-?[1-9][0-9]{0,15}|${JSON_STRING})`;
+
+/**
+ * The two layouts of a plain `tools/call` request line: fields in the order a raw JSON-RPC
+ * client writes them, and in the order the SDK's `Protocol` does (`method, params, jsonrpc,
+ * id`). Every key and separator is fixed; the arguments are whatever lies between
+ * `"arguments":` and the fixed end, and count only when `JSON.parse` reads them as one object.
+ */
+const PLAIN_CALL_LAYOUTS = [
+  new RegExp(
+    String.raw`^\{"jsonrpc":"2\.0","id":${JSON_ID},"method":"tools/call",` +
+      String.raw`"params":\{"name":(${JSON_STRING}),"arguments":(.*)\}\}$`,
+  ),
+  new RegExp(
+    String.raw`^\{"method":"tools/call","params":\{"name":(${JSON_STRING}),"arguments":(.*)\}` +
+      String.raw`,"jsonrpc":"2\.0","id":${JSON_ID}\}$`,
+  ),
+] as const;
+
+/** The value of a JSON string literal (without a parse when it has no escape). */
+function stringLiteral(literal: string): string {
+  return literal.indexOf('\\') === -1 ? literal.slice(1, -1) : (JSON.parse(literal) as string);
+}
+
+/** The value of a {@link JSON_ID}: digits read as Number would (≤ 16, so exact or unsafe). */
+function requestIdOf(text: string): RequestId | undefined {
+  if (text.charCodeAt(0) === 0x22 /* " */) return stringLiteral(text);
+  const negative = text.charCodeAt(0) === 0x2d; /* - */
+  let n = 0;
+  for (let i = negative ? 1 : 0; i < text.length; i++) n = n * 10 + (text.charCodeAt(i) - 0x30);
+  return Number.isSafeInteger(n) ? (negative ? -n : n) : undefined;
+}
+
+/**
+ * Reads an agent's `tools/call` request line of a plain layout with one `JSON.parse`, of its
+ * arguments alone: `{"jsonrpc":"2.0","id":I,"method":"tools/call","params":{"name":N,
+ * "arguments":A}}`, or the same members in the SDK's order. The line is prefix + A + a fixed
+ * end, so when A parses as one JSON value the whole line is valid JSON and parses to the same
+ * members and values as the message returned (whose envelope members are always in the first
+ * order) — JSON's grammar leaves no other reading (a duplicate key outside A, or anything
+ * after it, makes A itself fail to parse). What is inside A (duplicate keys, an own
+ * `__proto__`, escapes) is read by the same `JSON.parse` as before. Undefined for any other
+ * line — arguments that are not an object included — which is then parsed whole as usual.
+ *
+ * @example
+ * plainToolCallRequest('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"m":"x"}}}');
+ * // { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'echo', arguments: { m: 'x' } } }
+ */
+export function plainToolCallRequest(
+  line: string,
+): (Request & { jsonrpc: '2.0'; id: RequestId }) | undefined {
+  if (line.length > PLAIN_CALL_MAX_LINE) return undefined;
+  const first = line.charCodeAt(2);
+  const sdkOrder = first === 0x6d; /* m: {"method" */
+  const m = PLAIN_CALL_LAYOUTS[sdkOrder ? 1 : 0].exec(line);
+  if (m === null) return undefined;
+  const [idText, nameText, argsText] = sdkOrder ? [m[3]!, m[1]!, m[2]!] : [m[1]!, m[2]!, m[3]!];
+  let id: RequestId | undefined;
+  let name: string;
+  let args: unknown;
+  try {
+    id = requestIdOf(idText);
+    name = stringLiteral(nameText);
+    args = JSON.parse(argsText);
+  } catch {
+    return undefined; // not one JSON value: the whole line is parsed (and judged) as usual
+  }
+  if (id === undefined || !isObject(args)) return undefined;
+  return { jsonrpc: '2.0', id, method: 'tools/call', params: { name, arguments: args } };
 }
 
 /** One `tools/call` in flight on the fast path: its cancellation and its deferred work. */
@@ -506,6 +620,14 @@ export class FastToolCalls {
       this.#inflight.clear();
       sdkClose?.call(transport);
     };
+    // A transport that offers its lines unparsed (stdio): a plain tools/call is read with a
+    // parse of its arguments alone, and taken as #take takes it (it passes every check there).
+    if ('onrawline' in transport) {
+      (transport as RawLineSource).onrawline = (line) => {
+        const request = plainToolCallRequest(line);
+        return request !== undefined && this.#take(request, undefined);
+      };
+    }
   }
 
   /** Takes a `tools/call` request the SDK would accept unchanged; false to leave it. */

@@ -50,7 +50,9 @@ export class LineReader {
       } else if (line.length > this.#maxLineLength) {
         this.#onoverflow?.();
       } else {
-        this.#online(line.endsWith('\r') ? line.slice(0, -1) : line);
+        // charCodeAt, not endsWith('\r'): the builtin call was a visible part of a short line.
+        const end = line.length - 1;
+        this.#online(end >= 0 && line.charCodeAt(end) === 0x0d ? line.slice(0, -1) : line);
       }
       start = newline + 1;
       newline = chunk.indexOf('\n', start);

@@ -5,7 +5,8 @@
  * wrapper (`npx`, a shell script) leaves grandchildren behind. This transport spawns the child
  * detached, in its own process group, and signals the group (`kill(-pgid)`) on close: SIGTERM,
  * then SIGKILL after a grace period. It also parses lines with a cheap envelope check instead
- * of a full schema parse — the protocol layer validates what it needs — and writes through a
+ * of a full schema parse — the protocol layer validates what it needs; a line the fast path
+ * takes through `onrawline` (a plain text result) is not parsed at all — and writes through a
  * {@link LineWriter}: the messages of one poll phase of the event loop in one write (one
  * syscall and one wake-up of the child for a whole burst of concurrent calls, also when they
  * came in separate HTTP requests).
@@ -97,6 +98,12 @@ export class ProcessStdioTransport implements Transport {
   onclose?: () => void;
   onerror?: (error: Error) => void;
   onmessage?: (message: JSONRPCMessage) => void;
+  /**
+   * Offered each non-blank line before it is parsed; returning true takes it (it is neither
+   * parsed nor delivered to `onmessage`). The fast path reads the responses it can from their
+   * text (see `plainTextResponse`). Must not throw.
+   */
+  onrawline: ((line: string) => boolean) | undefined = undefined;
 
   readonly #options: ProcessStdioTransportOptions;
   #child: ChildProcess | undefined;
@@ -193,7 +200,9 @@ export class ProcessStdioTransport implements Transport {
   }
 
   #online(line: string): void {
-    if (line.trim() === '') return;
+    // A line that starts with `{` is not blank: no trim (a copy) for the usual message.
+    if (line.charCodeAt(0) !== 0x7b && line.trim() === '') return;
+    if (this.onrawline?.(line) === true) return;
     let message: unknown;
     try {
       message = JSON.parse(line);

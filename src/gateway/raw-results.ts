@@ -10,6 +10,7 @@
  *
  * @module
  */
+import { Buffer } from 'node:buffer';
 
 const PREFIX = '{"result":';
 const ID_MEMBER = ',"jsonrpc":"2.0","id":';
@@ -72,10 +73,16 @@ function idStart(line: string, id: number): number {
   return member >= PREFIX.length && line.startsWith(ID_MEMBER, member) ? at : -1;
 }
 
-/** The JSON-RPC response line carrying `result` under `id`, if its upstream text is known. */
+/**
+ * The JSON-RPC response line carrying `result` under `id`, if its upstream text is known. A
+ * numeric id is written with `String` — for a finite number the same text `JSON.stringify`
+ * makes, without its generic serializer (a visible part of a forwarded response).
+ */
 export function rawResponseLine(result: object, id: string | number): string | undefined {
   const r = rawOf(result);
-  return r === undefined ? undefined : r.line.slice(0, r.idAt) + JSON.stringify(id) + '}';
+  if (r === undefined) return undefined;
+  const idJson = typeof id === 'number' && Number.isFinite(id) ? `${id}` : JSON.stringify(id);
+  return `${r.line.slice(0, r.idAt)}${idJson}}`;
 }
 
 /** UTF-8 bytes of `result`'s JSON as the upstream wrote it, if known. */
@@ -88,4 +95,66 @@ export function rawResultBytes(result: object): number | undefined {
 export function rawResultJson(result: object): string | undefined {
   const r = rawOf(result);
   return r === undefined ? undefined : r.line.slice(PREFIX.length, r.idAt - ID_MEMBER.length);
+}
+
+/** Longest line {@link plainTextResponse} reads; longer ones are parsed (JSON.parse is faster). */
+export const PLAIN_TEXT_MAX_LINE = 1024;
+
+/** A JSON string literal (a RegExp source): no raw `"`, `\\` or control character; only JSON's escapes. */
+export const JSON_STRING = String.raw`"(?:[^"\\\u0000-\u001f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"`;
+
+/**
+ * The SDK's layout of a response whose result is one text block, with or without `isError`.
+ * Every key and separator is fixed, so a line it matches is valid JSON that parses to exactly
+ * `{ result: { content: [{ type: 'text', text }], isError? }, jsonrpc: '2.0', id }` — no other
+ * key, no duplicate, no whitespace. The string's alternatives are disjoint and single-unit, so
+ * a failing match backtracks linearly (and lines are bounded by {@link PLAIN_TEXT_MAX_LINE}).
+ */
+const PLAIN_TEXT_RESPONSE = new RegExp(
+  String.raw`^\{"result":\{"content":\[\{"type":"text","text":(${JSON_STRING})\}\]` +
+    String.raw`(?:,"isError":(true|false))?\},"jsonrpc":"2\.0","id":(0|[1-9][0-9]{0,15})\}$`,
+);
+
+/**
+ * Reads an upstream response line of the layout the SDK writes for a one-text-block tool result
+ * without `JSON.parse`: its id and a result deep-equal to what `JSON.parse(line).result` gives
+ * (same keys in the same order, the text decoded by JSON's own rules). Undefined for any other
+ * line, which is then parsed as usual. On short lines this is several times cheaper than the
+ * generic parse, which builds and internalizes every key.
+ *
+ * @example
+ * plainTextResponse('{"result":{"content":[{"type":"text","text":"hi"}]},"jsonrpc":"2.0","id":3}');
+ * // { id: 3, result: { content: [{ type: 'text', text: 'hi' }] } }
+ */
+export function plainTextResponse(
+  line: string,
+):
+  | { id: number; result: { content: { type: 'text'; text: string }[]; isError?: boolean } }
+  | undefined {
+  if (line.length > PLAIN_TEXT_MAX_LINE) return undefined;
+  const m = PLAIN_TEXT_RESPONSE.exec(line);
+  if (m === null) return undefined;
+  // The id's digits (at most 16, no leading zero), read as Number would: exact below 2^53,
+  // and a larger value cannot round down to a safe integer.
+  const digits = m[3]!;
+  let id = 0;
+  for (let i = 0; i < digits.length; i++) id = id * 10 + (digits.charCodeAt(i) - 0x30);
+  if (!Number.isSafeInteger(id)) return undefined;
+  const literal = m[1]!;
+  let text: string;
+  if (literal.indexOf('\\') === -1) text = literal.slice(1, -1);
+  else {
+    try {
+      text = JSON.parse(literal) as string; // escapes: JSON's own decoding
+    } catch {
+      return undefined; // cannot happen for a matched literal; parsed as usual if it did
+    }
+  }
+  const content = [{ type: 'text' as const, text }];
+  const isError = m[2];
+  const result: WithRaw & { content: typeof content; isError?: boolean } =
+    isError === undefined ? { content } : { content, isError: isError === 'true' };
+  // What rememberRawResult would note: the line has the SDK layout with the id last.
+  result[RAW] = { line, idAt: line.length - 1 - digits.length, owner: result };
+  return { id, result };
 }

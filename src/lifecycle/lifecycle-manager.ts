@@ -122,6 +122,13 @@ export class LifecycleManager {
   readonly #terminated: string[] = [];
   /** Live agents with `heartbeat: 'manual'`, not UNHEALTHY, oldest heartbeat first. */
   readonly #watched = new Map<string, AgentRecord>();
+  /**
+   * The id {@link #beat} last moved to the end of {@link #watched}, while it is known to be
+   * there still; every other change of `#watched` forgets it. An agent heartbeating again with
+   * nobody else in between (every tool call is a heartbeat) is then left where it is, instead of
+   * a Map delete and set per call.
+   */
+  #watchedLast: string | undefined;
   #live = 0;
   #monitor: NodeJS.Timeout | undefined;
   #workload: (agentId: string) => AgentWorkload = () => NO_WORK;
@@ -181,7 +188,7 @@ export class LifecycleManager {
       if (rec.heartbeatMode === 'manual') {
         rec.lastHeartbeat = now;
         this.#agents.put(rec.id, rec);
-        if (rec.status !== AgentStatus.UNHEALTHY) this.#watched.set(rec.id, rec);
+        if (rec.status !== AgentStatus.UNHEALTHY) this.#watch(rec);
       } else if (rec.status !== AgentStatus.HEALTHY) {
         rec.status = AgentStatus.HEALTHY;
         this.#agents.put(rec.id, rec);
@@ -236,7 +243,7 @@ export class LifecycleManager {
     this.#agents.put(rec.id, rec);
     this.#byCredential.set(rec.credentialHash, rec.id);
     this.#live++;
-    if (rec.heartbeatMode === 'manual') this.#watched.set(rec.id, rec);
+    if (rec.heartbeatMode === 'manual') this.#watch(rec);
     this.#ensureMonitor();
     const info = this.#info(rec);
     this.events.emit('agent.spawned', info);
@@ -361,10 +368,11 @@ export class LifecycleManager {
       throw new AgentUnavailableError(agentId, rec.status);
     }
     rec.lastHeartbeat = Date.now();
-    if (rec.heartbeatMode === 'manual') {
+    if (rec.heartbeatMode === 'manual' && this.#watchedLast !== rec.id) {
       // To the end of the sweep order (delete + set: a Map keeps insertion order).
       this.#watched.delete(rec.id);
       this.#watched.set(rec.id, rec);
+      this.#watchedLast = rec.id;
     }
     // A status change is stored; the time alone is not: every tool call is a heartbeat, so
     // storing it would put a durable commit on the hot path, and a restored agent gets a fresh
@@ -435,9 +443,9 @@ export class LifecycleManager {
     rec.heartbeatMode = mode;
     rec.lastHeartbeat = Date.now();
     this.#agents.put(rec.id, rec);
-    this.#watched.delete(rec.id);
+    this.#unwatch(rec.id);
     if (rec.status === AgentStatus.DRAINING || rec.status === AgentStatus.TERMINATED) return;
-    if (mode === 'manual') this.#watched.set(rec.id, rec);
+    if (mode === 'manual') this.#watch(rec);
     else if (rec.status !== AgentStatus.HEALTHY) this.#setStatus(rec, AgentStatus.HEALTHY);
   }
 
@@ -460,7 +468,7 @@ export class LifecycleManager {
         : checkNumber('drainTimeoutSeconds', options.drainTimeoutSeconds, 'nonNegativeNumber') *
           1000;
     const p = (async () => {
-      this.#watched.delete(rec.id);
+      this.#unwatch(rec.id);
       this.#setStatus(rec, AgentStatus.DRAINING);
       try {
         await this.#drainer(agentId, drainMs);
@@ -491,14 +499,26 @@ export class LifecycleManager {
       const silent = now - rec.lastHeartbeat;
       if (silent < 2 * this.#intervalMs) break; // the rest heartbeated later
       if (rec.status === AgentStatus.DRAINING || rec.status === AgentStatus.TERMINATED) {
-        this.#watched.delete(rec.id);
+        this.#unwatch(rec.id);
         continue;
       }
       const next = silent >= 3 * this.#intervalMs ? AgentStatus.UNHEALTHY : AgentStatus.DEGRADED;
       // An UNHEALTHY agent changes nothing more until it heartbeats (which puts it back).
-      if (next === AgentStatus.UNHEALTHY) this.#watched.delete(rec.id);
+      if (next === AgentStatus.UNHEALTHY) this.#unwatch(rec.id);
       if (next !== rec.status) this.#setStatus(rec, next);
     }
+  }
+
+  /** Adds `rec` to the sweep order (at its end when it was not in it). */
+  #watch(rec: AgentRecord): void {
+    this.#watched.set(rec.id, rec);
+    this.#watchedLast = undefined;
+  }
+
+  /** Takes an agent out of the sweep order. */
+  #unwatch(agentId: string): void {
+    this.#watched.delete(agentId);
+    this.#watchedLast = undefined;
   }
 
   /** Stops the health monitor. Agents are left as they are. */

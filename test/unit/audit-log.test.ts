@@ -50,6 +50,42 @@ describe('AuditLog batching', () => {
     });
   }
 
+  it('counts the bytes of batches written far from the size limit, and rotates on time', () => {
+    // Batches far below maxBytes are written as strings (no byte count beforehand); what they
+    // took must still count, or a later batch would overflow the file instead of rotating.
+    const maxBytes = 8_000;
+    const log = new AuditLog({ path, maxBytes, maxFiles: 3 });
+    logs.push(log);
+    let i = 0;
+    for (let batch = 0; batch < 40; batch++) {
+      for (let k = 0; k < 3; k++) {
+        log.writeCall(
+          'agent-ü',
+          'fs__read',
+          { i: i++, s: 'naïve “x”' },
+          Date.UTC(2026, 0, 1),
+          1.5,
+          {
+            decision: 'allow',
+            outcome: 'ok',
+          },
+        );
+      }
+      log.flush();
+    }
+    const sizes = [path, `${path}.1`, `${path}.2`].map((p) => readFileSync(p).length);
+    for (const size of sizes) expect(size).toBeLessThanOrEqual(maxBytes);
+    // The rotated file was filled until the next line no longer fit: nothing rotated early.
+    const lineBytes = Buffer.byteLength(readFileSync(path, 'utf8').split('\n')[0]! + '\n');
+    expect(sizes[1]! + lineBytes).toBeGreaterThan(maxBytes);
+    const all = [`${path}.2`, `${path}.1`, path].flatMap((p) =>
+      readFileSync(p, 'utf8').split('\n').filter(Boolean),
+    );
+    expect(all.map((l) => (JSON.parse(l) as { argsDigest: string }).argsDigest).slice(-3)).toEqual(
+      [i - 3, i - 2, i - 1].map((n) => digestArgs({ i: n, s: 'naïve “x”' })),
+    );
+  });
+
   it('holds records for flushIntervalMs, then writes them in one batch', () => {
     const log = open();
     call(log, 1);
@@ -200,6 +236,40 @@ describe('formatCall', () => {
     expect(formatCall({ ...odd, fields: outcomes[0]! })).toBe(
       reference({ ...odd, fields: outcomes[0]! }),
     );
+  });
+  it('writes the same text when records repeat, or change one field at a time', () => {
+    // formatCall keeps the fragments of the last record (who called what, what became of it):
+    // repeats, and changes of any one field in either, must each still give the exact line.
+    const base = {
+      agent: 'a1',
+      tool: 'ev__echo',
+      args: { message: 'm' },
+      startedAt: times[0]!,
+      durationMs: 0.25,
+    };
+    const sequence = [
+      { ...base, fields: outcomes[1]! },
+      { ...base, fields: outcomes[1]! },
+      { ...base, fields: { ...outcomes[1]!, rule: undefined } },
+      { ...base, fields: { ...outcomes[1]!, rule: undefined } },
+      { ...base, fields: outcomes[1]! },
+      { ...base, agent: 'a2', fields: outcomes[1]! },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: outcomes[1]! },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: outcomes[2]! },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: { ...outcomes[2]!, code: undefined } },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: { ...outcomes[2]!, outcome: 'error' } },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: { ...outcomes[2]!, decision: 'approved' } },
+      { ...base, agent: 'a2', tool: 'ev__add', fields: outcomes[2]! },
+      { ...base, fields: outcomes[0]! },
+      { ...base, args: 1n, fields: outcomes[0]! }, // no digest: marked, fragments unchanged
+      { ...base, fields: outcomes[0]! },
+    ];
+    for (const c of sequence) {
+      if (typeof c.args === 'bigint') {
+        expect(formatCall(c)).toMatch(/"argsDigest":null,"argsError":"arguments could not/);
+        expect(JSON.parse(formatCall(c))).toMatchObject({ agent: 'a1', decision: 'allow' });
+      } else expect(formatCall(c)).toBe(reference(c));
+    }
   });
 });
 

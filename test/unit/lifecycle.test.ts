@@ -111,6 +111,43 @@ describe('LifecycleManager', () => {
     );
   });
 
+  it('keeps the sweep order by last heartbeat when agents join, leave and heartbeat again', async () => {
+    // A heartbeat moves its agent to the end of the sweep order, unless it is known to be there
+    // already; an agent joining in between must make the next heartbeat move it again, or the
+    // sweep (which stops at the first recent agent) would never reach the silent one.
+    const a = await lifecycle.spawn({ model: 'm', name: 'a', executor: 'remote' });
+    lifecycle.heartbeatStatus(a.id); // a is last
+    await vi.advanceTimersByTimeAsync(1_000);
+    const b = await lifecycle.spawn({ model: 'm', name: 'b', executor: 'remote' }); // b is last
+    lifecycle.heartbeatStatus(a.id); // a must move behind b
+    await vi.advanceTimersByTimeAsync(5_000);
+    lifecycle.heartbeatStatus(a.id);
+    await vi.advanceTimersByTimeAsync(15_000); // b silent 20 s, a 15 s
+    lifecycle.checkHealth();
+    expect(lifecycle.agentInfo(b.id).status).toBe(AgentStatus.DEGRADED);
+    expect(lifecycle.agentInfo(a.id).status).toBe(AgentStatus.HEALTHY);
+    // Switched to auto and back to manual: out of the order and in again, at its end.
+    lifecycle.heartbeatStatus(b.id);
+    lifecycle.setHeartbeatMode(a.id, 'auto');
+    lifecycle.setHeartbeatMode(a.id, 'manual'); // a is last (a fresh heartbeat)
+    lifecycle.heartbeatStatus(b.id); // b must move behind a
+    await vi.advanceTimersByTimeAsync(5_000);
+    lifecycle.heartbeatStatus(b.id);
+    await vi.advanceTimersByTimeAsync(15_000); // a silent 20 s, b 15 s
+    lifecycle.checkHealth();
+    expect(lifecycle.agentInfo(a.id).status).toBe(AgentStatus.DEGRADED);
+    expect(lifecycle.agentInfo(b.id).status).toBe(AgentStatus.HEALTHY);
+    // UNHEALTHY leaves the order; the heartbeat that heals b must put it back in.
+    lifecycle.heartbeatStatus(b.id);
+    await vi.advanceTimersByTimeAsync(30_000);
+    lifecycle.checkHealth();
+    expect(lifecycle.agentInfo(b.id).status).toBe(AgentStatus.UNHEALTHY);
+    lifecycle.heartbeatStatus(b.id);
+    await vi.advanceTimersByTimeAsync(20_000);
+    lifecycle.checkHealth();
+    expect(lifecycle.agentInfo(b.id).status).toBe(AgentStatus.DEGRADED);
+  });
+
   it('heartbeatStatus is a heartbeat without the snapshot', async () => {
     const a = await lifecycle.spawn({ model: 'm', name: 'a', executor: 'remote' });
     await vi.advanceTimersByTimeAsync(25_000);

@@ -18,7 +18,7 @@ describe('forwarding a result as the upstream wrote it', () => {
   it('re-addresses the SDK layout to the agent id without serializing the result again', () => {
     const line = JSON.stringify({ result, jsonrpc: '2.0', id: 12 });
     const m = received(line);
-    for (const id of ['req-7', 3, 0]) {
+    for (const id of ['req-7', 3, 0, -5, Number.MAX_SAFE_INTEGER, 'q"\\\u2028', '7']) {
       const out = rawResponseLine(m.result, id)!;
       expect(JSON.parse(out)).toEqual({ result, jsonrpc: '2.0', id });
       expect(out).toBe(JSON.stringify({ result, jsonrpc: '2.0', id }));
