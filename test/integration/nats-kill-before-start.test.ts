@@ -6,54 +6,17 @@
  * accepted — and not dispatch a new attempt that would run the handler a second time.
  * Deterministic: the worker only connects once the sidecar is dead.
  */
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { afterAll, expect, it } from 'vitest';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
-import { callApi } from '../fixtures/api.js';
-import { tempDir, until } from '../fixtures/gateway/harness.js';
+import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
-import { cleanUp, freePort, serve, stop } from '../fixtures/state/serve.js';
+import { api, natsSidecarWithAgent, onDisk } from '../fixtures/nats/state-sidecar.js';
+import { cleanUp, serve, stop } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
-
-const ADMIN = `fab_admin_${'k9Zx'.repeat(8)}`;
-
-async function api<T>(url: string, method: string, body: unknown): Promise<T> {
-  const res = await callApi(url, method, body, ADMIN);
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} → ${res.status}: ${text}`);
-  return JSON.parse(text) as T;
-}
-
-/** Status, attempt and result of every task in the state file. */
-function onDisk(path: string): Map<string, { status: string; attempt: number; result: unknown }> {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  try {
-    const rows = db.prepare('SELECT id, status, attempt, result FROM tasks').all() as {
-      id: string;
-      status: string;
-      attempt: number;
-      result: string | null;
-    }[];
-    return new Map(
-      rows.map((r) => [
-        r.id,
-        {
-          status: r.status,
-          attempt: r.attempt,
-          result: r.result === null ? undefined : (JSON.parse(r.result) as unknown),
-        },
-      ]),
-    );
-  } finally {
-    db.close();
-  }
-}
 
 describeNats('NATS: a sidecar killed before it heard a task’s start', () => {
   const suiteServer = natsServerPerSuite();
@@ -61,26 +24,15 @@ describeNats('NATS: a sidecar killed before it heard a task’s start', () => {
   it('after a restart, an attempt a worker began while the sidecar was down runs once, as that attempt', async () => {
     const namespace = 'k9s';
     const nats = { url: suiteServer().url, namespace };
-    const dir = tempDir('nats-k9s');
-    const statePath = join(dir, 'state.db');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port: await freePort() },
-        adminToken: ADMIN,
-        state: { path: statePath },
-        // AckWait 30 s: a message stored less than 15 s ago is surely a first delivery, which
-        // the worker begins without waiting for its start's answer.
-        nats: { ...nats, ackWaitSeconds: 30 },
-        fabric: { heartbeatIntervalSeconds: 60 },
-        agents: [{ name: 'operator' }],
-      }),
-    );
-    let sidecar = await serve(dir);
-    const { spawned } = await api<{
-      spawned: { agent: { agentId: string }; credential: string };
-    }>(sidecar.url, 'FabricService/SpawnAgent', { name: 'w', model: 'm', executor: 'nats' });
-    const agentId = spawned.agent.agentId;
+    // AckWait 30 s: a message stored less than 15 s ago is surely a first delivery, which the
+    // worker begins without waiting for its start's answer.
+    const set = await natsSidecarWithAgent({
+      nats,
+      ackWaitSeconds: 30,
+      fabric: { heartbeatIntervalSeconds: 60 },
+    });
+    const { dir, statePath, agentId, credential } = set;
+    let sidecar = set.sidecar;
 
     // The worker connects and heartbeats (the agent is then ready for tasks), not pulling yet.
     let worker: NatsWorker | undefined;
@@ -88,7 +40,7 @@ describeNats('NATS: a sidecar killed before it heard a task’s start', () => {
       worker = await NatsWorker.connect({
         nats,
         agentId,
-        credential: spawned.credential,
+        credential,
         concurrency: 3,
         reportTimeoutMs: 500,
       }).catch(() => undefined); // its consumer is made right after the spawn

@@ -4,54 +4,17 @@
  * every task it acknowledged ends exactly once: each handler ran once (counted by the worker),
  * each task is COMPLETED with its own result in the state file, and the stream ends empty.
  */
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { afterAll, expect, it } from 'vitest';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
-import { callApi } from '../fixtures/api.js';
-import { tempDir, until } from '../fixtures/gateway/harness.js';
+import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
-import { cleanUp, freePort, serve, stop } from '../fixtures/state/serve.js';
+import { api, natsSidecarWithAgent, onDisk } from '../fixtures/nats/state-sidecar.js';
+import { cleanUp, serve, stop } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
-
-const ADMIN = `fab_admin_${'k9Zx'.repeat(8)}`;
-
-async function api<T>(url: string, method: string, body: unknown): Promise<T> {
-  const res = await callApi(url, method, body, ADMIN);
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} → ${res.status}: ${text}`);
-  return JSON.parse(text) as T;
-}
-
-/** Status, attempt and result of every task in the state file (read beside the sidecar). */
-function onDisk(path: string): Map<string, { status: string; attempt: number; result: unknown }> {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  try {
-    const rows = db.prepare('SELECT id, status, attempt, result FROM tasks').all() as {
-      id: string;
-      status: string;
-      attempt: number;
-      result: string | null;
-    }[];
-    return new Map(
-      rows.map((r) => [
-        r.id,
-        {
-          status: r.status,
-          attempt: r.attempt,
-          result: r.result === null ? undefined : (JSON.parse(r.result) as unknown),
-        },
-      ]),
-    );
-  } finally {
-    db.close();
-  }
-}
 
 describeNats('NATS: a sidecar killed (SIGKILL) while its tasks sit in JetStream', () => {
   const suiteServer = natsServerPerSuite();
@@ -59,24 +22,13 @@ describeNats('NATS: a sidecar killed (SIGKILL) while its tasks sit in JetStream'
   it('after a restart on the same state, every acknowledged task ran and ended exactly once', async () => {
     const namespace = 'k9';
     const nats = { url: suiteServer().url, namespace };
-    const dir = tempDir('nats-k9');
-    const statePath = join(dir, 'state.db');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port: await freePort() },
-        adminToken: ADMIN,
-        state: { path: statePath },
-        nats: { ...nats, ackWaitSeconds: 2 },
-        fabric: { maxConcurrentTasksPerAgent: 1000, heartbeatIntervalSeconds: 60 },
-        agents: [{ name: 'operator' }],
-      }),
-    );
-    let sidecar = await serve(dir);
-    const { spawned } = await api<{
-      spawned: { agent: { agentId: string }; credential: string };
-    }>(sidecar.url, 'FabricService/SpawnAgent', { name: 'w', model: 'm', executor: 'nats' });
-    const agentId = spawned.agent.agentId;
+    const set = await natsSidecarWithAgent({
+      nats,
+      ackWaitSeconds: 2,
+      fabric: { maxConcurrentTasksPerAgent: 1000, heartbeatIntervalSeconds: 60 },
+    });
+    const { dir, statePath, agentId, credential } = set;
+    let sidecar = set.sidecar;
 
     // The worker: counts each run of each task, two at a time, 60 ms each.
     const runs = new Map<string, number>();
@@ -85,7 +37,7 @@ describeNats('NATS: a sidecar killed (SIGKILL) while its tasks sit in JetStream'
       worker = await NatsWorker.connect({
         nats,
         agentId,
-        credential: spawned.credential,
+        credential,
         concurrency: 2,
         reportTimeoutMs: 1000,
       }).catch(() => undefined); // its consumer is made right after the spawn
