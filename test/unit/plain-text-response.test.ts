@@ -10,6 +10,7 @@ import {
   rawResponseLine,
   rawResultBytes,
 } from '../../src/gateway/raw-results.js';
+import { mutateLine, seededRandom } from '../fixtures/line-mutations.js';
 
 /** What JSON.parse makes of a line, when it has the one-text-block layout; else undefined. */
 function reference(line: string): { id: number; result: unknown } | undefined {
@@ -109,11 +110,7 @@ describe('plainTextResponse (an upstream line read without JSON.parse)', () => {
   });
 
   it('never reads a line differently from JSON.parse (random mutations of valid lines)', () => {
-    let seed = 11;
-    const random = (n: number): number => {
-      seed = (seed * 16807) % 2147483647;
-      return seed % n;
-    };
+    const random = seededRandom(11);
     const alphabet = ['"', '\\', '{', '}', '[', ']', ',', ':', 'u', '0', 'a', '\u0001', ' ', 'é'];
     let read = 0;
     for (let i = 0; i < 20_000; i++) {
@@ -123,17 +120,7 @@ describe('plainTextResponse (an upstream line read without JSON.parse)', () => {
         jsonrpc: '2.0',
         id: i,
       });
-      for (let k = random(3); k >= 0; k--) {
-        const at = random(line.length + 1);
-        const op = random(3);
-        const ch = alphabet[random(alphabet.length)]!;
-        line =
-          op === 0
-            ? line.slice(0, at) + ch + line.slice(at)
-            : op === 1
-              ? line.slice(0, at) + line.slice(at + 1)
-              : line.slice(0, at) + ch + line.slice(at + 1);
-      }
+      line = mutateLine(line, random, alphabet);
       const fast = plainTextResponse(line);
       if (fast === undefined) continue;
       read++;

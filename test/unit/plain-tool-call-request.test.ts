@@ -7,6 +7,7 @@ import {
   PLAIN_CALL_MAX_LINE,
   plainToolCallRequest,
 } from '../../src/gateway/fast-path.js';
+import { mutateLine, seededRandom } from '../fixtures/line-mutations.js';
 
 /** The request line in the raw-client order and in the SDK's order. */
 function layouts(id: string, name: string, args: string): [string, string] {
@@ -101,11 +102,7 @@ describe('plainToolCallRequest (an agent line read with a parse of its arguments
   });
 
   it('never reads a line differently from JSON.parse (random mutations of valid lines)', () => {
-    let seed = 5;
-    const random = (n: number): number => {
-      seed = (seed * 16807) % 2147483647;
-      return seed % n;
-    };
+    const random = seededRandom(5);
     const alphabet = ['"', '\\', '{', '}', '[', ']', ',', ':', 'u', '0', '-', 'a', '\u0001', ' '];
     let read = 0;
     for (let i = 0; i < 20_000; i++) {
@@ -114,17 +111,7 @@ describe('plainToolCallRequest (an agent line read with a parse of its arguments
         NAMES[random(NAMES.length)]!,
         ARGS[random(ARGS.length)]!,
       )[random(2)]!;
-      for (let k = random(3); k >= 0; k--) {
-        const at = random(line.length + 1);
-        const op = random(3);
-        const ch = alphabet[random(alphabet.length)]!;
-        line =
-          op === 0
-            ? line.slice(0, at) + ch + line.slice(at)
-            : op === 1
-              ? line.slice(0, at) + line.slice(at + 1)
-              : line.slice(0, at) + ch + line.slice(at + 1);
-      }
+      line = mutateLine(line, random, alphabet);
       const fast = plainToolCallRequest(line);
       if (fast === undefined) continue;
       read++;
