@@ -440,23 +440,7 @@ async function dispatchCase(ctx: BenchContext, server: NatsServer): Promise<numb
 /** `enqueue-to-start` at `rate` tasks/s. */
 async function latencyCase(ctx: BenchContext, server: NatsServer, rate: number): Promise<void> {
   const [project, raw] = await enqueueToStart(server, rate, ctx.quick ? 1 : 3);
-  ctx.report({
-    suite: 'nats',
-    case:
-      FIXED_RATE === undefined
-        ? 'enqueue-to-start'
-        : `enqueue-to-start (diagnostic: fixed ${Math.round(rate)}/s)`,
-    unit: 'µs p50',
-    value: project.percentileUs(50),
-    baseline: `raw JetStream publish → consumer at the same rate (${Math.round(rate)}/s)`,
-    baselineValue: raw.percentileUs(50),
-    higherIsBetter: false,
-    p50Us: project.percentileUs(50),
-    p99Us: project.percentileUs(99),
-    baselineP50Us: raw.percentileUs(50),
-    baselineP99Us: raw.percentileUs(99),
-    goal: 'p50 < 1 ms, p99 < 10 ms',
-  });
+  reportLatency(ctx, 'enqueue-to-start', 'diagnostic: ', rate, project, raw);
 }
 
 /** The diagnostic `enqueue-to-start` with the worker in its own process, at `rate` tasks/s. */
@@ -466,12 +450,29 @@ async function remoteLatencyCase(
   rate: number,
 ): Promise<void> {
   const [project, raw] = await enqueueToStartRemote(server, rate, ctx.quick ? 1 : 3);
+  const label = 'diagnostic: worker in its own process';
+  reportLatency(ctx, `enqueue-to-start (${label})`, `${label}, `, rate, project, raw);
+}
+
+/**
+ * Reports an `enqueue-to-start` measurement: p50 against the raw baseline's, both p99s beside.
+ * With a fixed rate (BENCH_NATS_RATE) the case is named `enqueue-to-start (<fixedPrefix>fixed
+ * N/s)` instead of `name`.
+ */
+function reportLatency(
+  ctx: BenchContext,
+  name: string,
+  fixedPrefix: string,
+  rate: number,
+  project: Latency,
+  raw: Latency,
+): void {
   ctx.report({
     suite: 'nats',
     case:
       FIXED_RATE === undefined
-        ? 'enqueue-to-start (diagnostic: worker in its own process)'
-        : `enqueue-to-start (diagnostic: worker in its own process, fixed ${Math.round(rate)}/s)`,
+        ? name
+        : `enqueue-to-start (${fixedPrefix}fixed ${Math.round(rate)}/s)`,
     unit: 'µs p50',
     value: project.percentileUs(50),
     baseline: `raw JetStream publish → consumer at the same rate (${Math.round(rate)}/s)`,

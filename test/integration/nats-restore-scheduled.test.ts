@@ -57,6 +57,29 @@ describeNats('NatsExecutor: SCHEDULED attempts across a restart', () => {
     return { agent, task };
   }
 
+  /**
+   * As the agent's worker: takes the one message on its consumer (attempt 1 of `taskId`),
+   * reports its start and completion (`'done'`), both accepted, and acks it. Returns the link.
+   */
+  async function runAsWorker(
+    nc: NatsConnection,
+    fabric: AgentFabric,
+    agent: { id: string; credential: string },
+    taskId: string,
+  ): Promise<NatsAgentLink> {
+    const names = fabric.natsExecutor!.names;
+    const consumer = await jetstream(nc).consumers.get(names.stream, names.agentConsumer(agent.id));
+    const m = await consumer.next({ expires: 5000 });
+    expect(m).not.toBeNull();
+    const link = new NatsAgentLink(nc, names, agent.id, agent.credential, 1000);
+    const message = link.parse(m!)!;
+    expect([message.taskId, message.attempt]).toEqual([taskId, 1]);
+    expect(await link.report(message, 'start', { take: 'w1.1' })).toEqual({ ok: true });
+    expect(await link.report(message, 'complete', { result: 'done' })).toEqual({ ok: true });
+    m!.ack();
+    return link;
+  }
+
   it('publishes a SCHEDULED attempt that never left again, the same attempt, and it runs once', async () => {
     const ns = 'rs1';
     const path = join(tempDir('nats-rs1'), 'state.db');
@@ -70,19 +93,7 @@ describeNats('NatsExecutor: SCHEDULED attempts across a restart', () => {
       await fabric.close();
 
       fabric = await open(path, ns);
-      const names = fabric.natsExecutor!.names;
-      const consumer = await jetstream(nc).consumers.get(
-        names.stream,
-        names.agentConsumer(agent.id),
-      );
-      const m = await consumer.next({ expires: 5000 });
-      expect(m).not.toBeNull();
-      const link = new NatsAgentLink(nc, names, agent.id, agent.credential, 1000);
-      const message = link.parse(m!)!;
-      expect([message.taskId, message.attempt]).toEqual([task.id, 1]);
-      expect(await link.report(message, 'start', { take: 'w1.1' })).toEqual({ ok: true });
-      expect(await link.report(message, 'complete', { result: 'done' })).toEqual({ ok: true });
-      m!.ack();
+      const link = await runAsWorker(nc, fabric, agent, task.id);
       const done = await fabric.getTask(task.id);
       expect([done.status, done.attempt, done.result]).toEqual([TaskStatus.COMPLETED, 1, 'done']);
       await link.close(false);
@@ -106,18 +117,7 @@ describeNats('NatsExecutor: SCHEDULED attempts across a restart', () => {
       // The publish again is acknowledged (as a duplicate), and nothing more is stored.
       await until(() => fabric.natsExecutor!.stats.published === 1, 5000);
       expect(await messages(nc, ns)).toBe(1);
-      const names = fabric.natsExecutor!.names;
-      const consumer = await jetstream(nc).consumers.get(
-        names.stream,
-        names.agentConsumer(agent.id),
-      );
-      const m = await consumer.next({ expires: 5000 });
-      const link = new NatsAgentLink(nc, names, agent.id, agent.credential, 1000);
-      const message = link.parse(m!)!;
-      expect([message.taskId, message.attempt]).toEqual([task.id, 1]);
-      expect(await link.report(message, 'start', { take: 'w1.1' })).toEqual({ ok: true });
-      expect(await link.report(message, 'complete', { result: 'done' })).toEqual({ ok: true });
-      m!.ack();
+      const link = await runAsWorker(nc, fabric, agent, task.id);
       expect((await fabric.getTask(task.id)).attempt).toBe(1);
       await until(async () => (await messages(nc, ns)) === 0, 5000);
       await link.close(false);
