@@ -13,7 +13,7 @@
  *
  * @module
  */
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { hash, randomBytes, randomUUID } from 'node:crypto';
 import type { AgentConfig, AgentInfo, HeartbeatMode, SpawnedAgent } from '../agent.js';
 import { AgentStatus } from '../agent.js';
 import {
@@ -93,9 +93,12 @@ const NO_WORK: AgentWorkload = {
   failedTasks: 0,
 };
 
-/** Hashes a credential for storage and lookup. */
+/**
+ * Hashes a credential for storage and lookup: hex SHA-256 of its UTF-8. One-shot (no `Hash`
+ * object, whose native half every young-generation collection would visit until collected).
+ */
 export function hashCredential(credential: string): string {
-  return createHash('sha256').update(credential).digest('hex');
+  return hash('sha256', credential, 'hex');
 }
 
 function checkCredential(credential: unknown): string {

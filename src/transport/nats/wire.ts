@@ -17,8 +17,8 @@
  *
  * @module
  */
-import { createHmac } from 'node:crypto';
 import { z } from 'zod';
+import { hmacSha256 } from './hmac.js';
 
 /** A task as it sits in the JetStream work queue. */
 export const taskMessageSchema = z
@@ -222,7 +222,7 @@ export function asReport(data: unknown): Report | undefined {
 }
 
 function hmac(key: string, text: string): string {
-  return createHmac('sha256', key).update(text).digest('base64url');
+  return hmacSha256(key, text, 'base64url');
 }
 
 /**
