@@ -126,6 +126,11 @@ export interface NatsExecutorOptions {
 export interface NatsExecutorStats {
   published: number;
   publishRetries: number;
+  /**
+   * Attempts not published (again) because JetStream's duplicate window may have passed since
+   * their first publish; each ends at its timeout.
+   */
+  publishesGivenUp: number;
   reportsAccepted: number;
   reportsRejected: number;
 }
@@ -141,6 +146,7 @@ export class NatsExecutor implements TaskExecutor {
   readonly stats: NatsExecutorStats = {
     published: 0,
     publishRetries: 0,
+    publishesGivenUp: 0,
     reportsAccepted: 0,
     reportsRejected: 0,
   };
@@ -312,14 +318,21 @@ export class NatsExecutor implements TaskExecutor {
   #publish(a: TaskAssignment, tries: number): void {
     const t = this.#host?.task(a.taskId);
     if (this.#closed || t === undefined || !t.dispatched || t.attempt !== a.attempt) return;
-    // An attempt dispatched before this process started is one dispatched again after a restart
-    // (restored SCHEDULED: see `resumable`). It may be out already — in the stream, or begun by
-    // a worker whose start was lost with the old process — or not, when that process died
-    // between the commit and the publish. It is published (and retried) only while JetStream
-    // still deduplicates its `Nats-Msg-Id`, so it is stored once at most; later a second copy
-    // could run beside the first, so it is not, and one that never left ends at its timeout.
+    // A publish that may already be stored is sent again only while JetStream still
+    // deduplicates its `Nats-Msg-Id`, so it is stored once at most; later a second copy could
+    // run beside the first, so it is not sent, and an attempt that never left ends at its
+    // timeout (then the task's next attempt, if any, is a new message). That covers:
+    // - a retry (an earlier try got no answer: it may have been stored, its answer lost);
+    // - an attempt dispatched before this process started, i.e. dispatched again after a restart
+    //   (restored SCHEDULED: see `resumable`). It may be out already — in the stream, or begun
+    //   by a worker whose start was lost with the old process — or not, when that process died
+    //   between the commit and the publish.
     const dispatchedAt = t.dispatchedAt ?? 0;
-    if (dispatchedAt < this.#bornAt && Date.now() - dispatchedAt >= this.#republishWithinMs) {
+    if (
+      (tries > 0 || dispatchedAt < this.#bornAt) &&
+      Date.now() - dispatchedAt >= this.#republishWithinMs
+    ) {
+      this.stats.publishesGivenUp++;
       return;
     }
     const pool = t.agentId === undefined ? t.poolId : undefined;
