@@ -22,7 +22,8 @@ const encoder = new TextEncoder();
 /**
  * How long a report other than `start` (and an ack) may wait for the next `start` flush to
  * travel with, in ms: nothing waits on them for a task to begin, and each socket write of its
- * own costs this process and the server far more than the wait (see the README, "Measured").
+ * own costs this process and the server far more than the wait (see bench/RESULTS.md, "NATS
+ * transport").
  */
 export const LAZY_FLUSH_MS = 1;
 

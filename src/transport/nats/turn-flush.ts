@@ -12,7 +12,7 @@
  * rate) wait for the turn's end (`setImmediate`) and leave together.
  *
  * (A worker's `start` reports still leave at the turn's end: flushed like this, the full
- * bench's dispatch rate fell — see the README, "Measured".)
+ * bench's dispatch rate fell — see bench/RESULTS.md, "NATS transport".)
  *
  * @module
  */
