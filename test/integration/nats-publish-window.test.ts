@@ -1,27 +1,34 @@
 /**
- * A task publish that gets no stored answer is retried with the same `Nats-Msg-Id` only while
- * JetStream's duplicate window since the attempt's dispatch still covers it (half of it, as for
- * an attempt dispatched again after a restart): a try that got no answer may have been stored,
- * and a copy sent after the window would be stored a second time and could run beside the
- * first. Past that the attempt is not published again and ends at its timeout.
+ * A task publish is retried with the same `Nats-Msg-Id` until JetStream stores it. A try that got
+ * no answer in time may have been stored (its answer lost), so after one the publish is retried
+ * only while JetStream's duplicate window since that try still covers it (half of it, as for an
+ * attempt dispatched again after a restart): a copy sent later would be stored a second time and
+ * could run beside the first. Past that the attempt is not published again and ends at its
+ * timeout. A try answered "not stored" (no stream listening) is no such risk: those are retried
+ * for as long as the attempt is current.
  *
- * Real nats-server. The outage is planted by deleting the stream under a running sidecar (every
- * publish then gets "no responders") and making it again once the window has passed; the old
- * code went on retrying and stored the message then.
+ * Real nats-server, a stream made beforehand with a 1 s duplicate window. The outage is planted by
+ * deleting the stream under a running sidecar — with a subscriber that swallows the publishes
+ * (no answer: they time out) or without (answered "no responders") — and making it again after
+ * half the window; the code before went on retrying in both cases and stored the message then.
  */
 import { expect, it } from 'vitest';
 import { jetstreamManager, RetentionPolicy, StorageType } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { connect, nanos } from '@nats-io/transport-node';
 import { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
-describeNats('NatsExecutor: publish retries stay inside the duplicate window', () => {
+describeNats('NatsExecutor: publish retries and the duplicate window', () => {
   const server = natsServerPerSuite();
 
-  it('stops retrying once half the window has passed since dispatch; the attempt times out', async () => {
-    const ns = 'pw1';
+  /**
+   * A sidecar on namespace `ns` whose stream (1 s duplicate window) is deleted once its agent is
+   * ready; `swallow`: a subscriber then takes every task publish and never answers.
+   */
+  async function outage(ns: string, swallow: boolean) {
     const nc = await connect({ servers: server().url });
     const jsm = await jetstreamManager(nc);
     const stream = {
@@ -29,45 +36,80 @@ describeNats('NatsExecutor: publish retries stay inside the duplicate window', (
       subjects: [`fabric.${ns}.task.>`],
       retention: RetentionPolicy.Workqueue,
       storage: StorageType.File,
-      duplicate_window: nanos(1000), // made beforehand, as an operator may: a 1 s window
+      duplicate_window: nanos(1000),
     };
     await jsm.streams.add(stream);
     const fabric = new AgentFabric(
       { heartbeatIntervalSeconds: 60 },
       { nats: { url: server().url, namespace: ns } },
     );
-    try {
-      await fabric.start();
-      const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-      await fabric.natsExecutor!.consumersReady();
-      await fabric.heartbeat(agent.id);
-      const stats = fabric.natsExecutor!.stats;
+    await fabric.start();
+    const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
+    await fabric.natsExecutor!.consumersReady();
+    await fabric.heartbeat(agent.id);
+    await jsm.streams.delete(stream.name);
+    const sink = swallow ? nc.subscribe(`fabric.${ns}.task.>`) : undefined;
+    /** Ends the outage: the stream is back, nothing swallows publishes. */
+    const end = async (): Promise<void> => {
+      sink?.unsubscribe();
+      await nc.flush();
+      await jsm.streams.add(stream);
+    };
+    const stored = async (): Promise<number> =>
+      (await jsm.streams.info(stream.name)).state.messages;
+    return { nc, fabric, agent, stats: fabric.natsExecutor!.stats, end, stored };
+  }
 
-      await jsm.streams.delete(stream.name); // from here every publish goes unanswered
+  async function closeAll(fabric: AgentFabric, nc: NatsConnection): Promise<void> {
+    await fabric.close();
+    await nc.close();
+  }
+
+  it('after a try with no answer, stops once half the window has passed; the attempt times out', async () => {
+    const { nc, fabric, agent, stats, end, stored } = await outage('pw1', true);
+    try {
+      // The first try goes unanswered: after 5 s (the publish timeout) it counts as maybe stored.
       const task = await fabric.schedule({
         agentId: agent.id,
         taskType: 't',
         payload: 1,
-        timeoutSeconds: 3,
+        timeoutSeconds: 8,
         maxAttempts: 1,
       });
+      await new Promise((r) => setTimeout(r, 1200)); // past half the window since that try
+      await end(); // JetStream is back: a retry now would be stored
+
+      const ended = await fabric.waitForTask(task.id, { timeoutSeconds: 15 });
+      expect([ended.status, ended.attempt]).toEqual([TaskStatus.TIMEOUT, 1]);
+      expect(stats.publishRetries).toBe(1);
+      expect(stats.publishesGivenUp).toBe(1);
+      expect(stats.published).toBe(0);
+      expect(await stored()).toBe(0);
+    } finally {
+      await closeAll(fabric, nc);
+    }
+  });
+
+  it('goes on retrying tries answered "not stored" past the window, and stores the task once', async () => {
+    const { nc, fabric, agent, stats, end, stored } = await outage('pw2', false);
+    try {
+      await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1, timeoutSeconds: 30 });
       await new Promise((r) => setTimeout(r, 1200)); // past half the window, retrying meanwhile
       expect(stats.publishRetries).toBeGreaterThan(0);
-      await jsm.streams.add(stream); // JetStream is back: a retry now would be stored
-
-      const ended = await fabric.waitForTask(task.id, { timeoutSeconds: 10 });
-      expect([ended.status, ended.attempt]).toEqual([TaskStatus.TIMEOUT, 1]);
       expect(stats.published).toBe(0);
-      expect(stats.publishesGivenUp).toBe(1);
-      expect((await jsm.streams.info(stream.name)).state.messages).toBe(0);
+      await end();
+      for (let i = 0; i < 150 && stats.published === 0; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      expect([stats.published, stats.publishesGivenUp]).toEqual([1, 0]);
+      expect(await stored()).toBe(1);
     } finally {
-      await fabric.close();
-      await nc.close();
+      await closeAll(fabric, nc);
     }
   });
 
   it('publishes a fresh attempt once: no retry, nothing given up', async () => {
-    const ns = 'pw2';
+    const ns = 'pw3';
     const fabric = new AgentFabric(
       { heartbeatIntervalSeconds: 60 },
       { nats: { url: server().url, namespace: ns } },
@@ -81,15 +123,13 @@ describeNats('NatsExecutor: publish retries stay inside the duplicate window', (
       await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1, timeoutSeconds: 30 });
       const stats = fabric.natsExecutor!.stats;
       const jsm = await jetstreamManager(nc);
-      const name = fabric.natsExecutor!.names.stream;
       for (let i = 0; i < 100 && stats.published === 0; i++) {
         await new Promise((r) => setTimeout(r, 20));
       }
       expect([stats.published, stats.publishRetries, stats.publishesGivenUp]).toEqual([1, 0, 0]);
-      expect((await jsm.streams.info(name)).state.messages).toBe(1);
+      expect((await jsm.streams.info(fabric.natsExecutor!.names.stream)).state.messages).toBe(1);
     } finally {
-      await fabric.close();
-      await nc.close();
+      await closeAll(fabric, nc);
     }
   });
 });

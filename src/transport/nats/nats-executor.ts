@@ -127,8 +127,9 @@ export interface NatsExecutorStats {
   published: number;
   publishRetries: number;
   /**
-   * Attempts not published (again) because JetStream's duplicate window may have passed since
-   * their first publish; each ends at its timeout.
+   * Attempts not published again because JetStream's duplicate window may have passed since a
+   * copy that may be stored (a try that got no answer in time, or the old process's publish of
+   * an attempt restored after a restart); each ends at its timeout.
    */
   publishesGivenUp: number;
   reportsAccepted: number;
@@ -315,23 +316,27 @@ export class NatsExecutor implements TaskExecutor {
     for (const [msg, body] of answers) msg.respond(body);
   };
 
-  #publish(a: TaskAssignment, tries: number): void {
+  /**
+   * Publishes attempt `a` (try number `tries`). `maybeStoredSince`: when the first earlier try
+   * that got no answer was sent — it may have been stored, its answer lost.
+   */
+  #publish(a: TaskAssignment, tries: number, maybeStoredSince?: number): void {
     const t = this.#host?.task(a.taskId);
     if (this.#closed || t === undefined || !t.dispatched || t.attempt !== a.attempt) return;
     // A publish that may already be stored is sent again only while JetStream still
     // deduplicates its `Nats-Msg-Id`, so it is stored once at most; later a second copy could
     // run beside the first, so it is not sent, and an attempt that never left ends at its
-    // timeout (then the task's next attempt, if any, is a new message). That covers:
-    // - a retry (an earlier try got no answer: it may have been stored, its answer lost);
-    // - an attempt dispatched before this process started, i.e. dispatched again after a restart
+    // timeout (then the task's next attempt, if any, is a new message). It may be stored when:
+    // - an earlier try got no answer in time (`maybeStoredSince`). A try answered "not stored"
+    //   (no stream listening, a JetStream error) does not count: one that never left is
+    //   retried for as long as its attempt is current;
+    // - it was dispatched before this process started, i.e. dispatched again after a restart
     //   (restored SCHEDULED: see `resumable`). It may be out already — in the stream, or begun
     //   by a worker whose start was lost with the old process — or not, when that process died
     //   between the commit and the publish.
     const dispatchedAt = t.dispatchedAt ?? 0;
-    if (
-      (tries > 0 || dispatchedAt < this.#bornAt) &&
-      Date.now() - dispatchedAt >= this.#republishWithinMs
-    ) {
+    const since = dispatchedAt < this.#bornAt ? dispatchedAt : maybeStoredSince;
+    if (since !== undefined && Date.now() - since >= this.#republishWithinMs) {
       this.stats.publishesGivenUp++;
       return;
     }
@@ -365,11 +370,12 @@ export class NatsExecutor implements TaskExecutor {
     // (`{ stream, seq }`, or `{ error }`) comes back there.
     const h = headers();
     h.set('Nats-Msg-Id', `${a.taskId}:${a.attempt}`);
+    const sentAt = Date.now();
     this.#inbox!.request(
       subject,
       encodeJson(msg),
       PUBLISH_TIMEOUT_MS,
-      (reply) => {
+      (reply, noAnswer) => {
         if (this.#closed) return;
         const ack = reply === undefined ? undefined : (decodeJson(reply.data) as { seq?: unknown });
         if (typeof ack?.seq === 'number') {
@@ -379,13 +385,14 @@ export class NatsExecutor implements TaskExecutor {
           if (now !== undefined && now.attempt === a.attempt) now.seq = ack.seq;
           return;
         }
-        // Not stored (no answer, no stream, server restarting, no quorum): try again while the
-        // attempt is current.
+        // Not stored (no stream, server restarting, no quorum), or no answer in time (stored or
+        // not): try again while the attempt is current (and see the window above).
         this.stats.publishRetries++;
+        const since = noAnswer === 'timeout' ? (maybeStoredSince ?? sentAt) : maybeStoredSince;
         const timer = setTimeout(
           () => {
             this.#timers.delete(timer);
-            this.#publish(a, tries + 1);
+            this.#publish(a, tries + 1, since);
           },
           Math.min(2000, 50 * 2 ** Math.min(tries, 6)),
         );
