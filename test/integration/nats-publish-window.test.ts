@@ -49,6 +49,7 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
     await fabric.heartbeat(agent.id);
     await jsm.streams.delete(stream.name);
     const sink = swallow ? nc.subscribe(`fabric.${ns}.task.>`) : undefined;
+    await nc.flush(); // the server has the subscription before the first publish
     /** Ends the outage: the stream is back, nothing swallows publishes. */
     const end = async (): Promise<void> => {
       sink?.unsubscribe();
