@@ -19,6 +19,7 @@ import { connect, nanos } from '@nats-io/transport-node';
 import { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
+import { startNatsServer } from '../fixtures/nats-server-process.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
 describeNats('NatsExecutor: publish retries and the duplicate window', () => {
@@ -108,6 +109,40 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
       await closeAll(fabric, nc);
     }
   });
+
+  it('makes no retry while the connection is down; the copy the client held is stored once', async () => {
+    // Its own server, stopped and started again under the sidecar.
+    const own = await startNatsServer();
+    const fabric = new AgentFabric(
+      { heartbeatIntervalSeconds: 60 },
+      { nats: { url: own.url, namespace: 'pw4' } },
+    );
+    try {
+      await fabric.start();
+      const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
+      await fabric.natsExecutor!.consumersReady();
+      await fabric.heartbeat(agent.id);
+      const stats = fabric.natsExecutor!.stats;
+      await own.stop();
+      // Published while the connection is down: the client holds it. It goes unanswered (5 s),
+      // then retries wait for the connection instead of piling up behind it.
+      await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1, timeoutSeconds: 60 });
+      await new Promise((r) => setTimeout(r, 11_000));
+      expect([stats.published, stats.publishRetries]).toEqual([0, 1]);
+      await own.restart();
+      for (let i = 0; i < 400 && stats.published === 0; i++) {
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      expect([stats.published, stats.publishRetries, stats.publishesGivenUp]).toEqual([1, 1, 0]);
+      const nc = await connect({ servers: own.url });
+      const jsm = await jetstreamManager(nc);
+      expect((await jsm.streams.info(fabric.natsExecutor!.names.stream)).state.messages).toBe(1);
+      await nc.close();
+    } finally {
+      await fabric.close();
+      await own.close();
+    }
+  }, 30_000);
 
   it('publishes a fresh attempt once: no retry, nothing given up', async () => {
     const ns = 'pw3';

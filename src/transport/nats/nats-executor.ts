@@ -80,6 +80,8 @@ const VOUCH_TIMEOUT_MS = 2_000;
 
 /** How long a publish waits for JetStream's acknowledgement before it is sent again. */
 const PUBLISH_TIMEOUT_MS = 5_000;
+/** How often a retry held back while the connection is down checks whether it is back, in ms. */
+const RECONNECT_POLL_MS = 250;
 
 /** Executor name of {@link NatsExecutor}. */
 export const NATS_EXECUTOR = 'nats';
@@ -171,6 +173,12 @@ export class NatsExecutor implements TaskExecutor {
   #host: NatsExecutorHost | undefined;
   #sink: ExecutorSink | undefined;
   #nc: NatsConnection | undefined;
+  /**
+   * The connection is up, as its status events last said. While it is down the client buffers
+   * what is published and sends it all once it is back; a retry is not made then (see
+   * {@link #publish}).
+   */
+  #connected = false;
   #jsm: JetStreamManager | undefined;
   /** Where JetStream's publish acknowledgements come back. */
   #inbox: ReplyInbox | undefined;
@@ -226,6 +234,13 @@ export class NatsExecutor implements TaskExecutor {
    */
   async start(nc: NatsConnection): Promise<void> {
     this.#nc = nc;
+    this.#connected = true;
+    void (async () => {
+      for await (const s of nc.status()) {
+        if (s.type === 'disconnect') this.#connected = false;
+        else if (s.type === 'reconnect') this.#connected = true;
+      }
+    })().catch(() => undefined);
     this.#jsm = await jetstreamManager(nc);
     await this.#ensureStream(this.#jsm);
     this.#inbox = new ReplyInbox(nc);
@@ -340,6 +355,14 @@ export class NatsExecutor implements TaskExecutor {
       this.stats.publishesGivenUp++;
       return;
     }
+    // While the connection is down the client holds what is published and sends it all when it
+    // is back: a retry made now would leave then, however late — after the window of a try that
+    // was stored before the connection dropped. So none is made until it is back (the window
+    // still runs).
+    if (tries > 0 && !this.#connected) {
+      this.#retryLater(a, tries, maybeStoredSince, RECONNECT_POLL_MS);
+      return;
+    }
     const pool = t.agentId === undefined ? t.poolId : undefined;
     const subject =
       pool === undefined ? this.names.agentTasks(a.agentId) : this.names.poolTasks(pool);
@@ -389,17 +412,18 @@ export class NatsExecutor implements TaskExecutor {
         // not): try again while the attempt is current (and see the window above).
         this.stats.publishRetries++;
         const since = noAnswer === 'timeout' ? (maybeStoredSince ?? sentAt) : maybeStoredSince;
-        const timer = setTimeout(
-          () => {
-            this.#timers.delete(timer);
-            this.#publish(a, tries + 1, since);
-          },
-          Math.min(2000, 50 * 2 ** Math.min(tries, 6)),
-        );
-        this.#timers.add(timer);
+        this.#retryLater(a, tries + 1, since, Math.min(2000, 50 * 2 ** Math.min(tries, 6)));
       },
       h,
     );
+  }
+
+  #retryLater(a: TaskAssignment, tries: number, maybeStoredSince: number | undefined, ms: number) {
+    const timer = setTimeout(() => {
+      this.#timers.delete(timer);
+      this.#publish(a, tries, maybeStoredSince);
+    }, ms);
+    this.#timers.add(timer);
   }
 
   abort(taskId: string, attempt: number, reason: TaskError): void {
