@@ -25,6 +25,26 @@ import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 describeNats('NatsExecutor: publish retries and the duplicate window', () => {
   const server = natsServerPerSuite();
 
+  /** A started sidecar on `url`, namespace `ns`, with one ready nats agent. */
+  async function readyFabric(url: string, ns: string) {
+    const fabric = new AgentFabric(
+      { heartbeatIntervalSeconds: 60 },
+      { nats: { url, namespace: ns } },
+    );
+    await fabric.start();
+    const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
+    await fabric.natsExecutor!.consumersReady();
+    await fabric.heartbeat(agent.id);
+    return { fabric, agent, stats: fabric.natsExecutor!.stats };
+  }
+
+  /** Waits (up to `tries` × `ms`) until the executor has published something. */
+  async function untilPublished(stats: { published: number }, tries: number, ms: number) {
+    for (let i = 0; i < tries && stats.published === 0; i++) {
+      await new Promise((r) => setTimeout(r, ms));
+    }
+  }
+
   /**
    * A sidecar on namespace `ns` whose stream (1 s duplicate window) is deleted once its agent is
    * ready; `swallow`: a subscriber then takes every task publish and never answers.
@@ -40,14 +60,7 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
       duplicate_window: nanos(1000),
     };
     await jsm.streams.add(stream);
-    const fabric = new AgentFabric(
-      { heartbeatIntervalSeconds: 60 },
-      { nats: { url: server().url, namespace: ns } },
-    );
-    await fabric.start();
-    const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-    await fabric.natsExecutor!.consumersReady();
-    await fabric.heartbeat(agent.id);
+    const { fabric, agent, stats } = await readyFabric(server().url, ns);
     await jsm.streams.delete(stream.name);
     const sink = swallow ? nc.subscribe(`fabric.${ns}.task.>`) : undefined;
     await nc.flush(); // the server has the subscription before the first publish
@@ -59,7 +72,7 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
     };
     const stored = async (): Promise<number> =>
       (await jsm.streams.info(stream.name)).state.messages;
-    return { nc, fabric, agent, stats: fabric.natsExecutor!.stats, end, stored };
+    return { nc, fabric, agent, stats, end, stored };
   }
 
   async function closeAll(fabric: AgentFabric, nc: NatsConnection): Promise<void> {
@@ -100,9 +113,7 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
       expect(stats.publishRetries).toBeGreaterThan(0);
       expect(stats.published).toBe(0);
       await end();
-      for (let i = 0; i < 150 && stats.published === 0; i++) {
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      await untilPublished(stats, 150, 20);
       expect([stats.published, stats.publishesGivenUp]).toEqual([1, 0]);
       expect(await stored()).toBe(1);
     } finally {
@@ -113,16 +124,8 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
   it('makes no retry while the connection is down; the copy the client held is stored once', async () => {
     // Its own server, stopped and started again under the sidecar.
     const own = await startNatsServer();
-    const fabric = new AgentFabric(
-      { heartbeatIntervalSeconds: 60 },
-      { nats: { url: own.url, namespace: 'pw4' } },
-    );
+    const { fabric, agent, stats } = await readyFabric(own.url, 'pw4');
     try {
-      await fabric.start();
-      const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-      await fabric.natsExecutor!.consumersReady();
-      await fabric.heartbeat(agent.id);
-      const stats = fabric.natsExecutor!.stats;
       await own.stop();
       // Published while the connection is down: the client holds it. It goes unanswered (5 s),
       // then retries wait for the connection instead of piling up behind it.
@@ -130,9 +133,7 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
       await new Promise((r) => setTimeout(r, 11_000));
       expect([stats.published, stats.publishRetries]).toEqual([0, 1]);
       await own.restart();
-      for (let i = 0; i < 400 && stats.published === 0; i++) {
-        await new Promise((r) => setTimeout(r, 25));
-      }
+      await untilPublished(stats, 400, 25);
       expect([stats.published, stats.publishRetries, stats.publishesGivenUp]).toEqual([1, 1, 0]);
       const nc = await connect({ servers: own.url });
       const jsm = await jetstreamManager(nc);
@@ -145,23 +146,12 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
   }, 30_000);
 
   it('publishes a fresh attempt once: no retry, nothing given up', async () => {
-    const ns = 'pw3';
-    const fabric = new AgentFabric(
-      { heartbeatIntervalSeconds: 60 },
-      { nats: { url: server().url, namespace: ns } },
-    );
+    const { fabric, agent, stats } = await readyFabric(server().url, 'pw3');
     const nc = await connect({ servers: server().url });
     try {
-      await fabric.start();
-      const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-      await fabric.natsExecutor!.consumersReady();
-      await fabric.heartbeat(agent.id);
       await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1, timeoutSeconds: 30 });
-      const stats = fabric.natsExecutor!.stats;
       const jsm = await jetstreamManager(nc);
-      for (let i = 0; i < 100 && stats.published === 0; i++) {
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      await untilPublished(stats, 100, 20);
       expect([stats.published, stats.publishRetries, stats.publishesGivenUp]).toEqual([1, 0, 0]);
       expect((await jsm.streams.info(fabric.natsExecutor!.names.stream)).state.messages).toBe(1);
     } finally {
