@@ -16,27 +16,15 @@ import { expect, it } from 'vitest';
 import { jetstreamManager, RetentionPolicy, StorageType } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connect, nanos } from '@nats-io/transport-node';
-import { AgentFabric } from '../../src/fabric.js';
+import type { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
 import { startNatsServer } from '../fixtures/nats-server-process.js';
+import { readyNatsFabric } from '../fixtures/nats/ready-fabric.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
 describeNats('NatsExecutor: publish retries and the duplicate window', () => {
   const server = natsServerPerSuite();
-
-  /** A started sidecar on `url`, namespace `ns`, with one ready nats agent. */
-  async function readyFabric(url: string, ns: string) {
-    const fabric = new AgentFabric(
-      { heartbeatIntervalSeconds: 60 },
-      { nats: { url, namespace: ns } },
-    );
-    await fabric.start();
-    const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-    await fabric.natsExecutor!.consumersReady();
-    await fabric.heartbeat(agent.id);
-    return { fabric, agent, stats: fabric.natsExecutor!.stats };
-  }
 
   /** Waits (up to `tries` × `ms`) until the executor has published something. */
   async function untilPublished(stats: { published: number }, tries: number, ms: number) {
@@ -60,7 +48,7 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
       duplicate_window: nanos(1000),
     };
     await jsm.streams.add(stream);
-    const { fabric, agent, stats } = await readyFabric(server().url, ns);
+    const { fabric, agent, stats } = await readyNatsFabric(server().url, ns);
     await jsm.streams.delete(stream.name);
     const sink = swallow ? nc.subscribe(`fabric.${ns}.task.>`) : undefined;
     await nc.flush(); // the server has the subscription before the first publish
@@ -124,7 +112,7 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
   it('makes no retry while the connection is down; the copy the client held is stored once', async () => {
     // Its own server, stopped and started again under the sidecar.
     const own = await startNatsServer();
-    const { fabric, agent, stats } = await readyFabric(own.url, 'pw4');
+    const { fabric, agent, stats } = await readyNatsFabric(own.url, 'pw4');
     try {
       await own.stop();
       // Published while the connection is down: the client holds it. It goes unanswered (5 s),
@@ -146,7 +134,7 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
   }, 30_000);
 
   it('publishes a fresh attempt once: no retry, nothing given up', async () => {
-    const { fabric, agent, stats } = await readyFabric(server().url, 'pw3');
+    const { fabric, agent, stats } = await readyNatsFabric(server().url, 'pw3');
     const nc = await connect({ servers: server().url });
     try {
       await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1, timeoutSeconds: 30 });

@@ -73,7 +73,7 @@ function variants(base: Record<string, unknown>, extra: unknown[]): unknown[] {
     out.push(rest);
     for (const v of values) out.push({ ...base, [k]: v });
   }
-  for (const k of ['result', 'progress', 'error', 'retry', 'take']) {
+  for (const k of ['result', 'progress', 'error', 'retry', 'take', 'seq']) {
     for (const v of values) out.push({ ...base, [k]: v });
   }
   return out;
@@ -95,6 +95,7 @@ describe('NATS wire checks', () => {
     const cases = [
       ...variants(report, ['start', 'progress', 'fail', 'done']),
       ...variants({ ...report, kind: 'start', take: 'w.1' }, []),
+      ...variants({ ...report, kind: 'start', take: 'w.1', seq: 7 }, [2 ** 53 - 1]),
       ...variants({ ...report, kind: 'fail', error: { code: 'E', message: 'm' }, retry: true }, []),
     ];
     let accepted = 0;

@@ -58,6 +58,11 @@ export class NatsAgentLink {
   readonly #key: string;
   /** When reports on a task taken up by {@link begin} stop waiting for a sidecar that is gone. */
   readonly #giveUpAt = new WeakMap<TaskMessage, number>();
+  /**
+   * The take-up of a parsed message: its stream sequence, and from {@link start} on the take-up
+   * id, which the task's later reports carry (the sidecar takes only the starting take-up's).
+   */
+  readonly #upOf = new WeakMap<TaskMessage, { readonly seq: number; take?: string }>();
   /** Reports not sent yet, by the subject they go to (sent together on the next flush). */
   readonly #outbox = new Map<string, Queued[]>();
   /** Messages to ack on the next flush, in the same socket write as its reports. */
@@ -139,6 +144,8 @@ export class NatsAgentLink {
       lease: task.lease,
       agentId: this.agentId,
       proof: reportProof(this.#key, this.agentId, kind, task.taskId, task.attempt),
+      // The take-up the report comes from (a start names its own in `extra`).
+      take: kind === 'start' ? undefined : this.#upOf.get(task)?.take,
       ...extra,
     };
     const giveUpAt = this.#giveUpAt.get(task) ?? Date.now() + 2_000;
@@ -260,17 +267,23 @@ export class NatsAgentLink {
       return undefined;
     }
     this.#giveUpAt.set(task, Date.now() + task.timeoutSeconds * 1000);
+    this.#upOf.set(task, { seq: m.seq });
     return task;
   }
 
   /**
    * Reports `start` for a parsed message, with an id of this take-up (the sidecar counts an
-   * already started attempt taken up again as lost and answers it stale).
+   * already started attempt taken up again as lost and answers it stale) and the message's
+   * stream sequence (the sidecar refuses a copy of the attempt's message other than the one it
+   * was stored as, without ending the attempt).
    */
   start(task: TaskMessage): Starting {
     let sent!: () => void;
     const written = new Promise<void>((resolve) => (sent = resolve));
-    const answer = this.report(task, 'start', { take: `${this.#nonce}.${++this.#takes}` }, sent);
+    const take = `${this.#nonce}.${++this.#takes}`;
+    const up = this.#upOf.get(task);
+    if (up !== undefined) up.take = take;
+    const answer = this.report(task, 'start', { take, seq: up?.seq }, sent);
     return { answer, sent: written };
   }
 

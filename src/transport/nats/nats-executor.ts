@@ -11,6 +11,9 @@
  *   of the pool pulls from — on any sidecar of the namespace. Published after the store's
  *   commit of the attempt, with the others of its microtask run (`TurnFlush`). A publish that
  *   fails (server restarting) is retried while the attempt is still the task's current one.
+ *   Should a second copy of an attempt's message be stored all the same, its `start` (which
+ *   names the copy's stream sequence) is refused without ending the attempt, and reports from
+ *   its take-up are stale.
  * - **Consumers.** Durable pull consumers with explicit ack, `AckWait` = the smaller of
  *   `ackWaitSeconds` and the fabric's default task timeout (workers holding a task longer send
  *   in-progress acks), no `MaxDeliver`: attempts are counted here, per task — a `start` of an
@@ -134,6 +137,11 @@ export interface NatsExecutorStats {
    * an attempt restored after a restart); each ends at its timeout.
    */
   publishesGivenUp: number;
+  /**
+   * Starts refused because they took up a second stored copy of an attempt's message (see
+   * `Report.seq`); the attempt went on with its own copy.
+   */
+  duplicatesRefused: number;
   reportsAccepted: number;
   reportsRejected: number;
 }
@@ -150,6 +158,7 @@ export class NatsExecutor implements TaskExecutor {
     published: 0,
     publishRetries: 0,
     publishesGivenUp: 0,
+    duplicatesRefused: 0,
     reportsAccepted: 0,
     reportsRejected: 0,
   };
@@ -159,9 +168,13 @@ export class NatsExecutor implements TaskExecutor {
   readonly #options: NatsExecutorOptions;
   /**
    * The take-up whose start was accepted, per running attempt (see `Report.take`), with the
-   * attempt's lease that start proved (its later reports are checked against it, no HMAC).
+   * attempt's lease that start proved (its later reports are checked against it, no HMAC) and
+   * the stream sequence of the message it took up, when its start named one.
    */
-  readonly #takes = new Map<string, { attempt: number; take: string; lease: string }>();
+  readonly #takes = new Map<
+    string,
+    { attempt: number; take: string; lease: string; seq: number | undefined }
+  >();
   /**
    * Each attempt's message while its task is out: its lease (a start is checked against it, no
    * HMAC) and, from the publish's acknowledgement on, its stream sequence — when the scheduler
@@ -579,6 +592,12 @@ export class NatsExecutor implements TaskExecutor {
     msg.respond(encodeJson({ ok }));
   }
 
+  /** The stream sequence attempt `r.attempt`'s message was stored as, once its publish was acked. */
+  #outSeq(r: Report): number | undefined {
+    const out = this.#out.get(r.taskId);
+    return out !== undefined && out.attempt === r.attempt ? out.seq : undefined;
+  }
+
   /** Applies an authentic report to the task's current attempt. */
   #apply(r: Report): Answer {
     const deny = DENY;
@@ -591,10 +610,30 @@ export class NatsExecutor implements TaskExecutor {
     // Not held by an agent (queued again for a retry, or finished): no attempt is current.
     if (!t.dispatched || t.attempt !== r.attempt) return stale();
     const sink = this.#sink!;
+    const known = this.#takes.get(r.taskId);
+    if (r.kind !== 'start' && r.take !== undefined && known !== undefined) {
+      // From a take-up other than the one that started the attempt (a copy of its message taken
+      // up beside it, refused or not answered yet): not this attempt's report.
+      if (known.attempt === r.attempt && known.take !== r.take) return stale();
+    }
     switch (r.kind) {
       case 'start': {
         if (r.take === undefined) return deny;
-        const known = this.#takes.get(r.taskId);
+        // A copy of the attempt's message other than the one the attempt was stored as (or was
+        // started from): a publish stored twice — a retry that went out after the stream's
+        // duplicate window of a try that was stored, its answer lost. Refused (the worker
+        // terminates it); the attempt goes on with its own copy, not counted lost.
+        const seq =
+          known !== undefined && known.attempt === r.attempt ? known.seq : this.#outSeq(r);
+        if (r.seq !== undefined && seq !== undefined && r.seq !== seq) {
+          this.stats.duplicatesRefused++;
+          const e = new TaskStateError(
+            r.taskId,
+            `stream sequence ${r.seq} is a second copy of attempt ${r.attempt}'s message ` +
+              `(sequence ${seq})`,
+          );
+          return { ok: false, code: e.code, message: e.message };
+        }
         if (t.started && known === undefined) {
           // Started before this process restarted on its store, which does not keep take-ups:
           // the first start it hears of is taken as the attempt's own — most likely the start
@@ -603,7 +642,12 @@ export class NatsExecutor implements TaskExecutor {
           // the message). Counting it as lost instead would run the task again beside that
           // worker. At worst, the attempt of a worker that died while this sidecar was down
           // goes uncounted.
-          this.#takes.set(r.taskId, { attempt: r.attempt, take: r.take, lease: r.lease });
+          this.#takes.set(r.taskId, {
+            attempt: r.attempt,
+            take: r.take,
+            lease: r.lease,
+            seq: r.seq,
+          });
           break;
         }
         if (t.started && (known!.attempt !== r.attempt || known!.take !== r.take)) {
@@ -620,7 +664,12 @@ export class NatsExecutor implements TaskExecutor {
           return stale();
         }
         if (!t.started) {
-          this.#takes.set(r.taskId, { attempt: r.attempt, take: r.take, lease: r.lease });
+          this.#takes.set(r.taskId, {
+            attempt: r.attempt,
+            take: r.take,
+            lease: r.lease,
+            seq: r.seq ?? seq,
+          });
           sink.started(r.taskId, r.attempt);
         }
         break;

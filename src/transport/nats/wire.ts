@@ -75,9 +75,17 @@ export const reportSchema = z
      * With `start` (required there): an id the worker makes for this take-up of the message
      * (unique per delivery it received; a re-sent report repeats it). A start of an attempt
      * already started under another take-up means the message came back after AckWait — its
-     * first worker is lost — and the fabric ends that attempt and retries as a new one.
+     * first worker is lost — and the fabric ends that attempt and retries as a new one. With the
+     * other kinds (optional): the take-up the report comes from; one from a take-up other than
+     * the one that started the attempt is stale.
      */
     take: z.string().min(1).max(64).optional(),
+    /**
+     * With `start` (optional): the stream sequence of the message taken up. A start of another
+     * copy of the attempt's message than the one it was stored as (a copy stored again after
+     * the duplicate window) is refused, and the attempt goes on.
+     */
+    seq: z.number().int().positive().optional(),
   })
   .strict();
 /** A worker's report on a task. */
@@ -217,7 +225,8 @@ export function asReport(data: unknown): Report | undefined {
     nonEmpty(data.proof) &&
     (data.error === undefined || isTaskError(data.error)) &&
     (data.retry === undefined || typeof data.retry === 'boolean') &&
-    (data.take === undefined || nonEmpty(data.take, 64));
+    (data.take === undefined || nonEmpty(data.take, 64)) &&
+    (data.seq === undefined || positiveInt(data.seq));
   return ok ? (data as Report) : undefined;
 }
 
