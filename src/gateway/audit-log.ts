@@ -11,7 +11,9 @@
  * A flush never throws out of its timer (that would end the process): a record whose arguments
  * cannot be serialized (nested past what `JSON.stringify` can do, a cycle, a BigInt) is written
  * with `argsDigest: null` and an `argsError` marker, and the rest of its batch is written as
- * usual; a failed write is reported to `onError`.
+ * usual; a failed write is reported to `onError` (its batch is lost). A short write (the disk
+ * filling up) is followed by the rest; when that fails, the file ends inside a line and the
+ * next batch starts on a new one.
  *
  * @module
  */
@@ -20,6 +22,8 @@ import { closeSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync
 import { dirname } from 'node:path';
 import { ConfigError } from '../errors.js';
 import { argumentsJson } from './args-json.js';
+
+const NEWLINE = Buffer.from('\n');
 
 /** Default of {@link AuditLogOptions.maxBytes}: 10 MiB. */
 export const DEFAULT_AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -114,6 +118,11 @@ export class AuditLog {
   readonly #flushIntervalMs: number;
   #fd: number | undefined;
   #size = 0;
+  /**
+   * A write failed after part of a text was in the file (disk full, file size limit): the file
+   * ends inside a line, so the next write starts a new one.
+   */
+  #torn = false;
   #pending: (string | QueuedCall)[] = [];
   #timer: NodeJS.Timeout | undefined;
   #immediate: NodeJS.Immediate | undefined;
@@ -142,6 +151,7 @@ export class AuditLog {
 
   #open(): void {
     this.#fd = openSync(this.path, 'a', 0o600);
+    this.#torn = false;
     try {
       this.#size = statSync(this.path).size;
     } catch {
@@ -206,6 +216,7 @@ export class AuditLog {
     if (this.#fd === undefined || this.#pending.length === 0) return;
     const queued = this.#pending;
     this.#pending = [];
+    if (this.#torn) this.#writeRest(NEWLINE, 0);
     const lines = new Array<string>(queued.length);
     let batch = '';
     for (let i = 0; i < queued.length; i++) {
@@ -219,7 +230,15 @@ export class AuditLog {
     // (UTF-8 takes at most 3 bytes per UTF-16 unit) the string is written as it is — no byte
     // count beforehand, no Buffer — and the bytes written are what it took.
     if (this.#size + batch.length * 3 <= this.#maxBytes) {
-      this.#size += writeSync(this.#fd, batch);
+      const written = writeSync(this.#fd, batch);
+      this.#size += written;
+      // A short write (the disk filled up, a file size limit): the rest goes out as bytes, or
+      // the write that fails throws (and the batch is reported lost), never a silent cut.
+      if (written < batch.length || written !== Buffer.byteLength(batch)) {
+        this.#writeRest(Buffer.from(batch), written);
+      } else {
+        this.#torn = false;
+      }
       return;
     }
     const buf = Buffer.from(batch);
@@ -252,8 +271,19 @@ export class AuditLog {
 
   #writeBytes(buf: Buffer): void {
     if (buf.length === 0 || this.#fd === undefined) return;
-    writeSync(this.#fd, buf);
-    this.#size += buf.length;
+    this.#writeRest(buf, 0);
+  }
+
+  /** Writes `buf` from byte `from` on (what came before is in the file), short writes included. */
+  #writeRest(buf: Buffer, from: number): void {
+    for (let at = from; at < buf.length;) {
+      if (at > 0) this.#torn = true; // until the rest is in
+      const n = writeSync(this.#fd!, buf, at);
+      if (n <= 0) throw new Error(`audit log ${this.path}: a write made no progress`);
+      at += n;
+      this.#size += n;
+    }
+    this.#torn = false;
   }
 
   #rotate(): void {
