@@ -95,35 +95,68 @@ describeNats('NatsExecutor: a second stored copy of an attempt', () => {
     }
   });
 
-  it('refuses a copy taken up before the attempt started, once the publish was acknowledged', async () => {
-    const { fabric, agent, nc, names, storeAgain, stored } = await setUp('dupfirst');
-    try {
-      const task = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 2 });
-      await until(() => fabric.natsExecutor!.stats.published === 1, 5000);
-      const consumer = await jetstream(nc).consumers.get(
-        names.stream,
-        names.agentConsumer(agent.id),
-      );
-      const first = (await consumer.next({ expires: 5000 }))!;
-      first.nak(1500); // back to the stream untouched, delivered again after the copy
-      await storeAgain(first);
-      const link = new NatsAgentLink(nc, names, agent.id, agent.credential, 2000);
-      const second = (await consumer.next({ expires: 5000 }))!;
-      expect(second.seq).not.toBe(first.seq);
-      const copy = link.parse(second)!;
-      expect(await link.start(copy).answer).toMatchObject({ ok: false });
-      terminate(second);
-      expect((await fabric.getTask(task.id)).status).toBe(TaskStatus.SCHEDULED);
-
+  /**
+   * A task whose message is stored twice, the copy taken up first: the original is taken and
+   * put back (delivered again after 1.5 s), the copy taken up and its start sent — refused, as
+   * the publish's acknowledgement named the original.
+   */
+  async function copyTakenFirst(ns: string) {
+    const ctx = await setUp(ns);
+    const { fabric, agent, nc, names, storeAgain } = ctx;
+    const task = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 2 });
+    await until(() => fabric.natsExecutor!.stats.published === 1, 5000);
+    const consumer = await jetstream(nc).consumers.get(names.stream, names.agentConsumer(agent.id));
+    const first = (await consumer.next({ expires: 5000 }))!;
+    first.nak(1500); // back to the stream untouched, delivered again after the copy
+    await storeAgain(first);
+    const link = new NatsAgentLink(nc, names, agent.id, agent.credential, 2000);
+    const second = (await consumer.next({ expires: 5000 }))!;
+    expect(second.seq).not.toBe(first.seq);
+    const copy = link.parse(second)!;
+    expect(await link.start(copy).answer).toMatchObject({ ok: false });
+    expect(fabric.natsExecutor!.stats.duplicatesRefused).toBe(1);
+    expect((await fabric.getTask(task.id)).status).toBe(TaskStatus.SCHEDULED);
+    /** The original, delivered again. */
+    const original = async () => {
       const again = (await consumer.next({ expires: 5000 }))!;
       expect(again.seq).toBe(first.seq);
-      const mine = link.parse(again)!;
-      expect(await link.start(mine).answer).toEqual({ ok: true });
-      expect(await link.report(mine, 'complete', { result: 'mine' })).toEqual({ ok: true });
-      link.ack(again);
+      return { m: again, task: link.parse(again)! };
+    };
+    return { ...ctx, task, link, second, copy, original };
+  }
+
+  it('refuses a copy taken up before the attempt started, once the publish was acknowledged', async () => {
+    const { fabric, nc, task, link, second, original, stored } = await copyTakenFirst('dupfirst');
+    try {
+      terminate(second); // as a worker does with a refused start
+      const mine = await original();
+      expect(await link.start(mine.task).answer).toEqual({ ok: true });
+      expect(await link.report(mine.task, 'complete', { result: 'mine' })).toEqual({ ok: true });
+      link.ack(mine.m);
       const done = await fabric.waitForTask(task.id, { timeoutSeconds: 10 });
       expect([done.status, done.attempt, done.result]).toEqual([TaskStatus.COMPLETED, 1, 'mine']);
-      expect(fabric.natsExecutor!.stats.duplicatesRefused).toBe(1);
+      await until(async () => (await stored()) === 0, 5000);
+      await link.close(false);
+    } finally {
+      await closeAll(fabric, nc);
+    }
+  });
+
+  it('takes the outcome of a refused copy that finished before the attempt started, once: the original is then refused', async () => {
+    // A worker runs a surely-first delivery before its start is answered; a handler that ends
+    // before the refusal arrives reports its outcome. With no start accepted yet, that outcome
+    // is the attempt's (as any outcome that arrives before its start) and the original, taken up
+    // later, is refused: the task ran to completion once.
+    const { fabric, nc, task, link, second, copy, original, stored } =
+      await copyTakenFirst('dupdone');
+    try {
+      expect(await link.report(copy, 'complete', { result: 'copy' })).toEqual({ ok: true });
+      link.ack(second);
+      const done = await fabric.waitForTask(task.id, { timeoutSeconds: 10 });
+      expect([done.status, done.attempt, done.result]).toEqual([TaskStatus.COMPLETED, 1, 'copy']);
+      const late = await original();
+      expect(await link.start(late.task).answer).toMatchObject({ ok: false });
+      terminate(late.m);
       await until(async () => (await stored()) === 0, 5000);
       await link.close(false);
     } finally {

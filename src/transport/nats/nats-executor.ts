@@ -12,8 +12,8 @@
  *   commit of the attempt, with the others of its microtask run (`TurnFlush`). A publish that
  *   fails (server restarting) is retried while the attempt is still the task's current one.
  *   Should a second copy of an attempt's message be stored all the same, its `start` (which
- *   names the copy's stream sequence) is refused without ending the attempt, and reports from
- *   its take-up are stale.
+ *   names the copy's stream sequence) is refused without ending the attempt; once the attempt
+ *   started from its own copy, reports from another take-up are stale.
  * - **Consumers.** Durable pull consumers with explicit ack, `AckWait` = the smaller of
  *   `ackWaitSeconds` and the fabric's default task timeout (workers holding a task longer send
  *   in-progress acks), no `MaxDeliver`: attempts are counted here, per task — a `start` of an

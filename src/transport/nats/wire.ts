@@ -76,8 +76,8 @@ export const reportSchema = z
      * (unique per delivery it received; a re-sent report repeats it). A start of an attempt
      * already started under another take-up means the message came back after AckWait — its
      * first worker is lost — and the fabric ends that attempt and retries as a new one. With the
-     * other kinds (optional): the take-up the report comes from; one from a take-up other than
-     * the one that started the attempt is stale.
+     * other kinds (optional): the take-up the report comes from; once the attempt started, one
+     * from another take-up is stale.
      */
     take: z.string().min(1).max(64).optional(),
     /**
