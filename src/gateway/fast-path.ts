@@ -46,6 +46,7 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import type { z } from 'zod';
 import { argumentsJson } from './args-json.js';
+import { ChurnMap } from './churn-collections.js';
 import { LINE_QUEUED } from './line-writer.js';
 import { RelayedMcpError } from './map-error.js';
 import {
@@ -211,7 +212,7 @@ export class FastUpstreamCalls {
   readonly client: Client;
   readonly #transport: Transport;
   readonly #schema: z.ZodType;
-  readonly #pending = new Map<number, Pending>();
+  readonly #pending = new ChurnMap<number, Pending>();
   #open = true;
 
   /**
@@ -432,7 +433,7 @@ export class FastUpstreamCalls {
   #closed(): void {
     this.#open = false;
     const error = McpError.fromError(ErrorCode.ConnectionClosed, 'Connection closed');
-    for (const id of [...this.#pending.keys()]) this.#finish(id)?.reject(error);
+    for (const id of this.#pending.keys()) this.#finish(id)?.reject(error);
   }
 }
 
@@ -584,7 +585,7 @@ export class FastToolCalls {
   readonly #handler: (request: Request, extra: FastCallExtra) => Promise<unknown>;
   readonly #onerror: (error: Error) => void;
   readonly #answer: ((value: unknown, request: Request) => unknown) | undefined;
-  readonly #inflight = new Map<RequestId, FastCall>();
+  readonly #inflight = new ChurnMap<RequestId, FastCall>();
 
   /**
    * @param answer Makes the tool result of what `handler` resolved with (or throws the error

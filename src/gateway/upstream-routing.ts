@@ -16,20 +16,22 @@ import type {
   Result,
 } from '@modelcontextprotocol/sdk/types.js';
 import { RoutingError } from '../errors.js';
+import type { Slotted } from './churn-collections.js';
+import { SlotSet } from './churn-collections.js';
 import { toMcpError } from './map-error.js';
 import type { GatewaySession } from './session.js';
 import type { GatewayLogEntry } from './tool-call-pipeline.js';
 import type { Upstream } from './upstream.js';
 
 /** A request in flight on an upstream: whose (no session: a gRPC call) and which. */
-export interface InFlight {
+export interface InFlight extends Slotted {
   readonly session: GatewaySession | undefined;
   readonly requestId: RequestId;
 }
 
 /** The requests in flight per upstream. */
 export class InflightRoutes {
-  readonly #inflight = new Map<Upstream, Set<InFlight>>();
+  readonly #inflight = new Map<Upstream, SlotSet<InFlight>>();
   readonly #log: (entry: GatewayLogEntry) => void;
 
   constructor(log: (entry: GatewayLogEntry) => void) {
@@ -38,9 +40,9 @@ export class InflightRoutes {
 
   /** Tracks a request of `session` (none: a gRPC call) on `upstream` until {@link leave}. */
   enter(upstream: Upstream, session: GatewaySession | undefined, requestId: RequestId): InFlight {
-    const entry: InFlight = { session, requestId };
+    const entry: InFlight = { session, requestId, slot: -1 };
     let set = this.#inflight.get(upstream);
-    if (!set) this.#inflight.set(upstream, (set = new Set()));
+    if (!set) this.#inflight.set(upstream, (set = new SlotSet()));
     set.add(entry);
     return entry;
   }
