@@ -15,7 +15,8 @@
  *
  * These two keep their entries where no table chain forms: {@link ChurnMap} in an object in
  * dictionary mode (its hash table is replaced without a pointer to the next), {@link SlotSet} in
- * an array whose slots are cleared as entries leave.
+ * an array whose slots are cleared as entries leave (and which is compacted into a new array,
+ * without a pointer from the old one).
  *
  * @module
  */
@@ -104,36 +105,48 @@ export interface Slotted {
 
 /**
  * A `Set` of entries that come and go with every call (see the module comment), in an array:
- * an entry knows its index, and leaving moves the last entry into its place. Iteration order is
- * unspecified; an entry belongs to one set at a time.
+ * an entry knows its index, leaving empties its slot, and the array is compacted once at most
+ * half of its slots hold entries. Iterates in insertion order, as `Set` does; an entry belongs to
+ * one set at a time.
  */
 export class SlotSet<T extends Slotted> implements Iterable<T> {
-  readonly #items: T[] = [];
+  #items: (T | undefined)[] = [];
+  #size = 0;
 
   get size(): number {
-    return this.#items.length;
+    return this.#size;
   }
 
   add(item: T): this {
-    if (this.#items[item.slot] === item) return this;
+    if (item.slot >= 0 && this.#items[item.slot] === item) return this;
     item.slot = this.#items.length;
     this.#items.push(item);
+    this.#size++;
     return this;
   }
 
   delete(item: T): boolean {
     const i = item.slot;
-    if (this.#items[i] !== item) return false;
-    const last = this.#items.pop()!;
-    if (last !== item) {
-      this.#items[i] = last;
-      last.slot = i;
-    }
+    if (i < 0 || this.#items[i] !== item) return false;
+    this.#items[i] = undefined;
     item.slot = -1;
+    this.#size--;
+    if (this.#size === 0) this.#items.length = 0;
+    else if (this.#items.length >= 64 && this.#size * 2 <= this.#items.length) this.#compact();
     return true;
   }
 
-  [Symbol.iterator](): Iterator<T> {
-    return this.#items[Symbol.iterator]();
+  #compact(): void {
+    const items: T[] = [];
+    for (const x of this.#items) {
+      if (x === undefined) continue;
+      x.slot = items.length;
+      items.push(x);
+    }
+    this.#items = items;
+  }
+
+  *[Symbol.iterator](): Iterator<T> {
+    for (const x of this.#items) if (x !== undefined) yield x;
   }
 }
