@@ -21,6 +21,7 @@ import type { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
 import { NatsAgentLink, terminate } from '../../src/transport/nats/nats-agent-link.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
+import type { TaskMessage } from '../../src/transport/nats/wire.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { readyNatsFabric } from '../fixtures/nats/ready-fabric.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
@@ -48,6 +49,24 @@ describeNats('NatsExecutor: a second stored copy of an attempt', () => {
   async function closeAll(fabric: AgentFabric, nc: NatsConnection): Promise<void> {
     await fabric.close();
     await nc.close();
+  }
+
+  /**
+   * Reports `result` as the outcome of take-up `t` (message `m`) on `link`, acks it, and checks
+   * the task ended COMPLETED once, at attempt 1, with that result.
+   */
+  async function completeOnce(
+    fabric: AgentFabric,
+    link: NatsAgentLink,
+    taskId: string,
+    t: TaskMessage,
+    m: JsMsg,
+    result: string,
+  ): Promise<void> {
+    expect(await link.report(t, 'complete', { result })).toEqual({ ok: true });
+    link.ack(m);
+    const done = await fabric.waitForTask(taskId, { timeoutSeconds: 10 });
+    expect([done.status, done.attempt, done.result]).toEqual([TaskStatus.COMPLETED, 1, result]);
   }
 
   it('refuses the start of a second copy without ending the attempt, and takes no report from it', async () => {
@@ -84,10 +103,7 @@ describeNats('NatsExecutor: a second stored copy of an attempt', () => {
       terminate(second); // as a worker does with a refused start
 
       // The attempt's own take-up completes it, once.
-      expect(await link.report(mine, 'complete', { result: 'mine' })).toEqual({ ok: true });
-      link.ack(first);
-      const done = await fabric.waitForTask(task.id, { timeoutSeconds: 10 });
-      expect([done.status, done.attempt, done.result]).toEqual([TaskStatus.COMPLETED, 1, 'mine']);
+      await completeOnce(fabric, link, task.id, mine, first, 'mine');
       await until(async () => (await stored()) === 0, 5000);
       await link.close(false);
     } finally {
@@ -131,10 +147,7 @@ describeNats('NatsExecutor: a second stored copy of an attempt', () => {
       terminate(second); // as a worker does with a refused start
       const mine = await original();
       expect(await link.start(mine.task).answer).toEqual({ ok: true });
-      expect(await link.report(mine.task, 'complete', { result: 'mine' })).toEqual({ ok: true });
-      link.ack(mine.m);
-      const done = await fabric.waitForTask(task.id, { timeoutSeconds: 10 });
-      expect([done.status, done.attempt, done.result]).toEqual([TaskStatus.COMPLETED, 1, 'mine']);
+      await completeOnce(fabric, link, task.id, mine.task, mine.m, 'mine');
       await until(async () => (await stored()) === 0, 5000);
       await link.close(false);
     } finally {
@@ -150,10 +163,7 @@ describeNats('NatsExecutor: a second stored copy of an attempt', () => {
     const { fabric, nc, task, link, second, copy, original, stored } =
       await copyTakenFirst('dupdone');
     try {
-      expect(await link.report(copy, 'complete', { result: 'copy' })).toEqual({ ok: true });
-      link.ack(second);
-      const done = await fabric.waitForTask(task.id, { timeoutSeconds: 10 });
-      expect([done.status, done.attempt, done.result]).toEqual([TaskStatus.COMPLETED, 1, 'copy']);
+      await completeOnce(fabric, link, task.id, copy, second, 'copy');
       const late = await original();
       expect(await link.start(late.task).answer).toMatchObject({ ok: false });
       terminate(late.m);
