@@ -66,6 +66,52 @@ describe('ChurnMap', () => {
     expect(entries.sort(sortKey)).toEqual([...ref.entries()].sort(sortKey));
   });
 
+  it('agrees with Map for integer keys through growth, shrinking and crowded probe runs', () => {
+    const next = rng(23);
+    const ours = new ChurnMap<number | string, number>();
+    const ref = new Map<number | string, number>();
+    // Key families that crowd a table: runs of consecutive ids, multiples of powers of two (the
+    // same low bits), negatives, the ends of the safe range, and strings of the same digits.
+    const family = (r: number, j: number): number | string => {
+      switch (Math.floor(r * 6)) {
+        case 0:
+          return j;
+        case 1:
+          return j * 2 ** 20;
+        case 2:
+          return -j * 4096;
+        case 3:
+          return Number.MAX_SAFE_INTEGER - j;
+        case 4:
+          return (j % 64) * 2 ** 32 + 7;
+        default:
+          return String(j);
+      }
+    };
+    for (let phase = 0; phase < 6; phase++) {
+      // Fill to a few thousand entries, then drain to nearly none, each with random probes.
+      const target = phase % 2 === 0 ? 3000 : 20;
+      for (let i = 0; i < 12_000 && ref.size !== target; i++) {
+        const k = family(next(), Math.floor(next() * 4000));
+        if (ref.size < target ? next() < 0.8 : next() < 0.2) {
+          ours.set(k, i);
+          ref.set(k, i);
+        } else {
+          const victim = next() < 0.7 && ref.size > 0 ? [...ref.keys()][0]! : k;
+          expect(ours.delete(victim)).toBe(ref.delete(victim));
+        }
+        if (i % 97 === 0) {
+          for (const probe of [k, family(next(), Math.floor(next() * 4000))]) {
+            expect([ours.get(probe), ours.has(probe)]).toEqual([ref.get(probe), ref.has(probe)]);
+          }
+        }
+        expect(ours.size).toBe(ref.size);
+      }
+      for (const [k, v] of ref) expect(ours.get(k)).toBe(v);
+      expect(ours.keys().length).toBe(ref.size);
+    }
+  });
+
   it('keeps 0 and -0 one key, "1" and 1 two keys, and a __proto__ key as data', () => {
     const m = new ChurnMap<string | number, string>();
     m.set(0, 'zero').set(-0, 'minus zero').set('1', 'string').set(1, 'number');
