@@ -86,14 +86,18 @@ export class ChurnMap<K extends ChurnKey, V> {
     return (h ^ (h >>> 13)) & this.#mask;
   }
 
+  /** The slot holding safe integer `k`, else the empty slot that ends its probe (where it goes). */
+  #probe(k: number): number {
+    const keys = this.#keys;
+    let i = this.#home(k);
+    for (let at = keys[i]!; at !== k && at === at; at = keys[i]!) i = (i + 1) & this.#mask;
+    return i;
+  }
+
   /** The slot holding safe integer `k`, or -1. */
   #find(k: number): number {
-    const keys = this.#keys;
-    for (let i = this.#home(k); ; i = (i + 1) & this.#mask) {
-      const at = keys[i]!;
-      if (at === k) return i;
-      if (at !== at) return -1; // an empty slot ends the probe
-    }
+    const i = this.#probe(k);
+    return this.#keys[i] === k ? i : -1;
   }
 
   get(k: K): V | undefined {
@@ -114,17 +118,10 @@ export class ChurnMap<K extends ChurnKey, V> {
     // As Map.prototype.set: a key of -0 is kept as 0.
     const n = (k as number) === 0 ? 0 : (k as number);
     const keys = this.#keys;
-    let i = this.#home(n);
-    for (; ; i = (i + 1) & this.#mask) {
-      const at = keys[i]!;
-      if (at === n) {
-        this.#values[i] = v;
-        return this;
-      }
-      if (at !== at) break;
-    }
-    keys[i] = n;
+    const i = this.#probe(n);
     this.#values[i] = v;
+    if (keys[i] === n) return this;
+    keys[i] = n;
     if (++this.#ints * 2 > keys.length) this.#resize(keys.length * 2);
     return this;
   }
@@ -181,8 +178,7 @@ export class ChurnMap<K extends ChurnKey, V> {
     for (let i = 0; i < keys.length; i++) {
       const k = keys[i]!;
       if (k !== k) continue;
-      let j = this.#home(k);
-      while (this.#keys[j] === this.#keys[j]) j = (j + 1) & this.#mask;
+      const j = this.#probe(k);
       this.#keys[j] = k;
       this.#values[j] = values[i];
     }
@@ -208,9 +204,8 @@ export class ChurnMap<K extends ChurnKey, V> {
   /** The values, as an array (a snapshot, as {@link keys}). */
   values(): V[] {
     const out: V[] = [];
-    for (let i = 0; i < this.#keys.length; i++) {
-      if (this.#keys[i] === this.#keys[i]) out.push(this.#values[i]!);
-    }
+    const keys = this.#keys;
+    for (let i = 0; i < keys.length; i++) if (keys[i] === keys[i]) out.push(this.#values[i]!);
     for (const e of Object.values(this.#others)) out.push(e[1]);
     return out;
   }

@@ -112,6 +112,27 @@ describe('ChurnMap', () => {
     }
   });
 
+  it('agrees with Map while a small table stays near half full (runs wrap past its end)', () => {
+    const next = rng(31);
+    const ours = new ChurnMap<number, number>();
+    const ref = new Map<number, number>();
+    // 30–32 live keys in the first table's 64 slots: long runs, many of them wrapping around, and
+    // every delete shifting entries back across the end of the table.
+    for (let i = 0; i < 40_000; i++) {
+      if (ref.size < 32 && (ref.size < 30 || next() < 0.5)) {
+        const k = Math.floor(next() * 1_000_000);
+        ours.set(k, i);
+        ref.set(k, i);
+      } else {
+        const keys = [...ref.keys()];
+        const victim = keys[Math.floor(next() * keys.length)]!;
+        expect(ours.delete(victim)).toBe(ref.delete(victim));
+      }
+      if (i % 50 === 0) for (const [k, v] of ref) expect(ours.get(k)).toBe(v);
+      expect(ours.size).toBe(ref.size);
+    }
+  });
+
   it('keeps 0 and -0 one key, "1" and 1 two keys, and a __proto__ key as data', () => {
     const m = new ChurnMap<string | number, string>();
     m.set(0, 'zero').set(-0, 'minus zero').set('1', 'string').set(1, 'number');
