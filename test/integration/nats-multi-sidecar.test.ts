@@ -1,7 +1,7 @@
 /**
  * Two fabrics (two sidecars) on one nats-server: a pool's tasks scheduled on one are run by a
  * worker attached through the other, and reports are accepted only with the attempt's lease and
- * from the agent a pinned task belongs to.
+ * from the agent a pinned task belongs to, or from an agent of the pool a pool's task was queued to.
  */
 import { expect, it } from 'vitest';
 import { connect } from '@nats-io/transport-node';
@@ -113,6 +113,65 @@ describeNats('NATS: two sidecars on one server', () => {
     expect(await b.waitForTask(task.id, { timeoutSeconds: 5 })).toMatchObject({
       status: TaskStatus.COMPLETED,
       result: 'real',
+    });
+    m!.ack();
+    await nc.close();
+    await a.close();
+    await b.close();
+  });
+
+  it("refuses reports on a pool's task from agents of another pool, on its sidecar and through the vouch", async () => {
+    const ns = 'pools';
+    const nats = { url: suiteServer().url, namespace: ns };
+    const names = natsNames(ns);
+    const a = new AgentFabric({}, { nats });
+    const b = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
+    await a.start();
+    await b.start();
+    // B schedules to pool p; an agent of pool q lives on each sidecar, and A has p's worker.
+    await b.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+    await b.spawn({ name: 'slot', model: 'm', executor: 'nats', poolId: 'p', heartbeat: 'auto' });
+    await b.createPool({ poolId: 'q', model: 'm', executor: 'nats', minAgents: 0 });
+    const qb = await b.spawn({ name: 'qb', model: 'm', executor: 'nats', poolId: 'q' });
+    await a.createPool({ poolId: 'q', model: 'm', executor: 'nats', minAgents: 0 });
+    const qa = await a.spawn({ name: 'qa', model: 'm', executor: 'nats', poolId: 'q' });
+    await a.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+    const x = await a.spawn({ name: 'x', model: 'm', executor: 'nats', poolId: 'p' });
+    const loner = await a.spawn({ name: 'loner', model: 'm', executor: 'nats' });
+    await a.natsExecutor!.consumersReady();
+    await b.natsExecutor!.consumersReady();
+    const task = await b.scheduleToPool('p', 't', 1);
+    // Whoever can pull p's consumer holds the attempt's lease.
+    const nc = await connect({ servers: suiteServer().url });
+    const consumer = await jetstream(nc).consumers.get(names.stream, names.poolConsumer('p'));
+    const m = await consumer.next({ expires: 5000 });
+    const msg = decodeJson(m!.data) as TaskMessage;
+    expect(msg.taskId).toBe(task.id);
+    const report = async (body: Record<string, unknown>): Promise<unknown> =>
+      decodeJson((await nc.request(msg.replyTo, encodeJson(body), { timeout: 10_000 })).data);
+    const as = (agentId: string, credential: string, kind: 'start' | 'complete') => ({
+      kind,
+      taskId: msg.taskId,
+      attempt: msg.attempt,
+      lease: msg.lease,
+      agentId,
+      proof: reportProof(hashCredential(credential), agentId, kind, msg.taskId, msg.attempt),
+      ...(kind === 'start' ? { take: `take-${agentId}` } : { result: `forged by ${agentId}` }),
+    });
+    const refused = { ok: false, code: 'FABRIC_ERR_UNAUTHENTICATED' };
+    // Each with its own valid proof and the lease, none of them an agent of p.
+    for (const intruder of [qb, qa, loner]) {
+      expect(await report(as(intruder.id, intruder.credential, 'start'))).toMatchObject(refused);
+      expect(await report(as(intruder.id, intruder.credential, 'complete'))).toMatchObject(refused);
+    }
+    expect(await b.getTask(task.id)).toMatchObject({ status: TaskStatus.SCHEDULED });
+    expect((await b.getTask(task.id)).result).toBeUndefined();
+    // p's own worker (vouched for by A, in pool p): accepted.
+    expect(await report(as(x.id, x.credential, 'start'))).toEqual({ ok: true });
+    expect(await report(as(x.id, x.credential, 'complete'))).toEqual({ ok: true });
+    expect(await b.waitForTask(task.id, { timeoutSeconds: 5 })).toMatchObject({
+      status: TaskStatus.COMPLETED,
+      result: `forged by ${x.id}`,
     });
     m!.ack();
     await nc.close();

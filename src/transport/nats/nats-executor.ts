@@ -25,8 +25,9 @@
  * - **Reports.** Workers send `start`, `progress`, `complete` and `fail` as requests on the
  *   scheduling sidecar's `res.<sidecarId>`, alone or batched. A report must carry the attempt's
  *   lease (see `wire.ts`) and the reporting agent's credential proof, checked here for agents
- *   of this sidecar and by the agent's own sidecar (`vouch`) for others; a task pinned to an
- *   agent can only be reported on by that agent. A report on an attempt that is no longer
+ *   of this sidecar and by the agent's own sidecar (`vouch`, which answers with the agent's
+ *   pool) for others; a task pinned to an agent can only be reported on by that agent, a pool's
+ *   task only by an agent of that pool. A report on an attempt that is no longer
  *   current is answered `FABRIC_ERR_TASK_STATE` and changes nothing. Answers go out after the
  *   store's commit of what the report changed. JetStream's publish
  *   acknowledgements and the report answers come back on one reply subscription each
@@ -553,19 +554,28 @@ export class NatsExecutor implements TaskExecutor {
     if (hash === undefined) {
       // An agent of another sidecar: only a pool's tasks are shared across sidecars.
       if (t.agentId !== undefined) return undefined;
-      return this.#askVouch(r).then((ok) => (ok ? r : undefined));
+      const pool = t.poolId;
+      return this.#askVouch(r).then((vouched) =>
+        vouched !== undefined && vouched === pool ? r : undefined,
+      );
     }
     if (!sameProof(r.proof, reportProof(hash, r.agentId, r.kind, r.taskId, r.attempt))) {
       return undefined;
     }
-    if (t.agentId !== undefined && t.agentId !== r.agentId) return undefined;
-    return r;
+    // A pinned task: only its agent. A pool's task: only an agent of that pool — whoever can
+    // pull the pool's consumer holds the lease, and an agent of another pool, with its own
+    // valid proof, is not one of the workers the task was queued for.
+    if (t.agentId !== undefined) return t.agentId === r.agentId ? r : undefined;
+    return t.poolId !== undefined && this.#host!.agentPool(r.agentId) === t.poolId ? r : undefined;
   }
 
-  /** Asks the sidecars of the namespace whether the report's proof is its agent's. */
-  async #askVouch(r: Report): Promise<boolean> {
+  /**
+   * Asks the sidecars of the namespace whether the report's proof is its agent's: the agent's
+   * pool when its own sidecar says so, else undefined (not proven, or no pool).
+   */
+  async #askVouch(r: Report): Promise<string | undefined> {
     const nc = this.#nc;
-    if (nc === undefined || nc.isClosed()) return false;
+    if (nc === undefined || nc.isClosed()) return undefined;
     const v: Vouch = {
       agentId: r.agentId,
       kind: r.kind,
@@ -575,9 +585,10 @@ export class NatsExecutor implements TaskExecutor {
     };
     try {
       const m = await nc.request(this.names.vouch, encodeJson(v), { timeout: VOUCH_TIMEOUT_MS });
-      return (decodeJson(m.data) as { ok?: unknown } | undefined)?.ok === true;
+      const a = decodeJson(m.data) as { ok?: unknown; poolId?: unknown } | undefined;
+      return a?.ok === true && typeof a.poolId === 'string' ? a.poolId : undefined;
     } catch {
-      return false; // nobody knows the agent (or no answer in time): not proven
+      return undefined; // nobody knows the agent (or no answer in time): not proven
     }
   }
 
@@ -589,7 +600,8 @@ export class NatsExecutor implements TaskExecutor {
     const hash = this.#host?.credentialHash(agentId);
     if (hash === undefined) return; // another sidecar's agent (or nobody's)
     const ok = sameProof(proof, reportProof(hash, agentId, kind, taskId, attempt));
-    msg.respond(encodeJson({ ok }));
+    // With the agent's pool: the asking sidecar takes the report only for a task of that pool.
+    msg.respond(encodeJson(ok ? { ok, poolId: this.#host!.agentPool(agentId) ?? null } : { ok }));
   }
 
   /** The stream sequence attempt `r.attempt`'s message was stored as, once its publish was acked. */

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { hash } from 'node:crypto';
 
 /** Subjects and JetStream names of one namespace. */
 export interface NatsNames {
@@ -38,16 +39,38 @@ export interface NatsNames {
 }
 
 /**
- * A consumer name from an id: NATS consumer names may not hold `.`, `*`, `>` or whitespace, so
- * other characters are hex-escaped (`_xx`); distinct ids give distinct names.
+ * Longest consumer name nats-server takes (a durable consumer is a directory of its file store);
+ * a longer `agent-…`/`pool-…` name is made from a digest instead ({@link consumerName}).
  */
-function consumerToken(id: string): string {
-  return id.replace(/[^A-Za-z0-9-]/g, (c) => `_${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+export const MAX_CONSUMER_NAME = 255;
+
+/**
+ * A subject token from an id, usable in consumer names too (NATS names may not hold `.`, `*`,
+ * `>` or whitespace): every UTF-16 code unit outside `[A-Za-z0-9-]` is written `_xx` (two hex
+ * digits) below 0x100 and `__xxxx` (four) from 0x100 on. The two forms cannot be confused — a
+ * `_` is always followed by a hex digit or by the second `_` — so distinct ids give distinct
+ * tokens, and {@link idFromToken} reads the id back. (One escape width for every unit, as
+ * before, made `Ӣd` and `中` the same token `_4e2d`: two pools shared a subject and a consumer.)
+ */
+export function subjectToken(id: string): string {
+  return id.replace(/[^A-Za-z0-9-]/g, (c) => {
+    const unit = c.charCodeAt(0);
+    return unit < 0x100
+      ? `_${unit.toString(16).padStart(2, '0')}`
+      : `__${unit.toString(16).padStart(4, '0')}`;
+  });
 }
 
-/** A subject token from an id (agent ids are UUIDs; pool ids are user-chosen). */
-function subjectToken(id: string): string {
-  return consumerToken(id);
+/**
+ * The durable consumer of an agent's or a pool's tasks: `<kind>-<token>`, or — when that is
+ * longer than {@link MAX_CONSUMER_NAME} (a pool id of up to 256 units can escape to 1,536
+ * characters) — `<kind>-_h<hex SHA-256 of the token>`. A token never holds `_h` (see
+ * {@link subjectToken}), so the two forms never meet.
+ */
+function consumerName(kind: 'agent' | 'pool', id: string): string {
+  const token = subjectToken(id);
+  const name = `${kind}-${token}`;
+  return name.length <= MAX_CONSUMER_NAME ? name : `${kind}-_h${hash('sha256', token, 'hex')}`;
 }
 
 /** The names of `namespace`. */
@@ -60,8 +83,8 @@ export function natsNames(namespace: string): NatsNames {
     heartbeats: `${p}.hb.*`,
     agentTasks: (agentId) => `${p}.task.agent.${subjectToken(agentId)}`,
     poolTasks: (poolId) => `${p}.task.pool.${subjectToken(poolId)}`,
-    agentConsumer: (agentId) => `agent-${consumerToken(agentId)}`,
-    poolConsumer: (poolId) => `pool-${consumerToken(poolId)}`,
+    agentConsumer: (agentId) => consumerName('agent', agentId),
+    poolConsumer: (poolId) => consumerName('pool', poolId),
     results: (sidecarId) => `${p}.res.${sidecarId}`,
     ended: (taskId) => `${p}.ended.${subjectToken(taskId)}`,
     allEnded: `${p}.ended.*`,
@@ -69,7 +92,9 @@ export function natsNames(namespace: string): NatsNames {
   };
 }
 
-/** Recovers an id from a subject token made by {@link natsNames}. */
+/** Recovers an id from its {@link subjectToken}. */
 export function idFromToken(token: string): string {
-  return token.replace(/_([0-9a-f]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
+  return token.replace(/__([0-9a-f]{4})|_([0-9a-f]{2})/g, (_, wide?: string, narrow?: string) =>
+    String.fromCharCode(parseInt(wide ?? narrow!, 16)),
+  );
 }
