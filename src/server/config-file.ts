@@ -518,28 +518,32 @@ export function configVariables(file: string, cwd = process.cwd()): Record<strin
   return vars;
 }
 
-/** Replaces `${NAME}` (config variables) and `${env:NAME}` (environment) in every string. */
+/**
+ * Replaces `${NAME}` (config variables) and `${env:NAME}` (the environment `env`: the one the
+ * overrides are read from) in every string.
+ */
 function substitute(
   value: unknown,
   vars: Record<string, string>,
+  env: NodeJS.ProcessEnv,
   path: string[],
   onMissing: (path: string[], name: string) => void,
 ): unknown {
   if (typeof value === 'string') {
     return value.replace(
       /\$\{(env:)?([A-Za-z_][A-Za-z0-9_]*)\}/g,
-      (_m, env: string | undefined, name: string) => {
-        const v = env ? process.env[name] : vars[name];
-        if (v === undefined) onMissing(path, env ? `env:${name}` : name);
+      (_m, fromEnv: string | undefined, name: string) => {
+        const v = fromEnv ? env[name] : vars[name];
+        if (v === undefined) onMissing(path, fromEnv ? `env:${name}` : name);
         return v ?? '';
       },
     );
   }
   if (Array.isArray(value))
-    return value.map((v, i) => substitute(v, vars, [...path, String(i)], onMissing));
+    return value.map((v, i) => substitute(v, vars, env, [...path, String(i)], onMissing));
   if (value && typeof value === 'object') {
     return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, substitute(v, vars, [...path, k], onMissing)]),
+      Object.entries(value).map(([k, v]) => [k, substitute(v, vars, env, [...path, k], onMissing)]),
     );
   }
   return value;
@@ -571,7 +575,10 @@ interface Override {
 
 /** Options of {@link parseSidecarConfig} and {@link loadSidecarConfig}. */
 export interface SidecarConfigOptions {
-  /** @default process.env */
+  /**
+   * The environment: what `${env:NAME}` reads and the overrides (`FABRIC_HTTP_PORT`, …) come
+   * from. @default process.env
+   */
   env?: NodeJS.ProcessEnv;
   /** Working directory relative paths are taken from. @default process.cwd() */
   cwd?: string;
@@ -695,7 +702,8 @@ export function parseSidecarConfig(
   }
   const vars = configVariables(file, options.cwd);
   const problems: ConfigFileProblem[] = [];
-  const substituted = substitute(raw, vars, [], (path, name) => {
+  const env = options.env ?? process.env;
+  const substituted = substitute(raw, vars, env, [], (path, name) => {
     problems.push({
       path: path.join('.'),
       message: `unknown variable \${${name}}`,
@@ -703,7 +711,7 @@ export function parseSidecarConfig(
     });
   }) as Record<string, unknown>;
   if (problems.length > 0) throw ConfigFileError.of(file, problems);
-  const overrides = applyOverrides(substituted, options.env ?? process.env, options.flags ?? {});
+  const overrides = applyOverrides(substituted, env, options.flags ?? {});
   const parsed = sidecarConfigSchema.safeParse(substituted);
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {

@@ -5,7 +5,7 @@
  * admin token is refused; nothing the sidecar logs contains the token.
  */
 import { join } from 'node:path';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/errors.js';
 import type { GatewayLogEntry } from '../../src/gateway/gateway.js';
 import { parseSidecarConfig } from '../../src/server/config-file.js';
@@ -17,12 +17,10 @@ const logs: GatewayLogEntry[] = [];
 const running: Sidecar[] = [];
 afterEach(async () => {
   for (const s of running.splice(0)) await s.close();
-  vi.unstubAllEnvs();
 });
 
 async function start(yaml: string, state: string): Promise<Sidecar> {
-  vi.stubEnv('PIN', PIN);
-  const config = parseSidecarConfig(yaml, 'fabric.yaml', { env: { FABRIC_STATE: state } });
+  const config = parseSidecarConfig(yaml, 'fabric.yaml', { env: { PIN, FABRIC_STATE: state } });
   const s = await Sidecar.start({ config, http: false, logger: (e) => logs.push(e) });
   running.push(s);
   return s;
@@ -58,9 +56,8 @@ describe('sidecar: pinned credentials', () => {
   });
 
   it('refuses a pin equal to the admin token', async () => {
-    vi.stubEnv('PIN', PIN);
     const config = parseSidecarConfig(`adminToken: "${PIN}"\n${pinned}`, 'fabric.yaml', {
-      env: { FABRIC_STATE: 'memory' },
+      env: { PIN, FABRIC_STATE: 'memory' },
     });
     await expect(Sidecar.start({ config, http: false })).rejects.toThrow(ConfigError);
     await expect(Sidecar.start({ config, http: false })).rejects.toThrow(

@@ -71,6 +71,24 @@ describe('config errors', () => {
     expect(config.http).toMatchObject({ port: 3000, host: '127.0.0.2' });
   });
 
+  it('reads ${env:NAME} from the environment it is given, as the overrides', () => {
+    const yaml = 'nats:\n  url: "${env:FABRIC_TEST_NATS_URL}"\n';
+    const config = parseSidecarConfig(yaml, 'f.yaml', {
+      env: { FABRIC_TEST_NATS_URL: 'nats://10.0.0.1:4222' },
+    });
+    expect(config.nats?.url).toBe('nats://10.0.0.1:4222');
+    // Not from process.env when another environment is given.
+    process.env.FABRIC_TEST_NATS_URL = 'nats://127.0.0.9:1';
+    try {
+      expect(problems(() => parseSidecarConfig(yaml, 'f.yaml', { env: {} })).list).toEqual([
+        expect.objectContaining({ message: 'unknown variable ${env:FABRIC_TEST_NATS_URL}' }),
+      ]);
+      expect(parseSidecarConfig(yaml, 'f.yaml').nats?.url).toBe('nats://127.0.0.9:1');
+    } finally {
+      delete process.env.FABRIC_TEST_NATS_URL;
+    }
+  });
+
   it('lists every unknown variable, and every YAML syntax error at its line', () => {
     const vars = problems(() =>
       parseSidecarConfig(

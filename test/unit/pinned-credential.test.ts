@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ConfigFileError } from '../../src/errors.js';
 import { parseSidecarConfig } from '../../src/server/config-file.js';
 import { pinnedCredentialProblem } from '../../src/server/pinned-credential.js';
@@ -8,11 +8,12 @@ const OTHER = 'Zy9Xw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0Fe_d';
 
 /** Parses `agents:` with each credential passed as `${env:…}`, the way a deployment pins it. */
 function parseAgents(...credentials: string[]) {
+  const env: Record<string, string> = {};
   const agents = credentials.map((c, i) => {
-    vi.stubEnv(`PIN_${i}`, c);
+    env[`PIN_${i}`] = c;
     return `  - { name: a${i}, credential: "\${env:PIN_${i}}" }`;
   });
-  return parseSidecarConfig(`agents:\n${agents.join('\n')}\n`, 'fabric.yaml', { env: {} });
+  return parseSidecarConfig(`agents:\n${agents.join('\n')}\n`, 'fabric.yaml', { env });
 }
 
 /** The ConfigFileError a bad config throws (fails the test if it does not throw). */
@@ -27,10 +28,6 @@ function problem(fn: () => unknown): ConfigFileError {
 }
 
 describe('pinned agent credentials', () => {
-  afterEach(() => {
-    vi.unstubAllEnvs();
-  });
-
   it('accepts a long random token from the environment', () => {
     expect(parseAgents(GOOD, OTHER).agents.map((a) => a.credential)).toEqual([GOOD, OTHER]);
     expect(pinnedCredentialProblem(GOOD)).toBeUndefined();

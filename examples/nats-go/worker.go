@@ -1,0 +1,483 @@
+// Command worker is an Agent Fabric worker in Go that talks to the fabric over NATS only. It is
+// written from the wire protocol in the repository README ("NATS wire protocol (for workers in
+// other languages)"), with the NATS client (github.com/nats-io/nats.go) and Go's standard library
+// as its only dependencies: nothing of the fabric's own code.
+//
+// It runs one agent's tasks: those pinned to the agent and, with POOL_ID, those queued to its
+// pool, one at a time from each. Task types:
+//
+//	word-count  payload {"text": "..."}  → result {"words": n, "by": "go"}
+//	sleep       payload {"ms": n}        → result {"slept": n}, or stops when the task ends
+//	fail        any payload              → fails with error code "BAD_INPUT" (not retried)
+//
+// Any other type fails with "UNKNOWN_TASK_TYPE". Configuration, from the environment:
+//
+//	NATS_URL          nats://127.0.0.1:4222 unless set
+//	NATS_TOKEN        optional token authentication
+//	FABRIC_NAMESPACE  the sidecar's nats.namespace ("default" unless set)
+//	AGENT_ID          the agent this worker runs as
+//	AGENT_CREDENTIAL  that agent's credential (never sent: it keys the HMAC proofs)
+//	POOL_ID           optional: the agent's pool
+//	HEARTBEAT_SECONDS 5 unless set
+//
+// It prints "ready" once its first heartbeat was accepted, then a line per task: "started <task>
+// <attempt>", "done <task> <attempt> complete|fail", "aborted <task> <attempt>" (the fabric ended
+// the attempt: cancel or timeout) or "refused <task> <attempt> <code>". Errors go to stderr; a
+// heartbeat the fabric refuses or nobody answers at start ends the process with status 1.
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// task is the task message a sidecar publishes to the stream.
+type task struct {
+	V              int             `json:"v"`
+	TaskID         string          `json:"taskId"`
+	Attempt        int             `json:"attempt"`
+	TaskType       string          `json:"taskType"`
+	Payload        json.RawMessage `json:"payload"`
+	Deadline       *float64        `json:"deadline"`
+	TimeoutSeconds float64         `json:"timeoutSeconds"`
+	MaxAttempts    int             `json:"maxAttempts"`
+	AgentID        *string         `json:"agentId"`
+	PoolID         *string         `json:"poolId"`
+	ReplyTo        string          `json:"replyTo"`
+	Lease          string          `json:"lease"`
+}
+
+// taskError is a report's error.
+type taskError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// report is what a worker sends to the scheduling sidecar's replyTo.
+type report struct {
+	Kind    string      `json:"kind"`
+	TaskID  string      `json:"taskId"`
+	Attempt int         `json:"attempt"`
+	Lease   string      `json:"lease"`
+	AgentID string      `json:"agentId"`
+	Proof   string      `json:"proof"`
+	Result  interface{} `json:"result,omitempty"`
+	Error   *taskError  `json:"error,omitempty"`
+	Retry   *bool       `json:"retry,omitempty"`
+	Take    string      `json:"take,omitempty"`
+	Seq     uint64      `json:"seq,omitempty"`
+}
+
+// answer is a sidecar's answer to a report or a heartbeat.
+type answer struct {
+	OK      bool   `json:"ok"`
+	Status  string `json:"status"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// ended is a sidecar's notice that it ended an attempt.
+type ended struct {
+	TaskID  string `json:"taskId"`
+	Attempt int    `json:"attempt"`
+	Code    string `json:"code"`
+}
+
+type worker struct {
+	nc        *nats.Conn
+	js        nats.JetStreamContext
+	namespace string
+	agentID   string
+	key       []byte // the lowercase hex SHA-256 of the credential, as ASCII: the HMAC key
+
+	mu      sync.Mutex
+	running map[string]*run // task id → the attempt this worker runs
+	lastTs  int64
+	out     sync.Mutex // one line at a time on stdout
+}
+
+type run struct {
+	attempt int
+	cancel  context.CancelFunc
+	ended   bool
+}
+
+func main() {
+	if err := mainErr(); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}
+
+func mainErr() error {
+	agentID, credential := os.Getenv("AGENT_ID"), os.Getenv("AGENT_CREDENTIAL")
+	if agentID == "" || credential == "" {
+		return errors.New("AGENT_ID and AGENT_CREDENTIAL must be set")
+	}
+	url := envOr("NATS_URL", nats.DefaultURL)
+	opts := []nats.Option{nats.Name("fabric-go-worker"), nats.MaxReconnects(-1)}
+	if t := os.Getenv("NATS_TOKEN"); t != "" {
+		opts = append(opts, nats.Token(t))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return fmt.Errorf("connecting to %s: %w", url, err)
+	}
+	defer nc.Close()
+	js, err := nc.JetStream()
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256([]byte(credential))
+	w := &worker{
+		nc:        nc,
+		js:        js,
+		namespace: envOr("FABRIC_NAMESPACE", "default"),
+		agentID:   agentID,
+		key:       []byte(hex.EncodeToString(sum[:])),
+		running:   map[string]*run{},
+	}
+	interval := 5 * time.Second
+	if s := os.Getenv("HEARTBEAT_SECONDS"); s != "" {
+		n, err := strconv.ParseFloat(s, 64)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("HEARTBEAT_SECONDS: not a positive number: %q", s)
+		}
+		interval = time.Duration(n * float64(time.Second))
+	}
+	// The first heartbeat must be accepted: it proves the credential before any task is taken.
+	if err := w.heartbeat(); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := w.heartbeat(); err != nil {
+					fmt.Fprintln(os.Stderr, "worker:", err)
+				}
+			}
+		}
+	}()
+	// The sidecar announces the attempts it ends (cancel, timeout) on ended.<taskId>.
+	if _, err := nc.Subscribe(w.subject("ended.*"), w.onEnded); err != nil {
+		return err
+	}
+	consumers := []string{"agent-" + token(agentID)}
+	if pool := os.Getenv("POOL_ID"); pool != "" {
+		consumers = append(consumers, consumerName("pool", pool))
+	}
+	stream := "FABRIC_" + w.namespace + "_TASKS"
+	var wg sync.WaitGroup
+	for _, c := range consumers {
+		sub, ackWait, err := w.bind(ctx, stream, c)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.pull(ctx, sub, ackWait)
+		}()
+	}
+	w.println("ready")
+	wg.Wait()
+	return nil
+}
+
+func envOr(name, fallback string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return fallback
+}
+
+// token escapes an id for a subject or a consumer name: each UTF-16 code unit outside
+// [A-Za-z0-9-] as _xx below 0x100, __xxxx from 0x100 on.
+func token(id string) string {
+	var b strings.Builder
+	for _, r := range id {
+		units := []rune{r}
+		if r > 0xffff { // a surrogate pair in UTF-16
+			r -= 0x10000
+			units = []rune{0xd800 + (r >> 10), 0xdc00 + (r & 0x3ff)}
+		}
+		for _, u := range units {
+			switch {
+			case u >= 'A' && u <= 'Z', u >= 'a' && u <= 'z', u >= '0' && u <= '9', u == '-':
+				b.WriteRune(u)
+			case u < 0x100:
+				fmt.Fprintf(&b, "_%02x", u)
+			default:
+				fmt.Fprintf(&b, "__%04x", u)
+			}
+		}
+	}
+	return b.String()
+}
+
+// consumerName is <kind>-<token>, or <kind>-_h<SHA-256 hex of the token> past 255 characters.
+func consumerName(kind, id string) string {
+	name := kind + "-" + token(id)
+	if len(name) <= 255 {
+		return name
+	}
+	sum := sha256.Sum256([]byte(token(id)))
+	return kind + "-_h" + hex.EncodeToString(sum[:])
+}
+
+func (w *worker) subject(rest string) string { return "fabric." + w.namespace + "." + rest }
+
+// proof is HMAC-SHA256 under the credential's hash, base64url without padding.
+func (w *worker) proof(text string) string {
+	m := hmac.New(sha256.New, w.key)
+	m.Write([]byte(text))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+func (w *worker) println(format string, args ...interface{}) {
+	w.out.Lock()
+	defer w.out.Unlock()
+	fmt.Printf(format+"\n", args...)
+}
+
+// heartbeat sends one heartbeat as a request; an error when it is refused or unanswered.
+func (w *worker) heartbeat() error {
+	w.mu.Lock()
+	ts := time.Now().UnixMilli()
+	if ts <= w.lastTs { // timestamps must grow
+		ts = w.lastTs + 1
+	}
+	w.lastTs = ts
+	w.mu.Unlock()
+	body, _ := json.Marshal(map[string]interface{}{
+		"ts":    ts,
+		"proof": w.proof(fmt.Sprintf("hb:%s:%d", w.agentID, ts)),
+	})
+	m, err := w.nc.Request(w.subject("hb."+token(w.agentID)), body, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("heartbeat of agent %s: no sidecar answered (%v): an unknown agent or another namespace", w.agentID, err)
+	}
+	var a answer
+	if err := json.Unmarshal(m.Data, &a); err != nil || !a.OK {
+		return fmt.Errorf("heartbeat refused: %s: %s", a.Code, a.Message)
+	}
+	return nil
+}
+
+// bind waits for the consumer (the sidecar makes it when the agent is attached) and pulls from
+// it; AckWait says how often a held message needs an in-progress ack.
+func (w *worker) bind(ctx context.Context, stream, consumer string) (*nats.Subscription, time.Duration, error) {
+	for {
+		info, err := w.js.ConsumerInfo(stream, consumer)
+		if err == nil {
+			sub, err := w.js.PullSubscribe(info.Config.FilterSubject, "", nats.Bind(stream, consumer))
+			return sub, info.Config.AckWait, err
+		}
+		if !errors.Is(err, nats.ErrConsumerNotFound) && !errors.Is(err, nats.ErrStreamNotFound) {
+			return nil, 0, fmt.Errorf("consumer %s of %s: %w", consumer, stream, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (w *worker) pull(ctx context.Context, sub *nats.Subscription, ackWait time.Duration) {
+	for ctx.Err() == nil {
+		msgs, err := sub.Fetch(1, nats.MaxWait(time.Second))
+		if err != nil {
+			if !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+				fmt.Fprintln(os.Stderr, "worker: fetch:", err)
+				time.Sleep(200 * time.Millisecond)
+			}
+			continue
+		}
+		for _, m := range msgs {
+			w.handle(m, ackWait)
+		}
+	}
+}
+
+// handle runs one delivered message: in-progress acks while it is held, start, the handler,
+// the outcome, then the ack.
+func (w *worker) handle(m *nats.Msg, ackWait time.Duration) {
+	pulled := time.Now()
+	held := make(chan struct{})
+	defer close(held)
+	go func() { // in-progress acks every third of AckWait, from the pull on
+		t := time.NewTicker(ackWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-held:
+				return
+			case <-t.C:
+				_ = m.InProgress()
+			}
+		}
+	}()
+	var t task
+	if err := json.Unmarshal(m.Data, &t); err != nil || t.V != 1 || t.TaskID == "" || t.ReplyTo == "" {
+		fmt.Fprintln(os.Stderr, "worker: not a task message; terminated")
+		_ = m.Term()
+		return
+	}
+	meta, err := m.Metadata()
+	if err != nil {
+		_ = m.Term()
+		return
+	}
+	// Reports are retried until answered, at most until the task's timeout has passed.
+	giveUp := pulled.Add(time.Duration(t.TimeoutSeconds * float64(time.Second)))
+	take := randomTake()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w.mu.Lock()
+	r := &run{attempt: t.Attempt, cancel: cancel}
+	w.running[t.TaskID] = r
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		if w.running[t.TaskID] == r {
+			delete(w.running, t.TaskID)
+		}
+		w.mu.Unlock()
+	}()
+
+	a, ok := w.report(&t, report{Kind: "start", Take: take, Seq: meta.Sequence.Stream}, giveUp)
+	if !ok || !a.OK {
+		code := a.Code
+		if !ok {
+			code = "NO_ANSWER"
+		}
+		w.println("refused %s %d %s", t.TaskID, t.Attempt, code)
+		_ = m.Term() // without a reason text: nats-server 2.9 would redeliver
+		return
+	}
+	w.println("started %s %d", t.TaskID, t.Attempt)
+	result, failure := runTask(ctx, t.TaskType, t.Payload)
+	w.mu.Lock()
+	aborted := r.ended
+	w.mu.Unlock()
+	if aborted {
+		w.println("aborted %s %d", t.TaskID, t.Attempt)
+		_ = m.Term()
+		return
+	}
+	out := report{Kind: "complete", Take: take, Result: result}
+	if failure != nil {
+		no := false
+		out = report{Kind: "fail", Take: take, Error: failure, Retry: &no}
+	}
+	if a, ok := w.report(&t, out, giveUp); !ok || !a.OK {
+		code := a.Code
+		if !ok {
+			code = "NO_ANSWER"
+		}
+		w.println("refused %s %d %s", t.TaskID, t.Attempt, code)
+		_ = m.Term()
+		return
+	}
+	_ = m.AckSync()
+	w.println("done %s %d %s", t.TaskID, t.Attempt, out.Kind)
+}
+
+// report signs r for task t and sends it to the task's sidecar until it answers or giveUp.
+func (w *worker) report(t *task, r report, giveUp time.Time) (answer, bool) {
+	r.TaskID, r.Attempt, r.Lease, r.AgentID = t.TaskID, t.Attempt, t.Lease, w.agentID
+	r.Proof = w.proof(fmt.Sprintf("%s:%s:%s:%d", r.Kind, w.agentID, t.TaskID, t.Attempt))
+	body, err := json.Marshal(r)
+	if err != nil {
+		return answer{}, false
+	}
+	for {
+		m, err := w.nc.Request(t.ReplyTo, body, 5*time.Second)
+		if err == nil {
+			var a answer
+			if json.Unmarshal(m.Data, &a) == nil {
+				return a, true
+			}
+		}
+		if time.Now().After(giveUp) {
+			return answer{}, false
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// onEnded stops the handler of an attempt the sidecar ended.
+func (w *worker) onEnded(m *nats.Msg) {
+	var n ended
+	if json.Unmarshal(m.Data, &n) != nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if r := w.running[n.TaskID]; r != nil && r.attempt == n.Attempt {
+		r.ended = true
+		r.cancel()
+	}
+}
+
+func randomTake() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// runTask is the work itself: a result, or an error to report.
+func runTask(ctx context.Context, taskType string, payload json.RawMessage) (interface{}, *taskError) {
+	switch taskType {
+	case "word-count":
+		var p struct {
+			Text string `json:"text"`
+		}
+		if err := json.Unmarshal(payload, &p); err != nil {
+			return nil, &taskError{Code: "BAD_INPUT", Message: "payload must be {\"text\": string}"}
+		}
+		return map[string]interface{}{"words": len(strings.Fields(p.Text)), "by": "go"}, nil
+	case "sleep":
+		var p struct {
+			Ms int `json:"ms"`
+		}
+		if err := json.Unmarshal(payload, &p); err != nil || p.Ms < 0 {
+			return nil, &taskError{Code: "BAD_INPUT", Message: "payload must be {\"ms\": n ≥ 0}"}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, &taskError{Code: "ABORTED", Message: "the attempt was ended"}
+		case <-time.After(time.Duration(p.Ms) * time.Millisecond):
+			return map[string]interface{}{"slept": p.Ms}, nil
+		}
+	case "fail":
+		return nil, &taskError{Code: "BAD_INPUT", Message: "this task always fails"}
+	default:
+		return nil, &taskError{Code: "UNKNOWN_TASK_TYPE", Message: "no handler for " + strconv.Quote(taskType)}
+	}
+}
