@@ -9,11 +9,41 @@ import { jetstream } from '@nats-io/jetstream';
 import { AgentFabric } from '../../src/fabric.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
-import type { TaskMessage } from '../../src/transport/nats/wire.js';
+import type { ReportKind, TaskMessage } from '../../src/transport/nats/wire.js';
 import { decodeJson, encodeJson, reportProof } from '../../src/transport/nats/wire.js';
 import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
 import { TaskStatus } from '../../src/task.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
+
+/**
+ * Pulls the next message of `consumer` as any NATS client may (it then holds the attempt's
+ * lease), with `report` to send a report to the scheduling sidecar and `signed` to make one:
+ * `kind` on the message's attempt, proven with `credential` as `agentId`.
+ */
+async function holdMessage(url: string, stream: string, consumer: string) {
+  const nc = await connect({ servers: url });
+  const m = await (await jetstream(nc).consumers.get(stream, consumer)).next({ expires: 5000 });
+  expect(m).not.toBeNull();
+  const msg = decodeJson(m!.data) as TaskMessage;
+  const report = async (body: Record<string, unknown>): Promise<unknown> =>
+    decodeJson((await nc.request(msg.replyTo, encodeJson(body), { timeout: 10_000 })).data);
+  const signed = (
+    agentId: string,
+    credential: string,
+    kind: ReportKind,
+    extra: object = {},
+    lease = msg.lease,
+  ) => ({
+    kind,
+    taskId: msg.taskId,
+    attempt: msg.attempt,
+    lease,
+    agentId,
+    proof: reportProof(hashCredential(credential), agentId, kind, msg.taskId, msg.attempt),
+    ...extra,
+  });
+  return { nc, m: m!, msg, report, signed };
+}
 
 describeNats('NATS: two sidecars on one server', () => {
   const suiteServer = natsServerPerSuite();
@@ -76,22 +106,14 @@ describeNats('NATS: two sidecars on one server', () => {
     await a.natsExecutor!.consumersReady();
     await b.natsExecutor!.consumersReady();
     const task = await b.scheduleToPool('p', 't', 1);
-    const nc = await connect({ servers: suiteServer().url });
-    const consumer = await jetstream(nc).consumers.get(names.stream, names.poolConsumer('p'));
-    const m = await consumer.next({ expires: 5000 });
-    const msg = decodeJson(m!.data) as TaskMessage;
+    const {
+      nc,
+      m,
+      msg,
+      report,
+      signed: as,
+    } = await holdMessage(suiteServer().url, names.stream, names.poolConsumer('p'));
     expect(msg.taskId).toBe(task.id);
-    const report = async (body: Record<string, unknown>): Promise<unknown> =>
-      decodeJson((await nc.request(msg.replyTo, encodeJson(body), { timeout: 10_000 })).data);
-    const as = (agentId: string, credential: string, kind: string, extra: object = {}) => ({
-      kind,
-      taskId: msg.taskId,
-      attempt: msg.attempt,
-      lease: msg.lease,
-      agentId,
-      proof: reportProof(hashCredential(credential), agentId, kind as 'start', msg.taskId, 1),
-      ...extra,
-    });
     const refused = { ok: false, code: 'FABRIC_ERR_UNAUTHENTICATED' };
     // x's id with another agent's proof, and an agent no sidecar knows: refused (B asked A).
     expect(await report(as(x.id, other.credential, 'start', { take: 'a' }))).toMatchObject(refused);
@@ -114,7 +136,7 @@ describeNats('NATS: two sidecars on one server', () => {
       status: TaskStatus.COMPLETED,
       result: 'real',
     });
-    m!.ack();
+    m.ack();
     await nc.close();
     await a.close();
     await b.close();
@@ -142,22 +164,19 @@ describeNats('NATS: two sidecars on one server', () => {
     await b.natsExecutor!.consumersReady();
     const task = await b.scheduleToPool('p', 't', 1);
     // Whoever can pull p's consumer holds the attempt's lease.
-    const nc = await connect({ servers: suiteServer().url });
-    const consumer = await jetstream(nc).consumers.get(names.stream, names.poolConsumer('p'));
-    const m = await consumer.next({ expires: 5000 });
-    const msg = decodeJson(m!.data) as TaskMessage;
+    const { nc, m, msg, report, signed } = await holdMessage(
+      suiteServer().url,
+      names.stream,
+      names.poolConsumer('p'),
+    );
     expect(msg.taskId).toBe(task.id);
-    const report = async (body: Record<string, unknown>): Promise<unknown> =>
-      decodeJson((await nc.request(msg.replyTo, encodeJson(body), { timeout: 10_000 })).data);
-    const as = (agentId: string, credential: string, kind: 'start' | 'complete') => ({
-      kind,
-      taskId: msg.taskId,
-      attempt: msg.attempt,
-      lease: msg.lease,
-      agentId,
-      proof: reportProof(hashCredential(credential), agentId, kind, msg.taskId, msg.attempt),
-      ...(kind === 'start' ? { take: `take-${agentId}` } : { result: `forged by ${agentId}` }),
-    });
+    const as = (agentId: string, credential: string, kind: 'start' | 'complete') =>
+      signed(
+        agentId,
+        credential,
+        kind,
+        kind === 'start' ? { take: `take-${agentId}` } : { result: `forged by ${agentId}` },
+      );
     const refused = { ok: false, code: 'FABRIC_ERR_UNAUTHENTICATED' };
     // Each with its own valid proof and the lease, none of them an agent of p.
     for (const intruder of [qb, qa, loner]) {
@@ -173,7 +192,7 @@ describeNats('NATS: two sidecars on one server', () => {
       status: TaskStatus.COMPLETED,
       result: `forged by ${x.id}`,
     });
-    m!.ack();
+    m.ack();
     await nc.close();
     await a.close();
     await b.close();
@@ -194,26 +213,14 @@ describeNats('NATS: two sidecars on one server', () => {
     await b.heartbeat(victim.id);
     const task = await b.schedule({ agentId: victim.id, taskType: 't', payload: 1 });
     // Any NATS client may pull the victim's consumer: it then holds a valid lease.
-    const nc = await connect({ servers: suiteServer().url });
-    const consumer = await jetstream(nc).consumers.get(
+    const { nc, m, msg, report, signed } = await holdMessage(
+      suiteServer().url,
       names.stream,
       names.agentConsumer(victim.id),
     );
-    const m = await consumer.next({ expires: 5000 });
-    expect(m).not.toBeNull();
-    const msg = decodeJson(m!.data) as TaskMessage;
     expect(msg.taskId).toBe(task.id);
-    const report = async (body: Record<string, unknown>): Promise<unknown> =>
-      decodeJson((await nc.request(msg.replyTo, encodeJson(body), { timeout: 5000 })).data);
-    const as = (agentId: string, credential: string, lease = msg.lease) => ({
-      kind: 'complete',
-      taskId: msg.taskId,
-      attempt: msg.attempt,
-      lease,
-      agentId,
-      proof: reportProof(hashCredential(credential), agentId, 'complete', msg.taskId, msg.attempt),
-      result: 'forged',
-    });
+    const as = (agentId: string, credential: string, lease = msg.lease) =>
+      signed(agentId, credential, 'complete', { result: 'forged' }, lease);
     const refused = { ok: false, code: 'FABRIC_ERR_UNAUTHENTICATED' };
     // Another agent of B, with its own valid proof and the lease: not its task.
     expect(await report(as(intruder.id, intruder.credential))).toMatchObject(refused);
@@ -252,7 +259,7 @@ describeNats('NATS: two sidecars on one server', () => {
       code: 'FABRIC_ERR_TASK_STATE',
     });
     expect((await b.getTask(task.id)).result).toBe('forged');
-    m!.ack();
+    m.ack();
     await nc.close();
     await a.close();
     await b.close();
