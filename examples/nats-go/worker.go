@@ -23,7 +23,8 @@
 // It prints "ready" once its first heartbeat was accepted, then a line per task: "started <task>
 // <attempt>", "done <task> <attempt> complete|fail", "aborted <task> <attempt>" (the fabric ended
 // the attempt: cancel or timeout) or "refused <task> <attempt> <code>". Errors go to stderr; a
-// heartbeat the fabric refuses or nobody answers at start ends the process with status 1.
+// heartbeat the fabric refuses or nobody answers at start, or an agent that is not in POOL_ID,
+// ends the process with status 1.
 package main
 
 import (
@@ -84,12 +85,14 @@ type report struct {
 	Seq     uint64      `json:"seq,omitempty"`
 }
 
-// answer is a sidecar's answer to a report or a heartbeat.
+// answer is a sidecar's answer to a report or a heartbeat (a heartbeat's names the agent's pool:
+// a string, or null for none).
 type answer struct {
-	OK      bool   `json:"ok"`
-	Status  string `json:"status"`
-	Code    string `json:"code"`
-	Message string `json:"message"`
+	OK      bool            `json:"ok"`
+	Status  string          `json:"status"`
+	PoolID  json.RawMessage `json:"poolId"`
+	Code    string          `json:"code"`
+	Message string          `json:"message"`
 }
 
 // ended is a sidecar's notice that it ended an attempt.
@@ -162,8 +165,17 @@ func mainErr() error {
 		interval = time.Duration(n * float64(time.Second))
 	}
 	// The first heartbeat must be accepted: it proves the credential before any task is taken.
-	if err := w.heartbeat(); err != nil {
+	// Its answer names the agent's pool: a worker told to serve another pool stops here (the
+	// sidecar would refuse its starts, and it would terminate that pool's messages).
+	first, err := w.heartbeat()
+	if err != nil {
 		return err
+	}
+	if pool := os.Getenv("POOL_ID"); pool != "" && len(first.PoolID) > 0 {
+		var its *string
+		if err := json.Unmarshal(first.PoolID, &its); err != nil || its == nil || *its != pool {
+			return fmt.Errorf("agent %s is not in pool %q (its pool: %s)", agentID, pool, first.PoolID)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -175,7 +187,7 @@ func mainErr() error {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := w.heartbeat(); err != nil {
+				if _, err := w.heartbeat(); err != nil {
 					fmt.Fprintln(os.Stderr, "worker:", err)
 				}
 			}
@@ -263,8 +275,9 @@ func (w *worker) println(format string, args ...interface{}) {
 	fmt.Printf(format+"\n", args...)
 }
 
-// heartbeat sends one heartbeat as a request; an error when it is refused or unanswered.
-func (w *worker) heartbeat() error {
+// heartbeat sends one heartbeat as a request: the answer, or an error when it is refused or
+// unanswered.
+func (w *worker) heartbeat() (answer, error) {
 	w.mu.Lock()
 	ts := time.Now().UnixMilli()
 	if ts <= w.lastTs { // timestamps must grow
@@ -278,13 +291,13 @@ func (w *worker) heartbeat() error {
 	})
 	m, err := w.nc.Request(w.subject("hb."+token(w.agentID)), body, 5*time.Second)
 	if err != nil {
-		return fmt.Errorf("heartbeat of agent %s: no sidecar answered (%v): an unknown agent or another namespace", w.agentID, err)
+		return answer{}, fmt.Errorf("heartbeat of agent %s: no sidecar answered (%v): an unknown agent or another namespace", w.agentID, err)
 	}
 	var a answer
 	if err := json.Unmarshal(m.Data, &a); err != nil || !a.OK {
-		return fmt.Errorf("heartbeat refused: %s: %s", a.Code, a.Message)
+		return a, fmt.Errorf("heartbeat refused: %s: %s", a.Code, a.Message)
 	}
-	return nil
+	return a, nil
 }
 
 // bind waits for the consumer (the sidecar makes it when the agent is attached) and pulls from

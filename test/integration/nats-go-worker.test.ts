@@ -227,7 +227,7 @@ describeNats('examples/nats-go: a worker in Go on the wire protocol alone', () =
   );
 
   it.runIf(runGo)(
-    "a worker with another agent's credential, or an agent nobody knows, is refused at its first heartbeat",
+    "a worker with another agent's credential, an agent nobody knows, or a pool not its agent's, stops at its first heartbeat",
     async () => {
       const fabric = sidecar!.fabric!;
       const victim = await fabric.spawn({
@@ -248,6 +248,15 @@ describeNats('examples/nats-go: a worker in Go on the wire protocol alone', () =
       });
       expect(await nobody.exited).toBe(1);
       expect(nobody.stderr()).toMatch(/no sidecar answered/);
+      // Its own credential, but a pool its agent is not in: it stops before pulling.
+      const astray = startWorker({
+        AGENT_ID: other.id,
+        AGENT_CREDENTIAL: other.credential,
+        POOL_ID: 'build',
+      });
+      expect(await astray.exited).toBe(1);
+      expect(astray.stderr()).toMatch(/is not in pool "build" \(its pool: null\)/);
+      expect(astray.lines).not.toContain('ready');
     },
     60_000,
   );

@@ -1,12 +1,15 @@
 /**
- * Pool ids as users choose them (any text up to 256 units) on NATS: each pool gets subjects and
- * a consumer of its own, within what nats-server takes, so its tasks reach only its workers.
+ * Pools on NATS: ids as users choose them (any text up to 256 units) get subjects and a consumer
+ * of their own, within what nats-server takes, so a pool's tasks reach only its workers; and a
+ * worker told to serve a pool its agent is not in stops before it pulls.
  */
 import { expect, it } from 'vitest';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { AgentFabric } from '../../src/fabric.js';
+import { InvalidArgumentError } from '../../src/errors.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
+import { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transport.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
 import { TaskStatus } from '../../src/task.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
@@ -85,6 +88,64 @@ describeNats('NATS: pool ids', () => {
     stop.abort();
     await Promise.all(running);
     for (const w of workers) await w.close();
+    await fabric.close();
+  });
+
+  it('refuses to serve a pool its agent is not in, before pulling, and leaves the pool to its own workers', async () => {
+    const nats = { url: suiteServer().url, namespace: 'poolcheck' };
+    const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
+    await fabric.start();
+    await fabric.createPool({ poolId: 'a', model: 'm', executor: 'nats', minAgents: 0 });
+    await fabric.createPool({ poolId: 'b', model: 'm', executor: 'nats', minAgents: 0 });
+    const inA = await fabric.spawn({ name: 'in-a', model: 'm', executor: 'nats', poolId: 'a' });
+    const inB = await fabric.spawn({ name: 'in-b', model: 'm', executor: 'nats', poolId: 'b' });
+    const loner = await fabric.spawn({ name: 'loner', model: 'm', executor: 'nats' });
+    await fabric.natsExecutor!.consumersReady();
+    await fabric.heartbeat(inB.id);
+    // b's task waits in the stream while the misconfigured workers try.
+    const task = await fabric.scheduleToPool('b', 'which', null);
+    const wrong = await NatsWorker.connect({
+      nats,
+      agentId: inA.id,
+      credential: inA.credential,
+      poolId: 'b',
+    });
+    const err = await wrong.run({ which: () => 'wrong' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(InvalidArgumentError);
+    expect((err as Error).message).toMatch(/agent \S+ is not in pool "b" \(its pool: "a"\)/);
+    await wrong.close();
+    await expect(
+      NatsWorkerTransport.connect({
+        nats,
+        agentId: loner.id,
+        credential: loner.credential,
+        poolId: 'b',
+      }),
+    ).rejects.toThrow(/is not in pool "b" \(it is in no pool\)/);
+    // Its own pool is fine, and b's worker runs b's task: nothing of it was pulled.
+    const fine = await NatsWorkerTransport.connect({
+      nats,
+      agentId: inA.id,
+      credential: inA.credential,
+      poolId: 'a',
+    });
+    await fine.close();
+    const right = await NatsWorker.connect({
+      nats,
+      agentId: inB.id,
+      credential: inB.credential,
+      poolId: 'b',
+    });
+    const stop = new AbortController();
+    const running = right.run({ which: () => 'right' }, { signal: stop.signal });
+    expect(await fabric.waitForTask(task.id, { timeoutSeconds: 20 })).toMatchObject({
+      status: TaskStatus.COMPLETED,
+      attempt: 1,
+      result: 'right',
+    });
+    stop.abort();
+    await running;
+    await right.close();
     await fabric.close();
   });
 });

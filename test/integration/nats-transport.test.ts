@@ -129,6 +129,7 @@ describeNats('NATS transport', () => {
     expect(await send(a.id, hashCredential(a.credential), ts)).toEqual({
       ok: true,
       status: AgentStatus.HEALTHY,
+      poolId: null,
     });
     expect(fabric.lifecycle.agentInfo(a.id).status).toBe(AgentStatus.HEALTHY);
     // The same heartbeat again (a replay) is refused.
@@ -146,7 +147,11 @@ describeNats('NATS transport', () => {
       agentId: b.id,
       credential: b.credential,
     });
-    expect(await worker.heartbeat()).toEqual({ ok: true, status: AgentStatus.HEALTHY });
+    expect(await worker.heartbeat()).toEqual({
+      ok: true,
+      status: AgentStatus.HEALTHY,
+      poolId: null,
+    });
     expect(fabric.natsHeartbeats!.stats.accepted).toBe(2);
     await worker.close();
     await nc.close();

@@ -66,13 +66,13 @@ export class HeartbeatListener {
       this.stats.ignored++;
       return; // another sidecar's agent (or nobody's): that sidecar answers
     }
-    const answer = this.#accept(msg, agentId, rec.credentialHash);
+    const answer = this.#accept(msg, agentId, rec.credentialHash, rec.poolId);
     if (answer.ok) this.stats.accepted++;
     else this.stats.rejected++;
     if (msg.reply) msg.respond(encodeJson(answer));
   }
 
-  #accept(msg: Msg, agentId: string, credentialHash: string): Answer {
+  #accept(msg: Msg, agentId: string, credentialHash: string, poolId: string | undefined): Answer {
     const hb = heartbeatSchema.safeParse(decodeJson(msg.data));
     if (!hb.success) return NO_PROOF;
     const { ts, proof } = hb.data;
@@ -82,7 +82,8 @@ export class HeartbeatListener {
     }
     this.#lastTs.set(agentId, ts);
     try {
-      return { ok: true, status: this.#lifecycle.heartbeatStatus(agentId) };
+      // With the agent's pool: a worker told to serve a pool checks it is one of its agents.
+      return { ok: true, status: this.#lifecycle.heartbeatStatus(agentId), poolId: poolId ?? null };
     } catch (err) {
       if (isFabricError(err)) return { ok: false, code: err.code, message: err.message };
       const e = new AgentUnavailableError(agentId, AgentStatus.TERMINATED);

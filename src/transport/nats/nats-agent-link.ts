@@ -8,6 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import type { JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { InvalidArgumentError } from '../../errors.js';
 import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
 import { ReplyInbox } from './reply-inbox.js';
 import type { NatsNames } from './subjects.js';
@@ -114,6 +115,32 @@ export class NatsAgentLink {
       timeout: this.reportTimeoutMs,
     });
     return decodeJson(m.data) as Answer;
+  }
+
+  /**
+   * Before a worker pulls `poolId`'s tasks: asks the agent's sidecar (a heartbeat) which pool the
+   * agent is in, and throws when it is another one — the sidecar would refuse every start the
+   * worker made from that pool's consumer, and the worker would terminate messages other workers
+   * are waiting for. No answer (no sidecar knows the agent yet) or a refused heartbeat leaves it
+   * to the reports, as before.
+   * @throws InvalidArgumentError for `options.poolId`
+   */
+  async checkPool(poolId: string): Promise<void> {
+    let answer: Answer;
+    try {
+      answer = await this.heartbeat();
+    } catch {
+      return;
+    }
+    if (!answer?.ok || answer.poolId === undefined || answer.poolId === poolId) return;
+    throw new InvalidArgumentError(
+      'options.poolId',
+      `agent ${this.agentId} is not in pool ${JSON.stringify(poolId)} (` +
+        (answer.poolId === null
+          ? 'it is in no pool'
+          : `its pool: ${JSON.stringify(answer.poolId)}`) +
+        ')',
+    );
   }
 
   /**

@@ -113,7 +113,8 @@ export class NatsWorkerTransport implements WorkerTransport {
   /**
    * Connects (or uses `connection`, left open by {@link close}) and binds the consumers.
    * @throws NatsUnavailableError; the JetStream error when the agent's consumer does not exist
-   *   (the agent is not a `nats` agent of a sidecar of this namespace).
+   *   (the agent is not a `nats` agent of a sidecar of this namespace); InvalidArgumentError when
+   *   its sidecar says the agent is not in `poolId`.
    */
   static async connect(
     options: NatsWorkerTransportOptions,
@@ -126,26 +127,30 @@ export class NatsWorkerTransport implements WorkerTransport {
     const agentId = checkString('options.agentId', options.agentId);
     const credential = checkString('options.credential', options.credential, 4096);
     const nc = connection ?? (await connectNats(nats, `agent-fabric worker ${agentId}`));
+    let link: NatsAgentLink | undefined;
     try {
       const names = natsNames(nats.namespace);
-      const js = jetstream(nc);
-      const consumers = [await js.consumers.get(names.stream, names.agentConsumer(agentId))];
-      if (options.poolId !== undefined) {
-        const pool = checkString('options.poolId', options.poolId);
-        consumers.push(await js.consumers.get(names.stream, names.poolConsumer(pool)));
-      }
-      const info = await consumers[0]!.info(true);
-      const ackWaitMs = Math.max(100, Number(info.config.ack_wait ?? 30e9) / 1e6);
-      const link = new NatsAgentLink(
+      link = new NatsAgentLink(
         nc,
         names,
         agentId,
         credential,
         options.reportTimeoutMs ?? DEFAULT_REPORT_TIMEOUT_MS,
       );
+      const js = jetstream(nc);
+      const consumers = [await js.consumers.get(names.stream, names.agentConsumer(agentId))];
+      if (options.poolId !== undefined) {
+        const pool = checkString('options.poolId', options.poolId);
+        await link.checkPool(pool);
+        consumers.push(await js.consumers.get(names.stream, names.poolConsumer(pool)));
+      }
+      const info = await consumers[0]!.info(true);
+      const ackWaitMs = Math.max(100, Number(info.config.ack_wait ?? 30e9) / 1e6);
       return new NatsWorkerTransport(link, connection === undefined, consumers, ackWaitMs);
     } catch (err) {
-      if (connection === undefined) await nc.close();
+      // Its reply subscription off a connection the caller keeps; an owned one is closed.
+      if (link !== undefined) await link.close(connection === undefined);
+      else if (connection === undefined) await nc.close();
       throw err;
     }
   }

@@ -223,6 +223,7 @@ export class NatsWorker {
   ): Promise<void> {
     const stop = options.signal;
     if (stop?.aborted) return;
+    if (this.#poolId !== undefined) await this.#link.checkPool(this.#poolId);
     const js = jetstream(this.#nc);
     const consumers: Consumer[] = [
       await js.consumers.get(this.#names.stream, this.#names.agentConsumer(this.agentId)),

@@ -122,8 +122,13 @@ export const heartbeatSchema = z
 /** A heartbeat. */
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
-/** The answer to a report or a heartbeat request. */
-export type Answer = { ok: true; status?: string } | { ok: false; code: string; message: string };
+/**
+ * The answer to a report or a heartbeat request. A heartbeat's names the agent's status and its
+ * pool (`null`: none).
+ */
+export type Answer =
+  | { ok: true; status?: string; poolId?: string | null }
+  | { ok: false; code: string; message: string };
 
 /** A sidecar's notice that it ended an attempt (core subject `ended.<taskId>`). */
 export interface EndedNotice {
