@@ -216,6 +216,8 @@ export class NatsWorker {
   /**
    * Heartbeats and runs tasks with `handlers` (by task type) until `options.signal` aborts;
    * then stops pulling, lets running tasks finish, and resolves.
+   * @throws InvalidArgumentError (before pulling) when the agent's sidecar says the agent is not
+   *   in `options.poolId`.
    */
   async run(
     handlers: Readonly<Record<string, NatsTaskHandler>>,
