@@ -23,8 +23,9 @@
 // It prints "ready" once its first heartbeat was accepted, then a line per task: "started <task>
 // <attempt>", "done <task> <attempt> complete|fail", "aborted <task> <attempt>" (the fabric ended
 // the attempt: cancel or timeout) or "refused <task> <attempt> <code>". Errors go to stderr; a
-// heartbeat the fabric refuses or nobody answers at start, or an agent that is not in POOL_ID,
-// ends the process with status 1.
+// heartbeat the fabric refuses or nobody answers at start, an agent that is not in POOL_ID, or a
+// start refused FABRIC_ERR_PERMISSION_DENIED (the agent was terminated: the message goes back to
+// the pool) ends the process with status 1.
 package main
 
 import (
@@ -384,6 +385,15 @@ func (w *worker) handle(m *nats.Msg, ackWait time.Duration) {
 	}()
 
 	a, ok := w.report(&t, report{Kind: "start", Take: take, Seq: meta.Sequence.Stream}, giveUp)
+	if ok && a.Code == "FABRIC_ERR_PERMISSION_DENIED" {
+		// A genuine message this agent may not report on (terminated, or not in the pool): back
+		// to the task's own workers, and this worker stops. No pull of this consumer is open
+		// while a message is handled, so it is not delivered here again.
+		_ = m.Nak()
+		_ = w.nc.Flush()
+		fmt.Fprintf(os.Stderr, "worker: the fabric takes no reports from agent %s: %s\n", w.agentID, a.Message)
+		os.Exit(1)
+	}
 	if !ok || !a.OK {
 		code := a.Code
 		if !ok {

@@ -227,6 +227,50 @@ describeNats('examples/nats-go: a worker in Go on the wire protocol alone', () =
   );
 
   it.runIf(runGo)(
+    'stops when its agent is terminated, giving the message it pulled back to the pool',
+    async () => {
+      const fabric = sidecar!.fabric!;
+      const poolId = 'solo';
+      await fabric.createPool({ poolId, model: 'm', executor: 'nats', minAgents: 0 });
+      const doomed = await fabric.spawn({ name: 'doomed', model: 'm', executor: 'nats', poolId });
+      // The pool's other agent: dispatch goes on through it, and its worker comes later.
+      const heir = await fabric.spawn({
+        name: 'heir',
+        model: 'm',
+        executor: 'nats',
+        poolId,
+        heartbeat: 'auto',
+      });
+      const w = startWorker({
+        AGENT_ID: doomed.id,
+        AGENT_CREDENTIAL: doomed.credential,
+        POOL_ID: poolId,
+      });
+      await until(() => w.lines.includes('ready'), 20_000);
+      await fabric.terminate(doomed.id);
+      const t = await fabric.scheduleToPool(poolId, 'word-count', { text: 'not lost' });
+      expect(await w.exited).toBe(1);
+      expect(w.stderr()).toMatch(
+        /the fabric takes no reports from agent .*FABRIC_ERR|may not report/,
+      );
+      // Not terminated: the message is back in the stream, the attempt still out.
+      expect((await fabric.getTask(t.id)).status).toBe(TaskStatus.SCHEDULED);
+      const heirs = startWorker({
+        AGENT_ID: heir.id,
+        AGENT_CREDENTIAL: heir.credential,
+        POOL_ID: poolId,
+      });
+      expect(await fabric.waitForTask(t.id, { timeoutSeconds: 30 })).toMatchObject({
+        status: TaskStatus.COMPLETED,
+        attempt: 1,
+        result: { words: 2, by: 'go' },
+      });
+      await until(() => heirs.lines.includes(`done ${t.id} 1 complete`));
+    },
+    60_000,
+  );
+
+  it.runIf(runGo)(
     "a worker with another agent's credential, an agent nobody knows, or a pool not its agent's, stops at its first heartbeat",
     async () => {
       const fabric = sidecar!.fabric!;

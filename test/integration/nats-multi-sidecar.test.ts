@@ -114,7 +114,8 @@ describeNats('NATS: two sidecars on one server', () => {
       signed: as,
     } = await holdMessage(suiteServer().url, names.stream, names.poolConsumer('p'));
     expect(msg.taskId).toBe(task.id);
-    const refused = { ok: false, code: 'FABRIC_ERR_UNAUTHENTICATED' };
+    // A genuine message (the lease is right) from an agent not proven: not allowed.
+    const refused = { ok: false, code: 'FABRIC_ERR_PERMISSION_DENIED' };
     // x's id with another agent's proof, and an agent no sidecar knows: refused (B asked A).
     expect(await report(as(x.id, other.credential, 'start', { take: 'a' }))).toMatchObject(refused);
     expect(
@@ -177,7 +178,7 @@ describeNats('NATS: two sidecars on one server', () => {
         kind,
         kind === 'start' ? { take: `take-${agentId}` } : { result: `forged by ${agentId}` },
       );
-    const refused = { ok: false, code: 'FABRIC_ERR_UNAUTHENTICATED' };
+    const refused = { ok: false, code: 'FABRIC_ERR_PERMISSION_DENIED' };
     // Each with its own valid proof and the lease, none of them an agent of p.
     for (const intruder of [qb, qa, loner]) {
       expect(await report(as(intruder.id, intruder.credential, 'start'))).toMatchObject(refused);
@@ -221,13 +222,16 @@ describeNats('NATS: two sidecars on one server', () => {
     expect(msg.taskId).toBe(task.id);
     const as = (agentId: string, credential: string, lease = msg.lease) =>
       signed(agentId, credential, 'complete', { result: 'forged' }, lease);
+    // Not genuine (a wrong lease, not a report): unauthenticated, and a worker terminates it.
     const refused = { ok: false, code: 'FABRIC_ERR_UNAUTHENTICATED' };
+    // Genuine, from an agent that may not report on it: a worker gives it back.
+    const notAllowed = { ok: false, code: 'FABRIC_ERR_PERMISSION_DENIED' };
     // Another agent of B, with its own valid proof and the lease: not its task.
-    expect(await report(as(intruder.id, intruder.credential))).toMatchObject(refused);
+    expect(await report(as(intruder.id, intruder.credential))).toMatchObject(notAllowed);
     // Claiming to be the victim without its credential.
-    expect(await report(as(victim.id, intruder.credential))).toMatchObject(refused);
+    expect(await report(as(victim.id, intruder.credential))).toMatchObject(notAllowed);
     // An agent of another sidecar: pinned tasks are not shared.
-    expect(await report(as(foreign.id, foreign.credential))).toMatchObject(refused);
+    expect(await report(as(foreign.id, foreign.credential))).toMatchObject(notAllowed);
     // The victim's proof with a made-up lease.
     expect(await report(as(victim.id, victim.credential, 'x'.repeat(43)))).toMatchObject(refused);
     // Not JSON of the schema at all.
@@ -251,7 +255,7 @@ describeNats('NATS: two sidecars on one server', () => {
           as(victim.id, victim.credential),
         ],
       }),
-    ).toMatchObject({ answers: [refused, { ok: true }] });
+    ).toMatchObject({ answers: [notAllowed, { ok: true }] });
     const done = await b.waitForTask(task.id, { timeoutSeconds: 5 });
     expect(done).toMatchObject({ status: TaskStatus.COMPLETED, result: 'forged' });
     expect(await report({ ...as(victim.id, victim.credential), result: 'again' })).toMatchObject({

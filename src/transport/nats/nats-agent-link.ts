@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import type { JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { InvalidArgumentError } from '../../errors.js';
+import { InvalidArgumentError, PermissionDeniedError } from '../../errors.js';
 import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
 import { ReplyInbox } from './reply-inbox.js';
 import type { NatsNames } from './subjects.js';
@@ -52,6 +52,16 @@ export interface Starting {
  */
 export function terminate(m: JsMsg): void {
   m.term();
+}
+
+/**
+ * True for the refusal of a report on a genuine message from an agent that may not report on it
+ * (`FABRIC_ERR_PERMISSION_DENIED`: terminated, of another pool, not proven). The message is
+ * given back (NAK) for the task's own workers, not terminated, and the worker should stop: its
+ * agent is not one the fabric takes reports from.
+ */
+export function notAllowed(answer: Answer | undefined): boolean {
+  return answer !== undefined && !answer.ok && answer.code === 'FABRIC_ERR_PERMISSION_DENIED';
 }
 
 /** A signed link of one agent; see the module comment. */
@@ -319,11 +329,18 @@ export class NatsAgentLink {
    * Returns the task to run, or `undefined` when the message was terminated instead (not a task,
    * start refused — the attempt ended or was lost — or its sidecar gone). The caller keeps the
    * message alive with in-progress acks meanwhile.
+   * @throws PermissionDeniedError when this agent may not report on it ({@link notAllowed}):
+   *   the message is neither terminated nor acked; the caller gives it back.
    */
   async begin(m: JsMsg): Promise<TaskMessage | undefined> {
     const task = this.parse(m);
     if (task === undefined) return undefined;
     const start = await this.start(task).answer;
+    if (notAllowed(start)) {
+      // A genuine message, for the task's own workers: the caller gives it back (NAK) once it
+      // has closed its pulls, so that it is not delivered to them again.
+      throw new PermissionDeniedError((start as { message: string }).message);
+    }
     if (start === undefined || !start.ok) {
       terminate(m); // the attempt is over, or its sidecar is gone
       return undefined;

@@ -48,7 +48,7 @@ import type { JetStreamManager, StreamInfo } from '@nats-io/jetstream';
 import { AckPolicy, RetentionPolicy, StorageType, jetstreamManager } from '@nats-io/jetstream';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { headers, nanos } from '@nats-io/transport-node';
-import { TaskStateError, UnauthenticatedError } from '../../errors.js';
+import { PermissionDeniedError, TaskStateError, UnauthenticatedError } from '../../errors.js';
 import type { ExecutorSink, TaskExecutor } from '../../scheduler/executor.js';
 import type { TaskAssignment, TaskError } from '../../task.js';
 import type { NatsOptions } from './nats-options.js';
@@ -73,6 +73,26 @@ const denied = new UnauthenticatedError('report without a valid lease or agent p
 /** The answer to a report that is not authentic (made once: it is the same every time). */
 const DENY: Answer = Object.freeze({ ok: false, code: denied.code, message: denied.message });
 const OK: Answer = Object.freeze({ ok: true });
+
+/**
+ * The refusal of a report on a genuine message (its lease is right) from an agent that may not
+ * report on it: not proven, terminated, of another pool, or not the task's agent. Workers give
+ * such a message back (NAK) for the task's own workers instead of terminating it.
+ */
+function notAllowed(r: Report): Answer {
+  const e = new PermissionDeniedError(
+    `agent ${r.agentId} may not report on task ${r.taskId}: not proven, not current, or not ` +
+      `an agent the task was queued for`,
+  );
+  return { ok: false, code: e.code, message: e.message };
+}
+
+/** A checked report, or the answer that refuses it. */
+type Checked = Report | Answer;
+
+function isReport(c: Checked): c is Report {
+  return 'kind' in c;
+}
 
 /** True for a batch of reports (`{ v: 1, reports: [...] }`) rather than one report. */
 function isBatch(data: unknown): boolean {
@@ -515,9 +535,9 @@ export class NatsExecutor implements TaskExecutor {
       reports = batch;
     } else reports = [data];
     const checked = reports.map((d) => this.#check(d));
-    const answer = (list: (Report | undefined)[]): void => {
-      const answers = list.map((r) => {
-        const a = r === undefined ? DENY : this.#apply(r);
+    const answer = (list: Checked[]): void => {
+      const answers = list.map((c) => {
+        const a = isReport(c) ? this.#apply(c) : c;
         if (a.ok) this.stats.reportsAccepted++;
         else this.stats.reportsRejected++;
         return a;
@@ -529,17 +549,20 @@ export class NatsExecutor implements TaskExecutor {
     };
     if (checked.some((c) => c instanceof Promise)) {
       void Promise.all(checked).then(answer);
-    } else answer(checked as (Report | undefined)[]);
+    } else answer(checked as Checked[]);
   }
 
   /**
-   * The report when it is authentic — schema, the attempt's lease, the agent's proof — else
-   * undefined. The proof of an agent this sidecar does not know (a pool member attached through
-   * another sidecar) is checked by that agent's own sidecar ({@link #vouchFor}), so a promise.
+   * The report when it is authentic — schema, the attempt's lease, the agent's proof — else the
+   * refusal: {@link DENY} when the message itself is not genuine (no report, a wrong lease, a
+   * task forgotten), {@link notAllowed} when it is but this agent may not report on it. The
+   * proof of an agent this sidecar does not know (a pool member attached through another
+   * sidecar, or one terminated since) is checked by that agent's own sidecar
+   * ({@link #vouchFor}), so a promise.
    */
-  #check(data: unknown): Report | undefined | Promise<Report | undefined> {
+  #check(data: unknown): Checked | Promise<Checked> {
     const r = asReport(data);
-    if (r === undefined) return undefined;
+    if (r === undefined) return DENY;
     // The lease its start proved, or the one this process put in the message; after a restart
     // (or for an attempt no longer out) made again.
     const known = this.#takes.get(r.taskId) ?? this.#out.get(r.taskId);
@@ -547,26 +570,28 @@ export class NatsExecutor implements TaskExecutor {
       known !== undefined && known.attempt === r.attempt
         ? known.lease
         : attemptLease(this.#secret, r.taskId, r.attempt);
-    if (!sameProof(r.lease, lease)) return undefined;
+    if (!sameProof(r.lease, lease)) return DENY;
     const t = this.#host?.task(r.taskId);
-    if (t === undefined) return undefined; // a valid lease of a task forgotten since
+    if (t === undefined) return DENY; // a valid lease of a task forgotten since
     const hash = this.#host!.credentialHash(r.agentId);
     if (hash === undefined) {
-      // An agent of another sidecar: only a pool's tasks are shared across sidecars.
-      if (t.agentId !== undefined) return undefined;
+      // An agent of another sidecar (or terminated): only a pool's tasks are shared across
+      // sidecars.
+      if (t.agentId !== undefined) return notAllowed(r);
       const pool = t.poolId;
       return this.#askVouch(r).then((vouched) =>
-        vouched !== undefined && vouched === pool ? r : undefined,
+        vouched !== undefined && vouched === pool ? r : notAllowed(r),
       );
     }
     if (!sameProof(r.proof, reportProof(hash, r.agentId, r.kind, r.taskId, r.attempt))) {
-      return undefined;
+      return notAllowed(r);
     }
     // A pinned task: only its agent. A pool's task: only an agent of that pool — whoever can
     // pull the pool's consumer holds the lease, and an agent of another pool, with its own
     // valid proof, is not one of the workers the task was queued for.
-    if (t.agentId !== undefined) return t.agentId === r.agentId ? r : undefined;
-    return t.poolId !== undefined && this.#host!.agentPool(r.agentId) === t.poolId ? r : undefined;
+    if (t.agentId !== undefined) return t.agentId === r.agentId ? r : notAllowed(r);
+    const member = t.poolId !== undefined && this.#host!.agentPool(r.agentId) === t.poolId;
+    return member ? r : notAllowed(r);
   }
 
   /**

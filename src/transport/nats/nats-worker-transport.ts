@@ -14,7 +14,7 @@
 import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import { jetstream } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { InvalidArgumentError, TaskNotFoundError } from '../../errors.js';
+import { InvalidArgumentError, PermissionDeniedError, TaskNotFoundError } from '../../errors.js';
 import type { TaskAssignment } from '../../task.js';
 import { checkString } from '../../validate.js';
 import type {
@@ -61,7 +61,11 @@ function refused(answer: Answer | undefined): RemoteFabricError {
   }
   if (answer.ok) throw new Error('not a refusal');
   const kind =
-    answer.code === 'FABRIC_ERR_UNAUTHENTICATED' ? 'unauthenticated' : 'failed_precondition';
+    answer.code === 'FABRIC_ERR_UNAUTHENTICATED'
+      ? 'unauthenticated'
+      : answer.code === 'FABRIC_ERR_PERMISSION_DENIED'
+        ? 'permission_denied'
+        : 'failed_precondition';
   return new RemoteFabricError(answer.code, kind, answer.message);
 }
 
@@ -84,6 +88,8 @@ export class NatsWorkerTransport implements WorkerTransport {
   #ended: WorkerEndedTask[] = [];
   readonly #endedSub: Subscription;
   #consuming = false;
+  /** The fabric takes no reports from this agent (terminated, another pool): claims fail. */
+  #denied: RemoteFabricError | undefined;
 
   private constructor(
     link: NatsAgentLink,
@@ -175,6 +181,10 @@ export class NatsWorkerTransport implements WorkerTransport {
         const messages = await c.consume({ max_messages: 1 });
         this.#iterators.push(messages);
         for await (const m of messages) {
+          if (this.#denied !== undefined) {
+            m.nak(); // pulled as the pull was closing: back for the task's own workers
+            continue;
+          }
           const working = setInterval(() => m.working(), Math.max(50, this.#ackWaitMs / 3));
           this.#buffer.push({ m, working });
           const w = this.#wake;
@@ -186,6 +196,7 @@ export class NatsWorkerTransport implements WorkerTransport {
   }
 
   async claim(waitSeconds: number): Promise<TaskAssignment | null> {
+    if (this.#denied !== undefined) throw this.#denied;
     this.#startConsuming();
     const deadline = Date.now() + waitSeconds * 1000;
     for (;;) {
@@ -209,7 +220,25 @@ export class NatsWorkerTransport implements WorkerTransport {
 
   /** Reports `start` for a pulled message; the assignment, or undefined when it is not to run. */
   async #take(m: JsMsg, working: NodeJS.Timeout): Promise<TaskAssignment | undefined> {
-    const task = await this.#link.begin(m);
+    let task: TaskMessage | undefined;
+    try {
+      task = await this.#link.begin(m);
+    } catch (err) {
+      clearInterval(working);
+      if (!(err instanceof PermissionDeniedError)) throw err;
+      // This agent may not report on it (terminated, another pool): the message went back.
+      // So does every other it pulled, and it pulls no more; this claim and every later one
+      // fail, and with them the worker's run().
+      this.#denied = new RemoteFabricError(err.code, 'permission_denied', err.message);
+      // Pulls closed first: a message given back while one is open could be delivered to it.
+      await Promise.all(this.#iterators.map((it) => it.close().catch(() => undefined)));
+      m.nak();
+      for (const b of this.#buffer.splice(0)) {
+        clearInterval(b.working);
+        b.m.nak();
+      }
+      throw this.#denied;
+    }
     if (task === undefined) {
       clearInterval(working);
       return undefined;

@@ -28,7 +28,7 @@
 import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import { jetstream } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { InvalidArgumentError } from '../../errors.js';
+import { InvalidArgumentError, PermissionDeniedError } from '../../errors.js';
 import type { TaskHandlerContext } from '../../scheduler/executor.js';
 import { toTaskError } from '../../scheduler/executor.js';
 import { checkNumber, checkString } from '../../validate.js';
@@ -39,7 +39,7 @@ import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, ReportKind } from './wire.js';
 import { decodeJson } from './wire.js';
-import { NatsAgentLink, terminate } from './nats-agent-link.js';
+import { NatsAgentLink, notAllowed, terminate } from './nats-agent-link.js';
 
 /** Options of {@link NatsWorker.connect}. */
 export interface NatsWorkerOptions {
@@ -152,6 +152,13 @@ export class NatsWorker {
    */
   readonly #held = new Map<number, JsMsg>();
   #closed = false;
+  /**
+   * Set when the fabric refused a start because this agent may not report on the task
+   * (terminated, of another pool): {@link run} stops pulling and rejects with it.
+   */
+  #denied: PermissionDeniedError | undefined;
+  /** Stops the running {@link run}'s pulls; resolves once they are closed (set while it runs). */
+  #halt: (() => Promise<unknown>) | undefined;
 
   private constructor(
     nc: NatsConnection,
@@ -263,9 +270,21 @@ export class NatsWorker {
     let wake: (() => void) | undefined;
     const inFlight = new Set<Promise<void>>();
     const iterators: ConsumerMessages[] = [];
+    let halted = false;
+    const stopped = (): boolean => halted || stop?.aborted === true;
     const onStop = (): void => {
       for (const it of iterators) void it.close();
       wake?.();
+    };
+    // Halted (the fabric refused this agent): pulled messages go back only once the pulls are
+    // closed, so that none is delivered to them again.
+    let closing: Promise<unknown> | undefined;
+    const giveBackLater: JsMsg[] = [];
+    this.#denied = undefined;
+    this.#halt = () => {
+      halted = true;
+      wake?.();
+      return (closing ??= Promise.all(iterators.map((it) => it.close().catch(() => undefined))));
     };
     stop?.addEventListener('abort', onStop, { once: true });
     try {
@@ -273,7 +292,7 @@ export class NatsWorker {
         consumers.map(async (c) => {
           const messages = await c.consume({ max_messages: this.#concurrency });
           iterators.push(messages);
-          if (stop?.aborted) void messages.close();
+          if (stopped()) void messages.close();
           for await (const m of messages) {
             // A message this worker holds, delivered again: it waited here (pulled, its slot
             // not free yet) past AckWait, so JetStream sent it out again, to this worker's next
@@ -282,12 +301,13 @@ export class NatsWorker {
             // this one. (Taken up twice, the sidecar would count the attempt lost and the task
             // would run again.)
             if (this.#held.has(m.seq)) continue;
-            while (free === 0 && !stop?.aborted) {
+            while (free === 0 && !stopped()) {
               await new Promise<void>((r) => (wake = r));
             }
-            if (stop?.aborted) {
+            if (stopped()) {
               // Pulled but not started: back to the queue at once, for another worker.
-              m.nak();
+              if (halted) giveBackLater.push(m);
+              else m.nak();
               continue;
             }
             free--;
@@ -303,12 +323,31 @@ export class NatsWorker {
         }),
       );
       await Promise.all(inFlight);
+      if (closing !== undefined) {
+        await closing;
+        for (const m of giveBackLater) m.nak();
+      }
     } finally {
+      this.#halt = undefined;
       stop?.removeEventListener('abort', onStop);
       clearInterval(hb);
       clearInterval(working);
       ended.unsubscribe();
     }
+    if (this.#denied !== undefined) throw this.#denied;
+  }
+
+  /**
+   * The fabric refused a start of this agent on a genuine message (`notAllowed`): the message
+   * is given back for the task's own workers, and the worker stops pulling.
+   */
+  async #giveBack(m: JsMsg, answer: Answer | undefined): Promise<void> {
+    this.#denied ??= new PermissionDeniedError(
+      `the fabric takes no reports from agent ${this.agentId} on its tasks ` +
+        `(terminated, or not in the pool): ${(answer as { message?: string }).message ?? ''}`,
+    );
+    await this.#halt?.();
+    m.nak();
   }
 
   #noteEnded(key: string): void {
@@ -349,6 +388,8 @@ export class NatsWorker {
     const running = new Running();
     const starting = this.#link.start(task);
     let accepted: Promise<boolean>;
+    /** The refusal of the start when this agent may not report on the task (first delivery). */
+    let denial: Answer | undefined;
     if (
       this.#startBeforeAnswer &&
       !this.#ended.has(`${task.taskId}:${task.attempt}`) &&
@@ -365,6 +406,7 @@ export class NatsWorker {
         return;
       }
       accepted = starting.answer.then((a) => {
+        if (notAllowed(a)) denial = a;
         if (a === undefined || !a.ok) running.abort(new Error(refusedReason(a)));
         return a !== undefined && a.ok;
       });
@@ -373,7 +415,8 @@ export class NatsWorker {
       // gone, which only the sidecar knows — run it only once the start is accepted.
       const a = await starting.answer;
       if (a === undefined || !a.ok) {
-        terminate(m); // the attempt is over, or its sidecar is gone
+        if (notAllowed(a)) await this.#giveBack(m, a);
+        else terminate(m); // the attempt is over, or its sidecar is gone
         this.#held.delete(m.seq);
         this.stats.refused++;
         return;
@@ -412,7 +455,8 @@ export class NatsWorker {
       if (this.#closed) return;
       if (running.aborted) {
         if (!(await accepted)) this.stats.refused++;
-        terminate(m); // the fabric ended the attempt
+        if (denial !== undefined) await this.#giveBack(m, denial);
+        else terminate(m); // the fabric ended the attempt
         return;
       }
       // Sent after the start (same subject, in order), so the sidecar applies the start first;
@@ -427,7 +471,8 @@ export class NatsWorker {
       // means the attempt was not this worker's.
       if (answer?.ok !== true && !(await accepted)) {
         this.stats.refused++;
-        terminate(m);
+        if (denial !== undefined) await this.#giveBack(m, denial);
+        else terminate(m);
         return;
       }
       if (answer === undefined) {
