@@ -13,17 +13,23 @@ import { TaskStatus } from '../../src/task.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
+/** A fabric on NATS with pool `p` of two agents: `stays`, and `goes`, which a test terminates. */
+async function poolOfTwo(url: string, namespace: string) {
+  const nats = { url, namespace };
+  const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
+  await fabric.start();
+  await fabric.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+  const stays = await fabric.spawn({ name: 'stays', model: 'm', executor: 'nats', poolId: 'p' });
+  const goes = await fabric.spawn({ name: 'goes', model: 'm', executor: 'nats', poolId: 'p' });
+  await fabric.natsExecutor!.consumersReady();
+  return { nats, fabric, stays, goes };
+}
+
 describeNats('NATS: a worker of a terminated agent', () => {
   const suiteServer = natsServerPerSuite();
 
   it("gives back the pool's messages it pulled, and stops", async () => {
-    const nats = { url: suiteServer().url, namespace: 'gone' };
-    const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
-    await fabric.start();
-    await fabric.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
-    const stays = await fabric.spawn({ name: 'stays', model: 'm', executor: 'nats', poolId: 'p' });
-    const goes = await fabric.spawn({ name: 'goes', model: 'm', executor: 'nats', poolId: 'p' });
-    await fabric.natsExecutor!.consumersReady();
+    const { nats, fabric, stays, goes } = await poolOfTwo(suiteServer().url, 'gone');
     const ran = { stays: 0, goes: 0 };
     const stop = new AbortController();
     const workers = await Promise.all(
@@ -85,13 +91,7 @@ describeNats('NATS: a worker of a terminated agent', () => {
   }, 60_000);
 
   it('FabricWorker over NATS: gives back the message it claimed, and its run() fails', async () => {
-    const nats = { url: suiteServer().url, namespace: 'gone2' };
-    const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
-    await fabric.start();
-    await fabric.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
-    const stays = await fabric.spawn({ name: 'stays', model: 'm', executor: 'nats', poolId: 'p' });
-    const goes = await fabric.spawn({ name: 'goes', model: 'm', executor: 'nats', poolId: 'p' });
-    await fabric.natsExecutor!.consumersReady();
+    const { nats, fabric, stays, goes } = await poolOfTwo(suiteServer().url, 'gone2');
     // The terminated agent's worker runs alone at first, so it is the one that claims.
     const transport = await NatsWorkerTransport.connect({
       nats,
