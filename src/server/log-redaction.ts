@@ -24,22 +24,97 @@ const SECRET_NAME =
 /** Secrets shorter than this are not searched for in text (they would match everywhere). */
 const MIN_SECRET_LENGTH = 8;
 
+/** A secret-like part of an argument, header, variable or query parameter name. */
+const SECRET_PART = /token|secret|passw(?:or)?d|credential|api[-_]?key|private[-_]?key/i;
+/** The same for query parameters, where a bare `key` counts too. */
+const SECRET_QUERY_PART = /token|key|secret|passw(?:or)?d/i;
+/** Already redacted, or a number (`tokens: 5` is a count, not a secret). */
+const KEPT_VALUE = /^(?:\[redacted\]|\d+(?:\.\d+)?\b)/;
+
+/** Each whole name (`--api-key`, `GITHUB_TOKEN`, `x-auth-token`), never a part of one. */
+const NAME = /(?<![A-Za-z0-9_-])[A-Za-z0-9_-]+/g;
+/** After a flag: `=x` or ` x` (`--token x`). */
+const FLAG_VALUE = /(=|\s+)([^\s"',]+)/y;
+/** After any name: `=x`, `: x`, `": "x` (JSON). */
+const ASSIGNED_VALUE = /("?\s*[:=]\s*"?)([^\s"',;&]+)/y;
+/** A query parameter's name and `=` (`?token=`, `&access_token=`). */
+const QUERY_NAME = /[?&]([A-Za-z0-9_]*)=/g;
+const QUERY_VALUE = /[^&\s"']+/y;
+
+/**
+ * Patterns that need no look at what they matched. The name-and-value forms below are scanned
+ * instead of matched with one regular expression: the obvious `[\w-]*(?:token|…)[\w-]*=\S+`
+ * backtracks over every split of a long name and starts again at each of its characters —
+ * cubic in a name of repeated `-token`, which an agent can get into the log (a 12 KB one held
+ * the event loop for 9 s). The scans take each whole name once, so they run in linear time.
+ */
 const PATTERNS: readonly [RegExp, string][] = [
   [/\b(Bearer|Basic)\s+[^\s"',;]+/gi, `$1 ${REDACTED}`],
   [/\b(?:afk|fab_admin)_[A-Za-z0-9_-]{8,}/g, REDACTED],
-  // --api-key=x, --token x, -password=x
-  [
-    /(--?[A-Za-z0-9_-]*(?:token|secret|passw(?:or)?d|credential|api[-_]?key|private[-_]?key)[A-Za-z0-9_-]*)(=|\s+)(?!\[redacted\])[^\s"',]+/gi,
-    `$1$2${REDACTED}`,
-  ],
-  // GITHUB_TOKEN=x, "apiKey": "x", password: x (not a number: `tokens: 5` is a count)
-  [
-    /(\b[A-Za-z0-9_]*(?:token|secret|passw(?:or)?d|credential|api[-_]?key|private[-_]?key)[A-Za-z0-9_]*"?\s*[:=]\s*"?)(?!\[redacted\]|\d+(?:\.\d+)?\b)[^\s"',;&]+/gi,
-    `$1${REDACTED}`,
-  ],
-  // ?token=x&access_token=x
-  [/([?&][A-Za-z0-9_]*(?:token|key|secret|passw(?:or)?d)=)[^&\s"']+/gi, `$1${REDACTED}`],
 ];
+
+/** `text` with the value after each name `secret(name)` accepts replaced (see the callers). */
+function redactValues(
+  text: string,
+  names: RegExp,
+  secret: (name: string) => boolean,
+  valueAfter: (name: string, at: number) => { start: number; end: number } | undefined,
+): string {
+  let out = '';
+  let copied = 0;
+  names.lastIndex = 0;
+  for (let m = names.exec(text); m !== null; m = names.exec(text)) {
+    const end = m.index + m[0].length;
+    if (!secret(m[1] ?? m[0])) continue;
+    const v = valueAfter(m[0], end);
+    if (v === undefined) continue;
+    out += text.slice(copied, v.start) + REDACTED;
+    copied = v.end;
+    names.lastIndex = v.end;
+  }
+  return copied === 0 ? text : out + text.slice(copied);
+}
+
+/** The value a sticky `pattern` finds at `at` (its last group), unless `kept` says keep it. */
+function stickyValue(
+  pattern: RegExp,
+  text: string,
+  at: number,
+  kept: (value: string) => boolean,
+): { start: number; end: number } | undefined {
+  pattern.lastIndex = at;
+  const m = pattern.exec(text);
+  if (m === null) return undefined;
+  const value = m[m.length - 1]!;
+  if (kept(value)) return undefined;
+  const end = at + m[0].length;
+  return { start: end - value.length, end };
+}
+
+const startsRedacted = (value: string): boolean => value.startsWith(REDACTED);
+const keptValue = (value: string): boolean => KEPT_VALUE.test(value);
+
+/** `--api-key=x`, `--token x`, `GITHUB_TOKEN=x`, `"apiKey": "x"`, `x-auth-token: x`. */
+function redactNamed(text: string): string {
+  return redactValues(
+    text,
+    NAME,
+    (name) => SECRET_PART.test(name),
+    (name, at) =>
+      (name.startsWith('-') ? stickyValue(FLAG_VALUE, text, at, startsRedacted) : undefined) ??
+      stickyValue(ASSIGNED_VALUE, text, at, keptValue),
+  );
+}
+
+/** `?token=x&access_token=x` */
+function redactQuery(text: string): string {
+  return redactValues(
+    text,
+    QUERY_NAME,
+    (name) => SECRET_QUERY_PART.test(name),
+    (_name, at) => stickyValue(QUERY_VALUE, text, at, startsRedacted),
+  );
+}
 
 /** True when `name` names a secret. */
 export function isSecretName(name: string): boolean {
@@ -62,7 +137,7 @@ export class LogRedactor {
     let out = text;
     for (const s of this.#secrets) if (out.includes(s)) out = out.split(s).join(REDACTED);
     for (const [pattern, replacement] of PATTERNS) out = out.replace(pattern, replacement);
-    return out;
+    return redactQuery(redactNamed(out));
   }
 
   /** A copy of `value` with secrets redacted (at most 32 levels deep; deeper is dropped). */
