@@ -225,6 +225,14 @@ export class HttpSessionTransport implements Transport {
     batch: boolean,
     headers: IncomingHttpHeaders,
   ): void {
+    if (this.#closed) {
+      // Nothing is delivered to a closed session: its requests are done unanswered, here.
+      let requests = 0;
+      for (const kind of kinds) if (kind === 'request') requests++;
+      if (requests > 0) this.#onRequestsDone(requests);
+      this.#writeJson(res, 404, jsonRpcError(-32001, 'Session not found'));
+      return;
+    }
     let pending: Set<RequestId> | undefined;
     let errors: unknown[] | undefined;
     let duplicates = 0;
@@ -331,6 +339,10 @@ export class HttpSessionTransport implements Transport {
 
   /** Opens the standalone SSE stream for messages unrelated to a request. */
   handleGet(res: ServerResponse): void {
+    if (this.#closed) {
+      this.#writeJson(res, 404, jsonRpcError(-32001, 'Session not found'));
+      return;
+    }
     if (this.#standalone && !this.#standalone.res.writableEnded) {
       res.writeHead(409, { 'content-type': 'application/json' }).end(
         JSON.stringify({

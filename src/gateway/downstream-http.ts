@@ -421,6 +421,11 @@ export class McpHttpEndpoint {
         return;
       }
     }
+    if (entry?.transport.closed) {
+      // Closed (DELETE, idle expiry, the agent's termination) while the body was arriving.
+      sendJson(res, 404, jsonRpcError(-32001, 'Session not found'));
+      return;
+    }
     const agentId = identity.agentId;
     const load = entry?.load ?? this.#loadOf(agentId);
     if (load.inflight + requests > this.#maxInflight) {

@@ -201,6 +201,14 @@ function isCancelHook(c: Cancellation): c is CancelHook {
   return 'onCancel' in c;
 }
 
+/** How many stopped requests {@link FastUpstreamCalls} remembers for their late answers. */
+const MAX_STOPPED = 1024;
+
+/** The id of a response as a number (an upstream may echo a numeric id as a string). */
+function responseId(m: Envelope): number {
+  return typeof m.id === 'number' ? m.id : typeof m.id === 'string' ? Number(m.id) : NaN;
+}
+
 /** The SDK client's request id counter (a plain field of `Protocol`). */
 type IdCounter = { _requestMessageId: number };
 
@@ -213,6 +221,12 @@ export class FastUpstreamCalls {
   readonly #transport: Transport;
   readonly #schema: z.ZodType;
   readonly #pending = new ChurnMap<number, Pending>();
+  /**
+   * Requests cancelled or timed out here, newest last: the upstream may still answer them. Such
+   * an answer is dropped without a word — handed on, the SDK would report it as an error with
+   * the whole answer (a tool's result) in the message, which the gateway logs.
+   */
+  readonly #stopped = new Set<number>();
   #open = true;
 
   /**
@@ -236,7 +250,10 @@ export class FastUpstreamCalls {
     const sdkClose = transport.onclose;
     transport.onmessage = (message, extra) => {
       const m = message as Envelope;
-      if (m.method === undefined && this.#pending.size > 0 && this.#onResponse(m)) return;
+      if (m.method === undefined) {
+        if (this.#pending.size > 0 && this.#onResponse(m)) return;
+        if (this.#stopped.size > 0 && this.#stopped.delete(responseId(m))) return;
+      }
       sdkMessage.call(transport, message, extra);
     };
     transport.onclose = () => {
@@ -293,6 +310,10 @@ export class FastUpstreamCalls {
       const id = counter._requestMessageId++;
       const stop = (reason: unknown): void => {
         if (!this.#finish(id)) return;
+        this.#stopped.add(id);
+        if (this.#stopped.size > MAX_STOPPED) {
+          this.#stopped.delete(this.#stopped.values().next().value!);
+        }
         if (this.#open) {
           this.#transport
             .send({
@@ -380,7 +401,7 @@ export class FastUpstreamCalls {
 
   /** Settles a pending request from its response; false to leave the message to Protocol. */
   #onResponse(m: Envelope): boolean {
-    const id = typeof m.id === 'number' ? m.id : typeof m.id === 'string' ? Number(m.id) : NaN;
+    const id = responseId(m);
     if (!this.#pending.has(id)) return false;
     const result = m.result;
     const error = m.error as { code?: unknown; message?: unknown; data?: unknown } | undefined;

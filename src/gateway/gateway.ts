@@ -187,6 +187,8 @@ const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
 const UNKNOWN_TOOL = '(unknown)';
 /** Longest unknown tool name written to the audit log (a made-up name could be megabytes). */
 const AUDIT_UNKNOWN_NAME_MAX = 256;
+/** How much of an upstream's error message the log keeps. */
+const LOGGED_ERROR_CHARS = 300;
 
 /**
  * The tool gateway. Create sessions with {@link createSession} and connect each to a transport.
@@ -1287,7 +1289,9 @@ export class ToolGateway implements SessionHost {
         level: 'warn',
         msg: 'upstream error',
         upstream: upstream.name,
-        error: error.message,
+        // The SDK puts whole messages in some of these (an answer to an unknown request id):
+        // tool output does not belong in the log, nor an upstream's megabytes in one line.
+        error: loggedError(error.message),
       }),
     onStderr: (upstream: Upstream, line: string): void =>
       this.#log({ level: 'info', msg: line, upstream: upstream.name, stream: 'stderr' }),
@@ -1446,6 +1450,16 @@ function sameKeys(a: ReadonlyMap<string, unknown>, b: ReadonlyMap<string, unknow
 /** `name`, cut to {@link AUDIT_UNKNOWN_NAME_MAX} characters. */
 function truncated(name: string): string {
   return name.length > AUDIT_UNKNOWN_NAME_MAX ? `${name.slice(0, AUDIT_UNKNOWN_NAME_MAX)}…` : name;
+}
+
+/** An upstream's error message as the log keeps it (see the gateway's `onError`). */
+function loggedError(message: string): string {
+  // The SDK's report of a response it has no request for carries the whole response.
+  const unknown = /^(Received a response for an unknown message ID)\b/.exec(message);
+  if (unknown !== null) return `${unknown[1]} (the response is not logged)`;
+  return message.length > LOGGED_ERROR_CHARS
+    ? `${message.slice(0, LOGGED_ERROR_CHARS)}… (${message.length - LOGGED_ERROR_CHARS} more characters)`
+    : message;
 }
 
 /** Approval-wait progress for a request of `session` that asked for progress (else none). */

@@ -61,6 +61,7 @@ import {
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
+import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
 import { exceededBound } from '../gateway/input-bounds.js';
 import {
   closesConnection,
@@ -427,13 +428,20 @@ function callScope(res: ServerResponse, timeoutMs: number | undefined): CallScop
     if (!res.writableFinished) controller.abort(new ClosedError('call (the client left)'));
   };
   res.once('close', onClose);
-  const timer =
-    timeoutMs === undefined
-      ? undefined
-      : setTimeout(() => controller.abort(new CallDeadlineError(timeoutMs)), timeoutMs);
+  const deadline = timeoutMs === undefined ? Infinity : Date.now() + timeoutMs;
+  let timer: NodeJS.Timeout | undefined;
+  // A timer fires at once beyond 2^31 − 1 ms (the header allows ten digits): re-armed in steps.
+  const arm = (): void => {
+    const left = deadline - Date.now();
+    timer =
+      left > MAX_TIMER_MS
+        ? setTimeout(arm, MAX_TIMER_MS)
+        : setTimeout(() => controller.abort(new CallDeadlineError(timeoutMs!)), left);
+  };
+  if (timeoutMs !== undefined) arm();
   return {
     controller,
-    deadline: timeoutMs === undefined ? Infinity : Date.now() + timeoutMs,
+    deadline,
     dispose: () => {
       clearTimeout(timer);
       res.off('close', onClose);
