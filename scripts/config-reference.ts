@@ -192,6 +192,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'nats.namespace': 'Prefix of every subject (`fabric.<namespace>.…`) and of the stream name.',
   'nats.sidecarId':
     "This sidecar's name on the bus (results come back on `fabric.<ns>.res.<sidecarId>`); unique per sidecar. Default: made once and kept in the state file (random per process with `state: memory`).",
+  'nats.sidecarKey':
+    'Secret shared by the sidecars of the namespace (`${env:NAME}`; ≥ 32 printable characters; never logged; not for workers). Signs vouch answers: without it a pool task report from an agent of another sidecar is refused.',
   'nats.ackWaitSeconds': "Upper bound of the consumers' AckWait (also capped by the task timeout).",
   'nats.connectTimeoutMs': 'How long the first connection may take.',
   telemetry:

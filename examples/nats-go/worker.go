@@ -457,7 +457,8 @@ func (w *worker) report(t *task, r report, giveUp time.Time) (answer, bool) {
 // onEnded stops the handler of an attempt the sidecar ended.
 func (w *worker) onEnded(m *nats.Msg) {
 	var n ended
-	if json.Unmarshal(m.Data, &n) != nil {
+	// Only the notice of the task its subject names (anyone may publish on ended.*).
+	if json.Unmarshal(m.Data, &n) != nil || m.Subject != w.subject("ended."+token(n.TaskID)) {
 		return
 	}
 	w.mu.Lock()

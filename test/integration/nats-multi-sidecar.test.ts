@@ -15,6 +15,9 @@ import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
 import { TaskStatus } from '../../src/task.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
+/** The key the sidecars of a namespace share: vouch answers are MACed with it. */
+const sidecarKey = 'multi-sidecar-test-key-0123456789abcdef';
+
 /**
  * Pulls the next message of `consumer` as any NATS client may (it then holds the attempt's
  * lease), with `report` to send a report to the scheduling sidecar and `signed` to make one:
@@ -49,7 +52,7 @@ describeNats('NATS: two sidecars on one server', () => {
   const suiteServer = natsServerPerSuite();
 
   it('a worker attached through A runs a pool task scheduled on B; B sees the result', async () => {
-    const nats = { url: suiteServer().url, namespace: 'multi' };
+    const nats = { url: suiteServer().url, namespace: 'multi', sidecarKey };
     const a = new AgentFabric({}, { nats });
     const b = new AgentFabric({}, { nats });
     await a.start();
@@ -64,7 +67,7 @@ describeNats('NATS: two sidecars on one server', () => {
     await a.natsExecutor!.consumersReady();
     await b.natsExecutor!.consumersReady();
     const worker = await NatsWorker.connect({
-      nats,
+      nats: { url: nats.url, namespace: nats.namespace }, // a worker needs no sidecar key
       agentId: x.id,
       credential: x.credential,
       poolId: 'p',
@@ -92,7 +95,7 @@ describeNats('NATS: two sidecars on one server', () => {
 
   it("a pool task's report from an agent of another sidecar needs that agent's proof, vouched for by its own sidecar", async () => {
     const ns = 'vouch';
-    const nats = { url: suiteServer().url, namespace: ns };
+    const nats = { url: suiteServer().url, namespace: ns, sidecarKey };
     const names = natsNames(ns);
     const a = new AgentFabric({}, { nats });
     const b = new AgentFabric({}, { nats });
@@ -145,7 +148,7 @@ describeNats('NATS: two sidecars on one server', () => {
 
   it("refuses reports on a pool's task from agents of another pool, on its sidecar and through the vouch", async () => {
     const ns = 'pools';
-    const nats = { url: suiteServer().url, namespace: ns };
+    const nats = { url: suiteServer().url, namespace: ns, sidecarKey };
     const names = natsNames(ns);
     const a = new AgentFabric({}, { nats });
     const b = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
@@ -201,7 +204,7 @@ describeNats('NATS: two sidecars on one server', () => {
 
   it('refuses reports without the lease, and reports on a pinned task from another agent', async () => {
     const ns = 'hostile';
-    const nats = { url: suiteServer().url, namespace: ns };
+    const nats = { url: suiteServer().url, namespace: ns, sidecarKey };
     const names = natsNames(ns);
     const b = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
     const a = new AgentFabric({}, { nats });

@@ -4,10 +4,13 @@
  * other workers at once instead of being terminated (each would have waited for its task's
  * timeout); the worker stops with the reason.
  */
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
 import { expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transport.js';
+import { natsNames } from '../../src/transport/nats/subjects.js';
 import { FabricWorker } from '../../src/worker/fabric-worker.js';
 import { TaskStatus } from '../../src/task.js';
 import { until } from '../fixtures/gateway/harness.js';
@@ -62,6 +65,19 @@ describeNats('NATS: a worker of a terminated agent', () => {
         (e: unknown) => e,
       );
     await fabric.heartbeat(stays.id);
+    // Terminated while it pulls (a worker that starts after its agent was terminated finds no
+    // consumer: terminating deletes the agent's own).
+    const nc = await connect({ servers: nats.url });
+    const jsm = await jetstreamManager(nc);
+    const names = natsNames(nats.namespace);
+    const waiting = async (consumer: string) =>
+      (await jsm.consumers.info(names.stream, consumer)).num_waiting;
+    await until(
+      async () =>
+        (await waiting(names.agentConsumer(goes.id))) > 0 &&
+        (await waiting(names.poolConsumer('p'))) > 1,
+    );
+    await nc.close();
     await fabric.terminate(goes.id);
     // Long timeouts: a task whose message were terminated would wait for it.
     const tasks = await Promise.all(

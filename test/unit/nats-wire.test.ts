@@ -4,6 +4,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import {
+  asAnswer,
+  asEndedNotice,
   asReport,
   asTaskMessage,
   batchReports,
@@ -51,6 +53,8 @@ function variants(base: Record<string, unknown>, extra: unknown[]): unknown[] {
     'x',
     'x'.repeat(65),
     'x'.repeat(201),
+    'x'.repeat(256),
+    'x'.repeat(257),
     'x'.repeat(10_001),
     true,
     [],
@@ -122,6 +126,39 @@ describe('NATS wire checks', () => {
     for (const c of cases) {
       const zod = reportBatchSchema.safeParse(c).success;
       expect([c.v, batchReports(c) !== undefined]).toEqual([c.v, zod]);
+    }
+  });
+
+  it('asEndedNotice takes only a notice with a bounded task id, and never throws', () => {
+    const notice = { taskId: 't1', attempt: 2, code: 'FABRIC_ERR_CANCELLED', message: 'm' };
+    expect(asEndedNotice(notice)).toEqual(notice);
+    for (const bad of [
+      null,
+      1,
+      'x',
+      [],
+      {},
+      { ...notice, taskId: '' },
+      { ...notice, taskId: 'x'.repeat(257) },
+      { ...notice, taskId: { toString: 1 } },
+      { ...notice, attempt: 0 },
+      { ...notice, attempt: '1' },
+      { ...notice, code: null },
+      { ...notice, message: { toString: 1 } },
+    ]) {
+      expect([bad, asEndedNotice(bad)]).toEqual([bad, undefined]);
+    }
+  });
+
+  it('asAnswer takes only an answer', () => {
+    expect(asAnswer({ ok: true })).toEqual({ ok: true });
+    expect(asAnswer({ ok: false, code: 'C', message: 'm' })).toEqual({
+      ok: false,
+      code: 'C',
+      message: 'm',
+    });
+    for (const bad of [null, 1, [], {}, { ok: 'true' }, { ok: false }, { ok: false, code: 1 }]) {
+      expect([bad, asAnswer(bad)]).toEqual([bad, undefined]);
     }
   });
 });

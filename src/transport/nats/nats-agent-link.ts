@@ -13,7 +13,14 @@ import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
 import { ReplyInbox } from './reply-inbox.js';
 import type { NatsNames } from './subjects.js';
 import type { Answer, Report, ReportKind, TaskMessage } from './wire.js';
-import { asTaskMessage, decodeJson, encodeJson, heartbeatProof, reportProof } from './wire.js';
+import {
+  asAnswer,
+  asTaskMessage,
+  decodeJson,
+  encodeJson,
+  heartbeatProof,
+  reportProof,
+} from './wire.js';
 
 /** Most reports in one batch request, and most bytes (NATS' default max_payload is 1 MiB). */
 const MAX_BATCH = 256;
@@ -27,6 +34,13 @@ const encoder = new TextEncoder();
  * transport").
  */
 export const LAZY_FLUSH_MS = 1;
+
+/** What {@link NatsAgentLink.heartbeat} returns for an answer that is not one. */
+const NOT_AN_ANSWER: Answer = Object.freeze({
+  ok: false,
+  code: 'FABRIC_ERR_NATS_UNAVAILABLE',
+  message: 'the answer to the heartbeat is not a sidecar answer',
+});
 
 /** A report waiting for its batch. */
 interface Queued {
@@ -52,6 +66,19 @@ export interface Starting {
  */
 export function terminate(m: JsMsg): void {
   m.term();
+}
+
+/**
+ * Runs a send (a publish, an ack) that may throw — the connection closed or draining — where an
+ * exception must not escape: a timer (it would end the process) or a subscription callback
+ * (nats.js would stop reading the connection). What is lost is sent again or redelivered.
+ */
+export function quietly(send: () => void): void {
+  try {
+    send();
+  } catch {
+    // the connection is closed or draining
+  }
 }
 
 /**
@@ -116,7 +143,8 @@ export class NatsAgentLink {
 
   /** Publishes a heartbeat without waiting for an answer. */
   publishHeartbeat(): void {
-    if (!this.closed) this.nc.publish(this.names.heartbeat(this.agentId), this.heartbeatBody());
+    if (this.closed) return;
+    quietly(() => this.nc.publish(this.names.heartbeat(this.agentId), this.heartbeatBody()));
   }
 
   /** Sends a heartbeat and returns the agent's sidecar's answer. */
@@ -124,7 +152,7 @@ export class NatsAgentLink {
     const m = await this.nc.request(this.names.heartbeat(this.agentId), this.heartbeatBody(), {
       timeout: this.reportTimeoutMs,
     });
-    return decodeJson(m.data) as Answer;
+    return asAnswer(decodeJson(m.data)) ?? NOT_AN_ANSWER;
   }
 
   /**
@@ -222,7 +250,7 @@ export class NatsAgentLink {
     const acks = this.#acks;
     if (acks.length === 0) return;
     this.#acks = [];
-    for (const m of acks) m.ack();
+    for (const m of acks) quietly(() => m.ack()); // in a timer: must not throw
   }
 
   readonly #flush = (): void => {
@@ -266,11 +294,12 @@ export class NatsAgentLink {
       }
       this.#inbox.request(replyTo, body, this.reportTimeoutMs, (m, noAnswer) => {
         if (m !== undefined) {
-          const data = decodeJson(m.data) as { answers?: unknown } | undefined;
+          const data = decodeJson(m.data) as { answers?: unknown } | null | undefined;
           const answers = single || !Array.isArray(data?.answers) ? undefined : data.answers;
           // A refusal of the whole batch (a sidecar that cannot read it) answers each report.
+          // Whatever is not an answer (anyone may publish on the reply subject) counts as none.
           for (let i = 0; i < batch.length; i++) {
-            batch[i]!.resolve((answers === undefined ? data : answers[i]) as Answer | undefined);
+            batch[i]!.resolve(asAnswer(answers === undefined ? data : answers[i]));
           }
           return;
         }

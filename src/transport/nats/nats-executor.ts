@@ -26,10 +26,11 @@
  *   scheduling sidecar's `res.<sidecarId>`, alone or batched. A report must carry the attempt's
  *   lease (see `wire.ts`) and the reporting agent's credential proof, checked here for agents
  *   of this sidecar and by the agent's own sidecar (`vouch`, which answers with the agent's
- *   pool) for others; a task pinned to an agent can only be reported on by that agent, a pool's
- *   task only by an agent of that pool. A report on an attempt that is no longer
- *   current is answered `FABRIC_ERR_TASK_STATE` and changes nothing. Answers go out after the
- *   store's commit of what the report changed. JetStream's publish
+ *   pool, MACed under the sidecars' shared `nats.sidecarKey`; without that key nobody is asked
+ *   and such reports are refused) for others; a task pinned to an agent can only be reported
+ *   on by that agent, a pool's task only by an agent of that pool. A report on an attempt
+ *   that is no longer current is answered `FABRIC_ERR_TASK_STATE` and changes nothing.
+ *   Answers go out after the store's commit of what the report changed. JetStream's publish
  *   acknowledgements and the report answers come back on one reply subscription each
  *   (`ReplyInbox`), not through nats.js' per-request machinery.
  * - **Restarts.** With a durable store the lease key and sidecar id are kept in it, so the
@@ -47,7 +48,7 @@ import { randomBytes } from 'node:crypto';
 import type { JetStreamManager, StreamInfo } from '@nats-io/jetstream';
 import { AckPolicy, RetentionPolicy, StorageType, jetstreamManager } from '@nats-io/jetstream';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import { headers, nanos } from '@nats-io/transport-node';
+import { createInbox, headers, nanos } from '@nats-io/transport-node';
 import { PermissionDeniedError, TaskStateError, UnauthenticatedError } from '../../errors.js';
 import type { ExecutorSink, TaskExecutor } from '../../scheduler/executor.js';
 import type { TaskAssignment, TaskError } from '../../task.js';
@@ -66,6 +67,7 @@ import {
   encodeJson,
   reportProof,
   sameProof,
+  vouchMac,
   vouchSchema,
 } from './wire.js';
 
@@ -83,6 +85,19 @@ function notAllowed(r: Report): Answer {
   const e = new PermissionDeniedError(
     `agent ${r.agentId} may not report on task ${r.taskId}: not proven, not current, or not ` +
       `an agent the task was queued for`,
+  );
+  return { ok: false, code: e.code, message: e.message };
+}
+
+/**
+ * The refusal of a pool task's report from an agent this sidecar does not know when no
+ * `nats.sidecarKey` is configured: nobody can vouch for it (see `NatsExecutor.#askVouch`).
+ */
+function noSidecarKey(r: Report): Answer {
+  const e = new PermissionDeniedError(
+    `agent ${r.agentId} may not report on task ${r.taskId}: it is not an agent of this sidecar, ` +
+      `and cross-sidecar pool reports need nats.sidecarKey (the same on every sidecar of the ` +
+      `namespace)`,
   );
   return { ok: false, code: e.code, message: e.message };
 }
@@ -165,6 +180,11 @@ export interface NatsExecutorStats {
   duplicatesRefused: number;
   reportsAccepted: number;
   reportsRejected: number;
+  /**
+   * Report answers and `ended` notices that could not be sent (the connection closing, an
+   * answer over the server's `max_payload`); a worker whose report goes unanswered sends it again.
+   */
+  sendsFailed: number;
 }
 
 /** Dispatches tasks through JetStream; see the module comment. */
@@ -182,10 +202,13 @@ export class NatsExecutor implements TaskExecutor {
     duplicatesRefused: 0,
     reportsAccepted: 0,
     reportsRejected: 0,
+    sendsFailed: 0,
   };
   /** True with a durable lease key: see `TaskExecutor.resumable`. */
   readonly resumable: boolean;
   readonly #secret: string;
+  /** The key the sidecars of the namespace share (`nats.sidecarKey`): vouch answers' MAC key. */
+  readonly #sidecarKey: string | undefined;
   readonly #options: NatsExecutorOptions;
   /**
    * The take-up whose start was accepted, per running attempt (see `Report.take`), with the
@@ -249,6 +272,7 @@ export class NatsExecutor implements TaskExecutor {
         .replace(/[^A-Za-z0-9]/g, 'x');
     this.#secret = options.durable?.leaseKey ?? randomBytes(32).toString('base64url');
     this.resumable = options.durable !== undefined;
+    this.#sidecarKey = nats.sidecarKey;
     this.#replyTo = this.names.results(this.sidecarId);
     this.#options = options;
   }
@@ -278,14 +302,24 @@ export class NatsExecutor implements TaskExecutor {
     this.#jsm = await jetstreamManager(nc);
     await this.#ensureStream(this.#jsm);
     this.#inbox = new ReplyInbox(nc);
+    // Nothing may throw out of a subscription callback: nats.js would stop reading the
+    // connection (see `#respond`).
     this.#sub = nc.subscribe(this.#replyTo, {
       callback: (err, msg) => {
-        if (err === null) this.#onReport(msg);
+        try {
+          if (err === null) this.#onReport(msg);
+        } catch {
+          this.stats.reportsRejected++;
+        }
       },
     });
     this.#vouchSub = nc.subscribe(this.names.vouch, {
       callback: (err, msg) => {
-        if (err === null) this.#vouchFor(msg);
+        try {
+          if (err === null) this.#vouchFor(msg);
+        } catch {
+          this.stats.sendsFailed++;
+        }
       },
     });
     for (const id of this.#attached) this.#ensureConsumers(id);
@@ -362,8 +396,22 @@ export class NatsExecutor implements TaskExecutor {
     this.#answers = [];
     // Once the connection is closed the workers' reports are answered by nobody; they retry.
     if (this.#nc === undefined || this.#nc.isClosed()) return;
-    for (const [msg, body] of answers) msg.respond(body);
+    for (const [msg, body] of answers) this.#respond(msg, body);
   };
+
+  /**
+   * Answers a request, never throwing: it runs in timers and subscription callbacks, where an
+   * exception would kill the process (or stop nats.js reading the connection). A send that fails
+   * — the connection closing, an answer over the server's `max_payload` (a batch of many refused
+   * reports) — is counted in `stats.sendsFailed`; the worker gets no answer and tries again.
+   */
+  #respond(msg: Msg, body: Uint8Array): void {
+    try {
+      msg.respond(body);
+    } catch {
+      this.stats.sendsFailed++;
+    }
+  }
 
   /**
    * Publishes attempt `a` (try number `tries`). `maybeStoredSince`: when the first earlier try
@@ -472,7 +520,11 @@ export class NatsExecutor implements TaskExecutor {
     }
     if (this.#nc === undefined || this.#nc.isClosed()) return;
     const notice: EndedNotice = { taskId, attempt, code: reason.code, message: reason.message };
-    this.#nc.publish(this.names.ended(taskId), encodeJson(notice));
+    try {
+      this.#nc.publish(this.names.ended(taskId), encodeJson(notice));
+    } catch {
+      this.stats.sendsFailed++; // best effort (the connection draining, …): see `abort`
+    }
   }
 
   attachAgent(agentId: string): void {
@@ -480,8 +532,27 @@ export class NatsExecutor implements TaskExecutor {
     if (this.#jsm !== undefined) this.#ensureConsumers(agentId);
   }
 
+  /**
+   * The agent was terminated: its own durable consumer is deleted (else it stays on the server
+   * for good, a directory of its file store each), after the messages left on its subject — of
+   * attempts that have ended with the agent. Not its pool's consumer, which the pool's other
+   * workers, on any sidecar, pull from.
+   */
   detachAgent(agentId: string): void {
     this.#attached.delete(agentId);
+    const name = this.names.agentConsumer(agentId);
+    const made = this.#consumers.get(name);
+    const jsm = this.#jsm;
+    if (made === undefined || jsm === undefined) return;
+    this.#consumers.delete(name);
+    const stream = this.names.stream;
+    const subject = this.names.agentTasks(agentId);
+    void made
+      .then(async () => {
+        await jsm.streams.purge(stream, { filter: subject }).catch(() => undefined);
+        await jsm.consumers.delete(stream, name);
+      })
+      .catch(() => undefined); // best effort: the server away, or the consumer gone already
   }
 
   /** Resolves when the consumers of every attached agent exist (for tests and start-up). */
@@ -529,7 +600,7 @@ export class NatsExecutor implements TaskExecutor {
       const batch = batchReports(data as Record<string, unknown>);
       if (batch === undefined) {
         this.stats.reportsRejected++;
-        if (msg.reply) msg.respond(encodeJson(DENY));
+        if (msg.reply) this.#respond(msg, encodeJson(DENY));
         return;
       }
       reports = batch;
@@ -578,6 +649,10 @@ export class NatsExecutor implements TaskExecutor {
       // An agent of another sidecar (or terminated): only a pool's tasks are shared across
       // sidecars.
       if (t.agentId !== undefined) return notAllowed(r);
+      if (this.#sidecarKey === undefined) {
+        // Nobody to ask: one of this sidecar's, terminated, or another sidecar's.
+        return this.#host!.agentPool(r.agentId) !== undefined ? notAllowed(r) : noSidecarKey(r);
+      }
       const pool = t.poolId;
       return this.#askVouch(r).then((vouched) =>
         vouched !== undefined && vouched === pool ? r : notAllowed(r),
@@ -596,29 +671,67 @@ export class NatsExecutor implements TaskExecutor {
 
   /**
    * Asks the sidecars of the namespace whether the report's proof is its agent's: the agent's
-   * pool when its own sidecar says so, else undefined (not proven, or no pool).
+   * pool when its own sidecar says so, else undefined (not proven, or no pool). Only an answer
+   * whose MAC under the sidecar key covers this request's fresh nonce counts; anything else on
+   * the reply subject (a client without the key answering first, a made-up "no responders") is
+   * ignored while the wait lasts. Its own reply subscription, not nats.js' request machinery,
+   * which would end the wait at the first answer or status.
    */
   async #askVouch(r: Report): Promise<string | undefined> {
     const nc = this.#nc;
-    if (nc === undefined || nc.isClosed()) return undefined;
+    const key = this.#sidecarKey;
+    if (nc === undefined || nc.isClosed() || key === undefined) return undefined;
     const v: Vouch = {
       agentId: r.agentId,
       kind: r.kind,
       taskId: r.taskId,
       attempt: r.attempt,
       proof: r.proof,
+      nonce: randomBytes(18).toString('base64url'),
     };
-    try {
-      const m = await nc.request(this.names.vouch, encodeJson(v), { timeout: VOUCH_TIMEOUT_MS });
-      const a = decodeJson(m.data) as { ok?: unknown; poolId?: unknown } | undefined;
-      return a?.ok === true && typeof a.poolId === 'string' ? a.poolId : undefined;
-    } catch {
-      return undefined; // nobody knows the agent (or no answer in time): not proven
-    }
+    const ns = this.names.namespace;
+    // The connection's inbox prefix, so a server that permits only its inboxes still answers.
+    const inbox = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
+    return new Promise((resolve) => {
+      let sub: Subscription | undefined;
+      let open = true;
+      const timer = setTimeout(() => finish(), VOUCH_TIMEOUT_MS);
+      const finish = (poolId?: string): void => {
+        if (!open) return;
+        open = false;
+        clearTimeout(timer);
+        try {
+          if (!nc.isClosed()) sub?.unsubscribe();
+        } catch {
+          // closed meanwhile: nothing to unsubscribe
+        }
+        resolve(poolId); // undefined: nobody vouched in time, or the agent's sidecar said no
+      };
+      try {
+        sub = nc.subscribe(inbox, {
+          callback: (err, m) => {
+            if (err !== null) return finish();
+            const a = decodeJson(m.data) as { ok?: unknown; poolId?: unknown; mac?: unknown };
+            if (typeof a?.mac !== 'string' || typeof a.ok !== 'boolean') return;
+            const poolId = typeof a.poolId === 'string' ? a.poolId : null;
+            if (!sameProof(a.mac, vouchMac(key, ns, v, a.ok, poolId))) return; // not a sidecar's
+            finish(a.ok ? (poolId ?? undefined) : undefined);
+          },
+        });
+        nc.publish(this.names.vouch, encodeJson(v), { reply: inbox });
+      } catch {
+        finish(); // closed (or draining) meanwhile
+      }
+    });
   }
 
-  /** Answers a vouch request for an agent this sidecar knows; stays silent otherwise. */
+  /**
+   * Answers a vouch request for an agent this sidecar knows, with the answer's MAC under the
+   * sidecar key; stays silent otherwise, and always without a sidecar key.
+   */
   #vouchFor(msg: Msg): void {
+    const key = this.#sidecarKey;
+    if (key === undefined) return;
     const v = vouchSchema.safeParse(decodeJson(msg.data));
     if (!v.success || !msg.reply) return;
     const { agentId, kind, taskId, attempt, proof } = v.data;
@@ -626,7 +739,9 @@ export class NatsExecutor implements TaskExecutor {
     if (hash === undefined) return; // another sidecar's agent (or nobody's)
     const ok = sameProof(proof, reportProof(hash, agentId, kind, taskId, attempt));
     // With the agent's pool: the asking sidecar takes the report only for a task of that pool.
-    msg.respond(encodeJson(ok ? { ok, poolId: this.#host!.agentPool(agentId) ?? null } : { ok }));
+    const poolId = ok ? (this.#host!.agentPool(agentId) ?? null) : null;
+    const mac = vouchMac(key, this.names.namespace, v.data, ok, poolId);
+    msg.respond(encodeJson(ok ? { ok, poolId, mac } : { ok, mac }));
   }
 
   /** The stream sequence attempt `r.attempt`'s message was stored as, once its publish was acked. */

@@ -21,6 +21,9 @@ export const DEFAULT_ACK_WAIT_SECONDS = 30;
 /** How long a worker waits for the owning sidecar to accept a report before retrying, in ms. */
 export const DEFAULT_REPORT_TIMEOUT_MS = 5_000;
 
+/** Shortest `sidecarKey` taken (e.g. `openssl rand -base64 32` makes 44 characters). */
+export const MIN_SIDECAR_KEY_LENGTH = 32;
+
 /** A subject token: no dots, wildcards or whitespace (NATS splits subjects on dots). */
 const token = z
   .string()
@@ -48,6 +51,19 @@ export const natsOptionsSchema = z
      * by a durable store (`FabricStore.secret`); random per process without one
      */
     sidecarId: token.optional(),
+    /**
+     * A secret shared by the sidecars of the namespace (at least {@link MIN_SIDECAR_KEY_LENGTH}
+     * printable characters; `${env:NAME}`; never logged). With it a sidecar asks and answers
+     * `fabric.<ns>.vouch` for the reports of pool members attached through another sidecar, and
+     * takes only answers MACed with it; without it, such reports are refused. Workers do not
+     * need it (and must not be given it).
+     */
+    sidecarKey: z
+      .string()
+      .min(MIN_SIDECAR_KEY_LENGTH, `must be at least ${MIN_SIDECAR_KEY_LENGTH} characters`)
+      .max(1024)
+      .regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces')
+      .optional(),
     /** Upper bound of the consumers' AckWait, in seconds. @default 30 */
     ackWaitSeconds: z.number().positive().max(3600).default(DEFAULT_ACK_WAIT_SECONDS),
     /** How long the first connection may take, in ms. @default 5000 */

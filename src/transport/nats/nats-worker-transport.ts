@@ -26,13 +26,13 @@ import type {
   WorkerTransport,
 } from '../../worker/worker-transport.js';
 import { RemoteFabricError } from '../../worker/worker-transport.js';
-import { NatsAgentLink, terminate } from './nats-agent-link.js';
+import { NatsAgentLink, quietly, terminate } from './nats-agent-link.js';
 import { connectNats } from './nats-connection.js';
 import type { NatsOptionsInput } from './nats-options.js';
 import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
 import { natsNames } from './subjects.js';
-import type { Answer, EndedNotice, TaskMessage } from './wire.js';
-import { decodeJson } from './wire.js';
+import type { Answer, TaskMessage } from './wire.js';
+import { asEndedNotice, decodeJson } from './wire.js';
 
 /** Options of {@link NatsWorkerTransport.connect}. */
 export interface NatsWorkerTransportOptions {
@@ -101,17 +101,25 @@ export class NatsWorkerTransport implements WorkerTransport {
     this.#owns = owns;
     this.#consumers = consumers;
     this.#ackWaitMs = ackWaitMs;
+    // Anyone who may publish on `ended.*` can send anything there, and an exception thrown out
+    // of a subscription callback would stop nats.js reading the connection: this one checks the
+    // notice (and that it came on its own task's subject) and throws nothing.
     this.#endedSub = link.nc.subscribe(link.names.allEnded, {
       callback: (err, msg) => {
-        if (err !== null) return;
-        const n = decodeJson(msg.data) as Partial<EndedNotice> | undefined;
-        if (n === undefined || !this.#held.has(`${n.taskId}:${n.attempt}`)) return;
-        this.#ended.push({
-          taskId: String(n.taskId),
-          attempt: Number(n.attempt),
-          code: String(n.code),
-          message: String(n.message),
-        });
+        try {
+          if (err !== null) return;
+          const n = asEndedNotice(decodeJson(msg.data));
+          if (n === undefined || msg.subject !== link.names.ended(n.taskId)) return;
+          if (!this.#held.has(`${n.taskId}:${n.attempt}`)) return;
+          this.#ended.push({
+            taskId: n.taskId,
+            attempt: n.attempt,
+            code: n.code,
+            message: n.message,
+          });
+        } catch {
+          // not a notice: ignored
+        }
       },
     });
   }
@@ -185,7 +193,10 @@ export class NatsWorkerTransport implements WorkerTransport {
             m.nak(); // pulled as the pull was closing: back for the task's own workers
             continue;
           }
-          const working = setInterval(() => m.working(), Math.max(50, this.#ackWaitMs / 3));
+          const working = setInterval(
+            () => quietly(() => m.working()),
+            Math.max(50, this.#ackWaitMs / 3),
+          );
           this.#buffer.push({ m, working });
           const w = this.#wake;
           this.#wake = undefined;

@@ -37,9 +37,9 @@ import type { NatsOptions, NatsOptionsInput } from './nats-options.js';
 import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
 import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
-import type { Answer, EndedNotice, Report, ReportKind } from './wire.js';
-import { decodeJson } from './wire.js';
-import { NatsAgentLink, notAllowed, terminate } from './nats-agent-link.js';
+import type { Answer, Report, ReportKind } from './wire.js';
+import { asEndedNotice, decodeJson } from './wire.js';
+import { NatsAgentLink, notAllowed, quietly, terminate } from './nats-agent-link.js';
 
 /** Options of {@link NatsWorker.connect}. */
 export interface NatsWorkerOptions {
@@ -246,15 +246,22 @@ export class NatsWorker {
       100,
       Number((await consumers[0]!.info(true)).config.ack_wait ?? 30e9) / 1e6,
     );
+    // Anyone who may publish on `ended.*` can send anything there, and an exception thrown out
+    // of a subscription callback would stop nats.js reading the connection: this one checks the
+    // notice (and that it came on its own task's subject) and throws nothing.
     const ended: Subscription = this.#nc.subscribe(this.#names.allEnded, {
       callback: (err, msg) => {
-        if (err !== null) return;
-        const n = decodeJson(msg.data) as Partial<EndedNotice> | undefined;
-        if (n === undefined || n === null) return;
-        const key = `${n.taskId}:${n.attempt}`;
-        const c = this.#running.get(key);
-        if (c !== undefined) c.abort(new Error(`${n.code}: ${n.message}`));
-        else this.#noteEnded(key);
+        try {
+          if (err !== null) return;
+          const n = asEndedNotice(decodeJson(msg.data));
+          if (n === undefined || msg.subject !== this.#names.ended(n.taskId)) return;
+          const key = `${n.taskId}:${n.attempt}`;
+          const c = this.#running.get(key);
+          if (c !== undefined) c.abort(new Error(`${n.code}: ${n.message}`));
+          else this.#noteEnded(key);
+        } catch {
+          // not a notice: ignored
+        }
       },
     });
     this.#link.publishHeartbeat();
@@ -262,7 +269,7 @@ export class NatsWorker {
     // In-progress acks for every held message, every third of AckWait (one timer for all).
     const working = setInterval(
       () => {
-        for (const m of this.#held.values()) m.working();
+        for (const m of this.#held.values()) quietly(() => m.working());
       },
       Math.max(50, ackWaitMs / 3),
     );
@@ -477,6 +484,13 @@ export class NatsWorker {
       }
       if (answer === undefined) {
         terminate(m); // its sidecar is gone for longer than the task's timeout
+        return;
+      }
+      if (!answer.ok) {
+        // The outcome was refused though the start was accepted (`FABRIC_ERR_TASK_STATE`: the
+        // attempt ended meanwhile — cancelled, timed out, taken over): it counts for nothing.
+        this.stats.refused++;
+        this.#link.ack(m);
         return;
       }
       if (kind === 'complete') this.stats.completed++;

@@ -47,7 +47,13 @@ export class ReplyInbox {
     this.#prefix = `${createInbox(inboxPrefix)}.`;
     this.#sub = nc.subscribe(`${this.#prefix}*`, {
       callback: (err, msg) => {
-        if (err === null) this.#onReply(msg);
+        // Nothing may throw out of here (nats.js would stop reading the connection): not even
+        // a request's callback given something unexpected.
+        try {
+          if (err === null) this.#onReply(msg);
+        } catch {
+          // that request's answer is lost; it ended (its callback ran)
+        }
       },
     });
     this.#sweep = setInterval(() => this.#expire(Date.now()), sweepMs);
@@ -101,7 +107,11 @@ export class ReplyInbox {
       // Timeouts differ per request, so the map is not in deadline order: look at every one.
       if (p.deadline > now) continue;
       this.#pending.delete(id);
-      p.callback(undefined, 'timeout');
+      try {
+        p.callback(undefined, 'timeout');
+      } catch {
+        // in a timer: must not end the process (the request has ended all the same)
+      }
     }
   }
 

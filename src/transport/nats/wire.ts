@@ -12,12 +12,20 @@
  *
  * **Lease of a dispatched attempt.** Each task message carries `lease` =
  * HMAC-SHA256(sidecar secret, `taskId:attempt`), which only the scheduling sidecar can make and
- * check without storing anything: a report must carry the lease of the attempt it is about, so
- * only a worker the message was delivered to can report on it.
+ * check without storing anything: a report must carry the lease of the attempt it is about. The
+ * message is readable by whoever may pull its consumer or core-subscribe to `task.>`, so the
+ * lease keeps out only clients that NATS permissions keep from reading it; the agent's proof
+ * is what ties a report to an agent that may report on the task.
+ *
+ * **Vouch answers.** A sidecar asked (`vouch`) about an agent of its own answers with
+ * {@link vouchMac}, an HMAC under the key the sidecars of the namespace share
+ * (`nats.sidecarKey`) over the asker's fresh nonce, the question and the answer: a client
+ * without the key cannot answer for a sidecar, nor replay an answer to another question.
  *
  * @module
  */
 import { z } from 'zod';
+import { MAX_ID_LENGTH } from '../../validate.js';
 import { hmacSha256 } from './hmac.js';
 
 /** A task as it sits in the JetStream work queue. */
@@ -59,11 +67,12 @@ export type ReportKind = 'start' | 'progress' | 'complete' | 'fail';
 export const reportSchema = z
   .object({
     kind: z.enum(['start', 'progress', 'complete', 'fail']),
-    taskId: z.string().min(1),
+    /** At most {@link MAX_ID_LENGTH} characters, as `agentId`. */
+    taskId: z.string().min(1).max(MAX_ID_LENGTH),
     attempt: z.number().int().positive(),
     lease: z.string().min(1),
     /** The agent whose worker ran the task. */
-    agentId: z.string().min(1),
+    agentId: z.string().min(1).max(MAX_ID_LENGTH),
     /** HMAC proof of the agent's credential (see {@link reportProof}). */
     proof: z.string().min(1),
     result: z.unknown().optional(),
@@ -110,6 +119,8 @@ export const vouchSchema = z
     taskId: z.string().min(1).max(200),
     attempt: z.number().int().positive(),
     proof: z.string().min(1).max(100),
+    /** Fresh per request: the answer's MAC covers it (see {@link vouchMac}). */
+    nonce: z.string().min(16).max(64),
   })
   .strict();
 /** A vouch request. */
@@ -223,16 +234,43 @@ export function asReport(data: unknown): Report | undefined {
   if (!isObject(data) || !onlyKeys(data, REPORT_KEYS)) return undefined;
   const ok =
     KINDS.has(data.kind) &&
-    nonEmpty(data.taskId) &&
+    nonEmpty(data.taskId, MAX_ID_LENGTH) &&
     positiveInt(data.attempt) &&
     nonEmpty(data.lease) &&
-    nonEmpty(data.agentId) &&
+    nonEmpty(data.agentId, MAX_ID_LENGTH) &&
     nonEmpty(data.proof) &&
     (data.error === undefined || isTaskError(data.error)) &&
     (data.retry === undefined || typeof data.retry === 'boolean') &&
     (data.take === undefined || nonEmpty(data.take, 64)) &&
     (data.seq === undefined || positiveInt(data.seq));
   return ok ? (data as Report) : undefined;
+}
+
+/**
+ * `data` as an ended notice when it is one (a task id of at most {@link MAX_ID_LENGTH}
+ * characters, a positive attempt, string code and message), else undefined. Whoever can publish
+ * on `ended.*` can send anything there: a worker acts only on what this returns, and only when
+ * the notice came on its own task's subject (`NatsNames.ended`).
+ */
+export function asEndedNotice(data: unknown): EndedNotice | undefined {
+  const ok =
+    isObject(data) &&
+    nonEmpty(data.taskId, MAX_ID_LENGTH) &&
+    positiveInt(data.attempt) &&
+    typeof data.code === 'string' &&
+    typeof data.message === 'string';
+  return ok ? (data as unknown as EndedNotice) : undefined;
+}
+
+/**
+ * `data` as the answer to a report or a heartbeat when it is one (`ok: true`, or `ok: false`
+ * with a string code and message), else undefined.
+ */
+export function asAnswer(data: unknown): Answer | undefined {
+  if (!isObject(data)) return undefined;
+  if (data.ok === true) return data as Answer;
+  const ok = data.ok === false && typeof data.code === 'string' && typeof data.message === 'string';
+  return ok ? (data as unknown as Answer) : undefined;
 }
 
 function hmac(key: string, text: string): string {
@@ -264,6 +302,34 @@ export function reportProof(
   attempt: number,
 ): string {
   return hmac(credentialHash, `${kind}:${agentId}:${taskId}:${attempt}`);
+}
+
+/**
+ * MAC of a vouch answer: HMAC-SHA256 under the sidecars' shared key over the namespace, the
+ * request (its nonce, agent, report kind, task, attempt and proof) and the answer (`ok` and, when
+ * ok, the agent's pool or `null`). The fields are JSON-encoded as a list, so no id can shift
+ * another field's boundary.
+ */
+export function vouchMac(
+  sidecarKey: string,
+  namespace: string,
+  v: Vouch,
+  ok: boolean,
+  poolId: string | null,
+): string {
+  const text = JSON.stringify([
+    'vouch',
+    namespace,
+    v.nonce,
+    v.agentId,
+    v.kind,
+    v.taskId,
+    v.attempt,
+    v.proof,
+    ok,
+    ok ? poolId : null,
+  ]);
+  return hmac(sidecarKey, text);
 }
 
 /** The lease of an attempt, keyed by the scheduling sidecar's secret. */

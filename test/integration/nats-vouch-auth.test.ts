@@ -1,0 +1,286 @@
+/**
+ * Vouch answers are authenticated: a sidecar asked about a report from an agent it does not know
+ * takes only an answer MACed under the key the sidecars of the namespace share
+ * (`nats.sidecarKey`), over the fresh nonce of its request. A NATS client that answers the vouch
+ * subject without the key (the forgery of `.diag/review-nats/vouch-forgery.test.ts`) changes
+ * nothing; sidecars with different keys do not vouch for each other; without a key a sidecar
+ * neither asks nor answers and refuses such reports at once. A nats-server per test.
+ */
+import { expect, it } from 'vitest';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { connect, Empty, headers } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
+import { AgentFabric } from '../../src/fabric.js';
+import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
+import { natsNames } from '../../src/transport/nats/subjects.js';
+import type { ReportKind, TaskMessage } from '../../src/transport/nats/wire.js';
+import { decodeJson, encodeJson, reportProof } from '../../src/transport/nats/wire.js';
+import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
+import { TaskStatus } from '../../src/task.js';
+import { describeNats, startNatsServer } from '../fixtures/nats-server.js';
+
+const KEY = 'vouch-auth-test-key-0123456789abcdefghij';
+const OTHER_KEY = 'another-sidecar-key-0123456789abcdefghij';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await cond()) return true;
+    await sleep(20);
+  }
+  return false;
+}
+
+async function request(nc: NatsConnection, subject: string, body: unknown): Promise<unknown> {
+  return decodeJson((await nc.request(subject, encodeJson(body), { timeout: 10_000 })).data);
+}
+
+/**
+ * A client without any credential that reads every task message (core subscription, as the
+ * NATS permissions of a careless deployment allow) and answers every vouch request `ok` for
+ * pool `p` at once — without a MAC, with a made-up one, and as "no responders".
+ */
+async function forger(url: string, ns: string) {
+  const nc = await connect({ servers: url });
+  const seen: TaskMessage[] = [];
+  nc.subscribe(`fabric.${ns}.task.>`, {
+    callback: (_e, m) => void seen.push(decodeJson(m.data) as TaskMessage),
+  });
+  const vouches: unknown[] = [];
+  nc.subscribe(natsNames(ns).vouch, {
+    callback: (_e, m) => {
+      vouches.push(decodeJson(m.data));
+      m.respond(encodeJson({ ok: true, poolId: 'p' }));
+      m.respond(encodeJson({ ok: true, poolId: 'p', mac: 'A'.repeat(43) }));
+      m.respond(Empty, { headers: headers(503, 'No Responders') });
+    },
+  });
+  await nc.flush();
+  const message = async (taskId: string): Promise<TaskMessage> => {
+    expect(await waitFor(() => seen.some((t) => t.taskId === taskId))).toBe(true);
+    return seen.find((t) => t.taskId === taskId)!;
+  };
+  return { nc, vouches, message };
+}
+
+/** Pulls the next message of `consumer` as any NATS client allowed to may (it holds the lease). */
+async function holdMessage(url: string, stream: string, consumer: string) {
+  const nc = await connect({ servers: url });
+  const m = await (await jetstream(nc).consumers.get(stream, consumer)).next({ expires: 5000 });
+  expect(m).not.toBeNull();
+  const msg = decodeJson(m!.data) as TaskMessage;
+  const signed = (agentId: string, credential: string, kind: ReportKind, extra: object = {}) => ({
+    kind,
+    taskId: msg.taskId,
+    attempt: msg.attempt,
+    lease: msg.lease,
+    agentId,
+    proof: reportProof(hashCredential(credential), agentId, kind, msg.taskId, msg.attempt),
+    ...extra,
+  });
+  return { nc, m: m!, msg, report: (body: unknown) => request(nc, msg.replyTo, body), signed };
+}
+
+/** Sidecar `a` with agent x of pool p, sidecar `b` scheduling to p through a dispatch slot. */
+async function twoSidecars(url: string, ns: string, keyA?: string, keyB?: string) {
+  const a = new AgentFabric(
+    { heartbeatIntervalSeconds: 60 },
+    { nats: { url, namespace: ns, ...(keyA === undefined ? {} : { sidecarKey: keyA }) } },
+  );
+  const b = new AgentFabric(
+    { heartbeatIntervalSeconds: 60 },
+    { nats: { url, namespace: ns, ...(keyB === undefined ? {} : { sidecarKey: keyB }) } },
+  );
+  await a.start();
+  await b.start();
+  await a.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+  const x = await a.spawn({ name: 'x', model: 'm', executor: 'nats', poolId: 'p' });
+  await b.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+  await b.spawn({ name: 'slot', model: 'm', executor: 'nats', poolId: 'p', heartbeat: 'auto' });
+  await a.natsExecutor!.consumersReady();
+  await b.natsExecutor!.consumersReady();
+  return { a, b, x };
+}
+
+const refused = { ok: false, code: 'FABRIC_ERR_PERMISSION_DENIED' };
+
+describeNats('NATS: vouch answers are authenticated with the sidecar key', () => {
+  it('a forged vouch answer (no MAC, a wrong MAC, a made-up "no responders") is ignored: the ghost report is refused', async () => {
+    const server = await startNatsServer();
+    const ns = 'vauth1';
+    const nats = { url: server.url, namespace: ns, sidecarKey: KEY };
+    const b = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
+    try {
+      await b.start();
+      await b.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
+      const x = await b.spawn({ name: 'x', model: 'm', executor: 'nats', poolId: 'p' });
+      await b.natsExecutor!.consumersReady();
+      const evil = await forger(server.url, ns);
+      await b.heartbeat(x.id);
+      const task = await b.scheduleToPool('p', 'job', 1);
+      const msg = await evil.message(task.id);
+      const ghost = (kind: ReportKind, extra: object) => ({
+        kind,
+        taskId: msg.taskId,
+        attempt: msg.attempt,
+        lease: msg.lease,
+        agentId: 'ghost-agent-nobody-spawned',
+        proof: 'not-a-proof',
+        ...extra,
+      });
+      // A made-up take-up's start (it would count the real worker's as lost) and an outcome.
+      const started = Date.now();
+      expect(await request(evil.nc, msg.replyTo, ghost('start', { take: 'g' }))).toMatchObject(
+        refused,
+      );
+      // The sidecar asked, ignored the forger's answers and waited for a sidecar's.
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1500);
+      expect(evil.vouches).toHaveLength(1);
+      expect(evil.vouches[0]).toMatchObject({ agentId: 'ghost-agent-nobody-spawned' });
+      expect((evil.vouches[0] as { nonce: string }).nonce.length).toBeGreaterThanOrEqual(16);
+      expect(
+        await request(evil.nc, msg.replyTo, ghost('complete', { result: 'FORGED' })),
+      ).toMatchObject(refused);
+      expect(await b.getTask(task.id)).toMatchObject({ status: TaskStatus.SCHEDULED });
+      expect((await b.getTask(task.id)).result).toBeUndefined();
+      // The real worker runs the task; the task is its own.
+      const worker = await NatsWorker.connect({
+        nats: { url: server.url, namespace: ns },
+        agentId: x.id,
+        credential: x.credential,
+        poolId: 'p',
+      });
+      const stop = new AbortController();
+      const running = worker.run({ job: () => 'real result' }, { signal: stop.signal });
+      const done = await b.waitForTask(task.id, { timeoutSeconds: 10 });
+      expect(done).toMatchObject({ status: TaskStatus.COMPLETED, result: 'real result' });
+      expect(done.attempt).toBe(1);
+      stop.abort();
+      await running;
+      await worker.close();
+      await evil.nc.close();
+    } finally {
+      await b.close();
+      await server.close();
+    }
+  });
+
+  it('two sidecars with the same key share a pool, whoever answers the vouch subject first', async () => {
+    const server = await startNatsServer();
+    const ns = 'vauth2';
+    const { a, b, x } = await twoSidecars(server.url, ns, KEY, KEY);
+    try {
+      const evil = await forger(server.url, ns);
+      const task = await b.scheduleToPool('p', 't', 1);
+      const { nc, m, msg, report, signed } = await holdMessage(
+        server.url,
+        natsNames(ns).stream,
+        natsNames(ns).poolConsumer('p'),
+      );
+      expect(msg.taskId).toBe(task.id);
+      // The forger answers every vouch first; A's answer (MACed) is the one that counts.
+      expect(await report(signed(x.id, x.credential, 'start', { take: 't' }))).toEqual({
+        ok: true,
+      });
+      expect(await report(signed(x.id, x.credential, 'complete', { result: 'x' }))).toEqual({
+        ok: true,
+      });
+      expect(evil.vouches.length).toBeGreaterThanOrEqual(2);
+      expect(await b.waitForTask(task.id, { timeoutSeconds: 5 })).toMatchObject({
+        status: TaskStatus.COMPLETED,
+        result: 'x',
+      });
+      m.ack();
+      await nc.close();
+      await evil.nc.close();
+    } finally {
+      await a.close();
+      await b.close();
+      await server.close();
+    }
+  });
+
+  it("two sidecars with different keys refuse each other's agents' reports", async () => {
+    const server = await startNatsServer();
+    const ns = 'vauth3';
+    const { a, b, x } = await twoSidecars(server.url, ns, KEY, OTHER_KEY);
+    try {
+      const task = await b.scheduleToPool('p', 't', 1);
+      const { nc, m, msg, report, signed } = await holdMessage(
+        server.url,
+        natsNames(ns).stream,
+        natsNames(ns).poolConsumer('p'),
+      );
+      expect(msg.taskId).toBe(task.id);
+      // x's own valid proof: A answers, but under its key, which B does not take.
+      expect(await report(signed(x.id, x.credential, 'start', { take: 't' }))).toMatchObject(
+        refused,
+      );
+      expect(await report(signed(x.id, x.credential, 'complete', { result: 'x' }))).toMatchObject(
+        refused,
+      );
+      expect(await b.getTask(task.id)).toMatchObject({ status: TaskStatus.SCHEDULED });
+      expect((await b.getTask(task.id)).result).toBeUndefined();
+      m.nak();
+      await nc.close();
+    } finally {
+      await a.close();
+      await b.close();
+      await server.close();
+    }
+  });
+
+  it("without a sidecar key a foreign agent's report is refused at once, and nobody is asked", async () => {
+    const server = await startNatsServer();
+    const ns = 'vauth4';
+    const { a, b, x } = await twoSidecars(server.url, ns);
+    try {
+      const spy = await connect({ servers: server.url });
+      const asked: unknown[] = [];
+      spy.subscribe(natsNames(ns).vouch, { callback: (_e, m) => void asked.push(m.data) });
+      await spy.flush();
+      const task = await b.scheduleToPool('p', 't', 1);
+      const { nc, m, msg, report, signed } = await holdMessage(
+        server.url,
+        natsNames(ns).stream,
+        natsNames(ns).poolConsumer('p'),
+      );
+      expect(msg.taskId).toBe(task.id);
+      const started = Date.now();
+      const answer = (await report(signed(x.id, x.credential, 'start', { take: 't' }))) as {
+        message: string;
+      };
+      expect(Date.now() - started).toBeLessThan(1000); // no 2 s wait for a vouch
+      expect(answer).toMatchObject(refused);
+      expect(answer.message).toContain(x.id);
+      expect(answer.message).toContain('cross-sidecar pool reports need nats.sidecarKey');
+      // Neither B asked nor would A answer: a vouch request sent by hand gets no answer.
+      expect(asked).toEqual([]);
+      const vouch = {
+        agentId: x.id,
+        kind: 'start',
+        taskId: msg.taskId,
+        attempt: msg.attempt,
+        proof: signed(x.id, x.credential, 'start').proof,
+        nonce: 'n'.repeat(24),
+      };
+      const answers = await spy.requestMany(natsNames(ns).vouch, encodeJson(vouch), {
+        strategy: 'timer',
+        maxWait: 500,
+      });
+      const got: unknown[] = [];
+      for await (const r of answers) if (r.data.length > 0) got.push(r.data);
+      expect(got).toEqual([]);
+      expect(await b.getTask(task.id)).toMatchObject({ status: TaskStatus.SCHEDULED });
+      m.nak();
+      await nc.close();
+      await spy.close();
+    } finally {
+      await a.close();
+      await b.close();
+      await server.close();
+    }
+  });
+});
