@@ -19,11 +19,19 @@ export const MAX_JSON_DEPTH = 64;
 /** Deepest nesting {@link jsonBytes} and {@link recordJson} print (`toJSON` results count). */
 const PRINT_DEPTH = MAX_JSON_DEPTH * 4;
 
+/**
+ * Deepest nesting of a value the state store keeps (see {@link nestsDeeper}): what
+ * {@link recordJson} prints with `bigint`s and {@link parseRecordJson} reads back.
+ */
+export const MAX_RECORD_DEPTH = PRINT_DEPTH;
+
 const NUMBER = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
 const WHITESPACE = /[ \t\n\r]*/y;
 
 class Parser {
   #i = 0;
+  /** Set when the text was refused for nesting deeper than `maxDepth`. */
+  tooDeep = false;
   constructor(
     readonly text: string,
     readonly field: string,
@@ -51,7 +59,10 @@ class Parser {
     this.ws();
     const c = this.text[this.#i];
     if (c === '{' || c === '[') {
-      if (depth >= this.maxDepth) this.fail(`nesting deeper than ${this.maxDepth}`);
+      if (depth >= this.maxDepth) {
+        this.tooDeep = true;
+        this.fail(`nesting deeper than ${this.maxDepth}`);
+      }
       return c === '{' ? this.object(depth + 1) : this.array(depth + 1);
     }
     if (c === '"') return this.string();
@@ -218,10 +229,44 @@ const LONG_DIGITS = /\d{16}/;
 /**
  * Parses text {@link recordJson} wrote: with `JSON.parse`, unless the text has a run of 16 or
  * more digits — then with this module's parser, so an integer beyond 2^53 comes back as the
- * same `bigint` (other numbers as `JSON.parse` makes them).
+ * same `bigint` (other numbers as `JSON.parse` makes them). Text nested too deep for that parser
+ * was written by `JSON.stringify` (a `bigint`-holding value nests at most
+ * {@link MAX_RECORD_DEPTH}), so it holds no `bigint`: `JSON.parse` reads it back as written.
  */
 export function parseRecordJson(text: string, field: string): unknown {
-  return LONG_DIGITS.test(text)
-    ? new Parser(text, field, PRINT_DEPTH + 1).document()
-    : JSON.parse(text);
+  if (!LONG_DIGITS.test(text)) return JSON.parse(text);
+  const parser = new Parser(text, field, PRINT_DEPTH + 1);
+  try {
+    return parser.document();
+  } catch (error) {
+    if (parser.tooDeep) return JSON.parse(text);
+    throw error;
+  }
+}
+
+/**
+ * Whether JSON `text` (well-formed, as `JSON.stringify` prints it) nests arrays and objects
+ * more than `max` levels deep. Linear in the text, without recursion.
+ */
+export function nestsDeeper(text: string, max: number): boolean {
+  if (text.length <= 2 * max) return false; // n levels take 2n characters
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      // A string: on to its closing quote, one not escaped (an odd run of backslashes before it).
+      for (;;) {
+        i = text.indexOf('"', i + 1);
+        if (i < 0) return false;
+        let b = i - 1;
+        while (text.charCodeAt(b) === 0x5c) b--;
+        if ((i - b) % 2 === 1) break;
+      }
+    } else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max) return true;
+    } else if (c === 0x5d || c === 0x7d) {
+      depth--;
+    }
+  }
+  return false;
 }

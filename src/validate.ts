@@ -6,7 +6,7 @@
  */
 import type { FabricError } from './errors.js';
 import { InvalidArgumentError } from './errors.js';
-import { recordJson } from './json-bytes.js';
+import { MAX_RECORD_DEPTH, nestsDeeper, recordJson } from './json-bytes.js';
 
 /** What kind of number a field takes. */
 export type NumberKind = 'positiveInt' | 'nonNegativeInt' | 'positiveNumber' | 'nonNegativeNumber';
@@ -57,10 +57,16 @@ export function checkNumber(
 }
 
 /**
+ * Longest id (agent, pool, task) taken from outside: the default bound of {@link checkString},
+ * and of the ids in the NATS transport's reports (`wire.ts`).
+ */
+export const MAX_ID_LENGTH = 256;
+
+/**
  * Returns `value` when it is a non-empty string of at most `maxLength` characters.
  * @throws InvalidArgumentError naming `field`.
  */
-export function checkString(field: string, value: unknown, maxLength = 256): string {
+export function checkString(field: string, value: unknown, maxLength = MAX_ID_LENGTH): string {
   if (typeof value !== 'string' || value.length === 0) {
     throw new InvalidArgumentError(
       field,
@@ -75,9 +81,10 @@ export function checkString(field: string, value: unknown, maxLength = 256): str
 
 /**
  * Bytes of `value` as UTF-8 JSON (0 for `undefined`), as the state store writes it: a `bigint`
- * (an exact large integer from a `..._json` field) as its digits (see `recordJson`).
+ * (an exact large integer from a `..._json` field) as its digits (see `recordJson`). This is
+ * the check of what may go into a task record: what passes, the store writes and reads back.
  * @throws InvalidArgumentError naming `field` when it cannot be serialized (a cycle, nesting too
- *   deep for the serializer).
+ *   deep for the serializer) or nests deeper than `MAX_RECORD_DEPTH` levels.
  */
 export function jsonByteLength(field: string, value: unknown): number {
   let text: string | undefined;
@@ -89,7 +96,14 @@ export function jsonByteLength(field: string, value: unknown): number {
       `cannot be serialized as JSON (${error instanceof Error ? error.message : String(error)})`,
     );
   }
-  return text === undefined ? 0 : Buffer.byteLength(text, 'utf8');
+  if (text === undefined) return 0;
+  if (nestsDeeper(text, MAX_RECORD_DEPTH)) {
+    throw new InvalidArgumentError(
+      field,
+      `nests deeper than ${MAX_RECORD_DEPTH} levels of arrays and objects (the most the state store keeps)`,
+    );
+  }
+  return Buffer.byteLength(text, 'utf8');
 }
 
 /**

@@ -231,7 +231,9 @@ export class AgentScheduler {
     },
     fail: (id, attempt, error, options) => {
       const t = this.#reported(id, attempt);
-      if (t !== undefined) this.#retryOrFail(t, error, options?.retry === true);
+      // An error the store cannot keep is kept without its details, not lost on restart.
+      if (t !== undefined)
+        this.#retryOrFail(t, this.#storableError(error), options?.retry === true);
     },
     started: (id, attempt) => {
       const t = this.#reported(id, attempt);
@@ -933,6 +935,7 @@ export class AgentScheduler {
     error: TaskError,
     options: { retry?: boolean; agentId?: string } = {},
   ): void {
+    if (!this.#byReference) jsonByteLength('error', error);
     const t = this.#checkHolder(taskId, attempt, options.agentId, TaskStatus.FAILED);
     if (t !== undefined) this.#retryOrFail(t, error, options.retry === true);
   }
@@ -1084,6 +1087,21 @@ export class AgentScheduler {
     } catch (error) {
       return { code: InvalidArgumentError.code, message: (error as Error).message };
     }
+  }
+
+  /**
+   * `error` when a durable store can keep it; else the same code and message with `details`
+   * replaced by why they were not kept (an executor's failure is a failure all the same).
+   */
+  #storableError(error: TaskError): TaskError {
+    const unstorable = this.#unstorable('error', error);
+    if (unstorable === undefined) return error;
+    const stored: TaskError = {
+      code: String(error.code),
+      message: String(error.message),
+      details: { notKept: `error.details were not kept: ${unstorable.message}` },
+    };
+    return this.#unstorable('error', stored) === undefined ? stored : unstorable;
   }
 
   /** Tells the store a record changed (a no-op for stores that hold the records themselves). */

@@ -1,0 +1,114 @@
+/**
+ * Reports over NATS whose JSON nests too deep for the state store: a `complete` whose result
+ * nests deeper than the store keeps fails the task with FABRIC_ERR_INVALID_ARGUMENT (it used to
+ * be committed, and the next start of the sidecar refused the state file); a `fail` whose
+ * `error.details` cannot be stored is stored without them (it used to be answered ok and never
+ * written: after a restart the task was RUNNING again). Real nats-server, real SQLite state
+ * file; what a restarted fabric reads back is checked.
+ */
+import { join } from 'node:path';
+import { expect, it } from 'vitest';
+import { jetstream } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import { AgentFabric } from '../../src/fabric.js';
+import { hashCredential, type AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
+import type { PoolRecord } from '../../src/pools/pool-manager.js';
+import type { TaskRecord } from '../../src/scheduler/task-record.js';
+import { SqliteStore } from '../../src/store/sqlite-store.js';
+import { TaskStatus } from '../../src/task.js';
+import { NatsAgentLink } from '../../src/transport/nats/nats-agent-link.js';
+import { decodeJson, reportProof, type TaskMessage } from '../../src/transport/nats/wire.js';
+import { tempDir } from '../fixtures/gateway/harness.js';
+import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
+
+describeNats('NATS reports too deep for the state store', () => {
+  const server = natsServerPerSuite();
+
+  it('fails a too-deep result and keeps a failure without its unstorable details, across a restart', async () => {
+    const path = join(tempDir('nats-deep'), 'state.db');
+    const nats = { url: server().url, namespace: 'deep' };
+    const open = async (): Promise<AgentFabric> => {
+      const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+      const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { store, nats });
+      await fabric.start();
+      return fabric;
+    };
+    let fabric = await open();
+    const nc = await connect({ servers: nats.url });
+    try {
+      const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
+      await fabric.natsExecutor!.consumersReady();
+      await fabric.heartbeat(agent.id);
+      const names = fabric.natsExecutor!.names;
+      const link = new NatsAgentLink(nc, names, agent.id, agent.credential, 2000);
+      const consumer = await jetstream(nc).consumers.get(
+        names.stream,
+        names.agentConsumer(agent.id),
+      );
+      const pull = async () => {
+        const m = (await consumer.next({ expires: 5000 }))!;
+        const message = link.parse(m)!;
+        expect((await link.report(message, 'start', { take: 't1' }))?.ok).toBe(true);
+        return { m, message, msg: decodeJson(m.data) as TaskMessage };
+      };
+
+      // A result nested deeper than the store keeps, with a run of 16 digits in it.
+      const deepTask = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1 });
+      const one = await pull();
+      let result: unknown = 0.1234567890123456;
+      for (let i = 0; i < 300; i++) result = [result];
+      await link.report(one.message, 'complete', { result });
+      expect(await fabric.getTask(deepTask.id)).toMatchObject({
+        status: TaskStatus.FAILED,
+        error: { code: 'FABRIC_ERR_INVALID_ARGUMENT' },
+      });
+      one.m.ack();
+
+      // A failure whose details nest deeper than JSON.stringify goes (built by hand).
+      const failTask = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 2 });
+      const two = await pull();
+      const { msg } = two;
+      const proof = reportProof(
+        hashCredential(agent.credential),
+        agent.id,
+        'fail',
+        msg.taskId,
+        msg.attempt,
+      );
+      const head = JSON.stringify({
+        kind: 'fail',
+        taskId: msg.taskId,
+        attempt: msg.attempt,
+        lease: msg.lease,
+        agentId: agent.id,
+        proof,
+        take: 't1',
+      }).slice(0, -1);
+      const n = 200_000;
+      const body = `${head},"error":{"code":"E","message":"boom","details":{"d":${'['.repeat(n)}${']'.repeat(n)}}}}`;
+      const reply = await nc.request(msg.replyTo, new TextEncoder().encode(body), {
+        timeout: 5000,
+      });
+      expect(decodeJson(reply.data)).toEqual({ ok: true });
+      two.m.ack();
+      await link.close(false);
+
+      await fabric.close();
+      fabric = await open();
+      expect(await fabric.getTask(deepTask.id)).toMatchObject({
+        status: TaskStatus.FAILED,
+        error: { code: 'FABRIC_ERR_INVALID_ARGUMENT' },
+      });
+      const failed = await fabric.getTask(failTask.id);
+      expect(failed).toMatchObject({
+        status: TaskStatus.FAILED,
+        attempt: 1,
+        error: { code: 'E', message: 'boom' },
+      });
+      expect(failed.error!.details!.notKept).toMatch(/^error\.details were not kept/);
+    } finally {
+      await fabric.close();
+      await nc.close();
+    }
+  });
+});
