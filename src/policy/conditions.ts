@@ -11,11 +11,20 @@
  */
 import { posix } from 'node:path';
 import { compileGlob, hasGlobSyntax } from './glob.js';
+import { resolvePatternPath } from './pattern-realpath.js';
 import type { ConditionScalar, PolicyConditions } from './policy.js';
 import { UnresolvedPath } from './unresolved-path.js';
 
-/** A compiled condition set: true when every condition matches `params`. */
-export type ParamsPredicate = (params: Readonly<Record<string, unknown>>) => boolean;
+/**
+ * A compiled condition set: true when every condition matches `params`. `raw`: the parameters
+ * as sent to the tool when `params` is a resolved view of them (see `PolicyContext.rawParams`);
+ * a deny or require_approval condition on a parameter whose name is not path-like also matches
+ * the value as sent, so resolving a value that only looks like a path cannot hide it.
+ */
+export type ParamsPredicate = (
+  params: Readonly<Record<string, unknown>>,
+  raw?: Readonly<Record<string, unknown>>,
+) => boolean;
 
 /**
  * Parameter names treated as paths whatever their value looks like: the name (or the last
@@ -72,8 +81,8 @@ export function compileConditions(
     compileCondition(key, expected, restrictive),
   );
   if (checks.length === 1) return checks[0]!;
-  return (params) => {
-    for (let i = 0; i < checks.length; i++) if (!checks[i]!(params)) return false;
+  return (params, raw) => {
+    for (let i = 0; i < checks.length; i++) if (!checks[i]!(params, raw)) return false;
     return true;
   };
 }
@@ -104,6 +113,19 @@ function compileCondition(
     for (let i = 0; i < value.length; i++) if (!one(value[i])) return false;
     return true;
   };
+  const check = compileLookup(key, matches, restrictive);
+  if (!restrictive || pathKey) return check;
+  // Not a path-like name: the gateway's view may hold a resolved path where the tool gets text
+  // that merely starts with `/`; a restrictive rule matches the value as sent too.
+  return (params, raw) => check(params) || (raw !== undefined && raw !== params && check(raw));
+}
+
+/** Reads the parameter `key` (dotted: both spellings) and applies `matches`. */
+function compileLookup(
+  key: string,
+  matches: (value: unknown) => boolean,
+  restrictive: boolean,
+): ParamsPredicate {
   if (!key.includes('.')) {
     return (params) => {
       if (params === null || typeof params !== 'object' || !Object.hasOwn(params, key)) {
@@ -148,20 +170,43 @@ function compileValue(
   if (typeof expected !== 'string') {
     return (v) => v === expected || (restrictive && v instanceof UnresolvedPath);
   }
-  let test: ValueTest;
-  const pathish = pathKey || looksLikePath(expected);
-  if (hasGlobSyntax(expected)) {
-    const glob = compileGlob(pathish ? expected.normalize('NFC') : expected);
-    test = (s) => glob.test(s);
-  } else {
-    const literal = pathish ? normalizePath(expected) : expected;
-    test = (s) => s === literal;
-  }
+  const test = compileTest(expected, pathKey || looksLikePath(expected), restrictive);
   return (v) => {
     if (typeof v !== 'string') return restrictive && v instanceof UnresolvedPath;
     if (!pathKey && !looksLikePath(v)) return test(v);
     const n = normalizePath(v);
     // `/etc` is matched as `/etc/` too, so a rule on `/etc/*` also covers the directory itself.
-    return test(n) || (n !== '/' && test(`${n}/`));
+    if (test(n) || (n !== '/' && test(`${n}/`))) return true;
+    // A parameter whose name is not path-like may hold text that merely starts with `/` (a
+    // file's content): normalizing it could erase what a deny looks for (`/<secret>/../..`
+    // is `/`), while the tool gets the text as sent. A restrictive rule also matches it as sent.
+    return restrictive && !pathKey && n !== v && test(v);
   };
+}
+
+/**
+ * The test of one string rule value. A path pattern (absolute, on a path-like parameter or
+ * looking like a path) is also resolved on disk ({@link resolvePatternPath}): the gateway
+ * matches rules against the real path a call touches, so `${SANDBOX}/protected/**` must name
+ * the real folder when `.fabric`, the sandbox or `protected/` is a symlink. Which spelling
+ * matches depends on the action, so that resolving can only ever make a rule fail closed:
+ * a deny or require_approval rule matches the resolved pattern *or* the pattern as written
+ * (values that are not realpath'd — a remote upstream's paths, the engine called directly, a
+ * link created after the rule was compiled — still meet the written spelling); an allow rule
+ * matches only the resolved one (a value that is not realpath'd and goes through a local
+ * symlink is then not allowed, rather than an allow widened to wherever a name points).
+ */
+function compileTest(expected: string, pathish: boolean, restrictive: boolean): ValueTest {
+  if (hasGlobSyntax(expected)) {
+    const spelled = pathish ? expected.normalize('NFC') : expected;
+    const glob = compileGlob(spelled);
+    const real = pathish ? resolvePatternPath(spelled, true) : spelled;
+    if (real === spelled) return (s) => glob.test(s);
+    const realGlob = compileGlob(real);
+    return restrictive ? (s) => realGlob.test(s) || glob.test(s) : (s) => realGlob.test(s);
+  }
+  const literal = pathish ? normalizePath(expected) : expected;
+  const real = pathish ? resolvePatternPath(literal, false) : literal;
+  if (real === literal) return (s) => s === literal;
+  return restrictive ? (s) => s === real || s === literal : (s) => s === real;
 }

@@ -73,9 +73,51 @@ function build(pattern: string): GlobMatcher {
     // `fs__*`, `/etc/*`: the common shape, a prefix test.
     return Object.freeze({ pattern, literal: false, test: (v: string) => v.startsWith(prefix) });
   }
-  let re = '';
+  const { seq, literal } = parse(pattern);
+  if (literal !== undefined) {
+    // Only escapes: still a literal.
+    return Object.freeze({ pattern, literal: true, test: (v: string) => v === literal });
+  }
+  const test = compileSeq(seq);
+  return Object.freeze({ pattern, literal: false, test });
+}
+
+/**
+ * Escapes `value` so that, pasted into a glob, it matches only itself: every glob
+ * metacharacter (`*`, `?`, `[`, `]`, `{`, `}`, `,` and `\`) gets a `\` in front.
+ *
+ * @example
+ * compileGlob(`${escapeGlob('/srv/app{v2}')}/protected/**`).test('/srv/app{v2}/protected/x'); // true
+ */
+export function escapeGlob(value: string): string {
+  return value.replace(/[*?[\]{}\\,]/g, '\\$&');
+}
+
+// Matching is linear in the value (no backtracking RegExp): a brace-free pattern is a run of
+// `*`-separated segments of one-character matchers, matched left to right with each middle
+// segment at its leftmost position (O(value × pattern) at worst, `indexOf` for literal
+// segments); braces are expanded into such patterns (up to MAX_EXPANSIONS of them), beyond that
+// a Thompson NFA is simulated over the value (also O(value × pattern)). Characters are UTF-16
+// code units, as the RegExp (no `u` flag) this replaced matched them.
+
+/** One character: a literal code unit, any (`?`), or a class. */
+type CharTest =
+  | { readonly kind: 'lit'; readonly code: number }
+  | { readonly kind: 'any' }
+  | { readonly kind: 'class'; readonly negate: boolean; readonly ranges: readonly number[] };
+type Node =
+  CharTest | { readonly kind: 'star' } | { readonly kind: 'alt'; readonly alts: readonly Node[][] };
+
+/** Brace-expanded patterns matched one by one at most; more use the NFA. */
+const MAX_EXPANSIONS = 64;
+
+/** The parsed pattern, and its text when it is a literal written with escapes. */
+function parse(pattern: string): { seq: Node[]; literal: string | undefined } {
+  const top: Node[] = [];
+  // Open braces: the alternatives so far, each a sequence; `cur` is the one being filled.
+  const stack: { alts: Node[][]; outer: Node[] }[] = [];
+  let cur = top;
   let literal = '';
-  let braces = 0;
   let onlyLiteral = true;
   for (let i = 0; i < pattern.length; i++) {
     const c = pattern[i]!;
@@ -83,18 +125,18 @@ function build(pattern: string): GlobMatcher {
       case '\\': {
         const next = pattern[i + 1];
         if (next === undefined) throw new GlobSyntaxError(pattern, 'ends with an escape (\\)');
-        re += escapeRe(next);
+        cur.push({ kind: 'lit', code: pattern.charCodeAt(i + 1) });
         literal += next;
         i++;
         break;
       }
       case '*':
         while (pattern[i + 1] === '*') i++;
-        re += '.*';
+        cur.push({ kind: 'star' });
         onlyLiteral = false;
         break;
       case '?':
-        re += '.';
+        cur.push({ kind: 'any' });
         onlyLiteral = false;
         break;
       case '[': {
@@ -107,41 +149,256 @@ function build(pattern: string): GlobMatcher {
           body = body.slice(1);
         }
         if (body.length === 0) throw new GlobSyntaxError(pattern, `empty [] at ${i}`);
-        re += `[${negate ? '^' : ''}${body.replace(/[\\\]^]/g, '\\$&')}]`;
+        cur.push({ kind: 'class', negate, ranges: classRanges(pattern, body, i) });
         i = end;
         onlyLiteral = false;
         break;
       }
       case ']':
         throw new GlobSyntaxError(pattern, `unmatched ] at ${i}`);
-      case '{':
-        braces++;
-        re += '(?:';
+      case '{': {
+        const alt: Node[] = [];
+        stack.push({ alts: [alt], outer: cur });
+        cur = alt;
         onlyLiteral = false;
         break;
-      case '}':
-        if (braces === 0) throw new GlobSyntaxError(pattern, `unmatched } at ${i}`);
-        braces--;
-        re += ')';
+      }
+      case '}': {
+        const open = stack.pop();
+        if (open === undefined) throw new GlobSyntaxError(pattern, `unmatched } at ${i}`);
+        open.outer.push({ kind: 'alt', alts: open.alts });
+        cur = open.outer;
         break;
+      }
       case ',':
-        re += braces > 0 ? '|' : ',';
+        if (stack.length > 0) {
+          const alt: Node[] = [];
+          stack[stack.length - 1]!.alts.push(alt);
+          cur = alt;
+        } else {
+          cur.push({ kind: 'lit', code: 44 });
+        }
         literal += ',';
         break;
       default:
-        re += escapeRe(c);
+        cur.push({ kind: 'lit', code: pattern.charCodeAt(i) });
         literal += c;
     }
   }
-  if (braces > 0) throw new GlobSyntaxError(pattern, 'unclosed {');
-  if (onlyLiteral) {
-    // Only escapes: still a literal.
-    return Object.freeze({ pattern, literal: true, test: (v: string) => v === literal });
-  }
-  const regex = new RegExp(`^${re}$`, 's');
-  return Object.freeze({ pattern, literal: false, test: (v: string) => regex.test(v) });
+  if (stack.length > 0) throw new GlobSyntaxError(pattern, 'unclosed {');
+  return { seq: top, literal: onlyLiteral ? literal : undefined };
 }
 
-function escapeRe(c: string): string {
-  return c.replace(/[.*+?^${}()|[\]\\/-]/g, '\\$&');
+/**
+ * A class body as `[lo, hi, lo, hi…]` code-unit ranges, read like the RegExp class it used to
+ * be compiled into: `a-z` a range, a `-` first or last (or right after a range) literal.
+ */
+function classRanges(pattern: string, body: string, at: number): number[] {
+  const ranges: number[] = [];
+  for (let j = 0; j < body.length; j++) {
+    const lo = body.charCodeAt(j);
+    if (body[j + 1] === '-' && j + 2 < body.length) {
+      const hi = body.charCodeAt(j + 2);
+      if (hi < lo) throw new GlobSyntaxError(pattern, `range out of order in [] at ${at}`);
+      ranges.push(lo, hi);
+      j += 2;
+    } else {
+      ranges.push(lo, lo);
+    }
+  }
+  return ranges;
+}
+
+function charMatches(t: CharTest, code: number): boolean {
+  if (t.kind === 'lit') return t.code === code;
+  if (t.kind === 'any') return true;
+  const r = t.ranges;
+  let inside = false;
+  for (let k = 0; k < r.length; k += 2) {
+    if (code >= r[k]! && code <= r[k + 1]!) {
+      inside = true;
+      break;
+    }
+  }
+  return inside !== t.negate;
+}
+
+/** The brace-free patterns `seq` stands for, or `undefined` when more than `max`. */
+function expand(seq: readonly Node[], max: number): CharOrStar[][] | undefined {
+  let out: CharOrStar[][] = [[]];
+  for (const node of seq) {
+    if (node.kind !== 'alt') {
+      for (const o of out) o.push(node);
+      continue;
+    }
+    const options: CharOrStar[][] = [];
+    for (const alt of node.alts) {
+      const e = expand(alt, max);
+      if (e === undefined) return undefined;
+      options.push(...e);
+      if (options.length > max) return undefined;
+    }
+    if (out.length * options.length > max) return undefined;
+    const next: CharOrStar[][] = [];
+    for (const o of out) for (const opt of options) next.push([...o, ...opt]);
+    out = next;
+  }
+  return out;
+}
+
+type CharOrStar = CharTest | { readonly kind: 'star' };
+
+function compileSeq(seq: readonly Node[]): (value: string) => boolean {
+  const expanded = expand(seq, MAX_EXPANSIONS);
+  if (expanded === undefined) return compileNfa(seq);
+  const tests = expanded.map(compileStars);
+  if (tests.length === 1) return tests[0]!;
+  return (v) => {
+    for (let i = 0; i < tests.length; i++) if (tests[i]!(v)) return true;
+    return false;
+  };
+}
+
+/** A segment between stars: its one-character tests, and its text when all are literal. */
+interface Segment {
+  readonly chars: readonly CharTest[];
+  readonly text: string | undefined;
+}
+
+function segmentOf(chars: CharTest[]): Segment {
+  const literal = chars.every((c) => c.kind === 'lit');
+  return {
+    chars,
+    text: literal
+      ? String.fromCharCode(...chars.map((c) => (c as { code: number }).code))
+      : undefined,
+  };
+}
+
+/** A matcher for a brace-free pattern, linear in the value for each segment. */
+function compileStars(items: readonly CharOrStar[]): (value: string) => boolean {
+  const segments: Segment[] = [];
+  let chars: CharTest[] = [];
+  let stars = 0;
+  for (const it of items) {
+    if (it.kind === 'star') {
+      segments.push(segmentOf(chars));
+      chars = [];
+      stars++;
+    } else {
+      chars.push(it);
+    }
+  }
+  segments.push(segmentOf(chars));
+  const first = segments[0]!;
+  if (stars === 0) {
+    return (v) => v.length === first.chars.length && matchAt(first, v, 0);
+  }
+  const last = segments[segments.length - 1]!;
+  const middle = segments.slice(1, -1).filter((s) => s.chars.length > 0);
+  const fixed = first.chars.length + last.chars.length;
+  return (v) => {
+    if (v.length < fixed) return false;
+    if (!matchAt(first, v, 0)) return false;
+    const end = v.length - last.chars.length;
+    if (!matchAt(last, v, end)) return false;
+    let pos = first.chars.length;
+    for (let s = 0; s < middle.length; s++) {
+      const seg = middle[s]!;
+      const at = find(seg, v, pos, end);
+      if (at === -1) return false;
+      pos = at + seg.chars.length;
+    }
+    return true;
+  };
+}
+
+function matchAt(seg: Segment, v: string, at: number): boolean {
+  if (seg.text !== undefined) return v.startsWith(seg.text, at);
+  const chars = seg.chars;
+  for (let k = 0; k < chars.length; k++) {
+    if (!charMatches(chars[k]!, v.charCodeAt(at + k))) return false;
+  }
+  return true;
+}
+
+/** The leftmost `i` in `[from, end - length]` where `seg` matches, or -1. */
+function find(seg: Segment, v: string, from: number, end: number): number {
+  const last = end - seg.chars.length;
+  if (seg.text !== undefined) {
+    const i = v.indexOf(seg.text, from);
+    return i !== -1 && i <= last ? i : -1;
+  }
+  for (let i = from; i <= last; i++) if (matchAt(seg, v, i)) return i;
+  return -1;
+}
+
+/** NFA state: a one-character test, or epsilon edges (`char` undefined). */
+interface State {
+  char: CharTest | undefined;
+  out: number[];
+}
+
+/** A Thompson NFA over `seq`, simulated with a state set: O(value × pattern), no backtracking. */
+function compileNfa(seq: readonly Node[]): (value: string) => boolean {
+  const states: State[] = [];
+  const add = (char: CharTest | undefined): number => states.push({ char, out: [] }) - 1;
+  // Builds `nodes` from state `from`; returns the state reached at their end.
+  const build = (nodes: readonly Node[], from: number): number => {
+    let at = from;
+    for (const node of nodes) {
+      if (node.kind === 'star') {
+        const loop = add(undefined);
+        const any = add({ kind: 'any' });
+        states[at]!.out.push(loop);
+        states[loop]!.out.push(any);
+        states[any]!.out.push(loop);
+        at = loop;
+      } else if (node.kind === 'alt') {
+        const join = add(undefined);
+        for (const alt of node.alts) {
+          const start = add(undefined);
+          states[at]!.out.push(start);
+          states[build(alt, start)]!.out.push(join);
+        }
+        at = join;
+      } else {
+        const s = add(node);
+        const after = add(undefined);
+        states[at]!.out.push(s);
+        states[s]!.out.push(after);
+        at = after;
+      }
+    }
+    return at;
+  };
+  const start = add(undefined);
+  const accept = build(seq, start);
+  return (v) => {
+    const mark = new Int32Array(states.length).fill(-1);
+    let current: number[] = [];
+    let next: number[] = [];
+    // Adds `s` and its epsilon closure to `list` for step `gen`.
+    const close = (s: number, gen: number, list: number[]): void => {
+      const todo = [s];
+      while (todo.length > 0) {
+        const x = todo.pop()!;
+        if (mark[x] === gen) continue;
+        mark[x] = gen;
+        list.push(x);
+        if (states[x]!.char === undefined) for (const o of states[x]!.out) todo.push(o);
+      }
+    };
+    close(start, 0, current);
+    for (let i = 0; i < v.length && current.length > 0; i++) {
+      const code = v.charCodeAt(i);
+      next.length = 0;
+      for (const x of current) {
+        const c = states[x]!.char;
+        if (c !== undefined && charMatches(c, code)) close(states[x]!.out[0]!, i + 1, next);
+      }
+      [current, next] = [next, current];
+    }
+    return mark[accept] === v.length && current.includes(accept);
+  };
 }

@@ -476,7 +476,7 @@ export class PolicyEngine {
         if (r.rank <= best.rank) continue;
       }
       if (!filtered && !r.tool.test(tool)) continue;
-      if (r.conditions !== null && !r.conditions(params)) continue;
+      if (r.conditions !== null && !r.conditions(params, ctx.rawParams)) continue;
       if (r.when !== null && !r.when((data ??= whenData(ctx)))) continue;
       best = r;
       if (r.rank === DENY_RANK) break;
@@ -616,7 +616,7 @@ export class PolicyEngine {
       }
       if (best !== undefined && r.rank <= best.rank) continue;
       if (!filtered && !r.tool.test(ctx.tool)) continue;
-      if (r.conditions !== null && !r.conditions(params)) continue;
+      if (r.conditions !== null && !r.conditions(params, ctx.rawParams)) continue;
       if (r.when !== null && !r.when((data ??= whenData(ctx)))) continue;
       best = r;
     }

@@ -21,6 +21,7 @@ import { DEFAULT_MAX_STREAM_BACKLOG_BYTES } from '../gateway/downstream-http-tra
 import { DEFAULT_BODY_TIMEOUT_MS } from '../gateway/http-body.js';
 import { upstreamSpecSchema } from '../gateway/upstream-config.js';
 import { DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT } from '../policy/approval-manager.js';
+import { escapeGlob } from '../policy/glob.js';
 import { THREADS_POOL_PROVIDER } from '../pools/thread-pool-provider.js';
 import {
   DEFAULT_API_MAX_STREAMS,
@@ -519,8 +520,23 @@ export function configVariables(file: string, cwd = process.cwd()): Record<strin
 }
 
 /**
+ * Where a string is a glob (`policies[].rules[].tool`, any string under
+ * `policies[].rules[].conditions`): a substituted value is pasted escaped there, so a folder
+ * named `report [final]` or `app{v2}` stays a literal part of `${SANDBOX}/protected/**`.
+ */
+function isGlobPosition(path: readonly string[]): boolean {
+  return (
+    path.length >= 5 &&
+    path[0] === 'policies' &&
+    path[2] === 'rules' &&
+    ((path.length === 5 && path[4] === 'tool') || path[4] === 'conditions')
+  );
+}
+
+/**
  * Replaces `${NAME}` (config variables) and `${env:NAME}` (the environment `env`: the one the
- * overrides are read from) in every string.
+ * overrides are read from) in every string; in glob positions ({@link isGlobPosition}) the
+ * values are glob-escaped.
  */
 function substitute(
   value: unknown,
@@ -535,7 +551,7 @@ function substitute(
       (_m, fromEnv: string | undefined, name: string) => {
         const v = fromEnv ? env[name] : vars[name];
         if (v === undefined) onMissing(path, fromEnv ? `env:${name}` : name);
-        return v ?? '';
+        return v === undefined ? '' : isGlobPosition(path) ? escapeGlob(v) : v;
       },
     );
   }

@@ -1,0 +1,259 @@
+/**
+ * Rule *patterns* against a hostile agent (the calls' paths are covered by path-policy.test.ts):
+ * a sandbox or `protected/` reached through a symlink (the gateway realpaths every call, so the
+ * pattern must name the real folder too), a working directory whose name holds glob syntax
+ * (`${SANDBOX}` pasted into a glob), a content rule fed a multi-megabyte value (the glob must
+ * not backtrack), and content that merely starts with `/` (path normalization must not erase
+ * what a deny looks for). Real sidecar, real server-filesystem over stdio, the official SDK
+ * client; every effect is checked on disk.
+ */
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { compileGlob } from '../../src/policy/glob.js';
+import { defaultConfigPath, loadSidecarConfig } from '../../src/server/config-file.js';
+import { Sidecar } from '../../src/server/sidecar.js';
+import {
+  ADMIN_TOKEN,
+  agentToken,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  FILESYSTEM_BIN,
+  httpClient,
+  startTestSidecar,
+  tempDir,
+  text,
+} from '../fixtures/gateway/harness.js';
+
+const SECRET = 'keep me';
+
+function tree(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort();
+}
+
+let sidecar: Sidecar | undefined;
+let client: Client | undefined;
+
+afterEach(async () => {
+  await client?.close();
+  await closeSidecar(sidecar);
+  client = undefined;
+  sidecar = undefined;
+});
+
+async function call(name: string, args: Record<string, unknown>): Promise<CallToolResult> {
+  return (await client!.callTool({ name: `fs__${name}`, arguments: args })) as CallToolResult;
+}
+
+/** Starts the shipped example config from `cwd`, as `agent-fabric serve` would. */
+async function startShipped(cwd: string): Promise<void> {
+  const config = loadSidecarConfig(defaultConfigPath(), {
+    env: { FABRIC_HTTP_PORT: '0', FABRIC_ADMIN_TOKEN: ADMIN_TOKEN },
+    cwd,
+  });
+  const fs = config.upstreams.fs!;
+  if (fs.transport !== 'stdio') throw new Error('the shipped fs upstream is a stdio server');
+  sidecar = await Sidecar.start({
+    config: { ...config, state: 'memory', upstreams: { fs: { ...fs, stderr: 'ignore' } } },
+  });
+  client = await httpClient(sidecar.url!, agentToken(sidecar, 'local-agent'));
+}
+
+/** Starts a sidecar whose fs upstream serves `sandbox`, with `policies`. */
+async function startWith(sandbox: string, policies: unknown[]): Promise<void> {
+  sidecar = await startTestSidecar({
+    upstreams: {
+      fs: {
+        command: process.execPath,
+        args: [FILESYSTEM_BIN, sandbox],
+        stderr: 'ignore',
+        paths: { roots: [sandbox] },
+      },
+    },
+    policies: policies as never,
+    agents: [{ name: 'attacker' }],
+  });
+  client = await httpClient(sidecar.url!, agentToken(sidecar, 'attacker'));
+}
+
+function readOnly(glob: string): unknown {
+  return {
+    name: 'protected-files',
+    priority: 100,
+    rules: [
+      {
+        tool: 'fs__{write_file,edit_file,create_directory}',
+        action: 'deny',
+        conditions: { path: glob },
+      },
+      { tool: 'fs__move_file', action: 'deny', conditions: { source: glob } },
+      { tool: 'fs__move_file', action: 'deny', conditions: { destination: glob } },
+    ],
+  };
+}
+
+/** Every way to change protected/ is refused, and protected/ is unchanged on disk. */
+async function expectProtected(protectedDir: string, sandboxSpelling: string): Promise<void> {
+  const before = tree(protectedDir);
+  const attempts: [string, Record<string, unknown>][] = [
+    ['write_file', { path: 'protected/planted.txt', content: 'pwned' }],
+    ['write_file', { path: `${sandboxSpelling}/protected/abs.txt`, content: 'pwned' }],
+    ['edit_file', { path: 'protected/secret.txt', edits: [{ oldText: SECRET, newText: 'PWNED' }] }],
+    ['create_directory', { path: 'protected/newdir' }],
+    ['move_file', { source: 'protected/secret.txt', destination: 'stolen.txt' }],
+    ['move_file', { source: 'work/mine.txt', destination: 'protected/mine.txt' }],
+  ];
+  for (const [tool, args] of attempts) {
+    const r = await call(tool, args);
+    expect(text(r), `${tool} ${JSON.stringify(args)}`).toContain('FABRIC_ERR_POLICY_DENIED');
+  }
+  expect(tree(protectedDir)).toEqual(before);
+  expect(readFileSync(join(protectedDir, 'secret.txt'), 'utf8')).toBe(SECRET);
+  // Work outside protected/ still lands.
+  const ok = await call('write_file', { path: 'work/ok.txt', content: 'fine' });
+  expect(ok.isError, text(ok)).toBeFalsy();
+}
+
+describe('rule patterns through symlinks (rules are resolved like the calls they match)', () => {
+  it('the shipped config with `.fabric` a symlink to another volume keeps protected/ read-only', async () => {
+    const base = realpathSync(tempDir('pattern-fabric-link'));
+    const cwd = join(base, 'project');
+    const data = join(base, 'volume', 'fabric-data');
+    const realProtected = join(data, 'sandbox', 'protected');
+    mkdirSync(cwd, { recursive: true });
+    mkdirSync(realProtected, { recursive: true });
+    mkdirSync(join(data, 'sandbox', 'work'));
+    writeFileSync(join(realProtected, 'secret.txt'), SECRET);
+    writeFileSync(join(data, 'sandbox', 'work', 'mine.txt'), 'mine');
+    symlinkSync(data, join(cwd, '.fabric'));
+    await startShipped(cwd);
+    await expectProtected(realProtected, join(cwd, '.fabric', 'sandbox'));
+    expect(existsSync(join(data, 'sandbox', 'stolen.txt'))).toBe(false);
+  });
+
+  it('protected/ itself a symlink inside the sandbox stays read-only', async () => {
+    const sandbox = realpathSync(tempDir('pattern-protected-link'));
+    const store = join(sandbox, '.store', 'protected');
+    mkdirSync(store, { recursive: true });
+    mkdirSync(join(sandbox, 'work'));
+    writeFileSync(join(store, 'secret.txt'), SECRET);
+    writeFileSync(join(sandbox, 'work', 'mine.txt'), 'mine');
+    symlinkSync('.store/protected', join(sandbox, 'protected'));
+    await startWith(sandbox, [readOnly(`${sandbox}/protected/**`), DEFAULT_ALLOW]);
+    await expectProtected(store, sandbox);
+  });
+
+  it('a policy replaced after protected/ became a symlink is resolved again', async () => {
+    const sandbox = realpathSync(tempDir('pattern-reload'));
+    mkdirSync(join(sandbox, 'work'));
+    writeFileSync(join(sandbox, 'work', 'mine.txt'), 'mine');
+    await startWith(sandbox, [readOnly(`${sandbox}/protected/**`), DEFAULT_ALLOW]);
+    // protected/ appears only now, as a link to a folder elsewhere in the sandbox.
+    const store = join(sandbox, 'vault');
+    mkdirSync(store);
+    writeFileSync(join(store, 'secret.txt'), SECRET);
+    symlinkSync('vault', join(sandbox, 'protected'));
+    sidecar!.fabric!.policies.addPolicy(readOnly(`${sandbox}/protected/**`), { replace: true });
+    await expectProtected(store, sandbox);
+  });
+
+  it('an allow-list on a symlinked sandbox allows what is really inside it, nothing else', async () => {
+    const base = realpathSync(tempDir('pattern-allow-link'));
+    const real = join(base, 'real-sandbox');
+    mkdirSync(join(real, 'work'), { recursive: true });
+    writeFileSync(join(real, 'work', 'mine.txt'), 'mine');
+    const link = join(base, 'sandbox');
+    symlinkSync(real, link);
+    await startWith(link, [
+      {
+        name: 'allow-work',
+        rules: [
+          { tool: 'fs__write_file', action: 'allow', conditions: { path: `${link}/work/**` } },
+        ],
+      },
+    ]);
+    const ok = await call('write_file', { path: 'work/ok.txt', content: 'fine' });
+    expect(ok.isError, text(ok)).toBeFalsy();
+    expect(readFileSync(join(real, 'work', 'ok.txt'), 'utf8')).toBe('fine');
+    const no = await call('write_file', { path: 'elsewhere.txt', content: 'x' });
+    expect(text(no)).toContain('FABRIC_ERR_POLICY_DENIED');
+    expect(existsSync(join(real, 'elsewhere.txt'))).toBe(false);
+  });
+});
+
+describe('config variables are pasted into rule globs escaped', () => {
+  it.each(['report [final]', 'app{v2}', 'a*b?c,d'])(
+    'the shipped config started from a folder named %j keeps protected/ read-only',
+    async (name) => {
+      const cwd = join(realpathSync(tempDir('pattern-meta')), name);
+      const sandbox = join(cwd, '.fabric', 'sandbox');
+      const protectedDir = join(sandbox, 'protected');
+      mkdirSync(protectedDir, { recursive: true });
+      mkdirSync(join(sandbox, 'work'));
+      writeFileSync(join(protectedDir, 'secret.txt'), SECRET);
+      writeFileSync(join(sandbox, 'work', 'mine.txt'), 'mine');
+      await startShipped(cwd);
+      await expectProtected(protectedDir, sandbox);
+    },
+  );
+});
+
+describe('content rules', () => {
+  const dlp = (glob: string): unknown => ({
+    name: 'dlp',
+    priority: 100,
+    rules: [{ tool: 'fs__write_file', action: 'deny', conditions: { content: glob } }],
+  });
+
+  // A backtracking glob takes minutes on these values; the test timeout is the hang detector.
+  it('a multi-megabyte value against a several-star glob is decided without stalling', async () => {
+    const sandbox = realpathSync(tempDir('pattern-redos'));
+    mkdirSync(join(sandbox, 'work'));
+    await startWith(sandbox, [dlp('*BEGIN *PRIVATE KEY*'), DEFAULT_ALLOW]);
+    const innocent = 'BEGIN '.repeat(200_000); // 1.2 MB, no key
+    const ok = await call('write_file', { path: 'work/blob.txt', content: innocent });
+    expect(ok.isError, text(ok).slice(0, 200)).toBeFalsy();
+    expect(readFileSync(join(sandbox, 'work', 'blob.txt'), 'utf8')).toBe(innocent);
+    const key = `${innocent}-----BEGIN RSA PRIVATE KEY-----\nMIIE\n`;
+    const no = await call('write_file', { path: 'work/key.pem', content: key });
+    expect(text(no)).toContain('FABRIC_ERR_POLICY_DENIED');
+    expect(existsSync(join(sandbox, 'work', 'key.pem'))).toBe(false);
+  }, 20_000);
+
+  it('compileGlob matches 1 MB hostile values in linear time', async () => {
+    const value = 'BEGIN '.repeat(175_000); // 1 MB
+    for (const p of ['*BEGIN *PRIVATE KEY*', '*B?GIN *[P]RIVATE*KEY*', '*{BEGIN,END} *KEY*']) {
+      await new Promise((r) => setTimeout(r, 0)); // lets the test timeout fire after a stall
+      expect(compileGlob(p).test(value)).toBe(false);
+      expect(compileGlob(p).test(`${value}PRIVATE KEY`)).toBe(true);
+    }
+    await new Promise((r) => setTimeout(r, 0));
+  }, 10_000);
+
+  it('content that starts with `/` cannot normalize a forbidden text away (`/<pem>/../..`)', async () => {
+    const sandbox = realpathSync(tempDir('pattern-content-dotdot'));
+    mkdirSync(join(sandbox, 'work'));
+    await startWith(sandbox, [dlp('*PRIVATE KEY*'), DEFAULT_ALLOW]);
+    const pem =
+      '-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq/9+Yk3/LBv1c\n-----END RSA PRIVATE KEY-----\n';
+    const evasive = `/${pem}${'/..'.repeat(`/${pem}`.split('/').length)}`;
+    for (const content of [pem, evasive, `/${pem}`]) {
+      const r = await call('write_file', { path: 'work/k.pem', content });
+      expect(text(r)).toContain('FABRIC_ERR_POLICY_DENIED');
+    }
+    expect(existsSync(join(sandbox, 'work', 'k.pem'))).toBe(false);
+    // Ordinary content starting with `/` is still written.
+    const ok = await call('write_file', { path: 'work/notes.txt', content: '/etc/hosts is fine' });
+    expect(ok.isError, text(ok)).toBeFalsy();
+  });
+});
