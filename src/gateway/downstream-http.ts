@@ -13,7 +13,7 @@
  */
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
+import { ErrorCode, SUPPORTED_PROTOCOL_VERSIONS } from '@modelcontextprotocol/sdk/types.js';
 import {
   ConfigError,
   FabricError,
@@ -139,6 +139,52 @@ function sameSecret(secret: Buffer | undefined, candidate: string | undefined): 
   if (secret === undefined || candidate === undefined) return secret === candidate;
   const bytes = Buffer.from(candidate);
   return bytes.length === secret.length && timingSafeEqual(bytes, secret);
+}
+
+/** MCP protocol versions a request may name in `MCP-Protocol-Version`. */
+const PROTOCOL_VERSIONS = new Set(SUPPORTED_PROTOCOL_VERSIONS);
+
+/** True when `accept` (an `Accept` header) lists `type` (or a wildcard that covers it). */
+function accepts(accept: string | undefined, type: string): boolean {
+  if (accept === undefined) return false;
+  const major = `${type.slice(0, type.indexOf('/'))}/*`;
+  return accept.split(',').some((part) => {
+    const range = part.split(';', 1)[0]!.trim().toLowerCase();
+    return range === type || range === major || range === '*/*';
+  });
+}
+
+/**
+ * What the Streamable HTTP transport refuses before a request is looked at, as the SDK's own
+ * server transport does: a POST that is not JSON (415) or whose client does not take both JSON
+ * and SSE answers (406), a GET whose client does not take SSE (406), and a protocol version
+ * this gateway does not speak on a session's request (400).
+ */
+function transportRefusal(req: IncomingMessage, inSession: boolean): [number, string] | undefined {
+  const accept = req.headers.accept;
+  if (req.method === 'POST') {
+    const type = req.headers['content-type']?.split(';', 1)[0]!.trim().toLowerCase();
+    if (type !== 'application/json') {
+      return [415, 'Unsupported Media Type: Content-Type must be application/json'];
+    }
+    if (!accepts(accept, 'application/json') || !accepts(accept, 'text/event-stream')) {
+      return [406, 'Not Acceptable: Accept must list application/json and text/event-stream'];
+    }
+  } else if (req.method === 'GET' && !accepts(accept, 'text/event-stream')) {
+    return [406, 'Not Acceptable: Accept must list text/event-stream'];
+  }
+  const version = req.headers['mcp-protocol-version'];
+  if (inSession && version !== undefined && !PROTOCOL_VERSIONS.has(String(version))) {
+    return [
+      400,
+      `Bad Request: unsupported MCP-Protocol-Version ${JSON.stringify(String(version).slice(0, 64))} (supported: ${SUPPORTED_PROTOCOL_VERSIONS.join(', ')})`,
+    ];
+  }
+  return undefined;
+}
+
+function isInitialize(m: unknown): boolean {
+  return (m as { method?: unknown }).method === 'initialize';
 }
 
 function badRequest(res: ServerResponse, code: number, message: string): void {
@@ -332,6 +378,18 @@ export class McpHttpEndpoint {
     // Activity: the request's arrival, and the end of each answer of the session (a call may
     // take long): the transport reports those (`onActivity`), no listener per request here.
     if (entry) entry.lastSeen = Date.now();
+    const refused = transportRefusal(req, entry !== undefined);
+    if (refused !== undefined) {
+      const [status, message] = refused;
+      // An unread body is not worth reading for a refusal: close instead of draining it.
+      sendJson(
+        res,
+        status,
+        jsonRpcError(-32000, message),
+        req.complete ? {} : { connection: 'close' },
+      );
+      return;
+    }
     switch (req.method) {
       case 'POST':
         await this.#post(req, res, identity, credential, entry, epoch);
@@ -409,6 +467,14 @@ export class McpHttpEndpoint {
       const kind = classifyMessage(messages[i]);
       kinds[i] = kind;
       if (kind === 'request') requests++;
+    }
+    if (entry && messages.some((m, i) => kinds[i] === 'request' && isInitialize(m))) {
+      badRequest(
+        res,
+        ErrorCode.InvalidRequest,
+        'Invalid Request: the session is initialized already',
+      );
+      return;
     }
     if (!entry) {
       const first = messages[0] as { method?: unknown };

@@ -665,6 +665,7 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
 
     const head = (token: string | undefined, length: number): string =>
       `POST ${mcpPath} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Type: application/json\r\n` +
+      'Accept: application/json, text/event-stream\r\n' +
       `${token === undefined ? '' : `Authorization: Bearer ${token}\r\n`}Content-Length: ${length}\r\n\r\n`;
 
     it('cuts a body that stops arriving with 408 after http.bodyTimeoutSeconds', async () => {

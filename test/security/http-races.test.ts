@@ -210,4 +210,46 @@ describe('HTTP requests racing their own session and calls (real sidecar)', () =
       expect({ deadline, status: claim.status }).toEqual({ deadline, status: 200 });
     }
   });
+  it('refuses what the Streamable HTTP transport refuses (415, 406, 400), after authentication', async () => {
+    const token = agentToken(sidecar, 'a');
+    const init = JSON.stringify(INIT);
+    const statusOf = async (headers: Record<string, string>, body?: string, method = 'POST') =>
+      (await send(port, { method, headers, ...(body === undefined ? {} : { body }) })).status;
+    // No credential: 401 whatever the headers (nothing is told before authentication).
+    expect(await statusOf({ 'content-type': 'text/plain' }, init)).toBe(401);
+    expect(await statusOf({ ...mcpHeaders(token), 'content-type': 'text/plain' }, init)).toBe(415);
+    expect(await statusOf({ ...mcpHeaders(token), accept: 'application/json' }, init)).toBe(406);
+    const { accept: _accept, ...noAccept } = mcpHeaders(token);
+    expect(await statusOf(noAccept, init)).toBe(406);
+    // Parameters and wildcards are read as such.
+    expect(
+      await statusOf(
+        { ...mcpHeaders(token), 'content-type': 'Application/JSON; charset=utf-8', accept: '*/*' },
+        init,
+      ),
+    ).toBe(200);
+    const session = await openSession(port, token);
+    expect(
+      await statusOf(
+        { ...mcpHeaders(token, session), accept: 'application/json' },
+        undefined,
+        'GET',
+      ),
+    ).toBe(406);
+    const ping = JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'ping' });
+    expect(
+      await statusOf({ ...mcpHeaders(token, session), 'mcp-protocol-version': '1999-01-01' }, ping),
+    ).toBe(400);
+    expect(
+      await statusOf({ ...mcpHeaders(token, session), 'mcp-protocol-version': '2025-06-18' }, ping),
+    ).toBe(200);
+    const again = await send(port, {
+      headers: mcpHeaders(token, session),
+      body: JSON.stringify({ ...INIT, id: 3 }),
+    });
+    expect(again.status).toBe(400);
+    expect(JSON.parse(again.body)).toMatchObject({ error: { code: -32600 } });
+    // The session still works.
+    expect(await statusOf(mcpHeaders(token, session), ping)).toBe(200);
+  });
 });
