@@ -54,8 +54,15 @@ export class HeartbeatListener {
   start(nc: NatsConnection): void {
     const prefixLength = this.#names.heartbeats.length - 1;
     this.#sub = nc.subscribe(this.#names.heartbeats, {
+      // Nothing may throw out of a subscription callback: nats.js would stop reading the
+      // connection. A heartbeat that cannot be read or answered (a malformed subject token, the
+      // connection draining) is dropped; its sender's next one is.
       callback: (err, msg) => {
-        if (err === null) this.#onMessage(msg, idFromToken(msg.subject.slice(prefixLength)));
+        try {
+          if (err === null) this.#onMessage(msg, idFromToken(msg.subject.slice(prefixLength)));
+        } catch {
+          this.stats.ignored++;
+        }
       },
     });
   }

@@ -619,7 +619,13 @@ export class NatsExecutor implements TaskExecutor {
       if (msg.reply) queueMicrotask(() => this.#answer(msg, encodeJson(body)));
     };
     if (checked.some((c) => c instanceof Promise)) {
-      void Promise.all(checked).then(answer);
+      // A rejection here would end the process (unhandled): refused, counted, and unanswered
+      // (the worker sends the report again).
+      Promise.all(checked)
+        .then(answer)
+        .catch(() => {
+          this.stats.reportsRejected++;
+        });
     } else answer(checked as Checked[]);
   }
 
