@@ -380,13 +380,13 @@ function compileNfa(seq: readonly Node[]): (value: string) => boolean {
     let next: number[] = [];
     // Adds `s` and its epsilon closure to `list` for step `gen`.
     const close = (s: number, gen: number, list: number[]): void => {
-      const todo = [s];
-      while (todo.length > 0) {
-        const x = todo.pop()!;
+      const frontier = [s];
+      while (frontier.length > 0) {
+        const x = frontier.pop()!;
         if (mark[x] === gen) continue;
         mark[x] = gen;
         list.push(x);
-        if (states[x]!.char === undefined) for (const o of states[x]!.out) todo.push(o);
+        if (states[x]!.char === undefined) for (const o of states[x]!.out) frontier.push(o);
       }
     };
     close(start, 0, current);
