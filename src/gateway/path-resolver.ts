@@ -15,7 +15,11 @@
  *    check but not for the file it opens; other servers may trim or not — ambiguous);
  * 2. `~` and `~/x` against `home` (unknown home: unresolvable);
  * 3. a relative path against the first root under which it stays inside some root, else the
- *    first root (no roots declared: unresolvable);
+ *    first root (no roots, or roots the agent's client forwards: unresolvable). With `realpath`, the roots are read as server-filesystem
+ *    reads its allowed directories when it starts ({@link PathResolver.readRoots}, called on
+ *    every connect): each declared root, then its real path when that differs, then only those
+ *    that are existing directories — so `../<real name>/x` under a symlinked root, or a declared
+ *    root missing at start, resolves where the server will put it;
  * 4. lexical normalization (`path.posix.resolve`: `.`/`..`/`//`, no trailing slash);
  * 5. with `realpath`: the longest existing prefix is realpath'd and the rest appended; a missing
  *    component that matches exactly one existing entry up to Unicode NFC is taken as that entry
@@ -32,7 +36,7 @@
  *
  * @module
  */
-import { lstat, readdir, readlink, realpath } from 'node:fs/promises';
+import { lstat, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { posix } from 'node:path';
 import { looksLikePath, PATH_KEY_PATTERN } from '../policy/conditions.js';
@@ -85,6 +89,12 @@ export interface PathResolutionOptions {
    * @default []
    */
   readonly params?: readonly string[] | undefined;
+  /**
+   * The upstream takes its roots from the agent's client (`forwardRoots`), so no declared root
+   * says what a relative path means to it: relative paths are unresolvable.
+   * @default false
+   */
+  readonly rootsFromClient?: boolean | undefined;
 }
 
 /** The path resolution of an upstream spec: its `paths:` with the transport's defaults. */
@@ -97,6 +107,7 @@ export function pathResolutionOf(spec: UpstreamSpec): Readonly<PathResolutionOpt
     home,
     realpath: declared?.realpath ?? (stdio ? DEFAULT_STDIO_REALPATH : DEFAULT_REMOTE_REALPATH),
     params: Object.freeze([...(declared?.params ?? [])]),
+    rootsFromClient: spec.forwardRoots,
   });
 }
 
@@ -164,6 +175,8 @@ function hasAmbiguousEnds(value: string): boolean {
 export class PathResolver {
   readonly options: Readonly<PathResolutionOptions>;
   readonly #isPathKey: PathKeyTest;
+  /** What relative paths resolve against: the declared roots until {@link readRoots}. */
+  #roots: readonly string[];
 
   constructor(options: PathResolutionOptions) {
     for (const root of options.roots) {
@@ -174,10 +187,43 @@ export class PathResolver {
       home: options.home,
       realpath: options.realpath,
       params: Object.freeze([...(options.params ?? [])]),
+      rootsFromClient: options.rootsFromClient ?? false,
     });
+    this.#roots = this.options.rootsFromClient ? [] : this.options.roots;
     const extra = new Set(this.options.params);
     this.#isPathKey =
       extra.size === 0 ? builtInPathKey : (key) => extra.has(key) || PATH_KEY_PATTERN.test(key);
+  }
+
+  /** The directories relative paths resolve against now, in order. */
+  get roots(): readonly string[] {
+    return this.#roots;
+  }
+
+  /**
+   * With `realpath`, reads the declared roots from disk the way server-filesystem builds its
+   * allowed directories when it starts: each root as declared, then its real path when that
+   * differs, then only the entries that are existing directories (a root that is missing or not
+   * a directory is skipped, so the next one becomes the first). The upstream calls this on every
+   * connect, right after the server started. Without `realpath` the declared roots stand.
+   */
+  async readRoots(): Promise<void> {
+    if (!this.options.realpath || this.options.rootsFromClient) return;
+    const expanded: string[] = [];
+    for (const root of this.options.roots) {
+      expanded.push(root);
+      const real = await realOrMissing(root);
+      if (typeof real === 'string' && real !== root) expanded.push(real);
+    }
+    const present: string[] = [];
+    for (const dir of expanded) {
+      try {
+        if ((await stat(dir)).isDirectory()) present.push(dir);
+      } catch {
+        // missing or unreadable: the server skips it too
+      }
+    }
+    this.#roots = Object.freeze(present);
   }
 
   /**
@@ -263,9 +309,16 @@ export class PathResolver {
       p = posix.join(home, p.slice(1));
     }
     if (posix.isAbsolute(p)) return posix.resolve(p);
-    const roots = this.options.roots;
+    const roots = this.#roots;
     if (roots.length === 0) {
-      return unresolved(value, 'is relative and the upstream declares no paths.roots');
+      return unresolved(
+        value,
+        this.options.rootsFromClient
+          ? "is relative and the upstream takes its roots from the agent's client (forwardRoots)"
+          : this.options.roots.length === 0
+            ? 'is relative and the upstream declares no paths.roots'
+            : 'is relative and none of paths.roots is an existing directory',
+      );
     }
     // server-filesystem's rule: the first root under which the result stays inside some root.
     for (const root of roots) {

@@ -193,6 +193,8 @@ export class Upstream {
     let phase: StartPhase = 'initialize';
     try {
       await client.connect(transport, { timeout: timeoutMs });
+      // The server has read its roots by the time it answers initialize: read them alike.
+      await this.paths.readRoots();
       this.#fast = FastUpstreamCalls.install(client, transport, LOOSE_RESULT);
       this.capabilities = client.getServerCapabilities() ?? {};
       this.instructions = client.getInstructions();

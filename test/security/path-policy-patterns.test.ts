@@ -257,3 +257,69 @@ describe('content rules', () => {
     expect(ok.isError, text(ok)).toBeFalsy();
   });
 });
+
+describe('relative paths resolve against the roots as the server reads them at start', () => {
+  /** A sidecar whose fs upstream serves `roots` (server args and `paths.roots` alike). */
+  async function startRoots(roots: string[], policies: unknown[]): Promise<void> {
+    sidecar = await startTestSidecar({
+      upstreams: {
+        fs: {
+          command: process.execPath,
+          args: [FILESYSTEM_BIN, ...roots],
+          stderr: 'ignore',
+          paths: { roots },
+        },
+      },
+      policies: policies as never,
+      agents: [{ name: 'attacker' }],
+    });
+    client = await httpClient(sidecar.url!, agentToken(sidecar, 'attacker'));
+  }
+
+  it('a symlinked root: `../<real name>/protected/x` is where the server writes it', async () => {
+    // Roots: /B/l (a link to /B/R) and /B/q/R. server-filesystem allows [/B/l, /B/R, /B/q/R]:
+    // `../R/protected/x` against /B/l is /B/R/protected/x, inside its real root, so it writes
+    // there; against the declared roots alone the first candidate is outside both, and the
+    // second (/B/q/R/protected/x) is not what the server touches.
+    const base = realpathSync(tempDir('roots-link'));
+    const real = join(base, 'R');
+    mkdirSync(join(real, 'protected'), { recursive: true });
+    mkdirSync(join(real, 'work'));
+    writeFileSync(join(real, 'protected', 'secret.txt'), SECRET);
+    writeFileSync(join(real, 'work', 'mine.txt'), 'mine');
+    const link = join(base, 'l');
+    symlinkSync(real, link);
+    const other = join(base, 'q', 'R');
+    mkdirSync(other, { recursive: true });
+    await startRoots([link, other], [readOnly(`${link}/protected/**`), DEFAULT_ALLOW]);
+    const before = tree(join(real, 'protected'));
+    for (const [tool, args] of [
+      ['write_file', { path: '../R/protected/planted.txt', content: 'pwned' }],
+      ['write_file', { path: '../R/protected/secret.txt', content: 'pwned' }],
+      ['create_directory', { path: '../R/protected/newdir' }],
+      ['move_file', { source: '../R/protected/secret.txt', destination: 'work/stolen.txt' }],
+    ] as const) {
+      const r = await call(tool, args);
+      expect(text(r), `${tool} ${JSON.stringify(args)}`).toContain('FABRIC_ERR_POLICY_DENIED');
+    }
+    expect(tree(join(real, 'protected'))).toEqual(before);
+    expect(readFileSync(join(real, 'protected', 'secret.txt'), 'utf8')).toBe(SECRET);
+    expect(tree(other)).toEqual([]);
+    await expectProtected(join(real, 'protected'), link);
+  });
+
+  it('a declared root missing at start is skipped, as the server skips it', async () => {
+    const base = realpathSync(tempDir('roots-missing'));
+    const missing = join(base, 'not-yet');
+    const sandbox = join(base, 'sandbox');
+    mkdirSync(join(sandbox, 'protected'), { recursive: true });
+    mkdirSync(join(sandbox, 'work'));
+    writeFileSync(join(sandbox, 'protected', 'secret.txt'), SECRET);
+    writeFileSync(join(sandbox, 'work', 'mine.txt'), 'mine');
+    await startRoots([missing, sandbox], [readOnly(`${sandbox}/protected/**`), DEFAULT_ALLOW]);
+    // Created after the server started: the server still does not know it, nor does policy.
+    mkdirSync(missing);
+    await expectProtected(join(sandbox, 'protected'), sandbox);
+    expect(tree(missing)).toEqual([]);
+  });
+});

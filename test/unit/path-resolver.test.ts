@@ -273,6 +273,7 @@ describe('pathResolutionOf: defaults by transport', () => {
       home: '/child',
       realpath: true,
       params: [],
+      rootsFromClient: false,
     });
     const remote = upstreamSpecSchema.parse({ url: 'http://127.0.0.1:1/mcp' });
     expect(pathResolutionOf(remote)).toEqual({
@@ -280,6 +281,7 @@ describe('pathResolutionOf: defaults by transport', () => {
       home: undefined,
       realpath: false,
       params: [],
+      rootsFromClient: false,
     });
     const declared = upstreamSpecSchema.parse({
       url: 'http://127.0.0.1:1/mcp',
@@ -290,7 +292,20 @@ describe('pathResolutionOf: defaults by transport', () => {
       home: '/h',
       realpath: true,
       params: ['to'],
+      rootsFromClient: false,
     });
+  });
+
+  it('an upstream that takes its roots from the client (forwardRoots) resolves no relative path', async () => {
+    const spec = upstreamSpecSchema.parse({
+      command: 'x',
+      forwardRoots: true,
+      paths: { roots: ['/'] },
+    });
+    const r = new PathResolver(pathResolutionOf(spec));
+    await r.readRoots();
+    expect(reason(await r.resolve('tmp/x'))).toMatch(/roots from the agent's client/);
+    expect(await r.resolve('/tmp/x')).toBe(`${realpathSync('/tmp')}/x`);
   });
 
   it('refuses relative roots and homes in the config', () => {
@@ -300,5 +315,44 @@ describe('pathResolutionOf: defaults by transport', () => {
         JSON.stringify(paths),
       ).toBe(false);
     }
+  });
+});
+
+describe('PathResolver.readRoots (roots as server-filesystem reads them at start)', () => {
+  it('adds a root’s real path after it, skips missing and non-directory roots, re-reads', async () => {
+    const base = realpathSync(tempDir('resolver-roots'));
+    const real = join(base, 'real');
+    mkdirSync(real);
+    const link = join(base, 'link');
+    symlinkSync(real, link);
+    const file = join(base, 'file.txt');
+    writeFileSync(file, 'x');
+    const missing = join(base, 'missing');
+    const r = new PathResolver({ roots: [missing, file, link], home: undefined, realpath: true });
+    expect(r.roots).toEqual([missing, file, link]); // declared, until read
+    await r.readRoots();
+    expect(r.roots).toEqual([link, real]);
+    expect(await r.resolve('x')).toBe(join(real, 'x'));
+    // `../real/x` against the link is inside the link's real path: taken at the first root.
+    expect(await r.resolve('../real/x')).toBe(join(real, 'x'));
+    mkdirSync(missing);
+    expect(await r.resolve('y')).toBe(join(real, 'y')); // the server has not seen it either
+    await r.readRoots(); // a restarted server reads it
+    expect(r.roots).toEqual([missing, link, real]);
+    expect(await r.resolve('y')).toBe(join(missing, 'y'));
+  });
+
+  it('no root left: relative paths are unresolvable, with a reason naming why', async () => {
+    const r = new PathResolver({ roots: ['/nonexistent/a'], home: undefined, realpath: true });
+    await r.readRoots();
+    expect(r.roots).toEqual([]);
+    expect(reason(await r.resolve('x'))).toMatch(/none of paths\.roots is an existing directory/);
+  });
+
+  it('without realpath (a remote upstream) the declared roots stand', async () => {
+    const r = lexical(['/nonexistent/a']);
+    await r.readRoots();
+    expect(r.roots).toEqual(['/nonexistent/a']);
+    expect(r.resolve('x')).toBe('/nonexistent/a/x');
   });
 });
