@@ -39,7 +39,7 @@ export { TypedEmitter } from './events.js';
 export { PolicyEngine } from './policy/policy-engine.js';
 export { ApprovalManager } from './policy/approval-manager.js';
 export { ToolCallAuthorizer } from './policy/tool-call-authorizer.js';
-export { normalizePath } from './policy/conditions.js';
+export { normalizePath, policyWarnings } from './policy/conditions.js';
 export { isUnresolvedPath, UnresolvedPath } from './policy/unresolved-path.js';
 export { BudgetManager } from './budget/budget-manager.js';
 export { InMemoryBudgetStore } from './budget/budget-store.js';

@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { FabricError } from '../errors.js';
+import type { UpstreamSpec } from '../gateway/upstream-config.js';
 import type { PolicyDecision } from '../policy/policy-engine.js';
 import type { PolicyAction } from '../policy/policy.js';
 import { CliError } from './api-client.js';
@@ -15,11 +16,18 @@ import { EXIT } from './exit-codes.js';
 
 const ACTIONS: readonly PolicyAction[] = ['allow', 'deny', 'require_approval'];
 
+/** What `policy test` reads from its file. */
+interface PolicyFile {
+  readonly policies: unknown[];
+  /** The upstreams of a sidecar config (none for a list of policies or one policy). */
+  readonly upstreams: Readonly<Record<string, UpstreamSpec>>;
+}
+
 /**
  * The policies of `file`: a sidecar config (its `policies:`, the whole config validated as
- * `serve` would), a list of policies, or one policy (`name:` and `rules:`).
+ * `serve` would, and its upstreams), a list of policies, or one policy (`name:` and `rules:`).
  */
-async function policiesOf(file: string): Promise<unknown[]> {
+async function policiesOf(file: string): Promise<PolicyFile> {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -32,17 +40,37 @@ async function policiesOf(file: string): Promise<unknown[]> {
   } catch (error) {
     throw new CliError(`${file}: ${(error as Error).message.split('\n')[0]}`, EXIT.failure);
   }
-  if (Array.isArray(doc)) return doc as unknown[];
+  if (Array.isArray(doc)) return { policies: doc as unknown[], upstreams: {} };
   if (doc !== null && typeof doc === 'object') {
-    if ('rules' in doc) return [doc];
+    if ('rules' in doc) return { policies: [doc], upstreams: {} };
     // A sidecar config: the policies `serve` would load, after the same checks.
     const { parseSidecarConfig } = await import('../server/config-file.js');
-    return parseSidecarConfig(text, file).policies;
+    const config = parseSidecarConfig(text, file);
+    return { policies: config.policies, upstreams: config.upstreams };
   }
   throw new CliError(
     `${file}: must be a sidecar config, a list of policies or one policy`,
     EXIT.failure,
   );
+}
+
+/**
+ * The upstream whose prefix `tool` starts with (the longest such prefix), as the gateway's
+ * catalog names tools; `undefined` when none has one (`namespace: none` upstreams are known
+ * only by their live catalog).
+ */
+function upstreamOfTool(
+  tool: string,
+  upstreams: Readonly<Record<string, UpstreamSpec>>,
+  upstreamPrefix: (name: string, spec: UpstreamSpec) => string,
+): { readonly name: string; readonly spec: UpstreamSpec } | undefined {
+  let best: { name: string; spec: UpstreamSpec; prefix: string } | undefined;
+  for (const [name, spec] of Object.entries(upstreams)) {
+    const prefix = upstreamPrefix(name, spec);
+    if (prefix === '' || !tool.startsWith(prefix) || tool.length === prefix.length) continue;
+    if (best === undefined || prefix.length > best.prefix.length) best = { name, spec, prefix };
+  }
+  return best;
 }
 
 function stringOption(value: unknown): string | undefined {
@@ -56,9 +84,12 @@ const policyTestCommand: Command = {
   summary:
     'Dry-runs one tool call against the policies of a file, offline, and shows the deciding policy and rule.',
   description: `<file> is a sidecar config (its policies:), a YAML/JSON list of policies, or one policy.
-The engine is the sidecar's, with its default action; paths in --params are matched lexically
-(the running gateway first resolves them the way the tool's upstream does). Exit 0 whatever the
-decision, unless --expect is given: then 1 when the decision differs.`,
+The engine is the sidecar's, with its default action. When <file> is a sidecar config with the
+upstream whose prefix the tool has, paths in --params are resolved the way the gateway resolves
+them for that upstream (its paths: roots, home, symlinks on this disk) and shown; otherwise they
+are matched as written. Warnings name rule values that match no call in the gateway (relative
+path patterns). Exit 0 whatever the decision, unless --expect is given: then 1 when the decision
+differs.`,
   options: {
     tool: {
       type: 'string',
@@ -112,32 +143,73 @@ decision, unless --expect is given: then 1 when the decision differs.`,
       labels[l.slice(0, eq)] = l.slice(eq + 1);
     }
     const file = ctx.positionals[0]!;
-    const { PolicyEngine } = await import('../policy/policy-engine.js');
+    const [{ PolicyEngine }, { policyWarnings }] = await Promise.all([
+      import('../policy/policy-engine.js'),
+      import('../policy/conditions.js'),
+    ]);
     const engine = new PolicyEngine();
-    const policies = await policiesOf(file);
+    const { policies, upstreams } = await policiesOf(file);
+    const warnings: string[] = [];
     for (const [i, p] of policies.entries()) {
       try {
-        engine.addPolicy(p);
+        const stored = engine.addPolicy(p);
+        for (const w of policyWarnings(stored)) warnings.push(`policy ${stored.name}: ${w}`);
       } catch (error) {
         const what = error instanceof FabricError ? error.message : String(error);
         throw new CliError(`${file}: policy ${i + 1}: ${what}`, EXIT.failure);
       }
     }
+    // Paths as the gateway sees them: resolved the way the tool's upstream resolves them.
+    const asSent = params as Record<string, unknown>;
+    const upstream =
+      Object.keys(upstreams).length === 0
+        ? undefined
+        : upstreamOfTool(
+            tool,
+            upstreams,
+            (await import('../gateway/upstream-config.js')).upstreamPrefix,
+          );
+    let view: Readonly<Record<string, unknown>> = asSent;
+    if (upstream !== undefined) {
+      const { PathResolver, pathResolutionOf } = await import('../gateway/path-resolver.js');
+      const resolver = new PathResolver(pathResolutionOf(upstream.spec));
+      await resolver.readRoots();
+      view = await resolver.view(asSent);
+    }
     const pool = stringOption(ctx.values.pool);
     const decision: PolicyDecision = engine.evaluateSync({
       agentId: stringOption(ctx.values.agent) ?? 'cli',
       tool,
-      params: params as Record<string, unknown>,
+      params: view,
+      ...(view === asSent ? {} : { rawParams: asSent }),
       ...(pool === undefined ? {} : { poolId: pool }),
       labels,
     });
+    const paths =
+      upstream !== undefined
+        ? `resolved as upstream ${upstream.name} resolves them`
+        : Object.keys(upstreams).length > 0
+          ? `as written (no upstream of ${file} has a prefix of ${tool})`
+          : 'as written (the file declares no upstreams: the gateway resolves them first)';
     const rule =
       decision.policy === null || decision.rule === null
         ? undefined
         : engine.getPolicy(decision.policy)?.rules[decision.rule];
     engine.close();
     if (ctx.json) {
-      ctx.print(JSON.stringify({ ...decision, ...(rule ? { ruleText: rule } : {}) }, null, 2));
+      ctx.print(
+        JSON.stringify(
+          {
+            ...decision,
+            ...(rule ? { ruleText: rule } : {}),
+            paths,
+            ...(view === asSent ? {} : { resolvedParams: view }),
+            warnings,
+          },
+          null,
+          2,
+        ),
+      );
     } else {
       ctx.print(`decision: ${decision.action}`);
       ctx.print(`policy:   ${decision.policy ?? '(none: the default action)'}`);
@@ -148,6 +220,9 @@ decision, unless --expect is given: then 1 when the decision differs.`,
       for (const a of decision.audit ?? []) {
         ctx.print(`audit:    ${a.policy} rule #${a.rule} would ${a.action}: ${a.reason}`);
       }
+      ctx.print(`paths:    ${paths}`);
+      if (view !== asSent) ctx.print(`params:   ${JSON.stringify(view)}`);
+      for (const w of warnings) ctx.print(`warning:  ${w}`);
     }
     return expect !== undefined && expect !== decision.action ? EXIT.failure : EXIT.ok;
   },
@@ -160,18 +235,34 @@ const configCheckCommand: Command = {
   summary:
     'Validates a sidecar config file as `serve` would (environment overrides included) and lists every problem with its line.',
   description:
-    'Nothing is started: upstreams are not launched and the policies, plugins and TLS files are not loaded. Exit 0 when valid, 1 when not.',
+    'Nothing is started: upstreams are not launched and the policies, plugins and TLS files are not loaded (a policy is only read for warnings: relative path patterns, which match no call in the gateway). Exit 0 when valid, 1 when not.',
   json: true,
   async run(ctx) {
     const file = ctx.positionals[0]!;
     const { loadSidecarConfig } = await import('../server/config-file.js');
     try {
       const config = loadSidecarConfig(file);
-      if (ctx.json) ctx.print(JSON.stringify({ valid: true, file }, null, 2));
-      else
+      const [{ parsePolicy }, { policyWarnings }] = await Promise.all([
+        import('../policy/policy.js'),
+        import('../policy/conditions.js'),
+      ]);
+      const warnings: string[] = [];
+      for (const p of config.policies) {
+        let policy;
+        try {
+          policy = parsePolicy(p);
+        } catch {
+          continue; // the engine's to refuse at start: not checked here (see the description)
+        }
+        for (const w of policyWarnings(policy)) warnings.push(`policy ${policy.name}: ${w}`);
+      }
+      if (ctx.json) ctx.print(JSON.stringify({ valid: true, file, warnings }, null, 2));
+      else {
         ctx.print(
           `${file}: valid (${Object.keys(config.upstreams).length} upstreams, ${config.policies.length} policies, ${config.agents.length} agents)`,
         );
+        for (const w of warnings) ctx.print(`warning: ${w}`);
+      }
       return EXIT.ok;
     } catch (error) {
       if (!(error instanceof FabricError)) throw error;

@@ -210,3 +210,50 @@ function compileTest(expected: string, pathish: boolean, restrictive: boolean): 
   if (real === literal) return (s) => s === literal;
   return restrictive ? (s) => s === real || s === literal : (s) => s === real;
 }
+
+/**
+ * What is worth telling the author of `policy` before it goes live: condition values on paths
+ * that match no call in the gateway. The gateway matches a path parameter as the absolute path
+ * it resolves to (`protected/x` is `/srv/sandbox/protected/x` there), so a relative path pattern
+ * (`protected/**`, `./build`, `~/.ssh/*` — the gateway expands `~` in calls, not in rules) never
+ * matches: a `deny` that does nothing. Only values that look like paths are named (they contain
+ * a `/` or start with `.` or `~`), on parameters a rule treats as paths, and only when the
+ * pattern cannot match any absolute path (it starts with a character other than `/` or a glob
+ * wildcard). Called directly (`PolicyEngine.evaluate` without the gateway) such a pattern still
+ * matches the relative value as sent; the warning says where it does not.
+ *
+ * @returns one sentence per such value, naming the rule and the condition.
+ */
+export function policyWarnings(policy: {
+  readonly rules: readonly { readonly conditions?: PolicyConditions | undefined }[];
+}): string[] {
+  const warnings: string[] = [];
+  policy.rules.forEach((rule, i) => {
+    for (const [key, expected] of Object.entries(rule.conditions ?? {})) {
+      const pathKey = PATH_KEY_PATTERN.test(key.slice(key.lastIndexOf('.') + 1));
+      const values = (Array.isArray(expected) ? expected : [expected]) as ConditionScalar[];
+      for (const value of values) {
+        if (typeof value !== 'string' || !(pathKey || looksLikePath(value))) continue;
+        if (!neverAbsolute(value)) continue;
+        if (!value.includes('/') && value[0] !== '.' && value[0] !== '~') continue;
+        const hint = value.startsWith('~')
+          ? 'write the home directory out'
+          : `anchor it (\`/srv/sandbox/${value.replace(/^(?:\.{1,2}\/)+/, '')}\`, \`\${SANDBOX}/…\` in a config) or start it with \`**/\``;
+        warnings.push(
+          `rule #${i} condition ${JSON.stringify(key)}: ${JSON.stringify(value)} is a relative path; the gateway matches path parameters as the absolute paths they resolve to, so it matches no call there (${hint})`,
+        );
+      }
+    }
+  });
+  return warnings;
+}
+
+/** True when glob or literal `pattern` cannot match a string that starts with `/`. */
+function neverAbsolute(pattern: string): boolean {
+  const c = pattern[0];
+  if (c === undefined || c === '/' || c === '*' || c === '?' || c === '[' || c === '{') {
+    return false;
+  }
+  if (c === '\\') return pattern[1] !== '/';
+  return true;
+}

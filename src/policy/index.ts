@@ -11,7 +11,13 @@ export {
   MAX_APPROVAL_SECONDS,
   parseApprovalManagerOptions,
 } from './approval-manager.js';
-export { compileConditions, looksLikePath, normalizePath, PATH_KEY_PATTERN } from './conditions.js';
+export {
+  compileConditions,
+  looksLikePath,
+  normalizePath,
+  PATH_KEY_PATTERN,
+  policyWarnings,
+} from './conditions.js';
 export { compileGlob, GlobSyntaxError, hasGlobSyntax } from './glob.js';
 export {
   compileJsonLogic,

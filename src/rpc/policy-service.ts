@@ -31,6 +31,7 @@ import {
   type Policy,
 } from '../gen/fabric/v1/policy_pb.js';
 import type { NormalizedPolicy, PolicyAction as FabricAction } from '../policy/policy.js';
+import { policyWarnings } from '../policy/conditions.js';
 import { grpcDefinition } from './grpc-definition.js';
 import {
   fromJsonBytes,
@@ -162,10 +163,13 @@ export function policyService(fabric: AgentFabric): ServiceImplementation<typeof
         if (p === undefined) throw new PolicyNotFoundError(req.name);
         return create(GetPolicyResponseSchema, { policy: policyMessage(p) });
       },
-      addPolicy: async (_caller, req) =>
-        create(AddPolicyResponseSchema, {
-          policy: policyMessage(engine.addPolicy(requestedPolicy(req))),
-        }),
+      addPolicy: async (_caller, req) => {
+        const stored = engine.addPolicy(requestedPolicy(req));
+        return create(AddPolicyResponseSchema, {
+          policy: policyMessage(stored),
+          warnings: policyWarnings(stored),
+        });
+      },
       replacePolicy: async (_caller, req) => {
         const input = requestedPolicy(req);
         const name = (input as { name?: unknown } | null)?.name;
@@ -173,8 +177,10 @@ export function policyService(fabric: AgentFabric): ServiceImplementation<typeof
         if (typeof name === 'string' && engine.getPolicy(name) === undefined) {
           throw new PolicyNotFoundError(name);
         }
+        const stored = engine.addPolicy(input, { replace: true });
         return create(ReplacePolicyResponseSchema, {
-          policy: policyMessage(engine.addPolicy(input, { replace: true })),
+          policy: policyMessage(stored),
+          warnings: policyWarnings(stored),
         });
       },
       removePolicy: async (_caller, req) => {

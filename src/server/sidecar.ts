@@ -20,6 +20,7 @@ import type { SidecarConfig } from './config-file.js';
 import { FabricMetrics } from './fabric-metrics.js';
 import type { Tracing } from '../telemetry/tracing.js';
 import { PluginHost } from '../plugins/plugin-host.js';
+import { policyWarnings } from '../policy/conditions.js';
 import type { PluginEndpoints } from '../plugins/plugin.js';
 import { startGrpcServer, type GrpcServer } from '../rpc/grpc-server.js';
 import { HttpDoor } from '../rpc/http-door.js';
@@ -262,7 +263,7 @@ export class Sidecar {
           });
         }
         step = 'fabric';
-        await configureFabric(fabric, config);
+        await configureFabric(fabric, config, log);
         // After the plugins: a `hook` plugin's store is the one whose events are counted.
         fabricMetrics = new FabricMetrics(fabric, store);
         backend = new FabricBackend(fabric);
@@ -666,8 +667,17 @@ function hookOptions(h: NonNullable<SidecarConfig['hooks']>): NonNullable<Fabric
 }
 
 /** Applies policies and pools from the config to the fabric. */
-async function configureFabric(fabric: AgentFabric, config: SidecarConfig): Promise<void> {
-  for (const p of config.policies) fabric.policies.addPolicy(p);
+async function configureFabric(
+  fabric: AgentFabric,
+  config: SidecarConfig,
+  log: (entry: GatewayLogEntry) => void,
+): Promise<void> {
+  for (const p of config.policies) {
+    const stored = fabric.policies.addPolicy(p);
+    for (const w of policyWarnings(stored)) {
+      log({ level: 'warn', msg: `policy ${stored.name}: ${w}` });
+    }
+  }
   for (const p of config.pools) {
     // Over durable state a pool made by an earlier start is kept as it is, with its agents.
     if (fabric.pools.peek(p.id) !== undefined) continue;

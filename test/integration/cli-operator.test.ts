@@ -21,7 +21,14 @@
  * - `policy test` and `config check` offline.
  */
 import { execFile, spawn } from 'node:child_process';
-import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  mkdirSync,
+  readFileSync,
+  realpathSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -151,6 +158,69 @@ describe('agent-fabric without a sidecar', () => {
     expect(mismatch.code).toBe(1);
     expect((await cli(['policy', 'test', file, '--params', '{}'])).code).toBe(2); // no --tool
     expect((await cli(['policy', 'test', file, '--tool', 't', '--params', '[1]'])).code).toBe(2);
+  });
+
+  it('policy test resolves paths as the tool’s upstream would, and warns of relative patterns', async () => {
+    const dir = realpathSync(tempDir('cli-policy-paths'));
+    const sandbox = join(dir, 'sandbox');
+    mkdirSync(join(sandbox, 'vault'), { recursive: true });
+    symlinkSync('vault', join(sandbox, 'secrets'));
+    const file = join(dir, 'fabric.yaml');
+    writeFileSync(
+      file,
+      [
+        'upstreams:',
+        '  fs:',
+        '    command: node',
+        `    args: [server.js, ${JSON.stringify(sandbox)}]`,
+        `    paths: { roots: [${JSON.stringify(sandbox)}] }`,
+        'policies:',
+        '  - name: guard',
+        '    priority: 10',
+        '    rules:',
+        '      - tool: "fs__*"',
+        '        action: deny',
+        `        conditions: { path: ${JSON.stringify(`${sandbox}/vault/**`)} }`,
+        '      - tool: "fs__*"',
+        '        action: deny',
+        '        conditions: { path: "protected/**" }',
+        '  - name: rest',
+        '    rules: [{ tool: "*", action: allow }]',
+        '',
+      ].join('\n'),
+    );
+    const policyTest = (tool: string, params: unknown, ...more: string[]) =>
+      cli(['policy', 'test', file, '--tool', tool, '--params', JSON.stringify(params), ...more]);
+    // Relative, through a symlink: the gateway sees <sandbox>/vault/key, and so does the dry run.
+    const linked = await policyTest('fs__read_text_file', { path: 'secrets/key' });
+    expect(linked.code, linked.err).toBe(0);
+    expect(linked.out).toContain('decision: deny');
+    expect(linked.out).toContain('rule:     #0 ');
+    expect(linked.out).toContain('paths:    resolved as upstream fs resolves them');
+    expect(linked.out).toContain(`params:   {"path":${JSON.stringify(`${sandbox}/vault/key`)}}`);
+    // The relative pattern matches nothing live, so the dry run says allow, and warns why.
+    const relative = await policyTest('fs__write_file', { path: 'protected/x' }, '--json');
+    expect(relative.code, relative.err).toBe(0);
+    const decided = JSON.parse(relative.out) as Record<string, unknown>;
+    expect(decided).toMatchObject({
+      action: 'allow',
+      policy: 'rest',
+      resolvedParams: { path: `${sandbox}/protected/x` },
+    });
+    expect(decided.warnings).toEqual([
+      expect.stringMatching(
+        /^policy guard: rule #1 condition "path": "protected\/\*\*" is a relative path/,
+      ),
+    ]);
+    // A tool no upstream of the file serves: matched as written, and said so.
+    const other = await policyTest('gh__x', { path: 'secrets/key' });
+    expect(other.out).toContain('decision: allow');
+    expect(other.out).toContain('paths:    as written (no upstream of');
+    expect(other.out).toContain('warning:  policy guard: rule #1');
+    // config check shows the same warning, and the file stays valid.
+    const checked = await cli(['config', 'check', file]);
+    expect(checked.code, checked.err).toBe(0);
+    expect(checked.out).toContain('warning: policy guard: rule #1 condition "path"');
   });
 
   it('config check lists every problem with its line, and names an env override as env', async () => {

@@ -337,6 +337,7 @@ describe('operator services over gRPC (real sidecar, real MCP upstream, real grp
       rules: [{ tool: 'fs__delete_*', action: PolicyAction.DENY, conditions: { path: '/etc/**' } }],
     });
     expect(fabric.policies.getPolicy('no-deletes')).toMatchObject({ priority: 10 });
+    expect(added.warnings).toEqual([]);
 
     const list = await unary<ListPoliciesResponse>(
       policies,
@@ -425,6 +426,7 @@ describe('operator services over gRPC (real sidecar, real MCP upstream, real grp
       ADMIN_TOKEN,
     );
     expect(replaced.policy?.mode).toBe(PolicyMode.AUDIT);
+    expect(replaced.warnings).toEqual([]);
     const got = await unary<GetPolicyResponse>(
       policies,
       'getPolicy',
@@ -439,6 +441,41 @@ describe('operator services over gRPC (real sidecar, real MCP upstream, real grp
       rules: [{ tool: 'fs__delete_*', action: 'deny', conditions: { id: 42 } }],
     });
     expect(got.policy!.rules[0]!.conditions).toEqual({ id: 42 });
+    // A relative path pattern is stored, and the answer says it matches no call in the gateway.
+    const relative = await unary<ReplacePolicyResponse>(
+      policies,
+      'replacePolicy',
+      create(ReplacePolicyRequestSchema, {
+        policyJson: enc({
+          name: 'no-deletes',
+          mode: 'audit',
+          rules: [
+            { tool: 'fs__delete_*', action: 'deny', conditions: { path: ['protected/**', '/x'] } },
+          ],
+        }),
+      }),
+      ADMIN_TOKEN,
+    );
+    expect(relative.warnings).toHaveLength(1);
+    expect(relative.warnings[0]).toMatch(
+      /^rule #0 condition "path": "protected\/\*\*" is a relative path; .* matches no call there/,
+    );
+    expect(fabric.policies.getPolicy('no-deletes')!.rules[0]!.conditions).toEqual({
+      path: ['protected/**', '/x'],
+    });
+    const relativeAdd = await unary<AddPolicyResponse>(
+      policies,
+      'addPolicy',
+      create(AddPolicyRequestSchema, {
+        policyJson: enc({
+          name: 'rel-add',
+          rules: [{ tool: 'x', action: 'deny', conditions: { cwd: './build' } }],
+        }),
+      }),
+      ADMIN_TOKEN,
+    );
+    expect(relativeAdd.warnings).toEqual([expect.stringContaining('"./build" is a relative path')]);
+    expect(fabric.policies.removePolicy('rel-add')).toBe(true);
 
     const ghost = await unaryError(
       policies,

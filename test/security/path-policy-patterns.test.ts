@@ -323,3 +323,38 @@ describe('relative paths resolve against the roots as the server reads them at s
     expect(tree(missing)).toEqual([]);
   });
 });
+
+describe('a relative rule pattern', () => {
+  it('is stored, matches no call in the gateway, and the sidecar says so at start', async () => {
+    const sandbox = realpathSync(tempDir('pattern-relative'));
+    mkdirSync(join(sandbox, 'protected'));
+    const logs: { level: string; msg: string }[] = [];
+    sidecar = await startTestSidecar(
+      {
+        upstreams: {
+          fs: {
+            command: process.execPath,
+            args: [FILESYSTEM_BIN, sandbox],
+            stderr: 'ignore',
+            paths: { roots: [sandbox] },
+          },
+        },
+        policies: [readOnly('protected/**'), DEFAULT_ALLOW] as never,
+        agents: [{ name: 'attacker' }],
+      },
+      { logger: (e) => logs.push({ level: e.level, msg: e.msg }) },
+    );
+    client = await httpClient(sidecar.url!, agentToken(sidecar, 'attacker'));
+    const warned = logs.filter((l) => l.level === 'warn' && l.msg.includes('relative path'));
+    // One per condition: write_file/edit_file/create_directory's path, move_file's two.
+    expect(warned.map((l) => l.msg)).toEqual([
+      expect.stringMatching(/^policy protected-files: rule #0 condition "path": "protected\/\*\*"/),
+      expect.stringMatching(/^policy protected-files: rule #1 condition "source"/),
+      expect.stringMatching(/^policy protected-files: rule #2 condition "destination"/),
+    ]);
+    // What the warning says: the call is not matched (the default-allow lets it through).
+    const r = await call('write_file', { path: 'protected/x.txt', content: 'x' });
+    expect(r.isError, text(r)).toBeFalsy();
+    expect(readFileSync(join(sandbox, 'protected', 'x.txt'), 'utf8')).toBe('x');
+  });
+});
