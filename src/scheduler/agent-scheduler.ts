@@ -226,8 +226,12 @@ export class AgentScheduler {
       if (t === undefined) return;
       const unstorable = this.#unstorable('result', result);
       // A result the store cannot keep fails the task visibly rather than vanishing on restart.
-      if (unstorable !== undefined) this.#retryOrFail(t, unstorable, false);
-      else this.#complete(t, result);
+      if (unstorable === undefined) {
+        this.#complete(t, result);
+        return undefined;
+      }
+      this.#retryOrFail(t, unstorable, false);
+      return unstorable;
     },
     fail: (id, attempt, error, options) => {
       const t = this.#reported(id, attempt);

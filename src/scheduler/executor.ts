@@ -14,8 +14,13 @@ import type { TaskAssignment, TaskError } from '../task.js';
 
 /** How an executor reports back. Every call is idempotent and ignores stale attempts. */
 export interface ExecutorSink {
-  /** The task finished with `result`. */
-  complete(taskId: string, attempt: number, result: unknown): void;
+  /**
+   * The task finished with `result`.
+   * @returns the error the task failed with instead when `result` cannot be kept (a durable
+   *   store refuses it: not JSON, nested too deep), so the executor can tell its worker; nothing
+   *   when it was applied or ignored (a stale attempt).
+   */
+  complete(taskId: string, attempt: number, result: unknown): TaskError | void;
   /**
    * The task failed. With `retry`, the failure is an infrastructure fault (crashed worker, lost
    * connection) and the task is retried while it has attempts left.

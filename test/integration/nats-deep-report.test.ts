@@ -1,7 +1,7 @@
 /**
  * Reports over NATS whose JSON nests too deep for the state store: a `complete` whose result
- * nests deeper than the store keeps fails the task with FABRIC_ERR_INVALID_ARGUMENT (it used to
- * be committed, and the next start of the sidecar refused the state file); a `fail` whose
+ * nests deeper than the store keeps fails the task with FABRIC_ERR_INVALID_ARGUMENT, and is
+ * answered so (it used to be committed, and the next start of the sidecar refused the state file); a `fail` whose
  * `error.details` cannot be stored is stored without them (it used to be answered ok and never
  * written: after a restart the task was RUNNING again). Real nats-server, real SQLite state
  * file; what a restarted fabric reads back is checked.
@@ -57,7 +57,12 @@ describeNats('NATS reports too deep for the state store', () => {
       const one = await pull();
       let result: unknown = 0.1234567890123456;
       for (let i = 0; i < 300; i++) result = [result];
-      await link.report(one.message, 'complete', { result });
+      // The worker is told: refused, with the reason, and the task failed instead.
+      const refused = await link.report(one.message, 'complete', { result });
+      expect(refused).toMatchObject({ ok: false, code: 'FABRIC_ERR_INVALID_ARGUMENT' });
+      expect(refused?.ok === false && refused.message).toMatch(
+        /nests deeper than 256 levels.*; the task failed instead$/,
+      );
       expect(await fabric.getTask(deepTask.id)).toMatchObject({
         status: TaskStatus.FAILED,
         error: { code: 'FABRIC_ERR_INVALID_ARGUMENT' },

@@ -226,8 +226,9 @@ describe('local agents on piscina worker threads', () => {
     executor.registerHandler('echo', handler('echo-payload'));
     const reports: string[] = [];
     const sink: ExecutorSink = {
-      complete: (id, attempt, result) =>
-        reports.push(`complete ${id}#${attempt} ${String(result)}`),
+      complete: (id, attempt, result) => {
+        reports.push(`complete ${id}#${attempt} ${String(result)}`);
+      },
       fail: (id, attempt, error) => reports.push(`fail ${id}#${attempt} ${error.code}`),
       started: (id, attempt) => reports.push(`started ${id}#${attempt}`),
       progress: () => undefined,

@@ -835,11 +835,20 @@ export class NatsExecutor implements TaskExecutor {
       case 'progress':
         sink.progress(r.taskId, r.attempt, r.progress);
         break;
-      case 'complete':
+      case 'complete': {
         this.#takes.delete(r.taskId);
         this.#out.delete(r.taskId);
-        sink.complete(r.taskId, r.attempt, r.result === undefined ? null : r.result);
+        const failed = sink.complete(r.taskId, r.attempt, r.result === undefined ? null : r.result);
+        // The result could not be kept and the task failed instead: the worker is told so.
+        if (failed) {
+          return {
+            ok: false,
+            code: String(failed.code),
+            message: `${failed.message}; the task failed instead`,
+          };
+        }
         break;
+      }
       case 'fail':
         this.#takes.delete(r.taskId);
         this.#out.delete(r.taskId);
