@@ -69,20 +69,31 @@ async function startShipped(cwd: string): Promise<void> {
   client = await httpClient(sidecar.url!, agentToken(sidecar, 'local-agent'));
 }
 
-/** Starts a sidecar whose fs upstream serves `sandbox`, with `policies`. */
-async function startWith(sandbox: string, policies: unknown[]): Promise<void> {
-  sidecar = await startTestSidecar({
-    upstreams: {
-      fs: {
-        command: process.execPath,
-        args: [FILESYSTEM_BIN, sandbox],
-        stderr: 'ignore',
-        paths: { roots: [sandbox] },
+/**
+ * Starts a sidecar whose fs upstream serves `sandbox` (one folder, or several: server arguments
+ * and `paths.roots` alike), with `policies`.
+ */
+async function startWith(
+  sandbox: string | string[],
+  policies: unknown[],
+  options: Parameters<typeof startTestSidecar>[1] = {},
+): Promise<void> {
+  const roots = typeof sandbox === 'string' ? [sandbox] : sandbox;
+  sidecar = await startTestSidecar(
+    {
+      upstreams: {
+        fs: {
+          command: process.execPath,
+          args: [FILESYSTEM_BIN, ...roots],
+          stderr: 'ignore',
+          paths: { roots },
+        },
       },
+      policies: policies as never,
+      agents: [{ name: 'attacker' }],
     },
-    policies: policies as never,
-    agents: [{ name: 'attacker' }],
-  });
+    options,
+  );
   client = await httpClient(sidecar.url!, agentToken(sidecar, 'attacker'));
 }
 
@@ -259,23 +270,6 @@ describe('content rules', () => {
 });
 
 describe('relative paths resolve against the roots as the server reads them at start', () => {
-  /** A sidecar whose fs upstream serves `roots` (server args and `paths.roots` alike). */
-  async function startRoots(roots: string[], policies: unknown[]): Promise<void> {
-    sidecar = await startTestSidecar({
-      upstreams: {
-        fs: {
-          command: process.execPath,
-          args: [FILESYSTEM_BIN, ...roots],
-          stderr: 'ignore',
-          paths: { roots },
-        },
-      },
-      policies: policies as never,
-      agents: [{ name: 'attacker' }],
-    });
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'attacker'));
-  }
-
   it('a symlinked root: `../<real name>/protected/x` is where the server writes it', async () => {
     // Roots: /B/l (a link to /B/R) and /B/q/R. server-filesystem allows [/B/l, /B/R, /B/q/R]:
     // `../R/protected/x` against /B/l is /B/R/protected/x, inside its real root, so it writes
@@ -291,7 +285,7 @@ describe('relative paths resolve against the roots as the server reads them at s
     symlinkSync(real, link);
     const other = join(base, 'q', 'R');
     mkdirSync(other, { recursive: true });
-    await startRoots([link, other], [readOnly(`${link}/protected/**`), DEFAULT_ALLOW]);
+    await startWith([link, other], [readOnly(`${link}/protected/**`), DEFAULT_ALLOW]);
     const before = tree(join(real, 'protected'));
     for (const [tool, args] of [
       ['write_file', { path: '../R/protected/planted.txt', content: 'pwned' }],
@@ -316,7 +310,7 @@ describe('relative paths resolve against the roots as the server reads them at s
     mkdirSync(join(sandbox, 'work'));
     writeFileSync(join(sandbox, 'protected', 'secret.txt'), SECRET);
     writeFileSync(join(sandbox, 'work', 'mine.txt'), 'mine');
-    await startRoots([missing, sandbox], [readOnly(`${sandbox}/protected/**`), DEFAULT_ALLOW]);
+    await startWith([missing, sandbox], [readOnly(`${sandbox}/protected/**`), DEFAULT_ALLOW]);
     // Created after the server started: the server still does not know it, nor does policy.
     mkdirSync(missing);
     await expectProtected(join(sandbox, 'protected'), sandbox);
@@ -329,22 +323,9 @@ describe('a relative rule pattern', () => {
     const sandbox = realpathSync(tempDir('pattern-relative'));
     mkdirSync(join(sandbox, 'protected'));
     const logs: { level: string; msg: string }[] = [];
-    sidecar = await startTestSidecar(
-      {
-        upstreams: {
-          fs: {
-            command: process.execPath,
-            args: [FILESYSTEM_BIN, sandbox],
-            stderr: 'ignore',
-            paths: { roots: [sandbox] },
-          },
-        },
-        policies: [readOnly('protected/**'), DEFAULT_ALLOW] as never,
-        agents: [{ name: 'attacker' }],
-      },
-      { logger: (e) => logs.push({ level: e.level, msg: e.msg }) },
-    );
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'attacker'));
+    await startWith(sandbox, [readOnly('protected/**'), DEFAULT_ALLOW], {
+      logger: (e) => logs.push({ level: e.level, msg: e.msg }),
+    });
     const warned = logs.filter((l) => l.level === 'warn' && l.msg.includes('relative path'));
     // One per condition: write_file/edit_file/create_directory's path, move_file's two.
     expect(warned.map((l) => l.msg)).toEqual([
