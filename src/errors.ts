@@ -606,11 +606,12 @@ export class BudgetExceededError extends FabricError {
 /** A usage amount or estimate is negative, NaN, infinite or not a number. */
 export class InvalidUsageError extends FabricError {
   static readonly code = 'FABRIC_ERR_INVALID_USAGE';
-  constructor(field: string, value: unknown) {
+  /** `max`: the largest amount accepted (`BudgetManager`'s `MAX_USAGE_AMOUNT`). */
+  constructor(field: string, value: unknown, max: number) {
     super(
       InvalidUsageError.code,
       'invalid_argument',
-      `${field} must be a finite non-negative number, got ${typeof value === 'number' ? String(value) : typeof value}`,
+      `${field} must be a non-negative number of at most ${max}, got ${typeof value === 'number' ? String(value) : typeof value}`,
       { field },
     );
   }

@@ -41,7 +41,7 @@ export { ApprovalManager } from './policy/approval-manager.js';
 export { ToolCallAuthorizer } from './policy/tool-call-authorizer.js';
 export { normalizePath, policyWarnings } from './policy/conditions.js';
 export { isUnresolvedPath, UnresolvedPath } from './policy/unresolved-path.js';
-export { BudgetManager } from './budget/budget-manager.js';
+export { BudgetManager, MAX_USAGE_AMOUNT } from './budget/budget-manager.js';
 export { InMemoryBudgetStore } from './budget/budget-store.js';
 export { parseBudgetConfig } from './budget/budget-config.js';
 export { HookManager } from './hooks/hook-manager.js';

@@ -36,6 +36,13 @@ export interface ReserveOptions extends BudgetCallOptions {
    * @default false
    */
   clampTokens?: boolean | undefined;
+  /**
+   * Hold nothing and refuse nothing, not even on an exhausted scope: for a call whose usage
+   * reaches the budgets another way — a usage report, counted by {@link BudgetManager.recordUsage},
+   * which is never refused. Settling its reservation still charges what it is settled with.
+   * @default false
+   */
+  unmetered?: boolean | undefined;
 }
 
 /** Options of {@link BudgetManager.reserveWhenFree}. */
@@ -118,6 +125,13 @@ export interface BudgetManagerOptions {
 
 /** Default of {@link BudgetManagerOptions.maxWaitersPerAgent}. */
 export const DEFAULT_MAX_WAITERS_PER_AGENT = 64;
+
+/**
+ * Largest amount (tokens or cost) one usage, estimate or settle may carry. Far beyond any real
+ * call, and small enough that no number of them sums to a non-finite count (two reports of
+ * 1e308 used to make a scope's usage `Infinity`, which the state file cannot hold).
+ */
+export const MAX_USAGE_AMOUNT = 1e15;
 
 /** Events of a {@link BudgetManager}. */
 export type BudgetEvents = {
@@ -333,6 +347,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     let tokens = amount('estimate.tokens', estimate, 'tokens');
     const cost = amount('estimate.cost', estimate, 'cost');
     const poolId = options?.poolId;
+    if (options?.unmetered === true) return ALLOWED;
     if (options?.clampTokens === true) tokens = this.#clamp(agentId, poolId, tokens);
     const short = this.#shortfall(agentId, poolId, tokens, cost, Date.now());
     return short === null ? ALLOWED : Object.freeze({ allowed: false as const, ...short });
@@ -347,6 +362,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     let tokens = amount('estimate.tokens', estimate, 'tokens');
     const cost = amount('estimate.cost', estimate, 'cost');
     const poolId = options?.poolId;
+    if (options?.unmetered === true) return this.#hold(agentId, poolId, 0, 0);
     if (options?.clampTokens === true) tokens = this.#clamp(agentId, poolId, tokens);
     const short = this.#shortfall(agentId, poolId, tokens, cost, Date.now());
     if (short !== null) throw new BudgetExceededError(short);
@@ -381,6 +397,10 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     return new Promise<Reservation>((resolve, reject) => {
       if (signal?.aborted) {
         reject(abortReason(signal));
+        return;
+      }
+      if (options.unmetered === true) {
+        resolve(this.#hold(agentId, poolId, 0, 0));
         return;
       }
       const w: Waiter = {
@@ -671,11 +691,12 @@ function id(field: string, value: unknown): string {
 }
 
 function amount(field: string, usage: UsageAmount | undefined, key: 'tokens' | 'cost'): number {
-  if (usage === null || typeof usage !== 'object') throw new InvalidUsageError(field, usage);
+  if (usage === null || typeof usage !== 'object')
+    throw new InvalidUsageError(field, usage, MAX_USAGE_AMOUNT);
   const v: unknown = usage[key];
   if (v === undefined) return 0;
-  if (typeof v !== 'number' || !(v >= 0) || v === Number.POSITIVE_INFINITY) {
-    throw new InvalidUsageError(field, v);
+  if (typeof v !== 'number' || !(v >= 0) || v > MAX_USAGE_AMOUNT) {
+    throw new InvalidUsageError(field, v, MAX_USAGE_AMOUNT);
   }
   return v;
 }

@@ -9,7 +9,11 @@ export {
   DEFAULT_WARN_AT_PERCENT,
   parseBudgetConfig,
 } from './budget-config.js';
-export { BudgetManager, DEFAULT_MAX_WAITERS_PER_AGENT } from './budget-manager.js';
+export {
+  BudgetManager,
+  DEFAULT_MAX_WAITERS_PER_AGENT,
+  MAX_USAGE_AMOUNT,
+} from './budget-manager.js';
 export { InMemoryBudgetStore } from './budget-store.js';
 export { COST_BUCKET_MS, TOKEN_BUCKET_MS } from './scope-usage.js';
 export { DAY_MS, HOUR_MS, SlidingWindow, UtcDayWindow, windowFromJSON } from './usage-window.js';

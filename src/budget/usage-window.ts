@@ -99,10 +99,10 @@ export class SlidingWindow implements UsageWindow {
     if (state.buckets.length !== w.#n) throw new RangeError('bucket count does not match window');
     let total = 0;
     for (let i = 0; i < w.#n; i++) {
-      const v = state.buckets[i]!;
-      if (!(v >= 0) || !Number.isFinite(v)) throw new RangeError('bucket amounts must be >= 0');
+      const v = storedAmount(state.buckets[i]);
+      if (v === undefined) throw new RangeError('bucket amounts must be >= 0');
       w.#buckets[i] = v;
-      total += v;
+      total = Math.min(total + v, Number.MAX_VALUE);
     }
     w.#total = total;
     return w;
@@ -214,9 +214,9 @@ export class UtcDayWindow implements UsageWindow {
   /** Rebuilds a window from {@link toJSON} output. */
   static fromJSON(state: UtcDayWindowState): UtcDayWindow {
     const w = new UtcDayWindow(state.day * DAY_MS);
-    if (!(state.used >= 0) || !Number.isFinite(state.used))
-      throw new RangeError('used must be >= 0');
-    w.#used = state.used;
+    const used = storedAmount(state.used);
+    if (used === undefined) throw new RangeError('used must be >= 0');
+    w.#used = used;
     return w;
   }
 
@@ -275,6 +275,18 @@ const zeroRuns: string[] = [];
 /** `,0` repeated `n` times (remembered: windows have a fixed number of buckets). */
 function zeroRun(n: number): string {
   return (zeroRuns[n] ??= ',0'.repeat(n));
+}
+
+/**
+ * An amount as read from a store: a finite non-negative number as it is; `null` — what
+ * {@link jsonNumber} writes for a count that overflowed (state files written before amounts were
+ * capped at `MAX_USAGE_AMOUNT`) — as the largest number, so the scope stays exhausted until that
+ * usage leaves its window rather than the whole state being unreadable; anything else
+ * `undefined`.
+ */
+function storedAmount(v: unknown): number | undefined {
+  if (v === null) return Number.MAX_VALUE;
+  return typeof v === 'number' && v >= 0 && Number.isFinite(v) ? v : undefined;
 }
 
 /** `JSON.stringify` of a number: its shortest form, `null` when not finite (as `-0` → `0`). */

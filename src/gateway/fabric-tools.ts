@@ -7,6 +7,7 @@
  */
 import type { CallToolResult, Tool } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
+import { MAX_USAGE_AMOUNT } from '../budget/budget-manager.js';
 import { InvalidArgumentError } from '../errors.js';
 import { MAX_CLAIM_ACK_SECONDS } from '../scheduler/claim-leases.js';
 import { bigintAsNumber } from '../validate.js';
@@ -38,9 +39,10 @@ export interface FabricTaskLink {
 export interface FabricTool {
   readonly tool: Tool;
   /**
-   * Its answer reaches the agent even when its tokens do not fit the budget (they are then not
-   * charged): `record_usage` confirms usage it already recorded, and an agent that never saw
-   * the confirmation would report the same usage again.
+   * A usage report: never refused for budget (usage that happened is counted even past a limit,
+   * as `recordUsage` does), and its answer reaches the agent even when its tokens do not fit
+   * (they are then not charged): `record_usage` confirms usage it already recorded, and an agent
+   * that never saw the confirmation would report the same usage again.
    */
   readonly alwaysDelivered?: boolean;
   call(backend: GatewayBackend, call: FabricToolCall): Promise<CallToolResult>;
@@ -169,7 +171,12 @@ export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
       ...define(
         'record_usage',
         'Record model usage (tokens, cost) this agent spent outside tool calls, against its budget.',
-        z.object({ tokens: z.number().int().min(0), cost: z.number().min(0) }).strict(),
+        z
+          .object({
+            tokens: z.number().int().min(0).max(MAX_USAGE_AMOUNT),
+            cost: z.number().min(0).max(MAX_USAGE_AMOUNT),
+          })
+          .strict(),
         (b, agentId, a) =>
           b.recordUsage(agentId, { tokens: a.tokens, cost: a.cost }) ?? { ok: true },
       ),

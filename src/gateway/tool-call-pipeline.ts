@@ -97,7 +97,11 @@ export interface PipelineCall {
   readonly resumeApproval?: string | undefined;
   /** Writes the call's audit line and metrics ({@link ToolCallPipeline.auditor}). */
   readonly audit: (fields: AuditOutcome) => void;
-  /** The result is delivered even when its tokens do not fit (not charged). @default false */
+  /**
+   * A usage report: admitted whatever the budgets say (it reserves nothing; policy still
+   * decides), and its result is delivered even when its tokens do not fit (not charged).
+   * @default false
+   */
   readonly alwaysDelivered?: boolean | undefined;
   /** Charge the result's tokens (a subscription's `{}` has none). @default true */
   readonly countTokens?: boolean | undefined;
@@ -170,7 +174,15 @@ export type ToolCallEvents = { 'call.ended': [EndedToolCall] };
 interface BudgetAdmission {
   readonly waitMs: number;
   readonly clampTokens: true;
+  readonly unmetered?: true;
 }
+
+/** The admission of an `alwaysDelivered` call (a usage report): never refused for budget. */
+const UNMETERED: BudgetAdmission = Object.freeze({
+  waitMs: 0,
+  clampTokens: true,
+  unmetered: true,
+});
 
 interface Authorized {
   readonly auth: ToolCallAuthorization;
@@ -254,7 +266,8 @@ export class ToolCallPipeline {
     try {
       const cost = this.#costs.costOf(call.tool);
       let budget = this.#budgetOptions;
-      if (!estimate.observed) {
+      if (call.alwaysDelivered === true) budget = UNMETERED;
+      else if (!estimate.observed) {
         try {
           ({ flight, budget } = await this.#coldFlight(estimate, abort.signal));
         } catch (error) {

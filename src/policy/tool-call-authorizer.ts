@@ -59,6 +59,12 @@ export interface ToolCallBudgetOptions {
    * @default false
    */
   readonly clampTokens?: boolean | undefined;
+  /**
+   * Reserve nothing and never refuse for budget (see `ReserveOptions.unmetered`): for a call
+   * that reports usage, which is counted even past a limit. Policy still decides it.
+   * @default false
+   */
+  readonly unmetered?: boolean | undefined;
 }
 
 /** The tool call to authorize. */
@@ -291,6 +297,7 @@ export class ToolCallAuthorizer {
       const reservation = await this.#budgets.reserveWhenFree(ctx.agentId, estimate, {
         poolId: ctx.poolId,
         clampTokens: ctx.budget?.clampTokens === true,
+        unmetered: ctx.budget?.unmetered === true,
         waitMs: waitMsOf(ctx),
         signal: ctx.signal,
       });
@@ -434,9 +441,10 @@ function allowed(
   );
 }
 
-/** Reservation options of a call: its pool, and whether its token estimate is clamped. */
+/** Reservation options of a call: its pool, whether its token estimate is clamped or not held. */
 function reserveOptions(ctx: ToolCallContext): ReserveOptions | undefined {
   const clampTokens = ctx.budget?.clampTokens === true;
+  if (ctx.budget?.unmetered === true) return { poolId: ctx.poolId, unmetered: true };
   if (ctx.poolId === undefined) return clampTokens ? CLAMP : undefined;
   return { poolId: ctx.poolId, clampTokens };
 }

@@ -483,6 +483,19 @@ export class PoolManager {
     });
   }
 
+  /**
+   * Sets the budget each agent the pool spawns from now on gets (`undefined`: none) and returns
+   * the pool's current agents, whose own budgets are the caller's to update.
+   * @throws PoolNotFoundError for an unknown pool.
+   */
+  setAgentBudget(poolId: string, budget: AgentConfig['budget']): readonly string[] {
+    const rec = this.#pools.get(poolId);
+    if (rec === undefined) throw new PoolNotFoundError(poolId);
+    rec.agentBudget = budget;
+    this.#pools.put(poolId, rec);
+    return [...rec.agentIds];
+  }
+
   /** The pool's record, if it exists. */
   peek(poolId: string): Readonly<PoolRecord> | undefined {
     return this.#pools.get(poolId);

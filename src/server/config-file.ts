@@ -65,7 +65,7 @@ const budgetSchema = z
   .object({
     maxTokensPerHour: z.number().positive().optional(),
     maxCostPerDay: z.number().positive().optional(),
-    warnAtPercent: z.number().min(0).max(100).optional(),
+    warnAtPercent: z.number().gt(0).max(100).optional(),
   })
   .strict();
 

@@ -679,8 +679,16 @@ async function configureFabric(
     }
   }
   for (const p of config.pools) {
-    // Over durable state a pool made by an earlier start is kept as it is, with its agents.
-    if (fabric.pools.peek(p.id) !== undefined) continue;
+    // Over durable state a pool made by an earlier start is kept as it is, with its agents;
+    // only the config's `budget` — every spawned agent's — is applied to it and them again, as
+    // to start-up agents (limits set at run time are left alone when the config names none).
+    if (fabric.pools.peek(p.id) !== undefined) {
+      const agents = fabric.pools.setAgentBudget(p.id, config.budget);
+      if (config.budget !== undefined) {
+        for (const id of agents) fabric.budgets.setBudget(id, config.budget);
+      }
+      continue;
+    }
     await fabric.createPool({
       poolId: p.id,
       model: p.model,

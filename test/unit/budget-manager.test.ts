@@ -5,7 +5,11 @@ import {
   InvalidArgumentError,
   InvalidUsageError,
 } from '../../src/errors.js';
-import { BudgetManager, type Reservation } from '../../src/budget/budget-manager.js';
+import {
+  BudgetManager,
+  MAX_USAGE_AMOUNT,
+  type Reservation,
+} from '../../src/budget/budget-manager.js';
 import { InMemoryBudgetStore } from '../../src/budget/budget-store.js';
 import type { BudgetAlert } from '../../src/budget/scope-usage.js';
 
@@ -283,6 +287,27 @@ describe('BudgetManager', () => {
     });
   });
 
+  it('unmetered: holds nothing and refuses nothing, even on an exhausted scope', () => {
+    budgets.setBudget('a', { maxTokensPerHour: 10 });
+    budgets.recordUsage('a', { tokens: 50 });
+    expect(budgets.check('a', { tokens: 5 }).allowed).toBe(false);
+    expect(budgets.check('a', { tokens: 5 }, { unmetered: true }).allowed).toBe(true);
+    const r = budgets.reserve('a', { tokens: 5 }, { unmetered: true });
+    expect(budgets.getStatus('a').tokensReserved).toBe(0);
+    budgets.settle(r, { tokens: 0 });
+    expect(budgets.getStatus('a').tokensUsed).toBe(50);
+    expect(() => budgets.reserve('a', { tokens: 5 })).toThrow(/budget/i);
+  });
+
+  it('unmetered reserveWhenFree resolves at once with nothing held', async () => {
+    budgets.setBudget('a', { maxCostPerDay: 1 });
+    budgets.recordUsage('a', { cost: 2 });
+    const r = await budgets.reserveWhenFree('a', { cost: 1 }, { waitMs: 1000, unmetered: true });
+    expect(r.state).toBe('reserved');
+    expect(budgets.getStatus('a').costReserved).toBe(0);
+    budgets.release(r);
+  });
+
   describe('validation', () => {
     it.each([
       [{ tokens: -1 }, 'usage.tokens'],
@@ -290,6 +315,8 @@ describe('BudgetManager', () => {
       [{ tokens: '5' }, 'usage.tokens'],
       [{ cost: Number.POSITIVE_INFINITY }, 'usage.cost'],
       [{ cost: null }, 'usage.cost'],
+      [{ cost: 1e308 }, 'usage.cost'],
+      [{ tokens: MAX_USAGE_AMOUNT + 1 }, 'usage.tokens'],
     ])('rejects usage %o', (usage, field) => {
       let err: unknown;
       try {
@@ -300,6 +327,14 @@ describe('BudgetManager', () => {
       expect(err).toBeInstanceOf(InvalidUsageError);
       expect((err as InvalidUsageError).details.field).toBe(field);
       expect(budgets.getStatus('a').tokensUsed).toBe(0);
+    });
+
+    it('accepts amounts up to MAX_USAGE_AMOUNT, and their sums stay finite', () => {
+      for (let i = 0; i < 3; i++) budgets.recordUsage('a', { cost: MAX_USAGE_AMOUNT });
+      expect(budgets.getStatus('a').costUsed).toBe(3 * MAX_USAGE_AMOUNT);
+      expect(() => budgets.reserve('a', { cost: MAX_USAGE_AMOUNT * 10 })).toThrow(
+        /estimate\.cost must be a non-negative number of at most 1000000000000000/,
+      );
     });
 
     it('rejects bad estimates and actuals, keeping the reservation', () => {

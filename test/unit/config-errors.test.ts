@@ -125,4 +125,22 @@ describe('config errors', () => {
     ]);
     expect(list[0]!.message).toContain('library use only');
   });
+
+  it('refuses a budget warnAtPercent of 0 at its line (the budget manager takes (0, 100])', () => {
+    const yaml = [
+      'budget:', // 1
+      '  warnAtPercent: 0', // 2
+      'agents:', // 3
+      '  - name: a', // 4
+      '    budget: { maxTokensPerHour: 10, warnAtPercent: 0 }', // 5
+    ].join('\n');
+    const { list } = problems(() => parseSidecarConfig(yaml, 'f.yaml', { env: {} }));
+    expect(list.map((p) => [p.path, p.line])).toEqual([
+      ['budget.warnAtPercent', 2],
+      ['agents.0.budget.warnAtPercent', 5],
+    ]);
+    expect(() =>
+      parseSidecarConfig('budget: { warnAtPercent: 0.5 }', 'f.yaml', { env: {} }),
+    ).not.toThrow();
+  });
 });
