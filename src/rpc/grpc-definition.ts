@@ -21,6 +21,7 @@ import {
 } from '@bufbuild/protobuf';
 import type { ServiceDefinition } from '@grpc/grpc-js';
 import { InvalidArgumentError } from '../errors.js';
+import { countFieldsOver } from './wire-fields.js';
 
 /**
  * Most nested messages a request may hold when decoded: protobuf-es's default. A
@@ -28,6 +29,12 @@ import { InvalidArgumentError } from '../errors.js';
  * ListValue → Value), so this admits JSON about 50 levels deep.
  */
 export const DEFAULT_GRPC_RECURSION_LIMIT = 100;
+/**
+ * Most fields one request may hold, at any depth, counted on its bytes before it is decoded
+ * (see `wire-fields.ts`): a JSON value in a `google.protobuf.Value` is about two, so this is the
+ * HTTP door's bound of 200,000 values.
+ */
+export const MAX_GRPC_REQUEST_FIELDS = 400_000;
 
 /**
  * grpc-js definition of every unary and server-streaming method of `service`, keyed by the
@@ -90,12 +97,19 @@ export function sendAndCheckWritten(response: object, send: () => void): boolean
 /**
  * Decodes a request's protobuf binary.
  * @throws InvalidArgumentError (`details.field` `request`) when `bytes` is not a valid message
- *   of `schema` — malformed, or nested deeper than {@link DEFAULT_GRPC_RECURSION_LIMIT}.
+ *   of `schema` — malformed, nested deeper than {@link DEFAULT_GRPC_RECURSION_LIMIT}, or
+ *   holding more than {@link MAX_GRPC_REQUEST_FIELDS} fields (refused before decoding).
  */
 export function decodeRequest<D extends DescMessage>(
   schema: D,
   bytes: Uint8Array,
 ): MessageShape<D> {
+  if (countFieldsOver(schema, bytes, MAX_GRPC_REQUEST_FIELDS, DEFAULT_GRPC_RECURSION_LIMIT)) {
+    throw new InvalidArgumentError(
+      'request',
+      `holds more than ${MAX_GRPC_REQUEST_FIELDS} fields (about ${MAX_GRPC_REQUEST_FIELDS / 2} JSON values)`,
+    );
+  }
   try {
     return fromBinary(schema, bytes, { recursionLimit: DEFAULT_GRPC_RECURSION_LIMIT });
   } catch (error) {

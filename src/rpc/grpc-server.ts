@@ -41,6 +41,14 @@ export interface GrpcServerOptions
   reflection?: boolean | undefined;
 }
 
+/**
+ * Most calls one client connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`;
+ * grpc-js sets none): a client queues further calls until one ends. Bounds what one connection
+ * can make the server hold — streams, and request bytes received before a call's credential is
+ * checked (grpc-js hands a call over only once its message is complete: up to 4 MiB each).
+ */
+export const MAX_CONCURRENT_STREAMS = 100;
+
 /** A running gRPC server. */
 export interface GrpcServer {
   /** `host:port` to dial. */
@@ -63,7 +71,7 @@ export async function startGrpcServer(
 ): Promise<GrpcServer> {
   const host = options.host ?? '127.0.0.1';
   checkListenerSecurity('gRPC', host, options.tls, options.allowInsecure);
-  const server = new Server();
+  const server = new Server({ 'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS });
   const streams = new ActiveStreams();
   const serviceOptions: GrpcServiceOptions = {
     streams,

@@ -37,9 +37,15 @@ import {
   type HealthCheckRequest,
   type HealthCheckResponse,
 } from '../gen/grpc/health/v1/health_pb.js';
+import { statusMessage } from './rpc-call.js';
 
 /** How often a `Watch` looks at the probes again. */
 export const HEALTH_WATCH_INTERVAL_MS = 1_000;
+/**
+ * Most `Watch` streams open at once (the health service takes no credential): more are refused
+ * with RESOURCE_EXHAUSTED rather than held open without bound.
+ */
+export const MAX_HEALTH_WATCHES = 1024;
 
 /** A part the server's health depends on: true while it works. Must not throw. */
 export type HealthProbe = () => boolean;
@@ -111,7 +117,7 @@ export const HEALTH_SERVICE_DEFINITION: ServiceDefinition = {
  * open `Watch` (call it before shutting the server down: a stream would hold it open).
  */
 export function addHealthService(server: Server, registry: HealthRegistry): () => void {
-  const watches = new Set<() => void>();
+  const watches = new Set<Watch>();
   server.addService(HEALTH_SERVICE_DEFINITION, {
     check: (
       call: ServerUnaryCall<HealthCheckRequest, HealthCheckResponse>,
@@ -119,12 +125,22 @@ export function addHealthService(server: Server, registry: HealthRegistry): () =
     ) => {
       const s = registry.status(call.request.service);
       if (s === undefined) {
-        callback({ code: status.NOT_FOUND, details: `unknown service ${call.request.service}` });
+        callback({
+          code: status.NOT_FOUND,
+          details: statusMessage(`unknown service ${call.request.service}`),
+        });
         return;
       }
       callback(null, create(HealthCheckResponseSchema, { status: s }));
     },
     watch: (call: ServerWritableStream<HealthCheckRequest, HealthCheckResponse>) => {
+      if (watches.size >= MAX_HEALTH_WATCHES) {
+        call.emit('error', {
+          code: status.RESOURCE_EXHAUSTED,
+          details: `more than ${MAX_HEALTH_WATCHES} health watches are open; use Check, or retry later`,
+        });
+        return;
+      }
       let last: ServingStatus | undefined;
       const send = (): void => {
         const s = registry.status(call.request.service) ?? ServingStatus.SERVICE_UNKNOWN;
@@ -132,22 +148,37 @@ export function addHealthService(server: Server, registry: HealthRegistry): () =
         last = s;
         call.write(create(HealthCheckResponseSchema, { status: s }));
       };
-      const timer = setInterval(send, HEALTH_WATCH_INTERVAL_MS);
-      timer.unref();
-      const end = (): void => {
-        clearInterval(timer);
-        watches.delete(end);
-        call.end();
+      const watch: Watch = {
+        send,
+        end: () => {
+          forget(watch);
+          call.end();
+        },
       };
-      watches.add(end);
-      call.on('cancelled', () => {
-        clearInterval(timer);
-        watches.delete(end);
-      });
+      watches.add(watch);
+      // One timer re-evaluates every watch, running only while some are open.
+      timer ??= setInterval(() => {
+        for (const w of watches) w.send();
+      }, HEALTH_WATCH_INTERVAL_MS).unref();
+      call.on('cancelled', () => forget(watch));
       send();
     },
   });
-  return () => {
-    for (const end of [...watches]) end();
+  let timer: NodeJS.Timeout | undefined;
+  const forget = (w: Watch): void => {
+    watches.delete(w);
+    if (watches.size === 0 && timer !== undefined) {
+      clearInterval(timer);
+      timer = undefined;
+    }
   };
+  return () => {
+    for (const w of [...watches]) w.end();
+  };
+}
+
+/** An open `Watch`: re-evaluated on the shared timer, ended at shutdown. */
+interface Watch {
+  readonly send: () => void;
+  readonly end: () => void;
 }

@@ -179,6 +179,12 @@ export const ERROR_CODE_TRAILER = 'fabric-error-code';
 export const ERROR_DETAILS_TRAILER = 'fabric-error-details';
 /** Longest `fabric-error-details` value: grpc-js clients refuse metadata over 8 KiB in all. */
 export const MAX_ERROR_DETAILS_LENGTH = 4096;
+/**
+ * Longest status message, in UTF-8 bytes (it goes out percent-encoded, at most 3 KiB): a message
+ * that echoes what the caller sent (`task <id> does not exist`) cannot grow the trailers past
+ * what grpc-js clients read (8 KiB of metadata in all: a longer one killed the connection).
+ */
+export const MAX_STATUS_MESSAGE_BYTES = 1024;
 /** Detail members never put on the wire, whatever an error carries (credentials and the like). */
 const SECRET_KEY =
   /credential|secret|password|authorization|^(access|bearer|admin)?_?token$|api[-_]?key/i;
@@ -199,14 +205,31 @@ export function toServiceError(err: unknown): {
   if (err instanceof FabricError) {
     metadata.set(ERROR_CODE_TRAILER, err.code);
     metadata.set(ERROR_DETAILS_TRAILER, errorDetailsJson(err.details));
-    return { code: GRPC_STATUS_BY_KIND[err.kind], details: err.message, metadata };
+    return { code: GRPC_STATUS_BY_KIND[err.kind], details: statusMessage(err.message), metadata };
   }
   metadata.set('fabric-error-code', 'FABRIC_ERR_INTERNAL');
   return {
     code: status.INTERNAL,
-    details: err instanceof Error ? err.message : String(err),
+    details: statusMessage(err instanceof Error ? err.message : String(err)),
     metadata,
   };
+}
+
+/** `message` cut to {@link MAX_STATUS_MESSAGE_BYTES} at a character boundary, marked `…`. */
+export function statusMessage(message: string): string {
+  // Cheap for the usual message: at most 3 UTF-8 bytes per UTF-16 unit.
+  if (message.length * 3 <= MAX_STATUS_MESSAGE_BYTES) return message;
+  if (Buffer.byteLength(message, 'utf8') <= MAX_STATUS_MESSAGE_BYTES) return message;
+  const room = MAX_STATUS_MESSAGE_BYTES - 3; // the `…`
+  let bytes = 0;
+  let end = 0;
+  for (const c of message) {
+    const n = Buffer.byteLength(c, 'utf8');
+    if (bytes + n > room) break;
+    bytes += n;
+    end += c.length;
+  }
+  return `${message.slice(0, end)}…`;
 }
 
 /**
@@ -262,17 +285,18 @@ export function errorDetailsJson(details: Readonly<Record<string, unknown>>): st
     }
     if (json !== undefined) kept.push([JSON.stringify(key), json]);
   }
-  const whole = `{${kept.map(([k, v]) => `${k}:${v}`).join(',')}}`;
-  if (whole.length <= MAX_ERROR_DETAILS_LENGTH) return asciiJson(whole);
+  // Measured as sent: escaped to ASCII first (a non-ASCII character is six).
+  const members = kept.map(([k, v]) => asciiJson(`${k}:${v}`));
+  const whole = `{${members.join(',')}}`;
+  if (whole.length <= MAX_ERROR_DETAILS_LENGTH) return whole;
   const fits: string[] = [];
   let length = '{"truncated":true}'.length;
-  for (const [k, v] of kept) {
-    const member = `${k}:${v}`;
+  for (const member of members) {
     if (length + member.length + 1 > MAX_ERROR_DETAILS_LENGTH) continue;
     fits.push(member);
     length += member.length + 1;
   }
-  return asciiJson(`{${[...fits, '"truncated":true'].join(',')}}`);
+  return `{${[...fits, '"truncated":true'].join(',')}}`;
 }
 
 /** JSON text with every non-ASCII character as a `\u` escape (the same JSON value). */
