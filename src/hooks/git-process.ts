@@ -55,6 +55,64 @@ export function gitEnv(): Record<string, string> {
   return env;
 }
 
+/**
+ * Settings every git command of the hook store runs with (as `-c`, which wins over the
+ * repository's config). Worktrees share the store's git directory — its config, hooks and info
+ * files — with whoever works in them, so an agent could name programs there that git runs for
+ * the sidecar: hook scripts (`core.hooksPath`, or files in `hooks/`), an fsmonitor, submodule
+ * fetches on checkout. These turn all of them off; filter drivers are turned off per command by
+ * {@link filterOverrides}.
+ */
+export const SAFE_GIT_CONFIG: readonly string[] = Object.freeze([
+  'core.hooksPath=/dev/null',
+  'core.fsmonitor=false',
+  'submodule.recurse=false',
+]);
+
+/** {@link SAFE_GIT_CONFIG} as command-line arguments. */
+export const SAFE_GIT_ARGS: readonly string[] = Object.freeze(
+  SAFE_GIT_CONFIG.flatMap((c) => ['-c', c]),
+);
+
+/**
+ * simple-git refuses to pass the settings of {@link SAFE_GIT_CONFIG} and {@link filterOverrides}
+ * unless told to: they could name programs in general, ours turn programs off.
+ */
+export const SIMPLE_GIT_UNSAFE = Object.freeze({
+  allowUnsafeHooksPath: true,
+  allowUnsafeFsMonitor: true,
+  allowUnsafeFilter: true,
+});
+
+/**
+ * `-c` arguments that turn off every filter driver the repository's config defines
+ * (`filter.<driver>.smudge/clean/process`), read just before a command that checks files out or
+ * looks at them (`worktree add`, `status`): the drivers come from config an agent can write, and
+ * the attributes that select them from files it can write. A driver defined between this read
+ * and the command is not covered; hook scripts and fsmonitors always are ({@link SAFE_GIT_CONFIG}).
+ */
+export async function filterOverrides(configList: () => Promise<string>): Promise<string[]> {
+  let out: string;
+  try {
+    out = await configList();
+  } catch {
+    return []; // `git config --get-regexp` exits 1 when nothing matches
+  }
+  const drivers = new Set<string>();
+  for (const line of out.split('\n')) {
+    const key = line.split(' ', 1)[0]!;
+    const m = /^filter\.(.+)\.[^.]+$/s.exec(key);
+    if (m) drivers.add(m[1]!);
+  }
+  const args: string[] = [];
+  for (const d of drivers) {
+    for (const v of ['smudge=', 'clean=', 'process=', 'required=false']) {
+      args.push('-c', `filter.${d}.${v}`);
+    }
+  }
+  return args;
+}
+
 /** Runs `git <args>` in `cwd`, writing `input` to its stdin, and returns its stdout. */
 export function runGit(
   cwd: string,
@@ -63,7 +121,7 @@ export function runGit(
   env: Record<string, string> = gitEnv(),
 ): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const child = spawn('git', args, {
+    const child = spawn('git', [...SAFE_GIT_ARGS, ...args], {
       cwd,
       env,
       stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
@@ -144,7 +202,7 @@ export class RefUpdater {
 
   #ensure(): ReturnType<typeof spawn> {
     if (this.#child !== undefined) return this.#child;
-    const args = [...this.#config, 'update-ref', '--stdin'];
+    const args = [...SAFE_GIT_ARGS, ...this.#config, 'update-ref', '--stdin'];
     const child = spawn('git', args, { cwd: this.#cwd, env: gitEnv(), stdio: 'pipe' });
     this.#child = child;
     this.#stdout = '';
@@ -164,7 +222,14 @@ export class RefUpdater {
     child.stdin!.on('error', () => undefined);
     const gone = (code: number | null, error?: Error): void => {
       if (this.#child === child) this.#child = undefined;
-      this.#settle(new GitCommandError(args, code, this.#stderr || error?.message || '', error));
+      this.#settle(
+        new GitCommandError(
+          ['update-ref', '--stdin'],
+          code,
+          this.#stderr || error?.message || '',
+          error,
+        ),
+      );
     };
     child.on('error', (e) => gone(null, e));
     child.on('close', (code) => gone(code));

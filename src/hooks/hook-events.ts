@@ -41,6 +41,16 @@ export interface PatrolErrorEvent {
   readonly error: unknown;
 }
 
+/**
+ * `store.ref_moved`: the state ref had been moved by someone other than this store (an agent in
+ * a worktree shares the git directory) — to `found` (null: deleted); the store's own state was
+ * put back on it at `restored`, and the move is undone.
+ */
+export interface RefMovedEvent {
+  readonly found: string | null;
+  readonly restored: string;
+}
+
 /** Event name → payload. */
 export interface HookEventMap {
   'hook.created': HookTransitionEvent;
@@ -52,6 +62,7 @@ export interface HookEventMap {
   'hook.progress': HookProgressEvent;
   'hook.stale': HookStaleEvent;
   'patrol.error': PatrolErrorEvent;
+  'store.ref_moved': RefMovedEvent;
 }
 
 /** Names of the HookManager's events. */

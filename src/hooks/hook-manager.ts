@@ -17,7 +17,7 @@ import {
   InvalidArgumentError,
 } from '../errors.js';
 import type { ObjectFormat } from './git-objects.js';
-import { gitEnv } from './git-process.js';
+import { gitEnv, SAFE_GIT_CONFIG, SIMPLE_GIT_UNSAFE } from './git-process.js';
 import type { Hook, HookErrorInfo, PatrolHook, WorktreeInfo } from './hook.js';
 import { HookEmitter, type HookEventName, type HookListener } from './hook-events.js';
 import { checkHookId, generateHookId } from './hook-id.js';
@@ -710,10 +710,12 @@ export class HookManager {
     const git = simpleGit({
       baseDir: await ensureDir(o.storagePath),
       config: [
+        ...SAFE_GIT_CONFIG,
         `user.name=${o.author.name}`,
         `user.email=${o.author.email}`,
         'commit.gpgsign=false',
       ],
+      unsafe: SIMPLE_GIT_UNSAFE,
     }).env(gitEnv());
     let gitDir: string;
     let objectsDir: string;
@@ -771,6 +773,7 @@ export class HookManager {
         fsync: o.fsync,
         author: o.author,
         git,
+        onRefMoved: (found, restored) => this.#events.emit('store.ref_moved', { found, restored }),
       });
       let records: Hook[];
       try {
@@ -791,6 +794,7 @@ export class HookManager {
       if (o.useGitWorktree) {
         if (!bare) await excludeWorktrees(gitDir, o.storagePath, o.worktreeRoot);
         this.#worktrees = new WorktreeManager(git, o.worktreeRoot, o.baseBranch ?? 'HEAD');
+        await this.#worktrees.removeOrphans((id) => this.#hooks.has(id));
       }
       this.#store = store;
       this.#lock = lock;
@@ -980,11 +984,18 @@ function freezeHook(h: Hook): Hook {
   return Object.freeze({ ...h, previousAgents: Object.freeze([...h.previousAgents]) });
 }
 
+/**
+ * What a trailer's value may not hold: whitespace runs and control characters (a NUL breaks
+ * `git fsck --strict` and cuts `git log` short); each run becomes one space.
+ */
+// eslint-disable-next-line no-control-regex
+const LINE_BREAKERS = /[\s\x00-\x1f\x7f]+/g;
+
 function message(hookId: string, what: string, trailers: Record<string, string | null>): string {
   const lines = [`hook ${hookId}: ${what}`, ''];
   lines.push(`Hook-Id: ${hookId}`);
   for (const [key, value] of Object.entries(trailers)) {
-    if (value !== null) lines.push(`${key}: ${value.replace(/\s+/g, ' ').slice(0, 500)}`);
+    if (value !== null) lines.push(`${key}: ${value.replace(LINE_BREAKERS, ' ').slice(0, 500)}`);
   }
   return lines.join('\n');
 }
@@ -1003,6 +1014,13 @@ function checkAgentId(value: unknown, field: string): string {
   return value;
 }
 
+/** Longest `error.code` and `error.name` kept on a failed hook (longer ones are cut, `…`). */
+const MAX_ERROR_CODE_LENGTH = 128;
+
+function cut(value: string, max: number): string {
+  return value.length > max ? `${value.slice(0, max)}…` : value;
+}
+
 function checkNote(value: unknown, field: string): string {
   if (typeof value !== 'string') throw new InvalidArgumentError(field, 'must be a string');
   return value.length > MAX_NOTE_LENGTH ? `${value.slice(0, MAX_NOTE_LENGTH)}…` : value;
@@ -1017,10 +1035,11 @@ function toErrorInfo(error: unknown): HookErrorInfo {
     typeof (error as { message?: unknown }).message === 'string'
   ) {
     const e = error as { message: string; code?: unknown; name?: unknown };
+    const name = error instanceof Error ? error.name : e.name;
     return Object.freeze({
       message: checkNote(e.message, 'error.message'),
-      code: typeof e.code === 'string' ? e.code : null,
-      name: error instanceof Error ? error.name : typeof e.name === 'string' ? e.name : null,
+      code: typeof e.code === 'string' ? cut(e.code, MAX_ERROR_CODE_LENGTH) : null,
+      name: typeof name === 'string' ? cut(name, MAX_ERROR_CODE_LENGTH) : null,
     });
   }
   throw new InvalidArgumentError('error', 'must be an Error, a string or { message, code? }');

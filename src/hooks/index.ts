@@ -48,6 +48,7 @@ export type {
   HookStaleEvent,
   HookTransitionEvent,
   PatrolErrorEvent,
+  RefMovedEvent,
 } from './hook-events.js';
 export type { AgentLiveness } from './liveness.js';
 export type { JsonValue } from './json-value.js';

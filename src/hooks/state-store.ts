@@ -44,6 +44,11 @@ export interface StateStoreOptions {
   readonly fsync: boolean;
   readonly author: { readonly name: string; readonly email: string };
   readonly git: SimpleGit;
+  /**
+   * Called when a commit found the ref moved by someone else (to `found`, null: deleted) and
+   * put this store's state back on it (at `restored`).
+   */
+  readonly onRefMoved?: ((found: string | null, restored: string) => void) | undefined;
 }
 
 /** Reads and writes the state ref. Not safe for concurrent `commit` calls: the caller queues. */
@@ -150,7 +155,8 @@ export class HookStateStore {
       const formatOid = this.#formatOid ?? w.blob(formatJson());
       for (const { record, message } of changes) {
         const shard = hookShard(record.hookId);
-        const blob = w.blob(`${JSON.stringify(record, null, 2)}\n`);
+        // Compact: indentation of a deeply nested result multiplied its size by up to ~60.
+        const blob = w.blob(`${JSON.stringify(record)}\n`);
         const entries = new Map(shards.get(shard) ?? []);
         entries.set(`${record.hookId}.json`, blob);
         shards.set(shard, entries);
@@ -169,7 +175,18 @@ export class HookStateStore {
       }
       // Objects first, then the ref: a crash in between leaves only unreachable objects.
       await w.flush();
-      await this.#refs.update(HOOKS_REF, parent!, this.#head ?? w.zeroOid);
+      const expected = this.#head ?? w.zeroOid;
+      try {
+        await this.#refs.update(HOOKS_REF, parent!, expected);
+      } catch (err) {
+        // The store lock makes this store the ref's only writer: a ref that moved was moved by
+        // someone else — an agent in a worktree (which shares the git directory) or a person.
+        // Our chain is the state; it goes back on the ref, and the move is reported.
+        const found = await this.#readRef();
+        if (found === (this.#head ?? undefined)) throw err;
+        await this.#refs.update(HOOKS_REF, parent!, found ?? w.zeroOid);
+        this.#o.onRefMoved?.(found ?? null, parent!);
+      }
       this.#formatOid = formatOid;
     } catch (err) {
       w.discard();

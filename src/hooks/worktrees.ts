@@ -5,13 +5,13 @@
  *
  * @module
  */
-import { realpath } from 'node:fs/promises';
+import { readdir, realpath, rm } from 'node:fs/promises';
 import { exists } from './fs-exists.js';
 import { join, relative, resolve, sep } from 'node:path';
 import { simpleGit, type SimpleGit } from 'simple-git';
 import { HookWorktreeError } from '../errors.js';
-import { gitEnv } from './git-process.js';
-import { checkHookId } from './hook-id.js';
+import { filterOverrides, gitEnv, SAFE_GIT_CONFIG, SIMPLE_GIT_UNSAFE } from './git-process.js';
+import { checkHookId, isHookId } from './hook-id.js';
 import { checkBranchName } from './ref-name.js';
 import type { WorktreeInfo } from './hook.js';
 
@@ -71,8 +71,11 @@ export class WorktreeManager {
     }
     const existing = await this.#resolve(`refs/heads/${branch}`);
     try {
+      const noFilters = await filterOverrides(() =>
+        this.#git.raw(['config', '--get-regexp', '^filter\\.']),
+      );
       if (existing !== undefined) {
-        await this.#git.raw(['worktree', 'add', path, branch]);
+        await this.#git.raw([...noFilters, 'worktree', 'add', path, branch]);
         return { path, baseCommit: existing, createdBranch: false };
       }
       const base = await this.#resolve(this.#base);
@@ -82,7 +85,7 @@ export class WorktreeManager {
           { ...details, base: this.#base },
         );
       }
-      await this.#git.raw(['worktree', 'add', '-b', branch, path, base]);
+      await this.#git.raw([...noFilters, 'worktree', 'add', '-b', branch, path, base]);
       return { path, baseCommit: base, createdBranch: true };
     } catch (err) {
       if (err instanceof HookWorktreeError) throw err;
@@ -115,6 +118,38 @@ export class WorktreeManager {
     }
   }
 
+  /**
+   * Removes the worktree folders under the root that belong to no hook (`known` says which ids
+   * do): what a create cut short by a crash left — its hook was never committed, so no caller
+   * was told of it, and its branch stays checked out there until the folder goes. Branches are
+   * kept. Returns the paths removed.
+   */
+  async removeOrphans(known: (hookId: string) => boolean): Promise<string[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.#root);
+    } catch {
+      return []; // no root yet
+    }
+    const removed: string[] = [];
+    for (const name of names) {
+      if (!isHookId(name) || known(name)) continue;
+      const path = join(this.#root, name);
+      await this.#git.raw(['worktree', 'remove', '--force', path]).catch(() => undefined);
+      // Not (or no longer) registered with git: the folder alone. Best effort: a git the crash
+      // left running may still be writing there (then the folder stays, and a create of that
+      // hook id is refused as before).
+      try {
+        await rm(path, { recursive: true, force: true, maxRetries: 5 });
+        removed.push(path);
+      } catch {
+        continue;
+      }
+    }
+    if (removed.length > 0) await this.#git.raw(['worktree', 'prune']).catch(() => undefined);
+    return removed;
+  }
+
   /** Deletes `branch` (used to undo a branch created for a hook that was never committed). */
   async deleteBranch(branch: string): Promise<void> {
     await this.#git.raw(['branch', '-D', checkBranchName(branch)]).catch(() => undefined);
@@ -131,12 +166,22 @@ export class WorktreeManager {
     // itself and report on that instead: check the top level is the folder itself.
     if (!(await exists(join(path, '.git')))) return invalid;
     try {
-      const git = simpleGit({ baseDir: path }).env(gitEnv());
+      const git = simpleGit({
+        baseDir: path,
+        config: [...SAFE_GIT_CONFIG],
+        unsafe: SIMPLE_GIT_UNSAFE,
+      }).env(gitEnv());
       const top = (await git.raw(['rev-parse', '--show-toplevel'])).trim();
       if ((await realpath(top)) !== (await realpath(path))) return invalid;
       const head = (await git.raw(['rev-parse', '--verify', '-q', 'HEAD']).catch(() => '')).trim();
       const sym = await git.raw(['symbolic-ref', '-q', '--short', 'HEAD']).catch(() => '');
-      const status = await git.raw(['status', '--porcelain=v1', '--untracked-files=normal']);
+      const status = await git.raw([
+        ...(await filterOverrides(() => git.raw(['config', '--get-regexp', '^filter\\.']))),
+        'status',
+        '--porcelain=v1',
+        '--untracked-files=normal',
+        '--ignore-submodules=all',
+      ]);
       return {
         hookId,
         path,
@@ -161,7 +206,9 @@ export class WorktreeManager {
   }
 }
 
+/** git's reason: its `fatal:` (or `error:`) line when it printed one, else the first line. */
 function firstLine(err: unknown): string {
   const message = err instanceof Error ? err.message : String(err);
-  return message.trim().split('\n')[0] ?? message;
+  const lines = message.trim().split('\n');
+  return lines.find((l) => /^(fatal|error): /.test(l)) ?? lines[0] ?? message;
 }

@@ -33,6 +33,7 @@ const HOOK_EVENTS: readonly HookEventName[] = [
   'hook.progress',
   'hook.stale',
   'patrol.error',
+  'store.ref_moved',
 ];
 
 const PRIORITY_NAMES = [Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW].map(

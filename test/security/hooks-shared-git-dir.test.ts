@@ -1,0 +1,190 @@
+/**
+ * An agent works in its hook's git worktree, which shares the hook store's git directory
+ * (config, hook scripts, info files, refs — `refs/fabric/hooks` too). Everything below is what
+ * that agent can do with plain git from inside its own worktree; the sidecar must not run its
+ * programs (hook scripts, an fsmonitor, filter drivers) nor take its forged state. Real git,
+ * real repositories in temp dirs; the effect is checked on disk and in the store.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { HOOKS_REF, HookManager, HookStatus } from '../../src/hooks/index.js';
+import { tempDir, type TempDir } from '../fixtures/hooks/temp-store.js';
+
+let dir: TempDir;
+let storagePath: string;
+let hooks: HookManager | undefined;
+
+beforeEach(async () => {
+  dir = await tempDir('hooks-shared-git-');
+  storagePath = join(dir.path, 'store');
+  hooks = await HookManager.open({ storagePath, useGitWorktree: true });
+});
+
+afterEach(async () => {
+  await hooks?.close();
+  await dir.cleanup();
+});
+
+/** git as the agent runs it: in its worktree, with a plain environment. */
+function agentGit(
+  cwd: string,
+  args: string[],
+  env: Record<string, string> = {},
+  input?: string,
+): string {
+  return execFileSync('git', args, {
+    cwd,
+    input,
+    encoding: 'utf8',
+    env: {
+      PATH: process.env.PATH!,
+      HOME: dir.path,
+      GIT_AUTHOR_NAME: 'evil',
+      GIT_AUTHOR_EMAIL: 'evil@x',
+      GIT_COMMITTER_NAME: 'evil',
+      GIT_COMMITTER_EMAIL: 'evil@x',
+      ...env,
+    },
+  }).trim();
+}
+
+describe('an agent inside its hook worktree', () => {
+  it('cannot make the sidecar run its code through git hooks of the shared repository', async () => {
+    const mine = await hooks!.createHook({
+      agentId: 'attacker',
+      workItem: 1,
+      branch: 'agent/evil',
+    });
+    await hooks!.activateHook(mine.hookId);
+    const wt = mine.worktreePath!;
+
+    // The agent, in its worktree: point the (shared) repository at hook scripts of its own.
+    const marker = join(dir.path, 'PWNED');
+    const hookDir = join(wt, '.evil-hooks');
+    await mkdir(hookDir);
+    for (const name of ['post-checkout', 'reference-transaction']) {
+      await writeFile(join(hookDir, name), `#!/bin/sh\necho "$(id -u) ${name}" >> '${marker}'\n`);
+      await chmod(join(hookDir, name), 0o755);
+    }
+    agentGit(wt, ['config', 'core.hooksPath', hookDir]);
+
+    // The operator puts work on another agent's hook: the sidecar runs `git worktree add`.
+    await hooks!.createHook({ agentId: 'victim', workItem: 2, branch: 'agent/victim' });
+    // Also every later state transition (update-ref runs the reference-transaction hook).
+    await hooks!.completeHook(mine.hookId, null);
+    const ran = existsSync(marker) ? await readFile(marker, 'utf8') : '';
+    expect(ran, 'sidecar ran scripts planted by the agent').toBe('');
+    // Scripts dropped straight into the shared hooks/ folder are not run either.
+    const gitDir = agentGit(wt, ['rev-parse', '--path-format=absolute', '--git-common-dir']);
+    agentGit(wt, ['config', '--unset', 'core.hooksPath']);
+    for (const name of ['post-checkout', 'reference-transaction']) {
+      await writeFile(join(gitDir, 'hooks', name), `#!/bin/sh\necho "${name}" >> '${marker}'\n`);
+      await chmod(join(gitDir, 'hooks', name), 0o755);
+    }
+    const victim2 = await hooks!.createHook({
+      agentId: 'victim',
+      workItem: 3,
+      branch: 'agent/victim2',
+    });
+    await hooks!.activateHook(victim2.hookId);
+    expect(existsSync(marker) ? await readFile(marker, 'utf8') : '').toBe('');
+  });
+
+  it('cannot make the sidecar run a filter driver or an fsmonitor of its own', async () => {
+    const mine = await hooks!.createHook({
+      agentId: 'attacker',
+      workItem: 1,
+      branch: 'agent/evil',
+    });
+    await hooks!.activateHook(mine.hookId);
+    const wt = mine.worktreePath!;
+    const marker = join(dir.path, 'PWNED');
+    const script = join(dir.path, 'evil.sh');
+    await writeFile(script, `#!/bin/sh\necho ran >> '${marker}'\ncat\n`);
+    await chmod(script, 0o755);
+    // A driver in the shared config, selected for every file of its branch.
+    agentGit(wt, ['config', 'filter.evil.smudge', script]);
+    agentGit(wt, ['config', 'filter.evil.clean', script]);
+    agentGit(wt, ['config', 'filter.evil.required', 'true']);
+    agentGit(wt, ['config', 'core.fsmonitor', script]);
+    await writeFile(join(wt, '.gitattributes'), '* filter=evil\n');
+    await writeFile(join(wt, 'work.txt'), 'work\n');
+    agentGit(wt, ['-c', 'core.fsmonitor=false', '-c', 'filter.evil.clean=cat', 'add', '-A']);
+    agentGit(wt, ['-c', 'core.fsmonitor=false', 'commit', '-q', '-m', 'work']);
+    await rm(marker, { force: true });
+    // The hook is handed back and given out again on the same branch: `worktree add` checks the
+    // branch out; inspecting a worktree runs `status` in it.
+    await hooks!.completeHook(mine.hookId, null);
+    await hooks!.removeWorktree(mine.hookId, { force: true });
+    const again = await hooks!.createHook({ agentId: 'other', workItem: 2, branch: 'agent/evil' });
+    expect(await readFile(join(again.worktreePath!, 'work.txt'), 'utf8')).toBe('work\n');
+    await hooks!.inspectWorktree(again.hookId);
+    expect(existsSync(marker), 'the sidecar ran a program the agent named').toBe(false);
+  });
+
+  it("cannot rewrite another agent's hook, nor wedge the store, through refs/fabric/hooks", async () => {
+    const victim = await hooks!.createHook({
+      agentId: 'victim',
+      workItem: { job: 'v' },
+      branch: 'agent/v',
+    });
+    await hooks!.activateHook(victim.hookId);
+    const mine = await hooks!.createHook({
+      agentId: 'attacker',
+      workItem: 1,
+      branch: 'agent/evil',
+    });
+    await hooks!.activateHook(mine.hookId);
+    const wt = mine.worktreePath!;
+
+    // The agent forges a state commit: the victim's hook COMPLETED, with the agent's result.
+    const path = `hooks/${victim.hookId.slice(14, 16)}/${victim.hookId}.json`;
+    const record = JSON.parse(agentGit(wt, ['show', `${HOOKS_REF}:${path}`])) as Record<
+      string,
+      unknown
+    >;
+    const forged = { ...record, status: 'COMPLETED', result: 'owned by attacker', version: 99 };
+    const index = join(dir.path, 'evil-index');
+    const env = { GIT_INDEX_FILE: index };
+    agentGit(wt, ['read-tree', HOOKS_REF], env);
+    const blob = agentGit(
+      wt,
+      ['hash-object', '-w', '--stdin'],
+      env,
+      `${JSON.stringify(forged, null, 2)}\n`,
+    );
+    agentGit(wt, ['update-index', '--cacheinfo', `100644,${blob},${path}`], env);
+    const tree = agentGit(wt, ['write-tree'], env);
+    const commit = agentGit(
+      wt,
+      ['commit-tree', tree, '-p', HOOKS_REF, '-m', 'nothing to see'],
+      env,
+    );
+    agentGit(wt, ['update-ref', HOOKS_REF, commit]);
+
+    // The sidecar keeps working for everyone else, puts its own state back, and says so…
+    const moved: unknown[] = [];
+    hooks!.on('store.ref_moved', (e) => moved.push(e));
+    for (let i = 0; i < 2; i++) {
+      const progress = await hooks!.recordProgress(victim.hookId, `still working ${i}`).then(
+        () => 'ok',
+        (err: unknown) => String(err),
+      );
+      expect(progress).toBe('ok');
+    }
+    expect(moved).toEqual([{ found: commit, restored: expect.any(String) }]);
+    expect(agentGit(wt, ['rev-parse', HOOKS_REF])).not.toBe(commit);
+
+    // …and after a restart the victim's hook is what the sidecar committed, not the forgery.
+    await hooks!.close();
+    hooks = await HookManager.open({ storagePath, useGitWorktree: true });
+    expect(await hooks.getHook(victim.hookId)).toMatchObject({
+      status: HookStatus.ACTIVE,
+      agentId: 'victim',
+      result: null,
+    });
+  });
+});
