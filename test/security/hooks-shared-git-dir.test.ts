@@ -51,15 +51,16 @@ function agentGit(
   }).trim();
 }
 
+/** The attacker's ACTIVE hook on `agent/evil`, and its worktree. */
+async function attackerHook() {
+  const mine = await hooks!.createHook({ agentId: 'attacker', workItem: 1, branch: 'agent/evil' });
+  await hooks!.activateHook(mine.hookId);
+  return { mine, wt: mine.worktreePath! };
+}
+
 describe('an agent inside its hook worktree', () => {
   it('cannot make the sidecar run its code through git hooks of the shared repository', async () => {
-    const mine = await hooks!.createHook({
-      agentId: 'attacker',
-      workItem: 1,
-      branch: 'agent/evil',
-    });
-    await hooks!.activateHook(mine.hookId);
-    const wt = mine.worktreePath!;
+    const { mine, wt } = await attackerHook();
 
     // The agent, in its worktree: point the (shared) repository at hook scripts of its own.
     const marker = join(dir.path, 'PWNED');
@@ -94,13 +95,7 @@ describe('an agent inside its hook worktree', () => {
   });
 
   it('cannot make the sidecar run a filter driver or an fsmonitor of its own', async () => {
-    const mine = await hooks!.createHook({
-      agentId: 'attacker',
-      workItem: 1,
-      branch: 'agent/evil',
-    });
-    await hooks!.activateHook(mine.hookId);
-    const wt = mine.worktreePath!;
+    const { mine, wt } = await attackerHook();
     const marker = join(dir.path, 'PWNED');
     const script = join(dir.path, 'evil.sh');
     await writeFile(script, `#!/bin/sh\necho ran >> '${marker}'\ncat\n`);
@@ -132,13 +127,7 @@ describe('an agent inside its hook worktree', () => {
       branch: 'agent/v',
     });
     await hooks!.activateHook(victim.hookId);
-    const mine = await hooks!.createHook({
-      agentId: 'attacker',
-      workItem: 1,
-      branch: 'agent/evil',
-    });
-    await hooks!.activateHook(mine.hookId);
-    const wt = mine.worktreePath!;
+    const { wt } = await attackerHook();
 
     // The agent forges a state commit: the victim's hook COMPLETED, with the agent's result.
     const path = `hooks/${victim.hookId.slice(14, 16)}/${victim.hookId}.json`;
