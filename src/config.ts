@@ -25,6 +25,8 @@ export const DEFAULT_DRAIN_TIMEOUT_SECONDS = 30;
 export const DEFAULT_FINISHED_TASK_RETENTION = 10_000;
 /** Default for {@link FabricConfig.terminatedAgentRetention}. */
 export const DEFAULT_TERMINATED_AGENT_RETENTION = 1000;
+/** Default for {@link FabricConfig.maxScheduledTasksPerAgent}. */
+export const DEFAULT_MAX_SCHEDULED_TASKS_PER_AGENT = 64;
 /** Default for {@link FabricConfig.maxTaskResultBytes}: 1 MiB. */
 export const DEFAULT_MAX_TASK_RESULT_BYTES = 1024 * 1024;
 
@@ -86,6 +88,13 @@ export interface FabricConfig {
    * @default 1048576
    */
   maxTaskResultBytes: number;
+  /**
+   * Most unfinished tasks one agent may have scheduled itself (`fabric__schedule_task`, in its
+   * own pool); more are refused with `QueueFullError` until some finish, so one agent cannot
+   * take the whole `maxQueueDepth`. Its payloads are bounded by `maxTaskResultBytes` too.
+   * @default 64
+   */
+  maxScheduledTasksPerAgent: number;
 }
 
 /** The built-in defaults, as in the Fabric Guide's table. */
@@ -100,6 +109,7 @@ export const DEFAULT_FABRIC_CONFIG: Readonly<FabricConfig> = Object.freeze({
   finishedTaskRetention: DEFAULT_FINISHED_TASK_RETENTION,
   terminatedAgentRetention: DEFAULT_TERMINATED_AGENT_RETENTION,
   maxTaskResultBytes: DEFAULT_MAX_TASK_RESULT_BYTES,
+  maxScheduledTasksPerAgent: DEFAULT_MAX_SCHEDULED_TASKS_PER_AGENT,
 });
 
 const FIELDS: Readonly<Record<keyof FabricConfig, NumberKind>> = {
@@ -113,6 +123,7 @@ const FIELDS: Readonly<Record<keyof FabricConfig, NumberKind>> = {
   finishedTaskRetention: 'nonNegativeInt',
   terminatedAgentRetention: 'nonNegativeInt',
   maxTaskResultBytes: 'positiveInt',
+  maxScheduledTasksPerAgent: 'positiveInt',
 };
 
 const configError = (field: string, message: string) => new ConfigError(field, message);

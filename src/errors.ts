@@ -169,13 +169,11 @@ export class TaskNotFoundError extends FabricError {
 /** `maxQueueDepth` tasks are already pending: backpressure. */
 export class QueueFullError extends FabricError {
   static readonly code = 'FABRIC_ERR_QUEUE_FULL';
-  constructor(limit: number) {
-    super(
-      QueueFullError.code,
-      'resource_exhausted',
-      `queue is full: maxQueueDepth (${limit}) tasks are already pending`,
-      { limit },
-    );
+  constructor(
+    limit: number,
+    message = `queue is full: maxQueueDepth (${limit}) tasks are already pending`,
+  ) {
+    super(QueueFullError.code, 'resource_exhausted', message, { limit });
   }
 }
 

@@ -19,6 +19,7 @@ import {
   NoAvailableAgentError,
   HookNotFoundError,
   PermissionDeniedError,
+  QueueFullError,
   TaskResultTooLargeError,
   UnauthenticatedError,
 } from './errors.js';
@@ -76,9 +77,21 @@ import { parseNatsOptions } from './transport/nats/nats-options.js';
 import { NatsExecutor } from './transport/nats/nats-executor.js';
 import { HeartbeatListener } from './transport/nats/heartbeat-listener.js';
 import { connectNats } from './transport/nats/nats-connection.js';
-import { TaskStatus } from './task.js';
+import { isFinished, TaskStatus } from './task.js';
+import { nestsDeeper, recordJson } from './json-bytes.js';
 
 const NO_USAGE = Object.freeze({ tokens: 0, cost: 0 });
+
+/** Tenant of the tasks an agent schedules itself: `agent:<agentId>`. */
+const AGENT_TENANT = 'agent:';
+
+/**
+ * Deepest payload an agent may schedule ({@link AgentFabric.scheduleFromAgent}): a JSON level is
+ * two protobuf levels in a `google.protobuf.Value`, and a claim's answer wraps the payload in
+ * two more, so this is what a gRPC worker decodes under protobuf's default recursion limit
+ * (100), in grpc-js and Python alike.
+ */
+export const MAX_AGENT_PAYLOAD_DEPTH = 48;
 
 /** Options beyond the Fabric Guide's config: plumbing for embedders and tests. */
 export interface FabricOptions {
@@ -230,6 +243,11 @@ export class AgentFabric {
   readonly #local: PiscinaExecutor;
   /** Delivery leases of claims that took one ({@link ClaimOptions.ackSeconds}). */
   readonly #leases: ClaimLeases;
+  /**
+   * The tasks each agent scheduled itself ({@link scheduleFromAgent}) that may be unfinished,
+   * for `maxScheduledTasksPerAgent`; finished ones are dropped when the agent schedules again.
+   */
+  readonly #scheduledBy = new Map<string, Set<string>>();
   readonly #inprocess: InProcessExecutor;
   /**
    * The built-in default pool provider (`threads`): pools that name no provider and run on
@@ -419,6 +437,13 @@ export class AgentFabric {
     }
     // Tasks last: they go back to the queues of the agents and pools just made known.
     this.scheduler.restore();
+    for (const t of this.scheduler.listTasks()) {
+      if (!t.tenant.startsWith(AGENT_TENANT) || isFinished(t.status)) continue;
+      const agentId = t.tenant.slice(AGENT_TENANT.length);
+      let mine = this.#scheduledBy.get(agentId);
+      if (mine === undefined) this.#scheduledBy.set(agentId, (mine = new Set()));
+      mine.add(t.id);
+    }
     for (const poolId of draining) {
       this.pools.deletePool(poolId, { drainTimeoutSeconds: 0 }).catch((err: unknown) => {
         if (this.events.listens('error')) {
@@ -783,6 +808,53 @@ export class AgentFabric {
       payload,
       held ? { ...options, notBefore: held } : options,
     );
+  }
+
+  /**
+   * Schedules a task `agentId` asks for in its own pool `poolId` (`fabric__schedule_task`): as
+   * {@link scheduleToPool} with tenant `agent:<agentId>`, and bounded like what agents hand in —
+   * the payload at most `maxTaskResultBytes` of JSON and nested at most
+   * {@link MAX_AGENT_PAYLOAD_DEPTH} levels (so any gRPC worker of the pool can decode it), and at
+   * most `maxScheduledTasksPerAgent` of the agent's own tasks unfinished.
+   * @throws TaskResultTooLargeError; InvalidArgumentError (too deep); QueueFullError (too many,
+   *   or the queue is full); what {@link scheduleToPool} throws.
+   */
+  async scheduleFromAgent(
+    agentId: string,
+    poolId: string,
+    taskType: string,
+    payload: unknown,
+    options: { timeoutSeconds?: number } = {},
+  ): Promise<Task> {
+    this.#open();
+    this.#checkSize('payload', payload);
+    if (nestsDeeper(recordJson(payload, 'payload') ?? 'null', MAX_AGENT_PAYLOAD_DEPTH)) {
+      throw new InvalidArgumentError(
+        'payload',
+        `nests deeper than ${MAX_AGENT_PAYLOAD_DEPTH} levels (what a gRPC worker can decode)`,
+      );
+    }
+    let mine = this.#scheduledBy.get(agentId);
+    if (mine !== undefined) {
+      for (const id of mine) {
+        const t = this.scheduler.peekTask(id);
+        if (t === undefined || isFinished(t.status)) mine.delete(id);
+      }
+    }
+    const limit = this.config.maxScheduledTasksPerAgent;
+    if (mine !== undefined && mine.size >= limit) {
+      throw new QueueFullError(
+        limit,
+        `agent ${agentId} has ${mine.size} tasks it scheduled unfinished (maxScheduledTasksPerAgent ${limit}); wait for one to finish`,
+      );
+    }
+    const task = await this.scheduleToPool(poolId, taskType, payload, {
+      tenant: `${AGENT_TENANT}${agentId}`,
+      ...(options.timeoutSeconds === undefined ? {} : { timeoutSeconds: options.timeoutSeconds }),
+    });
+    if (mine === undefined) this.#scheduledBy.set(agentId, (mine = new Set()));
+    mine.add(task.id);
+    return task;
   }
 
   /**

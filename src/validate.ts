@@ -76,6 +76,11 @@ export function checkString(field: string, value: unknown, maxLength = MAX_ID_LE
   if (value.length > maxLength) {
     throw new InvalidArgumentError(field, `must be at most ${maxLength} characters`);
   }
+  // A lone surrogate has no UTF-8 form: a text column would store U+FFFD in its place, and the
+  // id, type or tenant read back after a restart would be another.
+  if (!(value as unknown as { isWellFormed(): boolean }).isWellFormed()) {
+    throw new InvalidArgumentError(field, 'must be well-formed Unicode (it has a lone surrogate)');
+  }
   return value;
 }
 

@@ -124,10 +124,13 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
     request: { taskType: string; payload?: unknown; timeoutSeconds?: number },
   ): Promise<Task> {
     const { taskType, payload, timeoutSeconds } = request;
-    return this.#fabric.scheduleToPool(poolId, taskType, payload, {
-      tenant: `agent:${agentId}`,
-      ...(timeoutSeconds === undefined ? {} : { timeoutSeconds }),
-    });
+    return this.#fabric.scheduleFromAgent(
+      agentId,
+      poolId,
+      taskType,
+      payload,
+      timeoutSeconds === undefined ? {} : { timeoutSeconds },
+    );
   }
 
   waitForFabricTask(taskId: string, signal: AbortSignal): Promise<Task> {
