@@ -40,7 +40,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     'Host names served besides loopback and the bind address (DNS-rebinding check of `Host`).',
   'http.allowedOrigins': 'Exact origins allowed besides http(s) origins on allowed hosts.',
   'http.maxSessionsPerAgent': 'Open MCP sessions one agent may have.',
-  'http.maxInflightPerAgent': 'MCP requests one agent may have in flight over HTTP.',
+  'http.maxInflightPerAgent':
+    'Requests one agent may have in flight over HTTP: MCP and /api/ calls together.',
   'http.maxBatchMessages': 'Most messages in one JSON-RPC batch.',
   'http.maxStreamBacklogBytes':
     'Unread bytes a response stream may hold before notifications to it are dropped.',

@@ -1011,9 +1011,35 @@ export class AgentFabric {
    */
   async authorizeToolCall(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
     const agent = this.#toolCallAgent(ctx);
-    return 'allowed' in agent
-      ? agent
-      : this.#authorizer.authorize({ ...ctx, poolId: agent.poolId, labels: agent.labels });
+    if ('allowed' in agent) return agent;
+    const auth = await this.#authorizer.authorize({
+      ...ctx,
+      poolId: agent.poolId,
+      labels: agent.labels,
+    });
+    if (!auth.allowed) return auth;
+    // The wait (a human's approval, a budget) may have outlasted the agent: a call of an agent
+    // terminated or draining meanwhile does not run, whichever door it came through.
+    const now = this.lifecycle.peek(ctx.agentId);
+    if (
+      now === undefined ||
+      now.status === AgentStatus.DRAINING ||
+      now.status === AgentStatus.TERMINATED
+    ) {
+      this.#authorizer.release(auth);
+      const error =
+        now === undefined
+          ? new AgentNotFoundError(String(ctx.agentId))
+          : new AgentUnavailableError(now.id, now.status);
+      return {
+        allowed: false,
+        code: error.code,
+        reason: error.message,
+        details: error.details,
+        error,
+      };
+    }
+    return auth;
   }
 
   /**

@@ -517,6 +517,28 @@ export class McpHttpEndpoint {
     entry.transport.handlePost(res, messages, kinds, batch, req.headers);
   }
 
+  /**
+   * Counts one request of `agentId` in flight that arrived by another door (the `/api/` door's
+   * agent calls), against the same `maxInflightPerAgent` as its MCP requests; returns the
+   * function that ends it (call it once, when the answer is written or the call is abandoned).
+   * @throws InflightLimitError when the agent already has `maxInflightPerAgent` in flight.
+   */
+  acquireInflight(agentId: string): () => void {
+    const load = this.#loadOf(agentId);
+    if (load.inflight + 1 > this.#maxInflight) {
+      this.#forgetIfIdle(agentId, load);
+      throw new InflightLimitError(this.#maxInflight, agentId, load.inflight);
+    }
+    load.inflight++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      load.inflight--;
+      this.#forgetIfIdle(agentId, load);
+    };
+  }
+
   /** The load record of an agent (created empty; dropped again by {@link #forgetIfIdle}). */
   #loadOf(agentId: string): AgentLoad {
     let load = this.#loads.get(agentId);

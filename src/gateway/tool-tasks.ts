@@ -27,6 +27,7 @@
  * @module
  */
 import { randomUUID } from 'node:crypto';
+import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
 import {
   ErrorCode,
   McpError,
@@ -350,12 +351,21 @@ export class ToolTasks {
           statusMessage: fabricStatusMessage(fabricTaskId, status),
         }),
     };
+    // A running call ends with its task's ttl, on time: a call parked on an approval must not
+    // run when approved after its task expired (the sweep alone comes up to a minute late).
+    const expiry = setTimeout(
+      () => this.#live(id),
+      Math.min(Math.max(0, record.createdAt + record.ttl - Date.now()) + 1, MAX_TIMER_MS),
+    );
+    expiry.unref();
     // The task's answer goes out first; the call starts on the next turn.
     queueMicrotask(() => {
-      run(handle).then(
-        (result) => this.#finish(id, { result }),
-        (error: unknown) => this.#finish(id, { error }),
-      );
+      run(handle)
+        .then(
+          (result) => this.#finish(id, { result }),
+          (error: unknown) => this.#finish(id, { error }),
+        )
+        .finally(() => clearTimeout(expiry));
     });
   }
 

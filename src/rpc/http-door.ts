@@ -135,6 +135,12 @@ export interface HttpDoorOptions {
    * when it has one that does not pass.
    */
   sessionCaller?: (req: IncomingMessage) => string | undefined;
+  /**
+   * Counts an agent's unary call in flight (the MCP endpoint's `acquireInflight`, so both doors
+   * share `http.maxInflightPerAgent`); returns what ends it, throws `InflightLimitError` beyond.
+   * @default no bound
+   */
+  inflight?: ((agentId: string) => () => void) | undefined;
 }
 
 type UnaryHandler = (
@@ -182,11 +188,13 @@ export class HttpDoor {
   readonly #keepAliveMs: number;
   readonly #streams = new ActiveStreams();
   readonly #sessionCaller: ((req: IncomingMessage) => string | undefined) | undefined;
+  readonly #inflight: ((agentId: string) => () => void) | undefined;
 
   /** @throws ConfigError when a limit is not a non-negative integer (`maxStreams`, `maxBufferedMessages` ≥ 1). */
   constructor(options: HttpDoorOptions) {
     this.#fabric = options.fabric;
     this.#sessionCaller = options.sessionCaller;
+    this.#inflight = options.inflight;
     this.prefix = options.prefix ?? DEFAULT_API_PREFIX;
     this.#maxBodyBytes = options.maxBodyBytes ?? DEFAULT_API_MAX_BODY_BYTES;
     this.#bodyTimeoutMs = options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
@@ -267,6 +275,23 @@ export class HttpDoor {
   }
 
   async #call(req: IncomingMessage, res: ServerResponse, pathname: string): Promise<void> {
+    let release: (() => void) | undefined;
+    try {
+      await this.#serve(req, res, pathname, (agentId) => {
+        release = this.#inflight?.(agentId);
+      });
+    } finally {
+      // The call is over (answered, refused or abandoned); a stream ends on its own.
+      release?.();
+    }
+  }
+
+  async #serve(
+    req: IncomingMessage,
+    res: ServerResponse,
+    pathname: string,
+    acquire: (agentId: string) => void,
+  ): Promise<void> {
     const route = this.#routes.get(pathname.slice(this.prefix.length));
     if (route === undefined) {
       throw new RouteNotFoundError(req.method ?? '', pathname, 'no such service method');
@@ -280,6 +305,8 @@ export class HttpDoor {
       throw new InvalidArgumentError('content-type', 'must be application/json');
     }
     const timeoutMs = deadlineOf(req);
+    // An agent's unary call holds a slot of `maxInflightPerAgent` from here until it is answered.
+    if (route.kind === 'unary' && caller.kind === 'agent') acquire(caller.id);
     if (route.kind === 'stream' && this.#streams.size >= this.#maxStreams) {
       throw new StreamLimitError(this.#maxStreams);
     }

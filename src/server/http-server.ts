@@ -13,7 +13,9 @@
  * works (see {@link Readiness}); like gRPC health, it needs no credential.
  *
  * Every route but `GET /healthz` (which tells nothing but "up") and `GET /readyz` first passes the
- * {@link HostGuard} (DNS rebinding protection: 403). The server's own timeouts bound how long a
+ * {@link HostGuard} (DNS rebinding protection: 403); `/readyz` answers a request the guard
+ * refuses with `{ ready }` alone (a probe may dial the pod's address; a rebound page learns no
+ * part names). The server's own timeouts bound how long a
  * client may take to send its request: `headersTimeoutMs` for the headers, `requestTimeoutMs`
  * for the whole request, and the body read timeout of the MCP endpoint and the `/api/` door.
  * They end once the request has arrived: an SSE stream or a long-running call's answer is not
@@ -183,12 +185,15 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
         sendJson(res, 200, { ok: true });
         return;
       }
+      const refused = guard.check(req);
       if (pathname === '/readyz' && options.readiness) {
+        // Answered to any Host (a probe may dial the pod's address), but which parts are up —
+        // upstream names included — only to a request the Host guard lets through: a page
+        // rebound to this port learns nothing beyond ready or not.
         const r = options.readiness();
-        sendJson(res, r.ready ? 200 : 503, r);
+        sendJson(res, r.ready ? 200 : 503, refused ? { ready: r.ready } : r);
         return;
       }
-      const refused = guard.check(req);
       if (refused) {
         if (pathname === options.mcpPath) sendJsonRpcRefusal(req, res, refused, -32000);
         else if (options.api?.owns(pathname)) options.api.refuse(req, res, refused);
@@ -233,9 +238,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
         );
         return;
       }
-      sendJson(res, 404, {
-        error: { code: 'FABRIC_ERR_NOT_FOUND', message: `no route ${pathname}` },
-      });
+      sendError(req, res, new RouteNotFoundError(req.method ?? '', pathname, 'no such route'));
     },
   );
   server.keepAliveTimeout = 65_000;

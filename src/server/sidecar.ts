@@ -412,6 +412,8 @@ export class Sidecar {
                   maxStreams: h.apiMaxStreams,
                   maxBufferedMessages: h.apiMaxBufferedMessages,
                   sessionCaller: (req) => dashboard.sessionCaller(req),
+                  // One maxInflightPerAgent for an agent's calls over /mcp and /api/ together.
+                  inflight: (agentId) => endpoint.acquireInflight(agentId),
                 }),
                 dashboard,
               }),
