@@ -131,8 +131,9 @@ export interface ApprovalManagerOptions {
   defaultTtlSeconds?: number;
   /**
    * Decided approvals kept for `getApproval`/`listApprovals`/late `waitForApproval` before the
-   * oldest (by decision time) are forgotten — and deleted from the store. Pending approvals are
-   * never evicted.
+   * oldest (by decision time) of the agent that has the most are forgotten — and deleted from
+   * the store — so one agent's flood of requests cannot push another's decisions out. Pending
+   * approvals are never evicted.
    * @default 1000
    */
   maxResolved?: number;
@@ -236,8 +237,10 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
   readonly #options: Readonly<Required<ApprovalManagerOptions>>;
   readonly #entries = new Map<string, Entry>();
   readonly #store: Collection<Approval>;
-  /** Ids of decided approvals, oldest first, for retention. */
-  readonly #resolved = new Set<string>();
+  /** Ids of decided approvals per agent, oldest first, for retention. */
+  readonly #resolved = new Map<string, Set<string>>();
+  /** How many decided approvals are kept, over all agents. */
+  #resolvedCount = 0;
   /** Pending approvals per agent (entries only while > 0). */
   readonly #pendingByAgent = new Map<string, number>();
   #closed = false;
@@ -270,7 +273,7 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
       .sort((a, b) => (a.decidedAt ?? a.createdAt) - (b.decidedAt ?? b.createdAt));
     for (const snapshot of decided) {
       this.#entries.set(snapshot.id, { snapshot, timer: undefined, waiters: new Set() });
-      this.#resolved.add(snapshot.id);
+      this.#keepResolved(snapshot);
     }
     this.#evict();
     const now = Date.now();
@@ -545,7 +548,7 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
     const left = (this.#pendingByAgent.get(snapshot.agentId) ?? 1) - 1;
     if (left > 0) this.#pendingByAgent.set(snapshot.agentId, left);
     else this.#pendingByAgent.delete(snapshot.agentId);
-    this.#resolved.add(snapshot.id);
+    this.#keepResolved(snapshot);
     this.#evict();
     const result = toResult(snapshot);
     for (const w of [...entry.waiters]) w.resolve(result);
@@ -554,10 +557,33 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
     return snapshot;
   }
 
+  #keepResolved(snapshot: Approval): void {
+    let ids = this.#resolved.get(snapshot.agentId);
+    if (ids === undefined) this.#resolved.set(snapshot.agentId, (ids = new Set()));
+    if (ids.has(snapshot.id)) return;
+    ids.add(snapshot.id);
+    this.#resolvedCount++;
+  }
+
+  /**
+   * Keeps the decided approvals within `maxResolved`: the oldest decision of the agent that has
+   * the most goes first, so one agent asking for approval after approval forgets only its own
+   * history, never another agent's decisions.
+   */
   #evict(): void {
-    while (this.#resolved.size > this.#options.maxResolved) {
-      const oldest = this.#resolved.values().next().value as string;
-      this.#resolved.delete(oldest);
+    while (this.#resolvedCount > this.#options.maxResolved) {
+      let most: Set<string> | undefined;
+      let agent = '';
+      for (const [a, ids] of this.#resolved) {
+        if (most === undefined || ids.size > most.size) {
+          most = ids;
+          agent = a;
+        }
+      }
+      const oldest = most!.values().next().value as string;
+      most!.delete(oldest);
+      if (most!.size === 0) this.#resolved.delete(agent);
+      this.#resolvedCount--;
       this.#entries.delete(oldest);
       this.#store.delete(oldest);
     }

@@ -179,6 +179,22 @@ describe('ApprovalManager', () => {
     small.close();
   });
 
+  it("evicts the flooding agent's own oldest decisions, never another agent's", () => {
+    const small = new ApprovalManager({ maxResolved: 4 });
+    const victim = small.create({ ...request, agentId: 'victim' });
+    small.deny(victim.id, { approver: 'admin' });
+    const flood: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const a = small.create({ ...request, agentId: 'attacker' });
+      small.deny(a.id, { approver: 'admin' });
+      flood.push(a.id);
+    }
+    expect(small.getApproval(victim.id)?.status).toBe('denied');
+    expect(small.listApprovals({ agentId: 'attacker' }).map((a) => a.id)).toEqual(flood.slice(-3));
+    expect(small.listApprovals()).toHaveLength(4);
+    small.close();
+  });
+
   it('caps pending approvals per agent; a decision or expiry frees a slot', async () => {
     const capped = new ApprovalManager({ maxPendingPerAgent: 2, defaultTtlSeconds: 10 });
     const a = capped.create(request);
