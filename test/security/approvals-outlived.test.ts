@@ -26,6 +26,25 @@ import {
 } from '../fixtures/gateway/harness.js';
 import { callAsTask } from '../fixtures/gateway/tasks.js';
 
+/** A sidecar over server-filesystem on `sandbox` whose writes need a human's approval. */
+function startWritesNeedApproval(sandbox: string, agents: string[]): Promise<Sidecar> {
+  return startTestSidecar({
+    upstreams: {
+      fs: { command: process.execPath, args: [FILESYSTEM_BIN, sandbox], stderr: 'ignore' },
+    },
+    policies: [
+      {
+        name: 'writes',
+        priority: 100,
+        rules: [{ tool: 'fs__write_file', action: 'require_approval', reason: 'writes' }],
+      },
+      DEFAULT_ALLOW,
+    ],
+    agents: agents.map((name) => ({ name })),
+    gateway: { shutdownGraceSeconds: 0 },
+  });
+}
+
 describe('a task that expired while parked on an approval', () => {
   let sidecar: Sidecar;
   let agent: Client;
@@ -33,21 +52,7 @@ describe('a task that expired while parked on an approval', () => {
 
   beforeAll(async () => {
     sandbox = tempDir('approval-expired-task');
-    sidecar = await startTestSidecar({
-      upstreams: {
-        fs: { command: process.execPath, args: [FILESYSTEM_BIN, sandbox], stderr: 'ignore' },
-      },
-      policies: [
-        {
-          name: 'writes',
-          priority: 100,
-          rules: [{ tool: 'fs__write_file', action: 'require_approval', reason: 'writes' }],
-        },
-        DEFAULT_ALLOW,
-      ],
-      agents: [{ name: 'attacker' }],
-      gateway: { shutdownGraceSeconds: 0 },
-    });
+    sidecar = await startWritesNeedApproval(sandbox, ['attacker']);
     agent = await httpClient(sidecar.url!, agentToken(sidecar, 'attacker'));
   });
 
@@ -95,21 +100,7 @@ describe('an approval granted after its agent was terminated', () => {
 
   beforeAll(async () => {
     sandbox = tempDir('approval-terminated-agent');
-    sidecar = await startTestSidecar({
-      upstreams: {
-        fs: { command: process.execPath, args: [FILESYSTEM_BIN, sandbox], stderr: 'ignore' },
-      },
-      policies: [
-        {
-          name: 'writes',
-          priority: 100,
-          rules: [{ tool: 'fs__write_file', action: 'require_approval', reason: 'writes' }],
-        },
-        DEFAULT_ALLOW,
-      ],
-      agents: [{ name: 'as-task' }, { name: 'plain' }],
-      gateway: { shutdownGraceSeconds: 0 },
-    });
+    sidecar = await startWritesNeedApproval(sandbox, ['as-task', 'plain']);
   });
 
   afterAll(async () => {
