@@ -840,6 +840,10 @@ export class AgentFabric {
         const t = this.scheduler.peekTask(id);
         if (t === undefined || isFinished(t.status)) mine.delete(id);
       }
+      if (mine.size === 0) {
+        this.#scheduledBy.delete(agentId);
+        mine = undefined;
+      }
     }
     const limit = this.config.maxScheduledTasksPerAgent;
     if (mine !== undefined && mine.size >= limit) {
