@@ -104,6 +104,48 @@ async function twoSidecars(url: string, ns: string, keyA?: string, keyB?: string
   return { a, b, x };
 }
 
+/**
+ * Runs `body` over {@link twoSidecars} on a server of its own (all closed after): `hold()`
+ * schedules a task on B's pool and holds its message as a worker would.
+ */
+async function withTwoSidecars(
+  ns: string,
+  keyA: string | undefined,
+  keyB: string | undefined,
+  body: (s: {
+    server: { url: string };
+    a: AgentFabric;
+    b: AgentFabric;
+    x: Awaited<ReturnType<typeof twoSidecars>>['x'];
+    hold: () => Promise<Awaited<ReturnType<typeof holdMessage>> & { taskId: string }>;
+  }) => Promise<void>,
+): Promise<void> {
+  const server = await startNatsServer();
+  const { a, b, x } = await twoSidecars(server.url, ns, keyA, keyB);
+  try {
+    await body({
+      server,
+      a,
+      b,
+      x,
+      hold: async () => {
+        const task = await b.scheduleToPool('p', 't', 1);
+        const held = await holdMessage(
+          server.url,
+          natsNames(ns).stream,
+          natsNames(ns).poolConsumer('p'),
+        );
+        expect(held.msg.taskId).toBe(task.id);
+        return { ...held, taskId: task.id };
+      },
+    });
+  } finally {
+    await a.close();
+    await b.close();
+    await server.close();
+  }
+}
+
 const refused = { ok: false, code: 'FABRIC_ERR_PERMISSION_DENIED' };
 
 describeNats('NATS: vouch answers are authenticated with the sidecar key', () => {
@@ -168,18 +210,9 @@ describeNats('NATS: vouch answers are authenticated with the sidecar key', () =>
   });
 
   it('two sidecars with the same key share a pool, whoever answers the vouch subject first', async () => {
-    const server = await startNatsServer();
-    const ns = 'vauth2';
-    const { a, b, x } = await twoSidecars(server.url, ns, KEY, KEY);
-    try {
-      const evil = await forger(server.url, ns);
-      const task = await b.scheduleToPool('p', 't', 1);
-      const { nc, m, msg, report, signed } = await holdMessage(
-        server.url,
-        natsNames(ns).stream,
-        natsNames(ns).poolConsumer('p'),
-      );
-      expect(msg.taskId).toBe(task.id);
+    await withTwoSidecars('vauth2', KEY, KEY, async ({ server, b, x, hold }) => {
+      const evil = await forger(server.url, 'vauth2');
+      const { nc, m, report, signed, taskId } = await hold();
       // The forger answers every vouch first; A's answer (MACed) is the one that counts.
       expect(await report(signed(x.id, x.credential, 'start', { take: 't' }))).toEqual({
         ok: true,
@@ -188,32 +221,19 @@ describeNats('NATS: vouch answers are authenticated with the sidecar key', () =>
         ok: true,
       });
       expect(evil.vouches.length).toBeGreaterThanOrEqual(2);
-      expect(await b.waitForTask(task.id, { timeoutSeconds: 5 })).toMatchObject({
+      expect(await b.waitForTask(taskId, { timeoutSeconds: 5 })).toMatchObject({
         status: TaskStatus.COMPLETED,
         result: 'x',
       });
       m.ack();
       await nc.close();
       await evil.nc.close();
-    } finally {
-      await a.close();
-      await b.close();
-      await server.close();
-    }
+    });
   });
 
   it("two sidecars with different keys refuse each other's agents' reports", async () => {
-    const server = await startNatsServer();
-    const ns = 'vauth3';
-    const { a, b, x } = await twoSidecars(server.url, ns, KEY, OTHER_KEY);
-    try {
-      const task = await b.scheduleToPool('p', 't', 1);
-      const { nc, m, msg, report, signed } = await holdMessage(
-        server.url,
-        natsNames(ns).stream,
-        natsNames(ns).poolConsumer('p'),
-      );
-      expect(msg.taskId).toBe(task.id);
+    await withTwoSidecars('vauth3', KEY, OTHER_KEY, async ({ b, x, hold }) => {
+      const { nc, m, report, signed, taskId } = await hold();
       // x's own valid proof: A answers, but under its key, which B does not take.
       expect(await report(signed(x.id, x.credential, 'start', { take: 't' }))).toMatchObject(
         refused,
@@ -221,33 +241,21 @@ describeNats('NATS: vouch answers are authenticated with the sidecar key', () =>
       expect(await report(signed(x.id, x.credential, 'complete', { result: 'x' }))).toMatchObject(
         refused,
       );
-      expect(await b.getTask(task.id)).toMatchObject({ status: TaskStatus.SCHEDULED });
-      expect((await b.getTask(task.id)).result).toBeUndefined();
+      expect(await b.getTask(taskId)).toMatchObject({ status: TaskStatus.SCHEDULED });
+      expect((await b.getTask(taskId)).result).toBeUndefined();
       m.nak();
       await nc.close();
-    } finally {
-      await a.close();
-      await b.close();
-      await server.close();
-    }
+    });
   });
 
   it("without a sidecar key a foreign agent's report is refused at once, and nobody is asked", async () => {
-    const server = await startNatsServer();
     const ns = 'vauth4';
-    const { a, b, x } = await twoSidecars(server.url, ns);
-    try {
+    await withTwoSidecars(ns, undefined, undefined, async ({ server, b, x, hold }) => {
       const spy = await connect({ servers: server.url });
       const asked: unknown[] = [];
       spy.subscribe(natsNames(ns).vouch, { callback: (_e, m) => void asked.push(m.data) });
       await spy.flush();
-      const task = await b.scheduleToPool('p', 't', 1);
-      const { nc, m, msg, report, signed } = await holdMessage(
-        server.url,
-        natsNames(ns).stream,
-        natsNames(ns).poolConsumer('p'),
-      );
-      expect(msg.taskId).toBe(task.id);
+      const { nc, m, msg, report, signed, taskId } = await hold();
       const started = Date.now();
       const answer = (await report(signed(x.id, x.credential, 'start', { take: 't' }))) as {
         message: string;
@@ -273,14 +281,10 @@ describeNats('NATS: vouch answers are authenticated with the sidecar key', () =>
       const got: unknown[] = [];
       for await (const r of answers) if (r.data.length > 0) got.push(r.data);
       expect(got).toEqual([]);
-      expect(await b.getTask(task.id)).toMatchObject({ status: TaskStatus.SCHEDULED });
+      expect(await b.getTask(taskId)).toMatchObject({ status: TaskStatus.SCHEDULED });
       m.nak();
       await nc.close();
       await spy.close();
-    } finally {
-      await a.close();
-      await b.close();
-      await server.close();
-    }
+    });
   });
 });

@@ -78,6 +78,43 @@ function gate() {
   };
 }
 
+/**
+ * Forged and mismatched ended notices (a flood of malformed ones, a real task's notice on another
+ * task's subject) for a task the worker runs in `slow`: after `settleMs` its handler was not
+ * aborted, it completes when released, and the worker still runs the next task.
+ */
+async function survivesForgedNotices(
+  fabric: AgentFabric,
+  agentId: string,
+  evil: NatsConnection,
+  ns: string,
+  slow: ReturnType<typeof gate>,
+  settleMs: number,
+): Promise<void> {
+  const t2 = await fabric.schedule({ agentId, taskType: 'slow', payload: null });
+  await until(slow.started);
+  await flood(evil, ns, [t2.id]);
+  evil.publish(
+    `fabric.${ns}.ended.other`,
+    encodeJson({ taskId: t2.id, attempt: 1, code: 'FABRIC_ERR_CANCELLED', message: 'forged' }),
+  );
+  await evil.flush();
+  await new Promise((r) => setTimeout(r, settleMs));
+  expect(slow.abortedWith()).toBeUndefined();
+  slow.release();
+  expect(await fabric.waitForTask(t2.id, { timeoutSeconds: 10 })).toMatchObject({
+    status: TaskStatus.COMPLETED,
+    result: 'released',
+    attempt: 1,
+  });
+  // The worker still pulls and is answered.
+  const t3 = await fabric.schedule({ agentId, taskType: 'double', payload: 2 });
+  expect(await fabric.waitForTask(t3.id, { timeoutSeconds: 10 })).toMatchObject({
+    status: TaskStatus.COMPLETED,
+    result: 4,
+  });
+}
+
 describeNats('NATS: hostile messages on ended.*', () => {
   it('FabricWorker over NATS: keeps working, ignores mismatched notices, obeys a cancel', async () => {
     const server = await startNatsServer();
@@ -107,29 +144,8 @@ describeNats('NATS: hostile messages on ended.*', () => {
       });
 
       // While a task runs: garbage everywhere, and its own notice on another task's subject.
-      const t2 = await fabric.schedule({ agentId: agent.id, taskType: 'slow', payload: null });
-      await until(slow.started);
-      await flood(evil, ns, [t2.id]);
-      evil.publish(
-        `fabric.${ns}.ended.other`,
-        encodeJson({ taskId: t2.id, attempt: 1, code: 'FABRIC_ERR_CANCELLED', message: 'forged' }),
-      );
-      await evil.flush();
-      await new Promise((r) => setTimeout(r, 600)); // three heartbeats hand out ended notices
-      expect(slow.abortedWith()).toBeUndefined();
-      slow.release();
-      expect(await fabric.waitForTask(t2.id, { timeoutSeconds: 10 })).toMatchObject({
-        status: TaskStatus.COMPLETED,
-        result: 'released',
-        attempt: 1,
-      });
-
-      // The worker still pulls and is answered.
-      const t3 = await fabric.schedule({ agentId: agent.id, taskType: 'double', payload: 2 });
-      expect(await fabric.waitForTask(t3.id, { timeoutSeconds: 10 })).toMatchObject({
-        status: TaskStatus.COMPLETED,
-        result: 4,
-      });
+      // Three heartbeats hand out ended notices meanwhile.
+      await survivesForgedNotices(fabric, agent.id, evil, ns, slow, 600);
 
       // The sidecar's own notice, on the task's own subject, still stops the handler.
       const cancelled = gate();
@@ -171,28 +187,7 @@ describeNats('NATS: hostile messages on ended.*', () => {
     );
     const evil = await connect({ servers: server.url });
     try {
-      const t2 = await fabric.schedule({ agentId: agent.id, taskType: 'slow', payload: null });
-      await until(slow.started);
-      await flood(evil, ns, [t2.id]);
-      evil.publish(
-        `fabric.${ns}.ended.other`,
-        encodeJson({ taskId: t2.id, attempt: 1, code: 'FABRIC_ERR_CANCELLED', message: 'forged' }),
-      );
-      await evil.flush();
-      await new Promise((r) => setTimeout(r, 300));
-      expect(slow.abortedWith()).toBeUndefined();
-      slow.release();
-      expect(await fabric.waitForTask(t2.id, { timeoutSeconds: 10 })).toMatchObject({
-        status: TaskStatus.COMPLETED,
-        result: 'released',
-        attempt: 1,
-      });
-
-      const t3 = await fabric.schedule({ agentId: agent.id, taskType: 'double', payload: 2 });
-      expect(await fabric.waitForTask(t3.id, { timeoutSeconds: 10 })).toMatchObject({
-        status: TaskStatus.COMPLETED,
-        result: 4,
-      });
+      await survivesForgedNotices(fabric, agent.id, evil, ns, slow, 300);
 
       const t4 = await fabric.schedule({ agentId: agent.id, taskType: 'cancelled', payload: 0 });
       await until(cancelled.started);
