@@ -173,6 +173,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'grpc.tls.ca': 'CA of client certificates (mutual TLS).',
   'grpc.allowInsecure': 'Serve plaintext beyond loopback.',
   'grpc.reflection': 'Serve gRPC server reflection (v1 and v1alpha).',
+  'grpc.maxInflightPerAgent':
+    'Unary calls one agent may have in flight over gRPC (tool calls, claims, waits); one more is RESOURCE_EXHAUSTED (FABRIC_ERR_INFLIGHT_LIMIT).',
   plugins: 'Plugins loaded at start, in order.',
   'plugins[].module':
     "Path (`./…`, `../…` relative to the config's folder, or absolute; `${PLUGINS}` is the first-party folder), `file:` URL, a first-party plugin's name (`policy-rate-limit`) or an npm package name.",

@@ -46,15 +46,102 @@ export class FabricError extends Error {
     this.details = Object.freeze({ ...details });
   }
 
-  /** A plain object safe to serialise onto a wire. */
+  /**
+   * A plain object safe to serialise onto a wire, the one form every door sends (HTTP bodies,
+   * MCP error data and tool-result meta, gRPC trailers): the message and every detail string cut
+   * to {@link MAX_WIRE_ERROR_TEXT} characters, detail members named like secrets left out (see
+   * {@link wireErrorDetails}). An error that echoes what a caller sent (`task <id> does not
+   * exist`) answers with at most that much of it, whatever the caller sent.
+   */
   toJSON(): { code: string; kind: ErrorKind; message: string; details: Record<string, unknown> } {
     return {
       code: this.code,
       kind: this.kind,
-      message: this.message,
-      details: { ...this.details },
+      message: cutWireText(this.message),
+      details: wireErrorDetails(this.details),
     };
   }
+}
+
+/** Longest message, and longest detail string, of an error on a wire (UTF-16 units). */
+export const MAX_WIRE_ERROR_TEXT = 1024;
+/** Detail members never put on a wire, whatever an error carries (credentials and the like). */
+export const SECRET_DETAIL_KEY =
+  /credential|secret|password|authorization|^(access|bearer|admin)?_?token$|api[-_]?key/i;
+/** Deepest detail value kept on a wire; deeper ones read `…`. */
+const MAX_WIRE_DETAIL_DEPTH = 4;
+/** Most array items or object members kept per detail value on a wire. */
+const MAX_WIRE_DETAIL_ITEMS = 32;
+
+/** `text` cut to {@link MAX_WIRE_ERROR_TEXT} UTF-16 units, not inside a surrogate pair, marked `…`. */
+export function cutWireText(text: string): string {
+  if (text.length <= MAX_WIRE_ERROR_TEXT) return text;
+  let end = MAX_WIRE_ERROR_TEXT - 1;
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--; // a pair's first half stays with its second
+  return `${text.slice(0, end)}…`;
+}
+
+/**
+ * `details` as a wire carries them: members named like secrets left out at every level, strings
+ * cut to {@link MAX_WIRE_ERROR_TEXT}, at most {@link MAX_WIRE_DETAIL_ITEMS} items or members per
+ * array or object and {@link MAX_WIRE_DETAIL_DEPTH} levels (deeper values read `…`), a `bigint`
+ * as its decimal text and any other object that is not plain JSON as its `toJSON()` or its text.
+ * Always JSON-serialisable (no cycle survives the depth bound).
+ */
+export function wireErrorDetails(
+  details: Readonly<Record<string, unknown>>,
+): Record<string, unknown> {
+  const out = wireDetailValue(details, 0);
+  return typeof out === 'object' && out !== null && !Array.isArray(out)
+    ? (out as Record<string, unknown>)
+    : {};
+}
+
+function wireDetailValue(value: unknown, depth: number): unknown {
+  switch (typeof value) {
+    case 'string':
+      return cutWireText(value);
+    case 'number':
+    case 'boolean':
+      return value;
+    case 'bigint':
+      return value.toString();
+    case 'object':
+      break;
+    default:
+      return undefined; // a function, a symbol, undefined: not a wire fact
+  }
+  if (value === null) return null;
+  if (depth >= MAX_WIRE_DETAIL_DEPTH) return '…';
+  if (Array.isArray(value)) {
+    return value
+      .slice(0, MAX_WIRE_DETAIL_ITEMS)
+      .map((item) => wireDetailValue(item, depth + 1) ?? null);
+  }
+  const proto = Object.getPrototypeOf(value) as unknown;
+  if (proto !== Object.prototype && proto !== null) {
+    const toJSON = (value as { toJSON?: unknown }).toJSON;
+    if (typeof toJSON === 'function') {
+      try {
+        return wireDetailValue(toJSON.call(value), depth + 1);
+      } catch {
+        return undefined;
+      }
+    }
+    return cutWireText(String(value));
+  }
+  const out: Record<string, unknown> = {};
+  let kept = 0;
+  for (const key of Object.keys(value)) {
+    if (SECRET_DETAIL_KEY.test(key)) continue;
+    if (kept === MAX_WIRE_DETAIL_ITEMS) break;
+    const item = wireDetailValue((value as Record<string, unknown>)[key], depth + 1);
+    if (item === undefined) continue;
+    out[cutWireText(key)] = item;
+    kept++;
+  }
+  return out;
 }
 
 /** Maps an {@link ErrorKind} to the numeric gRPC status code of the same meaning. */
@@ -336,13 +423,18 @@ export class SessionLimitError extends FabricError {
 /** An agent's requests in flight over HTTP would exceed `http.maxInflightPerAgent`. */
 export class InflightLimitError extends FabricError {
   static readonly code = 'FABRIC_ERR_INFLIGHT_LIMIT';
-  constructor(limit: number, agentId: string, inflight: number) {
+  constructor(
+    limit: number,
+    agentId: string,
+    inflight: number,
+    setting = 'http.maxInflightPerAgent',
+  ) {
     super(
       InflightLimitError.code,
       'resource_exhausted',
       `agent ${agentId} has ${inflight} requests in flight; at most ${limit} are allowed ` +
-        '(http.maxInflightPerAgent): retry once some are answered',
-      { limit, agentId, inflight },
+        `(${setting}): retry once some are answered`,
+      { limit, agentId, inflight, setting },
     );
   }
 }

@@ -155,10 +155,11 @@ export function sendJsonRpcRefusal(
   headers?: OutgoingHttpHeaders,
 ): void {
   const close = !req.complete || closesConnection(error);
+  const wire = error.toJSON();
   sendJson(
     res,
     httpStatusOf(error),
-    jsonRpcError(jsonRpcCode, error.message, null, error.toJSON()),
+    jsonRpcError(jsonRpcCode, wire.message, null, wire),
     close ? { ...headers, connection: 'close' } : headers,
   );
 }

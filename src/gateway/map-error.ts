@@ -5,7 +5,13 @@
  * @module
  */
 import { ErrorCode, McpError, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { BodyTimeoutError, FabricError, PayloadTooLargeError, type ErrorKind } from '../errors.js';
+import {
+  BodyTimeoutError,
+  cutWireText,
+  FabricError,
+  PayloadTooLargeError,
+  type ErrorKind,
+} from '../errors.js';
 import type { ToolCallRefused } from './backend.js';
 
 /** `_meta` key under which error facts travel in tool results. */
@@ -86,7 +92,11 @@ export function httpStatusOf(error: unknown): number {
 export function httpErrorBody(error: unknown): { error: Record<string, unknown> } {
   if (error instanceof FabricError) return { error: error.toJSON() };
   return {
-    error: { code: 'FABRIC_ERR_INTERNAL', kind: 'internal', message: messageOf(error) },
+    error: {
+      code: 'FABRIC_ERR_INTERNAL',
+      kind: 'internal',
+      message: cutWireText(messageOf(error)),
+    },
   };
 }
 
@@ -94,9 +104,10 @@ export function httpErrorBody(error: unknown): { error: Record<string, unknown> 
 export function toMcpError(error: unknown): McpError {
   if (error instanceof McpError) return error;
   if (error instanceof FabricError) {
-    return new RelayedMcpError(JSONRPC_CODE_BY_KIND[error.kind], error.message, error.toJSON());
+    const wire = error.toJSON();
+    return new RelayedMcpError(JSONRPC_CODE_BY_KIND[error.kind], wire.message, wire);
   }
-  return new RelayedMcpError(ErrorCode.InternalError, messageOf(error));
+  return new RelayedMcpError(ErrorCode.InternalError, cutWireText(messageOf(error)));
 }
 
 /** A tool result with `isError: true` that the model can read and act on. */
@@ -110,12 +121,11 @@ export function errorResult(
 /** The tool result for an error raised while forwarding a call (upstream down, timeout …). */
 export function toolErrorResult(error: unknown): CallToolResult {
   if (error instanceof FabricError) {
-    return errorResult(`Tool call failed: ${error.message} (${error.code})`, error.toJSON());
+    const wire = error.toJSON();
+    return errorResult(`Tool call failed: ${wire.message} (${wire.code})`, wire);
   }
-  return errorResult(`Tool call failed: ${messageOf(error)}`, {
-    code: 'FABRIC_ERR_INTERNAL',
-    message: messageOf(error),
-  });
+  const message = cutWireText(messageOf(error));
+  return errorResult(`Tool call failed: ${message}`, { code: 'FABRIC_ERR_INTERNAL', message });
 }
 
 /** The tool result for a call the policy / approval / budget pipeline refused. */

@@ -476,7 +476,8 @@ export class ToolTasks {
         record.taskId,
         `cannot cancel a task that is ${record.status}`,
       );
-      throw new RelayedMcpError(ErrorCode.InvalidParams, error.message, error.toJSON());
+      const wire = error.toJSON();
+      throw new RelayedMcpError(ErrorCode.InvalidParams, wire.message, wire);
     }
     const cancelled = this.#update(record.taskId, {
       status: 'cancelled',

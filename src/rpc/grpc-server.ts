@@ -18,7 +18,13 @@ import { Health } from '../gen/grpc/health/v1/health_pb.js';
 import { checkListenerSecurity, type TlsMaterial } from '../server/tls.js';
 import { addHealthService, HealthRegistry, type HealthProbe } from './health-service.js';
 import { addReflectionService } from './reflection-service.js';
-import { ActiveStreams, addGrpcService, type GrpcServiceOptions } from './rpc-call.js';
+import { DEFAULT_MAX_INFLIGHT_PER_AGENT } from '../gateway/downstream-http.js';
+import {
+  ActiveStreams,
+  addGrpcService,
+  AgentInflight,
+  type GrpcServiceOptions,
+} from './rpc-call.js';
 import { fabricServices, type FabricServicesOptions } from './services.js';
 
 /** Options of {@link startGrpcServer}. */
@@ -39,6 +45,12 @@ export interface GrpcServerOptions
   healthProbes?: Readonly<Record<string, HealthProbe>> | undefined;
   /** Serve gRPC server reflection. @default true */
   reflection?: boolean | undefined;
+  /**
+   * Unary calls one agent may have in flight on this server (tool calls, claims, waits …); one
+   * more is RESOURCE_EXHAUSTED (`FABRIC_ERR_INFLIGHT_LIMIT`) until one ends.
+   * @default 256 (as `http.maxInflightPerAgent`)
+   */
+  maxInflightPerAgent?: number | undefined;
 }
 
 /**
@@ -75,6 +87,10 @@ export async function startGrpcServer(
   const streams = new ActiveStreams();
   const serviceOptions: GrpcServiceOptions = {
     streams,
+    inflight: new AgentInflight(
+      options.maxInflightPerAgent ?? DEFAULT_MAX_INFLIGHT_PER_AGENT,
+      'grpc.maxInflightPerAgent',
+    ),
     ...(options.maxBufferedMessages === undefined
       ? {}
       : { maxBufferedMessages: options.maxBufferedMessages }),

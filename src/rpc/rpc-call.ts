@@ -39,8 +39,10 @@ import {
   ConfigError,
   FabricError,
   GRPC_STATUS_BY_KIND,
+  InflightLimitError,
   InvalidArgumentError,
   PermissionDeniedError,
+  SECRET_DETAIL_KEY,
   StreamOverflowError,
   UnauthenticatedError,
 } from '../errors.js';
@@ -185,9 +187,6 @@ export const MAX_ERROR_DETAILS_LENGTH = 4096;
  * what grpc-js clients read (8 KiB of metadata in all: a longer one killed the connection).
  */
 export const MAX_STATUS_MESSAGE_BYTES = 1024;
-/** Detail members never put on the wire, whatever an error carries (credentials and the like). */
-const SECRET_KEY =
-  /credential|secret|password|authorization|^(access|bearer|admin)?_?token$|api[-_]?key/i;
 
 /**
  * The one mapping of errors to gRPC statuses: a catalog error's kind to its status code
@@ -204,7 +203,7 @@ export function toServiceError(err: unknown): {
   const metadata = new Metadata();
   if (err instanceof FabricError) {
     metadata.set(ERROR_CODE_TRAILER, err.code);
-    metadata.set(ERROR_DETAILS_TRAILER, errorDetailsJson(err.details));
+    metadata.set(ERROR_DETAILS_TRAILER, errorDetailsJson(err.toJSON().details));
     return { code: GRPC_STATUS_BY_KIND[err.kind], details: statusMessage(err.message), metadata };
   }
   metadata.set('fabric-error-code', 'FABRIC_ERR_INTERNAL');
@@ -276,7 +275,7 @@ export function authenticateCall(
 export function errorDetailsJson(details: Readonly<Record<string, unknown>>): string {
   const kept: [string, string][] = [];
   for (const [key, value] of Object.entries(details)) {
-    if (SECRET_KEY.test(key)) continue;
+    if (SECRET_DETAIL_KEY.test(key)) continue;
     let json: string | undefined;
     try {
       json = JSON.stringify(value);
@@ -323,13 +322,63 @@ function runCall<D extends DescMessage, R>(
   call: ServerUnaryCall<Buffer, unknown> | ServerWritableStream<Buffer, unknown>,
   onCancel: () => void,
   run: (caller: Caller, request: MessageShape<D>) => Promise<R>,
+  inflight?: AgentInflight,
 ): Promise<R> {
   call.on('cancelled', onCancel);
   if (call.cancelled) onCancel();
   return (async () => {
     const caller = authenticateCall(fabric, kind, call.metadata);
-    return run(caller, decodeRequest(method.input, call.request));
+    // An agent's call holds a slot from here until its handler settles (answered or failed).
+    const release = caller.kind === 'agent' ? inflight?.acquire(caller.id) : undefined;
+    try {
+      return await run(caller, decodeRequest(method.input, call.request));
+    } finally {
+      release?.();
+    }
   })();
+}
+
+/**
+ * The unary calls each agent has in flight on one server, at most `max` at once: one more is
+ * refused with `InflightLimitError` (RESOURCE_EXHAUSTED) before it is decoded or run. Without it
+ * one agent's credential could park any number of calls (tool calls waiting for an approval or
+ * a hanging upstream, claims waiting for tasks), each holding its request and the gateway's work.
+ */
+export class AgentInflight {
+  readonly #counts = new Map<string, number>();
+
+  /** @throws ConfigError when `max` is not a positive integer. */
+  constructor(
+    readonly max: number,
+    readonly setting: string,
+  ) {
+    if (!Number.isSafeInteger(max) || max < 1) {
+      throw new ConfigError(setting, `must be a positive integer (got ${String(max)})`);
+    }
+  }
+
+  /** Agents with a call in flight (an agent is forgotten when its last call ends). */
+  get agents(): number {
+    return this.#counts.size;
+  }
+
+  /**
+   * Counts a call of `agentId`; returns what ends it (idempotent).
+   * @throws InflightLimitError when the agent already has {@link max} in flight.
+   */
+  acquire(agentId: string): () => void {
+    const n = this.#counts.get(agentId) ?? 0;
+    if (n >= this.max) throw new InflightLimitError(this.max, agentId, n, this.setting);
+    this.#counts.set(agentId, n + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const left = (this.#counts.get(agentId) ?? 1) - 1;
+      if (left === 0) this.#counts.delete(agentId);
+      else this.#counts.set(agentId, left);
+    };
+  }
 }
 
 /**
@@ -351,6 +400,7 @@ export function unaryHandler<D extends DescMessage, Res>(
     signal: AbortSignal,
     context: CallContext,
   ) => Promise<Res>,
+  inflight?: AgentInflight,
 ): UntypedHandleCall {
   return (call: ServerUnaryCall<Buffer, Res>, callback: sendUnaryData<Res>): void => {
     const controller = new AbortController();
@@ -377,6 +427,7 @@ export function unaryHandler<D extends DescMessage, Res>(
       // would cost a DOMException (a stack trace) per RPC for nothing (bench/grpc profile).
       () => void (settled || controller.abort(CALL_CANCELLED)),
       (caller, request) => handler(caller, request, controller.signal, context),
+      inflight,
     ).then(
       (res) => {
         settled = true;
@@ -492,6 +543,8 @@ export interface GrpcServiceOptions {
   maxBufferedMessages?: number;
   /** Where the server's streams are registered, so {@link ActiveStreams.endAll} ends them. */
   streams?: ActiveStreams;
+  /** Bounds each agent's unary calls in flight (see {@link AgentInflight}). @default no bound */
+  inflight?: AgentInflight | undefined;
 }
 
 /**
@@ -576,7 +629,7 @@ export function addGrpcService<S extends DescService>(
   for (const method of impl.service.methods) {
     const name = method.localName;
     if (method.methodKind === 'unary' && unary[name] !== undefined) {
-      handlers[name] = unaryHandler(fabric, impl.caller, method, unary[name]);
+      handlers[name] = unaryHandler(fabric, impl.caller, method, unary[name], options.inflight);
     } else if (method.methodKind === 'server_streaming' && streams[name] !== undefined) {
       handlers[name] = serverStreamHandler(fabric, impl.caller, method, streams[name], options);
     }

@@ -385,6 +385,8 @@ export const sidecarConfigSchema = z
         allowInsecure: z.boolean().default(false),
         /** Serve gRPC server reflection (v1 and v1alpha). */
         reflection: z.boolean().default(true),
+        /** Unary calls one agent may have in flight over gRPC; one more is RESOURCE_EXHAUSTED. */
+        maxInflightPerAgent: z.number().int().positive().default(DEFAULT_MAX_INFLIGHT_PER_AGENT),
       })
       .strict()
       .optional(),

@@ -7,7 +7,14 @@
  * happens to the task in the store is checked.
  */
 import { create } from '@bufbuild/protobuf';
-import { credentials, makeGenericClientConstructor, status, type Client } from '@grpc/grpc-js';
+import {
+  credentials,
+  makeGenericClientConstructor,
+  status,
+  type Client,
+  type ClientUnaryCall,
+  type ServiceError,
+} from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   ClaimTaskRequestSchema,
@@ -15,7 +22,9 @@ import {
   HeartbeatRequestSchema,
   type ClaimTaskResponse,
 } from '../../src/gen/fabric/v1/agent_pb.js';
+import { CallToolRequestSchema, type CallToolResponse } from '../../src/gen/fabric/v1/tool_pb.js';
 import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
+import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
 import { MAX_GRPC_REQUEST_FIELDS } from '../../src/rpc/grpc-definition.js';
 import { MAX_HEALTH_WATCHES } from '../../src/rpc/health-service.js';
 import { MAX_ERROR_DETAILS_LENGTH, MAX_STATUS_MESSAGE_BYTES } from '../../src/rpc/rpc-call.js';
@@ -25,7 +34,10 @@ import {
   agentId,
   agentToken,
   closeSidecar,
+  DEFAULT_ALLOW,
+  HANGING_SERVER,
   startTestSidecar,
+  until,
 } from '../fixtures/gateway/harness.js';
 import { failure, grpcClient, openStream, unary } from '../fixtures/grpc-client.js';
 
@@ -176,3 +188,80 @@ describe('health watches without a credential', () => {
     }
   }, 60_000);
 });
+
+describe("an agent's calls in flight", () => {
+  it('at most grpc.maxInflightPerAgent at once: one more is RESOURCE_EXHAUSTED, others unaffected', async () => {
+    const held = await startTestSidecar({
+      grpc: { port: 0, maxInflightPerAgent: 2 },
+      upstreams: {
+        slow: {
+          command: process.execPath,
+          args: [HANGING_SERVER],
+          stderr: 'ignore',
+          callTimeoutSeconds: 600,
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'mallory' }, { name: 'watcher' }],
+    } as never);
+    const tools = grpcClient(TOOL_SERVICE_DEFINITION, held.grpcAddress!);
+    try {
+      const mallory = agentToken(held, 'mallory');
+      const watcher = agentToken(held, 'watcher');
+      const call = (credential: string, name: string, started?: (c: ClientUnaryCall) => void) =>
+        unary<CallToolResponse>(
+          tools,
+          'callTool',
+          create(CallToolRequestSchema, { name }),
+          credential,
+          started ? { started } : {},
+        );
+      // How many `hang` calls reached the upstream (asked by another agent).
+      const pending = async () => {
+        const { result } = await call(watcher, 'slow__pending');
+        const content = result?.content as { text?: string }[] | undefined;
+        return Number(content?.[0]?.text ?? NaN);
+      };
+      const calls: ClientUnaryCall[] = [];
+      const hanging = [0, 1].map(() =>
+        call(mallory, 'slow__hang', (c) => calls.push(c)).catch((e: ServiceError) => e),
+      );
+      await until(async () => (await pending()) === 2);
+      const third = await failure(call(mallory, 'slow__hang'));
+      expect(third.code).toBe(status.RESOURCE_EXHAUSTED);
+      expect(third.metadata.get('fabric-error-code')).toEqual(['FABRIC_ERR_INFLIGHT_LIMIT']);
+      expect(third.details).toContain('grpc.maxInflightPerAgent');
+      expect(await pending()).toBe(2); // the refused call never reached the upstream
+      // Any method of the agent's counts, not only tool calls.
+      const hb = await failure(heartbeatOn(held, mallory));
+      expect(hb.code).toBe(status.RESOURCE_EXHAUSTED);
+      // A call its client gives up frees its slot.
+      calls[0]!.cancel();
+      expect((await hanging[0]) as ServiceError).toMatchObject({ code: status.CANCELLED });
+      await until(async () => {
+        try {
+          await heartbeatOn(held, mallory);
+          return true;
+        } catch {
+          return false;
+        }
+      });
+      calls[1]!.cancel();
+      await hanging[1];
+    } finally {
+      tools.close();
+      await closeSidecar(held);
+    }
+  });
+});
+
+async function heartbeatOn(on: Sidecar, credential: string): Promise<unknown> {
+  const agents = grpcClient(AGENT_SERVICE_DEFINITION, on.grpcAddress!);
+  try {
+    return await unary(agents, 'heartbeat', create(HeartbeatRequestSchema), credential, {
+      deadline: Date.now() + 5000,
+    });
+  } finally {
+    agents.close();
+  }
+}

@@ -8,6 +8,7 @@
  */
 import { request } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
+import { MAX_WIRE_ERROR_TEXT } from '../../src/errors.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { postJson } from '../fixtures/api.js';
 import {
@@ -186,6 +187,40 @@ describe('routes besides /mcp and /api/', () => {
       expect(a.status).toBe(404);
       const body = JSON.parse(a.body) as { error: { code: string; kind?: string } };
       expect(body.error).toMatchObject({ code: 'FABRIC_ERR_ROUTE_NOT_FOUND', kind: 'not_found' });
+    }
+  });
+});
+
+describe('error answers', () => {
+  it('echo at most MAX_WIRE_ERROR_TEXT of what the caller sent, over /api/ and over MCP', async () => {
+    sidecar = await startTestSidecar({
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'mallory' }],
+    } as never);
+    const token = agentToken(sidecar, 'mallory');
+    const id = 'x'.repeat(200_000);
+    const res = await api(sidecar, 'AgentService/CompleteTask', { taskId: id, attempt: 1 }, token);
+    const text = await res.text();
+    expect(res.status).toBe(404);
+    const body = JSON.parse(text) as { code: string; message: string; details: object };
+    expect(body.code).toBe('FABRIC_ERR_TASK_NOT_FOUND');
+    expect(body.message.length).toBeLessThanOrEqual(MAX_WIRE_ERROR_TEXT);
+    expect(body.message).toMatch(/^task x+…/);
+    for (const value of Object.values(body.details))
+      if (typeof value === 'string') expect(value.length).toBeLessThanOrEqual(MAX_WIRE_ERROR_TEXT);
+    expect(text.length).toBeLessThan(4 * MAX_WIRE_ERROR_TEXT);
+
+    const client = await httpClient(new URL('/mcp', sidecar.url!).href, token);
+    try {
+      const result = await client.callTool({
+        name: 'fabric__complete_task',
+        arguments: { taskId: id, attempt: 1 },
+      });
+      expect(result.isError).toBe(true);
+      expect(JSON.stringify(result)).toContain('FABRIC_ERR_TASK_NOT_FOUND');
+      expect(JSON.stringify(result).length).toBeLessThan(6 * MAX_WIRE_ERROR_TEXT);
+    } finally {
+      await client.close();
     }
   });
 });

@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { BudgetExceededError, PolicyDeniedError, UnauthenticatedError } from '../../src/errors.js';
+import {
+  BudgetExceededError,
+  FabricError,
+  MAX_WIRE_ERROR_TEXT,
+  PolicyDeniedError,
+  UnauthenticatedError,
+} from '../../src/errors.js';
 import {
   errorDetailsJson,
   MAX_ERROR_DETAILS_LENGTH,
@@ -65,5 +71,41 @@ describe('errorDetailsJson (a hostile error detail cannot break or leak through 
     const json = errorDetailsJson({ small: 1, huge: 'x'.repeat(100_000), after: 'kept' });
     expect(json.length).toBeLessThanOrEqual(MAX_ERROR_DETAILS_LENGTH);
     expect(JSON.parse(json)).toEqual({ small: 1, after: 'kept', truncated: true });
+  });
+});
+
+describe('FabricError.toJSON (the one wire form of every door)', () => {
+  it('leaves secret-named members out at every level and cuts strings, depth and width', () => {
+    const cyclic: Record<string, unknown> = { name: 'c' };
+    cyclic.self = cyclic;
+    const error = new FabricError('FABRIC_ERR_X', 'internal', `${'m'.repeat(5000)}`, {
+      tool: 't',
+      apiKey: 'k1',
+      nested: { password: 'p', authorization: 'Bearer s', kept: 1, deep: { a: { b: { c: 1 } } } },
+      list: Array.from({ length: 100 }, (_, i) => ({ i, token: 'tok' })),
+      long: `${'😀'.repeat(600)}`,
+      big: 10n,
+      fn: () => 1,
+      when: new Date(0),
+      cyclic,
+    });
+    const wire = error.toJSON();
+    const text = JSON.stringify(wire);
+    expect(text).not.toMatch(/k1|"p"|Bearer s|tok/);
+    expect(wire.message).toHaveLength(MAX_WIRE_ERROR_TEXT);
+    expect(wire.message.endsWith('…')).toBe(true);
+    expect(wire.details.tool).toBe('t');
+    expect(wire.details.nested).toEqual({ kept: 1, deep: { a: { b: '…' } } });
+    expect(wire.details.list).toHaveLength(32);
+    const long = wire.details.long as string;
+    expect(long.length).toBeLessThanOrEqual(MAX_WIRE_ERROR_TEXT);
+    expect(long).not.toMatch(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])/);
+    expect(wire.details.big).toBe('10');
+    expect('fn' in wire.details).toBe(false);
+    expect(wire.details.when).toBe('1970-01-01T00:00:00.000Z');
+    expect(text.length).toBeLessThan(16 * MAX_WIRE_ERROR_TEXT);
+    // The trailer is built from the same form.
+    const trailer = toServiceError(error).metadata.get('fabric-error-details')[0] as string;
+    expect(trailer).not.toMatch(/k1|Bearer s|tok/);
   });
 });
