@@ -3,8 +3,9 @@
  *
  * `JSON.parse` turns every number into a double, so 2^53+1 arrives as 2^53. Node 20 has neither
  * `JSON.parse` source text access nor `JSON.rawJSON`, so this module parses and prints JSON
- * itself: an integer literal that is not a safe integer becomes a `bigint` (other numbers stay
- * doubles, as in `JSON.parse`), and a `bigint` prints as its digits. Strings are decoded and
+ * itself: an integer literal that a double cannot print back as written (2^53+1, not 1e20)
+ * becomes a `bigint` (other numbers stay doubles, as in `JSON.parse`), and a `bigint` prints as
+ * its digits. Strings are decoded and
  * encoded by `JSON.parse`/`JSON.stringify` themselves; a `__proto__` key is an own property, as
  * with `JSON.parse`. Nesting is bounded ({@link MAX_JSON_DEPTH}), so hostile input cannot
  * exhaust the stack.
@@ -77,7 +78,11 @@ class Parser {
     if (m === null) this.fail('unexpected character');
     this.#i = NUMBER.lastIndex;
     const n = Number(m[0]);
-    return Number.isSafeInteger(n) || !/^-?\d+$/.test(m[0]) ? n : BigInt(m[0]);
+    if (Number.isSafeInteger(n) || !/^-?\d+$/.test(m[0])) return n;
+    // An integer literal a double prints back as written (`100000000000000000000` is 1e20) is
+    // that double, as JSON.parse makes it; only one a double would change is a `bigint`. So a
+    // value that never held a `bigint` reads back without one (the state store wrote 1e20 so).
+    return JSON.stringify(n) === m[0] ? n : BigInt(m[0]);
   }
 
   string(): string {

@@ -1,6 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
-import { jsonBytes, MAX_JSON_DEPTH, parseJsonBytes } from '../../src/json-bytes.js';
+import {
+  jsonBytes,
+  MAX_JSON_DEPTH,
+  parseJsonBytes,
+  parseRecordJson,
+} from '../../src/json-bytes.js';
 
 const parse = (text: string): unknown => parseJsonBytes(Buffer.from(text), 'payload_json');
 const print = (v: unknown): string => Buffer.from(jsonBytes(v, 'payload')).toString();
@@ -66,5 +71,21 @@ describe('lossless JSON bytes', () => {
     const v = { s: 'é"\n', n: [1, null, undefined, () => 1], d: new Date(0), u: undefined, x: NaN };
     expect(print(v)).toBe(JSON.stringify(v));
     expect(jsonBytes(undefined, 'r').length).toBe(0);
+  });
+});
+
+describe('numbers a double prints back as written', () => {
+  it('stay numbers (1e20 is 100000000000000000000), so a record without a bigint reads back without one', () => {
+    const text = '{"a":100000000000000000000,"b":-9007199254740992,"c":123456789012345680000}';
+    const v = parse(text) as Record<string, unknown>;
+    expect(v).toEqual({ a: 1e20, b: -(2 ** 53), c: 123456789012345680000 });
+    expect(print(v)).toBe(text);
+    expect(parseRecordJson(JSON.stringify({ x: 1e20, y: [2 ** 60] }), 'r')).toEqual({
+      x: 1e20,
+      y: [2 ** 60],
+    });
+    // One a double would change is still exact.
+    expect(parseRecordJson('{"x":9007199254740993}', 'r')).toEqual({ x: 9007199254740993n });
+    expect(parse('[-99999999999999999999999]')).toEqual([-99999999999999999999999n]);
   });
 });
