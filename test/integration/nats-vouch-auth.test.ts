@@ -173,12 +173,11 @@ describeNats('NATS: vouch answers are authenticated with the sidecar key', () =>
         ...extra,
       });
       // A made-up take-up's start (it would count the real worker's as lost) and an outcome.
-      const started = Date.now();
+      // The sidecar asked once, ignored the forger's answers (an accepted one would have let
+      // the report through) and refused when no sidecar answered.
       expect(await request(evil.nc, msg.replyTo, ghost('start', { take: 'g' }))).toMatchObject(
         refused,
       );
-      // The sidecar asked, ignored the forger's answers and waited for a sidecar's.
-      expect(Date.now() - started).toBeGreaterThanOrEqual(1500);
       expect(evil.vouches).toHaveLength(1);
       expect(evil.vouches[0]).toMatchObject({ agentId: 'ghost-agent-nobody-spawned' });
       expect((evil.vouches[0] as { nonce: string }).nonce.length).toBeGreaterThanOrEqual(16);
@@ -256,15 +255,15 @@ describeNats('NATS: vouch answers are authenticated with the sidecar key', () =>
       spy.subscribe(natsNames(ns).vouch, { callback: (_e, m) => void asked.push(m.data) });
       await spy.flush();
       const { nc, m, msg, report, signed, taskId } = await hold();
-      const started = Date.now();
       const answer = (await report(signed(x.id, x.credential, 'start', { take: 't' }))) as {
         message: string;
       };
-      expect(Date.now() - started).toBeLessThan(1000); // no 2 s wait for a vouch
       expect(answer).toMatchObject(refused);
       expect(answer.message).toContain(x.id);
       expect(answer.message).toContain('cross-sidecar pool reports need nats.sidecarKey');
-      // Neither B asked nor would A answer: a vouch request sent by hand gets no answer.
+      // Neither B asked (a vouch it sent before refusing reaches the spy before this flush's
+      // answer) nor would A answer: a vouch request sent by hand gets no answer.
+      await spy.flush();
       expect(asked).toEqual([]);
       const vouch = {
         agentId: x.id,
