@@ -62,6 +62,12 @@ export interface PluginHostOptions {
   pluginDirs?: readonly string[];
   /** Longest a plugin module's import, and then its `create`, may each take. @default 10000 */
   initTimeoutMs?: number;
+  /**
+   * Longest a plugin's `close()` may take when it is unloaded (and when the host closes). A
+   * close that runs past it is logged as an error and left behind: unloading goes on, so one
+   * stuck plugin cannot keep the sidecar from shutting down. @default initTimeoutMs
+   */
+  closeTimeoutMs?: number;
   /** Where plugins' log lines (and the host's warnings) go. @default nowhere */
   log?: (entry: PluginLogEntry) => void;
   /** Where the sidecar serves, once it listens. @default resolves to `{}` at once */
@@ -117,12 +123,94 @@ function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+function isThenable(v: unknown): v is PromiseLike<unknown> {
+  return (
+    (typeof v === 'object' || typeof v === 'function') &&
+    v !== null &&
+    typeof (v as { then?: unknown }).then === 'function'
+  );
+}
+
+/**
+ * Runs a plugin's callback (the host calls it from event emitters and timers, where a throw
+ * would be uncaught and end the process): a throw, or a rejection of what it returns, goes to
+ * `report` instead.
+ */
+function contained<A extends unknown[]>(
+  fn: (...args: A) => unknown,
+  report: (err: unknown) => void,
+): (this: unknown, ...args: A) => void {
+  return function (this: unknown, ...args: A): void {
+    try {
+      const out = fn.apply(this, args);
+      if (isThenable(out)) out.then(undefined, report);
+    } catch (err) {
+      report(err);
+    }
+  };
+}
+
+type AbortListener =
+  ((this: AbortSignal, ev: Event) => unknown) | { handleEvent(ev: Event): unknown };
+
+/**
+ * Makes the abort listeners a plugin adds to its signal (`addEventListener`, `onabort`) run
+ * {@link contained}: Node rethrows a listener's exception on the next tick, uncaught, so a
+ * plugin's faulty abort handler would otherwise end the process when the plugin is unloaded or
+ * its start-up times out. The signal stays a real AbortSignal (fetch, timers, events accept it).
+ */
+function guardSignal(signal: AbortSignal, report: (err: unknown) => void): AbortSignal {
+  const wrappers = new WeakMap<object, (ev: Event) => void>();
+  const wrap = (l: unknown): unknown => {
+    if (typeof l !== 'function' && (typeof l !== 'object' || l === null)) return l;
+    let w = wrappers.get(l);
+    if (w === undefined) {
+      const listener = l as AbortListener;
+      w = contained(
+        (ev: Event) =>
+          typeof listener === 'function' ? listener.call(signal, ev) : listener.handleEvent(ev),
+        report,
+      );
+      wrappers.set(l, w);
+    }
+    return w;
+  };
+  const add = signal.addEventListener.bind(signal) as (...a: unknown[]) => void;
+  const remove = signal.removeEventListener.bind(signal) as (...a: unknown[]) => void;
+  const onabort = Object.getOwnPropertyDescriptor(AbortSignal.prototype, 'onabort');
+  let handler: unknown = null;
+  Object.defineProperties(signal, {
+    addEventListener: {
+      value: (type: string, l: unknown, o?: unknown): void => add(type, wrap(l), o),
+    },
+    removeEventListener: {
+      value: (type: string, l: unknown, o?: unknown): void =>
+        remove(
+          type,
+          (typeof l === 'object' || typeof l === 'function') && l !== null
+            ? (wrappers.get(l) ?? l)
+            : l,
+          o,
+        ),
+    },
+    onabort: {
+      get: () => handler,
+      set: (l: unknown) => {
+        handler = typeof l === 'function' ? l : null;
+        onabort?.set?.call(signal, handler === null ? null : wrap(handler));
+      },
+    },
+  });
+  return signal;
+}
+
 /** Loads plugins into one fabric. */
 export class PluginHost {
   readonly #fabric: AgentFabric;
   readonly #baseDir: string;
   readonly #dirs: readonly string[];
   readonly #timeoutMs: number;
+  readonly #closeTimeoutMs: number;
   readonly #log: (entry: PluginLogEntry) => void;
   readonly #endpoints: Promise<PluginEndpoints>;
   readonly #loaded: Entry[] = [];
@@ -133,6 +221,7 @@ export class PluginHost {
     this.#baseDir = options.baseDir ?? process.cwd();
     this.#dirs = options.pluginDirs ?? [FIRST_PARTY_PLUGINS_DIR];
     this.#timeoutMs = options.initTimeoutMs ?? DEFAULT_PLUGIN_INIT_TIMEOUT_MS;
+    this.#closeTimeoutMs = options.closeTimeoutMs ?? this.#timeoutMs;
     this.#log = options.log ?? (() => undefined);
     this.#endpoints = options.endpoints ?? Promise.resolve({});
   }
@@ -264,7 +353,14 @@ export class PluginHost {
     const controller = new AbortController();
     const cleanups: (() => void)[] = [];
     const context = this.#context(m.name, controller, cleanups);
-    const instance = await this.#create(plugin as Plugin, m.name, opts, context, controller);
+    let instance: PluginInstance<PluginKind>;
+    try {
+      instance = await this.#create(plugin as Plugin, m.name, opts, context, controller);
+    } catch (err) {
+      // Not loaded: what it subscribed to on the way ends, and its signal says so.
+      this.#retire(controller, cleanups, err);
+      throw err;
+    }
     const entry: Entry = {
       plugin: Object.freeze({ name: m.name, version: m.version, kind: m.kind }),
       instance,
@@ -275,13 +371,43 @@ export class PluginHost {
     try {
       await this.#plugIn(m.kind, instance);
     } catch (err) {
-      controller.abort(new Error('not plugged in'));
-      for (const c of cleanups) c();
-      await Promise.resolve(instance.close?.()).catch(() => undefined);
+      this.#retire(controller, cleanups, new Error('not plugged in'));
+      await this.#closeInstance(m.name, instance).catch(() => undefined);
       throw new PluginError(m.name, `could not be plugged in: ${message(err)}`, { cause: err });
     }
     this.#loaded.push(entry);
     return entry.plugin;
+  }
+
+  /** Ends what a plugin subscribed to through its context and aborts its signal. */
+  #retire(controller: AbortController, cleanups: (() => void)[], reason: unknown): void {
+    if (!controller.signal.aborted) controller.abort(reason);
+    for (const c of cleanups.splice(0)) c();
+  }
+
+  /**
+   * Calls an instance's `close`, bounded by `closeTimeoutMs`: one that runs past it is logged
+   * (naming the plugin) and left behind. A close that throws or rejects rejects.
+   */
+  async #closeInstance(name: string, instance: PluginInstance<PluginKind>): Promise<void> {
+    if (typeof instance.close !== 'function') return;
+    const closing = Promise.resolve().then(() => instance.close!());
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((res) => {
+      timer = setTimeout(() => res('late'), this.#closeTimeoutMs);
+    });
+    try {
+      if ((await Promise.race([closing, late])) === 'late') {
+        closing.catch(() => undefined);
+        this.#log({
+          level: 'error',
+          plugin: name,
+          msg: `close() did not finish within ${this.#closeTimeoutMs} ms; going on without it`,
+        });
+      }
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   #context(name: string, controller: AbortController, cleanups: (() => void)[]): PluginContext {
@@ -291,11 +417,17 @@ export class PluginHost {
       (msg: string, fields?: Readonly<Record<string, unknown>>): void =>
         this.#log({ ...fields, level, msg, plugin: name });
     const log: PluginLogger = { info: write('info'), warn: write('warn'), error: write('error') };
+    // The plugin's own callbacks run inside the fabric's emitters and timers: a fault in one is
+    // the plugin's, logged with its name, never the process's.
+    const report =
+      (what: string) =>
+      (err: unknown): void =>
+        this.#log({ level: 'error', plugin: name, msg: `${what} failed: ${message(err)}` });
     return Object.freeze({
       apiVersion: PLUGIN_API_VERSION,
       fabricVersion: FABRIC_VERSION,
       pluginName: name,
-      signal: controller.signal,
+      signal: guardSignal(controller.signal, report('an abort listener')),
       log,
       endpoints: () => this.#endpoints,
       agents: Object.freeze({
@@ -306,8 +438,15 @@ export class PluginHost {
         list: (filter: { status?: AgentStatus; poolId?: string } = {}): AgentInfo[] =>
           fabric.lifecycle.listAgents(filter),
         onStatus: (listener: (agent: AgentInfo, previous: AgentStatus) => void) => {
-          fabric.lifecycle.events.on('agent.status', listener);
-          const off = (): void => void fabric.lifecycle.events.off('agent.status', listener);
+          if (typeof listener !== 'function') {
+            throw new PluginError(name, 'agents.onStatus needs a function');
+          }
+          // A plugin that was unloaded, or never loaded (create failed or ran out of time),
+          // subscribes to nothing.
+          if (controller.signal.aborted) return () => undefined;
+          const guarded = contained(listener, report('an agents.onStatus listener'));
+          fabric.lifecycle.events.on('agent.status', guarded);
+          const off = (): void => void fabric.lifecycle.events.off('agent.status', guarded);
           cleanups.push(off);
           return off;
         },
@@ -335,9 +474,8 @@ export class PluginHost {
         this.#fabric.detachHookStore(instance as PluginInstance<'hook'>);
         break;
     }
-    entry.controller.abort(new Error(`plugin ${plugin.name} unloaded`));
-    for (const c of entry.cleanups.splice(0)) c();
-    await instance.close?.();
+    this.#retire(entry.controller, entry.cleanups, new Error(`plugin ${plugin.name} unloaded`));
+    await this.#closeInstance(plugin.name, instance);
   }
 
   async #resolve(source: string | URL | Plugin, label: string): Promise<unknown> {
@@ -410,15 +548,32 @@ export class PluginHost {
         reject(new PluginTimeoutError(name, this.#timeoutMs));
       }, this.#timeoutMs);
     });
+    const created = Promise.resolve().then(() => plugin.create(options, context));
     try {
-      const created = Promise.resolve().then(() => plugin.create(options, context));
       const instance = await Promise.race([created, timeout]);
       if (instance === null || typeof instance !== 'object') {
         throw new PluginError(name, 'create() returned nothing to plug in');
       }
       return instance;
     } catch (err) {
-      if (err instanceof PluginTimeoutError || err instanceof PluginError) throw err;
+      if (err instanceof PluginTimeoutError) {
+        // What it makes after all is never plugged in: closed as soon as it exists.
+        created.then(
+          (late) => {
+            if (late === null || typeof late !== 'object') return;
+            this.#closeInstance(name, late).catch((e: unknown) =>
+              this.#log({
+                level: 'warn',
+                plugin: name,
+                msg: `close() of the instance made after the start-up bound failed: ${message(e)}`,
+              }),
+            );
+          },
+          () => undefined,
+        );
+        throw err;
+      }
+      if (err instanceof PluginError) throw err;
       throw new PluginError(name, `create() failed: ${message(err)}`, { cause: err });
     } finally {
       clearTimeout(timer);

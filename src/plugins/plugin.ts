@@ -101,7 +101,10 @@ export interface PluginContext {
   readonly fabricVersion: string;
   /** The plugin's own name, as loaded. */
   readonly pluginName: string;
-  /** Aborted when start-up runs out of time, and when the plugin is unloaded. */
+  /**
+   * Aborted when start-up fails or runs out of time, and when the plugin is unloaded. An abort
+   * listener that throws is logged with the plugin's name (it cannot end the process).
+   */
   readonly signal: AbortSignal;
   readonly log: PluginLogger;
   /** Resolves once the sidecar listens (at once, with nothing, in a library fabric). */
@@ -110,7 +113,11 @@ export interface PluginContext {
   readonly agents: {
     get(agentId: string): AgentInfo | undefined;
     list(filter?: { status?: AgentStatus; poolId?: string }): AgentInfo[];
-    /** Status changes; the subscription ends when the plugin is unloaded. */
+    /**
+     * Status changes; the subscription ends when the plugin is unloaded (or fails to start).
+     * A listener that throws (or returns a promise that rejects) is logged with the plugin's
+     * name; the status change and the other listeners go on.
+     */
     onStatus(listener: (agent: AgentInfo, previous: AgentStatus) => void): () => void;
   };
   /** Read-only views of pools. */
