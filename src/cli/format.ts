@@ -1,14 +1,55 @@
 /**
- * Plain-text output of the CLI: aligned tables and short forms of protobuf values. Stays
- * ASCII-only and colourless so that `grep`/`awk` and logs see the same text as a terminal.
+ * Plain-text output of the CLI: aligned tables and short forms of protobuf values. Colourless,
+ * and without control characters: much of what the CLI shows was chosen by agents (a task's
+ * type and error, a hook's progress note, an approval's tool and parameters), and an agent must
+ * not send escape sequences to the operator's terminal or forge rows with a line break. So
+ * every table cell passes {@link printable}, and JSON output {@link printableJson}: C0 and C1
+ * control characters, DEL and the bidirectional-text controls come out as `\xNN`/`\u{NNNN}`
+ * escapes (JSON: `\uNNNN`). Other Unicode text (names in any script) is printed as it is.
  *
  * @module
  */
 import { timestampDate, type Timestamp } from '@bufbuild/protobuf/wkt';
 
-/** Rows as aligned columns under `header`; `(none)` when there is no row. */
-export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  if (rows.length === 0) return '(none)';
+/**
+ * What a terminal would act on rather than show: C0 controls (line breaks, tabs and ESC
+ * included), DEL, C1 controls (CSI, OSC …), the bidirectional controls that reorder what
+ * follows (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069) and the Unicode line and
+ * paragraph separators.
+ */
+// eslint-disable-next-line no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+
+/** `text` with every {@link UNPRINTABLE} character escaped: `\x1b`, `\x0a`, `\u{202e}`. */
+export function printable(text: string): string {
+  return text.replace(UNPRINTABLE, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u{${code.toString(16)}}`;
+  });
+}
+
+/** The {@link UNPRINTABLE} characters `JSON.stringify` leaves as they are (it escapes C0). */
+const UNPRINTABLE_IN_JSON = /[\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+
+/**
+ * `JSON.stringify` output with DEL, C1 and the bidirectional controls `\u`-escaped too: the same
+ * JSON value (they can only stand inside strings; C0 controls there are escaped already, and
+ * the line breaks of indented JSON are left alone).
+ */
+export function printableJson(json: string): string {
+  return json.replace(
+    UNPRINTABLE_IN_JSON,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+}
+
+/**
+ * Rows as aligned columns under `header`, every cell {@link printable}; `(none)` when there is
+ * no row.
+ */
+export function table(header: readonly string[], rawRows: readonly (readonly string[])[]): string {
+  if (rawRows.length === 0) return '(none)';
+  const rows = rawRows.map((r) => r.map(printable));
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: readonly string[]): string =>
     cells

@@ -26,7 +26,7 @@ import {
 } from '../gen/fabric/v1/fabric_types_pb.js';
 import { intOption, usageError, type Command, type CommandContext } from './command.js';
 import { EXIT } from './exit-codes.js';
-import { brief, enumName, num, orDash, table, when } from './format.js';
+import { brief, enumName, num, orDash, printable, printableJson, table, when } from './format.js';
 
 /** Largest page the API serves. */
 const MAX_PAGE = 1000;
@@ -97,7 +97,7 @@ function valueJson(value: Value | undefined, bytes?: Uint8Array): unknown {
 }
 
 function printJson(ctx: CommandContext, json: unknown): void {
-  ctx.print(JSON.stringify(json, null, 2));
+  ctx.print(printableJson(JSON.stringify(json, null, 2)));
 }
 
 const LIMIT_OPTION = {
@@ -167,7 +167,7 @@ const statusCommand: Command = {
     ctx.print(`approvals:  ${approvals.message.approvals.length} pending`);
     ctx.print(`budget:     ${budgetLine(budget.message.status)}`);
     ctx.print(
-      `upstreams:  ${
+      `upstreams:  ${printable(
         upstreams.length === 0
           ? '(none)'
           : upstreams
@@ -175,8 +175,8 @@ const statusCommand: Command = {
                 (u) =>
                   `${u.name} ${u.up ? 'up' : 'DOWN'}${u.restarts > 0 ? ` (${u.restarts} restarts)` : ''}`,
               )
-              .join(', ')
-      }`,
+              .join(', '),
+      )}`,
     );
     const pools = Object.entries(s.pools);
     ctx.print('pools:');
@@ -463,7 +463,9 @@ function decideCommand(verb: 'approve' | 'deny'): Command {
       }
       const a = message.approval;
       ctx.print(
-        `${a?.id ?? ctx.positionals[0]} ${enumName(ApprovalStatus, a?.status ?? 0)} (${a?.tool ?? '?'} by ${a?.agentId ?? '?'})`,
+        printable(
+          `${a?.id ?? ctx.positionals[0]} ${enumName(ApprovalStatus, a?.status ?? 0)} (${a?.tool ?? '?'} by ${a?.agentId ?? '?'})`,
+        ),
       );
       return EXIT.ok;
     },
@@ -498,7 +500,7 @@ const approvalsWatchCommand: Command = {
         const e = message.event;
         if (e?.approval === undefined) continue;
         if (ctx.json) {
-          ctx.print(JSON.stringify((json as { event?: JsonValue }).event ?? null));
+          ctx.print(printableJson(JSON.stringify((json as { event?: JsonValue }).event ?? null)));
           continue;
         }
         const kind = e.existing ? 'EXISTING' : enumName(ApprovalEventKind, e.kind);
