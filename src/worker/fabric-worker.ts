@@ -13,7 +13,10 @@
  * - a task a claim hands over after `run()` was told to stop is given back (`release`), and so is
  *   a task whose handler gave up because `run()` stopped — nothing stays RUNNING on a worker
  *   that left;
- * - hooks are looked up when `run()` starts and again every `hookCheckSeconds`.
+ * - hooks are looked up when `run()` starts and again every `hookCheckSeconds` — unless the
+ *   sidecar serves none (hooks are optional), which `run()` learns from its first look;
+ * - one task's outcome never ends `run()`: a failure or result the fabric refuses for what it
+ *   carries fails the task with the refusal's code instead.
  *
  * @example
  * const worker = await FabricWorker.connect({ url: 'http://127.0.0.1:8765/mcp', credential });
@@ -27,7 +30,9 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import {
   HandlerNotFoundError,
   InvalidArgumentError,
+  PayloadTooLargeError,
   TaskNotFoundError,
+  TaskResultTooLargeError,
   TaskStateError,
 } from '../errors.js';
 import { MAX_CLAIM_ACK_SECONDS } from '../scheduler/claim-leases.js';
@@ -276,7 +281,10 @@ export class FabricWorker {
    * if any, with the handler named by the work item's `taskType` (else `hook`) — at start and
    * every `hookCheckSeconds`; between hook checks claims tasks one at a time and runs them with
    * `handlers[taskType]`. A handler's error fails the task (or hook) with the error's code and
-   * message; a task type without a handler fails with `FABRIC_ERR_HANDLER_NOT_FOUND`. Over a
+   * message (its name when the message is empty); a result the fabric refuses (over
+   * `maxTaskResultBytes`) fails the task with the refusal's code (e.g.
+   * `FABRIC_ERR_TASK_RESULT_TOO_LARGE`); a task type without a handler fails with
+   * `FABRIC_ERR_HANDLER_NOT_FOUND`. A sidecar that serves no hooks is not asked again. Over a
    * transport that {@link WorkerTransport.leasesClaims}, each claim takes a delivery lease
    * (`claimAckSeconds`) and the task is acknowledged before its handler starts.
    *
@@ -302,9 +310,11 @@ export class FabricWorker {
     const claimWait = Math.min(this.#options.claimWait, MAX_RUN_CLAIM_WAIT_SECONDS);
     try {
       let nextHookCheck = 0;
+      // False once the sidecar said it serves no hooks (they are optional): not asked again.
+      let hooks = true;
       while (!signal.aborted) {
-        if (Date.now() >= nextHookCheck) {
-          await this.#runHooks(handlers, signal);
+        if (hooks && Date.now() >= nextHookCheck) {
+          hooks = await this.#runHooks(handlers, signal);
           nextHookCheck = Date.now() + this.#options.hookCheckMs;
           continue;
         }
@@ -347,7 +357,7 @@ export class FabricWorker {
     const handler = handlers[task.taskType];
     if (handler === undefined) {
       const err = new HandlerNotFoundError(task.taskType);
-      await this.#report(this.failTask(task, { code: err.code, message: err.message }));
+      await this.#fail(task, { code: err.code, message: err.message });
       return;
     }
     const controller = new AbortController();
@@ -386,7 +396,7 @@ export class FabricWorker {
       const reason: unknown = controller.signal.reason;
       const aborted = controller.signal.aborted;
       settled();
-      if (!aborted) await this.#report(this.failTask(task, errorInfo(err)));
+      if (!aborted) await this.#fail(task, errorInfo(err));
       else if (reason instanceof DOMException && reason.name === 'AbortError')
         await this.#report(this.releaseTask(task));
       // Ended by the fabric, or past its timeout (the fabric ends it): nothing to report.
@@ -394,13 +404,39 @@ export class FabricWorker {
     }
     // The handler is done: from here on nothing aborts it (a stop or notice during the report).
     settled();
-    await this.#report(this.completeTask(task, result));
+    try {
+      await this.#report(this.completeTask(task, result));
+    } catch (err) {
+      // The fabric refused the result itself (over maxTaskResultBytes, not storable): the
+      // task fails with the refusal's code instead of staying RUNNING here until its timeout.
+      if (!outcomeRefused(err)) throw err;
+      await this.#fail(task, { code: err.code, message: err.message || err.code });
+    }
+  }
+
+  /**
+   * Fails a task this worker held with `failure`. A failure the fabric refuses as such (an
+   * empty or oversized message, a malformed code) is reported again as the refusal's code
+   * alone; refused again, it is dropped (the task ends with its timeout) — one task's outcome
+   * never ends `run()`.
+   */
+  async #fail(task: HeldTask, failure: WorkerFailure): Promise<void> {
+    try {
+      await this.#report(this.failTask(task, failure));
+    } catch (err) {
+      if (!outcomeRefused(err)) throw err;
+      await this.#report(this.failTask(task, { code: err.code, message: err.code })).catch(
+        (again: unknown) => {
+          if (!outcomeRefused(again)) throw again;
+        },
+      );
+    }
   }
 
   /**
    * A report about a task this worker held. The task may have moved on meanwhile (cancelled,
    * timed out): the fabric's refusal of a stale report is expected and dropped; any other error
-   * (the sidecar unreachable) ends `run()`.
+   * (the sidecar unreachable) is thrown — out of `run()` unless the caller handles it.
    */
   async #report(call: Promise<unknown>): Promise<void> {
     try {
@@ -422,16 +458,26 @@ export class FabricWorker {
     return answer;
   }
 
-  /** Runs the work on this agent's hooks until none is left that this worker can run. */
+  /**
+   * Runs the work on this agent's hooks until none is left that this worker can run. False when
+   * the sidecar serves no hooks (hooks are optional: its `get_hook` is refused as
+   * `FABRIC_ERR_INVALID_ARGUMENT` on the `hooks` field), so there never is hook work.
+   */
   async #runHooks(
     handlers: Readonly<Record<string, WorkerHandler>>,
     stop: AbortSignal,
-  ): Promise<void> {
+  ): Promise<boolean> {
     const seen = new Set<string>();
     while (!stop.aborted) {
-      const hook = await this.hookFor();
+      let hook: WorkerHook | null;
+      try {
+        hook = await this.hookFor();
+      } catch (err) {
+        if (hooksNotConfigured(err)) return false;
+        throw err;
+      }
       // The same hook twice in one pass: its report did not take; look again at the next check.
-      if (hook === null || seen.has(hook.hookId)) return;
+      if (hook === null || seen.has(hook.hookId)) return true;
       seen.add(hook.hookId);
       const item = hook.workItem as { taskType?: unknown } | null;
       const type =
@@ -439,7 +485,7 @@ export class FabricWorker {
           ? item.taskType
           : 'hook';
       const handler = handlers[type];
-      if (handler === undefined) return; // not ours to run: leave it for a worker that can
+      if (handler === undefined) return true; // not ours to run: leave it for a worker that can
       if (hook.status === 'PENDING') await this.activateHook(hook.hookId);
       const ctx: WorkerTaskContext = {
         worker: this,
@@ -454,10 +500,11 @@ export class FabricWorker {
         await this.completeHook(hook.hookId, await handler(hook.workItem, ctx));
       } catch (err) {
         // Stopped: the hook stays ACTIVE on this agent for its next run().
-        if (stop.aborted) return;
+        if (stop.aborted) return true;
         await this.failHook(hook.hookId, errorInfo(err)).catch(() => undefined);
       }
     }
+    return true;
   }
 
   /** Disconnects. */
@@ -466,10 +513,45 @@ export class FabricWorker {
   }
 }
 
-function errorInfo(err: unknown): { code: string; message: string } {
-  const e = err as { code?: unknown; message?: unknown };
-  return {
-    code: typeof e?.code === 'string' ? e.code : 'FABRIC_ERR_TASK_EXECUTION',
-    message: typeof e?.message === 'string' ? e.message : String(err),
-  };
+/** Codes of a refusal of what a report carries (not of the report itself, nor the wire). */
+const OUTCOME_REFUSALS: ReadonlySet<string> = new Set([
+  InvalidArgumentError.code,
+  TaskResultTooLargeError.code,
+  PayloadTooLargeError.code,
+]);
+
+/** True when the fabric refused an outcome for what it carries: reporting another can take. */
+function outcomeRefused(err: unknown): err is RemoteFabricError {
+  return err instanceof RemoteFabricError && OUTCOME_REFUSALS.has(err.code);
+}
+
+/**
+ * True for the sidecar's answer to `get_hook` when it serves no hooks: an invalid-argument
+ * refusal naming the `hooks` field (the call takes no arguments of its own).
+ */
+function hooksNotConfigured(err: unknown): boolean {
+  return (
+    err instanceof RemoteFabricError &&
+    err.code === InvalidArgumentError.code &&
+    err.details.field === 'hooks'
+  );
+}
+
+/**
+ * The failure a handler's error reports: its string `code` (else `FABRIC_ERR_TASK_EXECUTION`) and
+ * message. The fabric needs a message of at least one character: an empty one (`new Error()`)
+ * reports the error's name instead. Never throws, whatever was thrown.
+ */
+function errorInfo(err: unknown): WorkerFailure & { code: string } {
+  let code = 'FABRIC_ERR_TASK_EXECUTION';
+  let message = '';
+  try {
+    const e = err as { code?: unknown; message?: unknown; name?: unknown } | null | undefined;
+    if (typeof e?.code === 'string' && e.code !== '') code = e.code;
+    message = typeof e?.message === 'string' ? e.message : String(err);
+    if (message === '' && typeof e?.name === 'string') message = e.name;
+  } catch {
+    // A getter that throws, a value without a string form: the code alone tells.
+  }
+  return { code, message: message === '' ? code : message };
 }
