@@ -132,16 +132,24 @@ export class LazyHandlerContext implements TaskHandlerContext {
 /** A task handler: receives the payload, returns the result (or throws). */
 export type TaskHandler = (payload: unknown, context: TaskHandlerContext) => unknown;
 
-/** Turns anything thrown into a {@link TaskError}. */
+/**
+ * Turns anything thrown into a {@link TaskError}. Never throws: what a handler threw is its code
+ * (a getter that throws, an object without a string form), and reading it runs where a throw
+ * would escape its caller.
+ */
 export function toTaskError(err: unknown, fallbackCode = 'FABRIC_ERR_TASK_EXECUTION'): TaskError {
-  if (err !== null && typeof err === 'object') {
-    const e = err as { code?: unknown; name?: unknown; message?: unknown; stack?: unknown };
-    const code =
-      typeof e.code === 'string' ? e.code : typeof e.name === 'string' ? e.name : fallbackCode;
-    const message = typeof e.message === 'string' ? e.message : String(err);
-    return typeof e.stack === 'string'
-      ? { code, message, details: { stack: e.stack } }
-      : { code, message };
+  try {
+    if (err !== null && typeof err === 'object') {
+      const e = err as { code?: unknown; name?: unknown; message?: unknown; stack?: unknown };
+      const code =
+        typeof e.code === 'string' ? e.code : typeof e.name === 'string' ? e.name : fallbackCode;
+      const message = typeof e.message === 'string' ? e.message : String(err);
+      return typeof e.stack === 'string'
+        ? { code, message, details: { stack: e.stack } }
+        : { code, message };
+    }
+    return { code: fallbackCode, message: String(err) };
+  } catch {
+    return { code: fallbackCode, message: 'the handler threw a value that cannot be read' };
   }
-  return { code: fallbackCode, message: String(err) };
 }

@@ -62,28 +62,45 @@ export class InProcessExecutor implements TaskExecutor {
       return;
     }
     const ctx = new LazyHandlerContext(a.taskId, a.attempt, a.agentId, a.taskType);
+    // Everything the handler hands back is its code: calling it, reading `then` off what it
+    // returned (a getter can throw) and calling that `then` (it can throw too) fail this task
+    // only — a throw here would escape the microtask that runs the whole batch and end the
+    // process, its batch-mates never run.
+    let then: unknown;
     let result: unknown;
     try {
       result = handler(a.payload, ctx);
+      then =
+        result === null || result === undefined ? undefined : (result as { then?: unknown }).then;
     } catch (err) {
       sink.fail(a.taskId, a.attempt, toTaskError(err));
       return;
     }
-    if (result === null || typeof (result as { then?: unknown })?.then !== 'function') {
+    if (typeof then !== 'function') {
       sink.complete(a.taskId, a.attempt, result);
       return;
     }
     this.#running.set(a.taskId, ctx);
-    (result as PromiseLike<unknown>).then(
-      (value) => {
-        if (this.#running.get(a.taskId) === ctx) this.#running.delete(a.taskId);
-        sink.complete(a.taskId, a.attempt, value);
-      },
-      (err: unknown) => {
-        if (this.#running.get(a.taskId) === ctx) this.#running.delete(a.taskId);
-        sink.fail(a.taskId, a.attempt, toTaskError(err));
-      },
-    );
+    let settled = false;
+    const done = (): boolean => {
+      if (settled) return false; // a thenable that calls back twice (or calls back, then throws)
+      settled = true;
+      if (this.#running.get(a.taskId) === ctx) this.#running.delete(a.taskId);
+      return true;
+    };
+    try {
+      (then as PromiseLike<unknown>['then']).call(
+        result,
+        (value) => {
+          if (done()) sink.complete(a.taskId, a.attempt, value);
+        },
+        (err: unknown) => {
+          if (done()) sink.fail(a.taskId, a.attempt, toTaskError(err));
+        },
+      );
+    } catch (err) {
+      if (done()) sink.fail(a.taskId, a.attempt, toTaskError(err));
+    }
   }
 
   abort(taskId: string, attempt: number, reason: TaskError): void {
