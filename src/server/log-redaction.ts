@@ -3,7 +3,9 @@
  * before it is written, whatever wrote it (the gateway, an upstream's stderr, start-up):
  *
  * - a value under a secret-like key (`authorization`, `token`, `password`, `apiKey`, …) at any
- *   depth is replaced whole;
+ *   depth is replaced whole — a string, an array, an object alike (`{ password: ['x'] }`,
+ *   `{ credentials: { user, pass } }`); only numbers and booleans (`tokens: 5` is a count,
+ *   `apiKeySet: true` a flag) and `null` are kept;
  * - in every string (the message included): the secrets the sidecar knows (admin token, agent
  *   credentials, upstream env and header values under secret-like names) and what looks like
  *   one — `Bearer <x>`, the fabric's own token formats (`afk_…`, `fab_admin_…`), `--api-key=<x>`
@@ -116,6 +118,21 @@ function redactQuery(text: string): string {
   );
 }
 
+/**
+ * False for what a value under a secret-like name can be without being a secret: numbers are
+ * counts (`tokens`, `maxTokensPerHour`), booleans flags, `null`/`undefined` nothing. Anything
+ * else (a string, an array, an object) is replaced whole.
+ */
+function mayHoldSecret(v: unknown): boolean {
+  return !(
+    v === null ||
+    v === undefined ||
+    typeof v === 'number' ||
+    typeof v === 'bigint' ||
+    typeof v === 'boolean'
+  );
+}
+
 /** True when `name` names a secret. */
 export function isSecretName(name: string): boolean {
   return SECRET_NAME.test(name);
@@ -149,8 +166,7 @@ export class LogRedactor {
     if (Array.isArray(value)) return value.map((v) => this.value(v, depth + 1));
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(value)) {
-      // Numbers under such names are counts (`tokens`, `maxTokensPerHour`), not secrets.
-      out[k] = isSecretName(k) && typeof v === 'string' ? REDACTED : this.value(v, depth + 1);
+      out[k] = isSecretName(k) && mayHoldSecret(v) ? REDACTED : this.value(v, depth + 1);
     }
     return out;
   }
