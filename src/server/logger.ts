@@ -3,6 +3,12 @@
  * is not a terminal — what journald, Docker and log shippers read — and one readable line per
  * entry when it is. Every entry passes the {@link LogRedactor} first.
  *
+ * The readable form goes to a terminal, and its text is not all the sidecar's own: an upstream's
+ * stderr lines are logged as messages, and upstreams echo what agents asked for. So control
+ * characters (C0 — line breaks and ESC included —, DEL, C1) and the bidirectional controls are
+ * written as `\xNN`/`\u{NNNN}` escapes: an entry is one line that cannot move the cursor, retitle
+ * the terminal or forge another entry. (The JSON form escapes C0 controls already.)
+ *
  * The readable form is written here rather than with `pino-pretty` (a transport in a worker
  * thread, with its own dependencies) because it is a dozen lines.
  *
@@ -79,13 +85,32 @@ const LEVEL_NAMES: Readonly<Record<number, string>> = {
   60: 'FATAL',
 };
 
-/** One pino JSON line as `HH:MM:SS.mmm LEVEL [upstream] msg key=value …`. */
+/**
+ * What a terminal would act on rather than show: C0 controls, DEL, C1 controls, the
+ * bidirectional controls (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069) and the Unicode
+ * line and paragraph separators.
+ */
+// eslint-disable-next-line no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+
+/** `text` with every {@link UNPRINTABLE} character escaped: `\x1b`, `\x0d`, `\u{202e}`. */
+function printable(text: string): string {
+  return text.replace(UNPRINTABLE, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u{${code.toString(16)}}`;
+  });
+}
+
+/**
+ * One pino JSON line as `HH:MM:SS.mmm LEVEL [upstream] msg key=value …`, {@link printable}: one
+ * line whatever the entry holds.
+ */
 function readable(line: string): string {
   let entry: Record<string, unknown>;
   try {
     entry = JSON.parse(line) as Record<string, unknown>;
   } catch {
-    return line;
+    return `${printable(line.replace(/\n$/, ''))}\n`;
   }
   const { level, time, msg, upstream, ...rest } = entry;
   const at = typeof time === 'number' ? new Date(time).toISOString().slice(11, 23) : '';
@@ -94,5 +119,5 @@ function readable(line: string): string {
   const fields = Object.entries(rest)
     .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
     .join(' ');
-  return `${at} ${name} ${from}${String(msg ?? '')}${fields ? `  ${fields}` : ''}\n`;
+  return `${printable(`${at} ${name} ${from}${String(msg ?? '')}${fields ? `  ${fields}` : ''}`)}\n`;
 }
