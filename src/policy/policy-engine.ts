@@ -175,6 +175,32 @@ const DENY_RANK = 3;
 const ACTIONS: readonly PolicyAction[] = ['allow', 'deny', 'require_approval'];
 const EMPTY: Readonly<Record<string, never>> = Object.freeze({});
 
+/**
+ * A provider's answer as the engine takes it. `undefined` is no opinion. Anything else that is
+ * not an object with a known `action` — `null`, a string, `{ action: 'block' }` — is an invalid
+ * verdict and fails closed: a deny naming the provider. The fields are read once and only kept
+ * with their documented types (a non-string `reason` gives way to the default one).
+ */
+function readVerdict(provider: string, raw: unknown): PolicyVerdict | undefined {
+  if (raw === undefined) return undefined;
+  if (raw === null || typeof raw !== 'object') {
+    return {
+      action: 'deny',
+      reason: `policy provider ${provider} returned an invalid verdict (${raw === null ? 'null' : typeof raw})`,
+    };
+  }
+  const { action, reason, retryAt, code } = raw as Record<string, unknown>;
+  if (typeof action !== 'string' || !Object.hasOwn(RANK, action)) {
+    return { action: 'deny', reason: `policy provider ${provider} returned an invalid action` };
+  }
+  return {
+    action: action as PolicyAction,
+    ...(typeof reason === 'string' ? { reason } : {}),
+    ...(typeof retryAt === 'number' ? { retryAt } : {}),
+    ...(typeof code === 'string' ? { code } : {}),
+  };
+}
+
 interface CompiledRule {
   readonly policy: string;
   readonly index: number;
@@ -528,10 +554,12 @@ export class PolicyEngine {
       if (p < priority || (p === priority && rank === DENY_RANK)) break;
       let verdict: PolicyVerdict | undefined;
       try {
-        verdict =
+        verdict = readVerdict(
+          provider.name,
           verdicts !== undefined && verdicts.has(provider)
             ? verdicts.get(provider)
-            : provider.decide(ctx);
+            : provider.decide(ctx),
+        );
       } catch (err) {
         // A failing provider fails closed.
         verdict = {
@@ -540,12 +568,6 @@ export class PolicyEngine {
         };
       }
       if (verdict === undefined) continue;
-      if (RANK[verdict.action] === undefined) {
-        verdict = {
-          action: 'deny',
-          reason: `policy provider ${provider.name} returned an invalid action`,
-        };
-      }
       const vr = RANK[verdict.action];
       if (p > priority || vr > rank) {
         priority = p;
