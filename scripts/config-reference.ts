@@ -140,6 +140,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'approvals.timeoutSeconds':
     "How long a parked call waits for a human; also the approval's TTL (then expired).",
   'approvals.maxPendingPerAgent': 'Approvals one agent may have waiting at once.',
+  'approvals.maxParamsBytes':
+    'Largest call arguments (bytes of JSON) an approval keeps; a call needing approval with larger ones is refused (FABRIC_ERR_APPROVAL_LIMIT).',
   gateway: 'The MCP tool gateway.',
   'gateway.hideDeniedTools': "`tools/list` leaves out tools the agent's policies deny outright.",
   'gateway.fabricTools': 'Serve the `fabric__*` tools (tasks, hooks) to agents.',

@@ -660,15 +660,23 @@ export class ApprovalExpiredError extends FabricError {
   }
 }
 
-/** The agent already has `maxPendingPerAgent` approvals waiting for a human. */
+/**
+ * The agent already has `maxPendingPerAgent` approvals waiting for a human — or, with
+ * `paramsBytes`, the call's parameters are more JSON than an approval keeps (`maxParamsBytes`).
+ */
 export class ApprovalLimitError extends FabricError {
   static readonly code = 'FABRIC_ERR_APPROVAL_LIMIT';
-  constructor(agentId: string, limit: number) {
+  constructor(agentId: string, limit: number, paramsBytes?: number) {
     super(
       ApprovalLimitError.code,
       'resource_exhausted',
-      `agent ${agentId} already has ${limit} approvals waiting for a human; wait for a decision before asking for more`,
-      { agentId, limit },
+      paramsBytes === undefined
+        ? `agent ${agentId} already has ${limit} approvals waiting for a human; wait for a decision before asking for more`
+        : `the call's arguments are ${Number.isFinite(paramsBytes) ? `${paramsBytes} bytes of JSON` : 'not JSON'}; ` +
+            `at most ${limit} bytes may wait for a human (approvals.maxParamsBytes): send smaller arguments`,
+      paramsBytes === undefined
+        ? { agentId, limit }
+        : { agentId, limit, ...(Number.isFinite(paramsBytes) ? { paramsBytes } : {}) },
     );
   }
 }

@@ -145,7 +145,19 @@ export interface ApprovalManagerOptions {
    * @default 32
    */
   maxPendingPerAgent?: number;
+  /**
+   * Largest call parameters an approval keeps, in bytes of their JSON; `create` beyond it throws
+   * `ApprovalLimitError` (the call is refused). An approval keeps its call's parameters for the
+   * human who decides it, in memory and in the store, also once decided (within
+   * `maxResolved`): without a bound one agent's megabyte-sized calls, each abandoned or expired,
+   * would fill the history and the state file with `maxResolved` × its request size.
+   * @default 262144 (256 KiB)
+   */
+  maxParamsBytes?: number;
 }
+
+/** Default for {@link ApprovalManagerOptions.maxParamsBytes}: 256 KiB. */
+export const DEFAULT_MAX_APPROVAL_PARAMS_BYTES = 256 * 1024;
 
 /** Events of an {@link ApprovalManager}. */
 export type ApprovalEvents = {
@@ -166,7 +178,12 @@ export function parseApprovalManagerOptions(
     throw new ConfigError('options', 'must be an object');
   }
   for (const key of Object.keys(options)) {
-    if (key !== 'defaultTtlSeconds' && key !== 'maxResolved' && key !== 'maxPendingPerAgent') {
+    if (
+      key !== 'defaultTtlSeconds' &&
+      key !== 'maxResolved' &&
+      key !== 'maxPendingPerAgent' &&
+      key !== 'maxParamsBytes'
+    ) {
       throw new ConfigError(`options.${key}`, 'is not a known option');
     }
   }
@@ -189,7 +206,31 @@ export function parseApprovalManagerOptions(
       `must be a positive integer, got ${String(maxPendingPerAgent)}`,
     );
   }
-  return Object.freeze({ defaultTtlSeconds: ttl, maxResolved, maxPendingPerAgent });
+  const maxParamsBytes = options.maxParamsBytes ?? DEFAULT_MAX_APPROVAL_PARAMS_BYTES;
+  if (!Number.isSafeInteger(maxParamsBytes) || maxParamsBytes < 2) {
+    throw new ConfigError(
+      'options.maxParamsBytes',
+      `must be an integer of at least 2 (an empty object), got ${String(maxParamsBytes)}`,
+    );
+  }
+  return Object.freeze({ defaultTtlSeconds: ttl, maxResolved, maxPendingPerAgent, maxParamsBytes });
+}
+
+/**
+ * The UTF-8 size of `value`'s JSON, or a number above `max` as soon as it is certainly larger
+ * (at most 3 bytes per UTF-16 unit: the exact count is taken only near the bound).
+ * A value JSON cannot write (a cycle, a `bigint`) counts as too large.
+ */
+function jsonSize(value: unknown, max: number): number {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch {
+    return Infinity;
+  }
+  if (text === undefined) return 0;
+  if (text.length > max) return text.length; // every unit is at least a byte
+  return text.length * 3 <= max ? text.length : Buffer.byteLength(text, 'utf8');
 }
 
 function checkSeconds(
@@ -326,6 +367,10 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
     const pending = this.#pendingByAgent.get(request.agentId) ?? 0;
     if (pending >= this.#options.maxPendingPerAgent) {
       throw new ApprovalLimitError(request.agentId, this.#options.maxPendingPerAgent);
+    }
+    const paramsBytes = jsonSize(request.params ?? {}, this.#options.maxParamsBytes);
+    if (paramsBytes > this.#options.maxParamsBytes) {
+      throw new ApprovalLimitError(request.agentId, this.#options.maxParamsBytes, paramsBytes);
     }
     const now = Date.now();
     const approval: Approval = Object.freeze({

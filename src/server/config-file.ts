@@ -20,7 +20,10 @@ import {
 import { DEFAULT_MAX_STREAM_BACKLOG_BYTES } from '../gateway/downstream-http-transport.js';
 import { DEFAULT_BODY_TIMEOUT_MS } from '../gateway/http-body.js';
 import { upstreamSpecSchema } from '../gateway/upstream-config.js';
-import { DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT } from '../policy/approval-manager.js';
+import {
+  DEFAULT_MAX_APPROVAL_PARAMS_BYTES,
+  DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT,
+} from '../policy/approval-manager.js';
 import { escapeGlob } from '../policy/glob.js';
 import { THREADS_POOL_PROVIDER } from '../pools/thread-pool-provider.js';
 import {
@@ -312,11 +315,14 @@ export const sidecarConfigSchema = z
           .int()
           .positive()
           .default(DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT),
+        /** Largest call arguments (JSON bytes) that may wait for a human (beyond: refused). */
+        maxParamsBytes: z.number().int().min(2).default(DEFAULT_MAX_APPROVAL_PARAMS_BYTES),
       })
       .strict()
       .default({
         timeoutSeconds: 300,
         maxPendingPerAgent: DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT,
+        maxParamsBytes: DEFAULT_MAX_APPROVAL_PARAMS_BYTES,
       }),
     gateway: z
       .object({

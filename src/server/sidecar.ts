@@ -225,6 +225,7 @@ export class Sidecar {
           approvals: {
             defaultTtlSeconds: config.approvals.timeoutSeconds,
             maxPendingPerAgent: config.approvals.maxPendingPerAgent,
+            maxParamsBytes: config.approvals.maxParamsBytes,
           },
           ...(config.hooks === undefined ? {} : { hooks: hookOptions(config.hooks) }),
           ...(config.nats === undefined ? {} : { nats: config.nats }),

@@ -215,6 +215,23 @@ describe('ApprovalManager', () => {
     capped.close();
   });
 
+  it('refuses params of more JSON bytes than maxParamsBytes (UTF-8, cycles too); keeps none', () => {
+    const small = new ApprovalManager({ maxParamsBytes: 20 });
+    expect(small.create({ ...request, params: { m: 'x'.repeat(12) } }).status).toBe('pending'); // 20 bytes
+    expect(() => small.create({ ...request, params: { m: 'x'.repeat(13) } })).toThrow(
+      /21 bytes of JSON; at most 20 bytes .*approvals\.maxParamsBytes/,
+    );
+    expect(() => small.create({ ...request, params: { m: 'é'.repeat(7) } })).toThrow(
+      ApprovalLimitError,
+    ); // 7 characters, 22 bytes
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    expect(() => small.create({ ...request, params: cyclic })).toThrow(/not JSON/);
+    expect(small.listApprovals({})).toHaveLength(1);
+    expect(() => new ApprovalManager({ maxParamsBytes: 1 })).toThrow(/options.maxParamsBytes/);
+    small.close();
+  });
+
   it('close clears timers and rejects waiters; later use throws ClosedError', async () => {
     const a = approvals.create(request);
     const wait = approvals.waitForApproval(a.id);
