@@ -3,11 +3,36 @@
 // agent and admin credentials), so an agent cannot hand a secret to a tool — by mistake or
 // because a prompt injection told it to. It loads through the same PluginHost as a user's file.
 //
-// Options: { action?: 'deny' | 'require_approval' (default 'deny'), priority?: number
-// (default 1000, above ordinary policies), patterns?: { [name]: regexSource } (added to the
-// built-in ones) }. Reasons name the parameter and the kind of secret, never the secret itself.
-// Every string is scanned whole at any depth, object keys too; a value too large to scan (more
-// than MAX_SCAN_NODES values, which the gateway's input bound never admits) is denied.
+// Options (checked by `optionsSchema`; a bad one fails loading with FABRIC_ERR_PLUGIN naming it):
+// { action?: 'deny' | 'require_approval' (default 'deny'), priority?: number (default 1000,
+// above ordinary policies), patterns?: { [name]: regexSource } (added to the built-in ones) }.
+// Reasons name the parameter and the kind of secret, never the secret itself. Every string is
+// scanned whole at any depth, object keys too; a value too large to scan (more than
+// MAX_SCAN_NODES values, which the gateway's input bound never admits) is denied.
+import { z } from 'zod';
+
+/** A regular expression's source that compiles. */
+const regexSource = z
+  .string()
+  .min(1)
+  .superRefine((source, ctx) => {
+    try {
+      new RegExp(source);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: `is not a regular expression: ${err.message}` });
+    }
+  });
+
+export const optionsSchema = z
+  .object({
+    /** What a call carrying a secret gets. */
+    action: z.enum(['deny', 'require_approval']).default('deny'),
+    /** Above ordinary policies, so a rule's allow does not outrank the guard. */
+    priority: z.number().finite().default(1000),
+    /** Extra detectors, name → regular expression source, added to the built-in ones. */
+    patterns: z.record(z.string().min(1), regexSource).default({}),
+  })
+  .strict();
 
 /**
  * Built-in detectors: name → pattern. Written for linear time on megabyte strings: a run is
@@ -105,22 +130,15 @@ const plugin = {
   version: '1.0.0',
   kind: 'policy',
   fabric: '>=0.1.0',
-  create(options = {}) {
-    const action = options.action ?? 'deny';
-    if (action !== 'deny' && action !== 'require_approval') {
-      throw new Error(
-        `options.action must be 'deny' or 'require_approval', got ${JSON.stringify(action)}`,
-      );
-    }
+  options: optionsSchema,
+  create(options) {
+    // The host hands over parsed options; a direct call (tests, embedding) is checked here too.
+    const { action, priority, patterns: extra } = optionsSchema.parse(options ?? {});
     const patterns = Object.entries(BUILT_IN_PATTERNS);
-    for (const [name, source] of Object.entries(options.patterns ?? {})) {
-      if (typeof source !== 'string')
-        throw new Error(`options.patterns.${name} must be a regular expression source`);
-      patterns.push([name, new RegExp(source)]);
-    }
+    for (const [name, source] of Object.entries(extra)) patterns.push([name, new RegExp(source)]);
     return {
       name: 'secret-guard',
-      priority: options.priority ?? 1000,
+      priority,
       decide(ctx) {
         // What is forwarded, not the policy's resolved view of it (paths resolved for matching).
         const hit = findSecret(ctx.rawParams ?? ctx.params, patterns);
