@@ -146,6 +146,29 @@ describe('tasks an agent schedules', () => {
     }
   });
 
+  it("of a plain call are cancelled when the sidecar stops cleanly (the call's answer would reach nobody)", async () => {
+    const path = join(tempDir('agent-scheduled-stop'), 'state.db');
+    sidecar = await startTestSidecar({
+      policies: [DEFAULT_ALLOW],
+      pools: [{ id: 'crew' }],
+      agents: [{ name: 'attacker', poolId: 'crew' }],
+      state: { path },
+      gateway: { poolScheduling: true, shutdownGraceSeconds: 0 },
+    } as never);
+    const call = schedule(await client('attacker'), { taskType: 'left', payload: 1 });
+    await until(() => queuedBy('attacker').length === 1);
+    const [task] = queuedBy('attacker');
+    await closeSidecar(sidecar);
+    sidecar = undefined;
+    expect((await call).isError).toBe(true);
+    const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+    try {
+      expect(store.tasks.get(task!.id)?.status).toBe('CANCELLED');
+    } finally {
+      await store.close();
+    }
+  });
+
   it('carry payloads bounded like results: size, and depth a gRPC worker can decode', async () => {
     await start();
     const attacker = await client('attacker');
