@@ -104,10 +104,21 @@ export interface PolicyVerdict {
  * Code that takes part in policy decisions beside the JSON-logic rules — the `policy` plugin
  * kind. A provider answers `undefined` for calls it has no opinion on. Its verdicts compete with
  * rules by the same precedence: higher `priority` first; at equal priority deny beats
- * require_approval beats allow. `decide` must be synchronous and side-effect free (it also
- * answers `tools/list` visibility probes with empty params, and may be asked twice about a call
- * that waits for approval). A provider that counts calls (rate limits, loop guards) counts them
- * in `admitted`, which the tool-call pipeline calls once per call it lets through.
+ * require_approval beats allow. `decide` must be synchronous and side-effect free: it also
+ * answers `tools/list` visibility probes with empty params, and may be asked more than once about
+ * one call (below, and again after a human's approval).
+ *
+ * **Counting calls** (rate limits, loop guards): look in `decide`, count in `admitted`, which the
+ * tool-call pipeline calls once per call it lets through. The pipeline keeps check and count one
+ * step: `admitted` runs in the same synchronous step as a `decide` of the call, so no other call
+ * is decided in between. When the call's decision was awaited (an asynchronous provider was
+ * asked), every provider with `admitted` is asked `decide` again at admission (see
+ * {@link PolicyEngine.recheckAdmission}); a `deny` that outranks the call's decision refuses it
+ * exactly like a deny at decision time (a `require_approval` then is not acted upon). So calls
+ * sent at once cannot all pass on the same unchanged count. The exception: a call that waited
+ * for a human's approval, or for budget (other calls' in-flight reservations), is counted when it
+ * is admitted without being asked again, so calls waiting at once can overdraw a count by their
+ * number.
  */
 export interface PolicyProvider {
   /** Unique among providers and policies; reported as the deciding `policy`. */
@@ -126,7 +137,8 @@ export interface PolicyProvider {
   decideAsync?(ctx: PolicyContext, signal?: AbortSignal): Promise<PolicyVerdict | undefined>;
   /**
    * The call was allowed (policy, approval and budget) and is about to be forwarded. Called for
-   * every admitted call, whichever policy decided it. Must not throw (a throw is ignored).
+   * every admitted call, whichever policy decided it, once (see above for when it runs). Must not
+   * throw (a throw is ignored).
    */
   admitted?(ctx: PolicyContext): void;
 }
@@ -291,7 +303,7 @@ export class PolicyEngine {
   /** Providers, highest priority first. */
   #providers: { readonly provider: PolicyProvider; readonly priority: number }[] = [];
   /** The providers with `admitted` (most have none: the hot path skips an empty list). */
-  #admitting: { readonly provider: PolicyProvider }[] = [];
+  #admitting: { readonly provider: PolicyProvider; readonly priority: number }[] = [];
   /** How many providers have `decideAsync`. */
   #async = 0;
   /** Enabled rules, in evaluation order, split by mode. */
@@ -603,6 +615,46 @@ export class PolicyEngine {
     }
   }
 
+  /**
+   * Asks the providers that count calls (those with `admitted`) again about a call that
+   * `decision` (an allow) let through before something was awaited — {@link evaluateAsync}
+   * asked a policy service — so that, called in the same synchronous step as {@link admitted},
+   * their check and their count are one step with respect to every other call. Only providers
+   * whose priority lets a deny outrank `decision` are asked; a throw or an invalid verdict fails
+   * closed, as in {@link evaluateSync}; any verdict but a deny leaves the call to `decision`.
+   * @returns the deny that now decides the call, shaped as {@link evaluateSync} shapes a
+   *   provider's deny; undefined when the call may go through.
+   */
+  recheckAdmission(ctx: PolicyContext, decision: PolicyDecision): PolicyDecision | undefined {
+    const list = this.#admitting;
+    if (list.length === 0) return undefined;
+    const floor = this.#priorityOf(decision);
+    for (const { provider, priority } of list) {
+      if (priority < floor) break;
+      let verdict: PolicyVerdict | undefined;
+      try {
+        verdict = readVerdict(provider.name, provider.decide(ctx));
+      } catch (err) {
+        verdict = {
+          action: 'deny',
+          reason: `policy provider ${provider.name} failed: ${String(err)}`,
+        };
+      }
+      // Any verdict but a deny leaves the call to `decision` (no human is asked at admission).
+      if (verdict?.action === 'deny') return providerDeny(provider.name, verdict);
+    }
+    return undefined;
+  }
+
+  /** The priority `decision` was made at: its policy's or provider's (-Infinity: the default). */
+  #priorityOf(decision: PolicyDecision): number {
+    const name = decision.policy;
+    if (name === null) return Number.NEGATIVE_INFINITY;
+    for (const p of this.#providers) if (p.provider.name === name) return p.priority;
+    // A policy removed since the decision: every counting provider is asked.
+    return this.#policies.get(name)?.policy.priority ?? Number.NEGATIVE_INFINITY;
+  }
+
   /** Closes the approval manager if the engine created it. */
   close(): void {
     if (this.#ownsApprovals) this.#approvals.close();
@@ -664,6 +716,19 @@ export class PolicyEngine {
     this.#all = { enforce, audit };
     this.#cache?.clear();
   }
+}
+
+/** A provider's deny as a decision (the shape {@link PolicyEngine.evaluateSync} gives it). */
+function providerDeny(name: string, verdict: PolicyVerdict): PolicyDecision {
+  return Object.freeze({
+    action: 'deny',
+    allowed: false,
+    policy: name,
+    rule: null,
+    reason: verdict.reason ?? `deny by policy provider ${name}`,
+    ...(Number.isFinite(verdict.retryAt) ? { retryAt: verdict.retryAt! } : {}),
+    ...(verdict.code === PolicyUnavailableError.code ? { code: verdict.code } : {}),
+  });
 }
 
 function byOrder(a: CompiledPolicy, b: CompiledPolicy): number {

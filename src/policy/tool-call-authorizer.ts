@@ -184,21 +184,29 @@ export class ToolCallAuthorizer {
     this.#estimate = options.estimateCost ?? (() => ZERO);
   }
 
-  /** Decides whether the call may run, waiting for a human when a policy requires one. */
+  /**
+   * Decides whether the call may run, waiting for a human when a policy requires one.
+   *
+   * An admitted call is counted (`PolicyEngine.admitted`) in the same synchronous step as its
+   * budget reservation and its last policy check: a decision that was awaited (an asynchronous
+   * policy provider) or handed over by {@link tryAuthorize} is checked again by the counting
+   * providers first (`PolicyEngine.recheckAdmission`), so calls sent at once cannot all pass a
+   * rate limit or loop guard that has not counted any of them yet. A call a human approved, or
+   * that waited for budget, is counted without that second check (see `PolicyProvider`).
+   */
   async authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
-    const a = await this.#authorize(ctx);
-    if (a.allowed) this.#policies.admitted(ctx);
-    return a;
-  }
-
-  async #authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
     const handed = ctx.trace === undefined ? undefined : this.#handedOver.get(ctx.trace);
     if (handed !== undefined) this.#handedOver.delete(ctx.trace!);
-    const decision =
-      handed?.decision ??
-      (this.#policies.hasAsyncProviders ? await this.#decideAsync(ctx) : this.#decide(ctx));
+    let decision: PolicyDecision;
+    let recheck = true;
+    if (handed !== undefined) decision = handed.decision;
+    else if (this.#policies.hasAsyncProviders) decision = await this.#decideAsync(ctx);
+    else {
+      decision = this.#decide(ctx);
+      recheck = false; // decided in this very step
+    }
     if (decision.action !== 'require_approval') {
-      return this.#admitWaiting(ctx, decision, undefined, handed?.budget);
+      return this.#admitWaiting(ctx, decision, undefined, handed?.budget, recheck);
     }
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     const pre = this.#budgets.check(ctx.agentId, estimate, reserveOptions(ctx));
@@ -244,7 +252,8 @@ export class ToolCallAuthorizer {
     if (approval.status === 'expired') {
       return denied(new ApprovalExpiredError(pending.id), final);
     }
-    return this.#admitWaiting(ctx, final, approval);
+    // A human said yes: counted as it is, not asked again (see `PolicyProvider`).
+    return this.#admitWaiting(ctx, final, approval, undefined, false);
   }
 
   /**
@@ -279,20 +288,35 @@ export class ToolCallAuthorizer {
   }
 
   /**
-   * {@link #admit}; with `ctx.budget`, through `reserveWhenFree`: waiting up to `waitMs` for
-   * in-flight reservations to settle, and refusing with a `retryAt` whenever one can be given.
+   * {@link #admit} and count the call, in one synchronous step; with `recheck` (the decision was
+   * made before an await), the counting providers are asked again first. With `ctx.budget`, a
+   * call the budget refuses goes through `reserveWhenFree`: waiting up to `waitMs` for in-flight
+   * reservations to settle (then it is counted without a second check), and refusing with a
+   * `retryAt` whenever one can be given.
    */
   async #admitWaiting(
     ctx: ToolCallContext,
     decision: PolicyDecision,
-    approval?: ApprovalResult,
-    budgetSpan?: TracePhase,
+    approval: ApprovalResult | undefined,
+    budgetSpan: TracePhase | undefined,
+    recheck: boolean,
   ): Promise<ToolCallAuthorization> {
-    if (decision.action === 'deny' || ctx.budget === undefined) {
-      return this.#admit(ctx, decision, approval);
+    if (decision.action === 'deny') return this.#admit(ctx, decision, approval);
+    if (recheck) {
+      const refusal = this.#policies.recheckAdmission(ctx, decision);
+      if (refusal !== undefined) {
+        budgetSpan?.end(NOT_RESERVED);
+        return this.#admit(ctx, refusal);
+      }
     }
-    const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
+    if (ctx.budget === undefined) return this.#counted(ctx, this.#admit(ctx, decision, approval));
     const span = budgetSpan ?? ctx.trace?.phase('budget');
+    // Reserved at once when it fits (an aborted call goes on to reject as it always did).
+    const now = ctx.signal?.aborted
+      ? undefined
+      : this.#reserve(ctx, decision, approval, span, true);
+    if (now !== undefined) return this.#counted(ctx, now);
+    const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     try {
       const reservation = await this.#budgets.reserveWhenFree(ctx.agentId, estimate, {
         poolId: ctx.poolId,
@@ -302,7 +326,7 @@ export class ToolCallAuthorizer {
         signal: ctx.signal,
       });
       span?.end(RESERVED);
-      return allowed(decision, reservation, approval);
+      return this.#counted(ctx, allowed(decision, reservation, approval));
     } catch (err) {
       if (err instanceof BudgetExceededError) {
         span?.end(REFUSED);
@@ -311,6 +335,12 @@ export class ToolCallAuthorizer {
       span?.end(undefined, codeOf(err));
       throw err;
     }
+  }
+
+  /** Tells the counting policy providers that an allowed call goes through. */
+  #counted(ctx: ToolCallContext, a: ToolCallAuthorization): ToolCallAuthorization {
+    if (a.allowed) this.#policies.admitted(ctx);
+    return a;
   }
 
   /** The policy decision of the call (a `policy` span when traced). */
@@ -457,6 +487,8 @@ const REFUSED = Object.freeze({
   'fabric.budget.reserved': false,
   'fabric.error.code': BudgetExceededError.code,
 });
+/** A `budget` span handed over, ended because policy refused the call after all. */
+const NOT_RESERVED = Object.freeze({ 'fabric.budget.reserved': false });
 
 /** The catalog code of a thrown value, for a span's status. */
 function codeOf(err: unknown): string {
