@@ -27,6 +27,7 @@ import {
 import { TypedEmitter } from '../events.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { Collection } from '../store/store.js';
+import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
 import { checkNumber, checkString } from '../validate.js';
 
 /** The stored state of an agent. The credential is kept only as its SHA-256. */
@@ -533,7 +534,12 @@ export class LifecycleManager {
 
   #ensureMonitor(): void {
     if (this.#monitor !== undefined || this.#closed) return;
-    this.#monitor = setInterval(() => this.checkHealth(), this.#intervalMs / 2);
+    // A sweep reads how long each agent has been silent, so a capped period stays correct; an
+    // uncapped one past setTimeout's limit would fire every millisecond.
+    this.#monitor = setInterval(
+      () => this.checkHealth(),
+      Math.min(this.#intervalMs / 2, MAX_TIMER_MS),
+    );
     this.#monitor.unref();
   }
 

@@ -48,6 +48,7 @@ import { clockMs, TaskRecord } from './task-record.js';
 import { TaskTimers } from './task-timers.js';
 import {
   MAX_TIMER_MS,
+  setLongTimeout,
   hasWaiters,
   rejectWaiters,
   settleWaiters,
@@ -261,12 +262,10 @@ export class AgentScheduler {
       'positiveInt',
     );
     this.#maxSpare = Math.min(this.#maxQueueDepth, MAX_SPARE_RECORDS);
-    this.#defaultTimeoutMs =
-      checkNumber(
-        'options.defaultTimeoutSeconds',
-        options.defaultTimeoutSeconds ?? 300,
-        'positiveNumber',
-      ) * 1000;
+    this.#defaultTimeoutMs = timeoutMs(
+      'options.defaultTimeoutSeconds',
+      options.defaultTimeoutSeconds ?? 300,
+    );
     this.#perAgent = checkNumber(
       'options.maxConcurrentTasksPerAgent',
       options.maxConcurrentTasksPerAgent ?? 5,
@@ -363,7 +362,10 @@ export class AgentScheduler {
     const slot = this.#agents.get(agentId);
     if (slot === undefined || slot.draining || slot.accepting === accepting) return;
     slot.accepting = accepting;
-    if (accepting) this.#markAgent(slot);
+    if (accepting) {
+      slot.evicted = false;
+      this.#markAgent(slot);
+    }
   }
 
   /**
@@ -399,6 +401,8 @@ export class AgentScheduler {
     const slot = this.#agents.get(agentId);
     if (slot === undefined) return;
     slot.accepting = false;
+    // Before its running tasks are retried: none of them goes back to this agent's own queue.
+    slot.evicted = true;
     const pool = slot.pool;
     for (const t of slot.queue.drain()) {
       if (!t.pinned && pool !== undefined) {
@@ -451,11 +455,15 @@ export class AgentScheduler {
     this.#pools.delete(poolId);
   }
 
+  /**
+   * Resolves when `list`'s idle callbacks run, or after `timeoutMs` — however long: a drain
+   * timeout past setTimeout's limit (~24.8 days) is waited out in steps, not fired at once.
+   */
   #whenIdle(list: (() => void)[], timeoutMs: number): Promise<void> {
     return new Promise<void>((resolve) => {
-      const timer = setTimeout(done, timeoutMs);
+      const cancel = setLongTimeout(done, timeoutMs);
       function done(): void {
-        clearTimeout(timer);
+        cancel();
         const i = list.indexOf(done);
         if (i >= 0) list.splice(i, 1);
         resolve();
@@ -518,10 +526,10 @@ export class AgentScheduler {
       if (deadline <= Date.now())
         throw new InvalidArgumentError('deadline', 'is already in the past');
     }
-    const timeoutMs =
+    const taskTimeoutMs =
       options.timeoutSeconds === undefined
         ? this.#defaultTimeoutMs
-        : checkNumber('timeoutSeconds', options.timeoutSeconds, 'positiveNumber') * 1000;
+        : timeoutMs('timeoutSeconds', options.timeoutSeconds);
     const maxAttempts =
       options.maxAttempts === undefined
         ? this.#defaultMaxAttempts
@@ -570,7 +578,7 @@ export class AgentScheduler {
             pinned,
             tenant,
             deadline,
-            timeoutMs,
+            taskTimeoutMs,
             maxAttempts,
             this.#seq,
             now,
@@ -585,7 +593,7 @@ export class AgentScheduler {
             pinned,
             tenant,
             deadline,
-            timeoutMs,
+            taskTimeoutMs,
             maxAttempts,
             this.#seq,
             now,
@@ -1338,6 +1346,13 @@ export class AgentScheduler {
     if (this.events.listens('task.retried')) this.events.emit('task.retried', t.snapshot(), error);
   }
 
+  /**
+   * Where a task that goes back to a queue goes: the agent it was addressed to while that agent
+   * accepts work, else its pool. A pinned task (or one of an agent without a pool) has no other
+   * place: it waits in its agent's own queue while that agent only stopped accepting (DEGRADED
+   * keeps what it holds, and gets it when it is HEALTHY again) — none once the agent drains
+   * (terminate), was evicted (UNHEALTHY) or is gone.
+   */
   #requeueTarget(t: TaskRecord): FairQueue | undefined {
     if (t.agentId !== undefined) {
       const a = this.#agents.get(t.agentId);
@@ -1345,7 +1360,9 @@ export class AgentScheduler {
         this.#markAgent(a);
         return a.queue;
       }
-      if (t.pinned) return undefined;
+      if (t.pinned) {
+        return a !== undefined && !a.draining && !a.evicted ? a.queue : undefined;
+      }
     }
     const pool = t.poolId === undefined ? undefined : this.#pools.get(t.poolId);
     if (pool === undefined) return undefined;
@@ -1427,4 +1444,20 @@ export class AgentScheduler {
       this.#finish(t, TaskStatus.TIMEOUT, undefined, error);
     }
   }
+}
+
+/**
+ * A task timeout in seconds as milliseconds. Refuses a number of seconds whose milliseconds are
+ * not finite (1e306 passes as a finite number of seconds): a timeout of `Infinity` ms is stored
+ * as NULL, and the next start refused the whole state file on it.
+ */
+function timeoutMs(field: string, seconds: unknown): number {
+  const ms = checkNumber(field, seconds, 'positiveNumber') * 1000;
+  if (!Number.isFinite(ms)) {
+    throw new InvalidArgumentError(
+      field,
+      `must be at most ${Number.MAX_VALUE / 1000} seconds (finite in milliseconds), got ${String(seconds)}`,
+    );
+  }
+  return ms;
 }

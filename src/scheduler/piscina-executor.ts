@@ -33,6 +33,7 @@ import { checkNumber } from '../validate.js';
 import type { TaskAssignment, TaskError } from '../task.js';
 import type { ExecutorSink, TaskExecutor } from './executor.js';
 import { toTaskError } from './executor.js';
+import { setLongTimeout } from './task-waiters.js';
 import type { BatchInput, BatchKind, BatchOutcome, WorkerFlags } from './piscina-worker.js';
 
 /** Executor name of {@link PiscinaExecutor}. */
@@ -67,7 +68,8 @@ interface Batch {
   solo: boolean;
   /** Terminates the batch's worker thread (a handler ignored its abort). */
   hard: HardAbort;
-  hardAbort: NodeJS.Timeout | undefined;
+  /** Cancels the hard-abort timer armed when an item of it was aborted. */
+  hardAbort: (() => void) | undefined;
   /** Indexes of the tasks the scheduler aborted (made on the first abort; nearly never). */
   aborted: Set<number> | undefined;
 }
@@ -375,7 +377,7 @@ export class PiscinaExecutor implements TaskExecutor {
     this.#unsettled.delete(batch);
     // A batch that never began (its worker died first) still has a waiter: release it.
     Atomics.notify(batch.flags, batch.items.length);
-    if (batch.hardAbort !== undefined) clearTimeout(batch.hardAbort);
+    batch.hardAbort?.();
     // The region is free once its worker can no longer touch it: the batch returned. After a
     // failure (a crashed or terminated worker, which may not have stopped yet) it is not reused.
     if (batch.region >= 0 && err === undefined) this.#freeRegions.push(batch.region);
@@ -437,10 +439,14 @@ export class PiscinaExecutor implements TaskExecutor {
     (batch.aborted ??= new Set()).add(index);
     Atomics.store(batch.flags, index, 1);
     if (batch.hardAbort === undefined) {
-      batch.hardAbort = setTimeout(() => {
-        if (!batch.done) batch.hard.abort(new Error('handler ignored its abort signal'));
-      }, this.#graceMs);
-      batch.hardAbort.unref();
+      // abortGraceMs is the caller's: past setTimeout's limit it is waited out in steps.
+      batch.hardAbort = setLongTimeout(
+        () => {
+          if (!batch.done) batch.hard.abort(new Error('handler ignored its abort signal'));
+        },
+        this.#graceMs,
+        { unref: true },
+      );
     }
   }
 

@@ -72,6 +72,11 @@ export class AgentSlot {
   readonly running = new RunningTasks();
   accepting = false;
   draining = false;
+  /**
+   * Its work was taken back (it became unhealthy): nothing is queued on it again until it
+   * accepts work again. An agent that only stopped accepting (DEGRADED) keeps its queue.
+   */
+  evicted = false;
   /** Tasks given to it in this pass, not yet handed to its executor. */
   unflushed = 0;
   completed = 0;

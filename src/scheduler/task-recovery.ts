@@ -10,7 +10,7 @@
  */
 import type { Collection } from '../store/store.js';
 import type { TaskError } from '../task.js';
-import { TaskStatus, isFinished } from '../task.js';
+import { Priority, TaskStatus, isFinished } from '../task.js';
 import { TaskRecord } from './task-record.js';
 
 /** The tasks found in a store at start, rebuilt and sorted. */
@@ -25,8 +25,11 @@ export interface RecoveredTasks {
 
 /**
  * Rebuilds the live records of every task in `tasks` and puts them in place of the loaded data
- * (`adopt`: no write, they store as the same data).
- * @throws InvalidArgumentError naming the task when a stored record is not a task record.
+ * (`adopt`: no write, they store as the same data). A stored record that is not a task record
+ * (written by an older build, or changed by hand) does not stop the start: that task alone is
+ * held as FAILED, its error `FABRIC_ERR_INTERNAL` naming what was wrong, and a process warning
+ * (`FABRIC_TASK_UNREADABLE`) says so; the stored record itself is left as it was (not written).
+ * @throws InvalidArgumentError when a stored record has no id to keep it under.
  */
 export function recoverTasks(tasks: Collection<TaskRecord>): RecoveredTasks {
   const finished: TaskRecord[] = [];
@@ -36,7 +39,20 @@ export function recoverTasks(tasks: Collection<TaskRecord>): RecoveredTasks {
     let t: TaskRecord;
     if (loaded instanceof TaskRecord) t = loaded;
     else {
-      t = TaskRecord.fromData(loaded);
+      try {
+        t = TaskRecord.fromData(loaded);
+      } catch (err) {
+        t = unreadableTask(loaded, err);
+        // Held, not written: the stored record stays as it was, for an operator to look at.
+        if (tasks.adopt !== undefined) tasks.adopt(t.id, t);
+        else tasks.put(t.id, t);
+        process.emitWarning(`${t.error!.message}; it was ended FAILED`, {
+          code: 'FABRIC_TASK_UNREADABLE',
+        });
+        finished.push(t);
+        if (t.seq >= nextSeq) nextSeq = t.seq + 1;
+        continue;
+      }
       if (tasks.adopt !== undefined) tasks.adopt(t.id, t);
       else tasks.put(t.id, t);
     }
@@ -46,6 +62,46 @@ export function recoverTasks(tasks: Collection<TaskRecord>): RecoveredTasks {
   finished.sort((a, b) => (a.finishedAt ?? 0) - (b.finishedAt ?? 0) || a.seq - b.seq);
   open.sort((a, b) => a.seq - b.seq);
   return { finished, open, nextSeq };
+}
+
+/**
+ * The FAILED task that takes the place of a stored record {@link TaskRecord.fromData} refused:
+ * what of it can be read (type, addressee, payload, arrival order) is kept; the rest defaults.
+ * @throws what `fromData` threw when the record has no string id.
+ */
+function unreadableTask(data: unknown, err: unknown): TaskRecord {
+  const d = (data !== null && typeof data === 'object' ? data : {}) as Record<string, unknown>;
+  if (typeof d.id !== 'string') throw err;
+  const str = (v: unknown, fallback: string): string => (typeof v === 'string' ? v : fallback);
+  const opt = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+  const num = (v: unknown, fallback: number): number =>
+    typeof v === 'number' && Number.isFinite(v) ? v : fallback;
+  const priority = d.priority === 0 || d.priority === 1 || d.priority === 2 || d.priority === 3;
+  const now = Date.now();
+  const t = new TaskRecord(
+    d.id,
+    str(d.type, '(unreadable)'),
+    d.payload,
+    priority ? (d.priority as Priority) : Priority.NORMAL,
+    opt(d.agentId),
+    opt(d.poolId),
+    typeof d.pinned === 'boolean' ? d.pinned : false,
+    str(d.tenant, 'default'),
+    undefined,
+    Math.max(1, num(d.timeoutMs, 1)),
+    Math.max(1, num(d.maxAttempts, 1)),
+    Math.max(0, Math.trunc(num(d.seq, 0))),
+    num(d.createdAt, now),
+  );
+  t.status = TaskStatus.FAILED;
+  t.attempt = Math.max(0, Math.trunc(num(d.attempt, 0)));
+  t.assignedAgentId = opt(d.assignedAgentId);
+  t.startedAt =
+    typeof d.startedAt === 'number' && Number.isFinite(d.startedAt) ? d.startedAt : undefined;
+  t.finishedAt = now;
+  const why = err instanceof Error ? err.message : String(err);
+  t.error = { code: 'FABRIC_ERR_INTERNAL', message: `unreadable at start: ${why}` };
+  return t;
 }
 
 /** True when the task was handed to an agent when the earlier process stopped. */

@@ -9,8 +9,33 @@ import { WaitTimeoutError } from '../errors.js';
 import type { Task } from '../task.js';
 import type { TaskRecord, Waiter } from './task-record.js';
 
-/** The longest delay `setTimeout` takes. */
+/**
+ * The longest delay `setTimeout` takes. Node fires a longer one after 1 ms (with a warning): a
+ * caller-controlled delay is capped to it, or waited out in steps ({@link setLongTimeout}).
+ */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Calls `fn` once `ms` have passed, however long that is: a delay past {@link MAX_TIMER_MS} is
+ * waited out in steps of at most that (`Infinity`: never). Returns what cancels it.
+ * @param options.unref - does not keep the process alive (as `timer.unref()`).
+ */
+export function setLongTimeout(
+  fn: () => void,
+  ms: number,
+  options: { unref?: boolean } = {},
+): () => void {
+  let left = Math.max(0, ms);
+  let timer: NodeJS.Timeout;
+  const arm = (): void => {
+    const step = Math.min(left, MAX_TIMER_MS);
+    left -= step;
+    timer = setTimeout(left > 0 ? arm : fn, step);
+    if (options.unref === true) timer.unref();
+  };
+  arm();
+  return () => clearTimeout(timer);
+}
 
 /**
  * Waits for the end of an unfinished task.
@@ -33,9 +58,9 @@ export function waitForEnd(
       return;
     }
     const list = (t.waiters ??= []);
-    let timer: NodeJS.Timeout | undefined;
+    let cancelTimer: (() => void) | undefined;
     const done = (): void => {
-      if (timer !== undefined) clearTimeout(timer);
+      cancelTimer?.();
       signal?.removeEventListener('abort', onAbort);
     };
     const leave = (err: Error): void => {
@@ -58,9 +83,9 @@ export function waitForEnd(
     };
     if (!unbounded) {
       const ms = timeoutMs!;
-      timer = setTimeout(
+      cancelTimer = setLongTimeout(
         () => leave(new WaitTimeoutError(`task ${t.id}`, ms / 1000)),
-        Math.min(ms, MAX_TIMER_MS),
+        ms,
       );
     }
     signal?.addEventListener('abort', onAbort, { once: true });
