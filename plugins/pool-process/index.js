@@ -2,11 +2,12 @@
 // child process running the configured command, with its credential and the sidecar's URL in
 // its environment; it connects back as a worker (e.g. with the worker SDK) and claims its tasks
 // through the `remote` executor. Its stdout and stderr go to the log, line by line, with the
-// agent's id (its credential masked). Stopping an agent ends its whole process tree; so does
+// agent's id (its credential masked), each line cut at maxLogLineChars as it arrives (memory
+// stays bounded whatever a child writes). Stopping an agent ends its whole process tree; so does
 // closing the plugin, and so does the sidecar's process exiting. See README.md.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { createInterface } from 'node:readline';
+import { StringDecoder } from 'node:string_decoder';
 import { z } from 'zod';
 
 export const optionsSchema = z
@@ -30,7 +31,10 @@ export const optionsSchema = z
     stopTimeoutMs: z.number().int().positive().default(5000),
     /** The MCP endpoint handed to children; by default the sidecar's own. */
     url: z.string().url().optional(),
-    /** Longest log line kept (longer lines are cut). */
+    /**
+     * Longest log line kept: the rest, up to the next newline, is dropped unread into memory and
+     * the line is logged at once with `cut: true`.
+     */
     maxLogLineChars: z.number().int().positive().default(8192),
   })
   .strict();
@@ -52,8 +56,9 @@ function childEnv(options, agent, endpoints) {
   return env;
 }
 
-/** Signals a child's whole process group; a group that is gone already is fine. */
+/** Signals a child's whole process group; a group that is gone already (or never was) is fine. */
 function signalGroup(child, signal) {
+  if (child.pid === undefined) return; // the spawn itself failed: there is no process
   try {
     process.kill(-child.pid, signal);
   } catch (err) {
@@ -103,27 +108,87 @@ export class ProcessPool {
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
+    // Recorded at once: a stop (or close) while the process is being spawned finds it and reaps it.
+    this.#children.set(agent.agentId, child);
     const started = once(child, 'spawn');
     // 'error' after 'spawn' (a kill that failed) must not crash the sidecar.
     child.on('error', (err) => {
       if (child.pid !== undefined)
         this.#log.warn(`process error: ${err.message}`, { agentId: agent.agentId });
     });
-    await started; // rejects with the spawn error (ENOENT, EACCES)
-    this.#children.set(agent.agentId, child);
     for (const stream of ['stdout', 'stderr']) this.#pipe(child[stream], stream, agent);
     child.once('exit', (code, signal) =>
       this.#log.info(`process ${child.pid} exited (${signal ?? code})`, { agentId: agent.agentId }),
     );
+    try {
+      await started; // rejects with the spawn error (ENOENT, EACCES)
+    } catch (err) {
+      if (this.#children.get(agent.agentId) === child) this.#children.delete(agent.agentId);
+      throw err;
+    }
+    if (agent.signal.aborted || this.#children.get(agent.agentId) !== child) {
+      // Stopped while it was being spawned: a stop or close that found it reaps it; else here.
+      if (this.#children.get(agent.agentId) === child) {
+        this.#children.delete(agent.agentId);
+        await this.#reap(child);
+      }
+      agent.signal.throwIfAborted();
+      throw new Error(`agent ${agent.agentId} was stopped while its process was starting`);
+    }
   }
 
+  /**
+   * Logs a child's output line by line without holding more than one cut line: each line keeps
+   * at most maxLogLineChars (plus the credential's length, so a credential across the cut is
+   * still masked); past that the line is logged at once, marked cut, and the rest up to the next
+   * newline is dropped as it arrives. Lines end at `\n` (a `\r` before it is dropped).
+   */
   #pipe(readable, stream, agent) {
-    const lines = createInterface({ input: readable, crlfDelay: Infinity });
     const max = this.#o.maxLogLineChars;
-    lines.on('line', (line) => {
-      const text = line.split(agent.credential).join('[credential]');
-      const cut = text.length > max ? `${text.slice(0, max)}…` : text;
-      this.#log[stream === 'stderr' ? 'warn' : 'info'](cut, { agentId: agent.agentId, stream });
+    const keep = max + agent.credential.length;
+    const decoder = new StringDecoder('utf8');
+    const level = stream === 'stderr' ? 'warn' : 'info';
+    let line = '';
+    let dropping = false;
+    const emit = (text, cut) => {
+      let masked = text.split(agent.credential).join('[credential]');
+      if (masked.length > max) {
+        masked = masked.slice(0, max);
+        cut = true;
+      }
+      this.#log[level](
+        cut ? `${masked}… [cut: longer than ${max} characters]` : masked,
+        cut ? { agentId: agent.agentId, stream, cut: true } : { agentId: agent.agentId, stream },
+      );
+    };
+    const take = (s) => {
+      let from = 0;
+      while (from < s.length) {
+        const nl = s.indexOf('\n', from);
+        const end = nl < 0 ? s.length : nl;
+        if (!dropping) {
+          const room = keep - line.length;
+          if (end - from > room) {
+            // Longer than can be kept: logged now, cut; the rest of the line is dropped.
+            emit(line + s.slice(from, from + room), true);
+            line = '';
+            dropping = true;
+          } else {
+            line += s.slice(from, end);
+          }
+        }
+        if (nl < 0) return;
+        if (!dropping) emit(line.endsWith('\r') ? line.slice(0, -1) : line, false);
+        line = '';
+        dropping = false;
+        from = nl + 1;
+      }
+    };
+    readable.on('data', (chunk) => take(decoder.write(chunk)));
+    readable.on('end', () => {
+      take(decoder.end());
+      if (!dropping && line.length > 0) emit(line, false);
+      line = '';
     });
   }
 
