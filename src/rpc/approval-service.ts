@@ -36,6 +36,7 @@ import type {
 import { grpcDefinition } from './grpc-definition.js';
 import {
   forwardEvents,
+  sequencedSender,
   toJsonBytes,
   toValue,
   type ListenerGuard,
@@ -91,24 +92,27 @@ export function approvalEvent(a: FabricApproval, existing = false): ApprovalEven
 }
 
 /**
- * Subscribes to `approvals` and calls `send` with an event for every approval pending now
- * (`existing` set), then for each one created or resolved; returns the unsubscription. Listeners
- * are wrapped by `guard` (see `forwardEvents`).
+ * Subscribes to `approvals` and sends an event for every approval pending now (`existing` set),
+ * then for each one created or resolved; returns the unsubscription. Listeners are wrapped by
+ * `guard` (see `forwardEvents`).
  *
  * Subscribing and listing happen in one synchronous step, and the manager emits synchronously
  * after each change, so no approval falls between the list and the first live event, and none
- * is sent twice.
+ * is sent twice. The pending ones go out with `send.paced`: as the client reads them, not in one
+ * burst — a client that keeps up gets them all however many are pending (a burst of more than
+ * the stream's bound overflowed every watch at once), and events that happen meanwhile follow
+ * them. Each is shown as it was when the watch started (an approval's snapshot is immutable).
  */
 export function subscribeApprovals(
   approvals: ApprovalManager,
   guard: ListenerGuard,
-  send: (event: ApprovalEvent) => void,
+  send: StreamSender<ApprovalEvent>,
 ): () => void {
   const onEvent = guard((a: FabricApproval) => send(approvalEvent(a)));
   approvals.on('created', onEvent);
   approvals.on('resolved', onEvent);
   guard(() => {
-    for (const a of approvals.listApprovals({ status: 'pending' })) send(approvalEvent(a, true));
+    send.paced(approvals.listApprovals({ status: 'pending' }), (a) => approvalEvent(a, true));
   })();
   return () => {
     approvals.off('created', onEvent);
@@ -167,9 +171,9 @@ export function approvalService(
     },
     serverStream: {
       watch: async (_caller, _req, signal, send) => {
-        let sequence = 0n;
-        const sendEvent: StreamSender<ApprovalEvent> = (event) =>
-          send(create(ApprovalServiceWatchResponseSchema, { sequence: ++sequence, event }));
+        const sendEvent = sequencedSender(send, (event: ApprovalEvent, sequence) =>
+          create(ApprovalServiceWatchResponseSchema, { sequence, event }),
+        );
         await forwardEvents(signal, (guard) => subscribeApprovals(approvals, guard, sendEvent));
       },
     },

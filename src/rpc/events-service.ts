@@ -11,13 +11,17 @@
  * client never slows the fabric, it ends its own stream with RESOURCE_EXHAUSTED (see
  * rpc-call.ts). Every listener is removed when the stream ends, however it ends.
  *
+ * A task event's `errorCode` and `errorMessage` are what the failing agent sent, up to
+ * `maxTaskResultBytes` each: they are cut to 1,024 characters (marked `…`) here, as errors are on
+ * every wire (`cutWireText`); the whole error stays on the task (`GetTask`, `ListTasks`).
+ *
  * @module
  */
 import { create } from '@bufbuild/protobuf';
 import { timestampNow } from '@bufbuild/protobuf/wkt';
 import type { AgentInfo } from '../agent.js';
 import type { BudgetAlert } from '../budget/scope-usage.js';
-import { InvalidArgumentError } from '../errors.js';
+import { cutWireText, InvalidArgumentError } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
 import type { ApprovalEvent } from '../gen/fabric/v1/approval_pb.js';
 import {
@@ -39,7 +43,12 @@ import type { EndedToolCall } from '../gateway/tool-call-pipeline.js';
 import type { Task, TaskError } from '../task.js';
 import { subscribeApprovals } from './approval-service.js';
 import { grpcDefinition } from './grpc-definition.js';
-import { forwardEvents, type ServiceImplementation } from './rpc-call.js';
+import {
+  forwardEvents,
+  mappedSender,
+  sequencedSender,
+  type ServiceImplementation,
+} from './rpc-call.js';
 
 /** The grpc-js definition of `fabric.v1.EventService` (for clients). */
 export const EVENT_SERVICE_DEFINITION = grpcDefinition(EventService);
@@ -91,8 +100,8 @@ function taskEvent(kind: TaskEventKind, t: Task, reason?: TaskError): Event {
       poolId: t.poolId ?? '',
       assignedAgentId: t.assignedAgentId ?? '',
       attempt: t.attempt,
-      errorCode: error?.code ?? '',
-      errorMessage: error?.message ?? '',
+      errorCode: cutWireText(error?.code ?? ''),
+      errorMessage: cutWireText(error?.message ?? ''),
     }),
   };
 }
@@ -143,15 +152,9 @@ export function eventService(
     serverStream: {
       watch: async (_caller, req, signal, send) => {
         const topics = topicsOf(req.topics);
-        let sequence = 0n;
-        const emit = (event: Event): void =>
-          send(
-            create(EventServiceWatchResponseSchema, {
-              sequence: ++sequence,
-              time: timestampNow(),
-              event,
-            }),
-          );
+        const emit = sequencedSender(send, (event: Event, sequence) =>
+          create(EventServiceWatchResponseSchema, { sequence, time: timestampNow(), event }),
+        );
         await forwardEvents(signal, (guard) => {
           const undo: (() => void)[] = [];
           if (topics.has(EventTopic.AGENTS)) {
@@ -206,8 +209,10 @@ export function eventService(
           }
           if (topics.has(EventTopic.APPROVALS)) {
             undo.push(
-              subscribeApprovals(fabric.approvals, guard, (value: ApprovalEvent) =>
-                emit({ case: 'approval', value }),
+              subscribeApprovals(
+                fabric.approvals,
+                guard,
+                mappedSender(emit, (value: ApprovalEvent): Event => ({ case: 'approval', value })),
               ),
             );
           }

@@ -16,8 +16,9 @@
  *   anyway; rather than Connect's binary-enveloped stream: a dashboard needs no framing code.
  *   At most `maxStreams` streams are open at once (one more: 429 `FABRIC_ERR_STREAM_LIMIT`
  *   before the stream starts); a client that stops reading costs at most
- *   `maxBufferedMessages` queued messages, then its stream ends with
- *   `FABRIC_ERR_STREAM_OVERFLOW` (as over gRPC).
+ *   `maxBufferedMessages` queued messages and `maxBufferedBytes` of their lines, then its stream
+ *   ends with `FABRIC_ERR_STREAM_OVERFLOW` (as over gRPC). A watch's snapshot at its start is
+ *   written as the client reads it, so a client that keeps up gets all of it.
  *
  * **Deadline:** the `connect-timeout-ms` header (Connect's; a positive integer of at most 10
  * digits) is the call's deadline, given to the method as its `CallContext.deadline` (ClaimTask
@@ -57,7 +58,6 @@ import {
   InvalidArgumentError,
   RouteNotFoundError,
   StreamLimitError,
-  StreamOverflowError,
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
@@ -74,7 +74,10 @@ import { DEFAULT_GRPC_RECURSION_LIMIT } from './grpc-definition.js';
 import {
   ActiveStreams,
   authenticateCaller,
+  DEFAULT_MAX_BUFFERED_STREAM_BYTES,
   DEFAULT_MAX_BUFFERED_STREAM_MESSAGES,
+  positiveLimit,
+  StreamOutbox,
   type CallContext,
   type Caller,
   type CallerKind,
@@ -126,6 +129,13 @@ export interface HttpDoorOptions {
    * stream with `FABRIC_ERR_STREAM_OVERFLOW`. @default 1024
    */
   maxBufferedMessages?: number;
+  /**
+   * Bytes of one stream's lines (UTF-8 NDJSON, as sent) that may wait to be written to a slow
+   * client; a message that would pass it ends the stream with `FABRIC_ERR_STREAM_OVERFLOW`
+   * (`details.unit` `bytes`). A message larger than this is still sent when nothing waits.
+   * @default 4 MiB
+   */
+  maxBufferedBytes?: number;
   /** An empty line is sent on a quiet stream this often (0: never). @default 15000 */
   keepAliveMs?: number;
   /**
@@ -185,12 +195,16 @@ export class HttpDoor {
   readonly #bodyTimeoutMs: number;
   readonly #maxStreams: number;
   readonly #maxBuffered: number;
+  readonly #maxBufferedBytes: number;
   readonly #keepAliveMs: number;
   readonly #streams = new ActiveStreams();
   readonly #sessionCaller: ((req: IncomingMessage) => string | undefined) | undefined;
   readonly #inflight: ((agentId: string) => () => void) | undefined;
 
-  /** @throws ConfigError when a limit is not a non-negative integer (`maxStreams`, `maxBufferedMessages` ≥ 1). */
+  /**
+   * @throws ConfigError when a limit is not a non-negative integer (`maxStreams`,
+   *   `maxBufferedMessages` and `maxBufferedBytes` ≥ 1).
+   */
   constructor(options: HttpDoorOptions) {
     this.#fabric = options.fabric;
     this.#sessionCaller = options.sessionCaller;
@@ -209,6 +223,10 @@ export class HttpDoor {
     if (this.#maxBuffered < 1) {
       throw new ConfigError('options.maxBufferedMessages', 'must be at least 1');
     }
+    this.#maxBufferedBytes = positiveLimit(
+      'options.maxBufferedBytes',
+      options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_STREAM_BYTES,
+    );
     this.#keepAliveMs = positiveInteger(
       'options.keepAliveMs',
       options.keepAliveMs ?? DEFAULT_API_KEEP_ALIVE_MS,
@@ -379,22 +397,30 @@ export class HttpDoor {
     const scope = callScope(res, timeoutMs);
     const { controller } = scope;
     let ended = false;
-    let pending = 0;
-    const line = (json: unknown): void => {
-      pending++;
-      res.write(`${JSON.stringify(json)}\n`, () => pending--);
-    };
+    // A line waits until `res.write` calls back: the socket took it.
+    const outbox = new StreamOutbox<unknown, string>({
+      maxMessages: this.#maxBuffered,
+      maxBytes: this.#maxBufferedBytes,
+      encode: (message) => {
+        const chunk = `${JSON.stringify({ message: toJson(route.method.output, message as never) })}\n`;
+        return { chunk, bytes: Buffer.byteLength(chunk) };
+      },
+      write: (chunk, done) => void res.write(chunk, () => done()),
+      fail: (err) => end(err),
+    });
     /** Ends the stream once, with its `end` line unless the client is gone. */
     const end = (err?: unknown): void => {
       if (ended) return;
       ended = true;
+      outbox.close();
       deregister();
       clearInterval(keepAlive);
       controller.abort(err ?? new ClosedError('stream'));
       scope.dispose();
       if (res.destroyed) return;
-      line({ end: err === undefined ? {} : { error: httpErrorBody(err).error } });
-      res.end();
+      res.end(
+        `${JSON.stringify({ end: err === undefined ? {} : { error: httpErrorBody(err).error } })}\n`,
+      );
     };
     const deregister = this.#streams.add((err) => end(err));
     controller.signal.addEventListener('abort', () => {
@@ -411,18 +437,11 @@ export class HttpDoor {
     const keepAlive =
       this.#keepAliveMs > 0
         ? setInterval(() => {
-            if (pending === 0) res.write('\n');
+            if (outbox.waiting === 0) res.write('\n');
           }, this.#keepAliveMs)
         : undefined;
     keepAlive?.unref();
-    const send: StreamSender<unknown> = (message) => {
-      if (ended) return;
-      if (pending >= this.#maxBuffered) {
-        end(new StreamOverflowError(this.#maxBuffered));
-        return;
-      }
-      line({ message: toJson(route.method.output, message as never) });
-    };
+    const send: StreamSender<unknown> = outbox.sender();
     try {
       await route.handler(caller, request, controller.signal, send);
       end();

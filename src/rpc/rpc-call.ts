@@ -9,14 +9,18 @@
  * error's details as JSON in the `fabric-error-details` trailer; anything else is INTERNAL.
  *
  * Server-streaming methods get a `send` function whose messages wait in the call's own write
- * buffer while the client is slow; when `maxBufferedMessages` are waiting the stream ends with
+ * buffer while the client is slow; when `maxBufferedMessages` are waiting, or a message would
+ * take what waits past `maxBufferedBytes` (as serialized), the stream ends with
  * RESOURCE_EXHAUSTED (`FABRIC_ERR_STREAM_OVERFLOW`) after them, so a client that stops reading
- * costs bounded memory and learns that it missed events instead of losing them silently.
+ * costs bounded memory and learns that it missed events instead of losing them silently. A
+ * watch's snapshot of the state at its start goes through `send.paced`, taken only as the client
+ * reads, so a client that keeps up gets all of it however large (see {@link StreamOutbox}).
  *
  * @module
  */
 import {
   fromJson,
+  toBinary,
   toJson,
   type DescMessage,
   type DescService,
@@ -466,10 +470,47 @@ export type UnaryMethods<S extends DescService> = {
 
 /**
  * Sends one message of a server stream. It never blocks: the message waits in the stream's
- * bounded buffer (see {@link GrpcServiceOptions.maxBufferedMessages}). After the stream ended
- * (cancelled, overflowed, server stopping) it does nothing; `signal` has aborted by then.
+ * bounded buffer (see {@link GrpcServiceOptions.maxBufferedMessages} and
+ * {@link GrpcServiceOptions.maxBufferedBytes}). After the stream ended (cancelled, overflowed,
+ * server stopping) it does nothing; `signal` has aborted by then.
  */
-export type StreamSender<M> = (message: M) => void;
+export interface StreamSender<M> {
+  (message: M): void;
+  /**
+   * Sends `items.length` messages, `toMessage(items[i], i)` each, in order — made and queued only
+   * as the client reads (while less than half of either bound waits in flight), so a client that
+   * keeps up gets them all however many they are: a watch's snapshot of what exists at its start.
+   * Messages sent meanwhile wait behind them and count against the bounds. What `toMessage`
+   * throws ends the stream with that error.
+   */
+  paced<T>(items: readonly T[], toMessage: (item: T, index: number) => M): void;
+}
+
+/**
+ * A sender of events that become stream messages numbered 1, 2, … without gaps in the order
+ * they are sent (`wrap(event, sequence)`), also when a paced batch waits for the client: its
+ * numbers are taken when it is sent.
+ */
+export function sequencedSender<E, M>(
+  send: StreamSender<M>,
+  wrap: (event: E, sequence: bigint) => M,
+): StreamSender<E> {
+  let sequence = 0n;
+  const sender = ((event: E) => send(wrap(event, ++sequence))) as StreamSender<E>;
+  sender.paced = (items, toEvent) => {
+    const first = sequence + 1n;
+    sequence += BigInt(items.length);
+    send.paced(items, (item, i) => wrap(toEvent(item, i), first + BigInt(i)));
+  };
+  return sender;
+}
+
+/** A sender of `A`s that hands each to `send` as `f(a)`. */
+export function mappedSender<A, M>(send: StreamSender<M>, f: (a: A) => M): StreamSender<A> {
+  const sender = ((a: A) => send(f(a))) as StreamSender<A>;
+  sender.paced = (items, toA) => send.paced(items, (item, i) => f(toA(item, i)));
+  return sender;
+}
 
 /**
  * The server-streaming methods of a generated service, each as
@@ -508,6 +549,205 @@ export interface ServiceImplementation<S extends DescService> {
 
 /** Default of {@link GrpcServiceOptions.maxBufferedMessages}. */
 export const DEFAULT_MAX_BUFFERED_STREAM_MESSAGES = 1024;
+/**
+ * Default of {@link GrpcServiceOptions.maxBufferedBytes} (and the HTTP door's): 4 MiB. One event
+ * may carry up to a megabyte an agent chose (an approval's parameters); 1024 of those waiting
+ * for each of 64 stalled watchers would be 64 GiB.
+ */
+export const DEFAULT_MAX_BUFFERED_STREAM_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The overflow of a stream's byte bound: `FABRIC_ERR_STREAM_OVERFLOW` like the message bound's,
+ * `details.limit` in bytes and `details.unit` `bytes`.
+ */
+export class StreamBytesOverflowError extends StreamOverflowError {
+  constructor(limitBytes: number) {
+    super(limitBytes);
+    this.message =
+      `the client read too slowly: the messages waiting to be sent would pass ${limitBytes} ` +
+      'bytes; the stream ends here (watch again to resynchronize)';
+    Object.defineProperty(this, 'details', {
+      value: Object.freeze({ limit: limitBytes, unit: 'bytes' }),
+    });
+  }
+}
+
+/**
+ * @throws ConfigError naming `field` when `value` is not a positive safe integer.
+ * @internal
+ */
+export function positiveLimit(field: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new ConfigError(field, `must be a positive integer, got ${String(value)}`);
+  }
+  return value;
+}
+
+/** One encoded message of a stream: what is written, and its size counted against the bound. */
+interface Encoded<C> {
+  readonly chunk: C;
+  readonly bytes: number;
+}
+
+/** A paced batch of a stream (see {@link StreamSender.paced}). */
+interface Batch<M> {
+  readonly items: readonly unknown[];
+  readonly toMessage: (item: unknown, index: number) => M;
+  next: number;
+}
+
+/**
+ * The bounded send side of one server stream, the same for every door: counts what waits to be
+ * written — handed to the connection and not yet flushed (`write`'s `done` not called yet), or
+ * queued behind a paced batch — and ends the stream (`fail` with `StreamOverflowError`) when a
+ * message comes while `maxMessages` wait or would take what waits past `maxBytes` (a message
+ * larger than `maxBytes` goes out alone when nothing waits). A paced batch's messages are made
+ * and written only while less than half of either bound is in flight, so it never overflows a
+ * client that keeps up. @internal
+ */
+export class StreamOutbox<M, C> {
+  readonly #maxMessages: number;
+  readonly #maxBytes: number;
+  readonly #encode: (message: M) => Encoded<C>;
+  readonly #write: (chunk: C, done: () => void) => void;
+  readonly #fail: (err: unknown) => void;
+  /** Written and not yet flushed. */
+  #flight = 0;
+  #flightBytes = 0;
+  /** Queued behind a paced batch (already counted in {@link waiting}). */
+  readonly #queue: (Encoded<C> | Batch<M>)[] = [];
+  #waiting = 0;
+  #waitingBytes = 0;
+  /** A batch's next message, made but not yet written. */
+  #peeked: Encoded<C> | undefined;
+  #closed = false;
+  #pumping = false;
+
+  constructor(options: {
+    maxMessages: number;
+    maxBytes: number;
+    encode: (message: M) => Encoded<C>;
+    write: (chunk: C, done: () => void) => void;
+    fail: (err: unknown) => void;
+  }) {
+    this.#maxMessages = options.maxMessages;
+    this.#maxBytes = options.maxBytes;
+    this.#encode = options.encode;
+    this.#write = options.write;
+    this.#fail = options.fail;
+  }
+
+  /** Messages waiting: written and not flushed, or queued. */
+  get waiting(): number {
+    return this.#waiting;
+  }
+
+  /** The `send` handed to the stream's method. */
+  sender(): StreamSender<M> {
+    const send = ((message: M) => this.send(message)) as StreamSender<M>;
+    send.paced = (items, toMessage) =>
+      this.paced(items, toMessage as (item: unknown, index: number) => M);
+    return send;
+  }
+
+  /** Stops: nothing more is written; what is queued is dropped. */
+  close(): void {
+    this.#closed = true;
+    this.#queue.length = 0;
+    this.#peeked = undefined;
+  }
+
+  send(message: M): void {
+    if (this.#closed) return;
+    let encoded: Encoded<C>;
+    try {
+      encoded = this.#encode(message);
+    } catch (err) {
+      return this.#failWith(err);
+    }
+    if (!this.#admit(encoded)) return;
+    if (this.#queue.length === 0) this.#put(encoded);
+    else this.#queue.push(encoded);
+  }
+
+  paced(items: readonly unknown[], toMessage: (item: unknown, index: number) => M): void {
+    if (this.#closed || items.length === 0) return;
+    this.#queue.push({ items, toMessage, next: 0 });
+    this.#pump();
+  }
+
+  /** Counts `e` as waiting; false (and the stream failed) when that passes a bound. */
+  #admit(e: Encoded<C>): boolean {
+    if (this.#waiting >= this.#maxMessages) {
+      this.#failWith(new StreamOverflowError(this.#maxMessages));
+      return false;
+    }
+    if (this.#waiting > 0 && this.#waitingBytes + e.bytes > this.#maxBytes) {
+      this.#failWith(new StreamBytesOverflowError(this.#maxBytes));
+      return false;
+    }
+    this.#waiting++;
+    this.#waitingBytes += e.bytes;
+    return true;
+  }
+
+  #put(e: Encoded<C>): void {
+    this.#flight++;
+    this.#flightBytes += e.bytes;
+    this.#write(e.chunk, () => {
+      this.#flight--;
+      this.#flightBytes -= e.bytes;
+      this.#waiting--;
+      this.#waitingBytes -= e.bytes;
+      this.#pump();
+    });
+  }
+
+  /** Writes what the queue's head allows: queued messages, and a batch's while it has room. */
+  #pump(): void {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    try {
+      while (!this.#closed && this.#queue.length > 0) {
+        const head = this.#queue[0]!;
+        if (!('items' in head)) {
+          this.#queue.shift();
+          this.#put(head);
+          continue;
+        }
+        if (head.next >= head.items.length) {
+          this.#queue.shift();
+          continue;
+        }
+        if (this.#peeked === undefined) {
+          try {
+            this.#peeked = this.#encode(head.toMessage(head.items[head.next], head.next));
+          } catch (err) {
+            this.#failWith(err);
+            return;
+          }
+        }
+        const e = this.#peeked;
+        const room =
+          this.#flight === 0 ||
+          (this.#flight < this.#maxMessages / 2 &&
+            this.#flightBytes + e.bytes <= this.#maxBytes / 2);
+        if (!room) return; // the next `done` pumps again
+        this.#peeked = undefined;
+        head.next++;
+        if (!this.#admit(e)) return;
+        this.#put(e);
+      }
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  #failWith(err: unknown): void {
+    this.close();
+    this.#fail(err);
+  }
+}
 
 /**
  * The server streams in progress on one server, so stopping the server can end them (a watch
@@ -541,6 +781,13 @@ export interface GrpcServiceOptions {
    * @default 1024
    */
   maxBufferedMessages?: number;
+  /**
+   * Bytes (protobuf, as sent) of one server stream's messages that may wait to be written to a
+   * slow client; a message that would pass it ends the stream with RESOURCE_EXHAUSTED
+   * (`FABRIC_ERR_STREAM_OVERFLOW`, `details.unit` `bytes`) after the ones waiting. A message
+   * larger than this is still sent when nothing waits. @default 4 MiB
+   */
+  maxBufferedBytes?: number;
   /** Where the server's streams are registered, so {@link ActiveStreams.endAll} ends them. */
   streams?: ActiveStreams;
   /** Bounds each agent's unary calls in flight (see {@link AgentInflight}). @default no bound */
@@ -549,52 +796,64 @@ export interface GrpcServiceOptions {
 
 /**
  * A grpc-js server-streaming handler: authenticates the call as a `kind` caller before decoding
- * its request (as {@link unaryHandler}), then runs `handler` with a bounded `send`.
- * @throws ConfigError when `options.maxBufferedMessages` is not a positive integer.
+ * its request (as {@link unaryHandler}), then runs `handler` with a bounded `send` (a
+ * {@link StreamOutbox}). Messages are serialized as `method.output` when sent — to be measured
+ * — and handed to grpc-js as bytes: the method's `responseSerialize` must pass a `Buffer`
+ * through ({@link addGrpcService} sets that up).
+ * @throws ConfigError when `options.maxBufferedMessages` or `options.maxBufferedBytes` is not a
+ *   positive integer.
  */
-export function serverStreamHandler<D extends DescMessage, Res>(
+export function serverStreamHandler<D extends DescMessage, O extends DescMessage>(
   fabric: AgentFabric,
   kind: CallerKind,
-  method: { readonly input: D },
+  method: { readonly input: D; readonly output: O },
   handler: (
     caller: Caller,
     request: MessageShape<D>,
     signal: AbortSignal,
-    send: StreamSender<Res>,
+    send: StreamSender<MessageShape<O>>,
   ) => Promise<void>,
   options: GrpcServiceOptions = {},
 ): UntypedHandleCall {
-  const limit = options.maxBufferedMessages ?? DEFAULT_MAX_BUFFERED_STREAM_MESSAGES;
-  if (!Number.isSafeInteger(limit) || limit < 1) {
-    throw new ConfigError(
-      'options.maxBufferedMessages',
-      `must be a positive integer, got ${String(limit)}`,
-    );
-  }
-  return (call: ServerWritableStream<Buffer, Res>): void => {
+  const maxMessages = positiveLimit(
+    'options.maxBufferedMessages',
+    options.maxBufferedMessages ?? DEFAULT_MAX_BUFFERED_STREAM_MESSAGES,
+  );
+  const maxBytes = positiveLimit(
+    'options.maxBufferedBytes',
+    options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_STREAM_BYTES,
+  );
+  return (call: ServerWritableStream<Buffer, Buffer>): void => {
     const controller = new AbortController();
     let ended = false;
     const deregister = options.streams?.add((err) => end(err)) ?? (() => false);
+    // A message waits until grpc-js calls back from the write: in the call's own buffer, or
+    // handed to HTTP/2 whose flow control holds it while the client does not read.
+    const outbox = new StreamOutbox<MessageShape<O>, Buffer>({
+      maxMessages,
+      maxBytes,
+      encode: (message) => {
+        const bytes = toBinary(method.output, message);
+        return {
+          chunk: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+          bytes: bytes.byteLength,
+        };
+      },
+      write: (chunk, done) => void call.write(chunk, done),
+      fail: (err) => end(err),
+    });
     /** Ends the stream once: OK without `err`, else `err`'s status; aborts `signal`. */
     const end = (err?: unknown): void => {
       if (ended) return;
       ended = true;
+      outbox.close();
       deregister();
       controller.abort(err ?? new ClosedError('stream'));
       if (call.cancelled) return;
       if (err === undefined) call.end();
       else call.emit('error', toServiceError(err));
     };
-    const send: StreamSender<Res> = (message) => {
-      if (ended) return;
-      // `writableLength` counts messages grpc-js has not handed to HTTP/2 yet: they pile up
-      // only while the client does not read (flow control holds the HTTP/2 stream).
-      if (call.writableLength >= limit) {
-        end(new StreamOverflowError(limit));
-        return;
-      }
-      call.write(message);
-    };
+    const send = outbox.sender();
     runCall(
       fabric,
       kind,
@@ -626,13 +885,18 @@ export function addGrpcService<S extends DescService>(
     string,
     Parameters<typeof serverStreamHandler>[3] | undefined
   >;
+  const definition = grpcServerDefinition(impl.service);
   for (const method of impl.service.methods) {
     const name = method.localName;
     if (method.methodKind === 'unary' && unary[name] !== undefined) {
       handlers[name] = unaryHandler(fabric, impl.caller, method, unary[name], options.inflight);
     } else if (method.methodKind === 'server_streaming' && streams[name] !== undefined) {
       handlers[name] = serverStreamHandler(fabric, impl.caller, method, streams[name], options);
+      // The stream's messages reach grpc-js serialized already (measured by its outbox).
+      const served = definition[name]!;
+      const serialize = served.responseSerialize;
+      served.responseSerialize = (m: unknown) => (Buffer.isBuffer(m) ? m : serialize(m as never));
     }
   }
-  server.addService(grpcServerDefinition(impl.service), handlers);
+  server.addService(definition, handlers);
 }
