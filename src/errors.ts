@@ -476,13 +476,20 @@ export class ToolTaskLimitError extends FabricError {
  */
 export class StreamOverflowError extends FabricError {
   static readonly code = 'FABRIC_ERR_STREAM_OVERFLOW';
-  constructor(limit: number) {
+  /**
+   * @param limit the bound that was passed: `maxBufferedMessages` messages, or with `unit`
+   *   `'bytes'` the `maxBufferedBytes` the waiting messages would have gone past.
+   */
+  constructor(limit: number, unit: 'messages' | 'bytes' = 'messages') {
     super(
       StreamOverflowError.code,
       'resource_exhausted',
-      `the client read too slowly: ${limit} messages were waiting to be sent; the stream ends ` +
-        'here (watch again to resynchronize)',
-      { limit },
+      unit === 'messages'
+        ? `the client read too slowly: ${limit} messages were waiting to be sent; the stream ends ` +
+            'here (watch again to resynchronize)'
+        : `the client read too slowly: the messages waiting to be sent would pass ${limit} ` +
+            'bytes; the stream ends here (watch again to resynchronize)',
+      unit === 'messages' ? { limit } : { limit, unit },
     );
   }
 }

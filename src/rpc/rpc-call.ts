@@ -557,22 +557,6 @@ export const DEFAULT_MAX_BUFFERED_STREAM_MESSAGES = 1024;
 export const DEFAULT_MAX_BUFFERED_STREAM_BYTES = 4 * 1024 * 1024;
 
 /**
- * The overflow of a stream's byte bound: `FABRIC_ERR_STREAM_OVERFLOW` like the message bound's,
- * `details.limit` in bytes and `details.unit` `bytes`.
- */
-export class StreamBytesOverflowError extends StreamOverflowError {
-  constructor(limitBytes: number) {
-    super(limitBytes);
-    this.message =
-      `the client read too slowly: the messages waiting to be sent would pass ${limitBytes} ` +
-      'bytes; the stream ends here (watch again to resynchronize)';
-    Object.defineProperty(this, 'details', {
-      value: Object.freeze({ limit: limitBytes, unit: 'bytes' }),
-    });
-  }
-}
-
-/**
  * @throws ConfigError naming `field` when `value` is not a positive safe integer.
  * @internal
  */
@@ -683,7 +667,7 @@ export class StreamOutbox<M, C> {
       return false;
     }
     if (this.#waiting > 0 && this.#waitingBytes + e.bytes > this.#maxBytes) {
-      this.#failWith(new StreamBytesOverflowError(this.#maxBytes));
+      this.#failWith(new StreamOverflowError(this.#maxBytes, 'bytes'));
       return false;
     }
     this.#waiting++;

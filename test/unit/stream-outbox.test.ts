@@ -6,8 +6,8 @@
  * (review: a snapshot larger than the bound overflowed every watch at once).
  */
 import { describe, expect, it } from 'vitest';
-import { sequencedSender, StreamBytesOverflowError, StreamOutbox } from '../../src/rpc/rpc-call.js';
 import { StreamOverflowError } from '../../src/errors.js';
+import { sequencedSender, StreamOutbox } from '../../src/rpc/rpc-call.js';
 
 function outbox(maxMessages: number, maxBytes: number) {
   const written: string[] = [];
@@ -36,7 +36,8 @@ describe('StreamOutbox', () => {
     o.box.send('x'.repeat(25)); // nothing waits: sent
     o.box.send('y');
     expect(o.failures).toHaveLength(1);
-    expect(o.failures[0]).toBeInstanceOf(StreamBytesOverflowError);
+    expect(o.failures[0]).toBeInstanceOf(StreamOverflowError);
+    expect((o.failures[0] as StreamOverflowError).details).toMatchObject({ unit: 'bytes' });
     expect(o.failures[0]).toMatchObject({
       code: 'FABRIC_ERR_STREAM_OVERFLOW',
       details: { limit: 10, unit: 'bytes' },
@@ -52,7 +53,7 @@ describe('StreamOutbox', () => {
     o.box.send('b');
     o.box.send('c');
     expect(o.failures[0]).toBeInstanceOf(StreamOverflowError);
-    expect(o.failures[0]).not.toBeInstanceOf(StreamBytesOverflowError);
+    expect((o.failures[0] as StreamOverflowError).details).not.toHaveProperty('unit');
     expect(o.written).toEqual(['a', 'b']);
   });
 
