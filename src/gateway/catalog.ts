@@ -2,11 +2,23 @@
  * The aggregated catalog: every upstream's tools and prompts under their downstream names, and
  * the routes that map downstream names and resource URIs back to the upstream that owns them.
  *
+ * Who owns a name or a URI:
+ * - At start-up, upstreams are taken in config order. A tool or prompt name clash is an error
+ *   (the operator can rename with `prefix`); resources are not namespaced, so a URI (or an
+ *   identical URI template) listed by several upstreams goes to the first and the others' are
+ *   dropped with a logged problem.
+ * - On a runtime rebuild (a list change, a restart) whoever held a name or a URI in the
+ *   previous catalog keeps it, also while it restarts: an upstream that starts listing another
+ *   one's tool, prompt, URI or template — or a URI one of another upstream's templates matched —
+ *   gets that item dropped and logged. A name is released when its holder, connected, no longer
+ *   lists it.
+ *
  * @module
  */
 import { UriTemplate } from '@modelcontextprotocol/sdk/shared/uriTemplate.js';
 import type { Prompt, Resource, ResourceTemplate, Tool } from '@modelcontextprotocol/sdk/types.js';
 import { ToolNameError } from '../errors.js';
+import { exceededBound, type InputBounds } from './input-bounds.js';
 import { combineHints, type ListHints, type ListKey } from './list-hints.js';
 import type { Upstream } from './upstream.js';
 import { MAX_TOOL_NAME_LENGTH, upstreamPrefix } from './upstream-config.js';
@@ -20,7 +32,10 @@ export interface Route<T> {
   readonly item: T;
 }
 
-/** What {@link buildCatalog} reports for names it had to drop (runtime refreshes only). */
+/**
+ * What {@link buildCatalog} reports for items it had to drop: clashes and over-long names at
+ * runtime, resource clashes at start-up too.
+ */
 export type CatalogProblem = ToolNameError;
 
 /** An immutable snapshot of everything the gateway exposes. */
@@ -29,8 +44,9 @@ export interface Catalog {
   readonly prompts: ReadonlyMap<string, Route<Prompt>>;
   readonly resources: readonly Resource[];
   readonly resourceTemplates: readonly ResourceTemplate[];
-  /** Resource URI → owning upstream. */
+  /** Resource URI → owning upstream (a restarting upstream keeps its URIs). */
   readonly resourceOwners: ReadonlyMap<string, Upstream>;
+  /** Templates that route reads, those held before a rebuild first. */
   readonly templateOwners: readonly { template: UriTemplate; upstream: Upstream }[];
   /** Upstreams that advertise resources (fallback routing when exactly one does). */
   readonly resourceUpstreams: readonly Upstream[];
@@ -39,14 +55,90 @@ export interface Catalog {
    * combined conservatively (see list-hints.ts).
    */
   readonly hints: Readonly<Record<ListKey, ListHints>>;
+  /**
+   * Who holds each downstream tool name (`t:`), prompt name (`p:`), resource URI (`r:`) and URI
+   * template (`u:`), restarting upstreams included: the next rebuild leaves them there.
+   */
+  readonly holders: ReadonlyMap<string, Upstream>;
+}
+
+/**
+ * Bounds of one item of an upstream's list (a tool with its schemas, a prompt, a resource, a
+ * template). Far below the nesting `JSON.stringify` can serialize (about 4,000 levels): one
+ * item past them would make every agent's list answer unserializable.
+ */
+export const CATALOG_ITEM_BOUNDS: InputBounds = Object.freeze({ maxDepth: 128, maxNodes: 100_000 });
+
+/** The field that identifies an item of each list. */
+const ITEM_ID: Readonly<Record<ListKey, 'name' | 'uri' | 'uriTemplate'>> = {
+  tools: 'name',
+  prompts: 'name',
+  resources: 'uri',
+  resourceTemplates: 'uriTemplate',
+};
+
+/**
+ * Why an item of an upstream's `list` cannot be part of the catalog, or `undefined` when it can:
+ * it must be an object with a string `name` (tools, prompts), `uri` (resources) or
+ * `uriTemplate` (templates), within {@link CATALOG_ITEM_BOUNDS}. The reason never quotes the
+ * item.
+ */
+export function catalogItemProblem(item: unknown, list: ListKey): string | undefined {
+  const id = ITEM_ID[list];
+  if (typeof item !== 'object' || item === null || Array.isArray(item)) {
+    return 'is not an object';
+  }
+  if (typeof (item as Record<string, unknown>)[id] !== 'string') {
+    return `has no string "${id}"`;
+  }
+  switch (exceededBound(item, CATALOG_ITEM_BOUNDS)) {
+    case 'depth':
+      return `nests deeper than ${CATALOG_ITEM_BOUNDS.maxDepth} levels`;
+    case 'nodes':
+      return `holds more than ${CATALOG_ITEM_BOUNDS.maxNodes} values`;
+    default:
+      return undefined;
+  }
+}
+
+/** Longest URI or name quoted in a problem. */
+const SHOWN_CHARS = 200;
+
+function shown(text: string): string {
+  return text.length > SHOWN_CHARS ? `${text.slice(0, SHOWN_CHARS)}…` : text;
+}
+
+/** True for an item {@link buildCatalog} can read (the upstream checked it at load). */
+function readable(item: unknown, list: ListKey): boolean {
+  return (
+    typeof item === 'object' &&
+    item !== null &&
+    typeof (item as Record<string, unknown>)[ITEM_ID[list]] === 'string'
+  );
+}
+
+/** The holder keys of what a ready upstream lists now. */
+function keysOf(upstream: Upstream): Set<string> {
+  const prefix = upstreamPrefix(upstream.name, upstream.spec);
+  const keys = new Set<string>();
+  for (const t of upstream.tools) if (readable(t, 'tools')) keys.add(`t:${prefix}${t.name}`);
+  for (const p of upstream.prompts) if (readable(p, 'prompts')) keys.add(`p:${prefix}${p.name}`);
+  for (const r of upstream.resources) if (readable(r, 'resources')) keys.add(`r:${r.uri}`);
+  for (const u of upstream.resourceTemplates) {
+    if (readable(u, 'resourceTemplates')) keys.add(`u:${u.uriTemplate}`);
+  }
+  return keys;
 }
 
 /**
  * Builds the catalog from the upstreams' current lists.
  *
  * @param reserved Downstream names already taken (the fabric's own tools).
- * @param strict Throw on the first clash or over-long name (start-up) instead of dropping the
- *   offending item and reporting it through `problems` (runtime list changes).
+ * @param strict Throw on the first tool or prompt clash or over-long name (start-up) instead of
+ *   dropping the offending item and reporting it through `problems` (runtime list changes).
+ *   Resource and template clashes are always dropped and reported.
+ * @param previous The catalog being replaced: what its upstreams held they keep (see the
+ *   module comment).
  * @throws ToolNameError naming the upstream and the tool, when `strict`.
  */
 export function buildCatalog(
@@ -54,15 +146,16 @@ export function buildCatalog(
   reserved: ReadonlySet<string>,
   strict: boolean,
   problems: CatalogProblem[] = [],
+  previous?: Catalog,
 ): Catalog {
   const tools = new Map<string, Route<Tool>>();
   const prompts = new Map<string, Route<Prompt>>();
   const resources: Resource[] = [];
   const resourceTemplates: ResourceTemplate[] = [];
   const resourceOwners = new Map<string, Upstream>();
-  const templateOwners: { template: UriTemplate; upstream: Upstream }[] = [];
+  const heldTemplates: { template: UriTemplate; upstream: Upstream }[] = [];
+  const newTemplates: { template: UriTemplate; upstream: Upstream }[] = [];
   const resourceUpstreams: Upstream[] = [];
-  const owner = new Map<string, string>();
   const hints: Record<ListKey, ListHints[]> = {
     tools: [],
     prompts: [],
@@ -73,6 +166,43 @@ export function buildCatalog(
   const fail = (error: ToolNameError): void => {
     if (strict) throw error;
     problems.push(error);
+  };
+
+  // What the previous catalog's holders keep: everything, while they are not connected; what
+  // they still list, when they are.
+  const kept = new Map<string, Upstream>();
+  const listed = new Map<Upstream, Set<string>>();
+  for (const [key, holder] of previous?.holders ?? []) {
+    if (holder.state === 'closed' || !upstreams.includes(holder)) continue;
+    if (holder.state !== 'ready') {
+      kept.set(key, holder);
+      continue;
+    }
+    let keys = listed.get(holder);
+    if (keys === undefined) listed.set(holder, (keys = keysOf(holder)));
+    if (keys.has(key)) kept.set(key, holder);
+  }
+  const holders = new Map<string, Upstream>();
+  for (const [key, holder] of kept) {
+    if (holder.state === 'ready') continue;
+    holders.set(key, holder);
+    // A restarting holder's URIs and templates still route to it (its reads fail as
+    // unavailable), not to whatever else would match them.
+    if (key.startsWith('r:')) resourceOwners.set(key.slice(2), holder);
+  }
+  for (const entry of previous?.templateOwners ?? []) {
+    if (
+      entry.upstream.state !== 'ready' &&
+      holders.get(`u:${entry.template.toString()}`) === entry.upstream
+    ) {
+      heldTemplates.push(entry);
+    }
+  }
+
+  /** Who, other than `upstream`, holds `key` in this build: first taker, else previous holder. */
+  const heldBy = (key: string, upstream: Upstream): Upstream | undefined => {
+    const holder = holders.get(key) ?? kept.get(key);
+    return holder === upstream && !holders.has(key) ? undefined : holder;
   };
 
   for (const upstream of upstreams) {
@@ -86,68 +216,134 @@ export function buildCatalog(
       hints.resources.push(upstream.listHints.resources);
       hints.resourceTemplates.push(upstream.listHints.resourceTemplates);
     }
-    for (const tool of upstream.tools) {
+    upstream.tools.forEach((tool, index) => {
+      if (!readable(tool, 'tools')) {
+        problems.push(unreadable(upstream, 'tools', index));
+        return;
+      }
       const name = prefix + tool.name;
       if (name.length > MAX_TOOL_NAME_LENGTH) {
         fail(
           new ToolNameError(
             upstream.name,
-            tool.name,
-            `becomes ${JSON.stringify(name)} (${name.length} characters), over the ${MAX_TOOL_NAME_LENGTH}-character limit of MCP clients; set a shorter prefix or namespace: none`,
-            { downstreamName: name },
+            shown(tool.name),
+            `becomes ${JSON.stringify(shown(name))} (${name.length} characters), over the ${MAX_TOOL_NAME_LENGTH}-character limit of MCP clients; set a shorter prefix or namespace: none`,
+            { downstreamName: shown(name) },
           ),
         );
-        continue;
+        return;
       }
-      const taken = reserved.has(name) ? 'the fabric' : owner.get(`t:${name}`);
-      if (taken !== undefined) {
+      const key = `t:${name}`;
+      const holder = reserved.has(name) ? undefined : heldBy(key, upstream);
+      if (reserved.has(name) || holder !== undefined) {
+        const taken = holder === undefined ? 'the fabric' : `upstream ${holder.name}`;
+        const incumbent = holder !== undefined && kept.get(key) === holder;
         fail(
           new ToolNameError(
             upstream.name,
             tool.name,
-            `clashes with a tool of ${taken} under the downstream name ${JSON.stringify(name)}; use namespace: prefix or a distinct prefix`,
+            incumbent
+              ? `clashes with a tool ${taken} already serves under the downstream name ${JSON.stringify(name)}; ${taken} keeps it and this tool is not listed (use namespace: prefix or a distinct prefix)`
+              : `clashes with a tool of ${taken} under the downstream name ${JSON.stringify(name)}; use namespace: prefix or a distinct prefix`,
             { downstreamName: name, clashesWith: taken },
           ),
         );
-        continue;
+        return;
       }
-      owner.set(`t:${name}`, `upstream ${upstream.name}`);
+      holders.set(key, upstream);
       tools.set(name, { upstream, upstreamName: tool.name, item: { ...tool, name } });
-    }
-    for (const prompt of upstream.prompts) {
+    });
+    upstream.prompts.forEach((prompt, index) => {
+      if (!readable(prompt, 'prompts')) {
+        problems.push(unreadable(upstream, 'prompts', index));
+        return;
+      }
       const name = prefix + prompt.name;
-      const taken = owner.get(`p:${name}`);
-      if (taken !== undefined) {
+      const key = `p:${name}`;
+      const holder = heldBy(key, upstream);
+      if (holder !== undefined) {
+        const incumbent = kept.get(key) === holder;
         fail(
           new ToolNameError(
             upstream.name,
-            prompt.name,
-            `(prompt) clashes with a prompt of ${taken}`,
-            {
-              downstreamName: name,
-              clashesWith: taken,
-            },
+            shown(prompt.name),
+            incumbent
+              ? `(prompt) clashes with a prompt upstream ${holder.name} already serves; it keeps the name and this prompt is not listed`
+              : `(prompt) clashes with a prompt of upstream ${holder.name}`,
+            { downstreamName: shown(name), clashesWith: `upstream ${holder.name}` },
           ),
         );
-        continue;
+        return;
       }
-      owner.set(`p:${name}`, `upstream ${upstream.name}`);
+      holders.set(key, upstream);
       prompts.set(name, { upstream, upstreamName: prompt.name, item: { ...prompt, name } });
-    }
+    });
     if (upstream.capabilities.resources) resourceUpstreams.push(upstream);
-    for (const resource of upstream.resources) {
-      if (resourceOwners.has(resource.uri)) continue; // first upstream listing a URI owns it
-      resourceOwners.set(resource.uri, upstream);
+    upstream.resources.forEach((resource, index) => {
+      if (!readable(resource, 'resources')) {
+        problems.push(unreadable(upstream, 'resources', index));
+        return;
+      }
+      const uri = resource.uri;
+      const key = `r:${uri}`;
+      if (holders.get(key) === upstream) return; // listed twice by the same upstream
+      let holder = heldBy(key, upstream);
+      let how = holder !== undefined && kept.get(key) === holder ? ' already' : ', listed first';
+      // A URI new to this upstream that another upstream's template served before stays there.
+      if (holder === undefined && previous !== undefined && kept.get(key) !== upstream) {
+        how = ' through a template already';
+        holder = previous.templateOwners.find(
+          (t) =>
+            t.upstream !== upstream &&
+            kept.get(`u:${t.template.toString()}`) === t.upstream &&
+            matches(t.template, uri),
+        )?.upstream;
+      }
+      if (holder !== undefined) {
+        problems.push(
+          new ToolNameError(
+            upstream.name,
+            shown(uri),
+            `(resource) is served by upstream ${holder.name}${how}; it keeps the URI and this resource is not listed (resource URIs are not namespaced)`,
+            { clashesWith: `upstream ${holder.name}` },
+          ),
+        );
+        return;
+      }
+      holders.set(key, upstream);
+      resourceOwners.set(uri, upstream);
       resources.push(resource);
-    }
-    for (const template of upstream.resourceTemplates) {
+    });
+    upstream.resourceTemplates.forEach((template, index) => {
+      if (!readable(template, 'resourceTemplates')) {
+        problems.push(unreadable(upstream, 'resourceTemplates', index));
+        return;
+      }
+      const key = `u:${template.uriTemplate}`;
+      if (holders.get(key) === upstream) return; // listed twice by the same upstream
+      const holder = heldBy(key, upstream);
+      if (holder !== undefined) {
+        problems.push(
+          new ToolNameError(
+            upstream.name,
+            shown(template.uriTemplate),
+            `(resource template) is served by upstream ${holder.name}${kept.get(key) === holder ? ' already' : ', listed first'}; it keeps the template and this one is not listed`,
+            { clashesWith: `upstream ${holder.name}` },
+          ),
+        );
+        return;
+      }
+      holders.set(key, upstream);
       resourceTemplates.push(template);
       try {
-        templateOwners.push({ template: new UriTemplate(template.uriTemplate), upstream });
+        const entry = { template: new UriTemplate(template.uriTemplate), upstream };
+        // Templates held before route first: a newcomer's broader template cannot take the
+        // URIs an incumbent's template matched.
+        (kept.get(key) === upstream ? heldTemplates : newTemplates).push(entry);
       } catch {
         // An unparsable template can still be listed; it just cannot route reads.
       }
-    }
+    });
   }
   return {
     tools,
@@ -155,7 +351,7 @@ export function buildCatalog(
     resources,
     resourceTemplates,
     resourceOwners,
-    templateOwners,
+    templateOwners: [...heldTemplates, ...newTemplates],
     resourceUpstreams,
     hints: {
       tools: combineHints(hints.tools, false),
@@ -163,7 +359,26 @@ export function buildCatalog(
       resources: combineHints(hints.resources, false),
       resourceTemplates: combineHints(hints.resourceTemplates, false),
     },
+    holders,
   };
+}
+
+/** `template` matches `uri` (a URI it cannot even be matched against does not). */
+function matches(template: UriTemplate, uri: string): boolean {
+  try {
+    return template.match(uri) !== null;
+  } catch {
+    return false;
+  }
+}
+
+/** The problem of an item `buildCatalog` cannot read (set directly, not loaded by the upstream). */
+function unreadable(upstream: Upstream, list: ListKey, index: number): ToolNameError {
+  return new ToolNameError(
+    upstream.name,
+    `${list}[${index}]`,
+    `is not an object with a string "${ITEM_ID[list]}"; it is not listed`,
+  );
 }
 
 /** The upstream that serves `uri`: exact listing, then template match, then the only candidate. */

@@ -351,7 +351,11 @@ export class ToolGateway implements SessionHost {
     });
     try {
       if (failures.length > 0) throw failures[0];
-      this.#catalog = buildCatalog(ups, new Set(this.#fabricTools.keys()), true);
+      // Tool and prompt clashes throw; a resource URI or template listed by several upstreams
+      // goes to the first in config order (resources are not namespaced), the others' logged.
+      const problems: CatalogProblem[] = [];
+      this.#catalog = buildCatalog(ups, new Set(this.#fabricTools.keys()), true, problems);
+      for (const p of problems) this.#log({ level: 'warn', msg: p.message, code: p.code });
     } catch (error) {
       await Promise.all(ups.map((u) => u.close()));
       this.#state = 'closed';
@@ -1301,12 +1305,20 @@ export class ToolGateway implements SessionHost {
     if (this.#state !== 'started') return;
     const problems: CatalogProblem[] = [];
     const before = this.#catalog;
-    this.#catalog = buildCatalog(
-      [...this.#upstreams.values()],
-      new Set(this.#fabricTools.keys()),
-      false,
-      problems,
-    );
+    try {
+      // What an upstream held before it keeps: a newcomer's clashing item is dropped.
+      this.#catalog = buildCatalog(
+        [...this.#upstreams.values()],
+        new Set(this.#fabricTools.keys()),
+        false,
+        problems,
+        before,
+      );
+    } catch (error) {
+      // Not expected (items are checked at load): the catalog stays as it was, for everyone.
+      this.#log({ level: 'error', msg: 'catalog rebuild failed', error: messageOf(error) });
+      return;
+    }
     for (const p of problems) this.#log({ level: 'error', msg: p.message, code: p.code });
     const changed = {
       tools: !sameKeys(before.tools, this.#catalog.tools) || reconnected !== undefined,
@@ -1355,7 +1367,15 @@ export class ToolGateway implements SessionHost {
     }
     if (n.method === 'notifications/resources/updated') {
       const uri = String((n.params as { uri?: unknown } | undefined)?.uri);
-      this.#subscribers.notify(uri, n);
+      // Only the upstream that serves a URI (the one its subscription went to) speaks for it.
+      if (resourceOwner(this.#catalog, uri) === upstream) this.#subscribers.notify(uri, n);
+      else {
+        this.#log({
+          level: 'warn',
+          msg: 'dropped a resources/updated notification for a URI this upstream does not serve',
+          upstream: upstream.name,
+        });
+      }
     }
   }
 

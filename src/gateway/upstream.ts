@@ -27,10 +27,11 @@ import { z } from 'zod';
 import { UpstreamTimeoutError, UpstreamUnavailableError } from '../errors.js';
 import { FastUpstreamCalls, type CancelHook, type Cancellation } from './fast-path.js';
 import { relayedMcpError } from './map-error.js';
+import { CATALOG_ITEM_BOUNDS, catalogItemProblem } from './catalog.js';
+import { exceededBound } from './input-bounds.js';
 import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from './list-hints.js';
 import { PathResolver, pathResolutionOf } from './path-resolver.js';
 import { ProcessStdioTransport, SpawnError } from './process-stdio-transport.js';
-import { boundedBody, boundedEventStream, UpstreamMessageTooLargeError } from './bounded-body.js';
 import type { UpstreamSpec } from './upstream-config.js';
 import { traceparentFetch, withTraceparentMeta } from '../telemetry/trace-context.js';
 
@@ -146,7 +147,6 @@ export class Upstream {
         cwd: spec.cwd,
         stderr: spec.stderr,
         onStderrLine: (line) => this.#hooks.onStderr?.(this, line),
-        maxLineLength: spec.maxMessageBytes,
       });
     }
     const url = new URL(spec.url);
@@ -154,13 +154,11 @@ export class Upstream {
     return spec.transport === 'sse'
       ? new SSEClientTransport(url, {
           requestInit,
-          eventSourceInit: {
-            fetch: linkedSignalFetch(withHeaders(spec.headers), spec.maxMessageBytes),
-          },
+          eventSourceInit: { fetch: withHeaders(spec.headers) },
         })
       : new StreamableHTTPClientTransport(url, {
           requestInit,
-          fetch: linkedSignalFetch(traceparentFetch(fetch), spec.maxMessageBytes),
+          fetch: linkedSignalFetch(traceparentFetch(fetch)),
         });
   }
 
@@ -206,7 +204,8 @@ export class Upstream {
       await this.#loadCatalog(client, Math.max(1, Math.ceil(deadline - performance.now())));
     } catch (error) {
       await client.close().catch(() => undefined);
-      this.#state = 'restarting';
+      // Closed meanwhile: stays closed (a restart scheduled now would spawn a child after close).
+      if ((this.#state as UpstreamState) !== 'closed') this.#state = 'restarting';
       const failure = describeStartFailure(this.spec, transport, phase, error, timeoutMs);
       this.#lastError = new Error(failure.message, { cause: error });
       throw new UpstreamUnavailableError(
@@ -226,7 +225,13 @@ export class Upstream {
     this.#restartAttempt = 0;
     this.#connectCount++;
     client.onclose = () => this.#ondisconnect(client);
-    this.#hooks.onCatalog?.(this);
+    try {
+      this.#hooks.onCatalog?.(this);
+    } catch (error) {
+      // The connection is up and kept: a failing hook must not fail the connect, which would
+      // start another child while this one's client stays open.
+      this.#hooks.onError?.(this, asError(error));
+    }
   }
 
   async #loadCatalog(client: Client, timeout: number): Promise<void> {
@@ -239,6 +244,9 @@ export class Upstream {
         ? collect(client, 'resources/templates/list', 'resourceTemplates', timeout)
         : NOTHING,
     ]);
+    for (const list of [tools, prompts, resources, templates]) {
+      if (list.dropped !== undefined) this.#hooks.onError?.(this, new Error(list.dropped));
+    }
     this.tools = tools.items as Tool[];
     this.prompts = prompts.items as Prompt[];
     this.resources = resources.items as Resource[];
@@ -567,11 +575,21 @@ const EMPTY_LIST_HINTS: Readonly<Record<ListKey, ListHints>> = Object.freeze({
 interface Collected {
   items: readonly unknown[];
   hints: ListHints;
+  /** What was left out and why (positions and reasons, never content), when anything was. */
+  dropped?: string | undefined;
 }
 
 const NOTHING: Collected = { items: [], hints: NO_HINTS };
 
-/** Follows a paginated list to the end (each page bounded by `timeout` ms). */
+/** Reasons named in one report of dropped items (the count covers the rest). */
+const DROPPED_SHOWN = 3;
+
+/**
+ * Follows a paginated list to the end (each page bounded by `timeout` ms). Items the catalog
+ * cannot hold ({@link catalogItemProblem}: not an object with a string name / uri /
+ * uriTemplate, or past {@link CATALOG_ITEM_BOUNDS}) are dropped, and so are a page's
+ * list-level hints past those bounds: one item must not break every agent's list.
+ */
 async function collect(
   client: Client,
   method: string,
@@ -580,6 +598,9 @@ async function collect(
 ): Promise<Collected> {
   const items: unknown[] = [];
   const hints: ListHints[] = [];
+  const reasons: string[] = [];
+  let dropped = 0;
+  let index = 0;
   let cursor: string | undefined;
   for (let page = 0; page < 1000; page++) {
     const result = await client.request(
@@ -588,12 +609,28 @@ async function collect(
       { timeout },
     );
     const list = result[key];
-    if (Array.isArray(list)) items.push(...(list as unknown[]));
-    hints.push(pageHints(result, key));
+    if (Array.isArray(list)) {
+      for (const item of list as unknown[]) {
+        const problem = catalogItemProblem(item, key);
+        if (problem === undefined) items.push(item);
+        else if (++dropped <= DROPPED_SHOWN) reasons.push(`item ${index} ${problem}`);
+        index++;
+      }
+    }
+    const found = pageHints(result, key);
+    if (exceededBound(found, CATALOG_ITEM_BOUNDS) === undefined) hints.push(found);
+    else if (++dropped <= DROPPED_SHOWN) reasons.push(`the list-level fields of page ${page + 1}`);
     cursor = typeof result.nextCursor === 'string' ? result.nextCursor : undefined;
     if (cursor === undefined) break;
   }
-  return { items, hints: combineHints(hints, true) };
+  return {
+    items,
+    hints: combineHints(hints, true),
+    dropped:
+      dropped === 0
+        ? undefined
+        : `${method}: dropped ${dropped} ${dropped === 1 ? 'entry' : 'entries'} the catalog cannot hold (${reasons.join('; ')}${dropped > reasons.length ? '; …' : ''})`,
+  };
 }
 
 /** Requests in flight on one HTTP upstream before Node warns about abort listeners. */
@@ -606,29 +643,21 @@ const MAX_LINKED_REQUESTS = 10_000;
  * response when its stream ends. Without it every request leaves an abort listener on the
  * shared signal until the request is garbage-collected, and a busy upstream trips
  * `MaxListenersExceededWarning` (1501 abort listeners) and keeps those requests alive.
- *
- * With `maxMessageBytes` it also bounds what comes back (see bounded-body.ts): the SDK's
- * event-stream parser and `response.json()` buffer without limit. A JSON body past the bound
- * makes the request fail with {@link UpstreamMessageTooLargeError}; an SSE event past it is
- * dropped, the request(s) of this POST are answered with that error and the stream is closed.
  */
-export function linkedSignalFetch(base: typeof fetch, maxMessageBytes?: number): typeof fetch {
+export function linkedSignalFetch(base: typeof fetch): typeof fetch {
   const raised = new WeakSet<AbortSignal>();
   return async (input, init) => {
     const shared = init?.signal;
-    if (shared?.aborted || (!shared && maxMessageBytes === undefined)) return base(input, init);
-    const own = new AbortController();
-    let unlink = (): void => undefined;
-    if (shared) {
-      if (!raised.has(shared)) {
-        // One listener per request in flight (unlinked when done): concurrency, not a leak.
-        setMaxListeners(MAX_LINKED_REQUESTS, shared);
-        raised.add(shared);
-      }
-      const relay = (): void => own.abort(shared.reason);
-      shared.addEventListener('abort', relay, { once: true });
-      unlink = (): void => shared.removeEventListener('abort', relay);
+    if (!shared || shared.aborted) return base(input, init);
+    if (!raised.has(shared)) {
+      // One listener per request in flight (unlinked when done): concurrency, not a leak.
+      setMaxListeners(MAX_LINKED_REQUESTS, shared);
+      raised.add(shared);
     }
+    const own = new AbortController();
+    const relay = (): void => own.abort(shared.reason);
+    shared.addEventListener('abort', relay, { once: true });
+    const unlink = (): void => shared.removeEventListener('abort', relay);
     let response: Response;
     try {
       response = await base(input, { ...init, signal: own.signal });
@@ -639,48 +668,18 @@ export function linkedSignalFetch(base: typeof fetch, maxMessageBytes?: number):
     const sse = response.headers.get('content-type')?.includes('text/event-stream');
     if (!sse || !response.body) {
       unlink();
-      if (maxMessageBytes === undefined) return response;
-      const bounded = boundedBody(response, maxMessageBytes);
-      if (bounded === undefined) return response;
-      if (bounded instanceof Error) {
-        own.abort(bounded);
-        throw bounded;
-      }
-      return new Response(bounded, response);
+      return response;
     }
     // Keep the link while the stream is read, so closing the transport still ends it.
-    const body =
-      maxMessageBytes === undefined
-        ? response.body.pipeThrough(new TransformStream<Uint8Array, Uint8Array>({ flush: unlink }))
-        : boundedEventStream(
-            response.body,
-            maxMessageBytes,
-            () => requestIdsOf(init?.body),
-            unlink,
-            () => own.abort(new UpstreamMessageTooLargeError(maxMessageBytes, 'event')),
-          );
-    return new Response(body, response);
+    const body = response.body.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({ flush: unlink }),
+    );
+    return new Response(body, {
+      status: response.status,
+      statusText: response.statusText,
+      headers: response.headers,
+    });
   };
-}
-
-/** Ids of the requests in a JSON-RPC POST body (the SDK sends a string; read only on overflow). */
-function requestIdsOf(body: unknown): (string | number)[] {
-  if (typeof body !== 'string') return [];
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(body);
-  } catch {
-    return [];
-  }
-  const ids: (string | number)[] = [];
-  for (const m of Array.isArray(parsed) ? parsed : [parsed]) {
-    if (m === null || typeof m !== 'object') continue;
-    const { id, method } = m as { id?: unknown; method?: unknown };
-    if (typeof method === 'string' && (typeof id === 'string' || typeof id === 'number')) {
-      ids.push(id);
-    }
-  }
-  return ids;
 }
 
 function withHeaders(headers: Readonly<Record<string, string>>): typeof fetch {
