@@ -12,7 +12,7 @@
 export class LineReader {
   readonly #online: (line: string) => void;
   readonly #maxLineLength: number;
-  readonly #onoverflow: (() => void) | undefined;
+  readonly #onoverflow: ((head: string) => void) | undefined;
   #parts: string[] = [];
   #length = 0;
   /** The line being read was already too long: drop it up to its newline. */
@@ -21,12 +21,14 @@ export class LineReader {
   /**
    * @param online Called with each complete line, without its `\n` (or `\r\n`).
    * @param maxLineLength Longest line kept, in UTF-16 units; a longer one is dropped whole and
-   *   `onoverflow` is called once for it.
+   *   `onoverflow` is called once for it, with the line's first piece as read (its start: at
+   *   least what came in its first chunk, not the whole line). Memory stays bounded: a line
+   *   found too long is not kept, the rest of it is skipped up to its newline as it arrives.
    */
   constructor(
     online: (line: string) => void,
     maxLineLength = Number.POSITIVE_INFINITY,
-    onoverflow?: () => void,
+    onoverflow?: (head: string) => void,
   ) {
     this.#online = online;
     this.#maxLineLength = maxLineLength;
@@ -48,7 +50,7 @@ export class LineReader {
       if (skipped) {
         // the rest of a line already reported as too long
       } else if (line.length > this.#maxLineLength) {
-        this.#onoverflow?.();
+        this.#onoverflow?.(line);
       } else {
         // charCodeAt, not endsWith('\r'): the builtin call was a visible part of a short line.
         const end = line.length - 1;
@@ -61,9 +63,10 @@ export class LineReader {
       const rest = start === 0 ? chunk : chunk.slice(start);
       this.#length += rest.length;
       if (this.#length > this.#maxLineLength) {
+        const head = this.#parts.length > 0 ? this.#parts[0]! : rest;
         this.reset();
         this.#skipping = true;
-        this.#onoverflow?.();
+        this.#onoverflow?.(head);
         return;
       }
       this.#parts.push(rest);

@@ -19,6 +19,7 @@ import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import { LineReader } from './line-reader.js';
 import { LineWriter } from './line-writer.js';
+import { DEFAULT_MAX_MESSAGE_BYTES } from './upstream-config.js';
 
 /** Environment variables inherited by default (as the SDK's stdio transport does). */
 /** Longest stderr line passed to `onStderrLine`; a longer one is replaced by a marker line. */
@@ -45,6 +46,12 @@ export interface ProcessStdioTransportOptions {
    * @default 2000
    */
   killGraceMs?: number;
+  /**
+   * Longest stdout line (one JSON-RPC message) read, in UTF-16 units (at most its bytes); a
+   * longer one is dropped as it arrives (see {@link ProcessStdioTransport}).
+   * @default DEFAULT_MAX_MESSAGE_BYTES (64 MiB)
+   */
+  maxLineLength?: number;
 }
 
 /** Builds the child environment: a minimal safe inherited set plus `extra`. */
@@ -108,7 +115,7 @@ export class ProcessStdioTransport implements Transport {
   readonly #options: ProcessStdioTransportOptions;
   #child: ChildProcess | undefined;
   #pid: number | undefined;
-  readonly #reader = new LineReader((line) => this.#online(line));
+  readonly #reader: LineReader;
   #line: string | undefined;
   readonly #writer = new LineWriter(() => this.#child?.stdin ?? undefined, 'poll');
   #closed = false;
@@ -117,6 +124,12 @@ export class ProcessStdioTransport implements Transport {
 
   constructor(options: ProcessStdioTransportOptions) {
     this.#options = options;
+    const max = options.maxLineLength ?? DEFAULT_MAX_MESSAGE_BYTES;
+    this.#reader = new LineReader(
+      (line) => this.#online(line),
+      max,
+      (head) => this.#onoverflow(head, max),
+    );
   }
 
   /** Pid of the child (and id of its process group), once started. */
@@ -177,7 +190,8 @@ export class ProcessStdioTransport implements Transport {
       });
       child.stdin?.on('error', (error) => this.onerror?.(error));
       child.stdout?.setEncoding('utf8');
-      child.stdout?.on('data', (chunk: string) => this.#reader.push(chunk));
+      child.stdout?.on('data', (chunk: string) => this.#read(chunk));
+      child.stdout?.on('error', (error) => this.#report(error));
       if (stderr === 'log') {
         // Always read, even without a listener: a child blocks once its stderr pipe is full.
         const online = this.#options.onStderrLine;
@@ -199,15 +213,38 @@ export class ProcessStdioTransport implements Transport {
     return this.#exitStatus;
   }
 
+  /**
+   * One chunk of the child's stdout. Runs in the stream's 'data' handler, where a throw would
+   * be an uncaught exception (the sidecar's end): nothing may escape.
+   */
+  #read(chunk: string): void {
+    try {
+      this.#reader.push(chunk);
+    } catch (error) {
+      // Not expected (each line is handled in its own try): start afresh at the next line.
+      this.#reader.reset();
+      this.#report(asError(error));
+    }
+  }
+
+  /** `onerror`, which must not throw either. */
+  #report(error: Error): void {
+    try {
+      this.onerror?.(error);
+    } catch {
+      // a broken error handler: nothing left to tell
+    }
+  }
+
   #online(line: string): void {
     // A line that starts with `{` is not blank: no trim (a copy) for the usual message.
     if (line.charCodeAt(0) !== 0x7b && line.trim() === '') return;
-    if (this.onrawline?.(line) === true) return;
     let message: unknown;
     try {
+      if (this.onrawline?.(line) === true) return;
       message = JSON.parse(line);
     } catch (error) {
-      this.onerror?.(
+      this.#report(
         new Error(`upstream wrote a non-JSON line: ${line.slice(0, 200)}`, { cause: error }),
       );
       return;
@@ -217,15 +254,56 @@ export class ProcessStdioTransport implements Transport {
       typeof message !== 'object' ||
       (message as { jsonrpc?: unknown }).jsonrpc !== '2.0'
     ) {
-      this.onerror?.(new Error(`upstream wrote a non-JSON-RPC message: ${line.slice(0, 200)}`));
+      this.#report(new Error(`upstream wrote a non-JSON-RPC message: ${line.slice(0, 200)}`));
       return;
     }
     this.#line = line;
     try {
       this.onmessage?.(message as JSONRPCMessage);
+    } catch (error) {
+      this.#report(asError(error));
     } finally {
       this.#line = undefined;
     }
+  }
+
+  /**
+   * A stdout line longer than `max` was dropped (the reader keeps none of it and skips the rest
+   * up to its newline). When it was an answer, the call waiting for it must not wait until its
+   * timeout. `head` (the line's start) names the request when the answer leads with its id
+   * (`{"jsonrpc":"2.0","id":7,"result":…`): that call alone fails, with an error answer made
+   * here, and the connection lives on. A message that leads with its `method` (a notification
+   * or a request of the upstream's) answers no call: it is only reported. Anything else — the
+   * SDK writes `id` after `result`, and a line need not be JSON at all — cannot be tied to a
+   * call without reading what was refused, and guessing could fail another agent's call: the
+   * connection is reset like a child that died (it is stopped, every call in flight fails at
+   * once as disconnected, and the upstream restarts with its backoff). After such a line the
+   * upstream is broken or hostile; its state is not worth more than the calls' answers.
+   * The report names the bound, never the content.
+   */
+  #onoverflow(head: string, max: number): void {
+    const what = `upstream wrote a message longer than ${max} characters (maxMessageBytes); it was dropped`;
+    const lead = leadingMembers(head);
+    if (lead.method !== undefined) {
+      this.#report(new Error(`${what} (a ${lead.method.slice(0, 100)} message)`));
+      return;
+    }
+    if (lead.id !== undefined && (lead.first === 'result' || lead.first === 'error')) {
+      this.#report(new Error(`${what}: the call it answered (id ${lead.idText}) failed`));
+      this.#online(
+        JSON.stringify({
+          jsonrpc: '2.0',
+          id: lead.id,
+          error: {
+            code: -32603,
+            message: `the upstream's answer was longer than ${max} characters (maxMessageBytes) and was dropped`,
+          },
+        }),
+      );
+      return;
+    }
+    this.#report(new Error(`${what}; the answer it held cannot be told, the connection is reset`));
+    void this.close().catch(() => undefined);
   }
 
   /** The line the message being delivered to `onmessage` was parsed from (during the call). */
@@ -284,4 +362,55 @@ export class ProcessStdioTransport implements Transport {
   kill(sig: NodeJS.Signals = 'SIGKILL'): void {
     this.#signal(sig);
   }
+}
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}
+
+/** One top-level member at the start of a JSON object: its name and a scalar or `{`/`[`. */
+const LEADING_MEMBER =
+  /\s*"([A-Za-z_$]{1,32})"\s*:\s*("(?:[^"\\\n]|\\.){0,200}"|-?\d{1,20}|null|true|false|[{[])\s*,?/y;
+
+/** What the start of an over-long line says about the message. */
+interface LeadingMembers {
+  /** `method` when it leads with one (a request or notification). */
+  method?: string;
+  /** The `id` when it comes before the first object or array member. */
+  id?: string | number;
+  idText?: string;
+  /** Name of the first member whose value is an object or array (`result`, `params` …). */
+  first?: string;
+}
+
+/**
+ * Reads the scalar members a JSON object starts with, up to its first object or array member,
+ * from at most the first 1,024 characters of `head`. Only top-level members can come before
+ * the first nested value, so a name found here is the message's own, never one inside its result.
+ */
+function leadingMembers(head: string): LeadingMembers {
+  const text = head.length > 1024 ? head.slice(0, 1024) : head;
+  const open = /^\s*\{/.exec(text);
+  const found: LeadingMembers = {};
+  if (open === null) return found;
+  LEADING_MEMBER.lastIndex = open[0].length;
+  for (let m = LEADING_MEMBER.exec(text); m !== null; m = LEADING_MEMBER.exec(text)) {
+    const [, name, raw] = m as unknown as [string, string, string];
+    if (raw === '{' || raw === '[') {
+      found.first = name;
+      break;
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(raw);
+    } catch {
+      break;
+    }
+    if (name === 'method' && typeof value === 'string') found.method = value;
+    if (name === 'id' && (typeof value === 'string' || typeof value === 'number')) {
+      found.id = value;
+      found.idText = raw.slice(0, 100);
+    }
+  }
+  return found;
 }

@@ -13,6 +13,13 @@ export const DEFAULT_START_TIMEOUT_SECONDS = 30;
 export const DEFAULT_RESTART_INITIAL_DELAY_MS = 100;
 /** Default cap of the exponential restart delay. */
 export const DEFAULT_RESTART_MAX_DELAY_MS = 30_000;
+/** Default of {@link UpstreamSpec.maxMessageBytes}: 64 MiB. */
+export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+/**
+ * Largest {@link UpstreamSpec.maxMessageBytes}: a stdio line is joined into one string, and V8
+ * refuses strings past 2^29 - 24 characters (the join would throw).
+ */
+export const MAX_MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
 /** Longest tool name MCP clients accept (Claude and others cap names at 64 characters). */
 export const MAX_TOOL_NAME_LENGTH = 64;
 
@@ -85,6 +92,18 @@ const commonShape = {
    * @default false
    */
   exclusive: z.boolean().default(false),
+  /**
+   * Longest message the upstream may send: a stdio line (counted in UTF-16 units, never more
+   * than its bytes), one event of an SSE stream (bytes since the last blank line), a whole JSON
+   * response body. A longer one is dropped as it arrives, never held whole; the call it answered
+   * fails (see process-stdio-transport.ts and bounded-body.ts). @default 67108864 (64 MiB)
+   */
+  maxMessageBytes: z
+    .number()
+    .int()
+    .min(1024)
+    .max(MAX_MAX_MESSAGE_BYTES)
+    .default(DEFAULT_MAX_MESSAGE_BYTES),
   /** Start-up is refused when an `required` upstream fails to connect. @default true */
   required: z.boolean().default(true),
   /**

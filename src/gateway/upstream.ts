@@ -32,6 +32,7 @@ import { exceededBound } from './input-bounds.js';
 import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from './list-hints.js';
 import { PathResolver, pathResolutionOf } from './path-resolver.js';
 import { ProcessStdioTransport, SpawnError } from './process-stdio-transport.js';
+import { boundedBody, boundedEventStream, UpstreamMessageTooLargeError } from './bounded-body.js';
 import type { UpstreamSpec } from './upstream-config.js';
 import { traceparentFetch, withTraceparentMeta } from '../telemetry/trace-context.js';
 
@@ -147,6 +148,7 @@ export class Upstream {
         cwd: spec.cwd,
         stderr: spec.stderr,
         onStderrLine: (line) => this.#hooks.onStderr?.(this, line),
+        maxLineLength: spec.maxMessageBytes,
       });
     }
     const url = new URL(spec.url);
@@ -154,11 +156,13 @@ export class Upstream {
     return spec.transport === 'sse'
       ? new SSEClientTransport(url, {
           requestInit,
-          eventSourceInit: { fetch: withHeaders(spec.headers) },
+          eventSourceInit: {
+            fetch: linkedSignalFetch(withHeaders(spec.headers), spec.maxMessageBytes),
+          },
         })
       : new StreamableHTTPClientTransport(url, {
           requestInit,
-          fetch: linkedSignalFetch(traceparentFetch(fetch)),
+          fetch: linkedSignalFetch(traceparentFetch(fetch), spec.maxMessageBytes),
         });
   }
 
@@ -643,21 +647,29 @@ const MAX_LINKED_REQUESTS = 10_000;
  * response when its stream ends. Without it every request leaves an abort listener on the
  * shared signal until the request is garbage-collected, and a busy upstream trips
  * `MaxListenersExceededWarning` (1501 abort listeners) and keeps those requests alive.
+ *
+ * With `maxMessageBytes` it also bounds what comes back (see bounded-body.ts): the SDK's
+ * event-stream parser and `response.json()` buffer without limit. A JSON body past the bound
+ * makes the request fail with {@link UpstreamMessageTooLargeError}; an SSE event past it is
+ * dropped, the request(s) of this POST are answered with that error and the stream is closed.
  */
-export function linkedSignalFetch(base: typeof fetch): typeof fetch {
+export function linkedSignalFetch(base: typeof fetch, maxMessageBytes?: number): typeof fetch {
   const raised = new WeakSet<AbortSignal>();
   return async (input, init) => {
     const shared = init?.signal;
-    if (!shared || shared.aborted) return base(input, init);
-    if (!raised.has(shared)) {
-      // One listener per request in flight (unlinked when done): concurrency, not a leak.
-      setMaxListeners(MAX_LINKED_REQUESTS, shared);
-      raised.add(shared);
-    }
+    if (shared?.aborted || (!shared && maxMessageBytes === undefined)) return base(input, init);
     const own = new AbortController();
-    const relay = (): void => own.abort(shared.reason);
-    shared.addEventListener('abort', relay, { once: true });
-    const unlink = (): void => shared.removeEventListener('abort', relay);
+    let unlink = (): void => undefined;
+    if (shared) {
+      if (!raised.has(shared)) {
+        // One listener per request in flight (unlinked when done): concurrency, not a leak.
+        setMaxListeners(MAX_LINKED_REQUESTS, shared);
+        raised.add(shared);
+      }
+      const relay = (): void => own.abort(shared.reason);
+      shared.addEventListener('abort', relay, { once: true });
+      unlink = (): void => shared.removeEventListener('abort', relay);
+    }
     let response: Response;
     try {
       response = await base(input, { ...init, signal: own.signal });
@@ -668,18 +680,48 @@ export function linkedSignalFetch(base: typeof fetch): typeof fetch {
     const sse = response.headers.get('content-type')?.includes('text/event-stream');
     if (!sse || !response.body) {
       unlink();
-      return response;
+      if (maxMessageBytes === undefined) return response;
+      const bounded = boundedBody(response, maxMessageBytes);
+      if (bounded === undefined) return response;
+      if (bounded instanceof Error) {
+        own.abort(bounded);
+        throw bounded;
+      }
+      return new Response(bounded, response);
     }
     // Keep the link while the stream is read, so closing the transport still ends it.
-    const body = response.body.pipeThrough(
-      new TransformStream<Uint8Array, Uint8Array>({ flush: unlink }),
-    );
-    return new Response(body, {
-      status: response.status,
-      statusText: response.statusText,
-      headers: response.headers,
-    });
+    const body =
+      maxMessageBytes === undefined
+        ? response.body.pipeThrough(new TransformStream<Uint8Array, Uint8Array>({ flush: unlink }))
+        : boundedEventStream(
+            response.body,
+            maxMessageBytes,
+            () => requestIdsOf(init?.body),
+            unlink,
+            () => own.abort(new UpstreamMessageTooLargeError(maxMessageBytes, 'event')),
+          );
+    return new Response(body, response);
   };
+}
+
+/** Ids of the requests in a JSON-RPC POST body (the SDK sends a string; read only on overflow). */
+function requestIdsOf(body: unknown): (string | number)[] {
+  if (typeof body !== 'string') return [];
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    return [];
+  }
+  const ids: (string | number)[] = [];
+  for (const m of Array.isArray(parsed) ? parsed : [parsed]) {
+    if (m === null || typeof m !== 'object') continue;
+    const { id, method } = m as { id?: unknown; method?: unknown };
+    if (typeof method === 'string' && (typeof id === 'string' || typeof id === 'number')) {
+      ids.push(id);
+    }
+  }
+  return ids;
 }
 
 function withHeaders(headers: Readonly<Record<string, string>>): typeof fetch {

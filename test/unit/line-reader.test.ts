@@ -44,6 +44,19 @@ describe('LineReader', () => {
     expect(lines).toEqual(['short', 'ok', 'fine']);
     expect(overflows).toEqual([1, 2]);
   });
+
+  it('hands the start of a dropped line to onoverflow', () => {
+    const heads: string[] = [];
+    const r = new LineReader(
+      () => undefined,
+      10,
+      (head) => heads.push(head),
+    );
+    r.push('{"id":1,');
+    r.push('"result":1234'); // too long here: the line's first piece
+    r.push('5}\n0123456789abc\n'); // too long within a chunk: the whole line
+    expect(heads).toEqual(['{"id":1,', '0123456789abc']);
+  });
 });
 
 describe('StdioSessionTransport input', () => {

@@ -1,0 +1,201 @@
+/**
+ * What an upstream sends back is bounded (`upstreams.<name>.maxMessageBytes`, 64 MiB default).
+ *
+ * Found by a hostile review of upstream servers:
+ * - a stdio upstream's stdout line had no length bound: 256 MiB without a newline grew the
+ *   sidecar's heap by 252 MiB, and a line past V8's string limit made the line reader's join
+ *   throw a RangeError in the stream's 'data' handler — an uncaught exception, the sidecar died;
+ * - a Streamable HTTP upstream's answers were buffered without bound by the SDK's event-stream
+ *   parser and `response.json()`: one 256 MiB SSE event grew the heap by 253 MiB.
+ * Now a longer stdio line is dropped as it arrives (never held whole) and the call it answered
+ * fails at once — alone when the line leads with its id, else by a reset of the upstream; an
+ * SSE event past the bound (bytes since its last blank line) or a JSON body past it fails its
+ * call. Each test checks that the sidecar lives on and the next call is answered. These run at
+ * a 1 MiB bound; one test per transport runs at the default.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { GatewayLogEntry } from '../../src/gateway/tool-call-pipeline.js';
+import type { UpstreamSpecInput } from '../../src/gateway/upstream-config.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  agentToken,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  httpClient,
+  startHttpUpstream,
+  startTestSidecar,
+  tempDir,
+  text,
+  until,
+  type HttpUpstreamProcess,
+} from '../fixtures/gateway/harness.js';
+
+const STDIO_SERVER = fileURLToPath(
+  new URL('../fixtures/gateway/oversize-server.mjs', import.meta.url),
+);
+const HTTP_SERVER = fileURLToPath(
+  new URL('../fixtures/gateway/oversize-http-server.mjs', import.meta.url),
+);
+const MiB = 1024 * 1024;
+
+let sidecar: Sidecar | undefined;
+let client: Client | undefined;
+let upstream: HttpUpstreamProcess | undefined;
+let logs: GatewayLogEntry[] = [];
+const uncaught: unknown[] = [];
+const onUncaught = (e: unknown): void => void uncaught.push(e);
+
+afterEach(async () => {
+  process.off('uncaughtException', onUncaught);
+  await client?.close().catch(() => undefined);
+  await closeSidecar(sidecar);
+  await upstream?.close();
+  sidecar = undefined;
+  client = undefined;
+  upstream = undefined;
+  logs = [];
+  expect(uncaught).toEqual([]);
+});
+
+async function start(spec: UpstreamSpecInput): Promise<void> {
+  process.on('uncaughtException', onUncaught);
+  sidecar = await startTestSidecar(
+    {
+      upstreams: { big: { callTimeoutSeconds: 600, ...spec } },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'a' }],
+    },
+    { logger: (entry) => void logs.push(entry) },
+  );
+  client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
+}
+
+/** Calls a tool; a failure comes back as its message (a JSON-RPC error or an isError result). */
+async function call(name: string, args: Record<string, unknown> = {}): Promise<string> {
+  try {
+    const result = await client!.callTool({ name: `big__${name}`, arguments: args });
+    return `${result.isError === true ? 'isError: ' : ''}${text(result)}`;
+  } catch (error) {
+    return `error: ${(error as Error).message}`;
+  }
+}
+
+function bigUpstream() {
+  return sidecar!.gateway.upstreams.get('big')!;
+}
+
+/** No log entry holds a run of the flood's filler character. */
+function expectNoContentLogged(filler: string): void {
+  expect(JSON.stringify(logs)).not.toContain(filler.repeat(64));
+}
+
+describe('a stdio upstream line past maxMessageBytes', () => {
+  const stdio = (state: string, extra: { maxMessageBytes?: number } = {}): UpstreamSpecInput => ({
+    command: process.execPath,
+    args: [STDIO_SERVER],
+    stderr: 'ignore' as const,
+    env: { OVERSIZE_STATE: state },
+    ...extra,
+  });
+  const starts = (state: string): number =>
+    readFileSync(join(state, 'pids'), 'utf8').trim().split('\n').length;
+
+  it('that leads with its id fails that call alone; the upstream is not restarted', async () => {
+    const state = tempDir('oversize-id');
+    await start(stdio(state, { maxMessageBytes: MiB }));
+    expect(await call('bigresult', { kib: 1000 })).toBe('y'.repeat(1000 * 1024));
+    expect(await call('bigresult', { kib: 2048 })).toContain(
+      `answer was longer than ${MiB} characters (maxMessageBytes) and was dropped`,
+    );
+    expect(await call('ping')).toBe('oversize:ping');
+    expect(bigUpstream().connectCount).toBe(1);
+    expect(starts(state)).toBe(1);
+    expect(logs.some((e) => JSON.stringify(e).includes('the call it answered (id'))).toBe(true);
+    expectNoContentLogged('y');
+  });
+
+  it('that is a notification is dropped and reported; calls go on', async () => {
+    const state = tempDir('oversize-note');
+    await start(stdio(state, { maxMessageBytes: MiB }));
+    expect(await call('bignote', { kib: 2048 })).toBe('oversize:noted');
+    expect(await call('ping')).toBe('oversize:ping');
+    expect(bigUpstream().connectCount).toBe(1);
+    expect(logs.some((e) => JSON.stringify(e).includes('(a notifications/message message)'))).toBe(
+      true,
+    );
+    expectNoContentLogged('z');
+  });
+
+  it('without an id to read resets the upstream: the call fails at once, the next is answered', async () => {
+    const state = tempDir('oversize-flood');
+    await start(stdio(state, { maxMessageBytes: MiB }));
+    // The flood never ends its line and never answers: before the fix this waited for ever.
+    expect(await call('flood', { kib: 4096, newline: false })).toContain(
+      'disconnected during tools/call',
+    );
+    await until(() => bigUpstream().state === 'ready' && bigUpstream().connectCount === 2);
+    expect(await call('ping')).toBe('oversize:ping');
+    expect(starts(state)).toBe(2);
+    expect(
+      logs.some((e) =>
+        JSON.stringify(e).includes(`longer than ${MiB} characters (maxMessageBytes)`),
+      ),
+    ).toBe(true);
+    expectNoContentLogged('x');
+  });
+
+  it('at the default bound (64 MiB), 80 MiB without a newline: reset, the sidecar lives on', async () => {
+    const state = tempDir('oversize-default');
+    await start(stdio(state));
+    expect(await call('flood', { kib: 80 * 1024, newline: false })).toContain(
+      'disconnected during tools/call',
+    );
+    await until(() => bigUpstream().state === 'ready' && bigUpstream().connectCount === 2);
+    expect(await call('ping')).toBe('oversize:ping');
+  }, 60_000);
+});
+
+describe('an HTTP upstream answer past maxMessageBytes', () => {
+  async function startHttp(extra: { maxMessageBytes?: number } = {}): Promise<void> {
+    upstream = await startHttpUpstream([HTTP_SERVER], '/mcp');
+    await start({ url: upstream.url, ...extra });
+  }
+  const tooLong = (what: string, max = MiB): string =>
+    `the upstream's ${what} was longer than ${max} bytes (maxMessageBytes) and was dropped`;
+
+  it('one SSE event that never ends fails its call; the next is answered', async () => {
+    await startHttp({ maxMessageBytes: MiB });
+    expect(await call('flood', { kib: 4096 })).toContain(tooLong('event'));
+    expect(await call('ping')).toBe('http:ping');
+    expectNoContentLogged('x');
+  });
+
+  it('one SSE event of many data lines is bounded as a whole', async () => {
+    await startHttp({ maxMessageBytes: MiB });
+    expect(await call('manylines', { kib: 4096 })).toContain(tooLong('event'));
+    expect(await call('ping')).toBe('http:ping');
+  });
+
+  it('many small events are not one message: more than the bound in all still arrives', async () => {
+    await startHttp({ maxMessageBytes: MiB });
+    expect(await call('events', { kib: 4096 })).toBe('http:events');
+  });
+
+  it('a JSON body past the bound fails its call, with or without content-length', async () => {
+    await startHttp({ maxMessageBytes: MiB });
+    expect(await call('bigjson', { kib: 1000 })).toBe('j'.repeat(1000 * 1024));
+    expect(await call('bigjson', { kib: 4096 })).toContain(tooLong('response body'));
+    expect(await call('biglength', { kib: 4096 })).toContain(tooLong('response body'));
+    expect(await call('ping')).toBe('http:ping');
+  });
+
+  it('at the default bound (64 MiB), an 80 MiB event fails its call; the sidecar lives on', async () => {
+    await startHttp();
+    expect(await call('flood', { kib: 80 * 1024 })).toContain(tooLong('event', 64 * MiB));
+    expect(await call('ping')).toBe('http:ping');
+  }, 60_000);
+});
