@@ -49,6 +49,7 @@ import {
   type CatalogProblem,
   type Route,
 } from './catalog.js';
+import { catalogChanges } from './catalog-changes.js';
 import { FABRIC_TOOLS, SCHEDULE_TOOL, type FabricTool } from './fabric-tools.js';
 import { checkInputBounds, parseInputBounds, type InputBounds } from './input-bounds.js';
 import { perCaller, type ListHints } from './list-hints.js';
@@ -1271,9 +1272,12 @@ export class ToolGateway implements SessionHost {
   // Upstream events
 
   readonly #hooks = {
-    onCatalog: (upstream: Upstream): void => {
-      this.#rebuildCatalog(upstream);
-      void this.#syncLogLevel(upstream); // a restarted upstream starts at its own default
+    onCatalog: (upstream: Upstream, connected: boolean): void => {
+      // Only a new connection is a restart; a list change is not (it re-subscribed every
+      // resource and logged "upstream restarted" each time once the upstream had restarted).
+      this.#rebuildCatalog(connected ? upstream : undefined);
+      // A restarted upstream starts at its own default log level.
+      if (connected) void this.#syncLogLevel(upstream);
     },
     onNotification: (upstream: Upstream, n: Notification): void =>
       this.#routeNotification(upstream, n),
@@ -1320,13 +1324,11 @@ export class ToolGateway implements SessionHost {
       return;
     }
     for (const p of problems) this.#log({ level: 'error', msg: p.message, code: p.code });
-    const changed = {
-      tools: !sameKeys(before.tools, this.#catalog.tools) || reconnected !== undefined,
-      prompts: !sameKeys(before.prompts, this.#catalog.prompts) || reconnected !== undefined,
-      resources:
-        before.resources.length !== this.#catalog.resources.length || reconnected !== undefined,
-    };
-    for (const s of this.#sessions) s.catalogChanged(changed);
+    // Agents hear of the lists whose content changed, not of every reload or restart.
+    const changed = catalogChanges(before, this.#catalog);
+    if (changed.tools || changed.prompts || changed.resources) {
+      for (const s of this.#sessions) s.catalogChanged(changed);
+    }
     if (reconnected && reconnected.connectCount > 1) {
       this.#log({ level: 'info', msg: 'upstream restarted', upstream: reconnected.name });
       for (const uri of this.#subscribers.uris()) {
@@ -1459,12 +1461,6 @@ function upstreamTakesTasks(upstream: Upstream): boolean {
 function passesThrough(route: Route<Tool>): boolean {
   const support = route.item.execution?.taskSupport;
   return upstreamTakesTasks(route.upstream) && (support === 'optional' || support === 'required');
-}
-
-function sameKeys(a: ReadonlyMap<string, unknown>, b: ReadonlyMap<string, unknown>): boolean {
-  if (a.size !== b.size) return false;
-  for (const k of a.keys()) if (!b.has(k)) return false;
-  return true;
 }
 
 /** `name`, cut to {@link AUDIT_UNKNOWN_NAME_MAX} characters. */

@@ -44,8 +44,12 @@ export type UpstreamState = 'idle' | 'connecting' | 'ready' | 'restarting' | 'cl
 
 /** Callbacks through which an upstream reports to the gateway. */
 export interface UpstreamHooks {
-  /** The upstream (re)connected or announced a list change; its catalog is fresh. */
-  onCatalog?(upstream: Upstream): void;
+  /**
+   * The upstream's catalog is fresh: `connected` when a connection was just established (the
+   * start or a restart; said once per connection), false after a reload it asked for with a
+   * `list_changed` notification.
+   */
+  onCatalog?(upstream: Upstream, connected: boolean): void;
   /** A notification the protocol layer did not consume (logging, resources/updated …). */
   onNotification?(upstream: Upstream, notification: Notification): void;
   /** A server→client request (sampling, elicitation, roots/list). */
@@ -93,6 +97,8 @@ export class Upstream {
   #nextRestartAt = 0;
   #lastError: Error | undefined;
   #connectCount = 0;
+  /** The list reload running per connection, and whether another was asked for meanwhile. */
+  readonly #reloads = new WeakMap<Client, { again: boolean }>();
 
   tools: readonly Tool[] = [];
   prompts: readonly Prompt[] = [];
@@ -230,7 +236,7 @@ export class Upstream {
     this.#connectCount++;
     client.onclose = () => this.#ondisconnect(client);
     try {
-      this.#hooks.onCatalog?.(this);
+      this.#hooks.onCatalog?.(this, true);
     } catch (error) {
       // The connection is up and kept: a failing hook must not fail the connect, which would
       // start another child while this one's client stays open.
@@ -268,15 +274,39 @@ export class Upstream {
       case 'notifications/tools/list_changed':
       case 'notifications/prompts/list_changed':
       case 'notifications/resources/list_changed':
-        try {
-          await this.#loadCatalog(client, this.spec.callTimeoutSeconds * 1000);
-          if (this.#client === client) this.#hooks.onCatalog?.(this);
-        } catch (error) {
-          this.#hooks.onError?.(this, asError(error));
-        }
+        await this.#listChanged(client);
         return;
       default:
         this.#hooks.onNotification?.(this, n);
+    }
+  }
+
+  /**
+   * Reloads the lists after a `list_changed`. A reload per notification would let an upstream
+   * make the gateway ask for every list as often as it likes (a burst of 200 was 200 reloads):
+   * per connection at most one reload runs, and notifications during it fold into one more
+   * after it.
+   */
+  async #listChanged(client: Client): Promise<void> {
+    const running = this.#reloads.get(client);
+    if (running) {
+      running.again = true;
+      return;
+    }
+    const reload = { again: false };
+    this.#reloads.set(client, reload);
+    try {
+      do {
+        reload.again = false;
+        try {
+          await this.#loadCatalog(client, this.spec.callTimeoutSeconds * 1000);
+          if (this.#client === client) this.#hooks.onCatalog?.(this, false);
+        } catch (error) {
+          this.#hooks.onError?.(this, asError(error));
+        }
+      } while (reload.again && this.#state !== 'closed');
+    } finally {
+      this.#reloads.delete(client);
     }
   }
 
