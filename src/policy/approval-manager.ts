@@ -27,6 +27,7 @@ import {
   WaitTimeoutError,
 } from '../errors.js';
 import { TypedEmitter } from '../events.js';
+import { recordJson } from '../json-bytes.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { Collection } from '../store/store.js';
 
@@ -217,14 +218,14 @@ export function parseApprovalManagerOptions(
 }
 
 /**
- * The UTF-8 size of `value`'s JSON, or a number above `max` as soon as it is certainly larger
- * (at most 3 bytes per UTF-16 unit: the exact count is taken only near the bound).
- * A value JSON cannot write (a cycle, a `bigint`) counts as too large.
+ * The UTF-8 size of `value`'s JSON as the store writes it (a `bigint` as its digits), or a number
+ * above `max` as soon as it is certainly larger (at most 3 bytes per UTF-16 unit: the exact count
+ * is taken only near the bound). A value the store cannot write (a cycle) counts as too large.
  */
 function jsonSize(value: unknown, max: number): number {
   let text: string | undefined;
   try {
-    text = JSON.stringify(value);
+    text = recordJson(value, 'params');
   } catch {
     return Infinity;
   }
