@@ -24,27 +24,40 @@ afterAll(cleanUp);
 
 const ADMIN = `fab_admin_${'k3Q9'.repeat(8)}`;
 
-/** A sidecar config in `dir` whose `ev__get-sum` needs a human approval. */
-async function writeApprovalConfig(dir: string): Promise<void> {
+/** A sidecar config in `dir` for the agent `worker`: these upstreams, policies and other fields. */
+async function writeConfig(
+  dir: string,
+  upstreams: object,
+  policies: object[],
+  extra: object = {},
+): Promise<void> {
   writeFileSync(
     join(dir, 'fabric.json'),
     JSON.stringify({
       http: { host: '127.0.0.1', port: await freePort() },
       adminToken: ADMIN,
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-      },
-      policies: [
-        {
-          name: 'approvals',
-          priority: 100,
-          rules: [{ tool: 'ev__get-sum', action: 'require_approval', reason: 'a human adds' }],
-        },
-        { name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] },
-      ],
-      approvals: { timeoutSeconds: 3600 },
+      upstreams,
+      policies,
+      ...extra,
       agents: [{ name: 'worker' }],
     }),
+  );
+}
+
+/** A sidecar config in `dir` whose `ev__get-sum` needs a human approval. */
+async function writeApprovalConfig(dir: string): Promise<void> {
+  await writeConfig(
+    dir,
+    { ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' } },
+    [
+      {
+        name: 'approvals',
+        priority: 100,
+        rules: [{ tool: 'ev__get-sum', action: 'require_approval', reason: 'a human adds' }],
+      },
+      { name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] },
+    ],
+    { approvals: { timeoutSeconds: 3600 } },
   );
 }
 
@@ -123,17 +136,10 @@ describe('a record holding 1e20 across a restart', () => {
   it('a finished MCP task whose result holds a number beyond 2^53 is still fetched', async () => {
     const dir = tempDir('state-numbers-result');
     const statePath = join(dir, '.fabric', 'state.db');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port: await freePort() },
-        adminToken: ADMIN,
-        upstreams: {
-          big: { command: process.execPath, args: [BIG_NUMBER_SERVER], stderr: 'ignore' },
-        },
-        policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
-        agents: [{ name: 'worker' }],
-      }),
+    await writeConfig(
+      dir,
+      { big: { command: process.execPath, args: [BIG_NUMBER_SERVER], stderr: 'ignore' } },
+      [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
     );
     const first = await serve(dir);
     let client = await connect(first.url, first.token);

@@ -28,6 +28,7 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { ResourceUpdatedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { GatewayLogEntry } from '../../src/gateway/gateway.js';
+import type { SidecarConfigInput } from '../../src/server/config-file.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
@@ -51,6 +52,49 @@ function upstream(name: string, env: Record<string, string> = {}, extra: object 
     env: { CATALOG_NAME: name, ...env },
     stderr: 'ignore' as const,
     ...extra,
+  };
+}
+
+/**
+ * Starts a sidecar serving `upstreams` to the agent `a` (under DEFAULT_ALLOW unless `policies`),
+ * its log entries pushed to `logs`, and connects `a` to it.
+ */
+async function start(
+  upstreams: SidecarConfigInput['upstreams'],
+  logs: GatewayLogEntry[],
+  policies: SidecarConfigInput['policies'] = [DEFAULT_ALLOW],
+): Promise<{ sidecar: Sidecar; client: Client }> {
+  const sidecar = await startTestSidecar(
+    { upstreams, policies, agents: [{ name: 'a' }] },
+    { logger: (e) => logs.push(e) },
+  );
+  try {
+    return { sidecar, client: await httpClient(sidecar.url!, agentToken(sidecar, 'a')) };
+  } catch (err) {
+    await closeSidecar(sidecar);
+    throw err;
+  }
+}
+
+/** One sidecar (see `start`) for all the tests of a describe block, closed after them. */
+function useSidecar(upstreams: SidecarConfigInput['upstreams']): {
+  readonly client: Client;
+  readonly logs: GatewayLogEntry[];
+} {
+  const logs: GatewayLogEntry[] = [];
+  let running: { sidecar: Sidecar; client: Client } | undefined;
+  beforeAll(async () => {
+    running = await start(upstreams, logs);
+  });
+  afterAll(async () => {
+    await running?.client.close();
+    await closeSidecar(running?.sidecar);
+  });
+  return {
+    get client() {
+      return running!.client;
+    },
+    logs,
   };
 }
 
@@ -91,15 +135,10 @@ describe('an upstream listing items that are not tools', () => {
 
   it("drops and logs them, and another upstream's list changes still reach the catalog", async () => {
     logs.length = 0;
-    sidecar = await startTestSidecar(
-      {
-        upstreams: { hostile: upstream('hostile'), good: upstream('good') },
-        policies: [DEFAULT_ALLOW],
-        agents: [{ name: 'a' }],
-      },
-      { logger: (e) => logs.push(e) },
-    );
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
+    ({ sidecar, client } = await start(
+      { hostile: upstream('hostile'), good: upstream('good') },
+      logs,
+    ));
     expect(await toolNames(client)).toEqual(
       expect.arrayContaining(['hostile__ping', 'good__ping']),
     );
@@ -134,8 +173,8 @@ describe('an upstream listing items that are not tools', () => {
   it('restarts an upstream that lists a null tool once, leaving no child behind', async () => {
     const state = tempDir('catalog-state');
     mkdirSync(state, { recursive: true });
-    sidecar = await startTestSidecar({
-      upstreams: {
+    ({ sidecar, client } = await start(
+      {
         hostile: upstream(
           'hostile',
           {
@@ -145,10 +184,8 @@ describe('an upstream listing items that are not tools', () => {
           { restart: { initialDelayMs: 50, maxDelayMs: 100 } },
         ),
       },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'a' }],
-    });
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
+      logs,
+    ));
     await client.callTool({ name: 'hostile__poison', arguments: {} });
     // The restarted child's list reached the catalog: the restart succeeded.
     await until(async () => (await toolNames(client!)).includes('hostile__after'));
@@ -166,36 +203,19 @@ describe('an upstream listing items that are not tools', () => {
 });
 
 describe('an upstream tool with a 100 000-level inputSchema and list _meta', () => {
-  let sidecar: Sidecar;
-  let client: Client;
-  const logs: GatewayLogEntry[] = [];
-
-  beforeAll(async () => {
-    sidecar = await startTestSidecar(
-      {
-        upstreams: {
-          deep: upstream('deep', { CATALOG_DEEP: '100000' }),
-          good: upstream('good'),
-        },
-        policies: [DEFAULT_ALLOW],
-        agents: [{ name: 'a' }],
-      },
-      { logger: (e) => logs.push(e) },
-    );
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
-  });
-
-  afterAll(async () => {
-    await client?.close();
-    await closeSidecar(sidecar);
+  const s = useSidecar({
+    deep: upstream('deep', { CATALOG_DEEP: '100000' }),
+    good: upstream('good'),
   });
 
   it('is dropped and logged; tools/list serves everything else', async () => {
-    const listed = await toolNames(client);
+    const listed = await toolNames(s.client);
     expect(listed).toEqual(expect.arrayContaining(['good__ping', 'deep__ping']));
     expect(listed).not.toContain('deep__deep');
-    expect(text(await client.callTool({ name: 'deep__ping', arguments: {} }))).toBe('deep:ping');
-    const dropped = logs.find((e) => e.upstream === 'deep' && /tools\/list/.test(String(e.error)));
+    expect(text(await s.client.callTool({ name: 'deep__ping', arguments: {} }))).toBe('deep:ping');
+    const dropped = s.logs.find(
+      (e) => e.upstream === 'deep' && /tools\/list/.test(String(e.error)),
+    );
     expect(dropped?.error).toMatch(
       /dropped 2 entries .*nests deeper than 128 levels; the list-level fields of page 1/,
     );
@@ -216,38 +236,34 @@ describe("a runtime list change cannot take over another upstream's tool name", 
 
   it('with namespace: none, calls keep reaching the upstream that held the name', async () => {
     logs.length = 0;
-    sidecar = await startTestSidecar(
+    ({ sidecar, client } = await start(
       {
-        upstreams: {
-          // Declared first: config order no longer decides a runtime clash.
-          evil: upstream(
-            'evil',
-            {
-              CATALOG_CTL_PREFIX: 'evil_',
-              CATALOG_TOOLS: JSON.stringify([{ name: 'evil_arm', inputSchema: schema }]),
-            },
-            { namespace: 'none' },
-          ),
-          notes: upstream(
-            'notes',
-            { CATALOG_TOOLS: JSON.stringify([{ name: 'write_note', inputSchema: schema }]) },
-            { namespace: 'none', restart: { initialDelayMs: 300, maxDelayMs: 300 } },
-          ),
-        },
-        policies: [
+        // Declared first: config order no longer decides a runtime clash.
+        evil: upstream(
+          'evil',
           {
-            name: 'p',
-            rules: [
-              { tool: 'write_note', action: 'allow' },
-              { tool: 'evil_*', action: 'allow' },
-            ],
+            CATALOG_CTL_PREFIX: 'evil_',
+            CATALOG_TOOLS: JSON.stringify([{ name: 'evil_arm', inputSchema: schema }]),
           },
-        ],
-        agents: [{ name: 'a' }],
+          { namespace: 'none' },
+        ),
+        notes: upstream(
+          'notes',
+          { CATALOG_TOOLS: JSON.stringify([{ name: 'write_note', inputSchema: schema }]) },
+          { namespace: 'none', restart: { initialDelayMs: 300, maxDelayMs: 300 } },
+        ),
       },
-      { logger: (e) => logs.push(e) },
-    );
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
+      logs,
+      [
+        {
+          name: 'p',
+          rules: [
+            { tool: 'write_note', action: 'allow' },
+            { tool: 'evil_*', action: 'allow' },
+          ],
+        },
+      ],
+    ));
     const call = async (): Promise<string> =>
       text(await client!.callTool({ name: 'write_note', arguments: { secret: 's3cr3t' } }));
     expect(await call()).toBe('notes:write_note');
@@ -299,17 +315,15 @@ describe("a runtime list change cannot take over another upstream's tool name", 
   });
 
   it('with overlapping prefixes (a and a__b), calls keep reaching the upstream that held the name', async () => {
-    sidecar = await startTestSidecar({
-      upstreams: {
+    ({ sidecar, client } = await start(
+      {
         a: upstream('a'),
         a__b: upstream('ab', {
           CATALOG_TOOLS: JSON.stringify([{ name: 'x', inputSchema: schema }]),
         }),
       },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'a' }],
-    });
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
+      logs,
+    ));
     expect(text(await client.callTool({ name: 'a__b__x', arguments: {} }))).toBe('ab:x');
     await client.callTool({
       name: 'a__arm',
@@ -329,59 +343,43 @@ describe("a runtime list change cannot take over another upstream's tool name", 
 describe("an upstream and another upstream's resources", () => {
   const VICTIM = 'notes://doc/1';
   const OTHER = 'notes://doc/2';
-  let sidecar: Sidecar;
-  let client: Client;
   const updates: string[] = [];
-  const logs: GatewayLogEntry[] = [];
+  const s = useSidecar({
+    // Declared first: config order no longer decides a runtime clash.
+    evil: upstream('evil', {
+      CATALOG_RESOURCES: JSON.stringify([{ uri: 'evil://own', name: 'own' }]),
+    }),
+    notes: upstream('notes', {
+      CATALOG_RESOURCES: JSON.stringify([
+        { uri: VICTIM, name: 'doc' },
+        { uri: OTHER, name: 'other' },
+      ]),
+      CATALOG_TEMPLATES: JSON.stringify([{ uriTemplate: 'notes://page/{id}', name: 'page' }]),
+    }),
+  });
 
-  beforeAll(async () => {
-    sidecar = await startTestSidecar(
-      {
-        upstreams: {
-          // Declared first: config order no longer decides a runtime clash.
-          evil: upstream('evil', {
-            CATALOG_RESOURCES: JSON.stringify([{ uri: 'evil://own', name: 'own' }]),
-          }),
-          notes: upstream('notes', {
-            CATALOG_RESOURCES: JSON.stringify([
-              { uri: VICTIM, name: 'doc' },
-              { uri: OTHER, name: 'other' },
-            ]),
-            CATALOG_TEMPLATES: JSON.stringify([{ uriTemplate: 'notes://page/{id}', name: 'page' }]),
-          }),
-        },
-        policies: [DEFAULT_ALLOW],
-        agents: [{ name: 'a' }],
-      },
-      { logger: (e) => logs.push(e) },
-    );
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
-    client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => {
+  beforeAll(() => {
+    s.client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => {
       updates.push(n.params.uri);
     });
   });
 
-  afterAll(async () => {
-    await client?.close();
-    await closeSidecar(sidecar);
-  });
-
   it('delivers an update only from the upstream that serves the URI', async () => {
-    await client.subscribeResource({ uri: VICTIM });
-    await client.subscribeResource({ uri: OTHER });
-    await client.callTool({ name: 'evil__updated', arguments: { uri: VICTIM } });
+    await s.client.subscribeResource({ uri: VICTIM });
+    await s.client.subscribeResource({ uri: OTHER });
+    await s.client.callTool({ name: 'evil__updated', arguments: { uri: VICTIM } });
     // Sent after evil's, on the same stream to the agent: once it is here, evil's would be too.
-    await client.callTool({ name: 'notes__updated', arguments: { uri: OTHER } });
+    await s.client.callTool({ name: 'notes__updated', arguments: { uri: OTHER } });
     await until(() => updates.includes(OTHER));
     expect(updates).toEqual([OTHER]);
     expect(
-      logs.some((e) => e.upstream === 'evil' && /^dropped a resources\/updated/.test(e.msg)),
+      s.logs.some((e) => e.upstream === 'evil' && /^dropped a resources\/updated/.test(e.msg)),
     ).toBe(true);
   });
 
   it('keeps a URI with the upstream that listed it when another starts listing it', async () => {
-    expect(await readText(client, VICTIM)).toBe(`notes:${VICTIM}`);
-    await client.callTool({
+    expect(await readText(s.client, VICTIM)).toBe(`notes:${VICTIM}`);
+    await s.client.callTool({
       name: 'evil__claim',
       arguments: {
         resources: [
@@ -391,11 +389,11 @@ describe("an upstream and another upstream's resources", () => {
         ],
       },
     });
-    await until(async () => (await resourceUris(client)).includes('evil://new'));
-    expect(await readText(client, VICTIM)).toBe(`notes:${VICTIM}`);
-    expect((await resourceUris(client)).filter((u) => u === VICTIM)).toHaveLength(1);
+    await until(async () => (await resourceUris(s.client)).includes('evil://new'));
+    expect(await readText(s.client, VICTIM)).toBe(`notes:${VICTIM}`);
+    expect((await resourceUris(s.client)).filter((u) => u === VICTIM)).toHaveLength(1);
     expect(
-      logs.some((e) =>
+      s.logs.some((e) =>
         /^upstream evil: "notes:\/\/doc\/1" \(resource\) is served by upstream notes already/.test(
           e.msg,
         ),
@@ -404,8 +402,8 @@ describe("an upstream and another upstream's resources", () => {
   });
 
   it("keeps a URI another upstream's template served when a newcomer lists it", async () => {
-    expect(await readText(client, 'notes://page/7')).toBe('notes:notes://page/7');
-    await client.callTool({
+    expect(await readText(s.client, 'notes://page/7')).toBe('notes:notes://page/7');
+    await s.client.callTool({
       name: 'evil__claim',
       arguments: {
         resources: [
@@ -415,41 +413,22 @@ describe("an upstream and another upstream's resources", () => {
         ],
       },
     });
-    await until(async () => (await resourceUris(client)).includes('evil://newer'));
-    expect(await readText(client, 'notes://page/7')).toBe('notes:notes://page/7');
+    await until(async () => (await resourceUris(s.client)).includes('evil://newer'));
+    expect(await readText(s.client, 'notes://page/7')).toBe('notes:notes://page/7');
   });
 });
 
 describe('a resource URI listed by two upstreams at start-up', () => {
-  let sidecar: Sidecar;
-  let client: Client;
-  const logs: GatewayLogEntry[] = [];
-
-  beforeAll(async () => {
-    const shared = JSON.stringify([{ uri: 'shared://x', name: 'x' }]);
-    sidecar = await startTestSidecar(
-      {
-        upstreams: {
-          first: upstream('first', { CATALOG_RESOURCES: shared }),
-          second: upstream('second', { CATALOG_RESOURCES: shared }),
-        },
-        policies: [DEFAULT_ALLOW],
-        agents: [{ name: 'a' }],
-      },
-      { logger: (e) => logs.push(e) },
-    );
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
-  });
-
-  afterAll(async () => {
-    await client?.close();
-    await closeSidecar(sidecar);
+  const shared = JSON.stringify([{ uri: 'shared://x', name: 'x' }]);
+  const s = useSidecar({
+    first: upstream('first', { CATALOG_RESOURCES: shared }),
+    second: upstream('second', { CATALOG_RESOURCES: shared }),
   });
 
   it('goes to the first upstream in config order, with a logged warning', async () => {
-    expect(await resourceUris(client)).toEqual(['shared://x']);
-    expect(await readText(client, 'shared://x')).toBe('first:shared://x');
-    expect(logs).toContainEqual(
+    expect(await resourceUris(s.client)).toEqual(['shared://x']);
+    expect(await readText(s.client, 'shared://x')).toBe('first:shared://x');
+    expect(s.logs).toContainEqual(
       expect.objectContaining({
         level: 'warn',
         code: 'FABRIC_ERR_TOOL_NAME',

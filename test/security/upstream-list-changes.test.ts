@@ -11,8 +11,8 @@
  *   reloads and 200 `tools/list_changed` per agent. Now one reload runs per upstream (those
  *   announced meanwhile fold into one more) and agents hear only of lists whose content changed.
  *
- * Real sidecar, a real stdio child (test/fixtures/gateway/list-changes-server.mjs, which counts
- * the list and subscribe requests it receives), the official SDK client over HTTP. No timing:
+ * Real sidecar, a real stdio child (test/fixtures/gateway/catalog-server.mjs, which counts the
+ * list and subscribe requests it receives), the official SDK client over HTTP. No timing:
  * each step ends at a sync point (a real change the agent has seen, then a round trip through
  * the upstream's stdin) and then counts.
  */
@@ -38,9 +38,7 @@ import {
   until,
 } from '../fixtures/gateway/harness.js';
 
-const SERVER = fileURLToPath(
-  new URL('../fixtures/gateway/list-changes-server.mjs', import.meta.url),
-);
+const SERVER = fileURLToPath(new URL('../fixtures/gateway/catalog-server.mjs', import.meta.url));
 const CONTROL_TOOLS = ['ping', 'arm', 'claim', 'storm'].map((name) => ({
   name,
   inputSchema: { type: 'object' },
@@ -92,9 +90,10 @@ describe('list changes of an upstream', () => {
             stderr: 'ignore',
             restart: { initialDelayMs: 50, maxDelayMs: 100 },
             env: {
-              LC_NAME: 'res',
-              LC_STATE: state,
-              LC_RESOURCES: JSON.stringify([{ uri: 'lc://r/1', name: 'r1' }]),
+              CATALOG_NAME: 'res',
+              CATALOG_STATE: state,
+              CATALOG_TOOLS: JSON.stringify(CONTROL_TOOLS),
+              CATALOG_RESOURCES: JSON.stringify([{ uri: 'lc://r/1', name: 'r1' }]),
             },
           },
         },

@@ -59,6 +59,18 @@ describe('drain timeouts past setTimeout’s limit', () => {
     return { release, started };
   }
 
+  /** Well past the 1 ms an overflowing timer fires after, the task still runs; released, it ends. */
+  async function runsUntilReleased(
+    f: AgentFabric,
+    taskId: string,
+    release: () => void,
+  ): Promise<void> {
+    await new Promise((r) => setTimeout(r, 200));
+    expect((await f.getTask(taskId)).status).toBe(TaskStatus.RUNNING);
+    release();
+    expect((await f.waitForTask(taskId, { timeoutSeconds: 10 })).status).toBe(TaskStatus.COMPLETED);
+  }
+
   it('terminate waits for the running task instead of cancelling it at once', async () => {
     fabric = new AgentFabric();
     const { release, started } = gated(fabric);
@@ -66,13 +78,7 @@ describe('drain timeouts past setTimeout’s limit', () => {
     const task = await fabric.schedule({ agentId: agent.id, taskType: 'gated' });
     await started;
     const terminated = fabric.terminate(agent.id, { drainTimeoutSeconds: THIRTY_DAYS_S });
-    // Well past the 1 ms an overflowing timer fires after: still running.
-    await new Promise((r) => setTimeout(r, 200));
-    expect((await fabric.getTask(task.id)).status).toBe(TaskStatus.RUNNING);
-    release();
-    expect((await fabric.waitForTask(task.id, { timeoutSeconds: 10 })).status).toBe(
-      TaskStatus.COMPLETED,
-    );
+    await runsUntilReleased(fabric, task.id, release);
     await terminated;
   });
 
@@ -88,12 +94,7 @@ describe('drain timeouts past setTimeout’s limit', () => {
     const task = await fabric.scheduleToPool(pool.poolId, 'gated', {});
     await started;
     const deleted = fabric.deletePool(pool.poolId, { drainTimeoutSeconds: THIRTY_DAYS_S });
-    await new Promise((r) => setTimeout(r, 200));
-    expect((await fabric.getTask(task.id)).status).toBe(TaskStatus.RUNNING);
-    release();
-    expect((await fabric.waitForTask(task.id, { timeoutSeconds: 10 })).status).toBe(
-      TaskStatus.COMPLETED,
-    );
+    await runsUntilReleased(fabric, task.id, release);
     await deleted;
   });
 });
