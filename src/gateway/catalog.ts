@@ -16,6 +16,7 @@
  * @module
  */
 import { UriTemplate } from '@modelcontextprotocol/sdk/shared/uriTemplate.js';
+import { templateMatches, type MatchBudget } from './uri-template-match.js';
 import type { Prompt, Resource, ResourceTemplate, Tool } from '@modelcontextprotocol/sdk/types.js';
 import { ToolNameError } from '../errors.js';
 import { exceededBound, type InputBounds } from './input-bounds.js';
@@ -153,6 +154,8 @@ export function buildCatalog(
   const resources: Resource[] = [];
   const resourceTemplates: ResourceTemplate[] = [];
   const resourceOwners = new Map<string, Upstream>();
+  // What checking new URIs against other upstreams' templates may cost in this build, in all.
+  const budget: MatchBudget = { steps: CATALOG_MATCH_STEPS };
   const heldTemplates: { template: UriTemplate; upstream: Upstream }[] = [];
   const newTemplates: { template: UriTemplate; upstream: Upstream }[] = [];
   const resourceUpstreams: Upstream[] = [];
@@ -296,8 +299,19 @@ export function buildCatalog(
           (t) =>
             t.upstream !== upstream &&
             kept.get(`u:${t.template.toString()}`) === t.upstream &&
-            matches(t.template, uri),
+            templateMatches(t.template, uri, budget),
         )?.upstream;
+        if (budget.steps < 0) {
+          // Could not tell whether another upstream's template serves it: not listed.
+          problems.push(
+            new ToolNameError(
+              upstream.name,
+              shown(uri),
+              `(resource) could not be checked against the other upstreams' URI templates within ${CATALOG_MATCH_STEPS} steps; this resource is not listed`,
+            ),
+          );
+          return;
+        }
       }
       if (holder !== undefined) {
         problems.push(
@@ -363,15 +377,6 @@ export function buildCatalog(
   };
 }
 
-/** `template` matches `uri` (a URI it cannot even be matched against does not). */
-function matches(template: UriTemplate, uri: string): boolean {
-  try {
-    return template.match(uri) !== null;
-  } catch {
-    return false;
-  }
-}
-
 /** The problem of an item `buildCatalog` cannot read (set directly, not loaded by the upstream). */
 function unreadable(upstream: Upstream, list: ListKey, index: number): ToolNameError {
   return new ToolNameError(
@@ -381,12 +386,23 @@ function unreadable(upstream: Upstream, list: ListKey, index: number): ToolNameE
   );
 }
 
-/** The upstream that serves `uri`: exact listing, then template match, then the only candidate. */
+/**
+ * The upstream that serves `uri`: exact listing, then template match (linear in the URI, see
+ * uri-template-match.ts; at most {@link OWNER_MATCH_STEPS} steps over all templates, beyond
+ * which nobody is found), then the only candidate.
+ */
 export function resourceOwner(catalog: Catalog, uri: string): Upstream | undefined {
   const exact = catalog.resourceOwners.get(uri);
   if (exact) return exact;
+  const budget: MatchBudget = { steps: OWNER_MATCH_STEPS };
   for (const { template, upstream } of catalog.templateOwners) {
-    if (template.match(uri)) return upstream;
+    if (templateMatches(template, uri, budget)) return upstream;
+    if (budget.steps < 0) return undefined;
   }
   return catalog.resourceUpstreams.length === 1 ? catalog.resourceUpstreams[0] : undefined;
 }
+
+/** Matching steps one {@link resourceOwner} may take over all templates (a few ms). */
+export const OWNER_MATCH_STEPS = 2_000_000;
+/** Matching steps one catalog build may take checking new URIs against held templates. */
+export const CATALOG_MATCH_STEPS = 20_000_000;

@@ -1369,6 +1369,8 @@ export class ToolGateway implements SessionHost {
     }
     if (n.method === 'notifications/resources/updated') {
       const uri = String((n.params as { uri?: unknown } | undefined)?.uri);
+      // Nobody subscribed: nothing to deliver, and nothing to look up for an upstream's text.
+      if (!this.#subscribers.has(uri)) return;
       // Only the upstream that serves a URI (the one its subscription went to) speaks for it.
       if (resourceOwner(this.#catalog, uri) === upstream) this.#subscribers.notify(uri, n);
       else {

@@ -33,6 +33,11 @@ export class ResourceSubscriptions {
     return true;
   }
 
+  /** Whether a session is subscribed to `uri`. */
+  has(uri: string): boolean {
+    return this.#byUri.has(uri);
+  }
+
   /** Sends `n` (a resource update) to the sessions subscribed to `uri`. */
   notify(uri: string, n: Notification): void {
     for (const s of this.#byUri.get(uri) ?? []) s.notify(n);
