@@ -21,8 +21,11 @@ export class UpstreamMessageTooLargeError extends Error {
 }
 
 /**
- * A non-SSE body that errors past `max` bytes. A `content-length` within the bound needs no
- * counting (the body cannot be longer); a larger one fails before a byte is read.
+ * A non-SSE body that errors past `max` bytes, counted as it is read (after `fetch` decoded any
+ * `content-encoding`). Only for a body sent as it is (no `content-encoding`, or `identity`) does
+ * `content-length` say what it holds: within the bound it needs no counting, past it the call
+ * fails before a byte is read. A compressed body's length says nothing of what it inflates to
+ * (16 KiB of gzip is 16 MiB of JSON), so it is always counted.
  */
 export function boundedBody(
   response: Response,
@@ -30,9 +33,12 @@ export function boundedBody(
 ): ReadableStream<Uint8Array> | Error | undefined {
   const body = response.body;
   if (!body) return undefined;
-  const declared = Number(response.headers.get('content-length') ?? NaN);
-  if (Number.isFinite(declared) && declared <= max) return undefined;
-  if (Number.isFinite(declared)) return new UpstreamMessageTooLargeError(max, 'response body');
+  const encoding = response.headers.get('content-encoding')?.trim().toLowerCase() ?? '';
+  if (encoding === '' || encoding === 'identity') {
+    const declared = Number(response.headers.get('content-length') ?? NaN);
+    if (Number.isFinite(declared) && declared <= max) return undefined;
+    if (Number.isFinite(declared)) return new UpstreamMessageTooLargeError(max, 'response body');
+  }
   let total = 0;
   return body.pipeThrough(
     new TransformStream<Uint8Array, Uint8Array>({

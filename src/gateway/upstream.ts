@@ -162,6 +162,8 @@ export class Upstream {
     return spec.transport === 'sse'
       ? new SSEClientTransport(url, {
           requestInit,
+          // The POSTs too: the SDK reads a refused POST's body whole (`response.text()`).
+          fetch: linkedSignalFetch(fetch, spec.maxMessageBytes),
           eventSourceInit: {
             fetch: linkedSignalFetch(withHeaders(spec.headers), spec.maxMessageBytes),
           },
