@@ -17,7 +17,16 @@
  */
 import { UriTemplate } from '@modelcontextprotocol/sdk/shared/uriTemplate.js';
 import { templateMatches, type MatchBudget } from './uri-template-match.js';
-import type { Prompt, Resource, ResourceTemplate, Tool } from '@modelcontextprotocol/sdk/types.js';
+import {
+  PromptSchema,
+  ResourceSchema,
+  ResourceTemplateSchema,
+  ToolSchema,
+  type Prompt,
+  type Resource,
+  type ResourceTemplate,
+  type Tool,
+} from '@modelcontextprotocol/sdk/types.js';
 import { ToolNameError } from '../errors.js';
 import { exceededBound, type InputBounds } from './input-bounds.js';
 import { combineHints, type ListHints, type ListKey } from './list-hints.js';
@@ -79,10 +88,31 @@ const ITEM_ID: Readonly<Record<ListKey, 'name' | 'uri' | 'uriTemplate'>> = {
 };
 
 /**
+ * The MCP schema of each list's items, as the SDK's client checks a list result: one item that
+ * does not fit (a tool whose `inputSchema` is not an object schema) makes an agent's whole
+ * `tools/list` fail there, every other upstream's tools with it.
+ */
+const ITEM_SCHEMA = {
+  tools: ToolSchema,
+  prompts: PromptSchema,
+  resources: ResourceSchema,
+  resourceTemplates: ResourceTemplateSchema,
+} as const;
+
+/** Singular nouns of the lists, for problems. */
+const ITEM_NOUN: Readonly<Record<ListKey, string>> = {
+  tools: 'tool',
+  prompts: 'prompt',
+  resources: 'resource',
+  resourceTemplates: 'resource template',
+};
+
+/**
  * Why an item of an upstream's `list` cannot be part of the catalog, or `undefined` when it can:
  * it must be an object with a string `name` (tools, prompts), `uri` (resources) or
- * `uriTemplate` (templates), within {@link CATALOG_ITEM_BOUNDS}. The reason never quotes the
- * item.
+ * `uriTemplate` (templates), within {@link CATALOG_ITEM_BOUNDS}, and fit the MCP schema of its
+ * list (see {@link ITEM_SCHEMA}). The reason never quotes the item (at most the name of the
+ * top-level field at fault, when it is one of the schema's).
  */
 export function catalogItemProblem(item: unknown, list: ListKey): string | undefined {
   const id = ITEM_ID[list];
@@ -97,9 +127,13 @@ export function catalogItemProblem(item: unknown, list: ListKey): string | undef
       return `nests deeper than ${CATALOG_ITEM_BOUNDS.maxDepth} levels`;
     case 'nodes':
       return `holds more than ${CATALOG_ITEM_BOUNDS.maxNodes} values`;
-    default:
-      return undefined;
   }
+  const schema = ITEM_SCHEMA[list];
+  const checked = schema.safeParse(item);
+  if (checked.success) return undefined;
+  const field = checked.error.issues[0]?.path[0];
+  const at = typeof field === 'string' && field in schema.shape ? ` (field "${field}")` : '';
+  return `is not a valid MCP ${ITEM_NOUN[list]}${at}`;
 }
 
 /** Longest URI or name quoted in a problem. */

@@ -222,6 +222,35 @@ describe('an upstream tool with a 100 000-level inputSchema and list _meta', () 
   });
 });
 
+describe('an upstream tool that is not a valid MCP tool (an SDK client refuses the whole list)', () => {
+  const s = useSidecar({
+    odd: upstream('odd', {
+      CATALOG_TOOLS: JSON.stringify([
+        { name: 'ping', inputSchema: schema },
+        { name: 'noschema' },
+        { name: 'stringschema', inputSchema: 'object' },
+        { name: 'arrayschema', inputSchema: { type: 'array' } },
+        { name: 'baddesc', inputSchema: schema, description: 5 },
+      ]),
+      CATALOG_RESOURCES: JSON.stringify([{ uri: 'odd://ok', name: 'ok' }, { uri: 'odd://noname' }]),
+    }),
+    good: upstream('good'),
+  });
+
+  it("is dropped and logged; every agent still lists every other tool (the SDK client's own check)", async () => {
+    const listed = await toolNames(s.client);
+    expect(listed).toEqual(expect.arrayContaining(['good__ping', 'odd__ping']));
+    for (const name of ['noschema', 'stringschema', 'arrayschema', 'baddesc']) {
+      expect(listed).not.toContain(`odd__${name}`);
+    }
+    expect(await resourceUris(s.client)).toEqual(['odd://ok']);
+    const dropped = s.logs.find((e) => e.upstream === 'odd' && /tools\/list/.test(String(e.error)));
+    expect(dropped?.error).toMatch(
+      /dropped 4 entries .*is not a valid MCP tool \(field "inputSchema"\)/,
+    );
+  });
+});
+
 describe("a runtime list change cannot take over another upstream's tool name", () => {
   let sidecar: Sidecar | undefined;
   let client: Client | undefined;
