@@ -16,7 +16,9 @@
  * - hooks are looked up when `run()` starts and again every `hookCheckSeconds` — unless the
  *   sidecar serves none (hooks are optional), which `run()` learns from its first look;
  * - one task's outcome never ends `run()`: a failure or result the fabric refuses for what it
- *   carries fails the task with the refusal's code instead.
+ *   carries (over `maxTaskResultBytes`, or a request body over the sidecar's HTTP body limit,
+ *   which the transport reports as `FABRIC_ERR_PAYLOAD_TOO_LARGE`) fails the task with the
+ *   refusal's code instead.
  *
  * @example
  * const worker = await FabricWorker.connect({ url: 'http://127.0.0.1:8765/mcp', credential });
@@ -282,8 +284,9 @@ export class FabricWorker {
    * every `hookCheckSeconds`; between hook checks claims tasks one at a time and runs them with
    * `handlers[taskType]`. A handler's error fails the task (or hook) with the error's code and
    * message (its name when the message is empty); a result the fabric refuses (over
-   * `maxTaskResultBytes`) fails the task with the refusal's code (e.g.
-   * `FABRIC_ERR_TASK_RESULT_TOO_LARGE`); a task type without a handler fails with
+   * `maxTaskResultBytes`, or a request body over the sidecar's HTTP body limit) fails the task
+   * with the refusal's code (`FABRIC_ERR_TASK_RESULT_TOO_LARGE`, `FABRIC_ERR_PAYLOAD_TOO_LARGE`);
+   * so does an error message refused the same way; a task type without a handler fails with
    * `FABRIC_ERR_HANDLER_NOT_FOUND`. A sidecar that serves no hooks is not asked again. Over a
    * transport that {@link WorkerTransport.leasesClaims}, each claim takes a delivery lease
    * (`claimAckSeconds`) and the task is acknowledged before its handler starts.
@@ -407,7 +410,8 @@ export class FabricWorker {
     try {
       await this.#report(this.completeTask(task, result));
     } catch (err) {
-      // The fabric refused the result itself (over maxTaskResultBytes, not storable): the
+      // The fabric refused the result itself (over maxTaskResultBytes, not storable; or the
+      // request body over the sidecar's HTTP body limit, FABRIC_ERR_PAYLOAD_TOO_LARGE): the
       // task fails with the refusal's code instead of staying RUNNING here until its timeout.
       if (!outcomeRefused(err)) throw err;
       await this.#fail(task, { code: err.code, message: err.message || err.code });
@@ -513,7 +517,10 @@ export class FabricWorker {
   }
 }
 
-/** Codes of a refusal of what a report carries (not of the report itself, nor the wire). */
+/**
+ * Codes of a refusal of what a report carries (not of the report itself, nor the wire).
+ * `FABRIC_ERR_PAYLOAD_TOO_LARGE` is the sidecar's HTTP body limit (a 413, before any tool ran).
+ */
 const OUTCOME_REFUSALS: ReadonlySet<string> = new Set([
   InvalidArgumentError.code,
   TaskResultTooLargeError.code,

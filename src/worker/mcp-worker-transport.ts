@@ -2,14 +2,20 @@
  * The worker transport over MCP: each operation is a call of the sidecar's `fabric__*` tool of
  * the same name, made with the agent's credential as bearer token, so it passes the sidecar's
  * policy pipeline like any tool call. Refusals come back as tool errors carrying the catalog
- * code in `_meta` and are thrown as {@link RemoteFabricError}.
+ * code in `_meta` and are thrown as {@link RemoteFabricError}. So is the sidecar's HTTP 413 (a
+ * request body over its body limit, 4 MiB by default), which the SDK client raises as a
+ * `StreamableHTTPError` with `code` 413: as `FABRIC_ERR_PAYLOAD_TOO_LARGE`, a refusal of what the
+ * call carries like any other, so a worker fails the task instead of giving up.
  *
  * @module
  */
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import {
+  StreamableHTTPClientTransport,
+  StreamableHTTPError,
+} from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import type { ErrorKind } from '../errors.js';
+import { PayloadTooLargeError, type ErrorKind } from '../errors.js';
 import { ERROR_META_KEY } from '../gateway/map-error.js';
 import type { TaskAssignment } from '../task.js';
 import {
@@ -110,10 +116,15 @@ export class McpWorkerTransport implements WorkerTransport {
   }
 
   async #call(tool: string, args: Record<string, unknown>): Promise<unknown> {
-    const res = (await this.#client.callTool({
-      name: `fabric__${tool}`,
-      arguments: args,
-    })) as CallToolResult;
+    let res: CallToolResult;
+    try {
+      res = (await this.#client.callTool({
+        name: `fabric__${tool}`,
+        arguments: args,
+      })) as CallToolResult;
+    } catch (err) {
+      throw bodyRefusal(tool, err) ?? err;
+    }
     if (res.isError === true) {
       const meta = (res._meta?.[ERROR_META_KEY] ?? {}) as {
         code?: string;
@@ -131,6 +142,24 @@ export class McpWorkerTransport implements WorkerTransport {
     }
     return (res.structuredContent as { result?: unknown } | undefined)?.result ?? null;
   }
+}
+
+/** HTTP status of the sidecar's answer to a request body over its limit. */
+const PAYLOAD_TOO_LARGE_STATUS = 413;
+
+/**
+ * The sidecar's refusal of a request body over its limit (HTTP 413, before any tool ran) as the
+ * fabric's refusal of what the call carried; `undefined` for any other error. Told by the status
+ * the SDK client keeps in `StreamableHTTPError.code`, not by its message.
+ */
+function bodyRefusal(tool: string, err: unknown): RemoteFabricError | undefined {
+  if (!(err instanceof StreamableHTTPError) || err.code !== PAYLOAD_TOO_LARGE_STATUS) return;
+  return new RemoteFabricError(
+    PayloadTooLargeError.code,
+    'resource_exhausted',
+    `fabric__${tool}: the request body is over the sidecar's body limit (HTTP 413); send less`,
+    { tool, status: PAYLOAD_TOO_LARGE_STATUS },
+  );
 }
 
 /** The answer of `heartbeat`/`report_progress`; a sidecar without notices gives none. */

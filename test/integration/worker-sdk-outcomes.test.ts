@@ -9,6 +9,10 @@
  *   result over `maxTaskResultBytes` made `run()` reject and left the task RUNNING. Now an empty
  *   message reports the error's name, and a refused outcome fails the task with the refusal's
  *   code; `run()` goes on with the next task.
+ * - A result (or error message) over the sidecar's HTTP body limit (4 MiB) was refused by the
+ *   transport, not the fabric: the SDK client threw `StreamableHTTPError` (`code` 413), which
+ *   `run()` did not take as a refusal, so it ended and the task stayed RUNNING. The MCP
+ *   transport now throws it as `RemoteFabricError` `FABRIC_ERR_PAYLOAD_TOO_LARGE`.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,7 +20,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { TaskStatus, type Task } from '../../src/task.js';
-import { FabricWorker, type WorkerHandler } from '../../src/worker/fabric-worker.js';
+import {
+  FabricWorker,
+  RemoteFabricError,
+  type WorkerHandler,
+} from '../../src/worker/fabric-worker.js';
 import {
   agentId,
   agentToken,
@@ -30,10 +38,14 @@ let dir: string;
 let plain: Sidecar;
 /** Hooks on, and a small maxTaskResultBytes. */
 let small: Sidecar;
+/** maxTaskResultBytes above the HTTP body limit (4 MiB): the body limit refuses first. */
+let large: Sidecar;
+/** More than the sidecar's HTTP body limit (DEFAULT_MAX_BODY_BYTES, 4 MiB). */
+const OVER_BODY_LIMIT = 5 * 1024 * 1024;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'worker-sdk-outcomes-'));
-  [plain, small] = await Promise.all([
+  [plain, small, large] = await Promise.all([
     startTestSidecar({ policies: [DEFAULT_ALLOW], agents: [{ name: 'w' }] }),
     startTestSidecar({
       hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false },
@@ -41,11 +53,16 @@ beforeAll(async () => {
       fabric: { maxTaskResultBytes: 1024 },
       agents: ['empty', 'bigError', 'bigResult'].map((name) => ({ name })),
     }),
+    startTestSidecar({
+      policies: [DEFAULT_ALLOW],
+      fabric: { maxTaskResultBytes: 16 * 1024 * 1024 },
+      agents: ['hugeResult', 'hugeError', 'hugeProgress'].map((name) => ({ name })),
+    }),
   ]);
 });
 
 afterAll(async () => {
-  await Promise.all([closeSidecar(plain), closeSidecar(small)]);
+  await Promise.all([closeSidecar(plain), closeSidecar(small), closeSidecar(large)]);
   await rm(dir, { recursive: true, force: true });
 });
 
@@ -135,6 +152,46 @@ describe('FabricWorker.run and outcomes the sidecar refuses', () => {
     expect(r.first.status).toBe(TaskStatus.FAILED);
     expect(r.first.error?.code).toBe('FABRIC_ERR_TASK_RESULT_TOO_LARGE');
     expect(r.first.error?.message).toMatch(/maxTaskResultBytes/);
+    expect(r.second.status).toBe(TaskStatus.COMPLETED);
+  });
+});
+
+describe('FabricWorker.run and outcomes over the HTTP body limit', () => {
+  it('a result the sidecar refuses with 413 fails its task; run() goes on', async () => {
+    const r = await runTwo(large, 'hugeResult', () => ({ blob: 'x'.repeat(OVER_BODY_LIMIT) }));
+    expect(r.runError).toBeUndefined();
+    expect(r.endedEarly).toBe(false);
+    expect(r.first.status).toBe(TaskStatus.FAILED);
+    expect(r.first.error?.code).toBe('FABRIC_ERR_PAYLOAD_TOO_LARGE');
+    expect(r.second.status).toBe(TaskStatus.COMPLETED);
+  });
+
+  it('an error message the sidecar refuses with 413 fails its task with the code', async () => {
+    const r = await runTwo(large, 'hugeError', () => {
+      throw new Error('x'.repeat(OVER_BODY_LIMIT));
+    });
+    expect(r.runError).toBeUndefined();
+    expect(r.endedEarly).toBe(false);
+    expect(r.first.status).toBe(TaskStatus.FAILED);
+    expect(r.first.error?.code).toBe('FABRIC_ERR_PAYLOAD_TOO_LARGE');
+    expect(r.second.status).toBe(TaskStatus.COMPLETED);
+  });
+
+  it('progress the sidecar refuses with 413 rejects as a RemoteFabricError', async () => {
+    let refusal: unknown;
+    const r = await runTwo(large, 'hugeProgress', async (_p, ctx) => {
+      try {
+        await ctx.progress('x'.repeat(OVER_BODY_LIMIT));
+      } catch (err) {
+        refusal = err;
+        throw err;
+      }
+    });
+    expect(refusal).toBeInstanceOf(RemoteFabricError);
+    expect((refusal as RemoteFabricError).code).toBe('FABRIC_ERR_PAYLOAD_TOO_LARGE');
+    expect(r.runError).toBeUndefined();
+    expect(r.first.status).toBe(TaskStatus.FAILED);
+    expect(r.first.error?.code).toBe('FABRIC_ERR_PAYLOAD_TOO_LARGE');
     expect(r.second.status).toBe(TaskStatus.COMPLETED);
   });
 });
