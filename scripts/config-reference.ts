@@ -53,6 +53,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     'Operator API (`/api/`) server streams (`EventService/Watch`, `ApprovalService/Watch`) open at once; one more is refused with 429 `FABRIC_ERR_STREAM_LIMIT` before it starts.',
   'http.apiMaxBufferedMessages':
     'Messages one operator API stream may hold while its client is not reading; one more ends that stream with `FABRIC_ERR_STREAM_OVERFLOW` (its `end` line).',
+  'http.apiMaxBufferedBytes':
+    'Bytes (of their JSON lines) one operator API stream may hold while its client is not reading; a message past it ends that stream with `FABRIC_ERR_STREAM_OVERFLOW` (`details.unit` `bytes`).',
   'http.tls': 'HTTPS with these PEM files (else the top-level `tls`, else plain HTTP).',
   'http.tls.cert': 'Certificate chain (PEM path; `${CONFIG_DIR}` names the config folder).',
   'http.tls.key': 'Private key (PEM path).',

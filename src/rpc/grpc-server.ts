@@ -29,7 +29,9 @@ import { fabricServices, type FabricServicesOptions } from './services.js';
 
 /** Options of {@link startGrpcServer}. */
 export interface GrpcServerOptions
-  extends FabricServicesOptions, Pick<GrpcServiceOptions, 'maxBufferedMessages'> {
+  extends
+    FabricServicesOptions,
+    Pick<GrpcServiceOptions, 'maxBufferedMessages' | 'maxBufferedBytes'> {
   /** @default '127.0.0.1' */
   host?: string;
   /** 0 picks a free port. @default 0 */
@@ -94,6 +96,9 @@ export async function startGrpcServer(
     ...(options.maxBufferedMessages === undefined
       ? {}
       : { maxBufferedMessages: options.maxBufferedMessages }),
+    ...(options.maxBufferedBytes === undefined
+      ? {}
+      : { maxBufferedBytes: options.maxBufferedBytes }),
   };
   const health = new HealthRegistry();
   const described: DescService[] = [];

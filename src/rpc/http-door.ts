@@ -104,6 +104,8 @@ export const MAX_API_STREAMS = 65_536;
 
 /** Largest `http.apiMaxBufferedMessages` the config accepts. */
 export const MAX_API_BUFFERED_MESSAGES = 1_000_000;
+/** Largest `http.apiMaxBufferedBytes` the config accepts (1 GiB). */
+export const MAX_API_BUFFERED_BYTES = 1024 * 1024 * 1024;
 /** Default of {@link HttpDoorOptions.keepAliveMs}. */
 export const DEFAULT_API_KEEP_ALIVE_MS = 15_000;
 /** Request header with the call's deadline in milliseconds (the Connect protocol's). */

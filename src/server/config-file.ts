@@ -28,10 +28,14 @@ import { escapeGlob } from '../policy/glob.js';
 import { THREADS_POOL_PROVIDER } from '../pools/thread-pool-provider.js';
 import {
   DEFAULT_API_MAX_STREAMS,
+  MAX_API_BUFFERED_BYTES,
   MAX_API_BUFFERED_MESSAGES,
   MAX_API_STREAMS,
 } from '../rpc/http-door.js';
-import { DEFAULT_MAX_BUFFERED_STREAM_MESSAGES } from '../rpc/rpc-call.js';
+import {
+  DEFAULT_MAX_BUFFERED_STREAM_BYTES,
+  DEFAULT_MAX_BUFFERED_STREAM_MESSAGES,
+} from '../rpc/rpc-call.js';
 import {
   DEFAULT_BUDGET_LEASE_PERCENT,
   DEFAULT_STATE_SYNCHRONOUS,
@@ -176,6 +180,16 @@ export const sidecarConfigSchema = z
           .min(1)
           .max(MAX_API_BUFFERED_MESSAGES)
           .default(DEFAULT_MAX_BUFFERED_STREAM_MESSAGES),
+        /**
+         * Bytes (of their lines) one operator API stream may hold unread; beyond, the stream ends
+         * with FABRIC_ERR_STREAM_OVERFLOW (`details.unit` `bytes`).
+         */
+        apiMaxBufferedBytes: z
+          .number()
+          .int()
+          .min(1024)
+          .max(MAX_API_BUFFERED_BYTES)
+          .default(DEFAULT_MAX_BUFFERED_STREAM_BYTES),
         /** HTTPS with these files (else the top-level `tls`, else plain HTTP). */
         tls: tlsSchema.optional(),
         /** Serve plain HTTP beyond loopback (start-up refuses it otherwise). */

@@ -412,6 +412,7 @@ export class Sidecar {
                   keepAliveMs: h.keepAliveSeconds * 1000,
                   maxStreams: h.apiMaxStreams,
                   maxBufferedMessages: h.apiMaxBufferedMessages,
+                  maxBufferedBytes: h.apiMaxBufferedBytes,
                   sessionCaller: (req) => dashboard.sessionCaller(req),
                   // One maxInflightPerAgent for an agent's calls over /mcp and /api/ together.
                   inflight: (agentId) => endpoint.acquireInflight(agentId),

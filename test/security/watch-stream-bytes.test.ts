@@ -133,6 +133,25 @@ describe('a stalled watcher and big events: the byte bound', () => {
     expect(sequences).toEqual(sequences.map((_, i) => i + 1));
   });
 
+  it('the sidecar: http.apiMaxBufferedBytes is the bound of its /api/ streams', async () => {
+    const sidecar = await startTestSidecar({
+      http: { apiMaxBufferedBytes: BOUND },
+      agents: [{ name: 'a' }],
+    } as never);
+    cleanup.push(() => closeSidecar(sidecar));
+    const fabric = sidecar.fabric!;
+    const url = new URL('/api/fabric.v1.EventService/Watch', sidecar.url!);
+    const res = await openPaused(url, { topics: ['EVENT_TOPIC_APPROVALS'] }, ADMIN_TOKEN);
+    await bigEvents(fabric, agentId(sidecar, 'a'), () => approvalListeners(fabric) === 0);
+    expect(approvalListeners(fabric)).toBe(0);
+    const lines = (await readAll(res)).split('\n').filter((l) => l !== '');
+    expect(JSON.parse(lines.at(-1)!)).toMatchObject({
+      end: {
+        error: { code: 'FABRIC_ERR_STREAM_OVERFLOW', details: { limit: BOUND, unit: 'bytes' } },
+      },
+    });
+  });
+
   it('gRPC: the stream ends with RESOURCE_EXHAUSTED (bytes) after what waited, in order', async () => {
     const fabric = new AgentFabric({}, { adminCredentials: [ADMIN] });
     cleanup.push(() => fabric.close());
