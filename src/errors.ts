@@ -67,7 +67,7 @@ export class FabricError extends Error {
 export const MAX_WIRE_ERROR_TEXT = 1024;
 /** Detail members never put on a wire, whatever an error carries (credentials and the like). */
 export const SECRET_DETAIL_KEY =
-  /credential|secret|password|authorization|^(access|bearer|admin)?_?token$|api[-_]?key/i;
+  /credential|secret|passw(or)?d|authorization|cookie|token$|api[-_]?key|private[-_]?key/i;
 /** Deepest detail value kept on a wire; deeper ones read `…`. */
 const MAX_WIRE_DETAIL_DEPTH = 4;
 /** Most array items or object members kept per detail value on a wire. */
@@ -420,7 +420,10 @@ export class SessionLimitError extends FabricError {
   }
 }
 
-/** An agent's requests in flight over HTTP would exceed `http.maxInflightPerAgent`. */
+/**
+ * An agent's requests in flight would exceed its door's bound: `http.maxInflightPerAgent` (MCP
+ * and `/api/` over HTTP) or `grpc.maxInflightPerAgent` (unary gRPC calls), as `setting` says.
+ */
 export class InflightLimitError extends FabricError {
   static readonly code = 'FABRIC_ERR_INFLIGHT_LIMIT';
   constructor(
@@ -471,8 +474,9 @@ export class ToolTaskLimitError extends FabricError {
 }
 
 /**
- * A server stream's client read too slowly: `limit` messages were waiting to be written, so the
- * stream ends (after the messages already queued) rather than grow or drop events silently.
+ * A server stream's client read too slowly: `limit` messages (or, with `unit` `bytes`, `limit`
+ * bytes of them) were waiting to be written, so the stream ends (after the messages already
+ * queued) rather than grow or drop events silently.
  */
 export class StreamOverflowError extends FabricError {
   static readonly code = 'FABRIC_ERR_STREAM_OVERFLOW';

@@ -10,6 +10,7 @@ import {
   cutWireText,
   FabricError,
   PayloadTooLargeError,
+  wireErrorDetails,
   type ErrorKind,
 } from '../errors.js';
 import type { ToolCallRefused } from './backend.js';
@@ -131,7 +132,7 @@ export function toolErrorResult(error: unknown): CallToolResult {
 /** The tool result for a call the policy / approval / budget pipeline refused. */
 export function refusalResult(refusal: ToolCallRefused, now = Date.now()): CallToolResult {
   const { advice, meta } = refusalFacts(refusal, now);
-  return errorResult(`Tool call refused: ${refusal.reason} (${refusal.code}).${advice}`, meta);
+  return errorResult(`Tool call refused: ${meta.reason} (${meta.code}).${advice}`, meta);
 }
 
 /**
@@ -142,15 +143,20 @@ export function refusalError(refusal: ToolCallRefused, now = Date.now()): McpErr
   const { advice, meta } = refusalFacts(refusal, now);
   return new RelayedMcpError(
     ErrorCode.InvalidRequest,
-    `Request refused: ${refusal.reason} (${refusal.code}).${advice}`,
+    `Request refused: ${meta.reason} (${meta.code}).${advice}`,
     meta,
   );
 }
 
+/**
+ * What a refusal tells the agent, bounded as every error on a wire (see `FabricError.toJSON`):
+ * the reason (a rule's or a policy plugin's text) and code cut, the details without secret-named
+ * members and cut.
+ */
 function refusalFacts(
   refusal: ToolCallRefused,
   now: number,
-): { advice: string; meta: Record<string, unknown> } {
+): { advice: string; meta: { code: string; reason: string } & Record<string, unknown> } {
   const retryAt = toEpochMs(refusal.retryAt);
   let advice = ' Do not retry the same call; choose another approach or ask a human.';
   if (retryAt !== undefined) {
@@ -160,11 +166,11 @@ function refusalFacts(
   return {
     advice,
     meta: {
-      code: refusal.code,
-      reason: refusal.reason,
+      code: cutWireText(String(refusal.code)),
+      reason: cutWireText(String(refusal.reason)),
       ...(retryAt === undefined ? {} : { retryAt: new Date(retryAt).toISOString() }),
       ...(refusal.details && typeof refusal.details === 'object'
-        ? { details: refusal.details }
+        ? { details: wireErrorDetails(refusal.details) }
         : {}),
     },
   };

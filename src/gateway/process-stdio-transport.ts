@@ -279,7 +279,7 @@ export class ProcessStdioTransport implements Transport {
    * connection is reset like a child that died (it is stopped, every call in flight fails at
    * once as disconnected, and the upstream restarts with its backoff). After such a line the
    * upstream is broken or hostile; its state is not worth more than the calls' answers.
-   * The report names the bound, never the content.
+   * The report names the bound and at most the message's method name or id, never its content.
    */
   #onoverflow(head: string, max: number): void {
     const what = `upstream wrote a message longer than ${max} characters (maxMessageBytes); it was dropped`;

@@ -11,6 +11,7 @@ import {
   MAX_ERROR_DETAILS_LENGTH,
   toServiceError,
 } from '../../src/rpc/rpc-call.js';
+import { refusalError, refusalResult } from '../../src/gateway/map-error.js';
 
 describe('toServiceError: catalog errors to gRPC statuses with their details', () => {
   it('puts the code and the details (rule, policy, retryAt) in trailers', () => {
@@ -107,5 +108,38 @@ describe('FabricError.toJSON (the one wire form of every door)', () => {
     // The trailer is built from the same form.
     const trailer = toServiceError(error).metadata.get('fabric-error-details')[0] as string;
     expect(trailer).not.toMatch(/k1|Bearer s|tok/);
+  });
+});
+
+describe("the pipeline's refusals over MCP (refusalResult, refusalError)", () => {
+  it('are bounded and secret-free as every error on a wire', () => {
+    const refusal = {
+      allowed: false as const,
+      code: 'FABRIC_ERR_POLICY_DENIED',
+      reason: 'r'.repeat(5000),
+      details: {
+        policy: 'p',
+        password: 'hunter2',
+        nested: { sessionToken: 'tok', kept: 1 },
+        list: Array.from({ length: 100 }, (_, i) => i),
+      },
+    };
+    for (const [text, data] of [
+      (() => {
+        const r = refusalResult(refusal);
+        return [(r.content[0] as { text: string }).text, r._meta] as const;
+      })(),
+      (() => {
+        const e = refusalError(refusal);
+        return [e.message, e.data] as const;
+      })(),
+    ]) {
+      expect(text.length).toBeLessThan(MAX_WIRE_ERROR_TEXT + 300);
+      const json = JSON.stringify(data);
+      expect(json).not.toMatch(/hunter2|"tok"/);
+      expect(json.length).toBeLessThan(4 * MAX_WIRE_ERROR_TEXT);
+      expect(json).toContain('"policy":"p"');
+      expect(json).toContain('"kept":1');
+    }
   });
 });
