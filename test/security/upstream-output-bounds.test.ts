@@ -12,6 +12,10 @@
  * SSE event past the bound (bytes since its last blank line) or a JSON body past it fails its
  * call. Each test checks that the sidecar lives on and the next call is answered. These run at
  * a 1 MiB bound; one test per transport runs at the default.
+ *
+ * Found later, in the review of that fix: a gzip-encoded JSON body was trusted by its
+ * content-length (16 KiB of gzip reached the agent as 16 MiB: fetch inflates it), and a refused
+ * POST on the legacy SSE transport was read whole by the SDK (`response.text()` of 64 MiB).
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -39,6 +43,9 @@ const STDIO_SERVER = fileURLToPath(
 );
 const HTTP_SERVER = fileURLToPath(
   new URL('../fixtures/gateway/oversize-http-server.mjs', import.meta.url),
+);
+const ENCODED_SERVER = fileURLToPath(
+  new URL('../fixtures/gateway/encoded-http-server.mjs', import.meta.url),
 );
 const MiB = 1024 * 1024;
 
@@ -197,5 +204,28 @@ describe('an HTTP upstream answer past maxMessageBytes', () => {
     await startHttp();
     expect(await call('flood', { kib: 80 * 1024 })).toContain(tooLong('event', 64 * MiB));
     expect(await call('ping')).toBe('http:ping');
+  }, 60_000);
+});
+
+describe('an HTTP upstream body past maxMessageBytes, however it is sent', () => {
+  it('a gzip-encoded JSON body is bounded by what it inflates to, not by its content-length', async () => {
+    upstream = await startHttpUpstream([ENCODED_SERVER], '/mcp');
+    await start({ url: upstream.url, maxMessageBytes: MiB });
+    expect(await call('ping')).toBe('http:ping');
+    // 16 MiB of JSON sent as ~16 KiB of gzip with an honest content-length.
+    const answer = await call('bomb', { mib: 16 });
+    expect(answer.length).toBeLessThan(MiB);
+    expect(answer).toContain('maxMessageBytes');
+    expect(await call('ping')).toBe('http:ping');
+  }, 60_000);
+
+  it('the body of a refused POST on the legacy SSE transport is bounded', async () => {
+    upstream = await startHttpUpstream([ENCODED_SERVER], '/sse');
+    await start({ url: upstream.url, transport: 'sse', maxMessageBytes: MiB });
+    expect(await call('ping')).toBe('http:ping');
+    await call('errflood', { mib: 64 });
+    const written = Number(await (await fetch(upstream.url.replace('/sse', '/written'))).text());
+    // The sidecar stops reading once the bound is passed (plus socket buffers).
+    expect(written).toBeLessThan(16 * MiB);
   }, 60_000);
 });
