@@ -329,6 +329,12 @@ export class AgentFabric {
                 attempt: t.attempt,
                 dispatched: t.status === TaskStatus.SCHEDULED || t.status === TaskStatus.RUNNING,
                 started: t.status === TaskStatus.RUNNING,
+                ended:
+                  t.status === TaskStatus.COMPLETED
+                    ? 'complete'
+                    : t.status === TaskStatus.FAILED
+                      ? 'fail'
+                      : undefined,
                 dispatchedAt: t.startedAt,
                 // Routed to the agent's own consumer while it runs on the agent it was
                 // addressed to; a task that moved to its pool goes to the pool's consumer.

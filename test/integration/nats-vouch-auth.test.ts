@@ -7,17 +7,17 @@
  * neither asks nor answers and refuses such reports at once. A nats-server per test.
  */
 import { expect, it } from 'vitest';
-import type { NatsConnection } from '@nats-io/transport-node';
 import { connect, Empty, headers } from '@nats-io/transport-node';
-import { jetstream } from '@nats-io/jetstream';
+
 import { AgentFabric } from '../../src/fabric.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
 import type { ReportKind, TaskMessage } from '../../src/transport/nats/wire.js';
-import { decodeJson, encodeJson, reportProof } from '../../src/transport/nats/wire.js';
-import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
+import { decodeJson, encodeJson } from '../../src/transport/nats/wire.js';
+
 import { TaskStatus } from '../../src/task.js';
 import { describeNats, startNatsServer } from '../fixtures/nats-server.js';
+import { holdMessage, request } from '../fixtures/nats/ready-fabric.js';
 
 const KEY = 'vouch-auth-test-key-0123456789abcdefghij';
 const OTHER_KEY = 'another-sidecar-key-0123456789abcdefghij';
@@ -31,10 +31,6 @@ async function waitFor(cond: () => boolean | Promise<boolean>, ms = 10_000): Pro
     await sleep(20);
   }
   return false;
-}
-
-async function request(nc: NatsConnection, subject: string, body: unknown): Promise<unknown> {
-  return decodeJson((await nc.request(subject, encodeJson(body), { timeout: 10_000 })).data);
 }
 
 /**
@@ -63,24 +59,6 @@ async function forger(url: string, ns: string) {
     return seen.find((t) => t.taskId === taskId)!;
   };
   return { nc, vouches, message };
-}
-
-/** Pulls the next message of `consumer` as any NATS client allowed to may (it holds the lease). */
-async function holdMessage(url: string, stream: string, consumer: string) {
-  const nc = await connect({ servers: url });
-  const m = await (await jetstream(nc).consumers.get(stream, consumer)).next({ expires: 5000 });
-  expect(m).not.toBeNull();
-  const msg = decodeJson(m!.data) as TaskMessage;
-  const signed = (agentId: string, credential: string, kind: ReportKind, extra: object = {}) => ({
-    kind,
-    taskId: msg.taskId,
-    attempt: msg.attempt,
-    lease: msg.lease,
-    agentId,
-    proof: reportProof(hashCredential(credential), agentId, kind, msg.taskId, msg.attempt),
-    ...extra,
-  });
-  return { nc, m: m!, msg, report: (body: unknown) => request(nc, msg.replyTo, body), signed };
 }
 
 /** Sidecar `a` with agent x of pool p, sidecar `b` scheduling to p through a dispatch slot. */

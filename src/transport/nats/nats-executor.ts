@@ -138,6 +138,8 @@ export interface NatsExecutorHost {
         dispatched: boolean;
         /** The current attempt's start was reported (RUNNING). */
         started: boolean;
+        /** How the current attempt ended, when it ended by a report (COMPLETED, FAILED). */
+        ended?: 'complete' | 'fail' | undefined;
         /** When the current attempt was handed to an agent (ms since the epoch). */
         dispatchedAt: number | undefined;
         agentId: string | undefined;
@@ -765,6 +767,12 @@ export class NatsExecutor implements TaskExecutor {
       const e = new TaskStateError(r.taskId, `attempt ${r.attempt} is no longer current`);
       return { ok: false, code: e.code, message: e.message };
     };
+    // The same outcome of the same attempt again: applied already, its answer lost (the sidecar
+    // that committed it was killed before answering, and the worker retried here). Answered ok,
+    // so the worker acks its message instead of counting a refusal; nothing changes.
+    if (!t.dispatched && t.attempt === r.attempt && t.ended !== undefined && t.ended === r.kind) {
+      return OK;
+    }
     // Not held by an agent (queued again for a retry, or finished): no attempt is current.
     if (!t.dispatched || t.attempt !== r.attempt) return stale();
     const sink = this.#sink!;
