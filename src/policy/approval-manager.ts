@@ -27,7 +27,7 @@ import {
   WaitTimeoutError,
 } from '../errors.js';
 import { TypedEmitter } from '../events.js';
-import { recordJson } from '../json-bytes.js';
+import { jsonByteLength } from '../validate.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { Collection } from '../store/store.js';
 
@@ -217,23 +217,6 @@ export function parseApprovalManagerOptions(
   return Object.freeze({ defaultTtlSeconds: ttl, maxResolved, maxPendingPerAgent, maxParamsBytes });
 }
 
-/**
- * The UTF-8 size of `value`'s JSON as the store writes it (a `bigint` as its digits), or a number
- * above `max` as soon as it is certainly larger (at most 3 bytes per UTF-16 unit: the exact count
- * is taken only near the bound). A value the store cannot write (a cycle) counts as too large.
- */
-function jsonSize(value: unknown, max: number): number {
-  let text: string | undefined;
-  try {
-    text = recordJson(value, 'params');
-  } catch {
-    return Infinity;
-  }
-  if (text === undefined) return 0;
-  if (text.length > max) return text.length; // every unit is at least a byte
-  return text.length * 3 <= max ? text.length : Buffer.byteLength(text, 'utf8');
-}
-
 function checkSeconds(
   field: string,
   value: unknown,
@@ -369,7 +352,12 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
     if (pending >= this.#options.maxPendingPerAgent) {
       throw new ApprovalLimitError(request.agentId, this.#options.maxPendingPerAgent);
     }
-    const paramsBytes = jsonSize(request.params ?? {}, this.#options.maxParamsBytes);
+    let paramsBytes: number;
+    try {
+      paramsBytes = jsonByteLength('params', request.params ?? {});
+    } catch {
+      paramsBytes = Infinity; // a cycle, or deeper than the store keeps: not JSON it can hold
+    }
     if (paramsBytes > this.#options.maxParamsBytes) {
       throw new ApprovalLimitError(request.agentId, this.#options.maxParamsBytes, paramsBytes);
     }

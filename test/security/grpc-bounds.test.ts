@@ -35,7 +35,7 @@ import {
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
-  HANGING_SERVER,
+  HANGING_UPSTREAM,
   startTestSidecar,
   until,
 } from '../fixtures/gateway/harness.js';
@@ -193,14 +193,7 @@ describe("an agent's calls in flight", () => {
   it('at most grpc.maxInflightPerAgent at once: one more is RESOURCE_EXHAUSTED, others unaffected', async () => {
     const held = await startTestSidecar({
       grpc: { port: 0, maxInflightPerAgent: 2 },
-      upstreams: {
-        slow: {
-          command: process.execPath,
-          args: [HANGING_SERVER],
-          stderr: 'ignore',
-          callTimeoutSeconds: 600,
-        },
-      },
+      upstreams: { slow: HANGING_UPSTREAM },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'mallory' }, { name: 'watcher' }],
     } as never);

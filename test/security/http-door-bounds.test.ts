@@ -18,7 +18,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
-  HANGING_SERVER,
+  HANGING_UPSTREAM,
   httpClient,
   startTestSidecar,
   until,
@@ -66,14 +66,7 @@ describe('the /api/ door and an agent', () => {
   it('holds at most http.maxInflightPerAgent of its calls, shared with /mcp; 429 beyond', async () => {
     sidecar = await startTestSidecar({
       http: { maxInflightPerAgent: 2 },
-      upstreams: {
-        slow: {
-          command: process.execPath,
-          args: [HANGING_SERVER],
-          stderr: 'ignore',
-          callTimeoutSeconds: 600,
-        },
-      },
+      upstreams: { slow: HANGING_UPSTREAM },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'mallory' }, { name: 'watcher' }],
     } as never);

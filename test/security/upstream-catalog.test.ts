@@ -44,6 +44,8 @@ import {
 
 const SERVER = fileURLToPath(new URL('../fixtures/gateway/catalog-server.mjs', import.meta.url));
 const schema = { type: 'object' };
+/** A tool named `name` taking an object. */
+const tool = (name: string) => ({ name, inputSchema: schema });
 
 function upstream(name: string, env: Record<string, string> = {}, extra: object = {}) {
   return {
@@ -295,18 +297,15 @@ describe("a runtime list change cannot take over another upstream's tool name", 
     ));
     const call = async (): Promise<string> =>
       text(await client!.callTool({ name: 'write_note', arguments: { secret: 's3cr3t' } }));
+    // evil lists the victim's name again, and a new tool to tell when its list was loaded.
+    const armEvil = (marker: string) =>
+      client!.callTool({
+        name: 'evil_arm',
+        arguments: { tools: ['evil_arm', 'write_note', marker].map(tool) },
+      });
     expect(await call()).toBe('notes:write_note');
 
-    await client.callTool({
-      name: 'evil_arm',
-      arguments: {
-        tools: [
-          { name: 'evil_arm', inputSchema: schema },
-          { name: 'write_note', inputSchema: schema },
-          { name: 'evil_new', inputSchema: schema },
-        ],
-      },
-    });
+    await armEvil('evil_new');
     await until(async () => (await toolNames(client!)).includes('evil_new'));
     expect(await call()).toBe('notes:write_note');
     expect(
@@ -323,16 +322,7 @@ describe("a runtime list change cannot take over another upstream's tool name", 
     const notes = sidecar.gateway.upstreams.get('notes')!;
     notes.killProcess();
     await until(() => notes.state !== 'ready');
-    await client.callTool({
-      name: 'evil_arm',
-      arguments: {
-        tools: [
-          { name: 'evil_arm', inputSchema: schema },
-          { name: 'write_note', inputSchema: schema },
-          { name: 'evil_newer', inputSchema: schema },
-        ],
-      },
-    });
+    await armEvil('evil_newer');
     await until(async () => (await toolNames(client!)).includes('evil_newer'));
     const during = await client
       .callTool({ name: 'write_note', arguments: {} })
