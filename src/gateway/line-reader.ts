@@ -8,15 +8,34 @@
  * @module
  */
 
+/**
+ * Following a dropped line to its end: its last characters are kept (the members a message
+ * ends with name it, e.g. the `id` the MCP SDK writes after `result`), and `onend` gets them
+ * when its newline arrives — or `undefined` once the line has run past `maxSkipLength`
+ * characters without one (it is still skipped to its newline, with no further call).
+ */
+export interface OverflowTail {
+  /** Characters kept from the end of a dropped line. */
+  readonly tailLength: number;
+  /** A dropped line longer than this (its whole length) is given up on: `onend(undefined)`. */
+  readonly maxSkipLength: number;
+  readonly onend: (tail: string | undefined) => void;
+}
+
 /** Line splitter with a bound on the length of one line. */
 export class LineReader {
   readonly #online: (line: string) => void;
   readonly #maxLineLength: number;
   readonly #onoverflow: ((head: string) => void) | undefined;
+  readonly #tail: OverflowTail | undefined;
   #parts: string[] = [];
   #length = 0;
   /** The line being read was already too long: drop it up to its newline. */
   #skipping = false;
+  /** While skipping with a {@link OverflowTail}: the line's last characters so far. */
+  #kept: string | undefined;
+  /** While skipping: the dropped line's length so far. */
+  #skipped = 0;
 
   /**
    * @param online Called with each complete line, without its `\n` (or `\r\n`).
@@ -29,10 +48,12 @@ export class LineReader {
     online: (line: string) => void,
     maxLineLength = Number.POSITIVE_INFINITY,
     onoverflow?: (head: string) => void,
+    tail?: OverflowTail,
   ) {
     this.#online = online;
     this.#maxLineLength = maxLineLength;
     this.#onoverflow = onoverflow;
+    this.#tail = tail;
   }
 
   /** Feeds a chunk; complete lines are delivered before this returns. */
@@ -45,13 +66,21 @@ export class LineReader {
         this.#parts.push(line);
         line = this.#parts.join('');
       }
-      const skipped = this.#skipping;
-      this.reset();
-      if (skipped) {
+      if (this.#skipping) {
         // the rest of a line already reported as too long
+        if (this.#kept !== undefined) this.#follow(line);
+        const last = this.#kept;
+        this.reset();
+        if (last !== undefined) this.#tail!.onend(last);
       } else if (line.length > this.#maxLineLength) {
+        this.reset();
         this.#onoverflow?.(line);
+        const tail = this.#tail;
+        if (tail) {
+          tail.onend(line.length > tail.maxSkipLength ? undefined : line.slice(-tail.tailLength));
+        }
       } else {
+        this.reset();
         // charCodeAt, not endsWith('\r'): the builtin call was a visible part of a short line.
         const end = line.length - 1;
         this.#online(end >= 0 && line.charCodeAt(end) === 0x0d ? line.slice(0, -1) : line);
@@ -59,18 +88,46 @@ export class LineReader {
       start = newline + 1;
       newline = chunk.indexOf('\n', start);
     }
-    if (start < chunk.length && !this.#skipping) {
-      const rest = start === 0 ? chunk : chunk.slice(start);
-      this.#length += rest.length;
-      if (this.#length > this.#maxLineLength) {
-        const head = this.#parts.length > 0 ? this.#parts[0]! : rest;
-        this.reset();
-        this.#skipping = true;
-        this.#onoverflow?.(head);
-        return;
-      }
-      this.#parts.push(rest);
+    if (start >= chunk.length) return;
+    const rest = start === 0 ? chunk : chunk.slice(start);
+    if (this.#skipping) {
+      if (this.#kept !== undefined) this.#follow(rest);
+      return;
     }
+    this.#length += rest.length;
+    if (this.#length > this.#maxLineLength) {
+      const head = this.#parts.length > 0 ? this.#parts[0]! : rest;
+      const last = this.#tail ? lastChars(this.#parts, rest, this.#tail.tailLength) : undefined;
+      const length = this.#length;
+      this.reset();
+      this.#skipping = true;
+      this.#onoverflow?.(head);
+      if (last !== undefined) {
+        this.#kept = '';
+        this.#skipped = length - last.length;
+        this.#follow(last);
+      }
+      return;
+    }
+    this.#parts.push(rest);
+  }
+
+  /** Another piece of a dropped line (no newline in it): keep its end, or give up on it. */
+  #follow(piece: string): void {
+    const tail = this.#tail!;
+    this.#skipped += piece.length;
+    if (this.#skipped > tail.maxSkipLength) {
+      this.#kept = undefined;
+      tail.onend(undefined);
+      return;
+    }
+    this.#kept = this.#keep(this.#kept!, piece);
+  }
+
+  /** The last `tailLength` characters of `kept + piece`. */
+  #keep(kept: string, piece: string): string {
+    const n = this.#tail!.tailLength;
+    return piece.length >= n ? piece.slice(-n) : (kept + piece).slice(-n);
   }
 
   /** Drops a partial line. */
@@ -78,5 +135,16 @@ export class LineReader {
     if (this.#parts.length > 0) this.#parts = [];
     this.#length = 0;
     this.#skipping = false;
+    this.#kept = undefined;
+    this.#skipped = 0;
   }
+}
+
+/** The last `n` characters of `parts` joined and then `rest`, without joining all of them. */
+function lastChars(parts: readonly string[], rest: string, n: number): string {
+  let out = rest.length >= n ? rest.slice(-n) : rest;
+  for (let i = parts.length - 1; i >= 0 && out.length < n; i--) {
+    out = (parts[i]! + out).slice(-n);
+  }
+  return out;
 }

@@ -117,6 +117,8 @@ export class ProcessStdioTransport implements Transport {
   #pid: number | undefined;
   readonly #reader: LineReader;
   #line: string | undefined;
+  /** What the start of the line being dropped (too long) said about its message. */
+  #dropped: LeadingMembers | undefined;
   readonly #writer = new LineWriter(() => this.#child?.stdin ?? undefined, 'poll');
   #closed = false;
   #exited: Promise<void> | undefined;
@@ -128,7 +130,12 @@ export class ProcessStdioTransport implements Transport {
     this.#reader = new LineReader(
       (line) => this.#online(line),
       max,
-      (head) => this.#onoverflow(head, max),
+      (head) => void (this.#dropped = leadingMembers(head)),
+      {
+        tailLength: DROPPED_TAIL_LENGTH,
+        maxSkipLength: max * DROPPED_SKIP_FACTOR,
+        onend: (tail) => this.#ondropped(tail, max),
+      },
     );
   }
 
@@ -269,31 +276,63 @@ export class ProcessStdioTransport implements Transport {
 
   /**
    * A stdout line longer than `max` was dropped (the reader keeps none of it and skips the rest
-   * up to its newline). When it was an answer, the call waiting for it must not wait until its
-   * timeout. `head` (the line's start) names the request when the answer leads with its id
-   * (`{"jsonrpc":"2.0","id":7,"result":…`): that call alone fails, with an error answer made
-   * here, and the connection lives on. A message that leads with its `method` (a notification
-   * or a request of the upstream's) answers no call: it is only reported. Anything else — the
-   * SDK writes `id` after `result`, and a line need not be JSON at all — cannot be tied to a
-   * call without reading what was refused, and guessing could fail another agent's call: the
+   * up to its newline), and has ended; `tail` is its last characters, or undefined when it ran
+   * past {@link DROPPED_SKIP_FACTOR} × `max` without a newline. What waits for it must not wait
+   * until its timeout, and one agent's oversized answer must not fail the others' calls. The
+   * message is named by its start (`{"jsonrpc":"2.0","id":7,"result":…`, as the Python SDK
+   * writes it) or by its end (`…},"jsonrpc":"2.0","id":7}`: the TypeScript SDK writes `id`
+   * last): an answer fails its call alone, with an error answer made here, and the connection
+   * lives on; a request of the upstream's (led by `method`, with an id) is answered with an
+   * error, so the upstream does not wait for it; a notification is only reported. Anything else
+   * — a line that is not a JSON-RPC message, or one that never ends — cannot be tied to a call
+   * without reading what was refused, and guessing could fail another agent's call: the
    * connection is reset like a child that died (it is stopped, every call in flight fails at
-   * once as disconnected, and the upstream restarts with its backoff). After such a line the
-   * upstream is broken or hostile; its state is not worth more than the calls' answers.
+   * once as disconnected, and the upstream restarts with its backoff). An upstream that names
+   * the wrong id gains nothing: it could answer any call of its own with an error anyway.
    * The report names the bound and at most the message's method name or id, never its content.
    */
-  #onoverflow(head: string, max: number): void {
+  #ondropped(tail: string | undefined, max: number): void {
+    const lead = this.#dropped ?? {};
+    this.#dropped = undefined;
     const what = `upstream wrote a message longer than ${max} characters (maxMessageBytes); it was dropped`;
-    const lead = leadingMembers(head);
-    if (lead.method !== undefined) {
-      this.#report(new Error(`${what} (a ${lead.method.slice(0, 100)} message)`));
+    if (tail === undefined) {
+      this.#report(
+        new Error(
+          `${what}, and it ran past ${max * DROPPED_SKIP_FACTOR} characters without ending; the connection is reset`,
+        ),
+      );
+      void this.close().catch(() => undefined);
       return;
     }
-    if (lead.id !== undefined && (lead.first === 'result' || lead.first === 'error')) {
-      this.#report(new Error(`${what}: the call it answered (id ${lead.idText}) failed`));
+    const end = lead.id === undefined ? trailingId(tail) : undefined;
+    const id = lead.id ?? end?.id;
+    const idText = lead.idText ?? end?.idText;
+    if (lead.method !== undefined) {
+      const method = lead.method.slice(0, 100);
+      if (id === undefined) {
+        this.#report(new Error(`${what} (a ${method} message)`));
+        return;
+      }
+      this.#report(
+        new Error(`${what} (a ${method} request, id ${idText}): answered with an error`),
+      );
+      const answer = {
+        jsonrpc: '2.0' as const,
+        id,
+        error: {
+          code: -32600,
+          message: `the request was longer than ${max} characters (the gateway's maxMessageBytes) and was dropped`,
+        },
+      };
+      if (!this.#closed) void this.#writer.sendLine(JSON.stringify(answer)).catch(() => undefined);
+      return;
+    }
+    if (id !== undefined && (lead.first === 'result' || lead.first === 'error')) {
+      this.#report(new Error(`${what}: the call it answered (id ${idText}) failed`));
       this.#online(
         JSON.stringify({
           jsonrpc: '2.0',
-          id: lead.id,
+          id,
           error: {
             code: -32603,
             message: `the upstream's answer was longer than ${max} characters (maxMessageBytes) and was dropped`,
@@ -368,6 +407,14 @@ function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
 
+/** Characters kept from the end of a dropped line: enough for `,"jsonrpc":"2.0","id":…}`. */
+const DROPPED_TAIL_LENGTH = 256;
+/**
+ * A dropped line is followed to its end (for the id it may end with) up to this many times the
+ * bound; one longer than that resets the connection without waiting for its newline.
+ */
+export const DROPPED_SKIP_FACTOR = 16;
+
 /** One top-level member at the start of a JSON object: its name and a scalar or `{`/`[`. */
 const LEADING_MEMBER =
   /\s*"([A-Za-z_$]{1,32})"\s*:\s*("(?:[^"\\\n]|\\.){0,200}"|-?\d{1,20}|null|true|false|[{[])\s*,?/y;
@@ -414,3 +461,25 @@ function leadingMembers(head: string): LeadingMembers {
   }
   return found;
 }
+
+/**
+ * The last member of a JSON object when it is `"id"` with a number or string, and ends the
+ * text (`…,"id":7}`). In valid JSON this can only be the object's own member: the digits or
+ * string before the final `}` are its last value, and a `"` after `,` is not escaped, so it
+ * opens the key `"id"` (a quote closing a string there would leave `id` bare).
+ */
+export function trailingId(tail: string): { id: string | number; idText: string } | undefined {
+  const m = TRAILING_ID.exec(tail);
+  if (m === null) return undefined;
+  let id: unknown;
+  try {
+    id = JSON.parse(m[1]!);
+  } catch {
+    return undefined;
+  }
+  return typeof id === 'number' || typeof id === 'string'
+    ? { id, idText: m[1]!.slice(0, 100) }
+    : undefined;
+}
+
+const TRAILING_ID = /,\s*"id"\s*:\s*(-?\d{1,20}|"(?:[^"\\\n]|\\.){0,200}")\s*\}\s*$/;

@@ -17,7 +17,7 @@
  * content-length (16 KiB of gzip reached the agent as 16 MiB: fetch inflates it), and a refused
  * POST on the legacy SSE transport was read whole by the SDK (`response.text()` of 64 MiB).
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -29,6 +29,7 @@ import {
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
+  FILESYSTEM_BIN,
   httpClient,
   startHttpUpstream,
   startTestSidecar,
@@ -137,11 +138,56 @@ describe('a stdio upstream line past maxMessageBytes', () => {
     expectNoContentLogged('z');
   });
 
-  it('without an id to read resets the upstream: the call fails at once, the next is answered', async () => {
+  it('that ends with its id (the TypeScript SDK writes it last) fails that call alone', async () => {
+    // Found after the first fix: the SDK's answers name their id after `result`, so every
+    // over-long answer reset the upstream and failed every other agent's call in flight.
+    const state = tempDir('oversize-id-last');
+    await start(stdio(state, { maxMessageBytes: MiB }));
+    const beside = call('later', { ms: 1500 });
+    expect(await call('bigresult', { kib: 2048, idLast: true })).toContain(
+      `answer was longer than ${MiB} characters (maxMessageBytes) and was dropped`,
+    );
+    expect(await beside).toBe('oversize:later');
+    expect(await call('ping')).toBe('oversize:ping');
+    expect(bigUpstream().connectCount).toBe(1);
+    expect(starts(state)).toBe(1);
+    expectNoContentLogged('y');
+  });
+
+  it("that is a request of the upstream's is answered with an error: the upstream does not wait", async () => {
+    const state = tempDir('oversize-request');
+    await start({ ...stdio(state, { maxMessageBytes: MiB }), callTimeoutSeconds: 30 });
+    expect(await call('bigrequest', { kib: 2048 })).toBe(
+      `answered: the request was longer than ${MiB} characters (the gateway's maxMessageBytes) and was dropped`,
+    );
+    expect(await call('ping')).toBe('oversize:ping');
+    expect(bigUpstream().connectCount).toBe(1);
+    expect(
+      logs.some((e) => JSON.stringify(e).includes('(a sampling/createMessage request, id ')),
+    ).toBe(true);
+    expectNoContentLogged('q');
+  });
+
+  it('that names no message resets the upstream at its end: the call fails at once, the next is answered', async () => {
+    const state = tempDir('oversize-anon');
+    await start(stdio(state, { maxMessageBytes: MiB }));
+    expect(await call('flood', { kib: 2048, newline: true })).toContain(
+      'disconnected during tools/call',
+    );
+    await until(() => bigUpstream().state === 'ready' && bigUpstream().connectCount === 2);
+    expect(await call('ping')).toBe('oversize:ping');
+    expect(starts(state)).toBe(2);
+    expect(logs.some((e) => JSON.stringify(e).includes('the answer it held cannot be told'))).toBe(
+      true,
+    );
+    expectNoContentLogged('x');
+  });
+
+  it('that runs past sixteen times the bound without a newline resets the upstream', async () => {
     const state = tempDir('oversize-flood');
     await start(stdio(state, { maxMessageBytes: MiB }));
     // The flood never ends its line and never answers: before the fix this waited for ever.
-    expect(await call('flood', { kib: 4096, newline: false })).toContain(
+    expect(await call('flood', { kib: 16 * 1024 + 64, newline: false })).toContain(
       'disconnected during tools/call',
     );
     await until(() => bigUpstream().state === 'ready' && bigUpstream().connectCount === 2);
@@ -149,21 +195,55 @@ describe('a stdio upstream line past maxMessageBytes', () => {
     expect(starts(state)).toBe(2);
     expect(
       logs.some((e) =>
-        JSON.stringify(e).includes(`longer than ${MiB} characters (maxMessageBytes)`),
+        JSON.stringify(e).includes(`ran past ${16 * MiB} characters without ending`),
       ),
     ).toBe(true);
     expectNoContentLogged('x');
   });
 
-  it('at the default bound (64 MiB), 80 MiB without a newline: reset, the sidecar lives on', async () => {
+  it('at the default bound (64 MiB), an 80 MiB line: reset at its end, the sidecar lives on', async () => {
     const state = tempDir('oversize-default');
     await start(stdio(state));
-    expect(await call('flood', { kib: 80 * 1024, newline: false })).toContain(
+    expect(await call('flood', { kib: 80 * 1024, newline: true })).toContain(
       'disconnected during tools/call',
     );
     await until(() => bigUpstream().state === 'ready' && bigUpstream().connectCount === 2);
     expect(await call('ping')).toBe('oversize:ping');
   }, 60_000);
+
+  it('server-filesystem: reading a file larger than the bound fails that read alone', async () => {
+    const dir = tempDir('oversize-fs');
+    writeFileSync(join(dir, 'big.txt'), 'f'.repeat(2 * MiB));
+    writeFileSync(join(dir, 'small.txt'), 'small');
+    process.on('uncaughtException', onUncaught);
+    sidecar = await startTestSidecar(
+      {
+        upstreams: {
+          fs: { command: process.execPath, args: [FILESYSTEM_BIN, dir], maxMessageBytes: MiB },
+        },
+        policies: [DEFAULT_ALLOW],
+        agents: [{ name: 'a' }, { name: 'b' }],
+      },
+      { logger: (entry) => void logs.push(entry) },
+    );
+    client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
+    const other = await httpClient(sidecar.url!, agentToken(sidecar, 'b'));
+    try {
+      const read = (c: Client, file: string) =>
+        c.callTool({ name: 'fs__read_text_file', arguments: { path: join(dir, file) } }).then(
+          (r) => text(r),
+          (e: Error) => `error: ${e.message}`,
+        );
+      const [big, small] = await Promise.all([read(client, 'big.txt'), read(other, 'small.txt')]);
+      expect(big).toContain(`answer was longer than ${MiB} characters (maxMessageBytes)`);
+      expect(small).toBe('small');
+      expect(sidecar.gateway.upstreams.get('fs')!.connectCount).toBe(1);
+      expect(await read(other, 'small.txt')).toBe('small');
+      expectNoContentLogged('f');
+    } finally {
+      await other.close();
+    }
+  });
 });
 
 describe('an HTTP upstream answer past maxMessageBytes', () => {

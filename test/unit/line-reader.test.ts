@@ -3,6 +3,7 @@ import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import { describe, expect, it } from 'vitest';
 import { StdioSessionTransport } from '../../src/gateway/downstream-stdio-transport.js';
 import { LineReader } from '../../src/gateway/line-reader.js';
+import { trailingId } from '../../src/gateway/process-stdio-transport.js';
 
 function reader(max?: number): { r: LineReader; lines: string[]; overflows: number[] } {
   const lines: string[] = [];
@@ -56,6 +57,76 @@ describe('LineReader', () => {
     r.push('"result":1234'); // too long here: the line's first piece
     r.push('5}\n0123456789abc\n'); // too long within a chunk: the whole line
     expect(heads).toEqual(['{"id":1,', '0123456789abc']);
+  });
+});
+
+describe('LineReader: the end of a dropped line', () => {
+  function tails(max: number, skip: number) {
+    const got: (string | undefined)[] = [];
+    const heads: string[] = [];
+    const lines: string[] = [];
+    const r = new LineReader(
+      (l) => lines.push(l),
+      max,
+      (h) => heads.push(h),
+      { tailLength: 4, maxSkipLength: skip, onend: (t) => got.push(t) },
+    );
+    return { r, got, heads, lines };
+  }
+
+  it('hands the last characters of a dropped line to onend once its newline arrives, in any chunking', () => {
+    const text = '0123456789abcdefghij\nok\n';
+    for (let size = 1; size <= text.length; size++) {
+      const { r, got, heads, lines } = tails(10, 100);
+      for (let i = 0; i < text.length; i += size) r.push(text.slice(i, i + size));
+      expect(got, `chunks of ${size}`).toEqual(['ghij']);
+      expect(heads).toHaveLength(1);
+      expect(lines).toEqual(['ok']);
+    }
+  });
+
+  it('gives up on a dropped line past maxSkipLength: onend(undefined) once, then skips to its newline', () => {
+    const { r, got, lines } = tails(10, 30);
+    r.push('x'.repeat(25));
+    expect(got).toEqual([]);
+    r.push('y'.repeat(10)); // 35 > 30
+    r.push('z'.repeat(100));
+    expect(got).toEqual([undefined]);
+    r.push('zz\nnext\n');
+    expect(got).toEqual([undefined]);
+    expect(lines).toEqual(['next']);
+    // within one chunk, newline included
+    r.push(`${'w'.repeat(40)}\n`);
+    expect(got).toEqual([undefined, undefined]);
+  });
+
+  it('keeps no more than tailLength characters however the line arrives', () => {
+    const { r, got } = tails(10, 10_000);
+    for (let i = 0; i < 500; i++) r.push(String(i % 10));
+    r.push('\r\n');
+    expect(got).toEqual(['789\r']);
+  });
+});
+
+describe('trailingId', () => {
+  it('reads the id a JSON-RPC message ends with, as the TypeScript SDK writes it', () => {
+    expect(trailingId('"}]},"jsonrpc":"2.0","id":42}')).toEqual({ id: 42, idText: '42' });
+    expect(trailingId('}, "id" : "a\\"b" } \r')).toEqual({ id: 'a"b', idText: '"a\\"b"' });
+  });
+
+  it('reads nothing that is not the last member named id with a scalar', () => {
+    for (const tail of [
+      '"text":"x\\",\\"id\\":5}"}]}}', // inside a string: the quotes are escaped
+      '"id":5}', // no member before it in the tail: could be nested
+      ',"id":5}x',
+      ',"id":05}',
+      ',"id":null}',
+      ',"id":{"a":1}}',
+      ',"xid":5}',
+      ',"id":5]',
+    ]) {
+      expect(trailingId(tail), tail).toBeUndefined();
+    }
   });
 });
 
