@@ -98,7 +98,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     'One agent session at a time, so callbacks (sampling, elicitation, roots) reach the session that caused them.',
   'upstreams.<name>.required': 'Start-up is refused when this upstream fails to connect.',
   'upstreams.<name>.maxMessageBytes':
-    'Longest message the upstream may send: a stdio line (in characters), an SSE event, a JSON body (as decoded). A longer one is dropped as it arrives and its call fails (on the legacy SSE transport at `callTimeoutSeconds`); a stdio line named by neither its first nor its last members resets the upstream.',
+    'Longest message the upstream may send: a stdio line (in characters), an SSE event, a JSON body (as decoded). A longer one is dropped as it arrives and its call fails. One named by neither its first nor its last members resets a stdio upstream; over legacy SSE its call fails at `callTimeoutSeconds`.',
   'upstreams.<name>.paths':
     'How the upstream resolves path parameters, so policies match what it will touch.',
   'upstreams.<name>.paths.roots': 'Directories relative paths resolve against, in its order.',

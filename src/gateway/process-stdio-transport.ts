@@ -17,6 +17,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import {
+  DROPPED_HEAD_LENGTH,
+  DROPPED_SKIP_FACTOR,
+  DROPPED_TAIL_LENGTH,
+  droppedAnswer,
+  droppedMessage,
+} from './dropped-message.js';
 import { LineReader } from './line-reader.js';
 import { LineWriter } from './line-writer.js';
 import { DEFAULT_MAX_MESSAGE_BYTES } from './upstream-config.js';
@@ -118,7 +125,7 @@ export class ProcessStdioTransport implements Transport {
   readonly #reader: LineReader;
   #line: string | undefined;
   /** What the start of the line being dropped (too long) said about its message. */
-  #dropped: LeadingMembers | undefined;
+  #dropped: string | undefined;
   readonly #writer = new LineWriter(() => this.#child?.stdin ?? undefined, 'poll');
   #closed = false;
   #exited: Promise<void> | undefined;
@@ -130,7 +137,7 @@ export class ProcessStdioTransport implements Transport {
     this.#reader = new LineReader(
       (line) => this.#online(line),
       max,
-      (head) => void (this.#dropped = leadingMembers(head)),
+      (head) => void (this.#dropped = head.slice(0, DROPPED_HEAD_LENGTH)),
       {
         tailLength: DROPPED_TAIL_LENGTH,
         maxSkipLength: max * DROPPED_SKIP_FACTOR,
@@ -292,7 +299,7 @@ export class ProcessStdioTransport implements Transport {
    * The report names the bound and at most the message's method name or id, never its content.
    */
   #ondropped(tail: string | undefined, max: number): void {
-    const lead = this.#dropped ?? {};
+    const head = this.#dropped ?? '';
     this.#dropped = undefined;
     const what = `upstream wrote a message longer than ${max} characters (maxMessageBytes); it was dropped`;
     if (tail === undefined) {
@@ -304,45 +311,33 @@ export class ProcessStdioTransport implements Transport {
       void this.close().catch(() => undefined);
       return;
     }
-    const end = lead.id === undefined ? trailingId(tail) : undefined;
-    const id = lead.id ?? end?.id;
-    const idText = lead.idText ?? end?.idText;
-    if (lead.method !== undefined) {
-      const method = lead.method.slice(0, 100);
-      if (id === undefined) {
-        this.#report(new Error(`${what} (a ${method} message)`));
-        return;
-      }
+    const message = droppedMessage(head, tail);
+    if (message.kind === 'notification') {
+      this.#report(new Error(`${what} (a ${message.method} message)`));
+    } else if (message.kind === 'request') {
       this.#report(
-        new Error(`${what} (a ${method} request, id ${idText}): answered with an error`),
+        new Error(
+          `${what} (a ${message.method} request, id ${message.idText}): answered with an error`,
+        ),
       );
       const answer = {
         jsonrpc: '2.0' as const,
-        id,
+        id: message.id,
         error: {
           code: -32600,
           message: `the request was longer than ${max} characters (the gateway's maxMessageBytes) and was dropped`,
         },
       };
       if (!this.#closed) void this.#writer.sendLine(JSON.stringify(answer)).catch(() => undefined);
-      return;
-    }
-    if (id !== undefined && (lead.first === 'result' || lead.first === 'error')) {
-      this.#report(new Error(`${what}: the call it answered (id ${idText}) failed`));
-      this.#online(
-        JSON.stringify({
-          jsonrpc: '2.0',
-          id,
-          error: {
-            code: -32603,
-            message: `the upstream's answer was longer than ${max} characters (maxMessageBytes) and was dropped`,
-          },
-        }),
+    } else if (message.kind === 'answer') {
+      this.#report(new Error(`${what}: the call it answered (id ${message.idText}) failed`));
+      this.#online(JSON.stringify(droppedAnswer(message.id, `${max} characters`)));
+    } else {
+      this.#report(
+        new Error(`${what}; the answer it held cannot be told, the connection is reset`),
       );
-      return;
+      void this.close().catch(() => undefined);
     }
-    this.#report(new Error(`${what}; the answer it held cannot be told, the connection is reset`));
-    void this.close().catch(() => undefined);
   }
 
   /** The line the message being delivered to `onmessage` was parsed from (during the call). */
@@ -406,80 +401,3 @@ export class ProcessStdioTransport implements Transport {
 function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
-
-/** Characters kept from the end of a dropped line: enough for `,"jsonrpc":"2.0","id":…}`. */
-const DROPPED_TAIL_LENGTH = 256;
-/**
- * A dropped line is followed to its end (for the id it may end with) up to this many times the
- * bound; one longer than that resets the connection without waiting for its newline.
- */
-export const DROPPED_SKIP_FACTOR = 16;
-
-/** One top-level member at the start of a JSON object: its name and a scalar or `{`/`[`. */
-const LEADING_MEMBER =
-  /\s*"([A-Za-z_$]{1,32})"\s*:\s*("(?:[^"\\\n]|\\.){0,200}"|-?\d{1,20}|null|true|false|[{[])\s*,?/y;
-
-/** What the start of an over-long line says about the message. */
-interface LeadingMembers {
-  /** `method` when it leads with one (a request or notification). */
-  method?: string;
-  /** The `id` when it comes before the first object or array member. */
-  id?: string | number;
-  idText?: string;
-  /** Name of the first member whose value is an object or array (`result`, `params` …). */
-  first?: string;
-}
-
-/**
- * Reads the scalar members a JSON object starts with, up to its first object or array member,
- * from at most the first 1,024 characters of `head`. Only top-level members can come before
- * the first nested value, so a name found here is the message's own, never one inside its result.
- */
-function leadingMembers(head: string): LeadingMembers {
-  const text = head.length > 1024 ? head.slice(0, 1024) : head;
-  const open = /^\s*\{/.exec(text);
-  const found: LeadingMembers = {};
-  if (open === null) return found;
-  LEADING_MEMBER.lastIndex = open[0].length;
-  for (let m = LEADING_MEMBER.exec(text); m !== null; m = LEADING_MEMBER.exec(text)) {
-    const [, name, raw] = m as unknown as [string, string, string];
-    if (raw === '{' || raw === '[') {
-      found.first = name;
-      break;
-    }
-    let value: unknown;
-    try {
-      value = JSON.parse(raw);
-    } catch {
-      break;
-    }
-    if (name === 'method' && typeof value === 'string') found.method = value;
-    if (name === 'id' && (typeof value === 'string' || typeof value === 'number')) {
-      found.id = value;
-      found.idText = raw.slice(0, 100);
-    }
-  }
-  return found;
-}
-
-/**
- * The last member of a JSON object when it is `"id"` with a number or string, and ends the
- * text (`…,"id":7}`). In valid JSON this can only be the object's own member: the digits or
- * string before the final `}` are its last value, and a `"` after `,` is not escaped, so it
- * opens the key `"id"` (a quote closing a string there would leave `id` bare).
- */
-export function trailingId(tail: string): { id: string | number; idText: string } | undefined {
-  const m = TRAILING_ID.exec(tail);
-  if (m === null) return undefined;
-  let id: unknown;
-  try {
-    id = JSON.parse(m[1]!);
-  } catch {
-    return undefined;
-  }
-  return typeof id === 'number' || typeof id === 'string'
-    ? { id, idText: m[1]!.slice(0, 100) }
-    : undefined;
-}
-
-const TRAILING_ID = /,\s*"id"\s*:\s*(-?\d{1,20}|"(?:[^"\\\n]|\\.){0,200}")\s*\}\s*$/;

@@ -159,18 +159,19 @@ export class Upstream {
     }
     const url = new URL(spec.url);
     const requestInit = { headers: spec.headers };
+    const report = (error: Error): void => this.#hooks.onError?.(this, error);
     return spec.transport === 'sse'
       ? new SSEClientTransport(url, {
           requestInit,
           // The POSTs too: the SDK reads a refused POST's body whole (`response.text()`).
           fetch: linkedSignalFetch(fetch, spec.maxMessageBytes),
           eventSourceInit: {
-            fetch: linkedSignalFetch(withHeaders(spec.headers), spec.maxMessageBytes),
+            fetch: linkedSignalFetch(withHeaders(spec.headers), spec.maxMessageBytes, report),
           },
         })
       : new StreamableHTTPClientTransport(url, {
           requestInit,
-          fetch: linkedSignalFetch(traceparentFetch(fetch), spec.maxMessageBytes),
+          fetch: linkedSignalFetch(traceparentFetch(fetch), spec.maxMessageBytes, report),
         });
   }
 
@@ -683,9 +684,16 @@ const MAX_LINKED_REQUESTS = 10_000;
  * With `maxMessageBytes` it also bounds what comes back (see bounded-body.ts): the SDK's
  * event-stream parser and `response.json()` buffer without limit. A JSON body past the bound
  * makes the request fail with {@link UpstreamMessageTooLargeError}; an SSE event past it is
- * dropped, the request(s) of this POST are answered with that error and the stream is closed.
+ * dropped: on a POST's stream the request(s) of this POST are answered with that error and the
+ * stream is closed; on a stream that carried no request (a GET: the legacy SSE transport's
+ * stream of every answer) the answer it was fails its call alone and the stream goes on, when
+ * its start or end names it (reported to `onreport`).
  */
-export function linkedSignalFetch(base: typeof fetch, maxMessageBytes?: number): typeof fetch {
+export function linkedSignalFetch(
+  base: typeof fetch,
+  maxMessageBytes?: number,
+  onreport?: (error: Error) => void,
+): typeof fetch {
   const raised = new WeakSet<AbortSignal>();
   return async (input, init) => {
     const shared = init?.signal;
@@ -731,6 +739,9 @@ export function linkedSignalFetch(base: typeof fetch, maxMessageBytes?: number):
             () => requestIdsOf(init?.body),
             unlink,
             () => own.abort(new UpstreamMessageTooLargeError(maxMessageBytes, 'event')),
+            init?.body === undefined || init.body === null
+              ? (report) => onreport?.(new Error(report))
+              : undefined,
           );
     return new Response(body, response);
   };

@@ -31,6 +31,7 @@ import {
   DEFAULT_ALLOW,
   FILESYSTEM_BIN,
   httpClient,
+  startEverythingHttp,
   startHttpUpstream,
   startTestSidecar,
   tempDir,
@@ -284,6 +285,31 @@ describe('an HTTP upstream answer past maxMessageBytes', () => {
     await startHttp();
     expect(await call('flood', { kib: 80 * 1024 })).toContain(tooLong('event', 64 * MiB));
     expect(await call('ping')).toBe('http:ping');
+  }, 60_000);
+});
+
+describe('a legacy SSE upstream answer past maxMessageBytes (server-everything)', () => {
+  it('fails that call alone at once; a call beside it and the next are answered on the same stream', async () => {
+    // Found after the stdio fix: the legacy transport's answers all come on one event stream,
+    // which names no call; the oversized answer was dropped and its call waited for
+    // callTimeoutSeconds (the stream reconnected).
+    upstream = await startEverythingHttp('sse');
+    await start({
+      url: upstream.url,
+      transport: 'sse',
+      maxMessageBytes: MiB,
+      callTimeoutSeconds: 30,
+    });
+    const echo = (message: string) => call('echo', { message }).then((r) => r.slice(0, 200));
+    const [big, beside] = await Promise.all([echo('m'.repeat(2 * MiB)), echo('beside')]);
+    expect(big).toContain(`answer was longer than ${MiB} bytes (maxMessageBytes) and was dropped`);
+    expect(beside).toBe('Echo: beside');
+    expect(await echo('next')).toBe('Echo: next');
+    expect(bigUpstream().connectCount).toBe(1);
+    expect(
+      logs.some((e) => JSON.stringify(e).includes('it was dropped: the call it answered (id ')),
+    ).toBe(true);
+    expectNoContentLogged('m');
   }, 60_000);
 });
 

@@ -1,8 +1,17 @@
 import { describe, expect, it } from 'vitest';
 import { boundedEventStream } from '../../src/gateway/bounded-body.js';
 
-/** Streams `text` in chunks of `size` bytes through the bound; the text that came out. */
-async function through(text: string, size: number, max: number): Promise<string> {
+/**
+ * Streams `text` in chunks of `size` bytes through the bound; the text that came out. With
+ * `reports`, the stream carried no request (follow mode) and the reports land there.
+ */
+async function through(
+  text: string,
+  size: number,
+  max: number,
+  reports?: string[],
+  ended?: { overflow: number },
+): Promise<string> {
   const bytes = new TextEncoder().encode(text);
   const source = new ReadableStream<Uint8Array>({
     start(c) {
@@ -13,9 +22,10 @@ async function through(text: string, size: number, max: number): Promise<string>
   const out = boundedEventStream(
     source,
     max,
-    () => [7],
+    () => (reports ? [] : [7]),
     () => undefined,
-    () => undefined,
+    () => void (ended && ended.overflow++),
+    reports && ((r) => void reports.push(r)),
   );
   return new Response(out).text();
 }
@@ -40,5 +50,58 @@ describe('boundedEventStream', () => {
     expect(out).toContain('"id":7,"error":{"code":-32603');
     expect(out).toContain('longer than 64 bytes (maxMessageBytes)');
     expect(out.length).toBeLessThan(ok.length + 64 + 300);
+  });
+
+  describe('on a stream that carried no request (the legacy SSE stream of every answer)', () => {
+    const event = (data: string, end = '\n'): string =>
+      `event: message${end}data: ${data}${end}${end}`;
+    const before = event('{"jsonrpc":"2.0","id":1,"result":{}}');
+    const after = event('{"jsonrpc":"2.0","id":3,"result":{}}', '\r\n');
+    const answerOf = (id: string): string =>
+      `{"jsonrpc":"2.0","id":${id},"error":{"code":-32603,"message":"the upstream's answer was longer than 256 bytes (maxMessageBytes) and was dropped"}}`;
+
+    it('an answer too long fails its call alone, named by its end or its start; the stream goes on', async () => {
+      const big = `{"content":[{"type":"text","text":"${'y'.repeat(2000)}"}]}`;
+      for (const [data, id] of [
+        [`{"result":${big},"jsonrpc":"2.0","id":2}`, '2'],
+        [`{"jsonrpc":"2.0","id":"s-2","result":${big}}`, '"s-2"'],
+      ] as const) {
+        for (const size of [1, 7, 64, 300]) {
+          const reports: string[] = [];
+          const out = await through(before + event(data, '\r\n') + after, size, 256, reports);
+          const label = `${id} / ${size}`;
+          expect(out.startsWith(before), label).toBe(true);
+          expect(out, label).toContain('event: fabric-dropped\n\n');
+          expect(out, label).toContain(`event: message\ndata: ${answerOf(id)}\n\n`);
+          expect(out.endsWith(after), label).toBe(true);
+          expect(out, label).not.toContain('y'.repeat(300));
+          expect(reports, label).toEqual([
+            `upstream sent an event longer than 256 bytes (maxMessageBytes); it was dropped: the call it answered (id ${id}) failed`,
+          ]);
+        }
+      }
+    });
+
+    it('a notification too long is dropped and reported; an unnamed event or a flood ends the stream', async () => {
+      const note = `{"method":"notifications/message","params":{"data":"${'z'.repeat(2000)}"},"jsonrpc":"2.0"}`;
+      const reports: string[] = [];
+      const out = await through(before + event(note) + after, 50, 256, reports);
+      expect(out.endsWith(after)).toBe(true);
+      expect(reports[0]).toContain('(a notifications/message message)');
+
+      for (const [text, report] of [
+        [before + event(`"${'x'.repeat(2000)}"`) + after, 'cannot be told, the stream is closed'],
+        [before + `data: ${'x'.repeat(5000)}`, 'ran past 4096 bytes without ending'],
+      ] as const) {
+        const seen: string[] = [];
+        const ended = { overflow: 0 };
+        const out = await through(text, 100, 256, seen, ended);
+        expect(out.startsWith(before)).toBe(true);
+        expect(out).not.toContain('"id":3');
+        expect(seen).toHaveLength(1);
+        expect(seen[0]).toContain(report);
+        expect(ended.overflow).toBe(1);
+      }
+    });
   });
 });

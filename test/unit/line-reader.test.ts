@@ -3,7 +3,7 @@ import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import { describe, expect, it } from 'vitest';
 import { StdioSessionTransport } from '../../src/gateway/downstream-stdio-transport.js';
 import { LineReader } from '../../src/gateway/line-reader.js';
-import { trailingId } from '../../src/gateway/process-stdio-transport.js';
+import { droppedMessage, trailingId } from '../../src/gateway/dropped-message.js';
 
 function reader(max?: number): { r: LineReader; lines: string[]; overflows: number[] } {
   const lines: string[] = [];
@@ -126,6 +126,39 @@ describe('trailingId', () => {
       ',"id":5]',
     ]) {
       expect(trailingId(tail), tail).toBeUndefined();
+    }
+  });
+});
+
+describe('droppedMessage', () => {
+  it('tells an answer, a request and a notification by their first or last members', () => {
+    const big = '"x","y":[1,2,3]';
+    expect(droppedMessage('{"jsonrpc":"2.0","id":7,"result":{"a":', '')).toEqual({
+      kind: 'answer',
+      id: 7,
+      idText: '7',
+    });
+    expect(droppedMessage('{"result":{"content":[', `${big}]},"jsonrpc":"2.0","id":8}`)).toEqual({
+      kind: 'answer',
+      id: 8,
+      idText: '8',
+    });
+    expect(droppedMessage('{"method":"sampling/createMessage","params":{', ',"id":"u-1"}')).toEqual(
+      { kind: 'request', method: 'sampling/createMessage', id: 'u-1', idText: '"u-1"' },
+    );
+    expect(
+      droppedMessage('{"method":"notifications/message","params":{', '"jsonrpc":"2.0"}'),
+    ).toEqual({ kind: 'notification', method: 'notifications/message' });
+  });
+
+  it("leaves unknown what names no call: guessing could fail another agent's call", () => {
+    for (const [head, tail] of [
+      ['xxxx', ',"id":1}'], // not JSON at its start
+      ['{"params":{', ',"id":1}'], // neither result, error nor method first
+      ['{"jsonrpc":"2.0","result":"' + 'y'.repeat(300), 'yyy"}'], // no id at either end
+      ['{"result":{', '"id":1}}'], // an id that is not the top-level member
+    ]) {
+      expect(droppedMessage(head!, tail!), head).toEqual({ kind: 'unknown' });
     }
   });
 });
