@@ -4,10 +4,11 @@
  * authenticated from its `authorization: Bearer <credential>` metadata and acts as exactly that
  * agent (see rpc-call.ts for authentication, decoding and error mapping).
  *
- * The credential is checked before the request is decoded (see grpc-definition.ts): without a
- * valid one the answer is UNAUTHENTICATED whatever the bytes; with one, bytes that are not a
- * valid message (or nest deeper than the decoder's recursion limit) and `Value`s that are not
- * JSON (NaN, Infinity) are INVALID_ARGUMENT with `FABRIC_ERR_INVALID_ARGUMENT`.
+ * The credential is checked before the request is read (see auth-interceptor.ts) and again
+ * before it is decoded (grpc-definition.ts): without a valid one the answer is UNAUTHENTICATED
+ * whatever the bytes; with one, bytes that are not a valid message (or nest deeper than the
+ * decoder's recursion limit) and `Value`s that are not JSON (NaN, Infinity) are
+ * INVALID_ARGUMENT with `FABRIC_ERR_INVALID_ARGUMENT`.
  *
  * @module
  */

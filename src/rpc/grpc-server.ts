@@ -5,6 +5,8 @@
  * UNAVAILABLE when no gateway is given), and `FabricService`, `PolicyService`,
  * `ApprovalService`, `BudgetService` and `EventService` (the administrator) — plus the standard
  * `grpc.health.v1.Health` (see health-service.ts) and server reflection (reflection-service.ts).
+ * A call of a fabric service whose metadata has no valid credential is refused before its
+ * request is read (auth-interceptor.ts); health and reflection need none.
  *
  * With `tls` it speaks TLS (mutual TLS when `tls.ca` is given); without it, it refuses to listen
  * beyond loopback unless `allowInsecure` (see server/tls.ts).
@@ -16,6 +18,7 @@ import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { AgentFabric } from '../fabric.js';
 import { Health } from '../gen/grpc/health/v1/health_pb.js';
 import { checkListenerSecurity, type TlsMaterial } from '../server/tls.js';
+import { authInterceptor } from './auth-interceptor.js';
 import { addHealthService, HealthRegistry, type HealthProbe } from './health-service.js';
 import { addReflectionService } from './reflection-service.js';
 import { DEFAULT_MAX_INFLIGHT_PER_AGENT } from '../gateway/downstream-http.js';
@@ -58,8 +61,9 @@ export interface GrpcServerOptions
 /**
  * Most calls one client connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`;
  * grpc-js sets none): a client queues further calls until one ends. Bounds what one connection
- * can make the server hold — streams, and request bytes received before a call's credential is
- * checked (grpc-js hands a call over only once its message is complete: up to 4 MiB each).
+ * can make the server hold: streams, and the request messages (up to 4 MiB each) of calls with a
+ * valid credential — a call without one is refused before its message is read
+ * (auth-interceptor.ts).
  */
 export const MAX_CONCURRENT_STREAMS = 100;
 
@@ -85,7 +89,11 @@ export async function startGrpcServer(
 ): Promise<GrpcServer> {
   const host = options.host ?? '127.0.0.1';
   checkListenerSecurity('gRPC', host, options.tls, options.allowInsecure);
-  const server = new Server({ 'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS });
+  const services = fabricServices(fabric, options);
+  const server = new Server({
+    'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
+    interceptors: [authInterceptor(fabric, services)],
+  });
   const streams = new ActiveStreams();
   const serviceOptions: GrpcServiceOptions = {
     streams,
@@ -102,7 +110,7 @@ export async function startGrpcServer(
   };
   const health = new HealthRegistry();
   const described: DescService[] = [];
-  for (const impl of fabricServices(fabric, options)) {
+  for (const impl of services) {
     addGrpcService(server, fabric, impl, serviceOptions);
     described.push(impl.service);
     health.addService(impl.service.typeName);
