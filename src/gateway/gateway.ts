@@ -660,6 +660,9 @@ export class ToolGateway implements SessionHost {
       upstreamTaskId = id;
       run.relayed(upstream.name, id);
     }
+    // The task's server→client requests come during this wait: tracked like the call, so none
+    // is handed to another agent with a call in flight there (see upstream-routing.ts).
+    const waiting = this.#routes.enter(upstream, session, extra.requestId);
     try {
       // The wait is bounded by the task's lifetime (its expiry also aborts `extra.signal`).
       const result = await upstream.request(
@@ -681,6 +684,8 @@ export class ToolGateway implements SessionHost {
           .catch(() => undefined);
       }
       throw error;
+    } finally {
+      this.#routes.leave(upstream, waiting);
     }
   }
 

@@ -7,6 +7,12 @@
  * call in flight came through a door that cannot answer (gRPC) — and a log message goes to each
  * session with a call in flight there (everyone when none is).
  *
+ * A task's call has no session to answer such a request (the agent may be gone while it runs),
+ * like a gRPC call. An upstream task's work goes on after its `tools/call` was answered, while
+ * the gateway waits for its `tasks/result`, and its requests name the task in
+ * `_meta["io.modelcontextprotocol/related-task"]`: such a request is refused whatever else is in
+ * flight — by the one-session rule it would reach whichever other agent has a call there then.
+ *
  * @module
  */
 import type {
@@ -16,6 +22,7 @@ import type {
   Result,
 } from '@modelcontextprotocol/sdk/types.js';
 import { RoutingError } from '../errors.js';
+import { RELATED_TASK_META_KEY } from './tool-tasks.js';
 import type { Slotted } from './churn-collections.js';
 import { SlotSet } from './churn-collections.js';
 import { toMcpError } from './map-error.js';
@@ -23,7 +30,7 @@ import type { GatewaySession } from './session.js';
 import type { GatewayLogEntry } from './tool-call-pipeline.js';
 import type { Upstream } from './upstream.js';
 
-/** A request in flight on an upstream: whose (no session: a gRPC call) and which. */
+/** A request in flight on an upstream: whose (no session: a gRPC call, a task's) and which. */
 export interface InFlight extends Slotted {
   readonly session: GatewaySession | undefined;
   readonly requestId: RequestId;
@@ -38,7 +45,7 @@ export class InflightRoutes {
     this.#log = log;
   }
 
-  /** Tracks a request of `session` (none: a gRPC call) on `upstream` until {@link leave}. */
+  /** Tracks a request of `session` (none: a gRPC call, a task's) on `upstream` until {@link leave}. */
   enter(upstream: Upstream, session: GatewaySession | undefined, requestId: RequestId): InFlight {
     const entry: InFlight = { session, requestId, slot: -1 };
     let set = this.#inflight.get(upstream);
@@ -81,16 +88,31 @@ export class InflightRoutes {
     const entries = [...(this.#inflight.get(upstream) ?? [])];
     const sessions = new Set(entries.map((e) => e.session));
     const only = sessions.size === 1 ? entries[0] : undefined;
-    if (only?.session !== undefined) return only.session.request(request, signal, only.requestId);
-    if (request.method === 'roots/list' && sessions.size === 0) return { roots: [] };
+    const task = relatedTask(request);
+    if (task === undefined && only?.session !== undefined) {
+      return only.session.request(request, signal, only.requestId);
+    }
+    if (task === undefined && request.method === 'roots/list' && sessions.size === 0) {
+      return { roots: [] };
+    }
     const why =
-      sessions.size === 0
-        ? 'no agent session has a call in flight on this upstream'
-        : only !== undefined
-          ? 'the call in flight on this upstream came through gRPC, which cannot answer it'
-          : `${sessions.size} agent sessions have calls in flight on this upstream, so the originating one is ambiguous`;
+      task !== undefined
+        ? 'it belongs to an upstream task, and a task has no agent session to answer it'
+        : sessions.size === 0
+          ? 'no agent session has a call in flight on this upstream'
+          : only !== undefined
+            ? 'the call in flight on this upstream came through gRPC or runs as a task, which cannot answer it'
+            : `${sessions.size} agent sessions have calls in flight on this upstream, so the originating one is ambiguous`;
     const error = new RoutingError(upstream.name, request.method, why);
     this.#log({ level: 'warn', msg: error.message });
     throw toMcpError(error);
   }
+}
+
+/** The related-task `_meta` of a request (an upstream task's), if it has one. */
+function relatedTask(request: Request): unknown {
+  const meta: unknown = request.params?._meta;
+  return meta !== null && typeof meta === 'object'
+    ? (meta as Record<string, unknown>)[RELATED_TASK_META_KEY]
+    : undefined;
 }
