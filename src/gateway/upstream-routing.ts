@@ -4,8 +4,11 @@
  * (sampling, elicitation, roots/list) and its log messages carry no reference to the call that
  * caused them over stdio. So a request goes to the one session with calls in flight on that
  * upstream — refused with a routing error when several have (ambiguous), none has, or the one
- * call in flight came through a door that cannot answer (gRPC) — and a log message goes to each
- * session with a call in flight there (everyone when none is).
+ * call in flight came through a door that cannot answer (gRPC) — and a log message goes to the
+ * one session with calls in flight there, to everyone when no call is in flight (the upstream's
+ * own news), and to no agent when the calls in flight are of several sessions, or of a door
+ * without one (gRPC, a task): a message logged while one agent's call runs may hold that call's
+ * data, and sending it to every agent with a call there leaked it to the others.
  *
  * A task's call has no session to answer such a request (the agent may be gone while it runs),
  * like a gRPC call. An upstream task's work goes on after its `tools/call` was answered, while
@@ -59,8 +62,10 @@ export class InflightRoutes {
   }
 
   /**
-   * Delivers an upstream's log message: to each session with calls in flight there, on the
-   * stream of one of its calls; to `everyone` when no call is in flight.
+   * Delivers an upstream's log message: to the one session with calls in flight there, on the
+   * stream of one of its calls; to `everyone` when no call is in flight; else (calls of several
+   * sessions, or of none: gRPC, tasks) to no agent — the sidecar's log says so, without the
+   * message's data (see the module).
    */
   log(
     upstream: Upstream,
@@ -68,16 +73,28 @@ export class InflightRoutes {
     everyone: Iterable<GatewaySession>,
   ): void {
     const entries = this.#inflight.get(upstream);
-    if (entries && entries.size > 0) {
-      const seen = new Set<GatewaySession>();
-      for (const e of entries) {
-        if (e.session === undefined || seen.has(e.session)) continue;
-        seen.add(e.session);
-        e.session.log(params, e.requestId);
-      }
-    } else {
+    if (entries === undefined || entries.size === 0) {
       for (const s of everyone) s.log(params);
+      return;
     }
+    let only: InFlight | undefined;
+    for (const e of entries) {
+      if (only === undefined) only = e;
+      else if (e.session !== only.session) {
+        only = undefined;
+        break;
+      }
+    }
+    if (only?.session !== undefined) {
+      only.session.log(params, only.requestId);
+      return;
+    }
+    this.#log({
+      level: 'debug',
+      msg: 'upstream log message delivered to no agent: the calls in flight on the upstream are not of one agent session',
+      upstream: upstream.name,
+      logLevel: params.level,
+    });
   }
 
   /**

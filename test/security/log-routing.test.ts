@@ -1,0 +1,91 @@
+/**
+ * An upstream's log messages reach only the agent whose call could have caused them.
+ *
+ * Found by a hostile review of the gateway's routing: upstream connections are shared, and over
+ * stdio a log message names no call, so the gateway sent each one to every session with a call
+ * in flight on that upstream. A message an upstream logged during one agent's call (a path it
+ * read, a query it ran) reached every other agent with a call there at the time. Now it goes to
+ * the one session with calls in flight, and to no agent when those are of several sessions (the
+ * sidecar's log says so, without the message's data).
+ */
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { GatewayLogEntry } from '../../src/gateway/tool-call-pipeline.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  agentToken,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  httpClient,
+  LOGGING_SERVER,
+  startTestSidecar,
+  text,
+  until,
+} from '../fixtures/gateway/harness.js';
+
+describe("an upstream's log messages and the calls in flight of several agents", () => {
+  let sidecar: Sidecar;
+  let victim: Client;
+  let attacker: Client;
+  const heard = new Map<Client, string[]>();
+  const logs: GatewayLogEntry[] = [];
+
+  async function agent(name: string): Promise<Client> {
+    const client = await httpClient(sidecar.url!, agentToken(sidecar, name));
+    heard.set(client, []);
+    client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => {
+      heard.get(client)!.push(String(n.params.data));
+    });
+    return client;
+  }
+
+  const logText = (client: Client, message: string, ms: number) =>
+    client.callTool({ name: 'log__log_text', arguments: { text: message, ms } }).then(text);
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar(
+      {
+        upstreams: { log: { command: process.execPath, args: [LOGGING_SERVER], stderr: 'ignore' } },
+        policies: [DEFAULT_ALLOW],
+        agents: [{ name: 'victim' }, { name: 'attacker' }],
+      },
+      { logger: (entry) => void logs.push(entry) },
+    );
+    victim = await agent('victim');
+    attacker = await agent('attacker');
+  });
+
+  afterAll(async () => {
+    await victim?.close();
+    await attacker?.close();
+    await closeSidecar(sidecar);
+  });
+
+  it('a message logged during one agent call reaches that agent', async () => {
+    expect(await logText(victim, 'victim-alone', 0)).toBe('logged');
+    await until(() => heard.get(victim)!.includes('victim-alone'));
+    expect(heard.get(attacker)).not.toContain('victim-alone');
+  });
+
+  it('reaches no other agent with a call in flight there (before: every one of them)', async () => {
+    // The attacker's own call is in flight (its log message came back to it alone) …
+    let attackerDone = false;
+    const waiting = logText(attacker, 'attacker-waits', 5000).finally(() => (attackerDone = true));
+    await until(() => heard.get(attacker)!.includes('attacker-waits'));
+    // … when the upstream logs the victim's data.
+    expect(await logText(victim, 'victim-secret', 0)).toBe('logged');
+    expect(attackerDone).toBe(false); // both calls were in flight when the message came
+    expect(await waiting).toBe('logged');
+    expect(heard.get(attacker)).not.toContain('victim-secret');
+    // With two agents' calls in flight the message names neither: it reaches no agent, and the
+    // sidecar's log says so without its data.
+    expect(heard.get(victim)).not.toContain('victim-secret');
+    const dropped = logs.filter((e) =>
+      e.msg.startsWith('upstream log message delivered to no agent'),
+    );
+    expect(dropped).toHaveLength(1);
+    expect(dropped[0]).toMatchObject({ upstream: 'log', logLevel: 'info' });
+    expect(JSON.stringify(logs)).not.toContain('victim-secret');
+  });
+});
