@@ -550,12 +550,16 @@ export class ToolTasks {
     if (record.upstream) this.#byUpstream.set(upstreamKey(record.upstream), record.taskId);
   }
 
-  /** The record if it is `agentId`'s and alive; else the not-found error every stranger gets. */
+  /**
+   * The record if it is `agentId`'s and alive; else the not-found error every stranger gets. Only
+   * a string is an id: anything else is not coerced (`String(["tt_…"])` is the id inside, and
+   * `String` of an array nested thousands of levels deep overflows the stack).
+   */
   #own(agentId: string, taskId: unknown): ToolTaskRecord {
-    const id = typeof taskId === 'string' ? taskId : String(taskId);
-    const record = this.#live(id);
+    const record = typeof taskId === 'string' ? this.#live(taskId) : undefined;
     if (record === undefined || record.agentId !== agentId) {
-      throw toMcpError(new TaskNotFoundError(id.slice(0, 128)));
+      const shown = typeof taskId === 'string' ? taskId.slice(0, 128) : '(not a string)';
+      throw toMcpError(new TaskNotFoundError(shown));
     }
     return record;
   }
