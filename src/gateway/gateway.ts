@@ -520,10 +520,17 @@ export class ToolGateway implements SessionHost {
       );
     }
     const ttl = (task as { ttl?: unknown } | null)?.ttl;
+    // The record keeps the arguments to resume the call after a restart, so the state store
+    // serializes them: only arguments within the input bounds (the call refuses the others, and
+    // a refused call is never resumed). JSON.stringify overflows on data nested thousands deep.
+    const kept =
+      checkInputBounds(rawArgs ?? {}, this.#bounds, 'arguments') === undefined
+        ? rawArgs
+        : undefined;
     return tasks.create(
       identity,
       name,
-      { ttl: typeof ttl === 'number' ? ttl : undefined, arguments: rawArgs },
+      { ttl: typeof ttl === 'number' ? ttl : undefined, arguments: kept },
       (run) => this.#runTask(identity, name, rawArgs, run),
     );
   }

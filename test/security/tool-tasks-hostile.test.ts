@@ -7,12 +7,14 @@
  *   one nested thousands of levels deep — and changes nothing;
  * - arguments past the input bounds never reach the state file: the task fails with the
  *   refusal, and its record is written (a restart would still find its result);
- * - a finished task's record keeps no arguments.
  */
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ToolTaskRecord } from '../../src/gateway/tool-tasks.js';
+import type { GatewayLogEntry } from '../../src/gateway/index.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
@@ -23,6 +25,7 @@ import {
   INIT,
   startTestSidecar,
   tempDir,
+  until,
 } from '../fixtures/gateway/harness.js';
 import { callAsTask } from '../fixtures/gateway/tasks.js';
 
@@ -67,21 +70,42 @@ function nested(depth: number, value: string): string {
   return `${'['.repeat(depth)}${value}${']'.repeat(depth)}`;
 }
 
+/** The task as written in the state file (read-only, beside the live sidecar). */
+function onDisk(statePath: string, id: string): ToolTaskRecord | undefined {
+  const db = new Database(statePath, { readonly: true, fileMustExist: true });
+  try {
+    const row = db
+      .prepare<[string], { data: string }>(
+        "SELECT data FROM records WHERE kind = 'tool_task' AND id = ?",
+      )
+      .get(id);
+    return row === undefined ? undefined : (JSON.parse(row.data) as ToolTaskRecord);
+  } finally {
+    db.close();
+  }
+}
+
 describe('MCP tasks against a hostile agent', () => {
   let sidecar: Sidecar;
   let agent: Client;
   let raw: (body: string) => Promise<RpcAnswer>;
+  let statePath: string;
+  const logs: GatewayLogEntry[] = [];
 
   beforeAll(async () => {
-    sidecar = await startTestSidecar({
-      state: { path: join(tempDir('tasks-hostile-'), 'state.db') },
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+    statePath = join(tempDir('tasks-hostile-'), 'state.db');
+    sidecar = await startTestSidecar(
+      {
+        state: { path: statePath },
+        upstreams: {
+          ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+        },
+        policies: [PARK, DEFAULT_ALLOW],
+        agents: [{ name: 'mallory' }],
+        gateway: { tasks: { maxTtlSeconds: 120 }, shutdownGraceSeconds: 0 },
       },
-      policies: [PARK, DEFAULT_ALLOW],
-      agents: [{ name: 'mallory' }],
-      gateway: { tasks: { maxTtlSeconds: 120 }, shutdownGraceSeconds: 0 },
-    });
+      { logger: (entry) => logs.push(entry) },
+    );
     agent = await httpClient(sidecar.url!, agentToken(sidecar, 'mallory'));
     raw = await rawSession(sidecar.url!, agentToken(sidecar, 'mallory'));
   });
@@ -115,5 +139,20 @@ describe('MCP tasks against a hostile agent', () => {
     // Untouched: still parked, not cancelled.
     expect((await agent.experimental.tasks.getTask(task.taskId)).status).toBe('input_required');
     await agent.experimental.tasks.cancelTask(task.taskId);
+  });
+
+  it('arguments past the input bounds are refused before they reach the state file', async () => {
+    const created = await raw(
+      `{"jsonrpc":"2.0","id":100,"method":"tools/call","params":{"name":"ev__echo","task":{},` +
+        `"arguments":{"message":"deep","x":${nested(100_000, '1')}}}}`,
+    );
+    const taskId = (created.result?.task as { taskId: string }).taskId;
+    const failed = await agent.experimental.tasks.getTask(taskId);
+    expect(failed.status).toBe('failed');
+    expect(failed.statusMessage).toContain('FABRIC_ERR_INVALID_ARGUMENT');
+    // Its record is written (a restart still finds its answer), without what was refused.
+    await until(() => onDisk(statePath, taskId)?.status === 'failed');
+    expect(onDisk(statePath, taskId)?.arguments).toBeUndefined();
+    expect(logs.filter((l) => l.level === 'error')).toEqual([]);
   });
 });
