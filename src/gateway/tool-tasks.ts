@@ -252,13 +252,15 @@ export class ToolTasks {
       // The call may have reached its tool in the process that ended: never run it twice.
       const message =
         'the gateway restarted before the call finished; whether the tool ran is unknown';
-      this.#put({
-        ...r,
-        status: 'failed',
-        statusMessage: message,
-        updatedAt: now,
-        error: { code: ErrorCode.InternalError, message },
-      });
+      this.#put(
+        settled({
+          ...r,
+          status: 'failed',
+          statusMessage: message,
+          updatedAt: now,
+          error: { code: ErrorCode.InternalError, message },
+        }),
+      );
     }
   }
 
@@ -529,7 +531,7 @@ export class ToolTasks {
     if (this.#closed) return undefined;
     const record = this.#store.get(id);
     if (record === undefined) return undefined;
-    const next = { ...record, ...change, updatedAt: Date.now() };
+    const next = settled({ ...record, ...change, updatedAt: Date.now() });
     this.#put(next);
     const waiters = this.#waiters.get(id);
     if (waiters !== undefined) for (const wake of [...waiters]) wake();
@@ -641,6 +643,18 @@ export class ToolTasks {
       ...(r.statusMessage === undefined ? {} : { statusMessage: r.statusMessage }),
     };
   }
+}
+
+/**
+ * `record` without its call's arguments once it is finished: they are kept only to run the call
+ * again after a restart, which a finished task never is, and they may be up to the request body
+ * limit and hold what the agent would not want kept (a state file held them for the task's whole
+ * ttl, up to a day).
+ */
+function settled(record: ToolTaskRecord): ToolTaskRecord {
+  if (!isTerminalStatus(record.status) || record.arguments === undefined) return record;
+  const { arguments: _dropped, ...rest } = record;
+  return rest;
 }
 
 /** What `tasks/get` says of a task waiting on fabric task `id`. */

@@ -7,13 +7,14 @@
  *   one nested thousands of levels deep — and changes nothing;
  * - arguments past the input bounds never reach the state file: the task fails with the
  *   refusal, and its record is written (a restart would still find its result);
+ * - a finished task's record keeps no arguments.
  */
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
+import { CallToolResultSchema, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ToolTaskRecord } from '../../src/gateway/tool-tasks.js';
+import { isTerminalStatus, type ToolTaskRecord } from '../../src/gateway/tool-tasks.js';
 import type { GatewayLogEntry } from '../../src/gateway/index.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
@@ -154,5 +155,19 @@ describe('MCP tasks against a hostile agent', () => {
     await until(() => onDisk(statePath, taskId)?.status === 'failed');
     expect(onDisk(statePath, taskId)?.arguments).toBeUndefined();
     expect(logs.filter((l) => l.level === 'error')).toEqual([]);
+  });
+
+  it("a finished task's record keeps no arguments", async () => {
+    const secret = 's3cr3t-'.repeat(1000);
+    const { task } = await callAsTask(agent, 'ev__echo', { message: secret });
+    await agent.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    const parked = await callAsTask(agent, 'ev__echo', { message: 'park' });
+    await until(() => onDisk(statePath, parked.task.taskId)?.status === 'input_required');
+    expect(onDisk(statePath, parked.task.taskId)?.arguments).toEqual({ message: 'park' });
+    await agent.experimental.tasks.cancelTask(parked.task.taskId);
+    for (const id of [task.taskId, parked.task.taskId]) {
+      await until(() => isTerminalStatus(onDisk(statePath, id)?.status ?? 'working'));
+      expect(onDisk(statePath, id)?.arguments).toBeUndefined();
+    }
   });
 });
