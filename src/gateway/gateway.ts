@@ -651,11 +651,18 @@ export class ToolGateway implements SessionHost {
     if (upstreamTaskId === '') {
       const params: Record<string, unknown> = { name: upstreamName, task: { ttl: run.ttl } };
       if (rawArgs !== undefined) params.arguments = rawArgs;
+      // Once sent, the task-augmented call is not abandoned when the task is cancelled or
+      // expires: the upstream may have made its task already, and only its answer names it. Its
+      // answer is awaited (an upstream answers at once; the upstream's call timeout bounds it)
+      // and the task it names is cancelled below. A turn on an exclusive upstream is still given
+      // up on cancellation: nothing was sent yet.
+      if (extra.signal.aborted) throw extra.signal.reason;
       const created = (await this.#upstreamRequest(
         session,
         upstream,
         { method: 'tools/call', params },
-        extra,
+        { requestId: extra.requestId, signal: NEVER_ABORTED },
+        extra.signal,
       )) as Partial<CreateTaskResult>;
       const id = created.task?.taskId;
       if (typeof id !== 'string' || id === '' || id.length > MAX_UPSTREAM_TASK_ID) {
@@ -1071,16 +1078,18 @@ export class ToolGateway implements SessionHost {
 
   /**
    * Sends a request upstream on behalf of a session (none for a gRPC call), tracking it for
-   * routing and progress.
+   * routing and progress. `turnSignal` gives up the wait for an exclusive upstream's turn
+   * (default: the request's own signal, which also cancels it once sent).
    */
   #upstreamRequest(
     session: GatewaySession | undefined,
     upstream: Upstream,
     request: Request,
     extra: CallExtra,
+    turnSignal: AbortSignal = extra.signal,
   ): Promise<Result> {
     return upstream.spec.exclusive
-      ? this.#exclusiveRequest(session, upstream, request, extra)
+      ? this.#exclusiveRequest(session, upstream, request, extra, turnSignal)
       : this.#forward(session, upstream, request, extra);
   }
 
@@ -1093,10 +1102,11 @@ export class ToolGateway implements SessionHost {
     upstream: Upstream,
     request: Request,
     extra: CallExtra,
+    turnSignal: AbortSignal,
   ): Promise<Result> {
     let gate = this.#gates.get(upstream);
     if (gate === undefined) this.#gates.set(upstream, (gate = new UpstreamGate()));
-    await gate.enter(session ?? {}, extra.signal);
+    await gate.enter(session ?? {}, turnSignal);
     try {
       return await this.#forward(session, upstream, request, extra);
     } finally {
@@ -1454,6 +1464,9 @@ function openAuditLog(options: AuditLogOptions): AuditLog {
     throw new ConfigError('audit.path', `cannot be opened: ${messageOf(error)}`, { cause: error });
   }
 }
+
+/** The signal of a request that is not cancelled once sent (see `#forwardAsTask`). */
+const NEVER_ABORTED = new AbortController().signal;
 
 /** Bound on the gateway's own `tasks/get` / `tasks/cancel` to an upstream for a relayed task. */
 const RELAY_GET_TIMEOUT_MS = 10_000;
