@@ -221,6 +221,8 @@ export class ToolGateway implements SessionHost {
   readonly #routes: InflightRoutes;
   readonly #gates = new Map<Upstream, UpstreamGate>();
   readonly #subscribers = new ResourceSubscriptions();
+  /** Upstream `resources/subscribe` requests in flight, by URI (see {@link #subscribe}). */
+  readonly #subscribing = new Map<string, Promise<unknown>>();
   /** The log level each upstream was last told (see #syncLogLevel). */
   readonly #logLevels = new Map<Upstream, LoggingLevel>();
   /** Learned token estimates per (agent, tool): what a call reserves. */
@@ -1206,23 +1208,51 @@ export class ToolGateway implements SessionHost {
     );
   }
 
+  /**
+   * Subscribes upstream for the URI's first subscriber. A later one waits for that subscribe
+   * while it is in flight: answered at once, it was told it was subscribed even when the first
+   * one's subscribe then failed (an agent could make it fail: cancel it, or hold an exclusive
+   * upstream's turn) and left the upstream unsubscribed — no update ever came. When it fails,
+   * a waiting subscriber still subscribed sends its own (one at a time).
+   */
   async #subscribe(
     session: GatewaySession,
     owner: Upstream,
     uri: string,
     extra: DownstreamExtra,
   ): Promise<void> {
-    if (this.#subscribers.add(session, uri)) {
+    let mine = this.#subscribers.add(session, uri);
+    for (;;) {
+      if (!mine) {
+        const pending = this.#subscribing.get(uri);
+        if (pending === undefined) return;
+        if (
+          await pending.then(
+            () => true,
+            () => false,
+          )
+        )
+          return;
+        // Unsubscribed meanwhile (its session closed), or another waiter took over.
+        if (!session.subscriptions.has(uri)) return;
+        if (this.#subscribing.has(uri)) continue;
+        mine = true;
+      }
+      const request = this.#upstreamRequest(
+        session,
+        owner,
+        { method: 'resources/subscribe', params: { uri } },
+        extra,
+      );
+      this.#subscribing.set(uri, request);
       try {
-        await this.#upstreamRequest(
-          session,
-          owner,
-          { method: 'resources/subscribe', params: { uri } },
-          extra,
-        );
+        await request;
+        return;
       } catch (error) {
         this.#subscribers.remove(session, uri);
         throw error;
+      } finally {
+        if (this.#subscribing.get(uri) === request) this.#subscribing.delete(uri);
       }
     }
   }
