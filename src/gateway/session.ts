@@ -35,12 +35,13 @@ import {
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
+import { InvalidArgumentError } from '../errors.js';
 import type { TraceCarrier } from '../telemetry/tracing.js';
 import type { AgentIdentity } from './backend.js';
 import { FastToolCalls, type CancelHook } from './fast-path.js';
 import type { ToolCallOutcome } from './tool-call-pipeline.js';
 import type { ListHints } from './list-hints.js';
-import { relayedMcpError } from './map-error.js';
+import { relayedMcpError, toMcpError } from './map-error.js';
 import { LOOSE_RESULT } from './upstream.js';
 
 /** The request-handler context of a downstream request. */
@@ -95,6 +96,40 @@ function looseRequest<M extends string>(method: M) {
   return z.object({ method: z.literal(method), params: z.looseObject({}).optional() });
 }
 
+/**
+ * Registers `handler` for the method of `schema`, its params checked here rather than by the
+ * SDK: the SDK's Protocol answers a request its schema refuses with InternalError (-32603) and
+ * the whole issue list as the message, where a malformed request is the client's error —
+ * InvalidParams (-32602, `FABRIC_ERR_INVALID_ARGUMENT`) naming its first problem. (`tools/call`
+ * is checked again by the SDK's Server first, which answers InvalidParams with its own text.)
+ */
+function checked<S extends z.ZodType<Request> & { shape: { method: { value: string } } }>(
+  server: Server,
+  schema: S,
+  handler: (request: z.infer<S>, extra: DownstreamExtra) => Result | Promise<Result>,
+): void {
+  const method = schema.shape.method.value;
+  server.setRequestHandler(looseRequest(method), (request, extra) => {
+    const parsed = schema.safeParse(request);
+    if (!parsed.success) throw toMcpError(invalidParams(method, parsed.error.issues));
+    return handler(parsed.data, extra);
+  });
+}
+
+/** The first problem of a request's params, as an InvalidArgumentError. */
+function invalidParams(
+  method: string,
+  issues: readonly { path: readonly PropertyKey[]; message: string }[],
+): InvalidArgumentError {
+  const first = issues[0];
+  const path = (first?.path ?? []).map((k) => String(k).slice(0, 64)).join('.');
+  const more = issues.length > 1 ? ` (and ${issues.length - 1} more)` : '';
+  return new InvalidArgumentError(
+    `${method} ${path || 'request'}`,
+    `is invalid: ${first?.message ?? 'malformed'}${more}`,
+  );
+}
+
 /** MCP log levels, most verbose first. */
 export const LOG_LEVELS: readonly LoggingLevel[] = [
   'debug',
@@ -136,11 +171,11 @@ export class GatewaySession {
       ...(instructions === undefined ? {} : { instructions }),
     });
     const s = this.server;
-    s.setRequestHandler(ListToolsRequestSchema, () => ({
+    checked(s, ListToolsRequestSchema, () => ({
       ...host.toolListHints(this),
       tools: this.tools(),
     }));
-    s.setRequestHandler(CallToolRequestSchema, (req, extra) => host.callTool(this, req, extra));
+    checked(s, CallToolRequestSchema, (req, extra) => host.callTool(this, req, extra));
     if (capabilities.tasks) {
       const task = (req: Request, extra: DownstreamExtra): Promise<Result> =>
         host.taskRequest(this, req, extra);
@@ -149,34 +184,30 @@ export class GatewaySession {
       for (const method of TASK_METHODS) s.setRequestHandler(looseRequest(method), task);
     }
     if (capabilities.prompts) {
-      s.setRequestHandler(ListPromptsRequestSchema, (req, extra) => host.forward(this, req, extra));
-      s.setRequestHandler(GetPromptRequestSchema, (req, extra) => host.forward(this, req, extra));
+      checked(s, ListPromptsRequestSchema, (req, extra) => host.forward(this, req, extra));
+      checked(s, GetPromptRequestSchema, (req, extra) => host.forward(this, req, extra));
     }
     if (capabilities.resources) {
-      s.setRequestHandler(ListResourcesRequestSchema, (req, extra) =>
+      checked(s, ListResourcesRequestSchema, (req, extra) => host.forward(this, req, extra));
+      checked(s, ListResourceTemplatesRequestSchema, (req, extra) =>
         host.forward(this, req, extra),
       );
-      s.setRequestHandler(ListResourceTemplatesRequestSchema, (req, extra) =>
-        host.forward(this, req, extra),
-      );
-      s.setRequestHandler(ReadResourceRequestSchema, (req, extra) =>
-        host.forward(this, req, extra),
-      );
+      checked(s, ReadResourceRequestSchema, (req, extra) => host.forward(this, req, extra));
       if (capabilities.resources.subscribe) {
-        s.setRequestHandler(SubscribeRequestSchema, async (req, extra) => {
+        checked(s, SubscribeRequestSchema, async (req, extra) => {
           await host.subscribe(this, req.params.uri, extra);
           return {};
         });
-        s.setRequestHandler(UnsubscribeRequestSchema, async (req) => {
+        checked(s, UnsubscribeRequestSchema, async (req) => {
           await host.unsubscribe(this, req.params.uri);
           return {};
         });
       }
     }
     if (capabilities.completions) {
-      s.setRequestHandler(CompleteRequestSchema, (req, extra) => host.forward(this, req, extra));
+      checked(s, CompleteRequestSchema, (req, extra) => host.forward(this, req, extra));
     }
-    s.setRequestHandler(SetLevelRequestSchema, async (req) => {
+    checked(s, SetLevelRequestSchema, async (req) => {
       this.#minLevel = Math.max(0, LOG_LEVELS.indexOf(req.params.level));
       this.#logLevel = req.params.level;
       await host.logLevelChanged(this);
