@@ -17,6 +17,12 @@
 export interface OverflowTail {
   /** Characters kept from the end of a dropped line. */
   readonly tailLength: number;
+  /**
+   * Characters of a dropped line's start handed to `onoverflow`: at least this many when the
+   * line has them, whatever its chunks (its first chunk may hold only a few characters of it:
+   * a pipe read can end anywhere). Without it, its first piece as read.
+   */
+  readonly headLength?: number;
   /** A dropped line longer than this (its whole length) is given up on: `onend(undefined)`. */
   readonly maxSkipLength: number;
   readonly onend: (tail: string | undefined) => void;
@@ -40,9 +46,10 @@ export class LineReader {
   /**
    * @param online Called with each complete line, without its `\n` (or `\r\n`).
    * @param maxLineLength Longest line kept, in UTF-16 units; a longer one is dropped whole and
-   *   `onoverflow` is called once for it, with the line's first piece as read (its start: at
-   *   least what came in its first chunk, not the whole line). Memory stays bounded: a line
-   *   found too long is not kept, the rest of it is skipped up to its newline as it arrives.
+   *   `onoverflow` is called once for it, with the line's start (what came in its first chunk,
+   *   and with `tail.headLength` at least that many characters; not the whole line when it
+   *   spans chunks). Memory stays bounded: a line found too long is not kept, the rest of it is
+   *   skipped up to its newline as it arrives.
    */
   constructor(
     online: (line: string) => void,
@@ -96,7 +103,7 @@ export class LineReader {
     }
     this.#length += rest.length;
     if (this.#length > this.#maxLineLength) {
-      const head = this.#parts.length > 0 ? this.#parts[0]! : rest;
+      const head = firstChars(this.#parts, rest, this.#tail?.headLength ?? 0);
       const last = this.#tail ? lastChars(this.#parts, rest, this.#tail.tailLength) : undefined;
       const length = this.#length;
       this.reset();
@@ -138,6 +145,18 @@ export class LineReader {
     this.#kept = undefined;
     this.#skipped = 0;
   }
+}
+
+/**
+ * The start of `parts` joined and then `rest`: the first piece, and the next ones while fewer
+ * than `n` characters are in (without joining all of them).
+ */
+function firstChars(parts: readonly string[], rest: string, n: number): string {
+  let out = parts.length > 0 ? parts[0]! : rest;
+  for (let i = 1; out.length < n && i <= parts.length; i++) {
+    out += i < parts.length ? parts[i]! : rest;
+  }
+  return out;
 }
 
 /** The last `n` characters of `parts` joined and then `rest`, without joining all of them. */

@@ -140,6 +140,7 @@ export class ProcessStdioTransport implements Transport {
       (head) => void (this.#dropped = head.slice(0, DROPPED_HEAD_LENGTH)),
       {
         tailLength: DROPPED_TAIL_LENGTH,
+        headLength: DROPPED_HEAD_LENGTH,
         maxSkipLength: max * DROPPED_SKIP_FACTOR,
         onend: (tail) => this.#ondropped(tail, max),
       },

@@ -155,6 +155,26 @@ describe('a stdio upstream line past maxMessageBytes', () => {
     expectNoContentLogged('y');
   });
 
+  it('whose start came in a chunk of its own still fails that call alone, in either order', async () => {
+    // Found in the second review: the line's start was read from its first chunk only, so an
+    // answer whose first few characters ended a pipe read (an agent can size the answer before
+    // its own large one to get there) named nothing, and the upstream was reset under every
+    // other agent's call in flight.
+    const state = tempDir('oversize-split-head');
+    await start(stdio(state, { maxMessageBytes: MiB }));
+    for (const idLast of [true, false]) {
+      const beside = call('later', { ms: 1500 });
+      expect(await call('bigresult', { kib: 2048, idLast, split: 5 })).toContain(
+        `answer was longer than ${MiB} characters (maxMessageBytes) and was dropped`,
+      );
+      expect(await beside).toBe('oversize:later');
+    }
+    expect(await call('ping')).toBe('oversize:ping');
+    expect(bigUpstream().connectCount).toBe(1);
+    expect(starts(state)).toBe(1);
+    expectNoContentLogged('y');
+  });
+
   it("that is a request of the upstream's is answered with an error: the upstream does not wait", async () => {
     const state = tempDir('oversize-request');
     await start({ ...stdio(state, { maxMessageBytes: MiB }), callTimeoutSeconds: 30 });

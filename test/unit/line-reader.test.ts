@@ -69,10 +69,24 @@ describe('LineReader: the end of a dropped line', () => {
       (l) => lines.push(l),
       max,
       (h) => heads.push(h),
-      { tailLength: 4, maxSkipLength: skip, onend: (t) => got.push(t) },
+      { tailLength: 4, maxSkipLength: skip, headLength: 6, onend: (t) => got.push(t) },
     );
     return { r, got, heads, lines };
   }
+
+  it('hands at least headLength characters of its start to onoverflow, in any chunking', () => {
+    // Found in the second review: only the line's first piece was handed over, so a line whose
+    // first few characters ended a chunk could not be told (its id and `result` not among them).
+    const line = '0123456789abcdefghij';
+    for (let size = 1; size <= line.length; size++) {
+      const { r, heads } = tails(10, 100);
+      for (let i = 0; i < line.length; i += size) r.push(line.slice(i, i + size));
+      r.push('\n');
+      expect(heads, `chunks of ${size}`).toHaveLength(1);
+      expect(heads[0]!.startsWith('012345'), `chunks of ${size}: ${heads[0]}`).toBe(true);
+      expect(line.startsWith(heads[0]!), `chunks of ${size}: ${heads[0]}`).toBe(true);
+    }
+  });
 
   it('hands the last characters of a dropped line to onend once its newline arrives, in any chunking', () => {
     const text = '0123456789abcdefghij\nok\n';
