@@ -68,7 +68,9 @@ export interface ToolTasksOptions {
   maxTtlMs?: number;
   /**
    * Tasks one agent may hold; at the limit the agent's oldest finished task is forgotten, and
-   * when none is finished, a new task is refused with `FABRIC_ERR_TOOL_TASK_LIMIT`.
+   * when none is finished, a new task is refused with `FABRIC_ERR_TOOL_TASK_LIMIT`. Also the
+   * calls one agent's tasks may have running: a call that outlives its task (a passed-through
+   * call awaits the upstream's answer naming its task, to cancel that task) still counts.
    * @default 64
    */
   maxPerAgent?: number;
@@ -195,6 +197,12 @@ export class ToolTasks {
   readonly #store: Collection<ToolTaskRecord>;
   /** Calls in flight by task id. */
   readonly #running = new Map<string, AbortController>();
+  /**
+   * Calls not yet ended per agent, also those of tasks already cancelled or expired: a
+   * passed-through call, once sent, is awaited after its task ended (gateway.ts,
+   * `#forwardAsTask`), and without this bound creating and cancelling tasks ran any number.
+   */
+  readonly #calls = new Map<string, number>();
   /** `tasks/result` requests waiting for a task to end. */
   readonly #waiters = new Map<string, Set<() => void>>();
   /** Task ids per agent, oldest first (rebuilt from the store). */
@@ -282,7 +290,7 @@ export class ToolTasks {
    * Creates a task owned by `identity.agentId` and starts `run`. `run` resolves with the call's MCP answer
    * (a result) or rejects with its JSON-RPC error; both are kept for `tasks/result`.
    * @throws McpError (`FABRIC_ERR_TOOL_TASK_LIMIT` in `data`) when the agent holds
-   *   `maxPerAgent` unfinished tasks.
+   *   `maxPerAgent` unfinished tasks, or has that many calls still running (see `#calls`).
    */
   create(
     identity: {
@@ -360,14 +368,28 @@ export class ToolTasks {
       Math.min(Math.max(0, record.createdAt + record.ttl - Date.now()) + 1, MAX_TIMER_MS),
     );
     expiry.unref();
+    const agentId = record.agentId;
+    this.#calls.set(agentId, (this.#calls.get(agentId) ?? 0) + 1);
+    const ended = (): void => {
+      clearTimeout(expiry);
+      const left = (this.#calls.get(agentId) ?? 1) - 1;
+      if (left > 0) this.#calls.set(agentId, left);
+      else this.#calls.delete(agentId);
+    };
     // The task's answer goes out first; the call starts on the next turn.
     queueMicrotask(() => {
-      run(handle)
+      let running: Promise<Result>;
+      try {
+        running = run(handle);
+      } catch (error) {
+        running = Promise.reject(error as Error);
+      }
+      running
         .then(
           (result) => this.#finish(id, { result }),
           (error: unknown) => this.#finish(id, { error }),
         )
-        .finally(() => clearTimeout(expiry));
+        .finally(ended);
     });
   }
 
@@ -591,8 +613,14 @@ export class ToolTasks {
     for (const record of [...this.#store.values()]) this.#live(record.taskId);
   }
 
-  /** Keeps the agent under `maxPerAgent`: forgets its oldest finished task, or refuses. */
+  /**
+   * Keeps the agent under `maxPerAgent`: forgets its oldest finished task, or refuses — also
+   * when that many of its calls still run (tasks ended while their call is awaited count).
+   */
   #makeRoom(agentId: string): void {
+    if ((this.#calls.get(agentId) ?? 0) >= this.#options.maxPerAgent) {
+      throw toMcpError(new ToolTaskLimitError(agentId, this.#options.maxPerAgent));
+    }
     const ids = this.#byAgent.get(agentId);
     if (ids === undefined) return;
     for (const id of [...ids]) this.#live(id);

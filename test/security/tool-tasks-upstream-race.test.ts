@@ -7,6 +7,11 @@
  * The agent's `tasks/cancel` (or the task's ttl) must reach the upstream's task even when it
  * lands before the upstream answered with that task's id: else the upstream task runs on, and
  * stays, with nobody to cancel it.
+ *
+ * Found in the second review of that fix: the cancelled task's call, still awaited upstream, no
+ * longer counted against `gateway.tasks.maxPerAgent` (a cancelled or expired task is finished),
+ * so an agent creating and cancelling tasks (or giving them a short ttl) kept any number of calls
+ * running on the upstream, each holding its arguments in the sidecar until its call timeout.
  */
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -21,7 +26,7 @@ import {
   text,
   until,
 } from '../fixtures/gateway/harness.js';
-import { callAsTask } from '../fixtures/gateway/tasks.js';
+import { callAsTask, rpcError } from '../fixtures/gateway/tasks.js';
 
 const TASK_SERVER = fileURLToPath(new URL('../fixtures/gateway/task-server.mjs', import.meta.url));
 
@@ -74,5 +79,66 @@ describe('a passed-through task cancelled before the upstream made its task', ()
     await until(async () => (await fresh()).length === 1);
     await until(async () => (await fresh())[0]?.status === 'cancelled');
     expect((await agent.experimental.tasks.getTask(task.taskId)).status).toBe('cancelled');
+  });
+});
+
+describe('task calls still awaited upstream after their task ended', () => {
+  let sidecar: Sidecar;
+  let agent: Client;
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      upstreams: {
+        tk: { command: process.execPath, args: [TASK_SERVER], stderr: 'ignore' },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'mallory' }],
+      gateway: { tasks: { maxTtlSeconds: 120, maxPerAgent: 2 }, shutdownGraceSeconds: 0 },
+    });
+    agent = await httpClient(sidecar.url!, agentToken(sidecar, 'mallory'));
+  });
+
+  afterAll(async () => {
+    await agent?.close();
+    await closeSidecar(sidecar);
+  });
+
+  it('count against maxPerAgent: cancelling or letting tasks expire does not run more', async () => {
+    const gated = async (message: string, ttl?: number): Promise<string> => {
+      const { task } = await callAsTask(agent, 'tk__slow_echo', { message, gate: true }, ttl);
+      await until(async () => (await upstreamState(agent)).waiting.includes(message));
+      return task.taskId;
+    };
+    // A first call of the tool answered: later ones are not held one at a time while the
+    // gateway has no estimate of its answers yet.
+    const { task: warm } = await callAsTask(agent, 'tk__slow_echo', { message: 'warm' });
+    await until(
+      async () => (await agent.experimental.tasks.getTask(warm.taskId)).status === 'completed',
+    );
+    await agent.experimental.tasks.cancelTask(await gated('held-1'));
+    const expiring = await gated('held-2', 1_000);
+    await until(() =>
+      agent.experimental.tasks.getTask(expiring).then(
+        () => false,
+        () => true,
+      ),
+    );
+    // Both calls still wait upstream for their answer: a third is refused, not sent.
+    const refused = await rpcError(
+      callAsTask(agent, 'tk__slow_echo', { message: 'held-3', gate: true }),
+    );
+    expect(JSON.stringify(refused.data)).toContain('FABRIC_ERR_TOOL_TASK_LIMIT');
+    expect((await upstreamState(agent)).waiting).toEqual(['held-1', 'held-2']);
+    // Once the upstream answers (and the gateway cancels its tasks), the agent may go on.
+    await agent.callTool({ name: 'tk__release', arguments: { message: 'held-1' } });
+    await agent.callTool({ name: 'tk__release', arguments: { message: 'held-2' } });
+    await until(async () => {
+      try {
+        await callAsTask(agent, 'tk__slow_echo', { message: 'after' });
+        return true;
+      } catch {
+        return false;
+      }
+    });
   });
 });
