@@ -1081,17 +1081,18 @@ export class ToolGateway implements SessionHost {
   /**
    * Sends a request upstream on behalf of a session (none for a gRPC call), tracking it for
    * routing and progress. `turnSignal` gives up the wait for an exclusive upstream's turn
-   * (default: the request's own signal, which also cancels it once sent).
+   * (default: the request's own signal, which also cancels it once sent; read only then: on the
+   * fast path reading `extra.signal` makes an AbortController per call).
    */
   #upstreamRequest(
     session: GatewaySession | undefined,
     upstream: Upstream,
     request: Request,
     extra: CallExtra,
-    turnSignal: AbortSignal = extra.signal,
+    turnSignal?: AbortSignal,
   ): Promise<Result> {
     return upstream.spec.exclusive
-      ? this.#exclusiveRequest(session, upstream, request, extra, turnSignal)
+      ? this.#exclusiveRequest(session, upstream, request, extra, turnSignal ?? extra.signal)
       : this.#forward(session, upstream, request, extra);
   }
 
