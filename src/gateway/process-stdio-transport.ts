@@ -124,7 +124,7 @@ export class ProcessStdioTransport implements Transport {
   #pid: number | undefined;
   readonly #reader: LineReader;
   #line: string | undefined;
-  /** What the start of the line being dropped (too long) said about its message. */
+  /** The start of the line being dropped (too long), read once its end is known. */
   #dropped: string | undefined;
   readonly #writer = new LineWriter(() => this.#child?.stdin ?? undefined, 'poll');
   #closed = false;
