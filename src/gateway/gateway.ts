@@ -668,10 +668,12 @@ export class ToolGateway implements SessionHost {
       )) as Partial<CreateTaskResult>;
       const id = created.task?.taskId;
       if (typeof id !== 'string' || id === '' || id.length > MAX_UPSTREAM_TASK_ID) {
-        throw new RelayedMcpError(
+        const error = new RelayedMcpError(
           ErrorCode.InternalError,
           `upstream ${upstream.name} answered a task-augmented tools/call without a valid task id`,
         );
+        markReachedUpstream(error); // it got the call: it may have run the tool
+        throw error;
       }
       upstreamTaskId = id;
       run.relayed(upstream.name, id);
@@ -691,6 +693,10 @@ export class ToolGateway implements SessionHost {
       const { _meta: _dropped, ...plain } = result;
       return Object.keys(rest).length === 0 ? plain : { ...plain, _meta: rest };
     } catch (error) {
+      // The upstream made its task and may have done the work: charged as a plain call that
+      // reached its upstream (a cancel or the ttl only asks it to stop), else an agent could
+      // cancel every task once made and spend nothing of its cost budget.
+      markReachedUpstream(error);
       if (extra.signal.aborted && upstream.state === 'ready') {
         await upstream
           .request(
