@@ -672,6 +672,22 @@ export class ApprovalExpiredError extends FabricError {
 }
 
 /**
+ * A human approved a call whose paths resolve elsewhere now than when it was approved (a symlink
+ * on the way was changed while it waited): it does not run, and the agent must call again.
+ */
+export class ApprovalStaleError extends FabricError {
+  static readonly code = 'FABRIC_ERR_APPROVAL_STALE';
+  constructor(approvalId: string) {
+    super(
+      ApprovalStaleError.code,
+      'failed_precondition',
+      `approval ${approvalId} was given for other paths than the call resolves to now; make the call again to ask for a new approval`,
+      { approvalId },
+    );
+  }
+}
+
+/**
  * The agent already has `maxPendingPerAgent` approvals waiting for a human — or, with
  * `paramsBytes`, the call's parameters are more JSON than an approval keeps (`maxParamsBytes`).
  */

@@ -87,6 +87,7 @@ export {
   ApprovalDeniedError,
   ApprovalExpiredError,
   ApprovalLimitError,
+  ApprovalStaleError,
   ApprovalNotFoundError,
   BodyTimeoutError,
   BudgetExceededError,

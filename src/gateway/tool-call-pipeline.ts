@@ -34,6 +34,7 @@ import type {
   ToolCallRefused,
 } from './backend.js';
 import type { Approval } from '../policy/approval-manager.js';
+import { ApprovalStaleError } from '../errors.js';
 import { messageOf } from './map-error.js';
 import type { CallPhases, TraceCarrier } from '../telemetry/tracing.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -302,6 +303,23 @@ export class ToolCallPipeline {
         return { kind: 'refused', refusal: explainUnresolved(auth, view), withheld: false };
       }
       const decision = waited ? 'approved' : (d.action ?? 'allow');
+      if (waited && call.paths !== undefined) {
+        // The upstream resolves the paths again when it runs the call, minutes after the human
+        // saw them resolved: a symlink changed meanwhile must not make it touch another file.
+        let stale: ToolCallRefused | undefined;
+        try {
+          stale = await this.#staleApproval(call.paths, call.params, view, auth);
+        } catch (error) {
+          this.#settle(auth, { tokens: 0, cost: 0 });
+          audit({ decision: 'error', rule: d.rule, outcome: 'error', code: codeOf(error) });
+          return { kind: 'error', error, stage: 'admission' };
+        }
+        if (stale !== undefined) {
+          this.#settle(auth, { tokens: 0, cost: 0 });
+          audit({ decision, rule: d.rule, outcome: 'denied', code: stale.code });
+          return { kind: 'refused', refusal: stale, withheld: false };
+        }
+      }
       let result: Result;
       try {
         result = await forward(auth);
@@ -460,6 +478,29 @@ export class ToolCallPipeline {
       .finally(() => {
         if (waitTimer) clearInterval(waitTimer);
       });
+  }
+
+  /**
+   * The refusal of an approved call whose paths resolve elsewhere now than in `approved`, the
+   * view the human decided on (`undefined` when they resolve the same).
+   */
+  async #staleApproval(
+    paths: PathResolver,
+    params: Readonly<Record<string, unknown>>,
+    approved: Readonly<Record<string, unknown>>,
+    auth: ToolCallAllowed,
+  ): Promise<ToolCallRefused | undefined> {
+    const now = await paths.view(params);
+    if (now === approved || JSON.stringify(now) === JSON.stringify(approved)) return undefined;
+    const error = new ApprovalStaleError(auth.decision?.approvalId ?? '(unknown)');
+    return Object.freeze({
+      allowed: false as const,
+      code: error.code,
+      reason: error.message,
+      decision: auth.decision,
+      details: error.details,
+      error,
+    });
   }
 
   /**
