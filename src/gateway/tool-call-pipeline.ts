@@ -272,7 +272,7 @@ export class ToolCallPipeline {
         try {
           ({ flight, budget } = await this.#coldFlight(estimate, abort.signal));
         } catch (error) {
-          audit({ decision: 'none', outcome: 'cancelled', code: codeOf(error) });
+          audit({ decision: 'none', outcome: 'cancelled', code: endedCode(error, true) });
           return { kind: 'error', error, stage: 'admission' };
         }
       }
@@ -292,7 +292,7 @@ export class ToolCallPipeline {
         audit({
           decision: 'error',
           outcome: cancelled ? 'cancelled' : 'error',
-          code: codeOf(error),
+          code: endedCode(error, cancelled),
         });
         return { kind: 'error', error, stage: 'admission' };
       }
@@ -331,7 +331,7 @@ export class ToolCallPipeline {
           decision,
           rule: d.rule,
           outcome: cancelled ? 'cancelled' : 'error',
-          code: codeOf(error),
+          code: endedCode(error, cancelled),
           cost: charged,
         });
         return { kind: 'error', error, stage: 'forward' };
@@ -543,6 +543,20 @@ function isRefusal(value: unknown): value is ToolCallRefused {
 export function codeOf(error: unknown): string {
   if (error && typeof error === 'object' && 'code' in error) return String(error.code);
   return 'FABRIC_ERR_INTERNAL';
+}
+
+/**
+ * The code a call that ended by `error` is audited (and counted) with. A cancelled call's error
+ * is its client's abort reason — an AbortError, a string, the SDK's cancel — which named no
+ * fabric code, so a call cancelled while it waited for an approval was counted as
+ * `FABRIC_ERR_INTERNAL`: it is `FABRIC_ERR_CANCELLED` unless a fabric error says more.
+ */
+function endedCode(error: unknown, cancelled: boolean): string {
+  const code = codeOf(error);
+  if (!cancelled) return code;
+  return code.startsWith('FABRIC_ERR_') && code !== 'FABRIC_ERR_INTERNAL'
+    ? code
+    : 'FABRIC_ERR_CANCELLED';
 }
 
 /**

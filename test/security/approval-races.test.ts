@@ -129,7 +129,10 @@ describe('approval races', () => {
     // A wrongly resumed call would reach the filesystem server now.
     await new Promise((r) => setTimeout(r, 500));
     expect(existsSync(target)).toBe(false);
-    expect(audited().slice(before)).toEqual([expect.objectContaining({ outcome: 'cancelled' })]);
+    // Counted as the cancel it was, not as an internal error (it was FABRIC_ERR_INTERNAL).
+    expect(audited().slice(before)).toEqual([
+      expect.objectContaining({ outcome: 'cancelled', code: 'FABRIC_ERR_CANCELLED' }),
+    ]);
   });
 
   it('a call whose session was deleted, then approved, writes nothing', async () => {
