@@ -69,6 +69,21 @@ describe('a symlink repointed while a call waits for approval', () => {
     await closeSidecar(sidecar);
   });
 
+  /** Starts a write that needs approval; resolves once its approval is pending. */
+  async function pendingWrite(path: string, content: string) {
+    const call = agent.callTool(
+      { name: 'fs__write_file', arguments: { path, content } },
+      undefined,
+      { timeout: 60_000 },
+    );
+    let approval: { id: string; params: unknown } | undefined;
+    await until(async () => {
+      approval = (await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending'))[0];
+      return approval !== undefined;
+    });
+    return { call, approval: approval! };
+  }
+
   it('the write into protected/ is refused directly', async () => {
     const res = await agent.callTool({
       name: 'fs__write_file',
@@ -79,25 +94,13 @@ describe('a symlink repointed while a call waits for approval', () => {
   });
 
   it('does not write where the operator did not approve', async () => {
-    const call = agent.callTool(
-      {
-        name: 'fs__write_file',
-        arguments: { path: join(sandbox, 'link', 'x.txt'), content: 'pwned' },
-      },
-      undefined,
-      { timeout: 60_000 },
-    );
-    let approval: { id: string; params: unknown } | undefined;
-    await until(async () => {
-      approval = (await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending'))[0];
-      return approval !== undefined;
-    });
+    const { call, approval } = await pendingWrite(join(sandbox, 'link', 'x.txt'), 'pwned');
     // The operator sees the path the call resolves to now: into public/.
-    expect(approval!.params).toMatchObject({ path: join(sandbox, 'public', 'x.txt') });
+    expect(approval.params).toMatchObject({ path: join(sandbox, 'public', 'x.txt') });
     // Before the operator decides, the link is turned into protected/.
     rmSync(join(sandbox, 'link'));
     symlinkSync(join(sandbox, 'protected'), join(sandbox, 'link'));
-    const res = await api(sidecar, 'ApprovalService/Approve', { id: approval!.id });
+    const res = await api(sidecar, 'ApprovalService/Approve', { id: approval.id });
     expect(res.status).toBe(200);
     const result = await call;
 
@@ -124,19 +127,8 @@ describe('a symlink repointed while a call waits for approval', () => {
 
   it('a real folder on the path replaced by a symlink after approval is caught too', async () => {
     mkdirSync(join(sandbox, 'drop'));
-    const call = agent.callTool(
-      {
-        name: 'fs__write_file',
-        arguments: { path: join(sandbox, 'drop', 'y.txt'), content: 'pwned' },
-      },
-      undefined,
-      { timeout: 60_000 },
-    );
-    let id = '';
-    await until(async () => {
-      id = (await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending'))[0]?.id ?? '';
-      return id !== '';
-    });
+    const { call, approval } = await pendingWrite(join(sandbox, 'drop', 'y.txt'), 'pwned');
+    const id = approval.id;
     renameSync(join(sandbox, 'drop'), join(sandbox, 'drop-gone'));
     symlinkSync(join(sandbox, 'protected'), join(sandbox, 'drop'));
     expect((await api(sidecar, 'ApprovalService/Approve', { id })).status).toBe(200);
@@ -148,19 +140,8 @@ describe('a symlink repointed while a call waits for approval', () => {
   it('an approved call whose paths did not change still runs', async () => {
     rmSync(join(sandbox, 'link'));
     symlinkSync(join(sandbox, 'public'), join(sandbox, 'link'));
-    const call = agent.callTool(
-      {
-        name: 'fs__write_file',
-        arguments: { path: join(sandbox, 'link', 'ok.txt'), content: 'ok' },
-      },
-      undefined,
-      { timeout: 60_000 },
-    );
-    let id = '';
-    await until(async () => {
-      id = (await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending'))[0]?.id ?? '';
-      return id !== '';
-    });
+    const { call, approval } = await pendingWrite(join(sandbox, 'link', 'ok.txt'), 'ok');
+    const id = approval.id;
     expect((await api(sidecar, 'ApprovalService/Approve', { id })).status).toBe(200);
     const result = await call;
     expect(result.isError).toBeFalsy();

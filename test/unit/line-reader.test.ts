@@ -167,7 +167,7 @@ describe('droppedMessage', () => {
 
   it("leaves unknown what names no call: guessing could fail another agent's call", () => {
     for (const [head, tail] of [
-      ['xxxx', ',"id":1}'], // not JSON at its start
+      ['plain text', ',"id":1}'], // not JSON at its start
       ['{"params":{', ',"id":1}'], // neither result, error nor method first
       ['{"jsonrpc":"2.0","result":"' + 'y'.repeat(300), 'yyy"}'], // no id at either end
       ['{"result":{', '"id":1}}'], // an id that is not the top-level member
