@@ -12,9 +12,9 @@
  * @module
  */
 
+import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
 import {
   DROPPED_HEAD_LENGTH,
-  DROPPED_SKIP_FACTOR,
   DROPPED_TAIL_LENGTH,
   droppedAnswer,
   droppedMessage,
@@ -77,8 +77,9 @@ const LF = 0x0a;
  * carries every answer, or a Streamable HTTP GET stream), the event is skipped to its end keeping
  * its start and its last bytes, which name it (dropped-message.ts): an answer is replaced by an
  * error answer to its call, and the stream goes on; a notification or request of the upstream's
- * is only reported (`follow` gets the report). An event that names none of these, or runs past
- * {@link DROPPED_SKIP_FACTOR} × `max` without ending, ends the stream as above.
+ * is only reported (`follow` gets the report). The skipped event may run to any length (only its
+ * start and last bytes are kept); one that names none of these, or has not ended `followMs`
+ * after it passed the bound (no other event can arrive before its end), ends the stream as above.
  *
  * Finding the last boundary of a chunk uses the native `lastIndexOf`, one step per line end.
  */
@@ -89,6 +90,7 @@ export function boundedEventStream(
   onend: () => void,
   onoverflow: () => void,
   follow?: (report: string) => void,
+  followMs = 60_000,
 ): ReadableStream<Uint8Array> {
   let since = 0;
   // The last two bytes of the previous chunk (0 when none), for a boundary split between chunks.
@@ -100,9 +102,9 @@ export function boundedEventStream(
   let start: Uint8Array[] = [];
   let startLength = 0;
   let skipping = false;
-  let skipped = 0;
   let head = '';
   let tail: Uint8Array = new Uint8Array(0);
+  let timer: NodeJS.Timeout | undefined;
   const what = `upstream sent an event longer than ${max} bytes (maxMessageBytes); it was dropped`;
 
   const remember = (chunk: Uint8Array, from: number): void => {
@@ -123,6 +125,7 @@ export function boundedEventStream(
   };
   const end = (controller: TransformStreamDefaultController<Uint8Array>, closing: string): void => {
     done = true;
+    clearTimeout(timer);
     let text = closing;
     const message = new UpstreamMessageTooLargeError(max, 'event').message;
     for (const id of requestIds()) {
@@ -169,26 +172,27 @@ export function boundedEventStream(
     start = [];
     startLength = 0;
     skipping = true;
-    skipped = 0;
     tail = new Uint8Array(0);
-    skip(chunk.subarray(last + 1), since, controller);
+    const ms = Math.min(followMs, MAX_TIMER_MS);
+    timer = setTimeout(() => {
+      if (done || !skipping) return;
+      try {
+        end(controller, '');
+      } catch {
+        return; // the stream was closed meanwhile (its reader cancelled it): nothing to report
+      }
+      follow!(
+        `${what}, and it did not end within ${ms} ms (callTimeoutSeconds); the stream is closed`,
+      );
+    }, ms);
+    timer.unref();
+    skip(chunk.subarray(last + 1));
   };
 
-  /** Bytes of the dropped event (`counted` of them are new to the count). */
-  const skip = (
-    piece: Uint8Array,
-    counted: number,
-    controller: TransformStreamDefaultController<Uint8Array>,
-  ): boolean => {
-    skipped += counted;
+  /** Bytes of the dropped event: its last ones are kept. */
+  const skip = (piece: Uint8Array): void => {
     tail = keepTail(tail, piece);
     keepLast(piece);
-    if (skipped <= max * DROPPED_SKIP_FACTOR) return true;
-    follow!(
-      `${what}, and it ran past ${max * DROPPED_SKIP_FACTOR} bytes without ending; the stream is closed`,
-    );
-    end(controller, '');
-    return false;
   };
 
   /** A chunk while an event too long is skipped. */
@@ -198,8 +202,10 @@ export function boundedEventStream(
   ) => {
     const b = firstBoundary(chunk, prev1, prev2);
     const upto = b === -1 ? chunk.byteLength : b + 1;
-    if (!skip(chunk.subarray(0, upto), upto, controller) || b === -1) return;
+    skip(chunk.subarray(0, upto));
+    if (b === -1) return;
     skipping = false;
+    clearTimeout(timer);
     since = 0;
     const message = droppedMessage(head, new TextDecoder().decode(tail));
     if (message.kind === 'answer') {
@@ -226,6 +232,7 @@ export function boundedEventStream(
         else pass(chunk, controller);
       },
       flush() {
+        clearTimeout(timer);
         if (!done) onend();
       },
     }),

@@ -17,11 +17,6 @@
 export const DROPPED_HEAD_LENGTH = 1024;
 /** Characters kept from the end of a dropped message: enough for `,"jsonrpc":"2.0","id":…}`. */
 export const DROPPED_TAIL_LENGTH = 256;
-/**
- * A dropped message is followed to its end (for the id it may end with) up to this many times
- * the bound; one longer than that is given up on without waiting for its end.
- */
-export const DROPPED_SKIP_FACTOR = 16;
 
 /** What a dropped message was. */
 export type DroppedMessage =

@@ -11,8 +11,7 @@
 /**
  * Following a dropped line to its end: its last characters are kept (the members a message
  * ends with name it, e.g. the `id` the MCP SDK writes after `result`), and `onend` gets them
- * when its newline arrives — or `undefined` once the line has run past `maxSkipLength`
- * characters without one (it is still skipped to its newline, with no further call).
+ * when its newline arrives, however long the line ran (only the kept characters are held).
  */
 export interface OverflowTail {
   /** Characters kept from the end of a dropped line. */
@@ -23,9 +22,7 @@ export interface OverflowTail {
    * a pipe read can end anywhere). Without it, its first piece as read.
    */
   readonly headLength?: number;
-  /** A dropped line longer than this (its whole length) is given up on: `onend(undefined)`. */
-  readonly maxSkipLength: number;
-  readonly onend: (tail: string | undefined) => void;
+  readonly onend: (tail: string) => void;
 }
 
 /** Line splitter with a bound on the length of one line. */
@@ -40,8 +37,6 @@ export class LineReader {
   #skipping = false;
   /** While skipping with a {@link OverflowTail}: the line's last characters so far. */
   #kept: string | undefined;
-  /** While skipping: the dropped line's length so far. */
-  #skipped = 0;
 
   /**
    * @param online Called with each complete line, without its `\n` (or `\r\n`).
@@ -83,9 +78,7 @@ export class LineReader {
         this.reset();
         this.#onoverflow?.(line);
         const tail = this.#tail;
-        if (tail) {
-          tail.onend(line.length > tail.maxSkipLength ? undefined : line.slice(-tail.tailLength));
-        }
+        if (tail) tail.onend(line.slice(-tail.tailLength));
       } else {
         this.reset();
         // charCodeAt, not endsWith('\r'): the builtin call was a visible part of a short line.
@@ -105,36 +98,19 @@ export class LineReader {
     if (this.#length > this.#maxLineLength) {
       const head = firstChars(this.#parts, rest, this.#tail?.headLength ?? 0);
       const last = this.#tail ? lastChars(this.#parts, rest, this.#tail.tailLength) : undefined;
-      const length = this.#length;
       this.reset();
       this.#skipping = true;
       this.#onoverflow?.(head);
-      if (last !== undefined) {
-        this.#kept = '';
-        this.#skipped = length - last.length;
-        this.#follow(last);
-      }
+      if (last !== undefined) this.#kept = last;
       return;
     }
     this.#parts.push(rest);
   }
 
-  /** Another piece of a dropped line (no newline in it): keep its end, or give up on it. */
+  /** Another piece of a dropped line (no newline in it): keep the last `tailLength` characters. */
   #follow(piece: string): void {
-    const tail = this.#tail!;
-    this.#skipped += piece.length;
-    if (this.#skipped > tail.maxSkipLength) {
-      this.#kept = undefined;
-      tail.onend(undefined);
-      return;
-    }
-    this.#kept = this.#keep(this.#kept!, piece);
-  }
-
-  /** The last `tailLength` characters of `kept + piece`. */
-  #keep(kept: string, piece: string): string {
     const n = this.#tail!.tailLength;
-    return piece.length >= n ? piece.slice(-n) : (kept + piece).slice(-n);
+    this.#kept = piece.length >= n ? piece.slice(-n) : (this.#kept! + piece).slice(-n);
   }
 
   /** Drops a partial line. */
@@ -143,7 +119,6 @@ export class LineReader {
     this.#length = 0;
     this.#skipping = false;
     this.#kept = undefined;
-    this.#skipped = 0;
   }
 }
 

@@ -19,14 +19,14 @@ import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import {
   DROPPED_HEAD_LENGTH,
-  DROPPED_SKIP_FACTOR,
   DROPPED_TAIL_LENGTH,
   droppedAnswer,
   droppedMessage,
 } from './dropped-message.js';
+import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
 import { LineReader } from './line-reader.js';
 import { LineWriter } from './line-writer.js';
-import { DEFAULT_MAX_MESSAGE_BYTES } from './upstream-config.js';
+import { DEFAULT_CALL_TIMEOUT_SECONDS, DEFAULT_MAX_MESSAGE_BYTES } from './upstream-config.js';
 
 /** Environment variables inherited by default (as the SDK's stdio transport does). */
 /** Longest stderr line passed to `onStderrLine`; a longer one is replaced by a marker line. */
@@ -59,6 +59,14 @@ export interface ProcessStdioTransportOptions {
    * @default DEFAULT_MAX_MESSAGE_BYTES (64 MiB)
    */
   maxLineLength?: number;
+  /**
+   * How long a dropped (too long) stdout line may take to end. It is followed to its newline
+   * however long it runs (only its first and last characters are kept), and no other message
+   * can arrive before that newline; one still running after this long is given up on: the
+   * connection is reset (see {@link ProcessStdioTransport}). The upstream's `callTimeoutSeconds`.
+   * @default 60 000
+   */
+  droppedLineTimeoutMs?: number;
 }
 
 /** Builds the child environment: a minimal safe inherited set plus `extra`. */
@@ -126,6 +134,8 @@ export class ProcessStdioTransport implements Transport {
   #line: string | undefined;
   /** The start of the line being dropped (too long), read once its end is known. */
   #dropped: string | undefined;
+  /** Gives up on the line being dropped if it has not ended by then. */
+  #droppedTimer: NodeJS.Timeout | undefined;
   readonly #writer = new LineWriter(() => this.#child?.stdin ?? undefined, 'poll');
   #closed = false;
   #exited: Promise<void> | undefined;
@@ -137,11 +147,10 @@ export class ProcessStdioTransport implements Transport {
     this.#reader = new LineReader(
       (line) => this.#online(line),
       max,
-      (head) => void (this.#dropped = head.slice(0, DROPPED_HEAD_LENGTH)),
+      (head) => this.#ondropping(head, max),
       {
         tailLength: DROPPED_TAIL_LENGTH,
         headLength: DROPPED_HEAD_LENGTH,
-        maxSkipLength: max * DROPPED_SKIP_FACTOR,
         onend: (tail) => this.#ondropped(tail, max),
       },
     );
@@ -283,35 +292,56 @@ export class ProcessStdioTransport implements Transport {
   }
 
   /**
-   * A stdout line longer than `max` was dropped (the reader keeps none of it and skips the rest
-   * up to its newline), and has ended; `tail` is its last characters, or undefined when it ran
-   * past {@link DROPPED_SKIP_FACTOR} × `max` without a newline. What waits for it must not wait
-   * until its timeout, and one agent's oversized answer must not fail the others' calls. The
-   * message is named by its start (`{"jsonrpc":"2.0","id":7,"result":…`, as the Python SDK
-   * writes it) or by its end (`…},"jsonrpc":"2.0","id":7}`: the TypeScript SDK writes `id`
-   * last): an answer fails its call alone, with an error answer made here, and the connection
-   * lives on; a request of the upstream's (led by `method`, with an id) is answered with an
-   * error, so the upstream does not wait for it; a notification is only reported. Anything else
-   * — a line that is not a JSON-RPC message, or one that never ends — cannot be tied to a call
-   * without reading what was refused, and guessing could fail another agent's call: the
-   * connection is reset like a child that died (it is stopped, every call in flight fails at
-   * once as disconnected, and the upstream restarts with its backoff). An upstream that names
-   * the wrong id gains nothing: it could answer any call of its own with an error anyway.
-   * The report names the bound and at most the message's method name or id, never its content.
+   * A stdout line longer than `max` is being dropped: its start is kept until its end arrives.
+   * However long it runs, nothing else can come from the upstream before its newline; one that
+   * has not ended within `droppedLineTimeoutMs` (an upstream writing without end, or stalled
+   * mid-line) is given up on, and the connection is reset.
    */
-  #ondropped(tail: string | undefined, max: number): void {
-    const head = this.#dropped ?? '';
-    this.#dropped = undefined;
-    const what = `upstream wrote a message longer than ${max} characters (maxMessageBytes); it was dropped`;
-    if (tail === undefined) {
+  #ondropping(head: string, max: number): void {
+    this.#dropped = head.slice(0, DROPPED_HEAD_LENGTH);
+    const ms = Math.min(
+      this.#options.droppedLineTimeoutMs ?? DEFAULT_CALL_TIMEOUT_SECONDS * 1000,
+      MAX_TIMER_MS,
+    );
+    clearTimeout(this.#droppedTimer);
+    this.#droppedTimer = setTimeout(() => {
+      this.#droppedTimer = undefined;
+      this.#dropped = undefined;
+      if (this.#closed) return;
       this.#report(
         new Error(
-          `${what}, and it ran past ${max * DROPPED_SKIP_FACTOR} characters without ending; the connection is reset`,
+          `upstream wrote a message longer than ${max} characters (maxMessageBytes); it was dropped, and it did not end within ${ms} ms (callTimeoutSeconds); the connection is reset`,
         ),
       );
       void this.close().catch(() => undefined);
-      return;
-    }
+    }, ms);
+    this.#droppedTimer.unref();
+  }
+
+  /**
+   * A stdout line longer than `max` was dropped (the reader keeps none of it and skips the rest
+   * up to its newline, however long), and has ended; `tail` is its last characters. What waits
+   * for it must not wait until its timeout, and one agent's oversized answer must not fail the
+   * others' calls. The message is named by its start (`{"jsonrpc":"2.0","id":7,"result":…`, as
+   * the Python SDK writes it) or by its end (`…},"jsonrpc":"2.0","id":7}`: the TypeScript SDK
+   * writes `id` last): an answer fails its call alone, with an error answer made here, and the
+   * connection lives on; a request of the upstream's (led by `method`, with an id) is answered
+   * with an error, so the upstream does not wait for it; a notification is only reported.
+   * Anything else — a line that is not a JSON-RPC message — cannot be tied to a call without
+   * reading what was refused, and guessing could fail another agent's call: the connection is
+   * reset like a child that died (it is stopped, every call in flight fails at once as
+   * disconnected, and the upstream restarts with its backoff). An upstream that names the
+   * wrong id gains nothing: it could answer any call of its own with an error anyway.
+   * The report names the bound and at most the message's method name or id, never its content.
+   */
+  #ondropped(tail: string, max: number): void {
+    clearTimeout(this.#droppedTimer);
+    this.#droppedTimer = undefined;
+    const head = this.#dropped ?? '';
+    this.#dropped = undefined;
+    // Given up on already (the connection is being reset), or closed meanwhile.
+    if (this.#closed) return;
+    const what = `upstream wrote a message longer than ${max} characters (maxMessageBytes); it was dropped`;
     const message = droppedMessage(head, tail);
     if (message.kind === 'notification') {
       this.#report(new Error(`${what} (a ${message.method} message)`));
@@ -373,6 +403,7 @@ export class ProcessStdioTransport implements Transport {
     const child = this.#child;
     const exited = this.#exited;
     this.#closed = true;
+    clearTimeout(this.#droppedTimer);
     if (!child || !exited) {
       return;
     }

@@ -155,6 +155,7 @@ export class Upstream {
         stderr: spec.stderr,
         onStderrLine: (line) => this.#hooks.onStderr?.(this, line),
         maxLineLength: spec.maxMessageBytes,
+        droppedLineTimeoutMs: spec.callTimeoutSeconds * 1000,
       });
     }
     const url = new URL(spec.url);
@@ -166,12 +167,22 @@ export class Upstream {
           // The POSTs too: the SDK reads a refused POST's body whole (`response.text()`).
           fetch: linkedSignalFetch(fetch, spec.maxMessageBytes),
           eventSourceInit: {
-            fetch: linkedSignalFetch(withHeaders(spec.headers), spec.maxMessageBytes, report),
+            fetch: linkedSignalFetch(
+              withHeaders(spec.headers),
+              spec.maxMessageBytes,
+              report,
+              spec.callTimeoutSeconds * 1000,
+            ),
           },
         })
       : new StreamableHTTPClientTransport(url, {
           requestInit,
-          fetch: linkedSignalFetch(traceparentFetch(fetch), spec.maxMessageBytes, report),
+          fetch: linkedSignalFetch(
+            traceparentFetch(fetch),
+            spec.maxMessageBytes,
+            report,
+            spec.callTimeoutSeconds * 1000,
+          ),
         });
   }
 
@@ -687,12 +698,14 @@ const MAX_LINKED_REQUESTS = 10_000;
  * dropped: on a POST's stream the request(s) of this POST are answered with that error and the
  * stream is closed; on a stream that carried no request (a GET: the legacy SSE transport's
  * stream of every answer) the answer it was fails its call alone and the stream goes on, when
- * its start or end names it (reported to `onreport`).
+ * its start or end names it (reported to `onreport`); such an event is followed to its end,
+ * however long, for at most `followMs` (the upstream's `callTimeoutSeconds`).
  */
 export function linkedSignalFetch(
   base: typeof fetch,
   maxMessageBytes?: number,
   onreport?: (error: Error) => void,
+  followMs?: number,
 ): typeof fetch {
   const raised = new WeakSet<AbortSignal>();
   return async (input, init) => {
@@ -742,6 +755,7 @@ export function linkedSignalFetch(
             init?.body === undefined || init.body === null
               ? (report) => onreport?.(new Error(report))
               : undefined,
+            followMs,
           );
     return new Response(body, response);
   };

@@ -204,19 +204,38 @@ describe('a stdio upstream line past maxMessageBytes', () => {
     expectNoContentLogged('x');
   });
 
-  it('that runs past sixteen times the bound without a newline resets the upstream', async () => {
-    const state = tempDir('oversize-flood');
+  it('far past the bound (20 ×), id last, still fails that call alone: no reset', async () => {
+    // Found after the first fix: a line past 16 × the bound was given up on and the upstream
+    // reset, failing every other agent's call in flight — an agent could size its own answer
+    // (a file it reads) to get there.
+    const state = tempDir('oversize-far');
     await start(stdio(state, { maxMessageBytes: MiB }));
-    // The flood never ends its line and never answers: before the fix this waited for ever.
-    expect(await call('flood', { kib: 16 * 1024 + 64, newline: false })).toContain(
-      'disconnected during tools/call',
+    const beside = call('later', { ms: 1500 });
+    expect(await call('bigresult', { kib: 20 * 1024, idLast: true })).toContain(
+      `answer was longer than ${MiB} characters (maxMessageBytes) and was dropped`,
+    );
+    expect(await beside).toBe('oversize:later');
+    expect(await call('ping')).toBe('oversize:ping');
+    expect(bigUpstream().connectCount).toBe(1);
+    expect(starts(state)).toBe(1);
+    expectNoContentLogged('y');
+  }, 60_000);
+
+  it('that does not end within callTimeoutSeconds resets the upstream', async () => {
+    const state = tempDir('oversize-flood');
+    await start({ ...stdio(state, { maxMessageBytes: MiB }), callTimeoutSeconds: 2 });
+    // The flood stops mid-line and never answers: before the first fix this waited for ever.
+    expect(await call('flood', { kib: 2 * 1024, newline: false })).toMatch(
+      /disconnected during tools\/call|did not answer|timed out/,
     );
     await until(() => bigUpstream().state === 'ready' && bigUpstream().connectCount === 2);
     expect(await call('ping')).toBe('oversize:ping');
     expect(starts(state)).toBe(2);
     expect(
       logs.some((e) =>
-        JSON.stringify(e).includes(`ran past ${16 * MiB} characters without ending`),
+        JSON.stringify(e).includes(
+          'it was dropped, and it did not end within 2000 ms (callTimeoutSeconds); the connection is reset',
+        ),
       ),
     ).toBe(true);
     expectNoContentLogged('x');
@@ -232,9 +251,10 @@ describe('a stdio upstream line past maxMessageBytes', () => {
     expect(await call('ping')).toBe('oversize:ping');
   }, 60_000);
 
-  it('server-filesystem: reading a file larger than the bound fails that read alone', async () => {
+  it('server-filesystem: reading a file larger than the bound fails that read alone, however large', async () => {
     const dir = tempDir('oversize-fs');
     writeFileSync(join(dir, 'big.txt'), 'f'.repeat(2 * MiB));
+    writeFileSync(join(dir, 'huge.txt'), 'f'.repeat(20 * MiB));
     writeFileSync(join(dir, 'small.txt'), 'small');
     process.on('uncaughtException', onUncaught);
     sidecar = await startTestSidecar(
@@ -255,9 +275,11 @@ describe('a stdio upstream line past maxMessageBytes', () => {
           (r) => text(r),
           (e: Error) => `error: ${e.message}`,
         );
-      const [big, small] = await Promise.all([read(client, 'big.txt'), read(other, 'small.txt')]);
-      expect(big).toContain(`answer was longer than ${MiB} characters (maxMessageBytes)`);
-      expect(small).toBe('small');
+      for (const file of ['big.txt', 'huge.txt']) {
+        const [big, small] = await Promise.all([read(client, file), read(other, 'small.txt')]);
+        expect(big, file).toContain(`answer was longer than ${MiB} characters (maxMessageBytes)`);
+        expect(small, file).toBe('small');
+      }
       expect(sidecar.gateway.upstreams.get('fs')!.connectCount).toBe(1);
       expect(await read(other, 'small.txt')).toBe('small');
       expectNoContentLogged('f');
@@ -314,16 +336,22 @@ describe('a legacy SSE upstream answer past maxMessageBytes (server-everything)'
     // which names no call; the oversized answer was dropped and its call waited for
     // callTimeoutSeconds (the stream reconnected).
     upstream = await startEverythingHttp('sse');
+    const bound = 96 * 1024;
     await start({
       url: upstream.url,
       transport: 'sse',
-      maxMessageBytes: MiB,
+      maxMessageBytes: bound,
       callTimeoutSeconds: 30,
     });
     const echo = (message: string) => call('echo', { message }).then((r) => r.slice(0, 200));
-    const [big, beside] = await Promise.all([echo('m'.repeat(2 * MiB)), echo('beside')]);
-    expect(big).toContain(`answer was longer than ${MiB} bytes (maxMessageBytes) and was dropped`);
-    expect(beside).toBe('Echo: beside');
+    // 128 KiB, and 2 MiB: over 16 × the bound, which closed the stream before (found later).
+    for (const size of [128 * 1024, 2 * MiB]) {
+      const [big, beside] = await Promise.all([echo('m'.repeat(size)), echo('beside')]);
+      expect(big, `${size}`).toContain(
+        `answer was longer than ${bound} bytes (maxMessageBytes) and was dropped`,
+      );
+      expect(beside, `${size}`).toBe('Echo: beside');
+    }
     expect(await echo('next')).toBe('Echo: next');
     expect(bigUpstream().connectCount).toBe(1);
     expect(

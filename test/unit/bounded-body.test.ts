@@ -11,12 +11,14 @@ async function through(
   max: number,
   reports?: string[],
   ended?: { overflow: number },
+  follow?: { ms: number; open: boolean },
 ): Promise<string> {
   const bytes = new TextEncoder().encode(text);
   const source = new ReadableStream<Uint8Array>({
     start(c) {
       for (let i = 0; i < bytes.length; i += size) c.enqueue(bytes.slice(i, i + size));
-      c.close();
+      // An upstream that stalls in the middle of an event leaves its stream open.
+      if (follow?.open !== true) c.close();
     },
   });
   const out = boundedEventStream(
@@ -26,6 +28,7 @@ async function through(
     () => undefined,
     () => void (ended && ended.overflow++),
     reports && ((r) => void reports.push(r)),
+    follow?.ms,
   );
   return new Response(out).text();
 }
@@ -60,6 +63,21 @@ describe('boundedEventStream', () => {
     const answerOf = (id: string): string =>
       `{"jsonrpc":"2.0","id":${id},"error":{"code":-32603,"message":"the upstream's answer was longer than 256 bytes (maxMessageBytes) and was dropped"}}`;
 
+    it('an answer of any length is followed to its end: far past the bound it still fails its call alone', async () => {
+      // Found after the first fix: an event past 16 × the bound ended the stream, and with it
+      // every call waiting on it — an agent could size its own answer to get there.
+      const data = `{"result":{"text":"${'y'.repeat(200_000)}"},"jsonrpc":"2.0","id":2}`;
+      const reports: string[] = [];
+      const ended = { overflow: 0 };
+      const out = await through(before + event(data) + after, 4096, 256, reports, ended);
+      expect(out).toContain(`event: message\ndata: ${answerOf('2')}\n\n`);
+      expect(out.endsWith(after)).toBe(true);
+      expect(ended.overflow).toBe(0);
+      expect(reports).toEqual([
+        'upstream sent an event longer than 256 bytes (maxMessageBytes); it was dropped: the call it answered (id 2) failed',
+      ]);
+    });
+
     it('an answer too long fails its call alone, named by its end or its start; the stream goes on', async () => {
       const big = `{"content":[{"type":"text","text":"${'y'.repeat(2000)}"}]}`;
       for (const [data, id] of [
@@ -89,13 +107,21 @@ describe('boundedEventStream', () => {
       expect(out.endsWith(after)).toBe(true);
       expect(reports[0]).toContain('(a notifications/message message)');
 
-      for (const [text, report] of [
-        [before + event(`"${'x'.repeat(2000)}"`) + after, 'cannot be told, the stream is closed'],
-        [before + `data: ${'x'.repeat(5000)}`, 'ran past 4096 bytes without ending'],
+      for (const [text, report, follow] of [
+        [
+          before + event(`"${'x'.repeat(2000)}"`) + after,
+          'cannot be told, the stream is closed',
+          undefined,
+        ],
+        [
+          before + `data: ${'x'.repeat(5000)}`,
+          'and it did not end within 50 ms (callTimeoutSeconds); the stream is closed',
+          { ms: 50, open: true },
+        ],
       ] as const) {
         const seen: string[] = [];
         const ended = { overflow: 0 };
-        const out = await through(text, 100, 256, seen, ended);
+        const out = await through(text, 100, 256, seen, ended, follow);
         expect(out.startsWith(before)).toBe(true);
         expect(out).not.toContain('"id":3');
         expect(seen).toHaveLength(1);
