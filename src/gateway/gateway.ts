@@ -681,6 +681,7 @@ export class ToolGateway implements SessionHost {
     // The task's server→client requests come during this wait: tracked like the call, so none
     // is handed to another agent with a call in flight there (see upstream-routing.ts).
     const waiting = this.#routes.enter(upstream, session, extra.requestId);
+    let failure: unknown;
     try {
       // The wait is bounded by the task's lifetime (its expiry also aborts `extra.signal`).
       const result = await upstream.request(
@@ -696,6 +697,7 @@ export class ToolGateway implements SessionHost {
       // The upstream made its task and may have done the work: charged as a plain call that
       // reached its upstream (a cancel or the ttl only asks it to stop), else an agent could
       // cancel every task once made and spend nothing of its cost budget.
+      failure = error;
       markReachedUpstream(error);
       if (extra.signal.aborted && upstream.state === 'ready') {
         await upstream
@@ -707,7 +709,7 @@ export class ToolGateway implements SessionHost {
       }
       throw error;
     } finally {
-      this.#routes.leave(upstream, waiting);
+      this.#routes.leave(upstream, waiting, failure);
     }
   }
 
@@ -1153,7 +1155,7 @@ export class ToolGateway implements SessionHost {
         return result;
       },
       (error: unknown) => {
-        this.#routes.leave(upstream, entry);
+        this.#routes.leave(upstream, entry, error);
         throw forwardError(error, request, reached);
       },
     );
@@ -1186,11 +1188,11 @@ export class ToolGateway implements SessionHost {
               },
       });
       if (lastProgress) await lastProgress;
+      this.#routes.leave(upstream, entry);
       return result;
     } catch (error) {
+      this.#routes.leave(upstream, entry, error);
       throw forwardError(error, request, reached);
-    } finally {
-      this.#routes.leave(upstream, entry);
     }
   }
 

@@ -8,7 +8,9 @@
  * one session with calls in flight there, to everyone when no call is in flight (the upstream's
  * own news), and to no agent when the calls in flight are of several sessions, or of a door
  * without one (gRPC, a task): a message logged while one agent's call runs may hold that call's
- * data, and sending it to every agent with a call there leaked it to the others.
+ * data, and sending it to every agent with a call there leaked it to the others. A call the
+ * gateway gave up on (cancelled, timed out) may still run upstream and log after it left: for
+ * `callTimeoutSeconds` after that, a message with no call in flight reaches no agent either.
  *
  * A task's call has no session to answer such a request (the agent may be gone while it runs),
  * like a gRPC call. An upstream task's work goes on after its `tools/call` was answered, while
@@ -18,11 +20,13 @@
  *
  * @module
  */
-import type {
-  LoggingMessageNotification,
-  Request,
-  RequestId,
-  Result,
+import {
+  ErrorCode,
+  McpError,
+  type LoggingMessageNotification,
+  type Request,
+  type RequestId,
+  type Result,
 } from '@modelcontextprotocol/sdk/types.js';
 import { RoutingError } from '../errors.js';
 import { RELATED_TASK_META_KEY } from './tool-tasks.js';
@@ -42,6 +46,11 @@ export interface InFlight extends Slotted {
 /** The requests in flight per upstream. */
 export class InflightRoutes {
   readonly #inflight = new Map<Upstream, SlotSet<InFlight>>();
+  /**
+   * Per upstream: until when (`performance.now()`) a call the gateway gave up on may still be
+   * running there (see {@link leave}).
+   */
+  readonly #unsettled = new Map<Upstream, number>();
   readonly #log: (entry: GatewayLogEntry) => void;
 
   constructor(log: (entry: GatewayLogEntry) => void) {
@@ -57,8 +66,17 @@ export class InflightRoutes {
     return entry;
   }
 
-  leave(upstream: Upstream, entry: InFlight): void {
+  /**
+   * Ends what {@link enter} tracked. With `error`, the request failed: unless the upstream
+   * answered it (an error answer, or its connection closed), the gateway gave up on it
+   * (cancelled, timed out) and its work may go on upstream, logging as it goes.
+   */
+  leave(upstream: Upstream, entry: InFlight, error?: unknown): void {
     this.#inflight.get(upstream)?.delete(entry);
+    if (error !== undefined && givenUp(error)) {
+      const until = performance.now() + upstream.spec.callTimeoutSeconds * 1000;
+      if (!((this.#unsettled.get(upstream) ?? 0) >= until)) this.#unsettled.set(upstream, until);
+    }
   }
 
   /**
@@ -74,7 +92,18 @@ export class InflightRoutes {
   ): void {
     const entries = this.#inflight.get(upstream);
     if (entries === undefined || entries.size === 0) {
-      for (const s of everyone) s.log(params);
+      const unsettled = this.#unsettled.get(upstream);
+      if (unsettled === undefined || performance.now() >= unsettled) {
+        this.#unsettled.delete(upstream);
+        for (const s of everyone) s.log(params);
+        return;
+      }
+      this.#log({
+        level: 'debug',
+        msg: 'upstream log message delivered to no agent: a call the gateway gave up on (cancelled, timed out) may still run on the upstream',
+        upstream: upstream.name,
+        logLevel: params.level,
+      });
       return;
     }
     let only: InFlight | undefined;
@@ -124,6 +153,15 @@ export class InflightRoutes {
     this.#log({ level: 'warn', msg: error.message });
     throw toMcpError(error);
   }
+}
+
+/**
+ * Whether a request failed without its upstream having finished it: any failure but an error
+ * answer of the upstream's or a closed connection (a timeout or a cancel is an McpError
+ * RequestTimeout, or the cancel's own reason).
+ */
+function givenUp(error: unknown): boolean {
+  return !(error instanceof McpError) || error.code === ErrorCode.RequestTimeout;
 }
 
 /** The related-task `_meta` of a request (an upstream task's), if it has one. */

@@ -7,6 +7,11 @@
  * read, a query it ran) reached every other agent with a call there at the time. Now it goes to
  * the one session with calls in flight, and to no agent when those are of several sessions (the
  * sidecar's log says so, without the message's data).
+ *
+ * Found later: a call the agent cancelled (or that timed out) goes on upstream when its handler
+ * does not stop, and what it logged after the gateway gave up on it came with no call in flight
+ * — the upstream's own news, sent to every agent. Now such a message reaches no agent for
+ * `callTimeoutSeconds` after a call was given up on.
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
@@ -46,7 +51,16 @@ describe("an upstream's log messages and the calls in flight of several agents",
   beforeAll(async () => {
     sidecar = await startTestSidecar(
       {
-        upstreams: { log: { command: process.execPath, args: [LOGGING_SERVER], stderr: 'ignore' } },
+        upstreams: {
+          log: { command: process.execPath, args: [LOGGING_SERVER], stderr: 'ignore' },
+          // The same server with a short call timeout: how long a given-up call keeps it quiet.
+          short: {
+            command: process.execPath,
+            args: [LOGGING_SERVER],
+            stderr: 'ignore',
+            callTimeoutSeconds: 2,
+          },
+        },
         policies: [DEFAULT_ALLOW],
         agents: [{ name: 'victim' }, { name: 'attacker' }],
       },
@@ -87,5 +101,39 @@ describe("an upstream's log messages and the calls in flight of several agents",
     expect(dropped).toHaveLength(1);
     expect(dropped[0]).toMatchObject({ upstream: 'log', logLevel: 'info' });
     expect(JSON.stringify(logs)).not.toContain('victim-secret');
+  });
+
+  it('what a cancelled call logs after the agent gave up on it reaches no agent (before: every one)', async () => {
+    const dropped = () =>
+      logs.filter((e) => e.msg.includes('a call the gateway gave up on')).length;
+    const before = dropped();
+    const cancel = new AbortController();
+    const call = victim
+      .callTool(
+        { name: 'short__log_later', arguments: { text: 'victim-late', ms: 300 } },
+        undefined,
+        { signal: cancel.signal },
+      )
+      .catch((e: Error) => e.message);
+    // The handler runs upstream (its first message came back to the victim alone) …
+    await until(() => heard.get(victim)!.includes('started:victim-late'));
+    cancel.abort();
+    await call;
+    // … and logs after the gateway gave up on it, with no call in flight.
+    await until(() => dropped() > before || heard.get(attacker)!.includes('victim-late'));
+    expect(heard.get(attacker)).not.toContain('victim-late');
+    expect(heard.get(victim)).not.toContain('victim-late');
+    expect(dropped()).toBe(before + 1);
+    expect(JSON.stringify(logs)).not.toContain('"victim-late');
+
+    // callTimeoutSeconds (2 s here) after that, a message with no call in flight is the
+    // upstream's own news again: every agent hears it.
+    await new Promise((resolve) => setTimeout(resolve, 2100));
+    await victim.callTool({
+      name: 'short__log_later',
+      arguments: { text: 'news', ms: 200, answerFirst: true },
+    });
+    await until(() => heard.get(attacker)!.includes('news') && heard.get(victim)!.includes('news'));
+    expect(dropped()).toBe(before + 1);
   });
 });
