@@ -12,6 +12,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { MAX_CLAIM_ACK_SECONDS } from '../scheduler/claim-leases.js';
 import { bigintAsNumber } from '../validate.js';
 import type { GatewayBackend } from './backend.js';
+import { markReachedUpstream } from './tool-call-pipeline.js';
 
 /** Prefix of the fabric's own tool names. */
 export const FABRIC_TOOL_PREFIX = 'fabric__';
@@ -240,8 +241,9 @@ delete (scheduleSchema as Record<string, unknown>).$schema;
  * `fabric__schedule_task` (served with `gateway.poolScheduling`): queues fabric work to the
  * caller's own pool and waits for it to end; its answer is the fabric task (`taskId`, `status`,
  * `result`, `error`), an `isError` result unless it `COMPLETED`. Aborting the call (a cancelled
- * request or MCP task) cancels the fabric task. Sent as an MCP task, the agent polls it with
- * `tasks/*` instead of holding the request open.
+ * request or MCP task) cancels the fabric task; once the fabric task is scheduled, the call is
+ * charged its whole cost however it ends (see `markReachedUpstream`). Sent as an MCP task, the
+ * agent polls it with `tasks/*` instead of holding the request open.
  */
 export const SCHEDULE_TOOL: FabricTool = {
   tool: {
@@ -262,6 +264,8 @@ export const SCHEDULE_TOOL: FabricTool = {
           'this agent is in no pool: it can schedule work only to its own pool',
         );
       }
+      // A call cancelled before now queues nothing (and, having had no effect, costs nothing).
+      if (signal.aborted) throw signal.reason;
       const scheduled = await b.scheduleToOwnPool(agentId, poolId, {
         taskType: a.taskType,
         ...(a.payload === undefined ? {} : { payload: a.payload }),
@@ -278,7 +282,14 @@ export const SCHEDULE_TOOL: FabricTool = {
         const reason = 'the MCP call or task that scheduled it was cancelled';
         await b.cancelFabricTask(id, reason).catch(() => undefined);
       }
-      throw error;
+      // The work was queued (a worker of the pool may have claimed and run it; a cancel only
+      // stops it from here on): the call had its effect, so it is charged as a plain call that
+      // reached its upstream — else an agent could cancel every call once its work was queued
+      // and spend nothing of its cost budget. An abort reason may be a string: made an object
+      // that can be marked.
+      const thrown = typeof error === 'object' && error !== null ? error : new Error(String(error));
+      markReachedUpstream(thrown);
+      throw thrown;
     }
     const answer = json({
       taskId: done.id,

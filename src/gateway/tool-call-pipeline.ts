@@ -194,12 +194,16 @@ const REQUIRE_FIT: SettleToolCallOptions = Object.freeze({ requireFit: true });
 
 /**
  * Errors of requests that were sent to their upstream (a cancellation, a timeout, a dropped
- * connection or the upstream's own error after it got the request). Kept only on the error
- * path, so a successful call pays nothing for it.
+ * connection or the upstream's own error after it got the request), and of fabric tools that
+ * failed after their effect happened (`fabric__schedule_task` once it queued the work). Kept only
+ * on the error path, so a successful call pays nothing for it.
  */
 const reachedUpstream = new WeakSet<object>();
 
-/** Marks `error` as thrown by a request that reached its upstream (see {@link chargedCost}). */
+/**
+ * Marks `error` as thrown by a request that reached its upstream, or by a fabric tool after its
+ * effect (see {@link chargedCost}). Only an object can be marked.
+ */
 export function markReachedUpstream(error: unknown): void {
   if (typeof error === 'object' && error !== null) reachedUpstream.add(error);
 }
