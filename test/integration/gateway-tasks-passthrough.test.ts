@@ -13,6 +13,8 @@
  *   task as it was; the upstream's own id is not found for anybody; malformed ids are not found;
  * - policy, approval and budget as for a plain call: a call needing approval reaches the
  *   upstream only once approved, a call past the budget never reaches it;
+ * - audit as for a plain call: one line per task, its call's; the agent's `tasks/*` requests get
+ *   none (nor does the upstream `tasks/get` each `tasks/get` of a running task asks);
  * - `tools/list` carries `execution.taskSupport` (the upstream's `required` kept, else
  *   `optional`); a client that does not use tasks gets the same answers as from a gateway with
  *   tasks off.
@@ -32,6 +34,7 @@ import type { Sidecar } from '../../src/server/sidecar.js';
 import { listApprovals } from '../fixtures/api.js';
 import {
   ADMIN_TOKEN,
+  agentId,
   agentToken,
   api,
   closeSidecar,
@@ -83,6 +86,7 @@ describe('task-augmented calls passed through to a task-capable upstream', () =>
         { name: 'owner' },
         { name: 'stranger' },
         { name: 'budgeted', budget: { maxCostPerDay: 1 } },
+        { name: 'poller' },
       ],
       toolCosts: { tk__must_task: 1 },
       audit: { path: auditPath },
@@ -237,6 +241,57 @@ describe('task-augmented calls passed through to a task-capable upstream', () =>
       expect(lines().filter((l) => l.decision === 'allow' && l.outcome === 'ok').length).toBe(2);
     } finally {
       await budgeted.close();
+    }
+  });
+
+  it("tasks/get, tasks/result and tasks/cancel get no audit line of their own: the task's call has its one", async () => {
+    const poller = await httpClient(sidecar.url!, agentToken(sidecar, 'poller'));
+    const id = agentId(sidecar, 'poller');
+    const lines = (): Array<Record<string, unknown>> =>
+      readFileSync(auditPath, 'utf8')
+        .trim()
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .filter((l) => l.agent === id);
+    try {
+      const { task } = await callAsTask(poller, 'tk__slow_echo', { message: 'polled', hold: true });
+      await until(
+        async () =>
+          (await poller.experimental.tasks.getTask(task.taskId)).statusMessage ===
+          'upstream holds polled',
+      );
+      // The upstream made its task: each tasks/get of it now asks the upstream's tasks/get.
+      for (let i = 0; i < 5; i++) {
+        expect((await poller.experimental.tasks.getTask(task.taskId)).status).toBe(
+          'input_required',
+        );
+      }
+      await owner.callTool({ name: 'tk__release', arguments: { message: 'polled' } });
+      const result = await poller.experimental.tasks.getTaskResult(
+        task.taskId,
+        CallToolResultSchema,
+      );
+      expect(text(result)).toBe('Echo: polled');
+      await poller.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+
+      const dropped = (
+        await callAsTask(poller, 'tk__slow_echo', { message: 'dropped', hold: true })
+      ).task;
+      await until(
+        async () =>
+          (await poller.experimental.tasks.getTask(dropped.taskId)).statusMessage ===
+          'upstream holds dropped',
+      );
+      expect((await poller.experimental.tasks.cancelTask(dropped.taskId)).status).toBe('cancelled');
+      await poller.experimental.tasks.listTasks();
+      await until(() => lines().length >= 2);
+      expect(lines().map((l) => [l.tool, l.outcome])).toEqual([
+        ['tk__slow_echo', 'ok'],
+        ['tk__slow_echo', 'cancelled'],
+      ]);
+    } finally {
+      await poller.close();
     }
   });
 
