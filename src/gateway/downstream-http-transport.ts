@@ -45,6 +45,7 @@ import {
   jsonRpcError,
   type MessageKind,
 } from './jsonrpc-message.js';
+import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
 import { serializeMessage } from './serialize-message.js';
 
 /** Default keep-alive interval of SSE streams. */
@@ -176,7 +177,9 @@ export class HttpSessionTransport implements Transport {
 
   constructor(sessionId: string, options: HttpSessionTransportOptions = {}) {
     this.sessionId = sessionId;
-    this.#keepAliveMs = options.keepAliveMs ?? DEFAULT_SSE_KEEP_ALIVE_MS;
+    // An interval past setTimeout's limit would run every 1 ms: capped (a keep-alive that
+    // rare is none in effect).
+    this.#keepAliveMs = Math.min(options.keepAliveMs ?? DEFAULT_SSE_KEEP_ALIVE_MS, MAX_TIMER_MS);
     this.#maxBacklog = options.maxStreamBacklogBytes ?? DEFAULT_MAX_STREAM_BACKLOG_BYTES;
     this.#onRequestsDone = options.onRequestsDone ?? (() => undefined);
     this.#onDropped = options.onNotificationDropped ?? (() => undefined);

@@ -31,6 +31,7 @@ import {
   type Tool,
 } from '@modelcontextprotocol/sdk/types.js';
 import { TypedEmitter } from '../events.js';
+import { setLongTimeout } from '../scheduler/task-waiters.js';
 import type { Collection } from '../store/store.js';
 import type { TraceCarrier, Tracing } from '../telemetry/tracing.js';
 import {
@@ -1464,10 +1465,10 @@ export class ToolGateway implements SessionHost {
     this.#state = 'closing';
     if (this.#calls > 0) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, this.#graceMs);
-        timer.unref();
+        // Waited out whole however long (a plain timer past its limit fires after 1 ms).
+        const cancel = setLongTimeout(resolve, this.#graceMs, { unref: true });
         this.#drained = () => {
-          clearTimeout(timer);
+          cancel();
           resolve();
         };
       });

@@ -27,7 +27,7 @@
  * @module
  */
 import { randomUUID } from 'node:crypto';
-import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
+import { MAX_TIMER_MS, timerLimitMessage } from '../scheduler/task-waiters.js';
 import {
   ErrorCode,
   McpError,
@@ -91,8 +91,16 @@ export function parseToolTasksOptions(
     }
     return value;
   };
-  const maxTtlMs = int('maxTtlMs', options.maxTtlMs ?? DEFAULT_TOOL_TASK_MAX_TTL_MS);
-  const defaultTtlMs = int(
+  // A ttl bounds timers (the task's expiry, the wait for an upstream's tasks/result): past
+  // setTimeout's limit they would fire after 1 ms.
+  const ms = (field: keyof ToolTasksOptions, value: number): number => {
+    if (int(field, value) > MAX_TIMER_MS) {
+      throw new ConfigError(`tasks.${field}`, `${timerLimitMessage('ms')}, got ${value}`);
+    }
+    return value;
+  };
+  const maxTtlMs = ms('maxTtlMs', options.maxTtlMs ?? DEFAULT_TOOL_TASK_MAX_TTL_MS);
+  const defaultTtlMs = ms(
     'defaultTtlMs',
     options.defaultTtlMs ?? Math.min(DEFAULT_TOOL_TASK_TTL_MS, maxTtlMs),
   );
@@ -103,7 +111,7 @@ export function parseToolTasksOptions(
     defaultTtlMs,
     maxTtlMs,
     maxPerAgent: int('maxPerAgent', options.maxPerAgent ?? DEFAULT_TOOL_TASKS_PER_AGENT),
-    pollIntervalMs: int(
+    pollIntervalMs: ms(
       'pollIntervalMs',
       options.pollIntervalMs ?? DEFAULT_TOOL_TASK_POLL_INTERVAL_MS,
     ),

@@ -4,6 +4,7 @@
  * @module
  */
 import { z } from 'zod';
+import { timerMs, timerSeconds } from '../config-durations.js';
 
 /** Default of {@link UpstreamSpec.callTimeoutSeconds}. */
 export const DEFAULT_CALL_TIMEOUT_SECONDS = 60;
@@ -26,9 +27,9 @@ export const MAX_TOOL_NAME_LENGTH = 64;
 const restartSchema = z
   .object({
     /** First delay before restarting a dead upstream. @default 100 */
-    initialDelayMs: z.number().int().positive().default(DEFAULT_RESTART_INITIAL_DELAY_MS),
+    initialDelayMs: timerMs().int().positive().default(DEFAULT_RESTART_INITIAL_DELAY_MS),
     /** Cap of the doubling delay. @default 30000 */
-    maxDelayMs: z.number().int().positive().default(DEFAULT_RESTART_MAX_DELAY_MS),
+    maxDelayMs: timerMs().int().positive().default(DEFAULT_RESTART_MAX_DELAY_MS),
   })
   .strict();
 
@@ -66,12 +67,12 @@ const commonShape = {
   /** Custom prefix used when `namespace` is `prefix`. @default `<upstream>__` */
   prefix: z.string().min(1).optional(),
   /** Per-call timeout, also the upper bound of a hung call. @default 60 */
-  callTimeoutSeconds: z.number().positive().default(DEFAULT_CALL_TIMEOUT_SECONDS),
+  callTimeoutSeconds: timerSeconds().positive().default(DEFAULT_CALL_TIMEOUT_SECONDS),
   /**
    * Bound of the start-up handshake and first catalog load (a server launched with `npx` may
    * take far longer to start than any single call should). @default 30
    */
-  startTimeoutSeconds: z.number().positive().default(DEFAULT_START_TIMEOUT_SECONDS),
+  startTimeoutSeconds: timerSeconds().positive().default(DEFAULT_START_TIMEOUT_SECONDS),
   restart: restartSchema.default({
     initialDelayMs: DEFAULT_RESTART_INITIAL_DELAY_MS,
     maxDelayMs: DEFAULT_RESTART_MAX_DELAY_MS,

@@ -5,6 +5,7 @@
  */
 import { isAbsolute, join, resolve } from 'node:path';
 import { ConfigError } from '../errors.js';
+import { MAX_TIMER_SECONDS, timerLimitMessage } from '../scheduler/task-waiters.js';
 import { isAgentLiveness, type AgentLiveness } from './liveness.js';
 import { branchNameProblem } from './ref-name.js';
 
@@ -181,11 +182,15 @@ export function parseHookManagerOptions(
     useGitWorktree: o.useGitWorktree,
     baseBranch,
     worktreeRoot,
-    patrolIntervalSeconds: number(
+    // The patrol's setInterval period: past setTimeout's limit it would run every 1 ms.
+    patrolIntervalSeconds: atMostTimerLimit(
       'options.patrolIntervalSeconds',
-      o.patrolIntervalSeconds,
-      DEFAULT_PATROL_INTERVAL_SECONDS,
-      'positiveNumber',
+      number(
+        'options.patrolIntervalSeconds',
+        o.patrolIntervalSeconds,
+        DEFAULT_PATROL_INTERVAL_SECONDS,
+        'positiveNumber',
+      ),
     ),
     staleAfterSeconds: number(
       'options.staleAfterSeconds',
@@ -213,6 +218,14 @@ export function parseHookManagerOptions(
 }
 
 type NumberKind = 'positiveInt' | 'nonNegativeInt' | 'positiveNumber';
+
+/** `seconds`, refused past {@link MAX_TIMER_SECONDS} (a timer's longest delay). */
+function atMostTimerLimit(field: string, seconds: number): number {
+  if (seconds > MAX_TIMER_SECONDS) {
+    throw new ConfigError(field, `${timerLimitMessage('seconds')}, got ${seconds}`);
+  }
+  return seconds;
+}
 
 function number(field: string, value: unknown, fallback: number, kind: NumberKind): number {
   if (value === undefined) return fallback;

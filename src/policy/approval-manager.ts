@@ -30,6 +30,7 @@ import { TypedEmitter } from '../events.js';
 import { jsonByteLength } from '../validate.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { Collection } from '../store/store.js';
+import { MAX_TIMER_SECONDS, timerLimitMessage } from '../scheduler/task-waiters.js';
 
 /** Default for {@link ApprovalManagerOptions.defaultTtlSeconds}. */
 export const DEFAULT_APPROVAL_TTL_SECONDS = 300;
@@ -38,7 +39,7 @@ export const DEFAULT_MAX_RESOLVED_APPROVALS = 1000;
 /** Default for {@link ApprovalManagerOptions.maxPendingPerAgent}. */
 export const DEFAULT_MAX_PENDING_APPROVALS_PER_AGENT = 32;
 /** Longest TTL or wait accepted: the largest delay `setTimeout` honours (about 24.8 days). */
-export const MAX_APPROVAL_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+export const MAX_APPROVAL_SECONDS = MAX_TIMER_SECONDS;
 
 /** Where an approval is in its life. `expired` means nobody decided in time: not approved. */
 export type ApprovalStatus = 'pending' | 'approved' | 'denied' | 'expired';
@@ -229,7 +230,7 @@ function checkSeconds(
     );
   }
   if (value > MAX_APPROVAL_SECONDS) {
-    throw new ErrorClass(field, `must be at most ${MAX_APPROVAL_SECONDS} seconds, got ${value}`);
+    throw new ErrorClass(field, `${timerLimitMessage('seconds')}, got ${value}`);
   }
   return value;
 }

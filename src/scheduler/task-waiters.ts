@@ -15,6 +15,19 @@ import type { TaskRecord, Waiter } from './task-record.js';
  */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 
+/** {@link MAX_TIMER_MS} in whole seconds (2147483, about 24.8 days): the longest timed setting. */
+export const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000);
+
+/**
+ * What a duration past the timer limit is told, in its own unit: `must be at most 2147483
+ * seconds (24.8 days)` (or `2147483647 ms`). Config schemas and option checks share it.
+ */
+export function timerLimitMessage(unit: 'seconds' | 'ms'): string {
+  const max = unit === 'seconds' ? MAX_TIMER_SECONDS : MAX_TIMER_MS;
+  const days = Math.floor(MAX_TIMER_MS / 8_640_000) / 10;
+  return `must be at most ${max} ${unit} (${days} days)`;
+}
+
 /**
  * Calls `fn` once `ms` have passed, however long that is: a delay past {@link MAX_TIMER_MS} is
  * waited out in steps of at most that (`Infinity`: never). Returns what cancels it.

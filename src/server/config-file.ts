@@ -10,6 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isNode, LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
+import { timerSeconds } from '../config-durations.js';
 import { ConfigFileError, type ConfigFileProblem } from '../errors.js';
 import { MAX_ARGUMENT_DEPTH_LIMIT } from '../gateway/input-bounds.js';
 import {
@@ -136,7 +137,7 @@ export const sidecarConfigSchema = z
         port: z.number().int().min(0).max(65535).default(DEFAULT_HTTP_PORT),
         /** Path of the MCP endpoint. */
         path: z.string().startsWith('/').default('/mcp'),
-        keepAliveSeconds: z.number().positive().default(15),
+        keepAliveSeconds: timerSeconds().positive().default(15),
         /** Sessions idle this long (no request, no open stream) are closed; 0 = never. */
         sessionIdleSeconds: z.number().min(0).default(1800),
         /** Host names served besides loopback and the bind address (DNS rebinding check). */
@@ -156,8 +157,7 @@ export const sidecarConfigSchema = z
           .number()
           .positive()
           .default(DEFAULT_REQUEST_TIMEOUT_MS / 1000),
-        bodyTimeoutSeconds: z
-          .number()
+        bodyTimeoutSeconds: timerSeconds()
           .positive()
           .default(DEFAULT_BODY_TIMEOUT_MS / 1000),
         /**
@@ -322,7 +322,7 @@ export const sidecarConfigSchema = z
      */
     approvals: z
       .object({
-        timeoutSeconds: z.number().positive().default(300),
+        timeoutSeconds: timerSeconds().positive().default(300),
         /** Pending approvals one agent may have at once (beyond: FABRIC_ERR_APPROVAL_LIMIT). */
         maxPendingPerAgent: z
           .number()
@@ -344,7 +344,7 @@ export const sidecarConfigSchema = z
         fabricTools: z.boolean().default(true),
         /** Serve `fabric__schedule_task`: agents queue work to their own pool. */
         poolScheduling: z.boolean().default(false),
-        shutdownGraceSeconds: z.number().min(0).default(5),
+        shutdownGraceSeconds: timerSeconds().min(0).default(5),
         /** Input bounds of every call (see gateway/input-bounds.ts); unset: the defaults. */
         maxArgumentDepth: z.number().int().min(1).max(MAX_ARGUMENT_DEPTH_LIMIT).optional(),
         maxArgumentNodes: z.number().int().positive().optional(),
@@ -364,8 +364,8 @@ export const sidecarConfigSchema = z
             z.literal(false),
             z
               .object({
-                defaultTtlSeconds: z.number().int().positive().optional(),
-                maxTtlSeconds: z.number().int().positive().optional(),
+                defaultTtlSeconds: timerSeconds().int().positive().optional(),
+                maxTtlSeconds: timerSeconds().int().positive().optional(),
                 maxPerAgent: z.number().int().positive().optional(),
               })
               .strict(),
@@ -461,7 +461,7 @@ export const sidecarConfigSchema = z
         useGitWorktree: z.boolean().default(true),
         baseBranch: z.string().min(1).optional(),
         autoReassign: z.boolean().default(true),
-        patrolIntervalSeconds: z.number().positive().optional(),
+        patrolIntervalSeconds: timerSeconds().positive().optional(),
         staleAfterSeconds: z.number().positive().optional(),
         maxReassignments: z.number().int().min(0).optional(),
       })

@@ -9,6 +9,7 @@
  * @module
  */
 import { z } from 'zod';
+import { timerMs } from '../../config-durations.js';
 import { ConfigError } from '../../errors.js';
 
 /** Namespace when none is configured. */
@@ -67,7 +68,7 @@ export const natsOptionsSchema = z
     /** Upper bound of the consumers' AckWait, in seconds. @default 30 */
     ackWaitSeconds: z.number().positive().max(3600).default(DEFAULT_ACK_WAIT_SECONDS),
     /** How long the first connection may take, in ms. @default 5000 */
-    connectTimeoutMs: z.number().int().positive().default(5_000),
+    connectTimeoutMs: timerMs().int().positive().default(5_000),
   })
   .strict()
   .superRefine((o, ctx) => {
