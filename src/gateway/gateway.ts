@@ -1200,22 +1200,37 @@ export class ToolGateway implements SessionHost {
   async subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void> {
     const owner = resourceOwner(this.#catalog, uri);
     if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
+    // A subscription counts from its request's arrival, not from when policy (an approval, a
+    // budget wait) let it through: counted then, any number of subscribes sent at once (a
+    // batch, parallel POSTs) each passed the check before the first was added.
     const mine = session.subscriptions;
-    if (mine.size >= this.#maxSubscriptions && !mine.has(uri)) {
-      throw toMcpError(new SubscriptionLimitError(this.#maxSubscriptions));
+    const pending = session.subscribing;
+    if (!mine.has(uri) && !pending.has(uri)) {
+      let held = mine.size;
+      for (const u of pending.keys()) if (!mine.has(u)) held++;
+      if (held >= this.#maxSubscriptions) {
+        throw toMcpError(new SubscriptionLimitError(this.#maxSubscriptions));
+      }
     }
-    await this.#guarded(
-      session,
-      owner,
-      'resources/subscribe',
-      resourceParams(uri),
-      { uri },
-      extra,
-      async () => {
-        await this.#subscribe(session, owner, uri, extra);
-        return {};
-      },
-    );
+    pending.set(uri, (pending.get(uri) ?? 0) + 1);
+    try {
+      await this.#guarded(
+        session,
+        owner,
+        'resources/subscribe',
+        resourceParams(uri),
+        { uri },
+        extra,
+        async () => {
+          await this.#subscribe(session, owner, uri, extra);
+          return {};
+        },
+      );
+    } finally {
+      const left = pending.get(uri)! - 1;
+      if (left === 0) pending.delete(uri);
+      else pending.set(uri, left);
+    }
   }
 
   /**

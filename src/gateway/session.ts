@@ -150,6 +150,12 @@ export class GatewaySession {
   readonly server: Server;
   /** Resource URIs this session subscribed to. */
   readonly subscriptions = new Set<string>();
+  /**
+   * Resource URIs of this session's `resources/subscribe` requests still being decided (policy,
+   * approval, budget) or sent upstream, with how many such requests each has: they count
+   * against the session's subscription limit from the moment they arrive.
+   */
+  readonly subscribing = new Map<string, number>();
 
   #host: SessionHost;
   #caps: ServerCapabilities;

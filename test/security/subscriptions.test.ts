@@ -19,6 +19,7 @@ import {
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
   httpClient,
+  INIT,
   startTestSidecar,
   text,
   until,
@@ -48,7 +49,9 @@ describe('resource subscriptions are bounded per session (server-everything, rea
         ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
       },
       policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'subscriber' }],
+      // `batcher` subscribes for the first time in a batch: its first subscribe holds the
+      // single flight of a pair with no result yet, and the others wait for it.
+      agents: [{ name: 'subscriber' }, { name: 'batcher' }],
       gateway: { maxSubscriptionsPerSession: 3 },
     });
     first = await httpClient(sidecar.url!, agentToken(sidecar, 'subscriber'));
@@ -63,6 +66,61 @@ describe('resource subscriptions are bounded per session (server-everything, rea
 
   const held = (): number[] =>
     [...sidecar.gateway.sessions].map((s) => s.subscriptions.size).sort();
+  /** The sessions open before a test opened its own raw one. */
+  let before: Set<unknown>;
+  const LIMIT = 'FABRIC_ERR_SUBSCRIPTION_LIMIT';
+
+  /** Opens a session of `batcher` over raw HTTP (the SDK client sends no batches). */
+  async function rawSession(): Promise<string> {
+    before = new Set(sidecar.gateway.sessions);
+    const init = await fetch(sidecar.url!, {
+      method: 'POST',
+      headers: headers(),
+      body: JSON.stringify(INIT),
+    });
+    expect(init.status).toBe(200);
+    const session = init.headers.get('mcp-session-id')!;
+    await init.text();
+    const ack = await fetch(sidecar.url!, {
+      method: 'POST',
+      headers: headers(session),
+      body: JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }),
+    });
+    expect(ack.status).toBe(202);
+    return session;
+  }
+
+  function headers(session?: string): Record<string, string> {
+    return {
+      'content-type': 'application/json',
+      accept: 'application/json, text/event-stream',
+      authorization: `Bearer ${agentToken(sidecar, 'batcher')}`,
+      ...(session === undefined ? {} : { 'mcp-session-id': session }),
+    };
+  }
+
+  interface Answer {
+    id: number;
+    result?: unknown;
+    error?: { code: number; message: string; data?: unknown };
+  }
+
+  /** POSTs `body` to the session; the responses in it (from JSON or an SSE stream). */
+  async function post(session: string, body: unknown): Promise<Answer[]> {
+    const res = await fetch(sidecar.url!, {
+      method: 'POST',
+      headers: headers(session),
+      body: JSON.stringify(body),
+    });
+    const textBody = await res.text();
+    const messages: unknown[] = res.headers.get('content-type')?.startsWith('text/event-stream')
+      ? textBody
+          .split('\n')
+          .filter((l) => l.startsWith('data: '))
+          .map((l) => JSON.parse(l.slice(6)) as unknown)
+      : ([] as unknown[]).concat(JSON.parse(textBody));
+    return messages.filter((m) => (m as { id?: unknown }).id !== undefined) as Answer[];
+  }
 
   it('refuses the subscription past the limit, keeps re-subscribing idempotent, frees on unsubscribe', async () => {
     for (const n of [1, 2, 3]) await first.subscribeResource({ uri: uri(n) });
@@ -81,6 +139,46 @@ describe('resource subscriptions are bounded per session (server-everything, rea
     await first.unsubscribeResource({ uri: uri(1) });
     await first.subscribeResource({ uri: uri(4) });
     expect(held()).toEqual([0, 3]);
+  });
+
+  it('counts subscribes sent at once: a batch cannot take a session past the limit', async () => {
+    // Found by a hostile review of agent-side messages: the limit was checked when a subscribe
+    // arrived and the URI added once policy let it through, so every subscribe of one batch (or
+    // of parallel POSTs) that waited on its way (here the agent's first use of the pseudo-tool,
+    // as an approval, a budget wait or a path looked up on disk would) passed the check before
+    // the first was added: a batch of 40 held 40.
+    const session = await rawSession();
+    try {
+      const subscribe = (id: number, n: number): unknown => ({
+        jsonrpc: '2.0',
+        id,
+        method: 'resources/subscribe',
+        params: { uri: uri(n) },
+      });
+      const answers = await post(
+        session,
+        Array.from({ length: 40 }, (_, i) => subscribe(i, 1000 + i)),
+      );
+      expect(answers).toHaveLength(40);
+      const ok = answers.filter((a) => a.result !== undefined).map((a) => uri(1000 + a.id));
+      const refused = answers.filter(
+        (a) => (a.error?.data as { code?: string } | undefined)?.code === LIMIT,
+      );
+      expect(ok).toHaveLength(3);
+      expect(refused).toHaveLength(37);
+      // What the gateway holds for the session: the three it was told it holds.
+      const mine = [...sidecar.gateway.sessions].find((s) => !before.has(s))!;
+      expect([...mine.subscriptions].sort()).toEqual(ok.sort());
+      // A held URI subscribed again, twice at once, is still not one more; nothing stays pending.
+      const n = 1000 + answers.find((a) => a.result !== undefined)!.id;
+      const again = await post(session, [subscribe(100, n), subscribe(101, n)]);
+      expect(again.map((a) => a.result)).toEqual([{}, {}]);
+      expect(mine.subscriptions.size).toBe(3);
+      expect(mine.subscribing.size).toBe(0);
+    } finally {
+      const closed = await fetch(sidecar.url!, { method: 'DELETE', headers: headers(session) });
+      await closed.text();
+    }
   });
 
   it('counts per session: another session of the same agent has its own quota', async () => {
