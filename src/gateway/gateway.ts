@@ -922,7 +922,8 @@ export class ToolGateway implements SessionHost {
     extra: DownstreamExtra,
   ): Promise<Result> {
     const catalog = this.#catalog;
-    const params = (request.params ?? {}) as Record<string, unknown>;
+    // What the upstream gets: the agent's params, but no related-task `_meta` (see agentParams).
+    const params = agentParams(request.params);
     const method = request.method;
     if (
       method === 'prompts/get' ||
@@ -986,7 +987,7 @@ export class ToolGateway implements SessionHost {
           resourceParams(uri),
           params,
           extra,
-          () => this.#upstreamRequest(session, owner, request, extra),
+          () => this.#upstreamRequest(session, owner, { method, params }, extra),
         );
       }
       case 'completion/complete': {
@@ -1029,7 +1030,7 @@ export class ToolGateway implements SessionHost {
           { ...resourceParams(uri), uri, argument, ...context },
           params,
           extra,
-          () => this.#upstreamRequest(session, owner, request, extra),
+          () => this.#upstreamRequest(session, owner, { method, params }, extra),
         );
       }
       default:
@@ -1518,6 +1519,26 @@ function openAuditLog(options: AuditLogOptions): AuditLog {
     if (error instanceof FabricError) throw error;
     throw new ConfigError('audit.path', `cannot be opened: ${messageOf(error)}`, { cause: error });
   }
+}
+
+/**
+ * The params of an agent's request as they are forwarded upstream: as the agent sent them, but
+ * without a related-task entry in `_meta` (`io.modelcontextprotocol/related-task`, which says
+ * the request belongs to an upstream task). An agent knows no upstream task — it only sees the
+ * gateway's `tt_` ids — so such an entry can only be made up, and an SDK server with a task
+ * message queue queues the answer of a request naming a task for that task instead of sending
+ * it: the request was never answered (its caller waited the call timeout) and the answer stayed
+ * in the memory of an upstream every agent shares, under a task nobody fetches.
+ */
+function agentParams(raw: Request['params']): Record<string, unknown> {
+  const params = (raw ?? {}) as Record<string, unknown>;
+  const meta = params._meta;
+  if (meta === null || typeof meta !== 'object' || !Object.hasOwn(meta, RELATED_TASK_META_KEY)) {
+    return params;
+  }
+  const { [RELATED_TASK_META_KEY]: _madeUp, ...rest } = meta as Record<string, unknown>;
+  const { _meta: _dropped, ...others } = params;
+  return Object.keys(rest).length === 0 ? others : { ...others, _meta: rest };
 }
 
 /** The signal of a request that is not cancelled once sent (see `#forwardAsTask`). */
