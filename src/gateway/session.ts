@@ -41,7 +41,8 @@ import type { AgentIdentity } from './backend.js';
 import { FastToolCalls, type CancelHook } from './fast-path.js';
 import type { ToolCallOutcome } from './tool-call-pipeline.js';
 import type { ListHints } from './list-hints.js';
-import { relayedMcpError, toMcpError } from './map-error.js';
+import { exceededBound, MAX_ARGUMENT_DEPTH_LIMIT } from './input-bounds.js';
+import { RelayedMcpError, relayedMcpError, toMcpError } from './map-error.js';
 import { LOOSE_RESULT } from './upstream.js';
 
 /** The request-handler context of a downstream request. */
@@ -127,6 +128,33 @@ function invalidParams(
   return new InvalidArgumentError(
     `${method} ${path || 'request'}`,
     `is invalid: ${first?.message ?? 'malformed'}${more}`,
+  );
+}
+
+/**
+ * Nesting of an agent's answer to an upstream's request from which it is refused: `JSON.stringify`
+ * runs out of stack a few thousand levels down, and an answer it cannot serialize never reached
+ * an HTTP or SSE upstream (the SDK only reports the failed send), which waited for it — and the
+ * agent's call with it — until a timeout. (A stdio upstream got an InternalError for it, from the
+ * line writer.)
+ */
+const MAX_ANSWER_DEPTH = MAX_ARGUMENT_DEPTH_LIMIT;
+const ANSWER_BOUNDS = Object.freeze({
+  maxDepth: MAX_ANSWER_DEPTH,
+  maxNodes: Number.MAX_SAFE_INTEGER,
+});
+
+/** True when an agent's answer (a result, an error's data) nests too deep to be relayed. */
+function tooDeepToRelay(value: unknown): boolean {
+  return exceededBound(value, ANSWER_BOUNDS) !== undefined;
+}
+
+/** What the upstream gets instead of an agent's answer it could not be sent. */
+function unrelayableAnswer(method: string): RelayedMcpError {
+  return new RelayedMcpError(
+    ErrorCode.InternalError,
+    `the agent's answer to ${method} nests deeper than ${MAX_ANSWER_DEPTH} levels and cannot be relayed`,
+    { code: 'FABRIC_ERR_INVALID_ARGUMENT' },
   );
 }
 
@@ -327,10 +355,18 @@ export class GatewaySession {
         timeout: 24 * 60 * 60 * 1000,
         ...(relatedRequestId === undefined ? {} : { relatedRequestId }),
       })
-      .catch((error: unknown) => {
-        // The client's error goes back upstream with its own message, not the SDK's prefix.
-        throw error instanceof McpError ? relayedMcpError(error) : error;
-      });
+      .then(
+        (result) => {
+          if (tooDeepToRelay(result)) throw unrelayableAnswer(request.method);
+          return result;
+        },
+        (error: unknown) => {
+          if (!(error instanceof McpError)) throw error;
+          if (tooDeepToRelay(error.data)) throw unrelayableAnswer(request.method);
+          // The client's error goes back upstream with its own message, not the SDK's prefix.
+          throw relayedMcpError(error);
+        },
+      );
   }
 
   /** Closes the session's server and transport. */
