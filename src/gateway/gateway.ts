@@ -401,6 +401,8 @@ export class ToolGateway implements SessionHost {
     if (this.#state === 'closing' || this.#state === 'closed') throw new ClosedError('ToolGateway');
     const session = new GatewaySession(this, identity);
     this.#sessions.add(session);
+    // A session that set no level wants all an upstream sends (see #syncLogLevel).
+    void this.#syncLogLevel();
     return session;
   }
 
@@ -1304,7 +1306,9 @@ export class ToolGateway implements SessionHost {
   sessionClosed(session: GatewaySession): void {
     this.#sessions.delete(session);
     for (const uri of [...session.subscriptions]) void this.unsubscribe(session, uri);
-    if (session.logLevel !== undefined) void this.#syncLogLevel();
+    // Whether it set a level or none (which holds the upstreams at `debug`), what the others
+    // want may differ now.
+    void this.#syncLogLevel();
   }
 
   logLevelChanged(): Promise<void> {
@@ -1312,17 +1316,23 @@ export class ToolGateway implements SessionHost {
   }
 
   /**
-   * Upstreams are shared, so they get the most verbose level any live session asked for; each
-   * session still drops what is below its own level. With no session asking, an upstream keeps
-   * the level it has (MCP has no way to unset one).
+   * Upstreams are shared, so they get the most verbose level any live session wants; each
+   * session still drops what is below its own level. A session that set no level wants all the
+   * upstream sends unasked, so while one is open the upstream is told `debug` (counting only the
+   * sessions that set one, an agent setting `emergency` silenced the upstream for every agent
+   * whose client never sets a level). With no session asking, an upstream keeps the level it
+   * has (MCP has no way to unset one).
    */
   async #syncLogLevel(only?: Upstream): Promise<void> {
     let wanted = LOG_LEVELS.length;
+    let unset = false;
     for (const s of this.#sessions) {
       const level = s.logLevel;
       if (level !== undefined) wanted = Math.min(wanted, LOG_LEVELS.indexOf(level));
+      else unset = true;
     }
-    const level = LOG_LEVELS[wanted];
+    if (wanted === LOG_LEVELS.length) return; // nobody asked for a level
+    const level = LOG_LEVELS[unset ? 0 : wanted];
     if (level === undefined) return;
     const targets = only ? [only] : [...this.#upstreams.values()];
     await Promise.all(
