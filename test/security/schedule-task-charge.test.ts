@@ -14,7 +14,6 @@
  * cancelled before anything was scheduled (here: while it waits for a human approval) is still
  * charged nothing.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { CallToolResultSchema, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
@@ -25,7 +24,6 @@ import {
   ADMIN_TOKEN,
   agentId,
   agentToken,
-  api,
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
@@ -33,6 +31,8 @@ import {
   tempDir,
   text,
   until,
+  auditLines,
+  costSpent,
 } from '../fixtures/gateway/harness.js';
 import { callAsTask } from '../fixtures/gateway/tasks.js';
 
@@ -77,32 +77,8 @@ describe('fabric__schedule_task cancelled by its agent', () => {
     await closeSidecar(sidecar);
   });
 
-  /** The audit lines of `name`'s schedule_task calls. */
-  const lines = (name: string): Array<Record<string, unknown>> => {
-    const id = agentId(sidecar, name);
-    let all = '';
-    try {
-      all = readFileSync(auditPath, 'utf8');
-    } catch {
-      return [];
-    }
-    return all
-      .trim()
-      .split('\n')
-      .filter((l) => l !== '')
-      .map((l) => JSON.parse(l) as Record<string, unknown>)
-      .filter((l) => l.agent === id && l.tool === TOOL);
-  };
-
-  /** The cost `name` spent today, as the Operator API reports it. */
-  const spent = async (name: string): Promise<number> => {
-    const res = await api(sidecar, 'BudgetService/GetBudgetStatus', {
-      scope: { agentId: agentId(sidecar, name) },
-    });
-    expect(res.status).toBe(200);
-    const body = (await res.json()) as { status: { cost?: { used?: number } } };
-    return Number(body.status.cost?.used ?? 0);
-  };
+  const lines = (name: string) => auditLines(sidecar, auditPath, name, TOOL);
+  const spent = (name: string) => costSpent(sidecar, name);
 
   /** The fabric tasks `name` scheduled (the store's records). */
   const scheduledBy = (name: string) =>

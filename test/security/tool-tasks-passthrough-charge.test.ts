@@ -12,7 +12,6 @@
  * the call was settled and audited with cost 0 — an agent with a cost budget of 1 could start
  * any number of upstream tasks by cancelling each once it was made.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -20,9 +19,7 @@ import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  agentId,
   agentToken,
-  api,
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
@@ -30,6 +27,8 @@ import {
   tempDir,
   text,
   until,
+  auditLines,
+  costSpent,
 } from '../fixtures/gateway/harness.js';
 import { callAsTask } from '../fixtures/gateway/tasks.js';
 
@@ -75,31 +74,8 @@ describe('a passed-through task ended after the upstream made its task', () => {
     await closeSidecar(sidecar);
   });
 
-  /** The audit lines of `name`'s slow_echo calls. */
-  const lines = (name: string): Array<Record<string, unknown>> => {
-    const id = agentId(sidecar, name);
-    let all = '';
-    try {
-      all = readFileSync(auditPath, 'utf8');
-    } catch {
-      return [];
-    }
-    return all
-      .trim()
-      .split('\n')
-      .filter((l) => l !== '')
-      .map((l) => JSON.parse(l) as Record<string, unknown>)
-      .filter((l) => l.agent === id && l.tool === 'tk__slow_echo');
-  };
-
-  /** The cost `name` spent today, as the Operator API reports it. */
-  const spent = async (name: string): Promise<number> => {
-    const res = await api(sidecar, 'BudgetService/GetBudgetStatus', {
-      scope: { agentId: agentId(sidecar, name) },
-    });
-    const body = (await res.json()) as { status: { cost?: { used?: number } } };
-    return Number(body.status.cost?.used ?? 0);
-  };
+  const lines = (name: string) => auditLines(sidecar, auditPath, name, 'tk__slow_echo');
+  const spent = (name: string) => costSpent(sidecar, name);
 
   /** After its first call was charged, the agent's next call is refused and never sent. */
   const expectBudgetSpent = async (agent: Client, message: string): Promise<void> => {
