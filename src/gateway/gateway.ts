@@ -35,6 +35,7 @@ import { setLongTimeout } from '../scheduler/task-waiters.js';
 import type { Collection } from '../store/store.js';
 import type { TraceCarrier, Tracing } from '../telemetry/tracing.js';
 import {
+  AgentUnavailableError,
   ClosedError,
   ConfigError,
   FabricError,
@@ -221,6 +222,11 @@ export class ToolGateway implements SessionHost {
   /** Requests in flight per upstream: where an upstream's requests and log messages go. */
   readonly #routes: InflightRoutes;
   readonly #gates = new Map<Upstream, UpstreamGate>();
+  /**
+   * Calls in flight per agent that no MCP session of the agent carries (gRPC and /api
+   * `CallTool`): {@link endAgent} aborts them, as closing a session aborts the session's.
+   */
+  readonly #sessionless = new Map<string, Set<AbortController>>();
   readonly #subscribers = new ResourceSubscriptions();
   /** Upstream `resources/subscribe` requests in flight, by URI (see {@link #subscribe}). */
   readonly #subscribing = new Map<string, Promise<unknown>>();
@@ -729,12 +735,24 @@ export class ToolGateway implements SessionHost {
    * flight (sampling, elicitation) are refused with a routing error: nobody can answer them.
    */
   callToolAs(request: ToolCallRequest): Promise<ToolCallOutcome> {
+    // Ended with its agent (see endAgent): no session carries it whose close would abort it.
+    const { agentId } = request.identity;
+    const ended = new AbortController();
+    let calls = this.#sessionless.get(agentId);
+    if (calls === undefined) this.#sessionless.set(agentId, (calls = new Set()));
+    calls.add(ended);
     const extra: CallExtra = {
-      signal: request.signal,
+      signal: AbortSignal.any([request.signal, ended.signal]),
       requestId: -1,
       traceContext: request.traceContext,
     };
-    return this.#runToolCall(
+    const done = (): void => {
+      calls.delete(ended);
+      if (calls.size === 0 && this.#sessionless.get(agentId) === calls) {
+        this.#sessionless.delete(agentId);
+      }
+    };
+    const run = this.#runToolCall(
       request.identity,
       request.name,
       request.arguments,
@@ -742,6 +760,8 @@ export class ToolGateway implements SessionHost {
       request.progress,
       undefined,
     );
+    void run.then(done, done);
+    return run;
   }
 
   /** Whether tool calls are traced (a door then reads the caller's trace context). */
@@ -1301,6 +1321,23 @@ export class ToolGateway implements SessionHost {
   async closeAgentSessions(agentId: string): Promise<void> {
     const mine = [...this.#sessions].filter((s) => s.identity.agentId === agentId);
     await Promise.all(mine.map((s) => s.close().catch(() => undefined)));
+  }
+
+  /**
+   * Ends everything the agent `agentId` has running or waiting in the gateway, through any door:
+   * its MCP sessions are closed (their calls aborted), its calls from doors without sessions
+   * (gRPC and /api `CallTool`) are aborted, and its MCP tasks still running are cancelled. A
+   * call waiting for its turn (an exclusive upstream, an approval, the budget) never runs; one
+   * already sent is cancelled upstream. The sidecar calls this when an agent is terminated: its
+   * credential no longer authenticates, so nothing it started before may go on for it.
+   */
+  async endAgent(agentId: string, status = 'TERMINATED'): Promise<void> {
+    const reason = new AgentUnavailableError(agentId, status);
+    const calls = this.#sessionless.get(agentId);
+    this.#sessionless.delete(agentId);
+    for (const c of calls ?? []) c.abort(reason);
+    this.#tasks?.endAgent(agentId, reason);
+    await this.closeAgentSessions(agentId);
   }
 
   sessionClosed(session: GatewaySession): void {

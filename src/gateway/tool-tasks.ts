@@ -521,6 +521,29 @@ export class ToolTasks {
   }
 
   /**
+   * Cancels every task of `agentId` still running (its agent is gone: terminated, its
+   * credential revoked): each call is aborted with `reason` — one waiting for its turn or an
+   * approval never runs — and the task records `cancelled` with `reason`'s message.
+   */
+  endAgent(agentId: string, reason: Error): void {
+    for (const id of [...(this.#byAgent.get(agentId) ?? [])]) {
+      const record = this.#store.get(id);
+      if (record === undefined || isTerminalStatus(record.status)) continue;
+      const wire = toMcpError(reason);
+      this.#update(id, {
+        status: 'cancelled',
+        statusMessage: reason.message.slice(0, STATUS_MESSAGE_MAX),
+        error: {
+          code: wire.code,
+          message: wire.message,
+          ...(wire.data === undefined ? {} : { data: wire.data }),
+        },
+      });
+      this.#running.get(id)?.abort(reason);
+    }
+  }
+
+  /**
    * Stops the sweep and records nothing more: calls still running end without changing their
    * records (a restart on the same store restores them as `failed`). Waiting `tasks/result`
    * requests are released by their own request's end. Idempotent.

@@ -348,9 +348,10 @@ export class Sidecar {
       });
       cleanup.push(gateway);
       await gateway.start();
-      // A terminated agent's open sessions end with it (an open SSE stream would never idle out).
+      // What a terminated agent opened before ends with it, whatever the door: its sessions (an
+      // open SSE stream would never idle out), its gRPC and /api calls, its MCP tasks.
       fabric?.lifecycle.events.on('agent.terminated', (agent) => {
-        void gateway.closeAgentSessions(agent.id);
+        void gateway.endAgent(agent.id);
       });
       // What the gateway learned about an agent (token estimates) goes with its record.
       fabric?.lifecycle.events.on('agent.forgotten', (id) => gateway.forgetAgent(id));

@@ -1,0 +1,146 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { create } from '@bufbuild/protobuf';
+import type { Client as GrpcClient, ServiceError } from '@grpc/grpc-js';
+import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CallToolRequestSchema } from '../../src/gen/fabric/v1/tool_pb.js';
+import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import { grpcClient, unary } from '../fixtures/grpc-client.js';
+import {
+  agentId,
+  agentToken,
+  api,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  httpClient,
+  startTestSidecar,
+  tempDir,
+  text,
+  until,
+} from '../fixtures/gateway/harness.js';
+import { callAsTask } from '../fixtures/gateway/tasks.js';
+
+const HOLD_COUNTER = fileURLToPath(
+  new URL('../fixtures/gateway/hold-counter-server.mjs', import.meta.url),
+);
+
+/**
+ * What an agent can still do through what it opened before an operator terminated it (its
+ * credential revoked). Real sidecar, real upstream process, official SDK, grpc-js and HTTP
+ * clients; effects checked on the upstream's own record of what ran.
+ */
+describe('a terminated agent’s channels opened before', () => {
+  let sidecar: Sidecar | undefined;
+  const clients: { close(): unknown }[] = [];
+  afterEach(async () => {
+    for (const c of clients.splice(0)) await c.close();
+    await closeSidecar(sidecar);
+    sidecar = undefined;
+  });
+
+  it('its calls queued behind an exclusive upstream’s turn (gRPC, /api, MCP task) never run', async () => {
+    const countFile = join(tempDir('revoked-queue'), 'ran.txt');
+    sidecar = await startTestSidecar({
+      upstreams: {
+        hc: {
+          command: process.execPath,
+          args: [HOLD_COUNTER],
+          env: { COUNT_FILE: countFile },
+          stderr: 'ignore',
+          exclusive: true,
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      toolCosts: { hc__bump: 1 },
+      agents: [{ name: 'alice' }, { name: 'bob' }, { name: 'carol' }],
+      grpc: { port: 0 },
+    });
+    const s = sidecar;
+    const reserved = (name: string): number =>
+      s.fabric!.budgets.getStatus(agentId(s, name)).costReserved;
+
+    // Each agent's first call of a tool flies alone (its token estimate is unknown): one each
+    // now, so the calls below are all authorized at once.
+    const bobToken = agentToken(s, 'bob');
+    const bob = await httpClient(s.url!, bobToken);
+    const carol = await httpClient(s.url!, agentToken(s, 'carol'));
+    clients.push(bob, carol);
+    for (const [who, c] of [
+      ['bob', bob],
+      ['carol', carol],
+    ] as const) {
+      expect(
+        text(await c.callTool({ name: 'hc__bump', arguments: { label: `${who}-warm` } })),
+      ).toBe(`bumped ${who}-warm`);
+    }
+
+    // alice takes the upstream's turn and keeps it until the test answers its sampling request.
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let held = false;
+    const alice = await httpClient(s.url!, agentToken(s, 'alice'), { sampling: {} });
+    clients.push(alice);
+    alice.setRequestHandler(CreateMessageRequestSchema, async () => {
+      held = true;
+      await released;
+      return { role: 'assistant', model: 'm', content: { type: 'text', text: 'go' } };
+    });
+    const holding = alice.callTool({ name: 'hc__hold', arguments: {} });
+    await until(() => held);
+
+    // bob queues one call through each door without a session that ends with him...
+    const grpc: GrpcClient = grpcClient(TOOL_SERVICE_DEFINITION, s.grpcAddress!);
+    clients.push(grpc);
+    const overGrpc = unary(
+      grpc,
+      'callTool',
+      create(CallToolRequestSchema, {
+        name: 'hc__bump',
+        args: { case: 'argumentsJson', value: Buffer.from('{"label":"bob-grpc"}') },
+      }),
+      bobToken,
+    ).then(
+      () => 'ok',
+      (e: ServiceError) => `grpc ${e.code}: ${e.details}`,
+    );
+    const overApi = api(
+      s,
+      'ToolService/CallTool',
+      { name: 'hc__bump', arguments: { label: 'bob-api' } },
+      bobToken,
+    ).then(async (r) => `${r.status} ${await r.text()}`);
+    const task = await callAsTask(bob, 'hc__bump', { label: 'bob-task' });
+    expect(task.task.taskId).toBeTruthy();
+    // ...each authorized (its cost reserved) and waiting for the turn.
+    await until(() => reserved('bob') === 3);
+
+    // carol queues behind him: her call shows the turn passed on.
+    const carolCall = carol.callTool({ name: 'hc__bump', arguments: { label: 'carol' } });
+    await until(() => reserved('carol') === 1);
+
+    const terminated = await api(s, 'FabricService/TerminateAgent', {
+      agentId: agentId(s, 'bob'),
+      drainTimeout: '0s',
+    });
+    expect(terminated.status).toBe(200);
+
+    release();
+    expect(text(await holding)).toContain('held until');
+    expect(text(await carolCall)).toBe('bumped carol');
+    const answers = await Promise.all([overGrpc, overApi]);
+    await until(() => reserved('bob') === 0);
+
+    // What ran upstream: carol's call, none of bob's.
+    const ran = existsSync(countFile)
+      ? readFileSync(countFile, 'utf8').split('\n').filter(Boolean)
+      : [];
+    expect(ran).toEqual(['bob-warm', 'carol-warm', 'carol']);
+    // bob heard why.
+    expect(answers[0]).not.toBe('ok');
+    expect(answers[1]).not.toMatch(/^200 /);
+    expect(answers.join('\n')).toMatch(/FABRIC_ERR_AGENT_UNAVAILABLE|terminated/);
+  });
+});
