@@ -252,6 +252,34 @@ export class McpHttpEndpoint {
     );
   }
 
+  /**
+   * Closes at once every open session (of `agentId`, when given) whose credential no longer authenticates as the session's
+   * agent (a credential replaced or revoked): its SSE streams end and its calls in flight are
+   * cancelled, instead of lasting until the session's next request is refused. Each credential
+   * is checked as a request's would be (`authenticate`). Sessions of a credential that still
+   * authenticates — the agent's new one — are kept (and count as authenticated at this epoch).
+   */
+  async closeRevokedSessions(agentId?: string): Promise<void> {
+    // Read before any credential is checked, as a request does (see #handle).
+    const epoch = this.#options.credentialEpoch?.();
+    const closing: Promise<void>[] = [];
+    for (const e of [...this.#sessions.values()]) {
+      if (e.credential === undefined) continue; // anonymous: no credential to revoke
+      if (agentId !== undefined && e.session.identity.agentId !== agentId) continue;
+      let same = false;
+      try {
+        const identity = await this.#options.authenticate(e.credential.toString('utf8'));
+        same = identity.kind === 'agent' && identity.agentId === e.session.identity.agentId;
+      } catch {
+        same = false;
+      }
+      if (!same) closing.push(e.session.close().catch(() => undefined));
+      // Checked now: the session's next request need not check it again.
+      else if (epoch !== undefined) e.epoch = epoch;
+    }
+    await Promise.all(closing);
+  }
+
   /** Closes sessions idle for longer than the timeout (runs on a timer; callable directly). */
   sweepIdle(now = Date.now()): void {
     if (this.#idleMs === 0) return;

@@ -80,6 +80,8 @@ export type LifecycleEvents = {
   'agent.spawned': [agent: AgentInfo];
   'agent.status': [agent: AgentInfo, previous: AgentStatus];
   'agent.terminated': [agent: AgentInfo];
+  /** The agent's credential was replaced ({@link LifecycleManager.replaceCredential}): the old one no longer authenticates. */
+  'agent.credentialReplaced': [agent: AgentInfo];
   /** A terminated agent's record aged out of `terminatedRetention`: it is unknown from now on. */
   'agent.forgotten': [agentId: string];
 };
@@ -277,6 +279,7 @@ export class LifecycleManager {
     rec.credentialHash = hash;
     this.#byCredential.set(hash, rec.id);
     this.#agents.put(rec.id, rec);
+    this.events.emit('agent.credentialReplaced', this.#info(rec));
   }
 
   /**

@@ -387,6 +387,10 @@ export class Sidecar {
         });
         const endpoint = mcp;
         cleanup.push({ close: () => endpoint.close() });
+        // The sessions a replaced credential opened end with it (only the new one authenticates).
+        fabric?.lifecycle.events.on('agent.credentialReplaced', (agent) => {
+          void endpoint.closeRevokedSessions(agent.id);
+        });
         const dashboard =
           fabric === undefined
             ? undefined

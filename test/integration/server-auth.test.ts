@@ -297,15 +297,18 @@ describe('sidecar HTTP authentication (real fabric identities)', () => {
       expect(authenticate).toHaveBeenCalledTimes(3);
       expect((await list(holder.credential)).status).toBe(200);
       expect(authenticate).toHaveBeenCalledTimes(3);
-      // The session's own credential replaced: the old one no longer works on the open session,
-      // and the new one is not the session's credential.
+      // The session's own credential replaced: the session is closed at once, the old
+      // credential no longer works, and the new one finds no such session.
       const replacement = `afk_${'h'.repeat(40)}`;
       sidecar.fabric!.lifecycle.replaceCredential(holder.id, replacement);
+      await until(
+        () => ![...sidecar.gateway.sessions].some((x) => x.identity.agentId === holder.id),
+      );
       const revoked = await list(holder.credential);
       expect(revoked.status).toBe(401);
       expect(((await revoked.json()) as ErrorBody).error.code).toBe('FABRIC_ERR_UNAUTHENTICATED');
       expect((await list(holder.credential)).status).toBe(401);
-      expect((await list(replacement)).status).toBe(403);
+      expect((await list(replacement)).status).toBe(404);
     } finally {
       authenticate.mockRestore();
     }

@@ -16,6 +16,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
+  INIT,
   startTestSidecar,
   tempDir,
   text,
@@ -142,5 +143,92 @@ describe('a terminated agent’s channels opened before', () => {
     expect(answers[0]).not.toBe('ok');
     expect(answers[1]).not.toMatch(/^200 /);
     expect(answers.join('\n')).toMatch(/FABRIC_ERR_AGENT_UNAVAILABLE|terminated/);
+  });
+});
+
+describe('an agent’s credential replaced while its session is open', () => {
+  let sidecar: Sidecar | undefined;
+  const clients: { close(): unknown }[] = [];
+  afterEach(async () => {
+    for (const c of clients.splice(0)) await Promise.resolve(c.close()).catch(() => undefined);
+    await closeSidecar(sidecar);
+    sidecar = undefined;
+  });
+
+  it('the old credential’s session is closed at once: its queued call never runs, the new one works', async () => {
+    const countFile = join(tempDir('rotated-queue'), 'ran.txt');
+    sidecar = await startTestSidecar({
+      upstreams: {
+        hc: {
+          command: process.execPath,
+          args: [HOLD_COUNTER],
+          env: { COUNT_FILE: countFile },
+          stderr: 'ignore',
+          exclusive: true,
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      toolCosts: { hc__bump: 1 },
+      agents: [{ name: 'alice' }, { name: 'bob' }],
+    });
+    const s = sidecar;
+    const bobId = agentId(s, 'bob');
+    const oldToken = agentToken(s, 'bob');
+    const old = await httpClient(s.url!, oldToken);
+    clients.push(old);
+    expect(text(await old.callTool({ name: 'hc__bump', arguments: { label: 'old-warm' } }))).toBe(
+      'bumped old-warm',
+    );
+
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let held = false;
+    const alice = await httpClient(s.url!, agentToken(s, 'alice'), { sampling: {} });
+    clients.push(alice);
+    alice.setRequestHandler(CreateMessageRequestSchema, async () => {
+      held = true;
+      await released;
+      return { role: 'assistant', model: 'm', content: { type: 'text', text: 'go' } };
+    });
+    const holding = alice.callTool({ name: 'hc__hold', arguments: {} });
+    await until(() => held);
+
+    // The old holder's call is authorized and waits for the turn...
+    const queued = old.callTool({ name: 'hc__bump', arguments: { label: 'old-queued' } }).then(
+      () => 'answered',
+      (e: unknown) => String(e),
+    );
+    await until(() => s.fabric!.budgets.getStatus(bobId).costReserved === 1);
+
+    // ...when the credential is replaced (as a changed pinned token is at start).
+    const newToken = `afk_rotated_${'n'.repeat(40)}`;
+    s.fabric!.lifecycle.replaceCredential(bobId, newToken);
+    await until(() => ![...s.gateway.sessions].some((x) => x.identity.agentId === bobId));
+    expect(await queued).not.toBe('answered');
+
+    release();
+    expect(text(await holding)).toContain('held until');
+    await until(() => s.fabric!.budgets.getStatus(bobId).costReserved === 0);
+
+    // The old credential opens nothing more; the new one is the same agent.
+    const refused = await fetch(s.url!, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${oldToken}`,
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+      },
+      body: JSON.stringify(INIT),
+    });
+    expect(refused.status).toBe(401);
+    const fresh = await httpClient(s.url!, newToken);
+    clients.push(fresh);
+    expect(text(await fresh.callTool({ name: 'hc__bump', arguments: { label: 'new' } }))).toBe(
+      'bumped new',
+    );
+    expect([...s.gateway.sessions].filter((x) => x.identity.agentId === bobId)).toHaveLength(1);
+
+    const ran = readFileSync(countFile, 'utf8').split('\n').filter(Boolean);
+    expect(ran).toEqual(['old-warm', 'new']);
   });
 });
