@@ -520,6 +520,20 @@ export class McpHttpEndpoint {
       sendJson(res, 404, jsonRpcError(-32001, 'Session not found'));
       return;
     }
+    if (!entry && credential !== undefined && epoch !== undefined) {
+      const current = this.#options.credentialEpoch?.();
+      if (current !== epoch) {
+        // A credential was revoked while the body arrived (an agent terminated, a credential
+        // replaced): the initialize's credential is checked again before a session is opened
+        // for it, which its agent's termination would no longer find to close.
+        const again = await this.#identify(req);
+        if (again.identity.agentId !== identity.agentId) {
+          throw new PermissionDeniedError('the credential now belongs to another agent');
+        }
+        ({ identity } = again);
+        epoch = current; // read before the check, as #handle does
+      }
+    }
     const agentId = identity.agentId;
     const load = entry?.load ?? this.#loadOf(agentId);
     if (load.inflight + requests > this.#maxInflight) {

@@ -1,10 +1,11 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { create } from '@bufbuild/protobuf';
 import type { Client as GrpcClient, ServiceError } from '@grpc/grpc-js';
 import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { CallToolRequestSchema } from '../../src/gen/fabric/v1/tool_pb.js';
 import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
@@ -230,5 +231,63 @@ describe('an agent’s credential replaced while its session is open', () => {
 
     const ran = readFileSync(countFile, 'utf8').split('\n').filter(Boolean);
     expect(ran).toEqual(['old-warm', 'new']);
+  });
+});
+
+describe('an initialize whose agent is terminated while its body arrives', () => {
+  let sidecar: Sidecar | undefined;
+  afterEach(async () => {
+    await closeSidecar(sidecar);
+    sidecar = undefined;
+  });
+
+  it('opens no session: refused 401 once the body is in', async () => {
+    sidecar = await startTestSidecar({ policies: [DEFAULT_ALLOW], agents: [{ name: 'late' }] });
+    const s = sidecar;
+    const token = agentToken(s, 'late');
+    const id = agentId(s, 'late');
+    const authenticate = vi.spyOn(s.backend, 'authenticate');
+    const body = JSON.stringify(INIT);
+    const url = new URL(s.url!);
+    const answer = new Promise<{ status: number; sessionId: string | undefined }>(
+      (resolve, reject) => {
+        const req = httpRequest(
+          {
+            host: url.hostname,
+            port: url.port,
+            path: url.pathname,
+            method: 'POST',
+            headers: {
+              authorization: `Bearer ${token}`,
+              'content-type': 'application/json',
+              accept: 'application/json, text/event-stream',
+              'content-length': Buffer.byteLength(body),
+            },
+          },
+          (res) => {
+            res.resume();
+            const sid = res.headers['mcp-session-id'];
+            resolve({
+              status: res.statusCode ?? 0,
+              sessionId: typeof sid === 'string' ? sid : undefined,
+            });
+          },
+        );
+        req.on('error', reject);
+        req.flushHeaders();
+        // The headers are authenticated; the body comes after the agent was terminated.
+        void until(() => authenticate.mock.calls.some((c) => c[0] === token))
+          .then(() => s.fabric!.terminate(id, { drainTimeoutSeconds: 0 }))
+          .then(() => req.end(body), reject);
+      },
+    );
+    try {
+      const { status, sessionId } = await answer;
+      expect(status).toBe(401);
+      expect(sessionId).toBeUndefined();
+      expect([...s.gateway.sessions].some((x) => x.identity.agentId === id)).toBe(false);
+    } finally {
+      authenticate.mockRestore();
+    }
   });
 });
