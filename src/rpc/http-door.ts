@@ -319,7 +319,10 @@ export class HttpDoor {
     if (req.method !== 'POST') {
       throw new RouteNotFoundError(req.method ?? '', pathname, 'RPCs are called with POST');
     }
-    const caller = this.#caller(req, route.caller);
+    // Read before the credential is checked: a change by the time the body is in means a
+    // credential may have been revoked meanwhile.
+    const epoch = this.#fabric.credentialEpoch();
+    let caller = this.#caller(req, route.caller);
     const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
     if (type !== 'application/json') {
       throw new InvalidArgumentError('content-type', 'must be application/json');
@@ -334,6 +337,9 @@ export class HttpDoor {
       limit: this.#maxBodyBytes,
       timeoutMs: this.#bodyTimeoutMs,
     });
+    // Checked again once the body is in, as the gRPC door checks a call again once its message
+    // is (a credential revoked or replaced in between acts no more, for its agent or another).
+    if (this.#fabric.credentialEpoch() !== epoch) caller = this.#caller(req, route.caller);
     const request = decodeJson(route.method.input, text);
     if (route.kind === 'stream') {
       // Checked again: streams may have opened while this body was read.

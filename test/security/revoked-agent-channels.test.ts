@@ -291,3 +291,68 @@ describe('an initialize whose agent is terminated while its body arrives', () =>
     }
   });
 });
+
+describe('an /api call whose credential is replaced while its body arrives', () => {
+  let sidecar: Sidecar | undefined;
+  afterEach(async () => {
+    await closeSidecar(sidecar);
+    sidecar = undefined;
+  });
+
+  it('is refused 401 and runs nothing, as over gRPC (checked again once the message is in)', async () => {
+    const countFile = join(tempDir('rotated-api'), 'ran.txt');
+    sidecar = await startTestSidecar({
+      upstreams: {
+        hc: {
+          command: process.execPath,
+          args: [HOLD_COUNTER],
+          env: { COUNT_FILE: countFile },
+          stderr: 'ignore',
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'rotating' }],
+    });
+    const s = sidecar;
+    const token = agentToken(s, 'rotating');
+    const id = agentId(s, 'rotating');
+    const authenticate = vi.spyOn(s.fabric!, 'authenticate');
+    const body = JSON.stringify({ name: 'hc__bump', arguments: { label: 'old-holder' } });
+    const url = new URL('/api/fabric.v1.ToolService/CallTool', s.url!);
+    const answer = new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const req = httpRequest(
+        {
+          host: url.hostname,
+          port: url.port,
+          path: url.pathname,
+          method: 'POST',
+          headers: {
+            authorization: `Bearer ${token}`,
+            'content-type': 'application/json',
+            'content-length': Buffer.byteLength(body),
+          },
+        },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (d: string) => (text += d));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+        },
+      );
+      req.on('error', reject);
+      req.flushHeaders();
+      // The headers are authenticated; the body comes after the credential was replaced.
+      void until(() => authenticate.mock.calls.some((c) => c[0] === token))
+        .then(() => s.fabric!.lifecycle.replaceCredential(id, `afk_rotated_${'r'.repeat(40)}`))
+        .then(() => req.end(body), reject);
+    });
+    try {
+      const { status, text: got } = await answer;
+      expect(status).toBe(401);
+      expect(got).toContain('FABRIC_ERR_UNAUTHENTICATED');
+      expect(existsSync(countFile)).toBe(false); // the tool never ran
+    } finally {
+      authenticate.mockRestore();
+    }
+  });
+});
