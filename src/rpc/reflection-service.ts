@@ -183,7 +183,15 @@ export function addReflectionService(server: Server, services: readonly DescServ
     call: ServerDuplexStream<ServerReflectionRequest, ServerReflectionResponse>,
   ): void => {
     open.add(call);
-    call.on('data', (req: ServerReflectionRequest) => call.write(answer(index, req)));
+    // One request at a time: the next is read once this one's answer has been written out.
+    // Reflection takes no credential, and an answer holds its request (`originalRequest`):
+    // read on regardless, a client that never reads made the server hold every request it
+    // sent (grpc-js reads a stream's messages as they come while it has a `data` listener).
+    // Paused, grpc-js stops reading the stream and HTTP/2 flow control stops the client.
+    call.on('data', (req: ServerReflectionRequest) => {
+      call.pause();
+      call.write(answer(index, req), () => call.resume());
+    });
     call.on('end', () => {
       open.delete(call);
       call.end();
