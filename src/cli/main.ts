@@ -25,6 +25,7 @@
  */
 import { createRequire } from 'node:module';
 import { ConfigFileError, FabricError, StartupError } from '../errors.js';
+import type { StdioBacklogEvent } from '../gateway/downstream-stdio-transport.js';
 import type { SidecarConfig } from '../server/config-file.js';
 import type { SidecarLog } from '../server/logger.js';
 import type { Sidecar } from '../server/sidecar.js';
@@ -262,7 +263,10 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
       );
     }
     const session = sidecar.gateway.createSession(identity);
-    const transport = new StdioSessionTransport();
+    const transport = new StdioSessionTransport(process.stdin, process.stdout, {
+      maxBacklogBytes: config.http.maxStreamBacklogBytes,
+    });
+    transport.onbacklog = (event) => log.write({ level: 'warn', msg: backlogMessage(event) });
     transport.onclose = () => {
       phase = 'stopping';
       void sidecar.close().then(() => process.exit(0));
@@ -293,6 +297,7 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   const { messageOf } = await import('../gateway/map-error.js');
   const upstream = new StreamableHTTPClientTransport(url, { requestInit: { headers } });
   const downstream = new StdioSessionTransport();
+  downstream.onbacklog = (event) => console.error(`agent-fabric mcp: ${backlogMessage(event)}`);
   downstream.onmessage = (m) =>
     void upstream.send(m).catch((e: unknown) => {
       console.error(String(e));
@@ -322,6 +327,13 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   await downstream.start();
   phase = 'stopping'; // ends when stdin does
   return 'running';
+}
+
+/** What `agent-fabric mcp` logs when its client stops reading stdout, and when it caught up. */
+function backlogMessage(event: StdioBacklogEvent): string {
+  return event.state === 'dropping'
+    ? `the MCP client is not reading stdout (${event.unsentBytes} bytes wait): notifications to it are dropped, and its requests not read, until it reads`
+    : `the MCP client read what waited on stdout; ${event.dropped} notifications to it were dropped meanwhile`;
 }
 
 /** The package's version (package.json, two folders up from src/cli and dist/cli). */

@@ -11,6 +11,16 @@
  * {@link LineWriter}. Before a line is parsed it is offered to `onrawline` (the fast path takes
  * plain `tools/call` lines there, parsing only their arguments).
  *
+ * A client that stops reading stdout must not make this process hold what it is sent: Node
+ * buffers every write a pipe cannot take, without limit (an in-process gateway held every
+ * progress notification of an upstream flood, the stdio bridge every message the sidecar
+ * sent). So, as over Streamable HTTP: a notification (progress, a log line, a list change, a
+ * resource update) sent while `maxBacklogBytes` wait unread is dropped (counted, and reported
+ * through `onbacklog` once when dropping starts and once, with the count, when the client has
+ * caught up); and while the output waits for the client, stdin is not read, so the client's
+ * further requests wait in its own pipe instead of their answers piling up here. Responses and
+ * requests are never dropped.
+ *
  * @module
  */
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
@@ -22,12 +32,30 @@ import {
 import { StringDecoder } from 'node:string_decoder';
 import { answerIdOf, invalidMessageResponse, jsonRpcError } from './jsonrpc-message.js';
 import { LineReader } from './line-reader.js';
-import { LineWriter, type LineSink } from './line-writer.js';
+import { LINE_QUEUED, LineWriter, type LineSink } from './line-writer.js';
+import { serializeMessage } from './serialize-message.js';
+import { DEFAULT_MAX_STREAM_BACKLOG_BYTES } from './downstream-http-transport.js';
 
 const NO_BATCH = 'Invalid Request: batches are not supported over stdio; send one message a line';
 
 /** Largest line accepted (as the SDK's read buffer). */
 export const STDIO_MAX_LINE_BYTES = 10 * 1024 * 1024;
+
+/** What {@link StdioSessionTransport.onbacklog} reports. */
+export type StdioBacklogEvent =
+  /** The client left `unsentBytes` unread: notifications are dropped from here. */
+  | { readonly state: 'dropping'; readonly unsentBytes: number }
+  /** The client read what waited; `dropped` notifications were dropped meanwhile. */
+  | { readonly state: 'caught-up'; readonly dropped: number };
+
+/** Options of a {@link StdioSessionTransport}. */
+export interface StdioSessionTransportOptions {
+  /**
+   * Bytes that may wait for the client to read stdout (beyond what the pipe holds) before
+   * notifications to it are dropped. @default 262144 (as `http.maxStreamBacklogBytes`)
+   */
+  maxBacklogBytes?: number;
+}
 
 /** MCP server transport over stdin/stdout with a cheap envelope check. */
 export class StdioSessionTransport implements Transport {
@@ -40,6 +68,8 @@ export class StdioSessionTransport implements Transport {
    * with a parse of their arguments alone (see `plainToolCallRequest`). Must not throw.
    */
   onrawline: ((line: string) => boolean) | undefined = undefined;
+  /** Told when notifications start being dropped for a client that does not read, and after. */
+  onbacklog: ((event: StdioBacklogEvent) => void) | undefined = undefined;
 
   readonly #stdin: NodeJS.ReadableStream;
   readonly #stdout: NodeJS.WritableStream;
@@ -50,16 +80,68 @@ export class StdioSessionTransport implements Transport {
     () => this.#onoverflow(),
   );
   readonly #writer: LineWriter;
+  readonly #maxBacklog: number;
   #started = false;
   #closed = false;
+  /** stdin is paused until stdout drains. */
+  #held = false;
+  /** Notifications dropped since the client last caught up, and in all. */
+  #droppedNow = 0;
+  #dropped = 0;
 
   constructor(
     stdin: NodeJS.ReadableStream = process.stdin,
     stdout: NodeJS.WritableStream = process.stdout,
+    options: StdioSessionTransportOptions = {},
   ) {
     this.#stdin = stdin;
     this.#stdout = stdout;
+    this.#maxBacklog = options.maxBacklogBytes ?? DEFAULT_MAX_STREAM_BACKLOG_BYTES;
     this.#writer = new LineWriter(() => this.#stdout as NodeJS.WritableStream & LineSink);
+  }
+
+  /** Output not taken by stdout's pipe yet (UTF-16 units queued this turn, bytes after). */
+  get unsentBytes(): number {
+    return this.#writer.pending + (this.#sink.writableLength ?? 0);
+  }
+
+  /** Notifications dropped because the client was not reading. */
+  get droppedNotifications(): number {
+    return this.#dropped;
+  }
+
+  get #sink(): NodeJS.WritableStream & { writableLength?: number; writableNeedDrain?: boolean } {
+    return this.#stdout;
+  }
+
+  /**
+   * Called as a message is queued: when stdout is backed up, stops reading stdin until it
+   * drains (what the client sends meanwhile waits in its pipe), and reports the end of a run of
+   * dropped notifications then.
+   */
+  #hold(): void {
+    if (this.#held || this.#closed || this.#sink.writableNeedDrain !== true) return;
+    this.#held = true;
+    this.#stdin.pause();
+    this.#stdout.once('drain', () => {
+      this.#held = false;
+      if (this.#droppedNow > 0) {
+        const dropped = this.#droppedNow;
+        this.#droppedNow = 0;
+        this.onbacklog?.({ state: 'caught-up', dropped });
+      }
+      if (!this.#closed && this.#stdin.listenerCount('data') > 0) this.#stdin.resume();
+    });
+  }
+
+  /** True (and counted) when a notification must be dropped: the client left too much unread. */
+  #drops(): boolean {
+    if (this.#sink.writableNeedDrain !== true) return false;
+    const unsent = this.unsentBytes;
+    if (unsent <= this.#maxBacklog) return false;
+    this.#dropped++;
+    if (this.#droppedNow++ === 0) this.onbacklog?.({ state: 'dropping', unsentBytes: unsent });
+    return true;
   }
 
   readonly #ondata = (chunk: Buffer | string): void => {
@@ -129,11 +211,25 @@ export class StdioSessionTransport implements Transport {
 
   /** Queues `message`; the messages sent during one turn go out in one write (LineWriter). */
   send(message: JSONRPCMessage): Promise<void> {
-    return this.#writer.send(message);
+    this.#hold();
+    const m = message as { id?: unknown; method?: unknown };
+    if (m.id !== undefined || m.method === undefined) return this.#writer.send(message);
+    // A notification waits for no drain (a call awaits its last progress before it answers, and
+    // would wait for as long as the client does not read): past the backlog the next is dropped.
+    if (this.#drops()) return LINE_QUEUED;
+    let json: string;
+    try {
+      json = serializeMessage(message);
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    void this.#writer.sendLine(json);
+    return LINE_QUEUED;
   }
 
-  /** {@link send} for a message already serialized as one line of JSON. */
+  /** {@link send} for a message already serialized as one line of JSON (a response). */
   sendLine(json: string): Promise<void> {
+    this.#hold();
     return this.#writer.sendLine(json);
   }
 

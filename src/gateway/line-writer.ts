@@ -80,6 +80,11 @@ export class LineWriter {
     return new Promise((resolve) => sink.once('drain', resolve));
   }
 
+  /** Characters queued for this turn's write and not yet handed to the stream. */
+  get pending(): number {
+    return this.#out.length;
+  }
+
   /** Writes what this turn queued (also called when the turn's ticks end). */
   readonly flush = (): void => {
     this.#inTurn = false;
