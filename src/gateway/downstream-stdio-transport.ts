@@ -17,8 +17,8 @@
  * sent). So, as over Streamable HTTP: a notification (progress, a log line, a list change, a
  * resource update) sent while `maxBacklogBytes` wait unread is dropped (counted, and reported
  * through `onbacklog` once when dropping starts and once, with the count, when the client has
- * caught up); and while the output waits for the client, stdin is not read, so the client's
- * further requests wait in its own pipe instead of their answers piling up here. Responses and
+ * caught up); and while more than that waits for the client, stdin is not read, so the
+ * client's further requests wait in its own pipe instead of their answers piling up here. Responses and
  * requests are never dropped.
  *
  * @module
@@ -115,12 +115,15 @@ export class StdioSessionTransport implements Transport {
   }
 
   /**
-   * Called as a message is queued: when stdout is backed up, stops reading stdin until it
-   * drains (what the client sends meanwhile waits in its pipe), and reports the end of a run of
-   * dropped notifications then.
+   * Called as a message is queued: when more than `maxBacklogBytes` wait for the client, stops
+   * reading stdin until stdout drains (what the client sends meanwhile waits in its pipe), and
+   * reports the end of a run of dropped notifications then. Not at stdout's own high-water mark:
+   * a client that writes a large request before reading what came would then wait on a gateway
+   * that waits on it.
    */
   #hold(): void {
     if (this.#held || this.#closed || this.#sink.writableNeedDrain !== true) return;
+    if (this.unsentBytes <= this.#maxBacklog) return;
     this.#held = true;
     this.#stdin.pause();
     this.#stdout.once('drain', () => {
