@@ -98,7 +98,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     'One agent session at a time, so callbacks (sampling, elicitation, roots) reach the session that caused them.',
   'upstreams.<name>.required': 'Start-up is refused when this upstream fails to connect.',
   'upstreams.<name>.maxMessageBytes':
-    'Longest message the upstream may send: a stdio line (in characters), an SSE event, a JSON body (as decoded). A longer one is dropped as it arrives and its call fails. One named by neither its first nor its last members resets a stdio upstream; over legacy SSE its call fails at `callTimeoutSeconds`.',
+    'Longest message the upstream may send: a stdio line (in characters), an SSE event, a JSON body (as decoded); a longer one is dropped and its call fails (one named by neither end resets a stdio upstream). Also the most held for a stdio upstream not reading its stdin: a call past it fails at once.',
   'upstreams.<name>.paths':
     'How the upstream resolves path parameters, so policies match what it will touch.',
   'upstreams.<name>.paths.roots': 'Directories relative paths resolve against, in its order.',

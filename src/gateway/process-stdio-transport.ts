@@ -67,6 +67,29 @@ export interface ProcessStdioTransportOptions {
    * @default 60 000
    */
   droppedLineTimeoutMs?: number;
+  /**
+   * Most that may wait for the child to read its stdin (UTF-16 units, at most their bytes):
+   * a message sent while more waits is refused with {@link InputBacklogError} instead of being
+   * held. A child that stops reading (its event loop blocked by a call) would otherwise make
+   * this process hold every request every agent sends it, each call timing out and the next
+   * one queued behind it. @default maxLineLength
+   */
+  maxInputBacklog?: number;
+}
+
+/** A message not sent to a child that has not read what already waits for it. */
+export class InputBacklogError extends Error {
+  constructor(
+    /** What waits for the child (UTF-16 units). */
+    readonly waiting: number,
+    /** The bound ({@link ProcessStdioTransportOptions.maxInputBacklog}). */
+    readonly max: number,
+  ) {
+    super(
+      `the server is not reading its input: ${waiting} characters wait for it (at most ${max})`,
+    );
+    this.name = 'InputBacklogError';
+  }
 }
 
 /** Builds the child environment: a minimal safe inherited set plus `extra`. */
@@ -378,13 +401,31 @@ export class ProcessStdioTransport implements Transport {
 
   send(message: JSONRPCMessage): Promise<void> {
     if (!this.#child?.stdin || this.#closed) return Promise.reject(new Error('Not connected'));
+    const refused = this.#backlogged(this.#child.stdin);
+    if (refused) return Promise.reject(refused);
     return this.#writer.send(message);
   }
 
   /** {@link send} for a message already serialized as one line of JSON (no newline). */
   sendLine(json: string): Promise<void> {
     if (!this.#child?.stdin || this.#closed) return Promise.reject(new Error('Not connected'));
+    const refused = this.#backlogged(this.#child.stdin);
+    if (refused) return Promise.reject(refused);
     return this.#writer.sendLine(json);
+  }
+
+  /** What waits for the child to read its stdin (UTF-16 units). */
+  get unsentInput(): number {
+    return this.#writer.pending + (this.#child?.stdin?.writableLength ?? 0);
+  }
+
+  /** The error to refuse a message with when more than the bound waits for the child. */
+  #backlogged(stdin: NodeJS.WritableStream & { writableLength: number }): Error | undefined {
+    if (stdin.writableLength === 0) return undefined; // the common case: the child keeps up
+    const waiting = this.#writer.pending + stdin.writableLength;
+    const max =
+      this.#options.maxInputBacklog ?? this.#options.maxLineLength ?? DEFAULT_MAX_MESSAGE_BYTES;
+    return waiting > max ? new InputBacklogError(waiting, max) : undefined;
   }
 
   /** Signals the whole process group (falls back to the child alone). */

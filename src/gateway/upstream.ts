@@ -31,7 +31,7 @@ import { CATALOG_ITEM_BOUNDS, catalogItemProblem } from './catalog.js';
 import { exceededBound } from './input-bounds.js';
 import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from './list-hints.js';
 import { PathResolver, pathResolutionOf } from './path-resolver.js';
-import { ProcessStdioTransport, SpawnError } from './process-stdio-transport.js';
+import { InputBacklogError, ProcessStdioTransport, SpawnError } from './process-stdio-transport.js';
 import { boundedBody, boundedEventStream, UpstreamMessageTooLargeError } from './bounded-body.js';
 import type { UpstreamSpec } from './upstream-config.js';
 import { traceparentFetch, withTraceparentMeta } from '../telemetry/trace-context.js';
@@ -131,6 +131,11 @@ export class Upstream {
   }
 
   /** The connected SDK client, for callers that need raw access (benchmarks, tests). */
+  /** What waits for a stdio upstream to read its stdin (UTF-16 units; 0 for the others). */
+  get unsentInput(): number {
+    return this.#transport instanceof ProcessStdioTransport ? this.#transport.unsentInput : 0;
+  }
+
   get client(): Client | undefined {
     return this.#client;
   }
@@ -436,6 +441,13 @@ export class Upstream {
       }
       // Any other protocol error is the upstream's answer, relayed as it sent it.
       return relayedMcpError(error);
+    } else if (error instanceof InputBacklogError) {
+      return new UpstreamUnavailableError(
+        this.name,
+        `is not reading its input (${error.waiting} characters wait for it, at most ${error.max}); ${method} was not sent`,
+        { state: this.#state, waiting: error.waiting, max: error.max },
+        { cause: error },
+      );
     } else if (isConnectionFailure(error)) {
       // An HTTP/SSE upstream that went away: no process exit tells us, so the failed request
       // does. Treat it like a dead stdio child: drop the connection and restart with backoff.

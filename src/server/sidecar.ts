@@ -771,6 +771,15 @@ function sidecarMetrics(
       })),
     },
     {
+      name: 'agent_fabric_upstream_unsent_input',
+      help: 'Characters written to a stdio upstream that it has not read yet and the OS does not buffer.',
+      type: 'gauge' as const,
+      samples: upstreams.map((u) => ({
+        labels: { upstream: u.name },
+        value: u.unsentInput,
+      })),
+    },
+    {
       name: 'agent_fabric_mcp_sessions',
       help: 'Open agent MCP sessions (HTTP and stdio).',
       type: 'gauge' as const,
