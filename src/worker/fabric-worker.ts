@@ -357,7 +357,7 @@ export class FabricWorker {
     handlers: Readonly<Record<string, WorkerHandler>>,
     stop: AbortSignal,
   ): Promise<void> {
-    const handler = handlers[task.taskType];
+    const handler = handlerFor(handlers, task.taskType);
     if (handler === undefined) {
       const err = new HandlerNotFoundError(task.taskType);
       await this.#fail(task, { code: err.code, message: err.message });
@@ -488,7 +488,7 @@ export class FabricWorker {
         item !== null && typeof item === 'object' && typeof item.taskType === 'string'
           ? item.taskType
           : 'hook';
-      const handler = handlers[type];
+      const handler = handlerFor(handlers, type);
       if (handler === undefined) return true; // not ours to run: leave it for a worker that can
       if (hook.status === 'PENDING') await this.activateHook(hook.hookId);
       const ctx: WorkerTaskContext = {
@@ -515,6 +515,19 @@ export class FabricWorker {
   close(): Promise<void> {
     return this.#transport.close();
   }
+}
+
+/**
+ * The handler registered for `taskType`: an own property of `handlers` only. The name comes from
+ * the task or hook (an agent's `fabric__schedule_task` chooses a task's type), so what every
+ * object inherits (`constructor`, `toString`, `valueOf`, `__proto__` …) is no handler: run as one,
+ * it completed the task or hook with whatever it returned (`Object(payload)`, `"[object Object]"`).
+ */
+function handlerFor(
+  handlers: Readonly<Record<string, WorkerHandler>>,
+  taskType: string,
+): WorkerHandler | undefined {
+  return Object.hasOwn(handlers, taskType) ? handlers[taskType] : undefined;
 }
 
 /**
