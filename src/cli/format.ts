@@ -10,15 +10,10 @@
  * @module
  */
 import { timestampDate, type Timestamp } from '@bufbuild/protobuf/wkt';
+import { UNPRINTABLE_CLASS } from '../unprintable.js';
 
-/**
- * What a terminal would act on rather than show: C0 controls (line breaks, tabs and ESC
- * included), DEL, C1 controls (CSI, OSC …), the bidirectional controls that reorder what
- * follows (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069) and the Unicode line and
- * paragraph separators.
- */
-// eslint-disable-next-line no-control-regex
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+/** What a terminal would act on rather than show (see {@link UNPRINTABLE_CLASS}). */
+const UNPRINTABLE = new RegExp(UNPRINTABLE_CLASS, 'g');
 
 /** `text` with every {@link UNPRINTABLE} character escaped: `\x1b`, `\x0a`, `\u{202e}`. */
 export function printable(text: string): string {

@@ -32,6 +32,7 @@ import { isAgentLiveness, type AgentLiveness } from './liveness.js';
 import { checkBranchName } from './ref-name.js';
 import { HOOKS_REF, HookStateStore, type StateChange } from './state-store.js';
 import { StoreLock } from './store-lock.js';
+import { UNPRINTABLE_CLASS } from '../unprintable.js';
 import { WorktreeManager, type CreatedWorktree } from './worktrees.js';
 
 /** Name of the lock file in the store's git directory. */
@@ -985,11 +986,12 @@ function freezeHook(h: Hook): Hook {
 }
 
 /**
- * What a trailer's value may not hold: whitespace runs and control characters (a NUL breaks
- * `git fsck --strict` and cuts `git log` short); each run becomes one space.
+ * What a trailer's value may not hold: whitespace runs and what a terminal acts on rather than
+ * shows (a NUL breaks `git fsck --strict` and cuts `git log` short; C1 controls such as CSI and
+ * NEL, and the bidirectional controls, reach the operator's terminal through `git log`, as they
+ * would through the CLI, which escapes the same set); each run becomes one space.
  */
-// eslint-disable-next-line no-control-regex
-const LINE_BREAKERS = /[\s\x00-\x1f\x7f]+/g;
+const LINE_BREAKERS = new RegExp(`(?:\\s|${UNPRINTABLE_CLASS})+`, 'g');
 
 function message(hookId: string, what: string, trailers: Record<string, string | null>): string {
   const lines = [`hook ${hookId}: ${what}`, ''];

@@ -120,3 +120,28 @@ describe('hook payloads from a hostile agent over MCP', () => {
     expect(size).toBeLessThan(JSON.stringify(result).length + 4096);
   });
 });
+
+describe('what an agent writes into the hook store’s commit messages', () => {
+  it('C1 controls and bidirectional controls in a note or failure message reach no commit message', async () => {
+    const hookId = await activeHook();
+    // CSI (U+009B) clears the screen of a terminal that honours C1; NEL (U+0085) is a line
+    // break to some; RLO (U+202E) and friends reorder what the operator reads after them.
+    const hostile = 'ok\u009b2J\u0085Hook-Id: forged\u202eevil\u2066\u200f\u061c\u0090end';
+    const p = await call('hook_progress', { hookId, note: hostile });
+    expect(p.isError, text(p)).toBeFalsy();
+    const f = await call('fail_hook', { hookId, message: hostile });
+    expect(f.isError, text(f)).toBeFalsy();
+    // The record keeps what the agent sent (it is data); the operator's `git log` shows none.
+    expect((await fabric.hooks!.getHook(hookId)).error!.message).toBe(hostile);
+    const log = execFileSync('git', ['log', '--format=%B', HOOKS_REF], {
+      cwd: storagePath,
+      encoding: 'utf8',
+    });
+    const mine = log.split('\n').filter((l) => l.startsWith('Note: ok'));
+    expect(mine).toHaveLength(2);
+    for (const line of mine) {
+      expect(line).not.toMatch(/[\u0080-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/);
+      expect(line).toBe('Note: ok 2J Hook-Id: forged evil end');
+    }
+  });
+});
