@@ -30,6 +30,66 @@ const HOLD_COUNTER = fileURLToPath(
 );
 
 /**
+ * The `hc` upstream (hold-counter-server, recording each run of `bump` in a file of its own)
+ * for `startTestSidecar`; `exclusive` serves one session at a time.
+ */
+function holdCounter(prefix: string, exclusive = false) {
+  const countFile = join(tempDir(prefix), 'ran.txt');
+  const upstream = {
+    command: process.execPath,
+    args: [HOLD_COUNTER],
+    env: { COUNT_FILE: countFile },
+    stderr: 'ignore' as const,
+    ...(exclusive ? { exclusive: true } : {}),
+  };
+  return { countFile, upstream };
+}
+
+/**
+ * POSTs `body` to `url` with `headers`: the headers go first, and the body only once `between`
+ * (run after `token` was authenticated, i.e. the headers were checked) has settled. Resolves
+ * with the status, the `mcp-session-id` header and the answer's text.
+ */
+function postBodyLate(
+  url: URL,
+  headers: Record<string, string>,
+  body: string,
+  authenticate: { mock: { calls: unknown[][] } },
+  token: string,
+  between: () => unknown,
+): Promise<{ status: number; sessionId: string | undefined; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      {
+        host: url.hostname,
+        port: url.port,
+        path: url.pathname,
+        method: 'POST',
+        headers: { ...headers, 'content-length': Buffer.byteLength(body) },
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (text += d));
+        res.on('end', () => {
+          const sid = res.headers['mcp-session-id'];
+          resolve({
+            status: res.statusCode ?? 0,
+            sessionId: typeof sid === 'string' ? sid : undefined,
+            text,
+          });
+        });
+      },
+    );
+    req.on('error', reject);
+    req.flushHeaders();
+    void until(() => authenticate.mock.calls.some((c) => c[0] === token))
+      .then(between)
+      .then(() => req.end(body), reject);
+  });
+}
+
+/**
  * What an agent can still do through what it opened before an operator terminated it (its
  * credential revoked). Real sidecar, real upstream process, official SDK, grpc-js and HTTP
  * clients; effects checked on the upstream's own record of what ran.
@@ -44,17 +104,9 @@ describe('a terminated agent’s channels opened before', () => {
   });
 
   it('its calls queued behind an exclusive upstream’s turn (gRPC, /api, MCP task) never run', async () => {
-    const countFile = join(tempDir('revoked-queue'), 'ran.txt');
+    const { countFile, upstream } = holdCounter('revoked-queue', true);
     sidecar = await startTestSidecar({
-      upstreams: {
-        hc: {
-          command: process.execPath,
-          args: [HOLD_COUNTER],
-          env: { COUNT_FILE: countFile },
-          stderr: 'ignore',
-          exclusive: true,
-        },
-      },
+      upstreams: { hc: upstream },
       policies: [DEFAULT_ALLOW],
       toolCosts: { hc__bump: 1 },
       agents: [{ name: 'alice' }, { name: 'bob' }, { name: 'carol' }],
@@ -157,17 +209,9 @@ describe('an agent’s credential replaced while its session is open', () => {
   });
 
   it('the old credential’s session is closed at once: its queued call never runs, the new one works', async () => {
-    const countFile = join(tempDir('rotated-queue'), 'ran.txt');
+    const { countFile, upstream } = holdCounter('rotated-queue', true);
     sidecar = await startTestSidecar({
-      upstreams: {
-        hc: {
-          command: process.execPath,
-          args: [HOLD_COUNTER],
-          env: { COUNT_FILE: countFile },
-          stderr: 'ignore',
-          exclusive: true,
-        },
-      },
+      upstreams: { hc: upstream },
       policies: [DEFAULT_ALLOW],
       toolCosts: { hc__bump: 1 },
       agents: [{ name: 'alice' }, { name: 'bob' }],
@@ -249,37 +293,18 @@ describe('an initialize whose agent is terminated while its body arrives', () =>
     const authenticate = vi.spyOn(s.backend, 'authenticate');
     const body = JSON.stringify(INIT);
     const url = new URL(s.url!);
-    const answer = new Promise<{ status: number; sessionId: string | undefined }>(
-      (resolve, reject) => {
-        const req = httpRequest(
-          {
-            host: url.hostname,
-            port: url.port,
-            path: url.pathname,
-            method: 'POST',
-            headers: {
-              authorization: `Bearer ${token}`,
-              'content-type': 'application/json',
-              accept: 'application/json, text/event-stream',
-              'content-length': Buffer.byteLength(body),
-            },
-          },
-          (res) => {
-            res.resume();
-            const sid = res.headers['mcp-session-id'];
-            resolve({
-              status: res.statusCode ?? 0,
-              sessionId: typeof sid === 'string' ? sid : undefined,
-            });
-          },
-        );
-        req.on('error', reject);
-        req.flushHeaders();
-        // The headers are authenticated; the body comes after the agent was terminated.
-        void until(() => authenticate.mock.calls.some((c) => c[0] === token))
-          .then(() => s.fabric!.terminate(id, { drainTimeoutSeconds: 0 }))
-          .then(() => req.end(body), reject);
+    // The headers are authenticated; the body comes after the agent was terminated.
+    const answer = postBodyLate(
+      url,
+      {
+        authorization: `Bearer ${token}`,
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
       },
+      body,
+      authenticate,
+      token,
+      () => s.fabric!.terminate(id, { drainTimeoutSeconds: 0 }),
     );
     try {
       const { status, sessionId } = await answer;
@@ -300,16 +325,9 @@ describe('an /api call whose credential is replaced while its body arrives', () 
   });
 
   it('is refused 401 and runs nothing, as over gRPC (checked again once the message is in)', async () => {
-    const countFile = join(tempDir('rotated-api'), 'ran.txt');
+    const { countFile, upstream } = holdCounter('rotated-api');
     sidecar = await startTestSidecar({
-      upstreams: {
-        hc: {
-          command: process.execPath,
-          args: [HOLD_COUNTER],
-          env: { COUNT_FILE: countFile },
-          stderr: 'ignore',
-        },
-      },
+      upstreams: { hc: upstream },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'rotating' }],
     });
@@ -319,33 +337,15 @@ describe('an /api call whose credential is replaced while its body arrives', () 
     const authenticate = vi.spyOn(s.fabric!, 'authenticate');
     const body = JSON.stringify({ name: 'hc__bump', arguments: { label: 'old-holder' } });
     const url = new URL('/api/fabric.v1.ToolService/CallTool', s.url!);
-    const answer = new Promise<{ status: number; text: string }>((resolve, reject) => {
-      const req = httpRequest(
-        {
-          host: url.hostname,
-          port: url.port,
-          path: url.pathname,
-          method: 'POST',
-          headers: {
-            authorization: `Bearer ${token}`,
-            'content-type': 'application/json',
-            'content-length': Buffer.byteLength(body),
-          },
-        },
-        (res) => {
-          let text = '';
-          res.setEncoding('utf8');
-          res.on('data', (d: string) => (text += d));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-        },
-      );
-      req.on('error', reject);
-      req.flushHeaders();
-      // The headers are authenticated; the body comes after the credential was replaced.
-      void until(() => authenticate.mock.calls.some((c) => c[0] === token))
-        .then(() => s.fabric!.lifecycle.replaceCredential(id, `afk_rotated_${'r'.repeat(40)}`))
-        .then(() => req.end(body), reject);
-    });
+    // The headers are authenticated; the body comes after the credential was replaced.
+    const answer = postBodyLate(
+      url,
+      { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body,
+      authenticate,
+      token,
+      () => s.fabric!.lifecycle.replaceCredential(id, `afk_rotated_${'r'.repeat(40)}`),
+    );
     try {
       const { status, text: got } = await answer;
       expect(status).toBe(401);
