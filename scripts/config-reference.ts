@@ -223,6 +223,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'hooks.autoReassign': "Move a lost agent's hooks to its pool.",
   'hooks.patrolIntervalSeconds': 'How often stale hooks are looked for.',
   'hooks.staleAfterSeconds': 'Silence after which an active hook is stale.',
+  'hooks.progressCommitIntervalMs':
+    "Fewest ms between two progress commits of one hook (default 1000); reports in between are held in memory (seen at once) and committed with the hook's next commit, so a crash loses at most that long of them.",
   'hooks.maxReassignments': 'Reassignments before a hook is abandoned.',
 };
 

@@ -1,5 +1,6 @@
 /**
- * Typed events of the HookManager. Listeners run after the change is committed; a listener
+ * Typed events of the HookManager. Listeners run after the change is committed (a held progress
+ * report: once it is recorded in memory, see {@link HookProgressEvent}); a listener
  * that throws does not undo anything (its error becomes a process warning).
  *
  * @module
@@ -23,10 +24,15 @@ export interface HookReassignedEvent extends HookTransitionEvent {
   readonly toAgentId: string;
 }
 
-/** `hook.progress`: an agent reported progress. */
+/**
+ * `hook.progress`: an agent reported progress (one event per report). A report within
+ * `progressCommitIntervalMs` of the hook's last commit is held in memory and committed with the
+ * hook's next commit (see `HookManager.recordProgress`).
+ */
 export interface HookProgressEvent {
   readonly hook: Hook;
-  readonly commit: string;
+  /** Commit on the state ref that recorded it; `null` while the report is held in memory. */
+  readonly commit: string | null;
 }
 
 /** `hook.stale`: the patrol found a PENDING or ACTIVE hook without progress for too long. */

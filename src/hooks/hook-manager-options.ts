@@ -5,7 +5,7 @@
  */
 import { isAbsolute, join, resolve } from 'node:path';
 import { ConfigError } from '../errors.js';
-import { MAX_TIMER_SECONDS, timerLimitMessage } from '../scheduler/task-waiters.js';
+import { MAX_TIMER_MS, MAX_TIMER_SECONDS, timerLimitMessage } from '../scheduler/task-waiters.js';
 import { isAgentLiveness, type AgentLiveness } from './liveness.js';
 import { branchNameProblem } from './ref-name.js';
 
@@ -13,6 +13,8 @@ import { branchNameProblem } from './ref-name.js';
 export const DEFAULT_PATROL_INTERVAL_SECONDS = 30;
 /** Default for {@link HookManagerOptions.staleAfterSeconds}. */
 export const DEFAULT_STALE_AFTER_SECONDS = 600;
+/** Default for {@link HookManagerOptions.progressCommitIntervalMs}. */
+export const DEFAULT_PROGRESS_COMMIT_INTERVAL_MS = 1000;
 /** Default for {@link HookManagerOptions.maxReassignments}. */
 export const DEFAULT_MAX_REASSIGNMENTS = 3;
 /** Default for {@link HookManagerOptions.maxWorkItemBytes}: 256 KiB of JSON. */
@@ -63,6 +65,18 @@ export interface HookManagerOptions {
    */
   staleAfterSeconds?: number;
   /**
+   * Fewest milliseconds between two progress commits of one hook. A `recordProgress` within this
+   * long of the hook's last commit is held in memory — `getHook`, `listHooks` and the patrol see
+   * its note and `lastProgressAt` at once — and goes to git with the hook's next commit: the next
+   * report after the interval, a timer at the interval's end, any transition, or `close()`. So
+   * an agent reporting in a loop adds at most one commit per interval, and the latest note
+   * always reaches git; notes between two commits are folded (the commit's `Progress-Folded:`
+   * trailer counts them). A crash (`kill -9`) loses at most the reports held since the hook's
+   * last commit (under one interval's worth). At most 2147483647 (a timer's longest delay).
+   * @default 1000
+   */
+  progressCommitIntervalMs?: number;
+  /**
    * How often one hook may be reassigned (after being abandoned or failing) before recovery
    * gives up on it.
    * @default 3
@@ -105,6 +119,7 @@ export interface ResolvedHookManagerOptions {
   readonly worktreeRoot: string;
   readonly patrolIntervalSeconds: number;
   readonly staleAfterSeconds: number;
+  readonly progressCommitIntervalMs: number;
   readonly maxReassignments: number;
   readonly maxWorkItemBytes: number;
   readonly liveness: AgentLiveness | undefined;
@@ -120,6 +135,7 @@ const KNOWN = new Set<string>([
   'worktreeRoot',
   'patrolIntervalSeconds',
   'staleAfterSeconds',
+  'progressCommitIntervalMs',
   'maxReassignments',
   'maxWorkItemBytes',
   'liveness',
@@ -198,6 +214,16 @@ export function parseHookManagerOptions(
       DEFAULT_STALE_AFTER_SECONDS,
       'positiveNumber',
     ),
+    // The flush timer's delay: past setTimeout's limit it would fire after 1 ms.
+    progressCommitIntervalMs: atMostTimerLimitMs(
+      'options.progressCommitIntervalMs',
+      number(
+        'options.progressCommitIntervalMs',
+        o.progressCommitIntervalMs,
+        DEFAULT_PROGRESS_COMMIT_INTERVAL_MS,
+        'positiveNumber',
+      ),
+    ),
     maxReassignments: number(
       'options.maxReassignments',
       o.maxReassignments,
@@ -225,6 +251,12 @@ function atMostTimerLimit(field: string, seconds: number): number {
     throw new ConfigError(field, `${timerLimitMessage('seconds')}, got ${seconds}`);
   }
   return seconds;
+}
+
+/** `ms`, refused past {@link MAX_TIMER_MS} (a timer's longest delay). */
+function atMostTimerLimitMs(field: string, ms: number): number {
+  if (ms > MAX_TIMER_MS) throw new ConfigError(field, `${timerLimitMessage('ms')}, got ${ms}`);
+  return ms;
 }
 
 function number(field: string, value: unknown, fallback: number, kind: NumberKind): number {

@@ -102,6 +102,21 @@ interface Staged {
   readonly record: Hook;
   readonly message: string;
   readonly announce?: (commit: string) => void;
+  /**
+   * A progress commit (its `Note:` is the progress note); `'flush'` when it only commits reports
+   * held in memory, and is dropped when an earlier commit already carried them.
+   */
+  readonly progress?: true | 'flush';
+}
+
+/**
+ * A progress report held in memory (not committed): the record `getHook` and the patrol see
+ * until the hook's next commit carries it to git.
+ */
+interface Held {
+  readonly held: true;
+  readonly record: Hook;
+  readonly announce: () => void;
 }
 
 /** What a status change adds to the record, and the event that announces it. */
@@ -114,7 +129,7 @@ interface TransitionPlan {
 }
 
 /** Builds a change from the current state; `null` means "nothing to do". */
-type Build = (get: (hookId: string) => Hook | undefined, now: number) => Staged | null;
+type Build = (get: (hookId: string) => Hook | undefined, now: number) => Staged | Held | null;
 
 interface Queued {
   readonly hookId: string;
@@ -158,6 +173,11 @@ export class HookManager {
   #worktreeChain: Promise<unknown> = Promise.resolve();
   #patrolTimer: ReturnType<typeof setInterval> | undefined;
   #patrolRunning = false;
+  /**
+   * Hooks with progress reports held in memory (in `#hooks`, not yet on the ref): how many, and
+   * the timer that commits them when the hook's interval ends.
+   */
+  readonly #held = new Map<string, { count: number; timer?: ReturnType<typeof setTimeout> }>();
 
   /**
    * Checks the options; the store is opened by {@link open} or by the first call that needs it.
@@ -196,12 +216,16 @@ export class HookManager {
     return this;
   }
 
-  /** Stops the patrol, lets queued transitions finish, and releases the lock. Idempotent. */
+  /**
+   * Stops the patrol, lets queued transitions finish, commits progress held in memory (see
+   * `progressCommitIntervalMs`), and releases the lock. Idempotent.
+   */
   close(): Promise<void> {
     this.stopPatrol();
     this.#closing ??= (async () => {
       await this.#opening?.catch(() => undefined);
       while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+      await this.#flushAllHeld();
       this.#store?.close();
       await this.#lock?.release();
     })();
@@ -412,8 +436,14 @@ export class HookManager {
   }
 
   /**
-   * Records progress on an ACTIVE hook (resets its staleness clock). Committed like a
-   * transition, so progress notes are in the audit trail too.
+   * Records progress on an ACTIVE hook (resets its staleness clock). The returned hook, `getHook`
+   * and the patrol see it at once. A report `progressCommitIntervalMs` or more after the hook's
+   * last commit is committed now (`progress (ACTIVE)`, its note in the `Note:` trailer); one
+   * sooner is held in memory and committed with the hook's next commit — the next report after
+   * the interval, a timer at the interval's end, a transition, or `close()` — so a hook adds at
+   * most one progress commit per interval. The latest note always reaches git (unless the process
+   * dies first); earlier notes of one interval are folded (`Progress-Folded: <n>`). `hook.progress`
+   * is emitted for every report, with `commit: null` when it is held.
    * @throws HookNotFoundError, HookStateError when the hook is not ACTIVE.
    */
   recordProgress(hookId: string, note?: string): Promise<Hook> {
@@ -431,6 +461,15 @@ export class HookManager {
             },
           );
         }
+        // `updatedAt` is the hook's last commit (clocks that step back count as "just now").
+        if (now - h.updatedAt < this.options.progressCommitIntervalMs) {
+          const held = freezeHook({ ...h, lastProgressAt: now, progressNote: text });
+          return {
+            held: true,
+            record: held,
+            announce: () => this.#events.emit('hook.progress', { hook: held, commit: null }),
+          };
+        }
         const record = freezeHook({
           ...h,
           lastProgressAt: now,
@@ -442,6 +481,7 @@ export class HookManager {
           record,
           message: message(hookId, `progress (${h.status})`, { Agent: h.agentId, Note: text }),
           announce: (commit) => this.#events.emit('hook.progress', { hook: record, commit }),
+          progress: true,
         };
       });
     });
@@ -684,16 +724,12 @@ export class HookManager {
 
   /** Runs `fn` once the store is open, tracked so that `close()` waits for it. */
   #run<T>(fn: () => Promise<T>): Promise<T> {
-    const p = (async () => {
-      await this.#ready();
-      return fn();
-    })();
-    this.#inflight.add(p);
-    const done = (): void => {
-      this.#inflight.delete(p);
-    };
-    p.then(done, done);
-    return p;
+    return this.#track(
+      (async () => {
+        await this.#ready();
+        return fn();
+      })(),
+    );
   }
 
   async #ready(): Promise<void> {
@@ -857,6 +893,79 @@ export class HookManager {
     });
   }
 
+  /** Counts `count` more reports held for `hookId`, and sets its flush timer if none is set. */
+  #hold(hookId: string, count: number, delay?: number): void {
+    const entry = this.#held.get(hookId) ?? { count: 0 };
+    entry.count += count;
+    this.#held.set(hookId, entry);
+    if (entry.timer !== undefined || this.#closing !== undefined) return;
+    const interval = this.options.progressCommitIntervalMs;
+    const since = this.#now() - (this.#hooks.get(hookId)?.updatedAt ?? 0);
+    const wait = delay ?? Math.min(interval, Math.max(0, interval - since));
+    entry.timer = setTimeout(() => {
+      entry.timer = undefined;
+      if (this.#closing !== undefined) return; // close() commits it
+      this.#track(this.#flushHeld(hookId)).catch(() => {
+        // Still held (a failed commit changes nothing): try again an interval later; the next
+        // commit of the hook or close() carries it otherwise.
+        if (this.#held.has(hookId)) this.#hold(hookId, 0, interval);
+      });
+    }, wait);
+    entry.timer.unref?.();
+  }
+
+  /** Forgets the held reports of `hookId` (a commit carried them). */
+  #dropHeld(hookId: string): void {
+    const entry = this.#held.get(hookId);
+    if (entry?.timer !== undefined) clearTimeout(entry.timer);
+    this.#held.delete(hookId);
+  }
+
+  /** Commits the progress held for `hookId` (nothing when a commit carried it meanwhile). */
+  #flushHeld(hookId: string): Promise<Hook> {
+    return this.#submit(hookId, (get, now) => {
+      const h = get(hookId);
+      if (h === undefined || h.status !== HookStatus.ACTIVE) return null;
+      const record = freezeHook({ ...h, updatedAt: now, version: h.version + 1 });
+      return {
+        record,
+        message: message(hookId, `progress (${h.status})`, {
+          Agent: h.agentId,
+          Note: h.progressNote,
+        }),
+        progress: 'flush',
+      };
+    });
+  }
+
+  /** On close: commits every hook's held progress; what can not be committed is warned about. */
+  async #flushAllHeld(): Promise<void> {
+    if (this.#store === undefined || this.#held.size === 0) return;
+    const ids = [...this.#held.keys()];
+    for (const id of ids) {
+      const timer = this.#held.get(id)?.timer;
+      if (timer !== undefined) clearTimeout(timer);
+    }
+    const results = await Promise.allSettled(ids.map((id) => this.#flushHeld(id)));
+    const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+    if (failed.length > 0) {
+      process.emitWarning(
+        `could not commit held progress of ${failed.length} hook(s) on close: ${errorMessage(failed[0])}`,
+        { code: 'FABRIC_HOOK_PROGRESS_LOST' },
+      );
+    }
+  }
+
+  /** Tracks `p` so that `close()` waits for it. */
+  #track<T>(p: Promise<T>): Promise<T> {
+    this.#inflight.add(p);
+    const done = (): void => {
+      this.#inflight.delete(p);
+    };
+    p.then(done, done);
+    return p;
+  }
+
   /**
    * Writes queued changes: every change queued while the previous write was in flight goes
    * into the next write — one commit each, one `update-ref` for all (group commit).
@@ -869,17 +978,38 @@ export class HookManager {
         const now = this.#now();
         const staged = new Map<string, Hook>();
         const get = (id: string): Hook | undefined => staged.get(id) ?? this.#hooks.get(id);
-        const accepted: { q: Queued; change: Staged | null }[] = [];
+        const accepted: { q: Queued; change: Staged | Held | null }[] = [];
+        // Held progress: reports held by this batch (not yet carried by a commit of it), and
+        // hooks whose reports held before this batch a commit of it carries.
+        const heldNow = new Map<string, number>();
+        const carried = new Set<string>();
         for (const q of batch) {
           try {
-            const change = q.build(get, now);
+            let change = q.build(get, now);
+            if (change !== null && 'held' in change) {
+              const id = change.record.hookId;
+              heldNow.set(id, (heldNow.get(id) ?? 0) + 1);
+            } else if (change !== null) {
+              const id = change.record.hookId;
+              const count =
+                (carried.has(id) ? 0 : (this.#held.get(id)?.count ?? 0)) + (heldNow.get(id) ?? 0);
+              if (count === 0 && change.progress === 'flush') {
+                change = null; // already carried by an earlier commit
+              } else {
+                carried.add(id);
+                heldNow.delete(id);
+                if (count > 0) change = carryHeld(change, count);
+              }
+            }
             if (change !== null) staged.set(change.record.hookId, change.record);
             accepted.push({ q, change });
           } catch (err) {
             q.reject(err);
           }
         }
-        const changes = accepted.flatMap(({ change }) => (change === null ? [] : [change]));
+        const changes = accepted.flatMap(({ change }) =>
+          change === null || 'held' in change ? [] : [change],
+        );
         let commits: string[];
         try {
           commits = await this.#store!.commit(
@@ -891,10 +1021,17 @@ export class HookManager {
           continue;
         }
         for (const [id, record] of staged) this.#hooks.set(id, record);
+        for (const id of carried) this.#dropHeld(id);
+        for (const [id, count] of heldNow) this.#hold(id, count);
         let i = 0;
         for (const { q, change } of accepted) {
           if (change === null) {
             q.resolve(this.#hooks.get(q.hookId)!);
+            continue;
+          }
+          if ('held' in change) {
+            q.resolve(change.record);
+            change.announce();
             continue;
           }
           const commit = commits[i++]!;
@@ -994,12 +1131,28 @@ function freezeHook(h: Hook): Hook {
 const LINE_BREAKERS = new RegExp(`(?:\\s|${UNPRINTABLE_CLASS})+`, 'g');
 
 function message(hookId: string, what: string, trailers: Record<string, string | null>): string {
-  const lines = [`hook ${hookId}: ${what}`, ''];
-  lines.push(`Hook-Id: ${hookId}`);
+  return [`hook ${hookId}: ${what}`, '', `Hook-Id: ${hookId}`, ...trailerLines(trailers)].join(
+    '\n',
+  );
+}
+
+function trailerLines(trailers: Record<string, string | null>): string[] {
+  const lines: string[] = [];
   for (const [key, value] of Object.entries(trailers)) {
     if (value !== null) lines.push(`${key}: ${value.replace(LINE_BREAKERS, ' ').slice(0, 500)}`);
   }
-  return lines.join('\n');
+  return lines;
+}
+
+/**
+ * `change` carrying `count` progress reports held since the hook's previous commit: says so in
+ * its message (and, unless it is a progress commit whose `Note:` already is the note, gives the
+ * latest note as `Progress-Note:`).
+ */
+function carryHeld(change: Staged, count: number): Staged {
+  const note = change.progress === undefined ? change.record.progressNote : null;
+  const extra = trailerLines({ 'Progress-Folded': String(count), 'Progress-Note': note });
+  return { ...change, message: [change.message, ...extra].join('\n') };
 }
 
 function checkAgentId(value: unknown, field: string): string {

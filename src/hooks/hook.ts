@@ -38,7 +38,11 @@ export interface Hook {
   readonly createdAt: number;
   /** Epoch ms of the last committed change. */
   readonly updatedAt: number;
-  /** Epoch ms of the last progress report (or assignment); the patrol's staleness clock. */
+  /**
+   * Epoch ms of the last progress report (or assignment); the patrol's staleness clock. Like
+   * `progressNote`, the HookManager's copy may be ahead of the committed one by the reports held
+   * in memory (see `progressCommitIntervalMs`).
+   */
   readonly lastProgressAt: number;
   /** Note of the last progress report. */
   readonly progressNote: string | null;

@@ -10,7 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isNode, LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
-import { timerSeconds } from '../config-durations.js';
+import { timerMs, timerSeconds } from '../config-durations.js';
 import { ConfigFileError, type ConfigFileProblem } from '../errors.js';
 import { MAX_ARGUMENT_DEPTH_LIMIT } from '../gateway/input-bounds.js';
 import {
@@ -463,6 +463,11 @@ export const sidecarConfigSchema = z
         autoReassign: z.boolean().default(true),
         patrolIntervalSeconds: timerSeconds().positive().optional(),
         staleAfterSeconds: z.number().positive().optional(),
+        /**
+         * Fewest ms between two progress commits of one hook (HookManager default 1000): reports
+         * in between are held in memory and go to git with the hook's next commit.
+         */
+        progressCommitIntervalMs: timerMs().positive().optional(),
         maxReassignments: z.number().int().min(0).optional(),
       })
       .strict()

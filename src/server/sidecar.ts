@@ -665,12 +665,20 @@ function spawnConfig(
 
 /** The config's hooks section as HookManager options (unset keys keep their defaults). */
 function hookOptions(h: NonNullable<SidecarConfig['hooks']>): NonNullable<FabricOptions['hooks']> {
-  const { baseBranch, patrolIntervalSeconds, staleAfterSeconds, maxReassignments, ...always } = h;
+  const {
+    baseBranch,
+    patrolIntervalSeconds,
+    staleAfterSeconds,
+    progressCommitIntervalMs,
+    maxReassignments,
+    ...always
+  } = h;
   return {
     ...always,
     ...(baseBranch === undefined ? {} : { baseBranch }),
     ...(patrolIntervalSeconds === undefined ? {} : { patrolIntervalSeconds }),
     ...(staleAfterSeconds === undefined ? {} : { staleAfterSeconds }),
+    ...(progressCommitIntervalMs === undefined ? {} : { progressCommitIntervalMs }),
     ...(maxReassignments === undefined ? {} : { maxReassignments }),
   };
 }

@@ -137,11 +137,14 @@ describe('what an agent writes into the hook store’s commit messages', () => {
       cwd: storagePath,
       encoding: 'utf8',
     });
-    const mine = log.split('\n').filter((l) => l.startsWith('Note: ok'));
+    // The failure's `Note:`, and the progress note: its own commit's `Note:`, or — a report
+    // this soon after the hook's last commit is held for its next commit — `Progress-Note:` on
+    // the failure's commit.
+    const mine = log.split('\n').filter((l) => /^(Progress-)?Note: ok/.test(l));
     expect(mine).toHaveLength(2);
     for (const line of mine) {
       expect(line).not.toMatch(/[\u0080-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/);
-      expect(line).toBe('Note: ok 2J Hook-Id: forged evil end');
+      expect(line.replace(/^Progress-/, '')).toBe('Note: ok 2J Hook-Id: forged evil end');
     }
   });
 });

@@ -163,17 +163,28 @@ describe('an agent inside its hook worktree', () => {
         (err: unknown) => String(err),
       );
       expect(progress).toBe('ok');
+      // Progress this soon after the hook's last commit is held for its next commit: another
+      // hook's creation is what commits here.
+      const other = await hooks!
+        .createHook({ agentId: 'bystander', workItem: i, branch: `agent/bystander-${i}` })
+        .then(
+          () => 'ok',
+          (err: unknown) => String(err),
+        );
+      expect(other).toBe('ok');
     }
     expect(moved).toEqual([{ found: commit, restored: expect.any(String) }]);
     expect(agentGit(wt, ['rev-parse', HOOKS_REF])).not.toBe(commit);
 
-    // …and after a restart the victim's hook is what the sidecar committed, not the forgery.
+    // …and after a restart the victim's hook is what the sidecar committed (its held progress
+    // too, committed by close()), not the forgery.
     await hooks!.close();
     hooks = await HookManager.open({ storagePath, useGitWorktree: true });
     expect(await hooks.getHook(victim.hookId)).toMatchObject({
       status: HookStatus.ACTIVE,
       agentId: 'victim',
       result: null,
+      progressNote: 'still working 1',
     });
   });
 });

@@ -45,7 +45,11 @@ function everyTimedSetting(seconds: number, ms: number): unknown {
       shutdownGraceSeconds: seconds,
       tasks: { defaultTtlSeconds: seconds, maxTtlSeconds: seconds },
     },
-    hooks: { storagePath: '/tmp/hooks', patrolIntervalSeconds: seconds },
+    hooks: {
+      storagePath: '/tmp/hooks',
+      patrolIntervalSeconds: seconds,
+      progressCommitIntervalMs: ms,
+    },
     nats: { url: 'nats://127.0.0.1:4222', connectTimeoutMs: ms },
   };
 }
@@ -70,6 +74,7 @@ describe('timed settings past setTimeout’s limit', () => {
         `gateway.tasks.defaultTtlSeconds: ${SECONDS_LIMIT}`,
         `gateway.tasks.maxTtlSeconds: ${SECONDS_LIMIT}`,
         `hooks.patrolIntervalSeconds: ${SECONDS_LIMIT}`,
+        `hooks.progressCommitIntervalMs: ${MS_LIMIT}`,
         `nats.connectTimeoutMs: ${MS_LIMIT}`,
       ].sort(),
     );
@@ -95,7 +100,7 @@ describe('timed settings past setTimeout’s limit', () => {
     });
   });
 
-  it('programmatic task ttls and the hook patrol period are refused with a ConfigError', () => {
+  it('programmatic task ttls and the hook patrol and progress periods are refused with a ConfigError', () => {
     expect(() => parseToolTasksOptions({ maxTtlMs: MAX_TIMER_MS + 1 })).toThrow(ConfigError);
     expect(() => parseToolTasksOptions({ maxTtlMs: MAX_TIMER_MS + 1 })).toThrow(
       `tasks.maxTtlMs ${MS_LIMIT}`,
@@ -108,5 +113,13 @@ describe('timed settings past setTimeout’s limit', () => {
         patrolIntervalSeconds: 3_000_000,
       }),
     ).toThrow(/options\.patrolIntervalSeconds.*must be at most 2147483 seconds \(24\.8 days\)/);
+    const hooks = { storagePath: '/tmp/hooks', useGitWorktree: false };
+    expect(() =>
+      parseHookManagerOptions({ ...hooks, progressCommitIntervalMs: MAX_TIMER_MS + 1 }),
+    ).toThrow(`options.progressCommitIntervalMs ${MS_LIMIT}, got ${MAX_TIMER_MS + 1}`);
+    expect(
+      parseHookManagerOptions({ ...hooks, progressCommitIntervalMs: MAX_TIMER_MS })
+        .progressCommitIntervalMs,
+    ).toBe(MAX_TIMER_MS);
   });
 });

@@ -211,6 +211,7 @@ describe('parseHookManagerOptions', () => {
       baseBranch: undefined,
       patrolIntervalSeconds: 30,
       staleAfterSeconds: 600,
+      progressCommitIntervalMs: 1000,
       maxReassignments: 3,
       maxWorkItemBytes: 262144,
       fsync: true,
@@ -232,6 +233,22 @@ describe('parseHookManagerOptions', () => {
     [
       { storagePath: '/x', useGitWorktree: true, staleAfterSeconds: -1 },
       'options.staleAfterSeconds',
+    ],
+    [
+      { storagePath: '/x', useGitWorktree: true, progressCommitIntervalMs: 0 },
+      'options.progressCommitIntervalMs',
+    ],
+    [
+      { storagePath: '/x', useGitWorktree: true, progressCommitIntervalMs: Number.NaN },
+      'options.progressCommitIntervalMs',
+    ],
+    [
+      { storagePath: '/x', useGitWorktree: true, progressCommitIntervalMs: '1000' },
+      'options.progressCommitIntervalMs',
+    ],
+    [
+      { storagePath: '/x', useGitWorktree: true, progressCommitIntervalMs: 2 ** 31 },
+      'options.progressCommitIntervalMs',
     ],
     [
       { storagePath: '/x', useGitWorktree: true, maxReassignments: 1.5 },
