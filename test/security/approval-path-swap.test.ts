@@ -17,7 +17,7 @@ import {
   api,
   closeSidecar,
   DEFAULT_ALLOW,
-  FILESYSTEM_BIN,
+  filesystemUpstream,
   httpClient,
   startTestSidecar,
   tempDir,
@@ -39,12 +39,7 @@ describe('a symlink repointed while a call waits for approval', () => {
     symlinkSync(join(sandbox, 'public'), join(sandbox, 'link'));
     sidecar = await startTestSidecar({
       upstreams: {
-        fs: {
-          command: process.execPath,
-          args: [FILESYSTEM_BIN, sandbox],
-          stderr: 'ignore',
-          paths: { roots: [sandbox] },
-        },
+        fs: filesystemUpstream(sandbox),
       },
       policies: [
         {

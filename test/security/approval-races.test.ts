@@ -18,7 +18,7 @@ import {
   api,
   closeSidecar,
   DEFAULT_ALLOW,
-  FILESYSTEM_BIN,
+  filesystemUpstream,
   httpClient,
   startTestSidecar,
   tempDir,
@@ -43,12 +43,7 @@ describe('approval races', () => {
     auditPath = join(tempDir('approval-races-audit'), 'audit.jsonl');
     sidecar = await startTestSidecar({
       upstreams: {
-        fs: {
-          command: process.execPath,
-          args: [FILESYSTEM_BIN, sandbox],
-          stderr: 'ignore',
-          paths: { roots: [sandbox] },
-        },
+        fs: filesystemUpstream(sandbox),
       },
       policies: [
         {

@@ -46,6 +46,30 @@ function holdCounter(prefix: string, exclusive = false) {
 }
 
 /**
+ * `agent` takes the exclusive `hc` upstream's turn (its `hold` call asks for sampling) and keeps
+ * it until `release()`; `holding` is that call's answer.
+ */
+async function holdTurn(
+  s: Sidecar,
+  agent: string,
+  clients: { close(): unknown }[],
+): Promise<{ release: () => void; holding: Promise<unknown> }> {
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let held = false;
+  const client = await httpClient(s.url!, agentToken(s, agent), { sampling: {} });
+  clients.push(client);
+  client.setRequestHandler(CreateMessageRequestSchema, async () => {
+    held = true;
+    await released;
+    return { role: 'assistant', model: 'm', content: { type: 'text', text: 'go' } };
+  });
+  const holding = client.callTool({ name: 'hc__hold', arguments: {} });
+  await until(() => held);
+  return { release, holding };
+}
+
+/**
  * POSTs `body` to `url` with `headers`: the headers go first, and the body only once `between`
  * (run after `token` was authenticated, i.e. the headers were checked) has settled. Resolves
  * with the status, the `mcp-session-id` header and the answer's text.
@@ -132,18 +156,7 @@ describe('a terminated agent’s channels opened before', () => {
     }
 
     // alice takes the upstream's turn and keeps it until the test answers its sampling request.
-    let release!: () => void;
-    const released = new Promise<void>((r) => (release = r));
-    let held = false;
-    const alice = await httpClient(s.url!, agentToken(s, 'alice'), { sampling: {} });
-    clients.push(alice);
-    alice.setRequestHandler(CreateMessageRequestSchema, async () => {
-      held = true;
-      await released;
-      return { role: 'assistant', model: 'm', content: { type: 'text', text: 'go' } };
-    });
-    const holding = alice.callTool({ name: 'hc__hold', arguments: {} });
-    await until(() => held);
+    const { release, holding } = await holdTurn(s, 'alice', clients);
 
     // bob queues one call through each door without a session that ends with him...
     const grpc: GrpcClient = grpcClient(TOOL_SERVICE_DEFINITION, s.grpcAddress!);
@@ -225,18 +238,7 @@ describe('an agent’s credential replaced while its session is open', () => {
       'bumped old-warm',
     );
 
-    let release!: () => void;
-    const released = new Promise<void>((r) => (release = r));
-    let held = false;
-    const alice = await httpClient(s.url!, agentToken(s, 'alice'), { sampling: {} });
-    clients.push(alice);
-    alice.setRequestHandler(CreateMessageRequestSchema, async () => {
-      held = true;
-      await released;
-      return { role: 'assistant', model: 'm', content: { type: 'text', text: 'go' } };
-    });
-    const holding = alice.callTool({ name: 'hc__hold', arguments: {} });
-    await until(() => held);
+    const { release, holding } = await holdTurn(s, 'alice', clients);
 
     // The old holder's call is authorized and waits for the turn...
     const queued = old.callTool({ name: 'hc__bump', arguments: { label: 'old-queued' } }).then(
