@@ -23,6 +23,7 @@ import {
   TaskResultTooLargeError,
   UnauthenticatedError,
 } from './errors.js';
+import { CredentialCalls } from './lifecycle/credential-calls.js';
 import type { AgentRecord } from './lifecycle/lifecycle-manager.js';
 import { LifecycleManager, hashCredential } from './lifecycle/lifecycle-manager.js';
 import type {
@@ -233,6 +234,18 @@ export class AgentFabric {
   readonly budgets: BudgetManager;
   /** Fabric-level events. */
   readonly events = new TypedEmitter<FabricEvents>();
+  /**
+   * The agent calls in flight through the doors without sessions (gRPC, `/api`), each with the
+   * credential that authorized it: those of a replaced credential end with it.
+   */
+  readonly credentialCalls = new CredentialCalls((agentId, credential) => {
+    try {
+      const identity = this.authenticate(credential);
+      return identity.kind === 'agent' && identity.agentId === agentId;
+    } catch {
+      return false;
+    }
+  });
   #hookStore: HookStore | undefined;
   #hookUnsubscribe: (() => void) | undefined;
   #autoReassign = false;
@@ -396,6 +409,11 @@ export class AgentFabric {
     this.lifecycle.setWorkloadSource((id) => this.scheduler.agentLoad(id));
     this.lifecycle.setDrainer((id, ms) => this.scheduler.drainAgent(id, ms));
     this.lifecycle.events.on('agent.status', (agent, previous) => this.#onStatus(agent, previous));
+    // What a replaced credential authorized (a tool call waiting for its turn, a claim waiting
+    // for the agent's next task) ends with it; the new credential's calls go on.
+    this.lifecycle.events.on('agent.credentialReplaced', (agent) =>
+      this.credentialCalls.endRevoked(agent.id),
+    );
     // An agent gone from the records takes its budget state along (it can make no more calls).
     this.lifecycle.events.on('agent.forgotten', (id) => this.budgets.forgetAgent(id));
     const drainTimeoutMs = c.drainTimeoutSeconds * 1000;

@@ -74,6 +74,7 @@ import { DEFAULT_GRPC_RECURSION_LIMIT } from './grpc-definition.js';
 import {
   ActiveStreams,
   authenticateCaller,
+  bearerCredential,
   DEFAULT_MAX_BUFFERED_STREAM_BYTES,
   DEFAULT_MAX_BUFFERED_STREAM_MESSAGES,
   positiveLimit,
@@ -347,6 +348,16 @@ export class HttpDoor {
       return this.#stream(res, route, caller, request, timeoutMs);
     }
     const scope = callScope(res, timeoutMs);
+    // Registered in the same turn as the last check: a replacement of the credential from here
+    // on ends the call (401) — a claim waiting for a task, a tool call waiting for its turn.
+    const unhold =
+      caller.kind === 'agent'
+        ? this.#fabric.credentialCalls.hold(
+            caller.id,
+            bearerCredential(req.headers.authorization ?? ''),
+            (reason) => scope.controller.abort(reason),
+          )
+        : undefined;
     const undos: (() => void)[] = [];
     const undo = (): void => {
       for (const u of undos.splice(0)) u();
@@ -376,6 +387,7 @@ export class HttpDoor {
       if (scope.controller.signal.aborted) running.then(undo, () => {});
       throw error;
     } finally {
+      unhold?.();
       scope.dispose();
     }
   }

@@ -247,7 +247,7 @@ export function authenticateCaller(
   kind: CallerKind,
   authorization: string,
 ): Caller {
-  const identity = fabric.authenticate(authorization.replace(/^Bearer\s+/i, ''));
+  const identity = fabric.authenticate(bearerCredential(authorization));
   if (kind === 'agent') {
     if (identity.kind !== 'agent')
       throw new UnauthenticatedError('the agent protocol needs an agent credential');
@@ -258,6 +258,17 @@ export function authenticateCaller(
   return { kind, id: identity.name };
 }
 
+/** The credential of an `authorization` value (`Bearer <credential>`, or the credential alone). */
+export function bearerCredential(authorization: string): string {
+  return authorization.replace(/^Bearer\s+/i, '');
+}
+
+/** The `authorization` metadata of a gRPC call (`''` without one). */
+function authorizationOf(metadata: Metadata): string {
+  const header = metadata.get('authorization')[0];
+  return typeof header === 'string' ? header : '';
+}
+
 /**
  * The caller of a gRPC call from its `authorization` metadata; see {@link authenticateCaller}.
  */
@@ -266,8 +277,7 @@ export function authenticateCall(
   kind: CallerKind,
   metadata: Metadata,
 ): Caller {
-  const header = metadata.get('authorization')[0];
-  return authenticateCaller(fabric, kind, typeof header === 'string' ? header : '');
+  return authenticateCaller(fabric, kind, authorizationOf(metadata));
 }
 
 /**
@@ -317,7 +327,9 @@ const CALL_CANCELLED = new ClosedError('call (cancelled by the client or past it
  * What unary and server-streaming calls share: `onCancel` runs when the client cancels or the
  * deadline passes (also when that happened before the handler ran: grpc-js emitted `cancelled`
  * before anyone listened), then the caller is authenticated as `kind` before the request is
- * decoded as `method.input`, then `run` runs. Rejects with what any step throws.
+ * decoded as `method.input`, then `run` runs. `onRevoked` runs when an agent caller's credential
+ * is replaced while `run` has not settled (see `AgentFabric.credentialCalls`). Rejects with what
+ * any step throws.
  */
 function runCall<D extends DescMessage, R>(
   fabric: AgentFabric,
@@ -325,18 +337,26 @@ function runCall<D extends DescMessage, R>(
   method: { readonly input: D },
   call: ServerUnaryCall<Buffer, unknown> | ServerWritableStream<Buffer, unknown>,
   onCancel: () => void,
+  onRevoked: (reason: FabricError) => void,
   run: (caller: Caller, request: MessageShape<D>) => Promise<R>,
   inflight?: AgentInflight,
 ): Promise<R> {
   call.on('cancelled', onCancel);
   if (call.cancelled) onCancel();
   return (async () => {
-    const caller = authenticateCall(fabric, kind, call.metadata);
+    const authorization = authorizationOf(call.metadata);
+    const caller = authenticateCaller(fabric, kind, authorization);
     // An agent's call holds a slot from here until its handler settles (answered or failed).
     const release = caller.kind === 'agent' ? inflight?.acquire(caller.id) : undefined;
+    // Registered in the same turn as the check: a replacement after it ends this call.
+    const unhold =
+      caller.kind === 'agent'
+        ? fabric.credentialCalls.hold(caller.id, bearerCredential(authorization), onRevoked)
+        : undefined;
     try {
       return await run(caller, decodeRequest(method.input, call.request));
     } finally {
+      unhold?.();
       release?.();
     }
   })();
@@ -422,6 +442,8 @@ export function unaryHandler<D extends DescMessage, Res>(
       },
     };
     let settled = false;
+    /** Why the call ended when its credential was replaced while it ran. */
+    let revoked: FabricError | undefined;
     runCall(
       fabric,
       kind,
@@ -430,11 +452,21 @@ export function unaryHandler<D extends DescMessage, Res>(
       // grpc-js emits `cancelled` at the end of every call, answered ones too: aborting then
       // would cost a DOMException (a stack trace) per RPC for nothing (bench/grpc profile).
       () => void (settled || controller.abort(CALL_CANCELLED)),
+      (reason) => {
+        revoked = reason;
+        controller.abort(reason);
+      },
       (caller, request) => handler(caller, request, controller.signal, context),
       inflight,
     ).then(
       (res) => {
         settled = true;
+        // What the method made for the old credential's holder (a claimed task) is undone: a
+        // claim that ended without a task answers no task, not the agent's next one.
+        if (revoked !== undefined) {
+          for (const undo of undos) undo();
+          return callback(toServiceError(revoked));
+        }
         if (undos.length === 0) return callback(null, res);
         // The call may have ended while the method ran; grpc-js then drops the answer silently.
         const written =
@@ -444,7 +476,7 @@ export function unaryHandler<D extends DescMessage, Res>(
       },
       (err: unknown) => {
         settled = true;
-        callback(toServiceError(err));
+        callback(toServiceError(revoked ?? err));
       },
     );
   };
@@ -844,6 +876,7 @@ export function serverStreamHandler<D extends DescMessage, O extends DescMessage
       method,
       call,
       () => end(new ClosedError('stream (cancelled by the client)')),
+      (reason) => end(reason),
       (caller, request) => handler(caller, request, controller.signal, send),
     ).then(
       () => end(),

@@ -6,9 +6,19 @@ import { create } from '@bufbuild/protobuf';
 import type { Client as GrpcClient, ServiceError } from '@grpc/grpc-js';
 import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import {
+  ClaimTaskRequestSchema,
+  type ClaimTaskResponse,
+} from '../../src/gen/fabric/v1/agent_pb.js';
 import { CallToolRequestSchema } from '../../src/gen/fabric/v1/tool_pb.js';
+import type { AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
+import type { PoolRecord } from '../../src/pools/pool-manager.js';
+import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
 import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
+import type { TaskRecord } from '../../src/scheduler/task-record.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { SqliteStore } from '../../src/store/sqlite-store.js';
+import { TaskStatus } from '../../src/task.js';
 import { grpcClient, unary } from '../fixtures/grpc-client.js';
 import {
   agentId,
@@ -355,6 +365,154 @@ describe('an /api call whose credential is replaced while its body arrives', () 
       expect(existsSync(countFile)).toBe(false); // the tool never ran
     } finally {
       authenticate.mockRestore();
+    }
+  });
+});
+
+/** What `answers` settle with, or `'still waiting'` for each when that takes over `ms`. */
+function answeredWithin(ms: number, ...answers: Promise<string>[]): Promise<string[]> {
+  return Promise.race([
+    Promise.all(answers),
+    new Promise<string[]>((r) => setTimeout(() => r(answers.map(() => 'still waiting')), ms)),
+  ]);
+}
+
+/** `e`'s `fabric-error-code` trailer (a gRPC failure) or `''`. */
+function fabricCode(e: ServiceError): string {
+  return String(e.metadata?.get('fabric-error-code')[0] ?? '');
+}
+
+describe('an agent’s credential replaced while its calls from doors without a session wait', () => {
+  let sidecar: Sidecar | undefined;
+  const clients: { close(): unknown }[] = [];
+  afterEach(async () => {
+    for (const c of clients.splice(0)) await Promise.resolve(c.close()).catch(() => undefined);
+    await closeSidecar(sidecar);
+    sidecar = undefined;
+  });
+
+  it('its gRPC and /api CallTool queued behind an exclusive upstream’s turn end unauthenticated and never run; the new credential’s call runs', async () => {
+    const { countFile, upstream } = holdCounter('rotated-sessionless', true);
+    sidecar = await startTestSidecar({
+      upstreams: { hc: upstream },
+      policies: [DEFAULT_ALLOW],
+      toolCosts: { hc__bump: 1 },
+      agents: [{ name: 'alice' }, { name: 'bob' }],
+      grpc: { port: 0 },
+    });
+    const s = sidecar;
+    const bobId = agentId(s, 'bob');
+    const oldToken = agentToken(s, 'bob');
+    const reserved = (): number => s.fabric!.budgets.getStatus(bobId).costReserved;
+    const grpc: GrpcClient = grpcClient(TOOL_SERVICE_DEFINITION, s.grpcAddress!);
+    clients.push(grpc);
+    const overGrpc = (label: string, token: string): Promise<string> =>
+      unary(
+        grpc,
+        'callTool',
+        create(CallToolRequestSchema, {
+          name: 'hc__bump',
+          args: { case: 'argumentsJson', value: Buffer.from(JSON.stringify({ label })) },
+        }),
+        token,
+      ).then(
+        () => 'ok',
+        (e: ServiceError) => `grpc ${e.code} ${fabricCode(e)}: ${e.details}`,
+      );
+    const overApi = (label: string, token: string): Promise<string> =>
+      api(s, 'ToolService/CallTool', { name: 'hc__bump', arguments: { label } }, token).then(
+        async (r) => `${r.status} ${await r.text()}`,
+      );
+    // bob's first call of the tool flies alone (its token estimate is unknown).
+    expect(await overGrpc('old-warm', oldToken)).toBe('ok');
+
+    const { release, holding } = await holdTurn(s, 'alice', clients);
+    void holding.catch(() => undefined); // awaited below; closed with its client if this fails
+    // Under the old credential: one call through each door, authorized and waiting for the turn.
+    const oldGrpc = overGrpc('old-grpc', oldToken);
+    const oldApi = overApi('old-api', oldToken);
+    await until(() => reserved() === 2);
+
+    const newToken = `afk_rotated_${'s'.repeat(40)}`;
+    s.fabric!.lifecycle.replaceCredential(bobId, newToken);
+    // The old credential's calls end at once, before the turn comes...
+    const [grpcAnswer, apiAnswer] = await answeredWithin(5_000, oldGrpc, oldApi);
+    expect(grpcAnswer).toMatch(/^grpc 16 FABRIC_ERR_UNAUTHENTICATED: /);
+    expect(apiAnswer).toMatch(/^401 /);
+    expect(apiAnswer).toContain('FABRIC_ERR_UNAUTHENTICATED');
+    await until(() => reserved() === 0);
+
+    // ...while the new credential's calls, made after, wait for the turn and run.
+    const newGrpc = overGrpc('new-grpc', newToken);
+    const newApi = overApi('new-api', newToken);
+    await until(() => reserved() === 2);
+    release();
+    expect(text(await holding)).toContain('held until');
+    expect(await newGrpc).toBe('ok');
+    expect(await newApi).toMatch(/^200 /);
+
+    const ran = readFileSync(countFile, 'utf8').split('\n').filter(Boolean);
+    expect(ran.slice(0, 1)).toEqual(['old-warm']);
+    expect(ran.slice(1).sort()).toEqual(['new-api', 'new-grpc']);
+  });
+
+  it('its ClaimTask long-polls (gRPC and /api) end unauthenticated; the task stays queued for the new credential (state file)', async () => {
+    const path = join(tempDir('rotated-claim'), 'state.db');
+    sidecar = await startTestSidecar({
+      agents: [{ name: 'worker' }],
+      grpc: { port: 0 },
+      state: { path },
+    } as never);
+    const s = sidecar;
+    const id = agentId(s, 'worker');
+    const oldToken = agentToken(s, 'worker');
+    const grpc: GrpcClient = grpcClient(AGENT_SERVICE_DEFINITION, s.grpcAddress!);
+    clients.push(grpc);
+    const claimed = vi.spyOn(s.fabric!.scheduler, 'claim');
+    const oldGrpc = unary<ClaimTaskResponse>(
+      grpc,
+      'claimTask',
+      create(ClaimTaskRequestSchema, { waitSeconds: 3 }),
+      oldToken,
+    ).then(
+      (r) => (r.task === undefined ? 'no task' : `task ${r.task.taskId}`),
+      (e: ServiceError) => `grpc ${e.code} ${fabricCode(e)}: ${e.details}`,
+    );
+    const oldApi = api(s, 'AgentService/ClaimTask', { waitSeconds: 3 }, oldToken).then(
+      async (r) => `${r.status} ${await r.text()}`,
+    );
+    // Both wait for a task.
+    await until(() => claimed.mock.calls.length === 2);
+
+    s.fabric!.lifecycle.replaceCredential(id, `afk_rotated_${'c'.repeat(40)}`);
+    const task = await s.fabric!.schedule({ agentId: id, taskType: 't', payload: { n: 1 } });
+    const [grpcAnswer, apiAnswer] = await answeredWithin(2_000, oldGrpc, oldApi);
+    expect(grpcAnswer).toMatch(/^grpc 16 FABRIC_ERR_UNAUTHENTICATED: /);
+    expect(apiAnswer).toMatch(/^401 /);
+    expect(apiAnswer).toContain('FABRIC_ERR_UNAUTHENTICATED');
+    // Nobody got it: queued, nothing running on the agent.
+    expect((await s.fabric!.getTask(task.id)).status).toBe(TaskStatus.PENDING);
+    expect(s.fabric!.scheduler.agentLoad(id).runningTasks).toBe(0);
+
+    // The new credential's claim gets it, as its first attempt.
+    const fresh = await unary<ClaimTaskResponse>(
+      grpc,
+      'claimTask',
+      create(ClaimTaskRequestSchema, { waitSeconds: 3 }),
+      `afk_rotated_${'c'.repeat(40)}`,
+    );
+    expect(fresh.task?.taskId).toBe(task.id);
+    expect(fresh.task?.attempt).toBe(1);
+    claimed.mockRestore();
+    await closeSidecar(sidecar);
+    sidecar = undefined;
+    const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+    try {
+      const rec = store.tasks.get(task.id);
+      expect(rec?.status).toBe(TaskStatus.RUNNING);
+      expect(rec?.attempt).toBe(1);
+    } finally {
+      await store.close();
     }
   });
 });
