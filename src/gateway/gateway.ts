@@ -1269,6 +1269,10 @@ export class ToolGateway implements SessionHost {
     uri: string,
     extra: DownstreamExtra,
   ): Promise<void> {
+    // Run once policy let it through, which may have awaited what a close cannot cut short (a
+    // `file:` path looked up on disk): a session closed meanwhile was unsubscribed from all it
+    // held, so adding it now would keep it subscribed for good, and the URI upstream with it.
+    if (session.closed) throw toMcpError(new ClosedError('session'));
     let mine = this.#subscribers.add(session, uri);
     for (;;) {
       if (!mine) {

@@ -10,7 +10,7 @@
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { McpError, ResourceUpdatedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentId,
@@ -253,5 +253,72 @@ describe("a subscription waiting on another agent's subscribe upstream", () => {
       'sent',
     );
     await until(() => updates.includes(DOC));
+  });
+});
+
+describe('a session closed while its subscribe is being decided', () => {
+  const DOC = 'doc://watched';
+  let sidecar: Sidecar | undefined;
+  const clients: Client[] = [];
+  afterEach(async () => {
+    for (const c of clients.splice(0)) await c.close().catch(() => undefined);
+    await closeSidecar(sidecar);
+    sidecar = undefined;
+  });
+
+  // A close that comes while the decision awaits something it cannot give up (a `file:` URI's
+  // path looked up on disk) leaves the session closed when the decision lets the subscribe
+  // through: here the decision itself closes the session, as the endpoint closes it on DELETE
+  // (an async policy service is no such window: the engine checks the call's signal after it).
+  it('is not left subscribed: the last live subscriber’s unsubscribe reaches the upstream', async () => {
+    sidecar = await startTestSidecar({
+      upstreams: {
+        cat: {
+          command: process.execPath,
+          args: [CATALOG_SERVER],
+          stderr: 'ignore',
+          env: {
+            CATALOG_TOOLS: JSON.stringify([{ name: 'changed', inputSchema: { type: 'object' } }]),
+            CATALOG_RESOURCES: JSON.stringify([{ uri: DOC, name: 'watched' }]),
+          },
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'stayer' }, { name: 'leaver' }],
+    });
+    const s = sidecar;
+    const leaverId = agentId(s, 'leaver');
+    const stayer = await httpClient(s.url!, agentToken(s, 'stayer'));
+    clients.push(stayer);
+    const changed = async (): Promise<string> =>
+      text(await stayer.callTool({ name: 'cat__changed', arguments: { uri: DOC } }));
+    await stayer.subscribeResource({ uri: DOC });
+    expect(await changed()).toBe('sent');
+
+    const leaver = await httpClient(s.url!, agentToken(s, 'leaver'));
+    clients.push(leaver);
+    const session = [...s.gateway.sessions].find((x) => x.identity.agentId === leaverId)!;
+    s.fabric!.policies.addProvider({
+      name: 'closes-while-deciding',
+      priority: 2000,
+      decide: (ctx) => {
+        if (ctx.agentId === leaverId && ctx.tool === 'resources/subscribe') void session.close();
+        return undefined; // abstains: default-allow lets it through
+      },
+    });
+    const ended = new Promise<string>((resolve) =>
+      s.gateway.toolCalls.on('call.ended', (c) => {
+        if (c.agentId === leaverId && c.tool === 'resources/subscribe') resolve(c.outcome);
+      }),
+    );
+    void leaver.subscribeResource({ uri: DOC }).catch(() => undefined);
+    await ended;
+    expect(session.closed).toBe(true);
+
+    // The closed session holds nothing...
+    expect([...session.subscriptions]).toEqual([]);
+    // ...so when the stayer, the only live subscriber, leaves, the upstream is told.
+    await stayer.unsubscribeResource({ uri: DOC });
+    await until(async () => (await changed()) === 'not subscribed', 5_000);
   });
 });
