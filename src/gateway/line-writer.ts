@@ -42,6 +42,13 @@ export class LineWriter {
   readonly #poll: boolean;
   #out = '';
   #inTurn = false;
+  /**
+   * The writes waiting for the stream's `drain`, and the stream they wait on: one `drain`
+   * listener serves them all. A listener per waiting write made Node warn of a leak
+   * (MaxListenersExceededWarning) once eleven waited, as they do while a client does not read.
+   */
+  #drainWaiters: (() => void)[] = [];
+  #drainSink: LineSink | undefined;
 
   /**
    * @param sink The stream to write to, looked up on each write (undefined: dropped).
@@ -77,7 +84,27 @@ export class LineWriter {
     }
     const sink = this.#sink();
     if (!sink?.writableNeedDrain) return LINE_QUEUED;
-    return new Promise((resolve) => sink.once('drain', resolve));
+    return new Promise((resolve) => this.#awaitDrain(sink, resolve));
+  }
+
+  /** Runs `resolve` at `sink`'s next `drain`, through the one listener on it. */
+  #awaitDrain(sink: LineSink, resolve: () => void): void {
+    if (this.#drainSink === sink) {
+      this.#drainWaiters.push(resolve);
+      return;
+    }
+    // The first write to wait (or the stream was replaced: the writes waiting on the previous
+    // one keep their own listener there).
+    const waiters = [resolve];
+    this.#drainSink = sink;
+    this.#drainWaiters = waiters;
+    sink.once('drain', () => {
+      if (this.#drainWaiters === waiters) {
+        this.#drainSink = undefined;
+        this.#drainWaiters = [];
+      }
+      for (const w of waiters) w();
+    });
   }
 
   /** Characters queued for this turn's write and not yet handed to the stream. */
