@@ -92,7 +92,7 @@ import {
 } from './tool-call-pipeline.js';
 import { resourceParams } from './resource-params.js';
 import { ResourceSubscriptions } from './resource-subscriptions.js';
-import { Upstream } from './upstream.js';
+import { Upstream, wasNeverSent } from './upstream.js';
 import { InflightRoutes } from './upstream-routing.js';
 import { UpstreamGate } from './upstream-gate.js';
 import {
@@ -1552,13 +1552,14 @@ export class ToolGateway implements SessionHost {
 
 /**
  * What a forwarded request that failed rejects with: gateway-side failures of non-tool requests
- * as JSON-RPC errors; marked as having reached the upstream when it was ready (see
- * `markReachedUpstream`).
+ * as JSON-RPC errors; marked as having reached the upstream (see `markReachedUpstream`) when it
+ * was ready and the request was handed to it — not when it was refused before any of it was
+ * written (a stdio upstream not reading its input), which cost the upstream nothing.
  */
 function forwardError(error: unknown, request: Request, reached: boolean): unknown {
   const e =
     error instanceof McpError || request.method === 'tools/call' ? error : toMcpError(error);
-  if (reached) markReachedUpstream(e);
+  if (reached && !wasNeverSent(error)) markReachedUpstream(e);
   return e;
 }
 

@@ -36,6 +36,21 @@ import { boundedBody, boundedEventStream, UpstreamMessageTooLargeError } from '.
 import type { UpstreamSpec } from './upstream-config.js';
 import { traceparentFetch, withTraceparentMeta } from '../telemetry/trace-context.js';
 
+/**
+ * Failures of requests nothing of which was handed to their upstream although it was ready (a
+ * stdio upstream not reading its input: the request was refused before it was written).
+ */
+const neverSent = new WeakSet<object>();
+
+/**
+ * True when `error`, a failure of {@link Upstream.request}, refused the request before any of
+ * it was handed to the upstream although the upstream was ready: the upstream cannot have done
+ * its work, so the call is not charged as having reached it.
+ */
+export function wasNeverSent(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && neverSent.has(error);
+}
+
 /** Any JSON object: results are forwarded as they are, not re-validated field by field. */
 export const LOOSE_RESULT = z.looseObject({});
 
@@ -442,12 +457,14 @@ export class Upstream {
       // Any other protocol error is the upstream's answer, relayed as it sent it.
       return relayedMcpError(error);
     } else if (error instanceof InputBacklogError) {
-      return new UpstreamUnavailableError(
+      const refused = new UpstreamUnavailableError(
         this.name,
         `is not reading its input (${error.waiting} characters wait for it, at most ${error.max}); ${method} was not sent`,
         { state: this.#state, waiting: error.waiting, max: error.max },
         { cause: error },
       );
+      neverSent.add(refused);
+      return refused;
     } else if (isConnectionFailure(error)) {
       // An HTTP/SSE upstream that went away: no process exit tells us, so the failed request
       // does. Treat it like a dead stdio child: drop the connection and restart with backoff.

@@ -6,7 +6,9 @@
  * cancellation joins it), so agents calling on made the sidecar hold all they sent. Now at most
  * the upstream's `maxMessageBytes` waits for it; a call sent past that fails at once with
  * FABRIC_ERR_UPSTREAM_UNAVAILABLE saying the upstream is not reading its input, and other
- * upstreams are served as before.
+ * upstreams are served as before. Such a refused call is not charged to the agent's budget:
+ * nothing of it reached the upstream (it was charged before — the upstream was up when the call
+ * started, and that was taken for the call having reached it).
  */
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -17,6 +19,7 @@ import {
   ADMIN_TOKEN,
   agentToken,
   closeSidecar,
+  costSpent,
   DEFAULT_ALLOW,
   httpClient,
   startTestSidecar,
@@ -49,7 +52,8 @@ describe('a stdio upstream that stops reading its input (real sidecar)', () => {
       http: { maxInflightPerAgent: 1000 },
       upstreams: { st: upstream, ok: upstream },
       policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'caller' }],
+      agents: [{ name: 'caller' }, { name: 'payer', budget: { maxCostPerDay: 100 } }],
+      toolCosts: { '*__echo': 1 },
     });
     client = await httpClient(sidecar.url!, agentToken(sidecar, 'caller'));
   });
@@ -106,5 +110,29 @@ describe('a stdio upstream that stops reading its input (real sidecar)', () => {
 
     // The other upstream is served as before.
     expect(text(await client.callTool({ name: 'ok__echo', arguments: { text: 'abc' } }))).toBe('3');
+  });
+
+  // After the test above: `st` reads nothing any more, and more than it may hold waits for it.
+  it('charges nothing for a call refused because the upstream is not reading its input', async () => {
+    const payer = await httpClient(sidecar.url!, agentToken(sidecar, 'payer'));
+    try {
+      // A call that reaches its upstream is charged (the cost is set up).
+      expect(text(await payer.callTool({ name: 'ok__echo', arguments: { text: 'ab' } }))).toBe('2');
+      expect(await costSpent(sidecar, 'payer')).toBe(1);
+
+      const refused = (await payer.callTool({
+        name: 'st__echo',
+        arguments: { text: 'abc' },
+      })) as CallToolResult;
+      expect(refused.isError).toBe(true);
+      expect(refused._meta?.['agent-fabric/error']).toMatchObject({
+        code: 'FABRIC_ERR_UPSTREAM_UNAVAILABLE',
+      });
+      expect(text(refused)).toMatch(/is not reading its input .*tools\/call was not sent/);
+      // Before, the refused call was charged: 2.
+      expect(await costSpent(sidecar, 'payer')).toBe(1);
+    } finally {
+      await payer.close();
+    }
   });
 });
