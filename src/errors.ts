@@ -498,7 +498,7 @@ export class StreamOverflowError extends FabricError {
   }
 }
 
-/** A door's server streams in progress would exceed its cap (HTTP door: `maxStreams`). */
+/** A door's server streams in progress would exceed its cap (`http.apiMaxStreams`, `grpc.maxStreams`). */
 export class StreamLimitError extends FabricError {
   static readonly code = 'FABRIC_ERR_STREAM_LIMIT';
   constructor(limit: number) {

@@ -22,6 +22,7 @@ import { authInterceptor } from './auth-interceptor.js';
 import { addHealthService, HealthRegistry, type HealthProbe } from './health-service.js';
 import { addReflectionService } from './reflection-service.js';
 import { DEFAULT_MAX_INFLIGHT_PER_AGENT } from '../gateway/downstream-http.js';
+import { DEFAULT_API_MAX_STREAMS } from './http-door.js';
 import {
   ActiveStreams,
   addGrpcService,
@@ -56,6 +57,13 @@ export interface GrpcServerOptions
    * @default 256 (as `http.maxInflightPerAgent`)
    */
   maxInflightPerAgent?: number | undefined;
+  /**
+   * Server streams (`EventService/Watch`, `ApprovalService/Watch`) open at once on this server;
+   * one more is RESOURCE_EXHAUSTED (`FABRIC_ERR_STREAM_LIMIT`) before it subscribes to anything,
+   * until one ends. Health watches have their own bound (`MAX_HEALTH_WATCHES`).
+   * @default 64 (as `http.apiMaxStreams`)
+   */
+  maxStreams?: number | undefined;
 }
 
 /**
@@ -89,12 +97,12 @@ export async function startGrpcServer(
 ): Promise<GrpcServer> {
   const host = options.host ?? '127.0.0.1';
   checkListenerSecurity('gRPC', host, options.tls, options.allowInsecure);
+  const streams = new ActiveStreams(options.maxStreams ?? DEFAULT_API_MAX_STREAMS);
   const services = fabricServices(fabric, options);
   const server = new Server({
     'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
     interceptors: [authInterceptor(fabric, services)],
   });
-  const streams = new ActiveStreams();
   const serviceOptions: GrpcServiceOptions = {
     streams,
     inflight: new AgentInflight(

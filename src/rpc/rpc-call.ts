@@ -47,6 +47,7 @@ import {
   InvalidArgumentError,
   PermissionDeniedError,
   SECRET_DETAIL_KEY,
+  StreamLimitError,
   StreamOverflowError,
   UnauthenticatedError,
 } from '../errors.js';
@@ -767,14 +768,30 @@ export class StreamOutbox<M, C> {
 
 /**
  * The server streams in progress on one server, so stopping the server can end them (a watch
- * never ends on its own, and grpc-js's graceful shutdown waits for every call).
+ * never ends on its own, and grpc-js's graceful shutdown waits for every call), and so their
+ * number is bounded: each holds listeners on the fabric and a buffer for its client.
  */
 export class ActiveStreams {
   readonly #ends = new Set<(err: unknown) => void>();
+  /** Most streams in progress at once ({@link full} beyond). */
+  readonly max: number;
+
+  /**
+   * @param max Most streams in progress at once. @default unbounded
+   * @throws ConfigError when `max` is not a positive integer.
+   */
+  constructor(max?: number, field = 'options.maxStreams') {
+    this.max = max === undefined ? Number.POSITIVE_INFINITY : positiveLimit(field, max);
+  }
 
   /** Streams in progress. */
   get size(): number {
     return this.#ends.size;
+  }
+
+  /** True when {@link max} streams are in progress: one more must be refused. */
+  get full(): boolean {
+    return this.#ends.size >= this.max;
   }
 
   /** @internal registers a stream's ending; returns its deregistration. */
@@ -804,7 +821,11 @@ export interface GrpcServiceOptions {
    * larger than this is still sent when nothing waits. @default 4 MiB
    */
   maxBufferedBytes?: number;
-  /** Where the server's streams are registered, so {@link ActiveStreams.endAll} ends them. */
+  /**
+   * Where the server's streams are registered, so {@link ActiveStreams.endAll} ends them; a
+   * stream that would pass its `max` is refused with RESOURCE_EXHAUSTED
+   * (`FABRIC_ERR_STREAM_LIMIT`).
+   */
   streams?: ActiveStreams;
   /** Bounds each agent's unary calls in flight (see {@link AgentInflight}). @default no bound */
   inflight?: AgentInflight | undefined;
@@ -840,9 +861,16 @@ export function serverStreamHandler<D extends DescMessage, O extends DescMessage
     options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_STREAM_BYTES,
   );
   return (call: ServerWritableStream<Buffer, Buffer>): void => {
+    const streams = options.streams;
+    if (streams?.full) {
+      // Refused before anything is subscribed or buffered for it (its credential was checked
+      // before its request was read: auth-interceptor.ts).
+      call.emit('error', toServiceError(new StreamLimitError(streams.max)));
+      return;
+    }
     const controller = new AbortController();
     let ended = false;
-    const deregister = options.streams?.add((err) => end(err)) ?? (() => false);
+    const deregister = streams?.add((err) => end(err)) ?? (() => false);
     // A message waits until grpc-js calls back from the write: in the call's own buffer, or
     // handed to HTTP/2 whose flow control holds it while the client does not read.
     const outbox = new StreamOutbox<MessageShape<O>, Buffer>({

@@ -407,6 +407,11 @@ export const sidecarConfigSchema = z
         reflection: z.boolean().default(true),
         /** Unary calls one agent may have in flight over gRPC; one more is RESOURCE_EXHAUSTED. */
         maxInflightPerAgent: z.number().int().positive().default(DEFAULT_MAX_INFLIGHT_PER_AGENT),
+        /**
+         * Server streams (EventService/Watch, ApprovalService/Watch) open at once over gRPC; one
+         * more is RESOURCE_EXHAUSTED (FABRIC_ERR_STREAM_LIMIT).
+         */
+        maxStreams: z.number().int().min(1).max(MAX_API_STREAMS).default(DEFAULT_API_MAX_STREAMS),
       })
       .strict()
       .optional(),

@@ -200,4 +200,68 @@ describe('gRPC watch streams (real server, real grpc-js client, real fabric)', (
       client.close();
     }
   });
+
+  it('serves at most maxStreams streams at once: one more is RESOURCE_EXHAUSTED with nothing subscribed, a closed one frees its place', async () => {
+    const capped = await startGrpcServer(fabric, { maxStreams: 2 });
+    const client = grpcClient(EVENT_SERVICE_DEFINITION, capped.address);
+    const watchClient = grpcClient(APPROVAL_SERVICE_DEFINITION, capped.address);
+    const open = (): ReturnType<typeof openStream<EventServiceWatchResponse>> =>
+      openStream<EventServiceWatchResponse>(
+        client,
+        'watch',
+        create(EventServiceWatchRequestSchema),
+        ADMIN,
+      );
+    try {
+      const first = open();
+      const second = open();
+      // Every topic of each event watch (11 listeners each).
+      await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 22));
+
+      // Before, a third (and a thousandth) stream was served: 11 more listeners each.
+      const third = open();
+      const refused = await third.ended;
+      expect(refused).toMatchObject({ code: status.RESOURCE_EXHAUSTED });
+      expect(refused!.metadata.get('fabric-error-code')).toEqual(['FABRIC_ERR_STREAM_LIMIT']);
+      expect(refused!.details).toMatch(/2 streams are open/);
+      // Any server-streaming method of the server counts against the same cap.
+      const approvalWatch = openStream<ApprovalServiceWatchResponse>(
+        watchClient,
+        'watch',
+        create(ApprovalServiceWatchRequestSchema),
+        ADMIN,
+      );
+      expect(await approvalWatch.ended).toMatchObject({ code: status.RESOURCE_EXHAUSTED });
+      expect(listeners(fabric)).toBe(baseline + 22);
+
+      // Closing one frees its place: the next is served and subscribes.
+      first.stream.cancel();
+      expect(await first.ended).toMatchObject({ code: status.CANCELLED });
+      await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 11));
+      const fourth = open();
+      await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 22));
+      const a = fabric.approvals.create({ agentId, tool: 'deploy', params: { env: 'cap' } });
+      const [event] = await fourth.first(1);
+      expect(event!.event).toMatchObject({ case: 'approval' });
+      fabric.approvals.deny(a.id, { approver: 'test' });
+
+      second.stream.cancel();
+      fourth.stream.cancel();
+      await Promise.all([second.ended, fourth.ended]);
+      await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline));
+    } finally {
+      client.close();
+      watchClient.close();
+      await capped.close();
+    }
+  });
+
+  it('refuses a stream cap that would not bound anything', async () => {
+    for (const maxStreams of [0, -1, Number.NaN, 1.5]) {
+      await expect(startGrpcServer(fabric, { maxStreams })).rejects.toMatchObject({
+        code: 'FABRIC_ERR_CONFIG',
+        details: { field: 'options.maxStreams' },
+      });
+    }
+  });
 });
