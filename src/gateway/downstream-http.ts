@@ -3,7 +3,9 @@
  *
  * What one agent can hold is bounded: open sessions (`maxSessionsPerAgent`), requests in
  * flight across all its sessions (`maxInflightPerAgent`; a request stays in flight until its
- * answer has left the process, so answers the agent does not read count), messages in one batch
+ * answer has left the process, so answers the agent does not read count, and a call the gateway
+ * gave up on after it was sent upstream — cancelled, timed out — until the upstream is done with
+ * it or its late window ended: {@link McpHttpEndpoint.holdInflight}), messages in one batch
  * (`maxBatchMessages`), body size and body read time, and what a stream it does not read may
  * hold (`maxStreamBacklogBytes`, then notifications are dropped). Past a bound the request is
  * refused at once with a JSON-RPC error naming the limit (HTTP 429, 413, 408 or 400), never
@@ -581,6 +583,24 @@ export class McpHttpEndpoint {
     };
   }
 
+  /**
+   * Takes one slot of `agentId` past `maxInflightPerAgent`, for a call the gateway gave up on
+   * (the agent cancelled it or its request was abandoned) whose work may go on upstream: its
+   * slot stays taken until the upstream answered it or its late window ended. Returns the
+   * function that frees it (call it once).
+   */
+  holdInflight(agentId: string): () => void {
+    const load = this.#loadOf(agentId);
+    load.inflight++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      load.inflight--;
+      this.#forgetIfIdle(agentId, load);
+    };
+  }
+
   /** The load record of an agent (created empty; dropped again by {@link #forgetIfIdle}). */
   #loadOf(agentId: string): AgentLoad {
     let load = this.#loads.get(agentId);
@@ -627,6 +647,7 @@ export class McpHttpEndpoint {
       },
     });
     const session = this.#options.gateway.createSession(identity);
+    session.holdSlot = () => this.holdInflight(agentId);
     const entry: HttpSession = {
       transport,
       session,

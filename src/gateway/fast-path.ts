@@ -226,7 +226,12 @@ export class FastUpstreamCalls {
    * an answer is dropped without a word — handed on, the SDK would report it as an error with
    * the whole answer (a tool's result) in the message, which the gateway logs.
    */
-  readonly #stopped = new Set<number>();
+  readonly #stopped = new Map<number, (() => void) | undefined>();
+  /**
+   * The id of each request stopped here by the error it was rejected with, so the caller can be
+   * told when the upstream is done with it ({@link whenAnswered}).
+   */
+  readonly #stoppedBy = new WeakMap<object, number>();
   #open = true;
 
   /**
@@ -252,7 +257,7 @@ export class FastUpstreamCalls {
       const m = message as Envelope;
       if (m.method === undefined) {
         if (this.#pending.size > 0 && this.#onResponse(m)) return;
-        if (this.#stopped.size > 0 && this.#stopped.delete(responseId(m))) return;
+        if (this.#stopped.size > 0 && this.#lateAnswer(responseId(m))) return;
       }
       sdkMessage.call(transport, message, extra);
     };
@@ -275,6 +280,38 @@ export class FastUpstreamCalls {
   }
 
   /**
+   * Calls `done` once the upstream is done with the request that `error` stopped (cancelled or
+   * timed out here): when its late answer arrives (and is dropped), or the connection closes, or
+   * it is no longer remembered. False, and `done` is never called, when `error` is no such
+   * rejection of this connection's (or its request was already answered).
+   */
+  whenAnswered(error: unknown, done: () => void): boolean {
+    if (typeof error !== 'object' || error === null) return false;
+    const id = this.#stoppedBy.get(error);
+    if (id === undefined || !this.#stopped.has(id)) return false;
+    const previous = this.#stopped.get(id);
+    this.#stopped.set(
+      id,
+      previous === undefined
+        ? done
+        : () => {
+            previous();
+            done();
+          },
+    );
+    return true;
+  }
+
+  /** Drops the late answer of a stopped request `id` (true), telling who waits for it. */
+  #lateAnswer(id: number): boolean {
+    if (!this.#stopped.has(id)) return false;
+    const done = this.#stopped.get(id);
+    this.#stopped.delete(id);
+    done?.();
+    return true;
+  }
+
+  /**
    * Sends `request` and resolves with its result, as `client.request(request, schema,
    * { signal, timeout })` would. With `onError`, it rejects with what `onError` makes of the
    * failure instead of the failure itself (one promise, where a `.catch` would add a hop).
@@ -288,8 +325,11 @@ export class FastUpstreamCalls {
     return new Promise<Result>((resolve, rejectAs) => {
       const reject =
         onError === undefined
-          ? rejectAs
-          : (error: unknown): void => {
+          ? (error: unknown): unknown => {
+              rejectAs(error);
+              return error;
+            }
+          : (error: unknown): unknown => {
               let mapped: unknown;
               try {
                 mapped = onError(error);
@@ -297,6 +337,7 @@ export class FastUpstreamCalls {
                 mapped = thrown;
               }
               rejectAs(mapped);
+              return mapped;
             };
       if (!this.#open) {
         reject(new Error('Not connected'));
@@ -310,9 +351,11 @@ export class FastUpstreamCalls {
       const id = counter._requestMessageId++;
       const stop = (reason: unknown): void => {
         if (!this.#finish(id)) return;
-        this.#stopped.add(id);
+        this.#stopped.set(id, undefined);
         if (this.#stopped.size > MAX_STOPPED) {
-          this.#stopped.delete(this.#stopped.values().next().value!);
+          // Forgotten: its late answer goes to the SDK (which reports it), and who waits for it
+          // waits no more.
+          this.#lateAnswer(this.#stopped.keys().next().value!);
         }
         if (this.#open) {
           this.#transport
@@ -325,11 +368,12 @@ export class FastUpstreamCalls {
               this.client.onerror?.(new Error(`Failed to send cancellation: ${String(error)}`)),
             );
         }
-        reject(
+        const given = reject(
           reason instanceof McpError
             ? reason
             : new McpError(ErrorCode.RequestTimeout, String(reason)),
         );
+        if (typeof given === 'object' && given !== null) this.#stoppedBy.set(given, id);
       };
       const entry: Pending = {
         resolve,
@@ -455,6 +499,8 @@ export class FastUpstreamCalls {
     this.#open = false;
     const error = McpError.fromError(ErrorCode.ConnectionClosed, 'Connection closed');
     for (const id of this.#pending.keys()) this.#finish(id)?.reject(error);
+    // No late answer comes on a closed connection.
+    for (const id of [...this.#stopped.keys()]) this.#lateAnswer(id);
   }
 }
 

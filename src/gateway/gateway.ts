@@ -1179,10 +1179,38 @@ export class ToolGateway implements SessionHost {
         return result;
       },
       (error: unknown) => {
-        this.#routes.leave(upstream, entry, error);
+        if (this.#routes.leave(upstream, entry, error)) {
+          this.#holdGivenUp(session, upstream, error);
+        }
         throw forwardError(error, request, reached);
       },
     );
+  }
+
+  /**
+   * Keeps the caller's in-flight slot (its session's door's, `holdSlot`) for a request the gateway
+   * gave up on (cancelled, timed out) while its work may go on upstream: until the upstream
+   * answers it (the answer is dropped), its connection closes, or the request's late window
+   * (`callTimeoutSeconds`) ends. Else an agent that cancels each call it makes frees its slot at
+   * once and can keep any number of calls running on an upstream that ignores cancellation.
+   */
+  #holdGivenUp(session: GatewaySession | undefined, upstream: Upstream, error: unknown): void {
+    // Only a session's door holds slots so far (Streamable HTTP); gRPC and `/api/` CallTool
+    // free theirs when the call ends.
+    const hold = session?.holdSlot;
+    if (hold === undefined) return;
+    const release = hold();
+    let done = false;
+    const end = (): void => {
+      if (done) return;
+      done = true;
+      stopTimer();
+      release();
+    };
+    const stopTimer = setLongTimeout(end, upstream.spec.callTimeoutSeconds * 1000, {
+      unref: true,
+    });
+    upstream.whenAnswered(error, end);
   }
 
   /** {@link #forward} of a request whose caller asked for progress notifications. */
@@ -1215,7 +1243,9 @@ export class ToolGateway implements SessionHost {
       this.#routes.leave(upstream, entry);
       return result;
     } catch (error) {
-      this.#routes.leave(upstream, entry, error);
+      if (this.#routes.leave(upstream, entry, error)) {
+        this.#holdGivenUp(session, upstream, error);
+      }
       throw forwardError(error, request, reached);
     }
   }

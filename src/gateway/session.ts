@@ -61,6 +61,13 @@ export type CallExtra = Pick<DownstreamExtra, 'signal' | 'requestId' | '_meta' |
   traceContext?: TraceCarrier | undefined;
 };
 
+/**
+ * Takes one in-flight slot of an agent at its door, past the door's bound (it continues a slot
+ * the agent held: a call the gateway gave up on whose work may go on upstream); returns the
+ * function that frees it (called once).
+ */
+export type SlotHold = () => () => void;
+
 /** What a session needs from the gateway (implemented by ToolGateway). */
 export interface SessionHost {
   readonly serverInfo: { name: string; version: string };
@@ -184,6 +191,13 @@ export class GatewaySession {
    * against the session's subscription limit from the moment they arrive.
    */
   readonly subscribing = new Map<string, number>();
+  /**
+   * Set by a door that bounds an agent's requests in flight (the Streamable HTTP endpoint): a
+   * call of this session the gateway gave up on holds a slot through it until its upstream
+   * answered it or its late window ended, so cancelling each call cannot keep more than the
+   * bound running upstream.
+   */
+  holdSlot: SlotHold | undefined = undefined;
 
   #host: SessionHost;
   #caps: ServerCapabilities;

@@ -35,7 +35,7 @@ import { SlotSet } from './churn-collections.js';
 import { toMcpError } from './map-error.js';
 import type { GatewaySession } from './session.js';
 import type { GatewayLogEntry } from './tool-call-pipeline.js';
-import type { Upstream } from './upstream.js';
+import { wasNeverSent, type Upstream } from './upstream.js';
 
 /** A request in flight on an upstream: whose (no session: a gRPC call, a task's) and which. */
 export interface InFlight extends Slotted {
@@ -69,14 +69,14 @@ export class InflightRoutes {
   /**
    * Ends what {@link enter} tracked. With `error`, the request failed: unless the upstream
    * answered it (an error answer, or its connection closed), the gateway gave up on it
-   * (cancelled, timed out) and its work may go on upstream, logging as it goes.
+   * (cancelled, timed out) and its work may go on upstream, logging as it goes: true then.
    */
-  leave(upstream: Upstream, entry: InFlight, error?: unknown): void {
+  leave(upstream: Upstream, entry: InFlight, error?: unknown): boolean {
     this.#inflight.get(upstream)?.delete(entry);
-    if (error !== undefined && givenUp(error)) {
-      const until = performance.now() + upstream.spec.callTimeoutSeconds * 1000;
-      if (!((this.#unsettled.get(upstream) ?? 0) >= until)) this.#unsettled.set(upstream, until);
-    }
+    if (error === undefined || !givenUp(error) || wasNeverSent(error)) return false;
+    const until = performance.now() + upstream.spec.callTimeoutSeconds * 1000;
+    if (!((this.#unsettled.get(upstream) ?? 0) >= until)) this.#unsettled.set(upstream, until);
+    return true;
   }
 
   /**

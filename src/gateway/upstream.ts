@@ -38,7 +38,8 @@ import { traceparentFetch, withTraceparentMeta } from '../telemetry/trace-contex
 
 /**
  * Failures of requests nothing of which was handed to their upstream although it was ready (a
- * stdio upstream not reading its input: the request was refused before it was written).
+ * stdio upstream not reading its input: the request was refused before it was written; a
+ * request cancelled before it was sent).
  */
 const neverSent = new WeakSet<object>();
 
@@ -413,6 +414,12 @@ export class Upstream {
     const method = request.method;
     const fail = (error: unknown): unknown =>
       this.#requestError(error, client, method, timeout, cancel);
+    if (cancel?.aborted) {
+      // Cancelled before anything was sent: nothing runs upstream.
+      const refused = fail(cancel.reason);
+      if (typeof refused === 'object' && refused !== null) neverSent.add(refused);
+      return Promise.reject(refused as Error);
+    }
     const fast = this.#fast;
     if (fast?.client === client && options.onprogress === undefined) {
       // Its own promise, failures already mapped: no await of ours between the response and
@@ -432,6 +439,17 @@ export class Upstream {
     return sent.catch((error: unknown) => {
       throw fail(error);
     });
+  }
+
+  /**
+   * Calls `done` once this upstream is done with the request that failed with `error`, a
+   * failure of {@link request} that gave it up (cancelled or timed out) after it was sent: when
+   * its late answer arrives (and is dropped) or the connection closes. False when that cannot
+   * be told (a request with progress, which the SDK's client sends; a request already
+   * answered): `done` is then never called.
+   */
+  whenAnswered(error: unknown, done: () => void): boolean {
+    return this.#fast?.whenAnswered(error, done) ?? false;
   }
 
   /** What a failed request rejects with: a timeout, a lost connection, the upstream's answer. */
