@@ -523,6 +523,12 @@ export class AgentScheduler {
     if (options.deadline !== undefined) {
       deadline = options.deadline instanceof Date ? options.deadline.getTime() : options.deadline;
       checkNumber('deadline', deadline, 'positiveNumber');
+      if (deadline > MAX_TASK_DEADLINE_MS) {
+        throw new InvalidArgumentError(
+          'deadline',
+          `must be at most ${new Date(MAX_TASK_DEADLINE_MS).toISOString()} (what a protobuf Timestamp holds), got ${String(deadline)}`,
+        );
+      }
       if (deadline <= Date.now())
         throw new InvalidArgumentError('deadline', 'is already in the past');
     }
@@ -1447,17 +1453,30 @@ export class AgentScheduler {
 }
 
 /**
- * A task timeout in seconds as milliseconds. Refuses a number of seconds whose milliseconds are
- * not finite (1e306 passes as a finite number of seconds): a timeout of `Infinity` ms is stored
- * as NULL, and the next start refused the whole state file on it.
+ * Longest task timeout: the range of a `google.protobuf.Duration` (10,000 years), so every door
+ * can answer with the task it took. A longer one (gRPC's binary carries any int64 of seconds)
+ * was queued, then its `TaskInfo` could not be written as JSON: the `ScheduleTask` over `/api`
+ * answered 500 with the task queued, and every `ListTasks` over `/api` showing it failed.
+ */
+export const MAX_TASK_TIMEOUT_SECONDS = 315_576_000_000;
+/**
+ * Latest task deadline (epoch ms): 9999-12-31T23:59:59.999Z, the end of a
+ * `google.protobuf.Timestamp`'s range (see {@link MAX_TASK_TIMEOUT_SECONDS}).
+ */
+export const MAX_TASK_DEADLINE_MS = 253_402_300_799_999;
+
+/**
+ * A task timeout in seconds as milliseconds, at most {@link MAX_TASK_TIMEOUT_SECONDS}. (A number
+ * of seconds whose milliseconds were not finite — 1e306 — was stored as NULL, and the next start
+ * refused the whole state file on it.)
  */
 function timeoutMs(field: string, seconds: unknown): number {
-  const ms = checkNumber(field, seconds, 'positiveNumber') * 1000;
-  if (!Number.isFinite(ms)) {
+  const s = checkNumber(field, seconds, 'positiveNumber');
+  if (s > MAX_TASK_TIMEOUT_SECONDS) {
     throw new InvalidArgumentError(
       field,
-      `must be at most ${Number.MAX_VALUE / 1000} seconds (finite in milliseconds), got ${String(seconds)}`,
+      `must be at most ${MAX_TASK_TIMEOUT_SECONDS} seconds (10,000 years, what a protobuf Duration holds), got ${String(seconds)}`,
     );
   }
-  return ms;
+  return s * 1000;
 }

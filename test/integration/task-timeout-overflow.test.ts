@@ -13,6 +13,7 @@ import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { AgentFabric } from '../../src/fabric.js';
+import { MAX_TASK_TIMEOUT_SECONDS } from '../../src/scheduler/agent-scheduler.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
 import { TaskStatus } from '../../src/task.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
@@ -57,8 +58,20 @@ describe('task timeouts whose milliseconds are not finite', () => {
     await expect(
       first.schedule({ agentId: agent.id, taskType: 't', timeoutSeconds: Number.MAX_VALUE }),
     ).rejects.toThrow(/timeoutSeconds must be at most/);
-    // The largest that is finite in milliseconds is accepted and stored as it is.
-    const ok = await first.schedule({ agentId: agent.id, taskType: 't', timeoutSeconds: 1e300 });
+    // The largest a protobuf Duration holds is accepted and stored as it is; one more is not
+    // (test/security/operator-input.test.ts has why).
+    await expect(
+      first.schedule({
+        agentId: agent.id,
+        taskType: 't',
+        timeoutSeconds: MAX_TASK_TIMEOUT_SECONDS + 1,
+      }),
+    ).rejects.toThrow(/timeoutSeconds must be at most 315576000000 seconds/);
+    const ok = await first.schedule({
+      agentId: agent.id,
+      taskType: 't',
+      timeoutSeconds: MAX_TASK_TIMEOUT_SECONDS,
+    });
     await close(first);
 
     const second = await open(path);

@@ -1,0 +1,127 @@
+/**
+ * An administrator's mistakes and a buggy operator client in another language, at the real
+ * sidecar's doors (gRPC through grpc-js, `/api` through HTTP) with a state file read back: each
+ * absurd value gets its typed error and leaves nothing half-done in the store.
+ */
+import { join } from 'node:path';
+import { create } from '@bufbuild/protobuf';
+import { status, type Client, type ServiceError } from '@grpc/grpc-js';
+import Database from 'better-sqlite3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FabricService, ScheduleTaskRequestSchema } from '../../src/gen/fabric/v1/fabric_pb.js';
+import { grpcDefinition } from '../../src/rpc/grpc-definition.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import { failure, grpcClient, unary } from '../fixtures/grpc-client.js';
+import {
+  ADMIN_TOKEN,
+  api,
+  closeSidecar,
+  startTestSidecar,
+  tempDir,
+} from '../fixtures/gateway/harness.js';
+
+function fabricCode(err: ServiceError): unknown {
+  return err.metadata.get('fabric-error-code')[0];
+}
+
+describe('operator API: what an admin or a buggy client sends (real sidecar, both doors)', () => {
+  let sidecar: Sidecar;
+  let statePath: string;
+  let admin: Client;
+
+  beforeAll(async () => {
+    statePath = join(tempDir('operator-input'), 'state.db');
+    sidecar = await startTestSidecar({
+      state: { path: statePath },
+      grpc: { host: '127.0.0.1', port: 0 },
+    } as never);
+    admin = grpcClient(grpcDefinition(FabricService), sidecar.grpcAddress!);
+  });
+
+  afterAll(async () => {
+    admin?.close();
+    await closeSidecar(sidecar);
+  });
+
+  /** Task ids in the state file (the tasks table). */
+  function storedTasks(): string[] {
+    const db = new Database(statePath, { readonly: true, fileMustExist: true });
+    try {
+      return (db.prepare('SELECT id FROM tasks ORDER BY rid').all() as { id: string }[]).map(
+        (r) => r.id,
+      );
+    } finally {
+      db.close();
+    }
+  }
+
+  async function spawnRemote(name: string): Promise<string> {
+    const res = await api(sidecar, 'FabricService/SpawnAgent', {
+      name,
+      model: 'm',
+      executor: 'remote',
+    });
+    expect(res.status).toBe(200);
+    return ((await res.json()) as { spawned: { agent: { agentId: string } } }).spawned.agent
+      .agentId;
+  }
+
+  it('a task timeout or deadline no Duration or Timestamp holds is refused: nothing queued, listings readable', async () => {
+    const agentId = await spawnRemote('timeouts');
+    const before = storedTasks();
+
+    // Over /api: a Duration the JSON decoder takes (its seconds at the range's end) that the
+    // task's answer could not carry back. Was 500 INTERNAL after the task had been queued, and
+    // every ListTasks over /api answered 500 from then on.
+    const res0 = await api(sidecar, 'FabricService/ScheduleTask', {
+      agentId,
+      taskType: 't',
+      options: { timeout: '315576000000.999999999s' },
+    });
+    expect(res0.status).toBe(400);
+    const body = (await res0.json()) as { code: string; details: { field: string } };
+    expect(body.code).toBe('FABRIC_ERR_INVALID_ARGUMENT');
+    expect(body.details.field).toBe('timeoutSeconds');
+    // Over gRPC, whose binary carries any int64: a timeout and a deadline past year 9999.
+    for (const [options, field] of [
+      [{ timeout: { seconds: 10n ** 15n } }, 'timeoutSeconds'],
+      [{ deadline: { seconds: 253402300800n } }, 'deadline'],
+      [{ deadline: { seconds: 10n ** 17n } }, 'deadline'],
+    ] as const) {
+      const err = await failure(
+        unary(
+          admin,
+          'scheduleTask',
+          create(ScheduleTaskRequestSchema, { agentId, taskType: 't', options }),
+          ADMIN_TOKEN,
+        ),
+      );
+      expect(err.code).toBe(status.INVALID_ARGUMENT);
+      expect(fabricCode(err)).toBe('FABRIC_ERR_INVALID_ARGUMENT');
+      expect(err.details).toContain(field);
+    }
+    expect(storedTasks()).toEqual(before);
+
+    // The largest each holds is taken, and read back over /api.
+    const res = await api(sidecar, 'FabricService/ScheduleTask', {
+      agentId,
+      taskType: 't',
+      options: { timeout: '315576000000s', deadline: '9999-12-31T23:59:59.999Z' },
+    });
+    expect(res.status).toBe(200);
+    const { task } = (await res.json()) as { task: { taskId: string } };
+    expect(storedTasks()).toEqual([...before, task.taskId]);
+    const list = await api(sidecar, 'FabricService/ListTasks', { agentId });
+    expect(list.status).toBe(200);
+    const listed = (await list.json()) as {
+      tasks: { taskId: string; timeout: string; deadline: string }[];
+    };
+    expect(listed.tasks).toEqual([
+      expect.objectContaining({
+        taskId: task.taskId,
+        timeout: '315576000000s',
+        deadline: '9999-12-31T23:59:59.999Z',
+      }),
+    ]);
+  });
+});
