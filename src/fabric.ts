@@ -909,7 +909,7 @@ export class AgentFabric {
    */
   async listTasks(filter: TaskFilter & PageRequest = {}): Promise<Page<Task>> {
     const { pageSize, pageToken, ...match } = filter;
-    return pageOf(this.scheduler.listTasks(match), (t) => [t.createdAt, t.id], {
+    return pageOf('tasks', this.scheduler.listTasks(match), (t) => [t.createdAt, t.id], {
       ...(pageSize === undefined ? {} : { pageSize }),
       ...(pageToken === undefined ? {} : { pageToken }),
     });

@@ -4,7 +4,9 @@
  *
  * The token is a position, not an offset: an item created or removed between two pages neither
  * repeats nor shifts what follows, and every item that exists throughout the listing is handed
- * out exactly once. Each page sorts what matches (the listings are bounded by the fabric's
+ * out exactly once. It names its listing too: a token of another listing is refused rather than
+ * read as a position in this one (a ListAgents token on ListTasks skipped every task created
+ * before that agent, silently). Each page sorts what matches (the listings are bounded by the fabric's
  * retention limits), which keeps the managers free of listing indexes.
  *
  * @module
@@ -38,11 +40,11 @@ function before(a: PageKey, b: PageKey): boolean {
   return a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]);
 }
 
-function encodeToken(key: PageKey): string {
-  return Buffer.from(JSON.stringify(key)).toString('base64url');
+function encodeToken(list: string, key: PageKey): string {
+  return Buffer.from(JSON.stringify([list, ...key])).toString('base64url');
 }
 
-function decodeToken(token: string): PageKey {
+function decodeToken(list: string, token: string): PageKey {
   let key: unknown;
   try {
     key = JSON.parse(Buffer.from(token, 'base64url').toString('utf8'));
@@ -51,22 +53,31 @@ function decodeToken(token: string): PageKey {
   }
   if (
     !Array.isArray(key) ||
-    key.length !== 2 ||
-    typeof key[0] !== 'number' ||
-    !Number.isFinite(key[0]) ||
-    typeof key[1] !== 'string'
+    key.length !== 3 ||
+    typeof key[0] !== 'string' ||
+    typeof key[1] !== 'number' ||
+    !Number.isFinite(key[1]) ||
+    typeof key[2] !== 'string'
   ) {
     throw new InvalidArgumentError('page_token', 'is not a token this server handed out');
   }
-  return [key[0], key[1]];
+  if (key[0] !== list) {
+    throw new InvalidArgumentError(
+      'page_token',
+      `is a token of the ${JSON.stringify(key[0])} listing, not of ${JSON.stringify(list)}`,
+    );
+  }
+  return [key[1], key[2]];
 }
 
 /**
- * The page `request` asks for of `items`, ordered by `keyOf`.
+ * The page `request` asks for of `items`, ordered by `keyOf`; `list` names the listing (its
+ * tokens are refused by any other).
  * @throws InvalidArgumentError for a page size over {@link MAX_PAGE_SIZE} (or not an integer
- *   ≥ 0) or a malformed token.
+ *   ≥ 0), a malformed token or one of another listing.
  */
 export function pageOf<T>(
+  list: string,
   items: Iterable<T>,
   keyOf: (item: T) => PageKey,
   request: PageRequest = {},
@@ -78,7 +89,7 @@ export function pageOf<T>(
       `must be an integer from 0 to ${MAX_PAGE_SIZE} (0 for ${DEFAULT_PAGE_SIZE})`,
     );
   }
-  const after = request.pageToken ? decodeToken(request.pageToken) : undefined;
+  const after = request.pageToken ? decodeToken(list, request.pageToken) : undefined;
   const keyed: { item: T; key: PageKey }[] = [];
   for (const item of items) {
     const key = keyOf(item);
@@ -88,6 +99,6 @@ export function pageOf<T>(
   const page = keyed.slice(0, size);
   return {
     items: page.map((k) => k.item),
-    nextPageToken: keyed.length > size ? encodeToken(page[page.length - 1]!.key) : '',
+    nextPageToken: keyed.length > size ? encodeToken(list, page[page.length - 1]!.key) : '',
   };
 }

@@ -272,7 +272,7 @@ export function fabricService(
           ...(status === undefined ? {} : { status }),
           ...(poolId === undefined ? {} : { poolId }),
         });
-        const page = pageOf(agents, (a) => [a.createdAt, a.id], {
+        const page = pageOf('agents', agents, (a) => [a.createdAt, a.id], {
           pageSize: req.pageSize,
           pageToken: req.pageToken,
         });
@@ -416,7 +416,7 @@ export function fabricService(
           ...(status === undefined ? {} : { status }),
           ...(agentId === undefined ? {} : { agentId }),
         });
-        const page = pageOf(hooks, (h) => [h.createdAt, h.hookId], {
+        const page = pageOf('hooks', hooks, (h) => [h.createdAt, h.hookId], {
           pageSize: req.pageSize,
           pageToken: req.pageToken,
         });

@@ -8,7 +8,11 @@ import { create } from '@bufbuild/protobuf';
 import { status, type Client, type ServiceError } from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FabricService, ScheduleTaskRequestSchema } from '../../src/gen/fabric/v1/fabric_pb.js';
+import {
+  FabricService,
+  ListAgentsRequestSchema,
+  ScheduleTaskRequestSchema,
+} from '../../src/gen/fabric/v1/fabric_pb.js';
 import { grpcDefinition } from '../../src/rpc/grpc-definition.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { failure, grpcClient, unary } from '../fixtures/grpc-client.js';
@@ -123,5 +127,43 @@ describe('operator API: what an admin or a buggy client sends (real sidecar, bot
         deadline: '9999-12-31T23:59:59.999Z',
       }),
     ]);
+  });
+
+  it('a page token of one listing is refused by another, not taken as a position in it', async () => {
+    for (const name of ['page-a', 'page-b']) await spawnRemote(name);
+    const agents = await api(sidecar, 'FabricService/ListAgents', { pageSize: 1 });
+    const agentToken = ((await agents.json()) as { nextPageToken: string }).nextPageToken;
+    expect(agentToken).not.toBe('');
+    // A ListAgents token on ListTasks: was 200 with the tasks created after that agent.
+    const tasks = await api(sidecar, 'FabricService/ListTasks', { pageToken: agentToken });
+    expect(tasks.status).toBe(400);
+    const body = (await tasks.json()) as { code: string; details: { field: string } };
+    expect(body).toMatchObject({
+      code: 'FABRIC_ERR_INVALID_ARGUMENT',
+      details: { field: 'page_token' },
+    });
+    // And a ListTasks token on ListAgents, over gRPC.
+    const agentId = await spawnRemote('page-c');
+    for (let i = 0; i < 2; i++) {
+      const res = await api(sidecar, 'FabricService/ScheduleTask', { agentId, taskType: 't' });
+      expect(res.status).toBe(200);
+    }
+    const listed = await api(sidecar, 'FabricService/ListTasks', { pageSize: 1 });
+    const taskToken = ((await listed.json()) as { nextPageToken: string }).nextPageToken;
+    expect(taskToken).not.toBe('');
+    const err = await failure(
+      unary(
+        admin,
+        'listAgents',
+        create(ListAgentsRequestSchema, { pageToken: taskToken }),
+        ADMIN_TOKEN,
+      ),
+    );
+    expect(err.code).toBe(status.INVALID_ARGUMENT);
+    expect(fabricCode(err)).toBe('FABRIC_ERR_INVALID_ARGUMENT');
+    expect(err.details).toContain('page_token');
+    // Each listing still takes its own.
+    const next = await api(sidecar, 'FabricService/ListAgents', { pageToken: agentToken });
+    expect(next.status).toBe(200);
   });
 });

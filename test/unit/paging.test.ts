@@ -13,7 +13,7 @@ function all(source: () => Item[], size: number): string[] {
   const seen: string[] = [];
   let token = '';
   do {
-    const page = pageOf(source(), key, { pageSize: size, pageToken: token });
+    const page = pageOf('items', source(), key, { pageSize: size, pageToken: token });
     expect(page.items.length).toBeLessThanOrEqual(size);
     seen.push(...page.items.map((i) => i.id));
     token = page.nextPageToken;
@@ -47,16 +47,21 @@ describe('pageOf', () => {
 
   it('uses the default size for 0 and refuses sizes and tokens it cannot use', () => {
     const items = Array.from({ length: DEFAULT_PAGE_SIZE + 1 }, (_, n) => ({ id: `x${n}`, at: n }));
-    expect(pageOf(items, key, { pageSize: 0 }).items.length).toBe(DEFAULT_PAGE_SIZE);
+    expect(pageOf('items', items, key, { pageSize: 0 }).items.length).toBe(DEFAULT_PAGE_SIZE);
     for (const bad of [MAX_PAGE_SIZE + 1, -1, 1.5]) {
-      expect(() => pageOf(items, key, { pageSize: bad })).toThrow(InvalidArgumentError);
+      expect(() => pageOf('items', items, key, { pageSize: bad })).toThrow(InvalidArgumentError);
     }
     for (const token of [
       'x',
       Buffer.from('[1]').toString('base64url'),
       Buffer.from('{"a":1}').toString('base64url'),
     ]) {
-      expect(() => pageOf(items, key, { pageToken: token })).toThrow(InvalidArgumentError);
+      expect(() => pageOf('items', items, key, { pageToken: token })).toThrow(InvalidArgumentError);
     }
+    // A token of another listing is not a position in this one.
+    const { nextPageToken } = pageOf('others', items, key, { pageSize: 1 });
+    expect(() => pageOf('items', items, key, { pageToken: nextPageToken })).toThrow(
+      /page_token is a token of the "others" listing/,
+    );
   });
 });
