@@ -84,6 +84,58 @@ export function checkString(field: string, value: unknown, maxLength = MAX_ID_LE
   return value;
 }
 
+/** Most capabilities an agent or pool may have (each a non-empty string of at most 256 characters). */
+export const MAX_AGENT_CAPABILITIES = 64;
+/** Most labels an agent or pool may have (keys of at most 256 characters, values of at most 1024). */
+export const MAX_AGENT_LABELS = 64;
+const MAX_LABEL_VALUE_LENGTH = 1024;
+
+/**
+ * An agent's (or pool's) capabilities checked: an array of at most
+ * {@link MAX_AGENT_CAPABILITIES} strings, each as {@link checkString} takes them.
+ * @throws InvalidArgumentError naming `config.capabilities` or the offending entry.
+ */
+export function checkCapabilities(value: unknown): string[] {
+  if (!Array.isArray(value)) {
+    throw new InvalidArgumentError('config.capabilities', 'must be an array of non-empty strings');
+  }
+  if (value.length > MAX_AGENT_CAPABILITIES) {
+    throw new InvalidArgumentError(
+      'config.capabilities',
+      `must have at most ${MAX_AGENT_CAPABILITIES} entries, got ${value.length}`,
+    );
+  }
+  value.forEach((c, i) => checkString(`config.capabilities[${i}]`, c));
+  return value as string[];
+}
+
+/**
+ * An agent's (or pool's) labels checked: a plain object of at most {@link MAX_AGENT_LABELS}
+ * entries, each a key as {@link checkString} takes it and a string value (empty allowed) of at
+ * most 1024 characters of well-formed Unicode. Every policy decision and agent listing carries
+ * them, so they are bounded like ids.
+ * @throws InvalidArgumentError naming `config.labels` or the offending label.
+ */
+export function checkLabels(value: unknown): Record<string, string> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new InvalidArgumentError('config.labels', 'must map strings to strings');
+  }
+  const entries = Object.entries(value);
+  if (entries.length > MAX_AGENT_LABELS) {
+    throw new InvalidArgumentError(
+      'config.labels',
+      `must have at most ${MAX_AGENT_LABELS} entries, got ${entries.length}`,
+    );
+  }
+  for (const [key, label] of entries) {
+    checkString('config.labels key', key);
+    const field = `config.labels[${JSON.stringify(key)}]`;
+    if (typeof label !== 'string') throw new InvalidArgumentError(field, 'must be a string');
+    if (label.length > 0) checkString(field, label, MAX_LABEL_VALUE_LENGTH);
+  }
+  return value as Record<string, string>;
+}
+
 /**
  * Bytes of `value` as UTF-8 JSON (0 for `undefined`), as the state store writes it: a `bigint`
  * (an exact large integer from a `..._json` field) as its digits (see `recordJson`). This is

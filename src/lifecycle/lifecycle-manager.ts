@@ -28,7 +28,7 @@ import { TypedEmitter } from '../events.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { Collection } from '../store/store.js';
 import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
-import { checkNumber, checkString } from '../validate.js';
+import { checkCapabilities, checkLabels, checkNumber, checkString } from '../validate.js';
 
 /** The stored state of an agent. The credential is kept only as its SHA-256. */
 export interface AgentRecord {
@@ -296,16 +296,7 @@ export class LifecycleManager {
       throw new InvalidArgumentError('config', 'must be an object');
     const model = checkString('config.model', config.model);
     const name = checkString('config.name', config.name);
-    const capabilities = config.capabilities ?? [];
-    if (
-      !Array.isArray(capabilities) ||
-      capabilities.some((c) => typeof c !== 'string' || c.length === 0)
-    ) {
-      throw new InvalidArgumentError(
-        'config.capabilities',
-        'must be an array of non-empty strings',
-      );
-    }
+    const capabilities = checkCapabilities(config.capabilities ?? []);
     const poolId =
       config.poolId === undefined ? undefined : checkString('config.poolId', config.poolId);
     const executor =
@@ -317,10 +308,7 @@ export class LifecycleManager {
     if (heartbeatMode !== 'auto' && heartbeatMode !== 'manual') {
       throw new InvalidArgumentError('config.heartbeat', "must be 'auto' or 'manual'");
     }
-    const labels = config.labels ?? {};
-    if (typeof labels !== 'object' || Object.values(labels).some((v) => typeof v !== 'string')) {
-      throw new InvalidArgumentError('config.labels', 'must map strings to strings');
-    }
+    const labels = checkLabels(config.labels ?? {});
     if (
       config.isolation !== undefined &&
       (config.isolation === null || typeof config.isolation !== 'object')

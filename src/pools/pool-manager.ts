@@ -22,7 +22,7 @@ import { TypedEmitter } from '../events.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { Collection } from '../store/store.js';
 import { InvalidArgumentError } from '../errors.js';
-import { checkNumber, checkString } from '../validate.js';
+import { checkCapabilities, checkLabels, checkNumber, checkString } from '../validate.js';
 import type { PoolProvider, PoolStopReason } from './pool-provider.js';
 
 /** What {@link PoolManager.createPool} takes. */
@@ -383,8 +383,8 @@ export class PoolManager {
       provider,
       executor:
         config.executor === undefined ? undefined : checkString('config.executor', config.executor),
-      capabilities: Object.freeze([...(config.capabilities ?? [])]),
-      labels: Object.freeze({ ...(config.labels ?? {}) }),
+      capabilities: Object.freeze([...checkCapabilities(config.capabilities ?? [])]),
+      labels: Object.freeze({ ...checkLabels(config.labels ?? {}) }),
       agentBudget: config.agentBudget,
       status: 'ACTIVE',
       agentIds: [],

@@ -9,6 +9,7 @@ import { status, type Client, type ServiceError } from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  CreatePoolRequestSchema,
   FabricService,
   ListAgentsRequestSchema,
   ScheduleTaskRequestSchema,
@@ -54,6 +55,17 @@ describe('operator API: what an admin or a buggy client sends (real sidecar, bot
       return (db.prepare('SELECT id FROM tasks ORDER BY rid').all() as { id: string }[]).map(
         (r) => r.id,
       );
+    } finally {
+      db.close();
+    }
+  }
+
+  /** Records of a kind in the state file (the records table). */
+  function storedCount(kind: 'agent' | 'pool'): number {
+    const db = new Database(statePath, { readonly: true, fileMustExist: true });
+    try {
+      const row = db.prepare('SELECT count(*) AS n FROM records WHERE kind = ?').get(kind);
+      return (row as { n: number }).n;
     } finally {
       db.close();
     }
@@ -165,5 +177,66 @@ describe('operator API: what an admin or a buggy client sends (real sidecar, bot
     // Each listing still takes its own.
     const next = await api(sidecar, 'FabricService/ListAgents', { pageToken: agentToken });
     expect(next.status).toBe(200);
+  });
+
+  it('labels and capabilities past their bounds are refused at spawn and pool creation: nothing stored', async () => {
+    const many = (n: number, value = 'v'): Record<string, string> =>
+      Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, value]));
+    const agentsBefore = storedCount('agent');
+    const poolsBefore = storedCount('pool');
+    // Over /api: 65 labels, a 1025-character value, 65 capabilities, an empty capability. Were
+    // all taken (100,000 labels were), and every policy decision and listing carried them.
+    for (const [extra, field] of [
+      [{ labels: many(65) }, 'config.labels'],
+      [{ labels: { k: 'x'.repeat(1025) } }, 'config.labels["k"]'],
+      [{ capabilities: Array.from({ length: 65 }, (_, i) => `c${i}`) }, 'config.capabilities'],
+      [{ capabilities: ['ok', ''] }, 'config.capabilities[1]'],
+    ] as const) {
+      const res = await api(sidecar, 'FabricService/SpawnAgent', {
+        name: 'labels',
+        model: 'm',
+        executor: 'remote',
+        ...extra,
+      });
+      expect(res.status).toBe(400);
+      const body = (await res.json()) as { code: string; details: { field: string } };
+      expect(body).toMatchObject({ code: 'FABRIC_ERR_INVALID_ARGUMENT', details: { field } });
+    }
+    // Over gRPC, a pool whose agents would carry them (min 0: no spawn would refuse them later).
+    const err = await failure(
+      unary(
+        admin,
+        'createPool',
+        create(CreatePoolRequestSchema, {
+          poolId: 'labelled',
+          model: 'm',
+          minAgents: 0,
+          executor: 'remote',
+          labels: many(65),
+        }),
+        ADMIN_TOKEN,
+      ),
+    );
+    expect(err.code).toBe(status.INVALID_ARGUMENT);
+    expect(fabricCode(err)).toBe('FABRIC_ERR_INVALID_ARGUMENT');
+    expect(err.details).toContain('config.labels');
+    expect(storedCount('agent')).toBe(agentsBefore);
+    expect(storedCount('pool')).toBe(poolsBefore);
+    // At the bounds: taken, and read back whole.
+    const res = await api(sidecar, 'FabricService/SpawnAgent', {
+      name: 'labels',
+      model: 'm',
+      executor: 'remote',
+      labels: { ...many(62), long: 'x'.repeat(1024), empty: '' },
+      capabilities: Array.from({ length: 64 }, (_, i) => `c${i}`),
+    });
+    expect(res.status).toBe(200);
+    const { spawned } = (await res.json()) as {
+      spawned: { agent: { labels: Record<string, string>; capabilities: string[] } };
+    };
+    expect(Object.keys(spawned.agent.labels)).toHaveLength(64);
+    expect(spawned.agent.labels.long).toHaveLength(1024);
+    expect(spawned.agent.capabilities).toHaveLength(64);
+    expect(storedCount('agent')).toBe(agentsBefore + 1);
   });
 });
