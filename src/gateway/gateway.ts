@@ -70,6 +70,7 @@ import {
   type CallExtra,
   type DownstreamExtra,
   type SessionHost,
+  type SlotHold,
 } from './session.js';
 import { TokenEstimates } from './token-estimates.js';
 import { ToolCosts } from './tool-costs.js';
@@ -745,6 +746,7 @@ export class ToolGateway implements SessionHost {
       signal: AbortSignal.any([request.signal, ended.signal]),
       requestId: -1,
       traceContext: request.traceContext,
+      holdSlot: request.holdSlot,
     };
     const done = (): void => {
       calls.delete(ended);
@@ -1180,7 +1182,7 @@ export class ToolGateway implements SessionHost {
       },
       (error: unknown) => {
         if (this.#routes.leave(upstream, entry, error)) {
-          this.#holdGivenUp(session, upstream, error);
+          this.#holdGivenUp(extra.holdSlot ?? session?.holdSlot, upstream, error);
         }
         throw forwardError(error, request, reached);
       },
@@ -1188,16 +1190,16 @@ export class ToolGateway implements SessionHost {
   }
 
   /**
-   * Keeps the caller's in-flight slot (its session's door's, `holdSlot`) for a request the gateway
-   * gave up on (cancelled, timed out) while its work may go on upstream: until the upstream
-   * answers it (the answer is dropped), its connection closes, or the request's late window
-   * (`callTimeoutSeconds`) ends. Else an agent that cancels each call it makes frees its slot at
-   * once and can keep any number of calls running on an upstream that ignores cancellation.
+   * Keeps the caller's in-flight slot (`hold`: its session's door's, `GatewaySession.holdSlot`,
+   * or the one a door without sessions passed with the call, `ToolCallRequest.holdSlot`) for a
+   * request the gateway gave up on (cancelled, timed out) while its work may go on upstream:
+   * until the upstream answers it (the answer is dropped), its connection closes, or the
+   * request's late window (`callTimeoutSeconds`) ends. Else an agent that cancels each call it
+   * makes frees its slot at once and can keep any number of calls running on an upstream that
+   * ignores cancellation. Called before the request's own failure settles, so the door still
+   * holds the call's slot when this one is taken.
    */
-  #holdGivenUp(session: GatewaySession | undefined, upstream: Upstream, error: unknown): void {
-    // Only a session's door holds slots so far (Streamable HTTP); gRPC and `/api/` CallTool
-    // free theirs when the call ends.
-    const hold = session?.holdSlot;
+  #holdGivenUp(hold: SlotHold | undefined, upstream: Upstream, error: unknown): void {
     if (hold === undefined) return;
     const release = hold();
     let done = false;
@@ -1244,7 +1246,7 @@ export class ToolGateway implements SessionHost {
       return result;
     } catch (error) {
       if (this.#routes.leave(upstream, entry, error)) {
-        this.#holdGivenUp(session, upstream, error);
+        this.#holdGivenUp(extra.holdSlot ?? session?.holdSlot, upstream, error);
       }
       throw forwardError(error, request, reached);
     }

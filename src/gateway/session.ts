@@ -59,6 +59,11 @@ export type CallExtra = Pick<DownstreamExtra, 'signal' | 'requestId' | '_meta' |
   cancel?: CancelHook | undefined;
   /** The caller's W3C trace context from outside MCP (gRPC metadata). */
   traceContext?: TraceCarrier | undefined;
+  /**
+   * The caller's door's slot hold when the call has no session that carries one (a gRPC or
+   * `/api/` call: `ToolCallRequest.holdSlot`); see {@link GatewaySession.holdSlot}.
+   */
+  holdSlot?: SlotHold | undefined;
 };
 
 /**
@@ -195,7 +200,8 @@ export class GatewaySession {
    * Set by a door that bounds an agent's requests in flight (the Streamable HTTP endpoint): a
    * call of this session the gateway gave up on holds a slot through it until its upstream
    * answered it or its late window ended, so cancelling each call cannot keep more than the
-   * bound running upstream.
+   * bound running upstream. The doors without sessions pass theirs with each call
+   * (`ToolCallRequest.holdSlot`).
    */
   holdSlot: SlotHold | undefined = undefined;
 

@@ -42,6 +42,7 @@ import type { TypedEmitter } from '../events.js';
 import { unresolvedPathsIn, type PathResolver } from './path-resolver.js';
 import type { TokenEstimates, ToolEstimate } from './token-estimates.js';
 import { estimateTokens, type ToolCosts } from './tool-costs.js';
+import type { SlotHold } from './session.js';
 
 /** A structured log line from the gateway (the CLI prints them; the library drops them). */
 export interface GatewayLogEntry {
@@ -75,6 +76,13 @@ export interface ToolCallRequest {
   readonly progress?: ProgressSink | undefined;
   /** The caller's W3C trace context (gRPC metadata `traceparent`, `tracestate`). */
   readonly traceContext?: TraceCarrier | undefined;
+  /**
+   * Takes one in-flight slot of the calling agent at its door, past the door's bound: a call the
+   * gateway gives up on after it was sent upstream (cancelled, its deadline passed) holds it
+   * until the upstream is done with it, as a session's call holds one through
+   * `GatewaySession.holdSlot`. Absent: the door bounds nothing the call leaves running.
+   */
+  readonly holdSlot?: SlotHold | undefined;
 }
 
 /** One call as the pipeline takes it, from any door. */

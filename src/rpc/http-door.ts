@@ -154,6 +154,13 @@ export interface HttpDoorOptions {
    * @default no bound
    */
   inflight?: ((agentId: string) => () => void) | undefined;
+  /**
+   * Counts one more call of an agent in flight past the bound (the MCP endpoint's
+   * `holdInflight`): what a call leaves running after it ended (a tool call given up while its
+   * upstream may still work on it) keeps a slot through it (`CallContext.holdSlot`). Used only
+   * with `inflight`. @default none held
+   */
+  holdInflight?: ((agentId: string) => () => void) | undefined;
 }
 
 type UnaryHandler = (
@@ -173,6 +180,14 @@ type Route = { readonly caller: CallerKind; readonly method: DescMethod } & (
   | { readonly kind: 'unary'; readonly handler: UnaryHandler }
   | { readonly kind: 'stream'; readonly handler: StreamHandler }
 );
+
+/** An agent's unary call's slot of `maxInflightPerAgent` (see `HttpDoor.#call`). */
+interface CallSlot {
+  /** Frees the slot; absent: none was taken (not an agent's unary call, no bound). */
+  release?: (() => void) | undefined;
+  /** The method, when the call ended before it settled: the slot is freed once it has. */
+  running?: Promise<unknown> | undefined;
+}
 
 /** One call's abort signal: the client went away, the deadline passed, or the door closes. */
 interface CallScope {
@@ -203,6 +218,7 @@ export class HttpDoor {
   readonly #streams = new ActiveStreams();
   readonly #sessionCaller: ((req: IncomingMessage) => string | undefined) | undefined;
   readonly #inflight: ((agentId: string) => () => void) | undefined;
+  readonly #holdInflight: ((agentId: string) => () => void) | undefined;
 
   /**
    * @throws ConfigError when a limit is not a non-negative integer (`maxStreams`,
@@ -212,6 +228,7 @@ export class HttpDoor {
     this.#fabric = options.fabric;
     this.#sessionCaller = options.sessionCaller;
     this.#inflight = options.inflight;
+    this.#holdInflight = options.holdInflight;
     this.prefix = options.prefix ?? DEFAULT_API_PREFIX;
     this.#maxBodyBytes = options.maxBodyBytes ?? DEFAULT_API_MAX_BODY_BYTES;
     this.#bodyTimeoutMs = options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
@@ -296,14 +313,18 @@ export class HttpDoor {
   }
 
   async #call(req: IncomingMessage, res: ServerResponse, pathname: string): Promise<void> {
-    let release: (() => void) | undefined;
+    const slot: CallSlot = {};
     try {
-      await this.#serve(req, res, pathname, (agentId) => {
-        release = this.#inflight?.(agentId);
-      });
+      await this.#serve(req, res, pathname, slot);
     } finally {
-      // The call is over (answered, refused or abandoned); a stream ends on its own.
-      release?.();
+      // The call is over (answered, refused or abandoned); a stream ends on its own. One
+      // abandoned while its method still runs keeps its slot until the method settled: what it
+      // leaves running then (a tool call given up upstream) holds one of its own by then.
+      const { release, running } = slot;
+      if (release !== undefined) {
+        if (running === undefined) release();
+        else running.then(release, release);
+      }
     }
   }
 
@@ -311,7 +332,7 @@ export class HttpDoor {
     req: IncomingMessage,
     res: ServerResponse,
     pathname: string,
-    acquire: (agentId: string) => void,
+    slot: CallSlot,
   ): Promise<void> {
     const route = this.#routes.get(pathname.slice(this.prefix.length));
     if (route === undefined) {
@@ -329,8 +350,11 @@ export class HttpDoor {
       throw new InvalidArgumentError('content-type', 'must be application/json');
     }
     const timeoutMs = deadlineOf(req);
-    // An agent's unary call holds a slot of `maxInflightPerAgent` from here until it is answered.
-    if (route.kind === 'unary' && caller.kind === 'agent') acquire(caller.id);
+    // An agent's unary call holds a slot of `maxInflightPerAgent` from here until it is answered
+    // (or abandoned) and its method settled.
+    if (route.kind === 'unary' && caller.kind === 'agent') {
+      slot.release = this.#inflight?.(caller.id);
+    }
     if (route.kind === 'stream' && this.#streams.size >= this.#maxStreams) {
       throw new StreamLimitError(this.#maxStreams);
     }
@@ -362,10 +386,13 @@ export class HttpDoor {
     const undo = (): void => {
       for (const u of undos.splice(0)) u();
     };
+    const hold = this.#holdInflight;
+    const agentId = caller.id;
     const context: CallContext = {
       deadline: scope.deadline,
       onUndelivered: (u) => void undos.push(u),
       traceContext: { traceparent: req.headers.traceparent, tracestate: req.headers.tracestate },
+      holdSlot: slot.release === undefined || hold === undefined ? undefined : () => hold(agentId),
     };
     const running = route.handler(caller, request, scope.controller.signal, context);
     try {
@@ -384,7 +411,10 @@ export class HttpDoor {
         .end(json);
     } catch (error) {
       // The answer the method gives after the deadline (or after the client left) goes nowhere.
-      if (scope.controller.signal.aborted) running.then(undo, () => {});
+      if (scope.controller.signal.aborted) {
+        running.then(undo, () => {});
+        slot.running = running;
+      }
       throw error;
     } finally {
       unhold?.();

@@ -52,6 +52,7 @@ import {
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
+import type { SlotHold } from '../gateway/session.js';
 import type { TraceCarrier } from '../telemetry/tracing.js';
 import { bigintAsNumber } from '../validate.js';
 import { decodeRequest, grpcServerDefinition, sendAndCheckWritten } from './grpc-definition.js';
@@ -80,6 +81,13 @@ export interface CallContext {
   onUndelivered(undo: () => void): void;
   /** The caller's W3C trace context (`traceparent`, `tracestate` metadata or headers). */
   readonly traceContext?: TraceCarrier | undefined;
+  /**
+   * Takes one more in-flight slot of the calling agent at this door, past its bound, and
+   * returns what frees it (idempotent): for work of the call that goes on after the call ended
+   * (a tool call given up while its upstream may still work on it; see
+   * `ToolCallRequest.holdSlot`). Absent when the door bounds nothing for this caller.
+   */
+  readonly holdSlot?: SlotHold | undefined;
 }
 
 /**
@@ -339,7 +347,7 @@ function runCall<D extends DescMessage, R>(
   call: ServerUnaryCall<Buffer, unknown> | ServerWritableStream<Buffer, unknown>,
   onCancel: () => void,
   onRevoked: (reason: FabricError) => void,
-  run: (caller: Caller, request: MessageShape<D>) => Promise<R>,
+  run: (caller: Caller, request: MessageShape<D>, holdSlot: SlotHold | undefined) => Promise<R>,
   inflight?: AgentInflight,
 ): Promise<R> {
   call.on('cancelled', onCancel);
@@ -347,15 +355,18 @@ function runCall<D extends DescMessage, R>(
   return (async () => {
     const authorization = authorizationOf(call.metadata);
     const caller = authenticateCaller(fabric, kind, authorization);
-    // An agent's call holds a slot from here until its handler settles (answered or failed).
+    // An agent's call holds a slot from here until its handler settles (answered or failed);
+    // what it leaves running past that holds one more (`CallContext.holdSlot`), taken before
+    // the handler settles.
     const release = caller.kind === 'agent' ? inflight?.acquire(caller.id) : undefined;
+    const holdSlot = release === undefined ? undefined : () => inflight!.hold(caller.id);
     // Registered in the same turn as the check: a replacement after it ends this call.
     const unhold =
       caller.kind === 'agent'
         ? fabric.credentialCalls.hold(caller.id, bearerCredential(authorization), onRevoked)
         : undefined;
     try {
-      return await run(caller, decodeRequest(method.input, call.request));
+      return await run(caller, decodeRequest(method.input, call.request), holdSlot);
     } finally {
       unhold?.();
       release?.();
@@ -394,7 +405,16 @@ export class AgentInflight {
   acquire(agentId: string): () => void {
     const n = this.#counts.get(agentId) ?? 0;
     if (n >= this.max) throw new InflightLimitError(this.max, agentId, n, this.setting);
-    this.#counts.set(agentId, n + 1);
+    return this.hold(agentId);
+  }
+
+  /**
+   * Counts one more call of `agentId` past {@link max}: work a call of its leaves running after
+   * it ended, which goes on counting until it is done (see `CallContext.holdSlot`). Returns what
+   * ends it (idempotent).
+   */
+  hold(agentId: string): () => void {
+    this.#counts.set(agentId, (this.#counts.get(agentId) ?? 0) + 1);
     let done = false;
     return () => {
       if (done) return;
@@ -431,9 +451,14 @@ export function unaryHandler<D extends DescMessage, Res>(
     const controller = new AbortController();
     const undos: (() => void)[] = [];
     const deadline = call.getDeadline();
+    let holdSlot: SlotHold | undefined;
     const context: CallContext = {
       deadline: deadline instanceof Date ? deadline.getTime() : deadline,
       onUndelivered: (undo) => void undos.push(undo),
+      // The agent's, once it is authenticated (runCall).
+      get holdSlot(): SlotHold | undefined {
+        return holdSlot;
+      },
       // Read only when the method asks (the tool service, when tracing is on).
       get traceContext(): TraceCarrier {
         return {
@@ -457,7 +482,10 @@ export function unaryHandler<D extends DescMessage, Res>(
         revoked = reason;
         controller.abort(reason);
       },
-      (caller, request) => handler(caller, request, controller.signal, context),
+      (caller, request, hold) => {
+        holdSlot = hold;
+        return handler(caller, request, controller.signal, context);
+      },
       inflight,
     ).then(
       (res) => {

@@ -8,7 +8,8 @@
  *
  * The RPC's cancellation and deadline abort the call wherever it is: a call parked for a human
  * approval stops waiting (no reservation was made yet), a call waiting for budget leaves the
- * queue, a forwarded call is cancelled upstream (and charged as over MCP).
+ * queue, a forwarded call is cancelled upstream (and charged as over MCP) and keeps its slot of
+ * the agent's in-flight bound until the upstream is done with it (`ToolCallRequest.holdSlot`).
  *
  * @module
  */
@@ -74,6 +75,9 @@ export function toolService(
           arguments: argumentsOf(req),
           signal,
           traceContext: gw.traced ? context?.traceContext : undefined,
+          // Given up after it was sent (cancelled, past its deadline), the call keeps a slot of
+          // the agent's in-flight bound until the upstream is done with it.
+          holdSlot: context?.holdSlot,
         });
         switch (outcome.kind) {
           case 'refused':

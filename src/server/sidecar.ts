@@ -421,6 +421,7 @@ export class Sidecar {
                   sessionCaller: (req) => dashboard.sessionCaller(req),
                   // One maxInflightPerAgent for an agent's calls over /mcp and /api/ together.
                   inflight: (agentId) => endpoint.acquireInflight(agentId),
+                  holdInflight: (agentId) => endpoint.holdInflight(agentId),
                 }),
                 dashboard,
               }),
