@@ -49,6 +49,7 @@ import { argumentsJson } from './args-json.js';
 import { ChurnMap } from './churn-collections.js';
 import { LINE_QUEUED } from './line-writer.js';
 import { RelayedMcpError } from './map-error.js';
+import { NotConnectedError } from './process-stdio-transport.js';
 import {
   JSON_STRING,
   plainTextResponse,
@@ -340,7 +341,7 @@ export class FastUpstreamCalls {
               return mapped;
             };
       if (!this.#open) {
-        reject(new Error('Not connected'));
+        reject(new NotConnectedError());
         return;
       }
       if (cancel?.aborted) {

@@ -92,6 +92,19 @@ export class InputBacklogError extends Error {
   }
 }
 
+/**
+ * A message not sent because the connection is closed or closing: nothing of it was written.
+ * A connection being reset (see {@link ProcessStdioTransport.close}) refuses messages from the
+ * start, while its child may take until the kill grace period to exit and the connection to
+ * report that it closed.
+ */
+export class NotConnectedError extends Error {
+  constructor() {
+    super('Not connected');
+    this.name = 'NotConnectedError';
+  }
+}
+
 /** Builds the child environment: a minimal safe inherited set plus `extra`. */
 export function childEnvironment(
   extra: Readonly<Record<string, string>> = {},
@@ -400,7 +413,7 @@ export class ProcessStdioTransport implements Transport {
   }
 
   send(message: JSONRPCMessage): Promise<void> {
-    if (!this.#child?.stdin || this.#closed) return Promise.reject(new Error('Not connected'));
+    if (!this.#child?.stdin || this.#closed) return Promise.reject(new NotConnectedError());
     const refused = this.#backlogged(this.#child.stdin);
     if (refused) return Promise.reject(refused);
     return this.#writer.send(message);
@@ -408,7 +421,7 @@ export class ProcessStdioTransport implements Transport {
 
   /** {@link send} for a message already serialized as one line of JSON (no newline). */
   sendLine(json: string): Promise<void> {
-    if (!this.#child?.stdin || this.#closed) return Promise.reject(new Error('Not connected'));
+    if (!this.#child?.stdin || this.#closed) return Promise.reject(new NotConnectedError());
     const refused = this.#backlogged(this.#child.stdin);
     if (refused) return Promise.reject(refused);
     return this.#writer.sendLine(json);

@@ -31,7 +31,12 @@ import { CATALOG_ITEM_BOUNDS, catalogItemProblem } from './catalog.js';
 import { exceededBound } from './input-bounds.js';
 import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from './list-hints.js';
 import { PathResolver, pathResolutionOf } from './path-resolver.js';
-import { InputBacklogError, ProcessStdioTransport, SpawnError } from './process-stdio-transport.js';
+import {
+  InputBacklogError,
+  NotConnectedError,
+  ProcessStdioTransport,
+  SpawnError,
+} from './process-stdio-transport.js';
 import { boundedBody, boundedEventStream, UpstreamMessageTooLargeError } from './bounded-body.js';
 import type { UpstreamSpec } from './upstream-config.js';
 import { traceparentFetch, withTraceparentMeta } from '../telemetry/trace-context.js';
@@ -39,7 +44,8 @@ import { traceparentFetch, withTraceparentMeta } from '../telemetry/trace-contex
 /**
  * Failures of requests nothing of which was handed to their upstream although it was ready (a
  * stdio upstream not reading its input: the request was refused before it was written; a
- * request cancelled before it was sent).
+ * connection closing while the upstream still counted as ready; a request cancelled before it
+ * was sent).
  */
 const neverSent = new WeakSet<object>();
 
@@ -479,6 +485,17 @@ export class Upstream {
         this.name,
         `is not reading its input (${error.waiting} characters wait for it, at most ${error.max}); ${method} was not sent`,
         { state: this.#state, waiting: error.waiting, max: error.max },
+        { cause: error },
+      );
+      neverSent.add(refused);
+      return refused;
+    } else if (error instanceof NotConnectedError) {
+      // The connection closes (a stdio child being stopped after a reset) while this upstream
+      // still counts as ready: nothing of the request was written.
+      const refused = new UpstreamUnavailableError(
+        this.name,
+        `is closing its connection; ${method} was not sent`,
+        { state: this.#state },
         { cause: error },
       );
       neverSent.add(refused);
