@@ -62,7 +62,7 @@ import { BudgetManager } from './budget/budget-manager.js';
 import type { SettleOptions, UsageAmount } from './budget/budget-manager.js';
 import type { BudgetStore } from './budget/budget-store.js';
 import { parseBudgetConfig } from './budget/budget-config.js';
-import { HookManager } from './hooks/hook-manager.js';
+import { abandonedError, HookManager } from './hooks/hook-manager.js';
 import type { HookManagerOptions } from './hooks/hook-manager-options.js';
 import type { HookStore } from './hooks/hook-store.js';
 import type { Hook } from './hooks/hook.js';
@@ -1302,30 +1302,33 @@ export class AgentFabric {
 
   /** Picks up the agent's own hook (PENDING → ACTIVE). @throws HookNotFoundError for another agent's hook */
   async activateHook(agentId: string, hookId: string): Promise<Hook> {
-    await this.#ownHook(agentId, hookId);
+    await this.#ownHook(agentId, hookId, HookStatus.ACTIVE);
     return this.#hooks().activateHook(hookId, { agentId });
   }
 
   /** Completes the agent's own ACTIVE hook with its result. */
   async completeHook(agentId: string, hookId: string, result?: unknown): Promise<Hook> {
-    await this.#ownHook(agentId, hookId);
-    return this.#hooks().completeHook(hookId, result ?? null);
+    await this.#ownHook(agentId, hookId, HookStatus.COMPLETED);
+    return this.#hooks().completeHook(hookId, result ?? null, { agentId });
   }
 
-  /** Fails the agent's own hook. */
+  /**
+   * Fails the agent's own PENDING or ACTIVE hook. Not an ABANDONED one: the agent no longer holds
+   * it (the operator may still fail it through the hook store).
+   */
   async failHook(
     agentId: string,
     hookId: string,
     error: { code?: string; message: string },
   ): Promise<Hook> {
-    await this.#ownHook(agentId, hookId);
-    return this.#hooks().failHook(hookId, error);
+    await this.#ownHook(agentId, hookId, HookStatus.FAILED);
+    return this.#hooks().failHook(hookId, error, { agentId });
   }
 
   /** Records progress on the agent's own ACTIVE hook (the patrol flags hooks without any). */
   async recordHookProgress(agentId: string, hookId: string, note?: string): Promise<Hook> {
-    await this.#ownHook(agentId, hookId);
-    return this.#hooks().recordProgress(hookId, note);
+    await this.#ownHook(agentId, hookId, HookStatus.ACTIVE);
+    return this.#hooks().recordProgress(hookId, note, { agentId });
   }
 
   /**
@@ -1366,11 +1369,16 @@ export class AgentFabric {
     if (rec.status === AgentStatus.TERMINATED) throw new AgentUnavailableError(rec.id, rec.status);
   }
 
-  /** No agent acts on another's hook. @throws HookNotFoundError for an unknown or foreign hook */
-  async #ownHook(agentId: string, hookId: string): Promise<void> {
+  /**
+   * No agent acts on another's hook, nor on its own once it was abandoned (it no longer holds
+   * it). Checked here for every hook store; HookManager checks it again with the transition.
+   * @throws HookNotFoundError for an unknown or foreign hook; HookStateError for an ABANDONED one
+   */
+  async #ownHook(agentId: string, hookId: string, to: HookStatus): Promise<void> {
     const hook = await this.#hooks().getHook(hookId);
     // Answered exactly like an unknown hook: an agent must not learn which hooks exist.
     if (hook.agentId !== agentId) throw new HookNotFoundError(hookId);
+    if (hook.status === HookStatus.ABANDONED) throw abandonedError(hook, agentId, to);
   }
 
   /**

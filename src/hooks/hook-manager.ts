@@ -61,6 +61,16 @@ export interface CreateHookRequest {
 export type HookFailure =
   Error | string | { readonly message: string; readonly code?: string; readonly name?: string };
 
+/**
+ * Who asks for an agent-facing transition. With `agentId`, the hook must be held by that agent:
+ * assigned to it, and not ABANDONED — an agent whose hook was abandoned (it went silent, or was
+ * declared dead) no longer holds it; the hook waits for reassignment, and only the operator
+ * (a call without `agentId`) may fail it.
+ */
+export interface AsAgent {
+  agentId?: string;
+}
+
 /** Filter of {@link HookManager.listHooks}. */
 export interface ListHooksFilter {
   agentId?: string;
@@ -341,22 +351,18 @@ export class HookManager {
    * @param options.agentId when given, the hook must be assigned to this agent.
    * @throws HookNotFoundError, HookStateError.
    */
-  activateHook(hookId: string, options: { agentId?: string } = {}): Promise<Hook> {
+  activateHook(hookId: string, options: AsAgent = {}): Promise<Hook> {
     return this.#run(() =>
-      this.#transition(hookId, HookStatus.ACTIVE, true, (h, now) => {
-        if (options.agentId !== undefined && options.agentId !== h.agentId) {
-          throw new HookStateError(
-            hookId,
-            `is assigned to agent ${h.agentId}, not ${options.agentId}`,
-            {
-              agentId: h.agentId,
-              requestedBy: options.agentId,
-            },
-          );
-        }
-        if (h.status === HookStatus.ACTIVE) return null;
-        return { changes: { lastProgressAt: now }, event: 'hook.activated' };
-      }),
+      this.#transition(
+        hookId,
+        HookStatus.ACTIVE,
+        true,
+        (h, now) => {
+          if (h.status === HookStatus.ACTIVE) return null;
+          return { changes: { lastProgressAt: now }, event: 'hook.activated' };
+        },
+        options,
+      ),
     );
   }
 
@@ -364,13 +370,16 @@ export class HookManager {
    * ACTIVE → COMPLETED, recording `result` (plain JSON, up to `maxWorkItemBytes`).
    * @throws HookNotFoundError, HookStateError, InvalidArgumentError, HookWorkItemTooLargeError.
    */
-  completeHook(hookId: string, result: unknown = null): Promise<Hook> {
+  completeHook(hookId: string, result: unknown = null, options: AsAgent = {}): Promise<Hook> {
     return this.#run(() => {
       const value = toJsonValue(result, 'result', this.options.maxWorkItemBytes);
-      return this.#transition(hookId, HookStatus.COMPLETED, false, () => ({
-        changes: { result: value },
-        event: 'hook.completed',
-      }));
+      return this.#transition(
+        hookId,
+        HookStatus.COMPLETED,
+        false,
+        () => ({ changes: { result: value }, event: 'hook.completed' }),
+        options,
+      );
     });
   }
 
@@ -378,16 +387,18 @@ export class HookManager {
    * ACTIVE → FAILED (or ABANDONED → FAILED, giving up), recording the error.
    * @throws HookNotFoundError, HookStateError.
    */
-  failHook(hookId: string, error: HookFailure): Promise<Hook> {
-    return this.#run(() => this.#fail(hookId, toErrorInfo(error)));
+  failHook(hookId: string, error: HookFailure, options: AsAgent = {}): Promise<Hook> {
+    return this.#run(() => this.#fail(hookId, toErrorInfo(error), options));
   }
 
-  #fail(hookId: string, info: HookErrorInfo): Promise<Hook> {
-    return this.#transition(hookId, HookStatus.FAILED, false, () => ({
-      changes: { error: info },
-      event: 'hook.failed',
-      note: info.message,
-    }));
+  #fail(hookId: string, info: HookErrorInfo, options: AsAgent = {}): Promise<Hook> {
+    return this.#transition(
+      hookId,
+      HookStatus.FAILED,
+      false,
+      () => ({ changes: { error: info }, event: 'hook.failed', note: info.message }),
+      options,
+    );
   }
 
   /**
@@ -446,11 +457,12 @@ export class HookManager {
    * is emitted for every report, with `commit: null` when it is held.
    * @throws HookNotFoundError, HookStateError when the hook is not ACTIVE.
    */
-  recordProgress(hookId: string, note?: string): Promise<Hook> {
+  recordProgress(hookId: string, note?: string, options: AsAgent = {}): Promise<Hook> {
     return this.#run(() => {
       const text = note === undefined ? null : checkNote(note, 'note');
       return this.#submit(checkHookId(hookId), (get, now) => {
         const h = this.#mustGet(get, hookId);
+        checkHolder(h, options.agentId, h.status);
         if (h.status !== HookStatus.ACTIVE) {
           throw new HookStateError(
             hookId,
@@ -847,9 +859,13 @@ export class HookManager {
     to: HookStatus,
     idempotent: boolean,
     check: (h: Hook, now: number) => TransitionPlan | null,
+    options: AsAgent = {},
   ): Promise<Hook> {
     return this.#submit(checkHookId(hookId), (get, now) => {
       const h = this.#mustGet(get, hookId);
+      // Checked here, with the state the change is built on: a hook abandoned or reassigned
+      // while the call was queued is not the caller's any more.
+      checkHolder(h, options.agentId, to);
       if (!(idempotent && h.status === to) && !canTransition(h.status, to)) {
         throw new HookStateError(hookId, `cannot go from ${h.status} to ${to}`, {
           from: h.status,
@@ -1116,6 +1132,30 @@ export class HookManager {
 /** Oldest first; the id breaks ties so the order is stable. */
 function byAge(a: Hook, b: Hook): number {
   return a.createdAt - b.createdAt || (a.hookId < b.hookId ? -1 : a.hookId > b.hookId ? 1 : 0);
+}
+
+/**
+ * Refuses an agent's change (`to`) of a hook it does not hold (see {@link AsAgent}).
+ * @throws HookStateError
+ */
+function checkHolder(h: Hook, agentId: string | undefined, to: HookStatus): void {
+  if (agentId === undefined) return;
+  if (agentId !== h.agentId) {
+    throw new HookStateError(h.hookId, `is assigned to agent ${h.agentId}, not ${agentId}`, {
+      agentId: h.agentId,
+      requestedBy: agentId,
+    });
+  }
+  if (h.status === HookStatus.ABANDONED) throw abandonedError(h, agentId, to);
+}
+
+/** An agent acting on its hook after the hook was abandoned. */
+export function abandonedError(h: Hook, agentId: string, to: HookStatus): HookStateError {
+  return new HookStateError(
+    h.hookId,
+    `was abandoned (${h.abandonReason ?? 'no reason'}): agent ${agentId} no longer holds it; it waits for reassignment`,
+    { from: h.status, to, agentId },
+  );
 }
 
 function freezeHook(h: Hook): Hook {

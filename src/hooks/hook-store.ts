@@ -12,6 +12,7 @@ import type { Hook, PatrolHook, WorktreeInfo } from './hook.js';
 import type { HookEventName, HookListener } from './hook-events.js';
 import type {
   AgentPicker,
+  AsAgent,
   CreateHookRequest,
   HookFailure,
   ListHooksFilter,
@@ -34,18 +35,22 @@ export interface HookStore {
   setAgentPicker(pick: AgentPicker | undefined): void;
   /** A new PENDING hook. @throws HookValidationError */
   createHook(request: CreateHookRequest): Promise<Hook>;
-  /** PENDING → ACTIVE. @throws HookNotFoundError; HookStateError */
-  activateHook(hookId: string, options?: { agentId?: string }): Promise<Hook>;
-  /** ACTIVE → COMPLETED. */
-  completeHook(hookId: string, result?: unknown): Promise<Hook>;
-  /** ACTIVE or PENDING → FAILED. */
-  failHook(hookId: string, error: HookFailure): Promise<Hook>;
+  /**
+   * PENDING → ACTIVE. With `options.agentId` (the agent-facing calls), the hook must be held by
+   * that agent: assigned to it and not ABANDONED ({@link AsAgent}), checked atomically with the
+   * transition. @throws HookNotFoundError; HookStateError
+   */
+  activateHook(hookId: string, options?: AsAgent): Promise<Hook>;
+  /** ACTIVE → COMPLETED; `options` as for `activateHook`. */
+  completeHook(hookId: string, result?: unknown, options?: AsAgent): Promise<Hook>;
+  /** ACTIVE or PENDING (or, for the operator only, ABANDONED) → FAILED; `options` as for `activateHook`. */
+  failHook(hookId: string, error: HookFailure, options?: AsAgent): Promise<Hook>;
   /** ACTIVE or PENDING → ABANDONED; announces `hook.abandoned`. */
   abandonHook(hookId: string, reason: string): Promise<Hook>;
   /** FAILED or ABANDONED → PENDING on another agent. @throws HookRetryLimitError */
   reassignHook(hookId: string, newAgentId: string): Promise<Hook>;
-  /** Progress on an ACTIVE hook. */
-  recordProgress(hookId: string, note?: string): Promise<Hook>;
+  /** Progress on an ACTIVE hook; `options` as for `activateHook`. */
+  recordProgress(hookId: string, note?: string, options?: AsAgent): Promise<Hook>;
   /** @throws HookNotFoundError */
   getHook(hookId: string): Promise<Hook>;
   listHooks(filter?: ListHooksFilter): Promise<Hook[]>;

@@ -28,6 +28,7 @@ export { isAgentLiveness } from './liveness.js';
 
 export type {
   AgentPicker,
+  AsAgent,
   CreateHookRequest,
   HookFailure,
   ListHooksFilter,

@@ -127,6 +127,31 @@ export function runHookStoreContract(options: {
       });
     }
 
+    it('plugs into a fabric: an agent can not move its own ABANDONED hook', async () => {
+      const { store } = await fresh();
+      const fabric = new AgentFabric();
+      cleanups.push(async () => {
+        fabric.detachHookStore(store);
+        await fabric.close();
+      });
+      await fabric.useHookStore(store, { autoReassign: false });
+      const a = (await fabric.spawn({ model: 'm', name: 'a', executor: 'inprocess' })).id;
+      const h = await fabric.createHook({ agentId: a, workItem: 'w' });
+      await fabric.activateHook(a, h.hookId);
+      await store.abandonHook(h.hookId, 'went silent');
+      await expect(fabric.failHook(a, h.hookId, { message: 'x' })).rejects.toBeInstanceOf(
+        HookStateError,
+      );
+      await expect(fabric.completeHook(a, h.hookId, 'r')).rejects.toBeInstanceOf(HookStateError);
+      await expect(fabric.recordHookProgress(a, h.hookId, 'n')).rejects.toBeInstanceOf(
+        HookStateError,
+      );
+      expect(await store.getHook(h.hookId)).toMatchObject({
+        status: HookStatus.ABANDONED,
+        error: null,
+      });
+    });
+
     it('plugs into a fabric: a terminated agent’s hook moves to a healthy agent of its pool', async () => {
       const { store } = await fresh();
       const fabric = new AgentFabric();
