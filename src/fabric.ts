@@ -20,6 +20,7 @@ import {
   HookNotFoundError,
   PermissionDeniedError,
   QueueFullError,
+  TaskExecutionError,
   TaskResultTooLargeError,
   UnauthenticatedError,
 } from './errors.js';
@@ -992,8 +993,14 @@ export class AgentFabric {
     options: { retry?: boolean } = {},
   ): Promise<void> {
     this.#touch(agentId);
-    const e =
-      typeof error === 'string' ? { code: 'FABRIC_ERR_TASK_EXECUTION', message: error } : error;
+    // The same failure through every door: an empty code or message (what proto3 sends for one
+    // not set) is the default, not stored empty.
+    const given: TaskError = typeof error === 'string' ? { code: '', message: error } : error;
+    const e: TaskError = {
+      ...given,
+      code: blank(given.code) ? TaskExecutionError.code : given.code,
+      message: blank(given.message) ? EMPTY_FAILURE_MESSAGE : given.message,
+    };
     this.#checkSize('error', e);
     this.scheduler.fail(taskId, attempt, e, { ...options, agentId });
     this.#leases.end(taskId, attempt);
@@ -1314,21 +1321,29 @@ export class AgentFabric {
 
   /**
    * Fails the agent's own PENDING or ACTIVE hook. Not an ABANDONED one: the agent no longer holds
-   * it (the operator may still fail it through the hook store).
+   * it (the operator may still fail it through the hook store). An empty (or all-whitespace)
+   * message is recorded as "failed", an empty code as none — the same through every door.
    */
   async failHook(
     agentId: string,
     hookId: string,
-    error: { code?: string; message: string },
+    error: { code?: string; message?: string },
   ): Promise<Hook> {
     await this.#ownHook(agentId, hookId, HookStatus.FAILED);
-    return this.#hooks().failHook(hookId, error, { agentId });
+    const failure = {
+      ...(blank(error?.code) ? {} : { code: error.code }),
+      message: blank(error?.message) ? EMPTY_FAILURE_MESSAGE : error.message,
+    };
+    return this.#hooks().failHook(hookId, failure, { agentId });
   }
 
-  /** Records progress on the agent's own ACTIVE hook (the patrol flags hooks without any). */
+  /**
+   * Records progress on the agent's own ACTIVE hook (the patrol flags hooks without any). An empty
+   * (or all-whitespace) note is no note: `progressNote` becomes `null`.
+   */
   async recordHookProgress(agentId: string, hookId: string, note?: string): Promise<Hook> {
     await this.#ownHook(agentId, hookId, HookStatus.ACTIVE);
-    return this.#hooks().recordProgress(hookId, note, { agentId });
+    return this.#hooks().recordProgress(hookId, blank(note) ? undefined : note, { agentId });
   }
 
   /**
@@ -1464,4 +1479,12 @@ export class AgentFabric {
     const st = this.lifecycle.peek(agentId)?.status;
     return st !== undefined && st !== AgentStatus.UNHEALTHY && st !== AgentStatus.TERMINATED;
   }
+}
+
+/** The message of a task or hook failure reported without one. */
+export const EMPTY_FAILURE_MESSAGE = 'failed';
+
+/** An agent's optional text that says nothing: absent, empty or only whitespace. */
+function blank(text: string | undefined): text is undefined | '' {
+  return typeof text !== 'string' || text.trim() === '';
 }

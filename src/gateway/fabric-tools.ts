@@ -143,14 +143,14 @@ export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
     ),
     define(
       'fail_task',
-      'Report a claimed task as failed.',
+      'Report a claimed task as failed. Without a message (or with an empty one) it is "failed"; without a code, FABRIC_ERR_TASK_EXECUTION.',
       z
-        .object({ ...attemptArgs, code: z.string().optional(), message: z.string().min(1) })
+        .object({ ...attemptArgs, code: z.string().optional(), message: z.string().optional() })
         .strict(),
       (b, agentId, a) =>
         b.failTask(agentId, a.taskId, a.attempt, {
           ...(a.code === undefined ? {} : { code: a.code }),
-          message: a.message,
+          message: a.message ?? '',
         }) ?? { ok: true },
     ),
     define(
@@ -197,7 +197,7 @@ export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
     ),
     define(
       'hook_progress',
-      'Record progress on your ACTIVE hook, with an optional note; hooks without progress are flagged stale.',
+      'Record progress on your ACTIVE hook, with an optional note (an empty one is no note); hooks without progress are flagged stale.',
       z.object({ hookId: z.string().min(1), note: z.string().max(4096).optional() }).strict(),
       (b, agentId, a) => hooks(b).recordHookProgress!(agentId, a.hookId, a.note),
     ),
@@ -209,18 +209,18 @@ export const FABRIC_TOOLS: ReadonlyMap<string, FabricTool> = new Map(
     ),
     define(
       'fail_hook',
-      'Fail your hook; it may be reassigned within its retry limit.',
+      'Fail your hook; it may be reassigned within its retry limit. Without a message (or with an empty one) it is "failed".',
       z
         .object({
           hookId: z.string().min(1),
           code: z.string().optional(),
-          message: z.string().min(1),
+          message: z.string().optional(),
         })
         .strict(),
       (b, agentId, a) =>
         hooks(b).failHook!(agentId, a.hookId, {
           ...(a.code === undefined ? {} : { code: a.code }),
-          message: a.message,
+          message: a.message ?? '',
         }),
     ),
   ].map((t) => [t.tool.name, t]),

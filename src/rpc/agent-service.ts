@@ -163,7 +163,8 @@ export function agentService(
           agentId,
           req.taskId,
           req.attempt,
-          { code: req.code || 'FABRIC_ERR_TASK_EXECUTION', message: req.message || 'failed' },
+          // Empty code or message (unset in proto3): the fabric's defaults, as over MCP.
+          { code: req.code, message: req.message },
           { retry: req.retry },
         );
         return create(FailTaskResponseSchema);
@@ -200,7 +201,7 @@ export function agentService(
             `is ${req.note.length} characters, more than ${MAX_HOOK_NOTE_CHARS}`,
           );
         }
-        const hook = await fabric.recordHookProgress(agentId, req.hookId, req.note || undefined);
+        const hook = await fabric.recordHookProgress(agentId, req.hookId, req.note);
         return create(RecordHookProgressResponseSchema, { hook: hookMessage(hook) });
       },
       completeHook: async ({ id: agentId }, req) => {
@@ -212,10 +213,7 @@ export function agentService(
       failHook: async ({ id: agentId }, req) =>
         create(FailHookResponseSchema, {
           hook: hookMessage(
-            await fabric.failHook(agentId, req.hookId, {
-              ...(req.code ? { code: req.code } : {}),
-              message: req.message || 'failed',
-            }),
+            await fabric.failHook(agentId, req.hookId, { code: req.code, message: req.message }),
           ),
         }),
     },
