@@ -227,6 +227,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'hooks.staleAfterSeconds': 'Silence after which an active hook is stale.',
   'hooks.progressCommitIntervalMs':
     "Fewest ms between two progress commits of one hook (default 1000); reports in between are held in memory (seen at once) and committed with the hook's next commit, so a crash loses at most that long of them.",
+  'hooks.maintenanceIntervalSeconds':
+    "How often (at most) the hook store gets `git gc --auto` (default 600; 0: never): only after hooks were committed, never two runs at once, off the transitions' path; packs loose objects past the repository's `gc.auto` (git default 6700, ~1300 transitions) and packs refs. Failures are logged, not fatal.",
   'hooks.maxReassignments': 'Reassignments before a hook is abandoned.',
 };
 

@@ -11,7 +11,7 @@
  * @module
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { link, mkdir, open, rename, unlink } from 'node:fs/promises';
+import { link, mkdir, open, rename, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { exists } from './fs-exists.js';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
@@ -90,13 +90,30 @@ export class LooseObjectWriter {
 
   /**
    * Writes every object added since the last flush. Objects that already exist are skipped.
-   * Folders are not fsynced, as git does not: the names become durable with the journal commit
-   * of the ref update that follows, which is fsynced.
+   * The contents are written (and fsynced) all at once, to temporary files; they then get their
+   * names one by one in the order they were added — every object after those it refers to, the
+   * order git writes in — because a `git gc` running alongside reads recent loose objects and
+   * follows what they refer to: a tree named before its blob made it fail. Folders are not
+   * fsynced, as git does not: the names become durable with the journal commit of the ref update
+   * that follows, which is fsynced.
    */
   async flush(): Promise<void> {
     const pending = [...this.#pending];
     this.#pending.clear();
-    await Promise.all(pending.map(([oid, data]) => this.#write(oid, data)));
+    const written = await Promise.allSettled(pending.map(([oid, data]) => this.#write(oid, data)));
+    const temps = written.flatMap((w) => (w.status === 'fulfilled' && w.value ? [w.value] : []));
+    const failed = written.find((w): w is PromiseRejectedResult => w.status === 'rejected');
+    let named = 0;
+    try {
+      if (failed !== undefined) throw failed.reason;
+      for (const t of temps) {
+        await name(t.tmp, t.file);
+        named++;
+      }
+    } finally {
+      // Temporary files not named are not left behind.
+      await Promise.all(temps.slice(named).map((t) => unlink(t.tmp).catch(() => undefined)));
+    }
   }
 
   #add(type: 'blob' | 'tree' | 'commit', body: Buffer): string {
@@ -106,33 +123,70 @@ export class LooseObjectWriter {
     return oid;
   }
 
-  async #write(oid: string, data: Buffer): Promise<void> {
+  /** Writes the object to a temporary file beside its final name; `undefined` if it exists. */
+  async #write(oid: string, data: Buffer): Promise<Temp | undefined> {
     const dir = join(this.#objectsDir, oid.slice(0, 2));
     const file = join(dir, oid.slice(2));
-    if (await exists(file)) return;
-    await mkdir(dir, { recursive: true });
+    if (await exists(file)) {
+      // Freshened, as git does: an old unreachable copy (a crash between objects and ref) would
+      // otherwise be old enough for `git gc` to prune before the ref update makes it reachable.
+      const now = new Date();
+      await utimes(file, now, now).catch(() => undefined);
+      return undefined;
+    }
     const tmp = join(dir, `tmp_obj_${randomBytes(6).toString('hex')}`);
-    const fh = await open(tmp, 'wx', 0o444);
+    const fh = await openInFreshDir(dir, tmp);
     try {
       await fh.writeFile(deflateSync(data, { level: 1 }));
       if (this.#fsync) await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    try {
-      await link(tmp, file);
-      await unlink(tmp);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
-        await unlink(tmp);
-      } else {
-        // File systems without hard links: git falls back to rename, and so do we (the
-        // content is the same either way, so replacing an existing object is harmless).
-        await rename(tmp, file).catch(async (e: unknown) => {
-          await unlink(tmp).catch(() => undefined);
-          throw e;
-        });
-      }
+      await fh.close().catch(() => undefined);
+      await unlink(tmp).catch(() => undefined);
+      throw err;
+    }
+    await fh.close();
+    return { tmp, file };
+  }
+}
+
+/** An object's content in a temporary file, and the name it gets. */
+interface Temp {
+  readonly tmp: string;
+  readonly file: string;
+}
+
+/** Gives the temporary file `tmp` its object name `file` (kept if it exists: same content). */
+async function name(tmp: string, file: string): Promise<void> {
+  try {
+    await link(tmp, file);
+    await unlink(tmp);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+      await unlink(tmp);
+    } else {
+      // File systems without hard links: git falls back to rename, and so do we (the
+      // content is the same either way, so replacing an existing object is harmless).
+      await rename(tmp, file).catch(async (e: unknown) => {
+        await unlink(tmp).catch(() => undefined);
+        throw e;
+      });
+    }
+  }
+}
+
+/**
+ * Creates `file` (exclusively, read-only) in the fan-out folder `dir`, making the folder first.
+ * `git gc` (`prune-packed`) removes fan-out folders it emptied — between our `mkdir` and `open`
+ * when it runs alongside — so, as git does, a vanished folder is made again and the open retried.
+ */
+async function openInFreshDir(dir: string, file: string): Promise<FileHandle> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      // `mkdir` itself fails with ENOENT when the folder it found goes before it is checked.
+      await mkdir(dir, { recursive: true });
+      return await open(file, 'wx', 0o444);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 8) throw err;
     }
   }
 }

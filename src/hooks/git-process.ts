@@ -7,6 +7,7 @@
  * @module
  */
 import { spawn } from 'node:child_process';
+import { setPriority } from 'node:os';
 
 /** A git command that exited non-zero (or could not start). */
 export class GitCommandError extends Error {
@@ -113,19 +114,41 @@ export async function filterOverrides(configList: () => Promise<string>): Promis
   return args;
 }
 
+/** Options of {@link runGit}. */
+export interface RunGitOptions {
+  /** Ends the command (SIGTERM) when aborted. */
+  signal?: AbortSignal | undefined;
+  /** Run at background CPU priority (nice 10): maintenance, not to slow transitions down. */
+  background?: boolean;
+}
+
+const BACKGROUND_PRIORITY = 10;
+
 /** Runs `git <args>` in `cwd`, writing `input` to its stdin, and returns its stdout. */
 export function runGit(
   cwd: string,
   args: readonly string[],
   input?: Buffer | string,
   env: Record<string, string> = gitEnv(),
+  options: RunGitOptions = {},
 ): Promise<Buffer> {
+  const { signal, background } = options;
   return new Promise((resolve, reject) => {
     const child = spawn('git', [...SAFE_GIT_ARGS, ...args], {
       cwd,
       env,
       stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+      // Aborting sends SIGTERM: git removes its lock files on it (and leaves at most temporary
+      // pack files, which the next gc removes).
+      ...(signal === undefined ? {} : { signal }),
     });
+    if (background === true && child.pid !== undefined) {
+      try {
+        setPriority(child.pid, BACKGROUND_PRIORITY); // its children (pack-objects…) inherit it
+      } catch {
+        // not permitted here: it runs at normal priority
+      }
+    }
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout!.on('data', (b: Buffer) => out.push(b));

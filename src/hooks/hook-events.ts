@@ -58,6 +58,23 @@ export interface RefMovedEvent {
 }
 
 /** Event name → payload. */
+/** A run of the store's maintenance (`git gc --auto`), as {@link HookManager.maintain} reports it. */
+export interface MaintenanceEvent {
+  /** Loose objects (and their KiB) before and after, from `git count-objects -v`. */
+  readonly before: ObjectCounts;
+  readonly after: ObjectCounts;
+  /** Wall time of the run, ms. */
+  readonly durationMs: number;
+}
+
+/** What `git count-objects -v` says about the store. */
+export interface ObjectCounts {
+  readonly loose: number;
+  readonly looseKiB: number;
+  readonly inPack: number;
+  readonly packs: number;
+}
+
 export interface HookEventMap {
   'hook.created': HookTransitionEvent;
   'hook.activated': HookTransitionEvent;
@@ -69,6 +86,10 @@ export interface HookEventMap {
   'hook.stale': HookStaleEvent;
   'patrol.error': PatrolErrorEvent;
   'store.ref_moved': RefMovedEvent;
+  /** The store was maintained (`git gc --auto`; it may have found nothing to do). */
+  'store.maintained': MaintenanceEvent;
+  /** A maintenance run failed; hooks go on being committed (the next run tries again). */
+  'store.maintenance_error': PatrolErrorEvent;
 }
 
 /** Names of the HookManager's events. */

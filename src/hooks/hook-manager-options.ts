@@ -15,6 +15,8 @@ export const DEFAULT_PATROL_INTERVAL_SECONDS = 30;
 export const DEFAULT_STALE_AFTER_SECONDS = 600;
 /** Default for {@link HookManagerOptions.progressCommitIntervalMs}. */
 export const DEFAULT_PROGRESS_COMMIT_INTERVAL_MS = 1000;
+/** Default for {@link HookManagerOptions.maintenanceIntervalSeconds}. */
+export const DEFAULT_MAINTENANCE_INTERVAL_SECONDS = 600;
 /** Default for {@link HookManagerOptions.maxReassignments}. */
 export const DEFAULT_MAX_REASSIGNMENTS = 3;
 /** Default for {@link HookManagerOptions.maxWorkItemBytes}: 256 KiB of JSON. */
@@ -77,6 +79,17 @@ export interface HookManagerOptions {
    */
   progressCommitIntervalMs?: number;
   /**
+   * How often (at most) the store's git repository is maintained: `git gc --auto`, off the hot
+   * path, never two at once, and only when hooks were committed since the last run. Every
+   * transition writes loose objects (~5: the record, its trees, the commit); `gc --auto` packs
+   * them once there are more than the repository's `gc.auto` (git's default 6700) or merges packs
+   * past `gc.autoPackLimit` (50), and packs refs. The state ref and hook branches are refs, so
+   * nothing of a hook's history is pruned. `0` turns it off. A failed run is reported
+   * (`store.maintenance_error`), never thrown at a transition.
+   * @default 600
+   */
+  maintenanceIntervalSeconds?: number;
+  /**
    * How often one hook may be reassigned (after being abandoned or failing) before recovery
    * gives up on it.
    * @default 3
@@ -120,6 +133,7 @@ export interface ResolvedHookManagerOptions {
   readonly patrolIntervalSeconds: number;
   readonly staleAfterSeconds: number;
   readonly progressCommitIntervalMs: number;
+  readonly maintenanceIntervalSeconds: number;
   readonly maxReassignments: number;
   readonly maxWorkItemBytes: number;
   readonly liveness: AgentLiveness | undefined;
@@ -136,6 +150,7 @@ const KNOWN = new Set<string>([
   'patrolIntervalSeconds',
   'staleAfterSeconds',
   'progressCommitIntervalMs',
+  'maintenanceIntervalSeconds',
   'maxReassignments',
   'maxWorkItemBytes',
   'liveness',
@@ -224,6 +239,16 @@ export function parseHookManagerOptions(
         'positiveNumber',
       ),
     ),
+    // A setTimeout delay (0: off).
+    maintenanceIntervalSeconds: atMostTimerLimit(
+      'options.maintenanceIntervalSeconds',
+      number(
+        'options.maintenanceIntervalSeconds',
+        o.maintenanceIntervalSeconds,
+        DEFAULT_MAINTENANCE_INTERVAL_SECONDS,
+        'nonNegativeNumber',
+      ),
+    ),
     maxReassignments: number(
       'options.maxReassignments',
       o.maxReassignments,
@@ -243,7 +268,7 @@ export function parseHookManagerOptions(
   });
 }
 
-type NumberKind = 'positiveInt' | 'nonNegativeInt' | 'positiveNumber';
+type NumberKind = 'positiveInt' | 'nonNegativeInt' | 'positiveNumber' | 'nonNegativeNumber';
 
 /** `seconds`, refused past {@link MAX_TIMER_SECONDS} (a timer's longest delay). */
 function atMostTimerLimit(field: string, seconds: number): number {
@@ -267,14 +292,18 @@ function number(field: string, value: unknown, fallback: number, kind: NumberKin
   const ok =
     kind === 'positiveNumber'
       ? Number.isFinite(value) && value > 0
-      : Number.isSafeInteger(value) && (kind === 'positiveInt' ? value > 0 : value >= 0);
+      : kind === 'nonNegativeNumber'
+        ? Number.isFinite(value) && value >= 0
+        : Number.isSafeInteger(value) && (kind === 'positiveInt' ? value > 0 : value >= 0);
   if (!ok) {
     const what =
       kind === 'positiveNumber'
         ? 'a positive finite number'
-        : kind === 'positiveInt'
-          ? 'a positive integer'
-          : 'a non-negative integer';
+        : kind === 'nonNegativeNumber'
+          ? 'a non-negative finite number'
+          : kind === 'positiveInt'
+            ? 'a positive integer'
+            : 'a non-negative integer';
     throw new ConfigError(field, `must be ${what}, got ${value}`);
   }
   return value;

@@ -17,9 +17,15 @@ import {
   InvalidArgumentError,
 } from '../errors.js';
 import type { ObjectFormat } from './git-objects.js';
-import { gitEnv, SAFE_GIT_CONFIG, SIMPLE_GIT_UNSAFE } from './git-process.js';
+import { gitEnv, runGit, SAFE_GIT_CONFIG, SIMPLE_GIT_UNSAFE } from './git-process.js';
 import type { Hook, HookErrorInfo, PatrolHook, WorktreeInfo } from './hook.js';
-import { HookEmitter, type HookEventName, type HookListener } from './hook-events.js';
+import {
+  HookEmitter,
+  type HookEventName,
+  type HookListener,
+  type MaintenanceEvent,
+  type ObjectCounts,
+} from './hook-events.js';
 import { checkHookId, generateHookId } from './hook-id.js';
 import {
   parseHookManagerOptions,
@@ -183,6 +189,12 @@ export class HookManager {
   #worktreeChain: Promise<unknown> = Promise.resolve();
   #patrolTimer: ReturnType<typeof setInterval> | undefined;
   #patrolRunning = false;
+  #maintenanceTimer: ReturnType<typeof setTimeout> | undefined;
+  #maintaining: Promise<MaintenanceEvent> | undefined;
+  /** Kills a running `git gc` on close. */
+  readonly #maintenanceAbort = new AbortController();
+  /** Hooks were committed since the last maintenance run (a store just opened may need one). */
+  #unmaintained = true;
   /**
    * Hooks with progress reports held in memory (in `#hooks`, not yet on the ref): how many, and
    * the timer that commits them when the hook's interval ends.
@@ -232,6 +244,10 @@ export class HookManager {
    */
   close(): Promise<void> {
     this.stopPatrol();
+    if (this.#maintenanceTimer !== undefined) clearTimeout(this.#maintenanceTimer);
+    this.#maintenanceTimer = undefined;
+    // A running gc is stopped (git cleans up after itself; the next gc finishes the job).
+    this.#maintenanceAbort.abort();
     this.#closing ??= (async () => {
       await this.#opening?.catch(() => undefined);
       while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
@@ -669,6 +685,94 @@ export class HookManager {
   }
 
   // -------------------------------------------------------------------------------------------
+  // Maintenance
+
+  /**
+   * Maintains the store's git repository now: `git gc --auto`, which packs the loose objects
+   * every transition writes once there are more than the repository's `gc.auto` (git's default
+   * 6700), merges packs past `gc.autoPackLimit`, and packs refs — else does nothing. Unreachable
+   * objects are pruned after two weeks (the repository's `gc.pruneExpire` is not used: a shorter
+   * one would race the store's own writes, whose objects are written before the ref names them).
+   * Hooks are refs (the state ref and worktree branches), so no history is pruned. Transitions go
+   * on meanwhile (git's own locking keeps them apart). A run already in progress is shared, so
+   * there are never two at once; `maintenanceIntervalSeconds` runs this on a timer.
+   * @throws HookStoreError when git fails; nothing of the hook state is changed then.
+   */
+  maintain(): Promise<MaintenanceEvent> {
+    if (this.#maintaining !== undefined) return this.#maintaining;
+    const run = this.#track(this.#ready().then(() => this.#runMaintenance()));
+    this.#maintaining = run;
+    const done = (): void => {
+      if (this.#maintaining === run) this.#maintaining = undefined;
+    };
+    run.then(done, done);
+    return run;
+  }
+
+  async #runMaintenance(): Promise<MaintenanceEvent> {
+    const dir = this.options.storagePath;
+    const signal = this.#maintenanceAbort.signal;
+    const started = performance.now();
+    this.#unmaintained = false;
+    try {
+      const before = await countObjects(dir, signal);
+      await runGit(
+        dir,
+        [
+          '-c',
+          'gc.autoDetach=false',
+          '-c',
+          'gc.pruneExpire=2.weeks.ago',
+          'gc',
+          '--auto',
+          '--quiet',
+        ],
+        undefined,
+        gitEnv(),
+        { signal, background: true },
+      );
+      const after = await countObjects(dir, signal);
+      const event = Object.freeze({
+        before,
+        after,
+        durationMs: Math.round(performance.now() - started),
+      });
+      this.#events.emit('store.maintained', event);
+      return event;
+    } catch (err) {
+      this.#unmaintained = true; // the next run tries again
+      throw new HookStoreError(
+        dir,
+        `maintenance (git gc --auto) failed: ${errorMessage(err)}`,
+        { operation: 'maintenance' },
+        { cause: err },
+      );
+    }
+  }
+
+  /** Runs {@link maintain} `maintenanceIntervalSeconds` after the last run ended, if needed. */
+  #scheduleMaintenance(): void {
+    const seconds = this.options.maintenanceIntervalSeconds;
+    if (seconds === 0 || this.#closing !== undefined || this.#maintenanceTimer !== undefined) {
+      return;
+    }
+    this.#maintenanceTimer = setTimeout(() => {
+      this.#maintenanceTimer = undefined;
+      if (this.#closing !== undefined) return;
+      if (!this.#unmaintained) {
+        this.#scheduleMaintenance();
+        return;
+      }
+      this.maintain()
+        .catch((error: unknown) => {
+          if (this.#closing === undefined) this.#events.emit('store.maintenance_error', { error });
+        })
+        .finally(() => this.#scheduleMaintenance());
+    }, seconds * 1000);
+    this.#maintenanceTimer.unref?.();
+  }
+
+  // -------------------------------------------------------------------------------------------
   // Worktrees
 
   /**
@@ -847,6 +951,7 @@ export class HookManager {
       }
       this.#store = store;
       this.#lock = lock;
+      this.#scheduleMaintenance();
     } catch (err) {
       await lock.release();
       throw err;
@@ -1036,6 +1141,7 @@ export class HookManager {
           for (const { q } of accepted) q.reject(err);
           continue;
         }
+        if (changes.length > 0) this.#unmaintained = true;
         for (const [id, record] of staged) this.#hooks.set(id, record);
         for (const id of carried) this.#dropHeld(id);
         for (const [id, count] of heldNow) this.#hold(id, count);
@@ -1242,6 +1348,23 @@ function toErrorInfo(error: unknown): HookErrorInfo {
 
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** `git count-objects -v` of the repository at `dir`. */
+async function countObjects(dir: string, signal: AbortSignal): Promise<ObjectCounts> {
+  const out = (
+    await runGit(dir, ['count-objects', '-v'], undefined, gitEnv(), { signal })
+  ).toString('utf8');
+  const field = (name: string): number => {
+    const m = new RegExp(`^${name}: (\\d+)$`, 'm').exec(out);
+    return m ? Number(m[1]) : 0;
+  };
+  return Object.freeze({
+    loose: field('count'),
+    looseKiB: field('size'),
+    inPack: field('in-pack'),
+    packs: field('packs'),
+  });
 }
 
 async function ensureDir(path: string): Promise<string> {

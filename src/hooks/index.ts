@@ -11,6 +11,7 @@ export {
 } from './hook-manager.js';
 export {
   DEFAULT_HOOK_AUTHOR,
+  DEFAULT_MAINTENANCE_INTERVAL_SECONDS,
   DEFAULT_MAX_REASSIGNMENTS,
   DEFAULT_MAX_WORK_ITEM_BYTES,
   DEFAULT_PATROL_INTERVAL_SECONDS,
@@ -49,6 +50,8 @@ export type {
   HookReassignedEvent,
   HookStaleEvent,
   HookTransitionEvent,
+  MaintenanceEvent,
+  ObjectCounts,
   PatrolErrorEvent,
   RefMovedEvent,
 } from './hook-events.js';

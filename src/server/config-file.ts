@@ -473,6 +473,11 @@ export const sidecarConfigSchema = z
          * in between are held in memory and go to git with the hook's next commit.
          */
         progressCommitIntervalMs: timerMs().positive().optional(),
+        /**
+         * How often (at most) the hook store's git repository gets `git gc --auto` (HookManager
+         * default 600; 0: never): only after hooks were committed, never two runs at once.
+         */
+        maintenanceIntervalSeconds: timerSeconds().min(0).optional(),
         maxReassignments: z.number().int().min(0).optional(),
       })
       .strict()

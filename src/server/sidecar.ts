@@ -252,6 +252,13 @@ export class Sidecar {
           await f.close();
         };
         cleanup.push({ close: () => plugins.close() });
+        // The hook store's maintenance (git gc) fails without failing hooks: logged here.
+        fabric.hooks?.on('store.maintenance_error', ({ error }) =>
+          log({
+            level: 'warn',
+            msg: `hooks: store maintenance failed (hooks go on; retried next interval): ${error instanceof Error ? error.message : String(error)}`,
+          }),
+        );
         await fabric.start();
         // Plugins first: the config's pools may name a pool provider a plugin brings.
         for (const p of config.plugins) {
@@ -671,6 +678,7 @@ function hookOptions(h: NonNullable<SidecarConfig['hooks']>): NonNullable<Fabric
     patrolIntervalSeconds,
     staleAfterSeconds,
     progressCommitIntervalMs,
+    maintenanceIntervalSeconds,
     maxReassignments,
     ...always
   } = h;
@@ -680,6 +688,7 @@ function hookOptions(h: NonNullable<SidecarConfig['hooks']>): NonNullable<Fabric
     ...(patrolIntervalSeconds === undefined ? {} : { patrolIntervalSeconds }),
     ...(staleAfterSeconds === undefined ? {} : { staleAfterSeconds }),
     ...(progressCommitIntervalMs === undefined ? {} : { progressCommitIntervalMs }),
+    ...(maintenanceIntervalSeconds === undefined ? {} : { maintenanceIntervalSeconds }),
     ...(maxReassignments === undefined ? {} : { maxReassignments }),
   };
 }
