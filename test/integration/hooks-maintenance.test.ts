@@ -7,6 +7,7 @@
  * failing hooks. The repository's `gc.auto` is lowered (as an operator may) so a few hundred
  * transitions are enough to trigger it.
  */
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HookStoreError } from '../../src/errors.js';
@@ -69,7 +70,7 @@ describe('hook store maintenance (git gc --auto)', () => {
     const storagePath = join(dir.path, 'hooks');
     const m = await open(storagePath);
     git(storagePath, 'config', 'gc.auto', '64');
-    const ids = await churn(m, 120);
+    const ids = await churn(m, 200); // ~3000 objects: gc --auto's estimate samples 1/256 of them
     const before = counts(storagePath);
     expect(before.count).toBeGreaterThan(64 * 4); // ~5 objects per transition, all loose
 
@@ -98,6 +99,46 @@ describe('hook store maintenance (git gc --auto)', () => {
     expect(await again.listHooks()).toEqual(expected);
     expect((await again.getHook(late.hookId)).agentId).toBe('late');
     expect(historyOf(storagePath).size).toBe(ids.length + 1);
+  });
+
+  it('with worktrees: agents’ branch commits and staged work survive gc, worktrees stay valid', async () => {
+    dir = await tempDir('hooks-gc-');
+    const storagePath = join(dir.path, 'hooks');
+    const m = await HookManager.open({
+      storagePath,
+      useGitWorktree: true,
+      fsync: false,
+      progressCommitIntervalMs: 1,
+    });
+    managers.push(m);
+    git(storagePath, 'config', 'gc.auto', '16');
+    const hooks = [];
+    for (let i = 0; i < 12; i++) {
+      const h = await m.createHook({ agentId: `w${i}`, workItem: i, branch: `agent/t-${i}` });
+      await m.activateHook(h.hookId);
+      const wt = h.worktreePath!;
+      await writeFile(join(wt, `done-${i}.txt`), `work ${i}\n`);
+      git(wt, 'add', '.');
+      git(wt, 'commit', '-q', '-m', `agent work ${i}`);
+      // Staged, not committed: only the worktree's index refers to it.
+      await writeFile(join(wt, `wip-${i}.txt`), `wip ${i}\n`);
+      git(wt, 'add', `wip-${i}.txt`);
+      hooks.push(h);
+    }
+    // Enough commits for gc --auto's estimate (it samples one object folder of 256).
+    for (let n = 0; n < 60; n++) {
+      for (const h of hooks) await m.recordProgress(h.hookId, `step ${n}`);
+    }
+    const before = counts(storagePath);
+    await m.maintain();
+    expect(counts(storagePath).count).toBeLessThan(before.count!);
+    for (const [i, h] of hooks.entries()) {
+      const wt = h.worktreePath!;
+      expect(git(storagePath, 'log', '-1', '--format=%s', `agent/t-${i}`)).toBe(`agent work ${i}`);
+      expect(git(wt, 'show', `:wip-${i}.txt`)).toBe(`wip ${i}`);
+      expect((await m.inspectWorktree(h.hookId)).valid).toBe(true);
+    }
+    expect(git(storagePath, 'fsck', '--strict', '--no-dangling', '--no-progress')).toBe('');
   });
 
   it('transitions made while gc runs all land, in full, and gc does not trip over them', async () => {
