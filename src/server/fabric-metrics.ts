@@ -34,6 +34,8 @@ const HOOK_EVENTS: readonly HookEventName[] = [
   'hook.stale',
   'patrol.error',
   'store.ref_moved',
+  'store.maintained',
+  'store.maintenance_error',
 ];
 
 const PRIORITY_NAMES = [Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW].map(
