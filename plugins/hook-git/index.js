@@ -15,6 +15,7 @@ export const optionsSchema = z
     worktreeRoot: z.string().min(1).optional(),
     patrolIntervalSeconds: z.number().positive().optional(),
     staleAfterSeconds: z.number().positive().optional(),
+    progressCommitIntervalMs: z.number().positive().optional(),
     maintenanceIntervalSeconds: z.number().min(0).optional(),
     maxReassignments: z.number().int().min(0).optional(),
     maxWorkItemBytes: z.number().int().positive().optional(),

@@ -20,7 +20,13 @@ runHookStoreContract({
   durable: true,
   create: async () => {
     const dir = mkdtempSync(join(tmpdir(), 'hook-git-contract-'));
-    const options = { storagePath: join(dir, 'hooks'), useGitWorktree: false };
+    // Every timing option its schema takes, as the sidecar's `hooks:` section does.
+    const options = {
+      storagePath: join(dir, 'hooks'),
+      useGitWorktree: false,
+      progressCommitIntervalMs: 1000,
+      maintenanceIntervalSeconds: 600,
+    };
     const store = await loadStore(FIRST_PARTY('hook-git'), options);
     return {
       store,
