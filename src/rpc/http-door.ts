@@ -35,7 +35,9 @@
  * the method's message: 400 `FABRIC_ERR_INVALID_ARGUMENT`), and the method runs with a signal
  * that aborts when the client goes away. Errors answer with the HTTP status of their catalog
  * kind and the body `{ code, kind, message, details }` (`FabricError.toJSON()`; not Connect's
- * error shape), the code also in the `fabric-error-code` header as in gRPC's trailer. An unknown
+ * error shape), the code also in the `fabric-error-code` header as in gRPC's trailer. Every
+ * answer — success, stream or error — carries `cache-control: no-store` and
+ * `x-content-type-options: nosniff` ({@link API_RESPONSE_HEADERS}). An unknown
  * service or method, or another verb than POST, is 404 `FABRIC_ERR_ROUTE_NOT_FOUND`. The
  * Host/Origin guard runs before this, in the HTTP server, and answers its 403 through
  * {@link HttpDoor.refuse} in the same shape.
@@ -113,6 +115,15 @@ export const DEFAULT_API_KEEP_ALIVE_MS = 15_000;
 export const DEADLINE_HEADER = 'connect-timeout-ms';
 /** Content type of a server stream's answer: one JSON object per line. */
 export const STREAM_CONTENT_TYPE = 'application/x-ndjson';
+/**
+ * Headers of every answer of the door — success, stream and error alike: answers carry secrets
+ * (a spawned agent's credential, an approval's arguments) that no browser or proxy cache may
+ * keep, and a browser must not sniff them into another type.
+ */
+export const API_RESPONSE_HEADERS: Readonly<Record<string, string>> = Object.freeze({
+  'cache-control': 'no-store',
+  'x-content-type-options': 'nosniff',
+});
 
 /** Options of {@link HttpDoor}. */
 export interface HttpDoorOptions {
@@ -307,6 +318,7 @@ export class HttpDoor {
     const close = !req.complete || closesConnection(error);
     const body = httpErrorBody(error).error;
     sendJson(res, httpStatusOf(error), body, {
+      ...API_RESPONSE_HEADERS,
       'fabric-error-code': String(body.code),
       ...(close ? { connection: 'close' } : {}),
     });
@@ -405,6 +417,7 @@ export class HttpDoor {
       });
       res
         .writeHead(200, {
+          ...API_RESPONSE_HEADERS,
           'content-type': 'application/json',
           'content-length': Buffer.byteLength(json),
         })
@@ -478,8 +491,8 @@ export class HttpDoor {
       end(reason instanceof FabricError ? reason : new ClosedError('stream (the client left)'));
     });
     res.writeHead(200, {
+      ...API_RESPONSE_HEADERS,
       'content-type': STREAM_CONTENT_TYPE,
-      'cache-control': 'no-store',
       // Proxies that buffer answers (nginx) would hold the events back.
       'x-accel-buffering': 'no',
     });

@@ -330,6 +330,37 @@ describe('dashboard sessions against a real sidecar', () => {
     expect((await raw(base, 'GET', '/ui/session')).status).toBe(401);
   });
 
+  it('every /api and /ui answer — success, stream, error, 404, refused — is no-store and nosniff', async () => {
+    const s = await session();
+    const asAdmin = { cookie: s.cookie, [CSRF_HEADER]: s.csrf, origin };
+    const answers: Record<string, Answer> = {
+      // A spawned agent's answer holds its credential: no cache may keep it.
+      spawn: await apiCall(
+        'FabricService/SpawnAgent',
+        { name: 'cached', model: 'm', executor: 'remote' },
+        asAdmin,
+      ),
+      unary: await apiCall('FabricService/ListAgents', {}, asAdmin),
+      stream: await apiCall('EventService/Watch', {}, { ...asAdmin, 'connect-timeout-ms': '50' }),
+      unauthenticated: await apiCall('FabricService/ListAgents', {}, {}),
+      csrf: await apiCall('FabricService/ListAgents', {}, { cookie: s.cookie, origin }),
+      badBody: await apiCall('FabricService/ListAgents', [1], asAdmin),
+      noMethod: await apiCall('FabricService/NoSuchMethod', {}, asAdmin),
+      hostRefused: await raw(base, 'POST', '/api/fabric.v1.FabricService/ListAgents', {
+        host: 'evil.example',
+        'content-type': 'application/json',
+      }),
+      uiMissing: await raw(base, 'GET', '/ui/no-such-file.js'),
+      uiSession: await raw(base, 'GET', '/ui/session'),
+      uiLogin: await login('not-the-admin-token-000000'),
+    };
+    expect(answers.spawn!.body).toContain('afk_');
+    for (const [name, res] of Object.entries(answers)) {
+      expect(res.headers['cache-control'], name).toBe('no-store');
+      expect(res.headers['x-content-type-options'], name).toBe('nosniff');
+    }
+  });
+
   it('the admin token never appears in the sidecar log after all of this', () => {
     expect(logs.length).toBeGreaterThan(0);
     expect(JSON.stringify(logs)).not.toContain(ADMIN_TOKEN);
