@@ -4,7 +4,7 @@
  * that something changed; the lists say what is true now).
  */
 import { ApiError, currentSession, login, logout, watch, whenLoggedOut } from './lib/api.js';
-import { h, replace, tickTimes } from './lib/dom.js';
+import { h, replace, tickTimes, visible } from './lib/dom.js';
 import * as agents from './views/agents.js';
 import * as approvals from './views/approvals.js';
 import * as budgets from './views/budgets.js';
@@ -25,7 +25,7 @@ const $ = (id) => document.getElementById(id);
 let toastTimer;
 function toast(text, error = false) {
   const el = $('toast');
-  el.textContent = text;
+  el.textContent = visible(text);
   el.className = error ? 'toast error' : 'toast';
   el.hidden = false;
   clearTimeout(toastTimer);

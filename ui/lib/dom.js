@@ -1,7 +1,27 @@
 /**
  * Small DOM helpers. Text is always set through `textContent`, never parsed as HTML, so data
- * from the fabric (agent names, tool arguments, reasons) cannot inject markup.
+ * from the fabric (agent names, tool arguments, reasons) cannot inject markup; and it goes
+ * through {@link visible} first, so it cannot reorder or hide itself either.
  */
+
+/**
+ * Characters that act on the text around them instead of showing: the C0 controls but line feed
+ * and tab (JSON's own line breaks), DEL, the C1 controls, the bidirectional controls (U+061C,
+ * U+200E, U+200F, U+202A–U+202E, U+2066–U+2069), the line and paragraph separators — the set the
+ * CLI escapes (src/unprintable.ts) — and the invisible zero-width ones (U+200B–U+200D,
+ * U+2060–U+2064, U+FEFF).
+ */
+const HIDDEN =
+  // eslint-disable-next-line no-control-regex -- matching control characters is its purpose
+  /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g;
+
+/**
+ * `text` with each character of {@link HIDDEN} written as its `\uXXXX` escape: an agent's
+ * right-to-left override shows as `\u202e` instead of making what follows read backwards.
+ */
+export function visible(text) {
+  return text.replace(HIDDEN, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
 
 /**
  * Creates an element: `h('td', { class: 'x', onclick: fn }, 'text', childElement)`.
@@ -31,7 +51,7 @@ function append(el, children) {
   for (const child of children) {
     if (child === undefined || child === null || child === false) continue;
     if (Array.isArray(child)) append(el, child);
-    else el.append(child instanceof Node ? child : String(child));
+    else el.append(child instanceof Node ? child : visible(String(child)));
   }
 }
 

