@@ -15,6 +15,7 @@ import type { Sidecar } from '../../src/server/sidecar.js';
 import { UNPRINTABLE_CLASS } from '../../src/unprintable.js';
 import {
   ADMIN_TOKEN,
+  agentId,
   agentToken,
   api,
   closeSidecar,
@@ -84,7 +85,7 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
         },
         DEFAULT_ALLOW,
       ],
-      agents: [{ name: 'worker' }],
+      agents: [{ name: 'worker' }, { name: 'runner', executor: 'remote' }],
       approvals: { timeoutSeconds: 600 },
     });
     mcp = await rawMcp(sidecar.url!, agentToken(sidecar, 'worker'));
@@ -222,5 +223,35 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     expect(shown).not.toContain('harmless');
     await decide(approval, 'Approve');
     expect(await answer).toContain('Echo: the real one');
+  });
+
+  it('a task error an agent chose shows its controls as escapes in the Tasks view', async () => {
+    const token = agentToken(sidecar, 'runner');
+    const scheduled = await api(sidecar, 'FabricService/ScheduleTask', {
+      agentId: agentId(sidecar, 'runner'),
+      taskType: 'review',
+    });
+    expect(scheduled.status).toBe(200);
+    const claim = await api(sidecar, 'AgentService/ClaimTask', { waitSeconds: 2 }, token);
+    const { task } = (await claim.json()) as { task: { taskId: string; attempt: number } };
+    const failed = await api(
+      sidecar,
+      'AgentService/FailTask',
+      {
+        taskId: task.taskId,
+        attempt: task.attempt,
+        code: 'E\u202eKO',
+        message: `done \u2067${EVERY_UNPRINTABLE}`,
+      },
+      token,
+    );
+    expect(failed.status).toBe(200);
+    await page.click('#tab-tasks');
+    const row = page.locator(`#view-tasks tr[data-task="${task.taskId}"] span.error`);
+    await row.waitFor();
+    const shown = (await row.textContent()) ?? '';
+    // Line feed and tab stay (HTML shows them as a space; they move nothing).
+    expect(shown.replace(/[\n\t]/g, '')).not.toMatch(UNPRINTABLE);
+    expect(shown).toContain('E\\u202eKO: done \\u2067');
   });
 });
