@@ -19,7 +19,8 @@
  *
  * **The cookie at the `/api/` door** (see {@link Dashboard.sessionCaller}): a request without an
  * `authorization` header but with the session cookie is the admin only when (1) the session is
- * known and not expired (else 401), (2) it carries the session's CSRF token in
+ * known and not expired (else 401; of several `fabric_session` cookies the first live one counts,
+ * so one that a page on another port of this host set for a longer path cannot hide it), (2) it carries the session's CSRF token in
  * `x-fabric-csrf` (a header a cross-site form cannot set, and a cross-site `fetch` cannot send
  * without a CORS preflight this server never grants; else 403) and (3) its `Origin` is the
  * sidecar's own origin — the scheme it serves and the request's `Host` (else 403). An
@@ -150,16 +151,26 @@ function sameSecret(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
-/** The value of cookie `name` in `req` (the first one), undefined without it. */
-export function cookieValue(req: IncomingMessage, name: string): string | undefined {
+/** Most values of the session cookie a request's `Cookie` header is looked through for. */
+const MAX_COOKIE_VALUES = 8;
+
+/**
+ * The values of cookie `name` in `req`, in the order sent (at most {@link MAX_COOKIE_VALUES}).
+ * A browser sends every cookie of that name whose path matches, the longest path first, and
+ * cookies ignore the port: a page on another port of the same host can set one for `/api`.
+ */
+export function cookieValues(req: IncomingMessage, name: string): string[] {
   const header = req.headers.cookie;
-  if (header === undefined) return undefined;
+  const values: string[] = [];
+  if (header === undefined) return values;
   for (const part of header.split(';')) {
     const eq = part.indexOf('=');
     if (eq < 0) continue;
-    if (part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+    if (part.slice(0, eq).trim() !== name) continue;
+    values.push(part.slice(eq + 1).trim());
+    if (values.length === MAX_COOKIE_VALUES) break;
   }
-  return undefined;
+  return values;
 }
 
 function send(
@@ -263,25 +274,38 @@ export class Dashboard {
    *   PermissionDeniedError when the CSRF token or the `Origin` is missing or wrong.
    */
   sessionCaller(req: IncomingMessage): string | undefined {
-    const id = cookieValue(req, SESSION_COOKIE);
-    if (id === undefined) return undefined;
-    return this.#requireSession(req, id).admin;
+    const ids = cookieValues(req, SESSION_COOKIE);
+    if (ids.length === 0) return undefined;
+    return this.#requireSession(req, ids).session.admin;
   }
 
-  #requireSession(req: IncomingMessage, id: string): Session {
-    const session = this.#lookup(id);
-    if (session === undefined) {
+  /**
+   * The live session among the request's session cookies — the first that names one: a cookie
+   * of the same name that another port of this host set (with a longer path, so sent first)
+   * does not hide the operator's session.
+   */
+  #live(ids: readonly string[]): { id: string; session: Session } | undefined {
+    for (const id of ids) {
+      const session = this.#lookup(id);
+      if (session !== undefined) return { id, session };
+    }
+    return undefined;
+  }
+
+  #requireSession(req: IncomingMessage, ids: readonly string[]): { id: string; session: Session } {
+    const live = this.#live(ids);
+    if (live === undefined) {
       throw new UnauthenticatedError('the dashboard session is unknown or expired: log in again');
     }
     this.#requireSameOrigin(req);
     const csrf = req.headers[CSRF_HEADER];
-    if (typeof csrf !== 'string' || !sameSecret(csrf, session.csrf)) {
+    if (typeof csrf !== 'string' || !sameSecret(csrf, live.session.csrf)) {
       throw new PermissionDeniedError(
         `a request with the dashboard session must carry its CSRF token in ${CSRF_HEADER}`,
         { reason: 'csrf' },
       );
     }
-    return session;
+    return live;
   }
 
   /** The request's `Origin` must be this server's own: its scheme and the request's `Host`. */
@@ -375,9 +399,9 @@ export class Dashboard {
     if (req.method !== 'POST') {
       throw new RouteNotFoundError(req.method ?? '', `${UI_PATH}/logout`, 'log out with POST');
     }
-    const id = cookieValue(req, SESSION_COOKIE);
-    if (id === undefined) throw new UnauthenticatedError('no dashboard session');
-    this.#requireSession(req, id);
+    const ids = cookieValues(req, SESSION_COOKIE);
+    if (ids.length === 0) throw new UnauthenticatedError('no dashboard session');
+    const { id } = this.#requireSession(req, ids);
     this.#sessions.delete(sha256(id));
     send(res, 200, '{}', 'application/json', { 'set-cookie': this.#cookie('', 0) });
   }
@@ -386,8 +410,7 @@ export class Dashboard {
     if (req.method !== 'GET') {
       throw new RouteNotFoundError(req.method ?? '', `${UI_PATH}/session`, 'read it with GET');
     }
-    const id = cookieValue(req, SESSION_COOKIE);
-    const session = id === undefined ? undefined : this.#lookup(id);
+    const session = this.#live(cookieValues(req, SESSION_COOKIE))?.session;
     if (session === undefined) throw new UnauthenticatedError('no dashboard session');
     send(
       res,

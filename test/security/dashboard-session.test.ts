@@ -20,7 +20,12 @@ import {
 } from '../../src/server/dashboard.js';
 import type { GatewayLogEntry } from '../../src/gateway/gateway.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
-import { ADMIN_TOKEN, closeSidecar, startTestSidecar } from '../fixtures/gateway/harness.js';
+import {
+  ADMIN_TOKEN,
+  agentToken,
+  closeSidecar,
+  startTestSidecar,
+} from '../fixtures/gateway/harness.js';
 
 interface Answer {
   status: number;
@@ -359,6 +364,45 @@ describe('dashboard sessions against a real sidecar', () => {
       expect(res.headers['cache-control'], name).toBe('no-store');
       expect(res.headers['x-content-type-options'], name).toBe('nosniff');
     }
+  });
+
+  it('a cookie tossed by another port of the same host (Path=/api) does not shadow the session', async () => {
+    // A page on http://127.0.0.1:<any port> may set cookies for 127.0.0.1 (cookies ignore the
+    // port); one with a longer Path is sent first. It must not log the operator out.
+    const s = await session();
+    const tossed = `${SESSION_COOKIE}=tossed-by-another-port; ${s.cookie}`;
+    const res = await apiCall(
+      'FabricService/ListAgents',
+      {},
+      { cookie: tossed, [CSRF_HEADER]: s.csrf, origin },
+    );
+    expect(res.status, res.body).toBe(200);
+    const read = await raw(base, 'GET', '/ui/session', { cookie: tossed });
+    expect(read.status, read.body).toBe(200);
+    expect(JSON.parse(read.body)).toEqual({ admin: 'admin', csrf: s.csrf });
+    const out = await raw(base, 'POST', '/ui/logout', {
+      cookie: tossed,
+      [CSRF_HEADER]: s.csrf,
+      origin,
+    });
+    expect(out.status, out.body).toBe(200);
+    // Logged out for real: the session is gone on the server.
+    const after = await apiCall(
+      'FabricService/ListAgents',
+      {},
+      { cookie: s.cookie, [CSRF_HEADER]: s.csrf, origin },
+    );
+    expect(after.status).toBe(401);
+    // Only tossed values: still 401, as a forged session.
+    expect((await raw(base, 'GET', '/ui/session', { cookie: `${SESSION_COOKIE}=x` })).status).toBe(
+      401,
+    );
+  });
+
+  it('an agent credential cannot log in to the dashboard', async () => {
+    const res = await login(agentToken(sidecar, 'victim'));
+    expect(res.status).toBe(401);
+    expect(setCookie(res)).toEqual([]);
   });
 
   it('the admin token never appears in the sidecar log after all of this', () => {
