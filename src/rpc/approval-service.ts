@@ -143,7 +143,9 @@ export function approvalService(
           ...(status === undefined ? {} : { status }),
           ...(req.agentId === '' ? {} : { agentId: req.agentId }),
         });
-        return create(ListApprovalsResponseSchema, { approvals: list.map(approvalMessage) });
+        // The newest `limit` (the list is oldest first).
+        const shown = req.limit > 0 && list.length > req.limit ? list.slice(-req.limit) : list;
+        return create(ListApprovalsResponseSchema, { approvals: shown.map(approvalMessage) });
       },
       getApproval: async (_caller, req) => {
         const a = approvals.getApproval(approvalId(req.id));

@@ -9,7 +9,7 @@
  * Skips only when /usr/bin/chromium is missing and FABRIC_TEST_REQUIRE_BROWSER is unset.
  */
 import { existsSync } from 'node:fs';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { chromium, type Browser, type Page, type Response } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { UNPRINTABLE_CLASS } from '../../src/unprintable.js';
@@ -32,6 +32,8 @@ const available = existsSync(CHROMIUM);
 if (required && !available) {
   throw new Error(`FABRIC_TEST_REQUIRE_BROWSER is set but ${CHROMIUM} is missing`);
 }
+/** How long a poll of the page waits (the machine is shared and slow; no timing is asserted). */
+const POLL = { timeout: 60_000, interval: 100 };
 /** Every character the CLI escapes (controls, bidirectional controls, line separators). */
 const UNPRINTABLE = new RegExp(UNPRINTABLE_CLASS);
 const EVERY_UNPRINTABLE = Array.from({ length: 0x10000 }, (_, c) => String.fromCharCode(c))
@@ -254,4 +256,38 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     expect(shown.replace(/[\n\t]/g, '')).not.toMatch(UNPRINTABLE);
     expect(shown).toContain('E\\u202eKO: done \\u2067');
   });
+
+  it('the decided list reads the newest approvals, not the whole history with every argument', async () => {
+    // 300 decided approvals of 50 kB arguments each, as an agent's parked and expired calls
+    // leave them (up to maxResolved, 1000 by default, of up to 256 KiB each).
+    const big = 'x'.repeat(50_000);
+    const approvals = sidecar.fabric!.approvals;
+    for (let i = 0; i < 300; i++) {
+      const a = approvals.create({
+        agentId: agentId(sidecar, 'worker'),
+        tool: 'ev__echo',
+        params: { message: `${i} ${big}` },
+      });
+      approvals.deny(a.id, { approver: 'admin' });
+    }
+    const sizes: number[] = [];
+    const onResponse = (res: Response): void => {
+      if (res.url().endsWith('.ApprovalService/ListApprovals')) {
+        sizes.push(Number(res.headers()['content-length']));
+      }
+    };
+    page.on('response', onResponse);
+    await page.click('#tab-approvals');
+    // Two refreshes of the view (each reads the pending list and the decided one).
+    await expect.poll(() => sizes.length, POLL).toBeGreaterThanOrEqual(4);
+    page.off('response', onResponse);
+    // The page shows 100 decided ones: it reads no more than those and the pending ones (each
+    // approval's arguments come twice, as a Value and as base64 JSON: 2⅓ × their size).
+    expect(Math.max(...sizes)).toBeLessThan(110 * 2.5 * big.length);
+    await expect
+      .poll(() => page.locator('#view-approvals tr[data-status="DENIED"]').count(), POLL)
+      .toBe(100);
+    const newest = page.locator('#view-approvals tr[data-status="DENIED"]').first();
+    expect(await newest.textContent()).toContain('"299 xxx');
+  }, 120_000);
 });

@@ -21,6 +21,8 @@ import { maskSecrets } from '../lib/mask.js';
 export const id = 'approvals';
 export const title = 'Approvals';
 
+/** Decided approvals shown (the newest). */
+const SHOWN_DECIDED = 100;
 const STATUS = { APPROVED: 'ok', DENIED: 'bad', EXPIRED: 'muted', PENDING: 'warn' };
 
 function ruleOf(a) {
@@ -115,18 +117,20 @@ export function createView(ctx) {
   return {
     el,
     async refresh() {
-      const [p, all] = await Promise.all([
-        call('ApprovalService/ListApprovals', { status: 'APPROVAL_STATUS_PENDING' }),
-        call('ApprovalService/ListApprovals', {}),
-      ]);
+      const p = await call('ApprovalService/ListApprovals', { status: 'APPROVAL_STATUS_PENDING' });
       pending = p.approvals ?? [];
+      // The newest SHOWN_DECIDED decided ones are among the newest SHOWN_DECIDED + pending: not
+      // the whole history (up to maxResolved approvals, each with its call's arguments).
+      const all = await call('ApprovalService/ListApprovals', {
+        limit: SHOWN_DECIDED + pending.length,
+      });
       ctx.badge('approvals', pending.length);
       renderPending();
       const agentNames = names();
       const decided = (all.approvals ?? [])
         .filter((a) => a.status !== 'APPROVAL_STATUS_PENDING')
         .reverse()
-        .slice(0, 100);
+        .slice(0, SHOWN_DECIDED);
       replace(
         decidedBody,
         table(
