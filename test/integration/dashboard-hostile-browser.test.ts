@@ -184,6 +184,22 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     await decide(approval, 'Deny');
   });
 
+  it('what the mask hides can be shown before deciding: "cat Bearer ../../etc/shadow" is not a credential', async () => {
+    const { approval, box } = await park(
+      JSON.stringify({ message: 'cat Bearer ../../../../etc/shadow', apiKey: 'rm -rf ~' }),
+    );
+    expect(await box.textContent()).not.toContain('etc/shadow');
+    const row = page.locator(`#view-approvals tr[data-approval="${approval.id}"]`);
+    await expect.poll(() => row.textContent(), POLL).toContain('masked');
+    await row.locator('button.reveal').click({ timeout: 10_000 });
+    await expect.poll(() => box.textContent(), POLL).toContain('cat Bearer ../../../../etc/shadow');
+    expect(await box.textContent()).toContain('"apiKey": "rm -rf ~"');
+    // Masked again on a second click.
+    await row.locator('button.reveal').click();
+    await expect.poll(() => box.textContent(), POLL).not.toContain('etc/shadow');
+    await decide(approval, 'Deny');
+  });
+
   it('shows a __proto__ key the approval holds (the masking copy dropped it)', async () => {
     const { approval, apiText, box } = await park(
       '{"message":"hello","__proto__":{"message":"rm -rf ~"}}',

@@ -30,12 +30,29 @@ function ruleOf(a) {
   return `${a.policy}${a.rule !== undefined ? ` #${a.rule}` : ''}${a.reason ? `: ${a.reason}` : ''}`;
 }
 
+/**
+ * The arguments with secrets masked; when the mask hid something in a pending one, a note and a button that shows
+ * the arguments as sent (and masks them again): the mask guesses what a secret is, and what it
+ * hides — `cat Bearer ../../etc/shadow` — may be what the call does.
+ */
 function args(a, decided = false) {
-  return h(
-    'pre',
-    { class: decided ? 'args decided' : 'args' },
-    JSON.stringify(maskSecrets(a.params ?? {}), null, 2),
+  const params = a.params ?? {};
+  const masked = JSON.stringify(maskSecrets(params), null, 2);
+  const box = h('pre', { class: decided ? 'args decided' : 'args' }, masked);
+  const whole = JSON.stringify(params, null, 2);
+  // A decided one needs no decision (and its table is rebuilt on each refresh).
+  if (whole === masked || decided) return box;
+  let revealed = false;
+  const reveal = button(
+    'Show masked values',
+    async () => {
+      revealed = !revealed;
+      replace(box, revealed ? whole : masked);
+      reveal.textContent = revealed ? 'Mask secrets' : 'Show masked values';
+    },
+    { class: 'reveal' },
   );
+  return h('div', {}, box, h('span', { class: 'hint' }, 'Some values are masked. '), reveal);
 }
 
 export function createView(ctx) {
