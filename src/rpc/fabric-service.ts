@@ -21,7 +21,7 @@ import {
   type Value,
 } from '@bufbuild/protobuf/wkt';
 import type { AgentStatus, AgentBudgetConfig, AgentInfo, SpawnedAgent } from '../agent.js';
-import { InvalidArgumentError } from '../errors.js';
+import { cutWireText, InvalidArgumentError } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
 import { CostWindow, type BudgetLimits } from '../gen/fabric/v1/budget_pb.js';
 import * as rpc from '../gen/fabric/v1/fabric_pb.js';
@@ -82,12 +82,17 @@ function spawned(a: SpawnedAgent): rpc.SpawnedAgent {
   return create(rpc.SpawnedAgentSchema, { agent: agentInfo(a), credential: a.credential });
 }
 
-function taskInfo(t: Task): pb.TaskInfo {
+/**
+ * A task as the wire carries it. `summary` (ListTasks' `summary`): without its payload, result
+ * and progress, its error's code and message cut as on every wire.
+ */
+function taskInfo(t: Task, summary = false): pb.TaskInfo {
   return create(pb.TaskInfoSchema, {
     taskId: t.id,
     taskType: t.taskType,
-    payload: toValue(t.payload),
-    payloadJson: jsonBytes(t.payload ?? null, 'payload'),
+    ...(summary
+      ? {}
+      : { payload: toValue(t.payload), payloadJson: jsonBytes(t.payload ?? null, 'payload') }),
     priority: t.priority + 1,
     status: pb.TaskStatus[t.status],
     agentId: t.agentId ?? '',
@@ -101,17 +106,21 @@ function taskInfo(t: Task): pb.TaskInfo {
     createdAt: timestampFromMs(t.createdAt),
     startedAt: time(t.startedAt),
     finishedAt: time(t.finishedAt),
-    result: t.result === undefined ? undefined : toValue(t.result),
-    resultJson: jsonBytes(t.result, 'result'),
+    ...(summary
+      ? {}
+      : {
+          result: t.result === undefined ? undefined : toValue(t.result),
+          resultJson: jsonBytes(t.result, 'result'),
+        }),
     error:
       t.error === undefined
         ? undefined
         : create(pb.TaskErrorSchema, {
-            code: t.error.code,
-            message: t.error.message,
+            code: summary ? cutWireText(t.error.code) : t.error.code,
+            message: summary ? cutWireText(t.error.message) : t.error.message,
             details: t.error.details === undefined ? undefined : jsonObject(t.error.details),
           }),
-    progress: t.progress === undefined ? undefined : toValue(t.progress),
+    progress: summary || t.progress === undefined ? undefined : toValue(t.progress),
   });
 }
 
@@ -316,7 +325,7 @@ export function fabricService(
           pageToken: req.pageToken,
         });
         return create(rpc.ListTasksResponseSchema, {
-          tasks: page.items.map(taskInfo),
+          tasks: page.items.map((t) => taskInfo(t, req.summary)),
           nextPageToken: page.nextPageToken,
         });
       },

@@ -306,4 +306,53 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     const newest = page.locator('#view-approvals tr[data-status="DENIED"]').first();
     expect(await newest.textContent()).toContain('"299 xxx');
   }, 120_000);
+
+  it('the Tasks view reads no task payloads or results (it shows neither)', async () => {
+    // 10 tasks an agent completed with 200 kB results (maxTaskResultBytes is 1 MiB; up to
+    // finishedTaskRetention, 10,000, are kept and the view reads up to 5,000).
+    const token = agentToken(sidecar, 'runner');
+    const big = 'r'.repeat(200_000);
+    for (let i = 0; i < 10; i++) {
+      const scheduled = await api(sidecar, 'FabricService/ScheduleTask', {
+        agentId: agentId(sidecar, 'runner'),
+        taskType: 'bulk',
+        payload: { note: big },
+      });
+      expect(scheduled.status).toBe(200);
+      const claim = await api(sidecar, 'AgentService/ClaimTask', { waitSeconds: 2 }, token);
+      const { task } = (await claim.json()) as { task: { taskId: string; attempt: number } };
+      const done = await api(
+        sidecar,
+        'AgentService/CompleteTask',
+        { taskId: task.taskId, attempt: task.attempt, result: { text: big } },
+        token,
+      );
+      expect(done.status).toBe(200);
+    }
+    const sizes: number[] = [];
+    const onResponse = (res: Response): void => {
+      if (res.url().endsWith('.FabricService/ListTasks')) {
+        sizes.push(Number(res.headers()['content-length']));
+      }
+    };
+    page.on('response', onResponse);
+    await page.click('#tab-tasks');
+    await expect.poll(() => sizes.length, POLL).toBeGreaterThanOrEqual(2);
+    page.off('response', onResponse);
+    await expect
+      .poll(() => page.locator('#view-tasks tr[data-task]').count(), POLL)
+      .toBeGreaterThanOrEqual(10);
+    // Without payloads and results the list of 10 or 11 tasks is a few kB, not 10 × 1 MB.
+    expect(Math.max(...sizes)).toBeLessThan(100_000);
+    // The summary leaves out only those; without it the list has them.
+    type Listed = { tasks: { taskType: string; result?: unknown; payload?: unknown }[] };
+    const listed = async (summary: boolean): Promise<Listed['tasks']> =>
+      (
+        (await (await api(sidecar, 'FabricService/ListTasks', { summary })).json()) as Listed
+      ).tasks.filter((t) => t.taskType === 'bulk');
+    const [summary, whole] = [await listed(true), await listed(false)];
+    expect(summary).toHaveLength(10);
+    expect(summary.every((t) => t.result === undefined && t.payload === undefined)).toBe(true);
+    expect(whole.every((t) => JSON.stringify(t.result).includes(big))).toBe(true);
+  }, 120_000);
 });

@@ -98,7 +98,9 @@ export function createView(ctx) {
   return {
     el,
     async refresh() {
-      tasks = await listAll('FabricService/ListTasks', {}, 'tasks');
+      // The view shows no payload, result or progress: the summary leaves them out (a result
+      // may be a megabyte, and up to 5,000 tasks are read every few seconds).
+      tasks = await listAll('FabricService/ListTasks', { summary: true }, 'tasks');
       render();
     },
     onEvent(event) {
