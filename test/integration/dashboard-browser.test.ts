@@ -174,6 +174,11 @@ describe.skipIf(!available)('the web dashboard in Chromium (playwright-core)', (
     expect(settled).toBe(false);
     await shot('approvals');
     await row.locator('input.reason').fill('looks fine');
+    // Approve asks once more (the first click arms the button).
+    await row.locator('button.approve').click();
+    await expect
+      .poll(() => row.locator('button.approve').textContent(), POLL)
+      .toBe('Confirm approve');
     await row.locator('button.approve').click();
     const result = await call;
     expect(result.isError).toBeFalsy();

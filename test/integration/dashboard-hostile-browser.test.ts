@@ -200,6 +200,34 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     await decide(approval, 'Deny');
   });
 
+  it('a click aimed at an approval that just left the inbox does not approve the one that slid into its place', async () => {
+    // The agent parks a harmless call, then a dangerous one right after it: when the first
+    // expires (the agent chose when, so it knows), the second moves up under the operator's
+    // pointer. Here another operator's Deny removes the first, to the same effect.
+    await page.click('#tab-approvals');
+    const first = await park(JSON.stringify({ message: 'ls -la /tmp/scratch' }));
+    const second = await park(JSON.stringify({ message: 'rm -rf ~/projects' }));
+    // Pending rows carry the tool; decided ones (below) the same approval id.
+    const pendingRow = (id: string): ReturnType<Page['locator']> =>
+      page.locator(`#view-approvals tr[data-tool][data-approval="${id}"]`);
+    const firstRow = pendingRow(first.approval.id);
+    const secondRow = pendingRow(second.approval.id);
+    const aim = (await firstRow.locator('button.approve').boundingBox())!;
+    await decide(first.approval, 'Deny');
+    await firstRow.waitFor({ state: 'detached' });
+    expect((await secondRow.locator('button.approve').boundingBox())!.y).toBeCloseTo(aim.y, 0);
+    await page.mouse.click(aim.x + aim.width / 2, aim.y + aim.height / 2);
+    // The click armed the second one's button; it did not approve it.
+    const state = async (): Promise<string> => {
+      const res = await api(sidecar, 'ApprovalService/GetApproval', { id: second.approval.id });
+      const { status } = ((await res.json()) as { approval: { status: string } }).approval;
+      if (status !== 'APPROVAL_STATUS_PENDING') return status;
+      return (await secondRow.locator('button.approve').textContent({ timeout: 1000 })) ?? '';
+    };
+    await expect.poll(state, { timeout: 15_000, interval: 100 }).toBe('Confirm approve');
+    await decide(second.approval, 'Deny');
+  });
+
   it('shows a __proto__ key the approval holds (the masking copy dropped it)', async () => {
     const { approval, apiText, box } = await park(
       '{"message":"hello","__proto__":{"message":"rm -rf ~"}}',

@@ -8,6 +8,7 @@ import {
   badge,
   button,
   clock,
+  confirmButton,
   enumName,
   h,
   KeyedTable,
@@ -110,7 +111,10 @@ export function createView(ctx) {
               'span',
               { class: 'inline' },
               reason,
-              button('Approve', () => decide(a, 'Approve')(reason), { class: 'approve' }),
+              // Two clicks: when an approval above leaves (it expired — the agent chose when — or
+              // another operator decided it), the next one moves up under the pointer, and a
+              // click aimed at the first must not approve it.
+              confirmButton('Approve', () => decide(a, 'Approve')(reason), { class: 'approve' }),
               button('Deny', () => decide(a, 'Deny')(reason), { class: 'danger' }),
             ),
           ];
