@@ -151,13 +151,12 @@ function sameSecret(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
-/** Most values of the session cookie a request's `Cookie` header is looked through for. */
-const MAX_COOKIE_VALUES = 8;
-
 /**
- * The values of cookie `name` in `req`, in the order sent (at most {@link MAX_COOKIE_VALUES}).
- * A browser sends every cookie of that name whose path matches, the longest path first, and
- * cookies ignore the port: a page on another port of the same host can set one for `/api`.
+ * The values of cookie `name` in `req`, in the order sent. A browser sends every cookie of that
+ * name whose path matches, the longest path first, and cookies ignore the port: a page on another
+ * port of the same host can set dozens (a browser keeps about 180 per host), each for a longer
+ * path than `/`. All are returned: the header is bounded by the server's header size (16 KiB),
+ * and a value longer than a session id is dismissed without hashing.
  */
 export function cookieValues(req: IncomingMessage, name: string): string[] {
   const header = req.headers.cookie;
@@ -168,7 +167,6 @@ export function cookieValues(req: IncomingMessage, name: string): string[] {
     if (eq < 0) continue;
     if (part.slice(0, eq).trim() !== name) continue;
     values.push(part.slice(eq + 1).trim());
-    if (values.length === MAX_COOKIE_VALUES) break;
   }
   return values;
 }

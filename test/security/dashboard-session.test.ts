@@ -370,7 +370,11 @@ describe('dashboard sessions against a real sidecar', () => {
     // A page on http://127.0.0.1:<any port> may set cookies for 127.0.0.1 (cookies ignore the
     // port); one with a longer Path is sent first. It must not log the operator out.
     const s = await session();
-    const tossed = `${SESSION_COOKIE}=tossed-by-another-port; ${s.cookie}`;
+    // A browser keeps about 180 cookies per host: the page can set dozens, each for a longer path.
+    const tossed = [
+      ...Array.from({ length: 40 }, (_, i) => `${SESSION_COOKIE}=tossed-by-another-port-${i}`),
+      s.cookie,
+    ].join('; ');
     const res = await apiCall(
       'FabricService/ListAgents',
       {},
