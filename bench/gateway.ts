@@ -60,7 +60,7 @@ import {
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -70,16 +70,23 @@ import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
 import { loadSidecarConfig, type SidecarConfig } from '../src/server/config-file.js';
 import { linkedSignalFetch } from '../src/gateway/upstream.js';
 import { Sidecar } from '../src/server/sidecar.js';
-import { Latency, median, type BenchContext, type BenchSuite } from './lib.js';
+import {
+  CLI,
+  Latency,
+  median,
+  processCpuUs,
+  ROOT,
+  shebangNodeOptions,
+  stopChild,
+  type BenchContext,
+  type BenchSuite,
+} from './lib.js';
 
 const require = createRequire(import.meta.url);
 const EVERYTHING = require.resolve('@modelcontextprotocol/server-everything/dist/index.js');
 const FILESYSTEM = require.resolve('@modelcontextprotocol/server-filesystem/dist/index.js');
 const ECHO_SERVER = fileURLToPath(new URL('./fixtures/echo-mcp-server.mjs', import.meta.url));
 const JSON_RELAY = fileURLToPath(new URL('./fixtures/json-relay.mjs', import.meta.url));
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-/** The built CLI, what `agent-fabric` runs (`npm run bench` builds first). */
-const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 const PROFILE_DIR = process.env.BENCH_GATEWAY_CPU_PROF;
 /** An OTLP/HTTP receiver that reads and discards every export (prints its port). */
 const OTLP_SINK = `require('node:http').createServer((q, s) => { q.resume(); q.on('end', () => s.end('{}')); }).listen(0, '127.0.0.1', function () { console.log(this.address().port); });`;
@@ -120,17 +127,6 @@ function writeConfig(
   };
   writeFileSync(file, JSON.stringify(config, null, 2));
   return file;
-}
-
-/**
- * The node options the built CLI's first line gives node (`#!/usr/bin/env -S node …`): what
- * `agent-fabric …` runs with when started as users start it (the bin link, `npx`).
- */
-function shebangNodeOptions(): string[] {
-  const first = readFileSync(CLI, 'utf8').split('\n', 1)[0]!;
-  const m = /^#!\/usr\/bin\/env\s+(?:-S\s+)?node((?:\s+\S+)*)\s*$/.exec(first);
-  if (!m) throw new Error(`${CLI}: unexpected first line ${first}`);
-  return m[1]!.split(/\s+/).filter(Boolean);
 }
 
 /** `node <the CLI's shebang options> [--cpu-prof] dist/cli/main.js …args` */
@@ -295,16 +291,6 @@ async function warm(calls: Call[], n: number): Promise<void> {
   for (let i = 0; i < n; i++) for (const c of calls) await c(i);
 }
 
-/** Ends a child with SIGTERM (graceful: flushes the audit log, writes a profile) and waits. */
-async function stop(child: ChildProcess | undefined): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(timer);
-}
-
 /** Starts `agent-fabric serve` and reads its MCP URL and the agent token from stdout. */
 async function startServe(
   config: string,
@@ -339,13 +325,6 @@ process.stdin.on('data', (d) => up.stdin.write(d));
 up.stdout.on('data', (d) => process.stdout.write(d));
 process.stdin.on('end', () => { try { process.kill(-up.pid, 'SIGKILL'); } catch {} process.exit(0); });
 `;
-
-/** User + system CPU time of a process so far, in µs (Linux: /proc/<pid>/stat). */
-function processCpuUs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  // utime and stime (fields 14 and 15 of the line) are in clock ticks of 10 ms.
-  return (Number(fields[11]) + Number(fields[12])) * 10_000;
-}
 
 /** Pids of the live children of `pid` (Linux: the ppid field of /proc/<child>/stat). */
 function childPids(pid: number): number[] {
@@ -715,7 +694,7 @@ const suite: BenchSuite = {
         const sink = spawn(process.execPath, ['-e', OTLP_SINK], {
           stdio: ['ignore', 'pipe', 'ignore'],
         });
-        closers.push(() => stop(sink));
+        closers.push(() => stopChild(sink));
         const port = await new Promise<string>((r, reject) => {
           sink.stdout!.once('data', (c: Buffer) => r(c.toString().trim()));
           sink.once('exit', () => reject(new Error('the OTLP sink exited')));
@@ -750,7 +729,7 @@ const suite: BenchSuite = {
         // The sidecar's own CPU per Streamable HTTP tools/call, all of its pipeline on, against
         // what the upstream process spends on the very same calls.
         const serve = await startServe(config);
-        closers.push(() => stop(serve.child));
+        closers.push(() => stopChild(serve.child));
         const client = newClient();
         await client.connect(
           new StreamableHTTPClientTransport(new URL(serve.url), {
@@ -810,7 +789,7 @@ const suite: BenchSuite = {
       if (wanted('http-throughput')) {
         // `agent-fabric serve` vs the upstream's own Streamable HTTP.
         const serve = await startServe(config);
-        closers.push(() => stop(serve.child));
+        closers.push(() => stopChild(serve.child));
         const port = await freePort();
         const everything = spawn(process.execPath, [EVERYTHING, 'streamableHttp'], {
           env: { ...process.env, PORT: String(port) },

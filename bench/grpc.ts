@@ -10,7 +10,7 @@
  *   alternate; tasks/s from the median round, p50/p99 of each RPC over all rounds (the
  *   baseline's from its median round). Client and server have their own event loops but share
  *   the machine's 2 cores. `BENCH_GRPC_CPU_PROF=<dir>` writes the server process's CPU profile
- *   there (`--cpu-prof`).
+ *   there (`--cpu-prof`), and calltool-grpc's sidecar's.
  * - schedule-unary-vs-health (diagnostic): the same ScheduleTaskToPool rounds against the
  *   standard `grpc.health.v1.Health/Check` on the same server and client setup (no auth, no
  *   fabric work), interleaved: how much of the RPC cost is grpc-js itself, which bounds
@@ -27,9 +27,30 @@
  *   HTTP. Both go to one sidecar (`state: memory`) serving MCP and gRPC; each side has its own
  *   start-up agent and the same number of tasks per round. Tasks/s and p50/p99 per task
  *   (claim + complete).
+ * - calltool-grpc (diagnostic): `ToolService.CallTool` of an echo tool with an agent credential,
+ *   32 in flight, through `agent-fabric serve` (a child process started as the bin link starts
+ *   it; gateway, policy with a conditional rule, budget reserve + settle, tool costs, audit and
+ *   durable state on, as in bench/gateway) to a stdio upstream (fixtures/echo-mcp-server.mjs),
+ *   vs the same tool called on that upstream directly over stdio (SDK client, a second process
+ *   of the same fixture), 32 in flight: what the gRPC door and the gateway cost on top of the
+ *   tool. Arguments and result go as JSON (`arguments_json`, `RESULT_ENCODING_JSON`). Calls/s
+ *   from the median round, p50/p99 of every call.
+ * - calltool-grpc-vs-http (diagnostic): the same CallTool rounds against `tools/call` of the same
+ *   tool over Streamable HTTP (SDK client) on the same sidecar, interleaved: the gRPC door
+ *   against the MCP door of one gateway.
+ * - calltool-grpc-cpu-per-call (diagnostic): the sidecar process's CPU time per CallTool against
+ *   per Streamable HTTP `tools/call`, over the same interleaved rounds (after a warm-up of both).
+ *   Linux only (/proc/<pid>/stat, 10 ms ticks).
+ *
+ * BENCH_GRPC_CASES=<case,…> runs only those groups: `schedule-unary` (with its two diagnostics),
+ * `claim-complete`, `calltool-grpc` (with its two).
  */
-import { fork } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import {
   create,
   type DescMessage,
@@ -40,10 +61,12 @@ import {
   credentials,
   makeGenericClientConstructor,
   Metadata,
+  status,
   type Client as GrpcClient,
   type ServiceError,
 } from '@grpc/grpc-js';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 // The built package, as users run it (`npm run bench` builds first; see tsconfig.bench.json).
@@ -54,16 +77,36 @@ import {
   grpcDefinition,
   parseSidecarConfig,
   Sidecar,
+  TOOL_SERVICE_DEFINITION,
 } from 'agent-fabric';
 import { linkedSignalFetch } from '../src/gateway/upstream.js';
 // Service descriptors (generated code the package does not export).
 import { Health } from '../src/gen/grpc/health/v1/health_pb.js';
 import { FabricService } from '../src/gen/fabric/v1/fabric_pb.js';
+import { ResultEncoding, ToolService } from '../src/gen/fabric/v1/tool_pb.js';
 import { ECHO_DEFINITION } from './fixtures/grpc-echo.js';
-import { inFlight, Latency, median, type BenchContext, type BenchSuite } from './lib.js';
+import {
+  CLI,
+  inFlight,
+  Latency,
+  median,
+  processCpuUs,
+  ROOT,
+  shebangNodeOptions,
+  stopChild,
+  type BenchContext,
+  type BenchSuite,
+} from './lib.js';
 
 const ADMIN = 'bench-admin-token-0123456789abcdef';
 const IN_FLIGHT = 32;
+const ECHO_SERVER = fileURLToPath(new URL('./fixtures/echo-mcp-server.mjs', import.meta.url));
+
+/** Case groups to run: all, or those named in BENCH_GRPC_CASES (comma-separated). */
+function wanted(name: string): boolean {
+  const only = process.env['BENCH_GRPC_CASES'];
+  return !only || only.split(',').includes(name);
+}
 
 type Unary = (
   req: unknown,
@@ -385,11 +428,200 @@ async function claimComplete(ctx: BenchContext): Promise<void> {
   }
 }
 
+/** `agent-fabric serve` as the bin link starts it; its gRPC address, MCP URL and agent token. */
+async function startServe(
+  config: string,
+): Promise<{ child: ChildProcess; grpc: string; url: string; token: string }> {
+  const prof = process.env['BENCH_GRPC_CPU_PROF'];
+  const child = spawn(
+    process.execPath,
+    [
+      ...shebangNodeOptions(),
+      ...(prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : []),
+      CLI,
+      'serve',
+      '--config',
+      config,
+    ],
+    { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] },
+  );
+  let out = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 30_000);
+    child.once('exit', (code) => reject(new Error(`serve exited (${code}): ${out}`)));
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (chunk: string) => {
+      out += chunk;
+      const grpc = /gRPC:\s+(\S+)/.exec(out)?.[1];
+      const url = /MCP URL:\s+(\S+)/.exec(out)?.[1];
+      const token = /agent token:\s+(\S+)/.exec(out)?.[1];
+      if (grpc && url && token) {
+        clearTimeout(timer);
+        resolve({ child, grpc, url, token });
+      }
+    });
+  });
+}
+
+async function callToolGrpc(ctx: BenchContext): Promise<void> {
+  const q = ctx.quick;
+  const dir = mkdtempSync(join(tmpdir(), 'fabric-bench-grpc-'));
+  const closers: (() => Promise<unknown>)[] = [];
+  try {
+    // bench/gateway's pipeline: a conditional deny evaluated on every echo call, a budget
+    // reserved and settled per call, tool costs, the audit log, durable state.
+    const config = join(dir, 'fabric.json');
+    writeFileSync(
+      config,
+      JSON.stringify({
+        http: { host: '127.0.0.1', port: 0 },
+        grpc: { host: '127.0.0.1', port: 0 },
+        upstreams: { ev: { command: process.execPath, args: [ECHO_SERVER], stderr: 'ignore' } },
+        policies: [
+          {
+            name: 'guard',
+            priority: 100,
+            rules: [{ tool: 'ev__echo', action: 'deny', conditions: { message: 'forbidden*' } }],
+          },
+          { name: 'allow-ev', rules: [{ tool: 'ev__*', action: 'allow' }] },
+        ],
+        budget: { maxTokensPerHour: 1e12, maxCostPerDay: 1e9 },
+        toolCosts: { 'ev__*': 0.001 },
+        agents: [{ name: 'bench-agent' }],
+        audit: { path: join(dir, 'audit.log') },
+        state: { path: join(dir, 'state.db') },
+      }),
+    );
+    const serve = await startServe(config);
+    closers.push(() => stopChild(serve.child));
+    const Ctor = makeGenericClientConstructor(TOOL_SERVICE_DEFINITION, 'ToolService');
+    const client = new Ctor(serve.grpc, credentials.createInsecure());
+    closers.push(async () => client.close());
+    const md = bearer(serve.token);
+    const callReq = (message: string): unknown =>
+      request(ToolService, 'callTool', {
+        name: 'ev__echo',
+        args: { case: 'argumentsJson', value: Buffer.from(JSON.stringify({ message })) },
+        resultEncoding: ResultEncoding.JSON,
+      });
+    const viaGrpc = async (i: number): Promise<void> => {
+      const res = await unary<{ isError: boolean }>(client, 'callTool', md, callReq(`m${i}`));
+      if (res.isError) throw new Error('CallTool answered isError');
+    };
+    // A denied call proves policy is on.
+    const denied = await unary(client, 'callTool', md, callReq('forbidden!')).then(
+      () => undefined,
+      (err: ServiceError) => err,
+    );
+    if (denied?.code !== status.PERMISSION_DENIED) {
+      throw new Error(`policy is not enforced over gRPC: ${String(denied?.code)}`);
+    }
+
+    const http = new Client({ name: 'bench-agent', version: '1.0.0' });
+    await http.connect(
+      new StreamableHTTPClientTransport(new URL(serve.url), {
+        requestInit: { headers: { authorization: `Bearer ${serve.token}` } },
+        fetch: linkedSignalFetch(fetch),
+      }),
+    );
+    closers.push(() => http.close());
+    const direct = new Client({ name: 'bench-agent', version: '1.0.0' });
+    await direct.connect(
+      new StdioClientTransport({
+        command: process.execPath,
+        args: [ECHO_SERVER],
+        stderr: 'ignore',
+      }),
+    );
+    closers.push(() => direct.close());
+    const mcpEcho =
+      (c: Client, tool: string) =>
+      async (i: number): Promise<void> => {
+        const r = await c.callTool({ name: tool, arguments: { message: `m${i}` } });
+        if (r.isError) throw new Error(`${tool} failed: ${JSON.stringify(r.content)}`);
+      };
+    const viaHttp = mcpEcho(http, 'ev__echo');
+    const viaDirect = mcpEcho(direct, 'echo');
+
+    // The sidecar's CPU per call falls severalfold over the first thousands of calls (JIT).
+    const warm = q ? 500 : 1_500;
+    await inFlight(warm, IN_FLIGHT, viaDirect, undefined);
+    await inFlight(warm, IN_FLIGHT, viaGrpc, undefined);
+    await inFlight(warm, IN_FLIGHT, viaHttp, undefined);
+    const n = q ? 500 : 1_000;
+    const rounds = q ? 3 : 5;
+    const cpu = existsSync(`/proc/${serve.child.pid!}/stat`);
+    const cpuOf = (): number => (cpu ? processCpuUs(serve.child.pid!) : 0);
+    const latGrpc = new Latency();
+    const latHttp = new Latency();
+    const latDirect = new Latency();
+    const grpcRates: number[] = [];
+    const httpRates: number[] = [];
+    const directRates: number[] = [];
+    const used = { grpc: 0, http: 0 };
+    for (let r = 0; r < rounds; r++) {
+      directRates.push(await inFlight(n, IN_FLIGHT, viaDirect, latDirect));
+      let before = cpuOf();
+      grpcRates.push(await inFlight(n, IN_FLIGHT, viaGrpc, latGrpc));
+      used.grpc += cpuOf() - before;
+      before = cpuOf();
+      httpRates.push(await inFlight(n, IN_FLIGHT, viaHttp, latHttp));
+      used.http += cpuOf() - before;
+    }
+    ctx.report({
+      suite: 'grpc',
+      case: 'calltool-grpc',
+      unit: 'calls/s',
+      value: median(grpcRates),
+      baseline: 'agent → the echo upstream directly over stdio (SDK client), 32 in flight',
+      baselineValue: median(directRates),
+      higherIsBetter: true,
+      p50Us: latGrpc.percentileUs(50),
+      p99Us: latGrpc.percentileUs(99),
+      baselineP50Us: latDirect.percentileUs(50),
+      baselineP99Us: latDirect.percentileUs(99),
+      goal: 'diagnostic: the gRPC door + gateway pipeline on top of the tool',
+    });
+    ctx.report({
+      suite: 'grpc',
+      case: 'calltool-grpc-vs-http',
+      unit: 'calls/s',
+      value: median(grpcRates),
+      baseline: 'tools/call over Streamable HTTP on the same sidecar (SDK client), 32 in flight',
+      baselineValue: median(httpRates),
+      higherIsBetter: true,
+      p50Us: latGrpc.percentileUs(50),
+      p99Us: latGrpc.percentileUs(99),
+      baselineP50Us: latHttp.percentileUs(50),
+      baselineP99Us: latHttp.percentileUs(99),
+      goal: 'diagnostic: the gRPC door against the MCP door of one gateway',
+    });
+    if (cpu) {
+      const grpcUs = used.grpc / (rounds * n);
+      const httpUs = used.http / (rounds * n);
+      ctx.report({
+        suite: 'grpc',
+        case: 'calltool-grpc-cpu-per-call',
+        unit: 'µs CPU/call',
+        value: grpcUs,
+        baseline: "the sidecar's CPU per tools/call over Streamable HTTP, same rounds",
+        baselineValue: httpUs,
+        higherIsBetter: false,
+        goal: `diagnostic: sidecar CPU per CallTool (after ${warm} warm-up calls per door)`,
+      });
+    }
+  } finally {
+    for (const close of closers.reverse()) await close().catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 const suite: BenchSuite = {
   name: 'grpc',
   async run(ctx) {
-    await scheduleUnary(ctx);
-    await claimComplete(ctx);
+    if (wanted('schedule-unary')) await scheduleUnary(ctx);
+    if (wanted('claim-complete')) await claimComplete(ctx);
+    if (wanted('calltool-grpc')) await callToolGrpc(ctx);
   },
 };
 export default suite;

@@ -2,7 +2,16 @@
  * Shared benchmark harness: every suite measures the project and its baseline in the same run
  * and reports the ratio (see ../shared/BENCHMARKS.md for the conventions).
  */
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { createHistogram, performance, type RecordableHistogram } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+
+/** The repository's root. */
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+/** The built CLI, what `agent-fabric` runs (`npm run bench` builds first). */
+export const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 
 /** One result line, in the JSON shape BENCHMARKS.md specifies. */
 export interface BenchResult {
@@ -113,4 +122,32 @@ export async function inFlight(
     }),
   );
   return total / ((performance.now() - start) / 1000);
+}
+
+/**
+ * The node options the built CLI's first line gives node (`#!/usr/bin/env -S node …`): what
+ * `agent-fabric …` runs with when started as users start it (the bin link, `npx`).
+ */
+export function shebangNodeOptions(): string[] {
+  const first = readFileSync(CLI, 'utf8').split('\n', 1)[0]!;
+  const m = /^#!\/usr\/bin\/env\s+(?:-S\s+)?node((?:\s+\S+)*)\s*$/.exec(first);
+  if (!m) throw new Error(`${CLI}: unexpected first line ${first}`);
+  return m[1]!.split(/\s+/).filter(Boolean);
+}
+
+/** Ends a child with SIGTERM (graceful: flushes the audit log, writes a profile) and waits. */
+export async function stopChild(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** User + system CPU time of a process so far, in µs (Linux: /proc/<pid>/stat). */
+export function processCpuUs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  // utime and stime (fields 14 and 15 of the line) are in clock ticks of 10 ms.
+  return (Number(fields[11]) + Number(fields[12])) * 10_000;
 }
