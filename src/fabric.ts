@@ -957,6 +957,14 @@ export class AgentFabric {
     if (a !== undefined && ackSeconds > 0) {
       this.#leases.start(agentId, a.taskId, a.attempt, ackSeconds * 1000);
     }
+    if (a === undefined) {
+      // A claim that waited while its agent was drained or terminated says so, as its next
+      // heartbeat would: "no task" would tell the worker to ask again.
+      const { status } = this.lifecycle.agentInfo(agentId);
+      if (status === AgentStatus.DRAINING || status === AgentStatus.TERMINATED) {
+        throw new AgentUnavailableError(agentId, status);
+      }
+    }
     return a;
   }
 

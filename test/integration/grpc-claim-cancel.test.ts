@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { create } from '@bufbuild/protobuf';
 import Database from 'better-sqlite3';
 import { Server, ServerCredentials, status, type Client, type ServiceError } from '@grpc/grpc-js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import type { AgentService } from '../../src/gen/fabric/v1/agent_pb.js';
 import {
@@ -375,4 +375,26 @@ describe('ClaimTask cut off by the client', () => {
       credential,
     );
   }
+  it('a claim waiting while its agent is terminated ends FAILED_PRECONDITION, not "no task"', async () => {
+    fabric = new AgentFabric();
+    const agent = await fabric.spawn({ model: 'm', name: 'w', executor: 'remote' });
+    server = await startGrpcServer(fabric);
+    client = grpcClient(AGENT_SERVICE_DEFINITION, server.address);
+    const waiting = call<ClaimTaskResponse>(
+      client,
+      'claimTask',
+      create(ClaimTaskRequestSchema, { waitSeconds: 60 }),
+      agent.credential,
+    ).catch((e: ServiceError) => e);
+    // Terminated once the claim waits: the door registered the call (credentialCalls) and, in
+    // the same turn of the event loop, the claim; before, the call would be UNAUTHENTICATED.
+    await vi.waitFor(() => expect(fabric!.credentialCalls.agents).toBe(1));
+    await fabric.terminate(agent.id, { drainTimeoutSeconds: 0 });
+    // Was an OK answer without a task: the worker took it for an idle queue and asked again.
+    const res = await waiting;
+    expect(res).toBeInstanceOf(Error);
+    const err = res as ServiceError;
+    expect(err.code).toBe(status.FAILED_PRECONDITION);
+    expect(err.metadata.get('fabric-error-code')[0]).toBe('FABRIC_ERR_AGENT_UNAVAILABLE');
+  });
 });
