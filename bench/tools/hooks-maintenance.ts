@@ -1,6 +1,6 @@
 /**
  * Hook store maintenance, measured (not part of `npm run bench`; run with
- * `npx tsx bench/hooks-maintenance.ts [hooks] [branches]`):
+ * `npx tsx bench/tools/hooks-maintenance.ts [hooks] [branches]`):
  *
  * - what `hooks` lifecycles (create → activate → complete, 3 commits each) leave in the store:
  *   loose objects and their size, then `maintain()` (`git gc --auto`, the repository's default
@@ -15,11 +15,17 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { HookManager } from '../src/hooks/index.js';
-import { median } from './lib.js';
+import { HookManager } from '../../src/hooks/index.js';
+import { median } from '../lib.js';
 
 const HOOKS = Number(process.argv[2] ?? 2000);
 const BRANCHES = Number(process.argv[3] ?? 5000);
+if (![HOOKS, BRANCHES].every((n) => Number.isInteger(n) && n > 0)) {
+  console.error(
+    'usage: npx tsx bench/tools/hooks-maintenance.ts [hooks] [branches] (positive integers)',
+  );
+  process.exit(2);
+}
 
 function git(cwd: string, ...args: string[]): string {
   return execFileSync('git', args, { cwd, encoding: 'utf8', maxBuffer: 1 << 28 }).trim();
