@@ -139,12 +139,13 @@ function poolInfo(p: PoolInfo): pb.PoolInfo {
   });
 }
 
-function hookInfo(h: Hook): pb.HookInfo {
+/** A hook as the wire carries it. `summary` (ListHooks' `summary`): without its work item and result. */
+function hookInfo(h: Hook, summary = false): pb.HookInfo {
   return create(pb.HookInfoSchema, {
     hookId: h.hookId,
     agentId: h.agentId,
     status: pb.HookStatus[h.status],
-    workItem: toValue(h.workItem),
+    workItem: summary ? undefined : toValue(h.workItem),
     branch: h.branch ?? '',
     worktreePath: h.worktreePath ?? '',
     baseCommit: h.baseCommit ?? '',
@@ -155,7 +156,7 @@ function hookInfo(h: Hook): pb.HookInfo {
     attempts: h.attempts,
     reassignments: h.reassignments,
     previousAgents: [...h.previousAgents],
-    result: toValue(h.result),
+    result: summary ? undefined : toValue(h.result),
     error:
       h.error === null
         ? undefined
@@ -430,7 +431,7 @@ export function fabricService(
           pageToken: req.pageToken,
         });
         return create(rpc.ListHooksResponseSchema, {
-          hooks: page.items.map(hookInfo),
+          hooks: page.items.map((h) => hookInfo(h, req.summary)),
           nextPageToken: page.nextPageToken,
         });
       },

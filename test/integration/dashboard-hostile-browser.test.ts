@@ -9,6 +9,7 @@
  * Skips only when /usr/bin/chromium is missing and FABRIC_TEST_REQUIRE_BROWSER is unset.
  */
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { chromium, type Browser, type Page, type Response } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
@@ -23,6 +24,7 @@ import {
   EVERYTHING_BIN,
   INIT,
   startTestSidecar,
+  tempDir,
   until,
 } from '../fixtures/gateway/harness.js';
 
@@ -89,6 +91,11 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
       ],
       agents: [{ name: 'worker' }, { name: 'runner', executor: 'remote' }],
       approvals: { timeoutSeconds: 600 },
+      hooks: {
+        storagePath: join(tempDir('dash-hostile-hooks'), 'hooks'),
+        useGitWorktree: false,
+        autoReassign: false,
+      },
     });
     mcp = await rawMcp(sidecar.url!, agentToken(sidecar, 'worker'));
     browser = await chromium.launch({
@@ -382,5 +389,68 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     expect(summary).toHaveLength(10);
     expect(summary.every((t) => t.result === undefined && t.payload === undefined)).toBe(true);
     expect(whole.every((t) => JSON.stringify(t.result).includes(big))).toBe(true);
+  }, 120_000);
+
+  /** The `content-length` of each answer the page reads from `method` while `during` runs. */
+  async function bytesRead(
+    method: string,
+    during: (sizes: readonly number[]) => Promise<void>,
+  ): Promise<number[]> {
+    const sizes: number[] = [];
+    const onResponse = (res: Response): void => {
+      if (res.url().endsWith(`.${method}`)) sizes.push(Number(res.headers()['content-length']));
+    };
+    page.on('response', onResponse);
+    try {
+      await during(sizes);
+    } finally {
+      page.off('response', onResponse);
+    }
+    return sizes;
+  }
+
+  it('the Hooks view reads no work items or results (it shows neither)', async () => {
+    // 10 hooks whose work items are 200 kB (maxWorkItemBytes is 256 KiB; whoever creates a hook
+    // chooses it), one of them completed by its agent with a 200 kB result.
+    const token = agentToken(sidecar, 'runner');
+    const big = 'w'.repeat(200_000);
+    const ids: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const created = await api(sidecar, 'FabricService/CreateHook', {
+        agentId: agentId(sidecar, 'runner'),
+        workItem: { todo: `${i} ${big}` },
+      });
+      expect(created.status).toBe(200);
+      ids.push(((await created.json()) as { hook: { hookId: string } }).hook.hookId);
+    }
+    const active = await api(sidecar, 'AgentService/ActivateHook', { hookId: ids[0] }, token);
+    expect(active.status).toBe(200);
+    const done = await api(
+      sidecar,
+      'AgentService/CompleteHook',
+      { hookId: ids[0], result: { text: big } },
+      token,
+    );
+    expect(done.status).toBe(200);
+    const sizes = await bytesRead('FabricService/ListHooks', async (read) => {
+      await page.click('#tab-hooks');
+      await expect.poll(() => read.length, POLL).toBeGreaterThanOrEqual(2);
+    });
+    await expect
+      .poll(() => page.locator('#view-hooks tr[data-hook]').count(), POLL)
+      .toBeGreaterThanOrEqual(10);
+    // Without work items and results the list of 10 hooks is a few kB, not 11 × 200 kB.
+    expect(Math.max(...sizes)).toBeLessThan(100_000);
+    // The summary leaves out only those; without it the list has them.
+    type Listed = { hooks: { hookId: string; workItem?: unknown; result?: unknown }[] };
+    const listed = async (summary: boolean): Promise<Listed['hooks']> =>
+      (
+        (await (await api(sidecar, 'FabricService/ListHooks', { summary })).json()) as Listed
+      ).hooks.filter((k) => ids.includes(k.hookId));
+    const [summary, whole] = [await listed(true), await listed(false)];
+    expect(summary).toHaveLength(10);
+    expect(summary.every((k) => k.workItem === undefined && k.result === undefined)).toBe(true);
+    expect(whole.every((k) => JSON.stringify(k.workItem).includes(big))).toBe(true);
+    expect(JSON.stringify(whole.find((k) => k.hookId === ids[0])!.result)).toContain(big);
   }, 120_000);
 });

@@ -51,7 +51,9 @@ export function createView(ctx) {
     async refresh() {
       let hooks;
       try {
-        hooks = await listAll('FabricService/ListHooks', {}, 'hooks');
+        // The view shows no work item or result: the summary leaves them out (each may be
+        // up to maxWorkItemBytes, and every hook is read every few seconds).
+        hooks = await listAll('FabricService/ListHooks', { summary: true }, 'hooks');
       } catch (error) {
         if (error instanceof ApiError && error.status !== 401) {
           replace(body, h('p', { class: 'empty' }, `Hooks are not available: ${error.message}`));
