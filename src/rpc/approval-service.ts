@@ -58,15 +58,18 @@ const STATUS_FILTER: ReadonlyMap<ApprovalStatus, FabricApprovalStatus> = new Map
   Object.entries(STATUS).map(([k, v]) => [v, k as FabricApprovalStatus]),
 );
 
-/** An approval as a `fabric.v1.Approval`. */
-export function approvalMessage(a: FabricApproval): Approval {
+/**
+ * An approval as a `fabric.v1.Approval`; without `params_json` when `omitParamsJson`
+ * (ListApprovals' `omit_params_json`).
+ */
+export function approvalMessage(a: FabricApproval, omitParamsJson = false): Approval {
   return create(ApprovalSchema, {
     id: a.id,
     agentId: a.agentId,
     poolId: a.poolId ?? '',
     tool: a.tool,
     params: toValue(a.params),
-    paramsJson: toJsonBytes(a.params),
+    ...(omitParamsJson ? {} : { paramsJson: toJsonBytes(a.params) }),
     policy: a.policy ?? '',
     ...(a.rule === null ? {} : { rule: a.rule }),
     reason: a.reason ?? '',
@@ -145,7 +148,9 @@ export function approvalService(
         });
         // The newest `limit` (the list is oldest first).
         const shown = req.limit > 0 && list.length > req.limit ? list.slice(-req.limit) : list;
-        return create(ListApprovalsResponseSchema, { approvals: shown.map(approvalMessage) });
+        return create(ListApprovalsResponseSchema, {
+          approvals: shown.map((a) => approvalMessage(a, req.omitParamsJson)),
+        });
       },
       getApproval: async (_caller, req) => {
         const a = approvals.getApproval(approvalId(req.id));

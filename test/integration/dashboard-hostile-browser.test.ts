@@ -391,14 +391,20 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     expect(whole.every((t) => JSON.stringify(t.result).includes(big))).toBe(true);
   }, 120_000);
 
-  /** The `content-length` of each answer the page reads from `method` while `during` runs. */
+  /**
+   * The `content-length` of each answer the page reads from `method` while `during` runs (only
+   * of requests whose body has `asked`, when given).
+   */
   async function bytesRead(
     method: string,
     during: (sizes: readonly number[]) => Promise<void>,
+    asked = '',
   ): Promise<number[]> {
     const sizes: number[] = [];
     const onResponse = (res: Response): void => {
-      if (res.url().endsWith(`.${method}`)) sizes.push(Number(res.headers()['content-length']));
+      if (!res.url().endsWith(`.${method}`)) return;
+      if (!(res.request().postData() ?? '').includes(asked)) return;
+      sizes.push(Number(res.headers()['content-length']));
     };
     page.on('response', onResponse);
     try {
@@ -452,5 +458,58 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     expect(summary.every((k) => k.workItem === undefined && k.result === undefined)).toBe(true);
     expect(whole.every((k) => JSON.stringify(k.workItem).includes(big))).toBe(true);
     expect(JSON.stringify(whole.find((k) => k.hookId === ids[0])!.result)).toContain(big);
+  }, 120_000);
+
+  it('pending approvals are read with their arguments once, not also as base64 params_json', async () => {
+    // 8 pending approvals of 100 kB arguments (an agent may park up to 32, of up to 256 KiB).
+    const big = 'p'.repeat(100_000);
+    const approvals = sidecar.fabric!.approvals;
+    const parked = Array.from({ length: 8 }, (_, i) =>
+      approvals.create({
+        agentId: agentId(sidecar, 'worker'),
+        tool: 'ev__echo',
+        params: { message: `${i} ${big}`, apiKey: 'rm -rf ~' },
+      }),
+    );
+    try {
+      const sizes = await bytesRead(
+        'ApprovalService/ListApprovals',
+        async (read) => {
+          await page.click('#tab-approvals');
+          await expect.poll(() => read.length, POLL).toBeGreaterThanOrEqual(2);
+        },
+        'APPROVAL_STATUS_PENDING',
+      );
+      // Each refresh of the pending list reads their arguments once (800 kB), not as a Value
+      // and as base64 JSON too (2⅓ × 800 kB).
+      expect(Math.max(...sizes)).toBeLessThan(1.2 * 8 * big.length);
+      // The inbox still shows them, and what the mask hid on request.
+      const row = page.locator(`#view-approvals tr[data-approval="${parked[7]!.id}"][data-tool]`);
+      const box = row.locator('pre.args');
+      await expect.poll(() => box.textContent(), POLL).toContain(`7 ${big}`);
+      expect(await box.textContent()).not.toContain('rm -rf ~');
+      await row.locator('button.reveal').click({ timeout: 10_000 });
+      await expect.poll(() => box.textContent(), POLL).toContain('"apiKey": "rm -rf ~"');
+      // Other clients still get params_json unless they ask to leave it out.
+      type Listed = { approvals: { id: string; params?: unknown; paramsJson?: string }[] };
+      const listed = async (omitParamsJson: boolean): Promise<Listed['approvals']> =>
+        (
+          (await (
+            await api(sidecar, 'ApprovalService/ListApprovals', {
+              status: 'APPROVAL_STATUS_PENDING',
+              omitParamsJson,
+            })
+          ).json()) as Listed
+        ).approvals.filter((a) => parked.some((p) => p.id === a.id));
+      const [lean, whole] = [await listed(true), await listed(false)];
+      expect(lean).toHaveLength(8);
+      expect(lean.every((a) => a.paramsJson === undefined)).toBe(true);
+      expect(lean.every((a) => JSON.stringify(a.params).includes(big))).toBe(true);
+      expect(
+        whole.every((a) => Buffer.from(a.paramsJson!, 'base64').toString().includes(big)),
+      ).toBe(true);
+    } finally {
+      for (const a of parked) approvals.deny(a.id, { approver: 'admin' });
+    }
   }, 120_000);
 });

@@ -138,12 +138,18 @@ export function createView(ctx) {
   return {
     el,
     async refresh() {
-      const p = await call('ApprovalService/ListApprovals', { status: 'APPROVAL_STATUS_PENDING' });
+      // The page shows the arguments from `params` (masked, or as sent on request): their copy
+      // as base64 `paramsJson` is left out, as it would double what each refresh reads.
+      const p = await call('ApprovalService/ListApprovals', {
+        status: 'APPROVAL_STATUS_PENDING',
+        omitParamsJson: true,
+      });
       pending = p.approvals ?? [];
       // The newest SHOWN_DECIDED decided ones are among the newest SHOWN_DECIDED + pending: not
       // the whole history (up to maxResolved approvals, each with its call's arguments).
       const all = await call('ApprovalService/ListApprovals', {
         limit: SHOWN_DECIDED + pending.length,
+        omitParamsJson: true,
       });
       ctx.badge('approvals', pending.length);
       renderPending();
