@@ -442,6 +442,27 @@ export class InflightLimitError extends FabricError {
   }
 }
 
+/**
+ * A client address failed too many logins (a wrong admin token at `/ui/login`, an unknown bearer
+ * credential at `/api/`) in the current window: its credentials are not checked until the window
+ * is over (HTTP 429 with `Retry-After`; server/auth-throttle.ts).
+ */
+export class AuthThrottledError extends FabricError {
+  static readonly code = 'FABRIC_ERR_AUTH_THROTTLED';
+  /** Seconds until the window is over. */
+  readonly retryAfterSeconds: number;
+  constructor(limit: number, windowSeconds: number, retryAfterSeconds: number) {
+    super(
+      AuthThrottledError.code,
+      'resource_exhausted',
+      `too many failed logins from this address (at most ${limit} in ${windowSeconds} s): ` +
+        `retry in ${retryAfterSeconds} s`,
+      { limit, windowSeconds, retryAfterSeconds },
+    );
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
 /** A session's `resources/subscribe` would exceed `gateway.maxSubscriptionsPerSession`. */
 export class SubscriptionLimitError extends FabricError {
   static readonly code = 'FABRIC_ERR_SUBSCRIPTION_LIMIT';

@@ -104,6 +104,7 @@ export {
   StateVersionError,
   HostNotAllowedError,
   InflightLimitError,
+  AuthThrottledError,
   InvalidUsageError,
   InsecureListenerError,
   ListenError,

@@ -26,8 +26,18 @@
  * sidecar's own origin — the scheme it serves and the request's `Host` (else 403). An
  * `authorization` header, when present, is used instead and the cookie is ignored.
  *
- * Sessions last {@link DashboardOptions.sessionTtlMs} from login (absolute, not sliding); at
- * most {@link DashboardOptions.maxSessions} live at once (a new login then ends the oldest).
+ * Sessions last {@link DashboardOptions.sessionTtlMs} from login (absolute, not sliding), and end
+ * sooner after {@link DashboardOptions.sessionIdleMs} without activity: a request of the `/api/`
+ * door that passed the session's checks (cookie, CSRF token, `Origin`) and does not carry
+ * `x-fabric-background: 1` ({@link BACKGROUND_HEADER}), which the page sets on what it fetches
+ * while hidden. So an open, visible page keeps its session (it re-reads its views every 5 s); a
+ * closed tab, or one left in the background, ends it after the idle time. `GET /ui/session` is
+ * no activity (any same-site page can send it). At most {@link DashboardOptions.maxSessions} live
+ * at once (a new login then ends the oldest).
+ *
+ * **Failed logins** count against the client's address in the {@link DashboardOptions.throttle}
+ * it shares with the `/api/` door (server/auth-throttle.ts): past the bound a login is 429
+ * `FABRIC_ERR_AUTH_THROTTLED` with `Retry-After`, the right token included.
  *
  * @module
  */
@@ -37,6 +47,7 @@ import { extname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
+  AuthThrottledError,
   InvalidArgumentError,
   PermissionDeniedError,
   RouteNotFoundError,
@@ -44,6 +55,7 @@ import {
 } from '../errors.js';
 import { closesConnection, readBody } from '../gateway/http-body.js';
 import { httpErrorBody, httpStatusOf } from '../gateway/map-error.js';
+import type { AuthThrottle } from './auth-throttle.js';
 import { parseAuthority, parseOrigin } from './host-guard.js';
 
 /** Path prefix of the dashboard. */
@@ -54,6 +66,13 @@ export const SESSION_COOKIE = 'fabric_session';
 export const CSRF_HEADER = 'x-fabric-csrf';
 /** Default of {@link DashboardOptions.sessionTtlMs}: 8 hours. */
 export const DEFAULT_SESSION_TTL_MS = 8 * 60 * 60 * 1000;
+/** Default of {@link DashboardOptions.sessionIdleMs}: 30 minutes. */
+export const DEFAULT_SESSION_IDLE_MS = 30 * 60 * 1000;
+/**
+ * Request header the page sets (`1`) on what it fetches while hidden: such a request is served
+ * but is no activity of its session (see {@link DashboardOptions.sessionIdleMs}).
+ */
+export const BACKGROUND_HEADER = 'x-fabric-background';
 /** Default of {@link DashboardOptions.maxSessions}. */
 export const DEFAULT_MAX_SESSIONS = 256;
 /** Largest login body. */
@@ -97,6 +116,13 @@ export interface DashboardOptions {
   dir?: string;
   /** Life of a session from login. @default 8 hours */
   sessionTtlMs?: number;
+  /**
+   * A session ends this long after its last activity: a request with the session at the `/api/`
+   * door without {@link BACKGROUND_HEADER}. @default 30 minutes
+   */
+  sessionIdleMs?: number;
+  /** Where failed logins count (shared with the `/api/` door). @default none: no bound */
+  throttle?: AuthThrottle | undefined;
   /** Sessions alive at once. @default 256 */
   maxSessions?: number;
   /** Clock (tests). @default Date.now */
@@ -107,6 +133,8 @@ interface Session {
   readonly admin: string;
   readonly csrf: string;
   readonly expiresAt: number;
+  /** Its last activity (login, or a foreground request at the `/api/` door). */
+  activeAt: number;
 }
 
 interface StaticFile {
@@ -194,6 +222,8 @@ export class Dashboard {
   readonly #authenticateAdmin: (credential: string) => string | undefined;
   readonly #tls: boolean;
   readonly #ttlMs: number;
+  readonly #idleMs: number;
+  readonly #throttle: AuthThrottle | undefined;
   readonly #maxSessions: number;
   readonly #now: () => number;
 
@@ -202,6 +232,8 @@ export class Dashboard {
     this.#authenticateAdmin = options.authenticateAdmin;
     this.#tls = options.tls;
     this.#ttlMs = options.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS;
+    this.#idleMs = options.sessionIdleMs ?? DEFAULT_SESSION_IDLE_MS;
+    this.#throttle = options.throttle;
     this.#maxSessions = options.maxSessions ?? DEFAULT_MAX_SESSIONS;
     this.#now = options.now ?? Date.now;
   }
@@ -256,13 +288,12 @@ export class Dashboard {
       return;
     }
     const close = !req.complete || closesConnection(error);
-    send(
-      res,
-      httpStatusOf(error),
-      JSON.stringify(httpErrorBody(error)),
-      'application/json',
-      close ? { connection: 'close' } : {},
-    );
+    send(res, httpStatusOf(error), JSON.stringify(httpErrorBody(error)), 'application/json', {
+      ...(close ? { connection: 'close' } : {}),
+      ...(error instanceof AuthThrottledError
+        ? { 'retry-after': String(error.retryAfterSeconds) }
+        : {}),
+    });
   }
 
   /**
@@ -274,7 +305,10 @@ export class Dashboard {
   sessionCaller(req: IncomingMessage): string | undefined {
     const ids = cookieValues(req, SESSION_COOKIE);
     if (ids.length === 0) return undefined;
-    return this.#requireSession(req, ids).session.admin;
+    const { session } = this.#requireSession(req, ids);
+    // What a hidden page fetches on its own keeps no session alive.
+    if (req.headers[BACKGROUND_HEADER] !== '1') session.activeAt = this.#now();
+    return session.admin;
   }
 
   /**
@@ -333,16 +367,21 @@ export class Dashboard {
     const key = sha256(id);
     const session = this.#sessions.get(key);
     if (session === undefined) return undefined;
-    if (session.expiresAt <= this.#now()) {
+    if (this.#ended(session, this.#now())) {
       this.#sessions.delete(key);
       return undefined;
     }
     return session;
   }
 
+  /** Past its life, or idle too long. */
+  #ended(s: Session, now: number): boolean {
+    return s.expiresAt <= now || s.activeAt + this.#idleMs <= now;
+  }
+
   #prune(): void {
     const now = this.#now();
-    for (const [key, s] of this.#sessions) if (s.expiresAt <= now) this.#sessions.delete(key);
+    for (const [key, s] of this.#sessions) if (this.#ended(s, now)) this.#sessions.delete(key);
   }
 
   #cookie(value: string, maxAgeSeconds: number): string {
@@ -371,6 +410,9 @@ export class Dashboard {
     if (typeof token !== 'string' || token === '') {
       throw new InvalidArgumentError('token', 'must be the admin credential (a string)');
     }
+    const address = req.socket.remoteAddress ?? '';
+    // Past the bound the token is not even checked: the answer would tell a right one.
+    this.#throttle?.check(address);
     let admin: string | undefined;
     try {
       admin = this.#authenticateAdmin(token);
@@ -378,6 +420,7 @@ export class Dashboard {
       admin = undefined;
     }
     if (admin === undefined) {
+      this.#throttle?.fail(address);
       throw new UnauthenticatedError('that is not the admin credential');
     }
     this.#prune();
@@ -387,7 +430,8 @@ export class Dashboard {
     }
     const id = randomBytes(32).toString('base64url');
     const csrf = randomBytes(32).toString('base64url');
-    this.#sessions.set(sha256(id), { admin, csrf, expiresAt: this.#now() + this.#ttlMs });
+    const now = this.#now();
+    this.#sessions.set(sha256(id), { admin, csrf, expiresAt: now + this.#ttlMs, activeAt: now });
     send(res, 200, JSON.stringify({ admin, csrf }), 'application/json', {
       'set-cookie': this.#cookie(id, Math.floor(this.#ttlMs / 1000)),
     });

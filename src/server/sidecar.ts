@@ -24,7 +24,8 @@ import { policyWarnings } from '../policy/conditions.js';
 import type { PluginEndpoints } from '../plugins/plugin.js';
 import { startGrpcServer, type GrpcServer } from '../rpc/grpc-server.js';
 import { HttpDoor } from '../rpc/http-door.js';
-import { Dashboard } from './dashboard.js';
+import { AuthThrottle } from './auth-throttle.js';
+import { Dashboard, type DashboardOptions } from './dashboard.js';
 import { fabricServices } from '../rpc/services.js';
 import { checkListenerSecurity, readTlsFiles } from './tls.js';
 import { FabricBackend } from './fabric-backend.js';
@@ -69,6 +70,12 @@ export interface SidecarOptions {
   logger?: (entry: GatewayLogEntry) => void;
   /** Skip the HTTP server (stdio mode). */
   http?: boolean;
+  /**
+   * Settings of the dashboard's sessions (tests, embedders): their life, idle time and cap, and
+   * the clock of the sessions and of the bound on failed logins. @default the defaults of
+   * server/dashboard.ts and server/auth-throttle.ts
+   */
+  dashboard?: Pick<DashboardOptions, 'sessionTtlMs' | 'sessionIdleMs' | 'maxSessions' | 'now'>;
 }
 
 type Closable = { close(): Promise<void> | void };
@@ -398,15 +405,21 @@ export class Sidecar {
         fabric?.lifecycle.events.on('agent.credentialReplaced', (agent) => {
           void endpoint.closeRevokedSessions(agent.id);
         });
+        // Failed logins at /ui/login and unknown bearer credentials at /api/ count together.
+        const throttle = new AuthThrottle(
+          options.dashboard?.now === undefined ? {} : { now: options.dashboard.now },
+        );
         const dashboard =
           fabric === undefined
             ? undefined
             : new Dashboard({
+                ...options.dashboard,
                 authenticateAdmin: (credential) => {
                   const identity = fabric.authenticate(credential);
                   return identity.kind === 'admin' ? identity.name : undefined;
                 },
                 tls: httpTls !== undefined,
+                throttle,
               });
         http = await startHttpServer({
           host: h.host,
@@ -426,6 +439,7 @@ export class Sidecar {
                   maxBufferedMessages: h.apiMaxBufferedMessages,
                   maxBufferedBytes: h.apiMaxBufferedBytes,
                   sessionCaller: (req) => dashboard.sessionCaller(req),
+                  throttle,
                   // One maxInflightPerAgent for an agent's calls over /mcp and /api/ together.
                   inflight: (agentId) => endpoint.acquireInflight(agentId),
                   holdInflight: (agentId) => endpoint.holdInflight(agentId),

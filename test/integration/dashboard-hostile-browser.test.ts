@@ -10,7 +10,7 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page, type Response } from 'playwright-core';
+import { chromium, type Browser, type Page, type Request, type Response } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { UNPRINTABLE_CLASS } from '../../src/unprintable.js';
@@ -512,4 +512,33 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
       for (const a of parked) approvals.deny(a.id, { approver: 'admin' });
     }
   }, 120_000);
+
+  it('what the page fetches while hidden is marked as background (no activity of its session)', async () => {
+    const marks: (string | undefined)[] = [];
+    const onRequest = (req: Request): void => {
+      if (req.url().includes('/api/fabric.v1.')) marks.push(req.headers()['x-fabric-background']);
+    };
+    const hide = (hidden: boolean): Promise<void> =>
+      page.evaluate((h) => {
+        // The page's document (this test's TypeScript has no DOM types).
+        const doc = (globalThis as unknown as { document: object }).document;
+        Object.defineProperty(doc, 'visibilityState', {
+          configurable: true,
+          get: () => (h ? 'hidden' : 'visible'),
+        });
+      }, hidden);
+    page.on('request', onRequest);
+    try {
+      await hide(true);
+      await expect.poll(() => marks.length, POLL).toBeGreaterThanOrEqual(3);
+      expect(marks.every((m) => m === '1')).toBe(true);
+      await hide(false);
+      marks.length = 0;
+      await expect.poll(() => marks.length, POLL).toBeGreaterThanOrEqual(3);
+      expect(marks.every((m) => m === undefined)).toBe(true);
+    } finally {
+      page.off('request', onRequest);
+      await hide(false);
+    }
+  }, 60_000);
 });

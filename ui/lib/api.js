@@ -75,10 +75,14 @@ export async function logout() {
 }
 
 function post(method, body, signal) {
+  const headers = { 'content-type': 'application/json', 'x-fabric-csrf': csrf };
+  // What the page fetches while hidden (its 5 s re-reads) keeps no session alive: the sidecar
+  // ends a session 30 minutes after the last request of a visible page.
+  if (document.visibilityState === 'hidden') headers['x-fabric-background'] = '1';
   return fetch(`/api/fabric.v1.${method}`, {
     method: 'POST',
     credentials: 'same-origin',
-    headers: { 'content-type': 'application/json', 'x-fabric-csrf': csrf },
+    headers,
     body: JSON.stringify(body ?? {}),
     signal,
   });
