@@ -443,9 +443,9 @@ export class InflightLimitError extends FabricError {
 }
 
 /**
- * A client address failed too many logins (a wrong admin token at `/ui/login`, an unknown bearer
- * credential at `/api/`) in the current window: its credentials are not checked until the window
- * is over (HTTP 429 with `Retry-After`; server/auth-throttle.ts).
+ * A client address failed too many dashboard logins (a wrong admin token at `/ui/login`) in the
+ * current window: its logins are not checked until the window is over (HTTP 429 with
+ * `Retry-After`; server/auth-throttle.ts).
  */
 export class AuthThrottledError extends FabricError {
   static readonly code = 'FABRIC_ERR_AUTH_THROTTLED';

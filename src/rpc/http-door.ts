@@ -53,7 +53,6 @@ import {
 } from '@bufbuild/protobuf';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
-  AuthThrottledError,
   CallDeadlineError,
   ClosedError,
   ConfigError,
@@ -64,7 +63,6 @@ import {
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
-import type { AuthThrottle } from '../server/auth-throttle.js';
 import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
 import { exceededBound } from '../gateway/input-bounds.js';
 import {
@@ -162,12 +160,6 @@ export interface HttpDoorOptions {
    */
   sessionCaller?: (req: IncomingMessage) => string | undefined;
   /**
-   * Where unknown bearer credentials count, per client address (shared with the dashboard's
-   * login, server/auth-throttle.ts): past its bound a request with a credential is 429
-   * `FABRIC_ERR_AUTH_THROTTLED` with `Retry-After`, unchecked. @default none: no bound
-   */
-  throttle?: AuthThrottle | undefined;
-  /**
    * Counts an agent's unary call in flight (the MCP endpoint's `acquireInflight`, so both doors
    * share `http.maxInflightPerAgent`); returns what ends it, throws `InflightLimitError` beyond.
    * @default no bound
@@ -236,7 +228,6 @@ export class HttpDoor {
   readonly #keepAliveMs: number;
   readonly #streams = new ActiveStreams();
   readonly #sessionCaller: ((req: IncomingMessage) => string | undefined) | undefined;
-  readonly #throttle: AuthThrottle | undefined;
   readonly #inflight: ((agentId: string) => () => void) | undefined;
   readonly #holdInflight: ((agentId: string) => () => void) | undefined;
 
@@ -247,7 +238,6 @@ export class HttpDoor {
   constructor(options: HttpDoorOptions) {
     this.#fabric = options.fabric;
     this.#sessionCaller = options.sessionCaller;
-    this.#throttle = options.throttle;
     this.#inflight = options.inflight;
     this.#holdInflight = options.holdInflight;
     this.prefix = options.prefix ?? DEFAULT_API_PREFIX;
@@ -331,9 +321,6 @@ export class HttpDoor {
       ...API_RESPONSE_HEADERS,
       'fabric-error-code': String(body.code),
       ...(close ? { connection: 'close' } : {}),
-      ...(error instanceof AuthThrottledError
-        ? { 'retry-after': String(error.retryAfterSeconds) }
-        : {}),
     });
   }
 
@@ -460,14 +447,7 @@ export class HttpDoor {
         return { kind, id: admin };
       }
     }
-    const throttle = this.#throttle;
-    if (throttle === undefined || bearerCredential(authorization ?? '') === '') {
-      return authenticateCaller(this.#fabric, kind, authorization ?? '');
-    }
-    // A credential to check: past the bound it is not (the answer would tell a right one).
-    const address = req.socket.remoteAddress ?? '';
-    throttle.check(address);
-    return authenticateCaller(this.#fabric, kind, authorization!, () => throttle.fail(address));
+    return authenticateCaller(this.#fabric, kind, authorization ?? '');
   }
 
   async #stream(

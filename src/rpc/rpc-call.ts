@@ -247,7 +247,6 @@ export function statusMessage(message: string): string {
 /**
  * The caller of a `kind` method from its `authorization` value (`Bearer <credential>`), the same
  * for every door.
- * @param onUnknown - called when the credential is no live one (before the error is thrown).
  * @throws UnauthenticatedError without a valid credential, and for the admin credential on an
  *   agent method (it acts as no agent); PermissionDeniedError for an agent credential on an
  *   admin method.
@@ -256,15 +255,8 @@ export function authenticateCaller(
   fabric: AgentFabric,
   kind: CallerKind,
   authorization: string,
-  onUnknown?: () => void,
 ): Caller {
-  let identity: ReturnType<AgentFabric['authenticate']>;
-  try {
-    identity = fabric.authenticate(bearerCredential(authorization));
-  } catch (error) {
-    onUnknown?.();
-    throw error;
-  }
+  const identity = fabric.authenticate(bearerCredential(authorization));
   if (kind === 'agent') {
     if (identity.kind !== 'agent')
       throw new UnauthenticatedError('the agent protocol needs an agent credential');

@@ -1,10 +1,15 @@
 /**
- * The bound on failed logins of the HTTP port: a wrong admin token at `/ui/login` and an unknown
- * bearer credential at the `/api/` door count against the client's address. After
+ * The bound on failed dashboard logins: a wrong admin token at `/ui/login` counts against the
+ * client's address. After
  * {@link AuthThrottleOptions.maxFailures} in one window of {@link AuthThrottleOptions.windowMs}
  * (10 a minute), that address's credentials are not checked until the window is over: the
- * door answers 429 `FABRIC_ERR_AUTH_THROTTLED` with `Retry-After` (the seconds left), the right
+ * login answers 429 `FABRIC_ERR_AUTH_THROTTLED` with `Retry-After` (the seconds left), the right
  * credential included — otherwise the answer to each guess would still tell right from wrong.
+ *
+ * Bearer credentials at the `/api/` door, `/mcp` and gRPC are not counted: agents share client
+ * addresses (all of loopback is one), so a bound there would let one agent sending unknown
+ * credentials lock every other client of its address out; agent credentials are 256-bit random
+ * and the admin's is at least 16 characters.
  *
  * - A right credential resets nothing: an agent could otherwise interleave its own credential
  *   with guesses at the admin's.

@@ -36,7 +36,7 @@
  * at once (a new login then ends the oldest).
  *
  * **Failed logins** count against the client's address in the {@link DashboardOptions.throttle}
- * it shares with the `/api/` door (server/auth-throttle.ts): past the bound a login is 429
+ * (server/auth-throttle.ts): past the bound a login is 429
  * `FABRIC_ERR_AUTH_THROTTLED` with `Retry-After`, the right token included.
  *
  * @module
@@ -121,7 +121,7 @@ export interface DashboardOptions {
    * door without {@link BACKGROUND_HEADER}. @default 30 minutes
    */
   sessionIdleMs?: number;
-  /** Where failed logins count (shared with the `/api/` door). @default none: no bound */
+  /** Where failed logins count. @default none: no bound */
   throttle?: AuthThrottle | undefined;
   /** Sessions alive at once. @default 256 */
   maxSessions?: number;

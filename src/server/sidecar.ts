@@ -405,7 +405,9 @@ export class Sidecar {
         fabric?.lifecycle.events.on('agent.credentialReplaced', (agent) => {
           void endpoint.closeRevokedSessions(agent.id);
         });
-        // Failed logins at /ui/login and unknown bearer credentials at /api/ count together.
+        // Failed logins at /ui/login count per client address. Bearer credentials at /api/ do
+        // not: agents share addresses (all of loopback is one), so one agent sending unknown
+        // credentials would lock every other client of its address out of /api/.
         const throttle = new AuthThrottle(
           options.dashboard?.now === undefined ? {} : { now: options.dashboard.now },
         );
@@ -439,7 +441,6 @@ export class Sidecar {
                   maxBufferedMessages: h.apiMaxBufferedMessages,
                   maxBufferedBytes: h.apiMaxBufferedBytes,
                   sessionCaller: (req) => dashboard.sessionCaller(req),
-                  throttle,
                   // One maxInflightPerAgent for an agent's calls over /mcp and /api/ together.
                   inflight: (agentId) => endpoint.acquireInflight(agentId),
                   holdInflight: (agentId) => endpoint.holdInflight(agentId),

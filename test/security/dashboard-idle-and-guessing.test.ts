@@ -182,10 +182,9 @@ describe('the dashboard against a real sidecar on a test clock', () => {
       const retry = Number(refused.headers['retry-after']);
       expect(retry).toBeGreaterThan(0);
       expect(retry).toBeLessThanOrEqual(60);
-      // The right token is not even checked now, at the login and as a bearer credential.
+      // The right token is not even checked at the login now; bearer calls are not bounded.
       expect((await login(ADMIN_TOKEN)).status).toBe(429);
-      expect((await bearer(ADMIN_TOKEN)).status).toBe(429);
-      expect((await bearer(ADMIN_TOKEN)).headers['retry-after']).toBeDefined();
+      expect((await bearer(ADMIN_TOKEN)).status).toBe(200);
       // A live session goes on (its cookie is no guess), and so does another address.
       expect(await s.list()).toBe(200);
       expect((await login(ADMIN_TOKEN, '127.0.0.2')).status).toBe(200);
@@ -194,23 +193,18 @@ describe('the dashboard against a real sidecar on a test clock', () => {
       expect((await login(ADMIN_TOKEN)).status).toBe(200);
     });
 
-    it('unknown bearer credentials at /api count the same; a right one does not reset the count', async () => {
+    it('unknown bearer credentials at /api are neither counted nor refused: one client cannot lock out its address', async () => {
       now += 10 * MINUTE;
       const agent = agentToken(sidecar, 'worker');
       const from = '127.0.0.3';
-      for (let i = 0; i < 10; i++) {
-        // An agent's own credential in between (403 here: it is not the admin's) resets nothing.
-        expect((await bearer(agent, from)).status).toBe(403);
+      // All of loopback is one address: an agent sending unknown credentials must not lock the
+      // other clients there (agents, the admin's CLI) out of /api.
+      for (let i = 0; i < 20; i++) {
         expect((await bearer(`afk_guess${i}`, from)).status).toBe(401);
       }
-      const refused = await bearer('afk_guess10', from);
-      expect(refused.status).toBe(429);
-      expect(refused.headers['retry-after']).toBeDefined();
-      expect(refused.headers['fabric-error-code']).toBe('FABRIC_ERR_AUTH_THROTTLED');
-      expect((await bearer(ADMIN_TOKEN, from)).status).toBe(429);
-      expect((await login(ADMIN_TOKEN, from)).status).toBe(429);
-      now += MINUTE;
+      expect((await bearer(agent, from)).status).toBe(403); // checked: not the admin's
       expect((await bearer(ADMIN_TOKEN, from)).status).toBe(200);
+      expect((await login(ADMIN_TOKEN, from)).status).toBe(200);
     });
 
     it('a request without a credential, and a session cookie that names no session, are no guesses', async () => {
