@@ -6,9 +6,9 @@
 // Counting happens in `admitted` (calls the pipeline let through), never in `decide`, which
 // only looks: `decide` also answers tools/list probes and may be asked more than once about a
 // call. The pipeline calls `admitted` in the same synchronous step as a `decide` of the call
-// (asked again at admission when a policy service was awaited), so identical calls sent at once
-// are counted one by one; only calls that waited for approval or budget are counted without
-// that second look.
+// (asked again at admission when a policy service was awaited, and when a call that waited for
+// budget is let in), so identical calls sent at once are counted one by one; only calls a human
+// approved are counted without that second look.
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 

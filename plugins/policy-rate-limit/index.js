@@ -6,10 +6,10 @@
 // Counting: `decide` only looks (it also answers tools/list probes and may be asked more than
 // once about a call); a call takes its tokens in `admitted`, once the pipeline lets it through,
 // in the same synchronous step as a `decide` of that call (asked again at admission when a policy
-// service was awaited), so calls sent at once cannot all pass on the same tokens. Calls that
-// waited (for approval or budget) are counted without that second look and can therefore
-// overdraw a bucket by the number that waited at once; the debt is repaid by the refill before
-// the next call passes.
+// service was awaited, and again when a call that waited for budget is let in), so calls sent at
+// once cannot all pass on the same tokens. Calls a human approved are counted without that
+// second look and can therefore overdraw a bucket by the number approved at once; the debt is
+// repaid by the refill before the next call passes.
 import { z } from 'zod';
 
 const bucket = z

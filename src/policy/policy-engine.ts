@@ -115,10 +115,10 @@ export interface PolicyVerdict {
  * asked), every provider with `admitted` is asked `decide` again at admission (see
  * {@link PolicyEngine.recheckAdmission}); a `deny` that outranks the call's decision refuses it
  * exactly like a deny at decision time (a `require_approval` then is not acted upon). So calls
- * sent at once cannot all pass on the same unchanged count. The exception: a call that waited
- * for a human's approval, or for budget (other calls' in-flight reservations), is counted when it
- * is admitted without being asked again, so calls waiting at once can overdraw a count by their
- * number.
+ * sent at once cannot all pass on the same unchanged count; a call that waited for budget (other
+ * calls' in-flight reservations) is asked again when the budget lets it in. The exception: a call
+ * a human approved is counted when it is admitted without being asked again, so calls waiting for
+ * approval at once can overdraw a count by their number.
  */
 export interface PolicyProvider {
   /** Unique among providers and policies; reported as the deciding `policy`. */

@@ -191,8 +191,9 @@ export class ToolCallAuthorizer {
    * budget reservation and its last policy check: a decision that was awaited (an asynchronous
    * policy provider) or handed over by {@link tryAuthorize} is checked again by the counting
    * providers first (`PolicyEngine.recheckAdmission`), so calls sent at once cannot all pass a
-   * rate limit or loop guard that has not counted any of them yet. A call a human approved, or
-   * that waited for budget, is counted without that second check (see `PolicyProvider`).
+   * rate limit or loop guard that has not counted any of them yet; a call that waited for budget
+   * is checked again when the budget lets it in. A call a human approved is counted without that
+   * second check (see `PolicyProvider`).
    */
   async authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
     const handed = ctx.trace === undefined ? undefined : this.#handedOver.get(ctx.trace);
@@ -291,7 +292,8 @@ export class ToolCallAuthorizer {
    * {@link #admit} and count the call, in one synchronous step; with `recheck` (the decision was
    * made before an await), the counting providers are asked again first. With `ctx.budget`, a
    * call the budget refuses goes through `reserveWhenFree`: waiting up to `waitMs` for in-flight
-   * reservations to settle (then it is counted without a second check), and refusing with a
+   * reservations to settle (then, unless a human approved it, the counting providers are asked
+   * again before it is counted, and a deny releases what was reserved), and refusing with a
    * `retryAt` whenever one can be given.
    */
   async #admitWaiting(
@@ -326,6 +328,16 @@ export class ToolCallAuthorizer {
         signal: ctx.signal,
       });
       span?.end(RESERVED);
+      // The wait let other calls of the agent be admitted and counted meanwhile: unless a human
+      // approved this call, the counting providers are asked again, in the same step as the
+      // count, so calls parked behind the agent's own in-flight reservations cannot all pass.
+      if (approval === undefined) {
+        const refusal = this.#policies.recheckAdmission(ctx, decision);
+        if (refusal !== undefined) {
+          this.#budgets.release(reservation);
+          return this.#admit(ctx, refusal);
+        }
+      }
       return this.#counted(ctx, allowed(decision, reservation, approval));
     } catch (err) {
       if (err instanceof BudgetExceededError) {
