@@ -7,8 +7,13 @@
 // { action?: 'deny' | 'require_approval' (default 'deny'), priority?: number (default 1000,
 // above ordinary policies), patterns?: { [name]: regexSource } (added to the built-in ones) }.
 // Reasons name the parameter and the kind of secret, never the secret itself. Every string is
-// scanned whole at any depth, object keys too; a value too large to scan (more than
-// MAX_SCAN_NODES values, which the gateway's input bound never admits) is denied.
+// scanned whole at any depth, object keys too, and a secret is found anywhere in a string (glued
+// to other characters too); a value too large to scan (more than MAX_SCAN_NODES values, which
+// the gateway's input bound never admits) is denied.
+//
+// What it cannot see: a secret the agent transforms before sending it — split across arguments
+// or strings, base64-, percent- or otherwise encoded, reversed — is not one to a pattern. It stops
+// accidents and naive prompt injections, not a determined exfiltrator (see the README).
 import { z } from 'zod';
 
 /** A regular expression's source that compiles. */
@@ -35,18 +40,21 @@ export const optionsSchema = z
   .strict();
 
 /**
- * Built-in detectors: name → pattern. Written for linear time on megabyte strings: a run is
- * matched as `X{n}` (nothing follows it) or `X{n}X*` rather than `X{n,}`, the same language,
- * which V8 runs as a fast loop instead of backtracking character by character (`{10,}` took
- * ~0.6 s on a 4 MiB run, `{10}` under a millisecond).
+ * Built-in detectors: name → pattern. Each is a distinctive prefix and the fixed number of
+ * characters after it, matched anywhere in a string: no word boundary is asked for, since a
+ * secret glued to other characters (`x` + credential, credential + `_`) is still the secret to
+ * whoever receives it and drops the glue. Fixed-length runs (`X{n}`, nothing after them) keep
+ * each `test` linear on megabyte strings (V8 runs them as a fast loop; `{10,}` took ~0.6 s on a
+ * 4 MiB run, `{10}` under a millisecond).
  */
 export const BUILT_IN_PATTERNS = Object.freeze({
-  'AWS access key id': /\b(?:AKIA|ASIA)[0-9A-Z]{16}\b/,
+  'AWS access key id': /(?:AKIA|ASIA)[0-9A-Z]{16}/,
   'private key': /-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----/,
-  'GitHub token':
-    /\b(?:gh[pousr]_[A-Za-z0-9]{36}[A-Za-z0-9]*|github_pat_[A-Za-z0-9_]{22}[A-Za-z0-9_]*)\b/,
-  'Slack token': /\bxox[abprs]-[A-Za-z0-9-]{10}/,
-  'Agent Fabric credential': /\baf[ka]_[A-Za-z0-9_-]{40}/,
+  'GitHub token': /gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22}/,
+  'Slack token': /xox[abprs]-[A-Za-z0-9-]{10}/,
+  // Agent (`afk_`) and issued admin (`afa_`) credentials, and the admin token a sidecar
+  // generates when none is configured (`fab_admin_` + 32 characters).
+  'Agent Fabric credential': /af[ka]_[A-Za-z0-9_-]{40}|fab_admin_[A-Za-z0-9_-]{32}/,
 });
 
 /**

@@ -8,6 +8,9 @@
  *   agent that held its budget with one slow call could park any number of calls behind it and
  *   have them all run past the limit when it ended (10 of 10 under a capacity of 4, and under
  *   `maxRepeats: 2`).
+ * - secret-guard: its patterns asked for a word boundary around the secret, so a credential glued
+ *   to one letter (`x` + the agent's own credential, a GitHub token + `_`, letters + an AWS key id)
+ *   reached the upstream, and the admin token a sidecar generates (`fab_admin_…`) matched nothing.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -31,6 +34,7 @@ import {
   until,
 } from '../fixtures/gateway/harness.js';
 
+const COUNTER = fileURLToPath(new URL('../fixtures/gateway/counter-server.mjs', import.meta.url));
 const HOLD_COUNTER = fileURLToPath(
   new URL('../fixtures/gateway/hold-counter-server.mjs', import.meta.url),
 );
@@ -152,4 +156,51 @@ describe('counting plugins: calls parked behind the agent’s own held budget (r
     expect(refused).toHaveLength(8);
     for (const r of refused) expect(text(r)).toMatch(/ran 2 times within 600 s/);
   }, 120_000);
+});
+
+describe('secret-guard: a secret glued to other characters (real sidecar, counter upstream)', () => {
+  const AWS = 'AKIAIOSFODNN7EXAMPLE';
+  const GITHUB = `ghp_${'A1b2C3d4E5'.repeat(4).slice(0, 36)}`;
+  /** The format the sidecar generates for its admin token when none is configured. */
+  const ADMIN = `fab_admin_${'Zq9-x_Y3'.repeat(4)}`;
+
+  it('refuses each one, naming the parameter, and the upstream never sees it', async () => {
+    const count = join(tempDir('glued'), 'count.txt');
+    sidecar = await startTestSidecar({
+      upstreams: {
+        c: {
+          command: process.execPath,
+          args: [COUNTER],
+          env: { COUNT_FILE: count },
+          stderr: 'ignore',
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      plugins: [{ module: plugin('secret-guard') }],
+      agents: [{ name: 'a' }],
+    } as never);
+    const own = agentToken(sidecar, 'a');
+    const client = await httpClient(sidecar.url!, own);
+    clients.push(client);
+    const ok = await bump(client, 'clean');
+    expect(ok.isError, text(ok)).toBeFalsy();
+    // The receiver drops the glue; each of these is the secret, whole.
+    const attempts: [string, string][] = [
+      ['x + own agent credential', `x${own}`],
+      ['own agent credential in a word', `token=tok${own}end`],
+      ['GitHub token + _', `${GITHUB}_`],
+      ['GitHub token + _ + more', `${GITHUB}_x`],
+      ['letters + AWS key id', `key${AWS}`],
+      ['AWS key id + digit', `${AWS}0`],
+      ['generated admin token', ADMIN],
+      ['generated admin token glued', `admin${ADMIN}x`],
+    ];
+    for (const [what, label] of attempts) {
+      const r = await bump(client, label);
+      expect(r.isError, `${what}: ${text(r)}`).toBe(true);
+      expect(text(r), what).toMatch(/params\.label looks like a secret \(.*\).*\(secret-guard\)/);
+      expect(text(r), what).not.toContain(label);
+    }
+    expect(ran(count)).toEqual(['clean']);
+  }, 60_000);
 });

@@ -70,16 +70,22 @@ describe('secret-guard scans everything that is forwarded', () => {
     ).toBeUndefined();
   });
 
-  it('matches exactly what the built-in patterns always matched (linear forms, same language)', () => {
+  it('matches each built-in kind, also glued to other characters (no word boundary asked for)', () => {
     const samples: [string, string | undefined][] = [
       [`ghp_${'a'.repeat(36)}`, 'GitHub token'],
       [`ghp_${'a'.repeat(35)}`, undefined],
-      [`ghp_${'a'.repeat(40)}_`, undefined], // no word boundary after the run
+      [`ghp_${'a'.repeat(40)}_`, 'GitHub token'], // glued: the receiver drops the `_`
+      [`x${`ghp_${'a'.repeat(36)}`}`, 'GitHub token'],
       [`github_pat_${'a'.repeat(22)}`, 'GitHub token'],
       ['xoxb-0123456789', 'Slack token'],
       ['xoxb-012345678', undefined],
       [`afk_${'a'.repeat(40)}`, 'Agent Fabric credential'],
       [`afk_${'a'.repeat(39)}`, undefined],
+      [`x${`afk_${'a'.repeat(40)}`}`, 'Agent Fabric credential'],
+      [`fab_admin_${'a'.repeat(32)}`, 'Agent Fabric credential'],
+      [`fab_admin_${'a'.repeat(31)}`, undefined],
+      ['keyAKIAIOSFODNN7EXAMPLEx', 'AWS access key id'],
+      ['AKIAIOSFODNN7EXAMPL', undefined],
       ['-----BEGIN RSA PRIVATE KEY-----', 'private key'],
     ];
     for (const [s, kind] of samples) {
@@ -94,7 +100,15 @@ describe('secret-guard scans everything that is forwarded', () => {
     expect(findSecret({ s: ('-xoxb-' + 'a'.repeat(5)).repeat(n / 11) }, patterns)?.kind).toBe(
       'Slack token',
     );
-    expect(findSecret({ s: '-ghp_' + 'a'.repeat(n) + '_' }, patterns)).toBeUndefined();
+    expect(
+      findSecret({ s: ('ghp_' + 'a'.repeat(35) + '-').repeat(n / 40) }, patterns),
+    ).toBeUndefined();
+    expect(
+      findSecret({ s: ('afk_' + 'a'.repeat(39) + '.').repeat(n / 44) }, patterns),
+    ).toBeUndefined();
+    expect(
+      findSecret({ s: ('AKIA' + 'A'.repeat(15) + 'a').repeat(n / 20) }, patterns),
+    ).toBeUndefined();
     expect(findSecret({ s: '-afk_' + 'a'.repeat(n) }, patterns)?.kind).toBe(
       'Agent Fabric credential',
     );
