@@ -250,7 +250,7 @@ export class GrpcPolicyProvider {
       );
     } catch (err) {
       const name = STATUS_NAME[err.code] ?? String(err.code);
-      return this.#failClosed(`${name}: ${oneLine(err.details || err.message)}`, true);
+      return this.#failClosed(`${name}: ${this.#scrub(oneLine(err.details || err.message))}`, true);
     }
     const verdict = this.#verdict(res);
     if (verdict === null) {
@@ -265,12 +265,21 @@ export class GrpcPolicyProvider {
     return verdict;
   }
 
+  /**
+   * Text that came from the service (an error's details, a reason) without the auth token: it goes
+   * to the agent's model and to the log, and a service may echo what it was sent.
+   */
+  #scrub(text) {
+    const token = this.#o.authToken;
+    return token === undefined || !text.includes(token)
+      ? text
+      : text.split(token).join('[redacted]');
+  }
+
   /** The engine's verdict for a service's answer; undefined = abstain; null = unusable. */
   #verdict(res) {
-    const reason =
-      res.reason.length > MAX_REASON_CHARS
-        ? `${res.reason.slice(0, MAX_REASON_CHARS)}…`
-        : res.reason;
+    const full = this.#scrub(res.reason);
+    const reason = full.length > MAX_REASON_CHARS ? `${full.slice(0, MAX_REASON_CHARS)}…` : full;
     const action =
       res.decision === D.ALLOW
         ? 'allow'

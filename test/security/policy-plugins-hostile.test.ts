@@ -1,7 +1,7 @@
 /**
- * A hostile review of the first-party policy plugins, from an agent holding one credential. Real
- * sidecar (harness), official MCP SDK client, real upstreams that write what they ran to a file
- * (counted on disk).
+ * A hostile review of the first-party policy plugins, from an agent holding one credential and
+ * from a policy service that misbehaves. Real sidecar (harness), official MCP SDK client, real
+ * upstreams that write what they ran to a file (counted on disk).
  *
  * - policy-rate-limit / policy-loop-guard: a call the budget made wait (only other calls'
  *   in-flight reservations kept it out) was counted when admitted without a second look, so an
@@ -11,16 +11,31 @@
  * - secret-guard: its patterns asked for a word boundary around the secret, so a credential glued
  *   to one letter (`x` + the agent's own credential, a GitHub token + `_`, letters + an AWS key id)
  *   reached the upstream, and the admin token a sidecar generates (`fab_admin_…`) matched nothing.
+ * - policy-grpc, from a service that misbehaves (grpc-js, raw answer bytes): text the service
+ *   sends (an error's details, a deny's reason) reached the agent and the log as it came, so a
+ *   service that echoed what it received handed the plugin's auth token to the agent. Hanging,
+ *   garbage, huge, unusable answers, a service gone mid-run or down at start: all fail closed.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { create } from '@bufbuild/protobuf';
+import {
+  type Metadata,
+  Server,
+  ServerCredentials,
+  type ServiceDefinition,
+  status,
+} from '@grpc/grpc-js';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import {
   CreateMessageRequestSchema,
   type CallToolResult,
 } from '@modelcontextprotocol/sdk/types.js';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { GatewayLogEntry } from '../../src/gateway/tool-call-pipeline.js';
+import { Decision, DecideResponseSchema } from '../../src/gen/fabric/v1/policy_provider_pb.js';
+import { POLICY_PROVIDER_SERVICE_DEFINITION } from '../../src/rpc/policy-provider.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentId,
@@ -202,5 +217,161 @@ describe('secret-guard: a secret glued to other characters (real sidecar, counte
       expect(text(r), what).not.toContain(label);
     }
     expect(ran(count)).toEqual(['clean']);
+  }, 60_000);
+});
+
+/** The plugin's token: a misbehaving service echoes it back. */
+const POLICY_TOKEN = 'policy-token-Q7v2-never-shown';
+
+/**
+ * A grpc-js policy service that misbehaves as the call's `label` says. Its answers are raw bytes
+ * (so it can send what is not a DecideResponse); `allow` is a well-formed ALLOW.
+ */
+async function misbehavingService(): Promise<{
+  address: string;
+  asked: string[];
+  close(): void;
+}> {
+  const definition = POLICY_PROVIDER_SERVICE_DEFINITION.decide!;
+  const encode = (init: Parameters<typeof create<typeof DecideResponseSchema>>[1]) =>
+    definition.responseSerialize(create(DecideResponseSchema, init));
+  const asked: string[] = [];
+  const server = new Server();
+  server.addService(
+    { decide: { ...definition, responseSerialize: (b: Buffer) => b } } as ServiceDefinition,
+    {
+      decide: (
+        call: { request: { argumentsJson: string }; metadata: Metadata },
+        cb: (err: object | null, res?: Buffer) => void,
+      ) => {
+        const { label } = JSON.parse(call.request.argumentsJson) as { label: string };
+        asked.push(label);
+        const auth = String(call.metadata.get('authorization')[0]);
+        switch (label) {
+          case 'allow':
+            return cb(null, encode({ decision: Decision.ALLOW }));
+          case 'echo-error':
+            return cb({ code: status.UNAUTHENTICATED, details: `token not accepted: ${auth}` });
+          case 'echo-bare-error':
+            return cb({ code: status.PERMISSION_DENIED, details: `unknown key ${auth.slice(7)}` });
+          case 'echo-deny':
+            return cb(null, encode({ decision: Decision.DENY, reason: `you sent ${auth}` }));
+          case 'bogus':
+            return cb(null, encode({ decision: 99 as Decision }));
+          case 'garbage':
+            return cb(null, Buffer.from([0xff, 0xff, 0xff, 0xff]));
+          case 'huge':
+            return cb(null, encode({ decision: Decision.ALLOW, reason: 'x'.repeat(200_000) }));
+          case 'hang':
+            return; // never answers
+          default:
+            return cb({ code: status.INTERNAL, details: 'unexpected' });
+        }
+      },
+    },
+  );
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
+  );
+  return { address: `127.0.0.1:${port}`, asked, close: () => server.forceShutdown() };
+}
+
+describe('policy-grpc: a service that misbehaves (real sidecar, grpc-js service, counter upstream)', () => {
+  it('every misbehaviour fails closed, nothing reaches the upstream, and the token is never shown', async () => {
+    const service = await misbehavingService();
+    const count = join(tempDir('grpc-bad'), 'count.txt');
+    const logs: GatewayLogEntry[] = [];
+    try {
+      sidecar = await startTestSidecar(
+        {
+          upstreams: {
+            c: {
+              command: process.execPath,
+              args: [COUNTER],
+              env: { COUNT_FILE: count },
+              stderr: 'ignore',
+            },
+          },
+          policies: [DEFAULT_ALLOW],
+          plugins: [
+            {
+              module: plugin('policy-grpc'),
+              options: {
+                target: service.address,
+                insecure: true,
+                authToken: POLICY_TOKEN,
+                deadlineMs: 500,
+              },
+            },
+          ],
+          agents: [{ name: 'a' }],
+        } as never,
+        { logger: (e) => logs.push(e) },
+      );
+      const client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
+      clients.push(client);
+      const ok = await bump(client, 'allow');
+      expect(ok.isError, text(ok)).toBeFalsy();
+      for (const [label, code, why] of [
+        ['echo-error', 'FABRIC_ERR_POLICY_UNAVAILABLE', /UNAUTHENTICATED: token not accepted/],
+        ['echo-bare-error', 'FABRIC_ERR_POLICY_UNAVAILABLE', /PERMISSION_DENIED: unknown key/],
+        ['echo-deny', 'FABRIC_ERR_POLICY_DENIED', /you sent/],
+        ['bogus', 'FABRIC_ERR_POLICY_UNAVAILABLE', /unusable decision \(99\)/],
+        ['garbage', 'FABRIC_ERR_POLICY_UNAVAILABLE', /INTERNAL: .*pars/],
+        ['huge', 'FABRIC_ERR_POLICY_UNAVAILABLE', /RESOURCE_EXHAUSTED/],
+        ['hang', 'FABRIC_ERR_POLICY_UNAVAILABLE', /DEADLINE_EXCEEDED/],
+      ] as const) {
+        const r = await bump(client, label);
+        expect(r.isError, `${label}: ${text(r)}`).toBe(true);
+        expect(r._meta?.['agent-fabric/error'], label).toMatchObject({ code });
+        expect(text(r), label).toMatch(why);
+        expect(text(r), label).not.toContain(POLICY_TOKEN);
+      }
+      expect(service.asked).toContain('hang');
+      // The service is gone: still closed, and the plugin says so in the log.
+      service.close();
+      const down = await bump(client, 'allow-again');
+      expect(down._meta?.['agent-fabric/error']).toMatchObject({
+        code: 'FABRIC_ERR_POLICY_UNAVAILABLE',
+      });
+      expect(ran(count)).toEqual(['allow']);
+      expect(logs.some((l) => /policy service fails/.test(l.msg))).toBe(true);
+      expect(JSON.stringify(logs)).not.toContain(POLICY_TOKEN);
+
+      // Down at start: the sidecar starts (the plugin does not connect when it loads), and every
+      // call is refused, failing closed.
+      await Promise.all(clients.splice(0).map((c) => c.close()));
+      await closeSidecar(sidecar);
+      sidecar = await startTestSidecar({
+        upstreams: {
+          c: {
+            command: process.execPath,
+            args: [COUNTER],
+            env: { COUNT_FILE: count },
+            stderr: 'ignore',
+          },
+        },
+        policies: [DEFAULT_ALLOW],
+        plugins: [
+          {
+            module: plugin('policy-grpc'),
+            options: { target: service.address, insecure: true, authToken: POLICY_TOKEN },
+          },
+        ],
+        agents: [{ name: 'a' }],
+      } as never);
+      const late = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
+      clients.push(late);
+      const refused = await bump(late, 'allow-at-start');
+      expect(refused._meta?.['agent-fabric/error']).toMatchObject({
+        code: 'FABRIC_ERR_POLICY_UNAVAILABLE',
+      });
+      expect(text(refused)).toMatch(/UNAVAILABLE/);
+      expect(ran(count)).toEqual(['allow']);
+    } finally {
+      service.close();
+    }
   }, 60_000);
 });
