@@ -34,9 +34,12 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { GatewayLogEntry } from '../../src/gateway/tool-call-pipeline.js';
+import { CallToolRequestSchema, type CallToolResponse } from '../../src/gen/fabric/v1/tool_pb.js';
 import { Decision, DecideResponseSchema } from '../../src/gen/fabric/v1/policy_provider_pb.js';
 import { POLICY_PROVIDER_SERVICE_DEFINITION } from '../../src/rpc/policy-provider.js';
+import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { postJson } from '../fixtures/api.js';
 import {
   agentId,
   agentToken,
@@ -48,6 +51,7 @@ import {
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import { failure, grpcClient, unary } from '../fixtures/grpc-client.js';
 
 const COUNTER = fileURLToPath(new URL('../fixtures/gateway/counter-server.mjs', import.meta.url));
 const HOLD_COUNTER = fileURLToPath(
@@ -372,6 +376,88 @@ describe('policy-grpc: a service that misbehaves (real sidecar, grpc-js service,
       expect(ran(count)).toEqual(['allow']);
     } finally {
       service.close();
+    }
+  }, 60_000);
+});
+
+describe('policy-rate-limit: one bucket per agent, whichever door or session (real sidecar)', () => {
+  it('MCP sessions old and new, gRPC CallTool, /api CallTool and fabric__ tools all draw from it', async () => {
+    const count = join(tempDir('doors'), 'count.txt');
+    sidecar = await startTestSidecar({
+      upstreams: {
+        c: {
+          command: process.execPath,
+          args: [COUNTER],
+          env: { COUNT_FILE: count },
+          stderr: 'ignore',
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      plugins: [
+        {
+          module: plugin('policy-rate-limit'),
+          options: { perAgent: { capacity: 6, refillPerSecond: 0.0001 } },
+        },
+      ],
+      agents: [{ name: 'a' }, { name: 'b' }],
+      grpc: { port: 0 },
+    } as never);
+    const token = agentToken(sidecar, 'a');
+    const tools = grpcClient(TOOL_SERVICE_DEFINITION, sidecar.grpcAddress!);
+    const viaGrpc = (label: string) =>
+      unary<CallToolResponse>(
+        tools,
+        'callTool',
+        create(CallToolRequestSchema, {
+          name: 'c__bump',
+          args: { case: 'argumentsJson', value: Buffer.from(JSON.stringify({ label })) },
+        }),
+        token,
+      );
+    const viaApi = (label: string) =>
+      postJson(
+        new URL('/api/fabric.v1.ToolService/CallTool', sidecar!.url!),
+        {
+          name: 'c__bump',
+          argumentsJson: Buffer.from(JSON.stringify({ label })).toString('base64'),
+        },
+        token,
+      );
+    try {
+      const first = await httpClient(sidecar.url!, token);
+      clients.push(first);
+      expect((await bump(first, 'mcp-1')).isError).toBeFalsy();
+      const second = await httpClient(sidecar.url!, token);
+      clients.push(second);
+      expect((await bump(second, 'mcp-2')).isError).toBeFalsy();
+      expect((await viaGrpc('grpc')).result?.isError).toBeFalsy();
+      expect((await viaApi('api')).status).toBe(200);
+      const hb = (await first.callTool({
+        name: 'fabric__heartbeat',
+        arguments: {},
+      })) as CallToolResult;
+      expect(hb.isError, text(hb)).toBeFalsy();
+      expect((await bump(second, 'mcp-3')).isError).toBeFalsy();
+      // Six taken. A fresh session, the other doors and the old sessions are all refused.
+      await first.close();
+      const fresh = await httpClient(sidecar.url!, token);
+      clients.push(fresh);
+      const refused = await bump(fresh, 'fresh');
+      expect(text(refused)).toMatch(/rate limit \(agent: 6 calls.*\(policy-rate-limit\)/);
+      const grpcRefusal = await failure(viaGrpc('grpc-2'));
+      expect(grpcRefusal.code).toBe(status.PERMISSION_DENIED);
+      expect(grpcRefusal.details).toMatch(/rate limit/);
+      const api = await viaApi('api-2');
+      expect(api.status).not.toBe(200);
+      expect(await api.text()).toMatch(/rate limit/);
+      expect((await bump(second, 'mcp-4')).isError).toBe(true);
+      // Another agent's bucket is its own.
+      const other = await httpClient(sidecar.url!, agentToken(sidecar, 'b'));
+      clients.push(other);
+      expect((await bump(other, 'b-1')).isError).toBeFalsy();
+      expect(ran(count)).toEqual(['mcp-1', 'mcp-2', 'grpc', 'api', 'mcp-3', 'b-1']);
+    } finally {
+      tools.close();
     }
   }, 60_000);
 });
