@@ -30,9 +30,24 @@ export const optionsSchema = z
   .strict();
 
 /**
- * A call's identity: tool plus arguments with object keys sorted and whitespace runs in strings
- * collapsed (trimmed), so `{"a":1,"b":" x "}` and `{"b":"x","a":1}` are the same call. Bounded:
- * at most `maxNodes` values are visited, iteratively (no depth limit can be hit).
+ * A string as the guard compares it: compatibility forms folded (NFKC: `ｌｏｏｐ` is `loop`),
+ * invisible format characters dropped (zero-width spaces and joiners, soft hyphens, word joiners,
+ * bidi marks: `\p{Cf}`), trimmed, whitespace runs collapsed — variations a looping model makes
+ * without meaning another call.
+ */
+function normalizeString(s) {
+  return s
+    .normalize('NFKC')
+    .replace(/\p{Cf}+/gu, '')
+    .trim()
+    .replace(/\s+/g, ' ');
+}
+
+/**
+ * A call's identity: tool plus arguments with object keys sorted and strings normalized
+ * ({@link normalizeString}), so `{"a":1,"b":" x "}` and `{"b":"x\u200b","a":1}` are the same
+ * call. Numbers are compared as parsed (`1`, `1.0` and `1e0` are one; `"1"` is a string, another
+ * call). Bounded: at most `maxNodes` values are visited, iteratively (no depth limit can be hit).
  */
 export function normalizeCall(tool, args, maxNodes = 10_000) {
   const hash = createHash('sha256');
@@ -44,8 +59,7 @@ export function normalizeCall(tool, args, maxNodes = 10_000) {
     const v = stack.pop();
     seen++;
     if (v === null || v === undefined) hash.update('n;');
-    else if (typeof v === 'string')
-      hash.update(`s${JSON.stringify(v.trim().replace(/\s+/g, ' '))};`);
+    else if (typeof v === 'string') hash.update(`s${JSON.stringify(normalizeString(v))};`);
     else if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint')
       hash.update(`${(typeof v)[0]}${String(v)};`);
     else if (Array.isArray(v)) {

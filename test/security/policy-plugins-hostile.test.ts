@@ -15,6 +15,9 @@
  *   sends (an error's details, a deny's reason) reached the agent and the log as it came, so a
  *   service that echoed what it received handed the plugin's auth token to the agent. Hanging,
  *   garbage, huge, unusable answers, a service gone mid-run or down at start: all fail closed.
+ * - policy-loop-guard: a looping call with a zero-width space, a word joiner, a soft hyphen or
+ *   full-width letters in a string was another call each time (key order, number spelling and
+ *   whitespace were already one call). Held: policy-rate-limit counts per agent across every door.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -456,6 +459,66 @@ describe('policy-rate-limit: one bucket per agent, whichever door or session (re
       clients.push(other);
       expect((await bump(other, 'b-1')).isError).toBeFalsy();
       expect(ran(count)).toEqual(['mcp-1', 'mcp-2', 'grpc', 'api', 'mcp-3', 'b-1']);
+    } finally {
+      tools.close();
+    }
+  }, 60_000);
+});
+
+describe('policy-loop-guard: the same call spelled differently (real sidecar, MCP and gRPC doors)', () => {
+  it('key order, number spelling, whitespace, invisible and compatibility characters are one call', async () => {
+    const count = join(tempDir('loop-spell'), 'count.txt');
+    sidecar = await startTestSidecar({
+      upstreams: {
+        c: {
+          command: process.execPath,
+          args: [COUNTER],
+          env: { COUNT_FILE: count },
+          stderr: 'ignore',
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      plugins: [
+        { module: plugin('policy-loop-guard'), options: { maxRepeats: 2, windowSeconds: 600 } },
+      ],
+      agents: [{ name: 'a' }],
+      grpc: { port: 0 },
+    } as never);
+    const token = agentToken(sidecar, 'a');
+    const client = await httpClient(sidecar.url!, token);
+    clients.push(client);
+    const tools = grpcClient(TOOL_SERVICE_DEFINITION, sidecar.grpcAddress!);
+    /** JSON text as written: gRPC `arguments_json` reaches the sidecar as the agent spelled it. */
+    const viaGrpc = (json: string) =>
+      unary<CallToolResponse>(
+        tools,
+        'callTool',
+        create(CallToolRequestSchema, {
+          name: 'c__bump',
+          args: { case: 'argumentsJson', value: Buffer.from(json) },
+        }),
+        token,
+      ).then(
+        () => 'ran',
+        (err: { details: string }) => err.details,
+      );
+    try {
+      // The counter tool ignores `n`: these are one call to it, spelled three ways.
+      expect(await viaGrpc('{"label":"same","n":1.0}')).toBe('ran');
+      expect(await viaGrpc('{ "n": 1, "label": "same" }')).toBe('ran');
+      expect(await viaGrpc('{"n":1e0,"label":" same "}')).toMatch(/ran 2 times within 600 s/);
+      // Invisible (format) characters and compatibility forms a model may vary while looping.
+      for (const label of [
+        'loop',
+        '\u200bloop',
+        'loop\u2060',
+        'lo\u00adop',
+        'ｌｏｏｐ',
+        'loop\ufeff',
+      ]) {
+        await bump(client, label);
+      }
+      expect(ran(count)).toEqual(['same', 'same', 'loop', '\u200bloop']);
     } finally {
       tools.close();
     }

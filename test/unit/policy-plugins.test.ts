@@ -2,6 +2,7 @@
  * The first-party counting policy plugins (policy-rate-limit, policy-loop-guard), loaded through
  * a PluginHost into a fabric and driven through its real tool-call pipeline.
  */
+import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { PluginError } from '../../src/errors.js';
 import { AgentFabric } from '../../src/fabric.js';
@@ -143,5 +144,26 @@ describe('policy-loop-guard', () => {
       for (let i = 0; i < 3; i++) expect(call(a, 'odd', params).allowed).toBe(true);
       expect(call(a, 'odd', params).allowed).toBe(false);
     }
+  });
+});
+
+describe('policy-loop-guard memory', () => {
+  it('an agent making only unique calls is remembered for at most maxCallsPerAgent of them', async () => {
+    const { LoopGuard, optionsSchema } = (await import(
+      fileURLToPath(new URL('../../plugins/policy-loop-guard/index.js', import.meta.url))
+    )) as {
+      LoopGuard: new (o: unknown) => {
+        record(ctx: unknown): void;
+        check(ctx: unknown): unknown;
+        remembered(agentId: string): number;
+      };
+      optionsSchema: { parse(o: unknown): unknown };
+    };
+    const guard = new LoopGuard(optionsSchema.parse({ maxCallsPerAgent: 100, maxRepeats: 1 }));
+    for (let i = 0; i < 5000; i++) guard.record({ agentId: 'a', tool: 't', params: { i } });
+    expect(guard.remembered('a')).toBe(100);
+    // The latest are the ones kept.
+    expect(guard.check({ agentId: 'a', tool: 't', params: { i: 4999 } })).toBeDefined();
+    expect(guard.check({ agentId: 'a', tool: 't', params: { i: 0 } })).toBeUndefined();
   });
 });
