@@ -271,6 +271,10 @@ async function misbehavingService(): Promise<{
             return cb(null, encode({ decision: Decision.ALLOW, reason: 'x'.repeat(200_000) }));
           case 'hang':
             return; // never answers
+          case 'close-mid-call':
+            // Goes away while the call waits for its answer (connections cut, not drained).
+            setImmediate(() => server.forceShutdown());
+            return;
           default:
             return cb({ code: status.INTERNAL, details: 'unexpected' });
         }
@@ -337,12 +341,15 @@ describe('policy-grpc: a service that misbehaves (real sidecar, grpc-js service,
         expect(text(r), label).not.toContain(POLICY_TOKEN);
       }
       expect(service.asked).toContain('hang');
-      // The service is gone: still closed, and the plugin says so in the log.
-      service.close();
-      const down = await bump(client, 'allow-again');
-      expect(down._meta?.['agent-fabric/error']).toMatchObject({
-        code: 'FABRIC_ERR_POLICY_UNAVAILABLE',
-      });
+      // The service goes away in the middle of a call, and stays away: still closed.
+      for (const label of ['close-mid-call', 'allow-again']) {
+        const down = await bump(client, label);
+        expect(down._meta?.['agent-fabric/error'], label).toMatchObject({
+          code: 'FABRIC_ERR_POLICY_UNAVAILABLE',
+        });
+        expect(text(down), label).toMatch(/UNAVAILABLE|CANCELLED|INTERNAL/);
+      }
+      expect(service.asked).toContain('close-mid-call');
       expect(ran(count)).toEqual(['allow']);
       expect(logs.some((l) => /policy service fails/.test(l.msg))).toBe(true);
       expect(JSON.stringify(logs)).not.toContain(POLICY_TOKEN);
