@@ -13,7 +13,9 @@
 //
 // What it cannot see: a secret the agent transforms before sending it — split across arguments
 // or strings, base64-, percent- or otherwise encoded, reversed — is not one to a pattern. It stops
-// accidents and naive prompt injections, not a determined exfiltrator (see the README).
+// accidents and naive prompt injections, not a determined exfiltrator (see the README). It is a
+// policy: it sees what agents' requests forward, not an agent's answers to an upstream's
+// callbacks (sampling, elicitation, roots), which do not pass policy.
 import { z } from 'zod';
 
 /** A regular expression's source that compiles. */
