@@ -32,6 +32,7 @@ import {
 } from '@grpc/grpc-js';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import {
+  CallToolResultSchema,
   CreateMessageRequestSchema,
   type CallToolResult,
 } from '@modelcontextprotocol/sdk/types.js';
@@ -54,6 +55,7 @@ import {
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import { callAsTask } from '../fixtures/gateway/tasks.js';
 import { failure, grpcClient, unary } from '../fixtures/grpc-client.js';
 
 const COUNTER = fileURLToPath(new URL('../fixtures/gateway/counter-server.mjs', import.meta.url));
@@ -391,7 +393,7 @@ describe('policy-grpc: a service that misbehaves (real sidecar, grpc-js service,
 });
 
 describe('policy-rate-limit: one bucket per agent, whichever door or session (real sidecar)', () => {
-  it('MCP sessions old and new, gRPC CallTool, /api CallTool and fabric__ tools all draw from it', async () => {
+  it('MCP sessions old and new, MCP tasks, gRPC CallTool, /api CallTool and fabric__ tools all draw from it', async () => {
     const count = join(tempDir('doors'), 'count.txt');
     sidecar = await startTestSidecar({
       upstreams: {
@@ -406,7 +408,7 @@ describe('policy-rate-limit: one bucket per agent, whichever door or session (re
       plugins: [
         {
           module: plugin('policy-rate-limit'),
-          options: { perAgent: { capacity: 6, refillPerSecond: 0.0001 } },
+          options: { perAgent: { capacity: 7, refillPerSecond: 0.0001 } },
         },
       ],
       agents: [{ name: 'a' }, { name: 'b' }],
@@ -448,12 +450,15 @@ describe('policy-rate-limit: one bucket per agent, whichever door or session (re
       })) as CallToolResult;
       expect(hb.isError, text(hb)).toBeFalsy();
       expect((await bump(second, 'mcp-3')).isError).toBeFalsy();
-      // Six taken. A fresh session, the other doors and the old sessions are all refused.
+      const { task } = await callAsTask(second, 'c__bump', { label: 'task' });
+      const done = await second.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+      expect(done.isError, text(done)).toBeFalsy();
+      // Seven taken. A fresh session, the other doors and the old sessions are all refused.
       await first.close();
       const fresh = await httpClient(sidecar.url!, token);
       clients.push(fresh);
       const refused = await bump(fresh, 'fresh');
-      expect(text(refused)).toMatch(/rate limit \(agent: 6 calls.*\(policy-rate-limit\)/);
+      expect(text(refused)).toMatch(/rate limit \(agent: 7 calls.*\(policy-rate-limit\)/);
       const grpcRefusal = await failure(viaGrpc('grpc-2'));
       expect(grpcRefusal.code).toBe(status.PERMISSION_DENIED);
       expect(grpcRefusal.details).toMatch(/rate limit/);
@@ -461,11 +466,17 @@ describe('policy-rate-limit: one bucket per agent, whichever door or session (re
       expect(api.status).not.toBe(200);
       expect(await api.text()).toMatch(/rate limit/);
       expect((await bump(second, 'mcp-4')).isError).toBe(true);
+      const late = await callAsTask(second, 'c__bump', { label: 'task-2' }).then(
+        async ({ task: t }) =>
+          second.experimental.tasks.getTaskResult(t.taskId, CallToolResultSchema),
+        (err: Error) => err,
+      );
+      expect(late instanceof Error ? late.message : text(late)).toMatch(/rate limit/);
       // Another agent's bucket is its own.
       const other = await httpClient(sidecar.url!, agentToken(sidecar, 'b'));
       clients.push(other);
       expect((await bump(other, 'b-1')).isError).toBeFalsy();
-      expect(ran(count)).toEqual(['mcp-1', 'mcp-2', 'grpc', 'api', 'mcp-3', 'b-1']);
+      expect(ran(count)).toEqual(['mcp-1', 'mcp-2', 'grpc', 'api', 'mcp-3', 'task', 'b-1']);
     } finally {
       tools.close();
     }
