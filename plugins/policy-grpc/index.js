@@ -250,7 +250,10 @@ export class GrpcPolicyProvider {
       );
     } catch (err) {
       const name = STATUS_NAME[err.code] ?? String(err.code);
-      return this.#failClosed(`${name}: ${this.#scrub(oneLine(err.details || err.message))}`, true);
+      return this.#failClosed(
+        `${name}: ${oneLine(this.#scrub(String(err.details || err.message)))}`,
+        true,
+      );
     }
     const verdict = this.#verdict(res);
     if (verdict === null) {
