@@ -17,7 +17,9 @@
  *   garbage, huge, unusable answers, a service gone mid-run or down at start: all fail closed.
  * - policy-loop-guard: a looping call with a zero-width space, a word joiner, a soft hyphen or
  *   full-width letters in a string was another call each time (key order, number spelling and
- *   whitespace were already one call). Held: policy-rate-limit counts per agent across every door.
+ *   whitespace were already one call).
+ * Held: policy-rate-limit counts per agent across every door, session and MCP task; secret-guard
+ * reads JSON escapes (`\u0061fk_…`) before it scans.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -202,6 +204,7 @@ describe('secret-guard: a secret glued to other characters (real sidecar, counte
       policies: [DEFAULT_ALLOW],
       plugins: [{ module: plugin('secret-guard') }],
       agents: [{ name: 'a' }],
+      grpc: { port: 0 },
     } as never);
     const own = agentToken(sidecar, 'a');
     const client = await httpClient(sidecar.url!, own);
@@ -224,6 +227,26 @@ describe('secret-guard: a secret glued to other characters (real sidecar, counte
       expect(r.isError, `${what}: ${text(r)}`).toBe(true);
       expect(text(r), what).toMatch(/params\.label looks like a secret \(.*\).*\(secret-guard\)/);
       expect(text(r), what).not.toContain(label);
+    }
+    // JSON escapes are read before the scan: `\u0061fk_…` sent as written over gRPC is `afk_…`.
+    const tools = grpcClient(TOOL_SERVICE_DEFINITION, sidecar.grpcAddress!);
+    try {
+      const escaped = `{"label":"\\u0061${own.slice(1).replace(/_/g, '\\u005f')}"}`;
+      expect(escaped).not.toContain(own);
+      const refusal = await failure(
+        unary(
+          tools,
+          'callTool',
+          create(CallToolRequestSchema, {
+            name: 'c__bump',
+            args: { case: 'argumentsJson', value: Buffer.from(escaped) },
+          }),
+          own,
+        ),
+      );
+      expect(refusal.details).toMatch(/params\.label looks like a secret/);
+    } finally {
+      tools.close();
     }
     expect(ran(count)).toEqual(['clean']);
   }, 60_000);
