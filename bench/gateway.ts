@@ -47,7 +47,7 @@
  * BENCH_GATEWAY_CASES=<case,…> runs only those cases; BENCH_GATEWAY_CPU_PROF=<dir> writes
  * `--cpu-prof` profiles of the gateway processes.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import {
   existsSync,
   mkdirSync,
@@ -71,12 +71,12 @@ import { loadSidecarConfig, type SidecarConfig } from '../src/server/config-file
 import { linkedSignalFetch } from '../src/gateway/upstream.js';
 import { Sidecar } from '../src/server/sidecar.js';
 import {
-  CLI,
+  cliArgs,
   Latency,
   median,
   processCpuUs,
   ROOT,
-  shebangNodeOptions,
+  startServe,
   stopChild,
   type BenchContext,
   type BenchSuite,
@@ -127,12 +127,6 @@ function writeConfig(
   };
   writeFileSync(file, JSON.stringify(config, null, 2));
   return file;
-}
-
-/** `node <the CLI's shebang options> [--cpu-prof] dist/cli/main.js …args` */
-function cliArgs(args: string[]): string[] {
-  const prof = PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [];
-  return [...shebangNodeOptions(), ...prof, CLI, ...args];
 }
 
 function newClient(): Client {
@@ -291,31 +285,6 @@ async function warm(calls: Call[], n: number): Promise<void> {
   for (let i = 0; i < n; i++) for (const c of calls) await c(i);
 }
 
-/** Starts `agent-fabric serve` and reads its MCP URL and the agent token from stdout. */
-async function startServe(
-  config: string,
-): Promise<{ child: ChildProcess; url: string; token: string }> {
-  const child = spawn(process.execPath, cliArgs(['serve', '--config', config]), {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'ignore'],
-  });
-  let out = '';
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 30_000);
-    child.once('exit', (code) => reject(new Error(`serve exited (${code}): ${out}`)));
-    child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (chunk: string) => {
-      out += chunk;
-      const url = /MCP URL:\s+(\S+)/.exec(out)?.[1];
-      const token = /agent token:\s+(\S+)/.exec(out)?.[1];
-      if (url && token) {
-        clearTimeout(timer);
-        resolve({ child, url, token });
-      }
-    });
-  });
-}
-
 /** A byte relay between stdin/stdout and a child: a process hop with no work (the floor). */
 const RELAY_SOURCE = `
 import { spawn } from 'node:child_process';
@@ -468,7 +437,7 @@ const suite: BenchSuite = {
         // The gateway as MCP clients launch it: `agent-fabric mcp --in-process`, over stdio.
         const gw = await stdioClient(
           process.execPath,
-          cliArgs(['mcp', '--in-process', '--config', config]),
+          cliArgs(['mcp', '--in-process', '--config', config], PROFILE_DIR),
         );
         closers.push(gw.close);
         const callGateway = echo(gw.client, 'ev__echo');
@@ -566,7 +535,7 @@ const suite: BenchSuite = {
           args: [ECHO_SERVER],
         });
         const gateway = await rawMcpPeer(
-          cliArgs(['mcp', '--in-process', '--config', echoConfig]),
+          cliArgs(['mcp', '--in-process', '--config', echoConfig], PROFILE_DIR),
           'ev__echo',
         );
         closers.push(async () => gateway.close());
@@ -632,7 +601,7 @@ const suite: BenchSuite = {
         closers.push(fsDirect.close);
         const fsGateway = await stdioClient(
           process.execPath,
-          cliArgs(['mcp', '--in-process', '--config', fsConfig]),
+          cliArgs(['mcp', '--in-process', '--config', fsConfig], PROFILE_DIR),
         );
         closers.push(fsGateway.close);
         const read =
@@ -728,7 +697,7 @@ const suite: BenchSuite = {
       if (wanted('http-cpu-per-call') && existsSync('/proc/self/stat')) {
         // The sidecar's own CPU per Streamable HTTP tools/call, all of its pipeline on, against
         // what the upstream process spends on the very same calls.
-        const serve = await startServe(config);
+        const serve = await startServe(config, ['url', 'token'], PROFILE_DIR);
         closers.push(() => stopChild(serve.child));
         const client = newClient();
         await client.connect(
@@ -788,7 +757,7 @@ const suite: BenchSuite = {
 
       if (wanted('http-throughput')) {
         // `agent-fabric serve` vs the upstream's own Streamable HTTP.
-        const serve = await startServe(config);
+        const serve = await startServe(config, ['url', 'token'], PROFILE_DIR);
         closers.push(() => stopChild(serve.child));
         const port = await freePort();
         const everything = spawn(process.execPath, [EVERYTHING, 'streamableHttp'], {

@@ -45,7 +45,7 @@
  * BENCH_GRPC_CASES=<case,…> runs only those groups: `schedule-unary` (with its two diagnostics),
  * `claim-complete`, `calltool-grpc` (with its two).
  */
-import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { fork } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -86,13 +86,11 @@ import { FabricService } from '../src/gen/fabric/v1/fabric_pb.js';
 import { ResultEncoding, ToolService } from '../src/gen/fabric/v1/tool_pb.js';
 import { ECHO_DEFINITION } from './fixtures/grpc-echo.js';
 import {
-  CLI,
   inFlight,
   Latency,
   median,
   processCpuUs,
-  ROOT,
-  shebangNodeOptions,
+  startServe,
   stopChild,
   type BenchContext,
   type BenchSuite,
@@ -428,41 +426,6 @@ async function claimComplete(ctx: BenchContext): Promise<void> {
   }
 }
 
-/** `agent-fabric serve` as the bin link starts it; its gRPC address, MCP URL and agent token. */
-async function startServe(
-  config: string,
-): Promise<{ child: ChildProcess; grpc: string; url: string; token: string }> {
-  const prof = process.env['BENCH_GRPC_CPU_PROF'];
-  const child = spawn(
-    process.execPath,
-    [
-      ...shebangNodeOptions(),
-      ...(prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : []),
-      CLI,
-      'serve',
-      '--config',
-      config,
-    ],
-    { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] },
-  );
-  let out = '';
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 30_000);
-    child.once('exit', (code) => reject(new Error(`serve exited (${code}): ${out}`)));
-    child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (chunk: string) => {
-      out += chunk;
-      const grpc = /gRPC:\s+(\S+)/.exec(out)?.[1];
-      const url = /MCP URL:\s+(\S+)/.exec(out)?.[1];
-      const token = /agent token:\s+(\S+)/.exec(out)?.[1];
-      if (grpc && url && token) {
-        clearTimeout(timer);
-        resolve({ child, grpc, url, token });
-      }
-    });
-  });
-}
-
 async function callToolGrpc(ctx: BenchContext): Promise<void> {
   const q = ctx.quick;
   const dir = mkdtempSync(join(tmpdir(), 'fabric-bench-grpc-'));
@@ -492,7 +455,11 @@ async function callToolGrpc(ctx: BenchContext): Promise<void> {
         state: { path: join(dir, 'state.db') },
       }),
     );
-    const serve = await startServe(config);
+    const serve = await startServe(
+      config,
+      ['grpc', 'url', 'token'],
+      process.env['BENCH_GRPC_CPU_PROF'],
+    );
     closers.push(() => stopChild(serve.child));
     const Ctor = makeGenericClientConstructor(TOOL_SERVICE_DEFINITION, 'ToolService');
     const client = new Ctor(serve.grpc, credentials.createInsecure());

@@ -2,7 +2,7 @@
  * Shared benchmark harness: every suite measures the project and its baseline in the same run
  * and reports the ratio (see ../shared/BENCHMARKS.md for the conventions).
  */
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { createHistogram, performance, type RecordableHistogram } from 'node:perf_hooks';
@@ -133,6 +133,49 @@ export function shebangNodeOptions(): string[] {
   const m = /^#!\/usr\/bin\/env\s+(?:-S\s+)?node((?:\s+\S+)*)\s*$/.exec(first);
   if (!m) throw new Error(`${CLI}: unexpected first line ${first}`);
   return m[1]!.split(/\s+/).filter(Boolean);
+}
+
+/** `node <the CLI's shebang options> [--cpu-prof into profileDir] dist/cli/main.js …args` */
+export function cliArgs(args: string[], profileDir?: string): string[] {
+  const prof = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [];
+  return [...shebangNodeOptions(), ...prof, CLI, ...args];
+}
+
+/** What `agent-fabric serve` prints on stdout once it listens, by what {@link startServe} reads. */
+const SERVE_LINES = {
+  grpc: /gRPC:\s+(\S+)/,
+  url: /MCP URL:\s+(\S+)/,
+  token: /agent token:\s+(\S+)/,
+} as const;
+
+/**
+ * Starts `agent-fabric serve --config <config>` as the bin link starts it (its CPU profiled into
+ * `profileDir` when given) and resolves once its stdout has named each of `read`: its gRPC
+ * address, MCP URL, agent token.
+ */
+export async function startServe<K extends keyof typeof SERVE_LINES>(
+  config: string,
+  read: readonly K[],
+  profileDir?: string,
+): Promise<{ child: ChildProcess } & Record<K, string>> {
+  const child = spawn(process.execPath, cliArgs(['serve', '--config', config], profileDir), {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  let out = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`serve did not start: ${out}`)), 30_000);
+    child.once('exit', (code) => reject(new Error(`serve exited (${code}): ${out}`)));
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (chunk: string) => {
+      out += chunk;
+      const found = read.map((key) => [key, SERVE_LINES[key].exec(out)?.[1]] as const);
+      if (found.every(([, value]) => value)) {
+        clearTimeout(timer);
+        resolve({ child, ...(Object.fromEntries(found) as Record<K, string>) });
+      }
+    });
+  });
 }
 
 /** Ends a child with SIGTERM (graceful: flushes the audit log, writes a profile) and waits. */
