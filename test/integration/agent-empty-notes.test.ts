@@ -6,7 +6,6 @@
  * where gRPC stored `null`, and refused an empty failure message that gRPC recorded as "failed".
  * Hook records are read back from the git store; task errors from the fabric.
  */
-import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,7 +23,6 @@ import {
   RecordHookProgressRequestSchema,
   type ClaimTaskResponse,
 } from '../../src/gen/fabric/v1/agent_pb.js';
-import { HOOKS_REF } from '../../src/hooks/state-store.js';
 import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { grpcClient, unary } from '../fixtures/grpc-client.js';
@@ -37,6 +35,7 @@ import {
   startTestSidecar,
   text,
 } from '../fixtures/gateway/harness.js';
+import { committedHook } from '../fixtures/hooks/temp-store.js';
 
 let dir: string;
 let storagePath: string;
@@ -75,16 +74,6 @@ async function tool(name: string, args: Record<string, unknown>): Promise<unknow
 const rpc = (method: string, req: unknown) =>
   unary<unknown>(grpc, method, req, agentToken(sidecar, 'via-grpc'));
 
-/** The hook's record as committed on the state ref, read with git. */
-function committed(hookId: string): Record<string, unknown> {
-  const path = `${HOOKS_REF}:hooks/${hookId.slice(14, 16)}/${hookId}.json`;
-  const out = execFileSync('git', ['cat-file', 'blob', path], {
-    cwd: storagePath,
-    encoding: 'utf8',
-  });
-  return JSON.parse(out) as Record<string, unknown>;
-}
-
 /** Runs a hook through one door: activate, progress with `note`, fail with `code`/`message`. */
 const hookDoors = {
   mcp: async (hookId: string, note: string, failure: { code?: string; message?: string }) => {
@@ -112,13 +101,13 @@ describe.each([
       error: { message: 'failed', code: null, name: null },
     };
     expect(await fabric.hooks!.getHook(h.hookId)).toMatchObject(expected);
-    expect(committed(h.hookId)).toMatchObject(expected);
+    expect(committedHook(storagePath, h.hookId)).toMatchObject(expected);
   });
 
   it('a failure without message or code is recorded the same way', async () => {
     const h = await fabric.hooks!.createHook({ agentId: agentId(sidecar, agent), workItem: 'w' });
     await hookDoors[door](h.hookId, 'half way', {});
-    expect(committed(h.hookId)).toMatchObject({
+    expect(committedHook(storagePath, h.hookId)).toMatchObject({
       status: 'FAILED',
       progressNote: 'half way',
       error: { message: 'failed', code: null },

@@ -7,7 +7,6 @@
  * ABANDONED hook and on one reassigned away, must get a typed error and leave the git store as
  * it was; the operator may still fail it.
  */
-import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,7 +23,6 @@ import {
   RecordHookProgressRequestSchema,
 } from '../../src/gen/fabric/v1/agent_pb.js';
 import { HookStatus } from '../../src/hooks/hook-status.js';
-import { HOOKS_REF } from '../../src/hooks/state-store.js';
 import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
 import { startGrpcServer, type GrpcServer } from '../../src/rpc/grpc-server.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
@@ -38,21 +36,7 @@ import {
   startTestSidecar,
   text,
 } from '../fixtures/gateway/harness.js';
-
-/** The commit the state ref points at, read with git. */
-function stateHead(storagePath: string): string {
-  return execFileSync('git', ['rev-parse', HOOKS_REF], { cwd: storagePath, encoding: 'utf8' });
-}
-
-/** The hook's record as committed, read with git. */
-function committed(storagePath: string, hookId: string): Record<string, unknown> {
-  const path = `${HOOKS_REF}:hooks/${hookId.slice(14, 16)}/${hookId}.json`;
-  const out = execFileSync('git', ['cat-file', 'blob', path], {
-    cwd: storagePath,
-    encoding: 'utf8',
-  });
-  return JSON.parse(out) as Record<string, unknown>;
-}
+import { committedHook, stateHead } from '../fixtures/hooks/temp-store.js';
 
 describe('an agent and its ABANDONED hook, over MCP', () => {
   let dir: string;
@@ -105,7 +89,7 @@ describe('an agent and its ABANDONED hook, over MCP', () => {
       expect(text(r), tool).toContain('FABRIC_ERR_HOOK_STATE');
     }
     expect(stateHead(storagePath)).toBe(before);
-    expect(committed(storagePath, hookId)).toMatchObject({ status: 'ABANDONED', error: null });
+    expect(committedHook(storagePath, hookId)).toMatchObject({ status: 'ABANDONED', error: null });
     expect((await fabric.hooks!.getHook(hookId)).status).toBe(HookStatus.ABANDONED);
   });
 
@@ -122,14 +106,14 @@ describe('an agent and its ABANDONED hook, over MCP', () => {
       expect(text(r), tool).toContain('FABRIC_ERR_HOOK_NOT_FOUND');
     }
     expect(stateHead(storagePath)).toBe(before);
-    expect(committed(storagePath, hookId)).toMatchObject({ status: 'PENDING', error: null });
+    expect(committedHook(storagePath, hookId)).toMatchObject({ status: 'PENDING', error: null });
   });
 
   it('the operator may still fail it', async () => {
     const hookId = await abandoned();
     const failed = await fabric.hooks!.failHook(hookId, 'operator gave up');
     expect(failed.status).toBe(HookStatus.FAILED);
-    expect(committed(storagePath, hookId)).toMatchObject({
+    expect(committedHook(storagePath, hookId)).toMatchObject({
       status: 'FAILED',
       error: { message: 'operator gave up' },
     });
@@ -184,6 +168,6 @@ describe('an agent and its ABANDONED hook, over gRPC', () => {
       expect(err!.metadata.get('fabric-error-code'), method).toEqual(['FABRIC_ERR_HOOK_STATE']);
     }
     expect(stateHead(storagePath)).toBe(before);
-    expect(committed(storagePath, hookId)).toMatchObject({ status: 'ABANDONED', error: null });
+    expect(committedHook(storagePath, hookId)).toMatchObject({ status: 'ABANDONED', error: null });
   });
 });
