@@ -13,34 +13,24 @@
 import { create } from '@bufbuild/protobuf';
 import { status, type ClientUnaryCall, type ServiceError } from '@grpc/grpc-js';
 import { request, type ClientRequest } from 'node:http';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CallToolRequestSchema, type CallToolResponse } from '../../src/gen/fabric/v1/tool_pb.js';
 import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { postJson } from '../fixtures/api.js';
 import {
-  ADMIN_TOKEN,
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
+  IGNORE_CANCEL_UPSTREAM,
+  metricValue,
   startTestSidecar,
   until,
 } from '../fixtures/gateway/harness.js';
 import { failure, grpcClient, unary } from '../fixtures/grpc-client.js';
 
-const IGNORE_CANCEL_SERVER = fileURLToPath(
-  new URL('../fixtures/gateway/ignore-cancel-server.mjs', import.meta.url),
-);
 const SLOTS = 3;
-const UPSTREAM = {
-  up: {
-    command: process.execPath,
-    args: [IGNORE_CANCEL_SERVER],
-    stderr: 'ignore' as const,
-    callTimeoutSeconds: 600,
-  },
-};
+const UPSTREAM = { up: IGNORE_CANCEL_UPSTREAM };
 
 interface UpstreamState {
   held: number;
@@ -196,15 +186,8 @@ describe('/api/ CallTool: a given-up call whose upstream goes on working (real s
     JSON.parse(await textOf(await callTool(other, 'up__state'))) as UpstreamState;
 
   /** The sidecar's gauge of requests in flight over HTTP (`/mcp` and `/api/`, all agents). */
-  const inflightGauge = async (): Promise<number> => {
-    const res = await fetch(new URL('/metrics', sidecar.url), {
-      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
-    });
-    const line = (await res.text())
-      .split('\n')
-      .find((l) => l.startsWith('agent_fabric_mcp_http_requests_in_flight'));
-    return Number(line?.split(' ').pop());
-  };
+  const inflightGauge = (): Promise<number> =>
+    metricValue(sidecar, 'agent_fabric_mcp_http_requests_in_flight');
 
   /**
    * A raw `work` CallTool of the canceller: the request is written whole, and either dropped by

@@ -8,24 +8,21 @@
  * answer is dropped) or its late window (`callTimeoutSeconds`) ends; other agents are not
  * affected, and nothing stays counted once the upstream answers.
  */
-import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  ADMIN_TOKEN,
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
+  IGNORE_CANCEL_UPSTREAM,
+  metricValue,
   startTestSidecar,
   text,
   until,
 } from '../fixtures/gateway/harness.js';
 
-const IGNORE_CANCEL_SERVER = fileURLToPath(
-  new URL('../fixtures/gateway/ignore-cancel-server.mjs', import.meta.url),
-);
 const SLOTS = 3;
 
 describe('a cancelled call whose upstream goes on working (real sidecar)', () => {
@@ -36,14 +33,7 @@ describe('a cancelled call whose upstream goes on working (real sidecar)', () =>
   beforeAll(async () => {
     sidecar = await startTestSidecar({
       http: { maxInflightPerAgent: SLOTS },
-      upstreams: {
-        up: {
-          command: process.execPath,
-          args: [IGNORE_CANCEL_SERVER],
-          stderr: 'ignore',
-          callTimeoutSeconds: 600,
-        },
-      },
+      upstreams: { up: IGNORE_CANCEL_UPSTREAM },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'canceller' }, { name: 'other' }],
     });
@@ -64,15 +54,8 @@ describe('a cancelled call whose upstream goes on working (real sidecar)', () =>
     };
 
   /** The sidecar's gauge of MCP requests in flight (all agents). */
-  const inflightGauge = async (): Promise<number> => {
-    const res = await fetch(new URL('/metrics', sidecar.url), {
-      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
-    });
-    const line = (await res.text())
-      .split('\n')
-      .find((l) => l.startsWith('agent_fabric_mcp_http_requests_in_flight'));
-    return Number(line?.split(' ').pop());
-  };
+  const inflightGauge = (): Promise<number> =>
+    metricValue(sidecar, 'agent_fabric_mcp_http_requests_in_flight');
 
   /** Makes a `work` call of the canceller, waits until the upstream holds it, and cancels it. */
   const cancelledWork = async (n: number): Promise<void> => {

@@ -16,12 +16,12 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  ADMIN_TOKEN,
   agentToken,
   closeSidecar,
   costSpent,
   DEFAULT_ALLOW,
   httpClient,
+  metricValue,
   startTestSidecar,
   text,
   until,
@@ -77,15 +77,8 @@ describe('a stdio upstream that stops reading its input (real sidecar)', () => {
         );
     }
     // Every call is refused or waits for the upstream (what waits is on the sidecar's gauge).
-    const unsent = async (): Promise<number> => {
-      const res = await fetch(new URL('/metrics', sidecar.url), {
-        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
-      });
-      const line = (await res.text())
-        .split('\n')
-        .find((l) => l.startsWith('agent_fabric_upstream_unsent_input{upstream="st"}'));
-      return Number(line?.split(' ').pop());
-    };
+    const unsent = (): Promise<number> =>
+      metricValue(sidecar, 'agent_fabric_upstream_unsent_input{upstream="st"}');
     const waiting = Math.ceil(MAX_MESSAGE / ARG_CHARS) + 1;
     let held = 0;
     await until(async () => {
