@@ -113,6 +113,16 @@ describe('gRPC CallTool: a given-up call whose upstream goes on working (real si
     expect(await upstreamState()).toEqual({ held: SLOTS, cancelled: base + SLOTS });
   };
 
+  /** Whether a call of the canceller is served (not refused for its slots). */
+  const cancellerServed = async (): Promise<boolean> => {
+    try {
+      await call(canceller, 'up__state');
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
   it('keeps the slot of a cancelled or timed-out call until the upstream answers it', async () => {
     await fillSlots(0);
     // The agent's slots are all held: one more call is refused at once.
@@ -128,14 +138,7 @@ describe('gRPC CallTool: a given-up call whose upstream goes on working (real si
 
     // The upstream answers the given-up calls (the answers are dropped): the slots free.
     expect(textOf(await call(other, 'up__release'))).toBe(String(SLOTS));
-    await until(async () => {
-      try {
-        await call(canceller, 'up__state');
-        return true;
-      } catch {
-        return false;
-      }
-    });
+    await until(cancellerServed);
     expect(JSON.parse(textOf(await call(canceller, 'up__state')))).toEqual({
       held: 0,
       cancelled: SLOTS,
@@ -145,14 +148,7 @@ describe('gRPC CallTool: a given-up call whose upstream goes on working (real si
     await fillSlots(SLOTS);
     expect((await failure(call(canceller, 'up__state'))).code).toBe(status.RESOURCE_EXHAUSTED);
     expect(textOf(await call(other, 'up__release'))).toBe(String(SLOTS));
-    await until(async () => {
-      try {
-        await call(canceller, 'up__state');
-        return true;
-      } catch {
-        return false;
-      }
-    });
+    await until(cancellerServed);
   });
 });
 
