@@ -13,12 +13,12 @@
  * Skips only when /usr/bin/chromium is missing and FABRIC_TEST_REQUIRE_BROWSER is unset
  * (.ci/run installs Chromium and sets it).
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { type Browser, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
@@ -27,21 +27,20 @@ import {
   agentToken,
   api,
   closeSidecar,
-  DEFAULT_ALLOW,
-  EVERYTHING_BIN,
   httpClient,
   startTestSidecar,
   tempDir,
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import {
+  chromiumAvailable,
+  ECHO_NEEDS_APPROVAL,
+  launchChromium,
+  newDashboardPage,
+} from '../fixtures/browser.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const required = process.env.FABRIC_TEST_REQUIRE_BROWSER !== undefined;
-const available = existsSync(CHROMIUM);
-if (required && !available) {
-  throw new Error(`FABRIC_TEST_REQUIRE_BROWSER is set but ${CHROMIUM} is missing`);
-}
+const available = chromiumAvailable();
 const SHOTS =
   process.env.FABRIC_UPDATE_SCREENSHOTS !== undefined
     ? fileURLToPath(new URL('../../docs/screenshots/', import.meta.url))
@@ -69,19 +68,8 @@ describe.skipIf(!available)('the web dashboard in Chromium (playwright-core)', (
   beforeAll(async () => {
     mkdirSync(SHOTS, { recursive: true });
     sidecar = await startTestSidecar({
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-      },
-      policies: [
-        {
-          name: 'human-in-the-loop',
-          priority: 100,
-          rules: [{ tool: 'ev__echo', action: 'require_approval', reason: 'echo needs a human' }],
-        },
-        DEFAULT_ALLOW,
-      ],
+      ...ECHO_NEEDS_APPROVAL,
       agents: [{ name: 'worker' }, { name: 'helper' }],
-      approvals: { timeoutSeconds: 600 },
       hooks: {
         storagePath: join(tempDir('dash-hooks'), 'hooks'),
         useGitWorktree: false,
@@ -90,14 +78,9 @@ describe.skipIf(!available)('the web dashboard in Chromium (playwright-core)', (
     });
     base = new URL('/ui/', sidecar.url!).href;
     agent = await httpClient(sidecar.url!, agentToken(sidecar, 'worker'));
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ['--no-sandbox'],
-    });
-    page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    browser = await launchChromium();
     // A script error in the page fails the test that runs into it (its output names the error).
-    page.on('pageerror', (error) => pageErrors.push(error.message));
+    page = await newDashboardPage(browser, pageErrors);
   });
 
   afterEach(() => expect(pageErrors).toEqual([]));

@@ -8,9 +8,8 @@
  *
  * Skips only when /usr/bin/chromium is missing and FABRIC_TEST_REQUIRE_BROWSER is unset.
  */
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page, type Request, type Response } from 'playwright-core';
+import { type Browser, type Page, type Request, type Response } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { UNPRINTABLE_CLASS } from '../../src/unprintable.js';
@@ -20,20 +19,19 @@ import {
   agentToken,
   api,
   closeSidecar,
-  DEFAULT_ALLOW,
-  EVERYTHING_BIN,
   INIT,
   startTestSidecar,
   tempDir,
   until,
 } from '../fixtures/gateway/harness.js';
+import {
+  chromiumAvailable,
+  ECHO_NEEDS_APPROVAL,
+  launchChromium,
+  newDashboardPage,
+} from '../fixtures/browser.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const required = process.env.FABRIC_TEST_REQUIRE_BROWSER !== undefined;
-const available = existsSync(CHROMIUM);
-if (required && !available) {
-  throw new Error(`FABRIC_TEST_REQUIRE_BROWSER is set but ${CHROMIUM} is missing`);
-}
+const available = chromiumAvailable();
 /** How long a poll of the page waits (the machine is shared and slow; no timing is asserted). */
 const POLL = { timeout: 60_000, interval: 100 };
 /** Every character the CLI escapes (controls, bidirectional controls, line separators). */
@@ -78,17 +76,7 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
 
   beforeAll(async () => {
     sidecar = await startTestSidecar({
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-      },
-      policies: [
-        {
-          name: 'human-in-the-loop',
-          priority: 100,
-          rules: [{ tool: 'ev__echo', action: 'require_approval', reason: 'echo needs a human' }],
-        },
-        DEFAULT_ALLOW,
-      ],
+      ...ECHO_NEEDS_APPROVAL,
       agents: [{ name: 'worker' }, { name: 'runner', executor: 'remote' }],
       approvals: { timeoutSeconds: 600 },
       hooks: {
@@ -98,13 +86,8 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
       },
     });
     mcp = await rawMcp(sidecar.url!, agentToken(sidecar, 'worker'));
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ['--no-sandbox'],
-    });
-    page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-    page.on('pageerror', (error) => pageErrors.push(error.message));
+    browser = await launchChromium();
+    page = await newDashboardPage(browser, pageErrors);
     await page.goto(new URL('/ui/', sidecar.url!).href);
     await page.fill('#login-token', ADMIN_TOKEN);
     await page.click('#login-form button[type=submit]');
