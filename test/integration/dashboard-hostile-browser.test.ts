@@ -20,6 +20,7 @@ import {
   api,
   closeSidecar,
   INIT,
+  scheduleAndClaim,
   startTestSidecar,
   tempDir,
   until,
@@ -263,13 +264,7 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
 
   it('a task error an agent chose shows its controls as escapes in the Tasks view', async () => {
     const token = agentToken(sidecar, 'runner');
-    const scheduled = await api(sidecar, 'FabricService/ScheduleTask', {
-      agentId: agentId(sidecar, 'runner'),
-      taskType: 'review',
-    });
-    expect(scheduled.status).toBe(200);
-    const claim = await api(sidecar, 'AgentService/ClaimTask', { waitSeconds: 2 }, token);
-    const { task } = (await claim.json()) as { task: { taskId: string; attempt: number } };
+    const task = await scheduleAndClaim(sidecar, 'runner', { taskType: 'review' });
     const failed = await api(
       sidecar,
       'AgentService/FailTask',
@@ -331,14 +326,10 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     const token = agentToken(sidecar, 'runner');
     const big = 'r'.repeat(200_000);
     for (let i = 0; i < 10; i++) {
-      const scheduled = await api(sidecar, 'FabricService/ScheduleTask', {
-        agentId: agentId(sidecar, 'runner'),
+      const task = await scheduleAndClaim(sidecar, 'runner', {
         taskType: 'bulk',
         payload: { note: big },
       });
-      expect(scheduled.status).toBe(200);
-      const claim = await api(sidecar, 'AgentService/ClaimTask', { waitSeconds: 2 }, token);
-      const { task } = (await claim.json()) as { task: { taskId: string; attempt: number } };
       const done = await api(
         sidecar,
         'AgentService/CompleteTask',

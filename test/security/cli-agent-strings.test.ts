@@ -15,11 +15,11 @@ import { operatorCommands } from '../../src/cli/operator-commands.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   ADMIN_TOKEN,
-  agentId,
   agentToken,
   api,
   closeSidecar,
   DEFAULT_ALLOW,
+  scheduleAndClaim,
   startTestSidecar,
 } from '../fixtures/gateway/harness.js';
 
@@ -55,18 +55,12 @@ describe('operator CLI output of agent-chosen strings', () => {
       agents: [{ name: 'worker', executor: 'remote' }],
     });
     const token = agentToken(sidecar, 'worker');
-    const scheduled = await api(sidecar, 'FabricService/ScheduleTask', {
-      agentId: agentId(sidecar, 'worker'),
-      taskType: 'review',
-    });
-    expect(scheduled.status).toBe(200);
-    const claim = await api(sidecar, 'AgentService/ClaimTask', { waitSeconds: 2 }, token);
-    const claimed = (await claim.json()) as { task: { taskId: string; attempt: number } };
+    const task = await scheduleAndClaim(sidecar, 'worker', { taskType: 'review' });
     const evil = 'X\u001b]0;owned\u0007\u001b[2J\u009b31m\u202e\nfake-task  review  COMPLETED';
     const failed = await api(
       sidecar,
       'AgentService/FailTask',
-      { taskId: claimed.task.taskId, attempt: claimed.task.attempt, code: evil, message: 'nope' },
+      { taskId: task.taskId, attempt: task.attempt, code: evil, message: 'nope' },
       token,
     );
     expect(failed.status, await failed.clone().text()).toBe(200);

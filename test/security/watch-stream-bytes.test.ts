@@ -32,6 +32,7 @@ import {
   api,
   closeSidecar,
   DEFAULT_ALLOW,
+  scheduleAndClaim,
   startTestSidecar,
 } from '../fixtures/gateway/harness.js';
 import { grpcClient, openStream } from '../fixtures/grpc-client.js';
@@ -217,14 +218,10 @@ describe('task events carry an agent error cut, not whole', () => {
     const N = 120;
     let lastTask = '';
     for (let i = 0; i < N; i++) {
-      const s = await api(sidecar, 'FabricService/ScheduleTask', {
-        agentId: agentId(sidecar, 'worker'),
+      const task = await scheduleAndClaim(sidecar, 'worker', {
         taskType: 'job',
         options: { maxAttempts: 1 },
       });
-      expect(s.status).toBe(200);
-      const c = await api(sidecar, 'AgentService/ClaimTask', { waitSeconds: 2 }, token);
-      const { task } = (await c.json()) as { task: { taskId: string; attempt: number } };
       const f = await api(
         sidecar,
         'AgentService/FailTask',
