@@ -573,14 +573,7 @@ export class McpHttpEndpoint {
       this.#forgetIfIdle(agentId, load);
       throw new InflightLimitError(this.#maxInflight, agentId, load.inflight);
     }
-    load.inflight++;
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      load.inflight--;
-      this.#forgetIfIdle(agentId, load);
-    };
+    return this.holdInflight(agentId);
   }
 
   /**
