@@ -29,6 +29,21 @@ const CATALOG_SERVER = fileURLToPath(
   new URL('../fixtures/gateway/catalog-server.mjs', import.meta.url),
 );
 
+/** A catalog-server upstream listing `tools` (by name, taking any object) and one `resource`. */
+function catalogUpstream(tools: string[], resource: { uri: string; name: string }) {
+  return {
+    command: process.execPath,
+    args: [CATALOG_SERVER],
+    stderr: 'ignore' as const,
+    env: {
+      CATALOG_TOOLS: JSON.stringify(
+        tools.map((name) => ({ name, inputSchema: { type: 'object' } })),
+      ),
+      CATALOG_RESOURCES: JSON.stringify([resource]),
+    },
+  };
+}
+
 const uri = (n: number): string => `demo://resource/dynamic/text/${n}`;
 
 /** The McpError a refused request rejects with. */
@@ -195,21 +210,9 @@ describe("a subscription waiting on another agent's subscribe upstream", () => {
   let victim: Client;
 
   beforeAll(async () => {
-    const tools = ['holdsub', 'failsub', 'changed'].map((name) => ({
-      name,
-      inputSchema: { type: 'object' },
-    }));
     sidecar = await startTestSidecar({
       upstreams: {
-        cat: {
-          command: process.execPath,
-          args: [CATALOG_SERVER],
-          stderr: 'ignore',
-          env: {
-            CATALOG_TOOLS: JSON.stringify(tools),
-            CATALOG_RESOURCES: JSON.stringify([{ uri: DOC, name: 'shared' }]),
-          },
-        },
+        cat: catalogUpstream(['holdsub', 'failsub', 'changed'], { uri: DOC, name: 'shared' }),
       },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'attacker' }, { name: 'victim' }],
@@ -272,17 +275,7 @@ describe('a session closed while its subscribe is being decided', () => {
   // (an async policy service is no such window: the engine checks the call's signal after it).
   it('is not left subscribed: the last live subscriber’s unsubscribe reaches the upstream', async () => {
     sidecar = await startTestSidecar({
-      upstreams: {
-        cat: {
-          command: process.execPath,
-          args: [CATALOG_SERVER],
-          stderr: 'ignore',
-          env: {
-            CATALOG_TOOLS: JSON.stringify([{ name: 'changed', inputSchema: { type: 'object' } }]),
-            CATALOG_RESOURCES: JSON.stringify([{ uri: DOC, name: 'watched' }]),
-          },
-        },
-      },
+      upstreams: { cat: catalogUpstream(['changed'], { uri: DOC, name: 'watched' }) },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'stayer' }, { name: 'leaver' }],
     });
