@@ -104,6 +104,24 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     await closeSidecar(sidecar);
   });
 
+  /**
+   * Opens the `tab` view and collects the content-length of each answer the page reads whose URL
+   * ends with `method`, until there are at least `n`.
+   */
+  async function answerSizes(method: string, tab: string, n: number): Promise<number[]> {
+    const sizes: number[] = [];
+    const onResponse = (res: Response): void => {
+      if (res.url().endsWith(method)) {
+        sizes.push(Number(res.headers()['content-length']));
+      }
+    };
+    page.on('response', onResponse);
+    await page.click(`#tab-${tab}`);
+    await expect.poll(() => sizes.length, POLL).toBeGreaterThanOrEqual(n);
+    page.off('response', onResponse);
+    return sizes;
+  }
+
   /** The pending approvals as the Operator API answers them (its JSON text and parsed). */
   async function pending(): Promise<{ text: string; approvals: Approval[] }> {
     const res = await api(sidecar, 'ApprovalService/ListApprovals', {
@@ -299,17 +317,8 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
       });
       approvals.deny(a.id, { approver: 'admin' });
     }
-    const sizes: number[] = [];
-    const onResponse = (res: Response): void => {
-      if (res.url().endsWith('.ApprovalService/ListApprovals')) {
-        sizes.push(Number(res.headers()['content-length']));
-      }
-    };
-    page.on('response', onResponse);
-    await page.click('#tab-approvals');
     // Two refreshes of the view (each reads the pending list and the decided one).
-    await expect.poll(() => sizes.length, POLL).toBeGreaterThanOrEqual(4);
-    page.off('response', onResponse);
+    const sizes = await answerSizes('.ApprovalService/ListApprovals', 'approvals', 4);
     // The page shows 100 decided ones: it reads no more than those and the pending ones (each
     // approval's arguments come twice, as a Value and as base64 JSON: 2⅓ × their size).
     expect(Math.max(...sizes)).toBeLessThan(110 * 2.5 * big.length);
@@ -338,16 +347,7 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
       );
       expect(done.status).toBe(200);
     }
-    const sizes: number[] = [];
-    const onResponse = (res: Response): void => {
-      if (res.url().endsWith('.FabricService/ListTasks')) {
-        sizes.push(Number(res.headers()['content-length']));
-      }
-    };
-    page.on('response', onResponse);
-    await page.click('#tab-tasks');
-    await expect.poll(() => sizes.length, POLL).toBeGreaterThanOrEqual(2);
-    page.off('response', onResponse);
+    const sizes = await answerSizes('.FabricService/ListTasks', 'tasks', 2);
     await expect
       .poll(() => page.locator('#view-tasks tr[data-task]').count(), POLL)
       .toBeGreaterThanOrEqual(10);
