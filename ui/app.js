@@ -198,6 +198,9 @@ $('login-form').addEventListener('submit', async (event) => {
 });
 
 $('logout').addEventListener('click', async () => {
+  // Stopped first: the logout ends the session's stream, which would say "Your session ended".
+  running?.stop();
+  running = undefined;
   try {
     await logout();
   } finally {

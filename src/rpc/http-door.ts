@@ -30,7 +30,9 @@
  * The same rules as gRPC, in the same order: the caller is authenticated from
  * `authorization: Bearer <credential>` before the body is read (no credential: 401; an agent's
  * on an admin service: 403) — or, without that header, from the web dashboard's session cookie,
- * which counts only with its CSRF token and the sidecar's own `Origin` (server/dashboard.ts); then the body is read within the size and time limits
+ * which counts only with its CSRF token and the sidecar's own `Origin` (server/dashboard.ts), and
+ * whose calls (streams included) end with `FABRIC_ERR_UNAUTHENTICATED` when the session ends, as
+ * an agent's end when its credential is replaced; then the body is read within the size and time limits
  * (http-body.ts: 413, 408), parsed (not JSON, nested deeper than gRPC's decoder allows, or not
  * the method's message: 400 `FABRIC_ERR_INVALID_ARGUMENT`), and the method runs with a signal
  * that aborts when the client goes away. Errors answer with the HTTP status of their catalog
@@ -156,9 +158,10 @@ export interface HttpDoorOptions {
    * The dashboard's sessions: a request without `authorization` is the admin it names when it
    * carries a session cookie (with its CSRF token and the own `Origin`, see
    * server/dashboard.ts). Returns undefined when the request has no session cookie; throws
-   * when it has one that does not pass.
+   * when it has one that does not pass. The call (a stream, or a unary call until it is
+   * answered) is held on the session and ends with `FABRIC_ERR_UNAUTHENTICATED` when it ends.
    */
-  sessionCaller?: (req: IncomingMessage) => string | undefined;
+  sessionCaller?: (req: IncomingMessage) => SessionCaller | undefined;
   /**
    * Counts an agent's unary call in flight (the MCP endpoint's `acquireInflight`, so both doors
    * share `http.maxInflightPerAgent`); returns what ends it, throws `InflightLimitError` beyond.
@@ -173,6 +176,22 @@ export interface HttpDoorOptions {
    */
   holdInflight?: ((agentId: string) => () => void) | undefined;
 }
+
+/** A dashboard session's admin, and how a call is tied to the session (server/dashboard.ts). */
+export interface SessionCaller {
+  readonly admin: string;
+  /**
+   * Registers a call that `end` ends when the session ends; returns what removes it.
+   * @throws UnauthenticatedError when the session has ended already.
+   */
+  hold(end: (reason: UnauthenticatedError) => void): () => void;
+}
+
+/**
+ * Ties a call to what authorized it: `end` ends it when that stops; returns what unties it.
+ * Throws `UnauthenticatedError` when that has stopped already.
+ */
+type Hold = (end: (reason: UnauthenticatedError) => void) => () => void;
 
 type UnaryHandler = (
   caller: Caller,
@@ -227,7 +246,7 @@ export class HttpDoor {
   readonly #maxBufferedBytes: number;
   readonly #keepAliveMs: number;
   readonly #streams = new ActiveStreams();
-  readonly #sessionCaller: ((req: IncomingMessage) => string | undefined) | undefined;
+  readonly #sessionCaller: ((req: IncomingMessage) => SessionCaller | undefined) | undefined;
   readonly #inflight: ((agentId: string) => () => void) | undefined;
   readonly #holdInflight: ((agentId: string) => () => void) | undefined;
 
@@ -356,7 +375,7 @@ export class HttpDoor {
     // Read before the credential is checked: a change by the time the body is in means a
     // credential may have been revoked meanwhile.
     const epoch = this.#fabric.credentialEpoch();
-    let caller = this.#caller(req, route.caller);
+    let { caller, hold } = this.#caller(req, route.caller);
     const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
     if (type !== 'application/json') {
       throw new InvalidArgumentError('content-type', 'must be application/json');
@@ -376,35 +395,36 @@ export class HttpDoor {
     });
     // Checked again once the body is in, as the gRPC door checks a call again once its message
     // is (a credential revoked or replaced in between acts no more, for its agent or another).
-    if (this.#fabric.credentialEpoch() !== epoch) caller = this.#caller(req, route.caller);
+    if (this.#fabric.credentialEpoch() !== epoch)
+      ({ caller, hold } = this.#caller(req, route.caller));
     const request = decodeJson(route.method.input, text);
     if (route.kind === 'stream') {
       // Checked again: streams may have opened while this body was read.
       if (this.#streams.size >= this.#maxStreams) throw new StreamLimitError(this.#maxStreams);
-      return this.#stream(res, route, caller, request, timeoutMs);
+      return this.#stream(res, route, caller, request, timeoutMs, hold);
     }
+    // Registered in the same turn as the last check: a replacement of the credential, or the end
+    // of the dashboard session (one that ended while the body was read: 401 now), from here on
+    // ends the call (401) — a claim waiting for a task, a tool call waiting for its turn, a
+    // WaitTask.
+    let stop = (_reason: UnauthenticatedError): void => {};
+    const unhold = hold?.((reason) => stop(reason));
     const scope = callScope(res, timeoutMs);
-    // Registered in the same turn as the last check: a replacement of the credential from here
-    // on ends the call (401) — a claim waiting for a task, a tool call waiting for its turn.
-    const unhold =
-      caller.kind === 'agent'
-        ? this.#fabric.credentialCalls.hold(
-            caller.id,
-            bearerCredential(req.headers.authorization ?? ''),
-            (reason) => scope.controller.abort(reason),
-          )
-        : undefined;
+    stop = (reason) => scope.controller.abort(reason);
     const undos: (() => void)[] = [];
     const undo = (): void => {
       for (const u of undos.splice(0)) u();
     };
-    const hold = this.#holdInflight;
+    const holdInflight = this.#holdInflight;
     const agentId = caller.id;
     const context: CallContext = {
       deadline: scope.deadline,
       onUndelivered: (u) => void undos.push(u),
       traceContext: { traceparent: req.headers.traceparent, tracestate: req.headers.tracestate },
-      holdSlot: slot.release === undefined || hold === undefined ? undefined : () => hold(agentId),
+      holdSlot:
+        slot.release === undefined || holdInflight === undefined
+          ? undefined
+          : () => holdInflight(agentId),
     };
     const running = route.handler(caller, request, scope.controller.signal, context);
     try {
@@ -435,19 +455,30 @@ export class HttpDoor {
     }
   }
 
-  /** The bearer credential's caller; without one, the dashboard session's admin (if any). */
-  #caller(req: IncomingMessage, kind: CallerKind): Caller {
+  /**
+   * The bearer credential's caller; without one, the dashboard session's admin (if any). With
+   * `hold`, which ties a call to what authorized it: an agent's credential (until replaced) or
+   * the dashboard session (until it ends). A bearer admin's call has none: the admin
+   * credentials are fixed while the fabric runs.
+   */
+  #caller(req: IncomingMessage, kind: CallerKind): { caller: Caller; hold: Hold | undefined } {
     const authorization = req.headers.authorization;
     if (authorization === undefined && this.#sessionCaller !== undefined) {
-      const admin = this.#sessionCaller(req);
-      if (admin !== undefined) {
+      const session = this.#sessionCaller(req);
+      if (session !== undefined) {
         if (kind === 'agent') {
           throw new UnauthenticatedError('the agent protocol needs an agent credential');
         }
-        return { kind, id: admin };
+        return { caller: { kind, id: session.admin }, hold: (end) => session.hold(end) };
       }
     }
-    return authenticateCaller(this.#fabric, kind, authorization ?? '');
+    const caller = authenticateCaller(this.#fabric, kind, authorization ?? '');
+    if (caller.kind !== 'agent') return { caller, hold: undefined };
+    const credential = bearerCredential(authorization ?? '');
+    return {
+      caller,
+      hold: (end) => this.#fabric.credentialCalls.hold(caller.id, credential, end),
+    };
   }
 
   async #stream(
@@ -456,7 +487,13 @@ export class HttpDoor {
     caller: Caller,
     request: unknown,
     timeoutMs: number | undefined,
+    hold: Hold | undefined,
   ): Promise<void> {
+    // Registered in the same turn as the caller's last check (nothing awaited since): the end
+    // of what authorized the stream (its dashboard session, its agent's credential) ends it. A
+    // session that ended while the body was read: 401 before the stream starts.
+    let stop = (_reason: UnauthenticatedError): void => {};
+    const unhold = hold?.((reason) => stop(reason));
     const scope = callScope(res, timeoutMs);
     const { controller } = scope;
     let ended = false;
@@ -477,6 +514,7 @@ export class HttpDoor {
       ended = true;
       outbox.close();
       deregister();
+      unhold?.();
       clearInterval(keepAlive);
       controller.abort(err ?? new ClosedError('stream'));
       scope.dispose();
@@ -486,6 +524,7 @@ export class HttpDoor {
       );
     };
     const deregister = this.#streams.add((err) => end(err));
+    stop = (reason) => end(reason);
     controller.signal.addEventListener('abort', () => {
       const reason: unknown = controller.signal.reason;
       end(reason instanceof FabricError ? reason : new ClosedError('stream (the client left)'));

@@ -35,6 +35,15 @@
  * no activity (any same-site page can send it). At most {@link DashboardOptions.maxSessions} live
  * at once (a new login then ends the oldest).
  *
+ * **What a session authorized ends with it.** The `/api/` door holds each call a session's cookie
+ * authorized — a stream (`EventService/Watch`, `ApprovalService/Watch`) or a unary call still in
+ * flight — on the session ({@link SessionCaller.hold}); when the session ends (logout, idle, its
+ * life, evicted by a newer login past the cap) each ends with
+ * `FABRIC_ERR_UNAUTHENTICATED` (a stream's `end` line, a unary call's 401). Idle and life expiry
+ * are noticed without a request: every {@link DashboardOptions.sweepMs} (1 s) while a session
+ * lives, a sweep on the sessions' clock ends those that are over. So a stolen cookie's stream
+ * stops receiving events when the operator logs out or the session times out.
+ *
  * **Failed logins** count against the client's address in the {@link DashboardOptions.throttle}
  * (server/auth-throttle.ts): past the bound a login is 429
  * `FABRIC_ERR_AUTH_THROTTLED` with `Retry-After`, the right token included.
@@ -48,6 +57,7 @@ import { fileURLToPath } from 'node:url';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   AuthThrottledError,
+  ConfigError,
   InvalidArgumentError,
   PermissionDeniedError,
   RouteNotFoundError,
@@ -75,6 +85,8 @@ export const DEFAULT_SESSION_IDLE_MS = 30 * 60 * 1000;
 export const BACKGROUND_HEADER = 'x-fabric-background';
 /** Default of {@link DashboardOptions.maxSessions}. */
 export const DEFAULT_MAX_SESSIONS = 256;
+/** Default of {@link DashboardOptions.sweepMs}: 1 second. */
+export const DEFAULT_SESSION_SWEEP_MS = 1000;
 /** Largest login body. */
 const MAX_LOGIN_BYTES = 4096;
 /** Time a client has to send the login body. */
@@ -127,6 +139,24 @@ export interface DashboardOptions {
   maxSessions?: number;
   /** Clock (tests). @default Date.now */
   now?: () => number;
+  /**
+   * How often the sessions are checked for their end (idle or past their life) while any is
+   * live, so that what a session authorized ends without waiting for its next request. Reads
+   * {@link now}. @default 1000
+   */
+  sweepMs?: number;
+}
+
+/**
+ * The admin a request acts as through its session cookie, and what ties a call to that session:
+ * `hold(end)` registers a call (a stream, or a unary call in flight) that `end` ends, with
+ * `FABRIC_ERR_UNAUTHENTICATED`, when the session ends (logout, idle, life, evicted); it returns
+ * what removes the call (idempotent). It throws that error when the session has ended already
+ * (between the request's check and the call's start: logged out while the body was read).
+ */
+export interface SessionCaller {
+  readonly admin: string;
+  hold(end: (reason: UnauthenticatedError) => void): () => void;
 }
 
 interface Session {
@@ -135,6 +165,10 @@ interface Session {
   readonly expiresAt: number;
   /** Its last activity (login, or a foreground request at the `/api/` door). */
   activeAt: number;
+  /** The calls it authorized that are still open; ended with it. */
+  readonly calls: Set<(reason: UnauthenticatedError) => void>;
+  /** Why it ended, once it has. */
+  ended?: string;
 }
 
 interface StaticFile {
@@ -171,6 +205,11 @@ function readFiles(dir: string): Map<string, StaticFile> {
 
 function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
+}
+
+/** What a call a session authorized ends with when the session ends. */
+function endedError(why: string): UnauthenticatedError {
+  return new UnauthenticatedError(`the dashboard session this call was made with ended (${why})`);
 }
 
 function sameSecret(a: string, b: string): boolean {
@@ -226,6 +265,9 @@ export class Dashboard {
   readonly #throttle: AuthThrottle | undefined;
   readonly #maxSessions: number;
   readonly #now: () => number;
+  readonly #sweepMs: number;
+  #sweep: NodeJS.Timeout | undefined;
+  #closed = false;
 
   constructor(options: DashboardOptions) {
     this.#files = readFiles(options.dir ?? DEFAULT_UI_DIR);
@@ -236,6 +278,20 @@ export class Dashboard {
     this.#throttle = options.throttle;
     this.#maxSessions = options.maxSessions ?? DEFAULT_MAX_SESSIONS;
     this.#now = options.now ?? Date.now;
+    this.#sweepMs = options.sweepMs ?? DEFAULT_SESSION_SWEEP_MS;
+    if (!Number.isSafeInteger(this.#sweepMs) || this.#sweepMs < 1) {
+      throw new ConfigError('dashboard.sweepMs', 'must be a positive integer of milliseconds');
+    }
+  }
+
+  /**
+   * Stops the sweep: the server stops (its door ends the streams; unary calls in flight finish
+   * as a graceful stop lets them). Sessions still end when a request finds them over.
+   */
+  close(): void {
+    this.#closed = true;
+    clearInterval(this.#sweep);
+    this.#sweep = undefined;
   }
 
   /** The dashboard's files were found (`ui/` ships in the package). */
@@ -302,13 +358,20 @@ export class Dashboard {
    * @throws UnauthenticatedError when the cookie names no live session;
    *   PermissionDeniedError when the CSRF token or the `Origin` is missing or wrong.
    */
-  sessionCaller(req: IncomingMessage): string | undefined {
+  sessionCaller(req: IncomingMessage): SessionCaller | undefined {
     const ids = cookieValues(req, SESSION_COOKIE);
     if (ids.length === 0) return undefined;
     const { session } = this.#requireSession(req, ids);
     // What a hidden page fetches on its own keeps no session alive.
     if (req.headers[BACKGROUND_HEADER] !== '1') session.activeAt = this.#now();
-    return session.admin;
+    return {
+      admin: session.admin,
+      hold: (end) => {
+        if (session.ended !== undefined) throw endedError(session.ended);
+        session.calls.add(end);
+        return () => void session.calls.delete(end);
+      },
+    };
   }
 
   /**
@@ -367,21 +430,54 @@ export class Dashboard {
     const key = sha256(id);
     const session = this.#sessions.get(key);
     if (session === undefined) return undefined;
-    if (this.#ended(session, this.#now())) {
-      this.#sessions.delete(key);
+    const why = this.#ended(session, this.#now());
+    if (why !== undefined) {
+      this.#end(key, session, why);
       return undefined;
     }
     return session;
   }
 
-  /** Past its life, or idle too long. */
-  #ended(s: Session, now: number): boolean {
-    return s.expiresAt <= now || s.activeAt + this.#idleMs <= now;
+  /** Why it has ended — past its life, or idle too long — or undefined while it lives. */
+  #ended(s: Session, now: number): string | undefined {
+    if (s.expiresAt <= now) return 'it reached its life';
+    if (s.activeAt + this.#idleMs <= now) return 'it was idle too long';
+    return undefined;
   }
 
+  /** Ends the sessions past their life or idle too long, and what they authorized. */
   #prune(): void {
     const now = this.#now();
-    for (const [key, s] of this.#sessions) if (this.#ended(s, now)) this.#sessions.delete(key);
+    for (const [key, s] of this.#sessions) {
+      const why = this.#ended(s, now);
+      if (why !== undefined) this.#end(key, s, why);
+    }
+  }
+
+  /** Forgets the session and ends the calls it authorized (streams, unary calls in flight). */
+  #end(key: string, s: Session, why: string): void {
+    if (this.#sessions.get(key) === s) this.#sessions.delete(key);
+    if (s.ended === undefined) s.ended = why;
+    const calls = [...s.calls];
+    s.calls.clear();
+    for (const end of calls) {
+      try {
+        end(endedError(why));
+      } catch {
+        // One call's end failing keeps neither the others nor the sweep from going on.
+      }
+    }
+    if (this.#sessions.size === 0) {
+      clearInterval(this.#sweep);
+      this.#sweep = undefined;
+    }
+  }
+
+  /** Sweeps every {@link DashboardOptions.sweepMs} while a session lives (not after close). */
+  #armSweep(): void {
+    if (this.#sweep !== undefined || this.#closed) return;
+    this.#sweep = setInterval(() => this.#prune(), this.#sweepMs);
+    this.#sweep.unref();
   }
 
   #cookie(value: string, maxAgeSeconds: number): string {
@@ -425,13 +521,20 @@ export class Dashboard {
     }
     this.#prune();
     while (this.#sessions.size >= this.#maxSessions) {
-      const oldest = this.#sessions.keys().next().value as string;
-      this.#sessions.delete(oldest);
+      const [oldest, s] = this.#sessions.entries().next().value as [string, Session];
+      this.#end(oldest, s, `newer logins passed the ${this.#maxSessions} sessions`);
     }
     const id = randomBytes(32).toString('base64url');
     const csrf = randomBytes(32).toString('base64url');
     const now = this.#now();
-    this.#sessions.set(sha256(id), { admin, csrf, expiresAt: now + this.#ttlMs, activeAt: now });
+    this.#sessions.set(sha256(id), {
+      admin,
+      csrf,
+      expiresAt: now + this.#ttlMs,
+      activeAt: now,
+      calls: new Set(),
+    });
+    this.#armSweep();
     send(res, 200, JSON.stringify({ admin, csrf }), 'application/json', {
       'set-cookie': this.#cookie(id, Math.floor(this.#ttlMs / 1000)),
     });
@@ -443,8 +546,8 @@ export class Dashboard {
     }
     const ids = cookieValues(req, SESSION_COOKIE);
     if (ids.length === 0) throw new UnauthenticatedError('no dashboard session');
-    const { id } = this.#requireSession(req, ids);
-    this.#sessions.delete(sha256(id));
+    const { id, session } = this.#requireSession(req, ids);
+    this.#end(sha256(id), session, 'it was logged out');
     send(res, 200, '{}', 'application/json', { 'set-cookie': this.#cookie('', 0) });
   }
 

@@ -259,6 +259,8 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
       new Promise<void>((resolve) => {
         // The door's streams (watches) never end on their own: end them with their `end` line.
         options.api?.close();
+        // Then the sessions and their sweep timer.
+        options.dashboard?.close();
         server.close(() => resolve());
         server.closeIdleConnections();
         // SSE streams never go idle on their own; cut what is left after a moment.

@@ -71,11 +71,14 @@ export interface SidecarOptions {
   /** Skip the HTTP server (stdio mode). */
   http?: boolean;
   /**
-   * Settings of the dashboard's sessions (tests, embedders): their life, idle time and cap, and
-   * the clock of the sessions and of the bound on failed logins. @default the defaults of
-   * server/dashboard.ts and server/auth-throttle.ts
+   * Settings of the dashboard's sessions (tests, embedders): their life, idle time and cap, how
+   * often they are checked for their end, and the clock of the sessions and of the bound on
+   * failed logins. @default the defaults of server/dashboard.ts and server/auth-throttle.ts
    */
-  dashboard?: Pick<DashboardOptions, 'sessionTtlMs' | 'sessionIdleMs' | 'maxSessions' | 'now'>;
+  dashboard?: Pick<
+    DashboardOptions,
+    'sessionTtlMs' | 'sessionIdleMs' | 'maxSessions' | 'now' | 'sweepMs'
+  >;
 }
 
 type Closable = { close(): Promise<void> | void };

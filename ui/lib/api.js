@@ -98,7 +98,8 @@ export async function call(method, body) {
 /**
  * Reads a server stream (`EventService/Watch`, `ApprovalService/Watch`): NDJSON lines
  * `{message}` … `{end}`. Calls `onMessage` for each message; resolves when the stream ends
- * (rejects with ApiError when the server ended it with an error or refused it).
+ * (rejects with ApiError when the server ended it with an error or refused it; status 401 when
+ * it ended because the session did, which logs the page out).
  */
 export async function watch(method, body, onMessage, signal) {
   const res = await post(method, body, signal);
@@ -119,8 +120,15 @@ export async function watch(method, body, onMessage, signal) {
       if (json.message !== undefined) onMessage(json.message);
       else if (json.end !== undefined) {
         const e = json.end.error;
-        if (e) throw new ApiError(0, e.code, e.message);
-        return;
+        if (!e) return;
+        // The session ended while the stream was open (logout, idle, its 8 hours): as a 401.
+        if (e.code === 'FABRIC_ERR_UNAUTHENTICATED') {
+          const err = new ApiError(401, e.code, e.message);
+          csrf = '';
+          onLoggedOut(err);
+          throw err;
+        }
+        throw new ApiError(0, e.code, e.message);
       }
     }
   }
