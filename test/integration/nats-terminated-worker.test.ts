@@ -19,7 +19,14 @@ import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 /** A fabric on NATS with pool `p` of two agents: `stays`, and `goes`, which a test terminates. */
 async function poolOfTwo(url: string, namespace: string) {
   const nats = { url, namespace };
-  const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
+  // AckWait 3 s, not 30: a message the server was sending to the worker's pull as the worker
+  // closed it never reaches the worker (nothing to give back) and comes back after AckWait,
+  // as one a crashed worker held — within the waits below. A terminated message (what this
+  // guards against) would wait for its task's 300 s timeout.
+  const fabric = new AgentFabric(
+    { heartbeatIntervalSeconds: 60 },
+    { nats: { ...nats, ackWaitSeconds: 3 } },
+  );
   await fabric.start();
   await fabric.createPool({ poolId: 'p', model: 'm', executor: 'nats', minAgents: 0 });
   const stays = await fabric.spawn({ name: 'stays', model: 'm', executor: 'nats', poolId: 'p' });
