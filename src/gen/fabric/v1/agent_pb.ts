@@ -626,7 +626,8 @@ export type RecordHookProgressRequest = Message<"fabric.v1.RecordHookProgressReq
   hookId: string;
 
   /**
-   * An optional note (at most 4096 characters).
+   * An optional note (at most 4096 characters); empty or blank: no note (HookInfo.progress_note
+   * becomes empty).
    *
    * @generated from field: string note = 2;
    */
