@@ -62,12 +62,15 @@ export function gitEnv(): Record<string, string> {
  * files — with whoever works in them, so an agent could name programs there that git runs for
  * the sidecar: hook scripts (`core.hooksPath`, or files in `hooks/`), an fsmonitor, submodule
  * fetches on checkout. These turn all of them off; filter drivers are turned off per command by
- * {@link filterOverrides}.
+ * {@link filterOverrides}. Refs are shared too: a `refs/replace/<oid>` ref (`git replace`) makes
+ * git read another object wherever one is named — a hook's record blob read as the agent's
+ * forgery at the next load, without `refs/fabric/hooks` moving — so replace refs are not used.
  */
 export const SAFE_GIT_CONFIG: readonly string[] = Object.freeze([
   'core.hooksPath=/dev/null',
   'core.fsmonitor=false',
   'submodule.recurse=false',
+  'core.useReplaceRefs=false',
 ]);
 
 /** {@link SAFE_GIT_CONFIG} as command-line arguments. */

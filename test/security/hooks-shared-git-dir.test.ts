@@ -188,3 +188,46 @@ describe('an agent inside its hook worktree', () => {
     });
   });
 });
+
+describe('an agent inside its hook worktree, with replace refs', () => {
+  it("cannot make the store read another agent's hook as something else through refs/replace", async () => {
+    const victim = await hooks!.createHook({
+      agentId: 'victim',
+      workItem: { job: 'v' },
+      branch: 'agent/v',
+    });
+    await hooks!.activateHook(victim.hookId);
+    const { wt } = await attackerHook();
+
+    // The agent does not move refs/fabric/hooks (the store would notice and put its state
+    // back): it tells git that the victim's record blob is another one, with `git replace`.
+    const path = `hooks/${victim.hookId.slice(14, 16)}/${victim.hookId}.json`;
+    const original = agentGit(wt, ['rev-parse', `${HOOKS_REF}:${path}`]);
+    const record = JSON.parse(agentGit(wt, ['show', `${HOOKS_REF}:${path}`])) as Record<
+      string,
+      unknown
+    >;
+    const forged = { ...record, status: 'COMPLETED', result: 'owned by attacker' };
+    const blob = agentGit(
+      wt,
+      ['hash-object', '-w', '--stdin'],
+      {},
+      `${JSON.stringify(forged, null, 2)}\n`,
+    );
+    agentGit(wt, ['replace', original, blob]);
+    // The replacement is in place for plain git (what the store's own commands saw before).
+    expect(JSON.parse(agentGit(wt, ['show', `${HOOKS_REF}:${path}`]))).toMatchObject({
+      status: 'COMPLETED',
+    });
+
+    // Other hooks go on; after a restart the victim's hook is still what the sidecar committed.
+    await hooks!.createHook({ agentId: 'bystander', workItem: 1, branch: 'agent/bystander' });
+    await hooks!.close();
+    hooks = await HookManager.open({ storagePath, useGitWorktree: true });
+    expect(await hooks.getHook(victim.hookId)).toMatchObject({
+      status: HookStatus.ACTIVE,
+      agentId: 'victim',
+      result: null,
+    });
+  });
+});
