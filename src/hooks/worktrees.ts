@@ -99,13 +99,24 @@ export class WorktreeManager {
 
   /**
    * Removes the worktree folder of `hookId` (and git's record of it). Best effort when it is
-   * already gone. The branch is kept: it holds the agent's commits.
+   * already gone. The branch is kept: it holds the agent's commits. Without `force` git first
+   * runs `status` in the worktree to see it is clean, which reads the agent's files through
+   * the filter drivers of the shared config: those are turned off as for `worktree add`.
    */
   async remove(hookId: string, force: boolean): Promise<void> {
     const path = this.pathFor(hookId);
     try {
       if (await exists(path)) {
-        await this.#git.raw(['worktree', 'remove', ...(force ? ['--force'] : []), path]);
+        const noFilters = await filterOverrides(() =>
+          this.#git.raw(['config', '--get-regexp', '^filter\\.']),
+        );
+        await this.#git.raw([
+          ...noFilters,
+          'worktree',
+          'remove',
+          ...(force ? ['--force'] : []),
+          path,
+        ]);
       } else {
         await this.#git.raw(['worktree', 'prune']);
       }

@@ -7,7 +7,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { HOOKS_REF, HookManager, HookStatus } from '../../src/hooks/index.js';
@@ -229,5 +229,35 @@ describe('an agent inside its hook worktree, with replace refs', () => {
       agentId: 'victim',
       result: null,
     });
+  });
+});
+
+describe('an agent inside its hook worktree, at its removal', () => {
+  it('cannot make the sidecar run a filter driver when its worktree is removed', async () => {
+    const { mine, wt } = await attackerHook();
+    const marker = join(dir.path, 'PWNED');
+    const script = join(dir.path, 'evil.sh');
+    await writeFile(script, `#!/bin/sh\necho ran >> '${marker}'\ncat\n`);
+    await chmod(script, 0o755);
+    await writeFile(join(wt, '.gitattributes'), '* filter=evil\n');
+    await writeFile(join(wt, 'work.txt'), 'work\n');
+    agentGit(wt, ['add', '-A']);
+    agentGit(wt, ['commit', '-q', '-m', 'work']);
+    // The driver goes into the shared config after the commit; the file's stat no longer
+    // matches the index (same content), so a status has to read it through the driver.
+    agentGit(wt, ['config', 'filter.evil.clean', script]);
+    agentGit(wt, ['config', 'filter.evil.smudge', script]);
+    agentGit(wt, ['config', 'filter.evil.required', 'true']);
+    const later = new Date(Date.now() + 120_000);
+    await utimes(join(wt, 'work.txt'), later, later);
+    await writeFile(join(wt, 'work.txt'), 'work\n');
+
+    // The hook is handed back and its (clean) worktree removed without force: git checks it is
+    // clean first.
+    await hooks!.completeHook(mine.hookId, null);
+    expect(existsSync(marker)).toBe(false);
+    await hooks!.removeWorktree(mine.hookId);
+    expect(existsSync(wt)).toBe(false);
+    expect(existsSync(marker), 'the sidecar ran a program the agent named').toBe(false);
   });
 });
