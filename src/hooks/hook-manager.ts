@@ -715,6 +715,17 @@ export class HookManager {
     const started = performance.now();
     this.#unmaintained = false;
     try {
+      // git ≥ 2.42 runs `gc.recentObjectsHook` (a shell command, multi-valued: a `-c` cannot
+      // take it back) during gc, and with worktrees agents can write the store's config.
+      const hook = await runGit(dir, ['config', '--get-all', 'gc.recentObjectsHook']).then(
+        (out) => out.toString('utf8').trim(),
+        () => '', // exit 1: not set
+      );
+      if (hook !== '') {
+        throw new Error(
+          "the store's git config sets gc.recentObjectsHook (a program gc would run); not run",
+        );
+      }
       const before = await countObjects(dir, signal);
       await runGit(
         dir,

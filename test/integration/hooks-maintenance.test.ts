@@ -198,6 +198,26 @@ describe('hook store maintenance (git gc --auto)', () => {
     expect(reread.map((h) => h.hookId).sort()).toEqual([...ids].sort());
   });
 
+  it('does not run gc while the store config names a gc.recentObjectsHook (a program gc would run)', async () => {
+    dir = await tempDir('hooks-gc-');
+    const storagePath = join(dir.path, 'hooks');
+    const m = await open(storagePath);
+    await churn(m, 2);
+    // What an agent with a worktree can write into the shared config. git ≥ 2.42 runs it during
+    // gc's prune and repack (the git this suite runs on may be older and ignore it: the test
+    // checks that the store refuses to run gc at all, and that the hooks go on).
+    const marker = join(dir.path, 'ran');
+    git(storagePath, 'config', 'gc.recentObjectsHook', `touch ${marker}`);
+    const error = await m.maintain().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(HookStoreError);
+    expect((error as Error).message).toMatch(/gc\.recentObjectsHook/);
+    const h = await m.createHook({ agentId: 'c', workItem: 'w' });
+    expect((await m.activateHook(h.hookId)).status).toBe(HookStatus.ACTIVE);
+    // Once the operator removes it, maintenance runs again.
+    git(storagePath, 'config', '--unset-all', 'gc.recentObjectsHook');
+    await expect(m.maintain()).resolves.toMatchObject({ after: expect.any(Object) });
+  });
+
   it('runs on its timer after hooks were committed; a failing gc is reported, not fatal', async () => {
     dir = await tempDir('hooks-gc-');
     const storagePath = join(dir.path, 'hooks');
