@@ -2,7 +2,7 @@
  * The bound on failed dashboard logins: a wrong admin token at `/ui/login` counts against the
  * client's address. After
  * {@link AuthThrottleOptions.maxFailures} in one window of {@link AuthThrottleOptions.windowMs}
- * (10 a minute), that address's credentials are not checked until the window is over: the
+ * (10 a minute), that address's logins are not checked until the window is over: the
  * login answers 429 `FABRIC_ERR_AUTH_THROTTLED` with `Retry-After` (the seconds left), the right
  * credential included — otherwise the answer to each guess would still tell right from wrong.
  *
@@ -11,12 +11,10 @@
  * credentials lock every other client of its address out; agent credentials are 256-bit random
  * and the admin's is at least 16 characters.
  *
- * - A right credential resets nothing: an agent could otherwise interleave its own credential
- *   with guesses at the admin's.
- * - What is no guess does not count: a request without a credential, and a session cookie that
- *   names no live session (a 256-bit id; a page whose session ended polls several views at
- *   once, and that must not keep the operator from logging in again). A live session's requests
- *   are never refused here.
+ * - A successful login resets nothing: the count is of failures in the window.
+ * - A live session's requests are never refused here, and a session cookie that names no live
+ *   session is no guess (a page whose session ended polls several views at once, and that must
+ *   not keep the operator from logging in again).
  * - An address is the client's socket address; an IPv6 one counts by its /64 (one host usually
  *   holds a whole /64), an IPv4-mapped one as its IPv4 address. Clients behind one proxy share
  *   its address (forwarding headers are not trusted).
