@@ -398,7 +398,7 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     for (let i = 0; i < 10; i++) {
       const created = await api(sidecar, 'FabricService/CreateHook', {
         agentId: agentId(sidecar, 'runner'),
-        workItem: { todo: `${i} ${big}` },
+        workItem: { item: `${i} ${big}` },
       });
       expect(created.status).toBe(200);
       ids.push(((await created.json()) as { hook: { hookId: string } }).hook.hookId);

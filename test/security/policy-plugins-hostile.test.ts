@@ -86,6 +86,17 @@ afterEach(async () => {
   sidecar = undefined;
 });
 
+/** The counter upstream `c`, which appends each call it runs to `countFile`. */
+function counterUpstream(countFile: string) {
+  return {
+    c: {
+      command: process.execPath,
+      args: [COUNTER],
+      env: { COUNT_FILE: countFile },
+      stderr: 'ignore',
+    },
+  } as const;
+}
 describe('counting plugins: calls parked behind the agent’s own held budget (real sidecar)', () => {
   /**
    * The attack: `c__hold` is estimated at the agent's whole token budget, so while it runs every
@@ -193,14 +204,7 @@ describe('secret-guard: a secret glued to other characters (real sidecar, counte
   it('refuses each one, naming the parameter, and the upstream never sees it', async () => {
     const count = join(tempDir('glued'), 'count.txt');
     sidecar = await startTestSidecar({
-      upstreams: {
-        c: {
-          command: process.execPath,
-          args: [COUNTER],
-          env: { COUNT_FILE: count },
-          stderr: 'ignore',
-        },
-      },
+      upstreams: counterUpstream(count),
       policies: [DEFAULT_ALLOW],
       plugins: [{ module: plugin('secret-guard') }],
       agents: [{ name: 'a' }],
@@ -322,14 +326,7 @@ describe('policy-grpc: a service that misbehaves (real sidecar, grpc-js service,
     try {
       sidecar = await startTestSidecar(
         {
-          upstreams: {
-            c: {
-              command: process.execPath,
-              args: [COUNTER],
-              env: { COUNT_FILE: count },
-              stderr: 'ignore',
-            },
-          },
+          upstreams: counterUpstream(count),
           policies: [DEFAULT_ALLOW],
           plugins: [
             {
@@ -384,14 +381,7 @@ describe('policy-grpc: a service that misbehaves (real sidecar, grpc-js service,
       await Promise.all(clients.splice(0).map((c) => c.close()));
       await closeSidecar(sidecar);
       sidecar = await startTestSidecar({
-        upstreams: {
-          c: {
-            command: process.execPath,
-            args: [COUNTER],
-            env: { COUNT_FILE: count },
-            stderr: 'ignore',
-          },
-        },
+        upstreams: counterUpstream(count),
         policies: [DEFAULT_ALLOW],
         plugins: [
           {
@@ -419,14 +409,7 @@ describe('policy-rate-limit: one bucket per agent, whichever door or session (re
   it('MCP sessions old and new, MCP tasks, gRPC CallTool, /api CallTool and fabric__ tools all draw from it', async () => {
     const count = join(tempDir('doors'), 'count.txt');
     sidecar = await startTestSidecar({
-      upstreams: {
-        c: {
-          command: process.execPath,
-          args: [COUNTER],
-          env: { COUNT_FILE: count },
-          stderr: 'ignore',
-        },
-      },
+      upstreams: counterUpstream(count),
       policies: [DEFAULT_ALLOW],
       plugins: [
         {
@@ -510,14 +493,7 @@ describe('policy-loop-guard: the same call spelled differently (real sidecar, MC
   it('key order, number spelling, whitespace, invisible and compatibility characters are one call', async () => {
     const count = join(tempDir('loop-spell'), 'count.txt');
     sidecar = await startTestSidecar({
-      upstreams: {
-        c: {
-          command: process.execPath,
-          args: [COUNTER],
-          env: { COUNT_FILE: count },
-          stderr: 'ignore',
-        },
-      },
+      upstreams: counterUpstream(count),
       policies: [DEFAULT_ALLOW],
       plugins: [
         { module: plugin('policy-loop-guard'), options: { maxRepeats: 2, windowSeconds: 600 } },
