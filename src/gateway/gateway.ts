@@ -94,7 +94,7 @@ import {
 import { resourceParams } from './resource-params.js';
 import { ResourceSubscriptions } from './resource-subscriptions.js';
 import { Upstream, wasNeverSent } from './upstream.js';
-import { InflightRoutes } from './upstream-routing.js';
+import { InflightRoutes, type InFlight } from './upstream-routing.js';
 import { UpstreamGate } from './upstream-gate.js';
 import {
   upstreamSpecSchema,
@@ -719,7 +719,7 @@ export class ToolGateway implements SessionHost {
       }
       throw error;
     } finally {
-      this.#routes.leave(upstream, waiting, failure);
+      this.#leave(upstream, waiting, failure, undefined);
     }
   }
 
@@ -1189,33 +1189,34 @@ export class ToolGateway implements SessionHost {
         return result;
       },
       (error: unknown) => {
-        if (this.#routes.leave(upstream, entry, error)) {
-          this.#holdGivenUp(extra.holdSlot ?? session?.holdSlot, upstream, error);
-        }
+        this.#leave(upstream, entry, error, extra.holdSlot ?? session?.holdSlot);
         throw forwardError(error, request, reached);
       },
     );
   }
 
   /**
-   * Keeps the caller's in-flight slot (`hold`: its session's door's, `GatewaySession.holdSlot`,
-   * or the one a door without sessions passed with the call, `ToolCallRequest.holdSlot`) for a
-   * request the gateway gave up on (cancelled, timed out) while its work may go on upstream:
-   * until the upstream answers it (the answer is dropped), its connection closes, or the
-   * request's late window (`callTimeoutSeconds`) ends. Else an agent that cancels each call it
-   * makes frees its slot at once and can keep any number of calls running on an upstream that
-   * ignores cancellation. Called before the request's own failure settles, so the door still
-   * holds the call's slot when this one is taken.
+   * Ends the routing of a request `entry` ({@link InflightRoutes.leave}). One the gateway gave
+   * up on (cancelled, timed out) while its work may go on upstream stays its session's for
+   * routing, and keeps the caller's in-flight slot (`hold`: its session's door's,
+   * `GatewaySession.holdSlot`, or the one a door without sessions passed with the call,
+   * `ToolCallRequest.holdSlot`): until the upstream answers it (the answer is dropped), its
+   * connection closes, or the request's late window (`callTimeoutSeconds`) ends. Else an agent
+   * that cancels each call it makes frees its slot at once and can keep any number of calls
+   * running on an upstream that ignores cancellation, and what such a call logs or asks later
+   * reaches the one other session with a call there. Called before the request's own failure
+   * settles, so the door still holds the call's slot when this one is taken.
    */
-  #holdGivenUp(hold: SlotHold | undefined, upstream: Upstream, error: unknown): void {
-    if (hold === undefined) return;
-    const release = hold();
+  #leave(upstream: Upstream, entry: InFlight, error: unknown, hold: SlotHold | undefined): void {
+    if (!this.#routes.leave(upstream, entry, error)) return;
+    const release = hold?.();
     let done = false;
     const end = (): void => {
       if (done) return;
       done = true;
       stopTimer();
-      release();
+      this.#routes.settle(upstream, entry);
+      release?.();
     };
     const stopTimer = setLongTimeout(end, upstream.spec.callTimeoutSeconds * 1000, {
       unref: true,
@@ -1253,9 +1254,7 @@ export class ToolGateway implements SessionHost {
       this.#routes.leave(upstream, entry);
       return result;
     } catch (error) {
-      if (this.#routes.leave(upstream, entry, error)) {
-        this.#holdGivenUp(extra.holdSlot ?? session?.holdSlot, upstream, error);
-      }
+      this.#leave(upstream, entry, error, extra.holdSlot ?? session?.holdSlot);
       throw forwardError(error, request, reached);
     }
   }

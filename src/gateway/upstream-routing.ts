@@ -9,8 +9,12 @@
  * own news), and to no agent when the calls in flight are of several sessions, or of a door
  * without one (gRPC, a task): a message logged while one agent's call runs may hold that call's
  * data, and sending it to every agent with a call there leaked it to the others. A call the
- * gateway gave up on (cancelled, timed out) may still run upstream and log after it left: for
- * `callTimeoutSeconds` after that, a message with no call in flight reaches no agent either.
+ * gateway gave up on (cancelled, timed out) may still run upstream, and log or ask after it
+ * left: it counts as its session's until the upstream is done with it (its late answer, its
+ * connection closed) or `callTimeoutSeconds` pass. Meanwhile a log message reaches no agent when
+ * no call is in flight, and neither a log message nor a request goes to the one session with
+ * calls in flight when such a call of another session (or of a door without one) may still run:
+ * it could be that call's, and its data that session's to see.
  *
  * A task's call has no session to answer such a request (the agent may be gone while it runs),
  * like a gRPC call. An upstream task's work goes on after its `tools/call` was answered, while
@@ -47,10 +51,10 @@ export interface InFlight extends Slotted {
 export class InflightRoutes {
   readonly #inflight = new Map<Upstream, SlotSet<InFlight>>();
   /**
-   * Per upstream: until when (`performance.now()`) a call the gateway gave up on may still be
-   * running there (see {@link leave}).
+   * Per upstream: the requests the gateway gave up on that may still run there, until
+   * {@link settle} (see {@link leave}).
    */
-  readonly #unsettled = new Map<Upstream, number>();
+  readonly #givenUp = new Map<Upstream, SlotSet<InFlight>>();
   readonly #log: (entry: GatewayLogEntry) => void;
 
   constructor(log: (entry: GatewayLogEntry) => void) {
@@ -69,14 +73,34 @@ export class InflightRoutes {
   /**
    * Ends what {@link enter} tracked. With `error`, the request failed: unless the upstream
    * answered it (an error answer, or its connection closed), the gateway gave up on it
-   * (cancelled, timed out) and its work may go on upstream, logging as it goes: true then.
+   * (cancelled, timed out) and its work may go on upstream, logging and asking as it goes. True
+   * then: the entry stays its session's for routing until the caller {@link settle}s it — once
+   * the upstream is done with the request, or `callTimeoutSeconds` after this.
    */
   leave(upstream: Upstream, entry: InFlight, error?: unknown): boolean {
     this.#inflight.get(upstream)?.delete(entry);
     if (error === undefined || !givenUp(error) || wasNeverSent(error)) return false;
-    const until = performance.now() + upstream.spec.callTimeoutSeconds * 1000;
-    if (!((this.#unsettled.get(upstream) ?? 0) >= until)) this.#unsettled.set(upstream, until);
+    let set = this.#givenUp.get(upstream);
+    if (!set) this.#givenUp.set(upstream, (set = new SlotSet()));
+    set.add(entry);
     return true;
+  }
+
+  /** Forgets a request {@link leave} kept as given up on: the upstream is done with it. */
+  settle(upstream: Upstream, entry: InFlight): void {
+    const set = this.#givenUp.get(upstream);
+    if (set?.delete(entry) && set.size === 0) this.#givenUp.delete(upstream);
+  }
+
+  /**
+   * Whether a request given up on that may still run on `upstream` is not of `session` (any,
+   * without one): what it logs or asks could then be taken for `session`'s.
+   */
+  #othersGivenUp(upstream: Upstream, session: GatewaySession | undefined): boolean {
+    const set = this.#givenUp.get(upstream);
+    if (set === undefined) return false;
+    for (const e of set) if (session === undefined || e.session !== session) return true;
+    return false;
   }
 
   /**
@@ -92,9 +116,7 @@ export class InflightRoutes {
   ): void {
     const entries = this.#inflight.get(upstream);
     if (entries === undefined || entries.size === 0) {
-      const unsettled = this.#unsettled.get(upstream);
-      if (unsettled === undefined || performance.now() >= unsettled) {
-        this.#unsettled.delete(upstream);
+      if (!this.#othersGivenUp(upstream, undefined)) {
         for (const s of everyone) s.log(params);
         return;
       }
@@ -114,13 +136,16 @@ export class InflightRoutes {
         break;
       }
     }
-    if (only?.session !== undefined) {
+    if (only?.session !== undefined && !this.#othersGivenUp(upstream, only.session)) {
       only.session.log(params, only.requestId);
       return;
     }
     this.#log({
       level: 'debug',
-      msg: 'upstream log message delivered to no agent: the calls in flight on the upstream are not of one agent session',
+      msg:
+        only?.session !== undefined
+          ? 'upstream log message delivered to no agent: a call of another agent session the gateway gave up on (cancelled, timed out) may still run on the upstream'
+          : 'upstream log message delivered to no agent: the calls in flight on the upstream are not of one agent session',
       upstream: upstream.name,
       logLevel: params.level,
     });
@@ -135,7 +160,9 @@ export class InflightRoutes {
     const sessions = new Set(entries.map((e) => e.session));
     const only = sessions.size === 1 ? entries[0] : undefined;
     const task = relatedTask(request);
-    if (task === undefined && only?.session !== undefined) {
+    const othersGivenUp =
+      only?.session !== undefined && this.#othersGivenUp(upstream, only.session);
+    if (task === undefined && only?.session !== undefined && !othersGivenUp) {
       return only.session.request(request, signal, only.requestId);
     }
     if (task === undefined && request.method === 'roots/list' && sessions.size === 0) {
@@ -146,9 +173,11 @@ export class InflightRoutes {
         ? 'it belongs to an upstream task, and a task has no agent session to answer it'
         : sessions.size === 0
           ? 'no agent session has a call in flight on this upstream'
-          : only !== undefined
-            ? 'the call in flight on this upstream came through gRPC or runs as a task, which cannot answer it'
-            : `${sessions.size} agent sessions have calls in flight on this upstream, so the originating one is ambiguous`;
+          : othersGivenUp
+            ? 'a call of another agent session that the gateway gave up on (cancelled, timed out) may still run on this upstream, so the originating one is ambiguous'
+            : only !== undefined
+              ? 'the call in flight on this upstream came through gRPC or runs as a task, which cannot answer it'
+              : `${sessions.size} agent sessions have calls in flight on this upstream, so the originating one is ambiguous`;
     const error = new RoutingError(upstream.name, request.method, why);
     this.#log({ level: 'warn', msg: error.message });
     throw toMcpError(error);
