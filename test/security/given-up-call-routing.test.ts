@@ -48,7 +48,13 @@ describe('a call the gateway gave up on, and another agent’s call in flight', 
     });
     client.setRequestHandler(CreateMessageRequestSchema, (request) => {
       const content = request.params.messages[0]?.content;
-      asked.get(client)!.push(content?.type === 'text' ? content.text : '?');
+      asked
+        .get(client)!
+        .push(
+          content !== undefined && !Array.isArray(content) && content.type === 'text'
+            ? content.text
+            : '?',
+        );
       return { role: 'assistant', model: 'm', content: { type: 'text', text: `by ${name}` } };
     });
     return client;
