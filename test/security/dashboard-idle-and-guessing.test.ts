@@ -11,7 +11,6 @@
  *   address: the 11th in a minute is 429 with Retry-After, the right token included, until the
  *   minute is over; other addresses and live sessions go on.
  */
-import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuthThrottle } from '../../src/server/auth-throttle.js';
 import { BACKGROUND_HEADER, CSRF_HEADER, SESSION_COOKIE } from '../../src/server/dashboard.js';
@@ -22,39 +21,9 @@ import {
   closeSidecar,
   startTestSidecar,
 } from '../fixtures/gateway/harness.js';
-
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
+import { rawRequest as raw, type RawAnswer as Answer } from '../fixtures/raw-http.js';
 
 const MINUTE = 60_000;
-
-/** One raw request from `from` (a loopback address of this host). */
-function raw(
-  base: URL,
-  method: string,
-  path: string,
-  headers: Record<string, string> = {},
-  body?: string,
-  from = '127.0.0.1',
-): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      new URL(path, base),
-      { method, headers, localAddress: from, agent: false },
-      (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: text }));
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
 
 describe('the dashboard against a real sidecar on a test clock', () => {
   let sidecar: Sidecar;

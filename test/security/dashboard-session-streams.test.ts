@@ -13,6 +13,11 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CSRF_HEADER, SESSION_COOKIE } from '../../src/server/dashboard.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { ADMIN_TOKEN, closeSidecar, startTestSidecar } from '../fixtures/gateway/harness.js';
+import { rawRequest } from '../fixtures/raw-http.js';
+
+/** One raw JSON POST: its status and body. */
+const raw = (base: URL, path: string, headers: Record<string, string>, body = '{}') =>
+  rawRequest(base, 'POST', path, { 'content-type': 'application/json', ...headers }, body);
 
 const MINUTE = 60_000;
 /** How long a test waits for what must happen at once (a sweep is every 10 ms). */
@@ -77,29 +82,6 @@ function openStream(base: URL, path: string, headers: Record<string, string>): P
     );
     req.on('error', reject);
     req.end('{}');
-  });
-}
-
-/** One raw request: its status and body. */
-function raw(
-  base: URL,
-  path: string,
-  headers: Record<string, string>,
-  body = '{}',
-): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      new URL(path, base),
-      { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, agent: false },
-      (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: text }));
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
   });
 }
 

@@ -6,7 +6,7 @@
  * effect of refused actions is checked in the fabric, not only in the answer.
  */
 import { readdirSync, statSync } from 'node:fs';
-import { createServer, request, type Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,32 +26,7 @@ import {
   closeSidecar,
   startTestSidecar,
 } from '../fixtures/gateway/harness.js';
-
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
-
-/** One raw request (node:http: every header as given, cookies and Origin included). */
-function raw(
-  base: URL,
-  method: string,
-  path: string,
-  headers: Record<string, string> = {},
-  body?: string,
-): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request(new URL(path, base), { method, headers }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (text += c));
-      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: text }));
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
+import { rawRequest as raw, type RawAnswer as Answer } from '../fixtures/raw-http.js';
 
 /** POSTs `body` to /ui/login with `headers` as given (no Origin unless named). */
 function postLogin(base: URL, headers: Record<string, string>, body: string): Promise<Answer> {

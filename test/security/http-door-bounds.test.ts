@@ -6,7 +6,6 @@
  * upstream's name, and an unknown route answered a code not in the catalog. Real sidecar, real
  * upstreams, real HTTP clients.
  */
-import { request } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MAX_WIRE_ERROR_TEXT } from '../../src/errors.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
@@ -23,36 +22,17 @@ import {
   startTestSidecar,
   until,
 } from '../fixtures/gateway/harness.js';
+import { rawRequest } from '../fixtures/raw-http.js';
+
+/** One raw request to the loopback port `port`. */
+const raw = (port: number, method: string, path: string, headers: Record<string, string>) =>
+  rawRequest(new URL(`http://127.0.0.1:${port}/`), method, path, headers);
 
 let sidecar: Sidecar | undefined;
 afterEach(async () => {
   await closeSidecar(sidecar);
   sidecar = undefined;
 });
-
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
-
-function raw(
-  port: number,
-  method: string,
-  path: string,
-  headers: Record<string, string>,
-): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, method, path, headers }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 const callTool = (token: string, name: string, args: unknown = {}, signal?: AbortSignal) =>
   postJson(
