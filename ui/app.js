@@ -52,11 +52,16 @@ function start(admin) {
       }
       await refreshAll();
     },
-    /** Re-reads `view` soon (events come in bursts: one read per burst). */
+    /**
+     * Re-reads `view` soon: events come in bursts, so one read per 150 ms at most. The wait is
+     * not restarted by later events — a steady stream of them (a fleet at work) must not hold
+     * the read back until the stream pauses.
+     */
     schedule(view) {
       due.add(view);
-      clearTimeout(dueTimer);
+      if (dueTimer !== undefined) return;
       dueTimer = setTimeout(() => {
+        dueTimer = undefined;
         const views = [...due];
         due.clear();
         // The agent list first: other views name agents from it.

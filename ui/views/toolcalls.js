@@ -66,17 +66,29 @@ export function createView(ctx) {
     );
   }
 
+  // Calls come in bursts (thousands a second on a busy sidecar): the table is rebuilt at most
+  // once per frame, not once per call, and not at all while the page is hidden.
+  let drawing = false;
+  function draw() {
+    if (drawing) return;
+    drawing = true;
+    requestAnimationFrame(() => {
+      drawing = false;
+      render();
+    });
+  }
+
   render();
   return {
     el,
     async refresh() {
-      render();
+      draw();
     },
     onEvent(event, time) {
       if (!event.toolCall) return;
       calls.unshift({ time, call: event.toolCall });
-      calls.length = Math.min(calls.length, KEEP);
-      render();
+      if (calls.length > KEEP) calls.length = KEEP;
+      draw();
     },
   };
 }
