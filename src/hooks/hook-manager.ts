@@ -470,12 +470,17 @@ export class HookManager {
    * the interval, a timer at the interval's end, a transition, or `close()` — so a hook adds at
    * most one progress commit per interval. The latest note always reaches git (unless the process
    * dies first); earlier notes of one interval are folded (`Progress-Folded: <n>`). `hook.progress`
-   * is emitted for every report, with `commit: null` when it is held.
-   * @throws HookNotFoundError, HookStateError when the hook is not ACTIVE.
+   * is emitted for every report, with `commit: null` when it is held. An empty or all-whitespace
+   * note is no note (`progressNote` becomes `null`), as through every door (MCP, gRPC).
+   * @throws HookNotFoundError, HookStateError when the hook is not ACTIVE; InvalidArgumentError
+   *   when `note` is not a string.
    */
   recordProgress(hookId: string, note?: string, options: AsAgent = {}): Promise<Hook> {
     return this.#run(() => {
-      const text = note === undefined ? null : checkNote(note, 'note');
+      const text =
+        note === undefined || (typeof note === 'string' && note.trim() === '')
+          ? null
+          : checkNote(note, 'note');
       return this.#submit(checkHookId(hookId), (get, now) => {
         const h = this.#mustGet(get, hookId);
         checkHolder(h, options.agentId, h.status);

@@ -4,7 +4,8 @@
  * (grpc-js) of one real sidecar: an empty note is no note (`null`), an empty failure message is
  * "failed", an empty code is none (a task's: FABRIC_ERR_TASK_EXECUTION). Before, MCP stored `""`
  * where gRPC stored `null`, and refused an empty failure message that gRPC recorded as "failed".
- * Hook records are read back from the git store; task errors from the fabric.
+ * Hook records are read back from the git store; task errors from the fabric. The library's
+ * `HookManager.recordProgress` takes an empty note the same way (it stored `""`).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -141,5 +142,24 @@ describe.each([
     }
     const done = await fabric.waitForTask(task.id);
     expect(done.error).toMatchObject({ code: 'FABRIC_ERR_TASK_EXECUTION', message: 'failed' });
+  });
+});
+
+describe('empty notes through the library (HookManager of the same sidecar)', () => {
+  it('an empty or blank progress note is no note, as through the doors (was stored as "")', async () => {
+    const hooks = fabric.hooks!;
+    const owner = agentId(sidecar, 'via-grpc');
+    const h = await hooks.createHook({ agentId: owner, workItem: 'w' });
+    await hooks.activateHook(h.hookId, { agentId: owner });
+    await hooks.recordProgress(h.hookId, 'half way', { agentId: owner });
+    for (const note of ['', ' \n\t ']) {
+      const after = await hooks.recordProgress(h.hookId, note, { agentId: owner });
+      expect(after.progressNote, JSON.stringify(note)).toBeNull();
+    }
+    await hooks.completeHook(h.hookId, 'done', { agentId: owner });
+    expect(committedHook(storagePath, h.hookId)).toMatchObject({
+      status: 'COMPLETED',
+      progressNote: null,
+    });
   });
 });
