@@ -4,7 +4,10 @@
  *
  * A scope must name an agent or pool the fabric knows (NOT_FOUND otherwise): the budget manager
  * creates state for any id it is asked about, so an unchecked id from the wire would let typos
- * (or a loop of made-up ids) fill memory and the budget store.
+ * (or a loop of made-up ids) fill memory and the budget store. A terminated agent's budget can
+ * be read (what it used, the limits it ended with) but not changed: setting or removing its
+ * limits is `FABRIC_ERR_AGENT_UNAVAILABLE`, as scheduling a task or putting a hook on it is (it
+ * would have no effect, and the store would keep the change until the agent ages out).
  *
  * @module
  */
@@ -12,7 +15,8 @@ import { create } from '@bufbuild/protobuf';
 import { timestampFromMs } from '@bufbuild/protobuf/wkt';
 import type { BudgetConfig } from '../budget/budget-config.js';
 import type { BudgetStatus as FabricBudgetStatus } from '../budget/budget-manager.js';
-import { AgentNotFoundError, InvalidArgumentError } from '../errors.js';
+import { AgentNotFoundError, AgentUnavailableError, InvalidArgumentError } from '../errors.js';
+import { AgentStatus } from '../agent.js';
 import type { AgentFabric } from '../fabric.js';
 import {
   BudgetService,
@@ -80,14 +84,22 @@ function budgetConfig(limits: BudgetLimits | undefined): BudgetConfig {
 export function budgetService(fabric: AgentFabric): ServiceImplementation<typeof BudgetService> {
   const budgets = fabric.budgets;
 
-  /** The request's scope, checked to name a known agent or pool. */
-  const scopeOf = (scope: BudgetScope | undefined): Scope => {
+  /**
+   * The request's scope, checked to name a known agent or pool; with `change`, an agent that is
+   * not terminated.
+   */
+  const scopeOf = (scope: BudgetScope | undefined, change = false): Scope => {
     const s = scope?.scope;
     switch (s?.case) {
-      case 'agentId':
+      case 'agentId': {
         if (s.value === '') throw new InvalidArgumentError('scope.agent_id', 'must be non-empty');
-        if (fabric.lifecycle.peek(s.value) === undefined) throw new AgentNotFoundError(s.value);
+        const rec = fabric.lifecycle.peek(s.value);
+        if (rec === undefined) throw new AgentNotFoundError(s.value);
+        if (change && rec.status === AgentStatus.TERMINATED) {
+          throw new AgentUnavailableError(rec.id, rec.status);
+        }
         return { kind: 'agent', id: s.value };
+      }
       case 'poolId':
         if (s.value === '') throw new InvalidArgumentError('scope.pool_id', 'must be non-empty');
         fabric.pools.getPool(s.value); // throws PoolNotFoundError
@@ -115,7 +127,7 @@ export function budgetService(fabric: AgentFabric): ServiceImplementation<typeof
       getBudgetStatus: async (_caller, req) =>
         create(GetBudgetStatusResponseSchema, { status: statusOf(scopeOf(req.scope)) }),
       setBudgetLimits: async (_caller, req) => {
-        const s = scopeOf(req.scope);
+        const s = scopeOf(req.scope, true);
         const config = budgetConfig(req.limits);
         if (s.kind === 'agent') budgets.setBudget(s.id, config);
         else if (s.kind === 'pool') budgets.setPoolBudget(s.id, config);
@@ -123,7 +135,7 @@ export function budgetService(fabric: AgentFabric): ServiceImplementation<typeof
         return create(SetBudgetLimitsResponseSchema, { status: statusOf(s) });
       },
       removeBudgetLimits: async (_caller, req) => {
-        const s = scopeOf(req.scope);
+        const s = scopeOf(req.scope, true);
         if (s.kind === 'agent') budgets.removeBudget(s.id);
         else if (s.kind === 'pool') budgets.removePoolBudget(s.id);
         else budgets.removeFabricBudget();

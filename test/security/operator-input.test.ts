@@ -14,6 +14,11 @@ import {
   ListAgentsRequestSchema,
   ScheduleTaskRequestSchema,
 } from '../../src/gen/fabric/v1/fabric_pb.js';
+import {
+  RemoveBudgetLimitsRequestSchema,
+  SetBudgetLimitsRequestSchema,
+} from '../../src/gen/fabric/v1/budget_pb.js';
+import { BUDGET_SERVICE_DEFINITION } from '../../src/rpc/budget-service.js';
 import { grpcDefinition } from '../../src/rpc/grpc-definition.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { failure, grpcClient, unary } from '../fixtures/grpc-client.js';
@@ -33,6 +38,7 @@ describe('operator API: what an admin or a buggy client sends (real sidecar, bot
   let sidecar: Sidecar;
   let statePath: string;
   let admin: Client;
+  let budgets: Client;
 
   beforeAll(async () => {
     statePath = join(tempDir('operator-input'), 'state.db');
@@ -41,12 +47,28 @@ describe('operator API: what an admin or a buggy client sends (real sidecar, bot
       grpc: { host: '127.0.0.1', port: 0 },
     } as never);
     admin = grpcClient(grpcDefinition(FabricService), sidecar.grpcAddress!);
+    budgets = grpcClient(BUDGET_SERVICE_DEFINITION, sidecar.grpcAddress!);
   });
 
   afterAll(async () => {
     admin?.close();
+    budgets?.close();
     await closeSidecar(sidecar);
   });
+
+  /** Budget rows of the state file (scope → stored JSON). */
+  function storedBudgets(): Map<string, string> {
+    const db = new Database(statePath, { readonly: true, fileMustExist: true });
+    try {
+      const rows = db.prepare('SELECT scope, data FROM budgets').all() as {
+        scope: string;
+        data: string;
+      }[];
+      return new Map(rows.map((r) => [r.scope, r.data]));
+    } finally {
+      db.close();
+    }
+  }
 
   /** Task ids in the state file (the tasks table). */
   function storedTasks(): string[] {
@@ -238,5 +260,60 @@ describe('operator API: what an admin or a buggy client sends (real sidecar, bot
     expect(spawned.agent.labels.long).toHaveLength(1024);
     expect(spawned.agent.capabilities).toHaveLength(64);
     expect(storedCount('agent')).toBe(agentsBefore + 1);
+  });
+
+  it('budget limits of a terminated agent are refused as its other mutations are (were taken, with no effect)', async () => {
+    const agentId = await spawnRemote('budgeted');
+    const limits = { maxTokensPerHour: 1000 };
+    const set = await api(sidecar, 'BudgetService/SetBudgetLimits', {
+      scope: { agentId },
+      limits,
+    });
+    expect(set.status).toBe(200);
+    const term = await api(sidecar, 'FabricService/TerminateAgent', { agentId });
+    expect(term.status).toBe(200);
+    const before = storedBudgets().get(`agent:${agentId}`);
+    expect(before).toContain('1000');
+
+    // Over /api: SetBudgetLimits and RemoveBudgetLimits, as CreateHook and ScheduleTask answer.
+    for (const [method, body] of [
+      ['BudgetService/SetBudgetLimits', { scope: { agentId }, limits: { maxTokensPerHour: 5 } }],
+      ['BudgetService/RemoveBudgetLimits', { scope: { agentId } }],
+      ['FabricService/ScheduleTask', { agentId, taskType: 't' }],
+    ] as const) {
+      const res = await api(sidecar, method, body);
+      expect(res.status, method).toBe(409);
+      const err = (await res.json()) as { code: string; details: { agentId: string } };
+      expect(err, method).toMatchObject({
+        code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
+        details: { agentId },
+      });
+    }
+    // Over gRPC.
+    for (const [method, req] of [
+      [
+        'setBudgetLimits',
+        create(SetBudgetLimitsRequestSchema, {
+          scope: { scope: { case: 'agentId', value: agentId } },
+          limits: { maxTokensPerHour: 5 },
+        }),
+      ],
+      [
+        'removeBudgetLimits',
+        create(RemoveBudgetLimitsRequestSchema, {
+          scope: { scope: { case: 'agentId', value: agentId } },
+        }),
+      ],
+    ] as const) {
+      const err = await failure(unary(budgets, method, req, ADMIN_TOKEN));
+      expect(err.code, method).toBe(status.FAILED_PRECONDITION);
+      expect(fabricCode(err), method).toBe('FABRIC_ERR_AGENT_UNAVAILABLE');
+    }
+    // Its status stays readable: the limits it ended with, unchanged in the store.
+    const read = await api(sidecar, 'BudgetService/GetBudgetStatus', { scope: { agentId } });
+    expect(read.status).toBe(200);
+    const { status: st } = (await read.json()) as { status: { tokens: { limit?: number } } };
+    expect(st.tokens.limit).toBe(1000);
+    expect(storedBudgets().get(`agent:${agentId}`)).toBe(before);
   });
 });

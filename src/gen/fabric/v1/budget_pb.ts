@@ -396,7 +396,8 @@ export const BudgetService: GenService<{
   },
   /**
    * Sets the limits of one scope, replacing earlier ones (usage so far is kept). A bad limit is
-   * INVALID_ARGUMENT (`FABRIC_ERR_CONFIG`) naming the field.
+   * INVALID_ARGUMENT (`FABRIC_ERR_CONFIG`) naming the field; a terminated agent's limits
+   * FAILED_PRECONDITION (`FABRIC_ERR_AGENT_UNAVAILABLE`).
    *
    * @generated from rpc fabric.v1.BudgetService.SetBudgetLimits
    */
@@ -406,7 +407,8 @@ export const BudgetService: GenService<{
     output: typeof SetBudgetLimitsResponseSchema;
   },
   /**
-   * Removes the limits of one scope (its usage keeps being tracked).
+   * Removes the limits of one scope (its usage keeps being tracked); a terminated agent's
+   * FAILED_PRECONDITION (`FABRIC_ERR_AGENT_UNAVAILABLE`).
    *
    * @generated from rpc fabric.v1.BudgetService.RemoveBudgetLimits
    */
