@@ -558,14 +558,17 @@ export class PayloadTooLargeError extends FabricError {
   }
 }
 
-/** A request body did not arrive in full within the body timeout (HTTP 408). */
+/**
+ * A request body did not arrive in full within the body timeout (HTTP 408); with `message`, a
+ * request that did not arrive within the server's headers or request timeout.
+ */
 export class BodyTimeoutError extends FabricError {
   static readonly code = 'FABRIC_ERR_BODY_TIMEOUT';
-  constructor(timeoutMs: number) {
+  constructor(timeoutMs: number, message?: string) {
     super(
       BodyTimeoutError.code,
       'deadline_exceeded',
-      `the request body did not arrive within ${timeoutMs} ms (http.bodyTimeoutSeconds)`,
+      message ?? `the request body did not arrive within ${timeoutMs} ms (http.bodyTimeoutSeconds)`,
       { timeoutMs },
     );
   }

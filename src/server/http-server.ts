@@ -19,7 +19,8 @@
  * client may take to send its request: `headersTimeoutMs` for the headers, `requestTimeoutMs`
  * for the whole request, and the body read timeout of the MCP endpoint and the `/api/` door.
  * They end once the request has arrived: an SSE stream or a long-running call's answer is not
- * cut by them.
+ * cut by them. What Node's parser refuses (and those timeouts) is answered with a JSON error
+ * body, not Node's empty one (client-error.ts).
  *
  * @module
  */
@@ -38,6 +39,7 @@ import { DEFAULT_HEADERS_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS } from './config
 import { bearerToken, type McpHttpEndpoint } from '../gateway/downstream-http.js';
 import { closesConnection, sendJson, sendJsonRpcRefusal } from '../gateway/http-body.js';
 import { httpErrorBody, httpStatusOf } from '../gateway/map-error.js';
+import { answerClientError, refuseExpectation } from './client-error.js';
 import { HostGuard } from './host-guard.js';
 import type { HttpDoor } from '../rpc/http-door.js';
 import type { Dashboard } from './dashboard.js';
@@ -241,6 +243,14 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
       sendError(req, res, new RouteNotFoundError(req.method ?? '', pathname, 'no such route'));
     },
   );
+  // Node answers what its parser refuses (and an unknown `Expect`) with an empty body.
+  server.on('clientError', (error: Error, socket) =>
+    answerClientError(error, socket, {
+      headersTimeoutMs: headersTimeout,
+      requestTimeoutMs: requestTimeout,
+    }),
+  );
+  server.on('checkExpectation', refuseExpectation);
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

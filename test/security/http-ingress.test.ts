@@ -349,6 +349,99 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
     });
   });
 
+  describe("requests Node's HTTP parser refuses: the /api/ door's error body (was an empty one)", () => {
+    /** Status, lower-cased headers and JSON body of a raw reply (one answer, then close). */
+    function parseReply(reply: string): {
+      status: number;
+      headers: Record<string, string>;
+      body: { code?: string; kind?: string; message?: string };
+    } {
+      const end = reply.indexOf('\r\n\r\n');
+      const [statusLine, ...lines] = reply.slice(0, end).split('\r\n');
+      const headers = Object.fromEntries(
+        lines.map((l) => [
+          l.slice(0, l.indexOf(':')).toLowerCase(),
+          l.slice(l.indexOf(':') + 1).trim(),
+        ]),
+      );
+      const text = reply.slice(end + 4);
+      expect(Buffer.byteLength(text), reply).toBe(Number(headers['content-length']));
+      return {
+        status: Number(statusLine!.split(' ')[1]),
+        headers,
+        body: JSON.parse(text) as { code?: string; kind?: string; message?: string },
+      };
+    }
+
+    const api = '/api/fabric.v1.FabricService/ListAgents';
+    const head = (method: string, extra: string): string =>
+      `${method} ${api} HTTP/1.1\r\nHost: 127.0.0.1\r\n` +
+      `Authorization: Bearer ${ADMIN_TOKEN}\r\nContent-Type: application/json\r\n${extra}`;
+
+    it.each([
+      [
+        'a GET with a body but no content-length (x-http-method-override)',
+        `${head('GET', 'X-Http-Method-Override: POST\r\n\r\n')}{}`,
+        400,
+        'FABRIC_ERR_INVALID_ARGUMENT',
+        /HPE_/,
+      ],
+      [
+        'content-length beside transfer-encoding',
+        `${head('POST', 'Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n')}{}`,
+        400,
+        'FABRIC_ERR_INVALID_ARGUMENT',
+        /HPE_/,
+      ],
+      [
+        'a control character in a header name',
+        `${head('POST', 'X-Bad\x01: v\r\nContent-Length: 2\r\n\r\n')}{}`,
+        400,
+        'FABRIC_ERR_INVALID_ARGUMENT',
+        /HPE_/,
+      ],
+      [
+        'headers past the size limit',
+        `${head('POST', `X-Big: ${'a'.repeat(20_000)}\r\nContent-Length: 2\r\n\r\n`)}{}`,
+        431,
+        'FABRIC_ERR_INVALID_ARGUMENT',
+        /headers/,
+      ],
+      [
+        'a chunk extension past its limit',
+        `${head('POST', 'Transfer-Encoding: chunked\r\n\r\n')}2;${'x'.repeat(20_000)}\r\n{}\r\n0\r\n\r\n`,
+        413,
+        'FABRIC_ERR_INVALID_ARGUMENT',
+        /chunk extensions/,
+      ],
+      [
+        'an Expect other than 100-continue',
+        `${head('POST', 'Expect: teapot\r\nContent-Length: 2\r\n\r\n')}{}`,
+        417,
+        'FABRIC_ERR_INVALID_ARGUMENT',
+        /100-continue/,
+      ],
+      [
+        'headers that never end (http.headersTimeoutSeconds)',
+        head('POST', 'X-Slow: '),
+        408,
+        'FABRIC_ERR_BODY_TIMEOUT',
+        /http\.headersTimeoutSeconds/,
+      ],
+    ] as const)('%s', async (_label, request, status, code, message) => {
+      const reply = parseReply(await rawSocket(request));
+      expect(reply.status).toBe(status);
+      expect(reply.headers['content-type']).toBe('application/json');
+      expect(reply.headers['fabric-error-code']).toBe(code);
+      expect(reply.headers['cache-control']).toBe('no-store');
+      expect(reply.headers.connection).toBe('close');
+      expect(reply.body.code).toBe(code);
+      expect(reply.body.message).toMatch(message);
+      // The server still serves.
+      expect((await raw({ method: 'GET', path: '/healthz' })).status).toBe(200);
+    });
+  });
+
   /** Writes `data` on a raw connection and resolves with everything read until it closes. */
   function rawSocket(data: string, then?: (socket: Socket) => void): Promise<string> {
     return new Promise((resolve, reject) => {
