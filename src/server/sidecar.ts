@@ -17,6 +17,7 @@ import { messageOf } from '../gateway/map-error.js';
 import { ToolGateway, type GatewayLogEntry, type ToolGatewayOptions } from '../gateway/gateway.js';
 import { renderMetrics, type MetricFamily } from '../gateway/metrics.js';
 import type { SidecarConfig } from './config-file.js';
+import { FailureLog } from './failure-log.js';
 import { FabricMetrics } from './fabric-metrics.js';
 import type { Tracing } from '../telemetry/tracing.js';
 import { PluginHost } from '../plugins/plugin-host.js';
@@ -284,6 +285,20 @@ export class Sidecar {
         await configureFabric(fabric, config, log);
         // After the plugins: a `hook` plugin's store is the one whose events are counted.
         fabricMetrics = new FabricMetrics(fabric, store);
+        // And logged: a failing patrol fails on every run, so once, then once per window.
+        const patrolFailures = new FailureLog({ log });
+        fabric.hooks?.on('patrol.error', ({ error }) =>
+          patrolFailures.report(
+            'hooks: a patrol run failed (hooks go on; it runs again every hooks.patrolIntervalSeconds)',
+            error,
+          ),
+        );
+        // What the fabric does in the background (recovering a lost agent's hooks, draining a
+        // pool a restart found draining) reports its failures as its `error` event.
+        const backgroundFailures = new FailureLog({ log });
+        fabric.events.on('error', (error) =>
+          backgroundFailures.report('fabric: a background job failed', error),
+        );
         backend = new FabricBackend(fabric);
       }
       step = 'agents';
