@@ -63,7 +63,21 @@ export function checkNumber(
 export const MAX_ID_LENGTH = 256;
 
 /**
- * Returns `value` when it is a non-empty string of at most `maxLength` characters.
+ * The control characters no name or id may hold: C0 (NUL, line breaks, tab, ESC …), DEL and C1.
+ * Other Unicode (letters of any script, emoji, bidirectional text) is taken.
+ */
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHARACTER = /[\u0000-\u001f\u007f-\u009f]/;
+
+/** True when `value` holds a control character (see {@link checkString}). */
+export function hasControlCharacter(value: string): boolean {
+  return CONTROL_CHARACTER.test(value);
+}
+
+/**
+ * Returns `value` when it is a non-empty string of at most `maxLength` characters of
+ * well-formed Unicode without control characters (a NUL, a line break, an ESC: a name is shown
+ * in listings, logs and terminals, and compared byte for byte).
  * @throws InvalidArgumentError naming `field`.
  */
 export function checkString(field: string, value: unknown, maxLength = MAX_ID_LENGTH): string {
@@ -80,6 +94,13 @@ export function checkString(field: string, value: unknown, maxLength = MAX_ID_LE
   // id, type or tenant read back after a restart would be another.
   if (!(value as unknown as { isWellFormed(): boolean }).isWellFormed()) {
     throw new InvalidArgumentError(field, 'must be well-formed Unicode (it has a lone surrogate)');
+  }
+  const control = CONTROL_CHARACTER.exec(value);
+  if (control !== null) {
+    throw new InvalidArgumentError(
+      field,
+      `must not contain control characters (U+0000–U+001F, U+007F–U+009F): it has U+${control[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')} at index ${control.index}`,
+    );
   }
   return value;
 }
@@ -112,8 +133,8 @@ export function checkCapabilities(value: unknown): string[] {
 /**
  * An agent's (or pool's) labels checked: a plain object of at most {@link MAX_AGENT_LABELS}
  * entries, each a key as {@link checkString} takes it and a string value (empty allowed) of at
- * most 1024 characters of well-formed Unicode. Every policy decision and agent listing carries
- * them, so they are bounded like ids.
+ * most 1024 characters of well-formed Unicode without control characters. Every policy decision
+ * and agent listing carries them, so they are bounded like ids.
  * @throws InvalidArgumentError naming `config.labels` or the offending label.
  */
 export function checkLabels(value: unknown): Record<string, string> {

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { PolicyValidationError } from '../errors.js';
+import { hasControlCharacter } from '../validate.js';
 
 /** What a rule does with a matching tool call. */
 export type PolicyAction = 'allow' | 'deny' | 'require_approval';
@@ -75,10 +76,15 @@ export interface NormalizedPolicy extends Policy {
 
 const scalar = z.union([z.string(), z.number(), z.boolean(), z.null()]);
 
+const CONTROL_MESSAGE = 'must not contain control characters (U+0000–U+001F, U+007F–U+009F)';
+
 /** Schema of a {@link PolicyRule} (structure only; globs and JSON-logic are checked when compiled). */
 export const PolicyRuleSchema = z
   .object({
-    tool: z.string().min(1, 'must be a non-empty tool name or glob'),
+    tool: z
+      .string()
+      .min(1, 'must be a non-empty tool name or glob')
+      .refine((t) => !hasControlCharacter(t), CONTROL_MESSAGE),
     action: z.enum(['allow', 'deny', 'require_approval']),
     conditions: z
       .record(
@@ -97,7 +103,10 @@ export const PolicyRuleSchema = z
 /** Schema of a {@link Policy}. */
 export const PolicySchema = z
   .object({
-    name: z.string().min(1, 'must be a non-empty string'),
+    name: z
+      .string()
+      .min(1, 'must be a non-empty string')
+      .refine((n) => !hasControlCharacter(n), CONTROL_MESSAGE),
     rules: z.array(PolicyRuleSchema).min(1, 'must contain at least one rule'),
     priority: z.number().int().min(Number.MIN_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER).optional(),
     enabled: z.boolean().optional(),

@@ -316,4 +316,198 @@ describe('operator API: what an admin or a buggy client sends (real sidecar, bot
     expect(st.tokens.limit).toBe(1000);
     expect(storedBudgets().get(`agent:${agentId}`)).toBe(before);
   });
+
+  it('control characters in names are refused naming the field (were stored); other Unicode is taken', async () => {
+    const agentsBefore = storedCount('agent');
+    const poolsBefore = storedCount('pool');
+    const tasksBefore = storedTasks();
+    const live = await spawnRemote('names');
+    const refusals: [string, unknown, string][] = [
+      [
+        'FabricService/SpawnAgent',
+        { name: 'a\u0000b', model: 'm', executor: 'remote' },
+        'config.name',
+      ],
+      [
+        'FabricService/SpawnAgent',
+        { name: 'n', model: 'm\u001b[31m', executor: 'remote' },
+        'config.model',
+      ],
+      [
+        'FabricService/SpawnAgent',
+        { name: 'n', model: 'm', executor: 'remote', labels: { 'k\n': 'v' } },
+        'config.labels key',
+      ],
+      [
+        'FabricService/SpawnAgent',
+        { name: 'n', model: 'm', executor: 'remote', labels: { k: 'v\u0000' } },
+        'config.labels["k"]',
+      ],
+      [
+        'FabricService/SpawnAgent',
+        { name: 'n', model: 'm', executor: 'remote', capabilities: ['c\t'] },
+        'config.capabilities[0]',
+      ],
+      [
+        'FabricService/CreatePool',
+        { poolId: 'p\u0000', model: 'm', minAgents: 0, executor: 'remote' },
+        'config.poolId',
+      ],
+      [
+        'FabricService/CreatePool',
+        { poolId: 'p', name: 'pool\r\nname', model: 'm', minAgents: 0, executor: 'remote' },
+        'config.name',
+      ],
+      [
+        'FabricService/ScheduleTask',
+        { agentId: live, taskType: 't', options: { tenant: 'ten\u0007' } },
+        'tenant',
+      ],
+      ['FabricService/ScheduleTask', { agentId: live, taskType: 't\u0085' }, 'taskType'],
+    ];
+    for (const [method, body, field] of refusals) {
+      const res = await api(sidecar, method, body);
+      const err = (await res.json()) as {
+        code: string;
+        message: string;
+        details: { field: string };
+      };
+      expect(res.status, `${method} ${field}`).toBe(400);
+      expect(err, `${method} ${field}`).toMatchObject({
+        code: 'FABRIC_ERR_INVALID_ARGUMENT',
+        details: { field },
+      });
+      expect(err.message).toMatch(/control characters/);
+    }
+    // Over gRPC too.
+    const err = await failure(
+      unary(
+        admin,
+        'createPool',
+        create(CreatePoolRequestSchema, {
+          poolId: 'esc\u001b',
+          model: 'm',
+          minAgents: 0,
+          executor: 'remote',
+        }),
+        ADMIN_TOKEN,
+      ),
+    );
+    expect(err.code).toBe(status.INVALID_ARGUMENT);
+    expect(fabricCode(err)).toBe('FABRIC_ERR_INVALID_ARGUMENT');
+    expect(err.details).toContain('config.poolId');
+    // A policy's name and a rule's tool: the policy code for invalid policies.
+    for (const policy of [
+      { name: 'p\u0000', rules: [{ tool: '*', action: 'allow' }] },
+      { name: 'p', rules: [{ tool: 'fs__\u0000*', action: 'allow' }] },
+    ]) {
+      const res = await api(sidecar, 'PolicyService/AddPolicy', {
+        policyJson: Buffer.from(JSON.stringify(policy)).toString('base64'),
+      });
+      expect(res.status).toBe(400);
+      const body = (await res.json()) as { code: string; message: string };
+      expect(body.code).toBe('FABRIC_ERR_POLICY_INVALID');
+      expect(body.message).toMatch(/control characters/);
+    }
+    expect(storedCount('agent')).toBe(agentsBefore + 1);
+    expect(storedCount('pool')).toBe(poolsBefore);
+    expect(storedTasks()).toEqual(tasksBefore);
+    // Names in any script, with emoji and bidirectional text, are taken and read back whole.
+    const name = 'Ünïcødé-名前-שלום-🚀';
+    const res = await api(sidecar, 'FabricService/SpawnAgent', {
+      name,
+      model: 'モデル',
+      executor: 'remote',
+      labels: { チーム: 'ü' },
+    });
+    expect(res.status).toBe(200);
+    const { spawned } = (await res.json()) as {
+      spawned: { agent: { agentId: string; name: string } };
+    };
+    expect(spawned.agent.name).toBe(name);
+    const task = await api(sidecar, 'FabricService/ScheduleTask', {
+      agentId: spawned.agent.agentId,
+      taskType: 'タスク',
+      options: { tenant: 'テナント' },
+    });
+    expect(task.status).toBe(200);
+    expect(((await task.json()) as { task: { tenant: string } }).task.tenant).toBe('テナント');
+  });
+});
+
+describe('a state file written before control characters were refused (real sidecar, restarted)', () => {
+  it('still loads: agents, pools and tasks keep their names and can be read and ended', async () => {
+    const statePath = join(tempDir('legacy-names'), 'state.db');
+    const config = { state: { path: statePath } } as never;
+    let sidecar = await startTestSidecar(config);
+    let agentId: string;
+    try {
+      const res = await api(sidecar, 'FabricService/SpawnAgent', {
+        name: 'legacy',
+        model: 'm',
+        executor: 'remote',
+      });
+      agentId = ((await res.json()) as { spawned: { agent: { agentId: string } } }).spawned.agent
+        .agentId;
+      expect(
+        (
+          await api(sidecar, 'FabricService/CreatePool', {
+            poolId: 'old',
+            model: 'm',
+            minAgents: 0,
+            executor: 'remote',
+          })
+        ).status,
+      ).toBe(200);
+      expect(
+        (
+          await api(sidecar, 'FabricService/ScheduleTask', {
+            agentId,
+            taskType: 't',
+            options: { tenant: 'ten' },
+          })
+        ).status,
+      ).toBe(200);
+    } finally {
+      await closeSidecar(sidecar);
+    }
+    // What the old code let in, written as it would have stored it.
+    const db = new Database(statePath);
+    try {
+      const setName = db.prepare(
+        "UPDATE records SET data = json_set(data, '$.name', ?) WHERE kind = ? AND id = ?",
+      );
+      expect(setName.run('leg\u0000acy\n', 'agent', agentId).changes).toBe(1);
+      expect(setName.run('old\u001b[31m', 'pool', 'old').changes).toBe(1);
+      expect(db.prepare('UPDATE tasks SET tenant = ?').run('ten\u0000').changes).toBe(1);
+    } finally {
+      db.close();
+    }
+    sidecar = await startTestSidecar(config);
+    try {
+      const agents = (await (await api(sidecar, 'FabricService/ListAgents', {})).json()) as {
+        agents: { agentId: string; name: string }[];
+      };
+      expect(agents.agents.find((a) => a.agentId === agentId)?.name).toBe('leg\u0000acy\n');
+      const pool = await api(sidecar, 'FabricService/GetPool', { poolId: 'old' });
+      expect(pool.status).toBe(200);
+      expect(((await pool.json()) as { pool: { name: string } }).pool.name).toBe('old\u001b[31m');
+      const tasks = (await (await api(sidecar, 'FabricService/ListTasks', {})).json()) as {
+        tasks: { tenant: string }[];
+      };
+      expect(tasks.tasks.map((t) => t.tenant)).toEqual(['ten\u0000']);
+      // The pool's name makes its agents' names: it can no longer grow (README: recreate it).
+      const scale = await api(sidecar, 'FabricService/ScalePool', { poolId: 'old', targetSize: 1 });
+      expect(scale.status).toBe(400);
+      expect(await scale.json()).toMatchObject({
+        code: 'FABRIC_ERR_INVALID_ARGUMENT',
+        details: { field: 'config.name' },
+      });
+      // Ended as any: the agent terminated, the pool deleted.
+      expect((await api(sidecar, 'FabricService/TerminateAgent', { agentId })).status).toBe(200);
+      expect((await api(sidecar, 'FabricService/DeletePool', { poolId: 'old' })).status).toBe(200);
+    } finally {
+      await closeSidecar(sidecar);
+    }
+  });
 });
