@@ -66,7 +66,7 @@ import { parseBudgetConfig } from './budget/budget-config.js';
 import { abandonedError, HookManager } from './hooks/hook-manager.js';
 import type { HookManagerOptions } from './hooks/hook-manager-options.js';
 import type { HookStore } from './hooks/hook-store.js';
-import type { Hook } from './hooks/hook.js';
+import { EMPTY_FAILURE_MESSAGE, type Hook } from './hooks/hook.js';
 import type { CreateHookRequest, ListHooksFilter } from './hooks/hook-manager.js';
 import { pageOf, type Page, type PageRequest } from './paging.js';
 import type { TaskFilter } from './scheduler/agent-scheduler.js';
@@ -1489,8 +1489,7 @@ export class AgentFabric {
   }
 }
 
-/** The message of a task or hook failure reported without one. */
-export const EMPTY_FAILURE_MESSAGE = 'failed';
+export { EMPTY_FAILURE_MESSAGE };
 
 /** An agent's optional text that says nothing: absent, empty or only whitespace. */
 function blank(text: string | undefined): text is undefined | '' {

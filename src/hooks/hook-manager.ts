@@ -18,7 +18,13 @@ import {
 } from '../errors.js';
 import type { ObjectFormat } from './git-objects.js';
 import { gitEnv, runGit, SAFE_GIT_CONFIG, SIMPLE_GIT_UNSAFE } from './git-process.js';
-import type { Hook, HookErrorInfo, PatrolHook, WorktreeInfo } from './hook.js';
+import {
+  EMPTY_FAILURE_MESSAGE,
+  type Hook,
+  type HookErrorInfo,
+  type PatrolHook,
+  type WorktreeInfo,
+} from './hook.js';
 import {
   HookEmitter,
   type HookEventName,
@@ -1343,9 +1349,15 @@ function checkNote(value: unknown, field: string): string {
   return value.length > MAX_NOTE_LENGTH ? `${value.slice(0, MAX_NOTE_LENGTH)}…` : value;
 }
 
+/**
+ * A failure as stored. An empty or all-whitespace message is {@link EMPTY_FAILURE_MESSAGE} and an
+ * empty code none, as through every door (MCP `fail_hook`, gRPC `FailHook`).
+ */
 function toErrorInfo(error: unknown): HookErrorInfo {
+  const said = (text: string, field: string): string =>
+    text.trim() === '' ? EMPTY_FAILURE_MESSAGE : checkNote(text, field);
   if (typeof error === 'string')
-    return Object.freeze({ message: checkNote(error, 'error'), code: null, name: null });
+    return Object.freeze({ message: said(error, 'error'), code: null, name: null });
   if (
     error !== null &&
     typeof error === 'object' &&
@@ -1354,8 +1366,11 @@ function toErrorInfo(error: unknown): HookErrorInfo {
     const e = error as { message: string; code?: unknown; name?: unknown };
     const name = error instanceof Error ? error.name : e.name;
     return Object.freeze({
-      message: checkNote(e.message, 'error.message'),
-      code: typeof e.code === 'string' ? cut(e.code, MAX_ERROR_CODE_LENGTH) : null,
+      message: said(e.message, 'error.message'),
+      code:
+        typeof e.code === 'string' && e.code.trim() !== ''
+          ? cut(e.code, MAX_ERROR_CODE_LENGTH)
+          : null,
       name: typeof name === 'string' ? cut(name, MAX_ERROR_CODE_LENGTH) : null,
     });
   }

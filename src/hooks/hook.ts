@@ -10,6 +10,9 @@ import { HOOK_ID_PATTERN } from './hook-id.js';
 import { HookStatus } from './hook-status.js';
 import { isJsonValue, type JsonValue } from './json-value.js';
 
+/** The message of a task or hook failure reported without one (empty or only whitespace). */
+export const EMPTY_FAILURE_MESSAGE = 'failed';
+
 /** Why a hook failed, as recorded by `failHook`. */
 export interface HookErrorInfo {
   readonly message: string;

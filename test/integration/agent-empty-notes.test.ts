@@ -5,7 +5,8 @@
  * "failed", an empty code is none (a task's: FABRIC_ERR_TASK_EXECUTION). Before, MCP stored `""`
  * where gRPC stored `null`, and refused an empty failure message that gRPC recorded as "failed".
  * Hook records are read back from the git store; task errors from the fabric. The library's
- * `HookManager.recordProgress` takes an empty note the same way (it stored `""`).
+ * `HookManager.recordProgress` and `failHook` take an empty note, message or code the same way
+ * (they stored `""`).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -161,5 +162,19 @@ describe('empty notes through the library (HookManager of the same sidecar)', ()
       status: 'COMPLETED',
       progressNote: null,
     });
+  });
+
+  it('an empty failure message is "failed" and an empty code none, as through the doors (were stored as "")', async () => {
+    const hooks = fabric.hooks!;
+    const owner = agentId(sidecar, 'via-grpc');
+    for (const failure of ['', { message: ' ', code: '' }] as const) {
+      const h = await hooks.createHook({ agentId: owner, workItem: 'w' });
+      await hooks.activateHook(h.hookId, { agentId: owner });
+      await hooks.failHook(h.hookId, failure, { agentId: owner });
+      expect(committedHook(storagePath, h.hookId), JSON.stringify(failure)).toMatchObject({
+        status: 'FAILED',
+        error: { message: 'failed', code: null },
+      });
+    }
   });
 });
