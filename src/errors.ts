@@ -646,6 +646,23 @@ export class PolicyUnavailableError extends FabricError {
   }
 }
 
+/**
+ * An agent's answer to an upstream's callback (a sampling result, elicitation content, a roots
+ * list, or its error answer) was refused by a policy provider's `checkCallbackAnswer` (or the
+ * check failed: it fails closed). The upstream that asked gets this error instead of the answer.
+ */
+export class CallbackAnswerDeniedError extends FabricError {
+  static readonly code = 'FABRIC_ERR_CALLBACK_ANSWER_DENIED';
+  constructor(upstream: string, method: string, policy: string, reason: string) {
+    super(
+      CallbackAnswerDeniedError.code,
+      'permission_denied',
+      `the agent's answer to ${method} of upstream ${upstream} was refused: ${reason}`,
+      { upstream, method, policy },
+    );
+  }
+}
+
 /** No approval with this id is known (never created, or evicted after retention). */
 export class ApprovalNotFoundError extends FabricError {
   static readonly code = 'FABRIC_ERR_APPROVAL_NOT_FOUND';

@@ -51,6 +51,11 @@ import type { ScheduleOptions, ScheduleRequest, Task, TaskAssignment, TaskError 
 import { ApprovalManager } from './policy/approval-manager.js';
 import type { ApprovalManagerOptions } from './policy/approval-manager.js';
 import { PolicyEngine } from './policy/policy-engine.js';
+import {
+  CALLBACK_ANSWER_ALLOWED,
+  type CallbackAnswerContext,
+  type CallbackAnswerDecision,
+} from './policy/callback-answer-check.js';
 import type { PolicyEngineOptions } from './policy/policy-engine.js';
 import { ToolCallAuthorizer } from './policy/tool-call-authorizer.js';
 import type {
@@ -1143,6 +1148,30 @@ export class AgentFabric {
   /** Gives an allowed call's reservation back (the call never ran). Idempotent. */
   releaseToolCall(authorization: ToolCallAuthorization): void {
     this.#authorizer.release(authorization);
+  }
+
+  /**
+   * Asks the policy providers that check agents' answers to upstream callbacks
+   * (`checkCallbackAnswer`, e.g. secret-guard) about one answer: allowed unless one denies it;
+   * a provider that fails refuses it. The agent's pool and labels come from its record, never
+   * from the caller (an agent no longer known is checked without them). Rules take no part.
+   * @throws the reason of `signal` when it aborts first.
+   */
+  checkCallbackAnswer(
+    ctx: CallbackAnswerContext,
+    signal: AbortSignal,
+  ): Promise<CallbackAnswerDecision> {
+    if (!this.policies.hasCallbackAnswerChecks) return Promise.resolve(CALLBACK_ANSWER_ALLOWED);
+    const rec = this.lifecycle.peek(ctx.agentId);
+    const { poolId: _poolId, labels: _labels, ...rest } = ctx;
+    return this.policies.checkCallbackAnswer(
+      {
+        ...rest,
+        ...(rec?.poolId === undefined ? {} : { poolId: rec.poolId }),
+        ...(rec === undefined ? {} : { labels: rec.labels }),
+      },
+      signal,
+    );
   }
 
   /**

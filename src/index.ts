@@ -112,6 +112,7 @@ export {
   PayloadTooLargeError,
   PolicyDeniedError,
   PolicyUnavailableError,
+  CallbackAnswerDeniedError,
   PluginError,
   PluginTimeoutError,
   PolicyExistsError,
@@ -179,6 +180,11 @@ export type {
   PolicyProvider,
   PolicyVerdict,
 } from './policy/policy-engine.js';
+export type {
+  CallbackAnswerContext,
+  CallbackAnswerDecision,
+  CallbackAnswerVerdict,
+} from './policy/callback-answer-check.js';
 export type {
   Approval,
   ApprovalManagerOptions,

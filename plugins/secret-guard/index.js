@@ -11,11 +11,16 @@
 // to other characters too); a value too large to scan (more than MAX_SCAN_NODES values, which
 // the gateway's input bound never admits) is denied.
 //
+// It also checks an agent's answers to an upstream's callbacks (`checkCallbackAnswer`): a
+// sampling result, elicitation content, a roots list, or the agent's error answer (message and
+// data), scanned the same way before the gateway sends it to the upstream that asked. An answer
+// carrying a secret (or too large to scan) is refused whatever `action` says — no human can
+// approve an answer while the upstream waits for it: the upstream gets an error naming the
+// answer's part and the kind of secret instead, and the answer is dropped.
+//
 // What it cannot see: a secret the agent transforms before sending it — split across arguments
 // or strings, base64-, percent- or otherwise encoded, reversed — is not one to a pattern. It stops
-// accidents and naive prompt injections, not a determined exfiltrator (see the README). It is a
-// policy: it sees what agents' requests forward, not an agent's answers to an upstream's
-// callbacks (sampling, elicitation, roots), which do not pass policy.
+// accidents and naive prompt injections, not a determined exfiltrator (see the README).
 import { z } from 'zod';
 
 /** A regular expression's source that compiles. */
@@ -72,19 +77,20 @@ const MAX_PATH_CHARS = 200;
 
 /**
  * Finds the first secret-looking string in `value` — every string, whole, at any depth, object
- * keys included — and returns `{ path, kind }`; `{ path, kind: undefined, unscannable: true }`
- * when the value holds more than `maxNodes` values; otherwise undefined.
+ * keys included — and returns `{ path, kind }` (`path` starts at `root`); `{ path, kind:
+ * undefined, unscannable: true }` when the value holds more than `maxNodes` values; otherwise
+ * undefined.
  *
  * The walk is iterative (no depth limit can be hit) and allocates nothing per value on the
  * common path: paths are only built when something was found, by a second walk in the same
  * order. The built-in patterns have no nested quantifiers, so each `test` is linear in the
  * string's length (a 4 MiB argument is a few milliseconds).
  */
-export function findSecret(value, patterns, maxNodes = MAX_SCAN_NODES) {
-  const found = scan(value, patterns, maxNodes, false);
+export function findSecret(value, patterns, maxNodes = MAX_SCAN_NODES, root = 'params') {
+  const found = scan(value, patterns, maxNodes, false, root);
   if (found === undefined) return undefined;
-  if (found.unscannable) return { path: 'params', kind: undefined, unscannable: true };
-  return scan(value, patterns, maxNodes, true);
+  if (found.unscannable) return { path: root, kind: undefined, unscannable: true };
+  return scan(value, patterns, maxNodes, true, root);
 }
 
 function matchKind(s, patterns) {
@@ -92,9 +98,9 @@ function matchKind(s, patterns) {
   return undefined;
 }
 
-function scan(value, patterns, maxNodes, withPaths) {
+function scan(value, patterns, maxNodes, withPaths, root) {
   const stack = [value];
-  const paths = withPaths ? ['params'] : undefined;
+  const paths = withPaths ? [root] : undefined;
   let seen = 0;
   while (stack.length > 0) {
     if (++seen > maxNodes) return { unscannable: true };
@@ -163,6 +169,24 @@ const plugin = {
         return {
           action,
           reason: `${hit.path} looks like a secret (${hit.kind}); secrets may not be passed to tools (secret-guard)`,
+        };
+      },
+      checkCallbackAnswer(ctx) {
+        // What the upstream would receive: the result, or the error answer's message and data.
+        const [root, value] =
+          ctx.error === undefined ? ['result', ctx.result] : ['error', ctx.error];
+        const hit = findSecret(value, patterns, MAX_SCAN_NODES, root);
+        if (hit === undefined) return undefined;
+        // Always a deny: `require_approval` cannot hold an answer the upstream is waiting for.
+        if (hit.unscannable) {
+          return {
+            action: 'deny',
+            reason: `the answer holds more than ${MAX_SCAN_NODES} values, too many to scan for secrets (secret-guard)`,
+          };
+        }
+        return {
+          action: 'deny',
+          reason: `${hit.path} looks like a secret (${hit.kind}); secrets may not be sent to an upstream (secret-guard)`,
         };
       },
     };

@@ -44,7 +44,13 @@ export interface AuditRecord {
   /** ISO-8601 time the call arrived. */
   time: string;
   agent: string;
+  /** The tool, pseudo-tool (`resources/read` …) or, for a refused callback answer, its method. */
   tool: string;
+  /**
+   * The upstream of a refused answer to its callback (`sampling/createMessage` …); tool calls'
+   * records have none (the tool's name says it).
+   */
+  upstream?: string | undefined;
   /** `allow`, `deny`, `approved`, `budget`, … — what the pipeline decided. */
   decision: string;
   /** Name of the policy rule that decided, when known. */

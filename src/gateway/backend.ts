@@ -8,11 +8,18 @@ import type { CallPhases } from '../telemetry/tracing.js';
 import type { Reservation } from '../budget/budget-manager.js';
 import type { Approval } from '../policy/approval-manager.js';
 import type { PolicyDecision } from '../policy/policy-engine.js';
+import type {
+  CallbackAnswerContext,
+  CallbackAnswerDecision,
+} from '../policy/callback-answer-check.js';
 import type { EndedTask } from '../scheduler/remote-executor.js';
 import type { Task, TaskAssignment } from '../task.js';
 
 /** A policy decision as the pipeline gets it: the action and the deciding policy and rule. */
 export type Decision = PolicyDecision;
+
+/** An agent's answer to an upstream's callback, and the policy's decision on it. */
+export type { CallbackAnswerContext, CallbackAnswerDecision };
 
 /** An allowed call's budget reservation: settle it with the actual usage (or release it). */
 export type { Reservation };
@@ -155,6 +162,16 @@ export interface GatewayBackend {
     usage: ToolUsage,
     options?: SettleToolCallOptions,
   ): ToolCallRefused | void | Promise<unknown>;
+  /**
+   * Optional: the policy check of an agent's answer to an upstream's callback (sampling,
+   * elicitation, roots), before the gateway sends it to the upstream (see
+   * `PolicyProvider.checkCallbackAnswer`). A refusal is sent upstream instead of the answer.
+   * Without this method answers pass unchecked. Rejects only with `signal`'s reason.
+   */
+  checkCallbackAnswer?(
+    ctx: CallbackAnswerContext,
+    signal: AbortSignal,
+  ): Promise<CallbackAnswerDecision> | CallbackAnswerDecision;
   /**
    * Optional side-effect-free probe: `false` when policy denies `tool` to the agent outright
    * (a rule without conditions). Rules with conditions must answer `true`. Without this

@@ -43,6 +43,7 @@ import {
   ToolNotFoundError,
 } from '../errors.js';
 import { AuditLog, type AuditLogOptions, type AuditOutcome } from './audit-log.js';
+import { CallbackAnswers } from './callback-answers.js';
 import type { AgentIdentity, GatewayBackend } from './backend.js';
 import {
   buildCatalog,
@@ -255,7 +256,6 @@ export class ToolGateway implements SessionHost {
       throw new ConfigError('maxSubscriptionsPerSession', 'must be a positive integer');
     }
     this.#log = options.logger ?? (() => undefined);
-    this.#routes = new InflightRoutes(this.#log);
     this.#audit = options.audit
       ? openAuditLog({
           ...options.audit,
@@ -263,6 +263,10 @@ export class ToolGateway implements SessionHost {
             this.#log({ level: 'error', msg: 'audit log write failed', error: messageOf(error) }),
         })
       : undefined;
+    const answers = new CallbackAnswers(this.#backend, this.#audit, this.#log);
+    this.#routes = new InflightRoutes(this.#log, (upstream, session, request, signal, answer) =>
+      answers.relay(upstream, session, request, signal, answer),
+    );
     this.#estimates = new TokenEstimates({ priors: options.tokenEstimates });
     const waitMs = options.budgetWaitMs ?? DEFAULT_BUDGET_WAIT_MS;
     if (typeof waitMs !== 'number' || !Number.isFinite(waitMs) || waitMs < 0) {

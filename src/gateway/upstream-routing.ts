@@ -22,6 +22,9 @@
  * `_meta["io.modelcontextprotocol/related-task"]`: such a request is refused whatever else is in
  * flight — by the one-session rule it would reach whichever other agent has a call there then.
  *
+ * An agent's answer goes back through the gateway's {@link AnswerRelay} (the policy check of
+ * callbacks' answers, callback-answers.ts), which may send the upstream a refusal instead.
+ *
  * @module
  */
 import {
@@ -47,6 +50,18 @@ export interface InFlight extends Slotted {
   readonly requestId: RequestId;
 }
 
+/**
+ * Takes an agent session's `answer` to `request` of `upstream` and returns (or throws) what the
+ * upstream gets.
+ */
+export type AnswerRelay = (
+  upstream: Upstream,
+  session: GatewaySession,
+  request: Request,
+  signal: AbortSignal,
+  answer: Promise<Result>,
+) => Promise<Result>;
+
 /** The requests in flight per upstream. */
 export class InflightRoutes {
   readonly #inflight = new Map<Upstream, SlotSet<InFlight>>();
@@ -56,9 +71,15 @@ export class InflightRoutes {
    */
   readonly #givenUp = new Map<Upstream, SlotSet<InFlight>>();
   readonly #log: (entry: GatewayLogEntry) => void;
+  readonly #relay: AnswerRelay | undefined;
 
-  constructor(log: (entry: GatewayLogEntry) => void) {
+  /**
+   * @param relay what an agent's answer to a routed request passes before it goes upstream (the
+   *   policy check of callbacks' answers, callback-answers.ts); absent: relayed as it is.
+   */
+  constructor(log: (entry: GatewayLogEntry) => void, relay?: AnswerRelay) {
     this.#log = log;
+    this.#relay = relay;
   }
 
   /** Tracks a request of `session` (none: a gRPC call, a task's) on `upstream` until {@link leave}. */
@@ -163,7 +184,10 @@ export class InflightRoutes {
     const othersGivenUp =
       only?.session !== undefined && this.#othersGivenUp(upstream, only.session);
     if (task === undefined && only?.session !== undefined && !othersGivenUp) {
-      return only.session.request(request, signal, only.requestId);
+      const answer = only.session.request(request, signal, only.requestId);
+      return this.#relay === undefined
+        ? answer
+        : this.#relay(upstream, only.session, request, signal, answer);
     }
     if (task === undefined && request.method === 'roots/list' && sessions.size === 0) {
       return { roots: [] };

@@ -40,6 +40,7 @@ export {
   PolicyEngine,
 } from './policy-engine.js';
 export { ToolCallAuthorizer } from './tool-call-authorizer.js';
+export { DEFAULT_CALLBACK_CHECK_TIMEOUT_MS } from './callback-answer-check.js';
 
 export type {
   Approval,
@@ -63,6 +64,11 @@ export type {
   PolicyMode,
   PolicyRule,
 } from './policy.js';
+export type {
+  CallbackAnswerContext,
+  CallbackAnswerDecision,
+  CallbackAnswerVerdict,
+} from './callback-answer-check.js';
 export type {
   PolicyAuditEntry,
   PolicyContext,

@@ -11,6 +11,14 @@ import {
   PolicyValidationError,
 } from '../errors.js';
 import { ApprovalManager, type ApprovalRequest } from './approval-manager.js';
+import {
+  CALLBACK_ANSWER_ALLOWED,
+  checkCallbackAnswer,
+  DEFAULT_CALLBACK_CHECK_TIMEOUT_MS,
+  type CallbackAnswerContext,
+  type CallbackAnswerDecision,
+  type CallbackAnswerVerdict,
+} from './callback-answer-check.js';
 import { compileConditions, type ParamsPredicate } from './conditions.js';
 import { compileGlob, GlobSyntaxError, type GlobMatcher } from './glob.js';
 import { compileJsonLogic, JsonLogicCompileError, truthy } from './json-logic.js';
@@ -39,6 +47,12 @@ export interface PolicyEngineOptions {
    * @default a new ApprovalManager owned (and closed) by the engine
    */
   approvals?: ApprovalManager;
+  /**
+   * How long one provider's `checkCallbackAnswer` may take before the answer it was asked about
+   * is refused (fail closed), in milliseconds.
+   * @default 5000
+   */
+  callbackCheckTimeoutMs?: number;
 }
 
 /** The tool call being decided. */
@@ -141,6 +155,22 @@ export interface PolicyProvider {
    * throw (a throw is ignored).
    */
   admitted?(ctx: PolicyContext): void;
+  /**
+   * Opt-in: inspects an agent's answer to an upstream's callback (a `sampling/createMessage`
+   * result, `elicitation/create` content, a `roots/list` result, or the agent's error answer)
+   * before the gateway sends it to the upstream that asked. Answers pass no rule (rules decide
+   * tool calls); only providers with this method are asked, highest priority first, and the
+   * first `deny` refuses the answer: the upstream gets a `FABRIC_ERR_CALLBACK_ANSWER_DENIED`
+   * error instead, and the answer is dropped. `allow` and `undefined` are no objection. Fails
+   * closed: a throw, a rejection, an invalid verdict, `require_approval` (no human can approve an
+   * answer in flight) or no answer within `callbackCheckTimeoutMs` refuses the answer. `signal`
+   * aborts when the upstream gives up its request, or the check runs out of time. May be
+   * synchronous or return a promise.
+   */
+  checkCallbackAnswer?(
+    ctx: CallbackAnswerContext,
+    signal: AbortSignal,
+  ): CallbackAnswerVerdict | undefined | Promise<CallbackAnswerVerdict | undefined>;
 }
 
 /** An audit-mode policy's verdict: what it would have decided. */
@@ -244,12 +274,16 @@ interface Candidates {
  */
 export function parsePolicyEngineOptions(
   options: PolicyEngineOptions = {},
-): Readonly<{ defaultAction: PolicyAction; toolCacheSize: number }> {
+): Readonly<{
+  defaultAction: PolicyAction;
+  toolCacheSize: number;
+  callbackCheckTimeoutMs: number;
+}> {
   if (options === null || typeof options !== 'object') {
     throw new ConfigError('options', 'must be an object');
   }
   for (const key of Object.keys(options)) {
-    if (!['defaultAction', 'toolCacheSize', 'approvals'].includes(key)) {
+    if (!['defaultAction', 'toolCacheSize', 'approvals', 'callbackCheckTimeoutMs'].includes(key)) {
       throw new ConfigError(`options.${key}`, 'is not a known option');
     }
   }
@@ -264,7 +298,20 @@ export function parsePolicyEngineOptions(
   if (options.approvals !== undefined && !(options.approvals instanceof ApprovalManager)) {
     throw new ConfigError('options.approvals', 'must be an ApprovalManager');
   }
-  return Object.freeze({ defaultAction, toolCacheSize });
+  const callbackCheckTimeoutMs =
+    options.callbackCheckTimeoutMs ?? DEFAULT_CALLBACK_CHECK_TIMEOUT_MS;
+  // A timer's longest delay (Node fires a longer one at once).
+  if (
+    !Number.isSafeInteger(callbackCheckTimeoutMs) ||
+    callbackCheckTimeoutMs < 1 ||
+    callbackCheckTimeoutMs > 2_147_483_647
+  ) {
+    throw new ConfigError(
+      'options.callbackCheckTimeoutMs',
+      'must be an integer from 1 to 2147483647 (milliseconds)',
+    );
+  }
+  return Object.freeze({ defaultAction, toolCacheSize, callbackCheckTimeoutMs });
 }
 
 /**
@@ -293,7 +340,11 @@ export function parsePolicyEngineOptions(
  * engine.evaluateSync({ agentId: 'a1', tool: 'file_write', params: { path: '/etc/passwd' } }).action; // 'deny'
  */
 export class PolicyEngine {
-  readonly #options: Readonly<{ defaultAction: PolicyAction; toolCacheSize: number }>;
+  readonly #options: Readonly<{
+    defaultAction: PolicyAction;
+    toolCacheSize: number;
+    callbackCheckTimeoutMs: number;
+  }>;
   readonly #approvals: ApprovalManager;
   readonly #ownsApprovals: boolean;
   readonly #policies = new Map<string, CompiledPolicy>();
@@ -306,6 +357,8 @@ export class PolicyEngine {
   #admitting: { readonly provider: PolicyProvider; readonly priority: number }[] = [];
   /** How many providers have `decideAsync`. */
   #async = 0;
+  /** The providers with `checkCallbackAnswer`, highest priority first. */
+  #answerCheckers: PolicyProvider[] = [];
   /** Enabled rules, in evaluation order, split by mode. */
   #all: Candidates = { enforce: [], audit: [] };
 
@@ -395,6 +448,12 @@ export class PolicyEngine {
     if (provider.decideAsync !== undefined && typeof provider.decideAsync !== 'function') {
       throw new PolicyValidationError(provider.name, 'decideAsync', 'must be a function');
     }
+    if (
+      provider.checkCallbackAnswer !== undefined &&
+      typeof provider.checkCallbackAnswer !== 'function'
+    ) {
+      throw new PolicyValidationError(provider.name, 'checkCallbackAnswer', 'must be a function');
+    }
     this.#providers = [...this.#providers, { provider, priority }].sort(
       (a, b) => b.priority - a.priority,
     );
@@ -404,6 +463,32 @@ export class PolicyEngine {
   #indexProviders(): void {
     this.#admitting = this.#providers.filter((p) => p.provider.admitted !== undefined);
     this.#async = this.#providers.filter((p) => p.provider.decideAsync !== undefined).length;
+    this.#answerCheckers = this.#providers
+      .filter((p) => p.provider.checkCallbackAnswer !== undefined)
+      .map((p) => p.provider);
+  }
+
+  /** True when a provider checks agents' answers to upstream callbacks (`checkCallbackAnswer`). */
+  get hasCallbackAnswerChecks(): boolean {
+    return this.#answerCheckers.length > 0;
+  }
+
+  /**
+   * Asks the providers with `checkCallbackAnswer` about an agent's answer to an upstream's
+   * callback (see {@link PolicyProvider.checkCallbackAnswer}): allowed unless one denies it;
+   * fails closed. Rules take no part.
+   * @throws the reason of `signal` when it aborts first (the answer then goes nowhere).
+   */
+  checkCallbackAnswer(
+    ctx: CallbackAnswerContext,
+    signal: AbortSignal,
+  ): Promise<CallbackAnswerDecision> {
+    const checkers = this.#answerCheckers;
+    if (checkers.length === 0) return Promise.resolve(CALLBACK_ANSWER_ALLOWED);
+    return checkCallbackAnswer(checkers, ctx, {
+      signal,
+      timeoutMs: this.#options.callbackCheckTimeoutMs,
+    });
   }
 
   /**

@@ -9,6 +9,8 @@ import type { AgentFabric } from '../fabric.js';
 import { UnauthenticatedError } from '../errors.js';
 import type {
   AdminBackend,
+  CallbackAnswerContext,
+  CallbackAnswerDecision,
   GatewayBackend,
   GatewayIdentity,
   SettleToolCallOptions,
@@ -64,6 +66,13 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
     options?: SettleToolCallOptions,
   ): ToolCallRefused | undefined {
     return this.#fabric.settleToolCall(authorization, usage, options);
+  }
+
+  checkCallbackAnswer(
+    ctx: CallbackAnswerContext,
+    signal: AbortSignal,
+  ): Promise<CallbackAnswerDecision> {
+    return this.#fabric.checkCallbackAnswer(ctx, signal);
   }
 
   isToolVisible(ctx: ToolVisibilityContext): boolean {

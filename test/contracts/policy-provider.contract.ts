@@ -2,7 +2,9 @@
  * The contract every PolicyProvider (policy plugin) must keep, run against each implementation:
  * `runPolicyProviderContract({ name, create, deniedCall, allowedCall })`. A provider that
  * decides asynchronously (`decideAsync`, e.g. policy-grpc) is held to the same verdicts through
- * it and `PolicyEngine.evaluateAsync`; its synchronous `decide` must still be synchronous.
+ * it and `PolicyEngine.evaluateAsync`; its synchronous `decide` must still be synchronous. A
+ * provider that checks agents' answers to upstream callbacks (`checkCallbackAnswer`) names an
+ * answer it refuses and one it lets through (`deniedAnswer`, `allowedAnswer`).
  */
 import { describe, expect, it } from 'vitest';
 import type {
@@ -11,6 +13,7 @@ import type {
   PolicyVerdict,
 } from '../../src/policy/policy-engine.js';
 import { PolicyEngine } from '../../src/policy/policy-engine.js';
+import type { CallbackAnswerContext } from '../../src/policy/callback-answer-check.js';
 
 /** The provider's verdict for a tool call: `decideAsync` when it has one, else `decide`. */
 async function verdictOf(
@@ -32,6 +35,8 @@ export function runPolicyProviderContract(options: {
   deniedCall: PolicyContext;
   /** A call the provider must not refuse. */
   allowedCall: PolicyContext;
+  /** With `checkCallbackAnswer`: an answer the provider must refuse, and one it must not. */
+  answers?: { denied: CallbackAnswerContext; allowed: CallbackAnswerContext };
 }): void {
   describe(`PolicyProvider contract: ${options.name}`, () => {
     it('has a name and a synchronous decide', async () => {
@@ -77,6 +82,23 @@ export function runPolicyProviderContract(options: {
       }
       expect(await verdictOf(p, options.deniedCall)).toEqual(denied);
       expect(await verdictOf(p, options.allowedCall)).toEqual(allowed);
+    });
+
+    it('checks answers to callbacks if and only if it says so (answers given)', async () => {
+      const p = await options.create();
+      expect(p.checkCallbackAnswer !== undefined).toBe(options.answers !== undefined);
+      if (options.answers === undefined) return;
+      const engine = new PolicyEngine();
+      engine.addPolicy({ name: 'allow-all', rules: [{ tool: '*', action: 'allow' }] });
+      engine.addProvider(p);
+      const signal = new AbortController().signal;
+      const denied = await engine.checkCallbackAnswer(options.answers.denied, signal);
+      expect(denied).toMatchObject({ allowed: false, policy: p.name });
+      expect(denied).not.toHaveProperty('failed');
+      expect(await engine.checkCallbackAnswer(options.answers.allowed, signal)).toEqual({
+        allowed: true,
+      });
+      engine.close();
     });
 
     it('a deny that lifts by itself says when (retryAt in the future)', async () => {

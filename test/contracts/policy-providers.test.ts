@@ -31,6 +31,20 @@ runPolicyProviderContract({
     tool: 'fs__write_file',
     params: { path: '/tmp/notes.txt', content: 'hello' },
   },
+  answers: {
+    denied: {
+      agentId: 'a',
+      upstream: 'up',
+      method: 'sampling/createMessage',
+      result: { role: 'assistant', content: { type: 'text', text: 'AKIAIOSFODNN7EXAMPLE' } },
+    },
+    allowed: {
+      agentId: 'a',
+      upstream: 'up',
+      method: 'sampling/createMessage',
+      result: { role: 'assistant', content: { type: 'text', text: 'hello' } },
+    },
+  },
 });
 
 runPolicyProviderContract({

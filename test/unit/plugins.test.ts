@@ -183,7 +183,7 @@ describe('README plugin section', () => {
       new URL('../../examples/plugins/pool-inline.ts', import.meta.url),
       'utf8',
     );
-    expect(blocks[1]).toBe(file);
+    expect(blocks[2]).toBe(file);
     const fabric = new AgentFabric();
     const host = new PluginHost(fabric);
     await host.load(new URL('../../examples/plugins/pool-inline.ts', import.meta.url), {
@@ -199,6 +199,37 @@ describe('README plugin section', () => {
     await new Promise((r) => setImmediate(r));
     expect((await fabric.getPool('p')).currentAgents).toHaveLength(2);
     await host.close();
+    await fabric.close();
+  });
+
+  it('shows examples/plugins/no-internal-answers.ts verbatim, and it refuses such answers', async () => {
+    const blocks = [...readme().matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+    const file = readFileSync(
+      new URL('../../examples/plugins/no-internal-answers.ts', import.meta.url),
+      'utf8',
+    );
+    expect(blocks[1]).toBe(file);
+    const fabric = new AgentFabric();
+    const host = new PluginHost(fabric);
+    await host.load(new URL('../../examples/plugins/no-internal-answers.ts', import.meta.url));
+    const answer = (text: string) => ({
+      agentId: 'a',
+      upstream: 'web',
+      method: 'sampling/createMessage',
+      result: { role: 'assistant', content: { type: 'text', text } },
+    });
+    const signal = new AbortController().signal;
+    expect(await fabric.checkCallbackAnswer(answer('INTERNAL-ONLY plan'), signal)).toEqual({
+      allowed: false,
+      policy: 'no-internal-answers',
+      reason: 'internal text may not go to web',
+    });
+    expect(await fabric.checkCallbackAnswer(answer('hello'), signal)).toEqual({ allowed: true });
+    await host.close();
+    // Unloaded: its check is gone with it.
+    expect(await fabric.checkCallbackAnswer(answer('INTERNAL-ONLY'), signal)).toEqual({
+      allowed: true,
+    });
     await fabric.close();
   });
 

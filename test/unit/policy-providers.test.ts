@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { BudgetManager } from '../../src/budget/budget-manager.js';
 import {
   PolicyExistsError,
@@ -182,5 +182,135 @@ describe('PolicyEngine asynchronous providers (decideAsync)', () => {
     expect(down).toMatchObject({ allowed: false, code: 'FABRIC_ERR_POLICY_UNAVAILABLE' });
     expect(!down.allowed && down.error).toBeInstanceOf(PolicyUnavailableError);
     policies.close();
+  });
+});
+
+describe('PolicyEngine answer checks (checkCallbackAnswer)', () => {
+  const answer = (text: string) => ({
+    agentId: 'a1',
+    upstream: 'up',
+    method: 'sampling/createMessage',
+    result: { role: 'assistant', content: { type: 'text', text } },
+  });
+  const live = () => new AbortController().signal;
+
+  it('take no part without a provider that checks answers; rules never decide answers', async () => {
+    const engine = new PolicyEngine(); // default deny, no rule
+    engine.addProvider({ name: 'calls-only', decide: () => ({ action: 'deny' }) });
+    expect(engine.hasCallbackAnswerChecks).toBe(false);
+    expect(await engine.checkCallbackAnswer(answer('x'), live())).toEqual({ allowed: true });
+    engine.close();
+  });
+
+  it('are a veto: highest priority first, the first deny decides, an allow stops nothing', async () => {
+    const engine = new PolicyEngine();
+    const asked: string[] = [];
+    const checker = (name: string, priority: number, verdict: unknown): PolicyProvider => ({
+      name,
+      priority,
+      decide: () => undefined,
+      checkCallbackAnswer: () => {
+        asked.push(name);
+        return verdict as PolicyVerdict;
+      },
+    });
+    engine.addProvider(checker('low', 1, { action: 'deny', reason: 'low says no' }));
+    engine.addProvider(checker('high', 10, { action: 'allow' }));
+    engine.addProvider(checker('mid', 5, undefined));
+    expect(engine.hasCallbackAnswerChecks).toBe(true);
+    expect(await engine.checkCallbackAnswer(answer('x'), live())).toEqual({
+      allowed: false,
+      policy: 'low',
+      reason: 'low says no',
+    });
+    expect(asked).toEqual(['high', 'mid', 'low']);
+    engine.removeProvider('low');
+    expect(await engine.checkCallbackAnswer(answer('x'), live())).toEqual({ allowed: true });
+    engine.close();
+  });
+
+  it('fail closed: a throw, a rejection, nonsense, require_approval and a timeout refuse', async () => {
+    const refusal = async (check: PolicyProvider['checkCallbackAnswer'], timeoutMs = 1000) => {
+      const engine = new PolicyEngine({ callbackCheckTimeoutMs: timeoutMs });
+      engine.addProvider({ name: 'p', decide: () => undefined, checkCallbackAnswer: check });
+      const d = await engine.checkCallbackAnswer(answer('x'), live());
+      engine.close();
+      return d;
+    };
+    expect(
+      await refusal(() => {
+        throw new Error('boom');
+      }),
+    ).toEqual({
+      allowed: false,
+      policy: 'p',
+      reason: 'policy provider p failed: boom',
+      failed: true,
+    });
+    expect(await refusal(() => Promise.reject(new Error('gone')))).toMatchObject({
+      allowed: false,
+      reason: 'policy provider p failed: gone',
+    });
+    expect(await refusal(() => null as never)).toMatchObject({
+      allowed: false,
+      reason: 'policy provider p returned an invalid verdict (null)',
+    });
+    expect(await refusal(() => ({ action: 'block' }) as never)).toMatchObject({
+      allowed: false,
+      reason: 'policy provider p returned an invalid action',
+    });
+    expect(await refusal(() => ({ action: 'require_approval' }))).toMatchObject({
+      allowed: false,
+      reason:
+        'policy provider p requires approval (an answer to a callback cannot wait for an approval: refused)',
+    });
+    vi.useFakeTimers();
+    try {
+      let aborted: unknown;
+      const pending = refusal((_ctx, signal) => {
+        signal.addEventListener('abort', () => (aborted = signal.reason));
+        return new Promise(() => undefined);
+      }, 250);
+      await vi.advanceTimersByTimeAsync(250);
+      expect(await pending).toMatchObject({
+        allowed: false,
+        reason: 'policy provider p failed: did not answer within 250 ms',
+      });
+      // The provider is told it ran out of time.
+      expect(String(aborted)).toContain('did not answer within 250 ms');
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('an aborted signal (the upstream gave up) rejects with its reason: no decision', async () => {
+    const engine = new PolicyEngine();
+    engine.addProvider({
+      name: 'slow',
+      decide: () => undefined,
+      checkCallbackAnswer: () => new Promise(() => undefined),
+    });
+    const controller = new AbortController();
+    const pending = engine.checkCallbackAnswer(answer('x'), controller.signal);
+    controller.abort(new Error('cancelled upstream'));
+    await expect(pending).rejects.toThrow('cancelled upstream');
+    engine.close();
+  });
+
+  it('checks the shape of providers and of the timeout option', () => {
+    const engine = new PolicyEngine();
+    expect(() =>
+      engine.addProvider({
+        name: 'bad',
+        decide: () => undefined,
+        checkCallbackAnswer: 'yes' as never,
+      }),
+    ).toThrow(PolicyValidationError);
+    engine.close();
+    for (const bad of [0, -1, 1.5, Number.NaN, 2 ** 31]) {
+      expect(() => new PolicyEngine({ callbackCheckTimeoutMs: bad })).toThrow(
+        /options\.callbackCheckTimeoutMs must be an integer from 1 to 2147483647/,
+      );
+    }
   });
 });

@@ -19,9 +19,24 @@ const {
 };
 
 type Decision = { action: string; reason: string } | undefined;
-const guard = (plugin as { create(o?: unknown): { decide(ctx: unknown): Decision } }).create({
+const guard = (
+  plugin as {
+    create(o?: unknown): {
+      decide(ctx: unknown): Decision;
+      checkCallbackAnswer(ctx: unknown): Decision;
+    };
+  }
+).create({
   action: 'require_approval',
 });
+const checkAnswer = (answer: { result?: unknown; error?: unknown }): Decision =>
+  guard.checkCallbackAnswer({
+    agentId: 'a',
+    upstream: 'up',
+    method: 'sampling/createMessage',
+    params: { messages: [{ role: 'user', content: { type: 'text', text: `echo ${KEY}` } }] },
+    ...answer,
+  });
 const decide = (params: unknown): Decision =>
   guard.decide({ agentId: 'a', tool: 'fs__write_file', params });
 const patterns = Object.entries(BUILT_IN_PATTERNS);
@@ -112,5 +127,44 @@ describe('secret-guard scans everything that is forwarded', () => {
     expect(findSecret({ s: '-afk_' + 'a'.repeat(n) }, patterns)?.kind).toBe(
       'Agent Fabric credential',
     );
+  });
+});
+
+describe("secret-guard checks agents' answers to upstream callbacks", () => {
+  it('refuses a result carrying a secret with a deny, even where calls ask for approval', () => {
+    const d = checkAnswer({
+      result: { role: 'assistant', content: { type: 'text', text: `key: ${KEY}` } },
+    });
+    expect(d).toEqual({
+      action: 'deny',
+      reason:
+        'result.content.text looks like a secret (AWS access key id); secrets may not be sent to an upstream (secret-guard)',
+    });
+    expect(checkAnswer({ result: { roots: [{ uri: 'file:///w', name: KEY }] } })?.reason).toMatch(
+      /^result\.roots\[0\]\.name looks like a secret/,
+    );
+    expect(checkAnswer({ result: { action: 'accept', content: { [KEY]: 1 } } })?.reason).toMatch(
+      /^result\.content \(a key\) looks like a secret/,
+    );
+  });
+
+  it("scans an error answer's message and data, not what the upstream asked", () => {
+    expect(checkAnswer({ error: { code: -1, message: `no: ${KEY}` } })?.reason).toMatch(
+      /^error\.message looks like a secret/,
+    );
+    expect(
+      checkAnswer({ error: { code: -1, message: 'no', data: { env: [KEY] } } })?.reason,
+    ).toMatch(/^error\.data\.env\[0\] looks like a secret/);
+    // The request's params carry the key (the upstream's own text): the answer is clean.
+    expect(checkAnswer({ result: { content: { type: 'text', text: 'fine' } } })).toBeUndefined();
+    expect(checkAnswer({ error: { code: -1, message: 'cannot' } })).toBeUndefined();
+  });
+
+  it('refuses an answer too large to scan', () => {
+    const huge = new Array<number>(MAX_SCAN_NODES + 1).fill(0);
+    expect(checkAnswer({ result: { huge } })).toMatchObject({
+      action: 'deny',
+      reason: expect.stringMatching(/too many to scan/),
+    });
   });
 });

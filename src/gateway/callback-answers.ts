@@ -1,0 +1,146 @@
+/**
+ * The policy check of an agent's answers to an upstream's callbacks. An upstream's server→client
+ * request (sampling, elicitation, roots/list) is routed to the agent session whose call it is
+ * serving (upstream-routing.ts), and the agent's answer — a result, or a JSON-RPC error whose
+ * message and data are relayed as they are — goes back to that upstream. That answer is written
+ * by the agent, so it can carry a secret the agent holds; it passes no tool-call rule (those
+ * would change what default-deny configurations allow), but the backend's
+ * `checkCallbackAnswer` (policy providers that opt in, e.g. secret-guard) sees it first.
+ *
+ * Allowed: the answer is relayed unchanged. Refused: the upstream gets a
+ * `FABRIC_ERR_CALLBACK_ANSWER_DENIED` error instead (the provider's reason, never the answer),
+ * the answer is dropped, and the refusal is logged (`warn`) and written to the audit log (the
+ * answer only as a digest). Every door whose sessions can answer callbacks goes through here:
+ * an MCP session over Streamable HTTP, over stdio (`agent-fabric mcp --in-process`), and the
+ * stdio bridge (`agent-fabric mcp --agent-token`, a Streamable HTTP session of the sidecar). A
+ * check that throws refuses the answer (fail closed); only the upstream giving up its request
+ * (`signal`) ends it without an answer, as it would have ended the agent's.
+ *
+ * @module
+ */
+import type { Request, Result } from '@modelcontextprotocol/sdk/types.js';
+import { CallbackAnswerDeniedError } from '../errors.js';
+import { digestArgs, type AuditLog } from './audit-log.js';
+import type { CallbackAnswerContext, CallbackAnswerDecision, GatewayBackend } from './backend.js';
+import { RelayedMcpError, messageOf, toMcpError } from './map-error.js';
+import type { GatewaySession } from './session.js';
+import type { GatewayLogEntry } from './tool-call-pipeline.js';
+import type { Upstream } from './upstream.js';
+
+/** Longest reason quoted in the sidecar's log line (a plugin's reason could be anything). */
+const LOGGED_REASON_CHARS = 500;
+
+/** Relays agents' answers to upstream callbacks through the backend's check. */
+export class CallbackAnswers {
+  readonly #backend: GatewayBackend;
+  readonly #audit: AuditLog | undefined;
+  readonly #log: (entry: GatewayLogEntry) => void;
+
+  constructor(
+    backend: GatewayBackend,
+    audit: AuditLog | undefined,
+    log: (entry: GatewayLogEntry) => void,
+  ) {
+    this.#backend = backend;
+    this.#audit = audit;
+    this.#log = log;
+  }
+
+  /**
+   * The agent's `answer` to `request` of `upstream`, or the refusal to send instead.
+   * @throws the agent's error answer when allowed; a refusal (McpError of
+   *   CallbackAnswerDeniedError) when denied; whatever `answer` rejects with that is not the
+   *   agent's answer (no client capability, the session closed), unchecked.
+   */
+  async relay(
+    upstream: Upstream,
+    session: GatewaySession,
+    request: Request,
+    signal: AbortSignal,
+    answer: Promise<Result>,
+  ): Promise<Result> {
+    if (this.#backend.checkCallbackAnswer === undefined) return answer;
+    const startedAt = Date.now();
+    const started = performance.now();
+    let result: Result | undefined;
+    let error: RelayedMcpError | undefined;
+    try {
+      result = await answer;
+    } catch (e) {
+      // Only an error the agent's client sent is the agent's answer (it is relayed as sent).
+      if (!(e instanceof RelayedMcpError)) throw e;
+      error = e;
+    }
+    const { identity } = session;
+    const ctx: CallbackAnswerContext = {
+      agentId: identity.agentId,
+      poolId: identity.poolId,
+      labels: identity.labels,
+      upstream: upstream.name,
+      method: request.method,
+      params: request.params,
+      ...(error === undefined
+        ? { result }
+        : {
+            error: {
+              code: error.code,
+              message: error.message,
+              ...(error.data === undefined ? {} : { data: error.data }),
+            },
+          }),
+    };
+    let decision: CallbackAnswerDecision;
+    try {
+      decision = await this.#backend.checkCallbackAnswer(ctx, signal);
+    } catch (e) {
+      if (signal.aborted) throw e;
+      decision = {
+        allowed: false,
+        policy: 'gateway',
+        reason: `the answer could not be checked: ${messageOf(e)}`,
+      };
+    }
+    if (decision.allowed) {
+      if (error !== undefined) throw error;
+      return result!;
+    }
+    const refusal = new CallbackAnswerDeniedError(
+      upstream.name,
+      request.method,
+      decision.policy,
+      decision.reason,
+    );
+    this.#log({
+      level: 'warn',
+      msg: "an agent's answer to an upstream's callback was refused by policy; the upstream gets an error instead",
+      agentId: identity.agentId,
+      session: session.id,
+      upstream: upstream.name,
+      method: request.method,
+      policy: decision.policy,
+      reason: decision.reason.slice(0, LOGGED_REASON_CHARS),
+    });
+    this.#audit?.write({
+      time: new Date(startedAt).toISOString(),
+      agent: identity.agentId,
+      tool: request.method,
+      upstream: upstream.name,
+      decision: 'deny',
+      rule: decision.policy,
+      durationMs: Math.round((performance.now() - started) * 1000) / 1000,
+      outcome: 'denied',
+      ...answerDigest(ctx.result ?? ctx.error),
+      code: refusal.code,
+    });
+    throw toMcpError(refusal);
+  }
+}
+
+/** The refused answer's digest for the audit line (never the answer itself). */
+function answerDigest(answer: unknown): { argsDigest: string | null; argsError?: string } {
+  try {
+    return { argsDigest: digestArgs(answer) };
+  } catch (error) {
+    return { argsDigest: null, argsError: `answer could not be serialized: ${messageOf(error)}` };
+  }
+}
