@@ -22,7 +22,7 @@ import {
   ListRootsRequestSchema,
   McpError,
 } from '@modelcontextprotocol/sdk/types.js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import type { GatewayLogEntry } from '../../src/gateway/tool-call-pipeline.js';
 import {
@@ -372,5 +372,22 @@ describe('a policy plugin whose answer check fails refuses the answer (fail clos
     expect(await received(agent, 'cb', 'sample')).toContain(INNOCENT);
     const counts = await answerCounts(agent, 'cb');
     expect(Object.values(counts).every((n) => n === 1)).toBe(true);
+  });
+
+  it("a backend whose check itself fails refuses the answer too (the gateway's own fail-closed)", async () => {
+    // Fault injection at the seam (an embedder's backend): the fabric's own check never throws.
+    const check = vi
+      .spyOn(sidecar.backend, 'checkCallbackAnswer')
+      .mockRejectedValueOnce(new Error('backend broke'));
+    try {
+      answering.text = INNOCENT;
+      const got = await received(agent, 'cb', 'sample');
+      expect(got).toContain('was refused: the answer could not be checked: backend broke');
+      expect(got).not.toContain(INNOCENT);
+      expect(check).toHaveBeenCalledTimes(1);
+      expect(await received(agent, 'cb', 'sample')).toContain(INNOCENT);
+    } finally {
+      check.mockRestore();
+    }
   });
 });
