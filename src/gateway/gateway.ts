@@ -12,7 +12,8 @@
  * `callToolAs`. Both reach the same pipeline; each maps its typed outcome to its own wire.
  * The pieces live beside it: the pipeline, the exclusive-upstream gate (upstream-gate.ts), the
  * routing of upstreams' requests and log messages to the sessions with calls in flight
- * (upstream-routing.ts), resource subscriptions (resource-subscriptions.ts) and what policy
+ * (upstream-routing.ts), the policy check of agents' answers to those requests
+ * (callback-answers.ts), resource subscriptions (resource-subscriptions.ts) and what policy
  * sees of a resource URI (resource-params.ts).
  *
  * @module
