@@ -14,7 +14,8 @@
  *   (embedded defaults without a config: `examples/fabric.yaml`).
  * - `agent-fabric mcp --agent-token <token> [--url <mcp url>]` — speak MCP on stdin/stdout for a
  *   client that launches servers as commands, bridged to a running sidecar. The token may come
- *   from `FABRIC_AGENT_TOKEN`, the URL from `FABRIC_URL`.
+ *   from `FABRIC_AGENT_TOKEN`, the URL from `FABRIC_URL` (a URL without a path means its `/mcp`,
+ *   so the operator commands' base URL works here too).
  * - `agent-fabric mcp --in-process [--config fabric.yaml]` — run the whole gateway inside this
  *   process, bound to the config's first agent (the launching process is the trust boundary).
  * - the operator commands (`status`, `agents`, `approvals …`; operator-commands.ts) against a
@@ -282,6 +283,9 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   const url = new URL(
     (values.url as string | undefined) ?? process.env.FABRIC_URL ?? 'http://127.0.0.1:8765/mcp',
   );
+  // FABRIC_URL is the sidecar's base URL for the operator commands (http://127.0.0.1:8765); the
+  // same value here means the MCP endpoint at its default path, not `POST /`.
+  if (url.pathname === '/') url.pathname = '/mcp';
   const headers = { authorization: `Bearer ${token}` };
   // Refuse to start on an unknown token: the endpoint authenticates before anything else.
   const probe = await fetch(url, { method: 'GET', headers }).catch((error: unknown) => {
@@ -290,6 +294,9 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   await probe.body?.cancel();
   if (probe.status === 401 || probe.status === 403) {
     throw new Error(`the sidecar at ${url.href} refused the agent token (HTTP ${probe.status})`);
+  }
+  if (probe.status === 404) {
+    throw new Error(`no MCP endpoint at ${url.href} (HTTP 404): give the sidecar's MCP URL`);
   }
   const { StreamableHTTPClientTransport } =
     await import('@modelcontextprotocol/sdk/client/streamableHttp.js');
@@ -393,7 +400,8 @@ const mcpCommand: Command = {
     url: {
       type: 'string',
       value: 'url',
-      description: "the sidecar's MCP URL (default http://127.0.0.1:8765/mcp)",
+      description:
+        "the sidecar's MCP URL (default http://127.0.0.1:8765/mcp); a URL without a path gets /mcp",
     },
     config: { type: 'string', short: 'c', value: 'file', description: 'config of --in-process' },
     'in-process': { type: 'boolean', description: 'run the gateway in this process' },

@@ -165,6 +165,31 @@ agents:
     await until(() => sidecar.gateway.sessions.size === sessions);
   });
 
+  it('takes the base URL the operator commands use (FABRIC_URL without a path) and adds /mcp', async () => {
+    // README: the operator commands read FABRIC_URL as the sidecar's base URL
+    // (http://127.0.0.1:8765); the same variable must not send the bridge to `POST /`.
+    const base = new URL(sidecar.url!).origin;
+    for (const env of [
+      { FABRIC_AGENT_TOKEN: token, FABRIC_URL: base },
+      { FABRIC_AGENT_TOKEN: token, FABRIC_URL: `${base}/` },
+    ]) {
+      const { client } = await cliStdioClient(['mcp'], { env });
+      try {
+        const names = (await client.listTools()).tools.map((t) => t.name);
+        expect(names).toContain('fs__read_text_file');
+      } finally {
+        await client.close();
+      }
+    }
+  });
+
+  it('names the missing endpoint when --url has a path the sidecar does not serve', async () => {
+    const url = `${new URL(sidecar.url!).origin}/not-mcp`;
+    const { code, stderr } = await runCli(['mcp', '--url', url], { FABRIC_AGENT_TOKEN: token });
+    expect(code).toBe(1);
+    expect(stderr).toContain(`no MCP endpoint at ${url} (HTTP 404)`);
+  });
+
   it('gives the same policy decisions through HTTP, the stdio bridge and in-process stdio', async () => {
     const calls: { name: string; arguments: Record<string, unknown> }[] = [
       { name: 'fs__read_text_file', arguments: { path: `${sandbox}/protected/secret.txt` } },
