@@ -76,13 +76,21 @@ const JSON_OPTION: OptionSpec = {
   description: "print the sidecar's answer as JSON (protobuf JSON mapping) instead of a table",
 };
 
+/** `--json` of a command that asks no sidecar (`config check`, `policy test`). */
+const OFFLINE_JSON_OPTION: OptionSpec = {
+  type: 'boolean',
+  description: 'print the result as JSON instead of text',
+};
+
 const HELP_OPTION: OptionSpec = { type: 'boolean', short: 'h', description: 'show this help' };
 
 /** Every option of `command`, the common ones included, in help order. */
 function optionsOf(command: Command): [string, OptionSpec][] {
   return [
     ...Object.entries(command.options ?? {}),
-    ...(command.json ? [['json', JSON_OPTION] as [string, OptionSpec]] : []),
+    ...(command.json
+      ? [['json', command.online ? JSON_OPTION : OFFLINE_JSON_OPTION] as [string, OptionSpec]]
+      : []),
     ...(command.online ? Object.entries(COMMON_ONLINE) : []),
     ['help', HELP_OPTION],
   ];
