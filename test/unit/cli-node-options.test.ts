@@ -47,6 +47,7 @@ describe('the node options agent-fabric runs with', () => {
   );
 
   it('`npm start` passes the same option (node given a file path ignores its first line)', () => {
-    expect(PACKAGE.scripts.start).toBe('node --max-semi-space-size=8 dist/cli/main.js serve');
+    // `exec`: npm signals only its child; the shell it runs scripts in must not stand between.
+    expect(PACKAGE.scripts.start).toBe('exec node --max-semi-space-size=8 dist/cli/main.js serve');
   });
 });
