@@ -1,7 +1,7 @@
 /**
  * The README's library examples that no other test runs, run as written: the `remote` executor's
  * claim loop (Executors), the pool walk-through (Pools) and the worker SDK's `FabricWorker`
- * against a real sidecar (Remote workers). Each block is taken from the README itself, so an
+ * against a real sidecar (Remote workers), and the Operator API curl examples. Each block is taken from the README itself, so an
  * example that stops working fails here.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -121,6 +121,98 @@ agents:
       expect(t.status).toBe(TaskStatus.COMPLETED);
       expect(t.result).toEqual({ verdict: 'approve' });
       expect((await fabric.getTask(task.id)).progress).toBe('reading');
+    } finally {
+      await closeSidecar(sidecar);
+    }
+  });
+
+  it('Operator API: the curl examples, run as written against a real sidecar', async () => {
+    const at = README.indexOf('\n## Operator API\n');
+    const section = README.slice(at, README.indexOf('\n### From other languages', at));
+    const blocks = [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!);
+    expect(blocks).toHaveLength(2);
+    /** `curl … $API/<Method> … -d '<json>'` (lines joined at `\`), with the `# →` line after it. */
+    const curls = (text: string) =>
+      [
+        ...text
+          .replace(/\\\n\s*/g, ' ')
+          .matchAll(/curl -sN? (\S+) .*?-d '([^']*)'(?:\n# → (.*))?/g),
+      ].map((m) => ({ url: m[1]!, body: m[2]!, shown: m[3] }));
+    const dir = tempDir('readme-api');
+    const file = join(dir, 'fabric.yaml');
+    writeFileSync(file, 'http: { host: 127.0.0.1, port: 0 }\nstate: memory\n');
+    const ADMIN = 'fab_admin_readme-api-test-0123456789abcdef';
+    const sidecar = await Sidecar.start({
+      config: loadSidecarConfig(file, { env: { FABRIC_ADMIN_TOKEN: ADMIN } }),
+    });
+    try {
+      const base = new URL(sidecar.url!).origin;
+      const post = (url: string, body: string, token = ADMIN) =>
+        fetch(
+          url
+            .replace('http://127.0.0.1:8765', base)
+            .replace('$API', `${base}/api/fabric.v1.FabricService`),
+          {
+            method: 'POST',
+            headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+            body,
+          },
+        );
+      // The event watch first, so it sees the task the second block schedules.
+      const [watchCurl] = curls(blocks[0]!);
+      const watch = await post(watchCurl!.url, watchCurl!.body);
+      expect(watch.status).toBe(200);
+      expect(watch.headers.get('content-type')).toContain('application/x-ndjson');
+      const [spawn, schedule, wait, list] = curls(blocks[1]!);
+      const spawned = (await (await post(spawn!.url, spawn!.body)).json()) as {
+        spawned: { agent: { agentId: string; status: string }; credential: string };
+      };
+      expect(spawned.spawned.agent.status).toBe('AGENT_STATUS_STARTING');
+      expect(spawned.spawned.credential).toMatch(/^afk_/);
+      const agentId = spawned.spawned.agent.agentId;
+      const scheduled = (await (
+        await post(schedule!.url, schedule!.body.replace('<agentId>', agentId))
+      ).json()) as { task: { taskId: string; priority: string; status: string } };
+      expect(scheduled.task).toMatchObject({ priority: 'TASK_PRIORITY_HIGH' });
+      const taskId = scheduled.task.taskId;
+      const pending = (await (await post(list!.url, list!.body)).json()) as {
+        tasks: { taskId: string }[];
+      };
+      expect(pending.tasks.map((t) => t.taskId)).toEqual([taskId]);
+      // The worker's side, as the text after the block says: ClaimTask, then CompleteTask.
+      const agentApi = `${base}/api/fabric.v1.AgentService`;
+      const claimed = (await (
+        await post(`${agentApi}/ClaimTask`, '{"waitSeconds":30}', spawned.spawned.credential)
+      ).json()) as { task: { taskId: string; attempt: number } };
+      expect(claimed.task.taskId).toBe(taskId);
+      const completed = await post(
+        `${agentApi}/CompleteTask`,
+        JSON.stringify({ taskId, attempt: claimed.task.attempt, result: { verdict: 'approve' } }),
+        spawned.spawned.credential,
+      );
+      expect(completed.status).toBe(200);
+      const waited = (await (
+        await post(wait!.url, wait!.body.replace('<taskId>', taskId))
+      ).json()) as { task: { status: string; result: unknown } };
+      expect(waited.task).toMatchObject({
+        status: 'TASK_STATUS_COMPLETED',
+        result: { verdict: 'approve' },
+      });
+      // The watch's first line is the one the README shows.
+      const reader = watch.body!.getReader();
+      let text = '';
+      while (!text.includes('\n')) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += Buffer.from(value).toString();
+      }
+      await reader.cancel();
+      const first = JSON.parse(text.split('\n')[0]!) as {
+        message: { sequence: string; task: { kind: string } };
+      };
+      expect(watchCurl!.shown).toContain('"sequence":"1"');
+      expect(first.message.sequence).toBe('1');
+      expect(first.message.task.kind).toBe('TASK_EVENT_KIND_SCHEDULED');
     } finally {
       await closeSidecar(sidecar);
     }
