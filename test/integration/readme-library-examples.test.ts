@@ -1,8 +1,8 @@
 /**
- * The README's library examples that no other test runs, run as written: the `remote` executor's
- * claim loop (Executors), the pool walk-through (Pools) and the worker SDK's `FabricWorker`
- * against a real sidecar (Remote workers), and the Operator API curl examples. Each block is taken from the README itself, so an
- * example that stops working fails here.
+ * The README's examples that no other test runs, run as written: the `remote` executor's claim
+ * loop (Executors), the pool walk-through (Pools), the worker SDK's `FabricWorker` against a real
+ * sidecar (Remote workers) and the Operator API's curl calls. Each block is taken from the README
+ * itself, so an example that stops working fails here.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
