@@ -190,8 +190,9 @@ async function serve(values: CommandContext['values']): Promise<'running'> {
     out.push(`  dashboard:   ${sidecar.dashboardUrl} (log in with the admin token)`);
   if (sidecar.grpcAddress)
     out.push(
-      `  gRPC:        ${sidecar.grpcAddress} (fabric.v1: AgentService; with the admin token ` +
-        'PolicyService, ApprovalService, BudgetService, EventService)',
+      // The services of rpc/services.ts by the credential they take (cli-serve.test.ts checks).
+      `  gRPC:        ${sidecar.grpcAddress} (fabric.v1: AgentService, ToolService; with the ` +
+        'admin token FabricService, PolicyService, ApprovalService, BudgetService, EventService)',
     );
   for (const a of sidecar.agents) {
     // A pinned token is the deployment's secret: it is never printed, not even once.

@@ -1,5 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { AgentFabric } from '../../src/fabric.js';
+import { fabricServices } from '../../src/rpc/services.js';
 import {
   alive,
   CLI_MAIN,
@@ -55,5 +59,45 @@ describe('agent-fabric serve', () => {
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
     await until(() => kids.every((pid) => !alive(pid)));
+  });
+
+  it('names every gRPC service it serves in the banner, each under the credential it takes', async () => {
+    const cwd = tempDir('cli-grpc');
+    writeFileSync(
+      join(cwd, 'fabric.yaml'),
+      'http: { port: 0 }\ngrpc: { port: 0 }\nstate: memory\nagents: [{ name: a }]\n',
+    );
+    const serve = spawn(
+      process.execPath,
+      ['--import', TSX, CLI_MAIN, 'serve', '--config', 'fabric.yaml'],
+      { cwd, env: { ...process.env, FABRIC_HTTP_PORT: '0' }, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    try {
+      let out = '';
+      serve.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      serve.stderr.on('data', () => undefined);
+      await until(() => out.includes('"mcpServers"'), 25_000);
+      const line = /gRPC: +\S+ \(fabric\.v1: (.*)\)/.exec(out)?.[1];
+      expect(line).toBeDefined();
+      const [agentPart = '', adminPart = ''] = line!.split('; with the admin token ');
+      const fabric = new AgentFabric();
+      const served = fabricServices(fabric);
+      await fabric.close();
+      const names = (part: string) => part.split(', ').sort();
+      expect(names(agentPart)).toEqual(
+        served
+          .filter((s) => s.caller === 'agent')
+          .map((s) => s.service.name)
+          .sort(),
+      );
+      expect(names(adminPart)).toEqual(
+        served
+          .filter((s) => s.caller === 'admin')
+          .map((s) => s.service.name)
+          .sort(),
+      );
+    } finally {
+      serve.kill('SIGKILL');
+    }
   });
 });
