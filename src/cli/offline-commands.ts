@@ -5,8 +5,8 @@
  * @module
  */
 import { readFileSync } from 'node:fs';
-import { parse as parseYaml } from 'yaml';
-import { FabricError } from '../errors.js';
+import { isNode, LineCounter, parseDocument, parse as parseYaml } from 'yaml';
+import { ConfigFileError, FabricError, type ConfigFileProblem } from '../errors.js';
 import type { UpstreamSpec } from '../gateway/upstream-config.js';
 import type { PolicyDecision } from '../policy/policy-engine.js';
 import type { PolicyAction } from '../policy/policy.js';
@@ -235,7 +235,7 @@ const configCheckCommand: Command = {
   summary:
     'Validates a sidecar config file as `serve` would (environment overrides included) and lists every problem with its line.',
   description:
-    'Nothing is started: upstreams are not launched and the policies, plugins and TLS files are not loaded (a policy is only read for warnings: relative path patterns, which match no call in the gateway). Exit 0 when valid, 1 when not.',
+    'Nothing is started: upstreams are not launched and plugins and TLS files are not loaded. Policies are parsed as serve parses them (a policy serve would refuse is a problem) and read for warnings: relative path patterns, which match no call in the gateway. Exit 0 when valid, 1 when not.',
   json: true,
   async run(ctx) {
     const file = ctx.positionals[0]!;
@@ -247,15 +247,25 @@ const configCheckCommand: Command = {
         import('../policy/conditions.js'),
       ]);
       const warnings: string[] = [];
-      for (const p of config.policies) {
+      const problems: ConfigFileProblem[] = [];
+      for (const [i, p] of config.policies.entries()) {
         let policy;
         try {
           policy = parsePolicy(p);
-        } catch {
-          continue; // the engine's to refuse at start: not checked here (see the description)
+        } catch (error) {
+          // What `serve` refuses at start (FABRIC_ERR_POLICY_INVALID) is a problem of the file.
+          if (!(error instanceof FabricError)) throw error;
+          const line = policyLine(file, i);
+          problems.push({
+            path: `policies.${i}`,
+            message: error.message,
+            ...(line === undefined ? {} : { line }),
+          });
+          continue;
         }
         for (const w of policyWarnings(policy)) warnings.push(`policy ${policy.name}: ${w}`);
       }
+      if (problems.length > 0) throw ConfigFileError.of(file, problems);
       if (ctx.json) ctx.print(JSON.stringify({ valid: true, file, warnings }, null, 2));
       else {
         ctx.print(
@@ -278,6 +288,20 @@ const configCheckCommand: Command = {
     }
   },
 };
+
+/** The line of `policies[index]` in a YAML or JSON config file, when it can be found. */
+function policyLine(file: string, index: number): number | undefined {
+  try {
+    const lines = new LineCounter();
+    const node = parseDocument(readFileSync(file, 'utf8'), { lineCounter: lines }).getIn(
+      ['policies', index],
+      true,
+    );
+    return isNode(node) && node.range ? lines.linePos(node.range[0]).line : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** The commands that need no sidecar. */
 export const offlineCommands: readonly Command[] = [policyTestCommand, configCheckCommand];

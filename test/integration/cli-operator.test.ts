@@ -265,6 +265,36 @@ describe('agent-fabric without a sidecar', () => {
   });
 });
 
+describe('agent-fabric config check and policies', () => {
+  it('reports a policy serve would refuse (README: every problem, each with its line)', async () => {
+    const dir = tempDir('cli-config-policy');
+    const file = join(dir, 'fabric.yaml');
+    writeFileSync(
+      file,
+      [
+        'policies:',
+        '  - name: ok',
+        "    rules: [{ tool: '*', action: allow }]",
+        '  - name: typo',
+        '    rules: [{ tool: fs__x, action: alow }]',
+        '',
+      ].join('\n'),
+    );
+    const served = await cli(['serve', '--config', file, '--port', '0']);
+    expect(served.code).toBe(1);
+    expect(served.err).toContain('FABRIC_ERR_POLICY_INVALID');
+    const checked = await cli(['config', 'check', file]);
+    expect(checked.code).toBe(1);
+    expect(checked.err).toContain(`${file}:4: policies.1: policy "typo" rule 0: rules[0].action`);
+    const json = await cli(['config', 'check', file, '--json']);
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.out)).toMatchObject({
+      valid: false,
+      problems: [{ path: 'policies.1', line: 4 }],
+    });
+  });
+});
+
 describe('agent-fabric operator commands against a running sidecar', () => {
   let sidecar: Running;
   let dir: string;
