@@ -272,9 +272,7 @@ interface Candidates {
  * Validates `options`, fills in defaults and freezes the result (without `approvals`).
  * @throws ConfigError naming the field at fault.
  */
-export function parsePolicyEngineOptions(
-  options: PolicyEngineOptions = {},
-): Readonly<{
+export function parsePolicyEngineOptions(options: PolicyEngineOptions = {}): Readonly<{
   defaultAction: PolicyAction;
   toolCacheSize: number;
   callbackCheckTimeoutMs: number;
