@@ -58,19 +58,59 @@ export function gitEnv(): Record<string, string> {
 
 /**
  * Settings every git command of the hook store runs with (as `-c`, which wins over the
- * repository's config). Worktrees share the store's git directory — its config, hooks and info
- * files — with whoever works in them, so an agent could name programs there that git runs for
- * the sidecar: hook scripts (`core.hooksPath`, or files in `hooks/`), an fsmonitor, submodule
- * fetches on checkout. These turn all of them off; filter drivers are turned off per command by
- * {@link filterOverrides}. Refs are shared too: a `refs/replace/<oid>` ref (`git replace`) makes
- * git read another object wherever one is named — a hook's record blob read as the agent's
- * forgery at the next load, without `refs/fabric/hooks` moving — so replace refs are not used.
+ * repository's config; git passes them on to the git commands it runs itself, as gc does). This
+ * list is the one place they are pinned: {@link runGit}, {@link RefUpdater} and the store's
+ * simple-git instances all put it first.
+ *
+ * Worktrees share the store's git directory — its config, hook scripts, info files and object
+ * store — with whoever works in them, so an agent could name programs there that git runs for
+ * the sidecar: hook scripts (`core.hooksPath`, or files in `hooks/`; gc runs `pre-auto-gc`), an
+ * fsmonitor, submodule fetches on checkout. These turn all of them off; filter drivers are
+ * turned off per command by {@link filterOverrides}. Refs are shared too: a `refs/replace/<oid>`
+ * ref (`git replace`) makes git read another object wherever one is named — a hook's record blob
+ * read as the agent's forgery at the next load, without `refs/fabric/hooks` moving — so replace
+ * refs are not used. Nor is a commit-graph (`objects/info/commit-graph`, which git trusts for a
+ * commit's parents): one the agent edited to say the state commits have none made the
+ * maintenance gc see the store's history as unreachable and prune it; gc writes none either.
+ *
+ * The rest pin what maintenance (`gc --auto`, see `HookManager.maintain`) relies on to git's
+ * defaults, so an agent cannot make it a no-op nor its cost unbounded: `gc.auto` itself is given
+ * per run (an operator may lower it); packs are merged past 50 (`gc.autoPackLimit=0` turned that
+ * off), none kept as big (`gc.bigPackThreshold`), refs packed; unreachable objects pruned after
+ * two weeks (a shorter expiry would race the store's own writes, whose objects are written
+ * before the ref names them), worktrees' records after three months; the delta search, delta
+ * caches, compression and pack size of `repack` as git's defaults (a huge `pack.window` or
+ * `pack.depth` is CPU, `pack.threads` and the caches memory, `pack.packSizeLimit` one pack per
+ * MiB, delta islands, a low `core.bigFileThreshold` or `pack.compression=0` a bigger store); and
+ * the store's own ref updates write no reflog (`core.logAllRefUpdates=always` with a reflog
+ * that never expires would grow one line per transition forever). Two settings no `-c` can take
+ * back are refused by maintenance instead (`gc.recentObjectsHook`,
+ * `extensions.preciousObjects`); a value git rejects makes gc fail, which is reported.
  */
 export const SAFE_GIT_CONFIG: readonly string[] = Object.freeze([
   'core.hooksPath=/dev/null',
   'core.fsmonitor=false',
   'submodule.recurse=false',
   'core.useReplaceRefs=false',
+  'core.commitGraph=false',
+  'gc.writeCommitGraph=false',
+  'gc.autoDetach=false',
+  'gc.autoPackLimit=50',
+  'gc.bigPackThreshold=0',
+  'gc.packRefs=true',
+  'gc.pruneExpire=2.weeks.ago',
+  'gc.worktreePruneExpire=3.months.ago',
+  'pack.window=10',
+  'pack.depth=50',
+  'pack.windowMemory=0',
+  'pack.threads=0',
+  'pack.deltaCacheSize=256m',
+  'pack.deltaCacheLimit=1000',
+  'pack.compression=-1',
+  'pack.packSizeLimit=0',
+  'core.bigFileThreshold=512m',
+  'repack.useDeltaIslands=false',
+  'core.logAllRefUpdates=false',
 ]);
 
 /** {@link SAFE_GIT_CONFIG} as command-line arguments. */

@@ -82,8 +82,9 @@ export interface HookManagerOptions {
    * How often (at most) the store's git repository is maintained: `git gc --auto`, off the hot
    * path, never two at once, and only when hooks were committed since the last run. Every
    * transition writes loose objects (~5: the record, its trees, the commit); `gc --auto` packs
-   * them once there are more than the repository's `gc.auto` (git's default 6700) or merges packs
-   * past `gc.autoPackLimit` (50), and packs refs. The state ref and hook branches are refs, so
+   * them once there are more than the repository's `gc.auto` (its smallest positive value, at
+   * most git's default 6700) or merges packs past 50, and packs refs; every other setting gc
+   * relies on is pinned, not read from the repository's config. The state ref and hook branches are refs, so
    * nothing of a hook's history is pruned. `0` turns it off. A failed run is reported
    * (`store.maintenance_error`), never thrown at a transition.
    * @default 600

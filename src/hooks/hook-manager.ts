@@ -17,6 +17,7 @@ import {
   InvalidArgumentError,
 } from '../errors.js';
 import type { ObjectFormat } from './git-objects.js';
+import { GC_SETTINGS_PATTERN, gcSettings } from './gc-settings.js';
 import { gitEnv, runGit, SAFE_GIT_CONFIG, SIMPLE_GIT_UNSAFE } from './git-process.js';
 import {
   EMPTY_FAILURE_MESSAGE,
@@ -700,10 +701,11 @@ export class HookManager {
 
   /**
    * Maintains the store's git repository now: `git gc --auto`, which packs the loose objects
-   * every transition writes once there are more than the repository's `gc.auto` (git's default
-   * 6700), merges packs past `gc.autoPackLimit`, and packs refs — else does nothing. Unreachable
-   * objects are pruned after two weeks (the repository's `gc.pruneExpire` is not used: a shorter
-   * one would race the store's own writes, whose objects are written before the ref names them).
+   * every transition writes once there are more than the repository's `gc.auto` (the smallest
+   * positive value set, at most git's default 6700), merges packs past 50, and packs refs — else
+   * does nothing. Unreachable objects are pruned after two weeks. Every other setting gc relies
+   * on is pinned, not taken from the repository's config, which agents with a worktree can write
+   * ({@link SAFE_GIT_CONFIG}, `gc-settings.ts`).
    * Hooks are refs (the state ref and worktree branches), so no history is pruned. Transitions go
    * on meanwhile (git's own locking keeps them apart). A run already in progress is shared, so
    * there are never two at once; `maintenanceIntervalSeconds` runs this on a timer.
@@ -726,29 +728,18 @@ export class HookManager {
     const started = performance.now();
     this.#unmaintained = false;
     try {
-      // git ≥ 2.42 runs `gc.recentObjectsHook` (a shell command, multi-valued: a `-c` cannot
-      // take it back) during gc, and with worktrees agents can write the store's config.
-      const hook = await runGit(dir, ['config', '--get-all', 'gc.recentObjectsHook']).then(
-        (out) => out.toString('utf8').trim(),
-        () => '', // exit 1: not set
+      // What the repository's config may say to gc (an operator's lower gc.auto), and what it
+      // must not (settings no -c can take back): everything else is pinned (SAFE_GIT_CONFIG).
+      const { gcAuto } = gcSettings(
+        await runGit(dir, ['config', '-z', '--get-regexp', GC_SETTINGS_PATTERN]).then(
+          (out) => out.toString('utf8'),
+          () => '', // exit 1: none set
+        ),
       );
-      if (hook !== '') {
-        throw new Error(
-          "the store's git config sets gc.recentObjectsHook (a program gc would run); not run",
-        );
-      }
       const before = await countObjects(dir, signal);
       await runGit(
         dir,
-        [
-          '-c',
-          'gc.autoDetach=false',
-          '-c',
-          'gc.pruneExpire=2.weeks.ago',
-          'gc',
-          '--auto',
-          '--quiet',
-        ],
+        ['-c', `gc.auto=${gcAuto}`, 'gc', '--auto', '--quiet'],
         undefined,
         gitEnv(),
         { signal, background: true },

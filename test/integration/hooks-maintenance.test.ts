@@ -226,7 +226,7 @@ describe('hook store maintenance (git gc --auto)', () => {
     await churn(m, 2);
     expect((await ran).after.loose).toBeGreaterThan(0); // under gc.auto: nothing to pack
     // git refuses the repository's gc config: reported on the event, the hooks go on.
-    git(storagePath, 'config', 'gc.auto', 'not-a-number');
+    git(storagePath, 'config', 'gc.logExpiry', 'not-a-date');
     const failed = new Promise<unknown>((resolve) =>
       m.on('store.maintenance_error', ({ error }) => resolve(error)),
     );
@@ -257,7 +257,7 @@ describe('hook store maintenance (git gc --auto)', () => {
       },
     );
     try {
-      git(storagePath, 'config', 'gc.auto', 'not-a-number');
+      git(storagePath, 'config', 'gc.logExpiry', 'not-a-date');
       const h = await sidecar.fabric!.createHook({ agentId: agentId(sidecar, 'w'), workItem: 1 });
       expect(await warning).toMatch(/hooks: store maintenance failed .*gc/);
       expect((await sidecar.fabric!.getHook(h.hookId)).status).toBe('PENDING');

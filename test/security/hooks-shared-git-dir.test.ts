@@ -6,10 +6,12 @@
  * real repositories in temp dirs; the effect is checked on disk and in the store.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmod, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { HookStoreError } from '../../src/errors.js';
 import { HOOKS_REF, HookManager, HookStatus } from '../../src/hooks/index.js';
 import { tempDir, type TempDir } from '../fixtures/hooks/temp-store.js';
 
@@ -259,5 +261,139 @@ describe('an agent inside its hook worktree, at its removal', () => {
     await hooks!.removeWorktree(mine.hookId);
     expect(existsSync(wt)).toBe(false);
     expect(existsSync(marker), 'the sidecar ran a program the agent named').toBe(false);
+  });
+});
+
+/**
+ * The agent commits files whose blobs land in `objects/17`: the one folder `gc --auto` counts to
+ * estimate the loose objects (more than 27 there: over git's default `gc.auto` of 6700).
+ */
+function commitGcTrigger(wt: string): void {
+  const bulk = join(wt, 'bulk');
+  mkdirSync(bulk);
+  let found = 0;
+  for (let i = 0; found < GC_SAMPLE_FILES; i++) {
+    const content = `file ${i}\n`;
+    const oid = createHash('sha1').update(`blob ${content.length}\0${content}`).digest('hex');
+    if (!oid.startsWith('17')) continue;
+    writeFileSync(join(bulk, `f${i}.txt`), content);
+    found++;
+  }
+  agentGit(wt, ['add', '-A']);
+  // Without its own `gc --auto` (in the background: it would race the store's).
+  agentGit(wt, ['-c', 'gc.auto=0', 'commit', '-q', '-m', 'bulk']);
+}
+const GC_SAMPLE_FILES = 30;
+
+/** `git count-objects -v` of the store. */
+function objectCounts(): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of agentGit(storagePath, ['count-objects', '-v']).split('\n')) {
+    const [k, v] = line.split(': ');
+    out[k!] = Number(v);
+  }
+  return out;
+}
+
+/** Sets every loose object of the store (and every pack) to `days` days old. */
+async function ageObjects(gitDir: string, days: number): Promise<void> {
+  const then = new Date(Date.now() - days * 86_400_000);
+  const objects = join(gitDir, 'objects');
+  for (const d of await readdir(objects)) {
+    if (!/^[0-9a-f]{2}$/.test(d) && d !== 'pack') continue;
+    for (const f of await readdir(join(objects, d))) await utimes(join(objects, d, f), then, then);
+  }
+}
+
+/**
+ * Rewrites the repository's commit-graph so that it says no commit has a parent (the file's
+ * CDAT chunk: per commit a tree id, two parent positions, generation and date).
+ */
+async function forgeCommitGraph(gitDir: string): Promise<void> {
+  const file = join(gitDir, 'objects', 'info', 'commit-graph');
+  const graph = await readFile(file);
+  const hashLength = graph[5] === 2 ? 32 : 20;
+  const chunks = graph[6]!;
+  const offsets = new Map<string, number>();
+  for (let i = 0; i <= chunks; i++) {
+    const at = 8 + i * 12;
+    offsets.set(graph.toString('latin1', at, at + 4), Number(graph.readBigUInt64BE(at + 4)));
+  }
+  const oidl = offsets.get('OIDL')!;
+  const cdat = offsets.get('CDAT')!;
+  const commits = (cdat - oidl) / hashLength;
+  for (let i = 0; i < commits; i++) {
+    const record = cdat + i * (hashLength + 16);
+    graph.writeUInt32BE(0x70000000, record + hashLength); // GRAPH_PARENT_NONE
+    graph.writeUInt32BE(0x70000000, record + hashLength + 4);
+  }
+  await chmod(file, 0o644);
+  await writeFile(file, graph);
+}
+
+describe("an agent inside its hook worktree, at the store's maintenance", () => {
+  it("cannot turn the store's gc off through the shared config (gc.auto 0 or huge, gc.autoPackLimit=0)", async () => {
+    const { wt } = await attackerHook();
+    agentGit(wt, ['config', 'gc.auto', '0']);
+    agentGit(wt, ['config', '--add', 'gc.auto', '100000000']);
+    agentGit(wt, ['config', 'gc.autoPackLimit', '0']);
+    // As many loose objects as gc --auto counts past git's default gc.auto (6700).
+    commitGcTrigger(wt);
+    const before = objectCounts();
+    expect(before.packs).toBe(0);
+
+    const report = await hooks!.maintain();
+
+    const after = objectCounts();
+    expect(report.before.loose).toBe(before.count);
+    expect(after.count, 'gc packed nothing').toBeLessThan(before.count! - GC_SAMPLE_FILES);
+    expect(after['in-pack']).toBeGreaterThan(GC_SAMPLE_FILES);
+  });
+
+  it('cannot make the store’s gc delete hook history through a forged commit-graph', async () => {
+    const { wt } = await attackerHook();
+    const bystander = await hooks!.createHook({ agentId: 'b', workItem: 1, branch: 'agent/b' });
+    await hooks!.activateHook(bystander.hookId);
+    await hooks!.completeHook(bystander.hookId, 'done');
+    commitGcTrigger(wt); // enough loose objects for gc --auto to run
+    const noGraph = ['-c', 'core.commitGraph=false'];
+    const history = agentGit(storagePath, [...noGraph, 'rev-list', HOOKS_REF]).split('\n');
+    expect(history.length).toBeGreaterThan(4);
+
+    // The agent writes a commit-graph (as `git commit-graph write` does), then edits it: no
+    // commit has parents. The history objects are older than gc's two-week prune expiry.
+    agentGit(wt, ['commit-graph', 'write', '--reachable']);
+    const gitDir = agentGit(wt, ['rev-parse', '--path-format=absolute', '--git-common-dir']);
+    await forgeCommitGraph(gitDir);
+    expect(agentGit(storagePath, ['rev-list', HOOKS_REF]).split('\n')).toHaveLength(1);
+    await ageObjects(gitDir, 30);
+
+    await hooks!.maintain();
+    expect(objectCounts().packs).toBe(1);
+
+    expect(agentGit(storagePath, [...noGraph, 'rev-list', HOOKS_REF]).split('\n')).toEqual(history);
+    expect(agentGit(storagePath, [...noGraph, 'fsck', '--no-dangling', '--no-progress'])).toBe('');
+    await hooks!.close();
+    hooks = await HookManager.open({ storagePath, useGitWorktree: true });
+    expect((await hooks.getHook(bystander.hookId)).status).toBe(HookStatus.COMPLETED);
+  });
+
+  it('cannot make the store’s gc a silent no-op with extensions.preciousObjects', async () => {
+    const { wt } = await attackerHook();
+    // Read from the config file when git opens the repository: no -c takes it back, and with it
+    // gc neither packs nor prunes, and exits 0.
+    agentGit(wt, ['config', 'core.repositoryformatversion', '1']);
+    agentGit(wt, ['config', 'extensions.preciousObjects', 'true']);
+    commitGcTrigger(wt);
+    const before = objectCounts();
+    const error = await hooks!.maintain().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(HookStoreError);
+    expect((error as Error).message).toMatch(/extensions\.preciousObjects/);
+    // The hooks go on; once the operator removes it, gc packs.
+    const h = await hooks!.createHook({ agentId: 'c', workItem: 'w', branch: 'agent/c' });
+    expect((await hooks!.activateHook(h.hookId)).status).toBe(HookStatus.ACTIVE);
+    agentGit(storagePath, ['config', '--unset', 'extensions.preciousObjects']);
+    await hooks!.maintain();
+    expect(objectCounts().count).toBeLessThan(before.count! - GC_SAMPLE_FILES);
   });
 });
