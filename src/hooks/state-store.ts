@@ -15,6 +15,7 @@
  *
  * @module
  */
+import { createHash } from 'node:crypto';
 import type { SimpleGit } from 'simple-git';
 import { HookStoreError } from '../errors.js';
 import { LooseObjectWriter, type ObjectFormat, type TreeEntry } from './git-objects.js';
@@ -82,7 +83,12 @@ export class HookStateStore {
     return this.#head;
   }
 
-  /** Reads every hook from the ref's current commit. */
+  /**
+   * Reads every hook from the ref's current commit. Every object read — the commit, its trees,
+   * the records — is checked against its id: git reads an object file without doing so, and
+   * with worktrees agents can write the object store (an object file rewritten under its name
+   * would otherwise be read as the record it replaced).
+   */
   async load(): Promise<Hook[]> {
     const head = await this.#readRef();
     this.#head = head;
@@ -91,38 +97,45 @@ export class HookStateStore {
     this.#formatOid = undefined;
     if (head === undefined) return [];
 
-    const listing = await this.#o.git.raw(['ls-tree', '-r', '-t', '-z', '--full-tree', head]);
-    const blobs: { path: string; oid: string; hookId: string }[] = [];
-    for (const line of listing.split('\0')) {
-      if (line === '') continue;
-      const m = /^(\d+) (blob|tree|commit) ([0-9a-f]+)\t(.*)$/s.exec(line);
-      if (!m) throw this.#corrupt(`unexpected ls-tree line ${JSON.stringify(line)}`);
-      const [, , type, oid, path] = m as unknown as [string, string, string, string, string];
-      if (path === 'format.json' && type === 'blob') {
-        this.#formatOid = oid;
-        continue;
-      }
-      const shardTree = /^hooks\/([0-9a-f]{2})$/.exec(path);
-      if (shardTree && type === 'tree') {
-        this.#shardTrees.set(shardTree[1]!, oid);
-        continue;
-      }
-      const file = /^hooks\/([0-9a-f]{2})\/([^/]+)\.json$/.exec(path);
-      if (file && type === 'blob') {
-        const [, shard, hookId] = file as unknown as [string, string, string];
-        if (!isHookId(hookId) || hookShard(hookId) !== shard) {
-          throw this.#corrupt(`unexpected entry ${path}`);
-        }
-        blobs.push({ path, oid, hookId });
-        const entries = new Map(this.#shards.get(shard) ?? []);
-        entries.set(`${hookId}.json`, oid);
-        this.#shards.set(shard, entries);
-      }
-      // Anything else (the `hooks` tree itself, foreign entries) is not ours to keep.
-    }
+    const commit = (await this.#readObjects([head], 'commit')).get(head)!;
+    const rootOid = /^tree ([0-9a-f]+)\n/.exec(commit.toString('utf8'))?.[1];
+    if (rootOid === undefined) throw this.#corrupt(`commit ${head} names no tree`);
+    const root = this.#parseTree(
+      rootOid,
+      (await this.#readObjects([rootOid], 'tree')).get(rootOid)!,
+    );
+    this.#formatOid = root.find((e) => e.name === 'format.json' && e.type === 'blob')?.oid;
     if (this.#formatOid === undefined) throw this.#corrupt('format.json is missing');
+    const hooksOid = root.find((e) => e.name === 'hooks' && e.type === 'tree')?.oid;
+    const blobs: { path: string; oid: string; hookId: string }[] = [];
+    if (hooksOid !== undefined) {
+      const hooksTree = this.#parseTree(
+        hooksOid,
+        (await this.#readObjects([hooksOid], 'tree')).get(hooksOid)!,
+      );
+      for (const e of hooksTree) {
+        if (e.type === 'tree' && /^[0-9a-f]{2}$/.test(e.name)) this.#shardTrees.set(e.name, e.oid);
+      }
+      const shardTrees = await this.#readObjects([...this.#shardTrees.values()], 'tree');
+      for (const [shard, oid] of this.#shardTrees) {
+        const entries = new Map<string, string>();
+        for (const e of this.#parseTree(oid, shardTrees.get(oid)!)) {
+          const path = `hooks/${shard}/${e.name}`;
+          const file = /^([^/]+)\.json$/.exec(e.name);
+          if (!file || e.type !== 'blob') continue; // not ours to keep
+          const hookId = file[1]!;
+          if (!isHookId(hookId) || hookShard(hookId) !== shard) {
+            throw this.#corrupt(`unexpected entry ${path}`);
+          }
+          blobs.push({ path, oid: e.oid, hookId });
+          entries.set(e.name, e.oid);
+        }
+        if (entries.size > 0) this.#shards.set(shard, entries);
+      }
+      // Anything else (foreign entries) is not ours to keep.
+    }
 
-    const contents = await this.#catBlobs([this.#formatOid, ...blobs.map((b) => b.oid)]);
+    const contents = await this.#readObjects([this.#formatOid, ...blobs.map((b) => b.oid)], 'blob');
     const format = this.#parseJson(contents.get(this.#formatOid), 'format.json');
     const f = format as { format?: unknown; version?: unknown } | null;
     if (f?.format !== FORMAT_NAME || f.version !== HOOK_STORE_FORMAT_VERSION) {
@@ -216,21 +229,64 @@ export class HookStateStore {
     return undefined;
   }
 
-  async #catBlobs(oids: readonly string[]): Promise<Map<string, Buffer>> {
-    const out = await runGit(this.#o.repoDir, ['cat-file', '--batch'], `${oids.join('\n')}\n`);
+  /**
+   * Reads objects of `type` with one `cat-file --batch`, each checked against its id.
+   * @throws HookStoreError for an object that is missing, of another type, or whose content
+   *   does not hash to its id.
+   */
+  async #readObjects(
+    oids: readonly string[],
+    type: 'blob' | 'tree' | 'commit',
+  ): Promise<Map<string, Buffer>> {
     const result = new Map<string, Buffer>();
+    if (oids.length === 0) return result;
+    const out = await runGit(this.#o.repoDir, ['cat-file', '--batch'], `${oids.join('\n')}\n`);
     let pos = 0;
-    while (pos < out.length) {
+    for (const oid of oids) {
       const nl = out.indexOf(0x0a, pos);
-      if (nl < 0) break;
-      const header = out.subarray(pos, nl).toString('utf8');
+      const header = out.subarray(pos, nl < 0 ? out.length : nl).toString('utf8');
       const m = /^([0-9a-f]+) (\w+) (\d+)$/.exec(header);
-      if (!m) throw this.#corrupt(`object missing: ${header}`);
+      if (nl < 0 || !m || m[1] !== oid) throw this.#corrupt(`object missing: ${header}`);
       const size = Number(m[3]);
-      result.set(m[1]!, out.subarray(nl + 1, nl + 1 + size));
+      const content = out.subarray(nl + 1, nl + 1 + size);
       pos = nl + 1 + size + 1;
+      const actual = createHash(this.#o.objectFormat)
+        .update(`${m[2]} ${size}\0`)
+        .update(content)
+        .digest('hex');
+      if (m[2] !== type || content.length !== size || actual !== oid) {
+        throw this.#corrupt(
+          `object ${oid} is not the ${type} it names (the object store was altered: it reads as a ${m[2]} hashing to ${actual})`,
+        );
+      }
+      result.set(oid, content);
     }
     return result;
+  }
+
+  /** The entries of a tree object (git's format: `<mode> <name>\0<binary id>` each). */
+  #parseTree(
+    oid: string,
+    content: Buffer,
+  ): { name: string; oid: string; type: 'blob' | 'tree' | 'commit' }[] {
+    const hashLength = this.#o.objectFormat === 'sha1' ? 20 : 32;
+    const entries: { name: string; oid: string; type: 'blob' | 'tree' | 'commit' }[] = [];
+    let pos = 0;
+    while (pos < content.length) {
+      const space = content.indexOf(0x20, pos);
+      const nul = content.indexOf(0, space + 1);
+      if (space < 0 || nul < 0 || nul + 1 + hashLength > content.length) {
+        throw this.#corrupt(`tree ${oid} is malformed`);
+      }
+      const mode = content.toString('latin1', pos, space);
+      entries.push({
+        name: content.toString('utf8', space + 1, nul),
+        oid: content.toString('hex', nul + 1, nul + 1 + hashLength),
+        type: mode === '40000' ? 'tree' : mode === '160000' ? 'commit' : 'blob',
+      });
+      pos = nul + 1 + hashLength;
+    }
+    return entries;
   }
 
   #corrupt(message: string, cause?: unknown): HookStoreError {

@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { chmod, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { deflateSync } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { HookStoreError } from '../../src/errors.js';
 import { HOOKS_REF, HookManager, HookStatus } from '../../src/hooks/index.js';
@@ -395,5 +396,55 @@ describe("an agent inside its hook worktree, at the store's maintenance", () => 
     agentGit(storagePath, ['config', '--unset', 'extensions.preciousObjects']);
     await hooks!.maintain();
     expect(objectCounts().count).toBeLessThan(before.count! - GC_SAMPLE_FILES);
+  });
+});
+
+describe('an agent inside its hook worktree, in the object store', () => {
+  it("cannot make the store read another agent's hook as its forgery by rewriting the object file", async () => {
+    const victim = await hooks!.createHook({
+      agentId: 'victim',
+      workItem: { job: 'v' },
+      branch: 'agent/v',
+    });
+    await hooks!.activateHook(victim.hookId);
+    const { wt } = await attackerHook();
+
+    // Neither a ref nor a replace ref: the agent overwrites the (loose) object file of the
+    // victim's record blob with its forgery, under the same name. git reads objects without
+    // checking their content against their id.
+    const path = `hooks/${victim.hookId.slice(14, 16)}/${victim.hookId}.json`;
+    const oid = agentGit(wt, ['rev-parse', `${HOOKS_REF}:${path}`]);
+    const record = JSON.parse(agentGit(wt, ['show', `${HOOKS_REF}:${path}`])) as Record<
+      string,
+      unknown
+    >;
+    const forged = Buffer.from(
+      `${JSON.stringify({ ...record, status: 'COMPLETED', result: 'owned by attacker' })}\n`,
+    );
+    const gitDir = agentGit(wt, ['rev-parse', '--path-format=absolute', '--git-common-dir']);
+    const file = join(gitDir, 'objects', oid.slice(0, 2), oid.slice(2));
+    await rm(file, { force: true });
+    await writeFile(
+      file,
+      deflateSync(Buffer.concat([Buffer.from(`blob ${forged.length}\0`), forged])),
+    );
+    expect(JSON.parse(agentGit(wt, ['cat-file', 'blob', oid]))).toMatchObject({
+      status: 'COMPLETED',
+    });
+
+    // At its next open the store does not take the forgery for the victim's hook: it refuses
+    // the altered object store with a typed error naming the object.
+    await hooks!.close();
+    hooks = undefined;
+    const opened = await HookManager.open({ storagePath, useGitWorktree: true }).then(
+      (m) => m,
+      (err: unknown) => err,
+    );
+    if (opened instanceof HookManager) {
+      hooks = opened;
+      expect(await opened.getHook(victim.hookId)).toMatchObject({ status: HookStatus.ACTIVE });
+    }
+    expect(opened).toBeInstanceOf(HookStoreError);
+    expect((opened as Error).message).toContain(oid);
   });
 });
