@@ -12,8 +12,52 @@
  *   config file itself when git opens the repository; with it gc neither packs nor prunes, and
  *   still exits 0).
  *
+ * And the `gc.pid` file: a gc that git believes is running makes `gc --auto` skip silently, so
+ * one that is not stale is reported instead ({@link gcPidHolder}).
+ *
  * @module
  */
+import { readFile, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+
+/** How long git takes a `gc.pid` for a running gc (older ones are ignored). */
+const GC_PID_LIFETIME_MS = 12 * 3600 * 1000;
+
+/**
+ * Why `git gc --auto` would do nothing because of the repository's `gc.pid` (the file a running
+ * gc writes: `<pid> <host>`), or `undefined` when it would run. git skips, and exits 0, while the
+ * file is under 12 hours old and names another host or a live process of this one — which an
+ * agent can write (pid 1 is always alive) and keep fresh. A file left by a gc of this host that
+ * is gone does not stop git, and so is not reported.
+ */
+export async function gcPidHolder(gitDir: string): Promise<string | undefined> {
+  let content: string;
+  let mtimeMs: number;
+  try {
+    const file = join(gitDir, 'gc.pid');
+    mtimeMs = (await stat(file)).mtimeMs;
+    content = await readFile(file, 'utf8');
+  } catch {
+    return undefined; // none: no gc runs
+  }
+  if (Date.now() - mtimeMs > GC_PID_LIFETIME_MS) return undefined;
+  const m = /^(\d+) (\S+)/.exec(content);
+  if (!m) return undefined; // git ignores what it cannot read
+  const [, pid, host] = m as unknown as [string, string, string];
+  if (host === hostname() && !isAlive(Number(pid))) return undefined;
+  return `gc.pid says a gc runs as pid ${pid} on ${host}; not run (remove the file if none does)`;
+}
+
+/** Whether a process with this pid exists (EPERM: it does, another user's). */
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
 
 /** git's default `gc.auto`: the most loose objects the store's maintenance leaves unpacked. */
 export const GIT_DEFAULT_GC_AUTO = 6700;

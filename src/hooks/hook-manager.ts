@@ -17,7 +17,7 @@ import {
   InvalidArgumentError,
 } from '../errors.js';
 import type { ObjectFormat } from './git-objects.js';
-import { GC_SETTINGS_PATTERN, gcSettings } from './gc-settings.js';
+import { GC_SETTINGS_PATTERN, gcPidHolder, gcSettings } from './gc-settings.js';
 import { gitEnv, runGit, SAFE_GIT_CONFIG, SIMPLE_GIT_UNSAFE } from './git-process.js';
 import {
   EMPTY_FAILURE_MESSAGE,
@@ -189,6 +189,8 @@ export class HookManager {
   #store: HookStateStore | undefined;
   #worktrees: WorktreeManager | undefined;
   #lock: StoreLock | undefined;
+  /** The store's (common) git directory, once open. */
+  #gitDir: string | undefined;
   #opening: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
   #queue: Queued[] = [];
@@ -736,6 +738,9 @@ export class HookManager {
           () => '', // exit 1: none set
         ),
       );
+      // A gc.pid an agent wrote (or another gc's) would make gc --auto skip without a word.
+      const held = this.#gitDir === undefined ? undefined : await gcPidHolder(this.#gitDir);
+      if (held !== undefined) throw new Error(held);
       const before = await countObjects(dir, signal);
       await runGit(
         dir,
@@ -964,6 +969,7 @@ export class HookManager {
       }
       this.#store = store;
       this.#lock = lock;
+      this.#gitDir = gitDir;
       this.#scheduleMaintenance();
     } catch (err) {
       await lock.release();

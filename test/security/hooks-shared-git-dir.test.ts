@@ -5,10 +5,11 @@
  * programs (hook scripts, an fsmonitor, filter drivers) nor take its forged state. Real git,
  * real repositories in temp dirs; the effect is checked on disk and in the store.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { chmod, mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -394,6 +395,30 @@ describe("an agent inside its hook worktree, at the store's maintenance", () => 
     const h = await hooks!.createHook({ agentId: 'c', workItem: 'w', branch: 'agent/c' });
     expect((await hooks!.activateHook(h.hookId)).status).toBe(HookStatus.ACTIVE);
     agentGit(storagePath, ['config', '--unset', 'extensions.preciousObjects']);
+    await hooks!.maintain();
+    expect(objectCounts().count).toBeLessThan(before.count! - GC_SAMPLE_FILES);
+  });
+});
+
+describe("an agent inside its hook worktree, at the store's maintenance, with gc.pid", () => {
+  it('cannot make the store’s gc a silent no-op with a gc.pid of a gc that does not run', async () => {
+    const { wt } = await attackerHook();
+    commitGcTrigger(wt);
+    const gitDir = agentGit(wt, ['rev-parse', '--path-format=absolute', '--git-common-dir']);
+    // What a running gc writes; git skips gc --auto (exit 0, nothing done) while it is under
+    // 12 hours old and names another host, or a live process of this one (pid 1 always is).
+    for (const holder of ['4242 build-host-elsewhere', `1 ${hostname()}`]) {
+      await writeFile(join(gitDir, 'gc.pid'), holder);
+      const error = await hooks!.maintain().catch((e: unknown) => e);
+      expect(error, holder).toBeInstanceOf(HookStoreError);
+      expect((error as Error).message).toMatch(/gc\.pid/);
+    }
+    expect(objectCounts().packs).toBe(0);
+    // A gc.pid left by a gc of this host that is gone (killed) does not stop it, as for git.
+    const gone = spawn(process.execPath, ['-e', '']);
+    await new Promise((resolve) => gone.on('exit', resolve));
+    await writeFile(join(gitDir, 'gc.pid'), `${gone.pid} ${hostname()}`);
+    const before = objectCounts();
     await hooks!.maintain();
     expect(objectCounts().count).toBeLessThan(before.count! - GC_SAMPLE_FILES);
   });
