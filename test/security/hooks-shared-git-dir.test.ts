@@ -339,6 +339,12 @@ describe("an agent inside its hook worktree, at the store's maintenance", () => 
     agentGit(wt, ['config', 'gc.auto', '0']);
     agentGit(wt, ['config', '--add', 'gc.auto', '100000000']);
     agentGit(wt, ['config', 'gc.autoPackLimit', '0']);
+    // And a pre-auto-gc hook script (the one gc --auto runs), which must not run either.
+    const marker = join(dir.path, 'PWNED');
+    await mkdir(join(wt, '.evil-hooks'));
+    await writeFile(join(wt, '.evil-hooks', 'pre-auto-gc'), `#!/bin/sh\ntouch '${marker}'\n`);
+    await chmod(join(wt, '.evil-hooks', 'pre-auto-gc'), 0o755);
+    agentGit(wt, ['config', 'core.hooksPath', join(wt, '.evil-hooks')]);
     // As many loose objects as gc --auto counts past git's default gc.auto (6700).
     commitGcTrigger(wt);
     const before = objectCounts();
@@ -350,6 +356,7 @@ describe("an agent inside its hook worktree, at the store's maintenance", () => 
     expect(report.before.loose).toBe(before.count);
     expect(after.count, 'gc packed nothing').toBeLessThan(before.count! - GC_SAMPLE_FILES);
     expect(after['in-pack']).toBeGreaterThan(GC_SAMPLE_FILES);
+    expect(existsSync(marker), 'the store ran the agent’s pre-auto-gc hook').toBe(false);
   });
 
   it('cannot make the store’s gc delete hook history through a forged commit-graph', async () => {
