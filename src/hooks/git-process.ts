@@ -48,13 +48,25 @@ const INHERITED_ENV = [
  * with those set, and the hook store never needs them).
  */
 export function gitEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
+  const env: Record<string, string> = { ...PINNED_ENV };
   for (const key of INHERITED_ENV) {
     const value = process.env[key];
     if (value !== undefined) env[key] = value;
   }
   return env;
 }
+
+/**
+ * Set for every git command of the store (and the git commands they run, as gc does): no
+ * `shallow` file. Worktrees share the git directory, and one an agent wrote there naming the
+ * state ref's head (what a shallow clone has) made git take that commit for one without parents,
+ * so the maintenance gc pruned the store's history. An empty path is git's "not shallow"; no
+ * `-c` setting does this.
+ */
+const PINNED_ENV: Readonly<Record<string, string>> = Object.freeze({ GIT_SHALLOW_FILE: '' });
+
+/** simple-git's `allowEnvironment`: it refuses `GIT_*` variables (ours) unless named. */
+export const SIMPLE_GIT_ALLOW_ENV: readonly string[] = Object.freeze(Object.keys(PINNED_ENV));
 
 /**
  * Settings every git command of the hook store runs with (as `-c`, which wins over the

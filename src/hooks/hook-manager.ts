@@ -18,7 +18,13 @@ import {
 } from '../errors.js';
 import type { ObjectFormat } from './git-objects.js';
 import { GC_SETTINGS_PATTERN, gcPidHolder, gcSettings } from './gc-settings.js';
-import { gitEnv, runGit, SAFE_GIT_CONFIG, SIMPLE_GIT_UNSAFE } from './git-process.js';
+import {
+  gitEnv,
+  runGit,
+  SAFE_GIT_CONFIG,
+  SIMPLE_GIT_ALLOW_ENV,
+  SIMPLE_GIT_UNSAFE,
+} from './git-process.js';
 import {
   EMPTY_FAILURE_MESSAGE,
   type Hook,
@@ -887,6 +893,7 @@ export class HookManager {
         'commit.gpgsign=false',
       ],
       unsafe: SIMPLE_GIT_UNSAFE,
+      allowEnvironment: SIMPLE_GIT_ALLOW_ENV,
     }).env(gitEnv());
     let gitDir: string;
     let objectsDir: string;

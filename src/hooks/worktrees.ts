@@ -10,7 +10,13 @@ import { exists } from './fs-exists.js';
 import { join, relative, resolve, sep } from 'node:path';
 import { simpleGit, type SimpleGit } from 'simple-git';
 import { HookWorktreeError } from '../errors.js';
-import { filterOverrides, gitEnv, SAFE_GIT_CONFIG, SIMPLE_GIT_UNSAFE } from './git-process.js';
+import {
+  filterOverrides,
+  gitEnv,
+  SAFE_GIT_CONFIG,
+  SIMPLE_GIT_ALLOW_ENV,
+  SIMPLE_GIT_UNSAFE,
+} from './git-process.js';
 import { checkHookId, isHookId } from './hook-id.js';
 import { checkBranchName } from './ref-name.js';
 import type { WorktreeInfo } from './hook.js';
@@ -181,6 +187,7 @@ export class WorktreeManager {
         baseDir: path,
         config: [...SAFE_GIT_CONFIG],
         unsafe: SIMPLE_GIT_UNSAFE,
+        allowEnvironment: SIMPLE_GIT_ALLOW_ENV,
       }).env(gitEnv());
       const top = (await git.raw(['rev-parse', '--show-toplevel'])).trim();
       if ((await realpath(top)) !== (await realpath(path))) return invalid;

@@ -387,6 +387,30 @@ describe("an agent inside its hook worktree, at the store's maintenance", () => 
     expect((await hooks.getHook(bystander.hookId)).status).toBe(HookStatus.COMPLETED);
   });
 
+  it('cannot make the store’s gc delete hook history by declaring the store shallow', async () => {
+    const { wt } = await attackerHook();
+    const bystander = await hooks!.createHook({ agentId: 'b', workItem: 1, branch: 'agent/b' });
+    await hooks!.activateHook(bystander.hookId);
+    await hooks!.completeHook(bystander.hookId, 'done');
+    commitGcTrigger(wt);
+    const history = agentGit(storagePath, ['rev-list', HOOKS_REF]).split('\n');
+    expect(history.length).toBeGreaterThan(2);
+
+    // The agent writes the shared `shallow` file (what a shallow clone has): git then takes the
+    // state ref's head for a commit without parents. The history is older than gc's expiry.
+    const gitDir = agentGit(wt, ['rev-parse', '--path-format=absolute', '--git-common-dir']);
+    await writeFile(join(gitDir, 'shallow'), `${history[0]}\n`);
+    expect(agentGit(storagePath, ['rev-list', HOOKS_REF]).split('\n')).toHaveLength(1);
+    await ageObjects(gitDir, 30);
+
+    await hooks!.maintain();
+
+    expect(objectCounts().packs).toBe(1);
+    const noShallow = { GIT_SHALLOW_FILE: '' };
+    expect(agentGit(storagePath, ['rev-list', HOOKS_REF], noShallow).split('\n')).toEqual(history);
+    expect(agentGit(storagePath, ['fsck', '--no-dangling', '--no-progress'], noShallow)).toBe('');
+  });
+
   it('cannot make the store’s gc a silent no-op with extensions.preciousObjects', async () => {
     const { wt } = await attackerHook();
     // Read from the config file when git opens the repository: no -c takes it back, and with it
