@@ -2,8 +2,9 @@
  * An agent works in its hook's git worktree, which shares the hook store's git directory
  * (config, hook scripts, info files, refs — `refs/fabric/hooks` too). Everything below is what
  * that agent can do with plain git from inside its own worktree; the sidecar must not run its
- * programs (hook scripts, an fsmonitor, filter drivers) nor take its forged state. Real git,
- * real repositories in temp dirs; the effect is checked on disk and in the store.
+ * programs (hook scripts, an fsmonitor, filter drivers) nor take its forged state, and its
+ * maintenance gc must neither be silenced nor prune the store's history. Real git, real
+ * repositories in temp dirs; the effect is checked on disk and in the store.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
