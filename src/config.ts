@@ -23,6 +23,8 @@ export const DEFAULT_MAX_ATTEMPTS = 3;
 export const DEFAULT_DRAIN_TIMEOUT_SECONDS = 30;
 /** Default for {@link FabricConfig.finishedTaskRetention}. */
 export const DEFAULT_FINISHED_TASK_RETENTION = 10_000;
+/** Default for {@link FabricConfig.finishedTaskRetentionPerAgent}. */
+export const DEFAULT_FINISHED_TASK_RETENTION_PER_AGENT = 64;
 /** Default for {@link FabricConfig.terminatedAgentRetention}. */
 export const DEFAULT_TERMINATED_AGENT_RETENTION = 1000;
 /** Default for {@link FabricConfig.maxScheduledTasksPerAgent}. */
@@ -75,6 +77,14 @@ export interface FabricConfig {
    */
   finishedTaskRetention: number;
   /**
+   * How many finished tasks one agent scheduled itself (`fabric__schedule_task`) are kept before
+   * its oldest are forgotten. They count in `finishedTaskRetention` too, but evict only one
+   * another: else an agent finishing its own tasks in a loop pushed everyone else's out and held
+   * the whole retention (each with up to `maxTaskResultBytes` of payload and of result).
+   * @default 64
+   */
+  finishedTaskRetentionPerAgent: number;
+  /**
    * How many terminated agents stay known (to `getAgentInfo`, budget status) before the oldest
    * are forgotten — their records and budget state both.
    * @default 1000
@@ -107,6 +117,7 @@ export const DEFAULT_FABRIC_CONFIG: Readonly<FabricConfig> = Object.freeze({
   defaultMaxAttempts: DEFAULT_MAX_ATTEMPTS,
   drainTimeoutSeconds: DEFAULT_DRAIN_TIMEOUT_SECONDS,
   finishedTaskRetention: DEFAULT_FINISHED_TASK_RETENTION,
+  finishedTaskRetentionPerAgent: DEFAULT_FINISHED_TASK_RETENTION_PER_AGENT,
   terminatedAgentRetention: DEFAULT_TERMINATED_AGENT_RETENTION,
   maxTaskResultBytes: DEFAULT_MAX_TASK_RESULT_BYTES,
   maxScheduledTasksPerAgent: DEFAULT_MAX_SCHEDULED_TASKS_PER_AGENT,
@@ -121,6 +132,7 @@ const FIELDS: Readonly<Record<keyof FabricConfig, NumberKind>> = {
   defaultMaxAttempts: 'positiveInt',
   drainTimeoutSeconds: 'positiveNumber',
   finishedTaskRetention: 'nonNegativeInt',
+  finishedTaskRetentionPerAgent: 'positiveInt',
   terminatedAgentRetention: 'nonNegativeInt',
   maxTaskResultBytes: 'positiveInt',
   maxScheduledTasksPerAgent: 'positiveInt',

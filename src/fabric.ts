@@ -314,6 +314,11 @@ export class AgentFabric {
       maxConcurrentTasksPerAgent: c.maxConcurrentTasksPerAgent,
       defaultMaxAttempts: c.defaultMaxAttempts,
       finishedTaskRetention: c.finishedTaskRetention,
+      // An agent's own tasks (fabric__schedule_task) evict its own older ones, not others'.
+      finishedGroups: {
+        limit: c.finishedTaskRetentionPerAgent,
+        group: (tenant) => (tenant.startsWith(AGENT_TENANT) ? tenant : undefined),
+      },
       tasks: this.#store.tasks,
       ...(options.tenantWeight ? { tenantWeight: options.tenantWeight } : {}),
     });

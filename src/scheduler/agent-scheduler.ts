@@ -86,6 +86,14 @@ export interface SchedulerOptions {
   /** @default 10000 */
   finishedTaskRetention?: number;
   /**
+   * Finished tasks kept apart by tenant: `group(tenant)` names the group of a task of `tenant`
+   * (`undefined`: none), and a group keeps only its newest `limit` finished tasks, evicting its
+   * own oldest rather than other tasks (they count in `finishedTaskRetention` too). The fabric
+   * groups the tasks an agent scheduled itself by agent (`finishedTaskRetentionPerAgent`).
+   * @default no groups
+   */
+  finishedGroups?: { limit: number; group: (tenant: string) => string | undefined };
+  /**
    * Where task records live. A collection that is not {@link Collection.holdsReferences} (a
    * durable store) is told of every change, and payloads, results and progress must then be
    * JSON-serializable. @default an in-memory collection
@@ -192,6 +200,8 @@ export class AgentScheduler {
   /** Tasks held back until their `notBefore`, with what releases them into their queue. */
   readonly #delayed = new Map<TaskRecord, () => void>();
   readonly #finished: FinishedRetention;
+  /** The group of a finished task of a tenant (`SchedulerOptions.finishedGroups`). */
+  readonly #finishedGroup: ((tenant: string) => string | undefined) | undefined;
 
   readonly #dirtyAgents = new Set<AgentSlot>();
   readonly #dirtyPools = new Set<PoolSlot>();
@@ -284,7 +294,11 @@ export class AgentScheduler {
         'nonNegativeInt',
       ),
       (id) => this.#evict(id),
+      options.finishedGroups === undefined
+        ? undefined
+        : checkNumber('options.finishedGroups.limit', options.finishedGroups.limit, 'positiveInt'),
     );
+    this.#finishedGroup = options.finishedGroups?.group;
     this.#byReference = this.#tasks.holdsReferences === true;
     this.#weights = options.tenantWeight ?? (() => 1);
     this.registerExecutor(this.#remote);
@@ -712,7 +726,13 @@ export class AgentScheduler {
     if (this.#tasks.size === 0) return;
     const { finished, open, nextSeq } = recoverTasks(this.#tasks);
     if (nextSeq > this.#seq) this.#seq = nextSeq;
-    this.#finished.load(finished.map((t) => t.id));
+    const groupOf = this.#finishedGroup;
+    const tenants =
+      groupOf === undefined ? undefined : new Map(finished.map((t) => [t.id, t.tenant]));
+    this.#finished.load(
+      finished.map((t) => t.id),
+      groupOf === undefined ? undefined : (id) => groupOf(tenants!.get(id)!),
+    );
     this.#finished.trim();
     const now = Date.now();
     for (const t of open) {
@@ -1422,7 +1442,7 @@ export class AgentScheduler {
     } finally {
       // Last: with no retention this evicts `t` itself, after which its record may be reused.
       // Callers only read it (a snapshot) before any code of another party can run.
-      this.#finished.add(t.id);
+      this.#finished.add(t.id, this.#finishedGroup?.(t.tenant));
     }
   }
 

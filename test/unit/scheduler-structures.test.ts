@@ -54,6 +54,35 @@ describe('FinishedRetention', () => {
   });
 });
 
+describe('FinishedRetention groups', () => {
+  it("evict their own oldest past groupLimit, never another's, and count in the limit", () => {
+    const evicted: string[] = [];
+    const r = new FinishedRetention(10, (id) => evicted.push(id), 2);
+    r.add('op1');
+    r.add('peer1', 'peer');
+    for (let i = 0; i < 1000; i++) r.add(`a${i}`, 'a');
+    expect(evicted).toEqual(Array.from({ length: 998 }, (_, i) => `a${i}`));
+    expect(r.size).toBe(4);
+    // The global FIFO still evicts oldest first, grouped or not, each id once.
+    evicted.length = 0;
+    for (let i = 0; i < 8; i++) r.add(`op${i + 2}`);
+    expect(evicted).toEqual(['op1', 'peer1']);
+    for (let i = 0; i < 2; i++) r.add(`op${i + 10}`);
+    expect(evicted).toEqual(['op1', 'peer1', 'a998', 'a999']);
+    expect(r.size).toBe(10);
+  });
+
+  it('are rebuilt by load and trimmed once', () => {
+    const evicted: string[] = [];
+    const r = new FinishedRetention(100, (id) => evicted.push(id), 3);
+    const ids = Array.from({ length: 20 }, (_, i) => `t${i}`);
+    r.load(ids, (id) => (Number(id.slice(1)) % 2 === 0 ? 'even' : undefined));
+    r.trim();
+    expect(evicted).toEqual(['t0', 't2', 't4', 't6', 't8', 't10', 't12']);
+    expect(r.size).toBe(13);
+  });
+});
+
 describe('RunningTasks', () => {
   it('adds and removes in any order, each task once, and lists exactly what it holds', () => {
     const running = new RunningTasks();
