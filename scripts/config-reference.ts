@@ -164,6 +164,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'gateway.tasks.maxTtlSeconds': 'Longest lifetime a client may ask for (default 86400).',
   'gateway.tasks.maxPerAgent':
     'Tasks one agent may hold (default 64); at the cap its oldest finished one is dropped, else the call is refused.',
+  'gateway.tasks.maxResultBytesPerAgent':
+    "Bytes (JSON) the results and errors of one agent's finished tasks may hold together (default 67108864, 64 MiB); past it its oldest finished ones are dropped, its newest is always kept.",
   sandbox:
     'Folder created at start (and its `protected/`); the default filesystem upstream serves it.',
   tls: 'TLS files of the listeners (HTTP and gRPC) that have no `tls` of their own.',

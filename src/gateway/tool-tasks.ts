@@ -49,6 +49,8 @@ export const DEFAULT_TOOL_TASK_TTL_MS = 60 * 60 * 1000;
 export const DEFAULT_TOOL_TASK_MAX_TTL_MS = 24 * 60 * 60 * 1000;
 /** Default of {@link ToolTasksOptions.maxPerAgent}. */
 export const DEFAULT_TOOL_TASKS_PER_AGENT = 64;
+/** Default of {@link ToolTasksOptions.maxResultBytesPerAgent}: 64 MiB. */
+export const DEFAULT_TOOL_TASK_RESULT_BYTES_PER_AGENT = 64 * 1024 * 1024;
 /** Default of {@link ToolTasksOptions.pollIntervalMs}. */
 export const DEFAULT_TOOL_TASK_POLL_INTERVAL_MS = 1000;
 /** Tasks per `tasks/list` page. */
@@ -74,6 +76,14 @@ export interface ToolTasksOptions {
    * @default 64
    */
   maxPerAgent?: number;
+  /**
+   * Bytes (of their JSON) the results and errors of one agent's finished tasks may hold together:
+   * past it the agent's oldest finished tasks are forgotten, as at `maxPerAgent`; its newest
+   * finished task is always kept, however large. Without it an agent asking for large answers as
+   * tasks and never fetching them held `maxPerAgent` × the upstream's `maxMessageBytes`.
+   * @default 67108864
+   */
+  maxResultBytesPerAgent?: number;
   /** The `pollInterval` suggested to clients. @default 1000 */
   pollIntervalMs?: number;
 }
@@ -111,6 +121,10 @@ export function parseToolTasksOptions(
     defaultTtlMs,
     maxTtlMs,
     maxPerAgent: int('maxPerAgent', options.maxPerAgent ?? DEFAULT_TOOL_TASKS_PER_AGENT),
+    maxResultBytesPerAgent: int(
+      'maxResultBytesPerAgent',
+      options.maxResultBytesPerAgent ?? DEFAULT_TOOL_TASK_RESULT_BYTES_PER_AGENT,
+    ),
     pollIntervalMs: ms(
       'pollIntervalMs',
       options.pollIntervalMs ?? DEFAULT_TOOL_TASK_POLL_INTERVAL_MS,
@@ -215,6 +229,10 @@ export class ToolTasks {
   readonly #waiters = new Map<string, Set<() => void>>();
   /** Task ids per agent, oldest first (rebuilt from the store). */
   readonly #byAgent = new Map<string, Set<string>>();
+  /** Bytes of the result or error of each finished task kept (see `maxResultBytesPerAgent`). */
+  readonly #resultBytes = new Map<string, number>();
+  /** The sum of {@link #resultBytes} per agent. */
+  readonly #agentBytes = new Map<string, number>();
   /** Gateway task id by upstream task (see {@link upstreamKey}). */
   readonly #byUpstream = new Map<string, string>();
   readonly #events: ToolTaskEvents;
@@ -256,7 +274,10 @@ export class ToolTasks {
         continue;
       }
       this.#index(r);
-      if (isTerminalStatus(r.status)) continue;
+      if (isTerminalStatus(r.status)) {
+        this.#account(r);
+        continue;
+      }
       if (
         (r.status === 'input_required' && r.approvalId !== undefined) ||
         r.upstream !== undefined ||
@@ -278,6 +299,8 @@ export class ToolTasks {
         }),
       );
     }
+    // A smaller budget than the last process had applies to what the store kept.
+    for (const agentId of [...this.#agentBytes.keys()]) this.#trimBytes(agentId);
   }
 
   /**
@@ -596,6 +619,39 @@ export class ToolTasks {
 
   #put(record: ToolTaskRecord): void {
     this.#store.put(record.taskId, Object.freeze(record));
+    if (this.#account(record)) this.#trimBytes(record.agentId, record.taskId);
+  }
+
+  /**
+   * Counts a finished record's result or error against its agent's bytes, once; true when it
+   * was counted now.
+   */
+  #account(record: ToolTaskRecord): boolean {
+    if (!isTerminalStatus(record.status) || this.#resultBytes.has(record.taskId)) return false;
+    const bytes = resultBytes(record);
+    this.#resultBytes.set(record.taskId, bytes);
+    this.#agentBytes.set(record.agentId, (this.#agentBytes.get(record.agentId) ?? 0) + bytes);
+    return true;
+  }
+
+  /**
+   * Forgets the agent's oldest finished tasks while their results hold more than
+   * `maxResultBytesPerAgent`, never `keep` (the task that just finished) — without `keep`, never
+   * the newest finished one.
+   */
+  #trimBytes(agentId: string, keep?: string): void {
+    const max = this.#options.maxResultBytesPerAgent;
+    if ((this.#agentBytes.get(agentId) ?? 0) <= max) return;
+    const finished = [...(this.#byAgent.get(agentId) ?? [])].filter((id) =>
+      this.#resultBytes.has(id),
+    );
+    const last = keep ?? finished.at(-1);
+    for (const id of finished) {
+      if ((this.#agentBytes.get(agentId) ?? 0) <= max) return;
+      if (id === last) continue;
+      const record = this.#store.get(id);
+      if (record !== undefined) this.#forget(record);
+    }
   }
 
   #index(record: ToolTaskRecord): void {
@@ -632,6 +688,13 @@ export class ToolTasks {
     this.#running.get(record.taskId)?.abort(new Error('the task expired'));
     this.#running.delete(record.taskId);
     this.#store.delete(record.taskId);
+    const bytes = this.#resultBytes.get(record.taskId);
+    if (bytes !== undefined) {
+      this.#resultBytes.delete(record.taskId);
+      const left = (this.#agentBytes.get(record.agentId) ?? bytes) - bytes;
+      if (left > 0) this.#agentBytes.set(record.agentId, left);
+      else this.#agentBytes.delete(record.agentId);
+    }
     if (record.upstream) this.#byUpstream.delete(upstreamKey(record.upstream));
     const ids = this.#byAgent.get(record.agentId);
     ids?.delete(record.taskId);
@@ -710,6 +773,18 @@ export class ToolTasks {
  * limit and hold what the agent would not want kept (a state file held them for the task's whole
  * ttl, up to a day).
  */
+/** Bytes of a finished record's result or error as JSON (what it holds for `tasks/result`). */
+function resultBytes(record: ToolTaskRecord): number {
+  const kept = record.result ?? record.error;
+  if (kept === undefined) return 0;
+  try {
+    return Buffer.byteLength(JSON.stringify(kept) ?? '');
+  } catch {
+    // Not JSON (a cycle, a bigint): the store could not keep it either; count what it shows.
+    return Buffer.byteLength(String(kept));
+  }
+}
+
 function settled(record: ToolTaskRecord): ToolTaskRecord {
   if (!isTerminalStatus(record.status) || record.arguments === undefined) return record;
   const { arguments: _dropped, ...rest } = record;

@@ -357,7 +357,8 @@ export const sidecarConfigSchema = z
         budgetWaitSeconds: z.number().min(0).max(300).default(5),
         /**
          * Task-augmented tool calls (MCP tasks): a task's lifetime when the client asks for none,
-         * the longest it may ask for, and the tasks one agent may hold; `false`: off.
+         * the longest it may ask for, the tasks one agent may hold and the bytes their results may
+         * hold; `false`: off.
          */
         tasks: z
           .union([
@@ -367,6 +368,7 @@ export const sidecarConfigSchema = z
                 defaultTtlSeconds: timerSeconds().int().positive().optional(),
                 maxTtlSeconds: timerSeconds().int().positive().optional(),
                 maxPerAgent: z.number().int().positive().optional(),
+                maxResultBytesPerAgent: z.number().int().positive().optional(),
               })
               .strict(),
           ])

@@ -882,7 +882,12 @@ function sidecarMetrics(
 /** The gateway's task options from `gateway.tasks`, its records in the durable store if any. */
 function gatewayTasks(
   tasks:
-    | { defaultTtlSeconds?: number; maxTtlSeconds?: number; maxPerAgent?: number }
+    | {
+        defaultTtlSeconds?: number;
+        maxTtlSeconds?: number;
+        maxPerAgent?: number;
+        maxResultBytesPerAgent?: number;
+      }
     | false
     | undefined,
   store: DurableStore | undefined,
@@ -894,6 +899,7 @@ function gatewayTasks(
     defaultTtlMs: ms(tasks?.defaultTtlSeconds),
     maxTtlMs: ms(tasks?.maxTtlSeconds),
     maxPerAgent: tasks?.maxPerAgent,
+    maxResultBytesPerAgent: tasks?.maxResultBytesPerAgent,
     store: store?.toolTasks,
   };
 }
