@@ -155,6 +155,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'gateway.maxArgumentDepth': "Deepest nesting of a call's arguments (unset: the default).",
   'gateway.maxArgumentNodes': "Most values in a call's arguments (unset: the default).",
   'gateway.maxSubscriptionsPerSession': 'Resource subscriptions one session may hold (unset: 256).',
+  'gateway.maxSubscriptionUriLength':
+    'Longest URI (characters) a session may subscribe to (unset: 8192); a longer one is refused with `FABRIC_ERR_SUBSCRIPTION_LIMIT`.',
   'gateway.budgetWaitSeconds':
     'Longest wait of a call that in-flight calls keep out of its budget; 0 = refuse at once.',
   'gateway.tasks':

@@ -463,16 +463,22 @@ export class AuthThrottledError extends FabricError {
   }
 }
 
-/** A session's `resources/subscribe` would exceed `gateway.maxSubscriptionsPerSession`. */
+/**
+ * A session's `resources/subscribe` would exceed `gateway.maxSubscriptionsPerSession` — or, with
+ * `uriLength`, its URI is longer than `gateway.maxSubscriptionUriLength` characters.
+ */
 export class SubscriptionLimitError extends FabricError {
   static readonly code = 'FABRIC_ERR_SUBSCRIPTION_LIMIT';
-  constructor(limit: number) {
+  constructor(limit: number, uriLength?: number) {
     super(
       SubscriptionLimitError.code,
       'resource_exhausted',
-      `this session already has ${limit} resource subscriptions ` +
-        '(gateway.maxSubscriptionsPerSession): unsubscribe from one first',
-      { limit },
+      uriLength === undefined
+        ? `this session already has ${limit} resource subscriptions ` +
+            '(gateway.maxSubscriptionsPerSession): unsubscribe from one first'
+        : `the URI to subscribe to is ${uriLength} characters long; a subscription's URI may ` +
+            `have at most ${limit} (gateway.maxSubscriptionUriLength)`,
+      uriLength === undefined ? { limit } : { limit, uriLength },
     );
   }
 }

@@ -113,6 +113,8 @@ export const DEFAULT_APPROVAL_PROGRESS_INTERVAL_MS = 1000;
 export const DEFAULT_SHUTDOWN_GRACE_MS = 5000;
 /** Default of {@link ToolGatewayOptions.maxSubscriptionsPerSession}. */
 export const DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION = 256;
+/** Default of {@link ToolGatewayOptions.maxSubscriptionUriLength}. */
+export const DEFAULT_MAX_SUBSCRIPTION_URI_LENGTH = 8192;
 /** Default of {@link ToolGatewayOptions.budgetWaitMs}. */
 export const DEFAULT_BUDGET_WAIT_MS = 5000;
 
@@ -178,6 +180,14 @@ export interface ToolGatewayOptions {
    */
   maxSubscriptionsPerSession?: number;
   /**
+   * Longest URI (in characters) a session may subscribe to; a longer one is refused with
+   * `FABRIC_ERR_SUBSCRIPTION_LIMIT` before policy or an upstream sees it. A subscription is held
+   * (by the gateway and its upstream) until it ends, and a template URI matches up to a million
+   * characters: without it one agent held `maxSubscriptionsPerSession` megabyte URIs per session.
+   * @default 8192
+   */
+  maxSubscriptionUriLength?: number;
+  /**
    * Task-augmented `tools/call` (MCP Tasks, experimental): the gateway answers at once with a
    * task and serves `tasks/get`, `tasks/result`, `tasks/list` and `tasks/cancel` from its own
    * task store; `false` turns it off (the `tasks` capability is then not advertised).
@@ -216,6 +226,7 @@ export class ToolGateway implements SessionHost {
   readonly #graceMs: number;
   readonly #bounds: InputBounds;
   readonly #maxSubscriptions: number;
+  readonly #maxSubscriptionUri: number;
   readonly #log: (entry: GatewayLogEntry) => void;
   readonly #sessions = new Set<GatewaySession>();
   /** Counts of every request's decision, outcome and duration (rendered at `GET /metrics`). */
@@ -255,6 +266,11 @@ export class ToolGateway implements SessionHost {
       options.maxSubscriptionsPerSession ?? DEFAULT_MAX_SUBSCRIPTIONS_PER_SESSION;
     if (!Number.isSafeInteger(this.#maxSubscriptions) || this.#maxSubscriptions < 1) {
       throw new ConfigError('maxSubscriptionsPerSession', 'must be a positive integer');
+    }
+    this.#maxSubscriptionUri =
+      options.maxSubscriptionUriLength ?? DEFAULT_MAX_SUBSCRIPTION_URI_LENGTH;
+    if (!Number.isSafeInteger(this.#maxSubscriptionUri) || this.#maxSubscriptionUri < 1) {
+      throw new ConfigError('maxSubscriptionUriLength', 'must be a positive integer');
     }
     this.#log = options.logger ?? (() => undefined);
     this.#audit = options.audit
@@ -1265,6 +1281,9 @@ export class ToolGateway implements SessionHost {
   }
 
   async subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void> {
+    if (uri.length > this.#maxSubscriptionUri) {
+      throw toMcpError(new SubscriptionLimitError(this.#maxSubscriptionUri, uri.length));
+    }
     const owner = resourceOwner(this.#catalog, uri);
     if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
     // A subscription counts from its request's arrival, not from when policy (an approval, a

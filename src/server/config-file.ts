@@ -350,6 +350,8 @@ export const sidecarConfigSchema = z
         maxArgumentNodes: z.number().int().positive().optional(),
         /** Resource subscriptions one session may hold (unset: 256). */
         maxSubscriptionsPerSession: z.number().int().positive().optional(),
+        /** Longest URI (characters) a session may subscribe to (unset: 8192). */
+        maxSubscriptionUriLength: z.number().int().positive().optional(),
         /**
          * Longest wait of a call that in-flight calls keep out of its budget (or that waits for
          * the first result of a tool new to its agent); 0 = refuse at once.

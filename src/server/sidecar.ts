@@ -374,6 +374,7 @@ export class Sidecar {
         maxArgumentDepth: config.gateway.maxArgumentDepth,
         maxArgumentNodes: config.gateway.maxArgumentNodes,
         maxSubscriptionsPerSession: config.gateway.maxSubscriptionsPerSession,
+        maxSubscriptionUriLength: config.gateway.maxSubscriptionUriLength,
         tasks: gatewayTasks(config.gateway.tasks, store),
         tracing,
         logger: log,
