@@ -38,7 +38,9 @@ async function policiesOf(file: string): Promise<PolicyFile> {
   try {
     doc = parseYaml(text);
   } catch (error) {
-    throw new CliError(`${file}: ${(error as Error).message.split('\n')[0]}`, EXIT.failure);
+    // yaml's message may quote the file (a secret of a sidecar config): said without it.
+    const { yamlMessage } = await import('../server/config-file.js');
+    throw new CliError(`${file}: ${yamlMessage((error as Error).message)}`, EXIT.failure);
   }
   if (Array.isArray(doc)) return { policies: doc as unknown[], upstreams: {} };
   if (doc !== null && typeof doc === 'object') {

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { isNode, LineCounter, parseDocument } from 'yaml';
+import { isNode, LineCounter, parseDocument, visit, type Document } from 'yaml';
 import { z } from 'zod';
 import { timerMs, timerSeconds } from '../config-durations.js';
 import { ConfigFileError, type ConfigFileProblem } from '../errors.js';
@@ -721,6 +721,46 @@ function syntaxLine(text: string, lines: LineCounter, offset: number): number {
 }
 
 /**
+ * yaml's messages that quote the file: a block scalar header's rest of the line, a tag, an
+ * alias's name, an escape sequence, a duplicate key. A value there is often a secret (an
+ * unquoted `password: *x9…` is read as an alias, `token: |abc…` as a block scalar header), so
+ * a problem says what yaml found up to the quote, never the quote.
+ */
+const QUOTING_MESSAGE =
+  /^(?:Block scalar header includes extra characters|Could not resolve tag|Not a valid tag|Unresolved tag|Ordered maps must not include duplicate keys|Unresolved alias \(the anchor must be set before the alias\)|Invalid escape sequence|Verbatim tags aren't resolved|Unresolved plain scalar|Unknown directive|Unsupported YAML version)(?![A-Za-z])/;
+
+/** The first line of one of yaml's messages without any text of the file it may quote. */
+export function yamlMessage(message: string): string {
+  const first = message.split('\n')[0] ?? '';
+  if (/^The .* tag has no suffix$/s.test(first)) return 'A tag has no suffix';
+  const quoting = QUOTING_MESSAGE.exec(first);
+  if (quoting !== null) return `${quoting[0]} (the text is not shown: it may be a secret)`;
+  return first || 'syntax error';
+}
+
+/**
+ * The document as plain values. yaml throws while it does so for an alias that names no anchor
+ * before it (`password: *x9…`: an unquoted value starting with `*`), an alias count past its
+ * bound or an invalid `!!omap`; that is a problem of the file at the alias's line.
+ */
+function documentValue(doc: Document, file: string, lines: LineCounter): unknown {
+  try {
+    return doc.toJS();
+  } catch (error) {
+    let line: number | undefined;
+    visit(doc, {
+      Alias(_key, node) {
+        if (node.resolve(doc) !== undefined || !node.range) return undefined;
+        line = lines.linePos(node.range[0]).line;
+        return visit.BREAK;
+      },
+    });
+    // No cause: its message quotes the alias.
+    throw new ConfigFileError(file, '', yamlMessage((error as Error).message), line);
+  }
+}
+
+/**
  * Parses configuration text (YAML or JSON), substitutes variables, applies environment
  * overrides (then `flags`) and validates it.
  *
@@ -748,12 +788,12 @@ export function parseSidecarConfig(
       file,
       doc.errors.map((e) => ({
         path: '',
-        message: e.message.split('\n')[0] ?? 'syntax error',
+        message: yamlMessage(e.message),
         line: syntaxLine(text, lineCounter, e.pos[0]),
       })),
     );
   }
-  const raw: unknown = doc.toJS() ?? {};
+  const raw: unknown = documentValue(doc, file, lineCounter) ?? {};
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) {
     throw new ConfigFileError(file, '', 'must be a mapping of sections', 1);
   }

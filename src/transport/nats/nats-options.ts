@@ -115,10 +115,13 @@ export function natsServers(options: NatsOptions): string[] {
 
 /**
  * The servers as errors and logs may show them: a password or token written into a URL
- * (`nats://user:secret@host`, `nats://token@host`) is replaced by `***`.
+ * (`nats://user:secret@host`, `nats://token@host`) is replaced by `***`: everything after the
+ * scheme up to the last `@`, so a password with `/`, `@` or `#` in it that is not
+ * percent-encoded, and a server written without a scheme (`user:secret@host:4222`, which the
+ * client takes), are hidden too. A server URL has no other use for `@`.
  */
 export function shownNatsServers(options: NatsOptions): string {
   return natsServers(options)
-    .map((url) => url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, '$1***@'))
+    .map((url) => url.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^]*@/i, '$1***@'))
     .join(', ');
 }
