@@ -24,9 +24,9 @@ import {
 import { setMaxListeners } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { z } from 'zod';
-import { UpstreamTimeoutError, UpstreamUnavailableError } from '../errors.js';
+import { FabricError, UpstreamTimeoutError, UpstreamUnavailableError } from '../errors.js';
 import { FastUpstreamCalls, type CancelHook, type Cancellation } from './fast-path.js';
-import { relayedMcpError } from './map-error.js';
+import { RelayedMcpError, relayedMcpError } from './map-error.js';
 import { CATALOG_ITEM_BOUNDS, catalogItemProblem } from './catalog.js';
 import { exceededBound } from './input-bounds.js';
 import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from './list-hints.js';
@@ -121,6 +121,8 @@ export class Upstream {
   #connectCount = 0;
   /** The list reload running per connection, and whether another was asked for meanwhile. */
   readonly #reloads = new WeakMap<Client, { again: boolean }>();
+  /** What this upstream was given that its failed answers must not carry to an agent. */
+  readonly #answerSecrets: readonly string[];
 
   tools: readonly Tool[] = [];
   prompts: readonly Prompt[] = [];
@@ -136,6 +138,7 @@ export class Upstream {
     this.spec = spec;
     this.paths = new PathResolver(pathResolutionOf(spec));
     this.#hooks = hooks;
+    this.#answerSecrets = specSecrets(spec, false);
   }
 
   get state(): UpstreamState {
@@ -418,8 +421,12 @@ export class Upstream {
       return Promise.reject(error as Error);
     }
     const method = request.method;
+    // Every failure, the fast path's included, is mapped (and redacted) here.
     const fail = (error: unknown): unknown =>
-      this.#requestError(error, client, method, timeout, cancel);
+      redactAnswerError(
+        this.#answerSecrets,
+        this.#requestError(error, client, method, timeout, cancel),
+      );
     if (cancel?.aborted) {
       // Cancelled before anything was sent: nothing runs upstream.
       const refused = fail(cancel.reason);
@@ -619,11 +626,21 @@ function describeStartFailure(
  * arguments. Library messages quote some of them (fetch quotes a URL with credentials whole).
  */
 function redact(spec: UpstreamSpec, text: string): string {
+  if (spec.transport !== 'stdio') text = text.split(spec.url).join(safeUrl(spec.url));
+  return redactValues(specSecrets(spec, true), text);
+}
+
+/**
+ * The values of `spec` that may be secret, longest first (a value containing another is removed
+ * whole): environment values (and, with `args`, arguments) of a stdio upstream; header values,
+ * the URL's credentials and query values of a remote one. Short values (flags like `-y`) would
+ * redact ordinary words and carry no secret.
+ */
+function specSecrets(spec: UpstreamSpec, args: boolean): readonly string[] {
   const secrets: string[] = [];
   if (spec.transport === 'stdio') {
-    secrets.push(...Object.values(spec.env), ...spec.args);
+    secrets.push(...Object.values(spec.env), ...(args ? spec.args : []));
   } else {
-    text = text.split(spec.url).join(safeUrl(spec.url));
     secrets.push(...Object.values(spec.headers));
     try {
       const u = new URL(spec.url);
@@ -633,12 +650,59 @@ function redact(spec: UpstreamSpec, text: string): string {
       // an invalid URL never got as far as a request
     }
   }
-  // Longest first, so a value containing another is removed whole; short values (flags like
-  // `-y`) would redact ordinary words and carry no secret.
-  for (const secret of [...new Set(secrets)].sort((a, b) => b.length - a.length)) {
-    if (secret.length >= 6) text = text.split(secret).join('[redacted]');
+  return [...new Set(secrets)]
+    .filter((secret) => secret.length >= 6)
+    .sort((a, b) => b.length - a.length);
+}
+
+/** `text` with each of `secrets` replaced by `[redacted]`. */
+function redactValues(secrets: readonly string[], text: string): string {
+  for (const secret of secrets) {
+    if (text.includes(secret)) text = text.split(secret).join('[redacted]');
   }
   return text;
+}
+
+/**
+ * `error` as an agent may see it: an upstream's failed answer (its JSON-RPC error, or an HTTP
+ * error whose body the SDK quotes) without the values the sidecar gave the upstream — a careless
+ * service echoes the request's `Authorization` header or URL, or an `invalid key sk-…` from its
+ * environment, and the agent must not get the operator's credential for that service. The
+ * upstream's arguments are kept (a path the upstream serves is not a secret and explains its
+ * errors). Same class; a changed error carries no cause (the cause would quote it).
+ */
+function redactAnswerError(secrets: readonly string[], error: unknown): unknown {
+  if (secrets.length === 0 || !(error instanceof Error)) return error;
+  if (error instanceof RelayedMcpError) {
+    const message = redactValues(secrets, error.message);
+    const data = redactData(secrets, error.data, 0);
+    return message === error.message && data === error.data
+      ? error
+      : new RelayedMcpError(error.code, message, data);
+  }
+  if (error instanceof FabricError || error instanceof McpError) return error;
+  const message = redactValues(secrets, error.message);
+  if (message === error.message) return error;
+  const redacted = new Error(message);
+  redacted.name = error.name;
+  return redacted;
+}
+
+/** `data` with the strings in it redacted (the same value when none changed; 32 levels). */
+function redactData(secrets: readonly string[], data: unknown, depth: number): unknown {
+  if (typeof data === 'string') return redactValues(secrets, data);
+  if (data === null || typeof data !== 'object') return data;
+  if (depth >= 32) return '[too deep]';
+  let changed = false;
+  const walk = (v: unknown): unknown => {
+    const r = redactData(secrets, v, depth + 1);
+    if (r !== v) changed = true;
+    return r;
+  };
+  const out = Array.isArray(data)
+    ? data.map(walk)
+    : Object.fromEntries(Object.entries(data).map(([k, v]) => [k, walk(v)]));
+  return changed ? out : data;
 }
 
 /** {@link redact} of an error reported while the upstream runs (same class, redacted message). */
