@@ -66,6 +66,10 @@ async function sidecarLog(
     const named = u.transport === 'stdio' ? u.env : u.headers;
     for (const [k, v] of Object.entries(named)) if (isSecretName(k)) log.redactor.add(v);
   }
+  // Plugins' options (pool-process env, policy-grpc authToken and metadata …) and the
+  // collector's headers: whatever stands under a secret-like name.
+  for (const p of config.plugins) log.redactor.addNamed(p.options);
+  log.redactor.addNamed(config.telemetry.otlp?.headers);
   return log;
 }
 

@@ -149,6 +149,23 @@ export class LogRedactor {
     }
   }
 
+  /**
+   * Adds every string under a secret-like name in `value`, at any depth (all the strings of a
+   * secret-named object or array): the secrets of config whose shape the sidecar does not know,
+   * such as a plugin's options (`env: { SERVICE_API_KEY }`, `authToken`, `metadata`) or the
+   * collector's headers. At most 32 levels are looked at.
+   */
+  addNamed(value: unknown, named = false, depth = 0): void {
+    if (typeof value === 'string') {
+      if (named) this.add(value);
+      return;
+    }
+    if (value === null || typeof value !== 'object' || depth >= 32) return;
+    for (const [k, v] of Object.entries(value)) {
+      this.addNamed(v, named || (!Array.isArray(value) && isSecretName(k)), depth + 1);
+    }
+  }
+
   /** `text` with every known secret and secret-looking token replaced. */
   text(text: string): string {
     let out = text;
