@@ -65,10 +65,15 @@ async function sidecarLog(
   for (const u of Object.values(config.upstreams)) {
     const named = u.transport === 'stdio' ? u.env : u.headers;
     for (const [k, v] of Object.entries(named)) if (isSecretName(k)) log.redactor.add(v);
+    if (u.transport === 'stdio') log.redactor.addArguments(u.args);
   }
   // Plugins' options (pool-process env, policy-grpc authToken and metadata …) and the
   // collector's headers: whatever stands under a secret-like name.
-  for (const p of config.plugins) log.redactor.addNamed(p.options);
+  for (const p of config.plugins) {
+    log.redactor.addNamed(p.options);
+    const args = (p.options as { args?: unknown } | undefined)?.args;
+    if (Array.isArray(args)) log.redactor.addArguments(args.filter((a) => typeof a === 'string'));
+  }
   log.redactor.addNamed(config.telemetry.otlp?.headers);
   return log;
 }

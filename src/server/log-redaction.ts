@@ -166,6 +166,18 @@ export class LogRedactor {
     }
   }
 
+  /**
+   * Adds the values of the secret-named flags of a command line: `--api-key=<x>`, `--token <x>`
+   * (an upstream's or an agent process's arguments, which it may print back bare).
+   */
+  addArguments(args: readonly string[]): void {
+    for (const [i, arg] of args.entries()) {
+      const flag = /^--?([A-Za-z0-9_-]+)(?:=([^]*))?$/.exec(arg);
+      if (flag === null || !SECRET_PART.test(flag[1]!)) continue;
+      this.add(flag[2] ?? args[i + 1]);
+    }
+  }
+
   /** `text` with every known secret and secret-looking token replaced. */
   text(text: string): string {
     let out = text;

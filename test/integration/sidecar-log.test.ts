@@ -76,6 +76,7 @@ describe('sidecar log', () => {
       expect.arrayContaining([
         'argv: --api-key=[redacted] --token [redacted]',
         'env LEAKY_TOKEN=[redacted]',
+        'using key [redacted] and token [redacted]',
         'connecting to db with [redacted]',
       ]),
     );
