@@ -7,9 +7,11 @@
  *   `{ credentials: { user, pass } }`); only numbers and booleans (`tokens: 5` is a count,
  *   `apiKeySet: true` a flag) and `null` are kept;
  * - in every string (the message included): the secrets the sidecar knows (admin token, agent
- *   credentials, upstream env and header values under secret-like names) and what looks like
- *   one — `Bearer <x>`, the fabric's own token formats (`afk_…`, `fab_admin_…`), `--api-key=<x>`
- *   style arguments, `SECRET_TOKEN=<x>` style assignments and `?token=<x>` query parameters.
+ *   credentials, upstream env and header values under secret-like names, what stands under such
+ *   names in plugins' options, the values of secret-named flags) and what looks like one —
+ *   `Bearer <x>`, the fabric's own token formats (`afk_…`, `afa_…`, `fab_admin_…`),
+ *   `--api-key=<x>` style arguments, `SECRET_TOKEN=<x>` style assignments and `?token=<x>` query
+ *   parameters.
  *
  * Redaction is by pattern, so it can over-redact; it never under-redacts a secret it was given.
  *
@@ -52,7 +54,7 @@ const QUERY_VALUE = /[^&\s"']+/y;
  */
 const PATTERNS: readonly [RegExp, string][] = [
   [/\b(Bearer|Basic)\s+[^\s"',;]+/gi, `$1 ${REDACTED}`],
-  [/\b(?:afk|fab_admin)_[A-Za-z0-9_-]{8,}/g, REDACTED],
+  [/\b(?:af[ka]|fab_admin)_[A-Za-z0-9_-]{8,}/g, REDACTED],
 ];
 
 /** `text` with the value after each name `secret(name)` accepts replaced (see the callers). */

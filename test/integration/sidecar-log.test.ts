@@ -24,6 +24,7 @@ const SECRETS = {
   bearer: 'sk-live-0123456789abcdef',
   query: 'qwertyuiop123',
   toolArgument: 'ghp_ToolArgSecret0123456789',
+  issuedAdmin: 'afa_Q2hvb3NlIGFuIGFkbWluIHRva2VuIGZyb20gYSBmaWxl0123',
 };
 
 describe('sidecar log', () => {
@@ -77,6 +78,7 @@ describe('sidecar log', () => {
         'argv: --api-key=[redacted] --token [redacted]',
         'env LEAKY_TOKEN=[redacted]',
         'using key [redacted] and token [redacted]',
+        'admin [redacted] set',
         'connecting to db with [redacted]',
       ]),
     );

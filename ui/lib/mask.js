@@ -1,8 +1,8 @@
 /**
  * Masks secrets in tool arguments before they are shown: a value under a secret-like key
  * (`token`, `password`, `apiKey`, `authorization`, …, the same names the sidecar's log redaction
- * uses) at any depth, replaced whole, and strings that look like one (`Bearer x`, the fabric's `afk_…` and
- * `fab_admin_…` credentials). Masking is for the screen: the Operator API itself answers the
+ * uses) at any depth, replaced whole, and strings that look like one (`Bearer x`, the fabric's
+ * `afk_…`, `afa_…` and `fab_admin_…` credentials). Masking is for the screen: the Operator API itself answers the
  * arguments as the approval holds them.
  */
 
@@ -16,7 +16,7 @@ const SECRET_NAME =
  */
 const SECRET_TEXT = [
   [/\b(Bearer|Basic)\s+[A-Za-z0-9._~+/-]+=*/gi, `$1 ${MASK}`],
-  [/\b(?:afk|fab_admin)_[A-Za-z0-9_-]{8,}/g, MASK],
+  [/\b(?:af[ka]|fab_admin)_[A-Za-z0-9_-]{8,}/g, MASK],
 ];
 
 /** `value` with secrets replaced by {@link MASK}. */
