@@ -287,7 +287,12 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
     phase = 'stopping'; // ends when stdin does
     return 'running';
   }
-  const token = (values['agent-token'] as string | undefined) ?? process.env.FABRIC_AGENT_TOKEN;
+  const flagToken = values['agent-token'] as string | undefined;
+  // The command line is readable by every local user (`ps`, /proc/<pid>/cmdline) for as long as
+  // the bridge runs, its client's whole session: a new process title overwrites it (Linux), so
+  // the token shows only while node loads the CLI. FABRIC_AGENT_TOKEN never shows.
+  if (flagToken !== undefined) process.title = 'agent-fabric mcp';
+  const token = flagToken ?? process.env.FABRIC_AGENT_TOKEN;
   if (!token)
     throw new Error('an agent token is required: --agent-token <token> or FABRIC_AGENT_TOKEN');
   const url = new URL(
@@ -403,7 +408,7 @@ Stops on SIGINT/SIGTERM (exit 0 once closed).`,
 const mcpCommand: Command = {
   name: 'mcp',
   summary: 'Speaks MCP on stdin/stdout, bridged to a running sidecar (or an in-process gateway).',
-  description: `For MCP clients that launch servers as commands. The agent token may come from FABRIC_AGENT_TOKEN, the URL from FABRIC_URL.
+  description: `For MCP clients that launch servers as commands. The agent token may come from FABRIC_AGENT_TOKEN (preferred: a command line is visible to every local user), the URL from FABRIC_URL.
 --in-process runs the whole gateway here, bound to the config's first agent.`,
   options: {
     'agent-token': { type: 'string', value: 'token', description: 'the agent credential' },
