@@ -21,8 +21,9 @@ export const optionsSchema = z
     /** Added to the child's environment. */
     env: z.record(z.string(), z.string()).default({}),
     /**
-     * Pass the sidecar's whole environment on (it may hold secrets). By default a child only
-     * gets PATH, HOME, LANG, TMPDIR, `env` and the FABRIC_* variables.
+     * Pass the sidecar's environment on (it may hold secrets), less FABRIC_ADMIN_TOKEN and
+     * FABRIC_AGENT_TOKEN. By default a child only gets PATH, HOME, LANG, TMPDIR, `env` and the
+     * FABRIC_* variables listed in the README.
      */
     inheritEnv: z.boolean().default(false),
     /** The executor the agents claim work through. */
@@ -40,11 +41,18 @@ export const optionsSchema = z
   .strict();
 
 const KEPT_ENV = ['PATH', 'HOME', 'LANG', 'TMPDIR'];
+/**
+ * Never passed on, not even with inheritEnv: the sidecar's admin token (the master key of the
+ * fabric, which an agent process must not hold) and a bridge's agent token.
+ */
+const WITHHELD_ENV = ['FABRIC_ADMIN_TOKEN', 'FABRIC_AGENT_TOKEN'];
 
 function childEnv(options, agent, endpoints) {
   const env = {};
-  if (options.inheritEnv) Object.assign(env, process.env);
-  else for (const k of KEPT_ENV) if (process.env[k] !== undefined) env[k] = process.env[k];
+  if (options.inheritEnv) {
+    Object.assign(env, process.env);
+    for (const k of WITHHELD_ENV) delete env[k];
+  } else for (const k of KEPT_ENV) if (process.env[k] !== undefined) env[k] = process.env[k];
   Object.assign(env, options.env, {
     FABRIC_AGENT_ID: agent.agentId,
     FABRIC_CREDENTIAL: agent.credential,

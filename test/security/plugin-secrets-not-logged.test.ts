@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -66,5 +66,47 @@ describe("a plugin's secret options and the log", () => {
     expect(out).toMatch(/agent ready, using key \[redacted\] and \[redacted\]/);
     expect(out).not.toContain(SECRET);
     expect(out).not.toContain(HEADER_SECRET);
+  });
+
+  it('inheritEnv: true passes the environment on, but not the admin token', async () => {
+    const dir = tempDir('plugin-inherit-env');
+    const file = join(dir, 'fabric.json');
+    const envFile = join(dir, 'agent-env.json');
+    const admin = `adm-${randomBytes(16).toString('hex')}`;
+    // The agent writes the environment it got to a file, then waits.
+    const agent = [
+      `require('node:fs').writeFileSync(${JSON.stringify(envFile)}, JSON.stringify(process.env));`,
+      'setInterval(() => {}, 1000);',
+    ].join('\n');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        http: { host: '127.0.0.1', port: 0 },
+        state: 'memory',
+        plugins: [
+          {
+            module: POOL_PROCESS,
+            options: { command: process.execPath, args: ['-e', agent], inheritEnv: true },
+          },
+        ],
+        pools: [{ id: 'workers', minAgents: 1, maxAgents: 1, provider: 'process' }],
+      }),
+    );
+    const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'serve', '--config', file], {
+      cwd: dir,
+      env: { ...process.env, FABRIC_ADMIN_TOKEN: admin, OPERATOR_MARKER: 'kept' },
+      stdio: ['ignore', 'ignore', 'ignore'],
+    });
+    try {
+      await until(() => existsSync(envFile) && readFileSync(envFile, 'utf8').length > 0, 30_000);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('close', r));
+    }
+    const env = JSON.parse(readFileSync(envFile, 'utf8')) as Record<string, string>;
+    expect(env.OPERATOR_MARKER).toBe('kept');
+    expect(env.FABRIC_CREDENTIAL).toMatch(/^afk_/);
+    expect(env.FABRIC_ADMIN_TOKEN).toBeUndefined();
+    expect(JSON.stringify(env)).not.toContain(admin);
   });
 });
