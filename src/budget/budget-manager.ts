@@ -319,10 +319,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
 
   /**
    * Records usage that happened without a reservation (it may push a scope over its limit;
-   * the next `check`/`reserve` then refuses). The agent's pool and the fabric are charged only
-   * the part that fit under the agent's own limits (all of it where it has none): the agent
-   * reports this usage itself, and with the whole of it one agent could report any amount and
-   * exhaust the budget every other agent shares — its own limit bounds what it takes of them.
+   * the next `check`/`reserve` then refuses).
    * @throws InvalidUsageError for a negative, NaN, infinite or non-numeric amount.
    */
   recordUsage(agentId: string, usage: UsageAmount, options?: BudgetCallOptions): void {
@@ -330,15 +327,13 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     const cost = amount('usage.cost', usage, 'cost');
     const now = Date.now();
     const poolId = options?.poolId;
-    const agent = this.#agent(id('agentId', agentId));
     this.#record(
-      agent,
+      this.#agent(id('agentId', agentId)),
       poolId === undefined ? undefined : this.#pool(id('options.poolId', poolId)),
       this.#fabricScope(),
       tokens,
       cost,
       now,
-      agent.within(tokens, cost, now),
     );
   }
 
@@ -622,17 +617,16 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     tokens: number,
     cost: number,
     now: number,
-    shared: { tokens: number; cost: number } = { tokens, cost },
   ): void {
     if (!a.forgotten) {
       a.record(tokens, cost, now, this.#emit);
       this.#store.changed(a.scope, a);
     }
     if (p !== undefined) {
-      p.record(shared.tokens, shared.cost, now, this.#emit);
+      p.record(tokens, cost, now, this.#emit);
       this.#store.changed(p.scope, p);
     }
-    f.record(shared.tokens, shared.cost, now, this.#emit);
+    f.record(tokens, cost, now, this.#emit);
     this.#store.changed(f.scope, f);
   }
 

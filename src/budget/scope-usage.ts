@@ -144,25 +144,6 @@ export class ScopeUsage implements BudgetStateSource {
     this.#costWarnAt = (resolved.maxCostPerDay * resolved.warnAtPercent) / 100;
   }
 
-  /**
-   * The part of `tokens`/`cost` that fits under this scope's own limits on top of its usage and
-   * reservations (all of it where it has no limit): what usage recorded for an agent may add to
-   * the scopes it shares with others.
-   */
-  within(tokens: number, cost: number, now: number): { tokens: number; cost: number } {
-    const c = this.config;
-    if (c === undefined) return { tokens, cost };
-    const room = (max: number, used: number): number =>
-      max === Number.POSITIVE_INFINITY ? Number.POSITIVE_INFINITY : Math.max(0, max - used);
-    return {
-      tokens: Math.min(
-        tokens,
-        room(c.maxTokensPerHour, this.tokens.used(now) + this.reservedTokens),
-      ),
-      cost: Math.min(cost, room(c.maxCostPerDay, this.cost.used(now) + this.reservedCost)),
-    };
-  }
-
   /** Null when `tokens`/`cost` fit on top of usage and reservations; else why not. */
   shortfall(tokens: number, cost: number, now: number): BudgetShortfall | null {
     const c = this.config;
