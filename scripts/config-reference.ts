@@ -126,7 +126,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   agents: 'Agents spawned at start; a credential is made and printed unless pinned.',
   'agents[].name': 'Unique name.',
   'agents[].model': 'Model identifier.',
-  'agents[].poolId': 'Pool it joins.',
+  'agents[].poolId':
+    "Pool it joins: a member like the pool's own agents (counted, scaled down, terminated when the pool is drained; not replaced when it ends); a pool at its `maxAgents` refuses it.",
   'agents[].labels': 'Labels, visible to policies.',
   'agents[].capabilities': 'What it can do (free-form).',
   'agents[].budget': "The agent's own budget (else the top-level `budget`).",

@@ -373,6 +373,19 @@ export class PoolDrainingError extends FabricError {
   }
 }
 
+/** The pool already has `maxAgents` agents; an agent cannot join it. */
+export class PoolFullError extends FabricError {
+  static readonly code = 'FABRIC_ERR_POOL_FULL';
+  constructor(poolId: string, maxAgents: number) {
+    super(
+      PoolFullError.code,
+      'resource_exhausted',
+      `pool ${poolId} already has maxAgents (${maxAgents}) agents; scale it down or raise its maxAgents first`,
+      { poolId, maxAgents },
+    );
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Identity
 

@@ -470,6 +470,10 @@ export class AgentFabric {
       });
       if (agent.status === AgentStatus.HEALTHY) this.scheduler.setAccepting(agent.id, true);
     }
+    // Agents that joined a pool before joined agents were members (older state) become members.
+    this.pools.adoptRestored(
+      [...this.#store.agents.values()].filter((a) => a.status !== AgentStatus.TERMINATED),
+    );
     // Tasks last: they go back to the queues of the agents and pools just made known.
     this.scheduler.restore();
     for (const t of this.scheduler.listTasks()) {
@@ -654,11 +658,19 @@ export class AgentFabric {
 
   /**
    * Spawns an agent; the result carries its credential (shown once).
-   * @throws AgentLimitError; InvalidArgumentError; ExecutorNotFoundError; PoolNotFoundError or
-   *   PoolDrainingError for a bad `poolId`.
+   * @throws AgentLimitError; InvalidArgumentError; ExecutorNotFoundError; PoolNotFoundError,
+   *   PoolDrainingError or PoolFullError for a bad `poolId`.
    */
   async spawn(config: AgentConfig, options: SpawnOptions = {}): Promise<SpawnedAgent> {
-    return this.#spawn(config, options.credentialFor);
+    // An agent spawned with a `poolId` is a member of that pool like the ones it spawns itself
+    // (listed, counted, scaled, drained): checked first (a full pool refuses it), joined after.
+    if (config?.poolId !== undefined) {
+      this.#open();
+      this.pools.assertJoinable(config.poolId);
+    }
+    const agent = this.#spawn(config, options.credentialFor);
+    if (agent.poolId !== undefined) this.pools.join(agent.poolId, agent.id);
+    return agent;
   }
 
   #spawn(config: AgentConfig, credentialFor?: (agentId: string) => string): SpawnedAgent {

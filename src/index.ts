@@ -146,6 +146,7 @@ export {
   PermissionDeniedError,
   PoolDrainingError,
   PoolExistsError,
+  PoolFullError,
   PoolNotFoundError,
   QueueFullError,
   TaskExecutionError,

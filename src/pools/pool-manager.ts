@@ -13,11 +13,25 @@
  * — the spawn throws, the provider's `start` rejects, or the agent is lost before it was ever
  * HEALTHY — back off exponentially per pool; every step is an event.
  *
+ * **Joined agents.** An agent spawned with a `poolId` outside the manager (`fabric.spawn`, a
+ * config agent, the operator API's `SpawnAgent`) joins the pool ({@link PoolManager.join}): it is
+ * a member like the agents the pool spawned — listed, counted, scaled down (after the pool's own
+ * agents on a load tie), terminated when the pool is deleted — and the pool's desired size grows
+ * by one. The pool did not start it, so it does not replace it: a joined agent that is
+ * UNHEALTHY stays a live member, and one that ends leaves the pool, whose desired size shrinks
+ * by one again (not below `minAgents`).
+ *
  * @module
  */
 import type { AgentConfig, AgentInfo, SpawnedAgent } from '../agent.js';
 import { AgentStatus } from '../agent.js';
-import { ConfigError, PoolDrainingError, PoolExistsError, PoolNotFoundError } from '../errors.js';
+import {
+  ConfigError,
+  PoolDrainingError,
+  PoolExistsError,
+  PoolFullError,
+  PoolNotFoundError,
+} from '../errors.js';
 import { TypedEmitter } from '../events.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { Collection } from '../store/store.js';
@@ -72,6 +86,11 @@ export interface PoolRecord {
   status: PoolStatus;
   /** Agents of the pool, oldest first. */
   agentIds: string[];
+  /**
+   * The members of `agentIds` that joined by `poolId` rather than being spawned by the pool
+   * (absent in records written before joining existed).
+   */
+  joinedIds?: string[];
   createdAt: number;
 }
 
@@ -177,6 +196,10 @@ export type PoolEvents = {
   'pool.agent.spawned': [e: { poolId: string; agentId: string; reason: PoolSpawnReason }];
   /** The provider reports the agent's runtime started. */
   'pool.agent.started': [e: { poolId: string; agentId: string }];
+  /** An agent spawned outside the pool with its `poolId` became a member. */
+  'pool.agent.joined': [e: { poolId: string; agentId: string }];
+  /** A joined agent ended outside the pool; it is not replaced. */
+  'pool.agent.left': [e: { poolId: string; agentId: string }];
   /** An agent left the pool without being scaled away; reconcile replaces it. */
   'pool.agent.lost': [e: { poolId: string; agentId: string; reason: PoolStopReason }];
   /** A start failed; the next attempt is not before `retryAt` (epoch ms). */
@@ -421,12 +444,21 @@ export class PoolManager {
       return { pool: toInfo(rec), spawned };
     }
     if (target < current) {
+      // Least loaded first; on a tie the pool's own agents before joined ones, newest first (a
+      // joined agent, such as a config agent whose token an operator holds, goes last).
+      const joined = new Set(rec.joinedIds ?? []);
       const byLoad = rec.agentIds
-        .map((id) => ({ id, load: this.#host.agentInfo(id)?.runningTasks ?? 0 }))
-        .sort((a, b) => a.load - b.load)
+        .map((id, i) => ({
+          id,
+          i,
+          joined: joined.has(id) ? 1 : 0,
+          load: this.#host.agentInfo(id)?.runningTasks ?? 0,
+        }))
+        .sort((a, b) => a.load - b.load || a.joined - b.joined || b.i - a.i)
         .slice(0, current - target)
         .map((a) => a.id);
       rec.agentIds = rec.agentIds.filter((id) => !byLoad.includes(id));
+      this.#forgetJoined(rec, byLoad);
       this.#pools.put(poolId, rec);
       await Promise.all(
         byLoad.map((id) => this.#host.terminateAgent(id, this.#host.drainTimeoutMs)),
@@ -493,7 +525,52 @@ export class PoolManager {
     if (rec === undefined) throw new PoolNotFoundError(poolId);
     rec.agentBudget = budget;
     this.#pools.put(poolId, rec);
-    return [...rec.agentIds];
+    // Joined agents got their budget from whoever spawned them.
+    const joined = new Set(rec.joinedIds ?? []);
+    return rec.agentIds.filter((id) => !joined.has(id));
+  }
+
+  /**
+   * Checks that an agent spawned outside the manager can join the pool: it exists, is ACTIVE and
+   * has fewer than `maxAgents` agents.
+   * @throws PoolNotFoundError, PoolDrainingError, PoolFullError
+   */
+  assertJoinable(poolId: string): void {
+    const rec = this.#active(poolId);
+    this.#prune(rec);
+    if (rec.agentIds.length >= rec.maxAgents) throw new PoolFullError(poolId, rec.maxAgents);
+  }
+
+  /**
+   * Makes an agent spawned outside the manager with this `poolId` a member of the pool (see
+   * **Joined agents** in the module comment); the pool's desired size grows by one. A no-op for
+   * a member.
+   * @throws PoolNotFoundError
+   */
+  join(poolId: string, agentId: string): void {
+    const rec = this.#pools.get(poolId);
+    if (rec === undefined) throw new PoolNotFoundError(poolId);
+    if (rec.agentIds.includes(agentId)) return;
+    rec.desired = Math.min(rec.maxAgents, desiredOf(rec) + 1);
+    rec.agentIds.push(agentId);
+    rec.joinedIds = [...(rec.joinedIds ?? []), agentId];
+    this.#pools.put(poolId, rec);
+    this.events.emit('pool.agent.joined', { poolId, agentId });
+  }
+
+  /**
+   * After a restart: makes the live agents that name a pool but are not in its record (state
+   * written before joined agents were members) members of it, as {@link join} does, unless that
+   * would take an ACTIVE pool past `maxAgents` (reconcile would then terminate one).
+   */
+  adoptRestored(agents: Iterable<{ id: string; poolId: string | undefined }>): void {
+    for (const a of agents) {
+      if (a.poolId === undefined) continue;
+      const rec = this.#pools.get(a.poolId);
+      if (rec === undefined || rec.agentIds.includes(a.id)) continue;
+      if (rec.status === 'ACTIVE' && rec.agentIds.length >= rec.maxAgents) continue;
+      this.join(a.poolId, a.id);
+    }
   }
 
   /** The pool's record, if it exists. */
@@ -626,10 +703,14 @@ export class PoolManager {
   #reconcile(rec: PoolRecord): void {
     if (rec.status !== 'ACTIVE') return;
     let unhealthy = 0;
+    const joined = new Set(rec.joinedIds ?? []);
     for (const id of [...rec.agentIds]) {
       const info = this.#host.agentInfo(id);
       if (info === undefined || info.status === AgentStatus.TERMINATED) {
-        this.#retire(rec.poolId, id, 'terminated');
+        this.#lost(rec.poolId, id);
+      } else if (joined.has(id)) {
+        // Not the pool's to start, judge or replace: it stays a live member.
+        continue;
       } else if (info.status === AgentStatus.UNHEALTHY) {
         // Never healthy: a start that did not work. Once healthy: it may come back (and keep
         // its hooks), so it stays, uncounted, while a replacement covers for it.
@@ -665,11 +746,13 @@ export class PoolManager {
   #trim(rec: PoolRecord, count: number): void {
     const order = (status: AgentStatus | undefined): number =>
       status === AgentStatus.STARTING ? 0 : 1;
+    const joined = new Set(rec.joinedIds ?? []);
     const surplus = rec.agentIds
-      .map((id, i) => ({ id, i, info: this.#host.agentInfo(id) }))
+      .map((id, i) => ({ id, i, info: this.#host.agentInfo(id), joined: joined.has(id) ? 1 : 0 }))
       .filter((a) => a.info !== undefined && a.info.status !== AgentStatus.UNHEALTHY)
       .sort(
         (a, b) =>
+          a.joined - b.joined ||
           order(a.info?.status) - order(b.info?.status) ||
           (a.info?.runningTasks ?? 0) - (b.info?.runningTasks ?? 0) ||
           b.i - a.i,
@@ -677,6 +760,7 @@ export class PoolManager {
       .slice(0, count)
       .map((a) => a.id);
     rec.agentIds = rec.agentIds.filter((id) => !surplus.includes(id));
+    this.#forgetJoined(rec, surplus);
     this.#pools.put(rec.poolId, rec);
     for (const id of surplus) {
       this.#host
@@ -741,13 +825,34 @@ export class PoolManager {
     if (this.events.listens('error')) this.events.emit('error', asError(err));
   }
 
-  /** Drops agents that were terminated by other means (reconcile then replaces them). */
+  /**
+   * Drops agents that were terminated by other means (reconcile then replaces the pool's own).
+   */
   #prune(rec: PoolRecord): void {
     for (const id of [...rec.agentIds]) {
       const info = this.#host.agentInfo(id);
-      if (info === undefined || info.status === AgentStatus.TERMINATED) {
-        this.#retire(rec.poolId, id, 'terminated');
-      }
+      if (info === undefined || info.status === AgentStatus.TERMINATED) this.#lost(rec.poolId, id);
     }
+  }
+
+  /** A member ended outside the pool: a joined one leaves, the pool's own is retired. */
+  #lost(poolId: string, agentId: string): void {
+    const rec = this.#pools.get(poolId);
+    if (rec === undefined || !(rec.joinedIds ?? []).includes(agentId)) {
+      this.#retire(poolId, agentId, 'terminated');
+      return;
+    }
+    rec.agentIds = rec.agentIds.filter((id) => id !== agentId);
+    this.#forgetJoined(rec, [agentId]);
+    rec.desired = Math.max(rec.minAgents, desiredOf(rec) - 1);
+    this.#pools.put(poolId, rec);
+    this.#everHealthy.delete(agentId);
+    this.events.emit('pool.agent.left', { poolId, agentId });
+  }
+
+  /** Takes agents out of the record's joined list (the caller stores the record). */
+  #forgetJoined(rec: PoolRecord, agentIds: readonly string[]): void {
+    if (rec.joinedIds === undefined) return;
+    rec.joinedIds = rec.joinedIds.filter((id) => !agentIds.includes(id));
   }
 }

@@ -91,4 +91,39 @@ describe('AgentFabric over a SqliteStore, reopened', () => {
       attempt: 1,
     });
   }, 60_000);
+  it('makes agents that joined a pool by poolId members after a restart, also from older state', async () => {
+    const path = join(tempDir('fabric-state'), 'state.db');
+    const first = await openFabric(path);
+    await first.createPool({ poolId: 'p', model: 'm', executor: 'remote', minAgents: 1 });
+    const joined = await first.spawn({ name: 'j', model: 'm', executor: 'remote', poolId: 'p' });
+    const members = (await first.getPool('p')).currentAgents;
+    expect(members).toHaveLength(2);
+    expect(members).toContain(joined.id);
+    await first.close();
+
+    // Reopened: the same members, none added or replaced.
+    const second = await openFabric(path);
+    expect((await second.getPool('p')).currentAgents).toEqual(members);
+    expect((await second.getPool('p')).desiredAgents).toBe(2);
+    second.pools.reconcile();
+    expect(second.lifecycle.listAgents()).toHaveLength(2);
+    // State written before joined agents were members: the pool's record does not name it.
+    const rec = store.pools.get('p')!;
+    store.pools.put('p', {
+      ...rec,
+      agentIds: rec.agentIds.filter((id) => id !== joined.id),
+      joinedIds: undefined,
+      desired: 1,
+    } as PoolRecord);
+    await second.close();
+
+    const third = await openFabric(path);
+    expect((await third.getPool('p')).currentAgents).toEqual([
+      ...members.filter((id) => id !== joined.id),
+      joined.id,
+    ]);
+    await third.deletePool('p', { drainTimeoutSeconds: 0 });
+    expect(third.lifecycle.agentInfo(joined.id).status).toBe(AgentStatus.TERMINATED);
+    expect(store.agents.get(joined.id)?.status).toBe(AgentStatus.TERMINATED);
+  }, 60_000);
 });

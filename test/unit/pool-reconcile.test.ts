@@ -277,4 +277,38 @@ describe('pools reconcile', () => {
       () => new AgentFabric({}, { pools: { startBackoffMs: 10, maxStartBackoffMs: 5 } }),
     ).toThrow(/maxStartBackoffMs/);
   });
+  it('keeps a joined agent that turns UNHEALTHY as a member: not terminated, not replaced', async () => {
+    const seen = record(fabric);
+    await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 0, executor: 'remote' });
+    // A remote agent nobody has connected yet (the default config's local-agent).
+    const joined = await fabric.spawn({ name: 'j', model: 'm', executor: 'remote', poolId: 'p' });
+    expect((await fabric.getPool('p')).currentAgents).toEqual([joined.id]);
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(fabric.lifecycle.agentInfo(joined.id).status).toBe(AgentStatus.UNHEALTHY);
+    const pool = await fabric.getPool('p');
+    expect(pool.currentAgents).toEqual([joined.id]);
+    expect(pool.desiredAgents).toBe(1);
+    expect(seen).toEqual([]);
+    // A heartbeat puts it back; it stays the pool's one member.
+    await fabric.heartbeat(joined.id);
+    await vi.advanceTimersByTimeAsync(2_000);
+    expect((await fabric.getPool('p')).currentAgents).toEqual([joined.id]);
+    expect(fabric.lifecycle.listAgents()).toHaveLength(1);
+  });
+
+  it('refuses a joining agent when the pool is full, with nothing spawned', async () => {
+    await fabric.createPool({
+      poolId: 'p',
+      model: 'm',
+      minAgents: 1,
+      maxAgents: 2,
+      executor: 'remote',
+    });
+    await fabric.spawn({ name: 'j', model: 'm', executor: 'remote', poolId: 'p' });
+    await expect(
+      fabric.spawn({ name: 'k', model: 'm', executor: 'remote', poolId: 'p' }),
+    ).rejects.toMatchObject({ code: 'FABRIC_ERR_POOL_FULL' });
+    expect(fabric.lifecycle.listAgents()).toHaveLength(2);
+    expect((await fabric.getPool('p')).currentAgents).toHaveLength(2);
+  });
 });

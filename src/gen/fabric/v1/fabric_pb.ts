@@ -86,7 +86,8 @@ export type SpawnAgentRequest = Message<"fabric.v1.SpawnAgentRequest"> & {
   capabilities: string[];
 
   /**
-   * Pool the agent joins; empty for none.
+   * Pool the agent joins, as a member like the agents the pool spawns (a full pool refuses
+   * it: FABRIC_ERR_POOL_FULL); empty for none.
    *
    * @generated from field: string pool_id = 4;
    */

@@ -401,7 +401,8 @@ export type PoolInfo = Message<"fabric.v1.PoolInfo"> & {
   status: PoolStatus;
 
   /**
-   * Ids of its live agents, oldest first.
+   * Ids of its live agents, oldest first: the ones it spawned and the ones spawned with its
+   * pool id (config agents, SpawnAgent), which it counts, scales and drains the same way.
    *
    * @generated from field: repeated string agent_ids = 8;
    */
