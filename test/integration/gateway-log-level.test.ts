@@ -1,13 +1,12 @@
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
+
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
-  httpClient,
+  listeningClient,
   LOGGING_SERVER,
   startTestSidecar,
   text,
@@ -23,11 +22,9 @@ describe('logging/setLevel through the gateway (SDK fixture server that honours 
   const heard = new Map<Client, string[]>();
 
   async function agent(name: string): Promise<Client> {
-    const client = await httpClient(sidecar.url!, agentToken(sidecar, name));
-    heard.set(client, []);
-    client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => {
-      heard.get(client)!.push(String(n.params.data));
-    });
+    const got: string[] = [];
+    const client = await listeningClient(sidecar, name, got);
+    heard.set(client, got);
     return client;
   }
 

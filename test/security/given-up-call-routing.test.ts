@@ -13,18 +13,14 @@
  * upstream on the SDK (test/fixtures/gateway/logging-server.mjs).
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import {
-  CreateMessageRequestSchema,
-  LoggingMessageNotificationSchema,
-} from '@modelcontextprotocol/sdk/types.js';
+import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GatewayLogEntry } from '../../src/gateway/tool-call-pipeline.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
-  httpClient,
+  listeningClient,
   LOGGING_SERVER,
   startTestSidecar,
   text,
@@ -40,12 +36,10 @@ describe('a call the gateway gave up on, and another agent’s call in flight', 
   const logs: GatewayLogEntry[] = [];
 
   async function agent(name: string): Promise<Client> {
-    const client = await httpClient(sidecar.url!, agentToken(sidecar, name), { sampling: {} });
-    heard.set(client, []);
+    const got: string[] = [];
+    const client = await listeningClient(sidecar, name, got, { sampling: {} });
+    heard.set(client, got);
     asked.set(client, []);
-    client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => {
-      heard.get(client)!.push(String(n.params.data));
-    });
     client.setRequestHandler(CreateMessageRequestSchema, (request) => {
       const content = request.params.messages[0]?.content;
       asked

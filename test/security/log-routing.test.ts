@@ -14,15 +14,14 @@
  * `callTimeoutSeconds` after a call was given up on.
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
+
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { GatewayLogEntry } from '../../src/gateway/tool-call-pipeline.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
-  httpClient,
+  listeningClient,
   LOGGING_SERVER,
   startTestSidecar,
   text,
@@ -37,11 +36,9 @@ describe("an upstream's log messages and the calls in flight of several agents",
   const logs: GatewayLogEntry[] = [];
 
   async function agent(name: string): Promise<Client> {
-    const client = await httpClient(sidecar.url!, agentToken(sidecar, name));
-    heard.set(client, []);
-    client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => {
-      heard.get(client)!.push(String(n.params.data));
-    });
+    const got: string[] = [];
+    const client = await listeningClient(sidecar, name, got);
+    heard.set(client, got);
     return client;
   }
 
