@@ -2,8 +2,9 @@
 // about every tool call (`fabric.v1.PolicyProviderService/Decide`, proto/fabric/v1/
 // policy_provider.proto), so policies can be written in any language. Each call has a
 // deadline; answers the service marks cacheable are reused for the same agent, tool and
-// normalized arguments (a bounded LRU); and it fails closed: an error, a missed deadline, an
-// unreachable service or an unusable answer denies the call with FABRIC_ERR_POLICY_UNAVAILABLE.
+// normalized arguments (a bounded LRU, of which each agent holds a bounded share); and it fails
+// closed: an error, a missed deadline, an unreachable service or an unusable answer denies the
+// call with FABRIC_ERR_POLICY_UNAVAILABLE.
 // See README.md.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -54,6 +55,11 @@ export const optionsSchema = z
     deadlineMs: z.number().int().positive().max(60_000).default(500),
     /** Answers remembered (agent + tool + normalized arguments); 0 turns the cache off. */
     cacheSize: z.number().int().min(0).max(1_000_000).default(10_000),
+    /**
+     * Of those, at most this many per agent: an agent's further answers replace its own oldest,
+     * so one agent sending ever new arguments cannot push the others' answers out.
+     */
+    cacheSizePerAgent: z.number().int().min(1).max(1_000_000).default(1_000),
     /** Cap on the `cache_ttl_ms` a service grants. */
     maxCacheTtlMs: z
       .number()
@@ -154,6 +160,8 @@ export class GrpcPolicyProvider {
   #log;
   #client;
   #cache;
+  /** agentId -> the keys of its cached answers, oldest first (their share of the cache) */
+  #shares = new Map();
   /** key -> the answer being fetched (identical concurrent calls ask once) */
   #inflight = new Map();
   #failing = false;
@@ -178,7 +186,19 @@ export class GrpcPolicyProvider {
       channelOptions['grpc.ssl_target_name_override'] = options.tls.serverName;
     }
     this.#client = new Client(options.target, channelCredentials(options), channelOptions);
-    this.#cache = options.cacheSize > 0 ? new LRUCache({ max: options.cacheSize }) : undefined;
+    this.#cache =
+      options.cacheSize > 0
+        ? new LRUCache({
+            max: options.cacheSize,
+            // However an answer leaves (evicted, expired, deleted, cleared), its agent's share
+            // forgets it; one replaced by a newer answer for the same key stays.
+            dispose: (value, key, reason) => {
+              if (reason === 'set') return;
+              const share = this.#shares.get(value.agentId);
+              if (share?.delete(key) && share.size === 0) this.#shares.delete(value.agentId);
+            },
+          })
+        : undefined;
     if (options.insecure === true && options.authToken !== undefined) {
       context.log.warn('authToken is sent in plaintext (insecure: true); use tls', {
         target: options.target,
@@ -264,8 +284,27 @@ export class GrpcPolicyProvider {
       this.#log.info('policy service answers again', { target: this.#o.target });
     }
     const ttl = Math.min(res.cacheTtlMs, this.#o.maxCacheTtlMs);
-    if (ttl > 0) this.#cache?.set(key, { verdict }, { ttl });
+    if (ttl > 0) this.#remember(ctx.agentId, key, verdict, ttl);
     return verdict;
+  }
+
+  /** Caches `verdict` under `key` in `agentId`'s share, dropping its own oldest when full. */
+  #remember(agentId, key, verdict, ttl) {
+    const cache = this.#cache;
+    if (cache === undefined) return;
+    let share = this.#shares.get(agentId);
+    if (share === undefined) this.#shares.set(agentId, (share = new Set()));
+    if (!share.has(key)) {
+      for (const oldest of share) {
+        if (share.size < this.#o.cacheSizePerAgent) break;
+        cache.delete(oldest);
+        share.delete(oldest);
+      }
+      // dispose may have dropped the (then empty) share from the map: it stays this agent's.
+      this.#shares.set(agentId, share);
+      share.add(key);
+    }
+    cache.set(key, { verdict, agentId }, { ttl });
   }
 
   /**
@@ -334,6 +373,7 @@ export class GrpcPolicyProvider {
   close() {
     this.#client.close();
     this.#cache?.clear();
+    this.#shares.clear();
   }
 }
 
