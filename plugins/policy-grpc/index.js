@@ -57,9 +57,11 @@ export const optionsSchema = z
     cacheSize: z.number().int().min(0).max(1_000_000).default(10_000),
     /**
      * Of those, at most this many per agent: an agent's further answers replace its own oldest,
-     * so one agent sending ever new arguments cannot push the others' answers out.
+     * so one agent sending ever new arguments cannot push the others' answers out. Less than
+     * `cacheSize` (a share of the whole cache is none); default: a tenth of it, at most 1000
+     * (see {@link perAgentShare}).
      */
-    cacheSizePerAgent: z.number().int().min(1).max(1_000_000).default(1_000),
+    cacheSizePerAgent: z.number().int().min(1).max(1_000_000).optional(),
     /** Cap on the `cache_ttl_ms` a service grants. */
     maxCacheTtlMs: z
       .number()
@@ -91,7 +93,26 @@ export const optionsSchema = z
   .refine((o) => o.authToken === undefined || o.authTokenEnv === undefined, {
     message: 'give authToken or authTokenEnv, not both',
     path: ['authTokenEnv'],
-  });
+  })
+  .refine(
+    (o) =>
+      o.cacheSizePerAgent === undefined || o.cacheSize < 2 || o.cacheSizePerAgent < o.cacheSize,
+    {
+      message:
+        'must be less than cacheSize: one agent holding the whole cache pushes the others out',
+      path: ['cacheSizePerAgent'],
+    },
+  );
+
+/**
+ * The answers one agent may hold: `cacheSizePerAgent`, else a tenth of `cacheSize` (at least 1,
+ * at most 1000). A fixed default of 1000 was no share at all of a cache configured smaller.
+ */
+export function perAgentShare(options) {
+  return (
+    options.cacheSizePerAgent ?? Math.min(1_000, Math.max(1, Math.floor(options.cacheSize / 10)))
+  );
+}
 
 /**
  * The call's arguments as canonical JSON: object keys sorted, no whitespace, `toJSON` honoured,
@@ -160,6 +181,8 @@ export class GrpcPolicyProvider {
   #log;
   #client;
   #cache;
+  /** Answers one agent may hold ({@link perAgentShare}). */
+  #perAgent;
   /** agentId -> the keys of its cached answers, oldest first (their share of the cache) */
   #shares = new Map();
   /** key -> the answer being fetched (identical concurrent calls ask once) */
@@ -177,6 +200,7 @@ export class GrpcPolicyProvider {
       options = { ...options, authToken: token };
     }
     this.#o = options;
+    this.#perAgent = perAgentShare(options);
     this.#log = context.log;
     this.name = options.name;
     this.priority = options.priority;
@@ -296,7 +320,7 @@ export class GrpcPolicyProvider {
     if (share === undefined) this.#shares.set(agentId, (share = new Set()));
     if (!share.has(key)) {
       for (const oldest of share) {
-        if (share.size < this.#o.cacheSizePerAgent) break;
+        if (share.size < this.#perAgent) break;
         cache.delete(oldest);
         share.delete(oldest);
       }

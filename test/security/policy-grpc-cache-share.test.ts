@@ -73,3 +73,76 @@ describe.runIf(runs)('policy-grpc’s cache and one agent flooding it', () => {
     expect(cached(attacker, 55)).toBe(false);
   });
 });
+
+/**
+ * Found by the hostile review of the share: the default share (1000) was no share at all for a
+ * cache configured smaller than it (`cacheSize: 20` without `cacheSizePerAgent`): the flooder
+ * pushed every other agent's answers out as before. The default share is now a tenth of the
+ * cache (at most 1000), and a share that is the whole cache is refused at load.
+ */
+describe.runIf(runs)('policy-grpc’s default share of a small cache', () => {
+  let service: PythonPolicyService;
+  let fabric: AgentFabric;
+  let host: PluginHost;
+  let provider: PolicyProvider;
+  let victim: string;
+  let attacker: string;
+
+  beforeAll(async () => {
+    service = await startPythonPolicyService();
+    fabric = new AgentFabric();
+    fabric.policies.addPolicy({ name: 'rules', rules: [{ tool: 'py__*', action: 'allow' }] });
+    host = new PluginHost(fabric, { log: () => undefined });
+    await host.load(FIRST_PARTY('policy-grpc'), {
+      target: service.address,
+      insecure: true,
+      deadlineMs: 5000,
+      cacheSize: 20,
+    });
+    provider = host.instanceOf<'policy'>('policy-grpc')!;
+    victim = (await fabric.spawn({ model: 'm', name: 'victim', executor: 'remote' })).id;
+    attacker = (await fabric.spawn({ model: 'm', name: 'attacker', executor: 'remote' })).id;
+  });
+
+  afterAll(async () => {
+    await host?.close();
+    await fabric?.close();
+    await service?.close();
+  });
+
+  const call = async (agentId: string, n: number): Promise<void> => {
+    const a = await fabric.authorizeToolCall({ agentId, tool: 'py__cached', params: { n } });
+    expect(a.allowed).toBe(true);
+  };
+  const cached = (agentId: string, n: number): boolean =>
+    provider.decide!({ agentId, tool: 'py__cached', params: { n } }) !== undefined;
+
+  it('keeps the victim’s answers under a cache smaller than 1000 (before: all pushed out)', async () => {
+    await call(victim, 0);
+    await call(victim, 1);
+    for (let n = 0; n < 60; n++) await call(attacker, n);
+    expect([cached(victim, 0), cached(victim, 1)]).toEqual([true, true]);
+    // A tenth of 20: the flooder's newest two.
+    const attackers = Array.from({ length: 60 }, (_, n) => n).filter((n) => cached(attacker, n));
+    expect(attackers).toEqual([58, 59]);
+  });
+
+  it('refuses a share that is the whole cache', async () => {
+    const own = new AgentFabric();
+    const other = new PluginHost(own, { log: () => undefined });
+    try {
+      await expect(
+        other.load(FIRST_PARTY('policy-grpc'), {
+          target: service.address,
+          insecure: true,
+          cacheSize: 20,
+          cacheSizePerAgent: 20,
+        }),
+      ).rejects.toThrow(/cacheSizePerAgent/);
+      expect(other.instanceOf<'policy'>('policy-grpc')).toBeUndefined();
+    } finally {
+      await other.close();
+      await own.close();
+    }
+  });
+});
