@@ -80,8 +80,9 @@ export interface FabricConfig {
    * How many finished tasks one agent scheduled itself (`fabric__schedule_task`) are kept before
    * its oldest are forgotten. They count in `finishedTaskRetention` too, but evict only one
    * another: else an agent finishing its own tasks in a loop pushed everyone else's out and held
-   * the whole retention (each with up to `maxTaskResultBytes` of payload and of result).
-   * @default 64
+   * the whole retention (each with up to `maxTaskResultBytes` of payload and of result). Less
+   * than `finishedTaskRetention`.
+   * @default a tenth of `finishedTaskRetention`, at most 64
    */
   finishedTaskRetentionPerAgent: number;
   /**
@@ -160,6 +161,20 @@ export function parseFabricConfig(options: Partial<FabricConfig> = {}): Readonly
   for (const [key, kind] of Object.entries(FIELDS) as [keyof FabricConfig, NumberKind][]) {
     const value = options[key];
     if (value !== undefined) merged[key] = checkNumber(`options.${key}`, value, kind, configError);
+  }
+  // One agent's share of the finished tasks must leave room for everyone else's: by default a
+  // tenth of the retention (at most 64); a fixed 64 was the whole of a retention of 64 or less.
+  const retention = merged.finishedTaskRetention;
+  if (options.finishedTaskRetentionPerAgent === undefined) {
+    merged.finishedTaskRetentionPerAgent = Math.min(
+      DEFAULT_FINISHED_TASK_RETENTION_PER_AGENT,
+      Math.max(1, Math.floor(retention / 10)),
+    );
+  } else if (retention >= 2 && merged.finishedTaskRetentionPerAgent >= retention) {
+    throw configError(
+      'options.finishedTaskRetentionPerAgent',
+      `must be less than finishedTaskRetention (${retention}): one agent holding the whole retention pushes everyone else's finished tasks out`,
+    );
   }
   return Object.freeze(merged);
 }

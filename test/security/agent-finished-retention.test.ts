@@ -132,10 +132,11 @@ describe("an agent's finished tasks", () => {
     );
     const tenant = `agent:${agentId(sidecar!, 'attacker')}`;
     const kept = sidecar!.fabric!.scheduler.listTasks().filter((t) => t.tenant === tenant);
-    expect(kept).toHaveLength(64);
+    // A tenth of the retention of 70.
+    expect(kept).toHaveLength(7);
     await closeSidecar(sidecar);
     sidecar = undefined;
-    expect(await storedFinished(path, tenant)).toBe(64);
+    expect(await storedFinished(path, tenant)).toBe(7);
   });
 
   it('are kept within finishedTaskRetentionPerAgent, newest first, each agent apart', async () => {
@@ -169,5 +170,37 @@ describe("an agent's finished tasks", () => {
     await until(() => sidecar!.fabric !== undefined);
     const after = sidecar!.fabric!.scheduler.listTasks().filter((t) => t.tenant === tenant);
     expect(after.map((t) => t.id).sort()).toEqual(ids.slice(-2).sort());
+  });
+  // Found by the hostile review of ef2208f: the default share (64) was no share of a retention
+  // configured at 64 or less (fabric.finishedTaskRetention: 30): the agent finishing its own
+  // tasks in a loop pushed every other finished task out as before. The default share is now a
+  // tenth of the retention (at most 64); a share of the whole retention is refused.
+  it("keep the operator's under a retention smaller than 64 (default share: a tenth)", async () => {
+    const path = join(tempDir('agent-finished-small'), 'state.db');
+    await start(path, { finishedTaskRetention: 30 });
+    const mine: string[] = [];
+    for (let i = 0; i < 5; i++) mine.push(await operatorFinishedTask());
+    const attacker = await client('attacker');
+    for (let i = 0; i < 40; i++) {
+      const answer = await scheduleAndFinish(attacker, i);
+      expect(answer.isError, text(answer)).toBeFalsy();
+    }
+    for (const id of mine) {
+      const got = await api(sidecar!, 'FabricService/GetTask', { taskId: id });
+      expect(got.status, await got.clone().text()).toBe(200);
+    }
+    const tenant = `agent:${agentId(sidecar!, 'attacker')}`;
+    const kept = sidecar!.fabric!.scheduler.listTasks().filter((t) => t.tenant === tenant);
+    expect(kept).toHaveLength(3);
+    await closeSidecar(sidecar);
+    sidecar = undefined;
+    expect(await storedFinished(path, tenant)).toBe(3);
+  });
+
+  it('refuse a finishedTaskRetentionPerAgent that is the whole retention', async () => {
+    const path = join(tempDir('agent-finished-whole'), 'state.db');
+    await expect(
+      start(path, { finishedTaskRetention: 30, finishedTaskRetentionPerAgent: 30 }),
+    ).rejects.toThrow(/finishedTaskRetentionPerAgent/);
   });
 });
