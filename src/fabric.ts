@@ -458,7 +458,7 @@ export class AgentFabric {
   #restore(): void {
     const draining: string[] = [];
     for (const pool of this.#store.pools.values()) {
-      this.scheduler.addPool(pool.poolId);
+      this.scheduler.addPool(pool.poolId, { restored: true });
       if (pool.status === 'DRAINING') draining.push(pool.poolId);
     }
     for (const agent of this.#store.agents.values()) {

@@ -345,9 +345,13 @@ export class AgentScheduler {
     return this.#executors.get(name)?.executor;
   }
 
-  /** Makes a pool queue. */
-  addPool(poolId: string): void {
-    checkString('poolId', poolId);
+  /**
+   * Makes a pool queue. `restored`: the id of a pool a durable store kept, taken as stored — one
+   * written before control characters were refused must still load (and be deleted), not stop
+   * the restart.
+   */
+  addPool(poolId: string, options: { restored?: boolean } = {}): void {
+    if (options.restored !== true) checkString('poolId', poolId);
     if (!this.#pools.has(poolId)) this.#pools.set(poolId, new PoolSlot(poolId, this.#weights));
   }
 

@@ -510,4 +510,80 @@ describe('a state file written before control characters were refused (real side
       await closeSidecar(sidecar);
     }
   });
+  // Found by the hostile review of 8745018: a pool *id* the old code let in (a pool name was
+  // checked above) made the next start fail — the scheduler refused it while restoring the pool,
+  // so the whole state file no longer loaded.
+  it('a pool id with a control character (and its agent) loads, and can be read and deleted', async () => {
+    const statePath = join(tempDir('legacy-pool-id'), 'state.db');
+    const config = { state: { path: statePath } } as never;
+    let sidecar = await startTestSidecar(config);
+    let agentId: string;
+    try {
+      expect(
+        (
+          await api(sidecar, 'FabricService/CreatePool', {
+            poolId: 'old',
+            model: 'm',
+            minAgents: 0,
+            executor: 'remote',
+          })
+        ).status,
+      ).toBe(200);
+      const res = await api(sidecar, 'FabricService/SpawnAgent', {
+        name: 'member',
+        model: 'm',
+        executor: 'remote',
+        poolId: 'old',
+      });
+      expect(res.status, await res.clone().text()).toBe(200);
+      agentId = ((await res.json()) as { spawned: { agent: { agentId: string } } }).spawned.agent
+        .agentId;
+    } finally {
+      await closeSidecar(sidecar);
+    }
+    const legacy = 'old\u0000\n';
+    const db = new Database(statePath);
+    try {
+      expect(
+        db
+          .prepare(
+            "UPDATE records SET id = ?, data = json_set(data, '$.poolId', ?) WHERE kind = 'pool' AND id = 'old'",
+          )
+          .run(legacy, legacy).changes,
+      ).toBe(1);
+      expect(
+        db
+          .prepare(
+            "UPDATE records SET data = json_set(data, '$.poolId', ?) WHERE kind = 'agent' AND id = ?",
+          )
+          .run(legacy, agentId).changes,
+      ).toBe(1);
+    } finally {
+      db.close();
+    }
+    sidecar = await startTestSidecar(config);
+    try {
+      const pool = await api(sidecar, 'FabricService/GetPool', { poolId: legacy });
+      expect(pool.status, await pool.clone().text()).toBe(200);
+      expect(((await pool.json()) as { pool: { agentIds: string[] } }).pool.agentIds).toEqual([
+        agentId,
+      ]);
+      const del = await api(sidecar, 'FabricService/DeletePool', { poolId: legacy });
+      expect(del.status, await del.clone().text()).toBe(200);
+      const agent = await api(sidecar, 'FabricService/GetAgent', { agentId });
+      expect(((await agent.json()) as { agent: { status: string } }).agent.status).toBe(
+        'AGENT_STATUS_TERMINATED',
+      );
+    } finally {
+      await closeSidecar(sidecar);
+    }
+    const check = new Database(statePath, { readonly: true });
+    try {
+      expect(check.prepare("SELECT count(*) AS n FROM records WHERE kind = 'pool'").get()).toEqual({
+        n: 0,
+      });
+    } finally {
+      check.close();
+    }
+  });
 });
