@@ -380,7 +380,7 @@ export class PoolFullError extends FabricError {
     super(
       PoolFullError.code,
       'resource_exhausted',
-      `pool ${poolId} already has maxAgents (${maxAgents}) agents; scale it down or raise its maxAgents first`,
+      `pool ${poolId} already has maxAgents (${maxAgents}) agents, all of them joined ones; scale it down or raise its maxAgents first`,
       { poolId, maxAgents },
     );
   }

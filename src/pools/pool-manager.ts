@@ -17,7 +17,8 @@
  * config agent, the operator API's `SpawnAgent`) joins the pool ({@link PoolManager.join}): it is
  * a member like the agents the pool spawned — listed, counted, scaled down (after the pool's own
  * agents on a load tie), terminated when the pool is deleted — and the pool's desired size grows
- * by one. The pool did not start it, so it does not replace it: a joined agent that is
+ * by one; into a full pool, one of the pool's own agents gives way to it (only a pool full of
+ * joined agents refuses one). The pool did not start it, so it does not replace it: a joined agent that is
  * UNHEALTHY stays a live member, and one that ends leaves the pool, whose desired size shrinks
  * by one again (not below `minAgents`).
  *
@@ -531,14 +532,19 @@ export class PoolManager {
   }
 
   /**
-   * Checks that an agent spawned outside the manager can join the pool: it exists, is ACTIVE and
-   * has fewer than `maxAgents` agents.
-   * @throws PoolNotFoundError, PoolDrainingError, PoolFullError
+   * Checks that an agent spawned outside the manager can join the pool: it exists, is ACTIVE, and
+   * has fewer than `maxAgents` agents or one of its own among them — which then gives way to
+   * the joining agent ({@link join}). A config agent in a pool whose `minAgents` already filled
+   * it (`minAgents: 1, maxAgents: 1`) takes the place of the agent the pool started.
+   * @throws PoolNotFoundError, PoolDrainingError, PoolFullError (only joined agents in it)
    */
   assertJoinable(poolId: string): void {
     const rec = this.#active(poolId);
     this.#prune(rec);
-    if (rec.agentIds.length >= rec.maxAgents) throw new PoolFullError(poolId, rec.maxAgents);
+    if (rec.agentIds.length < rec.maxAgents) return;
+    const joined = new Set(rec.joinedIds ?? []);
+    if (rec.agentIds.some((id) => !joined.has(id))) return;
+    throw new PoolFullError(poolId, rec.maxAgents);
   }
 
   /**
@@ -556,6 +562,10 @@ export class PoolManager {
     rec.joinedIds = [...(rec.joinedIds ?? []), agentId];
     this.#pools.put(poolId, rec);
     this.events.emit('pool.agent.joined', { poolId, agentId });
+    // Joined into a full pool: one of the pool's own agents gives way (reconcile's trim takes
+    // them before joined ones: not yet started first, then the least loaded).
+    if (rec.agentIds.length > rec.maxAgents)
+      void Promise.resolve().then(() => this.reconcile(poolId));
   }
 
   /**

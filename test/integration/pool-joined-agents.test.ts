@@ -22,6 +22,7 @@ import {
   startTestSidecar,
   tempDir,
   TSX,
+  until,
 } from '../fixtures/gateway/harness.js';
 
 interface Ran {
@@ -137,19 +138,24 @@ describe('agents that join a pool by poolId are its members (real CLI, real side
     expect(fabric.lifecycle.agentInfo(joiner).status).toBe(AgentStatus.TERMINATED);
     expect(fabric.lifecycle.agentInfo(afterUp[1]!).status).toBe(AgentStatus.TERMINATED);
 
-    // Full: a fourth member is refused with a typed error and nothing is spawned.
+    // Full: an agent joining takes the place of one of the pool's own (it drains away), so the
+    // pool stays at its maxAgents with the config agent and the newcomer in it.
     expect((await cli(sidecar, ['pools', 'scale', 'pool-default', '4'])).code).toBe(0);
-    const before = fabric.lifecycle.listAgents().length;
-    const full = await api(sidecar, 'FabricService/SpawnAgent', {
-      name: 'one-too-many',
+    const own = (await fabric.getPool('pool-default')).currentAgents.filter((id) => id !== local);
+    const joinedFull = await api(sidecar, 'FabricService/SpawnAgent', {
+      name: 'one-more',
       model: 'm',
       executor: 'remote',
       poolId: 'pool-default',
     });
-    expect(full.status).not.toBe(200);
-    expect(JSON.stringify(await full.json())).toContain('FABRIC_ERR_POOL_FULL');
-    expect(fabric.lifecycle.listAgents()).toHaveLength(before);
-    expect((await fabric.getPool('pool-default')).currentAgents).toHaveLength(4);
+    expect(joinedFull.status).toBe(200);
+    const newcomer = ((await joinedFull.json()) as { spawned: { agent: { agentId: string } } })
+      .spawned.agent.agentId;
+    await until(async () => (await fabric.getPool('pool-default')).currentAgents.length === 4);
+    const afterFull = (await fabric.getPool('pool-default')).currentAgents;
+    expect(afterFull).toContain(local);
+    expect(afterFull).toContain(newcomer);
+    expect(own.filter((id) => !afterFull.includes(id))).toHaveLength(1);
 
     // Drain terminates every member, the config agent included, and deletes the pool.
     const members = (await fabric.getPool('pool-default')).currentAgents;

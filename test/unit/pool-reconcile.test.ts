@@ -296,7 +296,7 @@ describe('pools reconcile', () => {
     expect(fabric.lifecycle.listAgents()).toHaveLength(1);
   });
 
-  it('refuses a joining agent when the pool is full, with nothing spawned', async () => {
+  it('a joining agent takes the place of one of a full pool’s own; a pool full of joined agents refuses one, with nothing spawned', async () => {
     await fabric.createPool({
       poolId: 'p',
       model: 'm',
@@ -304,11 +304,21 @@ describe('pools reconcile', () => {
       maxAgents: 2,
       executor: 'remote',
     });
-    await fabric.spawn({ name: 'j', model: 'm', executor: 'remote', poolId: 'p' });
+    const [own] = (await fabric.getPool('p')).currentAgents;
+    const j = await fabric.spawn({ name: 'j', model: 'm', executor: 'remote', poolId: 'p' });
+    // Full (its own agent and j): k joins, and the pool's own agent gives way.
+    const k = await fabric.spawn({ name: 'k', model: 'm', executor: 'remote', poolId: 'p' });
+    await vi.advanceTimersByTimeAsync(0);
+    expect([...(await fabric.getPool('p')).currentAgents].sort()).toEqual([j.id, k.id].sort());
+    expect(fabric.lifecycle.agentInfo(own!).status).not.toBe(AgentStatus.HEALTHY);
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(fabric.lifecycle.agentInfo(own!).status).toBe(AgentStatus.TERMINATED);
+    // Full of joined agents: none gives way, so one more is refused and nothing is spawned.
+    const before = fabric.lifecycle.listAgents().length;
     await expect(
-      fabric.spawn({ name: 'k', model: 'm', executor: 'remote', poolId: 'p' }),
+      fabric.spawn({ name: 'l', model: 'm', executor: 'remote', poolId: 'p' }),
     ).rejects.toMatchObject({ code: 'FABRIC_ERR_POOL_FULL' });
-    expect(fabric.lifecycle.listAgents()).toHaveLength(2);
+    expect(fabric.lifecycle.listAgents()).toHaveLength(before);
     expect((await fabric.getPool('p')).currentAgents).toHaveLength(2);
   });
 });
