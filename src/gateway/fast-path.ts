@@ -282,9 +282,11 @@ export class FastUpstreamCalls {
 
   /**
    * Calls `done` once the upstream is done with the request that `error` stopped (cancelled or
-   * timed out here): when its late answer arrives (and is dropped), or the connection closes, or
-   * it is no longer remembered. False, and `done` is never called, when `error` is no such
-   * rejection of this connection's (or its request was already answered).
+   * timed out here): when its late answer arrives (and is dropped), or the connection closes.
+   * Not when it is forgotten (more than {@link MAX_STOPPED} stopped after it): that says nothing
+   * of the upstream being done with it, and the caller's own late window must end the wait.
+   * False, and `done` is never called, when `error` is no such rejection of this connection's
+   * (or its request was already answered or forgotten).
    */
   whenAnswered(error: unknown, done: () => void): boolean {
     if (typeof error !== 'object' || error === null) return false;
@@ -354,9 +356,11 @@ export class FastUpstreamCalls {
         if (!this.#finish(id)) return;
         this.#stopped.set(id, undefined);
         if (this.#stopped.size > MAX_STOPPED) {
-          // Forgotten: its late answer goes to the SDK (which reports it), and who waits for it
-          // waits no more.
-          this.#lateAnswer(this.#stopped.keys().next().value!);
+          // Forgotten: its late answer goes to the SDK (which reports it). Who waits for it is
+          // not told: the upstream may still work on it (an agent stopping calls that never
+          // answer would otherwise end another's given-up call's routing at will), so that wait
+          // ends with its own late window (`callTimeoutSeconds`).
+          this.#stopped.delete(this.#stopped.keys().next().value!);
         }
         if (this.#open) {
           this.#transport
