@@ -1232,17 +1232,21 @@ export class ToolGateway implements SessionHost {
     if (!this.#routes.leave(upstream, entry, error)) return;
     const release = hold?.();
     let done = false;
+    let stopWatch: (() => void) | undefined;
     const end = (): void => {
       if (done) return;
       done = true;
       stopTimer();
+      stopWatch?.();
       this.#routes.settle(upstream, entry);
       release?.();
     };
     const stopTimer = setLongTimeout(end, upstream.spec.callTimeoutSeconds * 1000, {
       unref: true,
     });
-    upstream.whenAnswered(error, end);
+    // Its late answer, when the upstream's fast path carried it; else (a call with progress)
+    // only the connection closing tells that the upstream is done with it.
+    if (!upstream.whenAnswered(error, end)) stopWatch = upstream.whenDisconnected(end);
   }
 
   /** {@link #forward} of a request whose caller asked for progress notifications. */

@@ -114,6 +114,8 @@ export class Upstream {
   /** Requests without progress bypass the client's Protocol (see fast-path.ts). */
   #fast: FastUpstreamCalls | undefined;
   #state: UpstreamState = 'idle';
+  /** Who waits for the current connection to close ({@link whenDisconnected}). */
+  #disconnectWaiters = new Set<() => void>();
   #restartAttempt = 0;
   #restartTimer: NodeJS.Timeout | undefined;
   #nextRestartAt = 0;
@@ -358,6 +360,7 @@ export class Upstream {
     if (this.#client !== client) return;
     this.#client = undefined;
     this.#transport = undefined;
+    this.#disconnected();
     if (this.#state === 'closed') return;
     this.#state = 'restarting';
     this.#lastError = new Error('connection closed');
@@ -465,6 +468,21 @@ export class Upstream {
     return this.#fast?.whenAnswered(error, done) ?? false;
   }
 
+  /**
+   * Calls `done` once the current connection closes (at once when there is none): nothing sent
+   * on it runs upstream past that, a request {@link whenAnswered} cannot follow included.
+   * Returns the function that stops the wait (call it when `done` is no longer wanted).
+   */
+  whenDisconnected(done: () => void): () => void {
+    if (this.#client === undefined) {
+      done();
+      return () => undefined;
+    }
+    const once = (): void => done();
+    this.#disconnectWaiters.add(once);
+    return () => void this.#disconnectWaiters.delete(once);
+  }
+
   /** What a failed request rejects with: a timeout, a lost connection, the upstream's answer. */
   #requestError(
     error: unknown,
@@ -541,7 +559,15 @@ export class Upstream {
     const client = this.#client;
     this.#client = undefined;
     this.#transport = undefined;
+    this.#disconnected();
     await client?.close().catch(() => undefined);
+  }
+
+  /** Tells who waits that the connection closed ({@link whenDisconnected}). */
+  #disconnected(): void {
+    const waiters = [...this.#disconnectWaiters];
+    this.#disconnectWaiters.clear();
+    for (const done of waiters) done();
   }
 }
 

@@ -148,4 +148,30 @@ describe('a call the gateway gave up on, and another agent’s call in flight', 
     expect(asked.get(victim)).toContain('my-own-prompt');
     expect(asked.get(attacker)).toEqual([]);
   });
+
+  it('a given-up call with progress ends with its upstream connection: a restarted upstream asks the one agent in flight again (before: refused for callTimeoutSeconds)', async () => {
+    // A call with a progress token goes through the SDK's client, whose late answer the gateway
+    // cannot see; the connection closing still ends it.
+    const cancel = new AbortController();
+    const call = victim
+      .callTool(
+        { name: 'log__log_later', arguments: { text: 'victim-progress', ms: 600_000 } },
+        undefined,
+        { signal: cancel.signal, onprogress: () => undefined },
+      )
+      .catch((e: Error) => e.message);
+    await until(() => heard.get(victim)!.includes('started:victim-progress'));
+    cancel.abort();
+    await call;
+    const upstream = sidecar.gateway.upstreams.get('log')!;
+    const before = upstream.connectCount;
+    upstream.killProcess('SIGKILL');
+    await until(() => upstream.connectCount > before && upstream.state === 'ready');
+    const answer = await attacker.callTool({
+      name: 'log__ask_later',
+      arguments: { text: 'after-restart', ms: 0 },
+    });
+    expect(text(answer)).toBe('sampled:by attacker');
+    expect(asked.get(attacker)).toEqual(['after-restart']);
+  });
 });
