@@ -1244,9 +1244,11 @@ export class ToolGateway implements SessionHost {
     const stopTimer = setLongTimeout(end, upstream.spec.callTimeoutSeconds * 1000, {
       unref: true,
     });
-    // Its late answer, when the upstream's fast path carried it; else (a call with progress)
-    // only the connection closing tells that the upstream is done with it.
-    if (!upstream.whenAnswered(error, end)) stopWatch = upstream.whenDisconnected(end);
+    // Its late answer, when the upstream's fast path carried it and still remembers it; the
+    // connection closing in any case (the only sign for a call with progress, which the SDK's
+    // client carries).
+    upstream.whenAnswered(error, end);
+    if (!done) stopWatch = upstream.whenDisconnected(end);
   }
 
   /** {@link #forward} of a request whose caller asked for progress notifications. */
