@@ -462,7 +462,9 @@ export class Upstream {
    * failure of {@link request} that gave it up (cancelled or timed out) after it was sent: when
    * its late answer arrives (and is dropped) or the connection closes. False when that cannot
    * be told (a request with progress, which the SDK's client sends; a request already
-   * answered): `done` is then never called.
+   * answered): `done` is then never called. Nor is it when the request is forgotten (over 1024
+   * stopped after it on the connection) before its late answer: {@link whenDisconnected} tells
+   * when the connection closes in every case.
    */
   whenAnswered(error: unknown, done: () => void): boolean {
     return this.#fast?.whenAnswered(error, done) ?? false;
