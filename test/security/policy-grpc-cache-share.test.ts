@@ -21,56 +21,67 @@ import {
 
 const runs = pythonGrpc || process.env.CI !== undefined;
 
-describe.runIf(runs)('policy-grpc’s cache and one agent flooding it', () => {
-  let service: PythonPolicyService;
-  let fabric: AgentFabric;
-  let host: PluginHost;
-  let provider: PolicyProvider;
-  let victim: string;
-  let attacker: string;
-
+/**
+ * Registers, for the enclosing describe, a Python policy service, a fabric with the policy-grpc
+ * plugin loaded with `cache` options, and two remote agents; returns what the tests use.
+ */
+function floodSetup(cache: { cacheSize: number; cacheSizePerAgent?: number }) {
+  const t = {} as {
+    service: PythonPolicyService;
+    fabric: AgentFabric;
+    host: PluginHost;
+    provider: PolicyProvider;
+    victim: string;
+    attacker: string;
+  };
   beforeAll(async () => {
-    service = await startPythonPolicyService();
-    fabric = new AgentFabric();
-    fabric.policies.addPolicy({ name: 'rules', rules: [{ tool: 'py__*', action: 'allow' }] });
-    host = new PluginHost(fabric, { log: () => undefined });
-    await host.load(FIRST_PARTY('policy-grpc'), {
-      target: service.address,
+    t.service = await startPythonPolicyService();
+    t.fabric = new AgentFabric();
+    t.fabric.policies.addPolicy({ name: 'rules', rules: [{ tool: 'py__*', action: 'allow' }] });
+    t.host = new PluginHost(t.fabric, { log: () => undefined });
+    await t.host.load(FIRST_PARTY('policy-grpc'), {
+      target: t.service.address,
       insecure: true,
       deadlineMs: 5000,
-      cacheSize: 20,
-      cacheSizePerAgent: 5,
+      ...cache,
     });
-    provider = host.instanceOf<'policy'>('policy-grpc')!;
-    victim = (await fabric.spawn({ model: 'm', name: 'victim', executor: 'remote' })).id;
-    attacker = (await fabric.spawn({ model: 'm', name: 'attacker', executor: 'remote' })).id;
+    t.provider = t.host.instanceOf<'policy'>('policy-grpc')!;
+    t.victim = (await t.fabric.spawn({ model: 'm', name: 'victim', executor: 'remote' })).id;
+    t.attacker = (await t.fabric.spawn({ model: 'm', name: 'attacker', executor: 'remote' })).id;
   });
-
   afterAll(async () => {
-    await host?.close();
-    await fabric?.close();
-    await service?.close();
+    await t.host?.close();
+    await t.fabric?.close();
+    await t.service?.close();
   });
-
-  const call = async (agentId: string, n: number): Promise<void> => {
-    const a = await fabric.authorizeToolCall({ agentId, tool: 'py__cached', params: { n } });
-    expect(a.allowed).toBe(true);
+  return {
+    t,
+    /** One allowed `py__cached` call of `agentId` with argument `n`. */
+    call: async (agentId: string, n: number): Promise<void> => {
+      const a = await t.fabric.authorizeToolCall({ agentId, tool: 'py__cached', params: { n } });
+      expect(a.allowed).toBe(true);
+    },
+    /** Whether that call's answer is cached (the plugin's no-wait probe). */
+    cached: (agentId: string, n: number): boolean =>
+      t.provider.decide!({ agentId, tool: 'py__cached', params: { n } }) !== undefined,
   };
-  const cached = (agentId: string, n: number): boolean =>
-    provider.decide!({ agentId, tool: 'py__cached', params: { n } }) !== undefined;
+}
+
+describe.runIf(runs)('policy-grpc’s cache and one agent flooding it', () => {
+  const { t, call, cached } = floodSetup({ cacheSize: 20, cacheSizePerAgent: 5 });
 
   it('keeps the other agents’ answers (before: all pushed out) and the flooder’s newest only', async () => {
-    for (let n = 0; n < 5; n++) await call(victim, n);
-    expect([0, 1, 2, 3, 4].map((n) => cached(victim, n))).toEqual([true, true, true, true, true]);
+    for (let n = 0; n < 5; n++) await call(t.victim, n);
+    expect([0, 1, 2, 3, 4].map((n) => cached(t.victim, n))).toEqual([true, true, true, true, true]);
     // 60 distinct arguments: three times the whole cache.
-    for (let n = 0; n < 60; n++) await call(attacker, n);
-    expect([0, 1, 2, 3, 4].map((n) => cached(victim, n))).toEqual([true, true, true, true, true]);
-    const attackers = Array.from({ length: 60 }, (_, n) => n).filter((n) => cached(attacker, n));
+    for (let n = 0; n < 60; n++) await call(t.attacker, n);
+    expect([0, 1, 2, 3, 4].map((n) => cached(t.victim, n))).toEqual([true, true, true, true, true]);
+    const attackers = Array.from({ length: 60 }, (_, n) => n).filter((n) => cached(t.attacker, n));
     expect(attackers).toEqual([55, 56, 57, 58, 59]);
     // An answer asked again (its entry refreshed) stays in the agent's share.
-    await call(attacker, 100);
-    expect(cached(attacker, 100)).toBe(true);
-    expect(cached(attacker, 55)).toBe(false);
+    await call(t.attacker, 100);
+    expect(cached(t.attacker, 100)).toBe(true);
+    expect(cached(t.attacker, 55)).toBe(false);
   });
 });
 
@@ -81,49 +92,15 @@ describe.runIf(runs)('policy-grpc’s cache and one agent flooding it', () => {
  * cache (at most 1000), and a share that is the whole cache is refused at load.
  */
 describe.runIf(runs)('policy-grpc’s default share of a small cache', () => {
-  let service: PythonPolicyService;
-  let fabric: AgentFabric;
-  let host: PluginHost;
-  let provider: PolicyProvider;
-  let victim: string;
-  let attacker: string;
-
-  beforeAll(async () => {
-    service = await startPythonPolicyService();
-    fabric = new AgentFabric();
-    fabric.policies.addPolicy({ name: 'rules', rules: [{ tool: 'py__*', action: 'allow' }] });
-    host = new PluginHost(fabric, { log: () => undefined });
-    await host.load(FIRST_PARTY('policy-grpc'), {
-      target: service.address,
-      insecure: true,
-      deadlineMs: 5000,
-      cacheSize: 20,
-    });
-    provider = host.instanceOf<'policy'>('policy-grpc')!;
-    victim = (await fabric.spawn({ model: 'm', name: 'victim', executor: 'remote' })).id;
-    attacker = (await fabric.spawn({ model: 'm', name: 'attacker', executor: 'remote' })).id;
-  });
-
-  afterAll(async () => {
-    await host?.close();
-    await fabric?.close();
-    await service?.close();
-  });
-
-  const call = async (agentId: string, n: number): Promise<void> => {
-    const a = await fabric.authorizeToolCall({ agentId, tool: 'py__cached', params: { n } });
-    expect(a.allowed).toBe(true);
-  };
-  const cached = (agentId: string, n: number): boolean =>
-    provider.decide!({ agentId, tool: 'py__cached', params: { n } }) !== undefined;
+  const { t, call, cached } = floodSetup({ cacheSize: 20 });
 
   it('keeps the victim’s answers under a cache smaller than 1000 (before: all pushed out)', async () => {
-    await call(victim, 0);
-    await call(victim, 1);
-    for (let n = 0; n < 60; n++) await call(attacker, n);
-    expect([cached(victim, 0), cached(victim, 1)]).toEqual([true, true]);
+    await call(t.victim, 0);
+    await call(t.victim, 1);
+    for (let n = 0; n < 60; n++) await call(t.attacker, n);
+    expect([cached(t.victim, 0), cached(t.victim, 1)]).toEqual([true, true]);
     // A tenth of 20: the flooder's newest two.
-    const attackers = Array.from({ length: 60 }, (_, n) => n).filter((n) => cached(attacker, n));
+    const attackers = Array.from({ length: 60 }, (_, n) => n).filter((n) => cached(t.attacker, n));
     expect(attackers).toEqual([58, 59]);
   });
 
@@ -133,7 +110,7 @@ describe.runIf(runs)('policy-grpc’s default share of a small cache', () => {
     try {
       await expect(
         other.load(FIRST_PARTY('policy-grpc'), {
-          target: service.address,
+          target: t.service.address,
           insecure: true,
           cacheSize: 20,
           cacheSizePerAgent: 20,
