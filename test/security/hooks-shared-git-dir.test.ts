@@ -63,6 +63,26 @@ async function attackerHook() {
   return { mine, wt: mine.worktreePath! };
 }
 
+/**
+ * The victim's ACTIVE hook and the attacker's worktree, with what the agent reads there with
+ * plain git: the path of the victim's record in the state ref's tree, and that record.
+ */
+async function victimRecordSeenByAttacker() {
+  const victim = await hooks!.createHook({
+    agentId: 'victim',
+    workItem: { job: 'v' },
+    branch: 'agent/v',
+  });
+  await hooks!.activateHook(victim.hookId);
+  const { wt } = await attackerHook();
+  const path = `hooks/${victim.hookId.slice(14, 16)}/${victim.hookId}.json`;
+  const record = JSON.parse(agentGit(wt, ['show', `${HOOKS_REF}:${path}`])) as Record<
+    string,
+    unknown
+  >;
+  return { victim, wt, path, record };
+}
+
 describe('an agent inside its hook worktree', () => {
   it('cannot make the sidecar run its code through git hooks of the shared repository', async () => {
     const { mine, wt } = await attackerHook();
@@ -126,20 +146,8 @@ describe('an agent inside its hook worktree', () => {
   });
 
   it("cannot rewrite another agent's hook, nor wedge the store, through refs/fabric/hooks", async () => {
-    const victim = await hooks!.createHook({
-      agentId: 'victim',
-      workItem: { job: 'v' },
-      branch: 'agent/v',
-    });
-    await hooks!.activateHook(victim.hookId);
-    const { wt } = await attackerHook();
-
+    const { victim, wt, path, record } = await victimRecordSeenByAttacker();
     // The agent forges a state commit: the victim's hook COMPLETED, with the agent's result.
-    const path = `hooks/${victim.hookId.slice(14, 16)}/${victim.hookId}.json`;
-    const record = JSON.parse(agentGit(wt, ['show', `${HOOKS_REF}:${path}`])) as Record<
-      string,
-      unknown
-    >;
     const forged = { ...record, status: 'COMPLETED', result: 'owned by attacker', version: 99 };
     const index = join(dir.path, 'evil-index');
     const env = { GIT_INDEX_FILE: index };
@@ -196,22 +204,10 @@ describe('an agent inside its hook worktree', () => {
 
 describe('an agent inside its hook worktree, with replace refs', () => {
   it("cannot make the store read another agent's hook as something else through refs/replace", async () => {
-    const victim = await hooks!.createHook({
-      agentId: 'victim',
-      workItem: { job: 'v' },
-      branch: 'agent/v',
-    });
-    await hooks!.activateHook(victim.hookId);
-    const { wt } = await attackerHook();
-
+    const { victim, wt, path, record } = await victimRecordSeenByAttacker();
     // The agent does not move refs/fabric/hooks (the store would notice and put its state
     // back): it tells git that the victim's record blob is another one, with `git replace`.
-    const path = `hooks/${victim.hookId.slice(14, 16)}/${victim.hookId}.json`;
     const original = agentGit(wt, ['rev-parse', `${HOOKS_REF}:${path}`]);
-    const record = JSON.parse(agentGit(wt, ['show', `${HOOKS_REF}:${path}`])) as Record<
-      string,
-      unknown
-    >;
     const forged = { ...record, status: 'COMPLETED', result: 'owned by attacker' };
     const blob = agentGit(
       wt,
@@ -458,23 +454,11 @@ describe("an agent inside its hook worktree, at the store's maintenance, with gc
 
 describe('an agent inside its hook worktree, in the object store', () => {
   it("cannot make the store read another agent's hook as its forgery by rewriting the object file", async () => {
-    const victim = await hooks!.createHook({
-      agentId: 'victim',
-      workItem: { job: 'v' },
-      branch: 'agent/v',
-    });
-    await hooks!.activateHook(victim.hookId);
-    const { wt } = await attackerHook();
-
+    const { victim, wt, path, record } = await victimRecordSeenByAttacker();
     // Neither a ref nor a replace ref: the agent overwrites the (loose) object file of the
     // victim's record blob with its forgery, under the same name. git reads objects without
     // checking their content against their id.
-    const path = `hooks/${victim.hookId.slice(14, 16)}/${victim.hookId}.json`;
     const oid = agentGit(wt, ['rev-parse', `${HOOKS_REF}:${path}`]);
-    const record = JSON.parse(agentGit(wt, ['show', `${HOOKS_REF}:${path}`])) as Record<
-      string,
-      unknown
-    >;
     const forged = Buffer.from(
       `${JSON.stringify({ ...record, status: 'COMPLETED', result: 'owned by attacker' })}\n`,
     );
