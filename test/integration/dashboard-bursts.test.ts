@@ -23,7 +23,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
-  LOGGING_SERVER,
+  loggingUpstream,
   startTestSidecar,
 } from '../fixtures/gateway/harness.js';
 import { chromiumAvailable, launchChromium, newDashboardPage } from '../fixtures/browser.js';
@@ -41,7 +41,7 @@ describe.skipIf(!available)('the dashboard under bursts of events (Chromium)', (
 
   beforeAll(async () => {
     sidecar = await startTestSidecar({
-      upstreams: { log: { command: process.execPath, args: [LOGGING_SERVER], stderr: 'ignore' } },
+      upstreams: { log: loggingUpstream() },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'busy' }, { name: 'queue' }],
     });

@@ -7,7 +7,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   listeningClient,
-  LOGGING_SERVER,
+  loggingUpstream,
   startTestSidecar,
   text,
   until,
@@ -34,12 +34,7 @@ describe('logging/setLevel through the gateway (SDK fixture server that honours 
   beforeAll(async () => {
     sidecar = await startTestSidecar({
       upstreams: {
-        log: {
-          command: process.execPath,
-          args: [LOGGING_SERVER],
-          stderr: 'ignore',
-          restart: { initialDelayMs: 50 },
-        },
+        log: loggingUpstream({ restart: { initialDelayMs: 50 } }),
       },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'quiet' }, { name: 'verbose' }],

@@ -19,7 +19,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   listeningClient,
-  LOGGING_SERVER,
+  loggingUpstream,
   startTestSidecar,
   text,
   until,
@@ -41,12 +41,7 @@ describe('an attacker overflowing the stopped requests of a shared upstream', ()
       {
         http: { maxInflightPerAgent: 4 * REMEMBERED },
         upstreams: {
-          log: {
-            command: process.execPath,
-            args: [LOGGING_SERVER],
-            stderr: 'ignore',
-            callTimeoutSeconds: 120,
-          },
+          log: loggingUpstream({ callTimeoutSeconds: 120 }),
         },
         policies: [DEFAULT_ALLOW],
         agents: [{ name: 'victim' }, { name: 'attacker' }],

@@ -21,7 +21,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   listeningClient,
-  LOGGING_SERVER,
+  loggingUpstream,
   startTestSidecar,
   text,
   until,
@@ -71,12 +71,7 @@ describe('a call the gateway gave up on, and another agent’s call in flight', 
     sidecar = await startTestSidecar(
       {
         upstreams: {
-          log: {
-            command: process.execPath,
-            args: [LOGGING_SERVER],
-            stderr: 'ignore',
-            callTimeoutSeconds: 30,
-          },
+          log: loggingUpstream({ callTimeoutSeconds: 30 }),
         },
         policies: [DEFAULT_ALLOW],
         agents: [{ name: 'victim' }, { name: 'attacker' }],

@@ -18,7 +18,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
-  LOGGING_SERVER,
+  loggingUpstream,
   startTestSidecar,
   text,
   until,
@@ -46,7 +46,7 @@ describe("one agent's logging/setLevel and the agents that set none", () => {
 
   beforeAll(async () => {
     sidecar = await startTestSidecar({
-      upstreams: { log: { command: process.execPath, args: [LOGGING_SERVER], stderr: 'ignore' } },
+      upstreams: { log: loggingUpstream() },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'plain' }, { name: 'hush' }],
     });

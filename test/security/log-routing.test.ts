@@ -22,7 +22,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   listeningClient,
-  LOGGING_SERVER,
+  loggingUpstream,
   startTestSidecar,
   text,
   until,
@@ -49,14 +49,9 @@ describe("an upstream's log messages and the calls in flight of several agents",
     sidecar = await startTestSidecar(
       {
         upstreams: {
-          log: { command: process.execPath, args: [LOGGING_SERVER], stderr: 'ignore' },
+          log: loggingUpstream(),
           // The same server with a short call timeout: how long a given-up call keeps it quiet.
-          short: {
-            command: process.execPath,
-            args: [LOGGING_SERVER],
-            stderr: 'ignore',
-            callTimeoutSeconds: 2,
-          },
+          short: loggingUpstream({ callTimeoutSeconds: 2 }),
         },
         policies: [DEFAULT_ALLOW],
         agents: [{ name: 'victim' }, { name: 'attacker' }],
