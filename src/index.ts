@@ -66,6 +66,7 @@ export { parseNatsOptions } from './transport/nats/nats-options.js';
 export { AGENT_SERVICE_DEFINITION } from './rpc/agent-service.js';
 export { TOOL_SERVICE_DEFINITION } from './rpc/tool-service.js';
 export {
+  callbackAnswerCheckRequest,
   POLICY_PROVIDER_DECISION,
   POLICY_PROVIDER_SERVICE_DEFINITION,
   policyProviderRequest,
@@ -220,7 +221,12 @@ export type { ToolGatewayOptions } from './gateway/gateway.js';
 export type { ToolCallOutcome, ToolCallRequest } from './gateway/tool-call-pipeline.js';
 export type { SidecarOptions } from './server/sidecar.js';
 export type { AgentServiceOptions } from './rpc/agent-service.js';
-export type { DecideRequest, DecideResponse } from './rpc/policy-provider.js';
+export type {
+  CheckCallbackAnswerRequest,
+  CheckCallbackAnswerResponse,
+  DecideRequest,
+  DecideResponse,
+} from './rpc/policy-provider.js';
 export type { GrpcServer, GrpcServerOptions } from './rpc/grpc-server.js';
 export type { FabricServiceOptions } from './rpc/fabric-service.js';
 export type { AnyServiceImplementation, FabricServicesOptions } from './rpc/services.js';

@@ -4,12 +4,15 @@
 // deadline; answers the service marks cacheable are reused for the same agent, tool and
 // normalized arguments (a bounded LRU, of which each agent holds a bounded share); and it fails
 // closed: an error, a missed deadline, an unreachable service or an unusable answer denies the
-// call with FABRIC_ERR_POLICY_UNAVAILABLE.
+// call with FABRIC_ERR_POLICY_UNAVAILABLE. With `checkCallbackAnswers: true` it also asks the
+// service (`CheckCallbackAnswer`) about every answer an agent gives to an upstream's callback
+// (sampling, elicitation, roots), failing closed the same way: the answer is refused.
 // See README.md.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { credentials, makeGenericClientConstructor, Metadata, status } from '@grpc/grpc-js';
 import {
+  callbackAnswerCheckRequest,
   POLICY_PROVIDER_DECISION as D,
   POLICY_PROVIDER_SERVICE_DEFINITION,
   policyProviderRequest,
@@ -84,6 +87,11 @@ export const optionsSchema = z
     maxArgumentsBytes: z.number().int().positive().default(1_048_576),
     /** Deepest nesting of arguments sent; a deeper call is denied (fail closed). */
     maxArgumentsDepth: z.number().int().positive().max(1000).default(64),
+    /**
+     * Also ask the service (`CheckCallbackAnswer`) about agents' answers to upstreams' callbacks.
+     * Off by default: a service that does not implement the method would refuse every answer.
+     */
+    checkCallbackAnswers: z.boolean().default(false),
   })
   .strict()
   .refine((o) => (o.insecure === true) !== (o.tls !== undefined), {
@@ -223,6 +231,10 @@ export class GrpcPolicyProvider {
             },
           })
         : undefined;
+    if (options.checkCallbackAnswers) {
+      // Defined only when asked for: the engine asks just the providers that have the method.
+      this.checkCallbackAnswer = (ctx, signal) => this.#checkAnswer(ctx, signal);
+    }
     if (options.insecure === true && options.authToken !== undefined) {
       context.log.warn('authToken is sent in plaintext (insecure: true); use tls', {
         target: options.target,
@@ -284,6 +296,7 @@ export class GrpcPolicyProvider {
     let res;
     try {
       res = await this.#call(
+        'decide',
         policyProviderRequest({
           agentId: ctx.agentId,
           tool: ctx.tool,
@@ -303,13 +316,79 @@ export class GrpcPolicyProvider {
     if (verdict === null) {
       return this.#failClosed(`answered an unusable decision (${res.decision})`, true);
     }
-    if (this.#failing) {
-      this.#failing = false;
-      this.#log.info('policy service answers again', { target: this.#o.target });
-    }
+    this.#answering();
     const ttl = Math.min(res.cacheTtlMs, this.#o.maxCacheTtlMs);
     if (ttl > 0) this.#remember(ctx.agentId, key, verdict, ttl);
     return verdict;
+  }
+
+  /**
+   * The service's verdict on an agent's answer to an upstream's callback (the engine's
+   * `checkCallbackAnswer`): `undefined` lets it through (ALLOW, ABSTAIN), a deny or
+   * require_approval refuses it. Never cached: each answer is asked about. Fails closed: an
+   * answer that cannot be sent (past `maxArgumentsDepth` or `maxArgumentsBytes`), an error
+   * status (UNIMPLEMENTED too), a missed deadline or an unusable decision refuses it.
+   * @throws the reason of `signal` when it aborts (the upstream or the session gave up).
+   */
+  async #checkAnswer(ctx, signal) {
+    const depth = this.#o.maxArgumentsDepth;
+    let request;
+    try {
+      const error = ctx.error;
+      if (error !== undefined && !Number.isSafeInteger(error.code)) {
+        throw new Error('its error code is not an integer');
+      }
+      request = callbackAnswerCheckRequest({
+        agentId: ctx.agentId,
+        poolId: ctx.poolId ?? '',
+        labels: { ...ctx.labels },
+        upstream: ctx.upstream,
+        method: ctx.method,
+        paramsJson: canonicalJson(ctx.params, depth),
+        answer:
+          error === undefined
+            ? { case: 'resultJson', value: canonicalJson(ctx.result, depth) }
+            : {
+                case: 'error',
+                value: {
+                  code: BigInt(error.code),
+                  message: String(error.message),
+                  dataJson: error.data === undefined ? '' : canonicalJson(error.data, depth),
+                },
+              },
+      });
+    } catch (err) {
+      return this.#failClosed(`the answer cannot be sent: ${err.message}`, false);
+    }
+    const a = request.answer;
+    const bytes =
+      Buffer.byteLength(request.paramsJson) +
+      (a.case === 'resultJson'
+        ? Buffer.byteLength(a.value)
+        : Buffer.byteLength(a.value.message) + Buffer.byteLength(a.value.dataJson));
+    if (bytes > this.#o.maxArgumentsBytes) {
+      return this.#failClosed(
+        `the answer and its request (${bytes} bytes) exceed maxArgumentsBytes ${this.#o.maxArgumentsBytes}`,
+        false,
+      );
+    }
+    let res;
+    try {
+      res = await this.#call('checkCallbackAnswer', request, signal);
+    } catch (err) {
+      if (signal.aborted) throw signal.reason;
+      const name = STATUS_NAME[err.code] ?? String(err.code);
+      return this.#failClosed(
+        `${name}: ${oneLine(this.#scrub(String(err.details || err.message)))}`,
+        true,
+      );
+    }
+    const verdict = this.#verdict(res);
+    if (verdict === null) {
+      return this.#failClosed(`answered an unusable decision (${res.decision})`, true);
+    }
+    this.#answering();
+    return verdict?.action === 'allow' ? undefined : verdict;
   }
 
   /** Caches `verdict` under `key` in `agentId`'s share, dropping its own oldest when full. */
@@ -365,19 +444,35 @@ export class GrpcPolicyProvider {
     });
   }
 
-  #call(request) {
+  /** The service answers (again): logged once after it failed. */
+  #answering() {
+    if (this.#failing) {
+      this.#failing = false;
+      this.#log.info('policy service answers again', { target: this.#o.target });
+    }
+  }
+
+  /** Calls the service's `method` (`decide`, `checkCallbackAnswer`); `signal` cancels it. */
+  #call(method, request, signal) {
     const metadata = new Metadata();
     for (const [k, v] of Object.entries(this.#o.metadata)) metadata.set(k, v);
     if (this.#o.authToken !== undefined) {
       metadata.set('authorization', `Bearer ${this.#o.authToken}`);
     }
     return new Promise((resolve, reject) => {
-      this.#client.decide(
+      const call = this.#client[method](
         request,
         metadata,
         { deadline: Date.now() + this.#o.deadlineMs },
-        (err, res) => (err ? reject(err) : resolve(res)),
+        (err, res) => {
+          signal?.removeEventListener('abort', cancel);
+          if (err) reject(err);
+          else resolve(res);
+        },
       );
+      const cancel = () => call.cancel();
+      if (signal?.aborted) cancel();
+      else signal?.addEventListener('abort', cancel, { once: true });
     });
   }
 
@@ -387,7 +482,8 @@ export class GrpcPolicyProvider {
       : `${why}; denied, failing closed (${this.name})`;
     if (service && !this.#failing) {
       this.#failing = true;
-      this.#log.warn(`policy service fails; tool calls are denied until it answers: ${why}`, {
+      const what = this.#o.checkCallbackAnswers ? 'tool calls and callback answers' : 'tool calls';
+      this.#log.warn(`policy service fails; ${what} are denied until it answers: ${why}`, {
         target: this.#o.target,
       });
     }

@@ -1,22 +1,28 @@
 /**
  * The client side of `fabric.v1.PolicyProviderService` (proto/fabric/v1/policy_provider.proto):
  * what the first-party `policy-grpc` plugin needs to ask an external policy service — the
- * grpc-js definition (protobuf binary on the wire) and the request constructor. The fabric does
+ * grpc-js definition (protobuf binary on the wire) and the request constructors. The fabric does
  * not serve this service; policy services written in any language do.
  *
  * @module
  */
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
 import {
+  CheckCallbackAnswerRequestSchema,
   DecideRequestSchema,
   Decision,
   PolicyProviderService,
+  type CheckCallbackAnswerRequest,
+  type CheckCallbackAnswerResponse,
   type DecideRequest,
   type DecideResponse,
 } from '../gen/fabric/v1/policy_provider_pb.js';
 import { grpcDefinition } from './grpc-definition.js';
 
-/** grpc-js definition of `PolicyProviderService` (method `decide`), for a client. */
+/**
+ * grpc-js definition of `PolicyProviderService` (methods `decide` and `checkCallbackAnswer`),
+ * for a client.
+ */
 export const POLICY_PROVIDER_SERVICE_DEFINITION = grpcDefinition(PolicyProviderService);
 
 /** The `Decision` enum values of the wire. */
@@ -29,4 +35,19 @@ export function policyProviderRequest(
   return create(DecideRequestSchema, init);
 }
 
-export type { DecideRequest, DecideResponse };
+/**
+ * A `CheckCallbackAnswerRequest` message to hand a client of
+ * {@link POLICY_PROVIDER_SERVICE_DEFINITION}.
+ */
+export function callbackAnswerCheckRequest(
+  init: MessageInitShape<typeof CheckCallbackAnswerRequestSchema>,
+): CheckCallbackAnswerRequest {
+  return create(CheckCallbackAnswerRequestSchema, init);
+}
+
+export type {
+  CheckCallbackAnswerRequest,
+  CheckCallbackAnswerResponse,
+  DecideRequest,
+  DecideResponse,
+};
