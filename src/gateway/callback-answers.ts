@@ -10,7 +10,7 @@
  * Allowed: the answer is relayed unchanged. Refused: the upstream gets a
  * `FABRIC_ERR_CALLBACK_ANSWER_DENIED` error instead (the provider's reason, never the answer),
  * the answer is dropped, and the refusal is logged (`warn`) and written to the audit log (the
- * answer only as a digest). Every door whose sessions can answer callbacks goes through here:
+ * answer only as a digest). Checked answers are counted by method and decision (`/metrics`). Every door whose sessions can answer callbacks goes through here:
  * an MCP session over Streamable HTTP, over stdio (`agent-fabric mcp --in-process`), and the
  * stdio bridge (`agent-fabric mcp --agent-token`, a Streamable HTTP session of the sidecar). A
  * check that throws refuses the answer (fail closed); only the upstream giving up its request
@@ -23,6 +23,7 @@ import { CallbackAnswerDeniedError } from '../errors.js';
 import { digestArgs, type AuditLog } from './audit-log.js';
 import type { CallbackAnswerContext, CallbackAnswerDecision, GatewayBackend } from './backend.js';
 import { RelayedMcpError, messageOf, toMcpError } from './map-error.js';
+import type { GatewayMetrics } from './metrics.js';
 import type { GatewaySession } from './session.js';
 import type { GatewayLogEntry } from './tool-call-pipeline.js';
 import type { Upstream } from './upstream.js';
@@ -35,15 +36,18 @@ export class CallbackAnswers {
   readonly #backend: GatewayBackend;
   readonly #audit: AuditLog | undefined;
   readonly #log: (entry: GatewayLogEntry) => void;
+  readonly #metrics: GatewayMetrics;
 
   constructor(
     backend: GatewayBackend,
     audit: AuditLog | undefined,
     log: (entry: GatewayLogEntry) => void,
+    metrics: GatewayMetrics,
   ) {
     this.#backend = backend;
     this.#audit = audit;
     this.#log = log;
+    this.#metrics = metrics;
   }
 
   /**
@@ -100,6 +104,7 @@ export class CallbackAnswers {
         reason: `the answer could not be checked: ${messageOf(e)}`,
       };
     }
+    this.#metrics.recordCallbackAnswer(request.method, decision.allowed);
     if (decision.allowed) {
       if (error !== undefined) throw error;
       return result!;

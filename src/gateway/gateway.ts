@@ -280,7 +280,7 @@ export class ToolGateway implements SessionHost {
             this.#log({ level: 'error', msg: 'audit log write failed', error: messageOf(error) }),
         })
       : undefined;
-    const answers = new CallbackAnswers(this.#backend, this.#audit, this.#log);
+    const answers = new CallbackAnswers(this.#backend, this.#audit, this.#log, this.metrics);
     this.#routes = new InflightRoutes(this.#log, (upstream, session, request, signal, answer) =>
       answers.relay(upstream, session, request, signal, answer),
     );

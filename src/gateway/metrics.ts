@@ -14,6 +14,17 @@ export const DURATION_BUCKETS: readonly number[] = [
   0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 ];
 
+/**
+ * The server→client requests whose answers are counted by name; an upstream's other method is
+ * counted as `(other)`, so upstreams cannot grow the label set.
+ */
+const CALLBACK_METHODS: ReadonlySet<string> = new Set([
+  'sampling/createMessage',
+  'elicitation/create',
+  'roots/list',
+  'ping',
+]);
+
 /** A catalog error code (anything else is counted as `other`). */
 const FABRIC_CODE = /^FABRIC_ERR_[A-Z_]{1,64}$/;
 
@@ -50,6 +61,21 @@ export class GatewayMetrics {
   readonly #durations = new Map<string, Histogram>();
   /** `outcome code` → count, of requests that were refused or failed */
   readonly #failures = new Map<string, { outcome: string; code: string; count: number }>();
+  /** `method decision` → count, of agents' answers to upstream callbacks that were checked */
+  readonly #answers = new Map<string, { method: string; decision: string; count: number }>();
+
+  /**
+   * Counts one agent's answer to an upstream's callback that the policy providers checked
+   * (`checkCallbackAnswer`): `allowed` is whether it went to the upstream.
+   */
+  recordCallbackAnswer(method: string, allowed: boolean): void {
+    const name = CALLBACK_METHODS.has(method) ? method : '(other)';
+    const decision = allowed ? 'allow' : 'deny';
+    const key = `${name} ${decision}`;
+    const entry = this.#answers.get(key);
+    if (entry !== undefined) entry.count++;
+    else this.#answers.set(key, { method: name, decision, count: 1 });
+  }
 
   /**
    * Counts one finished request. `tool` must be a catalog name or `(unknown)`; `code` is the
@@ -127,6 +153,15 @@ export class GatewayMetrics {
         samples: [...this.#failures.values()].map((f) => ({
           labels: { outcome: f.outcome, code: f.code },
           value: f.count,
+        })),
+      },
+      {
+        name: 'agent_fabric_callback_answers_total',
+        help: "Agents' answers to upstream callbacks checked by policy providers, by method and decision (deny: refused, the upstream got FABRIC_ERR_CALLBACK_ANSWER_DENIED).",
+        type: 'counter',
+        samples: [...this.#answers.values()].map((a) => ({
+          labels: { method: a.method, decision: a.decision },
+          value: a.count,
         })),
       },
     ];

@@ -26,6 +26,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import type { GatewayLogEntry } from '../../src/gateway/tool-call-pipeline.js';
 import {
+  ADMIN_TOKEN,
   agentId,
   agentToken,
   cliStdioClient,
@@ -253,6 +254,31 @@ describe("secret-guard checks an agent's answers to upstream callbacks", () => {
     expect(refusals.length).toBeGreaterThanOrEqual(4);
     expect(refusals.every((l) => l.level === 'warn' && l.agentId === id)).toBe(true);
     expect(JSON.stringify(logs)).not.toContain(CREDENTIAL);
+  });
+
+  it('the checked answers are counted in /metrics by method and decision', async () => {
+    const res = await fetch(new URL('/metrics', sidecar.url), {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    const body = await res.text();
+    const count = (method: string, decision: string): number | undefined => {
+      const line = body
+        .split('\n')
+        .find((l) =>
+          l.startsWith(
+            `agent_fabric_callback_answers_total{method="${method}",decision="${decision}"} `,
+          ),
+        );
+      return line === undefined ? undefined : Number(line.split(' ')[1]);
+    };
+    // server-everything once each way; the fixture over HTTP and over the bridge: a result and an
+    // error answer each way for sampling, a result each way for elicitation and roots.
+    expect(count('sampling/createMessage', 'deny')).toBe(5);
+    expect(count('sampling/createMessage', 'allow')).toBe(5);
+    for (const method of ['elicitation/create', 'roots/list']) {
+      expect(count(method, 'deny')).toBe(2);
+      expect(count(method, 'allow')).toBe(2);
+    }
   });
 
   it('the session and the upstreams go on: innocent answers and plain calls are served', async () => {
