@@ -293,30 +293,17 @@ export class GrpcPolicyProvider {
   }
 
   async #ask(ctx, args, key) {
-    let res;
-    try {
-      res = await this.#call(
-        'decide',
-        policyProviderRequest({
-          agentId: ctx.agentId,
-          tool: ctx.tool,
-          argumentsJson: args,
-          poolId: ctx.poolId ?? '',
-          labels: { ...ctx.labels },
-        }),
-      );
-    } catch (err) {
-      const name = STATUS_NAME[err.code] ?? String(err.code);
-      return this.#failClosed(
-        `${name}: ${oneLine(this.#scrub(String(err.details || err.message)))}`,
-        true,
-      );
-    }
-    const verdict = this.#verdict(res);
-    if (verdict === null) {
-      return this.#failClosed(`answered an unusable decision (${res.decision})`, true);
-    }
-    this.#answering();
+    const { res, verdict, refusal } = await this.#consult(
+      'decide',
+      policyProviderRequest({
+        agentId: ctx.agentId,
+        tool: ctx.tool,
+        argumentsJson: args,
+        poolId: ctx.poolId ?? '',
+        labels: { ...ctx.labels },
+      }),
+    );
+    if (refusal !== undefined) return refusal;
     const ttl = Math.min(res.cacheTtlMs, this.#o.maxCacheTtlMs);
     if (ttl > 0) this.#remember(ctx.agentId, key, verdict, ttl);
     return verdict;
@@ -372,23 +359,41 @@ export class GrpcPolicyProvider {
         false,
       );
     }
+    const { verdict, refusal } = await this.#consult('checkCallbackAnswer', request, signal);
+    if (refusal !== undefined) return refusal;
+    return verdict?.action === 'allow' ? undefined : verdict;
+  }
+
+  /**
+   * Asks the service's `method` and reads its answer: `{ res, verdict }` (`verdict` undefined:
+   * it abstains), or `{ refusal }`, the fail-closed deny when it could not decide.
+   * @throws the reason of `signal` when it aborts first.
+   */
+  async #consult(method, request, signal) {
     let res;
     try {
-      res = await this.#call('checkCallbackAnswer', request, signal);
+      res = await this.#call(method, request, signal);
     } catch (err) {
-      if (signal.aborted) throw signal.reason;
+      if (signal?.aborted) throw signal.reason;
       const name = STATUS_NAME[err.code] ?? String(err.code);
-      return this.#failClosed(
-        `${name}: ${oneLine(this.#scrub(String(err.details || err.message)))}`,
-        true,
-      );
+      return {
+        refusal: this.#failClosed(
+          `${name}: ${oneLine(this.#scrub(String(err.details || err.message)))}`,
+          true,
+        ),
+      };
     }
     const verdict = this.#verdict(res);
     if (verdict === null) {
-      return this.#failClosed(`answered an unusable decision (${res.decision})`, true);
+      return {
+        refusal: this.#failClosed(`answered an unusable decision (${res.decision})`, true),
+      };
     }
-    this.#answering();
-    return verdict?.action === 'allow' ? undefined : verdict;
+    if (this.#failing) {
+      this.#failing = false;
+      this.#log.info('policy service answers again', { target: this.#o.target });
+    }
+    return { res, verdict };
   }
 
   /** Caches `verdict` under `key` in `agentId`'s share, dropping its own oldest when full. */
@@ -442,14 +447,6 @@ export class GrpcPolicyProvider {
       reason:
         reason === '' ? `${action} by policy service ${this.#o.target} (${this.name})` : reason,
     });
-  }
-
-  /** The service answers (again): logged once after it failed. */
-  #answering() {
-    if (this.#failing) {
-      this.#failing = false;
-      this.#log.info('policy service answers again', { target: this.#o.target });
-    }
   }
 
   /** Calls the service's `method` (`decide`, `checkCallbackAnswer`); `signal` cancels it. */
