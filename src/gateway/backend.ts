@@ -178,6 +178,13 @@ export interface GatewayBackend {
    * method every tool is listed.
    */
   isToolVisible?(ctx: ToolVisibilityContext): boolean;
+  /**
+   * Optional, with {@link isToolVisible}: calls `listener` whenever what `isToolVisible` answers
+   * may have changed (policies added, replaced or removed), so the gateway tells each MCP session
+   * whose tool list changed (`notifications/tools/list_changed`) instead of listing it stale.
+   * Returns the function that stops it.
+   */
+  onToolVisibilityChange?(listener: () => void): () => void;
 
   // Fabric tools for agents connected only over MCP.
   heartbeat(agentId: string): unknown;

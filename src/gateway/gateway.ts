@@ -222,6 +222,8 @@ export class ToolGateway implements SessionHost {
   readonly #upstreams = new Map<string, Upstream>();
   readonly #audit: AuditLog | undefined;
   readonly #hideDenied: boolean;
+  /** Stops listening for changes of what policy hides (see {@link #toolVisibilityChanged}). */
+  #stopVisibilityWatch: (() => void) | undefined;
   readonly #fabricTools: ReadonlyMap<string, FabricTool>;
   readonly #graceMs: number;
   readonly #bounds: InputBounds;
@@ -394,6 +396,11 @@ export class ToolGateway implements SessionHost {
       throw error;
     }
     this.#state = 'started';
+    if (this.#hideDenied && this.#backend.isToolVisible !== undefined) {
+      this.#stopVisibilityWatch = this.#backend.onToolVisibilityChange?.(() =>
+        this.#toolVisibilityChanged(),
+      );
+    }
     // Tasks restored waiting for an approval run again, as their agent (the fabric takes pool
     // and labels from its agent record; an agent that is gone is refused like any call of it).
     this.#tasks?.resume((record, run) =>
@@ -422,6 +429,16 @@ export class ToolGateway implements SessionHost {
    */
   forgetAgent(agentId: string): void {
     this.#estimates.forgetAgent(agentId);
+  }
+
+  /**
+   * Policy changed what it hides: each session whose agent's tool list differs now from what it
+   * was last given is told (`notifications/tools/list_changed`), as for an upstream's list change.
+   * Before, a session kept listing what it first listed until the catalog changed: a tool denied
+   * since stayed listed, and one allowed since stayed unknown to the agent.
+   */
+  #toolVisibilityChanged(): void {
+    for (const s of this.#sessions) s.toolVisibilityChanged();
   }
 
   /** Opens a session for one agent; connect it to a transport next. */
@@ -1599,6 +1616,8 @@ export class ToolGateway implements SessionHost {
   async close(): Promise<void> {
     if (this.#state === 'closing' || this.#state === 'closed') return;
     this.#state = 'closing';
+    this.#stopVisibilityWatch?.();
+    this.#stopVisibilityWatch = undefined;
     if (this.#calls > 0) {
       await new Promise<void>((resolve) => {
         // Waited out whole however long (a plain timer past its limit fires after 1 ms).

@@ -314,6 +314,23 @@ export class GatewaySession {
   }
 
   /**
+   * Policy changed what the gateway hides (see `GatewayBackend.onToolVisibilityChange`): when the
+   * tools this agent may see now differ from the list it was last given, the cached list is
+   * replaced and the client told (`notifications/tools/list_changed`). A session that has not
+   * listed its tools since the last change is told nothing: its next `tools/list` is fresh.
+   */
+  toolVisibilityChanged(): void {
+    const before = this.#toolsCache;
+    if (this.#closed || before === undefined) return;
+    const after = this.#host.listTools(this);
+    if (after.length === before.length && after.every((t, i) => t.name === before[i]!.name)) {
+      return;
+    }
+    this.#toolsCache = after;
+    this.server.sendToolListChanged().catch(() => undefined);
+  }
+
+  /**
    * Forwards a progress update of a call to the client, under the client's own token. The
    * promise settles once the notification was handed to the transport (never rejects).
    */

@@ -359,6 +359,8 @@ export class PolicyEngine {
   #answerCheckers: PolicyProvider[] = [];
   /** Enabled rules, in evaluation order, split by mode. */
   #all: Candidates = { enforce: [], audit: [] };
+  /** Told after each change of the rules (see {@link onRulesChanged}). */
+  readonly #ruleListeners = new Set<() => void>();
 
   constructor(options: PolicyEngineOptions = {}) {
     this.#options = parsePolicyEngineOptions(options);
@@ -511,6 +513,20 @@ export class PolicyEngine {
     const removed = this.#policies.delete(name);
     if (removed) this.#rebuild();
     return removed;
+  }
+
+  /**
+   * Calls `listener` after every change of the rules — a policy added, replaced or removed —
+   * once the change is in effect (what depends on the rules, such as the tools the gateway
+   * lists to an agent, is then recomputed). A listener that throws is ignored. Returns the
+   * function that stops it.
+   */
+  onRulesChanged(listener: () => void): () => void {
+    const own = (): void => listener();
+    this.#ruleListeners.add(own);
+    return () => {
+      this.#ruleListeners.delete(own);
+    };
   }
 
   /** The policy with this name, if any. */
@@ -798,6 +814,13 @@ export class PolicyEngine {
     }
     this.#all = { enforce, audit };
     this.#cache?.clear();
+    for (const listener of this.#ruleListeners) {
+      try {
+        listener();
+      } catch {
+        // A listener's failure is its own: the rules changed all the same.
+      }
+    }
   }
 }
 

@@ -79,6 +79,10 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
     return this.#fabric.isToolVisible(ctx);
   }
 
+  onToolVisibilityChange(listener: () => void): () => void {
+    return this.#fabric.policies.onRulesChanged(listener);
+  }
+
   heartbeat(agentId: string): unknown {
     return this.#fabric.heartbeat(agentId);
   }

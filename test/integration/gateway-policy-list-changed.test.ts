@@ -1,0 +1,135 @@
+/**
+ * `tools/list` hides the tools policy denies an agent outright (`gateway.hideDeniedTools`), and
+ * the gateway declares `tools.listChanged`. A session cached the list it first gave and dropped
+ * it only when the catalog changed, so after the operator added, replaced or removed a policy
+ * (Operator API `PolicyService`), an open session went on listing a tool denied since (while a
+ * new session of the same agent did not) and never learned of a tool allowed since; no
+ * `notifications/tools/list_changed` was sent. Now each session whose visible list changed is
+ * told, and lists the new one; a change that hides nothing tells nobody.
+ */
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import {
+  ResourceListChangedNotificationSchema,
+  ToolListChangedNotificationSchema,
+} from '@modelcontextprotocol/sdk/types.js';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  agentToken,
+  api,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  httpClient,
+  startTestSidecar,
+  until,
+} from '../fixtures/gateway/harness.js';
+
+const SERVER = fileURLToPath(new URL('../fixtures/gateway/catalog-server.mjs', import.meta.url));
+
+async function upstreamTools(client: Client): Promise<string[]> {
+  return (await client.listTools()).tools.map((t) => t.name).filter((n) => n.startsWith('a__'));
+}
+
+async function operator(sidecar: Sidecar, method: string, body: unknown): Promise<void> {
+  const res = await api(sidecar, `PolicyService/${method}`, body);
+  expect(res.status, await res.clone().text()).toBe(200);
+}
+
+const policyJson = (policy: unknown) => ({
+  policyJson: Buffer.from(JSON.stringify(policy)).toString('base64'),
+});
+
+describe('tools/list after a policy change', () => {
+  let sidecar: Sidecar;
+  let client: Client;
+  let notified = 0;
+  let resourcesChanged = 0;
+
+  /**
+   * Waits until every notification sent to the session so far has arrived: they travel in order
+   * on its one standalone stream, so once a resources list change the upstream announces now
+   * arrives, every tools list change sent before it has too.
+   */
+  async function settled(): Promise<void> {
+    const before = resourcesChanged;
+    await client.callTool({
+      name: 'a__claim',
+      arguments: { resources: [{ uri: `pl://r/${before + 1}`, name: 'r' }] },
+    });
+    await until(() => resourcesChanged > before);
+  }
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      upstreams: {
+        a: {
+          command: process.execPath,
+          args: [SERVER],
+          env: {
+            CATALOG_NAME: 'a',
+            CATALOG_RESOURCES: JSON.stringify([{ uri: 'pl://r/0', name: 'r' }]),
+          },
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'agent' }],
+    });
+    client = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'));
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+      notified++;
+    });
+    client.setNotificationHandler(ResourceListChangedNotificationSchema, () => {
+      resourcesChanged++;
+    });
+  });
+
+  afterAll(async () => {
+    await client?.close();
+    await closeSidecar(sidecar);
+  });
+
+  it('tells an open session, which then lists what policy hides now, as a new session does', async () => {
+    expect(await upstreamTools(client)).toContain('a__ping');
+    // Hides nothing (a rule with a condition hides no tool): nobody is told.
+    await operator(
+      sidecar,
+      'AddPolicy',
+      policyJson({
+        name: 'conditional',
+        priority: 100,
+        rules: [{ tool: 'a__arm', action: 'deny', conditions: { tools: '*' } }],
+      }),
+    );
+    await operator(
+      sidecar,
+      'AddPolicy',
+      policyJson({
+        name: 'hide-ping',
+        priority: 100,
+        rules: [{ tool: 'a__ping', action: 'deny' }],
+      }),
+    );
+    await until(() => notified > 0);
+    await settled();
+    expect(notified).toBe(1);
+    const now = await upstreamTools(client);
+    expect(now).not.toContain('a__ping');
+    expect(now).toContain('a__arm');
+    const fresh = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'));
+    try {
+      expect(await upstreamTools(fresh)).toEqual(now);
+    } finally {
+      await fresh.close();
+    }
+  });
+
+  it('tells it again when the policy is removed, and the tool is listed again', async () => {
+    const before = notified;
+    await operator(sidecar, 'RemovePolicy', { name: 'hide-ping' });
+    await until(() => notified > before);
+    expect(await upstreamTools(client)).toContain('a__ping');
+    await settled();
+    expect(notified).toBe(before + 1);
+  });
+});
