@@ -498,11 +498,22 @@ export class McpHttpEndpoint {
       kinds[i] = kind;
       if (kind === 'request') requests++;
     }
-    if (entry && messages.some((m, i) => kinds[i] === 'request' && isInitialize(m))) {
+    const initializes = messages.some((m, i) => kinds[i] === 'request' && isInitialize(m));
+    if (entry && initializes) {
       badRequest(
         res,
         ErrorCode.InvalidRequest,
         'Invalid Request: the session is initialized already',
+      );
+      return;
+    }
+    if (initializes && messages.length > 1) {
+      // As the SDK's transport: an initialize batched with anything else (a second initialize,
+      // calls run before the client saw the server's capabilities) opens no session.
+      badRequest(
+        res,
+        ErrorCode.InvalidRequest,
+        'Invalid Request: only one initialization request is allowed, and alone in its POST',
       );
       return;
     }

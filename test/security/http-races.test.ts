@@ -252,4 +252,35 @@ describe('HTTP requests racing their own session and calls (real sidecar)', () =
     // The session still works.
     expect(await statusOf(mcpHeaders(token, session), ping)).toBe(200);
   });
+
+  it('refuses an initialize batched with other messages, as the SDK transport does: no session, nothing run', async () => {
+    const token = agentToken(sidecar, 'b');
+    const before = await metric(port, 'agent_fabric_mcp_sessions ');
+    const calls = await metric(port, 'agent_fabric_requests_total{tool="ev__echo"');
+    const call = {
+      jsonrpc: '2.0',
+      id: 2,
+      method: 'tools/call',
+      params: { name: 'ev__echo', arguments: { message: 'batched' } },
+    };
+    for (const batch of [
+      [INIT, call],
+      [INIT, { ...INIT, id: 2 }],
+      [{ jsonrpc: '2.0', method: 'notifications/initialized' }, INIT],
+    ]) {
+      const res = await send(port, { headers: mcpHeaders(token), body: JSON.stringify(batch) });
+      expect(res.status).toBe(400);
+      expect(res.headers['mcp-session-id']).toBeUndefined();
+      expect(JSON.parse(res.body)).toMatchObject({
+        id: null,
+        error: { code: -32600, message: expect.stringMatching(/only one/i) },
+      });
+    }
+    expect(await metric(port, 'agent_fabric_mcp_sessions ')).toEqual(before);
+    expect(await metric(port, 'agent_fabric_requests_total{tool="ev__echo"')).toEqual(calls);
+    // A batch of the initialize alone opens a session, as a lone initialize does.
+    const alone = await send(port, { headers: mcpHeaders(token), body: JSON.stringify([INIT]) });
+    expect(alone.status).toBe(200);
+    expect(alone.headers['mcp-session-id']).toBeTypeOf('string');
+  });
 });
