@@ -313,39 +313,22 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   if (probe.status === 404) {
     throw new Error(`no MCP endpoint at ${url.href} (HTTP 404): give the sidecar's MCP URL`);
   }
-  const { StreamableHTTPClientTransport } =
-    await import('@modelcontextprotocol/sdk/client/streamableHttp.js');
-  const { ErrorCode } = await import('@modelcontextprotocol/sdk/types.js');
-  const { messageOf } = await import('../gateway/map-error.js');
-  const upstream = new StreamableHTTPClientTransport(url, { requestInit: { headers } });
+  const { McpBridge } = await import('./mcp-bridge.js');
   const downstream = new StdioSessionTransport();
   downstream.onbacklog = (event) => console.error(`agent-fabric mcp: ${backlogMessage(event)}`);
-  downstream.onmessage = (m) =>
-    void upstream.send(m).catch((e: unknown) => {
-      console.error(String(e));
-      // A request that could not be forwarded (too deep to serialize, refused by the sidecar's
-      // HTTP layer) is answered here: the agent must not wait for it forever.
-      const { id, method } = m as { id?: unknown; method?: unknown };
-      if (typeof method !== 'string' || (typeof id !== 'string' && typeof id !== 'number')) return;
-      void downstream.send({
-        jsonrpc: '2.0',
-        id,
-        error: {
-          code: ErrorCode.InternalError,
-          message: `agent-fabric mcp could not forward the request: ${messageOf(e)}`,
-        },
-      });
-    });
-  upstream.onmessage = (m) => void downstream.send(m);
-  upstream.onerror = (e) => console.error(`agent-fabric mcp: ${e.message}`);
+  const bridge = new McpBridge({
+    url,
+    headers,
+    downstream,
+    log: (message) => console.error(message),
+  });
   const shutdown = async (): Promise<void> => {
-    await upstream.terminateSession().catch(() => undefined);
-    await upstream.close();
+    await bridge.close();
     process.exit(0);
   };
   downstream.onclose = () => void shutdown();
   process.stdin.once('end', () => void shutdown());
-  await upstream.start();
+  await bridge.start();
   await downstream.start();
   phase = 'stopping'; // ends when stdin does
   return 'running';

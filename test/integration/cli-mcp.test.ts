@@ -4,7 +4,10 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import {
+  ToolListChangedNotificationSchema,
+  type CallToolResult,
+} from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadSidecarConfig } from '../../src/server/config-file.js';
 import { Sidecar } from '../../src/server/sidecar.js';
@@ -163,6 +166,42 @@ agents:
     await until(() => !alive(pid));
     // The bridge ends its sidecar session when its client goes away.
     await until(() => sidecar.gateway.sessions.size === sessions);
+  });
+
+  it('opens a new session when the sidecar lost the bridged one (404), with what the agent had set', async () => {
+    // MCP 2025-06-18, Session Management: a client answered 404 for its session MUST initialize
+    // a new one. Before, every later request was answered "could not forward the request".
+    const before = new Set(sidecar.gateway.sessions);
+    const { client } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
+    });
+    let listChanged = 0;
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+      listChanged++;
+    });
+    const ours = () => [...sidecar.gateway.sessions].filter((s) => !before.has(s));
+    try {
+      await client.setLoggingLevel('error');
+      expect((await client.listTools()).tools.length).toBeGreaterThan(0);
+      const [lost] = ours();
+      expect(lost?.logLevel).toBe('error');
+      // The sidecar forgets the session (as after a restart): its id is answered 404 from now.
+      await lost!.close();
+      const r = await client.callTool({
+        name: 'fs__read_text_file',
+        arguments: { path: join(sandbox, 'protected', 'secret.txt') },
+      });
+      expect(outcome(r)).toMatchObject({ isError: false });
+      const [renewed, ...more] = ours();
+      expect(more).toEqual([]);
+      expect(renewed).not.toBe(lost);
+      expect(renewed!.logLevel).toBe('error');
+      // Its lists came from the old session: the agent is told to list again.
+      await until(() => listChanged > 0);
+    } finally {
+      await client.close();
+    }
+    await until(() => ours().length === 0);
   });
 
   it('takes the base URL the operator commands use (FABRIC_URL without a path) and adds /mcp', async () => {

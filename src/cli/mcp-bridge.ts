@@ -1,0 +1,228 @@
+/**
+ * `agent-fabric mcp`: an MCP client on stdin/stdout bridged to the sidecar's Streamable HTTP
+ * endpoint, message for message.
+ *
+ * The bridge is the HTTP client of the session, so what the Streamable HTTP transport asks of a
+ * client is its to do: when the sidecar answers `404` for the session (it restarted, or closed
+ * the session), the client "MUST start a new session by sending a new InitializeRequest without
+ * a session ID attached" (MCP 2025-06-18, Session Management). Before, the SDK's client transport
+ * kept sending the dead session id, and every request of the agent was answered with an error
+ * until its MCP client restarted the bridge. Now the bridge opens a new session with the
+ * agent's own `initialize`, replays what the agent had set on the old one (`initialized`, its
+ * `logging/setLevel`, its resource subscriptions), sends the request again, and tells the agent
+ * that the lists may have changed (the sidecar's catalogue may differ after a restart).
+ *
+ * @module
+ */
+import {
+  StreamableHTTPClientTransport,
+  StreamableHTTPError,
+} from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { ErrorCode, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import type { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js';
+import { messageOf } from '../gateway/map-error.js';
+
+/** Ids of the bridge's own requests (never forwarded to the agent). */
+const OWN_ID = 'agent-fabric-mcp/';
+
+type Envelope = { id?: unknown; method?: unknown; params?: unknown; result?: unknown };
+
+/** Options of a {@link McpBridge}. */
+export interface McpBridgeOptions {
+  /** The sidecar's MCP endpoint. */
+  url: URL;
+  /** Headers of every request (the agent's bearer token). */
+  headers: Record<string, string>;
+  /** The agent's side (stdin/stdout). */
+  downstream: StdioSessionTransport;
+  /** Where problems are reported (stderr). */
+  log: (message: string) => void;
+}
+
+/** True when `error` says the sidecar does not know the session (HTTP 404). */
+function sessionGone(error: unknown): boolean {
+  return error instanceof StreamableHTTPError && error.code === 404;
+}
+
+/** Bridges one stdio MCP client to one Streamable HTTP session (renewed when the sidecar lost it). */
+export class McpBridge {
+  readonly #options: McpBridgeOptions;
+  #upstream: StreamableHTTPClientTransport;
+  /** The agent's `initialize` request, as it sent it. */
+  #initialize: JSONRPCMessage | undefined;
+  #initialized = false;
+  /** The params of the agent's last `logging/setLevel`. */
+  #logLevel: unknown;
+  /** URIs the agent subscribed to (and did not unsubscribe from). */
+  readonly #subscriptions = new Set<string>();
+  /** Answers the bridge waits for, by the id of its own request. */
+  readonly #own = new Map<string, (message: Envelope) => void>();
+  #ownIds = 0;
+  /** Messages wait for this before they are sent (a new session being opened). */
+  #ready: Promise<void> = Promise.resolve();
+
+  constructor(options: McpBridgeOptions) {
+    this.#options = options;
+    this.#upstream = this.#connect();
+    options.downstream.onmessage = (m) => this.#fromAgent(m);
+  }
+
+  /** Starts the HTTP side (the stdio side is started by its owner). */
+  async start(): Promise<void> {
+    await this.#upstream.start();
+  }
+
+  /** Ends the session (`DELETE`) and closes the HTTP side. */
+  async close(): Promise<void> {
+    await this.#upstream.terminateSession().catch(() => undefined);
+    await this.#upstream.close();
+  }
+
+  #connect(): StreamableHTTPClientTransport {
+    const transport = new StreamableHTTPClientTransport(this.#options.url, {
+      requestInit: { headers: this.#options.headers },
+    });
+    transport.onmessage = (m) => {
+      const { id } = m as Envelope;
+      if (typeof id === 'string' && id.startsWith(OWN_ID) && !('method' in m)) {
+        const waiter = this.#own.get(id);
+        this.#own.delete(id);
+        waiter?.(m as Envelope);
+        return;
+      }
+      void this.#options.downstream.send(m);
+    };
+    transport.onerror = (e) => this.#options.log(`agent-fabric mcp: ${e.message}`);
+    return transport;
+  }
+
+  #fromAgent(m: JSONRPCMessage): void {
+    this.#note(m);
+    // In order, after a session being opened.
+    void this.#ready.then(() => this.#forward(m, true));
+  }
+
+  /** Keeps what the agent set on its session, to set it again on a new one. */
+  #note(m: JSONRPCMessage): void {
+    const { id, method, params } = m as Envelope;
+    if (method === 'initialize' && id !== undefined) this.#initialize = m;
+    else if (method === 'notifications/initialized') this.#initialized = true;
+    else if (method === 'logging/setLevel' && id !== undefined) this.#logLevel = params;
+    else if (method === 'resources/subscribe' || method === 'resources/unsubscribe') {
+      const uri = (params as { uri?: unknown } | undefined)?.uri;
+      if (typeof uri !== 'string') return;
+      if (method === 'resources/subscribe') this.#subscriptions.add(uri);
+      else this.#subscriptions.delete(uri);
+    }
+  }
+
+  async #forward(m: JSONRPCMessage, renewable: boolean): Promise<void> {
+    const upstream = this.#upstream;
+    try {
+      await upstream.send(m);
+    } catch (error) {
+      if (
+        renewable &&
+        sessionGone(error) &&
+        this.#initialize !== undefined &&
+        (m as Envelope).method !== 'initialize'
+      ) {
+        try {
+          await this.#renew(upstream);
+        } catch (renewError) {
+          this.#refuse(m, renewError);
+          return;
+        }
+        await this.#forward(m, false);
+        return;
+      }
+      this.#refuse(m, error);
+    }
+  }
+
+  /**
+   * Opens a new session for the agent after the sidecar lost `lost`'s: its `initialize` again,
+   * then `initialized`, its log level and its subscriptions; then the agent is told the lists
+   * may have changed. Messages from the agent wait meanwhile. Several requests failing on the
+   * same lost session open one new session.
+   */
+  #renew(lost: StreamableHTTPClientTransport): Promise<void> {
+    if (this.#upstream !== lost) return this.#ready; // already renewed (or being renewed)
+    const fresh = this.#connect();
+    this.#upstream = fresh;
+    const renewal = this.#open(fresh);
+    // Messages of the agent wait for the new session; a failed renewal lets them fail alone.
+    this.#ready = renewal.catch(() => undefined);
+    void lost.close().catch(() => undefined);
+    return renewal;
+  }
+
+  async #open(fresh: StreamableHTTPClientTransport): Promise<void> {
+    this.#options.log(
+      'agent-fabric mcp: the sidecar no longer knows the session; opening a new one',
+    );
+    await fresh.start();
+    const init = this.#initialize as Envelope;
+    const answer = await this.#ask(fresh, 'initialize', init.params);
+    const result = answer.result as
+      { capabilities?: Record<string, { listChanged?: boolean } | undefined> } | undefined;
+    if (result === undefined) {
+      throw new Error(`the sidecar refused to initialize a new session: ${JSON.stringify(answer)}`);
+    }
+    if (this.#initialized) {
+      await fresh.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+    }
+    if (this.#logLevel !== undefined) await this.#ask(fresh, 'logging/setLevel', this.#logLevel);
+    // Not awaited: a subscription may wait for an approval, and the agent's requests must not.
+    for (const uri of this.#subscriptions) {
+      this.#ask(fresh, 'resources/subscribe', { uri }).catch((error: unknown) =>
+        this.#options.log(`agent-fabric mcp: could not subscribe again: ${messageOf(error)}`),
+      );
+    }
+    // What the agent listed came from the old session: the lists may differ now.
+    const caps = result.capabilities ?? {};
+    for (const list of ['tools', 'prompts', 'resources'] as const) {
+      if (caps[list]?.listChanged === true) {
+        void this.#options.downstream.send({
+          jsonrpc: '2.0',
+          method: `notifications/${list}/list_changed`,
+        });
+      }
+    }
+  }
+
+  /** Sends a request of the bridge's own on `transport` and resolves with its answer. */
+  #ask(
+    transport: StreamableHTTPClientTransport,
+    method: string,
+    params: unknown,
+  ): Promise<Envelope> {
+    const id = `${OWN_ID}${++this.#ownIds}`;
+    return new Promise<Envelope>((resolve, reject) => {
+      this.#own.set(id, resolve);
+      const request = { jsonrpc: '2.0', id, method, params } as JSONRPCMessage;
+      transport.send(request).catch((error: unknown) => {
+        this.#own.delete(id);
+        reject(error as Error);
+      });
+    });
+  }
+
+  /**
+   * A request that could not be forwarded (too deep to serialize, refused by the sidecar's HTTP
+   * layer, no session to be had) is answered here: the agent must not wait for it forever.
+   */
+  #refuse(m: JSONRPCMessage, error: unknown): void {
+    this.#options.log(String(error));
+    const { id, method } = m as Envelope;
+    if (typeof method !== 'string' || (typeof id !== 'string' && typeof id !== 'number')) return;
+    void this.#options.downstream.send({
+      jsonrpc: '2.0',
+      id,
+      error: {
+        code: ErrorCode.InternalError,
+        message: `agent-fabric mcp could not forward the request: ${messageOf(error)}`,
+      },
+    });
+  }
+}
