@@ -15,7 +15,11 @@
  */
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { ErrorCode, SUPPORTED_PROTOCOL_VERSIONS } from '@modelcontextprotocol/sdk/types.js';
+import {
+  ErrorCode,
+  SUPPORTED_PROTOCOL_VERSIONS,
+  type RequestId,
+} from '@modelcontextprotocol/sdk/types.js';
 import {
   ConfigError,
   FabricError,
@@ -46,7 +50,7 @@ import {
   type MessageKind,
 } from './jsonrpc-message.js';
 import { httpErrorBody, httpStatusOf } from './map-error.js';
-import type { GatewaySession } from './session.js';
+import { malformedInitialize, type GatewaySession } from './session.js';
 
 export { readBody, sendJson } from './http-body.js';
 
@@ -525,6 +529,13 @@ export class McpHttpEndpoint {
       }
       if (kinds[0] !== 'request' || first.method !== 'initialize') {
         badRequest(res, -32000, 'Bad Request: no mcp-session-id; send initialize first');
+        return;
+      }
+      // Refused before a session is opened: one opened for it would hold a slot until it idled.
+      const malformed = malformedInitialize(first);
+      if (malformed !== undefined) {
+        const { id } = first as { id: RequestId };
+        sendJson(res, 400, jsonRpcError(malformed.code, malformed.message, id, malformed.data));
         return;
       }
     }

@@ -13,6 +13,7 @@ import {
   ErrorCode,
   McpError,
   GetPromptRequestSchema,
+  InitializeRequestSchema,
   ListPromptsRequestSchema,
   ListResourcesRequestSchema,
   ListResourceTemplatesRequestSchema,
@@ -144,6 +145,20 @@ function invalidParams(
 }
 
 /**
+ * Why an `initialize` request is malformed (as InvalidParams naming its first problem), or
+ * `undefined` when the SDK's schema takes it. The SDK's `Server` answers a malformed one
+ * InternalError with its whole issue list; and a door that opens a session per `initialize`
+ * (Streamable HTTP) checks it first, so a malformed one opens none.
+ */
+export function malformedInitialize(request: unknown): McpError | undefined {
+  const parsed = InitializeRequestSchema.safeParse(request);
+  return parsed.success ? undefined : toMcpError(invalidParams('initialize', parsed.error.issues));
+}
+
+/** The SDK `Server`'s own `initialize` handler (a method of its class; undefined if renamed). */
+type SdkInitialize = ((request: unknown) => Promise<Result>) | undefined;
+
+/**
  * Nesting of an agent's answer to an upstream's request from which it is refused: `JSON.stringify`
  * runs out of stack a few thousand levels down, and an answer it cannot serialize never reached
  * an HTTP or SSE upstream (the SDK only reports the failed send), which waited for it — and the
@@ -225,6 +240,11 @@ export class GatewaySession {
       ...(instructions === undefined ? {} : { instructions }),
     });
     const s = this.server;
+    const sdkInitialize = (s as unknown as { _oninitialize?: SdkInitialize })._oninitialize;
+    if (typeof sdkInitialize === 'function') {
+      // The SDK's own handling, once the params are checked here (see malformedInitialize).
+      checked(s, InitializeRequestSchema, (req) => sdkInitialize.call(s, req));
+    }
     checked(s, ListToolsRequestSchema, () => ({
       ...host.toolListHints(this),
       tools: this.tools(),

@@ -6,11 +6,16 @@
  * (`resources/read` with a number `uri`, `prompts/get` with an array `name`, `tools/call` with a
  * string `task`) was answered InternalError (-32603) with the SDK's whole issue list as its
  * message — a server fault, to the client and to anything counting server errors.
+ *
+ * `initialize` too (a review of MCP conformance): a malformed one was answered the same way, and
+ * over HTTP it opened a session first, which stayed open (a slot of `maxSessionsPerAgent`) until
+ * the idle timeout, 30 minutes: a client retrying a bad initialize locked its agent out.
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { McpError, EmptyResultSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { rawRequest } from '../fixtures/raw-http.js';
 import {
   agentToken,
   closeSidecar,
@@ -74,5 +79,47 @@ describe('malformed MCP requests (server-everything behind a real sidecar, offic
     }
     const ok = await client.callTool({ name: 'ev__echo', arguments: { message: 'still here' } });
     expect(text(ok)).toBe('Echo: still here');
+  });
+
+  it('a malformed initialize is InvalidParams naming the field, and opens no session', async () => {
+    const url = new URL(sidecar.url!);
+    const headers = {
+      authorization: `Bearer ${agentToken(sidecar, 'a')}`,
+      'content-type': 'application/json',
+      accept: 'application/json, text/event-stream',
+    };
+    const sessions = sidecar.gateway.sessions.size;
+    for (const [params, field] of [
+      [
+        { protocolVersion: 5, capabilities: {}, clientInfo: { name: 'c', version: '1' } },
+        'initialize params.protocolVersion',
+      ],
+      [
+        { protocolVersion: '2025-06-18', clientInfo: { name: 'c', version: '1' } },
+        'initialize params.capabilities',
+      ],
+      [
+        { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: {} },
+        'initialize params.clientInfo.name',
+      ],
+    ] as const) {
+      const res = await rawRequest(
+        url,
+        'POST',
+        url.pathname,
+        headers,
+        JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'initialize', params }),
+      );
+      expect(res.headers['mcp-session-id'], field).toBeUndefined();
+      const body = JSON.parse(res.body) as { id: unknown; error: McpError };
+      expect(body.id).toBe(7);
+      expect(body.error.code, field).toBe(-32602);
+      expect(body.error.data, field).toMatchObject({
+        code: 'FABRIC_ERR_INVALID_ARGUMENT',
+        details: { field },
+      });
+      expect(body.error.message.length, field).toBeLessThan(300);
+    }
+    expect(sidecar.gateway.sessions.size).toBe(sessions);
   });
 });
