@@ -109,6 +109,8 @@ const SSE_HEADERS = {
   'x-accel-buffering': 'no',
 };
 
+const SESSION_CLOSED = 'the session was closed before the request was answered';
+
 const DUPLICATE_ID = 'Invalid Request: id is already used by a request in flight in this session';
 
 /**
@@ -491,15 +493,20 @@ export class HttpSessionTransport implements Transport {
     for (const ex of new Set(this.#exchanges.values())) {
       if (ex.keepAlive) clearInterval(ex.keepAlive);
       if (!ex.res.headersSent) {
-        this.#writeJson(
+        this.#writeJson(ex.res, 503, jsonRpcError(ErrorCode.ConnectionClosed, SESSION_CLOSED));
+        continue;
+      }
+      // An SSE stream: each request still pending gets its answer, an error, before the stream
+      // ends (an ended stream without it left the client waiting for it forever); responses
+      // waiting for their turn are written first, and the last one ends the stream.
+      for (const id of ex.pending) {
+        this.#writeEvent(
           ex.res,
-          503,
-          jsonRpcError(
-            ErrorCode.ConnectionClosed,
-            'the session was closed before the request was answered',
-          ),
+          JSON.stringify(jsonRpcError(ErrorCode.ConnectionClosed, SESSION_CLOSED, id)),
         );
-      } else ex.res.end();
+      }
+      ex.pending.clear();
+      if (ex.queued === 0) ex.res.end();
     }
     this.#exchanges.clear();
     if (dropped > 0) this.#onRequestsDone(dropped);

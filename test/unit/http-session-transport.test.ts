@@ -140,6 +140,23 @@ describe('HttpSessionTransport', () => {
     expect(res.writableEnded).toBe(true);
   });
 
+  it('answers the requests still pending on an SSE stream when the session closes, then ends it', async () => {
+    // Before, the stream just ended: its client waited for those answers forever (the stdio
+    // bridge's client, and an SDK client until its own timeout).
+    const t = setup();
+    const res = t.post([1, 2, 3]);
+    await t.transport.send(progress(0), { relatedRequestId: 1 }); // switches to SSE
+    await t.transport.send(response(1)); // waits for its turn
+    await t.transport.close();
+    await turn();
+    const events = res.events() as { id?: unknown; method?: string; error?: { code: number } }[];
+    expect(events.map((m) => m.id ?? m.method)).toEqual(['notifications/progress', 2, 3, 1]);
+    expect(events.slice(1, 3).map((m) => m.error?.code)).toEqual([-32000, -32000]);
+    expect(res.writableEnded).toBe(true);
+    res.flushed();
+    expect(t.done()).toBe(3);
+  });
+
   it('drops notifications to a stream past its backlog, never responses', async () => {
     const t = setup({ maxStreamBacklogBytes: 1024 });
     const res = t.post([1]);
