@@ -11,6 +11,12 @@ import type { Catalog, Route } from './catalog.js';
 /** The lists of {@link Catalog} that agents are told about with a `list_changed`. */
 export interface CatalogChanges {
   tools: boolean;
+  /**
+   * With `tools`: the downstream names of the tools added, removed or changed, when that is all
+   * that changed (an agent that may see none of them has the same list as before); `undefined`
+   * when the list changed as a whole (order, list-level hints).
+   */
+  toolNames?: ReadonlySet<string> | undefined;
   prompts: boolean;
   /** `resources/list` or `resources/templates/list`. */
   resources: boolean;
@@ -18,9 +24,14 @@ export interface CatalogChanges {
 
 /** Compares the lists of `before` and `after` by content (names, order, items, list hints). */
 export function catalogChanges(before: Catalog, after: Catalog): CatalogChanges {
+  const tools =
+    !sameRoutes(before.tools, after.tools) || !sameJson(before.hints.tools, after.hints.tools);
   return {
-    tools:
-      !sameRoutes(before.tools, after.tools) || !sameJson(before.hints.tools, after.hints.tools),
+    tools,
+    toolNames:
+      tools && sameJson(before.hints.tools, after.hints.tools)
+        ? changedNames(before.tools, after.tools)
+        : undefined,
     prompts:
       !sameRoutes(before.prompts, after.prompts) ||
       !sameJson(before.hints.prompts, after.hints.prompts),
@@ -30,6 +41,34 @@ export function catalogChanges(before: Catalog, after: Catalog): CatalogChanges 
       !sameJson(before.hints.resources, after.hints.resources) ||
       !sameJson(before.hints.resourceTemplates, after.hints.resourceTemplates),
   };
+}
+
+/**
+ * The names whose route was added, removed or changed between `a` and `b`; `undefined` when
+ * the names that stay are in another order (the list changed as a whole).
+ */
+function changedNames<T>(
+  a: ReadonlyMap<string, Route<T>>,
+  b: ReadonlyMap<string, Route<T>>,
+): Set<string> | undefined {
+  const names = new Set<string>();
+  for (const [name, route] of a) {
+    const other = b.get(name);
+    if (other === undefined || !sameRoute(route, other)) names.add(name);
+  }
+  for (const name of b.keys()) if (!a.has(name)) names.add(name);
+  // The names both keep, in the same order in both.
+  const kept = [...b.keys()].filter((n) => a.has(n));
+  let i = 0;
+  for (const name of a.keys()) {
+    if (!b.has(name)) continue;
+    if (kept[i++] !== name) return undefined;
+  }
+  return names;
+}
+
+function sameRoute<T>(a: Route<T>, b: Route<T>): boolean {
+  return a.upstream === b.upstream && a.upstreamName === b.upstreamName && sameJson(a.item, b.item);
 }
 
 /**
@@ -43,14 +82,7 @@ function sameRoutes<T>(a: ReadonlyMap<string, Route<T>>, b: ReadonlyMap<string, 
     const next = other.next();
     if (next.done === true) return false;
     const [otherName, otherRoute] = next.value;
-    if (
-      name !== otherName ||
-      route.upstream !== otherRoute.upstream ||
-      route.upstreamName !== otherRoute.upstreamName ||
-      !sameJson(route.item, otherRoute.item)
-    ) {
-      return false;
-    }
+    if (name !== otherName || !sameRoute(route, otherRoute)) return false;
   }
   return true;
 }

@@ -822,15 +822,25 @@ export class ToolGateway implements SessionHost {
    * outright, see `hideDeniedTools`).
    */
   listToolsFor(identity: AgentIdentity): Tool[] {
-    const { agentId, poolId, labels } = identity;
-    const probe = this.#hideDenied ? this.#backend.isToolVisible?.bind(this.#backend) : undefined;
     const tools: Tool[] = [];
-    const add = (name: string, tool: Tool): void => {
-      if (!probe || probe({ agentId, poolId, tool: name, labels })) tools.push(tool);
-    };
-    for (const [name, t] of this.#fabricTools) add(name, t.tool);
-    for (const [name, route] of this.#catalog.tools) add(name, route.item);
+    for (const [name, t] of this.#fabricTools) {
+      if (this.#visibleTo(identity, name)) tools.push(t.tool);
+    }
+    for (const [name, route] of this.#catalog.tools) {
+      if (this.#visibleTo(identity, name)) tools.push(route.item);
+    }
     return tools;
+  }
+
+  toolVisible(session: GatewaySession, name: string): boolean {
+    return this.#visibleTo(session.identity, name);
+  }
+
+  /** False when `tools/list` hides the tool `name` from `identity` (`hideDeniedTools`). */
+  #visibleTo(identity: AgentIdentity, name: string): boolean {
+    if (!this.#hideDenied || this.#backend.isToolVisible === undefined) return true;
+    const { agentId, poolId, labels } = identity;
+    return this.#backend.isToolVisible({ agentId, poolId, tool: name, labels });
   }
 
   /**

@@ -38,6 +38,7 @@ import {
 import { z } from 'zod';
 import { InvalidArgumentError } from '../errors.js';
 import type { TraceCarrier } from '../telemetry/tracing.js';
+import type { CatalogChanges } from './catalog-changes.js';
 import type { AgentIdentity } from './backend.js';
 import { FastToolCalls, type CancelHook } from './fast-path.js';
 import type { ToolCallOutcome } from './tool-call-pipeline.js';
@@ -80,6 +81,8 @@ export interface SessionHost {
   capabilities(): ServerCapabilities;
   instructions(): string | undefined;
   listTools(session: GatewaySession): Tool[];
+  /** False when `tools/list` hides the tool `name` from the session's agent (policy). */
+  toolVisible(session: GatewaySession, name: string): boolean;
   /** The list-level hints (`ttlMs`, `cacheScope`, `_meta` …) sent with `tools/list`. */
   toolListHints(session: GatewaySession): ListHints;
   callTool(session: GatewaySession, request: Request, extra: CallExtra): Promise<Result>;
@@ -320,13 +323,27 @@ export class GatewaySession {
     return this.#logLevel;
   }
 
-  /** Drops cached lists and tells the client which lists changed. */
-  catalogChanged(what: { tools: boolean; prompts: boolean; resources: boolean }): void {
+  /**
+   * Drops cached lists and tells the client which lists changed. A tools change that only
+   * touches tools hidden from this agent is not told (its list is the same; before, every
+   * agent heard of every change to tools policy hides from it).
+   */
+  catalogChanged(what: CatalogChanges): void {
     if (this.#closed) return;
     const caps = this.#caps;
     if (what.tools) {
       this.#toolsCache = undefined;
-      this.server.sendToolListChanged().catch(() => undefined);
+      const names = what.toolNames;
+      let seen = names === undefined;
+      if (names !== undefined) {
+        for (const name of names) {
+          if (this.#host.toolVisible(this, name)) {
+            seen = true;
+            break;
+          }
+        }
+      }
+      if (seen) this.server.sendToolListChanged().catch(() => undefined);
     }
     if (what.prompts && caps.prompts) this.server.sendPromptListChanged().catch(() => undefined);
     if (what.resources && caps.resources)

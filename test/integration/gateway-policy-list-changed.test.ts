@@ -133,3 +133,64 @@ describe('tools/list after a policy change', () => {
     expect(notified).toBe(before + 1);
   });
 });
+
+describe('an upstream list change that touches only tools policy hides', () => {
+  let sidecar: Sidecar;
+  let client: Client;
+  let notified = 0;
+  const control = ['ping', 'arm'].map((name) => ({ name, inputSchema: { type: 'object' } }));
+  const tool = (name: string) => ({ name, inputSchema: { type: 'object' } });
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      upstreams: {
+        a: {
+          command: process.execPath,
+          args: [SERVER],
+          env: { CATALOG_NAME: 'a', CATALOG_TOOLS: JSON.stringify(control) },
+        },
+      },
+      policies: [
+        {
+          name: 'hide',
+          priority: 100,
+          rules: [{ tool: 'a__hidden*', action: 'deny' }],
+        },
+        DEFAULT_ALLOW,
+      ],
+      agents: [{ name: 'agent' }],
+    });
+    client = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'));
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+      notified++;
+    });
+  });
+
+  afterAll(async () => {
+    await client?.close();
+    await closeSidecar(sidecar);
+  });
+
+  /** Has the upstream list `tools` and waits until the gateway has loaded them. */
+  async function arm(tools: { name: string }[]): Promise<void> {
+    await client.callTool({ name: 'a__arm', arguments: { tools } });
+    const names = JSON.stringify(tools.map((t) => t.name));
+    const upstream = sidecar.gateway.upstreams.get('a')!;
+    // The catalog is rebuilt right after the upstream's lists are loaded (the same turn).
+    await until(() => JSON.stringify(upstream.tools.map((t) => t.name)) === names);
+  }
+
+  it('is not told to the agent (its list is the same); a change it can see is', async () => {
+    expect(await upstreamTools(client)).toEqual(['a__ping', 'a__arm']);
+    await arm([...control, tool('hidden_one')]);
+    await arm([...control, tool('hidden_one'), tool('hidden_two')]);
+    await arm([...control, tool('hidden_two'), tool('shown')]);
+    await until(() => notified > 0);
+    expect(await upstreamTools(client)).toEqual(['a__ping', 'a__arm', 'a__shown']);
+    // One more visible change, after the others: once it is heard, every earlier one was too
+    // (notifications travel in order on the session's stream).
+    await arm([...control, tool('hidden_two')]);
+    await until(() => notified > 1);
+    expect(notified).toBe(2);
+  });
+});
