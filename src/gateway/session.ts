@@ -226,6 +226,11 @@ export class GatewaySession {
   #host: SessionHost;
   #caps: ServerCapabilities;
   #toolsCache: Tool[] | undefined;
+  /**
+   * The tools list the client was last given and still holds as current: undefined before its
+   * first `tools/list` and once it was told the list changed (it lists again).
+   */
+  #toolsGiven: Tool[] | undefined;
   #closed = false;
   /** Lowest severity index forwarded (set by logging/setLevel); everything by default. */
   #minLevel = 0;
@@ -311,7 +316,14 @@ export class GatewaySession {
   /** The tools this agent may see (cached until the catalog changes). */
   tools(): Tool[] {
     this.#toolsCache ??= this.#host.listTools(this);
+    this.#toolsGiven = this.#toolsCache;
     return this.#toolsCache;
+  }
+
+  /** Tells the client its tools list changed (it no longer holds a current one). */
+  #toolListChanged(): void {
+    this.#toolsGiven = undefined;
+    this.server.sendToolListChanged().catch(() => undefined);
   }
 
   get closed(): boolean {
@@ -343,7 +355,8 @@ export class GatewaySession {
           }
         }
       }
-      if (seen) this.server.sendToolListChanged().catch(() => undefined);
+      // Not seen: the list the client holds is still this agent's list.
+      if (seen) this.#toolListChanged();
     }
     if (what.prompts && caps.prompts) this.server.sendPromptListChanged().catch(() => undefined);
     if (what.resources && caps.resources)
@@ -352,19 +365,18 @@ export class GatewaySession {
 
   /**
    * Policy changed what the gateway hides (see `GatewayBackend.onToolVisibilityChange`): when the
-   * tools this agent may see now differ from the list it was last given, the cached list is
-   * replaced and the client told (`notifications/tools/list_changed`). A session that has not
-   * listed its tools since the last change is told nothing: its next `tools/list` is fresh.
+   * tools this agent may see now differ from the list the client holds, the cached list is
+   * dropped and the client told (`notifications/tools/list_changed`). A client that holds none
+   * (it never listed its tools, or was told already and has not listed them again) is told
+   * nothing: its next `tools/list` is fresh.
    */
   toolVisibilityChanged(): void {
-    const before = this.#toolsCache;
-    if (this.#closed || before === undefined) return;
-    const after = this.#host.listTools(this);
-    if (after.length === before.length && after.every((t, i) => t.name === before[i]!.name)) {
-      return;
-    }
-    this.#toolsCache = after;
-    this.server.sendToolListChanged().catch(() => undefined);
+    const given = this.#toolsGiven;
+    if (this.#closed || given === undefined) return;
+    const now = this.#host.listTools(this);
+    if (now.length === given.length && now.every((t, i) => t.name === given[i]!.name)) return;
+    this.#toolsCache = undefined;
+    this.#toolListChanged();
   }
 
   /**

@@ -193,4 +193,18 @@ describe('an upstream list change that touches only tools policy hides', () => {
     await until(() => notified > 1);
     expect(notified).toBe(2);
   });
+
+  it('a policy change after an unseen change still tells the agent what it may see now', async () => {
+    expect(await upstreamTools(client)).toEqual(['a__ping', 'a__arm']);
+    await arm([...control, tool('hidden_two'), tool('hidden_three')]); // not told
+    const before = notified;
+    await operator(sidecar, 'RemovePolicy', { name: 'hide' });
+    await until(() => notified > before);
+    expect(await upstreamTools(client)).toEqual([
+      'a__ping',
+      'a__arm',
+      'a__hidden_two',
+      'a__hidden_three',
+    ]);
+  });
 });
