@@ -10,7 +10,9 @@
  * until its MCP client restarted the bridge. Now the bridge opens a new session with the
  * agent's own `initialize`, replays what the agent had set on the old one (`initialized`, its
  * `logging/setLevel`, its resource subscriptions), sends the request again, and tells the agent
- * that the lists may have changed (the sidecar's catalogue may differ after a restart).
+ * that the lists may have changed (the sidecar's catalogue may differ after a restart). A
+ * `ping` before `initialize`, which the MCP lifecycle allows, is answered by the bridge itself:
+ * the sidecar refuses every request without a session.
  *
  * @module
  */
@@ -18,7 +20,7 @@ import {
   StreamableHTTPClientTransport,
   StreamableHTTPError,
 } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { ErrorCode, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import { ErrorCode, type JSONRPCMessage, type RequestId } from '@modelcontextprotocol/sdk/types.js';
 import type { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js';
 import { messageOf } from '../gateway/map-error.js';
 
@@ -99,7 +101,16 @@ export class McpBridge {
   #fromAgent(m: JSONRPCMessage): void {
     this.#note(m);
     // In order, after a session being opened.
-    void this.#ready.then(() => this.#forward(m, true));
+    void this.#ready.then(() => {
+      const { id, method } = m as Envelope;
+      if (method === 'ping' && id !== undefined && this.#upstream.sessionId === undefined) {
+        // A ping may come before initialize (MCP lifecycle); the sidecar refuses any request
+        // without a session, so the bridge, alive, answers it.
+        void this.#options.downstream.send({ jsonrpc: '2.0', id: id as RequestId, result: {} });
+        return;
+      }
+      return this.#forward(m, true);
+    });
   }
 
   /** Keeps what the agent set on its session, to set it again on a new one. */

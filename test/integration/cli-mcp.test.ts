@@ -168,6 +168,24 @@ agents:
     await until(() => sidecar.gateway.sessions.size === sessions);
   });
 
+  it('answers a ping sent before initialize (the spec allows it; the sidecar has no session yet)', async () => {
+    const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...inherited } = process.env;
+    const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'mcp'], {
+      env: { ...inherited, FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
+      stdio: ['pipe', 'pipe', 'ignore'],
+    });
+    try {
+      let out = '';
+      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      child.stdin.write('{"jsonrpc":"2.0","id":"early","method":"ping"}\n');
+      await until(() => out.includes('\n'));
+      expect(JSON.parse(out.split('\n')[0]!)).toEqual({ jsonrpc: '2.0', id: 'early', result: {} });
+    } finally {
+      child.stdin.end();
+      await new Promise((resolve) => child.once('close', resolve));
+    }
+  });
+
   it('opens a new session when the sidecar lost the bridged one (404), with what the agent had set', async () => {
     // MCP 2025-06-18, Session Management: a client answered 404 for its session MUST initialize
     // a new one. Before, every later request was answered "could not forward the request".
