@@ -27,6 +27,9 @@ import { messageOf } from '../gateway/map-error.js';
 /** Ids of the bridge's own requests (never forwarded to the agent). */
 const OWN_ID = 'agent-fabric-mcp/';
 
+/** How long the bridge waits for the answer to a request of its own (a renewal's). */
+const OWN_TIMEOUT_MS = 30_000;
+
 type Envelope = { id?: unknown; method?: unknown; params?: unknown; result?: unknown };
 
 /** Options of a {@link McpBridge}. */
@@ -202,7 +205,10 @@ export class McpBridge {
     }
   }
 
-  /** Sends a request of the bridge's own on `transport` and resolves with its answer. */
+  /**
+   * Sends a request of the bridge's own on `transport` and resolves with its answer; rejects
+   * when none came within {@link OWN_TIMEOUT_MS} (the agent's messages wait for a renewal).
+   */
   #ask(
     transport: StreamableHTTPClientTransport,
     method: string,
@@ -210,12 +216,22 @@ export class McpBridge {
   ): Promise<Envelope> {
     const id = `${OWN_ID}${++this.#ownIds}`;
     return new Promise<Envelope>((resolve, reject) => {
-      this.#own.set(id, resolve);
-      const request = { jsonrpc: '2.0', id, method, params } as JSONRPCMessage;
-      transport.send(request).catch((error: unknown) => {
+      const fail = (error: Error): void => {
+        clearTimeout(timer);
         this.#own.delete(id);
-        reject(error as Error);
+        reject(error);
+      };
+      const timer = setTimeout(
+        () => fail(new Error(`the sidecar did not answer ${method} within ${OWN_TIMEOUT_MS} ms`)),
+        OWN_TIMEOUT_MS,
+      );
+      timer.unref();
+      this.#own.set(id, (answer) => {
+        clearTimeout(timer);
+        resolve(answer);
       });
+      const request = { jsonrpc: '2.0', id, method, params } as JSONRPCMessage;
+      transport.send(request).catch((error: unknown) => fail(error as Error));
     });
   }
 
