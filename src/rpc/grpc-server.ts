@@ -82,9 +82,10 @@ export interface GrpcServer {
   readonly port: number;
   /**
    * Stops accepting, ends the server streams in progress (UNAVAILABLE), lets unary calls finish
-   * briefly, then closes.
+   * until `drained` settles (the gateway's in-flight calls ended or their grace ran out) and
+   * briefly after, then closes. @param drained default: already settled
    */
-  close(): Promise<void>;
+  close(drained?: Promise<unknown>): Promise<void>;
 }
 
 /**
@@ -148,12 +149,19 @@ export async function startGrpcServer(
   return {
     address: `${host}:${port}`,
     port,
-    close: () =>
+    close: (drained = Promise.resolve()) =>
       new Promise<void>((resolve) => {
         for (const end of endStreams) end();
-        const force = setTimeout(() => server.forceShutdown(), 2_000);
-        force.unref();
+        let force: NodeJS.Timeout | undefined;
+        let done = false;
+        const arm = (): void => {
+          if (done) return;
+          force = setTimeout(() => server.forceShutdown(), 2_000);
+          force.unref();
+        };
+        drained.then(arm, arm);
         server.tryShutdown(() => {
+          done = true;
           clearTimeout(force);
           resolve();
         });

@@ -97,8 +97,17 @@ export interface StartedHttpServer {
   readonly server: Server;
   readonly port: number;
   readonly url: string;
-  close(): Promise<void>;
+  /**
+   * Stops accepting connections and ends the door's streams at once; requests in progress go on
+   * until `drained` settles (the gateway's in-flight calls finished or their grace ran out, so
+   * their answers reach the agents), then what is left open (SSE streams never go idle) is cut
+   * after a moment. @param drained default: already settled
+   */
+  close(drained?: Promise<unknown>): Promise<void>;
 }
+
+/** Time the connections still open get to finish once the calls in flight ended at shutdown. */
+const CLOSE_CUT_MS = 1000;
 
 /** Sends an error of a non-MCP route; the connection closes when the body was not read. */
 function sendError(req: IncomingMessage, res: ServerResponse, error: unknown): void {
@@ -265,7 +274,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
     server,
     port,
     url: `${options.tls === undefined ? 'http' : 'https'}://${host === '0.0.0.0' ? '127.0.0.1' : host}:${port}${options.mcpPath}`,
-    close: () =>
+    close: (drained = Promise.resolve()) =>
       new Promise<void>((resolve) => {
         // The door's streams (watches) never end on their own: end them with their `end` line.
         options.api?.close();
@@ -273,8 +282,13 @@ export async function startHttpServer(options: HttpServerOptions): Promise<Start
         options.dashboard?.close();
         server.close(() => resolve());
         server.closeIdleConnections();
-        // SSE streams never go idle on their own; cut what is left after a moment.
-        setTimeout(() => server.closeAllConnections(), 1000).unref();
+        // SSE streams never go idle on their own; cut what is left a moment after the calls in
+        // flight were answered (cut before, their answers were lost though they had run).
+        const cut = (): void => {
+          server.closeIdleConnections();
+          setTimeout(() => server.closeAllConnections(), CLOSE_CUT_MS).unref();
+        };
+        drained.then(cut, cut);
       }),
   };
 }

@@ -536,9 +536,12 @@ export class Sidecar {
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      const httpClosed = this.#http?.close();
-      const grpcClosed = this.#grpc?.close();
-      await this.gateway.close();
+      // The doors stop accepting at once but keep the connections of the calls in flight until
+      // the gateway has let them finish (bounded by its grace), so their answers are delivered.
+      const drained = this.gateway.close();
+      const httpClosed = this.#http?.close(drained);
+      const grpcClosed = this.#grpc?.close(drained);
+      await drained;
       await this.#mcp?.close();
       await httpClosed;
       await grpcClosed;

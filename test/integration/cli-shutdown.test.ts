@@ -1,0 +1,102 @@
+/**
+ * Shutdown of the real `agent-fabric serve` (child processes, a real SQLite state file, stdio
+ * upstreams, the official SDK client over Streamable HTTP and grpc-js) with calls in flight:
+ *
+ * - a call in flight at SIGTERM that finishes within `gateway.shutdownGraceSeconds` is answered
+ *   over both doors (the doors used to cut their connections after 1 s / 2 s while the gateway
+ *   still let the call run: it ran and was charged, and the agent got a dropped connection or
+ *   no answer at all);
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { create } from '@bufbuild/protobuf';
+import { afterAll, describe, expect, it } from 'vitest';
+import { CallToolRequestSchema, type CallToolResponse } from '../../src/gen/fabric/v1/tool_pb.js';
+import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
+import { tempDir, text, until } from '../fixtures/gateway/harness.js';
+import { grpcClient, unary } from '../fixtures/grpc-client.js';
+import { cleanUp, connect, freePort, serve, stop } from '../fixtures/state/serve.js';
+
+afterAll(cleanUp);
+
+const SLOW_SERVER = new URL('../fixtures/gateway/slow-server.mjs', import.meta.url).pathname;
+
+/** The lines the slow upstream wrote to its COUNT_FILE. */
+function ran(file: string): string[] {
+  try {
+    return readFileSync(file, 'utf8').split('\n').filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+describe('agent-fabric serve: SIGTERM with calls in flight', () => {
+  it('answers the calls that finish within the grace, over HTTP and gRPC, and exits 0', async () => {
+    const dir = tempDir('cli-shutdown');
+    const count = join(dir, 'ran.txt');
+    writeFileSync(
+      join(dir, 'fabric.json'),
+      JSON.stringify({
+        http: { host: '127.0.0.1', port: await freePort() },
+        grpc: { port: 0 },
+        upstreams: {
+          slow: {
+            command: process.execPath,
+            args: [SLOW_SERVER],
+            env: { COUNT_FILE: count },
+            stderr: 'ignore',
+          },
+        },
+        policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
+        gateway: { shutdownGraceSeconds: 60 },
+        audit: { path: join(dir, 'audit.log') },
+        agents: [{ name: 'worker' }],
+      }),
+    );
+    const r = await serve(dir);
+    const grpcAddress = /gRPC:\s+(\S+)/.exec(r.out)![1]!;
+    const client = await connect(r.url, r.token);
+    // A first call teaches the gateway the tool's cost estimate: until then a second call of
+    // the tool waits for the first one's result (README, budgets).
+    const first = await client.callTool({ name: 'slow__slow', arguments: { label: 'w', ms: 0 } });
+    expect(text(first)).toBe('slept w');
+    // Each call outlives the doors' old cut (1 s HTTP, 2 s gRPC) by far, the grace by far less.
+    const overHttp = client.callTool(
+      { name: 'slow__slow', arguments: { label: 'h', ms: 3000 } },
+      undefined,
+      { timeout: 20_000 },
+    );
+    const tools = grpcClient(TOOL_SERVICE_DEFINITION, grpcAddress);
+    const overGrpc = unary<CallToolResponse>(
+      tools,
+      'callTool',
+      create(CallToolRequestSchema, {
+        name: 'slow__slow',
+        args: { case: 'arguments', value: { label: 'g', ms: 3000 } },
+      }),
+      r.token,
+    );
+    try {
+      await until(() => ran(count).length === 4, 30_000); // both reached the upstream
+      const exited = stop(r, 'SIGTERM');
+
+      // Each settles (an unanswered one fails within its timeout, not the test's).
+      const [http, grpc] = await Promise.all([
+        overHttp.then(
+          (result) => text(result),
+          (error: unknown) => `failed: ${String(error)}`,
+        ),
+        overGrpc.then(
+          (res) => (res.isError ? 'isError' : JSON.stringify(res.result)),
+          (error: unknown) => `failed: ${String(error)}`,
+        ),
+      ]);
+      expect(http).toBe('slept h');
+      expect(grpc).toContain('slept g');
+      expect(await exited).toBe(0);
+    } finally {
+      tools.close();
+    }
+    expect(ran(count).slice(2).sort()).toEqual(['end g', 'end h', 'start g', 'start h']);
+  });
+});
