@@ -121,7 +121,9 @@ function fail(error: unknown): never {
 /**
  * Closes on SIGINT/SIGTERM, and exits 0 once closed. Installed before start-up, so a signal
  * during start-up waits for it to settle and then closes what it started (upstream process
- * groups included) instead of leaving them behind.
+ * groups included) instead of leaving them behind. A second signal (an impatient Ctrl-C) exits
+ * at once with 1, saying so: the process's exit still kills the upstream and pool process
+ * groups (their exit hooks), where the signal's default action would have left them orphaned.
  */
 function onSignals(note: (msg: string) => void = (msg) => console.error(`agent-fabric: ${msg}`)): {
   closeWith(close: () => Promise<void>): void;
@@ -141,12 +143,17 @@ function onSignals(note: (msg: string) => void = (msg) => console.error(`agent-f
     );
   };
   const on = (sig: string): void => {
-    if (received !== undefined) return;
+    if (received !== undefined) {
+      note(
+        `${sig} received again: exiting now without finishing the shutdown (upstream and pool processes are killed; calls still in flight get no answer)`,
+      );
+      process.exit(EXIT.failure);
+    }
     received = sig;
     stop();
   };
-  process.once('SIGINT', () => on('SIGINT'));
-  process.once('SIGTERM', () => on('SIGTERM'));
+  process.on('SIGINT', () => on('SIGINT'));
+  process.on('SIGTERM', () => on('SIGTERM'));
   return {
     closeWith(c) {
       close = c;
@@ -368,7 +375,7 @@ const serveCommand: Command = {
 override http.port and http.host of the config and the FABRIC_HTTP_PORT/FABRIC_HTTP_HOST
 environment. The log goes to stderr: JSON lines (pino) when stderr is not a terminal, readable
 lines when it is; each upstream's stderr is logged with its name; credentials are redacted.
-Stops on SIGINT/SIGTERM (exit 0 once closed).`,
+Stops on SIGINT/SIGTERM (exit 0 once closed; a second signal exits 1 at once).`,
   options: {
     config: {
       type: 'string',

@@ -9,7 +9,9 @@
  * takes through `onrawline` (a plain text result) is not parsed at all — and writes through a
  * {@link LineWriter}: the messages of one poll phase of the event loop in one write (one
  * syscall and one wake-up of the child for a whole burst of concurrent calls, also when they
- * came in separate HTTP requests).
+ * came in separate HTTP requests). A group still running when the sidecar's process exits
+ * (`process.exit`, a second signal, an uncaught error) is killed with it: detached, it would
+ * not get the terminal's signal and would live on, orphaned.
  *
  * @module
  */
@@ -31,6 +33,30 @@ import { DEFAULT_CALL_TIMEOUT_SECONDS, DEFAULT_MAX_MESSAGE_BYTES } from './upstr
 /** Environment variables inherited by default (as the SDK's stdio transport does). */
 /** Longest stderr line passed to `onStderrLine`; a longer one is replaced by a marker line. */
 export const MAX_STDERR_LINE = 16 * 1024;
+
+/**
+ * Process groups of the children started and not yet reaped. They are SIGKILLed when the
+ * process exits without having closed them: detached, they would outlive it.
+ */
+const liveGroups = new Set<number>();
+let exitHookInstalled = false;
+
+/** Remembers `pid`'s group as live; the first one installs the process's exit hook. */
+function trackGroup(pid: number): void {
+  liveGroups.add(pid);
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const group of liveGroups) {
+      try {
+        process.kill(process.platform === 'win32' ? group : -group, 'SIGKILL');
+      } catch {
+        // the group is already gone
+      }
+    }
+    liveGroups.clear();
+  });
+}
 
 const INHERITED_ENV = ['HOME', 'LOGNAME', 'PATH', 'SHELL', 'TERM', 'USER', 'TMPDIR', 'LANG'];
 
@@ -216,6 +242,7 @@ export class ProcessStdioTransport implements Transport {
       });
       this.#child = child;
       this.#pid = child.pid;
+      if (child.pid !== undefined) trackGroup(child.pid);
       let spawned = false;
       // A child that never ran (ENOENT, EACCES, a missing cwd) emits 'error' and 'close' but
       // never 'exit': waiting for 'exit' alone would hang close() — and with nothing else
@@ -244,6 +271,7 @@ export class ProcessStdioTransport implements Transport {
         if (!this.#closed) {
           // Died on its own: take down whatever it left in its group, then report.
           this.#signal('SIGKILL');
+          if (this.#pid !== undefined) liveGroups.delete(this.#pid);
           this.#closed = true;
           this.onclose?.();
         }
@@ -474,6 +502,7 @@ export class ProcessStdioTransport implements Transport {
     await exited;
     // The direct child is gone; make sure nothing it left in the group survives it.
     this.#signal('SIGKILL');
+    if (this.#pid !== undefined) liveGroups.delete(this.#pid);
     clearTimeout(timer);
     this.onclose?.();
   }

@@ -6,6 +6,9 @@
  *   over both doors (the doors used to cut their connections after 1 s / 2 s while the gateway
  *   still let the call run: it ran and was charged, and the agent got a dropped connection or
  *   no answer at all);
+ * - a second signal during the shutdown (an impatient Ctrl-C) exits 1 at once, saying so, and
+ *   leaves no upstream process behind, grandchildren included (the signal's default action used
+ *   to end the sidecar and leave the upstream's detached process group orphaned).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,13 +16,37 @@ import { create } from '@bufbuild/protobuf';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CallToolRequestSchema, type CallToolResponse } from '../../src/gen/fabric/v1/tool_pb.js';
 import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
-import { tempDir, text, until } from '../fixtures/gateway/harness.js';
+import { alive, descendants, tempDir, text, until } from '../fixtures/gateway/harness.js';
 import { grpcClient, unary } from '../fixtures/grpc-client.js';
 import { cleanUp, connect, freePort, serve, stop } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
 
 const SLOW_SERVER = new URL('../fixtures/gateway/slow-server.mjs', import.meta.url).pathname;
+
+/** Writes `<dir>/fabric.json`: the slow upstream (run by `wrapper` when given) and one agent. */
+async function writeConfig(dir: string, count: string, extra: object = {}, wrapper?: string) {
+  const node = `${process.execPath} ${SLOW_SERVER}`;
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port: await freePort() },
+      upstreams: {
+        slow: {
+          ...(wrapper === undefined
+            ? { command: process.execPath, args: [SLOW_SERVER] }
+            : { command: 'sh', args: ['-c', `${wrapper} exec ${node}`] }),
+          env: { COUNT_FILE: count },
+          stderr: 'ignore',
+        },
+      },
+      policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
+      audit: { path: join(dir, 'audit.log') },
+      agents: [{ name: 'worker' }],
+      ...extra,
+    }),
+  );
+}
 
 /** The lines the slow upstream wrote to its COUNT_FILE. */
 function ran(file: string): string[] {
@@ -34,25 +61,7 @@ describe('agent-fabric serve: SIGTERM with calls in flight', () => {
   it('answers the calls that finish within the grace, over HTTP and gRPC, and exits 0', async () => {
     const dir = tempDir('cli-shutdown');
     const count = join(dir, 'ran.txt');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port: await freePort() },
-        grpc: { port: 0 },
-        upstreams: {
-          slow: {
-            command: process.execPath,
-            args: [SLOW_SERVER],
-            env: { COUNT_FILE: count },
-            stderr: 'ignore',
-          },
-        },
-        policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
-        gateway: { shutdownGraceSeconds: 60 },
-        audit: { path: join(dir, 'audit.log') },
-        agents: [{ name: 'worker' }],
-      }),
-    );
+    await writeConfig(dir, count, { grpc: { port: 0 }, gateway: { shutdownGraceSeconds: 60 } });
     const r = await serve(dir);
     const grpcAddress = /gRPC:\s+(\S+)/.exec(r.out)![1]!;
     const client = await connect(r.url, r.token);
@@ -98,5 +107,39 @@ describe('agent-fabric serve: SIGTERM with calls in flight', () => {
       tools.close();
     }
     expect(ran(count).slice(2).sort()).toEqual(['end g', 'end h', 'start g', 'start h']);
+  });
+
+  it('exits 1 at once on a second signal, and leaves no upstream process behind', async () => {
+    const dir = tempDir('cli-shutdown-twice');
+    const count = join(dir, 'ran.txt');
+    // The upstream leaves a grandchild in its process group, as servers started by npx do.
+    await writeConfig(dir, count, {}, 'sleep 600 &');
+    const r = await serve(dir);
+    const kids = descendants(r.child.pid!);
+    try {
+      expect(kids.length).toBeGreaterThan(1); // the server and its grandchild
+      const client = await connect(r.url, r.token);
+      const call = client
+        .callTool({ name: 'slow__slow', arguments: { label: 'x', ms: 600_000 } }, undefined, {
+          timeout: 600_000,
+        })
+        .catch((error: unknown) => error);
+      await until(() => ran(count).length === 1, 30_000);
+
+      const exited = new Promise<number | null>((resolve) =>
+        r.child.once('exit', (code) => resolve(code)),
+      );
+      r.child.kill('SIGINT');
+      await until(() => r.err().includes('SIGINT received, shutting down'));
+      r.child.kill('SIGINT'); // the call holds the shutdown for its 60 s grace: Ctrl-C again
+      expect(await exited).toBe(1);
+      expect(r.err()).toContain(
+        'SIGINT received again: exiting now without finishing the shutdown',
+      );
+      await until(() => kids.every((pid) => !alive(pid)));
+      expect(await call).toBeInstanceOf(Error);
+    } finally {
+      for (const pid of kids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    }
   });
 });
