@@ -83,7 +83,7 @@ import type { NatsOptions, NatsOptionsInput } from './transport/nats/nats-option
 import { parseNatsOptions } from './transport/nats/nats-options.js';
 import { NatsExecutor } from './transport/nats/nats-executor.js';
 import { HeartbeatListener } from './transport/nats/heartbeat-listener.js';
-import { connectNats } from './transport/nats/nats-connection.js';
+import { connectNats, drainNats } from './transport/nats/nats-connection.js';
 import { isFinished, TaskStatus } from './task.js';
 import { nestsDeeper, recordJson } from './json-bytes.js';
 
@@ -582,7 +582,7 @@ export class AgentFabric {
       this.#leases.clear();
       await this.scheduler.close();
       await this.natsHeartbeats?.close();
-      if (this.#nc !== undefined) await this.#nc.drain().catch(() => this.#nc?.close());
+      if (this.#nc !== undefined) await drainNats(this.#nc);
       await this.#store.close();
     })();
     return this.#closing;

@@ -55,3 +55,32 @@ export async function connectNats(options: NatsOptions, name: string): Promise<N
     throw new NatsUnavailableError(shown, message, { cause: err });
   }
 }
+
+/** Longest wait for a NATS connection to drain at close: a flush needs the server's answer. */
+export const NATS_DRAIN_TIMEOUT_MS = 5000;
+
+/**
+ * Drains `nc` (its subscriptions end, what was published is flushed) and closes it — bounded by
+ * `timeoutMs`: a server that stopped answering (frozen, partitioned) or is gone (the client
+ * reconnecting) never answers the drain's flush, and a close waiting for it never ended (the
+ * sidecar then never exited on SIGTERM). Past the bound the connection is closed at once; what
+ * was not flushed is lost as on any broken connection (JetStream redelivers what was not acked).
+ * @returns whether the drain finished in time
+ */
+export async function drainNats(
+  nc: NatsConnection,
+  timeoutMs: number = NATS_DRAIN_TIMEOUT_MS,
+): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const drained = nc.drain().then(
+    () => true,
+    () => false,
+  );
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), timeoutMs);
+  });
+  const done = await Promise.race([drained, late]);
+  clearTimeout(timer);
+  if (!done) await nc.close().catch(() => undefined);
+  return done;
+}
