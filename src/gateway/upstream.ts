@@ -500,7 +500,11 @@ export class Upstream {
       if (error.code === ErrorCode.ConnectionClosed) {
         return new UpstreamUnavailableError(
           this.name,
-          `disconnected during ${method}; it is being restarted`,
+          // Closed by the gateway (its shutdown, once the grace for calls in flight ran out): it
+          // is not restarted, and an agent told it is would wait for it to come back.
+          this.#state === 'closed'
+            ? `was closed during ${method}: the gateway is shutting down`
+            : `disconnected during ${method}; it is being restarted`,
           { state: this.#state },
           { cause: error },
         );

@@ -32,10 +32,11 @@ describe('gateway close() and the calls in flight', () => {
     dir = undefined;
   });
 
-  async function start(audit?: string): Promise<Client> {
+  async function start(audit?: string, graceSeconds?: number): Promise<Client> {
     sidecar = await startTestSidecar(
       {
         ...(audit === undefined ? {} : { audit: { path: audit } }),
+        ...(graceSeconds === undefined ? {} : { gateway: { shutdownGraceSeconds: graceSeconds } }),
         upstreams: {
           slow: { command: process.execPath, args: [HANGING_SERVER], stderr: 'ignore' },
         },
@@ -107,5 +108,21 @@ describe('gateway close() and the calls in flight', () => {
     const status = sidecar!.fabric!.budgets.getStatus(agentId(sidecar!, 'caller'));
     expect(status.costUsed).toBe(1);
     expect(status.costReserved).toBe(0);
+  });
+
+  it('tells a call cut off when the grace ran out that the gateway is shutting down', async () => {
+    const client = await start(undefined, 0);
+    const hanging = client.callTool({ name: 'slow__hang', arguments: {} });
+    await until(
+      async () => text(await client.callTool({ name: 'slow__pending', arguments: {} })) === '1',
+    );
+    await sidecar!.gateway.close();
+    const result = await hanging;
+    expect(result.isError).toBe(true);
+    // Not "it is being restarted": the upstream is closed for good, nothing comes back.
+    expect(text(result)).toContain(
+      'upstream slow was closed during tools/call: the gateway is shutting down',
+    );
+    expect(text(result)).toContain('FABRIC_ERR_UPSTREAM_UNAVAILABLE');
   });
 });
