@@ -133,7 +133,7 @@ export class AuditLog {
   #timer: NodeJS.Timeout | undefined;
   #immediate: NodeJS.Immediate | undefined;
   readonly #onError: (error: unknown) => void;
-  /** Timed flushes must not throw: an exception in a timer ends the process. */
+  /** Timed flushes (and the one at exit) must not throw: an exception in a timer ends the process. */
   readonly #flush = (): void => {
     try {
       this.flush();
@@ -153,6 +153,9 @@ export class AuditLog {
     }
     mkdirSync(dirname(this.path), { recursive: true });
     this.#open();
+    // A process that exits without closing the log (a second signal cutting the shutdown
+    // short, a fatal error) still writes what is queued: the writes are synchronous.
+    process.on('exit', this.#flush);
   }
 
   #open(): void {
@@ -309,6 +312,7 @@ export class AuditLog {
 
   /** Flushes and closes the file. */
   close(): void {
+    process.off('exit', this.#flush);
     this.flush();
     if (this.#fd !== undefined) closeSync(this.#fd);
     this.#fd = undefined;

@@ -8,7 +8,8 @@
  *   no answer at all);
  * - a second signal during the shutdown (an impatient Ctrl-C) exits 1 at once, saying so, and
  *   leaves no upstream process behind, grandchildren included (the signal's default action used
- *   to end the sidecar and leave the upstream's detached process group orphaned).
+ *   to end the sidecar and leave the upstream's detached process group orphaned), and the audit
+ *   records still queued in memory are written.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -113,18 +114,30 @@ describe('agent-fabric serve: SIGTERM with calls in flight', () => {
     const dir = tempDir('cli-shutdown-twice');
     const count = join(dir, 'ran.txt');
     // The upstream leaves a grandchild in its process group, as servers started by npx do.
-    await writeConfig(dir, count, {}, 'sleep 600 &');
+    // Audit records wait up to a minute in memory: the exit must write them.
+    const audit = join(dir, 'audit.log');
+    await writeConfig(
+      dir,
+      count,
+      { audit: { path: audit, flushIntervalMs: 60_000 } },
+      'sleep 600 &',
+    );
     const r = await serve(dir);
     const kids = descendants(r.child.pid!);
     try {
       expect(kids.length).toBeGreaterThan(1); // the server and its grandchild
       const client = await connect(r.url, r.token);
+      const done = await client.callTool({
+        name: 'slow__slow',
+        arguments: { label: 'done', ms: 0 },
+      });
+      expect(text(done)).toBe('slept done');
       const call = client
         .callTool({ name: 'slow__slow', arguments: { label: 'x', ms: 600_000 } }, undefined, {
           timeout: 600_000,
         })
         .catch((error: unknown) => error);
-      await until(() => ran(count).length === 1, 30_000);
+      await until(() => ran(count).length === 3, 30_000);
 
       const exited = new Promise<number | null>((resolve) =>
         r.child.once('exit', (code) => resolve(code)),
@@ -138,6 +151,11 @@ describe('agent-fabric serve: SIGTERM with calls in flight', () => {
       );
       await until(() => kids.every((pid) => !alive(pid)));
       expect(await call).toBeInstanceOf(Error);
+      // The finished call's record was still queued: written at the exit.
+      const lines = readFileSync(audit, 'utf8').split('\n').filter(Boolean);
+      expect(lines.map((l) => JSON.parse(l) as Record<string, unknown>)).toEqual([
+        expect.objectContaining({ tool: 'slow__slow', outcome: 'ok' }),
+      ]);
     } finally {
       for (const pid of kids) if (alive(pid)) process.kill(pid, 'SIGKILL');
     }
