@@ -10,7 +10,11 @@
  * the take-over itself is guarded by a second, short-lived lock file, so two processes can not
  * both take over the same stale lock. A lock held from another host is never broken
  * automatically: the error names the holder, and an operator removes the file once that
- * holder is known to be gone.
+ * holder is known to be gone. On Linux the lock also names the boot it was taken in and its
+ * holder's start time (clock ticks since boot): a live pid whose start time differs, or a lock
+ * of an earlier boot, is another process that reuses the pid (after a reboot, or a crash long
+ * ago), so the lock is stale too — before, a sidecar killed before a reboot could not start
+ * again until an operator removed the lock by hand.
  *
  * @module
  */
@@ -28,6 +32,41 @@ export interface LockHolder {
   readonly startedAt: string;
   /** Random id of the lock instance (tells two holders with the same pid apart). */
   readonly instance: string;
+  /** The kernel's id of the boot the lock was taken in (Linux). */
+  readonly bootId?: string;
+  /** The holder's start, in clock ticks since boot (Linux): tells a reused pid apart. */
+  readonly startTicks?: number;
+}
+
+/** The boot's id, or undefined where the kernel does not tell it. */
+function currentBootId(): string | undefined {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** When `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat), if known. */
+function startTicks(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command (field 2) is in parentheses and may hold spaces: count after its end.
+    const ticks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+    return Number.isSafeInteger(ticks) ? ticks : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** This process's {@link LockHolder.bootId} and {@link LockHolder.startTicks}, where known. */
+function identity(): { bootId?: string; startTicks?: number } {
+  const bootId = currentBootId();
+  const ticks = startTicks(process.pid);
+  return {
+    ...(bootId === undefined ? {} : { bootId }),
+    ...(ticks === undefined ? {} : { startTicks: ticks }),
+  };
 }
 
 /** Locks held by this process (path -> instance), for stale checks and the exit handler. */
@@ -57,6 +96,7 @@ export class StoreLock {
       hostname: hostname(),
       startedAt: new Date().toISOString(),
       instance: randomBytes(8).toString('hex'),
+      ...identity(),
     };
     for (let attempt = 0; attempt < 5; attempt++) {
       if (held.has(path)) throw lockedError(path, await readHolder(path), 'this process');
@@ -130,7 +170,14 @@ function parseHolder(text: string): LockHolder | undefined {
       typeof v.startedAt === 'string' &&
       typeof v.instance === 'string'
     ) {
-      return { pid: v.pid, hostname: v.hostname, startedAt: v.startedAt, instance: v.instance };
+      return {
+        pid: v.pid,
+        hostname: v.hostname,
+        startedAt: v.startedAt,
+        instance: v.instance,
+        ...(typeof v.bootId === 'string' ? { bootId: v.bootId } : {}),
+        ...(typeof v.startTicks === 'number' ? { startTicks: v.startTicks } : {}),
+      };
     }
   } catch {
     // fall through
@@ -142,7 +189,15 @@ function parseHolder(text: string): LockHolder | undefined {
 function isStale(h: LockHolder): boolean {
   if (h.hostname !== hostname()) return false;
   if (h.pid === process.pid) return !ownInstances.has(h.instance);
-  return !pidAlive(h.pid);
+  if (!pidAlive(h.pid)) return true;
+  // Alive, but maybe not the holder: a lock of an earlier boot, or a pid that started at
+  // another time than the holder did, belongs to a process that reused the pid. A lock without
+  // these fields (an older version's, another OS) keeps the pid's word.
+  const boot = currentBootId();
+  if (h.bootId !== undefined && boot !== undefined && h.bootId !== boot) return true;
+  if (h.startTicks === undefined) return false;
+  const ticks = startTicks(h.pid);
+  return ticks !== undefined && ticks !== h.startTicks;
 }
 
 function pidAlive(pid: number): boolean {
@@ -164,6 +219,7 @@ async function takeOver(path: string, stale: LockHolder): Promise<void> {
     hostname: hostname(),
     startedAt: new Date().toISOString(),
     instance: randomBytes(8).toString('hex'),
+    ...identity(),
   };
   if (!(await createExclusive(guardPath, me))) {
     ownInstances.delete(me.instance);

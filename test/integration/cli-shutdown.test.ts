@@ -9,8 +9,13 @@
  * - a second signal during the shutdown (an impatient Ctrl-C) exits 1 at once, saying so, and
  *   leaves no upstream process behind, grandchildren included (the signal's default action used
  *   to end the sidecar and leave the upstream's detached process group orphaned), and the audit
- *   records still queued in memory are written.
+ *   records still queued in memory are written;
+ * - after a SIGKILL, a restart starts even when the dead sidecar's pid now belongs to another
+ *   process (a reboot, or a crash long ago): the state lock names the holder's boot and start
+ *   time, so a reused pid is told apart (before, serve refused with FABRIC_ERR_STATE_LOCKED
+ *   until an operator removed the lock).
  */
+import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { create } from '@bufbuild/protobuf';
@@ -158,6 +163,26 @@ describe('agent-fabric serve: SIGTERM with calls in flight', () => {
       ]);
     } finally {
       for (const pid of kids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    }
+  });
+
+  it('starts after a SIGKILL when the dead sidecar’s pid was reused by another process', async () => {
+    const dir = tempDir('cli-shutdown-pid-reuse');
+    await writeConfig(dir, join(dir, 'ran.txt'), { state: { path: join(dir, 'state.db') } });
+    const first = await serve(dir);
+    expect(await stop(first, 'SIGKILL')).toBeNull();
+    const lockPath = join(dir, 'state.db.lock');
+    const lock = JSON.parse(readFileSync(lockPath, 'utf8')) as { pid: number };
+    expect(lock.pid).toBe(first.child.pid);
+    // Another process now has that pid (simulated: the lock is rewritten to name a live one).
+    const other = spawn('sleep', ['600'], { stdio: 'ignore' });
+    try {
+      writeFileSync(lockPath, JSON.stringify({ ...lock, pid: other.pid }));
+      const again = await serve(dir);
+      expect(again.token).toBe(first.token); // the same state
+      expect(await stop(again, 'SIGTERM')).toBe(0);
+    } finally {
+      other.kill('SIGKILL');
     }
   });
 });
