@@ -1639,8 +1639,15 @@ export class ToolGateway implements SessionHost {
       });
     }
     // What ends after this (cut off below) is not recorded: a restart on the same store
-    // restores those tasks as failed.
+    // restores those tasks as failed (or, parked on an approval, waiting for it again).
     this.#tasks?.close();
+    if (this.#calls > 0) {
+      // Calls still waiting for a human's approval or the budget are answered now, with
+      // FABRIC_ERR_CLOSED, while their sessions can still carry the answer (each ends within
+      // microtasks: the answer is written before the next turn). The approval stays pending.
+      this.#pipeline.endWaits(new ClosedError('the gateway'));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
     await Promise.all([...this.#upstreams.values()].map((u) => u.close()));
     await Promise.all([...this.#sessions].map((s) => s.close()));
     this.#audit?.close();

@@ -248,6 +248,8 @@ export class ToolCallPipeline {
   readonly #metrics: GatewayMetrics;
   readonly #log: (entry: GatewayLogEntry) => void;
   readonly #calls: TypedEmitter<ToolCallEvents> | undefined;
+  /** Aborted by {@link endWaits}: the gateway is closing. */
+  readonly #closing = new AbortController();
 
   constructor(options: ToolCallPipelineOptions) {
     this.#backend = options.backend;
@@ -439,6 +441,15 @@ export class ToolCallPipeline {
   }
 
   /**
+   * Ends every call waiting in admission (a human's approval, the budget, a policy service),
+   * now and from now on, with `reason` as its error: the gateway is closing, and such a call
+   * would otherwise end with its session, unanswered. Calls already forwarded go on.
+   */
+  endWaits(reason: Error): void {
+    this.#closing.abort(reason);
+  }
+
+  /**
    * Policy [→ approval wait, with progress] → budget reservation. Calls no human has to decide
    * are authorized without a promise. `view` is what the policy decides on (paths resolved);
    * the forwarded params go to the backend as `rawParams` when they are another object.
@@ -471,7 +482,8 @@ export class ToolCallPipeline {
     return this.#backend
       .authorizeToolCall({
         ...ctx,
-        signal: call.abort.signal,
+        // Only here, off the hot path: a call that may wait also ends when the gateway closes.
+        signal: AbortSignal.any([call.abort.signal, this.#closing.signal]),
         approvalTimeoutSeconds: this.#approvalTimeoutSeconds,
         resumeApproval: call.resumeApproval,
         onWaiting: (approval) => {

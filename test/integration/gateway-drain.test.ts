@@ -32,7 +32,11 @@ describe('gateway close() and the calls in flight', () => {
     dir = undefined;
   });
 
-  async function start(audit?: string, graceSeconds?: number): Promise<Client> {
+  async function start(
+    audit?: string,
+    graceSeconds?: number,
+    policies: (typeof DEFAULT_ALLOW)[] = [],
+  ): Promise<Client> {
     sidecar = await startTestSidecar(
       {
         ...(audit === undefined ? {} : { audit: { path: audit } }),
@@ -40,7 +44,7 @@ describe('gateway close() and the calls in flight', () => {
         upstreams: {
           slow: { command: process.execPath, args: [HANGING_SERVER], stderr: 'ignore' },
         },
-        policies: [DEFAULT_ALLOW],
+        policies: [...policies, DEFAULT_ALLOW],
         toolCosts: { slow__hang: 1 },
         agents: [{ name: 'caller', budget: { maxCostPerDay: 10 } }],
       },
@@ -124,5 +128,33 @@ describe('gateway close() and the calls in flight', () => {
       'upstream slow was closed during tools/call: the gateway is shutting down',
     );
     expect(text(result)).toContain('FABRIC_ERR_UPSTREAM_UNAVAILABLE');
+  });
+
+  it('answers a call still waiting for a human approval when the grace ran out: FABRIC_ERR_CLOSED', async () => {
+    dir = tempDir('drain-approval');
+    const audit = join(dir, 'audit.log');
+    const approval = {
+      name: 'ask',
+      priority: 100,
+      rules: [{ tool: 'slow__ping', action: 'require_approval' }],
+    };
+    const client = await start(audit, 0, [approval]);
+    const parked = client.callTool({ name: 'slow__ping', arguments: {} });
+    const approvals = sidecar!.fabric!.approvals;
+    await until(() => approvals.listApprovals({ status: 'pending' }).length === 1);
+    await sidecar!.gateway.close();
+    // Answered while the session could still carry it (before: the session's close ended the
+    // request unanswered, an untyped "connection closed").
+    const result = await parked;
+    expect(result.isError).toBe(true);
+    expect(text(result)).toContain('FABRIC_ERR_CLOSED');
+    const line = readFileSync(audit, 'utf8')
+      .split('\n')
+      .find((l) => l.includes('"tool":"slow__ping"'));
+    expect(JSON.parse(line!)).toMatchObject({ outcome: 'error', code: 'FABRIC_ERR_CLOSED' });
+    // Still pending: a human can decide it; no call waits for it any more.
+    expect(approvals.listApprovals({ status: 'pending' })).toEqual([
+      expect.objectContaining({ tool: 'slow__ping', orphaned: true }),
+    ]);
   });
 });
