@@ -479,11 +479,25 @@ export class ToolCallPipeline {
     const progress = call.progress;
     let waitTimer: NodeJS.Timeout | undefined;
     let waited = false;
+    // Only here, off the hot path: a call that may wait also ends when the gateway closes. Not
+    // `AbortSignal.any`: on Node 20 each composite signal leaves ~60 bytes for good in its
+    // long-lived source (the gateway's closing signal), so every call that went through here
+    // grew the heap — with policy-grpc, every call. The listeners go when the wait ends.
+    const own = call.abort.signal;
+    const closing = this.#closing.signal;
+    const wait = new AbortController();
+    const onOwnAbort = (): void => wait.abort(own.reason);
+    const onClosing = (): void => wait.abort(closing.reason);
+    if (own.aborted) wait.abort(own.reason);
+    else if (closing.aborted) wait.abort(closing.reason);
+    else {
+      own.addEventListener('abort', onOwnAbort, { once: true });
+      closing.addEventListener('abort', onClosing, { once: true });
+    }
     return this.#backend
       .authorizeToolCall({
         ...ctx,
-        // Only here, off the hot path: a call that may wait also ends when the gateway closes.
-        signal: AbortSignal.any([call.abort.signal, this.#closing.signal]),
+        signal: wait.signal,
         approvalTimeoutSeconds: this.#approvalTimeoutSeconds,
         resumeApproval: call.resumeApproval,
         onWaiting: (approval) => {
@@ -500,6 +514,8 @@ export class ToolCallPipeline {
       })
       .then((auth) => ({ auth, waited }))
       .finally(() => {
+        own.removeEventListener('abort', onOwnAbort);
+        closing.removeEventListener('abort', onClosing);
         if (waitTimer) clearInterval(waitTimer);
       });
   }
