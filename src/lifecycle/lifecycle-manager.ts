@@ -111,6 +111,12 @@ function checkCredential(credential: unknown): string {
   return credential;
 }
 
+/** A watched agent and the monotonic time (ms) of its last heartbeat. */
+interface Watched {
+  readonly rec: AgentRecord;
+  at: number;
+}
+
 /** Spawns agents, tracks their health, terminates them. Usable on its own. */
 export class LifecycleManager {
   readonly events = new TypedEmitter<LifecycleEvents>();
@@ -126,15 +132,21 @@ export class LifecycleManager {
   #revocations = 0;
   readonly #terminating = new Map<string, Promise<AgentInfo>>();
   readonly #terminated: string[] = [];
-  /** Live agents with `heartbeat: 'manual'`, not UNHEALTHY, oldest heartbeat first. */
-  readonly #watched = new Map<string, AgentRecord>();
   /**
-   * The id {@link #beat} last moved to the end of {@link #watched}, while it is known to be
+   * Live agents with `heartbeat: 'manual'`, not UNHEALTHY, oldest heartbeat first, each with the
+   * monotonic time (`performance.now()`) of its last heartbeat: silence is a duration, so a step
+   * of the wall clock (NTP, an operator setting the date) neither makes every agent look silent
+   * for hours nor hides a dead one for as long as the clock went back. `lastHeartbeat` (epoch
+   * ms) is what the agent's info shows.
+   */
+  readonly #watched = new Map<string, Watched>();
+  /**
+   * The entry {@link #beat} last moved to the end of {@link #watched}, while it is known to be
    * there still; every other change of `#watched` forgets it. An agent heartbeating again with
    * nobody else in between (every tool call is a heartbeat) is then left where it is, instead of
    * a Map delete and set per call.
    */
-  #watchedLast: string | undefined;
+  #watchedLast: Watched | undefined;
   #live = 0;
   #monitor: NodeJS.Timeout | undefined;
   #workload: (agentId: string) => AgentWorkload = () => NO_WORK;
@@ -363,11 +375,16 @@ export class LifecycleManager {
       throw new AgentUnavailableError(agentId, rec.status);
     }
     rec.lastHeartbeat = Date.now();
-    if (rec.heartbeatMode === 'manual' && this.#watchedLast !== rec.id) {
-      // To the end of the sweep order (delete + set: a Map keeps insertion order).
-      this.#watched.delete(rec.id);
-      this.#watched.set(rec.id, rec);
-      this.#watchedLast = rec.id;
+    if (rec.heartbeatMode === 'manual') {
+      const last = this.#watchedLast;
+      if (last !== undefined && last.rec === rec) last.at = performance.now();
+      else {
+        // To the end of the sweep order (delete + set: a Map keeps insertion order).
+        this.#watched.delete(rec.id);
+        const entry: Watched = { rec, at: performance.now() };
+        this.#watched.set(rec.id, entry);
+        this.#watchedLast = entry;
+      }
     }
     // A status change is stored; the time alone is not: every tool call is a heartbeat, so
     // storing it would put a durable commit on the hot path, and a restored agent gets a fresh
@@ -489,9 +506,9 @@ export class LifecycleManager {
    * intervals become DEGRADED, for three UNHEALTHY. Reads only those (see the module comment).
    */
   checkHealth(): void {
-    const now = Date.now();
-    for (const rec of this.#watched.values()) {
-      const silent = now - rec.lastHeartbeat;
+    const now = performance.now();
+    for (const { rec, at } of this.#watched.values()) {
+      const silent = now - at;
       if (silent < 2 * this.#intervalMs) break; // the rest heartbeated later
       if (rec.status === AgentStatus.DRAINING || rec.status === AgentStatus.TERMINATED) {
         this.#unwatch(rec.id);
@@ -506,7 +523,8 @@ export class LifecycleManager {
 
   /** Adds `rec` to the sweep order (at its end when it was not in it). */
   #watch(rec: AgentRecord): void {
-    this.#watched.set(rec.id, rec);
+    this.#watched.delete(rec.id);
+    this.#watched.set(rec.id, { rec, at: performance.now() });
     this.#watchedLast = undefined;
   }
 

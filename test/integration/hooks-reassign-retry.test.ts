@@ -27,12 +27,13 @@ describe('abandoned hooks are reassigned once capacity appears (real git, remote
 
   /** Moves the fabric's clock past three heartbeat intervals and runs a health sweep. */
   function silenceFor(intervals: number): void {
-    vi.setSystemTime(Date.now() + intervals * HEARTBEAT_S * 1000 + 1);
+    // Health counts elapsed (monotonic) time: both clocks move, as when time really passes.
+    vi.advanceTimersByTime(intervals * HEARTBEAT_S * 1000 + 1);
     fabric!.lifecycle.checkHealth();
   }
 
   async function setup(maxReassignments = 3, patrolIntervalSeconds?: number) {
-    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     dir = await tempDir('fabric-hook-retry-');
     const storagePath = join(dir.path, 'hooks');
     fabric = new AgentFabric(

@@ -28,7 +28,7 @@ afterEach(async () => {
 });
 
 async function start(maxReassignments: number, useGitWorktree = true): Promise<string> {
-  vi.useFakeTimers({ toFake: ['Date'] });
+  vi.useFakeTimers({ toFake: ['Date', 'performance'] });
   dir = await tempDir('fabric-hook-sec-');
   const storagePath = join(dir.path, 'hooks');
   fabric = new AgentFabric(
@@ -40,7 +40,8 @@ async function start(maxReassignments: number, useGitWorktree = true): Promise<s
 
 /** Every agent but `alive` stays silent for three heartbeat intervals; then a health sweep. */
 async function silenceAllBut(...alive: string[]): Promise<void> {
-  vi.setSystemTime(Date.now() + 3 * HEARTBEAT_S * 1000 + 1);
+  // Health counts elapsed (monotonic) time: both clocks move, as when time really passes.
+  vi.advanceTimersByTime(3 * HEARTBEAT_S * 1000 + 1);
   for (const id of alive) await fabric!.heartbeat(id);
   fabric!.lifecycle.checkHealth();
   await fabric!.hookRecoveryIdle();

@@ -148,6 +148,29 @@ describe('LifecycleManager', () => {
     expect(lifecycle.agentInfo(b.id).status).toBe(AgentStatus.DEGRADED);
   });
 
+  it('judges silence by elapsed time, not by the wall clock: a clock step neither kills nor hides agents', async () => {
+    const agents = new MemoryCollection<AgentRecord>();
+    await lifecycle.close();
+    lifecycle = new LifecycleManager({ heartbeatIntervalSeconds: 10, agents });
+    const statuses: string[] = [];
+    lifecycle.events.on('agent.status', (a) => statuses.push(`${a.name}:${a.status}`));
+    const a = await lifecycle.spawn({ model: 'm', name: 'a', executor: 'remote' });
+    lifecycle.heartbeatStatus(a.id);
+    // NTP (or an operator) moves the wall clock a day ahead; no time passes.
+    vi.setSystemTime(Date.now() + 86_400_000);
+    lifecycle.checkHealth();
+    expect(lifecycle.agentInfo(a.id).status).toBe(AgentStatus.HEALTHY);
+    expect(agents.get(a.id)!.status).toBe(AgentStatus.HEALTHY);
+    // Then two days back, and the agent dies: three intervals later it is UNHEALTHY all the same.
+    lifecycle.heartbeatStatus(a.id);
+    vi.setSystemTime(Date.now() - 2 * 86_400_000);
+    await vi.advanceTimersByTimeAsync(30_000);
+    lifecycle.checkHealth();
+    expect(lifecycle.agentInfo(a.id).status).toBe(AgentStatus.UNHEALTHY);
+    expect(agents.get(a.id)!.status).toBe(AgentStatus.UNHEALTHY);
+    expect(statuses).toEqual(['a:HEALTHY', 'a:DEGRADED', 'a:UNHEALTHY']);
+  });
+
   it('heartbeatStatus is a heartbeat without the snapshot', async () => {
     const a = await lifecycle.spawn({ model: 'm', name: 'a', executor: 'remote' });
     await vi.advanceTimersByTimeAsync(25_000);
