@@ -799,7 +799,8 @@ export class AgentScheduler {
     this.#running++;
     slot.running.add(t);
     if (slot.pool !== undefined) slot.pool.running++;
-    this.#timers.set(t, (t.startedAt ?? now) + t.timeoutMs);
+    // Across the restart only the wall clock spans the gap; from here on the monotonic one.
+    this.#timers.setIn(t, (t.startedAt ?? now) + t.timeoutMs - now);
     if (t.status === TaskStatus.SCHEDULED) {
       const entry = slot.exec;
       if (entry.pending.length === 0) this.#flush.push(entry);
@@ -1288,7 +1289,7 @@ export class AgentScheduler {
     task.assignedAgentId = slot.id;
     task.status = slot.exec.executor.acknowledges ? TaskStatus.SCHEDULED : TaskStatus.RUNNING;
     task.startedAt = now;
-    this.#timers.set(task, now + task.timeoutMs);
+    this.#timers.setIn(task, task.timeoutMs);
     slot.running.add(task);
     if (slot.pool !== undefined) slot.pool.running++;
     const entry = slot.exec;

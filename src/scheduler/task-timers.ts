@@ -1,7 +1,11 @@
 /**
- * The scheduler's timers: one heap of tasks ordered by when they are due (a queued task's
- * deadline or `notBefore`, a running task's timeout) and ONE armed `setTimeout`, for the earliest.
- * O(log n) to set or clear a task's timer. Runtime state: re-armed from the task records on start.
+ * The scheduler's timers: tasks ordered by when they are due and ONE armed `setTimeout` per
+ * clock, for the earliest. A queued task's deadline or `notBefore` is a calendar time (epoch ms,
+ * on the wall clock); a running task's timeout is a duration, counted on the monotonic clock
+ * (`performance.now()`), so a step of the wall clock (NTP, an operator setting the date) neither
+ * times out every running task at once nor lets them run for as long as the clock went back.
+ * A task has one timer at a time. O(log n) to set or clear a task's timer. Runtime state:
+ * re-armed from the task records on start.
  *
  * @module
  */
@@ -10,30 +14,25 @@ import type { TaskRecord } from './task-record.js';
 import { TIMER_SLOT } from './task-record.js';
 import { MAX_TIMER_MS } from './task-waiters.js';
 
-/** Due-time heap plus the one timer armed for its head. */
-export class TaskTimers {
-  readonly #heap = new IndexedHeap<TaskRecord>((a, b) => a.timerAt < b.timerAt, TIMER_SLOT);
+/** One heap of due times on one clock, and the timer armed for its head. */
+class ClockTimers {
+  readonly heap = new IndexedHeap<TaskRecord>((a, b) => a.timerAt < b.timerAt, TIMER_SLOT);
   #timer: NodeJS.Timeout | undefined;
   #armedAt = Number.POSITIVE_INFINITY;
   #closed = false;
 
-  /** @param due - called for each task whose time came, already off the heap. */
-  constructor(private readonly due: (t: TaskRecord, now: number) => void) {}
+  constructor(
+    private readonly clock: () => number,
+    private readonly due: (t: TaskRecord) => void,
+  ) {}
 
-  /** Sets (or moves) the task's timer to `at` (epoch ms). */
   set(t: TaskRecord, at: number): void {
     t.timerAt = at;
-    if (this.#heap.has(t)) this.#heap.update(t);
-    else this.#heap.push(t);
+    if (this.heap.has(t)) this.heap.update(t);
+    else this.heap.push(t);
     if (at < this.#armedAt) this.#arm(at);
   }
 
-  /** Clears the task's timer, if it has one. */
-  remove(t: TaskRecord): void {
-    this.#heap.remove(t);
-  }
-
-  /** Stops the armed timer; nothing fires afterwards. */
   close(): void {
     this.#closed = true;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
@@ -44,19 +43,55 @@ export class TaskTimers {
     if (this.#closed) return;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#armedAt = at;
-    this.#timer = setTimeout(this.#fire, Math.max(0, Math.min(at - Date.now(), MAX_TIMER_MS)));
+    this.#timer = setTimeout(this.#fire, Math.max(0, Math.min(at - this.clock(), MAX_TIMER_MS)));
     this.#timer.unref();
   }
 
   readonly #fire = (): void => {
     this.#timer = undefined;
     this.#armedAt = Number.POSITIVE_INFINITY;
-    const now = Date.now();
-    for (let t = this.#heap.peek(); t !== undefined && t.timerAt <= now; t = this.#heap.peek()) {
-      this.#heap.pop();
-      this.due(t, now);
+    const now = this.clock();
+    for (let t = this.heap.peek(); t !== undefined && t.timerAt <= now; t = this.heap.peek()) {
+      this.heap.pop();
+      this.due(t);
     }
-    const next = this.#heap.peek();
+    const next = this.heap.peek();
     if (next !== undefined) this.#arm(next.timerAt);
   };
+}
+
+/** Due-time heaps (wall clock and monotonic) plus the timer armed for each head. */
+export class TaskTimers {
+  readonly #wall: ClockTimers;
+  readonly #mono: ClockTimers;
+
+  /** @param due - called for each task whose time came, already off its heap; `now` is epoch ms. */
+  constructor(due: (t: TaskRecord, now: number) => void) {
+    const fire = (t: TaskRecord): void => due(t, Date.now());
+    this.#wall = new ClockTimers(() => Date.now(), fire);
+    this.#mono = new ClockTimers(() => performance.now(), fire);
+  }
+
+  /** Sets (or moves) the task's timer to the calendar time `at` (epoch ms). */
+  set(t: TaskRecord, at: number): void {
+    this.#mono.heap.remove(t);
+    this.#wall.set(t, at);
+  }
+
+  /** Sets (or moves) the task's timer to `ms` from now, however the wall clock moves meanwhile. */
+  setIn(t: TaskRecord, ms: number): void {
+    this.#wall.heap.remove(t);
+    this.#mono.set(t, performance.now() + ms);
+  }
+
+  /** Clears the task's timer, if it has one. */
+  remove(t: TaskRecord): void {
+    if (!this.#wall.heap.remove(t)) this.#mono.heap.remove(t);
+  }
+
+  /** Stops the armed timers; nothing fires afterwards. */
+  close(): void {
+    this.#wall.close();
+    this.#mono.close();
+  }
 }

@@ -384,6 +384,37 @@ describe('AgentScheduler deadlines, timeouts and cancel (fake timers)', () => {
     expect(aborted).toBe(true);
   });
 
+  it('counts a running task’s timeout as elapsed time: a wall-clock step neither ends nor extends it', async () => {
+    s = new AgentScheduler({ maxConcurrentTasksPerAgent: 2 });
+    const exec = new InProcessExecutor();
+    const signals = new Map<unknown, AbortSignal>();
+    exec.registerHandler('slow', (p, ctx) => {
+      signals.set(p, ctx.signal);
+      return new Promise(() => {});
+    });
+    s.registerExecutor(exec);
+    s.addAgent({ agentId: 'a', executor: 'inprocess' });
+    s.setAccepting('a', true);
+    const short = s.schedule({ agentId: 'a' }, 'slow', 'short', { timeoutSeconds: 10 });
+    const long = s.schedule({ agentId: 'a' }, 'slow', 'long', { timeoutSeconds: 3_600 });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(s.getTask(long.id).status).toBe(TaskStatus.RUNNING);
+    // The wall clock jumps two hours ahead (no time passes); 10 s later the short one times out.
+    vi.setSystemTime(Date.now() + 7_200_000);
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(s.getTask(short.id).status).toBe(TaskStatus.TIMEOUT);
+    expect(s.getTask(long.id).status).toBe(TaskStatus.RUNNING);
+    expect(signals.get('long')!.aborted).toBe(false);
+    // Then four hours back: the long one still ends an hour after its start, not hours later.
+    vi.setSystemTime(Date.now() - 4 * 3_600_000);
+    await vi.advanceTimersByTimeAsync(3_590_000);
+    expect(s.getTask(long.id)).toMatchObject({
+      status: TaskStatus.TIMEOUT,
+      error: { code: 'FABRIC_ERR_TASK_TIMEOUT' },
+    });
+    expect(signals.get('long')!.aborted).toBe(true);
+  });
+
   it('cancels a queued task out of its queue and aborts a running one', async () => {
     s = new AgentScheduler({ maxConcurrentTasksPerAgent: 1 });
     const exec = new InProcessExecutor();
