@@ -78,18 +78,39 @@ export function normalizeCall(tool, args, maxNodes = 10_000) {
   return hash.digest('base64url');
 }
 
+/**
+ * Tells a monotonic time (`now`) as epoch ms: by an offset to the wall clock, kept while the wall
+ * clock keeps pace (so the same instant reads the same `retryAt` call after call) and taken
+ * afresh when the wall clock stepped away from it by more than a second.
+ */
+function epochOf(now, wall) {
+  let offset = wall() - now();
+  return (t) => {
+    const w = wall();
+    if (Math.abs(w - (now() + offset)) > 1000) offset = w - now();
+    return Math.ceil(t + offset);
+  };
+}
+
 export class LoopGuard {
   #o;
   #ignore;
   /** agentId -> Map(callKey -> timestamps, oldest first) */
   #agents = new Map();
   #now;
+  #epoch;
   #last = { ctx: undefined, key: '' };
 
-  constructor(options, now = Date.now) {
+  /**
+   * @param now - the clock call times are kept on: monotonic, so a step of the wall clock (NTP,
+   *   an operator setting the date) neither keeps a refusal for as long as the clock went back
+   *   nor forgets the window; `retryAt` is told on `wall` (epoch ms).
+   */
+  constructor(options, now = () => performance.now(), wall = Date.now) {
     this.#o = options;
     this.#ignore = new Set(options.ignoreTools);
     this.#now = now;
+    this.#epoch = epochOf(now, wall);
   }
 
   #key(ctx) {
@@ -118,7 +139,7 @@ export class LoopGuard {
     const now = this.#now();
     const recent = this.#recent(times, now);
     if (recent.length < this.#o.maxRepeats) return undefined;
-    return { count: recent.length, retryAt: recent[0] + this.#o.windowSeconds * 1000 };
+    return { count: recent.length, retryAt: this.#epoch(recent[0] + this.#o.windowSeconds * 1000) };
   }
 
   record(ctx) {

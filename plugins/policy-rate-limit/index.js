@@ -34,9 +34,23 @@ export const optionsSchema = z
   })
   .strict();
 
-/** One token bucket: `tokens` as of `at` (ms). */
+/** One token bucket: `tokens` as of `at` (monotonic ms). */
 function level(b, spec, now) {
   return Math.min(spec.capacity, b.tokens + ((now - b.at) / 1000) * spec.refillPerSecond);
+}
+
+/**
+ * Tells a monotonic time (`now`) as epoch ms: by an offset to the wall clock, kept while the wall
+ * clock keeps pace (so the same instant reads the same `retryAt` call after call) and taken
+ * afresh when the wall clock stepped away from it by more than a second.
+ */
+function epochOf(now, wall) {
+  let offset = wall() - now();
+  return (t) => {
+    const w = wall();
+    if (Math.abs(w - (now() + offset)) > 1000) offset = w - now();
+    return Math.ceil(t + offset);
+  };
 }
 
 export class RateLimiter {
@@ -45,10 +59,17 @@ export class RateLimiter {
   /** key -> { tokens, at } */
   #buckets = new Map();
   #now;
+  #epoch;
 
-  constructor(options, now = Date.now) {
+  /**
+   * @param now - the clock buckets refill by: monotonic, so a step of the wall clock (NTP, an
+   *   operator setting the date) neither empties every bucket until the clock catches up again
+   *   nor refills them; `retryAt` is told on `wall` (epoch ms).
+   */
+  constructor(options, now = () => performance.now(), wall = Date.now) {
     this.#o = options;
     this.#now = now;
+    this.#epoch = epochOf(now, wall);
     this.#tools = Object.entries(options.perTool).map(([pattern, spec]) =>
       pattern.endsWith('*')
         ? { prefix: pattern.slice(0, -1), exact: undefined, pattern, spec }
@@ -76,10 +97,12 @@ export class RateLimiter {
       const b = this.#buckets.get(key);
       const tokens = b === undefined ? spec.capacity : level(b, spec, now);
       if (tokens >= 1) continue;
-      const retryAt = now + Math.ceil(((1 - tokens) / spec.refillPerSecond) * 1000);
-      if (worst === undefined || retryAt > worst.retryAt) worst = { label, spec, retryAt };
+      // When the bucket holds a token again (monotonic): the same instant however often asked.
+      const at = now + ((1 - tokens) / spec.refillPerSecond) * 1000;
+      if (worst === undefined || at > worst.at) worst = { label, spec, at };
     }
-    return worst;
+    if (worst === undefined) return undefined;
+    return { label: worst.label, spec: worst.spec, retryAt: this.#epoch(worst.at) };
   }
 
   /** Takes one token from each bucket of the call. */

@@ -182,7 +182,7 @@ describe('counting providers beside an asynchronous provider, in a fabric (polic
   let open: () => void;
 
   beforeEach(async () => {
-    vi.useFakeTimers({ now: new Date('2026-01-01T00:00:00Z'), toFake: ['Date'] });
+    vi.useFakeTimers({ now: new Date('2026-01-01T00:00:00Z'), toFake: ['Date', 'performance'] });
     fabric = new AgentFabric();
     fabric.policies.addPolicy({ name: 'allow-all', rules: [{ tool: '*', action: 'allow' }] });
     fabric.policies.addPolicy({

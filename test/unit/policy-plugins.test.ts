@@ -60,6 +60,20 @@ describe('policy-rate-limit', () => {
     expect(call(a, 'fs__read').allowed).toBe(true);
   });
 
+  it('refills by elapsed time: a wall-clock step neither locks agents out nor refills them', () => {
+    for (let i = 0; i < 3; i++) expect(call(a, 'fs__read').allowed).toBe(true);
+    expect(call(b, 'fs__read').allowed).toBe(true);
+    // The wall clock jumps a day ahead (no time passes): nothing refills.
+    vi.setSystemTime(Date.now() + 86_400_000);
+    expect(refusal(call(a, 'fs__read')).retryAt).toBe(Date.now() + 1000);
+    // Then two days back: a second later `a` has its token and `b` its burst, not a day later.
+    vi.setSystemTime(Date.now() - 2 * 86_400_000);
+    vi.advanceTimersByTime(1000);
+    expect(call(a, 'fs__read').allowed).toBe(true);
+    expect(call(a, 'fs__read').allowed).toBe(false);
+    for (let i = 0; i < 3; i++) expect(call(b, 'fs__read').allowed).toBe(true);
+  });
+
   it('limits a tool per agent on its own bucket', () => {
     expect(call(a, 'fs__write_file').allowed).toBe(true);
     const r = refusal(call(a, 'fs__write_file'));
@@ -119,9 +133,25 @@ describe('policy-loop-guard', () => {
     expect(call(a, 'search', { q: 'same', page: 2 }).allowed).toBe(true);
     expect(call(b, 'search', { q: 'same', page: 1 }).allowed).toBe(true);
     // Refused calls do not count: at retryAt the first call has left the window.
-    vi.setSystemTime(r.retryAt!);
+    vi.advanceTimersByTime(r.retryAt! - Date.now());
     expect(call(a, 'search', { q: 'same', page: 1 }).allowed).toBe(true);
     expect(call(a, 'search', { q: 'same', page: 1 }).allowed).toBe(false);
+  });
+
+  it('keeps its window in elapsed time: a wall-clock step neither prolongs a refusal nor forgets calls', () => {
+    for (let i = 0; i < 3; i++) {
+      expect(call(a, 'search', { q: 'same' }).allowed).toBe(true);
+      vi.advanceTimersByTime(1000);
+    }
+    // The wall clock jumps a day ahead (no time passes): the calls are still in the window.
+    vi.setSystemTime(Date.now() + 86_400_000);
+    expect(refusal(call(a, 'search', { q: 'same' })).retryAt).toBe(Date.now() + 57_000);
+    // Then two days back: the refusal ends 60 s after the first call, not a day later.
+    vi.setSystemTime(Date.now() - 2 * 86_400_000);
+    vi.advanceTimersByTime(56_999);
+    expect(call(a, 'search', { q: 'same' }).allowed).toBe(false);
+    vi.advanceTimersByTime(1);
+    expect(call(a, 'search', { q: 'same' }).allowed).toBe(true);
   });
 
   it('leaves ignored tools alone and forgets terminated agents', async () => {
