@@ -42,6 +42,14 @@ export class HeartbeatListener {
   readonly #names: NatsNames;
   /** Last accepted timestamp per agent: a heartbeat must be newer (no replays). */
   readonly #lastTs = new Map<string, number>();
+  /**
+   * What an agent's first heartbeat here must be newer than: this listener's start less the skew
+   * bound. The last timestamps are not stored, so without it every heartbeat an agent restored
+   * from the store ever sent would be taken once more after a restart, in order (a recording of
+   * a dead agent's heartbeats would keep it HEALTHY). An agent's credential is older than its
+   * heartbeats, so an agent spawned later loses nothing by it.
+   */
+  readonly #since = Date.now() - MAX_HEARTBEAT_SKEW_MS;
   #sub: Subscription | undefined;
 
   constructor(lifecycle: LifecycleManager, names: NatsNames) {
@@ -84,7 +92,10 @@ export class HeartbeatListener {
     if (!hb.success) return NO_PROOF;
     const { ts, proof } = hb.data;
     if (!sameProof(proof, heartbeatProof(credentialHash, agentId, ts))) return NO_PROOF;
-    if (ts <= (this.#lastTs.get(agentId) ?? 0) || ts > Date.now() + MAX_HEARTBEAT_SKEW_MS) {
+    if (
+      ts <= (this.#lastTs.get(agentId) ?? this.#since) ||
+      ts > Date.now() + MAX_HEARTBEAT_SKEW_MS
+    ) {
       return REPLAYED;
     }
     this.#lastTs.set(agentId, ts);
