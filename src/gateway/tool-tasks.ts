@@ -229,6 +229,13 @@ export class ToolTasks {
   readonly #waiters = new Map<string, Set<() => void>>();
   /** Task ids per agent, oldest first (rebuilt from the store). */
   readonly #byAgent = new Map<string, Set<string>>();
+  /**
+   * When each task expires, on the monotonic clock (`performance.now()`): a ttl is a duration, so
+   * a step of the wall clock (NTP, an operator setting the date) neither forgets every task (and
+   * aborts its call) at the next sweep nor keeps tasks, and their calls, past their ttl. Set
+   * from `createdAt + ttl` on the wall clock when a task is made or restored.
+   */
+  readonly #expiresAt = new Map<string, number>();
   /** Bytes of the result or error of each finished task kept (see `maxResultBytesPerAgent`). */
   readonly #resultBytes = new Map<string, number>();
   /** The sum of {@link #resultBytes} per agent. */
@@ -396,7 +403,7 @@ export class ToolTasks {
     // run when approved after its task expired (the sweep alone comes up to a minute late).
     const expiry = setTimeout(
       () => this.#live(id),
-      Math.min(Math.max(0, record.createdAt + record.ttl - Date.now()) + 1, MAX_TIMER_MS),
+      Math.min(Math.max(0, (this.#expiresAt.get(id) ?? 0) - performance.now()) + 1, MAX_TIMER_MS),
     );
     expiry.unref();
     const agentId = record.agentId;
@@ -655,6 +662,10 @@ export class ToolTasks {
   }
 
   #index(record: ToolTaskRecord): void {
+    this.#expiresAt.set(
+      record.taskId,
+      performance.now() + (record.createdAt + record.ttl - Date.now()),
+    );
     let ids = this.#byAgent.get(record.agentId);
     if (ids === undefined) this.#byAgent.set(record.agentId, (ids = new Set()));
     ids.add(record.taskId);
@@ -679,7 +690,7 @@ export class ToolTasks {
   #live(id: string): ToolTaskRecord | undefined {
     const record = this.#store.get(id);
     if (record === undefined) return undefined;
-    if (record.createdAt + record.ttl > Date.now()) return record;
+    if ((this.#expiresAt.get(id) ?? -Infinity) > performance.now()) return record;
     this.#forget(record);
     return undefined;
   }
@@ -688,6 +699,7 @@ export class ToolTasks {
     this.#running.get(record.taskId)?.abort(new Error('the task expired'));
     this.#running.delete(record.taskId);
     this.#store.delete(record.taskId);
+    this.#expiresAt.delete(record.taskId);
     const bytes = this.#resultBytes.get(record.taskId);
     if (bytes !== undefined) {
       this.#resultBytes.delete(record.taskId);

@@ -64,6 +64,28 @@ describe('ToolTasks', () => {
     expect(tasks.list('a').tasks).toEqual([]);
   });
 
+  it('counts a ttl as elapsed time: a wall-clock step neither forgets tasks nor keeps them', async () => {
+    const store = new MemoryCollection<ToolTaskRecord>();
+    tasks = new ToolTasks({ maxTtlMs: 60_000 }, store);
+    let signal: AbortSignal | undefined;
+    const { task } = tasks.create({ agentId: 'a' }, 't', { ttl: 60_000 }, (run) => {
+      signal = run.signal;
+      return never(run);
+    });
+    // The wall clock jumps a day ahead (no time passes), and a sweep runs.
+    vi.setSystemTime(Date.now() + 86_400_000);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(tasks.get('a', task.taskId).status).toBe('working');
+    expect(signal?.aborted).toBe(false);
+    expect(store.get(task.taskId)).toBeDefined();
+    // Then two days back: the task still ends a minute after it was made, its call aborted.
+    vi.setSystemTime(Date.now() - 2 * 86_400_000);
+    await vi.advanceTimersByTimeAsync(59_001);
+    expect(signal?.aborted).toBe(true);
+    expect(code(() => tasks.get('a', task.taskId))).toBe(ErrorCode.InvalidParams);
+    expect(store.get(task.taskId)).toBeUndefined();
+  });
+
   it("answers another agent's task id exactly like an unknown one", () => {
     tasks = new ToolTasks();
     const { task } = tasks.create({ agentId: 'owner' }, 't', {}, never);
