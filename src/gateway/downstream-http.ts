@@ -128,7 +128,10 @@ interface HttpSession {
   /** `credentialEpoch()` when `credential` last authenticated as this session's agent. */
   epoch: number;
   readonly load: AgentLoad;
-  /** Date.now() of the last request. */
+  /**
+   * `performance.now()` of the last activity: idleness is elapsed time, so a step of the wall
+   * clock (NTP, an operator setting the date) neither closes every session nor keeps idle ones.
+   */
   lastSeen: number;
 }
 
@@ -287,7 +290,7 @@ export class McpHttpEndpoint {
   }
 
   /** Closes sessions idle for longer than the timeout (runs on a timer; callable directly). */
-  sweepIdle(now = Date.now()): void {
+  sweepIdle(now = performance.now()): void {
     if (this.#idleMs === 0) return;
     for (const e of this.#sessions.values()) {
       // Time spent answering (a call parked for approval) or streaming counts as activity.
@@ -411,7 +414,7 @@ export class McpHttpEndpoint {
     }
     // Activity: the request's arrival, and the end of each answer of the session (a call may
     // take long): the transport reports those (`onActivity`), no listener per request here.
-    if (entry) entry.lastSeen = Date.now();
+    if (entry) entry.lastSeen = performance.now();
     const refused = transportRefusal(req, entry !== undefined);
     if (refused !== undefined) {
       const [status, message] = refused;
@@ -658,7 +661,7 @@ export class McpHttpEndpoint {
         this.#droppedNotifications++;
       },
       onActivity: () => {
-        entry.lastSeen = Date.now();
+        entry.lastSeen = performance.now();
       },
     });
     const session = this.#options.gateway.createSession(identity);
@@ -670,7 +673,7 @@ export class McpHttpEndpoint {
       // -1 (never current) without an epoch: every request is authenticated.
       epoch: epoch ?? -1,
       load,
-      lastSeen: Date.now(),
+      lastSeen: performance.now(),
     };
     this.#sessions.set(transport.sessionId, entry);
     this.#startSweeper();

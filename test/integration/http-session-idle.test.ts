@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
@@ -120,5 +120,57 @@ describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
     await until(() => sidecar.gateway.sessions.size === before, 10_000);
     const res = await request({ jsonrpc: '2.0', id: 99, method: 'tools/list' }, streaming);
     expect(res.status).toBe(404);
+  });
+});
+
+describe('Streamable HTTP sessions across a step of the wall clock (real sidecar)', () => {
+  let sidecar: Sidecar;
+  let token: string;
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      http: { sessionIdleSeconds: 60 }, // swept every 30 s
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'a' }],
+    });
+    token = agentToken(sidecar, 'a');
+  });
+  afterAll(() => closeSidecar(sidecar));
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  const request = (body: unknown, sessionId?: string): Promise<Response> =>
+    fetch(sidecar.url!, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+        authorization: `Bearer ${token}`,
+        ...(sessionId === undefined ? {} : { 'mcp-session-id': sessionId }),
+      },
+      body: JSON.stringify(body),
+    });
+
+  it('counts idleness in elapsed time: a clock a day ahead closes no session, a minute idle does', async () => {
+    // The sweeper is armed with the first session, on the test's interval clock.
+    vi.useFakeTimers({ toFake: ['Date', 'performance', 'setInterval', 'clearInterval'] });
+    const res = await request(INIT);
+    expect(res.status).toBe(200);
+    await res.text();
+    const id = res.headers.get('mcp-session-id')!;
+    expect(sidecar.gateway.sessions.size).toBe(1);
+    // NTP moves the wall clock a day ahead; 30 s later a sweep runs.
+    vi.setSystemTime(Date.now() + 86_400_000);
+    vi.advanceTimersByTime(30_000);
+    expect(sidecar.gateway.sessions.size).toBe(1);
+    const alive = await request({ jsonrpc: '2.0', id: 2, method: 'tools/list' }, id);
+    expect(alive.status).toBe(200);
+    await alive.text();
+    // A real minute without a request (after the last one) ends it.
+    vi.advanceTimersByTime(90_000);
+    await until(() => sidecar.gateway.sessions.size === 0, 10_000);
+    const gone = await request({ jsonrpc: '2.0', id: 3, method: 'tools/list' }, id);
+    expect(gone.status).toBe(404);
   });
 });
