@@ -41,7 +41,10 @@ export interface AuthThrottleOptions {
   windowMs?: number;
   /** Addresses tracked at once. @default 10 000 */
   maxAddresses?: number;
-  /** Clock (tests). @default Date.now */
+  /**
+   * Clock in ms (tests). Elapsed time: a step of the wall clock neither keeps an address locked
+   * out for as long as the clock went back nor forgives its failures. @default performance.now
+   */
   now?: () => number;
 }
 
@@ -77,7 +80,7 @@ export class AuthThrottle {
     this.#maxFailures = options.maxFailures ?? DEFAULT_MAX_AUTH_FAILURES;
     this.#windowMs = options.windowMs ?? DEFAULT_AUTH_WINDOW_MS;
     this.#maxAddresses = options.maxAddresses ?? DEFAULT_MAX_THROTTLED_ADDRESSES;
-    this.#now = options.now ?? Date.now;
+    this.#now = options.now ?? (() => performance.now());
   }
 
   /** Addresses tracked now. */

@@ -137,7 +137,10 @@ export interface DashboardOptions {
   throttle?: AuthThrottle | undefined;
   /** Sessions alive at once. @default 256 */
   maxSessions?: number;
-  /** Clock (tests). @default Date.now */
+  /**
+   * Clock in ms (tests). Elapsed time: a step of the wall clock neither lengthens a session's
+   * life or idle time nor ends every session. @default performance.now
+   */
   now?: () => number;
   /**
    * How often the sessions are checked for their end (idle or past their life) while any is
@@ -277,7 +280,7 @@ export class Dashboard {
     this.#idleMs = options.sessionIdleMs ?? DEFAULT_SESSION_IDLE_MS;
     this.#throttle = options.throttle;
     this.#maxSessions = options.maxSessions ?? DEFAULT_MAX_SESSIONS;
-    this.#now = options.now ?? Date.now;
+    this.#now = options.now ?? (() => performance.now());
     this.#sweepMs = options.sweepMs ?? DEFAULT_SESSION_SWEEP_MS;
     if (!Number.isSafeInteger(this.#sweepMs) || this.#sweepMs < 1) {
       throw new ConfigError('dashboard.sweepMs', 'must be a positive integer of milliseconds');

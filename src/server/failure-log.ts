@@ -20,7 +20,10 @@ export interface FailureLogOptions {
   level?: GatewayLogEntry['level'];
   /** Fewest ms between two lines. @default 300000 */
   windowMs?: number;
-  /** The clock. @default Date.now */
+  /**
+   * The clock in ms. Elapsed time: a wall clock set back does not silence failures for as long
+   * as it went back. @default performance.now
+   */
   now?: () => number;
 }
 
@@ -39,7 +42,7 @@ export class FailureLog {
     this.#log = options.log;
     this.#level = options.level ?? 'error';
     this.#windowMs = options.windowMs ?? DEFAULT_FAILURE_LOG_WINDOW_MS;
-    this.#now = options.now ?? Date.now;
+    this.#now = options.now ?? (() => performance.now());
   }
 
   /** Records one failure: `what` says what failed, `error` why (its message only). */

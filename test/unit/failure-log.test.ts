@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { GatewayLogEntry } from '../../src/gateway/tool-call-pipeline.js';
 import { FailureLog } from '../../src/server/failure-log.js';
 
@@ -24,5 +24,20 @@ describe('FailureLog', () => {
     log.report('patrol failed', new Error('d'));
     expect(lines[2]).toEqual({ level: 'error', msg: 'patrol failed: d' });
     expect(lines).toHaveLength(3);
+  });
+
+  it('counts its window in elapsed time: a wall clock set back a day does not silence failures', () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const lines: GatewayLogEntry[] = [];
+    const log = new FailureLog({ log: (e) => lines.push(e), windowMs: 1000 });
+    log.report('patrol failed', new Error('a'));
+    vi.setSystemTime(Date.now() - 86_400_000);
+    vi.advanceTimersByTime(1000);
+    log.report('patrol failed', new Error('b'));
+    expect(lines.map((l) => l.msg)).toEqual(['patrol failed: a', 'patrol failed: b']);
+  });
+
+  afterEach(() => {
+    vi.useRealTimers();
   });
 });
