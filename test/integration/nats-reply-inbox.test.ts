@@ -3,7 +3,7 @@
  * answer reaches its own request, nobody listening is told apart from nobody answering in time,
  * and closing ends every open request.
  */
-import { expect, it } from 'vitest';
+import { afterEach, expect, it, vi } from 'vitest';
 import { connect } from '@nats-io/transport-node';
 import type { Msg } from '@nats-io/transport-node';
 import type { NoAnswer } from '../../src/transport/nats/reply-inbox.js';
@@ -18,6 +18,9 @@ const ask = (inbox: ReplyInbox, subject: string, body: string, timeoutMs = 5000)
 
 describeNats('ReplyInbox', () => {
   const server = natsServerPerSuite();
+  afterEach(() => {
+    vi.useRealTimers();
+  });
 
   it('gives each request its own answer, and tells no responders from a timeout', async () => {
     const nc = await connect({ servers: server().url });
@@ -43,6 +46,28 @@ describeNats('ReplyInbox', () => {
     inbox.close();
     expect(await open).toEqual({ msg: undefined, why: 'closed' });
     expect(await ask(inbox, 'svc.echo', 'y')).toEqual({ msg: undefined, why: 'closed' });
+    await nc.close();
+  });
+
+  it('times requests out by elapsed time, however the wall clock steps', async () => {
+    const nc = await connect({ servers: server().url });
+    nc.subscribe('svc.silent', { callback: () => undefined });
+    await nc.flush();
+    // The test's Date and performance.now; the sweep (every 20 ms) runs on real timers.
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const inbox = new ReplyInbox(nc, 20);
+    const long = ask(inbox, 'svc.silent', 'long', 60_000);
+    // A day ahead (no time passes): a 1 ms request that times out shows a sweep ran since.
+    vi.setSystemTime(Date.now() + 86_400_000);
+    const short = ask(inbox, 'svc.silent', 'short', 1);
+    vi.advanceTimersByTime(1);
+    expect(await short).toEqual({ msg: undefined, why: 'timeout' });
+    expect(inbox.size).toBe(1);
+    // Two days back, then the minute passes: the long one times out now, not a day later.
+    vi.setSystemTime(Date.now() - 2 * 86_400_000);
+    vi.advanceTimersByTime(60_000);
+    expect(await long).toEqual({ msg: undefined, why: 'timeout' });
+    inbox.close();
     await nc.close();
   });
 });

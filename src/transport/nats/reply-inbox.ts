@@ -56,7 +56,9 @@ export class ReplyInbox {
         }
       },
     });
-    this.#sweep = setInterval(() => this.#expire(Date.now()), sweepMs);
+    // Deadlines are monotonic: a wall-clock step neither times out every open request nor keeps
+    // one waiting for as long as the clock went back.
+    this.#sweep = setInterval(() => this.#expire(performance.now()), sweepMs);
     this.#sweep.unref();
   }
 
@@ -81,7 +83,7 @@ export class ReplyInbox {
       return;
     }
     const id = ++this.#next;
-    this.#pending.set(id, { callback, deadline: Date.now() + timeoutMs });
+    this.#pending.set(id, { callback, deadline: performance.now() + timeoutMs });
     const reply = this.#prefix + id;
     try {
       this.#nc.publish(subject, data, headers === undefined ? { reply } : { reply, headers });
