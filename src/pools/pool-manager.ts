@@ -227,7 +227,13 @@ interface Runtime {
 
 interface Backoff {
   failures: number;
+  /** When the next start may be tried (epoch ms), as `pool.start.failed` tells it. */
   retryAt: number;
+  /**
+   * The same on the monotonic clock (`performance.now()`), which decides: a wall clock set back
+   * must not hold the pool below its size for as long as it went back.
+   */
+  dueAt: number;
   timer: NodeJS.Timeout | undefined;
 }
 
@@ -486,9 +492,10 @@ export class PoolManager {
     this.#pools.put(poolId, rec);
     const p = (async () => {
       try {
-        const started = Date.now();
+        // Elapsed time: a wall clock set back must not lengthen the drain by as much.
+        const started = performance.now();
         await this.#host.drainPoolQueue(poolId, drainMs);
-        const left = Math.max(0, drainMs - (Date.now() - started));
+        const left = Math.max(0, drainMs - (performance.now() - started));
         await Promise.all(rec.agentIds.map((id) => this.#host.terminateAgent(id, left)));
         this.#host.closePoolQueue(poolId);
         this.#pools.delete(poolId);
@@ -740,7 +747,7 @@ export class PoolManager {
     const missing = Math.min(desired - live, current.maxAgents - current.agentIds.length);
     if (missing <= 0) return;
     const backoff = this.#backoff.get(current.poolId);
-    if (backoff !== undefined && Date.now() < backoff.retryAt) return;
+    if (backoff !== undefined && performance.now() < backoff.dueAt) return;
     try {
       this.#grow(current, missing, 'replace');
     } catch (err) {
@@ -781,11 +788,17 @@ export class PoolManager {
 
   /** Records a failed start and schedules the retry. */
   #failed(poolId: string, agentId: string | undefined, error: Error): void {
-    const b = this.#backoff.get(poolId) ?? { failures: 0, retryAt: 0, timer: undefined };
+    const b = this.#backoff.get(poolId) ?? {
+      failures: 0,
+      retryAt: 0,
+      dueAt: 0,
+      timer: undefined,
+    };
     b.failures++;
     const { startBackoffMs, maxStartBackoffMs } = this.#options;
     const delay = Math.min(maxStartBackoffMs, startBackoffMs * 2 ** Math.min(b.failures - 1, 30));
     b.retryAt = Date.now() + delay;
+    b.dueAt = performance.now() + delay;
     clearTimeout(b.timer);
     if (!this.#closed) {
       b.timer = setTimeout(() => this.reconcile(poolId), delay);

@@ -235,6 +235,17 @@ describe('pools reconcile', () => {
       }
     });
 
+    it('retries a failed start after its backoff even when the wall clock was set back a day', async () => {
+      provider.failing = 1;
+      await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 1, provider: 'scripted' });
+      await vi.advanceTimersByTimeAsync(0);
+      expect(provider.started).toHaveLength(1);
+      vi.setSystemTime(Date.now() - 86_400_000);
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(provider.started).toHaveLength(2);
+      expect((await fabric.getPool('p')).currentAgents).toEqual([provider.started[1]!.agentId]);
+    });
+
     it('replaces an agent that fails its health check, stopping the old runtime', async () => {
       await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 2, provider: 'scripted' });
       await vi.advanceTimersByTimeAsync(0);
@@ -269,6 +280,25 @@ describe('pools reconcile', () => {
       expect(provider.stopped.map(([id]) => id).sort()).toEqual([...ids].sort());
       expect(provider.started).toHaveLength(3);
     });
+  });
+
+  it('ends a pool’s drain at its timeout even when the wall clock was set back during it', async () => {
+    fabric.registerInProcessHandler('hold', () => new Promise(() => undefined));
+    await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 1, executor: 'inprocess' });
+    const task = await fabric.scheduleToPool('p', 'hold', {});
+    await vi.advanceTimersByTimeAsync(0);
+    expect((await fabric.getTask(task.id)).status).toBe('RUNNING');
+    let deleted = false;
+    const deleting = fabric.deletePool('p', { drainTimeoutSeconds: 10 }).then(() => {
+      deleted = true;
+    });
+    await vi.advanceTimersByTimeAsync(5_000);
+    vi.setSystemTime(Date.now() - 86_400_000);
+    await vi.advanceTimersByTimeAsync(5_001);
+    expect(deleted).toBe(true);
+    await deleting;
+    expect((await fabric.getTask(task.id)).status).not.toBe('RUNNING');
+    expect(await fabric.listPools()).toEqual([]);
   });
 
   it('validates reconcile options, naming the field', () => {
