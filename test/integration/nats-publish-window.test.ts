@@ -12,7 +12,7 @@
  * (no answer: they time out) or without (answered "no responders") — and making it again after
  * half the window; the code before went on retrying in both cases and stored the message then.
  */
-import { expect, it } from 'vitest';
+import { expect, it, vi } from 'vitest';
 import { jetstreamManager, RetentionPolicy, StorageType } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connect, nanos } from '@nats-io/transport-node';
@@ -89,6 +89,33 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
       expect(stats.published).toBe(0);
       expect(await stored()).toBe(0);
     } finally {
+      await closeAll(fabric, nc);
+    }
+  });
+
+  it('counts the window in elapsed time: a wall clock set back a day does not stretch it', async () => {
+    const { nc, fabric, agent, stats, end, stored } = await outage('pw5', true);
+    try {
+      // The sidecar's wall clock stands still, then goes back a day after the first try.
+      vi.useFakeTimers({ toFake: ['Date'] });
+      const task = await fabric.schedule({
+        agentId: agent.id,
+        taskType: 't',
+        payload: 1,
+        timeoutSeconds: 8,
+        maxAttempts: 1,
+      });
+      vi.setSystemTime(Date.now() - 86_400_000);
+      await new Promise((r) => setTimeout(r, 1200)); // past half the window since that try
+      await end(); // JetStream is back: a retry now would be stored
+
+      const ended = await fabric.waitForTask(task.id, { timeoutSeconds: 15 });
+      expect([ended.status, ended.attempt]).toEqual([TaskStatus.TIMEOUT, 1]);
+      expect(stats.publishesGivenUp).toBe(1);
+      expect(stats.published).toBe(0);
+      expect(await stored()).toBe(0);
+    } finally {
+      vi.useRealTimers();
       await closeAll(fabric, nc);
     }
   });

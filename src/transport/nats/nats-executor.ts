@@ -262,6 +262,8 @@ export class NatsExecutor implements TaskExecutor {
   #republishWithinMs = DUPLICATE_WINDOW_MS / 2;
   /** When this executor was made: attempts dispatched before are restored ones. */
   readonly #bornAt = Date.now();
+  /** `performance.now()` at {@link #bornAt}: the window is counted in elapsed time from here on. */
+  readonly #bornMono = performance.now();
   #closed = false;
 
   constructor(nats: NatsOptions, options: NatsExecutorOptions) {
@@ -416,8 +418,8 @@ export class NatsExecutor implements TaskExecutor {
   }
 
   /**
-   * Publishes attempt `a` (try number `tries`). `maybeStoredSince`: when the first earlier try
-   * that got no answer was sent — it may have been stored, its answer lost.
+   * Publishes attempt `a` (try number `tries`). `maybeStoredSince`: when (`performance.now()`)
+   * the first earlier try that got no answer was sent — it may have been stored, its answer lost.
    */
   #publish(a: TaskAssignment, tries: number, maybeStoredSince?: number): void {
     const t = this.#host?.task(a.taskId);
@@ -433,9 +435,15 @@ export class NatsExecutor implements TaskExecutor {
     //   (restored SCHEDULED: see `resumable`). It may be out already — in the stream, or begun
     //   by a worker whose start was lost with the old process — or not, when that process died
     //   between the commit and the publish.
+    // On the monotonic clock (`performance.now()`): a wall clock set back must not stretch the
+    // window past JetStream's, or a copy sent then is stored twice. Across a restart only the
+    // wall clock spans the gap (`dispatchedAt` is stored epoch ms).
     const dispatchedAt = t.dispatchedAt ?? 0;
-    const since = dispatchedAt < this.#bornAt ? dispatchedAt : maybeStoredSince;
-    if (since !== undefined && Date.now() - since >= this.#republishWithinMs) {
+    const since =
+      dispatchedAt < this.#bornAt
+        ? this.#bornMono - (this.#bornAt - dispatchedAt)
+        : maybeStoredSince;
+    if (since !== undefined && performance.now() - since >= this.#republishWithinMs) {
       this.stats.publishesGivenUp++;
       return;
     }
@@ -477,7 +485,7 @@ export class NatsExecutor implements TaskExecutor {
     // (`{ stream, seq }`, or `{ error }`) comes back there.
     const h = headers();
     h.set('Nats-Msg-Id', `${a.taskId}:${a.attempt}`);
-    const sentAt = Date.now();
+    const sentAt = performance.now();
     this.#inbox!.request(
       subject,
       encodeJson(msg),
