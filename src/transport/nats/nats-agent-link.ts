@@ -213,7 +213,7 @@ export class NatsAgentLink {
       take: kind === 'start' ? undefined : this.#upOf.get(task)?.take,
       ...extra,
     };
-    const giveUpAt = this.#giveUpAt.get(task) ?? Date.now() + 2_000;
+    const giveUpAt = this.#giveUpAt.get(task) ?? performance.now() + 2_000;
     return new Promise((resolve) => {
       let queue = this.#outbox.get(task.replyTo);
       if (queue === undefined) {
@@ -304,7 +304,10 @@ export class NatsAgentLink {
           return;
         }
         // Nobody listens there (its sidecar is gone) for longer than the tasks' timeouts.
-        if (noAnswer === 'closed' || (noAnswer === 'no-responders' && Date.now() >= giveUpAt)) {
+        if (
+          noAnswer === 'closed' ||
+          (noAnswer === 'no-responders' && performance.now() >= giveUpAt)
+        ) {
           for (const q of batch) q.resolve(undefined);
           return;
         }
@@ -332,7 +335,9 @@ export class NatsAgentLink {
       terminate(m); // not a fabric task message
       return undefined;
     }
-    this.#giveUpAt.set(task, Date.now() + task.timeoutSeconds * 1000);
+    // Elapsed time (`performance.now()`): a wall-clock step neither drops reports at once nor
+    // retries them for as long as the clock went back.
+    this.#giveUpAt.set(task, performance.now() + task.timeoutSeconds * 1000);
     this.#upOf.set(task, { seq: m.seq });
     return task;
   }

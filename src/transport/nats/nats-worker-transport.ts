@@ -209,7 +209,8 @@ export class NatsWorkerTransport implements WorkerTransport {
   async claim(waitSeconds: number): Promise<TaskAssignment | null> {
     if (this.#denied !== undefined) throw this.#denied;
     this.#startConsuming();
-    const deadline = Date.now() + waitSeconds * 1000;
+    // Elapsed time: a wall clock set back must not make the wait as long as the step.
+    const deadline = performance.now() + waitSeconds * 1000;
     for (;;) {
       const next = this.#buffer.shift();
       if (next !== undefined) {
@@ -217,7 +218,7 @@ export class NatsWorkerTransport implements WorkerTransport {
         if (a !== undefined) return a;
         continue;
       }
-      const left = deadline - Date.now();
+      const left = deadline - performance.now();
       if (left <= 0 || this.#link.closed) return null;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, left);
