@@ -316,9 +316,10 @@ export class FabricWorker {
       // False once the sidecar said it serves no hooks (they are optional): not asked again.
       let hooks = true;
       while (!signal.aborted) {
-        if (hooks && Date.now() >= nextHookCheck) {
+        // Elapsed time: a wall clock set back must not pause hook checks for as long.
+        if (hooks && performance.now() >= nextHookCheck) {
           hooks = await this.#runHooks(handlers, signal);
-          nextHookCheck = Date.now() + this.#options.hookCheckMs;
+          nextHookCheck = performance.now() + this.#options.hookCheckMs;
           continue;
         }
         const ackSeconds = this.#transport.leasesClaims === true ? this.#options.claimAck : 0;

@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { AgentFabric } from '../../src/fabric.js';
 import { HookStatus } from '../../src/hooks/hook-status.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
@@ -40,6 +40,7 @@ beforeAll(async () => {
       'stale',
       'intruder',
       'lossy',
+      'hooked-clock',
     ].map((name) => ({ name })),
     hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false },
   });
@@ -229,6 +230,34 @@ describe('FabricWorker run loop: hooks during run, per-task abort, stop', () => 
       status: HookStatus.COMPLETED,
       result: { done: true },
     });
+  });
+
+  it('checks for hooks every hookCheckSeconds even when the wall clock was set back a day', async () => {
+    const transport = await WatchedTransport.open(sidecar, 'hooked-clock');
+    const worker = FabricWorker.withTransport(transport, fast);
+    const firstClaim = signalled();
+    transport.onClaim = () => firstClaim.resolve();
+    const ran = signalled<unknown>();
+    const stop = new AbortController();
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const running = worker.run(
+        { hook: (item) => (ran.resolve(item), { done: true }) },
+        { signal: stop.signal },
+      );
+      await firstClaim.promise; // the start-up hook check found nothing
+      vi.setSystemTime(Date.now() - 86_400_000);
+      await fabric.hooks!.createHook({
+        agentId: agentId(sidecar, 'hooked-clock'),
+        workItem: { note: 'after the step' },
+      });
+      expect(await ran.promise).toEqual({ note: 'after the step' });
+      stop.abort();
+      await running;
+    } finally {
+      vi.useRealTimers();
+      await worker.close();
+    }
   });
 
   it('aborts a handler when the fabric cancels its task, and keeps working', async () => {
