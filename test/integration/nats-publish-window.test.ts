@@ -37,7 +37,7 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
    * A sidecar on namespace `ns` whose stream (1 s duplicate window) is deleted once its agent is
    * ready; `swallow`: a subscriber then takes every task publish and never answers.
    */
-  async function outage(ns: string, swallow: boolean) {
+  async function outage(ns: string, swallow: boolean, windowMs = 1000) {
     const nc = await connect({ servers: server().url });
     const jsm = await jetstreamManager(nc);
     const stream = {
@@ -45,7 +45,7 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
       subjects: [`fabric.${ns}.task.>`],
       retention: RetentionPolicy.Workqueue,
       storage: StorageType.File,
-      duplicate_window: nanos(1000),
+      duplicate_window: nanos(windowMs),
     };
     await jsm.streams.add(stream);
     const { fabric, agent, stats } = await readyNatsFabric(server().url, ns);
@@ -107,6 +107,37 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
       });
       vi.setSystemTime(Date.now() - 86_400_000);
       await new Promise((r) => setTimeout(r, 1200)); // past half the window since that try
+      await end(); // JetStream is back: a retry now would be stored
+
+      const ended = await fabric.waitForTask(task.id, { timeoutSeconds: 15 });
+      expect([ended.status, ended.attempt]).toEqual([TaskStatus.TIMEOUT, 1]);
+      expect(stats.publishesGivenUp).toBe(1);
+      expect(stats.published).toBe(0);
+      expect(await stored()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+      await closeAll(fabric, nc);
+    }
+  });
+
+  it('gives up once the wall clock says the window passed, though no time passed here (a suspend)', async () => {
+    // A 20 s duplicate window: 10 s to republish in, longer than the 5 s a try waits for its answer.
+    const { nc, fabric, agent, stats, end, stored } = await outage('pw6', true, 20_000);
+    try {
+      // Sees the first try go out (and answers it no more than the swallowing subscriber does).
+      const tries = nc.subscribe(`fabric.pw6.task.>`, { max: 1 });
+      await nc.flush();
+      vi.useFakeTimers({ toFake: ['Date'] });
+      const task = await fabric.schedule({
+        agentId: agent.id,
+        taskType: 't',
+        payload: 1,
+        timeoutSeconds: 8,
+        maxAttempts: 1,
+      });
+      for await (const _ of tries) break;
+      // The machine was suspended for a day: the wall clock (and JetStream's window) moved on.
+      vi.setSystemTime(Date.now() + 86_400_000);
       await end(); // JetStream is back: a retry now would be stored
 
       const ended = await fabric.waitForTask(task.id, { timeoutSeconds: 15 });

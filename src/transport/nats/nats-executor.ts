@@ -189,6 +189,12 @@ export interface NatsExecutorStats {
   sendsFailed: number;
 }
 
+/** A moment on both clocks: epoch ms and `performance.now()`. */
+interface Instant {
+  readonly wall: number;
+  readonly mono: number;
+}
+
 /** Dispatches tasks through JetStream; see the module comment. */
 export class NatsExecutor implements TaskExecutor {
   readonly name = NATS_EXECUTOR;
@@ -418,10 +424,10 @@ export class NatsExecutor implements TaskExecutor {
   }
 
   /**
-   * Publishes attempt `a` (try number `tries`). `maybeStoredSince`: when (`performance.now()`)
-   * the first earlier try that got no answer was sent — it may have been stored, its answer lost.
+   * Publishes attempt `a` (try number `tries`). `maybeStoredSince`: when the first earlier try
+   * that got no answer was sent — it may have been stored, its answer lost.
    */
-  #publish(a: TaskAssignment, tries: number, maybeStoredSince?: number): void {
+  #publish(a: TaskAssignment, tries: number, maybeStoredSince?: Instant): void {
     const t = this.#host?.task(a.taskId);
     if (this.#closed || t === undefined || !t.dispatched || t.attempt !== a.attempt) return;
     // A publish that may already be stored is sent again only while JetStream still
@@ -435,15 +441,21 @@ export class NatsExecutor implements TaskExecutor {
     //   (restored SCHEDULED: see `resumable`). It may be out already — in the stream, or begun
     //   by a worker whose start was lost with the old process — or not, when that process died
     //   between the commit and the publish.
-    // On the monotonic clock (`performance.now()`): a wall clock set back must not stretch the
-    // window past JetStream's, or a copy sent then is stored twice. Across a restart only the
-    // wall clock spans the gap (`dispatchedAt` is stored epoch ms).
+    // The window has passed when either clock says so: the monotonic one (a wall clock set back
+    // must not stretch it past JetStream's, or a copy sent then is stored twice) or the wall
+    // clock (the monotonic one stands still while the machine is suspended; JetStream's window
+    // does not). Across a restart only the wall clock spans the gap (`dispatchedAt` is stored
+    // epoch ms); from the process's start the monotonic one counts too.
     const dispatchedAt = t.dispatchedAt ?? 0;
-    const since =
+    const since: Instant | undefined =
       dispatchedAt < this.#bornAt
-        ? this.#bornMono - (this.#bornAt - dispatchedAt)
+        ? { wall: dispatchedAt, mono: this.#bornMono - (this.#bornAt - dispatchedAt) }
         : maybeStoredSince;
-    if (since !== undefined && performance.now() - since >= this.#republishWithinMs) {
+    const within = this.#republishWithinMs;
+    if (
+      since !== undefined &&
+      (performance.now() - since.mono >= within || Date.now() - since.wall >= within)
+    ) {
       this.stats.publishesGivenUp++;
       return;
     }
@@ -485,7 +497,7 @@ export class NatsExecutor implements TaskExecutor {
     // (`{ stream, seq }`, or `{ error }`) comes back there.
     const h = headers();
     h.set('Nats-Msg-Id', `${a.taskId}:${a.attempt}`);
-    const sentAt = performance.now();
+    const sentAt: Instant = { wall: Date.now(), mono: performance.now() };
     this.#inbox!.request(
       subject,
       encodeJson(msg),
@@ -510,7 +522,7 @@ export class NatsExecutor implements TaskExecutor {
     );
   }
 
-  #retryLater(a: TaskAssignment, tries: number, maybeStoredSince: number | undefined, ms: number) {
+  #retryLater(a: TaskAssignment, tries: number, maybeStoredSince: Instant | undefined, ms: number) {
     const timer = setTimeout(() => {
       this.#timers.delete(timer);
       this.#publish(a, tries, maybeStoredSince);
