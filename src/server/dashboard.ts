@@ -138,8 +138,9 @@ export interface DashboardOptions {
   /** Sessions alive at once. @default 256 */
   maxSessions?: number;
   /**
-   * Clock in ms (tests). Elapsed time: a step of the wall clock neither lengthens a session's
-   * life or idle time nor ends every session. @default performance.now
+   * Clock in ms (tests): then the only one. By default a session's life and idle time are judged
+   * by both elapsed time (`performance.now()`) and the wall clock, and end when either says so:
+   * a wall clock set back does not lengthen them, nor does a suspend of the machine.
    */
   now?: () => number;
   /**
@@ -162,12 +163,22 @@ export interface SessionCaller {
   hold(end: (reason: UnauthenticatedError) => void): () => void;
 }
 
+/**
+ * A moment on both clocks a session is judged by: elapsed time (`performance.now()`) and the
+ * wall clock. A session is over when either says so — a wall clock set back does not lengthen
+ * it, and neither does a suspend of the machine (the monotonic clock stands still meanwhile).
+ */
+interface Moment {
+  readonly mono: number;
+  readonly wall: number;
+}
+
 interface Session {
   readonly admin: string;
   readonly csrf: string;
-  readonly expiresAt: number;
+  readonly loginAt: Moment;
   /** Its last activity (login, or a foreground request at the `/api/` door). */
-  activeAt: number;
+  activeAt: Moment;
   /** The calls it authorized that are still open; ended with it. */
   readonly calls: Set<(reason: UnauthenticatedError) => void>;
   /** Why it ended, once it has. */
@@ -267,7 +278,7 @@ export class Dashboard {
   readonly #idleMs: number;
   readonly #throttle: AuthThrottle | undefined;
   readonly #maxSessions: number;
-  readonly #now: () => number;
+  readonly #now: () => Moment;
   readonly #sweepMs: number;
   #sweep: NodeJS.Timeout | undefined;
   #closed = false;
@@ -280,7 +291,14 @@ export class Dashboard {
     this.#idleMs = options.sessionIdleMs ?? DEFAULT_SESSION_IDLE_MS;
     this.#throttle = options.throttle;
     this.#maxSessions = options.maxSessions ?? DEFAULT_MAX_SESSIONS;
-    this.#now = options.now ?? (() => performance.now());
+    const now = options.now;
+    this.#now =
+      now === undefined
+        ? () => ({ mono: performance.now(), wall: Date.now() })
+        : () => {
+            const t = now();
+            return { mono: t, wall: t };
+          };
     this.#sweepMs = options.sweepMs ?? DEFAULT_SESSION_SWEEP_MS;
     if (!Number.isSafeInteger(this.#sweepMs) || this.#sweepMs < 1) {
       throw new ConfigError('dashboard.sweepMs', 'must be a positive integer of milliseconds');
@@ -442,9 +460,9 @@ export class Dashboard {
   }
 
   /** Why it has ended — past its life, or idle too long — or undefined while it lives. */
-  #ended(s: Session, now: number): string | undefined {
-    if (s.expiresAt <= now) return 'it reached its life';
-    if (s.activeAt + this.#idleMs <= now) return 'it was idle too long';
+  #ended(s: Session, now: Moment): string | undefined {
+    if (passed(s.loginAt, now, this.#ttlMs)) return 'it reached its life';
+    if (passed(s.activeAt, now, this.#idleMs)) return 'it was idle too long';
     return undefined;
   }
 
@@ -533,7 +551,7 @@ export class Dashboard {
     this.#sessions.set(sha256(id), {
       admin,
       csrf,
-      expiresAt: now + this.#ttlMs,
+      loginAt: now,
       activeAt: now,
       calls: new Set(),
     });
@@ -567,4 +585,9 @@ export class Dashboard {
       'application/json',
     );
   }
+}
+
+/** True when `ms` have passed since `from` by either clock. */
+function passed(from: Moment, now: Moment, ms: number): boolean {
+  return now.mono - from.mono >= ms || now.wall - from.wall >= ms;
 }

@@ -1,7 +1,9 @@
 /**
  * The dashboard's session life and idle time, and the failed-login bound, on the sidecar's own
  * clock (no injected one) while the wall clock steps: a session must end 8 hours after login
- * and an address's lock-out after its minute, however the wall clock was set meanwhile.
+ * and an address's lock-out after its minute, however the wall clock was set meanwhile, and a
+ * session must end when the wall clock says its time passed while the monotonic clock stood
+ * still (a suspended machine).
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CSRF_HEADER, SESSION_COOKIE } from '../../src/server/dashboard.js';
@@ -61,6 +63,16 @@ describe('the dashboard when the wall clock steps (real sidecar, its own clock)'
     }
     vi.advanceTimersByTime(20 * 60_000);
     expect(await list()).toBe(401);
+    expect((await raw(base, 'GET', '/ui/session', { cookie })).status).toBe(401);
+  });
+
+  it('ends a session idle for half an hour by the wall clock though no time passed here (a suspend)', async () => {
+    const res = await login(ADMIN_TOKEN);
+    expect(res.status).toBe(200);
+    const cookie = String(res.headers['set-cookie']).split(';')[0]!;
+    expect((await raw(base, 'GET', '/ui/session', { cookie })).status).toBe(200);
+    // The machine slept for half an hour: the wall clock moved, the monotonic one did not.
+    vi.setSystemTime(Date.now() + 30 * 60_000);
     expect((await raw(base, 'GET', '/ui/session', { cookie })).status).toBe(401);
   });
 
