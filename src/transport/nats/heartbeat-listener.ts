@@ -17,7 +17,10 @@ import { idFromToken } from './subjects.js';
 import type { Answer } from './wire.js';
 import { decodeJson, encodeJson, heartbeatProof, heartbeatSchema, sameProof } from './wire.js';
 
-/** A heartbeat further than this ahead of the sidecar's clock is refused (clock skew bound). */
+/**
+ * A heartbeat further than this ahead of the sidecar's clock (or of the agent's last accepted one
+ * plus the time elapsed since) is refused (clock skew bound).
+ */
 export const MAX_HEARTBEAT_SKEW_MS = 60_000;
 
 /** A refusal answer, made once (an error object per heartbeat would cost more than its check). */
@@ -40,8 +43,11 @@ export class HeartbeatListener {
   readonly stats: HeartbeatStats = { accepted: 0, rejected: 0, ignored: 0 };
   readonly #lifecycle: LifecycleManager;
   readonly #names: NatsNames;
-  /** Last accepted timestamp per agent: a heartbeat must be newer (no replays). */
-  readonly #lastTs = new Map<string, number>();
+  /**
+   * Last accepted timestamp per agent (a heartbeat must be newer: no replays), and when it was
+   * accepted on the monotonic clock.
+   */
+  readonly #last = new Map<string, { ts: number; at: number }>();
   /**
    * What an agent's first heartbeat here must be newer than: this listener's start less the skew
    * bound. The last timestamps are not stored, so without it every heartbeat an agent restored
@@ -55,7 +61,7 @@ export class HeartbeatListener {
   constructor(lifecycle: LifecycleManager, names: NatsNames) {
     this.#lifecycle = lifecycle;
     this.#names = names;
-    lifecycle.events.on('agent.forgotten', (id) => this.#lastTs.delete(id));
+    lifecycle.events.on('agent.forgotten', (id) => this.#last.delete(id));
   }
 
   /** Starts listening on `nc`. */
@@ -92,13 +98,20 @@ export class HeartbeatListener {
     if (!hb.success) return NO_PROOF;
     const { ts, proof } = hb.data;
     if (!sameProof(proof, heartbeatProof(credentialHash, agentId, ts))) return NO_PROOF;
-    if (
-      ts <= (this.#lastTs.get(agentId) ?? this.#since) ||
-      ts > Date.now() + MAX_HEARTBEAT_SKEW_MS
-    ) {
-      return REPLAYED;
+    const last = this.#last.get(agentId);
+    if (ts <= (last?.ts ?? this.#since)) return REPLAYED;
+    // At most the skew ahead of this clock — or of the last accepted heartbeat plus the time
+    // elapsed since: a wall clock set back (NTP, an operator) leaves the agent's timestamps,
+    // which keep growing from the last one, ahead of it, and they must still be taken.
+    const now = performance.now();
+    const reference =
+      last === undefined ? Date.now() : Math.max(Date.now(), last.ts + (now - last.at));
+    if (ts > reference + MAX_HEARTBEAT_SKEW_MS) return REPLAYED;
+    if (last === undefined) this.#last.set(agentId, { ts, at: now });
+    else {
+      last.ts = ts;
+      last.at = now;
     }
-    this.#lastTs.set(agentId, ts);
     try {
       // With the agent's pool: a worker told to serve a pool checks it is one of its agents.
       return { ok: true, status: this.#lifecycle.heartbeatStatus(agentId), poolId: poolId ?? null };
