@@ -552,6 +552,12 @@ export class ApprovalManager extends TypedEmitter<ApprovalEvents> {
     if (entry.snapshot.status !== 'pending') {
       throw new ApprovalDecidedError(id, entry.snapshot.status);
     }
+    // Its expiry timer counts elapsed time, which stands still while the machine is suspended:
+    // a decision the wall clock places at or past `expiresAt` finds it expired, not decided.
+    if (Date.now() >= entry.snapshot.expiresAt) {
+      this.#resolve(entry, 'expired');
+      throw new ApprovalDecidedError(id, 'expired');
+    }
     return this.#resolve(entry, status, approver, decision.reason);
   }
 

@@ -45,6 +45,19 @@ describe('ApprovalManager', () => {
     expect(approvals.create({ ...request, ttlSeconds: 5 }).expiresAt).toBe(Date.now() + 5000);
   });
 
+  it('finds an approval expired when the wall clock passed its expiry before the timer fired (a suspend)', async () => {
+    const store = new MemoryCollection<Approval>();
+    approvals.close();
+    approvals = new ApprovalManager({ defaultTtlSeconds: 300 }, store);
+    const a = approvals.create(request);
+    const wait = approvals.waitForApproval(a.id);
+    // The machine slept ten minutes: the wall clock moved, no timer did.
+    vi.setSystemTime(Date.now() + 600_000);
+    expect(() => approvals.approve(a.id, { approver: 'alice' })).toThrow(ApprovalDecidedError);
+    await expect(wait).resolves.toMatchObject({ status: 'expired', approved: false });
+    expect(store.get(a.id)).toMatchObject({ status: 'expired', decidedAt: a.expiresAt });
+  });
+
   it('approve resolves waiters with the approver and reason', async () => {
     const a = approvals.create(request);
     const wait = approvals.waitForApproval(a.id);
