@@ -53,6 +53,21 @@ export class TypedEmitter<E extends EventMap> {
     this.#ee.emit(event, ...args);
   }
 
+  /**
+   * Allows `by` more listeners of each event before Node warns of a possible leak
+   * (MaxListenersExceededWarning); returns what takes them back (idempotent). For listeners
+   * whose number a caller bounds itself: a door's watch streams, at most its stream cap.
+   */
+  raiseMaxListeners(by: number): () => void {
+    this.#ee.setMaxListeners(this.#ee.getMaxListeners() + by);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.#ee.setMaxListeners(this.#ee.getMaxListeners() - by);
+    };
+  }
+
   removeAllListeners(): void {
     this.#ee.removeAllListeners();
   }

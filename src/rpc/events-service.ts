@@ -138,6 +138,30 @@ function toolCallEvent(c: EndedToolCall): Event {
 }
 
 /**
+ * Makes room on every emitter a watch stream listens to (EventService and ApprovalService
+ * `Watch`: one listener per event each) for `streams` more watches, the stream cap of the door
+ * that calls it, so a sidecar within its configured caps prints no
+ * MaxListenersExceededWarning (two doors at their default 64 streams each are past Node's
+ * threshold of 100); a leak beyond the caps still does. Returns what takes the room back.
+ */
+export function reserveWatchListeners(
+  fabric: AgentFabric,
+  gateway: ToolGateway | undefined,
+  streams: number,
+): () => void {
+  const undo = [
+    fabric.lifecycle.events.raiseMaxListeners(streams),
+    fabric.scheduler.events.raiseMaxListeners(streams),
+    fabric.budgets.raiseMaxListeners(streams),
+    fabric.approvals.raiseMaxListeners(streams),
+    ...(gateway === undefined ? [] : [gateway.toolCalls.raiseMaxListeners(streams)]),
+  ];
+  return () => {
+    for (const u of undo) u();
+  };
+}
+
+/**
  * `fabric.v1.EventService` over `fabric`, for the administrator; tool calls come from `gateway`
  * (without one, the `TOOL_CALLS` topic is accepted and stays quiet).
  */

@@ -22,6 +22,7 @@ import { authInterceptor } from './auth-interceptor.js';
 import { addHealthService, HealthRegistry, type HealthProbe } from './health-service.js';
 import { addReflectionService } from './reflection-service.js';
 import { DEFAULT_MAX_INFLIGHT_PER_AGENT } from '../gateway/downstream-http.js';
+import { reserveWatchListeners } from './events-service.js';
 import { DEFAULT_API_MAX_STREAMS } from './http-door.js';
 import {
   ActiveStreams,
@@ -99,6 +100,7 @@ export async function startGrpcServer(
   const host = options.host ?? '127.0.0.1';
   checkListenerSecurity('gRPC', host, options.tls, options.allowInsecure);
   const streams = new ActiveStreams(options.maxStreams ?? DEFAULT_API_MAX_STREAMS);
+  const unreserve = reserveWatchListeners(fabric, options.gateway, streams.max);
   const services = fabricServices(fabric, options);
   const server = new Server({
     'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
@@ -167,6 +169,7 @@ export async function startGrpcServer(
         });
         // After tryShutdown (no new calls): a watch never ends on its own.
         streams.endAll();
+        unreserve();
       }),
   };
 }

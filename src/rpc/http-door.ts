@@ -65,6 +65,7 @@ import {
   UnauthenticatedError,
 } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
+import type { ToolGateway } from '../gateway/gateway.js';
 import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
 import { exceededBound } from '../gateway/input-bounds.js';
 import {
@@ -88,6 +89,7 @@ import {
   type CallerKind,
   type StreamSender,
 } from './rpc-call.js';
+import { reserveWatchListeners } from './events-service.js';
 import type { AnyServiceImplementation } from './services.js';
 
 /** Path prefix of the HTTP door in the sidecar. */
@@ -130,6 +132,12 @@ export const API_RESPONSE_HEADERS: Readonly<Record<string, string>> = Object.fre
 /** Options of {@link HttpDoor}. */
 export interface HttpDoorOptions {
   fabric: AgentFabric;
+  /**
+   * The gateway whose tool calls the services' EventService `TOOL_CALLS` watches follow (the one
+   * given to `fabricServices`): its emitter makes room for `maxStreams` watches, as the
+   * fabric's do (see `reserveWatchListeners`).
+   */
+  gateway?: ToolGateway | undefined;
   /** What to serve: the list the gRPC server serves (services.ts). */
   services: readonly AnyServiceImplementation[];
   /** @default '/api/' */
@@ -249,6 +257,7 @@ export class HttpDoor {
   readonly #sessionCaller: ((req: IncomingMessage) => SessionCaller | undefined) | undefined;
   readonly #inflight: ((agentId: string) => () => void) | undefined;
   readonly #holdInflight: ((agentId: string) => () => void) | undefined;
+  readonly #unreserve: () => void;
 
   /**
    * @throws ConfigError when a limit is not a non-negative integer (`maxStreams`,
@@ -281,6 +290,7 @@ export class HttpDoor {
       'options.keepAliveMs',
       options.keepAliveMs ?? DEFAULT_API_KEEP_ALIVE_MS,
     );
+    this.#unreserve = reserveWatchListeners(options.fabric, options.gateway, this.#maxStreams);
     for (const impl of options.services) {
       const unary = impl.unary as Record<string, UnaryHandler | undefined>;
       const streams = (impl.serverStream ?? {}) as Record<string, StreamHandler | undefined>;
@@ -316,6 +326,7 @@ export class HttpDoor {
   /** Ends every open stream with `FABRIC_ERR_CLOSED` (its `end` line), e.g. when the server stops. */
   close(): void {
     this.#streams.endAll(new ClosedError('HTTP door'));
+    this.#unreserve();
   }
 
   /** Answers one request under the prefix; never rejects. */

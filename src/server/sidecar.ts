@@ -453,6 +453,7 @@ export class Sidecar {
             : {
                 api: new HttpDoor({
                   fabric,
+                  gateway,
                   services: fabricServices(fabric, { gateway }),
                   bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
                   keepAliveMs: h.keepAliveSeconds * 1000,
