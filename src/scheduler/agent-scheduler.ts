@@ -1314,8 +1314,13 @@ export class AgentScheduler {
     return this.#remote.takeEnded(agentId);
   }
 
-  /** Puts back notices {@link takeEndedTasks} gave out that did not reach the agent. */
+  /**
+   * Puts back notices {@link takeEndedTasks} gave out that did not reach the agent — unless the
+   * agent was removed meanwhile (terminated while the answer was written): its notices were
+   * dropped with it, and nothing would ever take these.
+   */
   restoreEndedTasks(agentId: string, notices: readonly EndedTask[]): void {
+    if (!this.#agents.has(agentId)) return;
     this.#remote.restoreEnded(agentId, notices);
   }
 
