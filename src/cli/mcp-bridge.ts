@@ -65,6 +65,12 @@ export class McpBridge {
   #ownIds = 0;
   /** Messages wait for this before they are sent (a new session being opened). */
   #ready: Promise<void> = Promise.resolve();
+  /**
+   * The upstream of a renewal that opened no session (refused, timed out, the sidecar away):
+   * the next message of the agent tries again, else every later request would go without a
+   * session id and be refused (400), with no 404 to start a renewal ever again.
+   */
+  #sessionless: StreamableHTTPClientTransport | undefined;
 
   constructor(options: McpBridgeOptions) {
     this.#options = options;
@@ -133,11 +139,12 @@ export class McpBridge {
   async #forward(m: JSONRPCMessage, renewable: boolean): Promise<void> {
     const upstream = this.#upstream;
     try {
+      if (upstream === this.#sessionless) throw new Error('no session: the last renewal failed');
       await upstream.send(m);
     } catch (error) {
       if (
         renewable &&
-        sessionGone(error) &&
+        (sessionGone(error) || upstream === this.#sessionless) &&
         this.#initialize !== undefined &&
         (m as Envelope).method !== 'initialize'
       ) {
@@ -166,7 +173,9 @@ export class McpBridge {
     this.#upstream = fresh;
     const renewal = this.#open(fresh);
     // Messages of the agent wait for the new session; a failed renewal lets them fail alone.
-    this.#ready = renewal.catch(() => undefined);
+    this.#ready = renewal.catch(() => {
+      if (fresh.sessionId === undefined) this.#sessionless = fresh;
+    });
     void lost.close().catch(() => undefined);
     return renewal;
   }

@@ -324,3 +324,53 @@ agents:
     }
   });
 });
+
+describe('agent-fabric mcp: a session renewal the sidecar refused', () => {
+  const dir = tempDir('cli-mcp-renewal');
+  let sidecar: Sidecar;
+  let token: string;
+
+  beforeAll(async () => {
+    const configFile = join(dir, 'fabric.yaml');
+    writeFileSync(
+      configFile,
+      `http: { host: 127.0.0.1, port: 0, maxSessionsPerAgent: 1 }
+policies:
+  - name: default-allow
+    rules:
+      - { tool: '*', action: allow }
+agents:
+  - name: renewing-agent
+`,
+    );
+    sidecar = await Sidecar.start({
+      config: loadSidecarConfig(configFile, { env: { FABRIC_STATE: 'memory' } }),
+    });
+    token = sidecar.agents[0]!.credential;
+  });
+
+  afterAll(() => closeSidecar(sidecar));
+
+  it('tries again with the next request once the sidecar takes a new session', async () => {
+    const { client } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
+    });
+    try {
+      expect((await client.listTools()).tools.length).toBeGreaterThan(0);
+      const [lost] = sidecar.gateway.sessions;
+      await lost!.close();
+      // The agent's only session slot is taken meanwhile: the renewal's initialize gets 429.
+      const other = await httpClient(sidecar.url!, token);
+      await expect(client.listTools()).rejects.toThrow(/could not forward the request/);
+      const [taken] = sidecar.gateway.sessions;
+      await taken!.close();
+      await other.close();
+      // The slot is free again: the bridge must not stay without a session for good (before,
+      // every later request was sent without one and refused with 400 "send initialize first").
+      expect((await client.listTools()).tools.length).toBeGreaterThan(0);
+      expect(sidecar.gateway.sessions.size).toBe(1);
+    } finally {
+      await client.close();
+    }
+  });
+});
