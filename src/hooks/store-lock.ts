@@ -19,7 +19,7 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, unlinkSync } from 'node:fs';
+import { readFileSync, readlinkSync, unlinkSync } from 'node:fs';
 import { link, open, readFile, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { HookStoreLockedError } from '../errors.js';
@@ -36,6 +36,11 @@ export interface LockHolder {
   readonly bootId?: string;
   /** The holder's start, in clock ticks since boot (Linux): tells a reused pid apart. */
   readonly startTicks?: number;
+  /**
+   * The holder's pid namespace (Linux, `pid:[inode]`): its pid and start time mean that process
+   * only in that namespace.
+   */
+  readonly pidNs?: string;
 }
 
 /** The boot's id, or undefined where the kernel does not tell it. */
@@ -59,13 +64,27 @@ function startTicks(pid: number): number | undefined {
   }
 }
 
-/** This process's {@link LockHolder.bootId} and {@link LockHolder.startTicks}, where known. */
-function identity(): { bootId?: string; startTicks?: number } {
+/** This process's pid namespace, or undefined where the kernel does not tell it. */
+function currentPidNs(): string | undefined {
+  try {
+    return readlinkSync('/proc/self/ns/pid') || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * This process's {@link LockHolder.bootId}, {@link LockHolder.startTicks} and
+ * {@link LockHolder.pidNs}, where known.
+ */
+function identity(): { bootId?: string; startTicks?: number; pidNs?: string } {
   const bootId = currentBootId();
   const ticks = startTicks(process.pid);
+  const pidNs = currentPidNs();
   return {
     ...(bootId === undefined ? {} : { bootId }),
     ...(ticks === undefined ? {} : { startTicks: ticks }),
+    ...(pidNs === undefined ? {} : { pidNs }),
   };
 }
 
@@ -177,6 +196,7 @@ function parseHolder(text: string): LockHolder | undefined {
         instance: v.instance,
         ...(typeof v.bootId === 'string' ? { bootId: v.bootId } : {}),
         ...(typeof v.startTicks === 'number' ? { startTicks: v.startTicks } : {}),
+        ...(typeof v.pidNs === 'string' ? { pidNs: v.pidNs } : {}),
       };
     }
   } catch {
@@ -195,7 +215,13 @@ function isStale(h: LockHolder): boolean {
   // these fields (an older version's, another OS) keeps the pid's word.
   const boot = currentBootId();
   if (h.bootId !== undefined && boot !== undefined && h.bootId !== boot) return true;
-  if (h.startTicks === undefined) return false;
+  // The start time of what has the pid here says nothing of a holder in another pid namespace
+  // (a container sharing the host's name): its pid here is another process, or none. Unknown
+  // namespaces (a lock without the field, no /proc) keep the pid's word: two stores on one
+  // file are worse than a lock an operator removes by hand.
+  if (h.startTicks === undefined || h.pidNs === undefined || h.pidNs !== currentPidNs()) {
+    return false;
+  }
   const ticks = startTicks(h.pid);
   return ticks !== undefined && ticks !== h.startTicks;
 }

@@ -76,6 +76,31 @@ describe('hook store lock', () => {
     expect(await m.listHooks()).toEqual([]);
   });
 
+  it('keeps out a sidecar of another pid namespace on this host whose pid is alive here', async () => {
+    // A container sharing the host's name (--network host) and the store's folder: its pid 1
+    // is pid 1 here too, another process started at another time. Judging the holder by the
+    // start time of what has its pid here took its live lock over (two stores on one file).
+    await (await openManager()).close();
+    const child = spawnFixture('hold-lock', [dir.path], {}, [
+      'unshare',
+      '--user',
+      '--map-root-user',
+      '--pid',
+      '--fork',
+      '--mount-proc',
+      '--kill-child',
+    ]);
+    try {
+      const [, pid] = await waitForLine(child, /^ready (\d+)$/);
+      expect(pid).toBe('1');
+      const err = await lockError();
+      expect(err.details).toMatchObject({ pid: 1, hostname: hostname() });
+    } finally {
+      child.kill('SIGKILL');
+      await exited(child);
+    }
+  });
+
   it('releases the lock when the holder closes cleanly', async () => {
     await (await openManager()).close();
     const child = spawnFixture('hold-lock', [dir.path]);
