@@ -116,6 +116,23 @@ export interface QueuedCall {
   fields: AuditOutcome;
 }
 
+/**
+ * The timed flushes of the logs open in this process, run when it exits without having closed
+ * them; one `exit` listener for all (one per log warned MaxListenersExceededWarning past ten
+ * open at once, as a library user with many gateways has).
+ */
+const flushAtExit = new Set<() => void>();
+let exitHookInstalled = false;
+
+function flushOnExit(flush: () => void): void {
+  flushAtExit.add(flush);
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const f of flushAtExit) f();
+  });
+}
+
 /** Append-only JSON-lines audit log with size rotation. */
 export class AuditLog {
   readonly path: string;
@@ -155,7 +172,7 @@ export class AuditLog {
     this.#open();
     // A process that exits without closing the log (a second signal cutting the shutdown
     // short, a fatal error) still writes what is queued: the writes are synchronous.
-    process.on('exit', this.#flush);
+    flushOnExit(this.#flush);
   }
 
   #open(): void {
@@ -312,7 +329,7 @@ export class AuditLog {
 
   /** Flushes and closes the file. */
   close(): void {
-    process.off('exit', this.#flush);
+    flushAtExit.delete(this.#flush);
     this.flush();
     if (this.#fd !== undefined) closeSync(this.#fd);
     this.#fd = undefined;

@@ -1,6 +1,8 @@
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   AUDIT_MAX_BUFFERED_RECORDS,
@@ -13,6 +15,7 @@ import {
   type AuditRecord,
 } from '../../src/gateway/audit-log.js';
 import { ConfigError } from '../../src/errors.js';
+import { REPO_ROOT } from '../fixtures/hooks/temp-store.js';
 
 describe('AuditLog batching', () => {
   let dir: string;
@@ -446,6 +449,40 @@ describe('AuditLog rotation inside one batch', () => {
           digests.push((JSON.parse(line) as { argsDigest: string }).argsDigest);
       }
       expect(digests).toEqual(Array.from({ length: 41 }, (_, i) => digestArgs({ i })));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('AuditLog at process exit', () => {
+  it('writes the queued records of many open logs, with no listener warning per log', () => {
+    // A library user with more than ten gateways (or audit logs) open at once: one exit
+    // listener per log warned MaxListenersExceededWarning (a leak, as far as node can tell).
+    const dir = mkdtempSync(join(tmpdir(), 'fabric-audit-exit-'));
+    try {
+      const module = pathToFileURL(join(REPO_ROOT, 'src/gateway/audit-log.ts')).href;
+      const script = `
+        import { AuditLog } from ${JSON.stringify(module)};
+        for (let i = 0; i < 12; i++) {
+          const log = new AuditLog({ path: ${JSON.stringify(dir)} + '/' + i + '.log', flushIntervalMs: 60000 });
+          log.writeCall('agent-' + i, 'fs__read', { i }, Date.now(), 1, { decision: 'allow', outcome: 'ok' });
+        }
+        // Exits after the turn, as a process that never closes its logs (warnings are emitted then).
+        setImmediate(() => process.exit(0));
+      `;
+      const r = spawnSync(
+        process.execPath,
+        ['--import', 'tsx', '--input-type=module', '-e', script],
+        { cwd: REPO_ROOT, encoding: 'utf8' },
+      );
+      expect(r.status).toBe(0);
+      expect(r.stderr).not.toContain('MaxListenersExceededWarning');
+      for (let i = 0; i < 12; i++) {
+        expect(JSON.parse(readFileSync(join(dir, `${i}.log`), 'utf8'))).toMatchObject({
+          agent: `agent-${i}`,
+        });
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
