@@ -393,6 +393,8 @@ export class ToolGateway implements SessionHost {
     } catch (error) {
       await Promise.all(ups.map((u) => u.close()));
       this.#state = 'closed';
+      // close() does nothing once closed: the audit log opened by the constructor ends here.
+      this.#audit?.close();
       throw error;
     }
     this.#state = 'started';
