@@ -21,6 +21,7 @@
  *
  * @module
  */
+import { setMaxListeners } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import type { CallToolResult, Result } from '@modelcontextprotocol/sdk/types.js';
 import type { AuditLog, AuditOutcome } from './audit-log.js';
@@ -226,6 +227,12 @@ function chargedCost(error: unknown, cost: number): number {
   return typeof error === 'object' && error !== null && reachedUpstream.has(error) ? cost : 0;
 }
 
+/** `controller`, its signal without node's warning past ten listeners. */
+function unlimitedListeners(controller: AbortController): AbortController {
+  setMaxListeners(0, controller.signal);
+  return controller;
+}
+
 /**
  * The pipeline. One per gateway; every door runs its calls through {@link run}.
  *
@@ -248,8 +255,12 @@ export class ToolCallPipeline {
   readonly #metrics: GatewayMetrics;
   readonly #log: (entry: GatewayLogEntry) => void;
   readonly #calls: TypedEmitter<ToolCallEvents> | undefined;
-  /** Aborted by {@link endWaits}: the gateway is closing. */
-  readonly #closing = new AbortController();
+  /**
+   * Aborted by {@link endWaits}: the gateway is closing. Every call waiting in admission
+   * listens to it (each removes its listener when its wait ends), so it has as many listeners as
+   * calls wait: no limit, else past ten node warns of an EventTarget leak there is not.
+   */
+  readonly #closing = unlimitedListeners(new AbortController());
 
   constructor(options: ToolCallPipelineOptions) {
     this.#backend = options.backend;

@@ -157,4 +157,35 @@ describe('gateway close() and the calls in flight', () => {
       expect.objectContaining({ tool: 'slow__ping', orphaned: true }),
     ]);
   });
+
+  it('holds more than ten calls waiting for approvals with no listener-leak warning', async () => {
+    // Each waiting call listens to the gateway's closing signal; past ten at once node warned
+    // "Possible EventTarget memory leak detected" (a leak to an operator; there was none).
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => {
+      warnings.push(`${w.name}: ${w.message}`);
+    };
+    process.on('warning', onWarning);
+    try {
+      const approval = {
+        name: 'ask',
+        priority: 100,
+        rules: [{ tool: 'slow__ping', action: 'require_approval' }],
+      };
+      const client = await start(undefined, 0, [approval]);
+      const parked = Array.from({ length: 12 }, () =>
+        client.callTool({ name: 'slow__ping', arguments: {} }),
+      );
+      const approvals = sidecar!.fabric!.approvals;
+      await until(() => approvals.listApprovals({ status: 'pending' }).length === 12);
+      // A warning is emitted on the next tick after the listener that passed the limit.
+      await new Promise((resolve) => setImmediate(resolve));
+      await sidecar!.gateway.close();
+      for (const result of await Promise.all(parked))
+        expect(text(result)).toContain('FABRIC_ERR_CLOSED');
+      expect(warnings.filter((w) => w.includes('MaxListenersExceededWarning'))).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
 });
