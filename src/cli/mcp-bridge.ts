@@ -16,6 +16,7 @@
  *
  * @module
  */
+import { randomBytes } from 'node:crypto';
 import {
   StreamableHTTPClientTransport,
   StreamableHTTPError,
@@ -24,8 +25,11 @@ import { ErrorCode, type JSONRPCMessage, type RequestId } from '@modelcontextpro
 import type { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js';
 import { messageOf } from '../gateway/map-error.js';
 
-/** Ids of the bridge's own requests (never forwarded to the agent). */
-const OWN_ID = 'agent-fabric-mcp/';
+/**
+ * Prefix of the ids of the bridge's own requests (their answers are never forwarded to the
+ * agent); random per process, so no id the agent chooses is taken for one of them.
+ */
+const OWN_ID = `agent-fabric-mcp/${randomBytes(8).toString('hex')}/`;
 
 /** How long the bridge waits for the answer to a request of its own (a renewal's). */
 const OWN_TIMEOUT_MS = 30_000;
@@ -95,10 +99,11 @@ export class McpBridge {
     });
     transport.onmessage = (m) => {
       const { id } = m as Envelope;
-      if (typeof id === 'string' && id.startsWith(OWN_ID) && !('method' in m)) {
-        const waiter = this.#own.get(id);
-        this.#own.delete(id);
-        waiter?.(m as Envelope);
+      // Only an answer the bridge waits for: an agent may choose any id, also one like these.
+      const waiter = typeof id === 'string' && !('method' in m) ? this.#own.get(id) : undefined;
+      if (waiter !== undefined) {
+        this.#own.delete(id as string);
+        waiter(m as Envelope);
         return;
       }
       void this.#options.downstream.send(m);

@@ -186,6 +186,47 @@ agents:
     }
   });
 
+  it("answers an agent's request whose id looks like one of the bridge's own", async () => {
+    // The bridge tells its own requests' answers apart by an id prefix; an agent's answer with
+    // such an id (any string id is the agent's to choose) was taken for one and dropped.
+    const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...inherited } = process.env;
+    const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'mcp'], {
+      env: { ...inherited, FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
+      stdio: ['pipe', 'pipe', 'ignore'],
+    });
+    try {
+      let out = '';
+      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      const answer = async (id: string): Promise<unknown> => {
+        await until(() => out.split('\n').some((l) => l.includes(`"id":"${id}"`)));
+        return JSON.parse(out.split('\n').find((l) => l.includes(`"id":"${id}"`))!);
+      };
+      child.stdin.write(
+        `${JSON.stringify({
+          jsonrpc: '2.0',
+          id: 'init',
+          method: 'initialize',
+          params: {
+            protocolVersion: '2025-06-18',
+            capabilities: {},
+            clientInfo: { name: 'raw', version: '1' },
+          },
+        })}\n`,
+      );
+      await answer('init');
+      child.stdin.write('{"jsonrpc":"2.0","method":"notifications/initialized"}\n');
+      child.stdin.write('{"jsonrpc":"2.0","id":"agent-fabric-mcp/1","method":"ping"}\n');
+      expect(await answer('agent-fabric-mcp/1')).toEqual({
+        jsonrpc: '2.0',
+        id: 'agent-fabric-mcp/1',
+        result: {},
+      });
+    } finally {
+      child.stdin.end();
+      await new Promise((resolve) => child.once('close', resolve));
+    }
+  });
+
   it('opens a new session when the sidecar lost the bridged one (404), with what the agent had set', async () => {
     // MCP 2025-06-18, Session Management: a client answered 404 for its session MUST initialize
     // a new one. Before, every later request was answered "could not forward the request".
