@@ -52,7 +52,7 @@ import { ApprovalManager } from './policy/approval-manager.js';
 import type { ApprovalManagerOptions } from './policy/approval-manager.js';
 import { PolicyEngine } from './policy/policy-engine.js';
 import {
-  CALLBACK_ANSWER_ALLOWED,
+  CALLBACK_ANSWER_UNCHECKED,
   type CallbackAnswerContext,
   type CallbackAnswerDecision,
 } from './policy/callback-answer-check.js';
@@ -1178,7 +1178,7 @@ export class AgentFabric {
     ctx: CallbackAnswerContext,
     signal: AbortSignal,
   ): Promise<CallbackAnswerDecision> {
-    if (!this.policies.hasCallbackAnswerChecks) return Promise.resolve(CALLBACK_ANSWER_ALLOWED);
+    if (!this.policies.hasCallbackAnswerChecks) return Promise.resolve(CALLBACK_ANSWER_UNCHECKED);
     const rec = this.lifecycle.peek(ctx.agentId);
     const { poolId: _poolId, labels: _labels, ...rest } = ctx;
     return this.policies.checkCallbackAnswer(

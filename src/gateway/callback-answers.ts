@@ -20,6 +20,7 @@
  */
 import type { Request, Result } from '@modelcontextprotocol/sdk/types.js';
 import { CallbackAnswerDeniedError } from '../errors.js';
+import { CALLBACK_ANSWER_UNCHECKED } from '../policy/callback-answer-check.js';
 import { digestArgs, type AuditLog } from './audit-log.js';
 import type { CallbackAnswerContext, CallbackAnswerDecision, GatewayBackend } from './backend.js';
 import { RelayedMcpError, messageOf, toMcpError } from './map-error.js';
@@ -104,7 +105,10 @@ export class CallbackAnswers {
         reason: `the answer could not be checked: ${messageOf(e)}`,
       };
     }
-    this.#metrics.recordCallbackAnswer(request.method, decision.allowed);
+    // Counted only when a provider checked it (no checker: every answer would count as allowed).
+    if (decision !== CALLBACK_ANSWER_UNCHECKED) {
+      this.#metrics.recordCallbackAnswer(request.method, decision.allowed);
+    }
     if (decision.allowed) {
       if (error !== undefined) throw error;
       return result!;

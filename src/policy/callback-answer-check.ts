@@ -81,6 +81,13 @@ export const DEFAULT_CALLBACK_CHECK_TIMEOUT_MS = 5_000;
 export const CALLBACK_ANSWER_ALLOWED: CallbackAnswerDecision = Object.freeze({ allowed: true });
 
 /**
+ * The decision when no provider checks answers at all: allowed, and told apart from
+ * {@link CALLBACK_ANSWER_ALLOWED} by identity only (an answer nobody checked is not counted in
+ * `agent_fabric_callback_answers_total`).
+ */
+export const CALLBACK_ANSWER_UNCHECKED: CallbackAnswerDecision = Object.freeze({ allowed: true });
+
+/**
  * Asks `checkers` (highest priority first) about one answer; see the module for the rules.
  * @param signal aborts the wait (the upstream cancelled its request, the session closed): then
  *   it rejects with the signal's reason, and the answer is not sent anywhere.

@@ -12,7 +12,7 @@ import {
 } from '../errors.js';
 import { ApprovalManager, type ApprovalRequest } from './approval-manager.js';
 import {
-  CALLBACK_ANSWER_ALLOWED,
+  CALLBACK_ANSWER_UNCHECKED,
   checkCallbackAnswer,
   DEFAULT_CALLBACK_CHECK_TIMEOUT_MS,
   type CallbackAnswerContext,
@@ -484,7 +484,7 @@ export class PolicyEngine {
     signal: AbortSignal,
   ): Promise<CallbackAnswerDecision> {
     const checkers = this.#answerCheckers;
-    if (checkers.length === 0) return Promise.resolve(CALLBACK_ANSWER_ALLOWED);
+    if (checkers.length === 0) return Promise.resolve(CALLBACK_ANSWER_UNCHECKED);
     return checkCallbackAnswer(checkers, ctx, {
       signal,
       timeoutMs: this.#options.callbackCheckTimeoutMs,

@@ -417,3 +417,32 @@ describe('a policy plugin whose answer check fails refuses the answer (fail clos
     }
   });
 });
+
+describe('agent_fabric_callback_answers_total without a provider that checks answers', () => {
+  let sidecar: Sidecar;
+  let agent: Client;
+  const answering: Answering = { text: INNOCENT };
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      upstreams: { cb: { command: process.execPath, args: [CALLBACK_SERVER], stderr: 'ignore' } },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'agent' }],
+    });
+    agent = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'), CAPABILITIES);
+    answerFrom(agent, answering);
+  });
+
+  afterAll(async () => {
+    await agent?.close();
+    await closeSidecar(sidecar);
+  });
+
+  it('counts no answer: none was checked (README: answers checked by a policy provider)', async () => {
+    expect(await received(agent, 'cb', 'sample')).toContain(INNOCENT);
+    const res = await fetch(new URL('/metrics', sidecar.url), {
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+    });
+    expect(await res.text()).not.toContain('agent_fabric_callback_answers_total{');
+  });
+});
