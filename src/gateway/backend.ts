@@ -180,7 +180,7 @@ export interface GatewayBackend {
   isToolVisible?(ctx: ToolVisibilityContext): boolean;
   /**
    * Optional, with {@link isToolVisible}: calls `listener` whenever what `isToolVisible` answers
-   * may have changed (policies added, replaced or removed), so the gateway tells each MCP session
+   * may have changed (policies added, replaced or removed; policy providers added or removed), so the gateway tells each MCP session
    * whose tool list changed (`notifications/tools/list_changed`) instead of listing it stale.
    * Returns the function that stops it.
    */

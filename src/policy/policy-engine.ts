@@ -458,6 +458,7 @@ export class PolicyEngine {
       (a, b) => b.priority - a.priority,
     );
     this.#indexProviders();
+    this.#changed();
   }
 
   #indexProviders(): void {
@@ -505,7 +506,9 @@ export class PolicyEngine {
     const before = this.#providers.length;
     this.#providers = this.#providers.filter((p) => p.provider.name !== name);
     this.#indexProviders();
-    return this.#providers.length !== before;
+    const removed = this.#providers.length !== before;
+    if (removed) this.#changed();
+    return removed;
   }
 
   /** Removes a policy. Returns false when no policy has that name. */
@@ -516,8 +519,8 @@ export class PolicyEngine {
   }
 
   /**
-   * Calls `listener` after every change of the rules — a policy added, replaced or removed —
-   * once the change is in effect (what depends on the rules, such as the tools the gateway
+   * Calls `listener` after every change of the rules — a policy added, replaced or removed, or a
+   * provider (which may outrank a rule) added or removed — once the change is in effect (what depends on the rules, such as the tools the gateway
    * lists to an agent, is then recomputed). A listener that throws is ignored. Returns the
    * function that stops it.
    */
@@ -814,6 +817,11 @@ export class PolicyEngine {
     }
     this.#all = { enforce, audit };
     this.#cache?.clear();
+    this.#changed();
+  }
+
+  /** Tells the {@link onRulesChanged} listeners. */
+  #changed(): void {
     for (const listener of this.#ruleListeners) {
       try {
         listener();

@@ -132,6 +132,35 @@ describe('tools/list after a policy change', () => {
     await settled();
     expect(notified).toBe(before + 1);
   });
+
+  it('tells it when a policy provider (a plugin) loaded or unloaded changes what is hidden', async () => {
+    // A provider outranking a rule decides for it: adding or removing one (PluginHost load and
+    // unload) changes the list as a policy does, but only policies told the sessions.
+    await operator(
+      sidecar,
+      'AddPolicy',
+      policyJson({
+        name: 'hide-ping',
+        priority: 100,
+        rules: [{ tool: 'a__ping', action: 'deny' }],
+      }),
+    );
+    await until(async () => !(await upstreamTools(client)).includes('a__ping'));
+    const policies = sidecar.fabric!.policies;
+    let before = notified;
+    policies.addProvider({
+      name: 'ping-allowed',
+      priority: 200,
+      decide: (ctx) => (ctx.tool === 'a__ping' ? { action: 'allow' } : undefined),
+    });
+    await until(() => notified > before);
+    expect(await upstreamTools(client)).toContain('a__ping');
+    before = notified;
+    policies.removeProvider('ping-allowed');
+    await until(() => notified > before);
+    expect(await upstreamTools(client)).not.toContain('a__ping');
+    await operator(sidecar, 'RemovePolicy', { name: 'hide-ping' });
+  });
 });
 
 describe('an upstream list change that touches only tools policy hides', () => {
