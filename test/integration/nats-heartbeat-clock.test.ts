@@ -38,4 +38,30 @@ describeNats('NATS heartbeats across a wall clock set back', () => {
       await fabric.close();
     }
   }, 30_000);
+
+  it('takes heartbeats after the sidecar’s clock, ahead when it started, was set right', async () => {
+    // A host that boots with its clock ahead (no RTC, a VM restored from a snapshot) and is set
+    // right by NTP soon after the sidecar started: the listener's floor for first heartbeats
+    // (its start less the skew bound) stayed on the wrong clock, so every agent's heartbeats —
+    // timed right — were refused as replays for as long as the clock had been ahead.
+    const url = server().url;
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const right = Date.now();
+    vi.setSystemTime(right + 600_000);
+    const { fabric, agent } = await readyNatsFabric(url, 'hbahead');
+    vi.setSystemTime(Date.now() - 600_000);
+    const worker = await NatsWorker.connect({
+      nats: { url, namespace: 'hbahead' },
+      agentId: agent.id,
+      credential: agent.credential,
+    });
+    try {
+      expect(await worker.heartbeat()).toMatchObject({ ok: true, status: AgentStatus.HEALTHY });
+      expect(fabric.natsHeartbeats!.stats).toMatchObject({ accepted: 1, rejected: 0 });
+    } finally {
+      vi.useRealTimers();
+      await worker.close();
+      await fabric.close();
+    }
+  }, 30_000);
 });

@@ -53,10 +53,19 @@ export class HeartbeatListener {
    * bound. The last timestamps are not stored, so without it every heartbeat an agent restored
    * from the store ever sent would be taken once more after a restart, in order (a recording of
    * a dead agent's heartbeats would keep it HEALTHY). An agent's credential is older than its
-   * heartbeats, so an agent spawned later loses nothing by it.
+   * heartbeats, so an agent spawned later loses nothing by it. The start is placed on the wall
+   * clock as it reads now (its start time moved by any step of the clock since): a host that
+   * started with its clock ahead and was set right (NTP at boot) would otherwise refuse every
+   * agent's heartbeats, timed right, for as long as the clock had been ahead. Held as this
+   * listener's start on the monotonic clock (`performance.now()`); see {@link #since}.
    */
-  readonly #since = Date.now() - MAX_HEARTBEAT_SKEW_MS;
+  readonly #startedMono = performance.now();
   #sub: Subscription | undefined;
+
+  /** What a first heartbeat here must be newer than (see {@link #startedMono}). */
+  #since(): number {
+    return Date.now() - (performance.now() - this.#startedMono) - MAX_HEARTBEAT_SKEW_MS;
+  }
 
   constructor(lifecycle: LifecycleManager, names: NatsNames) {
     this.#lifecycle = lifecycle;
@@ -99,7 +108,7 @@ export class HeartbeatListener {
     const { ts, proof } = hb.data;
     if (!sameProof(proof, heartbeatProof(credentialHash, agentId, ts))) return NO_PROOF;
     const last = this.#last.get(agentId);
-    if (ts <= (last?.ts ?? this.#since)) return REPLAYED;
+    if (ts <= (last?.ts ?? this.#since())) return REPLAYED;
     // At most the skew ahead of this clock — or of the last accepted heartbeat plus the time
     // elapsed since: a wall clock set back (NTP, an operator) leaves the agent's timestamps,
     // which keep growing from the last one, ahead of it, and they must still be taken.
