@@ -62,8 +62,14 @@ export class McpBridge {
   #initialized = false;
   /** The params of the agent's last `logging/setLevel`. */
   #logLevel: unknown;
-  /** URIs the agent subscribed to (and did not unsubscribe from). */
+  /** URIs the agent subscribed to, the sidecar agreeing (and did not unsubscribe from). */
   readonly #subscriptions = new Set<string>();
+  /**
+   * The agent's `resources/subscribe` requests not answered yet, by id: a URI is kept once the
+   * sidecar took it. Kept at once, a subscription policy refused (or a human denied) was asked
+   * for again at each renewal, with no request of the agent.
+   */
+  readonly #subscribing = new Map<RequestId, string>();
   /** Answers the bridge waits for, by the id of its own request. */
   readonly #own = new Map<string, (message: Envelope) => void>();
   #ownIds = 0;
@@ -99,6 +105,13 @@ export class McpBridge {
     });
     transport.onmessage = (m) => {
       const { id } = m as Envelope;
+      if ((typeof id === 'string' || typeof id === 'number') && !('method' in m)) {
+        const uri = this.#subscribing.get(id);
+        if (uri !== undefined) {
+          this.#subscribing.delete(id);
+          if ('result' in m) this.#subscriptions.add(uri);
+        }
+      }
       // Only an answer the bridge waits for: an agent may choose any id, also one like these.
       const waiter = typeof id === 'string' && !('method' in m) ? this.#own.get(id) : undefined;
       if (waiter !== undefined) {
@@ -136,8 +149,8 @@ export class McpBridge {
     else if (method === 'resources/subscribe' || method === 'resources/unsubscribe') {
       const uri = (params as { uri?: unknown } | undefined)?.uri;
       if (typeof uri !== 'string') return;
-      if (method === 'resources/subscribe') this.#subscriptions.add(uri);
-      else this.#subscriptions.delete(uri);
+      if (method === 'resources/unsubscribe') this.#subscriptions.delete(uri);
+      else if (typeof id === 'string' || typeof id === 'number') this.#subscribing.set(id, uri);
     }
   }
 
@@ -203,8 +216,17 @@ export class McpBridge {
     if (this.#logLevel !== undefined) await this.#ask(fresh, 'logging/setLevel', this.#logLevel);
     // Not awaited: a subscription may wait for an approval, and the agent's requests must not.
     for (const uri of this.#subscriptions) {
-      this.#ask(fresh, 'resources/subscribe', { uri }).catch((error: unknown) =>
-        this.#options.log(`agent-fabric mcp: could not subscribe again: ${messageOf(error)}`),
+      this.#ask(fresh, 'resources/subscribe', { uri }).then(
+        (answer) => {
+          if (answer.result !== undefined) return;
+          // Refused now (a policy changed): not asked for again at the next renewal.
+          this.#subscriptions.delete(uri);
+          this.#options.log(
+            `agent-fabric mcp: could not subscribe again: ${JSON.stringify(answer)}`,
+          );
+        },
+        (error: unknown) =>
+          this.#options.log(`agent-fabric mcp: could not subscribe again: ${messageOf(error)}`),
       );
     }
     // What the agent listed came from the old session: the lists may differ now.

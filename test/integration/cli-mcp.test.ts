@@ -415,3 +415,73 @@ agents:
     }
   });
 });
+
+describe('agent-fabric mcp: subscriptions set again on a new session', () => {
+  const dir = tempDir('cli-mcp-resubscribe');
+  const server = new URL('../fixtures/gateway/catalog-server.mjs', import.meta.url).pathname;
+  let sidecar: Sidecar;
+  let token: string;
+
+  beforeAll(async () => {
+    const configFile = join(dir, 'fabric.yaml');
+    const resources = [
+      { uri: 'pl://r/secret', name: 's' },
+      { uri: 'pl://r/later', name: 'l' },
+    ];
+    writeFileSync(
+      configFile,
+      `http: { host: 127.0.0.1, port: 0 }
+upstreams:
+  r:
+    command: '\${NODE}'
+    args: ['${server}']
+    env: { CATALOG_NAME: r, CATALOG_RESOURCES: '${JSON.stringify(resources)}' }
+policies:
+  - name: ask
+    priority: 100
+    rules:
+      - { tool: resources/subscribe, action: require_approval, conditions: { uri: 'pl://r/*' } }
+  - name: default-allow
+    rules:
+      - { tool: '*', action: allow }
+agents:
+  - name: subscriber
+`,
+    );
+    sidecar = await Sidecar.start({
+      config: loadSidecarConfig(configFile, { env: { FABRIC_STATE: 'memory' } }),
+    });
+    token = sidecar.agents[0]!.credential;
+  });
+
+  afterAll(() => closeSidecar(sidecar));
+
+  it('does not ask again for a subscription a human denied', async () => {
+    const approvals = sidecar.fabric!.approvals;
+    const asked = (uri: string) => approvals.listApprovals().filter((a) => a.params['uri'] === uri);
+    const { client } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
+    });
+    try {
+      const denied = client.subscribeResource({ uri: 'pl://r/secret' });
+      denied.catch(() => undefined);
+      await until(() => asked('pl://r/secret').length === 1);
+      approvals.deny(asked('pl://r/secret')[0]!.id, { approver: 'human' });
+      await expect(denied).rejects.toThrow();
+      // The sidecar loses the session: the next request opens a new one.
+      const [lost] = sidecar.gateway.sessions;
+      await lost!.close();
+      expect((await client.listTools()).tools.length).toBeGreaterThan(0);
+      // A later request of the agent's own is asked for; the denied one was not again (before,
+      // the renewal subscribed to it once more: a new approval no one had asked for).
+      const later = client.subscribeResource({ uri: 'pl://r/later' });
+      later.catch(() => undefined);
+      await until(() => asked('pl://r/later').length === 1);
+      expect(asked('pl://r/secret')).toHaveLength(1);
+      approvals.deny(asked('pl://r/later')[0]!.id, { approver: 'human' });
+      await expect(later).rejects.toThrow();
+    } finally {
+      await client.close();
+    }
+  });
+});
