@@ -203,6 +203,9 @@ const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
 const UNKNOWN_TOOL = '(unknown)';
 /** Longest unknown tool name written to the audit log (a made-up name could be megabytes). */
 const AUDIT_UNKNOWN_NAME_MAX = 256;
+
+/** The longest one turn of the event loop compares sessions' tool lists after a policy change. */
+const VISIBILITY_SLICE_MS = 5;
 /** How much of an upstream's error message the log keeps. */
 const LOGGED_ERROR_CHARS = 300;
 
@@ -231,6 +234,10 @@ export class ToolGateway implements SessionHost {
   readonly #maxSubscriptionUri: number;
   readonly #log: (entry: GatewayLogEntry) => void;
   readonly #sessions = new Set<GatewaySession>();
+  /** See {@link visibilityGeneration}. */
+  #visibility = 0;
+  /** A sweep of the sessions after a visibility change is under way. */
+  #sweeping = false;
   /** Counts of every request's decision, outcome and duration (rendered at `GET /metrics`). */
   readonly metrics = new GatewayMetrics();
   /** Every tool call as it ends (`call.ended`), from any door; EventService's `TOOL_CALLS`. */
@@ -438,9 +445,44 @@ export class ToolGateway implements SessionHost {
    * was last given is told (`notifications/tools/list_changed`), as for an upstream's list change.
    * Before, a session kept listing what it first listed until the catalog changed: a tool denied
    * since stayed listed, and one allowed since stayed unknown to the agent.
+   *
+   * The change itself only moves {@link visibilityGeneration} on, so a session's next `tools/list`
+   * is computed afresh; the sessions are then compared in slices of at most
+   * {@link VISIBILITY_SLICE_MS}, one per turn of the event loop. Done at once, 500 sessions of a
+   * 300-tool catalog held every call of every agent for a quarter of a second or more. A change
+   * during a sweep starts it again (a session already told is not told twice).
    */
   #toolVisibilityChanged(): void {
-    for (const s of this.#sessions) s.toolVisibilityChanged();
+    this.#visibility++;
+    if (this.#sweeping) return;
+    this.#sweeping = true;
+    let gen = Number.NaN;
+    let sessions: GatewaySession[] = [];
+    let next = 0;
+    const slice = (): void => {
+      if (this.#state !== 'started') {
+        this.#sweeping = false;
+        return;
+      }
+      if (gen !== this.#visibility) {
+        gen = this.#visibility;
+        sessions = [...this.#sessions];
+        next = 0;
+      }
+      const end = performance.now() + VISIBILITY_SLICE_MS;
+      while (next < sessions.length) {
+        sessions[next++]!.toolVisibilityChanged(gen);
+        if (performance.now() >= end) break;
+      }
+      if (next < sessions.length || gen !== this.#visibility) setImmediate(slice);
+      else this.#sweeping = false;
+    };
+    setImmediate(slice);
+  }
+
+  /** Moves on at each change of what policy hides; see {@link #toolVisibilityChanged}. */
+  visibilityGeneration(): number {
+    return this.#visibility;
   }
 
   /** Opens a session for one agent; connect it to a transport next. */

@@ -81,6 +81,8 @@ export interface SessionHost {
   capabilities(): ServerCapabilities;
   instructions(): string | undefined;
   listTools(session: GatewaySession): Tool[];
+  /** Moves on whenever policy may have changed what {@link listTools} gives any session. */
+  visibilityGeneration(): number;
   /** False when `tools/list` hides the tool `name` from the session's agent (policy). */
   toolVisible(session: GatewaySession, name: string): boolean;
   /** The list-level hints (`ttlMs`, `cacheScope`, `_meta` …) sent with `tools/list`. */
@@ -226,6 +228,8 @@ export class GatewaySession {
   #host: SessionHost;
   #caps: ServerCapabilities;
   #toolsCache: Tool[] | undefined;
+  /** The host's visibility generation `#toolsCache` was computed at (stale at any other). */
+  #toolsAt = 0;
   /**
    * The tools list the client was last given and still holds as current: undefined before its
    * first `tools/list` and once it was told the list changed (it lists again).
@@ -315,7 +319,11 @@ export class GatewaySession {
 
   /** The tools this agent may see (cached until the catalog changes). */
   tools(): Tool[] {
-    this.#toolsCache ??= this.#host.listTools(this);
+    const at = this.#host.visibilityGeneration();
+    if (this.#toolsCache === undefined || this.#toolsAt !== at) {
+      this.#toolsCache = this.#host.listTools(this);
+      this.#toolsAt = at;
+    }
     this.#toolsGiven = this.#toolsCache;
     return this.#toolsCache;
   }
@@ -370,12 +378,18 @@ export class GatewaySession {
    * (it never listed its tools, or was told already and has not listed them again) is told
    * nothing: its next `tools/list` is fresh.
    */
-  toolVisibilityChanged(): void {
+  toolVisibilityChanged(generation: number): void {
     const given = this.#toolsGiven;
     if (this.#closed || given === undefined) return;
+    // Listed since the change: the client holds the current list.
+    if (this.#toolsAt === generation && this.#toolsCache === given) return;
     const now = this.#host.listTools(this);
-    if (now.length === given.length && now.every((t, i) => t.name === given[i]!.name)) return;
-    this.#toolsCache = undefined;
+    this.#toolsAt = generation;
+    if (now.length === given.length && now.every((t, i) => t.name === given[i]!.name)) {
+      this.#toolsCache = given;
+      return;
+    }
+    this.#toolsCache = now;
     this.#toolListChanged();
   }
 
