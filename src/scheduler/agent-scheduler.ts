@@ -210,6 +210,13 @@ export class AgentScheduler {
   readonly #deferred: AgentSlot[] = [];
   #passQueued = false;
   #dispatching = false;
+  /**
+   * The clocks read once per dispatch pass, at its first start (NaN until then): every task the
+   * pass starts shares the reading. The executors get the pass's tasks when it ends, so a
+   * reading per task was no closer to when each began, and cost two clock calls per task.
+   */
+  #passMono = Number.NaN;
+  #passWall = Number.NaN;
 
   #seq = 0;
   /**
@@ -1197,6 +1204,7 @@ export class AgentScheduler {
     this.#passQueued = false;
     if (this.#closed) return;
     this.#dispatching = true;
+    this.#passMono = Number.NaN;
     try {
       for (const slot of this.#dirtyAgents) this.#fillAgent(slot, Number.POSITIVE_INFINITY, false);
       this.#dirtyAgents.clear();
@@ -1282,14 +1290,19 @@ export class AgentScheduler {
   }
 
   #start(task: TaskRecord, slot: AgentSlot): void {
-    const now = clockMs();
+    let mono = this.#passMono;
+    if (mono !== mono) {
+      mono = this.#passMono = performance.now();
+      this.#passWall = clockMs();
+    }
+    const now = this.#passWall;
     this.#pending--;
     this.#running++;
     task.attempt++;
     task.assignedAgentId = slot.id;
     task.status = slot.exec.executor.acknowledges ? TaskStatus.SCHEDULED : TaskStatus.RUNNING;
     task.startedAt = now;
-    this.#timers.setIn(task, task.timeoutMs);
+    this.#timers.setIn(task, task.timeoutMs, mono);
     slot.running.add(task);
     if (slot.pool !== undefined) slot.pool.running++;
     const entry = slot.exec;

@@ -78,15 +78,19 @@ export class TaskTimers {
     this.#wall.set(t, at);
   }
 
-  /** Sets (or moves) the task's timer to `ms` from now, however the wall clock moves meanwhile. */
-  setIn(t: TaskRecord, ms: number): void {
+  /**
+   * Sets (or moves) the task's timer to `ms` after `from` (a `performance.now()` reading, now by
+   * default), however the wall clock moves meanwhile.
+   */
+  setIn(t: TaskRecord, ms: number, from: number = performance.now()): void {
     this.#wall.heap.remove(t);
-    this.#mono.set(t, performance.now() + ms);
+    this.#mono.set(t, from + ms);
   }
 
   /** Clears the task's timer, if it has one. */
   remove(t: TaskRecord): void {
-    if (!this.#wall.heap.remove(t)) this.#mono.heap.remove(t);
+    // Most timers cleared are running tasks' timeouts: the monotonic heap first.
+    if (!this.#mono.heap.remove(t)) this.#wall.heap.remove(t);
   }
 
   /** Stops the armed timers; nothing fires afterwards. */
