@@ -11,6 +11,33 @@ import {
   until,
 } from '../fixtures/gateway/harness.js';
 
+/** A JSON-RPC POST to the sidecar's MCP endpoint as the agent `token`, in session `sessionId`. */
+function post(
+  sidecar: Sidecar,
+  token: string,
+  body: unknown,
+  sessionId?: string,
+): Promise<Response> {
+  return fetch(sidecar.url!, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      accept: 'application/json, text/event-stream',
+      authorization: `Bearer ${token}`,
+      ...(sessionId === undefined ? {} : { 'mcp-session-id': sessionId }),
+    },
+    body: JSON.stringify(body),
+  });
+}
+
+/** Opens a session with a raw `initialize` (answered 200); resolves its id. */
+async function openSession(sidecar: Sidecar, token: string): Promise<string> {
+  const res = await post(sidecar, token, INIT);
+  expect(res.status).toBe(200);
+  await res.text();
+  return res.headers.get('mcp-session-id')!;
+}
+
 describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
   let sidecar: Sidecar;
   let token: string;
@@ -29,27 +56,11 @@ describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
   afterAll(() => closeSidecar(sidecar));
 
   const request = (body: unknown, sessionId?: string): Promise<Response> =>
-    fetch(sidecar.url!, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        accept: 'application/json, text/event-stream',
-        authorization: `Bearer ${token}`,
-        ...(sessionId === undefined ? {} : { 'mcp-session-id': sessionId }),
-      },
-      body: JSON.stringify(body),
-    });
-
-  async function openSession(): Promise<string> {
-    const res = await request(INIT);
-    expect(res.status).toBe(200);
-    await res.text();
-    return res.headers.get('mcp-session-id')!;
-  }
+    post(sidecar, token, body, sessionId);
 
   it('closes a session nobody uses; its id then gets 404', async () => {
     const before = sidecar.gateway.sessions.size;
-    const id = await openSession();
+    const id = await openSession(sidecar, token);
     expect(sidecar.gateway.sessions.size).toBe(before + 1);
     await until(() => sidecar.gateway.sessions.size === before, 10_000);
     const res = await request({ jsonrpc: '2.0', id: 2, method: 'tools/list' }, id);
@@ -57,7 +68,7 @@ describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
   });
 
   it('counts a long call as activity: the session survives it', async () => {
-    const id = await openSession();
+    const id = await openSession(sidecar, token);
     const long = await request(
       {
         jsonrpc: '2.0',
@@ -94,7 +105,7 @@ describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
     // The SDK client above closed without DELETE: its session idles out first.
     await until(() => sidecar.gateway.sessions.size === 0, 10_000);
     const before = 0;
-    const streaming = await openSession();
+    const streaming = await openSession(sidecar, token);
     const stream = new AbortController();
     const get = await fetch(sidecar.url!, {
       headers: {
@@ -105,7 +116,7 @@ describe('Streamable HTTP sessions that go idle (real sidecar)', () => {
       signal: stream.signal,
     });
     expect(get.status).toBe(200);
-    const chatty = await openSession();
+    const chatty = await openSession(sidecar, token);
     // Two idle timeouts pass; the chatty client asks in between.
     for (let i = 0; i < 6; i++) {
       await new Promise((r) => setTimeout(r, 200));
@@ -141,24 +152,12 @@ describe('Streamable HTTP sessions across a step of the wall clock (real sidecar
   });
 
   const request = (body: unknown, sessionId?: string): Promise<Response> =>
-    fetch(sidecar.url!, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        accept: 'application/json, text/event-stream',
-        authorization: `Bearer ${token}`,
-        ...(sessionId === undefined ? {} : { 'mcp-session-id': sessionId }),
-      },
-      body: JSON.stringify(body),
-    });
+    post(sidecar, token, body, sessionId);
 
   it('counts idleness in elapsed time: a clock a day ahead closes no session, a minute idle does', async () => {
     // The sweeper is armed with the first session, on the test's interval clock.
     vi.useFakeTimers({ toFake: ['Date', 'performance', 'setInterval', 'clearInterval'] });
-    const res = await request(INIT);
-    expect(res.status).toBe(200);
-    await res.text();
-    const id = res.headers.get('mcp-session-id')!;
+    const id = await openSession(sidecar, token);
     expect(sidecar.gateway.sessions.size).toBe(1);
     // NTP moves the wall clock a day ahead; 30 s later a sweep runs.
     vi.setSystemTime(Date.now() + 86_400_000);
