@@ -17,7 +17,7 @@ import { jetstreamManager, RetentionPolicy, StorageType } from '@nats-io/jetstre
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connect, nanos } from '@nats-io/transport-node';
 import type { AgentFabric } from '../../src/fabric.js';
-import { TaskStatus } from '../../src/task.js';
+import { TaskStatus, type Task } from '../../src/task.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
 import { startNatsServer } from '../fixtures/nats-server-process.js';
 import { readyNatsFabric } from '../fixtures/nats/ready-fabric.js';
@@ -62,58 +62,61 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
       (await jsm.streams.info(stream.name)).state.messages;
     return { nc, fabric, agent, stats, end, stored };
   }
+  type Outage = Awaited<ReturnType<typeof outage>>;
 
   async function closeAll(fabric: AgentFabric, nc: NatsConnection): Promise<void> {
     await fabric.close();
     await nc.close();
   }
 
+  /** Schedules one attempt on `agentId`, 8 s to time out in and none after it. */
+  function scheduleOne(fabric: AgentFabric, agentId: string): Promise<Task> {
+    return fabric.schedule({
+      agentId,
+      taskType: 't',
+      payload: 1,
+      timeoutSeconds: 8,
+      maxAttempts: 1,
+    });
+  }
+
+  /**
+   * Ends the outage `o` (a retry now would be stored) and checks that the publish of `taskId`
+   * was given up: the attempt timed out, never published, nothing stored.
+   */
+  async function expectGivenUp(o: Outage, taskId: string): Promise<void> {
+    await o.end();
+    const ended = await o.fabric.waitForTask(taskId, { timeoutSeconds: 15 });
+    expect([ended.status, ended.attempt]).toEqual([TaskStatus.TIMEOUT, 1]);
+    expect(o.stats.publishesGivenUp).toBe(1);
+    expect(o.stats.published).toBe(0);
+    expect(await o.stored()).toBe(0);
+  }
+
   it('after a try with no answer, stops once half the window has passed; the attempt times out', async () => {
-    const { nc, fabric, agent, stats, end, stored } = await outage('pw1', true);
+    const o = await outage('pw1', true);
+    const { nc, fabric, agent, stats } = o;
     try {
       // The first try goes unanswered: after 5 s (the publish timeout) it counts as maybe stored.
-      const task = await fabric.schedule({
-        agentId: agent.id,
-        taskType: 't',
-        payload: 1,
-        timeoutSeconds: 8,
-        maxAttempts: 1,
-      });
+      const task = await scheduleOne(fabric, agent.id);
       await new Promise((r) => setTimeout(r, 1200)); // past half the window since that try
-      await end(); // JetStream is back: a retry now would be stored
-
-      const ended = await fabric.waitForTask(task.id, { timeoutSeconds: 15 });
-      expect([ended.status, ended.attempt]).toEqual([TaskStatus.TIMEOUT, 1]);
+      await expectGivenUp(o, task.id);
       expect(stats.publishRetries).toBe(1);
-      expect(stats.publishesGivenUp).toBe(1);
-      expect(stats.published).toBe(0);
-      expect(await stored()).toBe(0);
     } finally {
       await closeAll(fabric, nc);
     }
   });
 
   it('counts the window in elapsed time: a wall clock set back a day does not stretch it', async () => {
-    const { nc, fabric, agent, stats, end, stored } = await outage('pw5', true);
+    const o = await outage('pw5', true);
+    const { nc, fabric, agent } = o;
     try {
       // The sidecar's wall clock stands still, then goes back a day after the first try.
       vi.useFakeTimers({ toFake: ['Date'] });
-      const task = await fabric.schedule({
-        agentId: agent.id,
-        taskType: 't',
-        payload: 1,
-        timeoutSeconds: 8,
-        maxAttempts: 1,
-      });
+      const task = await scheduleOne(fabric, agent.id);
       vi.setSystemTime(Date.now() - 86_400_000);
       await new Promise((r) => setTimeout(r, 1200)); // past half the window since that try
-      await end(); // JetStream is back: a retry now would be stored
-
-      const ended = await fabric.waitForTask(task.id, { timeoutSeconds: 15 });
-      expect([ended.status, ended.attempt]).toEqual([TaskStatus.TIMEOUT, 1]);
-      expect(stats.publishesGivenUp).toBe(1);
-      expect(stats.published).toBe(0);
-      expect(await stored()).toBe(0);
+      await expectGivenUp(o, task.id);
     } finally {
       vi.useRealTimers();
       await closeAll(fabric, nc);
@@ -122,29 +125,18 @@ describeNats('NatsExecutor: publish retries and the duplicate window', () => {
 
   it('gives up once the wall clock says the window passed, though no time passed here (a suspend)', async () => {
     // A 20 s duplicate window: 10 s to republish in, longer than the 5 s a try waits for its answer.
-    const { nc, fabric, agent, stats, end, stored } = await outage('pw6', true, 20_000);
+    const o = await outage('pw6', true, 20_000);
+    const { nc, fabric, agent } = o;
     try {
       // Sees the first try go out (and answers it no more than the swallowing subscriber does).
       const tries = nc.subscribe(`fabric.pw6.task.>`, { max: 1 });
       await nc.flush();
       vi.useFakeTimers({ toFake: ['Date'] });
-      const task = await fabric.schedule({
-        agentId: agent.id,
-        taskType: 't',
-        payload: 1,
-        timeoutSeconds: 8,
-        maxAttempts: 1,
-      });
+      const task = await scheduleOne(fabric, agent.id);
       for await (const _ of tries) break;
       // The machine was suspended for a day: the wall clock (and JetStream's window) moved on.
       vi.setSystemTime(Date.now() + 86_400_000);
-      await end(); // JetStream is back: a retry now would be stored
-
-      const ended = await fabric.waitForTask(task.id, { timeoutSeconds: 15 });
-      expect([ended.status, ended.attempt]).toEqual([TaskStatus.TIMEOUT, 1]);
-      expect(stats.publishesGivenUp).toBe(1);
-      expect(stats.published).toBe(0);
-      expect(await stored()).toBe(0);
+      await expectGivenUp(o, task.id);
     } finally {
       vi.useRealTimers();
       await closeAll(fabric, nc);
