@@ -36,9 +36,19 @@ async function operator(sidecar: Sidecar, method: string, body: unknown): Promis
   expect(res.status, await res.clone().text()).toBe(200);
 }
 
-const policyJson = (policy: unknown) => ({
-  policyJson: Buffer.from(JSON.stringify(policy)).toString('base64'),
-});
+/** Adds `policy` through the Operator API (`PolicyService/AddPolicy`). */
+async function addPolicy(sidecar: Sidecar, policy: unknown): Promise<void> {
+  await operator(sidecar, 'AddPolicy', {
+    policyJson: Buffer.from(JSON.stringify(policy)).toString('base64'),
+  });
+}
+
+/** Denies `a__ping` outright: policy hides it from `tools/list`. */
+const HIDE_PING = {
+  name: 'hide-ping',
+  priority: 100,
+  rules: [{ tool: 'a__ping', action: 'deny' }],
+};
 
 describe('tools/list after a policy change', () => {
   let sidecar: Sidecar;
@@ -92,24 +102,12 @@ describe('tools/list after a policy change', () => {
   it('tells an open session, which then lists what policy hides now, as a new session does', async () => {
     expect(await upstreamTools(client)).toContain('a__ping');
     // Hides nothing (a rule with a condition hides no tool): nobody is told.
-    await operator(
-      sidecar,
-      'AddPolicy',
-      policyJson({
-        name: 'conditional',
-        priority: 100,
-        rules: [{ tool: 'a__arm', action: 'deny', conditions: { tools: '*' } }],
-      }),
-    );
-    await operator(
-      sidecar,
-      'AddPolicy',
-      policyJson({
-        name: 'hide-ping',
-        priority: 100,
-        rules: [{ tool: 'a__ping', action: 'deny' }],
-      }),
-    );
+    await addPolicy(sidecar, {
+      name: 'conditional',
+      priority: 100,
+      rules: [{ tool: 'a__arm', action: 'deny', conditions: { tools: '*' } }],
+    });
+    await addPolicy(sidecar, HIDE_PING);
     await until(() => notified > 0);
     await settled();
     expect(notified).toBe(1);
@@ -136,15 +134,7 @@ describe('tools/list after a policy change', () => {
   it('tells it when a policy provider (a plugin) loaded or unloaded changes what is hidden', async () => {
     // A provider outranking a rule decides for it: adding or removing one (PluginHost load and
     // unload) changes the list as a policy does, but only policies told the sessions.
-    await operator(
-      sidecar,
-      'AddPolicy',
-      policyJson({
-        name: 'hide-ping',
-        priority: 100,
-        rules: [{ tool: 'a__ping', action: 'deny' }],
-      }),
-    );
+    await addPolicy(sidecar, HIDE_PING);
     await until(async () => !(await upstreamTools(client)).includes('a__ping'));
     const policies = sidecar.fabric!.policies;
     let before = notified;
