@@ -8,18 +8,14 @@
  */
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
-import { jetstream } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { AgentFabric } from '../../src/fabric.js';
-import { hashCredential, type AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
-import type { PoolRecord } from '../../src/pools/pool-manager.js';
-import type { TaskRecord } from '../../src/scheduler/task-record.js';
-import { SqliteStore } from '../../src/store/sqlite-store.js';
+import type { AgentFabric } from '../../src/fabric.js';
+import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
 import { TaskStatus } from '../../src/task.js';
-import { NatsAgentLink } from '../../src/transport/nats/nats-agent-link.js';
 import { decodeJson, reportProof, type TaskMessage } from '../../src/transport/nats/wire.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
+import { natsAgentSide, openNatsFabricOn, readyNatsAgent } from '../fixtures/nats/ready-fabric.js';
 
 describeNats('NATS reports too deep for the state store', () => {
   const server = natsServerPerSuite();
@@ -27,24 +23,12 @@ describeNats('NATS reports too deep for the state store', () => {
   it('fails a too-deep result and keeps a failure without its unstorable details, across a restart', async () => {
     const path = join(tempDir('nats-deep'), 'state.db');
     const nats = { url: server().url, namespace: 'deep' };
-    const open = async (): Promise<AgentFabric> => {
-      const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
-      const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { store, nats });
-      await fabric.start();
-      return fabric;
-    };
+    const open = (): Promise<AgentFabric> => openNatsFabricOn(path, nats);
     let fabric = await open();
     const nc = await connect({ servers: nats.url });
     try {
-      const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-      await fabric.natsExecutor!.consumersReady();
-      await fabric.heartbeat(agent.id);
-      const names = fabric.natsExecutor!.names;
-      const link = new NatsAgentLink(nc, names, agent.id, agent.credential, 2000);
-      const consumer = await jetstream(nc).consumers.get(
-        names.stream,
-        names.agentConsumer(agent.id),
-      );
+      const agent = await readyNatsAgent(fabric);
+      const { link, consumer } = await natsAgentSide(nc, fabric, agent, 2000);
       const pull = async () => {
         const m = (await consumer.next({ expires: 5000 }))!;
         const message = link.parse(m)!;

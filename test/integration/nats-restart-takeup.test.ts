@@ -8,17 +8,12 @@
  */
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
-import { jetstream } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { AgentFabric } from '../../src/fabric.js';
-import type { AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
-import type { PoolRecord } from '../../src/pools/pool-manager.js';
-import type { TaskRecord } from '../../src/scheduler/task-record.js';
-import { SqliteStore } from '../../src/store/sqlite-store.js';
+import type { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
-import { NatsAgentLink } from '../../src/transport/nats/nats-agent-link.js';
 import { tempDir, until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
+import { natsAgentSide, openNatsFabricOn, readyNatsAgent } from '../fixtures/nats/ready-fabric.js';
 
 describeNats('NatsExecutor take-ups across a restart', () => {
   const server = natsServerPerSuite();
@@ -26,25 +21,13 @@ describeNats('NatsExecutor take-ups across a restart', () => {
   it('takes the first start of a started attempt after a restart as its own; another take-up then counts it lost', async () => {
     const path = join(tempDir('nats-takeup'), 'state.db');
     const nats = { url: server().url, namespace: 'takeup' };
-    const open = async (): Promise<AgentFabric> => {
-      const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
-      const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { store, nats });
-      await fabric.start();
-      return fabric;
-    };
+    const open = (): Promise<AgentFabric> => openNatsFabricOn(path, nats);
     let fabric = await open();
     const nc = await connect({ servers: nats.url });
     try {
-      const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-      await fabric.natsExecutor!.consumersReady();
-      await fabric.heartbeat(agent.id);
+      const agent = await readyNatsAgent(fabric);
       const task = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1 });
-      const names = fabric.natsExecutor!.names;
-      const link = new NatsAgentLink(nc, names, agent.id, agent.credential, 1000);
-      const consumer = await jetstream(nc).consumers.get(
-        names.stream,
-        names.agentConsumer(agent.id),
-      );
+      const { link, consumer } = await natsAgentSide(nc, fabric, agent, 1000);
       const m = await consumer.next({ expires: 5000 });
       const message = link.parse(m!)!;
       expect((await link.report(message, 'start', { take: 'w1.1' }))?.ok).toBe(true);

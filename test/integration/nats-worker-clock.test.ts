@@ -3,13 +3,11 @@
  * keeps retrying a report nobody answers are elapsed time, not "until the clock reads X" — set
  * back a day, neither lasts a day. Real nats-server and sidecar.
  */
-import { jetstream } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { afterEach, expect, it, vi } from 'vitest';
-import { NatsAgentLink } from '../../src/transport/nats/nats-agent-link.js';
 import { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transport.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
-import { readyNatsFabric } from '../fixtures/nats/ready-fabric.js';
+import { natsAgentSide, readyNatsFabric } from '../fixtures/nats/ready-fabric.js';
 
 const DAY = 86_400_000;
 
@@ -48,12 +46,7 @@ describeNats('NATS workers when the wall clock is set back', () => {
     const nc = await connect({ servers: server().url });
     try {
       await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1, timeoutSeconds: 1 });
-      const names = fabric.natsExecutor!.names;
-      const link = new NatsAgentLink(nc, names, agent.id, agent.credential, 1000);
-      const consumer = await jetstream(nc).consumers.get(
-        names.stream,
-        names.agentConsumer(agent.id),
-      );
+      const { link, consumer } = await natsAgentSide(nc, fabric, agent, 1000);
       const m = await consumer.next({ expires: 5000 });
       vi.useFakeTimers({ toFake: ['Date'] });
       const task = link.parse(m!)!;

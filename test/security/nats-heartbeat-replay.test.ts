@@ -7,15 +7,13 @@ import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import { afterEach, expect, it, vi } from 'vitest';
 import { AgentStatus } from '../../src/agent.js';
-import { AgentFabric } from '../../src/fabric.js';
-import { hashCredential, type AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
-import type { PoolRecord } from '../../src/pools/pool-manager.js';
-import type { TaskRecord } from '../../src/scheduler/task-record.js';
-import { SqliteStore } from '../../src/store/sqlite-store.js';
+import type { AgentFabric } from '../../src/fabric.js';
+import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
 import { decodeJson, encodeJson, heartbeatProof } from '../../src/transport/nats/wire.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
+import { openNatsFabricOn } from '../fixtures/nats/ready-fabric.js';
 
 describeNats('NATS heartbeats replayed across a sidecar restart', () => {
   const server = natsServerPerSuite();
@@ -27,12 +25,7 @@ describeNats('NATS heartbeats replayed across a sidecar restart', () => {
     vi.useFakeTimers({ toFake: ['Date'] });
     const path = join(tempDir('nats-hb-replay'), 'state.db');
     const nats = { url: server().url, namespace: 'hbreplay' };
-    const open = async (): Promise<AgentFabric> => {
-      const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
-      const fabric = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { store, nats });
-      await fabric.start();
-      return fabric;
-    };
+    const open = (): Promise<AgentFabric> => openNatsFabricOn(path, nats);
     let fabric = await open();
     const nc = await connect({ servers: nats.url });
     try {
