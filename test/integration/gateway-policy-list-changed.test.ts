@@ -14,6 +14,7 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { SidecarConfigInput } from '../../src/server/config-file.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
@@ -34,6 +35,33 @@ async function upstreamTools(client: Client): Promise<string[]> {
 async function operator(sidecar: Sidecar, method: string, body: unknown): Promise<void> {
   const res = await api(sidecar, `PolicyService/${method}`, body);
   expect(res.status, await res.clone().text()).toBe(200);
+}
+
+/**
+ * A sidecar with the catalog fixture as upstream `a` (`env` added to its environment) under
+ * `policies`, and agent `agent`'s client on it; `onToolsChanged` hears each tools list change.
+ */
+async function catalogSidecar(
+  env: Record<string, string>,
+  policies: SidecarConfigInput['policies'],
+  onToolsChanged: () => void,
+): Promise<{ sidecar: Sidecar; client: Client }> {
+  const sidecar = await startTestSidecar({
+    upstreams: {
+      a: { command: process.execPath, args: [SERVER], env: { CATALOG_NAME: 'a', ...env } },
+    },
+    policies,
+    agents: [{ name: 'agent' }],
+  });
+  const client = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'));
+  client.setNotificationHandler(ToolListChangedNotificationSchema, onToolsChanged);
+  return { sidecar, client };
+}
+
+/** Closes the client (if it was made), then the sidecar. */
+async function closeBoth(sidecar: Sidecar, client: Client | undefined): Promise<void> {
+  await client?.close();
+  await closeSidecar(sidecar);
 }
 
 /** Adds `policy` through the Operator API (`PolicyService/AddPolicy`). */
@@ -71,33 +99,17 @@ describe('tools/list after a policy change', () => {
   }
 
   beforeAll(async () => {
-    sidecar = await startTestSidecar({
-      upstreams: {
-        a: {
-          command: process.execPath,
-          args: [SERVER],
-          env: {
-            CATALOG_NAME: 'a',
-            CATALOG_RESOURCES: JSON.stringify([{ uri: 'pl://r/0', name: 'r' }]),
-          },
-        },
-      },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'agent' }],
-    });
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'));
-    client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
-      notified++;
-    });
+    ({ sidecar, client } = await catalogSidecar(
+      { CATALOG_RESOURCES: JSON.stringify([{ uri: 'pl://r/0', name: 'r' }]) },
+      [DEFAULT_ALLOW],
+      () => notified++,
+    ));
     client.setNotificationHandler(ResourceListChangedNotificationSchema, () => {
       resourcesChanged++;
     });
   });
 
-  afterAll(async () => {
-    await client?.close();
-    await closeSidecar(sidecar);
-  });
+  afterAll(() => closeBoth(sidecar, client));
 
   it('tells an open session, which then lists what policy hides now, as a new session does', async () => {
     expect(await upstreamTools(client)).toContain('a__ping');
@@ -161,34 +173,17 @@ describe('an upstream list change that touches only tools policy hides', () => {
   const tool = (name: string) => ({ name, inputSchema: { type: 'object' } });
 
   beforeAll(async () => {
-    sidecar = await startTestSidecar({
-      upstreams: {
-        a: {
-          command: process.execPath,
-          args: [SERVER],
-          env: { CATALOG_NAME: 'a', CATALOG_TOOLS: JSON.stringify(control) },
-        },
-      },
-      policies: [
-        {
-          name: 'hide',
-          priority: 100,
-          rules: [{ tool: 'a__hidden*', action: 'deny' }],
-        },
+    ({ sidecar, client } = await catalogSidecar(
+      { CATALOG_TOOLS: JSON.stringify(control) },
+      [
+        { name: 'hide', priority: 100, rules: [{ tool: 'a__hidden*', action: 'deny' }] },
         DEFAULT_ALLOW,
       ],
-      agents: [{ name: 'agent' }],
-    });
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'));
-    client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
-      notified++;
-    });
+      () => notified++,
+    ));
   });
 
-  afterAll(async () => {
-    await client?.close();
-    await closeSidecar(sidecar);
-  });
+  afterAll(() => closeBoth(sidecar, client));
 
   /** Has the upstream list `tools` and waits until the gateway has loaded them. */
   async function arm(tools: { name: string }[]): Promise<void> {
