@@ -9,14 +9,8 @@
  * unusable decision, an answer too deep or too big to send), and a check given up mid-call is
  * cancelled.
  */
-import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import {
-  CreateMessageRequestSchema,
-  ElicitRequestSchema,
-  ListRootsRequestSchema,
-  McpError,
-} from '@modelcontextprotocol/sdk/types.js';
+import { McpError } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import { PluginHost } from '../../src/plugins/plugin-host.js';
@@ -24,12 +18,13 @@ import type { Sidecar } from '../../src/server/sidecar.js';
 import { FIRST_PARTY } from '../contracts/load-plugin.js';
 import {
   agentId,
-  agentToken,
+  answeringClient,
+  CALLBACK_SERVER,
   closeSidecar,
   DEFAULT_ALLOW,
-  httpClient,
   startTestSidecar,
   text,
+  type Answering,
 } from '../fixtures/gateway/harness.js';
 import {
   EXAMPLE_SERVICE,
@@ -39,36 +34,11 @@ import {
 } from '../fixtures/grpc/python-policy-service.js';
 
 const PLUGIN = FIRST_PARTY('policy-grpc');
-const CALLBACK_SERVER = fileURLToPath(
-  new URL('../fixtures/gateway/callback-server.mjs', import.meta.url),
-);
 const TOKEN = 'py-answer-token-51c2';
-const CAPABILITIES = { sampling: {}, elicitation: { form: {} }, roots: {} };
 const runs = pythonGrpc || process.env.CI !== undefined;
 
-/** What the agent's client answers every callback with (read at each callback). */
-interface Answering {
-  text: string;
-  asError?: boolean;
-}
-
-function answerFrom(client: Client, answering: Answering): void {
-  const fail = (): void => {
-    if (answering.asError) throw new McpError(-32001, answering.text, { said: answering.text });
-  };
-  client.setRequestHandler(CreateMessageRequestSchema, () => {
-    fail();
-    return { role: 'assistant', model: 'm', content: { type: 'text', text: answering.text } };
-  });
-  client.setRequestHandler(ElicitRequestSchema, () => {
-    fail();
-    return { action: 'accept', content: { name: answering.text } };
-  });
-  client.setRequestHandler(ListRootsRequestSchema, () => {
-    fail();
-    return { roots: [{ uri: 'file:///work', name: answering.text }] };
-  });
-}
+/** The error an agent's client answers a callback with while `asError`: its text as data too. */
+const said = (text: string): McpError => new McpError(-32001, text, { said: text });
 
 /**
  * A sidecar with the callback upstream `cb`, policy-grpc loaded with `options`, one agent. The
@@ -105,8 +75,7 @@ describe.runIf(runs)("policy-grpc checks agents' answers to upstream callbacks",
       authToken: TOKEN,
       checkCallbackAnswers: true,
     });
-    agent = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'), CAPABILITIES);
-    answerFrom(agent, answering);
+    agent = await answeringClient(sidecar, 'agent', answering, said);
   });
 
   afterAll(async () => {
@@ -219,9 +188,8 @@ describe.runIf(runs)('policy-grpc callback-answer checks: opt-in, and fail close
 
   it('off by default: the service is never asked, and answers pass as before', async () => {
     const sidecar = await sidecarWith({ target: service.address });
-    const agent = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'), CAPABILITIES);
+    const agent = await answeringClient(sidecar, 'agent', { text: 'deny-me, if anyone asked' });
     try {
-      answerFrom(agent, { text: 'deny-me, if anyone asked' });
       const before = service.answers.length;
       const got = text(await agent.callTool({ name: 'cb__sample', arguments: {} }));
       expect(got).toContain('deny-me, if anyone asked');
@@ -235,9 +203,8 @@ describe.runIf(runs)('policy-grpc callback-answer checks: opt-in, and fail close
   it('a service without CheckCallbackAnswer (UNIMPLEMENTED) refuses every answer', async () => {
     const example = await startPythonPolicyService(EXAMPLE_SERVICE);
     const sidecar = await sidecarWith({ target: example.address, checkCallbackAnswers: true });
-    const agent = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'), CAPABILITIES);
+    const agent = await answeringClient(sidecar, 'agent', { text: 'an innocent answer' });
     try {
-      answerFrom(agent, { text: 'an innocent answer' });
       const refused = text(await agent.callTool({ name: 'cb__sample', arguments: {} }));
       expect(refused).toContain('FABRIC_ERR_CALLBACK_ANSWER_DENIED');
       expect(refused).toMatch(/could not decide \(UNIMPLEMENTED/);

@@ -16,12 +16,6 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import {
-  CreateMessageRequestSchema,
-  ElicitRequestSchema,
-  ListRootsRequestSchema,
-  McpError,
-} from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import type { GatewayLogEntry } from '../../src/gateway/tool-call-pipeline.js';
@@ -29,56 +23,27 @@ import {
   ADMIN_TOKEN,
   agentId,
   agentToken,
+  answerFrom,
+  answeringClient,
+  CALLBACK_CAPABILITIES,
+  CALLBACK_SERVER,
   cliStdioClient,
   closeSidecar,
   DEFAULT_ALLOW,
-  httpClient,
   startEverythingHttp,
   startTestSidecar,
   tempDir,
   text,
+  type Answering,
   type HttpUpstreamProcess,
 } from '../fixtures/gateway/harness.js';
 
 const SECRET_GUARD = fileURLToPath(new URL('../../plugins/secret-guard/index.js', import.meta.url));
-const CALLBACK_SERVER = fileURLToPath(
-  new URL('../fixtures/gateway/callback-server.mjs', import.meta.url),
-);
 
 /** Made up, in the format of the fabric's agent credentials (`afk_` + 40). */
 const CREDENTIAL = `afk_${'Zq3xW9vB'.repeat(5)}`;
 const SECRET_TEXT = `sure, my key is ${CREDENTIAL}`;
 const INNOCENT = 'an innocent answer';
-const CAPABILITIES = { sampling: {}, elicitation: { form: {} }, roots: {} };
-
-/** What the agent's client answers: a result with `text` in it, or an error with `text`. */
-interface Answering {
-  text: string;
-  asError?: boolean;
-}
-
-/** Makes `client` answer every callback from `answering` (read at each callback). */
-function answerFrom(client: Client, answering: Answering): void {
-  const fail = (): void => {
-    if (answering.asError) throw new McpError(-32000, answering.text);
-  };
-  client.setRequestHandler(CreateMessageRequestSchema, () => {
-    fail();
-    return {
-      role: 'assistant',
-      model: 'm',
-      content: { type: 'text', text: answering.text },
-    };
-  });
-  client.setRequestHandler(ElicitRequestSchema, () => {
-    fail();
-    return { action: 'accept', content: { name: answering.text } };
-  });
-  client.setRequestHandler(ListRootsRequestSchema, () => {
-    fail();
-    return { roots: [{ uri: 'file:///work', name: answering.text }] };
-  });
-}
 
 /** What the fixture's tool `tool` (sample, elicit, roots) reports it received. */
 async function received(client: Client, upstream: string, tool: string): Promise<string> {
@@ -172,8 +137,7 @@ describe("secret-guard checks an agent's answers to upstream callbacks", () => {
       },
       { logger: (entry) => logs.push(entry) },
     );
-    agent = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'), CAPABILITIES);
-    answerFrom(agent, answering);
+    agent = await answeringClient(sidecar, 'agent', answering);
   });
 
   afterAll(async () => {
@@ -210,7 +174,7 @@ describe("secret-guard checks an agent's answers to upstream callbacks", () => {
   it('through the stdio bridge (agent-fabric mcp --agent-token): the same', async () => {
     const bridge = await cliStdioClient(
       ['mcp', '--agent-token', agentToken(sidecar, 'agent'), '--url', sidecar.url!],
-      { capabilities: CAPABILITIES },
+      { capabilities: CALLBACK_CAPABILITIES },
     );
     try {
       const own: Answering = { text: INNOCENT };
@@ -316,7 +280,7 @@ agents:
 
   it('refuses answers with a credential and relays innocent ones', async () => {
     const { client } = await cliStdioClient(['mcp', '--in-process', '--config', configFile], {
-      capabilities: CAPABILITIES,
+      capabilities: CALLBACK_CAPABILITIES,
     });
     try {
       const answering: Answering = { text: INNOCENT };
@@ -369,8 +333,7 @@ describe('a policy plugin whose answer check fails refuses the answer (fail clos
       },
       { fabricOptions: { policy: { callbackCheckTimeoutMs: 300 } } },
     );
-    agent = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'), CAPABILITIES);
-    answerFrom(agent, answering);
+    agent = await answeringClient(sidecar, 'agent', answering);
   });
 
   afterAll(async () => {
@@ -429,8 +392,7 @@ describe('agent_fabric_callback_answers_total without a provider that checks ans
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'agent' }],
     });
-    agent = await httpClient(sidecar.url!, agentToken(sidecar, 'agent'), CAPABILITIES);
-    answerFrom(agent, answering);
+    agent = await answeringClient(sidecar, 'agent', answering);
   });
 
   afterAll(async () => {
