@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -23,19 +23,61 @@ import {
   until,
 } from '../fixtures/gateway/harness.js';
 
+/** This process's environment without the agent token and sidecar URL a CLI would take from it. */
+function inheritedEnv(): NodeJS.ProcessEnv {
+  const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...inherited } = process.env;
+  return inherited;
+}
+
 /** Runs `agent-fabric <args>` to completion; resolves its exit code and stderr. */
 function runCli(
   args: readonly string[],
   env: Record<string, string> = {},
 ): Promise<{ code: number | null; stderr: string }> {
-  const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...inherited } = process.env;
   const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, ...args], {
-    env: { ...inherited, ...env },
+    env: { ...inheritedEnv(), ...env },
     stdio: ['pipe', 'ignore', 'pipe'],
   });
   let stderr = '';
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
   return new Promise((resolve) => child.once('close', (code) => resolve({ code, stderr })));
+}
+
+/**
+ * `agent-fabric mcp` to `sidecar` as the agent `token` (both from the environment) as a raw child
+ * process: write JSON-RPC lines to its stdin; `lines()` splits what it wrote to stdout so far.
+ */
+function rawBridge(sidecar: Sidecar, token: string) {
+  const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'mcp'], {
+    env: { ...inheritedEnv(), FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
+    stdio: ['pipe', 'pipe', 'ignore'],
+  });
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  return { child, lines: () => out.split('\n') };
+}
+
+/** Closes `child`'s stdin and waits until it has exited. */
+async function endChild(child: ChildProcess): Promise<void> {
+  child.stdin!.end();
+  await new Promise((resolve) => child.once('close', resolve));
+}
+
+/** The stdio bridge (`agent-fabric mcp`) to `sidecar` as the agent `token`, both from its env. */
+function bridgeClient(sidecar: Sidecar, token: string) {
+  return cliStdioClient(['mcp'], { env: { FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! } });
+}
+
+/** Writes `yaml` to `configFile` and starts a sidecar on it (state in memory), with its token. */
+async function startFromFile(
+  configFile: string,
+  yaml: string,
+): Promise<{ sidecar: Sidecar; token: string }> {
+  writeFileSync(configFile, yaml);
+  const sidecar = await Sidecar.start({
+    config: loadSidecarConfig(configFile, { env: { FABRIC_STATE: 'memory' } }),
+  });
+  return { sidecar, token: sidecar.agents[0]!.credential };
 }
 
 /** A port nobody listens on (bound, then released). */
@@ -70,7 +112,7 @@ describe('agent-fabric mcp (stdio bridge and in-process stdio)', () => {
   beforeAll(async () => {
     mkdirSync(join(sandbox, 'protected'), { recursive: true });
     writeFileSync(join(sandbox, 'protected', 'secret.txt'), 'keep me');
-    writeFileSync(
+    ({ sidecar, token } = await startFromFile(
       configFile,
       `http: { host: 127.0.0.1, port: 0 }
 adminToken: admin-token-for-cli-tests-0123456789
@@ -96,11 +138,7 @@ policies:
 agents:
   - name: stdio-agent
 `,
-    );
-    sidecar = await Sidecar.start({
-      config: loadSidecarConfig(configFile, { env: { FABRIC_STATE: 'memory' } }),
-    });
-    token = sidecar.agents[0]!.credential;
+    ));
   });
 
   afterAll(() => closeSidecar(sidecar));
@@ -146,9 +184,7 @@ agents:
 
   it('bridges an MCP client on stdio to the sidecar (token and URL from the environment)', async () => {
     const sessions = sidecar.gateway.sessions.size;
-    const { client, transport } = await cliStdioClient(['mcp'], {
-      env: { FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
-    });
+    const { client, transport } = await bridgeClient(sidecar, token);
     const pid = transport.pid!;
     try {
       const names = (await client.listTools()).tools.map((t) => t.name);
@@ -169,37 +205,24 @@ agents:
   });
 
   it('answers a ping sent before initialize (the spec allows it; the sidecar has no session yet)', async () => {
-    const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...inherited } = process.env;
-    const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'mcp'], {
-      env: { ...inherited, FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
-      stdio: ['pipe', 'pipe', 'ignore'],
-    });
+    const { child, lines } = rawBridge(sidecar, token);
     try {
-      let out = '';
-      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
       child.stdin.write('{"jsonrpc":"2.0","id":"early","method":"ping"}\n');
-      await until(() => out.includes('\n'));
-      expect(JSON.parse(out.split('\n')[0]!)).toEqual({ jsonrpc: '2.0', id: 'early', result: {} });
+      await until(() => lines().length > 1);
+      expect(JSON.parse(lines()[0]!)).toEqual({ jsonrpc: '2.0', id: 'early', result: {} });
     } finally {
-      child.stdin.end();
-      await new Promise((resolve) => child.once('close', resolve));
+      await endChild(child);
     }
   });
 
   it("answers an agent's request whose id looks like one of the bridge's own", async () => {
     // The bridge tells its own requests' answers apart by an id prefix; an agent's answer with
     // such an id (any string id is the agent's to choose) was taken for one and dropped.
-    const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...inherited } = process.env;
-    const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'mcp'], {
-      env: { ...inherited, FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
-      stdio: ['pipe', 'pipe', 'ignore'],
-    });
+    const { child, lines } = rawBridge(sidecar, token);
     try {
-      let out = '';
-      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
       const answer = async (id: string): Promise<unknown> => {
-        await until(() => out.split('\n').some((l) => l.includes(`"id":"${id}"`)));
-        return JSON.parse(out.split('\n').find((l) => l.includes(`"id":"${id}"`))!);
+        await until(() => lines().some((l) => l.includes(`"id":"${id}"`)));
+        return JSON.parse(lines().find((l) => l.includes(`"id":"${id}"`))!);
       };
       child.stdin.write(
         `${JSON.stringify({
@@ -222,8 +245,7 @@ agents:
         result: {},
       });
     } finally {
-      child.stdin.end();
-      await new Promise((resolve) => child.once('close', resolve));
+      await endChild(child);
     }
   });
 
@@ -231,9 +253,7 @@ agents:
     // MCP 2025-06-18, Session Management: a client answered 404 for its session MUST initialize
     // a new one. Before, every later request was answered "could not forward the request".
     const before = new Set(sidecar.gateway.sessions);
-    const { client } = await cliStdioClient(['mcp'], {
-      env: { FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
-    });
+    const { client } = await bridgeClient(sidecar, token);
     let listChanged = 0;
     client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
       listChanged++;
@@ -373,7 +393,7 @@ describe('agent-fabric mcp: a session renewal the sidecar refused', () => {
 
   beforeAll(async () => {
     const configFile = join(dir, 'fabric.yaml');
-    writeFileSync(
+    ({ sidecar, token } = await startFromFile(
       configFile,
       `http: { host: 127.0.0.1, port: 0, maxSessionsPerAgent: 1 }
 policies:
@@ -383,19 +403,13 @@ policies:
 agents:
   - name: renewing-agent
 `,
-    );
-    sidecar = await Sidecar.start({
-      config: loadSidecarConfig(configFile, { env: { FABRIC_STATE: 'memory' } }),
-    });
-    token = sidecar.agents[0]!.credential;
+    ));
   });
 
   afterAll(() => closeSidecar(sidecar));
 
   it('tries again with the next request once the sidecar takes a new session', async () => {
-    const { client } = await cliStdioClient(['mcp'], {
-      env: { FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
-    });
+    const { client } = await bridgeClient(sidecar, token);
     try {
       expect((await client.listTools()).tools.length).toBeGreaterThan(0);
       const [lost] = sidecar.gateway.sessions;
@@ -428,7 +442,7 @@ describe('agent-fabric mcp: subscriptions set again on a new session', () => {
       { uri: 'pl://r/secret', name: 's' },
       { uri: 'pl://r/later', name: 'l' },
     ];
-    writeFileSync(
+    ({ sidecar, token } = await startFromFile(
       configFile,
       `http: { host: 127.0.0.1, port: 0 }
 upstreams:
@@ -447,11 +461,7 @@ policies:
 agents:
   - name: subscriber
 `,
-    );
-    sidecar = await Sidecar.start({
-      config: loadSidecarConfig(configFile, { env: { FABRIC_STATE: 'memory' } }),
-    });
-    token = sidecar.agents[0]!.credential;
+    ));
   });
 
   afterAll(() => closeSidecar(sidecar));
@@ -459,9 +469,7 @@ agents:
   it('does not ask again for a subscription a human denied', async () => {
     const approvals = sidecar.fabric!.approvals;
     const asked = (uri: string) => approvals.listApprovals().filter((a) => a.params['uri'] === uri);
-    const { client } = await cliStdioClient(['mcp'], {
-      env: { FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
-    });
+    const { client } = await bridgeClient(sidecar, token);
     try {
       const denied = client.subscribeResource({ uri: 'pl://r/secret' });
       denied.catch(() => undefined);
