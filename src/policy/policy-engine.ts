@@ -361,6 +361,8 @@ export class PolicyEngine {
   #all: Candidates = { enforce: [], audit: [] };
   /** Told after each change of the rules (see {@link onRulesChanged}). */
   readonly #ruleListeners = new Set<() => void>();
+  /** Counts the changes of the rules (see {@link rulesVersion}). */
+  #rulesVersion = 0;
 
   constructor(options: PolicyEngineOptions = {}) {
     this.#options = parsePolicyEngineOptions(options);
@@ -530,6 +532,15 @@ export class PolicyEngine {
     return () => {
       this.#ruleListeners.delete(own);
     };
+  }
+
+  /**
+   * A number that changes with every change of the rules (a policy added, replaced or removed, a
+   * provider added or removed): a decision made at one version may be stale at another. The
+   * authorizer compares it across a human's approval wait.
+   */
+  get rulesVersion(): number {
+    return this.#rulesVersion;
   }
 
   /** The policy with this name, if any. */
@@ -822,6 +833,7 @@ export class PolicyEngine {
 
   /** Tells the {@link onRulesChanged} listeners. */
   #changed(): void {
+    this.#rulesVersion++;
     for (const listener of this.#ruleListeners) {
       try {
         listener();

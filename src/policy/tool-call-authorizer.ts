@@ -196,6 +196,8 @@ export class ToolCallAuthorizer {
    * second check (see `PolicyProvider`).
    */
   async authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
+    // The rules the decision is made by (a handed-over one was made in this same step).
+    const rulesVersion = this.#policies.rulesVersion;
     const handed = ctx.trace === undefined ? undefined : this.#handedOver.get(ctx.trace);
     if (handed !== undefined) this.#handedOver.delete(ctx.trace!);
     let decision: PolicyDecision;
@@ -252,6 +254,15 @@ export class ToolCallAuthorizer {
     }
     if (approval.status === 'expired') {
       return denied(new ApprovalExpiredError(pending.id), final);
+    }
+    // The human approved the call the rules asked about. When an operator changed the rules
+    // while the call waited (a deny added, the approval rule removed), they decide it again: a
+    // deny of a rule or of the default action refuses it, as it would refuse the call sent now.
+    if (this.#policies.rulesVersion !== rulesVersion) {
+      const now = await this.#redecide(ctx);
+      if (now.action === 'deny' && (now.policy === null || now.rule !== null)) {
+        return this.#admit(ctx, now);
+      }
     }
     // A human said yes: counted as it is, not asked again (see `PolicyProvider`).
     return this.#admitWaiting(ctx, final, approval, undefined, false);
@@ -353,6 +364,16 @@ export class ToolCallAuthorizer {
   #counted(ctx: ToolCallContext, a: ToolCallAuthorization): ToolCallAuthorization {
     if (a.allowed) this.#policies.admitted(ctx);
     return a;
+  }
+
+  /**
+   * The decision of an approved call under the rules as they are now (untraced: the call's
+   * `policy` span ended with its first decision). A policy service is asked again too.
+   */
+  #redecide(ctx: ToolCallContext): PolicyDecision | Promise<PolicyDecision> {
+    return this.#policies.hasAsyncProviders
+      ? this.#policies.evaluateAsync(ctx, ctx.signal)
+      : this.#policies.evaluateSync(ctx);
   }
 
   /** The policy decision of the call (a `policy` span when traced). */
