@@ -371,6 +371,12 @@ export class ToolTasks {
     const controller = new AbortController();
     this.#running.set(record.taskId, controller);
     const id = record.taskId;
+    // The call may report a step after its task ended (cancelled while the call was between two
+    // awaits): a cancelled task stays cancelled, and no status goes out after a terminal one.
+    const ended = (): boolean => {
+      const r = this.#store.get(id);
+      return r === undefined || isTerminalStatus(r.status);
+    };
     const handle: ToolTaskRun = {
       signal: controller.signal,
       approvalId: record.approvalId,
@@ -378,6 +384,7 @@ export class ToolTasks {
       upstreamTask: record.upstream,
       fabricTaskId: record.fabricTaskId,
       waiting: (approval) => {
+        if (ended()) return;
         const rule = approval.rule === null ? '' : `#${approval.rule}`;
         const policy = approval.policy === null ? '' : ` (policy ${approval.policy}${rule})`;
         this.#update(id, {
@@ -386,18 +393,23 @@ export class ToolTasks {
           approvalId: approval.id,
         });
       },
-      working: () => this.#update(id, { status: 'working', statusMessage: 'running' }),
+      working: () => {
+        if (!ended()) this.#update(id, { status: 'working', statusMessage: 'running' });
+      },
       relayed: (name, taskId) => {
+        if (ended()) return;
         const upstream = { name, taskId };
         if (this.#update(id, { upstream }) !== undefined) {
           this.#byUpstream.set(upstreamKey(upstream), id);
         }
       },
-      scheduled: (fabricTaskId, status) =>
+      scheduled: (fabricTaskId, status) => {
+        if (ended()) return;
         this.#update(id, {
           fabricTaskId,
           statusMessage: fabricStatusMessage(fabricTaskId, status),
-        }),
+        });
+      },
     };
     // A running call ends with its task's ttl, on time: a call parked on an approval must not
     // run when approved after its task expired (the sweep alone comes up to a minute late).
@@ -408,7 +420,7 @@ export class ToolTasks {
     expiry.unref();
     const agentId = record.agentId;
     this.#calls.set(agentId, (this.#calls.get(agentId) ?? 0) + 1);
-    const ended = (): void => {
+    const done = (): void => {
       clearTimeout(expiry);
       const left = (this.#calls.get(agentId) ?? 1) - 1;
       if (left > 0) this.#calls.set(agentId, left);
@@ -427,7 +439,7 @@ export class ToolTasks {
           (result) => this.#finish(id, { result }),
           (error: unknown) => this.#finish(id, { error }),
         )
-        .finally(ended);
+        .finally(done);
     });
   }
 

@@ -219,6 +219,9 @@ export class ToolCallAuthorizer {
       return denied(new BudgetExceededError(shortfall), decision, pre.retryAt);
     }
 
+    // A call cancelled before it got here (while its paths were looked up on disk) asks no
+    // human: no approval of a call nobody waits for goes into the operators' queue.
+    ctx.signal?.throwIfAborted();
     const request = approvalRequest(ctx, decision);
     let pending =
       ctx.resumeApproval === undefined
