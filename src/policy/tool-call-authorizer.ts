@@ -209,7 +209,15 @@ export class ToolCallAuthorizer {
       recheck = false; // decided in this very step
     }
     if (decision.action !== 'require_approval') {
-      return this.#admitWaiting(ctx, decision, undefined, handed?.budget, recheck);
+      // A decision awaited from a policy service: the rules may have changed meanwhile.
+      if (recheck && this.#policies.rulesVersion !== rulesVersion) {
+        const now = await this.#ruleDeny(ctx);
+        if (now !== undefined) {
+          handed?.budget?.end(NOT_RESERVED);
+          return this.#admit(ctx, now);
+        }
+      }
+      return this.#admitWaiting(ctx, decision, undefined, handed?.budget, recheck, rulesVersion);
     }
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     const pre = this.#budgets.check(ctx.agentId, estimate, reserveOptions(ctx));
@@ -262,13 +270,11 @@ export class ToolCallAuthorizer {
     // while the call waited (a deny added, the approval rule removed), they decide it again: a
     // deny of a rule or of the default action refuses it, as it would refuse the call sent now.
     if (this.#policies.rulesVersion !== rulesVersion) {
-      const now = await this.#redecide(ctx);
-      if (now.action === 'deny' && (now.policy === null || now.rule !== null)) {
-        return this.#admit(ctx, now);
-      }
+      const now = await this.#ruleDeny(ctx);
+      if (now !== undefined) return this.#admit(ctx, now);
     }
     // A human said yes: counted as it is, not asked again (see `PolicyProvider`).
-    return this.#admitWaiting(ctx, final, approval, undefined, false);
+    return this.#admitWaiting(ctx, final, approval, undefined, false, rulesVersion);
   }
 
   /**
@@ -308,7 +314,8 @@ export class ToolCallAuthorizer {
    * call the budget refuses goes through `reserveWhenFree`: waiting up to `waitMs` for in-flight
    * reservations to settle (then, unless a human approved it, the counting providers are asked
    * again before it is counted, and a deny releases what was reserved), and refusing with a
-   * `retryAt` whenever one can be given.
+   * `retryAt` whenever one can be given. When the rules changed since `rulesVersion` (the
+   * decision's) by the end of that wait, they decide the call again first (see {@link #ruleDeny}).
    */
   async #admitWaiting(
     ctx: ToolCallContext,
@@ -316,6 +323,7 @@ export class ToolCallAuthorizer {
     approval: ApprovalResult | undefined,
     budgetSpan: TracePhase | undefined,
     recheck: boolean,
+    rulesVersion: number,
   ): Promise<ToolCallAuthorization> {
     if (decision.action === 'deny') return this.#admit(ctx, decision, approval);
     if (recheck) {
@@ -342,6 +350,20 @@ export class ToolCallAuthorizer {
         signal: ctx.signal,
       });
       span?.end(RESERVED);
+      // The rules may have changed during the wait (a deny added): they decide it again.
+      if (this.#policies.rulesVersion !== rulesVersion) {
+        let deny: PolicyDecision | undefined;
+        try {
+          deny = await this.#ruleDeny(ctx);
+        } catch (err) {
+          this.#budgets.release(reservation);
+          throw err;
+        }
+        if (deny !== undefined) {
+          this.#budgets.release(reservation);
+          return this.#admit(ctx, deny);
+        }
+      }
       // The wait let other calls of the agent be admitted and counted meanwhile: unless a human
       // approved this call, the counting providers are asked again, in the same step as the
       // count, so calls parked behind the agent's own in-flight reservations cannot all pass.
@@ -370,13 +392,18 @@ export class ToolCallAuthorizer {
   }
 
   /**
-   * The decision of an approved call under the rules as they are now (untraced: the call's
-   * `policy` span ended with its first decision). A policy service is asked again too.
+   * The deny that decides the call under the rules as they are now — of a rule, or the default
+   * action — for a call decided before the rules changed (untraced: the call's `policy` span
+   * ended with its first decision). A policy service is asked again too. A provider's deny (a
+   * rate limit) is not taken from here: counting providers are asked at admission, and not at
+   * all for a call a human approved (see `PolicyProvider`).
+   * @returns undefined when the call may still go through.
    */
-  #redecide(ctx: ToolCallContext): PolicyDecision | Promise<PolicyDecision> {
-    return this.#policies.hasAsyncProviders
-      ? this.#policies.evaluateAsync(ctx, ctx.signal)
+  async #ruleDeny(ctx: ToolCallContext): Promise<PolicyDecision | undefined> {
+    const now = this.#policies.hasAsyncProviders
+      ? await this.#policies.evaluateAsync(ctx, ctx.signal)
       : this.#policies.evaluateSync(ctx);
+    return now.action === 'deny' && (now.policy === null || now.rule !== null) ? now : undefined;
   }
 
   /** The policy decision of the call (a `policy` span when traced). */

@@ -344,4 +344,48 @@ describe('ToolCallAuthorizer', () => {
       expect(budgets.getStatus('agent-1').tokensUsed).toBe(1000);
     });
   });
+
+  describe('rules changed while a decision was awaited', () => {
+    it('a deny rule added while a policy service decided refuses the call, reserving nothing', async () => {
+      let answer!: (v: { action: 'allow' }) => void;
+      policies.addProvider({
+        name: 'service',
+        priority: 10,
+        decide: () => undefined,
+        decideAsync: () => new Promise((resolve) => (answer = resolve)),
+      });
+      const pending = auth.authorize(call);
+      await vi.advanceTimersByTimeAsync(0);
+      policies.addPolicy({
+        name: 'lockdown',
+        priority: 100,
+        rules: [{ tool: 'file_*', action: 'deny', reason: 'frozen' }],
+      });
+      answer({ action: 'allow' });
+      const a = denied(await pending);
+      expect(a).toMatchObject({
+        code: 'FABRIC_ERR_POLICY_DENIED',
+        decision: { policy: 'lockdown', rule: 0 },
+      });
+      expect(budgets.getStatus('agent-1').tokensReserved).toBe(0);
+    });
+
+    it('a change that leaves the call allowed lets it through', async () => {
+      let answer!: (v: { action: 'allow' }) => void;
+      policies.addProvider({
+        name: 'service',
+        priority: 10,
+        decide: () => undefined,
+        decideAsync: () => new Promise((resolve) => (answer = resolve)),
+      });
+      const pending = auth.authorize(call);
+      await vi.advanceTimersByTimeAsync(0);
+      policies.addPolicy({ name: 'other', rules: [{ tool: 'shell', action: 'deny' }] });
+      answer({ action: 'allow' });
+      // The service is asked again, with the new rules.
+      await vi.advanceTimersByTimeAsync(0);
+      answer({ action: 'allow' });
+      expect((await pending).allowed).toBe(true);
+    });
+  });
 });

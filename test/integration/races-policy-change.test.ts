@@ -1,18 +1,26 @@
 /**
- * Races between a call parked for a human approval and an operator changing the policy
- * (a real sidecar over HTTP, a real server-filesystem upstream writing to a temp dir, the
- * official SDK client, the Operator API): an approval decides the `require_approval` rule it was asked for, not the
- * policy as it is when the human clicks. A deny rule added (or the approval rule removed, so
- * the default action denies) while the call waits refuses it when the human approves, and the
- * upstream never runs it; a change that still lets it through runs it as approved.
+ * Races between a call that waits — for a human approval, for its budget — and an operator
+ * changing the policy meanwhile (a real sidecar over HTTP, real server-filesystem and slow
+ * upstreams writing to temp dirs, the official SDK client, the Operator API). A call decided
+ * before the change is decided again by the rules as they are when its wait ends:
+ *
+ * - approvals: an approval answers the `require_approval` rule it was asked for, not the policy
+ *   as it is when the human clicks. A deny rule added (or the approval rule removed, so the
+ *   default action denies) while the call waits refuses it when the human approves, and the
+ *   upstream never runs it; a change that still lets it through runs it as approved;
+ * - budget waits: a call that other calls' in-flight reservations kept out, let in when one of
+ *   them ended, is refused by a deny rule added while it waited (and its reservation released).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { listApprovals, type ApiApproval } from '../fixtures/api.js';
 import {
   ADMIN_TOKEN,
+  DEFAULT_ALLOW,
+  agentId,
   agentToken,
   api,
   closeSidecar,
@@ -129,5 +137,66 @@ describe('a policy change while a call waits for approval', () => {
     const result = await call;
     expect(result.isError).toBeFalsy();
     expect(readFileSync(join(root, 'still-fine.txt'), 'utf8')).toBe('written');
+  }, 60_000);
+});
+
+const SLOW_SERVER = fileURLToPath(new URL('../fixtures/gateway/slow-server.mjs', import.meta.url));
+
+describe('a policy change while a call waits for its budget', () => {
+  it('a deny rule added meanwhile refuses the call when the budget lets it in', async () => {
+    const dir = tempDir('races-budget-wait');
+    const countFile = join(dir, 'count.txt');
+    const s = (sidecar = await startTestSidecar({
+      upstreams: {
+        slow: {
+          command: process.execPath,
+          args: [SLOW_SERVER],
+          env: { COUNT_FILE: countFile },
+          stderr: 'ignore',
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'worker' }],
+      gateway: { budgetWaitSeconds: 120 },
+    }));
+    const id = agentId(s, 'worker');
+    const ran = (): string => (existsSync(countFile) ? readFileSync(countFile, 'utf8') : '');
+    const client = await httpClient(s.url!, agentToken(s, 'worker'));
+    const slow = (label: string, ms: number, signal?: AbortSignal) =>
+      client.callTool({ name: 'slow__slow', arguments: { label, ms } }, undefined, {
+        timeout: 120_000,
+        ...(signal === undefined ? {} : { signal }),
+      });
+    // The first call teaches the gateway the tool's token estimate.
+    expect((await slow('a', 1)).isError).toBeFalsy();
+    const e = s.gateway.tokenEstimates.get(id, 'slow__slow').tokens;
+    expect(e).toBeGreaterThanOrEqual(2);
+    const used = s.fabric!.budgets.getStatus(id).tokensUsed;
+    // Room for one more call's estimate, not two.
+    const limited = await api(s, 'BudgetService/SetBudgetLimits', {
+      scope: { agentId: id },
+      limits: { maxTokensPerHour: used + e + Math.floor(e / 2) },
+    });
+    expect(limited.status).toBe(200);
+    const holder = new AbortController();
+    const holding = slow('b', 60_000, holder.signal).catch((error: unknown) => error);
+    await until(() => ran().includes('start b'));
+    const waiting = slow('c', 1);
+    await until(() => s.fabric!.budgets.waiting === 1);
+    const added = await api(s, 'PolicyService/AddPolicy', {
+      policy: {
+        name: 'lockdown',
+        priority: 200,
+        rules: [{ tool: 'slow__*', action: 'POLICY_ACTION_DENY', reason: 'frozen' }],
+      },
+    });
+    expect(added.status).toBe(200);
+    holder.abort(); // its reservation ends: the waiting call's estimate fits now
+    await holding;
+    const result = await waiting;
+    expect(result.isError).toBe(true);
+    expect(text(result)).toContain('FABRIC_ERR_POLICY_DENIED');
+    expect(ran()).not.toContain('start c');
+    await until(() => s.fabric!.budgets.getStatus(id).tokensReserved === 0);
   }, 60_000);
 });
