@@ -985,7 +985,7 @@ export class ToolGateway implements SessionHost {
           defer: extra.defer === undefined ? undefined : (work) => extra.defer!(work),
           onEnd: this.#endCall,
         },
-        () => {
+        (_auth, recheck) => {
           task?.working();
           const send = (): Promise<Result> => {
             // A task restored with an upstream task behind it never calls the tool again.
@@ -1026,6 +1026,8 @@ export class ToolGateway implements SessionHost {
                         : { name: route!.upstreamName, arguments: rawArgs },
                   },
                   extra,
+                  undefined,
+                  recheck,
                 );
           };
           return trace === undefined
@@ -1224,15 +1226,25 @@ export class ToolGateway implements SessionHost {
     request: Request,
     extra: CallExtra,
     turnSignal?: AbortSignal,
+    recheck?: () => Promise<void>,
   ): Promise<Result> {
     return upstream.spec.exclusive
-      ? this.#exclusiveRequest(session, upstream, request, extra, turnSignal ?? extra.signal)
+      ? this.#exclusiveRequest(
+          session,
+          upstream,
+          request,
+          extra,
+          turnSignal ?? extra.signal,
+          recheck,
+        )
       : this.#forward(session, upstream, request, extra);
   }
 
   /**
    * {@link #upstreamRequest} on an `exclusive` upstream: one session's calls at a time; a call
-   * without a session takes its turn alone.
+   * without a session takes its turn alone. `recheck` (an approved call's paths, see
+   * `ToolCallPipeline.run`) runs once the turn is the call's: the wait for it may be long, and
+   * what the human approved must still be what the upstream will touch.
    */
   async #exclusiveRequest(
     session: GatewaySession | undefined,
@@ -1240,11 +1252,13 @@ export class ToolGateway implements SessionHost {
     request: Request,
     extra: CallExtra,
     turnSignal: AbortSignal,
+    recheck?: () => Promise<void>,
   ): Promise<Result> {
     let gate = this.#gates.get(upstream);
     if (gate === undefined) this.#gates.set(upstream, (gate = new UpstreamGate()));
     await gate.enter(session ?? {}, turnSignal);
     try {
+      if (recheck !== undefined) await recheck();
       return await this.#forward(session, upstream, request, extra);
     } finally {
       gate.leave();

@@ -209,6 +209,9 @@ const REQUIRE_FIT: SettleToolCallOptions = Object.freeze({ requireFit: true });
  */
 const reachedUpstream = new WeakSet<object>();
 
+/** The refusals of approved calls found stale after a wait in `forward`, by their error. */
+const staleRefusals = new WeakMap<object, ToolCallRefused>();
+
 /**
  * Marks `error` as thrown by a request that reached its upstream, or by a fabric tool after its
  * effect (see {@link chargedCost}). Only an object can be marked.
@@ -283,7 +286,7 @@ export class ToolCallPipeline {
    */
   async run(
     call: PipelineCall,
-    forward: (auth: ToolCallAllowed) => Promise<Result>,
+    forward: (auth: ToolCallAllowed, recheck?: () => Promise<void>) => Promise<Result>,
   ): Promise<ToolCallOutcome> {
     const { audit, abort } = call;
     const estimate = this.#estimates.get(call.identity.agentId, call.tool);
@@ -345,10 +348,30 @@ export class ToolCallPipeline {
           return { kind: 'refused', refusal: stale, withheld: false };
         }
       }
+      // An approved call that waits again before it is sent (its turn on an exclusive upstream)
+      // has its paths checked again when the wait ends: throws its refusal's error.
+      let recheck: (() => Promise<void>) | undefined;
+      if (waited && call.paths !== undefined) {
+        const paths = call.paths;
+        recheck = async () => {
+          const stale = await this.#staleApproval(paths, call.params, view, auth);
+          if (stale === undefined) return;
+          const error = stale.error ?? new ApprovalStaleError(auth.decision?.approvalId ?? '');
+          staleRefusals.set(error, stale);
+          throw error;
+        };
+      }
       let result: Result;
       try {
-        result = await forward(auth);
+        result = await forward(auth, recheck);
       } catch (error) {
+        const stale =
+          typeof error === 'object' && error !== null ? staleRefusals.get(error) : undefined;
+        if (stale !== undefined) {
+          this.#settle(auth, { tokens: 0, cost: 0 });
+          audit({ decision, rule: d.rule, outcome: 'denied', code: stale.code });
+          return { kind: 'refused', refusal: stale, withheld: false };
+        }
         const charged = chargedCost(error, cost);
         this.#settle(auth, { tokens: 0, cost: charged });
         const cancelled = (abort.cancel ?? abort.signal).aborted;

@@ -1,0 +1,128 @@
+/**
+ * An approved call that waits for its turn on an `exclusive` upstream after the human approved
+ * it (a real sidecar over HTTP, a real server-filesystem upstream marked exclusive, the
+ * official SDK client, MCP tasks, the Operator API). The gateway checks an approved call's
+ * paths again before it is sent, so a symlink changed after the human looked cannot make it
+ * touch another file — and that check must come when the turn comes, not before the wait for
+ * it: another session can hold the turn as long as it likes (here: a read of a FIFO nobody
+ * writes yet), and the agent can move the symlink meanwhile.
+ */
+import { execFileSync } from 'node:child_process';
+import {
+  closeSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  openSync,
+  symlinkSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import { listApprovals, type ApiApproval } from '../fixtures/api.js';
+import {
+  ADMIN_TOKEN,
+  DEFAULT_ALLOW,
+  agentToken,
+  api,
+  closeSidecar,
+  filesystemUpstream,
+  httpClient,
+  startTestSidecar,
+  tempDir,
+  text,
+  until,
+} from '../fixtures/gateway/harness.js';
+import { callAsTask } from '../fixtures/gateway/tasks.js';
+
+let sidecar: Sidecar | undefined;
+afterEach(async () => {
+  await closeSidecar(sidecar);
+  sidecar = undefined;
+});
+
+/** A writer's fd on `fifo` once a reader has it open (a non-blocking open fails before). */
+function writerOnceRead(fifo: string): number | undefined {
+  try {
+    return openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+  } catch {
+    return undefined;
+  }
+}
+
+describe('an approved call waiting for its turn on an exclusive upstream', () => {
+  it('is refused when a symlink on its path moved while it waited; nothing is written', async () => {
+    const root = tempDir('races-exclusive');
+    mkdirSync(join(root, 'public'));
+    mkdirSync(join(root, 'secret'));
+    symlinkSync(join(root, 'public'), join(root, 'link'));
+    const fifo = join(root, 'hold.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const s = (sidecar = await startTestSidecar({
+      upstreams: { fs: { ...filesystemUpstream(root), exclusive: true } },
+      policies: [
+        {
+          name: 'guard',
+          priority: 100,
+          rules: [
+            { tool: 'fs__*', action: 'deny', conditions: { path: '**/secret/**' } },
+            { tool: 'fs__write_file', action: 'require_approval' },
+          ],
+        },
+        DEFAULT_ALLOW,
+      ],
+      agents: [{ name: 'worker' }],
+      gateway: { tasks: { maxTtlSeconds: 120 } },
+    }));
+    const token = agentToken(s, 'worker');
+    // Session B holds the upstream's turn: its read waits for a writer of the FIFO.
+    const holder = await httpClient(s.url!, token);
+    const held = holder.callTool({ name: 'fs__read_text_file', arguments: { path: fifo } });
+    let writer: number | undefined;
+    await until(() => (writer = writerOnceRead(fifo)) !== undefined);
+    try {
+      // Session A's write parks for approval; the human sees it resolve into public/.
+      const agent = await httpClient(s.url!, token);
+      const { task } = await callAsTask(agent, 'fs__write_file', {
+        path: join(root, 'link', 'out.txt'),
+        content: 'approved for public',
+      });
+      let parked: ApiApproval | undefined;
+      await until(async () => {
+        parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
+        return parked !== undefined;
+      });
+      expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'out.txt'));
+      expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
+      // Checked and forwarded: now it waits for its turn.
+      await until(
+        async () => (await agent.experimental.tasks.getTask(task.taskId)).status === 'working',
+      );
+      unlinkSync(join(root, 'link'));
+      symlinkSync(join(root, 'secret'), join(root, 'link'));
+      // B's read ends; A's turn comes.
+      writeSync(writer!, 'held');
+      closeSync(writer!);
+      writer = undefined;
+      expect((await held).isError).toBeFalsy();
+      await until(async () => {
+        const t = await agent.experimental.tasks.getTask(task.taskId);
+        return t.status === 'failed' || t.status === 'completed';
+      });
+      const result = await agent.experimental.tasks.getTaskResult(
+        task.taskId,
+        CallToolResultSchema,
+      );
+      expect(text(result)).toContain('FABRIC_ERR_APPROVAL_STALE');
+      expect(existsSync(join(root, 'secret', 'out.txt'))).toBe(false);
+      expect(existsSync(join(root, 'public', 'out.txt'))).toBe(false);
+      await agent.close();
+    } finally {
+      if (writer !== undefined) closeSync(writer);
+      await holder.close();
+    }
+  }, 60_000);
+});
