@@ -633,6 +633,9 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   #configure(scope: ScopeUsage, config: BudgetConfig | null): void {
     scope.setConfig(config, Date.now());
     this.#store.changed(scope.scope, scope);
+    // Calls parked in reserveWhenFree are decided by the new limits now: a raised (or removed)
+    // limit lets in those that fit, a lowered one refuses those that waiting can no longer help.
+    if (this.#waiters.length > 0) this.#wake();
   }
 
   #own(reservation: Reservation): ReservationImpl {

@@ -9,7 +9,8 @@
  *   default action denies) while the call waits refuses it when the human approves, and the
  *   upstream never runs it; a change that still lets it through runs it as approved;
  * - budget waits: a call that other calls' in-flight reservations kept out, let in when one of
- *   them ended, is refused by a deny rule added while it waited (and its reservation released).
+ *   them ended, is refused by a deny rule added while it waited (and its reservation released);
+ *   and a limit the operator raises while it waits lets it in then, not when the others end.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -198,5 +199,55 @@ describe('a policy change while a call waits for its budget', () => {
     expect(text(result)).toContain('FABRIC_ERR_POLICY_DENIED');
     expect(ran()).not.toContain('start c');
     await until(() => s.fabric!.budgets.getStatus(id).tokensReserved === 0);
+  }, 60_000);
+});
+
+describe('a budget change while a call waits for its budget', () => {
+  it('a raised limit lets the waiting call in at once, not when the other call ends', async () => {
+    const dir = tempDir('races-budget-raise');
+    const countFile = join(dir, 'count.txt');
+    const s = (sidecar = await startTestSidecar({
+      upstreams: {
+        slow: {
+          command: process.execPath,
+          args: [SLOW_SERVER],
+          env: { COUNT_FILE: countFile },
+          stderr: 'ignore',
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'worker' }],
+      gateway: { budgetWaitSeconds: 120 },
+    }));
+    const id = agentId(s, 'worker');
+    const ran = (): string => (existsSync(countFile) ? readFileSync(countFile, 'utf8') : '');
+    const client = await httpClient(s.url!, agentToken(s, 'worker'));
+    const slow = (label: string, ms: number, signal?: AbortSignal) =>
+      client.callTool({ name: 'slow__slow', arguments: { label, ms } }, undefined, {
+        timeout: 120_000,
+        ...(signal === undefined ? {} : { signal }),
+      });
+    expect((await slow('a', 1)).isError).toBeFalsy();
+    const e = s.gateway.tokenEstimates.get(id, 'slow__slow').tokens;
+    const used = s.fabric!.budgets.getStatus(id).tokensUsed;
+    const limits = (max: number) =>
+      api(s, 'BudgetService/SetBudgetLimits', {
+        scope: { agentId: id },
+        limits: { maxTokensPerHour: max },
+      });
+    expect((await limits(used + e + Math.floor(e / 2))).status).toBe(200);
+    const holder = new AbortController();
+    const holding = slow('b', 20_000, holder.signal).catch((error: unknown) => error);
+    await until(() => ran().includes('start b'));
+    const waiting = slow('c', 1);
+    await until(() => s.fabric!.budgets.waiting === 1);
+    expect((await limits(used + 10 * e)).status).toBe(200);
+    const result = await waiting;
+    expect(result.isError).toBeFalsy();
+    // It ran while the other call was still at its upstream.
+    expect(ran()).toContain('end c');
+    expect(ran()).not.toContain('end b');
+    holder.abort();
+    await holding;
   }, 60_000);
 });
