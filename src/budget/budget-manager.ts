@@ -11,6 +11,7 @@ import {
   InvalidUsageError,
 } from '../errors.js';
 import { TypedEmitter } from '../events.js';
+import { BudgetClock, type BootClock, type BudgetClockStep } from './budget-clock.js';
 import type { BudgetConfig } from './budget-config.js';
 import { InMemoryBudgetStore, type BudgetStore } from './budget-store.js';
 import { ScopeUsage, type BudgetAlert, type BudgetShortfall } from './scope-usage.js';
@@ -121,6 +122,12 @@ export interface BudgetManagerOptions {
    * @default DEFAULT_MAX_WAITERS_PER_AGENT
    */
   maxWaitersPerAgent?: number;
+  /**
+   * The boot-time clock (ms, suspended time included) the budget clock tells a machine's
+   * suspend from a wall-clock step by; for tests.
+   * @default `/proc/uptime` where it exists
+   */
+  bootClock?: BootClock;
 }
 
 /** Default of {@link BudgetManagerOptions.maxWaitersPerAgent}. */
@@ -139,6 +146,11 @@ export type BudgetEvents = {
   warning: [alert: BudgetAlert];
   /** Usage reached 100% of a limit. */
   exhausted: [alert: BudgetAlert];
+  /**
+   * The wall clock stepped (by more than `CLOCK_STEP_TOLERANCE_MS` beyond elapsed time); the
+   * windows kept their elapsed time: the usage they hold was moved by the step.
+   */
+  clockStep: [step: BudgetClockStep];
 };
 
 /** A call parked by {@link BudgetManager.reserveWhenFree}. */
@@ -234,6 +246,10 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   /** Parked calls per agent (see `maxWaitersPerAgent`). */
   readonly #waitersOf = new Map<string, number>();
   readonly #maxWaiters: number;
+  readonly #clock: BudgetClock;
+  /** Sum of the wall-clock steps seen (ms): how far state stored before them is moved on load. */
+  #steppedMs = 0;
+  #clockSteps = 0;
 
   constructor(options: BudgetManagerOptions = {}) {
     super();
@@ -241,7 +257,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
       throw new ConfigError('options', 'must be an object');
     }
     for (const key of Object.keys(options)) {
-      if (key !== 'store' && key !== 'maxWaitersPerAgent') {
+      if (key !== 'store' && key !== 'maxWaitersPerAgent' && key !== 'bootClock') {
         throw new ConfigError(`options.${key}`, 'is not a known option');
       }
     }
@@ -255,6 +271,38 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
       throw new ConfigError('options.store', 'must implement BudgetStore (load, changed, delete)');
     }
     this.#store = store;
+    this.#clock = new BudgetClock((step) => this.#stepped(step), options.bootClock);
+  }
+
+  /**
+   * The time windows are read at (epoch ms): the wall clock as of this manager's start, advanced
+   * on the monotonic clock; it follows the wall clock's slewing, and a step too, but then moves
+   * the usage every window holds by the step (see `BudgetClock`). `retryAt` and `resetsAt` are
+   * on this clock, which is the wall clock but for at most a second after a step.
+   */
+  now(): number {
+    return this.#clock.now();
+  }
+
+  /** Wall-clock steps seen since this manager started (see the `clockStep` event). */
+  get clockSteps(): number {
+    return this.#clockSteps;
+  }
+
+  /** The wall clock stepped: every live window keeps the elapsed time it had left. */
+  #stepped(step: BudgetClockStep): void {
+    this.#clockSteps++;
+    this.#steppedMs += step.stepMs;
+    const now = step.at;
+    const moved = (s: ScopeUsage): void => {
+      s.shift(step.stepMs, now);
+      // The store writes the moved windows (a lease's heads no longer match: no write is skipped).
+      this.#store.changed(s.scope, s);
+    };
+    for (const s of this.#agents.values()) moved(s);
+    for (const s of this.#pools.values()) moved(s);
+    if (this.#fabric !== undefined) moved(this.#fabric);
+    this.emit('clockStep', step);
   }
 
   /** The store holding this manager's state. */
@@ -325,7 +373,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   recordUsage(agentId: string, usage: UsageAmount, options?: BudgetCallOptions): void {
     const tokens = amount('usage.tokens', usage, 'tokens');
     const cost = amount('usage.cost', usage, 'cost');
-    const now = Date.now();
+    const now = this.#clock.now();
     const poolId = options?.poolId;
     this.#record(
       this.#agent(id('agentId', agentId)),
@@ -349,7 +397,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     const poolId = options?.poolId;
     if (options?.unmetered === true) return ALLOWED;
     if (options?.clampTokens === true) tokens = this.#clamp(agentId, poolId, tokens);
-    const short = this.#shortfall(agentId, poolId, tokens, cost, Date.now());
+    const short = this.#shortfall(agentId, poolId, tokens, cost, this.#clock.now());
     return short === null ? ALLOWED : Object.freeze({ allowed: false as const, ...short });
   }
 
@@ -364,7 +412,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     const poolId = options?.poolId;
     if (options?.unmetered === true) return this.#hold(agentId, poolId, 0, 0);
     if (options?.clampTokens === true) tokens = this.#clamp(agentId, poolId, tokens);
-    const short = this.#shortfall(agentId, poolId, tokens, cost, Date.now());
+    const short = this.#shortfall(agentId, poolId, tokens, cost, this.#clock.now());
     if (short !== null) throw new BudgetExceededError(short);
     return this.#hold(agentId, poolId, tokens, cost);
   }
@@ -445,7 +493,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
    * `final`, or leaves it waiting (false).
    */
   #attempt(w: Waiter, final: boolean): boolean {
-    const now = Date.now();
+    const now = this.#clock.now();
     const tokens = w.clamp ? this.#clamp(w.agentId, w.poolId, w.tokens) : w.tokens;
     const short = this.#shortfall(w.agentId, w.poolId, tokens, w.cost, now);
     if (short === null) {
@@ -520,7 +568,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     const cost = actual?.cost === undefined ? r.cost : amount('actual.cost', actual, 'cost');
     r.code = SETTLED;
     unreserve(r);
-    const now = Date.now();
+    const now = this.#clock.now();
     let short: BudgetShortfall | null = null;
     if (options?.requireFit === true && tokens > 0) {
       // A forgotten agent's scope records nothing, so it cannot be overspent either.
@@ -546,17 +594,17 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
 
   /** Usage and limits of an agent. */
   getStatus(agentId: string): BudgetStatus {
-    return status(this.#agent(id('agentId', agentId)), Date.now());
+    return status(this.#agent(id('agentId', agentId)), this.#clock.now());
   }
 
   /** Usage and limits of a pool (usage of every call made with this `poolId`). */
   getPoolStatus(poolId: string): BudgetStatus {
-    return status(this.#pool(id('poolId', poolId)), Date.now());
+    return status(this.#pool(id('poolId', poolId)), this.#clock.now());
   }
 
   /** Fabric-wide usage and limits. */
   getFabricStatus(): BudgetStatus {
-    return status(this.#fabricScope(), Date.now());
+    return status(this.#fabricScope(), this.#clock.now());
   }
 
   #shortfall(
@@ -631,7 +679,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   }
 
   #configure(scope: ScopeUsage, config: BudgetConfig | null): void {
-    scope.setConfig(config, Date.now());
+    scope.setConfig(config, this.#clock.now());
     this.#store.changed(scope.scope, scope);
     // Calls parked in reserveWhenFree are decided by the new limits now: a raised (or removed)
     // limit lets in those that fit, a lowered one refuses those that waiting can no longer help.
@@ -654,11 +702,17 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   }
 
   #fabricScope(): ScopeUsage {
-    return (this.#fabric ??= new ScopeUsage(FABRIC, Date.now(), this.#store.load(FABRIC)));
+    return (this.#fabric ??= new ScopeUsage(
+      FABRIC,
+      this.#clock.now(),
+      this.#store.load(FABRIC),
+      this.#steppedMs,
+    ));
   }
 
   #load(map: Map<string, ScopeUsage>, key: string, scope: string): ScopeUsage {
-    const s = new ScopeUsage(scope, Date.now(), this.#store.load(scope));
+    const now = this.#clock.now();
+    const s = new ScopeUsage(scope, now, this.#store.load(scope), this.#steppedMs);
     map.set(key, s);
     return s;
   }

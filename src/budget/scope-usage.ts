@@ -105,7 +105,12 @@ export class ScopeUsage implements BudgetStateSource {
   /** The last leased write a store made of this scope (undefined: none). */
   #lease: PersistedLease | undefined;
 
-  constructor(scope: string, now: number, snapshot?: BudgetScopeSnapshot) {
+  /**
+   * @param shiftMs for a scope read from `snapshot`: how far the clock has stepped since this
+   *   process started (see BudgetClock); its windows are moved by as much, then back to `now`
+   *   when they are ahead of it (see `UsageWindow.clampTo`).
+   */
+  constructor(scope: string, now: number, snapshot?: BudgetScopeSnapshot, shiftMs = 0) {
     this.scope = scope;
     if (snapshot === undefined) {
       this.tokens = new SlidingWindow(HOUR_MS, TOKEN_BUCKET_MS, now);
@@ -114,6 +119,9 @@ export class ScopeUsage implements BudgetStateSource {
     }
     this.tokens = windowFromJSON(snapshot.tokens);
     this.cost = windowFromJSON(snapshot.cost);
+    if (shiftMs !== 0) this.shift(shiftMs, now);
+    this.tokens.clampTo(now);
+    this.cost.clampTo(now);
     if (snapshot.config !== null) this.setConfig(snapshot.config, now);
     this.tokensWarned = snapshot.alerts.tokensWarned;
     this.tokensExhausted = snapshot.alerts.tokensExhausted;
@@ -142,6 +150,12 @@ export class ScopeUsage implements BudgetStateSource {
     this.rawConfig = Object.freeze({ ...raw });
     this.#tokensWarnAt = (resolved.maxTokensPerHour * resolved.warnAtPercent) / 100;
     this.#costWarnAt = (resolved.maxCostPerDay * resolved.warnAtPercent) / 100;
+  }
+
+  /** The clock stepped by `deltaMs`: moves the usage in both windows by as much. */
+  shift(deltaMs: number, now: number): void {
+    this.tokens.shift(deltaMs, now);
+    this.cost.shift(deltaMs, now);
   }
 
   /** Null when `tokens`/`cost` fit on top of usage and reservations; else why not. */

@@ -28,6 +28,14 @@ export interface UtcDayWindowState {
   /** Days since the epoch (UTC) of `used`. */
   day: number;
   used: number;
+  /**
+   * Set when a wall-clock step moved the count across a midnight (see `UtcDayWindow.shift`):
+   * `used` then holds usage of the day that was current before the step until this time (epoch
+   * ms, before the end of `day`), when it falls to `tail`.
+   */
+  until?: number;
+  /** With `until`: the usage recorded since the step, which stays counted in `day`. */
+  tail?: number;
 }
 
 /** Serialized form of any usage window. */
@@ -47,6 +55,18 @@ export interface UsageWindow {
   freedAt(amount: number, now: number): number | null;
   /** When usage next drops (the oldest amount leaves), or null when the window is empty. */
   nextDropAt(now: number): number | null;
+  /**
+   * The clock stepped by `deltaMs` (`now` is on the new clock): moves the usage held on the
+   * time axis by as much, so it leaves the window after the elapsed time it had left — rounded
+   * so that it never leaves early (at most one bucket late).
+   */
+  shift(deltaMs: number, now: number): void;
+  /**
+   * For a window read from a store: when it is ahead of `now` (the wall clock went back while
+   * the process was down, or the writer's clock was ahead), moves it back to `now`, as if no
+   * time had passed since it was written — nothing is forgiven, nothing held past its length.
+   */
+  clampTo(now: number): void;
   /**
    * Where new usage goes, as of the last `add`/`used`/`freedAt` (not advanced to now): the
    * absolute index of the newest bucket, or the UTC day. Only `add` to the same head raises
@@ -134,6 +154,22 @@ export class SlidingWindow implements UsageWindow {
     return this.used(now) > 0 ? this.freedAt(Number.MIN_VALUE, now) : null;
   }
 
+  shift(deltaMs: number): void {
+    const k = Math.ceil(deltaMs / this.#bucketMs);
+    if (k === 0 || !Number.isFinite(k)) return;
+    const n = this.#n;
+    const old = Float64Array.from(this.#buckets);
+    for (let b = this.#head - n + 1; b <= this.#head; b++) {
+      this.#buckets[mod(b + k, n)] = old[mod(b, n)]!;
+    }
+    this.#head += k;
+  }
+
+  clampTo(now: number): void {
+    const idx = Math.floor(now / this.#bucketMs);
+    if (idx < this.#head) this.shift((idx - this.#head) * this.#bucketMs);
+  }
+
   get head(): number {
     return this.#head;
   }
@@ -201,11 +237,21 @@ export class SlidingWindow implements UsageWindow {
   }
 }
 
-/** Usage since 00:00 UTC today: one counter that resets when the UTC date changes. */
+/**
+ * Usage since 00:00 UTC today: one counter that resets when the UTC date changes.
+ *
+ * After a wall-clock step that moved the count across a midnight (see {@link shift}) the window
+ * holds two: the count of the day that was current before the step, kept until that day's
+ * elapsed length is over (`until`), and the usage since the step (`tail`), which is all that
+ * stays counted after `until`, until the end of the (new) day.
+ */
 export class UtcDayWindow implements UsageWindow {
   readonly kind = 'utc-day' as const;
   #day: number;
   #used = 0;
+  /** 0: no step extension; else see {@link UtcDayWindowState.until}. */
+  #until = 0;
+  #tail = 0;
 
   constructor(now: number) {
     this.#day = Math.floor(now / DAY_MS);
@@ -217,6 +263,14 @@ export class UtcDayWindow implements UsageWindow {
     const used = storedAmount(state.used);
     if (used === undefined) throw new RangeError('used must be >= 0');
     w.#used = used;
+    if (state.until !== undefined) {
+      const tail = storedAmount(state.tail ?? 0);
+      if (typeof state.until !== 'number' || !Number.isFinite(state.until) || tail === undefined) {
+        throw new RangeError('until must be a time and tail >= 0');
+      }
+      w.#until = state.until;
+      w.#tail = Math.min(tail, used);
+    }
     return w;
   }
 
@@ -227,17 +281,56 @@ export class UtcDayWindow implements UsageWindow {
 
   add(amount: number, now: number): number {
     this.#advance(now);
+    if (this.#until !== 0) this.#tail += amount;
     return (this.#used += amount);
   }
 
   freedAt(amount: number, now: number): number | null {
     this.#advance(now);
-    return this.#used > 0 && this.#used >= amount ? (this.#day + 1) * DAY_MS : null;
+    if (!(this.#used > 0 && this.#used >= amount)) return null;
+    return this.#until !== 0 && this.#used - this.#tail >= amount
+      ? this.#until
+      : (this.#day + 1) * DAY_MS;
   }
 
   nextDropAt(now: number): number | null {
     this.#advance(now);
-    return this.#used > 0 ? (this.#day + 1) * DAY_MS : null;
+    if (this.#used <= 0) return null;
+    return this.#until !== 0 && this.#used > this.#tail ? this.#until : (this.#day + 1) * DAY_MS;
+  }
+
+  /**
+   * The count covers the elapsed time from its start to `end` (the end of its day, or `until`);
+   * moved by `deltaMs`, both may fall in another UTC day than the one `now` is in. When the
+   * moved start is in today (a step back, typically), everything counted happened today: the
+   * count is today's. Otherwise it may straddle midnight: the count is kept until the moved end
+   * (less than a day from now) and only what is recorded from now on stays counted after that.
+   */
+  shift(deltaMs: number, now: number): void {
+    const today = Math.floor(now / DAY_MS);
+    if (!Number.isFinite(deltaMs)) return;
+    if (this.#used <= 0) {
+      this.#day = today;
+      this.#until = this.#tail = 0;
+      return;
+    }
+    const end = (this.#until !== 0 ? this.#until : (this.#day + 1) * DAY_MS) + deltaMs;
+    const start = end - DAY_MS;
+    if (start >= today * DAY_MS) {
+      this.#until = this.#tail = 0;
+    } else if (end <= now) {
+      this.#used = this.#until !== 0 ? this.#tail : 0;
+      this.#until = this.#tail = 0;
+    } else {
+      if (this.#until === 0) this.#tail = 0;
+      this.#until = end;
+    }
+    this.#day = today;
+  }
+
+  clampTo(now: number): void {
+    const today = Math.floor(now / DAY_MS);
+    if (today < this.#day) this.shift((today - this.#day) * DAY_MS, now);
   }
 
   get head(): number {
@@ -249,18 +342,29 @@ export class UtcDayWindow implements UsageWindow {
   }
 
   toJSON(): UtcDayWindowState {
-    return { kind: 'utc-day', day: this.#day, used: this.#used };
+    return this.#until === 0
+      ? { kind: 'utc-day', day: this.#day, used: this.#used }
+      : { kind: 'utc-day', day: this.#day, used: this.#used, until: this.#until, tail: this.#tail };
   }
 
   toJSONText(extra = 0): string {
-    return `{"kind":"utc-day","day":${jsonNumber(this.#day)},"used":${jsonNumber(this.#used + extra)}}`;
+    const text = `{"kind":"utc-day","day":${jsonNumber(this.#day)},"used":${jsonNumber(this.#used + extra)}`;
+    // A lease is a ceiling of what was recorded since: it covers the tail too.
+    return this.#until === 0
+      ? text + '}'
+      : `${text},"until":${jsonNumber(this.#until)},"tail":${jsonNumber(this.#tail + extra)}}`;
   }
 
   #advance(now: number): void {
+    if (this.#until !== 0 && now >= this.#until) {
+      this.#used = this.#tail;
+      this.#until = this.#tail = 0;
+    }
     const day = Math.floor(now / DAY_MS);
     if (day > this.#day) {
       this.#day = day;
       this.#used = 0;
+      this.#until = this.#tail = 0;
     }
   }
 }

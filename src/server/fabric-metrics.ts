@@ -210,6 +210,12 @@ export class FabricMetrics {
         'Calls waiting for in-flight reservations to settle before their budget admits them.',
         budgets.waiting,
       ),
+      one(
+        'agent_fabric_budget_clock_steps_total',
+        'counter',
+        'Wall-clock steps the budget windows did not follow (their usage kept its elapsed time).',
+        budgets.clockSteps,
+      ),
     ];
   }
 }

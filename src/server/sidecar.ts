@@ -251,6 +251,15 @@ export class Sidecar {
         const f = fabric;
         cleanup.push(f);
         tracing?.followTasks(fabric.scheduler.events);
+        // Once per step (the windows then follow the new clock): the operator sees why usage
+        // did not roll when the clock jumped ahead, or was not held longer when it went back.
+        fabric.budgets.on('clockStep', ({ stepMs }) =>
+          log({
+            level: 'warn',
+            msg: `budgets: the wall clock stepped ${stepMs > 0 ? 'ahead' : 'back'} by ${Math.round(Math.abs(stepMs) / 1000)} s; budget windows keep the elapsed time they had left`,
+            stepMs,
+          }),
+        );
         const plugins = new PluginHost(fabric, {
           log: ({ level, msg, plugin, ...fields }) =>
             log({ ...fields, level, msg: `plugin ${plugin}: ${msg}` }),

@@ -221,7 +221,7 @@ describe('BudgetManager under concurrency: clamped estimates, bounded waits, set
 
     it('charges only the cost of tokens that do not fit, and says why and when they would', () => {
       budgets.recordUsage('a', { tokens: 700 });
-      vi.setSystemTime(T0 + 10 * MIN);
+      vi.advanceTimersByTime(10 * MIN);
       const r = budgets.reserve('a', { tokens: 10, cost: 2 });
       const short = budgets.settle(r, { tokens: 400, cost: 2 }, { requireFit: true });
       expect(short).toEqual({

@@ -10,10 +10,10 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { BudgetManager } from '../../src/budget/budget-manager.js';
-import type { BudgetScopeSnapshot } from '../../src/budget/budget-store.js';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { SqliteStore, type SqliteStoreOptions } from '../../src/store/sqlite-store.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
+import { budgetOnDisk, usedOnDisk } from '../fixtures/state/budget-rows.js';
 
 const stores: SqliteStore[] = [];
 afterEach(async () => {
@@ -28,24 +28,6 @@ async function open(
   const s = await SqliteStore.open(path, options);
   stores.push(s);
   return s;
-}
-
-/** The row of `scope` as committed (read through a second connection). */
-function onDisk(path: string, scope: string): BudgetScopeSnapshot | undefined {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  try {
-    const row = db
-      .prepare<[string], { data: string }>('SELECT data FROM budgets WHERE scope = ?')
-      .get(scope);
-    return row === undefined ? undefined : (JSON.parse(row.data) as BudgetScopeSnapshot);
-  } finally {
-    db.close();
-  }
-}
-
-/** Usage a window of a committed row counts (every bucket is inside the window here). */
-function used(w: BudgetScopeSnapshot['tokens']): number {
-  return w.kind === 'utc-day' ? w.used : w.buckets.reduce((a, b) => a + b, 0);
 }
 
 /** A manager over `store`; agent `a` and the fabric limited, so every scope leases on limits. */
@@ -71,10 +53,10 @@ describe('budget lease (SqliteBudgetStore)', () => {
     await record(m, 1);
     const first = s.stats.commits;
     // 1 % of the limits on top of the usage: cost 1 + 10, tokens 100 + 10,000.
-    let row = onDisk(s.path, 'agent:a')!;
-    expect(used(row.cost)).toBe(11);
-    expect(used(row.tokens)).toBe(10_100);
-    expect(used(onDisk(s.path, 'fabric')!.cost)).toBe(11);
+    let row = budgetOnDisk(s.path, 'agent:a')!;
+    expect(usedOnDisk(row.cost)).toBe(11);
+    expect(usedOnDisk(row.tokens)).toBe(10_100);
+    expect(usedOnDisk(budgetOnDisk(s.path, 'fabric')!.cost)).toBe(11);
     // Ten more calls stay under the cost ceiling (11): no commit at all.
     await record(m, 10);
     expect(s.stats.commits).toBe(first);
@@ -82,9 +64,9 @@ describe('budget lease (SqliteBudgetStore)', () => {
     // The twelfth passes it: committed before the awaiting caller resumes, with a new lease.
     await record(m, 1);
     expect(s.stats.commits).toBe(first + 1);
-    row = onDisk(s.path, 'agent:a')!;
-    expect(used(row.cost)).toBe(22);
-    expect(used(row.tokens)).toBe(11_200);
+    row = budgetOnDisk(s.path, 'agent:a')!;
+    expect(usedOnDisk(row.cost)).toBe(22);
+    expect(usedOnDisk(row.tokens)).toBe(11_200);
   });
 
   it('never lets the committed usage fall below the usage in memory', async () => {
@@ -93,11 +75,11 @@ describe('budget lease (SqliteBudgetStore)', () => {
     for (let i = 0; i < 200; i++) {
       await record(m, 1, 0.1 + (i % 7) * 0.013);
       const live = m.getStatus('a');
-      const row = onDisk(s.path, 'agent:a')!;
-      expect(used(row.cost)).toBeGreaterThanOrEqual(live.costUsed);
-      expect(used(row.tokens)).toBeGreaterThanOrEqual(live.tokensUsed);
+      const row = budgetOnDisk(s.path, 'agent:a')!;
+      expect(usedOnDisk(row.cost)).toBeGreaterThanOrEqual(live.costUsed);
+      expect(usedOnDisk(row.tokens)).toBeGreaterThanOrEqual(live.tokensUsed);
       // …and above it by at most one lease (1 % of the limit).
-      expect(used(row.cost)).toBeLessThanOrEqual(live.costUsed + 0.5 + 1e-9);
+      expect(usedOnDisk(row.cost)).toBeLessThanOrEqual(live.costUsed + 0.5 + 1e-9);
     }
   });
 
@@ -105,24 +87,25 @@ describe('budget lease (SqliteBudgetStore)', () => {
     const s = await open();
     const m = manager(s);
     await record(m, 3);
-    expect(used(onDisk(s.path, 'agent:a')!.cost)).toBe(11);
+    expect(usedOnDisk(budgetOnDisk(s.path, 'agent:a')!.cost)).toBe(11);
     s.flush();
-    expect(used(onDisk(s.path, 'agent:a')!.cost)).toBe(3);
-    expect(used(onDisk(s.path, 'agent:a')!.tokens)).toBe(300);
+    expect(usedOnDisk(budgetOnDisk(s.path, 'agent:a')!.cost)).toBe(3);
+    expect(usedOnDisk(budgetOnDisk(s.path, 'agent:a')!.tokens)).toBe(300);
     // Leased again from the next change on…
     await record(m, 1);
-    expect(used(onDisk(s.path, 'agent:a')!.cost)).toBe(14);
+    expect(usedOnDisk(budgetOnDisk(s.path, 'agent:a')!.cost)).toBe(14);
     // …and exact after close.
     await s.close();
-    expect(used(onDisk(s.path, 'agent:a')!.cost)).toBe(4);
-    expect(used(onDisk(s.path, 'fabric')!.cost)).toBe(4);
+    expect(usedOnDisk(budgetOnDisk(s.path, 'agent:a')!.cost)).toBe(4);
+    expect(usedOnDisk(budgetOnDisk(s.path, 'fabric')!.cost)).toBe(4);
     const reopened = await open({}, s.path);
     const again = new BudgetManager({ store: reopened.budgets });
     expect(again.getStatus('a')).toMatchObject({ costUsed: 4, tokensUsed: 400 });
   });
 
   it('commits at once what a ceiling cannot cover: a new bucket, an alert, a limit change', async () => {
-    vi.useFakeTimers({ toFake: ['Date'] });
+    // Budget windows count elapsed time: both clocks are the test's, and a minute passes on both.
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     vi.setSystemTime(Date.UTC(2026, 0, 1, 10, 0, 5));
     const s = await open();
     const m = manager(s, 100); // cost lease 1
@@ -131,10 +114,10 @@ describe('budget lease (SqliteBudgetStore)', () => {
     await record(m, 1, 0.1);
     expect(s.stats.commits).toBe(commits); // covered
     // The next minute: tokens go to a new bucket, which holds no lease yet.
-    vi.setSystemTime(Date.UTC(2026, 0, 1, 10, 1, 5));
+    vi.advanceTimersByTime(60_000);
     await record(m, 1, 0.1);
     expect(s.stats.commits).toBe(commits + 1);
-    const tokens = onDisk(s.path, 'agent:a')!.tokens;
+    const tokens = budgetOnDisk(s.path, 'agent:a')!.tokens;
     // The lease moves to the new head; the first minute's bucket is written exact.
     expect(tokens.kind === 'sliding' && tokens.buckets.filter((b) => b > 0)).toEqual([200, 10_100]);
     // Crossing the warning line (80 %) flips an alert flag: committed, even under the ceiling.
@@ -145,13 +128,13 @@ describe('budget lease (SqliteBudgetStore)', () => {
     await record(m, 1, 0.3); // 80.1: under the ceiling, over the warning line
     expect(warnings).toHaveLength(2); // the agent and the fabric
     expect(s.stats.commits).toBe(commits + 1);
-    expect(onDisk(s.path, 'agent:a')!.alerts.costWarned).toBe(true);
+    expect(budgetOnDisk(s.path, 'agent:a')!.alerts.costWarned).toBe(true);
     // A limit change is committed whatever the usage.
     commits = s.stats.commits;
     m.setBudget('a', { maxTokensPerHour: 1_000_000, maxCostPerDay: 200 });
     await Promise.resolve();
     expect(s.stats.commits).toBe(commits + 1);
-    expect(onDisk(s.path, 'agent:a')!.config).toEqual({
+    expect(budgetOnDisk(s.path, 'agent:a')!.config).toEqual({
       maxTokensPerHour: 1_000_000,
       maxCostPerDay: 200,
     });
@@ -162,12 +145,12 @@ describe('budget lease (SqliteBudgetStore)', () => {
     const m = manager(s, 100); // lease 1
     await record(m, 1, 99.5);
     // Only 0.5 of room: the ceiling stops at the limit (a crash never shows it overspent).
-    expect(used(onDisk(s.path, 'agent:a')!.cost)).toBe(100);
+    expect(usedOnDisk(budgetOnDisk(s.path, 'agent:a')!.cost)).toBe(100);
     await record(m, 1, 0.5);
-    expect(used(onDisk(s.path, 'agent:a')!.cost)).toBe(100);
+    expect(usedOnDisk(budgetOnDisk(s.path, 'agent:a')!.cost)).toBe(100);
     m.recordUsage('a', { cost: 3 }); // over the limit (usage without a reservation)
     await Promise.resolve();
-    expect(used(onDisk(s.path, 'agent:a')!.cost)).toBe(103);
+    expect(usedOnDisk(budgetOnDisk(s.path, 'agent:a')!.cost)).toBe(103);
   });
 
   it('leases a percentage of the usage on a scope without limits', async () => {
@@ -175,9 +158,9 @@ describe('budget lease (SqliteBudgetStore)', () => {
     const m = new BudgetManager({ store: s.budgets });
     m.recordUsage('t', { tokens: 1000, cost: 2 });
     await Promise.resolve();
-    const row = onDisk(s.path, 'agent:t')!;
-    expect(used(row.tokens)).toBe(1010);
-    expect(used(row.cost)).toBe(2.02);
+    const row = budgetOnDisk(s.path, 'agent:t')!;
+    expect(usedOnDisk(row.tokens)).toBe(1010);
+    expect(usedOnDisk(row.cost)).toBe(2.02);
     const commits = s.stats.commits;
     m.recordUsage('t', { tokens: 10, cost: 0.02 });
     await Promise.resolve();
@@ -197,12 +180,12 @@ describe('budget lease (SqliteBudgetStore)', () => {
     other.exec('BEGIN IMMEDIATE');
     await record(m, 1);
     expect(errors).toHaveLength(1);
-    expect(onDisk(s.path, 'agent:a')).toBeUndefined();
+    expect(budgetOnDisk(s.path, 'agent:a')).toBeUndefined();
     other.exec('ROLLBACK');
     other.close();
     // Under that ceiling, but not on disk: this change must commit.
     await record(m, 1);
-    expect(used(onDisk(s.path, 'agent:a')!.cost)).toBeGreaterThanOrEqual(2);
+    expect(usedOnDisk(budgetOnDisk(s.path, 'agent:a')!.cost)).toBeGreaterThanOrEqual(2);
   }, 20_000);
 
   it('with budgetLeasePercent 0, commits every change exactly', async () => {
@@ -212,7 +195,7 @@ describe('budget lease (SqliteBudgetStore)', () => {
       const before = s.stats.commits;
       await record(m, 1);
       expect(s.stats.commits).toBe(before + 1);
-      expect(used(onDisk(s.path, 'agent:a')!.cost)).toBe(i);
+      expect(usedOnDisk(budgetOnDisk(s.path, 'agent:a')!.cost)).toBe(i);
     }
   });
 

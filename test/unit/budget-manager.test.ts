@@ -17,6 +17,16 @@ const T0 = Date.parse('2026-03-02T10:00:30Z');
 const MIN = 60_000;
 const HOUR = 60 * MIN;
 
+/**
+ * Time passes until `t`: both clocks move (budget windows count elapsed time; moving the wall
+ * clock alone is a step, see the clock-step tests).
+ */
+function passTo(t: number): void {
+  const ms = t - Date.now();
+  if (ms < 0) throw new Error('time does not pass backwards');
+  vi.advanceTimersByTime(ms);
+}
+
 function exceeded(fn: () => unknown): BudgetExceededError {
   try {
     fn();
@@ -30,7 +40,7 @@ function exceeded(fn: () => unknown): BudgetExceededError {
 describe('BudgetManager', () => {
   let budgets: BudgetManager;
   beforeEach(() => {
-    vi.useFakeTimers();
+    vi.useFakeTimers(); // Date and performance.now: both clocks are the test's
     vi.setSystemTime(T0);
     budgets = new BudgetManager();
   });
@@ -77,26 +87,26 @@ describe('BudgetManager', () => {
   describe('windows roll', () => {
     it('tokens over a sliding hour', () => {
       budgets.recordUsage('a', { tokens: 1000 });
-      vi.setSystemTime(T0 + 30 * MIN);
+      passTo(T0 + 30 * MIN);
       budgets.recordUsage('a', { tokens: 500 });
-      vi.setSystemTime(T0 + HOUR); // 11:00:30: everything is less than an hour old or just an hour
+      passTo(T0 + HOUR); // 11:00:30: everything is less than an hour old or just an hour
       expect(budgets.getStatus('a').tokensUsed).toBe(1500);
-      vi.setSystemTime(Date.parse('2026-03-02T11:01:00Z'));
+      passTo(Date.parse('2026-03-02T11:01:00Z'));
       expect(budgets.getStatus('a').tokensUsed).toBe(500);
-      vi.setSystemTime(T0 + 30 * MIN + HOUR + MIN);
+      passTo(T0 + 30 * MIN + HOUR + MIN);
       expect(budgets.getStatus('a').tokensUsed).toBe(0);
     });
 
     it('cost over a sliding 24 h (15-minute buckets)', () => {
       budgets.recordUsage('a', { cost: 2 });
-      vi.setSystemTime(T0 + 24 * HOUR);
+      passTo(T0 + 24 * HOUR);
       expect(budgets.getStatus('a').costUsed).toBe(2);
-      vi.setSystemTime(Date.parse('2026-03-03T10:15:00Z'));
+      passTo(Date.parse('2026-03-03T10:15:00Z'));
       expect(budgets.getStatus('a').costUsed).toBe(0);
     });
 
     it('cost over the UTC day', () => {
-      vi.setSystemTime(Date.parse('2026-03-02T23:50:00Z'));
+      passTo(Date.parse('2026-03-02T23:50:00Z'));
       budgets.setBudget('a', { maxCostPerDay: 1, costWindow: 'utc-day' });
       budgets.recordUsage('a', { cost: 1 });
       const refused = budgets.check('a', { cost: 0.5 });
@@ -105,9 +115,9 @@ describe('BudgetManager', () => {
         limit: 'cost',
         retryAt: Date.parse('2026-03-03T00:00:00Z'),
       });
-      vi.setSystemTime(Date.parse('2026-03-02T23:59:59.999Z'));
+      passTo(Date.parse('2026-03-02T23:59:59.999Z'));
       expect(budgets.getStatus('a').costUsed).toBe(1);
-      vi.setSystemTime(Date.parse('2026-03-03T00:00:00Z'));
+      passTo(Date.parse('2026-03-03T00:00:00Z'));
       expect(budgets.getStatus('a').costUsed).toBe(0);
       expect(budgets.check('a', { cost: 0.5 }).allowed).toBe(true);
     });
@@ -116,7 +126,7 @@ describe('BudgetManager', () => {
       for (let i = 0; i < 5000; i++) budgets.recordUsage('a', { tokens: 1 });
       const state = (budgets.store as InMemoryBudgetStore).snapshot()['agent:a']!;
       expect(state.tokens.kind === 'sliding' && state.tokens.buckets.length).toBe(61);
-      vi.setSystemTime(T0 + 1000 * 24 * HOUR);
+      passTo(T0 + 1000 * 24 * HOUR);
       expect(budgets.getStatus('a').tokensUsed).toBe(0);
     });
   });
@@ -147,9 +157,9 @@ describe('BudgetManager', () => {
 
     it('returns retryAt: when enough usage leaves the window', () => {
       budgets.recordUsage('a', { tokens: 400 });
-      vi.setSystemTime(T0 + 20 * MIN);
+      passTo(T0 + 20 * MIN);
       budgets.recordUsage('a', { tokens: 500 });
-      vi.setSystemTime(T0 + 30 * MIN);
+      passTo(T0 + 30 * MIN);
       const check = budgets.check('a', { tokens: 200 });
       expect(check).toEqual({
         allowed: false,
@@ -164,7 +174,7 @@ describe('BudgetManager', () => {
       expect(exceeded(() => budgets.reserve('a', { tokens: 200 })).details.retryAt).toBe(
         Date.parse('2026-03-02T11:01:00Z'),
       );
-      vi.setSystemTime(Date.parse('2026-03-02T11:01:00Z'));
+      passTo(Date.parse('2026-03-02T11:01:00Z'));
       expect(budgets.check('a', { tokens: 200 }).allowed).toBe(true);
       // An estimate larger than the limit never fits.
       expect(budgets.check('a', { tokens: 2000 })).toMatchObject({ allowed: false, retryAt: null });
@@ -281,7 +291,7 @@ describe('BudgetManager', () => {
       budgets.recordUsage('a', { tokens: 10 });
       expect(events.map(([k]) => k)).toEqual(['warning', 'exhausted']);
       // The window rolls; crossing again in the next window warns again.
-      vi.setSystemTime(T0 + 2 * HOUR);
+      passTo(T0 + 2 * HOUR);
       budgets.recordUsage('a', { tokens: 900 });
       expect(events.map(([k]) => k)).toEqual(['warning', 'exhausted', 'warning']);
     });
@@ -371,13 +381,44 @@ describe('BudgetManager', () => {
     });
   });
 
+  describe('the wall clock moving without elapsed time', () => {
+    it('a suspend of the machine is time that passed (the boot-time clock counts it)', () => {
+      let slept = 0;
+      const m = new BudgetManager({ bootClock: () => performance.now() + slept });
+      m.setBudget('a', { maxTokensPerHour: 1000 });
+      m.recordUsage('a', { tokens: 1000 });
+      // Two hours asleep: wall and boot-time clocks move, the monotonic one stands still.
+      vi.setSystemTime(Date.now() + 2 * HOUR);
+      slept += 2 * HOUR;
+      vi.advanceTimersByTime(1000);
+      expect(m.getStatus('a').tokensUsed).toBe(0);
+      expect(m.clockSteps).toBe(0);
+      // The same jump with no suspend to explain it is a step: the hour is kept.
+      m.recordUsage('a', { tokens: 1000 });
+      vi.setSystemTime(Date.now() + 2 * HOUR);
+      vi.advanceTimersByTime(1000);
+      expect(m.getStatus('a').tokensUsed).toBe(1000);
+      expect(m.clockSteps).toBe(1);
+    });
+
+    it('follows a slewed clock (within the tolerance) and takes no step for it', () => {
+      const m = new BudgetManager({ bootClock: () => undefined });
+      for (let i = 0; i < 10; i++) {
+        vi.setSystemTime(Date.now() + 400);
+        vi.advanceTimersByTime(1000);
+        expect(m.now()).toBe(Date.now());
+      }
+      expect(m.clockSteps).toBe(0);
+    });
+  });
+
   describe('store', () => {
     it('serializes windows so a restart resumes (and keeps rolling) instead of resetting', () => {
       const store = new InMemoryBudgetStore();
       const first = new BudgetManager({ store });
       first.setBudget('a', { maxTokensPerHour: 1000, maxCostPerDay: 5, costWindow: 'utc-day' });
       first.recordUsage('a', { tokens: 900, cost: 2 }, { poolId: 'p' });
-      vi.setSystemTime(T0 + 10 * MIN);
+      passTo(T0 + 10 * MIN);
       first.recordUsage('a', { tokens: 50 }, { poolId: 'p' });
       const saved = JSON.parse(JSON.stringify(store.snapshot())) as ReturnType<
         InMemoryBudgetStore['snapshot']
@@ -393,7 +434,7 @@ describe('BudgetManager', () => {
       });
       expect(restarted.check('a', { tokens: 100 }).allowed).toBe(false);
       expect(restarted.getPoolStatus('p').tokensUsed).toBe(950);
-      vi.setSystemTime(Date.parse('2026-03-02T11:01:00Z'));
+      passTo(Date.parse('2026-03-02T11:01:00Z'));
       expect(restarted.getStatus('a').tokensUsed).toBe(50);
     });
 

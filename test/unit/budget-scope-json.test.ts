@@ -39,6 +39,23 @@ describe('budget scope JSON text (what a durable store writes per commit)', () =
     expect(restored.toJSON()).toEqual(scope.toJSON());
   });
 
+  it('writes and reads a UTC day extended by a clock step (until, tail), with a lease too', () => {
+    const day = new UtcDayWindow(T0);
+    day.add(0.1, T0);
+    // A step ahead of 14 h crosses midnight: the day's count lasts until its elapsed end.
+    const now = T0 + 14 * 3_600_000;
+    day.shift(14 * 3_600_000, now);
+    day.add(0.2, now);
+    expect(day.toJSON()).toMatchObject({
+      until: Math.floor(T0 / DAY_MS + 1) * DAY_MS + 14 * 3_600_000,
+    });
+    expect(day.toJSONText()).toBe(JSON.stringify(day.toJSON()));
+    const restored = UtcDayWindow.fromJSON(JSON.parse(day.toJSONText(0.5)));
+    expect(restored.toJSON()).toEqual({ ...day.toJSON(), used: 0.1 + 0.2 + 0.5, tail: 0.2 + 0.5 });
+    expect(restored.used(day.toJSON().until! - 1)).toBe(0.1 + 0.2 + 0.5);
+    expect(restored.used(day.toJSON().until!)).toBe(0.2 + 0.5);
+  });
+
   it('writes a used bucket at every position of the ring, and runs of empty ones around it', () => {
     for (let k = 0; k <= 61; k++) {
       const w = new SlidingWindow(3_600_000, 60_000, T0);

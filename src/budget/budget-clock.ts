@@ -1,0 +1,115 @@
+/**
+ * The clock budget windows are read on: wall-clock time (epoch ms, so windows persist and
+ * "per day" is the calendar day) that advances with the monotonic clock, so a step of the wall
+ * clock (NTP correcting a clock that was behind, an operator setting the date) neither rolls a
+ * window early — an agent that spent its hourly budget getting a fresh one at once — nor holds
+ * one for as long as the clock went back.
+ *
+ * Each reading costs one `performance.now()`. Once a second of elapsed time (at the next
+ * reading) the clock compares itself with `Date.now()`: a difference within the tolerance is
+ * the wall clock being slewed (NTP's gradual correction) and is followed; a larger one is a
+ * step. On a step the clock jumps to the wall clock and tells its owner by how much, and the
+ * owner moves the usage its windows hold by that much (see `UsageWindow.shift`), so every
+ * window keeps the elapsed time it had left. A machine's suspend also shows as the wall clock
+ * moving while the monotonic one stands still; where the boot-time clock can be read (Linux:
+ * `/proc/uptime`, which counts suspended time) the part of the difference a suspend explains is
+ * time that really passed, not a step.
+ *
+ * @module
+ */
+import { readFileSync } from 'node:fs';
+
+/** How often (elapsed ms, at the next reading) the clock checks itself against the wall clock. */
+export const CLOCK_CHECK_INTERVAL_MS = 1000;
+/**
+ * Largest difference from the wall clock, at a check, taken for slewing rather than a step: 1 s,
+ * plus 1 ms per second since the previous check (NTP slews at most 0.5 ms/s) for a clock read
+ * after a long idle time.
+ */
+export const CLOCK_STEP_TOLERANCE_MS = 1000;
+const SLEW_PER_MS = 0.001;
+/** Shortest suspend of the machine told from a step (see `#check`). */
+const MIN_SUSPEND_MS = 60_000;
+
+/** A wall-clock step the budget clock did not follow. */
+export interface BudgetClockStep {
+  /** How far the wall clock moved beyond elapsed time (ms; negative: it went back). */
+  readonly stepMs: number;
+  /** The wall-clock time it was noticed at (epoch ms). */
+  readonly at: number;
+}
+
+/** Reads the boot-time clock (elapsed time including suspend), in ms; undefined where unknown. */
+export type BootClock = () => number | undefined;
+
+/** `/proc/uptime` (Linux: seconds since boot, suspend included), in ms; undefined elsewhere. */
+export const procUptimeMs: BootClock = () => {
+  try {
+    const s = Number.parseFloat(readFileSync('/proc/uptime', 'latin1'));
+    return Number.isFinite(s) ? s * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
+};
+
+/** See the module comment. */
+export class BudgetClock {
+  /** Wall minus monotonic time, as of the last check (ms). */
+  #offset: number;
+  #lastCheck: number;
+  #nextCheck: number;
+  readonly #onStep: (step: BudgetClockStep) => void;
+  readonly #boot: BootClock;
+  /** Boot-time minus monotonic time at the last step check (suspended time so far), if known. */
+  #suspended: number | undefined;
+
+  /**
+   * @param onStep called (synchronously, inside `now()`) when the wall clock stepped; `now()`
+   *   then returns the new wall-clock time.
+   * @param boot the boot-time clock used to tell a suspend from a step.
+   */
+  constructor(onStep: (step: BudgetClockStep) => void, boot: BootClock = procUptimeMs) {
+    const mono = performance.now();
+    this.#offset = Date.now() - mono;
+    this.#lastCheck = mono;
+    this.#nextCheck = mono + CLOCK_CHECK_INTERVAL_MS;
+    this.#onStep = onStep;
+    this.#boot = boot;
+    this.#suspended = suspendedSoFar(boot, mono);
+  }
+
+  /** The current time (epoch ms). */
+  now(): number {
+    const mono = performance.now();
+    if (mono >= this.#nextCheck) this.#check(mono);
+    return mono + this.#offset;
+  }
+
+  #check(mono: number): void {
+    const wall = Date.now();
+    const drift = wall - (mono + this.#offset);
+    const tolerance = CLOCK_STEP_TOLERANCE_MS + (mono - this.#lastCheck) * SLEW_PER_MS;
+    this.#lastCheck = mono;
+    this.#nextCheck = mono + CLOCK_CHECK_INTERVAL_MS;
+    this.#offset += drift;
+    if (drift <= tolerance && drift >= -tolerance) return;
+    // Time the machine spent suspended since the last step check really passed.
+    const suspended = suspendedSoFar(this.#boot, mono);
+    let step = drift;
+    if (suspended !== undefined && this.#suspended !== undefined && drift > 0) {
+      // A short suspend is taken for a step (at most a minute's usage then leaves late):
+      // /proc/uptime has 10 ms ticks, and a monotonic clock that is not the kernel's (a test's
+      // fake one) differs from it by whatever real time passed meanwhile.
+      const slept = suspended - this.#suspended;
+      if (slept >= MIN_SUSPEND_MS) step = Math.max(0, drift - slept);
+    }
+    this.#suspended = suspended;
+    if (step > tolerance || step < -tolerance)
+      this.#onStep(Object.freeze({ stepMs: step, at: wall }));
+  }
+}
+
+function suspendedSoFar(boot: BootClock, mono: number): number | undefined {
+  const b = boot();
+  return b === undefined ? undefined : b - mono;
+}
