@@ -212,6 +212,7 @@ export type {
   UsageAmount,
 } from './budget/budget-manager.js';
 export type { BudgetStore } from './budget/budget-store.js';
+export type { BudgetClockStep } from './budget/budget-clock.js';
 export type { Hook, PatrolHook, WorktreeInfo } from './hooks/hook.js';
 export type { HookManagerOptions } from './hooks/hook-manager-options.js';
 export type { AgentLiveness } from './hooks/liveness.js';

@@ -217,7 +217,10 @@ class ReservationImpl implements Reservation {
  *
  * **Windows.** Tokens count over a sliding hour (60 one-minute buckets), cost over a sliding
  * 24 h (96 fifteen-minute buckets) or the UTC calendar day (`costWindow: 'utc-day'`). Usage
- * leaves a sliding window at most one bucket after the window length, never before.
+ * leaves a sliding window at most one bucket after the window length, never before. Windows are
+ * read on a {@link BudgetClock}: wall-clock time that counts elapsed time, so a step of the wall
+ * clock neither frees a spent window nor holds one longer (the usage moves with the step; see
+ * the `clockStep` event).
  *
  * **Reserve, then settle.** `reserve` checks the estimate against usage plus every in-flight
  * reservation and holds it; `settle` swaps the estimate for the actual usage; `release` gives it

@@ -5,6 +5,12 @@
  * @module
  */
 export {
+  BudgetClock,
+  CLOCK_CHECK_INTERVAL_MS,
+  CLOCK_STEP_TOLERANCE_MS,
+  procUptimeMs,
+} from './budget-clock.js';
+export {
   DEFAULT_COST_WINDOW,
   DEFAULT_WARN_AT_PERCENT,
   parseBudgetConfig,
@@ -18,6 +24,7 @@ export { InMemoryBudgetStore } from './budget-store.js';
 export { COST_BUCKET_MS, TOKEN_BUCKET_MS } from './scope-usage.js';
 export { DAY_MS, HOUR_MS, SlidingWindow, UtcDayWindow, windowFromJSON } from './usage-window.js';
 
+export type { BootClock, BudgetClockStep } from './budget-clock.js';
 export type { BudgetConfig, CostWindow, ResolvedBudgetConfig } from './budget-config.js';
 export type {
   BudgetCallOptions,
