@@ -33,7 +33,7 @@ export interface BudgetStateSource {
    * (a ceiling), remembered as what the store holds; `leaseCovers()` is true while the live
    * state is still within that ceiling (nothing to write). See ScopeUsage.
    */
-  toLeasedJSONText?(percent: number, now: number): string;
+  toLeasedJSONText?(percent: number): string;
   leaseCovers?(): boolean;
 }
 

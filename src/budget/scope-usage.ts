@@ -284,10 +284,10 @@ export class ScopeUsage implements BudgetStateSource {
    * the lease), never under-count. `percent` 0 writes the exact state. Only a store calls this,
    * for the text it commits: this scope remembers what was written.
    */
-  toLeasedJSONText(percent: number, now: number): string {
+  toLeasedJSONText(percent: number): string {
     const c = this.config;
-    const tokensLease = leaseOf(c?.maxTokensPerHour, this.tokens, percent, now);
-    const costLease = leaseOf(c?.maxCostPerDay, this.cost, percent, now);
+    const tokensLease = leaseOf(c?.maxTokensPerHour, this.tokens, percent);
+    const costLease = leaseOf(c?.maxCostPerDay, this.cost, percent);
     const text = this.#text(tokensLease, costLease);
     // Remembered once the text exists (a throw leaves nothing claimed). The ceilings are computed
     // exactly as the windows write them (head amount + lease), and JSON numbers read back to the
@@ -417,14 +417,12 @@ export class ScopeUsage implements BudgetStateSource {
  * `percent` % of the usage in the window, so the over-count a crash can leave stays that share of
  * what was really used.
  */
-function leaseOf(
-  max: number | undefined,
-  window: UsageWindow,
-  percent: number,
-  now: number,
-): number {
+function leaseOf(max: number | undefined, window: UsageWindow, percent: number): number {
   if (percent === 0) return 0;
-  const used = window.used(now);
+  // As of the window's last move, not moved to the store's time: the windows are on the budget
+  // manager's clock, and moving one on the wall clock's Date.now() in the second after a step
+  // (before the manager noticed it) would drop the usage the step should keep.
+  const used = window.total;
   if (max === undefined || max === Number.POSITIVE_INFINITY) return (used * percent) / 100;
   const lease = (max * percent) / 100;
   const room = max - used;

@@ -75,6 +75,12 @@ export interface UsageWindow {
   readonly head: number;
   /** The amount recorded in the head (bucket or day). */
   readonly headAmount: number;
+  /**
+   * Usage in the window as of its last move (`add`/`used`/`freedAt`/`shift`), not moved to any
+   * other time: what a store reads without a clock of its own (the windows' times are the
+   * BudgetManager's, see BudgetClock).
+   */
+  readonly total: number;
   toJSON(): UsageWindowState;
   /**
    * `JSON.stringify(this.toJSON())`, written directly (a durable store writes it per commit);
@@ -176,6 +182,10 @@ export class SlidingWindow implements UsageWindow {
 
   get headAmount(): number {
     return this.#buckets[mod(this.#head, this.#n)]!;
+  }
+
+  get total(): number {
+    return this.#total;
   }
 
   toJSON(): SlidingWindowState {
@@ -338,6 +348,10 @@ export class UtcDayWindow implements UsageWindow {
   }
 
   get headAmount(): number {
+    return this.#used;
+  }
+
+  get total(): number {
     return this.#used;
   }
 

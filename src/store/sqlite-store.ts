@@ -501,7 +501,7 @@ export class SqliteBudgetStore implements BudgetStore {
     const percent = exact ? 0 : this.#leasePercent;
     if (percent > 0) this.#leased.set(scope, source);
     else this.#leased.delete(scope);
-    return source.toLeasedJSONText(percent, Date.now());
+    return source.toLeasedJSONText(percent);
   }
 
   /** @internal */

@@ -103,6 +103,33 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
     expect(fabric.budgets.clockSteps).toBe(1);
   });
 
+  it('a commit in the second after a step, before the budgets noticed it, loses no spend', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
+    const path = join(tempDir('budget-clock'), 'state.db');
+    const { fabric, store } = await openFabric(path);
+    const { id } = await fabric.spawn({
+      name: 'spender',
+      model: 'm',
+      executor: 'inprocess',
+      budget: { maxTokensPerHour: 1000, maxCostPerDay: 10 },
+    });
+    await fabric.recordUsage(id, { tokens: 1000, cost: 1 });
+    // The clock steps two hours ahead; before a second passes a usage report is committed.
+    vi.setSystemTime(Date.now() + 2 * HOUR);
+    await fabric.recordUsage(id, { cost: 1 });
+    store.flush();
+    pass(1000);
+    expect(fabric.budgets.getStatus(id)).toMatchObject({ tokensUsed: 1000, costUsed: 2 });
+    expect(refused(() => fabric.budgets.reserve(id, { tokens: 1 })).details.retryAt).toBe(
+      Date.UTC(2026, 2, 2, 13, 1),
+    );
+    await fabric.close();
+    const row = budgetOnDisk(path, `agent:${id}`)!;
+    expect(usedOnDisk(row.tokens)).toBe(1000);
+    expect(row.tokens).toMatchObject({ head: Date.UTC(2026, 2, 2, 12, 0) / MIN });
+  });
+
   it('a step back frees a spent hourly budget after its hour, not after the clock catches up', async () => {
     vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
