@@ -130,6 +130,29 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
     expect(row.tokens).toMatchObject({ head: Date.UTC(2026, 2, 2, 12, 0) / MIN });
   });
 
+  it('usage loaded from the state file after a step is moved by it too', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
+    const path = join(tempDir('budget-clock'), 'state.db');
+    const { fabric: first } = await openFabric(path);
+    const { id } = await first.spawn({
+      name: 'spender',
+      model: 'm',
+      executor: 'inprocess',
+      budget: { maxTokensPerHour: 1000 },
+    });
+    await first.recordUsage(id, { tokens: 1000 });
+    await first.close();
+    const { fabric: second } = await openFabric(path);
+    // The clock steps before anything asks for the agent's budget: its scope is not loaded yet.
+    step(2 * HOUR);
+    expect(second.budgets.getFabricStatus().tokensUsed).toBe(1000);
+    expect(second.budgets.clockSteps).toBe(1);
+    expect(refused(() => second.budgets.reserve(id, { tokens: 1 })).details.retryAt).toBe(
+      Date.UTC(2026, 2, 2, 13, 1),
+    );
+  });
+
   it('a step back frees a spent hourly budget after its hour, not after the clock catches up', async () => {
     vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
