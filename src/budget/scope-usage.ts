@@ -156,6 +156,9 @@ export class ScopeUsage implements BudgetStateSource {
   shift(deltaMs: number, now: number): void {
     this.tokens.shift(deltaMs, now);
     this.cost.shift(deltaMs, now);
+    // What the store holds is not the moved windows, even where their heads stayed put (a UTC
+    // day given an `until`): the next `changed` writes them.
+    this.#lease = undefined;
   }
 
   /** Null when `tokens`/`cost` fit on top of usage and reservations; else why not. */

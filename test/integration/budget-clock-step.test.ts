@@ -212,6 +212,26 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
     expect(again.budgets.getStatus(id)).toMatchObject({ costUsed: 1 });
   });
 
+  it('a step back within the UTC day reaches the state file, though the day did not change', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    vi.setSystemTime(Date.UTC(2026, 2, 2, 15));
+    const path = join(tempDir('budget-clock'), 'state.db');
+    const { fabric } = await openFabric(path);
+    const { id } = await fabric.spawn({ name: 'spender', model: 'm', executor: 'inprocess' });
+    fabric.budgets.setBudget(id, { maxCostPerDay: 10, costWindow: 'utc-day' });
+    const other = await fabric.spawn({ name: 'other', model: 'm', executor: 'inprocess' });
+    await fabric.recordUsage(id, { cost: 1 }); // written with a lease: a ceiling of 1.1
+    // 30 s back (the token window's minute buckets stay put): the count began at 23:59:30
+    // yesterday at the earliest, and lasts until 23:59:30 tonight.
+    step(-30_000);
+    // Another agent's report: its commit carries every scope changed before it.
+    await fabric.recordUsage(other.id, { cost: 1 });
+    expect(budgetOnDisk(path, `agent:${id}`)!.cost).toMatchObject({
+      day: Date.UTC(2026, 2, 2) / DAY,
+      until: Date.UTC(2026, 2, 2, 23, 59, 30),
+    });
+  });
+
   it('a restart with the clock behind the state file keeps the spend and frees it after the window', async () => {
     vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const spentAt = Date.UTC(2026, 2, 2, 23, 30);
