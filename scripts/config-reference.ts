@@ -169,6 +169,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     'Tasks one agent may hold (default 64); at the cap its oldest finished one is dropped, else the call is refused.',
   'gateway.tasks.maxResultBytesPerAgent':
     "Bytes (JSON) the results and errors of one agent's finished tasks may hold together (default 67108864, 64 MiB); past it its oldest finished ones are dropped, its newest is always kept.",
+  shutdownTimeoutSeconds:
+    'Longest a shutdown (SIGINT, SIGTERM, SIGHUP) may take, from the signal; past it the sidecar logs what it still waited for and exits 1. Unset: `gateway.shutdownGraceSeconds` + 30; set, it must exceed that grace.',
   sandbox:
     'Folder created at start (and its `protected/`); the default filesystem upstream serves it.',
   tls: 'TLS files of the listeners (HTTP and gRPC) that have no `tls` of their own.',

@@ -280,6 +280,7 @@ export class AgentFabric {
   #adminsIssued = 0;
   #closed = false;
   #closing: Promise<void> | undefined;
+  #closeStep: string | undefined;
   readonly #nats: NatsOptions | undefined;
   /** The `nats` executor, when `FabricOptions.nats` is set. */
   readonly natsExecutor: NatsExecutor | undefined;
@@ -571,21 +572,40 @@ export class AgentFabric {
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      const step = (name: string): void => {
+        this.#closeStep = name;
+      };
       this.#closed = true;
       this.pools.close();
       this.#threads.close();
+      step('lifecycle');
       await this.lifecycle.close();
+      step("recovering a lost agent's hooks");
       await this.#recovery;
+      step('hook store (operations in progress, progress not yet committed, its lock)');
       await this.hooks?.close();
       this.policies.close();
       this.approvals.close();
       this.#leases.clear();
+      step('scheduler (its executors)');
       await this.scheduler.close();
+      step('NATS heartbeats');
       await this.natsHeartbeats?.close();
+      step('NATS drain');
       if (this.#nc !== undefined) await drainNats(this.#nc);
+      step('state store');
       await this.#store.close();
+      this.#closeStep = undefined;
     })();
     return this.#closing;
+  }
+
+  /**
+   * What `close()` is waiting for, in words (a shutdown that does not finish logs it); undefined
+   * when it is not closing or is done.
+   */
+  get closing(): string | undefined {
+    return this.#closeStep;
   }
 
   // -------------------------------------------------------------------------------------------

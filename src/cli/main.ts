@@ -30,6 +30,7 @@ import type { StdioBacklogEvent } from '../gateway/downstream-stdio-transport.js
 import type { SidecarConfig } from '../server/config-file.js';
 import type { SidecarLog } from '../server/logger.js';
 import type { Sidecar } from '../server/sidecar.js';
+import { setLongTimeout } from '../scheduler/task-waiters.js';
 import { CliError } from './api-client.js';
 import {
   runCommand,
@@ -118,17 +119,42 @@ function fail(error: unknown): never {
   process.exit(EXIT.failure);
 }
 
+/** Where {@link onSignals} says what happens. */
+type SignalNote = (msg: string, level?: 'info' | 'error') => void;
+
+/** The signals that ask the sidecar to stop (SIGHUP: its terminal or session went away). */
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
 /**
- * Closes on SIGINT/SIGTERM, and exits 0 once closed. Installed before start-up, so a signal
- * during start-up waits for it to settle and then closes what it started (upstream process
- * groups included) instead of leaving them behind. A second signal (an impatient Ctrl-C) exits
- * at once with 1, saying so: the process's exit still kills the upstream and pool process
+ * Closes on SIGINT/SIGTERM/SIGHUP, and exits 0 once closed. Installed before start-up, so a
+ * signal during start-up waits for it to settle and then closes what it started (upstream
+ * process groups included) instead of leaving them behind. A second signal (an impatient Ctrl-C)
+ * exits at once with 1, saying so: the process's exit still kills the upstream and pool process
  * groups (their exit hooks), where the signal's default action would have left them orphaned.
+ * SIGHUP is a stop like the others: there is no config reload, and its default action (end the
+ * process at once) orphaned the upstream process groups the same way.
+ *
+ * The whole shutdown, start-up still running included, is bounded (`shutdownTimeoutSeconds`,
+ * counted from the signal): a part that never ends (a git command of the hook store that hangs,
+ * a start-up waiting for an upstream with a long `startTimeoutSeconds`) is logged by name, and
+ * the process exits 1 — its exit hooks still kill the upstream and pool process groups. The
+ * timer keeps the process alive: a close whose promise never settles with nothing else to do
+ * would otherwise have let Node exit 0.
  */
-function onSignals(note: (msg: string) => void = (msg) => console.error(`agent-fabric: ${msg}`)): {
-  closeWith(close: () => Promise<void>): void;
+function onSignals(
+  note: SignalNote = (msg) => console.error(`agent-fabric: ${msg}`),
+  timeoutMs = DEFAULT_SHUTDOWN_TIMEOUT_MS,
+): {
+  /** The close a signal runs, and what a close that overruns its bound still waits for. */
+  closeWith(close: () => Promise<void>, pending: () => readonly string[]): void;
+  /** What a signal during start-up waits for (the step in progress). */
+  starting(step: string): void;
+  /** The bound of the shutdown, once the config is known. */
+  bound(ms: number): void;
 } {
   let close: (() => Promise<void>) | undefined;
+  let pending: () => readonly string[] = () => [`start-up (step ${startStep})`];
+  let startStep = 'config';
   let received: string | undefined;
   const stop = (): void => {
     if (close === undefined || received === undefined) return;
@@ -137,10 +163,21 @@ function onSignals(note: (msg: string) => void = (msg) => console.error(`agent-f
     close().then(
       () => process.exit(0),
       (error: unknown) => {
-        note(`shutdown failed: ${String(error)}`);
+        note(`shutdown failed: ${String(error)}`, 'error');
         process.exit(1);
       },
     );
+  };
+  const watchdog = (): void => {
+    const limit = timeoutMs;
+    setLongTimeout(() => {
+      const left = pending();
+      note(
+        `the shutdown did not finish within ${limit / 1000} s (shutdownTimeoutSeconds); still waiting for: ${left.length > 0 ? left.join('; ') : 'nothing named (a close that never settled)'}; exiting now (upstream and pool processes are killed; calls still in flight get no answer)`,
+        'error',
+      );
+      process.exit(EXIT.failure);
+    }, limit);
   };
   const on = (sig: string): void => {
     if (received !== undefined) {
@@ -150,17 +187,33 @@ function onSignals(note: (msg: string) => void = (msg) => console.error(`agent-f
       process.exit(EXIT.failure);
     }
     received = sig;
+    watchdog();
+    if (close === undefined) {
+      note(`${sig} received during start-up (step ${startStep}): shutting down once it has ended`);
+    }
     stop();
   };
-  process.on('SIGINT', () => on('SIGINT'));
-  process.on('SIGTERM', () => on('SIGTERM'));
+  for (const sig of STOP_SIGNALS) process.on(sig, () => on(sig));
   return {
-    closeWith(c) {
+    closeWith(c, p) {
       close = c;
+      pending = p;
       stop();
+    },
+    starting(step) {
+      startStep = step;
+    },
+    bound(ms) {
+      timeoutMs = ms;
     },
   };
 }
+
+/**
+ * The shutdown's bound before a config says otherwise (a signal while `mcp --in-process` loads
+ * its config): the default of `shutdownTimeoutSeconds` with the default grace.
+ */
+const DEFAULT_SHUTDOWN_TIMEOUT_MS = 35_000;
 
 // The event loop ran dry while the command had not finished starting (a start-up step whose
 // promise can never settle), or while `serve` was serving without being asked to stop: Node
@@ -181,7 +234,8 @@ const PINNED = '(pinned in the config; not shown)';
 // command starts in a fraction of the time.
 
 async function serve(values: CommandContext['values']): Promise<'running'> {
-  const { defaultConfigPath, loadSidecarConfig } = await import('../server/config-file.js');
+  const { defaultConfigPath, loadSidecarConfig, shutdownTimeoutMs } =
+    await import('../server/config-file.js');
   const { Sidecar } = await import('../server/sidecar.js');
   const file = (values.config as string | undefined) ?? defaultConfigPath();
   const flags: Record<string, string> = {};
@@ -191,11 +245,21 @@ async function serve(values: CommandContext['values']): Promise<'running'> {
   // the process the default way, with nothing to close.
   const config = loadSidecarConfig(file, { flags });
   const log = await sidecarLog(values, config);
-  const signals = onSignals((msg) => log.write({ level: 'info', msg }));
-  const sidecar = await Sidecar.start({ config, logger: log.write });
+  const signals = onSignals(
+    (msg, level = 'info') => log.write({ level, msg }),
+    shutdownTimeoutMs(config),
+  );
+  const sidecar = await Sidecar.start({
+    config,
+    logger: log.write,
+    onStep: (step) => signals.starting(step),
+  });
   learnSecrets(log, sidecar);
   phase = 'running';
-  signals.closeWith(() => sidecar.close());
+  signals.closeWith(
+    () => sidecar.close(),
+    () => sidecar.shutdownPending,
+  );
   const url = sidecar.url ?? '';
   const first = sidecar.agents[0];
   const out: string[] = [];
@@ -257,17 +321,20 @@ async function serve(values: CommandContext['values']): Promise<'running'> {
 }
 
 async function mcp(values: CommandContext['values']): Promise<'running'> {
-  const { defaultConfigPath, loadSidecarConfig } = await import('../server/config-file.js');
+  const { defaultConfigPath, loadSidecarConfig, shutdownTimeoutMs } =
+    await import('../server/config-file.js');
   const { StdioSessionTransport } = await import('../gateway/downstream-stdio-transport.js');
   if (values['in-process'] === true) {
     const signals = onSignals();
     const config = loadSidecarConfig((values.config as string | undefined) ?? defaultConfigPath());
+    signals.bound(shutdownTimeoutMs(config));
     const log = await sidecarLog(values, config);
     const { Sidecar } = await import('../server/sidecar.js');
     const sidecar = await Sidecar.start({
       config,
       http: false,
       logger: log.write,
+      onStep: (step) => signals.starting(step),
     });
     learnSecrets(log, sidecar);
     const agent = sidecar.agents[0];
@@ -289,7 +356,10 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
       phase = 'stopping';
       void sidecar.close().then(() => process.exit(0));
     };
-    signals.closeWith(() => sidecar.close());
+    signals.closeWith(
+      () => sidecar.close(),
+      () => sidecar.shutdownPending,
+    );
     await session.connect(transport);
     phase = 'stopping'; // ends when stdin does
     return 'running';
@@ -375,7 +445,8 @@ const serveCommand: Command = {
 override http.port and http.host of the config and the FABRIC_HTTP_PORT/FABRIC_HTTP_HOST
 environment. The log goes to stderr: JSON lines (pino) when stderr is not a terminal, readable
 lines when it is; each upstream's stderr is logged with its name; credentials are redacted.
-Stops on SIGINT/SIGTERM (exit 0 once closed; a second signal exits 1 at once).`,
+Stops on SIGINT/SIGTERM/SIGHUP (exit 0 once closed; a second signal exits 1 at once, and so
+does a shutdown still unfinished after shutdownTimeoutSeconds, naming what it waited for).`,
   options: {
     config: {
       type: 'string',

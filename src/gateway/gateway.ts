@@ -266,6 +266,7 @@ export class ToolGateway implements SessionHost {
   #calls = 0;
   #drained: (() => void) | undefined;
   #state: 'new' | 'started' | 'closing' | 'closed' = 'new';
+  #closeStep: string | undefined;
 
   constructor(options: ToolGatewayOptions) {
     this.#backend = options.backend;
@@ -363,6 +364,14 @@ export class ToolGateway implements SessionHost {
   /** Live agent sessions. */
   get sessions(): ReadonlySet<GatewaySession> {
     return this.#sessions;
+  }
+
+  /**
+   * What `close()` is waiting for, in words (a shutdown that does not finish logs it); undefined
+   * when it is not closing.
+   */
+  get closing(): string | undefined {
+    return this.#closeStep;
   }
 
   /**
@@ -1687,6 +1696,7 @@ export class ToolGateway implements SessionHost {
     this.#stopVisibilityWatch?.();
     this.#stopVisibilityWatch = undefined;
     if (this.#calls > 0) {
+      this.#closeStep = `${this.#calls} calls in flight (gateway.shutdownGraceSeconds)`;
       await new Promise<void>((resolve) => {
         // Waited out whole however long (a plain timer past its limit fires after 1 ms).
         const cancel = setLongTimeout(resolve, this.#graceMs, { unref: true });
@@ -1706,9 +1716,12 @@ export class ToolGateway implements SessionHost {
       this.#pipeline.endWaits(new ClosedError('the gateway'));
       await new Promise((resolve) => setImmediate(resolve));
     }
+    this.#closeStep = 'closing upstreams (their processes)';
     await Promise.all([...this.#upstreams.values()].map((u) => u.close()));
+    this.#closeStep = 'closing sessions';
     await Promise.all([...this.#sessions].map((s) => s.close()));
     this.#audit?.close();
+    this.#closeStep = undefined;
     this.#state = 'closed';
   }
 }

@@ -384,6 +384,12 @@ export const sidecarConfigSchema = z
         shutdownGraceSeconds: 5,
         budgetWaitSeconds: 5,
       }),
+    /**
+     * Longest a shutdown (SIGINT, SIGTERM, SIGHUP) may take, from the signal: past it the
+     * process logs what was still pending and exits 1. Unset: `gateway.shutdownGraceSeconds` +
+     * {@link DEFAULT_SHUTDOWN_MARGIN_SECONDS}; set, it must exceed the grace.
+     */
+    shutdownTimeoutSeconds: timerSeconds().positive().optional(),
     /** Folder created at start (the default filesystem upstream serves it). */
     sandbox: z.string().min(1).optional(),
     /**
@@ -489,6 +495,18 @@ export const sidecarConfigSchema = z
   })
   .strict()
   .superRefine((c, ctx) => {
+    // The grace of the calls in flight is part of the shutdown: a bound within it would cut
+    // calls the grace promised to let finish.
+    if (
+      c.shutdownTimeoutSeconds !== undefined &&
+      c.shutdownTimeoutSeconds <= c.gateway.shutdownGraceSeconds
+    ) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['shutdownTimeoutSeconds'],
+        message: `must be greater than gateway.shutdownGraceSeconds (${c.gateway.shutdownGraceSeconds}): the shutdown includes that grace`,
+      });
+    }
     // A pool provider names its agents' executor itself.
     for (const [i, p] of c.pools.entries()) {
       // `threads` agents run task handlers registered in code (`registerHandler`), and a
@@ -525,6 +543,21 @@ export const sidecarConfigSchema = z
 
 /** A parsed sidecar configuration. */
 export type SidecarConfig = z.output<typeof sidecarConfigSchema>;
+
+/**
+ * What an unset `shutdownTimeoutSeconds` gives the shutdown beyond `gateway.shutdownGraceSeconds`:
+ * room for the bounded steps after the grace (upstream processes get 2 s before SIGKILL, each
+ * plugin's close 10 s, the NATS drain 5 s, the last spans 5 s).
+ */
+export const DEFAULT_SHUTDOWN_MARGIN_SECONDS = 30;
+
+/** The bound of a shutdown of `config`'s sidecar, in ms (see `shutdownTimeoutSeconds`). */
+export function shutdownTimeoutMs(config: SidecarConfig): number {
+  const seconds =
+    config.shutdownTimeoutSeconds ??
+    config.gateway.shutdownGraceSeconds + DEFAULT_SHUTDOWN_MARGIN_SECONDS;
+  return seconds * 1000;
+}
 /** What may be written in a configuration file. */
 export type SidecarConfigInput = z.input<typeof sidecarConfigSchema>;
 

@@ -72,6 +72,11 @@ export interface SidecarOptions {
   /** Skip the HTTP server (stdio mode). */
   http?: boolean;
   /**
+   * Told each step of the start-up as it begins (`sandbox`, `tls`, …, `gateway` — the upstreams
+   * start there —, `http`, `grpc`): what a shutdown asked for during start-up waits for.
+   */
+  onStep?: (step: string) => void;
+  /**
    * Settings of the dashboard's sessions (tests, embedders): their life, idle time and cap, how
    * often they are checked for their end, and the clock of the sessions and of the bound on
    * failed logins. @default the defaults of server/dashboard.ts and server/auth-throttle.ts
@@ -105,6 +110,8 @@ export class Sidecar {
   readonly #closeBackend: () => Promise<void>;
   readonly #tracing: Tracing | undefined;
   #closing: Promise<void> | undefined;
+  /** The parts of the shutdown still running (see {@link shutdownPending}). */
+  readonly #pending = new Set<ShutdownPart>();
 
   private constructor(parts: {
     gateway: ToolGateway;
@@ -164,13 +171,19 @@ export class Sidecar {
     const { config } = options;
     const log = options.logger ?? (() => undefined);
     const cleanup: Closable[] = [];
-    // The step in progress, named by a start-up failure no coded error describes.
+    // The step in progress, named by a start-up failure no coded error describes (and by a
+    // shutdown that a start-up still running holds past its bound).
     let step = 'sandbox';
+    const enter = (next: string): void => {
+      step = next;
+      options.onStep?.(next);
+    };
+    options.onStep?.(step);
     try {
       if (config.sandbox) makeSandbox(config.sandbox);
       // Before anything starts: a listener that would expose credentials in plaintext beyond
       // loopback refuses the start (its TLS files are read now, so a bad path fails here too).
-      step = 'tls';
+      enter('tls');
       const httpTlsFiles = config.http.tls ?? config.tls;
       const httpTls =
         options.http === false || httpTlsFiles === undefined
@@ -185,10 +198,10 @@ export class Sidecar {
           : readTlsFiles('grpc', grpcTlsFiles);
       if (config.grpc !== undefined)
         checkListenerSecurity('gRPC', config.grpc.host, grpcTls, config.grpc.allowInsecure);
-      step = 'telemetry';
+      enter('telemetry');
       const tracing = await startTracing(config.telemetry);
       if (tracing !== undefined) cleanup.push({ close: () => stopTracing(tracing) });
-      step = 'state';
+      enter('state');
       const state = config.state;
       let store: DurableStore | undefined;
       if (
@@ -204,7 +217,7 @@ export class Sidecar {
         });
         cleanup.push(store);
       }
-      step = 'fabric';
+      enter('fabric');
       // A generated admin token is kept as a hash: it authenticates after a restart, but only the
       // start that made it can show it (it is stored once that start succeeded, see below).
       let adminToken = config.adminToken;
@@ -282,7 +295,7 @@ export class Sidecar {
         await fabric.start();
         // Plugins first: the config's pools may name a pool provider a plugin brings.
         for (const p of config.plugins) {
-          step = `plugin ${p.module}`;
+          enter(`plugin ${p.module}`);
           const loaded = await plugins.load(p.module, p.options, { optional: p.optional });
           if (loaded === undefined) continue;
           log({
@@ -290,7 +303,7 @@ export class Sidecar {
             msg: `plugin ${loaded.name}@${loaded.version} (${loaded.kind}) loaded`,
           });
         }
-        step = 'fabric';
+        enter('fabric');
         await configureFabric(fabric, config, log);
         // After the plugins: a `hook` plugin's store is the one whose events are counted.
         fabricMetrics = new FabricMetrics(fabric, store);
@@ -310,7 +323,7 @@ export class Sidecar {
         );
         backend = new FabricBackend(fabric);
       }
-      step = 'agents';
+      enter('agents');
       const agents: StartupAgent[] = [];
       for (const [i, a] of config.agents.entries()) {
         const pinned = a.credential;
@@ -363,7 +376,7 @@ export class Sidecar {
           if (id.kind === 'agent') anonymous = id;
         }
       }
-      step = 'gateway';
+      enter('gateway');
       const gateway = new ToolGateway({
         backend,
         upstreams: config.upstreams,
@@ -401,7 +414,7 @@ export class Sidecar {
       let dashboardUrl: string | undefined;
       let mcp: McpHttpEndpoint | undefined;
       if (options.http !== false) {
-        step = 'http';
+        enter('http');
         const h = config.http;
         mcp = new McpHttpEndpoint({
           gateway,
@@ -490,7 +503,7 @@ export class Sidecar {
       }
       let grpc: GrpcServer | undefined;
       if (config.grpc !== undefined && fabric !== undefined) {
-        step = 'grpc';
+        enter('grpc');
         const { host, port } = config.grpc;
         const stateStore = store;
         const healthProbes: Record<string, () => boolean> = {
@@ -546,21 +559,56 @@ export class Sidecar {
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      const track = (part: ShutdownPart, closing: Promise<void> | undefined): Promise<void> => {
+        if (closing === undefined) return Promise.resolve();
+        this.#pending.add(part);
+        return closing.finally(() => this.#pending.delete(part));
+      };
       // The doors stop accepting at once but keep the connections of the calls in flight until
       // the gateway has let them finish (bounded by its grace), so their answers are delivered.
-      const drained = this.gateway.close();
-      const httpClosed = this.#http?.close(drained);
-      const grpcClosed = this.#grpc?.close(drained);
+      const drained = track('gateway', this.gateway.close());
+      const httpClosed = track('http', this.#http?.close(drained));
+      const grpcClosed = track('grpc', this.#grpc?.close(drained));
       await drained;
-      await this.#mcp?.close();
+      await track('mcp', this.#mcp?.close());
       await httpClosed;
       await grpcClosed;
-      await this.#closeBackend();
-      if (this.#tracing !== undefined) await stopTracing(this.#tracing);
+      await track('backend', this.#closeBackend());
+      if (this.#tracing !== undefined) await track('tracing', stopTracing(this.#tracing));
     })();
     return this.#closing;
   }
+
+  /**
+   * What a shutdown in progress still waits for, one entry per part, in words: what a shutdown
+   * that does not finish within its bound logs. Empty before `close()` and once it finished.
+   */
+  get shutdownPending(): string[] {
+    return [...this.#pending].map((part) => {
+      switch (part) {
+        case 'gateway':
+          return `the gateway (${this.gateway.closing ?? 'closing'})`;
+        case 'backend': {
+          const step = this.fabric?.closing;
+          return step === undefined ? 'the plugins and the fabric' : `the fabric (${step})`;
+        }
+        default:
+          return SHUTDOWN_PARTS[part];
+      }
+    });
+  }
 }
+
+/** The parts of a sidecar's shutdown, and how they are named while pending. */
+const SHUTDOWN_PARTS = {
+  gateway: 'the gateway',
+  http: 'the HTTP server (its open connections)',
+  grpc: 'the gRPC server (its calls and streams)',
+  mcp: 'the MCP endpoint (its sessions)',
+  backend: 'the plugins and the fabric',
+  tracing: 'exporting the last spans',
+} as const;
+type ShutdownPart = keyof typeof SHUTDOWN_PARTS;
 
 type DurableStore = SqliteStore<TaskRecord, AgentRecord, PoolRecord>;
 

@@ -10,13 +10,20 @@
  *   leaves no upstream process behind, grandchildren included (the signal's default action used
  *   to end the sidecar and leave the upstream's detached process group orphaned), and the audit
  *   records still queued in memory are written;
+ * - SIGHUP (the terminal or session went away) shuts down as SIGTERM does: before, Node's default
+ *   action ended the process at once, with no cleanup, and left the upstream's detached process
+ *   group (grandchildren included) running;
+ * - a shutdown that cannot finish — a start-up waiting for an upstream that never answers
+ *   (`startTimeoutSeconds: 3600`), a git command of the hook store that never returns — ends at
+ *   `shutdownTimeoutSeconds`, naming what it still waited for, with exit 1 and no upstream left
+ *   (before, the process waited as long as the hung part did: an hour, or for ever);
  * - after a SIGKILL, a restart starts even when the dead sidecar's pid now belongs to another
  *   process (a reboot, or a crash long ago): the state lock names the holder's boot and start
  *   time, so a reused pid is told apart (before, serve refused with FABRIC_ERR_STATE_LOCKED
  *   until an operator removed the lock).
  */
-import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -24,11 +31,13 @@ import { CallToolRequestSchema, type CallToolResponse } from '../../src/gen/fabr
 import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
 import { alive, descendants, tempDir, text, until } from '../fixtures/gateway/harness.js';
 import { grpcClient, unary } from '../fixtures/grpc-client.js';
-import { cleanUp, connect, freePort, serve, stop } from '../fixtures/state/serve.js';
+import { callApi } from '../fixtures/api.js';
+import { cleanUp, connect, freePort, serve, spawnServe, stop } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
 
 const SLOW_SERVER = new URL('../fixtures/gateway/slow-server.mjs', import.meta.url).pathname;
+const STARTUP_SERVER = new URL('../fixtures/gateway/startup-server.mjs', import.meta.url).pathname;
 
 /** Writes `<dir>/fabric.json`: the slow upstream (run by `wrapper` when given) and one agent. */
 async function writeConfig(dir: string, count: string, extra: object = {}, wrapper?: string) {
@@ -166,6 +175,22 @@ describe('agent-fabric serve: SIGTERM with calls in flight', () => {
     }
   });
 
+  it('shuts down on SIGHUP as on SIGTERM, and leaves no upstream process behind', async () => {
+    const dir = tempDir('cli-shutdown-hup');
+    const count = join(dir, 'ran.txt');
+    await writeConfig(dir, count, {}, 'sleep 600 &');
+    const r = await serve(dir);
+    const kids = descendants(r.child.pid!);
+    try {
+      expect(kids.length).toBeGreaterThan(1); // the server and its grandchild
+      expect(await stop(r, 'SIGHUP')).toBe(0);
+      expect(r.err()).toContain('SIGHUP received, shutting down');
+      await until(() => kids.every((pid) => !alive(pid)));
+    } finally {
+      for (const pid of kids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    }
+  });
+
   it('starts after a SIGKILL when the dead sidecar’s pid was reused by another process', async () => {
     const dir = tempDir('cli-shutdown-pid-reuse');
     await writeConfig(dir, join(dir, 'ran.txt'), { state: { path: join(dir, 'state.db') } });
@@ -183,6 +208,104 @@ describe('agent-fabric serve: SIGTERM with calls in flight', () => {
       expect(await stop(again, 'SIGTERM')).toBe(0);
     } finally {
       other.kill('SIGKILL');
+    }
+  });
+});
+
+describe('agent-fabric serve: a shutdown that cannot finish', () => {
+  it('ends a start-up that waits for a silent upstream at shutdownTimeoutSeconds, naming it', async () => {
+    const dir = tempDir('cli-shutdown-startup');
+    writeFileSync(
+      join(dir, 'fabric.json'),
+      JSON.stringify({
+        http: { host: '127.0.0.1', port: await freePort() },
+        upstreams: {
+          // Answers initialize, never tools/list: the start-up waits its whole hour for it.
+          silent: {
+            command: process.execPath,
+            args: [STARTUP_SERVER, 'silent-lists'],
+            stderr: 'ignore',
+            startTimeoutSeconds: 3600,
+          },
+        },
+        gateway: { shutdownGraceSeconds: 1 },
+        shutdownTimeoutSeconds: 3,
+        agents: [{ name: 'worker' }],
+      }),
+    );
+    const r = spawnServe(dir);
+    const exited = new Promise<number | null>((resolve) =>
+      r.child.once('exit', (code) => resolve(code)),
+    );
+    let kids: number[] = [];
+    try {
+      // The upstream runs: start-up is at its step `gateway`, waiting for the catalog.
+      await until(() => {
+        kids = descendants(r.child.pid!);
+        return kids.length > 0;
+      }, 30_000);
+      r.child.kill('SIGTERM');
+      expect(await exited).toBe(1);
+      expect(r.err()).toContain('SIGTERM received during start-up (step gateway)');
+      expect(r.err()).toContain(
+        'the shutdown did not finish within 3 s (shutdownTimeoutSeconds); still waiting for: start-up (step gateway)',
+      );
+      await until(() => kids.every((pid) => !alive(pid)));
+    } finally {
+      for (const pid of kids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    }
+  });
+
+  it('ends a shutdown held by a hung git command of the hook store, naming it', async () => {
+    const dir = tempDir('cli-shutdown-git');
+    // A `git` first on PATH that runs the real one, except while `hang` exists: then it waits
+    // (as a git command on a hung network file system does), and goes on once it is removed.
+    const realGit = execFileSync('sh', ['-c', 'command -v git'], { encoding: 'utf8' }).trim();
+    const bin = join(dir, 'bin');
+    const hang = join(dir, 'hang');
+    mkdirSync(bin);
+    writeFileSync(
+      join(bin, 'git'),
+      `#!/bin/sh\nwhile [ -e '${hang}' ]; do sleep 0.1; done\nexec '${realGit}' "$@"\n`,
+    );
+    chmodSync(join(bin, 'git'), 0o755);
+    const admin = 'admin-token-for-shutdown-tests-0123';
+    writeFileSync(
+      join(dir, 'fabric.json'),
+      JSON.stringify({
+        http: { host: '127.0.0.1', port: await freePort() },
+        adminToken: admin,
+        upstreams: {},
+        hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false },
+        gateway: { shutdownGraceSeconds: 1 },
+        shutdownTimeoutSeconds: 3,
+        agents: [{ name: 'worker' }],
+      }),
+    );
+    const r = await serve(dir, { PATH: `${bin}:${process.env.PATH ?? ''}` });
+    const agentId = /\(worker, (\S+)\)/.exec(r.out)![1]!;
+    try {
+      writeFileSync(hang, '');
+      const created = callApi(r.url, 'FabricService/CreateHook', { agentId, workItem: {} }, admin)
+        .then((res) => res.status)
+        .catch((error: unknown) => error);
+      // The hook store's git command waits (one of the wrapper's `sleep`s runs).
+      await until(() =>
+        descendants(r.child.pid!).some((pid) => {
+          try {
+            return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('sleep');
+          } catch {
+            return false;
+          }
+        }),
+      );
+      expect(await stop(r, 'SIGTERM')).toBe(1);
+      expect(r.err()).toContain(
+        'the shutdown did not finish within 3 s (shutdownTimeoutSeconds); still waiting for: the fabric (hook store',
+      );
+      expect(await created).toBeInstanceOf(Error); // its connection went with the process
+    } finally {
+      rmSync(hang, { force: true }); // the orphaned wrapper goes on, and ends
     }
   });
 });

@@ -11,7 +11,7 @@ import { parseToolTasksOptions } from '../../src/gateway/tool-tasks.js';
 import { upstreamSpecSchema } from '../../src/gateway/upstream-config.js';
 import { parseHookManagerOptions } from '../../src/hooks/hook-manager-options.js';
 import { MAX_TIMER_MS, MAX_TIMER_SECONDS } from '../../src/scheduler/task-waiters.js';
-import { parseSidecarConfig } from '../../src/server/config-file.js';
+import { parseSidecarConfig, shutdownTimeoutMs } from '../../src/server/config-file.js';
 
 const SECONDS_LIMIT = 'must be at most 2147483 seconds (24.8 days)';
 const MS_LIMIT = 'must be at most 2147483647 ms (24.8 days)';
@@ -121,5 +121,20 @@ describe('timed settings past setTimeout’s limit', () => {
       parseHookManagerOptions({ ...hooks, progressCommitIntervalMs: MAX_TIMER_MS })
         .progressCommitIntervalMs,
     ).toBe(MAX_TIMER_MS);
+  });
+});
+
+describe('shutdownTimeoutSeconds', () => {
+  it('defaults to the grace + 30 s, and a value set must exceed the grace', () => {
+    const parse = (c: unknown) => parseSidecarConfig(JSON.stringify(c), 'c.json', { env: {} });
+    expect(shutdownTimeoutMs(parse({}))).toBe(35_000);
+    expect(shutdownTimeoutMs(parse({ gateway: { shutdownGraceSeconds: 60 } }))).toBe(90_000);
+    expect(shutdownTimeoutMs(parse({ shutdownTimeoutSeconds: 6 }))).toBe(6_000);
+    expect(problems({ shutdownTimeoutSeconds: 5 })).toEqual([
+      'shutdownTimeoutSeconds: must be greater than gateway.shutdownGraceSeconds (5): the shutdown includes that grace',
+    ]);
+    expect(problems({ shutdownTimeoutSeconds: 3_000_000 })).toEqual([
+      `shutdownTimeoutSeconds: ${SECONDS_LIMIT}`,
+    ]);
   });
 });
