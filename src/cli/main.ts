@@ -405,6 +405,16 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   };
   downstream.onclose = () => void shutdown();
   process.stdin.once('end', () => void shutdown());
+  // A signal ends the sidecar session too (DELETE), where its default action left it open until
+  // it idled out; a second one exits at once.
+  let signalled = false;
+  for (const sig of STOP_SIGNALS) {
+    process.on(sig, () => {
+      if (signalled) process.exit(EXIT.failure);
+      signalled = true;
+      void shutdown();
+    });
+  }
   await bridge.start();
   await downstream.start();
   phase = 'stopping'; // ends when stdin does

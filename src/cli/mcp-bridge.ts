@@ -34,6 +34,14 @@ const OWN_ID = `agent-fabric-mcp/${randomBytes(8).toString('hex')}/`;
 /** How long the bridge waits for the answer to a request of its own (a renewal's). */
 const OWN_TIMEOUT_MS = 30_000;
 
+/**
+ * How long a session given up (the bridge closing, a renewal replacing it) waits for an
+ * `initialize` still on its way before it is ended: the answer names the session to `DELETE`.
+ * Ended at once, the POST was cut and the session the sidecar opened for it stayed open until
+ * it idled out, holding one of the agent's `maxSessionsPerAgent` slots.
+ */
+const INITIALIZE_WAIT_MS = 5_000;
+
 type Envelope = { id?: unknown; method?: unknown; params?: unknown; result?: unknown };
 
 /** Options of a {@link McpBridge}. */
@@ -81,6 +89,15 @@ export class McpBridge {
    * session id and be refused (400), with no 404 to start a renewal ever again.
    */
   #sessionless: StreamableHTTPClientTransport | undefined;
+  /**
+   * The `initialize` requests on their way, by the transport they went out on (a session is
+   * opened by their answer); and the agent's ones not yet handed to a transport.
+   */
+  readonly #initializing = new Map<StreamableHTTPClientTransport, Promise<unknown>>();
+  readonly #queuedInitializes = new Set<Promise<unknown>>();
+  /** Sessions given up and being ended. */
+  readonly #retiring = new Set<Promise<void>>();
+  #closing: Promise<void> | undefined;
 
   constructor(options: McpBridgeOptions) {
     this.#options = options;
@@ -93,10 +110,50 @@ export class McpBridge {
     await this.#upstream.start();
   }
 
-  /** Ends the session (`DELETE`) and closes the HTTP side. */
-  async close(): Promise<void> {
-    await this.#upstream.terminateSession().catch(() => undefined);
-    await this.#upstream.close();
+  /**
+   * Ends the session (`DELETE`) and closes the HTTP side; an `initialize` still on its way is
+   * waited for (at most {@link INITIALIZE_WAIT_MS}) so that the session it opens is ended too,
+   * and so are sessions a renewal gave up. Idempotent; messages of the agent after it are dropped.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await bounded(Promise.allSettled([...this.#queuedInitializes]), INITIALIZE_WAIT_MS);
+      this.#retire(this.#upstream);
+      while (this.#retiring.size > 0) await Promise.allSettled([...this.#retiring]);
+    })();
+    return this.#closing;
+  }
+
+  /**
+   * Ends `transport`'s session, if it has or is about to have one (its `initialize` on its way),
+   * and closes it. A session the sidecar already forgot answers the `DELETE` with 404: harmless.
+   */
+  #retire(transport: StreamableHTTPClientTransport): void {
+    const ending = (async () => {
+      const initializing = this.#initializing.get(transport);
+      if (initializing !== undefined) await bounded(initializing, INITIALIZE_WAIT_MS);
+      this.#initializing.delete(transport);
+      if (transport.sessionId !== undefined) {
+        await transport.terminateSession().catch(() => undefined);
+      }
+      await transport.close().catch(() => undefined);
+    })();
+    this.#retiring.add(ending);
+    void ending.finally(() => this.#retiring.delete(ending));
+  }
+
+  /** Sends `m` on `transport`, noting an `initialize` until it is answered (see `#retire`). */
+  #send(transport: StreamableHTTPClientTransport, m: JSONRPCMessage): Promise<void> {
+    const sent = transport.send(m);
+    if ((m as Envelope).method === 'initialize') {
+      const before = this.#initializing.get(transport);
+      const settled = sent.catch(() => undefined);
+      this.#initializing.set(
+        transport,
+        before === undefined ? settled : Promise.allSettled([before, settled]),
+      );
+    }
+    return sent;
   }
 
   #connect(): StreamableHTTPClientTransport {
@@ -119,6 +176,9 @@ export class McpBridge {
         waiter(m as Envelope);
         return;
       }
+      // The late answer to a request of the bridge's own it gave up on (the prefix is random per
+      // process): not the agent's.
+      if (typeof id === 'string' && !('method' in m) && id.startsWith(OWN_ID)) return;
       void this.#options.downstream.send(m);
     };
     transport.onerror = (e) => this.#options.log(`agent-fabric mcp: ${e.message}`);
@@ -126,9 +186,10 @@ export class McpBridge {
   }
 
   #fromAgent(m: JSONRPCMessage): void {
+    if (this.#closing !== undefined) return; // the bridge is ending: nobody reads the answer
     this.#note(m);
     // In order, after a session being opened.
-    void this.#ready.then(() => {
+    const forwarded = this.#ready.then(() => {
       const { id, method } = m as Envelope;
       if (method === 'ping' && id !== undefined && this.#upstream.sessionId === undefined) {
         // A ping may come before initialize (MCP lifecycle); the sidecar refuses any request
@@ -138,6 +199,11 @@ export class McpBridge {
       }
       return this.#forward(m, true);
     });
+    if ((m as Envelope).method === 'initialize') {
+      // Until it is on a transport (#send notes it there): a close meanwhile waits for it.
+      this.#queuedInitializes.add(forwarded);
+      void forwarded.finally(() => this.#queuedInitializes.delete(forwarded));
+    }
   }
 
   /** Keeps what the agent set on its session, to set it again on a new one. */
@@ -158,7 +224,7 @@ export class McpBridge {
     const upstream = this.#upstream;
     try {
       if (upstream === this.#sessionless) throw new Error('no session: the last renewal failed');
-      await upstream.send(m);
+      await this.#send(upstream, m);
     } catch (error) {
       if (
         renewable &&
@@ -194,7 +260,9 @@ export class McpBridge {
     this.#ready = renewal.catch(() => {
       if (fresh.sessionId === undefined) this.#sessionless = fresh;
     });
-    void lost.close().catch(() => undefined);
+    // Ended, not only closed: it may hold a session after all (a renewal's initialize answered
+    // after the bridge gave up on it), which would stay open until it idled out.
+    this.#retire(lost);
     return renewal;
   }
 
@@ -267,7 +335,7 @@ export class McpBridge {
         resolve(answer);
       });
       const request = { jsonrpc: '2.0', id, method, params } as JSONRPCMessage;
-      transport.send(request).catch((error: unknown) => fail(error as Error));
+      this.#send(transport, request).catch((error: unknown) => fail(error as Error));
     });
   }
 
@@ -288,4 +356,16 @@ export class McpBridge {
       },
     });
   }
+}
+
+/** Waits for `promise`, at most `ms` (however it settles). */
+async function bounded(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    promise.catch(() => undefined),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]);
+  clearTimeout(timer);
 }

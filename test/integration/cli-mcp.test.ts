@@ -18,6 +18,7 @@ import {
   closeSidecar,
   descendants,
   httpClient,
+  INIT,
   tempDir,
   TSX,
   until,
@@ -203,6 +204,44 @@ agents:
     // The bridge ends its sidecar session when its client goes away.
     await until(() => sidecar.gateway.sessions.size === sessions);
   });
+
+  it('ends the session of an initialize whose client went away before the answer', async () => {
+    // The client sends initialize and closes stdin at once: the bridge exited while the POST was
+    // on its way, and the session the sidecar opened for it stayed open (until it idled out, 30
+    // minutes, holding one of the agent's maxSessionsPerAgent slots).
+    const sessions = sidecar.gateway.sessions.size;
+    for (let i = 0; i < 3; i++) {
+      const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...inherited } = process.env;
+      const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'mcp'], {
+        env: { ...inherited, FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
+        stdio: ['pipe', 'ignore', 'ignore'],
+      });
+      child.stdin.end(`${JSON.stringify(INIT)}\n`);
+      expect(await new Promise((resolve) => child.once('close', resolve))).toBe(0);
+    }
+    await until(() => sidecar.gateway.sessions.size === sessions);
+  });
+
+  for (const signal of ['SIGTERM', 'SIGHUP', 'SIGINT'] as const) {
+    it(`ends its session when it gets ${signal}`, async () => {
+      // Before, the bridge had no handler: the signal ended it at once, session left open.
+      const sessions = sidecar.gateway.sessions.size;
+      const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...inherited } = process.env;
+      const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'mcp'], {
+        env: { ...inherited, FABRIC_AGENT_TOKEN: token, FABRIC_URL: sidecar.url! },
+        stdio: ['pipe', 'pipe', 'ignore'],
+      });
+      let out = '';
+      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      child.stdin.write(`${JSON.stringify(INIT)}\n`);
+      await until(() => out.includes('\n'));
+      expect(sidecar.gateway.sessions.size).toBe(sessions + 1);
+      const exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+      child.kill(signal);
+      expect(await exited).toBe(0);
+      await until(() => sidecar.gateway.sessions.size === sessions);
+    });
+  }
 
   it('answers a ping sent before initialize (the spec allows it; the sidecar has no session yet)', async () => {
     const { child, lines } = rawBridge(sidecar, token);
