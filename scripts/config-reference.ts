@@ -42,7 +42,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'http.maxSessionsPerAgent': 'Open MCP sessions one agent may have.',
   'http.maxInflightPerAgent':
     'Requests one agent may have in flight over HTTP: MCP and /api/ calls together.',
-  'http.maxBatchMessages': 'Most messages in one JSON-RPC batch.',
+  'http.maxBatchMessages':
+    'Most messages in one JSON-RPC batch (sessions of MCP 2025-03-26 and earlier; 2025-06-18 removed batches, and a batch on a session of that version or later is refused).',
   'http.maxStreamBacklogBytes':
     'Unread bytes a response stream may hold before notifications to it are dropped.',
   'http.headersTimeoutSeconds':

@@ -192,6 +192,23 @@ function transportRefusal(req: IncomingMessage, inSession: boolean): [number, st
   return undefined;
 }
 
+/**
+ * The MCP version that removed JSON-RPC batching ("the body of the POST request MUST be a single
+ * JSON-RPC request, notification, or response", MCP 2025-06-18, Streamable HTTP). Versions are
+ * dates, so they compare as strings.
+ */
+const BATCHES_REMOVED_IN = '2025-06-18';
+
+/**
+ * True when a session of `version` may POST a batch: one that negotiated 2025-03-26 (which added
+ * batching) or earlier. The SDK's own server transport takes batches whatever the version.
+ * Undefined (the SDK's initialize handler was not found to wrap, see session.ts) keeps the
+ * behaviour from before versions were told apart: batches are taken.
+ */
+function batchesAllowed(version: string | undefined): boolean {
+  return version === undefined || version < BATCHES_REMOVED_IN;
+}
+
 function isInitialize(m: unknown): boolean {
   return (m as { method?: unknown }).method === 'initialize';
 }
@@ -485,6 +502,14 @@ export class McpHttpEndpoint {
       return;
     }
     const batch = Array.isArray(body);
+    if (batch && entry !== undefined && !batchesAllowed(entry.session.protocolVersion)) {
+      badRequest(
+        res,
+        ErrorCode.InvalidRequest,
+        `Invalid Request: JSON-RPC batches were removed in MCP ${BATCHES_REMOVED_IN} and this session speaks ${entry.session.protocolVersion}; send one message per POST`,
+      );
+      return;
+    }
     const messages = batch ? (body as unknown[]) : [body];
     if (messages.length === 0) {
       badRequest(res, ErrorCode.InvalidRequest, 'Invalid Request: the batch is empty');

@@ -239,6 +239,7 @@ export class GatewaySession {
   /** Lowest severity index forwarded (set by logging/setLevel); everything by default. */
   #minLevel = 0;
   #logLevel: LoggingLevel | undefined;
+  #protocolVersion: string | undefined;
 
   constructor(host: SessionHost, identity: AgentIdentity) {
     this.id = `s${++nextSessionNumber}`;
@@ -255,7 +256,12 @@ export class GatewaySession {
     const sdkInitialize = (s as unknown as { _oninitialize?: SdkInitialize })._oninitialize;
     if (typeof sdkInitialize === 'function') {
       // The SDK's own handling, once the params are checked here (see malformedInitialize).
-      checked(s, InitializeRequestSchema, (req) => sdkInitialize.call(s, req));
+      checked(s, InitializeRequestSchema, async (req) => {
+        const result = await sdkInitialize.call(s, req);
+        const version = (result as { protocolVersion?: unknown }).protocolVersion;
+        if (typeof version === 'string') this.#protocolVersion = version;
+        return result;
+      });
     }
     checked(s, ListToolsRequestSchema, () => ({
       ...host.toolListHints(this),
@@ -341,6 +347,11 @@ export class GatewaySession {
   /** The level this client set with `logging/setLevel`, if it did. */
   get logLevel(): LoggingLevel | undefined {
     return this.#logLevel;
+  }
+
+  /** The MCP protocol version the session's `initialize` agreed on (undefined before it). */
+  get protocolVersion(): string | undefined {
+    return this.#protocolVersion;
   }
 
   /**

@@ -33,6 +33,7 @@ import {
   EVERYTHING_BIN,
   httpClient,
   INIT,
+  INIT_BATCHING,
   startTestSidecar,
   tempDir,
   text,
@@ -183,8 +184,9 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
     });
   }
 
+  /** Opens a session of the last MCP version with batches: the tests here POST them. */
   async function openSession(token: string): Promise<string> {
-    const res = await post(token, INIT);
+    const res = await post(token, INIT_BATCHING);
     expect(res.status, res.body).toBe(200);
     const id = res.headers['mcp-session-id'] as string;
     const ack = await post(token, { jsonrpc: '2.0', method: 'notifications/initialized' }, id);
@@ -670,6 +672,52 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
       expect(byId('x')[0]!.error!.code).toBe(-32600);
       expect(byId(null).map((a) => a.error!.code)).toEqual([-32600, -32600]);
       await closeSession(token, session);
+    });
+
+    it('refuses a batch on a session of MCP 2025-06-18 (which removed batches), running none of it', async () => {
+      // The spec of 2025-06-18 on: a POST's body MUST be a single message. Before, the gateway
+      // (as the SDK's transport does) ran batches on sessions of every version.
+      const token = agentToken(sidecar, 'fuzz');
+      const before = new Set(sidecar.gateway.sessions);
+      const init = await post(token, INIT);
+      expect(init.status).toBe(200);
+      const session = init.headers['mcp-session-id'] as string;
+      expect(
+        (await post(token, { jsonrpc: '2.0', method: 'notifications/initialized' }, session))
+          .status,
+      ).toBe(202);
+      const [opened] = [...sidecar.gateway.sessions].filter((s) => !before.has(s));
+      const setLevel = {
+        jsonrpc: '2.0',
+        id: 1,
+        method: 'logging/setLevel',
+        params: { level: 'error' },
+      };
+      const batch = [setLevel, { jsonrpc: '2.0', id: 2, method: 'ping' }];
+      const refused = await post(token, batch, session);
+      expect(refused.status).toBe(400);
+      expect(JSON.parse(refused.body)).toMatchObject({
+        jsonrpc: '2.0',
+        id: null,
+        error: {
+          code: -32600,
+          message: expect.stringContaining(
+            'JSON-RPC batches were removed in MCP 2025-06-18 and this session speaks 2025-06-18',
+          ) as unknown,
+        },
+      });
+      expect(opened!.logLevel).toBeUndefined(); // nothing of it ran
+      expect(opened!.protocolVersion).toBe('2025-06-18');
+      // One message a POST, as that version has it, goes on working.
+      expect((await post(token, setLevel, session)).status).toBe(200);
+      expect(opened!.logLevel).toBe('error');
+      await closeSession(token, session);
+      // A session of 2025-03-26 (which has batches) still takes the same batch.
+      const older = await openSession(token);
+      const answered = await post(token, batch, older);
+      expect(answered.status).toBe(200);
+      expect(JSON.parse(answered.body)).toHaveLength(2);
+      await closeSession(token, older);
     });
 
     it('gives null and [null] a 400 (were 500), and 123, "str", {} and [] a 400 (were 202)', async () => {

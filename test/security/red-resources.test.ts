@@ -34,7 +34,7 @@ import {
   EVERYTHING_BIN,
   FILESYSTEM_BIN,
   httpClient,
-  INIT,
+  INIT_BATCHING,
   startTestSidecar,
   tempDir,
   until,
@@ -109,7 +109,8 @@ describe('resources an agent can make the sidecar hold (real sidecar)', () => {
     const res = await fetch(sidecar.url!, {
       method: 'POST',
       headers: headers(token),
-      body: JSON.stringify(INIT),
+      // Of the last MCP version with batches: the floods here are batches.
+      body: JSON.stringify(INIT_BATCHING),
     });
     await res.text();
     expect(res.status).toBe(200);

@@ -19,7 +19,7 @@ import {
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
   httpClient,
-  INIT,
+  INIT_BATCHING,
   startTestSidecar,
   text,
   until,
@@ -91,7 +91,8 @@ describe('resource subscriptions are bounded per session (server-everything, rea
     const init = await fetch(sidecar.url!, {
       method: 'POST',
       headers: headers(),
-      body: JSON.stringify(INIT),
+      // Of the last MCP version with batches (2025-06-18 removed them).
+      body: JSON.stringify(INIT_BATCHING),
     });
     expect(init.status).toBe(200);
     const session = init.headers.get('mcp-session-id')!;
