@@ -42,6 +42,12 @@ const OWN_TIMEOUT_MS = 30_000;
  */
 const INITIALIZE_WAIT_MS = 5_000;
 
+/**
+ * How long ending a session waits for the sidecar to answer its `DELETE`: a sidecar that stopped
+ * answering kept the bridge from exiting when its client went away (fetch's own bound: 5 min).
+ */
+const DELETE_WAIT_MS = 5_000;
+
 type Envelope = { id?: unknown; method?: unknown; params?: unknown; result?: unknown };
 
 /** Options of a {@link McpBridge}. */
@@ -134,7 +140,8 @@ export class McpBridge {
       if (initializing !== undefined) await bounded(initializing, INITIALIZE_WAIT_MS);
       this.#initializing.delete(transport);
       if (transport.sessionId !== undefined) {
-        await transport.terminateSession().catch(() => undefined);
+        // Past the bound, closing the transport aborts the DELETE (its failure is logged).
+        await bounded(transport.terminateSession(), DELETE_WAIT_MS);
       }
       await transport.close().catch(() => undefined);
     })();

@@ -11,6 +11,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadSidecarConfig } from '../../src/server/config-file.js';
 import { Sidecar } from '../../src/server/sidecar.js';
+import { cleanUp, freePort, serve, stop } from '../fixtures/state/serve.js';
 import {
   alive,
   CLI_MAIN,
@@ -531,4 +532,46 @@ agents:
       await client.close();
     }
   });
+});
+
+describe('agent-fabric mcp: a sidecar that stopped answering', () => {
+  afterAll(cleanUp);
+
+  it('exits when its client goes away even though the sidecar never answers the DELETE', async () => {
+    // The sidecar is stopped (SIGSTOP: as a hung or overloaded host): before, the bridge waited
+    // for the DELETE of its session with no bound (fetch's own: 5 minutes), so its client's
+    // `close` never saw it exit.
+    const dir = tempDir('cli-mcp-stopped');
+    writeFileSync(
+      join(dir, 'fabric.json'),
+      JSON.stringify({
+        http: { host: '127.0.0.1', port: await freePort() },
+        upstreams: {},
+        agents: [{ name: 'worker' }],
+      }),
+    );
+    const r = await serve(dir);
+    const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...inherited } = process.env;
+    const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'mcp'], {
+      env: { ...inherited, FABRIC_AGENT_TOKEN: r.token, FABRIC_URL: r.url },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    try {
+      child.stdin.write(`${JSON.stringify(INIT)}\n`);
+      await until(() => out.includes('\n'), 30_000);
+      r.child.kill('SIGSTOP');
+      const exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+      child.stdin.end();
+      expect(await exited).toBe(0);
+      expect(err).toContain('agent-fabric mcp:'); // the DELETE that got no answer, reported
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      r.child.kill('SIGCONT');
+      await stop(r, 'SIGTERM');
+    }
+  }, 60_000);
 });
