@@ -15,10 +15,26 @@
  * filling up) is followed by the rest; when that fails, the file ends inside a line and the
  * next batch starts on a new one.
  *
+ * The path is what is audited, not the file first opened there: each flush checks (one stat)
+ * that the path still names the open file, and when it was renamed away (logrotate without
+ * `copytruncate`) or removed, with its folder or not, the log opens the path again (making the
+ * folder) and tells `onReopen`. A rotation that fails part way leaves no descriptor open on the
+ * side: the next flush opens the path again. Nothing is ever written through a descriptor this
+ * log already closed (the process may have given its number to another file or a socket).
+ *
  * @module
  */
 import { hash } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
 import { dirname } from 'node:path';
 import { ConfigError } from '../errors.js';
 import { argumentsJson } from './args-json.js';
@@ -86,9 +102,44 @@ export interface AuditLogOptions {
   flushIntervalMs?: number;
   /**
    * Told of a write that failed in a timed flush (disk full, file removed …); those lines are
-   * lost. Explicit `flush()` and `close()` throw instead. @default ignore
+   * lost (`lost` records, see {@link AuditWriteError}). Explicit `flush()` and `close()` throw
+   * instead. @default ignore
    */
   onError?: (error: unknown) => void;
+  /**
+   * Told when the path no longer named the open file (renamed away, removed) and the log opened
+   * it again; `reason` says which. @default ignore
+   */
+  onReopen?: (reason: string) => void;
+}
+
+/**
+ * A flush that failed: `lost` of its records are not in the file; `cause` is why, and `code`
+ * its system error code (`ENOSPC`, `EFBIG`, `EACCES` …) when it has one.
+ */
+export class AuditWriteError extends Error {
+  readonly lost: number;
+  readonly code: string | undefined;
+
+  constructor(path: string, lost: number, cause: unknown) {
+    super(`audit log ${path}: ${cause instanceof Error ? cause.message : String(cause)}`, {
+      cause,
+    });
+    this.name = 'AuditWriteError';
+    this.lost = lost;
+    const code = (cause as { code?: unknown } | null)?.code;
+    this.code = typeof code === 'string' ? code : undefined;
+  }
+}
+
+/** What an {@link AuditLog} could not do, for the metrics. */
+export interface AuditLogStats {
+  /** Flushes (and closes) that failed. */
+  writeFailures: number;
+  /** Records of those flushes not written. */
+  recordsLost: number;
+  /** Times the path was opened again after it was renamed away or removed. */
+  reopens: number;
 }
 
 /**
@@ -139,8 +190,16 @@ export class AuditLog {
   readonly #maxBytes: number;
   readonly #maxFiles: number;
   readonly #flushIntervalMs: number;
+  /** The open file; `undefined` while it is not open (a failed reopen or rotation) or closed. */
   #fd: number | undefined;
+  /** Device and inode of the open file: the path is checked against them on each flush. */
+  #dev = 0;
+  #ino = 0;
+  #closed = false;
   #size = 0;
+  /** Records of the batch being flushed that are in the file. */
+  #batchWritten = 0;
+  readonly #stats: AuditLogStats = { writeFailures: 0, recordsLost: 0, reopens: 0 };
   /**
    * A write failed after part of a text was in the file (disk full, file size limit): the file
    * ends inside a line, so the next write starts a new one.
@@ -150,6 +209,7 @@ export class AuditLog {
   #timer: NodeJS.Timeout | undefined;
   #immediate: NodeJS.Immediate | undefined;
   readonly #onError: (error: unknown) => void;
+  readonly #onReopen: (reason: string) => void;
   /** Timed flushes (and the one at exit) must not throw: an exception in a timer ends the process. */
   readonly #flush = (): void => {
     try {
@@ -165,6 +225,7 @@ export class AuditLog {
     this.#maxFiles = options.maxFiles ?? DEFAULT_AUDIT_MAX_FILES;
     this.#flushIntervalMs = options.flushIntervalMs ?? DEFAULT_AUDIT_FLUSH_INTERVAL_MS;
     this.#onError = options.onError ?? (() => undefined);
+    this.#onReopen = options.onReopen ?? (() => undefined);
     if (!Number.isInteger(this.#flushIntervalMs) || this.#flushIntervalMs < 0) {
       throw new ConfigError('audit.flushIntervalMs', 'must be an integer ≥ 0 (milliseconds)');
     }
@@ -176,18 +237,60 @@ export class AuditLog {
   }
 
   #open(): void {
-    this.#fd = openSync(this.path, 'a', 0o600);
-    this.#torn = false;
+    const fd = openSync(this.path, 'a', 0o600);
     try {
-      this.#size = statSync(this.path).size;
-    } catch {
-      this.#size = 0;
+      const st = fstatSync(fd);
+      this.#dev = st.dev;
+      this.#ino = st.ino;
+      this.#size = st.size;
+    } catch (error) {
+      closeSync(fd);
+      throw error;
     }
+    this.#fd = fd;
+    this.#torn = false;
+  }
+
+  /** Closes the open file, if any; from here on it is not written. */
+  #drop(): void {
+    const fd = this.#fd;
+    this.#fd = undefined;
+    if (fd !== undefined) closeSync(fd);
+  }
+
+  /**
+   * Makes sure the open file is the one the path names: after a rename away (logrotate) or a
+   * removal, or a rotation or reopen that failed, the path is opened again (its folder made).
+   */
+  #ensureOpen(): void {
+    let reason: string | undefined;
+    if (this.#fd === undefined) reason = 'the file was not open (an earlier failure)';
+    else {
+      const st = statSync(this.path, { throwIfNoEntry: false });
+      if (st === undefined) reason = 'the file was removed or renamed';
+      else if (st.ino !== this.#ino || st.dev !== this.#dev) {
+        reason = 'the path names another file (renamed or replaced)';
+      } else return;
+      try {
+        this.#drop();
+      } catch {
+        // the descriptor is gone either way
+      }
+    }
+    mkdirSync(dirname(this.path), { recursive: true });
+    this.#open();
+    this.#stats.reopens++;
+    this.#onReopen(reason);
+  }
+
+  /** What failed so far (for the metrics). */
+  get stats(): Readonly<AuditLogStats> {
+    return this.#stats;
   }
 
   /** Queues one record; it reaches the file within `flushIntervalMs`. */
   write(record: AuditRecord): void {
-    if (this.#fd === undefined) return;
+    if (this.#closed) return;
     let line: string;
     try {
       line = JSON.stringify(record) + '\n';
@@ -219,7 +322,7 @@ export class AuditLog {
     durationMs: number,
     fields: AuditOutcome,
   ): void {
-    if (this.#fd === undefined) return;
+    if (this.#closed) return;
     this.#pending.push({ agent, tool, args, startedAt, durationMs, fields });
     this.#schedule();
   }
@@ -233,15 +336,31 @@ export class AuditLog {
     }
   }
 
-  /** Writes every queued record now. */
+  /**
+   * Writes every queued record now.
+   * @throws AuditWriteError when they could not all be written (those are lost).
+   */
   flush(): void {
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     if (this.#immediate !== undefined) clearImmediate(this.#immediate);
     this.#timer = undefined;
     this.#immediate = undefined;
-    if (this.#fd === undefined || this.#pending.length === 0) return;
+    if (this.#closed || this.#pending.length === 0) return;
     const queued = this.#pending;
     this.#pending = [];
+    this.#batchWritten = 0;
+    try {
+      this.#ensureOpen();
+      this.#flushBatch(queued);
+    } catch (error) {
+      const lost = queued.length - this.#batchWritten;
+      this.#stats.writeFailures++;
+      this.#stats.recordsLost += lost;
+      throw new AuditWriteError(this.path, lost, error);
+    }
+  }
+
+  #flushBatch(queued: (string | QueuedCall)[]): void {
     if (this.#torn) this.#writeRest(NEWLINE, 0);
     const lines = new Array<string>(queued.length);
     let batch = '';
@@ -256,7 +375,7 @@ export class AuditLog {
     // (UTF-8 takes at most 3 bytes per UTF-16 unit) the string is written as it is — no byte
     // count beforehand, no Buffer — and the bytes written are what it took.
     if (this.#size + batch.length * 3 <= this.#maxBytes) {
-      const written = writeSync(this.#fd, batch);
+      const written = writeSync(this.#fd!, batch);
       this.#size += written;
       // A short write (the disk filled up, a file size limit): the rest goes out as bytes, or
       // the write that fails throws (and the batch is reported lost), never a silent cut.
@@ -265,15 +384,18 @@ export class AuditLog {
       } else {
         this.#torn = false;
       }
+      this.#batchWritten = queued.length;
       return;
     }
     const buf = Buffer.from(batch);
     if (this.#size + buf.length <= this.#maxBytes) {
       this.#writeBytes(buf);
+      this.#batchWritten = queued.length;
       return;
     }
     let chunk = '';
     let chunkBytes = 0;
+    let chunkLines = 0;
     for (const line of lines) {
       const lineBytes = Buffer.byteLength(line);
       // Rotate before a line that would overflow a non-empty file (a lone oversized line
@@ -281,14 +403,18 @@ export class AuditLog {
       const used = this.#size + chunkBytes;
       if (used > 0 && used + lineBytes > this.#maxBytes) {
         this.#writeChunk(chunk);
+        this.#batchWritten += chunkLines;
         chunk = '';
         chunkBytes = 0;
+        chunkLines = 0;
         this.#rotate();
       }
       chunk += line;
       chunkBytes += lineBytes;
+      chunkLines++;
     }
     this.#writeChunk(chunk);
+    this.#batchWritten += chunkLines;
   }
 
   #writeChunk(chunk: string): void {
@@ -296,15 +422,17 @@ export class AuditLog {
   }
 
   #writeBytes(buf: Buffer): void {
-    if (buf.length === 0 || this.#fd === undefined) return;
+    if (buf.length === 0) return;
     this.#writeRest(buf, 0);
   }
 
   /** Writes `buf` from byte `from` on (what came before is in the file), short writes included. */
   #writeRest(buf: Buffer, from: number): void {
+    const fd = this.#fd;
+    if (fd === undefined) throw new Error(`audit log ${this.path}: the file is not open`);
     for (let at = from; at < buf.length;) {
       if (at > 0) this.#torn = true; // until the rest is in
-      const n = writeSync(this.#fd!, buf, at);
+      const n = writeSync(fd, buf, at);
       if (n <= 0) throw new Error(`audit log ${this.path}: a write made no progress`);
       at += n;
       this.#size += n;
@@ -312,8 +440,13 @@ export class AuditLog {
     this.#torn = false;
   }
 
+  /**
+   * Renames the generations and opens a new file. The old descriptor is forgotten before
+   * anything can fail: a rotation that throws leaves the log closed, and the next flush opens
+   * the path again — never a write through a closed descriptor (its number may be reused).
+   */
   #rotate(): void {
-    if (this.#fd !== undefined) closeSync(this.#fd);
+    this.#drop();
     rmSync(`${this.path}.${this.#maxFiles}`, { force: true });
     for (let i = this.#maxFiles - 1; i >= 1; i--) {
       try {
@@ -327,12 +460,20 @@ export class AuditLog {
     this.#open();
   }
 
-  /** Flushes and closes the file. */
+  /**
+   * Flushes and closes the file (closed even when the flush fails).
+   * @throws AuditWriteError when the last records could not be written.
+   */
   close(): void {
+    if (this.#closed) return;
     flushAtExit.delete(this.#flush);
-    this.flush();
-    if (this.#fd !== undefined) closeSync(this.#fd);
-    this.#fd = undefined;
+    try {
+      this.flush();
+    } finally {
+      this.#closed = true;
+      this.#pending = [];
+      this.#drop();
+    }
   }
 }
 

@@ -43,7 +43,13 @@ import {
   SubscriptionLimitError,
   ToolNotFoundError,
 } from '../errors.js';
-import { AuditLog, type AuditLogOptions, type AuditOutcome } from './audit-log.js';
+import {
+  AuditLog,
+  AuditWriteError,
+  type AuditLogOptions,
+  type AuditLogStats,
+  type AuditOutcome,
+} from './audit-log.js';
 import { CallbackAnswers } from './callback-answers.js';
 import type { AgentIdentity, GatewayBackend } from './backend.js';
 import {
@@ -286,8 +292,14 @@ export class ToolGateway implements SessionHost {
     this.#audit = options.audit
       ? openAuditLog({
           ...options.audit,
-          onError: (error) =>
-            this.#log({ level: 'error', msg: 'audit log write failed', error: messageOf(error) }),
+          onError: (error) => this.#auditFailed(error),
+          onReopen: (reason) =>
+            this.#log({
+              level: 'warn',
+              msg: 'audit log reopened',
+              path: options.audit ? options.audit.path : undefined,
+              reason,
+            }),
         })
       : undefined;
     const answers = new CallbackAnswers(this.#backend, this.#audit, this.#log, this.metrics);
@@ -1720,9 +1732,29 @@ export class ToolGateway implements SessionHost {
     await Promise.all([...this.#upstreams.values()].map((u) => u.close()));
     this.#closeStep = 'closing sessions';
     await Promise.all([...this.#sessions].map((s) => s.close()));
-    this.#audit?.close();
+    try {
+      this.#audit?.close();
+    } catch (error) {
+      // The last records could not be written: said and counted, the shutdown goes on.
+      this.#auditFailed(error);
+    }
     this.#closeStep = undefined;
     this.#state = 'closed';
+  }
+
+  /** What the audit log could not do (write failures, lost records, reopens), for the metrics. */
+  get auditStats(): Readonly<AuditLogStats> | undefined {
+    return this.#audit?.stats;
+  }
+
+  #auditFailed(error: unknown): void {
+    this.#log({
+      level: 'error',
+      msg: 'audit log write failed',
+      path: this.#audit?.path,
+      lost: error instanceof AuditWriteError ? error.lost : undefined,
+      error: messageOf(error instanceof AuditWriteError ? error.cause : error),
+    });
   }
 }
 

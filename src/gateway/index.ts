@@ -5,6 +5,7 @@
  */
 export {
   AuditLog,
+  AuditWriteError,
   digestArgs,
   DEFAULT_AUDIT_MAX_BYTES,
   DEFAULT_AUDIT_MAX_FILES,
@@ -78,7 +79,7 @@ export {
   MAX_TOOL_NAME_LENGTH,
 } from './upstream-config.js';
 
-export type { AuditLogOptions, AuditOutcome, AuditRecord } from './audit-log.js';
+export type { AuditLogOptions, AuditLogStats, AuditOutcome, AuditRecord } from './audit-log.js';
 export type { ExceededBound, InputBounds } from './input-bounds.js';
 export type { MetricFamily } from './metrics.js';
 export type { PathResolutionOptions } from './path-resolver.js';

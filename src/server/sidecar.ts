@@ -917,6 +917,29 @@ function sidecarMetrics(
       samples: [{ value: mcp.droppedNotifications }],
     },
   ];
+  const audit = gateway.auditStats;
+  if (audit !== undefined) {
+    families.push(
+      {
+        name: 'agent_fabric_audit_write_failures_total',
+        help: 'Audit log flushes that failed (logged as `audit log write failed`).',
+        type: 'counter' as const,
+        samples: [{ value: audit.writeFailures }],
+      },
+      {
+        name: 'agent_fabric_audit_records_lost_total',
+        help: 'Audit records not written because their flush failed.',
+        type: 'counter' as const,
+        samples: [{ value: audit.recordsLost }],
+      },
+      {
+        name: 'agent_fabric_audit_reopens_total',
+        help: 'Times the audit log path was opened again after its file was renamed away or removed.',
+        type: 'counter' as const,
+        samples: [{ value: audit.reopens }],
+      },
+    );
+  }
   if (fabric !== undefined) {
     const byStatus = new Map<string, number>(Object.values(AgentStatus).map((s) => [s, 0]));
     for (const a of fabric.lifecycle.listAgents()) {

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -7,6 +7,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
   AUDIT_MAX_BUFFERED_RECORDS,
   AuditLog,
+  AuditWriteError,
   DEFAULT_AUDIT_FLUSH_INTERVAL_MS,
   digestArgs,
   formatCall,
@@ -405,13 +406,16 @@ describe('AuditLog robustness (records an agent made hostile)', () => {
   it('reports a failed write of a timed flush to onError instead of throwing from the timer', () => {
     const errors: unknown[] = [];
     const log = new AuditLog({ path, maxBytes: 10, onError: (e) => errors.push(e) });
-    // The file's folder disappears: rotating (renaming the file) fails.
+    // The file's folder disappears and a file takes its name: it cannot be made again.
     rmSync(dir, { recursive: true, force: true });
+    writeFileSync(dir, '');
     log.writeCall('agent-1', 'fs__read', { i: 1 }, 0, 1, outcome);
     log.writeCall('agent-1', 'fs__read', { i: 2 }, 0, 1, outcome);
     expect(() => vi.advanceTimersByTime(DEFAULT_AUDIT_FLUSH_INTERVAL_MS)).not.toThrow();
     expect(errors).toHaveLength(1);
-    expect(errors[0]).toMatchObject({ code: 'ENOENT' });
+    expect(errors[0]).toBeInstanceOf(AuditWriteError);
+    expect(errors[0]).toMatchObject({ lost: 2 });
+    expect(log.stats).toEqual({ writeFailures: 1, recordsLost: 2, reopens: 0 });
     // An explicit flush still throws to its caller.
     log.writeCall('agent-1', 'fs__read', { i: 3 }, 0, 1, outcome);
     expect(() => log.flush()).toThrow();
