@@ -33,6 +33,7 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { safeParse } from '@modelcontextprotocol/sdk/server/zod-compat.js';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import {
+  CallToolRequestSchema,
   CallToolResultSchema,
   ErrorCode,
   McpError,
@@ -657,28 +658,41 @@ export class FastToolCalls {
   readonly #handler: (request: Request, extra: FastCallExtra) => Promise<unknown>;
   readonly #onerror: (error: Error) => void;
   readonly #answer: ((value: unknown, request: Request) => unknown) | undefined;
+  readonly #oninvalid: ((request: Request) => void) | undefined;
   readonly #inflight = new ChurnMap<RequestId, FastCall>();
 
   /**
    * @param answer Makes the tool result of what `handler` resolved with (or throws the error
    *   to answer with), right after the await of it. @default the value itself
+   * @param oninvalid Told of a `tools/call` request whose params do not fit MCP's schema, before
+   *   the SDK's Server refuses it (InvalidParams): such a call never reaches `handler`, but it
+   *   still gets its audit line. Checked only for requests the fast path does not take.
    */
   constructor(
     transport: Transport,
     handler: (request: Request, extra: FastCallExtra) => Promise<unknown>,
     onerror: (error: Error) => void,
     answer?: (value: unknown, request: Request) => unknown,
+    oninvalid?: (request: Request) => void,
   ) {
     this.#transport = transport;
     this.#handler = handler;
     this.#onerror = onerror;
     this.#answer = answer;
+    this.#oninvalid = oninvalid;
     const sdkMessage = transport.onmessage;
     const sdkClose = transport.onclose;
     transport.onmessage = (message, extra) => {
       const m = message as Envelope;
       if (m.method === 'tools/call') {
         if (this.#take(m, extra)) return;
+        if (
+          this.#oninvalid !== undefined &&
+          m.id !== undefined &&
+          !safeParse(CallToolRequestSchema, m).success
+        ) {
+          this.#oninvalid(m as Request);
+        }
       } else if (
         m.method === 'notifications/cancelled' &&
         m.id === undefined && // a request of that name is not a cancellation (Protocol agrees)

@@ -40,6 +40,7 @@ import {
   ClosedError,
   ConfigError,
   FabricError,
+  InvalidArgumentError,
   SubscriptionLimitError,
   ToolNotFoundError,
 } from '../errors.js';
@@ -207,6 +208,8 @@ export interface ToolGatewayOptions {
 const EMPTY_CATALOG: Catalog = buildCatalog([], new Set(), false);
 /** The metrics label of a tool name that is not in the catalog (agents must not grow labels). */
 const UNKNOWN_TOOL = '(unknown)';
+/** The audit log's tool of a `tools/call` whose `name` is not a string. */
+const INVALID_TOOL = '(invalid)';
 /** Longest unknown tool name written to the audit log (a made-up name could be megabytes). */
 const AUDIT_UNKNOWN_NAME_MAX = 256;
 
@@ -614,6 +617,29 @@ export class ToolGateway implements SessionHost {
       progressSink(session, extra),
       session,
     );
+  }
+
+  /**
+   * The audit line of a `tools/call` the SDK refuses for params that do not fit MCP's schema
+   * (a number `name`, string `arguments` …): `decision: "invalid"`, as a call past the input
+   * limits. A name that is not a string is written as `(invalid)`; the arguments are digested
+   * as they came.
+   */
+  invalidToolCall(session: GatewaySession, request: Request): void {
+    const params = request.params as { name?: unknown; arguments?: unknown } | undefined;
+    const raw = params !== null && typeof params === 'object' ? params : {};
+    const name = typeof raw.name === 'string' ? raw.name : INVALID_TOOL;
+    const known = this.#fabricTools.has(name) || this.#catalog.tools.has(name);
+    const audit = known
+      ? this.#pipeline.auditor(session.identity.agentId, name, raw.arguments, performance.now())
+      : this.#pipeline.auditor(
+          session.identity.agentId,
+          truncated(name),
+          raw.arguments,
+          performance.now(),
+          UNKNOWN_TOOL,
+        );
+    audit({ decision: 'invalid', outcome: 'error', code: InvalidArgumentError.code });
   }
 
   /** A `tools/call`'s MCP answer from its outcome (see {@link sessionToolCall}); may throw. */

@@ -96,6 +96,11 @@ export interface SessionHost {
   ): Promise<ToolCallOutcome>;
   /** …and its MCP answer (throws what `callTool` would reject with). */
   toolAnswer(outcome: ToolCallOutcome, request: Request): Result;
+  /**
+   * A `tools/call` whose params do not fit MCP's schema, which the SDK refuses (InvalidParams)
+   * before `callTool`: its audit line.
+   */
+  invalidToolCall(session: GatewaySession, request: Request): void;
   /** `tasks/get`, `tasks/result`, `tasks/list`, `tasks/cancel` (only with the `tasks` capability). */
   taskRequest(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
   forward(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
@@ -320,6 +325,7 @@ export class GatewaySession {
       (request, extra) => this.#host.sessionToolCall(this, request, extra),
       (error) => this.server.onerror?.(error),
       (outcome, request) => this.#host.toolAnswer(outcome as ToolCallOutcome, request),
+      (request) => this.#host.invalidToolCall(this, request),
     );
   }
 

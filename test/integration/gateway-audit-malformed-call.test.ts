@@ -1,0 +1,99 @@
+/**
+ * A `tools/call` whose params do not fit MCP's schema (a number `name`, string `arguments`) is
+ * refused by the SDK's Server before the gateway sees it; it used to leave no audit line, so an
+ * agent probing the gateway with malformed calls left no trace. Now each gets one line
+ * (`decision: "invalid"`, `FABRIC_ERR_INVALID_ARGUMENT`), attributed to the authenticated agent.
+ * Real sidecar, raw Streamable HTTP (the SDK client would not send such a call).
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { digestArgs } from '../../src/gateway/audit-log.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  agentId,
+  agentToken,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  INIT,
+  startTestSidecar,
+  tempDir,
+  until,
+} from '../fixtures/gateway/harness.js';
+
+describe('audit line of a malformed tools/call (real fabric, raw HTTP)', () => {
+  const path = join(tempDir('audit-malformed'), 'audit.log');
+  let sidecar: Sidecar;
+  let headers: Record<string, string>;
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'prober' }],
+      audit: { path, flushIntervalMs: 0 },
+    });
+    headers = {
+      authorization: `Bearer ${agentToken(sidecar, 'prober')}`,
+      'content-type': 'application/json',
+      accept: 'application/json, text/event-stream',
+    };
+    const init = await fetch(sidecar.url!, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify(INIT),
+    });
+    headers['mcp-session-id'] = init.headers.get('mcp-session-id')!;
+    headers['mcp-protocol-version'] = '2025-06-18';
+    await post({ jsonrpc: '2.0', method: 'notifications/initialized' });
+  });
+
+  afterAll(async () => {
+    await closeSidecar(sidecar);
+  });
+
+  async function post(body: unknown): Promise<string> {
+    const res = await fetch(sidecar.url!, { method: 'POST', headers, body: JSON.stringify(body) });
+    return res.text();
+  }
+
+  const lines = (): Record<string, unknown>[] =>
+    readFileSync(path, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+  it('writes one line per malformed call, as the authenticated agent', async () => {
+    const calls = [
+      { name: 'fabric__record_usage', arguments: 'not an object' },
+      { name: 42, arguments: { agent: 'someone-else' } },
+      { arguments: {} },
+    ];
+    for (const [i, params] of calls.entries()) {
+      const answer = await post({ jsonrpc: '2.0', id: 10 + i, method: 'tools/call', params });
+      expect(answer).toContain('-32602'); // InvalidParams, as before
+    }
+    await until(() => {
+      try {
+        return lines().length >= calls.length;
+      } catch {
+        return false;
+      }
+    });
+    // Anything more would be written at the end of the same turn.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const written = lines();
+    expect(written).toHaveLength(calls.length);
+    const agent = agentId(sidecar, 'prober');
+    for (const line of written) {
+      expect(line).toMatchObject({
+        agent,
+        decision: 'invalid',
+        outcome: 'error',
+        code: 'FABRIC_ERR_INVALID_ARGUMENT',
+      });
+    }
+    expect(written.map((l) => l.tool)).toEqual(['fabric__record_usage', '(invalid)', '(invalid)']);
+    expect(written[0]!.argsDigest).toBe(digestArgs('not an object'));
+    expect(written[1]!.argsDigest).toBe(digestArgs({ agent: 'someone-else' }));
+  });
+});
