@@ -1854,7 +1854,24 @@ function passesThrough(route: Route<Tool>): boolean {
 
 /** `name`, cut to {@link AUDIT_UNKNOWN_NAME_MAX} characters. */
 function truncated(name: string): string {
-  return name.length > AUDIT_UNKNOWN_NAME_MAX ? `${name.slice(0, AUDIT_UNKNOWN_NAME_MAX)}…` : name;
+  let cut = name;
+  if (name.length > AUDIT_UNKNOWN_NAME_MAX) {
+    // Not inside a surrogate pair: the cut would leave half of it.
+    const end = isHighSurrogate(name.charCodeAt(AUDIT_UNKNOWN_NAME_MAX - 1))
+      ? AUDIT_UNKNOWN_NAME_MAX - 1
+      : AUDIT_UNKNOWN_NAME_MAX;
+    cut = `${name.slice(0, end)}…`;
+  }
+  // A surrogate without its pair is escaped by JSON.stringify as `\udXXX`, which strict JSON
+  // parsers (serde_json, so log shippers such as Vector) refuse: the agent would make its own
+  // audit line unreadable. It becomes U+FFFD.
+  return cut.replace(LONE_SURROGATE, '\uFFFD');
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+function isHighSurrogate(code: number): boolean {
+  return code >= 0xd800 && code <= 0xdbff;
 }
 
 /** An upstream's error message as the log keeps it (see the gateway's `onError`). */

@@ -96,4 +96,31 @@ describe('audit line of a malformed tools/call (real fabric, raw HTTP)', () => {
     expect(written[0]!.argsDigest).toBe(digestArgs('not an object'));
     expect(written[1]!.argsDigest).toBe(digestArgs({ agent: 'someone-else' }));
   });
+
+  it('writes an unknown name with lone surrogates so that strict JSON parsers read the line', async () => {
+    const before = lines().length;
+    // A lone surrogate sent as such, and one made by the cut at 256 characters (inside 😀).
+    const names = ['evil\ud800name', `${'x'.repeat(255)}😀tail`];
+    for (const [i, name] of names.entries()) {
+      const answer = await post({
+        jsonrpc: '2.0',
+        id: 20 + i,
+        method: 'tools/call',
+        params: { name, arguments: {} },
+      });
+      expect(answer).toContain('Unknown tool');
+    }
+    await until(() => lines().length >= before + names.length);
+    const raw = readFileSync(path, 'utf8').split('\n').filter(Boolean).slice(before);
+    expect(raw).toHaveLength(names.length);
+    for (const line of raw) {
+      // serde_json (Vector …) refuses a line escaping a surrogate that has no pair.
+      expect(line).not.toMatch(/\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])/i);
+      expect(line).not.toMatch(/(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f][0-9a-f]{2}/i);
+      expect((JSON.parse(line) as { code: string }).code).toBe('FABRIC_ERR_TOOL_NOT_FOUND');
+    }
+    const tools = raw.map((l) => (JSON.parse(l) as { tool: string }).tool);
+    expect(tools[0]).toBe('evil\ufffdname');
+    expect(tools[1]).toBe(`${'x'.repeat(255)}…`);
+  });
 });
