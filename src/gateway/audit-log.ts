@@ -19,7 +19,8 @@
  * that the path still names the open file, and when it was renamed away (logrotate without
  * `copytruncate`) or removed, with its folder or not, the log opens the path again (making the
  * folder) and tells `onReopen`. A rotation that fails part way leaves no descriptor open on the
- * side: the next flush opens the path again. Nothing is ever written through a descriptor this
+ * side: the next flush opens the path again. The same stat gives the file's size, so a file
+ * truncated under the log (logrotate's `copytruncate`) is not rotated early. Nothing is ever written through a descriptor this
  * log already closed (the process may have given its number to another file or a socket).
  *
  * @module
@@ -270,7 +271,12 @@ export class AuditLog {
       if (st === undefined) reason = 'the file was removed or renamed';
       else if (st.ino !== this.#ino || st.dev !== this.#dev) {
         reason = 'the path names another file (renamed or replaced)';
-      } else return;
+      } else {
+        // The same file, as it is now: truncated by logrotate's `copytruncate`, or appended to
+        // by another writer. Its size decides when it is rotated.
+        this.#size = st.size;
+        return;
+      }
       try {
         this.#drop();
       } catch {

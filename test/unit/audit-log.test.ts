@@ -1,5 +1,14 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -419,6 +428,48 @@ describe('AuditLog robustness (records an agent made hostile)', () => {
     // An explicit flush still throws to its caller.
     log.writeCall('agent-1', 'fs__read', { i: 3 }, 0, 1, outcome);
     expect(() => log.flush()).toThrow();
+  });
+});
+
+describe('AuditLog when the file changes under it', () => {
+  const outcome: AuditOutcome = { decision: 'allow', outcome: 'ok' };
+  let dir: string;
+  let path: string;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'fabric-audit-moved-'));
+    path = join(dir, 'audit.log');
+  });
+
+  afterEach(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('counts from the file as it is now after a copytruncate: no early rotation', () => {
+    const log = new AuditLog({ path, maxBytes: 2_000, maxFiles: 2 });
+    for (let i = 0; i < 8; i++) log.writeCall('agent-1', 'fs__read', { i }, 0, 1, outcome);
+    log.flush();
+    expect(statSync(path).size).toBeGreaterThan(1_000);
+    truncateSync(path, 0); // logrotate's copytruncate, after it copied the file away
+    for (let i = 0; i < 8; i++) log.writeCall('agent-1', 'fs__read', { i }, 0, 1, outcome);
+    log.flush();
+    log.close();
+    expect(existsSync(`${path}.1`)).toBe(false);
+    expect(readFileSync(path, 'utf8').trim().split('\n')).toHaveLength(8);
+  });
+
+  it('opens the path again after a rename, and counts it', () => {
+    const reasons: string[] = [];
+    const log = new AuditLog({ path, onReopen: (r) => reasons.push(r) });
+    log.writeCall('agent-1', 'fs__read', { i: 1 }, 0, 1, outcome);
+    log.flush();
+    renameSync(path, `${path}.old`);
+    log.writeCall('agent-1', 'fs__read', { i: 2 }, 0, 1, outcome);
+    log.close();
+    expect(readFileSync(path, 'utf8')).toContain(digestArgs({ i: 2 }));
+    expect(readFileSync(`${path}.old`, 'utf8')).not.toContain(digestArgs({ i: 2 }));
+    expect(reasons).toHaveLength(1);
+    expect(log.stats).toEqual({ writeFailures: 0, recordsLost: 0, reopens: 1 });
   });
 });
 
