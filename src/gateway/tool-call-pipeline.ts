@@ -306,19 +306,23 @@ export class ToolCallPipeline {
       }
       let authorized: Authorized;
       let view = call.params;
+      const parked: { approval?: Approval } = {};
       try {
         // The policy sees paths as the upstream will resolve them; the upstream gets `params`.
         if (call.paths !== undefined) {
           const v = call.paths.view(call.params);
           view = v instanceof Promise ? await v : v; // only for paths looked up on disk
         }
-        const a = this.#authorize(call, view, { tokens: estimate.tokens, cost }, budget);
+        const a = this.#authorize(call, view, { tokens: estimate.tokens, cost }, budget, parked);
         authorized = a instanceof Promise ? await a : a; // only approval, budget and disk waits
       } catch (error) {
         // A wait (approval, budget) ends by throwing when the client cancels the call.
         const cancelled = (abort.cancel ?? abort.signal).aborted;
+        // Ended while parked on an approval: the line says which rule parked it.
+        const approval = parked.approval;
         audit({
-          decision: 'error',
+          decision: approval === undefined ? 'error' : 'require_approval',
+          rule: approval === undefined ? undefined : approvalRule(approval),
           outcome: cancelled ? 'cancelled' : 'error',
           code: endedCode(error, cancelled),
         });
@@ -493,6 +497,7 @@ export class ToolCallPipeline {
     view: Readonly<Record<string, unknown>>,
     estimate: { tokens: number; cost: number },
     budget: BudgetAdmission,
+    parked: { approval?: Approval },
   ): Authorized | Promise<Authorized> {
     const { agentId, poolId, labels } = call.identity;
     const raw = call.forwarded ?? call.params;
@@ -536,6 +541,7 @@ export class ToolCallPipeline {
         resumeApproval: call.resumeApproval,
         onWaiting: (approval) => {
           waited = true;
+          parked.approval = approval;
           call.onApproval?.(approval);
           if (progress === undefined || waitTimer) return;
           let tick = 0;
@@ -631,6 +637,13 @@ function endedCode(error: unknown, cancelled: boolean): string {
   return code.startsWith('FABRIC_ERR_') && code !== 'FABRIC_ERR_INTERNAL'
     ? code
     : 'FABRIC_ERR_CANCELLED';
+}
+
+/** The rule that parked a call on `approval`, as {@link describeDecision} names it. */
+function approvalRule(approval: Approval): string | undefined {
+  const { policy, rule } = approval;
+  if (policy === null) return undefined;
+  return rule === null ? policy : `${policy}#${rule}`;
 }
 
 /**
