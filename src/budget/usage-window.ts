@@ -107,6 +107,11 @@ export class SlidingWindow implements UsageWindow {
   readonly #n: number;
   #head: number;
   #total = 0;
+  /**
+   * How much later (ms, in [0, bucketMs)) than the clock steps called for the usage sits after
+   * the whole-bucket moves of {@link shift}; not stored (a restart starts at 0).
+   */
+  #lag = 0;
 
   constructor(windowMs: number, bucketMs: number, now: number) {
     if (!(bucketMs > 0) || windowMs % bucketMs !== 0) {
@@ -161,8 +166,13 @@ export class SlidingWindow implements UsageWindow {
   }
 
   shift(deltaMs: number): void {
-    const k = Math.ceil(deltaMs / this.#bucketMs);
-    if (k === 0 || !Number.isFinite(k)) return;
+    if (!Number.isFinite(deltaMs)) return;
+    // Whole buckets, rounded up from what the steps so far call for: the rounding of one step
+    // is taken off the next, so steps smaller than a bucket (a clock set right a few seconds
+    // every minute) do not each move the usage a bucket later — it stays at most one late.
+    const k = Math.ceil((deltaMs - this.#lag) / this.#bucketMs);
+    this.#lag += k * this.#bucketMs - deltaMs;
+    if (k === 0) return;
     const n = this.#n;
     const old = Float64Array.from(this.#buckets);
     for (let b = this.#head - n + 1; b <= this.#head; b++) {

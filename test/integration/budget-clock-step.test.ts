@@ -153,6 +153,43 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
     );
   });
 
+  it('a clock stepped a little ahead every minute frees a spent budget after its window, not never', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
+    const path = join(tempDir('budget-clock'), 'state.db');
+    const { fabric, store } = await openFabric(path);
+    const { id } = await fabric.spawn({
+      name: 'spender',
+      model: 'm',
+      executor: 'inprocess',
+      budget: { maxTokensPerHour: 1000, maxCostPerDay: 20 },
+    });
+    await fabric.recordUsage(id, { tokens: 1000, cost: 10 });
+    // A clock that runs slow, set right by `ntpdate` from cron once a minute: 2 s ahead each time
+    // (each a step, far less than a bucket). 90 minutes pass; the steps add up to 3 minutes.
+    for (let i = 0; i < 90; i++) {
+      pass(MIN - 1000);
+      step(2000);
+      fabric.budgets.check(id, { tokens: 1 }); // calls go on: the budgets look at the clock
+    }
+    expect(fabric.budgets.clockSteps).toBe(90);
+    // The tokens were spent 90 minutes of elapsed time ago: their hour is over.
+    expect(fabric.budgets.getStatus(id).tokensUsed).toBe(0);
+    expect(fabric.budgets.check(id, { tokens: 1000 }).allowed).toBe(true);
+    // The day's cost leaves in elapsed time too: 24 h (and at most a bucket) after the spend, not
+    // 15 minutes later for every step.
+    for (let i = 0; i < 23 * 60; i++) {
+      pass(MIN - 1000);
+      step(2000);
+      fabric.budgets.check(id, { tokens: 1 }); // calls go on: the budgets look at the clock
+    }
+    expect(fabric.budgets.getStatus(id).costUsed).toBe(0);
+    store.flush();
+    const row = budgetOnDisk(path, `agent:${id}`)!;
+    expect(usedOnDisk(row.tokens)).toBe(0);
+    expect(usedOnDisk(row.cost)).toBe(0);
+  });
+
   it('a step back frees a spent hourly budget after its hour, not after the clock catches up', async () => {
     vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
