@@ -350,7 +350,12 @@ export class UtcDayWindow implements UsageWindow {
 
   clampTo(now: number): void {
     const today = Math.floor(now / DAY_MS);
-    if (today < this.#day) this.shift((today - this.#day) * DAY_MS, now);
+    if (today >= this.#day) return;
+    // Ahead of now: all of it is today's (kept until tonight's midnight). Not `shift` by whole
+    // days: a count a step extended (`until`, within its day) would move to before now and lose
+    // the part that was to last until then.
+    this.#day = today;
+    this.#until = this.#tail = 0;
   }
 
   get head(): number {

@@ -249,6 +249,39 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
     expect(again.budgets.getStatus(id)).toMatchObject({ costUsed: 1 });
   });
 
+  it('a restart with the clock behind a UTC day moved by a step keeps all of its count', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    vi.setSystemTime(Date.UTC(2026, 2, 2, 23, 30));
+    const path = join(tempDir('budget-clock'), 'state.db');
+    const { fabric: first } = await openFabric(path);
+    const { id } = await first.spawn({ name: 'spender', model: 'm', executor: 'inprocess' });
+    first.budgets.setBudget(id, { maxCostPerDay: 5, costWindow: 'utc-day' });
+    await first.recordUsage(id, { cost: 5 });
+    step(HOUR); // 00:30:01 on March 3rd: March 2nd's count lasts until 01:00
+    pass(10 * MIN);
+    await first.recordUsage(id, { cost: 1 });
+    await first.close();
+    expect(budgetOnDisk(path, `agent:${id}`)!.cost).toMatchObject({
+      used: 6,
+      until: Date.UTC(2026, 2, 3, 1),
+      tail: 1,
+    });
+    // While the sidecar was down the clock went back a day: everything stored is kept, as today's.
+    vi.setSystemTime(Date.UTC(2026, 2, 2, 0, 50));
+    const { fabric: second } = await openFabric(path);
+    expect(second.budgets.getStatus(id)).toMatchObject({ costUsed: 6 });
+    expect(refused(() => second.budgets.reserve(id, { cost: 1 })).details.retryAt).toBe(
+      Date.UTC(2026, 2, 3),
+    );
+    await second.recordUsage(id, { cost: 1 });
+    await second.close();
+    expect(budgetOnDisk(path, `agent:${id}`)!.cost).toEqual({
+      kind: 'utc-day',
+      day: Date.UTC(2026, 2, 2) / DAY,
+      used: 7,
+    });
+  });
+
   it('a step back within the UTC day reaches the state file, though the day did not change', async () => {
     vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     vi.setSystemTime(Date.UTC(2026, 2, 2, 15));
