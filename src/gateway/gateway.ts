@@ -773,6 +773,7 @@ export class ToolGateway implements SessionHost {
    * upstream's `tasks/result`, waited for until the task's lifetime ends. When the call is
    * aborted (the agent cancelled the task, or it expired) the upstream task is cancelled too.
    * The result reaches the agent without the upstream's related-task `_meta` (its task id).
+   * `recheck` (an approved call's paths) runs once the call's turn on an exclusive upstream comes.
    */
   async #forwardAsTask(
     session: GatewaySession | undefined,
@@ -781,6 +782,7 @@ export class ToolGateway implements SessionHost {
     rawArgs: unknown,
     extra: CallExtra,
     run: ToolTaskRun,
+    recheck?: () => Promise<void>,
   ): Promise<Result> {
     if (run.upstreamTask !== undefined && run.upstreamTask.name !== upstream.name) {
       throw new RelayedMcpError(
@@ -804,6 +806,7 @@ export class ToolGateway implements SessionHost {
         { method: 'tools/call', params },
         { requestId: extra.requestId, signal: NEVER_ABORTED },
         extra.signal,
+        recheck,
       )) as Partial<CreateTaskResult>;
       const id = created.task?.taskId;
       if (typeof id !== 'string' || id === '' || id.length > MAX_UPSTREAM_TASK_ID) {
@@ -1048,6 +1051,7 @@ export class ToolGateway implements SessionHost {
                 rawArgs,
                 extra,
                 task,
+                recheck,
               );
             }
             return fabricTool

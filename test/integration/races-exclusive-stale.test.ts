@@ -19,6 +19,8 @@ import {
   writeSync,
 } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
@@ -31,6 +33,7 @@ import {
   closeSidecar,
   filesystemUpstream,
   httpClient,
+  startHttpUpstream,
   startTestSidecar,
   tempDir,
   text,
@@ -125,4 +128,100 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
       await holder.close();
     }
   }, 60_000);
+
+  it('passed through as an MCP task to a task-taking upstream, is refused the same way', async () => {
+    const root = tempDir('races-exclusive-task');
+    mkdirSync(join(root, 'public'));
+    mkdirSync(join(root, 'secret'));
+    symlinkSync(join(root, 'public'), join(root, 'link'));
+    // Over HTTP, so the test can release the call holding the turn without a turn of its own.
+    const upstream = await startHttpUpstream([TASK_SERVER, 'http'], '/mcp');
+    const direct = await httpClient(upstream.url, undefined);
+    try {
+      const s = (sidecar = await startTestSidecar({
+        upstreams: {
+          // Its tools take `message` as a path (resolved on our disk, symlinks followed).
+          tk: {
+            url: upstream.url,
+            exclusive: true,
+            paths: { params: ['message'], realpath: true },
+          },
+        },
+        policies: [
+          {
+            name: 'guard',
+            priority: 100,
+            rules: [
+              { tool: 'tk__*', action: 'deny', conditions: { message: '**/secret/**' } },
+              {
+                tool: 'tk__slow_echo',
+                action: 'require_approval',
+                conditions: { message: '**/public/**' },
+              },
+            ],
+          },
+          DEFAULT_ALLOW,
+        ],
+        agents: [{ name: 'worker' }],
+        gateway: { tasks: { maxTtlSeconds: 120 } },
+      }));
+      const token = agentToken(s, 'worker');
+      // Session B holds the turn: its task-augmented call is not answered until released.
+      const hold = join(root, 'hold');
+      const holder = await httpClient(s.url!, token);
+      await callAsTask(holder, 'tk__slow_echo', { message: hold, gate: true });
+      await until(async () => (await upstreamState(direct)).waiting.includes(hold));
+      const agent = await httpClient(s.url!, token);
+      try {
+        // Session A's call parks for approval; the human sees it resolve into public/.
+        const { task } = await callAsTask(agent, 'tk__slow_echo', {
+          message: join(root, 'link', 'out.txt'),
+        });
+        let parked: ApiApproval | undefined;
+        await until(async () => {
+          parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
+          return parked !== undefined;
+        });
+        expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'out.txt'));
+        expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
+        await until(
+          async () => (await agent.experimental.tasks.getTask(task.taskId)).status === 'working',
+        );
+        unlinkSync(join(root, 'link'));
+        symlinkSync(join(root, 'secret'), join(root, 'link'));
+        // B's call is answered; A's turn comes.
+        await direct.callTool({ name: 'release', arguments: { message: hold } });
+        await until(async () => {
+          const t = await agent.experimental.tasks.getTask(task.taskId);
+          return t.status === 'failed' || t.status === 'completed';
+        });
+        const result = await agent.experimental.tasks.getTaskResult(
+          task.taskId,
+          CallToolResultSchema,
+        );
+        expect(text(result)).toContain('FABRIC_ERR_APPROVAL_STALE');
+        // The upstream never got A's call: the only task it made is B's.
+        expect((await upstreamState(direct)).tasks).toHaveLength(1);
+      } finally {
+        await agent.close();
+        await holder.close();
+      }
+    } finally {
+      await direct.close();
+      await upstream.close();
+    }
+  }, 60_000);
 });
+
+const TASK_SERVER = fileURLToPath(new URL('../fixtures/gateway/task-server.mjs', import.meta.url));
+
+/** What the task server holds, as it reports it itself (asked directly, not through the gateway). */
+async function upstreamState(
+  client: Client,
+): Promise<{ tasks: Array<{ taskId: string; status: string }>; waiting: string[] }> {
+  const r = await client.callTool({ name: 'upstream_tasks', arguments: {} });
+  return JSON.parse(text(r)) as {
+    tasks: Array<{ taskId: string; status: string }>;
+    waiting: string[];
+  };
+}
