@@ -1144,12 +1144,14 @@ export class ToolGateway implements SessionHost {
           { name, arguments: args },
           forwarded,
           extra,
-          () =>
+          (_auth, recheck) =>
             this.#upstreamRequest(
               session,
               route.upstream,
               { method: request.method, params: forwarded },
               extra,
+              undefined,
+              recheck,
             ),
         );
       }
@@ -1164,7 +1166,8 @@ export class ToolGateway implements SessionHost {
           resourceParams(uri),
           params,
           extra,
-          () => this.#upstreamRequest(session, owner, { method, params }, extra),
+          (_auth, recheck) =>
+            this.#upstreamRequest(session, owner, { method, params }, extra, undefined, recheck),
         );
       }
       case 'completion/complete': {
@@ -1185,12 +1188,14 @@ export class ToolGateway implements SessionHost {
             { name, argument, ...context },
             forwarded,
             extra,
-            () =>
+            (_auth, recheck) =>
               this.#upstreamRequest(
                 session,
                 route.upstream,
                 { method: request.method, params: forwarded },
                 extra,
+                undefined,
+                recheck,
               ),
           );
         }
@@ -1207,7 +1212,8 @@ export class ToolGateway implements SessionHost {
           { ...resourceParams(uri), uri, argument, ...context },
           params,
           extra,
-          () => this.#upstreamRequest(session, owner, { method, params }, extra),
+          (_auth, recheck) =>
+            this.#upstreamRequest(session, owner, { method, params }, extra, undefined, recheck),
         );
       }
       default:
@@ -1237,7 +1243,7 @@ export class ToolGateway implements SessionHost {
     params: Record<string, unknown>,
     forwarded: Readonly<Record<string, unknown>>,
     extra: DownstreamExtra,
-    read: () => Promise<Result>,
+    read: (auth: unknown, recheck?: () => Promise<void>) => Promise<Result>,
   ): Promise<Result> {
     const { identity } = session;
     const outcome = await this.#pipeline.run(

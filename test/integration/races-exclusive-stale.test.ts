@@ -16,12 +16,13 @@ import {
   openSync,
   symlinkSync,
   unlinkSync,
+  writeFileSync,
   writeSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js';
+import { CallToolResultSchema, McpError } from '@modelcontextprotocol/sdk/types.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { listApprovals, type ApiApproval } from '../fixtures/api.js';
@@ -213,6 +214,98 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
   }, 60_000);
 });
 
+describe('an approved resources/read waiting for its turn on an exclusive upstream', () => {
+  it('is refused when a symlink on its path moved while it waited; the secret is not read', async () => {
+    const root = tempDir('races-exclusive-resource');
+    mkdirSync(join(root, 'public'));
+    mkdirSync(join(root, 'secret'));
+    writeFileSync(join(root, 'public', 'data.txt'), 'public data');
+    writeFileSync(join(root, 'secret', 'data.txt'), 'secret data');
+    writeFileSync(join(root, 'other.txt'), 'other');
+    symlinkSync(join(root, 'public'), join(root, 'link'));
+    const fifo = join(root, 'hold.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const s = (sidecar = await startTestSidecar({
+      upstreams: {
+        files: {
+          command: process.execPath,
+          args: [FILE_RESOURCE_SERVER],
+          stderr: 'ignore' as const,
+          exclusive: true,
+        },
+      },
+      policies: [
+        {
+          name: 'guard',
+          priority: 100,
+          rules: [
+            { tool: 'resources/read', action: 'deny', conditions: { path: '**/secret/**' } },
+            {
+              tool: 'resources/read',
+              action: 'require_approval',
+              conditions: { path: '**/public/**' },
+            },
+          ],
+        },
+        DEFAULT_ALLOW,
+      ],
+      agents: [{ name: 'worker' }],
+    }));
+    const token = agentToken(s, 'worker');
+    // Session B holds the turn: its read of a FIFO waits for a writer.
+    const holder = await httpClient(s.url!, token);
+    const held = holder.readResource({ uri: pathToFileURL(fifo).href });
+    let writer: number | undefined;
+    await until(() => (writer = writerOnceRead(fifo)) !== undefined);
+    const agent = await httpClient(s.url!, token);
+    try {
+      const read = agent
+        .readResource({ uri: pathToFileURL(join(root, 'link', 'data.txt')).href })
+        .then(
+          (r) => r,
+          (e: unknown) => e,
+        );
+      let parked: ApiApproval | undefined;
+      await until(async () => {
+        parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
+        return parked !== undefined;
+      });
+      expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'data.txt'));
+      expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
+      // A's read is checked and waits for its turn once B's own next read must queue behind it
+      // (B keeps the turn only while nobody waits). A probe that returns: not yet.
+      await until(async () => {
+        const probe = await holder
+          .readResource(
+            { uri: pathToFileURL(join(root, 'other.txt')).href },
+            { signal: AbortSignal.timeout(300) },
+          )
+          .then(
+            () => 'read',
+            () => 'queued',
+          );
+        return probe === 'queued';
+      });
+      unlinkSync(join(root, 'link'));
+      symlinkSync(join(root, 'secret'), join(root, 'link'));
+      writeSync(writer!, 'held');
+      closeSync(writer!);
+      writer = undefined;
+      await held;
+      const outcome = await read;
+      expect(outcome).toBeInstanceOf(McpError);
+      expect((outcome as McpError).message).toContain('FABRIC_ERR_APPROVAL_STALE');
+    } finally {
+      if (writer !== undefined) closeSync(writer);
+      await agent.close();
+      await holder.close();
+    }
+  }, 60_000);
+});
+
+const FILE_RESOURCE_SERVER = fileURLToPath(
+  new URL('../fixtures/gateway/file-resource-server.mjs', import.meta.url),
+);
 const TASK_SERVER = fileURLToPath(new URL('../fixtures/gateway/task-server.mjs', import.meta.url));
 
 /** What the task server holds, as it reports it itself (asked directly, not through the gateway). */
