@@ -628,14 +628,25 @@ export class ToolGateway implements SessionHost {
   invalidToolCall(session: GatewaySession, request: Request): void {
     const params = request.params as { name?: unknown; arguments?: unknown } | undefined;
     const raw = params !== null && typeof params === 'object' ? params : {};
-    const name = typeof raw.name === 'string' ? raw.name : INVALID_TOOL;
-    const known = this.#fabricTools.has(name) || this.#catalog.tools.has(name);
+    this.invalidToolCallAs(session.identity, raw.name, raw.arguments);
+  }
+
+  /**
+   * The audit line of a tool call a door refused for malformed input before the pipeline (the
+   * gRPC `ToolService`'s `arguments_json` that is not JSON of an object …), as
+   * {@link invalidToolCall} writes it for MCP: `decision: "invalid"`,
+   * `FABRIC_ERR_INVALID_ARGUMENT`, `name` as sent (`(invalid)` when not a string, cut to 256
+   * characters when not a known tool), `args` digested as given.
+   */
+  invalidToolCallAs(identity: AgentIdentity, name: unknown, args: unknown): void {
+    const tool = typeof name === 'string' ? name : INVALID_TOOL;
+    const known = this.#fabricTools.has(tool) || this.#catalog.tools.has(tool);
     const audit = known
-      ? this.#pipeline.auditor(session.identity.agentId, name, raw.arguments, performance.now())
+      ? this.#pipeline.auditor(identity.agentId, tool, args, performance.now())
       : this.#pipeline.auditor(
-          session.identity.agentId,
-          truncated(name),
-          raw.arguments,
+          identity.agentId,
+          truncated(tool),
+          args,
           performance.now(),
           UNKNOWN_TOOL,
         );

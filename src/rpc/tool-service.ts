@@ -69,10 +69,20 @@ export function toolService(
       },
       callTool: async ({ id }, req, signal, context) => {
         const gw = need();
+        const identity = identityOf(fabric, id);
+        let args: Record<string, unknown> | undefined;
+        try {
+          args = argumentsOf(req);
+        } catch (error) {
+          // Refused before the pipeline (never reaching policy or an upstream), but audited as
+          // a malformed MCP tools/call is.
+          gw.invalidToolCallAs(identity, req.name, sentArguments(req));
+          throw error;
+        }
         const outcome = await gw.callToolAs({
-          identity: identityOf(fabric, id),
+          identity,
           name: req.name,
-          arguments: argumentsOf(req),
+          arguments: args,
           signal,
           traceContext: gw.traced ? context?.traceContext : undefined,
           // Given up after it was sent (cancelled, past its deadline), the call keeps a slot of
@@ -149,6 +159,21 @@ export function argumentsOf(req: CallToolRequest): Record<string, unknown> | und
 }
 
 /**
+ * The arguments of a call {@link argumentsOf} refused, for its audit digest: the Struct's JSON;
+ * `arguments_json` parsed when it is JSON (the digest an MCP call of that value gets), else its
+ * text (bytes that are not UTF-8 read with U+FFFD for them).
+ */
+function sentArguments(req: CallToolRequest): unknown {
+  if (req.args.case !== 'argumentsJson') return req.args.value;
+  const text = LENIENT_UTF8.decode(req.args.value);
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return text;
+  }
+}
+
+/**
  * `value`, checked for numbers that are no JSON (NaN, ±Infinity decode from a Struct and would
  * reach the tool as `null`). Bounded: the decoder's recursion limit caps the depth and the
  * message size the node count; the walk uses a stack, not recursion.
@@ -166,6 +191,7 @@ function finiteStruct(value: JsonObject): JsonObject {
 }
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
+const LENIENT_UTF8 = new TextDecoder('utf-8');
 /** String literals and numbers of JSON text (strings first, so digits inside them are skipped). */
 const JSON_TOKEN = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
 

@@ -12,6 +12,7 @@ import type { Client as McpClient } from '@modelcontextprotocol/sdk/client/index
 import { ValueSchema } from '@bufbuild/protobuf/wkt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
+import { digestArgs } from '../../src/gateway/audit-log.js';
 import {
   CallToolRequestSchema,
   ListToolsRequestSchema,
@@ -23,6 +24,7 @@ import {
 import { startGrpcServer } from '../../src/rpc/grpc-server.js';
 import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { postJson } from '../fixtures/api.js';
 import {
   ADMIN_TOKEN,
   agentId,
@@ -144,6 +146,7 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
         { name: 'parker' },
         { name: 'twin' },
         { name: 'hostile' },
+        { name: 'prober' },
       ],
       audit: { path: auditPath, flushIntervalMs: 0 },
       grpc: { port: 0 },
@@ -354,13 +357,17 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
   });
 
   describe('hostile callers', () => {
-    it('malformed arguments_json is INVALID_ARGUMENT, and nothing reaches policy or audit', async () => {
+    it('malformed arguments_json is INVALID_ARGUMENT with one invalid audit line, never reaching policy', async () => {
+      // Was "nothing reaches policy or audit": a refused call now leaves its line, as a
+      // malformed MCP tools/call does (gateway-audit-malformed-call.test.ts).
       const before = audit('hostile').length;
       const bad = [
-        Buffer.from('{"message": '),
+        Buffer.from('{"message": "forbidden"'),
         Buffer.from('[1, 2]'),
         Buffer.from('"just a string"'),
         Buffer.from([0x7b, 0xff, 0xfe, 0x7d]),
+        // JSON of an object policy would deny (GUARD), refused for its number first.
+        Buffer.from('{"message": "forbidden", "n": 9007199254740993}'),
       ];
       for (const value of bad) {
         const { err } = await rpc(
@@ -372,10 +379,63 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
         expect(err?.code).toBe(status.INVALID_ARGUMENT);
         expect(code(err)).toBe('FABRIC_ERR_INVALID_ARGUMENT');
       }
-      expect(audit('hostile').length).toBe(before);
+      // A made-up name is cut as an unknown tool's is.
+      const { err } = await rpc(
+        client,
+        'callTool',
+        { name: 'y'.repeat(10_000), args: { case: 'argumentsJson', value: Buffer.from('nope') } },
+        token('hostile'),
+      );
+      expect(err?.code).toBe(status.INVALID_ARGUMENT);
+      await until(() => audit('hostile').length === before + bad.length + 1);
+      const lines = audit('hostile').slice(before);
+      for (const line of lines) {
+        expect(line).toMatchObject({
+          agent: agentId(sidecar, 'hostile'),
+          decision: 'invalid',
+          outcome: 'error',
+          code: 'FABRIC_ERR_INVALID_ARGUMENT',
+        });
+        expect(line.rule).toBeUndefined();
+      }
+      expect(lines.slice(0, bad.length).map((l) => l.tool)).toEqual(bad.map(() => 'ev__echo'));
+      expect(lines.at(-1)!.tool).toBe(`${'y'.repeat(256)}…`);
+      // The digest of what was sent: the JSON value when it is JSON (as MCP digests it), else
+      // the text.
+      expect(lines.map((l) => l.argsDigest)).toEqual([
+        digestArgs('{"message": "forbidden"'),
+        digestArgs([1, 2]),
+        digestArgs('just a string'),
+        digestArgs('{\ufffd\ufffd}'),
+        digestArgs(JSON.parse('{"message": "forbidden", "n": 9007199254740993}')),
+        digestArgs('nope'),
+      ]);
+      expect(
+        sidecar.fabric!.approvals.listApprovals({ agentId: agentId(sidecar, 'hostile') }),
+      ).toEqual([]);
+    });
+
+    it('the /api/ door audits a malformed arguments_json the same way', async () => {
+      const before = audit('prober').length;
+      const res = await postJson(
+        new URL('/api/fabric.v1.ToolService/CallTool', sidecar.url!),
+        { name: 'ev__echo', argumentsJson: Buffer.from('{"message": ').toString('base64') },
+        token('prober'),
+      );
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { code: string }).code).toBe('FABRIC_ERR_INVALID_ARGUMENT');
+      await until(() => audit('prober').length === before + 1);
+      expect(audit('prober').at(-1)).toMatchObject({
+        tool: 'ev__echo',
+        decision: 'invalid',
+        outcome: 'error',
+        code: 'FABRIC_ERR_INVALID_ARGUMENT',
+        argsDigest: digestArgs('{"message": '),
+      });
     });
 
     it('huge and deep arguments meet the same input bounds as over MCP', async () => {
+      const before = audit('hostile').length;
       const huge = { items: Array.from({ length: 100_001 }, () => 0) };
       const deep = `${'{"a":'.repeat(70)}1${'}'.repeat(70)}`;
       const overGrpc = [
@@ -410,18 +470,21 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
       } finally {
         await hostileMcp.close();
       }
-      await until(() => audit('hostile').length === 4);
-      const lines = audit('hostile').map(({ decision, outcome, code, argsDigest }) => ({
-        decision,
-        outcome,
-        code,
-        argsDigest,
-      }));
+      await until(() => audit('hostile').length === before + 4);
+      const lines = audit('hostile')
+        .slice(before)
+        .map(({ decision, outcome, code, argsDigest }) => ({
+          decision,
+          outcome,
+          code,
+          argsDigest,
+        }));
       expect(lines.slice(0, 2)).toEqual(lines.slice(2));
       expect(lines.every((l) => l.decision === 'invalid')).toBe(true);
     });
 
     it('a Struct nested past the decoder limit, or holding NaN, is INVALID_ARGUMENT', async () => {
+      const before = audit('hostile').length;
       let value: JsonObject = { a: 1 };
       for (let i = 0; i < 80; i++) value = { a: value };
       const deep = toBinary(
@@ -472,6 +535,16 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
           expect(err?.code).toBe(status.INVALID_ARGUMENT);
           expect(code(err)).toBe('FABRIC_ERR_INVALID_ARGUMENT');
         }
+        // The NaN one was decoded, so it has its invalid line (NaN digested as JSON writes it);
+        // the one the decoder refused has no name or arguments to write.
+        await until(() => audit('hostile').length > before);
+        expect(audit('hostile').slice(before)).toEqual([
+          expect.objectContaining({
+            tool: 'ev__echo',
+            decision: 'invalid',
+            argsDigest: digestArgs({ x: null }),
+          }),
+        ]);
       } finally {
         raw.close();
       }
