@@ -653,6 +653,22 @@ export class ToolGateway implements SessionHost {
     audit({ decision: 'invalid', outcome: 'error', code: InvalidArgumentError.code });
   }
 
+  /**
+   * The audit line of a `resources/read`, `prompts/get` or `completion/complete` refused for
+   * params that do not fit MCP's schema (a number `uri` …): `decision: "invalid"`, its `tool`
+   * the method, as one past the input limits gets (see {@link forward}); the params are digested
+   * as they came.
+   */
+  invalidRequest(session: GatewaySession, request: Request): void {
+    const audit = this.#pipeline.auditor(
+      session.identity.agentId,
+      request.method,
+      request.params,
+      performance.now(),
+    );
+    audit({ decision: 'invalid', outcome: 'error', code: InvalidArgumentError.code });
+  }
+
   /** A `tools/call`'s MCP answer from its outcome (see {@link sessionToolCall}); may throw. */
   toolAnswer(outcome: ToolCallOutcome, request: Request): Result {
     return mcpToolAnswer(outcome, String((request.params as { name?: unknown } | undefined)?.name));

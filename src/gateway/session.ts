@@ -101,6 +101,11 @@ export interface SessionHost {
    * before `callTool`: its audit line.
    */
   invalidToolCall(session: GatewaySession, request: Request): void;
+  /**
+   * A `resources/read`, `prompts/get` or `completion/complete` whose params do not fit MCP's
+   * schema, refused (InvalidParams) before `forward`: its audit line.
+   */
+  invalidRequest(session: GatewaySession, request: Request): void;
   /** `tasks/get`, `tasks/result`, `tasks/list`, `tasks/cancel` (only with the `tasks` capability). */
   taskRequest(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
   forward(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
@@ -131,11 +136,15 @@ function checked<S extends z.ZodType<Request> & { shape: { method: { value: stri
   server: Server,
   schema: S,
   handler: (request: z.infer<S>, extra: DownstreamExtra) => Result | Promise<Result>,
+  oninvalid?: (request: Request) => void,
 ): void {
   const method = schema.shape.method.value;
   server.setRequestHandler(looseRequest(method), (request, extra) => {
     const parsed = schema.safeParse(request);
-    if (!parsed.success) throw toMcpError(invalidParams(method, parsed.error.issues));
+    if (!parsed.success) {
+      oninvalid?.(request);
+      throw toMcpError(invalidParams(method, parsed.error.issues));
+    }
     return handler(parsed.data, extra);
   });
 }
@@ -280,16 +289,23 @@ export class GatewaySession {
       // unknown id gets (InvalidParams), not the SDK's schema dump as an InternalError.
       for (const method of TASK_METHODS) s.setRequestHandler(looseRequest(method), task);
     }
+    // The requests that pass policy as pseudo-tools get an audit line when malformed too.
+    const invalid = (req: Request): void => host.invalidRequest(this, req);
     if (capabilities.prompts) {
       checked(s, ListPromptsRequestSchema, (req, extra) => host.forward(this, req, extra));
-      checked(s, GetPromptRequestSchema, (req, extra) => host.forward(this, req, extra));
+      checked(s, GetPromptRequestSchema, (req, extra) => host.forward(this, req, extra), invalid);
     }
     if (capabilities.resources) {
       checked(s, ListResourcesRequestSchema, (req, extra) => host.forward(this, req, extra));
       checked(s, ListResourceTemplatesRequestSchema, (req, extra) =>
         host.forward(this, req, extra),
       );
-      checked(s, ReadResourceRequestSchema, (req, extra) => host.forward(this, req, extra));
+      checked(
+        s,
+        ReadResourceRequestSchema,
+        (req, extra) => host.forward(this, req, extra),
+        invalid,
+      );
       if (capabilities.resources.subscribe) {
         checked(s, SubscribeRequestSchema, async (req, extra) => {
           await host.subscribe(this, req.params.uri, extra);
@@ -302,7 +318,7 @@ export class GatewaySession {
       }
     }
     if (capabilities.completions) {
-      checked(s, CompleteRequestSchema, (req, extra) => host.forward(this, req, extra));
+      checked(s, CompleteRequestSchema, (req, extra) => host.forward(this, req, extra), invalid);
     }
     checked(s, SetLevelRequestSchema, async (req) => {
       this.#minLevel = Math.max(0, LOG_LEVELS.indexOf(req.params.level));

@@ -15,6 +15,7 @@ import {
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
+  EVERYTHING_BIN,
   INIT,
   startTestSidecar,
   tempDir,
@@ -28,6 +29,9 @@ describe('audit line of a malformed tools/call (real fabric, raw HTTP)', () => {
 
   beforeAll(async () => {
     sidecar = await startTestSidecar({
+      upstreams: {
+        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+      },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'prober' }],
       audit: { path, flushIntervalMs: 0 },
@@ -122,5 +126,40 @@ describe('audit line of a malformed tools/call (real fabric, raw HTTP)', () => {
     const tools = raw.map((l) => (JSON.parse(l) as { tool: string }).tool);
     expect(tools[0]).toBe('evil\ufffdname');
     expect(tools[1]).toBe(`${'x'.repeat(255)}…`);
+  });
+
+  it('writes one line per malformed resources/read, prompts/get and completion/complete', async () => {
+    // These pass policy as pseudo-tools and are audited; malformed, they never reach policy or
+    // the upstream, but leave their line (as one past the input limits does).
+    const before = lines().length;
+    const requests = [
+      { method: 'resources/read', params: { uri: 42 } },
+      { method: 'prompts/get', params: { name: 'ev__simple-prompt', arguments: 'not a record' } },
+      {
+        method: 'completion/complete',
+        params: { ref: { type: 'ref/prompt', name: 'ev__completable-prompt' }, argument: 'x' },
+      },
+      { method: 'resources/read', params: {} },
+    ];
+    for (const [i, r] of requests.entries()) {
+      const answer = await post({ jsonrpc: '2.0', id: 30 + i, ...r });
+      expect(answer).toContain('-32602');
+      expect(answer).toContain('FABRIC_ERR_INVALID_ARGUMENT');
+    }
+    await until(() => lines().length >= before + requests.length);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const written = lines().slice(before);
+    expect(written).toEqual(
+      requests.map((r) =>
+        expect.objectContaining({
+          agent: agentId(sidecar, 'prober'),
+          tool: r.method,
+          decision: 'invalid',
+          outcome: 'error',
+          code: 'FABRIC_ERR_INVALID_ARGUMENT',
+          argsDigest: digestArgs(r.params),
+        }),
+      ),
+    );
   });
 });
