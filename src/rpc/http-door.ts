@@ -87,6 +87,7 @@ import {
   type CallContext,
   type Caller,
   type CallerKind,
+  type MalformedHandler,
   type StreamSender,
 } from './rpc-call.js';
 import { reserveWatchListeners } from './events-service.js';
@@ -215,7 +216,11 @@ type StreamHandler = (
 ) => Promise<void>;
 
 type Route = { readonly caller: CallerKind; readonly method: DescMethod } & (
-  | { readonly kind: 'unary'; readonly handler: UnaryHandler }
+  | {
+      readonly kind: 'unary';
+      readonly handler: UnaryHandler;
+      readonly malformed: MalformedHandler | undefined;
+    }
   | { readonly kind: 'stream'; readonly handler: StreamHandler }
 );
 
@@ -294,12 +299,16 @@ export class HttpDoor {
     for (const impl of options.services) {
       const unary = impl.unary as Record<string, UnaryHandler | undefined>;
       const streams = (impl.serverStream ?? {}) as Record<string, StreamHandler | undefined>;
+      const malformed = (impl.malformed ?? {}) as Record<string, MalformedHandler | undefined>;
       for (const method of impl.service.methods) {
         const key = `${impl.service.typeName}/${method.name}`;
         const route = { caller: impl.caller, method };
         if (method.methodKind === 'unary') {
           const handler = unary[method.localName];
-          if (handler !== undefined) this.#routes.set(key, { ...route, kind: 'unary', handler });
+          if (handler !== undefined) {
+            const onMalformed = malformed[method.localName];
+            this.#routes.set(key, { ...route, kind: 'unary', handler, malformed: onMalformed });
+          }
         } else if (method.methodKind === 'server_streaming') {
           const handler = streams[method.localName];
           if (handler !== undefined) this.#routes.set(key, { ...route, kind: 'stream', handler });
@@ -408,7 +417,13 @@ export class HttpDoor {
     // is (a credential revoked or replaced in between acts no more, for its agent or another).
     if (this.#fabric.credentialEpoch() !== epoch)
       ({ caller, hold } = this.#caller(req, route.caller));
-    const request = decodeJson(route.method.input, text);
+    let request: unknown;
+    try {
+      request = decodeJson(route.method.input, text);
+    } catch (error) {
+      if (route.kind === 'unary') route.malformed?.(caller, sentBody(text));
+      throw error;
+    }
     if (route.kind === 'stream') {
       // Checked again: streams may have opened while this body was read.
       if (this.#streams.size >= this.#maxStreams) throw new StreamLimitError(this.#maxStreams);
@@ -614,6 +629,15 @@ function aborted(signal: AbortSignal): Promise<never> {
     if (signal.aborted) reject(signal.reason);
     signal.addEventListener('abort', () => reject(signal.reason), { once: true });
   });
+}
+
+/** A body {@link decodeJson} refused, for a {@link MalformedHandler}: its JSON, else its text. */
+function sentBody(text: string): { json: unknown } | { text: string } {
+  try {
+    return { json: JSON.parse(text) as unknown };
+  } catch {
+    return { text };
+  }
 }
 
 /**

@@ -349,6 +349,7 @@ function runCall<D extends DescMessage, R>(
   onRevoked: (reason: FabricError) => void,
   run: (caller: Caller, request: MessageShape<D>, holdSlot: SlotHold | undefined) => Promise<R>,
   inflight?: AgentInflight,
+  malformed?: MalformedHandler,
 ): Promise<R> {
   call.on('cancelled', onCancel);
   if (call.cancelled) onCancel();
@@ -366,7 +367,14 @@ function runCall<D extends DescMessage, R>(
         ? fabric.credentialCalls.hold(caller.id, bearerCredential(authorization), onRevoked)
         : undefined;
     try {
-      return await run(caller, decodeRequest(method.input, call.request), holdSlot);
+      let request: MessageShape<D>;
+      try {
+        request = decodeRequest(method.input, call.request);
+      } catch (error) {
+        malformed?.(caller, { bytes: call.request });
+        throw error;
+      }
+      return await run(caller, request, holdSlot);
     } finally {
       unhold?.();
       release?.();
@@ -446,6 +454,7 @@ export function unaryHandler<D extends DescMessage, Res>(
     context: CallContext,
   ) => Promise<Res>,
   inflight?: AgentInflight,
+  malformed?: MalformedHandler,
 ): UntypedHandleCall {
   return (call: ServerUnaryCall<Buffer, Res>, callback: sendUnaryData<Res>): void => {
     const controller = new AbortController();
@@ -487,6 +496,7 @@ export function unaryHandler<D extends DescMessage, Res>(
         return handler(caller, request, controller.signal, context);
       },
       inflight,
+      malformed,
     ).then(
       (res) => {
         settled = true;
@@ -606,7 +616,19 @@ export interface ServiceImplementation<S extends DescService> {
   readonly caller: CallerKind;
   readonly unary: UnaryMethods<S>;
   readonly serverStream?: ServerStreamMethods<S>;
+  /**
+   * Told of an authenticated call of a unary method whose request the door could not decode as
+   * the method's message (it is refused INVALID_ARGUMENT right after), with what was sent: the
+   * gRPC message's bytes, or the HTTP door's body (its JSON when it parses, else its text).
+   */
+  readonly malformed?: { readonly [K in keyof UnaryMethods<S>]?: MalformedHandler };
 }
+
+/** See {@link ServiceImplementation.malformed}; must not throw. */
+export type MalformedHandler = (
+  caller: Caller,
+  sent: { readonly bytes: Uint8Array } | { readonly json: unknown } | { readonly text: string },
+) => void;
 
 /** Default of {@link GrpcServiceOptions.maxBufferedMessages}. */
 export const DEFAULT_MAX_BUFFERED_STREAM_MESSAGES = 1024;
@@ -962,7 +984,14 @@ export function addGrpcService<S extends DescService>(
   for (const method of impl.service.methods) {
     const name = method.localName;
     if (method.methodKind === 'unary' && unary[name] !== undefined) {
-      handlers[name] = unaryHandler(fabric, impl.caller, method, unary[name], options.inflight);
+      handlers[name] = unaryHandler(
+        fabric,
+        impl.caller,
+        method,
+        unary[name],
+        options.inflight,
+        (impl.malformed as Record<string, MalformedHandler | undefined> | undefined)?.[name],
+      );
     } else if (method.methodKind === 'server_streaming' && streams[name] !== undefined) {
       handlers[name] = serverStreamHandler(fabric, impl.caller, method, streams[name], options);
       // The stream's messages reach grpc-js serialized already (measured by its outbox).

@@ -14,6 +14,7 @@
  * @module
  */
 import { create, type JsonObject } from '@bufbuild/protobuf';
+import { BinaryReader, WireType } from '@bufbuild/protobuf/wire';
 import { ErrorCode, McpError, type Tool as McpTool } from '@modelcontextprotocol/sdk/types.js';
 import {
   ApprovalLimitError,
@@ -110,7 +111,58 @@ export function toolService(
         }
       },
     },
+    malformed: {
+      // A request the door could not decode as a CallToolRequest (a Struct nested past the
+      // decoder's limit; over the /api/ door, `arguments` that are no object …) gets the
+      // audit line of a malformed call too, with what can be read of its name and arguments.
+      callTool: (caller, sent) => {
+        if (gateway === undefined || caller.kind !== 'agent') return;
+        const { name, args } =
+          'bytes' in sent
+            ? readCallBytes(sent.bytes)
+            : 'json' in sent
+              ? readCallJson(sent.json)
+              : { name: undefined, args: undefined };
+        gateway.invalidToolCallAs(identityOf(fabric, caller.id), name, args);
+      },
+    },
   };
+}
+
+/**
+ * The name and arguments of a `CallToolRequest` the decoder refused, read field by field from
+ * its top level (nothing nested is decoded): `name` when field 1 is one, `arguments_json` read
+ * as {@link sentArguments} does; a Struct that could not be decoded is not read (`undefined`).
+ */
+function readCallBytes(bytes: Uint8Array): { name: unknown; args: unknown } {
+  let name: unknown;
+  let args: unknown;
+  try {
+    const reader = new BinaryReader(bytes);
+    while (reader.pos < reader.len) {
+      const [no, type] = reader.tag();
+      if (no === 1 && type === WireType.LengthDelimited) name = reader.string();
+      else if (no === 3 && type === WireType.LengthDelimited) {
+        args = jsonArguments(reader.bytes());
+      } else reader.skip(type);
+    }
+  } catch {
+    // Read what came before the damage.
+  }
+  return { name, args };
+}
+
+/**
+ * The name and arguments of an `/api/` door body that is no `CallToolRequest` in JSON: `name`,
+ * and `arguments` as sent, or `argumentsJson` (base64) read as {@link sentArguments} does.
+ */
+function readCallJson(json: unknown): { name: unknown; args: unknown } {
+  if (typeof json !== 'object' || json === null) return { name: undefined, args: json };
+  const body = json as { name?: unknown; arguments?: unknown; argumentsJson?: unknown };
+  if (body.arguments !== undefined || typeof body.argumentsJson !== 'string') {
+    return { name: body.name, args: body.arguments ?? body.argumentsJson };
+  }
+  return { name: body.name, args: jsonArguments(Buffer.from(body.argumentsJson, 'base64')) };
 }
 
 /**
@@ -164,8 +216,12 @@ export function argumentsOf(req: CallToolRequest): Record<string, unknown> | und
  * text (bytes that are not UTF-8 read with U+FFFD for them).
  */
 function sentArguments(req: CallToolRequest): unknown {
-  if (req.args.case !== 'argumentsJson') return req.args.value;
-  const text = LENIENT_UTF8.decode(req.args.value);
+  return req.args.case === 'argumentsJson' ? jsonArguments(req.args.value) : req.args.value;
+}
+
+/** `arguments_json` as {@link sentArguments} reads it. */
+function jsonArguments(bytes: Uint8Array): unknown {
+  const text = LENIENT_UTF8.decode(bytes);
   try {
     return JSON.parse(text) as unknown;
   } catch {

@@ -415,23 +415,38 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
       ).toEqual([]);
     });
 
-    it('the /api/ door audits a malformed arguments_json the same way', async () => {
+    it('the /api/ door audits malformed arguments and bodies the same way', async () => {
       const before = audit('prober').length;
-      const res = await postJson(
-        new URL('/api/fabric.v1.ToolService/CallTool', sidecar.url!),
+      const bodies = [
         { name: 'ev__echo', argumentsJson: Buffer.from('{"message": ').toString('base64') },
-        token('prober'),
-      );
-      expect(res.status).toBe(400);
-      expect(((await res.json()) as { code: string }).code).toBe('FABRIC_ERR_INVALID_ARGUMENT');
-      await until(() => audit('prober').length === before + 1);
-      expect(audit('prober').at(-1)).toMatchObject({
-        tool: 'ev__echo',
-        decision: 'invalid',
-        outcome: 'error',
-        code: 'FABRIC_ERR_INVALID_ARGUMENT',
-        argsDigest: digestArgs('{"message": '),
-      });
+        // Not a CallToolRequest in JSON (the decoder refuses it), as MCP's SDK refuses these.
+        { name: 'ev__echo', arguments: 'not an object' },
+        { name: 42, arguments: { message: 'hi' } },
+      ];
+      for (const body of bodies) {
+        const res = await postJson(
+          new URL('/api/fabric.v1.ToolService/CallTool', sidecar.url!),
+          body,
+          token('prober'),
+        );
+        expect(res.status).toBe(400);
+        expect(((await res.json()) as { code: string }).code).toBe('FABRIC_ERR_INVALID_ARGUMENT');
+      }
+      await until(() => audit('prober').length === before + bodies.length);
+      const lines = audit('prober').slice(before);
+      for (const line of lines) {
+        expect(line).toMatchObject({
+          agent: agentId(sidecar, 'prober'),
+          decision: 'invalid',
+          outcome: 'error',
+          code: 'FABRIC_ERR_INVALID_ARGUMENT',
+        });
+      }
+      expect(lines.map((l) => [l.tool, l.argsDigest])).toEqual([
+        ['ev__echo', digestArgs('{"message": ')],
+        ['ev__echo', digestArgs('not an object')],
+        ['(invalid)', digestArgs({ message: 'hi' })],
+      ]);
     });
 
     it('huge and deep arguments meet the same input bounds as over MCP', async () => {
@@ -535,10 +550,15 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
           expect(err?.code).toBe(status.INVALID_ARGUMENT);
           expect(code(err)).toBe('FABRIC_ERR_INVALID_ARGUMENT');
         }
-        // The NaN one was decoded, so it has its invalid line (NaN digested as JSON writes it);
-        // the one the decoder refused has no name or arguments to write.
-        await until(() => audit('hostile').length > before);
+        // Each has its invalid line: the NaN one digested as JSON writes NaN; the one the
+        // decoder refused under the name read from its top level, its Struct unread (`{}`).
+        await until(() => audit('hostile').length === before + 2);
         expect(audit('hostile').slice(before)).toEqual([
+          expect.objectContaining({
+            tool: 'ev__echo',
+            decision: 'invalid',
+            argsDigest: digestArgs({}),
+          }),
           expect.objectContaining({
             tool: 'ev__echo',
             decision: 'invalid',
