@@ -573,8 +573,37 @@ export class PolicyEngine {
    * fails closed (deny, `FABRIC_ERR_POLICY_UNAVAILABLE`).
    * @throws `signal.reason` when `signal` aborts while a provider is asked.
    */
-  async evaluateAsync(ctx: PolicyContext, signal?: AbortSignal): Promise<PolicyDecision> {
-    if (this.#async === 0) return this.evaluateSync(ctx);
+  evaluateAsync(ctx: PolicyContext, signal?: AbortSignal): Promise<PolicyDecision> {
+    return this.#evaluateAsync(ctx, signal, false);
+  }
+
+  /**
+   * The decision of a call that was let through before the rules changed — decided again by the
+   * rules as they are now ({@link evaluateAsync}), with every provider's `deny` taken as no
+   * opinion: a provider's deny (a rate limit, a policy service that failed) does not refuse an
+   * approved call (see {@link PolicyProvider}), and must not hide the deny of a rule below it
+   * either. A provider's `allow` or `require_approval` still outranks lower rules.
+   * @throws `signal.reason` when `signal` aborts while a provider is asked.
+   */
+  evaluateAgain(ctx: PolicyContext, signal?: AbortSignal): Promise<PolicyDecision> {
+    return this.#evaluateAsync(ctx, signal, true);
+  }
+
+  async #evaluateAsync(
+    ctx: PolicyContext,
+    signal: AbortSignal | undefined,
+    noProviderDenies: boolean,
+  ): Promise<PolicyDecision> {
+    if (this.#async === 0) {
+      if (!noProviderDenies) return this.evaluateSync(ctx);
+      const candidates = this.#candidates(ctx.tool);
+      const best = this.#bestRule(ctx, candidates);
+      let decision = best === undefined ? this.#defaultDecision : best.decision;
+      if (this.#providers.length > 0) {
+        decision = this.#consultProviders(ctx, best, decision, undefined, true);
+      }
+      return this.#withAudit(ctx, candidates, decision);
+    }
     const candidates = this.#candidates(ctx.tool);
     const best = this.#bestRule(ctx, candidates);
     const ruleDecision = best === undefined ? this.#defaultDecision : best.decision;
@@ -603,7 +632,7 @@ export class PolicyEngine {
         }),
     );
     signal?.throwIfAborted();
-    const decision = this.#consultProviders(ctx, best, ruleDecision, verdicts);
+    const decision = this.#consultProviders(ctx, best, ruleDecision, verdicts, noProviderDenies);
     return this.#withAudit(ctx, candidates, decision);
   }
 
@@ -664,13 +693,15 @@ export class PolicyEngine {
   /**
    * Lets providers outrank or join the rule decision, by the same precedence as rules. A
    * provider's verdict is taken from `verdicts` when it is there (asked asynchronously), else
-   * from its `decide`.
+   * from its `decide`. With `noDenies`, a provider's `deny` is no opinion (see
+   * {@link evaluateAgain}).
    */
   #consultProviders(
     ctx: PolicyContext,
     best: CompiledRule | undefined,
     ruleDecision: PolicyDecision,
     verdicts?: ReadonlyMap<PolicyProvider, PolicyVerdict | undefined>,
+    noDenies = false,
   ): PolicyDecision {
     let decision = ruleDecision;
     let priority = best?.priority ?? Number.NEGATIVE_INFINITY;
@@ -692,7 +723,7 @@ export class PolicyEngine {
           reason: `policy provider ${provider.name} failed: ${String(err)}`,
         };
       }
-      if (verdict === undefined) continue;
+      if (verdict === undefined || (noDenies && verdict.action === 'deny')) continue;
       const vr = RANK[verdict.action];
       if (p > priority || vr > rank) {
         priority = p;

@@ -395,15 +395,14 @@ export class ToolCallAuthorizer {
    * The deny that decides the call under the rules as they are now — of a rule, or the default
    * action — for a call decided before the rules changed (untraced: the call's `policy` span
    * ended with its first decision). A policy service is asked again too. A provider's deny (a
-   * rate limit) is not taken from here: counting providers are asked at admission, and not at
-   * all for a call a human approved (see `PolicyProvider`).
+   * rate limit) is no opinion here (`PolicyEngine.evaluateAgain`), so it neither refuses the call
+   * nor hides a rule's deny below it: counting providers are asked at admission, and not at all
+   * for a call a human approved (see `PolicyProvider`).
    * @returns undefined when the call may still go through.
    */
   async #ruleDeny(ctx: ToolCallContext): Promise<PolicyDecision | undefined> {
-    const now = this.#policies.hasAsyncProviders
-      ? await this.#policies.evaluateAsync(ctx, ctx.signal)
-      : this.#policies.evaluateSync(ctx);
-    return now.action === 'deny' && (now.policy === null || now.rule !== null) ? now : undefined;
+    const now = await this.#policies.evaluateAgain(ctx, ctx.signal);
+    return now.action === 'deny' ? now : undefined;
   }
 
   /** The policy decision of the call (a `policy` span when traced). */

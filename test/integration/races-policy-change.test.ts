@@ -141,6 +141,58 @@ describe('a policy change while a call waits for approval', () => {
   }, 60_000);
 });
 
+describe('a policy change while a call waits for approval, with a provider denying then', () => {
+  it('a rate limit denying at approval time does not hide a deny rule added meanwhile', async () => {
+    root = tempDir('races-approval-limit');
+    const s = (sidecar = await startTestSidecar({
+      upstreams: { fs: filesystemUpstream(root) },
+      policies: [
+        {
+          name: 'approvals',
+          priority: 100,
+          rules: [{ tool: 'fs__write_file', action: 'require_approval' }],
+        },
+        { name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] },
+      ],
+      // One call, then none for a long while (priority 900: above both policies).
+      plugins: [
+        {
+          module: fileURLToPath(
+            new URL('../../plugins/policy-rate-limit/index.js', import.meta.url),
+          ),
+          options: { perAgent: { capacity: 1, refillPerSecond: 0.0001 } },
+        },
+      ],
+      agents: [{ name: 'worker' }],
+    } as never));
+    const { approval, call, client } = await park(s, 'limited.txt');
+    // Another call takes the agent's one token: the limiter denies every call now.
+    const listed = await client.callTool({
+      name: 'fs__list_directory',
+      arguments: { path: root },
+    });
+    expect(listed.isError).toBeFalsy();
+    const limited = await client.callTool({
+      name: 'fs__list_directory',
+      arguments: { path: root },
+    });
+    expect(text(limited)).toContain('FABRIC_ERR_POLICY_DENIED');
+    const added = await api(s, 'PolicyService/AddPolicy', {
+      policy: {
+        name: 'lockdown',
+        priority: 200,
+        rules: [{ tool: 'fs__write_file', action: 'POLICY_ACTION_DENY', reason: 'frozen' }],
+      },
+    });
+    expect(added.status).toBe(200);
+    await approve(s, approval.id);
+    const result = await call;
+    expect(result.isError).toBe(true);
+    expect(text(result)).toContain('frozen');
+    expect(existsSync(join(root, 'limited.txt'))).toBe(false);
+  }, 60_000);
+});
+
 const SLOW_SERVER = fileURLToPath(new URL('../fixtures/gateway/slow-server.mjs', import.meta.url));
 
 describe('a policy change while a call waits for its budget', () => {
