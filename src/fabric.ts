@@ -60,6 +60,7 @@ import type { PolicyEngineOptions } from './policy/policy-engine.js';
 import { ToolCallAuthorizer } from './policy/tool-call-authorizer.js';
 import type {
   CostEstimator,
+  ToolCallAllowed,
   ToolCallAuthorization,
   ToolCallContext,
   ToolCallDenied,
@@ -1148,6 +1149,25 @@ export class AgentFabric {
       budget: ctx.budget,
       trace: ctx.trace,
     });
+  }
+
+  /**
+   * Decides again a call {@link authorizeToolCall} let through that waited once more before it
+   * runs (its turn on an `exclusive` upstream), when the rules changed since (see
+   * `ToolCallAuthorizer.recheck`). The agent's pool and labels come from its record. Releases
+   * nothing: give the reservation back (settle with no usage) when it is refused.
+   * @returns undefined — synchronously when the rules did not change — or the refusal.
+   */
+  recheckToolCall(
+    ctx: ToolCallContext,
+    authorization: ToolCallAllowed,
+  ): ToolCallDenied | undefined | Promise<ToolCallDenied | undefined> {
+    if (authorization.rulesVersion === this.policies.rulesVersion) return undefined;
+    const agent = this.lifecycle.peek(ctx.agentId);
+    return this.#authorizer.recheck(
+      agent === undefined ? ctx : { ...ctx, poolId: agent.poolId, labels: agent.labels },
+      authorization,
+    );
   }
 
   /** The calling agent (heartbeat recorded), or the refusal of an agent that is leaving. */

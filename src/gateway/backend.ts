@@ -152,6 +152,17 @@ export interface GatewayBackend {
    */
   tryAuthorizeToolCall?(ctx: ToolCallContext): ToolCallAuthorization | undefined;
   /**
+   * Optional: decides again a call {@link authorizeToolCall} let through that waited for its
+   * turn on an `exclusive` upstream, when the rules changed since it was decided; the refusal
+   * is sent instead of the call (the gateway settles its reservation with no usage). Answers
+   * `undefined` synchronously when the rules did not change. Without it the call runs as it was
+   * authorized.
+   */
+  recheckToolCall?(
+    ctx: ToolCallContext,
+    authorization: ToolCallAllowed,
+  ): ToolCallRefused | undefined | Promise<ToolCallRefused | undefined>;
+  /**
    * Settles a reservation with the actual usage of the call, synchronously: with `requireFit`,
    * a `FABRIC_ERR_BUDGET_EXCEEDED` refusal means the tokens were not charged and the gateway
    * withholds the result; nothing (`undefined`) means everything was charged. A promise (a

@@ -99,6 +99,7 @@ import {
   type ProgressSink,
   type ToolCallOutcome,
   type ToolCallRequest,
+  type TurnRecheck,
 } from './tool-call-pipeline.js';
 import { resourceParams } from './resource-params.js';
 import { ResourceSubscriptions } from './resource-subscriptions.js';
@@ -809,7 +810,7 @@ export class ToolGateway implements SessionHost {
     rawArgs: unknown,
     extra: CallExtra,
     run: ToolTaskRun,
-    recheck?: () => Promise<void>,
+    recheck?: TurnRecheck,
   ): Promise<Result> {
     if (run.upstreamTask !== undefined && run.upstreamTask.name !== upstream.name) {
       throw new RelayedMcpError(
@@ -1051,6 +1052,7 @@ export class ToolGateway implements SessionHost {
           tool: name,
           params: args,
           paths: route?.upstream.paths,
+          exclusive: fabricTool === undefined && route?.upstream.spec.exclusive === true,
           abort: extra,
           progress,
           onApproval: task?.waiting,
@@ -1270,7 +1272,7 @@ export class ToolGateway implements SessionHost {
     params: Record<string, unknown>,
     forwarded: Readonly<Record<string, unknown>>,
     extra: DownstreamExtra,
-    read: (auth: unknown, recheck?: () => Promise<void>) => Promise<Result>,
+    read: (auth: unknown, recheck?: TurnRecheck) => Promise<Result>,
   ): Promise<Result> {
     const { identity } = session;
     const outcome = await this.#pipeline.run(
@@ -1280,6 +1282,7 @@ export class ToolGateway implements SessionHost {
         params,
         forwarded,
         paths: upstream.paths,
+        exclusive: upstream.spec.exclusive === true,
         abort: extra,
         progress: progressSink(session, extra),
         audit: this.#pipeline.auditor(identity.agentId, tool, params, performance.now()),
@@ -1310,7 +1313,7 @@ export class ToolGateway implements SessionHost {
     request: Request,
     extra: CallExtra,
     turnSignal?: AbortSignal,
-    recheck?: () => Promise<void>,
+    recheck?: TurnRecheck,
   ): Promise<Result> {
     return upstream.spec.exclusive
       ? this.#exclusiveRequest(
@@ -1326,9 +1329,10 @@ export class ToolGateway implements SessionHost {
 
   /**
    * {@link #upstreamRequest} on an `exclusive` upstream: one session's calls at a time; a call
-   * without a session takes its turn alone. `recheck` (an approved call's paths, see
-   * `ToolCallPipeline.run`) runs once the turn is the call's: the wait for it may be long, and
-   * what the human approved must still be what the upstream will touch.
+   * without a session takes its turn alone. `recheck` (the rules, when they changed, and an
+   * approved call's paths, see `ToolCallPipeline.run`) runs once the turn is the call's: the wait
+   * for it may be as long as another session's calls, and what policy let through (and the
+   * human approved) must still be what the rules say and what the upstream will touch.
    */
   async #exclusiveRequest(
     session: GatewaySession | undefined,
@@ -1336,13 +1340,14 @@ export class ToolGateway implements SessionHost {
     request: Request,
     extra: CallExtra,
     turnSignal: AbortSignal,
-    recheck?: () => Promise<void>,
+    recheck?: TurnRecheck,
   ): Promise<Result> {
     let gate = this.#gates.get(upstream);
     if (gate === undefined) this.#gates.set(upstream, (gate = new UpstreamGate()));
     await gate.enter(session ?? {}, turnSignal);
     try {
-      if (recheck !== undefined) await recheck();
+      const again = recheck?.();
+      if (again !== undefined) await again;
       return await this.#forward(session, upstream, request, extra);
     } finally {
       gate.leave();

@@ -32,6 +32,7 @@ import type {
   SettleToolCallOptions,
   ToolCallAllowed,
   ToolCallAuthorization,
+  ToolCallContext,
   ToolCallRefused,
 } from './backend.js';
 import type { Approval } from '../policy/approval-manager.js';
@@ -98,6 +99,11 @@ export interface PipelineCall {
   readonly forwarded?: Readonly<Record<string, unknown>> | undefined;
   /** The owning upstream's path resolver; absent: policy sees `params` as they are. */
   readonly paths?: PathResolver | undefined;
+  /**
+   * The call goes to an `exclusive` upstream, where it may wait for its turn: `forward` gets a
+   * recheck that decides it again then if the rules changed meanwhile. @default false
+   */
+  readonly exclusive?: boolean | undefined;
   readonly abort: CallAbort;
   /** Approval-wait progress (absent: none is sent). */
   readonly progress?: ProgressSink | undefined;
@@ -209,8 +215,21 @@ const REQUIRE_FIT: SettleToolCallOptions = Object.freeze({ requireFit: true });
  */
 const reachedUpstream = new WeakSet<object>();
 
-/** The refusals of approved calls found stale after a wait in `forward`, by their error. */
-const staleRefusals = new WeakMap<object, ToolCallRefused>();
+/**
+ * Runs once a call's turn on an exclusive upstream comes, before it is sent (see
+ * {@link ToolCallPipeline.run}); throws the error of the call's refusal. `undefined`: nothing to
+ * wait for, the call goes on.
+ */
+export type TurnRecheck = () => Promise<void> | undefined;
+
+/**
+ * The refusals of calls found stale or refused by changed rules after their turn wait in
+ * `forward`, by their error, with what their audit line records.
+ */
+const turnRefusals = new WeakMap<
+  object,
+  { readonly refusal: ToolCallRefused; readonly decision: string; readonly rule?: string }
+>();
 
 /**
  * Marks `error` as thrown by a request that reached its upstream, or by a fabric tool after its
@@ -286,7 +305,7 @@ export class ToolCallPipeline {
    */
   async run(
     call: PipelineCall,
-    forward: (auth: ToolCallAllowed, recheck?: () => Promise<void>) => Promise<Result>,
+    forward: (auth: ToolCallAllowed, recheck?: TurnRecheck) => Promise<Result>,
   ): Promise<ToolCallOutcome> {
     const { audit, abort } = call;
     const estimate = this.#estimates.get(call.identity.agentId, call.tool);
@@ -352,29 +371,50 @@ export class ToolCallPipeline {
           return { kind: 'refused', refusal: stale, withheld: false };
         }
       }
-      // An approved call that waits again before it is sent (its turn on an exclusive upstream)
-      // has its paths checked again when the wait ends: throws its refusal's error.
-      let recheck: (() => Promise<void>) | undefined;
-      if (waited && call.paths !== undefined) {
-        const paths = call.paths;
-        recheck = async () => {
-          const stale = await this.#staleApproval(paths, call.params, view, auth);
-          if (stale === undefined) return;
-          const error = stale.error ?? new ApprovalStaleError(auth.decision?.approvalId ?? '');
-          staleRefusals.set(error, stale);
-          throw error;
+      // A call that waits again before it is sent (its turn on an exclusive upstream, as long as
+      // another session's calls) is decided again when the wait ends if the rules changed
+      // meanwhile, and an approved one has its paths checked again: throws its refusal's error.
+      let recheck: TurnRecheck | undefined;
+      const pathsAgain = waited ? call.paths : undefined;
+      if (call.exclusive === true || pathsAgain !== undefined) {
+        const rulesAgain = call.exclusive === true ? this.#backend.recheckToolCall : undefined;
+        recheck = () => {
+          // An exclusive call's signal exists by now (its turn was waited for with it).
+          const refused = rulesAgain?.call(this.#backend, this.#context(call, view), auth);
+          if (refused === undefined && pathsAgain === undefined) return undefined;
+          return (async () => {
+            const now = await refused;
+            if (now !== undefined) {
+              const r = describeDecision(now.decision);
+              const error = now.error ?? new Error(now.reason);
+              turnRefusals.set(error, { refusal: now, decision: r.action ?? 'deny', rule: r.rule });
+              throw error;
+            }
+            if (pathsAgain === undefined) return;
+            const stale = await this.#staleApproval(pathsAgain, call.params, view, auth);
+            if (stale === undefined) return;
+            const error = stale.error ?? new ApprovalStaleError(auth.decision?.approvalId ?? '');
+            turnRefusals.set(error, { refusal: stale, decision, rule: d.rule });
+            throw error;
+          })();
         };
       }
       let result: Result;
       try {
         result = await forward(auth, recheck);
       } catch (error) {
-        const stale =
-          typeof error === 'object' && error !== null ? staleRefusals.get(error) : undefined;
-        if (stale !== undefined) {
+        const turn =
+          typeof error === 'object' && error !== null ? turnRefusals.get(error) : undefined;
+        if (turn !== undefined) {
+          const { refusal } = turn;
           this.#settle(auth, { tokens: 0, cost: 0 });
-          audit({ decision, rule: d.rule, outcome: 'denied', code: stale.code });
-          return { kind: 'refused', refusal: stale, withheld: false };
+          audit({
+            decision: turn.decision,
+            rule: turn.rule,
+            outcome: 'denied',
+            code: refusal.code,
+          });
+          return { kind: 'refused', refusal, withheld: false };
         }
         const charged = chargedCost(error, cost);
         this.#settle(auth, { tokens: 0, cost: charged });
@@ -558,6 +598,21 @@ export class ToolCallPipeline {
         closing.removeEventListener('abort', onClosing);
         if (waitTimer) clearInterval(waitTimer);
       });
+  }
+
+  /** What the backend decides `call` again on (see `GatewayBackend.recheckToolCall`). */
+  #context(call: PipelineCall, view: Readonly<Record<string, unknown>>): ToolCallContext {
+    const { agentId, poolId, labels } = call.identity;
+    const raw = call.forwarded ?? call.params;
+    return {
+      agentId,
+      poolId,
+      tool: call.tool,
+      params: view,
+      rawParams: raw === view ? undefined : raw,
+      labels,
+      signal: call.abort.signal,
+    };
   }
 
   /**

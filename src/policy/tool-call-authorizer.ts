@@ -108,6 +108,12 @@ export interface ToolCallAllowed {
   readonly reservation: Reservation;
   /** The human decision, when the policy required one. */
   readonly approval?: ApprovalResult;
+  /**
+   * The `PolicyEngine.rulesVersion` the call was (last) decided under: {@link
+   * ToolCallAuthorizer.recheck} decides it again when the rules changed since (absent: an
+   * authorization made elsewhere, always decided again).
+   */
+  readonly rulesVersion?: number;
 }
 
 /** A call that may not run: a value, not a throw, so a gateway can map it to an MCP error result. */
@@ -197,7 +203,7 @@ export class ToolCallAuthorizer {
    */
   async authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
     // The rules the decision is made by (a handed-over one was made in this same step).
-    const rulesVersion = this.#policies.rulesVersion;
+    let rulesVersion = this.#policies.rulesVersion;
     const handed = ctx.trace === undefined ? undefined : this.#handedOver.get(ctx.trace);
     if (handed !== undefined) this.#handedOver.delete(ctx.trace!);
     let decision: PolicyDecision;
@@ -211,11 +217,13 @@ export class ToolCallAuthorizer {
     if (decision.action !== 'require_approval') {
       // A decision awaited from a policy service: the rules may have changed meanwhile.
       if (recheck && this.#policies.rulesVersion !== rulesVersion) {
+        const version = this.#policies.rulesVersion;
         const now = await this.#ruleDeny(ctx);
         if (now !== undefined) {
           handed?.budget?.end(NOT_RESERVED);
           return this.#admit(ctx, now);
         }
+        rulesVersion = version;
       }
       return this.#admitWaiting(ctx, decision, undefined, handed?.budget, recheck, rulesVersion);
     }
@@ -270,8 +278,10 @@ export class ToolCallAuthorizer {
     // while the call waited (a deny added, the approval rule removed), they decide it again: a
     // deny of a rule or of the default action refuses it, as it would refuse the call sent now.
     if (this.#policies.rulesVersion !== rulesVersion) {
+      const version = this.#policies.rulesVersion;
       const now = await this.#ruleDeny(ctx);
       if (now !== undefined) return this.#admit(ctx, now);
+      rulesVersion = version;
     }
     // A human said yes: counted as it is, not asked again (see `PolicyProvider`).
     return this.#admitWaiting(ctx, final, approval, undefined, false, rulesVersion);
@@ -287,12 +297,13 @@ export class ToolCallAuthorizer {
    */
   tryAuthorize(ctx: ToolCallContext): ToolCallAuthorization | undefined {
     if (this.#policies.hasAsyncProviders) return undefined;
+    const version = this.#policies.rulesVersion;
     const decision = this.#decide(ctx);
     if (decision.action === 'require_approval') return this.#handOver(ctx, decision, undefined);
     if (decision.action === 'deny') return this.#admit(ctx, decision);
     const budget = ctx.trace?.phase('budget');
     // Budget refusals are rare; the waiting path decides them (with the better retryAt).
-    const a = this.#reserve(ctx, decision, undefined, budget, ctx.budget !== undefined);
+    const a = this.#reserve(ctx, decision, undefined, budget, ctx.budget !== undefined, version);
     if (a === undefined) return this.#handOver(ctx, decision, budget);
     if (a.allowed) this.#policies.admitted(ctx);
     return a;
@@ -333,12 +344,14 @@ export class ToolCallAuthorizer {
         return this.#admit(ctx, refusal);
       }
     }
-    if (ctx.budget === undefined) return this.#counted(ctx, this.#admit(ctx, decision, approval));
+    if (ctx.budget === undefined) {
+      return this.#counted(ctx, this.#admit(ctx, decision, approval, rulesVersion));
+    }
     const span = budgetSpan ?? ctx.trace?.phase('budget');
     // Reserved at once when it fits (an aborted call goes on to reject as it always did).
     const now = ctx.signal?.aborted
       ? undefined
-      : this.#reserve(ctx, decision, approval, span, true);
+      : this.#reserve(ctx, decision, approval, span, true, rulesVersion);
     if (now !== undefined) return this.#counted(ctx, now);
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     try {
@@ -351,7 +364,9 @@ export class ToolCallAuthorizer {
       });
       span?.end(RESERVED);
       // The rules may have changed during the wait (a deny added): they decide it again.
+      let version = rulesVersion;
       if (this.#policies.rulesVersion !== rulesVersion) {
+        version = this.#policies.rulesVersion;
         let deny: PolicyDecision | undefined;
         try {
           deny = await this.#ruleDeny(ctx);
@@ -374,7 +389,7 @@ export class ToolCallAuthorizer {
           return this.#admit(ctx, refusal);
         }
       }
-      return this.#counted(ctx, allowed(decision, reservation, approval));
+      return this.#counted(ctx, allowed(decision, reservation, approval, version));
     } catch (err) {
       if (err instanceof BudgetExceededError) {
         span?.end(REFUSED);
@@ -434,6 +449,7 @@ export class ToolCallAuthorizer {
     ctx: ToolCallContext,
     decision: PolicyDecision,
     approval?: ApprovalResult,
+    rulesVersion = this.#policies.rulesVersion,
   ): ToolCallAuthorization {
     if (decision.action === 'deny') {
       const details = {
@@ -447,7 +463,7 @@ export class ToolCallAuthorizer {
           : new PolicyDeniedError(ctx.tool, decision.reason, details);
       return denied(error, decision, decision.retryAt);
     }
-    return this.#reserve(ctx, decision, approval, ctx.trace?.phase('budget'), false);
+    return this.#reserve(ctx, decision, approval, ctx.trace?.phase('budget'), false, rulesVersion);
   }
 
   /**
@@ -460,6 +476,7 @@ export class ToolCallAuthorizer {
     approval: ApprovalResult | undefined,
     span: TracePhase | undefined,
     mayWait: false,
+    rulesVersion: number,
   ): ToolCallAuthorization;
   #reserve(
     ctx: ToolCallContext,
@@ -467,6 +484,7 @@ export class ToolCallAuthorizer {
     approval: ApprovalResult | undefined,
     span: TracePhase | undefined,
     mayWait: boolean,
+    rulesVersion: number,
   ): ToolCallAuthorization | undefined;
   #reserve(
     ctx: ToolCallContext,
@@ -474,12 +492,13 @@ export class ToolCallAuthorizer {
     approval: ApprovalResult | undefined,
     span: TracePhase | undefined,
     mayWait: boolean,
+    rulesVersion: number,
   ): ToolCallAuthorization | undefined {
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     try {
       const reservation = this.#budgets.reserve(ctx.agentId, estimate, reserveOptions(ctx));
       span?.end(RESERVED);
-      return allowed(decision, reservation, approval);
+      return allowed(decision, reservation, approval, rulesVersion);
     } catch (err) {
       if (err instanceof BudgetExceededError) {
         if (mayWait) return undefined;
@@ -515,6 +534,44 @@ export class ToolCallAuthorizer {
     return short === null ? undefined : withheld(short, authorization.decision);
   }
 
+  /**
+   * Decides again a call {@link authorize} let through, for a caller that made it wait once more
+   * before it runs (the gateway: its turn on an `exclusive` upstream, as long as another
+   * session's calls): when the rules changed since it was decided (`authorization.rulesVersion`),
+   * a deny of a rule or of the default action refuses it (`FABRIC_ERR_POLICY_DENIED`), as in
+   * {@link authorize}'s own waits; a provider's deny does not (see `PolicyEngine.evaluateAgain`).
+   * A call no human approved that the rules now send to one is refused too, with a reason
+   * saying so (it is not parked again: the agent calls again and asks for an approval); an
+   * approved call is not asked again. Reserves, releases and counts nothing: the caller gives
+   * the reservation back.
+   * @returns undefined when the call may still run — synchronously, after one comparison, when
+   *   the rules did not change; else the refusal.
+   */
+  recheck(
+    ctx: ToolCallContext,
+    authorization: ToolCallAllowed,
+  ): ToolCallDenied | undefined | Promise<ToolCallDenied | undefined> {
+    if (authorization.rulesVersion === this.#policies.rulesVersion) return undefined;
+    return this.#recheck(ctx, authorization);
+  }
+
+  async #recheck(
+    ctx: ToolCallContext,
+    authorization: ToolCallAllowed,
+  ): Promise<ToolCallDenied | undefined> {
+    const now = await this.#policies.evaluateAgain(ctx, ctx.signal);
+    if (now.action === 'deny') return this.#admit(ctx, now) as ToolCallDenied;
+    if (now.action !== 'require_approval' || authorization.approval !== undefined) return undefined;
+    const where = now.policy === null ? 'the default action' : `policy ${now.policy}`;
+    const error = new PolicyDeniedError(
+      ctx.tool,
+      `the rules changed while the call waited to run, and now require approval (${where}: ` +
+        `${now.reason}); call it again to ask for one`,
+      { policy: now.policy, rule: now.rule, rulesChanged: true },
+    );
+    return denied(error, now);
+  }
+
   /** Gives back the reservation of a call that did not run. Idempotent. */
   release(authorization: ToolCallAuthorization): void {
     if (authorization.allowed) this.#budgets.release(authorization.reservation);
@@ -525,11 +582,12 @@ function allowed(
   decision: PolicyDecision,
   reservation: Reservation,
   approval: ApprovalResult | undefined,
+  rulesVersion: number,
 ): ToolCallAllowed {
   return Object.freeze(
     approval === undefined
-      ? { allowed: true as const, decision, reservation }
-      : { allowed: true as const, decision, reservation, approval },
+      ? { allowed: true as const, decision, reservation, rulesVersion }
+      : { allowed: true as const, decision, reservation, approval, rulesVersion },
   );
 }
 

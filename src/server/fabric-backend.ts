@@ -60,6 +60,13 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
     return this.#fabric.tryAuthorizeToolCall(ctx);
   }
 
+  recheckToolCall(
+    ctx: ToolCallContext,
+    authorization: ToolCallAllowed,
+  ): ToolCallRefused | undefined | Promise<ToolCallRefused | undefined> {
+    return this.#fabric.recheckToolCall(ctx, authorization);
+  }
+
   settleToolCall(
     authorization: ToolCallAllowed,
     usage: ToolUsage,

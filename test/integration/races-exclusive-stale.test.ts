@@ -14,6 +14,7 @@ import {
   existsSync,
   mkdirSync,
   openSync,
+  readFileSync,
   symlinkSync,
   unlinkSync,
   writeFileSync,
@@ -29,8 +30,10 @@ import { listApprovals, type ApiApproval } from '../fixtures/api.js';
 import {
   ADMIN_TOKEN,
   DEFAULT_ALLOW,
+  agentId,
   agentToken,
   api,
+  auditLines,
   closeSidecar,
   filesystemUpstream,
   httpClient,
@@ -318,3 +321,184 @@ async function upstreamState(
     waiting: string[];
   };
 }
+
+/**
+ * A write of `worker` that waits for its turn on an exclusive server-filesystem upstream while
+ * another session of the agent holds the turn (a read of a FIFO), over MCP tasks so the test
+ * sees when it was let through and waits for the turn. `change` runs then (an operator changing
+ * the policy); the turn is released and the task's result returned, with the budget the agent
+ * had reserved and used before and after.
+ */
+async function writeAtTurnAfter(
+  policies: unknown[],
+  change: (s: Sidecar) => Promise<void>,
+  approve: boolean,
+): Promise<{ s: Sidecar; root: string; auditPath: string; result: string; budget: number[] }> {
+  const root = tempDir('races-exclusive-rules');
+  const auditPath = join(tempDir('races-exclusive-rules-audit'), 'audit.jsonl');
+  const fifo = join(root, 'hold.fifo');
+  execFileSync('mkfifo', [fifo]);
+  const s = (sidecar = await startTestSidecar({
+    upstreams: { fs: { ...filesystemUpstream(root), exclusive: true } },
+    policies: policies as never,
+    agents: [{ name: 'worker' }],
+    gateway: { tasks: { maxTtlSeconds: 120 } },
+    audit: { path: auditPath },
+  }));
+  const token = agentToken(s, 'worker');
+  const id = agentId(s, 'worker');
+  const holder = await httpClient(s.url!, token);
+  const held = holder.callTool({ name: 'fs__read_text_file', arguments: { path: fifo } });
+  let writer: number | undefined;
+  await until(() => (writer = writerOnceRead(fifo)) !== undefined);
+  const agent = await httpClient(s.url!, token);
+  try {
+    const { task } = await callAsTask(agent, 'fs__write_file', {
+      path: join(root, 'out.txt'),
+      content: 'written at its turn',
+    });
+    if (approve) {
+      let parked: ApiApproval | undefined;
+      await until(async () => {
+        parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
+        return parked !== undefined;
+      });
+      expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
+    }
+    // Let through (a task is `working` from its start; `running` once forwarded): it waits for
+    // its turn now.
+    await until(async () => {
+      const t = await agent.experimental.tasks.getTask(task.taskId);
+      return t.status === 'working' && t.statusMessage === 'running';
+    });
+    const before = s.fabric!.budgets.getStatus(id);
+    expect(auditLines(s, auditPath, 'worker', 'fs__read_text_file')).toEqual([]);
+    await change(s);
+    writeSync(writer!, 'held');
+    closeSync(writer!);
+    writer = undefined;
+    expect((await held).isError).toBeFalsy();
+    await until(async () => {
+      const t = await agent.experimental.tasks.getTask(task.taskId);
+      return t.status === 'failed' || t.status === 'completed';
+    });
+    const result = await agent.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    await until(() => auditLines(s, auditPath, 'worker', 'fs__write_file').length > 0);
+    const after = s.fabric!.budgets.getStatus(id);
+    // What the holder's read used is charged meanwhile.
+    const [read] = auditLines(s, auditPath, 'worker', 'fs__read_text_file');
+    return {
+      s,
+      root,
+      auditPath,
+      result: text(result),
+      budget: [before.tokensUsed + Number(read?.tokens), after.tokensUsed, after.tokensReserved],
+    };
+  } finally {
+    if (writer !== undefined) closeSync(writer);
+    await agent.close();
+    await holder.close();
+  }
+}
+
+const READS = {
+  name: 'reads',
+  rules: [{ tool: 'fs__read_text_file', action: 'allow' }],
+};
+
+describe('a call waiting for its turn on an exclusive upstream while the rules change', () => {
+  it('a deny rule added meanwhile refuses an allowed write at its turn; nothing is written or charged', async () => {
+    const { s, root, auditPath, result, budget } = await writeAtTurnAfter(
+      [DEFAULT_ALLOW],
+      async (s) => {
+        const added = await api(s, 'PolicyService/AddPolicy', {
+          policy: {
+            name: 'lockdown',
+            priority: 200,
+            rules: [{ tool: 'fs__write_file', action: 'POLICY_ACTION_DENY', reason: 'frozen' }],
+          },
+        });
+        expect(added.status).toBe(200);
+      },
+      false,
+    );
+    expect(result).toContain('FABRIC_ERR_POLICY_DENIED');
+    expect(result).toContain('frozen');
+    expect(existsSync(join(root, 'out.txt'))).toBe(false);
+    // Nothing charged, the reservation given back.
+    expect(budget[1]).toBe(budget[0]);
+    expect(budget[2]).toBe(0);
+    expect(auditLines(s, auditPath, 'worker', 'fs__write_file')).toMatchObject([
+      { decision: 'deny', rule: 'lockdown#0', outcome: 'denied', code: 'FABRIC_ERR_POLICY_DENIED' },
+    ]);
+  }, 60_000);
+
+  it('the approval rule removed meanwhile leaves the default action (deny) to refuse an approved write', async () => {
+    const { s, root, auditPath, result, budget } = await writeAtTurnAfter(
+      [
+        {
+          name: 'approvals',
+          priority: 100,
+          rules: [{ tool: 'fs__write_file', action: 'require_approval' }],
+        },
+        READS,
+      ],
+      async (s) => {
+        expect((await api(s, 'PolicyService/RemovePolicy', { name: 'approvals' })).status).toBe(
+          200,
+        );
+      },
+      true,
+    );
+    expect(result).toContain('FABRIC_ERR_POLICY_DENIED');
+    expect(existsSync(join(root, 'out.txt'))).toBe(false);
+    expect(budget[1]).toBe(budget[0]);
+    expect(budget[2]).toBe(0);
+    expect(auditLines(s, auditPath, 'worker', 'fs__write_file')).toMatchObject([
+      { decision: 'deny', outcome: 'denied', code: 'FABRIC_ERR_POLICY_DENIED' },
+    ]);
+  }, 60_000);
+
+  it('an approval rule added meanwhile refuses an allowed write, saying the rules changed; nobody is asked', async () => {
+    const { s, root, auditPath, result } = await writeAtTurnAfter(
+      [DEFAULT_ALLOW],
+      async (s) => {
+        const added = await api(s, 'PolicyService/AddPolicy', {
+          policy: {
+            name: 'approvals',
+            priority: 100,
+            rules: [{ tool: 'fs__write_file', action: 'POLICY_ACTION_REQUIRE_APPROVAL' }],
+          },
+        });
+        expect(added.status).toBe(200);
+      },
+      false,
+    );
+    expect(result).toContain('FABRIC_ERR_POLICY_DENIED');
+    expect(result).toContain('rules changed');
+    expect(existsSync(join(root, 'out.txt'))).toBe(false);
+    expect(await listApprovals(s.url!, ADMIN_TOKEN)).toEqual([]);
+    expect(auditLines(s, auditPath, 'worker', 'fs__write_file')).toMatchObject([
+      { decision: 'require_approval', rule: 'approvals#0', outcome: 'denied' },
+    ]);
+  }, 60_000);
+
+  it('a change that still lets the call through runs it', async () => {
+    const { root, result } = await writeAtTurnAfter(
+      [DEFAULT_ALLOW],
+      async (s) => {
+        const added = await api(s, 'PolicyService/AddPolicy', {
+          policy: {
+            name: 'unrelated',
+            priority: 200,
+            rules: [{ tool: 'fs__move_file', action: 'POLICY_ACTION_DENY' }],
+          },
+        });
+        expect(added.status).toBe(200);
+      },
+      false,
+    );
+    expect(result).not.toContain('FABRIC_ERR');
+    expect(readFileSync(join(root, 'out.txt'), 'utf8')).toBe('written at its turn');
+  }, 60_000);
+});
