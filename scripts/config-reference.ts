@@ -237,7 +237,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     "Fewest ms between two progress commits of one hook (default 1000); reports in between are held in memory (seen at once) and committed with the hook's next commit, so a crash loses at most that long of them.",
   'hooks.maintenanceIntervalSeconds':
     "How often (at most) the hook store gets `git gc --auto` (default 600; 0: never): only after hooks were committed, one run at a time, off the transitions' path; packs loose objects past the repository's `gc.auto` (≤ git's 6700, ~1300 transitions; other gc settings pinned) and packs refs. Failures are logged.",
-  'hooks.maxReassignments': 'Reassignments before a hook is abandoned.',
+  'hooks.maxReassignments':
+    'Reassignments of one hook (after it was abandoned or failed, hand-backs to the same agent included) before recovery gives up on it: it ends FAILED.',
 };
 
 type Json = Record<string, unknown>;
