@@ -1153,19 +1153,40 @@ export class AgentFabric {
 
   /**
    * Decides again a call {@link authorizeToolCall} let through that waited once more before it
-   * runs (its turn on an `exclusive` upstream), when the rules changed since (see
-   * `ToolCallAuthorizer.recheck`). The agent's pool and labels come from its record. Releases
-   * nothing: give the reservation back (settle with no usage) when it is refused.
-   * @returns undefined — synchronously when the rules did not change — or the refusal.
+   * runs (its turn on an `exclusive` upstream): an agent terminated or draining meanwhile does
+   * not run it (`FABRIC_ERR_AGENT_UNAVAILABLE`, as after {@link authorizeToolCall}'s own waits),
+   * and when the rules changed since, they decide it again (see `ToolCallAuthorizer.recheck`).
+   * The agent's pool and labels come from its record. Releases nothing: give the reservation
+   * back (settle with no usage) when it is refused.
+   * @returns undefined — synchronously when the agent is still active and the rules did not
+   *   change — or the refusal.
    */
   recheckToolCall(
     ctx: ToolCallContext,
     authorization: ToolCallAllowed,
   ): ToolCallDenied | undefined | Promise<ToolCallDenied | undefined> {
-    if (authorization.rulesVersion === this.policies.rulesVersion) return undefined;
+    // One map lookup, at an exclusive call's turn only.
     const agent = this.lifecycle.peek(ctx.agentId);
+    if (
+      agent === undefined ||
+      agent.status === AgentStatus.DRAINING ||
+      agent.status === AgentStatus.TERMINATED
+    ) {
+      const error =
+        agent === undefined
+          ? new AgentNotFoundError(String(ctx.agentId))
+          : new AgentUnavailableError(agent.id, agent.status);
+      return Object.freeze({
+        allowed: false as const,
+        code: error.code,
+        reason: error.message,
+        details: error.details,
+        error,
+      });
+    }
+    if (authorization.rulesVersion === this.policies.rulesVersion) return undefined;
     return this.#authorizer.recheck(
-      agent === undefined ? ctx : { ...ctx, poolId: agent.poolId, labels: agent.labels },
+      { ...ctx, poolId: agent.poolId, labels: agent.labels },
       authorization,
     );
   }

@@ -25,6 +25,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { CallToolResultSchema, McpError } from '@modelcontextprotocol/sdk/types.js';
 import { afterEach, describe, expect, it } from 'vitest';
+import { AgentStatus } from '../../src/agent.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { listApprovals, type ApiApproval } from '../fixtures/api.js';
 import {
@@ -35,8 +36,10 @@ import {
   api,
   auditLines,
   closeSidecar,
+  type ClaimedTask,
   filesystemUpstream,
   httpClient,
+  scheduleAndClaim,
   startHttpUpstream,
   startTestSidecar,
   tempDir,
@@ -500,5 +503,39 @@ describe('a call waiting for its turn on an exclusive upstream while the rules c
     );
     expect(result).not.toContain('FABRIC_ERR');
     expect(readFileSync(join(root, 'out.txt'), 'utf8')).toBe('written at its turn');
+  }, 60_000);
+});
+
+describe('a call waiting for its turn on an exclusive upstream while its agent is terminated', () => {
+  it('is refused with FABRIC_ERR_AGENT_UNAVAILABLE at its turn once the agent drains; nothing is written', async () => {
+    let terminating: Promise<Response> | undefined;
+    let task: ClaimedTask | undefined;
+    const { s, root, auditPath, result, budget } = await writeAtTurnAfter(
+      [DEFAULT_ALLOW],
+      async (s) => {
+        const id = agentId(s, 'worker');
+        // A task of the agent running keeps it DRAINING (its sessions open) for the drain time.
+        task = await scheduleAndClaim(s, 'worker', { taskType: 'review' });
+        terminating = api(s, 'FabricService/TerminateAgent', { agentId: id, drainTimeout: '30s' });
+        await until(() => s.fabric!.lifecycle.peek(id)?.status === AgentStatus.DRAINING);
+      },
+      false,
+    );
+    expect(result).toContain('FABRIC_ERR_AGENT_UNAVAILABLE');
+    expect(existsSync(join(root, 'out.txt'))).toBe(false);
+    expect(budget[1]).toBe(budget[0]);
+    expect(budget[2]).toBe(0);
+    expect(auditLines(s, auditPath, 'worker', 'fs__write_file')).toMatchObject([
+      { outcome: 'denied', code: 'FABRIC_ERR_AGENT_UNAVAILABLE' },
+    ]);
+    // The task done, the drain ends.
+    const done = await api(
+      s,
+      'AgentService/CompleteTask',
+      { taskId: task!.taskId, attempt: task!.attempt, result: { done: true } },
+      agentToken(s, 'worker'),
+    );
+    expect(done.status).toBe(200);
+    expect((await terminating!).status).toBe(200);
   }, 60_000);
 });
