@@ -218,15 +218,30 @@ export class ToolCallAuthorizer {
       // A decision awaited from a policy service: the rules may have changed meanwhile.
       if (recheck && this.#policies.rulesVersion !== rulesVersion) {
         const version = this.#policies.rulesVersion;
-        const now = await this.#ruleDeny(ctx);
+        const now = await this.#decideAgain(ctx, false);
         if (now !== undefined) {
           handed?.budget?.end(NOT_RESERVED);
+          // Sent to a human now: the call asks for an approval as one sent now would.
+          if (now.action === 'require_approval') return this.#approve(ctx, now, version);
           return this.#admit(ctx, now);
         }
         rulesVersion = version;
       }
       return this.#admitWaiting(ctx, decision, undefined, handed?.budget, recheck, rulesVersion);
     }
+    return this.#approve(ctx, decision, rulesVersion);
+  }
+
+  /**
+   * The approval path of {@link authorize} for a call the rules (as of `rulesVersion`) send to a
+   * human: the budget is checked first, then the call parks for approval, and once approved it is
+   * reserved and counted (see {@link #admitWaiting}).
+   */
+  async #approve(
+    ctx: ToolCallContext,
+    decision: PolicyDecision,
+    rulesVersion: number,
+  ): Promise<ToolCallAuthorization> {
     const estimate = ctx.estimate ?? this.#estimate(ctx.tool, ctx.params);
     const pre = this.#budgets.check(ctx.agentId, estimate, reserveOptions(ctx));
     // A call only in-flight reservations keep out may fit by the time a human decides.
@@ -279,7 +294,7 @@ export class ToolCallAuthorizer {
     // deny of a rule or of the default action refuses it, as it would refuse the call sent now.
     if (this.#policies.rulesVersion !== rulesVersion) {
       const version = this.#policies.rulesVersion;
-      const now = await this.#ruleDeny(ctx);
+      const now = await this.#decideAgain(ctx, true);
       if (now !== undefined) return this.#admit(ctx, now);
       rulesVersion = version;
     }
@@ -326,7 +341,7 @@ export class ToolCallAuthorizer {
    * reservations to settle (then, unless a human approved it, the counting providers are asked
    * again before it is counted, and a deny releases what was reserved), and refusing with a
    * `retryAt` whenever one can be given. When the rules changed since `rulesVersion` (the
-   * decision's) by the end of that wait, they decide the call again first (see {@link #ruleDeny}).
+   * decision's) by the end of that wait, they decide the call again first (see {@link #decideAgain}).
    */
   async #admitWaiting(
     ctx: ToolCallContext,
@@ -363,20 +378,23 @@ export class ToolCallAuthorizer {
         signal: ctx.signal,
       });
       span?.end(RESERVED);
-      // The rules may have changed during the wait (a deny added): they decide it again.
+      // The rules may have changed during the wait (a deny added): they decide it again. A call
+      // they now send to a human gives its reservation back while it waits for one (a human may
+      // take long; the budget is checked again before it parks and reserved after the yes).
       let version = rulesVersion;
       if (this.#policies.rulesVersion !== rulesVersion) {
         version = this.#policies.rulesVersion;
-        let deny: PolicyDecision | undefined;
+        let now: PolicyDecision | undefined;
         try {
-          deny = await this.#ruleDeny(ctx);
+          now = await this.#decideAgain(ctx, approval !== undefined);
         } catch (err) {
           this.#budgets.release(reservation);
           throw err;
         }
-        if (deny !== undefined) {
+        if (now !== undefined) {
           this.#budgets.release(reservation);
-          return this.#admit(ctx, deny);
+          if (now.action === 'require_approval') return this.#approve(ctx, now, version);
+          return this.#admit(ctx, now);
         }
       }
       // The wait let other calls of the agent be admitted and counted meanwhile: unless a human
@@ -407,17 +425,19 @@ export class ToolCallAuthorizer {
   }
 
   /**
-   * The deny that decides the call under the rules as they are now — of a rule, or the default
-   * action — for a call decided before the rules changed (untraced: the call's `policy` span
-   * ended with its first decision). A policy service is asked again too. A provider's deny (a
+   * What decides the call under the rules as they are now, for a call decided before the rules
+   * changed (untraced: the call's `policy` span ended with its first decision): a deny of a rule
+   * or of the default action, or — unless a human already `approved` it — a `require_approval`
+   * (the caller parks it for one). A policy service is asked again too. A provider's deny (a
    * rate limit) is no opinion here (`PolicyEngine.evaluateAgain`), so it neither refuses the call
    * nor hides a rule's deny below it: counting providers are asked at admission, and not at all
    * for a call a human approved (see `PolicyProvider`).
-   * @returns undefined when the call may still go through.
+   * @returns undefined when the call may still go through as it was decided.
    */
-  async #ruleDeny(ctx: ToolCallContext): Promise<PolicyDecision | undefined> {
+  async #decideAgain(ctx: ToolCallContext, approved: boolean): Promise<PolicyDecision | undefined> {
     const now = await this.#policies.evaluateAgain(ctx, ctx.signal);
-    return now.action === 'deny' ? now : undefined;
+    if (now.action === 'deny') return now;
+    return now.action === 'require_approval' && !approved ? now : undefined;
   }
 
   /** The policy decision of the call (a `policy` span when traced). */

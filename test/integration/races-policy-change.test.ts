@@ -10,7 +10,9 @@
  *   upstream never runs it; a change that still lets it through runs it as approved;
  * - budget waits: a call that other calls' in-flight reservations kept out, let in when one of
  *   them ended, is refused by a deny rule added while it waited (and its reservation released);
- *   and a limit the operator raises while it waits lets it in then, not when the others end.
+ *   one an approval rule added meanwhile sends to a human is parked for approval (holding no
+ *   reservation) and runs only once approved; and a limit the operator raises while it waits
+ *   lets it in then, not when the others end.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -195,47 +197,61 @@ describe('a policy change while a call waits for approval, with a provider denyi
 
 const SLOW_SERVER = fileURLToPath(new URL('../fixtures/gateway/slow-server.mjs', import.meta.url));
 
+/**
+ * A call `c` of `worker` (a slow upstream that writes `start`/`end` lines to a file) waiting for
+ * its budget: another call `b` holds the reservation the budget has room for. `release` ends
+ * `b`, so `c` fits; `ran` reads the upstream's file.
+ */
+async function waitingForBudget(policies: unknown[] = [DEFAULT_ALLOW]) {
+  const dir = tempDir('races-budget-wait');
+  const countFile = join(dir, 'count.txt');
+  const s = (sidecar = await startTestSidecar({
+    upstreams: {
+      slow: {
+        command: process.execPath,
+        args: [SLOW_SERVER],
+        env: { COUNT_FILE: countFile },
+        stderr: 'ignore',
+      },
+    },
+    policies: policies as never,
+    agents: [{ name: 'worker' }],
+    gateway: { budgetWaitSeconds: 120 },
+  }));
+  const id = agentId(s, 'worker');
+  const ran = (): string => (existsSync(countFile) ? readFileSync(countFile, 'utf8') : '');
+  const client = await httpClient(s.url!, agentToken(s, 'worker'));
+  const slow = (label: string, ms: number, signal?: AbortSignal) =>
+    client.callTool({ name: 'slow__slow', arguments: { label, ms } }, undefined, {
+      timeout: 120_000,
+      ...(signal === undefined ? {} : { signal }),
+    });
+  // The first call teaches the gateway the tool's token estimate.
+  expect((await slow('a', 1)).isError).toBeFalsy();
+  const e = s.gateway.tokenEstimates.get(id, 'slow__slow').tokens;
+  expect(e).toBeGreaterThanOrEqual(2);
+  const used = s.fabric!.budgets.getStatus(id).tokensUsed;
+  // Room for one more call's estimate, not two.
+  const limited = await api(s, 'BudgetService/SetBudgetLimits', {
+    scope: { agentId: id },
+    limits: { maxTokensPerHour: used + e + Math.floor(e / 2) },
+  });
+  expect(limited.status).toBe(200);
+  const holder = new AbortController();
+  const holding = slow('b', 60_000, holder.signal).catch((error: unknown) => error);
+  await until(() => ran().includes('start b'));
+  const waiting = slow('c', 1);
+  await until(() => s.fabric!.budgets.waiting === 1);
+  const release = async () => {
+    holder.abort(); // its reservation ends: the waiting call's estimate fits now
+    await holding;
+  };
+  return { s, id, ran, waiting, release };
+}
+
 describe('a policy change while a call waits for its budget', () => {
   it('a deny rule added meanwhile refuses the call when the budget lets it in', async () => {
-    const dir = tempDir('races-budget-wait');
-    const countFile = join(dir, 'count.txt');
-    const s = (sidecar = await startTestSidecar({
-      upstreams: {
-        slow: {
-          command: process.execPath,
-          args: [SLOW_SERVER],
-          env: { COUNT_FILE: countFile },
-          stderr: 'ignore',
-        },
-      },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker' }],
-      gateway: { budgetWaitSeconds: 120 },
-    }));
-    const id = agentId(s, 'worker');
-    const ran = (): string => (existsSync(countFile) ? readFileSync(countFile, 'utf8') : '');
-    const client = await httpClient(s.url!, agentToken(s, 'worker'));
-    const slow = (label: string, ms: number, signal?: AbortSignal) =>
-      client.callTool({ name: 'slow__slow', arguments: { label, ms } }, undefined, {
-        timeout: 120_000,
-        ...(signal === undefined ? {} : { signal }),
-      });
-    // The first call teaches the gateway the tool's token estimate.
-    expect((await slow('a', 1)).isError).toBeFalsy();
-    const e = s.gateway.tokenEstimates.get(id, 'slow__slow').tokens;
-    expect(e).toBeGreaterThanOrEqual(2);
-    const used = s.fabric!.budgets.getStatus(id).tokensUsed;
-    // Room for one more call's estimate, not two.
-    const limited = await api(s, 'BudgetService/SetBudgetLimits', {
-      scope: { agentId: id },
-      limits: { maxTokensPerHour: used + e + Math.floor(e / 2) },
-    });
-    expect(limited.status).toBe(200);
-    const holder = new AbortController();
-    const holding = slow('b', 60_000, holder.signal).catch((error: unknown) => error);
-    await until(() => ran().includes('start b'));
-    const waiting = slow('c', 1);
-    await until(() => s.fabric!.budgets.waiting === 1);
+    const { s, id, ran, waiting, release } = await waitingForBudget();
     const added = await api(s, 'PolicyService/AddPolicy', {
       policy: {
         name: 'lockdown',
@@ -244,13 +260,64 @@ describe('a policy change while a call waits for its budget', () => {
       },
     });
     expect(added.status).toBe(200);
-    holder.abort(); // its reservation ends: the waiting call's estimate fits now
-    await holding;
+    await release();
     const result = await waiting;
     expect(result.isError).toBe(true);
     expect(text(result)).toContain('FABRIC_ERR_POLICY_DENIED');
     expect(ran()).not.toContain('start c');
     await until(() => s.fabric!.budgets.getStatus(id).tokensReserved === 0);
+  }, 60_000);
+
+  it('an approval rule added meanwhile parks the call for a human; it runs only once approved', async () => {
+    const { s, id, ran, waiting, release } = await waitingForBudget();
+    const added = await api(s, 'PolicyService/AddPolicy', {
+      policy: {
+        name: 'approvals',
+        priority: 200,
+        rules: [
+          { tool: 'slow__*', action: 'POLICY_ACTION_REQUIRE_APPROVAL', reason: 'a human looks' },
+        ],
+      },
+    });
+    expect(added.status).toBe(200);
+    await release();
+    let parked: ApiApproval | undefined;
+    await until(async () => {
+      parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
+      return parked !== undefined;
+    });
+    expect(parked).toMatchObject({ tool: 'slow__slow' });
+    // Parked without holding the budget, and not run.
+    expect(s.fabric!.budgets.getStatus(id).tokensReserved).toBe(0);
+    expect(ran()).not.toContain('start c');
+    await approve(s, parked!.id);
+    const result = await waiting;
+    expect(result.isError).toBeFalsy();
+    expect(ran()).toContain('end c');
+  }, 60_000);
+
+  it('an approval rule added meanwhile, the human denying, the call never runs', async () => {
+    const { s, id, ran, waiting, release } = await waitingForBudget();
+    const added = await api(s, 'PolicyService/AddPolicy', {
+      policy: {
+        name: 'approvals',
+        priority: 200,
+        rules: [{ tool: 'slow__*', action: 'POLICY_ACTION_REQUIRE_APPROVAL' }],
+      },
+    });
+    expect(added.status).toBe(200);
+    await release();
+    let parked: ApiApproval | undefined;
+    await until(async () => {
+      parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
+      return parked !== undefined;
+    });
+    expect((await api(s, 'ApprovalService/Deny', { id: parked!.id })).status).toBe(200);
+    const result = await waiting;
+    expect(result.isError).toBe(true);
+    expect(text(result)).toContain('FABRIC_ERR_APPROVAL_DENIED');
+    expect(ran()).not.toContain('start c');
+    expect(s.fabric!.budgets.getStatus(id).tokensReserved).toBe(0);
   }, 60_000);
 });
 

@@ -370,6 +370,38 @@ describe('ToolCallAuthorizer', () => {
       expect(budgets.getStatus('agent-1').tokensReserved).toBe(0);
     });
 
+    it('an approval rule added while a policy service decided parks the call for a human', async () => {
+      let answer!: (v: { action: 'allow' }) => void;
+      policies.addProvider({
+        name: 'service',
+        priority: 10,
+        decide: () => undefined,
+        decideAsync: () => new Promise((resolve) => (answer = resolve)),
+      });
+      let waiting: Approval | undefined;
+      const pending = auth.authorize({ ...call, onWaiting: (a) => (waiting = a) });
+      await vi.advanceTimersByTimeAsync(0);
+      policies.addPolicy({
+        name: 'approvals',
+        priority: 100,
+        rules: [{ tool: 'file_*', action: 'require_approval', reason: 'a human looks' }],
+      });
+      answer({ action: 'allow' });
+      // The service is asked again, with the new rules; the rule sends the call to a human.
+      await vi.advanceTimersByTimeAsync(0);
+      answer({ action: 'allow' });
+      await vi.advanceTimersByTimeAsync(0);
+      expect(waiting).toMatchObject({ status: 'pending', policy: 'approvals', rule: 0 });
+      expect(budgets.getStatus('agent-1').tokensReserved).toBe(0);
+      approvals.approve(waiting!.id, { approver: 'alice' });
+      expect(await pending).toMatchObject({
+        allowed: true,
+        decision: { action: 'require_approval', approvalId: waiting!.id },
+        approval: { status: 'approved', approver: 'alice' },
+      });
+      expect(budgets.getStatus('agent-1').tokensReserved).toBe(100);
+    });
+
     it('a change that leaves the call allowed lets it through', async () => {
       let answer!: (v: { action: 'allow' }) => void;
       policies.addProvider({
