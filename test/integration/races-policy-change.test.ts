@@ -21,6 +21,11 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { listApprovals, type ApiApproval } from '../fixtures/api.js';
 import {
+  pythonGrpc,
+  startPythonPolicyService,
+  type PythonPolicyService,
+} from '../fixtures/grpc/python-policy-service.js';
+import {
   ADMIN_TOKEN,
   DEFAULT_ALLOW,
   agentId,
@@ -320,6 +325,71 @@ describe('a policy change while a call waits for its budget', () => {
     expect(s.fabric!.budgets.getStatus(id).tokensReserved).toBe(0);
   }, 60_000);
 });
+
+describe.runIf(pythonGrpc || process.env.CI !== undefined)(
+  'a policy change while a call waits for a policy service (a real Python service)',
+  () => {
+    let service: PythonPolicyService | undefined;
+    afterEach(async () => {
+      await closeSidecar(sidecar);
+      sidecar = undefined;
+      await service?.close();
+      service = undefined;
+    });
+
+    it('an approval rule added meanwhile parks the call for a human; it runs only once approved', async () => {
+      // The service answers `*__slow` tools 2 s late (ALLOW).
+      service = await startPythonPolicyService();
+      const countFile = join(tempDir('races-policy-service'), 'count.txt');
+      const s = (sidecar = await startTestSidecar({
+        upstreams: {
+          slow: {
+            command: process.execPath,
+            args: [SLOW_SERVER],
+            env: { COUNT_FILE: countFile },
+            stderr: 'ignore',
+          },
+        },
+        policies: [DEFAULT_ALLOW],
+        plugins: [
+          {
+            module: 'policy-grpc',
+            options: { target: service.address, insecure: true, deadlineMs: 20_000 },
+          },
+        ],
+        agents: [{ name: 'worker' }],
+      }));
+      const ran = (): string => (existsSync(countFile) ? readFileSync(countFile, 'utf8') : '');
+      const client = await httpClient(s.url!, agentToken(s, 'worker'));
+      const call = client.callTool(
+        { name: 'slow__slow', arguments: { label: 'c', ms: 1 } },
+        undefined,
+        { timeout: 120_000 },
+      );
+      const svc = service;
+      await until(() => svc.calls.some((c) => c.tool === 'slow__slow'));
+      const added = await api(s, 'PolicyService/AddPolicy', {
+        policy: {
+          name: 'approvals',
+          priority: 200,
+          rules: [{ tool: 'slow__*', action: 'POLICY_ACTION_REQUIRE_APPROVAL' }],
+        },
+      });
+      expect(added.status).toBe(200);
+      let parked: ApiApproval | undefined;
+      await until(async () => {
+        parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
+        return parked !== undefined;
+      }, 30_000);
+      expect(parked).toMatchObject({ tool: 'slow__slow' });
+      expect(ran()).not.toContain('start c');
+      await approve(s, parked!.id);
+      const result = await call;
+      expect(result.isError).toBeFalsy();
+      expect(ran()).toContain('end c');
+    }, 60_000);
+  },
+);
 
 describe('a budget change while a call waits for its budget', () => {
   it('a raised limit lets the waiting call in at once, not when the other call ends', async () => {
