@@ -1106,24 +1106,10 @@ export class AgentFabric {
     if (!auth.allowed) return auth;
     // The wait (a human's approval, a budget) may have outlasted the agent: a call of an agent
     // terminated or draining meanwhile does not run, whichever door it came through.
-    const now = this.lifecycle.peek(ctx.agentId);
-    if (
-      now === undefined ||
-      now.status === AgentStatus.DRAINING ||
-      now.status === AgentStatus.TERMINATED
-    ) {
+    const refused = leavingAgentRefusal(ctx.agentId, this.lifecycle.peek(ctx.agentId));
+    if (refused !== undefined) {
       this.#authorizer.release(auth);
-      const error =
-        now === undefined
-          ? new AgentNotFoundError(String(ctx.agentId))
-          : new AgentUnavailableError(now.id, now.status);
-      return {
-        allowed: false,
-        code: error.code,
-        reason: error.message,
-        details: error.details,
-        error,
-      };
+      return refused;
     }
     return auth;
   }
@@ -1167,23 +1153,8 @@ export class AgentFabric {
   ): ToolCallDenied | undefined | Promise<ToolCallDenied | undefined> {
     // One map lookup, at an exclusive call's turn only.
     const agent = this.lifecycle.peek(ctx.agentId);
-    if (
-      agent === undefined ||
-      agent.status === AgentStatus.DRAINING ||
-      agent.status === AgentStatus.TERMINATED
-    ) {
-      const error =
-        agent === undefined
-          ? new AgentNotFoundError(String(ctx.agentId))
-          : new AgentUnavailableError(agent.id, agent.status);
-      return Object.freeze({
-        allowed: false as const,
-        code: error.code,
-        reason: error.message,
-        details: error.details,
-        error,
-      });
-    }
+    const refused = leavingAgentRefusal(ctx.agentId, agent);
+    if (refused !== undefined || agent === undefined) return refused;
     if (authorization.rulesVersion === this.policies.rulesVersion) return undefined;
     return this.#authorizer.recheck(
       { ...ctx, poolId: agent.poolId, labels: agent.labels },
@@ -1195,16 +1166,8 @@ export class AgentFabric {
   #toolCallAgent(ctx: ToolCallContext): Readonly<AgentRecord> | ToolCallDenied {
     const rec = this.lifecycle.peek(ctx.agentId);
     if (rec === undefined) throw new AgentNotFoundError(String(ctx.agentId));
-    if (rec.status === AgentStatus.DRAINING || rec.status === AgentStatus.TERMINATED) {
-      const error = new AgentUnavailableError(rec.id, rec.status);
-      return {
-        allowed: false,
-        code: error.code,
-        reason: error.message,
-        details: error.details,
-        error,
-      };
-    }
+    const refused = leavingAgentRefusal(rec.id, rec);
+    if (refused !== undefined) return refused;
     this.lifecycle.heartbeatStatus(rec.id);
     return rec;
   }
@@ -1601,4 +1564,25 @@ export { EMPTY_FAILURE_MESSAGE };
 /** An agent's optional text that says nothing: absent, empty or only whitespace. */
 function blank(text: string | undefined): text is undefined | '' {
   return typeof text !== 'string' || text.trim() === '';
+}
+
+/**
+ * The refusal of a tool call whose agent is gone, draining or terminated (`FABRIC_ERR_AGENT_NOT_FOUND`,
+ * `FABRIC_ERR_AGENT_UNAVAILABLE`); undefined while the agent may call.
+ */
+function leavingAgentRefusal(
+  agentId: string,
+  rec: Readonly<AgentRecord> | undefined,
+): ToolCallDenied | undefined {
+  if (
+    rec !== undefined &&
+    rec.status !== AgentStatus.DRAINING &&
+    rec.status !== AgentStatus.TERMINATED
+  )
+    return undefined;
+  const error =
+    rec === undefined
+      ? new AgentNotFoundError(String(agentId))
+      : new AgentUnavailableError(rec.id, rec.status);
+  return { allowed: false, code: error.code, reason: error.message, details: error.details, error };
 }
