@@ -12,10 +12,9 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { BudgetScopeSnapshot } from '../../src/budget/budget-store.js';
 import { tempDir, TSX, until } from '../fixtures/gateway/harness.js';
+import { costOnDisk } from '../fixtures/state/budget-rows.js';
 
 const WRITER = fileURLToPath(new URL('../fixtures/state/lease-writer.ts', import.meta.url));
 const LEASE = 1000; // 1 % of meter's maxCostPerDay
@@ -23,21 +22,6 @@ const children = new Set<ReturnType<typeof spawn>>();
 afterAll(() => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
 });
-
-/** Cost used by `scope` as the file holds it (read-only; every bucket is inside the window). */
-function costOnDisk(path: string, scope: string): number {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  try {
-    const row = db
-      .prepare<[string], { data: string }>('SELECT data FROM budgets WHERE scope = ?')
-      .get(scope);
-    if (row === undefined) return 0;
-    const cost = (JSON.parse(row.data) as BudgetScopeSnapshot).cost;
-    return cost.kind === 'utc-day' ? cost.used : cost.buckets.reduce((a, b) => a + b, 0);
-  } finally {
-    db.close();
-  }
-}
 
 interface Round {
   start: number;

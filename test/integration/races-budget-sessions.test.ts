@@ -6,9 +6,7 @@
  * fabric and in the state file is the limit, never more.
  */
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { BudgetScopeSnapshot } from '../../src/budget/budget-store.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   DEFAULT_ALLOW,
@@ -21,26 +19,13 @@ import {
   tempDir,
   text,
 } from '../fixtures/gateway/harness.js';
+import { costOnDisk } from '../fixtures/state/budget-rows.js';
 
 let sidecar: Sidecar | undefined;
 afterEach(async () => {
   await closeSidecar(sidecar);
   sidecar = undefined;
 });
-
-function costOnDisk(path: string, scope: string): number {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  try {
-    const row = db
-      .prepare<[string], { data: string }>('SELECT data FROM budgets WHERE scope = ?')
-      .get(scope);
-    if (row === undefined) return 0;
-    const cost = (JSON.parse(row.data) as BudgetScopeSnapshot).cost;
-    return cost.kind === 'utc-day' ? cost.used : cost.buckets.reduce((a, b) => a + b, 0);
-  } finally {
-    db.close();
-  }
-}
 
 describe('one agent, many sessions, one cost budget', () => {
   it('runs exactly what the budget holds, whatever the concurrency', async () => {

@@ -12,9 +12,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { BudgetScopeSnapshot } from '../../src/budget/budget-store.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { listApprovals, type ApiApproval } from '../fixtures/api.js';
 import {
@@ -31,6 +29,7 @@ import {
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import { costOnDisk } from '../fixtures/state/budget-rows.js';
 
 const SLOW_SERVER = fileURLToPath(new URL('../fixtures/gateway/slow-server.mjs', import.meta.url));
 
@@ -39,21 +38,6 @@ afterEach(async () => {
   await closeSidecar(sidecar);
   sidecar = undefined;
 });
-
-/** The cost `scope` used as the state file holds it (read-only). */
-function costOnDisk(path: string, scope: string): number {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  try {
-    const row = db
-      .prepare<[string], { data: string }>('SELECT data FROM budgets WHERE scope = ?')
-      .get(scope);
-    if (row === undefined) return 0;
-    const cost = (JSON.parse(row.data) as BudgetScopeSnapshot).cost;
-    return cost.kind === 'utc-day' ? cost.used : cost.buckets.reduce((a, b) => a + b, 0);
-  } finally {
-    db.close();
-  }
-}
 
 describe('an agent terminated while its calls are in flight', () => {
   it('settles the reservation of a call at its upstream, on disk too', async () => {
