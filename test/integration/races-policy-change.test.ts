@@ -251,7 +251,7 @@ async function waitingForBudget(policies: unknown[] = [DEFAULT_ALLOW]) {
     holder.abort(); // its reservation ends: the waiting call's estimate fits now
     await holding;
   };
-  return { s, id, ran, waiting, release };
+  return { s, id, ran, waiting, release, estimate: e, used };
 }
 
 describe('a policy change while a call waits for its budget', () => {
@@ -393,50 +393,17 @@ describe.runIf(pythonGrpc || process.env.CI !== undefined)(
 
 describe('a budget change while a call waits for its budget', () => {
   it('a raised limit lets the waiting call in at once, not when the other call ends', async () => {
-    const dir = tempDir('races-budget-raise');
-    const countFile = join(dir, 'count.txt');
-    const s = (sidecar = await startTestSidecar({
-      upstreams: {
-        slow: {
-          command: process.execPath,
-          args: [SLOW_SERVER],
-          env: { COUNT_FILE: countFile },
-          stderr: 'ignore',
-        },
-      },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker' }],
-      gateway: { budgetWaitSeconds: 120 },
-    }));
-    const id = agentId(s, 'worker');
-    const ran = (): string => (existsSync(countFile) ? readFileSync(countFile, 'utf8') : '');
-    const client = await httpClient(s.url!, agentToken(s, 'worker'));
-    const slow = (label: string, ms: number, signal?: AbortSignal) =>
-      client.callTool({ name: 'slow__slow', arguments: { label, ms } }, undefined, {
-        timeout: 120_000,
-        ...(signal === undefined ? {} : { signal }),
-      });
-    expect((await slow('a', 1)).isError).toBeFalsy();
-    const e = s.gateway.tokenEstimates.get(id, 'slow__slow').tokens;
-    const used = s.fabric!.budgets.getStatus(id).tokensUsed;
-    const limits = (max: number) =>
-      api(s, 'BudgetService/SetBudgetLimits', {
-        scope: { agentId: id },
-        limits: { maxTokensPerHour: max },
-      });
-    expect((await limits(used + e + Math.floor(e / 2))).status).toBe(200);
-    const holder = new AbortController();
-    const holding = slow('b', 20_000, holder.signal).catch((error: unknown) => error);
-    await until(() => ran().includes('start b'));
-    const waiting = slow('c', 1);
-    await until(() => s.fabric!.budgets.waiting === 1);
-    expect((await limits(used + 10 * e)).status).toBe(200);
+    const { s, id, ran, waiting, release, estimate, used } = await waitingForBudget();
+    const raised = await api(s, 'BudgetService/SetBudgetLimits', {
+      scope: { agentId: id },
+      limits: { maxTokensPerHour: used + 10 * estimate },
+    });
+    expect(raised.status).toBe(200);
     const result = await waiting;
     expect(result.isError).toBeFalsy();
     // It ran while the other call was still at its upstream.
     expect(ran()).toContain('end c');
     expect(ran()).not.toContain('end b');
-    holder.abort();
-    await holding;
+    await release();
   }, 60_000);
 });
