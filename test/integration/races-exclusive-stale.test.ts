@@ -54,6 +54,22 @@ afterEach(async () => {
   sidecar = undefined;
 });
 
+/** The first pending approval, once there is one. */
+async function firstPending(s: Sidecar): Promise<ApiApproval | undefined> {
+  let parked: ApiApproval | undefined;
+  await until(async () => {
+    parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
+    return parked !== undefined;
+  });
+  return parked;
+}
+
+/** Points `root/link` at `root/secret` (the human approved it pointing at `root/public`). */
+function relinkToSecret(root: string): void {
+  unlinkSync(join(root, 'link'));
+  symlinkSync(join(root, 'secret'), join(root, 'link'));
+}
+
 /** A writer's fd on `fifo` once a reader has it open (a non-blocking open fails before). */
 function writerOnceRead(fifo: string): number | undefined {
   try {
@@ -100,19 +116,14 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
         path: join(root, 'link', 'out.txt'),
         content: 'approved for public',
       });
-      let parked: ApiApproval | undefined;
-      await until(async () => {
-        parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
-        return parked !== undefined;
-      });
+      const parked: ApiApproval | undefined = await firstPending(s);
       expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'out.txt'));
       expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
       // Checked and forwarded: now it waits for its turn.
       await until(
         async () => (await agent.experimental.tasks.getTask(task.taskId)).status === 'working',
       );
-      unlinkSync(join(root, 'link'));
-      symlinkSync(join(root, 'secret'), join(root, 'link'));
+      relinkToSecret(root);
       // B's read ends; A's turn comes.
       writeSync(writer!, 'held');
       closeSync(writer!);
@@ -184,18 +195,13 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
         const { task } = await callAsTask(agent, 'tk__slow_echo', {
           message: join(root, 'link', 'out.txt'),
         });
-        let parked: ApiApproval | undefined;
-        await until(async () => {
-          parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
-          return parked !== undefined;
-        });
+        const parked: ApiApproval | undefined = await firstPending(s);
         expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'out.txt'));
         expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
         await until(
           async () => (await agent.experimental.tasks.getTask(task.taskId)).status === 'working',
         );
-        unlinkSync(join(root, 'link'));
-        symlinkSync(join(root, 'secret'), join(root, 'link'));
+        relinkToSecret(root);
         // B's call is answered; A's turn comes.
         await direct.callTool({ name: 'release', arguments: { message: hold } });
         await until(async () => {
@@ -271,11 +277,7 @@ describe('an approved resources/read waiting for its turn on an exclusive upstre
           (r) => r,
           (e: unknown) => e,
         );
-      let parked: ApiApproval | undefined;
-      await until(async () => {
-        parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
-        return parked !== undefined;
-      });
+      const parked: ApiApproval | undefined = await firstPending(s);
       expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'data.txt'));
       expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
       // A's read is checked and waits for its turn once B's own next read must queue behind it
@@ -292,8 +294,7 @@ describe('an approved resources/read waiting for its turn on an exclusive upstre
           );
         return probe === 'queued';
       });
-      unlinkSync(join(root, 'link'));
-      symlinkSync(join(root, 'secret'), join(root, 'link'));
+      relinkToSecret(root);
       writeSync(writer!, 'held');
       closeSync(writer!);
       writer = undefined;
@@ -361,11 +362,7 @@ async function writeAtTurnAfter(
       content: 'written at its turn',
     });
     if (approve) {
-      let parked: ApiApproval | undefined;
-      await until(async () => {
-        parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
-        return parked !== undefined;
-      });
+      const parked: ApiApproval | undefined = await firstPending(s);
       expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
     }
     // Let through (a task is `working` from its start; `running` once forwarded): it waits for
