@@ -177,6 +177,12 @@ function spawnFailure(command: string, cwd: string | undefined, code: string | u
   return `cannot run command ${quoted}: ${code ?? 'spawn failed'}`;
 }
 
+/** A JSON-RPC response (an id, no method). */
+function isResponse(message: JSONRPCMessage): boolean {
+  const m = message as { id?: unknown; method?: unknown };
+  return m.id !== undefined && m.method === undefined;
+}
+
 /** MCP client transport over a child process's stdio, terminating its process group on close. */
 export class ProcessStdioTransport implements Transport {
   onclose?: () => void;
@@ -194,6 +200,13 @@ export class ProcessStdioTransport implements Transport {
   #pid: number | undefined;
   readonly #reader: LineReader;
   #line: string | undefined;
+  /**
+   * A notification was delivered since the current chunk (or release of held messages) began:
+   * a response read after it is held (see {@link #online}).
+   */
+  #notified = false;
+  /** Messages held for a microtask, in the order read (see {@link #online}). */
+  #held: Array<readonly [JSONRPCMessage, string]> | undefined;
   /** The start of the line being dropped (too long), read once its end is known. */
   #dropped: string | undefined;
   /** Gives up on the line being dropped if it has not ended by then. */
@@ -306,6 +319,7 @@ export class ProcessStdioTransport implements Transport {
    * be an uncaught exception (the sidecar's end): nothing may escape.
    */
   #read(chunk: string): void {
+    this.#notified = false;
     try {
       this.#reader.push(chunk);
     } catch (error) {
@@ -313,6 +327,34 @@ export class ProcessStdioTransport implements Transport {
       this.#reader.reset();
       this.#report(asError(error));
     }
+  }
+
+  /** Delivers the held messages (see {@link #online}), holding again after a notification. */
+  #release(): void {
+    const held = this.#held!;
+    this.#held = undefined;
+    this.#notified = false;
+    for (let i = 0; i < held.length; i++) {
+      const [message, line] = held[i]!;
+      if (this.#notified && isResponse(message)) {
+        this.#held = held.slice(i);
+        queueMicrotask(() => this.#release());
+        return;
+      }
+      this.#deliver(message, line);
+    }
+  }
+
+  #deliver(message: JSONRPCMessage, line: string): void {
+    this.#line = line;
+    try {
+      this.onmessage?.(message);
+    } catch (error) {
+      this.#report(asError(error));
+    } finally {
+      this.#line = undefined;
+    }
+    if ((message as { id?: unknown }).id === undefined) this.#notified = true;
   }
 
   /** `onerror`, which must not throw either. */
@@ -345,13 +387,20 @@ export class ProcessStdioTransport implements Transport {
       this.#report(new Error(`upstream wrote a non-JSON-RPC message: ${line.slice(0, 200)}`));
       return;
     }
-    this.#line = line;
-    try {
-      this.onmessage?.(message as JSONRPCMessage);
-    } catch (error) {
-      this.#report(asError(error));
-    } finally {
-      this.#line = undefined;
+    // The SDK's `Protocol` handles a notification on a microtask and a response at once: a
+    // response read in the same chunk after a progress notification would end its call's
+    // progress handler before the notification reached it, and the notification was lost
+    // (server-everything writes its last step right before its result). A response after a
+    // notification is held for a microtask, then handed over; what is read after it waits with
+    // it, in order.
+    const m = message as JSONRPCMessage;
+    if (this.#held !== undefined) {
+      this.#held.push([m, line]);
+    } else if (this.#notified && isResponse(m)) {
+      this.#held = [[m, line]];
+      queueMicrotask(() => this.#release());
+    } else {
+      this.#deliver(m, line);
     }
   }
 
