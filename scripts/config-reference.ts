@@ -45,7 +45,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'http.maxBatchMessages':
     'Most messages in one JSON-RPC batch (sessions of MCP 2025-03-26 and earlier; 2025-06-18 removed batches, and a batch on a session of that version or later is refused).',
   'http.maxStreamBacklogBytes':
-    'Unread bytes a response stream may hold before notifications to it are dropped.',
+    'Unread bytes a response stream may hold before notifications to it are dropped; also the notification text an SSE stream keeps for a client resuming it (`Last-Event-ID`).',
   'http.headersTimeoutSeconds':
     'Time a client has to send request headers (≤ `requestTimeoutSeconds`).',
   'http.requestTimeoutSeconds': 'Time a client has to send a whole request.',

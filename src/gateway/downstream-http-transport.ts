@@ -26,6 +26,17 @@
  * its POST's answer has left the process (the response finished, or its connection closed), so
  * the owner's in-flight limit bounds the answers an agent can leave unread.
  *
+ * SSE streams can be resumed (MCP Streamable HTTP, "Resumability and Redelivery"). Every event
+ * carries an id, `<stream>.<seq>`: stream 0 is the session's standalone GET stream, each POST
+ * switched to SSE gets the next number. What a stream sent is kept ({@link StreamLog}): its
+ * responses and server→client requests whole, its notifications up to `maxStreamBacklogBytes`
+ * (the oldest go first). A client whose connection broke sends a GET with `Last-Event-ID`: the
+ * events after that one are written again on the new connection, which then carries the rest of
+ * the stream — the answers of a call still running reach the client, where before they were
+ * lost with the connection. A stream is kept while requests of it are pending and
+ * {@link RESUME_WINDOW_MS} after it ended, at most {@link MAX_ENDED_LOG_BYTES} of ended streams
+ * per session. A POST answered with plain JSON sent no event id, so it cannot be resumed.
+ *
  * @module
  */
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
@@ -55,6 +66,14 @@ export const DEFAULT_SSE_KEEP_ALIVE_MS = 15_000;
  * the operating system buffers for the connection.
  */
 export const DEFAULT_MAX_STREAM_BACKLOG_BYTES = 256 * 1024;
+/** How long a session keeps an ended SSE stream's events for a client to resume it. */
+export const RESUME_WINDOW_MS = 60_000;
+/**
+ * Bytes (characters of JSON text) of ended SSE streams' events a session keeps for resumption;
+ * past it the oldest ended streams are forgotten first — one larger than this alone is not kept
+ * once it ended.
+ */
+export const MAX_ENDED_LOG_BYTES = 1024 * 1024;
 
 /** Options of an {@link HttpSessionTransport}. */
 export interface HttpSessionTransportOptions {
@@ -85,7 +104,10 @@ export interface HttpSessionTransportOptions {
 }
 
 interface Exchange {
-  readonly res: ServerResponse;
+  /** The connection answering: the POST's, or a later GET that resumed its stream. */
+  res: ServerResponse;
+  /** What the exchange's SSE stream sent, once it is one. */
+  log: StreamLog | undefined;
   readonly pending: Set<RequestId>;
   /** Serialized responses not yet written (see serialize-message.ts). */
   readonly responses: string[];
@@ -159,6 +181,107 @@ function oneLine(json: string): string {
   return json.replace(/[\r\n]/g, ' ');
 }
 
+/** One event an SSE stream sent: its number in the stream and its `data:` text. */
+interface LoggedEvent {
+  readonly seq: number;
+  readonly data: string;
+}
+
+/**
+ * What one SSE stream sent, for a client that resumes it with `Last-Event-ID`. Responses and
+ * server→client requests are kept whole (a stream carries few: the requests of its POST); its
+ * notifications up to `maxNoteChars` of text, the oldest forgotten first — a resumed stream then
+ * misses those, as a notification may be dropped anyway.
+ */
+class StreamLog {
+  readonly stream: number;
+  /** The exchange whose requests are pending on this stream; undefined for stream 0 and once it ended. */
+  exchange: Exchange | undefined;
+  /** `performance.now()` when the stream ended. */
+  endedAt = 0;
+  #seq = 0;
+  readonly #kept: LoggedEvent[] = [];
+  #keptChars = 0;
+  readonly #notes: LoggedEvent[] = [];
+  #notesHead = 0;
+  #noteChars = 0;
+  readonly #maxNoteChars: number;
+
+  constructor(stream: number, exchange: Exchange | undefined, maxNoteChars: number) {
+    this.stream = stream;
+    this.exchange = exchange;
+    this.#maxNoteChars = maxNoteChars;
+  }
+
+  /** What the log holds, in characters of event text (≈ bytes for JSON). */
+  get chars(): number {
+    return this.#keptChars + this.#noteChars;
+  }
+
+  /** Keeps `data` as the stream's next event; returns its id. */
+  append(data: string, notification: boolean): string {
+    const e: LoggedEvent = { seq: ++this.#seq, data };
+    if (!notification) {
+      this.#kept.push(e);
+      this.#keptChars += data.length;
+    } else {
+      this.#notes.push(e);
+      this.#noteChars += data.length;
+      while (this.#noteChars > this.#maxNoteChars && this.#notesHead < this.#notes.length) {
+        this.#noteChars -= this.#notes[this.#notesHead]!.data.length;
+        this.#notesHead++;
+      }
+      if (this.#notesHead > 64 && this.#notesHead * 2 > this.#notes.length) {
+        this.#notes.splice(0, this.#notesHead);
+        this.#notesHead = 0;
+      }
+    }
+    return `${this.stream}.${e.seq}`;
+  }
+
+  /** True when `seq` is a number this stream gave an event. */
+  sent(seq: number): boolean {
+    return seq <= this.#seq;
+  }
+
+  /**
+   * The events kept that came after the one numbered `seq`, in order, as SSE text; `notesEnd`:
+   * how many of them run up to the last notification among them.
+   */
+  framesAfter(seq: number): { frames: string[]; notesEnd: number } {
+    const out: string[] = [];
+    let notesEnd = 0;
+    const kept = this.#kept;
+    const notes = this.#notes;
+    let k = 0;
+    while (k < kept.length && kept[k]!.seq <= seq) k++;
+    let n = this.#notesHead;
+    while (n < notes.length && notes[n]!.seq <= seq) n++;
+    while (k < kept.length || n < notes.length) {
+      const note = !(n >= notes.length || (k < kept.length && kept[k]!.seq < notes[n]!.seq));
+      const e = note ? notes[n++]! : kept[k++]!;
+      out.push(sseFrame(`${this.stream}.${e.seq}`, e.data));
+      if (note) notesEnd = out.length;
+    }
+    return { frames: out, notesEnd };
+  }
+}
+
+/** One SSE event carrying a JSON-RPC message (`data` on one line), with its id when it has one. */
+function sseFrame(id: string | undefined, data: string): string {
+  return id === undefined
+    ? `event: message\ndata: ${data}\n\n`
+    : `event: message\nid: ${id}\ndata: ${data}\n\n`;
+}
+
+/** A response still writable: not ended by this side, its connection not closed. */
+function writable(res: ServerResponse): boolean {
+  return !res.writableEnded && !res.destroyed;
+}
+
+/** `Last-Event-ID` as this transport writes it: `<stream>.<seq>`. */
+const EVENT_ID = /^(\d{1,9})\.(\d{1,15})$/;
+
 /** One Streamable HTTP session's server transport. */
 export class HttpSessionTransport implements Transport {
   readonly sessionId: string;
@@ -176,6 +299,15 @@ export class HttpSessionTransport implements Transport {
   readonly #open = new Set<ServerResponse>();
   #standalone: { res: ServerResponse; keepAlive: NodeJS.Timeout } | undefined;
   #closed = false;
+  /** Stream 0's log, once a client opened the standalone stream. */
+  #standaloneLog: StreamLog | undefined;
+  /** Streams numbered so far (POSTs switched to SSE). */
+  #streams = 0;
+  /** Logs of streams whose exchange has requests pending. */
+  readonly #liveLogs = new Map<number, StreamLog>();
+  /** Logs of ended streams kept for resumption, oldest first. */
+  readonly #endedLogs = new Map<number, StreamLog>();
+  #endedChars = 0;
 
   constructor(sessionId: string, options: HttpSessionTransportOptions = {}) {
     this.sessionId = sessionId;
@@ -263,6 +395,7 @@ export class HttpSessionTransport implements Transport {
     } else {
       const ex: Exchange = {
         res,
+        log: undefined,
         pending,
         responses: errors === undefined ? [] : errors.map((r) => JSON.stringify(r)),
         batch,
@@ -276,7 +409,8 @@ export class HttpSessionTransport implements Transport {
       this.#open.add(res);
       // `close` comes once (and this handler could take a second one): `on`, not `once`.
       res.on('close', () => {
-        if (ex.keepAlive) clearInterval(ex.keepAlive);
+        // A stream resumed on another connection has that one's keep-alive by now.
+        if (ex.keepAlive && ex.res === res) clearInterval(ex.keepAlive);
         this.#open.delete(res);
         ex.closed = true;
         // The answers are out (or cannot be delivered any more): their requests are done.
@@ -320,6 +454,7 @@ export class HttpSessionTransport implements Transport {
   #finish(ex: Exchange): void {
     if (ex.queued > 0) return; // the last queued response's turn ends it
     if (ex.keepAlive) clearInterval(ex.keepAlive);
+    if (ex.log !== undefined) this.#logEnded(ex.log);
     if (ex.res.writableEnded) return;
     if (ex.sse) ex.res.end();
     else if (ex.responses.length > 0) {
@@ -342,23 +477,42 @@ export class HttpSessionTransport implements Transport {
       .end(json);
   }
 
-  /** Opens the standalone SSE stream for messages unrelated to a request. */
-  handleGet(res: ServerResponse): void {
+  /**
+   * Opens the standalone SSE stream for messages unrelated to a request, or, with
+   * `lastEventId`, resumes the stream that event was sent on: the events after it are written
+   * again, and the stream goes on on `res` (see the module's doc).
+   */
+  handleGet(res: ServerResponse, lastEventId?: string): void {
     if (this.#closed) {
       this.#writeJson(res, 404, jsonRpcError(-32001, 'Session not found'));
       return;
     }
+    let after = 0;
+    if (lastEventId !== undefined) {
+      const m = EVENT_ID.exec(lastEventId);
+      const stream = m === null ? -1 : Number(m[1]);
+      if (m === null || stream > this.#streams) {
+        this.#writeJson(
+          res,
+          400,
+          jsonRpcError(-32000, 'Bad Request: Last-Event-ID is not an event id of this session'),
+        );
+        return;
+      }
+      after = Number(m[2]);
+      if (stream > 0) {
+        this.#resume(res, stream, after);
+        return;
+      }
+    }
     if (this.#standalone && !this.#standalone.res.writableEnded) {
-      res.writeHead(409, { 'content-type': 'application/json' }).end(
-        JSON.stringify({
-          jsonrpc: '2.0',
-          error: { code: -32000, message: 'Conflict: only one SSE stream is allowed per session' },
-          id: null,
-        }),
-      );
+      this.#conflict(res, 'only one SSE stream is allowed per session');
       return;
     }
     res.writeHead(200, { ...SSE_HEADERS, 'mcp-session-id': this.sessionId });
+    const log = (this.#standaloneLog ??= new StreamLog(0, undefined, this.#maxBacklog));
+    // Those the client missed since `after` (a plain GET: none, it starts with what comes next).
+    if (after > 0 && log.sent(after)) for (const f of log.framesAfter(after).frames) res.write(f);
     res.flushHeaders();
     const keepAlive = this.#startKeepAlive(res);
     const standalone = { res, keepAlive };
@@ -372,6 +526,103 @@ export class HttpSessionTransport implements Transport {
     });
   }
 
+  #conflict(res: ServerResponse, why: string): void {
+    res.writeHead(409, { 'content-type': 'application/json' }).end(
+      JSON.stringify({
+        jsonrpc: '2.0',
+        error: { code: -32000, message: `Conflict: ${why}` },
+        id: null,
+      }),
+    );
+  }
+
+  /** {@link handleGet} resuming the stream of a POST, numbered `stream`, after its event `after`. */
+  #resume(res: ServerResponse, stream: number, after: number): void {
+    this.#prune();
+    const log = this.#liveLogs.get(stream) ?? this.#endedLogs.get(stream);
+    if (log === undefined) {
+      this.#writeJson(
+        res,
+        410,
+        jsonRpcError(
+          -32000,
+          `Gone: stream ${stream} has ended and is no longer kept (an ended stream is kept ${RESUME_WINDOW_MS / 1000} s)`,
+        ),
+      );
+      return;
+    }
+    if (!log.sent(after)) {
+      this.#writeJson(
+        res,
+        400,
+        jsonRpcError(-32000, 'Bad Request: Last-Event-ID is not an event id of this session'),
+      );
+      return;
+    }
+    const ex = log.exchange;
+    if (ex !== undefined && writable(ex.res)) {
+      this.#conflict(res, `stream ${stream} is still open on another connection`);
+      return;
+    }
+    const { frames, notesEnd } = log.framesAfter(after);
+    if (ex === undefined && frames.length === 0) {
+      // Ended, and the client had all of it: nothing to stream (an SSE answer that ends at once
+      // would make a client that did not see a result response reconnect again and again).
+      res.writeHead(204, { 'mcp-session-id': this.sessionId }).end();
+      return;
+    }
+    res.writeHead(200, { ...SSE_HEADERS, 'mcp-session-id': this.sessionId });
+    for (let i = 0; i < notesEnd; i++) res.write(frames[i]!);
+    // The responses after the last notification a turn later, as in {@link #respond}: the SDK
+    // client would handle a response read in the same chunk before the notifications.
+    const rest = frames.slice(notesEnd);
+    if (ex === undefined) {
+      if (rest.length === 0) res.end();
+      else setImmediate(() => res.end(rest.join('')));
+      return;
+    }
+    if (rest.length > 0) {
+      ex.queued++;
+      setImmediate(() => {
+        ex.queued--;
+        if (writable(res)) res.write(rest.join(''));
+        if (ex.pending.size === 0) this.#finish(ex);
+      });
+    }
+    // The stream goes on here: its pending requests' answers, and what comes before them.
+    ex.res = res;
+    const keepAlive = this.#startKeepAlive(res);
+    ex.keepAlive = keepAlive;
+    this.#open.add(res);
+    res.once('close', () => {
+      clearInterval(keepAlive);
+      this.#open.delete(res);
+      this.#onActivity();
+    });
+  }
+
+  /** `log`'s stream ended: kept {@link RESUME_WINDOW_MS} for a client to resume it. */
+  #logEnded(log: StreamLog): void {
+    if (log.exchange === undefined) return;
+    log.exchange = undefined;
+    log.endedAt = performance.now();
+    this.#liveLogs.delete(log.stream);
+    this.#endedLogs.set(log.stream, log);
+    this.#endedChars += log.chars;
+    this.#prune();
+  }
+
+  /** Forgets ended streams past their window, and the oldest beyond {@link MAX_ENDED_LOG_BYTES}. */
+  #prune(): void {
+    const now = performance.now();
+    for (const log of this.#endedLogs.values()) {
+      const expired = now - log.endedAt > RESUME_WINDOW_MS;
+      if (!expired && this.#endedChars <= MAX_ENDED_LOG_BYTES) return;
+      this.#endedLogs.delete(log.stream);
+      this.#endedChars -= log.chars;
+    }
+  }
+
   #startKeepAlive(res: ServerResponse): NodeJS.Timeout {
     const timer = setInterval(() => {
       // A stream with bytes still waiting to go out is not idle: nothing to keep alive.
@@ -381,13 +632,22 @@ export class HttpSessionTransport implements Transport {
     return timer;
   }
 
-  #writeEvent(res: ServerResponse, json: string): void {
-    if (res.writableEnded) return;
+  /**
+   * Writes `json` as the next event of `log`'s stream on `res`, while that is writable; the
+   * event is kept in `log` (see {@link StreamLog}) whether or not it could be written.
+   */
+  #writeEvent(
+    res: ServerResponse | undefined,
+    log: StreamLog | undefined,
+    json: string,
+    notification: boolean,
+  ): void {
     // One `data:` line: a line break in a response's text handed over by `sendLine` can only be
     // whitespace between JSON tokens (JSON escapes them inside strings). JSON.stringify writes
     // none.
     const data = json.includes('\n') || json.includes('\r') ? oneLine(json) : json;
-    res.write(`event: message\ndata: ${data}\n\n`);
+    const id = log?.append(data, notification);
+    if (res !== undefined && writable(res)) res.write(sseFrame(id, data));
   }
 
   /**
@@ -420,7 +680,7 @@ export class HttpSessionTransport implements Transport {
       ex.queued++;
       setImmediate(() => {
         ex.queued--;
-        this.#writeEvent(ex.res, json);
+        this.#writeEvent(ex.res, ex.log, json, false);
         if (ex.pending.size === 0) this.#finish(ex);
       });
       return;
@@ -463,27 +723,36 @@ export class HttpSessionTransport implements Transport {
     const notification = e.id === undefined;
     const related = options?.relatedRequestId;
     const ex = related === undefined ? undefined : this.#exchanges.get(related);
-    if (ex && !ex.res.writableEnded) {
+    // A POST's stream takes its requests' messages until it ends; one whose connection closed
+    // keeps them for a client resuming it. A POST answered as JSON whose connection closed sent
+    // no event id: nobody can resume it, what it would carry is dropped.
+    if (ex && !ex.res.writableEnded && (ex.sse || !ex.closed)) {
       // Checked before serializing: a flood to a client that does not read costs little.
-      if (notification && ex.sse && this.#backlogged(ex.res)) return;
+      if (notification && ex.sse && writable(ex.res) && this.#backlogged(ex.res)) return;
       // A request or notification that cannot be serialized rejects here, before any stream
       // changes (the sender handles it).
       const json = serializeMessage(message);
       if (!ex.sse) {
         ex.sse = true;
+        ex.log = new StreamLog(++this.#streams, ex, this.#maxBacklog);
+        this.#liveLogs.set(ex.log.stream, ex.log);
         ex.res.writeHead(200, { ...SSE_HEADERS, 'mcp-session-id': this.sessionId });
-        for (const r of ex.responses) this.#writeEvent(ex.res, r);
+        for (const r of ex.responses) this.#writeEvent(ex.res, ex.log, r, false);
         ex.keepAlive = this.#startKeepAlive(ex.res);
       }
-      this.#writeEvent(ex.res, json);
+      this.#writeEvent(ex.res, ex.log, json, notification);
       return;
     }
+    if (ex) return;
     const json = serializeMessage(message);
     const standalone = this.#standalone?.res;
     if (standalone && !(notification && this.#backlogged(standalone))) {
-      this.#writeEvent(standalone, json);
+      this.#writeEvent(standalone, this.#standaloneLog, json, true);
+    } else if (standalone === undefined && this.#standaloneLog !== undefined) {
+      // Between a client's standalone streams: kept for it to resume (notifications only).
+      this.#writeEvent(undefined, this.#standaloneLog, json, true);
     }
-    // Otherwise there is no open stream: the message is dropped, as the spec allows.
+    // Otherwise there is no stream: the message is dropped, as the spec allows.
   }
 
   async close(): Promise<void> {
@@ -502,13 +771,18 @@ export class HttpSessionTransport implements Transport {
       for (const id of ex.pending) {
         this.#writeEvent(
           ex.res,
+          ex.log,
           JSON.stringify(jsonRpcError(ErrorCode.ConnectionClosed, SESSION_CLOSED, id)),
+          false,
         );
       }
       ex.pending.clear();
       if (ex.queued === 0) ex.res.end();
     }
     this.#exchanges.clear();
+    this.#liveLogs.clear();
+    this.#endedLogs.clear();
+    this.#standaloneLog = undefined;
     if (dropped > 0) this.#onRequestsDone(dropped);
     if (this.#standalone) {
       clearInterval(this.#standalone.keepAlive);

@@ -453,7 +453,7 @@ export class McpHttpEndpoint {
           badRequest(res, -32000, 'Bad Request: mcp-session-id header is required');
           return;
         }
-        entry.transport.handleGet(res);
+        entry.transport.handleGet(res, req.headers['last-event-id']?.toString());
         return;
       case 'DELETE':
         if (!entry) {

@@ -7,9 +7,11 @@
 import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   HttpSessionTransport,
+  MAX_ENDED_LOG_BYTES,
+  RESUME_WINDOW_MS,
   nestsFewerThan,
 } from '../../src/gateway/downstream-http-transport.js';
 import type { MessageKind } from '../../src/gateway/jsonrpc-message.js';
@@ -20,6 +22,8 @@ class FakeResponse extends EventEmitter {
   chunks: string[] = [];
   headersSent = false;
   writableEnded = false;
+  /** The connection closed under it (the client went away). */
+  destroyed = false;
   /** Bytes "written" that the socket did not take. */
   writableLength = 0;
   stuck = false;
@@ -45,11 +49,20 @@ class FakeResponse extends EventEmitter {
     this.writableLength = 0;
     this.emit('close');
   }
+  /** The client's connection broke: nothing more reaches it. */
+  cut(): void {
+    this.destroyed = true;
+    this.emit('close');
+  }
+  /** The `id:` of each SSE event written. */
+  ids(): string[] {
+    return this.chunks.flatMap((c) => [...c.matchAll(/^id: (.*)$/gm)].map((m) => m[1]!));
+  }
   /** The JSON-RPC messages written as SSE events. */
   events(): { id?: unknown; method?: string }[] {
     return this.chunks
-      .filter((c) => c.startsWith('event: message'))
-      .map((c) => JSON.parse(/^data: (.*)$/m.exec(c)![1]!) as { id?: unknown; method?: string });
+      .flatMap((c) => [...c.matchAll(/^data: (.*)$/gm)].map((m) => m[1]!))
+      .map((d) => JSON.parse(d) as { id?: unknown; method?: string });
   }
 }
 
@@ -87,8 +100,20 @@ function setup(options: { maxStreamBacklogBytes?: number } = {}) {
     );
     return res;
   };
-  return { transport, post, done: () => done, dropped: () => dropped };
+  /** A GET of the session, resuming after `lastEventId` when given. */
+  const get = (lastEventId?: string): FakeResponse => {
+    const res = new FakeResponse();
+    transport.handleGet(res as unknown as ServerResponse, lastEventId);
+    return res;
+  };
+  return { transport, post, get, done: () => done, dropped: () => dropped };
 }
+
+const bigResponse = (id: number, chars: number): JSONRPCMessage => ({
+  jsonrpc: '2.0',
+  id,
+  result: { text: 'x'.repeat(chars) },
+});
 
 describe('HttpSessionTransport', () => {
   it('counts an answered request in flight until its response has left the process', async () => {
@@ -208,7 +233,9 @@ describe('HttpSessionTransport', () => {
       await t.transport.sendLine(line(1, '{\r\n"n":1.50,\r"s":"a\\nb"\n}'), 1);
       await turn();
       const data = res.chunks.filter((c) => c.startsWith('event: message')).at(-1)!;
-      expect(data).toBe(`event: message\ndata: ${line(1, '{  "n":1.50, "s":"a\\nb" }')}\n\n`);
+      expect(data).toBe(
+        `event: message\nid: 1.2\ndata: ${line(1, '{  "n":1.50, "s":"a\\nb" }')}\n\n`,
+      );
       expect(res.events().map((m) => m.id ?? m.method)).toEqual(['notifications/progress', 1]);
     });
 
@@ -250,6 +277,155 @@ describe('HttpSessionTransport', () => {
 
     it('calls a text with an unterminated string too deep (serialization decides)', () => {
       expect(nestsFewerThan(`["${'['.repeat(10)}`, 5)).toBe(false);
+    });
+  });
+
+  describe('resuming an SSE stream (Last-Event-ID)', () => {
+    afterEach(() => vi.restoreAllMocks());
+
+    /** A POST of request `id` switched to SSE by one progress event, then cut by its client. */
+    async function cutStream(t: ReturnType<typeof setup>, id: number): Promise<FakeResponse> {
+      const res = t.post([id]);
+      await t.transport.send(progress(1), { relatedRequestId: id });
+      res.cut();
+      return res;
+    }
+
+    it('gives a resumed stream what came while it was away; the answer ends it', async () => {
+      const t = setup();
+      const res = await cutStream(t, 1);
+      const [first] = res.ids();
+      expect(first).toBe('1.1');
+      await t.transport.send(progress(2), { relatedRequestId: 1 });
+      const back = t.get(first);
+      expect(back.status).toBe(200);
+      await t.transport.send(progress(3), { relatedRequestId: 1 });
+      await t.transport.send(response(1));
+      await turn();
+      expect(back.ids()).toEqual(['1.2', '1.3', '1.4']);
+      expect(back.events().map((m) => m.id ?? m.method)).toEqual([
+        'notifications/progress',
+        'notifications/progress',
+        1,
+      ]);
+      expect(back.writableEnded).toBe(true);
+      expect(res.chunks.join('')).not.toContain('"progress":2'); // nothing went to the cut one
+      expect(t.done()).toBe(1); // answered after its connection closed: done at once
+    });
+
+    it('keeps a response that came while nobody was connected, and writes it after the notifications a turn later', async () => {
+      const t = setup();
+      await cutStream(t, 1);
+      await t.transport.send(progress(2), { relatedRequestId: 1 });
+      await t.transport.send(response(1));
+      await turn();
+      const back = t.get('1.1');
+      expect(back.ids()).toEqual(['1.2']); // the notification at once
+      await turn();
+      expect(back.ids()).toEqual(['1.2', '1.3']); // the response in the next write
+      expect(back.writableEnded).toBe(true);
+      // The client had everything: nothing to stream.
+      const done = t.get('1.3');
+      expect(done.status).toBe(204);
+      expect(done.writableEnded).toBe(true);
+    });
+
+    it('forgets the oldest notifications past the backlog bound, never a response', async () => {
+      const t = setup({ maxStreamBacklogBytes: 400 });
+      await cutStream(t, 1);
+      for (let n = 2; n <= 40; n++) await t.transport.send(progress(n), { relatedRequestId: 1 });
+      await t.transport.send(response(1));
+      await turn();
+      const back = t.get('1.1');
+      await turn();
+      const got = back.events();
+      expect(got.at(-1)!.id).toBe(1);
+      const kept = got.length - 1;
+      expect(kept).toBeGreaterThan(0);
+      expect(kept).toBeLessThan(10); // ~100 characters each: at most 400 of them kept
+      expect(back.ids().at(-2)).toBe('1.40'); // the newest ones
+    });
+
+    it('refuses a stream still open on its connection (409) and ids it never sent (400)', async () => {
+      const t = setup();
+      const res = t.post([1]);
+      await t.transport.send(progress(1), { relatedRequestId: 1 });
+      expect(t.get('1.1').status).toBe(409);
+      for (const bad of ['x', '2.1', '1.9', '1', '1.1.1', ' 1.1', '01.1e3']) {
+        expect(t.get(bad).status, bad).toBe(400);
+      }
+      expect(res.writableEnded).toBe(false); // the live stream is untouched
+    });
+
+    it('forgets an ended stream after its window (410), the oldest first past the size bound', async () => {
+      let now = 1_000;
+      vi.spyOn(performance, 'now').mockImplementation(() => now);
+      const t = setup();
+      // Three cut streams answered with ~0.4 MiB each: over the bound, the oldest goes.
+      for (const id of [1, 2, 3]) {
+        await cutStream(t, id);
+        await t.transport.send(bigResponse(id, MAX_ENDED_LOG_BYTES * 0.4));
+      }
+      await turn();
+      expect(t.get('1.1').status).toBe(410);
+      expect(t.get('2.1').status).toBe(200);
+      expect(t.get('3.1').status).toBe(200);
+      // Past its window an ended stream is gone.
+      now += RESUME_WINDOW_MS + 1;
+      const gone = t.get('3.1');
+      expect(gone.status).toBe(410);
+      expect(gone.chunks.join('')).toContain('no longer kept');
+      // One alone over the bound is not kept once it ended; one pending is kept whatever it holds.
+      await cutStream(t, 4);
+      await t.transport.send(bigResponse(4, MAX_ENDED_LOG_BYTES * 2));
+      await turn();
+      expect(t.get('4.1').status).toBe(410);
+      const res = t.post([5]);
+      await t.transport.send(progress(1), { relatedRequestId: 5 });
+      res.cut();
+      const back = t.get('5.1');
+      await t.transport.send(bigResponse(5, MAX_ENDED_LOG_BYTES * 2));
+      await turn();
+      expect(back.events().map((m) => m.id)).toEqual([5]);
+    });
+
+    it('replays the standalone stream from the event given, also what came while none was open', async () => {
+      const t = setup();
+      const listChanged: JSONRPCMessage = {
+        jsonrpc: '2.0',
+        method: 'notifications/tools/list_changed',
+      };
+      const first = t.get();
+      await t.transport.send(listChanged);
+      expect(first.ids()).toEqual(['0.1']);
+      first.cut();
+      await t.transport.send(listChanged);
+      await t.transport.send(listChanged);
+      const back = t.get('0.1');
+      expect(back.status).toBe(200);
+      expect(back.ids()).toEqual(['0.2', '0.3']);
+      // A plain GET starts with what comes next.
+      back.cut();
+      const fresh = t.get();
+      expect(fresh.ids()).toEqual([]);
+    });
+
+    it('sends no id and keeps nothing for a POST answered as JSON', async () => {
+      const t = setup();
+      const res = t.post([1]);
+      res.cut();
+      await t.transport.send(progress(1), { relatedRequestId: 1 }); // nobody can resume it
+      await t.transport.send(response(1));
+      expect(res.chunks.some((c) => c.startsWith('event:'))).toBe(false); // never switched to SSE
+      expect(t.get('1.1').status).toBe(400); // no stream 1 was ever numbered
+      expect(t.done()).toBe(1);
+    });
+
+    it('keeps nothing once the session is closed', async () => {
+      const t = setup();
+      await cutStream(t, 1);
+      await t.transport.close();
+      expect(t.get('1.1').status).toBe(404);
     });
   });
 });
