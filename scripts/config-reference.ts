@@ -33,7 +33,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     'Bind address (env `FABRIC_HTTP_HOST`, `serve --host`). Beyond loopback it needs TLS or `allowInsecure`.',
   'http.port': 'Port; 0 picks a free one (env `FABRIC_HTTP_PORT`, `serve --port`).',
   'http.path': 'Path of the MCP endpoint.',
-  'http.keepAliveSeconds': 'Interval of keep-alive comments on open SSE streams.',
+  'http.keepAliveSeconds':
+    'Interval of keep-alive comments on open SSE streams; a call unanswered after one to two of them is switched from a JSON answer to SSE (keep-alives, and a priming event id for clients of MCP 2025-11-25 or later).',
   'http.sessionIdleSeconds':
     'MCP sessions idle this long (no request, no open stream) are closed; 0 = never.',
   'http.allowedHosts':

@@ -120,7 +120,23 @@ interface Exchange {
   closed: boolean;
   /** SSE responses waiting for their turn to be written (see {@link HttpSessionTransport.send}). */
   queued: number;
+  /** Seen waiting for its JSON answer by the slow-call watch (switched to SSE at the next look). */
+  slow: boolean;
+  /** The client speaks MCP 2025-11-25 or later: it takes a priming event (an id, no data). */
+  readonly prime: boolean;
 }
+
+/**
+ * The slow-call watches, by keep-alive interval: one timer each, running while a session under
+ * it has a POST waiting for a JSON answer (see `HttpSessionTransport.#lookAtSlowCalls`).
+ */
+const slowCallWatches = new Map<
+  number,
+  { readonly transports: Set<HttpSessionTransport>; readonly timer: NodeJS.Timeout }
+>();
+
+/** The first MCP version whose clients take a priming event (SSE id, empty data). */
+const PRIMING_SINCE = '2025-11-25';
 
 type Envelope = { id?: RequestId; method?: unknown; params?: unknown };
 
@@ -218,6 +234,11 @@ class StreamLog {
     return this.#keptChars + this.#noteChars;
   }
 
+  /** The id of a priming event (no data, nothing kept): the client's cursor before any event. */
+  prime(): string {
+    return `${this.stream}.${++this.#seq}`;
+  }
+
   /** Keeps `data` as the stream's next event; returns its id. */
   append(data: string, notification: boolean): string {
     const e: LoggedEvent = { seq: ++this.#seq, data };
@@ -308,6 +329,8 @@ export class HttpSessionTransport implements Transport {
   /** Logs of ended streams kept for resumption, oldest first. */
   readonly #endedLogs = new Map<number, StreamLog>();
   #endedChars = 0;
+  /** Under the slow-call watch (see {@link #watchSlowCalls}). */
+  #watched = false;
 
   constructor(sessionId: string, options: HttpSessionTransportOptions = {}) {
     this.sessionId = sessionId;
@@ -404,8 +427,12 @@ export class HttpSessionTransport implements Transport {
         held: 0,
         closed: false,
         queued: 0,
+        slow: false,
+        // Versions are dates: they compare as strings.
+        prime: String(headers['mcp-protocol-version'] ?? '') >= PRIMING_SINCE,
       };
       for (const id of pending) this.#exchanges.set(id, ex);
+      this.#watchSlowCalls();
       this.#open.add(res);
       // `close` comes once (and this handler could take a second one): `on`, not `once`.
       res.on('close', () => {
@@ -601,6 +628,66 @@ export class HttpSessionTransport implements Transport {
     });
   }
 
+  /** Answers `ex`'s POST as an SSE stream from now on (numbered: it can be resumed). */
+  #toSse(ex: Exchange): StreamLog {
+    ex.sse = true;
+    const log = (ex.log = new StreamLog(++this.#streams, ex, this.#maxBacklog));
+    this.#liveLogs.set(log.stream, log);
+    ex.res.writeHead(200, { ...SSE_HEADERS, 'mcp-session-id': this.sessionId });
+    for (const r of ex.responses) this.#writeEvent(ex.res, log, r, false);
+    ex.keepAlive = this.#startKeepAlive(ex.res);
+    return log;
+  }
+
+  /**
+   * One look of the slow-call watch at this session (see {@link watchSlowCalls}): a POST still
+   * waiting for its JSON answer that was already waiting at the last look is switched to SSE,
+   * so that keep-alives go out — a proxy cuts a connection idle for long (often 60 s) — and,
+   * for a client of MCP 2025-11-25 or later, a priming event (an id, no data) lets it resume
+   * the stream if its connection breaks anyway. Returns whether a POST still waits for JSON.
+   */
+  #lookAtSlowCalls(): boolean {
+    let waiting = false;
+    for (const ex of this.#exchanges.values()) {
+      if (ex.sse || ex.closed || ex.res.writableEnded) continue;
+      if (!ex.slow) {
+        ex.slow = true;
+        waiting = true;
+        continue;
+      }
+      const log = this.#toSse(ex);
+      if (ex.prime) ex.res.write(`id: ${log.prime()}\ndata: \n\n`);
+      else ex.res.write(': keep-alive\n\n');
+    }
+    return waiting;
+  }
+
+  /** Puts this session under the slow-call watch while a POST waits for a JSON answer. */
+  #watchSlowCalls(): void {
+    if (this.#watched) return;
+    this.#watched = true;
+    const key = this.#keepAliveMs;
+    let watch = slowCallWatches.get(key);
+    if (watch === undefined) {
+      const transports = new Set<HttpSessionTransport>();
+      const timer = setInterval(() => {
+        for (const t of transports) {
+          if (!t.#closed && t.#lookAtSlowCalls()) continue;
+          t.#watched = false;
+          transports.delete(t);
+        }
+        if (transports.size === 0) {
+          clearInterval(timer);
+          slowCallWatches.delete(key);
+        }
+      }, key);
+      timer.unref();
+      watch = { transports, timer };
+      slowCallWatches.set(key, watch);
+    }
+    watch.transports.add(this);
+  }
+
   /** `log`'s stream ended: kept {@link RESUME_WINDOW_MS} for a client to resume it. */
   #logEnded(log: StreamLog): void {
     if (log.exchange === undefined) return;
@@ -732,14 +819,7 @@ export class HttpSessionTransport implements Transport {
       // A request or notification that cannot be serialized rejects here, before any stream
       // changes (the sender handles it).
       const json = serializeMessage(message);
-      if (!ex.sse) {
-        ex.sse = true;
-        ex.log = new StreamLog(++this.#streams, ex, this.#maxBacklog);
-        this.#liveLogs.set(ex.log.stream, ex.log);
-        ex.res.writeHead(200, { ...SSE_HEADERS, 'mcp-session-id': this.sessionId });
-        for (const r of ex.responses) this.#writeEvent(ex.res, ex.log, r, false);
-        ex.keepAlive = this.#startKeepAlive(ex.res);
-      }
+      if (!ex.sse) this.#toSse(ex);
       this.#writeEvent(ex.res, ex.log, json, notification);
       return;
     }

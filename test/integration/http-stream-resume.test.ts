@@ -4,6 +4,7 @@
  * call was running (a proxy's idle cut, a network change) could not resume, and the call's
  * answer — the call ran, and was charged — was lost with the connection.
  */
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FetchLike } from '@modelcontextprotocol/sdk/shared/transport.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,11 +27,11 @@ import {
 const LONG = 'ev__trigger-long-running-operation';
 
 /**
- * A fetch that breaks the connection of the first POST answered as SSE right after its first
- * progress event reached the client (the socket is closed, as a proxy cutting it would), and
- * records the `Last-Event-ID` of every GET.
+ * A fetch that breaks the connection of the first POST answered as SSE right after `marker`
+ * reached the client (the socket is closed, as a proxy cutting it would), and records the
+ * `Last-Event-ID` of every GET.
  */
-function cuttingFetch(resumedFrom: string[]): FetchLike {
+function cuttingFetch(resumedFrom: string[], marker = 'notifications/progress'): FetchLike {
   let cut = false;
   return async (url, init) => {
     const headers = new Headers(init?.headers);
@@ -47,7 +48,7 @@ function cuttingFetch(resumedFrom: string[]): FetchLike {
     let seen = '';
     const body = new ReadableStream<Uint8Array>({
       async pull(controller) {
-        if (seen.includes('notifications/progress')) {
+        if (seen.includes(marker)) {
           abort.abort();
           controller.error(new TypeError('terminated: the connection was cut'));
           return;
@@ -297,5 +298,78 @@ describe('Streamable HTTP: resuming an SSE stream with Last-Event-ID (real sidec
     const [missedId] = eventIds(missed);
     expect(Number(missedId!.split('.')[1])).toBeGreaterThan(Number(firstId!.split('.')[1]));
     back.abort();
+  });
+});
+
+describe('Streamable HTTP: a slow call without progress (real sidecar)', () => {
+  const SLOW_SERVER = new URL('../fixtures/gateway/slow-server.mjs', import.meta.url).pathname;
+  let sidecar: Sidecar;
+  let token: string;
+  let ran: string;
+
+  beforeAll(async () => {
+    ran = join(tempDir('slow-resume'), 'ran.log');
+    sidecar = await startTestSidecar({
+      http: { keepAliveSeconds: 0.2 },
+      upstreams: {
+        s: {
+          command: process.execPath,
+          args: [SLOW_SERVER],
+          env: { COUNT_FILE: ran },
+          stderr: 'ignore',
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'a' }],
+    });
+    token = agentToken(sidecar, 'a');
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  it('is switched to SSE with a priming event id: the SDK client resumes it after a cut and gets the answer; it ran once', async () => {
+    const resumedFrom: string[] = [];
+    const client = await httpClient(sidecar.url!, token, {}, cuttingFetch(resumedFrom, 'id: '));
+    try {
+      const result = await client.callTool(
+        { name: 's__slow', arguments: { label: 'one', ms: 1_500 } },
+        undefined,
+        { timeout: 15_000 },
+      );
+      expect(text(result)).toBe('slept one');
+      expect(resumedFrom).toEqual([expect.stringMatching(/^[1-9]\d*\.1$/)]);
+    } finally {
+      await client.close();
+    }
+    expect(readFileSync(ran, 'utf8')).toBe('start one\nend one\n');
+  });
+
+  it('sends a client of an earlier MCP version keep-alives on the switched stream, and no priming event', async () => {
+    const init = await raw(sidecar, token, {
+      method: 'POST',
+      body: { ...INIT, params: { ...INIT.params, protocolVersion: '2025-06-18' } },
+    });
+    const id = init.headers.get('mcp-session-id')!;
+    await init.text();
+    const res = await fetch(sidecar.url!, {
+      method: 'POST',
+      headers: {
+        accept: 'application/json, text/event-stream',
+        'content-type': 'application/json',
+        authorization: `Bearer ${token}`,
+        'mcp-session-id': id,
+        'mcp-protocol-version': '2025-06-18',
+      },
+      body: JSON.stringify({
+        jsonrpc: '2.0',
+        id: 5,
+        method: 'tools/call',
+        params: { name: 's__slow', arguments: { label: 'two', ms: 1_000 } },
+      }),
+    });
+    expect(res.headers.get('content-type')).toContain('text/event-stream');
+    const body = await res.text();
+    expect(body.startsWith(': keep-alive\n\n')).toBe(true);
+    expect(body).not.toMatch(/data: \n/); // no event without data
+    expect(body).toContain('slept two');
   });
 });

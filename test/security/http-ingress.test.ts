@@ -902,7 +902,11 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
       await api(sidecar, 'ApprovalService/Approve', { id: approval!.id });
       const answer = await held;
       expect(answer.status).toBe(200);
-      expect(JSON.parse(answer.body)).toMatchObject({
+      // Held past a keep-alive interval, its POST was switched to SSE (keep-alives go out, see
+      // http-stream-resume.test.ts): the answer is the stream's last event.
+      expect(answer.headers['content-type']).toBe('text/event-stream');
+      const data = [...answer.body.matchAll(/^data: (.+)$/gm)].map((m) => m[1]!);
+      expect(JSON.parse(data.at(-1)!)).toMatchObject({
         id: 5,
         result: { content: [{ type: 'text', text: 'Echo: hold' }] },
       });
@@ -984,6 +988,8 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
       // The stdio bridge turns the refusal into an answer for its client (it waited forever).
       await expect(bridgeInitialize(token)).rejects.toThrow(/maxInflightPerAgent/);
       // Cancelling one held call ends its POST (the SDK sends no answer to it) and frees a slot.
+      // Two keep-alive intervals (0.3 s) have passed since it was held: its POST is on SSE.
+      await new Promise((r) => setTimeout(r, 700));
       const cancel = await post(
         token,
         {
@@ -994,7 +1000,11 @@ describe('HTTP ingress against a hostile agent (real sidecar)', () => {
         s1,
       );
       expect(cancel.status).toBe(202);
-      expect((await held[0]!).status).toBe(202);
+      // Held past a keep-alive interval, that POST was switched to SSE: its stream ends with no
+      // answer.
+      const ended = await held[0]!;
+      expect(ended.status).toBe(200);
+      expect(ended.body).not.toContain('data: {');
       expect(await metric('agent_fabric_mcp_http_requests_in_flight')).toBe(MAX_INFLIGHT - 1);
       expect((await post(token, { jsonrpc: '2.0', id: 101, method: 'ping' }, s2)).status).toBe(200);
       // Deciding the rest answers every held POST.

@@ -80,7 +80,7 @@ const progress = (n: number): JSONRPCMessage => ({
 });
 const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
-function setup(options: { maxStreamBacklogBytes?: number } = {}) {
+function setup(options: { maxStreamBacklogBytes?: number; keepAliveMs?: number } = {}) {
   let done = 0;
   let dropped = 0;
   const transport = new HttpSessionTransport('sid', {
@@ -88,7 +88,7 @@ function setup(options: { maxStreamBacklogBytes?: number } = {}) {
     onRequestsDone: (n) => (done += n),
     onNotificationDropped: () => dropped++,
   });
-  const post = (ids: number[]): FakeResponse => {
+  const post = (ids: number[], version?: string): FakeResponse => {
     const res = new FakeResponse();
     const kinds: MessageKind[] = ids.map(() => 'request');
     transport.handlePost(
@@ -96,7 +96,7 @@ function setup(options: { maxStreamBacklogBytes?: number } = {}) {
       ids.map(request),
       kinds,
       ids.length > 1,
-      {},
+      version === undefined ? {} : { 'mcp-protocol-version': version },
     );
     return res;
   };
@@ -426,6 +426,53 @@ describe('HttpSessionTransport', () => {
       await cutStream(t, 1);
       await t.transport.close();
       expect(t.get('1.1').status).toBe(404);
+    });
+  });
+
+  describe('a POST slow to answer', () => {
+    afterEach(() => vi.useRealTimers());
+
+    it('is switched to SSE at the second look of the watch, with a priming id for 2025-11-25 clients', async () => {
+      vi.useFakeTimers();
+      const t = setup({ keepAliveMs: 1_001 }); // its own watch
+      const fresh = t.post([1], '2025-11-25');
+      const old = t.post([2], '2025-06-18');
+      const quick = t.post([3], '2025-11-25');
+      await t.transport.send(response(3));
+      vi.advanceTimersByTime(1_001); // first look: seen waiting
+      expect(fresh.status).toBe(0);
+      vi.advanceTimersByTime(1_001); // second look: switched
+      expect(fresh.status).toBe(200);
+      expect(fresh.chunks).toEqual(['id: 1.1\ndata: \n\n']);
+      expect(old.status).toBe(200);
+      expect(old.chunks).toEqual([': keep-alive\n\n']);
+      expect(quick.chunks).toEqual([JSON.stringify(response(3))]); // answered as JSON, untouched
+      // The priming id is the client's cursor: a cut, then the answer, then a resume from it.
+      fresh.cut();
+      await t.transport.send(response(1));
+      vi.advanceTimersByTime(0);
+      const back = t.get('1.1');
+      vi.advanceTimersByTime(0);
+      expect(back.events().map((m) => m.id)).toEqual([1]);
+      await t.transport.send(response(2));
+      vi.advanceTimersByTime(0);
+      expect(old.events().map((m) => m.id)).toEqual([2]);
+      expect(old.writableEnded).toBe(true);
+    });
+
+    it('stops watching a session with nothing waiting, and a closed one', async () => {
+      vi.useFakeTimers();
+      const t = setup({ keepAliveMs: 1_002 });
+      const res = t.post([1]);
+      await t.transport.send(response(1));
+      vi.advanceTimersByTime(1_002 * 3);
+      expect(vi.getTimerCount()).toBe(0); // the watch's timer is gone
+      t.post([2]);
+      expect(vi.getTimerCount()).toBe(1);
+      await t.transport.close();
+      vi.advanceTimersByTime(1_002);
+      expect(vi.getTimerCount()).toBe(0);
+      expect(res.status).toBe(200);
     });
   });
 });
