@@ -1163,7 +1163,7 @@ export class ToolGateway implements SessionHost {
       case 'prompts/get': {
         const name = String(params.name);
         const route = catalog.prompts.get(name);
-        if (!route) throw toMcpError(new ToolNotFoundError(name, 'prompt'));
+        if (!route) throw this.#notFound(session, method, params, name, 'prompt');
         const args = (params.arguments ?? {}) as Record<string, unknown>;
         const forwarded = { ...params, name: route.upstreamName };
         return this.#guarded(
@@ -1187,7 +1187,7 @@ export class ToolGateway implements SessionHost {
       case 'resources/read': {
         const uri = String(params.uri);
         const owner = resourceOwner(catalog, uri);
-        if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
+        if (!owner) throw this.#notFound(session, method, params, uri, 'resource');
         return this.#guarded(
           session,
           owner,
@@ -1208,7 +1208,7 @@ export class ToolGateway implements SessionHost {
         if (ref.type === 'ref/prompt') {
           const name = String(ref.name);
           const route = catalog.prompts.get(name);
-          if (!route) throw toMcpError(new ToolNotFoundError(name, 'prompt'));
+          if (!route) throw this.#notFound(session, method, params, name, 'prompt');
           const forwarded = { ...params, ref: { ...ref, name: route.upstreamName } };
           return this.#guarded(
             session,
@@ -1232,7 +1232,7 @@ export class ToolGateway implements SessionHost {
         const owner =
           catalog.templateOwners.find((t) => t.template.toString() === uri)?.upstream ??
           resourceOwner(catalog, uri);
-        if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource template'));
+        if (!owner) throw this.#notFound(session, method, params, uri, 'resource template');
         return this.#guarded(
           session,
           owner,
@@ -1248,6 +1248,30 @@ export class ToolGateway implements SessionHost {
       default:
         throw new RelayedMcpError(ErrorCode.MethodNotFound, `Method not found: ${request.method}`);
     }
+  }
+
+  /**
+   * The error of a `prompts/get`, `resources/read`, `resources/subscribe` or
+   * `completion/complete` naming a prompt, resource or template no upstream serves, after its
+   * audit line: an unknown tool's (`decision: "none"`, `FABRIC_ERR_TOOL_NOT_FOUND`), with the
+   * method as `tool` and the digest of the params as sent (as a malformed one's, see
+   * {@link invalidRequest}). Else an agent probing for prompts and resources leaves no trace.
+   */
+  #notFound(
+    session: GatewaySession,
+    method: string,
+    params: unknown,
+    name: string,
+    what: string,
+  ): McpError {
+    const audit = this.#pipeline.auditor(
+      session.identity.agentId,
+      method,
+      params,
+      performance.now(),
+    );
+    audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
+    return toMcpError(new ToolNotFoundError(name, what));
   }
 
   /**
@@ -1465,7 +1489,7 @@ export class ToolGateway implements SessionHost {
       throw toMcpError(new SubscriptionLimitError(this.#maxSubscriptionUri, uri.length));
     }
     const owner = resourceOwner(this.#catalog, uri);
-    if (!owner) throw toMcpError(new ToolNotFoundError(uri, 'resource'));
+    if (!owner) throw this.#notFound(session, 'resources/subscribe', { uri }, uri, 'resource');
     // A subscription counts from its request's arrival, not from when policy (an approval, a
     // budget wait) let it through: counted then, any number of subscribes sent at once (a
     // batch, parallel POSTs) each passed the check before the first was added.
