@@ -1511,8 +1511,8 @@ export class ToolGateway implements SessionHost {
         resourceParams(uri),
         { uri },
         extra,
-        async () => {
-          await this.#subscribe(session, owner, uri, extra);
+        async (_auth, recheck) => {
+          await this.#subscribe(session, owner, uri, extra, recheck);
           return {};
         },
       );
@@ -1528,13 +1528,16 @@ export class ToolGateway implements SessionHost {
    * while it is in flight: answered at once, it was told it was subscribed even when the first
    * one's subscribe then failed (an agent could make it fail: cancel it, or hold an exclusive
    * upstream's turn) and left the upstream unsubscribed — no update ever came. When it fails,
-   * a waiting subscriber still subscribed sends its own (one at a time).
+   * a waiting subscriber still subscribed sends its own (one at a time). `recheck` runs when
+   * its own subscribe's turn comes on an exclusive upstream, as a read's does (see
+   * {@link #exclusiveRequest}): a symlink moved or rules changed while it waited are seen.
    */
   async #subscribe(
     session: GatewaySession,
     owner: Upstream,
     uri: string,
     extra: DownstreamExtra,
+    recheck: TurnRecheck | undefined,
   ): Promise<void> {
     // Run once policy let it through, which may have awaited what a close cannot cut short (a
     // `file:` path looked up on disk): a session closed meanwhile was unsubscribed from all it
@@ -1562,6 +1565,8 @@ export class ToolGateway implements SessionHost {
         owner,
         { method: 'resources/subscribe', params: { uri } },
         extra,
+        undefined,
+        recheck,
       );
       this.#subscribing.set(uri, request);
       try {

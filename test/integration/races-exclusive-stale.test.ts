@@ -310,6 +310,102 @@ describe('an approved resources/read waiting for its turn on an exclusive upstre
   }, 60_000);
 });
 
+describe('an approved resources/subscribe waiting for its turn on an exclusive upstream', () => {
+  it('is refused when a symlink on its path moved while it waited; the upstream is not asked', async () => {
+    const root = tempDir('races-exclusive-subscribe');
+    mkdirSync(join(root, 'public'));
+    mkdirSync(join(root, 'secret'));
+    writeFileSync(join(root, 'public', 'data.txt'), 'public data');
+    writeFileSync(join(root, 'secret', 'data.txt'), 'secret data');
+    writeFileSync(join(root, 'other.txt'), 'other');
+    symlinkSync(join(root, 'public'), join(root, 'link'));
+    const fifo = join(root, 'hold.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const subscribeLog = join(tempDir('races-exclusive-subscribe-log'), 'subscribed.txt');
+    const auditPath = join(tempDir('races-exclusive-subscribe-audit'), 'audit.jsonl');
+    const s = (sidecar = await startTestSidecar({
+      upstreams: {
+        files: {
+          command: process.execPath,
+          args: [FILE_RESOURCE_SERVER],
+          stderr: 'ignore' as const,
+          env: { SUBSCRIBE_LOG: subscribeLog },
+          exclusive: true,
+        },
+      },
+      policies: [
+        {
+          name: 'guard',
+          priority: 100,
+          rules: [
+            { tool: 'resources/*', action: 'deny', conditions: { path: '**/secret/**' } },
+            {
+              tool: 'resources/subscribe',
+              action: 'require_approval',
+              conditions: { path: '**/public/**' },
+            },
+          ],
+        },
+        DEFAULT_ALLOW,
+      ],
+      agents: [{ name: 'worker' }],
+      audit: { path: auditPath, flushIntervalMs: 0 },
+    }));
+    const token = agentToken(s, 'worker');
+    // Session B holds the turn: its read of a FIFO waits for a writer.
+    const holder = await httpClient(s.url!, token);
+    const held = holder.readResource({ uri: pathToFileURL(fifo).href });
+    let writer: number | undefined;
+    await until(() => (writer = writerOnceRead(fifo)) !== undefined);
+    const agent = await httpClient(s.url!, token);
+    try {
+      const uri = pathToFileURL(join(root, 'link', 'data.txt')).href;
+      const subscribed = agent.subscribeResource({ uri }).then(
+        (r) => r,
+        (e: unknown) => e,
+      );
+      const parked: ApiApproval | undefined = await firstPending(s);
+      expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'data.txt'));
+      expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
+      // A's subscribe is checked and waits for its turn once B's own next read must queue
+      // behind it (B keeps the turn only while nobody waits). A probe that returns: not yet.
+      await until(async () => {
+        const probe = await holder
+          .readResource(
+            { uri: pathToFileURL(join(root, 'other.txt')).href },
+            { signal: AbortSignal.timeout(300) },
+          )
+          .then(
+            () => 'read',
+            () => 'queued',
+          );
+        return probe === 'queued';
+      });
+      relinkToSecret(root);
+      writeSync(writer!, 'held');
+      closeSync(writer!);
+      writer = undefined;
+      await held;
+      const outcome = await subscribed;
+      expect(outcome).toBeInstanceOf(McpError);
+      expect((outcome as McpError).message).toContain('FABRIC_ERR_APPROVAL_STALE');
+      await until(() => auditLines(s, auditPath, 'worker', 'resources/subscribe').length > 0);
+      expect(auditLines(s, auditPath, 'worker', 'resources/subscribe')).toMatchObject([
+        { decision: 'approved', outcome: 'denied', code: 'FABRIC_ERR_APPROVAL_STALE' },
+      ]);
+      // The upstream never got the subscribe (a later one, after these, would be logged).
+      await agent.subscribeResource({ uri: pathToFileURL(join(root, 'other.txt')).href });
+      expect(readFileSync(subscribeLog, 'utf8')).toBe(
+        `subscribe ${pathToFileURL(join(root, 'other.txt')).href}\n`,
+      );
+    } finally {
+      if (writer !== undefined) closeSync(writer);
+      await agent.close();
+      await holder.close();
+    }
+  }, 60_000);
+});
+
 const FILE_RESOURCE_SERVER = fileURLToPath(
   new URL('../fixtures/gateway/file-resource-server.mjs', import.meta.url),
 );
