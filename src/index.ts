@@ -177,6 +177,7 @@ export type {
   PolicyRule,
 } from './policy/policy.js';
 export type {
+  AskedVerdicts,
   PolicyContext,
   PolicyDecision,
   PolicyEngineOptions,

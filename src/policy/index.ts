@@ -70,6 +70,7 @@ export type {
   CallbackAnswerVerdict,
 } from './callback-answer-check.js';
 export type {
+  AskedVerdicts,
   PolicyAuditEntry,
   PolicyContext,
   PolicyDecision,

@@ -173,6 +173,12 @@ export interface PolicyProvider {
   ): CallbackAnswerVerdict | undefined | Promise<CallbackAnswerVerdict | undefined>;
 }
 
+/**
+ * The verdicts asynchronous providers gave on one call, by provider (see
+ * {@link PolicyEngine.evaluateAgain}).
+ */
+export type AskedVerdicts = Map<PolicyProvider, PolicyVerdict | undefined>;
+
 /** An audit-mode policy's verdict: what it would have decided. */
 export interface PolicyAuditEntry {
   readonly policy: string;
@@ -570,11 +576,16 @@ export class PolicyEngine {
   /**
    * {@link evaluateSync}, awaiting the providers that decide asynchronously (`decideAsync`) —
    * those whose priority can still change the outcome, all at once. A provider that rejects
-   * fails closed (deny, `FABRIC_ERR_POLICY_UNAVAILABLE`).
+   * fails closed (deny, `FABRIC_ERR_POLICY_UNAVAILABLE`). With `asked`, the verdicts are kept
+   * there (see {@link evaluateAgain}).
    * @throws `signal.reason` when `signal` aborts while a provider is asked.
    */
-  evaluateAsync(ctx: PolicyContext, signal?: AbortSignal): Promise<PolicyDecision> {
-    return this.#evaluateAsync(ctx, signal, false);
+  evaluateAsync(
+    ctx: PolicyContext,
+    signal?: AbortSignal,
+    asked?: AskedVerdicts,
+  ): Promise<PolicyDecision> {
+    return this.#evaluateAsync(ctx, signal, false, asked);
   }
 
   /**
@@ -582,17 +593,26 @@ export class PolicyEngine {
    * rules as they are now ({@link evaluateAsync}), with every provider's `deny` taken as no
    * opinion: a provider's deny (a rate limit, a policy service that failed) does not refuse an
    * approved call (see {@link PolicyProvider}), and must not hide the deny of a rule below it
-   * either. A provider's `allow` or `require_approval` still outranks lower rules.
+   * either. A provider's `allow` or `require_approval` still outranks lower rules. `asked`: the
+   * verdicts the asynchronous providers (a policy service) already gave on this same call
+   * ({@link evaluateAsync}'s): what they said is about the call, not about the rules, so they
+   * are not asked again — only a provider not in it is (added since, or one whose priority did
+   * not matter before), and its verdict is added.
    * @throws `signal.reason` when `signal` aborts while a provider is asked.
    */
-  evaluateAgain(ctx: PolicyContext, signal?: AbortSignal): Promise<PolicyDecision> {
-    return this.#evaluateAsync(ctx, signal, true);
+  evaluateAgain(
+    ctx: PolicyContext,
+    signal?: AbortSignal,
+    asked?: AskedVerdicts,
+  ): Promise<PolicyDecision> {
+    return this.#evaluateAsync(ctx, signal, true, asked);
   }
 
   async #evaluateAsync(
     ctx: PolicyContext,
     signal: AbortSignal | undefined,
     noProviderDenies: boolean,
+    asked: AskedVerdicts | undefined,
   ): Promise<PolicyDecision> {
     if (this.#async === 0) {
       if (!noProviderDenies) return this.evaluateSync(ctx);
@@ -609,12 +629,13 @@ export class PolicyEngine {
     const ruleDecision = best === undefined ? this.#defaultDecision : best.decision;
     const priority = best?.priority ?? Number.NEGATIVE_INFINITY;
     const rank = best?.rank ?? 0;
-    const verdicts = new Map<PolicyProvider, PolicyVerdict | undefined>();
+    const verdicts: AskedVerdicts = asked ?? new Map();
     await Promise.all(
       this.#providers
         .filter(
           ({ provider, priority: p }) =>
             provider.decideAsync !== undefined &&
+            !verdicts.has(provider) &&
             (p > priority || (p === priority && rank !== DENY_RANK)),
         )
         .map(async ({ provider }) => {

@@ -25,7 +25,12 @@ import {
 } from '../errors.js';
 import type { CallPhases, TracePhase } from '../telemetry/tracing.js';
 import type { Approval, ApprovalManager, ApprovalResult } from './approval-manager.js';
-import { approvalRequest, type PolicyDecision, type PolicyEngine } from './policy-engine.js';
+import {
+  approvalRequest,
+  type AskedVerdicts,
+  type PolicyDecision,
+  type PolicyEngine,
+} from './policy-engine.js';
 
 /** Estimated usage of a call, reserved against budgets before it runs. */
 export type CostEstimator = (
@@ -171,6 +176,14 @@ export class ToolCallAuthorizer {
    * object both calls share; the fabric copies the context between them).
    */
   readonly #handedOver = new WeakMap<CallPhases, HandOver>();
+  /**
+   * What the asynchronous policy providers (a policy service) said about a call being
+   * authorized, by its context, and about an allowed call, by its authorization: a call decided
+   * again after a wait (the rules changed) reuses it instead of asking the service again — its
+   * answer is about the call, not the rules (see `PolicyEngine.evaluateAgain`). Only calls
+   * whose decision was awaited have one.
+   */
+  readonly #asked = new WeakMap<object, AskedVerdicts>();
 
   constructor(options: ToolCallAuthorizerOptions) {
     if (options === null || typeof options !== 'object') {
@@ -202,6 +215,14 @@ export class ToolCallAuthorizer {
    * second check (see `PolicyProvider`).
    */
   async authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
+    const a = await this.#authorize(ctx);
+    // The verdicts go with the allowed call, for its recheck at its turn (see `recheck`).
+    const asked = a.allowed ? this.#asked.get(ctx) : undefined;
+    if (asked !== undefined) this.#asked.set(a, asked);
+    return a;
+  }
+
+  async #authorize(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
     // The rules the decision is made by (a handed-over one was made in this same step).
     let rulesVersion = this.#policies.rulesVersion;
     const handed = ctx.trace === undefined ? undefined : this.#handedOver.get(ctx.trace);
@@ -428,14 +449,15 @@ export class ToolCallAuthorizer {
    * What decides the call under the rules as they are now, for a call decided before the rules
    * changed (untraced: the call's `policy` span ended with its first decision): a deny of a rule
    * or of the default action, or — unless a human already `approved` it — a `require_approval`
-   * (the caller parks it for one). A policy service is asked again too. A provider's deny (a
+   * (the caller parks it for one). A policy service is not asked again: what it said about the
+   * call (its first decision's verdicts) stands, only a provider not asked yet is. A provider's deny (a
    * rate limit) is no opinion here (`PolicyEngine.evaluateAgain`), so it neither refuses the call
    * nor hides a rule's deny below it: counting providers are asked at admission, and not at all
    * for a call a human approved (see `PolicyProvider`).
    * @returns undefined when the call may still go through as it was decided.
    */
   async #decideAgain(ctx: ToolCallContext, approved: boolean): Promise<PolicyDecision | undefined> {
-    const now = await this.#policies.evaluateAgain(ctx, ctx.signal);
+    const now = await this.#policies.evaluateAgain(ctx, ctx.signal, this.#asked.get(ctx));
     if (now.action === 'deny') return now;
     return now.action === 'require_approval' && !approved ? now : undefined;
   }
@@ -455,8 +477,11 @@ export class ToolCallAuthorizer {
   /** {@link #decide} asking the asynchronous policy providers (e.g. a policy service) too. */
   async #decideAsync(ctx: ToolCallContext): Promise<PolicyDecision> {
     const span = ctx.trace?.phase('policy');
+    // Kept for the decisions made again after this call's waits (see `#asked`).
+    const asked: AskedVerdicts = new Map();
+    this.#asked.set(ctx, asked);
     try {
-      const decision = await this.#policies.evaluateAsync(ctx, ctx.signal);
+      const decision = await this.#policies.evaluateAsync(ctx, ctx.signal, asked);
       return span === undefined ? decision : endPolicySpan(span, decision);
     } catch (err) {
       span?.end(undefined, codeOf(err));
@@ -559,7 +584,8 @@ export class ToolCallAuthorizer {
    * before it runs (the gateway: its turn on an `exclusive` upstream, as long as another
    * session's calls): when the rules changed since it was decided (`authorization.rulesVersion`),
    * a deny of a rule or of the default action refuses it (`FABRIC_ERR_POLICY_DENIED`), as in
-   * {@link authorize}'s own waits; a provider's deny does not (see `PolicyEngine.evaluateAgain`).
+   * {@link authorize}'s own waits; a provider's deny does not (see `PolicyEngine.evaluateAgain`),
+   * and a policy service's answer given at authorization stands (it is not asked again).
    * A call no human approved that the rules now send to one is refused too, with a reason
    * saying so (it is not parked again: the agent calls again and asks for an approval); an
    * approved call is not asked again. Reserves, releases and counts nothing: the caller gives
@@ -579,7 +605,8 @@ export class ToolCallAuthorizer {
     ctx: ToolCallContext,
     authorization: ToolCallAllowed,
   ): Promise<ToolCallDenied | undefined> {
-    const now = await this.#policies.evaluateAgain(ctx, ctx.signal);
+    const asked = this.#asked.get(authorization);
+    const now = await this.#policies.evaluateAgain(ctx, ctx.signal, asked);
     if (now.action === 'deny') return this.#admit(ctx, now) as ToolCallDenied;
     if (now.action !== 'require_approval' || authorization.approval !== undefined) return undefined;
     const where = now.policy === null ? 'the default action' : `policy ${now.policy}`;

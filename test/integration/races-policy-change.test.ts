@@ -388,6 +388,52 @@ describe.runIf(pythonGrpc || process.env.CI !== undefined)(
       expect(result.isError).toBeFalsy();
       expect(ran()).toContain('end c');
     }, 60_000);
+
+    it('a change that leaves the call allowed decides it again without asking the service again', async () => {
+      // The service answers `*__slow` tools 2 s late (ALLOW). What it said is about the call,
+      // not about the sidecar's rules: deciding again with the new rules reuses its answer.
+      service = await startPythonPolicyService();
+      const countFile = join(tempDir('races-policy-service-once'), 'count.txt');
+      const s = (sidecar = await startTestSidecar({
+        upstreams: {
+          slow: {
+            command: process.execPath,
+            args: [SLOW_SERVER],
+            env: { COUNT_FILE: countFile },
+            stderr: 'ignore',
+          },
+        },
+        policies: [DEFAULT_ALLOW],
+        plugins: [
+          {
+            module: 'policy-grpc',
+            options: { target: service.address, insecure: true, deadlineMs: 20_000 },
+          },
+        ],
+        agents: [{ name: 'worker' }],
+      }));
+      const ran = (): string => (existsSync(countFile) ? readFileSync(countFile, 'utf8') : '');
+      const client = await httpClient(s.url!, agentToken(s, 'worker'));
+      const call = client.callTool(
+        { name: 'slow__slow', arguments: { label: 'c', ms: 1 } },
+        undefined,
+        { timeout: 120_000 },
+      );
+      const svc = service;
+      await until(() => svc.calls.some((c) => c.tool === 'slow__slow'));
+      // A rule at the service's priority (so the service's verdict still counts), for another tool.
+      const added = await api(s, 'PolicyService/AddPolicy', {
+        policy: {
+          name: 'unrelated',
+          rules: [{ tool: 'slow__other', action: 'POLICY_ACTION_DENY' }],
+        },
+      });
+      expect(added.status).toBe(200);
+      const result = await call;
+      expect(result.isError).toBeFalsy();
+      expect(ran()).toContain('end c');
+      expect(svc.calls.filter((c) => c.tool === 'slow__slow')).toHaveLength(1);
+    }, 60_000);
   },
 );
 

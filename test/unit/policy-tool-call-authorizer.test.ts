@@ -5,6 +5,7 @@ import { ApprovalManager, type Approval } from '../../src/policy/approval-manage
 import { PolicyEngine } from '../../src/policy/policy-engine.js';
 import {
   ToolCallAuthorizer,
+  type ToolCallAllowed,
   type ToolCallAuthorization,
   type ToolCallDenied,
 } from '../../src/policy/tool-call-authorizer.js';
@@ -387,9 +388,7 @@ describe('ToolCallAuthorizer', () => {
         rules: [{ tool: 'file_*', action: 'require_approval', reason: 'a human looks' }],
       });
       answer({ action: 'allow' });
-      // The service is asked again, with the new rules; the rule sends the call to a human.
-      await vi.advanceTimersByTimeAsync(0);
-      answer({ action: 'allow' });
+      // Decided again with the new rules (the service's answer stands): a human is asked.
       await vi.advanceTimersByTimeAsync(0);
       expect(waiting).toMatchObject({ status: 'pending', policy: 'approvals', rule: 0 });
       expect(budgets.getStatus('agent-1').tokensReserved).toBe(0);
@@ -414,10 +413,36 @@ describe('ToolCallAuthorizer', () => {
       await vi.advanceTimersByTimeAsync(0);
       policies.addPolicy({ name: 'other', rules: [{ tool: 'shell', action: 'deny' }] });
       answer({ action: 'allow' });
-      // The service is asked again, with the new rules.
-      await vi.advanceTimersByTimeAsync(0);
-      answer({ action: 'allow' });
       expect((await pending).allowed).toBe(true);
+    });
+
+    it('the service is asked once per call: deciding again (also at its turn) reuses its answer', async () => {
+      const asked: string[] = [];
+      const service = (name: string, action: 'allow' | 'require_approval') => ({
+        name,
+        decide: () => undefined,
+        decideAsync: () => {
+          asked.push(name);
+          return Promise.resolve({ action });
+        },
+      });
+      policies.addProvider(service('service', 'allow'));
+      const pending = auth.authorize(call);
+      // While the service's answer is on its way, an operator changes the rules.
+      policies.addPolicy({ name: 'other', rules: [{ tool: 'shell', action: 'deny' }] });
+      const a = await pending;
+      expect(a.allowed).toBe(true);
+      expect(asked).toEqual(['service']);
+      // The rules change again before its turn: decided again, the service not asked.
+      policies.addPolicy({ name: 'more', rules: [{ tool: 'git_*', action: 'deny' }] });
+      expect(await auth.recheck(call, a as ToolCallAllowed)).toBeUndefined();
+      expect(asked).toEqual(['service']);
+      // A provider added since has not said anything about the call: it is asked.
+      policies.addProvider(service('second', 'require_approval'));
+      const refused = await auth.recheck(call, a as ToolCallAllowed);
+      expect(refused).toMatchObject({ code: 'FABRIC_ERR_POLICY_DENIED' });
+      expect(refused!.reason).toContain('now require approval');
+      expect(asked).toEqual(['service', 'second']);
     });
   });
 });
