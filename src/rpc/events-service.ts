@@ -2,7 +2,7 @@
  * `fabric.v1.EventService` (proto/fabric/v1/events.proto): one server stream of what happens in
  * the fabric, for dashboards — agents (lifecycle events), tasks (scheduler events), approvals
  * (the approval manager's, starting with the ones pending), budget alerts (the budget
- * manager's `warning`/`exhausted`) and tool calls as they end (the gateway's `call.ended`, with
+ * manager's `warning`/`exhausted`) and wall-clock steps (its `clockStep`), and tool calls as they end (the gateway's `call.ended`, with
  * the decision and deciding rule of their audit line; only when the service is given the
  * gateway), from the typed emitters of src/events.ts.
  *
@@ -18,8 +18,9 @@
  * @module
  */
 import { create } from '@bufbuild/protobuf';
-import { timestampNow } from '@bufbuild/protobuf/wkt';
+import { timestampFromMs, timestampNow } from '@bufbuild/protobuf/wkt';
 import type { AgentInfo } from '../agent.js';
+import type { BudgetClockStep } from '../budget/budget-clock.js';
 import type { BudgetAlert } from '../budget/scope-usage.js';
 import { cutWireText, InvalidArgumentError } from '../errors.js';
 import type { AgentFabric } from '../fabric.js';
@@ -29,6 +30,7 @@ import {
   AgentEventSchema,
   BudgetAlertEventSchema,
   BudgetAlertKind,
+  BudgetClockStepEventSchema,
   BudgetLimitKind,
   EventService,
   EventServiceWatchResponseSchema,
@@ -116,6 +118,16 @@ function budgetEvent(kind: BudgetAlertKind, a: BudgetAlert): Event {
       used: a.used,
       max: a.max,
       percentUsed: a.percentUsed,
+    }),
+  };
+}
+
+function clockStepEvent(step: BudgetClockStep): Event {
+  return {
+    case: 'clockStep',
+    value: create(BudgetClockStepEventSchema, {
+      stepMs: step.stepMs,
+      at: timestampFromMs(step.at),
     }),
   };
 }
@@ -224,11 +236,14 @@ export function eventService(
             const exhausted = guard((a: BudgetAlert) =>
               emit(budgetEvent(BudgetAlertKind.EXHAUSTED, a)),
             );
+            const stepped = guard((step: BudgetClockStep) => emit(clockStepEvent(step)));
             budgets.on('warning', warning);
             budgets.on('exhausted', exhausted);
+            budgets.on('clockStep', stepped);
             undo.push(() => {
               budgets.off('warning', warning);
               budgets.off('exhausted', exhausted);
+              budgets.off('clockStep', stepped);
             });
           }
           if (topics.has(EventTopic.APPROVALS)) {

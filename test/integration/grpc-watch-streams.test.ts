@@ -34,7 +34,8 @@ function listeners(fabric: AgentFabric): number {
     fabric.scheduler.events.listenerCount('task.retried') +
     fabric.scheduler.events.listenerCount('task.finished') +
     fabric.budgets.listenerCount('warning') +
-    fabric.budgets.listenerCount('exhausted')
+    fabric.budgets.listenerCount('exhausted') +
+    fabric.budgets.listenerCount('clockStep')
   );
 }
 
@@ -75,8 +76,8 @@ describe('gRPC watch streams (real server, real grpc-js client, real fabric)', (
       create(ApprovalServiceWatchRequestSchema),
       ADMIN,
     );
-    // Every topic of the event watch (11 listeners) and the approval watch (2) subscribed.
-    await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 13));
+    // Every topic of the event watch (12 listeners) and the approval watch (2) subscribed.
+    await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 14));
     const a = fabric.approvals.create({ agentId, tool: 'deploy', params: { env: 'prod' } });
     const [fromAll] = await all.first(1);
     const [fromWatch] = await watch.first(1);
@@ -215,10 +216,10 @@ describe('gRPC watch streams (real server, real grpc-js client, real fabric)', (
     try {
       const first = open();
       const second = open();
-      // Every topic of each event watch (11 listeners each).
-      await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 22));
+      // Every topic of each event watch (12 listeners each).
+      await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 24));
 
-      // Before, a third (and a thousandth) stream was served: 11 more listeners each.
+      // Before, a third (and a thousandth) stream was served: 12 more listeners each.
       const third = open();
       const refused = await third.ended;
       expect(refused).toMatchObject({ code: status.RESOURCE_EXHAUSTED });
@@ -232,14 +233,14 @@ describe('gRPC watch streams (real server, real grpc-js client, real fabric)', (
         ADMIN,
       );
       expect(await approvalWatch.ended).toMatchObject({ code: status.RESOURCE_EXHAUSTED });
-      expect(listeners(fabric)).toBe(baseline + 22);
+      expect(listeners(fabric)).toBe(baseline + 24);
 
       // Closing one frees its place: the next is served and subscribes.
       first.stream.cancel();
       expect(await first.ended).toMatchObject({ code: status.CANCELLED });
-      await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 11));
+      await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 12));
       const fourth = open();
-      await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 22));
+      await vi.waitFor(() => expect(listeners(fabric)).toBe(baseline + 24));
       const a = fabric.approvals.create({ agentId, tool: 'deploy', params: { env: 'cap' } });
       const [event] = await fourth.first(1);
       expect(event!.event).toMatchObject({ case: 'approval' });
