@@ -1530,7 +1530,8 @@ export class ToolGateway implements SessionHost {
    * upstream's turn) and left the upstream unsubscribed — no update ever came. When it fails,
    * a waiting subscriber still subscribed sends its own (one at a time). `recheck` runs when
    * its own subscribe's turn comes on an exclusive upstream, as a read's does (see
-   * {@link #exclusiveRequest}): a symlink moved or rules changed while it waited are seen.
+   * {@link #exclusiveRequest}), or once the subscribe of another it waited for succeeded there:
+   * a symlink moved or rules changed while it waited are seen.
    */
   async #subscribe(
     session: GatewaySession,
@@ -1553,8 +1554,20 @@ export class ToolGateway implements SessionHost {
             () => true,
             () => false,
           )
-        )
+        ) {
+          // Subscribed by the other's: what let this one through is checked now that its wait
+          // is over, as at a turn of its own (the rules may have changed for its agent alone).
+          const again = owner.spec.exclusive ? recheck?.() : undefined;
+          if (again !== undefined) {
+            try {
+              await again;
+            } catch (error) {
+              if (this.#subscribers.remove(session, uri)) this.#unsubscribeUpstream(owner, uri);
+              throw error;
+            }
+          }
           return;
+        }
         // Unsubscribed meanwhile (its session closed), or another waiter took over.
         if (!session.subscriptions.has(uri)) return;
         if (this.#subscribing.has(uri)) continue;
@@ -1584,8 +1597,13 @@ export class ToolGateway implements SessionHost {
   async unsubscribe(session: GatewaySession, uri: string): Promise<void> {
     if (!this.#subscribers.remove(session, uri)) return;
     const owner = resourceOwner(this.#catalog, uri);
-    await owner
-      ?.request({ method: 'resources/unsubscribe', params: { uri } })
+    if (owner !== undefined) await this.#unsubscribeUpstream(owner, uri);
+  }
+
+  /** Unsubscribes `owner` from `uri` (its last subscriber left); never rejects. */
+  #unsubscribeUpstream(owner: Upstream, uri: string): Promise<unknown> {
+    return owner
+      .request({ method: 'resources/unsubscribe', params: { uri } })
       .catch(() => undefined);
   }
 

@@ -406,6 +406,99 @@ describe('an approved resources/subscribe waiting for its turn on an exclusive u
   }, 60_000);
 });
 
+describe("a resources/subscribe that waits for another session's subscribe of the same URI", () => {
+  it('is decided again when the rules changed meanwhile: a deny added for its agent refuses it', async () => {
+    const root = tempDir('races-exclusive-subscribe-pending');
+    writeFileSync(join(root, 'data.txt'), 'data');
+    writeFileSync(join(root, 'other.txt'), 'other');
+    const fifo = join(root, 'hold.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const subscribeLog = join(tempDir('races-exclusive-subscribe-pending-log'), 'log.txt');
+    const auditPath = join(tempDir('races-exclusive-subscribe-pending-audit'), 'audit.jsonl');
+    const s = (sidecar = await startTestSidecar({
+      upstreams: {
+        files: {
+          command: process.execPath,
+          args: [FILE_RESOURCE_SERVER],
+          stderr: 'ignore' as const,
+          env: { SUBSCRIBE_LOG: subscribeLog },
+          exclusive: true,
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'alice' }, { name: 'bob' }],
+      audit: { path: auditPath, flushIntervalMs: 0 },
+    }));
+    const uri = pathToFileURL(join(root, 'data.txt')).href;
+    const bobId = agentId(s, 'bob');
+    // Alice's first session holds the turn: its read of a FIFO waits for a writer.
+    const holder = await httpClient(s.url!, agentToken(s, 'alice'));
+    const held = holder.readResource({ uri: pathToFileURL(fifo).href });
+    let writer: number | undefined;
+    await until(() => (writer = writerOnceRead(fifo)) !== undefined);
+    const alice = await httpClient(s.url!, agentToken(s, 'alice'));
+    const bob = await httpClient(s.url!, agentToken(s, 'bob'));
+    try {
+      // Alice's subscribe waits for its turn once the holder's next read must queue behind it.
+      const aliceSubscribed = alice.subscribeResource({ uri });
+      await until(async () => {
+        const probe = await holder
+          .readResource(
+            { uri: pathToFileURL(join(root, 'other.txt')).href },
+            { signal: AbortSignal.timeout(300) },
+          )
+          .then(
+            () => 'read',
+            () => 'queued',
+          );
+        return probe === 'queued';
+      });
+      // Bob's subscribe of the same URI is let through and waits for Alice's.
+      const bobSubscribed = bob.subscribeResource({ uri }).then(
+        (r) => r,
+        (e: unknown) => e,
+      );
+      const bobSession = (): { subscriptions: Set<string> } | undefined =>
+        [...s.gateway.sessions].find((x) => x.identity.agentId === bobId) as
+          { subscriptions: Set<string> } | undefined;
+      await until(() => bobSession()?.subscriptions.has(uri) === true);
+      // The operator shuts Bob out of subscriptions meanwhile.
+      s.fabric!.policies.addPolicy({
+        name: 'no-bob',
+        priority: 100,
+        rules: [
+          {
+            tool: 'resources/subscribe',
+            action: 'deny',
+            reason: 'not bob',
+            when: { '==': [{ var: 'agent.id' }, bobId] },
+          },
+        ],
+      });
+      writeSync(writer!, 'held');
+      closeSync(writer!);
+      writer = undefined;
+      await held;
+      expect(await aliceSubscribed).toEqual({});
+      const outcome = await bobSubscribed;
+      expect(outcome).toBeInstanceOf(McpError);
+      expect((outcome as McpError).message).toContain('FABRIC_ERR_POLICY_DENIED');
+      expect(bobSession()?.subscriptions.has(uri)).toBe(false);
+      await until(() => auditLines(s, auditPath, 'bob', 'resources/subscribe').length > 0);
+      expect(auditLines(s, auditPath, 'bob', 'resources/subscribe')).toMatchObject([
+        { decision: 'deny', rule: 'no-bob#0', outcome: 'denied' },
+      ]);
+      // Alice's subscribe is the only one the upstream got; nothing was unsubscribed.
+      expect(readFileSync(subscribeLog, 'utf8')).toBe(`subscribe ${uri}\n`);
+    } finally {
+      if (writer !== undefined) closeSync(writer);
+      await bob.close();
+      await alice.close();
+      await holder.close();
+    }
+  }, 60_000);
+});
+
 const FILE_RESOURCE_SERVER = fileURLToPath(
   new URL('../fixtures/gateway/file-resource-server.mjs', import.meta.url),
 );
