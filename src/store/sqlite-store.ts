@@ -35,7 +35,7 @@
  * @module
  */
 import { createHmac, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
@@ -654,6 +654,11 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       if (!created) inspect(path);
       let db: Database.Database | undefined;
       try {
+        // The file holds credential hashes and the start-up agents' key: owner only. Made so
+        // before SQLite opens it, which gives the WAL and its index (`-wal`, `-shm`, where every
+        // commit lands first) the file's mode; chmod'ed after, they kept the umask's 0644.
+        if (created) ownerOnly(path);
+        privateSideFiles(path);
         db = new Database(path);
         db.pragma('journal_mode = WAL');
         db.pragma(`synchronous = ${synchronous}`);
@@ -668,8 +673,6 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         db.close();
         throw error;
       }
-      // The file holds credential hashes and the start-up agents' key: owner only.
-      if (created) chmodSync(path, 0o600);
       try {
         return new SqliteStore<TTask, TAgent, TPool>(path, created, db, lock, options);
       } catch (error) {
@@ -978,6 +981,27 @@ async function acquireLock(path: string): Promise<StoreLock> {
  * Checks an existing file through a read-only connection before anything may write to it:
  * SQLite, ours, not newer, intact.
  */
+
+/** Creates `path` (when missing) readable and writable by its owner only, and makes it so. */
+function ownerOnly(path: string): void {
+  closeSync(openSync(path, 'a', 0o600));
+  chmodSync(path, 0o600);
+}
+
+/**
+ * Takes from a WAL or WAL index left beside `path` (a crash of an earlier version, which made
+ * them under the umask) every permission the state file itself does not grant: SQLite reuses
+ * them as they are, and the WAL holds the latest commits.
+ */
+function privateSideFiles(path: string): void {
+  if (!existsSync(path)) return;
+  const mode = statSync(path).mode & 0o777;
+  for (const side of [`${path}-wal`, `${path}-shm`]) {
+    const sideMode = existsSync(side) ? statSync(side).mode & 0o777 : undefined;
+    if (sideMode !== undefined && (sideMode & ~mode) !== 0) chmodSync(side, sideMode & mode);
+  }
+}
+
 function inspect(path: string): void {
   let db: Database.Database;
   try {
