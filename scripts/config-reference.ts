@@ -66,7 +66,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     'Admin bearer token (at least 16 characters; prefer env `FABRIC_ADMIN_TOKEN`). Unset: one is generated at the first start, printed once and kept as a hash in the state.',
   state:
     '`memory` (nothing survives a restart) or an SQLite file (env `FABRIC_STATE`: a path or `memory`). Default: `.fabric/state.db` in the working directory.',
-  'state.path': 'The SQLite file (relative to the working directory).',
+  'state.path':
+    "The SQLite file (relative to the working directory); never inside a stdio upstream's `paths.roots`.",
   'state.synchronous': 'SQLite `synchronous`: `FULL` also survives a power loss, at a write cost.',
   'state.budgetLeasePercent':
     'Budget usage is written ahead of use: each scope row holds its usage plus this % of its limit (of its usage, without a limit), and settles under that ceiling commit nothing. A crash over-counts a scope by at most that much, never under-counts; a clean stop writes exact usage. `0`: commit every settle exactly.',
