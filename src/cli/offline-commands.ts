@@ -237,7 +237,7 @@ const configCheckCommand: Command = {
   summary:
     'Validates a sidecar config file as `serve` would (environment overrides included) and lists every problem with its line.',
   description:
-    'Nothing is started: upstreams are not launched and plugins and TLS files are not loaded. Policies are parsed as serve parses them (a policy serve would refuse is a problem) and read for warnings: relative path patterns, which match no call in the gateway. Exit 0 when valid, 1 when not.',
+    'Nothing is started: upstreams are not launched and plugins and TLS files are not loaded. Policies are parsed as serve parses them (a policy serve would refuse is a problem) and read for warnings: relative path patterns, which match no call in the gateway. A state file inside a root a stdio upstream declares (`paths.roots`) is a problem, as serve refuses it; an audit log or hook store inside one a warning. Exit 0 when valid, 1 when not.',
   json: true,
   async run(ctx) {
     const file = ctx.positionals[0]!;
@@ -266,6 +266,14 @@ const configCheckCommand: Command = {
           continue;
         }
         for (const w of policyWarnings(policy)) warnings.push(`policy ${policy.name}: ${w}`);
+      }
+      const { checkOwnFiles, ownFiles } = await import('../server/own-files.js');
+      try {
+        warnings.push(...checkOwnFiles(config.upstreams, ownFiles(config)));
+      } catch (error) {
+        // What `serve` refuses at start (a state file an upstream serves) is a problem too.
+        if (!(error instanceof FabricError)) throw error;
+        problems.push({ path: 'state.path', message: error.message });
       }
       if (problems.length > 0) throw ConfigFileError.of(file, problems);
       if (ctx.json) ctx.print(JSON.stringify({ valid: true, file, warnings }, null, 2));

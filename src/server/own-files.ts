@@ -18,6 +18,7 @@ import { existsSync, realpathSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { ConfigError } from '../errors.js';
 import type { UpstreamSpec } from '../gateway/upstream-config.js';
+import type { SidecarConfig } from './config-file.js';
 
 /** A file of the sidecar's, and what an agent that reads it gets. */
 export interface OwnFile {
@@ -67,14 +68,49 @@ function servedBy(
   return undefined;
 }
 
+/** The sidecar's own files of `config`: the state file unless `withState` is false. */
+export interface OwnFiles {
+  /** Refused inside a root. */
+  readonly state: OwnFile | undefined;
+  /** Warned about inside a root. */
+  readonly warnOnly: readonly OwnFile[];
+}
+
+/** The files of `config` {@link checkOwnFiles} looks for (the state file when it is opened). */
+export function ownFiles(config: SidecarConfig, withState = true): OwnFiles {
+  const state =
+    withState && config.state !== undefined && config.state !== 'memory'
+      ? {
+          field: 'state.path',
+          path: config.state.path,
+          holds: "the key every start-up agent's token is derived from",
+        }
+      : undefined;
+  const warnOnly: OwnFile[] = [];
+  if (config.audit !== false && config.audit !== undefined) {
+    warnOnly.push({
+      field: 'audit.path',
+      path: config.audit.path,
+      holds: "every agent's calls (agent ids, tools, argument digests)",
+    });
+  }
+  if (config.hooks !== undefined) {
+    warnOnly.push({
+      field: 'hooks.storagePath',
+      path: config.hooks.storagePath,
+      holds: "every agent's hooks (work items, results, notes)",
+    });
+  }
+  return { state, warnOnly };
+}
+
 /**
  * Refuses (`ConfigError` on `state.path`) a state file inside a stdio upstream's declared root,
- * and returns a warning for each of `warnOnly` (audit log, hook store) inside one.
+ * and returns a warning for each other file inside one.
  */
 export function checkOwnFiles(
   upstreams: Readonly<Record<string, UpstreamSpec>>,
-  state: OwnFile | undefined,
-  warnOnly: readonly OwnFile[],
+  { state, warnOnly }: OwnFiles,
 ): string[] {
   if (state !== undefined) {
     const hit = servedBy(upstreams, state.path);

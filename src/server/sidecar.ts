@@ -29,7 +29,7 @@ import { AuthThrottle } from './auth-throttle.js';
 import { Dashboard, type DashboardOptions } from './dashboard.js';
 import { fabricServices } from '../rpc/services.js';
 import { checkListenerSecurity, readTlsFiles } from './tls.js';
-import { checkOwnFiles } from './own-files.js';
+import { checkOwnFiles, ownFiles } from './own-files.js';
 import { FabricBackend } from './fabric-backend.js';
 import { HostGuard } from './host-guard.js';
 import { hashCredential, type AgentRecord } from '../lifecycle/lifecycle-manager.js';
@@ -210,36 +210,7 @@ export class Sidecar {
         state !== undefined &&
         state !== 'memory';
       // Before the state file is made: one an agent could read through an upstream is refused.
-      for (const msg of checkOwnFiles(
-        config.upstreams,
-        opensState
-          ? {
-              field: 'state.path',
-              path: state.path,
-              holds: "the key every start-up agent's token is derived from",
-            }
-          : undefined,
-        [
-          ...(config.audit === false || config.audit === undefined
-            ? []
-            : [
-                {
-                  field: 'audit.path',
-                  path: config.audit.path,
-                  holds: "every agent's calls (agent ids, tools, argument digests)",
-                },
-              ]),
-          ...(config.hooks === undefined
-            ? []
-            : [
-                {
-                  field: 'hooks.storagePath',
-                  path: config.hooks.storagePath,
-                  holds: "every agent's hooks (work items, results, notes)",
-                },
-              ]),
-        ],
-      )) {
+      for (const msg of checkOwnFiles(config.upstreams, ownFiles(config, opensState))) {
         log({ level: 'warn', msg });
       }
       let store: DurableStore | undefined;

@@ -23,6 +23,7 @@
 import { execFile, spawn } from 'node:child_process';
 import {
   chmodSync,
+  existsSync,
   mkdirSync,
   readFileSync,
   realpathSync,
@@ -291,6 +292,53 @@ describe('agent-fabric config check and policies', () => {
     expect(JSON.parse(json.out)).toMatchObject({
       valid: false,
       problems: [{ path: 'policies.1', line: 4 }],
+    });
+  });
+});
+
+describe('agent-fabric config check and the state file inside an upstream root', () => {
+  it('serve refuses it before the file is made; config check reports it, and the audit log as a warning', async () => {
+    const dir = tempDir('cli-config-own-files');
+    const file = join(dir, 'fabric.yaml');
+    mkdirSync(join(dir, 'work'));
+    writeFileSync(
+      file,
+      [
+        'state:',
+        "  path: '${CONFIG_DIR}/work/.fabric/state.db'",
+        'audit:',
+        "  path: '${CONFIG_DIR}/work/audit.log'",
+        'upstreams:',
+        '  fs:',
+        "    command: '${NODE}'",
+        "    args: ['${FILESYSTEM_SERVER_BIN}', '${CONFIG_DIR}/work']",
+        "    paths: { roots: ['${CONFIG_DIR}/work'] }",
+        'agents:',
+        '  - name: a1',
+        '',
+      ].join('\n'),
+    );
+    const served = await cli(['serve', '--config', file, '--port', '0'], {
+      FABRIC_ADMIN_TOKEN: 'admin-token-for-tests-0123456789',
+    });
+    expect(served.code).toBe(1);
+    expect(served.err.trim().split('\n').at(-1)).toMatch(
+      /^agent-fabric: FABRIC_ERR_CONFIG: state\.path .* a root of upstream fs \(paths\.roots\)/,
+    );
+    expect(existsSync(join(dir, 'work', '.fabric', 'state.db'))).toBe(false);
+    const json = await cli(['config', 'check', file, '--json']);
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.out)).toMatchObject({
+      valid: false,
+      problems: [{ path: 'state.path', message: expect.stringContaining('upstream fs') }],
+    });
+    // With the state file elsewhere the file is valid, the audit log inside the root a warning.
+    writeFileSync(file, readFileSync(file, 'utf8').replace('/work/.fabric/state.db', '/state.db'));
+    const checked = await cli(['config', 'check', file, '--json']);
+    expect(checked.code).toBe(0);
+    expect(JSON.parse(checked.out)).toMatchObject({
+      valid: true,
+      warnings: [expect.stringMatching(/^audit\.path .* a root of upstream fs/)],
     });
   });
 });
