@@ -11,7 +11,10 @@
  *
  * Differences from `json-logic-js`: an unknown operator is rejected when the expression is
  * compiled (not when it runs), `log` is not available (policies have no side effects),
- * expressions nested deeper than {@link MAX_JSON_LOGIC_DEPTH} are rejected, and a `var` (or
+ * expressions nested deeper than {@link MAX_JSON_LOGIC_DEPTH} are rejected, a `var` (or
+ * `missing`) reads own properties only — `params.constructor` or `params.toString` of a call that
+ * sent no such parameter is not found, not what every object inherits (as with `conditions`; a
+ * string's `length` and an array's indexes are own properties, so they still read) — and a `var` (or
  * `missing`) that reads an {@link UnresolvedPath} marker — the value itself, through it, or an
  * object or array holding one — throws, so a rule cannot decide on a path nobody could resolve
  * (a `when` that throws fails closed in the engine).
@@ -59,7 +62,7 @@ function getVar(data: any, a: any, b: any): unknown {
   if (a === undefined || a === '' || a === null) return data;
   const props = String(a).split('.');
   for (let i = 0; i < props.length; i++) {
-    if (data === null || data === undefined) return notFound;
+    if (data === null || data === undefined || !Object.hasOwn(data, props[i]!)) return notFound;
     data = data[props[i]!];
     if (data === undefined) return notFound;
     if (data instanceof UnresolvedPath) throw unresolvedRead(String(a));
@@ -208,7 +211,7 @@ function compile(logic: unknown, path: string, depth: number): CompiledLogic {
     return (data) => {
       let d: any = data;
       for (let i = 0; i < props.length; i++) {
-        if (d === null || d === undefined) return notFound;
+        if (d === null || d === undefined || !Object.hasOwn(d, props[i]!)) return notFound;
         d = d[props[i]!];
         if (d === undefined) return notFound;
         if (d instanceof UnresolvedPath) throw unresolvedRead(path);

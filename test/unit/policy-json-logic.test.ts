@@ -64,6 +64,24 @@ describe('compileJsonLogic rejects at compile time', () => {
     expect(() => compileJsonLogic(JSON.parse('{"__proto__": [1]}'))).toThrow(JsonLogicCompileError);
   });
 
+  it('var and missing read own properties only, never what every object inherits', () => {
+    const data = { params: { s: 'abc', a: [1, 2], own: JSON.parse('{"__proto__":{"x":1}}') } };
+    for (const path of [
+      'params.constructor',
+      'params.toString',
+      'params.__proto__',
+      'params.s.constructor',
+    ]) {
+      // Both the constant-path fast path and the generic one.
+      expect(compileJsonLogic({ var: path })(data)).toBeNull();
+      expect(compileJsonLogic({ var: [{ cat: [path] }] })(data)).toBeNull();
+      expect(compileJsonLogic({ missing: [path] })(data)).toEqual([path]);
+    }
+    expect(compileJsonLogic({ var: 'params.s.length' })(data)).toBe(3);
+    expect(compileJsonLogic({ var: 'params.a.1' })(data)).toBe(2);
+    expect(compileJsonLogic({ var: 'params.own.__proto__.x' })(data)).toBe(1);
+  });
+
   it('expressions nested too deeply', () => {
     let logic: unknown = true;
     for (let i = 0; i <= MAX_JSON_LOGIC_DEPTH + 1; i++) logic = { '!': [logic] };
