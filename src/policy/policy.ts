@@ -141,6 +141,23 @@ export function parsePolicy(input: unknown): NormalizedPolicy {
     throw new PolicyValidationError(name, field, issue.message, rule);
   }
   const p = parsed.data;
+  // zod leaves a `__proto__` key out of a record; a condition on a parameter of that name
+  // would be dropped, which widens an allow rule to every call. Refused instead.
+  (input as { rules: unknown[] }).rules.forEach((rule, i) => {
+    const conditions = (rule as { conditions?: unknown }).conditions;
+    if (
+      typeof conditions === 'object' &&
+      conditions !== null &&
+      Object.hasOwn(conditions, '__proto__')
+    ) {
+      throw new PolicyValidationError(
+        p.name,
+        `rules[${i}].conditions.__proto__`,
+        'cannot be a condition (a key JavaScript objects drop); test it in `when`: {"var":"params.__proto__"}',
+        i,
+      );
+    }
+  });
   return Object.freeze({
     name: p.name,
     rules: Object.freeze(

@@ -610,31 +610,44 @@ function isGlobPosition(path: readonly string[]): boolean {
 /**
  * Replaces `${NAME}` (config variables) and `${env:NAME}` (the environment `env`: the one the
  * overrides are read from) in every string; in glob positions ({@link isGlobPosition}) the
- * values are glob-escaped.
+ * values are glob-escaped. A `__proto__` key anywhere is a problem of the file
+ * (`onProblem`) and is left out: the schema's records (`upstreams`, `labels`, `toolCosts`, a
+ * rule's `conditions` …) drop that key without a word, so an upstream, a label or a condition
+ * written under it would silently not exist.
  */
 function substitute(
   value: unknown,
   vars: Record<string, string>,
   env: NodeJS.ProcessEnv,
   path: string[],
-  onMissing: (path: string[], name: string) => void,
+  onProblem: (path: string[], message: string) => void,
 ): unknown {
   if (typeof value === 'string') {
     return value.replace(
       /\$\{(env:)?([A-Za-z_][A-Za-z0-9_]*)\}/g,
       (_m, fromEnv: string | undefined, name: string) => {
         const v = fromEnv ? env[name] : vars[name];
-        if (v === undefined) onMissing(path, fromEnv ? `env:${name}` : name);
+        if (v === undefined)
+          onProblem(path, `unknown variable \${${fromEnv ? 'env:' : ''}${name}}`);
         return v === undefined ? '' : isGlobPosition(path) ? escapeGlob(v) : v;
       },
     );
   }
   if (Array.isArray(value))
-    return value.map((v, i) => substitute(v, vars, env, [...path, String(i)], onMissing));
+    return value.map((v, i) => substitute(v, vars, env, [...path, String(i)], onProblem));
   if (value && typeof value === 'object') {
-    return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, substitute(v, vars, env, [...path, k], onMissing)]),
-    );
+    const entries: [string, unknown][] = [];
+    for (const [k, v] of Object.entries(value)) {
+      if (k === '__proto__') {
+        onProblem(
+          [...path, k],
+          'is a key the configuration cannot hold (JavaScript objects drop it): use another name',
+        );
+        continue;
+      }
+      entries.push([k, substitute(v, vars, env, [...path, k], onProblem)]);
+    }
+    return Object.fromEntries(entries);
   }
   return value;
 }
@@ -833,10 +846,10 @@ export function parseSidecarConfig(
   const vars = configVariables(file, options.cwd);
   const problems: ConfigFileProblem[] = [];
   const env = options.env ?? process.env;
-  const substituted = substitute(raw, vars, env, [], (path, name) => {
+  const substituted = substitute(raw, vars, env, [], (path, message) => {
     problems.push({
       path: path.join('.'),
-      message: `unknown variable \${${name}}`,
+      message,
       ...withLine(lineOf(path)),
     });
   }) as Record<string, unknown>;

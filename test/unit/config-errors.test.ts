@@ -109,6 +109,35 @@ describe('config errors', () => {
     expect(syntax.map((p) => p.line)).toEqual([3, 4]);
   });
 
+  it('names a __proto__ key at its line, where the schema would have dropped it unseen', () => {
+    const yaml = [
+      'upstreams:', // 1
+      '  __proto__:', // 2
+      '    command: node', // 3
+      'policies:', // 4
+      '  - name: p', // 5
+      '    rules:', // 6
+      '      - tool: "*"', // 7
+      '        action: allow', // 8
+      '        conditions: { "__proto__": x }', // 9
+      'toolCosts: {"__proto__": 1}', // 10
+    ].join('\n');
+    const { list } = problems(() => parseSidecarConfig(yaml, 'f.yaml', { env: {} }));
+    expect(list.map((p) => [p.path, p.line])).toEqual([
+      ['upstreams.__proto__', 3], // its value's line, as for any block value
+      ['policies.0.rules.0.conditions.__proto__', 9],
+      ['toolCosts.__proto__', 10],
+    ]);
+    expect(list[0]!.message).toMatch(/cannot hold/);
+    // The same in JSON.
+    const json = problems(() =>
+      parseSidecarConfig('{"agents":[{"name":"a","labels":{"__proto__":"x"}}]}', 'f.json', {
+        env: {},
+      }),
+    ).list;
+    expect(json.map((p) => p.path)).toEqual(['agents.0.labels.__proto__']);
+  });
+
   it('refuses the threads pool provider in a sidecar (no task handlers there), naming the line', () => {
     const yaml = [
       'pools:', // 1
