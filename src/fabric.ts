@@ -1322,9 +1322,10 @@ export class AgentFabric {
       number
     >;
     for (const a of this.lifecycle.listAgents()) byStatus[a.status]++;
-    const pools: Record<string, PoolStats> = {};
+    // Entries, not assignments, and own keys only: a pool id may be `__proto__` or `constructor`.
+    const pools: [string, PoolStats][] = [];
     for (const p of this.pools.listPools()) {
-      const load = s.pools[p.poolId] ?? {
+      const load = (Object.hasOwn(s.pools, p.poolId) ? s.pools[p.poolId] : undefined) ?? {
         agents: 0,
         acceptingAgents: 0,
         queuedTasks: 0,
@@ -1335,9 +1336,14 @@ export class AgentFabric {
       const healthy = p.currentAgents.filter(
         (id) => this.lifecycle.peek(id)?.status === AgentStatus.HEALTHY,
       ).length;
-      pools[p.poolId] = { ...load, healthyAgents: healthy };
+      pools.push([p.poolId, { ...load, healthyAgents: healthy }]);
     }
-    return { ...s, activeAgents: this.lifecycle.activeAgents, agentsByStatus: byStatus, pools };
+    return {
+      ...s,
+      activeAgents: this.lifecycle.activeAgents,
+      agentsByStatus: byStatus,
+      pools: Object.fromEntries(pools),
+    };
   }
 
   /**

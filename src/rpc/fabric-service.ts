@@ -347,18 +347,21 @@ export function fabricService(
         }),
       getStats: async () => {
         const s = await fabric.getFabricStats();
-        const pools: Record<string, pb.PoolStats> = {};
-        for (const [id, p] of Object.entries(s.pools)) {
-          pools[id] = create(pb.PoolStatsSchema, {
-            agents: p.agents,
-            acceptingAgents: p.acceptingAgents,
-            healthyAgents: p.healthyAgents,
-            queuedTasks: p.queuedTasks,
-            runningTasks: p.runningTasks,
-            completedTasks: BigInt(p.completedTasks),
-            failedTasks: BigInt(p.failedTasks),
-          });
-        }
+        // Entries, not assignments: a pool may be called `__proto__`.
+        const pools = Object.fromEntries(
+          Object.entries(s.pools).map(([id, p]) => [
+            id,
+            create(pb.PoolStatsSchema, {
+              agents: p.agents,
+              acceptingAgents: p.acceptingAgents,
+              healthyAgents: p.healthyAgents,
+              queuedTasks: p.queuedTasks,
+              runningTasks: p.runningTasks,
+              completedTasks: BigInt(p.completedTasks),
+              failedTasks: BigInt(p.failedTasks),
+            }),
+          ]),
+        );
         return create(rpc.GetStatsResponseSchema, {
           activeAgents: s.activeAgents,
           agentsByStatus: { ...s.agentsByStatus },

@@ -1058,7 +1058,9 @@ export class AgentScheduler {
   }
 
   stats(): SchedulerStats {
-    const pools: Record<string, PoolLoad> = {};
+    // Entries, not assignments: a pool id is the operator's choice, and `pools['__proto__'] = …`
+    // would set the prototype instead of adding the pool.
+    const pools: [string, PoolLoad][] = [];
     for (const p of this.#pools.values()) {
       let queued = p.queue.size;
       let accepting = 0;
@@ -1066,14 +1068,17 @@ export class AgentScheduler {
         queued += a.queue.size;
         if (a.accepting) accepting++;
       }
-      pools[p.id] = {
-        agents: p.agents.length,
-        acceptingAgents: accepting,
-        queuedTasks: queued,
-        runningTasks: p.running,
-        completedTasks: p.completed,
-        failedTasks: p.failed,
-      };
+      pools.push([
+        p.id,
+        {
+          agents: p.agents.length,
+          acceptingAgents: accepting,
+          queuedTasks: queued,
+          runningTasks: p.running,
+          completedTasks: p.completed,
+          failedTasks: p.failed,
+        },
+      ]);
     }
     return {
       pendingTasks: this.#pending,
@@ -1085,7 +1090,7 @@ export class AgentScheduler {
       queueDepth: this.#pending,
       scheduledTasks: this.#scheduled,
       retriedTasks: this.#retried,
-      pools,
+      pools: Object.fromEntries(pools),
     };
   }
 
