@@ -34,6 +34,14 @@ async function policiesOf(file: string): Promise<PolicyFile> {
   } catch (error) {
     throw new CliError(`${file}: cannot be read: ${(error as Error).message}`, EXIT.failure);
   }
+  const { configTooDeep, MAX_CONFIG_DEPTH } = await import('../server/config-file.js');
+  const tooDeep = configTooDeep(text);
+  if (tooDeep !== undefined) {
+    throw new CliError(
+      `${file}:${tooDeep}: nests deeper than ${MAX_CONFIG_DEPTH} levels of mappings and sequences`,
+      EXIT.failure,
+    );
+  }
   let doc: unknown;
   try {
     doc = parseYaml(text);

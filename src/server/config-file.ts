@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { isNode, LineCounter, parseDocument, visit, type Document } from 'yaml';
+import { isNode, LineCounter, parseDocument, Parser, visit, type Document } from 'yaml';
 import { z } from 'zod';
 import { timerMs, timerSeconds } from '../config-durations.js';
 import { ConfigFileError, type ConfigFileProblem } from '../errors.js';
@@ -806,6 +806,41 @@ function documentValue(doc: Document, file: string, lines: LineCounter): unknown
   }
 }
 
+/** Deepest nesting of mappings and sequences a configuration file may have. */
+export const MAX_CONFIG_DEPTH = 256;
+
+/**
+ * The line of the first mapping or sequence of YAML or JSON `text` nested deeper than
+ * {@link MAX_CONFIG_DEPTH} levels, or `undefined` when there is none. Measured on yaml's tokens
+ * (its parser keeps its own stack) with a stack of our own, before anything recurses: composing
+ * the document, and every walk after it, recurse per level. yaml turns the stack overflow of a
+ * file thousands of levels deep into a "Maximum call stack size exceeded" problem, but when V8
+ * compiles a regular expression at that depth the process ends instead (a fatal "RegExpCompiler
+ * Allocation failed"; seen when a process parsed such a file a second time).
+ */
+export function configTooDeep(text: string): number | undefined {
+  const lines = new LineCounter();
+  const stack: [unknown, number][] = [];
+  for (const token of new Parser(lines.addNewLine).parse(text)) stack.push([token, 0]);
+  while (stack.length > 0) {
+    const [node, depth] = stack.pop()!;
+    if (node === null || typeof node !== 'object') continue;
+    const t = node as {
+      type?: string;
+      offset?: number;
+      value?: unknown;
+      items?: readonly { key?: unknown; value?: unknown }[];
+    };
+    if (t.type === 'document') {
+      stack.push([t.value, depth]);
+    } else if (t.type === 'block-map' || t.type === 'block-seq' || t.type === 'flow-collection') {
+      if (depth + 1 > MAX_CONFIG_DEPTH) return lines.linePos(t.offset ?? 0).line;
+      for (const item of t.items ?? []) stack.push([item.key, depth + 1], [item.value, depth + 1]);
+    }
+  }
+  return undefined;
+}
+
 /**
  * Parses configuration text (YAML or JSON), substitutes variables, applies environment
  * overrides (then `flags`) and validates it.
@@ -820,6 +855,15 @@ export function parseSidecarConfig(
   file: string,
   options: SidecarConfigOptions = {},
 ): SidecarConfig {
+  const tooDeep = configTooDeep(text);
+  if (tooDeep !== undefined) {
+    throw new ConfigFileError(
+      file,
+      '',
+      `nests deeper than ${MAX_CONFIG_DEPTH} levels of mappings and sequences`,
+      tooDeep,
+    );
+  }
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false });
   const lineOf = (path: readonly PropertyKey[]): number | undefined => {

@@ -138,6 +138,29 @@ describe('config errors', () => {
     expect(json.map((p) => p.path)).toEqual(['agents.0.labels.__proto__']);
   });
 
+  it('names a file nested too deep at its line, in one problem, however deep it goes', () => {
+    // Each parsed more than once in one process: the second deep parse used to end the process
+    // (V8: "RegExpCompiler Allocation failed") instead of failing with a ConfigFileError.
+    const deep = (n: number): string[] => [
+      `x: ${'['.repeat(n)}${']'.repeat(n)}`,
+      `{"x": ${'['.repeat(n)}${']'.repeat(n)}}`,
+      `x:\n${'- '.repeat(n)}1`,
+      `a: 1\npolicies:\n  - name: p\n    rules:\n      - tool: "*"\n        action: deny\n        when: ${'{"!":'.repeat(n)}true${'}'.repeat(n)}`,
+    ];
+    for (const n of [5_000, 100_000]) {
+      for (const text of deep(n)) {
+        const { list } = problems(() => parseSidecarConfig(text, 'f.yaml', { env: {} }));
+        expect(list).toHaveLength(1);
+        expect(list[0]!.message).toBe('nests deeper than 256 levels of mappings and sequences');
+        expect(list[0]!.line).toBe(text.startsWith('a: 1') ? 7 : text.startsWith('x:\n') ? 2 : 1);
+      }
+    }
+    // 256 levels are fine (the when is then refused by the policy check, not by its depth here).
+    expect(() =>
+      parseSidecarConfig(`x: ${'['.repeat(255)}${']'.repeat(255)}`, 'f.yaml', { env: {} }),
+    ).toThrow(/x: is not a known key/);
+  });
+
   it('refuses the threads pool provider in a sidecar (no task handlers there), naming the line', () => {
     const yaml = [
       'pools:', // 1
