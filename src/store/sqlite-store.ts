@@ -26,6 +26,9 @@
  *   left byte for byte as it was (it is checked through a read-only connection before anything
  *   opens it for writing); a second process on the same path gets {@link StateLockedError}
  *   (the hook store's lock file, `<path>.lock`).
+ * - SQLite writes into the file it has open, even once its path is removed or names another
+ *   file: a timer checks the path every second, and a store that lost it saves its state back
+ *   (to the path if free, else beside it) and reports it (`#checkFile`).
  *
  * Durability: `synchronous=NORMAL` (the default) means a committed transaction survives the
  * process dying at any point (SIGKILL, crash); after a power loss or OS crash the most recent
@@ -35,8 +38,17 @@
  * @module
  */
 import { createHmac, randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, statSync } from 'node:fs';
-import { dirname } from 'node:path';
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import Database from 'better-sqlite3';
 import type {
@@ -561,6 +573,15 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #later = false;
   #closed = false;
   #lastError: StateStoreError | undefined;
+  /** The open file's identity, to notice the path naming another file (or none). */
+  readonly #identity: { dev: number; ino: number };
+  /** Checks {@link #identity} every {@link FILE_CHECK_INTERVAL_MS}. */
+  readonly #fileCheck: NodeJS.Timeout;
+  /**
+   * Set once the path no longer names the open file: where its state is saved (`target`), the
+   * identity of the copy last saved there, and the error that stays reported until close.
+   */
+  #detached: Detached | undefined;
   readonly #stats = { commits: 0, failedCommits: 0, recordsWritten: 0, commitSeconds: 0 };
 
   private constructor(
@@ -613,6 +634,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
     );
     this.#getMeta = db.prepare('SELECT value FROM meta WHERE key = ?');
+    const { dev, ino } = statSync(path);
+    this.#identity = { dev, ino };
+    this.#fileCheck = setInterval(() => this.#checkFile(), FILE_CHECK_INTERVAL_MS);
+    this.#fileCheck.unref();
   }
 
   /**
@@ -862,16 +887,32 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   }
 
   /**
-   * Commits what is pending, closes the database and releases the lock. Idempotent.
-   * @throws StateStoreError when the last commit fails.
+   * Commits what is pending, closes the database and releases the lock. Idempotent. A store
+   * whose path was removed or replaced while open saves its state again first (see
+   * `#checkFile`).
+   * @throws StateStoreError when the last commit fails, when that save fails, or when the path
+   *   was replaced (the state was saved beside it: the error says where).
    */
   async close(): Promise<void> {
     if (this.#closed) return;
+    clearInterval(this.#fileCheck);
     let failure: unknown;
     try {
       this.flush();
     } catch (error) {
       failure = error;
+    }
+    this.#checkFile();
+    const detached = this.#detached;
+    if (detached !== undefined) {
+      // Everything is in the open file now: save it again, over the copy saved when the
+      // removal was noticed.
+      try {
+        this.#save(detached);
+        if (detached.target !== this.path) failure ??= detached.error;
+      } catch (error) {
+        failure ??= error;
+      }
     }
     this.#closed = true;
     try {
@@ -933,7 +974,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #commit(rethrow: boolean, lazy: boolean): void {
     try {
       this.#flush(lazy);
-      this.#lastError = undefined;
+      this.#lastError = this.#detached?.error;
     } catch (error) {
       // Never thrown into a microtask (that would crash the process): reported, and the changes
       // stay pending for the next commit. A synchronous commit also throws to its caller.
@@ -947,7 +988,95 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #assertOpen(): void {
     if (this.#closed) throw new StateStoreError(this.path, 'is closed');
   }
+
+  /**
+   * Whether the path still names the open file. SQLite goes on writing into the file it has
+   * open: after a removal (or a file put in its place) every change would go into a file no
+   * later start reads. Once noticed, the store's state is saved back ({@link #save}) and the
+   * store stays failed (`lastError`, readiness) until it is closed; changes go on into the open
+   * file and are saved again by `close()`.
+   */
+  #checkFile(): void {
+    if (this.#closed || this.#detached !== undefined) return;
+    let now: ReturnType<typeof statSync>;
+    try {
+      now = statSync(this.path, { throwIfNoEntry: false });
+    } catch {
+      return; // cannot tell (its folder unreadable, say): the commits report what fails
+    }
+    if (now !== undefined && now.dev === this.#identity.dev && now.ino === this.#identity.ino) {
+      return;
+    }
+    const removed = now === undefined;
+    const target = removed
+      ? this.path
+      : join(
+          dirname(this.path),
+          `${basename(this.path)}.detached-${new Date().toISOString().replace(/[:.]/g, '-')}.db`,
+        );
+    const detached: Detached = {
+      target,
+      error: new StateStoreError(this.path, 'is no longer the file this store has open'),
+    };
+    let saved: string;
+    try {
+      this.#save(detached);
+      saved = `its state was saved to ${target}`;
+    } catch (error) {
+      saved = `its state could not be saved (${messageOf(error)}); it is saved at shutdown`;
+    }
+    detached.error = new StateStoreError(
+      this.path,
+      removed
+        ? `was removed while in use: ${saved}; changes go on into the removed file and are saved there again at shutdown — restart the sidecar soon (a crash before then loses the changes since)`
+        : `was replaced by another file while in use (left as it is): ${saved}; changes go on into the replaced file and are saved there again at shutdown — put the right file back and restart the sidecar`,
+    );
+    this.#detached = detached;
+    this.#lastError = detached.error;
+    this.#onError(detached.error);
+  }
+
+  /**
+   * Writes a copy of the open database (`VACUUM INTO`: committed changes, the WAL's included)
+   * to a new file beside `detached.target`, owner-only, then renames it over the target — only
+   * when the target is free or is the copy saved before, never over someone else's file.
+   */
+  #save(detached: Detached): void {
+    const { target } = detached;
+    const there = statSync(target, { throwIfNoEntry: false });
+    if (
+      there !== undefined &&
+      !(there.dev === detached.saved?.dev && there.ino === detached.saved.ino)
+    ) {
+      throw new Error(`${target} exists`);
+    }
+    mkdirSync(dirname(target), { recursive: true, mode: 0o700 });
+    const tmp = `${target}.${randomBytes(6).toString('hex')}.tmp`;
+    try {
+      closeSync(openSync(tmp, 'wx', 0o600));
+      this.#db.prepare('VACUUM INTO ?').run(tmp);
+      renameSync(tmp, target);
+    } catch (error) {
+      rmSync(tmp, { force: true });
+      throw error;
+    }
+    const { dev, ino } = statSync(target);
+    detached.saved = { dev, ino };
+  }
 }
+
+/** A store whose path no longer names its open file (see `SqliteStore.#checkFile`). */
+interface Detached {
+  /** Where its state is saved: the path when it was free, else a file beside it. */
+  readonly target: string;
+  /** The copy last saved at `target` (it may be replaced by the next save). */
+  saved?: { dev: number; ino: number };
+  /** What `lastError` reports until the store is closed. */
+  error: StateStoreError;
+}
+
+/** How often a store checks that its path still names the file it has open. */
+const FILE_CHECK_INTERVAL_MS = 1000;
 
 /** Takes `<path>.lock`, reporting a holder as a state (not hook) lock. */
 async function acquireLock(path: string): Promise<StoreLock> {

@@ -1,0 +1,123 @@
+/**
+ * The state file removed or replaced under a running `agent-fabric serve` (real child process,
+ * real SQLite files). SQLite goes on writing into the file it has open, so before, every change
+ * after a removal went into a deleted file: readiness said all was well, the clean shutdown
+ * exited 0, and the next start made a new, empty state — new agent tokens, budget usage and
+ * tasks gone. A file put in its place (another sidecar's) was taken up by the next start.
+ *
+ * Now the store notices (a check of the path every second, and at shutdown), reports it
+ * (`/readyz` state check false, an error line naming the path), and saves its whole state back:
+ * to the path when it is free, else beside it (`<path>.detached-<time>`), never over a file
+ * someone else put there.
+ */
+import { copyFileSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterAll, expect, it } from 'vitest';
+import { callApi } from '../fixtures/api.js';
+import { ADMIN_TOKEN, DEFAULT_ALLOW, tempDir, until } from '../fixtures/gateway/harness.js';
+import { cleanUp, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
+
+afterAll(cleanUp);
+
+const ENV = { FABRIC_ADMIN_TOKEN: ADMIN_TOKEN };
+
+function agentIdOf(r: Running): string {
+  return /agent token:\s+\S+\s+\(worker, ([0-9a-f-]+)\)/.exec(r.out)![1]!;
+}
+
+async function schedule(r: Running, agentId: string, n: number): Promise<string> {
+  const res = await callApi(
+    r.url,
+    'FabricService/ScheduleTask',
+    { agentId, taskType: 't', payload: { n } },
+    ADMIN_TOKEN,
+  );
+  expect(res.status).toBe(200);
+  return ((await res.json()) as { task: { taskId: string } }).task.taskId;
+}
+
+async function stateReady(r: Running): Promise<boolean> {
+  const res = await fetch(new URL('/readyz', r.url));
+  const body = (await res.json()) as { checks: { state: boolean } };
+  return body.checks.state;
+}
+
+/** The task ids in the state file at `path` (read-only, beside the live sidecar). */
+function tasksIn(path: string): string[] {
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  try {
+    return db
+      .prepare<[], { id: string }>('SELECT id FROM tasks ORDER BY rid')
+      .all()
+      .map((r) => r.id);
+  } finally {
+    db.close();
+  }
+}
+
+function removeState(path: string): void {
+  for (const suffix of ['', '-wal', '-shm']) rmSync(`${path}${suffix}`, { force: true });
+}
+
+it('saves its state back when the state file is removed while it runs, and never starts empty', async () => {
+  const dir = tempDir('state-removed');
+  const port = await freePort();
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'worker' }],
+    }),
+  );
+  const statePath = join(dir, '.fabric', 'state.db');
+  const first = await serve(dir, ENV);
+  const agentId = agentIdOf(first);
+  const t1 = await schedule(first, agentId, 1);
+  expect(await stateReady(first)).toBe(true);
+
+  // Removed while it runs (with its WAL and shared memory, as `rm state.db*` does).
+  removeState(statePath);
+  const t2 = await schedule(first, agentId, 2);
+  await until(() => first.err().includes('was removed'), 20_000);
+  expect(first.err()).toContain(statePath);
+  expect(await stateReady(first)).toBe(false);
+  // Saved back at once: the path holds the whole state again, not an empty file.
+  expect(tasksIn(statePath)).toEqual([t1, t2]);
+
+  // Changes go on; the clean shutdown saves them back too.
+  const t3 = await schedule(first, agentId, 3);
+  expect(await stop(first, 'SIGTERM')).toBe(0);
+  expect(tasksIn(statePath)).toEqual([t1, t2, t3]);
+
+  // The next start is the same fabric: same agent token, the tasks still there.
+  const second = await serve(dir, ENV);
+  expect(second.token).toBe(first.token);
+  expect(await stateReady(second)).toBe(true);
+  const listed = await callApi(second.url, 'FabricService/ListTasks', {}, ADMIN_TOKEN);
+  const ids = ((await listed.json()) as { tasks: { taskId: string }[] }).tasks.map((t) => t.taskId);
+  expect(ids.sort()).toEqual([t1, t2, t3].sort());
+
+  // Replaced while it runs (another sidecar's file put in its place): the replacement is left
+  // byte for byte as it is, this sidecar's state is saved beside it, and the stop says so.
+  const t4 = await schedule(second, agentId, 4);
+  const other = join(dir, 'other.db');
+  const odb = new Database(other);
+  odb.exec('CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)');
+  odb.close();
+  const otherBytes = readFileSync(other);
+  removeState(statePath);
+  copyFileSync(other, statePath);
+  await until(() => second.err().includes('was replaced'), 20_000);
+  expect(await stateReady(second)).toBe(false);
+  const t5 = await schedule(second, agentId, 5);
+  expect(await stop(second, 'SIGTERM')).not.toBe(0);
+  expect(second.err()).toContain('.detached-');
+  expect(readFileSync(statePath).equals(otherBytes)).toBe(true);
+  const saved = readdirSync(join(dir, '.fabric')).filter((f) =>
+    /^state\.db\.detached-.*\.db$/.test(f),
+  );
+  expect(saved).toHaveLength(1);
+  expect(tasksIn(join(dir, '.fabric', saved[0]!))).toEqual([t1, t2, t3, t4, t5]);
+}, 120_000);
