@@ -39,8 +39,10 @@
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import {
+  accessSync,
   chmodSync,
   closeSync,
+  constants,
   existsSync,
   mkdirSync,
   openSync,
@@ -676,6 +678,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       // A zero-length file with a WAL beside it is not new: its data is in the WAL.
       const created =
         !existsSync(path) || (statSync(path).size === 0 && !existsSync(`${path}-wal`));
+      assertWritable(path);
       if (!created) inspect(path);
       let db: Database.Database | undefined;
       try {
@@ -1103,6 +1106,27 @@ async function acquireLock(path: string): Promise<StoreLock> {
     throw new StateStoreError(path, `its lock cannot be taken: ${messageOf(error)}`, {
       cause: error,
     });
+  }
+}
+
+/**
+ * Refuses a state file this process may not write, before SQLite opens it: SQLite would open it
+ * read-only without a word (the start-up then failing at its first write, with no path), and
+ * make a `-shm` file with the file's read-only mode that kept failing later starts once the
+ * file was fixed. `access(W_OK)` also sees a read-only mount.
+ */
+function assertWritable(path: string): void {
+  for (const file of [dirname(path), path, `${path}-wal`, `${path}-shm`]) {
+    try {
+      accessSync(file, constants.W_OK);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw new StateStoreError(
+        path,
+        `cannot be written (${file}: ${messageOf(error)}); this process needs write access to the file, its -wal and -shm files and its folder`,
+        { cause: error },
+      );
+    }
   }
 }
 

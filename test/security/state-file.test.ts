@@ -7,7 +7,10 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
+  chmodSync,
+  chownSync,
   existsSync,
+  readdirSync,
   mkdirSync,
   readFileSync,
   truncateSync,
@@ -60,8 +63,11 @@ interface Run {
   last: string;
 }
 
-/** `agent-fabric serve` with `state.path` at `statePath`, run to its end. */
-function serve(dir: string, statePath: string): Promise<Run> {
+/**
+ * `agent-fabric serve` with `state.path` at `statePath`, run to its end; `unprivileged`: as
+ * uid/gid 65534 when the tests run as root (whom file modes do not stop), else as they run.
+ */
+function serve(dir: string, statePath: string, unprivileged = false): Promise<Run> {
   const file = join(dir, 'fabric.json');
   writeFileSync(
     file,
@@ -69,7 +75,12 @@ function serve(dir: string, statePath: string): Promise<Run> {
   );
   const env = { ...process.env };
   delete env.FABRIC_STATE;
-  const child = spawn(process.execPath, ['--import', TSX, CLI_MAIN, 'serve', '--config', file], {
+  const node = [process.execPath, '--import', TSX, CLI_MAIN, 'serve', '--config', file];
+  const argv =
+    unprivileged && process.getuid?.() === 0
+      ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...node]
+      : node;
+  const child = spawn(argv[0]!, argv.slice(1), {
     cwd: dir,
     env,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -121,6 +132,30 @@ describe('a bad state file stops the real CLI, named, and is left as it was', ()
     expect(run.last).toMatch(/^agent-fabric: FABRIC_ERR_STATE_STORE: state store /);
     expect(run.last).toContain(path);
     expect(fingerprint(path)).toBe(before);
+  }, 60_000);
+
+  it('a state file this process may not write: FABRIC_ERR_STATE_STORE naming it, before SQLite makes files', async () => {
+    // Before, SQLite opened it read-only without a word, the start went on until the first
+    // write and failed with "start-up failed (agents): attempt to write a readonly database"
+    // (no path), leaving a read-only -shm behind that kept failing starts once the file's mode
+    // was fixed.
+    const dir = tempDir('state-read-only');
+    const path = join(dir, 'state.db');
+    await realState(path);
+    if (process.getuid?.() === 0) chownSync(dir, 65534, 65534);
+    for (const f of readdirSync(dir))
+      if (process.getuid?.() === 0) chownSync(join(dir, f), 65534, 65534);
+    chmodSync(path, 0o444);
+    const before = fingerprint(path);
+    const run = await serve(dir, path, true);
+    expect(run.code).toBe(1);
+    expect(run.stdout).not.toContain('listening');
+    expect(run.last).toMatch(/^agent-fabric: FABRIC_ERR_STATE_STORE: state store /);
+    expect(run.last).toContain(path);
+    expect(run.last).toContain('cannot be written');
+    expect(fingerprint(path)).toBe(before);
+    expect(existsSync(`${path}-shm`)).toBe(false);
+    expect(existsSync(`${path}-wal`)).toBe(false);
   }, 60_000);
 
   it('a second sidecar on the same state path: FABRIC_ERR_STATE_LOCKED naming the holder', async () => {
