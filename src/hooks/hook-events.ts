@@ -57,6 +57,17 @@ export interface RefMovedEvent {
   readonly restored: string;
 }
 
+/**
+ * `store.ref_lock_removed`: a transition found the state ref locked by a lock file older than
+ * `STALE_REF_LOCK_MS` (left by a git that died holding it), removed it and went on.
+ */
+export interface RefLockRemovedEvent {
+  /** The lock file. */
+  readonly path: string;
+  /** How old it was (by its modification time), ms. */
+  readonly ageMs: number;
+}
+
 /** Event name → payload. */
 /** A run of the store's maintenance (`git gc --auto`), as {@link HookManager.maintain} reports it. */
 export interface MaintenanceEvent {
@@ -86,6 +97,7 @@ export interface HookEventMap {
   'hook.stale': HookStaleEvent;
   'patrol.error': PatrolErrorEvent;
   'store.ref_moved': RefMovedEvent;
+  'store.ref_lock_removed': RefLockRemovedEvent;
   /** The store was maintained (`git gc --auto`; it may have found nothing to do). */
   'store.maintained': MaintenanceEvent;
   /** A maintenance run failed; hooks go on being committed (the next run tries again). */

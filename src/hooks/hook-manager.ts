@@ -952,6 +952,9 @@ export class HookManager {
         author: o.author,
         git,
         onRefMoved: (found, restored) => this.#events.emit('store.ref_moved', { found, restored }),
+        refLockPath: join(gitDir, `${HOOKS_REF}.lock`),
+        onRefLockRemoved: (path, ageMs) =>
+          this.#events.emit('store.ref_lock_removed', { path, ageMs: Math.round(ageMs) }),
       });
       let records: Hook[];
       try {

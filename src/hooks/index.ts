@@ -53,6 +53,7 @@ export type {
   MaintenanceEvent,
   ObjectCounts,
   PatrolErrorEvent,
+  RefLockRemovedEvent,
   RefMovedEvent,
 } from './hook-events.js';
 export type { AgentLiveness } from './liveness.js';

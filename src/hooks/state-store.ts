@@ -16,6 +16,7 @@
  * @module
  */
 import { createHash } from 'node:crypto';
+import { rm, stat } from 'node:fs/promises';
 import type { SimpleGit } from 'simple-git';
 import { HookStoreError } from '../errors.js';
 import { LooseObjectWriter, type ObjectFormat, type TreeEntry } from './git-objects.js';
@@ -50,7 +51,19 @@ export interface StateStoreOptions {
    * put this store's state back on it (at `restored`).
    */
   readonly onRefMoved?: ((found: string | null, restored: string) => void) | undefined;
+  /** The state ref's lock file (`<git dir>/refs/fabric/hooks.lock`). */
+  readonly refLockPath?: string | undefined;
+  /** Called when a ref lock left by a git that died was removed (see {@link STALE_REF_LOCK_MS}). */
+  readonly onRefLockRemoved?: ((path: string, ageMs: number) => void) | undefined;
 }
+
+/**
+ * Age past which a lock of the state ref is taken for one left behind (by a git killed between
+ * taking it and committing: the OOM killer, an agent's `git update-ref` killed half-way). A git
+ * holds a ref lock for milliseconds; before, only a restart removed such a lock, and every
+ * transition failed until then.
+ */
+export const STALE_REF_LOCK_MS = 60_000;
 
 /** Reads and writes the state ref. Not safe for concurrent `commit` calls: the caller queues. */
 export class HookStateStore {
@@ -196,9 +209,14 @@ export class HookStateStore {
         // someone else — an agent in a worktree (which shares the git directory) or a person.
         // Our chain is the state; it goes back on the ref, and the move is reported.
         const found = await this.#readRef();
-        if (found === (this.#head ?? undefined)) throw err;
-        await this.#refs.update(HOOKS_REF, parent!, found ?? w.zeroOid);
-        this.#o.onRefMoved?.(found ?? null, parent!);
+        if (found === (this.#head ?? undefined)) {
+          // Not moved: a lock on the ref stopped it. One left behind is removed, once.
+          if (!(await this.#removeStaleRefLock())) throw err;
+          await this.#refs.update(HOOKS_REF, parent!, expected);
+        } else {
+          await this.#refs.update(HOOKS_REF, parent!, found ?? w.zeroOid);
+          this.#o.onRefMoved?.(found ?? null, parent!);
+        }
       }
       this.#formatOid = formatOid;
     } catch (err) {
@@ -214,6 +232,22 @@ export class HookStateStore {
     this.#shards = shards;
     this.#shardTrees = shardTrees;
     return commits;
+  }
+
+  /**
+   * Removes the state ref's lock file when it is older than {@link STALE_REF_LOCK_MS} (its
+   * modification time); true when it did.
+   */
+  async #removeStaleRefLock(): Promise<boolean> {
+    const path = this.#o.refLockPath;
+    if (path === undefined) return false;
+    const info = await stat(path).catch(() => undefined);
+    if (info === undefined) return false;
+    const ageMs = Date.now() - info.mtimeMs;
+    if (!(ageMs > STALE_REF_LOCK_MS)) return false;
+    await rm(path, { force: true });
+    this.#o.onRefLockRemoved?.(path, ageMs);
+    return true;
   }
 
   async #readRef(): Promise<string | undefined> {

@@ -34,6 +34,7 @@ const HOOK_EVENTS: readonly HookEventName[] = [
   'hook.stale',
   'patrol.error',
   'store.ref_moved',
+  'store.ref_lock_removed',
   'store.maintained',
   'store.maintenance_error',
 ];

@@ -297,6 +297,12 @@ export class Sidecar {
             msg: `hooks: store maintenance failed (hooks go on; retried next interval): ${error instanceof Error ? error.message : String(error)}`,
           }),
         );
+        fabric.hooks?.on('store.ref_lock_removed', ({ path, ageMs }) =>
+          log({
+            level: 'warn',
+            msg: `hooks: removed a lock of the state ref left by a git that died (${path}, ${Math.round(ageMs / 1000)} s old)`,
+          }),
+        );
         await fabric.start();
         // Plugins first: the config's pools may name a pool provider a plugin brings.
         for (const p of config.plugins) {

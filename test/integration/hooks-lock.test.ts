@@ -1,10 +1,12 @@
+import { existsSync, utimesSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { HookStoreLockedError } from '../../src/errors.js';
+import { HookStoreError, HookStoreLockedError } from '../../src/errors.js';
 import { HOOK_LOCK_FILE, HookManager, HookStatus } from '../../src/hooks/index.js';
 import {
+  committedHook,
   exited,
   spawnFixture,
   tempDir,
@@ -136,5 +138,33 @@ describe('hook store lock', () => {
     const m = await openManager();
     const h = await m.createHook({ agentId: 'a', workItem: 1 });
     expect(h.status).toBe(HookStatus.PENDING);
+  });
+
+  it('clears a ref lock left while it runs once it is old, and leaves a fresh one to its holder', async () => {
+    // A git killed between taking the state ref's lock and committing (OOM killer, an agent's
+    // `git update-ref` in a worktree killed half-way) while the sidecar runs. Before, only a
+    // restart cleared it: every transition failed until then.
+    const m = await openManager();
+    const h = await m.createHook({ agentId: 'a', workItem: 1 });
+    const removed: Array<{ path: string; ageMs: number }> = [];
+    m.on('store.ref_lock_removed', (e) => removed.push(e));
+    const refLock = join(dir.path, '.git', 'refs', 'fabric', 'hooks.lock');
+
+    // Fresh: another git may be in the middle of its update; the transition fails, typed.
+    await writeFile(refLock, '');
+    await expect(m.activateHook(h.hookId)).rejects.toBeInstanceOf(HookStoreError);
+    expect(existsSync(refLock)).toBe(true);
+    expect((await m.getHook(h.hookId)).status).toBe(HookStatus.PENDING);
+
+    // Left behind (older than any update takes): removed, reported, and the transition goes on.
+    const then = new Date(Date.now() - 3_600_000);
+    utimesSync(refLock, then, then);
+    const active = await m.activateHook(h.hookId);
+    expect(active.status).toBe(HookStatus.ACTIVE);
+    expect(existsSync(refLock)).toBe(false);
+    expect(removed).toHaveLength(1);
+    expect(removed[0]!.path).toBe(refLock);
+    expect(removed[0]!.ageMs).toBeGreaterThan(3_000_000);
+    expect(committedHook(dir.path, h.hookId)).toMatchObject({ status: 'ACTIVE' });
   });
 });
