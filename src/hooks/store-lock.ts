@@ -156,8 +156,12 @@ async function createExclusive(path: string, holder: LockHolder): Promise<boolea
   try {
     await fh.writeFile(`${JSON.stringify(holder)}\n`);
     await fh.sync();
-  } finally {
     await fh.close();
+  } catch (err) {
+    // A full disk (or a file size limit): no half-made lock is left behind.
+    await fh.close().catch(() => undefined);
+    await unlink(tmp).catch(() => undefined);
+    throw err;
   }
   try {
     await link(tmp, path);

@@ -63,11 +63,15 @@ interface Run {
   last: string;
 }
 
+/** Runs a command as uid/gid 65534 when the tests run as root (whom file modes do not stop). */
+const UNPRIVILEGED =
+  process.getuid?.() === 0 ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] : [];
+
 /**
- * `agent-fabric serve` with `state.path` at `statePath`, run to its end; `unprivileged`: as
- * uid/gid 65534 when the tests run as root (whom file modes do not stop), else as they run.
+ * `agent-fabric serve` with `state.path` at `statePath`, run to its end; `prefix`: a command
+ * that runs it (as {@link UNPRIVILEGED}, under a `bash -c 'ulimit …; exec "$@"'` …).
  */
-function serve(dir: string, statePath: string, unprivileged = false): Promise<Run> {
+function serve(dir: string, statePath: string, prefix: readonly string[] = []): Promise<Run> {
   const file = join(dir, 'fabric.json');
   writeFileSync(
     file,
@@ -76,10 +80,7 @@ function serve(dir: string, statePath: string, unprivileged = false): Promise<Ru
   const env = { ...process.env };
   delete env.FABRIC_STATE;
   const node = [process.execPath, '--import', TSX, CLI_MAIN, 'serve', '--config', file];
-  const argv =
-    unprivileged && process.getuid?.() === 0
-      ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...node]
-      : node;
+  const argv = [...prefix, ...node];
   const child = spawn(argv[0]!, argv.slice(1), {
     cwd: dir,
     env,
@@ -147,7 +148,7 @@ describe('a bad state file stops the real CLI, named, and is left as it was', ()
       if (process.getuid?.() === 0) chownSync(join(dir, f), 65534, 65534);
     chmodSync(path, 0o444);
     const before = fingerprint(path);
-    const run = await serve(dir, path, true);
+    const run = await serve(dir, path, UNPRIVILEGED);
     expect(run.code).toBe(1);
     expect(run.stdout).not.toContain('listening');
     expect(run.last).toMatch(/^agent-fabric: FABRIC_ERR_STATE_STORE: state store /);
@@ -156,6 +157,20 @@ describe('a bad state file stops the real CLI, named, and is left as it was', ()
     expect(fingerprint(path)).toBe(before);
     expect(existsSync(`${path}-shm`)).toBe(false);
     expect(existsSync(`${path}-wal`)).toBe(false);
+  }, 60_000);
+
+  it('a disk that takes no byte: FABRIC_ERR_STATE_STORE naming the file, and no lock litter', async () => {
+    // A file size limit of 0 (`ulimit -f 0`: writes fail with EFBIG, Node ignores SIGXFSZ) is
+    // what a full disk does to the lock's first write. Before, each such start left its
+    // half-made lock file (`state.db.lock.<id>.tmp`) behind.
+    const dir = tempDir('state-no-space');
+    const path = join(dir, 'state.db');
+    const run = await serve(dir, path, ['bash', '-c', 'ulimit -S -f 0 && exec "$@"', 'bash']);
+    expect(run.code).toBe(1);
+    expect(run.last).toMatch(/^agent-fabric: FABRIC_ERR_STATE_STORE: state store /);
+    expect(run.last).toContain(path);
+    expect(run.last).toContain('EFBIG');
+    expect(readdirSync(dir).filter((f) => f.startsWith('state.db'))).toEqual([]);
   }, 60_000);
 
   it('a second sidecar on the same state path: FABRIC_ERR_STATE_LOCKED naming the holder', async () => {
