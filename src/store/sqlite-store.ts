@@ -28,7 +28,8 @@
  *   (the hook store's lock file, `<path>.lock`).
  * - SQLite writes into the file it has open, even once its path is removed or names another
  *   file: a timer checks the path every second, and a store that lost it saves its state back
- *   (to the path if free, else beside it) and reports it (`#checkFile`).
+ *   (to the path if free, else beside it) and reports it (`#checkFile`); a removed `-wal` or
+ *   `-shm` file is made anew after a checkpoint (`#checkWal`).
  *
  * Durability: `synchronous=NORMAL` (the default) means a committed transaction survives the
  * process dying at any point (SIGKILL, crash); after a power loss or OS crash the most recent
@@ -1008,6 +1009,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       return; // cannot tell (its folder unreadable, say): the commits report what fails
     }
     if (now !== undefined && now.dev === this.#identity.dev && now.ino === this.#identity.ino) {
+      this.#checkWal();
       return;
     }
     const removed = now === undefined;
@@ -1037,6 +1039,39 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.#detached = detached;
     this.#lastError = detached.error;
     this.#onError(detached.error);
+  }
+
+  /**
+   * Whether the `-wal` and `-shm` files are still there. SQLite keeps both open while it runs
+   * and never removes them itself then; one removed (a clean-up of "temporary" files) holds
+   * every change since the last checkpoint — at first the whole schema — in a file no later
+   * start reads, so a crash would lose it. It is moved into the file (a checkpoint) and SQLite
+   * makes both anew (leaving WAL mode and entering it again).
+   */
+  #checkWal(): void {
+    const missing = [`${this.path}-wal`, `${this.path}-shm`].filter((f) => {
+      try {
+        return statSync(f, { throwIfNoEntry: false }) === undefined;
+      } catch {
+        return false;
+      }
+    });
+    if (missing.length === 0) return;
+    let outcome: string;
+    try {
+      this.#db.pragma('wal_checkpoint(TRUNCATE)');
+      this.#db.pragma('journal_mode = DELETE');
+      this.#db.pragma('journal_mode = WAL');
+      outcome = 'its content was moved into the file and new ones were made';
+    } catch (error) {
+      outcome = `moving its content into the file failed (${messageOf(error)}): a crash before shutdown loses the changes since the last checkpoint`;
+    }
+    this.#onError(
+      new StateStoreError(
+        this.path,
+        `its ${missing.map((f) => f.slice(this.path.length)).join(' and ')} ${missing.length === 1 ? 'file was' : 'files were'} removed while in use: ${outcome}`,
+      ),
+    );
   }
 
   /**

@@ -121,3 +121,40 @@ it('saves its state back when the state file is removed while it runs, and never
   expect(saved).toHaveLength(1);
   expect(tasksIn(join(dir, '.fabric', saved[0]!))).toEqual([t1, t2, t3, t4, t5]);
 }, 120_000);
+
+it('moves the WAL into the file when the -wal and -shm files are removed while it runs, so a kill -9 loses nothing', async () => {
+  // SQLite keeps both open: before, every change since the last checkpoint (at first, the whole
+  // schema) lived only in a removed file, and a crash lost it — the next start found a file
+  // without its tables.
+  const dir = tempDir('state-wal-removed');
+  const port = await freePort();
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'worker' }],
+    }),
+  );
+  const statePath = join(dir, '.fabric', 'state.db');
+  const first = await serve(dir, ENV);
+  const agentId = agentIdOf(first);
+  const t1 = await schedule(first, agentId, 1);
+  rmSync(`${statePath}-wal`);
+  rmSync(`${statePath}-shm`);
+  await until(
+    () =>
+      first.err().includes('-wal and -shm files were removed while in use: its content was moved'),
+    20_000,
+  );
+  const t2 = await schedule(first, agentId, 2);
+  expect(await stateReady(first)).toBe(true);
+  await stop(first, 'SIGKILL');
+
+  const second = await serve(dir, ENV);
+  expect(second.token).toBe(first.token);
+  const listed = await callApi(second.url, 'FabricService/ListTasks', {}, ADMIN_TOKEN);
+  const ids = ((await listed.json()) as { tasks: { taskId: string }[] }).tasks.map((t) => t.taskId);
+  expect(ids.sort()).toEqual([t1, t2].sort());
+  expect(await stop(second, 'SIGTERM')).toBe(0);
+}, 120_000);
