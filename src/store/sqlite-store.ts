@@ -585,6 +585,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    * identity of the copy last saved there, and the error that stays reported until close.
    */
   #detached: Detached | undefined;
+  /** The last repair of a removed `-wal`/`-shm` file failed (and was reported). */
+  #walRepairFailed = false;
   readonly #stats = { commits: 0, failedCommits: 0, recordsWritten: 0, commitSeconds: 0 };
 
   private constructor(
@@ -1063,8 +1065,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       this.#db.pragma('journal_mode = DELETE');
       this.#db.pragma('journal_mode = WAL');
       outcome = 'its content was moved into the file and new ones were made';
+      this.#walRepairFailed = false;
     } catch (error) {
-      outcome = `moving its content into the file failed (${messageOf(error)}): a crash before shutdown loses the changes since the last checkpoint`;
+      // Tried again every check (another connection may hold the file), reported once.
+      if (this.#walRepairFailed) return;
+      this.#walRepairFailed = true;
+      outcome = `moving its content into the file failed (${messageOf(error)}; tried again every second): a crash before then loses the changes since the last checkpoint`;
     }
     this.#onError(
       new StateStoreError(
