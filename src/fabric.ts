@@ -56,7 +56,7 @@ import {
   type CallbackAnswerContext,
   type CallbackAnswerDecision,
 } from './policy/callback-answer-check.js';
-import type { PolicyEngineOptions } from './policy/policy-engine.js';
+import type { AppliedPolicyChange, PolicyEngineOptions } from './policy/policy-engine.js';
 import { ToolCallAuthorizer } from './policy/tool-call-authorizer.js';
 import type {
   CostEstimator,
@@ -540,6 +540,24 @@ export class AgentFabric {
       // A hook abandoned while no agent was free is retried on every patrol run.
       store.setAgentPicker((hook) => this.#pickHookAgent(hook));
     }
+  }
+
+  /**
+   * Makes run-time policy changes durable when the store is (a {@link SqliteStore}; with an
+   * in-memory store it does nothing and returns `[]`): applies the changes an earlier run stored
+   * on top of the policies registered now, in the order they were made — a stored policy
+   * replaces a registered one of its name, a stored removal removes it — and from then on writes
+   * every `policies.addPolicy` (replace included) and `policies.removePolicy` to the store before
+   * it takes effect (see {@link PolicyEngine.persistTo}). Call it once, after adding the start-up
+   * policies (the sidecar: after the config file's); those are not stored.
+   * @returns the stored changes it applied, for the start-up log.
+   * @throws StateStoreError naming a stored policy that no longer validates (nothing applied).
+   */
+  restorePolicies(): AppliedPolicyChange[] {
+    const changes = this.#store.policies;
+    if (changes === undefined) return [];
+    const path = (this.#store as { path?: unknown }).path;
+    return this.policies.persistTo(changes, typeof path === 'string' ? path : 'state');
   }
 
   /**

@@ -9,7 +9,9 @@ import {
   PolicyExistsError,
   PolicyUnavailableError,
   PolicyValidationError,
+  StateStoreError,
 } from '../errors.js';
+import type { Collection } from '../store/store.js';
 import { ApprovalManager, type ApprovalRequest } from './approval-manager.js';
 import {
   CALLBACK_ANSWER_UNCHECKED,
@@ -23,6 +25,48 @@ import { compileConditions, type ParamsPredicate } from './conditions.js';
 import { compileGlob, GlobSyntaxError, type GlobMatcher } from './glob.js';
 import { compileJsonLogic, JsonLogicCompileError, truthy } from './json-logic.js';
 import { parsePolicy, type NormalizedPolicy, type PolicyAction } from './policy.js';
+
+/**
+ * A run-time change of one policy as a durable store keeps it, under the policy's name: only
+ * the latest change of each name is kept. Written by {@link PolicyEngine.persistTo}'s engine
+ * before the change takes effect; applied on top of the start-up (config) policies by the next
+ * start's `persistTo`.
+ */
+export interface PolicyChangeRecord {
+  /** The policy's name (the record's id). */
+  readonly name: string;
+  /**
+   * Order of the change among the stored changes (start-up applies them in this order). A
+   * policy added at run time keeps the number of its addition when it is replaced later, so the
+   * policies added at run time keep their order among equal priorities.
+   */
+  readonly seq: number;
+  /**
+   * `added`: the policy was added at run time (placed after the others of its priority; one of
+   * that name registered at start is replaced by it). `replaced`: a policy registered at start
+   * was replaced (in its place). `removed`: a policy registered at start was removed (a
+   * tombstone: that policy is removed again at every start).
+   */
+  readonly change: 'added' | 'replaced' | 'removed';
+  /** The policy (not for `removed`). */
+  readonly policy?: NormalizedPolicy;
+  /** When the change was made (ISO 8601). */
+  readonly at: string;
+}
+
+/** A stored change {@link PolicyEngine.persistTo} applied at start. */
+export interface AppliedPolicyChange {
+  readonly name: string;
+  /**
+   * What it did to the policies registered at start: `added` (none had the name), `replaced`
+   * (the stored policy took the place of the start-up one), `removed` (a tombstone removed it),
+   * `dropped` (a tombstone whose policy is no longer registered at start: forgotten, nothing
+   * changed).
+   */
+  readonly effect: 'added' | 'replaced' | 'removed' | 'dropped';
+  /** When the change was made (the record's `at`). */
+  readonly at: string;
+}
 
 /** Default for {@link PolicyEngineOptions.defaultAction}. */
 export const DEFAULT_POLICY_ACTION: PolicyAction = 'deny';
@@ -369,6 +413,8 @@ export class PolicyEngine {
   readonly #ruleListeners = new Set<() => void>();
   /** Counts the changes of the rules (see {@link rulesVersion}). */
   #rulesVersion = 0;
+  /** Where policy changes are written once {@link persistTo} ran, and the next change's `seq`. */
+  #persist: { store: Collection<PolicyChangeRecord>; seq: number; base: Set<string> } | undefined;
 
   constructor(options: PolicyEngineOptions = {}) {
     this.#options = parsePolicyEngineOptions(options);
@@ -413,15 +459,129 @@ export class PolicyEngine {
     if (existing !== undefined && options.replace !== true) {
       throw new PolicyExistsError(normalized.name);
     }
-    const seq = existing?.seq ?? this.#seq++;
+    const seq = existing?.seq ?? this.#seq;
     const compiled: CompiledPolicy = {
       policy: normalized,
       seq,
       rules: normalized.rules.map((_, i) => compileRule(normalized, i, seq)),
     };
+    // Valid: stored (committed) before it takes effect, so what the caller is told took effect
+    // is on disk, and a change the store refuses takes no effect.
+    if (this.#persist !== undefined)
+      this.#store(normalized.name, normalized, existing !== undefined);
+    if (existing === undefined) this.#seq++;
     this.#policies.set(normalized.name, compiled);
     this.#rebuild();
     return normalized;
+  }
+
+  /**
+   * Writes the change of policy `name` to the store of {@link persistTo} (committed when the
+   * store is durable). `policy` undefined: removed; `replacing`: a registered policy is
+   * replaced. On a failed write the store's record is put back as it was and the error thrown.
+   */
+  #store(name: string, policy: NormalizedPolicy | undefined, replacing: boolean): void {
+    const persist = this.#persist!;
+    const previous = persist.store.get(name);
+    const at = new Date().toISOString();
+    let record: PolicyChangeRecord | undefined;
+    if (policy === undefined) {
+      // A policy that was not registered at start leaves nothing to remove at the next start:
+      // its record goes; one that was gets a tombstone.
+      record = persist.base.has(name)
+        ? { name, seq: persist.seq, change: 'removed', at }
+        : undefined;
+    } else if (replacing && previous?.change === 'added') {
+      record = { name, seq: previous.seq, change: 'added', policy, at }; // keeps its place
+    } else {
+      record = { name, seq: persist.seq, change: replacing ? 'replaced' : 'added', policy, at };
+    }
+    try {
+      if (record === undefined) persist.store.delete(name);
+      else persist.store.put(name, record);
+    } catch (error) {
+      try {
+        if (previous === undefined) persist.store.delete(name);
+        else persist.store.put(name, previous);
+      } catch {
+        // The store is failing: the error below says so.
+      }
+      throw error;
+    }
+    if (record !== undefined && record.seq === persist.seq) persist.seq++;
+  }
+
+  /**
+   * Makes the policy changes from now on durable: applies the changes `store` holds (written by
+   * an earlier run) on top of the policies registered now — the start-up ones, such as a config
+   * file's — in the order they were made, then writes every later {@link addPolicy} (replace
+   * included) and {@link removePolicy} to `store` before it takes effect. A stored policy
+   * replaces a registered one of the same name; a stored removal (tombstone) removes it; a
+   * tombstone whose policy is no longer registered is forgotten. Policies registered now and
+   * never changed later are not stored. Call it once, after the start-up policies are added.
+   *
+   * @returns the stored changes it applied, in order (for the start-up log).
+   * @throws StateStoreError naming the policy when a stored one no longer validates (written by
+   *   another version, or edited): nothing is applied then, and nothing is written.
+   */
+  persistTo(store: Collection<PolicyChangeRecord>, where = 'state'): AppliedPolicyChange[] {
+    if (this.#persist !== undefined) {
+      throw new ConfigError('persistTo', 'policy changes are already persisted');
+    }
+    const records = [...store.values()];
+    // Every stored record is checked before anything is applied.
+    for (const r of records) {
+      const name = typeof r?.name === 'string' ? r.name : '<unnamed>';
+      const bad = (why: string, cause?: unknown): StateStoreError =>
+        new StateStoreError(
+          where,
+          `policy ${JSON.stringify(name)} (changed at run time${typeof r?.at === 'string' ? ` at ${r.at}` : ''}) no longer validates: ${why}; the fabric does not start without it (start the version that wrote it and remove or replace the policy, or delete its record: kind 'policy', id ${JSON.stringify(name)})`,
+          cause === undefined ? undefined : { cause },
+        );
+      if (
+        r === null ||
+        typeof r !== 'object' ||
+        !Number.isSafeInteger(r.seq) ||
+        typeof r.name !== 'string' ||
+        store.get(r.name) !== r
+      ) {
+        throw bad('the record is malformed');
+      }
+      if (r.change === 'removed') continue;
+      if (r.change !== 'added' && r.change !== 'replaced') throw bad('unknown kind of change');
+      let parsed: NormalizedPolicy;
+      try {
+        parsed = parsePolicy(r.policy);
+        parsed.rules.forEach((_, i) => compileRule(parsed, i, 0));
+      } catch (error) {
+        throw bad(error instanceof Error ? error.message : String(error), error);
+      }
+      if (parsed.name !== name) throw bad(`it names itself ${JSON.stringify(parsed.name)}`);
+    }
+    records.sort((a, b) => a.seq - b.seq);
+    const base = new Set(this.#policies.keys());
+    const applied: AppliedPolicyChange[] = [];
+    let seq = 0;
+    for (const r of records) {
+      const name = r.name;
+      seq = Math.max(seq, r.seq + 1);
+      if (r.change === 'removed') {
+        if (this.removePolicy(name)) applied.push({ name, effect: 'removed', at: r.at });
+        else {
+          store.delete(name);
+          applied.push({ name, effect: 'dropped', at: r.at });
+        }
+        continue;
+      }
+      const registered = this.#policies.has(name);
+      // An addition goes after the others, as it did when it was made (a start-up policy of
+      // its name was removed first, then); a replacement takes the start-up policy's place.
+      if (registered && r.change === 'added') this.removePolicy(name);
+      this.addPolicy(r.policy, { replace: true });
+      applied.push({ name, effect: registered ? 'replaced' : 'added', at: r.at });
+    }
+    this.#persist = { store, seq, base };
+    return applied;
   }
 
   /**
@@ -521,9 +681,11 @@ export class PolicyEngine {
 
   /** Removes a policy. Returns false when no policy has that name. */
   removePolicy(name: string): boolean {
-    const removed = this.#policies.delete(name);
-    if (removed) this.#rebuild();
-    return removed;
+    if (!this.#policies.has(name)) return false;
+    if (this.#persist !== undefined) this.#store(name, undefined, true);
+    this.#policies.delete(name);
+    this.#rebuild();
+    return true;
   }
 
   /**

@@ -811,6 +811,23 @@ async function configureFabric(
       log({ level: 'warn', msg: `policy ${stored.name}: ${w}` });
     }
   }
+  // Over durable state: the policy changes made at run time (Operator API, library) win over the
+  // config's, and are written from now on. Each one applied is logged, so an operator sees why
+  // the running policies differ from the config.
+  for (const c of fabric.restorePolicies()) {
+    const how = {
+      added: 'added from the state file (not in the config)',
+      replaced: "replaced by the state file's version (the config's is not used)",
+      removed: "removed as recorded in the state file (the config's is not used)",
+      dropped: 'the state file recorded its removal, but the config no longer has it; forgotten',
+    }[c.effect];
+    log({
+      level: c.effect === 'dropped' ? 'info' : 'warn',
+      msg: `policy ${c.name}: ${how}; changed at run time at ${c.at}`,
+      policy: c.name,
+      change: c.effect,
+    });
+  }
   for (const p of config.pools) {
     // Over durable state a pool made by an earlier start is kept as it is, with its agents;
     // only the config's `budget` — every spawned agent's — is applied to it and them again, as

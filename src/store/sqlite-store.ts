@@ -1,6 +1,7 @@
 /**
  * The durable {@link FabricStore}: one embedded SQLite file (better-sqlite3, WAL mode) that
- * carries tasks, agents, pools, approvals, the gateway's tool-call tasks, budget usage and a few keyed values (`meta`) across
+ * carries tasks, agents, pools, approvals, the gateway's tool-call tasks, the policy changes made
+ * at run time, budget usage and a few keyed values (`meta`) across
  * restarts and crashes.
  *
  * Why it looks like this:
@@ -11,7 +12,7 @@
  *   `await`s a fabric call (schedule, completeTask, spawn, terminate, createPool, recordUsage, a
  *   tool call's settle …) resumes only after the commit, and every change of one synchronous
  *   run (a batch of schedules, a dispatch pass) shares it (measured in bench/state.ts and
- *   bench/store.ts). Approvals are the exception: their `put` commits before it returns (see
+ *   bench/store.ts). Approvals and policy changes are the exception: their `put` commits before it returns (see
  *   `#schedule`). A `putLazily` (the start of an in-process attempt) waits for the
  *   end-of-iteration commit instead, so a task that starts and ends in one turn is written once.
  *   `close()` commits what is left.
@@ -70,6 +71,7 @@ import { StoreLock } from '../hooks/store-lock.js';
 import { parseRecordJson, recordJson } from '../json-bytes.js';
 import type { ToolTaskRecord } from '../gateway/tool-tasks.js';
 import type { Approval } from '../policy/approval-manager.js';
+import type { PolicyChangeRecord } from '../policy/policy-engine.js';
 import {
   INSERT_TASK,
   TASKS_TABLE,
@@ -134,7 +136,7 @@ const SCHEMA = `
 `;
 
 /** Kinds of the `records` table (tasks have their own table since schema 2). */
-type Kind = 'agent' | 'pool' | 'approval' | 'tool_task';
+type Kind = 'agent' | 'pool' | 'approval' | 'tool_task' | 'policy';
 
 /**
  * When a change is committed: `now` before the call that made it returns (a synchronous
@@ -554,6 +556,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly approvals: SqliteCollection<Approval>;
   /** The gateway's task-augmented tool calls (MCP tasks). */
   readonly toolTasks: SqliteCollection<ToolTaskRecord>;
+  /** Policy changes made at run time, by policy name. Committed synchronously, as approvals. */
+  readonly policies: SqliteCollection<PolicyChangeRecord>;
   readonly budgets: SqliteBudgetStore;
   readonly #db: Database.Database;
   readonly #lock: StoreLock;
@@ -618,6 +622,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       journal,
       rows('tool_task'),
       'soon',
+    );
+    this.policies = new SqliteCollection<PolicyChangeRecord>(
+      'policy',
+      journal,
+      rows('policy'),
+      'now',
     );
     this.budgets = new SqliteBudgetStore(
       db,
@@ -766,6 +776,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     const pools = this.pools.pending(lazy);
     const approvals = this.approvals.pending(lazy);
     const toolTasks = this.toolTasks.pending(lazy);
+    const policies = this.policies.pending(lazy);
     const budgets = this.budgets.pending(exact);
     if (
       !tasks &&
@@ -773,6 +784,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       pools.length === 0 &&
       approvals.length === 0 &&
       toolTasks.length === 0 &&
+      policies.length === 0 &&
       budgets.length === 0
     ) {
       return;
@@ -811,6 +823,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       [this.pools, pools],
       [this.approvals, approvals],
       [this.toolTasks, toolTasks],
+      [this.policies, policies],
     ] as const) {
       for (const [id, record] of changed) {
         rows.push([
@@ -859,6 +872,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.pools.committed(pools.map(([id]) => id));
     this.approvals.committed(approvals.map(([id]) => id));
     this.toolTasks.committed(toolTasks.map(([id]) => id));
+    this.policies.committed(policies.map(([id]) => id));
     this.budgets.committed(budgets);
     if (unserializable.length > 0) {
       throw new StateStoreError(
@@ -952,7 +966,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    * resumes (an awaited `spawn`, `recordUsage`, a tool call's settle before its response is
    * written), while every change made in the same synchronous run — the settles of all calls
    * answered by one chunk of upstream output, say — shares one transaction (group commit).
-   * Approvals commit at once (`now`): a decision is human-speed and a library caller of the
+   * Approvals and policy changes commit at once (`now`): both are human-speed, and a library caller of the
    * synchronous `approve()` must not be able to observe it before it is on disk.
    * @throws StateStoreError (urgency `now` only) when that commit fails: the change stays
    *   pending and is retried with the next commit.

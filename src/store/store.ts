@@ -13,6 +13,7 @@
 import type { BudgetStore } from '../budget/budget-store.js';
 import type { ToolTaskRecord } from '../gateway/tool-tasks.js';
 import type { Approval } from '../policy/approval-manager.js';
+import type { PolicyChangeRecord } from '../policy/policy-engine.js';
 
 /** A keyed collection of records of one kind. */
 export interface Collection<T> {
@@ -57,6 +58,12 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
    * keeping them in memory.
    */
   readonly toolTasks?: Collection<ToolTaskRecord>;
+  /**
+   * The policy changes made at run time (added, replaced, removed), by policy name, once
+   * `AgentFabric.restorePolicies` ran; a store without it leaves them in memory only. A durable
+   * store commits a `put`/`delete` before it returns, so a change the caller saw is on disk.
+   */
+  readonly policies?: Collection<PolicyChangeRecord>;
   /** Budget state kept with the records (the fabric uses it unless given its own). */
   readonly budgets?: BudgetStore;
   /**
