@@ -105,8 +105,9 @@ export const MAX_AGENT_PAYLOAD_DEPTH = 48;
 export interface FabricOptions {
   /**
    * Where records live. A durable store (`await SqliteStore.open(path)`) keeps agents, their
-   * credential hashes, pools, tasks and — unless `budgetStore` is given — budget usage across
-   * restarts.
+   * credential hashes, pools, tasks, approvals, — unless `budgetStore` is given — budget usage
+   * and, once {@link AgentFabric.restorePolicies} ran, the policy changes made at run time
+   * across restarts.
    * @default a new in-memory store
    */
   store?: FabricStore<TaskRecord, AgentRecord, PoolRecord>;

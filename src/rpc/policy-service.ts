@@ -5,7 +5,8 @@
  * A policy arriving as a message is turned into the library's plain shape and handed to
  * `PolicyEngine.addPolicy`, so it is validated exactly as a library caller's would be (an
  * unset enum becomes a missing field, an unknown enum number an invalid value, for the
- * library to name). The evaluation is `PolicyEngine.evaluateAsync` — the side-effect-free half
+ * library to name) — and, over durable state, committed to the state file before the call
+ * answers (`PolicyEngine.persistTo`, started by the sidecar after the config's policies). The evaluation is `PolicyEngine.evaluateAsync` — the side-effect-free half
  * of the pipeline's policy step (a policy service behind a `policy-grpc` plugin is asked): no approval is opened, no budget reserved, no audit record
  * written, and the agent's record is only read (`lifecycle.peek`, not a heartbeat).
  *
