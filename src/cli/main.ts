@@ -25,6 +25,7 @@
  * @module
  */
 import { createRequire } from 'node:module';
+import { PassThrough } from 'node:stream';
 import { ConfigFileError, FabricError, StartupError } from '../errors.js';
 import type { StdioBacklogEvent } from '../gateway/downstream-stdio-transport.js';
 import type { SidecarConfig } from '../server/config-file.js';
@@ -151,6 +152,11 @@ function onSignals(
   starting(step: string): void;
   /** The bound of the shutdown, once the config is known. */
   bound(ms: number): void;
+  /**
+   * Shuts down as a first signal does, bounded the same way, for `why` (e.g. `stdin ended`); a
+   * no-op once a shutdown began (it does not count as a second signal).
+   */
+  stopFor(why: string): void;
 } {
   let close: (() => Promise<void>) | undefined;
   let pending: () => readonly string[] = () => [`start-up (step ${startStep})`];
@@ -159,7 +165,7 @@ function onSignals(
   const stop = (): void => {
     if (close === undefined || received === undefined) return;
     phase = 'stopping';
-    note(`${received} received, shutting down`);
+    note(`${received}, shutting down`);
     close().then(
       () => process.exit(0),
       (error: unknown) => {
@@ -179,6 +185,14 @@ function onSignals(
       process.exit(EXIT.failure);
     }, limit);
   };
+  const begin = (why: string): void => {
+    received = why;
+    watchdog();
+    if (close === undefined) {
+      note(`${why} during start-up (step ${startStep}): shutting down once it has ended`);
+    }
+    stop();
+  };
   const on = (sig: string): void => {
     if (received !== undefined) {
       note(
@@ -186,12 +200,7 @@ function onSignals(
       );
       process.exit(EXIT.failure);
     }
-    received = sig;
-    watchdog();
-    if (close === undefined) {
-      note(`${sig} received during start-up (step ${startStep}): shutting down once it has ended`);
-    }
-    stop();
+    begin(`${sig} received`);
   };
   for (const sig of STOP_SIGNALS) process.on(sig, () => on(sig));
   return {
@@ -205,6 +214,9 @@ function onSignals(
     },
     bound(ms) {
       timeoutMs = ms;
+    },
+    stopFor(why) {
+      if (received === undefined) begin(why);
     },
   };
 }
@@ -326,6 +338,12 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   const { StdioSessionTransport } = await import('../gateway/downstream-stdio-transport.js');
   if (values['in-process'] === true) {
     const signals = onSignals();
+    // The client closing stdin ends the gateway as a signal does, under the same bound — also
+    // during start-up, before the session reads stdin: what the client wrote meanwhile waits
+    // here (up to the stream's buffer, past which stdin is not read and its end not seen yet).
+    const input = new PassThrough();
+    process.stdin.pipe(input);
+    process.stdin.once('end', () => signals.stopFor('stdin ended'));
     const config = loadSidecarConfig((values.config as string | undefined) ?? defaultConfigPath());
     signals.bound(shutdownTimeoutMs(config));
     const log = await sidecarLog(values, config);
@@ -348,14 +366,11 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
       );
     }
     const session = sidecar.gateway.createSession(identity);
-    const transport = new StdioSessionTransport(process.stdin, process.stdout, {
+    const transport = new StdioSessionTransport(input, process.stdout, {
       maxBacklogBytes: config.http.maxStreamBacklogBytes,
     });
     transport.onbacklog = (event) => log.write({ level: 'warn', msg: backlogMessage(event) });
-    transport.onclose = () => {
-      phase = 'stopping';
-      void sidecar.close().then(() => process.exit(0));
-    };
+    transport.onclose = () => signals.stopFor('stdin ended');
     signals.closeWith(
       () => sidecar.close(),
       () => sidecar.shutdownPending,

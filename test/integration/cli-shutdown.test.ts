@@ -17,6 +17,9 @@
  *   (`startTimeoutSeconds: 3600`), a git command of the hook store that never returns — ends at
  *   `shutdownTimeoutSeconds`, naming what it still waited for, with exit 1 and no upstream left
  *   (before, the process waited as long as the hung part did: an hour, or for ever);
+ * - `agent-fabric mcp --in-process` whose client closes stdin shuts down under the same bound,
+ *   also while its start-up waits (before, stdin's end was not looked at until the session
+ *   read it, and the close that followed had no bound);
  * - after a SIGKILL, a restart starts even when the dead sidecar's pid now belongs to another
  *   process (a reboot, or a crash long ago): the state lock names the holder's boot and start
  *   time, so a reused pid is told apart (before, serve refused with FABRIC_ERR_STATE_LOCKED
@@ -29,7 +32,15 @@ import { create } from '@bufbuild/protobuf';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CallToolRequestSchema, type CallToolResponse } from '../../src/gen/fabric/v1/tool_pb.js';
 import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
-import { alive, descendants, tempDir, text, until } from '../fixtures/gateway/harness.js';
+import {
+  alive,
+  CLI_MAIN,
+  descendants,
+  tempDir,
+  text,
+  TSX,
+  until,
+} from '../fixtures/gateway/harness.js';
 import { grpcClient, unary } from '../fixtures/grpc-client.js';
 import { callApi } from '../fixtures/api.js';
 import { cleanUp, connect, freePort, serve, spawnServe, stop } from '../fixtures/state/serve.js';
@@ -307,5 +318,79 @@ describe('agent-fabric serve: a shutdown that cannot finish', () => {
     } finally {
       rmSync(hang, { force: true }); // the orphaned wrapper goes on, and ends
     }
+  });
+});
+
+describe('agent-fabric mcp --in-process: the client closes stdin', () => {
+  /** Starts the in-process gateway with `config` in a temp folder; stdin stays a pipe. */
+  function inProcess(config: object) {
+    const dir = tempDir('cli-shutdown-inproc');
+    writeFileSync(join(dir, 'fabric.json'), JSON.stringify({ state: 'memory', ...config }));
+    const child = spawn(
+      process.execPath,
+      ['--import', TSX, CLI_MAIN, 'mcp', '--in-process', '--config', join(dir, 'fabric.json')],
+      { cwd: dir, stdio: ['pipe', 'pipe', 'pipe'] },
+    );
+    let err = '';
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    child.stdout.resume();
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    return { child, exited, err: () => err };
+  }
+
+  it('ends a start-up waiting for a silent upstream at shutdownTimeoutSeconds, naming it', async () => {
+    const run = inProcess({
+      upstreams: {
+        silent: {
+          command: process.execPath,
+          args: [STARTUP_SERVER, 'silent-lists'],
+          stderr: 'ignore',
+          startTimeoutSeconds: 3600,
+        },
+      },
+      gateway: { shutdownGraceSeconds: 1 },
+      shutdownTimeoutSeconds: 3,
+      policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
+      agents: [{ name: 'worker' }],
+    });
+    let kids: number[] = [];
+    try {
+      await until(() => {
+        kids = descendants(run.child.pid!);
+        return kids.length > 0;
+      }, 30_000);
+      run.child.stdin.end();
+      expect(await run.exited).toBe(1);
+      expect(run.err()).toContain('stdin ended during start-up (step gateway)');
+      expect(run.err()).toContain(
+        'the shutdown did not finish within 3 s (shutdownTimeoutSeconds); still waiting for: start-up (step gateway)',
+      );
+      await until(() => kids.every((pid) => !alive(pid)));
+    } finally {
+      for (const pid of kids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    }
+  });
+
+  it('shuts down and exits 0 when stdin ends after start-up, its upstream gone', async () => {
+    const run = inProcess({
+      upstreams: {
+        ok: { command: process.execPath, args: [STARTUP_SERVER, 'ok'], stderr: 'ignore' },
+      },
+      policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
+      agents: [{ name: 'worker' }],
+    });
+    let kids: number[] = [];
+    await until(() => {
+      kids = descendants(run.child.pid!);
+      return kids.length > 0;
+    }, 30_000);
+    // Serving: an initialize is answered.
+    run.child.stdin.write(
+      `${JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } } })}\n`,
+    );
+    run.child.stdin.end();
+    expect(await run.exited).toBe(0);
+    expect(run.err()).toContain('stdin ended, shutting down');
+    await until(() => kids.every((pid) => !alive(pid)));
   });
 });
