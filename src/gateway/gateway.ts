@@ -661,13 +661,34 @@ export class ToolGateway implements SessionHost {
    * as they came.
    */
   invalidRequest(session: GatewaySession, request: Request): void {
-    const audit = this.#pipeline.auditor(
-      session.identity.agentId,
+    this.#auditRefused(
+      session,
       request.method,
       request.params,
+      'invalid',
+      InvalidArgumentError.code,
+    );
+  }
+
+  /**
+   * The audit line of a `method` other than `tools/call` refused before policy (its `tool` is
+   * the method; `params` digested as they came): `decision` `invalid` (malformed, past the
+   * input limits) or `none` (naming no known target).
+   */
+  #auditRefused(
+    session: GatewaySession,
+    method: string,
+    params: unknown,
+    decision: 'invalid' | 'none',
+    code: string,
+  ): void {
+    const audit = this.#pipeline.auditor(
+      session.identity.agentId,
+      method,
+      params,
       performance.now(),
     );
-    audit({ decision: 'invalid', outcome: 'error', code: InvalidArgumentError.code });
+    audit({ decision, outcome: 'error', code });
   }
 
   /** A `tools/call`'s MCP answer from its outcome (see {@link sessionToolCall}); may throw. */
@@ -1139,13 +1160,7 @@ export class ToolGateway implements SessionHost {
       // The whole params are forwarded upstream (and parts of them reach policy): bound them all.
       const tooBig = checkInputBounds(params, this.#bounds, 'params');
       if (tooBig !== undefined) {
-        const audit = this.#pipeline.auditor(
-          session.identity.agentId,
-          method,
-          params,
-          performance.now(),
-        );
-        audit({ decision: 'invalid', outcome: 'error', code: tooBig.code });
+        this.#auditRefused(session, method, params, 'invalid', tooBig.code);
         throw toMcpError(tooBig);
       }
     }
@@ -1264,13 +1279,7 @@ export class ToolGateway implements SessionHost {
     name: string,
     what: string,
   ): McpError {
-    const audit = this.#pipeline.auditor(
-      session.identity.agentId,
-      method,
-      params,
-      performance.now(),
-    );
-    audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
+    this.#auditRefused(session, method, params, 'none', ToolNotFoundError.code);
     return toMcpError(new ToolNotFoundError(name, what));
   }
 
