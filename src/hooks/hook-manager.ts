@@ -215,6 +215,8 @@ export class HookManager {
    * the timer that commits them when the hook's interval ends.
    */
   readonly #held = new Map<string, { count: number; timer?: ReturnType<typeof setTimeout> }>();
+  /** The store error of the last open or commit, cleared by the next one that succeeds. */
+  #lastError: HookStoreError | undefined;
 
   /**
    * Checks the options; the store is opened by {@link open} or by the first call that needs it.
@@ -235,6 +237,16 @@ export class HookManager {
   /** The ref hook state is committed on. */
   get stateRef(): string {
     return HOOKS_REF;
+  }
+
+  /**
+   * The {@link HookStoreError} of the last open or commit of hook state (the git directory gone,
+   * the disk full…), until an open or commit succeeds again; `undefined` while the store works.
+   * A caller's error (an unknown hook, a bad transition) and a failed maintenance run do not
+   * count. `GET /readyz` reports the hook store unready (`hooks: false`) while it is set.
+   */
+  get lastError(): HookStoreError | undefined {
+    return this.#lastError;
   }
 
   /** The store's git directory (where the lock file is), once open. */
@@ -874,10 +886,16 @@ export class HookManager {
 
   async #ready(): Promise<void> {
     if (this.#closing !== undefined) throw new ClosedError('HookManager');
-    this.#opening ??= this.#open().catch((err: unknown) => {
-      this.#opening = undefined;
-      throw err;
-    });
+    this.#opening ??= this.#open().then(
+      () => {
+        this.#lastError = undefined;
+      },
+      (err: unknown) => {
+        this.#opening = undefined;
+        if (err instanceof HookStoreError) this.#lastError = err;
+        throw err;
+      },
+    );
     // A call accepted before close() runs to completion; close() waits for it.
     await this.#opening;
   }
@@ -1167,10 +1185,14 @@ export class HookManager {
             now,
           );
         } catch (err) {
+          if (err instanceof HookStoreError) this.#lastError = err;
           for (const { q } of accepted) q.reject(err);
           continue;
         }
-        if (changes.length > 0) this.#unmaintained = true;
+        if (changes.length > 0) {
+          this.#unmaintained = true;
+          this.#lastError = undefined;
+        }
         for (const [id, record] of staged) this.#hooks.set(id, record);
         for (const id of carried) this.#dropHeld(id);
         for (const [id, count] of heldNow) this.#hold(id, count);

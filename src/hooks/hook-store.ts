@@ -23,6 +23,11 @@ import type { AgentLiveness } from './liveness.js';
 
 /** Where hooks persist, and their transitions. */
 export interface HookStore {
+  /**
+   * The store error of the store's last write (or open), until one succeeds again; `undefined`
+   * while it works. Optional: a store without it is always reported ready (`GET /readyz`).
+   */
+  readonly lastError?: unknown;
   /** Opens the store (fails fast on an unusable one). Idempotent. */
   open(): Promise<unknown>;
   /** Stops the patrol, finishes pending writes, releases the store. */

@@ -855,7 +855,8 @@ async function configureFabric(
 }
 
 /**
- * What `GET /readyz` answers: the fabric is open, the last state commit succeeded, the NATS
+ * What `GET /readyz` answers: the fabric is open, the last state commit succeeded, the last
+ * hook store write succeeded (when hooks are configured: `checks.hooks`), the NATS
  * connection (when `nats:` is configured) is connected rather than reconnecting or closed, and
  * every `required` upstream is connected. Optional upstreams are reported but do not make it
  * unready.
@@ -870,6 +871,11 @@ function readiness(
   if (fabric !== undefined) ready = checks.fabric = !fabric.isClosed;
   checks.state = store?.lastError === undefined;
   ready &&= checks.state;
+  const hooks = fabric?.hooks;
+  if (hooks !== undefined) {
+    checks.hooks = hooks.lastError === undefined;
+    ready &&= checks.hooks;
+  }
   const nats = fabric?.natsState;
   if (nats !== undefined) {
     checks.nats = nats === 'connected';
