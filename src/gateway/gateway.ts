@@ -1495,7 +1495,12 @@ export class ToolGateway implements SessionHost {
 
   async subscribe(session: GatewaySession, uri: string, extra: DownstreamExtra): Promise<void> {
     if (uri.length > this.#maxSubscriptionUri) {
-      throw toMcpError(new SubscriptionLimitError(this.#maxSubscriptionUri, uri.length));
+      throw this.#refusedSubscribe(
+        session,
+        uri,
+        'invalid',
+        new SubscriptionLimitError(this.#maxSubscriptionUri, uri.length),
+      );
     }
     const owner = resourceOwner(this.#catalog, uri);
     if (!owner) throw this.#notFound(session, 'resources/subscribe', { uri }, uri, 'resource');
@@ -1508,7 +1513,12 @@ export class ToolGateway implements SessionHost {
       let held = mine.size;
       for (const u of pending.keys()) if (!mine.has(u)) held++;
       if (held >= this.#maxSubscriptions) {
-        throw toMcpError(new SubscriptionLimitError(this.#maxSubscriptions));
+        throw this.#refusedSubscribe(
+          session,
+          uri,
+          'none',
+          new SubscriptionLimitError(this.#maxSubscriptions),
+        );
       }
     }
     pending.set(uri, (pending.get(uri) ?? 0) + 1);
@@ -1530,6 +1540,29 @@ export class ToolGateway implements SessionHost {
       if (left === 0) pending.delete(uri);
       else pending.set(uri, left);
     }
+  }
+
+  /**
+   * The error of a `resources/subscribe` refused with FABRIC_ERR_SUBSCRIPTION_LIMIT before policy
+   * sees it, after its audit line — as an unknown resource's subscribe gets (see
+   * {@link #notFound}), with `decision` `"invalid"` for a URI past the length limit (an input
+   * limit) and `"none"` for one subscription too many. Else an agent hammering the limit left
+   * no trace.
+   */
+  #refusedSubscribe(
+    session: GatewaySession,
+    uri: string,
+    decision: 'invalid' | 'none',
+    error: SubscriptionLimitError,
+  ): McpError {
+    const audit = this.#pipeline.auditor(
+      session.identity.agentId,
+      'resources/subscribe',
+      { uri },
+      performance.now(),
+    );
+    audit({ decision, outcome: 'error', code: SubscriptionLimitError.code });
+    return toMcpError(error);
   }
 
   /**
