@@ -19,7 +19,16 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, readlinkSync, unlinkSync } from 'node:fs';
+import {
+  closeSync,
+  fsyncSync,
+  linkSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import { link, open, readFile, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { HookStoreLockedError } from '../errors.js';
@@ -135,6 +144,32 @@ export class StoreLock {
     throw lockedError(path, await readHolder(path));
   }
 
+  /**
+   * Makes the lock file again when it was removed while held (its folder removed, say), with
+   * this lock's holder — this process's identity, as {@link acquire} wrote it — atomically and
+   * only if the path is free, as {@link acquire} makes it. Synchronous, for checks that run on a
+   * timer. Returns `'held'` when the file at the path is this lock's (already there, or made
+   * now); else the reason it is not (another holder's, unreadable, released, or the error that
+   * stopped making it).
+   */
+  restoreSync(): 'held' | string {
+    if (this.#released) return 'the lock was released';
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const current = readHolderSync(this.path);
+      if (typeof current === 'object') {
+        if (current.instance === this.holder.instance) return 'held';
+        return `${this.path} is held by pid ${current.pid} on ${current.hostname} since ${current.startedAt}`;
+      }
+      if (current === 'unreadable') return `${this.path} exists but is unreadable`;
+      try {
+        if (createExclusiveSync(this.path, this.holder)) return 'held';
+      } catch (err) {
+        return `${this.path} could not be made: ${(err as Error).message}`;
+      }
+    }
+    return `${this.path} could not be made`;
+  }
+
   /** Removes the lock file if it is still ours. Idempotent. */
   async release(): Promise<void> {
     if (this.#released) return;
@@ -172,6 +207,42 @@ async function createExclusive(path: string, holder: LockHolder): Promise<boolea
   } finally {
     await unlink(tmp).catch(() => undefined);
   }
+}
+
+/** {@link createExclusive}, synchronously. */
+function createExclusiveSync(path: string, holder: LockHolder): boolean {
+  const tmp = `${path}.${holder.instance}.tmp`;
+  const fd = openSync(tmp, 'wx', 0o644);
+  try {
+    try {
+      writeSync(fd, `${JSON.stringify(holder)}\n`);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    linkSync(tmp, path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  } finally {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/** {@link readHolder}, synchronously. */
+function readHolderSync(path: string): LockHolder | 'missing' | 'unreadable' {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : 'unreadable';
+  }
+  return parseHolder(text) ?? 'unreadable';
 }
 
 async function readHolder(path: string): Promise<LockHolder | 'missing' | 'unreadable'> {

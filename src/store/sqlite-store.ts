@@ -29,7 +29,8 @@
  *   (the hook store's lock file, `<path>.lock`).
  * - SQLite writes into the file it has open, even once its path is removed or names another
  *   file: a timer checks the path every second, and a store that lost it saves its state back
- *   (to the path if free, else beside it) and reports it (`#checkFile`); a removed `-wal` or
+ *   (to the path if free and its lock, removed with the folder, could be made again; else beside
+ *   it) and reports it (`#checkFile`); a removed `-wal` or
  *   `-shm` file is made anew after a checkpoint (`#checkWal`).
  *
  * Durability: `synchronous=NORMAL` (the default) means a committed transaction survives the
@@ -928,6 +929,15 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       // Everything is in the open file now: save it again, over the copy saved when the
       // removal was noticed.
       try {
+        // The lock made again when the state was saved back may have gone with the folder again.
+        if (detached.target === this.path && this.#holdLock() !== undefined) {
+          detached.target = besidePath(this.path);
+          detached.saved = undefined;
+          detached.error = new StateStoreError(
+            this.path,
+            `was removed while in use and its lock is not this store's: its state was saved to ${detached.target}`,
+          );
+        }
         this.#save(detached);
         if (detached.target !== this.path) failure ??= detached.error;
       } catch (error) {
@@ -1012,7 +1022,9 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   /**
    * Whether the path still names the open file. SQLite goes on writing into the file it has
    * open: after a removal (or a file put in its place) every change would go into a file no
-   * later start reads. Once noticed, the store's state is saved back ({@link #save}) and the
+   * later start reads. Once noticed, the store's state is saved back ({@link #save}: to the
+   * path only when it holds the path's lock, made again if it went with the folder — else a
+   * second sidecar could open the saved file beside this one — else beside the path) and the
    * store stays failed (`lastError`, readiness) until it is closed; changes go on into the open
    * file and are saved again by `close()`.
    */
@@ -1029,12 +1041,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       return;
     }
     const removed = now === undefined;
-    const target = removed
-      ? this.path
-      : join(
-          dirname(this.path),
-          `${basename(this.path)}.detached-${new Date().toISOString().replace(/[:.]/g, '-')}.db`,
-        );
+    // Saved back to the path only holding its lock again (removed with its folder, say): else a
+    // second sidecar could open the saved file beside this one.
+    const unlocked = removed ? this.#holdLock() : undefined;
+    const target = removed && unlocked === undefined ? this.path : besidePath(this.path);
     const detached: Detached = {
       target,
       error: new StateStoreError(this.path, 'is no longer the file this store has open'),
@@ -1049,12 +1059,27 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     detached.error = new StateStoreError(
       this.path,
       removed
-        ? `was removed while in use: ${saved}; changes go on into the removed file and are saved there again at shutdown — restart the sidecar soon (a crash before then loses the changes since)`
+        ? `was removed while in use${unlocked === undefined ? '' : ` and its lock is not this store's (${unlocked})`}: ${saved}; changes go on into the removed file and are saved there again at shutdown — restart the sidecar soon (a crash before then loses the changes since)`
         : `was replaced by another file while in use (left as it is): ${saved}; changes go on into the replaced file and are saved there again at shutdown — put the right file back and restart the sidecar`,
     );
     this.#detached = detached;
     this.#lastError = detached.error;
     this.#onError(detached.error);
+  }
+
+  /**
+   * Makes the folder and the lock file `<path>.lock` again when they were removed (see
+   * `StoreLock.restoreSync`: this process's identity, as at open). Returns `undefined` when
+   * the store holds its lock, else why it does not.
+   */
+  #holdLock(): string | undefined {
+    try {
+      mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
+    } catch (error) {
+      return `its folder cannot be made: ${messageOf(error)}`;
+    }
+    const state = this.#lock.restoreSync();
+    return state === 'held' ? undefined : state;
   }
 
   /**
@@ -1125,12 +1150,23 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
 
 /** A store whose path no longer names its open file (see `SqliteStore.#checkFile`). */
 interface Detached {
-  /** Where its state is saved: the path when it was free, else a file beside it. */
-  readonly target: string;
+  /**
+   * Where its state is saved: the path when it was free and the store holds its lock (made
+   * again when it was removed), else a file beside it.
+   */
+  target: string;
   /** The copy last saved at `target` (it may be replaced by the next save). */
   saved?: { dev: number; ino: number };
   /** What `lastError` reports until the store is closed. */
   error: StateStoreError;
+}
+
+/** A new file name beside `path` to save a detached store's state to. */
+function besidePath(path: string): string {
+  return join(
+    dirname(path),
+    `${basename(path)}.detached-${new Date().toISOString().replace(/[:.]/g, '-')}.db`,
+  );
 }
 
 /** How often a store checks that its path still names the file it has open. */

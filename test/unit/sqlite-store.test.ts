@@ -3,7 +3,15 @@
  * was put in one synchronous run is committed before a caller awaiting that run continues, and
  * the file is readable by its owner only.
  */
-import { readFileSync, statSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -11,7 +19,7 @@ import { StateStoreError } from '../../src/errors.js';
 import { TaskRecord } from '../../src/scheduler/task-record.js';
 import { STATE_SCHEMA_VERSION, SqliteStore } from '../../src/store/sqlite-store.js';
 import { Priority, TaskStatus } from '../../src/task.js';
-import { tempDir } from '../fixtures/gateway/harness.js';
+import { tempDir, until } from '../fixtures/gateway/harness.js';
 
 const stores: SqliteStore[] = [];
 afterEach(async () => {
@@ -132,6 +140,37 @@ describe('SqliteStore', () => {
     expect(s.secret('key')).toBe(s.secret('key'));
     expect(s.derive('key', 'id-1')).not.toBe(s.derive('key', 'id-2'));
     expect(statSync(s.path).mode & 0o777).toBe(0o600);
+  });
+
+  it('saves its state beside the path, not to it, when its folder was removed and another took the lock', async () => {
+    const dir = join(tempDir('sqlite-unit'), 'state');
+    const path = join(dir, 'state.db');
+    const errors: StateStoreError[] = [];
+    const s = await SqliteStore.open(path, { onError: (e) => errors.push(e) });
+    s.agents.put('a1', { n: 1 });
+    await Promise.resolve();
+    // In one synchronous run, so the store's check sees both: the folder gone, and another
+    // sidecar's lock (another host's, never taken as stale) made in its place.
+    const other = {
+      pid: 1,
+      hostname: 'another-host.invalid',
+      startedAt: new Date().toISOString(),
+      instance: 'feedfacefeedface',
+    };
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir);
+    writeFileSync(`${path}.lock`, `${JSON.stringify(other)}\n`);
+    await until(() => errors.length > 0, 10_000);
+    expect(errors[0]!.message).toContain('was removed while in use');
+    expect(errors[0]!.message).toContain('another-host.invalid');
+    expect(existsSync(path)).toBe(false);
+    const saved = readdirSync(dir).filter((f) => /^state\.db\.detached-.*\.db$/.test(f));
+    expect(saved).toHaveLength(1);
+    expect(committedIds(join(dir, saved[0]!))).toEqual(['a1']);
+    await expect(s.close()).rejects.toBeInstanceOf(StateStoreError);
+    // The other's lock is left as it is; the path still holds nothing of this store.
+    expect(JSON.parse(readFileSync(`${path}.lock`, 'utf8'))).toEqual(other);
+    expect(existsSync(path)).toBe(false);
   });
 
   it('refuses use after close with a typed error, and closes twice quietly', async () => {
