@@ -6,31 +6,29 @@
  * fabric and in the state file is the limit, never more.
  */
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { Sidecar } from '../../src/server/sidecar.js';
+import { describe, expect, it } from 'vitest';
 import {
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
   agentId,
   agentToken,
-  closeSidecar,
   httpClient,
-  startTestSidecar,
   tempDir,
   text,
 } from '../fixtures/gateway/harness.js';
+import {
+  closeRaceSidecar,
+  closeRaceSidecarAfterEach,
+  startRaceSidecar,
+} from '../fixtures/races.js';
 import { costOnDisk } from '../fixtures/state/budget-rows.js';
 
-let sidecar: Sidecar | undefined;
-afterEach(async () => {
-  await closeSidecar(sidecar);
-  sidecar = undefined;
-});
+closeRaceSidecarAfterEach();
 
 describe('one agent, many sessions, one cost budget', () => {
   it('runs exactly what the budget holds, whatever the concurrency', async () => {
     const statePath = join(tempDir('races-budget-sessions'), 'state.db');
-    const s = (sidecar = await startTestSidecar({
+    const s = await startRaceSidecar({
       state: { path: statePath },
       upstreams: {
         ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
@@ -39,7 +37,7 @@ describe('one agent, many sessions, one cost budget', () => {
       agents: [{ name: 'worker', budget: { maxCostPerDay: 5 } }],
       toolCosts: { 'ev__get-sum': 1 },
       gateway: { budgetWaitSeconds: 30 },
-    }));
+    });
     const id = agentId(s, 'worker');
     const token = agentToken(s, 'worker');
     const sessions = await Promise.all([1, 2, 3].map(() => httpClient(s.url!, token)));
@@ -58,8 +56,7 @@ describe('one agent, many sessions, one cost budget', () => {
     expect(status.costUsed).toBe(5);
     expect(status.costReserved).toBe(0);
     for (const c of sessions) await c.close();
-    await closeSidecar(s);
-    sidecar = undefined;
+    await closeRaceSidecar();
     expect(costOnDisk(statePath, `agent:${id}`)).toBe(5);
   }, 60_000);
 });

@@ -24,10 +24,10 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { CallToolResultSchema, McpError } from '@modelcontextprotocol/sdk/types.js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AgentStatus } from '../../src/agent.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
-import { listApprovals, type ApiApproval } from '../fixtures/api.js';
+import { listApprovals } from '../fixtures/api.js';
 import {
   ADMIN_TOKEN,
   DEFAULT_ALLOW,
@@ -35,34 +35,24 @@ import {
   agentToken,
   api,
   auditLines,
-  closeSidecar,
   type ClaimedTask,
   filesystemUpstream,
   httpClient,
   scheduleAndClaim,
   startHttpUpstream,
-  startTestSidecar,
   tempDir,
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import {
+  APPROVE_WRITES,
+  closeRaceSidecarAfterEach,
+  firstPendingApproval,
+  startRaceSidecar,
+} from '../fixtures/races.js';
 import { callAsTask } from '../fixtures/gateway/tasks.js';
 
-let sidecar: Sidecar | undefined;
-afterEach(async () => {
-  await closeSidecar(sidecar);
-  sidecar = undefined;
-});
-
-/** The first pending approval, once there is one. */
-async function firstPending(s: Sidecar): Promise<ApiApproval | undefined> {
-  let parked: ApiApproval | undefined;
-  await until(async () => {
-    parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
-    return parked !== undefined;
-  });
-  return parked;
-}
+closeRaceSidecarAfterEach();
 
 /** Points `root/link` at `root/secret` (the human approved it pointing at `root/public`). */
 function relinkToSecret(root: string): void {
@@ -87,7 +77,7 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
     symlinkSync(join(root, 'public'), join(root, 'link'));
     const fifo = join(root, 'hold.fifo');
     execFileSync('mkfifo', [fifo]);
-    const s = (sidecar = await startTestSidecar({
+    const s = await startRaceSidecar({
       upstreams: { fs: { ...filesystemUpstream(root), exclusive: true } },
       policies: [
         {
@@ -102,7 +92,7 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
       ],
       agents: [{ name: 'worker' }],
       gateway: { tasks: { maxTtlSeconds: 120 } },
-    }));
+    });
     const token = agentToken(s, 'worker');
     // Session B holds the upstream's turn: its read waits for a writer of the FIFO.
     const holder = await httpClient(s.url!, token);
@@ -116,7 +106,7 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
         path: join(root, 'link', 'out.txt'),
         content: 'approved for public',
       });
-      const parked: ApiApproval | undefined = await firstPending(s);
+      const parked = await firstPendingApproval(s);
       expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'out.txt'));
       expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
       // Checked and forwarded: now it waits for its turn.
@@ -156,7 +146,7 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
     const upstream = await startHttpUpstream([TASK_SERVER, 'http'], '/mcp');
     const direct = await httpClient(upstream.url, undefined);
     try {
-      const s = (sidecar = await startTestSidecar({
+      const s = await startRaceSidecar({
         upstreams: {
           // Its tools take `message` as a path (resolved on our disk, symlinks followed).
           tk: {
@@ -182,7 +172,7 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
         ],
         agents: [{ name: 'worker' }],
         gateway: { tasks: { maxTtlSeconds: 120 } },
-      }));
+      });
       const token = agentToken(s, 'worker');
       // Session B holds the turn: its task-augmented call is not answered until released.
       const hold = join(root, 'hold');
@@ -195,7 +185,7 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
         const { task } = await callAsTask(agent, 'tk__slow_echo', {
           message: join(root, 'link', 'out.txt'),
         });
-        const parked: ApiApproval | undefined = await firstPending(s);
+        const parked = await firstPendingApproval(s);
         expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'out.txt'));
         expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
         await until(
@@ -237,7 +227,7 @@ describe('an approved resources/read waiting for its turn on an exclusive upstre
     symlinkSync(join(root, 'public'), join(root, 'link'));
     const fifo = join(root, 'hold.fifo');
     execFileSync('mkfifo', [fifo]);
-    const s = (sidecar = await startTestSidecar({
+    const s = await startRaceSidecar({
       upstreams: {
         files: {
           command: process.execPath,
@@ -262,7 +252,7 @@ describe('an approved resources/read waiting for its turn on an exclusive upstre
         DEFAULT_ALLOW,
       ],
       agents: [{ name: 'worker' }],
-    }));
+    });
     const token = agentToken(s, 'worker');
     // Session B holds the turn: its read of a FIFO waits for a writer.
     const holder = await httpClient(s.url!, token);
@@ -277,7 +267,7 @@ describe('an approved resources/read waiting for its turn on an exclusive upstre
           (r) => r,
           (e: unknown) => e,
         );
-      const parked: ApiApproval | undefined = await firstPending(s);
+      const parked = await firstPendingApproval(s);
       expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'data.txt'));
       expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
       // A's read is checked and waits for its turn once B's own next read must queue behind it
@@ -323,7 +313,7 @@ describe('an approved resources/subscribe waiting for its turn on an exclusive u
     execFileSync('mkfifo', [fifo]);
     const subscribeLog = join(tempDir('races-exclusive-subscribe-log'), 'subscribed.txt');
     const auditPath = join(tempDir('races-exclusive-subscribe-audit'), 'audit.jsonl');
-    const s = (sidecar = await startTestSidecar({
+    const s = await startRaceSidecar({
       upstreams: {
         files: {
           command: process.execPath,
@@ -350,7 +340,7 @@ describe('an approved resources/subscribe waiting for its turn on an exclusive u
       ],
       agents: [{ name: 'worker' }],
       audit: { path: auditPath, flushIntervalMs: 0 },
-    }));
+    });
     const token = agentToken(s, 'worker');
     // Session B holds the turn: its read of a FIFO waits for a writer.
     const holder = await httpClient(s.url!, token);
@@ -364,7 +354,7 @@ describe('an approved resources/subscribe waiting for its turn on an exclusive u
         (r) => r,
         (e: unknown) => e,
       );
-      const parked: ApiApproval | undefined = await firstPending(s);
+      const parked = await firstPendingApproval(s);
       expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'data.txt'));
       expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
       // A's subscribe is checked and waits for its turn once B's own next read must queue
@@ -415,7 +405,7 @@ describe("a resources/subscribe that waits for another session's subscribe of th
     execFileSync('mkfifo', [fifo]);
     const subscribeLog = join(tempDir('races-exclusive-subscribe-pending-log'), 'log.txt');
     const auditPath = join(tempDir('races-exclusive-subscribe-pending-audit'), 'audit.jsonl');
-    const s = (sidecar = await startTestSidecar({
+    const s = await startRaceSidecar({
       upstreams: {
         files: {
           command: process.execPath,
@@ -428,7 +418,7 @@ describe("a resources/subscribe that waits for another session's subscribe of th
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'alice' }, { name: 'bob' }],
       audit: { path: auditPath, flushIntervalMs: 0 },
-    }));
+    });
     const uri = pathToFileURL(join(root, 'data.txt')).href;
     const bobId = agentId(s, 'bob');
     // Alice's first session holds the turn: its read of a FIFO waits for a writer.
@@ -531,13 +521,13 @@ async function writeAtTurnAfter(
   const auditPath = join(tempDir('races-exclusive-rules-audit'), 'audit.jsonl');
   const fifo = join(root, 'hold.fifo');
   execFileSync('mkfifo', [fifo]);
-  const s = (sidecar = await startTestSidecar({
+  const s = await startRaceSidecar({
     upstreams: { fs: { ...filesystemUpstream(root), exclusive: true } },
     policies: policies as never,
     agents: [{ name: 'worker' }],
     gateway: { tasks: { maxTtlSeconds: 120 } },
     audit: { path: auditPath },
-  }));
+  });
   const token = agentToken(s, 'worker');
   const id = agentId(s, 'worker');
   const holder = await httpClient(s.url!, token);
@@ -551,7 +541,7 @@ async function writeAtTurnAfter(
       content: 'written at its turn',
     });
     if (approve) {
-      const parked: ApiApproval | undefined = await firstPending(s);
+      const parked = await firstPendingApproval(s);
       expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
     }
     // Let through (a task is `working` from its start; `running` once forwarded): it waits for
@@ -624,14 +614,7 @@ describe('a call waiting for its turn on an exclusive upstream while the rules c
 
   it('the approval rule removed meanwhile leaves the default action (deny) to refuse an approved write', async () => {
     const { s, root, auditPath, result, budget } = await writeAtTurnAfter(
-      [
-        {
-          name: 'approvals',
-          priority: 100,
-          rules: [{ tool: 'fs__write_file', action: 'require_approval' }],
-        },
-        READS,
-      ],
+      [APPROVE_WRITES, READS],
       async (s) => {
         expect((await api(s, 'PolicyService/RemovePolicy', { name: 'approvals' })).status).toBe(
           200,

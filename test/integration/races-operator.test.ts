@@ -12,29 +12,28 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { AgentStatus } from '../../src/agent.js';
-import type { Sidecar } from '../../src/server/sidecar.js';
-import { listApprovals, type ApiApproval } from '../fixtures/api.js';
+import { listApprovals } from '../fixtures/api.js';
 import {
   ADMIN_TOKEN,
   DEFAULT_ALLOW,
   agentToken,
   api,
-  closeSidecar,
   filesystemUpstream,
   httpClient,
-  startTestSidecar,
   tempDir,
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import {
+  APPROVE_WRITES,
+  closeRaceSidecarAfterEach,
+  firstPendingApproval,
+  startRaceSidecar,
+} from '../fixtures/races.js';
 
-let sidecar: Sidecar | undefined;
-afterEach(async () => {
-  await closeSidecar(sidecar);
-  sidecar = undefined;
-});
+closeRaceSidecarAfterEach();
 
 /** The record of `kind` with `id` as the state file holds it (read-only). */
 function onDisk<T>(path: string, kind: string, id: string): T | undefined {
@@ -56,19 +55,12 @@ describe('two operator mutations of one object at once', () => {
     const dir = tempDir('races-operator');
     const statePath = join(dir, 'state.db');
     const root = tempDir('races-operator-fs');
-    const s = (sidecar = await startTestSidecar({
+    const s = await startRaceSidecar({
       state: { path: statePath },
       upstreams: { fs: filesystemUpstream(root) },
-      policies: [
-        {
-          name: 'approvals',
-          priority: 100,
-          rules: [{ tool: 'fs__write_file', action: 'require_approval' }],
-        },
-        DEFAULT_ALLOW,
-      ],
+      policies: [APPROVE_WRITES, DEFAULT_ALLOW],
       agents: [{ name: 'worker' }],
-    }));
+    });
     const client = await httpClient(s.url!, agentToken(s, 'worker'));
     for (const round of [0, 1, 2, 3]) {
       const target = join(root, `f${round}.txt`);
@@ -77,11 +69,7 @@ describe('two operator mutations of one object at once', () => {
         undefined,
         { timeout: 60_000 },
       );
-      let parked: ApiApproval | undefined;
-      await until(async () => {
-        parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
-        return parked !== undefined;
-      });
+      const parked = await firstPendingApproval(s);
       const id = parked!.id;
       // Which one is sent first alternates.
       const requests =
@@ -121,11 +109,11 @@ describe('two operator mutations of one object at once', () => {
   it('ScalePool up and down, and DeletePool racing ScalePool, leave no live agent outside its pool', async () => {
     const dir = tempDir('races-pools');
     const statePath = join(dir, 'state.db');
-    const s = (sidecar = await startTestSidecar({
+    const s = await startRaceSidecar({
       state: { path: statePath },
       policies: [DEFAULT_ALLOW],
       pools: [{ id: 'crew', minAgents: 0, maxAgents: 6 }],
-    }));
+    });
     const fabric = s.fabric!;
     const live = (): string[] =>
       fabric.lifecycle

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
-import { listApprovals, type ApiApproval } from '../fixtures/api.js';
+import { listApprovals } from '../fixtures/api.js';
 import {
   pythonGrpc,
   startPythonPolicyService,
@@ -31,26 +31,27 @@ import {
   agentId,
   agentToken,
   api,
-  closeSidecar,
   filesystemUpstream,
   httpClient,
-  startTestSidecar,
   tempDir,
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import {
+  APPROVE_WRITES,
+  closeRaceSidecar,
+  closeRaceSidecarAfterEach,
+  firstPendingApproval,
+  startRaceSidecar,
+} from '../fixtures/races.js';
 
-let sidecar: Sidecar | undefined;
-afterEach(async () => {
-  await closeSidecar(sidecar);
-  sidecar = undefined;
-});
+closeRaceSidecarAfterEach();
 
 let root = '';
 
 async function start(defaultAllow: boolean): Promise<Sidecar> {
   root = tempDir('races-approval');
-  sidecar = await startTestSidecar({
+  const sidecar = await startRaceSidecar({
     upstreams: { fs: filesystemUpstream(root) },
     policies: [
       {
@@ -73,11 +74,7 @@ async function park(s: Sidecar, name: string) {
     undefined,
     { timeout: 120_000 },
   );
-  let parked: ApiApproval | undefined;
-  await until(async () => {
-    parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
-    return parked !== undefined;
-  }, 30_000);
+  const parked = await firstPendingApproval(s, 30_000);
   return { approval: parked!, call, client };
 }
 
@@ -151,14 +148,10 @@ describe('a policy change while a call waits for approval', () => {
 describe('a policy change while a call waits for approval, with a provider denying then', () => {
   it('a rate limit denying at approval time does not hide a deny rule added meanwhile', async () => {
     root = tempDir('races-approval-limit');
-    const s = (sidecar = await startTestSidecar({
+    const s = await startRaceSidecar({
       upstreams: { fs: filesystemUpstream(root) },
       policies: [
-        {
-          name: 'approvals',
-          priority: 100,
-          rules: [{ tool: 'fs__write_file', action: 'require_approval' }],
-        },
+        APPROVE_WRITES,
         { name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] },
       ],
       // One call, then none for a long while (priority 900: above both policies).
@@ -171,7 +164,7 @@ describe('a policy change while a call waits for approval, with a provider denyi
         },
       ],
       agents: [{ name: 'worker' }],
-    } as never));
+    } as never);
     const { approval, call, client } = await park(s, 'limited.txt');
     // Another call takes the agent's one token: the limiter denies every call now.
     const listed = await client.callTool({
@@ -210,7 +203,7 @@ const SLOW_SERVER = fileURLToPath(new URL('../fixtures/gateway/slow-server.mjs',
 async function waitingForBudget(policies: unknown[] = [DEFAULT_ALLOW]) {
   const dir = tempDir('races-budget-wait');
   const countFile = join(dir, 'count.txt');
-  const s = (sidecar = await startTestSidecar({
+  const s = await startRaceSidecar({
     upstreams: {
       slow: {
         command: process.execPath,
@@ -222,7 +215,7 @@ async function waitingForBudget(policies: unknown[] = [DEFAULT_ALLOW]) {
     policies: policies as never,
     agents: [{ name: 'worker' }],
     gateway: { budgetWaitSeconds: 120 },
-  }));
+  });
   const id = agentId(s, 'worker');
   const ran = (): string => (existsSync(countFile) ? readFileSync(countFile, 'utf8') : '');
   const client = await httpClient(s.url!, agentToken(s, 'worker'));
@@ -286,11 +279,7 @@ describe('a policy change while a call waits for its budget', () => {
     });
     expect(added.status).toBe(200);
     await release();
-    let parked: ApiApproval | undefined;
-    await until(async () => {
-      parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
-      return parked !== undefined;
-    });
+    const parked = await firstPendingApproval(s);
     expect(parked).toMatchObject({ tool: 'slow__slow' });
     // Parked without holding the budget, and not run.
     expect(s.fabric!.budgets.getStatus(id).tokensReserved).toBe(0);
@@ -312,11 +301,7 @@ describe('a policy change while a call waits for its budget', () => {
     });
     expect(added.status).toBe(200);
     await release();
-    let parked: ApiApproval | undefined;
-    await until(async () => {
-      parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
-      return parked !== undefined;
-    });
+    const parked = await firstPendingApproval(s);
     expect((await api(s, 'ApprovalService/Deny', { id: parked!.id })).status).toBe(200);
     const result = await waiting;
     expect(result.isError).toBe(true);
@@ -331,8 +316,7 @@ describe.runIf(pythonGrpc || process.env.CI !== undefined)(
   () => {
     let service: PythonPolicyService | undefined;
     afterEach(async () => {
-      await closeSidecar(sidecar);
-      sidecar = undefined;
+      await closeRaceSidecar();
       await service?.close();
       service = undefined;
     });
@@ -341,7 +325,7 @@ describe.runIf(pythonGrpc || process.env.CI !== undefined)(
       // The service answers `*__slow` tools 2 s late (ALLOW).
       service = await startPythonPolicyService();
       const countFile = join(tempDir('races-policy-service'), 'count.txt');
-      const s = (sidecar = await startTestSidecar({
+      const s = await startRaceSidecar({
         upstreams: {
           slow: {
             command: process.execPath,
@@ -358,7 +342,7 @@ describe.runIf(pythonGrpc || process.env.CI !== undefined)(
           },
         ],
         agents: [{ name: 'worker' }],
-      }));
+      });
       const ran = (): string => (existsSync(countFile) ? readFileSync(countFile, 'utf8') : '');
       const client = await httpClient(s.url!, agentToken(s, 'worker'));
       const call = client.callTool(
@@ -376,11 +360,7 @@ describe.runIf(pythonGrpc || process.env.CI !== undefined)(
         },
       });
       expect(added.status).toBe(200);
-      let parked: ApiApproval | undefined;
-      await until(async () => {
-        parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
-        return parked !== undefined;
-      }, 30_000);
+      const parked = await firstPendingApproval(s, 30_000);
       expect(parked).toMatchObject({ tool: 'slow__slow' });
       expect(ran()).not.toContain('start c');
       await approve(s, parked!.id);
@@ -394,7 +374,7 @@ describe.runIf(pythonGrpc || process.env.CI !== undefined)(
       // not about the sidecar's rules: deciding again with the new rules reuses its answer.
       service = await startPythonPolicyService();
       const countFile = join(tempDir('races-policy-service-once'), 'count.txt');
-      const s = (sidecar = await startTestSidecar({
+      const s = await startRaceSidecar({
         upstreams: {
           slow: {
             command: process.execPath,
@@ -411,7 +391,7 @@ describe.runIf(pythonGrpc || process.env.CI !== undefined)(
           },
         ],
         agents: [{ name: 'worker' }],
-      }));
+      });
       const ran = (): string => (existsSync(countFile) ? readFileSync(countFile, 'utf8') : '');
       const client = await httpClient(s.url!, agentToken(s, 'worker'));
       const call = client.callTool(

@@ -4,36 +4,30 @@
  * `initialize` requests and the termination interleave, no session of the agent is left that
  * can call a tool, and a new session is refused.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
   agentId,
   agentToken,
   api,
-  closeSidecar,
   httpClient,
-  startTestSidecar,
   text,
 } from '../fixtures/gateway/harness.js';
+import { closeRaceSidecarAfterEach, startRaceSidecar } from '../fixtures/races.js';
 
-let sidecar: Sidecar | undefined;
-afterEach(async () => {
-  await closeSidecar(sidecar);
-  sidecar = undefined;
-});
+closeRaceSidecarAfterEach();
 
 describe('sessions opened while their agent is terminated', () => {
   it('leaves no session that can call a tool', async () => {
-    const s = (sidecar = await startTestSidecar({
+    const s = await startRaceSidecar({
       upstreams: {
         ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
       },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'worker' }],
-    }));
+    });
     const token = agentToken(s, 'worker');
     const opening = Array.from({ length: 8 }, () =>
       httpClient(s.url!, token).then(

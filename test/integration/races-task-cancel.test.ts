@@ -14,28 +14,22 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, openSync, closeSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { Sidecar } from '../../src/server/sidecar.js';
+import { describe, expect, it } from 'vitest';
 import { listApprovals } from '../fixtures/api.js';
 import {
   ADMIN_TOKEN,
   DEFAULT_ALLOW,
   agentToken,
   auditLines,
-  closeSidecar,
   filesystemUpstream,
   httpClient,
-  startTestSidecar,
   tempDir,
   until,
 } from '../fixtures/gateway/harness.js';
+import { APPROVE_WRITES, closeRaceSidecarAfterEach, startRaceSidecar } from '../fixtures/races.js';
 import { callAsTask } from '../fixtures/gateway/tasks.js';
 
-let sidecar: Sidecar | undefined;
-afterEach(async () => {
-  await closeSidecar(sidecar);
-  sidecar = undefined;
-});
+closeRaceSidecarAfterEach();
 
 /** Holds every libuv pool thread in an `open` of a FIFO; `release` lets them all go. */
 async function holdThreadPool(dir: string): Promise<{ release: () => Promise<void> }> {
@@ -59,16 +53,9 @@ describe('an MCP task cancelled before its call is decided', () => {
   it('asks no human, runs nothing and stays cancelled', async () => {
     const root = tempDir('races-task-cancel');
     const auditPath = join(tempDir('races-task-audit'), 'audit.jsonl');
-    sidecar = await startTestSidecar({
+    const sidecar = await startRaceSidecar({
       upstreams: { fs: filesystemUpstream(root) },
-      policies: [
-        {
-          name: 'approvals',
-          priority: 100,
-          rules: [{ tool: 'fs__write_file', action: 'require_approval' }],
-        },
-        DEFAULT_ALLOW,
-      ],
+      policies: [APPROVE_WRITES, DEFAULT_ALLOW],
       agents: [{ name: 'worker' }],
       gateway: { tasks: { maxTtlSeconds: 120 } },
       audit: { path: auditPath },
@@ -88,8 +75,8 @@ describe('an MCP task cancelled before its call is decided', () => {
         await pool.release();
         released = true;
         // The call went on once the lookups were let go, and ended (its audit line).
-        await until(() => auditLines(sidecar!, auditPath, 'worker', 'fs__write_file').length > 0);
-        expect(auditLines(sidecar!, auditPath, 'worker', 'fs__write_file')).toMatchObject([
+        await until(() => auditLines(sidecar, auditPath, 'worker', 'fs__write_file').length > 0);
+        expect(auditLines(sidecar, auditPath, 'worker', 'fs__write_file')).toMatchObject([
           { outcome: 'cancelled' },
         ]);
         const after = await client.experimental.tasks.getTask(task.taskId);

@@ -12,39 +12,37 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { Sidecar } from '../../src/server/sidecar.js';
-import { listApprovals, type ApiApproval } from '../fixtures/api.js';
+import { describe, expect, it } from 'vitest';
 import {
-  ADMIN_TOKEN,
   DEFAULT_ALLOW,
   agentId,
   agentToken,
   api,
-  closeSidecar,
   filesystemUpstream,
   httpClient,
-  startTestSidecar,
   tempDir,
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import {
+  APPROVE_WRITES,
+  closeRaceSidecar,
+  closeRaceSidecarAfterEach,
+  firstPendingApproval,
+  startRaceSidecar,
+} from '../fixtures/races.js';
 import { costOnDisk } from '../fixtures/state/budget-rows.js';
 
 const SLOW_SERVER = fileURLToPath(new URL('../fixtures/gateway/slow-server.mjs', import.meta.url));
 
-let sidecar: Sidecar | undefined;
-afterEach(async () => {
-  await closeSidecar(sidecar);
-  sidecar = undefined;
-});
+closeRaceSidecarAfterEach();
 
 describe('an agent terminated while its calls are in flight', () => {
   it('settles the reservation of a call at its upstream, on disk too', async () => {
     const dir = tempDir('races-terminate');
     const statePath = join(dir, 'state.db');
     const countFile = join(dir, 'count.txt');
-    sidecar = await startTestSidecar({
+    const s = await startRaceSidecar({
       state: { path: statePath },
       upstreams: {
         slow: {
@@ -58,7 +56,6 @@ describe('an agent terminated while its calls are in flight', () => {
       agents: [{ name: 'worker', budget: { maxCostPerDay: 10 } }],
       toolCosts: { slow__slow: 3 },
     });
-    const s = sidecar;
     const id = agentId(s, 'worker');
     const client = await httpClient(s.url!, agentToken(s, 'worker'));
     const call = client.callTool({ name: 'slow__slow', arguments: { label: 'a', ms: 3000 } }).then(
@@ -73,26 +70,17 @@ describe('an agent terminated while its calls are in flight', () => {
     await until(() => s.fabric!.budgets.getStatus(id).costReserved === 0);
     const status = s.fabric!.budgets.getStatus(id);
     expect(status.costUsed).toBe(3);
-    await closeSidecar(s);
-    sidecar = undefined;
+    await closeRaceSidecar();
     expect(costOnDisk(statePath, `agent:${id}`)).toBe(3);
   }, 60_000);
 
   it('ends a call parked for approval; approving it afterwards runs nothing', async () => {
     const root = tempDir('races-terminate-fs');
-    sidecar = await startTestSidecar({
+    const s = await startRaceSidecar({
       upstreams: { fs: filesystemUpstream(root) },
-      policies: [
-        {
-          name: 'approvals',
-          priority: 100,
-          rules: [{ tool: 'fs__write_file', action: 'require_approval' }],
-        },
-        DEFAULT_ALLOW,
-      ],
+      policies: [APPROVE_WRITES, DEFAULT_ALLOW],
       agents: [{ name: 'worker' }],
     });
-    const s = sidecar;
     const id = agentId(s, 'worker');
     const client = await httpClient(s.url!, agentToken(s, 'worker'));
     const target = join(root, 'late.txt');
@@ -104,11 +92,7 @@ describe('an agent terminated while its calls are in flight', () => {
         (r) => ({ result: r }),
         (error: unknown) => ({ error }),
       );
-    let parked: ApiApproval | undefined;
-    await until(async () => {
-      parked = (await listApprovals(s.url!, ADMIN_TOKEN, 'pending'))[0];
-      return parked !== undefined;
-    });
+    const parked = await firstPendingApproval(s);
     const res = await api(s, 'FabricService/TerminateAgent', { agentId: id, drainTimeout: '0s' });
     expect(res.status).toBe(200);
     const ended = await call;
