@@ -4,7 +4,8 @@
  *
  * Health is made of named *probes* (`() => boolean`, true when the part works): the server adds
  * `fabric` (the fabric is open) and the sidecar adds `state` (the last commit to the state store
- * succeeded) and `upstream/<name>` (the MCP upstream is connected). A service name checks:
+ * succeeded), `hooks` (with hooks configured: the last write to the hook store succeeded) and
+ * `upstream/<name>` (the MCP upstream is connected). A service name checks:
  * - `""` (the whole server): every probe;
  * - a served fabric service (`fabric.v1.AgentService`, …): `fabric` and `state`;
  * - a probe's own name (`upstream/github`, `state`, `fabric`): that probe.

@@ -521,6 +521,11 @@ export class Sidecar {
           // The last commit to the state store succeeded (always, for in-memory state).
           state: () => stateStore?.lastError === undefined,
         };
+        // The last write to the hook store succeeded (as `/readyz`'s `hooks` check).
+        if (fabric.hooks !== undefined) {
+          const f = fabric;
+          healthProbes.hooks = () => f.hooks?.lastError === undefined;
+        }
         for (const name of gateway.upstreams.keys()) {
           healthProbes[`upstream/${name}`] = () => gateway.upstreams.get(name)?.state === 'ready';
         }
