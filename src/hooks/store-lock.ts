@@ -148,11 +148,11 @@ export class StoreLock {
    * Makes the lock file again when it was removed while held (its folder removed, say), with
    * this lock's holder — this process's identity, as {@link acquire} wrote it — atomically and
    * only if the path is free, as {@link acquire} makes it. Synchronous, for checks that run on a
-   * timer. Returns `'held'` when the file at the path is this lock's (already there, or made
-   * now); else the reason it is not (another holder's, unreadable, released, or the error that
-   * stopped making it).
+   * timer. Returns `'held'` when the file at the path is this lock's, `'made'` when it was
+   * missing and is made now; else the reason it is not this lock's (another holder's,
+   * unreadable, released, or the error that stopped making it).
    */
-  restoreSync(): 'held' | string {
+  restoreSync(): 'held' | 'made' | string {
     if (this.#released) return 'the lock was released';
     for (let attempt = 0; attempt < 2; attempt++) {
       const current = readHolderSync(this.path);
@@ -162,7 +162,7 @@ export class StoreLock {
       }
       if (current === 'unreadable') return `${this.path} exists but is unreadable`;
       try {
-        if (createExclusiveSync(this.path, this.holder)) return 'held';
+        if (createExclusiveSync(this.path, this.holder)) return 'made';
       } catch (err) {
         return `${this.path} could not be made: ${(err as Error).message}`;
       }

@@ -30,8 +30,8 @@
  * - SQLite writes into the file it has open, even once its path is removed or names another
  *   file: a timer checks the path every second, and a store that lost it saves its state back
  *   (to the path if free and its lock, removed with the folder, could be made again; else beside
- *   it) and reports it (`#checkFile`); a removed `-wal` or
- *   `-shm` file is made anew after a checkpoint (`#checkWal`).
+ *   it) and reports it (`#checkFile`); a lock file removed alone is made again (`#checkLock`);
+ *   a removed `-wal` or `-shm` file is made anew after a checkpoint (`#checkWal`).
  *
  * Durability: `synchronous=NORMAL` (the default) means a committed transaction survives the
  * process dying at any point (SIGKILL, crash); after a power loss or OS crash the most recent
@@ -590,6 +590,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    * identity of the copy last saved there, and the error that stays reported until close.
    */
   #detached: Detached | undefined;
+  /** The lock file was found to be another's (and that was reported). */
+  #lockLost = false;
   /** The last repair of a removed `-wal`/`-shm` file failed (and was reported). */
   #walRepairFailed = false;
   readonly #stats = { commits: 0, failedCommits: 0, recordsWritten: 0, commitSeconds: 0 };
@@ -1038,6 +1040,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     }
     if (now !== undefined && now.dev === this.#identity.dev && now.ino === this.#identity.ino) {
       this.#checkWal();
+      this.#checkLock();
       return;
     }
     const removed = now === undefined;
@@ -1079,7 +1082,31 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       return `its folder cannot be made: ${messageOf(error)}`;
     }
     const state = this.#lock.restoreSync();
-    return state === 'held' ? undefined : state;
+    return state === 'held' || state === 'made' ? undefined : state;
+  }
+
+  /**
+   * Whether the lock file `<path>.lock` is still there, the state file being in place: one
+   * removed (a clean-up of "stale" files) let a second sidecar open this state beside this one.
+   * It is made again (`StoreLock.restoreSync`) and that is reported; a lock another process took
+   * meanwhile is reported once.
+   */
+  #checkLock(): void {
+    const state = this.#lock.restoreSync();
+    if (state === 'held') {
+      this.#lockLost = false;
+      return;
+    }
+    if (state !== 'made' && this.#lockLost) return;
+    this.#lockLost = state !== 'made';
+    this.#onError(
+      new StateStoreError(
+        this.path,
+        state === 'made'
+          ? `its lock ${this.#lock.path} was removed while in use: it was made again for this process`
+          : `its lock ${this.#lock.path} is not this store's (${state}): another process may open this state — stop it`,
+      ),
+    );
   }
 
   /**

@@ -5,7 +5,8 @@
  * and now makes its lock again too, with its own identity: before, the lock stayed gone, and a
  * second sidecar started on the same path opened the saved-back file beside the first — two
  * writers on one state. Now the second is refused with FABRIC_ERR_STATE_LOCKED, and the first's
- * clean shutdown leaves the state at the path and no lock behind.
+ * clean shutdown leaves the state at the path and no lock behind. The lock removed alone (the
+ * state file left in place: a clean-up of "stale" lock files) is made again the same way.
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -88,4 +89,32 @@ it('makes its lock again when it saves its state back, so a second sidecar is re
   expect(await stop(first, 'SIGTERM')).toBe(0);
   expect(tasksIn(statePath)).toEqual([t1]);
   expect(existsSync(lockPath)).toBe(false);
+}, 120_000);
+
+it('makes its lock again when the lock file alone is removed, so a second sidecar is refused', async () => {
+  const root = tempDir('state-lock-removed');
+  const statePath = join(root, '.fabric', 'state.db');
+  const lockPath = `${statePath}.lock`;
+  const firstDir = join(root, 'first');
+  const secondDir = join(root, 'second');
+  for (const d of [firstDir, secondDir]) {
+    mkdirSync(d);
+    await writeConfig(d, statePath);
+  }
+  const first = await serve(firstDir, ENV);
+  rmSync(lockPath);
+  await until(() => first.err().includes('was made again'), 20_000);
+  expect(first.err()).toContain(lockPath);
+  expect(JSON.parse(readFileSync(lockPath, 'utf8'))).toMatchObject({ pid: first.child.pid });
+
+  const second = spawnServe(secondDir, ENV);
+  const code = await new Promise<number | null>((resolve) =>
+    second.child.once('exit', (c) => resolve(c)),
+  );
+  expect(code).not.toBe(0);
+  expect(second.err()).toContain('FABRIC_ERR_STATE_LOCKED');
+
+  expect(await stop(first, 'SIGTERM')).toBe(0);
+  expect(existsSync(lockPath)).toBe(false);
+  expect(existsSync(statePath)).toBe(true);
 }, 120_000);
