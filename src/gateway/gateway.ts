@@ -1555,13 +1555,13 @@ export class ToolGateway implements SessionHost {
     decision: 'invalid' | 'none',
     error: SubscriptionLimitError,
   ): McpError {
-    const audit = this.#pipeline.auditor(
-      session.identity.agentId,
+    this.#auditRefused(
+      session,
       'resources/subscribe',
       { uri },
-      performance.now(),
+      decision,
+      SubscriptionLimitError.code,
     );
-    audit({ decision, outcome: 'error', code: SubscriptionLimitError.code });
     return toMcpError(error);
   }
 
