@@ -23,7 +23,11 @@ import {
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { CallToolResultSchema, McpError } from '@modelcontextprotocol/sdk/types.js';
+import {
+  CallToolResultSchema,
+  McpError,
+  type CallToolResult,
+} from '@modelcontextprotocol/sdk/types.js';
 import { describe, expect, it } from 'vitest';
 import { AgentStatus } from '../../src/agent.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
@@ -69,6 +73,51 @@ function writerOnceRead(fifo: string): number | undefined {
   }
 }
 
+/**
+ * A session of `token` holding an exclusive upstream's turn: its read of the FIFO `fifo` — the
+ * tool `tool` (a `path` argument) or, without it, `resources/read` — waits for a writer.
+ */
+async function holdTurn(s: Sidecar, token: string, fifo: string, tool?: string) {
+  const client = await httpClient(s.url!, token);
+  const held: Promise<unknown> =
+    tool === undefined
+      ? client.readResource({ uri: pathToFileURL(fifo).href })
+      : client.callTool({ name: tool, arguments: { path: fifo } });
+  let writer: number | undefined;
+  await until(() => (writer = writerOnceRead(fifo)) !== undefined);
+  return {
+    client,
+    held,
+    /** Ends the held read (it gets its data): the turn goes on. */
+    release(): void {
+      if (writer === undefined) return;
+      writeSync(writer, 'held');
+      closeSync(writer);
+      writer = undefined;
+    },
+    /**
+     * Waits until a call waits for the turn: the holder keeps it only while nobody does, so its
+     * next `resources/read` of `other` must queue behind (a probe that returns: not yet).
+     */
+    async untilQueuedBehind(other: string): Promise<void> {
+      await until(async () => {
+        const probe = await client
+          .readResource({ uri: pathToFileURL(other).href }, { signal: AbortSignal.timeout(300) })
+          .then(
+            () => 'read',
+            () => 'queued',
+          );
+        return probe === 'queued';
+      });
+    },
+    async close(): Promise<void> {
+      if (writer !== undefined) closeSync(writer);
+      writer = undefined;
+      await client.close();
+    },
+  };
+}
+
 describe('an approved call waiting for its turn on an exclusive upstream', () => {
   it('is refused when a symlink on its path moved while it waited; nothing is written', async () => {
     const root = tempDir('races-exclusive');
@@ -95,10 +144,7 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
     });
     const token = agentToken(s, 'worker');
     // Session B holds the upstream's turn: its read waits for a writer of the FIFO.
-    const holder = await httpClient(s.url!, token);
-    const held = holder.callTool({ name: 'fs__read_text_file', arguments: { path: fifo } });
-    let writer: number | undefined;
-    await until(() => (writer = writerOnceRead(fifo)) !== undefined);
+    const holder = await holdTurn(s, token, fifo, 'fs__read_text_file');
     try {
       // Session A's write parks for approval; the human sees it resolve into public/.
       const agent = await httpClient(s.url!, token);
@@ -115,10 +161,8 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
       );
       relinkToSecret(root);
       // B's read ends; A's turn comes.
-      writeSync(writer!, 'held');
-      closeSync(writer!);
-      writer = undefined;
-      expect((await held).isError).toBeFalsy();
+      holder.release();
+      expect(((await holder.held) as CallToolResult).isError).toBeFalsy();
       await until(async () => {
         const t = await agent.experimental.tasks.getTask(task.taskId);
         return t.status === 'failed' || t.status === 'completed';
@@ -132,7 +176,6 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
       expect(existsSync(join(root, 'public', 'out.txt'))).toBe(false);
       await agent.close();
     } finally {
-      if (writer !== undefined) closeSync(writer);
       await holder.close();
     }
   }, 60_000);
@@ -255,10 +298,7 @@ describe('an approved resources/read waiting for its turn on an exclusive upstre
     });
     const token = agentToken(s, 'worker');
     // Session B holds the turn: its read of a FIFO waits for a writer.
-    const holder = await httpClient(s.url!, token);
-    const held = holder.readResource({ uri: pathToFileURL(fifo).href });
-    let writer: number | undefined;
-    await until(() => (writer = writerOnceRead(fifo)) !== undefined);
+    const holder = await holdTurn(s, token, fifo);
     const agent = await httpClient(s.url!, token);
     try {
       const read = agent
@@ -270,30 +310,15 @@ describe('an approved resources/read waiting for its turn on an exclusive upstre
       const parked = await firstPendingApproval(s);
       expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'data.txt'));
       expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
-      // A's read is checked and waits for its turn once B's own next read must queue behind it
-      // (B keeps the turn only while nobody waits). A probe that returns: not yet.
-      await until(async () => {
-        const probe = await holder
-          .readResource(
-            { uri: pathToFileURL(join(root, 'other.txt')).href },
-            { signal: AbortSignal.timeout(300) },
-          )
-          .then(
-            () => 'read',
-            () => 'queued',
-          );
-        return probe === 'queued';
-      });
+      // A's read is checked and waits for its turn.
+      await holder.untilQueuedBehind(join(root, 'other.txt'));
       relinkToSecret(root);
-      writeSync(writer!, 'held');
-      closeSync(writer!);
-      writer = undefined;
-      await held;
+      holder.release();
+      await holder.held;
       const outcome = await read;
       expect(outcome).toBeInstanceOf(McpError);
       expect((outcome as McpError).message).toContain('FABRIC_ERR_APPROVAL_STALE');
     } finally {
-      if (writer !== undefined) closeSync(writer);
       await agent.close();
       await holder.close();
     }
@@ -343,10 +368,7 @@ describe('an approved resources/subscribe waiting for its turn on an exclusive u
     });
     const token = agentToken(s, 'worker');
     // Session B holds the turn: its read of a FIFO waits for a writer.
-    const holder = await httpClient(s.url!, token);
-    const held = holder.readResource({ uri: pathToFileURL(fifo).href });
-    let writer: number | undefined;
-    await until(() => (writer = writerOnceRead(fifo)) !== undefined);
+    const holder = await holdTurn(s, token, fifo);
     const agent = await httpClient(s.url!, token);
     try {
       const uri = pathToFileURL(join(root, 'link', 'data.txt')).href;
@@ -357,25 +379,11 @@ describe('an approved resources/subscribe waiting for its turn on an exclusive u
       const parked = await firstPendingApproval(s);
       expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'data.txt'));
       expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
-      // A's subscribe is checked and waits for its turn once B's own next read must queue
-      // behind it (B keeps the turn only while nobody waits). A probe that returns: not yet.
-      await until(async () => {
-        const probe = await holder
-          .readResource(
-            { uri: pathToFileURL(join(root, 'other.txt')).href },
-            { signal: AbortSignal.timeout(300) },
-          )
-          .then(
-            () => 'read',
-            () => 'queued',
-          );
-        return probe === 'queued';
-      });
+      // A's subscribe is checked and waits for its turn.
+      await holder.untilQueuedBehind(join(root, 'other.txt'));
       relinkToSecret(root);
-      writeSync(writer!, 'held');
-      closeSync(writer!);
-      writer = undefined;
-      await held;
+      holder.release();
+      await holder.held;
       const outcome = await subscribed;
       expect(outcome).toBeInstanceOf(McpError);
       expect((outcome as McpError).message).toContain('FABRIC_ERR_APPROVAL_STALE');
@@ -389,7 +397,6 @@ describe('an approved resources/subscribe waiting for its turn on an exclusive u
         `subscribe ${pathToFileURL(join(root, 'other.txt')).href}\n`,
       );
     } finally {
-      if (writer !== undefined) closeSync(writer);
       await agent.close();
       await holder.close();
     }
@@ -422,27 +429,13 @@ describe("a resources/subscribe that waits for another session's subscribe of th
     const uri = pathToFileURL(join(root, 'data.txt')).href;
     const bobId = agentId(s, 'bob');
     // Alice's first session holds the turn: its read of a FIFO waits for a writer.
-    const holder = await httpClient(s.url!, agentToken(s, 'alice'));
-    const held = holder.readResource({ uri: pathToFileURL(fifo).href });
-    let writer: number | undefined;
-    await until(() => (writer = writerOnceRead(fifo)) !== undefined);
+    const holder = await holdTurn(s, agentToken(s, 'alice'), fifo);
     const alice = await httpClient(s.url!, agentToken(s, 'alice'));
     const bob = await httpClient(s.url!, agentToken(s, 'bob'));
     try {
       // Alice's subscribe waits for its turn once the holder's next read must queue behind it.
       const aliceSubscribed = alice.subscribeResource({ uri });
-      await until(async () => {
-        const probe = await holder
-          .readResource(
-            { uri: pathToFileURL(join(root, 'other.txt')).href },
-            { signal: AbortSignal.timeout(300) },
-          )
-          .then(
-            () => 'read',
-            () => 'queued',
-          );
-        return probe === 'queued';
-      });
+      await holder.untilQueuedBehind(join(root, 'other.txt'));
       // Bob's subscribe of the same URI is let through and waits for Alice's.
       const bobSubscribed = bob.subscribeResource({ uri }).then(
         (r) => r,
@@ -465,10 +458,8 @@ describe("a resources/subscribe that waits for another session's subscribe of th
           },
         ],
       });
-      writeSync(writer!, 'held');
-      closeSync(writer!);
-      writer = undefined;
-      await held;
+      holder.release();
+      await holder.held;
       expect(await aliceSubscribed).toEqual({});
       const outcome = await bobSubscribed;
       expect(outcome).toBeInstanceOf(McpError);
@@ -481,7 +472,6 @@ describe("a resources/subscribe that waits for another session's subscribe of th
       // Alice's subscribe is the only one the upstream got; nothing was unsubscribed.
       expect(readFileSync(subscribeLog, 'utf8')).toBe(`subscribe ${uri}\n`);
     } finally {
-      if (writer !== undefined) closeSync(writer);
       await bob.close();
       await alice.close();
       await holder.close();
@@ -530,10 +520,7 @@ async function writeAtTurnAfter(
   });
   const token = agentToken(s, 'worker');
   const id = agentId(s, 'worker');
-  const holder = await httpClient(s.url!, token);
-  const held = holder.callTool({ name: 'fs__read_text_file', arguments: { path: fifo } });
-  let writer: number | undefined;
-  await until(() => (writer = writerOnceRead(fifo)) !== undefined);
+  const holder = await holdTurn(s, token, fifo, 'fs__read_text_file');
   const agent = await httpClient(s.url!, token);
   try {
     const { task } = await callAsTask(agent, 'fs__write_file', {
@@ -553,10 +540,8 @@ async function writeAtTurnAfter(
     const before = s.fabric!.budgets.getStatus(id);
     expect(auditLines(s, auditPath, 'worker', 'fs__read_text_file')).toEqual([]);
     await change(s);
-    writeSync(writer!, 'held');
-    closeSync(writer!);
-    writer = undefined;
-    expect((await held).isError).toBeFalsy();
+    holder.release();
+    expect(((await holder.held) as CallToolResult).isError).toBeFalsy();
     await until(async () => {
       const t = await agent.experimental.tasks.getTask(task.taskId);
       return t.status === 'failed' || t.status === 'completed';
@@ -574,7 +559,6 @@ async function writeAtTurnAfter(
       budget: [before.tokensUsed + Number(read?.tokens), after.tokensUsed, after.tokensReserved],
     };
   } finally {
-    if (writer !== undefined) closeSync(writer);
     await agent.close();
     await holder.close();
   }
