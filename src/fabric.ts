@@ -20,6 +20,7 @@ import {
   HookNotFoundError,
   PermissionDeniedError,
   QueueFullError,
+  StateStoreError,
   TaskExecutionError,
   TaskResultTooLargeError,
   UnauthenticatedError,
@@ -855,12 +856,40 @@ export class AgentFabric {
     }
     const { agentId, taskType, payload, ...options } = request;
     const held = this.#budgetHold(agentId, rec.poolId);
-    return this.scheduler.schedule(
-      { agentId },
-      taskType,
-      payload,
-      held ? { ...options, notBefore: held } : options,
+    return this.#committed(
+      this.scheduler.schedule(
+        { agentId },
+        taskType,
+        payload,
+        held ? { ...options, notBefore: held } : options,
+      ),
     );
+  }
+
+  /**
+   * `task` once its schedule is committed. With a durable store the commit runs on a microtask
+   * the schedule queued, before this resumes; when it failed (disk full, I/O error) the
+   * scheduler withdrew the task at once (CANCELLED with `FABRIC_ERR_STATE_STORE`, before any
+   * dispatch: see `AgentScheduler.#unwritten`), and the caller gets that error instead of a task
+   * that is not on disk. With the in-memory store there is nothing to wait for.
+   * @throws StateStoreError when the commit failed.
+   */
+  async #committed(task: Task): Promise<Task> {
+    if (this.#store.tasks.unwritten === undefined) return task;
+    await undefined;
+    const t = this.scheduler.peekTask(task.id);
+    if (
+      t !== undefined &&
+      t.status === TaskStatus.CANCELLED &&
+      t.error?.code === StateStoreError.code
+    ) {
+      const path = (this.#store as { path?: unknown }).path;
+      throw new StateStoreError(
+        typeof path === 'string' ? path : 'state',
+        `task ${task.id} was not scheduled: ${t.error.message}`,
+      );
+    }
+    return task;
   }
 
   /**
@@ -889,11 +918,13 @@ export class AgentFabric {
     this.#open();
     this.pools.assertActive(poolId);
     const held = this.#budgetHold(undefined, poolId);
-    return this.scheduler.schedule(
-      { poolId },
-      taskType,
-      payload,
-      held ? { ...options, notBefore: held } : options,
+    return this.#committed(
+      this.scheduler.schedule(
+        { poolId },
+        taskType,
+        payload,
+        held ? { ...options, notBefore: held } : options,
+      ),
     );
   }
 

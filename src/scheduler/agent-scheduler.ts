@@ -307,6 +307,8 @@ export class AgentScheduler {
     );
     this.#finishedGroup = options.finishedGroups?.group;
     this.#byReference = this.#tasks.holdsReferences === true;
+    if ('unwritten' in this.#tasks)
+      this.#tasks.unwritten = (records, error) => this.#unwritten(records, error);
     this.#weights = options.tenantWeight ?? (() => 1);
     this.registerExecutor(this.#remote);
   }
@@ -1316,6 +1318,26 @@ export class AgentScheduler {
     if (slot.unflushed++ === 0) entry.slots.push(slot);
     this.#saveStart(task, slot);
     if (this.events.listens('task.started')) this.events.emit('task.started', task.snapshot());
+  }
+
+  /**
+   * The store could not commit these tasks' first write (disk full, I/O error): their schedule
+   * was never acknowledged as committed — an awaited `schedule` throws `FABRIC_ERR_STATE_STORE`
+   * (see `AgentFabric.schedule`) — so none may run. Each one not finished yet is withdrawn:
+   * CANCELLED with that code (an attempt already started is aborted), kept in memory and written
+   * as such with the next commit that succeeds. Called synchronously by the failed commit, which
+   * runs before the dispatch pass the schedule queued.
+   */
+  #unwritten(records: readonly TaskRecord[], failure: Error): void {
+    for (const t of records) {
+      if (isFinished(t.status) || this.#tasks.get(t.id) !== t) continue;
+      const error = {
+        code: 'FABRIC_ERR_STATE_STORE',
+        message: `the task could not be committed, so it was withdrawn and never runs (${failure.message})`,
+      };
+      if (t.status !== TaskStatus.PENDING) this.#abort(t, error);
+      this.#finish(t, TaskStatus.CANCELLED, undefined, error);
+    }
   }
 
   /** Tells the executor of the agent running `t` that the scheduler ended the attempt. */

@@ -311,6 +311,8 @@ export class SqliteTaskCollection<T> implements Collection<T> {
   #lazy: TaskEntry<T>[] = [];
   readonly #journal: Journal;
   #nextRid = 1;
+  /** Tasks of the failed commit never written before (see {@link unwritten}). */
+  #unwritten: T[] = [];
 
   /** @internal `rows`: the stored tasks with their rows. */
   constructor(journal: Journal, rows: ReadonlyArray<[string, T, number]>) {
@@ -416,8 +418,14 @@ export class SqliteTaskCollection<T> implements Collection<T> {
     const dirty = this.#dirty;
     const lazies = this.#lazy;
     const failed = (): void => {
-      for (const e of dirty) restore(e, DIRTY);
-      if (lazy) for (const e of lazies) restore(e, LAZY);
+      // Tasks whose first write this was (none on disk): reported by `reportUnwritten`.
+      const back = (e: TaskEntry<T>, state: number): void => {
+        const first = e.state === INSERTING || (e.state === WRITING && e.rid === undefined);
+        if (first && !e.gone) this.#unwritten.push(e.record);
+        restore(e, state);
+      };
+      for (const e of dirty) back(e, DIRTY);
+      if (lazy) for (const e of lazies) back(e, LAZY);
     };
     try {
       for (const e of dirty) if (e.state === DIRTY) one(e);
@@ -437,6 +445,22 @@ export class SqliteTaskCollection<T> implements Collection<T> {
       },
       failed,
     };
+  }
+
+  /**
+   * Told, synchronously, of the tasks whose first write was in a commit that failed (none of
+   * them is on disk): the scheduler withdraws the ones still unfinished (`AgentScheduler`), so a
+   * task whose schedule could not be committed never runs, before the awaiting caller resumes
+   * with the error.
+   */
+  unwritten: ((records: T[], error: Error) => void) | undefined = undefined;
+
+  /** @internal Tells {@link unwritten} (after the failed transaction is rolled back). */
+  reportUnwritten(error: StateStoreError): void {
+    const records = this.#unwritten;
+    if (records.length === 0) return;
+    this.#unwritten = [];
+    this.unwritten?.(records, error);
   }
 
   /** @internal A fresh row number for a task's insert. */
@@ -654,7 +678,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.#getMeta = db.prepare('SELECT value FROM meta WHERE key = ?');
     const { dev, ino } = statSync(path);
     this.#identity = { dev, ino };
-    this.#fileCheck = setInterval(() => this.#checkFile(), FILE_CHECK_INTERVAL_MS);
+    this.#fileCheck = setInterval(() => {
+      this.#checkFile();
+      this.#retry();
+    }, FILE_CHECK_INTERVAL_MS);
     this.#fileCheck.unref();
   }
 
@@ -864,7 +891,11 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       });
     } catch (error) {
       written?.failed();
-      throw new StateStoreError(this.path, `write failed: ${messageOf(error)}`, { cause: error });
+      const failure = new StateStoreError(this.path, `write failed: ${messageOf(error)}`, {
+        cause: error,
+      });
+      this.tasks.reportUnwritten(failure);
+      throw failure;
     }
     written?.committed();
     const stats = this.#stats;
@@ -1014,6 +1045,23 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       this.#stats.failedCommits++;
       this.#onError(this.#lastError);
       if (rethrow) throw error;
+    }
+  }
+
+  /**
+   * After a failed commit (disk full, I/O error), commits what is pending again once a second,
+   * without waiting for a new change: once the write succeeds (space is back) the store is
+   * healthy again (`lastError` cleared, `/readyz` ready). A retry that fails again is not
+   * reported again (the first failure was).
+   */
+  #retry(): void {
+    if (this.#closed || this.#detached !== undefined || this.#lastError === undefined) return;
+    try {
+      this.#flush(true);
+      this.#lastError = undefined;
+    } catch (error) {
+      this.#lastError = error as StateStoreError;
+      this.#stats.failedCommits++;
     }
   }
 

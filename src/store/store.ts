@@ -40,6 +40,11 @@ export interface Collection<T> {
    * changed record needs no further `put`. Durable stores leave it unset.
    */
   readonly holdsReferences?: boolean;
+  /**
+   * Set by the owner of a durable collection (the scheduler, for tasks): told synchronously of
+   * the records whose first write was in a commit that failed, so none of them is on disk.
+   */
+  unwritten?: ((records: T[], error: Error) => void) | undefined;
 }
 
 /** Where the fabric's records live. */

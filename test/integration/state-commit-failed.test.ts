@@ -1,0 +1,135 @@
+/**
+ * A state commit that fails (disk full, I/O error) under a running `agent-fabric serve` (real
+ * child process, real SQLite file, real Operator API over HTTP). The disk is "full" for the
+ * sidecar alone: its file size limit is set to 0 with `prlimit --pid` (every write to a regular
+ * file fails with EFBIG, as on a full disk; Node ignores SIGXFSZ) and lifted again later.
+ *
+ * Before, `ScheduleTask` still answered 200 for a task whose commit had failed: only `/readyz`
+ * said so, and a SIGTERM while still full exited 1 and lost the task — an acknowledged task
+ * vanished. Now the call answers `FABRIC_ERR_STATE_STORE` and the task is withdrawn at once
+ * (CANCELLED with that code, never run); once the disk takes writes again the store commits
+ * what was pending by itself, without a new change or a restart.
+ */
+import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterAll, expect, it } from 'vitest';
+import { callApi } from '../fixtures/api.js';
+import { ADMIN_TOKEN, DEFAULT_ALLOW, tempDir, until } from '../fixtures/gateway/harness.js';
+import { cleanUp, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
+
+afterAll(cleanUp);
+
+const ENV = { FABRIC_ADMIN_TOKEN: ADMIN_TOKEN };
+
+function agentIdOf(r: Running): string {
+  return /agent token:\s+\S+\s+\(worker, ([0-9a-f-]+)\)/.exec(r.out)![1]!;
+}
+
+/** The sidecar's soft file size limit: 0 (a disk that takes no byte) or none. */
+function diskFull(r: Running, full: boolean): void {
+  execFileSync('prlimit', [`--pid=${r.child.pid}`, `--fsize=${full ? 0 : 'unlimited'}:unlimited`]);
+}
+
+async function scheduleCall(r: Running, agentId: string, n: number): Promise<Response> {
+  return callApi(
+    r.url,
+    'FabricService/ScheduleTask',
+    { agentId, taskType: 't', payload: { n } },
+    ADMIN_TOKEN,
+  );
+}
+
+async function schedule(r: Running, agentId: string, n: number): Promise<string> {
+  const res = await scheduleCall(r, agentId, n);
+  expect(res.status).toBe(200);
+  return ((await res.json()) as { task: { taskId: string } }).task.taskId;
+}
+
+async function stateReady(r: Running): Promise<boolean> {
+  const res = await fetch(new URL('/readyz', r.url));
+  const body = (await res.json()) as { checks: { state: boolean } };
+  return body.checks.state;
+}
+
+interface Row {
+  id: string;
+  status: string;
+}
+
+/** The tasks in the state file at `path` (read-only, beside the live sidecar). */
+function tasksIn(path: string): Row[] {
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  try {
+    const rows = db.prepare<[], Record<string, unknown>>('SELECT * FROM tasks ORDER BY rid').all();
+    return rows.map((r) => ({ id: String(r.id), status: String(r.status) }));
+  } finally {
+    db.close();
+  }
+}
+
+interface Listed {
+  taskId: string;
+  status: string;
+  error?: { code: string };
+}
+
+async function listTasks(r: Running): Promise<Listed[]> {
+  const res = await callApi(r.url, 'FabricService/ListTasks', {}, ADMIN_TOKEN);
+  expect(res.status).toBe(200);
+  return ((await res.json()) as { tasks: Listed[] }).tasks;
+}
+
+it('a schedule whose commit failed answers FABRIC_ERR_STATE_STORE, is withdrawn, and the store recovers by itself', async () => {
+  const dir = tempDir('state-commit-failed');
+  const port = await freePort();
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'worker' }],
+    }),
+  );
+  const statePath = join(dir, '.fabric', 'state.db');
+  const first = await serve(dir, ENV);
+  const agentId = agentIdOf(first);
+  const t1 = await schedule(first, agentId, 1);
+
+  diskFull(first, true);
+  const refused = await scheduleCall(first, agentId, 2);
+  const body = (await refused.json()) as { code: string; message: string };
+  expect(refused.status).not.toBe(200);
+  expect(body.code).toBe('FABRIC_ERR_STATE_STORE');
+  expect(body.message).toContain('was not scheduled');
+  expect(body.message).toContain(statePath);
+  expect(await stateReady(first)).toBe(false);
+  // Withdrawn, not left queued to run later: CANCELLED with the same code.
+  const listed = await listTasks(first);
+  const withdrawn = listed.find((t) => t.taskId !== t1);
+  expect(withdrawn).toBeDefined();
+  expect(withdrawn!.status).toBe('TASK_STATUS_CANCELLED');
+  expect(withdrawn!.error?.code).toBe('FABRIC_ERR_STATE_STORE');
+  expect(listed.find((t) => t.taskId === t1)!.status).toBe('TASK_STATUS_PENDING');
+
+  // Space is back: the store commits what was pending without a new change or a restart.
+  diskFull(first, false);
+  await until(() => stateReady(first), 20_000);
+  const onDisk = tasksIn(statePath);
+  expect(onDisk.map((r) => r.id)).toEqual([t1, withdrawn!.taskId]);
+
+  const t3 = await schedule(first, agentId, 3);
+  expect(await stop(first, 'SIGTERM')).toBe(0);
+
+  // After a restart: the acknowledged tasks are queued, the refused one stays cancelled.
+  const second = await serve(dir, ENV);
+  const after = await listTasks(second);
+  const status = Object.fromEntries(after.map((t) => [t.taskId, t.status]));
+  expect(status).toEqual({
+    [t1]: 'TASK_STATUS_PENDING',
+    [withdrawn!.taskId]: 'TASK_STATUS_CANCELLED',
+    [t3]: 'TASK_STATUS_PENDING',
+  });
+  expect(await stop(second, 'SIGTERM')).toBe(0);
+}, 120_000);
