@@ -1016,7 +1016,9 @@ export class AgentFabric {
 
   /** Cancels a queued or running task. */
   async cancelTask(taskId: string, reason?: string): Promise<Task> {
-    return this.scheduler.cancel(taskId, reason);
+    const task = this.scheduler.cancel(taskId, reason);
+    await this.#onDisk('the cancel holds');
+    return task;
   }
 
   /**
@@ -1083,6 +1085,7 @@ export class AgentFabric {
     this.#checkSize('result', result);
     this.scheduler.complete(taskId, attempt, result, agentId);
     this.#leases.end(taskId, attempt);
+    await this.#onDisk('the completion holds');
   }
 
   /** Fails a task the agent holds; with `retry` it is queued again while attempts remain. */
@@ -1105,6 +1108,7 @@ export class AgentFabric {
     this.#checkSize('error', e);
     this.scheduler.fail(taskId, attempt, e, { ...options, agentId });
     this.#leases.end(taskId, attempt);
+    await this.#onDisk('the failure holds');
   }
 
   /** Records progress of a task the agent holds. */
@@ -1117,6 +1121,7 @@ export class AgentFabric {
     this.#touch(agentId);
     this.#checkSize('progress', progress);
     this.scheduler.reportProgress(taskId, attempt, progress, agentId);
+    await this.#onDisk('the progress holds');
   }
 
   /** What an agent hands in is kept with the task: bounded by `maxTaskResultBytes`. */
@@ -1283,7 +1288,11 @@ export class AgentFabric {
     return rule === undefined || rule.conditions !== undefined || rule.when !== undefined;
   }
 
-  /** Records usage an agent reports (model tokens, spend) against its budgets. */
+  /**
+   * Records usage an agent reports (model tokens, spend) against its budgets.
+   * @throws StateStoreError when the store cannot commit (disk full): the usage is counted all
+   *   the same and written with the next commit that succeeds — do not report it again.
+   */
   async recordUsage(agentId: string, usage: UsageAmount): Promise<void> {
     const rec = this.lifecycle.peek(agentId);
     if (rec === undefined) throw new AgentNotFoundError(String(agentId));
@@ -1291,6 +1300,28 @@ export class AgentFabric {
       agentId,
       usage,
       rec.poolId === undefined ? {} : { poolId: rec.poolId },
+    );
+    await this.#onDisk('the usage is counted (the budgets hold it)');
+  }
+
+  /**
+   * Resolves once what the caller changed is committed; with a durable store whose last commit
+   * failed (disk full, I/O error) throws instead: the change is `kept` in memory and written
+   * with the next commit that succeeds (the store retries every second), but is not on disk, so
+   * the call must not answer as if it were. The commit runs on a microtask the change queued,
+   * before this resumes. With the in-memory store there is nothing to wait for.
+   * @throws StateStoreError
+   */
+  async #onDisk(kept: string): Promise<void> {
+    const store = this.#store;
+    if (store.commitFailure === undefined) return;
+    await undefined;
+    const failure = store.commitFailure();
+    if (failure === undefined) return;
+    const path = (store as { path?: unknown }).path;
+    throw new StateStoreError(
+      typeof path === 'string' ? path : 'state',
+      `not committed: ${failure.message.replace(/^state store .*?: /, '')}; ${kept} and is written with the next commit that succeeds (retried every second) — do not send it again`,
     );
   }
 

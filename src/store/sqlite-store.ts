@@ -605,6 +605,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #later = false;
   #closed = false;
   #lastError: StateStoreError | undefined;
+  /** The last commit failed with this; pending changes are only in memory (see `#retry`). */
+  #failedCommit: StateStoreError | undefined;
   /** The open file's identity, to notice the path naming another file (or none). */
   readonly #identity: { dev: number; ino: number };
   /** Checks {@link #identity} every {@link FILE_CHECK_INTERVAL_MS}. */
@@ -792,6 +794,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    */
   flush(): void {
     this.#flush(true, true);
+    this.#failedCommit = undefined;
   }
 
   /**
@@ -999,6 +1002,14 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     return this.#stats;
   }
 
+  /**
+   * The error of the last commit when it failed; what it held stays pending, in memory, until a
+   * commit succeeds (retried every second, see `#retry`). Undefined once one does.
+   */
+  commitFailure(): StateStoreError | undefined {
+    return this.#failedCommit;
+  }
+
   /** The last background commit failure, if the latest commit failed. */
   get lastError(): StateStoreError | undefined {
     return this.#lastError;
@@ -1038,10 +1049,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     try {
       this.#flush(lazy);
       this.#lastError = this.#detached?.error;
+      this.#failedCommit = undefined;
     } catch (error) {
       // Never thrown into a microtask (that would crash the process): reported, and the changes
       // stay pending for the next commit. A synchronous commit also throws to its caller.
       this.#lastError = error as StateStoreError;
+      this.#failedCommit = this.#lastError;
       this.#stats.failedCommits++;
       this.#onError(this.#lastError);
       if (rethrow) throw error;
@@ -1055,12 +1068,14 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    * reported again (the first failure was).
    */
   #retry(): void {
-    if (this.#closed || this.#detached !== undefined || this.#lastError === undefined) return;
+    if (this.#closed || this.#detached !== undefined || this.#failedCommit === undefined) return;
     try {
       this.#flush(true);
       this.#lastError = undefined;
+      this.#failedCommit = undefined;
     } catch (error) {
       this.#lastError = error as StateStoreError;
+      this.#failedCommit = this.#lastError;
       this.#stats.failedCommits++;
     }
   }

@@ -76,6 +76,11 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
    * durable stores have it; the NATS executor keeps its lease key and sidecar id in it.
    */
   secret?(key: string): string;
+  /**
+   * Durable stores: the error of the last commit when it failed (disk full, I/O error) and what
+   * it held is still only in memory; undefined once a commit succeeds again.
+   */
+  commitFailure?(): Error | undefined;
   /** Flushes and releases resources. */
   close(): Promise<void>;
 }

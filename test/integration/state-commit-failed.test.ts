@@ -17,7 +17,7 @@ import Database from 'better-sqlite3';
 import { afterAll, expect, it } from 'vitest';
 import { callApi } from '../fixtures/api.js';
 import { ADMIN_TOKEN, DEFAULT_ALLOW, tempDir, until } from '../fixtures/gateway/harness.js';
-import { cleanUp, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
+import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
 
@@ -132,4 +132,60 @@ it('a schedule whose commit failed answers FABRIC_ERR_STATE_STORE, is withdrawn,
     [t3]: 'TASK_STATUS_PENDING',
   });
   expect(await stop(second, 'SIGTERM')).toBe(0);
+}, 120_000);
+
+/** The tokens the state file at `path` holds for budget `scope` (the sum of its buckets). */
+function tokensIn(path: string, scope: string): number {
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  try {
+    const row = db
+      .prepare<[string], { data: string }>('SELECT data FROM budgets WHERE scope = ?')
+      .get(scope);
+    if (row === undefined) return 0;
+    const data = JSON.parse(row.data) as { tokens: { buckets: number[] } };
+    return data.tokens.buckets.reduce((a, b) => a + b, 0);
+  } finally {
+    db.close();
+  }
+}
+
+it('usage reported while the store cannot commit is refused with FABRIC_ERR_STATE_STORE, kept, and written once space is back', async () => {
+  const dir = tempDir('state-commit-failed-usage');
+  const port = await freePort();
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'worker', budget: { maxTokensPerHour: 10_000_000 } }],
+    }),
+  );
+  const statePath = join(dir, '.fabric', 'state.db');
+  const first = await serve(dir, ENV);
+  const agentId = agentIdOf(first);
+  const client = await connect(first.url, first.token);
+
+  diskFull(first, true);
+  const r = await client.callTool({
+    name: 'fabric__record_usage',
+    arguments: { tokens: 777_777, cost: 0 },
+  });
+  expect(r.isError).toBe(true);
+  const said = (r.content as { text: string }[]).map((c) => c.text).join('\n');
+  expect(said).toContain('FABRIC_ERR_STATE_STORE');
+  expect(said).toContain('do not send it again');
+  const scope = `agent:${agentId}`;
+  expect(tokensIn(statePath, scope)).toBeLessThan(777_777);
+
+  // Space is back: the usage kept in memory is written without a new change.
+  diskFull(first, false);
+  await until(() => stateReady(first), 20_000);
+  expect(tokensIn(statePath, scope)).toBeGreaterThanOrEqual(777_777);
+  const again = await client.callTool({
+    name: 'fabric__record_usage',
+    arguments: { tokens: 1, cost: 0 },
+  });
+  expect(again.isError).toBeFalsy();
+  expect(await stop(first, 'SIGTERM')).toBe(0);
+  expect(tokensIn(statePath, scope)).toBeGreaterThanOrEqual(777_778);
 }, 120_000);
