@@ -120,7 +120,9 @@ export interface SqliteStoreOptions {
   budgetLeasePercent?: number;
   /**
    * Told about a background commit that failed (disk full, I/O error): the changes stay pending
-   * and are retried with the next commit; `close()` throws if they still cannot be written. Also
+   * and are retried with the next commit and once a second (retries that fail again are not
+   * told); the tasks whose first write failed are withdrawn (`SqliteTaskCollection.unwritten`);
+   * `close()` throws if the changes still cannot be written. Also
    * told about a record that cannot be serialized as JSON: it is not written (the others are) —
    * the scheduler refuses unserializable task payloads and results before that can happen.
    * @default ignore (close reports it)
