@@ -1326,7 +1326,8 @@ export class AgentScheduler {
    * (see `AgentFabric.schedule`) — so none may run. Each one not finished yet is withdrawn:
    * CANCELLED with that code (an attempt already started is aborted), kept in memory and written
    * as such with the next commit that succeeds. Called synchronously by the failed commit, which
-   * runs before the dispatch pass the schedule queued.
+   * runs before the dispatch pass the schedule queued (a pass queued earlier in the same turn
+   * may have started the task first: that attempt is aborted).
    */
   #unwritten(records: readonly TaskRecord[], failure: Error): void {
     for (const t of records) {
