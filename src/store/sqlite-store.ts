@@ -796,7 +796,6 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    */
   flush(): void {
     this.#flush(true, true);
-    this.#failedCommit = undefined;
   }
 
   /**
@@ -822,6 +821,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       policies.length === 0 &&
       budgets.length === 0
     ) {
+      if (lazy) this.#failedCommit = undefined; // nothing is only in memory
       return;
     }
     // Serialize first, one record at a time: a record that cannot be serialized (a BigInt or a
@@ -899,9 +899,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       const failure = new StateStoreError(this.path, `write failed: ${messageOf(error)}`, {
         cause: error,
       });
+      this.#failedCommit = failure;
       this.tasks.reportUnwritten(failure);
       throw failure;
     }
+    // Written (a record that cannot be serialized, reported below, never will be).
+    this.#failedCommit = undefined;
     written?.committed();
     const stats = this.#stats;
     stats.commits++;
@@ -1051,12 +1054,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     try {
       this.#flush(lazy);
       this.#lastError = this.#detached?.error;
-      this.#failedCommit = undefined;
     } catch (error) {
       // Never thrown into a microtask (that would crash the process): reported, and the changes
       // stay pending for the next commit. A synchronous commit also throws to its caller.
       this.#lastError = error as StateStoreError;
-      this.#failedCommit = this.#lastError;
       this.#stats.failedCommits++;
       this.#onError(this.#lastError);
       if (rethrow) throw error;
@@ -1074,10 +1075,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     try {
       this.#flush(true);
       this.#lastError = undefined;
-      this.#failedCommit = undefined;
     } catch (error) {
       this.#lastError = error as StateStoreError;
-      this.#failedCommit = this.#lastError;
       this.#stats.failedCommits++;
     }
   }
