@@ -609,6 +609,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #lastError: StateStoreError | undefined;
   /** The last commit failed with this; pending changes are only in memory (see `#retry`). */
   #failedCommit: StateStoreError | undefined;
+  /** When the commits began to fail (wall clock ms), while {@link #failedCommit} is set. */
+  #failedSince: number | undefined;
   /** The open file's identity, to notice the path naming another file (or none). */
   readonly #identity: { dev: number; ino: number };
   /** Checks {@link #identity} every {@link FILE_CHECK_INTERVAL_MS}. */
@@ -821,7 +823,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       policies.length === 0 &&
       budgets.length === 0
     ) {
-      if (lazy) this.#failedCommit = undefined; // nothing is only in memory
+      if (lazy) this.#failedCommit = this.#failedSince = undefined; // nothing only in memory
       return;
     }
     // Serialize first, one record at a time: a record that cannot be serialized (a BigInt or a
@@ -900,11 +902,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         cause: error,
       });
       this.#failedCommit = failure;
+      this.#failedSince ??= Date.now();
       this.tasks.reportUnwritten(failure);
       throw failure;
     }
     // Written (a record that cannot be serialized, reported below, never will be).
-    this.#failedCommit = undefined;
+    this.#failedCommit = this.#failedSince = undefined;
     written?.committed();
     const stats = this.#stats;
     stats.commits++;
@@ -963,6 +966,15 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       this.flush();
     } catch (error) {
       failure = error;
+      const since = this.#failedSince;
+      if (error instanceof StateStoreError && since !== undefined) {
+        // Said plainly: what was kept in memory since then is lost with this process.
+        failure = new StateStoreError(
+          this.path,
+          `${error.message.replace(/^state store .*?: /, '')}; every change since the first failed commit (${new Date(since).toISOString()}) was kept in memory only and is lost: the file holds the state of the last commit that succeeded`,
+          { cause: error },
+        );
+      }
     }
     this.#checkFile();
     const detached = this.#detached;

@@ -189,3 +189,33 @@ it('usage reported while the store cannot commit is refused with FABRIC_ERR_STAT
   expect(await stop(first, 'SIGTERM')).toBe(0);
   expect(tokensIn(statePath, scope)).toBeGreaterThanOrEqual(777_778);
 }, 120_000);
+
+it('a stop while commits still fail exits 1 saying what is lost, and no acknowledged task is', async () => {
+  const dir = tempDir('state-commit-failed-stop');
+  const port = await freePort();
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'worker' }],
+    }),
+  );
+  const statePath = join(dir, '.fabric', 'state.db');
+  const first = await serve(dir, ENV);
+  const agentId = agentIdOf(first);
+  const t1 = await schedule(first, agentId, 1);
+  diskFull(first, true);
+  const refused = await scheduleCall(first, agentId, 2);
+  expect(((await refused.json()) as { code: string }).code).toBe('FABRIC_ERR_STATE_STORE');
+  expect(await stop(first, 'SIGTERM')).toBe(1);
+  expect(first.err()).toContain('shutdown failed');
+  expect(first.err()).toContain(statePath);
+  expect(first.err()).toContain('was kept in memory only and is lost');
+
+  // Every task that was acknowledged is there; the refused one never was.
+  const second = await serve(dir, ENV);
+  const after = await listTasks(second);
+  expect(after.map((t) => [t.taskId, t.status])).toEqual([[t1, 'TASK_STATUS_PENDING']]);
+  expect(await stop(second, 'SIGTERM')).toBe(0);
+}, 120_000);
