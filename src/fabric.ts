@@ -218,6 +218,10 @@ export interface ClaimOptions {
   ackSeconds?: number;
 }
 
+/** How a change refused by a failed commit goes on (see `AgentFabric.#onDisk`). */
+const KEPT =
+  'and is written with the next commit that succeeds (retried every second) — do not send it again';
+
 /**
  * The central orchestration facade.
  *
@@ -1017,7 +1021,7 @@ export class AgentFabric {
   /** Cancels a queued or running task. */
   async cancelTask(taskId: string, reason?: string): Promise<Task> {
     const task = this.scheduler.cancel(taskId, reason);
-    await this.#onDisk('the cancel holds');
+    await this.#onDisk(`the cancel holds ${KEPT}`);
     return task;
   }
 
@@ -1049,6 +1053,18 @@ export class AgentFabric {
       waitMs,
       ...(options.signal ? { signal: options.signal } : {}),
     });
+    if (a !== undefined) {
+      try {
+        await this.#onDisk(
+          'the task was given back and is queued again (this attempt does not count): claim again later',
+        );
+      } catch (error) {
+        // The attempt is the fencing token: one not on disk must not leave. Given back as a
+        // claim whose answer never arrived (the attempt does not count).
+        this.unclaimTask(agentId, a.taskId, a.attempt);
+        throw error;
+      }
+    }
     if (a !== undefined && ackSeconds > 0) {
       this.#leases.start(agentId, a.taskId, a.attempt, ackSeconds * 1000);
     }
@@ -1085,7 +1101,7 @@ export class AgentFabric {
     this.#checkSize('result', result);
     this.scheduler.complete(taskId, attempt, result, agentId);
     this.#leases.end(taskId, attempt);
-    await this.#onDisk('the completion holds');
+    await this.#onDisk(`the completion holds ${KEPT}`);
   }
 
   /** Fails a task the agent holds; with `retry` it is queued again while attempts remain. */
@@ -1108,7 +1124,7 @@ export class AgentFabric {
     this.#checkSize('error', e);
     this.scheduler.fail(taskId, attempt, e, { ...options, agentId });
     this.#leases.end(taskId, attempt);
-    await this.#onDisk('the failure holds');
+    await this.#onDisk(`the failure holds ${KEPT}`);
   }
 
   /** Records progress of a task the agent holds. */
@@ -1121,7 +1137,7 @@ export class AgentFabric {
     this.#touch(agentId);
     this.#checkSize('progress', progress);
     this.scheduler.reportProgress(taskId, attempt, progress, agentId);
-    await this.#onDisk('the progress holds');
+    await this.#onDisk(`the progress holds ${KEPT}`);
   }
 
   /** What an agent hands in is kept with the task: bounded by `maxTaskResultBytes`. */
@@ -1301,18 +1317,18 @@ export class AgentFabric {
       usage,
       rec.poolId === undefined ? {} : { poolId: rec.poolId },
     );
-    await this.#onDisk('the usage is counted (the budgets hold it)');
+    await this.#onDisk(`the usage is counted (the budgets hold it) ${KEPT}`);
   }
 
   /**
    * Resolves once what the caller changed is committed; with a durable store whose last commit
-   * failed (disk full, I/O error) throws instead: the change is `kept` in memory and written
-   * with the next commit that succeeds (the store retries every second), but is not on disk, so
-   * the call must not answer as if it were. The commit runs on a microtask the change queued,
+   * failed (disk full, I/O error) throws instead, saying the `outcome`: the change is kept in
+   * memory and written with the next commit that succeeds (the store retries every second), but
+   * is not on disk, so the call must not answer as if it were. The commit runs on a microtask the change queued,
    * before this resumes. With the in-memory store there is nothing to wait for.
    * @throws StateStoreError
    */
-  async #onDisk(kept: string): Promise<void> {
+  async #onDisk(outcome: string): Promise<void> {
     const store = this.#store;
     if (store.commitFailure === undefined) return;
     await undefined;
@@ -1321,7 +1337,7 @@ export class AgentFabric {
     const path = (store as { path?: unknown }).path;
     throw new StateStoreError(
       typeof path === 'string' ? path : 'state',
-      `not committed: ${failure.message.replace(/^state store .*?: /, '')}; ${kept} and is written with the next commit that succeeds (retried every second) — do not send it again`,
+      `not committed: ${failure.message.replace(/^state store .*?: /, '')}; ${outcome}`,
     );
   }
 

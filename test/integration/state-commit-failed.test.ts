@@ -219,3 +219,43 @@ it('a stop while commits still fail exits 1 saying what is lost, and no acknowle
   expect(after.map((t) => [t.taskId, t.status])).toEqual([[t1, 'TASK_STATUS_PENDING']]);
   expect(await stop(second, 'SIGTERM')).toBe(0);
 }, 120_000);
+
+it('a claim whose commit failed is refused and the task goes back to its queue', async () => {
+  // The attempt is a remote agent's fencing token, committed before the answer leaves: one
+  // that is not on disk must not reach the agent.
+  const dir = tempDir('state-commit-failed-claim');
+  const port = await freePort();
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'worker' }],
+    }),
+  );
+  const first = await serve(dir, ENV);
+  const agentId = agentIdOf(first);
+  const client = await connect(first.url, first.token);
+  const t1 = await schedule(first, agentId, 1);
+
+  diskFull(first, true);
+  const r = await client.callTool({ name: 'fabric__claim_task', arguments: { waitSeconds: 0 } });
+  expect(r.isError).toBe(true);
+  const said = (r.content as { text: string }[]).map((c) => c.text).join('\n');
+  expect(said).toContain('FABRIC_ERR_STATE_STORE');
+  expect(said).toContain('claim again later');
+  expect((await listTasks(first)).map((t) => [t.taskId, t.status])).toEqual([
+    [t1, 'TASK_STATUS_PENDING'],
+  ]);
+
+  diskFull(first, false);
+  await until(() => stateReady(first), 20_000);
+  const claimed = await client.callTool({
+    name: 'fabric__claim_task',
+    arguments: { waitSeconds: 0 },
+  });
+  expect(claimed.isError).toBeFalsy();
+  const text = (claimed.content as { text: string }[]).map((c) => c.text).join('\n');
+  expect(text).toContain(t1);
+  expect(await stop(first, 'SIGTERM')).toBe(0);
+}, 120_000);
