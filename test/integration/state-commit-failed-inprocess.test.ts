@@ -23,7 +23,7 @@ afterEach(async () => {
 });
 
 function diskFull(full: boolean): void {
-  execFileSync('prlimit', [`--pid=${process.pid}`, `--fsize=${full ? 0 : 'unlimited'}:unlimited`]);
+  execFileSync('prlimit', [`--pid=${process.pid}`, `--fsize=${full ? 0 : 'unlimited'}:`]);
 }
 
 it('a task whose first commit failed is withdrawn before an in-process agent can run it', async () => {

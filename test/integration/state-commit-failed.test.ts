@@ -29,7 +29,7 @@ function agentIdOf(r: Running): string {
 
 /** The sidecar's soft file size limit: 0 (a disk that takes no byte) or none. */
 function diskFull(r: Running, full: boolean): void {
-  execFileSync('prlimit', [`--pid=${r.child.pid}`, `--fsize=${full ? 0 : 'unlimited'}:unlimited`]);
+  execFileSync('prlimit', [`--pid=${r.child.pid}`, `--fsize=${full ? 0 : 'unlimited'}:`]);
 }
 
 async function scheduleCall(r: Running, agentId: string, n: number): Promise<Response> {
