@@ -873,9 +873,10 @@ export class AgentFabric {
   /**
    * `task` once its schedule is committed. With a durable store the commit runs on a microtask
    * the schedule queued, before this resumes; when it failed (disk full, I/O error) the
-   * scheduler withdrew the task at once (CANCELLED with `FABRIC_ERR_STATE_STORE`, before any
-   * dispatch: see `AgentScheduler.#unwritten`), and the caller gets that error instead of a task
-   * that is not on disk. With the in-memory store there is nothing to wait for.
+   * scheduler withdrew the task at once (CANCELLED with `FABRIC_ERR_STATE_STORE`, before the
+   * dispatch pass the schedule queued: see `AgentScheduler.#unwritten`), and the caller gets
+   * that error instead of a task that is not on disk. With the in-memory store there is nothing
+   * to wait for.
    * @throws StateStoreError when the commit failed.
    */
   async #committed(task: Task): Promise<Task> {
@@ -1324,8 +1325,9 @@ export class AgentFabric {
    * Resolves once what the caller changed is committed; with a durable store whose last commit
    * failed (disk full, I/O error) throws instead, saying the `outcome`: the change is kept in
    * memory and written with the next commit that succeeds (the store retries every second), but
-   * is not on disk, so the call must not answer as if it were. The commit runs on a microtask the change queued,
-   * before this resumes. With the in-memory store there is nothing to wait for.
+   * is not on disk, so the call must not answer as if it were. The commit runs on a microtask
+   * the change queued, before this resumes. With the in-memory store there is nothing to wait
+   * for. Costs a durable store's caller one microtask turn.
    * @throws StateStoreError
    */
   async #onDisk(outcome: string): Promise<void> {

@@ -1330,6 +1330,7 @@ export class AgentScheduler {
    * may have started the task first: that attempt is aborted).
    */
   #unwritten(records: readonly TaskRecord[], failure: Error): void {
+    if (this.#closed) return; // the fabric's last commit, at close: nothing runs any more
     for (const t of records) {
       if (isFinished(t.status) || this.#tasks.get(t.id) !== t) continue;
       const error = {
