@@ -879,8 +879,12 @@ export class AgentFabric {
    * to wait for.
    * @throws StateStoreError when the commit failed.
    */
-  async #committed(task: Task): Promise<Task> {
-    if (this.#store.tasks.unwritten === undefined) return task;
+  #committed(task: Task): Task | Promise<Task> {
+    // No promise of its own in the async caller's return without a durable store.
+    return this.#store.tasks.unwritten === undefined ? task : this.#afterCommit(task);
+  }
+
+  async #afterCommit(task: Task): Promise<Task> {
     await undefined;
     const t = this.scheduler.peekTask(task.id);
     if (
