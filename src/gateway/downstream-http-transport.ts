@@ -33,7 +33,9 @@
  * (the oldest go first). A client whose connection broke sends a GET with `Last-Event-ID`: the
  * events after that one are written again on the new connection, which then carries the rest of
  * the stream — the answers of a call still running reach the client, where before they were
- * lost with the connection. A stream is kept while requests of it are pending and
+ * lost with the connection. One connection at a time resumes a stream (each would hold its own
+ * copy of the replay for as long as its client does not read), and the answers a resuming
+ * connection carries stay in flight until they are out, as on the POST's. A stream is kept while requests of it are pending and
  * {@link RESUME_WINDOW_MS} after it ended, at most {@link MAX_ENDED_LOG_BYTES} of ended streams
  * per session. A POST answered with plain JSON sent no event id, so it cannot be resumed.
  *
@@ -215,6 +217,12 @@ class StreamLog {
   exchange: Exchange | undefined;
   /** `performance.now()` when the stream ended. */
   endedAt = 0;
+  /**
+   * The connection of a client resuming this stream, until it closed: one at a time, so that
+   * what the log holds is written out once however many GETs ask for it (each copy would sit in
+   * memory for as long as its client does not read).
+   */
+  reader: ServerResponse | undefined;
   #seq = 0;
   readonly #kept: LoggedEvent[] = [];
   #keptChars = 0;
@@ -267,11 +275,13 @@ class StreamLog {
 
   /**
    * The events kept that came after the one numbered `seq`, in order, as SSE text; `notesEnd`:
-   * how many of them run up to the last notification among them.
+   * how many of them run up to the last notification among them; `last`: the number of the last
+   * one (`seq` when there is none).
    */
-  framesAfter(seq: number): { frames: string[]; notesEnd: number } {
+  framesAfter(seq: number): { frames: string[]; notesEnd: number; last: number } {
     const out: string[] = [];
     let notesEnd = 0;
+    let last = seq;
     const kept = this.#kept;
     const notes = this.#notes;
     let k = 0;
@@ -282,9 +292,10 @@ class StreamLog {
       const note = !(n >= notes.length || (k < kept.length && kept[k]!.seq < notes[n]!.seq));
       const e = note ? notes[n++]! : kept[k++]!;
       out.push(sseFrame(`${this.stream}.${e.seq}`, e.data));
+      last = e.seq;
       if (note) notesEnd = out.length;
     }
-    return { frames: out, notesEnd };
+    return { frames: out, notesEnd, last };
   }
 }
 
@@ -587,45 +598,78 @@ export class HttpSessionTransport implements Transport {
       return;
     }
     const ex = log.exchange;
+    if (log.reader !== undefined) {
+      this.#conflict(res, `stream ${stream} is being resumed on another connection`);
+      return;
+    }
     if (ex !== undefined && writable(ex.res)) {
       this.#conflict(res, `stream ${stream} is still open on another connection`);
       return;
     }
-    const { frames, notesEnd } = log.framesAfter(after);
-    if (ex === undefined && frames.length === 0) {
+    if (ex === undefined && log.framesAfter(after).frames.length === 0) {
       // Ended, and the client had all of it: nothing to stream (an SSE answer that ends at once
       // would make a client that did not see a result response reconnect again and again).
       res.writeHead(204, { 'mcp-session-id': this.sessionId }).end();
       return;
     }
     res.writeHead(200, { ...SSE_HEADERS, 'mcp-session-id': this.sessionId });
-    for (let i = 0; i < notesEnd; i++) res.write(frames[i]!);
-    // The responses after the last notification a turn later, as in {@link #respond}: the SDK
-    // client would handle a response read in the same chunk before the notifications.
-    const rest = frames.slice(notesEnd);
-    if (ex === undefined) {
-      if (rest.length === 0) res.end();
-      else setImmediate(() => res.end(rest.join('')));
-      return;
-    }
-    if (rest.length > 0) {
-      ex.queued++;
-      setImmediate(() => {
-        ex.queued--;
-        if (writable(res)) res.write(rest.join(''));
-        if (ex.pending.size === 0) this.#finish(ex);
-      });
-    }
-    // The stream goes on here: its pending requests' answers, and what comes before them.
-    ex.res = res;
-    const keepAlive = this.#startKeepAlive(res);
-    ex.keepAlive = keepAlive;
+    log.reader = res;
     this.#open.add(res);
+    if (ex !== undefined) {
+      // The stream's answers leave through `res` from now on: in flight until they are out
+      // (see `#answered`), as on the POST's own connection. And it is not ended before the
+      // replay below attached it to `res`.
+      ex.closed = false;
+      ex.queued++;
+    }
     res.once('close', () => {
-      clearInterval(keepAlive);
+      if (log.reader === res) log.reader = undefined;
       this.#open.delete(res);
+      if (ex !== undefined) {
+        if (ex.keepAlive && ex.res === res) clearInterval(ex.keepAlive);
+        ex.closed = true;
+        const held = ex.held;
+        ex.held = 0;
+        if (held > 0) this.#onRequestsDone(held);
+      }
       this.#onActivity();
     });
+    // Once the replay is written, the stream goes on on `res` (its pending requests' answers,
+    // and what comes before them), or `res` ends for an ended stream.
+    const attach = (): void => {
+      if (ex === undefined) {
+        res.end();
+        return;
+      }
+      ex.queued--;
+      if (writable(res)) {
+        ex.res = res;
+        ex.keepAlive = this.#startKeepAlive(res);
+      }
+      if (ex.pending.size === 0) this.#finish(ex);
+    };
+    // What the log holds after `from`, in order. Events that come meanwhile are only kept (`ex.res`
+    // is still the broken connection) and written by the next step, after those before them:
+    // written at once they overtook the replay's, and ids went out of order.
+    const replay = (from: number): void => {
+      if (!writable(res)) {
+        attach();
+        return;
+      }
+      const { frames, notesEnd, last } = log.framesAfter(from);
+      for (let i = 0; i < notesEnd; i++) res.write(frames[i]!);
+      if (notesEnd === frames.length) {
+        attach();
+        return;
+      }
+      // The responses after the last notification a turn later, as in {@link #respond}: the SDK
+      // client would handle a response read in the same chunk before the notifications.
+      setImmediate(() => {
+        if (writable(res)) res.write(frames.slice(notesEnd).join(''));
+        replay(last);
+      });
+    };
+    replay(after);
   }
 
   /** Answers `ex`'s POST as an SSE stream from now on (numbered: it can be resumed). */
@@ -686,6 +730,19 @@ export class HttpSessionTransport implements Transport {
       slowCallWatches.set(key, watch);
     }
     watch.transports.add(this);
+  }
+
+  /** Takes this session out of the slow-call watch, and stops the watch when it was the last. */
+  #unwatch(): void {
+    if (!this.#watched) return;
+    this.#watched = false;
+    const watch = slowCallWatches.get(this.#keepAliveMs);
+    if (watch === undefined) return;
+    watch.transports.delete(this);
+    if (watch.transports.size === 0) {
+      clearInterval(watch.timer);
+      slowCallWatches.delete(this.#keepAliveMs);
+    }
   }
 
   /** `log`'s stream ended: kept {@link RESUME_WINDOW_MS} for a client to resume it. */
@@ -838,6 +895,7 @@ export class HttpSessionTransport implements Transport {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#unwatch();
     const dropped = this.#exchanges.size;
     for (const ex of new Set(this.#exchanges.values())) {
       if (ex.keepAlive) clearInterval(ex.keepAlive);

@@ -10,6 +10,7 @@ import type { FetchLike } from '@modelcontextprotocol/sdk/shared/transport.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
+  ADMIN_TOKEN,
   agentToken,
   api,
   auditLines,
@@ -113,7 +114,13 @@ describe('Streamable HTTP: resuming an SSE stream with Last-Event-ID (real sidec
     audit = join(tempDir('resume'), 'audit.log');
     sidecar = await startTestSidecar({
       upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+        ev: {
+          command: process.execPath,
+          args: [EVERYTHING_BIN, 'stdio'],
+          stderr: 'ignore',
+          // A call given up on (its session closed) holds its agent's slot at most this long.
+          callTimeoutSeconds: 5,
+        },
       },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'a' }, { name: 'b' }],
@@ -245,6 +252,70 @@ describe('Streamable HTTP: resuming an SSE stream with Last-Event-ID (real sidec
     // The call goes on undisturbed on its own connection.
     expect(await readUntil(post, (t) => t.includes('"id":3'))).toContain('completed');
     live.abort();
+  });
+
+  /** The value of the sidecar's Prometheus gauge `name`. */
+  async function metric(name: string): Promise<number> {
+    const url = new URL('/metrics', sidecar.url!);
+    const res = await fetch(url, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    const line = (await res.text()).split('\n').find((l) => l.startsWith(`${name} `));
+    if (line === undefined) throw new Error(`no metric ${name}`);
+    return Number(line.split(' ')[1]);
+  }
+  const inflight = (): Promise<number> => metric('agent_fabric_mcp_http_requests_in_flight');
+
+  it('counts a cut call in flight until its answer is out: resumed, never resumed, or its session closed', async () => {
+    // Resumed: the answer is read on the resuming GET.
+    const a = await session();
+    const cutA = new AbortController();
+    const postA = await longCall(a, 11, cutA.signal);
+    const [idA] = eventIds(await readUntil(postA, (t) => t.includes('notifications/progress')));
+    cutA.abort();
+    let back: Response | undefined;
+    await until(async () => {
+      back = await raw(sidecar, token, { method: 'GET', session: a, lastEventId: idA });
+      if (back.status === 409) await back.text(); // the sidecar has not seen the cut yet
+      return back.status !== 409;
+    });
+    expect(await inflight()).toBe(1);
+    const rest = await back!.text();
+    expect(rest).toContain('"id":11');
+    const ids = eventIds(rest).map((e) => Number(e.split('.')[1]));
+    expect(ids).toEqual([...ids].sort((x, y) => x - y)); // in order
+    expect(new Set(ids).size).toBe(ids.length); // none twice
+    await until(async () => (await inflight()) === 0);
+
+    // Never resumed: done once answered.
+    const calls = auditLines(sidecar, audit, 'a', LONG).length;
+    const b = await session();
+    const cutB = new AbortController();
+    const postB = await longCall(b, 12, cutB.signal);
+    await readUntil(postB, (t) => t.includes('notifications/progress'));
+    cutB.abort();
+    await until(() => auditLines(sidecar, audit, 'a', LONG).length > calls);
+    await until(async () => (await inflight()) === 0);
+
+    // Its session closed while a resuming GET carries it: answered with an error, then done.
+    const c = await session();
+    const cutC = new AbortController();
+    const postC = await longCall(c, 13, cutC.signal);
+    const [idC] = eventIds(await readUntil(postC, (t) => t.includes('notifications/progress')));
+    cutC.abort();
+    let backC: Response | undefined;
+    await until(async () => {
+      backC = await raw(sidecar, token, { method: 'GET', session: c, lastEventId: idC });
+      if (backC.status === 409) await backC.text();
+      return backC.status !== 409;
+    });
+    expect(backC!.status).toBe(200);
+    const deleted = await fetch(sidecar.url!, {
+      method: 'DELETE',
+      headers: { authorization: `Bearer ${token}`, 'mcp-session-id': c },
+    });
+    expect(deleted.status).toBe(200);
+    expect(await backC!.text()).toContain('the session was closed before the request was answered');
+    // The call given up on holds its slot until the upstream is done or its late window ended.
+    await until(async () => (await inflight()) === 0, 15_000);
   });
 
   it('replays what the standalone stream carried while the client was away', async () => {

@@ -310,7 +310,9 @@ describe('HttpSessionTransport', () => {
       ]);
       expect(back.writableEnded).toBe(true);
       expect(res.chunks.join('')).not.toContain('"progress":2'); // nothing went to the cut one
-      expect(t.done()).toBe(1); // answered after its connection closed: done at once
+      expect(t.done()).toBe(0); // its answer went to the resuming connection: out once that is
+      back.flushed();
+      expect(t.done()).toBe(1);
     });
 
     it('keeps a response that came while nobody was connected, and writes it after the notifications a turn later', async () => {
@@ -324,6 +326,7 @@ describe('HttpSessionTransport', () => {
       await turn();
       expect(back.ids()).toEqual(['1.2', '1.3']); // the response in the next write
       expect(back.writableEnded).toBe(true);
+      back.flushed();
       // The client had everything: nothing to stream.
       const done = t.get('1.3');
       expect(done.status).toBe(204);
@@ -427,6 +430,74 @@ describe('HttpSessionTransport', () => {
       await t.transport.close();
       expect(t.get('1.1').status).toBe(404);
     });
+
+    it('counts an answer written to a resumed stream in flight until it has left the process', async () => {
+      // Before, a request of a stream whose POST connection broke was done the moment it was
+      // answered, also when a resuming GET took the answer and its client did not read it: an
+      // agent could make the sidecar buffer answers without bound by maxInflightPerAgent.
+      const t = setup();
+      await cutStream(t, 1);
+      const back = t.get('1.1');
+      back.stuck = true; // the resuming client does not read
+      await t.transport.send(response(1));
+      await turn();
+      expect(back.events().map((m) => m.id)).toEqual([1]);
+      expect(t.done()).toBe(0);
+      back.flushed();
+      expect(t.done()).toBe(1);
+    });
+
+    it('releases the requests of a resumed stream whose resuming connection broke too', async () => {
+      const t = setup();
+      await cutStream(t, 1);
+      const back = t.get('1.1');
+      back.cut();
+      await t.transport.send(response(1));
+      expect(t.done()).toBe(1); // nobody can read it now: done at once, as before any resume
+      await turn();
+      const again = t.get('1.1');
+      await turn();
+      expect(again.events().map((m) => m.id)).toEqual([1]);
+    });
+
+    it('replays an ended stream to one connection at a time', async () => {
+      // Before, any number of GETs could resume the same ended stream at once, each holding a
+      // copy of it (up to 1 MiB) that its client need not read, none counted anywhere.
+      const t = setup();
+      await cutStream(t, 1);
+      await t.transport.send(bigResponse(1, 10_000));
+      await turn();
+      const first = t.get('1.1');
+      first.stuck = true;
+      await turn();
+      expect(first.events().map((m) => m.id)).toEqual([1]);
+      const second = t.get('1.1');
+      expect(second.status).toBe(409);
+      expect(second.chunks.join('')).toContain('is being resumed on another connection');
+      first.flushed(); // the replay left the process
+      const third = t.get('1.1');
+      await turn();
+      expect(third.status).toBe(200);
+      expect(third.events().map((m) => m.id)).toEqual([1]);
+    });
+
+    it('writes a resumed stream in the order of its ids, also what comes while the replay waits for its turn', async () => {
+      const t = setup();
+      const res = t.post([1, 2]);
+      await t.transport.send(progress(1), { relatedRequestId: 1 }); // 1.1: switched to SSE
+      await t.transport.send(response(2));
+      await turn(); // 1.2: request 2's answer
+      res.cut();
+      const back = t.get('1.1'); // the answer 1.2 goes out a turn later
+      expect(t.get('1.1').status).toBe(409); // the stream is being resumed
+      await t.transport.send(progress(2), { relatedRequestId: 1 }); // 1.3, in that turn
+      await turn();
+      await t.transport.send(response(1));
+      await turn();
+      expect(back.ids()).toEqual(['1.2', '1.3', '1.4']);
+      expect(back.events().map((m) => m.id ?? m.method)).toEqual([2, 'notifications/progress', 1]);
+      expect(back.writableEnded).toBe(true);
+    });
   });
 
   describe('a POST slow to answer', () => {
@@ -473,6 +544,21 @@ describe('HttpSessionTransport', () => {
       vi.advanceTimersByTime(1_002);
       expect(vi.getTimerCount()).toBe(0);
       expect(res.status).toBe(200);
+    });
+
+    it('lets go of a closed session at once, not at the next look of the watch', async () => {
+      // Before, a session closed while a POST waited stayed in the watch (and so in memory, with
+      // everything its transport reaches) until the next look: up to http.keepAliveSeconds.
+      vi.useFakeTimers();
+      const t = setup({ keepAliveMs: 1_003 });
+      t.post([1]);
+      const other = setup({ keepAliveMs: 1_003 });
+      other.post([1]);
+      expect(vi.getTimerCount()).toBe(1); // one watch for both
+      await t.transport.close();
+      expect(vi.getTimerCount()).toBe(1); // the other still waits
+      await other.transport.close();
+      expect(vi.getTimerCount()).toBe(0); // no look needed to stop it
     });
   });
 });
