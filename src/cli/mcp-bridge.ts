@@ -12,7 +12,9 @@
  * `logging/setLevel`, its resource subscriptions), sends the request again, and tells the agent
  * that the lists may have changed (the sidecar's catalogue may differ after a restart). A
  * `ping` before `initialize`, which the MCP lifecycle allows, is answered by the bridge itself:
- * the sidecar refuses every request without a session.
+ * the sidecar refuses every request without a session. Every request after `initialize` names
+ * the version it agreed on (`MCP-Protocol-Version`), so that the sidecar sends a priming event
+ * id on a slow call's stream and the SDK transport can resume it after a cut.
  *
  * @module
  */
@@ -176,6 +178,10 @@ export class McpBridge {
           if ('result' in m) this.#subscriptions.add(uri);
         }
       }
+      const init = this.#initialize as Envelope | undefined;
+      if (init !== undefined && id === init.id && !('method' in m)) {
+        this.#speak(transport, (m as Envelope).result);
+      }
       // Only an answer the bridge waits for: an agent may choose any id, also one like these.
       const waiter = typeof id === 'string' && !('method' in m) ? this.#own.get(id) : undefined;
       if (waiter !== undefined) {
@@ -285,6 +291,7 @@ export class McpBridge {
     if (result === undefined) {
       throw new Error(`the sidecar refused to initialize a new session: ${JSON.stringify(answer)}`);
     }
+    this.#speak(fresh, result);
     if (this.#initialized) {
       await fresh.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
     }
@@ -314,6 +321,18 @@ export class McpBridge {
         });
       }
     }
+  }
+
+  /**
+   * Sends the MCP version an `initialize` answer (`result`) agreed on with every later request
+   * of `transport`, as a client must (`MCP-Protocol-Version`; the SDK's `Client` does this, the
+   * bridge uses its transport alone). Without it the sidecar took the bridge for a client too
+   * old for a priming event: a slow call switched to SSE carried no event id, and a cut of its
+   * connection left the agent's request unanswered for good instead of being resumed.
+   */
+  #speak(transport: StreamableHTTPClientTransport, result: unknown): void {
+    const version = (result as { protocolVersion?: unknown } | undefined)?.protocolVersion;
+    if (typeof version === 'string') transport.setProtocolVersion(version);
   }
 
   /**

@@ -1,0 +1,118 @@
+/**
+ * `agent-fabric mcp` resuming a call's stream cut between the bridge and the sidecar: a real
+ * sidecar with a slow stdio upstream, a TCP proxy that breaks the connection of the call's
+ * stream once its first event or comment went through, the official SDK client as the agent on
+ * the bridge's stdio.
+ *
+ * Before, the bridge never sent `MCP-Protocol-Version` (a client must, on every request after
+ * initialize): the sidecar took it for a client too old for a priming event, switched the slow
+ * call to SSE with a keep-alive only, and a cut left the agent's request unanswered for good —
+ * the bridge had nothing to resume from and no error to give.
+ */
+import { readFileSync } from 'node:fs';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  agentToken,
+  cliStdioClient,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  startTestSidecar,
+  tempDir,
+  text,
+} from '../fixtures/gateway/harness.js';
+
+const SLOW_SERVER = new URL('../fixtures/gateway/slow-server.mjs', import.meta.url).pathname;
+
+/**
+ * A proxy to `port` that cuts (both sockets destroyed) the first connection whose last request
+ * was a `tools/call` POST once the sidecar's SSE answer to it carried its first event or comment.
+ * `requests` collects the head of every request it forwarded.
+ */
+async function cuttingProxy(port: number, requests: string[]): Promise<Server> {
+  let cut = false;
+  const server = createServer((client: Socket) => {
+    const upstream = connect(port, '127.0.0.1');
+    let lastRequest = '';
+    let answer = '';
+    client.on('data', (chunk: Buffer) => {
+      const s = chunk.toString('latin1');
+      if (/^(GET|POST|DELETE) /.test(s)) {
+        lastRequest = s;
+        answer = '';
+        requests.push(s.split('\r\n\r\n', 1)[0]!);
+      } else lastRequest += s;
+      upstream.write(chunk);
+    });
+    upstream.on('data', (chunk: Buffer) => {
+      client.write(chunk);
+      if (cut || !lastRequest.startsWith('POST ') || !lastRequest.includes('"tools/call"')) return;
+      answer += chunk.toString('latin1');
+      if (!answer.includes('text/event-stream')) return;
+      if (/\r\n\r\n[\s\S]*\n\n/.test(answer)) {
+        cut = true;
+        client.destroy();
+        upstream.destroy();
+      }
+    });
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return server;
+}
+
+describe('agent-fabric mcp: a slow call whose stream is cut (real sidecar, TCP proxy)', () => {
+  let sidecar: Sidecar;
+  let ran: string;
+
+  beforeAll(async () => {
+    ran = join(tempDir('bridge-resume'), 'ran.log');
+    sidecar = await startTestSidecar({
+      http: { keepAliveSeconds: 0.2 },
+      upstreams: {
+        s: {
+          command: process.execPath,
+          args: [SLOW_SERVER],
+          env: { COUNT_FILE: ran },
+          stderr: 'ignore',
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'a' }],
+    });
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  it('sends MCP-Protocol-Version, gets a priming event id, and resumes the cut stream: the agent gets the answer; it ran once', async () => {
+    const requests: string[] = [];
+    const proxy = await cuttingProxy(Number(new URL(sidecar.url!).port), requests);
+    const url = new URL(sidecar.url!);
+    url.port = String((proxy.address() as { port: number }).port);
+    const { client } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
+    });
+    try {
+      const result = await client.callTool(
+        { name: 's__slow', arguments: { label: 'bridged', ms: 1_500 } },
+        undefined,
+        { timeout: 10_000 },
+      );
+      expect(text(result)).toBe('slept bridged');
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+    // Every request after initialize named the version the session speaks.
+    const after = requests.filter((r) => r.startsWith('POST ')).slice(1); // the first: initialize
+    expect(after.length).toBeGreaterThan(0);
+    for (const r of after) expect(r.toLowerCase()).toMatch(/\r\nmcp-protocol-version: \d{4}-/);
+    // The stream was resumed with the priming event's id, and the upstream ran the call once.
+    expect(requests.some((r) => /^GET [\s\S]*\r\nlast-event-id: [1-9]\d*\.1/i.test(r))).toBe(true);
+    expect(readFileSync(ran, 'utf8')).toBe('start bridged\nend bridged\n');
+  });
+});
