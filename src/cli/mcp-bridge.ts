@@ -14,7 +14,9 @@
  * `ping` before `initialize`, which the MCP lifecycle allows, is answered by the bridge itself:
  * the sidecar refuses every request without a session. Every request after `initialize` names
  * the version it agreed on (`MCP-Protocol-Version`), so that the sidecar sends a priming event
- * id on a slow call's stream and the SDK transport can resume it after a cut.
+ * id on a slow call's stream and the SDK transport can resume it after a cut. A request whose
+ * stream broke and whose session the sidecar then no longer knows is answered with an error:
+ * its answer is lost, and the agent must not wait for it forever.
  *
  * @module
  */
@@ -32,6 +34,19 @@ import { messageOf } from '../gateway/map-error.js';
  * agent); random per process, so no id the agent chooses is taken for one of them.
  */
 const OWN_ID = `agent-fabric-mcp/${randomBytes(8).toString('hex')}/`;
+
+/**
+ * How the SDK transport reconnects a stream that broke (a call's, resumed with
+ * `Last-Event-ID`, or the standalone one): for about 40 s, so that a sidecar restarting meanwhile
+ * is reached again and says whether it still knows the session (the SDK's default gave up after
+ * 2.5 s, before a restarted sidecar listened).
+ */
+const RECONNECTION = {
+  initialReconnectionDelay: 500,
+  maxReconnectionDelay: 5_000,
+  reconnectionDelayGrowFactor: 1.5,
+  maxRetries: 12,
+};
 
 /** How long the bridge waits for the answer to a request of its own (a renewal's). */
 const OWN_TIMEOUT_MS = 30_000;
@@ -89,6 +104,15 @@ export class McpBridge {
   /** Answers the bridge waits for, by the id of its own request. */
   readonly #own = new Map<string, (message: Envelope) => void>();
   #ownIds = 0;
+  /**
+   * The agent's requests not answered yet, by id: the transport they went out on, and whether
+   * their POST was taken (its answer comes on a stream, which may break). Those taken on a
+   * session the sidecar no longer knows are answered with an error (see {@link #lost}).
+   */
+  readonly #pending = new Map<
+    RequestId,
+    { transport: StreamableHTTPClientTransport; taken: boolean }
+  >();
   /** Messages wait for this before they are sent (a new session being opened). */
   #ready: Promise<void> = Promise.resolve();
   /**
@@ -168,6 +192,7 @@ export class McpBridge {
   #connect(): StreamableHTTPClientTransport {
     const transport = new StreamableHTTPClientTransport(this.#options.url, {
       requestInit: { headers: this.#options.headers },
+      reconnectionOptions: RECONNECTION,
     });
     transport.onmessage = (m) => {
       const { id } = m as Envelope;
@@ -182,6 +207,9 @@ export class McpBridge {
       if (init !== undefined && id === init.id && !('method' in m)) {
         this.#speak(transport, (m as Envelope).result);
       }
+      if ((typeof id === 'string' || typeof id === 'number') && !('method' in m)) {
+        if (this.#pending.get(id)?.transport === transport) this.#pending.delete(id);
+      }
       // Only an answer the bridge waits for: an agent may choose any id, also one like these.
       const waiter = typeof id === 'string' && !('method' in m) ? this.#own.get(id) : undefined;
       if (waiter !== undefined) {
@@ -194,8 +222,35 @@ export class McpBridge {
       if (typeof id === 'string' && !('method' in m) && id.startsWith(OWN_ID)) return;
       void this.#options.downstream.send(m);
     };
-    transport.onerror = (e) => this.#options.log(`agent-fabric mcp: ${e.message}`);
+    transport.onerror = (e) => {
+      this.#options.log(`agent-fabric mcp: ${e.message}`);
+      // A stream's reconnection was told the session is gone (the sidecar restarted, or closed
+      // it): no answer will come for what went out on it.
+      if (sessionGone(e)) this.#lost(transport);
+    };
     return transport;
+  }
+
+  /**
+   * `transport`'s session is gone: the agent's requests whose POST it had taken, whose answers
+   * were to come on a stream that broke, are answered with an error here (before, the agent
+   * waited for them forever). A call may have run: it is not sent again. The agent's next
+   * message opens a new session (see {@link #forward}).
+   */
+  #lost(transport: StreamableHTTPClientTransport): void {
+    for (const [id, p] of this.#pending) {
+      if (p.transport !== transport || !p.taken) continue;
+      this.#pending.delete(id);
+      void this.#options.downstream.send({
+        jsonrpc: '2.0',
+        id,
+        error: {
+          code: ErrorCode.InternalError,
+          message:
+            'agent-fabric mcp: the sidecar no longer knows the session (it restarted, or closed it) while the request was running; its answer is lost (the call may have run)',
+        },
+      });
+    }
   }
 
   #fromAgent(m: JSONRPCMessage): void {
@@ -235,10 +290,17 @@ export class McpBridge {
 
   async #forward(m: JSONRPCMessage, renewable: boolean): Promise<void> {
     const upstream = this.#upstream;
+    const { id, method } = m as Envelope;
+    const request =
+      typeof method === 'string' && (typeof id === 'string' || typeof id === 'number');
+    const pending = { transport: upstream, taken: false };
+    if (request) this.#pending.set(id, pending);
     try {
       if (upstream === this.#sessionless) throw new Error('no session: the last renewal failed');
       await this.#send(upstream, m);
+      pending.taken = true;
     } catch (error) {
+      if (request && this.#pending.get(id) === pending) this.#pending.delete(id);
       if (
         renewable &&
         (sessionGone(error) || upstream === this.#sessionless) &&

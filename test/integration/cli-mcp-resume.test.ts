@@ -9,7 +9,7 @@
  * call to SSE with a keep-alive only, and a cut left the agent's request unanswered for good —
  * the bridge had nothing to resume from and no error to give.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -22,7 +22,9 @@ import {
   startTestSidecar,
   tempDir,
   text,
+  until,
 } from '../fixtures/gateway/harness.js';
+import { cleanUp, freePort, serve, stop } from '../fixtures/state/serve.js';
 
 const SLOW_SERVER = new URL('../fixtures/gateway/slow-server.mjs', import.meta.url).pathname;
 
@@ -114,5 +116,66 @@ describe('agent-fabric mcp: a slow call whose stream is cut (real sidecar, TCP p
     // The stream was resumed with the priming event's id, and the upstream ran the call once.
     expect(requests.some((r) => /^GET [\s\S]*\r\nlast-event-id: [1-9]\d*\.1/i.test(r))).toBe(true);
     expect(readFileSync(ran, 'utf8')).toBe('start bridged\nend bridged\n');
+  });
+});
+
+describe('agent-fabric mcp: the sidecar is killed and restarted while a slow call runs (agent-fabric serve, SIGKILL)', () => {
+  afterAll(cleanUp);
+
+  it("answers the agent's call with an error once the restarted sidecar says the session is gone, then works on a new session", async () => {
+    const dir = tempDir('bridge-restart');
+    const port = await freePort();
+    const ran = join(dir, 'ran.log');
+    writeFileSync(
+      join(dir, 'fabric.json'),
+      JSON.stringify({
+        http: { host: '127.0.0.1', port, keepAliveSeconds: 0.2 },
+        adminToken: `fab_admin_${'Rb5K'.repeat(8)}`,
+        upstreams: {
+          s: {
+            command: process.execPath,
+            args: [SLOW_SERVER],
+            env: { COUNT_FILE: ran },
+            stderr: 'ignore',
+          },
+        },
+        policies: [DEFAULT_ALLOW],
+        agents: [{ name: 'worker' }],
+      }),
+    );
+    const first = await serve(dir);
+    const { client } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: first.token, FABRIC_URL: first.url },
+    });
+    try {
+      const call = client
+        .callTool({ name: 's__slow', arguments: { label: 'lost', ms: 5_000 } }, undefined, {
+          timeout: 60_000,
+        })
+        .then(
+          () => 'answered',
+          (error: unknown) => String(error),
+        );
+      await until(() => existsSync(ran) && readFileSync(ran, 'utf8').includes('start lost'));
+      // Past two looks of the slow-call watch (0.2 s each): the call is on an SSE stream.
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      await stop(first, 'SIGKILL');
+      const second = await serve(dir);
+      try {
+        // Before, the agent waited for the answer until its own timeout (here 60 s).
+        expect(await call).toContain('no longer knows the session');
+        // The next call opens a new session and is answered.
+        const again = await client.callTool(
+          { name: 's__slow', arguments: { label: 'again', ms: 10 } },
+          undefined,
+          { timeout: 20_000 },
+        );
+        expect(text(again)).toBe('slept again');
+      } finally {
+        await stop(second, 'SIGTERM');
+      }
+    } finally {
+      await client.close();
+    }
   });
 });
