@@ -35,7 +35,8 @@
  * the stream — the answers of a call still running reach the client, where before they were
  * lost with the connection. One connection at a time resumes a stream (each would hold its own
  * copy of the replay for as long as its client does not read), and the answers a resuming
- * connection carries stay in flight until they are out, as on the POST's. A stream is kept while requests of it are pending and
+ * connection carries stay in flight until they are out, as on the POST's; answers a stream keeps
+ * while nobody is connected stay in flight until it ended. A stream is kept while requests of it are pending and
  * {@link RESUME_WINDOW_MS} after it ended, at most {@link MAX_ENDED_LOG_BYTES} of ended streams
  * per session. A POST answered with plain JSON sent no event id, so it cannot be resumed.
  *
@@ -452,9 +453,7 @@ export class HttpSessionTransport implements Transport {
         this.#open.delete(res);
         ex.closed = true;
         // The answers are out (or cannot be delivered any more): their requests are done.
-        const held = ex.held;
-        ex.held = 0;
-        if (held > 0) this.#onRequestsDone(held);
+        this.#release(ex);
         this.#onActivity();
       });
     }
@@ -493,6 +492,8 @@ export class HttpSessionTransport implements Transport {
     if (ex.queued > 0) return; // the last queued response's turn ends it
     if (ex.keepAlive) clearInterval(ex.keepAlive);
     if (ex.log !== undefined) this.#logEnded(ex.log);
+    // Nobody connected: what the stream kept is in the ended streams' bound from now on.
+    if (ex.closed) this.#release(ex);
     if (ex.res.writableEnded) return;
     if (ex.sse) ex.res.end();
     else if (ex.responses.length > 0) {
@@ -628,9 +629,7 @@ export class HttpSessionTransport implements Transport {
       if (ex !== undefined) {
         if (ex.keepAlive && ex.res === res) clearInterval(ex.keepAlive);
         ex.closed = true;
-        const held = ex.held;
-        ex.held = 0;
-        if (held > 0) this.#onRequestsDone(held);
+        this.#release(ex);
       }
       this.#onActivity();
     });
@@ -806,8 +805,18 @@ export class HttpSessionTransport implements Transport {
 
   /** An answered request of `ex`: in flight until the exchange's response has gone out. */
   #answered(ex: Exchange): void {
-    if (ex.closed) this.#onRequestsDone(1);
+    // An SSE stream whose connection broke keeps the answer for a client resuming it: in flight
+    // until the stream ended (or a resuming connection wrote it out). A JSON answer's connection
+    // that closed sent no id: nobody can have it.
+    if (ex.closed && !ex.sse) this.#onRequestsDone(1);
     else ex.held++;
+  }
+
+  /** The answers `ex` held are out, or can no longer be: their requests are done. */
+  #release(ex: Exchange): void {
+    const held = ex.held;
+    ex.held = 0;
+    if (held > 0) this.#onRequestsDone(held);
   }
 
   /** Answers `id`, a request of `ex` still pending, with the response text `json`. */
@@ -916,6 +925,8 @@ export class HttpSessionTransport implements Transport {
       }
       ex.pending.clear();
       if (ex.queued === 0) ex.res.end();
+      // Kept for a client resuming the stream, which the session's end forgets.
+      if (ex.closed) this.#release(ex);
     }
     this.#exchanges.clear();
     this.#liveLogs.clear();

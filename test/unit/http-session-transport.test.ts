@@ -447,14 +447,40 @@ describe('HttpSessionTransport', () => {
       expect(t.done()).toBe(1);
     });
 
+    it('counts the answers a cut stream keeps for resuming in flight until the stream ended', async () => {
+      // Before, an answer that came after its stream's connection broke was done at once though
+      // the stream's log kept it while another request of the batch ran: an agent could make the
+      // sidecar hold any number of answers (batches of quick calls with one slow one, each cut),
+      // past maxInflightPerAgent.
+      const t = setup();
+      const res = t.post([1, 2]);
+      await t.transport.send(progress(1), { relatedRequestId: 1 });
+      res.cut();
+      await t.transport.send(bigResponse(2, 10_000));
+      await turn();
+      expect(t.done()).toBe(0); // kept for a client resuming the stream
+      await t.transport.send(response(1));
+      await turn();
+      expect(t.done()).toBe(2); // the stream ended
+      // And when the session closes with a cut stream still running.
+      const other = t.post([3, 4]);
+      await t.transport.send(progress(1), { relatedRequestId: 3 });
+      other.cut();
+      await t.transport.send(response(4));
+      await turn();
+      expect(t.done()).toBe(2);
+      await t.transport.close();
+      expect(t.done()).toBe(4);
+    });
+
     it('releases the requests of a resumed stream whose resuming connection broke too', async () => {
       const t = setup();
       await cutStream(t, 1);
       const back = t.get('1.1');
       back.cut();
       await t.transport.send(response(1));
-      expect(t.done()).toBe(1); // nobody can read it now: done at once, as before any resume
       await turn();
+      expect(t.done()).toBe(1); // the stream ended with nobody connected: done
       const again = t.get('1.1');
       await turn();
       expect(again.events().map((m) => m.id)).toEqual([1]);
