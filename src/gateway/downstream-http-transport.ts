@@ -892,10 +892,13 @@ export class HttpSessionTransport implements Transport {
     if (ex) return;
     const json = serializeMessage(message);
     const standalone = this.#standalone?.res;
+    // Stream 0 lives as long as the session: everything it carries, a server's request too, is
+    // kept as a notification is (up to the backlog bound, the oldest forgotten first), never
+    // whole — a request forgotten so is one its sender times out on.
     if (standalone && !(notification && this.#backlogged(standalone))) {
       this.#writeEvent(standalone, this.#standaloneLog, json, true);
     } else if (standalone === undefined && this.#standaloneLog !== undefined) {
-      // Between a client's standalone streams: kept for it to resume (notifications only).
+      // Between a client's standalone streams: kept for it to resume.
       this.#writeEvent(undefined, this.#standaloneLog, json, true);
     }
     // Otherwise there is no stream: the message is dropped, as the spec allows.
