@@ -507,6 +507,24 @@ describe('HttpSessionTransport', () => {
       expect(third.events().map((m) => m.id)).toEqual([1]);
     });
 
+    it('answers and ends a stream being resumed when the session closes during the replay', async () => {
+      const t = setup();
+      const res = t.post([1, 2]);
+      await t.transport.send(progress(1), { relatedRequestId: 1 });
+      await t.transport.send(response(2));
+      await turn();
+      res.cut();
+      const back = t.get('1.1'); // the answer 1.2 goes out a turn later
+      await t.transport.close();
+      await turn();
+      await turn(); // the error answer came after the replay's, a turn after it
+      expect(back.events().map((m) => m.id)).toEqual([2, 1]);
+      expect(JSON.stringify(back.events()[1])).toContain('the session was closed');
+      expect(back.writableEnded).toBe(true);
+      back.flushed();
+      expect(t.done()).toBe(2);
+    });
+
     it('writes a resumed stream in the order of its ids, also what comes while the replay waits for its turn', async () => {
       const t = setup();
       const res = t.post([1, 2]);
