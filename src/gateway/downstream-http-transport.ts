@@ -838,7 +838,8 @@ export class HttpSessionTransport implements Transport {
       });
       return;
     }
-    ex.responses.push(json);
+    // A JSON answer whose connection closed reaches nobody: not kept until the rest is answered.
+    if (!ex.closed) ex.responses.push(json);
     if (ex.pending.size === 0) this.#finish(ex);
   }
 

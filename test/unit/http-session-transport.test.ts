@@ -135,6 +135,20 @@ describe('HttpSessionTransport', () => {
     expect(t.done()).toBe(2);
   });
 
+  it('keeps no answer of a JSON batch whose connection closed (nobody can have it)', async () => {
+    // Before, the answers of a batch whose client went away were kept until its last request
+    // was answered, though done (not counted in flight): batches of quick calls with one slow
+    // one, each cut, made the sidecar hold any number of answers.
+    const t = setup();
+    const res = t.post([1, 2]);
+    res.cut();
+    await t.transport.send(bigResponse(1, 10_000));
+    expect(t.done()).toBe(1);
+    await t.transport.send(response(2));
+    expect(t.done()).toBe(2);
+    expect(res.chunks.join('')).not.toContain('xxxx'); // never held for the dead connection
+  });
+
   it('writes every response of an SSE batch that arrive in one turn, then ends the stream', async () => {
     const t = setup();
     const res = t.post([1, 2, 3]);
