@@ -179,3 +179,92 @@ describe('agent-fabric mcp: the sidecar is killed and restarted while a slow cal
     }
   });
 });
+
+/**
+ * A proxy to `port` that never forwards a `GET` (the standalone stream, a resume): the bridge's
+ * reconnections wait for good, and learn nothing of the session.
+ */
+async function getSwallowingProxy(port: number): Promise<Server> {
+  const server = createServer((client: Socket) => {
+    const upstream = connect(port, '127.0.0.1');
+    let swallowing = false;
+    client.on('data', (chunk: Buffer) => {
+      const s = chunk.toString('latin1');
+      if (/^GET /.test(s)) swallowing = true;
+      else if (/^(POST|DELETE) /.test(s)) swallowing = false;
+      if (!swallowing) upstream.write(chunk);
+    });
+    upstream.on('data', (chunk: Buffer) => client.write(chunk));
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return server;
+}
+
+describe('agent-fabric mcp: the sidecar restarted, and the next request finds the session gone first', () => {
+  afterAll(cleanUp);
+
+  it("answers the call whose stream broke with an error when a later request's 404 renews the session", async () => {
+    const dir = tempDir('bridge-renew-lost');
+    const port = await freePort();
+    const ran = join(dir, 'ran.log');
+    writeFileSync(
+      join(dir, 'fabric.json'),
+      JSON.stringify({
+        http: { host: '127.0.0.1', port, keepAliveSeconds: 0.2 },
+        adminToken: `fab_admin_${'Tz3Q'.repeat(8)}`,
+        upstreams: {
+          s: {
+            command: process.execPath,
+            args: [SLOW_SERVER],
+            env: { COUNT_FILE: ran },
+            stderr: 'ignore',
+          },
+        },
+        policies: [DEFAULT_ALLOW],
+        agents: [{ name: 'worker' }],
+      }),
+    );
+    const first = await serve(dir);
+    const proxy = await getSwallowingProxy(port);
+    const url = new URL(first.url);
+    url.port = String((proxy.address() as { port: number }).port);
+    const { client } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: first.token, FABRIC_URL: url.toString() },
+    });
+    try {
+      const call = client
+        .callTool({ name: 's__slow', arguments: { label: 'lost', ms: 5_000 } }, undefined, {
+          timeout: 25_000,
+        })
+        .then(
+          () => 'answered',
+          (error: unknown) => String(error),
+        );
+      await until(() => existsSync(ran) && readFileSync(ran, 'utf8').includes('start lost'));
+      // Past two looks of the slow-call watch (0.2 s each): the call is on an SSE stream.
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      await stop(first, 'SIGKILL');
+      const second = await serve(dir);
+      try {
+        // This call's POST gets the 404 and opens a new session; it is answered there.
+        const again = await client.callTool(
+          { name: 's__slow', arguments: { label: 'again', ms: 10 } },
+          undefined,
+          { timeout: 20_000 },
+        );
+        expect(text(again)).toBe('slept again');
+        // Before, the first call waited until the agent's own timeout.
+        expect(await call).toContain('no longer knows the session');
+      } finally {
+        await stop(second, 'SIGTERM');
+      }
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  });
+});
