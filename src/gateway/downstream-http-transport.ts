@@ -36,9 +36,9 @@
  * lost with the connection. One connection at a time resumes a stream (each would hold its own
  * copy of the replay for as long as its client does not read), and the answers a resuming
  * connection carries stay in flight until they are out, as on the POST's; answers a stream keeps
- * while nobody is connected stay in flight until it ended. A stream is kept while requests of it are pending and
- * {@link RESUME_WINDOW_MS} after it ended, at most {@link MAX_ENDED_LOG_BYTES} of ended streams
- * per session. A POST answered with plain JSON sent no event id, so it cannot be resumed.
+ * while nobody is connected stay in flight until it ended. A stream is kept while requests of it
+ * are pending and {@link RESUME_WINDOW_MS} after it ended, at most {@link MAX_ENDED_LOG_BYTES} of
+ * ended streams per session. A POST answered with plain JSON sent no event id, so it cannot be resumed.
  *
  * @module
  */
