@@ -110,7 +110,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'upstreams.<name>.paths.params':
     'Parameter names taken as paths beyond the built-in pattern (`path`, `file`, `source`, …).',
   policies:
-    'Tool-call policies, highest `priority` first (see "Policies and approvals"). With durable `state`, a policy changed at run time (Operator API, `fabric.policies`) keeps its run-time version — or stays removed — across restarts, whatever this list says (see "Policies across a restart").',
+    'Tool-call policies, highest `priority` first (see "Policies and approvals"). With durable `state`, a policy changed at run time (Operator API, `fabric.policies`) keeps its run-time version — or stays removed — across restarts until its entry here is edited, added or dropped after that change (see "Policies across a restart").',
   'policies[].name': 'Unique name; reported as the deciding policy.',
   'policies[].rules':
     'Rules: `tool` glob, `action` (allow, deny, require_approval), `conditions`, `when`, `reason`.',

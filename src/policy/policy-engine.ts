@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import {
   ConfigError,
@@ -52,6 +53,18 @@ export interface PolicyChangeRecord {
   readonly policy?: NormalizedPolicy;
   /** When the change was made (ISO 8601). */
   readonly at: string;
+  /**
+   * The policy of this name registered at start (the config's) when the change was made, as a
+   * digest of its normalized form; `null`: none had the name. At a later start whose start-up
+   * policy of the name differs, the config was edited since the change: the config wins and the
+   * record is forgotten. Absent (records written before it existed): the change applies.
+   */
+  readonly basis?: string | null;
+}
+
+/** The digest a {@link PolicyChangeRecord.basis} holds of a normalized policy. */
+function policyDigest(policy: NormalizedPolicy): string {
+  return createHash('sha256').update(JSON.stringify(policy)).digest('hex');
 }
 
 /** A stored change {@link PolicyEngine.persistTo} applied at start. */
@@ -61,9 +74,10 @@ export interface AppliedPolicyChange {
    * What it did to the policies registered at start: `added` (none had the name), `replaced`
    * (the stored policy took the place of the start-up one), `removed` (a tombstone removed it),
    * `dropped` (a tombstone whose policy is no longer registered at start: forgotten, nothing
-   * changed).
+   * changed), `superseded` (the start-up policy of its name was edited, added or dropped since
+   * the change was made: the start-up one stands and the record is forgotten).
    */
-  readonly effect: 'added' | 'replaced' | 'removed' | 'dropped';
+  readonly effect: 'added' | 'replaced' | 'removed' | 'dropped' | 'superseded';
   /** When the change was made (the record's `at`). */
   readonly at: string;
 }
@@ -414,7 +428,14 @@ export class PolicyEngine {
   /** Counts the changes of the rules (see {@link rulesVersion}). */
   #rulesVersion = 0;
   /** Where policy changes are written once {@link persistTo} ran, and the next change's `seq`. */
-  #persist: { store: Collection<PolicyChangeRecord>; seq: number; base: Set<string> } | undefined;
+  #persist:
+    | {
+        store: Collection<PolicyChangeRecord>;
+        seq: number;
+        /** The policies registered at start (see `PolicyChangeRecord.basis`), by name. */
+        base: Map<string, string>;
+      }
+    | undefined;
 
   constructor(options: PolicyEngineOptions = {}) {
     this.#options = parsePolicyEngineOptions(options);
@@ -485,16 +506,17 @@ export class PolicyEngine {
     const previous = persist.store.get(name);
     const at = new Date().toISOString();
     let record: PolicyChangeRecord | undefined;
+    const basis = persist.base.get(name) ?? null;
     if (policy === undefined) {
       // A policy that was not registered at start leaves nothing to remove at the next start:
       // its record goes; one that was gets a tombstone.
-      record = persist.base.has(name)
-        ? { name, seq: persist.seq, change: 'removed', at }
-        : undefined;
+      record =
+        basis !== null ? { name, seq: persist.seq, change: 'removed', at, basis } : undefined;
     } else if (replacing && previous?.change === 'added') {
-      record = { name, seq: previous.seq, change: 'added', policy, at }; // keeps its place
+      record = { name, seq: previous.seq, change: 'added', policy, at, basis }; // keeps its place
     } else {
-      record = { name, seq: persist.seq, change: replacing ? 'replaced' : 'added', policy, at };
+      const change = replacing ? 'replaced' : 'added';
+      record = { name, seq: persist.seq, change, policy, at, basis };
     }
     try {
       if (record === undefined) persist.store.delete(name);
@@ -517,8 +539,10 @@ export class PolicyEngine {
    * file's — in the order they were made, then writes every later {@link addPolicy} (replace
    * included) and {@link removePolicy} to `store` before it takes effect. A stored policy
    * replaces a registered one of the same name; a stored removal (tombstone) removes it; a
-   * tombstone whose policy is no longer registered is forgotten. Policies registered now and
-   * never changed later are not stored. Call it once, after the start-up policies are added.
+   * tombstone whose policy is no longer registered is forgotten; a change made against another
+   * registered policy of its name (or none) than the one registered now is forgotten too: the
+   * start-up one was edited since, and stands (`superseded`). Policies registered now and never
+   * changed later are not stored. Call it once, after the start-up policies are added.
    *
    * @returns the stored changes it applied, in order (for the start-up log).
    * @throws StateStoreError naming the policy when a stored one no longer validates (written by
@@ -559,12 +583,22 @@ export class PolicyEngine {
       if (parsed.name !== name) throw bad(`it names itself ${JSON.stringify(parsed.name)}`);
     }
     records.sort((a, b) => a.seq - b.seq);
-    const base = new Set(this.#policies.keys());
+    const base = new Map<string, string>();
+    for (const [name, c] of this.#policies) base.set(name, policyDigest(c.policy));
     const applied: AppliedPolicyChange[] = [];
     let seq = 0;
     for (const r of records) {
       const name = r.name;
       seq = Math.max(seq, r.seq + 1);
+      // Made against another start-up policy of its name (or none): the config changed since,
+      // and its later edit wins.
+      // (A removal of a policy the config dropped since is `dropped` below: the same outcome.)
+      const now = base.get(name) ?? null;
+      if (r.basis !== undefined && r.basis !== now && !(r.change === 'removed' && now === null)) {
+        store.delete(name);
+        applied.push({ name, effect: 'superseded', at: r.at });
+        continue;
+      }
       if (r.change === 'removed') {
         if (this.removePolicy(name)) applied.push({ name, effect: 'removed', at: r.at });
         else {

@@ -825,6 +825,8 @@ async function configureFabric(
       replaced: "replaced by the state file's version (the config's is not used)",
       removed: "removed as recorded in the state file (the config's is not used)",
       dropped: 'the state file recorded its removal, but the config no longer has it; forgotten',
+      superseded:
+        "the config's policy of this name was edited (or added, or dropped) after it was changed at run time: the config's stands, the state file's change is forgotten",
     }[c.effect];
     log({
       level: c.effect === 'dropped' ? 'info' : 'warn',

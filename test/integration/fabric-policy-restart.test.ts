@@ -102,6 +102,49 @@ describe('fabric.policies over a durable store', () => {
     expect(names(four.fabric)).toContain('c');
   });
 
+  it('a config policy edited, added or dropped after its run-time change wins over it', async () => {
+    const path = join(tempDir('fabric-policy-edited'), 'state.db');
+    const one = await start(path);
+    one.fabric.policies.removePolicy('a'); // tombstone of the config's `a`
+    one.fabric.policies.addPolicy(
+      { name: 'b', rules: [{ tool: 'b2', action: 'deny' }] },
+      {
+        replace: true,
+      },
+    );
+    one.fabric.policies.addPolicy(
+      { name: 'c', rules: [{ tool: 'c2', action: 'deny' }] },
+      {
+        replace: true,
+      },
+    );
+    one.fabric.policies.addPolicy({ name: 'z', rules: [{ tool: 'z', action: 'deny' }] });
+    await one.fabric.close();
+
+    // The operator then tightens `a` in the config, adds a `z` of its own, drops `c`; `b` is
+    // left as it was.
+    const edited = [
+      { name: 'a', rules: [{ tool: 'a-tight', action: 'deny' }] },
+      CONFIG[1],
+      { name: 'z', rules: [{ tool: 'z-config', action: 'deny' }] },
+    ];
+    const two = await start(path, edited);
+    expect(two.applied.map((c) => `${c.name}:${c.effect}`).sort()).toEqual(
+      ['a:superseded', 'b:replaced', 'c:superseded', 'z:superseded'].sort(),
+    );
+    expect(two.fabric.policies.getPolicy('a')!.rules[0]!.tool).toBe('a-tight');
+    expect(two.fabric.policies.getPolicy('b')!.rules[0]!.tool).toBe('b2'); // still the run-time one
+    expect(two.fabric.policies.getPolicy('c')).toBeUndefined();
+    expect(two.fabric.policies.getPolicy('z')!.rules[0]!.tool).toBe('z-config');
+    expect(Object.keys(rows(path))).toEqual(['b']); // the superseded records are forgotten
+    await two.fabric.close();
+
+    // And stay so: the next start with the same config applies only `b`'s change.
+    const three = await start(path, edited);
+    expect(three.applied.map((c) => `${c.name}:${c.effect}`)).toEqual(['b:replaced']);
+    expect(three.fabric.policies.getPolicy('a')!.rules[0]!.tool).toBe('a-tight');
+  });
+
   it(
     'a change the store cannot write is refused and takes no effect',
     { timeout: 60_000 },
