@@ -691,7 +691,8 @@ export class HttpSessionTransport implements Transport {
    */
   #lookAtSlowCalls(): boolean {
     let waiting = false;
-    for (const ex of this.#exchanges.values()) {
+    // Each exchange once: a batch's is there once per pending request.
+    for (const ex of new Set(this.#exchanges.values())) {
       if (ex.sse || ex.closed || ex.res.writableEnded) continue;
       if (!ex.slow) {
         ex.slow = true;

@@ -589,6 +589,17 @@ describe('HttpSessionTransport', () => {
       expect(old.writableEnded).toBe(true);
     });
 
+    it("looks at a batch's POST once per look, not once per request it waits for", () => {
+      vi.useFakeTimers();
+      const t = setup({ keepAliveMs: 1_003 });
+      const batch = t.post([1, 2, 3], '2025-03-26');
+      vi.advanceTimersByTime(1_003); // first look: seen waiting, not switched
+      expect(batch.status).toBe(0);
+      vi.advanceTimersByTime(1_003);
+      expect(batch.status).toBe(200);
+      expect(batch.chunks).toEqual([': keep-alive\n\n']);
+    });
+
     it('stops watching a session with nothing waiting, and a closed one', async () => {
       vi.useFakeTimers();
       const t = setup({ keepAliveMs: 1_002 });
