@@ -25,7 +25,6 @@
  * @module
  */
 import { createRequire } from 'node:module';
-import { PassThrough } from 'node:stream';
 import { ConfigFileError, FabricError, StartupError } from '../errors.js';
 import type { StdioBacklogEvent } from '../gateway/downstream-stdio-transport.js';
 import type { SidecarConfig } from '../server/config-file.js';
@@ -227,6 +226,9 @@ function onSignals(
  */
 const DEFAULT_SHUTDOWN_TIMEOUT_MS = 35_000;
 
+/** What `mcp --in-process` reads of stdin during its start-up, at most (see `mcp`). */
+const EARLY_STDIN_BYTES = 1024 * 1024;
+
 // The event loop ran dry while the command had not finished starting (a start-up step whose
 // promise can never settle), or while `serve` was serving without being asked to stop: Node
 // would exit 0 and a supervisor would take it for success.
@@ -339,10 +341,17 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   if (values['in-process'] === true) {
     const signals = onSignals();
     // The client closing stdin ends the gateway as a signal does, under the same bound — also
-    // during start-up, before the session reads stdin: what the client wrote meanwhile waits
-    // here (up to the stream's buffer, past which stdin is not read and its end not seen yet).
-    const input = new PassThrough();
-    process.stdin.pipe(input);
+    // during start-up, before the session reads stdin: what the client writes meanwhile is read
+    // (to see the end) and put back for the session (up to EARLY_STDIN_BYTES; past it stdin is
+    // not read until the session is, and its end is not seen before).
+    const early: Buffer[] = [];
+    let earlyBytes = 0;
+    const collect = (chunk: Buffer): void => {
+      early.push(chunk);
+      earlyBytes += chunk.length;
+      if (earlyBytes >= EARLY_STDIN_BYTES) process.stdin.pause();
+    };
+    process.stdin.on('data', collect);
     process.stdin.once('end', () => signals.stopFor('stdin ended'));
     const config = loadSidecarConfig((values.config as string | undefined) ?? defaultConfigPath());
     signals.bound(shutdownTimeoutMs(config));
@@ -366,7 +375,13 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
       );
     }
     const session = sidecar.gateway.createSession(identity);
-    const transport = new StdioSessionTransport(input, process.stdout, {
+    // The session reads stdin itself from here (its own backpressure): what came during
+    // start-up goes back to the front of stdin's buffer first.
+    process.stdin.off('data', collect);
+    process.stdin.pause();
+    if (early.length > 0 && !process.stdin.readableEnded)
+      process.stdin.unshift(Buffer.concat(early));
+    const transport = new StdioSessionTransport(process.stdin, process.stdout, {
       maxBacklogBytes: config.http.maxStreamBacklogBytes,
     });
     transport.onbacklog = (event) => log.write({ level: 'warn', msg: backlogMessage(event) });
@@ -376,6 +391,8 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
       () => sidecar.shutdownPending,
     );
     await session.connect(transport);
+    // Paused above (explicitly: a 'data' listener alone does not resume it then).
+    process.stdin.resume();
     phase = 'stopping'; // ends when stdin does
     return 'running';
   }

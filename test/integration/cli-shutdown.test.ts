@@ -322,6 +322,17 @@ describe('agent-fabric serve: a shutdown that cannot finish', () => {
 });
 
 describe('agent-fabric mcp --in-process: the client closes stdin', () => {
+  /** The processes below `pid` running the start-up test server. */
+  function upstreamsOf(pid: number): number[] {
+    return descendants(pid).filter((kid) => {
+      try {
+        return readFileSync(`/proc/${kid}/cmdline`, 'utf8').includes('startup-server.mjs');
+      } catch {
+        return false;
+      }
+    });
+  }
+
   /** Starts the in-process gateway with `config` in a temp folder; stdin stays a pipe. */
   function inProcess(config: object) {
     const dir = tempDir('cli-shutdown-inproc');
@@ -355,8 +366,9 @@ describe('agent-fabric mcp --in-process: the client closes stdin', () => {
     });
     let kids: number[] = [];
     try {
+      // The upstream runs (not only tsx's own helper process): start-up waits at `gateway`.
       await until(() => {
-        kids = descendants(run.child.pid!);
+        kids = upstreamsOf(run.child.pid!);
         return kids.length > 0;
       }, 30_000);
       run.child.stdin.end();
@@ -381,7 +393,7 @@ describe('agent-fabric mcp --in-process: the client closes stdin', () => {
     });
     let kids: number[] = [];
     await until(() => {
-      kids = descendants(run.child.pid!);
+      kids = upstreamsOf(run.child.pid!);
       return kids.length > 0;
     }, 30_000);
     // Serving: an initialize is answered.
