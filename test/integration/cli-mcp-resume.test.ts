@@ -29,6 +29,34 @@ import { cleanUp, freePort, serve, stop } from '../fixtures/state/serve.js';
 const SLOW_SERVER = new URL('../fixtures/gateway/slow-server.mjs', import.meta.url).pathname;
 
 /**
+ * A temp folder with `fabric.json` for `agent-fabric serve`: the slow upstream `s` (writing to
+ * `ran`), one agent, keep-alives (and so the slow-call watch) every 0.2 s.
+ */
+async function slowServeConfig(tag: string): Promise<{ dir: string; port: number; ran: string }> {
+  const dir = tempDir(tag);
+  const port = await freePort();
+  const ran = join(dir, 'ran.log');
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port, keepAliveSeconds: 0.2 },
+      adminToken: `fab_admin_${'Rb5K'.repeat(8)}`,
+      upstreams: {
+        s: {
+          command: process.execPath,
+          args: [SLOW_SERVER],
+          env: { COUNT_FILE: ran },
+          stderr: 'ignore',
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'worker' }],
+    }),
+  );
+  return { dir, port, ran };
+}
+
+/**
  * A proxy to `port` that cuts (both sockets destroyed) the first connection whose last request
  * was a `tools/call` POST once the sidecar's SSE answer to it carried its first event or comment.
  * `requests` collects the head of every request it forwarded.
@@ -123,26 +151,7 @@ describe('agent-fabric mcp: the sidecar is killed and restarted while a slow cal
   afterAll(cleanUp);
 
   it("answers the agent's call with an error once the restarted sidecar says the session is gone, then works on a new session", async () => {
-    const dir = tempDir('bridge-restart');
-    const port = await freePort();
-    const ran = join(dir, 'ran.log');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port, keepAliveSeconds: 0.2 },
-        adminToken: `fab_admin_${'Rb5K'.repeat(8)}`,
-        upstreams: {
-          s: {
-            command: process.execPath,
-            args: [SLOW_SERVER],
-            env: { COUNT_FILE: ran },
-            stderr: 'ignore',
-          },
-        },
-        policies: [DEFAULT_ALLOW],
-        agents: [{ name: 'worker' }],
-      }),
-    );
+    const { dir, ran } = await slowServeConfig('bridge-restart');
     const first = await serve(dir);
     const { client } = await cliStdioClient(['mcp'], {
       env: { FABRIC_AGENT_TOKEN: first.token, FABRIC_URL: first.url },
@@ -208,26 +217,7 @@ describe('agent-fabric mcp: the sidecar restarted, and the next request finds th
   afterAll(cleanUp);
 
   it("answers the call whose stream broke with an error when a later request's 404 renews the session", async () => {
-    const dir = tempDir('bridge-renew-lost');
-    const port = await freePort();
-    const ran = join(dir, 'ran.log');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port, keepAliveSeconds: 0.2 },
-        adminToken: `fab_admin_${'Tz3Q'.repeat(8)}`,
-        upstreams: {
-          s: {
-            command: process.execPath,
-            args: [SLOW_SERVER],
-            env: { COUNT_FILE: ran },
-            stderr: 'ignore',
-          },
-        },
-        policies: [DEFAULT_ALLOW],
-        agents: [{ name: 'worker' }],
-      }),
-    );
+    const { dir, port, ran } = await slowServeConfig('bridge-renew-lost');
     const first = await serve(dir);
     const proxy = await getSwallowingProxy(port);
     const url = new URL(first.url);
