@@ -12,6 +12,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
@@ -27,6 +28,29 @@ import {
 import { cleanUp, freePort, serve, stop } from '../fixtures/state/serve.js';
 
 const SLOW_SERVER = new URL('../fixtures/gateway/slow-server.mjs', import.meta.url).pathname;
+
+/**
+ * Starts the slow upstream's 5 s call `lost` through `client` (timing out after `timeoutMs`) and
+ * waits until the upstream runs it and it is on an SSE stream (past two looks of the slow-call
+ * watch, 0.2 s each); `outcome`: `'answered'` or the call's error, as text.
+ */
+async function slowCallOnStream(
+  client: Client,
+  ran: string,
+  timeoutMs: number,
+): Promise<{ outcome: Promise<string> }> {
+  const call = client
+    .callTool({ name: 's__slow', arguments: { label: 'lost', ms: 5_000 } }, undefined, {
+      timeout: timeoutMs,
+    })
+    .then(
+      () => 'answered',
+      (error: unknown) => String(error),
+    );
+  await until(() => existsSync(ran) && readFileSync(ran, 'utf8').includes('start lost'));
+  await new Promise((resolve) => setTimeout(resolve, 600));
+  return { outcome: call }; // wrapped: an async function's return would wait for it
+}
 
 /**
  * A temp folder with `fabric.json` for `agent-fabric serve`: the slow upstream `s` (writing to
@@ -157,17 +181,7 @@ describe('agent-fabric mcp: the sidecar is killed and restarted while a slow cal
       env: { FABRIC_AGENT_TOKEN: first.token, FABRIC_URL: first.url },
     });
     try {
-      const call = client
-        .callTool({ name: 's__slow', arguments: { label: 'lost', ms: 5_000 } }, undefined, {
-          timeout: 60_000,
-        })
-        .then(
-          () => 'answered',
-          (error: unknown) => String(error),
-        );
-      await until(() => existsSync(ran) && readFileSync(ran, 'utf8').includes('start lost'));
-      // Past two looks of the slow-call watch (0.2 s each): the call is on an SSE stream.
-      await new Promise((resolve) => setTimeout(resolve, 600));
+      const { outcome: call } = await slowCallOnStream(client, ran, 60_000);
       await stop(first, 'SIGKILL');
       const second = await serve(dir);
       try {
@@ -226,17 +240,7 @@ describe('agent-fabric mcp: the sidecar restarted, and the next request finds th
       env: { FABRIC_AGENT_TOKEN: first.token, FABRIC_URL: url.toString() },
     });
     try {
-      const call = client
-        .callTool({ name: 's__slow', arguments: { label: 'lost', ms: 5_000 } }, undefined, {
-          timeout: 25_000,
-        })
-        .then(
-          () => 'answered',
-          (error: unknown) => String(error),
-        );
-      await until(() => existsSync(ran) && readFileSync(ran, 'utf8').includes('start lost'));
-      // Past two looks of the slow-call watch (0.2 s each): the call is on an SSE stream.
-      await new Promise((resolve) => setTimeout(resolve, 600));
+      const { outcome: call } = await slowCallOnStream(client, ran, 25_000);
       await stop(first, 'SIGKILL');
       const second = await serve(dir);
       try {
