@@ -118,6 +118,25 @@ async function holdTurn(s: Sidecar, token: string, fifo: string, tool?: string) 
   };
 }
 
+/**
+ * Approves the call parked for approval (the human sees it resolve into `root/public/data.txt`),
+ * waits until it waits for the turn `holder` holds, re-points `root/link` at `root/secret`, and
+ * lets the turn go.
+ */
+async function approveThenRelink(
+  s: Sidecar,
+  holder: Awaited<ReturnType<typeof holdTurn>>,
+  root: string,
+): Promise<void> {
+  const parked = await firstPendingApproval(s);
+  expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'data.txt'));
+  expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
+  await holder.untilQueuedBehind(join(root, 'other.txt'));
+  relinkToSecret(root);
+  holder.release();
+  await holder.held;
+}
+
 describe('an approved call waiting for its turn on an exclusive upstream', () => {
   it('is refused when a symlink on its path moved while it waited; nothing is written', async () => {
     const root = tempDir('races-exclusive');
@@ -307,14 +326,7 @@ describe('an approved resources/read waiting for its turn on an exclusive upstre
           (r) => r,
           (e: unknown) => e,
         );
-      const parked = await firstPendingApproval(s);
-      expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'data.txt'));
-      expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
-      // A's read is checked and waits for its turn.
-      await holder.untilQueuedBehind(join(root, 'other.txt'));
-      relinkToSecret(root);
-      holder.release();
-      await holder.held;
+      await approveThenRelink(s, holder, root);
       const outcome = await read;
       expect(outcome).toBeInstanceOf(McpError);
       expect((outcome as McpError).message).toContain('FABRIC_ERR_APPROVAL_STALE');
@@ -376,14 +388,7 @@ describe('an approved resources/subscribe waiting for its turn on an exclusive u
         (r) => r,
         (e: unknown) => e,
       );
-      const parked = await firstPendingApproval(s);
-      expect(JSON.stringify(parked!.params)).toContain(join(root, 'public', 'data.txt'));
-      expect((await api(s, 'ApprovalService/Approve', { id: parked!.id })).status).toBe(200);
-      // A's subscribe is checked and waits for its turn.
-      await holder.untilQueuedBehind(join(root, 'other.txt'));
-      relinkToSecret(root);
-      holder.release();
-      await holder.held;
+      await approveThenRelink(s, holder, root);
       const outcome = await subscribed;
       expect(outcome).toBeInstanceOf(McpError);
       expect((outcome as McpError).message).toContain('FABRIC_ERR_APPROVAL_STALE');
