@@ -17,40 +17,21 @@ import Database from 'better-sqlite3';
 import { afterAll, expect, it } from 'vitest';
 import { callApi } from '../fixtures/api.js';
 import { ADMIN_TOKEN, DEFAULT_ALLOW, tempDir, until } from '../fixtures/gateway/harness.js';
+import {
+  agentIdOf,
+  ENV,
+  oneWorkerDir,
+  schedule,
+  scheduleCall,
+  stateReady,
+} from '../fixtures/state/one-worker.js';
 import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
 
-const ENV = { FABRIC_ADMIN_TOKEN: ADMIN_TOKEN };
-
-function agentIdOf(r: Running): string {
-  return /agent token:\s+\S+\s+\(worker, ([0-9a-f-]+)\)/.exec(r.out)![1]!;
-}
-
 /** The sidecar's soft file size limit: 0 (a disk that takes no byte) or none. */
 function diskFull(r: Running, full: boolean): void {
   execFileSync('prlimit', [`--pid=${r.child.pid}`, `--fsize=${full ? 0 : 'unlimited'}:`]);
-}
-
-async function scheduleCall(r: Running, agentId: string, n: number): Promise<Response> {
-  return callApi(
-    r.url,
-    'FabricService/ScheduleTask',
-    { agentId, taskType: 't', payload: { n } },
-    ADMIN_TOKEN,
-  );
-}
-
-async function schedule(r: Running, agentId: string, n: number): Promise<string> {
-  const res = await scheduleCall(r, agentId, n);
-  expect(res.status).toBe(200);
-  return ((await res.json()) as { task: { taskId: string } }).task.taskId;
-}
-
-async function stateReady(r: Running): Promise<boolean> {
-  const res = await fetch(new URL('/readyz', r.url));
-  const body = (await res.json()) as { checks: { state: boolean } };
-  return body.checks.state;
 }
 
 interface Row {
@@ -82,16 +63,7 @@ async function listTasks(r: Running): Promise<Listed[]> {
 }
 
 it('a schedule whose commit failed answers FABRIC_ERR_STATE_STORE, is withdrawn, and the store recovers by itself', async () => {
-  const dir = tempDir('state-commit-failed');
-  const port = await freePort();
-  writeFileSync(
-    join(dir, 'fabric.json'),
-    JSON.stringify({
-      http: { host: '127.0.0.1', port },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker' }],
-    }),
-  );
+  const dir = await oneWorkerDir('state-commit-failed');
   const statePath = join(dir, '.fabric', 'state.db');
   const first = await serve(dir, ENV);
   const agentId = agentIdOf(first);
@@ -191,16 +163,7 @@ it('usage reported while the store cannot commit is refused with FABRIC_ERR_STAT
 }, 120_000);
 
 it('a stop while commits still fail exits 1 saying what is lost, and no acknowledged task is', async () => {
-  const dir = tempDir('state-commit-failed-stop');
-  const port = await freePort();
-  writeFileSync(
-    join(dir, 'fabric.json'),
-    JSON.stringify({
-      http: { host: '127.0.0.1', port },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker' }],
-    }),
-  );
+  const dir = await oneWorkerDir('state-commit-failed-stop');
   const statePath = join(dir, '.fabric', 'state.db');
   const first = await serve(dir, ENV);
   const agentId = agentIdOf(first);
@@ -223,16 +186,7 @@ it('a stop while commits still fail exits 1 saying what is lost, and no acknowle
 it('a claim whose commit failed is refused and the task goes back to its queue', async () => {
   // The attempt is a remote agent's fencing token, committed before the answer leaves: one
   // that is not on disk must not reach the agent.
-  const dir = tempDir('state-commit-failed-claim');
-  const port = await freePort();
-  writeFileSync(
-    join(dir, 'fabric.json'),
-    JSON.stringify({
-      http: { host: '127.0.0.1', port },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker' }],
-    }),
-  );
+  const dir = await oneWorkerDir('state-commit-failed-claim');
   const first = await serve(dir, ENV);
   const agentId = agentIdOf(first);
   const client = await connect(first.url, first.token);

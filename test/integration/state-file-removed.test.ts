@@ -10,38 +10,22 @@
  * to the path when it is free, else beside it (`<path>.detached-<time>`), never over a file
  * someone else put there.
  */
-import { copyFileSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, expect, it } from 'vitest';
 import { callApi } from '../fixtures/api.js';
-import { ADMIN_TOKEN, DEFAULT_ALLOW, tempDir, until } from '../fixtures/gateway/harness.js';
-import { cleanUp, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
+import { ADMIN_TOKEN, until } from '../fixtures/gateway/harness.js';
+import {
+  agentIdOf,
+  ENV,
+  oneWorkerDir,
+  schedule,
+  stateReady,
+} from '../fixtures/state/one-worker.js';
+import { cleanUp, serve, stop } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
-
-const ENV = { FABRIC_ADMIN_TOKEN: ADMIN_TOKEN };
-
-function agentIdOf(r: Running): string {
-  return /agent token:\s+\S+\s+\(worker, ([0-9a-f-]+)\)/.exec(r.out)![1]!;
-}
-
-async function schedule(r: Running, agentId: string, n: number): Promise<string> {
-  const res = await callApi(
-    r.url,
-    'FabricService/ScheduleTask',
-    { agentId, taskType: 't', payload: { n } },
-    ADMIN_TOKEN,
-  );
-  expect(res.status).toBe(200);
-  return ((await res.json()) as { task: { taskId: string } }).task.taskId;
-}
-
-async function stateReady(r: Running): Promise<boolean> {
-  const res = await fetch(new URL('/readyz', r.url));
-  const body = (await res.json()) as { checks: { state: boolean } };
-  return body.checks.state;
-}
 
 /** The task ids in the state file at `path` (read-only, beside the live sidecar). */
 function tasksIn(path: string): string[] {
@@ -61,16 +45,7 @@ function removeState(path: string): void {
 }
 
 it('saves its state back when the state file is removed while it runs, and never starts empty', async () => {
-  const dir = tempDir('state-removed');
-  const port = await freePort();
-  writeFileSync(
-    join(dir, 'fabric.json'),
-    JSON.stringify({
-      http: { host: '127.0.0.1', port },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker' }],
-    }),
-  );
+  const dir = await oneWorkerDir('state-removed');
   const statePath = join(dir, '.fabric', 'state.db');
   const first = await serve(dir, ENV);
   const agentId = agentIdOf(first);
@@ -126,16 +101,7 @@ it('moves the WAL into the file when the -wal and -shm files are removed while i
   // SQLite keeps both open: before, every change since the last checkpoint (at first, the whole
   // schema) lived only in a removed file, and a crash lost it — the next start found a file
   // without its tables.
-  const dir = tempDir('state-wal-removed');
-  const port = await freePort();
-  writeFileSync(
-    join(dir, 'fabric.json'),
-    JSON.stringify({
-      http: { host: '127.0.0.1', port },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker' }],
-    }),
-  );
+  const dir = await oneWorkerDir('state-wal-removed');
   const statePath = join(dir, '.fabric', 'state.db');
   const first = await serve(dir, ENV);
   const agentId = agentIdOf(first);
