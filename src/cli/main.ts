@@ -33,6 +33,7 @@ import type { Sidecar } from '../server/sidecar.js';
 import { setLongTimeout } from '../scheduler/task-waiters.js';
 import { CliError } from './api-client.js';
 import {
+  intOption,
   runCommand,
   usageError,
   type Command,
@@ -338,6 +339,17 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   const { defaultConfigPath, loadSidecarConfig, shutdownTimeoutMs } =
     await import('../server/config-file.js');
   const { StdioSessionTransport } = await import('../gateway/downstream-stdio-transport.js');
+  // How long a call's broken stream is resumed (the bridge's; an in-process gateway has none).
+  const resumeSeconds =
+    values['resume-seconds'] === undefined
+      ? undefined
+      : intOption(mcpCommand, values, 'resume-seconds', 0);
+  if (resumeSeconds !== undefined && values['in-process'] === true) {
+    throw usageError(mcpCommand, '--resume-seconds is for the bridge, not --in-process');
+  }
+  if (resumeSeconds !== undefined && resumeSeconds > 86_400) {
+    throw usageError(mcpCommand, `--resume-seconds: at most 86400, not ${resumeSeconds}`);
+  }
   if (values['in-process'] === true) {
     const signals = onSignals();
     // The client closing stdin ends the gateway as a signal does, under the same bound — also
@@ -430,6 +442,7 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
     headers,
     downstream,
     log: (message) => console.error(message),
+    ...(resumeSeconds === undefined ? {} : { resumeSeconds }),
   });
   const shutdown = async (): Promise<void> => {
     await bridge.close();
@@ -520,6 +533,12 @@ const mcpCommand: Command = {
       value: 'url',
       description:
         "the sidecar's MCP URL (default http://127.0.0.1:8765/mcp); a URL without a path gets /mcp",
+    },
+    'resume-seconds': {
+      type: 'string',
+      value: 's',
+      description:
+        "how long a call's broken stream is resumed before the call is answered with an error (default 40)",
     },
     config: { type: 'string', short: 'c', value: 'file', description: 'config of --in-process' },
     'in-process': { type: 'boolean', description: 'run the gateway in this process' },

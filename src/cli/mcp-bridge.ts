@@ -15,8 +15,10 @@
  * the sidecar refuses every request without a session. Every request after `initialize` names
  * the version it agreed on (`MCP-Protocol-Version`), so that the sidecar sends a priming event
  * id on a slow call's stream and the SDK transport can resume it after a cut. A request whose
- * stream broke and whose session the sidecar then no longer knows is answered with an error:
- * its answer is lost, and the agent must not wait for it forever.
+ * stream broke is answered with an error when its session the sidecar then no longer knows,
+ * when the stream could not be resumed for the resume time, or when it had no event id to
+ * resume from (see `bridge-streams.ts`): its answer is lost, and the agent must not wait for
+ * it forever.
  *
  * @module
  */
@@ -28,6 +30,13 @@ import {
 import { ErrorCode, type JSONRPCMessage, type RequestId } from '@modelcontextprotocol/sdk/types.js';
 import type { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js';
 import { messageOf } from '../gateway/map-error.js';
+import {
+  isOwnRefusal,
+  reconnectionFor,
+  type Reconnection,
+  StreamWatch,
+  streamOf,
+} from './bridge-streams.js';
 
 /**
  * Prefix of the ids of the bridge's own requests (their answers are never forwarded to the
@@ -36,17 +45,12 @@ import { messageOf } from '../gateway/map-error.js';
 const OWN_ID = `agent-fabric-mcp/${randomBytes(8).toString('hex')}/`;
 
 /**
- * How the SDK transport reconnects a stream that broke (a call's, resumed with
- * `Last-Event-ID`, or the standalone one): for about 40 s, so that a sidecar restarting meanwhile
- * is reached again and says whether it still knows the session (the SDK's default gave up after
- * 2.5 s, before a restarted sidecar listened).
+ * How long the bridge tries to resume a call's stream that broke (`Last-Event-ID`) before it
+ * answers the call with an error, by default: long enough for a sidecar restarting meanwhile to
+ * listen again and say whether it still knows the session (the SDK's default gave up after 2.5 s,
+ * before a restarted sidecar listened, and then left the call unanswered).
  */
-const RECONNECTION = {
-  initialReconnectionDelay: 500,
-  maxReconnectionDelay: 5_000,
-  reconnectionDelayGrowFactor: 1.5,
-  maxRetries: 12,
-};
+export const DEFAULT_RESUME_SECONDS = 40;
 
 /** How long the bridge waits for the answer to a request of its own (a renewal's). */
 const OWN_TIMEOUT_MS = 30_000;
@@ -67,6 +71,17 @@ const DELETE_WAIT_MS = 5_000;
 
 type Envelope = { id?: unknown; method?: unknown; params?: unknown; result?: unknown };
 
+/**
+ * A request of the agent not answered yet: the transport it went out on, whether its POST was
+ * taken (its answer comes on a stream, which may break), and the stream it is on once an event
+ * of it carried an id (the stream can then be resumed).
+ */
+interface Pending {
+  transport: StreamableHTTPClientTransport;
+  taken: boolean;
+  stream?: string;
+}
+
 /** Options of a {@link McpBridge}. */
 export interface McpBridgeOptions {
   /** The sidecar's MCP endpoint. */
@@ -77,6 +92,11 @@ export interface McpBridgeOptions {
   downstream: StdioSessionTransport;
   /** Where problems are reported (stderr). */
   log: (message: string) => void;
+  /**
+   * How long a broken stream is resumed before its calls are answered with an error (default
+   * {@link DEFAULT_RESUME_SECONDS}).
+   */
+  resumeSeconds?: number;
 }
 
 /** True when `error` says the sidecar does not know the session (HTTP 404). */
@@ -109,10 +129,9 @@ export class McpBridge {
    * their POST was taken (its answer comes on a stream, which may break). Those taken on a
    * session the sidecar no longer knows are answered with an error (see {@link #lost}).
    */
-  readonly #pending = new Map<
-    RequestId,
-    { transport: StreamableHTTPClientTransport; taken: boolean }
-  >();
+  readonly #pending = new Map<RequestId, Pending>();
+  readonly #resumeMs: number;
+  readonly #reconnection: Reconnection;
   /** Messages wait for this before they are sent (a new session being opened). */
   #ready: Promise<void> = Promise.resolve();
   /**
@@ -133,6 +152,8 @@ export class McpBridge {
 
   constructor(options: McpBridgeOptions) {
     this.#options = options;
+    this.#resumeMs = (options.resumeSeconds ?? DEFAULT_RESUME_SECONDS) * 1000;
+    this.#reconnection = reconnectionFor(this.#resumeMs);
     this.#upstream = this.#connect();
     options.downstream.onmessage = (m) => this.#fromAgent(m);
   }
@@ -175,9 +196,23 @@ export class McpBridge {
     void ending.finally(() => this.#retiring.delete(ending));
   }
 
-  /** Sends `m` on `transport`, noting an `initialize` until it is answered (see `#retire`). */
-  #send(transport: StreamableHTTPClientTransport, m: JSONRPCMessage): Promise<void> {
-    const sent = transport.send(m);
+  /**
+   * Sends `m` on `transport`, noting an `initialize` until it is answered (see `#retire`), and
+   * the stream of the agent's request `pending` once it has an event id.
+   */
+  #send(
+    transport: StreamableHTTPClientTransport,
+    m: JSONRPCMessage,
+    pending?: Pending,
+  ): Promise<void> {
+    const sent =
+      pending === undefined
+        ? transport.send(m)
+        : transport.send(m, {
+            onresumptiontoken: (token) => {
+              pending.stream = streamOf(token);
+            },
+          });
     if ((m as Envelope).method === 'initialize') {
       const before = this.#initializing.get(transport);
       const settled = sent.catch(() => undefined);
@@ -190,9 +225,16 @@ export class McpBridge {
   }
 
   #connect(): StreamableHTTPClientTransport {
+    const watch = new StreamWatch({
+      resumeMs: this.#resumeMs,
+      reconnection: this.#reconnection,
+      onUnresumable: (id) => this.#unresumable(transport, id),
+      onGiveUp: (stream) => this.#givenUp(transport, stream),
+    });
     const transport = new StreamableHTTPClientTransport(this.#options.url, {
       requestInit: { headers: this.#options.headers },
-      reconnectionOptions: RECONNECTION,
+      reconnectionOptions: this.#reconnection,
+      fetch: watch.fetch,
     });
     transport.onmessage = (m) => {
       const { id } = m as Envelope;
@@ -223,7 +265,7 @@ export class McpBridge {
       void this.#options.downstream.send(m);
     };
     transport.onerror = (e) => {
-      this.#options.log(`agent-fabric mcp: ${e.message}`);
+      if (!isOwnRefusal(e)) this.#options.log(`agent-fabric mcp: ${e.message}`);
       // A stream's reconnection was told the session is gone (the sidecar restarted, or closed
       // it): no answer will come for what went out on it.
       if (sessionGone(e)) this.#lost(transport);
@@ -238,16 +280,47 @@ export class McpBridge {
    * message opens a new session (see {@link #forward}).
    */
   #lost(transport: StreamableHTTPClientTransport): void {
+    this.#answerLost(
+      (p) => p.transport === transport && p.taken,
+      'the sidecar no longer knows the session (it restarted, or closed it) while the request was running',
+    );
+  }
+
+  /**
+   * The stream of the agent's request `id` on `transport` ended before its answer and without an
+   * event id to resume it from (a session of an MCP version before 2025-11-25 gets none): no
+   * answer can come for it, so the request is answered with an error (before, the agent waited
+   * until its own timeout).
+   */
+  #unresumable(transport: StreamableHTTPClientTransport, id: string | number): void {
+    const p = this.#pending.get(id);
+    if (p === undefined || p.transport !== transport || p.stream !== undefined) return;
+    this.#answerLost(
+      (q) => q === p,
+      'the connection to the sidecar broke while the request was running, and its stream had no event id to resume it from',
+    );
+  }
+
+  /** The stream `stream` of `transport` could not be resumed for the resume time: its requests are answered with an error. */
+  #givenUp(transport: StreamableHTTPClientTransport, stream: string): void {
+    this.#answerLost(
+      (p) => p.transport === transport && p.stream === stream,
+      `the sidecar could not be reached to resume the request's stream for ${this.#resumeMs / 1000} s`,
+    );
+  }
+
+  /** Answers the agent's pending requests `which` picks with an error saying why their answer is lost. */
+  #answerLost(which: (p: Pending) => boolean, why: string): void {
+    if (this.#closing !== undefined) return; // the bridge is ending: nobody reads the answer
     for (const [id, p] of this.#pending) {
-      if (p.transport !== transport || !p.taken) continue;
+      if (!which(p)) continue;
       this.#pending.delete(id);
       void this.#options.downstream.send({
         jsonrpc: '2.0',
         id,
         error: {
           code: ErrorCode.InternalError,
-          message:
-            'agent-fabric mcp: the sidecar no longer knows the session (it restarted, or closed it) while the request was running; its answer is lost (the call may have run)',
+          message: `agent-fabric mcp: ${why}; its answer is lost (the call may have run)`,
         },
       });
     }
@@ -293,11 +366,11 @@ export class McpBridge {
     const { id, method } = m as Envelope;
     const request =
       typeof method === 'string' && (typeof id === 'string' || typeof id === 'number');
-    const pending = { transport: upstream, taken: false };
+    const pending: Pending = { transport: upstream, taken: false };
     if (request) this.#pending.set(id, pending);
     try {
       if (upstream === this.#sessionless) throw new Error('no session: the last renewal failed');
-      await this.#send(upstream, m);
+      await this.#send(upstream, m, request ? pending : undefined);
       pending.taken = true;
     } catch (error) {
       if (request && this.#pending.get(id) === pending) this.#pending.delete(id);

@@ -9,25 +9,33 @@
  * call to SSE with a keep-alive only, and a cut left the agent's request unanswered for good —
  * the bridge had nothing to resume from and no error to give.
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import {
+  getDefaultEnvironment,
+  StdioClientTransport,
+} from '@modelcontextprotocol/sdk/client/stdio.js';
+import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
+  CLI_MAIN,
   cliStdioClient,
   closeSidecar,
   DEFAULT_ALLOW,
-  startTestSidecar,
+  INIT,
+  SLOW_SERVER,
+  startSlowSidecar,
   tempDir,
   text,
+  TSX,
   until,
 } from '../fixtures/gateway/harness.js';
 import { cleanUp, freePort, serve, stop } from '../fixtures/state/serve.js';
-
-const SLOW_SERVER = new URL('../fixtures/gateway/slow-server.mjs', import.meta.url).pathname;
 
 /**
  * Starts the slow upstream's 5 s call `lost` through `client` (timing out after `timeoutMs`) and
@@ -125,20 +133,7 @@ describe('agent-fabric mcp: a slow call whose stream is cut (real sidecar, TCP p
   let ran: string;
 
   beforeAll(async () => {
-    ran = join(tempDir('bridge-resume'), 'ran.log');
-    sidecar = await startTestSidecar({
-      http: { keepAliveSeconds: 0.2 },
-      upstreams: {
-        s: {
-          command: process.execPath,
-          args: [SLOW_SERVER],
-          env: { COUNT_FILE: ran },
-          stderr: 'ignore',
-        },
-      },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'a' }],
-    });
+    ({ sidecar, ran } = await startSlowSidecar('bridge-resume'));
   });
   afterAll(() => closeSidecar(sidecar));
 
@@ -258,6 +253,114 @@ describe('agent-fabric mcp: the sidecar restarted, and the next request finds th
       }
     } finally {
       await client.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  }, 60_000);
+});
+
+describe('agent-fabric mcp: the sidecar is killed and stays down while a slow call runs (--resume-seconds)', () => {
+  afterAll(cleanUp);
+
+  it("answers the agent's call with an error once the stream could not be resumed for --resume-seconds", async () => {
+    const { dir, ran } = await slowServeConfig('bridge-down');
+    const first = await serve(dir);
+    const { client } = await cliStdioClient(['mcp', '--resume-seconds', '3'], {
+      env: { FABRIC_AGENT_TOKEN: first.token, FABRIC_URL: first.url },
+    });
+    try {
+      const { outcome: call } = await slowCallOnStream(client, ran, 60_000);
+      await stop(first, 'SIGKILL');
+      // Before, the bridge gave up resuming after ~40 s and said nothing: the agent waited until
+      // its own timeout (here 60 s).
+      expect(await call).toContain(
+        "could not be reached to resume the request's stream for 3 s; its answer is lost",
+      );
+    } finally {
+      await client.close();
+    }
+  });
+
+  it('refuses a --resume-seconds that is not a positive integer up to a day, or with --in-process (exit 2)', async () => {
+    for (const [args, says] of [
+      [['--resume-seconds', '0'], 'must be a positive integer'],
+      [['--resume-seconds', '1.5'], 'must be a positive integer'],
+      [['--resume-seconds', '86401'], 'at most 86400'],
+      [['--in-process', '--resume-seconds', '5'], 'not --in-process'],
+    ] as const) {
+      const ran = spawnSync(process.execPath, ['--import', TSX, CLI_MAIN, 'mcp', ...args], {
+        env: { ...process.env, FABRIC_AGENT_TOKEN: 'fab_x', FABRIC_STATE: 'memory' },
+        encoding: 'utf8',
+        input: '',
+        timeout: 60_000,
+      });
+      expect(ran.status).toBe(2);
+      expect(ran.stderr).toContain(says);
+    }
+  });
+});
+
+describe('agent-fabric mcp: a slow call of an MCP 2025-06-18 session whose stream is cut (no event id to resume from)', () => {
+  let sidecar: Sidecar;
+  let ran: string;
+
+  beforeAll(async () => {
+    ({ sidecar, ran } = await startSlowSidecar('bridge-old-version'));
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  it('answers the call with an error when its stream breaks, where the agent waited for good', async () => {
+    const requests: string[] = [];
+    const proxy = await cuttingProxy(Number(new URL(sidecar.url!).port), requests);
+    const url = new URL(sidecar.url!);
+    url.port = String((proxy.address() as { port: number }).port);
+    // The official SDK's transport, speaking an older version than its Client would.
+    const transport = new StdioClientTransport({
+      command: process.execPath,
+      args: ['--import', TSX, CLI_MAIN, 'mcp'],
+      stderr: 'pipe',
+      env: {
+        ...getDefaultEnvironment(),
+        FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'),
+        FABRIC_URL: url.toString(),
+      },
+    });
+    const answers = new Map<unknown, JSONRPCMessage>();
+    transport.onmessage = (m) => {
+      if ('id' in m) answers.set(m.id, m);
+    };
+    await transport.start();
+    try {
+      await transport.send(INIT as JSONRPCMessage); // MCP 2025-06-18
+      await until(() => answers.has(1));
+      expect(JSON.stringify(answers.get(1))).toContain('"protocolVersion":"2025-06-18"');
+      await transport.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+      await transport.send({
+        jsonrpc: '2.0',
+        id: 2,
+        method: 'tools/call',
+        params: { name: 's__slow', arguments: { label: 'old', ms: 3_000 } },
+      });
+      // Before: no answer at all (the SDK transport drops a stream it cannot resume).
+      await until(() => answers.has(2), 20_000);
+      const answer = answers.get(2) as { error?: { message?: string } };
+      expect(answer.error?.message).toContain(
+        'its stream had no event id to resume it from; its answer is lost',
+      );
+      // The call did reach the upstream (hence "may have run"); its stream was cut, and nothing
+      // resumed it.
+      expect(readFileSync(ran, 'utf8')).toContain('start old\n');
+      expect(requests.some((r) => /\r\nlast-event-id:/i.test(r))).toBe(false);
+      // The bridge goes on: the next call is answered.
+      await transport.send({
+        jsonrpc: '2.0',
+        id: 3,
+        method: 'tools/call',
+        params: { name: 's__slow', arguments: { label: 'next', ms: 10 } },
+      });
+      await until(() => answers.has(3), 20_000);
+      expect(JSON.stringify(answers.get(3))).toContain('slept next');
+    } finally {
+      await transport.close();
       await new Promise((resolve) => proxy.close(resolve));
     }
   });

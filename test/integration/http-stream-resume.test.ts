@@ -19,6 +19,7 @@ import {
   EVERYTHING_BIN,
   httpClient,
   INIT,
+  startSlowSidecar,
   startTestSidecar,
   tempDir,
   text,
@@ -373,26 +374,12 @@ describe('Streamable HTTP: resuming an SSE stream with Last-Event-ID (real sidec
 });
 
 describe('Streamable HTTP: a slow call without progress (real sidecar)', () => {
-  const SLOW_SERVER = new URL('../fixtures/gateway/slow-server.mjs', import.meta.url).pathname;
   let sidecar: Sidecar;
   let token: string;
   let ran: string;
 
   beforeAll(async () => {
-    ran = join(tempDir('slow-resume'), 'ran.log');
-    sidecar = await startTestSidecar({
-      http: { keepAliveSeconds: 0.2 },
-      upstreams: {
-        s: {
-          command: process.execPath,
-          args: [SLOW_SERVER],
-          env: { COUNT_FILE: ran },
-          stderr: 'ignore',
-        },
-      },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'a' }],
-    });
+    ({ sidecar, ran } = await startSlowSidecar('slow-resume'));
     token = agentToken(sidecar, 'a');
   });
   afterAll(() => closeSidecar(sidecar));
