@@ -28,7 +28,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   INIT,
-  SLOW_SERVER,
+  slowUpstream,
   startSlowSidecar,
   tempDir,
   text,
@@ -73,14 +73,7 @@ async function slowServeConfig(tag: string): Promise<{ dir: string; port: number
     JSON.stringify({
       http: { host: '127.0.0.1', port, keepAliveSeconds: 0.2 },
       adminToken: `fab_admin_${'Rb5K'.repeat(8)}`,
-      upstreams: {
-        s: {
-          command: process.execPath,
-          args: [SLOW_SERVER],
-          env: { COUNT_FILE: ran },
-          stderr: 'ignore',
-        },
-      },
+      upstreams: { s: slowUpstream(ran) },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'worker' }],
     }),
