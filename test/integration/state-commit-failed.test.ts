@@ -10,7 +10,6 @@
  * (CANCELLED with that code, never run); once the disk takes writes again the store commits
  * what was pending by itself, without a new change or a restart.
  */
-import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -25,30 +24,10 @@ import {
   scheduleCall,
   stateReady,
 } from '../fixtures/state/one-worker.js';
+import { diskFull, tasksIn } from '../fixtures/state/disk-full.js';
 import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
-
-/** The sidecar's soft file size limit: 0 (a disk that takes no byte) or none. */
-function diskFull(r: Running, full: boolean): void {
-  execFileSync('prlimit', [`--pid=${r.child.pid}`, `--fsize=${full ? 0 : 'unlimited'}:`]);
-}
-
-interface Row {
-  id: string;
-  status: string;
-}
-
-/** The tasks in the state file at `path` (read-only, beside the live sidecar). */
-function tasksIn(path: string): Row[] {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  try {
-    const rows = db.prepare<[], Record<string, unknown>>('SELECT * FROM tasks ORDER BY rid').all();
-    return rows.map((r) => ({ id: String(r.id), status: String(r.status) }));
-  } finally {
-    db.close();
-  }
-}
 
 interface Listed {
   taskId: string;
