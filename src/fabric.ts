@@ -40,6 +40,7 @@ import type { PoolProvider } from './pools/pool-provider.js';
 import { THREADS_POOL_PROVIDER, ThreadPoolProvider } from './pools/thread-pool-provider.js';
 import type { SchedulerStats, PoolLoad } from './scheduler/agent-scheduler.js';
 import { AgentScheduler } from './scheduler/agent-scheduler.js';
+import { setLongTimeout } from './scheduler/task-waiters.js';
 import { ClaimLeases, MAX_CLAIM_ACK_SECONDS } from './scheduler/claim-leases.js';
 import type { TaskExecutor, TaskHandler } from './scheduler/executor.js';
 import { InProcessExecutor } from './scheduler/inprocess-executor.js';
@@ -221,6 +222,13 @@ export interface ClaimOptions {
 /** How a change refused by a failed commit goes on (see `AgentFabric.#onDisk`). */
 const KEPT =
   'and is written with the next commit that succeeds (retried every second) — do not send it again';
+
+/**
+ * How an agent or pool change that cannot be undone goes on when its commit failed (see
+ * `AgentFabric.#onDisk`).
+ */
+const HELD =
+  'in this process and is written with the next commit that succeeds (retried every second); a stop before then loses it: after the restart the agent or pool is as the file last held it';
 
 /**
  * The central orchestration facade.
@@ -714,8 +722,31 @@ export class AgentFabric {
       this.pools.assertJoinable(config.poolId);
     }
     const agent = this.#spawn(config, options.credentialFor);
-    if (agent.poolId !== undefined) this.pools.join(agent.poolId, agent.id);
+    const poolId = agent.poolId;
+    const desired = poolId === undefined ? undefined : this.pools.desiredSize(poolId);
+    if (poolId !== undefined) this.pools.join(poolId, agent.id);
+    await this.#undoneUnlessOnDisk(`agent ${agent.id} was not spawned`, () => {
+      this.#withdrawAgent(agent.id);
+      if (poolId !== undefined) this.pools.withdraw(poolId, [agent.id], desired);
+    });
     return agent;
+  }
+
+  /**
+   * Takes back an agent whose spawn was refused (see {@link #undoneUnlessOnDisk}): what the
+   * scheduler gave it goes back (to its pool, if any), its credential stops authenticating,
+   * its runtime stops and its record and budget are forgotten.
+   */
+  #withdrawAgent(agentId: string): void {
+    this.scheduler.evictAgent(
+      agentId,
+      {
+        code: StateStoreError.code,
+        message: `agent ${agentId} was withdrawn: its spawn could not be committed`,
+      },
+      { remove: true },
+    );
+    this.lifecycle.withdraw(agentId);
   }
 
   #spawn(config: AgentConfig, credentialFor?: (agentId: string) => string): SpawnedAgent {
@@ -810,7 +841,10 @@ export class AgentFabric {
     agentId: string,
     options: { drainTimeoutSeconds?: number } = {},
   ): Promise<AgentInfo> {
-    return this.lifecycle.terminate(agentId, options);
+    const info = await this.lifecycle.terminate(agentId, options);
+    // Never undone: a revoked credential must not authenticate again.
+    await this.#onDisk(`the termination holds (its credential no longer authenticates) ${HELD}`);
+    return info;
   }
 
   #onStatus(agent: AgentInfo, previous: AgentStatus): void {
@@ -989,9 +1023,13 @@ export class AgentFabric {
   }
 
   /**
-   * Waits until the task has finished and returns it (at once if it already has).
+   * Waits until the task has finished and its end is committed, and returns it (at once if it
+   * already has). With a durable store whose commits fail (disk full), a task that ended is
+   * returned only once a commit succeeds (the store retries every second), so a caller never
+   * acts on an end that a restart would undo.
    * @param options.timeoutSeconds - bound on the wait; by default it waits as long as it takes.
-   * @throws TaskNotFoundError; WaitTimeoutError.
+   * @throws TaskNotFoundError; WaitTimeoutError; StateStoreError when the task ended but the
+   *   timeout ran out, or the fabric closed, before its end could be committed.
    */
   async waitForTask(
     taskId: string,
@@ -1001,7 +1039,58 @@ export class AgentFabric {
       options.timeoutSeconds === undefined
         ? undefined
         : checkNumber('timeoutSeconds', options.timeoutSeconds, 'positiveNumber') * 1000;
-    return this.scheduler.waitForTask(taskId, ms, options.signal);
+    // The in-memory store has nothing to wait for: the scheduler's promise as it is.
+    if (this.#store.whenCommitted === undefined) {
+      return this.scheduler.waitForTask(taskId, ms, options.signal);
+    }
+    const started = performance.now();
+    const task = await this.scheduler.waitForTask(taskId, ms, options.signal);
+    const left = ms === undefined ? undefined : ms - (performance.now() - started);
+    await this.#endOnDisk(task, left, options.signal);
+    return task;
+  }
+
+  /**
+   * Resolves once `task`'s end is on disk (at once when it is): after a failed commit, when a
+   * commit succeeds again. Rejects with the signal's reason when it aborts, and with
+   * StateStoreError when `timeoutMs` runs out or the store closes first.
+   */
+  async #endOnDisk(task: Task, timeoutMs: number | undefined, signal?: AbortSignal): Promise<void> {
+    const store = this.#store;
+    const failure = store.commitFailure?.();
+    if (failure === undefined || store.tasks.isOnDisk?.(task.id) !== false) return;
+    const path = (store as { path?: unknown }).path;
+    const notCommitted = (why: string): StateStoreError =>
+      new StateStoreError(
+        typeof path === 'string' ? path : 'state',
+        `task ${task.id} ended (${task.status}) but its end is not committed: ${why}; it is written with the next commit that succeeds (retried every second) — wait for the task again`,
+      );
+    let cancelTimer: (() => void) | undefined;
+    let onAbort: (() => void) | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        if (signal?.aborted) {
+          reject(signal.reason as Error);
+          return;
+        }
+        store.whenCommitted!().then(resolve, (error: unknown) =>
+          reject(notCommitted(error instanceof Error ? error.message : String(error))),
+        );
+        if (timeoutMs !== undefined && timeoutMs !== Number.POSITIVE_INFINITY) {
+          cancelTimer = setLongTimeout(
+            () => reject(notCommitted(`the wait ran out (${failure.message})`)),
+            Math.max(0, timeoutMs),
+          );
+        }
+        if (signal !== undefined) {
+          onAbort = () => reject(signal.reason as Error);
+          signal.addEventListener('abort', onAbort, { once: true });
+        }
+      });
+    } finally {
+      cancelTimer?.();
+      if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
+    }
   }
 
   /**
@@ -1326,6 +1415,29 @@ export class AgentFabric {
   }
 
   /**
+   * Resolves once what the caller changed in this synchronous run is committed; with a durable
+   * store whose commit failed (disk full, I/O error) runs `undo`, which takes the change back
+   * in memory (what it writes is committed with the next commit that succeeds), and throws: a
+   * change the caller is told was refused must not take effect, nor come back after a restart.
+   * With the in-memory store there is nothing to wait for. Costs a durable store's caller one
+   * microtask turn.
+   * @throws StateStoreError `<what>: … not committed …`
+   */
+  async #undoneUnlessOnDisk(what: string, undo: () => void): Promise<void> {
+    const store = this.#store;
+    if (store.commitFailure === undefined) return;
+    await undefined;
+    const failure = store.commitFailure();
+    if (failure === undefined) return;
+    undo();
+    const path = (store as { path?: unknown }).path;
+    throw new StateStoreError(
+      typeof path === 'string' ? path : 'state',
+      `${what}: not committed: ${failure.message.replace(/^state store .*?: /, '')}; it was undone, nothing of it remains (send it again once /readyz is ready)`,
+    );
+  }
+
+  /**
    * Resolves once what the caller changed is committed; with a durable store whose last commit
    * failed (disk full, I/O error) throws instead, saying the `outcome`: the change is kept in
    * memory and written with the next commit that succeeds (the store retries every second), but
@@ -1366,19 +1478,51 @@ export class AgentFabric {
     const change = this.pools.createPool(
       threads ? { ...config, provider: THREADS_POOL_PROVIDER } : config,
     );
-    if (config.budget !== undefined) this.budgets.setPoolBudget(change.pool.poolId, config.budget);
+    const { poolId } = change.pool;
+    if (config.budget !== undefined) this.budgets.setPoolBudget(poolId, config.budget);
+    await this.#undoneUnlessOnDisk(`pool ${poolId} was not created`, () => {
+      this.#withdrawPoolChange(poolId, change.spawned, undefined);
+      if (config.budget !== undefined) this.budgets.removePoolBudget(poolId);
+    });
     return { ...change.pool, spawned: change.spawned };
   }
 
-  /** Scales a pool to `targetSize`, clamped to [minAgents, maxAgents]. */
-  async scalePool(poolId: string, targetSize: number): Promise<PoolChange> {
-    this.#open();
-    return this.pools.scalePool(poolId, targetSize);
+  /** The agents a refused pool change spawned go, and the pool's size (or the pool) with them. */
+  #withdrawPoolChange(poolId: string, spawned: SpawnedAgent[], desired: number | undefined): void {
+    for (const a of spawned) this.#withdrawAgent(a.id);
+    this.pools.withdraw(
+      poolId,
+      spawned.map((a) => a.id),
+      desired,
+    );
   }
 
-  /** Drains and deletes a pool. */
+  /**
+   * Scales a pool to `targetSize`, clamped to [minAgents, maxAgents].
+   * @throws StateStoreError when the change cannot be committed: a growth is undone (its agents
+   *   withdrawn, their credentials never work); a shrink holds (its agents were drained and
+   *   terminated) and is written with the next commit that succeeds.
+   */
+  async scalePool(poolId: string, targetSize: number): Promise<PoolChange> {
+    this.#open();
+    const desired = this.pools.desiredSize(poolId);
+    const change = await this.pools.scalePool(poolId, targetSize);
+    if (change.spawned.length > 0) {
+      await this.#undoneUnlessOnDisk(`pool ${poolId} was not scaled`, () =>
+        this.#withdrawPoolChange(poolId, change.spawned, desired),
+      );
+    } else await this.#onDisk(`the pool's new size holds ${HELD}`);
+    return change;
+  }
+
+  /**
+   * Drains and deletes a pool.
+   * @throws StateStoreError when the deletion cannot be committed: it holds (the pool's work
+   *   was drained and its agents terminated) and is written with the next commit that succeeds.
+   */
   async deletePool(poolId: string, options: { drainTimeoutSeconds?: number } = {}): Promise<void> {
-    return this.pools.deletePool(poolId, options);
+    await this.pools.deletePool(poolId, options);
+    await this.#onDisk(`the deletion holds ${HELD}`);
   }
 
   async getPool(poolId: string): Promise<PoolInfo> {

@@ -502,6 +502,30 @@ export class LifecycleManager {
   }
 
   /**
+   * Takes back a spawn the caller may not acknowledge (its commit failed: `AgentFabric.spawn`):
+   * the agent ends at once — its credential stops authenticating, `agent.status` (TERMINATED)
+   * and `agent.terminated` are emitted so what it holds ends — and its record is deleted
+   * (`agent.forgotten`), so nothing of it is left to store. A no-op for an unknown agent.
+   */
+  withdraw(agentId: string): void {
+    const rec = this.#agents.get(agentId);
+    if (rec === undefined) return;
+    if (rec.status !== AgentStatus.TERMINATED) {
+      this.#unwatch(rec.id);
+      rec.terminatedAt = Date.now();
+      this.#byCredential.delete(rec.credentialHash);
+      this.#revocations++;
+      this.#live--;
+      this.#setStatus(rec, AgentStatus.TERMINATED);
+      this.events.emit('agent.terminated', this.#info(rec));
+    }
+    const i = this.#terminated.indexOf(agentId);
+    if (i >= 0) this.#terminated.splice(i, 1);
+    this.#agents.delete(agentId);
+    this.events.emit('agent.forgotten', agentId);
+  }
+
+  /**
    * Runs one health sweep now (the monitor runs it every half interval): agents silent for two
    * intervals become DEGRADED, for three UNHEALTHY. Reads only those (see the module comment).
    */

@@ -590,6 +590,34 @@ export class PoolManager {
     }
   }
 
+  /** The size reconcile keeps the pool at, if it exists. */
+  desiredSize(poolId: string): number | undefined {
+    const rec = this.#pools.get(poolId);
+    return rec === undefined ? undefined : desiredOf(rec);
+  }
+
+  /**
+   * Takes back a pool change its caller may not acknowledge (its commit failed: see
+   * `AgentFabric.createPool`): `agentIds`, the agents it spawned or joined, leave the pool (the
+   * caller withdraws them) and its size is `desired` again; with `desired` undefined the change
+   * made the pool, which goes too. Nothing is drained: no task reached the withdrawn agents.
+   */
+  withdraw(poolId: string, agentIds: readonly string[], desired: number | undefined): void {
+    const rec = this.#pools.get(poolId);
+    if (rec === undefined) return;
+    for (const id of agentIds) this.#everHealthy.delete(id);
+    if (desired === undefined) {
+      this.#clearBackoff(poolId);
+      this.#host.closePoolQueue(poolId);
+      this.#pools.delete(poolId);
+      return;
+    }
+    rec.agentIds = rec.agentIds.filter((id) => !agentIds.includes(id));
+    this.#forgetJoined(rec, agentIds);
+    rec.desired = desired;
+    this.#pools.put(poolId, rec);
+  }
+
   /** The pool's record, if it exists. */
   peek(poolId: string): Readonly<PoolRecord> | undefined {
     return this.#pools.get(poolId);

@@ -465,6 +465,11 @@ export class SqliteTaskCollection<T> implements Collection<T> {
     this.unwritten?.(records, error);
   }
 
+  isOnDisk(id: string): boolean {
+    const e = this.#find(id);
+    return e !== undefined && e.state === CLEAN && e.rid !== undefined;
+  }
+
   /** @internal A fresh row number for a task's insert. */
   newRow(): number {
     return this.#nextRid++;
@@ -611,6 +616,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #failedCommit: StateStoreError | undefined;
   /** When the commits began to fail (wall clock ms), while {@link #failedCommit} is set. */
   #failedSince: number | undefined;
+  /** {@link whenCommitted} callers waiting for a commit to succeed after a failed one. */
+  #commitWaiters: Array<{ resolve(): void; reject(error: unknown): void }> = [];
   /** The open file's identity, to notice the path naming another file (or none). */
   readonly #identity: { dev: number; ino: number };
   /** Checks {@link #identity} every {@link FILE_CHECK_INTERVAL_MS}. */
@@ -823,7 +830,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       policies.length === 0 &&
       budgets.length === 0
     ) {
-      if (lazy) this.#failedCommit = this.#failedSince = undefined; // nothing only in memory
+      if (lazy) this.#written(); // nothing only in memory
       return;
     }
     // Serialize first, one record at a time: a record that cannot be serialized (a BigInt or a
@@ -907,8 +914,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       throw failure;
     }
     // Written (a record that cannot be serialized, reported below, never will be).
-    this.#failedCommit = this.#failedSince = undefined;
     written?.committed();
+    this.#written();
     const stats = this.#stats;
     stats.commits++;
     stats.recordsWritten += (written?.count ?? 0) + rows.length + scopes.length;
@@ -925,6 +932,26 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         `not written, cannot be serialized as JSON: ${unserializable.join(', ')} (the rest was committed)`,
       );
     }
+  }
+
+  /** Nothing is only in memory any more: the store is healthy, its commit waiters go on. */
+  #written(): void {
+    this.#failedCommit = this.#failedSince = undefined;
+    if (this.#commitWaiters.length === 0) return;
+    const waiters = this.#commitWaiters;
+    this.#commitWaiters = [];
+    for (const w of waiters) w.resolve();
+  }
+
+  /**
+   * Resolves once a commit succeeds after a failed one (at once when the last commit did not
+   * fail): then every change made before the call is on disk. Rejects with `close()`'s error
+   * when the store closes first without committing them.
+   */
+  whenCommitted(): Promise<void> {
+    if (this.#failedCommit === undefined) return Promise.resolve();
+    if (this.#closed) return Promise.reject(this.#failedCommit);
+    return new Promise((resolve, reject) => this.#commitWaiters.push({ resolve, reject }));
   }
 
   /**
@@ -998,6 +1025,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       }
     }
     this.#closed = true;
+    const waiters = this.#commitWaiters;
+    this.#commitWaiters = [];
+    for (const w of waiters) {
+      if (this.#failedCommit === undefined) w.resolve();
+      else w.reject(failure ?? this.#failedCommit);
+    }
     try {
       this.#db.close();
     } finally {

@@ -45,6 +45,11 @@ export interface Collection<T> {
    * the records whose first write was in a commit that failed, so none of them is on disk.
    */
   unwritten?: ((records: T[], error: Error) => void) | undefined;
+  /**
+   * Durable stores: whether the record of `id` as it is now is on disk (false while a change of
+   * it waits for a commit, or after a failed one). Stores without it hold nothing on disk.
+   */
+  isOnDisk?(id: string): boolean;
 }
 
 /** Where the fabric's records live. */
@@ -81,6 +86,11 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
    * it held is still only in memory; undefined once a commit succeeds again.
    */
   commitFailure?(): Error | undefined;
+  /**
+   * Durable stores: resolves once a commit succeeds after {@link commitFailure} (at once when
+   * there is none); rejects with the error of `close()` when the store closes without one.
+   */
+  whenCommitted?(): Promise<void>;
   /** Flushes and releases resources. */
   close(): Promise<void>;
 }
