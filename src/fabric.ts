@@ -1333,8 +1333,28 @@ export class AgentFabric {
     if (rec === undefined) throw new AgentNotFoundError(String(ctx.agentId));
     const refused = leavingAgentRefusal(rec.id, rec);
     if (refused !== undefined) return refused;
+    // Fail-closed while a durable store cannot commit: a call's usage would be in memory only
+    // (lost by a stop, so the agent could spend it again). One property read without one.
+    const failure = this.#store.commitFailure?.();
+    if (failure !== undefined) return this.#notWritableRefusal(failure);
     this.lifecycle.heartbeatStatus(rec.id);
     return rec;
+  }
+
+  /** The refusal of a tool call while the store's commits fail (see {@link #toolCallAgent}). */
+  #notWritableRefusal(failure: Error): ToolCallDenied {
+    const path = (this.#store as { path?: unknown }).path;
+    const error = new StateStoreError(
+      typeof path === 'string' ? path : 'state',
+      `cannot be written (${failure.message.replace(/^state store .*?: /, '')}): tool calls are refused until it can, so that no call's usage is kept in memory only — call again once /readyz is ready (the store retries every second)`,
+    );
+    return {
+      allowed: false,
+      code: error.code,
+      reason: error.message,
+      details: error.details,
+      error,
+    };
   }
 
   /**

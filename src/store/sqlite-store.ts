@@ -998,7 +998,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         // Said plainly: what was kept in memory since then is lost with this process.
         failure = new StateStoreError(
           this.path,
-          `${error.message.replace(/^state store .*?: /, '')}; every change since the first failed commit (${new Date(since).toISOString()}) was kept in memory only and is lost: the file holds the state of the last commit that succeeded`,
+          `${error.message.replace(/^state store .*?: /, '')}; every change not committed when commits began to fail (${new Date(since).toISOString()}) or made since was kept in memory only and is lost: the file holds the state of the last commit that succeeded — the calls answered FABRIC_ERR_STATE_STORE that said their change holds (completions, failures, progress, cancels, reported usage, terminations, pool shrinks and deletions) and the usage of the tool calls that found the failure are undone by the restart (tasks run again, agents and pools are back as the file held them, budget usage past what the file covers may be spent again)`,
           { cause: error },
         );
       }

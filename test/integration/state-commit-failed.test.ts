@@ -15,7 +15,13 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, expect, it } from 'vitest';
 import { callApi } from '../fixtures/api.js';
-import { ADMIN_TOKEN, DEFAULT_ALLOW, tempDir, until } from '../fixtures/gateway/harness.js';
+import {
+  ADMIN_TOKEN,
+  DEFAULT_ALLOW,
+  EVERYTHING_BIN,
+  tempDir,
+  until,
+} from '../fixtures/gateway/harness.js';
 import {
   agentIdOf,
   ENV,
@@ -191,4 +197,50 @@ it('a claim whose commit failed is refused and the task goes back to its queue',
   const text = (claimed.content as { text: string }[]).map((c) => c.text).join('\n');
   expect(text).toContain(t1);
   expect(await stop(first, 'SIGTERM')).toBe(0);
+}, 120_000);
+
+it('tool calls are refused while the store cannot commit: only the call that found out keeps usage in memory', async () => {
+  const dir = tempDir('state-commit-failed-tool-call');
+  const port = await freePort();
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port },
+      // Every settle committed exactly: the file holds the usage to the unit.
+      state: { path: join(dir, '.fabric', 'state.db'), budgetLeasePercent: 0 },
+      upstreams: {
+        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'worker', budget: { maxTokensPerHour: 10_000_000 } }],
+    }),
+  );
+  const statePath = join(dir, '.fabric', 'state.db');
+  const first = await serve(dir, ENV);
+  const scope = `agent:${agentIdOf(first)}`;
+  const client = await connect(first.url, first.token);
+  const echo = { name: 'ev__echo', arguments: { message: 'x'.repeat(400) } };
+  expect((await client.callTool(echo)).isError).toBeFalsy();
+  const settled = tokensIn(statePath, scope);
+  expect(settled).toBeGreaterThan(0);
+
+  diskFull(first, true);
+  // The call whose settle finds out that the disk is full is answered (it ran upstream) …
+  expect((await client.callTool(echo)).isError).toBeFalsy();
+  // … the next ones are refused before they run, so they settle nothing.
+  for (let i = 0; i < 3; i++) {
+    const r = await client.callTool(echo);
+    expect(r.isError).toBe(true);
+    const said = (r.content as { text: string }[]).map((c) => c.text).join('\n');
+    expect(said).toContain('FABRIC_ERR_STATE_STORE');
+    expect(said).toContain('tool calls are refused until it can');
+  }
+  expect(tokensIn(statePath, scope)).toBe(settled);
+
+  // Space is back: the file holds the two answered calls, none of the refused ones.
+  diskFull(first, false);
+  await until(() => stateReady(first), 20_000);
+  expect((await client.callTool(echo)).isError).toBeFalsy();
+  expect(await stop(first, 'SIGTERM')).toBe(0);
+  expect(tokensIn(statePath, scope)).toBe(3 * settled);
 }, 120_000);
