@@ -13,12 +13,11 @@
  */
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, expect, it } from 'vitest';
 import { callApi, postJson } from '../fixtures/api.js';
-import { ADMIN_TOKEN, DEFAULT_ALLOW, INIT, tempDir, until } from '../fixtures/gateway/harness.js';
+import { ADMIN_TOKEN, INIT, until } from '../fixtures/gateway/harness.js';
 import { diskFull, recordsIn, tasksIn } from '../fixtures/state/disk-full.js';
 import {
   agentIdOf,
@@ -27,7 +26,7 @@ import {
   schedule,
   stateReady,
 } from '../fixtures/state/one-worker.js';
-import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
+import { cleanUp, connect, serve, stop, type Running } from '../fixtures/state/serve.js';
 
 const CREDENTIAL_POOL = fileURLToPath(
   new URL('../fixtures/plugins/credential-pool.mjs', import.meta.url),
@@ -101,17 +100,9 @@ async function agentIds(r: Running): Promise<string[]> {
 
 it('a spawn or pool growth whose commit failed is refused and undone: no agent, no working credential, nothing on disk', async () => {
   const sink = await credentialSink();
-  const dir = tempDir('state-commit-failed-agents');
-  const port = await freePort();
-  writeFileSync(
-    join(dir, 'fabric.json'),
-    JSON.stringify({
-      http: { host: '127.0.0.1', port },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker' }],
-      plugins: [{ module: CREDENTIAL_POOL, options: { report: sink.url } }],
-    }),
-  );
+  const dir = await oneWorkerDir('state-commit-failed-agents', {
+    plugins: [{ module: CREDENTIAL_POOL, options: { report: sink.url } }],
+  });
   const statePath = join(dir, '.fabric', 'state.db');
   const first = await serve(dir, ENV);
   const worker = agentIdOf(first);

@@ -10,18 +10,11 @@
  * (CANCELLED with that code, never run); once the disk takes writes again the store commits
  * what was pending by itself, without a new change or a restart.
  */
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, expect, it } from 'vitest';
 import { callApi } from '../fixtures/api.js';
-import {
-  ADMIN_TOKEN,
-  DEFAULT_ALLOW,
-  EVERYTHING_BIN,
-  tempDir,
-  until,
-} from '../fixtures/gateway/harness.js';
+import { ADMIN_TOKEN, EVERYTHING_BIN, until } from '../fixtures/gateway/harness.js';
 import {
   agentIdOf,
   ENV,
@@ -31,7 +24,7 @@ import {
   stateReady,
 } from '../fixtures/state/one-worker.js';
 import { diskFull, tasksIn } from '../fixtures/state/disk-full.js';
-import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
+import { cleanUp, connect, serve, stop, type Running } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
 
@@ -107,16 +100,9 @@ function tokensIn(path: string, scope: string): number {
 }
 
 it('usage reported while the store cannot commit is refused with FABRIC_ERR_STATE_STORE, kept, and written once space is back', async () => {
-  const dir = tempDir('state-commit-failed-usage');
-  const port = await freePort();
-  writeFileSync(
-    join(dir, 'fabric.json'),
-    JSON.stringify({
-      http: { host: '127.0.0.1', port },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker', budget: { maxTokensPerHour: 10_000_000 } }],
-    }),
-  );
+  const dir = await oneWorkerDir('state-commit-failed-usage', {
+    agents: [{ name: 'worker', budget: { maxTokensPerHour: 10_000_000 } }],
+  });
   const statePath = join(dir, '.fabric', 'state.db');
   const first = await serve(dir, ENV);
   const agentId = agentIdOf(first);
@@ -200,21 +186,14 @@ it('a claim whose commit failed is refused and the task goes back to its queue',
 }, 120_000);
 
 it('tool calls are refused while the store cannot commit: only the call that found out keeps usage in memory', async () => {
-  const dir = tempDir('state-commit-failed-tool-call');
-  const port = await freePort();
-  writeFileSync(
-    join(dir, 'fabric.json'),
-    JSON.stringify({
-      http: { host: '127.0.0.1', port },
-      // Every settle committed exactly: the file holds the usage to the unit.
-      state: { path: join(dir, '.fabric', 'state.db'), budgetLeasePercent: 0 },
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-      },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker', budget: { maxTokensPerHour: 10_000_000 } }],
-    }),
-  );
+  const dir = await oneWorkerDir('state-commit-failed-tool-call', {
+    // Every settle committed exactly: the file holds the usage to the unit.
+    state: { path: '.fabric/state.db', budgetLeasePercent: 0 },
+    upstreams: {
+      ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+    },
+    agents: [{ name: 'worker', budget: { maxTokensPerHour: 10_000_000 } }],
+  });
   const statePath = join(dir, '.fabric', 'state.db');
   const first = await serve(dir, ENV);
   const scope = `agent:${agentIdOf(first)}`;

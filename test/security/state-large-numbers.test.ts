@@ -10,11 +10,11 @@
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { CallToolResultSchema, CreateTaskResultSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { callApi } from '../fixtures/api.js';
 import { EVERYTHING_BIN, tempDir, text, until } from '../fixtures/gateway/harness.js';
+import { recordsIn } from '../fixtures/state/disk-full.js';
 import { cleanUp, connect, freePort, serve, stop } from '../fixtures/state/serve.js';
 
 const BIG_NUMBER_SERVER = new URL('../fixtures/gateway/big-number-server.mjs', import.meta.url)
@@ -61,21 +61,6 @@ async function writeApprovalConfig(dir: string): Promise<void> {
   );
 }
 
-/** The rows of `kind` in the state file at `statePath`, parsed as JSON by `id`. */
-function records(statePath: string, kind: string): Map<string, Record<string, unknown>> {
-  const db = new Database(statePath, { readonly: true, fileMustExist: true });
-  try {
-    const rows = db
-      .prepare<[string], { id: string; data: string }>(
-        'SELECT id, data FROM records WHERE kind = ?',
-      )
-      .all(kind);
-    return new Map(rows.map((r) => [r.id, JSON.parse(r.data) as Record<string, unknown>]));
-  } finally {
-    db.close();
-  }
-}
-
 async function listApprovals(url: string): Promise<{ status: number; body: string }> {
   const res = await callApi(url, 'ApprovalService/ListApprovals', {}, ADMIN);
   return { status: res.status, body: await res.text() };
@@ -95,7 +80,7 @@ describe('a record holding 1e20 across a restart', () => {
       .catch(() => undefined);
     await until(async () => (await listApprovals(first.url)).body.includes('ev__get-sum'), 30_000);
     expect(await stop(first, 'SIGTERM')).toBe(0);
-    const [stored] = records(statePath, 'approval').values();
+    const [stored] = recordsIn(statePath, 'approval').values();
     expect(JSON.stringify(stored)).toContain('100000000000000000000');
 
     const second = await serve(dir);
@@ -118,10 +103,10 @@ describe('a record holding 1e20 across a restart', () => {
       },
       CreateTaskResultSchema,
     );
-    const parked = () => records(statePath, 'tool_task').get(task.taskId);
+    const parked = () => recordsIn(statePath, 'tool_task').get(task.taskId);
     await until(() => parked()?.status === 'input_required', 30_000);
     expect(parked()?.arguments).toEqual({ a: 1e20, b: 0 });
-    const [approvalId] = records(statePath, 'approval').keys();
+    const [approvalId] = recordsIn(statePath, 'approval').keys();
     await stop(first, 'SIGKILL');
 
     const second = await serve(dir);
@@ -150,7 +135,7 @@ describe('a record holding 1e20 across a restart', () => {
     const live = await client.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
     expect(text(live)).toBe('9007199254740993');
     await until(
-      () => records(statePath, 'tool_task').get(task.taskId)?.status === 'completed',
+      () => recordsIn(statePath, 'tool_task').get(task.taskId)?.status === 'completed',
       30_000,
     );
     await stop(first, 'SIGKILL');
