@@ -16,11 +16,25 @@ import { serializeMessage } from './serialize-message.js';
 
 /** The part of a writable stream a {@link LineWriter} uses. */
 export interface LineSink {
-  write(chunk: string): unknown;
+  write(chunk: string, callback?: (error: Error | null | undefined) => void): unknown;
   once(event: 'drain', listener: () => void): unknown;
   readonly writableNeedDrain?: boolean;
   readonly writableEnded?: boolean;
+  /** What the stream holds unwritten (its in-flight write included). */
+  readonly writableLength?: number;
 }
+
+/**
+ * A write a pipe makes all or nothing (POSIX `PIPE_BUF`: 4096 bytes on Linux, at least 512
+ * elsewhere), in UTF-16 units (each at most 3 bytes of UTF-8).
+ */
+const ATOMIC_WRITE_UNITS = Math.floor((process.platform === 'linux' ? 4096 : 512) / 3);
+
+/**
+ * Told of a write that failed and of which nothing reached the stream's reader: its lines
+ * (joined, each ending in a newline) and the error.
+ */
+export type UnsentLines = (lines: string, error: Error) => void;
 
 /**
  * When a {@link LineWriter} writes what it queued: `ticks` when the ticks of the I/O callback
@@ -49,14 +63,23 @@ export class LineWriter {
    */
   #drainWaiters: (() => void)[] = [];
   #drainSink: LineSink | undefined;
+  readonly #onUnsent: UnsentLines | undefined;
 
   /**
    * @param sink The stream to write to, looked up on each write (undefined: dropped).
    * @param flush When the queued messages are written. @default 'ticks'
+   * @param onUnsent Told of a write that failed with nothing of it written: one alone on the
+   *   stream (nothing before it unwritten) and short enough that a pipe writes it all or nothing
+   *   (`PIPE_BUF`). A failed write that is not, could have been read in part.
    */
-  constructor(sink: () => LineSink | undefined, flush: LineFlush = 'ticks') {
+  constructor(
+    sink: () => LineSink | undefined,
+    flush: LineFlush = 'ticks',
+    onUnsent?: UnsentLines,
+  ) {
     this.#sink = sink;
     this.#poll = flush === 'poll';
+    this.#onUnsent = onUnsent;
   }
 
   /**
@@ -119,6 +142,12 @@ export class LineWriter {
     if (out === '') return;
     this.#out = '';
     const sink = this.#sink();
-    if (sink && !sink.writableEnded) sink.write(out);
+    if (!sink || sink.writableEnded) return;
+    const onUnsent = this.#onUnsent;
+    if (onUnsent !== undefined && out.length <= ATOMIC_WRITE_UNITS && sink.writableLength === 0) {
+      sink.write(out, (error) => {
+        if (error) onUnsent(out, error);
+      });
+    } else sink.write(out);
   };
 }

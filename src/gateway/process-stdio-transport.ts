@@ -18,7 +18,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
-import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import { ErrorCode, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import {
   DROPPED_HEAD_LENGTH,
   DROPPED_TAIL_LENGTH,
@@ -101,6 +101,24 @@ export interface ProcessStdioTransportOptions {
    * one queued behind it. @default maxLineLength
    */
   maxInputBacklog?: number;
+}
+
+/** The `data` of the error answers made for requests whose write failed unsent. */
+const unsentAnswers = new WeakSet<object>();
+
+/**
+ * True when `data`, an error answer's data, is that of an answer made by a
+ * {@link ProcessStdioTransport} for a request of which nothing was written to its child (the
+ * write failed: EPIPE). Told by identity: no answer read from the child can be one.
+ */
+export function isUnsentAnswer(data: unknown): data is { reason: string } {
+  return typeof data === 'object' && data !== null && unsentAnswers.has(data);
+}
+
+/** A system error's code (`EPIPE` …), else its message. */
+function errorCode(error: Error): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  return typeof code === 'string' ? code : error.message;
 }
 
 /** A message not sent to a child that has not read what already waits for it. */
@@ -211,7 +229,11 @@ export class ProcessStdioTransport implements Transport {
   #dropped: string | undefined;
   /** Gives up on the line being dropped if it has not ended by then. */
   #droppedTimer: NodeJS.Timeout | undefined;
-  readonly #writer = new LineWriter(() => this.#child?.stdin ?? undefined, 'poll');
+  readonly #writer = new LineWriter(
+    () => this.#child?.stdin ?? undefined,
+    'poll',
+    (lines, error) => this.#unsent(lines, error),
+  );
   #closed = false;
   #exited: Promise<void> | undefined;
   #exitStatus: ChildExitStatus | undefined;
@@ -289,7 +311,7 @@ export class ProcessStdioTransport implements Transport {
           this.onclose?.();
         }
       });
-      child.stdin?.on('error', (error) => this.onerror?.(error));
+      child.stdin?.on('error', (error) => this.#inputFailed(error));
       child.stdout?.setEncoding('utf8');
       child.stdout?.on('data', (chunk: string) => this.#read(chunk));
       child.stdout?.on('error', (error) => this.#report(error));
@@ -355,6 +377,52 @@ export class ProcessStdioTransport implements Transport {
       this.#line = undefined;
     }
     if ((message as { id?: unknown }).id === undefined) this.#notified = true;
+  }
+
+  /**
+   * The child's stdin failed (EPIPE: the child closed it, or is exiting): nothing can be sent
+   * to it any more, while it may live on. The connection is reset like a child that died (it
+   * is stopped, calls in flight fail as disconnected, the upstream restarts with its backoff);
+   * until then every message is refused unsent ({@link NotConnectedError}).
+   */
+  #inputFailed(error: Error): void {
+    this.#report(error);
+    if (this.#closed) return;
+    this.#report(
+      new Error(
+        `cannot write to the upstream's stdin (${errorCode(error)}); the connection is reset`,
+      ),
+    );
+    void this.close().catch(() => undefined);
+  }
+
+  /**
+   * A write to the child failed with nothing of it written (see {@link LineWriter}): each
+   * request in it fails at once with an error answer made here, marked (see
+   * {@link isUnsentAnswer}) so that its call is told it was never sent, instead of waiting for
+   * an answer that cannot come.
+   */
+  #unsent(lines: string, error: Error): void {
+    for (const line of lines.split('\n')) {
+      let m: { id?: unknown; method?: unknown };
+      try {
+        m = JSON.parse(line) as typeof m;
+      } catch {
+        continue;
+      }
+      if (typeof m?.method !== 'string' || (typeof m.id !== 'number' && typeof m.id !== 'string'))
+        continue;
+      const data = { reason: errorCode(error) };
+      unsentAnswers.add(data);
+      this.#deliver(
+        {
+          jsonrpc: '2.0',
+          id: m.id,
+          error: { code: ErrorCode.ConnectionClosed, message: `not sent: ${error.message}`, data },
+        },
+        '',
+      );
+    }
   }
 
   /** `onerror`, which must not throw either. */

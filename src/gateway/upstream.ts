@@ -33,6 +33,7 @@ import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from 
 import { PathResolver, pathResolutionOf } from './path-resolver.js';
 import {
   InputBacklogError,
+  isUnsentAnswer,
   NotConnectedError,
   ProcessStdioTransport,
   SpawnError,
@@ -44,8 +45,8 @@ import { traceparentFetch, withTraceparentMeta } from '../telemetry/trace-contex
 /**
  * Failures of requests nothing of which was handed to their upstream although it was ready (a
  * stdio upstream not reading its input: the request was refused before it was written; a
- * connection closing while the upstream still counted as ready; a request cancelled before it
- * was sent).
+ * connection closing while the upstream still counted as ready; a request whose write to a
+ * stdio child failed unwritten, its stdin closed; a request cancelled before it was sent).
  */
 const neverSent = new WeakSet<object>();
 
@@ -494,6 +495,18 @@ export class Upstream {
     cancel: Cancellation | undefined,
   ): unknown {
     if (error instanceof McpError) {
+      if (isUnsentAnswer(error.data)) {
+        // Its write to a stdio child failed with nothing of it written (the child closed its
+        // stdin): the upstream cannot have run it.
+        const refused = new UpstreamUnavailableError(
+          this.name,
+          `cannot be written to (its input is closed: ${error.data.reason}); ${method} was not sent, the connection is reset`,
+          { state: this.#state },
+          { cause: error },
+        );
+        neverSent.add(refused);
+        return refused;
+      }
       if (error.code === ErrorCode.RequestTimeout && !cancel?.aborted) {
         return new UpstreamTimeoutError(this.name, method, timeout, { cause: error });
       }
