@@ -54,6 +54,7 @@ export { loadSidecarConfig, parseSidecarConfig } from './server/config-file.js';
 export { FabricBackend } from './server/fabric-backend.js';
 export {
   definePlugin,
+  epochOf,
   FIRST_PARTY_PLUGINS_DIR,
   PLUGIN_API_VERSION,
   PluginHost,

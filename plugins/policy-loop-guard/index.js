@@ -10,6 +10,7 @@
 // budget is let in), so identical calls sent at once are counted one by one; only calls a human
 // approved are counted without that second look.
 import { createHash } from 'node:crypto';
+import { epochOf } from 'agent-fabric';
 import { z } from 'zod';
 
 export const optionsSchema = z
@@ -76,20 +77,6 @@ export function normalizeCall(tool, args, maxNodes = 10_000) {
     } else hash.update('?;');
   }
   return hash.digest('base64url');
-}
-
-/**
- * Tells a monotonic time (`now`) as epoch ms: by an offset to the wall clock, kept while the wall
- * clock keeps pace (so the same instant reads the same `retryAt` call after call) and taken
- * afresh when the wall clock stepped away from it by more than a second.
- */
-function epochOf(now, wall) {
-  let offset = wall() - now();
-  return (t) => {
-    const w = wall();
-    if (Math.abs(w - (now() + offset)) > 1000) offset = w - now();
-    return Math.ceil(t + offset);
-  };
 }
 
 export class LoopGuard {

@@ -10,6 +10,7 @@
 // once cannot all pass on the same tokens. Calls a human approved are counted without that
 // second look and can therefore overdraw a bucket by the number approved at once; the debt is
 // repaid by the refill before the next call passes.
+import { epochOf } from 'agent-fabric';
 import { z } from 'zod';
 
 const bucket = z
@@ -37,20 +38,6 @@ export const optionsSchema = z
 /** One token bucket: `tokens` as of `at` (monotonic ms). */
 function level(b, spec, now) {
   return Math.min(spec.capacity, b.tokens + ((now - b.at) / 1000) * spec.refillPerSecond);
-}
-
-/**
- * Tells a monotonic time (`now`) as epoch ms: by an offset to the wall clock, kept while the wall
- * clock keeps pace (so the same instant reads the same `retryAt` call after call) and taken
- * afresh when the wall clock stepped away from it by more than a second.
- */
-function epochOf(now, wall) {
-  let offset = wall() - now();
-  return (t) => {
-    const w = wall();
-    if (Math.abs(w - (now() + offset)) > 1000) offset = w - now();
-    return Math.ceil(t + offset);
-  };
 }
 
 export class RateLimiter {

@@ -4,6 +4,7 @@
  * @module
  */
 export { definePlugin, PLUGIN_API_VERSION, PLUGIN_KINDS } from './plugin.js';
+export { epochOf } from './epoch-of.js';
 export {
   DEFAULT_PLUGIN_INIT_TIMEOUT_MS,
   FABRIC_VERSION,
