@@ -4,6 +4,11 @@
  * on the wall clock); a running task's timeout is a duration, counted on the monotonic clock
  * (`performance.now()`), so a step of the wall clock (NTP, an operator setting the date) neither
  * times out every running task at once nor lets them run for as long as the clock went back.
+ * A `setTimeout` counts elapsed time, not the wall clock: the calendar-time timer is armed for
+ * at most {@link WALL_RECHECK_MS} at a time, so a step of the wall clock ahead past a task's
+ * `notBefore` or deadline releases (or times out) the task within that, not once the delay armed
+ * before the step has elapsed (a step back is seen when the timer fires: what is not due yet is
+ * armed again). The cost: one wake-up a second while any queued task waits for a calendar time.
  * A task has one timer at a time. O(log n) to set or clear a task's timer. Runtime state:
  * re-armed from the task records on start.
  *
@@ -14,6 +19,12 @@ import type { TaskRecord } from './task-record.js';
 import { TIMER_SLOT } from './task-record.js';
 import { MAX_TIMER_MS } from './task-waiters.js';
 
+/**
+ * Longest a calendar-time timer is armed for before the wall clock is read again (see the
+ * module comment): how late a step of the wall clock ahead can make a task's release.
+ */
+export const WALL_RECHECK_MS = 1000;
+
 /** One heap of due times on one clock, and the timer armed for its head. */
 class ClockTimers {
   readonly heap = new IndexedHeap<TaskRecord>((a, b) => a.timerAt < b.timerAt, TIMER_SLOT);
@@ -21,9 +32,15 @@ class ClockTimers {
   #armedAt = Number.POSITIVE_INFINITY;
   #closed = false;
 
+  /**
+   * @param clock - the clock due times are on
+   * @param due - called for each task whose time came, already off the heap
+   * @param recheckMs - longest a timer is armed for (the wall clock may step meanwhile)
+   */
   constructor(
     private readonly clock: () => number,
     private readonly due: (t: TaskRecord) => void,
+    private readonly recheckMs: number = MAX_TIMER_MS,
   ) {}
 
   set(t: TaskRecord, at: number): void {
@@ -43,7 +60,7 @@ class ClockTimers {
     if (this.#closed) return;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#armedAt = at;
-    this.#timer = setTimeout(this.#fire, Math.max(0, Math.min(at - this.clock(), MAX_TIMER_MS)));
+    this.#timer = setTimeout(this.#fire, Math.max(0, Math.min(at - this.clock(), this.recheckMs)));
     this.#timer.unref();
   }
 
@@ -68,7 +85,7 @@ export class TaskTimers {
   /** @param due - called for each task whose time came, already off its heap; `now` is epoch ms. */
   constructor(due: (t: TaskRecord, now: number) => void) {
     const fire = (t: TaskRecord): void => due(t, Date.now());
-    this.#wall = new ClockTimers(() => Date.now(), fire);
+    this.#wall = new ClockTimers(() => Date.now(), fire, WALL_RECHECK_MS);
     this.#mono = new ClockTimers(() => performance.now(), fire);
   }
 
