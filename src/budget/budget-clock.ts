@@ -6,14 +6,14 @@
  * one for as long as the clock went back.
  *
  * Each reading costs one `performance.now()`. Once a second of elapsed time (at the next
- * reading) the clock compares itself with `Date.now()`: a difference within the tolerance is
+ * reading) the clock compares itself with `Date.now()` (and reads the boot-time clock, below): a difference within the tolerance is
  * the wall clock being slewed (NTP's gradual correction) and is followed; a larger one is a
  * step. On a step the clock jumps to the wall clock and tells its owner by how much, and the
  * owner moves the usage its windows hold by that much (see `UsageWindow.shift`), so every
  * window keeps the elapsed time it had left. A machine's suspend also shows as the wall clock
  * moving while the monotonic one stands still; where the boot-time clock can be read (Linux:
- * `/proc/uptime`, which counts suspended time) the part of the difference a suspend explains is
- * time that really passed, not a step.
+ * `/proc/uptime`, which counts suspended time) the time slept since the previous check is time
+ * that really passed, and only the rest of the difference, either way, is a step.
  *
  * @module
  */
@@ -60,7 +60,7 @@ export class BudgetClock {
   #nextCheck: number;
   readonly #onStep: (step: BudgetClockStep) => void;
   readonly #boot: BootClock;
-  /** Boot-time minus monotonic time at the last step check (suspended time so far), if known. */
+  /** Boot-time minus monotonic time at the last check (suspended time so far), if known. */
   #suspended: number | undefined;
 
   /**
@@ -92,18 +92,19 @@ export class BudgetClock {
     this.#lastCheck = mono;
     this.#nextCheck = mono + CLOCK_CHECK_INTERVAL_MS;
     this.#offset += drift;
-    if (drift <= tolerance && drift >= -tolerance) return;
-    // Time the machine spent suspended since the last step check really passed.
+    // Time the machine spent suspended since the last check really passed. Read at every check,
+    // not only when the wall clock moved too far: a suspend the wall clock hid (set back by as
+    // much on waking) passed all the same, and a suspend already followed (a short one, within
+    // the tolerance) must not explain a later step.
     const suspended = suspendedSoFar(this.#boot, mono);
-    let step = drift;
-    if (suspended !== undefined && this.#suspended !== undefined && drift > 0) {
-      // A short suspend is taken for a step (at most a minute's usage then leaves late):
-      // /proc/uptime has 10 ms ticks, and a monotonic clock that is not the kernel's (a test's
-      // fake one) differs from it by whatever real time passed meanwhile.
-      const slept = suspended - this.#suspended;
-      if (slept >= MIN_SUSPEND_MS) step = Math.max(0, drift - slept);
-    }
+    const slept =
+      suspended !== undefined && this.#suspended !== undefined ? suspended - this.#suspended : 0;
     this.#suspended = suspended;
+    // A short suspend is taken for a step (at most a minute's usage then leaves late):
+    // /proc/uptime has 10 ms ticks, and a monotonic clock that is not the kernel's (a test's fake
+    // one) differs from it by whatever real time passed meanwhile. With a suspend the wall clock
+    // moved by the time slept plus the step, whichever way the step went.
+    const step = slept >= MIN_SUSPEND_MS ? drift - slept : drift;
     if (step > tolerance || step < -tolerance)
       this.#onStep(Object.freeze({ stepMs: step, at: wall }));
   }
