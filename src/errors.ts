@@ -567,13 +567,17 @@ export class CallDeadlineError extends FabricError {
 /** A request body is larger than the endpoint accepts (HTTP 413). */
 export class PayloadTooLargeError extends FabricError {
   static readonly code = 'FABRIC_ERR_PAYLOAD_TOO_LARGE';
-  constructor(limit: number) {
-    super(
-      PayloadTooLargeError.code,
-      'resource_exhausted',
-      `the request body exceeds ${limit} bytes`,
-      { limit },
-    );
+  /**
+   * @param limit the bound the body went past (bytes); undefined where it is not known
+   * @param message what was refused, where the bound is not this process's (an upstream's)
+   * @param details the details of such a refusal
+   */
+  constructor(
+    limit: number | undefined,
+    message = `the request body exceeds ${limit} bytes`,
+    details: Record<string, unknown> = { limit },
+  ) {
+    super(PayloadTooLargeError.code, 'resource_exhausted', message, details);
   }
 }
 

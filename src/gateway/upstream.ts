@@ -24,7 +24,12 @@ import {
 import { setMaxListeners } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { z } from 'zod';
-import { FabricError, UpstreamTimeoutError, UpstreamUnavailableError } from '../errors.js';
+import {
+  FabricError,
+  PayloadTooLargeError,
+  UpstreamTimeoutError,
+  UpstreamUnavailableError,
+} from '../errors.js';
 import { FastUpstreamCalls, type CancelHook, type Cancellation } from './fast-path.js';
 import { RelayedMcpError, relayedMcpError } from './map-error.js';
 import { CATALOG_ITEM_BOUNDS, catalogItemProblem } from './catalog.js';
@@ -198,7 +203,7 @@ export class Upstream {
       ? new SSEClientTransport(url, {
           requestInit,
           // The POSTs too: the SDK reads a refused POST's body whole (`response.text()`).
-          fetch: linkedSignalFetch(fetch, spec.maxMessageBytes),
+          fetch: tooLargePostFetch(linkedSignalFetch(fetch, spec.maxMessageBytes)),
           eventSourceInit: {
             fetch: linkedSignalFetch(
               withHeaders(spec.headers),
@@ -544,6 +549,16 @@ export class Upstream {
       );
       neverSent.add(refused);
       return refused;
+    } else if (error instanceof PostTooLargeError) {
+      // The legacy SSE transport's POST of the message was refused (413): the upstream's server
+      // (or a proxy before it) did not take it, so nothing of the call ran.
+      const refused = new PayloadTooLargeError(
+        undefined,
+        `upstream ${this.name} refused ${method} as too large (HTTP 413); it was not sent`,
+        { upstream: this.name, status: 413 },
+      );
+      neverSent.add(refused);
+      return refused;
     } else if (isConnectionFailure(error)) {
       // An HTTP/SSE upstream that went away: no process exit tells us, so the failed request
       // does. Treat it like a dead stdio child: drop the connection and restart with backoff.
@@ -601,6 +616,30 @@ const CONNECTION_ERROR_CODES = new Set([
   'UND_ERR_CONNECT_TIMEOUT',
   'UND_ERR_CLOSED',
 ]);
+
+/** A legacy SSE upstream's answer 413 to the POST of a message (see {@link tooLargePostFetch}). */
+class PostTooLargeError extends Error {
+  constructor() {
+    super('Error POSTing to endpoint (HTTP 413)');
+    this.name = 'PostTooLargeError';
+  }
+}
+
+/**
+ * The legacy SSE transport's `fetch` for the POSTs of its messages: a 413 (the message is more
+ * than the upstream's server, or a proxy before it, takes) rejects with {@link PostTooLargeError}
+ * (its body unread), which {@link Upstream} tells the caller as a call never sent. The SDK made
+ * it an untyped `Error POSTing to endpoint (HTTP 413): <body>`, taken for a call that had
+ * reached its upstream. One `.then` per POST of a legacy SSE upstream.
+ */
+function tooLargePostFetch(base: typeof fetch): typeof fetch {
+  return (input, init) =>
+    base(input, init).then((response) => {
+      if (response.status !== 413 || init?.method !== 'POST') return response;
+      void response.body?.cancel().catch(() => undefined);
+      throw new PostTooLargeError();
+    });
+}
 
 /** True for a network failure of an HTTP upstream (fetch rejects with a TypeError and a coded cause). */
 function isConnectionFailure(error: unknown): boolean {
