@@ -11,7 +11,6 @@
  */
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { BudgetClockStep } from '../../src/budget/budget-clock.js';
 import { BudgetManager } from '../../src/budget/budget-manager.js';
 import type { AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
 import type { PoolRecord } from '../../src/pools/pool-manager.js';
@@ -28,6 +27,29 @@ afterEach(() => {
   for (const s of stores.splice(0)) s.close();
 });
 
+/**
+ * At 10:00:30 (fake wall and monotonic clocks), budgets over a new SQLite state file whose
+ * boot-time clock counts what `sleep` says was slept, with agent a's hourly budget of 1000
+ * tokens spent; `steps` collects the steps they take (ms).
+ */
+async function spentHourly() {
+  vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+  vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
+  const path = join(tempDir('budget-suspend-step'), 'state.db');
+  const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+  stores.push(store);
+  let slept = 0;
+  const budgets = new BudgetManager({
+    store: store.budgets!,
+    bootClock: () => performance.now() + slept,
+  });
+  const steps: number[] = [];
+  budgets.on('clockStep', (s) => steps.push(s.stepMs));
+  budgets.setBudget('a', { maxTokensPerHour: 1000 });
+  budgets.recordUsage('a', { tokens: 1000 });
+  return { path, store, budgets, steps, sleep: (ms: number) => void (slept += ms) };
+}
+
 describe('budget windows across a suspend combined with a wall-clock step (SQLite state file)', () => {
   for (const { name, sleptMs, stepMs } of [
     {
@@ -43,30 +65,17 @@ describe('budget windows across a suspend combined with a wall-clock step (SQLit
     { name: 'asleep two hours, the clock then set an hour ahead', sleptMs: 2 * HOUR, stepMs: HOUR },
   ]) {
     it(`${name}: the time slept passed, the step alone moves the usage`, async () => {
-      vi.useFakeTimers({ toFake: ['Date', 'performance'] });
-      vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
-      const path = join(tempDir('budget-suspend-step'), 'state.db');
-      const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
-      stores.push(store);
-      let slept = 0;
-      const budgets = new BudgetManager({
-        store: store.budgets!,
-        bootClock: () => performance.now() + slept,
-      });
-      const steps: BudgetClockStep[] = [];
-      budgets.on('clockStep', (s) => steps.push(s));
-      budgets.setBudget('a', { maxTokensPerHour: 1000 });
-      budgets.recordUsage('a', { tokens: 1000 });
+      const { path, store, budgets, steps, sleep } = await spentHourly();
 
       // Asleep: the wall and boot-time clocks move, the monotonic one stands still; on waking
       // the wall clock is stepped too. Then a second passes (the budgets look at the clock).
       vi.setSystemTime(Date.now() + sleptMs + stepMs);
-      slept += sleptMs;
+      sleep(sleptMs);
       vi.advanceTimersByTime(1000);
 
       // Two hours or more really passed: the hourly usage is gone.
       expect(budgets.getStatus('a').tokensUsed).toBe(0);
-      expect(steps.map((s) => s.stepMs)).toEqual([stepMs]);
+      expect(steps).toEqual([stepMs]);
       expect(budgets.clockSteps).toBe(1);
       store.flush();
       expect(usedOnDisk(budgetOnDisk(path, 'agent:a')!.tokens)).toBe(0);
@@ -76,24 +85,11 @@ describe('budget windows across a suspend combined with a wall-clock step (SQLit
   }
 
   it('a suspend the wall clock hid (set back by as much on waking) counts, and is not counted again at a later step', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
-    vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
-    const path = join(tempDir('budget-suspend-step'), 'state.db');
-    const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
-    stores.push(store);
-    let slept = 0;
-    const budgets = new BudgetManager({
-      store: store.budgets!,
-      bootClock: () => performance.now() + slept,
-    });
-    const steps: number[] = [];
-    budgets.on('clockStep', (s) => steps.push(s.stepMs));
-    budgets.setBudget('a', { maxTokensPerHour: 1000 });
-    budgets.recordUsage('a', { tokens: 1000 });
+    const { path, store, budgets, steps, sleep } = await spentHourly();
 
     // Asleep two hours; on waking the clock is set back two hours: the wall clock reads what it
     // read before. Two hours passed all the same, and the step is one of two hours back.
-    slept += 2 * HOUR;
+    sleep(2 * HOUR);
     vi.advanceTimersByTime(1000);
     expect(budgets.getStatus('a').tokensUsed).toBe(0); // before: 1000, an hour late and more
     expect(steps).toEqual([-2 * HOUR]); // before: none

@@ -40,22 +40,30 @@ function statusOnDisk(path: string, taskId: string): string | undefined {
   }
 }
 
+/**
+ * At 10:00 (fake clocks and timers), a fabric over a new SQLite state file, a remote agent and a
+ * task for it held back until 11:00.
+ */
+async function heldAnHour() {
+  vi.useFakeTimers({ toFake: ['Date', 'performance', 'setTimeout', 'clearTimeout'] });
+  vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 0));
+  const path = join(tempDir('scheduler-clock'), 'state.db');
+  const store: State = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+  const fabric = new AgentFabric({}, { store });
+  open.push(fabric);
+  const { id: agentId } = await fabric.spawn({ name: 'w', model: 'm', executor: 'remote' });
+  const held = await fabric.schedule({
+    agentId,
+    taskType: 't',
+    payload: 'held',
+    notBefore: Date.now() + HOUR,
+  });
+  return { path, store, fabric, agentId, held };
+}
+
 describe('queued tasks when the wall clock steps ahead (SQLite state file)', () => {
   it('releases a task whose notBefore the step passed, and times out one whose deadline it passed', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance', 'setTimeout', 'clearTimeout'] });
-    vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 0));
-    const path = join(tempDir('scheduler-clock'), 'state.db');
-    const store: State = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
-    const fabric = new AgentFabric({}, { store });
-    open.push(fabric);
-    const { id: agentId } = await fabric.spawn({ name: 'w', model: 'm', executor: 'remote' });
-
-    const held = await fabric.schedule({
-      agentId,
-      taskType: 't',
-      payload: 'held',
-      notBefore: Date.now() + HOUR,
-    });
+    const { path, store, fabric, agentId, held } = await heldAnHour();
     const due = await fabric.schedule({
       agentId,
       taskType: 't',
@@ -80,19 +88,7 @@ describe('queued tasks when the wall clock steps ahead (SQLite state file)', () 
   });
 
   it('holds a task back when the clock steps back, until the clock reaches its notBefore', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance', 'setTimeout', 'clearTimeout'] });
-    vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 0));
-    const path = join(tempDir('scheduler-clock'), 'state.db');
-    const store: State = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
-    const fabric = new AgentFabric({}, { store });
-    open.push(fabric);
-    const { id: agentId } = await fabric.spawn({ name: 'w', model: 'm', executor: 'remote' });
-    const held = await fabric.schedule({
-      agentId,
-      taskType: 't',
-      payload: 'held',
-      notBefore: Date.now() + HOUR,
-    });
+    const { path, store, fabric, agentId, held } = await heldAnHour();
     // The clock is set two hours back; an hour passes: it reads 09:00, before 11:00.
     vi.setSystemTime(Date.now() - 2 * HOUR);
     await vi.advanceTimersByTimeAsync(HOUR + 5_000);
