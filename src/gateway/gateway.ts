@@ -764,7 +764,12 @@ export class ToolGateway implements SessionHost {
         // ownership check; what the upstream says never names its own id).
         const link = tasks.linkOf(agentId, params.taskId);
         if (link?.upstream !== undefined) {
-          await this.#relayTaskStatus(tasks, link.upstream, extra.signal);
+          // Not one a stdio child that has ended made (see #forwardAsTask): its id may name
+          // another agent's task in the new process.
+          const ended =
+            tasks.isRestoredLink(link.taskId) &&
+            this.#upstreams.get(link.upstream.name)?.spec.transport === 'stdio';
+          if (!ended) await this.#relayTaskStatus(tasks, link.upstream, extra.signal);
         } else if (link?.fabricTaskId !== undefined) {
           await this.#relayFabricStatus(tasks, link.taskId, link.fabricTaskId);
         }
@@ -837,6 +842,16 @@ export class ToolGateway implements SessionHost {
       throw new RelayedMcpError(
         ErrorCode.InternalError,
         `the task's upstream task was on upstream ${run.upstreamTask.name}, which no longer serves this tool`,
+      );
+    }
+    if (run.upstreamTask !== undefined && upstream.spec.transport === 'stdio') {
+      // Restored from the store: the upstream task was made by a child process of the gateway
+      // that ended, and task ids are the upstream's own — the new process may have given this
+      // one to another agent's task (a counter restarting at 1). It is not asked: asking would
+      // show this agent another's result, and its cancel would cancel another's task.
+      throw new RelayedMcpError(
+        ErrorCode.InternalError,
+        `the gateway restarted before the call finished, and the task it was passed through to was held by a process of stdio upstream ${upstream.name} that has ended; whether the tool ran is unknown`,
       );
     }
     let upstreamTaskId = run.upstreamTask?.taskId ?? '';

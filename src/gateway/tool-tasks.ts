@@ -246,6 +246,8 @@ export class ToolTasks {
   readonly #sweep: NodeJS.Timeout;
   /** Tasks restored waiting for an approval, until {@link resume} runs them. */
   #resumable: ToolTaskRecord[] = [];
+  /** Tasks restored passed through to an upstream task (made by the process that ended). */
+  readonly #restoredLinks = new Set<string>();
   #closed = false;
 
   /**
@@ -291,6 +293,7 @@ export class ToolTasks {
         r.fabricTaskId !== undefined
       ) {
         this.#resumable.push(r);
+        if (r.upstream !== undefined) this.#restoredLinks.add(r.taskId);
         continue;
       }
       // The call may have reached its tool in the process that ended: never run it twice.
@@ -464,6 +467,14 @@ export class ToolTasks {
   ): Pick<ToolTaskRecord, 'taskId' | 'upstream' | 'fabricTaskId'> | undefined {
     const record = this.#own(agentId, taskId);
     return isTerminalStatus(record.status) ? undefined : record;
+  }
+
+  /**
+   * True when task `taskId` was restored from the store passed through to an upstream task: that
+   * upstream task id was given by the upstream as it was before this process started.
+   */
+  isRestoredLink(taskId: string): boolean {
+    return this.#restoredLinks.has(taskId);
   }
 
   /** The fabric task behind the running task `taskId` is now `status`: its status message. */

@@ -9,11 +9,12 @@
  * - the records are in the state file (kind `tool_task`), owned by the agent that made them;
  * - a task passed through to an HTTP upstream's own task keeps the upstream task's id on disk:
  *   after the kill the restarted sidecar fetches that task's result instead of calling the tool
- *   again;
+ *   again; one passed through to a stdio upstream fails instead (its process went with the
+ *   sidecar, and the new process is not asked about an id it may have given another task);
  * - a task that scheduled fabric work (`fabric__schedule_task`) keeps the fabric task's id on
  *   disk: after the kill it waits for that same fabric task, which is then claimed and completed.
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -37,6 +38,8 @@ import {
 import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
+
+const TASK_SERVER = fileURLToPath(new URL('../fixtures/gateway/task-server.mjs', import.meta.url));
 
 const ADMIN = `fab_admin_${'t7Wq'.repeat(8)}`;
 
@@ -197,10 +200,7 @@ describe('agent-fabric serve: MCP tasks over a state file', () => {
   }, 120_000);
 
   it('re-attaches a passed-through task to its upstream task after SIGKILL', async () => {
-    const upstream = await startHttpUpstream(
-      [fileURLToPath(new URL('../fixtures/gateway/task-server.mjs', import.meta.url)), 'http'],
-      '/mcp',
-    );
+    const upstream = await startHttpUpstream([TASK_SERVER, 'http'], '/mcp');
     try {
       const { dir, statePath } = await allowAllConfig('cli-tasks-pass', {
         upstreams: { tk: { url: upstream.url } },
@@ -255,6 +255,59 @@ describe('agent-fabric serve: MCP tasks over a state file', () => {
     } finally {
       await upstream.close();
     }
+  }, 120_000);
+
+  it('fails a task passed through to a stdio upstream after SIGKILL without asking the new process', async () => {
+    const requestLog = join(tempDir('cli-tasks-stdio-log'), 'requests.jsonl');
+    writeFileSync(requestLog, '');
+    const { dir, statePath } = await allowAllConfig('cli-tasks-stdio', {
+      upstreams: {
+        tk: {
+          command: process.execPath,
+          args: [TASK_SERVER],
+          env: { REQUEST_LOG: requestLog },
+          stderr: 'ignore',
+        },
+      },
+      agents: [{ name: 'worker' }],
+    });
+    const requests = (): Array<{ pid: number; method: string; taskId?: string }> =>
+      readFileSync(requestLog, 'utf8')
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l) as { pid: number; method: string; taskId?: string });
+
+    const first = await serve(dir);
+    let client = await connect(first.url, first.token);
+    const { task } = await client.request(
+      {
+        method: 'tools/call',
+        params: { name: 'tk__slow_echo', arguments: { message: 'gone', hold: true }, task: {} },
+      },
+      CreateTaskResultSchema,
+    );
+    await until(() => onDisk(statePath, task.taskId)?.upstream !== undefined, 30_000);
+    const held = onDisk(statePath, task.taskId)!.upstream!.taskId;
+    const firstChild = requests().find((r) => r.method === 'tools/call')!.pid;
+    await stop(first, 'SIGKILL');
+
+    // The child that held the upstream task went with the sidecar; a new one is started. Task
+    // ids are the upstream's own: the new process may have given this one to another task.
+    const second = await serve(dir);
+    client = await connect(second.url, first.token);
+    await until(
+      async () => (await client.experimental.tasks.getTask(task.taskId)).status === 'failed',
+      30_000,
+    );
+    await until(() => onDisk(statePath, task.taskId)?.status === 'failed', 30_000);
+    expect(onDisk(statePath, task.taskId)?.error?.message).toMatch(
+      /held by a process of stdio upstream tk that has ended; whether the tool ran is unknown/,
+    );
+    // Before: the new process was asked for the result of the old process's task id.
+    const asked = requests().filter((r) => r.pid !== firstChild && r.taskId === held);
+    expect(asked).toEqual([]);
+    expect(requests().some((r) => r.pid !== firstChild)).toBe(true); // the new one ran
+    await stop(second, 'SIGTERM');
   }, 120_000);
 
   it('a task that scheduled fabric work waits for the same fabric task after SIGKILL', async () => {
