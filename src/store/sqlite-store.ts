@@ -23,7 +23,9 @@
  *   state); on open, `tasks` holds that plain data until the scheduler rebuilds its records
  *   (`AgentScheduler.restore`, which `adopt`s them without a write).
  * - Schema 1 (tasks as JSON in `records`) is migrated to 2 when opened, in one transaction.
- * - A file that is not ours, corrupt, or from a newer schema is refused with a typed error and
+ * - A file that is not ours (tables in it but no `user_version`, or without the tables and
+ *   columns of the version it claims: many applications set `user_version`), corrupt, or from a
+ *   newer schema is refused with a typed error and
  *   left byte for byte as it was (it is checked through a read-only connection before anything
  *   opens it for writing); a second process on the same path gets {@link StateLockedError}
  *   (the hook store's lock file, `<path>.lock`).
@@ -75,6 +77,7 @@ import type { Approval } from '../policy/approval-manager.js';
 import type { PolicyChangeRecord } from '../policy/policy-engine.js';
 import {
   INSERT_TASK,
+  TASK_COLUMNS,
   TASKS_TABLE,
   TaskRowWriter,
   insertCells,
@@ -139,6 +142,21 @@ const SCHEMA = `
 `;
 
 /** Kinds of the `records` table (tasks have their own table since schema 2). */
+/**
+ * The tables every file of a schema version has, with their columns: a SQLite file whose
+ * `user_version` says 1 or 2 but lacks one of them is another application's (many set
+ * `user_version`), refused before anything is written to it.
+ */
+const SCHEMA_TABLES: Readonly<Record<number, Readonly<Record<string, readonly string[]>>>> = {
+  1: { meta: ['key', 'value'], records: ['kind', 'id', 'data'], budgets: ['scope', 'data'] },
+  2: {
+    meta: ['key', 'value'],
+    records: ['kind', 'id', 'data'],
+    budgets: ['scope', 'data'],
+    tasks: TASK_COLUMNS,
+  },
+};
+
 type Kind = 'agent' | 'pool' | 'approval' | 'tool_task' | 'policy';
 
 /**
@@ -1412,6 +1430,13 @@ function inspect(path: string): void {
       throw new StateStoreError(path, `is corrupt: ${messageOf(error)}`, { cause: error });
     }
     if (check !== 'ok') throw new StateStoreError(path, `is corrupt: ${check}`);
+    const missing = missingTable(db, SCHEMA_TABLES[version] ?? {});
+    if (missing !== undefined) {
+      throw new StateStoreError(
+        path,
+        `is a SQLite database but not an Agent Fabric state file (schema ${version} without ${missing})`,
+      );
+    }
     if (version === 0) {
       const tables = db
         .prepare<[], { n: number }>("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table'")
@@ -1426,6 +1451,21 @@ function inspect(path: string): void {
   } finally {
     db.close();
   }
+}
+
+/** The first of `tables` (or `table.column`) the file does not have, `undefined` when none. */
+function missingTable(
+  db: Database.Database,
+  tables: Readonly<Record<string, readonly string[]>>,
+): string | undefined {
+  const columnsOf = db.prepare<[string], { name: string }>('SELECT name FROM pragma_table_info(?)');
+  for (const [table, columns] of Object.entries(tables)) {
+    const has = new Set(columnsOf.all(table).map((c) => c.name));
+    if (has.size === 0) return `table ${table}`;
+    const column = columns.find((c) => !has.has(c));
+    if (column !== undefined) return `column ${table}.${column}`;
+  }
+  return undefined;
 }
 
 /**

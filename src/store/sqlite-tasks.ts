@@ -77,6 +77,9 @@ export const MUTABLE_COLUMNS = [
   'progress',
 ] as const;
 
+/** Every column of the `tasks` table, as {@link TASKS_TABLE} makes it. */
+export const TASK_COLUMNS: readonly string[] = ['rid', ...FIXED_COLUMNS, ...MUTABLE_COLUMNS];
+
 /** `INSERT` of a new task: `rid`, then the fixed columns, then the mutable ones. */
 export const INSERT_TASK = `INSERT INTO tasks (rid, ${[...FIXED_COLUMNS, ...MUTABLE_COLUMNS].join(', ')}) VALUES (${Array(
   1 + FIXED_COLUMNS.length + MUTABLE_COLUMNS.length,

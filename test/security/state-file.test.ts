@@ -223,6 +223,48 @@ describe('SqliteStore.open against hostile files', () => {
     expect(fingerprint(path)).toBe(before);
   });
 
+  // Found in review: only a user_version of 0 was checked for tables. Another application's
+  // database with user_version 1 or 2 (many applications set it) was opened: SQLite switched it
+  // to WAL, our tables were added to it, and a version-1 one was "migrated" to 2 and run on.
+  it.each([1, 2])(
+    "someone else's SQLite database with user_version %i: refused, unchanged, not ours afterwards",
+    async (version) => {
+      const path = join(tempDir(`state-foreign-v${version}`), 'app.db');
+      const db = new Database(path);
+      db.exec("CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('ann')");
+      db.pragma(`user_version = ${version}`);
+      db.close();
+      const before = fingerprint(path);
+      const error = await openError(path);
+      expect(error).toBeInstanceOf(StateStoreError);
+      expect((error as Error).message).toContain('not an Agent Fabric state file');
+      expect((error as Error).message).toContain(path);
+      expect(fingerprint(path)).toBe(before);
+      const after = new Database(path, { readonly: true });
+      try {
+        expect(after.prepare('SELECT name FROM sqlite_master').all()).toEqual([{ name: 'users' }]);
+        expect(after.pragma('user_version', { simple: true })).toBe(version);
+        expect(after.pragma('journal_mode', { simple: true })).toBe('delete');
+      } finally {
+        after.close();
+      }
+    },
+  );
+
+  it('a state file of schema 2 whose tasks table lost a column: refused, unchanged', async () => {
+    const path = join(tempDir('state-missing-column'), 'state.db');
+    await realState(path);
+    const db = new Database(path);
+    db.exec('ALTER TABLE tasks DROP COLUMN progress');
+    db.pragma('wal_checkpoint(TRUNCATE)');
+    db.close();
+    const before = fingerprint(path);
+    const error = await openError(path);
+    expect(error).toBeInstanceOf(StateStoreError);
+    expect((error as Error).message).toContain('without column tasks.progress');
+    expect(fingerprint(path)).toBe(before);
+  });
+
   it('a record that is not JSON: StateStoreError naming it', async () => {
     const path = join(tempDir('state-badrow'), 'state.db');
     await realState(path);
