@@ -20,6 +20,7 @@ import { TaskRecord } from '../../src/scheduler/task-record.js';
 import { STATE_SCHEMA_VERSION, SqliteStore } from '../../src/store/sqlite-store.js';
 import { Priority, TaskStatus } from '../../src/task.js';
 import { tempDir, until } from '../fixtures/gateway/harness.js';
+import { schemaOneFile } from '../fixtures/state/schema-one.js';
 
 const stores: SqliteStore[] = [];
 afterEach(async () => {
@@ -205,25 +206,6 @@ function task(id: string, payload: unknown = { n: id }): TaskRecord {
     1_700_000_000_000,
   );
   return t;
-}
-
-/** A state file as schema 1 wrote it: every record, tasks included, as JSON in `records`. */
-function schemaOneFile(path: string, tasks: Array<[string, string]>): void {
-  const db = new Database(path);
-  db.pragma('journal_mode = WAL');
-  db.exec(`
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-    CREATE TABLE records (
-      kind TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (kind, id)
-    ) WITHOUT ROWID;
-    CREATE TABLE budgets (scope TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
-  `);
-  const insert = db.prepare('INSERT INTO records (kind, id, data) VALUES (?, ?, ?)');
-  insert.run('agent', 'a1', JSON.stringify({ id: 'a1', n: 1 }));
-  for (const [id, data] of tasks) insert.run('task', id, data);
-  db.pragma('user_version = 1');
-  db.pragma('wal_checkpoint(TRUNCATE)');
-  db.close();
 }
 
 describe('SqliteStore tasks table (schema 2)', () => {
