@@ -9,6 +9,7 @@
 import { parseArgs } from 'node:util';
 import { ApiClient, adminToken, CliError, DEFAULT_SIDECAR_URL } from './api-client.js';
 import { EXIT } from './exit-codes.js';
+import { terminalSafe } from './format.js';
 
 /** One option of a command. */
 export interface OptionSpec {
@@ -26,7 +27,10 @@ export interface CommandContext {
   values: Readonly<Record<string, string | boolean | (string | boolean)[] | undefined>>;
   positionals: readonly string[];
   env: NodeJS.ProcessEnv;
-  /** Writes one line to stdout. */
+  /**
+   * Writes one line to stdout (several for a table or indented JSON), its control characters
+   * but the line feeds escaped (`terminalSafe`).
+   */
   print(line: string): void;
   /** The sidecar client (commands marked `online` only; built from --url and the token). */
   api(): ApiClient;
@@ -157,7 +161,7 @@ export async function runCommand(
     positionals,
     env,
     json: values.json === true,
-    print: (line) => void process.stdout.write(`${line}\n`),
+    print: (line) => void process.stdout.write(`${terminalSafe(line)}\n`),
     api: () =>
       (client ??= new ApiClient({
         url: (values.url as string | undefined) ?? env.FABRIC_URL ?? DEFAULT_SIDECAR_URL,

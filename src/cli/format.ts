@@ -5,7 +5,9 @@
  * not send escape sequences to the operator's terminal or forge rows with a line break. So
  * every table cell passes {@link printable}, and JSON output {@link printableJson}: C0 and C1
  * control characters, DEL and the bidirectional-text controls come out as `\xNN`/`\u{NNNN}`
- * escapes (JSON: `\uNNNN`). Other Unicode text (names in any script) is printed as it is.
+ * escapes (JSON: `\uNNNN`). Other Unicode text (names in any script) is printed as it is. Each
+ * line written to stdout passes {@link terminalSafe} as well, and each error line written to
+ * stderr {@link printable} (main.ts), whatever the command did.
  *
  * @module
  */
@@ -34,6 +36,22 @@ const UNPRINTABLE_IN_JSON = /[\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066
 export function printableJson(json: string): string {
   return json.replace(
     UNPRINTABLE_IN_JSON,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+}
+
+/** {@link UNPRINTABLE} but the line feed. */
+const UNPRINTABLE_BUT_LF = new RegExp(`(?!\\n)${UNPRINTABLE_CLASS}`, 'g');
+
+/**
+ * `text` with every {@link UNPRINTABLE} character but the line feed `\u`-escaped (`\u001b`: the
+ * same escape inside a JSON string). Every line the CLI writes to stdout passes it: what a
+ * command forgot to make {@link printable} (a field of a hostile sidecar's answer, a name in a
+ * config file under `config check`) still cannot act on the terminal.
+ */
+export function terminalSafe(text: string): string {
+  return text.replace(
+    UNPRINTABLE_BUT_LF,
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
   );
 }

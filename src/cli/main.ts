@@ -41,6 +41,7 @@ import {
   type OptionSpec,
 } from './command.js';
 import { EXIT, EXIT_CODES_HELP } from './exit-codes.js';
+import { printable } from './format.js';
 import { offlineCommands } from './offline-commands.js';
 import { operatorCommands } from './operator-commands.js';
 import { scaleCommands } from './scale-commands.js';
@@ -97,8 +98,11 @@ let phase: 'starting' | 'running' | 'stopping' = 'starting';
  * several problems lists them on the lines before it and repeats the first one there.
  */
 function fail(error: unknown): never {
+  // Error messages quote what the sidecar answered and what config files hold: every line is
+  // printable (no escape sequence reaches the terminal, no line break forges a line).
+  const say = (line: string): void => console.error(printable(line));
   if (error instanceof CliError) {
-    console.error(`agent-fabric: ${error.message}`);
+    say(`agent-fabric: ${error.message}`);
     process.exit(error.exitCode);
   }
   const fold = (text: string): string => text.replace(/\s*[\r\n]+\s*/g, ' ');
@@ -106,16 +110,14 @@ function fail(error: unknown): never {
     const [first, ...problems] = error.message.split('\n');
     if (error instanceof ConfigFileError && problems.length > 0) {
       // All of them, then the first again on the coded last line (with its line number).
-      for (const p of problems) console.error(p);
+      for (const p of problems) say(p);
       const head = /^.*: (\d+) problems$/.exec(first ?? '')?.[1] ?? String(problems.length);
-      console.error(
-        `agent-fabric: ${error.code}: ${problems[0]!.trim()} (1 of ${head} problems, all above)`,
-      );
+      say(`agent-fabric: ${error.code}: ${problems[0]!.trim()} (1 of ${head} problems, all above)`);
     } else {
-      console.error(`agent-fabric: ${error.code}: ${fold(error.message)}`);
+      say(`agent-fabric: ${error.code}: ${fold(error.message)}`);
     }
   } else {
-    console.error(`agent-fabric: ${fold(String(error))}`);
+    say(`agent-fabric: ${fold(String(error))}`);
   }
   process.exit(EXIT.failure);
 }

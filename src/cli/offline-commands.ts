@@ -13,6 +13,7 @@ import type { PolicyAction } from '../policy/policy.js';
 import { CliError } from './api-client.js';
 import { usageError, type Command } from './command.js';
 import { EXIT } from './exit-codes.js';
+import { printable, printableJson } from './format.js';
 
 const ACTIONS: readonly PolicyAction[] = ['allow', 'deny', 'require_approval'];
 
@@ -208,31 +209,35 @@ differs.`,
     engine.close();
     if (ctx.json) {
       ctx.print(
-        JSON.stringify(
-          {
-            ...decision,
-            ...(rule ? { ruleText: rule } : {}),
-            paths,
-            ...(view === asSent ? {} : { resolvedParams: view }),
-            warnings,
-          },
-          null,
-          2,
+        printableJson(
+          JSON.stringify(
+            {
+              ...decision,
+              ...(rule ? { ruleText: rule } : {}),
+              paths,
+              ...(view === asSent ? {} : { resolvedParams: view }),
+              warnings,
+            },
+            null,
+            2,
+          ),
         ),
       );
     } else {
-      ctx.print(`decision: ${decision.action}`);
-      ctx.print(`policy:   ${decision.policy ?? '(none: the default action)'}`);
-      ctx.print(
+      // Names, reasons and paths come from the file and --params: one line each, escaped.
+      const line = (text: string): void => ctx.print(printable(text));
+      line(`decision: ${decision.action}`);
+      line(`policy:   ${decision.policy ?? '(none: the default action)'}`);
+      line(
         `rule:     ${decision.rule === null ? '-' : `#${decision.rule} ${JSON.stringify(rule)}`}`,
       );
-      ctx.print(`reason:   ${decision.reason}`);
+      line(`reason:   ${decision.reason}`);
       for (const a of decision.audit ?? []) {
-        ctx.print(`audit:    ${a.policy} rule #${a.rule} would ${a.action}: ${a.reason}`);
+        line(`audit:    ${a.policy} rule #${a.rule} would ${a.action}: ${a.reason}`);
       }
-      ctx.print(`paths:    ${paths}`);
-      if (view !== asSent) ctx.print(`params:   ${JSON.stringify(view)}`);
-      for (const w of warnings) ctx.print(`warning:  ${w}`);
+      line(`paths:    ${paths}`);
+      if (view !== asSent) line(`params:   ${JSON.stringify(view)}`);
+      for (const w of warnings) line(`warning:  ${w}`);
     }
     return expect !== undefined && expect !== decision.action ? EXIT.failure : EXIT.ok;
   },
@@ -284,12 +289,15 @@ const configCheckCommand: Command = {
         problems.push({ path: 'state.path', message: error.message });
       }
       if (problems.length > 0) throw ConfigFileError.of(file, problems);
-      if (ctx.json) ctx.print(JSON.stringify({ valid: true, file, warnings }, null, 2));
-      else {
+      if (ctx.json) {
+        ctx.print(printableJson(JSON.stringify({ valid: true, file, warnings }, null, 2)));
+      } else {
         ctx.print(
-          `${file}: valid (${Object.keys(config.upstreams).length} upstreams, ${config.policies.length} policies, ${config.agents.length} agents)`,
+          printable(
+            `${file}: valid (${Object.keys(config.upstreams).length} upstreams, ${config.policies.length} policies, ${config.agents.length} agents)`,
+          ),
         );
-        for (const w of warnings) ctx.print(`warning: ${w}`);
+        for (const w of warnings) ctx.print(printable(`warning: ${w}`));
       }
       return EXIT.ok;
     } catch (error) {
@@ -297,10 +305,13 @@ const configCheckCommand: Command = {
       const problems = (error.details as { problems?: unknown[] }).problems;
       if (ctx.json) {
         ctx.print(
-          JSON.stringify({ valid: false, file, problems: problems ?? [error.details] }, null, 2),
+          printableJson(
+            JSON.stringify({ valid: false, file, problems: problems ?? [error.details] }, null, 2),
+          ),
         );
       } else {
-        process.stderr.write(`${error.message}\n`);
+        // Keys and values of the file are quoted in the problems: each line escaped.
+        process.stderr.write(`${error.message.split('\n').map(printable).join('\n')}\n`);
       }
       return EXIT.failure;
     }

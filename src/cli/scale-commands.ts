@@ -19,7 +19,7 @@ import { AgentStatus, PoolStatus } from '../gen/fabric/v1/fabric_types_pb.js';
 import { CliError } from './api-client.js';
 import { usageError, type Command, type CommandContext } from './command.js';
 import { EXIT } from './exit-codes.js';
-import { enumName } from './format.js';
+import { enumName, printable, printableJson } from './format.js';
 
 /** How often a long command looks at the sidecar while it waits. */
 const POLL_MS = 1000;
@@ -31,7 +31,7 @@ interface Snapshot {
 }
 
 function emit(ctx: CommandContext, step: 'progress' | 'done', s: Snapshot): void {
-  ctx.print(ctx.json ? JSON.stringify({ step, ...s.json }) : s.line);
+  ctx.print(ctx.json ? printableJson(JSON.stringify({ step, ...s.json })) : printable(s.line));
 }
 
 /**
