@@ -62,16 +62,7 @@ export class ApiClient {
   readonly #token: string;
 
   constructor(options: ApiClientOptions) {
-    let url: URL;
-    try {
-      url = new URL(options.url);
-    } catch {
-      throw new CliError(`--url: not a URL: ${options.url}`, EXIT.usage);
-    }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-      throw new CliError(`--url: must be http:// or https://, not ${url.protocol}`, EXIT.usage);
-    }
-    this.base = new URL('/', url);
+    this.base = new URL('/', sidecarUrl(options.url));
     this.#token = options.token;
   }
 
@@ -194,11 +185,19 @@ export class ApiClient {
     }
   }
 
+  /**
+   * A request to the sidecar with the admin token. Redirects are not followed: the sidecar never
+   * sends one, and following it would send the request (an approval's decision and reason …)
+   * where the redirect points — the token dropped on the way when that is another origin, so the
+   * operator would be told the token was refused.
+   */
   async #fetch(path: string, init: RequestInit): Promise<Response> {
     const url = new URL(path, this.base);
+    let res: Response;
     try {
-      return await fetch(url, {
+      res = await fetch(url, {
         ...init,
+        redirect: 'manual',
         headers: { ...init.headers, authorization: `Bearer ${this.#token}` },
       });
     } catch (error) {
@@ -209,7 +208,43 @@ export class ApiClient {
         { cause: error },
       );
     }
+    if (res.status >= 300 && res.status < 400) {
+      await res.body?.cancel().catch(() => undefined);
+      const location = res.headers.get('location');
+      throw new CliError(
+        `${init.method ?? 'GET'} /${path}: answered with a redirect (HTTP ${res.status}${location === null ? '' : ` to ${location}`}), which the sidecar never sends: not followed; give the sidecar's own address in --url`,
+        EXIT.unreachable,
+      );
+    }
+    return res;
   }
+}
+
+/**
+ * The sidecar's URL given in `option` (`--url`, or FABRIC_URL in its place): http or https,
+ * without a user name or password — the CLI authenticates with a token, and a URL's credentials
+ * would be echoed by every message that names the URL.
+ * @throws CliError (`EXIT.usage`) naming what is wrong, never the credentials.
+ */
+export function sidecarUrl(raw: string, option = '--url'): URL {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new CliError(`${option}: not a URL: ${raw}`, EXIT.usage);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new CliError(`${option}: must be http:// or https://, not ${url.protocol}`, EXIT.usage);
+  }
+  if (url.username !== '' || url.password !== '') {
+    url.username = '';
+    url.password = '';
+    throw new CliError(
+      `${option}: must not hold a user name or password (${url.href}): the sidecar takes a bearer token`,
+      EXIT.usage,
+    );
+  }
+  return url;
 }
 
 /** One line of an NDJSON stream: a message or the end (with its error when it failed). */

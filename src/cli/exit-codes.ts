@@ -14,7 +14,10 @@ export const EXIT = {
   failure: 1,
   /** The command line is wrong: unknown command or option, missing or extra argument. */
   usage: 2,
-  /** The sidecar cannot be reached at `--url`, or the connection to it was lost (a stream cut). */
+  /**
+   * The sidecar cannot be reached at `--url` (what answers there redirects), or the connection
+   * to it was lost (a stream cut).
+   */
   unreachable: 3,
   /** No admin token, an unreadable token file, or the sidecar refused the token (401/403). */
   auth: 4,

@@ -31,7 +31,7 @@ import type { SidecarConfig } from '../server/config-file.js';
 import type { SidecarLog } from '../server/logger.js';
 import type { Sidecar } from '../server/sidecar.js';
 import { setLongTimeout } from '../scheduler/task-waiters.js';
-import { CliError } from './api-client.js';
+import { CliError, sidecarUrl } from './api-client.js';
 import {
   intOption,
   runCommand,
@@ -418,8 +418,9 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   const token = flagToken ?? process.env.FABRIC_AGENT_TOKEN;
   if (!token)
     throw new Error('an agent token is required: --agent-token <token> or FABRIC_AGENT_TOKEN');
-  const url = new URL(
+  const url = sidecarUrl(
     (values.url as string | undefined) ?? process.env.FABRIC_URL ?? 'http://127.0.0.1:8765/mcp',
+    values.url === undefined ? 'FABRIC_URL' : '--url',
   );
   // FABRIC_URL is the sidecar's base URL for the operator commands (http://127.0.0.1:8765); the
   // same value here means the MCP endpoint at its default path, not `POST /`.

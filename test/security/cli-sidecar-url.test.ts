@@ -1,0 +1,87 @@
+/**
+ * Found in review: what the CLI did with the address it was given.
+ * - It followed redirects. A POST answered 307/308 was sent again, body and all, where the
+ *   redirect pointed: `approvals approve <id> --reason …` delivered the decision and its reason
+ *   to another server (fetch drops the token on the way to another origin, so the operator was
+ *   then told the token was refused). Now a redirect is not followed: exit 3, naming where it
+ *   pointed; the other server sees nothing.
+ * - A URL with a user name and password (`--url http://admin:pw@host`, or FABRIC_URL) was
+ *   repeated whole in the error line (`cannot reach the sidecar at http://admin:pw@host/`) — into
+ *   CI logs and terminals — and for `mcp` the same. Now it is refused as a usage error (exit 2)
+ *   naming the URL without them.
+ * Real CLI processes against real HTTP servers on free ports.
+ */
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { runCli } from '../fixtures/cli-process.js';
+import { ADMIN_TOKEN } from '../fixtures/gateway/harness.js';
+
+const servers: Server[] = [];
+afterEach(async () => {
+  for (const s of servers.splice(0)) await new Promise((resolve) => s.close(resolve));
+});
+
+/** A server on a free port that records each request (with its body) and answers `answer`. */
+async function server(
+  seen: string[],
+  answer: (req: IncomingMessage) => { status: number; headers?: Record<string, string> },
+): Promise<string> {
+  const s = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => {
+      seen.push(`${req.method} ${req.url} ${req.headers.authorization ?? '-'} ${body}`);
+      const { status, headers = {} } = answer(req);
+      res.writeHead(status, { 'content-type': 'application/json', ...headers });
+      res.end('{}');
+    });
+  });
+  servers.push(s);
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+  return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
+}
+
+describe('agent-fabric --url', () => {
+  it.each([307, 308])(
+    'a redirect (%i) is not followed: the request goes nowhere else, exit 3 naming it',
+    async (status) => {
+      const elsewhere: string[] = [];
+      const target = await server(elsewhere, () => ({ status: 401 }));
+      const first: string[] = [];
+      const url = await server(first, (req) => ({
+        status,
+        headers: { location: `${target.replace('127.0.0.1', 'localhost')}${req.url}` },
+      }));
+      const run = await runCli(
+        ['approvals', 'approve', 'ap-1', '--reason', 'ticket OPS-4711', '--url', url],
+        { FABRIC_ADMIN_TOKEN: ADMIN_TOKEN },
+      );
+      expect(run.code).toBe(3);
+      expect(run.err).toContain(`redirect (HTTP ${status} to http://localhost:`);
+      expect(run.err).not.toContain(ADMIN_TOKEN);
+      expect(first).toHaveLength(1);
+      expect(first[0]).toContain('ticket OPS-4711'); // the sidecar's address got it …
+      expect(elsewhere).toEqual([]); // … and nothing went where the redirect pointed
+    },
+  );
+
+  it('a URL with a user name and password is refused, exit 2, the password not repeated', async () => {
+    const seen: string[] = [];
+    const url = new URL(await server(seen, () => ({ status: 200 })));
+    url.username = 'admin';
+    url.password = 'hunter2-secret';
+    const status = await runCli(['status', '--url', url.href], {
+      FABRIC_ADMIN_TOKEN: ADMIN_TOKEN,
+    });
+    expect(status.code).toBe(2);
+    expect(status.err).toContain('--url: must not hold a user name or password');
+    const mcp = await runCli(['mcp', '--agent-token', 'x'], { FABRIC_URL: url.href });
+    expect(mcp.code).toBe(2);
+    expect(mcp.err).toContain('FABRIC_URL: must not hold a user name or password');
+    for (const run of [status, mcp]) {
+      expect(`${run.out}${run.err}`).not.toContain('hunter2-secret');
+    }
+    expect(seen).toEqual([]);
+  });
+});
