@@ -186,6 +186,16 @@ export class TaskRecord {
       (optional && v === undefined) || (typeof v === 'number' && Number.isFinite(v))
         ? v
         : bad(field, 'a finite number');
+    /** A count: an integer from `min` (attempts, deliveries; a file edited by hand has -5). */
+    const count = (
+      v: unknown,
+      field: string,
+      min: number,
+      optional: boolean,
+    ): number | undefined =>
+      (optional && v === undefined) || (Number.isSafeInteger(v) && (v as number) >= min)
+        ? (v as number | undefined)
+        : bad(field, min === 0 ? 'a non-negative integer' : 'a positive integer');
     const rec = d!;
     if (rec.priority !== 0 && rec.priority !== 1 && rec.priority !== 2 && rec.priority !== 3)
       bad('priority', '0-3');
@@ -202,14 +212,14 @@ export class TaskRecord {
       rec.pinned!,
       str(rec.tenant, 'tenant', false)!,
       num(rec.deadline, 'deadline', true),
-      num(rec.timeoutMs, 'timeoutMs', false)!,
-      num(rec.maxAttempts, 'maxAttempts', false)!,
+      num(rec.timeoutMs, 'timeoutMs', false)! > 0 ? rec.timeoutMs! : bad('timeoutMs', 'positive'),
+      count(rec.maxAttempts, 'maxAttempts', 1, false)!,
       num(rec.seq, 'seq', false)!,
       num(rec.createdAt, 'createdAt', false)!,
     );
     t.status = rec.status!;
-    t.attempt = num(rec.attempt, 'attempt', false)!;
-    t.undelivered = num(rec.undelivered, 'undelivered', true) ?? 0;
+    t.attempt = count(rec.attempt, 'attempt', 0, false)!;
+    t.undelivered = count(rec.undelivered, 'undelivered', 0, true) ?? 0;
     t.assignedAgentId = str(rec.assignedAgentId, 'assignedAgentId', true);
     t.startedAt = num(rec.startedAt, 'startedAt', true);
     t.finishedAt = num(rec.finishedAt, 'finishedAt', true);

@@ -1506,12 +1506,25 @@ function migrate(path: string, db: Database.Database): void {
   }
 }
 
-/** The stored tasks with their rows, in row order. */
+/**
+ * The stored tasks with their rows, in row order.
+ * @throws StateStoreError naming the task when a row cannot be read, or when two rows hold one
+ *   task id (only a hand edit makes that: one row would be used, the other come back when it goes).
+ */
 function taskRows(path: string, db: Database.Database): Array<[string, never, number]> {
+  const rowOf = new Map<string, number>();
   return db
     .prepare<[], TaskRow>('SELECT * FROM tasks ORDER BY rid')
     .all()
     .map((row) => {
+      const other = rowOf.get(row.id);
+      if (other !== undefined) {
+        throw new StateStoreError(
+          path,
+          `task record ${JSON.stringify(row.id)} is stored twice (tasks rows ${other} and ${row.rid}): keep one`,
+        );
+      }
+      rowOf.set(row.id, row.rid);
       try {
         return [row.id, taskFromRow(row) as never, row.rid];
       } catch (error) {

@@ -23,6 +23,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { StateLockedError, StateStoreError, StateVersionError } from '../../src/errors.js';
+import { AgentFabric } from '../../src/fabric.js';
 import { LifecycleManager } from '../../src/lifecycle/lifecycle-manager.js';
 import { SqliteStore, STATE_SCHEMA_VERSION } from '../../src/store/sqlite-store.js';
 import { CLI_MAIN, tempDir, TSX } from '../fixtures/gateway/harness.js';
@@ -46,6 +47,18 @@ async function realState(path: string): Promise<void> {
   for (let i = 0; i < 200; i++) lm.spawnSync({ name: `a${i}`, model: 'm', executor: 'remote' });
   await lm.close();
   await store.close();
+}
+
+/** A real state file with pool `p` and `n` tasks queued to it, closed; their ids. */
+async function stateWithTasks(path: string, n: number): Promise<string[]> {
+  const store = await SqliteStore.open(path);
+  const fabric = new AgentFabric({}, { store: store as never });
+  await fabric.createPool({ poolId: 'p', model: 'm', executor: 'remote', minAgents: 0 });
+  const ids: string[] = [];
+  for (let i = 0; i < n; i++) ids.push((await fabric.scheduleToPool('p', 'x', { i })).id);
+  await fabric.close();
+  await store.close();
+  return ids;
 }
 
 async function openError(path: string): Promise<unknown> {
@@ -277,6 +290,68 @@ describe('SqliteStore.open against hostile files', () => {
     expect(error).toBeInstanceOf(StateStoreError);
     expect((error as Error).message).toContain(id);
   });
+
+  // Found in review: task rows edited by hand were taken as they were. Two rows of one task id
+  // (the tasks table has no unique id): the later one was used and the earlier kept in the file,
+  // to come back as the task once the later row went (retention) — a finished task queued
+  // again. Counters out of range (attempt -5, maxAttempts 0, timeoutMs -1, 2.5 attempts) were
+  // run with: more attempts than allowed, a timeout before the start.
+  it('a task stored twice (a hand edit): StateStoreError naming it and both rows, unchanged', async () => {
+    const path = join(tempDir('state-task-twice'), 'state.db');
+    const ids = await stateWithTasks(path, 1);
+    const db = new Database(path);
+    db.prepare(
+      "INSERT INTO tasks SELECT 100, id, type, payload, priority, agent_id, pinned, tenant, deadline, timeout_ms, max_attempts, seq, created_at, pool_id, 'COMPLETED', attempt, undelivered, assigned_agent_id, started_at, 5, not_before, result, error, progress FROM tasks WHERE id = ?",
+    ).run(ids[0]);
+    db.pragma('wal_checkpoint(TRUNCATE)');
+    db.close();
+    const before = fingerprint(path);
+    const error = await openError(path);
+    expect(error).toBeInstanceOf(StateStoreError);
+    expect((error as Error).message).toContain(`${JSON.stringify(ids[0])} is stored twice`);
+    expect((error as Error).message).toContain('rows 1 and 100');
+    expect(fingerprint(path)).toBe(before);
+  });
+
+  it.each([
+    ['attempt', -5],
+    ['attempt', 2.5],
+    ['max_attempts', 0],
+    ['max_attempts', 1e308],
+    ['timeout_ms', -1],
+    ['undelivered', -1],
+  ])(
+    'a task whose %s is %d (a hand edit): ended FAILED as unreadable, its row kept as it was',
+    async (column, value) => {
+      const path = join(tempDir(`state-task-${column}`), 'state.db');
+      const [id, other] = await stateWithTasks(path, 2);
+      const db = new Database(path);
+      db.prepare(`UPDATE tasks SET ${column} = ? WHERE id = ?`).run(value, id);
+      db.close();
+      const store = await SqliteStore.open(path);
+      const fabric = new AgentFabric({}, { store: store as never });
+      try {
+        const task = await fabric.getTask(id!);
+        expect(task.status).toBe('FAILED');
+        const field = { max_attempts: 'maxAttempts', timeout_ms: 'timeoutMs' }[column] ?? column;
+        expect(task.error?.message).toContain(`is not a task record: ${field} must be`);
+        expect((await fabric.getTask(other!)).status).toBe('PENDING');
+      } finally {
+        await fabric.close();
+        await store.close();
+      }
+      const after = new Database(path, { readonly: true });
+      try {
+        const row = after
+          .prepare<[string], Record<string, unknown>>('SELECT * FROM tasks WHERE id = ?')
+          .get(id!);
+        expect(row?.[column]).toBe(value);
+        expect(row?.status).toBe('PENDING');
+      } finally {
+        after.close();
+      }
+    },
+  );
 
   it('a folder at the path: StateStoreError', async () => {
     const path = join(tempDir('state-dir'), 'state.db');
