@@ -19,7 +19,10 @@ export const EXIT = {
    * to it was lost (a stream cut).
    */
   unreachable: 3,
-  /** No admin token, an unreadable token file, or the sidecar refused the token (401/403). */
+  /**
+   * No admin token (for `mcp`: no agent token), an unreadable token file, or the sidecar refused
+   * the token (401/403).
+   */
   auth: 4,
 } as const;
 
@@ -28,5 +31,5 @@ export const EXIT_CODES_HELP = `exit codes:
   0  done
   1  failed: the sidecar refused the request, a file is invalid, serve could not start
   2  usage: unknown command or option, missing or extra argument
-  3  the sidecar cannot be reached at --url, or the connection was lost
-  4  no admin token, unreadable token file, or the token was refused`;
+  3  the sidecar cannot be reached at --url (or it redirects), or the connection was lost
+  4  no admin token (mcp: no agent token), unreadable token file, or the token was refused`;

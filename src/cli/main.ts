@@ -416,8 +416,14 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   // the token shows only while node loads the CLI. FABRIC_AGENT_TOKEN never shows.
   if (flagToken !== undefined) process.title = 'agent-fabric mcp';
   const token = flagToken ?? process.env.FABRIC_AGENT_TOKEN;
-  if (!token)
-    throw new Error('an agent token is required: --agent-token <token> or FABRIC_AGENT_TOKEN');
+  // Exit codes as for every command (exit-codes.ts): 4 without a token or when it is refused,
+  // 3 when the sidecar cannot be reached.
+  if (!token) {
+    throw new CliError(
+      'an agent token is required: --agent-token <token> or FABRIC_AGENT_TOKEN',
+      EXIT.auth,
+    );
+  }
   const url = sidecarUrl(
     (values.url as string | undefined) ?? process.env.FABRIC_URL ?? 'http://127.0.0.1:8765/mcp',
     values.url === undefined ? 'FABRIC_URL' : '--url',
@@ -428,11 +434,17 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   const headers = { authorization: `Bearer ${token}` };
   // Refuse to start on an unknown token: the endpoint authenticates before anything else.
   const probe = await fetch(url, { method: 'GET', headers }).catch((error: unknown) => {
-    throw new Error(`cannot reach the sidecar at ${url.href}: ${String(error)}`);
+    throw new CliError(
+      `cannot reach the sidecar at ${url.href}: ${String(error)}`,
+      EXIT.unreachable,
+    );
   });
   await probe.body?.cancel();
   if (probe.status === 401 || probe.status === 403) {
-    throw new Error(`the sidecar at ${url.href} refused the agent token (HTTP ${probe.status})`);
+    throw new CliError(
+      `the sidecar at ${url.href} refused the agent token (HTTP ${probe.status})`,
+      EXIT.auth,
+    );
   }
   if (probe.status === 404) {
     throw new Error(`no MCP endpoint at ${url.href} (HTTP 404): give the sidecar's MCP URL`);

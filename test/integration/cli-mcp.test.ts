@@ -145,9 +145,11 @@ agents:
 
   afterAll(() => closeSidecar(sidecar));
 
+  // Exit codes as README's table has them for every command (4: no token or refused; 3: not
+  // reachable). Found in review: mcp exited 1 for all three.
   it('refuses to start without an agent token, saying how to give one', async () => {
     const { code, stderr } = await runCli(['mcp', '--url', sidecar.url!]);
-    expect(code).toBe(1);
+    expect(code).toBe(4);
     expect(stderr).toContain(
       'an agent token is required: --agent-token <token> or FABRIC_AGENT_TOKEN',
     );
@@ -161,7 +163,7 @@ agents:
       '--url',
       sidecar.url!,
     ]);
-    expect(code).toBe(1);
+    expect(code).toBe(4);
     expect(stderr).toContain(`the sidecar at ${sidecar.url} refused the agent token (HTTP 401)`);
   });
 
@@ -173,14 +175,14 @@ agents:
       '--url',
       sidecar.url!,
     ]);
-    expect(code).toBe(1);
+    expect(code).toBe(4);
     expect(stderr).toContain('refused the agent token (HTTP 403)');
   });
 
   it('refuses to start when the sidecar cannot be reached', async () => {
     const url = `http://127.0.0.1:${await closedPort()}/mcp`;
     const { code, stderr } = await runCli(['mcp', '--url', url], { FABRIC_AGENT_TOKEN: token });
-    expect(code).toBe(1);
+    expect(code).toBe(3);
     expect(stderr).toContain(`cannot reach the sidecar at ${url}`);
   });
 
