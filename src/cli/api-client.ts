@@ -337,12 +337,31 @@ export function adminToken(tokenFile: string | undefined, env: NodeJS.ProcessEnv
     }
     const token = text.split(/\r?\n/)[0]?.trim() ?? '';
     if (token === '') throw new CliError(`--token-file ${tokenFile}: is empty`, EXIT.auth);
-    return token;
+    return headerToken(token, `--token-file ${tokenFile}`);
   }
   const token = env.FABRIC_ADMIN_TOKEN?.trim();
   if (!token) {
     throw new CliError(
       'no admin token: set FABRIC_ADMIN_TOKEN or pass --token-file <file> (the sidecar printed it at its first start, or it is adminToken in its config)',
+      EXIT.auth,
+    );
+  }
+  return headerToken(token, 'FABRIC_ADMIN_TOKEN');
+}
+
+/**
+ * `token` when an `Authorization` header can carry it. A control character but the tab (an
+ * escape or a line break pasted with it) or one above U+00FF made fetch fail before sending, and the CLI said
+ * the sidecar could not be reached (exit 3).
+ * @throws CliError (`EXIT.auth`) naming `source` and the character's position, never the token.
+ */
+export function headerToken(token: string, source: string): string {
+  // eslint-disable-next-line no-control-regex
+  const bad = /[\u0000-\u0008\u000a-\u001f\u007f]|[^\u0000-\u00ff]/.exec(token);
+  if (bad !== null) {
+    const code = bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0');
+    throw new CliError(
+      `${source}: the token holds a character an HTTP header cannot carry (U+${code} at index ${bad.index})`,
       EXIT.auth,
     );
   }

@@ -31,7 +31,7 @@ import type { SidecarConfig } from '../server/config-file.js';
 import type { SidecarLog } from '../server/logger.js';
 import type { Sidecar } from '../server/sidecar.js';
 import { setLongTimeout } from '../scheduler/task-waiters.js';
-import { CliError, sidecarUrl } from './api-client.js';
+import { CliError, headerToken, sidecarUrl } from './api-client.js';
 import {
   intOption,
   runCommand,
@@ -415,15 +415,19 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   // the bridge runs, its client's whole session: a new process title overwrites it (Linux), so
   // the token shows only while node loads the CLI. FABRIC_AGENT_TOKEN never shows.
   if (flagToken !== undefined) process.title = 'agent-fabric mcp';
-  const token = flagToken ?? process.env.FABRIC_AGENT_TOKEN;
+  const given = flagToken ?? process.env.FABRIC_AGENT_TOKEN;
   // Exit codes as for every command (exit-codes.ts): 4 without a token or when it is refused,
   // 3 when the sidecar cannot be reached.
-  if (!token) {
+  if (!given) {
     throw new CliError(
       'an agent token is required: --agent-token <token> or FABRIC_AGENT_TOKEN',
       EXIT.auth,
     );
   }
+  const token = headerToken(
+    given,
+    flagToken === undefined ? 'FABRIC_AGENT_TOKEN' : '--agent-token',
+  );
   const url = sidecarUrl(
     (values.url as string | undefined) ?? process.env.FABRIC_URL ?? 'http://127.0.0.1:8765/mcp',
     values.url === undefined ? 'FABRIC_URL' : '--url',

@@ -9,13 +9,18 @@
  *   repeated whole in the error line (`cannot reach the sidecar at http://admin:pw@host/`) — into
  *   CI logs and terminals — and for `mcp` the same. Now it is refused as a usage error (exit 2)
  *   naming the URL without them.
+ * - A token with a control character (FABRIC_ADMIN_TOKEN, --token-file, FABRIC_AGENT_TOKEN)
+ *   made fetch fail before sending, and the CLI said the sidecar could not be reached (exit 3,
+ *   `UND_ERR_INVALID_ARG`). Now exit 4 naming where the token came from and the character.
  * Real CLI processes against real HTTP servers on free ports.
  */
 import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runCli } from '../fixtures/cli-process.js';
-import { ADMIN_TOKEN } from '../fixtures/gateway/harness.js';
+import { ADMIN_TOKEN, tempDir } from '../fixtures/gateway/harness.js';
 
 const servers: Server[] = [];
 afterEach(async () => {
@@ -82,6 +87,30 @@ describe('agent-fabric --url', () => {
     for (const run of [status, mcp]) {
       expect(`${run.out}${run.err}`).not.toContain('hunter2-secret');
     }
+    expect(seen).toEqual([]);
+  });
+
+  it('a token with a control character: exit 4 naming its source and the character, nothing sent', async () => {
+    const seen: string[] = [];
+    const url = await server(seen, () => ({ status: 200 }));
+    const file = join(tempDir('cli-token-control'), 'token');
+    writeFileSync(file, 'admin\u001b[2Jtoken-secret\n', { mode: 0o600 });
+    const runs = await Promise.all([
+      runCli(['pools', '--url', url], { FABRIC_ADMIN_TOKEN: 'admin\u0001token-secret' }),
+      runCli(['pools', '--url', url, '--token-file', file]),
+      runCli(['mcp', '--url', `${url}/mcp`], { FABRIC_AGENT_TOKEN: 'agent\ntoken-secret' }),
+    ]);
+    expect(runs.map((r) => r.code)).toEqual([4, 4, 4]);
+    expect(runs[0]!.err).toContain(
+      'FABRIC_ADMIN_TOKEN: the token holds a character an HTTP header cannot carry (U+0001 at index 5)',
+    );
+    expect(runs[1]!.err).toContain(
+      `--token-file ${file}: the token holds a character an HTTP header cannot carry (U+001B at index 5)`,
+    );
+    expect(runs[2]!.err).toContain(
+      'FABRIC_AGENT_TOKEN: the token holds a character an HTTP header cannot carry (U+000A at index 5)',
+    );
+    for (const r of runs) expect(`${r.out}${r.err}`).not.toContain('token-secret');
     expect(seen).toEqual([]);
   });
 });
