@@ -13,7 +13,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { link, mkdir, open, rename, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { exists } from './fs-exists.js';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 
 /** The repository's hash algorithm (`extensions.objectFormat`). */
@@ -175,18 +175,24 @@ async function name(tmp: string, file: string): Promise<void> {
 }
 
 /**
- * Creates `file` (exclusively, read-only) in the fan-out folder `dir`, making the folder first.
+ * Creates `file` (exclusively, read-only to its owner) in the fan-out folder `dir`, making the
+ * folder (0700) first if the object store is there.
  * `git gc` (`prune-packed`) removes fan-out folders it emptied — between our `mkdir` and `open`
  * when it runs alongside — so, as git does, a vanished folder is made again and the open retried.
  */
 async function openInFreshDir(dir: string, file: string): Promise<FileHandle> {
   for (let attempt = 1; ; attempt++) {
     try {
-      // `mkdir` itself fails with ENOENT when the folder it found goes before it is checked.
-      await mkdir(dir, { recursive: true });
-      return await open(file, 'wx', 0o444);
+      // Not recursive: with the object store itself gone (the git directory removed), a
+      // recursive mkdir made a stray `.git/objects/<xx>` that the failing commit left behind.
+      await mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EEXIST') throw err;
+      });
+      return await open(file, 'wx', 0o400);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 8) throw err;
+      // The object store itself is gone: nothing to retry, and nothing is made in its place.
+      if (!(await exists(dirname(dir)))) throw err;
     }
   }
 }

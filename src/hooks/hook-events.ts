@@ -68,7 +68,26 @@ export interface RefLockRemovedEvent {
   readonly ageMs: number;
 }
 
-/** Event name → payload. */
+/**
+ * `store.lock_restored`: the store's lock file had been removed while the store was open; it
+ * was made again for this process.
+ */
+export interface LockRestoredEvent {
+  /** The lock file. */
+  readonly path: string;
+}
+
+/**
+ * `store.lock_lost`: the store's lock file is not this store's and could not be made again
+ * (another process holds it, or the git directory is gone); `reason` says which. Emitted once
+ * until the lock is this store's again.
+ */
+export interface LockLostEvent {
+  /** The lock file. */
+  readonly path: string;
+  readonly reason: string;
+}
+
 /** A run of the store's maintenance (`git gc --auto`), as {@link HookManager.maintain} reports it. */
 export interface MaintenanceEvent {
   /** Loose objects (and their KiB) before and after, from `git count-objects -v`. */
@@ -86,6 +105,7 @@ export interface ObjectCounts {
   readonly packs: number;
 }
 
+/** Event name → payload. */
 export interface HookEventMap {
   'hook.created': HookTransitionEvent;
   'hook.activated': HookTransitionEvent;
@@ -98,6 +118,8 @@ export interface HookEventMap {
   'patrol.error': PatrolErrorEvent;
   'store.ref_moved': RefMovedEvent;
   'store.ref_lock_removed': RefLockRemovedEvent;
+  'store.lock_restored': LockRestoredEvent;
+  'store.lock_lost': LockLostEvent;
   /** The store was maintained (`git gc --auto`; it may have found nothing to do). */
   'store.maintained': MaintenanceEvent;
   /** A maintenance run failed; hooks go on being committed (the next run tries again). */

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { appendFile, mkdir, readFile, rm } from 'node:fs/promises';
+import { appendFile, chmod, mkdir, readFile, rm } from 'node:fs/promises';
 import { exists } from './fs-exists.js';
 import { dirname, join, relative, sep } from 'node:path';
 import { simpleGit } from 'simple-git';
@@ -56,6 +56,10 @@ import { WorktreeManager, type CreatedWorktree } from './worktrees.js';
 
 /** Name of the lock file in the store's git directory. */
 export const HOOK_LOCK_FILE = 'fabric-hooks.lock';
+/** How often an open store checks that its lock file is still there (and its own). */
+const LOCK_CHECK_INTERVAL_MS = 1000;
+/** Mode of the store's folder and git directory: its owner's only. */
+const PRIVATE_DIR_MODE = 0o700;
 /** Longest agent id accepted. */
 export const MAX_AGENT_ID_LENGTH = 256;
 /** Longest progress note / abandon reason / error message kept. */
@@ -217,6 +221,13 @@ export class HookManager {
   readonly #held = new Map<string, { count: number; timer?: ReturnType<typeof setTimeout> }>();
   /** The store error of the last open or commit, cleared by the next one that succeeds. */
   #lastError: HookStoreError | undefined;
+  /** Checks every {@link LOCK_CHECK_INTERVAL_MS} that the lock file is still this store's. */
+  #lockCheck: ReturnType<typeof setTimeout> | undefined;
+  /** The lock file was found to be another's (and that was reported). */
+  #lockLost = false;
+  /** Commits of hook state, and those that failed, since the store was made. */
+  #commits = 0;
+  #failedCommits = 0;
 
   /**
    * Checks the options; the store is opened by {@link open} or by the first call that needs it.
@@ -249,6 +260,15 @@ export class HookManager {
     return this.#lastError;
   }
 
+  /**
+   * Commits of hook state since this manager was made (`commits`: ref updates that carried at
+   * least one change) and commits that failed (`failedCommits`: each failed attempt; its
+   * transitions were rejected), for the metrics.
+   */
+  get stats(): Readonly<{ commits: number; failedCommits: number }> {
+    return { commits: this.#commits, failedCommits: this.#failedCommits };
+  }
+
   /** The store's git directory (where the lock file is), once open. */
   get lockPath(): string | undefined {
     return this.#lock?.path;
@@ -271,6 +291,8 @@ export class HookManager {
    */
   close(): Promise<void> {
     this.stopPatrol();
+    if (this.#lockCheck !== undefined) clearTimeout(this.#lockCheck);
+    this.#lockCheck = undefined;
     if (this.#maintenanceTimer !== undefined) clearTimeout(this.#maintenanceTimer);
     this.#maintenanceTimer = undefined;
     // A running gc is stopped (git cleans up after itself; the next gc finishes the job).
@@ -786,6 +808,40 @@ export class HookManager {
     }
   }
 
+  /**
+   * Checks every {@link LOCK_CHECK_INTERVAL_MS}, until `close()`, whether the lock file is still
+   * there and this store's. One removed while the store is open
+   * (a clean-up of "stale" lock files) let a second sidecar open the same store beside this one:
+   * it is made again with this process's identity (`StoreLock.restoreSync`, as the state store
+   * does) and `store.lock_restored` is emitted; a lock another process took meanwhile (or one
+   * that cannot be made: the git directory gone) is emitted once as `store.lock_lost`.
+   */
+  #scheduleLockCheck(): void {
+    this.#lockCheck = setTimeout(() => {
+      this.#checkLock();
+      if (this.#closing === undefined) this.#scheduleLockCheck();
+    }, LOCK_CHECK_INTERVAL_MS);
+    this.#lockCheck.unref?.();
+  }
+
+  #checkLock(): void {
+    const lock = this.#lock;
+    if (lock === undefined || this.#closing !== undefined) return;
+    const state = lock.restoreSync();
+    if (state === 'held') {
+      this.#lockLost = false;
+      return;
+    }
+    if (state === 'made') {
+      this.#lockLost = false;
+      this.#events.emit('store.lock_restored', { path: lock.path });
+      return;
+    }
+    if (this.#lockLost) return;
+    this.#lockLost = true;
+    this.#events.emit('store.lock_lost', { path: lock.path, reason: state });
+  }
+
   /** Runs {@link maintain} `maintenanceIntervalSeconds` after the last run ended, if needed. */
   #scheduleMaintenance(): void {
     const seconds = this.options.maintenanceIntervalSeconds;
@@ -999,6 +1055,7 @@ export class HookManager {
       this.#lock = lock;
       this.#gitDir = gitDir;
       this.#scheduleMaintenance();
+      this.#scheduleLockCheck();
     } catch (err) {
       await lock.release();
       throw err;
@@ -1186,10 +1243,12 @@ export class HookManager {
           );
         } catch (err) {
           if (err instanceof HookStoreError) this.#lastError = err;
+          this.#failedCommits++;
           for (const { q } of accepted) q.reject(err);
           continue;
         }
         if (changes.length > 0) {
+          this.#commits++;
           this.#unmaintained = true;
           this.#lastError = undefined;
         }
@@ -1427,8 +1486,14 @@ async function countObjects(dir: string, signal: AbortSignal): Promise<ObjectCou
   });
 }
 
+/**
+ * Makes the store's folder (0700) if needed and takes other users' access from one left by an
+ * earlier version (made with the umask's mode, 0755): hook records hold agents' work items and
+ * results, and everything git writes inside (the umask's modes) is then out of their reach.
+ */
 async function ensureDir(path: string): Promise<string> {
-  await mkdir(path, { recursive: true });
+  await mkdir(path, { recursive: true, mode: PRIVATE_DIR_MODE });
+  await chmod(path, PRIVATE_DIR_MODE);
   return path;
 }
 
@@ -1450,7 +1515,7 @@ async function excludeWorktrees(gitDir: string, storagePath: string, root: strin
   const file = join(gitDir, 'info', 'exclude');
   const current = await readFile(file, 'utf8').catch(() => '');
   if (current.split('\n').includes(pattern)) return;
-  await mkdir(dirname(file), { recursive: true });
+  await mkdir(dirname(file), { recursive: true, mode: PRIVATE_DIR_MODE });
   const prefix = current === '' || current.endsWith('\n') ? '' : '\n';
-  await appendFile(file, `${prefix}# agent-fabric hook worktrees\n${pattern}\n`);
+  await appendFile(file, `${prefix}# agent-fabric hook worktrees\n${pattern}\n`, { mode: 0o600 });
 }

@@ -28,6 +28,11 @@ export interface HookStore {
    * while it works. Optional: a store without it is always reported ready (`GET /readyz`).
    */
   readonly lastError?: unknown;
+  /**
+   * Commits of hook state and failed commits so far, for the metrics. Optional: a store without
+   * it has only its up gauge and events counted.
+   */
+  readonly stats?: Readonly<{ commits: number; failedCommits: number }>;
   /** Opens the store (fails fast on an unusable one). Idempotent. */
   open(): Promise<unknown>;
   /** Stops the patrol, finishes pending writes, releases the store. */

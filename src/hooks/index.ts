@@ -50,6 +50,8 @@ export type {
   HookReassignedEvent,
   HookStaleEvent,
   HookTransitionEvent,
+  LockLostEvent,
+  LockRestoredEvent,
   MaintenanceEvent,
   ObjectCounts,
   PatrolErrorEvent,

@@ -187,7 +187,7 @@ export class StoreLock {
 async function createExclusive(path: string, holder: LockHolder): Promise<boolean> {
   ownInstances.add(holder.instance);
   const tmp = `${path}.${holder.instance}.tmp`;
-  const fh = await open(tmp, 'wx', 0o644);
+  const fh = await open(tmp, 'wx', 0o600);
   try {
     await fh.writeFile(`${JSON.stringify(holder)}\n`);
     await fh.sync();
@@ -212,7 +212,7 @@ async function createExclusive(path: string, holder: LockHolder): Promise<boolea
 /** {@link createExclusive}, synchronously. */
 function createExclusiveSync(path: string, holder: LockHolder): boolean {
   const tmp = `${path}.${holder.instance}.tmp`;
-  const fd = openSync(tmp, 'wx', 0o644);
+  const fd = openSync(tmp, 'wx', 0o600);
   try {
     try {
       writeSync(fd, `${JSON.stringify(holder)}\n`);

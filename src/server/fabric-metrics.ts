@@ -35,6 +35,8 @@ const HOOK_EVENTS: readonly HookEventName[] = [
   'patrol.error',
   'store.ref_moved',
   'store.ref_lock_removed',
+  'store.lock_restored',
+  'store.lock_lost',
   'store.maintained',
   'store.maintenance_error',
 ];
@@ -128,6 +130,34 @@ export class FabricMetrics {
         type: 'counter',
         samples: [...this.#hookEvents].map(([event, value]) => ({ labels: { event }, value })),
       });
+    }
+    const hooks = fabric.hooks;
+    if (hooks !== undefined) {
+      families.push(
+        one(
+          'agent_fabric_hook_store_up',
+          'gauge',
+          'Whether the hook store opened and its last commit succeeded (1) or not (0).',
+          hooks.lastError === undefined ? 1 : 0,
+        ),
+      );
+      const hs = hooks.stats;
+      if (hs !== undefined) {
+        families.push(
+          one(
+            'agent_fabric_hook_store_commits_total',
+            'counter',
+            'Commits of hook state (one ref update each, carrying one or more transitions).',
+            hs.commits,
+          ),
+          one(
+            'agent_fabric_hook_store_commit_failures_total',
+            'counter',
+            'Commits of hook state that failed (their transitions were refused, nothing changed).',
+            hs.failedCommits,
+          ),
+        );
+      }
     }
     const store = this.#store;
     if (store !== undefined) {

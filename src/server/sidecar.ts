@@ -303,6 +303,18 @@ export class Sidecar {
             msg: `hooks: removed a lock of the state ref left by a git that died (${path}, ${Math.round(ageMs / 1000)} s old)`,
           }),
         );
+        fabric.hooks?.on('store.lock_restored', ({ path }) =>
+          log({
+            level: 'warn',
+            msg: `hooks: the hook store's lock ${path} was removed while in use: it was made again for this process`,
+          }),
+        );
+        fabric.hooks?.on('store.lock_lost', ({ path, reason }) =>
+          log({
+            level: 'error',
+            msg: `hooks: the hook store's lock ${path} is not this sidecar's (${reason}): another process may open this hook store — stop it`,
+          }),
+        );
         await fabric.start();
         // Plugins first: the config's pools may name a pool provider a plugin brings.
         for (const p of config.plugins) {
