@@ -152,7 +152,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'approvals.maxParamsBytes':
     'Largest call arguments (bytes of JSON) an approval keeps; a call needing approval with larger ones is refused (FABRIC_ERR_APPROVAL_LIMIT).',
   gateway: 'The MCP tool gateway.',
-  'gateway.hideDeniedTools': "`tools/list` leaves out tools the agent's policies deny outright.",
+  'gateway.hideDeniedTools':
+    "`tools/list` leaves out tools the agent's policies deny outright, and a `tools/call` of one is answered as an unknown tool is (the audit line keeps the deny and its rule).",
   'gateway.fabricTools': 'Serve the `fabric__*` tools (tasks, hooks) to agents.',
   'gateway.poolScheduling':
     'Also serve `fabric__schedule_task`: an agent in a pool queues work to its own pool and waits for (or, as an MCP task, polls) its result; policy decides each call.',

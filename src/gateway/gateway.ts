@@ -41,6 +41,7 @@ import {
   ConfigError,
   FabricError,
   InvalidArgumentError,
+  PolicyDeniedError,
   SubscriptionLimitError,
   ToolNotFoundError,
 } from '../errors.js';
@@ -593,10 +594,16 @@ export class ToolGateway implements SessionHost {
       task?: unknown;
     };
     const name = String(params.name);
-    if (params.task !== undefined && this.#isKnownTool(name)) {
+    // A tool policy hides from this agent is not started as a task: it is answered as an
+    // unknown tool is (see toolAnswer), after its call went through policy and the audit.
+    if (
+      params.task !== undefined &&
+      this.#isKnownTool(name) &&
+      this.#visibleTo(session.identity, name)
+    ) {
       return this.#startTask(session.identity, name, params.arguments, params.task);
     }
-    return this.toolAnswer(await this.sessionToolCall(session, request, extra), request);
+    return this.toolAnswer(await this.sessionToolCall(session, request, extra), request, session);
   }
 
   /**
@@ -691,9 +698,37 @@ export class ToolGateway implements SessionHost {
     audit({ decision, outcome: 'error', code });
   }
 
-  /** A `tools/call`'s MCP answer from its outcome (see {@link sessionToolCall}); may throw. */
-  toolAnswer(outcome: ToolCallOutcome, request: Request): Result {
-    return mcpToolAnswer(outcome, String((request.params as { name?: unknown } | undefined)?.name));
+  /**
+   * A `tools/call`'s MCP answer from its outcome (see {@link sessionToolCall}); may throw. A
+   * refusal of a tool policy hides from the session's agent (`hideDeniedTools`: a deny rule
+   * without conditions) is answered exactly as an unknown tool is — `Unknown tool: <name>`,
+   * InvalidParams — so an agent cannot tell a hidden tool from none, nor learn the policy that
+   * hides it; the audit line (written by the pipeline) keeps the real decision and rule. Only
+   * refusals look at visibility: an answered call costs nothing more.
+   */
+  toolAnswer(outcome: ToolCallOutcome, request: Request, session: GatewaySession): Result {
+    const name = String((request.params as { name?: unknown } | undefined)?.name);
+    return mcpToolAnswer(this.outcomeFor(session.identity, name, outcome), name);
+  }
+
+  /**
+   * The outcome of a call of `name` as its agent is told of it: policy's refusal of a tool it
+   * hides from the agent (see {@link listToolsFor}) is the unknown tool's admission error, so
+   * every door answers it exactly as a tool that does not exist. A call the rules let in first
+   * and refused when they changed while it waited (`details.rulesChanged`: a deny added while a
+   * human approved it, say) keeps its refusal: the agent was shown the tool. Only policy
+   * refusals look at visibility: an answered call costs nothing more.
+   */
+  outcomeFor(identity: AgentIdentity, name: string, outcome: ToolCallOutcome): ToolCallOutcome {
+    if (
+      outcome.kind !== 'refused' ||
+      outcome.refusal.code !== PolicyDeniedError.code ||
+      outcome.refusal.details?.rulesChanged === true ||
+      this.#visibleTo(identity, name)
+    ) {
+      return outcome;
+    }
+    return { kind: 'error', error: new ToolNotFoundError(truncated(name)), stage: 'admission' };
   }
 
   /**

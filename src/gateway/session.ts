@@ -95,7 +95,7 @@ export interface SessionHost {
     extra: CallExtra,
   ): Promise<ToolCallOutcome>;
   /** …and its MCP answer (throws what `callTool` would reject with). */
-  toolAnswer(outcome: ToolCallOutcome, request: Request): Result;
+  toolAnswer(outcome: ToolCallOutcome, request: Request, session: GatewaySession): Result;
   /**
    * A `tools/call` whose params do not fit MCP's schema, which the SDK refuses (InvalidParams)
    * before `callTool`: its audit line.
@@ -340,7 +340,7 @@ export class GatewaySession {
       transport,
       (request, extra) => this.#host.sessionToolCall(this, request, extra),
       (error) => this.server.onerror?.(error),
-      (outcome, request) => this.#host.toolAnswer(outcome as ToolCallOutcome, request),
+      (outcome, request) => this.#host.toolAnswer(outcome as ToolCallOutcome, request, this),
       (request) => this.#host.invalidToolCall(this, request),
     );
   }

@@ -244,7 +244,7 @@ export class ToolCallAuthorizer {
           handed?.budget?.end(NOT_RESERVED);
           // Sent to a human now: the call asks for an approval as one sent now would.
           if (now.action === 'require_approval') return this.#approve(ctx, now, version);
-          return this.#admit(ctx, now);
+          return this.#admit(ctx, now, undefined, undefined, true);
         }
         rulesVersion = version;
       }
@@ -316,7 +316,7 @@ export class ToolCallAuthorizer {
     if (this.#policies.rulesVersion !== rulesVersion) {
       const version = this.#policies.rulesVersion;
       const now = await this.#decideAgain(ctx, true);
-      if (now !== undefined) return this.#admit(ctx, now);
+      if (now !== undefined) return this.#admit(ctx, now, undefined, undefined, true);
       rulesVersion = version;
     }
     // A human said yes: counted as it is, not asked again (see `PolicyProvider`).
@@ -415,7 +415,7 @@ export class ToolCallAuthorizer {
         if (now !== undefined) {
           this.#budgets.release(reservation);
           if (now.action === 'require_approval') return this.#approve(ctx, now, version);
-          return this.#admit(ctx, now);
+          return this.#admit(ctx, now, undefined, undefined, true);
         }
       }
       // The wait let other calls of the agent be admitted and counted meanwhile: unless a human
@@ -495,12 +495,17 @@ export class ToolCallAuthorizer {
     decision: PolicyDecision,
     approval?: ApprovalResult,
     rulesVersion = this.#policies.rulesVersion,
+    rulesChanged = false,
   ): ToolCallAuthorization {
     if (decision.action === 'deny') {
+      // `rulesChanged`: decided again after a wait (see #decideAgain), the call was admitted
+      // by the rules first — the gateway tells the agent of this refusal even when the new
+      // rules hide the tool (a first refusal of a hidden tool answers as an unknown tool).
       const details = {
         policy: decision.policy,
         rule: decision.rule,
         ...(decision.retryAt === undefined ? {} : { retryAt: decision.retryAt }),
+        ...(rulesChanged ? { rulesChanged: true } : {}),
       };
       const error =
         decision.code === PolicyUnavailableError.code
@@ -607,7 +612,8 @@ export class ToolCallAuthorizer {
   ): Promise<ToolCallDenied | undefined> {
     const asked = this.#asked.get(authorization);
     const now = await this.#policies.evaluateAgain(ctx, ctx.signal, asked);
-    if (now.action === 'deny') return this.#admit(ctx, now) as ToolCallDenied;
+    if (now.action === 'deny')
+      return this.#admit(ctx, now, undefined, undefined, true) as ToolCallDenied;
     if (now.action !== 'require_approval' || authorization.approval !== undefined) return undefined;
     const where = now.policy === null ? 'the default action' : `policy ${now.policy}`;
     const error = new PolicyDeniedError(

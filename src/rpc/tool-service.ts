@@ -80,7 +80,7 @@ export function toolService(
           gw.invalidToolCallAs(identity, req.name, sentArguments(req));
           throw error;
         }
-        const outcome = await gw.callToolAs({
+        const sent = await gw.callToolAs({
           identity,
           name: req.name,
           arguments: args,
@@ -90,6 +90,8 @@ export function toolService(
           // the agent's in-flight bound until the upstream is done with it.
           holdSlot: context?.holdSlot,
         });
+        // A tool policy hides from the agent is refused as one that does not exist (NOT_FOUND).
+        const outcome = gw.outcomeFor(identity, req.name, sent);
         switch (outcome.kind) {
           case 'refused':
             throw refusalError(outcome.refusal);

@@ -5,8 +5,10 @@ import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import {
+  ErrorCode,
   ToolListChangedNotificationSchema,
   type CallToolResult,
+  type McpError,
 } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadSidecarConfig } from '../../src/server/config-file.js';
@@ -381,7 +383,12 @@ agents:
         const tools = (await client.listTools()).tools.map((t) => t.name);
         decisions[door] = {
           hidden: ['fs__create_directory', 'fs__write_file'].filter((t) => !tools.includes(t)),
-          calls: await Promise.all(calls.map(async (c) => outcome(await client.callTool(c)))),
+          // A tool policy hides is answered as an unknown tool (a JSON-RPC error), not refused.
+          calls: await Promise.all(
+            calls.map((c) =>
+              client.callTool(c).then(outcome, (e: McpError) => ({ rpcError: e.code })),
+            ),
+          ),
         };
       }
       expect(decisions['http']).toMatchObject({
@@ -392,7 +399,7 @@ agents:
           { isError: true, code: 'FABRIC_ERR_POLICY_DENIED' },
           { isError: true, code: 'FABRIC_ERR_POLICY_DENIED' },
           { isError: true, code: 'FABRIC_ERR_POLICY_DENIED' },
-          { isError: true, code: 'FABRIC_ERR_POLICY_DENIED' },
+          { rpcError: ErrorCode.InvalidParams },
         ],
       });
       expect(decisions['stdio bridge']).toEqual(decisions['http']);

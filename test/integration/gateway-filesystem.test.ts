@@ -100,14 +100,15 @@ describe('gateway with server-filesystem and the guide policies (real fabric)', 
     expect(() => readFileSync(join(sandbox, 'protected', 'x.txt'))).toThrow();
   });
 
-  it('refuses a tool denied outright with a readable error, even when called by name', async () => {
-    const r = await client.callTool({
-      name: 'fs__create_directory',
-      arguments: { path: `${sandbox}/d` },
-    });
-    expect(r.isError).toBe(true);
-    expect(text(r)).toContain('FABRIC_ERR_POLICY_DENIED');
-    expect(text(r)).toContain('no new folders');
+  it('answers a tool denied outright (hidden) called by name as an unknown tool', async () => {
+    const r = await client
+      .callTool({ name: 'fs__create_directory', arguments: { path: `${sandbox}/d` } })
+      .then(
+        () => 'answered',
+        (e: Error) => e.message,
+      );
+    expect(r).toContain('Unknown tool: fs__create_directory');
+    expect(r).not.toContain('no new folders');
   });
 
   it('writes one audit line per call with an argsDigest and never the raw arguments', async () => {

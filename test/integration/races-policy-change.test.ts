@@ -106,12 +106,18 @@ describe('a policy change while a call waits for approval', () => {
       (a) => a.id === approval.id,
     );
     expect(decided).toMatchObject({ status: 'approved' });
-    // A fresh call is denied outright (no new approval).
-    const again = await client.callTool({
-      name: 'fs__write_file',
-      arguments: { path: join(root, 'again.txt'), content: 'x' },
-    });
-    expect(text(again)).toContain('FABRIC_ERR_POLICY_DENIED');
+    // A fresh call is denied outright (no new approval): the tool is hidden now, and is
+    // answered as an unknown tool.
+    const again = await client
+      .callTool({
+        name: 'fs__write_file',
+        arguments: { path: join(root, 'again.txt'), content: 'x' },
+      })
+      .then(
+        () => 'answered',
+        (e: Error) => e.message,
+      );
+    expect(again).toContain('Unknown tool: fs__write_file');
     expect(await listApprovals(s.url!, ADMIN_TOKEN, 'pending')).toEqual([]);
   }, 60_000);
 

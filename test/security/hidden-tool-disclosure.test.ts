@@ -1,0 +1,173 @@
+/**
+ * A tool policy hides from an agent (`hideDeniedTools`: a deny rule without conditions) is
+ * answered, on `tools/call`, exactly as a tool that does not exist: `Unknown tool: <name>`
+ * (InvalidParams). Before, it answered an `isError` result `Tool call refused: …
+ * (FABRIC_ERR_POLICY_DENIED)` naming the policy and rule, so an agent could probe which tools
+ * exist and learn the policy names. A task-augmented call of a hidden tool is not started as a
+ * task either. The audit line keeps the real decision: `deny`, the rule, the tool's name.
+ * Real sidecar, real server-everything upstream, the official SDK client over Streamable HTTP,
+ * the raw HTTP answers compared byte for byte (but for the tool's name and the request id).
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
+import { create } from '@bufbuild/protobuf';
+import {
+  credentials,
+  makeGenericClientConstructor,
+  Metadata,
+  type ServiceError,
+} from '@grpc/grpc-js';
+import { CallToolRequestSchema } from '../../src/gen/fabric/v1/tool_pb.js';
+import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  agentId,
+  agentToken,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  EVERYTHING_BIN,
+  httpClient,
+  startTestSidecar,
+  tempDir,
+  until,
+} from '../fixtures/gateway/harness.js';
+import { callAsTask, rpcError } from '../fixtures/gateway/tasks.js';
+
+const ToolClient = makeGenericClientConstructor(TOOL_SERVICE_DEFINITION, 'ToolService');
+type GrpcClient = InstanceType<typeof ToolClient>;
+
+const HIDE = {
+  name: 'secret-policy-name',
+  priority: 100,
+  rules: [{ tool: 'ev__get-sum', action: 'deny', reason: 'sums are for humans' }],
+};
+
+describe('a tool hidden by policy, called anyway', () => {
+  const auditPath = join(tempDir('hidden-tool'), 'audit.log');
+  let sidecar: Sidecar;
+  let client: Client;
+  let grpc: GrpcClient | undefined;
+  /** The raw body of every HTTP answer the client got, in order. */
+  const bodies: string[] = [];
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      upstreams: {
+        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+      },
+      policies: [HIDE, DEFAULT_ALLOW],
+      agents: [{ name: 'prober' }],
+      audit: { path: auditPath, flushIntervalMs: 0 },
+      gateway: { tasks: { maxTtlSeconds: 60, maxPerAgent: 3 } },
+      grpc: { host: '127.0.0.1', port: 0 },
+    });
+    client = await httpClient(
+      sidecar.url!,
+      agentToken(sidecar, 'prober'),
+      {},
+      async (url, init) => {
+        const res = await fetch(url, init);
+        if (init?.method === 'POST') bodies.push(await res.clone().text());
+        return res;
+      },
+    );
+  });
+
+  afterAll(async () => {
+    grpc?.close();
+    await client?.close();
+    await closeSidecar(sidecar);
+  });
+
+  /** The raw answer to a `tools/call` of `name`, its name and request id made neutral. */
+  const rawAnswer = async (name: string): Promise<{ error: unknown; raw: string }> => {
+    const before = bodies.length;
+    const error = await rpcError(client.callTool({ name, arguments: { a: 1, b: 2 } }));
+    await until(() => bodies.length > before);
+    const raw = bodies[bodies.length - 1]!.split(name)
+      .join('<tool>')
+      .replace(/"id":\d+/g, '"id":0');
+    return { error, raw };
+  };
+
+  it('answers as an unknown tool does, byte for byte; the audit keeps the deny and rule', async () => {
+    const tools = (await client.listTools()).tools.map((t) => t.name);
+    expect(tools).not.toContain('ev__get-sum');
+    expect(tools).toContain('ev__echo');
+
+    const hidden = await rawAnswer('ev__get-sum');
+    const unknown = await rawAnswer('ev__get-sun');
+    expect(hidden.raw).toBe(unknown.raw);
+    expect(hidden.raw).toContain('Unknown tool: <tool>');
+    expect(hidden.raw).not.toContain('secret-policy-name');
+    expect(hidden.raw).not.toContain('POLICY_DENIED');
+    expect((hidden.error as { code: number }).code).toBe(ErrorCode.InvalidParams);
+
+    const id = agentId(sidecar, 'prober');
+    const lines = (): Record<string, unknown>[] =>
+      readFileSync(auditPath, 'utf8')
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .filter((l) => l.agent === id);
+    await until(() => lines().length >= 2);
+    const [hiddenLine, unknownLine] = lines();
+    expect(hiddenLine).toMatchObject({
+      tool: 'ev__get-sum',
+      decision: 'deny',
+      rule: 'secret-policy-name#0',
+      outcome: 'denied',
+      code: 'FABRIC_ERR_POLICY_DENIED',
+    });
+    expect(unknownLine).toMatchObject({ decision: 'none', code: 'FABRIC_ERR_TOOL_NOT_FOUND' });
+  });
+
+  it('does not start a task for a hidden tool: the task call is answered as an unknown tool', async () => {
+    const hidden = await rpcError(callAsTask(client, 'ev__get-sum', { a: 1, b: 2 }));
+    const unknown = await rpcError(callAsTask(client, 'ev__get-sun', { a: 1, b: 2 }));
+    expect(hidden.code).toBe(unknown.code);
+    expect(hidden.message.replace('ev__get-sum', '<tool>')).toBe(
+      unknown.message.replace('ev__get-sun', '<tool>'),
+    );
+    expect((await client.experimental.tasks.listTasks()).tasks).toEqual([]);
+  });
+
+  it('answers over gRPC ToolService as an unknown tool does (NOT_FOUND), status and trailers', async () => {
+    grpc = new ToolClient(sidecar.grpcAddress!, credentials.createInsecure());
+    const call = (name: string): Promise<string> =>
+      new Promise((resolve) => {
+        const md = new Metadata();
+        md.set('authorization', `Bearer ${agentToken(sidecar, 'prober')}`);
+        (
+          grpc as unknown as Record<
+            string,
+            (r: unknown, m: Metadata, cb: (e: ServiceError | null) => void) => void
+          >
+        ).callTool!.call(
+          grpc,
+          create(CallToolRequestSchema, {
+            name,
+            args: { case: 'arguments', value: { a: 1, b: 2 } },
+          }),
+          md,
+          (err) =>
+            resolve(
+              JSON.stringify({
+                code: err?.code,
+                details: err?.details,
+                trailers: err?.metadata.toJSON(),
+              })
+                .split(name)
+                .join('<tool>'),
+            ),
+        );
+      });
+    const hidden = await call('ev__get-sum');
+    expect(hidden).toBe(await call('ev__get-sun'));
+    expect(hidden).toContain('FABRIC_ERR_TOOL_NOT_FOUND');
+    expect(hidden).not.toContain('secret-policy-name');
+  });
+});
