@@ -25,7 +25,7 @@
  *
  * @module
  */
-import { hash } from 'node:crypto';
+import { hash, randomBytes } from 'node:crypto';
 import {
   closeSync,
   fstatSync,
@@ -112,6 +112,11 @@ export interface AuditLogOptions {
    * it again; `reason` says which. @default ignore
    */
   onReopen?: (reason: string) => void;
+  /**
+   * The key of the `argsDigest` HMAC (16–64 printable ASCII characters): lines digested under
+   * the same key correlate. The sidecar keeps one in its state file. @default random, per log
+   */
+  digestKey?: string;
 }
 
 /**
@@ -143,15 +148,63 @@ export interface AuditLogStats {
   reopens: number;
 }
 
+/** A digest key: 16 to 64 printable ASCII characters (the state's secrets are 64 hex digits). */
+const DIGEST_KEY = /^[\x20-\x7e]{16,64}$/;
+
 /**
- * SHA-256 hex digest of a value's JSON form (`JSON.stringify(args ?? {})`). For an object, the
- * text its forwarded request line already carried is reused (args-json.ts): the same text.
+ * HMAC-SHA256 (hex) of arguments' JSON form under one key: the audit log's `argsDigest`. The
+ * same arguments give the same digest under the same key — lines of one deployment correlate —
+ * while a reader of the log who lacks the key cannot confirm a guess of them (an unsalted
+ * SHA-256 let anyone hash a guessed short secret and look for it).
+ *
+ * Computed as HMAC is defined, H((K⊕opad) ‖ H((K⊕ipad) ‖ m)), with the two padded keys made
+ * once: an ASCII key (at most one 64-byte block, zero-padded) XORed with 0x36 or 0x5c stays
+ * ASCII, so the inner hash is one `hash()` of a string (the padded key's text + the JSON, UTF-8
+ * as `createHmac` would hash it) and the outer one a `hash()` of a 96-byte buffer kept for it —
+ * no Hmac object per call (`createHmac` per call cost about 3× more here).
  */
-export function digestArgs(args: unknown): string {
-  const value = args ?? {};
-  const json =
-    typeof value === 'object' && value !== null ? argumentsJson(value) : JSON.stringify(value);
-  return hash('sha256', json, 'hex');
+export class ArgsDigester {
+  readonly #innerPad: string;
+  /** The outer padded key, then room for the inner digest (written per call: one thread). */
+  readonly #outer = Buffer.alloc(96);
+
+  /** @throws ConfigError unless `key` is 16–64 printable ASCII characters. */
+  constructor(key: string) {
+    if (!DIGEST_KEY.test(key)) {
+      throw new ConfigError('audit.digestKey', 'must be 16 to 64 printable ASCII characters');
+    }
+    const block = Buffer.alloc(64);
+    block.write(key, 'latin1');
+    this.#innerPad = Buffer.from(block.map((b) => b ^ 0x36)).toString('latin1');
+    Buffer.from(block.map((b) => b ^ 0x5c)).copy(this.#outer);
+  }
+
+  /**
+   * The digest of `JSON.stringify(args ?? {})`. For an object, the text its forwarded request
+   * line already carried is reused (args-json.ts): the same text.
+   * @throws whatever `JSON.stringify` throws, or a TypeError for a value it cannot write.
+   */
+  digest(args: unknown): string {
+    const value = args ?? {};
+    const json =
+      typeof value === 'object' && value !== null ? argumentsJson(value) : JSON.stringify(value);
+    if (typeof json !== 'string') throw new TypeError(`${typeof value} is not JSON`);
+    hash('sha256', this.#innerPad + json, 'buffer').copy(this.#outer, 64);
+    return hash('sha256', this.#outer, 'hex');
+  }
+}
+
+/** A random digest key (64 hex digits), for a log given none. */
+export function randomDigestKey(): string {
+  return randomBytes(32).toString('hex');
+}
+
+/**
+ * The audit digest of `args` under `key` (see {@link ArgsDigester}): what an audit log with
+ * `digestKey: key` writes as `argsDigest`.
+ */
+export function digestArgs(args: unknown, key: string): string {
+  return new ArgsDigester(key).digest(args);
 }
 
 /** The outcome fields of a call's record (see {@link AuditLog.writeCall}). */
@@ -211,6 +264,7 @@ export class AuditLog {
   #immediate: NodeJS.Immediate | undefined;
   readonly #onError: (error: unknown) => void;
   readonly #onReopen: (reason: string) => void;
+  readonly #digester: ArgsDigester;
   /** Timed flushes (and the one at exit) must not throw: an exception in a timer ends the process. */
   readonly #flush = (): void => {
     try {
@@ -227,6 +281,7 @@ export class AuditLog {
     this.#flushIntervalMs = options.flushIntervalMs ?? DEFAULT_AUDIT_FLUSH_INTERVAL_MS;
     this.#onError = options.onError ?? (() => undefined);
     this.#onReopen = options.onReopen ?? (() => undefined);
+    this.#digester = new ArgsDigester(options.digestKey ?? randomDigestKey());
     if (!Number.isInteger(this.#flushIntervalMs) || this.#flushIntervalMs < 0) {
       throw new ConfigError('audit.flushIntervalMs', 'must be an integer ≥ 0 (milliseconds)');
     }
@@ -235,6 +290,11 @@ export class AuditLog {
     // A process that exits without closing the log (a second signal cutting the shutdown
     // short, a fatal error) still writes what is queued: the writes are synchronous.
     flushOnExit(this.#flush);
+  }
+
+  /** The `argsDigest` this log writes for `args` (see {@link ArgsDigester}). */
+  digest(args: unknown): string {
+    return this.#digester.digest(args);
   }
 
   #open(): void {
@@ -372,7 +432,7 @@ export class AuditLog {
     let batch = '';
     for (let i = 0; i < queued.length; i++) {
       const q = queued[i]!;
-      const line = typeof q === 'string' ? q : safeFormatCall(q);
+      const line = typeof q === 'string' ? q : safeFormatCall(q, this.#digester);
       lines[i] = line;
       batch += line;
     }
@@ -496,7 +556,7 @@ export class AuditLog {
  * looking each up and joining ~25 pieces, and a line of fewer, longer pieces is cheaper to
  * flatten when its batch is written.
  */
-export function formatCall(c: QueuedCall): string {
+export function formatCall(c: QueuedCall, digester: ArgsDigester): string {
   const f = c.fields;
   const { agent, tool } = c;
   const rule = f.rule;
@@ -526,7 +586,7 @@ export function formatCall(c: QueuedCall): string {
   }
   let digest: string;
   try {
-    digest = `"${digestArgs(c.args)}","durationMs":`;
+    digest = `"${digester.digest(c.args)}","durationMs":`;
   } catch (error) {
     // Arguments JSON.stringify cannot serialize: the record is still written, marked.
     digest = `null,"argsError":${JSON.stringify(`arguments could not be serialized: ${errorText(error)}`)},"durationMs":`;
@@ -552,9 +612,9 @@ let endText: string | undefined;
  * {@link formatCall} that cannot throw: a record with a field of the wrong type (a library
  * caller's BigInt agent id) is written as a marker line instead of losing its batch.
  */
-function safeFormatCall(c: QueuedCall): string {
+function safeFormatCall(c: QueuedCall, digester: ArgsDigester): string {
   try {
-    return formatCall(c);
+    return formatCall(c, digester);
   } catch (error) {
     const text = (v: unknown): string => JSON.stringify(typeof v === 'string' ? v : typeof v);
     return (

@@ -21,7 +21,7 @@
 import type { Request, Result } from '@modelcontextprotocol/sdk/types.js';
 import { CallbackAnswerDeniedError } from '../errors.js';
 import { CALLBACK_ANSWER_UNCHECKED } from '../policy/callback-answer-check.js';
-import { digestArgs, type AuditLog } from './audit-log.js';
+import type { AuditLog } from './audit-log.js';
 import type { CallbackAnswerContext, CallbackAnswerDecision, GatewayBackend } from './backend.js';
 import { RelayedMcpError, messageOf, toMcpError } from './map-error.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -138,7 +138,7 @@ export class CallbackAnswers {
       rule: decision.policy,
       durationMs: Math.round((performance.now() - started) * 1000) / 1000,
       outcome: 'denied',
-      ...answerDigest(ctx.result ?? ctx.error),
+      ...answerDigest(this.#audit, ctx.result ?? ctx.error),
       code: refusal.code,
     });
     throw toMcpError(refusal);
@@ -146,9 +146,13 @@ export class CallbackAnswers {
 }
 
 /** The refused answer's digest for the audit line (never the answer itself). */
-function answerDigest(answer: unknown): { argsDigest: string | null; argsError?: string } {
+function answerDigest(
+  audit: AuditLog | undefined,
+  answer: unknown,
+): { argsDigest: string | null; argsError?: string } {
+  if (audit === undefined) return { argsDigest: null };
   try {
-    return { argsDigest: digestArgs(answer) };
+    return { argsDigest: audit.digest(answer) };
   } catch (error) {
     return { argsDigest: null, argsError: `answer could not be serialized: ${messageOf(error)}` };
   }

@@ -1949,6 +1949,16 @@ export class ToolGateway implements SessionHost {
     this.#state = 'closed';
   }
 
+  /**
+   * The `argsDigest` the audit log writes for `args` (its keyed HMAC, see `ArgsDigester`), for
+   * an operator's tools that look a call up in the log.
+   * @throws ConfigError when the gateway has no audit log.
+   */
+  auditDigest(args: unknown): string {
+    if (this.#audit === undefined) throw new ConfigError('audit', 'the gateway has no audit log');
+    return this.#audit.digest(args);
+  }
+
   /** What the audit log could not do (write failures, lost records, reopens), for the metrics. */
   get auditStats(): Readonly<AuditLogStats> | undefined {
     return this.#audit?.stats;

@@ -4,6 +4,7 @@
  * @module
  */
 export {
+  ArgsDigester,
   AuditLog,
   AuditWriteError,
   digestArgs,

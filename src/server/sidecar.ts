@@ -406,7 +406,12 @@ export class Sidecar {
         toolCosts: config.toolCosts,
         tokenEstimates: config.tokenEstimates,
         budgetWaitMs: config.gateway.budgetWaitSeconds * 1000,
-        audit: config.audit,
+        // The audit digests' key lives in the state file (0600) beside the start-up agents'
+        // secret, so lines correlate across restarts; without a state file, one per process.
+        audit:
+          config.audit && store !== undefined
+            ? { ...config.audit, digestKey: store.secret(AUDIT_DIGEST_KEY) }
+            : config.audit,
         hideDeniedTools: config.gateway.hideDeniedTools,
         fabricTools: config.gateway.fabricTools,
         poolScheduling: config.gateway.poolScheduling,
@@ -677,6 +682,9 @@ async function stopTracing(tracing: Tracing): Promise<void> {
 
 /** Meta key of the generated admin token's SHA-256. */
 const ADMIN_TOKEN_HASH = 'adminTokenHash';
+/** Meta key of the audit log's `argsDigest` HMAC key (see `ArgsDigester`). */
+const AUDIT_DIGEST_KEY = 'auditDigestKey';
+
 /** Meta key of the secret the start-up agents' credentials are derived from. */
 const STARTUP_KEY = 'startupAgentKey';
 

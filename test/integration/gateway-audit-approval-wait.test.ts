@@ -8,7 +8,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { digestArgs } from '../../src/gateway/audit-log.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
@@ -42,7 +41,7 @@ describe('audit line of a call ended while parked on an approval (real fabric)',
   });
 
   const lineOf = (args: object): Record<string, unknown> | undefined => {
-    const digest = digestArgs(args);
+    const digest = sidecar.gateway.auditDigest(args);
     const line = readFileSync(path, 'utf8')
       .split('\n')
       .find((l) => l.includes(digest));

@@ -18,7 +18,6 @@ import {
 import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { digestArgs } from '../../src/gateway/audit-log.js';
 import type { GatewayLogEntry } from '../../src/gateway/index.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
@@ -63,7 +62,7 @@ describe('audit log file moved or removed under a running sidecar (real fabric)'
     const args = { tokens: i, cost: 0 };
     const r = await client!.callTool({ name: 'fabric__record_usage', arguments: args });
     expect(r.isError).toBeFalsy();
-    return digestArgs(args);
+    return sidecar!.gateway.auditDigest(args);
   };
 
   const has = (file: string, digest: string): boolean =>

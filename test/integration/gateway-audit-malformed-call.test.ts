@@ -8,7 +8,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { digestArgs } from '../../src/gateway/audit-log.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentId,
@@ -97,8 +96,8 @@ describe('audit line of a malformed tools/call (real fabric, raw HTTP)', () => {
       });
     }
     expect(written.map((l) => l.tool)).toEqual(['fabric__record_usage', '(invalid)', '(invalid)']);
-    expect(written[0]!.argsDigest).toBe(digestArgs('not an object'));
-    expect(written[1]!.argsDigest).toBe(digestArgs({ agent: 'someone-else' }));
+    expect(written[0]!.argsDigest).toBe(sidecar.gateway.auditDigest('not an object'));
+    expect(written[1]!.argsDigest).toBe(sidecar.gateway.auditDigest({ agent: 'someone-else' }));
   });
 
   it('writes an unknown name with lone surrogates so that strict JSON parsers read the line', async () => {
@@ -157,7 +156,7 @@ describe('audit line of a malformed tools/call (real fabric, raw HTTP)', () => {
           decision: 'invalid',
           outcome: 'error',
           code: 'FABRIC_ERR_INVALID_ARGUMENT',
-          argsDigest: digestArgs(r.params),
+          argsDigest: sidecar.gateway.auditDigest(r.params),
         }),
       ),
     );

@@ -2,7 +2,6 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { digestArgs } from '../../src/gateway/audit-log.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
@@ -59,10 +58,12 @@ describe('audit log rotation by size (real fabric)', () => {
   it('rotates at maxBytes, keeps maxFiles generations, and loses no line between kept files', async () => {
     const digests = new Map<string, number>();
     for (let i = 0; i < 30; i++) {
-      digests.set(digestArgs({ tokens: i, cost: 0 }), i);
+      digests.set(sidecar.gateway.auditDigest({ tokens: i, cost: 0 }), i);
       expect((await record(i)).isError).toBeFalsy();
     }
-    await until(() => readFileSync(path, 'utf8').includes(digestArgs({ tokens: 29, cost: 0 })));
+    await until(() =>
+      readFileSync(path, 'utf8').includes(sidecar.gateway.auditDigest({ tokens: 29, cost: 0 })),
+    );
     expect(existsSync(`${path}.${MAX_FILES + 1}`)).toBe(false);
     for (const file of generations) expect(statSync(file).size).toBeLessThanOrEqual(MAX_BYTES);
     const kept = callsPerFile(digests).flat();
@@ -73,9 +74,9 @@ describe('audit log rotation by size (real fabric)', () => {
   });
 
   it('keeps every file within maxBytes and every line whole under concurrent calls', async () => {
-    const digests = oldDigests();
+    const digests = oldDigests(sidecar);
     const calls = Array.from({ length: 20 }, (_, k) => {
-      digests.set(digestArgs({ tokens: 100 + k, cost: 0 }), 100 + k);
+      digests.set(sidecar.gateway.auditDigest({ tokens: 100 + k, cost: 0 }), 100 + k);
       return record(100 + k);
     });
     for (const r of await Promise.all(calls)) expect(r.isError).toBeFalsy();
@@ -83,7 +84,8 @@ describe('audit log rotation by size (real fabric)', () => {
     await until(() =>
       generations.some(
         (f) =>
-          existsSync(f) && readFileSync(f, 'utf8').includes(digestArgs({ tokens: 119, cost: 0 })),
+          existsSync(f) &&
+          readFileSync(f, 'utf8').includes(sidecar.gateway.auditDigest({ tokens: 119, cost: 0 })),
       ),
     );
     expect(existsSync(`${path}.${MAX_FILES + 1}`)).toBe(false);
@@ -95,6 +97,8 @@ describe('audit log rotation by size (real fabric)', () => {
 });
 
 /** Digests of the first test's calls (the oldest kept file may still hold some). */
-function oldDigests(): Map<string, number> {
-  return new Map(Array.from({ length: 30 }, (_, i) => [digestArgs({ tokens: i, cost: 0 }), i]));
+function oldDigests(sidecar: Sidecar): Map<string, number> {
+  return new Map(
+    Array.from({ length: 30 }, (_, i) => [sidecar.gateway.auditDigest({ tokens: i, cost: 0 }), i]),
+  );
 }

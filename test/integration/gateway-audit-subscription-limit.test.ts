@@ -13,7 +13,6 @@ import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { McpError } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { digestArgs } from '../../src/gateway/audit-log.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentId,
@@ -98,7 +97,7 @@ describe('audit line of a resources/subscribe refused with FABRIC_ERR_SUBSCRIPTI
         decision: 'none',
         outcome: 'error',
         code: 'FABRIC_ERR_SUBSCRIPTION_LIMIT',
-        argsDigest: digestArgs({ uri: uri(2) }),
+        argsDigest: sidecar.gateway.auditDigest({ uri: uri(2) }),
       }),
       expect.objectContaining({
         agent,
@@ -106,7 +105,7 @@ describe('audit line of a resources/subscribe refused with FABRIC_ERR_SUBSCRIPTI
         decision: 'invalid',
         outcome: 'error',
         code: 'FABRIC_ERR_SUBSCRIPTION_LIMIT',
-        argsDigest: digestArgs({ uri: long }),
+        argsDigest: sidecar.gateway.auditDigest({ uri: long }),
       }),
       expect.objectContaining({
         agent,

@@ -13,7 +13,6 @@ import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { ResultSchema, type Request } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { digestArgs } from '../../src/gateway/audit-log.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentId,
@@ -114,7 +113,7 @@ describe('audit line of a request naming an unknown prompt, resource or completi
           decision: 'none',
           outcome: 'error',
           code: 'FABRIC_ERR_TOOL_NOT_FOUND',
-          argsDigest: digestArgs(
+          argsDigest: sidecar.gateway.auditDigest(
             r.method === 'tools/call' ? (r.params as { arguments: unknown }).arguments : r.params,
           ),
         }),

@@ -2,7 +2,6 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { digestArgs } from '../../src/gateway/audit-log.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentId,
@@ -115,7 +114,7 @@ describe('gateway with server-filesystem and the guide policies (real fabric)', 
     const args = { path: `${sandbox}/protected/audit-probe.txt`, content: 'pwned-by-audit-probe' };
     await client.callTool({ name: 'fs__write_file', arguments: args });
     // Records are written in batches (audit.flushIntervalMs); wait for the probe's line.
-    await until(() => readFileSync(auditPath, 'utf8').includes(digestArgs(args)));
+    await until(() => readFileSync(auditPath, 'utf8').includes(sidecar.gateway.auditDigest(args)));
     const raw = readFileSync(auditPath, 'utf8');
     const lines = raw
       .trim()
@@ -135,7 +134,7 @@ describe('gateway with server-filesystem and the guide policies (real fabric)', 
       rule: 'protected-files#0',
       outcome: 'denied',
       code: 'FABRIC_ERR_POLICY_DENIED',
-      argsDigest: digestArgs(args),
+      argsDigest: sidecar.gateway.auditDigest(args),
     });
     expect(lines.find((l) => l.tool === 'fs__read_text_file')).toMatchObject({
       decision: 'allow',

@@ -12,7 +12,6 @@ import type { Client as McpClient } from '@modelcontextprotocol/sdk/client/index
 import { ValueSchema } from '@bufbuild/protobuf/wkt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
-import { digestArgs } from '../../src/gateway/audit-log.js';
 import {
   CallToolRequestSchema,
   ListToolsRequestSchema,
@@ -403,12 +402,12 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
       // The digest of what was sent: the JSON value when it is JSON (as MCP digests it), else
       // the text.
       expect(lines.map((l) => l.argsDigest)).toEqual([
-        digestArgs('{"message": "forbidden"'),
-        digestArgs([1, 2]),
-        digestArgs('just a string'),
-        digestArgs('{\ufffd\ufffd}'),
-        digestArgs(JSON.parse('{"message": "forbidden", "n": 9007199254740993}')),
-        digestArgs('nope'),
+        sidecar.gateway.auditDigest('{"message": "forbidden"'),
+        sidecar.gateway.auditDigest([1, 2]),
+        sidecar.gateway.auditDigest('just a string'),
+        sidecar.gateway.auditDigest('{\ufffd\ufffd}'),
+        sidecar.gateway.auditDigest(JSON.parse('{"message": "forbidden", "n": 9007199254740993}')),
+        sidecar.gateway.auditDigest('nope'),
       ]);
       expect(
         sidecar.fabric!.approvals.listApprovals({ agentId: agentId(sidecar, 'hostile') }),
@@ -443,9 +442,9 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
         });
       }
       expect(lines.map((l) => [l.tool, l.argsDigest])).toEqual([
-        ['ev__echo', digestArgs('{"message": ')],
-        ['ev__echo', digestArgs('not an object')],
-        ['(invalid)', digestArgs({ message: 'hi' })],
+        ['ev__echo', sidecar.gateway.auditDigest('{"message": ')],
+        ['ev__echo', sidecar.gateway.auditDigest('not an object')],
+        ['(invalid)', sidecar.gateway.auditDigest({ message: 'hi' })],
       ]);
     });
 
@@ -557,12 +556,12 @@ describe('ToolService over gRPC (real sidecar, real server-everything, real grpc
           expect.objectContaining({
             tool: 'ev__echo',
             decision: 'invalid',
-            argsDigest: digestArgs({}),
+            argsDigest: sidecar.gateway.auditDigest({}),
           }),
           expect.objectContaining({
             tool: 'ev__echo',
             decision: 'invalid',
-            argsDigest: digestArgs({ x: null }),
+            argsDigest: sidecar.gateway.auditDigest({ x: null }),
           }),
         ]);
       } finally {

@@ -6,11 +6,12 @@
  * never the agent's raw bytes. The upstream here answers with the line it read.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI_MAIN, INIT, tempDir, TSX, until } from '../fixtures/gateway/harness.js';
 
@@ -28,6 +29,8 @@ describe('stdio: the upstream gets the arguments policy decided on', () => {
   const dir = tempDir('sec-forwarded-args');
   const auditPath = join(dir, 'audit.log');
   const configFile = join(dir, 'fabric.yaml');
+  // A state file: it keeps the audit digests' key, which the test reads to check a digest.
+  const statePath = join(dir, 'state.db');
   let child: ChildProcessWithoutNullStreams;
   const waiting = new Map<unknown, (a: Answer) => void>();
   let nextId = 10;
@@ -74,7 +77,7 @@ policies:
     child = spawn(
       process.execPath,
       ['--import', TSX, CLI_MAIN, 'mcp', '--in-process', '--config', configFile],
-      { env: { ...env, FABRIC_STATE: 'memory' } },
+      { env: { ...env, FABRIC_STATE: statePath } },
     );
     child.stderr.resume();
     createInterface({ input: child.stdout }).on('line', (line) => {
@@ -111,8 +114,13 @@ policies:
     const sent = upstreamArgs(allowed);
     expect(sent).toBe(JSON.stringify(JSON.parse(raw)));
     expect(sent).toBe('{"__proto__":{"message":"forbidden!"},"message":"ok","n":{"a":2}}');
-    // The audit digest is of that very text.
-    const digest = createHash('sha256').update(sent).digest('hex');
+    // The audit digest is of that very text (HMAC-SHA256 under the state's key).
+    const db = new Database(statePath, { readonly: true });
+    const { value: key } = db
+      .prepare('SELECT value FROM meta WHERE key = ?')
+      .get('auditDigestKey') as { value: string };
+    db.close();
+    const digest = createHmac('sha256', key).update(sent).digest('hex');
     await until(() => readFileSync(auditPath, 'utf8').includes(digest));
   });
 });

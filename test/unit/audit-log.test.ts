@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import {
+  ArgsDigester,
   AUDIT_MAX_BUFFERED_RECORDS,
   AuditLog,
   AuditWriteError,
@@ -25,6 +26,10 @@ import {
   type AuditRecord,
 } from '../../src/gateway/audit-log.js';
 import { ConfigError } from '../../src/errors.js';
+
+/** The digest key of the logs these tests make (a log given none draws a random one). */
+const KEY = 'test-digest-key-0123456789abcdef';
+const DIGESTER = new ArgsDigester(KEY);
 import { REPO_ROOT } from '../fixtures/hooks/temp-store.js';
 
 describe('AuditLog batching', () => {
@@ -45,7 +50,7 @@ describe('AuditLog batching', () => {
   });
 
   function open(options: { flushIntervalMs?: number } = {}): AuditLog {
-    const log = new AuditLog({ path, ...options });
+    const log = new AuditLog({ digestKey: KEY, path, ...options });
     logs.push(log);
     return log;
   }
@@ -67,7 +72,7 @@ describe('AuditLog batching', () => {
     // Batches far below maxBytes are written as strings (no byte count beforehand); what they
     // took must still count, or a later batch would overflow the file instead of rotating.
     const maxBytes = 8_000;
-    const log = new AuditLog({ path, maxBytes, maxFiles: 3 });
+    const log = new AuditLog({ digestKey: KEY, path, maxBytes, maxFiles: 3 });
     logs.push(log);
     let i = 0;
     for (let batch = 0; batch < 40; batch++) {
@@ -95,7 +100,7 @@ describe('AuditLog batching', () => {
       readFileSync(p, 'utf8').split('\n').filter(Boolean),
     );
     expect(all.map((l) => (JSON.parse(l) as { argsDigest: string }).argsDigest).slice(-3)).toEqual(
-      [i - 3, i - 2, i - 1].map((n) => digestArgs({ i: n, s: 'naïve “x”' })),
+      [i - 3, i - 2, i - 1].map((n) => digestArgs({ i: n, s: 'naïve “x”' }, KEY)),
     );
   });
 
@@ -106,7 +111,10 @@ describe('AuditLog batching', () => {
     vi.advanceTimersByTime(DEFAULT_AUDIT_FLUSH_INTERVAL_MS - 1);
     expect(lines()).toEqual([]);
     vi.advanceTimersByTime(1);
-    expect(lines().map((l) => l.argsDigest)).toEqual([digestArgs({ i: 1 }), digestArgs({ i: 2 })]);
+    expect(lines().map((l) => l.argsDigest)).toEqual([
+      digestArgs({ i: 1 }, KEY),
+      digestArgs({ i: 2 }, KEY),
+    ]);
     expect(lines()[0]).toMatchObject({
       time: '2026-01-01T00:00:00.000Z',
       agent: 'agent-1',
@@ -167,14 +175,16 @@ describe('AuditLog batching', () => {
     log.writeCall('a', 'fs__read', { i: 2 }, at, 1.5, fields); // shorter than the first batch
     log.flush();
     expect(lines().map((l) => l.agent)).toEqual(['agent-ü-long', big, 'a']);
-    expect(lines().map((l) => l.argsDigest)).toEqual([0, 1, 2].map((i) => digestArgs({ i })));
+    expect(lines().map((l) => l.argsDigest)).toEqual([0, 1, 2].map((i) => digestArgs({ i }, KEY)));
   });
 
   it('rejects a negative or fractional interval naming the key', () => {
     for (const flushIntervalMs of [-1, 1.5, Number.NaN]) {
-      expect(() => new AuditLog({ path, flushIntervalMs })).toThrow(ConfigError);
+      expect(() => new AuditLog({ digestKey: KEY, path, flushIntervalMs })).toThrow(ConfigError);
     }
-    expect(() => new AuditLog({ path, flushIntervalMs: -1 })).toThrow(/audit\.flushIntervalMs/);
+    expect(() => new AuditLog({ digestKey: KEY, path, flushIntervalMs: -1 })).toThrow(
+      /audit\.flushIntervalMs/,
+    );
   });
 });
 
@@ -186,7 +196,7 @@ describe('formatCall', () => {
       agent: c.agent,
       tool: c.tool,
       rule: undefined,
-      argsDigest: digestArgs(c.args),
+      argsDigest: digestArgs(c.args, KEY),
       durationMs: c.durationMs,
       ...c.fields,
     };
@@ -234,7 +244,7 @@ describe('formatCall', () => {
               durationMs: 1.25,
               fields,
             };
-            expect(formatCall(c)).toBe(reference(c));
+            expect(formatCall(c, DIGESTER)).toBe(reference(c));
           }
         }
       }
@@ -246,7 +256,7 @@ describe('formatCall', () => {
       startedAt: times[0]!,
       durationMs: Infinity,
     };
-    expect(formatCall({ ...odd, fields: outcomes[0]! })).toBe(
+    expect(formatCall({ ...odd, fields: outcomes[0]! }, DIGESTER)).toBe(
       reference({ ...odd, fields: outcomes[0]! }),
     );
   });
@@ -279,9 +289,14 @@ describe('formatCall', () => {
     ];
     for (const c of sequence) {
       if (typeof c.args === 'bigint') {
-        expect(formatCall(c)).toMatch(/"argsDigest":null,"argsError":"arguments could not/);
-        expect(JSON.parse(formatCall(c))).toMatchObject({ agent: 'a1', decision: 'allow' });
-      } else expect(formatCall(c)).toBe(reference(c));
+        expect(formatCall(c, DIGESTER)).toMatch(
+          /"argsDigest":null,"argsError":"arguments could not/,
+        );
+        expect(JSON.parse(formatCall(c, DIGESTER))).toMatchObject({
+          agent: 'a1',
+          decision: 'allow',
+        });
+      } else expect(formatCall(c, DIGESTER)).toBe(reference(c));
     }
   });
 });
@@ -358,7 +373,7 @@ describe('AuditLog robustness (records an agent made hostile)', () => {
   const outcome: AuditOutcome = { decision: 'invalid', outcome: 'error', code: 'E' };
 
   it('writes arguments JSON.stringify cannot serialize with a marker, and keeps the batch', () => {
-    const log = new AuditLog({ path });
+    const log = new AuditLog({ digestKey: KEY, path });
     let deep: unknown = 1;
     for (let i = 0; i < 100_000; i++) deep = { a: deep };
     const cyclic: Record<string, unknown> = {};
@@ -372,8 +387,8 @@ describe('AuditLog robustness (records an agent made hostile)', () => {
     expect(() => vi.advanceTimersByTime(DEFAULT_AUDIT_FLUSH_INTERVAL_MS)).not.toThrow();
     const written = lines();
     expect(written.map((l) => l.tool)).toEqual(['before', 'deep', 'cyclic', 'bigint', 'after']);
-    expect(written[0]!.argsDigest).toBe(digestArgs({ i: 1 }));
-    expect(written[4]!.argsDigest).toBe(digestArgs({ i: 2 }));
+    expect(written[0]!.argsDigest).toBe(digestArgs({ i: 1 }, KEY));
+    expect(written[4]!.argsDigest).toBe(digestArgs({ i: 2 }, KEY));
     for (const marked of written.slice(1, 4)) {
       expect(marked).toMatchObject({
         agent: 'agent-1',
@@ -388,7 +403,7 @@ describe('AuditLog robustness (records an agent made hostile)', () => {
   });
 
   it('writes a marker line for a record of the wrong types instead of losing the batch', () => {
-    const log = new AuditLog({ path });
+    const log = new AuditLog({ digestKey: KEY, path });
     log.write({
       time: 'now',
       agent: 'a',
@@ -414,7 +429,12 @@ describe('AuditLog robustness (records an agent made hostile)', () => {
 
   it('reports a failed write of a timed flush to onError instead of throwing from the timer', () => {
     const errors: unknown[] = [];
-    const log = new AuditLog({ path, maxBytes: 10, onError: (e) => errors.push(e) });
+    const log = new AuditLog({
+      digestKey: KEY,
+      path,
+      maxBytes: 10,
+      onError: (e) => errors.push(e),
+    });
     // The file's folder disappears and a file takes its name: it cannot be made again.
     rmSync(dir, { recursive: true, force: true });
     writeFileSync(dir, '');
@@ -446,7 +466,7 @@ describe('AuditLog when the file changes under it', () => {
   });
 
   it('counts from the file as it is now after a copytruncate: no early rotation', () => {
-    const log = new AuditLog({ path, maxBytes: 2_000, maxFiles: 2 });
+    const log = new AuditLog({ digestKey: KEY, path, maxBytes: 2_000, maxFiles: 2 });
     for (let i = 0; i < 8; i++) log.writeCall('agent-1', 'fs__read', { i }, 0, 1, outcome);
     log.flush();
     expect(statSync(path).size).toBeGreaterThan(1_000);
@@ -460,14 +480,14 @@ describe('AuditLog when the file changes under it', () => {
 
   it('opens the path again after a rename, and counts it', () => {
     const reasons: string[] = [];
-    const log = new AuditLog({ path, onReopen: (r) => reasons.push(r) });
+    const log = new AuditLog({ digestKey: KEY, path, onReopen: (r) => reasons.push(r) });
     log.writeCall('agent-1', 'fs__read', { i: 1 }, 0, 1, outcome);
     log.flush();
     renameSync(path, `${path}.old`);
     log.writeCall('agent-1', 'fs__read', { i: 2 }, 0, 1, outcome);
     log.close();
-    expect(readFileSync(path, 'utf8')).toContain(digestArgs({ i: 2 }));
-    expect(readFileSync(`${path}.old`, 'utf8')).not.toContain(digestArgs({ i: 2 }));
+    expect(readFileSync(path, 'utf8')).toContain(digestArgs({ i: 2 }, KEY));
+    expect(readFileSync(`${path}.old`, 'utf8')).not.toContain(digestArgs({ i: 2 }, KEY));
     expect(reasons).toHaveLength(1);
     expect(log.stats).toEqual({ writeFailures: 0, recordsLost: 0, reopens: 1 });
   });
@@ -478,7 +498,13 @@ describe('AuditLog rotation inside one batch', () => {
     const dir = mkdtempSync(join(tmpdir(), 'fabric-audit-rot-'));
     const path = join(dir, 'audit.log');
     try {
-      const log = new AuditLog({ path, maxBytes: 1000, maxFiles: 50, flushIntervalMs: 60_000 });
+      const log = new AuditLog({
+        digestKey: KEY,
+        path,
+        maxBytes: 1000,
+        maxFiles: 50,
+        flushIntervalMs: 60_000,
+      });
       const fields: AuditOutcome = { decision: 'allow', outcome: 'ok', tokens: 1, cost: 0.001 };
       // One flush of a batch several files long (and non-ASCII, so bytes ≠ characters).
       for (let i = 0; i < 40; i++) log.writeCall('agent-ü', 'ev__echo', { i }, 0, 1.5, fields);
@@ -503,7 +529,7 @@ describe('AuditLog rotation inside one batch', () => {
         for (const line of text.trimEnd().split('\n'))
           digests.push((JSON.parse(line) as { argsDigest: string }).argsDigest);
       }
-      expect(digests).toEqual(Array.from({ length: 41 }, (_, i) => digestArgs({ i })));
+      expect(digests).toEqual(Array.from({ length: 41 }, (_, i) => digestArgs({ i }, KEY)));
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

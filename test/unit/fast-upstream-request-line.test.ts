@@ -1,7 +1,7 @@
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import type { JSONRPCMessage, Request } from '@modelcontextprotocol/sdk/types.js';
-import { createHash } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { argumentsJson } from '../../src/gateway/args-json.js';
@@ -38,7 +38,9 @@ function install(t: Transport): FastUpstreamCalls {
   return fast;
 }
 
-const sha256 = (text: string): string => createHash('sha256').update(text).digest('hex');
+const KEY = 'test-digest-key-0123456789abcdef';
+/** The audit digest as `createHmac` makes it: what `ArgsDigester` must match. */
+const hmac = (text: string): string => createHmac('sha256', KEY).update(text).digest('hex');
 
 /** What the generic path would have written for this request under `id`. */
 const generic = (id: number, request: Request): string =>
@@ -82,8 +84,8 @@ describe('FastUpstreamCalls request lines', () => {
       message: 'forbidden!',
     });
     expect((upstreamArgs as { message: unknown }).message).toBe('ok');
-    // The audit digest is the SHA-256 of JSON.stringify(args), as documented.
-    expect(digestArgs(args)).toBe(sha256(JSON.stringify(args)));
+    // The audit digest is the HMAC-SHA256 of JSON.stringify(args), as documented.
+    expect(digestArgs(args, KEY)).toBe(hmac(JSON.stringify(args)));
   });
 
   it('leaves other shapes to the generic path', () => {
@@ -118,7 +120,7 @@ describe('argumentsJson', () => {
     expect(Object.keys(args)).toEqual(['a']);
     const copy = { ...args, b: 2 }; // carries the memo's key, but it is not the copy's text
     expect(argumentsJson(copy)).toBe('{"a":1,"b":2}');
-    expect(digestArgs(copy)).toBe(sha256('{"a":1,"b":2}'));
+    expect(digestArgs(copy, KEY)).toBe(hmac('{"a":1,"b":2}'));
     const frozen = Object.freeze({ c: 3 });
     expect(argumentsJson(frozen)).toBe('{"c":3}');
   });
