@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import {
   existsSync,
   mkdtempSync,
@@ -22,6 +23,7 @@ import {
   digestArgs,
   formatCall,
   jsonMs,
+  randomDigestKey,
   type AuditOutcome,
   type AuditRecord,
 } from '../../src/gateway/audit-log.js';
@@ -185,6 +187,29 @@ describe('AuditLog batching', () => {
     expect(() => new AuditLog({ digestKey: KEY, path, flushIntervalMs: -1 })).toThrow(
       /audit\.flushIntervalMs/,
     );
+  });
+});
+
+describe('ArgsDigester', () => {
+  it('is HMAC-SHA256 as createHmac makes it, for any text and key length', () => {
+    const texts = [{}, { a: 'naïve “x” 🚀' }, 'plain', 42, [1, { b: null }]];
+    for (const key of [KEY, 'k'.repeat(64), randomDigestKey()]) {
+      const d = new ArgsDigester(key);
+      for (const t of texts) {
+        const expected = createHmac('sha256', key).update(JSON.stringify(t)).digest('hex');
+        expect(d.digest(t)).toBe(expected);
+        expect(d.digest(t)).toBe(expected); // the kept buffer is reused
+      }
+    }
+    expect(new ArgsDigester(KEY).digest({ a: 1 })).not.toBe(
+      new ArgsDigester(`${KEY}x`).digest({ a: 1 }),
+    );
+  });
+
+  it('refuses keys that are too short, too long or not printable ASCII', () => {
+    for (const key of ['short', 'k'.repeat(65), `${'k'.repeat(20)}é`, `${'k'.repeat(20)}\n`]) {
+      expect(() => new ArgsDigester(key)).toThrow(/audit\.digestKey/);
+    }
   });
 });
 
