@@ -6,10 +6,9 @@
  * so lines correlate. Real sidecar, real SQLite state file, the official SDK client, the audit
  * file on disk.
  */
-import { createHash, createHmac } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
@@ -21,6 +20,7 @@ import {
   tempDir,
   until,
 } from '../fixtures/gateway/harness.js';
+import { hmacDigest, stateDigestKey } from '../fixtures/audit/digest-key.js';
 
 describe('audit argsDigest', () => {
   const dir = tempDir('audit-digest-keyed');
@@ -58,13 +58,10 @@ describe('audit argsDigest', () => {
     // A guess of the arguments hashed as before does not match.
     expect(first).not.toBe(createHash('sha256').update(json).digest('hex'));
     // The key is in the state file (owner-only), and the digest is the HMAC under it.
-    const db = new Database(statePath, { readonly: true });
-    const row = db.prepare('SELECT value FROM meta WHERE key = ?').get('auditDigestKey') as
-      { value: string } | undefined;
-    db.close();
-    expect(row?.value).toMatch(/^[0-9a-f]{64}$/);
+    const key = stateDigestKey(statePath);
+    expect(key).toMatch(/^[0-9a-f]{64}$/);
     expect(statSync(statePath).mode & 0o077).toBe(0);
-    expect(first).toBe(createHmac('sha256', row!.value).update(json).digest('hex'));
+    expect(first).toBe(hmacDigest(key!, json));
     // Restarted on the same state: the same arguments, the same digest (lines correlate).
     expect(await digestOfCall(args)).toBe(first);
   }, 60_000);

@@ -6,13 +6,12 @@
  * never the agent's raw bytes. The upstream here answers with the line it read.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { createHmac } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hmacDigest, stateDigestKey } from '../fixtures/audit/digest-key.js';
 import { CLI_MAIN, INIT, tempDir, TSX, until } from '../fixtures/gateway/harness.js';
 
 const LINE_ECHO = fileURLToPath(
@@ -115,12 +114,7 @@ policies:
     expect(sent).toBe(JSON.stringify(JSON.parse(raw)));
     expect(sent).toBe('{"__proto__":{"message":"forbidden!"},"message":"ok","n":{"a":2}}');
     // The audit digest is of that very text (HMAC-SHA256 under the state's key).
-    const db = new Database(statePath, { readonly: true });
-    const { value: key } = db
-      .prepare('SELECT value FROM meta WHERE key = ?')
-      .get('auditDigestKey') as { value: string };
-    db.close();
-    const digest = createHmac('sha256', key).update(sent).digest('hex');
+    const digest = hmacDigest(stateDigestKey(statePath)!, sent);
     await until(() => readFileSync(auditPath, 'utf8').includes(digest));
   });
 });
