@@ -1,19 +1,23 @@
 /**
  * Instructions per forwarded stdio call, under callgrind (not part of `npm run bench`; needs
- * `valgrind`, run with `npx tsx bench/tools/callgrind-stdio.ts [gateway|relay] [warm-up] [calls]`
- * after `npm run build`):
+ * `valgrind`, run with
+ * `npx tsx bench/tools/callgrind-stdio.ts [gateway|relay] [warm-up] [calls] [in-flight]` after
+ * `npm run build`):
  *
  * the gateway as `stdio-cpu-per-call` runs it (`mcp --in-process` with the bench's echo config:
  * policy with a conditional rule, budget reserve + settle, tool costs, audit, SQLite state), or
  * the minimal JSON-RPC relay of that case, in front of the echo server, driven by a raw-line
- * client with 32 calls in flight. Instrumentation is switched on (`callgrind_control -i on`)
+ * client with `in-flight` calls in flight (default 1). Instrumentation is switched on (`callgrind_control -i on`)
  * only after the warm-up, so the count covers `calls` calls of steady state; it includes what
  * V8's collector and compiler did in that window, which moves from run to run by a few thousand
  * instructions per call (compare several runs of each side).
  *
- * Instruction counts do not depend on the machine's load, so two builds can be compared on a
- * busy machine where CPU time cannot; they do not follow CPU time closely either (the gateway
- * retires fewer instructions per cycle than the relay: see bench/RESULTS.md).
+ * With one call in flight the count hardly depends on the machine's load, so two builds can be
+ * compared on a busy machine where CPU time cannot. With more in flight it does: how many
+ * lines each read of a pipe brings (and so what is shared between calls) follows how the
+ * kernel schedules the three processes — 32 in flight, as the bench runs, read 59–65k for one
+ * build on a quiet machine and 80k under load. Counts do not follow CPU time closely either
+ * (the gateway retires fewer instructions per cycle than the relay: see bench/RESULTS.md).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -29,12 +33,13 @@ const RELAY = join(ROOT, 'bench/fixtures/json-relay.mjs');
 const kind = process.argv[2] ?? 'gateway';
 const warm = Number(process.argv[3] ?? 20_000);
 const calls = Number(process.argv[4] ?? 10_000);
+const inFlight = Number(process.argv[5] ?? 1);
 if (
   (kind !== 'gateway' && kind !== 'relay') ||
-  ![warm, calls].every((n) => Number.isInteger(n) && n > 0)
+  ![warm, calls, inFlight].every((n) => Number.isInteger(n) && n > 0)
 ) {
   console.error(
-    'usage: npx tsx bench/tools/callgrind-stdio.ts [gateway|relay] [warm-up] [calls] (positive integers)',
+    'usage: npx tsx bench/tools/callgrind-stdio.ts [gateway|relay] [warm-up] [calls] [in-flight] (positive integers)',
   );
   process.exit(2);
 }
@@ -125,7 +130,7 @@ let next = 0;
 async function run(n: number): Promise<void> {
   let left = n;
   await Promise.all(
-    Array.from({ length: 32 }, async () => {
+    Array.from({ length: inFlight }, async () => {
       while (left-- > 0) {
         const id = next++;
         const line = await rpc(id, 'tools/call', { name: tool, arguments: { message: `m${id}` } });
@@ -159,5 +164,5 @@ for (const f of readdirSync(dir).filter((name) => name.startsWith('callgrind.out
 }
 rmSync(dir, { recursive: true, force: true });
 console.log(
-  `${kind}: ${(total / calls / 1000).toFixed(1)}k instructions per call (${calls} calls after ${warm} of warm-up)`,
+  `${kind}: ${(total / calls / 1000).toFixed(1)}k instructions per call (${calls} calls after ${warm} of warm-up, ${inFlight} in flight)`,
 );
