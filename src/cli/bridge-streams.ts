@@ -12,7 +12,11 @@
  *   reported to `onGiveUp` with its number, and every later attempt for it is answered here
  *   (HTTP 410, never sent), so that no answer comes for it after the agent was told it is lost.
  *   An attempt whose response does not begin within {@link ATTEMPT_MS} fails (a sidecar host
- *   that dropped off the network would otherwise hold it for good).
+ *   that dropped off the network would otherwise hold it for good). An attempt answered with
+ *   405 gives the stream up at once: the SDK transport tries no more after it.
+ * - A resumed stream's body is led by an event with the `Last-Event-ID` it was resumed from
+ *   (no data): the SDK transport resumes a stream from that stream's own ids only, and one that
+ *   broke again before its first event was reconnected with no `Last-Event-ID`.
  *
  * @module
  */
@@ -77,14 +81,14 @@ export class StreamWatch {
   readonly #resumeMs: number;
   readonly #maxRetries: number;
   readonly #onUnresumable: (id: string | number) => void;
-  readonly #onGiveUp: (stream: string) => void;
+  readonly #onGiveUp: (stream: string, why: string) => void;
   readonly #streams = new Map<string, Resuming>();
 
   constructor(options: {
     resumeMs: number;
     reconnection: Reconnection;
     onUnresumable: (id: string | number) => void;
-    onGiveUp: (stream: string) => void;
+    onGiveUp: (stream: string, why: string) => void;
   }) {
     this.#resumeMs = options.resumeMs;
     this.#maxRetries = options.reconnection.maxRetries;
@@ -97,7 +101,7 @@ export class StreamWatch {
     const method = init?.method ?? 'GET';
     if (method === 'GET') {
       const last = new Headers(init?.headers).get('last-event-id');
-      if (last !== null) return this.#resume(streamOf(last), url, init);
+      if (last !== null) return this.#resume(streamOf(last), last, url, init);
     }
     const response = await fetch(url, init);
     if (method !== 'POST' || !response.ok || response.body === null) return response;
@@ -109,7 +113,12 @@ export class StreamWatch {
     return watchEnd(response, () => this.#onUnresumable(id));
   };
 
-  async #resume(stream: string, url: string | URL, init?: RequestInit): Promise<Response> {
+  async #resume(
+    stream: string,
+    last: string,
+    url: string | URL,
+    init?: RequestInit,
+  ): Promise<Response> {
     let state = this.#streams.get(stream);
     if (state?.givenUp === true) return new Response(null, { status: 410, statusText: GIVEN_UP });
     if (state === undefined) {
@@ -124,13 +133,20 @@ export class StreamWatch {
       this.#failed(stream, state);
       throw error;
     }
+    if (response.status === 405) {
+      // The SDK transport takes it for "no SSE stream here" and tries no more.
+      state.givenUp = true;
+      this.#onGiveUp(stream, `the sidecar refused to resume the request's stream (HTTP 405)`);
+      return response;
+    }
     if (!response.ok) {
       this.#failed(stream, state);
       return response;
     }
     // Resumed: a later break starts a new count (as the SDK transport's own does).
     this.#streams.delete(stream);
-    return response;
+    if (response.body === null) return response;
+    return primed(response, last);
   }
 
   #failed(stream: string, state: Resuming): void {
@@ -138,7 +154,10 @@ export class StreamWatch {
     if (state.givenUp) return;
     if (state.failures >= this.#maxRetries || performance.now() - state.since >= this.#resumeMs) {
       state.givenUp = true;
-      this.#onGiveUp(stream);
+      this.#onGiveUp(
+        stream,
+        `the sidecar could not be reached to resume the request's stream for ${this.#resumeMs / 1000} s`,
+      );
     }
   }
 }
@@ -153,6 +172,42 @@ function requestIdOf(body: unknown): string | number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * `response` (a resumed stream) with its body led by an event of id `last`, no data: the SDK
+ * transport takes the id of a stream it resumes from that stream's own events only, so a resumed
+ * stream that broke again before it carried one was resumed with no `Last-Event-ID` at all — a
+ * plain GET, which never brings the request's answer.
+ */
+function primed(response: Response, last: string): Response {
+  const lead = new TextEncoder().encode(`id: ${last}\ndata: \n\n`);
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+  let led = false;
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (!led) {
+        led = true;
+        controller.enqueue(lead);
+        return;
+      }
+      try {
+        const chunk = await reader.read();
+        if (chunk.done) controller.close();
+        else controller.enqueue(chunk.value);
+      } catch (error) {
+        controller.error(error);
+      }
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+  return new Response(body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
 }
 
 /**

@@ -229,7 +229,7 @@ export class McpBridge {
       resumeMs: this.#resumeMs,
       reconnection: this.#reconnection,
       onUnresumable: (id) => this.#unresumable(transport, id),
-      onGiveUp: (stream) => this.#givenUp(transport, stream),
+      onGiveUp: (stream, why) => this.#givenUp(transport, stream, why),
     });
     const transport = new StreamableHTTPClientTransport(this.#options.url, {
       requestInit: { headers: this.#options.headers },
@@ -301,12 +301,12 @@ export class McpBridge {
     );
   }
 
-  /** The stream `stream` of `transport` could not be resumed for the resume time: its requests are answered with an error. */
-  #givenUp(transport: StreamableHTTPClientTransport, stream: string): void {
-    this.#answerLost(
-      (p) => p.transport === transport && p.stream === stream,
-      `the sidecar could not be reached to resume the request's stream for ${this.#resumeMs / 1000} s`,
-    );
+  /**
+   * The stream `stream` of `transport` cannot be resumed (`why`: not for the resume time, or the
+   * sidecar refused or has nothing more of it): its requests are answered with an error.
+   */
+  #givenUp(transport: StreamableHTTPClientTransport, stream: string, why: string): void {
+    this.#answerLost((p) => p.transport === transport && p.stream === stream, why);
   }
 
   /** Answers the agent's pending requests `which` picks with an error saying why their answer is lost. */

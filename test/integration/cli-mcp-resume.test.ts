@@ -358,3 +358,140 @@ describe('agent-fabric mcp: a slow call of an MCP 2025-06-18 session whose strea
     }
   });
 });
+
+/**
+ * A proxy to `port` that cuts the first `tools/call` POST's SSE answer once its first event went
+ * through (as {@link cuttingProxy}), then, `resume`: `'cut'`, the first `GET` resuming it
+ * (`Last-Event-ID`) once its response's head went through, before any event; `'405'`, answers
+ * every such `GET` itself with HTTP 405 (as a proxy that allows no GET would). `requests`
+ * collects every request's head.
+ */
+async function twiceCuttingProxy(
+  port: number,
+  requests: string[],
+  resume: 'cut' | '405',
+): Promise<Server> {
+  let cuts = 0;
+  const server = createServer((client: Socket) => {
+    const upstream = connect(port, '127.0.0.1');
+    let lastRequest = '';
+    let answer = '';
+    client.on('data', (chunk: Buffer) => {
+      const s = chunk.toString('latin1');
+      if (/^(GET|POST|DELETE) /.test(s)) {
+        lastRequest = s;
+        answer = '';
+        requests.push(s.split('\r\n\r\n', 1)[0]!);
+      } else lastRequest += s;
+      if (resume === '405' && cuts > 0 && /^GET [\s\S]*\r\nlast-event-id:/i.test(s)) {
+        client.end(
+          'HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n',
+        );
+        upstream.destroy();
+        return;
+      }
+      upstream.write(chunk);
+    });
+    upstream.on('data', (chunk: Buffer) => {
+      answer += chunk.toString('latin1');
+      const post =
+        cuts === 0 && lastRequest.startsWith('POST ') && lastRequest.includes('"tools/call"');
+      const resumed =
+        resume === 'cut' && cuts === 1 && /^GET [\s\S]*\r\nlast-event-id:/i.test(lastRequest);
+      if (resumed && answer.includes('\r\n\r\n')) {
+        // Only the head: the resumed stream broke before it carried any event.
+        client.write(answer.slice(0, answer.indexOf('\r\n\r\n') + 4));
+        cuts++;
+        client.destroy();
+        upstream.destroy();
+        return;
+      }
+      client.write(chunk);
+      if (post && answer.includes('text/event-stream') && /\r\n\r\n[\s\S]*\n\n/.test(answer)) {
+        cuts++;
+        client.destroy();
+        upstream.destroy();
+      }
+    });
+    client.on('error', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return server;
+}
+
+describe('agent-fabric mcp: a slow call whose stream is cut, then its resumed stream too before any event (real sidecar, TCP proxy)', () => {
+  let sidecar: Sidecar;
+  let ran: string;
+
+  beforeAll(async () => {
+    ({ sidecar, ran } = await startSlowSidecar('bridge-resume-twice'));
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  it('resumes again from the same event id: the agent gets the answer; it ran once', async () => {
+    const requests: string[] = [];
+    const proxy = await twiceCuttingProxy(Number(new URL(sidecar.url!).port), requests, 'cut');
+    const url = new URL(sidecar.url!);
+    url.port = String((proxy.address() as { port: number }).port);
+    const { client } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
+    });
+    try {
+      // Before, the SDK transport reconnected the second time without `Last-Event-ID` (a plain
+      // GET, refused: the standalone stream is open), gave up, and the agent waited until its
+      // own timeout.
+      const result = await client.callTool(
+        { name: 's__slow', arguments: { label: 'twice', ms: 2_000 } },
+        undefined,
+        { timeout: 20_000 },
+      );
+      expect(text(result)).toBe('slept twice');
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+    const resumes = requests.filter((r) =>
+      /^GET [\s\S]*\r\nlast-event-id: [1-9]\d*\.1\r?$/im.test(r),
+    );
+    expect(resumes.length).toBeGreaterThanOrEqual(2);
+    expect(readFileSync(ran, 'utf8')).toContain('start twice\nend twice\n');
+    expect(readFileSync(ran, 'utf8').match(/start twice/g)).toHaveLength(1);
+  }, 60_000);
+});
+
+describe('agent-fabric mcp: a slow call whose stream is cut, and a proxy answers its resumption with 405 (real sidecar)', () => {
+  let sidecar: Sidecar;
+  let ran: string;
+
+  beforeAll(async () => {
+    ({ sidecar, ran } = await startSlowSidecar('bridge-resume-405'));
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  it('answers the call with an error at once, where the agent waited for good', async () => {
+    const requests: string[] = [];
+    const proxy = await twiceCuttingProxy(Number(new URL(sidecar.url!).port), requests, '405');
+    const url = new URL(sidecar.url!);
+    url.port = String((proxy.address() as { port: number }).port);
+    const { client } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
+    });
+    try {
+      // Before: the SDK transport takes a 405 for "no SSE stream here" and tries no more; the
+      // bridge counted one failed attempt of 12 and waited for the rest, for good.
+      const { outcome } = await slowCallOnStream(client, ran, 30_000);
+      expect(await outcome).toContain(
+        "the sidecar refused to resume the request's stream (HTTP 405); its answer is lost",
+      );
+      // One resumption was asked for, and the call reached the upstream once.
+      expect(requests.filter((r) => /\r\nlast-event-id:/i.test(r))).toHaveLength(1);
+      expect(readFileSync(ran, 'utf8').match(/start lost/g)).toHaveLength(1);
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  }, 60_000);
+});
