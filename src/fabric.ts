@@ -1276,6 +1276,13 @@ export class AgentFabric {
       this.#authorizer.release(auth);
       return refused;
     }
+    // And the store may have stopped committing meanwhile (an approval decided on a full disk
+    // stands): fail-closed as at the start, or the call's usage were held in memory only.
+    const failure = this.#store.commitFailure?.();
+    if (failure !== undefined) {
+      this.#authorizer.release(auth);
+      return this.#notWritableRefusal(failure);
+    }
     return auth;
   }
 

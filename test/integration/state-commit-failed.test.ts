@@ -13,7 +13,7 @@
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, expect, it } from 'vitest';
-import { callApi } from '../fixtures/api.js';
+import { callApi, listApprovals } from '../fixtures/api.js';
 import { ADMIN_TOKEN, EVERYTHING_BIN, until } from '../fixtures/gateway/harness.js';
 import {
   agentIdOf,
@@ -222,4 +222,64 @@ it('tool calls are refused while the store cannot commit: only the call that fou
   expect((await client.callTool(echo)).isError).toBeFalsy();
   expect(await stop(first, 'SIGTERM')).toBe(0);
   expect(tokensIn(statePath, scope)).toBe(3 * settled);
+}, 120_000);
+
+it('a call parked on an approval that is approved while the store cannot commit is refused, not run: it keeps no usage', async () => {
+  const dir = await oneWorkerDir('state-commit-failed-approved', {
+    state: { path: '.fabric/state.db', budgetLeasePercent: 0 },
+    upstreams: {
+      ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+    },
+    policies: [
+      {
+        name: 'approvals',
+        priority: 100,
+        rules: [{ tool: 'ev__echo', action: 'require_approval', reason: 'a human echoes' }],
+      },
+      { name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] },
+    ],
+    agents: [{ name: 'worker', budget: { maxTokensPerHour: 10_000_000 } }],
+  });
+  const statePath = join(dir, '.fabric', 'state.db');
+  const first = await serve(dir, ENV);
+  const scope = `agent:${agentIdOf(first)}`;
+  const client = await connect(first.url, first.token);
+  const parked = client.callTool(
+    { name: 'ev__echo', arguments: { message: 'x'.repeat(400) } },
+    undefined,
+    { timeout: 60_000 },
+  );
+  let id: string | undefined;
+  await until(async () => {
+    id = (await listApprovals(first.url, ADMIN_TOKEN, 'pending'))[0]?.id;
+    return id !== undefined;
+  }, 20_000);
+
+  diskFull(first, true);
+  // The decision stands (its own commit fails: the approver is told so) …
+  await callApi(first.url, 'ApprovalService/Approve', { id }, ADMIN_TOKEN);
+  // … but the call it let through is refused before it runs, as every call is meanwhile.
+  // Before, it ran upstream and its usage was held in memory only.
+  const r = await parked;
+  expect(r.isError).toBe(true);
+  const said = (r.content as { text: string }[]).map((c) => c.text).join('\n');
+  expect(said).toContain('FABRIC_ERR_STATE_STORE');
+  expect(said).toContain('tool calls are refused until it can');
+
+  // Space is back: the file holds the approval as approved, and no usage of the refused call.
+  diskFull(first, false);
+  await until(() => stateReady(first), 20_000);
+  expect(await stop(first, 'SIGTERM')).toBe(0);
+  expect(tokensIn(statePath, scope)).toBe(0);
+  const db = new Database(statePath, { readonly: true, fileMustExist: true });
+  try {
+    const row = db
+      .prepare<[string], { data: string }>(
+        "SELECT data FROM records WHERE kind = 'approval' AND id = ?",
+      )
+      .get(id!);
+    expect((JSON.parse(row!.data) as { status: string }).status).toBe('approved');
+  } finally {
+    db.close();
+  }
 }, 120_000);
