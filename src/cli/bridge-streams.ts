@@ -16,7 +16,9 @@
  *   405 gives the stream up at once: the SDK transport tries no more after it.
  * - A resumed stream's body is led by an event with the `Last-Event-ID` it was resumed from
  *   (no data): the SDK transport resumes a stream from that stream's own ids only, and one that
- *   broke again before its first event was reconnected with no `Last-Event-ID`.
+ *   broke again before its first event was reconnected with no `Last-Event-ID`. A resumption
+ *   counts as one only once the sidecar sent a byte on it: resumptions broken before that (a
+ *   proxy that cuts them) are given up after `resumeMs` too.
  *
  * @module
  */
@@ -143,22 +145,38 @@ export class StreamWatch {
       this.#failed(stream, state);
       return response;
     }
-    // Resumed: a later break starts a new count (as the SDK transport's own does).
-    this.#streams.delete(stream);
-    if (response.body === null) return response;
-    return primed(response, last);
+    if (performance.now() - state.since >= this.#resumeMs) {
+      // Resumed, but every resumption for the resume time broke before the sidecar sent a byte
+      // on it (a proxy cutting it): given up, or the SDK transport tried for good.
+      await response.body?.cancel().catch(() => undefined);
+      this.#giveUp(stream, state);
+      return new Response(null, { status: 410, statusText: GIVEN_UP });
+    }
+    if (response.body === null) {
+      this.#streams.delete(stream);
+      return response;
+    }
+    // Resumed once the sidecar sent on it: a later break starts a new count (as the SDK
+    // transport's own does).
+    return primed(response, last, () => {
+      if (this.#streams.get(stream) === state) this.#streams.delete(stream);
+    });
   }
 
   #failed(stream: string, state: Resuming): void {
     state.failures += 1;
     if (state.givenUp) return;
     if (state.failures >= this.#maxRetries || performance.now() - state.since >= this.#resumeMs) {
-      state.givenUp = true;
-      this.#onGiveUp(
-        stream,
-        `the sidecar could not be reached to resume the request's stream for ${this.#resumeMs / 1000} s`,
-      );
+      this.#giveUp(stream, state);
     }
+  }
+
+  #giveUp(stream: string, state: Resuming): void {
+    state.givenUp = true;
+    this.#onGiveUp(
+      stream,
+      `the sidecar could not be reached to resume the request's stream for ${this.#resumeMs / 1000} s`,
+    );
   }
 }
 
@@ -178,9 +196,10 @@ function requestIdOf(body: unknown): string | number | undefined {
  * `response` (a resumed stream) with its body led by an event of id `last`, no data: the SDK
  * transport takes the id of a stream it resumes from that stream's own events only, so a resumed
  * stream that broke again before it carried one was resumed with no `Last-Event-ID` at all — a
- * plain GET, which never brings the request's answer.
+ * plain GET, which never brings the request's answer. `sent` is called with each chunk the
+ * sidecar sent on it.
  */
-function primed(response: Response, last: string): Response {
+function primed(response: Response, last: string, sent: () => void): Response {
   const lead = new TextEncoder().encode(`id: ${last}\ndata: \n\n`);
   const reader = (response.body as ReadableStream<Uint8Array>).getReader();
   let led = false;
@@ -194,7 +213,10 @@ function primed(response: Response, last: string): Response {
       try {
         const chunk = await reader.read();
         if (chunk.done) controller.close();
-        else controller.enqueue(chunk.value);
+        else {
+          sent();
+          controller.enqueue(chunk.value);
+        }
       } catch (error) {
         controller.error(error);
       }

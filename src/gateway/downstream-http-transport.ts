@@ -614,6 +614,9 @@ export class HttpSessionTransport implements Transport {
       return;
     }
     res.writeHead(200, { ...SSE_HEADERS, 'mcp-session-id': this.sessionId });
+    // At once, as the standalone stream's: with nothing to replay, the head would wait for the
+    // first keep-alive (15 s by default), and a client bounding its wait gave up first.
+    res.flushHeaders();
     log.reader = res;
     this.#open.add(res);
     if (ex !== undefined) {

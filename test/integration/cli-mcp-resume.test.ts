@@ -362,14 +362,15 @@ describe('agent-fabric mcp: a slow call of an MCP 2025-06-18 session whose strea
 /**
  * A proxy to `port` that cuts the first `tools/call` POST's SSE answer once its first event went
  * through (as {@link cuttingProxy}), then, `resume`: `'cut'`, the first `GET` resuming it
- * (`Last-Event-ID`) once its response's head went through, before any event; `'405'`, answers
+ * (`Last-Event-ID`) once its response's head went through, before any event; `'cut-all'`,
+ * every such `GET` so; `'405'`, answers
  * every such `GET` itself with HTTP 405 (as a proxy that allows no GET would). `requests`
  * collects every request's head.
  */
 async function twiceCuttingProxy(
   port: number,
   requests: string[],
-  resume: 'cut' | '405',
+  resume: 'cut' | 'cut-all' | '405',
 ): Promise<Server> {
   let cuts = 0;
   const server = createServer((client: Socket) => {
@@ -397,7 +398,8 @@ async function twiceCuttingProxy(
       const post =
         cuts === 0 && lastRequest.startsWith('POST ') && lastRequest.includes('"tools/call"');
       const resumed =
-        resume === 'cut' && cuts === 1 && /^GET [\s\S]*\r\nlast-event-id:/i.test(lastRequest);
+        ((resume === 'cut' && cuts === 1) || (resume === 'cut-all' && cuts > 0)) &&
+        /^GET [\s\S]*\r\nlast-event-id:/i.test(lastRequest);
       if (resumed && answer.includes('\r\n\r\n')) {
         // Only the head: the resumed stream broke before it carried any event.
         client.write(answer.slice(0, answer.indexOf('\r\n\r\n') + 4));
@@ -493,5 +495,78 @@ describe('agent-fabric mcp: a slow call whose stream is cut, and a proxy answers
       await client.close();
       await new Promise((resolve) => proxy.close(resolve));
     }
+  }, 60_000);
+});
+
+describe('agent-fabric mcp: a slow call whose stream is cut, and every resumption of it too before any byte (real sidecar, TCP proxy)', () => {
+  let sidecar: Sidecar;
+  let ran: string;
+
+  beforeAll(async () => {
+    ({ sidecar, ran } = await startSlowSidecar('bridge-resume-cut-all'));
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  it('answers the call with an error after --resume-seconds, where it resumed for good', async () => {
+    const requests: string[] = [];
+    const proxy = await twiceCuttingProxy(Number(new URL(sidecar.url!).port), requests, 'cut-all');
+    const url = new URL(sidecar.url!);
+    url.port = String((proxy.address() as { port: number }).port);
+    const { client } = await cliStdioClient(['mcp', '--resume-seconds', '3'], {
+      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
+    });
+    try {
+      // Each resumption answered 200 began a new count, so the bridge never gave up (and,
+      // before the resumed stream was primed, went on with no Last-Event-ID at all): the agent
+      // waited until its own timeout.
+      const { outcome } = await slowCallOnStream(client, ran, 30_000);
+      expect(await outcome).toContain(
+        "could not be reached to resume the request's stream for 3 s; its answer is lost",
+      );
+      // Every resumption named the priming event's id; none is sent after the error.
+      const resumes = requests.filter((r) => /\r\nlast-event-id:/i.test(r));
+      expect(resumes.length).toBeGreaterThan(1);
+      for (const r of resumes) expect(r).toMatch(/\r\nlast-event-id: [1-9]\d*\.1(\r|$)/im);
+      const count = resumes.length;
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      expect(requests.filter((r) => /\r\nlast-event-id:/i.test(r))).toHaveLength(count);
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  }, 60_000);
+});
+
+describe('agent-fabric mcp: a slow call whose stream is cut, on a sidecar whose keep-alives are further apart than a resumption may wait', () => {
+  let sidecar: Sidecar;
+
+  beforeAll(async () => {
+    ({ sidecar } = await startSlowSidecar('bridge-resume-quiet', 4));
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  it('resumes it: the sidecar sends the resumed stream’s head at once, the agent gets the answer', async () => {
+    const requests: string[] = [];
+    const proxy = await cuttingProxy(Number(new URL(sidecar.url!).port), requests);
+    const url = new URL(sidecar.url!);
+    url.port = String((proxy.address() as { port: number }).port);
+    const { client } = await cliStdioClient(['mcp', '--resume-seconds', '3'], {
+      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
+    });
+    try {
+      // Before, the sidecar held the resumed stream's head until its first keep-alive (4 s
+      // here, 15 s by default): the bridge's attempt ran out first (after 3 s here, 10 s by
+      // default), again and again, and the call was answered with an error.
+      const result = await client.callTool(
+        { name: 's__slow', arguments: { label: 'quiet', ms: 12_000 } },
+        undefined,
+        { timeout: 40_000 },
+      );
+      expect(text(result)).toBe('slept quiet');
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+    expect(requests.some((r) => /^GET [\s\S]*\r\nlast-event-id: [1-9]\d*\.1/i.test(r))).toBe(true);
   }, 60_000);
 });
