@@ -81,46 +81,6 @@ async function slowServeConfig(tag: string): Promise<{ dir: string; port: number
   return { dir, port, ran };
 }
 
-/**
- * A proxy to `port` that cuts (both sockets destroyed) the first connection whose last request
- * was a `tools/call` POST once the sidecar's SSE answer to it carried its first event or comment.
- * `requests` collects the head of every request it forwarded.
- */
-async function cuttingProxy(port: number, requests: string[]): Promise<Server> {
-  let cut = false;
-  const server = createServer((client: Socket) => {
-    const upstream = connect(port, '127.0.0.1');
-    let lastRequest = '';
-    let answer = '';
-    client.on('data', (chunk: Buffer) => {
-      const s = chunk.toString('latin1');
-      if (/^(GET|POST|DELETE) /.test(s)) {
-        lastRequest = s;
-        answer = '';
-        requests.push(s.split('\r\n\r\n', 1)[0]!);
-      } else lastRequest += s;
-      upstream.write(chunk);
-    });
-    upstream.on('data', (chunk: Buffer) => {
-      client.write(chunk);
-      if (cut || !lastRequest.startsWith('POST ') || !lastRequest.includes('"tools/call"')) return;
-      answer += chunk.toString('latin1');
-      if (!answer.includes('text/event-stream')) return;
-      if (/\r\n\r\n[\s\S]*\n\n/.test(answer)) {
-        cut = true;
-        client.destroy();
-        upstream.destroy();
-      }
-    });
-    client.on('error', () => upstream.destroy());
-    upstream.on('error', () => client.destroy());
-    client.on('close', () => upstream.destroy());
-    upstream.on('close', () => client.destroy());
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return server;
-}
-
 describe('agent-fabric mcp: a slow call whose stream is cut (real sidecar, TCP proxy)', () => {
   let sidecar: Sidecar;
   let ran: string;
@@ -131,13 +91,7 @@ describe('agent-fabric mcp: a slow call whose stream is cut (real sidecar, TCP p
   afterAll(() => closeSidecar(sidecar));
 
   it('sends MCP-Protocol-Version, gets a priming event id, and resumes the cut stream: the agent gets the answer; it ran once', async () => {
-    const requests: string[] = [];
-    const proxy = await cuttingProxy(Number(new URL(sidecar.url!).port), requests);
-    const url = new URL(sidecar.url!);
-    url.port = String((proxy.address() as { port: number }).port);
-    const { client } = await cliStdioClient(['mcp'], {
-      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
-    });
+    const { client, requests, proxy } = await bridgeViaProxy(sidecar, 'none', ['mcp']);
     try {
       const result = await client.callTool(
         { name: 's__slow', arguments: { label: 'bridged', ms: 1_500 } },
@@ -157,6 +111,75 @@ describe('agent-fabric mcp: a slow call whose stream is cut (real sidecar, TCP p
     expect(requests.some((r) => /^GET [\s\S]*\r\nlast-event-id: [1-9]\d*\.1/i.test(r))).toBe(true);
     expect(readFileSync(ran, 'utf8')).toBe('start bridged\nend bridged\n');
   });
+
+  it('resumes again from the same event id: the agent gets the answer; it ran once', async () => {
+    const { client, requests, proxy } = await bridgeViaProxy(sidecar, 'cut', ['mcp']);
+    try {
+      // Before, the SDK transport reconnected the second time without `Last-Event-ID` (a plain
+      // GET, refused: the standalone stream is open), gave up, and the agent waited until its
+      // own timeout.
+      const result = await client.callTool(
+        { name: 's__slow', arguments: { label: 'twice', ms: 2_000 } },
+        undefined,
+        { timeout: 20_000 },
+      );
+      expect(text(result)).toBe('slept twice');
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+    const resumes = requests.filter((r) =>
+      /^GET [\s\S]*\r\nlast-event-id: [1-9]\d*\.1\r?$/im.test(r),
+    );
+    expect(resumes.length).toBeGreaterThanOrEqual(2);
+    expect(readFileSync(ran, 'utf8')).toContain('start twice\nend twice\n');
+    expect(readFileSync(ran, 'utf8').match(/start twice/g)).toHaveLength(1);
+  }, 60_000);
+
+  it('answers the call with an error at once, where the agent waited for good', async () => {
+    const { client, requests, proxy } = await bridgeViaProxy(sidecar, '405', ['mcp']);
+    try {
+      // Before: the SDK transport takes a 405 for "no SSE stream here" and tries no more; the
+      // bridge counted one failed attempt of 12 and waited for the rest, for good.
+      const { outcome } = await slowCallOnStream(client, ran, 30_000);
+      expect(await outcome).toContain(
+        "the sidecar refused to resume the request's stream (HTTP 405); its answer is lost",
+      );
+      // One resumption was asked for, and the call reached the upstream once.
+      expect(requests.filter((r) => /\r\nlast-event-id:/i.test(r))).toHaveLength(1);
+      expect(readFileSync(ran, 'utf8').match(/start lost/g)).toHaveLength(1);
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  }, 60_000);
+
+  it('answers the call with an error after --resume-seconds, where it resumed for good', async () => {
+    const { client, requests, proxy } = await bridgeViaProxy(sidecar, 'cut-all', [
+      'mcp',
+      '--resume-seconds',
+      '3',
+    ]);
+    try {
+      // Each resumption answered 200 began a new count, so the bridge never gave up (and,
+      // before the resumed stream was primed, went on with no Last-Event-ID at all): the agent
+      // waited until its own timeout.
+      const { outcome } = await slowCallOnStream(client, ran, 30_000);
+      expect(await outcome).toContain(
+        "could not be reached to resume the request's stream for 3 s; its answer is lost",
+      );
+      // Every resumption named the priming event's id; none is sent after the error.
+      const resumes = requests.filter((r) => /\r\nlast-event-id:/i.test(r));
+      expect(resumes.length).toBeGreaterThan(1);
+      for (const r of resumes) expect(r).toMatch(/\r\nlast-event-id: [1-9]\d*\.1(\r|$)/im);
+      const count = resumes.length;
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      expect(requests.filter((r) => /\r\nlast-event-id:/i.test(r))).toHaveLength(count);
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  }, 60_000);
 });
 
 describe('agent-fabric mcp: the sidecar is killed and restarted while a slow call runs (agent-fabric serve, SIGKILL)', () => {
@@ -360,17 +383,35 @@ describe('agent-fabric mcp: a slow call of an MCP 2025-06-18 session whose strea
 });
 
 /**
- * A proxy to `port` that cuts the first `tools/call` POST's SSE answer once its first event went
- * through (as {@link cuttingProxy}), then, `resume`: `'cut'`, the first `GET` resuming it
- * (`Last-Event-ID`) once its response's head went through, before any event; `'cut-all'`,
- * every such `GET` so; `'405'`, answers
- * every such `GET` itself with HTTP 405 (as a proxy that allows no GET would). `requests`
- * collects every request's head.
+ * `agent-fabric mcp` with `args` (the official SDK client on its stdio) for `sidecar`'s agent
+ * `a`, through a {@link cuttingProxy} that cuts as `resume` says.
  */
-async function twiceCuttingProxy(
+async function bridgeViaProxy(
+  sidecar: Sidecar,
+  resume: 'none' | 'cut' | 'cut-all' | '405',
+  args: string[],
+): Promise<{ client: Client; requests: string[]; proxy: Server }> {
+  const requests: string[] = [];
+  const proxy = await cuttingProxy(Number(new URL(sidecar.url!).port), requests, resume);
+  const url = new URL(sidecar.url!);
+  url.port = String((proxy.address() as { port: number }).port);
+  const { client } = await cliStdioClient(args, {
+    env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
+  });
+  return { client, requests, proxy };
+}
+
+/**
+ * A proxy to `port` that cuts (both sockets destroyed) the first `tools/call` POST's SSE answer
+ * once its first event or comment went through, then, `resume`: `'cut'`, the first `GET`
+ * resuming it (`Last-Event-ID`) once its response's head went through, before any byte of its
+ * body; `'cut-all'`, every such `GET` so; `'405'`, answers every such `GET` itself with HTTP 405
+ * (as a proxy that allows no GET would). `requests` collects every request's head.
+ */
+async function cuttingProxy(
   port: number,
   requests: string[],
-  resume: 'cut' | 'cut-all' | '405',
+  resume: 'none' | 'cut' | 'cut-all' | '405' = 'none',
 ): Promise<Server> {
   let cuts = 0;
   const server = createServer((client: Socket) => {
@@ -424,119 +465,6 @@ async function twiceCuttingProxy(
   return server;
 }
 
-describe('agent-fabric mcp: a slow call whose stream is cut, then its resumed stream too before any event (real sidecar, TCP proxy)', () => {
-  let sidecar: Sidecar;
-  let ran: string;
-
-  beforeAll(async () => {
-    ({ sidecar, ran } = await startSlowSidecar('bridge-resume-twice'));
-  });
-  afterAll(() => closeSidecar(sidecar));
-
-  it('resumes again from the same event id: the agent gets the answer; it ran once', async () => {
-    const requests: string[] = [];
-    const proxy = await twiceCuttingProxy(Number(new URL(sidecar.url!).port), requests, 'cut');
-    const url = new URL(sidecar.url!);
-    url.port = String((proxy.address() as { port: number }).port);
-    const { client } = await cliStdioClient(['mcp'], {
-      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
-    });
-    try {
-      // Before, the SDK transport reconnected the second time without `Last-Event-ID` (a plain
-      // GET, refused: the standalone stream is open), gave up, and the agent waited until its
-      // own timeout.
-      const result = await client.callTool(
-        { name: 's__slow', arguments: { label: 'twice', ms: 2_000 } },
-        undefined,
-        { timeout: 20_000 },
-      );
-      expect(text(result)).toBe('slept twice');
-    } finally {
-      await client.close();
-      await new Promise((resolve) => proxy.close(resolve));
-    }
-    const resumes = requests.filter((r) =>
-      /^GET [\s\S]*\r\nlast-event-id: [1-9]\d*\.1\r?$/im.test(r),
-    );
-    expect(resumes.length).toBeGreaterThanOrEqual(2);
-    expect(readFileSync(ran, 'utf8')).toContain('start twice\nend twice\n');
-    expect(readFileSync(ran, 'utf8').match(/start twice/g)).toHaveLength(1);
-  }, 60_000);
-});
-
-describe('agent-fabric mcp: a slow call whose stream is cut, and a proxy answers its resumption with 405 (real sidecar)', () => {
-  let sidecar: Sidecar;
-  let ran: string;
-
-  beforeAll(async () => {
-    ({ sidecar, ran } = await startSlowSidecar('bridge-resume-405'));
-  });
-  afterAll(() => closeSidecar(sidecar));
-
-  it('answers the call with an error at once, where the agent waited for good', async () => {
-    const requests: string[] = [];
-    const proxy = await twiceCuttingProxy(Number(new URL(sidecar.url!).port), requests, '405');
-    const url = new URL(sidecar.url!);
-    url.port = String((proxy.address() as { port: number }).port);
-    const { client } = await cliStdioClient(['mcp'], {
-      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
-    });
-    try {
-      // Before: the SDK transport takes a 405 for "no SSE stream here" and tries no more; the
-      // bridge counted one failed attempt of 12 and waited for the rest, for good.
-      const { outcome } = await slowCallOnStream(client, ran, 30_000);
-      expect(await outcome).toContain(
-        "the sidecar refused to resume the request's stream (HTTP 405); its answer is lost",
-      );
-      // One resumption was asked for, and the call reached the upstream once.
-      expect(requests.filter((r) => /\r\nlast-event-id:/i.test(r))).toHaveLength(1);
-      expect(readFileSync(ran, 'utf8').match(/start lost/g)).toHaveLength(1);
-    } finally {
-      await client.close();
-      await new Promise((resolve) => proxy.close(resolve));
-    }
-  }, 60_000);
-});
-
-describe('agent-fabric mcp: a slow call whose stream is cut, and every resumption of it too before any byte (real sidecar, TCP proxy)', () => {
-  let sidecar: Sidecar;
-  let ran: string;
-
-  beforeAll(async () => {
-    ({ sidecar, ran } = await startSlowSidecar('bridge-resume-cut-all'));
-  });
-  afterAll(() => closeSidecar(sidecar));
-
-  it('answers the call with an error after --resume-seconds, where it resumed for good', async () => {
-    const requests: string[] = [];
-    const proxy = await twiceCuttingProxy(Number(new URL(sidecar.url!).port), requests, 'cut-all');
-    const url = new URL(sidecar.url!);
-    url.port = String((proxy.address() as { port: number }).port);
-    const { client } = await cliStdioClient(['mcp', '--resume-seconds', '3'], {
-      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
-    });
-    try {
-      // Each resumption answered 200 began a new count, so the bridge never gave up (and,
-      // before the resumed stream was primed, went on with no Last-Event-ID at all): the agent
-      // waited until its own timeout.
-      const { outcome } = await slowCallOnStream(client, ran, 30_000);
-      expect(await outcome).toContain(
-        "could not be reached to resume the request's stream for 3 s; its answer is lost",
-      );
-      // Every resumption named the priming event's id; none is sent after the error.
-      const resumes = requests.filter((r) => /\r\nlast-event-id:/i.test(r));
-      expect(resumes.length).toBeGreaterThan(1);
-      for (const r of resumes) expect(r).toMatch(/\r\nlast-event-id: [1-9]\d*\.1(\r|$)/im);
-      const count = resumes.length;
-      await new Promise((resolve) => setTimeout(resolve, 2_000));
-      expect(requests.filter((r) => /\r\nlast-event-id:/i.test(r))).toHaveLength(count);
-    } finally {
-      await client.close();
-      await new Promise((resolve) => proxy.close(resolve));
-    }
-  }, 60_000);
-});
-
 describe('agent-fabric mcp: a slow call whose stream is cut, on a sidecar whose keep-alives are further apart than a resumption may wait', () => {
   let sidecar: Sidecar;
 
@@ -546,13 +474,11 @@ describe('agent-fabric mcp: a slow call whose stream is cut, on a sidecar whose 
   afterAll(() => closeSidecar(sidecar));
 
   it('resumes it: the sidecar sends the resumed stream’s head at once, the agent gets the answer', async () => {
-    const requests: string[] = [];
-    const proxy = await cuttingProxy(Number(new URL(sidecar.url!).port), requests);
-    const url = new URL(sidecar.url!);
-    url.port = String((proxy.address() as { port: number }).port);
-    const { client } = await cliStdioClient(['mcp', '--resume-seconds', '3'], {
-      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
-    });
+    const { client, requests, proxy } = await bridgeViaProxy(sidecar, 'none', [
+      'mcp',
+      '--resume-seconds',
+      '3',
+    ]);
     try {
       // Before, the sidecar held the resumed stream's head until its first keep-alive (4 s
       // here, 15 s by default): the bridge's attempt ran out first (after 3 s here, 10 s by
