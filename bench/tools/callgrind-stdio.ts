@@ -19,14 +19,13 @@
  * build on a quiet machine and 80k under load. Counts do not follow CPU time closely either
  * (the gateway retires fewer instructions per cycle than the relay: see bench/RESULTS.md).
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { shebangNodeOptions } from '../lib.js';
+import { rawMcpPeer, writeConfig } from '../gateway-peers.js';
+import { CLI, ROOT, shebangNodeOptions } from '../lib.js';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const ECHO = join(ROOT, 'bench/fixtures/echo-mcp-server.mjs');
 const RELAY = join(ROOT, 'bench/fixtures/json-relay.mjs');
 
@@ -45,45 +44,14 @@ if (
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'callgrind-stdio-'));
-const config = join(dir, 'echo.json');
-writeFileSync(
-  config,
-  JSON.stringify({
-    http: { host: '127.0.0.1', port: 0 },
-    upstreams: { ev: { command: process.execPath, args: [ECHO], stderr: 'ignore' } },
-    policies: [
-      {
-        name: 'guard',
-        priority: 100,
-        rules: [
-          { tool: 'ev__echo', action: 'deny', conditions: { message: 'forbidden*' } },
-          { tool: 'ev__write_*', action: 'deny' },
-        ],
-      },
-      { name: 'allow-ev', rules: [{ tool: 'ev__*', action: 'allow' }] },
-    ],
-    budget: { maxTokensPerHour: 1e12, maxCostPerDay: 1e9 },
-    toolCosts: { 'ev__*': 0.001 },
-    agents: [{ name: 'bench-agent' }],
-    audit: { path: join(dir, 'audit.log') },
-    state: { path: join(dir, 'state.db') },
-  }),
-);
-const out = join(dir, 'callgrind.out');
+// The config of `stdio-cpu-per-call`.
+const config = writeConfig(dir, 'echo.json', { command: process.execPath, args: [ECHO] });
 const nodeArgs =
   kind === 'gateway'
-    ? [
-        ...shebangNodeOptions(),
-        join(ROOT, 'dist/cli/main.js'),
-        'mcp',
-        '--in-process',
-        '--config',
-        config,
-      ]
+    ? [...shebangNodeOptions(), CLI, 'mcp', '--in-process', '--config', config]
     : [RELAY, process.execPath, ECHO];
-const tool = kind === 'gateway' ? 'ev__echo' : 'echo';
-const child = spawn(
-  'valgrind',
+const out = join(dir, 'callgrind.out');
+const peer = await rawMcpPeer(
   [
     '--tool=callgrind',
     '--instr-atstart=no',
@@ -92,70 +60,18 @@ const child = spawn(
     process.execPath,
     ...nodeArgs,
   ],
-  { cwd: ROOT, stdio: ['pipe', 'pipe', 'ignore'] },
+  kind === 'gateway' ? 'ev__echo' : 'echo',
+  'valgrind',
 );
-const exited = new Promise<never>((_, reject) =>
-  child.once('exit', (code) => reject(new Error(`${kind} exited (${code})`))),
-);
-exited.catch(() => undefined);
-
-const waiting = new Map<string | number, (line: string) => void>();
-let pending = '';
-child.stdout.setEncoding('utf8');
-child.stdout.on('data', (chunk: string) => {
-  pending += chunk;
-  let start = 0;
-  for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n', start)) {
-    const line = pending.slice(start, nl);
-    start = nl + 1;
-    const id = (JSON.parse(line) as { id?: string | number }).id;
-    const resolve = id === undefined ? undefined : waiting.get(id);
-    if (resolve !== undefined) {
-      waiting.delete(id!);
-      resolve(line);
-    }
-  }
-  pending = pending.slice(start);
-});
-const rpc = (id: string | number, method: string, params?: object): Promise<string> =>
-  Promise.race([
-    exited,
-    new Promise<string>((resolve) => {
-      waiting.set(id, resolve);
-      child.stdin.write(JSON.stringify({ jsonrpc: '2.0', id, method, params }) + '\n');
-    }),
-  ]);
-
-let next = 0;
-async function run(n: number): Promise<void> {
-  let left = n;
-  await Promise.all(
-    Array.from({ length: inFlight }, async () => {
-      while (left-- > 0) {
-        const id = next++;
-        const line = await rpc(id, 'tools/call', { name: tool, arguments: { message: `m${id}` } });
-        if (line.includes('"isError":true') || line.includes('"error"')) throw new Error(line);
-      }
-    }),
-  );
-}
-
 try {
-  await rpc('init', 'initialize', {
-    protocolVersion: '2025-06-18',
-    capabilities: {},
-    clientInfo: { name: 'bench-agent', version: '1.0.0' },
-  });
-  child.stdin.write(JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) + '\n');
-  await rpc('list', 'tools/list');
-  await run(warm);
+  await peer.run(warm, inFlight);
   // valgrind runs node in its own process: the pid is the one callgrind_control names.
-  execFileSync('callgrind_control', ['-i', 'on', String(child.pid)], { stdio: 'ignore' });
-  await run(calls);
-  execFileSync('callgrind_control', ['-i', 'off', String(child.pid)], { stdio: 'ignore' });
+  execFileSync('callgrind_control', ['-i', 'on', String(peer.pid)], { stdio: 'ignore' });
+  await peer.run(calls, inFlight);
+  execFileSync('callgrind_control', ['-i', 'off', String(peer.pid)], { stdio: 'ignore' });
 } finally {
-  child.kill('SIGTERM');
-  await exited.catch(() => undefined);
+  peer.close();
+  await peer.exited;
 }
 let total = 0;
 for (const f of readdirSync(dir).filter((name) => name.startsWith('callgrind.out'))) {
