@@ -486,6 +486,8 @@ const suite: BenchSuite = {
             budget: { maxTokensPerHour: 1e12, maxCostPerDay: 1e9 },
             agents: [{ name: 'bench-agent' }],
             audit: { path: join(dir, 'fs-audit.log') },
+            // Durable like the other cases, never the repository's own .fabric/state.db.
+            state: { path: join(dir, 'fs-state.db') },
           }),
         );
         const fsDirect = await stdioClient(process.execPath, [FILESYSTEM, sandbox]);
