@@ -81,7 +81,7 @@ import {
   type BenchContext,
   type BenchSuite,
 } from './lib.js';
-import { rawMcpPeer, writeConfig } from './gateway-peers.js';
+import { rawMcpPeer, writeConfig } from './fixtures/gateway-peers.js';
 
 const require = createRequire(import.meta.url);
 const EVERYTHING = require.resolve('@modelcontextprotocol/server-everything/dist/index.js');

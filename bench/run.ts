@@ -27,9 +27,17 @@ if (unknown.length > 0) {
 const results: BenchResult[] = [];
 for (const name of wanted.length > 0 ? wanted : available) {
   const mod = (await import(pathToFileURL(join(here, `${name}.ts`)).href)) as {
-    default: BenchSuite;
+    default?: Partial<BenchSuite>;
   };
   const suite = mod.default;
+  // Every .ts file at this level is a suite; shared helpers belong in fixtures/ or tools/.
+  if (typeof suite?.run !== 'function' || suite.name !== name) {
+    console.error(
+      `bench/${name}.ts is not a suite: it must default-export { name: '${name}', run(ctx) }` +
+        ' (helpers belong in bench/fixtures/ or bench/tools/)',
+    );
+    process.exit(2);
+  }
   const started = Date.now();
   await suite.run({
     quick,

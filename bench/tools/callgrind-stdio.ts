@@ -23,7 +23,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { rawMcpPeer, writeConfig } from '../gateway-peers.js';
+import { rawMcpPeer, writeConfig } from '../fixtures/gateway-peers.js';
 import { CLI, ROOT, shebangNodeOptions } from '../lib.js';
 
 const ECHO = join(ROOT, 'bench/fixtures/echo-mcp-server.mjs');
