@@ -96,11 +96,12 @@ type answer struct {
 	Message string          `json:"message"`
 }
 
-// ended is a sidecar's notice that it ended an attempt.
+// ended is a sidecar's notice that it ended an attempt, with its MAC under the attempt's lease.
 type ended struct {
 	TaskID  string `json:"taskId"`
 	Attempt int    `json:"attempt"`
 	Code    string `json:"code"`
+	Mac     string `json:"mac"`
 }
 
 type worker struct {
@@ -118,6 +119,7 @@ type worker struct {
 
 type run struct {
 	attempt int
+	lease   string
 	cancel  context.CancelFunc
 	ended   bool
 }
@@ -373,7 +375,7 @@ func (w *worker) handle(m *nats.Msg, ackWait time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w.mu.Lock()
-	r := &run{attempt: t.Attempt, cancel: cancel}
+	r := &run{attempt: t.Attempt, lease: t.Lease, cancel: cancel}
 	w.running[t.TaskID] = r
 	w.mu.Unlock()
 	defer func() {
@@ -463,7 +465,14 @@ func (w *worker) onEnded(m *nats.Msg) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	// Only a notice under the lease of the attempt's message: HMAC-SHA256 keyed by the lease
+	// string over "ended:<taskId>:<attempt>", base64url without padding.
 	if r := w.running[n.TaskID]; r != nil && r.attempt == n.Attempt {
+		m := hmac.New(sha256.New, []byte(r.lease))
+		m.Write([]byte(fmt.Sprintf("ended:%s:%d", n.TaskID, n.Attempt)))
+		if !hmac.Equal([]byte(base64.RawURLEncoding.EncodeToString(m.Sum(nil))), []byte(n.Mac)) {
+			return
+		}
 		r.ended = true
 		r.cancel()
 	}

@@ -20,6 +20,7 @@ import { parseSidecarConfig } from '../../src/server/config-file.js';
 import { Sidecar } from '../../src/server/sidecar.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
 import { TaskStatus } from '../../src/task.js';
+import { encodeJson, endedMac } from '../../src/transport/nats/wire.js';
 import { closeSidecar, tempDir, until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
@@ -181,6 +182,14 @@ describeNats('examples/nats-go: a worker in Go on the wire protocol alone', () =
       // 5 s against an AckWait of 2 s: without in-progress acks JetStream would hand the
       // message out again, and the second take-up would count the attempt lost.
       const long = await fabric.scheduleToPool('build', 'sleep', { ms: 5000 });
+      // Ended notices for it from a client that cannot read the task (no lease): without a
+      // MAC, with a made-up one, with one under a guessed lease. The worker ignores them.
+      await until(() => printed(`started ${long.id} 1`), 20_000);
+      const forged = { taskId: long.id, attempt: 1, code: 'FABRIC_ERR_CANCELLED', message: 'x' };
+      for (const mac of [undefined, 'A'.repeat(43), endedMac('guess', long.id, 1)]) {
+        nc.publish(names.ended(long.id), encodeJson({ ...forged, mac }));
+      }
+      await nc.flush();
       expect(await fabric.waitForTask(long.id, { timeoutSeconds: 30 })).toMatchObject({
         status: TaskStatus.COMPLETED,
         attempt: 1,

@@ -4,7 +4,9 @@
  * reader: one `null` there (or `{"taskId":{"toString":1}}`, which no template string can print)
  * left a worker deaf — no more pulls, no report answers — and its tasks timed out. Now a worker
  * ignores what is not a notice, and a notice that names another task than the subject it came
- * on; a sidecar's own notice (a cancel) still stops the handler.
+ * on; a sidecar's own notice (a cancel) still stops the handler. And a well-formed notice on the
+ * task's own subject stopped the running handler whoever sent it: now it must carry a MAC under
+ * the attempt's lease, which a client that can publish on `ended.*` but not read the task lacks.
  */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { expect, it } from 'vitest';
@@ -13,7 +15,7 @@ import { TaskStatus } from '../../src/task.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transport.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
-import { encodeJson } from '../../src/transport/nats/wire.js';
+import { encodeJson, endedMac } from '../../src/transport/nats/wire.js';
 import { FabricWorker } from '../../src/worker/fabric-worker.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, startNatsServer } from '../fixtures/nats-server.js';
@@ -94,10 +96,13 @@ async function survivesForgedNotices(
   const t2 = await fabric.schedule({ agentId, taskType: 'slow', payload: null });
   await until(slow.started);
   await flood(evil, ns, [t2.id]);
-  evil.publish(
-    `fabric.${ns}.ended.other`,
-    encodeJson({ taskId: t2.id, attempt: 1, code: 'FABRIC_ERR_CANCELLED', message: 'forged' }),
-  );
+  const forged = { taskId: t2.id, attempt: 1, code: 'FABRIC_ERR_CANCELLED', message: 'forged' };
+  evil.publish(`fabric.${ns}.ended.other`, encodeJson(forged));
+  // On the task's own subject: without a MAC, with a made-up one, with one under a wrong lease.
+  const own = natsNames(ns).ended(t2.id);
+  evil.publish(own, encodeJson(forged));
+  evil.publish(own, encodeJson({ ...forged, mac: 'A'.repeat(43) }));
+  evil.publish(own, encodeJson({ ...forged, mac: endedMac('guess', t2.id, 1) }));
   await evil.flush();
   await new Promise((r) => setTimeout(r, settleMs));
   expect(slow.abortedWith()).toBeUndefined();

@@ -6,6 +6,8 @@ import { describe, expect, it } from 'vitest';
 import {
   asAnswer,
   asEndedNotice,
+  endedMac,
+  endedNoticeGenuine,
   asReport,
   asTaskMessage,
   batchReports,
@@ -130,8 +132,26 @@ describe('NATS wire checks', () => {
   });
 
   it('asEndedNotice takes only a notice with a bounded task id, and never throws', () => {
-    const notice = { taskId: 't1', attempt: 2, code: 'FABRIC_ERR_CANCELLED', message: 'm' };
+    const notice = {
+      taskId: 't1',
+      attempt: 2,
+      code: 'FABRIC_ERR_CANCELLED',
+      message: 'm',
+      mac: endedMac('lease', 't1', 2),
+    };
     expect(asEndedNotice(notice)).toEqual(notice);
+    expect(endedNoticeGenuine(notice, 'lease')).toBe(true);
+    for (const changed of [
+      { taskId: 't2' },
+      { attempt: 3 },
+      { mac: notice.mac.replace(/^./, (c) => (c === 'A' ? 'B' : 'A')) },
+    ]) {
+      expect([changed, endedNoticeGenuine({ ...notice, ...changed }, 'lease')]).toEqual([
+        changed,
+        false,
+      ]);
+    }
+    expect(endedNoticeGenuine(notice, 'other lease')).toBe(false);
     for (const bad of [
       null,
       1,
@@ -145,6 +165,9 @@ describe('NATS wire checks', () => {
       { ...notice, attempt: '1' },
       { ...notice, code: null },
       { ...notice, message: { toString: 1 } },
+      { ...notice, mac: undefined },
+      { ...notice, mac: '' },
+      { ...notice, mac: 'x'.repeat(101) },
     ]) {
       expect([bad, asEndedNotice(bad)]).toEqual([bad, undefined]);
     }

@@ -62,6 +62,7 @@ import type { Answer, EndedNotice, Report, TaskMessage, Vouch } from './wire.js'
 import {
   asReport,
   attemptLease,
+  endedMac,
   batchReports,
   decodeJson,
   encodeJson,
@@ -541,7 +542,14 @@ export class NatsExecutor implements TaskExecutor {
       }
     }
     if (this.#nc === undefined || this.#nc.isClosed()) return;
-    const notice: EndedNotice = { taskId, attempt, code: reason.code, message: reason.message };
+    const mac = endedMac(attemptLease(this.#secret, taskId, attempt), taskId, attempt);
+    const notice: EndedNotice = {
+      taskId,
+      attempt,
+      code: reason.code,
+      message: reason.message,
+      mac,
+    };
     try {
       this.#nc.publish(this.names.ended(taskId), encodeJson(notice));
     } catch {

@@ -32,7 +32,7 @@ import type { NatsOptionsInput } from './nats-options.js';
 import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
 import { natsNames } from './subjects.js';
 import type { Answer, TaskMessage } from './wire.js';
-import { asEndedNotice, decodeJson } from './wire.js';
+import { asEndedNotice, decodeJson, endedNoticeGenuine } from './wire.js';
 
 /** Options of {@link NatsWorkerTransport.connect}. */
 export interface NatsWorkerTransportOptions {
@@ -110,7 +110,8 @@ export class NatsWorkerTransport implements WorkerTransport {
           if (err !== null) return;
           const n = asEndedNotice(decodeJson(msg.data));
           if (n === undefined || msg.subject !== link.names.ended(n.taskId)) return;
-          if (!this.#held.has(`${n.taskId}:${n.attempt}`)) return;
+          const h = this.#held.get(`${n.taskId}:${n.attempt}`);
+          if (h === undefined || !endedNoticeGenuine(n, h.task.lease)) return;
           this.#ended.push({
             taskId: n.taskId,
             attempt: n.attempt,

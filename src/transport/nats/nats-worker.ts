@@ -38,7 +38,7 @@ import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
 import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, Report, ReportKind } from './wire.js';
-import { asEndedNotice, decodeJson } from './wire.js';
+import { asEndedNotice, decodeJson, endedNoticeGenuine } from './wire.js';
 import { NatsAgentLink, notAllowed, quietly, terminate } from './nats-agent-link.js';
 
 /** Options of {@link NatsWorker.connect}. */
@@ -96,8 +96,14 @@ export interface NatsWorkerStats {
  */
 class Running {
   aborted = false;
+  /** The lease of the attempt's message: an ended notice must carry a MAC under it. */
+  readonly lease: string;
   #reason: unknown;
   #controller: AbortController | undefined;
+
+  constructor(lease: string) {
+    this.lease = lease;
+  }
 
   get signal(): AbortSignal {
     if (this.#controller === undefined) {
@@ -257,8 +263,10 @@ export class NatsWorker {
           if (n === undefined || msg.subject !== this.#names.ended(n.taskId)) return;
           const key = `${n.taskId}:${n.attempt}`;
           const c = this.#running.get(key);
-          if (c !== undefined) c.abort(new Error(`${n.code}: ${n.message}`));
-          else this.#noteEnded(key);
+          // A running attempt stops only on a notice under its lease; one not running here
+          // cannot be checked and only makes its message wait for the start's answer.
+          if (c === undefined) this.#noteEnded(key);
+          else if (endedNoticeGenuine(n, c.lease)) c.abort(new Error(`${n.code}: ${n.message}`));
         } catch {
           // not a notice: ignored
         }
@@ -392,7 +400,7 @@ export class NatsWorker {
       this.stats.refused++;
       return;
     }
-    const running = new Running();
+    const running = new Running(task.lease);
     const starting = this.#link.start(task);
     let accepted: Promise<boolean>;
     /** The refusal of the start when this agent may not report on the task (first delivery). */

@@ -141,12 +141,16 @@ export type Answer =
   | { ok: true; status?: string; poolId?: string | null }
   | { ok: false; code: string; message: string };
 
-/** A sidecar's notice that it ended an attempt (core subject `ended.<taskId>`). */
+/**
+ * A sidecar's notice that it ended an attempt (core subject `ended.<taskId>`), with the MAC
+ * ({@link endedMac}) that the worker holding the attempt's message checks against its lease.
+ */
 export interface EndedNotice {
   taskId: string;
   attempt: number;
   code: string;
   message: string;
+  mac: string;
 }
 
 /*
@@ -258,8 +262,25 @@ export function asEndedNotice(data: unknown): EndedNotice | undefined {
     nonEmpty(data.taskId, MAX_ID_LENGTH) &&
     positiveInt(data.attempt) &&
     typeof data.code === 'string' &&
-    typeof data.message === 'string';
+    typeof data.message === 'string' &&
+    nonEmpty(data.mac, 100);
   return ok ? (data as unknown as EndedNotice) : undefined;
+}
+
+/**
+ * MAC of an ended notice: HMAC-SHA256 keyed by the attempt's lease (the UTF-8 bytes of the
+ * `lease` string of its task message) over `ended:<taskId>:<attempt>`, base64url without
+ * padding. Only the scheduling sidecar and those who hold the attempt's message know the lease,
+ * so a client that may publish on `ended.*` but not read the task cannot stop the attempt. The
+ * code and message are not covered: a replayed notice of the same attempt can only reword why.
+ */
+export function endedMac(lease: string, taskId: string, attempt: number): string {
+  return hmac(lease, `ended:${taskId}:${attempt}`);
+}
+
+/** True when `n` is the notice of the attempt whose message carried `lease` (see {@link endedMac}). */
+export function endedNoticeGenuine(n: EndedNotice, lease: string): boolean {
+  return sameProof(n.mac, endedMac(lease, n.taskId, n.attempt));
 }
 
 /**
