@@ -10,10 +10,9 @@
  * the bridge had nothing to resume from and no error to give.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
-import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import {
   getDefaultEnvironment,
   StdioClientTransport,
@@ -35,30 +34,12 @@ import {
   TSX,
   until,
 } from '../fixtures/gateway/harness.js';
+import {
+  bridgeViaProxy,
+  cuttingProxy,
+  slowCallOnStream,
+} from '../fixtures/gateway/cutting-proxy.js';
 import { cleanUp, freePort, serve, stop } from '../fixtures/state/serve.js';
-
-/**
- * Starts the slow upstream's 5 s call `lost` through `client` (timing out after `timeoutMs`) and
- * waits until the upstream runs it and it is on an SSE stream (past two looks of the slow-call
- * watch, 0.2 s each); `outcome`: `'answered'` or the call's error, as text.
- */
-async function slowCallOnStream(
-  client: Client,
-  ran: string,
-  timeoutMs: number,
-): Promise<{ outcome: Promise<string> }> {
-  const call = client
-    .callTool({ name: 's__slow', arguments: { label: 'lost', ms: 5_000 } }, undefined, {
-      timeout: timeoutMs,
-    })
-    .then(
-      () => 'answered',
-      (error: unknown) => String(error),
-    );
-  await until(() => existsSync(ran) && readFileSync(ran, 'utf8').includes('start lost'));
-  await new Promise((resolve) => setTimeout(resolve, 600));
-  return { outcome: call }; // wrapped: an async function's return would wait for it
-}
 
 /**
  * A temp folder with `fabric.json` for `agent-fabric serve`: the slow upstream `s` (writing to
@@ -137,7 +118,7 @@ describe('agent-fabric mcp: a slow call whose stream is cut (real sidecar, TCP p
   }, 60_000);
 
   it('answers the call with an error at once, where the agent waited for good', async () => {
-    const { client, requests, proxy } = await bridgeViaProxy(sidecar, '405', ['mcp']);
+    const { client, requests, proxy } = await bridgeViaProxy(sidecar, { status: 405 }, ['mcp']);
     try {
       // Before: the SDK transport takes a 405 for "no SSE stream here" and tries no more; the
       // bridge counted one failed attempt of 12 and waited for the rest, for good.
@@ -381,89 +362,6 @@ describe('agent-fabric mcp: a slow call of an MCP 2025-06-18 session whose strea
     }
   });
 });
-
-/**
- * `agent-fabric mcp` with `args` (the official SDK client on its stdio) for `sidecar`'s agent
- * `a`, through a {@link cuttingProxy} that cuts as `resume` says.
- */
-async function bridgeViaProxy(
-  sidecar: Sidecar,
-  resume: 'none' | 'cut' | 'cut-all' | '405',
-  args: string[],
-): Promise<{ client: Client; requests: string[]; proxy: Server }> {
-  const requests: string[] = [];
-  const proxy = await cuttingProxy(Number(new URL(sidecar.url!).port), requests, resume);
-  const url = new URL(sidecar.url!);
-  url.port = String((proxy.address() as { port: number }).port);
-  const { client } = await cliStdioClient(args, {
-    env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
-  });
-  return { client, requests, proxy };
-}
-
-/**
- * A proxy to `port` that cuts (both sockets destroyed) the first `tools/call` POST's SSE answer
- * once its first event or comment went through, then, `resume`: `'cut'`, the first `GET`
- * resuming it (`Last-Event-ID`) once its response's head went through, before any byte of its
- * body; `'cut-all'`, every such `GET` so; `'405'`, answers every such `GET` itself with HTTP 405
- * (as a proxy that allows no GET would). `requests` collects every request's head.
- */
-async function cuttingProxy(
-  port: number,
-  requests: string[],
-  resume: 'none' | 'cut' | 'cut-all' | '405' = 'none',
-): Promise<Server> {
-  let cuts = 0;
-  const server = createServer((client: Socket) => {
-    const upstream = connect(port, '127.0.0.1');
-    let lastRequest = '';
-    let answer = '';
-    client.on('data', (chunk: Buffer) => {
-      const s = chunk.toString('latin1');
-      if (/^(GET|POST|DELETE) /.test(s)) {
-        lastRequest = s;
-        answer = '';
-        requests.push(s.split('\r\n\r\n', 1)[0]!);
-      } else lastRequest += s;
-      if (resume === '405' && cuts > 0 && /^GET [\s\S]*\r\nlast-event-id:/i.test(s)) {
-        client.end(
-          'HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n',
-        );
-        upstream.destroy();
-        return;
-      }
-      upstream.write(chunk);
-    });
-    upstream.on('data', (chunk: Buffer) => {
-      answer += chunk.toString('latin1');
-      const post =
-        cuts === 0 && lastRequest.startsWith('POST ') && lastRequest.includes('"tools/call"');
-      const resumed =
-        ((resume === 'cut' && cuts === 1) || (resume === 'cut-all' && cuts > 0)) &&
-        /^GET [\s\S]*\r\nlast-event-id:/i.test(lastRequest);
-      if (resumed && answer.includes('\r\n\r\n')) {
-        // Only the head: the resumed stream broke before it carried any event.
-        client.write(answer.slice(0, answer.indexOf('\r\n\r\n') + 4));
-        cuts++;
-        client.destroy();
-        upstream.destroy();
-        return;
-      }
-      client.write(chunk);
-      if (post && answer.includes('text/event-stream') && /\r\n\r\n[\s\S]*\n\n/.test(answer)) {
-        cuts++;
-        client.destroy();
-        upstream.destroy();
-      }
-    });
-    client.on('error', () => upstream.destroy());
-    upstream.on('error', () => client.destroy());
-    client.on('close', () => upstream.destroy());
-    upstream.on('close', () => client.destroy());
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return server;
-}
 
 describe('agent-fabric mcp: a slow call whose stream is cut, on a sidecar whose keep-alives are further apart than a resumption may wait', () => {
   let sidecar: Sidecar;
