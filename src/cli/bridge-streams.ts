@@ -5,15 +5,24 @@
  * - A POST answered with an SSE stream that ends (the connection cut) before the request's
  *   answer, having sent no event id, cannot be resumed: the SDK transport drops it silently
  *   (sessions of MCP versions before 2025-11-25 get no priming event id). Reported to
- *   `onUnresumable` with the request's id.
+ *   `onLost` with the request's id (each id of a batch).
+ * - A POST carrying requests answered 202 or 204 (no body: no answer will come on it): the SDK
+ *   transport takes a 202 for "nothing due" and a 204 for a bad content type. Each request is
+ *   reported to `onLost`, and the SDK transport sees a 202.
  * - A stream that can be resumed is resumed by the SDK transport, `GET` with `Last-Event-ID`,
  *   again and again while the sidecar cannot be reached. Past `resumeMs` from its first attempt
  *   (or once the SDK transport's own count of attempts is spent) the stream is given up:
- *   reported to `onGiveUp` with its number, and every later attempt for it is answered here
- *   (HTTP 410, never sent), so that no answer comes for it after the agent was told it is lost.
- *   An attempt whose response does not begin within {@link ATTEMPT_MS} fails (a sidecar host
- *   that dropped off the network would otherwise hold it for good). An attempt answered with
- *   405 gives the stream up at once: the SDK transport tries no more after it.
+ *   reported to `onGiveUp` with its number. An attempt whose response does not begin within
+ *   {@link ATTEMPT_MS} fails (a sidecar host that dropped off the network would otherwise hold
+ *   it for good). An attempt answered with a final status gives the stream up at once: a
+ *   redirect, a 4xx but 408, 409, 425 and 429 (400: not an event id it knows; 404: the session
+ *   is gone; 405: no resuming here; 410: the stream is no longer kept), or a 2xx without a
+ *   stream (204: nothing more of it). The attempt that gives a stream up is answered here with
+ *   HTTP 405 (never sent), after which the SDK transport tries that stream no more: nothing is
+ *   kept of it, and no answer comes for it after the agent was told it is lost.
+ * - No request follows a redirect (`redirect: 'manual'`; the SDK transport would follow one
+ *   within the origin): a POST, `DELETE` or plain `GET` answered with one fails with an error
+ *   naming it, a resumption gives its stream up.
  * - A resumed stream's body is led by an event with the `Last-Event-ID` it was resumed from
  *   (no data): the SDK transport resumes a stream from that stream's own ids only, and one that
  *   broke again before its first event was reconnected with no `Last-Event-ID`. A resumption
@@ -23,8 +32,11 @@
  * @module
  */
 
-/** Status text of the answers given here to a given-up stream's attempts (see {@link isOwnRefusal}). */
+/** Status text of the answer given here to the attempt that gave its stream up. */
 const GIVEN_UP = 'stream given up by agent-fabric mcp';
+
+/** Answers that do not end a stream's resuming: it is tried again. */
+const RETRIED = new Set([408, 409, 425, 429]);
 
 /** Longest wait for the response of one attempt to resume a stream. */
 const ATTEMPT_MS = 10_000;
@@ -60,11 +72,6 @@ export function reconnectionFor(resumeMs: number): Reconnection {
   return options;
 }
 
-/** True for an error the SDK transport reports about an attempt answered here (not worth a log line). */
-export function isOwnRefusal(error: Error): boolean {
-  return error.message.includes(GIVEN_UP);
-}
-
 /** The stream an SSE event id `<stream>.<n>` belongs to. */
 export function streamOf(eventId: string): string {
   const dot = eventId.indexOf('.');
@@ -75,27 +82,34 @@ interface Resuming {
   /** When its first attempt since the stream broke went out (monotonic ms). */
   since: number;
   failures: number;
-  givenUp: boolean;
 }
 
 /** Watches one session's streams (one SDK transport). */
 export class StreamWatch {
   readonly #resumeMs: number;
   readonly #maxRetries: number;
-  readonly #onUnresumable: (id: string | number) => void;
-  readonly #onGiveUp: (stream: string, why: string) => void;
+  readonly #onLost: (id: string | number, why: string) => void;
+  readonly #onGiveUp: (stream: string, why: string, sessionGone: boolean) => void;
+  /** The streams being resumed (an attempt chain of the SDK transport running). */
   readonly #streams = new Map<string, Resuming>();
 
   constructor(options: {
     resumeMs: number;
     reconnection: Reconnection;
-    onUnresumable: (id: string | number) => void;
-    onGiveUp: (stream: string, why: string) => void;
+    /** The answer to the request `id` cannot come (`why`). */
+    onLost: (id: string | number, why: string) => void;
+    /** The stream `stream` cannot be resumed (`why`; `sessionGone`: the sidecar answered 404). */
+    onGiveUp: (stream: string, why: string, sessionGone: boolean) => void;
   }) {
     this.#resumeMs = options.resumeMs;
     this.#maxRetries = options.reconnection.maxRetries;
-    this.#onUnresumable = options.onUnresumable;
+    this.#onLost = options.onLost;
     this.#onGiveUp = options.onGiveUp;
+  }
+
+  /** How many streams are being resumed (a stream given up or resumed is not kept). */
+  get streams(): number {
+    return this.#streams.size;
   }
 
   /** The transport's `fetch`. */
@@ -105,14 +119,38 @@ export class StreamWatch {
       const last = new Headers(init?.headers).get('last-event-id');
       if (last !== null) return this.#resume(streamOf(last), last, url, init);
     }
-    const response = await fetch(url, init);
-    if (method !== 'POST' || !response.ok || response.body === null) return response;
-    if (!(response.headers.get('content-type') ?? '').startsWith('text/event-stream')) {
-      return response;
+    const response = await fetch(url, { ...init, redirect: 'manual' });
+    if (redirects(response)) {
+      await response.body?.cancel().catch(() => undefined);
+      throw new Error(
+        `the sidecar's address ${shown(new URL(url))} answered ${redirectText(response, url)}: give the sidecar's MCP URL`,
+      );
     }
-    const id = requestIdOf(init?.body);
-    if (id === undefined) return response;
-    return watchEnd(response, () => this.#onUnresumable(id));
+    if (method !== 'POST' || !response.ok) return response;
+    const empty = response.status === 202 || response.status === 204 || response.body === null;
+    const sse = (response.headers.get('content-type') ?? '').startsWith('text/event-stream');
+    // The request's body is parsed only then: not for a call answered as JSON (the hot path).
+    if (!empty && !sse) return response;
+    const ids = requestIdsOf(init?.body);
+    if (ids.length === 0) return response;
+    if (empty) {
+      await response.body?.cancel().catch(() => undefined);
+      for (const id of ids) {
+        this.#onLost(
+          id,
+          `the sidecar answered the request's POST with HTTP ${response.status} and no answer`,
+        );
+      }
+      return new Response(null, { status: 202, headers: response.headers });
+    }
+    return watchEnd(response, () => {
+      for (const id of ids) {
+        this.#onLost(
+          id,
+          'the connection to the sidecar broke while the request was running, and its stream had no event id to resume it from',
+        );
+      }
+    });
   };
 
   async #resume(
@@ -122,39 +160,39 @@ export class StreamWatch {
     init?: RequestInit,
   ): Promise<Response> {
     let state = this.#streams.get(stream);
-    if (state?.givenUp === true) return new Response(null, { status: 410, statusText: GIVEN_UP });
     if (state === undefined) {
-      state = { since: performance.now(), failures: 0, givenUp: false };
+      state = { since: performance.now(), failures: 0 };
       this.#streams.set(stream, state);
     }
     const left = this.#resumeMs - (performance.now() - state.since);
     let response: Response;
     try {
-      response = await fetchBegun(url, init, Math.max(1_000, Math.min(ATTEMPT_MS, left)));
+      response = await fetchBegun(
+        url,
+        { ...init, redirect: 'manual' },
+        Math.max(1_000, Math.min(ATTEMPT_MS, left)),
+      );
     } catch (error) {
-      this.#failed(stream, state);
+      if (this.#failed(stream, state)) return givenUp();
       throw error;
     }
-    if (response.status === 405) {
-      // The SDK transport takes it for "no SSE stream here" and tries no more.
-      state.givenUp = true;
-      this.#onGiveUp(stream, `the sidecar refused to resume the request's stream (HTTP 405)`);
-      return response;
+    const final = finalAnswer(response, url);
+    if (final !== undefined) {
+      await response.body?.cancel().catch(() => undefined);
+      this.#giveUp(stream, `the sidecar ${final}`, response.status === 404);
+      return givenUp();
     }
     if (!response.ok) {
-      this.#failed(stream, state);
-      return response;
+      if (!this.#failed(stream, state)) return response;
+      await response.body?.cancel().catch(() => undefined);
+      return givenUp();
     }
     if (performance.now() - state.since >= this.#resumeMs) {
       // Resumed, but every resumption for the resume time broke before the sidecar sent a byte
       // on it (a proxy cutting it): given up, or the SDK transport tried for good.
       await response.body?.cancel().catch(() => undefined);
-      this.#giveUp(stream, state);
-      return new Response(null, { status: 410, statusText: GIVEN_UP });
-    }
-    if (response.body === null) {
-      this.#streams.delete(stream);
-      return response;
+      this.#giveUp(stream, this.#unreachable(), false);
+      return givenUp();
     }
     // Resumed once the sidecar sent on it: a later break starts a new count (as the SDK
     // transport's own does).
@@ -163,33 +201,89 @@ export class StreamWatch {
     });
   }
 
-  #failed(stream: string, state: Resuming): void {
+  /** Counts a failed attempt; true when it gives the stream up. */
+  #failed(stream: string, state: Resuming): boolean {
     state.failures += 1;
-    if (state.givenUp) return;
-    if (state.failures >= this.#maxRetries || performance.now() - state.since >= this.#resumeMs) {
-      this.#giveUp(stream, state);
+    if (state.failures < this.#maxRetries && performance.now() - state.since < this.#resumeMs) {
+      return false;
     }
+    this.#giveUp(stream, this.#unreachable(), false);
+    return true;
   }
 
-  #giveUp(stream: string, state: Resuming): void {
-    state.givenUp = true;
-    this.#onGiveUp(
-      stream,
-      `the sidecar could not be reached to resume the request's stream for ${this.#resumeMs / 1000} s`,
-    );
+  #unreachable(): string {
+    return `the sidecar could not be reached to resume the request's stream for ${this.#resumeMs / 1000} s`;
+  }
+
+  /** Gives `stream` up: the attempt answered with {@link givenUp} is the SDK transport's last. */
+  #giveUp(stream: string, why: string, sessionGone: boolean): void {
+    this.#streams.delete(stream);
+    this.#onGiveUp(stream, why, sessionGone);
   }
 }
 
-/** The id of the JSON-RPC request a POST body carries (one message per POST here). */
-function requestIdOf(body: unknown): string | number | undefined {
-  if (typeof body !== 'string') return undefined;
+/** The answer to an attempt that gave its stream up: the SDK transport tries no more after a 405. */
+function givenUp(): Response {
+  return new Response(null, { status: 405, statusText: GIVEN_UP });
+}
+
+/** True for a redirect (with `redirect: 'manual'`, fetch hands it over as it came). */
+function redirects(response: Response): boolean {
+  return response.status >= 300 && response.status < 400;
+}
+
+/** `HTTP <status>, a redirect to <target>, …`: the target without userinfo, query or fragment. */
+function redirectText(response: Response, url: string | URL): string {
+  let target = 'elsewhere';
   try {
-    const m = JSON.parse(body) as { id?: unknown; method?: unknown };
-    if (typeof m.method !== 'string') return undefined;
-    return typeof m.id === 'string' || typeof m.id === 'number' ? m.id : undefined;
+    target = shown(new URL(response.headers.get('location') ?? '', url));
   } catch {
-    return undefined;
+    // no usable Location: "elsewhere"
   }
+  return `HTTP ${response.status}, a redirect to ${target}, which agent-fabric mcp does not follow`;
+}
+
+/** `url` without userinfo, query or fragment (what an error message may name). */
+function shown(url: URL): string {
+  return `${url.origin}${url.pathname}`;
+}
+
+/**
+ * What a resumption's answer says when it ends the stream's resuming (a redirect, a 4xx not
+ * worth another try, a 2xx without a stream), as words after "the sidecar"; else undefined.
+ */
+function finalAnswer(response: Response, url: string | URL): string | undefined {
+  const { status } = response;
+  if (redirects(response)) {
+    return `refused to resume the request's stream (${redirectText(response, url)})`;
+  }
+  if (response.ok && (status === 204 || response.body === null)) {
+    return `has nothing more of the request's stream (HTTP ${status})`;
+  }
+  if (status >= 400 && status < 500 && !RETRIED.has(status)) {
+    return `refused to resume the request's stream (HTTP ${status})`;
+  }
+  return undefined;
+}
+
+/** The ids of the JSON-RPC requests a POST body carries (one message, or a batch). */
+function requestIdsOf(body: unknown): (string | number)[] {
+  if (typeof body !== 'string') return [];
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    return [];
+  }
+  const ids: (string | number)[] = [];
+  for (const m of (Array.isArray(parsed) ? parsed : [parsed]) as {
+    id?: unknown;
+    method?: unknown;
+  }[]) {
+    if (typeof m?.method !== 'string') continue;
+    if (typeof m.id === 'string' || typeof m.id === 'number') ids.push(m.id);
+  }
+  return ids;
 }
 
 /**

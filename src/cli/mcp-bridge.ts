@@ -30,13 +30,7 @@ import {
 import { ErrorCode, type JSONRPCMessage, type RequestId } from '@modelcontextprotocol/sdk/types.js';
 import type { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js';
 import { messageOf } from '../gateway/map-error.js';
-import {
-  isOwnRefusal,
-  reconnectionFor,
-  type Reconnection,
-  StreamWatch,
-  streamOf,
-} from './bridge-streams.js';
+import { reconnectionFor, type Reconnection, StreamWatch, streamOf } from './bridge-streams.js';
 
 /**
  * Prefix of the ids of the bridge's own requests (their answers are never forwarded to the
@@ -228,8 +222,12 @@ export class McpBridge {
     const watch = new StreamWatch({
       resumeMs: this.#resumeMs,
       reconnection: this.#reconnection,
-      onUnresumable: (id) => this.#unresumable(transport, id),
-      onGiveUp: (stream, why) => this.#givenUp(transport, stream, why),
+      onLost: (id, why) => this.#unanswered(transport, id, why),
+      onGiveUp: (stream, why, sessionGone) => {
+        this.#options.log(`agent-fabric mcp: gave up stream ${stream}: ${why}`);
+        if (sessionGone) this.#lost(transport);
+        else this.#givenUp(transport, stream, why);
+      },
     });
     const transport = new StreamableHTTPClientTransport(this.#options.url, {
       requestInit: { headers: this.#options.headers },
@@ -249,9 +247,6 @@ export class McpBridge {
       if (init !== undefined && id === init.id && !('method' in m)) {
         this.#speak(transport, (m as Envelope).result);
       }
-      if ((typeof id === 'string' || typeof id === 'number') && !('method' in m)) {
-        if (this.#pending.get(id)?.transport === transport) this.#pending.delete(id);
-      }
       // Only an answer the bridge waits for: an agent may choose any id, also one like these.
       const waiter = typeof id === 'string' && !('method' in m) ? this.#own.get(id) : undefined;
       if (waiter !== undefined) {
@@ -259,13 +254,17 @@ export class McpBridge {
         waiter(m as Envelope);
         return;
       }
-      // The late answer to a request of the bridge's own it gave up on (the prefix is random per
-      // process): not the agent's.
-      if (typeof id === 'string' && !('method' in m) && id.startsWith(OWN_ID)) return;
+      if ((typeof id === 'string' || typeof id === 'number') && !('method' in m)) {
+        // One answer per request of the agent: none for a request already answered here (with
+        // an error saying its answer is lost), cancelled by the agent, or of the bridge's own
+        // it gave up on.
+        if (this.#pending.get(id)?.transport !== transport) return;
+        this.#pending.delete(id);
+      }
       void this.#options.downstream.send(m);
     };
     transport.onerror = (e) => {
-      if (!isOwnRefusal(e)) this.#options.log(`agent-fabric mcp: ${e.message}`);
+      this.#options.log(`agent-fabric mcp: ${e.message}`);
       // A stream's reconnection was told the session is gone (the sidecar restarted, or closed
       // it): no answer will come for what went out on it.
       if (sessionGone(e)) this.#lost(transport);
@@ -287,18 +286,16 @@ export class McpBridge {
   }
 
   /**
-   * The stream of the agent's request `id` on `transport` ended before its answer and without an
-   * event id to resume it from (a session of an MCP version before 2025-11-25 gets none): no
-   * answer can come for it, so the request is answered with an error (before, the agent waited
-   * until its own timeout).
+   * No answer can come for the agent's request `id` on `transport` (`why`): its stream ended
+   * before its answer without an event id to resume it from (a session of an MCP version before
+   * 2025-11-25 gets none), or its POST was answered 202/204, with no body. The request is
+   * answered with an error (before, the agent waited until its own timeout). A request whose
+   * stream has an event id is left to its resuming.
    */
-  #unresumable(transport: StreamableHTTPClientTransport, id: string | number): void {
+  #unanswered(transport: StreamableHTTPClientTransport, id: string | number, why: string): void {
     const p = this.#pending.get(id);
     if (p === undefined || p.transport !== transport || p.stream !== undefined) return;
-    this.#answerLost(
-      (q) => q === p,
-      'the connection to the sidecar broke while the request was running, and its stream had no event id to resume it from',
-    );
+    this.#answerLost((q) => q === p, why);
   }
 
   /**
@@ -368,6 +365,14 @@ export class McpBridge {
       typeof method === 'string' && (typeof id === 'string' || typeof id === 'number');
     const pending: Pending = { transport: upstream, taken: false };
     if (request) this.#pending.set(id, pending);
+    else if (method === 'notifications/cancelled') {
+      // Not answered any more (MCP cancellation): a late answer is not forwarded, and no error
+      // is given when its stream breaks. Here, in order: its request is pending by now.
+      const cancelled = ((m as Envelope).params as { requestId?: unknown } | undefined)?.requestId;
+      if (typeof cancelled === 'string' || typeof cancelled === 'number') {
+        this.#pending.delete(cancelled);
+      }
+    }
     try {
       if (upstream === this.#sessionless) throw new Error('no session: the last renewal failed');
       await this.#send(upstream, m, request ? pending : undefined);

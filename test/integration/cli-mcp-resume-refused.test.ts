@@ -1,0 +1,261 @@
+/**
+ * `agent-fabric mcp` when the sidecar (or what stands between) answers a call's POST or the
+ * resumption of its stream with something final: a real sidecar with a slow stdio upstream, a
+ * TCP proxy that cuts the call's stream and answers its resumptions, the official SDK client as
+ * the agent on the bridge's stdio (or its raw stdio transport, to count the answers per id).
+ */
+import { readFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import {
+  getDefaultEnvironment,
+  StdioClientTransport,
+} from '@modelcontextprotocol/sdk/client/stdio.js';
+import { LATEST_PROTOCOL_VERSION, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { reconnectionFor, StreamWatch } from '../../src/cli/bridge-streams.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  bridgeViaProxy,
+  cuttingProxy,
+  slowCallOnStream,
+} from '../fixtures/gateway/cutting-proxy.js';
+import {
+  agentToken,
+  CLI_MAIN,
+  closeSidecar,
+  INIT,
+  startSlowSidecar,
+  text,
+  TSX,
+  until,
+} from '../fixtures/gateway/harness.js';
+
+/** The proxy's port as a URL of the sidecar's MCP endpoint. */
+function via(sidecar: Sidecar, proxy: { address(): unknown }): URL {
+  const url = new URL(sidecar.url!);
+  url.port = String((proxy.address() as { port: number }).port);
+  return url;
+}
+
+describe('agent-fabric mcp: a resumption answered with a final status (real sidecar, TCP proxy)', () => {
+  let sidecar: Sidecar;
+  let ran: string;
+
+  beforeAll(async () => {
+    ({ sidecar, ran } = await startSlowSidecar('bridge-refused'));
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  for (const [status, says] of [
+    [410, "the sidecar refused to resume the request's stream (HTTP 410)"],
+    [400, "the sidecar refused to resume the request's stream (HTTP 400)"],
+    [404, 'the sidecar no longer knows the session'],
+    [307, "the sidecar refused to resume the request's stream (HTTP 307, a redirect"],
+  ] as const) {
+    it(`answers the call with an error at the first HTTP ${status}, not after --resume-seconds`, async () => {
+      // The bridge would resume for 10 minutes; the agent waits 30 s. Before, every answer but
+      // 405 counted as one failed attempt, and the call waited for the whole resume time.
+      const { client, requests, proxy } = await bridgeViaProxy(
+        sidecar,
+        { status, location: 'http://127.0.0.1:9/elsewhere' },
+        ['mcp', '--resume-seconds', '600'],
+      );
+      try {
+        const { outcome } = await slowCallOnStream(client, ran, 30_000);
+        const error = await outcome;
+        expect(error).toContain(says);
+        expect(error).toContain('its answer is lost');
+        // One resumption was asked for, and none after it; the bridge goes on.
+        expect(requests.filter((r) => /\r\nlast-event-id:/i.test(r))).toHaveLength(1);
+        const next = await client.callTool(
+          { name: 's__slow', arguments: { label: `after-${status}`, ms: 10 } },
+          undefined,
+          { timeout: 20_000 },
+        );
+        expect(text(next)).toBe(`slept after-${status}`);
+        expect(requests.filter((r) => /\r\nlast-event-id:/i.test(r))).toHaveLength(1);
+      } finally {
+        await client.close();
+        await new Promise((resolve) => proxy.close(resolve));
+      }
+    }, 60_000);
+  }
+
+  it('keeps nothing of a stream it gave up (the SDK transport tries it no more)', async () => {
+    // The bridge's fetch under the official SDK transport, on a session of the latest version
+    // (priming event ids), through a proxy that cuts every resumption.
+    const requests: string[] = [];
+    const proxy = await cuttingProxy(Number(new URL(sidecar.url!).port), requests, 'cut-all');
+    const givenUp: string[] = [];
+    const watch = new StreamWatch({
+      resumeMs: 2_000,
+      reconnection: reconnectionFor(2_000),
+      onLost: () => undefined,
+      onGiveUp: (stream) => givenUp.push(stream),
+    });
+    const transport = new StreamableHTTPClientTransport(via(sidecar, proxy), {
+      requestInit: { headers: { authorization: `Bearer ${agentToken(sidecar, 'a')}` } },
+      reconnectionOptions: reconnectionFor(2_000),
+      fetch: watch.fetch,
+    });
+    const answers: JSONRPCMessage[] = [];
+    transport.onmessage = (m) => answers.push(m);
+    try {
+      await transport.start();
+      await transport.send({
+        ...INIT,
+        params: { ...INIT.params, protocolVersion: LATEST_PROTOCOL_VERSION },
+      } as JSONRPCMessage);
+      transport.setProtocolVersion(LATEST_PROTOCOL_VERSION);
+      await transport.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+      await transport.send({
+        jsonrpc: '2.0',
+        id: 2,
+        method: 'tools/call',
+        params: { name: 's__slow', arguments: { label: 'kept', ms: 4_000 } },
+      });
+      await until(() => givenUp.length > 0, 30_000);
+      // Before, the given-up stream stayed in the watch for the session's life (one entry per
+      // such stream), its later attempts answered from there.
+      expect(watch.streams).toBe(0);
+      const resumes = requests.filter((r) => /\r\nlast-event-id:/i.test(r)).length;
+      await until(() => readFileSync(ran, 'utf8').includes('end kept'), 30_000);
+      expect(requests.filter((r) => /\r\nlast-event-id:/i.test(r))).toHaveLength(resumes);
+      expect(givenUp).toHaveLength(1);
+      expect(answers.some((m) => 'id' in m && m.id === 2)).toBe(false);
+    } finally {
+      await transport.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  }, 60_000);
+});
+
+/**
+ * The bridge's stdio under the official SDK's raw transport (so every answer is seen, also a
+ * second one for an id) for `url` with `token`; `answers` collects the answers per id.
+ */
+async function rawBridge(
+  url: URL,
+  token: string,
+): Promise<{ transport: StdioClientTransport; answers: Map<unknown, JSONRPCMessage[]> }> {
+  const transport = new StdioClientTransport({
+    command: process.execPath,
+    args: ['--import', TSX, CLI_MAIN, 'mcp'],
+    stderr: 'pipe',
+    env: { ...getDefaultEnvironment(), FABRIC_AGENT_TOKEN: token, FABRIC_URL: url.toString() },
+  });
+  const answers = new Map<unknown, JSONRPCMessage[]>();
+  transport.onmessage = (m) => {
+    if ('id' in m && !('method' in m)) answers.set(m.id, [...(answers.get(m.id) ?? []), m]);
+  };
+  await transport.start();
+  return { transport, answers };
+}
+
+describe('agent-fabric mcp: a call whose POST is answered with no body (real sidecar, TCP proxy)', () => {
+  let sidecar: Sidecar;
+
+  beforeAll(async () => {
+    ({ sidecar } = await startSlowSidecar('bridge-no-body'));
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  for (const status of [202, 204]) {
+    it(`answers the call with an error once at HTTP ${status}, and goes on`, async () => {
+      const requests: string[] = [];
+      const proxy = await cuttingProxy(
+        Number(new URL(sidecar.url!).port),
+        requests,
+        'none',
+        status,
+      );
+      const { transport, answers } = await rawBridge(via(sidecar, proxy), agentToken(sidecar, 'a'));
+      try {
+        await transport.send(INIT as JSONRPCMessage);
+        await until(() => answers.has(1));
+        await transport.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+        await transport.send({
+          jsonrpc: '2.0',
+          id: 2,
+          method: 'tools/call',
+          params: { name: 's__slow', arguments: { label: 'void', ms: 10 } },
+        });
+        // Before: HTTP 202 left the call waiting for good (the SDK transport takes it for "no
+        // answer due"); 204 was answered "Unexpected content type: null".
+        await until(() => answers.has(2), 20_000);
+        const error = (answers.get(2)![0] as { error?: { message?: string } }).error?.message;
+        expect(error).toContain(
+          `the sidecar answered the request's POST with HTTP ${status} and no answer`,
+        );
+        await transport.send({
+          jsonrpc: '2.0',
+          id: 3,
+          method: 'tools/call',
+          params: { name: 's__slow', arguments: { label: 'next', ms: 10 } },
+        });
+        await until(() => answers.has(3), 20_000);
+        expect(JSON.stringify(answers.get(3))).toContain('slept next');
+        // Exactly one answer per request.
+        for (const id of [1, 2, 3]) expect(answers.get(id)).toHaveLength(1);
+      } finally {
+        await transport.close();
+        await new Promise((resolve) => proxy.close(resolve));
+      }
+    }, 60_000);
+  }
+});
+
+/** A plain HTTP server recording each request (method, path, whether it had `authorization`). */
+async function recorder(
+  answer: (req: IncomingMessage) => { status: number; location?: string },
+): Promise<{ server: Server; seen: { method: string; path: string; auth: boolean }[] }> {
+  const seen: { method: string; path: string; auth: boolean }[] = [];
+  const server = createServer((req, res) => {
+    seen.push({
+      method: req.method!,
+      path: req.url!,
+      auth: req.headers.authorization !== undefined,
+    });
+    req.resume();
+    const { status, location } = answer(req);
+    res.writeHead(status, location === undefined ? {} : { location }).end();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, seen };
+}
+
+describe('agent-fabric mcp: what answers at --url redirects (real HTTP servers)', () => {
+  it('answers a request redirected to another port, or another path, with an error, and sends nothing there', async () => {
+    const elsewhere = await recorder(() => ({ status: 405 }));
+    const port = (elsewhere.server.address() as { port: number }).port;
+    for (const target of ['/moved', `http://127.0.0.1:${port}/mcp`]) {
+      // The probe's GET (not the bridge's) is answered 405: the bridge starts.
+      const redirecting = await recorder((req) =>
+        req.method === 'GET' || req.url === '/moved'
+          ? { status: 405 }
+          : { status: 307, location: target },
+      );
+      const url = new URL(
+        `http://127.0.0.1:${(redirecting.server.address() as { port: number }).port}/mcp`,
+      );
+      const { transport, answers } = await rawBridge(url, 'fab_agent_token_for_redirects');
+      try {
+        await transport.send(INIT as JSONRPCMessage);
+        await until(() => answers.has(1), 20_000);
+        const error = (answers.get(1)![0] as { error?: { message?: string } }).error?.message;
+        expect(error).toContain('HTTP 307, a redirect');
+        expect(answers.get(1)).toHaveLength(1);
+        // Before, a redirect within the origin was followed with the agent's token.
+        expect(redirecting.seen.filter((r) => r.path === '/moved')).toEqual([]);
+      } finally {
+        await transport.close();
+        await new Promise((resolve) => redirecting.server.close(resolve));
+      }
+    }
+    // Nothing of the bridge's, and never the agent's token, reached the other port.
+    expect(elsewhere.seen.filter((r) => r.auth)).toEqual([]);
+    expect(elsewhere.seen.filter((r) => r.method !== 'GET')).toEqual([]);
+    await new Promise((resolve) => elsewhere.server.close(resolve));
+  }, 60_000);
+});
