@@ -206,6 +206,48 @@ describe('agent-fabric mcp: a call whose POST is answered with no body (real sid
   }
 });
 
+describe('agent-fabric mcp: a JSON-RPC batch from the agent (real sidecar)', () => {
+  let sidecar: Sidecar;
+
+  beforeAll(async () => {
+    ({ sidecar } = await startSlowSidecar('bridge-batch'));
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  it('answers every request of it once (refused: one message a line), and sends none of it on', async () => {
+    const requests: string[] = [];
+    const proxy = await cuttingProxy(Number(new URL(sidecar.url!).port), requests);
+    const { transport, answers } = await rawBridge(via(sidecar, proxy), agentToken(sidecar, 'a'));
+    try {
+      await transport.send(INIT as JSONRPCMessage);
+      await until(() => answers.has(1));
+      await transport.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+      const call = (id: number, label: string): JSONRPCMessage => ({
+        jsonrpc: '2.0',
+        id,
+        method: 'tools/call',
+        params: { name: 's__slow', arguments: { label, ms: 10 } },
+      });
+      const posts = (): number => requests.filter((r) => r.startsWith('POST ')).length;
+      await until(() => posts() === 2); // initialize, initialized
+      await transport.send([call(2, 'b2'), call(3, 'b3')] as unknown as JSONRPCMessage);
+      await until(() => answers.has(2) && answers.has(3), 20_000);
+      for (const id of [2, 3]) {
+        expect(answers.get(id)).toHaveLength(1);
+        expect(JSON.stringify(answers.get(id))).toContain('batches are not supported over stdio');
+      }
+      // The bridge sends one message a POST: no batch reached the sidecar (so none is unwatched).
+      expect(posts()).toBe(2);
+      await transport.send(call(4, 'single'));
+      await until(() => answers.has(4), 20_000);
+      expect(JSON.stringify(answers.get(4))).toContain('slept single');
+    } finally {
+      await transport.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  }, 60_000);
+});
+
 /** A plain HTTP server recording each request (method, path, whether it had `authorization`). */
 async function recorder(
   answer: (req: IncomingMessage) => { status: number; location?: string },
