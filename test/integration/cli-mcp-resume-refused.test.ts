@@ -18,6 +18,7 @@ import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   bridgeViaProxy,
   cuttingProxy,
+  slowCall,
   slowCallOnStream,
 } from '../fixtures/gateway/cutting-proxy.js';
 import {
@@ -109,12 +110,7 @@ describe('agent-fabric mcp: a resumption answered with a final status (real side
       } as JSONRPCMessage);
       transport.setProtocolVersion(LATEST_PROTOCOL_VERSION);
       await transport.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
-      await transport.send({
-        jsonrpc: '2.0',
-        id: 2,
-        method: 'tools/call',
-        params: { name: 's__slow', arguments: { label: 'kept', ms: 4_000 } },
-      });
+      await transport.send(slowCall(2, 'kept', 4_000));
       await until(() => givenUp.length > 0, 30_000);
       // Before, the given-up stream stayed in the watch for the session's life (one entry per
       // such stream), its later attempts answered from there.
@@ -175,12 +171,7 @@ describe('agent-fabric mcp: a call whose POST is answered with no body (real sid
         await transport.send(INIT as JSONRPCMessage);
         await until(() => answers.has(1));
         await transport.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
-        await transport.send({
-          jsonrpc: '2.0',
-          id: 2,
-          method: 'tools/call',
-          params: { name: 's__slow', arguments: { label: 'void', ms: 10 } },
-        });
+        await transport.send(slowCall(2, 'void', 10));
         // Before: HTTP 202 left the call waiting for good (the SDK transport takes it for "no
         // answer due"); 204 was answered "Unexpected content type: null".
         await until(() => answers.has(2), 20_000);
@@ -188,12 +179,7 @@ describe('agent-fabric mcp: a call whose POST is answered with no body (real sid
         expect(error).toContain(
           `the sidecar answered the request's POST with HTTP ${status} and no answer`,
         );
-        await transport.send({
-          jsonrpc: '2.0',
-          id: 3,
-          method: 'tools/call',
-          params: { name: 's__slow', arguments: { label: 'next', ms: 10 } },
-        });
+        await transport.send(slowCall(3, 'next', 10));
         await until(() => answers.has(3), 20_000);
         expect(JSON.stringify(answers.get(3))).toContain('slept next');
         // Exactly one answer per request.
@@ -222,15 +208,12 @@ describe('agent-fabric mcp: a JSON-RPC batch from the agent (real sidecar)', () 
       await transport.send(INIT as JSONRPCMessage);
       await until(() => answers.has(1));
       await transport.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
-      const call = (id: number, label: string): JSONRPCMessage => ({
-        jsonrpc: '2.0',
-        id,
-        method: 'tools/call',
-        params: { name: 's__slow', arguments: { label, ms: 10 } },
-      });
       const posts = (): number => requests.filter((r) => r.startsWith('POST ')).length;
       await until(() => posts() === 2); // initialize, initialized
-      await transport.send([call(2, 'b2'), call(3, 'b3')] as unknown as JSONRPCMessage);
+      await transport.send([
+        slowCall(2, 'b2', 10),
+        slowCall(3, 'b3', 10),
+      ] as unknown as JSONRPCMessage);
       await until(() => answers.has(2) && answers.has(3), 20_000);
       for (const id of [2, 3]) {
         expect(answers.get(id)).toHaveLength(1);
@@ -238,7 +221,7 @@ describe('agent-fabric mcp: a JSON-RPC batch from the agent (real sidecar)', () 
       }
       // The bridge sends one message a POST: no batch reached the sidecar (so none is unwatched).
       expect(posts()).toBe(2);
-      await transport.send(call(4, 'single'));
+      await transport.send(slowCall(4, 'single', 10));
       await until(() => answers.has(4), 20_000);
       expect(JSON.stringify(answers.get(4))).toContain('slept single');
     } finally {

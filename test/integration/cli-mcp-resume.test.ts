@@ -35,8 +35,10 @@ import {
   until,
 } from '../fixtures/gateway/harness.js';
 import {
+  bound,
   bridgeViaProxy,
   cuttingProxy,
+  slowCall,
   slowCallOnStream,
 } from '../fixtures/gateway/cutting-proxy.js';
 import { cleanUp, freePort, serve, stop } from '../fixtures/state/serve.js';
@@ -210,10 +212,7 @@ async function getSwallowingProxy(port: number): Promise<Server> {
       if (!swallowing) upstream.write(chunk);
     });
     upstream.on('data', (chunk: Buffer) => client.write(chunk));
-    client.on('error', () => upstream.destroy());
-    upstream.on('error', () => client.destroy());
-    client.on('close', () => upstream.destroy());
-    upstream.on('close', () => client.destroy());
+    bound(client, upstream);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return server;
@@ -331,12 +330,7 @@ describe('agent-fabric mcp: a slow call of an MCP 2025-06-18 session whose strea
       await until(() => answers.has(1));
       expect(JSON.stringify(answers.get(1))).toContain('"protocolVersion":"2025-06-18"');
       await transport.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
-      await transport.send({
-        jsonrpc: '2.0',
-        id: 2,
-        method: 'tools/call',
-        params: { name: 's__slow', arguments: { label: 'old', ms: 3_000 } },
-      });
+      await transport.send(slowCall(2, 'old', 3_000));
       // Before: no answer at all (the SDK transport drops a stream it cannot resume).
       await until(() => answers.has(2), 20_000);
       const answer = answers.get(2) as { error?: { message?: string } };
@@ -348,12 +342,7 @@ describe('agent-fabric mcp: a slow call of an MCP 2025-06-18 session whose strea
       expect(readFileSync(ran, 'utf8')).toContain('start old\n');
       expect(requests.some((r) => /\r\nlast-event-id:/i.test(r))).toBe(false);
       // The bridge goes on: the next call is answered.
-      await transport.send({
-        jsonrpc: '2.0',
-        id: 3,
-        method: 'tools/call',
-        params: { name: 's__slow', arguments: { label: 'next', ms: 10 } },
-      });
+      await transport.send(slowCall(3, 'next', 10));
       await until(() => answers.has(3), 20_000);
       expect(JSON.stringify(answers.get(3))).toContain('slept next');
     } finally {
