@@ -192,11 +192,12 @@ describe('agent-fabric mcp: a call whose POST is answered with no body (real sid
   }
 });
 
-describe('agent-fabric mcp: a JSON-RPC batch from the agent (real sidecar)', () => {
+describe('agent-fabric mcp: a JSON-RPC batch, a cancelled request (real sidecar)', () => {
   let sidecar: Sidecar;
+  let ran: string;
 
   beforeAll(async () => {
-    ({ sidecar } = await startSlowSidecar('bridge-batch'));
+    ({ sidecar, ran } = await startSlowSidecar('bridge-batch'));
   });
   afterAll(() => closeSidecar(sidecar));
 
@@ -227,6 +228,32 @@ describe('agent-fabric mcp: a JSON-RPC batch from the agent (real sidecar)', () 
     } finally {
       await transport.close();
       await new Promise((resolve) => proxy.close(resolve));
+    }
+  }, 60_000);
+
+  it('gives no answer to a request the agent cancelled, also when its stream then ends', async () => {
+    const { transport, answers } = await rawBridge(new URL(sidecar.url!), agentToken(sidecar, 'a'));
+    try {
+      await transport.send(INIT as JSONRPCMessage); // MCP 2025-06-18: no event ids
+      await until(() => answers.has(1));
+      await transport.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+      await transport.send(slowCall(2, 'dropped', 2_000));
+      await until(() => readFileSync(ran, 'utf8').includes('start dropped'));
+      await new Promise((resolve) => setTimeout(resolve, 600)); // on an SSE stream by now
+      await transport.send({
+        jsonrpc: '2.0',
+        method: 'notifications/cancelled',
+        params: { requestId: 2, reason: 'not needed' },
+      });
+      // The sidecar ends the call's stream at once, with no answer; the upstream runs on.
+      await until(() => readFileSync(ran, 'utf8').includes('end dropped'), 20_000);
+      await transport.send({ jsonrpc: '2.0', id: 3, method: 'ping' });
+      await until(() => answers.has(3), 20_000);
+      // Before, the stream's end was taken for a cut: the cancelled request was answered with
+      // an error saying the connection broke.
+      expect(answers.has(2)).toBe(false);
+    } finally {
+      await transport.close();
     }
   }, 60_000);
 });
