@@ -7,7 +7,15 @@
  * @module
  */
 import { parseArgs } from 'node:util';
-import { ApiClient, adminToken, CliError, DEFAULT_SIDECAR_URL } from './api-client.js';
+import {
+  ApiClient,
+  adminToken,
+  CliError,
+  DEFAULT_MAX_ANSWER_MIB,
+  DEFAULT_REQUEST_TIMEOUT_SECONDS,
+  DEFAULT_SIDECAR_URL,
+  type ApiClientOptions,
+} from './api-client.js';
 import { EXIT } from './exit-codes.js';
 import { terminalSafe } from './format.js';
 
@@ -50,7 +58,10 @@ export interface Command {
   /** Paragraphs shown after the summary in `--help`. */
   description?: string;
   options?: Readonly<Record<string, OptionSpec>>;
-  /** Talks to a running sidecar: adds `--url` and `--token-file`. */
+  /**
+   * Talks to a running sidecar: adds `--url`, `--token-file`, `--request-timeout` and
+   * `--max-answer-mib`.
+   */
   online?: boolean;
   /** Has a `--json` form. */
   json?: boolean;
@@ -60,6 +71,11 @@ export interface Command {
    */
   run(ctx: CommandContext): Promise<number | 'running'>;
 }
+
+/** Largest `--request-timeout`: a day. */
+const MAX_REQUEST_TIMEOUT_SECONDS = 86_400;
+/** Largest `--max-answer-mib`: what one string can hold in V8 (2^29 - 24 UTF-16 units). */
+const MAX_ANSWER_MIB = 500;
 
 const COMMON_ONLINE: Readonly<Record<string, OptionSpec>> = {
   url: {
@@ -73,7 +89,66 @@ const COMMON_ONLINE: Readonly<Record<string, OptionSpec>> = {
     description:
       'file holding the admin token (mode 600); without it FABRIC_ADMIN_TOKEN is used. There is no --token: arguments are visible to every local user',
   },
+  'request-timeout': {
+    type: 'string',
+    value: 'seconds',
+    description: `how long the sidecar may take to answer, and to send each next part of its answer or stream (env FABRIC_REQUEST_TIMEOUT; default ${DEFAULT_REQUEST_TIMEOUT_SECONDS}, at most ${MAX_REQUEST_TIMEOUT_SECONDS}); exit 3 past it`,
+  },
+  'max-answer-mib': {
+    type: 'string',
+    value: 'n',
+    description: `the largest answer (and stream line) read, in MiB (env FABRIC_MAX_ANSWER_MIB; default ${DEFAULT_MAX_ANSWER_MIB}, at most ${MAX_ANSWER_MIB}); exit 1 past it`,
+  },
 };
+
+/**
+ * The limits of the sidecar client from `--request-timeout` and `--max-answer-mib` or, without
+ * them, FABRIC_REQUEST_TIMEOUT and FABRIC_MAX_ANSWER_MIB.
+ * @throws CliError (exit code 2) naming the flag or variable and what it must be.
+ */
+function clientLimits(
+  command: Command,
+  values: CommandContext['values'],
+  env: NodeJS.ProcessEnv,
+): Pick<ApiClientOptions, 'timeoutMs' | 'maxAnswerBytes' | 'sources'> {
+  const given = (flag: string, variable: string): { raw?: string; source: string } => {
+    const raw = values[flag];
+    if (typeof raw === 'string') return { raw, source: `--${flag}` };
+    const fromEnv = env[variable];
+    return fromEnv === undefined || fromEnv === ''
+      ? { source: `--${flag}` }
+      : { raw: fromEnv, source: variable };
+  };
+  const timeout = given('request-timeout', 'FABRIC_REQUEST_TIMEOUT');
+  let timeoutMs: number | undefined;
+  if (timeout.raw !== undefined) {
+    const n = Number(timeout.raw);
+    if (!/^\d+(\.\d+)?$/.test(timeout.raw) || !(n > 0) || n > MAX_REQUEST_TIMEOUT_SECONDS) {
+      throw usageError(
+        command,
+        `${timeout.source}: must be a number of seconds above 0 and at most ${MAX_REQUEST_TIMEOUT_SECONDS}, not ${timeout.raw}`,
+      );
+    }
+    timeoutMs = Math.max(1, Math.round(n * 1000));
+  }
+  const max = given('max-answer-mib', 'FABRIC_MAX_ANSWER_MIB');
+  let maxAnswerBytes: number | undefined;
+  if (max.raw !== undefined) {
+    const n = Number(max.raw);
+    if (!/^\d+$/.test(max.raw) || n < 1 || n > MAX_ANSWER_MIB) {
+      throw usageError(
+        command,
+        `${max.source}: must be a whole number of MiB from 1 to at most ${MAX_ANSWER_MIB}, not ${max.raw}`,
+      );
+    }
+    maxAnswerBytes = n * 1024 * 1024;
+  }
+  return {
+    ...(timeoutMs === undefined ? {} : { timeoutMs }),
+    ...(maxAnswerBytes === undefined ? {} : { maxAnswerBytes }),
+    sources: { timeout: timeout.source, maxAnswer: max.source },
+  };
+}
 
 const JSON_OPTION: OptionSpec = {
   type: 'boolean',
@@ -155,6 +230,8 @@ export async function runCommand(
   if (positionals.length > max) {
     throw usageError(command, `unexpected argument: ${positionals[max]}`);
   }
+  // Checked before the command runs: a wrong limit sends nothing.
+  const limits = command.online ? clientLimits(command, values, env) : {};
   let client: ApiClient | undefined;
   return command.run({
     values,
@@ -165,7 +242,10 @@ export async function runCommand(
     api: () =>
       (client ??= new ApiClient({
         url: (values.url as string | undefined) ?? env.FABRIC_URL ?? DEFAULT_SIDECAR_URL,
+        urlSource:
+          values.url === undefined && env.FABRIC_URL !== undefined ? 'FABRIC_URL' : '--url',
         token: adminToken(values['token-file'] as string | undefined, env),
+        ...limits,
       })),
   });
 }

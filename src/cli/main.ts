@@ -31,7 +31,14 @@ import type { SidecarConfig } from '../server/config-file.js';
 import type { SidecarLog } from '../server/logger.js';
 import type { Sidecar } from '../server/sidecar.js';
 import { setLongTimeout } from '../scheduler/task-waiters.js';
-import { CliError, headerToken, sidecarUrl } from './api-client.js';
+import {
+  CliError,
+  DEFAULT_MAX_ANSWER_MIB,
+  DEFAULT_REQUEST_TIMEOUT_SECONDS,
+  headerToken,
+  sidecarUrl,
+  urlForMessages,
+} from './api-client.js';
 import {
   intOption,
   runCommand,
@@ -436,22 +443,21 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   // same value here means the MCP endpoint at its default path, not `POST /`.
   if (url.pathname === '/') url.pathname = '/mcp';
   const headers = { authorization: `Bearer ${token}` };
+  // The URL as messages name it: its query may hold a secret.
+  const named = urlForMessages(url);
   // Refuse to start on an unknown token: the endpoint authenticates before anything else.
   const probe = await fetch(url, { method: 'GET', headers }).catch((error: unknown) => {
-    throw new CliError(
-      `cannot reach the sidecar at ${url.href}: ${String(error)}`,
-      EXIT.unreachable,
-    );
+    throw new CliError(`cannot reach the sidecar at ${named}: ${String(error)}`, EXIT.unreachable);
   });
   await probe.body?.cancel();
   if (probe.status === 401 || probe.status === 403) {
     throw new CliError(
-      `the sidecar at ${url.href} refused the agent token (HTTP ${probe.status})`,
+      `the sidecar at ${named} refused the agent token (HTTP ${probe.status})`,
       EXIT.auth,
     );
   }
   if (probe.status === 404) {
-    throw new Error(`no MCP endpoint at ${url.href} (HTTP 404): give the sidecar's MCP URL`);
+    throw new Error(`no MCP endpoint at ${named} (HTTP 404): give the sidecar's MCP URL`);
   }
   const { McpBridge } = await import('./mcp-bridge.js');
   const downstream = new StdioSessionTransport();
@@ -598,7 +604,8 @@ function mainHelp(): string {
     ),
     '',
     'operator commands reach the sidecar at --url (or FABRIC_URL; default http://127.0.0.1:8765)',
-    'with the admin token from FABRIC_ADMIN_TOKEN or --token-file.',
+    `with the admin token from FABRIC_ADMIN_TOKEN or --token-file; --request-timeout (default ${DEFAULT_REQUEST_TIMEOUT_SECONDS} s)`,
+    `bounds each wait for the sidecar, --max-answer-mib (default ${DEFAULT_MAX_ANSWER_MIB}) the size of an answer.`,
     '',
     EXIT_CODES_HELP,
   ].join('\n');

@@ -120,10 +120,12 @@ const statusCommand: Command = {
       STATUS_QUEUE_SCAN,
       'tasks',
       async (pageSize, pageToken) => {
+        // Only the priority is counted: without payloads (up to maxTaskResultBytes each).
         const a = await api.call(FabricService.method.listTasks, {
           status: TaskStatus.PENDING,
           pageSize,
           pageToken,
+          summary: true,
         });
         return { items: a.message.tasks, next: a.message.nextPageToken, json: a.json };
       },
@@ -136,8 +138,10 @@ const statusCommand: Command = {
     const budget = await api.call(BudgetService.method.getBudgetStatus, {
       scope: { scope: { case: 'fabric', value: true } },
     });
+    // Only counted: each call's arguments once, not also as base64.
     const approvals = await api.call(ApprovalService.method.listApprovals, {
       status: ApprovalStatus.PENDING,
+      omitParamsJson: true,
     });
     const upstreams = upstreamsOf(await api.metrics());
     if (ctx.json) {
@@ -329,6 +333,9 @@ const tasksCommand: Command = {
         agentId: (ctx.values.agent as string | undefined) ?? '',
         pageSize,
         pageToken,
+        // The table shows no payload, result or progress: pages of a few hundred bytes a task
+        // rather than up to maxTaskResultBytes several times over (--json: the whole tasks).
+        summary: !ctx.json,
       });
       return { items: a.message.tasks, next: a.message.nextPageToken, json: a.json };
     });
@@ -605,6 +612,8 @@ const hooksCommand: Command = {
         agentId: (ctx.values.agent as string | undefined) ?? '',
         pageSize,
         pageToken,
+        // The table shows no work item or result (--json: the whole hooks).
+        summary: !ctx.json,
       });
       return { items: a.message.hooks, next: a.message.nextPageToken, json: a.json };
     });

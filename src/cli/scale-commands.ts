@@ -37,7 +37,10 @@ function emit(ctx: CommandContext, step: 'progress' | 'done', s: Snapshot): void
 /**
  * Prints what `look` sees (its failure — an unknown pool or agent — is the command's), then
  * sends `request` and, until it settles, prints what `look` sees whenever it changed. A failed
- * look while waiting prints nothing (the thing may be gone already): the answer decides.
+ * look while waiting prints nothing (the thing may be gone already): the answer decides — unless
+ * the sidecar did not answer the look in time or could not be reached (`EXIT.unreachable`): then
+ * that is the command's failure. The request itself waits for its answer as long as the sidecar
+ * works on it (`unboundedWait`): these looks are what tell a sidecar that stopped answering.
  */
 async function follow<T>(
   ctx: CommandContext,
@@ -49,26 +52,26 @@ async function follow<T>(
   const stop = new AbortController();
   let last = first.line;
   const pending = request();
-  const watching = (async () => {
+  const watching = (async (): Promise<never> => {
     for (;;) {
       await sleep(POLL_MS, undefined, { signal: stop.signal }).catch(() => undefined);
-      if (stop.signal.aborted) return;
+      if (stop.signal.aborted) return new Promise<never>(() => undefined);
       try {
         const s = await look();
         if (!stop.signal.aborted && s.line !== last) {
           last = s.line;
           emit(ctx, 'progress', s);
         }
-      } catch {
-        // The request's answer says what happened.
+      } catch (error) {
+        if (error instanceof CliError && error.exitCode === EXIT.unreachable) throw error;
+        // Otherwise the request's answer says what happened.
       }
     }
   })();
   try {
-    return await pending;
+    return await Promise.race([pending, watching]);
   } finally {
     stop.abort();
-    await watching;
   }
 }
 
@@ -95,7 +98,7 @@ const TIMEOUT_OPTION = {
 } as const;
 
 const PROGRESS =
-  'Prints a progress line whenever what it sees changes (polled once a second) and a final line; with --json one JSON object per line: {"step":"progress",...} then {"step":"done",...}.';
+  'Prints a progress line whenever what it sees changes (polled once a second) and a final line; with --json one JSON object per line: {"step":"progress",...} then {"step":"done",...}. The request waits for its answer as long as the sidecar works on it; --request-timeout bounds each look (one not answered in time ends the command, exit 3).';
 
 /** A pool's agents by status and its tasks, as `pools scale` and `pools drain` show them. */
 async function lookAtPool(ctx: CommandContext, poolId: string): Promise<Snapshot> {
@@ -142,7 +145,10 @@ const poolsScaleCommand: Command = {
     const answer = await follow(
       ctx,
       () => lookAtPool(ctx, poolId),
-      () => ctx.api().call(FabricService.method.scalePool, { poolId, targetSize: n }),
+      () =>
+        ctx
+          .api()
+          .call(FabricService.method.scalePool, { poolId, targetSize: n }, { unboundedWait: true }),
     );
     const pool = answer.message.pool;
     const size = pool?.agentIds.length ?? 0;
@@ -180,10 +186,11 @@ const poolsDrainCommand: Command = {
       () => lookAtPool(ctx, poolId),
       () =>
         api
-          .call(FabricService.method.deletePool, {
-            poolId,
-            ...(timeout === undefined ? {} : { drainTimeout: timeout }),
-          })
+          .call(
+            FabricService.method.deletePool,
+            { poolId, ...(timeout === undefined ? {} : { drainTimeout: timeout }) },
+            { unboundedWait: true },
+          )
           .catch((error: unknown) => {
             if (!(error instanceof CliError) || error.fabricCode !== 'FABRIC_ERR_POOL_NOT_FOUND') {
               throw error;
@@ -222,10 +229,11 @@ const agentsDrainCommand: Command = {
       };
     };
     const answer = await follow(ctx, look, () =>
-      api.call(FabricService.method.terminateAgent, {
-        agentId,
-        ...(timeout === undefined ? {} : { drainTimeout: timeout }),
-      }),
+      api.call(
+        FabricService.method.terminateAgent,
+        { agentId, ...(timeout === undefined ? {} : { drainTimeout: timeout }) },
+        { unboundedWait: true },
+      ),
     );
     const status = enumName(AgentStatus, answer.message.agent?.status ?? 0);
     emit(ctx, 'done', {

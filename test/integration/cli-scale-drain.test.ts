@@ -3,9 +3,11 @@
  * processes, run from source) against a real sidecar: the pool's and the agent's state in the
  * fabric afterwards, progress lines while a drain waits for a running task (and the task's
  * result kept), NDJSON with --json, and the documented exit codes for a wrong command line (2),
- * an unknown pool or agent (1), an unreachable sidecar (3) and a refused token (4).
+ * an unknown pool or agent (1), an unreachable sidecar (3) and a refused token (4); a drain
+ * that outlasts --request-timeout is not cut (the request waits for the drain's end).
  */
 import { execFile, spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentStatus } from '../../src/agent.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
@@ -78,7 +80,7 @@ describe('pools scale / pools drain / agents drain (real CLI, real sidecar)', ()
         { id: 'scratch', minAgents: 1, maxAgents: 2 },
         { id: 'idle', minAgents: 0, maxAgents: 3 },
       ],
-      agents: [{ name: 'solo' }],
+      agents: [{ name: 'solo' }, { name: 'patient' }],
     });
     url = sidecar.url!;
   });
@@ -136,6 +138,35 @@ describe('pools scale / pools drain / agents drain (real CLI, real sidecar)', ()
     expect(done.result).toEqual({ built: true });
     // The admin token never shows in the output.
     expect(ran.out + ran.err).not.toContain(ADMIN_TOKEN);
+  }, 120_000);
+
+  it('a drain that outlasts --request-timeout is not cut: its answer comes when the drain ends', async () => {
+    const fabric = sidecar.fabric!;
+    const id = agentId(sidecar, 'patient');
+    const task = await fabric.schedule({ agentId: id, taskType: 'long-job' });
+    const held = await fabric.claimTask(id);
+    expect(held?.taskId).toBe(task.id);
+    const drain = start([
+      'agents',
+      'drain',
+      id,
+      '--timeout',
+      '60',
+      '--request-timeout',
+      '3',
+      '--url',
+      url,
+    ]);
+    await until(() => drain.out().includes('DRAINING, 1 tasks running'), 30_000);
+    // Longer than --request-timeout: the drain's request waits for its answer all this time
+    // (the looks once a second answer within it).
+    await sleep(5000);
+    expect(fabric.lifecycle.peek(id)?.status).toBe(AgentStatus.DRAINING);
+    await fabric.completeTask(id, task.id, held!.attempt, { done: true });
+    const ran = await drain.exited;
+    expect(ran.code, ran.err).toBe(0);
+    expect(ran.out.trim().split('\n').at(-1)).toBe(`agent ${id} drained: TERMINATED`);
+    expect(fabric.lifecycle.peek(id)?.status).toBe(AgentStatus.TERMINATED);
   }, 120_000);
 
   it('pools drain: two at once both wait for the pool’s running task, then it is gone', async () => {
