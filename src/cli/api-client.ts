@@ -454,7 +454,20 @@ function errorDetail(err: unknown): { code: string; message: string } | undefine
     code?: unknown;
     message?: unknown;
   };
-  return typeof code === 'string' && typeof message === 'string' ? { code, message } : undefined;
+  return typeof code === 'string' && typeof message === 'string'
+    ? { code: cut(code, 200), message: cut(message, MAX_ERROR_MESSAGE) }
+    : undefined;
+}
+
+/**
+ * Longest error message of the sidecar the CLI repeats (characters): its own are far shorter,
+ * and one of up to --max-answer-mib would fill the operator's terminal with one line.
+ */
+const MAX_ERROR_MESSAGE = 4096;
+
+/** `text` cut to `max` characters, marked with `…` when it was longer. */
+function cut(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
 /** The error a refused request ends with: the sidecar's `code: message` when it sent one. */

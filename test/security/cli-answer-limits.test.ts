@@ -10,6 +10,9 @@
  *   forever. Now --request-timeout (env FABRIC_REQUEST_TIMEOUT, default 30 s) bounds the wait
  *   for the answer's headers and each wait for more of its body (a stream's keep-alive lines
  *   count): exit 3, naming the limit. A wrong value is a usage error (exit 2).
+ * - A body cut in the middle was `TypeError: terminated` (exit 1), an answer of the wrong shape
+ *   a bare decoding error, and an error message of any length was repeated whole. Now: the
+ *   connection lost (exit 3), the message it is not (exit 1), the error message cut at 4096.
  * - A --url that is not a URL was repeated whole in the error line (it may be a token pasted in
  *   the wrong place), and the message refusing a URL with a password repeated its query. Now
  *   neither is repeated; `mcp`'s messages name its URL without the query either.
@@ -136,8 +139,14 @@ describe('agent-fabric: the size of an answer is bounded', () => {
 });
 
 describe('agent-fabric: an answer that is not one', () => {
-  it('a wrong shape is exit 1 naming the message; an answer cut in the middle is exit 3', async () => {
+  it('a wrong shape is exit 1 naming the message; an error message is cut; an answer cut in the middle is exit 3', async () => {
     const url = await server((req, res) => {
+      if (req.url?.endsWith('/ListAgents')) {
+        // An error message of a MiB: one line of 4096 characters at most on the terminal.
+        res.writeHead(400, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ code: 'FABRIC_ERR_X', message: 'y'.repeat(MiB) }));
+        return;
+      }
       res.writeHead(200, { 'content-type': 'application/json' });
       if (req.url?.endsWith('/ListPools')) {
         res.end('{"pools":7}');
@@ -150,6 +159,11 @@ describe('agent-fabric: an answer that is not one', () => {
     expect(shape.code, shape.err).toBe(1);
     expect(shape.err).toContain(
       'POST /api/fabric.v1.FabricService/ListPools: the sidecar sent an answer that is not a fabric.v1.ListPoolsResponse',
+    );
+    const long = await runCli(['agents', '--url', url], ENV);
+    expect(long.code).toBe(1);
+    expect(long.err.trim()).toBe(
+      `agent-fabric: POST /api/fabric.v1.FabricService/ListAgents: FABRIC_ERR_X: ${'y'.repeat(4095)}…`,
     );
     const cut = await runCli(['approvals', 'list', '--url', url], ENV);
     expect(cut.code, cut.err).toBe(3);
