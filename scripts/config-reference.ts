@@ -96,7 +96,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'upstreams.<name>.restart.initialDelayMs': 'First delay before a restart.',
   'upstreams.<name>.restart.maxDelayMs': 'Cap of the doubling delay.',
   'upstreams.<name>.forwardRoots':
-    "Forward `roots/list` to the agent's client. Off: forwarding would let an agent widen server-filesystem's folders.",
+    "Forward `roots/list` to the agent's client. Off: forwarding would let an agent widen server-filesystem's folders. On: a connection given an agent's roots serves only that agent until it restarts.",
   'upstreams.<name>.exclusive':
     'One agent session at a time, so callbacks (sampling, elicitation, roots) reach the session that caused them.',
   'upstreams.<name>.required': 'Start-up is refused when this upstream fails to connect.',

@@ -766,7 +766,7 @@ export class ToolGateway implements SessionHost {
     rawArgs: unknown,
     run: ToolTaskRun,
   ): Promise<Result> {
-    const extra: CallExtra = { signal: run.signal, requestId: -1 };
+    const extra: CallExtra = { signal: run.signal, requestId: -1, agentId: identity.agentId };
     const outcome = await this.#runToolCall(
       identity,
       name,
@@ -903,7 +903,7 @@ export class ToolGateway implements SessionHost {
         session,
         upstream,
         { method: 'tools/call', params },
-        { requestId: extra.requestId, signal: NEVER_ABORTED },
+        { requestId: extra.requestId, signal: NEVER_ABORTED, agentId: extra.agentId },
         extra.signal,
         recheck,
       )) as Partial<CreateTaskResult>;
@@ -985,6 +985,7 @@ export class ToolGateway implements SessionHost {
       requestId: -1,
       traceContext: request.traceContext,
       holdSlot: request.holdSlot,
+      agentId,
     };
     const done = (): void => {
       door.removeEventListener('abort', onDoorAbort);
@@ -1443,6 +1444,11 @@ export class ToolGateway implements SessionHost {
     request: Request,
     extra: CallExtra,
   ): Promise<Result> {
+    // An upstream that was given an agent's roots serves that agent alone (forwardRoots).
+    const holder = upstream.rootsHolder;
+    if (holder !== undefined && holder !== (session?.identity.agentId ?? extra.agentId)) {
+      return Promise.reject(forwardError(upstream.heldByAnother(), request, false) as Error);
+    }
     if (extra._meta?.progressToken !== undefined) {
       return this.#forwardWithProgress(session, upstream, request, extra);
     }

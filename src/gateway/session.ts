@@ -66,6 +66,11 @@ export type CallExtra = Pick<DownstreamExtra, 'signal' | 'requestId' | '_meta' |
    * `/api/` call: `ToolCallRequest.holdSlot`); see {@link GatewaySession.holdSlot}.
    */
   holdSlot?: SlotHold | undefined;
+  /**
+   * The calling agent when the call has no session that names it (a gRPC or `/api/` call, a
+   * task's): an upstream holding another agent's roots refuses it (`Upstream.rootsHolder`).
+   */
+  agentId?: string | undefined;
 };
 
 /**

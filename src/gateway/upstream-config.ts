@@ -80,7 +80,9 @@ const commonShape = {
   /**
    * Declare the `roots` capability upstream and forward `roots/list` to the calling agent's
    * client. Off by default: a server such as server-filesystem replaces its allowed folders
-   * with the client's roots, so forwarding would let an agent widen its own sandbox.
+   * with the client's roots, so forwarding would let an agent widen its own sandbox. The
+   * connection that was given an agent's roots serves that agent alone until it restarts (the
+   * upstream may keep them): other agents' requests are refused (`Upstream.rootsHolder`).
    * @default false
    */
   forwardRoots: z.boolean().default(false),

@@ -22,6 +22,10 @@
  * `_meta["io.modelcontextprotocol/related-task"]`: such a request is refused whatever else is in
  * flight — by the one-session rule it would reach whichever other agent has a call there then.
  *
+ * With `forwardRoots`, a `roots/list` routed to a session pins the connection to its agent
+ * (`Upstream.holdRootsOf`): the upstream may keep those roots, so the gateway sends that
+ * connection no other agent's request until it ends.
+ *
  * An agent's answer goes back through the gateway's {@link AnswerRelay} (the policy check of
  * callbacks' answers, callback-answers.ts), which may send the upstream a refusal instead.
  *
@@ -183,11 +187,19 @@ export class InflightRoutes {
     const task = relatedTask(request);
     const othersGivenUp =
       only?.session !== undefined && this.#othersGivenUp(upstream, only.session);
-    if (task === undefined && only?.session !== undefined && !othersGivenUp) {
-      const answer = only.session.request(request, signal, only.requestId);
+    // An agent's roots stay with the connection they were given to (server-filesystem makes
+    // them its allowed folders): it serves that agent alone from then on (Upstream.rootsHolder).
+    const routable = task === undefined && only?.session !== undefined && !othersGivenUp;
+    const rootsHeld =
+      routable &&
+      request.method === 'roots/list' &&
+      !upstream.holdRootsOf(only.session!.identity.agentId);
+    if (routable && !rootsHeld) {
+      const session = only!.session!;
+      const answer = session.request(request, signal, only!.requestId);
       return this.#relay === undefined
         ? answer
-        : this.#relay(upstream, only.session, request, signal, answer);
+        : this.#relay(upstream, session, request, signal, answer);
     }
     if (task === undefined && request.method === 'roots/list' && sessions.size === 0) {
       return { roots: [] };
@@ -197,11 +209,13 @@ export class InflightRoutes {
         ? 'it belongs to an upstream task, and a task has no agent session to answer it'
         : sessions.size === 0
           ? 'no agent session has a call in flight on this upstream'
-          : othersGivenUp
-            ? 'a call of another agent session that the gateway gave up on (cancelled, timed out) may still run on this upstream, so the originating one is ambiguous'
-            : only !== undefined
-              ? 'the call in flight on this upstream came through gRPC or runs as a task, which cannot answer it'
-              : `${sessions.size} agent sessions have calls in flight on this upstream, so the originating one is ambiguous`;
+          : rootsHeld
+            ? 'the connection holds the roots of another agent, or is not ready'
+            : othersGivenUp
+              ? 'a call of another agent session that the gateway gave up on (cancelled, timed out) may still run on this upstream, so the originating one is ambiguous'
+              : only !== undefined
+                ? 'the call in flight on this upstream came through gRPC or runs as a task, which cannot answer it'
+                : `${sessions.size} agent sessions have calls in flight on this upstream, so the originating one is ambiguous`;
     const error = new RoutingError(upstream.name, request.method, why);
     this.#log({ level: 'warn', msg: error.message });
     throw toMcpError(error);

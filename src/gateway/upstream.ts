@@ -127,6 +127,11 @@ export class Upstream {
   #nextRestartAt = 0;
   #lastError: Error | undefined;
   #connectCount = 0;
+  /**
+   * With `forwardRoots`: the connection that was given an agent's roots, and that agent's id
+   * (see {@link holdRootsOf}).
+   */
+  #rootsHolder: { readonly client: Client; readonly agentId: string } | undefined;
   /** The list reload running per connection, and whether another was asked for meanwhile. */
   readonly #reloads = new WeakMap<Client, { again: boolean }>();
   /** What this upstream was given that its failed answers must not carry to an agent. */
@@ -156,6 +161,44 @@ export class Upstream {
   /** How many times a connection was established (1 after start, +1 per restart). */
   get connectCount(): number {
     return this.#connectCount;
+  }
+
+  /**
+   * The agent whose roots the current connection was given (`forwardRoots`), which it alone
+   * may use until the connection ends; undefined while no agent's roots were given.
+   */
+  get rootsHolder(): string | undefined {
+    const holder = this.#rootsHolder;
+    return holder !== undefined && holder.client === this.#client ? holder.agentId : undefined;
+  }
+
+  /**
+   * Whether the roots of agent `agentId` may be given to the current connection: true when it
+   * holds no agent's roots yet — it is that agent's from now on ({@link rootsHolder}) — or
+   * holds that agent's; false when it holds another's, or is not ready (a connection starting
+   * has no call of any agent in flight to ask for).
+   */
+  holdRootsOf(agentId: string): boolean {
+    const client = this.#client;
+    if (client === undefined || this.#state !== 'ready') return false;
+    const held = this.rootsHolder;
+    if (held === undefined) this.#rootsHolder = { client, agentId };
+    return held === undefined || held === agentId;
+  }
+
+  /**
+   * The refusal of a request of an agent other than {@link rootsHolder}: the connection keeps
+   * the roots it was given, and what they let the upstream touch or show is that agent's.
+   * Nothing was sent ({@link wasNeverSent}).
+   */
+  heldByAnother(): UpstreamUnavailableError {
+    const error = new UpstreamUnavailableError(
+      this.name,
+      'holds the roots of another agent (forwardRoots) and serves only that agent until it restarts; give each agent its own upstream entry',
+      { state: this.#state, reason: 'roots_held' },
+    );
+    neverSent.add(error);
+    return error;
   }
 
   /** Pid of the stdio child (its process group id), when connected over stdio. */
