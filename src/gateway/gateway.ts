@@ -90,6 +90,8 @@ import {
   ToolTasks,
   type ToolTaskRecord,
   type ToolTaskRun,
+  type UpstreamTaskLink,
+  sameUpstreamTask,
   type ToolTasksOptions,
 } from './tool-tasks.js';
 import {
@@ -824,7 +826,7 @@ export class ToolGateway implements SessionHost {
   /** Asks the upstream for its task's status and takes it (best effort: a failure keeps ours). */
   async #relayTaskStatus(
     tasks: ToolTasks,
-    upstreamTask: { name: string; taskId: string },
+    upstreamTask: UpstreamTaskLink,
     signal: AbortSignal,
   ): Promise<void> {
     const upstream = this.#upstreams.get(upstreamTask.name);
@@ -833,8 +835,14 @@ export class ToolGateway implements SessionHost {
       const task = (await upstream.request(
         { method: 'tasks/get', params: { taskId: upstreamTask.taskId } },
         { signal, timeoutMs: RELAY_GET_TIMEOUT_MS },
-      )) as { status?: unknown; statusMessage?: unknown };
-      tasks.relayStatus(upstream.name, upstreamTask.taskId, task.status, task.statusMessage);
+      )) as { status?: unknown; statusMessage?: unknown; createdAt?: unknown };
+      tasks.relayStatus(
+        upstream.name,
+        upstreamTask.taskId,
+        task.status,
+        task.statusMessage,
+        task.createdAt,
+      );
     } catch (error) {
       this.#log({
         level: 'warn',
@@ -890,6 +898,12 @@ export class ToolGateway implements SessionHost {
       );
     }
     let upstreamTaskId = run.upstreamTask?.taskId ?? '';
+    if (run.upstreamTask !== undefined) {
+      // Restored from the store: the upstream may have restarted meanwhile and given the id to
+      // another client's task (ids numbered afresh). Its result, status and cancel are taken
+      // only once the upstream says the id still names a task made when this one was.
+      await this.#checkUpstreamTask(upstream, run.upstreamTask, extra.signal);
+    }
     if (upstreamTaskId === '') {
       const params: Record<string, unknown> = { name: upstreamName, task: { ttl: run.ttl } };
       if (rawArgs !== undefined) params.arguments = rawArgs;
@@ -917,11 +931,18 @@ export class ToolGateway implements SessionHost {
         throw error;
       }
       upstreamTaskId = id;
-      run.relayed(upstream.name, id);
+      // Kept to tell this task from another under the same id (see UpstreamTaskLink).
+      const createdAt: unknown = created.task?.createdAt;
+      run.relayed(
+        upstream.name,
+        id,
+        typeof createdAt === 'string' && createdAt.length <= MAX_CREATED_AT ? createdAt : undefined,
+      );
     }
     // The task's server→client requests come during this wait: tracked like the call, so none
     // is handed to another agent with a call in flight there (see upstream-routing.ts).
     const waiting = this.#routes.enter(upstream, session, extra.requestId);
+    const madeOn = upstream.connectCount;
     let failure: unknown;
     try {
       // The wait is bounded by the task's lifetime (its expiry also aborts `extra.signal`).
@@ -940,7 +961,9 @@ export class ToolGateway implements SessionHost {
       // cancel every task once made and spend nothing of its cost budget.
       failure = error;
       markReachedUpstream(error);
-      if (extra.signal.aborted && upstream.state === 'ready') {
+      // Not on another connection than the one the task was made or checked on: the upstream
+      // may have restarted and given the id to another task meanwhile.
+      if (extra.signal.aborted && upstream.state === 'ready' && upstream.connectCount === madeOn) {
         await upstream
           .request(
             { method: 'tasks/cancel', params: { taskId: upstreamTaskId } },
@@ -952,6 +975,31 @@ export class ToolGateway implements SessionHost {
     } finally {
       this.#leave(upstream, waiting, failure, undefined);
     }
+  }
+
+  /**
+   * Checks that the upstream task `link` names is still the one the gateway's task was passed
+   * through to: the upstream's `tasks/get` of the id answers the `createdAt` it gave that task.
+   * @throws RelayedMcpError when it does not (or `createdAt` was never known): whether the
+   *   tool ran is unknown, and the id is not asked about again; the upstream's own error when
+   *   it knows no such task (as `tasks/result` would have failed).
+   */
+  async #checkUpstreamTask(
+    upstream: Upstream,
+    link: UpstreamTaskLink,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const task = (await upstream.request(
+      { method: 'tasks/get', params: { taskId: link.taskId } },
+      { signal, timeoutMs: RELAY_GET_TIMEOUT_MS },
+    )) as { createdAt?: unknown };
+    if (sameUpstreamTask(link, task.createdAt)) return;
+    throw new RelayedMcpError(
+      ErrorCode.InternalError,
+      link.createdAt === undefined
+        ? `the gateway restarted before the call finished, and the task it was passed through to on upstream ${upstream.name} cannot be told from another task under the same id (its creation time is not known); whether the tool ran is unknown`
+        : `the gateway restarted before the call finished, and the task upstream ${upstream.name} now holds under that id is not the task it was passed through to (the upstream restarted and gave the id to another task); whether the tool ran is unknown`,
+    );
   }
 
   #isKnownTool(name: string): boolean {
@@ -1880,8 +1928,15 @@ export class ToolGateway implements SessionHost {
         taskId?: unknown;
         status?: unknown;
         statusMessage?: unknown;
+        createdAt?: unknown;
       };
-      this.#tasks?.relayStatus(upstream.name, params.taskId, params.status, params.statusMessage);
+      this.#tasks?.relayStatus(
+        upstream.name,
+        params.taskId,
+        params.status,
+        params.statusMessage,
+        params.createdAt,
+      );
       return;
     }
     if (n.method === 'notifications/resources/updated') {
@@ -2029,6 +2084,9 @@ const NEVER_ABORTED = new AbortController().signal;
 
 /** Bound on the gateway's own `tasks/get` / `tasks/cancel` to an upstream for a relayed task. */
 const RELAY_GET_TIMEOUT_MS = 10_000;
+
+/** Longest upstream task `createdAt` kept (an ISO 8601 time is 24 characters; longer: none). */
+const MAX_CREATED_AT = 64;
 
 /** A tool as listed with tasks off: its `execution.taskSupport`, if any, dropped. */
 function withoutTaskSupport(tool: Tool): Tool {

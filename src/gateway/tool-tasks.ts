@@ -158,12 +158,26 @@ export interface ToolTaskRecord {
   /** A finished call's JSON-RPC error: what `tasks/result` answers instead of a result. */
   readonly error?: { readonly code: number; readonly message: string; readonly data?: unknown };
   /**
-   * The upstream task the call was passed through to (upstream name, the upstream's task id):
-   * never shown to the agent.
+   * The upstream task the call was passed through to (upstream name, the upstream's task id,
+   * and the `createdAt` it gave the task): never shown to the agent.
    */
-  readonly upstream?: { readonly name: string; readonly taskId: string };
+  readonly upstream?: UpstreamTaskLink;
   /** The fabric task the call scheduled (`fabric__schedule_task`). */
   readonly fabricTaskId?: string;
+}
+
+/**
+ * An upstream task behind a gateway task. An id alone does not name one task for good: an
+ * upstream that restarts may number its tasks afresh and give the id to another client's task,
+ * so the task's `createdAt` (as the upstream answered the call) is kept with it and compared
+ * with what the upstream says of the id before the gateway takes its status, result or cancels
+ * it (absent in records of older versions, or from an upstream that gave none: such a task
+ * cannot be told from another).
+ */
+export interface UpstreamTaskLink {
+  readonly name: string;
+  readonly taskId: string;
+  readonly createdAt?: string | undefined;
 }
 
 /** Longest upstream task id the gateway keeps (a longer one is refused as malformed). */
@@ -178,15 +192,18 @@ export interface ToolTaskRun {
   /** The task's lifetime as granted, ms (a pass-through asks the upstream for the same). */
   readonly ttl: number;
   /** The upstream task this call was passed through to before a restart (when it resumes). */
-  readonly upstreamTask?: { readonly name: string; readonly taskId: string } | undefined;
+  readonly upstreamTask?: UpstreamTaskLink | undefined;
   /** The fabric task this call scheduled before a restart (when it resumes). */
   readonly fabricTaskId?: string | undefined;
   /** The call waits for a human approval. */
   waiting(approval: { id: string; policy: string | null; rule: number | null }): void;
   /** The call was authorized and is being forwarded. */
   working(): void;
-  /** The call was passed through to the upstream `name`, which made its task `taskId`. */
-  relayed(name: string, taskId: string): void;
+  /**
+   * The call was passed through to the upstream `name`, which made its task `taskId` at
+   * `createdAt` (as it said).
+   */
+  relayed(name: string, taskId: string, createdAt: string | undefined): void;
   /** The call scheduled the fabric task `id`, now `status`. */
   scheduled(id: string, status: string): void;
 }
@@ -399,9 +416,10 @@ export class ToolTasks {
       working: () => {
         if (!ended()) this.#update(id, { status: 'working', statusMessage: 'running' });
       },
-      relayed: (name, taskId) => {
+      relayed: (name, taskId, createdAt) => {
         if (ended()) return;
-        const upstream = { name, taskId };
+        const upstream: UpstreamTaskLink =
+          createdAt === undefined ? { name, taskId } : { name, taskId, createdAt };
         if (this.#update(id, { upstream }) !== undefined) {
           this.#byUpstream.set(upstreamKey(upstream), id);
         }
@@ -489,13 +507,21 @@ export class ToolTasks {
    * An upstream's word on its task (a `notifications/tasks/status`, or its `tasks/get` answer):
    * a running pass-through task takes the upstream's `working` / `input_required` and status
    * message. A terminal status is not taken from here — the task ends when its call gets the
-   * upstream's result. Unknown upstream tasks are ignored.
+   * upstream's result. Unknown upstream tasks are ignored, and so is a task under the same id
+   * made at another time (`createdAt`, see {@link UpstreamTaskLink}): a restarted upstream's.
    */
-  relayStatus(upstream: string, upstreamTaskId: unknown, status: unknown, message: unknown): void {
+  relayStatus(
+    upstream: string,
+    upstreamTaskId: unknown,
+    status: unknown,
+    message: unknown,
+    createdAt: unknown,
+  ): void {
     if (typeof upstreamTaskId !== 'string') return;
     const id = this.#byUpstream.get(upstreamKey({ name: upstream, taskId: upstreamTaskId }));
     const record = id === undefined ? undefined : this.#live(id);
     if (record === undefined || isTerminalStatus(record.status)) return;
+    if (!sameUpstreamTask(record.upstream, createdAt)) return;
     if (status !== 'working' && status !== 'input_required') return;
     const statusMessage =
       typeof message === 'string' ? message.slice(0, STATUS_MESSAGE_MAX) : undefined;
@@ -730,7 +756,11 @@ export class ToolTasks {
       if (left > 0) this.#agentBytes.set(record.agentId, left);
       else this.#agentBytes.delete(record.agentId);
     }
-    if (record.upstream) this.#byUpstream.delete(upstreamKey(record.upstream));
+    // Only its own: a newer task may have the same upstream id (a restarted upstream's).
+    const key = record.upstream === undefined ? undefined : upstreamKey(record.upstream);
+    if (key !== undefined && this.#byUpstream.get(key) === record.taskId) {
+      this.#byUpstream.delete(key);
+    }
     const ids = this.#byAgent.get(record.agentId);
     ids?.delete(record.taskId);
     if (ids?.size === 0) this.#byAgent.delete(record.agentId);
@@ -832,6 +862,14 @@ function fabricStatusMessage(id: string, status: string): string {
 }
 
 /** The key of an upstream task in {@link ToolTasks}'s index. */
+/**
+ * Whether the upstream's word on a task made at `createdAt` is about `link`'s task: the same
+ * `createdAt`. False when either is unknown — the id cannot be told from another task's.
+ */
+export function sameUpstreamTask(link: UpstreamTaskLink | undefined, createdAt: unknown): boolean {
+  return link?.createdAt !== undefined && createdAt === link.createdAt;
+}
+
 function upstreamKey(upstream: { name: string; taskId: string }): string {
   return `${upstream.name}\u0000${upstream.taskId}`;
 }

@@ -30,6 +30,7 @@ import { callApi, listApprovals, type ApiApproval } from '../fixtures/api.js';
 import { fileURLToPath } from 'node:url';
 import {
   EVERYTHING_BIN,
+  httpClient,
   startHttpUpstream,
   tempDir,
   text,
@@ -228,9 +229,11 @@ describe('agent-fabric serve: MCP tasks over a state file', () => {
       );
       const [held] = await upstreamTasks(client);
       await until(() => onDisk(statePath, task.taskId)?.upstream !== undefined, 30_000);
+      // With the time the upstream made it: an id alone may name another task after a restart.
       expect(onDisk(statePath, task.taskId)?.upstream).toEqual({
         name: 'tk',
         taskId: held!.taskId,
+        createdAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) as unknown,
       });
       await stop(first, 'SIGKILL');
 
@@ -251,6 +254,75 @@ describe('agent-fabric serve: MCP tasks over a state file', () => {
       // The tool ran once: the upstream holds that one task, completed.
       expect(await upstreamTasks(client)).toEqual([{ taskId: held!.taskId, status: 'completed' }]);
       await until(() => onDisk(statePath, task.taskId)?.status === 'completed', 30_000);
+      await stop(second, 'SIGTERM');
+    } finally {
+      await upstream.close();
+    }
+  }, 120_000);
+
+  it('does not re-attach to an id a restarted HTTP upstream gave another client (counter ids)', async () => {
+    // The upstream numbers its tasks 1, 2, … from each start: after it restarts, the id the
+    // gateway kept names another client's task (here: one made straight on the new process).
+    let upstream = await startHttpUpstream([TASK_SERVER, 'http', 'counter'], '/mcp');
+    try {
+      const { dir, statePath } = await allowAllConfig('cli-tasks-reused', {
+        upstreams: { tk: { url: upstream.url } },
+        agents: [{ name: 'worker' }],
+      });
+      const first = await serve(dir);
+      let client = await connect(first.url, first.token);
+      const { task } = await client.request(
+        {
+          method: 'tools/call',
+          params: { name: 'tk__slow_echo', arguments: { message: 'mine', hold: true }, task: {} },
+        },
+        CreateTaskResultSchema,
+      );
+      await until(() => onDisk(statePath, task.taskId)?.upstream !== undefined, 30_000);
+      expect(onDisk(statePath, task.taskId)?.upstream?.taskId).toBe('1');
+      await stop(first, 'SIGKILL');
+
+      // The upstream restarts (a new process, ids from 1 again) and another client's task is 1.
+      await upstream.close();
+      upstream = await startHttpUpstream([TASK_SERVER, 'http', 'counter'], '/mcp');
+      const config = JSON.parse(readFileSync(join(dir, 'fabric.json'), 'utf8')) as {
+        upstreams: { tk: { url: string } };
+      };
+      config.upstreams.tk.url = upstream.url;
+      writeFileSync(join(dir, 'fabric.json'), JSON.stringify(config));
+      const stranger = await httpClient(upstream.url, undefined);
+      const theirs = await stranger.request(
+        {
+          method: 'tools/call',
+          params: { name: 'slow_echo', arguments: { message: 'theirs', hold: true }, task: {} },
+        },
+        CreateTaskResultSchema,
+      );
+      expect(theirs.task.taskId).toBe('1');
+
+      const second = await serve(dir);
+      client = await connect(second.url, first.token);
+      let seen = await client.experimental.tasks.getTask(task.taskId);
+      await until(async () => {
+        seen = await client.experimental.tasks.getTask(task.taskId);
+        return seen.status === 'failed' || (seen.statusMessage ?? '').includes('theirs');
+      }, 30_000);
+      expect(seen.statusMessage).not.toContain('theirs');
+      expect(seen.status).toBe('failed');
+      // Before: the restored task took task 1 of the new process as its own — its status
+      // ("upstream holds theirs"), then its result, and its cancel would have cancelled it.
+      await stranger.callTool({ name: 'release', arguments: { message: 'theirs' } });
+      await expect(
+        client.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema),
+      ).rejects.toThrow(/is not the task it was passed through to/);
+      expect(onDisk(statePath, task.taskId)?.status).toBe('failed');
+      expect(JSON.stringify(onDisk(statePath, task.taskId))).not.toContain('theirs');
+      const theirResult = await stranger.experimental.tasks.getTaskResult(
+        theirs.task.taskId,
+        CallToolResultSchema,
+      );
+      expect(text(theirResult)).toBe('Echo: theirs');
+      await stranger.close();
       await stop(second, 'SIGTERM');
     } finally {
       await upstream.close();

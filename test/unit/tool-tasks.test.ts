@@ -161,19 +161,27 @@ describe('ToolTasks', () => {
       return never(r);
     });
     await vi.advanceTimersByTimeAsync(0);
-    run!.relayed('up', 'u-1');
-    expect(tasks.linkOf('a', task.taskId)?.upstream).toEqual({ name: 'up', taskId: 'u-1' });
+    const at = '2026-01-01T00:00:00.000Z';
+    run!.relayed('up', 'u-1', at);
+    expect(tasks.linkOf('a', task.taskId)?.upstream).toEqual({
+      name: 'up',
+      taskId: 'u-1',
+      createdAt: at,
+    });
     expect(code(() => tasks.linkOf('b', task.taskId))).toBe(ErrorCode.InvalidParams);
-    // Another upstream's task of the same id, an unknown id, a bad status: nothing changes.
-    tasks.relayStatus('other', 'u-1', 'input_required', 'x');
-    tasks.relayStatus('up', 'u-2', 'input_required', 'x');
-    tasks.relayStatus('up', { id: 'u-1' }, 'input_required', 'x');
-    tasks.relayStatus('up', 'u-1', 'bogus', 'x');
+    // Another upstream's task of the same id, an unknown id, a bad status, the same id made at
+    // another time (a restarted upstream's) or at an unknown time: nothing changes.
+    tasks.relayStatus('other', 'u-1', 'input_required', 'x', at);
+    tasks.relayStatus('up', 'u-2', 'input_required', 'x', at);
+    tasks.relayStatus('up', { id: 'u-1' }, 'input_required', 'x', at);
+    tasks.relayStatus('up', 'u-1', 'bogus', 'x', at);
+    tasks.relayStatus('up', 'u-1', 'input_required', 'x', '2026-01-01T00:00:09.000Z');
+    tasks.relayStatus('up', 'u-1', 'input_required', 'x', undefined);
     // A terminal status does not end the task: its call's result does.
-    tasks.relayStatus('up', 'u-1', 'completed', 'done');
+    tasks.relayStatus('up', 'u-1', 'completed', 'done', at);
     expect(tasks.get('a', task.taskId).status).toBe('working');
     expect(told).toEqual([]);
-    tasks.relayStatus('up', 'u-1', 'input_required', 'm'.repeat(10_000));
+    tasks.relayStatus('up', 'u-1', 'input_required', 'm'.repeat(10_000), at);
     const parked = tasks.get('a', task.taskId);
     expect(parked.status).toBe('input_required');
     expect(parked.statusMessage).toHaveLength(500);
