@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { pathToFileURL } from 'node:url';
 import { workerData } from 'node:worker_threads';
 import type { TaskError } from '../task.js';
@@ -79,6 +80,39 @@ export interface BatchOutcome {
 }
 
 const ABORT_POLL_MS = 5;
+
+/** A batch as the callbacks its handlers leave behind see it (see {@link onUncaught}). */
+interface BatchScope {
+  /** Set once the batch's outcome is returned: its handlers' callbacks are strays then. */
+  ended: boolean;
+  kindTable: readonly BatchKind[];
+}
+
+/**
+ * The batch whose handlers made the running callback: timers, listeners and promises a handler
+ * makes carry it (AsyncLocalStorage follows them), so a throw can be told to be a stray — of a
+ * batch that already ended — rather than a crash of the batch running now.
+ */
+const batchScope = new AsyncLocalStorage<BatchScope>();
+
+/**
+ * An error nothing caught on this thread: one thrown by a callback of a batch that has ended (a
+ * handler's timer firing after its task returned) is reported on stderr and dropped — before, it
+ * crashed the thread in the middle of whatever batch ran next, possibly another agent's, and
+ * failed that batch's tasks (FABRIC_ERR_WORKER_CRASHED). Any other (a callback of the running
+ * batch, or of no batch) is thrown again: the thread crashes and its batch fails, as without
+ * this listener.
+ */
+function onUncaught(error: unknown): void {
+  const scope = batchScope.getStore();
+  if (scope?.ended !== true) throw error;
+  const kinds = scope.kindTable.map((k) => `${k.taskType} (agent ${k.agentId})`).join(', ');
+  const what = error instanceof Error ? (error.stack ?? error.message) : String(error);
+  console.error(
+    `agent-fabric local executor: a callback a handler left behind threw after its batch ended (task types: ${kinds}); dropped: ${what}`,
+  );
+}
+process.on('uncaughtException', onUncaught);
 const loaded = new Map<string, TaskHandler>();
 const loading = new Map<string, Promise<TaskHandler>>();
 
@@ -113,7 +147,17 @@ function isThenable(v: unknown): v is PromiseLike<unknown> {
  * Runs every task of the batch; never rejects for a handler's failure. Synchronous handlers run
  * back to back with no promise per task; only pending async handlers are awaited.
  */
-export default async function runBatch(input: BatchInput): Promise<BatchOutcome> {
+export default function runBatch(input: BatchInput): Promise<BatchOutcome> {
+  const scope: BatchScope = { ended: false, kindTable: input.kindTable };
+  const end = (): void => {
+    scope.ended = true;
+  };
+  const outcome = batchScope.run(scope, runTasks, input);
+  outcome.then(end, end);
+  return outcome;
+}
+
+async function runTasks(input: BatchInput): Promise<BatchOutcome> {
   const { kindTable, kinds, taskIds, attempts, payloads } = input;
   const flags = input.flags ?? regionFlags(input.region);
   const n = taskIds.length;
