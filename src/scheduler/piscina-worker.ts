@@ -108,8 +108,8 @@ function onUncaught(error: unknown): void {
   if (scope?.ended !== true) throw error;
   const kinds = scope.kindTable.map((k) => `${k.taskType} (agent ${k.agentId})`).join(', ');
   const what = error instanceof Error ? (error.stack ?? error.message) : String(error);
-  console.error(
-    `agent-fabric local executor: a callback a handler left behind threw after its batch ended (task types: ${kinds}); dropped: ${what}`,
+  process.stderr.write(
+    `agent-fabric local executor: a callback a handler left behind threw after its batch ended (task types: ${kinds}); dropped: ${what}\n`,
   );
 }
 process.on('uncaughtException', onUncaught);
