@@ -11,12 +11,14 @@
  * syscall and one wake-up of the child for a whole burst of concurrent calls, also when they
  * came in separate HTTP requests). A group still running when the sidecar's process exits
  * (`process.exit`, a second signal, an uncaught error) is killed with it: detached, it would
- * not get the terminal's signal and would live on, orphaned.
+ * not get the terminal's signal and would live on, orphaned. A SIGKILL of the sidecar runs no
+ * exit hook: a watchdog (`sh`, see {@link WATCHDOG_SCRIPT}) kills the groups then.
  *
  * @module
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import type { Writable } from 'node:stream';
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 import { ErrorCode, type JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import {
@@ -41,9 +43,57 @@ export const MAX_STDERR_LINE = 16 * 1024;
 const liveGroups = new Set<number>();
 let exitHookInstalled = false;
 
+/**
+ * Kills the process groups it was told of (`+<pgid>` lines; `-<pgid>` forgets one) once its
+ * stdin ends: when the sidecar's process is gone, however it ended — a SIGKILL included, which
+ * runs no exit hook. The kernel closes the pipe's write end with the process; the children do
+ * not hold it (Node's pipes are close-on-exec).
+ */
+const WATCHDOG_SCRIPT = `groups=' '
+while read -r line; do
+  case "$line" in
+    +*) groups="$groups\${line#+} " ;;
+    -*) id=\${line#-}; case "$groups" in *" $id "*) groups="\${groups%% $id *} \${groups#* $id }" ;; esac ;;
+  esac
+done
+for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done`;
+
+/** The watchdog's stdin, once started; null when it could not be started (no `/bin/sh`). */
+let watchdog: Writable | null | undefined;
+
+/**
+ * Tells the watchdog a group's news (`+pgid` / `-pgid`), starting it first: one `sh` per
+ * process, in its own session (a terminal's signals do not end it before the sidecar), that
+ * waits in `read` and does not keep the sidecar alive.
+ */
+function tellWatchdog(line: string): void {
+  if (process.platform === 'win32') return;
+  if (watchdog === undefined) {
+    watchdog = null;
+    if (!existsSync('/bin/sh')) return;
+    try {
+      const dog = spawn('/bin/sh', ['-c', WATCHDOG_SCRIPT], {
+        detached: true,
+        stdio: ['pipe', 'ignore', 'ignore'],
+        env: {},
+      });
+      dog.once('error', () => (watchdog = null));
+      dog.unref();
+      const input = dog.stdin!;
+      input.on('error', () => (watchdog = null));
+      (input as Writable & { unref?: () => void }).unref?.();
+      watchdog = input;
+    } catch {
+      return;
+    }
+  }
+  watchdog?.write(`${line}\n`);
+}
+
 /** Remembers `pid`'s group as live; the first one installs the process's exit hook. */
 function trackGroup(pid: number): void {
   liveGroups.add(pid);
+  tellWatchdog(`+${pid}`);
   if (exitHookInstalled) return;
   exitHookInstalled = true;
   process.on('exit', () => {
@@ -56,6 +106,11 @@ function trackGroup(pid: number): void {
     }
     liveGroups.clear();
   });
+}
+
+/** Forgets `pid`'s group: it was reaped, and its id may be given to another process. */
+function untrackGroup(pid: number): void {
+  if (liveGroups.delete(pid)) tellWatchdog(`-${pid}`);
 }
 
 const INHERITED_ENV = ['HOME', 'LOGNAME', 'PATH', 'SHELL', 'TERM', 'USER', 'TMPDIR', 'LANG'];
@@ -306,7 +361,7 @@ export class ProcessStdioTransport implements Transport {
         if (!this.#closed) {
           // Died on its own: take down whatever it left in its group, then report.
           this.#signal('SIGKILL');
-          if (this.#pid !== undefined) liveGroups.delete(this.#pid);
+          if (this.#pid !== undefined) untrackGroup(this.#pid);
           this.#closed = true;
           this.onclose?.();
         }
@@ -619,7 +674,7 @@ export class ProcessStdioTransport implements Transport {
     await exited;
     // The direct child is gone; make sure nothing it left in the group survives it.
     this.#signal('SIGKILL');
-    if (this.#pid !== undefined) liveGroups.delete(this.#pid);
+    if (this.#pid !== undefined) untrackGroup(this.#pid);
     clearTimeout(timer);
     this.onclose?.();
   }

@@ -20,6 +20,9 @@
  * - `agent-fabric mcp --in-process` whose client closes stdin shuts down under the same bound,
  *   also while its start-up waits (before, stdin's end was not looked at until the session
  *   read it, and the close that followed had no bound);
+ * - a SIGKILL of the sidecar leaves no upstream process behind either, grandchildren that never
+ *   read their stdin included: a watchdog (`sh`, reading a pipe from the sidecar) kills the
+ *   process groups it was told of when the pipe ends (before, they lived on, orphaned);
  * - after a SIGKILL, a restart starts even when the dead sidecar's pid now belongs to another
  *   process (a reboot, or a crash long ago): the state lock names the holder's boot and start
  *   time, so a reused pid is told apart (before, serve refused with FABRIC_ERR_STATE_LOCKED
@@ -201,6 +204,35 @@ describe('agent-fabric serve: SIGTERM with calls in flight', () => {
       for (const pid of kids) if (alive(pid)) process.kill(pid, 'SIGKILL');
     }
   });
+
+  it(
+    'leaves no upstream process behind after a SIGKILL, grandchildren that ignore stdin included',
+    { timeout: 60_000 },
+    async () => {
+      const dir = tempDir('cli-shutdown-kill');
+      const count = join(dir, 'ran.txt');
+      // The grandchild (`sleep`) never reads its stdin: the pipe's end does not stop it.
+      await writeConfig(dir, count, {}, 'sleep 600 &');
+      const r = await serve(dir);
+      const kids = descendants(r.child.pid!);
+      const sleeper = kids.find((pid) => {
+        try {
+          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('sleep');
+        } catch {
+          return false;
+        }
+      });
+      try {
+        expect(sleeper).toBeDefined(); // the server and its grandchild
+        expect(await stop(r, 'SIGKILL')).toBeNull();
+        // Before: the upstream's detached process group lived on, orphaned (the server ended on
+        // its stdin's end; `sleep 600` ran its 10 minutes).
+        await until(() => kids.every((pid) => !alive(pid)), 20_000);
+      } finally {
+        for (const pid of kids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+      }
+    },
+  );
 
   it('starts after a SIGKILL when the dead sidecar’s pid was reused by another process', async () => {
     const dir = tempDir('cli-shutdown-pid-reuse');
