@@ -18,7 +18,11 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { ListRootsRequestSchema } from '@modelcontextprotocol/sdk/types.js';
+import {
+  CallToolResultSchema,
+  CreateTaskResultSchema,
+  ListRootsRequestSchema,
+} from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
@@ -98,6 +102,20 @@ describe('forwardRoots: an upstream holding one agent roots serves no other agen
     expect(other).not.toContain('a-private');
     expect(other).toMatch(/^Tool call failed: upstream cb holds the roots of another agent/);
     expect(other).toContain('FABRIC_ERR_UPSTREAM_UNAVAILABLE');
+    expect(asked.b).toBe(0);
+    // As a task (run by the gateway, with no session): refused alike.
+    const { task } = await b.request(
+      {
+        method: 'tools/call',
+        params: { name: 'cb__kept_roots', arguments: {}, task: {} },
+      },
+      CreateTaskResultSchema,
+    );
+    const asTask = await b.experimental.tasks
+      .getTaskResult(task.taskId, CallToolResultSchema)
+      .then(text, (error: Error) => error.message);
+    expect(asTask).toMatch(/upstream cb holds the roots of another agent/);
+    expect(asTask).not.toContain(rootsOf.a);
     expect(asked.b).toBe(0);
     // The agent whose roots it holds goes on.
     expect(await answer(a, 'cb__kept_roots')).toContain(rootsOf.a);
