@@ -445,11 +445,27 @@ async function mcp(values: CommandContext['values']): Promise<'running'> {
   const headers = { authorization: `Bearer ${token}` };
   // The URL as messages name it: its query may hold a secret.
   const named = urlForMessages(url);
-  // Refuse to start on an unknown token: the endpoint authenticates before anything else.
-  const probe = await fetch(url, { method: 'GET', headers }).catch((error: unknown) => {
-    throw new CliError(`cannot reach the sidecar at ${named}: ${String(error)}`, EXIT.unreachable);
+  // Refuse to start on an unknown token: the endpoint authenticates before anything else. Not
+  // redirected (the token would go along), and bounded as each resume attempt of the bridge is.
+  const probe = await fetch(url, {
+    method: 'GET',
+    headers,
+    redirect: 'manual',
+    signal: AbortSignal.timeout(PROBE_TIMEOUT_MS),
+  }).catch((error: unknown) => {
+    const why =
+      error instanceof DOMException && error.name === 'TimeoutError'
+        ? `no answer within ${PROBE_TIMEOUT_MS / 1000} s`
+        : String(error);
+    throw new CliError(`cannot reach the sidecar at ${named}: ${why}`, EXIT.unreachable);
   });
-  await probe.body?.cancel();
+  await probe.body?.cancel().catch(() => undefined);
+  if (probe.status >= 300 && probe.status < 400) {
+    throw new CliError(
+      `the sidecar at ${named} answered with a redirect (HTTP ${probe.status}), which is not followed: give the sidecar's own MCP URL`,
+      EXIT.unreachable,
+    );
+  }
   if (probe.status === 401 || probe.status === 403) {
     throw new CliError(
       `the sidecar at ${named} refused the agent token (HTTP ${probe.status})`,
@@ -545,6 +561,9 @@ does a shutdown still unfinished after shutdownTimeoutSeconds, naming what it wa
   },
   run: (ctx) => serve(ctx.values),
 };
+
+/** How long `agent-fabric mcp` waits for the sidecar's answer to its start-up check. */
+const PROBE_TIMEOUT_MS = 10_000;
 
 const mcpCommand: Command = {
   name: 'mcp',

@@ -71,6 +71,39 @@ describe('agent-fabric --url', () => {
     },
   );
 
+  it('agent-fabric mcp: the start-up check follows no redirect (307 to another port with a 401): exit 3, the token went nowhere else', async () => {
+    const elsewhere: string[] = [];
+    const target = await server(elsewhere, () => ({ status: 401 }));
+    const first: string[] = [];
+    const url = await server(first, (req) => ({
+      status: 307,
+      headers: { location: `${target}${req.url}` },
+    }));
+    // Before, fetch followed it (dropping the token across origins) and the 401 there made the
+    // bridge exit 4, "the sidecar refused the agent token"; a same-origin redirect took the token.
+    const run = await runCli(['mcp', '--url', `${url}/mcp`], {
+      FABRIC_AGENT_TOKEN: 'agent-token-secret',
+    });
+    expect(run.code).toBe(3);
+    expect(run.err).toContain('answered with a redirect (HTTP 307)');
+    expect(run.err).not.toContain('agent-token-secret');
+    expect(first).toEqual(['GET /mcp Bearer agent-token-secret ']);
+    expect(elsewhere).toEqual([]);
+  });
+
+  it('agent-fabric mcp: a sidecar that never answers the start-up check ends it, exit 3', async () => {
+    const silent = createServer(() => undefined); // accepts, reads, never answers
+    servers.push(silent);
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const port = (silent.address() as AddressInfo).port;
+    const run = await runCli(['mcp', '--url', `http://127.0.0.1:${port}/mcp`], {
+      FABRIC_AGENT_TOKEN: 'agent-token-secret',
+    });
+    expect(run.code).toBe(3);
+    expect(run.err).toContain('no answer within 10 s');
+    silent.closeAllConnections();
+  });
+
   it('a URL with a user name and password is refused, exit 2, the password not repeated', async () => {
     const seen: string[] = [];
     const url = new URL(await server(seen, () => ({ status: 200 })));
