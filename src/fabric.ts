@@ -1065,31 +1065,27 @@ export class AgentFabric {
         typeof path === 'string' ? path : 'state',
         `task ${task.id} ended (${task.status}) but its end is not committed: ${why}; it is written with the next commit that succeeds (retried every second) — wait for the task again`,
       );
+    // One signal for the caller's and the timeout's: the store forgets the wait when it fires
+    // (a wait that ran out must not stay in its list until a commit succeeds).
+    const stop = new AbortController();
+    const onAbort = (): void => stop.abort(signal!.reason);
     let cancelTimer: (() => void) | undefined;
-    let onAbort: (() => void) | undefined;
+    if (signal?.aborted === true) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
+    if (timeoutMs !== undefined && timeoutMs !== Number.POSITIVE_INFINITY) {
+      cancelTimer = setLongTimeout(
+        () => stop.abort(notCommitted(`the wait ran out (${failure.message})`)),
+        Math.max(0, timeoutMs),
+      );
+    }
     try {
-      await new Promise<void>((resolve, reject) => {
-        if (signal?.aborted) {
-          reject(signal.reason as Error);
-          return;
-        }
-        store.whenCommitted!().then(resolve, (error: unknown) =>
-          reject(notCommitted(error instanceof Error ? error.message : String(error))),
-        );
-        if (timeoutMs !== undefined && timeoutMs !== Number.POSITIVE_INFINITY) {
-          cancelTimer = setLongTimeout(
-            () => reject(notCommitted(`the wait ran out (${failure.message})`)),
-            Math.max(0, timeoutMs),
-          );
-        }
-        if (signal !== undefined) {
-          onAbort = () => reject(signal.reason as Error);
-          signal.addEventListener('abort', onAbort, { once: true });
-        }
+      await store.whenCommitted!(stop.signal).catch((error: unknown) => {
+        if (stop.signal.aborted && error === stop.signal.reason) throw error;
+        throw notCommitted(error instanceof Error ? error.message : String(error));
       });
     } finally {
       cancelTimer?.();
-      if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
+      signal?.removeEventListener('abort', onAbort);
     }
   }
 

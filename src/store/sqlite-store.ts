@@ -961,15 +961,44 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     for (const w of waiters) w.resolve();
   }
 
+  /** How many {@link whenCommitted} callers wait (for `/metrics` and tests). */
+  get commitWaiters(): number {
+    return this.#commitWaiters.length;
+  }
+
   /**
    * Resolves once a commit succeeds after a failed one (at once when the last commit did not
    * fail): then every change made before the call is on disk. Rejects with `close()`'s error
-   * when the store closes first without committing them.
+   * when the store closes first without committing them, and with `signal`'s reason when it
+   * aborts first — the wait is then forgotten (a caller that gives up leaves nothing behind).
    */
-  whenCommitted(): Promise<void> {
+  whenCommitted(signal?: AbortSignal): Promise<void> {
     if (this.#failedCommit === undefined) return Promise.resolve();
     if (this.#closed) return Promise.reject(this.#failedCommit);
-    return new Promise((resolve, reject) => this.#commitWaiters.push({ resolve, reject }));
+    if (signal?.aborted === true) return Promise.reject(signal.reason as Error);
+    return new Promise((resolve, reject) => {
+      if (signal === undefined) {
+        this.#commitWaiters.push({ resolve, reject });
+        return;
+      }
+      const onAbort = (): void => {
+        const i = this.#commitWaiters.indexOf(waiter);
+        if (i >= 0) this.#commitWaiters.splice(i, 1);
+        reject(signal.reason as Error);
+      };
+      const waiter = {
+        resolve(): void {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        },
+        reject(error: unknown): void {
+          signal.removeEventListener('abort', onAbort);
+          reject(error);
+        },
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#commitWaiters.push(waiter);
+    });
   }
 
   /**

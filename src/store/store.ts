@@ -88,9 +88,10 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
   commitFailure?(): Error | undefined;
   /**
    * Durable stores: resolves once a commit succeeds after {@link commitFailure} (at once when
-   * there is none); rejects with the error of `close()` when the store closes without one.
+   * there is none); rejects with the error of `close()` when the store closes without one, and
+   * with `signal`'s reason when it aborts first (the wait is then forgotten).
    */
-  whenCommitted?(): Promise<void>;
+  whenCommitted?(signal?: AbortSignal): Promise<void>;
   /** Flushes and releases resources. */
   close(): Promise<void>;
 }
