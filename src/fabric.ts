@@ -1443,14 +1443,20 @@ export class AgentFabric {
    * in memory (what it writes is committed with the next commit that succeeds), and throws: a
    * change the caller is told was refused must not take effect, nor come back after a restart.
    * With the in-memory store there is nothing to wait for. Costs a durable store's caller one
-   * microtask turn.
+   * microtask turn. Judged by the commit that carried the change (`mark`, taken right after it:
+   * see {@link #commitMark}), not by the store's last one — an unrelated commit that failed
+   * meanwhile must not undo a change that is on disk.
    * @throws StateStoreError `<what>: … not committed …`
    */
-  async #undoneUnlessOnDisk(what: string, undo: () => void): Promise<void> {
+  async #undoneUnlessOnDisk(
+    what: string,
+    undo: () => void,
+    mark = this.#commitMark(),
+  ): Promise<void> {
     const store = this.#store;
-    if (store.commitFailure === undefined) return;
+    if (mark === undefined || store.commitOutcome === undefined) return;
     await undefined;
-    const failure = store.commitFailure();
+    const failure = store.commitOutcome(mark);
     if (failure === undefined) return;
     undo();
     const path = (store as { path?: unknown }).path;
@@ -1461,19 +1467,30 @@ export class AgentFabric {
   }
 
   /**
+   * A durable store's mark of the changes made so far (undefined without one): taken in the
+   * synchronous run of a change, after it, it names the commit that carries the change.
+   */
+  #commitMark(): number | undefined {
+    return this.#store.commitMark?.();
+  }
+
+  /**
    * Resolves once what the caller changed is committed; with a durable store whose last commit
    * failed (disk full, I/O error) throws instead, saying the `outcome`: the change is kept in
    * memory and written with the next commit that succeeds (the store retries every second), but
    * is not on disk, so the call must not answer as if it were. The commit runs on a microtask
    * the change queued, before this resumes. With the in-memory store there is nothing to wait
-   * for. Costs a durable store's caller one microtask turn.
+   * for. Costs a durable store's caller one microtask turn. Judged by the commits since the
+   * call (see {@link #undoneUnlessOnDisk}); a change made in an earlier run whose commit
+   * succeeded may be reported as not committed when a later one failed (it holds either way).
    * @throws StateStoreError
    */
   async #onDisk(outcome: string): Promise<void> {
     const store = this.#store;
-    if (store.commitFailure === undefined) return;
+    const mark = this.#commitMark();
+    if (mark === undefined || store.commitOutcome === undefined) return;
     await undefined;
-    const failure = store.commitFailure();
+    const failure = store.commitOutcome(mark);
     if (failure === undefined) return;
     const path = (store as { path?: unknown }).path;
     throw new StateStoreError(
@@ -1502,10 +1519,13 @@ export class AgentFabric {
       threads ? { ...config, provider: THREADS_POOL_PROVIDER } : config,
     );
     const { poolId } = change.pool;
+    // Undone, the pool's budget is as it was: none, or the limits a pool of that id left.
+    const restoreBudget =
+      config.budget === undefined ? undefined : this.budgets.poolBudgetRestorer(poolId);
     if (config.budget !== undefined) this.budgets.setPoolBudget(poolId, config.budget);
     await this.#undoneUnlessOnDisk(`pool ${poolId} was not created`, () => {
       this.#withdrawPoolChange(poolId, change.spawned, undefined);
-      if (config.budget !== undefined) this.budgets.removePoolBudget(poolId);
+      restoreBudget?.();
     });
     return { ...change.pool, spawned: change.spawned };
   }
@@ -1529,10 +1549,15 @@ export class AgentFabric {
   async scalePool(poolId: string, targetSize: number): Promise<PoolChange> {
     this.#open();
     const desired = this.pools.desiredSize(poolId);
-    const change = await this.pools.scalePool(poolId, targetSize);
+    const scaling = this.pools.scalePool(poolId, targetSize);
+    // A growth is made before the pool manager's first await: this marks its commit.
+    const mark = this.#commitMark();
+    const change = await scaling;
     if (change.spawned.length > 0) {
-      await this.#undoneUnlessOnDisk(`pool ${poolId} was not scaled`, () =>
-        this.#withdrawPoolChange(poolId, change.spawned, desired),
+      await this.#undoneUnlessOnDisk(
+        `pool ${poolId} was not scaled`,
+        () => this.#withdrawPoolChange(poolId, change.spawned, desired),
+        mark,
       );
     } else await this.#onDisk(`the pool's new size holds ${HELD}`);
     return change;

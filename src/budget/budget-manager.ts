@@ -341,6 +341,31 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     this.#configure(this.#pool(id('poolId', poolId)), null);
   }
 
+  /**
+   * Called before a change of a pool's limits its caller may not acknowledge (a pool creation
+   * whose commit failed: `AgentFabric.createPool`): returns what puts the pool's budget back as
+   * it is now — its limits as they were, or no budget state at all, in memory or in the store,
+   * when it had none (never a scope without limits in place of one with them).
+   */
+  poolBudgetRestorer(poolId: string): () => void {
+    const key = id('poolId', poolId);
+    const scope = `pool:${key}`;
+    const held = this.#pools.get(key);
+    const stored = held === undefined ? this.#store.load(scope) : undefined;
+    if (held !== undefined || stored !== undefined) {
+      const before = held !== undefined ? held.rawConfig : stored!.config;
+      return () => this.#configure(this.#pool(key), before);
+    }
+    return () => {
+      const s = this.#pools.get(key);
+      if (s !== undefined) {
+        s.forgotten = true;
+        this.#pools.delete(key);
+      }
+      this.#store.delete(scope);
+    };
+  }
+
   /** Removes the fabric-wide limits. */
   removeFabricBudget(): void {
     this.#configure(this.#fabricScope(), null);

@@ -634,6 +634,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   #failedCommit: StateStoreError | undefined;
   /** When the commits began to fail (wall clock ms), while {@link #failedCommit} is set. */
   #failedSince: number | undefined;
+  /**
+   * Commits tried since the store opened (a transaction, or a check that found nothing
+   * pending), and the number of the last that succeeded: see {@link commitMark}.
+   */
+  #commitsTried = 0;
+  #commitsDone = 0;
   /** {@link whenCommitted} callers waiting for a commit to succeed after a failed one. */
   #commitWaiters: Array<{ resolve(): void; reject(error: unknown): void }> = [];
   /** The open file's identity, to notice the path naming another file (or none). */
@@ -848,9 +854,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       policies.length === 0 &&
       budgets.length === 0
     ) {
+      // Every change made so far (lazy ones aside, without `lazy`) is on disk.
+      this.#commitsDone = ++this.#commitsTried;
       if (lazy) this.#written(); // nothing only in memory
       return;
     }
+    const attempt = ++this.#commitsTried;
     // Serialize first, one record at a time: a record that cannot be serialized (a BigInt or a
     // cycle an embedder put in it) is reported, not allowed to block every other record's commit.
     const unserializable: string[] = [];
@@ -932,6 +941,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       throw failure;
     }
     // Written (a record that cannot be serialized, reported below, never will be).
+    this.#commitsDone = attempt;
     written?.committed();
     this.#written();
     const stats = this.#stats;
@@ -959,6 +969,32 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     const waiters = this.#commitWaiters;
     this.#commitWaiters = [];
     for (const w of waiters) w.resolve();
+  }
+
+  /**
+   * Marks the changes made so far, for {@link commitOutcome}: take it in the synchronous run
+   * that made the change, after it (an `await` between lets other callers' commits run).
+   */
+  commitMark(): number {
+    return this.#commitsTried;
+  }
+
+  /**
+   * The outcome of the commit that carried the changes made before `mark` was taken (every
+   * commit writes all that is pending): undefined when one that succeeded did, else the error of
+   * the failed one — never that of a later, unrelated commit when they are on disk, nor success
+   * of an earlier one when they are not. When no commit has run since the mark, one runs now (the
+   * microtask commit the change queued normally runs first). Lazy changes (`putLazily`) are not
+   * covered.
+   */
+  commitOutcome(mark: number): StateStoreError | undefined {
+    if (this.#commitsTried === mark && !this.#closed) this.#commit(false, false);
+    if (this.#commitsDone > mark) return undefined;
+    return (
+      this.#failedCommit ??
+      this.#lastError ??
+      new StateStoreError(this.path, 'is closed: the change was not committed')
+    );
   }
 
   /** How many {@link whenCommitted} callers wait (for `/metrics` and tests). */

@@ -87,6 +87,17 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
    */
   commitFailure?(): Error | undefined;
   /**
+   * Durable stores: a mark of the changes made so far, for {@link commitOutcome}; taken in the
+   * synchronous run that made a change, after it.
+   */
+  commitMark?(): number;
+  /**
+   * Durable stores: the outcome of the commit that carried the changes made before `mark` —
+   * undefined when they are on disk, else its error — whatever commits failed or succeeded
+   * since (see `SqliteStore.commitOutcome`).
+   */
+  commitOutcome?(mark: number): Error | undefined;
+  /**
    * Durable stores: resolves once a commit succeeds after {@link commitFailure} (at once when
    * there is none); rejects with the error of `close()` when the store closes without one, and
    * with `signal`'s reason when it aborts first (the wait is then forgotten).

@@ -6,6 +6,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterEach, expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import type { AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
@@ -14,6 +15,7 @@ import type { TaskRecord } from '../../src/scheduler/task-record.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
 import { TaskStatus } from '../../src/task.js';
 import { tempDir, until } from '../fixtures/gateway/harness.js';
+import { recordsIn } from '../fixtures/state/disk-full.js';
 
 const fabrics: AgentFabric[] = [];
 afterEach(async () => {
@@ -23,6 +25,19 @@ afterEach(async () => {
 
 function diskFull(full: boolean): void {
   execFileSync('prlimit', [`--pid=${process.pid}`, `--fsize=${full ? 0 : 'unlimited'}:`]);
+}
+
+/** The budget scope `scope` as the state file at `path` holds it, if it does. */
+function budgetIn(path: string, scope: string): { config: unknown } | undefined {
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  try {
+    const row = db
+      .prepare<[string], { data: string }>('SELECT data FROM budgets WHERE scope = ?')
+      .get(scope);
+    return row === undefined ? undefined : (JSON.parse(row.data) as { config: unknown });
+  } finally {
+    db.close();
+  }
 }
 
 type Store = SqliteStore<TaskRecord, AgentRecord, PoolRecord>;
@@ -75,4 +90,125 @@ it('a wait for a task end that runs out or is aborted while the disk is full lea
   } finally {
     diskFull(false);
   }
+}, 60_000);
+
+/**
+ * Makes an unrelated commit fail while the next change that spawns an agent waits for its own:
+ * a listener of `agent.spawned` (emitted inside the change, after its first record was put, so
+ * after the change's own commit was queued) fills the disk on a microtask, counts some usage and
+ * creates an approval — committed at once, with the usage — which finds the disk full.
+ */
+function failAnUnrelatedCommitNext(fabric: AgentFabric): void {
+  fabric.lifecycle.events.once('agent.spawned', () =>
+    queueMicrotask(() => {
+      diskFull(true);
+      fabric.budgets.recordUsage('someone', { tokens: 1 });
+      expect(() => fabric.approvals.create({ agentId: 'someone', tool: 'unrelated' })).toThrow(
+        /write failed/,
+      );
+    }),
+  );
+}
+
+it('a spawn, pool creation or pool growth whose own commit succeeded is acknowledged, not undone, when an unrelated commit fails before it answers', async () => {
+  const { path, store, fabric } = await open('state-undo-own-commit');
+  await fabric.createPool({ poolId: 'crew', model: 'm', minAgents: 1, executor: 'remote' });
+
+  failAnUnrelatedCommitNext(fabric);
+  const scaling = fabric.scalePool('crew', 3);
+  const scaled = await scaling.catch((error: unknown) => error);
+  diskFull(false);
+  expect.soft(scaled).not.toBeInstanceOf(Error);
+
+  await until(() => store.commitFailure() === undefined);
+  failAnUnrelatedCommitNext(fabric);
+  const creating = fabric.createPool({
+    poolId: 'late',
+    model: 'm',
+    minAgents: 2,
+    executor: 'remote',
+    budget: { maxTokensPerHour: 100 },
+  });
+  const created = await creating.catch((error: unknown) => error);
+  diskFull(false);
+  expect.soft(created).not.toBeInstanceOf(Error);
+
+  await until(() => store.commitFailure() === undefined);
+  failAnUnrelatedCommitNext(fabric);
+  const spawning = fabric.spawn({ name: 'solo', model: 'm', executor: 'remote' });
+  const spawned = await spawning.catch((error: unknown) => error);
+  diskFull(false);
+  expect.soft(spawned).not.toBeInstanceOf(Error);
+
+  // What the answers acknowledged is what the fabric holds, and what the file holds after a
+  // restart.
+  const live = (await fabric.listAgents()).map((a) => a.id).sort();
+  expect((await fabric.getPool('crew')).currentAgents).toHaveLength(3);
+  expect((await fabric.getPool('late')).currentAgents).toHaveLength(2);
+  expect(live).toContain((spawned as { id: string }).id);
+  await until(() => store.commitFailure() === undefined);
+  await fabric.close();
+  fabrics.length = 0;
+  const pools = recordsIn(path, 'pool');
+  expect((pools.get('crew')?.agentIds as string[]).length).toBe(3);
+  expect((pools.get('late')?.agentIds as string[]).length).toBe(2);
+  expect([...recordsIn(path, 'agent').keys()].sort()).toEqual(live);
+  const limits = budgetIn(path, 'pool:late');
+  expect(limits?.config).toEqual({ maxTokensPerHour: 100 });
+}, 60_000);
+
+it('a refused pool creation leaves no budget behind: no limit-free scope where there was none, the earlier limits where there were', async () => {
+  const { path, store, fabric } = await open('state-undo-pool-budget');
+  // A deleted pool's budget scope stays, with its limits (a pool made again under its id
+  // without a budget of its own is held to them).
+  await fabric.createPool({
+    poolId: 'old',
+    model: 'm',
+    minAgents: 0,
+    executor: 'remote',
+    budget: { maxTokensPerHour: 50 },
+  });
+  await fabric.deletePool('old');
+  expect(budgetIn(path, 'pool:old')?.config).toEqual({ maxTokensPerHour: 50 });
+
+  let late: unknown;
+  let old: unknown;
+  try {
+    diskFull(true);
+    late = await fabric
+      .createPool({
+        poolId: 'late',
+        model: 'm',
+        minAgents: 1,
+        executor: 'remote',
+        budget: { maxTokensPerHour: 100 },
+      })
+      .catch((error: unknown) => error);
+    old = await fabric
+      .createPool({
+        poolId: 'old',
+        model: 'm',
+        minAgents: 1,
+        executor: 'remote',
+        budget: { maxTokensPerHour: 1_000_000 },
+      })
+      .catch((error: unknown) => error);
+  } finally {
+    diskFull(false);
+  }
+  expect(late).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
+  expect(old).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
+  // In memory: nothing of `late`'s budget, `old`'s limits as they were.
+  expect.soft(fabric.budgets.store.load('pool:late')).toBeUndefined();
+  expect.soft(fabric.budgets.getPoolStatus('old').tokensLimit).toBe(50);
+
+  // On disk once commits succeed, and after a restart.
+  await until(() => store.commitFailure() === undefined, 20_000);
+  expect(budgetIn(path, 'pool:late')).toBeUndefined();
+  expect(budgetIn(path, 'pool:old')?.config).toEqual({ maxTokensPerHour: 50 });
+  await fabric.close();
+  fabrics.length = 0;
+  expect(budgetIn(path, 'pool:late')).toBeUndefined();
+  expect(budgetIn(path, 'pool:old')?.config).toEqual({ maxTokensPerHour: 50 });
+  expect([...recordsIn(path, 'pool').keys()]).toEqual([]);
 }, 60_000);
