@@ -724,11 +724,14 @@ export class AgentFabric {
     const agent = this.#spawn(config, options.credentialFor);
     const poolId = agent.poolId;
     const desired = poolId === undefined ? undefined : this.pools.desiredSize(poolId);
-    if (poolId !== undefined) this.pools.join(poolId, agent.id);
+    // Into a full pool, one of the pool's own agents gives way only once the spawn is on disk:
+    // a refused spawn must leave the pool exactly as it was (a terminated agent cannot come back).
+    if (poolId !== undefined) this.pools.join(poolId, agent.id, { held: true });
     await this.#undoneUnlessOnDisk(`agent ${agent.id} was not spawned`, () => {
       this.#withdrawAgent(agent.id);
       if (poolId !== undefined) this.pools.withdraw(poolId, [agent.id], desired);
     });
+    if (poolId !== undefined) this.pools.confirmJoin(poolId, agent.id);
     return agent;
   }
 

@@ -17,7 +17,8 @@
  * config agent, the operator API's `SpawnAgent`) joins the pool ({@link PoolManager.join}): it is
  * a member like the agents the pool spawned — listed, counted, scaled down (after the pool's own
  * agents on a load tie), terminated when the pool is deleted — and the pool's desired size grows
- * by one; into a full pool, one of the pool's own agents gives way to it (only a pool full of
+ * by one; into a full pool, one of the pool's own agents gives way to it — once its join is
+ * confirmed, for a held one (`fabric.spawn`: once the spawn is committed) — (only a pool full of
  * joined agents refuses one). The pool did not start it, so it does not replace it: a joined agent that is
  * UNHEALTHY stays a live member, and one that ends leaves the pool, whose desired size shrinks
  * by one again (not below `minAgents`).
@@ -254,6 +255,11 @@ export class PoolManager {
   readonly #runtimes = new Map<string, Runtime>();
   /** Agents that were HEALTHY at least once (losing one is not a failed start). */
   readonly #everHealthy = new Set<string>();
+  /**
+   * By pool, the agents joined with `held` whose join is neither confirmed nor withdrawn yet:
+   * until then no agent of the pool gives way (see {@link join}).
+   */
+  readonly #heldJoins = new Map<string, Set<string>>();
   readonly #backoff = new Map<string, Backoff>();
   readonly #timer: NodeJS.Timeout;
   #checking = false;
@@ -557,10 +563,12 @@ export class PoolManager {
   /**
    * Makes an agent spawned outside the manager with this `poolId` a member of the pool (see
    * **Joined agents** in the module comment); the pool's desired size grows by one. A no-op for
-   * a member.
+   * a member. With `held` (a join its caller may still take back, see `AgentFabric.spawn`), an
+   * agent of a full pool gives way only once {@link confirmJoin} says so — a join that is
+   * {@link withdraw}n displaced no one; until then the pool is not trimmed.
    * @throws PoolNotFoundError
    */
-  join(poolId: string, agentId: string): void {
+  join(poolId: string, agentId: string, options: { held?: boolean } = {}): void {
     const rec = this.#pools.get(poolId);
     if (rec === undefined) throw new PoolNotFoundError(poolId);
     if (rec.agentIds.includes(agentId)) return;
@@ -569,10 +577,36 @@ export class PoolManager {
     rec.joinedIds = [...(rec.joinedIds ?? []), agentId];
     this.#pools.put(poolId, rec);
     this.events.emit('pool.agent.joined', { poolId, agentId });
+    if (options.held === true) {
+      const held = this.#heldJoins.get(poolId) ?? new Set<string>();
+      held.add(agentId);
+      this.#heldJoins.set(poolId, held);
+      return;
+    }
     // Joined into a full pool: one of the pool's own agents gives way (reconcile's trim takes
     // them before joined ones: not yet started first, then the least loaded).
     if (rec.agentIds.length > rec.maxAgents)
       void Promise.resolve().then(() => this.reconcile(poolId));
+  }
+
+  /**
+   * The `held` join of `agentId` stands (its spawn is committed): into a full pool, one of the
+   * pool's own agents gives way now, as {@link join} without `held` does.
+   */
+  confirmJoin(poolId: string, agentId: string): void {
+    if (!this.#release(poolId, [agentId])) return;
+    const rec = this.#pools.get(poolId);
+    if (rec !== undefined && rec.agentIds.length > rec.maxAgents) this.reconcile(poolId);
+  }
+
+  /** Ends the hold of `agentIds`' joins; whether one was held. */
+  #release(poolId: string, agentIds: readonly string[]): boolean {
+    const held = this.#heldJoins.get(poolId);
+    if (held === undefined) return false;
+    let released = false;
+    for (const id of agentIds) released = held.delete(id) || released;
+    if (held.size === 0) this.#heldJoins.delete(poolId);
+    return released;
   }
 
   /**
@@ -603,6 +637,7 @@ export class PoolManager {
    * made the pool, which goes too. Nothing is drained: no task reached the withdrawn agents.
    */
   withdraw(poolId: string, agentIds: readonly string[], desired: number | undefined): void {
+    this.#release(poolId, agentIds);
     const rec = this.#pools.get(poolId);
     if (rec === undefined) return;
     for (const id of agentIds) this.#everHealthy.delete(id);
@@ -768,7 +803,8 @@ export class PoolManager {
     const live = current.agentIds.length - unhealthy;
     const desired = desiredOf(current);
     if (live > desired) {
-      this.#trim(current, live - desired);
+      // A held join (not yet committed) displaces no one until it is confirmed.
+      if (!this.#heldJoins.has(current.poolId)) this.#trim(current, live - desired);
       return;
     }
     // UNHEALTHY agents still count against maxAgents: a pool never holds more than that.

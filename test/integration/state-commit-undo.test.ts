@@ -212,3 +212,55 @@ it('a refused pool creation leaves no budget behind: no limit-free scope where t
   expect(budgetIn(path, 'pool:old')?.config).toEqual({ maxTokensPerHour: 50 });
   expect([...recordsIn(path, 'pool').keys()]).toEqual([]);
 }, 60_000);
+
+it('a spawn into a full pool that is refused displaced no agent: the one that would have given way still runs, with its credential', async () => {
+  const { path, store, fabric } = await open('state-undo-displaced');
+  const created = await fabric.createPool({
+    poolId: 'full',
+    model: 'm',
+    minAgents: 1,
+    maxAgents: 1,
+    executor: 'remote',
+  });
+  const [own] = created.spawned;
+  const alive = (): boolean => {
+    try {
+      return fabric.lifecycle.authenticate(own!.credential).id === own!.id;
+    } catch {
+      return false;
+    }
+  };
+  expect(alive()).toBe(true);
+
+  let refused: unknown;
+  try {
+    diskFull(true);
+    refused = await fabric
+      .spawn({ name: 'joiner', model: 'm', executor: 'remote', poolId: 'full' })
+      .catch((error: unknown) => error);
+    // Whatever a displacement queued has run by now.
+    for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
+    expect(refused).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
+    expect.soft(alive()).toBe(true);
+    expect.soft((await fabric.getPool('full')).currentAgents).toEqual([own!.id]);
+    expect
+      .soft((await fabric.listAgents()).map((a) => [a.id, a.status]))
+      .toEqual([[own!.id, 'STARTING']]);
+  } finally {
+    diskFull(false);
+  }
+  await until(() => store.commitFailure() === undefined, 20_000);
+  expect(recordsIn(path, 'pool').get('full')?.agentIds).toEqual([own!.id]);
+  expect(recordsIn(path, 'agent').get(own!.id)?.status).not.toBe('TERMINATED');
+  expect(alive()).toBe(true);
+
+  // Committed, the same spawn makes the pool's own agent give way, as before.
+  const joined = await fabric.spawn({
+    name: 'joiner',
+    model: 'm',
+    executor: 'remote',
+    poolId: 'full',
+  });
+  await until(() => !alive());
+  expect((await fabric.getPool('full')).currentAgents).toEqual([joined.id]);
+}, 60_000);
