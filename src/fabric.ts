@@ -1457,9 +1457,9 @@ export class AgentFabric {
     mark = this.#commitMark(),
   ): Promise<void> {
     const store = this.#store;
-    if (mark === undefined || store.commitOutcome === undefined) return;
+    if (store.commitFailure === undefined && store.commitOutcome === undefined) return;
     await undefined;
-    const failure = store.commitOutcome(mark);
+    const failure = this.#commitOutcome(mark);
     if (failure === undefined) return;
     undo();
     const path = (store as { path?: unknown }).path;
@@ -1478,6 +1478,16 @@ export class AgentFabric {
   }
 
   /**
+   * The outcome of the commit `mark` names (see {@link #commitMark}); a store without marks
+   * gives its last commit's.
+   */
+  #commitOutcome(mark: number | undefined): Error | undefined {
+    const store = this.#store;
+    if (mark !== undefined && store.commitOutcome !== undefined) return store.commitOutcome(mark);
+    return store.commitFailure?.();
+  }
+
+  /**
    * Resolves once what the caller changed is committed; with a durable store whose last commit
    * failed (disk full, I/O error) throws instead, saying the `outcome`: the change is kept in
    * memory and written with the next commit that succeeds (the store retries every second), but
@@ -1491,9 +1501,9 @@ export class AgentFabric {
   async #onDisk(outcome: string): Promise<void> {
     const store = this.#store;
     const mark = this.#commitMark();
-    if (mark === undefined || store.commitOutcome === undefined) return;
+    if (store.commitFailure === undefined && store.commitOutcome === undefined) return;
     await undefined;
-    const failure = store.commitOutcome(mark);
+    const failure = this.#commitOutcome(mark);
     if (failure === undefined) return;
     const path = (store as { path?: unknown }).path;
     throw new StateStoreError(
