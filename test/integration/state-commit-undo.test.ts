@@ -264,3 +264,29 @@ it('a spawn into a full pool that is refused displaced no agent: the one that wo
   await until(() => !alive());
   expect((await fabric.getPool('full')).currentAgents).toEqual([joined.id]);
 }, 60_000);
+
+it('a pool growth whose own commit failed but that a later commit wrote before it answered is acknowledged, and on disk', async () => {
+  const { path, store, fabric } = await open('state-undo-written-later');
+  await fabric.createPool({ poolId: 'crew', model: 'm', minAgents: 1, executor: 'remote' });
+  // The disk fills inside the growth (its commit fails) and takes writes again on the next
+  // microtask, where an approval's commit writes everything pending — the growth with it.
+  fabric.lifecycle.events.once('agent.spawned', () => {
+    diskFull(true);
+    queueMicrotask(() => {
+      diskFull(false);
+      fabric.approvals.create({ agentId: 'someone', tool: 'unrelated' });
+    });
+  });
+  let scaled: unknown;
+  try {
+    scaled = await fabric.scalePool('crew', 2).catch((error: unknown) => error);
+  } finally {
+    diskFull(false);
+  }
+  expect(store.stats.failedCommits).toBe(1);
+  expect(scaled).not.toBeInstanceOf(Error);
+  const members = (await fabric.getPool('crew')).currentAgents;
+  expect(members).toHaveLength(2);
+  expect(recordsIn(path, 'pool').get('crew')?.agentIds).toEqual(members);
+  expect([...recordsIn(path, 'agent').keys()].sort()).toEqual([...members].sort());
+}, 60_000);

@@ -351,4 +351,37 @@ describe('pools reconcile', () => {
     expect(fabric.lifecycle.listAgents()).toHaveLength(before);
     expect((await fabric.getPool('p')).currentAgents).toHaveLength(2);
   });
+
+  it('a held join into a full pool displaces no one until confirmed: reconciles while held trim nothing, a withdrawn one leaves the pool exact', async () => {
+    await fabric.createPool({
+      poolId: 'p',
+      model: 'm',
+      minAgents: 1,
+      maxAgents: 1,
+      executor: 'remote',
+    });
+    const [own] = (await fabric.getPool('p')).currentAgents;
+    const joiner = (id: string): string =>
+      fabric.lifecycle.spawnSync({ name: id, model: 'm', executor: 'remote', poolId: 'p' }).id;
+    const a = joiner('a');
+    fabric.pools.join('p', a, { held: true });
+    fabric.pools.reconcile('p');
+    await vi.advanceTimersByTimeAsync(2000); // the reconcile timer runs too
+    expect((await fabric.getPool('p')).currentAgents).toEqual([own, a]);
+    expect(fabric.lifecycle.agentInfo(own!).status).not.toBe(AgentStatus.TERMINATED);
+    // Withdrawn: the pool is as it was, its own agent untouched.
+    fabric.pools.withdraw('p', [a], 1);
+    fabric.lifecycle.withdraw(a);
+    await vi.advanceTimersByTimeAsync(2000);
+    expect((await fabric.getPool('p')).currentAgents).toEqual([own]);
+    expect((await fabric.getPool('p')).desiredAgents).toBe(1);
+    expect(fabric.lifecycle.agentInfo(own!).status).not.toBe(AgentStatus.TERMINATED);
+    // Confirmed: the pool's own agent gives way.
+    const b = joiner('b');
+    fabric.pools.join('p', b, { held: true });
+    fabric.pools.confirmJoin('p', b);
+    await vi.advanceTimersByTimeAsync(2000);
+    expect((await fabric.getPool('p')).currentAgents).toEqual([b]);
+    expect(fabric.lifecycle.agentInfo(own!).status).toBe(AgentStatus.TERMINATED);
+  });
 });
