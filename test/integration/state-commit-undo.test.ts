@@ -171,28 +171,22 @@ it('a refused pool creation leaves no budget behind: no limit-free scope where t
   await fabric.deletePool('old');
   expect(budgetIn(path, 'pool:old')?.config).toEqual({ maxTokensPerHour: 50 });
 
+  const refusedPool = (poolId: string, maxTokensPerHour: number): Promise<unknown> =>
+    fabric
+      .createPool({
+        poolId,
+        model: 'm',
+        minAgents: 1,
+        executor: 'remote',
+        budget: { maxTokensPerHour },
+      })
+      .catch((error: unknown) => error);
   let late: unknown;
   let old: unknown;
   try {
     diskFull(true);
-    late = await fabric
-      .createPool({
-        poolId: 'late',
-        model: 'm',
-        minAgents: 1,
-        executor: 'remote',
-        budget: { maxTokensPerHour: 100 },
-      })
-      .catch((error: unknown) => error);
-    old = await fabric
-      .createPool({
-        poolId: 'old',
-        model: 'm',
-        minAgents: 1,
-        executor: 'remote',
-        budget: { maxTokensPerHour: 1_000_000 },
-      })
-      .catch((error: unknown) => error);
+    late = await refusedPool('late', 100);
+    old = await refusedPool('old', 1_000_000);
   } finally {
     diskFull(false);
   }
