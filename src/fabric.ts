@@ -1408,11 +1408,14 @@ export class AgentFabric {
 
   /**
    * False when policy denies `tool` to the agent outright (a deny rule without conditions wins
-   * for any parameters). Side-effect free; used to filter `tools/list`.
+   * for any parameters). Side-effect free; used to filter `tools/list`. A policy provider's deny
+   * is no opinion here (`evaluateWithoutProviderDenies`): a provider that fails — throws, or is a
+   * policy service that is down — neither shows a tool the rules hide nor hides one they show,
+   * and the gateway answers a call of a hidden tool that a provider refused as an unknown tool.
    */
   isToolVisible(ctx: { agentId: string; tool: string }): boolean {
     const rec = this.lifecycle.peek(ctx.agentId);
-    const d = this.policies.evaluateSync({
+    const d = this.policies.evaluateWithoutProviderDenies({
       agentId: ctx.agentId,
       tool: ctx.tool,
       params: {},

@@ -42,6 +42,7 @@ import {
   FabricError,
   InvalidArgumentError,
   PolicyDeniedError,
+  PolicyUnavailableError,
   SubscriptionLimitError,
   ToolNotFoundError,
 } from '../errors.js';
@@ -718,13 +719,17 @@ export class ToolGateway implements SessionHost {
    * hides from the agent (see {@link listToolsFor}) is the unknown tool's admission error, so
    * every door answers it exactly as a tool that does not exist. A call the rules let in first
    * and refused when they changed while it waited (`details.rulesChanged`: a deny added while a
-   * human approved it, say) keeps its refusal: the agent was shown the tool. Only policy
-   * refusals look at visibility: an answered call costs nothing more.
+   * human approved it, say) keeps its refusal: the agent was shown the tool. A policy that could
+   * not be asked (`FABRIC_ERR_POLICY_UNAVAILABLE`: a policy service outranking the rules is down
+   * or too slow) fails closed as ever, but for a tool the rules hide it is answered as unknown
+   * too: the tool is not run, and the agent learns nothing a `tools/list` did not tell it (the
+   * service might have let the call in: the answer is the one the rules give without it). Only
+   * policy refusals look at visibility: an answered call costs nothing more.
    */
   outcomeFor(identity: AgentIdentity, name: string, outcome: ToolCallOutcome): ToolCallOutcome {
     if (
       outcome.kind !== 'refused' ||
-      outcome.refusal.code !== PolicyDeniedError.code ||
+      !HIDDEN_REFUSALS.has(outcome.refusal.code) ||
       outcome.refusal.details?.rulesChanged === true ||
       this.#visibleTo(identity, name)
     ) {
@@ -2148,6 +2153,12 @@ function progressSink(
   if (token === undefined) return undefined;
   return (p) => void session.progress(token, p, extra.requestId);
 }
+
+/** Refusals of a tool policy hides that are answered as an unknown tool (see `outcomeFor`). */
+const HIDDEN_REFUSALS: ReadonlySet<string> = new Set([
+  PolicyDeniedError.code,
+  PolicyUnavailableError.code,
+]);
 
 /**
  * A call's outcome as MCP answers it: a refusal or a gateway-side failure is an `isError`

@@ -770,6 +770,25 @@ export class PolicyEngine {
   }
 
   /**
+   * {@link evaluateSync} with every provider's `deny` taken as no opinion (as
+   * {@link evaluateAgain} takes them), without audit-mode verdicts: what the rules decide unless
+   * a provider outranks them with an `allow` or a `require_approval`. `AgentFabric.isToolVisible`
+   * judges `tools/list` visibility by it, so a provider that fails (a `decide` that throws, a
+   * cached failure) or denies does not change which tools the rules hide from an agent — a
+   * failing provider above a rule that hides a tool made the tool visible.
+   */
+  evaluateWithoutProviderDenies(ctx: PolicyContext): PolicyDecision {
+    return this.#withoutProviderDenies(ctx, this.#candidates(ctx.tool));
+  }
+
+  #withoutProviderDenies(ctx: PolicyContext, candidates: Candidates): PolicyDecision {
+    const best = this.#bestRule(ctx, candidates);
+    const decision = best === undefined ? this.#defaultDecision : best.decision;
+    if (this.#providers.length === 0) return decision;
+    return this.#consultProviders(ctx, best, decision, undefined, true);
+  }
+
+  /**
    * {@link evaluateSync}, awaiting the providers that decide asynchronously (`decideAsync`) —
    * those whose priority can still change the outcome, all at once. A provider that rejects
    * fails closed (deny, `FABRIC_ERR_POLICY_UNAVAILABLE`). With `asked`, the verdicts are kept
@@ -813,12 +832,7 @@ export class PolicyEngine {
     if (this.#async === 0) {
       if (!noProviderDenies) return this.evaluateSync(ctx);
       const candidates = this.#candidates(ctx.tool);
-      const best = this.#bestRule(ctx, candidates);
-      let decision = best === undefined ? this.#defaultDecision : best.decision;
-      if (this.#providers.length > 0) {
-        decision = this.#consultProviders(ctx, best, decision, undefined, true);
-      }
-      return this.#withAudit(ctx, candidates, decision);
+      return this.#withAudit(ctx, candidates, this.#withoutProviderDenies(ctx, candidates));
     }
     const candidates = this.#candidates(ctx.tool);
     const best = this.#bestRule(ctx, candidates);

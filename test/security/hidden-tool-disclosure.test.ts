@@ -10,34 +10,20 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
-import { create } from '@bufbuild/protobuf';
-import {
-  credentials,
-  makeGenericClientConstructor,
-  Metadata,
-  type ServiceError,
-} from '@grpc/grpc-js';
-import { CallToolRequestSchema } from '../../src/gen/fabric/v1/tool_pb.js';
-import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentId,
-  agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
-  httpClient,
   startTestSidecar,
   tempDir,
   until,
 } from '../fixtures/gateway/harness.js';
+import { grpcProbe, mcpProbe, type GrpcProbe, type McpProbe } from '../fixtures/gateway/probe.js';
 import { callAsTask, rpcError } from '../fixtures/gateway/tasks.js';
-
-const ToolClient = makeGenericClientConstructor(TOOL_SERVICE_DEFINITION, 'ToolService');
-type GrpcClient = InstanceType<typeof ToolClient>;
 
 const HIDE = {
   name: 'secret-policy-name',
@@ -48,10 +34,9 @@ const HIDE = {
 describe('a tool hidden by policy, called anyway', () => {
   const auditPath = join(tempDir('hidden-tool'), 'audit.log');
   let sidecar: Sidecar;
-  let client: Client;
-  let grpc: GrpcClient | undefined;
-  /** The raw body of every HTTP answer the client got, in order. */
-  const bodies: string[] = [];
+  let mcp: McpProbe;
+  let client: McpProbe['client'];
+  let grpc: GrpcProbe | undefined;
 
   beforeAll(async () => {
     sidecar = await startTestSidecar({
@@ -64,16 +49,8 @@ describe('a tool hidden by policy, called anyway', () => {
       gateway: { tasks: { maxTtlSeconds: 60, maxPerAgent: 3 } },
       grpc: { host: '127.0.0.1', port: 0 },
     });
-    client = await httpClient(
-      sidecar.url!,
-      agentToken(sidecar, 'prober'),
-      {},
-      async (url, init) => {
-        const res = await fetch(url, init);
-        if (init?.method === 'POST') bodies.push(await res.clone().text());
-        return res;
-      },
-    );
+    mcp = await mcpProbe(sidecar, 'prober');
+    client = mcp.client;
   });
 
   afterAll(async () => {
@@ -82,16 +59,7 @@ describe('a tool hidden by policy, called anyway', () => {
     await closeSidecar(sidecar);
   });
 
-  /** The raw answer to a `tools/call` of `name`, its name and request id made neutral. */
-  const rawAnswer = async (name: string): Promise<{ error: unknown; raw: string }> => {
-    const before = bodies.length;
-    const error = await rpcError(client.callTool({ name, arguments: { a: 1, b: 2 } }));
-    await until(() => bodies.length > before);
-    const raw = bodies[bodies.length - 1]!.split(name)
-      .join('<tool>')
-      .replace(/"id":\d+/g, '"id":0');
-    return { error, raw };
-  };
+  const rawAnswer = (name: string) => mcp.refused(name);
 
   it('answers as an unknown tool does, byte for byte; the audit keeps the deny and rule', async () => {
     const tools = (await client.listTools()).tools.map((t) => t.name);
@@ -136,35 +104,8 @@ describe('a tool hidden by policy, called anyway', () => {
   });
 
   it('answers over gRPC ToolService as an unknown tool does (NOT_FOUND), status and trailers', async () => {
-    grpc = new ToolClient(sidecar.grpcAddress!, credentials.createInsecure());
-    const call = (name: string): Promise<string> =>
-      new Promise((resolve) => {
-        const md = new Metadata();
-        md.set('authorization', `Bearer ${agentToken(sidecar, 'prober')}`);
-        (
-          grpc as unknown as Record<
-            string,
-            (r: unknown, m: Metadata, cb: (e: ServiceError | null) => void) => void
-          >
-        ).callTool!.call(
-          grpc,
-          create(CallToolRequestSchema, {
-            name,
-            args: { case: 'arguments', value: { a: 1, b: 2 } },
-          }),
-          md,
-          (err) =>
-            resolve(
-              JSON.stringify({
-                code: err?.code,
-                details: err?.details,
-                trailers: err?.metadata.toJSON(),
-              })
-                .split(name)
-                .join('<tool>'),
-            ),
-        );
-      });
+    grpc = grpcProbe(sidecar, 'prober');
+    const call = (name: string) => grpc!.call(name);
     const hidden = await call('ev__get-sum');
     expect(hidden).toBe(await call('ev__get-sun'));
     expect(hidden).toContain('FABRIC_ERR_TOOL_NOT_FOUND');
