@@ -145,6 +145,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'audit.maxBytes': 'Size at which the file is rotated.',
   'audit.maxFiles': 'Rotated files kept.',
   'audit.flushIntervalMs': 'Longest time an entry waits in memory before it is written.',
+  'audit.digestKey':
+    "The key of the lines' `argsDigest` (HMAC-SHA256), 32–64 printable ASCII characters — a secret: give it as `${env:NAME}`. Sidecars with the same key write the same digest for the same arguments. Unset: the state file's key (random per process with `state: memory`).",
   approvals: 'Calls parked by `require_approval` rules.',
   'approvals.timeoutSeconds':
     "How long a parked call waits for a human; also the approval's TTL (then expired).",

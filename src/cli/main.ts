@@ -72,6 +72,7 @@ async function sidecarLog(
   log.redactor.add(config.adminToken, process.env.FABRIC_ADMIN_TOKEN);
   for (const a of config.agents) log.redactor.add(a.credential);
   log.redactor.add(config.nats?.token, config.nats?.password, config.nats?.sidecarKey);
+  if (config.audit) log.redactor.add(config.audit.digestKey);
   for (const u of Object.values(config.upstreams)) {
     const named = u.transport === 'stdio' ? u.env : u.headers;
     for (const [k, v] of Object.entries(named)) if (isSecretName(k)) log.redactor.add(v);

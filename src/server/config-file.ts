@@ -311,6 +311,17 @@ export const sidecarConfigSchema = z
             maxBytes: z.number().int().positive().optional(),
             maxFiles: z.number().int().min(0).optional(),
             flushIntervalMs: z.number().int().min(0).max(60_000).optional(),
+            /**
+             * The `argsDigest` HMAC key (a secret: write `${env:NAME}`, not the key). Without
+             * it, the state file's (random per process with `state: memory`).
+             */
+            digestKey: z
+              .string()
+              .regex(
+                /^[\x20-\x7e]{32,64}$/,
+                'must be 32 to 64 printable ASCII characters (the value is not shown: it is a secret; e.g. `openssl rand -hex 32`)',
+              )
+              .optional(),
           })
           .strict(),
       ])

@@ -406,10 +406,11 @@ export class Sidecar {
         toolCosts: config.toolCosts,
         tokenEstimates: config.tokenEstimates,
         budgetWaitMs: config.gateway.budgetWaitSeconds * 1000,
-        // The audit digests' key lives in the state file (0600) beside the start-up agents'
-        // secret, so lines correlate across restarts; without a state file, one per process.
+        // The audit digests' key: the config's (`audit.digestKey`), else the state file's
+        // (0600, beside the start-up agents' secret), so lines correlate across restarts;
+        // without either, one per process.
         audit:
-          config.audit && store !== undefined
+          config.audit && config.audit.digestKey === undefined && store !== undefined
             ? { ...config.audit, digestKey: store.secret(AUDIT_DIGEST_KEY) }
             : config.audit,
         hideDeniedTools: config.gateway.hideDeniedTools,
