@@ -70,6 +70,7 @@ import type {
 import { BudgetManager } from './budget/budget-manager.js';
 import type { SettleOptions, UsageAmount } from './budget/budget-manager.js';
 import type { BudgetStore } from './budget/budget-store.js';
+import type { BootClock } from './budget/budget-clock.js';
 import { parseBudgetConfig } from './budget/budget-config.js';
 import { abandonedError, HookManager } from './hooks/hook-manager.js';
 import type { HookManagerOptions } from './hooks/hook-manager-options.js';
@@ -136,6 +137,12 @@ export interface FabricOptions {
   approvals?: ApprovalManagerOptions;
   /** Where budget state is kept. @default the store's `budgets`, else in memory */
   budgetStore?: BudgetStore;
+  /**
+   * The boot-time clock and boot id the budget clock tells time that passed from a step of the
+   * wall clock by (see `BudgetManagerOptions.bootClock`); for tests whose clocks are fake.
+   * @default `/proc/uptime` and `/proc/sys/kernel/random/boot_id` where they exist
+   */
+  budgetBoot?: { clock?: BootClock; id?: string | undefined };
   /** Usage reserved for a tool call before it runs, unless the ingress passes an estimate. */
   estimateCost?: CostEstimator;
   /**
@@ -413,7 +420,13 @@ export class AgentFabric {
     this.approvals = new ApprovalManager(options.approvals, this.#store.approvals);
     this.policies = new PolicyEngine({ ...options.policy, approvals: this.approvals });
     const budgetStore = options.budgetStore ?? this.#store.budgets;
-    this.budgets = new BudgetManager(budgetStore ? { store: budgetStore } : {});
+    this.budgets = new BudgetManager({
+      ...(budgetStore ? { store: budgetStore } : {}),
+      ...(options.budgetBoot?.clock === undefined ? {} : { bootClock: options.budgetBoot.clock }),
+      ...(options.budgetBoot !== undefined && 'id' in options.budgetBoot
+        ? { bootId: options.budgetBoot.id }
+        : {}),
+    });
     this.#authorizer = new ToolCallAuthorizer({
       policies: this.policies,
       approvals: this.approvals,

@@ -52,6 +52,42 @@ export const procUptimeMs: BootClock = () => {
   }
 };
 
+/** This boot of the machine's id (Linux: `/proc/sys/kernel/random/boot_id`); undefined elsewhere. */
+export function readBootId(): string | undefined {
+  try {
+    const id = readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
+    return id === '' ? undefined : id;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A reading of the wall clock and of the boot-time clock together, kept with persisted windows
+ * (`BudgetScopeSnapshot.clock`): a process that loads them later on the same boot tells time
+ * that passed (the boot-time clock moved as much) from a step of the wall clock while no process
+ * watched it (see {@link BudgetClock.stepSince}).
+ */
+export interface ClockMark {
+  /** The budget clock's time (epoch ms). */
+  readonly wall: number;
+  /** The boot-time clock (ms since boot, suspend included). */
+  readonly boot: number;
+  /** The boot it was read on (see {@link readBootId}). */
+  readonly bootId: string;
+}
+
+function isMark(m: unknown): m is ClockMark {
+  const c = m as Partial<ClockMark> | null;
+  return (
+    typeof c === 'object' &&
+    c !== null &&
+    Number.isFinite(c.wall) &&
+    Number.isFinite(c.boot) &&
+    typeof c.bootId === 'string'
+  );
+}
+
 /** See the module comment. */
 export class BudgetClock {
   /** Wall minus monotonic time, as of the last check (ms). */
@@ -67,15 +103,52 @@ export class BudgetClock {
    * @param onStep called (synchronously, inside `now()`) when the wall clock stepped; `now()`
    *   then returns the new wall-clock time.
    * @param boot the boot-time clock used to tell a suspend from a step.
+   * @param bootId this boot's id ({@link readBootId}), for {@link mark}; none: no marks.
    */
-  constructor(onStep: (step: BudgetClockStep) => void, boot: BootClock = procUptimeMs) {
+  constructor(
+    onStep: (step: BudgetClockStep) => void,
+    boot: BootClock = procUptimeMs,
+    bootId?: string,
+  ) {
     const mono = performance.now();
     this.#offset = Date.now() - mono;
     this.#lastCheck = mono;
     this.#nextCheck = mono + CLOCK_CHECK_INTERVAL_MS;
     this.#onStep = onStep;
     this.#boot = boot;
+    this.#bootId = bootId;
     this.#suspended = suspendedSoFar(boot, mono);
+  }
+
+  readonly #bootId: string | undefined;
+
+  /**
+   * Now on this clock and on the boot-time clock (as of the last check: no file read), or
+   * undefined where the boot-time clock or the boot's id cannot be read.
+   */
+  mark(): ClockMark | undefined {
+    const wall = this.now();
+    if (this.#suspended === undefined || this.#bootId === undefined) return undefined;
+    return { wall, boot: wall - this.#offset + this.#suspended, bootId: this.#bootId };
+  }
+
+  /**
+   * How far the wall clock stepped since `mark` was taken, beyond the time that passed by the
+   * boot-time clock (ms; negative: back) — 0 within the tolerance of slewing; undefined when it
+   * cannot be told (no mark or a malformed one, another boot, no boot-time clock here): then
+   * only the wall clock spans the gap.
+   */
+  stepSince(mark: unknown): number | undefined {
+    if (!isMark(mark) || this.#bootId === undefined || mark.bootId !== this.#bootId) {
+      return undefined;
+    }
+    const now = this.mark();
+    if (now === undefined) return undefined;
+    const elapsed = now.boot - mark.boot;
+    if (elapsed < 0) return undefined;
+    const step = now.wall - mark.wall - elapsed;
+    const tolerance = CLOCK_STEP_TOLERANCE_MS + elapsed * SLEW_PER_MS;
+    return step > tolerance || step < -tolerance ? step : 0;
   }
 
   /** The current time (epoch ms). */

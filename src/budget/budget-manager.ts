@@ -11,7 +11,7 @@ import {
   InvalidUsageError,
 } from '../errors.js';
 import { TypedEmitter } from '../events.js';
-import { BudgetClock, type BootClock, type BudgetClockStep } from './budget-clock.js';
+import { BudgetClock, readBootId, type BootClock, type BudgetClockStep } from './budget-clock.js';
 import type { BudgetConfig } from './budget-config.js';
 import { InMemoryBudgetStore, type BudgetStore } from './budget-store.js';
 import { ScopeUsage, type BudgetAlert, type BudgetShortfall } from './scope-usage.js';
@@ -128,6 +128,12 @@ export interface BudgetManagerOptions {
    * @default `/proc/uptime` where it exists
    */
   bootClock?: BootClock;
+  /**
+   * This boot's id, which persisted windows are marked with (see `ClockMark`): windows marked on
+   * another boot span the gap by the wall clock alone; undefined marks none. For tests.
+   * @default `/proc/sys/kernel/random/boot_id` where it exists
+   */
+  bootId?: string | undefined;
 }
 
 /** Default of {@link BudgetManagerOptions.maxWaitersPerAgent}. */
@@ -260,7 +266,12 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
       throw new ConfigError('options', 'must be an object');
     }
     for (const key of Object.keys(options)) {
-      if (key !== 'store' && key !== 'maxWaitersPerAgent' && key !== 'bootClock') {
+      if (
+        key !== 'store' &&
+        key !== 'maxWaitersPerAgent' &&
+        key !== 'bootClock' &&
+        key !== 'bootId'
+      ) {
         throw new ConfigError(`options.${key}`, 'is not a known option');
       }
     }
@@ -274,7 +285,11 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
       throw new ConfigError('options.store', 'must implement BudgetStore (load, changed, delete)');
     }
     this.#store = store;
-    this.#clock = new BudgetClock((step) => this.#stepped(step), options.bootClock);
+    this.#clock = new BudgetClock(
+      (step) => this.#stepped(step),
+      options.bootClock,
+      'bootId' in options ? options.bootId : readBootId(),
+    );
   }
 
   /**
@@ -735,12 +750,13 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
       this.#clock.now(),
       this.#store.load(FABRIC),
       this.#steppedMs,
+      this.#clock,
     ));
   }
 
   #load(map: Map<string, ScopeUsage>, key: string, scope: string): ScopeUsage {
     const now = this.#clock.now();
-    const s = new ScopeUsage(scope, now, this.#store.load(scope), this.#steppedMs);
+    const s = new ScopeUsage(scope, now, this.#store.load(scope), this.#steppedMs, this.#clock);
     map.set(key, s);
     return s;
   }

@@ -13,6 +13,12 @@ export interface BudgetScopeSnapshot {
   config: BudgetConfig | null;
   tokens: UsageWindowState;
   cost: UsageWindowState;
+  /**
+   * The wall and boot-time clocks when the windows were written (see `ClockMark`): a process
+   * that loads them on the same boot moves them by a step of the wall clock made while none ran.
+   * Absent where the boot-time clock cannot be read (and in files written before it existed).
+   */
+  clock?: { wall: number; boot: number; bootId: string };
   /** Which alerts have fired and not yet re-armed (so a restart does not repeat them). */
   alerts: {
     tokensWarned: boolean;

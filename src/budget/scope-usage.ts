@@ -10,6 +10,7 @@ import {
   type ResolvedBudgetConfig,
 } from './budget-config.js';
 import type { BudgetScopeSnapshot, BudgetStateSource } from './budget-store.js';
+import type { ClockMark } from './budget-clock.js';
 import {
   DAY_MS,
   HOUR_MS,
@@ -84,6 +85,18 @@ interface PersistedLease {
   readonly costCeiling: number;
 }
 
+/** The clock a scope marks what it writes with, and reads the step since a mark by. */
+export interface ScopeClock {
+  mark(): ClockMark | undefined;
+  stepSince(mark: unknown): number | undefined;
+}
+
+/** `,"clock":{…}` as `JSON.stringify` writes the mark, or nothing without one. */
+function markText(mark: ClockMark | undefined): string {
+  if (mark === undefined) return '';
+  return `,"clock":{"wall":${JSON.stringify(mark.wall)},"boot":${JSON.stringify(mark.boot)},"bootId":${JSON.stringify(mark.bootId)}}`;
+}
+
 /** Live state of one scope. Fields are public for the manager's hot path. */
 export class ScopeUsage implements BudgetStateSource {
   readonly scope: string;
@@ -104,14 +117,23 @@ export class ScopeUsage implements BudgetStateSource {
   #costWarnAt = Number.POSITIVE_INFINITY;
   /** The last leased write a store made of this scope (undefined: none). */
   #lease: PersistedLease | undefined;
+  /** Marks what is written with the clocks' readings (see `ClockMark`). */
+  readonly #clock: ScopeClock | undefined;
 
   /**
    * @param shiftMs for a scope read from `snapshot`: how far the clock has stepped since this
    *   process started (see BudgetClock); its windows are moved by as much, then back to `now`
    *   when they are ahead of it (see `UsageWindow.clampTo`).
    */
-  constructor(scope: string, now: number, snapshot?: BudgetScopeSnapshot, shiftMs = 0) {
+  constructor(
+    scope: string,
+    now: number,
+    snapshot?: BudgetScopeSnapshot,
+    shiftMs = 0,
+    clock?: ScopeClock,
+  ) {
     this.scope = scope;
+    this.#clock = clock;
     if (snapshot === undefined) {
       this.tokens = new SlidingWindow(HOUR_MS, TOKEN_BUCKET_MS, now);
       this.cost = newCostWindow('sliding', now);
@@ -119,6 +141,11 @@ export class ScopeUsage implements BudgetStateSource {
     }
     this.tokens = windowFromJSON(snapshot.tokens);
     this.cost = windowFromJSON(snapshot.cost);
+    // Written with a clock mark on this boot: the step since it was written, made while this
+    // process ran or while none did (a clock set ahead while the sidecar was down would
+    // otherwise pass for time and free the windows early).
+    const sinceMark = clock?.stepSince(snapshot.clock);
+    if (sinceMark !== undefined) shiftMs = sinceMark;
     if (shiftMs !== 0) this.shift(shiftMs, now);
     this.tokens.clampTo(now);
     this.cost.clampTo(now);
@@ -274,7 +301,13 @@ export class ScopeUsage implements BudgetStateSource {
         costWarned: this.costWarned,
         costExhausted: this.costExhausted,
       },
+      ...this.#markJSON(),
     };
+  }
+
+  #markJSON(): { clock?: ClockMark } {
+    const mark = this.#clock?.mark();
+    return mark === undefined ? {} : { clock: mark };
   }
 
   /**
@@ -349,7 +382,9 @@ export class ScopeUsage implements BudgetStateSource {
     return (
       `{"version":1,"config":${config},"tokens":${this.tokens.toJSONText(tokensLease)},"cost":${this.cost.toJSONText(costLease)}` +
       `,"alerts":{"tokensWarned":${this.tokensWarned},"tokensExhausted":${this.tokensExhausted}` +
-      `,"costWarned":${this.costWarned},"costExhausted":${this.costExhausted}}}`
+      `,"costWarned":${this.costWarned},"costExhausted":${this.costExhausted}}` +
+      markText(this.#clock?.mark()) +
+      '}'
     );
   }
 

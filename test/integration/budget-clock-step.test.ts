@@ -31,9 +31,20 @@ afterEach(async () => {
   for (const f of open.splice(0)) if (!f.isClosed) await f.close();
 });
 
-async function openFabric(path: string): Promise<{ fabric: AgentFabric; store: State }> {
+/**
+ * A fabric over the state file at `path`. Its boot-time clock moves with the test's monotonic
+ * one (time the test lets pass passed; a step moves the wall clock alone), on the boot `bootId`:
+ * another id is a restart after a reboot, where only the wall clock spans the gap.
+ */
+async function openFabric(
+  path: string,
+  bootId = 'test-boot',
+): Promise<{ fabric: AgentFabric; store: State }> {
   const store: State = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
-  const fabric = new AgentFabric({}, { store });
+  const fabric = new AgentFabric(
+    {},
+    { store, budgetBoot: { clock: () => performance.now(), id: bootId } },
+  );
   open.push(fabric);
   return { fabric, store };
 }
@@ -266,9 +277,10 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
       until: Date.UTC(2026, 2, 3, 1),
       tail: 1,
     });
-    // While the sidecar was down the clock went back a day: everything stored is kept, as today's.
+    // While the machine was down (rebooted) the clock went back a day: everything stored is
+    // kept, as today's.
     vi.setSystemTime(Date.UTC(2026, 2, 2, 0, 50));
-    const { fabric: second } = await openFabric(path);
+    const { fabric: second } = await openFabric(path, 'next-boot');
     expect(second.budgets.getStatus(id)).toMatchObject({ costUsed: 6 });
     expect(refused(() => second.budgets.reserve(id, { cost: 1 })).details.retryAt).toBe(
       Date.UTC(2026, 2, 3),
@@ -320,9 +332,9 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
     await first.recordUsage(daily.id, { cost: 5 });
     await first.close();
 
-    // While the sidecar was down the clock went back a day (a bad RTC at boot, say).
+    // While the machine was down the clock went back a day (a bad RTC at boot, say).
     vi.setSystemTime(spentAt - DAY);
-    const { fabric: second } = await openFabric(path);
+    const { fabric: second } = await openFabric(path, 'next-boot');
     expect(second.budgets.getStatus(hourly.id).tokensUsed).toBe(1000);
     expect(second.budgets.getStatus(daily.id).costUsed).toBe(5);
     // As if spent now: the hour ends an hour (and the rest of its minute) from now.
