@@ -13,23 +13,15 @@ import { join } from 'node:path';
 import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { agentId, closeSidecar, tempDir, until } from '../fixtures/gateway/harness.js';
 import {
-  agentId,
-  closeSidecar,
-  DEFAULT_ALLOW,
-  EVERYTHING_BIN,
-  startTestSidecar,
-  tempDir,
-  until,
-} from '../fixtures/gateway/harness.js';
-import { grpcProbe, mcpProbe, type GrpcProbe, type McpProbe } from '../fixtures/gateway/probe.js';
+  grpcProbe,
+  mcpProbe,
+  startProbedSidecar,
+  type GrpcProbe,
+  type McpProbe,
+} from '../fixtures/gateway/probe.js';
 import { callAsTask, rpcError } from '../fixtures/gateway/tasks.js';
-
-const HIDE = {
-  name: 'secret-policy-name',
-  priority: 100,
-  rules: [{ tool: 'ev__get-sum', action: 'deny', reason: 'sums are for humans' }],
-};
 
 describe('a tool hidden by policy, called anyway', () => {
   const auditPath = join(tempDir('hidden-tool'), 'audit.log');
@@ -39,16 +31,7 @@ describe('a tool hidden by policy, called anyway', () => {
   let grpc: GrpcProbe | undefined;
 
   beforeAll(async () => {
-    sidecar = await startTestSidecar({
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-      },
-      policies: [HIDE, DEFAULT_ALLOW],
-      agents: [{ name: 'prober' }],
-      audit: { path: auditPath, flushIntervalMs: 0 },
-      gateway: { tasks: { maxTtlSeconds: 60, maxPerAgent: 3 } },
-      grpc: { host: '127.0.0.1', port: 0 },
-    });
+    sidecar = await startProbedSidecar(auditPath);
     mcp = await mcpProbe(sidecar, 'prober');
     client = mcp.client;
   });

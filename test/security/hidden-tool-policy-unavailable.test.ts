@@ -17,28 +17,19 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { auditLines, closeSidecar, tempDir, text, until } from '../fixtures/gateway/harness.js';
 import {
-  auditLines,
-  closeSidecar,
-  DEFAULT_ALLOW,
-  EVERYTHING_BIN,
-  startTestSidecar,
-  tempDir,
-  text,
-  until,
-} from '../fixtures/gateway/harness.js';
-import { grpcProbe, mcpProbe, type GrpcProbe, type McpProbe } from '../fixtures/gateway/probe.js';
+  grpcProbe,
+  mcpProbe,
+  startProbedSidecar,
+  type GrpcProbe,
+  type McpProbe,
+} from '../fixtures/gateway/probe.js';
 import { callAsTask, rpcError } from '../fixtures/gateway/tasks.js';
 import { freePort } from '../fixtures/state/serve.js';
 
 const POLICY_GRPC = fileURLToPath(new URL('../../plugins/policy-grpc/index.js', import.meta.url));
 const FAILING = fileURLToPath(new URL('../fixtures/plugins/failing-policy.mjs', import.meta.url));
-
-const HIDE = {
-  name: 'secret-policy-name',
-  priority: 100,
-  rules: [{ tool: 'ev__get-sum', action: 'deny', reason: 'sums are for humans' }],
-};
 
 /** A TCP server that takes connections and never says a word (a hung policy service). */
 async function silentServer(): Promise<{ port: number; close(): Promise<void> }> {
@@ -114,17 +105,7 @@ describe.each(CASES)('a hidden tool while $what', ({ plugin, visibleCode }) => {
   let grpc: GrpcProbe | undefined;
 
   beforeAll(async () => {
-    sidecar = await startTestSidecar({
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-      },
-      policies: [HIDE, DEFAULT_ALLOW],
-      plugins: [await plugin()],
-      agents: [{ name: 'prober' }],
-      audit: { path: auditPath, flushIntervalMs: 0 },
-      gateway: { tasks: { maxTtlSeconds: 60, maxPerAgent: 3 } },
-      grpc: { host: '127.0.0.1', port: 0 },
-    });
+    sidecar = await startProbedSidecar(auditPath, { plugins: [await plugin()] });
     mcp = await mcpProbe(sidecar, 'prober');
     grpc = grpcProbe(sidecar, 'prober');
   });
