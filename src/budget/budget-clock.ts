@@ -77,13 +77,21 @@ export interface ClockMark {
   readonly bootId: string;
 }
 
+/** Largest time a `Date` holds (ms): a mark's readings beyond it are no clock's. */
+const MAX_TIME_MS = 8.64e15;
+
+/** A mark as {@link BudgetClock.mark} writes it: times a clock can read (a corrupt row is none). */
 function isMark(m: unknown): m is ClockMark {
   const c = m as Partial<ClockMark> | null;
   return (
     typeof c === 'object' &&
     c !== null &&
-    Number.isFinite(c.wall) &&
-    Number.isFinite(c.boot) &&
+    typeof c.wall === 'number' &&
+    c.wall >= 0 &&
+    c.wall <= MAX_TIME_MS &&
+    typeof c.boot === 'number' &&
+    c.boot >= 0 &&
+    c.boot <= MAX_TIME_MS &&
     typeof c.bootId === 'string'
   );
 }
