@@ -190,16 +190,32 @@ export class InflightRoutes {
     // An agent's roots stay with the connection they were given to (server-filesystem makes
     // them its allowed folders): it serves that agent alone from then on (Upstream.rootsHolder).
     const routable = task === undefined && only?.session !== undefined && !othersGivenUp;
-    const rootsHeld =
-      routable &&
-      request.method === 'roots/list' &&
-      !upstream.holdRootsOf(only.session!.identity.agentId);
+    const isRoots = request.method === 'roots/list';
+    const wasFree = upstream.rootsHolder === undefined;
+    const rootsHeld = routable && isRoots && !upstream.holdRootsOf(only.session!.identity.agentId);
     if (routable && !rootsHeld) {
       const session = only!.session!;
       const answer = session.request(request, signal, only!.requestId);
-      return this.#relay === undefined
-        ? answer
-        : this.#relay(upstream, session, request, signal, answer);
+      const relayed =
+        this.#relay === undefined
+          ? answer
+          : this.#relay(upstream, session, request, signal, answer);
+      if (!isRoots) return relayed;
+      // The pin stays only while the upstream may keep some of the agent's roots: not after an
+      // answer with none (a client without roots, an empty list), nor after a refusal of the
+      // request that pinned it (the upstream then has nothing of the agent's).
+      const agentId = session.identity.agentId;
+      return relayed.then(
+        (result) => {
+          const roots = (result as { roots?: unknown }).roots;
+          if (!Array.isArray(roots) || roots.length === 0) upstream.releaseRootsOf(agentId);
+          return result;
+        },
+        (error: unknown) => {
+          if (wasFree) upstream.releaseRootsOf(agentId);
+          throw error;
+        },
+      );
     }
     if (task === undefined && request.method === 'roots/list' && sessions.size === 0) {
       return { roots: [] };

@@ -187,6 +187,17 @@ export class Upstream {
   }
 
   /**
+   * Frees the current connection from agent `agentId`'s hold ({@link holdRootsOf}) when the
+   * roots it gave left nothing there to keep: none, or a refused `roots/list`.
+   */
+  releaseRootsOf(agentId: string): void {
+    const held = this.#rootsHolder;
+    if (held !== undefined && held.client === this.#client && held.agentId === agentId) {
+      this.#rootsHolder = undefined;
+    }
+  }
+
+  /**
    * The refusal of a request of an agent other than {@link rootsHolder}: the connection keeps
    * the roots it was given, and what they let the upstream touch or show is that agent's.
    * Nothing was sent ({@link wasNeverSent}).

@@ -66,7 +66,7 @@ describe('forwardRoots: an upstream holding one agent roots serves no other agen
         fs: { ...filesystemUpstream(sandbox), forwardRoots: true },
       },
       policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'a' }, { name: 'b' }],
+      agents: [{ name: 'a' }, { name: 'b' }, { name: 'c' }],
     });
     const caps = { roots: { listChanged: true } };
     a = await httpClient(sidecar.url!, agentToken(sidecar, 'a'), caps);
@@ -130,6 +130,25 @@ describe('forwardRoots: an upstream holding one agent roots serves no other agen
     expect(after).not.toContain(rootsOf.a);
     expect(asked.b).toBe(1);
     expect(await answer(a, 'cb__kept_roots')).toMatch(/holds the roots of another agent/);
+  });
+
+  it('an agent that gives no roots (its client has no roots capability) does not keep the connection', async () => {
+    const upstream = sidecar.gateway.upstreams.get('cb')!;
+    const pid = upstream.pid!;
+    process.kill(pid, 'SIGKILL');
+    await until(() => !alive(pid) && upstream.state === 'ready' && upstream.pid !== pid);
+    const c = await httpClient(sidecar.url!, agentToken(sidecar, 'c'));
+    try {
+      // The upstream asked for c's roots; c's client has none: it keeps an empty list.
+      const none = await answer(c, 'cb__kept_roots');
+      expect(none).toBe('kept: []');
+      // Before, that request alone made the connection c's: b was refused from then on.
+      const askedB = asked.b;
+      expect(await answer(b, 'cb__kept_roots')).toBe(none);
+      expect(asked.b).toBe(askedB);
+    } finally {
+      await c.close();
+    }
   });
 
   it("server-filesystem keeps its declared folder: agent a's roots never reach it", async () => {
