@@ -17,7 +17,8 @@
  *   it for good). An attempt answered with a final status gives the stream up at once: a
  *   redirect, a 4xx but 408, 409, 425 and 429 (400: not an event id it knows; 404: the session
  *   is gone; 405: no resuming here; 410: the stream is no longer kept), or a 2xx without a
- *   stream (204: nothing more of it). The attempt that gives a stream up is answered here with
+ *   stream (204: nothing more of it; another content type than `text/event-stream`: a proxy's
+ *   page). The attempt that gives a stream up is answered here with
  *   HTTP 405 (never sent), after which the SDK transport tries that stream no more: nothing is
  *   kept of it, and no answer comes for it after the agent was told it is lost.
  * - No request follows a redirect (`redirect: 'manual'`; the SDK transport would follow one
@@ -259,6 +260,12 @@ function finalAnswer(response: Response, url: string | URL): string | undefined 
   }
   if (response.ok && (status === 204 || response.body === null)) {
     return `has nothing more of the request's stream (HTTP ${status})`;
+  }
+  const type = (response.headers.get('content-type') ?? '').split(';', 1)[0]!.trim().toLowerCase();
+  if (response.ok && type !== 'text/event-stream') {
+    // A page in its place (a proxy's, a captive portal's): read as a stream with no events that
+    // ended, it would be resumed again at once, for good.
+    return `answered the request's stream's resumption with no stream (HTTP ${status}, ${type || 'no content type'})`;
   }
   if (status >= 400 && status < 500 && !RETRIED.has(status)) {
     return `refused to resume the request's stream (HTTP ${status})`;

@@ -83,6 +83,29 @@ describe('agent-fabric mcp: a resumption answered with a final status (real side
     }, 60_000);
   }
 
+  it('answers the call with an error when a resumption is answered 200 with no stream (a JSON or HTML page)', async () => {
+    // A proxy's (or a captive portal's) own page in place of the stream. Before, the SDK
+    // transport read it as an SSE stream with no events that ended, and resumed it again at once,
+    // each time counted as a resumption the sidecar sent on: the agent's call was never answered.
+    const { client, requests, proxy } = await bridgeViaProxy(
+      sidecar,
+      { status: 200, contentType: 'text/html', body: '<html><body>Sign in</body></html>' },
+      ['mcp', '--resume-seconds', '600'],
+    );
+    try {
+      const { outcome } = await slowCallOnStream(client, ran, 20_000);
+      const error = await outcome;
+      expect(error).toContain(
+        "the sidecar answered the request's stream's resumption with no stream (HTTP 200, text/html)",
+      );
+      expect(error).toContain('its answer is lost');
+      expect(requests.filter((r) => /\r\nlast-event-id:/i.test(r))).toHaveLength(1);
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  }, 60_000);
+
   it('keeps nothing of a stream it gave up (the SDK transport tries it no more)', async () => {
     // The bridge's fetch under the official SDK transport, on a session of the latest version
     // (priming event ids), through a proxy that cuts every resumption.
