@@ -8,7 +8,8 @@
  * task's own subject stopped the running handler whoever sent it: now it must carry a MAC under
  * the attempt's lease, which a client that can publish on `ended.*` but not read the task lacks.
  */
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import { expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
@@ -206,6 +207,134 @@ describeNats('NATS: hostile messages on ended.*', () => {
       await running;
       await worker.close();
       await evil.close();
+      await fabric.close();
+      await server.close();
+    }
+  });
+});
+
+/**
+ * As a sidecar whose start's commit was still on its way when the task was cancelled: `side`
+ * publishes the task message `taskId` (attempt 1, `taskType`, its own lease) for `agentId`, and
+ * answers its start ok only after the attempt's genuine ended notice; the kinds of the reports
+ * it got. The real sidecar `ns` only keeps the stream and the agent's consumer.
+ */
+function endedBeforeStartAnswer(
+  side: NatsConnection,
+  ns: string,
+  agentId: string,
+  taskId: string,
+  taskType: string,
+): string[] {
+  const names = natsNames(ns);
+  const replyTo = `fabric.${ns}.test-sidecar.${taskId}`;
+  const lease = `the-lease-of-${taskId}`;
+  const reports: string[] = [];
+  side.subscribe(replyTo, {
+    callback: (_err, msg) => {
+      const report = JSON.parse(new TextDecoder().decode(msg.data)) as { kind: string };
+      reports.push(report.kind);
+      if (report.kind === 'start') {
+        const mac = endedMac(lease, taskId, 1);
+        const notice = { taskId, attempt: 1, code: 'FABRIC_ERR_CANCELLED', message: 'x', mac };
+        side.publish(names.ended(taskId), encodeJson(notice));
+      }
+      void side.flush().then(() => msg.respond(encodeJson({ ok: true })));
+    },
+  });
+  const h = headers();
+  h.set('Nats-Msg-Id', `${taskId}:1`);
+  void side.flush().then(() =>
+    side.publish(
+      names.agentTasks(agentId),
+      encodeJson({
+        v: 1,
+        taskId,
+        attempt: 1,
+        taskType,
+        payload: null,
+        deadline: null,
+        timeoutSeconds: 20,
+        maxAttempts: 1,
+        agentId,
+        poolId: null,
+        replyTo,
+        lease,
+      }),
+      { headers: h },
+    ),
+  );
+  return reports;
+}
+
+/** How many messages `agentId`'s consumer has delivered and not had acknowledged. */
+async function ackPending(side: NatsConnection, ns: string, agentId: string): Promise<number> {
+  const names = natsNames(ns);
+  const jsm = await jetstreamManager(side);
+  return (await jsm.consumers.info(names.stream, names.agentConsumer(agentId))).num_ack_pending;
+}
+
+describeNats('a genuine ended notice that comes before the start is answered', () => {
+  // Before, the notice came while the attempt was not running here yet and was dropped (only
+  // noted): its handler then ran to its end.
+  it('NatsWorker: stops the attempt (its handler never runs)', async () => {
+    const server = await startNatsServer();
+    const ns = 'enb';
+    const { nats, fabric, agent } = await sidecar(server.url, ns);
+    const worker = await NatsWorker.connect({
+      nats,
+      agentId: agent.id,
+      credential: agent.credential,
+      startBeforeAnswer: false,
+    });
+    const stop = new AbortController();
+    const held = gate();
+    const running = worker.run({ held: held.handler }, { signal: stop.signal });
+    const side = await connect({ servers: server.url });
+    try {
+      const reports = endedBeforeStartAnswer(side, ns, agent.id, 't-early', 'held');
+      // Its start answered, then either its handler runs, or the message is let go unrun (the
+      // attempt is over): nothing of it is pending on the consumer any more.
+      await until(
+        async () =>
+          held.started() ||
+          (worker.stats.started === 1 && (await ackPending(side, ns, agent.id)) === 0),
+      );
+      expect(held.started()).toBe(false);
+      expect(reports).toEqual(['start']);
+    } finally {
+      held.release();
+      stop.abort();
+      await running;
+      await worker.close();
+      await side.close();
+      await fabric.close();
+      await server.close();
+    }
+  });
+
+  it('NatsWorkerTransport: does not hand the attempt out', async () => {
+    const server = await startNatsServer();
+    const ns = 'enc';
+    const { nats, fabric, agent } = await sidecar(server.url, ns);
+    const transport = await NatsWorkerTransport.connect({
+      nats,
+      agentId: agent.id,
+      credential: agent.credential,
+    });
+    const side = await connect({ servers: server.url });
+    try {
+      const reports = endedBeforeStartAnswer(side, ns, agent.id, 't-early', 'held');
+      const claims: unknown[] = [];
+      await until(async () => {
+        claims.push(await transport.claim(0.2));
+        return reports.length > 0 && (await ackPending(side, ns, agent.id)) === 0;
+      });
+      expect(claims.filter((c) => c !== null)).toEqual([]);
+      expect(reports).toEqual(['start']);
+    } finally {
+      await transport.close();
+      await side.close();
       await fabric.close();
       await server.close();
     }

@@ -32,7 +32,7 @@ import type { NatsOptionsInput } from './nats-options.js';
 import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
 import { natsNames } from './subjects.js';
 import type { Answer, TaskMessage } from './wire.js';
-import { asEndedNotice, decodeJson, endedNoticeGenuine } from './wire.js';
+import { asEndedNotice, asTaskMessage, decodeJson, endedNoticeGenuine } from './wire.js';
 
 /** Options of {@link NatsWorkerTransport.connect}. */
 export interface NatsWorkerTransportOptions {
@@ -85,6 +85,12 @@ export class NatsWorkerTransport implements WorkerTransport {
   readonly #buffer: { m: JsMsg; working: NodeJS.Timeout }[] = [];
   #wake: (() => void) | undefined;
   readonly #held = new Map<string, Held>();
+  /**
+   * The attempts (`taskId:attempt`) whose start's answer is awaited, with their lease: a genuine
+   * notice that comes meanwhile (the sidecar ended the attempt before its answer left) marks it
+   * ended, and it is not run.
+   */
+  readonly #starting = new Map<string, { lease: string; ended: boolean }>();
   #ended: WorkerEndedTask[] = [];
   readonly #endedSub: Subscription;
   #consuming = false;
@@ -110,8 +116,14 @@ export class NatsWorkerTransport implements WorkerTransport {
           if (err !== null) return;
           const n = asEndedNotice(decodeJson(msg.data));
           if (n === undefined || msg.subject !== link.names.ended(n.taskId)) return;
-          const h = this.#held.get(`${n.taskId}:${n.attempt}`);
-          if (h === undefined || !endedNoticeGenuine(n, h.task.lease)) return;
+          const key = `${n.taskId}:${n.attempt}`;
+          const h = this.#held.get(key);
+          if (h === undefined) {
+            const s = this.#starting.get(key);
+            if (s !== undefined && endedNoticeGenuine(n, s.lease)) s.ended = true;
+            return;
+          }
+          if (!endedNoticeGenuine(n, h.task.lease)) return;
           this.#ended.push({
             taskId: n.taskId,
             attempt: n.attempt,
@@ -234,9 +246,15 @@ export class NatsWorkerTransport implements WorkerTransport {
   /** Reports `start` for a pulled message; the assignment, or undefined when it is not to run. */
   async #take(m: JsMsg, working: NodeJS.Timeout): Promise<TaskAssignment | undefined> {
     let task: TaskMessage | undefined;
+    // Read here too (once more by the link): its lease checks the notices that come meanwhile.
+    const message = asTaskMessage(decodeJson(m.data));
+    const key = message === undefined ? '' : `${message.taskId}:${message.attempt}`;
+    const starting = { lease: message?.lease ?? '', ended: false };
+    if (key !== '') this.#starting.set(key, starting);
     try {
       task = await this.#link.begin(m);
     } catch (err) {
+      if (this.#starting.get(key) === starting) this.#starting.delete(key);
       clearInterval(working);
       if (!(err instanceof PermissionDeniedError)) throw err;
       // This agent may not report on it (terminated, another pool): the message went back.
@@ -252,8 +270,15 @@ export class NatsWorkerTransport implements WorkerTransport {
       }
       throw this.#denied;
     }
+    if (this.#starting.get(key) === starting) this.#starting.delete(key);
     if (task === undefined) {
       clearInterval(working);
+      return undefined;
+    }
+    if (starting.ended) {
+      // The sidecar ended the attempt before its start's answer left: not run.
+      clearInterval(working);
+      terminate(m);
       return undefined;
     }
     this.#held.set(`${task.taskId}:${task.attempt}`, { m, task, working });

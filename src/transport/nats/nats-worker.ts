@@ -144,8 +144,8 @@ export class NatsWorker {
   readonly #heartbeatMs: number;
   readonly #reportTimeoutMs: number;
   readonly #startBeforeAnswer: boolean;
-  /** Running attempts (`taskId:attempt`) → their abort. */
-  readonly #running = new Map<string, Running>();
+  /** Attempts (`taskId:attempt`) held here from their start on → their aborts. */
+  readonly #running = new Map<string, Set<Running>>();
   /**
    * Attempts (`taskId:attempt`) the sidecars said they ended that were not running here, the
    * last {@link ENDED_MEMORY}: such an attempt's message, pulled later (a task cancelled while
@@ -262,11 +262,15 @@ export class NatsWorker {
           const n = asEndedNotice(decodeJson(msg.data));
           if (n === undefined || msg.subject !== this.#names.ended(n.taskId)) return;
           const key = `${n.taskId}:${n.attempt}`;
-          const c = this.#running.get(key);
+          const runs = this.#running.get(key);
           // A running attempt stops only on a notice under its lease; one not running here
           // cannot be checked and only makes its message wait for the start's answer.
-          if (c === undefined) this.#noteEnded(key);
-          else if (endedNoticeGenuine(n, c.lease)) c.abort(new Error(`${n.code}: ${n.message}`));
+          if (runs === undefined) this.#noteEnded(key);
+          else {
+            for (const c of runs) {
+              if (endedNoticeGenuine(n, c.lease)) c.abort(new Error(`${n.code}: ${n.message}`));
+            }
+          }
         } catch {
           // not a notice: ignored
         }
@@ -401,6 +405,17 @@ export class NatsWorker {
       return;
     }
     const running = new Running(task.lease);
+    const key = `${task.taskId}:${task.attempt}`;
+    // Running as far as ended notices go from before its start: a genuine notice that comes
+    // while the start's answer is awaited (the sidecar ended the attempt before its answer left)
+    // stops it too, where it was only noted and the handler ran to its end.
+    // A set: two copies of one message (see `NatsExecutor`) may be held here at once.
+    const runs = this.#running.get(key) ?? new Set<Running>();
+    this.#running.set(key, runs.add(running));
+    const forget = (): void => {
+      runs.delete(running);
+      if (runs.size === 0 && this.#running.get(key) === runs) this.#running.delete(key);
+    };
     const starting = this.#link.start(task);
     let accepted: Promise<boolean>;
     /** The refusal of the start when this agent may not report on the task (first delivery). */
@@ -418,6 +433,7 @@ export class NatsWorker {
       await starting.sent;
       if (this.#closed) {
         this.#held.delete(m.seq); // not run; redelivered after AckWait
+        forget();
         return;
       }
       accepted = starting.answer.then((a) => {
@@ -433,14 +449,13 @@ export class NatsWorker {
         if (notAllowed(a)) await this.#giveBack(m, a);
         else terminate(m); // the attempt is over, or its sidecar is gone
         this.#held.delete(m.seq);
+        forget();
         this.stats.refused++;
         return;
       }
       accepted = Promise.resolve(true);
     }
     this.stats.started++;
-    const key = `${task.taskId}:${task.attempt}`;
-    this.#running.set(key, running);
     try {
       const handler = handlers[task.taskType];
       let outcome: Omit<Partial<Report>, 'kind'>;
@@ -450,6 +465,7 @@ export class NatsWorker {
             code: 'FABRIC_ERR_HANDLER_NOT_FOUND',
           });
         }
+        running.signal.throwIfAborted(); // ended before it began: not run
         const result: unknown = await handler(task.payload, {
           taskId: task.taskId,
           attempt: task.attempt,
@@ -506,14 +522,16 @@ export class NatsWorker {
       this.#link.ack(m); // with the link's next flush of reports, in one write
     } finally {
       this.#held.delete(m.seq);
-      this.#running.delete(key);
+      forget();
     }
   }
 
   /** Closes the connection (when the worker opened it). */
   async close(): Promise<void> {
     this.#closed = true;
-    for (const c of this.#running.values()) c.abort(new Error('worker closed'));
+    for (const runs of this.#running.values()) {
+      for (const c of runs) c.abort(new Error('worker closed'));
+    }
     await this.#link.close(this.#ownsConnection);
   }
 }
