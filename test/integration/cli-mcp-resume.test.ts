@@ -198,7 +198,7 @@ describe('agent-fabric mcp: the sidecar is killed and restarted while a slow cal
 });
 
 /**
- * A proxy to `port` that never forwards a `GET` (the standalone stream, a resume): the bridge's
+ * A proxy to `port` that never forwards a session's `GET` (the standalone stream, a resume): the bridge's
  * reconnections wait for good, and learn nothing of the session.
  */
 async function getSwallowingProxy(port: number): Promise<Server> {
@@ -207,7 +207,8 @@ async function getSwallowingProxy(port: number): Promise<Server> {
     let swallowing = false;
     client.on('data', (chunk: Buffer) => {
       const s = chunk.toString('latin1');
-      if (/^GET /.test(s)) swallowing = true;
+      // A session's GETs (its standalone stream, resumptions), not the bridge's start-up check.
+      if (/^GET /.test(s)) swallowing = /\r\nmcp-session-id:/i.test(s);
       else if (/^(POST|DELETE) /.test(s)) swallowing = false;
       if (!swallowing) upstream.write(chunk);
     });
