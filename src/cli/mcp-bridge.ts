@@ -378,7 +378,12 @@ export class McpBridge {
       await this.#send(upstream, m, request ? pending : undefined);
       pending.taken = true;
     } catch (error) {
-      if (request && this.#pending.get(id) === pending) this.#pending.delete(id);
+      if (request) {
+        // Cancelled by the agent (or already answered) meanwhile: neither sent again on a
+        // renewed session, where it would run after all, nor answered.
+        if (this.#pending.get(id) !== pending) return;
+        this.#pending.delete(id);
+      }
       if (
         renewable &&
         (sessionGone(error) || upstream === this.#sessionless) &&

@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import {
   getDefaultEnvironment,
@@ -16,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reconnectionFor, StreamWatch } from '../../src/cli/bridge-streams.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
+  bound,
   bridgeViaProxy,
   cuttingProxy,
   slowCall,
@@ -248,6 +250,60 @@ describe('agent-fabric mcp: a JSON-RPC batch, a cancelled request (real sidecar)
       await transport.send(slowCall(4, 'single', 10));
       await until(() => answers.has(4), 20_000);
       expect(JSON.stringify(answers.get(4))).toContain('slept single');
+    } finally {
+      await transport.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  }, 60_000);
+
+  it('does not send again a request the agent cancelled while its POST was out, when that POST finds the session gone', async () => {
+    // A proxy that holds the first POST of the call labelled `held` and, once told, answers it
+    // 404 (the session gone, as after a sidecar restart); everything else goes through.
+    const port = Number(new URL(sidecar.url!).port);
+    const posts: string[] = [];
+    let release: (() => void) | undefined;
+    const proxy = createNetServer((agentSide: Socket) => {
+      const sidecarSide = connect(port, '127.0.0.1');
+      let holding = false;
+      agentSide.on('data', (chunk: Buffer) => {
+        const s = chunk.toString('latin1');
+        if (/^POST /.test(s)) posts.push(s);
+        if (holding) return;
+        if (release === undefined && /^POST [\s\S]*"label":"held"/.test(s)) {
+          holding = true;
+          release = () =>
+            agentSide.end(
+              'HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n',
+            );
+          return;
+        }
+        sidecarSide.write(chunk);
+      });
+      sidecarSide.on('data', (chunk: Buffer) => agentSide.write(chunk));
+      bound(agentSide, sidecarSide);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const { transport, answers } = await rawBridge(via(sidecar, proxy), agentToken(sidecar, 'a'));
+    try {
+      await transport.send(INIT as JSONRPCMessage);
+      await until(() => answers.has(1));
+      await transport.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+      await transport.send(slowCall(2, 'held', 10));
+      await until(() => release !== undefined);
+      await transport.send({
+        jsonrpc: '2.0',
+        method: 'notifications/cancelled',
+        params: { requestId: 2, reason: 'not needed' },
+      });
+      await until(() => posts.some((p) => p.includes('notifications/cancelled')));
+      release!();
+      // A later call, on the session the bridge has then (renewed or not), is answered.
+      await transport.send(slowCall(3, 'later', 300));
+      await until(() => answers.has(3), 20_000);
+      expect(JSON.stringify(answers.get(3))).toContain('slept later');
+      // Before, the 404 renewed the session and the cancelled call was sent again, and ran.
+      expect(readFileSync(ran, 'utf8')).not.toContain('start held');
+      expect(answers.has(2)).toBe(false);
     } finally {
       await transport.close();
       await new Promise((resolve) => proxy.close(resolve));
