@@ -32,6 +32,7 @@
  *
  * @module
  */
+import { requestIdsOf } from '../gateway/jsonrpc-message.js';
 
 /** Status text of the answer given here to the attempt that gave its stream up. */
 const GIVEN_UP = 'stream given up by agent-fabric mcp';
@@ -271,26 +272,6 @@ function finalAnswer(response: Response, url: string | URL): string | undefined 
     return `refused to resume the request's stream (HTTP ${status})`;
   }
   return undefined;
-}
-
-/** The ids of the JSON-RPC requests a POST body carries (one message, or a batch). */
-function requestIdsOf(body: unknown): (string | number)[] {
-  if (typeof body !== 'string') return [];
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(body);
-  } catch {
-    return [];
-  }
-  const ids: (string | number)[] = [];
-  for (const m of (Array.isArray(parsed) ? parsed : [parsed]) as {
-    id?: unknown;
-    method?: unknown;
-  }[]) {
-    if (typeof m?.method !== 'string') continue;
-    if (typeof m.id === 'string' || typeof m.id === 'number') ids.push(m.id);
-  }
-  return ids;
 }
 
 /**

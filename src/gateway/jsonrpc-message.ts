@@ -186,3 +186,27 @@ export function jsonRpcError(
     error: data === undefined ? { code, message } : { code, message, data },
   };
 }
+
+/**
+ * The ids of the requests a JSON-RPC POST body carries (one message or a batch; the SDK's
+ * transports send a string): those with a string `method` and a string or number `id`. Not a
+ * string, or not JSON: none.
+ */
+export function requestIdsOf(body: unknown): (string | number)[] {
+  if (typeof body !== 'string') return [];
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    return [];
+  }
+  const ids: (string | number)[] = [];
+  for (const m of Array.isArray(parsed) ? parsed : [parsed]) {
+    if (m === null || typeof m !== 'object') continue;
+    const { id, method } = m as { id?: unknown; method?: unknown };
+    if (typeof method === 'string' && (typeof id === 'string' || typeof id === 'number')) {
+      ids.push(id);
+    }
+  }
+  return ids;
+}

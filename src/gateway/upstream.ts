@@ -34,6 +34,7 @@ import { FastUpstreamCalls, type CancelHook, type Cancellation } from './fast-pa
 import { RelayedMcpError, relayedMcpError } from './map-error.js';
 import { CATALOG_ITEM_BOUNDS, catalogItemProblem } from './catalog.js';
 import { exceededBound } from './input-bounds.js';
+import { requestIdsOf } from './jsonrpc-message.js';
 import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from './list-hints.js';
 import { PathResolver, pathResolutionOf } from './path-resolver.js';
 import {
@@ -1025,26 +1026,6 @@ export function linkedSignalFetch(
           );
     return new Response(body, response);
   };
-}
-
-/** Ids of the requests in a JSON-RPC POST body (the SDK sends a string; read only on overflow). */
-function requestIdsOf(body: unknown): (string | number)[] {
-  if (typeof body !== 'string') return [];
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(body);
-  } catch {
-    return [];
-  }
-  const ids: (string | number)[] = [];
-  for (const m of Array.isArray(parsed) ? parsed : [parsed]) {
-    if (m === null || typeof m !== 'object') continue;
-    const { id, method } = m as { id?: unknown; method?: unknown };
-    if (typeof method === 'string' && (typeof id === 'string' || typeof id === 'number')) {
-      ids.push(id);
-    }
-  }
-  return ids;
 }
 
 function withHeaders(headers: Readonly<Record<string, string>>): typeof fetch {
