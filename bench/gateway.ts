@@ -602,8 +602,11 @@ const suite: BenchSuite = {
         closers.push(() => client.close());
         const call = echo(client, 'ev__echo');
         await call(0);
-        // The upstream is the sidecar's one child process (started by the first call at latest).
-        const upstreams = childPids(serve.child.pid!);
+        // The upstream is the sidecar's one child process (started by the first call at latest)
+        // beside its kill -9 watchdog, a `/bin/sh` (see process-stdio-transport.ts).
+        const upstreams = childPids(serve.child.pid!).filter(
+          (pid) => !readFileSync(`/proc/${pid}/cmdline`, 'latin1').startsWith('/bin/sh\0'),
+        );
         if (upstreams.length !== 1)
           throw new Error(`expected one upstream process, found ${upstreams.length}`);
         const upstreamPid = upstreams[0]!;
