@@ -15,6 +15,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { Fuzz, fuzzCount, fuzzSeed, type Uncaught, watchUncaught } from '../fixtures/fuzz.js';
 import {
+  checkReplies,
+  type JsonSchema,
+  MCP_LEARNED,
+  mcpMessage,
+  messagesOf,
+  requestIds,
+} from '../fixtures/fuzz-mcp.js';
+import {
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
@@ -27,140 +35,6 @@ import {
   text,
 } from '../fixtures/gateway/harness.js';
 import { rawRequest } from '../fixtures/raw-http.js';
-
-const METHODS = [
-  'initialize',
-  'ping',
-  'tools/list',
-  'tools/call',
-  'tools/call',
-  'tools/call',
-  'resources/list',
-  'resources/read',
-  'resources/templates/list',
-  'resources/subscribe',
-  'resources/unsubscribe',
-  'prompts/list',
-  'prompts/get',
-  'completion/complete',
-  'logging/setLevel',
-  'tasks/get',
-  'tasks/list',
-  'tasks/result',
-  'tasks/cancel',
-  'notifications/cancelled',
-  'notifications/initialized',
-  'notifications/roots/list_changed',
-  'notifications/progress',
-  'sampling/createMessage',
-  'x/unknown',
-  '',
-  '__proto__',
-];
-
-const URIS = [
-  'test://static/resource/1',
-  'demo://resource/static/document/architecture.md',
-  'file:///etc/passwd',
-  'FILE:///etc/../etc/passwd',
-  'x',
-  '',
-];
-
-/** What answers carry that later requests may name. */
-const LEARNED = ['taskId', 'name', 'uri', 'id'];
-
-/** Upstream (server-everything) error messages that are its own answer, relayed as they are. */
-const UPSTREAM_OWN = ['Invalid URL'];
-
-interface JsonSchema {
-  type?: string | string[];
-  properties?: Record<string, JsonSchema>;
-  enum?: unknown[];
-}
-
-/** Arguments shaped by a tool's input schema, a field gone wrong now and then. */
-function argumentsFor(fuzz: Fuzz, schema: JsonSchema | undefined, depth = 0): unknown {
-  if (!schema || depth > 3 || fuzz.chance(0.1)) return fuzz.junk();
-  if (schema.enum && fuzz.chance(0.8)) return fuzz.pick(schema.enum);
-  switch (Array.isArray(schema.type) ? fuzz.pick(schema.type) : schema.type) {
-    case 'string':
-      return fuzz.string();
-    case 'number':
-    case 'integer':
-      return fuzz.pick([0, 1, 2, 5, 100, 1e9, -1, 0.5, 3600]);
-    case 'boolean':
-      return fuzz.chance(0.5);
-    case 'array':
-      return [argumentsFor(fuzz, undefined, depth + 1)];
-    case 'object': {
-      const o: Record<string, unknown> = {};
-      for (const [k, v] of Object.entries(schema.properties ?? {})) {
-        if (fuzz.chance(0.8)) o[k] = argumentsFor(fuzz, v, depth + 1);
-      }
-      return o;
-    }
-    default:
-      return fuzz.junk();
-  }
-}
-
-/** One JSON-RPC message, mostly plausible. */
-function message(fuzz: Fuzz, tools: Map<string, JsonSchema>): Record<string, unknown> {
-  const method = fuzz.pick(METHODS);
-  const m: Record<string, unknown> = { jsonrpc: fuzz.chance(0.97) ? '2.0' : fuzz.junk() };
-  if (fuzz.chance(0.8)) {
-    m.id = fuzz.chance(0.8) ? Math.floor(fuzz.next() * 1e6) : fuzz.junk();
-  }
-  if (fuzz.chance(0.97)) m.method = method;
-  let params: Record<string, unknown> = {};
-  if (method === 'tools/call') {
-    const name = fuzz.pick([...tools.keys()]);
-    params = { name, arguments: argumentsFor(fuzz, tools.get(name) ?? { type: 'object' }) };
-    if (fuzz.chance(0.2)) params.task = fuzz.chance(0.7) ? { ttl: fuzz.junk() } : fuzz.junk();
-    if (fuzz.chance(0.2)) params._meta = { progressToken: fuzz.junk() };
-  } else if (method.startsWith('resources/')) {
-    params = { uri: fuzz.pick(URIS) };
-  } else if (method.startsWith('tasks/')) {
-    params = { taskId: fuzz.string() };
-  } else if (method === 'prompts/get') {
-    params = { name: fuzz.pick(['simple-prompt', 'args-prompt', 'x']), arguments: fuzz.junk() };
-  }
-  if (fuzz.chance(0.2)) params[fuzz.pick(['name', 'uri', 'cursor', '_meta', 'task'])] = fuzz.junk();
-  if (fuzz.chance(0.9)) m.params = fuzz.chance(0.05) ? fuzz.junk() : params;
-  if (fuzz.chance(0.04)) {
-    delete m.method;
-    m[fuzz.pick(['result', 'error'])] = fuzz.junk();
-  }
-  return m;
-}
-
-/** A request the gateway must answer under its id: a method and a string or integer id. */
-function isRequest(m: unknown): m is { id: string | number; method: string } {
-  if (typeof m !== 'object' || m === null || Array.isArray(m)) return false;
-  const { id, method, jsonrpc } = m as Record<string, unknown>;
-  return (
-    jsonrpc === '2.0' &&
-    typeof method === 'string' &&
-    !method.startsWith('notifications/') &&
-    (typeof id === 'string' || Number.isSafeInteger(id))
-  );
-}
-
-/** The JSON-RPC messages of an answer body, JSON or SSE. */
-function messagesOf(body: string): unknown[] {
-  const texts =
-    body.trimStart().startsWith('{') || body.trimStart().startsWith('[')
-      ? [body]
-      : body
-          .split('\n')
-          .filter((l) => l.startsWith('data:'))
-          .map((l) => l.slice(5));
-  return texts.flatMap((t) => {
-    const v = JSON.parse(t) as unknown;
-    return Array.isArray(v) ? v : [v];
-  });
-}
 
 describe('seeded hostile input on /mcp (server-everything behind a real sidecar)', () => {
   let sidecar: Sidecar;
@@ -229,32 +103,21 @@ describe('seeded hostile input on /mcp (server-everything behind a real sidecar)
       for (let i = 0; i < 60; i++) {
         const sent: unknown =
           batching && fuzz.chance(0.3)
-            ? [message(fuzz, tools), message(fuzz, tools), message(fuzz, tools)]
-            : message(fuzz, tools);
+            ? [mcpMessage(fuzz, tools), mcpMessage(fuzz, tools), mcpMessage(fuzz, tools)]
+            : mcpMessage(fuzz, tools);
         let raw = JSON.stringify(sent);
         const cut = fuzz.chance(0.03);
         if (cut) raw = raw.slice(0, Math.floor(fuzz.next() * raw.length));
         // Each request id once per POST, so that "answered under its id" is unambiguous.
-        const messages = (Array.isArray(sent) ? sent : [sent]) as Record<string, unknown>[];
-        const allIds = messages.filter((m) => 'id' in m).map((m) => JSON.stringify(m.id));
-        if (new Set(allIds).size !== allIds.length) continue;
-        const ids = cut ? [] : messages.filter(isRequest).map((r) => JSON.stringify(r.id));
+        const requests = requestIds(sent);
+        if (requests === undefined) continue;
+        const ids = cut ? [] : requests;
         const done = post(raw).then((answer) => {
-          fuzz.learn(answer.body, LEARNED);
+          fuzz.learn(answer.body, MCP_LEARNED);
           const what = `${raw.slice(0, 300)} → ${answer.status} ${answer.body.slice(0, 300)}`;
           if (answer.status >= 500) faults.push(`server fault: ${what}`);
-          if (answer.status !== 200) return;
-          const replies = messagesOf(answer.body).filter(
-            (m) => (m as { id?: unknown }).id !== undefined && 'method' in (m as object) === false,
-          ) as { id: unknown; error?: { code: number; message: string } }[];
-          for (const r of replies) {
-            const own = UPSTREAM_OWN.some((t) => r.error?.message.includes(t));
-            if (r.error?.code === -32603 && !own) faults.push(`InternalError: ${what}`);
-          }
-          for (const id of ids) {
-            const n = replies.filter((r) => JSON.stringify(r.id) === id).length;
-            if (n !== 1) faults.push(`request ${id} answered ${n} times: ${what}`);
-            else answered++;
+          if (answer.status === 200) {
+            answered += checkReplies(ids, messagesOf(answer.body), what, faults);
           }
         });
         if (fuzz.chance(0.5)) await done;
