@@ -115,8 +115,14 @@ export class McpBridge {
    * for again at each renewal, with no request of the agent.
    */
   readonly #subscribing = new Map<RequestId, string>();
-  /** Answers the bridge waits for, by the id of its own request. */
-  readonly #own = new Map<string, (message: Envelope) => void>();
+  /**
+   * Requests of the bridge's own waiting for their answer, by id: `answered` with it, or `failed`
+   * when none can come (see {@link #unanswered}).
+   */
+  readonly #own = new Map<
+    string,
+    { answered: (message: Envelope) => void; failed: (error: Error) => void }
+  >();
   #ownIds = 0;
   /**
    * The agent's requests not answered yet, by id: the transport they went out on, and whether
@@ -128,6 +134,8 @@ export class McpBridge {
   readonly #reconnection: Reconnection;
   /** Messages wait for this before they are sent (a new session being opened). */
   #ready: Promise<void> = Promise.resolve();
+  /** The last renewal (see {@link #renew}); `#ready` is it with its failure caught. */
+  #renewal: Promise<void> = Promise.resolve();
   /**
    * The upstream of a renewal that opened no session (refused, timed out, the sidecar away):
    * the next message of the agent tries again, else every later request would go without a
@@ -251,7 +259,7 @@ export class McpBridge {
       const waiter = typeof id === 'string' && !('method' in m) ? this.#own.get(id) : undefined;
       if (waiter !== undefined) {
         this.#own.delete(id as string);
-        waiter(m as Envelope);
+        waiter.answered(m as Envelope);
         return;
       }
       if ((typeof id === 'string' || typeof id === 'number') && !('method' in m)) {
@@ -290,9 +298,17 @@ export class McpBridge {
    * before its answer without an event id to resume it from (a session of an MCP version before
    * 2025-11-25 gets none), or its POST was answered 202/204, with no body. The request is
    * answered with an error (before, the agent waited until its own timeout). A request whose
-   * stream has an event id is left to its resuming.
+   * stream has an event id is left to its resuming. A request of the bridge's own fails at once
+   * (before, it waited {@link OWN_TIMEOUT_MS}, and so did the agent's messages behind a renewal):
+   * an answer to a request never comes on the standalone stream (MCP Streamable HTTP: a server
+   * sends a response there only when resuming the stream of that request).
    */
   #unanswered(transport: StreamableHTTPClientTransport, id: string | number, why: string): void {
+    const own = typeof id === 'string' ? this.#own.get(id) : undefined;
+    if (own !== undefined) {
+      own.failed(new Error(why));
+      return;
+    }
     const p = this.#pending.get(id);
     if (p === undefined || p.transport !== transport || p.stream !== undefined) return;
     this.#answerLost((q) => q === p, why);
@@ -410,10 +426,13 @@ export class McpBridge {
    * same lost session open one new session.
    */
   #renew(lost: StreamableHTTPClientTransport): Promise<void> {
-    if (this.#upstream !== lost) return this.#ready; // already renewed (or being renewed)
+    // Already renewed (or being renewed): a request that waited for a renewal that failed fails
+    // with its reason (before, with "no session: the last renewal failed").
+    if (this.#upstream !== lost) return this.#renewal;
     const fresh = this.#connect();
     this.#upstream = fresh;
     const renewal = this.#open(fresh);
+    this.#renewal = renewal;
     // Messages of the agent wait for the new session; a failed renewal lets them fail alone.
     this.#ready = renewal.catch(() => {
       if (fresh.sessionId === undefined) this.#sessionless = fresh;
@@ -482,7 +501,9 @@ export class McpBridge {
 
   /**
    * Sends a request of the bridge's own on `transport` and resolves with its answer; rejects
-   * when none came within {@link OWN_TIMEOUT_MS} (the agent's messages wait for a renewal).
+   * when none came within {@link OWN_TIMEOUT_MS} (the agent's messages wait for a renewal), or
+   * at once when none can come (its POST answered with no body, its stream broken with no event
+   * id to resume it from).
    */
   #ask(
     transport: StreamableHTTPClientTransport,
@@ -501,9 +522,12 @@ export class McpBridge {
         OWN_TIMEOUT_MS,
       );
       timer.unref();
-      this.#own.set(id, (answer) => {
-        clearTimeout(timer);
-        resolve(answer);
+      this.#own.set(id, {
+        answered: (answer) => {
+          clearTimeout(timer);
+          resolve(answer);
+        },
+        failed: (error) => fail(new Error(`${method}: ${error.message}`)),
       });
       const request = { jsonrpc: '2.0', id, method, params } as JSONRPCMessage;
       this.#send(transport, request).catch((error: unknown) => fail(error as Error));

@@ -217,6 +217,50 @@ describe('agent-fabric mcp: a call whose POST is answered with no body (real sid
   }
 });
 
+describe('agent-fabric mcp: a renewal whose initialize is answered with no body (real sidecar, TCP proxy)', () => {
+  let sidecar: Sidecar;
+
+  beforeAll(async () => {
+    ({ sidecar } = await startSlowSidecar('bridge-own-no-body'));
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  it("fails the agent's request at once, not after the bridge's 30 s wait, and renews with the next", async () => {
+    const requests: string[] = [];
+    // The bridge's own initialize (a renewal's: its id is the bridge's), answered 202 once.
+    const proxy = await cuttingProxy(Number(new URL(sidecar.url!).port), requests, 'none', {
+      status: 202,
+      request: /"id":"agent-fabric-mcp\/[^"]+","method":"initialize"/,
+    });
+    const { transport, answers } = await rawBridge(via(sidecar, proxy), agentToken(sidecar, 'a'));
+    try {
+      await transport.send(INIT as JSONRPCMessage);
+      await until(() => answers.has(1));
+      await transport.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+      // Taken (202): the standalone stream follows it.
+      await until(() => requests.some((r) => /^GET [\s\S]*\r\nmcp-session-id:/i.test(r)));
+      // The sidecar forgets the session: the next call's POST gets 404 and opens a new one.
+      for (const session of sidecar.gateway.sessions) await session.close();
+      await transport.send(slowCall(2, 'renewed', 10));
+      // Before: the renewal waited 30 s for an answer that could not come, and so did the call
+      // (then answered "did not answer initialize within 30000 ms").
+      await until(() => answers.has(2), 20_000);
+      const error = (answers.get(2)![0] as { error?: { message?: string } }).error?.message;
+      expect(error).toContain(
+        "could not forward the request: initialize: the sidecar answered the request's POST with HTTP 202 and no answer",
+      );
+      // The next message tries again, and the sidecar's session answers it.
+      await transport.send(slowCall(3, 'next', 10));
+      await until(() => answers.has(3), 20_000);
+      expect(JSON.stringify(answers.get(3))).toContain('slept next');
+      for (const id of [1, 2, 3]) expect(answers.get(id)).toHaveLength(1);
+    } finally {
+      await transport.close();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  }, 60_000);
+});
+
 describe('agent-fabric mcp: a JSON-RPC batch, a cancelled request (real sidecar)', () => {
   let sidecar: Sidecar;
   let ran: string;
