@@ -21,6 +21,12 @@
  *   page). The attempt that gives a stream up is answered here with
  *   HTTP 405 (never sent), after which the SDK transport tries that stream no more: nothing is
  *   kept of it, and no answer comes for it after the agent was told it is lost.
+ * - The session's standalone stream (the SDK transport's `GET` without `Last-Event-ID`, or with
+ *   one of that stream's ids, `0.<n>`) carries the sidecar's notifications, no call's answer: it
+ *   is never given up for not reaching the sidecar. Its attempts go on inside one `fetch`, with
+ *   backoff up to {@link STANDALONE_MAX_DELAY_MS} apart, until the sidecar answers (or the
+ *   transport closes); past the resume time this is logged once, and so is its reopening. A
+ *   final answer (as above; 404: the session is gone) gives it up.
  * - No request follows a redirect (`redirect: 'manual'`; the SDK transport would follow one
  *   within the origin): a POST, `DELETE` or plain `GET` answered with one fails with an error
  *   naming it, a resumption gives its stream up.
@@ -42,6 +48,18 @@ const RETRIED = new Set([408, 409, 425, 429]);
 
 /** Longest wait for the response of one attempt to resume a stream. */
 const ATTEMPT_MS = 10_000;
+
+/**
+ * The number of the sidecar's standalone `GET` stream in its event ids, `0.<n>` (see
+ * `gateway/downstream-http-transport.ts`).
+ */
+export const STANDALONE_STREAM = '0';
+
+/**
+ * Longest wait between two attempts to reopen the standalone stream: it is tried again as long as
+ * the session lives, not only for the resume time (its notifications would stop for good).
+ */
+export const STANDALONE_MAX_DELAY_MS = 30_000;
 
 /** Backoff of the SDK transport's reconnections, and how many it makes. */
 export interface Reconnection {
@@ -94,6 +112,13 @@ export class StreamWatch {
   readonly #onGiveUp: (stream: string, why: string, sessionGone: boolean) => void;
   /** The streams being resumed (an attempt chain of the SDK transport running). */
   readonly #streams = new Map<string, Resuming>();
+  readonly #log: (message: string) => void;
+  /**
+   * The standalone stream's attempts since it last carried a byte of the sidecar's (`failures`,
+   * each one: the attempts, not only the failed ones); `told`: that it could not be reopened for
+   * the resume time was logged.
+   */
+  #standalone: (Resuming & { told: boolean }) | undefined;
 
   constructor(options: {
     resumeMs: number;
@@ -102,7 +127,10 @@ export class StreamWatch {
     onLost: (id: string | number, why: string) => void;
     /** The stream `stream` cannot be resumed (`why`; `sessionGone`: the sidecar answered 404). */
     onGiveUp: (stream: string, why: string, sessionGone: boolean) => void;
+    /** Where the standalone stream's outages are reported (stderr). */
+    log?: (message: string) => void;
   }) {
+    this.#log = options.log ?? (() => undefined);
     this.#resumeMs = options.resumeMs;
     this.#maxRetries = options.reconnection.maxRetries;
     this.#onLost = options.onLost;
@@ -119,7 +147,10 @@ export class StreamWatch {
     const method = init?.method ?? 'GET';
     if (method === 'GET') {
       const last = new Headers(init?.headers).get('last-event-id');
-      if (last !== null) return this.#resume(streamOf(last), last, url, init);
+      if (last === null || streamOf(last) === STANDALONE_STREAM) {
+        return this.#reopen(last ?? undefined, url, init);
+      }
+      return this.#resume(streamOf(last), last, url, init);
     }
     const response = await fetch(url, { ...init, redirect: 'manual' });
     if (redirects(response)) {
@@ -178,7 +209,7 @@ export class StreamWatch {
       if (this.#failed(stream, state)) return givenUp();
       throw error;
     }
-    const final = finalAnswer(response, url);
+    const final = finalAnswer(response, url, REQUEST_WHAT);
     if (final !== undefined) {
       await response.body?.cancel().catch(() => undefined);
       this.#giveUp(stream, `the sidecar ${final}`, response.status === 404);
@@ -203,6 +234,65 @@ export class StreamWatch {
     });
   }
 
+  /**
+   * Opens the standalone stream (the SDK transport's `GET` without `Last-Event-ID`), or resumes
+   * it from `last`: tried again, with backoff up to {@link STANDALONE_MAX_DELAY_MS} apart, until
+   * the sidecar answers it, for as long as the session lives (the transport closing aborts it).
+   * Before, it was given up like a call's stream after the resume time (or the SDK transport's
+   * count of attempts), and the session's notifications stopped for good while the sidecar, up
+   * all along, could be reached again. A final answer still gives it up (404: the session is
+   * gone). The SDK transport sees no failed attempt: its own count is never spent.
+   */
+  async #reopen(
+    last: string | undefined,
+    url: string | URL,
+    init?: RequestInit,
+  ): Promise<Response> {
+    const signal = init?.signal ?? undefined;
+    const state = (this.#standalone ??= { since: performance.now(), failures: 0, told: false });
+    for (;;) {
+      if (state.failures > 0 && !(await pause(standaloneDelay(state.failures), signal))) {
+        return givenUp(); // the transport closed
+      }
+      state.failures += 1;
+      let response: Response;
+      try {
+        response = await fetchBegun(url, { ...init, redirect: 'manual' }, ATTEMPT_MS);
+      } catch (error) {
+        if (signal?.aborted === true) return givenUp();
+        this.#standaloneFailed(state, String(error));
+        continue;
+      }
+      const final = finalAnswer(response, url, STANDALONE_WHAT);
+      if (final !== undefined) {
+        await response.body?.cancel().catch(() => undefined);
+        this.#standalone = undefined;
+        this.#onGiveUp(STANDALONE_STREAM, `the sidecar ${final}`, response.status === 404);
+        return givenUp();
+      }
+      if (!response.ok) {
+        await response.body?.cancel().catch(() => undefined);
+        this.#standaloneFailed(state, `HTTP ${response.status}`);
+        continue;
+      }
+      // Counted again from the next break once the sidecar sent on it (a proxy may take the
+      // connection and cut it before: that is not reaching the sidecar).
+      return primed(response, last, () => {
+        if (this.#standalone !== state) return;
+        this.#standalone = undefined;
+        if (state.told) this.#log(`agent-fabric mcp: reopened ${STANDALONE_WHAT}`);
+      });
+    }
+  }
+
+  #standaloneFailed(state: Resuming & { told: boolean }, why: string): void {
+    if (state.told || performance.now() - state.since < this.#resumeMs) return;
+    state.told = true;
+    this.#log(
+      `agent-fabric mcp: could not reopen ${STANDALONE_WHAT} for ${this.#resumeMs / 1000} s (${why}); trying again, at most ${STANDALONE_MAX_DELAY_MS / 1000} s apart, while the session lives`,
+    );
+  }
+
   /** Counts a failed attempt; true when it gives the stream up. */
   #failed(stream: string, state: Resuming): boolean {
     state.failures += 1;
@@ -214,7 +304,7 @@ export class StreamWatch {
   }
 
   #unreachable(): string {
-    return `the sidecar could not be reached to resume the request's stream for ${this.#resumeMs / 1000} s`;
+    return `the sidecar could not be reached to resume ${REQUEST_WHAT} for ${this.#resumeMs / 1000} s`;
   }
 
   /** Gives `stream` up: the attempt answered with {@link givenUp} is the SDK transport's last. */
@@ -222,6 +312,30 @@ export class StreamWatch {
     this.#streams.delete(stream);
     this.#onGiveUp(stream, why, sessionGone);
   }
+}
+
+/** What the messages call a call's stream, and the standalone stream. */
+const REQUEST_WHAT = "the request's stream";
+const STANDALONE_WHAT = "the session's stream of notifications (the standalone GET)";
+
+/** The wait before the standalone stream's attempt after `attempts` since it last carried a byte. */
+function standaloneDelay(attempts: number): number {
+  return Math.min(500 * 1.5 ** (attempts - 1), STANDALONE_MAX_DELAY_MS);
+}
+
+/** Waits `ms`; false (at once) when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<boolean> {
+  if (signal?.aborted === true) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', aborted);
+      resolve(ok);
+    };
+    const aborted = (): void => done(false);
+    const timer = setTimeout(() => done(true), ms);
+    signal?.addEventListener('abort', aborted, { once: true });
+  });
 }
 
 /** The answer to an attempt that gave its stream up: the SDK transport tries no more after a 405. */
@@ -254,22 +368,22 @@ function shown(url: URL): string {
  * What a resumption's answer says when it ends the stream's resuming (a redirect, a 4xx not
  * worth another try, a 2xx without a stream), as words after "the sidecar"; else undefined.
  */
-function finalAnswer(response: Response, url: string | URL): string | undefined {
+function finalAnswer(response: Response, url: string | URL, what: string): string | undefined {
   const { status } = response;
   if (redirects(response)) {
-    return `refused to resume the request's stream (${redirectText(response, url)})`;
+    return `refused to resume ${what} (${redirectText(response, url)})`;
   }
   if (response.ok && (status === 204 || response.body === null)) {
-    return `has nothing more of the request's stream (HTTP ${status})`;
+    return `has nothing more of ${what} (HTTP ${status})`;
   }
   const type = (response.headers.get('content-type') ?? '').split(';', 1)[0]!.trim().toLowerCase();
   if (response.ok && type !== 'text/event-stream') {
     // A page in its place (a proxy's, a captive portal's): read as a stream with no events that
     // ended, it would be resumed again at once, for good.
-    return `answered the request's stream's resumption with no stream (HTTP ${status}, ${type || 'no content type'})`;
+    return `answered the resumption of ${what} with no stream (HTTP ${status}, ${type || 'no content type'})`;
   }
   if (status >= 400 && status < 500 && !RETRIED.has(status)) {
-    return `refused to resume the request's stream (HTTP ${status})`;
+    return `refused to resume ${what} (HTTP ${status})`;
   }
   return undefined;
 }
@@ -281,10 +395,10 @@ function finalAnswer(response: Response, url: string | URL): string | undefined 
  * plain GET, which never brings the request's answer. `sent` is called with each chunk the
  * sidecar sent on it.
  */
-function primed(response: Response, last: string, sent: () => void): Response {
+function primed(response: Response, last: string | undefined, sent: () => void): Response {
   const lead = new TextEncoder().encode(`id: ${last}\ndata: \n\n`);
   const reader = (response.body as ReadableStream<Uint8Array>).getReader();
-  let led = false;
+  let led = last === undefined; // a stream opened anew: nothing to lead it
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
       if (!led) {

@@ -583,7 +583,7 @@ const mcpCommand: Command = {
       type: 'string',
       value: 's',
       description:
-        "how long a call's broken stream is resumed before the call is answered with an error (default 40)",
+        "how long a call's broken stream is resumed before the call is answered with an error (default 40); the stream of notifications is tried again while the session lives",
     },
     config: { type: 'string', short: 'c', value: 'file', description: 'config of --in-process' },
     'in-process': { type: 'boolean', description: 'run the gateway in this process' },

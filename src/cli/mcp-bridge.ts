@@ -230,6 +230,7 @@ export class McpBridge {
     const watch = new StreamWatch({
       resumeMs: this.#resumeMs,
       reconnection: this.#reconnection,
+      log: this.#options.log,
       onLost: (id, why) => this.#unanswered(transport, id, why),
       onGiveUp: (stream, why, sessionGone) => {
         this.#options.log(`agent-fabric mcp: gave up stream ${stream}: ${why}`);

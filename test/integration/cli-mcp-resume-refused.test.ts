@@ -98,7 +98,7 @@ describe('agent-fabric mcp: a resumption answered with a final status (real side
       const { outcome } = await slowCallOnStream(client, ran, 20_000);
       const error = await outcome;
       expect(error).toContain(
-        "the sidecar answered the request's stream's resumption with no stream (HTTP 200, text/html)",
+        "the sidecar answered the resumption of the request's stream with no stream (HTTP 200, text/html)",
       );
       expect(error).toContain('its answer is lost');
       expect(requests.filter((r) => /\r\nlast-event-id:/i.test(r))).toHaveLength(1);
