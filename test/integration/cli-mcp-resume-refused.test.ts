@@ -174,6 +174,24 @@ async function rawBridge(
   return { transport, answers };
 }
 
+/**
+ * Waits for the answer to the call 2 sent on `transport`, an error saying `says`; then the call 3
+ * (`next`) is answered: the bridge goes on. One answer per request (1, 2, 3).
+ */
+async function failedThenNext(
+  transport: StdioClientTransport,
+  answers: Map<unknown, JSONRPCMessage[]>,
+  says: string,
+): Promise<void> {
+  await until(() => answers.has(2), 20_000);
+  const error = (answers.get(2)![0] as { error?: { message?: string } }).error?.message;
+  expect(error).toContain(says);
+  await transport.send(slowCall(3, 'next', 10));
+  await until(() => answers.has(3), 20_000);
+  expect(JSON.stringify(answers.get(3))).toContain('slept next');
+  for (const id of [1, 2, 3]) expect(answers.get(id)).toHaveLength(1);
+}
+
 describe('agent-fabric mcp: a call whose POST is answered with no body (real sidecar, TCP proxy)', () => {
   let sidecar: Sidecar;
 
@@ -199,33 +217,19 @@ describe('agent-fabric mcp: a call whose POST is answered with no body (real sid
         await transport.send(slowCall(2, 'void', 10));
         // Before: HTTP 202 left the call waiting for good (the SDK transport takes it for "no
         // answer due"); 204 was answered "Unexpected content type: null".
-        await until(() => answers.has(2), 20_000);
-        const error = (answers.get(2)![0] as { error?: { message?: string } }).error?.message;
-        expect(error).toContain(
+        await failedThenNext(
+          transport,
+          answers,
           `the sidecar answered the request's POST with HTTP ${status} and no answer`,
         );
-        await transport.send(slowCall(3, 'next', 10));
-        await until(() => answers.has(3), 20_000);
-        expect(JSON.stringify(answers.get(3))).toContain('slept next');
-        // Exactly one answer per request.
-        for (const id of [1, 2, 3]) expect(answers.get(id)).toHaveLength(1);
       } finally {
         await transport.close();
         await new Promise((resolve) => proxy.close(resolve));
       }
     }, 60_000);
   }
-});
 
-describe('agent-fabric mcp: a renewal whose initialize is answered with no body (real sidecar, TCP proxy)', () => {
-  let sidecar: Sidecar;
-
-  beforeAll(async () => {
-    ({ sidecar } = await startSlowSidecar('bridge-own-no-body'));
-  });
-  afterAll(() => closeSidecar(sidecar));
-
-  it("fails the agent's request at once, not after the bridge's 30 s wait, and renews with the next", async () => {
+  it("fails the agent's request at once when a renewal's initialize is answered 202, not after the bridge's 30 s wait, and renews with the next", async () => {
     const requests: string[] = [];
     // The bridge's own initialize (a renewal's: its id is the bridge's), answered 202 once.
     const proxy = await cuttingProxy(Number(new URL(sidecar.url!).port), requests, 'none', {
@@ -243,17 +247,13 @@ describe('agent-fabric mcp: a renewal whose initialize is answered with no body 
       for (const session of sidecar.gateway.sessions) await session.close();
       await transport.send(slowCall(2, 'renewed', 10));
       // Before: the renewal waited 30 s for an answer that could not come, and so did the call
-      // (then answered "did not answer initialize within 30000 ms").
-      await until(() => answers.has(2), 20_000);
-      const error = (answers.get(2)![0] as { error?: { message?: string } }).error?.message;
-      expect(error).toContain(
+      // (then answered "did not answer initialize within 30000 ms"). The next message tries
+      // again, and the sidecar's new session answers it.
+      await failedThenNext(
+        transport,
+        answers,
         "could not forward the request: initialize: the sidecar answered the request's POST with HTTP 202 and no answer",
       );
-      // The next message tries again, and the sidecar's session answers it.
-      await transport.send(slowCall(3, 'next', 10));
-      await until(() => answers.has(3), 20_000);
-      expect(JSON.stringify(answers.get(3))).toContain('slept next');
-      for (const id of [1, 2, 3]) expect(answers.get(id)).toHaveLength(1);
     } finally {
       await transport.close();
       await new Promise((resolve) => proxy.close(resolve));
