@@ -1,18 +1,26 @@
 /**
- * Seeded hostile input on the Operator API (`POST /api/fabric.v1.<Service>/<Method>`, JSON) of a
- * real sidecar with a pool, hooks in a git repository, durable state and the audit log: bodies
- * built from each method's own protobuf descriptor (so most reach the code behind decoding),
- * ids learned from earlier answers, a field of junk now and then, under the admin token, an
- * agent's or a wrong one, some sent concurrently. What must hold: no 5xx, every refusal a
- * typed error (`FABRIC_ERR_…`), nothing thrown nobody caught; afterwards the fabric answers as
- * before.
+ * Seeded hostile input on the Operator API of a real sidecar with a pool, hooks in a git
+ * repository, durable state and the audit log — as JSON (`POST /api/fabric.v1.<Service>/<Method>`)
+ * and over gRPC (the same bodies' protobuf bytes, some mutated): bodies built from each
+ * method's own protobuf descriptor (so most reach the code behind decoding), ids learned from
+ * earlier answers, a field of junk now and then, under the admin token, an agent's or a wrong
+ * one, some sent concurrently. What must hold: no 5xx and no gRPC code that is a server fault,
+ * every JSON refusal a typed error (`FABRIC_ERR_…`), nothing thrown nobody caught; afterwards
+ * the fabric answers as before.
  *
  * Written as a standing check after the hardening rounds; it found nothing on the code it was
  * written against (`FUZZ_SEED`, `FUZZ_SCALE` explore further).
  */
 import { join } from 'node:path';
-import type { DescField, DescMessage, DescMethod } from '@bufbuild/protobuf';
-import { ScalarType } from '@bufbuild/protobuf';
+import type {
+  DescField,
+  DescMessage,
+  DescMethod,
+  DescService,
+  JsonValue,
+} from '@bufbuild/protobuf';
+import { fromJson, ScalarType, toBinary } from '@bufbuild/protobuf';
+import { status, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentService } from '../../src/gen/fabric/v1/agent_pb.js';
 import { ApprovalService } from '../../src/gen/fabric/v1/approval_pb.js';
@@ -21,7 +29,9 @@ import { FabricService } from '../../src/gen/fabric/v1/fabric_pb.js';
 import { PolicyService } from '../../src/gen/fabric/v1/policy_pb.js';
 import { ToolService } from '../../src/gen/fabric/v1/tool_pb.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { grpcDefinition } from '../../src/rpc/grpc-definition.js';
 import { callApi } from '../fixtures/api.js';
+import { grpcClient, unary } from '../fixtures/grpc-client.js';
 import { Fuzz, fuzzCount, fuzzSeed, type Uncaught, watchUncaught } from '../fixtures/fuzz.js';
 import {
   ADMIN_TOKEN,
@@ -33,15 +43,17 @@ import {
   tempDir,
 } from '../fixtures/gateway/harness.js';
 
-/** Every unary method of the API, by `<Service>/<Method>`. */
-const METHODS: readonly { path: string; method: DescMethod }[] = [
+const SERVICES: readonly DescService[] = [
   AgentService,
   ApprovalService,
   BudgetService,
   FabricService,
   PolicyService,
   ToolService,
-].flatMap((service) =>
+];
+
+/** Every unary method of the API, by `<Service>/<Method>`. */
+const METHODS: readonly { path: string; method: DescMethod }[] = SERVICES.flatMap((service) =>
   service.methods
     .filter((m) => m.methodKind === 'unary')
     .map((method) => ({ path: `${service.name}/${method.name}`, method })),
@@ -151,6 +163,7 @@ describe('seeded hostile input on the Operator API (a real sidecar)', () => {
       hooks: { storagePath: join(dir, 'hooks') },
       state: { path: join(dir, 'state.db') },
       audit: { path: join(dir, 'audit.log') },
+      grpc: { port: 0 },
     });
   });
 
@@ -195,4 +208,80 @@ describe('seeded hostile input on the Operator API (a real sidecar)', () => {
     const pools = await callApi(sidecar.url!, 'FabricService/ListPools', {}, ADMIN_TOKEN);
     expect(pools.status).toBe(200);
   }, 300_000);
+
+  it('over gRPC too: bytes of the same bodies, some mutated, never a server fault', async () => {
+    const fuzz = new Fuzz(fuzzSeed(20261205) + 1);
+    fuzz.seen.push('p1', 'ev__echo', 'default-allow');
+    const tokens = [ADMIN_TOKEN, ADMIN_TOKEN, ADMIN_TOKEN, agentToken(sidecar, 'a'), 'wrong'];
+    const clients = new Map(
+      SERVICES.map((service) => [
+        service.name,
+        grpcClient(rawRequests(grpcDefinition(service)), sidecar.grpcAddress!),
+      ]),
+    );
+    const faults: string[] = [];
+    const codes = new Map<number, number>();
+    const inFlight: Promise<void>[] = [];
+    try {
+      for (let i = fuzzCount(1500); i > 0; i--) {
+        const { path, method } = fuzz.pick(METHODS);
+        const body = messageValue(fuzz, method.input);
+        let bytes: Uint8Array;
+        try {
+          bytes = toBinary(method.input, fromJson(method.input, body as JsonValue));
+        } catch {
+          bytes = new Uint8Array(Array.from({ length: 8 }, () => Math.floor(fuzz.next() * 256)));
+        }
+        if (fuzz.chance(0.1) && bytes.length > 0) {
+          bytes = bytes.slice();
+          bytes[Math.floor(fuzz.next() * bytes.length)] = Math.floor(fuzz.next() * 256);
+        }
+        const client = clients.get(path.split('/')[0]!)!;
+        const done = unary(client, method.localName, Buffer.from(bytes), fuzz.pick(tokens), {
+          deadline: Date.now() + 30_000,
+        }).then(
+          (res) => {
+            fuzz.learn(JSON.stringify(res), LEARNED);
+            codes.set(status.OK, (codes.get(status.OK) ?? 0) + 1);
+          },
+          (e: ServiceError) => {
+            codes.set(e.code, (codes.get(e.code) ?? 0) + 1);
+            if (SERVER_FAULTS.includes(e.code)) {
+              faults.push(`${path} ${JSON.stringify(body).slice(0, 300)} → ${e.code} ${e.details}`);
+            }
+          },
+        );
+        if (fuzz.chance(0.7)) await done;
+        else inFlight.push(done);
+      }
+      await Promise.all(inFlight);
+    } finally {
+      for (const client of clients.values()) client.close();
+    }
+
+    expect(faults).toEqual([]);
+    expect(uncaught.errors).toEqual([]);
+    expect(codes.get(status.OK)).toBeGreaterThan(50);
+    expect(codes.get(status.INVALID_ARGUMENT)).toBeGreaterThan(50);
+    const stats = await callApi(sidecar.url!, 'FabricService/GetStats', {}, ADMIN_TOKEN);
+    expect(stats.status).toBe(200);
+  }, 300_000);
 });
+
+/** gRPC codes that are the server's fault, never an answer to bad input. */
+const SERVER_FAULTS: readonly number[] = [
+  status.UNKNOWN,
+  status.INTERNAL,
+  status.DATA_LOSS,
+  status.UNIMPLEMENTED,
+];
+
+/** `definition` with requests sent as the given bytes and answers kept as bytes. */
+function rawRequests(definition: ServiceDefinition): ServiceDefinition {
+  return Object.fromEntries(
+    Object.entries(definition).map(([name, m]) => [
+      name,
+      { ...m, requestSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b.length },
+    ]),
+  );
+}
