@@ -87,13 +87,81 @@ type report struct {
 }
 
 // answer is a sidecar's answer to a report or a heartbeat (a heartbeat's names the agent's pool:
-// a string, or null for none).
+// a string, or null for none), with its MAC.
 type answer struct {
 	OK      bool            `json:"ok"`
 	Status  string          `json:"status"`
 	PoolID  json.RawMessage `json:"poolId"`
 	Code    string          `json:"code"`
 	Message string          `json:"message"`
+	Mac     string          `json:"mac"`
+}
+
+// refusal is the code and the message of a refusal as the MAC's fields, empty for ok.
+func (a *answer) refusal() (string, string) {
+	if a.OK {
+		return "", ""
+	}
+	return field(a.Code), field(a.Message)
+}
+
+// macEscaper writes a string field of an answer's MAC: % as %25, : as %3a.
+var macEscaper = strings.NewReplacer("%", "%25", ":", "%3a")
+
+// field is a string as a field of an answer's MAC.
+func field(s string) string { return macEscaper.Replace(s) }
+
+// answerMac is the MAC a sidecar's answer carries: HMAC-SHA256 under key over "answer" followed
+// by each field after a ":", base64url without padding. The fields come written as the README
+// says: a string through field, a number in decimal, true or false, "~" for null, "" when absent.
+func answerMac(key []byte, fields ...string) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("answer"))
+	for _, f := range fields {
+		m.Write([]byte(":" + f))
+	}
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// genuine compares a MAC in constant time.
+func genuine(mac, want string) bool {
+	return hmac.Equal([]byte(mac), []byte(want))
+}
+
+// errNoResponders: nobody listens on the request's subject (the sidecar is gone).
+var errNoResponders = errors.New("no responders")
+
+// request sends body to subject and returns the first answer that ok accepts (its MAC is right):
+// any client may publish on the reply subject, and what is not the sidecar's answer is ignored
+// while the wait lasts. An error when none came within timeout, or nobody listens there.
+func (w *worker) request(subject string, body []byte, timeout time.Duration, ok func(*answer) bool) (answer, error) {
+	inbox := w.nc.NewInbox()
+	sub, err := w.nc.SubscribeSync(inbox)
+	if err != nil {
+		return answer{}, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := w.nc.PublishRequest(subject, inbox, body); err != nil {
+		return answer{}, err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return answer{}, nats.ErrTimeout
+		}
+		m, err := sub.NextMsg(left)
+		if err != nil {
+			return answer{}, err
+		}
+		if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
+			return answer{}, errNoResponders
+		}
+		var a answer
+		if json.Unmarshal(m.Data, &a) == nil && ok(&a) {
+			return a, nil
+		}
+	}
 }
 
 // ended is a sidecar's notice that it ended an attempt, with its MAC under the attempt's lease.
@@ -292,12 +360,31 @@ func (w *worker) heartbeat() (answer, error) {
 		"ts":    ts,
 		"proof": w.proof(fmt.Sprintf("hb:%s:%d", w.agentID, ts)),
 	})
-	m, err := w.nc.Request(w.subject("hb."+token(w.agentID)), body, 5*time.Second)
+	// The answer's MAC: under the credential's hash over the agent, this heartbeat's ts and the
+	// answer (a refusal's code and message; ok's status and pool).
+	a, err := w.request(w.subject("hb."+token(w.agentID)), body, 5*time.Second, func(a *answer) bool {
+		code, message := a.refusal()
+		status, pool := "", ""
+		if a.OK {
+			status = field(a.Status)
+			var p *string
+			if len(a.PoolID) > 0 {
+				if json.Unmarshal(a.PoolID, &p) != nil {
+					return false
+				}
+				pool = "~"
+				if p != nil {
+					pool = field(*p)
+				}
+			}
+		}
+		return genuine(a.Mac, answerMac(w.key, "hb", field(w.agentID), strconv.FormatInt(ts, 10),
+			strconv.FormatBool(a.OK), code, message, status, pool))
+	})
 	if err != nil {
-		return answer{}, fmt.Errorf("heartbeat of agent %s: no sidecar answered (%v): an unknown agent or another namespace", w.agentID, err)
+		return answer{}, fmt.Errorf("heartbeat of agent %s: no sidecar answered with a valid MAC (%v): an unknown agent, a wrong credential or another namespace", w.agentID, err)
 	}
-	var a answer
-	if err := json.Unmarshal(m.Data, &a); err != nil || !a.OK {
+	if !a.OK {
 		return a, fmt.Errorf("heartbeat refused: %s: %s", a.Code, a.Message)
 	}
 	return a, nil
@@ -441,13 +528,16 @@ func (w *worker) report(t *task, r report, giveUp time.Time) (answer, bool) {
 	if err != nil {
 		return answer{}, false
 	}
+	// The answer's MAC: under the report's lease over its kind, agent, task, attempt and take-up
+	// and the answer (ok, a refusal's code and message).
+	mine := func(a *answer) bool {
+		code, message := a.refusal()
+		return genuine(a.Mac, answerMac([]byte(t.Lease), r.Kind, field(w.agentID), field(t.TaskID),
+			strconv.Itoa(t.Attempt), field(r.Take), strconv.FormatBool(a.OK), code, message))
+	}
 	for {
-		m, err := w.nc.Request(t.ReplyTo, body, 5*time.Second)
-		if err == nil {
-			var a answer
-			if json.Unmarshal(m.Data, &a) == nil {
-				return a, true
-			}
+		if a, err := w.request(t.ReplyTo, body, 5*time.Second, mine); err == nil {
+			return a, true
 		}
 		if time.Now().After(giveUp) {
 			return answer{}, false

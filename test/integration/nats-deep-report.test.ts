@@ -78,7 +78,7 @@ describeNats('NATS reports too deep for the state store', () => {
       const reply = await nc.request(msg.replyTo, new TextEncoder().encode(body), {
         timeout: 5000,
       });
-      expect(decodeJson(reply.data)).toEqual({ ok: true });
+      expect(decodeJson(reply.data)).toEqual({ ok: true, mac: expect.any(String) });
       two.m.ack();
       await link.close(false);
 

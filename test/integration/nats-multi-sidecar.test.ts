@@ -128,13 +128,17 @@ describeNats('NATS: two sidecars on one server', () => {
     ).toMatchObject(refused);
     expect((await b.getTask(task.id)).status).toBe(TaskStatus.SCHEDULED);
     // x itself, proven to A, vouched to B: accepted.
-    expect(await report(as(x.id, x.credential, 'start', { take: 'a' }))).toEqual({ ok: true });
+    expect(await report(as(x.id, x.credential, 'start', { take: 'a' }))).toEqual({
+      ok: true,
+      mac: expect.any(String),
+    });
     expect(
       await report(as(x.id, other.credential, 'complete', { result: 'forged' })),
     ).toMatchObject(refused);
     expect((await b.getTask(task.id)).status).toBe(TaskStatus.RUNNING);
     expect(await report(as(x.id, x.credential, 'complete', { result: 'real' }))).toEqual({
       ok: true,
+      mac: expect.any(String),
     });
     expect(await b.waitForTask(task.id, { timeoutSeconds: 5 })).toMatchObject({
       status: TaskStatus.COMPLETED,
@@ -190,8 +194,14 @@ describeNats('NATS: two sidecars on one server', () => {
     expect(await b.getTask(task.id)).toMatchObject({ status: TaskStatus.SCHEDULED });
     expect((await b.getTask(task.id)).result).toBeUndefined();
     // p's own worker (vouched for by A, in pool p): accepted.
-    expect(await report(as(x.id, x.credential, 'start'))).toEqual({ ok: true });
-    expect(await report(as(x.id, x.credential, 'complete'))).toEqual({ ok: true });
+    expect(await report(as(x.id, x.credential, 'start'))).toEqual({
+      ok: true,
+      mac: expect.any(String),
+    });
+    expect(await report(as(x.id, x.credential, 'complete'))).toEqual({
+      ok: true,
+      mac: expect.any(String),
+    });
     expect(await b.waitForTask(task.id, { timeoutSeconds: 5 })).toMatchObject({
       status: TaskStatus.COMPLETED,
       result: `forged by ${x.id}`,
@@ -264,6 +274,7 @@ describeNats('NATS: two sidecars on one server', () => {
     expect(done).toMatchObject({ status: TaskStatus.COMPLETED, result: 'forged' });
     expect(await report({ ...as(victim.id, victim.credential), result: 'again' })).toEqual({
       ok: true,
+      mac: expect.any(String),
     });
     expect(
       await report(

@@ -28,15 +28,24 @@ describeNats('NATS: the same outcome reported again', () => {
       );
       const as = (kind: 'start' | 'complete' | 'fail', extra: object = {}) =>
         report(signed(agent.id, agent.credential, kind, extra));
-      expect(await as('start', { take: 'k' })).toEqual({ ok: true });
-      expect(await as('complete', { take: 'k', result: 'first' })).toEqual({ ok: true });
+      expect(await as('start', { take: 'k' })).toEqual({ ok: true, mac: expect.any(String) });
+      expect(await as('complete', { take: 'k', result: 'first' })).toEqual({
+        ok: true,
+        mac: expect.any(String),
+      });
       expect(await fabric.getTask(task.id)).toMatchObject({
         status: TaskStatus.COMPLETED,
         result: 'first',
       });
       // Again, as a retry after a lost answer: ok, and the stored result is the first one.
-      expect(await as('complete', { result: 'first' })).toEqual({ ok: true });
-      expect(await as('complete', { result: 'other' })).toEqual({ ok: true });
+      expect(await as('complete', { result: 'first' })).toEqual({
+        ok: true,
+        mac: expect.any(String),
+      });
+      expect(await as('complete', { result: 'other' })).toEqual({
+        ok: true,
+        mac: expect.any(String),
+      });
       expect((await fabric.getTask(task.id)).result).toBe('first');
       // Another outcome of that attempt, or another attempt: stale.
       expect(await as('fail', { error: { code: 'X', message: 'late' } })).toMatchObject({

@@ -49,6 +49,45 @@ describeNats('ReplyInbox', () => {
     await nc.close();
   });
 
+  it('keeps a request open past a message its callback says is not the answer', async () => {
+    const nc = await connect({ servers: server().url });
+    // Two answers to each request: a forgery first, then the real one.
+    nc.subscribe('svc.twice', {
+      callback: (_err, m) => {
+        m.respond('forged');
+        m.respond('real');
+      },
+    });
+    await nc.flush();
+    const inbox = new ReplyInbox(nc, 20);
+    const seen: string[] = [];
+    const answer = await new Promise<string>((resolve) =>
+      inbox.request('svc.twice', text.encode('x'), 5000, (msg) => {
+        const body = msg?.string() ?? 'none';
+        seen.push(body);
+        if (body === 'forged') return false;
+        resolve(body);
+        return true;
+      }),
+    );
+    expect(answer).toBe('real');
+    expect(seen).toEqual(['forged', 'real']);
+    expect(inbox.size).toBe(0);
+    // Nothing but forgeries: the request ends at its deadline.
+    nc.subscribe('svc.forger', { callback: (_err, m) => void m.respond('forged') });
+    await nc.flush();
+    const why = await new Promise<NoAnswer | undefined>((resolve) =>
+      inbox.request('svc.forger', text.encode('x'), 200, (msg, noAnswer) => {
+        if (msg !== undefined) return false;
+        resolve(noAnswer);
+        return true;
+      }),
+    );
+    expect(why).toBe('timeout');
+    inbox.close();
+    await nc.close();
+  });
+
   it('times requests out by elapsed time, however the wall clock steps', async () => {
     const nc = await connect({ servers: server().url });
     nc.subscribe('svc.silent', { callback: () => undefined });

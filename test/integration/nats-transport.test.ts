@@ -8,7 +8,12 @@ import { AgentFabric } from '../../src/fabric.js';
 import { NatsUnavailableError } from '../../src/errors.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
-import { encodeJson, heartbeatProof, decodeJson } from '../../src/transport/nats/wire.js';
+import {
+  encodeJson,
+  heartbeatAnswerMac,
+  heartbeatProof,
+  decodeJson,
+} from '../../src/transport/nats/wire.js';
 import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
 import { TaskStatus } from '../../src/task.js';
 import { AgentStatus } from '../../src/agent.js';
@@ -126,10 +131,11 @@ describeNats('NATS transport', () => {
     expect(fabric.lifecycle.agentInfo(a.id).status).toBe(AgentStatus.STARTING);
     // The stored hash is the key: a's own proof is accepted.
     const ts = Date.now();
+    // With the MAC the worker checks: under the credential's hash, over this heartbeat.
+    const healthy = { ok: true as const, status: AgentStatus.HEALTHY, poolId: null };
     expect(await send(a.id, hashCredential(a.credential), ts)).toEqual({
-      ok: true,
-      status: AgentStatus.HEALTHY,
-      poolId: null,
+      ...healthy,
+      mac: heartbeatAnswerMac(hashCredential(a.credential), a.id, ts, healthy),
     });
     expect(fabric.lifecycle.agentInfo(a.id).status).toBe(AgentStatus.HEALTHY);
     // The same heartbeat again (a replay) is refused.

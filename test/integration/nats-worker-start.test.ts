@@ -12,7 +12,8 @@ import { connect, type Msg, type NatsConnection } from '@nats-io/transport-node'
 import { AgentFabric } from '../../src/fabric.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { TaskStatus } from '../../src/task.js';
-import { encodeJson } from '../../src/transport/nats/wire.js';
+import type { Report } from '../../src/transport/nats/wire.js';
+import { encodeJson, signedReportAnswer as signed } from '../../src/transport/nats/wire.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
@@ -87,12 +88,8 @@ describeNats('NatsWorker start', () => {
   }
 
   /** The reports of a request a stand-in sidecar got, and whether they came as one batch. */
-  function reportsOf(msg: Msg): { batch: boolean; reports: { kind: string; taskId: string }[] } {
-    const body = msg.json<{
-      kind: string;
-      taskId: string;
-      reports?: { kind: string; taskId: string }[];
-    }>();
+  function reportsOf(msg: Msg): { batch: boolean; reports: Report[] } {
+    const body = msg.json<Report & { reports?: Report[] }>();
     return body.reports === undefined
       ? { batch: false, reports: [body] }
       : { batch: true, reports: body.reports };
@@ -175,8 +172,13 @@ describeNats('NatsWorker start', () => {
     try {
       const replyTo = 'reordered.stand-in';
       let held: Msg | undefined;
+      let heldReport: Report | undefined;
       const kinds: string[] = [];
-      const stale = { ok: false, code: 'FABRIC_ERR_TASK_STATE', message: 'no longer current' };
+      const stale = {
+        ok: false as const,
+        code: 'FABRIC_ERR_TASK_STATE',
+        message: 'no longer current',
+      };
       nc.subscribe(replyTo, {
         callback: (_err, msg) => {
           const { batch, reports } = reportsOf(msg);
@@ -185,14 +187,15 @@ describeNats('NatsWorker start', () => {
             // One batch: answered in order, the start stale, the outcome accepted.
             msg.respond(
               encodeJson({
-                answers: reports.map((r) => (r.kind === 'start' ? stale : { ok: true })),
+                answers: reports.map((r) => signed(r, r.kind === 'start' ? stale : { ok: true })),
               }),
             );
           } else if (reports[0]!.kind === 'start') {
             held = msg; // answered after the outcome
+            heldReport = reports[0];
           } else {
-            msg.respond(encodeJson({ ok: true }));
-            held?.respond(encodeJson(stale));
+            msg.respond(encodeJson(signed(reports[0]!, { ok: true })));
+            held?.respond(encodeJson(signed(heldReport!, stale)));
           }
         },
       });
@@ -235,8 +238,12 @@ describeNats('NatsWorker start', () => {
         callback: (_err, msg) => {
           const { batch, reports } = reportsOf(msg);
           for (const r of reports) if (r.kind === 'start') starts.push(r.taskId);
-          const ok = { ok: true };
-          msg.respond(encodeJson(batch ? { answers: reports.map(() => ok) } : ok));
+          const ok = { ok: true as const };
+          msg.respond(
+            encodeJson(
+              batch ? { answers: reports.map((r) => signed(r, ok)) } : signed(reports[0]!, ok),
+            ),
+          );
         },
       });
       await nc.flush();

@@ -16,7 +16,8 @@ import { TaskStatus } from '../../src/task.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transport.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
-import { encodeJson, endedMac } from '../../src/transport/nats/wire.js';
+import type { Report } from '../../src/transport/nats/wire.js';
+import { encodeJson, endedMac, signedReportAnswer } from '../../src/transport/nats/wire.js';
 import { FabricWorker } from '../../src/worker/fabric-worker.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, startNatsServer } from '../fixtures/nats-server.js';
@@ -232,14 +233,16 @@ function endedBeforeStartAnswer(
   const reports: string[] = [];
   side.subscribe(replyTo, {
     callback: (_err, msg) => {
-      const report = JSON.parse(new TextDecoder().decode(msg.data)) as { kind: string };
+      const report = JSON.parse(new TextDecoder().decode(msg.data)) as Report;
       reports.push(report.kind);
       if (report.kind === 'start') {
         const mac = endedMac(lease, taskId, 1);
         const notice = { taskId, attempt: 1, code: 'FABRIC_ERR_CANCELLED', message: 'x', mac };
         side.publish(names.ended(taskId), encodeJson(notice));
       }
-      void side.flush().then(() => msg.respond(encodeJson({ ok: true })));
+      void side
+        .flush()
+        .then(() => msg.respond(encodeJson(signedReportAnswer(report, { ok: true }))));
     },
   });
   const h = headers();

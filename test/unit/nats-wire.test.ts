@@ -2,8 +2,14 @@
  * The hand-written checks of the per-task NATS messages (`asTaskMessage`, `asReport`,
  * `batchReports`) accept exactly what the documented zod schemas accept.
  */
+import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import {
+  answerMac,
+  genuineReportAnswer,
+  heartbeatAnswerMac,
+  reportAnswerMac,
+  signedReportAnswer,
   asAnswer,
   asEndedNotice,
   endedMac,
@@ -183,5 +189,42 @@ describe('NATS wire checks', () => {
     for (const bad of [null, 1, [], {}, { ok: 'true' }, { ok: false }, { ok: false, code: 1 }]) {
       expect([bad, asAnswer(bad)]).toEqual([bad, undefined]);
     }
+  });
+
+  it('answer MACs cover the text the README spells out, and bind kind, ids and answer', () => {
+    const mac = (key: string, text: string) =>
+      createHmac('sha256', key).update(text).digest('base64url');
+    // Strings with '%' and ':' escaped (no ':' left in them), numbers, booleans, null, absent.
+    expect(answerMac('k', ['start', 'a:b%3a', 'é', 7, true, null, undefined, ''])).toBe(
+      mac('k', 'answer:start:a%3ab%253a:é:7:true:~::'),
+    );
+    const r = { kind: 'start', agentId: 'a', taskId: 't', attempt: 1, lease: 'L', take: 'x.1' };
+    const ok = { ok: true as const };
+    expect(reportAnswerMac(r as never, ok)).toBe(mac('L', 'answer:start:a:t:1:x.1:true::'));
+    const stale = { ok: false as const, code: 'C', message: 'm 1' };
+    expect(reportAnswerMac(r as never, stale)).toBe(mac('L', 'answer:start:a:t:1:x.1:false:C:m 1'));
+    expect(heartbeatAnswerMac('K', 'a', 5, { ok: true, status: 'HEALTHY', poolId: null })).toBe(
+      mac('K', 'answer:hb:a:5:true:::HEALTHY:~'),
+    );
+    // Genuine only for its own report, unchanged.
+    const signed = signedReportAnswer(r as never, ok);
+    expect(genuineReportAnswer(signed, r as never)).toEqual({ ok: true });
+    const refusal = signedReportAnswer(r as never, stale);
+    expect(genuineReportAnswer(refusal, r as never)).toEqual(stale);
+    for (const other of [
+      { ...r, kind: 'complete' },
+      { ...r, taskId: 't2' },
+      { ...r, attempt: 2 },
+      { ...r, take: 'x.2' },
+      { ...r, agentId: 'b' },
+      { ...r, lease: 'M' },
+    ]) {
+      expect(genuineReportAnswer(signed, other as never)).toBeUndefined();
+    }
+    expect(
+      genuineReportAnswer({ ...signed, ok: false, code: 'C', message: 'm' }, r as never),
+    ).toBeUndefined();
+    expect(genuineReportAnswer({ ok: true }, r as never)).toBeUndefined();
+    expect(genuineReportAnswer({ ok: true, mac: 5 }, r as never)).toBeUndefined();
   });
 });

@@ -14,8 +14,16 @@ import { AgentUnavailableError, UnauthenticatedError, isFabricError } from '../.
 import type { LifecycleManager } from '../../lifecycle/lifecycle-manager.js';
 import type { NatsNames } from './subjects.js';
 import { idFromToken } from './subjects.js';
-import type { Answer } from './wire.js';
-import { decodeJson, encodeJson, heartbeatProof, heartbeatSchema, sameProof } from './wire.js';
+import type { Answer, Heartbeat } from './wire.js';
+import {
+  decodeJson,
+  encodeJson,
+  heartbeatAnswerMac,
+  heartbeatProof,
+  heartbeatSchema,
+  sameProof,
+  withMac,
+} from './wire.js';
 
 /**
  * A heartbeat further than this ahead of the sidecar's clock (or of the agent's last accepted one
@@ -96,16 +104,28 @@ export class HeartbeatListener {
       this.stats.ignored++;
       return; // another sidecar's agent (or nobody's): that sidecar answers
     }
-    const answer = this.#accept(msg, agentId, rec.credentialHash, rec.poolId);
+    const hb = heartbeatSchema.safeParse(decodeJson(msg.data));
+    const ts = hb.success ? hb.data.ts : undefined;
+    const answer = hb.success
+      ? this.#accept(hb.data, agentId, rec.credentialHash, rec.poolId)
+      : NO_PROOF;
     if (answer.ok) this.stats.accepted++;
     else this.stats.rejected++;
-    if (msg.reply) msg.respond(encodeJson(answer));
+    if (!msg.reply) return;
+    // Under the agent's credential hash, over its timestamp: a worker acts on no answer without
+    // it (anyone may publish on its reply subject). Not a heartbeat: nothing to bind, no MAC.
+    const mac =
+      ts === undefined ? undefined : heartbeatAnswerMac(rec.credentialHash, agentId, ts, answer);
+    msg.respond(encodeJson(mac === undefined ? answer : withMac(answer, mac)));
   }
 
-  #accept(msg: Msg, agentId: string, credentialHash: string, poolId: string | undefined): Answer {
-    const hb = heartbeatSchema.safeParse(decodeJson(msg.data));
-    if (!hb.success) return NO_PROOF;
-    const { ts, proof } = hb.data;
+  #accept(
+    hb: Heartbeat,
+    agentId: string,
+    credentialHash: string,
+    poolId: string | undefined,
+  ): Answer {
+    const { ts, proof } = hb;
     if (!sameProof(proof, heartbeatProof(credentialHash, agentId, ts))) return NO_PROOF;
     const last = this.#last.get(agentId);
     if (ts <= (last?.ts ?? this.#since())) return REPLAYED;

@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import type { JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { InvalidArgumentError, PermissionDeniedError } from '../../errors.js';
+import { InvalidArgumentError, NatsUnavailableError, PermissionDeniedError } from '../../errors.js';
 import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
 import { ReplyInbox } from './reply-inbox.js';
 import type { NatsNames } from './subjects.js';
@@ -18,8 +18,11 @@ import {
   asTaskMessage,
   decodeJson,
   encodeJson,
+  genuineReportAnswer,
+  heartbeatAnswerMac,
   heartbeatProof,
   reportProof,
+  sameProof,
 } from './wire.js';
 
 /** Most reports in one batch request, and most bytes (NATS' default max_payload is 1 MiB). */
@@ -35,15 +38,10 @@ const encoder = new TextEncoder();
  */
 export const LAZY_FLUSH_MS = 1;
 
-/** What {@link NatsAgentLink.heartbeat} returns for an answer that is not one. */
-const NOT_AN_ANSWER: Answer = Object.freeze({
-  ok: false,
-  code: 'FABRIC_ERR_NATS_UNAVAILABLE',
-  message: 'the answer to the heartbeat is not a sidecar answer',
-});
-
 /** A report waiting for its batch. */
 interface Queued {
+  /** What its answer's MAC binds. */
+  readonly report: Report;
   readonly json: string;
   readonly giveUpAt: number;
   readonly resolve: (answer: Answer | undefined) => void;
@@ -91,6 +89,26 @@ export function notAllowed(answer: Answer | undefined): boolean {
   return answer !== undefined && !answer.ok && answer.code === 'FABRIC_ERR_PERMISSION_DENIED';
 }
 
+/**
+ * The answers to `batch` in `data` (one answer, or `{ answers }` for several reports) when each
+ * is genuine (see {@link genuineReportAnswer}), else undefined.
+ */
+function genuineAnswers(data: unknown, batch: readonly Queued[]): Answer[] | undefined {
+  if (batch.length === 1) {
+    const a = genuineReportAnswer(data, batch[0]!.report);
+    return a === undefined ? undefined : [a];
+  }
+  const list = (data as { answers?: unknown } | null | undefined)?.answers;
+  if (!Array.isArray(list) || list.length !== batch.length) return undefined;
+  const out: Answer[] = [];
+  for (let i = 0; i < batch.length; i++) {
+    const a = genuineReportAnswer(list[i], batch[i]!.report);
+    if (a === undefined) return undefined;
+    out.push(a);
+  }
+  return out;
+}
+
 /** A signed link of one agent; see the module comment. */
 export class NatsAgentLink {
   readonly #key: string;
@@ -134,25 +152,62 @@ export class NatsAgentLink {
     return this.#closed || this.nc.isClosed();
   }
 
-  /** A signed heartbeat body; timestamps strictly increase (the sidecar refuses replays). */
-  heartbeatBody(): Uint8Array {
+  /** A signed heartbeat; timestamps strictly increase (the sidecar refuses replays). */
+  #heartbeatBody(): { ts: number; body: Uint8Array } {
     const ts = Math.max(Date.now(), this.#lastTs + 1);
     this.#lastTs = ts;
-    return encodeJson({ ts, proof: heartbeatProof(this.#key, this.agentId, ts) });
+    return { ts, body: encodeJson({ ts, proof: heartbeatProof(this.#key, this.agentId, ts) }) };
   }
 
   /** Publishes a heartbeat without waiting for an answer. */
   publishHeartbeat(): void {
     if (this.closed) return;
-    quietly(() => this.nc.publish(this.names.heartbeat(this.agentId), this.heartbeatBody()));
+    quietly(() => this.nc.publish(this.names.heartbeat(this.agentId), this.#heartbeatBody().body));
   }
 
-  /** Sends a heartbeat and returns the agent's sidecar's answer. */
-  async heartbeat(): Promise<Answer> {
-    const m = await this.nc.request(this.names.heartbeat(this.agentId), this.heartbeatBody(), {
-      timeout: this.reportTimeoutMs,
+  /**
+   * Sends a heartbeat and returns the agent's sidecar's answer: the first one whose MAC under the
+   * credential's hash covers this heartbeat (anything else on the reply subject is ignored).
+   * @throws NatsUnavailableError when no such answer comes within the report timeout
+   */
+  heartbeat(): Promise<Answer> {
+    const { ts, body } = this.#heartbeatBody();
+    return new Promise((resolve, reject) => {
+      this.#inbox.request(
+        this.names.heartbeat(this.agentId),
+        body,
+        this.reportTimeoutMs,
+        (m, noAnswer) => {
+          if (m === undefined) {
+            reject(
+              new NatsUnavailableError(
+                this.nc.getServer(),
+                `no sidecar answered the heartbeat of agent ${this.agentId} with a valid MAC ` +
+                  `(${noAnswer}): an unknown agent, a wrong credential or another namespace`,
+              ),
+            );
+            return true;
+          }
+          const a = asAnswer(decodeJson(m.data));
+          if (a === undefined || !this.#genuineHeartbeatAnswer(a, ts)) return false;
+          const { mac: _mac, ...answer } = a;
+          resolve(answer as Answer);
+          return true;
+        },
+      );
     });
-    return asAnswer(decodeJson(m.data)) ?? NOT_AN_ANSWER;
+  }
+
+  /** True when `a` is the agent's sidecar's answer to the heartbeat of `ts` (its MAC). */
+  #genuineHeartbeatAnswer(a: Answer, ts: number): boolean {
+    if (typeof a.mac !== 'string') return false;
+    // The MAC's text does not tell a string from a number: only the types a sidecar sends.
+    if (a.ok) {
+      const { status, poolId } = a;
+      if (status !== undefined && typeof status !== 'string') return false;
+      if (poolId !== undefined && poolId !== null && typeof poolId !== 'string') return false;
+    }
+    return sameProof(a.mac, heartbeatAnswerMac(this.#key, this.agentId, ts, a));
   }
 
   /**
@@ -220,7 +275,7 @@ export class NatsAgentLink {
         queue = [];
         this.#outbox.set(task.replyTo, queue);
       }
-      queue.push({ json: JSON.stringify(report), giveUpAt, resolve, sent });
+      queue.push({ report, json: JSON.stringify(report), giveUpAt, resolve, sent });
       this.#queueFlush(kind !== 'start');
     });
   }
@@ -294,14 +349,13 @@ export class NatsAgentLink {
       }
       this.#inbox.request(replyTo, body, this.reportTimeoutMs, (m, noAnswer) => {
         if (m !== undefined) {
-          const data = decodeJson(m.data) as { answers?: unknown } | null | undefined;
-          const answers = single || !Array.isArray(data?.answers) ? undefined : data.answers;
-          // A refusal of the whole batch (a sidecar that cannot read it) answers each report.
-          // Whatever is not an answer (anyone may publish on the reply subject) counts as none.
-          for (let i = 0; i < batch.length; i++) {
-            batch[i]!.resolve(asAnswer(answers === undefined ? data : answers[i]));
-          }
-          return;
+          // Anyone may publish on the reply subject: only an answer whose every report's MAC
+          // is right (under that report's lease) is the sidecar's; on anything else the
+          // request waits on for it, and is sent again at its timeout.
+          const answers = genuineAnswers(decodeJson(m.data), batch);
+          if (answers === undefined) return false;
+          for (let i = 0; i < batch.length; i++) batch[i]!.resolve(answers[i]);
+          return true;
         }
         // Nobody listens there (its sidecar is gone) for longer than the tasks' timeouts.
         if (
@@ -309,7 +363,7 @@ export class NatsAgentLink {
           (noAnswer === 'no-responders' && performance.now() >= giveUpAt)
         ) {
           for (const q of batch) q.resolve(undefined);
-          return;
+          return true;
         }
         const retry = (): void => {
           this.#retries.delete(timer);
@@ -317,6 +371,7 @@ export class NatsAgentLink {
         };
         const timer = setTimeout(retry, Math.min(1000, 50 * 2 ** Math.min(tries, 5)));
         this.#retries.set(timer, retry);
+        return true;
       });
     };
     send(0);

@@ -68,6 +68,7 @@ import {
   encodeJson,
   reportProof,
   sameProof,
+  signedReportAnswer,
   vouchMac,
   vouchSchema,
 } from './wire.js';
@@ -635,13 +636,18 @@ export class NatsExecutor implements TaskExecutor {
       }
       reports = batch;
     } else reports = [data];
-    const checked = reports.map((d) => this.#check(d));
+    const parsed = reports.map(asReport);
+    const checked = parsed.map((r) => this.#check(r));
     const answer = (list: Checked[]): void => {
-      const answers = list.map((c) => {
+      const answers = list.map((c, i) => {
         const a = isReport(c) ? this.#apply(c) : c;
         if (a.ok) this.stats.reportsAccepted++;
         else this.stats.reportsRejected++;
-        return a;
+        // Under the lease the report carried, which only the worker holding the attempt's
+        // message shares: a worker acts on no answer without it (anyone may publish on its
+        // reply subject). A report that is not one has no lease to key a MAC.
+        const r = parsed[i];
+        return r === undefined ? a : signedReportAnswer(r, a);
       });
       // Queued on a microtask queued after the store's commit of what the reports changed (the
       // change queued it): a worker acks its message only once the outcome is on disk.
@@ -667,8 +673,7 @@ export class NatsExecutor implements TaskExecutor {
    * sidecar, or one terminated since) is checked by that agent's own sidecar
    * ({@link #vouchFor}), so a promise.
    */
-  #check(data: unknown): Checked | Promise<Checked> {
-    const r = asReport(data);
+  #check(r: Report | undefined): Checked | Promise<Checked> {
     if (r === undefined) return DENY;
     // The lease its start proved, or the one this process put in the message; after a restart
     // (or for an attempt no longer out) made again.

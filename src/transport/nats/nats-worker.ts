@@ -221,7 +221,12 @@ export class NatsWorker {
     }
   }
 
-  /** Sends one heartbeat and returns the sidecar's answer (`{ ok, status }` or an error code). */
+  /**
+   * Sends one heartbeat and returns the sidecar's answer (`{ ok, status, poolId }` or an error
+   * code): the first whose MAC is right, whatever else arrives on the reply subject.
+   * @throws NatsUnavailableError when none comes within `reportTimeoutMs` (no sidecar knows the
+   *   agent, or its credential is wrong: the refusal's MAC cannot be checked with it)
+   */
   heartbeat(): Promise<Answer> {
     return this.#link.heartbeat();
   }

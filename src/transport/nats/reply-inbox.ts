@@ -17,8 +17,16 @@ import { createInbox } from '@nats-io/transport-node';
 /** Why a request got no answer. */
 export type NoAnswer = 'timeout' | 'no-responders' | 'closed';
 
-/** Called once per request: with the answer, or with why there is none. */
-export type ReplyCallback = (msg: Msg | undefined, noAnswer: NoAnswer | undefined) => void;
+/**
+ * Called with the answer, or once with why there is none. Given an answer, it may return
+ * `false`: the message is not the answer (anyone may publish on a reply subject — one whose MAC
+ * is wrong) and the request stays open, to be called again with the next message or at its
+ * deadline.
+ */
+export type ReplyCallback = (
+  msg: Msg | undefined,
+  noAnswer: NoAnswer | undefined,
+) => boolean | void;
 
 interface Pending {
   readonly callback: ReplyCallback;
@@ -98,10 +106,15 @@ export class ReplyInbox {
     const id = Number(msg.subject.slice(this.#prefix.length));
     const p = this.#pending.get(id);
     if (p === undefined) return; // answered after its deadline, or not ours
-    this.#pending.delete(id);
     // The server's "no responders" status: nobody subscribes the request's subject.
-    if (msg.data.length === 0 && msg.headers?.code === 503) p.callback(undefined, 'no-responders');
-    else p.callback(msg, undefined);
+    if (msg.data.length === 0 && msg.headers?.code === 503) {
+      this.#pending.delete(id);
+      p.callback(undefined, 'no-responders');
+      return;
+    }
+    this.#pending.delete(id);
+    // Not the answer, says the callback: the request waits on, for the rest of its time.
+    if (p.callback(msg, undefined) === false && !this.#closed) this.#pending.set(id, p);
   }
 
   #expire(now: number): void {

@@ -17,6 +17,13 @@
  * lease keeps out only clients that NATS permissions keep from reading it; the agent's proof
  * is what ties a report to an agent that may report on the task.
  *
+ * **Answers to workers.** Whatever a sidecar answers a worker's request with (a report, a batch of
+ * them, a heartbeat) carries `mac`, an HMAC over the request's kind and identifiers and the
+ * answer's content ({@link answerMac}): keyed by the report's `lease` for reports, by the agent
+ * credential's hash for heartbeats. Any client may publish on a worker's `_INBOX.*` reply
+ * subjects, and a worker acts on the answers (acks or terminates its message, stops a handler,
+ * gives up its pool); it ignores one without a right MAC and waits on for the sidecar's.
+ *
  * **Vouch answers.** A sidecar asked (`vouch`) about an agent of its own answers with
  * {@link vouchMac}, an HMAC under the key the sidecars of the namespace share
  * (`nats.sidecarKey`) over the asker's fresh nonce, the question and the answer: a client
@@ -138,8 +145,8 @@ export type Heartbeat = z.infer<typeof heartbeatSchema>;
  * pool (`null`: none).
  */
 export type Answer =
-  | { ok: true; status?: string; poolId?: string | null }
-  | { ok: false; code: string; message: string };
+  | { ok: true; status?: string; poolId?: string | null; mac?: string }
+  | { ok: false; code: string; message: string; mac?: string };
 
 /**
  * A sidecar's notice that it ended an attempt (core subject `ended.<taskId>`), with the MAC
@@ -351,6 +358,104 @@ export function vouchMac(
     ok ? poolId : null,
   ]);
   return hmac(sidecarKey, text);
+}
+
+/** One field of the text an answer's MAC covers (see {@link answerMac}). */
+export type MacField = string | number | boolean | null | undefined;
+
+/**
+ * MAC of a sidecar's answer to a worker: HMAC-SHA256 under `key`, base64url without padding,
+ * over `answer` followed by each field after a `:` — a string with `%` written `%25` and `:`
+ * written `%3a` (so no field can shift another's boundary), a number in decimal, `true`/`false`,
+ * `~` for null and nothing for a field that is absent. The first field names the kind of request
+ * answered, so an answer to one kind, task, attempt or take-up is worthless for another. One
+ * scheme for every answer a worker acts on; the README's wire table spells it out for workers in
+ * other languages. (Strings are escaped only when they hold either character, a native search:
+ * escaping every id as a subject token cost about as much again as the HMAC.)
+ */
+export function answerMac(key: string, fields: readonly MacField[]): string {
+  let text = 'answer';
+  for (const f of fields) {
+    text += ':';
+    if (typeof f === 'string') text += macString(f);
+    else if (f === null) text += '~';
+    else if (f !== undefined) text += String(f);
+  }
+  return hmac(key, text);
+}
+
+function macString(s: string): string {
+  if (!s.includes(':') && !s.includes('%')) return s;
+  return s.replaceAll('%', '%25').replaceAll(':', '%3a');
+}
+
+/** What of a report its answer's MAC binds (and the lease that keys it). */
+export type AnsweredReport = Pick<
+  Report,
+  'kind' | 'agentId' | 'taskId' | 'attempt' | 'lease' | 'take'
+>;
+
+/**
+ * MAC of the answer to a report: keyed by the report's `lease` (which only the scheduling sidecar
+ * and the holders of the attempt's message know) over the report's kind, agent, task, attempt
+ * and take-up and the answer's `ok`, `code` and `message`.
+ */
+export function reportAnswerMac(r: AnsweredReport, a: Answer): string {
+  const refusal = a.ok ? undefined : a;
+  return answerMac(r.lease, [
+    r.kind,
+    r.agentId,
+    r.taskId,
+    r.attempt,
+    r.take,
+    a.ok,
+    refusal?.code,
+    refusal?.message,
+  ]);
+}
+
+/**
+ * MAC of the answer to a heartbeat: keyed by the agent credential's hash (the heartbeat proof's
+ * key) over the agent, the heartbeat's timestamp (which grows: an old answer is worthless) and
+ * the answer's `ok`, `code`, `message`, `status` and `poolId`.
+ */
+export function heartbeatAnswerMac(
+  credentialHash: string,
+  agentId: string,
+  ts: number,
+  a: Answer,
+): string {
+  return answerMac(
+    credentialHash,
+    a.ok
+      ? ['hb', agentId, ts, true, undefined, undefined, a.status, a.poolId]
+      : ['hb', agentId, ts, false, a.code, a.message, undefined, undefined],
+  );
+}
+
+/** `answer` with its MAC (a new object: the shared answers are frozen). */
+export function withMac(answer: Answer, mac: string): Answer {
+  return { ...answer, mac };
+}
+
+/** The answer `a` to report `r` as a sidecar sends it: with its MAC ({@link reportAnswerMac}). */
+export function signedReportAnswer(r: AnsweredReport, a: Answer): Answer {
+  return withMac(a, reportAnswerMac(r, a));
+}
+
+const OK: Answer = Object.freeze({ ok: true });
+
+/**
+ * `data` as the answer to report `r` when it is one and its MAC is right (without the MAC: what
+ * it proved is the worker's business no more), else undefined (a forgery, or not an answer: the
+ * worker waits on for the sidecar's).
+ */
+export function genuineReportAnswer(data: unknown, r: AnsweredReport): Answer | undefined {
+  const a = asAnswer(data);
+  if (a === undefined || typeof a.mac !== 'string' || !sameProof(a.mac, reportAnswerMac(r, a))) {
+    return undefined;
+  }
+  return a.ok ? OK : { ok: false, code: a.code, message: a.message };
 }
 
 /** The lease of an attempt, keyed by the scheduling sidecar's secret. */
