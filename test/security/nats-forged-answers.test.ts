@@ -92,74 +92,89 @@ async function completesDespiteForgeries(
   await nc.close();
 }
 
+/** A worker under test: runs `handler` until `signal` aborts; closes. */
+interface Runner {
+  run(handler: ReturnType<typeof doubler>['handler'], signal: AbortSignal): Promise<unknown>;
+  close(): Promise<unknown>;
+}
+
+/**
+ * A sidecar, the forger, and the worker `connectWorker` makes (after the forger started: a pool
+ * check at connect meets it too): every task completes once, the worker's run never fails, and
+ * `also` holds while it runs.
+ */
+async function underForgery(
+  ns: string,
+  connectWorker: (s: Awaited<ReturnType<typeof sidecar>>) => Promise<Runner>,
+  also: () => Promise<void> = async () => undefined,
+): Promise<void> {
+  const server = await startNatsServer();
+  const s = await sidecar(server, ns);
+  const forger = await startAnswerForger(server.url, ns);
+  let worker: Runner | undefined;
+  const stop = new AbortController();
+  let running: Promise<unknown> | undefined;
+  try {
+    worker = await connectWorker(s);
+    const { handler, runs } = doubler();
+    let failed: unknown;
+    running = worker.run(handler, stop.signal).catch((e: unknown) => (failed = e));
+    await also();
+    await completesDespiteForgeries(s.fabric, s.agent.id, ns, server.url, forger, runs);
+    expect(failed).toBeUndefined();
+  } finally {
+    stop.abort();
+    await running;
+    await worker?.close();
+    await forger.close();
+    await s.fabric.close();
+    await server.close();
+  }
+}
+
 describeNats('NATS: forged answers on a worker’s reply subjects', () => {
   it('NatsWorker acts on none of them: every task completes once, nothing is lost', async () => {
-    const server = await startNatsServer();
-    const ns = 'fan';
-    const { nats, fabric, agent } = await sidecar(server, ns);
-    const forger = await startAnswerForger(server.url, ns);
-    const worker = await NatsWorker.connect({
-      nats,
-      agentId: agent.id,
-      credential: agent.credential,
-      poolId: POOL,
-      heartbeatSeconds: 0.2,
-    });
-    const { handler, runs } = doubler();
-    const stop = new AbortController();
-    let failed: unknown;
-    // Its pool is checked with a heartbeat first: the forged answer names another pool.
-    const running = worker.run({ double: handler }, { signal: stop.signal }).catch((e: unknown) => {
-      failed = e;
-    });
-    try {
+    let worker!: NatsWorker;
+    await underForgery(
+      'fan',
+      async ({ nats, agent }) => {
+        worker = await NatsWorker.connect({
+          nats,
+          agentId: agent.id,
+          credential: agent.credential,
+          poolId: POOL,
+          heartbeatSeconds: 0.2,
+        });
+        // Its run checks its pool with a heartbeat first: the forged answer names another pool.
+        return {
+          run: (handler, signal) => worker.run({ double: handler }, { signal }),
+          close: () => worker.close(),
+        };
+      },
       // A heartbeat answer it acts on is the sidecar's, whatever came first.
-      expect(await worker.heartbeat()).toEqual({ ok: true, status: 'HEALTHY', poolId: POOL });
-      await completesDespiteForgeries(fabric, agent.id, ns, server.url, forger, runs);
-      expect(failed).toBeUndefined();
-      expect(worker.stats).toMatchObject({ completed: 5, refused: 0 });
-    } finally {
-      stop.abort();
-      await running;
-      await worker.close();
-      await forger.close();
-      await fabric.close();
-      await server.close();
-    }
+      async () =>
+        expect(await worker.heartbeat()).toEqual({ ok: true, status: 'HEALTHY', poolId: POOL }),
+    );
+    expect(worker.stats).toMatchObject({ completed: 5, refused: 0 });
   });
 
   it('FabricWorker over NatsWorkerTransport acts on none of them: every task completes once', async () => {
-    const server = await startNatsServer();
-    const ns = 'fat';
-    const { nats, fabric, agent } = await sidecar(server, ns);
-    const forger = await startAnswerForger(server.url, ns);
-    // Its pool is checked with a heartbeat at connect: the forged answer names another pool.
-    const transport = await NatsWorkerTransport.connect({
-      nats,
-      agentId: agent.id,
-      credential: agent.credential,
-      poolId: POOL,
+    await underForgery('fat', async ({ nats, agent }) => {
+      // Its pool is checked with a heartbeat at connect: the forged answer names another pool.
+      const transport = await NatsWorkerTransport.connect({
+        nats,
+        agentId: agent.id,
+        credential: agent.credential,
+        poolId: POOL,
+      });
+      const worker = FabricWorker.withTransport(transport, {
+        heartbeatSeconds: 0.2,
+        claimWaitSeconds: 1,
+      });
+      return {
+        run: (handler, signal) => worker.run({ double: handler }, { signal }),
+        close: () => worker.close(),
+      };
     });
-    const worker = FabricWorker.withTransport(transport, {
-      heartbeatSeconds: 0.2,
-      claimWaitSeconds: 1,
-    });
-    const { handler, runs } = doubler();
-    const stop = new AbortController();
-    let failed: unknown;
-    const running = worker.run({ double: handler }, { signal: stop.signal }).catch((e: unknown) => {
-      failed = e;
-    });
-    try {
-      await completesDespiteForgeries(fabric, agent.id, ns, server.url, forger, runs);
-      expect(failed).toBeUndefined();
-    } finally {
-      stop.abort();
-      await running;
-      await worker.close();
-      await forger.close();
-      await fabric.close();
-      await server.close();
-    }
   });
 });
