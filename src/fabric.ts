@@ -460,8 +460,11 @@ export class AgentFabric {
     this.pools = new PoolManager(
       {
         spawnAgent: (cfg) => this.#spawn(cfg),
-        terminateAgent: (id, ms) =>
-          this.lifecycle.terminate(id, { drainTimeoutSeconds: ms / 1000 }),
+        terminateAgent: (id, ms, onChanged) =>
+          this.lifecycle.terminate(id, {
+            drainTimeoutSeconds: ms / 1000,
+            ...(onChanged === undefined ? {} : { onChanged }),
+          }),
         agentInfo: (id) =>
           this.lifecycle.peek(id) === undefined ? undefined : this.lifecycle.agentInfo(id),
         openPoolQueue: (id) => this.scheduler.addPool(id),
@@ -857,9 +860,13 @@ export class AgentFabric {
     agentId: string,
     options: { drainTimeoutSeconds?: number } = {},
   ): Promise<AgentInfo> {
-    const info = await this.lifecycle.terminate(agentId, options);
+    const marked = this.#marker();
+    const info = await this.lifecycle.terminate(agentId, { ...options, onChanged: marked.take });
     // Never undone: a revoked credential must not authenticate again.
-    await this.#onDisk(`the termination holds (its credential no longer authenticates) ${HELD}`);
+    await this.#onDisk(
+      `the termination holds (its credential no longer authenticates) ${HELD}`,
+      marked.mark,
+    );
     return info;
   }
 
@@ -1155,14 +1162,17 @@ export class AgentFabric {
       options.waitSeconds === undefined
         ? 0
         : checkNumber('waitSeconds', options.waitSeconds, 'nonNegativeNumber') * 1000;
+    const marked = this.#marker();
     const a = await this.scheduler.claim(agentId, {
       waitMs,
       ...(options.signal ? { signal: options.signal } : {}),
+      onChanged: marked.take,
     });
     if (a !== undefined) {
       try {
         await this.#onDisk(
           'the task was given back and is queued again (this attempt does not count): claim again later',
+          marked.mark,
         );
       } catch (error) {
         // The attempt is the fencing token: one not on disk must not leave. Given back as a
@@ -1494,6 +1504,25 @@ export class AgentFabric {
   }
 
   /**
+   * The mark of an operation whose change is made after an await (a termination ends after
+   * its drain, a claim when a task arrives): the manager calls `take` in the synchronous run of
+   * each change it makes, right after it, so `mark` names the commit that carries the last one
+   * (see {@link #commitMark}) — not a later commit that ran before the caller resumed. `mark`
+   * is undefined when the call changed nothing (an agent already terminated).
+   */
+  #marker(): { readonly take: () => void; readonly mark: number | undefined } {
+    let mark: number | undefined;
+    return {
+      take: () => {
+        mark = this.#commitMark();
+      },
+      get mark() {
+        return mark;
+      },
+    };
+  }
+
+  /**
    * The outcome of the commit `mark` names (see {@link #commitMark}); a store without marks
    * gives its last commit's.
    */
@@ -1509,14 +1538,14 @@ export class AgentFabric {
    * memory and written with the next commit that succeeds (the store retries every second), but
    * is not on disk, so the call must not answer as if it were. The commit runs on a microtask
    * the change queued, before this resumes. With the in-memory store there is nothing to wait
-   * for. Costs a durable store's caller one microtask turn. Judged by the commits since the
-   * call (see {@link #undoneUnlessOnDisk}); a change made in an earlier run whose commit
-   * succeeded may be reported as not committed when a later one failed (it holds either way).
+   * for. Costs a durable store's caller one microtask turn. Judged by the commit that carried
+   * the change (`mark`: by default taken at the call, which must then be in the change's
+   * synchronous run; a change made after an await passes the mark {@link #marker} took), not
+   * by the store's last one (see {@link #undoneUnlessOnDisk}).
    * @throws StateStoreError
    */
-  async #onDisk(outcome: string): Promise<void> {
+  async #onDisk(outcome: string, mark = this.#commitMark()): Promise<void> {
     const store = this.#store;
-    const mark = this.#commitMark();
     if (store.commitFailure === undefined && store.commitOutcome === undefined) return;
     await undefined;
     const failure = this.#commitOutcome(mark);
@@ -1578,17 +1607,15 @@ export class AgentFabric {
   async scalePool(poolId: string, targetSize: number): Promise<PoolChange> {
     this.#open();
     const desired = this.pools.desiredSize(poolId);
-    const scaling = this.pools.scalePool(poolId, targetSize);
-    // A growth is made before the pool manager's first await: this marks its commit.
-    const mark = this.#commitMark();
-    const change = await scaling;
+    const marked = this.#marker();
+    const change = await this.pools.scalePool(poolId, targetSize, { onChanged: marked.take });
     if (change.spawned.length > 0) {
       await this.#undoneUnlessOnDisk(
         `pool ${poolId} was not scaled`,
         () => this.#withdrawPoolChange(poolId, change.spawned, desired),
-        mark,
+        marked.mark,
       );
-    } else await this.#onDisk(`the pool's new size holds ${HELD}`);
+    } else await this.#onDisk(`the pool's new size holds ${HELD}`, marked.mark);
     return change;
   }
 
@@ -1598,8 +1625,9 @@ export class AgentFabric {
    *   was drained and its agents terminated) and is written with the next commit that succeeds.
    */
   async deletePool(poolId: string, options: { drainTimeoutSeconds?: number } = {}): Promise<void> {
-    await this.pools.deletePool(poolId, options);
-    await this.#onDisk(`the deletion holds ${HELD}`);
+    const marked = this.#marker();
+    await this.pools.deletePool(poolId, { ...options, onChanged: marked.take });
+    await this.#onDisk(`the deletion holds ${HELD}`, marked.mark);
   }
 
   async getPool(poolId: string): Promise<PoolInfo> {

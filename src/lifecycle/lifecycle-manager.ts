@@ -130,7 +130,11 @@ export class LifecycleManager {
   readonly #byCredential = new Map<string, string>();
   /** Counts credentials that stopped authenticating (see {@link credentialRevocations}). */
   #revocations = 0;
-  readonly #terminating = new Map<string, Promise<AgentInfo>>();
+  /** Terminations under way, with the `onChanged` callbacks of every caller sharing each. */
+  readonly #terminating = new Map<
+    string,
+    { done: Promise<AgentInfo>; onChanged: Array<() => void> }
+  >();
   readonly #terminated: string[] = [];
   /**
    * Live agents with `heartbeat: 'manual'`, not UNHEALTHY, oldest heartbeat first, each with the
@@ -465,23 +469,36 @@ export class LifecycleManager {
    * Terminates gracefully: the agent takes no new work, its running tasks get up to
    * `drainTimeoutSeconds` to finish, then what remains is taken back. Terminating a terminated
    * agent returns its info; concurrent calls share one termination.
+   * @param options.onChanged - called synchronously right after each change the termination
+   *   makes to the agent's record (DRAINING, then TERMINATED), before its events are emitted and
+   *   before the store commits it: a caller that must know which commit carries the termination
+   *   marks it there (`AgentFabric.terminate`). Not called for an agent already terminated; a
+   *   call that joins a termination under way is called from then on.
    */
   async terminate(
     agentId: string,
-    options: { drainTimeoutSeconds?: number } = {},
+    options: { drainTimeoutSeconds?: number; onChanged?: () => void } = {},
   ): Promise<AgentInfo> {
     const rec = this.#get(agentId);
     if (rec.status === AgentStatus.TERMINATED) return this.#info(rec);
+    const onChanged = options.onChanged;
     const running = this.#terminating.get(agentId);
-    if (running !== undefined) return running;
+    if (running !== undefined) {
+      if (onChanged !== undefined) running.onChanged.push(onChanged);
+      return running.done;
+    }
     const drainMs =
       options.drainTimeoutSeconds === undefined
         ? this.#drainMs
         : checkNumber('drainTimeoutSeconds', options.drainTimeoutSeconds, 'nonNegativeNumber') *
           1000;
+    const callbacks = onChanged === undefined ? [] : [onChanged];
+    const changed = (): void => {
+      for (const f of callbacks) f();
+    };
     const p = (async () => {
       this.#unwatch(rec.id);
-      this.#setStatus(rec, AgentStatus.DRAINING);
+      this.#setStatus(rec, AgentStatus.DRAINING, changed);
       try {
         await this.#drainer(agentId, drainMs);
       } finally {
@@ -489,7 +506,7 @@ export class LifecycleManager {
         this.#byCredential.delete(rec.credentialHash);
         this.#revocations++;
         this.#live--;
-        this.#setStatus(rec, AgentStatus.TERMINATED);
+        this.#setStatus(rec, AgentStatus.TERMINATED, changed);
         this.#terminating.delete(agentId);
         this.#forgetOld(agentId);
       }
@@ -497,7 +514,7 @@ export class LifecycleManager {
       this.events.emit('agent.terminated', info);
       return info;
     })();
-    this.#terminating.set(agentId, p);
+    this.#terminating.set(agentId, { done: p, onChanged: callbacks });
     return p;
   }
 
@@ -576,10 +593,12 @@ export class LifecycleManager {
     this.#monitor.unref();
   }
 
-  #setStatus(rec: AgentRecord, status: AgentStatus): void {
+  /** `changed`: called right after the record is put, before the event (see `terminate`). */
+  #setStatus(rec: AgentRecord, status: AgentStatus, changed?: () => void): void {
     const previous = rec.status;
     rec.status = status;
     this.#agents.put(rec.id, rec);
+    changed?.();
     this.events.emit('agent.status', this.#info(rec), previous);
   }
 

@@ -123,7 +123,12 @@ export interface PoolChange {
 /** What the pool manager needs from the fabric. */
 export interface PoolHost {
   spawnAgent(config: AgentConfig): SpawnedAgent;
-  terminateAgent(agentId: string, drainTimeoutMs: number): Promise<AgentInfo>;
+  /** `onChanged`: see `LifecycleManager.terminate`. */
+  terminateAgent(
+    agentId: string,
+    drainTimeoutMs: number,
+    onChanged?: () => void,
+  ): Promise<AgentInfo>;
   agentInfo(agentId: string): AgentInfo | undefined;
   openPoolQueue(poolId: string): void;
   drainPoolQueue(poolId: string, timeoutMs: number): Promise<void>;
@@ -249,7 +254,8 @@ export class PoolManager {
   readonly #pools: Collection<PoolRecord>;
   readonly #host: PoolHost;
   readonly #options: Readonly<Required<PoolManagerOptions>>;
-  readonly #deleting = new Map<string, Promise<void>>();
+  /** Deletions under way, with the `onChanged` callbacks of every caller sharing each. */
+  readonly #deleting = new Map<string, { done: Promise<void>; onChanged: Array<() => void> }>();
   readonly #providers = new Map<string, PoolProvider>();
   /** Agents whose runtime a provider started (or is starting). */
   readonly #runtimes = new Map<string, Runtime>();
@@ -443,8 +449,17 @@ export class PoolManager {
   /**
    * Grows or shrinks a pool to `targetSize`, clamped to [minAgents, maxAgents]. Shrinking drains
    * the least-loaded agents.
+   * @param options.onChanged - called synchronously right after each change the scaling makes
+   *   (the pool's record with its growth, before the first await; then each termination's, see
+   *   `LifecycleManager.terminate`), before the store commits it: the last call follows the
+   *   last change (`AgentFabric.scalePool` marks the commit that carries it there).
    */
-  async scalePool(poolId: string, targetSize: number): Promise<PoolChange> {
+  async scalePool(
+    poolId: string,
+    targetSize: number,
+    options: { onChanged?: () => void } = {},
+  ): Promise<PoolChange> {
+    const { onChanged } = options;
     const rec = this.#active(poolId);
     checkNumber('targetSize', targetSize, 'nonNegativeInt');
     this.#prune(rec);
@@ -454,6 +469,7 @@ export class PoolManager {
     const current = rec.agentIds.length;
     if (target > current) {
       const spawned = this.#grow(rec, target - current, 'scale');
+      onChanged?.();
       return { pool: toInfo(rec), spawned };
     }
     if (target < current) {
@@ -473,20 +489,32 @@ export class PoolManager {
       rec.agentIds = rec.agentIds.filter((id) => !byLoad.includes(id));
       this.#forgetJoined(rec, byLoad);
       this.#pools.put(poolId, rec);
+      onChanged?.();
       await Promise.all(
-        byLoad.map((id) => this.#host.terminateAgent(id, this.#host.drainTimeoutMs)),
+        byLoad.map((id) => this.#host.terminateAgent(id, this.#host.drainTimeoutMs, onChanged)),
       );
-    }
+    } else onChanged?.();
     return { pool: toInfo(rec), spawned: [] };
   }
 
   /**
    * Drains and deletes a pool: it takes no new tasks, its queued and running tasks get the drain
    * timeout to finish (what is left is cancelled), then its agents terminate.
+   * @param options.onChanged - called synchronously right after each change the deletion makes
+   *   (the pool DRAINING, each termination's, the pool deleted), before the store commits it: the
+   *   last call follows the last change. A call that joins a deletion under way is called from
+   *   then on.
    */
-  async deletePool(poolId: string, options: { drainTimeoutSeconds?: number } = {}): Promise<void> {
+  async deletePool(
+    poolId: string,
+    options: { drainTimeoutSeconds?: number; onChanged?: () => void } = {},
+  ): Promise<void> {
+    const { onChanged } = options;
     const pending = this.#deleting.get(poolId);
-    if (pending !== undefined) return pending;
+    if (pending !== undefined) {
+      if (onChanged !== undefined) pending.onChanged.push(onChanged);
+      return pending.done;
+    }
     const rec = this.#pools.get(poolId);
     if (rec === undefined) throw new PoolNotFoundError(poolId);
     const drainMs =
@@ -496,20 +524,26 @@ export class PoolManager {
           1000;
     rec.status = 'DRAINING';
     this.#pools.put(poolId, rec);
+    const callbacks = onChanged === undefined ? [] : [onChanged];
+    const changed = (): void => {
+      for (const f of callbacks) f();
+    };
+    changed();
     const p = (async () => {
       try {
         // Elapsed time: a wall clock set back must not lengthen the drain by as much.
         const started = performance.now();
         await this.#host.drainPoolQueue(poolId, drainMs);
         const left = Math.max(0, drainMs - (performance.now() - started));
-        await Promise.all(rec.agentIds.map((id) => this.#host.terminateAgent(id, left)));
+        await Promise.all(rec.agentIds.map((id) => this.#host.terminateAgent(id, left, changed)));
         this.#host.closePoolQueue(poolId);
         this.#pools.delete(poolId);
+        changed();
       } finally {
         this.#deleting.delete(poolId);
       }
     })();
-    this.#deleting.set(poolId, p);
+    this.#deleting.set(poolId, { done: p, onChanged: callbacks });
     return p;
   }
 

@@ -898,12 +898,15 @@ export class AgentScheduler {
   /**
    * Gives the agent its next task: the first of its own queue and its pool's queue. With
    * `waitMs`, waits that long for one to arrive; resolves `undefined` when none did.
+   * @param options.onChanged - called synchronously when the claim is handed its task, right
+   *   after the task's record was changed and before the store commits it: a caller that must
+   *   know which commit carries the claim marks it there (`AgentFabric.claimTask`).
    * @throws AgentNotFoundError; InvalidArgumentError when the agent does not claim (its executor
    *   pushes); AgentBusyError when it already holds its limit of tasks and claims.
    */
   claim(
     agentId: string,
-    options: { waitMs?: number; signal?: AbortSignal } = {},
+    options: { waitMs?: number; signal?: AbortSignal; onChanged?: () => void } = {},
   ): Promise<TaskAssignment | undefined> {
     this.#open();
     const slot = this.#agents.get(agentId);
@@ -925,6 +928,7 @@ export class AgentScheduler {
       let timer: NodeJS.Timeout | undefined = undefined;
       const onAbort = (): void => void withdraw();
       const withdraw = this.#remote.addClaim(agentId, (a) => {
+        if (a !== undefined) options.onChanged?.();
         settled = true;
         if (timer !== undefined) clearTimeout(timer);
         options.signal?.removeEventListener('abort', onAbort);

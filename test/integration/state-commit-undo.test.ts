@@ -99,15 +99,22 @@ it('a wait for a task end that runs out or is aborted while the disk is full lea
  * creates an approval — committed at once, with the usage — which finds the disk full.
  */
 function failAnUnrelatedCommitNext(fabric: AgentFabric): void {
-  fabric.lifecycle.events.once('agent.spawned', () =>
-    queueMicrotask(() => {
-      diskFull(true);
-      fabric.budgets.recordUsage('someone', { tokens: 1 });
-      expect(() => fabric.approvals.create({ agentId: 'someone', tool: 'unrelated' })).toThrow(
-        /write failed/,
-      );
-    }),
-  );
+  fabric.lifecycle.events.once('agent.spawned', () => failAnUnrelatedCommitSoon(fabric));
+}
+
+/**
+ * On the next microtask — after the commit a change made in this synchronous run queued, and
+ * before a caller awaiting that change resumes — fills the disk and makes an unrelated change
+ * whose commit (an approval's, at once, carrying some usage) fails.
+ */
+function failAnUnrelatedCommitSoon(fabric: AgentFabric): void {
+  queueMicrotask(() => {
+    diskFull(true);
+    fabric.budgets.recordUsage('someone', { tokens: 1 });
+    expect(() => fabric.approvals.create({ agentId: 'someone', tool: 'unrelated' })).toThrow(
+      /write failed/,
+    );
+  });
 }
 
 it('a spawn, pool creation or pool growth whose own commit succeeded is acknowledged, not undone, when an unrelated commit fails before it answers', async () => {
@@ -283,4 +290,78 @@ it('a pool growth whose own commit failed but that a later commit wrote before i
   expect(members).toHaveLength(2);
   expect(recordsIn(path, 'pool').get('crew')?.agentIds).toEqual(members);
   expect([...recordsIn(path, 'agent').keys()].sort()).toEqual([...members].sort());
+}, 60_000);
+
+it('a termination, pool shrink, pool deletion and claim whose own commit succeeded are acknowledged when an unrelated commit fails before they answer', async () => {
+  // Each change is made after an await (a drain, a claim's dispatch pass): the commit carrying
+  // it runs before the call resumes, and an unrelated one fails in between. Judged by the
+  // store's commits since they resumed, each answered "not committed" (and the claim gave its
+  // task back) for a change the file held.
+  const { path, store, fabric } = await open('state-undo-own-commit-after-await');
+  const answer = async (call: Promise<unknown>): Promise<unknown> => {
+    const result = await call.catch((error: unknown) => error);
+    diskFull(false);
+    await until(() => store.commitFailure() === undefined, 20_000);
+    return result;
+  };
+
+  const solo = await fabric.spawn({ name: 'solo', model: 'm', executor: 'remote' });
+  fabric.lifecycle.events.once('agent.terminated', () => failAnUnrelatedCommitSoon(fabric));
+  expect.soft(await answer(fabric.terminate(solo.id))).not.toBeInstanceOf(Error);
+
+  await fabric.createPool({ poolId: 'crew', model: 'm', minAgents: 1, executor: 'remote' });
+  await fabric.scalePool('crew', 2);
+  fabric.lifecycle.events.once('agent.terminated', () => failAnUnrelatedCommitSoon(fabric));
+  expect.soft(await answer(fabric.scalePool('crew', 1))).not.toBeInstanceOf(Error);
+
+  await fabric.createPool({ poolId: 'gone', model: 'm', minAgents: 0, executor: 'remote' });
+  // The deletion's last change is the pool's record going (after its drain).
+  const pools = store.pools;
+  const remove = pools.delete.bind(pools);
+  pools.delete = (id: string): boolean => {
+    const removed = remove(id);
+    if (id === 'gone') failAnUnrelatedCommitSoon(fabric);
+    return removed;
+  };
+  expect.soft(await answer(fabric.deletePool('gone'))).not.toBeInstanceOf(Error);
+
+  const worker = await fabric.spawn({ name: 'worker', model: 'm', executor: 'remote' });
+  await fabric.heartbeat(worker.id);
+  const task = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+  fabric.scheduler.events.once('task.started', () => failAnUnrelatedCommitSoon(fabric));
+  const claimed = await answer(fabric.claimTask(worker.id));
+  expect.soft(claimed).toMatchObject({ taskId: task.id, attempt: 1 });
+
+  // Changes made in the call's own synchronous run were judged by their commit already.
+  const other = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+  const next = (await fabric.claimTask(worker.id))!;
+  fabric.scheduler.events.once('task.finished', () => failAnUnrelatedCommitSoon(fabric));
+  expect
+    .soft(await answer(fabric.completeTask(worker.id, other.id, next.attempt, 'done')))
+    .toBe(undefined);
+  const budgets = fabric.budgets;
+  const record = budgets.recordUsage.bind(budgets);
+  budgets.recordUsage = (...args: Parameters<typeof record>): void => {
+    budgets.recordUsage = record;
+    record(...args);
+    failAnUnrelatedCommitSoon(fabric);
+  };
+  expect.soft(await answer(fabric.recordUsage(worker.id, { tokens: 5 }))).toBe(undefined);
+
+  // What the answers acknowledged is what the fabric holds, and the file after a restart.
+  expect((await fabric.getAgentInfo(solo.id)).status).toBe('TERMINATED');
+  expect((await fabric.getPool('crew')).currentAgents).toHaveLength(1);
+  expect((await fabric.listPools()).map((p) => p.poolId)).toEqual(['crew']);
+  expect(fabric.scheduler.getTask(task.id)).toMatchObject({ status: 'RUNNING', attempt: 1 });
+  await fabric.close();
+  fabrics.length = 0;
+  expect(recordsIn(path, 'agent').get(solo.id)?.status).toBe('TERMINATED');
+  expect([...recordsIn(path, 'pool').keys()]).toEqual(['crew']);
+  expect((recordsIn(path, 'pool').get('crew')?.agentIds as string[]).length).toBe(1);
+  const reopened = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+  try {
+    expect(reopened.tasks.get(task.id)).toMatchObject({ status: 'RUNNING', attempt: 1 });
+  } finally {
+    await reopened.close();
+  }
 }, 60_000);
