@@ -20,6 +20,8 @@ export interface StoreFigures {
     commitSeconds: number;
   }>;
   readonly lastError: unknown;
+  /** Calls waiting for a commit to succeed after a failed one (see `SqliteStore.commitWaiters`). */
+  readonly commitWaiters: number;
 }
 
 /** Hook events counted, by event name. */
@@ -192,6 +194,12 @@ export class FabricMetrics {
           'counter',
           'Time spent writing commits to the state store.',
           st.commitSeconds,
+        ),
+        one(
+          'agent_fabric_store_waiting_calls',
+          'gauge',
+          'Calls waiting for a commit to the state store to succeed after a failed one (waits for a task end that is not on disk yet).',
+          store.commitWaiters,
         ),
       );
     }

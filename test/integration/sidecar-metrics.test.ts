@@ -202,5 +202,6 @@ describe('GET /metrics: scheduler, queues, task outcomes, budgets, hooks and the
       get(before, 'agent_fabric_store_records_written_total'),
     );
     expect(get(after, 'agent_fabric_store_commit_failures_total')).toBe(0);
+    expect(get(after, 'agent_fabric_store_waiting_calls')).toBe(0);
   });
 });

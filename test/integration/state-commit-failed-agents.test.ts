@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, expect, it } from 'vitest';
 import { callApi, postJson } from '../fixtures/api.js';
-import { ADMIN_TOKEN, INIT, until } from '../fixtures/gateway/harness.js';
+import { ADMIN_TOKEN, INIT, metricValue, until } from '../fixtures/gateway/harness.js';
 import { diskFull, recordsIn, tasksIn } from '../fixtures/state/disk-full.js';
 import {
   agentIdOf,
@@ -229,7 +229,12 @@ it('WaitTask answers a task end only once it is on disk, and FABRIC_ERR_STATE_ST
   expect(tasksOnDisk()).not.toBe('COMPLETED');
 
   // An unbounded wait answers once the disk takes writes again: the end is then in the file.
+  // Meanwhile `/metrics` counts it among the calls waiting for a commit (and the bounded one,
+  // gone, no more).
+  const waiters = (): Promise<number> => metricValue(first, 'agent_fabric_store_waiting_calls ');
+  expect(await waiters()).toBe(0);
   const waiting = callApi(first.url, 'FabricService/WaitTask', { taskId }, ADMIN_TOKEN);
+  await until(async () => (await waiters()) === 1);
   diskFull(first, false);
   const res = await waiting;
   expect(res.status).toBe(200);
@@ -237,5 +242,6 @@ it('WaitTask answers a task end only once it is on disk, and FABRIC_ERR_STATE_ST
     'TASK_STATUS_COMPLETED',
   );
   expect(tasksOnDisk()).toBe('COMPLETED');
+  expect(await waiters()).toBe(0);
   expect(await stop(first, 'SIGTERM')).toBe(0);
 }, 120_000);
