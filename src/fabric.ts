@@ -470,6 +470,8 @@ export class AgentFabric {
         openPoolQueue: (id) => this.scheduler.addPool(id),
         drainPoolQueue: (id, ms) => this.scheduler.drainPool(id, ms),
         closePoolQueue: (id) => this.scheduler.removePool(id),
+        // A pool made again under a deleted one's id starts with its own limits and no usage.
+        poolDeleted: (id) => this.budgets.forgetPool(id),
         drainTimeoutMs,
       },
       this.#store.pools,
@@ -1577,7 +1579,8 @@ export class AgentFabric {
       threads ? { ...config, provider: THREADS_POOL_PROVIDER } : config,
     );
     const { poolId } = change.pool;
-    // Undone, the pool's budget is as it was: none, or the limits a pool of that id left.
+    // Undone, the pool's budget is as it was: none, or the limits set for its id beforehand
+    // (`budgets.setPoolBudget` before the pool existed).
     const restoreBudget =
       config.budget === undefined ? undefined : this.budgets.poolBudgetRestorer(poolId);
     if (config.budget !== undefined) this.budgets.setPoolBudget(poolId, config.budget);

@@ -359,8 +359,9 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   /**
    * Called before a change of a pool's limits its caller may not acknowledge (a pool creation
    * whose commit failed: `AgentFabric.createPool`): returns what puts the pool's budget back as
-   * it is now — its limits as they were, or no budget state at all, in memory or in the store,
-   * when it had none (never a scope without limits in place of one with them).
+   * it is now — its limits as they were (set before the pool was created), or no budget state
+   * at all, in memory or in the store, when it had none (never a scope without limits in place
+   * of one with them).
    */
   poolBudgetRestorer(poolId: string): () => void {
     const key = id('poolId', poolId);
@@ -371,14 +372,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
       const before = held !== undefined ? held.rawConfig : stored!.config;
       return () => this.#configure(this.#pool(key), before);
     }
-    return () => {
-      const s = this.#pools.get(key);
-      if (s !== undefined) {
-        s.forgotten = true;
-        this.#pools.delete(key);
-      }
-      this.#store.delete(scope);
-    };
+    return () => this.#forget(this.#pools, key, scope);
   }
 
   /** Removes the fabric-wide limits. */
@@ -394,13 +388,30 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
    * starts a fresh, unlimited scope.
    */
   forgetAgent(agentId: string): void {
-    id('agentId', agentId);
-    const scope = this.#agents.get(agentId);
-    if (scope !== undefined) {
-      scope.forgotten = true;
-      this.#agents.delete(agentId);
+    this.#forget(this.#agents, id('agentId', agentId), `agent:${agentId}`);
+  }
+
+  /**
+   * Drops a pool's budget state (limits and usage) from memory and from the store, for a pool
+   * that was deleted — the fabric calls it in the run that deletes the pool's record, so both go
+   * in one commit. A pool created later under the same id starts with the limits it is created
+   * with (none without a `budget`) and no usage: what the deleted pool's agents used stays
+   * counted in their own scopes and the fabric's, and a reservation still in flight settles
+   * into those alone. (Deleting and creating pools is the administrator's: an agent cannot
+   * reset its pool's spend this way; the fabric-wide budget is what bounds spend across pools.)
+   */
+  forgetPool(poolId: string): void {
+    this.#forget(this.#pools, id('poolId', poolId), `pool:${poolId}`);
+  }
+
+  /** Forgets the scope `scope` held under `key` in `map` and in the store. */
+  #forget(map: Map<string, ScopeUsage>, key: string, scope: string): void {
+    const held = map.get(key);
+    if (held !== undefined) {
+      held.forgotten = true;
+      map.delete(key);
     }
-    this.#store.delete(`agent:${agentId}`);
+    this.#store.delete(scope);
   }
 
   /** Agents whose budget state is held (in memory; a durable store may hold more). */
@@ -614,10 +625,10 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     const now = this.#clock.now();
     let short: BudgetShortfall | null = null;
     if (options?.requireFit === true && tokens > 0) {
-      // A forgotten agent's scope records nothing, so it cannot be overspent either.
+      // A forgotten agent's or pool's scope records nothing, so it cannot be overspent either.
       short =
         (r.agent.forgotten ? null : r.agent.deliveryShortfall(tokens, now)) ??
-        r.pool?.deliveryShortfall(tokens, now) ??
+        (r.pool === undefined || r.pool.forgotten ? null : r.pool.deliveryShortfall(tokens, now)) ??
         r.fabric.deliveryShortfall(tokens, now);
       if (short !== null) tokens = 0;
     }
@@ -713,7 +724,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
       a.record(tokens, cost, now, this.#emit);
       this.#store.changed(a.scope, a);
     }
-    if (p !== undefined) {
+    if (p !== undefined && !p.forgotten) {
       p.record(tokens, cost, now, this.#emit);
       this.#store.changed(p.scope, p);
     }

@@ -110,7 +110,10 @@ export class ScopeUsage implements BudgetStateSource {
   tokensExhausted = false;
   costWarned = false;
   costExhausted = false;
-  /** Dropped from its manager (an agent gone for good): usage settling late is not recorded. */
+  /**
+   * Dropped from its manager (an agent gone for good, a pool deleted): usage settling late is
+   * not recorded.
+   */
   forgotten = false;
   /** Usage at which the warning threshold is reached (Infinity without a limit). */
   #tokensWarnAt = Number.POSITIVE_INFINITY;

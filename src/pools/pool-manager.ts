@@ -133,6 +133,11 @@ export interface PoolHost {
   openPoolQueue(poolId: string): void;
   drainPoolQueue(poolId: string, timeoutMs: number): Promise<void>;
   closePoolQueue(poolId: string): void;
+  /**
+   * A deletion ended (after its drain): called in the synchronous run that deletes the pool's
+   * record, so what the host keeps for the pool (the fabric: its budget) goes in the same commit.
+   */
+  poolDeleted(poolId: string): void;
   drainTimeoutMs: number;
 }
 
@@ -538,6 +543,7 @@ export class PoolManager {
         await Promise.all(rec.agentIds.map((id) => this.#host.terminateAgent(id, left, changed)));
         this.#host.closePoolQueue(poolId);
         this.#pools.delete(poolId);
+        this.#host.poolDeleted(poolId);
         changed();
       } finally {
         this.#deleting.delete(poolId);

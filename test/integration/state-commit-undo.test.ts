@@ -166,16 +166,11 @@ it('a spawn, pool creation or pool growth whose own commit succeeded is acknowle
 
 it('a refused pool creation leaves no budget behind: no limit-free scope where there was none, the earlier limits where there were', async () => {
   const { path, store, fabric } = await open('state-undo-pool-budget');
-  // A deleted pool's budget scope stays, with its limits (a pool made again under its id
-  // without a budget of its own is held to them).
-  await fabric.createPool({
-    poolId: 'old',
-    model: 'm',
-    minAgents: 0,
-    executor: 'remote',
-    budget: { maxTokensPerHour: 50 },
-  });
-  await fabric.deletePool('old');
+  // Limits set for a pool id before the pool is created (a library caller's
+  // `budgets.setPoolBudget`): a pool made under that id without a budget of its own is held
+  // to them.
+  fabric.budgets.setPoolBudget('old', { maxTokensPerHour: 50 });
+  await until(() => budgetIn(path, 'pool:old') !== undefined);
   expect(budgetIn(path, 'pool:old')?.config).toEqual({ maxTokensPerHour: 50 });
 
   const refusedPool = (poolId: string, maxTokensPerHour: number): Promise<unknown> =>

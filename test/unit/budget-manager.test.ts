@@ -470,5 +470,32 @@ describe('BudgetManager', () => {
       expect(b.agentCount).toBe(1);
       expect(() => b.forgetAgent('')).toThrow(InvalidArgumentError);
     });
+
+    it("forgetPool drops a deleted pool's limits and usage from memory and the store; late usage counts in agent and fabric only", () => {
+      const store = new InMemoryBudgetStore();
+      const b = new BudgetManager({ store });
+      const alerts: BudgetAlert[] = [];
+      b.on('warning', (a) => alerts.push(a));
+      b.on('exhausted', (a) => alerts.push(a));
+      b.setPoolBudget('p', { maxTokensPerHour: 100 });
+      b.recordUsage('a', { tokens: 10 }, { poolId: 'p' });
+      const inFlight = b.reserve('a', { tokens: 20 }, { poolId: 'p' });
+
+      b.forgetPool('p');
+      expect(Object.keys(store.snapshot()).sort()).toEqual(['agent:a', 'fabric']);
+
+      // The reservation made before settles into the agent and the fabric, not a revived pool.
+      b.settle(inFlight, { tokens: 200 }, { requireFit: true });
+      expect(b.getStatus('a')).toMatchObject({ tokensUsed: 210, tokensReserved: 0 });
+      expect(b.getFabricStatus()).toMatchObject({ tokensUsed: 210, tokensReserved: 0 });
+      expect(alerts).toEqual([]); // no alert about a pool that is gone
+      expect(Object.keys(store.snapshot())).not.toContain('pool:p');
+
+      // A pool of that id later is a fresh, unlimited scope; forgetting twice is harmless.
+      expect(b.getPoolStatus('p')).toMatchObject({ tokensUsed: 0, tokensLimit: Infinity });
+      b.forgetPool('p');
+      b.forgetPool('never-known');
+      expect(() => b.forgetPool('')).toThrow(InvalidArgumentError);
+    });
   });
 });
