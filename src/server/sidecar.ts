@@ -221,6 +221,13 @@ export class Sidecar {
           onError: (e) => log({ level: 'error', msg: e.message }),
         });
         cleanup.push(store);
+        const step = store.clockStepAtOpen;
+        if (step !== undefined && step !== 0) {
+          log({
+            level: 'warn',
+            msg: `state: the wall clock moved ${step > 0 ? 'ahead' : 'back'} by ${Math.round(Math.abs(step) / 1000)} s more than time passed while the sidecar was down; open tasks' and pending approvals' times were moved by as much, so each keeps the time it had left`,
+          });
+        }
       }
       enter('fabric');
       // A generated admin token is kept as a hash: it authenticates after a restart, but only the

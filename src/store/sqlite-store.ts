@@ -85,6 +85,7 @@ import {
   type TaskRow,
 } from './sqlite-tasks.js';
 import { SequentialCollection } from './memory-store.js';
+import { StoreClock, type StoreBootOptions } from './store-clock.js';
 import type { Collection, FabricStore } from './store.js';
 
 /**
@@ -131,6 +132,12 @@ export interface SqliteStoreOptions {
    * @default ignore (close reports it)
    */
   onError?: (error: StateStoreError) => void;
+  /**
+   * The boot-time clock and boot id the file's clock mark is read with (see `store-clock.ts`):
+   * for tests whose clocks are fake.
+   * @default `/proc/uptime` and `/proc/sys/kernel/random/boot_id` where they exist
+   */
+  boot?: StoreBootOptions;
 }
 
 const SCHEMA = `
@@ -158,6 +165,7 @@ const SCHEMA_TABLES: Readonly<Record<number, Readonly<Record<string, readonly st
 };
 
 type Kind = 'agent' | 'pool' | 'approval' | 'tool_task' | 'policy';
+const RECORD_KINDS: readonly Kind[] = ['agent', 'pool', 'approval', 'tool_task', 'policy'];
 
 /**
  * When a change is committed: `now` before the call that made it returns (a synchronous
@@ -609,6 +617,15 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   /** Policy changes made at run time, by policy name. Committed synchronously, as approvals. */
   readonly policies: SqliteCollection<PolicyChangeRecord>;
   readonly budgets: SqliteBudgetStore;
+  /**
+   * How far the wall clock stepped beyond elapsed time while no process had the file open (ms;
+   * negative: back; 0 within a second or so): the times of open tasks and pending approvals were
+   * moved by it when the store opened, so each keeps the time it had left. Undefined when it
+   * cannot be told (another boot of the machine, not Linux, a file from before the mark): then
+   * only the wall clock spans the gap. See `store-clock.ts`.
+   */
+  readonly clockStepAtOpen: number | undefined;
+  readonly #clock: StoreClock;
   readonly #db: Database.Database;
   readonly #lock: StoreLock;
   readonly #onError: (error: StateStoreError) => void;
@@ -677,20 +694,42 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         )
         .all(kind)
         .map((r) => [r.id, parseRecord(path, kind, r.id, r.data) as never]);
-    this.tasks = new SqliteTaskCollection<TTask>(journal, taskRows(path, db));
-    this.agents = new SqliteCollection<TAgent>('agent', journal, rows('agent'), 'soon');
-    this.pools = new SqliteCollection<TPool>('pool', journal, rows('pool'), 'soon');
-    this.approvals = new SqliteCollection<Approval>('approval', journal, rows('approval'), 'now');
+    // The clock first: it moves the stored times by a step made while none ran, and writes its
+    // mark. In one transaction with the loading, so a file refused for a record it holds is left
+    // as it was.
+    let clock: StoreClock | undefined;
+    let loaded: {
+      tasks: Array<[string, never, number]>;
+      records: Map<Kind, Array<[string, never]>>;
+    };
+    try {
+      loaded = db.transaction(() => {
+        clock = new StoreClock(db, options.boot);
+        const records = new Map<Kind, Array<[string, never]>>();
+        for (const kind of RECORD_KINDS) records.set(kind, rows(kind));
+        return { tasks: taskRows(path, db), records };
+      })();
+    } catch (error) {
+      if (error instanceof StateStoreError) throw error;
+      throw new StateStoreError(path, `cannot be written: ${messageOf(error)}`, { cause: error });
+    }
+    this.#clock = clock!;
+    this.clockStepAtOpen = this.#clock.stepAtOpen;
+    const stored = (kind: Kind): Array<[string, never]> => loaded.records.get(kind)!;
+    this.tasks = new SqliteTaskCollection<TTask>(journal, loaded.tasks);
+    this.agents = new SqliteCollection<TAgent>('agent', journal, stored('agent'), 'soon');
+    this.pools = new SqliteCollection<TPool>('pool', journal, stored('pool'), 'soon');
+    this.approvals = new SqliteCollection<Approval>('approval', journal, stored('approval'), 'now');
     this.toolTasks = new SqliteCollection<ToolTaskRecord>(
       'tool_task',
       journal,
-      rows('tool_task'),
+      stored('tool_task'),
       'soon',
     );
     this.policies = new SqliteCollection<PolicyChangeRecord>(
       'policy',
       journal,
-      rows('policy'),
+      stored('policy'),
       'now',
     );
     this.budgets = new SqliteBudgetStore(
@@ -914,6 +953,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     const started = performance.now();
     try {
       this.#inTransaction(() => {
+        this.#clock.committing(started);
         if (tasks) {
           this.#taskRows.begin();
           written = this.tasks.write(lazy, (id, record, rid) =>
@@ -1074,6 +1114,11 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     let failure: unknown;
     try {
       this.flush();
+      try {
+        this.#clock.flush();
+      } catch {
+        // The mark of the last commit stays: it pairs the clocks as well, but for a step since.
+      }
     } catch (error) {
       failure = error;
       const since = this.#failedSince;

@@ -1,0 +1,176 @@
+/**
+ * The state file's clock mark: how the SQLite store tells time that passed while no sidecar ran
+ * from a step of the wall clock made meanwhile.
+ *
+ * The times an open task or a pending approval keeps — its deadline, `notBefore`, the start of
+ * its running attempt (its timeout counts from it), an approval's expiry — are wall-clock epoch
+ * ms. Across a restart only the clock spans the gap, and the wall clock may have been set ahead
+ * or back while the sidecar was down: set ahead a day, every deadline and approval passed at
+ * start; set back, they lived a day longer. The boot-time clock (`/proc/uptime`, suspend
+ * included) counts what really passed. So the file keeps one mark, `{ wall, boot, bootId }` in
+ * `meta` (the budget clock's {@link ClockMark}, read by the same {@link BudgetClock}): written
+ * when the store opens, with a commit once a second at most, and at close. A store opened later
+ * on the same boot takes the difference between how far the wall clock moved and how much time
+ * passed for a step, and moves those times by it — in the file, in one transaction with a fresh
+ * mark, before anything reads them — so each keeps the elapsed time it had left.
+ *
+ * Why one mark for the file, not one per record: the mark only has to pair the two clocks at a
+ * moment the records' times were on the same wall clock as at the last commit; without a step
+ * the pair stays valid however old it is. One mark costs one small `meta` write a second while
+ * commits happen and nothing per task (a task's row is the scheduler's hot path), where a mark
+ * per task would add a column and a write to every one. And it corrects what no sidecar saw:
+ * a step the running sidecar saw was already dealt with by its own rules (a queued deadline or
+ * `notBefore` follows the wall clock while running; see `task-timers.ts`), which a mark taken
+ * when each record was written would have applied a second time.
+ *
+ * On another boot (the boot id differs), where the boot-time clock or boot id cannot be read
+ * (not Linux), or in a file written before the mark existed, only the wall clock spans the gap,
+ * as before. Budget rows carry marks of their own (`BudgetScopeSnapshot.clock`).
+ *
+ * @module
+ */
+import type Database from 'better-sqlite3';
+import {
+  BudgetClock,
+  CLOCK_CHECK_INTERVAL_MS,
+  readBootId,
+  type BootClock,
+  type ClockMark,
+} from '../budget/budget-clock.js';
+import { parseRecordJson, recordJson } from '../json-bytes.js';
+
+/** The `meta` key the mark is kept under. */
+export const CLOCK_MARK_KEY = 'clock';
+
+/** The boot-time clock and boot id a store reads (tests give their own). */
+export interface StoreBootOptions {
+  /** @default `/proc/uptime` where it exists */
+  clock?: BootClock;
+  /** This boot's id; undefined: none (only the wall clock spans a restart). @default `/proc/sys/kernel/random/boot_id` */
+  id?: string | undefined;
+}
+
+/** Latest task deadline a store keeps (as `MAX_TASK_DEADLINE_MS`): a shift stops there. */
+const MAX_DEADLINE_MS = 253_402_300_799_999;
+
+const SHIFT_OPEN_TASKS = `
+  UPDATE tasks SET
+    created_at = created_at + @ms,
+    deadline = MIN(deadline + @ms, ${MAX_DEADLINE_MS}),
+    not_before = not_before + @ms,
+    started_at = started_at + @ms
+  WHERE status IN ('PENDING', 'SCHEDULED', 'RUNNING')`;
+
+/**
+ * The mark of a state file: reads the previous process's, moves the times of open tasks and
+ * pending approvals by the step made while no process ran (see the module comment), and writes
+ * marks from then on.
+ */
+export class StoreClock {
+  readonly #clock: BudgetClock;
+  readonly #write: Database.Statement<[string, string]>;
+  readonly #remove: Database.Statement<[string]>;
+  /** When (monotonic ms) the next commit writes the mark. */
+  #nextMark = 0;
+  /**
+   * How far the wall clock stepped beyond elapsed time while no process had the file open (ms;
+   * negative: back), as found at open and moved out of the stored times; 0 within the tolerance
+   * of slewing; undefined when it cannot be told (another boot, no mark, no boot-time clock).
+   */
+  readonly stepAtOpen: number | undefined;
+
+  /** Opens the clock of `db` (its schema made): moves the stored times, writes a fresh mark. */
+  constructor(db: Database.Database, boot: StoreBootOptions = {}) {
+    this.#clock = new BudgetClock(
+      () => undefined,
+      boot.clock,
+      'id' in boot ? boot.id : readBootId(),
+    );
+    this.#write = db.prepare(
+      'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
+    );
+    this.#remove = db.prepare('DELETE FROM meta WHERE key = ?');
+    const stored = db
+      .prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?')
+      .get(CLOCK_MARK_KEY)?.value;
+    const step = this.#clock.stepSince(parseMark(stored));
+    this.stepAtOpen = step === undefined ? undefined : Math.round(step);
+    const shift = this.stepAtOpen ?? 0;
+    db.transaction(() => {
+      if (shift !== 0) shiftOpenTimes(db, shift);
+      this.#writeMark();
+    })();
+  }
+
+  /**
+   * Called inside each commit's transaction with the monotonic time it began: writes the mark
+   * when the last one is a second old (one `meta` row; the clock's own check reads the boot-time
+   * clock at most once a second).
+   */
+  committing(now: number): void {
+    if (now >= this.#nextMark) this.#writeMark();
+  }
+
+  /** Writes the mark now (at close: the last pairing of the clocks before the gap). */
+  #writeMark(): void {
+    const mark = this.#clock.mark();
+    this.#nextMark = performance.now() + CLOCK_CHECK_INTERVAL_MS;
+    // None here (no boot id or boot-time clock): an earlier one no longer pairs the clocks with
+    // what this process writes, so none is kept.
+    if (mark === undefined) this.#remove.run(CLOCK_MARK_KEY);
+    else this.#write.run(CLOCK_MARK_KEY, JSON.stringify(mark));
+  }
+
+  /** {@link committing}'s write, whatever the time: at close. */
+  flush(): void {
+    this.#writeMark();
+  }
+}
+
+function parseMark(text: string | undefined): ClockMark | undefined {
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text) as ClockMark; // checked by `stepSince`
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Moves the times of open tasks (created, deadline, `notBefore`, started) and pending approvals
+ * (created, expires) by `ms`. Finished tasks and decided approvals keep theirs: history.
+ */
+function shiftOpenTimes(db: Database.Database, ms: number): void {
+  db.prepare(SHIFT_OPEN_TASKS).run({ ms });
+  const rows = db
+    .prepare<[], { id: string; data: string }>(
+      "SELECT id, data FROM records WHERE kind = 'approval'",
+    )
+    .all();
+  const update = db.prepare<[string, string]>(
+    "UPDATE records SET data = ? WHERE kind = 'approval' AND id = ?",
+  );
+  for (const { id, data } of rows) {
+    let a: unknown;
+    try {
+      a = parseRecordJson(data, `approval record ${id}`);
+    } catch {
+      continue; // refused with a typed error when the store loads it
+    }
+    const r = a as { status?: unknown; createdAt?: unknown; expiresAt?: unknown } | null;
+    if (
+      r === null ||
+      typeof r !== 'object' ||
+      r.status !== 'pending' ||
+      typeof r.createdAt !== 'number' ||
+      typeof r.expiresAt !== 'number'
+    ) {
+      continue;
+    }
+    const moved = recordJson(
+      { ...r, createdAt: r.createdAt + ms, expiresAt: r.expiresAt + ms },
+      `approval ${id}`,
+    );
+    if (moved !== undefined) update.run(moved, id);
+  }
+}

@@ -1,0 +1,206 @@
+/**
+ * The wall clock moved while the fabric was down. An AgentFabric over a real SQLite state file
+ * holds a queued task with a deadline, one held until its `notBefore` and a pending approval; it
+ * is closed, the clock set two hours ahead (or back) and a new fabric opened on the same file.
+ * Elapsed time — the boot-time clock the store reads — moved by nothing meanwhile: the store
+ * takes the difference for a step of the wall clock and moves the open records' times by it, so
+ * each keeps the time it had left. Before, only the wall clock spanned the gap: set ahead, the
+ * deadline and the approval's expiry had passed at start (TIMEOUT, expired) and the task held
+ * until later ran at once; set back, all three lived two hours longer. `Date` and
+ * `performance.now` are the test's; the boot-time clock is the test's monotonic one (an
+ * injected clock: two hours that really pass move it too) or, where it can be read, the real
+ * `/proc/uptime`. Timers are real.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { AgentFabric } from '../../src/fabric.js';
+import type { AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
+import type { PoolRecord } from '../../src/pools/pool-manager.js';
+import type { TaskRecord } from '../../src/scheduler/task-record.js';
+import { SqliteStore } from '../../src/store/sqlite-store.js';
+import type { StoreBootOptions } from '../../src/store/store-clock.js';
+import { TaskStatus } from '../../src/task.js';
+import { tempDir } from '../fixtures/gateway/harness.js';
+
+const HOUR = 60 * 60_000;
+const T0 = Date.UTC(2026, 2, 2, 10, 0, 0);
+/** The boot-time clock moves with the test's monotonic one: time the test lets pass passed. */
+const testBoot: StoreBootOptions = { clock: () => 1e9 + performance.now(), id: 'test-boot' };
+const canReadBoot =
+  existsSync('/proc/uptime') &&
+  existsSync('/proc/sys/kernel/random/boot_id') &&
+  readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim() !== '';
+
+let fabric: AgentFabric | undefined;
+let store: SqliteStore<TaskRecord, AgentRecord, PoolRecord>;
+
+async function open(path: string, boot?: StoreBootOptions): Promise<AgentFabric> {
+  store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(
+    path,
+    boot === undefined ? {} : { boot },
+  );
+  fabric = new AgentFabric({}, { store });
+  fabric.registerInProcessHandler('echo', (payload) => payload);
+  return fabric;
+}
+
+async function close(): Promise<void> {
+  await fabric?.close();
+  fabric = undefined;
+}
+
+/** A task that stays queued (its pool has no agent) until its deadline, an hour from now. */
+async function queueWithDeadline(f: AgentFabric): Promise<string> {
+  await f.createPool({ poolId: 'idle', model: 'm', executor: 'inprocess', minAgents: 0 });
+  return (await f.scheduleToPool('idle', 'echo', 1, { deadline: T0 + HOUR })).id;
+}
+
+/** A task an agent would run at once, held back until an hour from now. */
+async function holdBack(f: AgentFabric): Promise<string> {
+  await f.createPool({ poolId: 'busy', model: 'm', executor: 'inprocess', minAgents: 1 });
+  return (await f.scheduleToPool('busy', 'echo', 2, { notBefore: T0 + HOUR })).id;
+}
+
+/** A pending approval that expires in an hour. */
+function askApproval(f: AgentFabric): string {
+  return f.approvals.create({ agentId: 'a', tool: 't', ttlSeconds: 3600 }).id;
+}
+
+/** A few turns of the event loop: what a restored fabric does at once is done. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+}
+
+describe('open tasks and approvals across a restart after the wall clock moved', () => {
+  beforeEach(() => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    vi.setSystemTime(T0);
+  });
+  afterEach(async () => {
+    await close();
+    vi.useRealTimers();
+  });
+
+  /** Opens a fresh state file, leaves `make`'s record in it, and reopens it `stepMs` later. */
+  async function restartedAfterStep<T>(
+    name: string,
+    make: (f: AgentFabric) => T | Promise<T>,
+    stepMs: number,
+    boot: StoreBootOptions | undefined = testBoot,
+  ): Promise<{ f: AgentFabric; made: T; path: string }> {
+    const path = join(tempDir(`state-clock-${name}`), 'state.db');
+    const made = await make(await open(path, boot));
+    await close();
+    vi.setSystemTime(T0 + stepMs);
+    const f = await open(path, boot);
+    return { f, made, path };
+  }
+
+  describe('set two hours ahead while down: nothing ends or starts early', () => {
+    it('a queued task keeps the hour its deadline had left', async () => {
+      const { f, made: id } = await restartedAfterStep('deadline', queueWithDeadline, 2 * HOUR);
+      expect(store.clockStepAtOpen).toBe(2 * HOUR);
+      await settle();
+      expect(await f.getTask(id)).toMatchObject({
+        status: TaskStatus.PENDING,
+        deadline: T0 + 3 * HOUR,
+      });
+    });
+
+    it('a task held until its notBefore is not released', async () => {
+      const { f, made: id } = await restartedAfterStep('not-before', holdBack, 2 * HOUR);
+      await settle();
+      expect(await f.getTask(id)).toMatchObject({ status: TaskStatus.PENDING, attempt: 0 });
+      expect(store.tasks.get(id)?.notBefore).toBe(T0 + 3 * HOUR);
+    });
+
+    it('a pending approval keeps the hour it had left, and can be decided', async () => {
+      const { f, made: id } = await restartedAfterStep('approval', askApproval, 2 * HOUR);
+      await settle();
+      expect(f.approvals.getApproval(id)).toMatchObject({
+        status: 'pending',
+        expiresAt: T0 + 3 * HOUR,
+      });
+      // A decision is also checked against the wall clock: it finds the approval pending.
+      expect(f.approvals.approve(id, { approver: 'op' }).status).toBe('approved');
+    });
+  });
+
+  describe('set two hours back while down: nothing lives longer than it had left', () => {
+    it("a queued task's deadline", async () => {
+      const { f, made: id } = await restartedAfterStep(
+        'deadline-back',
+        queueWithDeadline,
+        -2 * HOUR,
+      );
+      expect(store.clockStepAtOpen).toBe(-2 * HOUR);
+      expect((await f.getTask(id)).deadline).toBe(T0 - HOUR);
+    });
+
+    it("a held task's notBefore", async () => {
+      const { made: id } = await restartedAfterStep('not-before-back', holdBack, -2 * HOUR);
+      expect(store.tasks.get(id)?.notBefore).toBe(T0 - HOUR);
+    });
+
+    it("a pending approval's expiry, also after another restart", async () => {
+      const {
+        f,
+        made: id,
+        path,
+      } = await restartedAfterStep('approval-back', askApproval, -2 * HOUR);
+      expect(f.approvals.getApproval(id)?.expiresAt).toBe(T0 - HOUR);
+      await close();
+      // The file holds the moved times (with a mark of the clocks at that start): opened again
+      // with no time passed, nothing moves a second time.
+      const again = await open(path, testBoot);
+      expect(store.clockStepAtOpen).toBe(0);
+      expect(again.approvals.getApproval(id)?.expiresAt).toBe(T0 - HOUR);
+    });
+  });
+
+  /** Every kind at once: a task with a deadline, one held back, an approval. */
+  async function leaveOpen(f: AgentFabric) {
+    return {
+      queued: await queueWithDeadline(f),
+      held: await holdBack(f),
+      approval: askApproval(f),
+    };
+  }
+
+  it('time that really passed while down still counts: the deadline passes, the approval expires, the held task runs', async () => {
+    const path = join(tempDir('state-clock-real'), 'state.db');
+    const { queued, held, approval } = await leaveOpen(await open(path, testBoot));
+    await close();
+    // Two hours pass on every clock (wall, monotonic and boot-time together).
+    vi.advanceTimersByTime(2 * HOUR);
+    const f = await open(path, testBoot);
+    expect(store.clockStepAtOpen).toBe(0);
+    expect((await f.getTask(queued)).status).toBe(TaskStatus.TIMEOUT);
+    expect(f.approvals.getApproval(approval)?.status).toBe('expired');
+    expect((await f.waitForTask(held, { timeoutSeconds: 20 })).result).toBe(2);
+  });
+
+  it('on another boot of the machine only the wall clock spans the gap, as before', async () => {
+    const path = join(tempDir('state-clock-reboot'), 'state.db');
+    const { queued, approval } = await leaveOpen(await open(path, testBoot));
+    await close();
+    vi.setSystemTime(T0 + 2 * HOUR);
+    const f = await open(path, { ...testBoot, id: 'another-boot' });
+    expect(store.clockStepAtOpen).toBeUndefined();
+    expect((await f.getTask(queued)).status).toBe(TaskStatus.TIMEOUT);
+    expect(f.approvals.getApproval(approval)?.status).toBe('expired');
+  });
+
+  it.runIf(canReadBoot)(
+    'reads the real boot-time clock: a step ahead while down is told from time that passed',
+    async () => {
+      const { f, made } = await restartedAfterStep('proc', leaveOpen, 2 * HOUR, {});
+      // Real time moved by the test's run time only (well under a minute).
+      expect(store.clockStepAtOpen).toBeGreaterThan(2 * HOUR - 60_000);
+      expect(store.clockStepAtOpen).toBeLessThanOrEqual(2 * HOUR);
+      expect((await f.getTask(made.queued)).status).toBe(TaskStatus.PENDING);
+      expect(f.approvals.getApproval(made.approval)?.status).toBe('pending');
+    },
+  );
+});
