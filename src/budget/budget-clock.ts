@@ -15,6 +15,10 @@
  * `/proc/uptime`, which counts suspended time) the time slept since the previous check is time
  * that really passed, and only the rest of the difference, either way, is a step.
  *
+ * Its marks ({@link ClockMark}, {@link BudgetClock.stepSince}) also carry the state file's
+ * open tasks and pending approvals across a restart (`store/store-clock.ts`): one clock, one
+ * reading of a step made while no process ran.
+ *
  * @module
  */
 import { readFileSync } from 'node:fs';

@@ -13,6 +13,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import type { AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
@@ -190,6 +191,19 @@ describe('open tasks and approvals across a restart after the wall clock moved',
     expect(store.clockStepAtOpen).toBeUndefined();
     expect((await f.getTask(queued)).status).toBe(TaskStatus.TIMEOUT);
     expect(f.approvals.getApproval(approval)?.status).toBe('expired');
+  });
+
+  it('a mark that is not one (a hand edit) is none: only the wall clock spans the gap', async () => {
+    const path = join(tempDir('state-clock-corrupt'), 'state.db');
+    const { queued } = await leaveOpen(await open(path, testBoot));
+    await close();
+    const db = new Database(path);
+    db.prepare('UPDATE meta SET value = \'{"wall":"x"}\' WHERE key = \'clock\'').run();
+    db.close();
+    vi.setSystemTime(T0 + 2 * HOUR);
+    const f = await open(path, testBoot);
+    expect(store.clockStepAtOpen).toBeUndefined();
+    expect((await f.getTask(queued)).status).toBe(TaskStatus.TIMEOUT);
   });
 
   it.runIf(canReadBoot)(
