@@ -225,7 +225,7 @@ export class Sidecar {
         if (step !== undefined && step !== 0) {
           log({
             level: 'warn',
-            msg: `state: the wall clock moved ${step > 0 ? 'ahead' : 'back'} by ${Math.round(Math.abs(step) / 1000)} s more than time passed while the sidecar was down; open tasks' and pending approvals' times were moved by as much, so each keeps the time it had left`,
+            msg: `state: the wall clock moved ${step > 0 ? 'ahead' : 'back'} by ${Math.round(Math.abs(step) / 1000)} s more than time passed while the sidecar was down; the times of open tasks, pending approvals and MCP tasks were moved by as much, so each keeps the time it had left`,
           });
         }
       }

@@ -619,8 +619,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly budgets: SqliteBudgetStore;
   /**
    * How far the wall clock stepped beyond elapsed time while no process had the file open (ms;
-   * negative: back; 0 within a second or so): the times of open tasks and pending approvals were
-   * moved by it when the store opened, so each keeps the time it had left. Undefined when it
+   * negative: back; 0 within a second or so): the times of open tasks, pending approvals and MCP
+   * tasks were moved by it when the store opened, so each keeps the time it had left. Undefined when it
    * cannot be told (another boot of the machine, not Linux, a file from before the mark): then
    * only the wall clock spans the gap. See `store-clock.ts`.
    */
@@ -757,6 +757,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.#fileCheck = setInterval(() => {
       this.#checkFile();
       this.#retry();
+      this.#clockTick();
     }, FILE_CHECK_INTERVAL_MS);
     this.#fileCheck.unref();
   }
@@ -1251,6 +1252,16 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     } catch (error) {
       this.#lastError = error as StateStoreError;
       this.#stats.failedCommits++;
+    }
+  }
+
+  /** See `StoreClock.tick`. */
+  #clockTick(): void {
+    if (this.#closed || this.#detached !== undefined) return;
+    try {
+      this.#clock.tick();
+    } catch {
+      // Not written (disk full, say): the next commit's or a later tick's mark is.
     }
   }
 

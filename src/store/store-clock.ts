@@ -2,17 +2,18 @@
  * The state file's clock mark: how the SQLite store tells time that passed while no sidecar ran
  * from a step of the wall clock made meanwhile.
  *
- * The times an open task or a pending approval keeps — its deadline, `notBefore`, the start of
- * its running attempt (its timeout counts from it), an approval's expiry — are wall-clock epoch
- * ms. Across a restart only the clock spans the gap, and the wall clock may have been set ahead
- * or back while the sidecar was down: set ahead a day, every deadline and approval passed at
- * start; set back, they lived a day longer. The boot-time clock (`/proc/uptime`, suspend
- * included) counts what really passed. So the file keeps one mark, `{ wall, boot, bootId }` in
- * `meta` (the budget clock's {@link ClockMark}, read by the same {@link BudgetClock}): written
- * when the store opens, with a commit once a second at most, and at close. A store opened later
- * on the same boot takes the difference between how far the wall clock moved and how much time
- * passed for a step, and moves those times by it — in the file, in one transaction with a fresh
- * mark, before anything reads them — so each keeps the elapsed time it had left.
+ * The times an open task or a pending approval keeps — its deadline, `notBefore`, the start of its
+ * running attempt (its timeout counts from it), an approval's expiry, the creation of an MCP task
+ * (it lives `ttl` from then) — are wall-clock epoch ms. Across a restart only the clock spans the
+ * gap, and the wall clock may have been set ahead or back while the sidecar was down: set ahead a
+ * day, every deadline and approval passed at start; set back, they lived a day longer. The
+ * boot-time clock (`/proc/uptime`, suspend included) counts what really passed. So the file keeps
+ * one mark, `{ wall, boot, bootId }` in `meta` (the budget clock's {@link ClockMark}, read by the
+ * same {@link BudgetClock}): written when the store opens, with a commit once a second at most, at
+ * once when the clock (looked at once a second) saw the wall clock step, and at close. A store
+ * opened later on the same boot takes the difference between how far the wall clock moved and how
+ * much time passed for a step, and moves those times by it — in the file, in one transaction with
+ * a fresh mark, before anything reads them — so each keeps the elapsed time it had left.
  *
  * Why one mark for the file, not one per record: the mark only has to pair the two clocks at a
  * moment the records' times were on the same wall clock as at the last commit; without a step
@@ -72,6 +73,8 @@ export class StoreClock {
   readonly #remove: Database.Statement<[string]>;
   /** When (monotonic ms) the next commit writes the mark. */
   #nextMark = 0;
+  /** The clock saw the wall clock step since the last mark was written. */
+  #stepped = false;
   /**
    * How far the wall clock stepped beyond elapsed time while no process had the file open (ms;
    * negative: back), as found at open and moved out of the stored times; 0 within the tolerance
@@ -82,7 +85,7 @@ export class StoreClock {
   /** Opens the clock of `db` (its schema made): moves the stored times, writes a fresh mark. */
   constructor(db: Database.Database, boot: StoreBootOptions = {}) {
     this.#clock = new BudgetClock(
-      () => undefined,
+      () => (this.#stepped = true),
       boot.clock,
       'id' in boot ? boot.id : readBootId(),
     );
@@ -114,11 +117,23 @@ export class StoreClock {
   /** Writes the mark now (at close: the last pairing of the clocks before the gap). */
   #writeMark(): void {
     const mark = this.#clock.mark();
+    this.#stepped = false;
     this.#nextMark = performance.now() + CLOCK_CHECK_INTERVAL_MS;
     // None here (no boot id or boot-time clock): an earlier one no longer pairs the clocks with
     // what this process writes, so none is kept.
     if (mark === undefined) this.#remove.run(CLOCK_MARK_KEY);
     else this.#write.run(CLOCK_MARK_KEY, JSON.stringify(mark));
+  }
+
+  /**
+   * Called once a second (the store's file check): reads the clock — its own check compares it
+   * with the wall clock once a second — and writes the mark at once when the wall clock stepped,
+   * so a step this process saw and dealt with is not taken after a crash for one made while
+   * down, also when no commit came since. No write otherwise.
+   */
+  tick(): void {
+    this.#clock.now();
+    if (this.#stepped) this.#writeMark();
   }
 
   /** {@link committing}'s write, whatever the time: at close. */
@@ -137,40 +152,43 @@ function parseMark(text: string | undefined): ClockMark | undefined {
 }
 
 /**
- * Moves the times of open tasks (created, deadline, `notBefore`, started) and pending approvals
- * (created, expires) by `ms`. Finished tasks and decided approvals keep theirs: history.
+ * Moves the times of open tasks (created, deadline, `notBefore`, started), pending approvals
+ * (created, expires) and the gateway's MCP tasks (created, updated: each lives `ttl` from its
+ * creation, finished or not) by `ms`. Finished tasks and decided approvals keep theirs: history.
  */
 function shiftOpenTimes(db: Database.Database, ms: number): void {
   db.prepare(SHIFT_OPEN_TASKS).run({ ms });
+  shiftRecords(db, 'approval', ms, ['createdAt', 'expiresAt'], (r) => r.status === 'pending');
+  shiftRecords(db, 'tool_task', ms, ['createdAt', 'updatedAt'], () => true);
+}
+
+/** Moves `fields` (those that are numbers) of the JSON records of `kind` that `which` picks. */
+function shiftRecords(
+  db: Database.Database,
+  kind: string,
+  ms: number,
+  fields: readonly string[],
+  which: (record: Record<string, unknown>) => boolean,
+): void {
   const rows = db
-    .prepare<[], { id: string; data: string }>(
-      "SELECT id, data FROM records WHERE kind = 'approval'",
-    )
-    .all();
-  const update = db.prepare<[string, string]>(
-    "UPDATE records SET data = ? WHERE kind = 'approval' AND id = ?",
+    .prepare<[string], { id: string; data: string }>('SELECT id, data FROM records WHERE kind = ?')
+    .all(kind);
+  const update = db.prepare<[string, string, string]>(
+    'UPDATE records SET data = ? WHERE kind = ? AND id = ?',
   );
   for (const { id, data } of rows) {
-    let a: unknown;
+    let parsed: unknown;
     try {
-      a = parseRecordJson(data, `approval record ${id}`);
+      parsed = parseRecordJson(data, `${kind} record ${id}`);
     } catch {
       continue; // refused with a typed error when the store loads it
     }
-    const r = a as { status?: unknown; createdAt?: unknown; expiresAt?: unknown } | null;
-    if (
-      r === null ||
-      typeof r !== 'object' ||
-      r.status !== 'pending' ||
-      typeof r.createdAt !== 'number' ||
-      typeof r.expiresAt !== 'number'
-    ) {
-      continue;
-    }
-    const moved = recordJson(
-      { ...r, createdAt: r.createdAt + ms, expiresAt: r.expiresAt + ms },
-      `approval ${id}`,
-    );
-    if (moved !== undefined) update.run(moved, id);
+    if (parsed === null || typeof parsed !== 'object') continue;
+    const r = parsed as Record<string, unknown>;
+    if (!which(r)) continue;
+    const moved: Record<string, unknown> = { ...r };
+    for (const f of fields) if (typeof r[f] === 'number') moved[f] = r[f] + ms;
+    const text = recordJson(moved, `${kind} ${id}`);
+    if (text !== undefined) update.run(text, kind, id);
   }
 }

@@ -12,6 +12,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
+import { CreateTaskResultSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { listApprovals } from '../fixtures/api.js';
 import { EVERYTHING_BIN, tempDir, until } from '../fixtures/gateway/harness.js';
@@ -42,15 +43,21 @@ function clockWasBehind(statePath: string, ms: number): void {
         CLOCK_MARK_KEY,
       );
     }
+    const times: Record<string, readonly string[]> = {
+      approval: ['createdAt', 'expiresAt'],
+      tool_task: ['createdAt', 'updatedAt'],
+    };
     const rows = db
-      .prepare<[], { id: string; data: string }>(
-        "SELECT id, data FROM records WHERE kind = 'approval'",
+      .prepare<[], { kind: string; id: string; data: string }>(
+        "SELECT kind, id, data FROM records WHERE kind IN ('approval', 'tool_task')",
       )
       .all();
-    for (const { id, data } of rows) {
-      const a = JSON.parse(data) as { createdAt: number; expiresAt: number };
-      db.prepare("UPDATE records SET data = ? WHERE kind = 'approval' AND id = ?").run(
-        JSON.stringify({ ...a, createdAt: a.createdAt - ms, expiresAt: a.expiresAt - ms }),
+    for (const { kind, id, data } of rows) {
+      const r = JSON.parse(data) as Record<string, number>;
+      for (const f of times[kind]!) r[f]! -= ms;
+      db.prepare('UPDATE records SET data = ? WHERE kind = ? AND id = ?').run(
+        JSON.stringify(r),
+        kind,
         id,
       );
     }
@@ -60,7 +67,7 @@ function clockWasBehind(statePath: string, ms: number): void {
 }
 
 describe.runIf(canTell)('agent-fabric serve restarted after its wall clock moved ahead', () => {
-  it('keeps a pending approval pending for the time it had left, and says why', async () => {
+  it('keeps a pending approval and its MCP task for the time they had left, and says why', async () => {
     const dir = tempDir('cli-state-clock');
     const port = await freePort();
     const statePath = join(dir, '.fabric', 'state.db');
@@ -82,16 +89,20 @@ describe.runIf(canTell)('agent-fabric serve restarted after its wall clock moved
 
     const first = await serve(dir);
     const client = await connect(first.url, first.token);
-    const dying = client
-      .callTool({ name: 'ev__echo', arguments: { message: 'm' } }, undefined, { timeout: 600_000 })
-      .catch((error: unknown) => error);
+    // A task-augmented call (an MCP task that lives 10 minutes) parked on the approval.
+    const { task } = await client.request(
+      {
+        method: 'tools/call',
+        params: { name: 'ev__echo', arguments: { message: 'm' }, task: { ttl: 600_000 } },
+      },
+      CreateTaskResultSchema,
+    );
     let pending: Awaited<ReturnType<typeof listApprovals>> = [];
     await until(
       async () => (pending = await listApprovals(first.url, ADMIN, 'pending')).length > 0,
     );
     const [parked] = pending;
     await stop(first, 'SIGTERM');
-    await dying;
 
     clockWasBehind(statePath, 2 * HOUR);
     const second = await serve(dir);
@@ -105,6 +116,11 @@ describe.runIf(canTell)('agent-fabric serve restarted after its wall clock moved
     expect(second.out + second.err()).toMatch(
       /state: the wall clock moved ahead by (7199|7200|7201) s more than time passed while the sidecar was down/,
     );
+    // The MCP task too: still waiting for the approval, not gone with a ttl run out.
+    const again = await connect(second.url, second.token);
+    const waiting = await again.experimental.tasks.getTask(task.taskId);
+    expect(waiting.status).toBe('input_required');
+    expect(Math.abs(Date.parse(waiting.createdAt) - Date.parse(task.createdAt))).toBeLessThan(1000);
     await stop(second, 'SIGTERM');
   }, 120_000);
 });

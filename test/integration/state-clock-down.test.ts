@@ -11,7 +11,7 @@
  * injected clock: two hours that really pass move it too) or, where it can be read, the real
  * `/proc/uptime`. Timers are real.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
@@ -204,6 +204,47 @@ describe('open tasks and approvals across a restart after the wall clock moved',
     const f = await open(path, testBoot);
     expect(store.clockStepAtOpen).toBeUndefined();
     expect((await f.getTask(queued)).status).toBe(TaskStatus.TIMEOUT);
+  });
+
+  it('a step the running store saw is marked without waiting for a commit: a crash then does not take it for one made while down', async () => {
+    const path = join(tempDir('state-clock-seen'), 'state.db');
+    const f = await open(path, testBoot);
+    const approval = askApproval(f);
+    const markOnDisk = (file: string): { wall: number } => {
+      const db = new Database(file, { readonly: true, fileMustExist: true });
+      try {
+        const row = db.prepare("SELECT value FROM meta WHERE key = 'clock'").get() as {
+          value: string;
+        };
+        return JSON.parse(row.value) as { wall: number };
+      } finally {
+        db.close();
+      }
+    };
+    expect(markOnDisk(path).wall).toBe(T0);
+    const commits = store.stats.commits;
+    // While it runs, the clock is set two hours ahead; a second passes (the clock's next check).
+    vi.setSystemTime(T0 + 2 * HOUR);
+    vi.advanceTimersByTime(1000);
+    // (Polled on real timers: `Date` stands still here.) The store checks its file once a second.
+    for (let i = 0; i < 100 && markOnDisk(path).wall < T0 + 2 * HOUR; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(markOnDisk(path).wall).toBeGreaterThanOrEqual(T0 + 2 * HOUR);
+    expect(store.stats.commits).toBe(commits);
+    // What a crash now leaves (the file and its WAL as they are), opened: no step while down.
+    const crashed = join(tempDir('state-clock-seen-crash'), 'state.db');
+    copyFileSync(path, crashed);
+    copyFileSync(`${path}-wal`, `${crashed}-wal`);
+    const image = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(crashed, {
+      boot: testBoot,
+    });
+    try {
+      expect(image.clockStepAtOpen).toBe(0);
+      expect(image.approvals.get(approval)?.expiresAt).toBe(T0 + HOUR);
+    } finally {
+      await image.close();
+    }
   });
 
   it.runIf(canReadBoot)(
