@@ -9,14 +9,21 @@
  * boot-time clock moved seconds, the wall clock two hours more) and moves the approval back to
  * the hour it had left; it warns once. Before, the approval was expired at start.
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { CreateTaskResultSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { listApprovals } from '../fixtures/api.js';
-import { EVERYTHING_BIN, tempDir, until } from '../fixtures/gateway/harness.js';
-import { cleanUp, connect, freePort, serve, stop } from '../fixtures/state/serve.js';
+import { tempDir, until } from '../fixtures/gateway/harness.js';
+import {
+  cleanUp,
+  connect,
+  freePort,
+  serve,
+  stop,
+  writeEverythingConfig,
+} from '../fixtures/state/serve.js';
 import { CLOCK_MARK_KEY } from '../../src/store/store-clock.js';
 
 afterAll(cleanUp);
@@ -71,21 +78,11 @@ describe.runIf(canTell)('agent-fabric serve restarted after its wall clock moved
     const dir = tempDir('cli-state-clock');
     const port = await freePort();
     const statePath = join(dir, '.fabric', 'state.db');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port },
-        adminToken: ADMIN,
-        upstreams: {
-          ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-        },
-        policies: [
-          { name: 'approvals', rules: [{ tool: 'ev__echo', action: 'require_approval' }] },
-        ],
-        approvals: { timeoutSeconds: 600 },
-        agents: [{ name: 'worker' }],
-      }),
-    );
+    writeEverythingConfig(dir, port, ADMIN, {
+      policies: [{ name: 'approvals', rules: [{ tool: 'ev__echo', action: 'require_approval' }] }],
+      approvals: { timeoutSeconds: 600 },
+      agents: [{ name: 'worker' }],
+    });
 
     const first = await serve(dir);
     const client = await connect(first.url, first.token);
