@@ -954,7 +954,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     const started = performance.now();
     try {
       this.#inTransaction(() => {
-        this.#clock.committing(started);
+        this.#clock.committing();
         if (tasks) {
           this.#taskRows.begin();
           written = this.tasks.write(lazy, (id, record, rid) =>

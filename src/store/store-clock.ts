@@ -106,15 +106,15 @@ export class StoreClock {
   }
 
   /**
-   * Called inside each commit's transaction with the monotonic time it began: writes the mark
-   * when the last one is a second old (one `meta` row; the clock's own check reads the boot-time
-   * clock at most once a second).
+   * Called inside each commit's transaction: writes the mark when the last one is a second old
+   * (one `meta` row; one `performance.now()` otherwise; the clock's own check reads the
+   * boot-time clock at most once a second).
    */
-  committing(now: number): void {
-    if (now >= this.#nextMark) this.#writeMark();
+  committing(): void {
+    if (performance.now() >= this.#nextMark) this.#writeMark();
   }
 
-  /** Writes the mark now (at close: the last pairing of the clocks before the gap). */
+  /** Writes the mark of now (none where it cannot be read: see below). */
   #writeMark(): void {
     const mark = this.#clock.mark();
     this.#stepped = false;
@@ -136,7 +136,7 @@ export class StoreClock {
     if (this.#stepped) this.#writeMark();
   }
 
-  /** {@link committing}'s write, whatever the time: at close. */
+  /** {@link committing}'s write, whatever the time: at close, the last pairing before the gap. */
   flush(): void {
     this.#writeMark();
   }
