@@ -322,5 +322,6 @@ export type { ThreadPoolProviderOptions } from './pools/thread-pool-provider.js'
 export type { HookStore } from './hooks/hook-store.js';
 export type { Collection, FabricStore } from './store/store.js';
 export type { SqliteStoreOptions, StateSynchronous } from './store/sqlite-store.js';
+export type { StoreBootOptions } from './store/store-clock.js';
 export type { ErrorKind } from './errors.js';
 export type { EventMap } from './events.js';
