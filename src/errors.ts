@@ -657,7 +657,8 @@ export class PolicyDeniedError extends FabricError {
 /**
  * A tool call was refused because a policy that must be asked could not be: an external policy
  * service (the `policy-grpc` plugin) failed, missed its deadline, was unreachable or answered
- * something unusable. Policy fails closed.
+ * something unusable, or a policy plugin's `decide` threw or answered no verdict. Policy fails
+ * closed.
  */
 export class PolicyUnavailableError extends FabricError {
   static readonly code = 'FABRIC_ERR_POLICY_UNAVAILABLE';

@@ -178,7 +178,9 @@ export interface PolicyVerdict {
  * rules by the same precedence: higher `priority` first; at equal priority deny beats
  * require_approval beats allow. `decide` must be synchronous and side-effect free: it also
  * answers `tools/list` visibility probes with empty params, and may be asked more than once about
- * one call (below, and again after a human's approval).
+ * one call (below, and again after a human's approval). A `decide` that throws, or answers
+ * anything but `undefined` or a verdict, fails closed: a deny with `FABRIC_ERR_POLICY_UNAVAILABLE`
+ * (the same refusal and audit line as a policy service that is down).
  *
  * **Counting calls** (rate limits, loop guards): look in `decide`, count in `admitted`, which the
  * tool-call pipeline calls once per call it lets through. The pipeline keeps check and count one
@@ -204,7 +206,8 @@ export interface PolicyProvider {
    * {@link PolicyEngine.evaluateAsync} and awaits it (only when its priority lets it matter);
    * `decide` then answers only what is known without waiting (e.g. a cached verdict), for
    * `tools/list` probes and dry runs. A rejection fails closed: a deny with
-   * `FABRIC_ERR_POLICY_UNAVAILABLE`. Side-effect free like `decide`.
+   * `FABRIC_ERR_POLICY_UNAVAILABLE`, as a `decide` that throws or an invalid verdict does.
+   * Side-effect free like `decide`.
    */
   decideAsync?(ctx: PolicyContext, signal?: AbortSignal): Promise<PolicyVerdict | undefined>;
   /**
@@ -284,20 +287,20 @@ const EMPTY: Readonly<Record<string, never>> = Object.freeze({});
 /**
  * A provider's answer as the engine takes it. `undefined` is no opinion. Anything else that is
  * not an object with a known `action` — `null`, a string, `{ action: 'block' }` — is an invalid
- * verdict and fails closed: a deny naming the provider. The fields are read once and only kept
+ * verdict and fails closed like a provider that throws: a deny naming the provider, with
+ * `FABRIC_ERR_POLICY_UNAVAILABLE` (see {@link providerFailed}). The fields are read once and only kept
  * with their documented types (a non-string `reason` gives way to the default one).
  */
 function readVerdict(provider: string, raw: unknown): PolicyVerdict | undefined {
   if (raw === undefined) return undefined;
   if (raw === null || typeof raw !== 'object') {
-    return {
-      action: 'deny',
-      reason: `policy provider ${provider} returned an invalid verdict (${raw === null ? 'null' : typeof raw})`,
-    };
+    return unavailable(
+      `policy provider ${provider} returned an invalid verdict (${raw === null ? 'null' : typeof raw})`,
+    );
   }
   const { action, reason, retryAt, code } = raw as Record<string, unknown>;
   if (typeof action !== 'string' || !Object.hasOwn(RANK, action)) {
-    return { action: 'deny', reason: `policy provider ${provider} returned an invalid action` };
+    return unavailable(`policy provider ${provider} returned an invalid action`);
   }
   return {
     action: action as PolicyAction,
@@ -305,6 +308,22 @@ function readVerdict(provider: string, raw: unknown): PolicyVerdict | undefined 
     ...(typeof retryAt === 'number' ? { retryAt } : {}),
     ...(typeof code === 'string' ? { code } : {}),
   };
+}
+
+/**
+ * The verdict of a provider that could not decide: its `decide` threw, its `decideAsync`
+ * rejected, or it answered something that is no verdict. However it failed, it fails closed the
+ * same way — a deny with `FABRIC_ERR_POLICY_UNAVAILABLE` (the policy could not be asked; it
+ * judged nothing), so the agent's answer and the audit line do not depend on whether the
+ * provider happened to be synchronous.
+ */
+function providerFailed(provider: string, error: unknown): PolicyVerdict {
+  const message = error instanceof Error ? error.message : String(error);
+  return unavailable(`policy provider ${provider} failed: ${message}`);
+}
+
+function unavailable(reason: string): PolicyVerdict {
+  return { action: 'deny', code: PolicyUnavailableError.code, reason };
 }
 
 interface CompiledRule {
@@ -853,11 +872,7 @@ export class PolicyEngine {
           try {
             verdict = await provider.decideAsync!(ctx, signal);
           } catch (err) {
-            verdict = {
-              action: 'deny',
-              code: PolicyUnavailableError.code,
-              reason: `policy provider ${provider.name} failed: ${String((err as Error)?.message ?? err)}`,
-            };
+            verdict = providerFailed(provider.name, err);
           }
           verdicts.set(provider, verdict);
         }),
@@ -948,11 +963,7 @@ export class PolicyEngine {
             : provider.decide(ctx),
         );
       } catch (err) {
-        // A failing provider fails closed.
-        verdict = {
-          action: 'deny',
-          reason: `policy provider ${provider.name} failed: ${String(err)}`,
-        };
+        verdict = providerFailed(provider.name, err);
       }
       if (verdict === undefined || (noDenies && verdict.action === 'deny')) continue;
       const vr = RANK[verdict.action];
@@ -1010,10 +1021,7 @@ export class PolicyEngine {
       try {
         verdict = readVerdict(provider.name, provider.decide(ctx));
       } catch (err) {
-        verdict = {
-          action: 'deny',
-          reason: `policy provider ${provider.name} failed: ${String(err)}`,
-        };
+        verdict = providerFailed(provider.name, err);
       }
       // Any verdict but a deny leaves the call to `decision` (no human is asked at admission).
       if (verdict?.action === 'deny') return providerDeny(provider.name, verdict);

@@ -94,7 +94,9 @@ const CASES: Case[] = [
   {
     what: 'a policy plugin whose decide throws',
     plugin: async () => ({ module: FAILING, options: { priority: 500 } }),
-    visibleCode: 'FABRIC_ERR_POLICY_DENIED',
+    // A provider failure like the others (it was FABRIC_ERR_POLICY_DENIED: whether a failure
+    // said "denied" or "unavailable" hung on whether the provider was asynchronous).
+    visibleCode: 'FABRIC_ERR_POLICY_UNAVAILABLE',
   },
 ];
 

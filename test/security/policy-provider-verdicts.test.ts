@@ -98,7 +98,13 @@ describe('PolicyEngine: invalid provider verdicts fail closed', () => {
         decide: () => verdict as undefined,
       } satisfies PolicyProvider);
       const sync = engine.evaluateSync({ agentId: 'a', tool: 't', params: {} });
-      expect(sync).toMatchObject({ action: 'deny', allowed: false, policy: 'odd' });
+      // A provider failure, as a throw or a rejection is (it was a plain deny: POLICY_DENIED).
+      expect(sync).toMatchObject({
+        action: 'deny',
+        allowed: false,
+        policy: 'odd',
+        code: 'FABRIC_ERR_POLICY_UNAVAILABLE',
+      });
       expect(sync.reason).toMatch(reason);
       expect(sync.reason).toMatch(/^policy provider odd /);
 
@@ -110,7 +116,12 @@ describe('PolicyEngine: invalid provider verdicts fail closed', () => {
         decideAsync: () => Promise.resolve(verdict as undefined),
       } satisfies PolicyProvider);
       const viaAsync = await asyncEngine.evaluateAsync({ agentId: 'a', tool: 't', params: {} });
-      expect(viaAsync).toMatchObject({ action: 'deny', allowed: false, policy: 'odd' });
+      expect(viaAsync).toMatchObject({
+        action: 'deny',
+        allowed: false,
+        policy: 'odd',
+        code: 'FABRIC_ERR_POLICY_UNAVAILABLE',
+      });
       expect(viaAsync.reason).toMatch(reason);
     });
   }

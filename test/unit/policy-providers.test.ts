@@ -161,6 +161,76 @@ describe('PolicyEngine asynchronous providers (decideAsync)', () => {
     engine.close();
   });
 
+  it('a provider that cannot decide is refused alike, sync or async: FABRIC_ERR_POLICY_UNAVAILABLE', async () => {
+    // Before, a `decide` that threw (or answered nonsense) was a plain deny, FABRIC_ERR_POLICY_DENIED,
+    // while the same failure from `decideAsync` was FABRIC_ERR_POLICY_UNAVAILABLE.
+    const failures: [string, () => never | unknown][] = [
+      [
+        'throws',
+        () => {
+          throw new Error('backend gone');
+        },
+      ],
+      ['answers nonsense', () => null],
+      ['answers an unknown action', () => ({ action: 'block' })],
+    ];
+    for (const [what, fail] of failures) {
+      const refusals = [];
+      for (const asynchronous of [false, true]) {
+        const policies = new PolicyEngine();
+        policies.addPolicy({ name: 'rules', rules: [{ tool: '*', action: 'allow' }] });
+        policies.addProvider({
+          name: 'p',
+          priority: 5,
+          decide: asynchronous ? () => undefined : (fail as () => undefined),
+          ...(asynchronous ? { decideAsync: async () => fail() as PolicyVerdict | undefined } : {}),
+        });
+        const auth = new ToolCallAuthorizer({
+          policies,
+          approvals: policies.approvals,
+          budgets: new BudgetManager(),
+        });
+        const refused = await auth.authorize(ctx('x'));
+        expect(refused, `${what}, ${asynchronous ? 'async' : 'sync'}`).toMatchObject({
+          allowed: false,
+          code: PolicyUnavailableError.code,
+        });
+        expect(!refused.allowed && refused.error).toBeInstanceOf(PolicyUnavailableError);
+        const { decision } = refused as { decision: { policy: string; reason: string } };
+        refusals.push({ policy: decision.policy, reason: decision.reason });
+        policies.close();
+      }
+      expect(refusals[0], what).toEqual(refusals[1]);
+    }
+  });
+
+  it('a counting provider whose decide throws at admission refuses with FABRIC_ERR_POLICY_UNAVAILABLE', () => {
+    const engine = new PolicyEngine();
+    engine.addPolicy({ name: 'rules', rules: [{ tool: '*', action: 'allow' }] });
+    engine.addProvider({
+      name: 'counter',
+      priority: 5,
+      decide: () => {
+        throw new Error('count store gone');
+      },
+      admitted: () => undefined,
+    });
+    const allowed = Object.freeze({
+      action: 'allow' as const,
+      allowed: true,
+      policy: 'rules',
+      rule: 0,
+      reason: 'ok',
+    });
+    expect(engine.recheckAdmission(ctx('x'), allowed)).toMatchObject({
+      action: 'deny',
+      policy: 'counter',
+      code: PolicyUnavailableError.code,
+      reason: 'policy provider counter failed: count store gone',
+    });
+    engine.close();
+  });
+
   it('make the authorizer wait for them: tryAuthorize defers, authorize refuses with the typed code', async () => {
     const policies = new PolicyEngine();
     policies.addPolicy({ name: 'rules', rules: [{ tool: '*', action: 'allow' }] });
