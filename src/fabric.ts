@@ -52,7 +52,7 @@ import type { FabricStore } from './store/store.js';
 import type { ScheduleOptions, ScheduleRequest, Task, TaskAssignment, TaskError } from './task.js';
 import { ApprovalManager } from './policy/approval-manager.js';
 import type { ApprovalManagerOptions } from './policy/approval-manager.js';
-import { PolicyEngine } from './policy/policy-engine.js';
+import { PolicyEngine, type PolicyContext } from './policy/policy-engine.js';
 import {
   CALLBACK_ANSWER_UNCHECKED,
   type CallbackAnswerContext,
@@ -1450,6 +1450,37 @@ export class AgentFabric {
     if (d.action !== 'deny' || d.policy === null || d.rule === null) return true;
     const rule = this.policies.getPolicy(d.policy)?.rules[d.rule];
     return rule === undefined || rule.conditions !== undefined || rule.when !== undefined;
+  }
+
+  /**
+   * Asks the policy services (providers with `decideAsync`) about a call of a tool that does not
+   * exist what they would be asked about a tool the rules hide from the agent, and resolves once
+   * they answered (or failed, or `signal` aborted); what they said is dropped. `undefined`, at no
+   * cost, when none would be asked. The gateway waits for it before it answers an unknown tool:
+   * the refusal of a hidden tool waits for the services that outrank the rule hiding it, and an
+   * unknown tool answered at once would tell a hidden one apart by the time its answer took. A
+   * name the rules would hide were it a tool is asked about exactly as a hidden tool is; any
+   * other name as if hidden by the lowest rule that hides tools (see
+   * `PolicyEngine.askAsLikeHidden`).
+   */
+  decideUnknownTool(
+    ctx: { agentId: string; tool: string; params: Readonly<Record<string, unknown>> },
+    signal: AbortSignal,
+  ): Promise<void> | undefined {
+    if (!this.policies.hasAsyncProviders) return undefined;
+    const rec = this.lifecycle.peek(ctx.agentId);
+    const policyCtx: PolicyContext = {
+      agentId: ctx.agentId,
+      tool: ctx.tool,
+      params: ctx.params,
+      ...(rec?.poolId === undefined ? {} : { poolId: rec.poolId }),
+      ...(rec === undefined ? {} : { labels: rec.labels }),
+    };
+    if (this.isToolVisible(ctx)) return this.policies.askAsLikeHidden(policyCtx, signal);
+    return this.policies.evaluateAsync(policyCtx, signal).then(
+      () => undefined,
+      () => undefined,
+    );
   }
 
   /**

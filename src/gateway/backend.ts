@@ -129,6 +129,11 @@ export interface ToolVisibilityContext {
   labels?: Readonly<Record<string, string>> | undefined;
 }
 
+/** A call of a tool that does not exist, as {@link GatewayBackend.decideUnknownTool} gets it. */
+export interface UnknownToolContext extends ToolVisibilityContext {
+  params: Readonly<Record<string, unknown>>;
+}
+
 /** Everything the gateway needs from the fabric. `AgentFabric` satisfies it structurally. */
 export interface GatewayBackend {
   /**
@@ -189,6 +194,15 @@ export interface GatewayBackend {
    * method every tool is listed.
    */
   isToolVisible?(ctx: ToolVisibilityContext): boolean;
+  /**
+   * Optional, with {@link isToolVisible}: asks policy about a call of a tool that does not
+   * exist what it would ask about a tool the agent may not see — the policy services that
+   * outrank the rules for that name — and resolves (never rejects) once they answered, failed
+   * or `signal` aborted; the answer is not used. `undefined` when nothing would be awaited. The
+   * gateway waits for it before it answers an unknown tool, so that an unknown tool takes as
+   * long to refuse as a hidden one, whose refusal waits for those services.
+   */
+  decideUnknownTool?(ctx: UnknownToolContext, signal: AbortSignal): Promise<void> | undefined;
   /**
    * Optional, with {@link isToolVisible}: calls `listener` whenever what `isToolVisible` answers
    * may have changed (policies added, replaced or removed; policy providers added or removed), so the gateway tells each MCP session

@@ -1085,9 +1085,14 @@ export class ToolGateway implements SessionHost {
 
   /** False when `tools/list` hides the tool `name` from `identity` (`hideDeniedTools`). */
   #visibleTo(identity: AgentIdentity, name: string): boolean {
-    if (!this.#hideDenied || this.#backend.isToolVisible === undefined) return true;
+    if (!this.#hides()) return true;
     const { agentId, poolId, labels } = identity;
-    return this.#backend.isToolVisible({ agentId, poolId, tool: name, labels });
+    return this.#backend.isToolVisible!({ agentId, poolId, tool: name, labels });
+  }
+
+  /** True when policy may hide tools from agents (`hideDeniedTools` and a backend that can). */
+  #hides(): boolean {
+    return this.#hideDenied && this.#backend.isToolVisible !== undefined;
   }
 
   /**
@@ -1154,11 +1159,22 @@ export class ToolGateway implements SessionHost {
     }
     if (!known) {
       audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
-      return Promise.resolve({
+      const notFound: ToolCallOutcome = {
         kind: 'error',
         error: new ToolNotFoundError(truncated(name)),
         stage: 'admission',
-      });
+      };
+      // A tool policy hides is answered as unknown once the policy services that outrank the
+      // rule hiding it answered: an unknown tool waits for them too, or its quicker answer
+      // would tell the two apart (see `decideUnknownTool`).
+      const { poolId, labels } = identity;
+      const wait = this.#hides()
+        ? this.#backend.decideUnknownTool?.(
+            { agentId, poolId, labels, tool: truncated(name), params: args },
+            extra.signal,
+          )
+        : undefined;
+      return wait === undefined ? Promise.resolve(notFound) : wait.then(() => notFound);
     }
     if (this.#state !== 'started') {
       audit({ decision: 'none', outcome: 'error', code: ClosedError.code });

@@ -96,6 +96,7 @@ export type {
   ToolCallRefused,
   ToolUsage,
   ToolVisibilityContext,
+  UnknownToolContext,
 } from './backend.js';
 export type { Catalog, Route } from './catalog.js';
 export type { McpHttpEndpointOptions } from './downstream-http.js';

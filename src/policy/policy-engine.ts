@@ -442,6 +442,8 @@ export class PolicyEngine {
   #answerCheckers: PolicyProvider[] = [];
   /** Enabled rules, in evaluation order, split by mode. */
   #all: Candidates = { enforce: [], audit: [] };
+  /** The lowest priority of a rule that hides tools (see {@link askAsLikeHidden}). */
+  #hidingFloor: number | undefined;
   /** Told after each change of the rules (see {@link onRulesChanged}). */
   readonly #ruleListeners = new Set<() => void>();
   /** Counts the changes of the rules (see {@link rulesVersion}). */
@@ -882,6 +884,30 @@ export class PolicyEngine {
     return this.#withAudit(ctx, candidates, decision);
   }
 
+  /**
+   * For a tool call that cannot be made (the tool does not exist): asks what would be asked had
+   * a rule hidden the tool, and resolves once every answer is in; the answers are dropped, and
+   * it never rejects. The asynchronous providers that outrank the lowest rule that hides tools
+   * (an enforced `deny` without conditions or `when`) are asked about `ctx`, all at once — those
+   * a call of a hidden tool waits for (all of them when the providers sit above every such rule,
+   * the common setup; none when below). `undefined`, at no cost, when none would be asked.
+   */
+  askAsLikeHidden(ctx: PolicyContext, signal?: AbortSignal): Promise<void> | undefined {
+    const floor = this.#hidingFloor;
+    if (this.#async === 0 || floor === undefined) return undefined;
+    const asked: Promise<unknown>[] = [];
+    for (const { provider, priority } of this.#providers) {
+      if (priority <= floor) break;
+      if (provider.decideAsync === undefined) continue;
+      try {
+        asked.push(provider.decideAsync(ctx, signal).catch(() => undefined));
+      } catch {
+        // A provider that throws instead of rejecting answered at once.
+      }
+    }
+    return asked.length === 0 ? undefined : Promise.all(asked).then(() => undefined);
+  }
+
   #candidates(tool: string): Candidates {
     const cached = this.#cache?.get(tool);
     return cached ?? (this.#cache ? this.#index(tool) : this.#all);
@@ -1097,6 +1123,12 @@ export class PolicyEngine {
       (c.policy.mode === 'audit' ? audit : enforce).push(...c.rules);
     }
     this.#all = { enforce, audit };
+    this.#hidingFloor = undefined;
+    for (const r of enforce) {
+      if (r.action === 'deny' && r.conditions === null && r.when === null) {
+        this.#hidingFloor = Math.min(r.priority, this.#hidingFloor ?? Infinity);
+      }
+    }
     this.#cache?.clear();
     this.#changed();
   }

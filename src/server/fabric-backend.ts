@@ -20,6 +20,7 @@ import type {
   ToolCallRefused,
   ToolUsage,
   ToolVisibilityContext,
+  UnknownToolContext,
 } from '../gateway/backend.js';
 import type { EndedTask } from '../scheduler/remote-executor.js';
 import type { Task, TaskAssignment } from '../task.js';
@@ -84,6 +85,10 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
 
   isToolVisible(ctx: ToolVisibilityContext): boolean {
     return this.#fabric.isToolVisible(ctx);
+  }
+
+  decideUnknownTool(ctx: UnknownToolContext, signal: AbortSignal): Promise<void> | undefined {
+    return this.#fabric.decideUnknownTool(ctx, signal);
   }
 
   onToolVisibilityChange(listener: () => void): () => void {

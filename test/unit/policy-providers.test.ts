@@ -231,6 +231,51 @@ describe('PolicyEngine asynchronous providers (decideAsync)', () => {
     engine.close();
   });
 
+  it('askAsLikeHidden asks those above the lowest rule that hides tools, and never rejects', async () => {
+    const engine = new PolicyEngine();
+    const high = remote('high', 200, () => Promise.reject(new Error('down')));
+    const mid = remote('mid', 100, async () => ({ action: 'deny' }));
+    const low = remote('low', 10, async () => undefined);
+    for (const p of [high, mid, low]) engine.addProvider(p);
+    // No rule hides a tool: nothing to look like.
+    engine.addPolicy({ name: 'allow', rules: [{ tool: '*', action: 'allow' }] });
+    expect(engine.askAsLikeHidden(ctx('ghost'))).toBeUndefined();
+    // Denies with conditions, in audit mode or disabled hide nothing either.
+    engine.addPolicy({
+      name: 'conditional',
+      priority: 300,
+      rules: [{ tool: 'x', action: 'deny', conditions: { path: '/etc/*' } }],
+    });
+    engine.addPolicy({
+      name: 'audit',
+      priority: 1,
+      mode: 'audit',
+      rules: [{ tool: 'x', action: 'deny' }],
+    });
+    engine.addPolicy({
+      name: 'off',
+      priority: 1,
+      enabled: false,
+      rules: [{ tool: 'x', action: 'deny' }],
+    });
+    expect(engine.askAsLikeHidden(ctx('ghost'))).toBeUndefined();
+    // Rules hiding tools at 150 and 100: the floor is 100, a provider at it is not above it.
+    engine.addPolicy({ name: 'hide-a', priority: 150, rules: [{ tool: 'a', action: 'deny' }] });
+    engine.addPolicy({ name: 'hide-b', priority: 100, rules: [{ tool: 'b', action: 'deny' }] });
+    await expect(engine.askAsLikeHidden(ctx('ghost'))).resolves.toBeUndefined();
+    expect([high.asked, mid.asked, low.asked]).toEqual([['ghost'], [], []]);
+    engine.removePolicy('hide-b');
+    engine.removePolicy('hide-a');
+    engine.addPolicy({ name: 'hide-c', priority: 5, rules: [{ tool: 'c', action: 'deny' }] });
+    await engine.askAsLikeHidden(ctx('ghost2'));
+    expect([high.asked, mid.asked, low.asked]).toEqual([
+      ['ghost', 'ghost2'],
+      ['ghost2'],
+      ['ghost2'],
+    ]);
+    engine.close();
+  });
+
   it('make the authorizer wait for them: tryAuthorize defers, authorize refuses with the typed code', async () => {
     const policies = new PolicyEngine();
     policies.addPolicy({ name: 'rules', rules: [{ tool: '*', action: 'allow' }] });
