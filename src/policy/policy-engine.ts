@@ -1146,6 +1146,19 @@ export class PolicyEngine {
   }
 }
 
+/**
+ * Checks a policy as {@link PolicyEngine.addPolicy} does — parsed, every rule compiled — without
+ * registering it anywhere: for a caller that must refuse a bad policy before it makes anything
+ * (the sidecar, before it creates its state file).
+ * @returns the policy with its defaults filled in, as `addPolicy` would store it.
+ * @throws PolicyValidationError naming the policy, rule index and field.
+ */
+export function validatePolicy(policy: unknown): NormalizedPolicy {
+  const normalized = parsePolicy(policy);
+  for (let i = 0; i < normalized.rules.length; i++) compileRule(normalized, i, 0);
+  return normalized;
+}
+
 /** A provider's deny as a decision (the shape {@link PolicyEngine.evaluateSync} gives it). */
 function providerDeny(name: string, verdict: PolicyVerdict): PolicyDecision {
   return Object.freeze({

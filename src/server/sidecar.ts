@@ -22,6 +22,7 @@ import { FabricMetrics } from './fabric-metrics.js';
 import type { Tracing } from '../telemetry/tracing.js';
 import { PluginHost } from '../plugins/plugin-host.js';
 import { policyWarnings } from '../policy/conditions.js';
+import { validatePolicy } from '../policy/policy-engine.js';
 import type { PluginEndpoints } from '../plugins/plugin.js';
 import { startGrpcServer, type GrpcServer } from '../rpc/grpc-server.js';
 import { HttpDoor } from '../rpc/http-door.js';
@@ -209,10 +210,12 @@ export class Sidecar {
         options.fabricOptions?.store === undefined &&
         state !== undefined &&
         state !== 'memory';
-      // Before the state file is made: one an agent could read through an upstream is refused.
+      // Before the state file is made: one an agent could read through an upstream is refused,
+      // and so is a policy the fabric would refuse (a start refused for its config makes no file).
       for (const msg of checkOwnFiles(config.upstreams, ownFiles(config, opensState))) {
         log({ level: 'warn', msg });
       }
+      if (opensState) for (const p of config.policies) validatePolicy(p);
       let store: DurableStore | undefined;
       if (opensState) {
         store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(state.path, {

@@ -62,13 +62,19 @@ function cliEnv(extra: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   return { ...env, ...extra };
 }
 
-/** Runs `agent-fabric <args>` (from source) to its end. */
+/**
+ * The folder the CLI runs in: not the repository, where a `serve` without a state path of its
+ * own would make `.fabric/state.db` (the default, taken from the working directory).
+ */
+const CLI_CWD = tempDir('cli-operator-cwd');
+
+/** Runs `agent-fabric <args>` (from source) to its end, in {@link CLI_CWD}. */
 function cli(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<Ran> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
       ['--import', TSX, CLI_MAIN, ...args],
-      { env: cliEnv(env), timeout: 60_000 },
+      { cwd: CLI_CWD, env: cliEnv(env), timeout: 60_000 },
       (error, out, err) => {
         outputs.push(out, err);
         const code = error ? (typeof error.code === 'number' ? error.code : null) : 0;
@@ -284,6 +290,9 @@ describe('agent-fabric config check and policies', () => {
     const served = await cli(['serve', '--config', file, '--port', '0']);
     expect(served.code).toBe(1);
     expect(served.err).toContain('FABRIC_ERR_POLICY_INVALID');
+    // Refused before the default state file (.fabric/state.db in its folder) was made: before,
+    // it was made first, and this test left one in the repository.
+    expect(existsSync(join(CLI_CWD, '.fabric'))).toBe(false);
     const checked = await cli(['config', 'check', file]);
     expect(checked.code).toBe(1);
     expect(checked.err).toContain(`${file}:4: policies.1: policy "typo" rule 0: rules[0].action`);
