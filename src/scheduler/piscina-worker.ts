@@ -7,6 +7,12 @@
  * `(payload, context) => result | Promise<result>`; `context.signal` aborts when the task times
  * out or is cancelled.
  *
+ * Isolation stops at the thread: every agent's tasks share the pool, a thread runs several
+ * batches at once, and handlers share its globals and module state. A callback a handler leaves
+ * behind runs in later batches; only its throw is told apart (see {@link onUncaught}). Its side
+ * effects cannot be: cancelling a batch's timers at its end would also cancel those library
+ * internals start on its behalf (keep-alive, timeouts), and promises and I/O cannot be cancelled.
+ *
  * @module
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
