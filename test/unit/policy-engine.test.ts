@@ -6,7 +6,11 @@ import {
   isFabricError,
 } from '../../src/errors.js';
 import { ApprovalManager } from '../../src/policy/approval-manager.js';
-import { PolicyEngine, type PolicyContext } from '../../src/policy/policy-engine.js';
+import {
+  PolicyEngine,
+  validatePolicy,
+  type PolicyContext,
+} from '../../src/policy/policy-engine.js';
 import type { Policy } from '../../src/policy/policy.js';
 
 const ctx = (
@@ -459,6 +463,8 @@ describe('PolicyEngine: invalid policies are rejected when added', () => {
     expect(err.details.rule).toBe(rule);
     expect(err.message).toMatch(message);
     expect(err.message).toContain(`policy ${JSON.stringify(name)}`);
+    // validatePolicy (what the sidecar checks before it makes its state file) refuses it alike.
+    expect(rejection(() => validatePolicy(policy)).message).toBe(err.message);
   });
 
   it('duplicate names', () => {
