@@ -119,7 +119,19 @@ const suite: BenchSuite = {
     const lifecycles = ctx.quick ? 4 : 12;
     const commits = lifecycles * 3;
     const hookDir = await tempDir();
-    const hooks = await HookManager.open({ storagePath: hookDir, useGitWorktree: false });
+    // Signed, as a sidecar with a durable state file runs it (one HMAC per commit).
+    let signed = false;
+    const hooks = await HookManager.open({
+      storagePath: hookDir,
+      useGitWorktree: false,
+      stateSigning: {
+        key: 'bench-key',
+        signed: () => signed,
+        markSigned: () => {
+          signed = true;
+        },
+      },
+    });
     const base = await initRepo();
     const dirs = [hookDir, base.path];
     try {

@@ -74,6 +74,7 @@ import type { BootClock } from './budget/budget-clock.js';
 import { parseBudgetConfig } from './budget/budget-config.js';
 import { abandonedError, HookManager } from './hooks/hook-manager.js';
 import type { HookManagerOptions } from './hooks/hook-manager-options.js';
+import { stateSigningFrom } from './hooks/state-signing.js';
 import type { HookStore } from './hooks/hook-store.js';
 import { EMPTY_FAILURE_MESSAGE, type Hook } from './hooks/hook.js';
 import type { CreateHookRequest, ListHooksFilter } from './hooks/hook-manager.js';
@@ -440,7 +441,13 @@ export class AgentFabric {
     this.#onBudgetExhausted = mode;
     if (options.hooks !== undefined) {
       const { autoReassign, ...hookOptions } = options.hooks;
-      this.#attachHooks(new HookManager(hookOptions), autoReassign ?? true);
+      const signing = hookOptions.stateSigning ?? stateSigningFrom(this.#store);
+      this.#attachHooks(
+        new HookManager(
+          signing === undefined ? hookOptions : { ...hookOptions, stateSigning: signing },
+        ),
+        autoReassign ?? true,
+      );
     }
     this.natsHeartbeats =
       this.#nats === undefined

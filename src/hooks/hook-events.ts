@@ -58,6 +58,20 @@ export interface RefMovedEvent {
 }
 
 /**
+ * `store.state_quarantined`: at load, the state ref's head (`found`) did not verify — no MAC
+ * (`unsigned`) or one made with another key (`bad-mac`) — in a store that signs its commits:
+ * written by someone without the key while no sidecar ran. It is kept under `quarantineRef`,
+ * and the ref was moved back to `restored`, the newest commit before it that verifies, whose
+ * state is what was loaded.
+ */
+export interface StateQuarantinedEvent {
+  readonly found: string;
+  readonly restored: string;
+  readonly quarantineRef: string;
+  readonly reason: 'unsigned' | 'bad-mac';
+}
+
+/**
  * `store.ref_lock_removed`: a transition found the state ref locked by a lock file older than
  * `STALE_REF_LOCK_MS` (left by a git that died holding it), removed it and went on.
  */
@@ -117,6 +131,7 @@ export interface HookEventMap {
   'hook.stale': HookStaleEvent;
   'patrol.error': PatrolErrorEvent;
   'store.ref_moved': RefMovedEvent;
+  'store.state_quarantined': StateQuarantinedEvent;
   'store.ref_lock_removed': RefLockRemovedEvent;
   'store.lock_restored': LockRestoredEvent;
   'store.lock_lost': LockLostEvent;

@@ -8,6 +8,7 @@ import { ConfigError } from '../errors.js';
 import { MAX_TIMER_MS, MAX_TIMER_SECONDS, timerLimitMessage } from '../scheduler/task-waiters.js';
 import { isAgentLiveness, type AgentLiveness } from './liveness.js';
 import { branchNameProblem } from './ref-name.js';
+import type { StateSigning } from './state-store.js';
 
 /** Default for {@link HookManagerOptions.patrolIntervalSeconds}. */
 export const DEFAULT_PATROL_INTERVAL_SECONDS = 30;
@@ -119,6 +120,16 @@ export interface HookManagerOptions {
    */
   author?: GitIdentity;
   /**
+   * Signs every state commit (HMAC-SHA256 of its tree and parents, a `Fabric-State-MAC:`
+   * trailer) and verifies the state ref's head at `open()`: a head that does not verify, in a
+   * store that has signed before, is moved under `refs/fabric/quarantine/` and the ref goes back
+   * to the newest commit that verifies (`store.state_quarantined`). The key and the "signed
+   * since" marker must outlive the process (the fabric takes both from its durable state file);
+   * without this option nothing is signed or verified.
+   * @default undefined
+   */
+  stateSigning?: StateSigning;
+  /**
    * Clock in epoch ms (tests inject one).
    * @default Date.now
    */
@@ -140,6 +151,7 @@ export interface ResolvedHookManagerOptions {
   readonly liveness: AgentLiveness | undefined;
   readonly fsync: boolean;
   readonly author: Readonly<GitIdentity>;
+  readonly stateSigning: StateSigning | undefined;
   readonly clock: () => number;
 }
 
@@ -157,6 +169,7 @@ const KNOWN = new Set<string>([
   'liveness',
   'fsync',
   'author',
+  'stateSigning',
   'clock',
 ]);
 
@@ -205,6 +218,21 @@ export function parseHookManagerOptions(
   }
   if (o.fsync !== undefined && typeof o.fsync !== 'boolean') {
     throw new ConfigError('options.fsync', 'must be a boolean');
+  }
+  const signing = o.stateSigning as Partial<StateSigning> | undefined;
+  if (
+    signing !== undefined &&
+    (typeof signing !== 'object' ||
+      signing === null ||
+      typeof signing.key !== 'string' ||
+      signing.key.length === 0 ||
+      typeof signing.signed !== 'function' ||
+      typeof signing.markSigned !== 'function')
+  ) {
+    throw new ConfigError(
+      'options.stateSigning',
+      'must be { key: non-empty string, signed(), markSigned() }',
+    );
   }
   if (o.clock !== undefined && typeof o.clock !== 'function') {
     throw new ConfigError('options.clock', 'must be a function returning epoch milliseconds');
@@ -265,6 +293,7 @@ export function parseHookManagerOptions(
     liveness: o.liveness as AgentLiveness | undefined,
     fsync: (o.fsync as boolean | undefined) ?? true,
     author: identity(o.author),
+    stateSigning: signing as StateSigning | undefined,
     clock: (o.clock as (() => number) | undefined) ?? Date.now,
   });
 }

@@ -1029,10 +1029,12 @@ export class HookManager {
         refLockPath: join(gitDir, `${HOOKS_REF}.lock`),
         onRefLockRemoved: (path, ageMs) =>
           this.#events.emit('store.ref_lock_removed', { path, ageMs: Math.round(ageMs) }),
+        signing: o.stateSigning,
+        onQuarantined: (event) => this.#events.emit('store.state_quarantined', event),
       });
       let records: Hook[];
       try {
-        records = await store.load();
+        records = await store.load(o.clock());
       } catch (err) {
         if (err instanceof HookStoreError) throw err;
         throw new HookStoreError(

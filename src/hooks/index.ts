@@ -24,7 +24,13 @@ export { HookStatus, HOOK_TRANSITIONS, canTransition, isOpenStatus } from './hoo
 export { HOOK_ID_PATTERN, isHookId } from './hook-id.js';
 export { branchNameProblem, checkBranchName, MAX_BRANCH_NAME_LENGTH } from './ref-name.js';
 export { HookRecordSchema } from './hook.js';
-export { HOOKS_REF, HOOK_STORE_FORMAT_VERSION } from './state-store.js';
+export {
+  HOOKS_REF,
+  HOOK_STORE_FORMAT_VERSION,
+  QUARANTINE_REF_PREFIX,
+  STATE_MAC_TRAILER,
+} from './state-store.js';
+export { HOOK_SIGNED_SINCE, HOOK_STATE_KEY, stateSigningFrom } from './state-signing.js';
 export { isAgentLiveness } from './liveness.js';
 
 export type {
@@ -57,7 +63,10 @@ export type {
   PatrolErrorEvent,
   RefLockRemovedEvent,
   RefMovedEvent,
+  StateQuarantinedEvent,
 } from './hook-events.js';
+export type { StateSigning } from './state-store.js';
+export type { SigningSource } from './state-signing.js';
 export type { AgentLiveness } from './liveness.js';
 export type { JsonValue } from './json-value.js';
 export type { LockHolder } from './store-lock.js';

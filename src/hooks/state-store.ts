@@ -13,19 +13,27 @@
  * hooks/<2 hex>/<hookId>.json    one record per hook (shard = 2 hex digits of the id)
  * ```
  *
+ * With {@link StateSigning} (a key that outlives the process), every commit ends in a
+ * `Fabric-State-MAC:` trailer over its tree and parents, and `load()` verifies the head: the
+ * repository is writable by agents with worktrees, so a head moved while no sidecar ran is
+ * otherwise indistinguishable from the store's own.
+ *
  * @module
  */
-import { createHash } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { rm, stat } from 'node:fs/promises';
 import type { SimpleGit } from 'simple-git';
 import { HookStoreError } from '../errors.js';
 import { LooseObjectWriter, type ObjectFormat, type TreeEntry } from './git-objects.js';
 import { RefUpdater, runGit } from './git-process.js';
+import type { StateQuarantinedEvent } from './hook-events.js';
 import { HookRecordSchema, type Hook } from './hook.js';
 import { hookShard, isHookId } from './hook-id.js';
 
 /** The ref holding hook state. Not a branch: `git log refs/fabric/hooks` shows the history. */
 export const HOOKS_REF = 'refs/fabric/hooks';
+/** Where a state head that failed verification at load is kept (`<prefix><UTC time>-<id>`). */
+export const QUARANTINE_REF_PREFIX = 'refs/fabric/quarantine/hooks-';
 /** Version of the tree layout written by this code. */
 export const HOOK_STORE_FORMAT_VERSION = 1;
 const FORMAT_NAME = 'agent-fabric/hooks';
@@ -55,7 +63,29 @@ export interface StateStoreOptions {
   readonly refLockPath?: string | undefined;
   /** Called when a ref lock left by a git that died was removed (see {@link STALE_REF_LOCK_MS}). */
   readonly onRefLockRemoved?: ((path: string, ageMs: number) => void) | undefined;
+  /** Signs every commit and verifies the head at load; without it, neither (see {@link StateSigning}). */
+  readonly signing?: StateSigning | undefined;
+  /** Called when the head at load failed verification and was quarantined. */
+  readonly onQuarantined?: ((event: StateQuarantinedEvent) => void) | undefined;
 }
+
+/**
+ * The key that signs the state ref's commits, and the "signed since" marker kept outside git
+ * (in the durable state): a store that has written a signed commit refuses an unsigned head
+ * from then on, while one that has not takes its legacy head once and signs from there.
+ */
+export interface StateSigning {
+  /** The MAC key (a secret: never logged, never written to the repository). */
+  readonly key: string;
+  /** True once this store has written (or verified) a signed commit: the marker is set. */
+  readonly signed: () => boolean;
+  /** Sets the marker (called once, after the first signed commit is on the ref). */
+  readonly markSigned: () => void;
+}
+
+/** The commit-message trailer holding a state commit's MAC (the message's last line). */
+export const STATE_MAC_TRAILER = 'Fabric-State-MAC';
+const MAC_LINE = new RegExp(`\\n${STATE_MAC_TRAILER}: ([0-9a-f]{64})\\n?$`);
 
 /**
  * Age past which a lock of the state ref is taken for one left behind (by a git killed between
@@ -71,6 +101,8 @@ export class HookStateStore {
   readonly #writer: LooseObjectWriter;
   readonly #refs: RefUpdater;
   #head: string | undefined;
+  /** The "signed since" marker is known to be set (read once, not at every commit). */
+  #marked = false;
   #formatOid: string | undefined;
   /** shard -> (file name -> blob id) */
   #shards = new Map<string, ReadonlyMap<string, string>>();
@@ -100,19 +132,24 @@ export class HookStateStore {
    * Reads every hook from the ref's current commit. Every object read — the commit, its trees,
    * the records — is checked against its id: git reads an object file without doing so, and
    * with worktrees agents can write the object store (an object file rewritten under its name
-   * would otherwise be read as the record it replaced).
+   * would otherwise be read as the record it replaced). With signing, the head is verified
+   * first (see {@link StateSigning}): one that fails is quarantined and its newest verifying
+   * ancestor loaded; a legacy head of a store never signed is signed at once.
    */
-  async load(): Promise<Hook[]> {
-    const head = await this.#readRef();
-    this.#head = head;
+  async load(now: number = Date.now()): Promise<Hook[]> {
+    let head = await this.#readRef();
     this.#shards = new Map();
     this.#shardTrees = new Map();
     this.#formatOid = undefined;
+    this.#head = head;
     if (head === undefined) return [];
-
-    const commit = (await this.#readObjects([head], 'commit')).get(head)!;
-    const rootOid = /^tree ([0-9a-f]+)\n/.exec(commit.toString('utf8'))?.[1];
-    if (rootOid === undefined) throw this.#corrupt(`commit ${head} names no tree`);
+    let commit = await this.#readCommit(head);
+    let adopt = false;
+    if (this.#o.signing !== undefined) {
+      ({ head, commit, adopt } = await this.#verifiedHead(head, commit, this.#o.signing, now));
+      this.#head = head;
+    }
+    const rootOid = commit.tree;
     const root = this.#parseTree(
       rootOid,
       (await this.#readObjects([rootOid], 'tree')).get(rootOid)!,
@@ -156,13 +193,116 @@ export class HookStateStore {
         `format.json says ${JSON.stringify(format)}; this version reads ${FORMAT_NAME} v${HOOK_STORE_FORMAT_VERSION}`,
       );
     }
-    return blobs.map(({ path, oid, hookId }) => {
+    const records = blobs.map(({ path, oid, hookId }) => {
       const parsed = HookRecordSchema.safeParse(this.#parseJson(contents.get(oid), path));
       if (!parsed.success || parsed.data.hookId !== hookId) {
         throw this.#corrupt(`${path} is not a valid hook record`, parsed.error);
       }
       return parsed.data;
     });
+    if (adopt) await this.#adopt(head, rootOid, this.#o.signing!, now);
+    return records;
+  }
+
+  /**
+   * The head to load: `tip` when its MAC verifies, or when the store has never signed (a legacy
+   * head, taken once: `adopt` then has it signed at once). Otherwise the newest first-parent
+   * ancestor that verifies, with `tip` kept under a quarantine ref and the state ref moved back.
+   * @throws HookStoreError when no commit before `tip` verifies (the key or the history changed).
+   */
+  async #verifiedHead(
+    tip: string,
+    first: ParsedCommit,
+    signing: StateSigning,
+    now: number,
+  ): Promise<{ head: string; commit: ParsedCommit; adopt: boolean }> {
+    if (this.#verifies(first, signing.key)) {
+      // A signed commit whose marker was not set (a crash between the two): set now.
+      this.#markSigned();
+      return { head: tip, commit: first, adopt: false };
+    }
+    if (!signing.signed()) return { head: tip, commit: first, adopt: true };
+    const reason = first.mac === undefined ? 'unsigned' : 'bad-mac';
+    let restored = first.parents[0];
+    let commit: ParsedCommit | undefined;
+    while (restored !== undefined) {
+      commit = await this.#readCommit(restored);
+      if (this.#verifies(commit, signing.key)) break;
+      restored = commit.parents[0];
+    }
+    if (restored === undefined || commit === undefined) {
+      throw this.#corrupt(
+        `its head ${tip} is ${reason === 'unsigned' ? 'not signed' : 'signed with another key'} and no commit before it verifies (the state file holding the key was replaced, or the history was rewritten)`,
+      );
+    }
+    const stamp = new Date(now).toISOString().replace(/[-:]|\.\d+/g, '');
+    const quarantineRef = `${QUARANTINE_REF_PREFIX}${stamp}-${tip.slice(0, 12)}`;
+    await runGit(this.#o.repoDir, ['update-ref', quarantineRef, tip, this.#writer.zeroOid]);
+    await this.#refs.update(HOOKS_REF, restored, tip);
+    this.#o.onQuarantined?.({ found: tip, restored, quarantineRef, reason });
+    return { head: restored, commit, adopt: false };
+  }
+
+  /** Signs a legacy head: a commit of the same tree on top of it, then sets the marker. */
+  async #adopt(head: string, tree: string, signing: StateSigning, now: number): Promise<void> {
+    const w = this.#writer;
+    const parents = [head];
+    const next = w.commit({
+      tree,
+      parents,
+      name: this.#o.author.name,
+      email: this.#o.author.email,
+      time: now,
+      message: `hooks: state signed from here on\n\n${STATE_MAC_TRAILER}: ${stateMac(signing.key, tree, parents)}`,
+    });
+    try {
+      await w.flush();
+      await this.#refs.update(HOOKS_REF, next, head);
+    } catch (err) {
+      w.discard();
+      throw new HookStoreError(
+        this.#o.repoDir,
+        `could not sign hook state: ${(err as Error).message}`,
+        { ref: HOOKS_REF, operation: 'load' },
+        { cause: err },
+      );
+    }
+    this.#head = next;
+    this.#markSigned();
+  }
+
+  /**
+   * Sets the "signed since" marker unless it is set (with signing on). A failure to write it
+   * (the state file's disk full) fails nothing — the commit is on the ref — and is retried at
+   * the next commit; until it is set, the next open would take an unsigned head once.
+   */
+  #markSigned(): void {
+    const signing = this.#o.signing;
+    if (signing === undefined) return;
+    try {
+      if (!signing.signed()) signing.markSigned();
+      this.#marked = true;
+    } catch {
+      // Retried at the next commit (see above).
+    }
+  }
+
+  /** A commit read (checked against its id) and parsed: its tree, parents and MAC trailer. */
+  async #readCommit(oid: string): Promise<ParsedCommit> {
+    const text = (await this.#readObjects([oid], 'commit')).get(oid)!.toString('utf8');
+    const end = text.indexOf('\n\n');
+    const header = end < 0 ? text : text.slice(0, end);
+    const tree = /^tree ([0-9a-f]+)$/m.exec(header)?.[1];
+    if (tree === undefined) throw this.#corrupt(`commit ${oid} names no tree`);
+    const parents = [...header.matchAll(/^parent ([0-9a-f]+)$/gm)].map((m) => m[1]!);
+    const mac = end < 0 ? undefined : MAC_LINE.exec(text.slice(end + 1))?.[1];
+    return mac === undefined ? { tree, parents } : { tree, parents, mac };
+  }
+
+  #verifies(c: ParsedCommit, key: string): boolean {
+    if (c.mac === undefined) return false;
+    const expected = Buffer.from(stateMac(key, c.tree, c.parents), 'hex');
+    return timingSafeEqual(expected, Buffer.from(c.mac, 'hex'));
   }
 
   /**
@@ -189,13 +329,19 @@ export class HookStateStore {
         shardTrees.set(shard, w.tree([...entries].map(([name, oid]) => file(name, oid))));
         const hooksTree = w.tree([...shardTrees].map(([name, oid]) => dir(name, oid)));
         const root = w.tree([file('format.json', formatOid), dir('hooks', hooksTree)]);
+        const parents = parent === undefined ? [] : [parent];
+        const key = this.#o.signing?.key;
         parent = w.commit({
           tree: root,
-          parents: parent === undefined ? [] : [parent],
+          parents,
           name: this.#o.author.name,
           email: this.#o.author.email,
           time: now,
-          message,
+          // The message ends in trailers (`Hook-Id:` …): the MAC is one more, the last line.
+          message:
+            key === undefined
+              ? message
+              : `${message.replace(/\n*$/, '')}\n${STATE_MAC_TRAILER}: ${stateMac(key, root, parents)}`,
         });
         commits.push(parent);
       }
@@ -231,6 +377,7 @@ export class HookStateStore {
     this.#head = parent;
     this.#shards = shards;
     this.#shardTrees = shardTrees;
+    if (!this.#marked) this.#markSigned();
     return commits;
   }
 
@@ -340,6 +487,25 @@ export class HookStateStore {
       throw this.#corrupt(`${path} is not JSON: ${(err as Error).message}`);
     }
   }
+}
+
+/**
+ * HMAC-SHA256 (hex) of a state commit's root tree and parents under `key`. The tree id covers
+ * every record and the parent ids the history before it, so a commit that verifies was made by
+ * the key's holder on top of a state it made or adopted; the message and dates are not covered
+ * (changing them changes no state).
+ */
+export function stateMac(key: string, tree: string, parents: readonly string[]): string {
+  const h = createHmac('sha256', key).update(`agent-fabric/hooks-state v1\ntree ${tree}\n`);
+  for (const p of parents) h.update(`parent ${p}\n`);
+  return h.digest('hex');
+}
+
+/** What the store reads of a commit: its root tree, parents and `Fabric-State-MAC:` trailer. */
+interface ParsedCommit {
+  readonly tree: string;
+  readonly parents: readonly string[];
+  readonly mac?: string;
 }
 
 function file(name: string, oid: string): TreeEntry {

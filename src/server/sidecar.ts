@@ -307,6 +307,12 @@ export class Sidecar {
             msg: `hooks: store maintenance failed (hooks go on; retried next interval): ${error instanceof Error ? error.message : String(error)}`,
           }),
         );
+        fabric.hooks?.on('store.state_quarantined', ({ found, restored, quarantineRef, reason }) =>
+          log({
+            level: 'error',
+            msg: `hooks: the state ref's head ${found} was ${reason === 'unsigned' ? 'not signed' : 'signed with another key'} (written while the sidecar was down by someone without the key): kept as ${quarantineRef}; the state was loaded from ${restored}, the newest commit that verifies`,
+          }),
+        );
         fabric.hooks?.on('store.ref_lock_removed', ({ path, ageMs }) =>
           log({
             level: 'warn',

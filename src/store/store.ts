@@ -81,6 +81,10 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
    * durable stores have it; the NATS executor keeps its lease key and sidecar id in it.
    */
   secret?(key: string): string;
+  /** Durable stores: a small value kept under `key` across restarts (the hook store's marker). */
+  getMeta?(key: string): string | undefined;
+  /** Durable stores: stores `value` under `key`, committed before it returns. */
+  setMeta?(key: string, value: string): void;
   /**
    * Durable stores: the error of the last commit when it failed (disk full, I/O error) and what
    * it held is still only in memory; undefined once a commit succeeds again.

@@ -264,6 +264,18 @@ describe('parseHookManagerOptions', () => {
       'options.author.name',
     ],
     [{ storagePath: '/x', useGitWorktree: true, clock: 5 }, 'options.clock'],
+    [
+      {
+        storagePath: '/x',
+        useGitWorktree: true,
+        stateSigning: { key: '', signed: () => true, markSigned: () => undefined },
+      },
+      'options.stateSigning',
+    ],
+    [
+      { storagePath: '/x', useGitWorktree: true, stateSigning: { key: 'k' } },
+      'options.stateSigning',
+    ],
     [{ storagePath: '/x', useGitWorktree: true, stroagePath: '/y' }, 'options.stroagePath'],
   ])('rejects %j naming %s', (options, field) => {
     try {

@@ -1,0 +1,91 @@
+/**
+ * The real `agent-fabric serve` with a SQLite state file and a hook store: while it is stopped,
+ * someone who can write the store's repository moves `refs/fabric/hooks` to a commit adding a
+ * PENDING hook for the sidecar's agent. At the next start the sidecar does not hand that hook
+ * out: the forged head is quarantined, the ref is back at the last genuine commit, an error is
+ * logged naming what happened (without the key).
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { HOOK_STATE_KEY, QUARANTINE_REF_PREFIX } from '../../src/hooks/index.js';
+import { SqliteStore } from '../../src/store/sqlite-store.js';
+import { tempDir } from '../fixtures/gateway/harness.js';
+import { forgePendingHook } from '../fixtures/hooks/forge-state.js';
+import { git, stateHead } from '../fixtures/hooks/temp-store.js';
+import { cleanUp, serve, stop, type Running } from '../fixtures/state/serve.js';
+
+afterAll(cleanUp);
+
+const ADMIN = `fab_admin_${'Hk3m'.repeat(8)}`;
+
+async function call(r: Running, method: string, body: unknown): Promise<Record<string, unknown>> {
+  const res = await fetch(`${new URL(r.url).origin}/api/fabric.v1.${method}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  expect(res.status, method).toBe(200);
+  return (await res.json()) as Record<string, unknown>;
+}
+
+describe('sidecar start after the hook state was forged while it was down', () => {
+  it('quarantines the forged head, hands out no forged hook, and logs an error', async () => {
+    const dir = tempDir('hook-forgery');
+    const storagePath = join(dir, 'hooks');
+    const statePath = join(dir, 'state.db');
+    writeFileSync(
+      join(dir, 'fabric.json'),
+      JSON.stringify({
+        http: { host: '127.0.0.1', port: 0 },
+        adminToken: ADMIN,
+        state: { path: statePath },
+        hooks: { storagePath, useGitWorktree: false },
+        agents: [{ name: 'worker' }],
+      }),
+    );
+    const first = await serve(dir);
+    const { agents } = (await call(first, 'FabricService/ListAgents', {})) as {
+      agents: { agentId: string }[];
+    };
+    const agentId = agents[0]!.agentId;
+    const { hook } = (await call(first, 'FabricService/CreateHook', {
+      agentId,
+      workItem: 'w',
+    })) as {
+      hook: { hookId: string };
+    };
+    expect(await stop(first, 'SIGTERM')).toBe(0);
+    const genuine = stateHead(storagePath);
+    const forged = forgePendingHook(storagePath, hook.hookId, agentId, dir);
+
+    const r = await serve(dir);
+    const { hooks } = (await call(r, 'FabricService/ListHooks', {})) as {
+      hooks: { hookId: string }[];
+    };
+    expect(hooks.map((h) => h.hookId)).toEqual([hook.hookId]);
+    expect(stateHead(storagePath)).toBe(genuine);
+    const quarantined = git(storagePath, 'for-each-ref', '--format=%(refname) %(objectname)');
+    expect(quarantined).toContain(`${QUARANTINE_REF_PREFIX}`);
+    expect(quarantined).toContain(forged.commit);
+    expect(await stop(r, 'SIGTERM')).toBe(0);
+
+    const lines = r
+      .err()
+      .split('\n')
+      .filter((l) => l.trim() !== '')
+      .map((l) => JSON.parse(l) as { level: number; msg: string });
+    const logged = lines.filter((e) => e.msg.includes('state ref'));
+    expect(logged, r.err()).toHaveLength(1);
+    expect(logged[0]!.level).toBe(50);
+    expect(logged[0]!.msg).toContain(forged.commit);
+    expect(logged[0]!.msg).toContain(genuine);
+    expect(logged[0]!.msg).toContain(QUARANTINE_REF_PREFIX);
+    const store = await SqliteStore.open(statePath);
+    const key = store.getMeta(HOOK_STATE_KEY);
+    await store.close();
+    expect(key).toMatch(/^[0-9a-f]{64}$/);
+    expect(r.err()).not.toContain(key);
+    expect(r.err()).not.toContain(ADMIN);
+  }, 120_000);
+});
