@@ -129,11 +129,13 @@ describe('hook state forged while the sidecar is down', () => {
     expect((await again.fabric.hooks!.getHook(active)).status).toBe(HookStatus.COMPLETED);
   });
 
-  it('quarantines a head whose MAC was made without the key', async () => {
+  it('quarantines a head whose MAC was made without the key, going back past every forged commit', async () => {
     const first = await start();
     const { done } = await genuineHooks(first.fabric);
     await stop();
     const genuine = stateHead(storagePath);
+    // Two commits on top of the genuine head: the walk goes back past both.
+    forgePendingHook(storagePath, done, 'victim', dir.path);
     const forged = forgePendingHook(
       storagePath,
       done,
