@@ -20,6 +20,8 @@ import {
   encodeJson,
   genuineReportAnswer,
   heartbeatAnswerMac,
+  MAX_ERROR_CODE_LENGTH,
+  MAX_ERROR_MESSAGE_LENGTH,
   heartbeatProof,
   reportProof,
   sameProof,
@@ -108,6 +110,25 @@ function genuineAnswers(data: unknown, batch: readonly Queued[]): Answer[] | und
   }
   return out;
 }
+
+/**
+ * `error` within what a report's error may carry (see `reportSchema`): a longer message cut, a
+ * code empty or too long replaced. A sidecar cannot read a report beyond those bounds: it would
+ * refuse the outcome, and the task would end at its timeout with the handler's reason lost.
+ */
+function reportableError(error: ReportError): ReportError {
+  const { code, message } = error;
+  const codeOk = code.length >= 1 && code.length <= MAX_ERROR_CODE_LENGTH;
+  if (codeOk && message.length <= MAX_ERROR_MESSAGE_LENGTH) return error;
+  return {
+    ...error,
+    code: codeOk ? code : code.slice(0, MAX_ERROR_CODE_LENGTH) || 'FABRIC_ERR_TASK_EXECUTION',
+    message: message.slice(0, MAX_ERROR_MESSAGE_LENGTH),
+  };
+}
+
+/** The error of a `fail` report. */
+type ReportError = NonNullable<Report['error']>;
 
 /** A signed link of one agent; see the module comment. */
 export class NatsAgentLink {
@@ -268,6 +289,7 @@ export class NatsAgentLink {
       take: kind === 'start' ? undefined : this.#upOf.get(task)?.take,
       ...extra,
     };
+    if (report.error !== undefined) report.error = reportableError(report.error);
     const giveUpAt = this.#giveUpAt.get(task) ?? performance.now() + 2_000;
     return new Promise((resolve) => {
       let queue = this.#outbox.get(task.replyTo);

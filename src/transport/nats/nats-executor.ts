@@ -66,6 +66,7 @@ import {
   batchReports,
   decodeJson,
   encodeJson,
+  reportBinding,
   reportProof,
   sameProof,
   signedReportAnswer,
@@ -645,8 +646,9 @@ export class NatsExecutor implements TaskExecutor {
         else this.stats.reportsRejected++;
         // Under the lease the report carried, which only the worker holding the attempt's
         // message shares: a worker acts on no answer without it (anyone may publish on its
-        // reply subject). A report that is not one has no lease to key a MAC.
-        const r = parsed[i];
+        // reply subject). A body that is no report is refused under the lease it carries, when
+        // it has one and the ids the MAC binds (its worker must not wait on: see `reportBinding`).
+        const r = parsed[i] ?? reportBinding(reports[i]);
         return r === undefined ? a : signedReportAnswer(r, a);
       });
       // Queued on a microtask queued after the store's commit of what the reports changed (the

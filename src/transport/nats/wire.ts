@@ -59,10 +59,15 @@ export const taskMessageSchema = z
 /** A task as it sits in the JetStream work queue. */
 export type TaskMessage = z.infer<typeof taskMessageSchema>;
 
+/** Longest `code` of a report's error. */
+export const MAX_ERROR_CODE_LENGTH = 200;
+/** Longest `message` of a report's error. */
+export const MAX_ERROR_MESSAGE_LENGTH = 10_000;
+
 const taskErrorSchema = z
   .object({
-    code: z.string().min(1).max(200),
-    message: z.string().max(10_000),
+    code: z.string().min(1).max(MAX_ERROR_CODE_LENGTH),
+    message: z.string().max(MAX_ERROR_MESSAGE_LENGTH),
     details: z.record(z.string(), z.unknown()).optional(),
   })
   .strict();
@@ -221,9 +226,9 @@ function isTaskError(v: unknown): boolean {
   return (
     isObject(v) &&
     onlyKeys(v, ERROR_KEYS) &&
-    nonEmpty(v.code, 200) &&
+    nonEmpty(v.code, MAX_ERROR_CODE_LENGTH) &&
     typeof v.message === 'string' &&
-    v.message.length <= 10_000 &&
+    v.message.length <= MAX_ERROR_MESSAGE_LENGTH &&
     (v.details === undefined || isObject(v.details))
   );
 }
@@ -255,6 +260,27 @@ export function asReport(data: unknown): Report | undefined {
     (data.take === undefined || nonEmpty(data.take, 64)) &&
     (data.seq === undefined || positiveInt(data.seq));
   return ok ? (data as Report) : undefined;
+}
+
+/**
+ * What an answer's MAC binds of `data` when it is not a report (a field out of bounds, an
+ * unknown key) but carries a lease and, each of its type, the ids a report's answer binds, else
+ * undefined. The sidecar signs its refusal of such a body: the worker that sent it, which
+ * acts on no answer without a right MAC, would otherwise send it again at every timeout for as
+ * long as it runs, and with it every report of the same batch. No oracle: the MAC is keyed by
+ * the lease the body carries, which its sender knows.
+ */
+export function reportBinding(data: unknown): AnsweredReport | undefined {
+  if (!isObject(data)) return undefined;
+  const { kind, agentId, taskId, attempt, lease, take } = data;
+  const ok =
+    KINDS.has(kind) &&
+    typeof agentId === 'string' &&
+    typeof taskId === 'string' &&
+    typeof attempt === 'number' &&
+    nonEmpty(lease) &&
+    (take === undefined || typeof take === 'string');
+  return ok ? ({ kind, agentId, taskId, attempt, lease, take } as AnsweredReport) : undefined;
 }
 
 /**
