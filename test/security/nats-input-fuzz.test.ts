@@ -17,7 +17,13 @@ import { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
 import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
-import { decodeJson, encodeJson, type TaskMessage } from '../../src/transport/nats/wire.js';
+import {
+  decodeJson,
+  encodeJson,
+  genuineReportAnswer,
+  type AnsweredReport,
+  type TaskMessage,
+} from '../../src/transport/nats/wire.js';
 import { Fuzz, fuzzCount, fuzzSeed, watchUncaught } from '../fixtures/fuzz.js';
 import { describeNats, startNatsServer } from '../fixtures/nats-server.js';
 
@@ -107,6 +113,37 @@ describeNats('seeded hostile input on the NATS subjects (a real nats-server)', (
         return fuzz.chance(0.9) ? report() : fuzz.junk();
       };
 
+      // Every answer to a body that carries the attempt's lease and the ids an answer's MAC binds
+      // (each of its type) verifies as a worker checks it, refusals of unreadable bodies too: a
+      // worker whose own report the sidecar could not read would otherwise wait on forever.
+      let unsigned = 0;
+      let signed = 0;
+      const binding = (b: unknown): AnsweredReport | undefined => {
+        const r = b as Record<string, unknown> | null;
+        if (typeof r !== 'object' || r === null || Array.isArray(r)) return undefined;
+        const { kind, agentId, taskId, attempt, lease, take } = r;
+        return ['start', 'progress', 'complete', 'fail'].includes(kind as string) &&
+          typeof agentId === 'string' &&
+          typeof taskId === 'string' &&
+          typeof attempt === 'number' &&
+          lease === msg.lease &&
+          (take === undefined || typeof take === 'string')
+          ? ({ kind, agentId, taskId, attempt, lease, take } as AnsweredReport)
+          : undefined;
+      };
+      const checkSigned = (sent: Uint8Array, got: Uint8Array): void => {
+        const body = decodeJson(sent) as { v?: unknown; reports?: unknown } | undefined;
+        const answer = decodeJson(got) as { answers?: unknown[] } | undefined;
+        const pairs: Array<[unknown, unknown]> = Array.isArray(answer?.answers)
+          ? (body!.reports as unknown[]).map((r, i) => [r, answer.answers![i]])
+          : [[body, answer]];
+        for (const [r, a] of pairs) {
+          const b = binding(r);
+          if (b === undefined) continue;
+          if (genuineReportAnswer(a, b) === undefined) unsigned++;
+          else signed++;
+        }
+      };
       const pending: Promise<unknown>[] = [];
       for (let i = fuzzCount(3000); i > 0; i--) {
         const subject = fuzz.pick(subjects);
@@ -116,7 +153,15 @@ describeNats('seeded hostile input on the NATS subjects (a real nats-server)', (
         // Requests where the sidecar answers (reports, heartbeats); the rest are published.
         const answered = subject === msg.replyTo || subject.includes('.hb.');
         if (answered && fuzz.chance(0.5)) {
-          pending.push(evil.request(subject, data, { timeout: 3000 }).catch(() => undefined));
+          const sent = data;
+          pending.push(
+            evil.request(subject, data, { timeout: 3000 }).then(
+              (m) => {
+                if (subject === msg.replyTo) checkSigned(sent, m.data);
+              },
+              () => undefined,
+            ),
+          );
         } else {
           evil.publish(subject, data);
         }
@@ -125,6 +170,8 @@ describeNats('seeded hostile input on the NATS subjects (a real nats-server)', (
       await Promise.all(pending);
       await evil.flush();
 
+      expect(signed).toBeGreaterThan(100);
+      expect(unsigned).toBe(0);
       const stats = fabric.natsExecutor!.stats;
       expect(stats.reportsAccepted).toBe(0);
       expect(stats.reportsRejected).toBeGreaterThan(1000);
