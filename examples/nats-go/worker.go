@@ -105,8 +105,8 @@ func (a *answer) refusal() (string, string) {
 	return field(a.Code), field(a.Message)
 }
 
-// macEscaper writes a string field of an answer's MAC: % as %25, : as %3a.
-var macEscaper = strings.NewReplacer("%", "%25", ":", "%3a")
+// macEscaper writes a string field of an answer's MAC: % as %25, : as %3a, ~ as %7e.
+var macEscaper = strings.NewReplacer("%", "%25", ":", "%3a", "~", "%7e")
 
 // field is a string as a field of an answer's MAC.
 func field(s string) string { return macEscaper.Replace(s) }

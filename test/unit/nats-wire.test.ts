@@ -206,6 +206,12 @@ describe('NATS wire checks', () => {
     expect(heartbeatAnswerMac('K', 'a', 5, { ok: true, status: 'HEALTHY', poolId: null })).toBe(
       mac('K', 'answer:hb:a:5:true:::HEALTHY:~'),
     );
+    // A string never reads as null: a pool named '~' is not "no pool" (and '~' in any string
+    // is escaped, where the two texts were the same).
+    expect(answerMac('k', ['~', 'a~b'])).toBe(mac('k', 'answer:%7e:a%7eb'));
+    const inPool = (poolId: string | null) =>
+      heartbeatAnswerMac('K', 'a', 5, { ok: true, status: 'HEALTHY', poolId });
+    expect(inPool('~')).not.toBe(inPool(null));
     // Genuine only for its own report, unchanged.
     const signed = signedReportAnswer(r as never, ok);
     expect(genuineReportAnswer(signed, r as never)).toEqual({ ok: true });

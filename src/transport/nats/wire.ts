@@ -391,12 +391,13 @@ export type MacField = string | number | boolean | null | undefined;
 
 /**
  * MAC of a sidecar's answer to a worker: HMAC-SHA256 under `key`, base64url without padding,
- * over `answer` followed by each field after a `:` — a string with `%` written `%25` and `:`
- * written `%3a` (so no field can shift another's boundary), a number in decimal, `true`/`false`,
- * `~` for null and nothing for a field that is absent. The first field names the kind of request
+ * over `answer` followed by each field after a `:` — a string with `%` written `%25`, `:`
+ * written `%3a` (so no field can shift another's boundary) and `~` written `%7e` (so no string
+ * reads as null: a heartbeat answer's pool `"~"` is not its "no pool"), a number in decimal,
+ * `true`/`false`, `~` for null and nothing for a field that is absent. The first field names the kind of request
  * answered, so an answer to one kind, task, attempt or take-up is worthless for another. One
  * scheme for every answer a worker acts on; the README's wire table spells it out for workers in
- * other languages. (Strings are escaped only when they hold either character, a native search:
+ * other languages. (Strings are escaped only when they hold one of those characters, a native search:
  * escaping every id as a subject token cost about as much again as the HMAC.)
  */
 export function answerMac(key: string, fields: readonly MacField[]): string {
@@ -411,8 +412,8 @@ export function answerMac(key: string, fields: readonly MacField[]): string {
 }
 
 function macString(s: string): string {
-  if (!s.includes(':') && !s.includes('%')) return s;
-  return s.replaceAll('%', '%25').replaceAll(':', '%3a');
+  if (!s.includes(':') && !s.includes('%') && !s.includes('~')) return s;
+  return s.replaceAll('%', '%25').replaceAll(':', '%3a').replaceAll('~', '%7e');
 }
 
 /** What of a report its answer's MAC binds (and the lease that keys it). */
