@@ -21,7 +21,7 @@ import {
   type StateQuarantinedEvent,
 } from '../../src/hooks/index.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
-import { forgePendingHook } from '../fixtures/hooks/forge-state.js';
+import { forgeChain, forgePendingHook } from '../fixtures/hooks/forge-state.js';
 import { git, stateHead, tempDir, type TempDir } from '../fixtures/hooks/temp-store.js';
 
 let dir: TempDir;
@@ -147,6 +147,19 @@ describe('hook state forged while the sidecar is down', () => {
     expect(await f.hooks!.hookFor('victim')).toBeUndefined();
     expect(stateHead(storagePath)).toBe(genuine);
     expect(quarantined.map((e) => [e.found, e.reason])).toEqual([[forged.commit, 'bad-mac']]);
+  });
+
+  it('goes back past a forged chain longer than one read of commits (1,100 commits)', async () => {
+    const first = await start();
+    const { done } = await genuineHooks(first.fabric);
+    await stop();
+    const genuine = stateHead(storagePath);
+    forgeChain(storagePath, 1_100);
+    const forged = forgePendingHook(storagePath, done, 'victim', dir.path);
+    const { fabric: f, quarantined } = await start();
+    expect(await f.hooks!.hookFor('victim')).toBeUndefined();
+    expect(stateHead(storagePath)).toBe(genuine);
+    expect(quarantined.map((e) => [e.found, e.restored])).toEqual([[forged.commit, genuine]]);
   });
 
   it('a genuine restart keeps every hook, and the head carries a MAC', async () => {
