@@ -228,6 +228,7 @@ export class HookManager {
   /** Commits of hook state, and those that failed, since the store was made. */
   #commits = 0;
   #failedCommits = 0;
+  #quarantinedHeads = 0;
 
   /**
    * Checks the options; the store is opened by {@link open} or by the first call that needs it.
@@ -263,10 +264,16 @@ export class HookManager {
   /**
    * Commits of hook state since this manager was made (`commits`: ref updates that carried at
    * least one change) and commits that failed (`failedCommits`: each failed attempt; its
-   * transitions were rejected), for the metrics.
+   * transitions were rejected), and heads quarantined when the store opened
+   * (`quarantinedHeads`: see `store.state_quarantined`, which is announced before anything
+   * after the store's start can listen), for the metrics.
    */
-  get stats(): Readonly<{ commits: number; failedCommits: number }> {
-    return { commits: this.#commits, failedCommits: this.#failedCommits };
+  get stats(): Readonly<{ commits: number; failedCommits: number; quarantinedHeads: number }> {
+    return {
+      commits: this.#commits,
+      failedCommits: this.#failedCommits,
+      quarantinedHeads: this.#quarantinedHeads,
+    };
   }
 
   /** The store's git directory (where the lock file is), once open. */
@@ -1030,7 +1037,10 @@ export class HookManager {
         onRefLockRemoved: (path, ageMs) =>
           this.#events.emit('store.ref_lock_removed', { path, ageMs: Math.round(ageMs) }),
         signing: o.stateSigning,
-        onQuarantined: (event) => this.#events.emit('store.state_quarantined', event),
+        onQuarantined: (event) => {
+          this.#quarantinedHeads++;
+          this.#events.emit('store.state_quarantined', event);
+        },
       });
       let records: Hook[];
       try {

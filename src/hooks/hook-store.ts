@@ -29,10 +29,10 @@ export interface HookStore {
    */
   readonly lastError?: unknown;
   /**
-   * Commits of hook state and failed commits so far, for the metrics. Optional: a store without
-   * it has only its up gauge and events counted.
+   * Commits of hook state and failed commits so far, and heads quarantined at open (optional),
+   * for the metrics. Optional: a store without it has only its up gauge and events counted.
    */
-  readonly stats?: Readonly<{ commits: number; failedCommits: number }>;
+  readonly stats?: Readonly<{ commits: number; failedCommits: number; quarantinedHeads?: number }>;
   /** Opens the store (fails fast on an unusable one). Idempotent. */
   open(): Promise<unknown>;
   /** Stops the patrol, finishes pending writes, releases the store. */

@@ -159,6 +159,16 @@ export class FabricMetrics {
             hs.failedCommits,
           ),
         );
+        if (hs.quarantinedHeads !== undefined) {
+          families.push(
+            one(
+              'agent_fabric_hook_store_quarantined_heads_total',
+              'counter',
+              'State ref heads that did not verify when the hook store opened (written without the key while the sidecar was down): kept under refs/fabric/quarantine/, the state loaded from the newest commit that verifies.',
+              hs.quarantinedHeads,
+            ),
+          );
+        }
       }
     }
     const store = this.#store;

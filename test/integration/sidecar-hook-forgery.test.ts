@@ -68,6 +68,13 @@ describe('sidecar start after the hook state was forged while it was down', () =
     const quarantined = git(storagePath, 'for-each-ref', '--format=%(refname) %(objectname)');
     expect(quarantined).toContain(`${QUARANTINE_REF_PREFIX}`);
     expect(quarantined).toContain(forged.commit);
+    // Counted for an alert, though it happened before /metrics could listen for events.
+    const metrics = await (
+      await fetch(`${new URL(r.url).origin}/metrics`, {
+        headers: { authorization: `Bearer ${ADMIN}` },
+      })
+    ).text();
+    expect(metrics).toMatch(/^agent_fabric_hook_store_quarantined_heads_total 1$/m);
     expect(await stop(r, 'SIGTERM')).toBe(0);
 
     const lines = r
