@@ -113,7 +113,9 @@ describe('the hook store of a running sidecar', () => {
   }, 60_000);
 
   it('leaves nothing half-made when a commit fails with .git removed, and counts it', async () => {
-    rmSync(join(storagePath, '.git'), { recursive: true, force: true });
+    // The sidecar's lock check (every second) can make its lock file again while the folder is
+    // being emptied (rmdir then finds it not empty): removed again on a retry.
+    rmSync(join(storagePath, '.git'), { recursive: true, force: true, maxRetries: 10 });
     const res = await createHook(3);
     expect(res.status).toBe(500);
     expect(await res.text()).toContain('FABRIC_ERR_HOOK_STORE');
