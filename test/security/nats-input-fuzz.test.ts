@@ -15,7 +15,6 @@ import { connect } from '@nats-io/transport-node';
 import { expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
-import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
 import {
   decodeJson,
@@ -25,6 +24,7 @@ import {
   type TaskMessage,
 } from '../../src/transport/nats/wire.js';
 import { Fuzz, fuzzCount, fuzzSeed, watchUncaught } from '../fixtures/fuzz.js';
+import { runsToCompletion } from '../fixtures/nats/run-to-completion.js';
 import { describeNats, startNatsServer } from '../fixtures/nats-server.js';
 
 describeNats('seeded hostile input on the NATS subjects (a real nats-server)', () => {
@@ -179,17 +179,7 @@ describeNats('seeded hostile input on the NATS subjects (a real nats-server)', (
       expect(before.status).toBe(TaskStatus.SCHEDULED);
       expect(before.result).toBeUndefined();
 
-      const worker = await NatsWorker.connect({
-        nats,
-        agentId: agent.id,
-        credential: agent.credential,
-      });
-      const stop = new AbortController();
-      const running = worker.run({ double: (p) => (p as number) * 2 }, { signal: stop.signal });
-      const done = await fabric.waitForTask(task.id, { timeoutSeconds: 15 });
-      stop.abort();
-      await running;
-      await worker.close();
+      const done = await runsToCompletion(fabric, nats, agent, task.id);
       expect(done).toMatchObject({ status: TaskStatus.COMPLETED, result: 42, attempt: 1 });
       expect(uncaught.errors).toEqual([]);
     } finally {

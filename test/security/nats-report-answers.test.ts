@@ -15,12 +15,12 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
-import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
 import type { TaskMessage } from '../../src/transport/nats/wire.js';
 import { decodeJson, encodeJson } from '../../src/transport/nats/wire.js';
 import { MAX_ID_LENGTH } from '../../src/validate.js';
 import { jetstream } from '@nats-io/jetstream';
+import { runsToCompletion } from '../fixtures/nats/run-to-completion.js';
 import { describeNats, startNatsServer, type NatsServer } from '../fixtures/nats-server.js';
 
 /** Exceptions nobody caught (a throw in a timer of the sidecar) while a test runs. */
@@ -54,27 +54,6 @@ async function sidecarWithTask(server: NatsServer, namespace: string) {
   const msg = decodeJson(m.data) as TaskMessage;
   m.nak();
   return { nats, fabric, agent, task, evil, msg };
-}
-
-/** A real worker runs the task: the sidecar still works, and the task is as it was. */
-async function runsToCompletion(
-  fabric: AgentFabric,
-  nats: { url: string; namespace: string },
-  agent: { id: string; credential: string },
-  taskId: string,
-) {
-  const worker = await NatsWorker.connect({
-    nats,
-    agentId: agent.id,
-    credential: agent.credential,
-  });
-  const stop = new AbortController();
-  const running = worker.run({ double: (p) => (p as number) * 2 }, { signal: stop.signal });
-  const done = await fabric.waitForTask(taskId, { timeoutSeconds: 15 });
-  stop.abort();
-  await running;
-  await worker.close();
-  return done;
 }
 
 async function send(nc: NatsConnection, subject: string, body: Uint8Array) {
