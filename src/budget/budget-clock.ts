@@ -163,6 +163,20 @@ export class BudgetClock {
     return step > tolerance || step < -tolerance ? step : 0;
   }
 
+  /**
+   * Checks against the wall clock at once, not only once a second, when it is off this clock's
+   * time by more than the tolerance: a step made since the last check is then reported (and
+   * followed) now rather than at the next one. The state file's clock calls it at each commit
+   * (`store/store-clock.ts`), whose records may already hold times read from the stepped wall
+   * clock. One `Date.now()` and one `performance.now()`; the boot-time clock is read only when
+   * the difference is that large.
+   */
+  checkNow(): void {
+    const mono = performance.now();
+    const drift = Date.now() - (mono + this.#offset);
+    if (drift > CLOCK_STEP_TOLERANCE_MS || drift < -CLOCK_STEP_TOLERANCE_MS) this.#check(mono);
+  }
+
   /** The current time (epoch ms). */
   now(): number {
     const mono = performance.now();

@@ -9,7 +9,8 @@
  * day, every deadline and approval passed at start; set back, they lived a day longer. The
  * boot-time clock (`/proc/uptime`, suspend included) counts what really passed. So the file keeps
  * one mark, `{ wall, boot, bootId }` in `meta` (the budget clock's {@link ClockMark}, read by the
- * same {@link BudgetClock}): written when the store opens, with a commit once a second at most, at
+ * same {@link BudgetClock}): written when the store opens, with a commit once a second at most
+ * and with the first commit after the wall clock stepped (see {@link StoreClock.committing}), at
  * once when the clock (looked at once a second) saw the wall clock step, and at close. A store
  * opened later on the same boot takes the difference between how far the wall clock moved and how
  * much time passed for a step, and moves those times by it — in the file, in one transaction with
@@ -106,12 +107,24 @@ export class StoreClock {
   }
 
   /**
-   * Called inside each commit's transaction: writes the mark when the last one is a second old
-   * (one `meta` row; one `performance.now()` otherwise; the clock's own check reads the
-   * boot-time clock at most once a second).
+   * Called inside each commit's transaction, before its records are written: writes the mark
+   * when the last one is a second old, and at once when the wall clock stepped since it was
+   * written (one `meta` row; one `Date.now()` and one `performance.now()` otherwise).
+   *
+   * Why at once: the records this commit writes may hold times read from the stepped wall clock
+   * (a task or approval made just after the step, a deadline given on the new clock). Were they
+   * committed beside a mark from before the step — the clock checks itself once a second, the
+   * store's tick reads it once a second, so up to two seconds — a crash then would leave a file
+   * whose next open takes the step for one made while down and moves those times by it a second
+   * time. With the mark of the same commit on the stepped clock, a file holds records and a mark
+   * on one wall clock whatever the moment of a crash: a step no commit followed (the process died
+   * first) is taken for one made while down and moves the records once, as a step made just
+   * after the crash would; a step a commit followed moves nothing at the next open, as the
+   * running sidecar moved nothing.
    */
   committing(): void {
-    if (performance.now() >= this.#nextMark) this.#writeMark();
+    this.#clock.checkNow();
+    if (this.#stepped || performance.now() >= this.#nextMark) this.#writeMark();
   }
 
   /** Writes the mark of now (none where it cannot be read: see below). */

@@ -73,6 +73,35 @@ async function settle(): Promise<void> {
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
 }
 
+/** The clock mark in the file at `file` (read beside the store, as another process would). */
+function markOnDisk(file: string): { wall: number; boot: number } {
+  const db = new Database(file, { readonly: true, fileMustExist: true });
+  try {
+    const row = db.prepare("SELECT value FROM meta WHERE key = 'clock'").get() as {
+      value: string;
+    };
+    return JSON.parse(row.value) as { wall: number; boot: number };
+  } finally {
+    db.close();
+  }
+}
+
+/** Waits (on real timers: `Date` stands still) until the store committed past `commits`. */
+async function waitForCommit(commits: number): Promise<void> {
+  for (let i = 0; i < 100 && store.stats.commits <= commits; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  expect(store.stats.commits).toBeGreaterThan(commits);
+}
+
+/** A copy of the file and its WAL as they are now: what a crash (kill -9) leaves. */
+function crashImage(path: string, name: string): string {
+  const crashed = join(tempDir(name), 'state.db');
+  copyFileSync(path, crashed);
+  if (existsSync(`${path}-wal`)) copyFileSync(`${path}-wal`, `${crashed}-wal`);
+  return crashed;
+}
+
 describe('open tasks and approvals across a restart after the wall clock moved', () => {
   beforeEach(() => {
     vi.useFakeTimers({ toFake: ['Date', 'performance'] });
@@ -210,17 +239,6 @@ describe('open tasks and approvals across a restart after the wall clock moved',
     const path = join(tempDir('state-clock-seen'), 'state.db');
     const f = await open(path, testBoot);
     const approval = askApproval(f);
-    const markOnDisk = (file: string): { wall: number } => {
-      const db = new Database(file, { readonly: true, fileMustExist: true });
-      try {
-        const row = db.prepare("SELECT value FROM meta WHERE key = 'clock'").get() as {
-          value: string;
-        };
-        return JSON.parse(row.value) as { wall: number };
-      } finally {
-        db.close();
-      }
-    };
     expect(markOnDisk(path).wall).toBe(T0);
     const commits = store.stats.commits;
     // While it runs, the clock is set two hours ahead; a second passes (the clock's next check).
@@ -233,9 +251,7 @@ describe('open tasks and approvals across a restart after the wall clock moved',
     expect(markOnDisk(path).wall).toBeGreaterThanOrEqual(T0 + 2 * HOUR);
     expect(store.stats.commits).toBe(commits);
     // What a crash now leaves (the file and its WAL as they are), opened: no step while down.
-    const crashed = join(tempDir('state-clock-seen-crash'), 'state.db');
-    copyFileSync(path, crashed);
-    copyFileSync(`${path}-wal`, `${crashed}-wal`);
+    const crashed = crashImage(path, 'state-clock-seen-crash');
     const image = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(crashed, {
       boot: testBoot,
     });
@@ -245,6 +261,38 @@ describe('open tasks and approvals across a restart after the wall clock moved',
     } finally {
       await image.close();
     }
+  });
+
+  it('a commit right after a step the running store has not checked yet marks it: a crash then moves nothing a second time', async () => {
+    const path = join(tempDir('state-clock-unchecked'), 'state.db');
+    const f = await open(path, testBoot);
+    const opened = store.stats.commits;
+    const before = askApproval(f); // expires at T0 + 1 h, on the clock before the step
+    await waitForCommit(opened);
+    // The clock is set two hours ahead while the store runs; no time passes, so neither the
+    // store's clock (it checks itself once a second) nor its once-a-second tick has looked yet.
+    vi.setSystemTime(T0 + 2 * HOUR);
+    const commits = store.stats.commits;
+    const after = askApproval(f); // expires at T0 + 3 h: made on the new clock
+    await waitForCommit(commits);
+    // What a kill -9 now leaves, opened again with no time passed: the new approval was made on
+    // the stepped clock and the old one follows the wall clock (as in the running sidecar), so
+    // nothing moves. Before, the mark on disk was the one from before the step (the commit
+    // writes one at most once a second) and both were moved by the step again: the new one
+    // would have lived three hours, not one.
+    const crashed = crashImage(path, 'state-clock-unchecked-crash');
+    const image = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(crashed, {
+      boot: testBoot,
+    });
+    try {
+      expect(image.clockStepAtOpen).toBe(0);
+      expect(image.approvals.get(after)?.expiresAt).toBe(T0 + 3 * HOUR);
+      expect(image.approvals.get(before)?.expiresAt).toBe(T0 + HOUR);
+    } finally {
+      await image.close();
+    }
+    // On disk: the mark the commit wrote pairs the boot-time clock with the stepped wall clock.
+    expect(markOnDisk(path).wall).toBe(T0 + 2 * HOUR);
   });
 
   it.runIf(canReadBoot)(
