@@ -52,15 +52,33 @@ export interface StoreBootOptions {
   id?: string | undefined;
 }
 
-/** Latest task deadline a store keeps (as `MAX_TASK_DEADLINE_MS`): a shift stops there. */
-const MAX_DEADLINE_MS = 253_402_300_799_999;
+/**
+ * The range a moved time is kept in (epoch ms): from 1970-01-01T00:00:00Z, the earliest a wall
+ * clock reads, to 9999-12-31T23:59:59.999Z, the latest task deadline (`MAX_TASK_DEADLINE_MS`) and
+ * what a `google.protobuf.Timestamp` holds. A move stops at either end.
+ *
+ * Why: a step back while down can be larger than the age of what is open. A step ahead the
+ * running sidecar saw (a year typed wrong) moves no stored time but the mark follows it; its
+ * correction while down is then taken for a step back and moves records made before the mistake
+ * as far back — 3,000 years before 1970 for a mistyped millennium. Such a time says nothing a time
+ * of 0 does not (both are in the past of any clock reading: a deadline, `notBefore` or expiry
+ * there has passed, as it had for the running sidecar), but the Operator API's JSON encoding
+ * refuses it (a Timestamp before the year 1): GetTask and ListTasks over the JSON door answered
+ * an internal error for as long as the task was kept. The cost: records moved to 0 tie where
+ * they were ordered by creation (the task listings then order them by id), and a running attempt's
+ * timeout or an MCP task's ttl counts from 1970: it has passed unless the wall clock reads within
+ * that timeout or ttl of 1970.
+ */
+const MIN_MOVED_MS = 0;
+const MAX_MOVED_MS = 253_402_300_799_999;
+
+/** SQL for `column` moved by `@ms` within the range above (NULL stays NULL). */
+const movedColumn = (column: string): string =>
+  `${column} = MIN(MAX(${column} + @ms, ${MIN_MOVED_MS}), ${MAX_MOVED_MS})`;
 
 const SHIFT_OPEN_TASKS = `
   UPDATE tasks SET
-    created_at = created_at + @ms,
-    deadline = MIN(deadline + @ms, ${MAX_DEADLINE_MS}),
-    not_before = not_before + @ms,
-    started_at = started_at + @ms
+    ${['created_at', 'deadline', 'not_before', 'started_at'].map(movedColumn).join(',\n    ')}
   WHERE status IN ('PENDING', 'SCHEDULED', 'RUNNING')`;
 
 /**
@@ -167,7 +185,8 @@ function parseMark(text: string | undefined): ClockMark | undefined {
 /**
  * Moves the times of open tasks (created, deadline, `notBefore`, started), pending approvals
  * (created, expires) and the gateway's MCP tasks (created, updated: each lives `ttl` from its
- * creation, finished or not) by `ms`. Finished tasks and decided approvals keep theirs: history.
+ * creation, finished or not) by `ms`, each kept within {@link MIN_MOVED_MS}..{@link MAX_MOVED_MS}.
+ * Finished tasks and decided approvals keep theirs: history.
  */
 function shiftOpenTimes(db: Database.Database, ms: number): void {
   db.prepare(SHIFT_OPEN_TASKS).run({ ms });
@@ -200,7 +219,10 @@ function shiftRecords(
     const r = parsed as Record<string, unknown>;
     if (!which(r)) continue;
     const moved: Record<string, unknown> = { ...r };
-    for (const f of fields) if (typeof r[f] === 'number') moved[f] = r[f] + ms;
+    for (const f of fields) {
+      const t = r[f];
+      if (typeof t === 'number') moved[f] = Math.min(Math.max(t + ms, MIN_MOVED_MS), MAX_MOVED_MS);
+    }
     const text = recordJson(moved, `${kind} ${id}`);
     if (text !== undefined) update.run(text, kind, id);
   }
