@@ -973,6 +973,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       });
     } catch (error) {
       written?.failed();
+      this.#clock.rolledBack();
       const failure = new StateStoreError(this.path, `write failed: ${messageOf(error)}`, {
         cause: error,
       });

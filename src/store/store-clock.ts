@@ -145,15 +145,25 @@ export class StoreClock {
     if (this.#stepped || performance.now() >= this.#nextMark) this.#writeMark();
   }
 
+  /**
+   * Called when a commit's transaction was rolled back: the mark {@link committing} wrote in it,
+   * if any, is undone, so the next commit writes one — also when it comes within the second and
+   * the clock, which reported a step once, has none to report again.
+   */
+  rolledBack(): void {
+    this.#nextMark = 0;
+  }
+
   /** Writes the mark of now (none where it cannot be read: see below). */
   #writeMark(): void {
     const mark = this.#clock.mark();
-    this.#stepped = false;
-    this.#nextMark = performance.now() + CLOCK_CHECK_INTERVAL_MS;
     // None here (no boot id or boot-time clock): an earlier one no longer pairs the clocks with
     // what this process writes, so none is kept.
     if (mark === undefined) this.#remove.run(CLOCK_MARK_KEY);
     else this.#write.run(CLOCK_MARK_KEY, JSON.stringify(mark));
+    // Only once written (a write that throws leaves a step to be marked by the next one).
+    this.#stepped = false;
+    this.#nextMark = performance.now() + CLOCK_CHECK_INTERVAL_MS;
   }
 
   /**

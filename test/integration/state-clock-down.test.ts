@@ -11,6 +11,7 @@
  * injected clock: two hours that really pass move it too) or, where it can be read, the real
  * `/proc/uptime`. Timers are real.
  */
+import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -92,6 +93,11 @@ async function waitForCommit(commits: number): Promise<void> {
     await new Promise((r) => setTimeout(r, 20));
   }
   expect(store.stats.commits).toBeGreaterThan(commits);
+}
+
+/** A full disk for this process (its file size limit 0, with `prlimit`), or none. */
+function diskFull(full: boolean): void {
+  execFileSync('prlimit', [`--pid=${process.pid}`, `--fsize=${full ? 0 : 'unlimited'}:`]);
 }
 
 /** A copy of the file and its WAL as they are now: what a crash (kill -9) leaves. */
@@ -293,6 +299,35 @@ describe('open tasks and approvals across a restart after the wall clock moved',
     }
     // On disk: the mark the commit wrote pairs the boot-time clock with the stepped wall clock.
     expect(markOnDisk(path).wall).toBe(T0 + 2 * HOUR);
+  });
+
+  it('the mark a failed commit took back after a step is written by the next commit: a crash then moves nothing', async () => {
+    const path = join(tempDir('state-clock-failed'), 'state.db');
+    const f = await open(path, testBoot);
+    vi.setSystemTime(T0 + 2 * HOUR);
+    // The first commit after the step finds it and writes the mark — and fails (a full disk:
+    // this process's file size limit set to 0), which takes the mark back with it.
+    diskFull(true);
+    try {
+      expect(() => askApproval(f)).toThrow(/state store/);
+    } finally {
+      diskFull(false);
+    }
+    const commits = store.stats.commits;
+    const after = askApproval(f); // expires at T0 + 3 h, on the stepped clock
+    await waitForCommit(commits);
+    // Before, the store took the step as marked and wrote no mark until a second later: the
+    // file held the new approval beside the mark from before the step.
+    const image = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(
+      crashImage(path, 'state-clock-failed-crash'),
+      { boot: testBoot },
+    );
+    try {
+      expect(image.clockStepAtOpen).toBe(0);
+      expect(image.approvals.get(after)?.expiresAt).toBe(T0 + 3 * HOUR);
+    } finally {
+      await image.close();
+    }
   });
 
   it.runIf(canReadBoot)(
