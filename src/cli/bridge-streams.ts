@@ -26,7 +26,8 @@
  *   is never given up for not reaching the sidecar. Its attempts go on inside one `fetch`, with
  *   backoff up to {@link STANDALONE_MAX_DELAY_MS} apart, until the sidecar answers (or the
  *   transport closes); past the resume time this is logged once, and so is its reopening. A
- *   final answer (as above; 404: the session is gone) gives it up.
+ *   final answer (as above; 404: the session is gone, and the bridge opens a new one on its
+ *   own) gives it up.
  * - No request follows a redirect (`redirect: 'manual'`; the SDK transport would follow one
  *   within the origin): a POST, `DELETE` or plain `GET` answered with one fails with an error
  *   naming it, a resumption gives its stream up.
@@ -113,6 +114,7 @@ export class StreamWatch {
   /** The streams being resumed (an attempt chain of the SDK transport running). */
   readonly #streams = new Map<string, Resuming>();
   readonly #log: (message: string) => void;
+  readonly #onStandalone: () => void;
   /**
    * The standalone stream's attempts since it last carried a byte of the sidecar's (`failures`,
    * each one: the attempts, not only the failed ones); `told`: that it could not be reopened for
@@ -129,8 +131,11 @@ export class StreamWatch {
     onGiveUp: (stream: string, why: string, sessionGone: boolean) => void;
     /** Where the standalone stream's outages are reported (stderr). */
     log?: (message: string) => void;
+    /** The standalone stream opened (or was resumed): the sidecar knows the session. */
+    onStandalone?: () => void;
   }) {
     this.#log = options.log ?? (() => undefined);
+    this.#onStandalone = options.onStandalone ?? (() => undefined);
     this.#resumeMs = options.resumeMs;
     this.#maxRetries = options.reconnection.maxRetries;
     this.#onLost = options.onLost;
@@ -275,6 +280,7 @@ export class StreamWatch {
         this.#standaloneFailed(state, `HTTP ${response.status}`);
         continue;
       }
+      this.#onStandalone();
       // Counted again from the next break once the sidecar sent on it (a proxy may take the
       // connection and cut it before: that is not reaching the sidecar).
       return primed(response, last, () => {

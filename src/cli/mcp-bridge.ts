@@ -10,7 +10,9 @@
  * until its MCP client restarted the bridge. Now the bridge opens a new session with the
  * agent's own `initialize`, replays what the agent had set on the old one (`initialized`, its
  * `logging/setLevel`, its resource subscriptions), sends the request again, and tells the agent
- * that the lists may have changed (the sidecar's catalogue may differ after a restart). A
+ * that the lists may have changed (the sidecar's catalogue may differ after a restart). When
+ * it is the session's stream of notifications that finds the session gone, the bridge does so
+ * at once, on its own (bounded: see `#renewIdle`), so that an idle agent's notifications go on. A
  * `ping` before `initialize`, which the MCP lifecycle allows, is answered by the bridge itself:
  * the sidecar refuses every request without a session. Every request after `initialize` names
  * the version it agreed on (`MCP-Protocol-Version`), so that the sidecar sends a priming event
@@ -30,7 +32,13 @@ import {
 import { ErrorCode, type JSONRPCMessage, type RequestId } from '@modelcontextprotocol/sdk/types.js';
 import type { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js';
 import { messageOf } from '../gateway/map-error.js';
-import { reconnectionFor, type Reconnection, StreamWatch, streamOf } from './bridge-streams.js';
+import {
+  reconnectionFor,
+  type Reconnection,
+  STANDALONE_STREAM,
+  StreamWatch,
+  streamOf,
+} from './bridge-streams.js';
 
 /**
  * Prefix of the ids of the bridge's own requests (their answers are never forwarded to the
@@ -62,6 +70,21 @@ const INITIALIZE_WAIT_MS = 5_000;
  * answering kept the bridge from exiting when its client went away (fetch's own bound: 5 min).
  */
 const DELETE_WAIT_MS = 5_000;
+
+/**
+ * How many sessions in a row the bridge opens on its own (see `McpBridge#renewIdle`) while none
+ * gets its stream of notifications open: behind a proxy that answers every `GET` with 404 it
+ * would otherwise open a session and end it again, for good.
+ */
+export const IDLE_RENEWALS = 5;
+
+/**
+ * The wait before a session the bridge opens on its own after `failed` in a row did not get their
+ * stream of notifications: 0, 1 s, 2 s, 4 s, 8 s (about 15 s for all {@link IDLE_RENEWALS}).
+ */
+function idleRenewalDelay(failed: number): number {
+  return failed === 0 ? 0 : 1_000 * 2 ** (failed - 1);
+}
 
 type Envelope = { id?: unknown; method?: unknown; params?: unknown; result?: unknown };
 
@@ -151,6 +174,12 @@ export class McpBridge {
   /** Sessions given up and being ended. */
   readonly #retiring = new Set<Promise<void>>();
   #closing: Promise<void> | undefined;
+  /**
+   * The sessions the bridge opened on its own (see {@link #renewIdle}) since a stream of
+   * notifications last opened, and the one it waits to open.
+   */
+  #idleRenewals = 0;
+  #idleTimer: NodeJS.Timeout | undefined;
 
   constructor(options: McpBridgeOptions) {
     this.#options = options;
@@ -172,6 +201,7 @@ export class McpBridge {
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      clearTimeout(this.#idleTimer);
       await bounded(Promise.allSettled([...this.#queuedInitializes]), INITIALIZE_WAIT_MS);
       this.#retire(this.#upstream);
       while (this.#retiring.size > 0) await Promise.allSettled([...this.#retiring]);
@@ -234,8 +264,14 @@ export class McpBridge {
       onLost: (id, why) => this.#unanswered(transport, id, why),
       onGiveUp: (stream, why, sessionGone) => {
         this.#options.log(`agent-fabric mcp: gave up stream ${stream}: ${why}`);
-        if (sessionGone) this.#lost(transport);
-        else this.#givenUp(transport, stream, why);
+        if (!sessionGone) this.#givenUp(transport, stream, why);
+        else {
+          this.#lost(transport);
+          if (stream === STANDALONE_STREAM) this.#renewIdle(transport, why);
+        }
+      },
+      onStandalone: () => {
+        if (transport === this.#upstream) this.#idleRenewals = 0;
       },
     });
     const transport = new StreamableHTTPClientTransport(this.#options.url, {
@@ -292,6 +328,47 @@ export class McpBridge {
       (p) => p.transport === transport && p.taken,
       'the sidecar no longer knows the session (it restarted, or closed it) while the request was running',
     );
+  }
+
+  /**
+   * `transport`'s stream of notifications found its session gone (`why`: the sidecar restarted,
+   * or ended the session): a new session is opened at once, without waiting for a message of the
+   * agent, so that its notifications (list changes, its tasks' progress, resource updates) go on.
+   * Before, the bridge waited for the agent's next message to open one, and an idle agent heard
+   * nothing meanwhile, for as long as it stayed idle. Bounded: a session that opens but whose
+   * stream of notifications is refused again (a proxy that answers every `GET` with 404), or a
+   * renewal that fails, counts as one of {@link IDLE_RENEWALS} in a row, with backoff between
+   * them (see {@link idleRenewalDelay}); each is said on stderr, and so is the end of trying. The
+   * count starts again once a stream of notifications opens. Not for an agent that has not sent
+   * `initialized` (no stream of notifications is opened for it), nor once the bridge closes.
+   */
+  #renewIdle(transport: StreamableHTTPClientTransport, why: string): void {
+    if (this.#closing !== undefined || !this.#initialized || this.#initialize === undefined) return;
+    if (transport !== this.#upstream || this.#idleTimer !== undefined) return;
+    const failed = this.#idleRenewals;
+    if (failed > IDLE_RENEWALS) return; // the end of trying was said
+    this.#idleRenewals += 1;
+    if (failed === IDLE_RENEWALS) {
+      this.#options.log(
+        `agent-fabric mcp: stopped opening new sessions on its own: ${IDLE_RENEWALS} in a row got no stream of notifications (last: ${why}); the agent hears no notification until one opens (its next message opens a new session if the sidecar lost this one)`,
+      );
+      return;
+    }
+    const delay = idleRenewalDelay(failed);
+    if (failed > 0) {
+      this.#options.log(
+        `agent-fabric mcp: still no session with a stream of notifications (${why}); opening a new one on its own in ${delay / 1000} s (attempt ${failed + 1} of ${IDLE_RENEWALS})`,
+      );
+    }
+    this.#idleTimer = setTimeout(() => {
+      this.#idleTimer = undefined;
+      // The agent's message renewed it meanwhile (or the bridge is closing): nothing to do.
+      if (this.#closing !== undefined || transport !== this.#upstream) return;
+      this.#renew(transport).catch((error: unknown) => {
+        // After #ready's own handler, which makes the failed renewal's transport sessionless.
+        void this.#ready.then(() => this.#renewIdle(this.#upstream, messageOf(error)));
+      });
+    }, delay);
   }
 
   /**

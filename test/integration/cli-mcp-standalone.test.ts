@@ -8,13 +8,21 @@
  * Before, the standalone stream was given up like a call's stream after the resume time (or
  * after the SDK transport's count of attempts) and never opened again: the agent heard no
  * notification of its session for the rest of its life.
+ *
+ * And when that stream finds the session gone (404: a real `agent-fabric serve` killed and
+ * restarted on its port), the bridge opens a new session on its own, so an idle agent hears its
+ * notifications again; bounded against a proxy that answers every session `GET` 404 itself.
+ * Before, only the agent's next message opened a new session.
  */
-import { fileURLToPath } from 'node:url';
+import { writeFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { callApi } from '../fixtures/api.js';
 import { bound } from '../fixtures/gateway/cutting-proxy.js';
 import {
   agentToken,
@@ -23,10 +31,21 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   startTestSidecar,
+  tempDir,
   until,
 } from '../fixtures/gateway/harness.js';
+import { cleanUp, freePort, serve, stop } from '../fixtures/state/serve.js';
 
 const SERVER = fileURLToPath(new URL('../fixtures/gateway/catalog-server.mjs', import.meta.url));
+const CATALOG_A = { a: { command: process.execPath, args: [SERVER], env: { CATALOG_NAME: 'a' } } };
+
+/** A sidecar serving the catalog upstream `a` to the agent `agent`, everything allowed. */
+const catalogSidecar = (): Promise<Sidecar> =>
+  startTestSidecar({
+    upstreams: CATALOG_A,
+    policies: [DEFAULT_ALLOW],
+    agents: [{ name: 'agent' }],
+  });
 
 /** Denies `a__ping` outright: hidden from `tools/list`, so the sessions are told. */
 const HIDE_PING = {
@@ -95,21 +114,15 @@ async function policy(sidecar: Sidecar, method: string, body: unknown): Promise<
   expect(res.status, await res.clone().text()).toBe(200);
 }
 
-const addHidePing = (sidecar: Sidecar) =>
-  policy(sidecar, 'AddPolicy', {
-    policyJson: Buffer.from(JSON.stringify(HIDE_PING)).toString('base64'),
-  });
+const HIDE_PING_BODY = { policyJson: Buffer.from(JSON.stringify(HIDE_PING)).toString('base64') };
+const addHidePing = (sidecar: Sidecar) => policy(sidecar, 'AddPolicy', HIDE_PING_BODY);
 const removeHidePing = (sidecar: Sidecar) => policy(sidecar, 'RemovePolicy', { name: 'hide-ping' });
 
 describe('agent-fabric mcp: the standalone stream after the sidecar could not be reached for longer than --resume-seconds (real sidecar, paused TCP proxy)', () => {
   let sidecar: Sidecar;
 
   beforeAll(async () => {
-    sidecar = await startTestSidecar({
-      upstreams: { a: { command: process.execPath, args: [SERVER], env: { CATALOG_NAME: 'a' } } },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'agent' }],
-    });
+    sidecar = await catalogSidecar();
   });
   afterAll(() => closeSidecar(sidecar));
 
@@ -178,6 +191,142 @@ describe('agent-fabric mcp: the standalone stream after the sidecar could not be
       await until(() => changed() === 2, 30_000);
       expect(proxy.gets.at(-1)).toMatch(/\r\nlast-event-id: 0\.1(\r|$)/im);
       expect((await client.listTools()).tools.map((t) => t.name)).toContain('a__ping');
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.server.close(resolve));
+    }
+  }, 60_000);
+});
+
+describe('agent-fabric mcp: an idle agent after the sidecar restarted (agent-fabric serve, SIGKILL, restarted on the same port)', () => {
+  afterAll(cleanUp);
+
+  it("opens a new session on its own when the standalone stream finds the session gone: the idle agent is told, and the restarted sidecar's notifications reach it", async () => {
+    const dir = tempDir('bridge-idle-restart');
+    const port = await freePort();
+    const adminToken = `fab_admin_${'Id1e'.repeat(8)}`;
+    writeFileSync(
+      join(dir, 'fabric.json'),
+      JSON.stringify({
+        http: { host: '127.0.0.1', port },
+        adminToken,
+        upstreams: CATALOG_A,
+        policies: [DEFAULT_ALLOW],
+        agents: [{ name: 'worker' }],
+      }),
+    );
+    const first = await serve(dir);
+    // Counts the standalone GETs the sidecar answered 200 (through it to the fixed port: both
+    // sidecars).
+    const proxy = await pausableProxy(port);
+    const url = new URL(first.url);
+    url.port = String((proxy.server.address() as { port: number }).port);
+    const { client, transport } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: first.token, FABRIC_URL: url.toString() },
+    });
+    let stderr = '';
+    transport.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+    let changed = 0;
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+      changed++;
+    });
+    try {
+      expect((await client.listTools()).tools.map((t) => t.name)).toContain('a__ping');
+      await until(() => proxy.opened() === 1);
+      await stop(first, 'SIGKILL');
+      const second = await serve(dir);
+      try {
+        // The standalone stream reaches the new sidecar, which answers 404; the bridge opens a
+        // new session and its stream. Before, nothing followed the 404: no second stream.
+        await until(() => proxy.opened() === 2, 30_000);
+        expect(stderr).toContain('gave up stream 0');
+        expect(stderr).toContain('opening a new one');
+        // The bridge tells the agent its lists may have changed (a new session's catalogue);
+        // the agent lists again, as a client does on list_changed (the sidecar tells a session
+        // of a change only against a list it was given).
+        await until(() => changed === 1);
+        expect((await client.listTools()).tools.map((t) => t.name)).toContain('a__ping');
+        const res = await callApi(
+          second.url,
+          'PolicyService/AddPolicy',
+          HIDE_PING_BODY,
+          adminToken,
+        );
+        expect(res.status, await res.clone().text()).toBe(200);
+        // Sent by the restarted sidecar on the new session's stream.
+        await until(() => changed === 2);
+        expect((await client.listTools()).tools.map((t) => t.name)).not.toContain('a__ping');
+        // One stream, one session: no renewal storm.
+        expect(proxy.opened()).toBe(2);
+        expect(stderr).not.toContain('stopped opening new sessions');
+      } finally {
+        await stop(second, 'SIGTERM');
+      }
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.server.close(resolve));
+    }
+  }, 90_000);
+});
+
+/**
+ * A proxy to `port` that answers every session `GET` (the standalone stream) 404 itself, as a
+ * proxy that does not route it would, and forwards the rest; `gets` counts those it answered.
+ */
+async function getRefusingProxy(port: number): Promise<{ server: Server; gets: () => number }> {
+  let gets = 0;
+  const server = createServer((client: Socket) => {
+    const upstream = connect(port, '127.0.0.1');
+    let refused = false;
+    client.on('data', (chunk: Buffer) => {
+      if (refused) return;
+      if (/^GET [\s\S]*\r\nmcp-session-id:/i.test(chunk.toString('latin1'))) {
+        refused = true;
+        gets++;
+        client.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+        upstream.destroy();
+        return;
+      }
+      upstream.write(chunk);
+    });
+    upstream.on('data', (chunk: Buffer) => client.write(chunk));
+    bound(client, upstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, gets: () => gets };
+}
+
+describe('agent-fabric mcp: a proxy that answers every standalone GET with 404 (real sidecar)', () => {
+  let sidecar: Sidecar;
+
+  beforeAll(async () => {
+    sidecar = await catalogSidecar();
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  it('opens a bounded number of new sessions on its own, with backoff, says when it stops, and ends the sessions it replaced', async () => {
+    const proxy = await getRefusingProxy(Number(new URL(sidecar.url!).port));
+    const url = new URL(sidecar.url!);
+    url.port = String((proxy.server.address() as { port: number }).port);
+    const { client, transport } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'agent'), FABRIC_URL: url.toString() },
+    });
+    let stderr = '';
+    transport.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+    try {
+      await client.listTools();
+      // The first GET, then one per session opened on its own (0, 1, 2, 4, 8 s apart).
+      await until(() => stderr.includes('stopped opening new sessions on its own'), 40_000);
+      expect(stderr).toContain('attempt 5 of 5');
+      expect(proxy.gets()).toBe(6);
+      // No more after it said so.
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      expect(proxy.gets()).toBe(6);
+      // Each session it replaced was ended (DELETE): the sidecar holds one, the bridge's last.
+      await until(() => sidecar.gateway.sessions.size === 1);
+      // The agent's calls go on (its POSTs pass) on that session.
+      expect((await client.listTools()).tools.map((t) => t.name)).toContain('a__ping');
+      expect(sidecar.gateway.sessions.size).toBe(1);
     } finally {
       await client.close();
       await new Promise((resolve) => proxy.server.close(resolve));
