@@ -1298,31 +1298,28 @@ export class ToolGateway implements SessionHost {
       case 'prompts/get': {
         const name = String(params.name);
         const route = catalog.prompts.get(name);
-        if (!route) throw this.#notFound(session, method, params, name, 'prompt');
         const args = (params.arguments ?? {}) as Record<string, unknown>;
-        const forwarded = { ...params, name: route.upstreamName };
+        const forwarded = route === undefined ? params : { ...params, name: route.upstreamName };
         return this.#guarded(
           session,
-          route.upstream,
+          route?.upstream,
           'prompts/get',
           { name, arguments: args },
           forwarded,
           extra,
-          (_auth, recheck) =>
-            this.#upstreamRequest(
-              session,
-              route.upstream,
-              { method: request.method, params: forwarded },
-              extra,
-              undefined,
-              recheck,
-            ),
+          this.#forwardOrUnserved(
+            session,
+            route?.upstream,
+            { method, params: forwarded },
+            extra,
+            name,
+            'prompt',
+          ),
         );
       }
       case 'resources/read': {
         const uri = String(params.uri);
         const owner = resourceOwner(catalog, uri);
-        if (!owner) throw this.#notFound(session, method, params, uri, 'resource');
         return this.#guarded(
           session,
           owner,
@@ -1330,8 +1327,7 @@ export class ToolGateway implements SessionHost {
           resourceParams(uri),
           params,
           extra,
-          (_auth, recheck) =>
-            this.#upstreamRequest(session, owner, { method, params }, extra, undefined, recheck),
+          this.#forwardOrUnserved(session, owner, { method, params }, extra, uri, 'resource'),
         );
       }
       case 'completion/complete': {
@@ -1343,31 +1339,29 @@ export class ToolGateway implements SessionHost {
         if (ref.type === 'ref/prompt') {
           const name = String(ref.name);
           const route = catalog.prompts.get(name);
-          if (!route) throw this.#notFound(session, method, params, name, 'prompt');
-          const forwarded = { ...params, ref: { ...ref, name: route.upstreamName } };
+          const forwarded =
+            route === undefined ? params : { ...params, ref: { ...ref, name: route.upstreamName } };
           return this.#guarded(
             session,
-            route.upstream,
+            route?.upstream,
             'completion/complete',
             { name, argument, ...context },
             forwarded,
             extra,
-            (_auth, recheck) =>
-              this.#upstreamRequest(
-                session,
-                route.upstream,
-                { method: request.method, params: forwarded },
-                extra,
-                undefined,
-                recheck,
-              ),
+            this.#forwardOrUnserved(
+              session,
+              route?.upstream,
+              { method, params: forwarded },
+              extra,
+              name,
+              'prompt',
+            ),
           );
         }
         const uri = String(ref.uri);
         const owner =
           catalog.templateOwners.find((t) => t.template.toString() === uri)?.upstream ??
           resourceOwner(catalog, uri);
-        if (!owner) throw this.#notFound(session, method, params, uri, 'resource template');
         return this.#guarded(
           session,
           owner,
@@ -1376,8 +1370,14 @@ export class ToolGateway implements SessionHost {
           { ...resourceParams(uri), uri, argument, ...context },
           params,
           extra,
-          (_auth, recheck) =>
-            this.#upstreamRequest(session, owner, { method, params }, extra, undefined, recheck),
+          this.#forwardOrUnserved(
+            session,
+            owner,
+            { method, params },
+            extra,
+            uri,
+            'resource template',
+          ),
         );
       }
       default:
@@ -1386,21 +1386,21 @@ export class ToolGateway implements SessionHost {
   }
 
   /**
-   * The error of a `prompts/get`, `resources/read`, `resources/subscribe` or
-   * `completion/complete` naming a prompt, resource or template no upstream serves, after its
-   * audit line: an unknown tool's (`decision: "none"`, `FABRIC_ERR_TOOL_NOT_FOUND`), with the
-   * method as `tool` and the digest of the params as sent (as a malformed one's, see
-   * {@link invalidRequest}). Else an agent probing for prompts and resources leaves no trace.
+   * The `read` of {@link #guarded} for `request`: sent to `upstream` once policy let it through,
+   * or, when no upstream serves the prompt, resource or template (`what`) named `name`, the
+   * unknown target's error (see {@link unserved}).
    */
-  #notFound(
+  #forwardOrUnserved(
     session: GatewaySession,
-    method: string,
-    params: unknown,
+    upstream: Upstream | undefined,
+    request: Request,
+    extra: DownstreamExtra,
     name: string,
     what: string,
-  ): McpError {
-    this.#auditRefused(session, method, params, 'none', ToolNotFoundError.code);
-    return toMcpError(new ToolNotFoundError(name, what));
+  ): (auth: unknown, recheck?: TurnRecheck) => Promise<Result> {
+    if (upstream === undefined) return unserved(name, what);
+    return (_auth, recheck) =>
+      this.#upstreamRequest(session, upstream, request, extra, undefined, recheck);
   }
 
   /**
@@ -1417,10 +1417,18 @@ export class ToolGateway implements SessionHost {
    * not fit is withheld. Refusals are JSON-RPC errors. `forwarded` is the request's params as
    * the upstream gets them (`_meta`, a completion's `context` and all): policy plugins get them
    * as `rawParams`, so secret-guard scans everything that leaves, not only what rules match on.
+   *
+   * A request naming a prompt, resource or template no upstream serves (`upstream` undefined,
+   * `read` from {@link unserved}) is decided the same way, and is told it names nothing only once
+   * policy (an approval, the budget) let it through: answered at once, it told an agent which of
+   * the names a deny rule covers exist (a served one refused with `FABRIC_ERR_POLICY_DENIED`,
+   * the other `FABRIC_ERR_TOOL_NOT_FOUND`), and by its speed which ones a policy service was
+   * asked about. Its audit line has the decision and `FABRIC_ERR_TOOL_NOT_FOUND`. Policy sees
+   * its `file:` path as written (`.` and `..` resolved): no upstream resolves it.
    */
   async #guarded(
     session: GatewaySession,
-    upstream: Upstream,
+    upstream: Upstream | undefined,
     tool: 'resources/read' | 'resources/subscribe' | 'prompts/get' | 'completion/complete',
     params: Record<string, unknown>,
     forwarded: Readonly<Record<string, unknown>>,
@@ -1434,8 +1442,8 @@ export class ToolGateway implements SessionHost {
         tool,
         params,
         forwarded,
-        paths: upstream.paths,
-        exclusive: upstream.spec.exclusive === true,
+        paths: upstream?.paths,
+        exclusive: upstream?.spec.exclusive === true,
         abort: extra,
         progress: progressSink(session, extra),
         audit: this.#pipeline.auditor(identity.agentId, tool, params, performance.now()),
@@ -1450,7 +1458,9 @@ export class ToolGateway implements SessionHost {
         throw refusalError(outcome.refusal);
       case 'error':
         // Gateway-side failures are JSON-RPC errors; what the upstream said passes as it is.
-        throw outcome.stage === 'admission' ? toMcpError(outcome.error) : outcome.error;
+        throw outcome.stage === 'admission' || outcome.error instanceof ToolNotFoundError
+          ? toMcpError(outcome.error)
+          : outcome.error;
     }
   }
 
@@ -1627,8 +1637,9 @@ export class ToolGateway implements SessionHost {
         new SubscriptionLimitError(this.#maxSubscriptionUri, uri.length),
       );
     }
+    // A URI no upstream serves is decided by policy as a served one is, and counts against the
+    // limit while it is (see #guarded): an agent cannot tell it from one a rule refuses.
     const owner = resourceOwner(this.#catalog, uri);
-    if (!owner) throw this.#notFound(session, 'resources/subscribe', { uri }, uri, 'resource');
     // A subscription counts from its request's arrival, not from when policy (an approval, a
     // budget wait) let it through: counted then, any number of subscribes sent at once (a
     // batch, parallel POSTs) each passed the check before the first was added.
@@ -1655,10 +1666,12 @@ export class ToolGateway implements SessionHost {
         resourceParams(uri),
         { uri },
         extra,
-        async (_auth, recheck) => {
-          await this.#subscribe(session, owner, uri, extra, recheck);
-          return {};
-        },
+        owner === undefined
+          ? unserved(uri, 'resource')
+          : async (_auth, recheck) => {
+              await this.#subscribe(session, owner, uri, extra, recheck);
+              return {};
+            },
       );
     } finally {
       const left = pending.get(uri)! - 1;
@@ -1669,10 +1682,9 @@ export class ToolGateway implements SessionHost {
 
   /**
    * The error of a `resources/subscribe` refused with FABRIC_ERR_SUBSCRIPTION_LIMIT before policy
-   * sees it, after its audit line — as an unknown resource's subscribe gets (see
-   * {@link #notFound}), with `decision` `"invalid"` for a URI past the length limit (an input
-   * limit) and `"none"` for one subscription too many. Else an agent hammering the limit left
-   * no trace.
+   * sees it, after its audit line (its method as `tool`, the digest of `{ uri }`), with
+   * `decision` `"invalid"` for a URI past the length limit (an input limit) and `"none"` for one
+   * subscription too many. Else an agent hammering the limit left no trace.
    */
   #refusedSubscribe(
     session: GatewaySession,
@@ -2168,6 +2180,15 @@ function progressSink(
   const token = extra._meta?.progressToken;
   if (token === undefined) return undefined;
   return (p) => void session.progress(token, p, extra.requestId);
+}
+
+/**
+ * The `forward` of a request policy let through that names a prompt, resource or template
+ * (`what`) no upstream serves: it fails with the unknown target's error, sent nowhere (nothing
+ * is charged). See `ToolGateway.#guarded`.
+ */
+function unserved(name: string, what: string): () => Promise<never> {
+  return () => Promise.reject(new ToolNotFoundError(name, what));
 }
 
 /** Refusals of a tool policy hides that are answered as an unknown tool (see `outcomeFor`). */

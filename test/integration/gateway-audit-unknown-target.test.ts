@@ -3,9 +3,13 @@
  * `outcome: "error"`, `FABRIC_ERR_TOOL_NOT_FOUND`); a `prompts/get` of an unknown prompt, a
  * `resources/read` or `resources/subscribe` of an unknown resource and a `completion/complete`
  * whose `ref` names neither used to get the same not-found error and no line, so an agent
- * probing for prompts and resources left no trace. Now each gets the unknown tool's line, with
- * its method as `tool` and the digest of its params as sent. Real sidecar, real
- * server-everything upstream, the official SDK client, the audit file on disk.
+ * probing for prompts and resources left no trace. Now each gets a line with the unknown
+ * tool's outcome and code, its method as `tool` and the digest of what policy decided it on, as a served one's — and,
+ * since such a request is decided by policy as a served one is (else an agent could tell a
+ * name a rule refuses from one that does not exist, `hidden-resource-disclosure.test.ts`), the
+ * decision and rule that let it through, where an unknown tool's line says `decision: "none"`.
+ * Real sidecar, real server-everything upstream, the official SDK client, the audit file on
+ * disk.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -68,18 +72,37 @@ describe('audit line of a request naming an unknown prompt, resource or completi
       .map((l) => JSON.parse(l) as Record<string, unknown>);
   };
 
-  it('writes the unknown tool line for each, its method as tool', async () => {
-    const requests = [
-      { method: 'tools/call', params: { name: 'ev__no-such-tool', arguments: { a: 1 } } },
-      { method: 'prompts/get', params: { name: 'ev__no-such-prompt', arguments: { x: 'y' } } },
-      { method: 'resources/read', params: { uri: 'nope://resource/nope.md' } },
-      { method: 'resources/subscribe', params: { uri: 'nope://nowhere/at-all' } },
+  it('writes the not-found line for each, its method as tool, with the decision that let it through', async () => {
+    // `audited`: what the line digests — a call's arguments, or what policy decides a request
+    // on, as a served one's line has it (a completion's `name` or template `uri`, `argument`).
+    const requests: { method: string; params: Record<string, unknown>; audited: unknown }[] = [
+      {
+        method: 'tools/call',
+        params: { name: 'ev__no-such-tool', arguments: { a: 1 } },
+        audited: { a: 1 },
+      },
+      {
+        method: 'prompts/get',
+        params: { name: 'ev__no-such-prompt', arguments: { x: 'y' } },
+        audited: { name: 'ev__no-such-prompt', arguments: { x: 'y' } },
+      },
+      {
+        method: 'resources/read',
+        params: { uri: 'nope://resource/nope.md' },
+        audited: { uri: 'nope://resource/nope.md' },
+      },
+      {
+        method: 'resources/subscribe',
+        params: { uri: 'nope://nowhere/at-all' },
+        audited: { uri: 'nope://nowhere/at-all' },
+      },
       {
         method: 'completion/complete',
         params: {
           ref: { type: 'ref/prompt', name: 'ev__no-such-prompt' },
           argument: { name: 'a', value: 'b' },
         },
+        audited: { name: 'ev__no-such-prompt', argument: { name: 'a', value: 'b' } },
       },
       {
         method: 'completion/complete',
@@ -87,13 +110,16 @@ describe('audit line of a request naming an unknown prompt, resource or completi
           ref: { type: 'ref/resource', uri: 'nope://template/{id}' },
           argument: { name: 'id', value: '1' },
         },
+        audited: { uri: 'nope://template/{id}', argument: { name: 'id', value: '1' } },
       },
     ];
     for (const r of requests) {
-      const answer = await client.request(r as Request, ResultSchema).then(
-        (result) => ({ result }),
-        (error: unknown) => ({ error }),
-      );
+      const answer = await client
+        .request({ method: r.method, params: r.params } as Request, ResultSchema)
+        .then(
+          (result) => ({ result }),
+          (error: unknown) => ({ error }),
+        );
       // Each is refused as before (the unknown tool as the SDK's InvalidParams "Unknown tool").
       expect(answer).toHaveProperty('error');
       const { message, data } = (answer as { error: { message: string; data?: unknown } }).error;
@@ -110,12 +136,12 @@ describe('audit line of a request naming an unknown prompt, resource or completi
         expect.objectContaining({
           agent,
           tool: r.method === 'tools/call' ? r.params.name : r.method,
-          decision: 'none',
+          ...(r.method === 'tools/call'
+            ? { decision: 'none' }
+            : { decision: 'allow', rule: 'default-allow#0' }),
           outcome: 'error',
           code: 'FABRIC_ERR_TOOL_NOT_FOUND',
-          argsDigest: sidecar.gateway.auditDigest(
-            r.method === 'tools/call' ? (r.params as { arguments: unknown }).arguments : r.params,
-          ),
+          argsDigest: sidecar.gateway.auditDigest(r.audited),
         }),
       ),
     );

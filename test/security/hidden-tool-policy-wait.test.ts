@@ -10,15 +10,16 @@
  * (no clock): a real grpc-js service that holds every request
  * until the test lets it answer, a real sidecar, the official SDK client, a real gRPC client.
  */
-import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import { create } from '@bufbuild/protobuf';
-import { Server, ServerCredentials, type ServiceDefinition } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Decision, DecideResponseSchema } from '../../src/gen/fabric/v1/policy_provider_pb.js';
-import { POLICY_PROVIDER_SERVICE_DEFINITION } from '../../src/rpc/policy-provider.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { auditLines, closeSidecar, tempDir, until } from '../fixtures/gateway/harness.js';
+import {
+  holdingService,
+  policyService,
+  watched,
+  type HoldingService,
+} from '../fixtures/gateway/policy-service.js';
 import {
   grpcProbe,
   mcpProbe,
@@ -27,58 +28,9 @@ import {
   type McpProbe,
 } from '../fixtures/gateway/probe.js';
 
-const POLICY_GRPC = fileURLToPath(new URL('../../plugins/policy-grpc/index.js', import.meta.url));
-
-/** A policy service that holds every Decide until {@link release}: then it denies them all. */
-async function holdingService() {
-  const definition = POLICY_PROVIDER_SERVICE_DEFINITION.decide!;
-  const held: { tool: string; answer(): void }[] = [];
-  const server = new Server();
-  server.addService({ decide: definition } as ServiceDefinition, {
-    decide: (
-      call: { request: { tool: string } },
-      cb: (err: null, res: ReturnType<typeof create<typeof DecideResponseSchema>>) => void,
-    ) => {
-      held.push({
-        tool: call.request.tool,
-        answer: () => cb(null, create(DecideResponseSchema, { decision: Decision.DENY })),
-      });
-    },
-  });
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) =>
-      err ? reject(err) : resolve(p),
-    ),
-  );
-  return {
-    target: `127.0.0.1:${port}`,
-    /** The tools of the requests held now. */
-    asked: () => held.map((h) => h.tool).sort(),
-    release() {
-      for (const h of held.splice(0)) h.answer();
-    },
-    close: () => server.forceShutdown(),
-  };
-}
-
-/** `promise`, and whether it has settled yet. */
-function watched<T>(promise: Promise<T>): { promise: Promise<T>; settled(): boolean } {
-  let done = false;
-  const p = promise.finally(() => (done = true));
-  return { promise: p, settled: () => done };
-}
-
-/** The policy-grpc plugin entry for `service` at `priority`. */
-function policyService(target: string, priority: number) {
-  return {
-    module: POLICY_GRPC,
-    options: { name: 'policy-svc', priority, target, insecure: true, deadlineMs: 60_000 },
-  };
-}
-
 describe('a hidden tool and an unknown tool under a policy service that outranks the rules', () => {
   const auditPath = join(tempDir('hidden-wait'), 'audit.log');
-  let service: Awaited<ReturnType<typeof holdingService>>;
+  let service: HoldingService;
   let sidecar: Sidecar;
   let mcp: McpProbe;
   let grpc: GrpcProbe;
@@ -140,7 +92,7 @@ describe('a hidden tool and an unknown tool under a policy service that outranks
 });
 
 describe('a hidden tool and an unknown tool under a policy service below the rule that hides', () => {
-  let service: Awaited<ReturnType<typeof holdingService>>;
+  let service: HoldingService;
   let sidecar: Sidecar;
   let mcp: McpProbe;
 
