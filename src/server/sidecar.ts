@@ -224,6 +224,12 @@ export class Sidecar {
           onError: (e) => log({ level: 'error', msg: e.message }),
         });
         cleanup.push(store);
+        if (store.orphanPoolBudgetsDropped > 0) {
+          log({
+            level: 'info',
+            msg: `state: dropped the budgets (limits and usage) of ${store.orphanPoolBudgetsDropped} pool(s) that no longer exist, kept by an earlier version when the pools were deleted; a pool created again under such an id starts without them`,
+          });
+        }
         const step = store.clockStepAtOpen;
         if (step !== undefined && step !== 0) {
           log({

@@ -168,6 +168,18 @@ type Kind = 'agent' | 'pool' | 'approval' | 'tool_task' | 'policy';
 const RECORD_KINDS: readonly Kind[] = ['agent', 'pool', 'approval', 'tool_task', 'policy'];
 
 /**
+ * Deletes the budget rows (`pool:<id>`) of pools the file holds no record of. A deleted pool's
+ * budget goes with it in the commit that deletes its record (`BudgetManager.forgetPool`), but
+ * files written before that still hold the rows of pools deleted back then, and a pool created
+ * again under such an id inherited their limits and usage. Exact: `pool:kee` is not `keep`'s
+ * (byte comparison, no `LIKE`); agents' and the fabric's scopes are never touched.
+ */
+const DROP_ORPHAN_POOL_BUDGETS = `
+  DELETE FROM budgets WHERE substr(scope, 1, 5) = 'pool:'
+    AND substr(scope, 6) NOT IN (SELECT id FROM records WHERE kind = 'pool')
+`;
+
+/**
  * When a change is committed: `now` before the call that made it returns (a synchronous
  * transaction: approvals, human-speed and rare); `soon` on a microtask, before a caller awaiting
  * the change resumes (tasks, agents, pools, budget usage); `later` (`putLazily`) at the end of
@@ -625,6 +637,11 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
    * only the wall clock spans the gap. See `store-clock.ts`.
    */
   readonly clockStepAtOpen: number | undefined;
+  /**
+   * Budget rows of pools that no longer exist that the open dropped: left by a version that kept
+   * a deleted pool's budget (see {@link DROP_ORPHAN_POOL_BUDGETS}); 0 for a file without any.
+   */
+  readonly orphanPoolBudgetsDropped: number;
   readonly #clock: StoreClock;
   readonly #db: Database.Database;
   readonly #lock: StoreLock;
@@ -696,18 +713,22 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         .map((r) => [r.id, parseRecord(path, kind, r.id, r.data) as never]);
     // The clock first: it moves the stored times by a step made while none ran, and writes its
     // mark. In one transaction with the loading, so a file refused for a record it holds is left
-    // as it was.
+    // as it was. The budget rows of pools that do not exist go here too: before the fabric
+    // exists, so before anything (the config's pools) can make a pool under such an id, and
+    // before a budget scope is loaded.
     let clock: StoreClock | undefined;
     let loaded: {
       tasks: Array<[string, never, number]>;
       records: Map<Kind, Array<[string, never]>>;
+      orphans: number;
     };
     try {
       loaded = db.transaction(() => {
         clock = new StoreClock(db, options.boot);
         const records = new Map<Kind, Array<[string, never]>>();
         for (const kind of RECORD_KINDS) records.set(kind, rows(kind));
-        return { tasks: taskRows(path, db), records };
+        const tasks = taskRows(path, db);
+        return { tasks, records, orphans: db.prepare(DROP_ORPHAN_POOL_BUDGETS).run().changes };
       })();
     } catch (error) {
       if (error instanceof StateStoreError) throw error;
@@ -715,6 +736,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     }
     this.#clock = clock!;
     this.clockStepAtOpen = this.#clock.stepAtOpen;
+    this.orphanPoolBudgetsDropped = loaded.orphans;
     const stored = (kind: Kind): Array<[string, never]> => loaded.records.get(kind)!;
     this.tasks = new SqliteTaskCollection<TTask>(journal, loaded.tasks);
     this.agents = new SqliteCollection<TAgent>('agent', journal, stored('agent'), 'soon');

@@ -8,11 +8,19 @@
  * the same commit: the new pool starts with the limits it is created with and no usage. What
  * the deleted pool's agents used stays counted in the fabric's budget (only the administrator
  * can delete and create pools, so an agent cannot reset its spend this way).
+ *
+ * State files written before that still held the budget rows of pools deleted back then, and a
+ * pool created again under such an id inherited them. Now opening a state file drops the budget
+ * rows of pools it holds no record of — before the config's pools are made — and keeps every
+ * other scope (agents, the fabric, existing pools).
  */
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, expect, it } from 'vitest';
 import { callApi } from '../fixtures/api.js';
 import { ADMIN_TOKEN } from '../fixtures/gateway/harness.js';
-import { ENV, oneWorkerDir } from '../fixtures/state/one-worker.js';
+import { budgetOnDisk, budgetRowsOnDisk as rows } from '../fixtures/state/budget-rows.js';
+import { agentIdOf, ENV, oneWorkerDir } from '../fixtures/state/one-worker.js';
 import { cleanUp, serve, stop, type Running } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
@@ -82,5 +90,66 @@ it("a pool created again under a deleted pool's id starts with its own limits an
   const third = await serve(dir, ENV);
   await createCrew(third);
   expect(await tokens(third, crew)).toEqual({ used: 0, limit: undefined });
+  expect(await stop(third, 'SIGTERM')).toBe(0);
+}, 120_000);
+
+it("opening a state file written before deleted pools' budgets went with them drops the budget rows of pools that no longer exist", async () => {
+  // `keep` comes from the config: made at the first start, found in the file at the next ones.
+  const dir = await oneWorkerDir('pool-budget-old-file', {
+    pools: [{ id: 'keep', minAgents: 1, executor: 'remote' }],
+  });
+  const path = join(dir, '.fabric', 'state.db');
+  const first = await serve(dir, ENV);
+  const worker = agentIdOf(first);
+  const member = await createCrew(first, { maxTokensPerHour: 50 });
+  await ok(first, 'AgentService/RecordUsage', { tokens: 40 }, member);
+  await ok(first, 'BudgetService/SetBudgetLimits', {
+    scope: { poolId: 'keep' },
+    limits: { maxTokensPerHour: 70 },
+  });
+  await ok(first, 'BudgetService/SetBudgetLimits', {
+    scope: { agentId: worker },
+    limits: { maxTokensPerHour: 90 },
+  });
+  expect(await stop(first, 'SIGTERM')).toBe(0);
+  const crewRow = rows(path).get('pool:crew');
+  expect(crewRow).toBeDefined();
+
+  // Deleted, then the row put back: the file as a sidecar that kept deleted pools' budgets left
+  // it (the pool's record gone, its budget row there).
+  const second = await serve(dir, ENV);
+  await ok(second, 'FabricService/DeletePool', { poolId: 'crew', drainTimeout: '0s' });
+  expect(await stop(second, 'SIGTERM')).toBe(0);
+  const db = new Database(path);
+  try {
+    db.prepare('INSERT INTO budgets (scope, data) VALUES (?, ?)').run('pool:crew', crewRow!);
+    // A pool id that looks like a prefix of an existing one's is a pool of its own.
+    db.prepare('INSERT INTO budgets (scope, data) VALUES (?, ?)').run('pool:kee', crewRow!);
+    expect(db.prepare("SELECT COUNT(*) AS n FROM records WHERE kind = 'pool'").get()).toEqual({
+      n: 1,
+    });
+  } finally {
+    db.close();
+  }
+  const before = rows(path);
+  expect([...before.keys()].sort()).toEqual(
+    expect.arrayContaining(['fabric', 'pool:crew', 'pool:kee', 'pool:keep', `agent:${worker}`]),
+  );
+
+  const third = await serve(dir, ENV);
+  // On disk at once: the rows of the pools that do not exist are gone, every other row stays.
+  const after = rows(path);
+  expect(after.has('pool:crew')).toBe(false);
+  expect(after.has('pool:kee')).toBe(false);
+  const kept = [...before.keys()].filter((k) => k !== 'pool:crew' && k !== 'pool:kee');
+  expect([...after.keys()].sort()).toEqual(kept.sort());
+  expect(third.err()).toContain('dropped the budgets (limits and usage) of 2 pool(s)');
+  expect(budgetOnDisk(path, 'pool:keep')?.config).toMatchObject({ maxTokensPerHour: 70 });
+  expect(budgetOnDisk(path, `agent:${worker}`)?.config).toMatchObject({ maxTokensPerHour: 90 });
+  expect(await tokens(third, { poolId: 'keep' })).toEqual({ used: 0, limit: 70 });
+  expect((await tokens(third, { fabric: true })).used).toBe(40);
+  // Made again without a budget: no limits, nothing used (before: limit 50, 40 used).
+  await createCrew(third);
+  expect(await tokens(third, { poolId: 'crew' })).toEqual({ used: 0, limit: undefined });
   expect(await stop(third, 'SIGTERM')).toBe(0);
 }, 120_000);
