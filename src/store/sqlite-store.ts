@@ -172,12 +172,29 @@ const RECORD_KINDS: readonly Kind[] = ['agent', 'pool', 'approval', 'tool_task',
  * budget goes with it in the commit that deletes its record (`BudgetManager.forgetPool`), but
  * files written before that still hold the rows of pools deleted back then, and a pool created
  * again under such an id inherited their limits and usage. Exact: `pool:kee` is not `keep`'s
- * (byte comparison, no `LIKE`); agents' and the fabric's scopes are never touched.
+ * (byte comparison, no `LIKE`); agents' and the fabric's scopes are never touched. Run once per
+ * file ({@link ORPHAN_POOL_BUDGETS_DROPPED}): after it, a row without its pool is one an
+ * operator set ahead of the pool's creation (`SetBudgetLimits` / `budgets.setPoolBudget` for an
+ * id not created yet), which later opens keep.
  */
 const DROP_ORPHAN_POOL_BUDGETS = `
   DELETE FROM budgets WHERE substr(scope, 1, 5) = 'pool:'
     AND substr(scope, 6) NOT IN (SELECT id FROM records WHERE kind = 'pool')
 `;
+
+/** `meta` key set once {@link DROP_ORPHAN_POOL_BUDGETS} ran on a file (in the same transaction). */
+const ORPHAN_POOL_BUDGETS_DROPPED = 'budgets.orphanPoolsDropped';
+
+/** {@link DROP_ORPHAN_POOL_BUDGETS} on a file it has not run on yet; the rows it dropped. */
+function dropOrphanPoolBudgetsOnce(db: Database.Database): number {
+  const done = db
+    .prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?')
+    .get(ORPHAN_POOL_BUDGETS_DROPPED);
+  if (done !== undefined) return 0;
+  const dropped = db.prepare(DROP_ORPHAN_POOL_BUDGETS).run().changes;
+  db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run(ORPHAN_POOL_BUDGETS_DROPPED, '1');
+  return dropped;
+}
 
 /**
  * When a change is committed: `now` before the call that made it returns (a synchronous
@@ -728,7 +745,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         const records = new Map<Kind, Array<[string, never]>>();
         for (const kind of RECORD_KINDS) records.set(kind, rows(kind));
         const tasks = taskRows(path, db);
-        return { tasks, records, orphans: db.prepare(DROP_ORPHAN_POOL_BUDGETS).run().changes };
+        return { tasks, records, orphans: dropOrphanPoolBudgetsOnce(db) };
       })();
     } catch (error) {
       if (error instanceof StateStoreError) throw error;

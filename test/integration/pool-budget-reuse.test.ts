@@ -125,6 +125,9 @@ it("opening a state file written before deleted pools' budgets went with them dr
     db.prepare('INSERT INTO budgets (scope, data) VALUES (?, ?)').run('pool:crew', crewRow!);
     // A pool id that looks like a prefix of an existing one's is a pool of its own.
     db.prepare('INSERT INTO budgets (scope, data) VALUES (?, ?)').run('pool:kee', crewRow!);
+    // Nor has an older version's file the flag that the drop ran on it.
+    const flag = db.prepare("DELETE FROM meta WHERE key = 'budgets.orphanPoolsDropped'").run();
+    expect(flag.changes).toBe(1);
     expect(db.prepare("SELECT COUNT(*) AS n FROM records WHERE kind = 'pool'").get()).toEqual({
       n: 1,
     });
@@ -152,4 +155,16 @@ it("opening a state file written before deleted pools' budgets went with them dr
   await createCrew(third);
   expect(await tokens(third, { poolId: 'crew' })).toEqual({ used: 0, limit: undefined });
   expect(await stop(third, 'SIGTERM')).toBe(0);
+  // Once per file: a row without its pool written since — limits a library caller set with
+  // `budgets.setPoolBudget` before creating the pool — outlasts the next opens.
+  const again = new Database(path);
+  try {
+    again.prepare('INSERT INTO budgets (scope, data) VALUES (?, ?)').run('pool:later', crewRow!);
+  } finally {
+    again.close();
+  }
+  const fourth = await serve(dir, ENV);
+  expect(fourth.err()).not.toContain('dropped the budgets');
+  expect(rows(path).get('pool:later')).toBe(crewRow);
+  expect(await stop(fourth, 'SIGTERM')).toBe(0);
 }, 120_000);
