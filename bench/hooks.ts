@@ -16,7 +16,8 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
 import { simpleGit, type SimpleGit } from 'simple-git';
-import { HookManager } from '../src/hooks/index.js';
+import { HookManager, stateSigningFrom } from '../src/hooks/index.js';
+import { SqliteStore } from '../src/store/sqlite-store.js';
 import { Latency, median, type BenchSuite } from './lib.js';
 
 const run = promisify(execFile);
@@ -119,21 +120,17 @@ const suite: BenchSuite = {
     const lifecycles = ctx.quick ? 4 : 12;
     const commits = lifecycles * 3;
     const hookDir = await tempDir();
-    // Signed, as a sidecar with a durable state file runs it (one HMAC per commit).
-    let signed = false;
+    const stateDir = await tempDir();
+    // Signed, as a sidecar with a durable state file runs it: one HMAC per commit, and the
+    // commit recorded in the state file after each.
+    const state = await SqliteStore.open(join(stateDir, 'state.db'));
     const hooks = await HookManager.open({
       storagePath: hookDir,
       useGitWorktree: false,
-      stateSigning: {
-        key: 'bench-key',
-        signed: () => signed,
-        markSigned: () => {
-          signed = true;
-        },
-      },
+      stateSigning: stateSigningFrom(state)!,
     });
     const base = await initRepo();
-    const dirs = [hookDir, base.path];
+    const dirs = [hookDir, stateDir, base.path];
     try {
       const viaSimpleGit = async (message: string): Promise<void> => {
         await base.git.add('hook.json');
@@ -204,6 +201,7 @@ const suite: BenchSuite = {
       }
     } finally {
       await hooks.close();
+      await state.close();
       await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
     }
   },

@@ -930,6 +930,48 @@ export class HookStoreError extends FabricError {
   }
 }
 
+/**
+ * The hook state ref points at a state older than the one the state file records as current (a
+ * genuine commit from before, or the ref deleted: moved back while no sidecar ran), and the
+ * recorded commit cannot be put back — its objects are gone from the repository, or it does not
+ * verify with the state file's key. Nothing is moved; `details` name both commits.
+ */
+export class HookStateRollbackError extends FabricError {
+  static readonly code = 'FABRIC_ERR_HOOK_STATE_ROLLBACK';
+  constructor(
+    storagePath: string,
+    found: string | null,
+    recorded: string,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(
+      HookStateRollbackError.code,
+      'failed_precondition',
+      `hook store ${storagePath}: ${message}`,
+      { storagePath, found, recorded },
+      options,
+    );
+  }
+}
+
+/**
+ * A hook store whose state is signed was opened without the signing key (`state: memory`, or a
+ * `HookManager` built without `stateSigning`): its commits would be unsigned, and the next start
+ * with the key would quarantine them with the hook changes they hold. Nothing is written.
+ */
+export class HookStoreSignedError extends FabricError {
+  static readonly code = 'FABRIC_ERR_HOOK_STORE_SIGNED';
+  constructor(storagePath: string, head: string) {
+    super(
+      HookStoreSignedError.code,
+      'failed_precondition',
+      `hook store ${storagePath}: its state is signed (the head ${head} carries a Fabric-State-MAC trailer) and this store has no key to sign with: its commits would be quarantined by the next start with the state file that holds the key, with the hook changes in them. Start with that state file (state: its path), or use another hook store`,
+      { storagePath, head },
+    );
+  }
+}
+
 /** A hook's git worktree could not be created, inspected or removed; `cause` has git's error. */
 export class HookWorktreeError extends FabricError {
   static readonly code = 'FABRIC_ERR_HOOK_WORKTREE';

@@ -100,6 +100,8 @@ export {
   HookStateError,
   HookStoreError,
   HookStoreLockedError,
+  HookStoreSignedError,
+  HookStateRollbackError,
   HookWorkItemTooLargeError,
   HookWorktreeError,
   StateLockedError,

@@ -58,17 +58,20 @@ export interface RefMovedEvent {
 }
 
 /**
- * `store.state_quarantined`: at load, the state ref's head (`found`) did not verify — no MAC
- * (`unsigned`) or one made with another key (`bad-mac`) — in a store that signs its commits:
- * written by someone without the key while no sidecar ran. It is kept under `quarantineRef`,
- * and the ref was moved back to `restored`, the newest commit before it that verifies, whose
- * state is what was loaded.
+ * `store.state_quarantined`: at load, the state ref's head (`found`) was not the store's, in a
+ * store that signs its commits — written while no sidecar ran by someone without the key. It
+ * did not verify: no MAC (`unsigned`) or one made with another key (`bad-mac`); or it verifies
+ * but is older than the commit the state file records as current, or the ref was deleted
+ * (`rollback`: a genuine earlier state put back, e.g. a finished hook PENDING again). It is kept
+ * under `quarantineRef` (both null when the ref was deleted: nothing to keep), and the ref was
+ * moved to `restored` — the recorded commit, or (with nothing recorded after it) the newest
+ * commit before `found` that verifies — whose state is what was loaded.
  */
 export interface StateQuarantinedEvent {
-  readonly found: string;
+  readonly found: string | null;
   readonly restored: string;
-  readonly quarantineRef: string;
-  readonly reason: 'unsigned' | 'bad-mac';
+  readonly quarantineRef: string | null;
+  readonly reason: 'unsigned' | 'bad-mac' | 'rollback';
 }
 
 /**

@@ -123,9 +123,11 @@ export interface HookManagerOptions {
    * Signs every state commit (HMAC-SHA256 of its tree and parents, a `Fabric-State-MAC:`
    * trailer) and verifies the state ref's head at `open()`: a head that does not verify, in a
    * store that has signed before, is moved under `refs/fabric/quarantine/` and the ref goes back
-   * to the newest commit that verifies (`store.state_quarantined`). The key and the "signed
-   * since" marker must outlive the process (the fabric takes both from its durable state file);
-   * without this option nothing is signed or verified.
+   * to the newest commit that verifies (`store.state_quarantined`); so does a head older than
+   * the commit recorded as current after each commit (a rollback), which goes back to that
+   * commit. The key, the "signed since" marker and the record must outlive the process (the
+   * fabric takes them from its durable state file); without this option nothing is signed or
+   * verified, and a store whose head is signed is refused (`HookStoreSignedError`).
    * @default undefined
    */
   stateSigning?: StateSigning;
@@ -227,11 +229,13 @@ export function parseHookManagerOptions(
       typeof signing.key !== 'string' ||
       signing.key.length === 0 ||
       typeof signing.signed !== 'function' ||
-      typeof signing.markSigned !== 'function')
+      typeof signing.markSigned !== 'function' ||
+      typeof signing.recordedHead !== 'function' ||
+      typeof signing.recordHead !== 'function')
   ) {
     throw new ConfigError(
       'options.stateSigning',
-      'must be { key: non-empty string, signed(), markSigned() }',
+      'must be { key: non-empty string, signed(), markSigned(), recordedHead(), recordHead(oid) }',
     );
   }
   if (o.clock !== undefined && typeof o.clock !== 'function') {

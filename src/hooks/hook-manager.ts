@@ -10,6 +10,7 @@ import { dirname, join, relative, sep } from 'node:path';
 import { simpleGit } from 'simple-git';
 import {
   ClosedError,
+  FabricError,
   HookNotFoundError,
   HookRetryLimitError,
   HookStateError,
@@ -1046,7 +1047,8 @@ export class HookManager {
       try {
         records = await store.load(o.clock());
       } catch (err) {
-        if (err instanceof HookStoreError) throw err;
+        // Coded already (HookStoreError, HookStateRollbackError, HookStoreSignedError).
+        if (err instanceof FabricError) throw err;
         throw new HookStoreError(
           o.storagePath,
           `could not read ${HOOKS_REF}: ${errorMessage(err)}`,

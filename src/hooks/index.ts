@@ -30,7 +30,12 @@ export {
   QUARANTINE_REF_PREFIX,
   STATE_MAC_TRAILER,
 } from './state-store.js';
-export { HOOK_SIGNED_SINCE, HOOK_STATE_KEY, stateSigningFrom } from './state-signing.js';
+export {
+  HOOK_SIGNED_SINCE,
+  HOOK_STATE_HEAD,
+  HOOK_STATE_KEY,
+  stateSigningFrom,
+} from './state-signing.js';
 export { isAgentLiveness } from './liveness.js';
 
 export type {

@@ -1,8 +1,9 @@
 /**
- * Where the hook store's signing key and "signed since" marker come from: a durable state
- * store's secrets and metadata (the SQLite state file), never the git repository — anyone who
- * can write the repository (an agent in a worktree shares its git directory) could otherwise
- * read the key or remove the marker. A store that keeps nothing across restarts (`state:
+ * Where the hook store's signing key, "signed since" marker and record of the current state
+ * commit come from: a durable state store's secrets and metadata (the SQLite state file), never
+ * the git repository — anyone who can write the repository (an agent in a worktree shares its
+ * git directory) could otherwise read the key, remove the marker or move the record back with
+ * the ref. A store that keeps nothing across restarts (`state:
  * memory`) gives none: a key made anew at each start could verify nothing written before it.
  *
  * @module
@@ -13,6 +14,11 @@ import type { StateSigning } from './state-store.js';
 export const HOOK_STATE_KEY = 'hooks.stateKey';
 /** The state-store entry set (to the time, ISO 8601) once the hook store wrote a signed commit. */
 export const HOOK_SIGNED_SINCE = 'hooks.signedSince';
+/**
+ * The state-store entry holding the state ref's current commit (its id), written after every
+ * state commit: a head older than it at open is a rollback (see {@link StateSigning}).
+ */
+export const HOOK_STATE_HEAD = 'hooks.stateHead';
 
 /** What a durable state store offers (`SqliteStore`); optional members are absent in memory. */
 export interface SigningSource {
@@ -38,5 +44,7 @@ export function stateSigningFrom(
     key: secret.call(store, HOOK_STATE_KEY),
     signed: () => getMeta.call(store, HOOK_SIGNED_SINCE) !== undefined,
     markSigned: () => setMeta.call(store, HOOK_SIGNED_SINCE, new Date(clock()).toISOString()),
+    recordedHead: () => getMeta.call(store, HOOK_STATE_HEAD),
+    recordHead: (oid) => setMeta.call(store, HOOK_STATE_HEAD, oid),
   };
 }

@@ -16,14 +16,17 @@
  * With {@link StateSigning} (a key that outlives the process), every commit ends in a
  * `Fabric-State-MAC:` trailer over its tree and parents, and `load()` verifies the head: the
  * repository is writable by agents with worktrees, so a head moved while no sidecar ran is
- * otherwise indistinguishable from the store's own.
+ * otherwise indistinguishable from the store's own. The MAC does not tell an old commit from the
+ * newest, so the state file also records the current commit after each one: a head moved back
+ * to an earlier genuine commit is undone at load like a forgery. Without signing, a head that
+ * carries a MAC is refused: this store's unsigned commits would be quarantined later.
  *
  * @module
  */
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { rm, stat } from 'node:fs/promises';
 import type { SimpleGit } from 'simple-git';
-import { HookStoreError } from '../errors.js';
+import { HookStateRollbackError, HookStoreError, HookStoreSignedError } from '../errors.js';
 import { LooseObjectWriter, type ObjectFormat, type TreeEntry } from './git-objects.js';
 import { RefUpdater, runGit } from './git-process.js';
 import type { StateQuarantinedEvent } from './hook-events.js';
@@ -70,9 +73,11 @@ export interface StateStoreOptions {
 }
 
 /**
- * The key that signs the state ref's commits, and the "signed since" marker kept outside git
- * (in the durable state): a store that has written a signed commit refuses an unsigned head
- * from then on, while one that has not takes its legacy head once and signs from there.
+ * The key that signs the state ref's commits, the "signed since" marker and the record of the
+ * current state commit, kept outside git (in the durable state): a store that has written a
+ * signed commit refuses an unsigned head from then on, while one that has not takes its legacy
+ * head once and signs from there; a head that is not the recorded commit or a signed descendant
+ * of it (a crash between the ref update and the record) is a rollback, undone at load.
  */
 export interface StateSigning {
   /** The MAC key (a secret: never logged, never written to the repository). */
@@ -81,7 +86,14 @@ export interface StateSigning {
   readonly signed: () => boolean;
   /** Sets the marker (called once, after the first signed commit is on the ref). */
   readonly markSigned: () => void;
+  /** The state commit recorded as current, or undefined (none recorded yet: an older file). */
+  readonly recordedHead: () => string | undefined;
+  /** Records `oid` as the current state commit (called after each commit is on the ref). */
+  readonly recordHead: (oid: string) => void;
 }
+
+/** Why a state head was quarantined at load (see {@link StateQuarantinedEvent}). */
+type QuarantineReason = StateQuarantinedEvent['reason'];
 
 /** The commit-message trailer holding a state commit's MAC (the message's last line). */
 export const STATE_MAC_TRAILER = 'Fabric-State-MAC';
@@ -136,22 +148,32 @@ export class HookStateStore {
    * the records — is checked against its id: git reads an object file without doing so, and
    * with worktrees agents can write the object store (an object file rewritten under its name
    * would otherwise be read as the record it replaced). With signing, the head is verified
-   * first (see {@link StateSigning}): one that fails is quarantined and its newest verifying
-   * ancestor loaded; a legacy head of a store never signed is signed at once.
+   * first (see {@link StateSigning}): one that fails, or that is older than the commit the state
+   * file records, is quarantined and the state it replaced loaded; a legacy head of a store
+   * never signed is signed at once.
+   * @throws HookStoreSignedError without signing, when the head carries a MAC.
+   * @throws HookStateRollbackError when the head is older than the recorded commit and that
+   *   commit cannot be put back.
    */
   async load(now: number = Date.now()): Promise<Hook[]> {
-    let head = await this.#readRef();
+    const tip = await this.#readRef();
     this.#shards = new Map();
     this.#shardTrees = new Map();
     this.#formatOid = undefined;
-    this.#head = head;
-    if (head === undefined) return [];
-    let commit = await this.#readCommit(head);
-    let adopt = false;
-    if (this.#o.signing !== undefined) {
-      ({ head, commit, adopt } = await this.#verifiedHead(head, commit, this.#o.signing, now));
-      this.#head = head;
+    this.#head = undefined;
+    const signing = this.#o.signing;
+    let loaded: LoadedHead | undefined;
+    if (signing !== undefined) {
+      loaded = await this.#verifiedHead(tip, signing, now);
+    } else if (tip !== undefined) {
+      loaded = { head: tip, commit: await this.#readCommit(tip), adopt: false };
+      // Without the key this store's commits would be unsigned, and the next start with the key
+      // would quarantine them (with their hook changes): refused before anything is written.
+      if (loaded.commit.mac !== undefined) throw new HookStoreSignedError(this.#o.repoDir, tip);
     }
+    if (loaded === undefined) return [];
+    const { head, commit, adopt } = loaded;
+    this.#head = head;
     const rootOid = commit.tree;
     const root = this.#parseTree(
       rootOid,
@@ -208,37 +230,136 @@ export class HookStateStore {
   }
 
   /**
-   * The head to load: `tip` when its MAC verifies, or when the store has never signed (a legacy
-   * head, taken once: `adopt` then has it signed at once). Otherwise the newest first-parent
-   * ancestor that verifies, with `tip` kept under a quarantine ref and the state ref moved back.
-   * @throws HookStoreError when no commit before `tip` verifies (the key or the history changed).
+   * The head to load (undefined: an empty store, nothing recorded). `tip` when its MAC verifies
+   * and it is the commit the state file records as current — or a signed descendant of it: the
+   * store's own last commits, when it stopped between the ref update and the record — or when
+   * the store has never signed (a legacy head, taken once: `adopt` then has it signed at once).
+   * A head that does not verify gives way to its newest first-parent ancestor that does; a head
+   * (or that ancestor) older than the recorded commit, or the ref deleted, gives way to the
+   * recorded commit. A head that gave way is kept under a quarantine ref, the state ref is moved
+   * back, and `onQuarantined` told. The head loaded is recorded (the first time, for a state
+   * file from before the record: its head is taken as it verifies, as before).
+   * @throws HookStoreError when no commit before `tip` verifies and nothing is recorded (the key
+   *   or the history changed).
+   * @throws HookStateRollbackError when the recorded commit should be put back but is gone or
+   *   does not verify.
    */
   async #verifiedHead(
-    tip: string,
-    first: ParsedCommit,
+    tip: string | undefined,
     signing: StateSigning,
     now: number,
-  ): Promise<{ head: string; commit: ParsedCommit; adopt: boolean }> {
-    if (this.#verifies(first, signing.key)) {
-      // A signed commit whose marker was not set (a crash between the two): set now.
-      this.#markSigned();
-      return { head: tip, commit: first, adopt: false };
+  ): Promise<LoadedHead | undefined> {
+    const recorded = signing.recordedHead();
+    let head = tip;
+    let commit: ParsedCommit | undefined;
+    let reason: QuarantineReason | undefined;
+    if (tip !== undefined) {
+      commit = await this.#readCommit(tip);
+      if (this.#verifies(commit, signing.key)) {
+        // A signed commit whose marker was not set (a crash between the two): set now.
+        this.#markSigned();
+      } else if (!signing.signed() && recorded === undefined) {
+        return { head: tip, commit, adopt: true };
+      } else {
+        reason = commit.mac === undefined ? 'unsigned' : 'bad-mac';
+        const found = await this.#walkFirstParents(commit.parents[0], (_, c) =>
+          this.#verifies(c, signing.key),
+        );
+        if (found === undefined && recorded === undefined) {
+          throw this.#corrupt(
+            `its head ${tip} is ${reason === 'unsigned' ? 'not signed' : 'signed with another key'} and no commit before it verifies (the state file holding the key was replaced, or the history was rewritten)`,
+          );
+        }
+        head = found?.oid;
+        commit = found?.commit;
+      }
     }
-    if (!signing.signed()) return { head: tip, commit: first, adopt: true };
-    const reason = first.mac === undefined ? 'unsigned' : 'bad-mac';
-    const found = await this.#newestVerified(first.parents[0], signing.key);
-    if (found === undefined) {
-      throw this.#corrupt(
-        `its head ${tip} is ${reason === 'unsigned' ? 'not signed' : 'signed with another key'} and no commit before it verifies (the state file holding the key was replaced, or the history was rewritten)`,
+    if (
+      recorded !== undefined &&
+      head !== recorded &&
+      (head === undefined || !(await this.#descends(head, recorded, signing.key)))
+    ) {
+      // Moved back: to a genuine commit from before (it verifies, and nothing else notices),
+      // below a forged one, or the ref deleted.
+      reason ??= 'rollback';
+      head = recorded;
+      commit = await this.#recordedCommit(tip, recorded, signing.key);
+    }
+    if (head === undefined || commit === undefined) return undefined;
+    if (reason !== undefined) await this.#quarantine(tip, head, reason, now);
+    if (head !== recorded) this.#record(head);
+    return { head, commit, adopt: false };
+  }
+
+  /**
+   * True when `head` is `recorded` or comes after it along first parents, every commit on the
+   * way verifying. Git's own answer (`merge-base --is-ancestor`, fast: no commit read here) is
+   * taken only when it says no; a yes is checked by reading the commits from `head` back to
+   * `recorded` (each against its id: git does not check the object files it reads), which
+   * after a crash between the ref update and the record is one batch of commits.
+   */
+  async #descends(head: string, recorded: string, key: string): Promise<boolean> {
+    try {
+      await runGit(this.#o.repoDir, ['merge-base', '--is-ancestor', recorded, head]);
+    } catch {
+      return false; // not an ancestor (exit 1), or `recorded` is gone (128)
+    }
+    const reached = await this.#walkFirstParents(
+      head,
+      (oid, c) => oid === recorded || !this.#verifies(c, key),
+    );
+    return reached?.oid === recorded;
+  }
+
+  /**
+   * The recorded commit, to put back on the ref.
+   * @throws HookStateRollbackError when it is gone from the repository or does not verify.
+   */
+  async #recordedCommit(
+    tip: string | undefined,
+    recorded: string,
+    key: string,
+  ): Promise<ParsedCommit> {
+    const moved = `${HOOKS_REF} is ${tip === undefined ? 'deleted' : `at ${tip}`}, not at ${recorded} (the commit the state file records as current) nor after it: the state was moved back while no sidecar ran`;
+    const fix = `Restore the repository from a backup that has ${recorded}; or, to take the state the ref is at knowingly, delete the record from the state file (with no sidecar running: sqlite3 <state file> "DELETE FROM meta WHERE key = 'hooks.stateHead'")`;
+    let commit: ParsedCommit;
+    try {
+      commit = await this.#readCommit(recorded);
+    } catch (err) {
+      throw new HookStateRollbackError(
+        this.#o.repoDir,
+        tip ?? null,
+        recorded,
+        `${moved}, and ${recorded} is gone from the repository, so the state cannot be put back (${(err as Error).message}). ${fix}`,
+        { cause: err },
       );
     }
-    const { oid: restored, commit } = found;
-    const stamp = new Date(now).toISOString().replace(/[-:]|\.\d+/g, '');
-    const quarantineRef = `${QUARANTINE_REF_PREFIX}${stamp}-${tip.slice(0, 12)}`;
-    await runGit(this.#o.repoDir, ['update-ref', quarantineRef, tip, this.#writer.zeroOid]);
-    await this.#refs.update(HOOKS_REF, restored, tip);
-    this.#o.onQuarantined?.({ found: tip, restored, quarantineRef, reason });
-    return { head: restored, commit, adopt: false };
+    if (!this.#verifies(commit, key)) {
+      throw new HookStateRollbackError(
+        this.#o.repoDir,
+        tip ?? null,
+        recorded,
+        `${moved}, and ${recorded} does not verify with the state file's key (the state file was replaced?), so it is not put back. ${fix}`,
+      );
+    }
+    return commit;
+  }
+
+  /** Keeps `tip` under a quarantine ref, moves the state ref back to `restored`, and reports. */
+  async #quarantine(
+    tip: string | undefined,
+    restored: string,
+    reason: QuarantineReason,
+    now: number,
+  ): Promise<void> {
+    let quarantineRef: string | null = null;
+    if (tip !== undefined) {
+      const stamp = new Date(now).toISOString().replace(/[-:]|\.\d+/g, '');
+      quarantineRef = `${QUARANTINE_REF_PREFIX}${stamp}-${tip.slice(0, 12)}`;
+      await runGit(this.#o.repoDir, ['update-ref', quarantineRef, tip, this.#writer.zeroOid]);
+    }
+    await this.#refs.update(HOOKS_REF, restored, tip ?? this.#writer.zeroOid);
+    this.#o.onQuarantined?.({ found: tip ?? null, restored, quarantineRef, reason });
   }
 
   /** Signs a legacy head: a commit of the same tree on top of it, then sets the marker. */
@@ -267,6 +388,7 @@ export class HookStateStore {
     }
     this.#head = next;
     this.#markSigned();
+    this.#record(next);
   }
 
   /**
@@ -286,15 +408,29 @@ export class HookStateStore {
   }
 
   /**
-   * The newest commit from `start` back along first parents whose MAC verifies, or undefined.
-   * Commits are read {@link VERIFY_WALK_CHUNK} at a time (one `rev-list` and one `cat-file`
-   * each), not a git process per commit (a forged chain of 1,100 commits: ~0.3 s at open
-   * against ~4.2 s); each is still checked against its id, and the walk follows each commit's
-   * own first parent, not `rev-list`'s order.
+   * Records `oid` as the current state commit (with signing on). A failure to write it (the
+   * state file's disk full) fails nothing — the commit is on the ref — and the next commit
+   * writes it again; until then the next open takes the ref's head as the signed descendant of
+   * the older record it is, and a rollback to a commit after that record goes unnoticed.
    */
-  async #newestVerified(
+  #record(oid: string): void {
+    try {
+      this.#o.signing?.recordHead(oid);
+    } catch {
+      // Written again at the next commit (see above).
+    }
+  }
+
+  /**
+   * The first commit from `start` back along first parents for which `stop` is true, or
+   * undefined. Commits are read {@link VERIFY_WALK_CHUNK} at a time (one `rev-list` and one
+   * `cat-file` each), not a git process per commit (a forged chain of 1,100 commits: ~0.3 s at
+   * open against ~4.2 s); each is still checked against its id, and the walk follows each
+   * commit's own first parent, not `rev-list`'s order.
+   */
+  async #walkFirstParents(
     start: string | undefined,
-    key: string,
+    stop: (oid: string, commit: ParsedCommit) => boolean,
   ): Promise<{ oid: string; commit: ParsedCommit } | undefined> {
     let next = start;
     while (next !== undefined) {
@@ -310,7 +446,7 @@ export class HookStateStore {
       // Follow the parents themselves (not rev-list's order) while they are in this chunk.
       while (next !== undefined && objects.has(next)) {
         const commit = this.#parseCommit(next, objects.get(next)!);
-        if (this.#verifies(commit, key)) return { oid: next, commit };
+        if (stop(next, commit)) return { oid: next, commit };
         next = commit.parents[0];
       }
     }
@@ -413,6 +549,9 @@ export class HookStateStore {
     this.#shards = shards;
     this.#shardTrees = shardTrees;
     if (!this.#marked) this.#markSigned();
+    // After the ref update: a crash in between leaves a signed descendant of the record, which
+    // the next load takes (a record written first would make a failed update look like a rollback).
+    this.#record(parent!);
     return commits;
   }
 
@@ -534,6 +673,13 @@ export function stateMac(key: string, tree: string, parents: readonly string[]):
   const h = createHmac('sha256', key).update(`agent-fabric/hooks-state v1\ntree ${tree}\n`);
   for (const p of parents) h.update(`parent ${p}\n`);
   return h.digest('hex');
+}
+
+/** The head `load()` reads, and whether it is a legacy head to sign at once. */
+interface LoadedHead {
+  readonly head: string;
+  readonly commit: ParsedCommit;
+  readonly adopt: boolean;
 }
 
 /** What the store reads of a commit: its root tree, parents and `Fabric-State-MAC:` trailer. */

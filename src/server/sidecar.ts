@@ -316,7 +316,11 @@ export class Sidecar {
         fabric.hooks?.on('store.state_quarantined', ({ found, restored, quarantineRef, reason }) =>
           log({
             level: 'error',
-            msg: `hooks: the state ref's head ${found} was ${reason === 'unsigned' ? 'not signed' : 'signed with another key'} (written while the sidecar was down by someone without the key): kept as ${quarantineRef}; the state was loaded from ${restored}, the newest commit that verifies`,
+            msg: `hooks: ${
+              found === null
+                ? 'the state ref was deleted'
+                : `the state ref's head ${found} ${reason === 'rollback' ? 'is a genuine commit from before the state the state file records as current (the ref was moved back)' : `was ${reason === 'unsigned' ? 'not signed' : 'signed with another key'}`}`
+            } while the sidecar was down, by someone without the key: ${quarantineRef === null ? '' : `kept as ${quarantineRef}; `}the state was loaded from ${restored}, the last genuine state`,
           }),
         );
         fabric.hooks?.on('store.ref_lock_removed', ({ path, ageMs }) =>

@@ -3,17 +3,19 @@
  * someone who can write the store's repository moves `refs/fabric/hooks` to a commit adding a
  * PENDING hook for the sidecar's agent. At the next start the sidecar does not hand that hook
  * out: the forged head is quarantined, the ref is back at the last genuine commit, an error is
- * logged naming what happened (without the key).
+ * logged naming what happened (without the key). Started with `state: memory` (no key) on that
+ * signed store, it refuses to start rather than write commits the next durable start would
+ * quarantine with their hook changes.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { HOOK_STATE_KEY, QUARANTINE_REF_PREFIX } from '../../src/hooks/index.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
-import { tempDir } from '../fixtures/gateway/harness.js';
+import { tempDir, until } from '../fixtures/gateway/harness.js';
 import { forgePendingHook } from '../fixtures/hooks/forge-state.js';
 import { git, stateHead } from '../fixtures/hooks/temp-store.js';
-import { cleanUp, serve, stop, type Running } from '../fixtures/state/serve.js';
+import { cleanUp, serve, spawnServe, stop, type Running } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
 
@@ -29,33 +31,45 @@ async function call(r: Running, method: string, body: unknown): Promise<Record<s
   return (await res.json()) as Record<string, unknown>;
 }
 
+/** Writes `<dir>/fabric.json`: one agent, the hook store in `<dir>/hooks`, state `state`. */
+function writeConfig(dir: string, state: unknown): void {
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port: 0 },
+      adminToken: ADMIN,
+      state,
+      hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false },
+      agents: [{ name: 'worker' }],
+    }),
+  );
+}
+
+/** A sidecar with the state file `<dir>/state.db` creates one hook for its agent and stops. */
+async function oneHook(dir: string): Promise<{ agentId: string; hookId: string }> {
+  writeConfig(dir, { path: join(dir, 'state.db') });
+  const first = await serve(dir);
+  const { agents } = (await call(first, 'FabricService/ListAgents', {})) as {
+    agents: { agentId: string }[];
+  };
+  const agentId = agents[0]!.agentId;
+  const { hook } = (await call(first, 'FabricService/CreateHook', {
+    agentId,
+    workItem: 'w',
+  })) as {
+    hook: { hookId: string };
+  };
+  expect(await stop(first, 'SIGTERM')).toBe(0);
+  return { agentId, hookId: hook.hookId };
+}
+
 describe('sidecar start after the hook state was forged while it was down', () => {
   it('quarantines the forged head, hands out no forged hook, and logs an error', async () => {
     const dir = tempDir('hook-forgery');
     const storagePath = join(dir, 'hooks');
     const statePath = join(dir, 'state.db');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port: 0 },
-        adminToken: ADMIN,
-        state: { path: statePath },
-        hooks: { storagePath, useGitWorktree: false },
-        agents: [{ name: 'worker' }],
-      }),
-    );
-    const first = await serve(dir);
-    const { agents } = (await call(first, 'FabricService/ListAgents', {})) as {
-      agents: { agentId: string }[];
-    };
-    const agentId = agents[0]!.agentId;
-    const { hook } = (await call(first, 'FabricService/CreateHook', {
-      agentId,
-      workItem: 'w',
-    })) as {
-      hook: { hookId: string };
-    };
-    expect(await stop(first, 'SIGTERM')).toBe(0);
+    const { agentId, hookId } = await oneHook(dir);
+    const hook = { hookId };
     const genuine = stateHead(storagePath);
     const forged = forgePendingHook(storagePath, hook.hookId, agentId, dir);
 
@@ -94,5 +108,39 @@ describe('sidecar start after the hook state was forged while it was down', () =
     expect(key).toMatch(/^[0-9a-f]{64}$/);
     expect(r.err()).not.toContain(key);
     expect(r.err()).not.toContain(ADMIN);
+  }, 120_000);
+});
+
+describe('sidecar with state: memory on a signed hook store', () => {
+  it('refuses to start (exit 1, FABRIC_ERR_HOOK_STORE_SIGNED) and writes nothing; the durable sidecar then loses nothing', async () => {
+    const dir = tempDir('hook-memory');
+    const storagePath = join(dir, 'hooks');
+    const { hookId } = await oneHook(dir);
+    const genuine = stateHead(storagePath);
+
+    writeConfig(dir, 'memory');
+    const memory = spawnServe(dir);
+    await until(() => memory.child.exitCode !== null, 30_000);
+    expect(memory.child.exitCode, memory.err()).toBe(1);
+    const last = memory.err().trim().split('\n').at(-1)!;
+    expect(last).toMatch(/^agent-fabric: FABRIC_ERR_HOOK_STORE_SIGNED: /);
+    expect(last).toContain(genuine);
+    expect(memory.out()).not.toContain('"mcpServers"');
+    expect(stateHead(storagePath)).toBe(genuine);
+
+    writeConfig(dir, { path: join(dir, 'state.db') });
+    const r = await serve(dir);
+    const { hooks } = (await call(r, 'FabricService/ListHooks', {})) as {
+      hooks: { hookId: string }[];
+    };
+    expect(hooks.map((h) => h.hookId)).toEqual([hookId]);
+    const metrics = await (
+      await fetch(`${new URL(r.url).origin}/metrics`, {
+        headers: { authorization: `Bearer ${ADMIN}` },
+      })
+    ).text();
+    expect(metrics).toMatch(/^agent_fabric_hook_store_quarantined_heads_total 0$/m);
+    expect(await stop(r, 'SIGTERM')).toBe(0);
+    expect(git(storagePath, 'for-each-ref', 'refs/fabric/quarantine/')).toBe('');
   }, 120_000);
 });

@@ -4,20 +4,27 @@
  * their own that adds a PENDING hook for an agent. With a durable state file the store signs
  * its commits with a key kept there, so at the next start the forged head is quarantined and
  * the ref goes back to the last genuine commit; a genuine restart and an upgrade from an
- * unsigned store keep every hook. Real git repositories, a real SQLite state file, the real
- * fabric.
+ * unsigned store keep every hook. The MAC cannot tell an older genuine commit from the newest:
+ * the state file records the current commit, so a ref moved back (a finished hook PENDING
+ * again, to be handed out twice) is undone the same way. A store without the key refuses a
+ * signed store rather than write commits the next start would quarantine. Real git
+ * repositories, a real SQLite state file, the real fabric.
  */
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { HookStoreError } from '../../src/errors.js';
+import { HookStateRollbackError, HookStoreError, HookStoreSignedError } from '../../src/errors.js';
 import { AgentFabric } from '../../src/fabric.js';
 import {
   HOOK_SIGNED_SINCE,
+  HOOK_STATE_HEAD,
   HOOKS_REF,
   HookManager,
   HookStatus,
   QUARANTINE_REF_PREFIX,
   STATE_MAC_TRAILER,
+  type RefMovedEvent,
   type StateQuarantinedEvent,
 } from '../../src/hooks/index.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
@@ -83,6 +90,29 @@ async function marker(): Promise<string | undefined> {
     return store.getMeta(HOOK_SIGNED_SINCE);
   } finally {
     await store.close();
+  }
+}
+
+/** The state commit the state file records as current (read beside a running fabric). */
+function recorded(): string | undefined {
+  const db = new Database(statePath, { readonly: true });
+  try {
+    const row = db.prepare('SELECT value FROM meta WHERE key = ?').get(HOOK_STATE_HEAD) as
+      { value: string } | undefined;
+    return row?.value;
+  } finally {
+    db.close();
+  }
+}
+
+/** Sets (or with undefined, deletes) the state file's record of the current state commit. */
+function setRecorded(oid: string | undefined): void {
+  const db = new Database(statePath);
+  try {
+    if (oid === undefined) db.prepare('DELETE FROM meta WHERE key = ?').run(HOOK_STATE_HEAD);
+    else db.prepare('UPDATE meta SET value = ? WHERE key = ?').run(oid, HOOK_STATE_HEAD);
+  } finally {
+    db.close();
   }
 }
 
@@ -208,11 +238,8 @@ describe('hook state forged while the sidecar is down', () => {
     expect((await next.fabric.hooks!.getHook(old.hookId)).status).toBe(HookStatus.ACTIVE);
   });
 
-  it('refuses to open when no commit of the head verifies (the history was replaced)', async () => {
-    const first = await start();
-    await genuineHooks(first.fabric);
-    await stop();
-    // An unrelated unsigned history put on the ref.
+  /** The genuine store's history replaced on the ref by an unrelated unsigned one. */
+  async function replaceHistory(): Promise<string> {
     const other = join(dir.path, 'other');
     const legacy = await HookManager.open({
       storagePath: other,
@@ -222,8 +249,216 @@ describe('hook state forged while the sidecar is down', () => {
     await legacy.createHook({ agentId: 'victim', workItem: 'evil', branch: 'agent/evil' });
     await legacy.close();
     git(storagePath, 'fetch', '-q', other, `+${HOOKS_REF}:${HOOKS_REF}`);
+    return stateHead(storagePath);
+  }
+
+  it('puts the recorded commit back when no commit of the head verifies (the history was replaced)', async () => {
+    const first = await start();
+    const { done, active } = await genuineHooks(first.fabric);
+    await stop();
+    const genuine = stateHead(storagePath);
+    const replaced = await replaceHistory();
+    const { fabric: f, quarantined } = await start();
+    expect(await f.hooks!.hookFor('victim')).toBeUndefined();
+    expect((await f.hooks!.listHooks()).map((h) => h.hookId).sort()).toEqual([done, active].sort());
+    expect(stateHead(storagePath)).toBe(genuine);
+    expect([...quarantineRefs().values()]).toEqual([replaced]);
+    expect(quarantined.map((e) => [e.found, e.restored, e.reason])).toEqual([
+      [replaced, genuine, 'unsigned'],
+    ]);
+  });
+
+  it('refuses to open when no commit of the head verifies and the state file records none (from before the record)', async () => {
+    const first = await start();
+    await genuineHooks(first.fabric);
+    await stop();
+    setRecorded(undefined);
+    const replaced = await replaceHistory();
     await expect(start()).rejects.toThrow(HookStoreError);
     // Nothing was moved or kept: the operator decides.
+    expect(stateHead(storagePath)).toBe(replaced);
     expect(quarantineRefs().size).toBe(0);
+  });
+});
+
+describe('hook state moved back to an earlier genuine commit (a rollback)', () => {
+  /**
+   * A hook created (its PENDING state committed: `pending`), then activated and completed; the
+   * state ref's head at the end is `genuine`.
+   */
+  async function finishedHook(f: AgentFabric): Promise<{ hookId: string; pending: string }> {
+    const h = await f.hooks!.createHook({ agentId: 'worker-1', workItem: 1, branch: 'agent/one' });
+    const pending = stateHead(storagePath);
+    await f.hooks!.activateHook(h.hookId);
+    await f.hooks!.completeHook(h.hookId, 'ok');
+    return { hookId: h.hookId, pending };
+  }
+
+  it('while the sidecar is down: the finished hook is not PENDING again, the ref is back at the recorded commit, the old head is kept and reported', async () => {
+    const first = await start();
+    const { hookId, pending } = await finishedHook(first.fabric);
+    await stop();
+    const genuine = stateHead(storagePath);
+    // The attacker's move: a genuine signed commit, from before the hook was done.
+    git(storagePath, 'update-ref', HOOKS_REF, pending);
+
+    const { fabric: f, quarantined } = await start();
+    expect((await f.hooks!.getHook(hookId)).status).toBe(HookStatus.COMPLETED);
+    expect(await f.hooks!.hookFor('worker-1')).toBeUndefined();
+    expect(stateHead(storagePath)).toBe(genuine);
+    const refs = quarantineRefs();
+    expect([...refs.values()]).toEqual([pending]);
+    expect(quarantined).toEqual([
+      { found: pending, restored: genuine, quarantineRef: [...refs.keys()][0], reason: 'rollback' },
+    ]);
+    expect(recorded()).toBe(genuine);
+    // The store goes on from there, and records its commits.
+    const next = await f.hooks!.createHook({ agentId: 'worker-2', workItem: 2, branch: 'b/two' });
+    expect(recorded()).toBe(stateHead(storagePath));
+    expect(git(storagePath, 'rev-parse', `${HOOKS_REF}^`)).toBe(genuine);
+    await stop();
+    const again = await start();
+    expect(again.quarantined).toEqual([]);
+    expect((await again.fabric.hooks!.getHook(next.hookId)).status).toBe(HookStatus.PENDING);
+  });
+
+  it('puts the recorded commit back, not an older one, when a forged commit sits on an older genuine one', async () => {
+    const first = await start();
+    const { hookId, pending } = await finishedHook(first.fabric);
+    await stop();
+    const genuine = stateHead(storagePath);
+    git(storagePath, 'update-ref', HOOKS_REF, pending);
+    const forged = forgePendingHook(storagePath, hookId, 'victim', dir.path);
+    const { fabric: f, quarantined } = await start();
+    expect(stateHead(storagePath)).toBe(genuine);
+    expect((await f.hooks!.getHook(hookId)).status).toBe(HookStatus.COMPLETED);
+    expect(quarantined.map((e) => [e.found, e.restored, e.reason])).toEqual([
+      [forged.commit, genuine, 'unsigned'],
+    ]);
+  });
+
+  it('puts the recorded commit back when the ref was deleted (no hook lost)', async () => {
+    const first = await start();
+    const { hookId } = await finishedHook(first.fabric);
+    await stop();
+    const genuine = stateHead(storagePath);
+    git(storagePath, 'update-ref', '-d', HOOKS_REF);
+    const { fabric: f, quarantined } = await start();
+    expect(stateHead(storagePath)).toBe(genuine);
+    expect((await f.hooks!.getHook(hookId)).status).toBe(HookStatus.COMPLETED);
+    expect(quarantined).toEqual([
+      { found: null, restored: genuine, quarantineRef: null, reason: 'rollback' },
+    ]);
+    expect(quarantineRefs().size).toBe(0);
+  });
+
+  it('takes a signed descendant of the recorded commit (the store stopped between its ref update and the record) and records it', async () => {
+    const first = await start();
+    const { hookId, pending } = await finishedHook(first.fabric);
+    await stop();
+    const genuine = stateHead(storagePath);
+    // As if the process died after the last commits' ref update, before their record.
+    setRecorded(pending);
+    const { fabric: f, quarantined } = await start();
+    expect(quarantined).toEqual([]);
+    expect(stateHead(storagePath)).toBe(genuine);
+    expect((await f.hooks!.getHook(hookId)).status).toBe(HookStatus.COMPLETED);
+    expect(recorded()).toBe(genuine);
+    expect(quarantineRefs().size).toBe(0);
+  });
+
+  it('refuses to open, moving nothing, when the recorded commit is gone from the repository', async () => {
+    const first = await start();
+    const { pending } = await finishedHook(first.fabric);
+    await stop();
+    const genuine = stateHead(storagePath);
+    git(storagePath, 'update-ref', HOOKS_REF, pending);
+    const objects = git(
+      storagePath,
+      'rev-parse',
+      '--path-format=absolute',
+      '--git-path',
+      'objects',
+    );
+    rmSync(join(objects, genuine.slice(0, 2), genuine.slice(2)));
+    const err = await start().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(HookStateRollbackError);
+    expect((err as HookStateRollbackError).code).toBe('FABRIC_ERR_HOOK_STATE_ROLLBACK');
+    expect((err as Error).message).toContain(genuine);
+    expect((err as Error).message).toContain(pending);
+    expect((err as HookStateRollbackError).details).toMatchObject({
+      found: pending,
+      recorded: genuine,
+    });
+    expect(stateHead(storagePath)).toBe(pending);
+    expect(quarantineRefs().size).toBe(0);
+    expect(recorded()).toBe(genuine);
+  });
+
+  it('a state file from before the record takes the head as it verifies, records it, and catches a rollback after that', async () => {
+    const first = await start();
+    const { hookId, pending } = await finishedHook(first.fabric);
+    await stop();
+    const genuine = stateHead(storagePath);
+    setRecorded(undefined); // as an earlier version left it: signed, nothing recorded
+    const upgraded = await start();
+    expect(upgraded.quarantined).toEqual([]);
+    expect(recorded()).toBe(genuine);
+    await stop();
+    git(storagePath, 'update-ref', HOOKS_REF, pending);
+    const { fabric: f, quarantined } = await start();
+    expect(stateHead(storagePath)).toBe(genuine);
+    expect((await f.hooks!.getHook(hookId)).status).toBe(HookStatus.COMPLETED);
+    expect(quarantined.map((e) => e.reason)).toEqual(['rollback']);
+  });
+
+  it('while the sidecar runs: its next commit goes on its own head, not the old one; moved back again before it stops, the next start puts it back', async () => {
+    const { fabric: f } = await start();
+    const moved: RefMovedEvent[] = [];
+    f.hooks!.on('store.ref_moved', (e) => moved.push(e));
+    const { hookId, pending } = await finishedHook(f);
+    const genuine = stateHead(storagePath);
+    git(storagePath, 'update-ref', HOOKS_REF, pending);
+    const other = await f.hooks!.createHook({ agentId: 'worker-2', workItem: 2, branch: 'b/two' });
+    const head = stateHead(storagePath);
+    expect(git(storagePath, 'rev-parse', `${head}^`)).toBe(genuine);
+    expect(moved).toEqual([{ found: pending, restored: head }]);
+    expect(recorded()).toBe(head);
+    // Moved back again, and the sidecar stops before it commits anything.
+    git(storagePath, 'update-ref', HOOKS_REF, pending);
+    await stop();
+    const next = await start();
+    expect(stateHead(storagePath)).toBe(head);
+    expect((await next.fabric.hooks!.getHook(hookId)).status).toBe(HookStatus.COMPLETED);
+    expect((await next.fabric.hooks!.getHook(other.hookId)).status).toBe(HookStatus.PENDING);
+    expect(next.quarantined.map((e) => [e.found, e.restored, e.reason])).toEqual([
+      [pending, head, 'rollback'],
+    ]);
+  });
+});
+
+describe('a hook store opened without the key', () => {
+  it('refuses a store whose head is signed, writing nothing', async () => {
+    const first = await start();
+    await genuineHooks(first.fabric);
+    await stop();
+    const head = stateHead(storagePath);
+    const err = await HookManager.open({ storagePath, useGitWorktree: false, fsync: false }).then(
+      async (m) => {
+        await m.close();
+        return undefined;
+      },
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(HookStoreSignedError);
+    expect((err as HookStoreSignedError).code).toBe('FABRIC_ERR_HOOK_STORE_SIGNED');
+    expect((err as Error).message).toContain(head);
+    expect(stateHead(storagePath)).toBe(head);
+    // The lock was released: the store opens with the key.
+    const again = await start();
+    expect(again.quarantined).toEqual([]);
   });
 });
