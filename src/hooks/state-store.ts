@@ -339,7 +339,7 @@ export class HookStateStore {
         this.#o.repoDir,
         tip ?? null,
         recorded,
-        `${moved}, and ${recorded} does not verify with the state file's key (the state file was replaced?), so it is not put back. ${fix}`,
+        `${recorded}, the commit the state file records as current, does not verify with the state file's key (the state file was replaced, or its key changed), so it is not put back (${HOOKS_REF} is ${tip === undefined ? 'deleted' : `at ${tip}`}). ${fix}`,
       );
     }
     return commit;

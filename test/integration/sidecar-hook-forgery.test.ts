@@ -45,22 +45,44 @@ function writeConfig(dir: string, state: unknown): void {
   );
 }
 
-/** A sidecar with the state file `<dir>/state.db` creates one hook for its agent and stops. */
-async function oneHook(dir: string): Promise<{ agentId: string; hookId: string }> {
+/**
+ * A sidecar with the state file `<dir>/state.db` creates `count` hooks for its agent and stops;
+ * `heads` are the state ref's head after each.
+ */
+async function createHooks(
+  dir: string,
+  count = 1,
+): Promise<{ agentId: string; hookId: string; heads: string[] }> {
   writeConfig(dir, { path: join(dir, 'state.db') });
   const first = await serve(dir);
   const { agents } = (await call(first, 'FabricService/ListAgents', {})) as {
     agents: { agentId: string }[];
   };
   const agentId = agents[0]!.agentId;
-  const { hook } = (await call(first, 'FabricService/CreateHook', {
-    agentId,
-    workItem: 'w',
-  })) as {
-    hook: { hookId: string };
-  };
+  const hookIds: string[] = [];
+  const heads: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const { hook } = (await call(first, 'FabricService/CreateHook', {
+      agentId,
+      workItem: `w${i}`,
+    })) as {
+      hook: { hookId: string };
+    };
+    hookIds.push(hook.hookId);
+    heads.push(stateHead(join(dir, 'hooks')));
+  }
   expect(await stop(first, 'SIGTERM')).toBe(0);
-  return { agentId, hookId: hook.hookId };
+  return { agentId, hookId: hookIds[0]!, heads };
+}
+
+/** The sidecar's log lines that mention the state ref. */
+function stateRefLines(r: Running): { level: number; msg: string }[] {
+  return r
+    .err()
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as { level: number; msg: string })
+    .filter((e) => e.msg.includes('state ref'));
 }
 
 describe('sidecar start after the hook state was forged while it was down', () => {
@@ -68,7 +90,7 @@ describe('sidecar start after the hook state was forged while it was down', () =
     const dir = tempDir('hook-forgery');
     const storagePath = join(dir, 'hooks');
     const statePath = join(dir, 'state.db');
-    const { agentId, hookId } = await oneHook(dir);
+    const { agentId, hookId } = await createHooks(dir);
     const hook = { hookId };
     const genuine = stateHead(storagePath);
     const forged = forgePendingHook(storagePath, hook.hookId, agentId, dir);
@@ -91,12 +113,7 @@ describe('sidecar start after the hook state was forged while it was down', () =
     expect(metrics).toMatch(/^agent_fabric_hook_store_quarantined_heads_total 1$/m);
     expect(await stop(r, 'SIGTERM')).toBe(0);
 
-    const lines = r
-      .err()
-      .split('\n')
-      .filter((l) => l.trim() !== '')
-      .map((l) => JSON.parse(l) as { level: number; msg: string });
-    const logged = lines.filter((e) => e.msg.includes('state ref'));
+    const logged = stateRefLines(r);
     expect(logged, r.err()).toHaveLength(1);
     expect(logged[0]!.level).toBe(50);
     expect(logged[0]!.msg).toContain(forged.commit);
@@ -111,11 +128,37 @@ describe('sidecar start after the hook state was forged while it was down', () =
   }, 120_000);
 });
 
+describe('sidecar start after the hook state ref was moved back while it was down', () => {
+  it('puts the recorded state back, keeps the old head, and logs an error', async () => {
+    const dir = tempDir('hook-rollback');
+    const storagePath = join(dir, 'hooks');
+    const { heads } = await createHooks(dir, 2);
+    const [older, genuine] = heads as [string, string];
+    git(storagePath, 'update-ref', 'refs/fabric/hooks', older);
+
+    const r = await serve(dir);
+    const { hooks } = (await call(r, 'FabricService/ListHooks', {})) as {
+      hooks: { hookId: string }[];
+    };
+    expect(hooks).toHaveLength(2);
+    expect(stateHead(storagePath)).toBe(genuine);
+    expect(
+      git(storagePath, 'for-each-ref', '--format=%(objectname)', 'refs/fabric/quarantine/'),
+    ).toBe(older);
+    expect(await stop(r, 'SIGTERM')).toBe(0);
+    const logged = stateRefLines(r);
+    expect(logged, r.err()).toHaveLength(1);
+    expect(logged[0]!.level).toBe(50);
+    expect(logged[0]!.msg).toContain(`${older} is a genuine commit from before the state`);
+    expect(logged[0]!.msg).toContain(`loaded from ${genuine}`);
+  }, 120_000);
+});
+
 describe('sidecar with state: memory on a signed hook store', () => {
   it('refuses to start (exit 1, FABRIC_ERR_HOOK_STORE_SIGNED) and writes nothing; the durable sidecar then loses nothing', async () => {
     const dir = tempDir('hook-memory');
     const storagePath = join(dir, 'hooks');
-    const { hookId } = await oneHook(dir);
+    const { hookId } = await createHooks(dir);
     const genuine = stateHead(storagePath);
 
     writeConfig(dir, 'memory');
