@@ -75,6 +75,18 @@ async function createHooks(
   return { agentId, hookId: hookIds[0]!, heads };
 }
 
+/** `agent_fabric_hook_store_quarantined_heads_total` as the sidecar's /metrics shows it. */
+async function quarantinedHeads(r: Running): Promise<number> {
+  const metrics = await (
+    await fetch(`${new URL(r.url).origin}/metrics`, {
+      headers: { authorization: `Bearer ${ADMIN}` },
+    })
+  ).text();
+  const m = /^agent_fabric_hook_store_quarantined_heads_total (\d+)$/m.exec(metrics);
+  expect(m, metrics).not.toBeNull();
+  return Number(m![1]);
+}
+
 /** The sidecar's log lines that mention the state ref. */
 function stateRefLines(r: Running): { level: number; msg: string }[] {
   return r
@@ -105,12 +117,7 @@ describe('sidecar start after the hook state was forged while it was down', () =
     expect(quarantined).toContain(`${QUARANTINE_REF_PREFIX}`);
     expect(quarantined).toContain(forged.commit);
     // Counted for an alert, though it happened before /metrics could listen for events.
-    const metrics = await (
-      await fetch(`${new URL(r.url).origin}/metrics`, {
-        headers: { authorization: `Bearer ${ADMIN}` },
-      })
-    ).text();
-    expect(metrics).toMatch(/^agent_fabric_hook_store_quarantined_heads_total 1$/m);
+    expect(await quarantinedHeads(r)).toBe(1);
     expect(await stop(r, 'SIGTERM')).toBe(0);
 
     const logged = stateRefLines(r);
@@ -177,12 +184,7 @@ describe('sidecar with state: memory on a signed hook store', () => {
       hooks: { hookId: string }[];
     };
     expect(hooks.map((h) => h.hookId)).toEqual([hookId]);
-    const metrics = await (
-      await fetch(`${new URL(r.url).origin}/metrics`, {
-        headers: { authorization: `Bearer ${ADMIN}` },
-      })
-    ).text();
-    expect(metrics).toMatch(/^agent_fabric_hook_store_quarantined_heads_total 0$/m);
+    expect(await quarantinedHeads(r)).toBe(0);
     expect(await stop(r, 'SIGTERM')).toBe(0);
     expect(git(storagePath, 'for-each-ref', 'refs/fabric/quarantine/')).toBe('');
   }, 120_000);

@@ -294,13 +294,21 @@ describe('hook state moved back to an earlier genuine commit (a rollback)', () =
     return { hookId: h.hookId, pending };
   }
 
-  it('while the sidecar is down: the finished hook is not PENDING again, the ref is back at the recorded commit, the old head is kept and reported', async () => {
+  /**
+   * A finished hook, the sidecar stopped, and the attacker's move: the ref back at `pending`, a
+   * genuine signed commit from before the hook was done (`genuine`: the head it replaced).
+   */
+  async function rolledBack(): Promise<{ hookId: string; pending: string; genuine: string }> {
     const first = await start();
     const { hookId, pending } = await finishedHook(first.fabric);
     await stop();
     const genuine = stateHead(storagePath);
-    // The attacker's move: a genuine signed commit, from before the hook was done.
     git(storagePath, 'update-ref', HOOKS_REF, pending);
+    return { hookId, pending, genuine };
+  }
+
+  it('while the sidecar is down: the finished hook is not PENDING again, the ref is back at the recorded commit, the old head is kept and reported', async () => {
+    const { hookId, pending, genuine } = await rolledBack();
 
     const { fabric: f, quarantined } = await start();
     expect((await f.hooks!.getHook(hookId)).status).toBe(HookStatus.COMPLETED);
@@ -323,12 +331,9 @@ describe('hook state moved back to an earlier genuine commit (a rollback)', () =
   });
 
   it('puts the recorded commit back, not an older one, when a forged commit sits on an older genuine one', async () => {
-    const first = await start();
-    const { hookId, pending } = await finishedHook(first.fabric);
-    await stop();
-    const genuine = stateHead(storagePath);
-    git(storagePath, 'update-ref', HOOKS_REF, pending);
+    const { hookId, pending, genuine } = await rolledBack();
     const forged = forgePendingHook(storagePath, hookId, 'victim', dir.path);
+    expect(git(storagePath, 'rev-parse', `${forged.commit}^`)).toBe(pending);
     const { fabric: f, quarantined } = await start();
     expect(stateHead(storagePath)).toBe(genuine);
     expect((await f.hooks!.getHook(hookId)).status).toBe(HookStatus.COMPLETED);
@@ -368,11 +373,7 @@ describe('hook state moved back to an earlier genuine commit (a rollback)', () =
   });
 
   it('refuses to open, moving nothing, when the recorded commit is gone from the repository', async () => {
-    const first = await start();
-    const { pending } = await finishedHook(first.fabric);
-    await stop();
-    const genuine = stateHead(storagePath);
-    git(storagePath, 'update-ref', HOOKS_REF, pending);
+    const { pending, genuine } = await rolledBack();
     const objects = git(
       storagePath,
       'rev-parse',
