@@ -276,6 +276,15 @@ describe('parseHookManagerOptions', () => {
       { storagePath: '/x', useGitWorktree: true, stateSigning: { key: 'k' } },
       'options.stateSigning',
     ],
+    [
+      {
+        storagePath: '/x',
+        useGitWorktree: true,
+        // Without the record of the current commit a rollback could not be noticed.
+        stateSigning: { key: 'k', signed: () => true, markSigned: () => undefined },
+      },
+      'options.stateSigning',
+    ],
     [{ storagePath: '/x', useGitWorktree: true, stroagePath: '/y' }, 'options.stroagePath'],
   ])('rejects %j naming %s', (options, field) => {
     try {
