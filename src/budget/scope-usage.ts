@@ -293,6 +293,8 @@ export class ScopeUsage implements BudgetStateSource {
   }
 
   toJSON(): BudgetScopeSnapshot {
+    // The mark first (see `#markFirst`).
+    const mark = this.#markJSON();
     return {
       version: 1,
       config: this.rawConfig === null ? null : { ...this.rawConfig },
@@ -304,7 +306,7 @@ export class ScopeUsage implements BudgetStateSource {
         costWarned: this.costWarned,
         costExhausted: this.costExhausted,
       },
-      ...this.#markJSON(),
+      ...mark,
     };
   }
 
@@ -324,10 +326,11 @@ export class ScopeUsage implements BudgetStateSource {
    * for the text it commits: this scope remembers what was written.
    */
   toLeasedJSONText(percent: number): string {
+    const mark = this.#markFirst();
     const c = this.config;
     const tokensLease = leaseOf(c?.maxTokensPerHour, this.tokens, percent);
     const costLease = leaseOf(c?.maxCostPerDay, this.cost, percent);
-    const text = this.#text(tokensLease, costLease);
+    const text = this.#text(tokensLease, costLease, mark);
     // Remembered once the text exists (a throw leaves nothing claimed). The ceilings are computed
     // exactly as the windows write them (head amount + lease), and JSON numbers read back to the
     // same doubles.
@@ -377,16 +380,30 @@ export class ScopeUsage implements BudgetStateSource {
    * bucket arrays was most of that commit's CPU.
    */
   toJSONText(): string {
-    return this.#text(0, 0);
+    return this.#text(0, 0, this.#markFirst());
   }
 
-  #text(tokensLease: number, costLease: number): string {
+  /**
+   * The mark's JSON text, read before anything else of what is written: reading the clock for it
+   * is also the clock's check against the wall clock (once a second, at the next reading), and a
+   * step it finds moves every window (the manager's `clockStep`) — this scope's too. Read after
+   * the windows were serialized (a commit long after the clock was last read: the close that
+   * writes leased scopes exact after an idle spell, a retry after failed commits), it paired
+   * windows from before the step with a mark from after it: the next start saw no step since the
+   * mark and took the step for time that passed, freeing an hourly budget spent an hour before a
+   * two-hour step ahead.
+   */
+  #markFirst(): string {
+    return markText(this.#clock?.mark());
+  }
+
+  #text(tokensLease: number, costLease: number, mark: string): string {
     const config = this.rawConfig === null ? 'null' : JSON.stringify(this.rawConfig);
     return (
       `{"version":1,"config":${config},"tokens":${this.tokens.toJSONText(tokensLease)},"cost":${this.cost.toJSONText(costLease)}` +
       `,"alerts":{"tokensWarned":${this.tokensWarned},"tokensExhausted":${this.tokensExhausted}` +
       `,"costWarned":${this.costWarned},"costExhausted":${this.costExhausted}}` +
-      markText(this.#clock?.mark()) +
+      mark +
       '}'
     );
   }

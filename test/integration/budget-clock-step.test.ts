@@ -141,6 +141,38 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
     expect(row.tokens).toMatchObject({ head: Date.UTC(2026, 2, 2, 12, 0) / MIN });
   });
 
+  it('a step made while the budgets were idle, noticed by the close that writes them, is in the windows it writes', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
+    const path = join(tempDir('budget-clock'), 'state.db');
+    const { fabric } = await openFabric(path);
+    const { id } = await fabric.spawn({
+      name: 'spender',
+      model: 'm',
+      executor: 'inprocess',
+      budget: { maxTokensPerHour: 1000, maxCostPerDay: 10 },
+    });
+    await fabric.recordUsage(id, { tokens: 1000, cost: 5 }); // written with a lease
+    // Idle: nothing reads the budgets' clock. Then NTP steps it two hours ahead, and the
+    // sidecar is stopped: the close writes the leased scope exact, and reading the clock for
+    // the row's mark is what notices the step.
+    pass(5000);
+    vi.setSystemTime(Date.now() + 2 * HOUR);
+    await fabric.close();
+    // The row holds the windows moved by the step beside the mark of the stepped clock: spent
+    // at 12:00:30 on the corrected clock. (Before, the windows were written first and moved
+    // only after: a row on 10:00 beside a mark of 12:00, and the next start freed the hour.)
+    const row = budgetOnDisk(path, `agent:${id}`)!;
+    expect(row.tokens).toMatchObject({ head: Date.UTC(2026, 2, 2, 12, 0) / MIN });
+    expect(row.clock?.wall).toBe(Date.UTC(2026, 2, 2, 12, 0, 35));
+    expect(usedOnDisk(row.tokens)).toBe(1000);
+    const { fabric: second } = await openFabric(path);
+    expect(second.budgets.getStatus(id)).toMatchObject({ tokensUsed: 1000, costUsed: 5 });
+    expect(refused(() => second.budgets.reserve(id, { tokens: 1 })).details.retryAt).toBe(
+      Date.UTC(2026, 2, 2, 13, 1),
+    );
+  });
+
   it('usage loaded from the state file after a step is moved by it too', async () => {
     vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
