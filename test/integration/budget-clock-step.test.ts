@@ -49,6 +49,19 @@ async function openFabric(
   return { fabric, store };
 }
 
+/**
+ * A fresh state file opened at 10:00:30 on the test's clocks, with an agent `spender` under
+ * `budget`.
+ */
+async function spenderAt1030(budget: { maxTokensPerHour?: number; maxCostPerDay?: number }) {
+  vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+  vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
+  const path = join(tempDir('budget-clock'), 'state.db');
+  const { fabric, store } = await openFabric(path);
+  const { id } = await fabric.spawn({ name: 'spender', model: 'm', executor: 'inprocess', budget });
+  return { path, fabric, store, id };
+}
+
 function refused(fn: () => unknown): BudgetExceededError {
   try {
     fn();
@@ -115,15 +128,9 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
   });
 
   it('a commit in the second after a step, before the budgets noticed it, loses no spend', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
-    vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
-    const path = join(tempDir('budget-clock'), 'state.db');
-    const { fabric, store } = await openFabric(path);
-    const { id } = await fabric.spawn({
-      name: 'spender',
-      model: 'm',
-      executor: 'inprocess',
-      budget: { maxTokensPerHour: 1000, maxCostPerDay: 10 },
+    const { path, fabric, store, id } = await spenderAt1030({
+      maxTokensPerHour: 1000,
+      maxCostPerDay: 10,
     });
     await fabric.recordUsage(id, { tokens: 1000, cost: 1 });
     // The clock steps two hours ahead; before a second passes a usage report is committed.
@@ -142,16 +149,7 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
   });
 
   it('a step made while the budgets were idle, noticed by the close that writes them, is in the windows it writes', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
-    vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
-    const path = join(tempDir('budget-clock'), 'state.db');
-    const { fabric } = await openFabric(path);
-    const { id } = await fabric.spawn({
-      name: 'spender',
-      model: 'm',
-      executor: 'inprocess',
-      budget: { maxTokensPerHour: 1000, maxCostPerDay: 10 },
-    });
+    const { path, fabric, id } = await spenderAt1030({ maxTokensPerHour: 1000, maxCostPerDay: 10 });
     await fabric.recordUsage(id, { tokens: 1000, cost: 5 }); // written with a lease
     // Idle: nothing reads the budgets' clock. Then NTP steps it two hours ahead, and the
     // sidecar is stopped: the close writes the leased scope exact, and reading the clock for
@@ -197,15 +195,9 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
   });
 
   it('a clock stepped a little ahead every minute frees a spent budget after its window, not never', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
-    vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
-    const path = join(tempDir('budget-clock'), 'state.db');
-    const { fabric, store } = await openFabric(path);
-    const { id } = await fabric.spawn({
-      name: 'spender',
-      model: 'm',
-      executor: 'inprocess',
-      budget: { maxTokensPerHour: 1000, maxCostPerDay: 20 },
+    const { path, fabric, store, id } = await spenderAt1030({
+      maxTokensPerHour: 1000,
+      maxCostPerDay: 20,
     });
     await fabric.recordUsage(id, { tokens: 1000, cost: 10 });
     // A clock that runs slow, set right by `ntpdate` from cron once a minute: 2 s ahead each time
@@ -234,16 +226,7 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
   });
 
   it('a step back frees a spent hourly budget after its hour, not after the clock catches up', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
-    vi.setSystemTime(Date.UTC(2026, 2, 2, 10, 0, 30));
-    const path = join(tempDir('budget-clock'), 'state.db');
-    const { fabric } = await openFabric(path);
-    const { id } = await fabric.spawn({
-      name: 'spender',
-      model: 'm',
-      executor: 'inprocess',
-      budget: { maxTokensPerHour: 1000 },
-    });
+    const { path, fabric, id } = await spenderAt1030({ maxTokensPerHour: 1000 });
     await fabric.recordUsage(id, { tokens: 1000 });
     // The clock was a day ahead; an operator sets it right.
     step(-DAY);
