@@ -7,6 +7,8 @@
  * disk must follow, so a restart sees the same; a restart whose clock is behind what the state
  * file holds keeps the usage and frees it after the window's length.
  */
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { BudgetClockStep } from '../../src/budget/budget-clock.js';
@@ -70,6 +72,11 @@ function refused(fn: () => unknown): BudgetExceededError {
     throw err;
   }
   throw new Error('expected BudgetExceededError');
+}
+
+/** A full disk for this process (its file size limit 0, with `prlimit`), or none. */
+function diskFull(full: boolean): void {
+  execFileSync('prlimit', [`--pid=${process.pid}`, `--fsize=${full ? 0 : 'unlimited'}:`]);
 }
 
 /** Time passes: both clocks move. */
@@ -167,6 +174,42 @@ describe('budget windows when the wall clock steps (SQLite state file)', () => {
     const { fabric: second } = await openFabric(path);
     expect(second.budgets.getStatus(id)).toMatchObject({ tokensUsed: 1000, costUsed: 5 });
     expect(refused(() => second.budgets.reserve(id, { tokens: 1 })).details.retryAt).toBe(
+      Date.UTC(2026, 2, 2, 13, 1),
+    );
+  });
+
+  it('a commit retried after a full disk, past a step the budgets had not seen, leaves a crash image that keeps the spend', async () => {
+    const { path, fabric, store, id } = await spenderAt1030({ maxTokensPerHour: 1000 });
+    await fabric.recordUsage(id, { tokens: 900 }); // written with a lease: a ceiling of 910
+    const failed = store.stats.commits;
+    diskFull(true);
+    try {
+      // Beyond the lease: its commit fails (the usage is counted in memory).
+      await expect(fabric.recordUsage(id, { tokens: 100 })).rejects.toThrow(/not committed/);
+      expect(store.stats.commits).toBe(failed);
+      // Idle, then NTP steps the clock two hours ahead; the disk frees up and the store's
+      // once-a-second retry commits the scope: reading the clock for the row's mark is what
+      // notices the step.
+      pass(5000);
+      vi.setSystemTime(Date.now() + 2 * HOUR);
+    } finally {
+      diskFull(false);
+    }
+    for (let i = 0; i < 150 && store.stats.commits === failed; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(store.stats.commits).toBeGreaterThan(failed);
+    // kill -9 now: the file and its WAL as they are.
+    const crashed = join(tempDir('budget-clock-crash'), 'state.db');
+    copyFileSync(path, crashed);
+    if (existsSync(`${path}-wal`)) copyFileSync(`${path}-wal`, `${crashed}-wal`);
+    const row = budgetOnDisk(crashed, `agent:${id}`)!;
+    expect(row.tokens).toMatchObject({ head: Date.UTC(2026, 2, 2, 12, 0) / MIN });
+    expect(usedOnDisk(row.tokens)).toBeGreaterThanOrEqual(1000);
+    const { fabric: restarted } = await openFabric(crashed);
+    // Spent at 12:00:30 on the corrected clock (before: at 10:00, an hour that had passed).
+    expect(restarted.budgets.getStatus(id).tokensUsed).toBeGreaterThanOrEqual(1000);
+    expect(refused(() => restarted.budgets.reserve(id, { tokens: 1 })).details.retryAt).toBe(
       Date.UTC(2026, 2, 2, 13, 1),
     );
   });
