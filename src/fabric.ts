@@ -239,6 +239,16 @@ const HELD =
   'in this process and is written with the next commit that succeeds (retried every second); a stop before then loses it: after the restart the agent or pool is as the file last held it';
 
 /**
+ * The commit mark of a change made after an await (see `AgentFabric#marker`): `take` is called
+ * right after each change; `changed` stays false for a call that changed nothing.
+ */
+interface Marked {
+  changed: boolean;
+  mark: number | undefined;
+  readonly take: () => void;
+}
+
+/**
  * The central orchestration facade.
  *
  * @example
@@ -872,9 +882,10 @@ export class AgentFabric {
     const marked = this.#marker();
     const info = await this.lifecycle.terminate(agentId, { ...options, onChanged: marked.take });
     // Never undone: a revoked credential must not authenticate again.
-    await this.#onDisk(
+    await this.#markedOnDisk(
       `the termination holds (its credential no longer authenticates) ${HELD}`,
-      marked.mark,
+      marked,
+      () => this.#store.agents.isOnDisk?.(agentId),
     );
     return info;
   }
@@ -1140,10 +1151,13 @@ export class AgentFabric {
     return this.scheduler.getTask(taskId);
   }
 
-  /** Cancels a queued or running task. */
+  /** Cancels a queued or running task; a finished one is returned as it is (nothing to commit). */
   async cancelTask(taskId: string, reason?: string): Promise<Task> {
-    const task = this.scheduler.cancel(taskId, reason);
-    await this.#onDisk(`the cancel holds ${KEPT}`);
+    const marked = this.#marker();
+    const task = this.scheduler.cancel(taskId, reason, marked.take);
+    await this.#markedOnDisk(`the cancel holds ${KEPT}`, marked, () =>
+      this.#store.tasks.isOnDisk?.(taskId),
+    );
     return task;
   }
 
@@ -1547,19 +1561,41 @@ export class AgentFabric {
    * The mark of an operation whose change is made after an await (a termination ends after
    * its drain, a claim when a task arrives): the manager calls `take` in the synchronous run of
    * each change it makes, right after it, so `mark` names the commit that carries the last one
-   * (see {@link #commitMark}) — not a later commit that ran before the caller resumed. `mark`
-   * is undefined when the call changed nothing (an agent already terminated).
+   * (see {@link #commitMark}) — not a later commit that ran before the caller resumed.
+   * `changed` stays false when the call changed nothing (an agent already terminated, a task
+   * already finished): see {@link #markedOnDisk}.
    */
-  #marker(): { mark: number | undefined; readonly take: () => void } {
-    // A plain field, not a getter: an object literal with an accessor is built on V8's slow
+  #marker(): Marked {
+    // Plain fields, not a getter: an object literal with an accessor is built on V8's slow
     // path (~1 µs here against ~30 ns, measured), and a claim makes one per call.
-    const marked: { mark: number | undefined; readonly take: () => void } = {
+    const marked: Marked = {
+      changed: false,
       mark: undefined,
       take: () => {
+        marked.changed = true;
         marked.mark = this.#commitMark();
       },
     };
     return marked;
+  }
+
+  /**
+   * {@link #onDisk} for the change `marked` names. A call that changed nothing (terminating an
+   * agent already terminated, cancelling a task already finished) has no commit of its own: it
+   * answers what the record already holds, so it is judged by whether that record is on disk
+   * (`recordOnDisk`, the collection's `isOnDisk`) — at once when it is, whatever
+   * an unrelated commit does; by the commit that carries it (as a change's own) when it is not:
+   * its change still waits for a commit, or one failed (the disk full), so a caller repeating a
+   * call answered "not committed" is told so again until the record is written. A store that
+   * cannot tell (`undefined`) judges it by the commits since the call.
+   */
+  #markedOnDisk(
+    outcome: string,
+    marked: Marked,
+    recordOnDisk: () => boolean | undefined,
+  ): Promise<void> {
+    if (marked.changed) return this.#onDisk(outcome, marked.mark);
+    return recordOnDisk() === true ? Promise.resolve() : this.#onDisk(outcome);
   }
 
   /**
@@ -1656,7 +1692,11 @@ export class AgentFabric {
         () => this.#withdrawPoolChange(poolId, change.spawned, desired),
         marked.mark,
       );
-    } else await this.#onDisk(`the pool's new size holds ${HELD}`, marked.mark);
+    } else {
+      await this.#markedOnDisk(`the pool's new size holds ${HELD}`, marked, () =>
+        this.#store.pools.isOnDisk?.(poolId),
+      );
+    }
     return change;
   }
 
@@ -1668,7 +1708,9 @@ export class AgentFabric {
   async deletePool(poolId: string, options: { drainTimeoutSeconds?: number } = {}): Promise<void> {
     const marked = this.#marker();
     await this.pools.deletePool(poolId, { ...options, onChanged: marked.take });
-    await this.#onDisk(`the deletion holds ${HELD}`, marked.mark);
+    await this.#markedOnDisk(`the deletion holds ${HELD}`, marked, () =>
+      this.#store.pools.isOnDisk?.(poolId),
+    );
   }
 
   async getPool(poolId: string): Promise<PoolInfo> {

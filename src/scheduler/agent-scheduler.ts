@@ -837,13 +837,17 @@ export class AgentScheduler {
   /**
    * Cancels a task: a queued one leaves its queue, a running one is aborted. Cancelling a
    * finished task changes nothing and returns its snapshot.
+   * @param onChanged - called synchronously right after the cancel, when it changed the task (not
+   *   for a finished one): `AgentFabric.cancelTask` judges by the store's commit only a call that
+   *   has a change to commit.
    */
-  cancel(taskId: string, reason = 'cancelled'): Task {
+  cancel(taskId: string, reason = 'cancelled', onChanged?: () => void): Task {
     const t = this.#get(taskId);
     if (!isFinished(t.status)) {
       const error = { code: 'FABRIC_ERR_CANCELLED', message: reason };
       if (t.status !== TaskStatus.PENDING) this.#abort(t, error);
       this.#finish(t, TaskStatus.CANCELLED, undefined, error);
+      onChanged?.();
     }
     return t.snapshot();
   }

@@ -282,6 +282,11 @@ export class SqliteCollection<T> implements Collection<T> {
     return out;
   }
 
+  /** Whether the record of `id` as it is now is on disk: no change of it waits for a commit. */
+  isOnDisk(id: string): boolean {
+    return !this.#dirty.has(id) && !this.#lazy.has(id);
+  }
+
   /** @internal The ids {@link pending} would give. */
   changedIds(lazy: boolean): string[] {
     const ids = [...this.#dirty];

@@ -15,7 +15,7 @@ import type { TaskRecord } from '../../src/scheduler/task-record.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
 import { TaskStatus } from '../../src/task.js';
 import { tempDir, until } from '../fixtures/gateway/harness.js';
-import { recordsIn } from '../fixtures/state/disk-full.js';
+import { recordsIn, tasksIn } from '../fixtures/state/disk-full.js';
 
 const fabrics: AgentFabric[] = [];
 afterEach(async () => {
@@ -359,4 +359,69 @@ it('a termination, pool shrink, pool deletion and claim whose own commit succeed
   } finally {
     await reopened.close();
   }
+}, 60_000);
+
+it('a termination of an agent already terminated and a cancel of a task already finished change nothing and answer success while an unrelated commit fails', async () => {
+  // Neither call changes anything, so no commit is theirs. Before, both were judged by the
+  // commits since they ran: with the disk full for an unrelated change, they answered
+  // FABRIC_ERR_STATE_STORE ("not committed … the termination holds", "… the cancel holds").
+  const { path, store, fabric } = await open('state-undo-no-change');
+  const solo = await fabric.spawn({ name: 'solo', model: 'm', executor: 'remote' });
+  await fabric.terminate(solo.id);
+  const worker = await fabric.spawn({ name: 'worker', model: 'm', executor: 'remote' });
+  await fabric.heartbeat(worker.id);
+  const task = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+  const claimed = (await fabric.claimTask(worker.id))!;
+  await fabric.completeTask(worker.id, task.id, claimed.attempt, 'done');
+  expect(recordsIn(path, 'agent').get(solo.id)?.status).toBe('TERMINATED');
+  expect(tasksIn(path).find((t) => t.id === task.id)?.status).toBe('COMPLETED');
+  const live = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+
+  try {
+    failAnUnrelatedCommitSoon(fabric);
+    await until(() => store.commitFailure() !== undefined);
+    const terminated = await fabric.terminate(solo.id).catch((error: unknown) => error);
+    expect.soft(terminated).toMatchObject({ id: solo.id, status: 'TERMINATED' });
+    const cancelled = await fabric.cancelTask(task.id).catch((error: unknown) => error);
+    expect.soft(cancelled).toMatchObject({ id: task.id, status: 'COMPLETED' });
+    // A call that does change something is still judged by its commit: it fails.
+    const refused = await fabric.cancelTask(live.id).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
+    expect((refused as Error).message).toContain('not committed');
+    expect(store.commitFailure()).toBeDefined();
+  } finally {
+    diskFull(false);
+  }
+  await until(() => store.commitFailure() === undefined, 20_000);
+  // What the file holds is what the answers said.
+  expect(recordsIn(path, 'agent').get(solo.id)?.status).toBe('TERMINATED');
+  expect(tasksIn(path).find((t) => t.id === task.id)?.status).toBe('COMPLETED');
+}, 60_000);
+
+it('a termination or cancel repeated after one answered "not committed" is answered "not committed" again until its record is on disk', async () => {
+  // A call that changes nothing answers what the record already holds: success only once that
+  // is on disk. A caller repeating a termination told "not committed" must not be told it holds.
+  const { path, store, fabric } = await open('state-undo-repeat');
+  const solo = await fabric.spawn({ name: 'solo', model: 'm', executor: 'remote' });
+  const worker = await fabric.spawn({ name: 'worker', model: 'm', executor: 'remote' });
+  await fabric.heartbeat(worker.id);
+  const task = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+  try {
+    diskFull(true);
+    for (let i = 0; i < 2; i++) {
+      const terminated = await fabric.terminate(solo.id).catch((error: unknown) => error);
+      expect(terminated).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
+      expect((terminated as Error).message).toContain('not committed');
+      const cancelled = await fabric.cancelTask(task.id).catch((error: unknown) => error);
+      expect(cancelled).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
+    }
+    expect(recordsIn(path, 'agent').get(solo.id)?.status).not.toBe('TERMINATED');
+  } finally {
+    diskFull(false);
+  }
+  await until(() => store.commitFailure() === undefined, 20_000);
+  expect(await fabric.terminate(solo.id)).toMatchObject({ status: 'TERMINATED' });
+  expect(await fabric.cancelTask(task.id)).toMatchObject({ status: 'CANCELLED' });
+  expect(recordsIn(path, 'agent').get(solo.id)?.status).toBe('TERMINATED');
+  expect(tasksIn(path).find((t) => t.id === task.id)?.status).toBe('CANCELLED');
 }, 60_000);
