@@ -365,8 +365,15 @@ export class McpBridge {
       // The agent's message renewed it meanwhile (or the bridge is closing): nothing to do.
       if (this.#closing !== undefined || transport !== this.#upstream) return;
       this.#renew(transport).catch((error: unknown) => {
-        // After #ready's own handler, which makes the failed renewal's transport sessionless.
-        void this.#ready.then(() => this.#renewIdle(this.#upstream, messageOf(error)));
+        // After #ready's own handler, which makes the failed renewal's transport sessionless,
+        // and after the agent's messages that waited for it: one of them may have opened a
+        // session of its own meanwhile (see #forward). Then that one is left alone: renewed
+        // again, a session that works was ended, and the agent's calls running on it with it.
+        void this.#ready.then(() => {
+          if (this.#upstream === this.#sessionless) {
+            this.#renewIdle(this.#upstream, messageOf(error));
+          }
+        });
       });
     }, delay);
   }

@@ -14,7 +14,12 @@
  * notifications again; bounded against a proxy that answers every session `GET` 404 itself.
  * Before, only the agent's next message opened a new session.
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import {
+  createServer as createHttpServer,
+  request as httpRequest,
+  type Server as HttpServer,
+} from 'node:http';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +35,7 @@ import {
   cliStdioClient,
   closeSidecar,
   DEFAULT_ALLOW,
+  startSlowSidecar,
   startTestSidecar,
   tempDir,
   until,
@@ -330,6 +336,98 @@ describe('agent-fabric mcp: a proxy that answers every standalone GET with 404 (
     } finally {
       await client.close();
       await new Promise((resolve) => proxy.server.close(resolve));
+    }
+  }, 60_000);
+});
+
+/**
+ * An HTTP proxy to `port` that answers the first session `GET` 404 itself (the session found
+ * gone), holds the second `initialize` (the bridge's renewal) for `holdMs` and answers it 503
+ * (a sidecar shutting down), and forwards the rest; `seen` lists what went through
+ * (`initialize`, `DELETE`, `GET 200`...), in order.
+ */
+async function renewalRefusingProxy(
+  port: number,
+  holdMs: number,
+): Promise<{ server: HttpServer; seen: string[]; holding: () => boolean }> {
+  const seen: string[] = [];
+  let gets = 0;
+  let initializes = 0;
+  let holding = false;
+  const server = createHttpServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const session = req.headers['mcp-session-id'] !== undefined;
+      if (req.method === 'GET' && session && gets++ === 0) {
+        seen.push('GET 404');
+        res.writeHead(404).end();
+        return;
+      }
+      if (req.method === 'POST' && body.toString().includes('"method":"initialize"')) {
+        seen.push('initialize');
+        if (++initializes === 2) {
+          holding = true;
+          setTimeout(() => {
+            holding = false;
+            res
+              .writeHead(503, { 'content-type': 'application/json' })
+              .end('{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"shutting down"}}');
+          }, holdMs);
+          return;
+        }
+      }
+      if (req.method === 'DELETE') seen.push('DELETE');
+      const out = httpRequest(
+        { host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers },
+        (answer) => {
+          if (req.method === 'GET') seen.push(`GET ${answer.statusCode}`);
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        },
+      );
+      out.on('error', () => res.destroy());
+      res.on('close', () => out.destroy());
+      out.end(body);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, seen, holding: () => holding };
+}
+
+describe('agent-fabric mcp: a request of the agent sent while a renewal of its own is on its way, which fails (real sidecar, HTTP proxy)', () => {
+  it("the session the agent's request then opens is kept: its call is answered, not ended by a late renewal of the bridge", async () => {
+    const { sidecar, ran } = await startSlowSidecar('bridge-idle-race');
+    const proxy = await renewalRefusingProxy(Number(new URL(sidecar.url!).port), 1_500);
+    const url = new URL(sidecar.url!);
+    url.port = String((proxy.server.address() as { port: number }).port);
+    const { client, transport } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
+    });
+    let stderr = '';
+    transport.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+    try {
+      // The standalone stream is answered 404: the bridge renews on its own; its initialize is
+      // held, then refused.
+      await until(() => proxy.holding());
+      // Sent meanwhile: waits for that renewal, then opens a session of its own.
+      const call = client.callTool({ name: 's__slow', arguments: { label: 'x', ms: 3_000 } });
+      const result = await call;
+      expect(result.isError).not.toBe(true);
+      expect(JSON.stringify(result.content)).toContain('slept x');
+      expect(readFileSync(ran, 'utf8')).toBe('start x\nend x\n');
+      // Three sessions asked for (the agent's, the refused renewal, the request's); one ended,
+      // the one the sidecar had lost. Before, a fourth replaced the request's a second after
+      // it opened, and the call running on it was answered "the session was closed".
+      expect(proxy.seen.filter((s) => s === 'initialize')).toHaveLength(3);
+      expect(proxy.seen.filter((s) => s === 'DELETE')).toHaveLength(1);
+      expect(sidecar.gateway.sessions.size).toBe(1);
+      expect(stderr).not.toContain('attempt 2 of 5');
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.server.close(resolve));
+      await closeSidecar(sidecar);
     }
   }, 60_000);
 });
