@@ -180,6 +180,8 @@ export class McpBridge {
    */
   #idleRenewals = 0;
   #idleTimer: NodeJS.Timeout | undefined;
+  /** The transport whose session {@link #idleTimer} is to replace. */
+  #idleFor: StreamableHTTPClientTransport | undefined;
 
   constructor(options: McpBridgeOptions) {
     this.#options = options;
@@ -344,7 +346,14 @@ export class McpBridge {
    */
   #renewIdle(transport: StreamableHTTPClientTransport, why: string): void {
     if (this.#closing !== undefined || !this.#initialized || this.#initialize === undefined) return;
-    if (transport !== this.#upstream || this.#idleTimer !== undefined) return;
+    if (transport !== this.#upstream) return;
+    if (this.#idleTimer !== undefined) {
+      if (this.#idleFor === transport) return;
+      // Waiting to replace a session the agent's message replaced meanwhile (that wait would end
+      // doing nothing): this one, lost too, is renewed instead. Before, its loss was dropped and
+      // the bridge went quiet, neither renewing nor saying it stopped.
+      clearTimeout(this.#idleTimer);
+    }
     const failed = this.#idleRenewals;
     if (failed > IDLE_RENEWALS) return; // the end of trying was said
     this.#idleRenewals += 1;
@@ -360,8 +369,10 @@ export class McpBridge {
         `agent-fabric mcp: still no session with a stream of notifications (${why}); opening a new one on its own in ${delay / 1000} s (attempt ${failed + 1} of ${IDLE_RENEWALS})`,
       );
     }
+    this.#idleFor = transport;
     this.#idleTimer = setTimeout(() => {
       this.#idleTimer = undefined;
+      this.#idleFor = undefined;
       // The agent's message renewed it meanwhile (or the bridge is closing): nothing to do.
       if (this.#closing !== undefined || transport !== this.#upstream) return;
       this.#renew(transport).catch((error: unknown) => {

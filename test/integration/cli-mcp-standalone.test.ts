@@ -17,8 +17,10 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import {
   createServer as createHttpServer,
+  type IncomingMessage,
   request as httpRequest,
   type Server as HttpServer,
+  type ServerResponse,
 } from 'node:http';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -341,44 +343,21 @@ describe('agent-fabric mcp: a proxy that answers every standalone GET with 404 (
 });
 
 /**
- * An HTTP proxy to `port` that answers the first session `GET` 404 itself (the session found
- * gone), holds the second `initialize` (the bridge's renewal) for `holdMs` and answers it 503
- * (a sidecar shutting down), and forwards the rest; `seen` lists what went through
- * (`initialize`, `DELETE`, `GET 200`...), in order.
+ * An HTTP proxy to `port`: each request (its body read whole) is offered to `intercept`, which
+ * answers it itself (true) or lets it through; `seen` collects `GET <status>` for the session
+ * `GET`s let through.
  */
-async function renewalRefusingProxy(
+async function httpProxy(
   port: number,
-  holdMs: number,
-): Promise<{ server: HttpServer; seen: string[]; holding: () => boolean }> {
-  const seen: string[] = [];
-  let gets = 0;
-  let initializes = 0;
-  let holding = false;
+  seen: string[],
+  intercept: (req: IncomingMessage, body: Buffer, res: ServerResponse) => boolean,
+): Promise<HttpServer> {
   const server = createHttpServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const body = Buffer.concat(chunks);
-      const session = req.headers['mcp-session-id'] !== undefined;
-      if (req.method === 'GET' && session && gets++ === 0) {
-        seen.push('GET 404');
-        res.writeHead(404).end();
-        return;
-      }
-      if (req.method === 'POST' && body.toString().includes('"method":"initialize"')) {
-        seen.push('initialize');
-        if (++initializes === 2) {
-          holding = true;
-          setTimeout(() => {
-            holding = false;
-            res
-              .writeHead(503, { 'content-type': 'application/json' })
-              .end('{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"shutting down"}}');
-          }, holdMs);
-          return;
-        }
-      }
-      if (req.method === 'DELETE') seen.push('DELETE');
+      if (intercept(req, body, res)) return;
       const out = httpRequest(
         { host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers },
         (answer) => {
@@ -393,7 +372,68 @@ async function renewalRefusingProxy(
     });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return server;
+}
+
+/**
+ * An HTTP proxy to `port` that answers the first session `GET` 404 itself (the session found
+ * gone), holds the second `initialize` (the bridge's renewal) for `holdMs` and answers it 503
+ * (a sidecar shutting down), and forwards the rest; `seen` lists what went through
+ * (`initialize`, `DELETE`, `GET 200`...), in order.
+ */
+async function renewalRefusingProxy(
+  port: number,
+  holdMs: number,
+): Promise<{ server: HttpServer; seen: string[]; holding: () => boolean }> {
+  const seen: string[] = [];
+  let gets = 0;
+  let initializes = 0;
+  let holding = false;
+  const server = await httpProxy(port, seen, (req, body, res) => {
+    const session = req.headers['mcp-session-id'] !== undefined;
+    if (req.method === 'GET' && session && gets++ === 0) {
+      seen.push('GET 404');
+      res.writeHead(404).end();
+      return true;
+    }
+    if (req.method === 'DELETE') seen.push('DELETE');
+    if (req.method !== 'POST' || !body.toString().includes('"method":"initialize"')) return false;
+    seen.push('initialize');
+    if (++initializes !== 2) return false;
+    holding = true;
+    setTimeout(() => {
+      holding = false;
+      res
+        .writeHead(503, { 'content-type': 'application/json' })
+        .end('{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"shutting down"}}');
+    }, holdMs);
+    return true;
+  });
   return { server, seen, holding: () => holding };
+}
+
+/**
+ * An HTTP proxy to `port` that makes every session lose itself as its standalone `GET` comes:
+ * that `GET` and every later request naming the session are answered 404, as a sidecar that
+ * forgot it would; `gets` counts those `GET`s.
+ */
+async function sessionLosingProxy(
+  port: number,
+): Promise<{ server: HttpServer; gets: () => number }> {
+  const lost = new Set<string>();
+  let gets = 0;
+  const server = await httpProxy(port, [], (req, _body, res) => {
+    const session = req.headers['mcp-session-id'];
+    if (typeof session !== 'string') return false;
+    if (req.method === 'GET' && !lost.has(session)) {
+      gets++;
+      lost.add(session);
+    }
+    if (!lost.has(session)) return false;
+    res.writeHead(404).end();
+    return true;
+  });
+  return { server, gets: () => gets };
 }
 
 describe('agent-fabric mcp: a request of the agent sent while a renewal of its own is on its way, which fails (real sidecar, HTTP proxy)', () => {
@@ -428,6 +468,42 @@ describe('agent-fabric mcp: a request of the agent sent while a renewal of its o
       await client.close();
       await new Promise((resolve) => proxy.server.close(resolve));
       await closeSidecar(sidecar);
+    }
+  }, 60_000);
+});
+
+describe('agent-fabric mcp: sessions lost one after the other while the agent sends a request (real sidecar, HTTP proxy)', () => {
+  let sidecar: Sidecar;
+
+  beforeAll(async () => {
+    sidecar = await catalogSidecar();
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  it("goes on opening sessions on its own after the agent's request opened one that is lost too, until it says it stops", async () => {
+    const proxy = await sessionLosingProxy(Number(new URL(sidecar.url!).port));
+    const url = new URL(sidecar.url!);
+    url.port = String((proxy.server.address() as { port: number }).port);
+    const { client, transport } = await cliStdioClient(['mcp'], {
+      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'agent'), FABRIC_URL: url.toString() },
+    });
+    let stderr = '';
+    transport.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+    try {
+      // The first session's stream, then the first renewal's: the next waits 1 s.
+      await until(() => stderr.includes('attempt 2 of 5'));
+      // Sent meanwhile, on a session the sidecar lost: it opens a new one, lost as well.
+      await client.listTools().catch(() => undefined);
+      // Before, that session's loss was not renewed (a renewal of the session it replaced was
+      // still waiting), and the bridge went quiet: no more sessions, no word of stopping.
+      await until(() => stderr.includes('stopped opening new sessions on its own'), 40_000);
+      expect(stderr).toContain('attempt 5 of 5');
+      const gets = proxy.gets();
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      expect(proxy.gets()).toBe(gets);
+    } finally {
+      await client.close();
+      await new Promise((resolve) => proxy.server.close(resolve));
     }
   }, 60_000);
 });
