@@ -304,6 +304,24 @@ async function getRefusingProxy(port: number): Promise<{ server: Server; gets: (
   return { server, gets: () => gets };
 }
 
+/**
+ * `agent-fabric mcp` to `sidecar` through `proxy`, as `agent`; `stderr()`: what it said there.
+ */
+async function bridgeThrough(
+  proxy: { server: Server | HttpServer },
+  sidecar: Sidecar,
+  agent: string,
+): Promise<Awaited<ReturnType<typeof cliStdioClient>> & { stderr: () => string }> {
+  const url = new URL(sidecar.url!);
+  url.port = String((proxy.server.address() as { port: number }).port);
+  const bridge = await cliStdioClient(['mcp'], {
+    env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, agent), FABRIC_URL: url.toString() },
+  });
+  let stderr = '';
+  bridge.transport.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+  return { ...bridge, stderr: () => stderr };
+}
+
 describe('agent-fabric mcp: a proxy that answers every standalone GET with 404 (real sidecar)', () => {
   let sidecar: Sidecar;
 
@@ -314,18 +332,12 @@ describe('agent-fabric mcp: a proxy that answers every standalone GET with 404 (
 
   it('opens a bounded number of new sessions on its own, with backoff, says when it stops, and ends the sessions it replaced', async () => {
     const proxy = await getRefusingProxy(Number(new URL(sidecar.url!).port));
-    const url = new URL(sidecar.url!);
-    url.port = String((proxy.server.address() as { port: number }).port);
-    const { client, transport } = await cliStdioClient(['mcp'], {
-      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'agent'), FABRIC_URL: url.toString() },
-    });
-    let stderr = '';
-    transport.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+    const { client, stderr } = await bridgeThrough(proxy, sidecar, 'agent');
     try {
       await client.listTools();
       // The first GET, then one per session opened on its own (0, 1, 2, 4, 8 s apart).
-      await until(() => stderr.includes('stopped opening new sessions on its own'), 40_000);
-      expect(stderr).toContain('attempt 5 of 5');
+      await until(() => stderr().includes('stopped opening new sessions on its own'), 40_000);
+      expect(stderr()).toContain('attempt 5 of 5');
       expect(proxy.gets()).toBe(6);
       // No more after it said so.
       await new Promise((resolve) => setTimeout(resolve, 3_000));
@@ -440,13 +452,7 @@ describe('agent-fabric mcp: a request of the agent sent while a renewal of its o
   it("the session the agent's request then opens is kept: its call is answered, not ended by a late renewal of the bridge", async () => {
     const { sidecar, ran } = await startSlowSidecar('bridge-idle-race');
     const proxy = await renewalRefusingProxy(Number(new URL(sidecar.url!).port), 1_500);
-    const url = new URL(sidecar.url!);
-    url.port = String((proxy.server.address() as { port: number }).port);
-    const { client, transport } = await cliStdioClient(['mcp'], {
-      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'a'), FABRIC_URL: url.toString() },
-    });
-    let stderr = '';
-    transport.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+    const { client, stderr } = await bridgeThrough(proxy, sidecar, 'a');
     try {
       // The standalone stream is answered 404: the bridge renews on its own; its initialize is
       // held, then refused.
@@ -463,7 +469,7 @@ describe('agent-fabric mcp: a request of the agent sent while a renewal of its o
       expect(proxy.seen.filter((s) => s === 'initialize')).toHaveLength(3);
       expect(proxy.seen.filter((s) => s === 'DELETE')).toHaveLength(1);
       expect(sidecar.gateway.sessions.size).toBe(1);
-      expect(stderr).not.toContain('attempt 2 of 5');
+      expect(stderr()).not.toContain('attempt 2 of 5');
     } finally {
       await client.close();
       await new Promise((resolve) => proxy.server.close(resolve));
@@ -482,22 +488,16 @@ describe('agent-fabric mcp: sessions lost one after the other while the agent se
 
   it("goes on opening sessions on its own after the agent's request opened one that is lost too, until it says it stops", async () => {
     const proxy = await sessionLosingProxy(Number(new URL(sidecar.url!).port));
-    const url = new URL(sidecar.url!);
-    url.port = String((proxy.server.address() as { port: number }).port);
-    const { client, transport } = await cliStdioClient(['mcp'], {
-      env: { FABRIC_AGENT_TOKEN: agentToken(sidecar, 'agent'), FABRIC_URL: url.toString() },
-    });
-    let stderr = '';
-    transport.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+    const { client, stderr } = await bridgeThrough(proxy, sidecar, 'agent');
     try {
       // The first session's stream, then the first renewal's: the next waits 1 s.
-      await until(() => stderr.includes('attempt 2 of 5'));
+      await until(() => stderr().includes('attempt 2 of 5'));
       // Sent meanwhile, on a session the sidecar lost: it opens a new one, lost as well.
       await client.listTools().catch(() => undefined);
       // Before, that session's loss was not renewed (a renewal of the session it replaced was
       // still waiting), and the bridge went quiet: no more sessions, no word of stopping.
-      await until(() => stderr.includes('stopped opening new sessions on its own'), 40_000);
-      expect(stderr).toContain('attempt 5 of 5');
+      await until(() => stderr().includes('stopped opening new sessions on its own'), 40_000);
+      expect(stderr()).toContain('attempt 5 of 5');
       const gets = proxy.gets();
       await new Promise((resolve) => setTimeout(resolve, 3_000));
       expect(proxy.gets()).toBe(gets);
