@@ -808,9 +808,9 @@ export class AgentScheduler {
     this.#running++;
     slot.running.add(t);
     if (slot.pool !== undefined) slot.pool.running++;
-    // Across the restart the wall clock spans the gap (a durable store moved `startedAt` by a
-    // step of it made while no process ran: see `store/store-clock.ts`); from here on the
-    // monotonic one.
+    // Across the restart the wall clock spans the gap (a durable store moved `startedAt` by
+    // each step of it, made while no process ran or seen by the one that ran: see
+    // `store/store-clock.ts`); from here on the monotonic one.
     this.#timers.setIn(t, (t.startedAt ?? now) + t.timeoutMs - now);
     if (t.status === TaskStatus.SCHEDULED) {
       const entry = slot.exec;

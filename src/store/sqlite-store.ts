@@ -85,7 +85,7 @@ import {
   type TaskRow,
 } from './sqlite-tasks.js';
 import { SequentialCollection } from './memory-store.js';
-import { StoreClock, type StoreBootOptions } from './store-clock.js';
+import { movedTime, StoreClock, type StoreBootOptions } from './store-clock.js';
 import type { Collection, FabricStore } from './store.js';
 
 /**
@@ -534,6 +534,24 @@ export class SqliteTaskCollection<T> implements Collection<T> {
   newRow(): number {
     return this.#nextRid++;
   }
+
+  /**
+   * @internal Moves the start (`startedAt`) of each SCHEDULED or RUNNING task held by `ms`: the
+   * wall clock stepped while this process ran (`StoreClock.moveStarts` says why; it moves the
+   * stored rows in the transaction of the mark that follows). The records are changed in place
+   * without being marked changed — the live `TaskRecord`s the scheduler put, or the plain
+   * stored form before it adopted them (the two share the field names) — so a later write of a
+   * task carries the moved start, and a task with no change pending is as the file holds it.
+   * One pass over the tasks held, per step (a step is rare); nothing per write.
+   */
+  moveStarts(ms: number): void {
+    for (const record of this.values()) {
+      const r = record as { status?: unknown; startedAt?: unknown };
+      if ((r.status === 'SCHEDULED' || r.status === 'RUNNING') && typeof r.startedAt === 'number') {
+        r.startedAt = movedTime(r.startedAt, ms);
+      }
+    }
+  }
 }
 
 /**
@@ -761,6 +779,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.orphanPoolBudgetsDropped = loaded.orphans;
     const stored = (kind: Kind): Array<[string, never]> => loaded.records.get(kind)!;
     this.tasks = new SqliteTaskCollection<TTask>(journal, loaded.tasks);
+    this.#clock.moveStarts = (ms) => this.tasks.moveStarts(ms);
     this.agents = new SqliteCollection<TAgent>('agent', journal, stored('agent'), 'soon');
     this.pools = new SqliteCollection<TPool>('pool', journal, stored('pool'), 'soon');
     this.approvals = new SqliteCollection<Approval>('approval', journal, stored('approval'), 'now');

@@ -23,7 +23,13 @@
  * per task would add a column and a write to every one. And it corrects what no sidecar saw:
  * a step the running sidecar saw was already dealt with by its own rules (a queued deadline or
  * `notBefore` follows the wall clock while running; see `task-timers.ts`), which a mark taken
- * when each record was written would have applied a second time.
+ * when each record was written would have applied a second time. The start of a SCHEDULED or
+ * RUNNING attempt does not follow the wall clock while running: its timeout counts on the
+ * monotonic clock then, but from its start across a restart. The running store moves those
+ * starts by each step it sees — in memory at once, in the file in the transaction of the mark
+ * that follows the step (see {@link StoreClock.moveStarts}) — so after a restart an attempt has
+ * its timeout minus the time that really passed, whatever the steps made while it ran or while
+ * the sidecar was down, and whenever a crash came.
  *
  * On another boot (the boot id differs), where the boot-time clock or boot id cannot be read
  * (not Linux), or in a file written before the mark existed, only the wall clock spans the gap,
@@ -76,6 +82,18 @@ const MAX_MOVED_MS = 253_402_300_799_999;
 const movedColumn = (column: string): string =>
   `${column} = MIN(MAX(${column} + @ms, ${MIN_MOVED_MS}), ${MAX_MOVED_MS})`;
 
+/**
+ * The starts of the attempts whose timeout counts from them (see {@link StoreClock.committing}'s
+ * companion {@link StoreClock.moveStarts}).
+ */
+const SHIFT_RUNNING_STARTS = `
+  UPDATE tasks SET ${movedColumn('started_at')}
+  WHERE status IN ('SCHEDULED', 'RUNNING') AND started_at IS NOT NULL`;
+
+/** `ms` added to the time `t` (epoch ms), within {@link MIN_MOVED_MS}..{@link MAX_MOVED_MS}. */
+export const movedTime = (t: number, ms: number): number =>
+  Math.min(Math.max(t + ms, MIN_MOVED_MS), MAX_MOVED_MS);
+
 const SHIFT_OPEN_TASKS = `
   UPDATE tasks SET
     ${['created_at', 'deadline', 'not_before', 'started_at'].map(movedColumn).join(',\n    ')}
@@ -88,8 +106,18 @@ const SHIFT_OPEN_TASKS = `
  */
 export class StoreClock {
   readonly #clock: BudgetClock;
+  readonly #db: Database.Database;
   readonly #write: Database.Statement<[string, string]>;
   readonly #remove: Database.Statement<[string]>;
+  readonly #moveStarts: Database.Statement<[{ ms: number }]>;
+  /**
+   * The wall-clock steps this process saw (ms, summed) that the running attempts' starts were
+   * moved by in memory ({@link moveStarts}) but not yet in the file: moved there with the next
+   * mark, in its transaction.
+   */
+  #unwrittenShift = 0;
+  /** What of it the mark written by the commit in progress moved (undone if it rolls back). */
+  #shiftInCommit = 0;
   /** When (monotonic ms) the next commit writes the mark. */
   #nextMark = 0;
   /** The clock saw the wall clock step since the last mark was written. */
@@ -104,10 +132,12 @@ export class StoreClock {
   /** Opens the clock of `db` (its schema made): moves the stored times, writes a fresh mark. */
   constructor(db: Database.Database, boot: StoreBootOptions = {}) {
     this.#clock = new BudgetClock(
-      () => (this.#stepped = true),
+      (step) => this.#steppedBy(step.stepMs),
       boot.clock,
       'id' in boot ? boot.id : readBootId(),
     );
+    this.#db = db;
+    this.#moveStarts = db.prepare(SHIFT_RUNNING_STARTS);
     this.#write = db.prepare(
       'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
     );
@@ -141,9 +171,29 @@ export class StoreClock {
    * running sidecar moved nothing.
    */
   committing(): void {
+    this.#shiftInCommit = 0;
     this.#clock.checkNow();
-    if (this.#stepped || performance.now() >= this.#nextMark) this.#writeMark();
+    if (this.#stepped || performance.now() >= this.#nextMark)
+      this.#shiftInCommit = this.#writeMark();
   }
+
+  /**
+   * Set by the store once its tasks are loaded: moves the start (`startedAt`) of every SCHEDULED
+   * or RUNNING attempt it holds in memory by `ms`, within the range above. Called synchronously
+   * when the clock sees the wall clock step, right before the mark that moves the same starts
+   * in the file is written.
+   *
+   * Why the starts: a running attempt's timeout counts on the monotonic clock
+   * while the sidecar runs, but from its stored `startedAt` (wall clock) across a restart. The
+   * mark follows a step the running sidecar saw, so the next open moves nothing: a step ahead of
+   * two hours would time out at the restart an attempt with an hour's timeout that had run a
+   * minute, a step back would let it run two hours past it. Moved with the mark, a start keeps
+   * the time that really passed since it (what the monotonic clock counted while running, then
+   * what the boot-time clock counts while down). A queued deadline and `notBefore` follow the
+   * wall clock while running (`task-timers.ts`), so the mark moves them only for a step no
+   * sidecar saw; `createdAt` is history. Pending approvals and MCP tasks are not moved here.
+   */
+  moveStarts: ((ms: number) => void) | undefined = undefined;
 
   /**
    * Called when a commit's transaction was rolled back: the mark {@link committing} wrote in it,
@@ -152,18 +202,44 @@ export class StoreClock {
    */
   rolledBack(): void {
     this.#nextMark = 0;
+    // The starts it moved in the file are back as they were, still moved in memory: moved again
+    // (not in memory) with the next mark, which ticks write at once too.
+    this.#unwrittenShift += this.#shiftInCommit;
+    this.#shiftInCommit = 0;
+    if (this.#unwrittenShift !== 0) this.#stepped = true;
   }
 
-  /** Writes the mark of now (none where it cannot be read: see below). */
-  #writeMark(): void {
+  /** The clock saw the wall clock step by `stepMs`: the starts move in memory now (see {@link moveStarts}). */
+  #steppedBy(stepMs: number): void {
+    this.#stepped = true;
+    const ms = Math.round(stepMs);
+    if (ms === 0) return;
+    this.#unwrittenShift += ms;
+    this.moveStarts?.(ms);
+  }
+
+  /**
+   * Writes the mark of now (none where it cannot be read: see below), and moves the starts of
+   * the running attempts in the file by the steps not yet moved there, in one transaction (a
+   * savepoint inside a commit's): a file never holds a mark past a step beside starts from
+   * before it, or the other way round. Returns the move it wrote (ms).
+   */
+  #writeMark(): number {
+    // Read first: reading the clock may find a step, which then moves the starts too.
     const mark = this.#clock.mark();
-    // None here (no boot id or boot-time clock): an earlier one no longer pairs the clocks with
-    // what this process writes, so none is kept.
-    if (mark === undefined) this.#remove.run(CLOCK_MARK_KEY);
-    else this.#write.run(CLOCK_MARK_KEY, JSON.stringify(mark));
+    const shift = this.#unwrittenShift;
+    this.#db.transaction(() => {
+      if (shift !== 0) this.#moveStarts.run({ ms: shift });
+      // None here (no boot id or boot-time clock): an earlier one no longer pairs the clocks
+      // with what this process writes, so none is kept.
+      if (mark === undefined) this.#remove.run(CLOCK_MARK_KEY);
+      else this.#write.run(CLOCK_MARK_KEY, JSON.stringify(mark));
+    })();
     // Only once written (a write that throws leaves a step to be marked by the next one).
+    this.#unwrittenShift -= shift;
     this.#stepped = false;
     this.#nextMark = performance.now() + CLOCK_CHECK_INTERVAL_MS;
+    return shift;
   }
 
   /**
@@ -231,7 +307,7 @@ function shiftRecords(
     const moved: Record<string, unknown> = { ...r };
     for (const f of fields) {
       const t = r[f];
-      if (typeof t === 'number') moved[f] = Math.min(Math.max(t + ms, MIN_MOVED_MS), MAX_MOVED_MS);
+      if (typeof t === 'number') moved[f] = movedTime(t, ms);
     }
     const text = recordJson(moved, `${kind} ${id}`);
     if (text !== undefined) update.run(text, kind, id);

@@ -5,7 +5,9 @@
  * hours ahead, an attempt with an hour's timeout that had run a moment timed out at start; set
  * back, it could run two hours past its timeout. Now the start is moved by the step the state
  * file's clock mark tells (the boot-time clock, here the test's monotonic one, moved by
- * nothing). Real nats-server, real SQLite state file, the start reported through the worker's
+ * nothing). A step the sidecar saw while the attempt ran moved its start then (the mark
+ * followed the step, so the next open moves nothing); before, it did not, and a clean restart
+ * after a step ahead timed the attempt out at once. Real nats-server, real SQLite state file, the start reported through the worker's
  * link; `Date` and `performance.now` are the test's, timers real.
  */
 import { join } from 'node:path';
@@ -52,8 +54,8 @@ describeNats('a running NATS attempt across a restart after the wall clock moved
     return fabric;
   };
 
-  /** A task with an hour's timeout, started by a worker; the sidecar then stops. */
-  const startedThenStopped = async (path: string, namespace: string) => {
+  /** A task with an hour's timeout, started by a worker on a sidecar over the file at `path`. */
+  const started = async (path: string, namespace: string) => {
     const f = await open(path, namespace);
     nc = await connect({ servers: server().url });
     const agent = await readyNatsAgent(f);
@@ -66,12 +68,22 @@ describeNats('a running NATS attempt across a restart after the wall clock moved
     const { link, consumer } = await natsAgentSide(nc, f, agent, 1000);
     const message = link.parse((await consumer.next({ expires: 5000 }))!)!;
     expect((await link.report(message, 'start', { take: 'w1.1' }))?.ok).toBe(true);
-    const started = await f.getTask(task.id);
-    expect(started.status).toBe(TaskStatus.RUNNING);
-    await link.close(false);
-    await f.close();
-    fabric = undefined;
-    return { id: task.id, startedAt: started.startedAt! };
+    const running = await f.getTask(task.id);
+    expect(running.status).toBe(TaskStatus.RUNNING);
+    /** The worker's link closes (the attempt goes on), then the sidecar stops. */
+    const stop = async (): Promise<void> => {
+      await link.close(false);
+      await f.close();
+      fabric = undefined;
+    };
+    return { f, id: task.id, startedAt: running.startedAt!, stop };
+  };
+
+  /** {@link started}, then the sidecar stops. */
+  const startedThenStopped = async (path: string, namespace: string) => {
+    const { id, startedAt, stop } = await started(path, namespace);
+    await stop();
+    return { id, startedAt };
   };
 
   it('set ahead while down: the attempt keeps the hour its timeout had left', async () => {
@@ -80,6 +92,27 @@ describeNats('a running NATS attempt across a restart after the wall clock moved
     vi.setSystemTime(T0 + 2 * HOUR);
     const f = await open(path, 'clockahead');
     // A timeout already run out fires on the next timer turn: give it a few.
+    for (let i = 0; i < 20; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(await f.getTask(id)).toMatchObject({
+      status: TaskStatus.RUNNING,
+      attempt: 1,
+      startedAt: startedAt + 2 * HOUR,
+    });
+  });
+
+  it('set ahead while the sidecar ran, then a clean restart: the attempt keeps the hour its timeout had left', async () => {
+    const path = join(tempDir('nats-clock-running'), 'state.db');
+    const { f: f0, id, startedAt, stop } = await started(path, 'clockrun');
+    // Two hours ahead while it runs; a second passes (the clocks' next check). Running, its
+    // timeout counts on the monotonic clock: it goes on.
+    vi.setSystemTime(Date.now() + 2 * HOUR);
+    vi.advanceTimersByTime(1000);
+    for (let i = 0; i < 20; i++) await new Promise((r) => setTimeout(r, 5));
+    expect((await f0.getTask(id)).status).toBe(TaskStatus.RUNNING);
+    await stop();
+    // Restarted on the same boot, no time passed. Before, the mark followed the step and the
+    // start did not: the attempt ended TIMEOUT at once.
+    const f = await open(path, 'clockrun');
     for (let i = 0; i < 20; i++) await new Promise((r) => setTimeout(r, 5));
     expect(await f.getTask(id)).toMatchObject({
       status: TaskStatus.RUNNING,

@@ -87,6 +87,18 @@ function markOnDisk(file: string): { wall: number; boot: number } {
   }
 }
 
+/** The `started_at` of task `id` in the file at `file` (null: none, or no such row). */
+function startedOnDisk(file: string, id: string): number | null {
+  const db = new Database(file, { readonly: true, fileMustExist: true });
+  try {
+    const row = db.prepare('SELECT started_at FROM tasks WHERE id = ?').get(id) as
+      { started_at: number | null } | undefined;
+    return row?.started_at ?? null;
+  } finally {
+    db.close();
+  }
+}
+
 /** Waits (on real timers: `Date` stands still) until the store committed past `commits`. */
 async function waitForCommit(commits: number): Promise<void> {
   for (let i = 0; i < 100 && store.stats.commits <= commits; i++) {
@@ -328,6 +340,106 @@ describe('open tasks and approvals across a restart after the wall clock moved',
     } finally {
       await image.close();
     }
+  });
+
+  /**
+   * A task with an hour's timeout, running on an in-process agent (its handler never returns
+   * until `release`), committed RUNNING: its `startedAt` and the mark on disk are from T0.
+   */
+  async function runningForAnHour(
+    f: AgentFabric,
+    path: string,
+  ): Promise<{ id: string; startedAt: number; release: () => void }> {
+    let release: () => void = () => undefined;
+    f.registerInProcessHandler(
+      'hang',
+      () => new Promise<void>((resolve) => (release = () => resolve())),
+    );
+    await f.createPool({ poolId: 'run', model: 'm', executor: 'inprocess', minAgents: 1 });
+    const { id } = await f.scheduleToPool('run', 'hang', 1, { timeoutSeconds: 3600 });
+    for (let i = 0; i < 100 && startedOnDisk(path, id) === null; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const task = await f.getTask(id);
+    expect(task.status).toBe(TaskStatus.RUNNING);
+    expect(startedOnDisk(path, id)).toBe(T0);
+    return { id, startedAt: task.startedAt!, release: () => release() };
+  }
+
+  it("a step the running store saw moves the running attempts' starts with its mark, in the file and in memory: a restart then counts the time that passed, not the step", async () => {
+    const path = join(tempDir('state-clock-running'), 'state.db');
+    const f = await open(path, testBoot);
+    const { id, startedAt, release } = await runningForAnHour(f, path);
+    expect(startedAt).toBe(T0);
+    const commits = store.stats.commits;
+    // While it runs, the clock is set two hours ahead; a second passes (the clock's next check).
+    vi.setSystemTime(T0 + 2 * HOUR);
+    vi.advanceTimersByTime(1000);
+    for (let i = 0; i < 100 && markOnDisk(path).wall < T0 + 2 * HOUR; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // Marked by the store's tick, no commit: the start moved in the same transaction. Before,
+    // the mark followed the step and the start stayed at T0: a restart (a resumed NATS attempt,
+    // `nats-clock-down.test.ts`) counted two hours and a second against its hour's timeout.
+    expect(store.stats.commits).toBe(commits);
+    expect(markOnDisk(path).wall).toBe(T0 + 2 * HOUR + 1000);
+    expect(startedOnDisk(path, id)).toBe(T0 + 2 * HOUR);
+    // In memory as well (and so in what a later write of the task puts in its row).
+    expect((await f.getTask(id)).startedAt).toBe(T0 + 2 * HOUR);
+    // What a crash now leaves, opened: no step while down, the start one second old.
+    const image = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(
+      crashImage(path, 'state-clock-running-crash'),
+      { boot: testBoot },
+    );
+    try {
+      expect(image.clockStepAtOpen).toBe(0);
+      expect(image.tasks.get(id)).toMatchObject({ status: 'RUNNING', startedAt: T0 + 2 * HOUR });
+    } finally {
+      await image.close();
+    }
+    // The task's next write (its completion) keeps the moved start.
+    release();
+    expect(await f.waitForTask(id)).toMatchObject({
+      status: TaskStatus.COMPLETED,
+      startedAt: T0 + 2 * HOUR,
+    });
+    await close();
+    expect(startedOnDisk(path, id)).toBe(T0 + 2 * HOUR);
+  });
+
+  it("a failed commit that moved the running attempts' starts with its mark leaves them to the next one: a crash then moves each once", async () => {
+    const path = join(tempDir('state-clock-running-failed'), 'state.db');
+    const f = await open(path, testBoot);
+    const { id, release } = await runningForAnHour(f, path);
+    // Set two hours back; the first commit after it finds the step, moves the start and writes
+    // the mark — and fails (a full disk), which takes both back; the start stays moved in memory.
+    vi.setSystemTime(T0 - 2 * HOUR);
+    diskFull(true);
+    try {
+      expect(() => askApproval(f)).toThrow(/state store/);
+    } finally {
+      diskFull(false);
+    }
+    expect((await f.getTask(id)).startedAt).toBe(T0 - 2 * HOUR);
+    expect(startedOnDisk(path, id)).toBe(T0);
+    const commits = store.stats.commits;
+    askApproval(f);
+    await waitForCommit(commits);
+    // The next commit moved the start in the file once, with its mark.
+    expect(markOnDisk(path).wall).toBe(T0 - 2 * HOUR);
+    expect(startedOnDisk(path, id)).toBe(T0 - 2 * HOUR);
+    const image = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(
+      crashImage(path, 'state-clock-running-failed-crash'),
+      { boot: testBoot },
+    );
+    try {
+      expect(image.clockStepAtOpen).toBe(0);
+      expect(image.tasks.get(id)).toMatchObject({ startedAt: T0 - 2 * HOUR });
+    } finally {
+      await image.close();
+    }
+    release();
+    await f.waitForTask(id);
   });
 
   it.runIf(canReadBoot)(
