@@ -84,6 +84,7 @@ type report struct {
 	Retry   *bool       `json:"retry,omitempty"`
 	Take    string      `json:"take,omitempty"`
 	Seq     uint64      `json:"seq,omitempty"`
+	Nonce   string      `json:"nonce,omitempty"`
 }
 
 // answer is a sidecar's answer to a report or a heartbeat (a heartbeat's names the agent's pool:
@@ -524,16 +525,19 @@ func (w *worker) handle(m *nats.Msg, ackWait time.Duration) {
 func (w *worker) report(t *task, r report, giveUp time.Time) (answer, bool) {
 	r.TaskID, r.Attempt, r.Lease, r.AgentID = t.TaskID, t.Attempt, t.Lease, w.agentID
 	r.Proof = w.proof(fmt.Sprintf("%s:%s:%s:%d", r.Kind, w.agentID, t.TaskID, t.Attempt))
+	// This report's own id (re-sends repeat it): no answer to another report verifies for it.
+	r.Nonce = randomTake()
 	body, err := json.Marshal(r)
 	if err != nil {
 		return answer{}, false
 	}
-	// The answer's MAC: under the report's lease over its kind, agent, task, attempt and take-up
-	// and the answer (ok, a refusal's code and message).
+	// The answer's MAC: under the report's lease over its kind, agent, task, attempt and take-up,
+	// the answer (ok, a refusal's code and message) and the report's nonce.
 	mine := func(a *answer) bool {
 		code, message := a.refusal()
 		return genuine(a.Mac, answerMac([]byte(t.Lease), r.Kind, field(w.agentID), field(t.TaskID),
-			strconv.Itoa(t.Attempt), field(r.Take), strconv.FormatBool(a.OK), code, message))
+			strconv.Itoa(t.Attempt), field(r.Take), strconv.FormatBool(a.OK), code, message,
+			field(r.Nonce)))
 	}
 	for {
 		if a, err := w.request(t.ReplyTo, body, 5*time.Second, mine); err == nil {

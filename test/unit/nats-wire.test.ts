@@ -85,7 +85,7 @@ function variants(base: Record<string, unknown>, extra: unknown[]): unknown[] {
     out.push(rest);
     for (const v of values) out.push({ ...base, [k]: v });
   }
-  for (const k of ['result', 'progress', 'error', 'retry', 'take', 'seq']) {
+  for (const k of ['result', 'progress', 'error', 'retry', 'take', 'seq', 'nonce']) {
     for (const v of values) out.push({ ...base, [k]: v });
   }
   return out;
@@ -224,6 +224,7 @@ describe('NATS wire checks', () => {
       { ...r, take: 'x.2' },
       { ...r, agentId: 'b' },
       { ...r, lease: 'M' },
+      { ...r, nonce: 'n1' },
     ]) {
       expect(genuineReportAnswer(signed, other as never)).toBeUndefined();
     }
@@ -232,5 +233,16 @@ describe('NATS wire checks', () => {
     ).toBeUndefined();
     expect(genuineReportAnswer({ ok: true }, r as never)).toBeUndefined();
     expect(genuineReportAnswer({ ok: true, mac: 5 }, r as never)).toBeUndefined();
+    // A report's nonce is the last field, after the answer; none adds nothing (the text of
+    // workers that send none). One report's answer is not another's of the same take-up.
+    const n1 = { ...r, kind: 'progress', nonce: 'n:1' };
+    expect(reportAnswerMac(n1 as never, ok)).toBe(
+      mac('L', 'answer:progress:a:t:1:x.1:true:::n%3a1'),
+    );
+    const progressOk = signedReportAnswer(n1 as never, ok);
+    expect(genuineReportAnswer(progressOk, n1 as never)).toEqual({ ok: true });
+    expect(genuineReportAnswer(progressOk, { ...n1, nonce: 'n:2' } as never)).toBeUndefined();
+    expect(genuineReportAnswer(progressOk, { ...n1, nonce: undefined } as never)).toBeUndefined();
+    expect(genuineReportAnswer(progressOk, { ...n1, nonce: '' } as never)).toBeUndefined();
   });
 });

@@ -148,9 +148,10 @@ export class NatsAgentLink {
   #flushQueued = false;
   /** A flush within {@link LAZY_FLUSH_MS} is queued (only reports that can wait are). */
   #lazyTimer: NodeJS.Timeout | undefined;
-  /** Makes take-up ids unique across workers (random) and within this one (counter). */
+  /** Makes take-up ids and report nonces unique across workers (random) and within this one (counters). */
   readonly #nonce = randomBytes(9).toString('base64url');
   #takes = 0;
+  #reports = 0;
   #lastTs = 0;
   #closed = false;
   /** Where the sidecars' answers to reports come back. */
@@ -288,6 +289,9 @@ export class NatsAgentLink {
       // The take-up the report comes from (a start names its own in `extra`).
       take: kind === 'start' ? undefined : this.#upOf.get(task)?.take,
       ...extra,
+      // This report's own: its answer's MAC covers it, so no answer to another report of the
+      // same take-up (a `progress` before it) verifies as its answer. Re-sends repeat it.
+      nonce: `${this.#nonce}-${++this.#reports}`,
     };
     if (report.error !== undefined) report.error = reportableError(report.error);
     const giveUpAt = this.#giveUpAt.get(task) ?? performance.now() + 2_000;

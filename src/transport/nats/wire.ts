@@ -107,6 +107,12 @@ export const reportSchema = z
      * the duplicate window) is refused, and the attempt goes on.
      */
     seq: z.number().int().positive().optional(),
+    /**
+     * Optional: an id the worker makes for this report (unique among its reports; a re-sent
+     * report repeats it), which the answer's MAC covers ({@link reportAnswerMac}). Without it the
+     * answer to one `progress` report of a take-up verifies as the answer to every other.
+     */
+    nonce: z.string().min(1).max(64).optional(),
   })
   .strict();
 /** A worker's report on a task. */
@@ -258,7 +264,8 @@ export function asReport(data: unknown): Report | undefined {
     (data.error === undefined || isTaskError(data.error)) &&
     (data.retry === undefined || typeof data.retry === 'boolean') &&
     (data.take === undefined || nonEmpty(data.take, 64)) &&
-    (data.seq === undefined || positiveInt(data.seq));
+    (data.seq === undefined || positiveInt(data.seq)) &&
+    (data.nonce === undefined || nonEmpty(data.nonce, 64));
   return ok ? (data as Report) : undefined;
 }
 
@@ -272,15 +279,18 @@ export function asReport(data: unknown): Report | undefined {
  */
 export function reportBinding(data: unknown): AnsweredReport | undefined {
   if (!isObject(data)) return undefined;
-  const { kind, agentId, taskId, attempt, lease, take } = data;
+  const { kind, agentId, taskId, attempt, lease, take, nonce } = data;
   const ok =
     KINDS.has(kind) &&
     typeof agentId === 'string' &&
     typeof taskId === 'string' &&
     typeof attempt === 'number' &&
     nonEmpty(lease) &&
-    (take === undefined || typeof take === 'string');
-  return ok ? ({ kind, agentId, taskId, attempt, lease, take } as AnsweredReport) : undefined;
+    (take === undefined || typeof take === 'string') &&
+    (nonce === undefined || typeof nonce === 'string');
+  return ok
+    ? ({ kind, agentId, taskId, attempt, lease, take, nonce } as AnsweredReport)
+    : undefined;
 }
 
 /**
@@ -419,17 +429,20 @@ function macString(s: string): string {
 /** What of a report its answer's MAC binds (and the lease that keys it). */
 export type AnsweredReport = Pick<
   Report,
-  'kind' | 'agentId' | 'taskId' | 'attempt' | 'lease' | 'take'
+  'kind' | 'agentId' | 'taskId' | 'attempt' | 'lease' | 'take' | 'nonce'
 >;
 
 /**
  * MAC of the answer to a report: keyed by the report's `lease` (which only the scheduling sidecar
  * and the holders of the attempt's message know) over the report's kind, agent, task, attempt
- * and take-up and the answer's `ok`, `code` and `message`.
+ * and take-up, the answer's `ok`, `code` and `message` and, last, the report's `nonce` when it
+ * has one. The nonce tells apart the reports of one take-up that share everything else (its
+ * `progress` reports): an answer to one replayed to another does not verify. Without a nonce
+ * the text is the one workers written before it computed (no field is added, not even empty).
  */
 export function reportAnswerMac(r: AnsweredReport, a: Answer): string {
   const refusal = a.ok ? undefined : a;
-  return answerMac(r.lease, [
+  const fields: MacField[] = [
     r.kind,
     r.agentId,
     r.taskId,
@@ -438,7 +451,9 @@ export function reportAnswerMac(r: AnsweredReport, a: Answer): string {
     a.ok,
     refusal?.code,
     refusal?.message,
-  ]);
+  ];
+  if (r.nonce !== undefined) fields.push(r.nonce);
+  return answerMac(r.lease, fields);
 }
 
 /**
