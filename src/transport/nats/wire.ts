@@ -13,14 +13,17 @@
  * **Lease of a dispatched attempt.** Each task message carries `lease` =
  * HMAC-SHA256(sidecar secret, `taskId:attempt`), which only the scheduling sidecar can make and
  * check without storing anything: a report must carry the lease of the attempt it is about. The
- * message is readable by whoever may pull its consumer or core-subscribe to `task.>`, so the
- * lease keeps out only clients that NATS permissions keep from reading it; the agent's proof
- * is what ties a report to an agent that may report on the task.
+ * message is readable by whoever may pull its consumer, core-subscribe to `task.>` or read the
+ * stream through the JetStream API (`$JS.API.STREAM.MSG.GET.<stream>`), so the lease keeps out
+ * only clients that NATS permissions keep from reading it; the agent's proof is what ties a
+ * report to an agent that may report on the task.
  *
  * **Answers to workers.** Whatever a sidecar answers a worker's request with (a report, a batch of
- * them, a heartbeat) carries `mac`, an HMAC over the request's kind and identifiers and the
- * answer's content ({@link answerMac}): keyed by the report's `lease` for reports, by the agent
- * credential's hash for heartbeats. Any client may publish on a worker's `_INBOX.*` reply
+ * them, a heartbeat) carries `mac`, an HMAC over the request's kind and identifiers (a report's
+ * own `nonce` among them: no answer to one report is good for another) and the answer's content
+ * ({@link answerMac}): keyed by the report's `lease` for reports — so whoever holds the lease can
+ * forge them, and only NATS permissions (who may publish on a worker's inbox) keep such a client
+ * out — by the agent credential's hash for heartbeats. Any client may publish on a worker's `_INBOX.*` reply
  * subjects, and a worker acts on the answers (acks or terminates its message, stops a handler,
  * gives up its pool); it ignores one without a right MAC and waits on for the sidecar's.
  *
