@@ -5,22 +5,26 @@
  */
 
 /**
- * Characters that act on the text around them instead of showing: the C0 controls but line feed
- * and tab (JSON's own line breaks), DEL, the C1 controls, the bidirectional controls (U+061C,
- * U+200E, U+200F, U+202A–U+202E, U+2066–U+2069), the line and paragraph separators — the set the
- * CLI escapes (src/unprintable.ts) — and the invisible zero-width ones (U+200B–U+200D,
- * U+2060–U+2064, U+FEFF).
+ * Characters that act on the text around them instead of showing, or that a browser draws as
+ * nothing: the control characters but line feed and tab (JSON's own line breaks) — C0, DEL, C1
+ * — the line and paragraph separators, and every Default_Ignorable_Code_Point. The last set holds
+ * the bidirectional controls (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069), the
+ * zero-width ones (U+200B–U+200D, U+2060–U+2064, U+FEFF) and the rest a font shows no glyph for:
+ * the soft hyphen, the Hangul fillers, variation selectors, U+180E, and the tag characters
+ * (U+E0000–U+E007F), which spell ASCII text nobody sees but a model upstream reads.
  */
-const HIDDEN =
-  // eslint-disable-next-line no-control-regex -- matching control characters is its purpose
-  /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]/g;
+const HIDDEN = /(?![\n\t])[\p{Cc}\u2028\u2029\p{Default_Ignorable_Code_Point}]/gu;
 
 /**
- * `text` with each character of {@link HIDDEN} written as its `\uXXXX` escape: an agent's
- * right-to-left override shows as `\u202e` instead of making what follows read backwards.
+ * `text` with each character of {@link HIDDEN} written as its escape — `\uXXXX`, or `\u{XXXXX}`
+ * past U+FFFF: an agent's right-to-left override shows as `\u202e` instead of making what
+ * follows read backwards, and a tag character as `\u{e0072}` instead of nothing.
  */
 export function visible(text) {
-  return text.replace(HIDDEN, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return text.replace(HIDDEN, (c) => {
+    const code = c.codePointAt(0);
+    return code > 0xffff ? `\\u{${code.toString(16)}}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
 }
 
 /**
