@@ -27,6 +27,44 @@ export function visible(text) {
   });
 }
 
+/** A word: a run of characters without white space. */
+const WORD = /\S+/g;
+const ASCII_LETTER = /[A-Za-z]/;
+const NOT_ASCII = /[\u0080-\u{10ffff}]/gu;
+const HAS_NOT_ASCII = /[\u0080-\u{10ffff}]/u;
+
+/** `U+0456` for `і`. */
+export function codePoint(c) {
+  return `U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')}`;
+}
+
+/**
+ * `text` ({@link visible}) as nodes in which every character outside ASCII that stands in a word
+ * with ASCII letters is a `<mark class="lookalike">` titled with its code point: in
+ * "https://gіthub.com" the Cyrillic і, which reads as the Latin i, is marked, so the operator
+ * does not approve a call to another domain than the one they read. A word wholly in another
+ * script ("Привет") is not marked; a look-alike word wholly of Cyrillic letters is not caught.
+ * `found` lists the marked characters, each once.
+ */
+export function markLookalikes(text) {
+  const shown = visible(text);
+  const nodes = [];
+  const found = new Set();
+  let last = 0;
+  for (const word of shown.matchAll(WORD)) {
+    if (!ASCII_LETTER.test(word[0]) || !HAS_NOT_ASCII.test(word[0])) continue;
+    for (const c of word[0].matchAll(NOT_ASCII)) {
+      const at = word.index + c.index;
+      if (at > last) nodes.push(shown.slice(last, at));
+      nodes.push(h('mark', { class: 'lookalike', title: codePoint(c[0]) }, c[0]));
+      found.add(c[0]);
+      last = at + c[0].length;
+    }
+  }
+  if (last < shown.length) nodes.push(shown.slice(last));
+  return { nodes, found: [...found] };
+}
+
 /**
  * Creates an element: `h('td', { class: 'x', onclick: fn }, 'text', childElement)`.
  * Attributes starting with `on` are event listeners, `style` is an object of CSSOM properties;

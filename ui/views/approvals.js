@@ -8,10 +8,12 @@ import {
   badge,
   button,
   clock,
+  codePoint,
   confirmButton,
   enumName,
   h,
   KeyedTable,
+  markLookalikes,
   replace,
   since,
   table,
@@ -34,26 +36,46 @@ function ruleOf(a) {
 /**
  * The arguments with secrets masked; when the mask hid something in a pending one, a note and a button that shows
  * the arguments as sent (and masks them again): the mask guesses what a secret is, and what it
- * hides — `cat Bearer ../../etc/shadow` — may be what the call does.
+ * hides — `cat Bearer ../../etc/shadow` — may be what the call does. In a pending one, letters
+ * outside ASCII among ASCII ones are marked and named below the box ({@link markLookalikes}).
  */
 function args(a, decided = false) {
   const params = a.params ?? {};
   const masked = JSON.stringify(maskSecrets(params), null, 2);
-  const box = h('pre', { class: decided ? 'args decided' : 'args' }, masked);
-  const whole = JSON.stringify(params, null, 2);
   // A decided one needs no decision (and its table is rebuilt on each refresh).
-  if (whole === masked || decided) return box;
+  if (decided) return h('pre', { class: 'args decided' }, masked);
+  const box = h('pre', { class: 'args' });
+  const note = h('p', { class: 'hint lookalikes' });
+  const show = (text) => {
+    const { nodes, found } = markLookalikes(text);
+    replace(box, nodes);
+    note.hidden = found.length === 0;
+    replace(
+      note,
+      found.length === 0
+        ? []
+        : `Not ASCII among ASCII letters, may imitate one: ${found.map((c) => `${c} ${codePoint(c)}`).join(', ')}`,
+    );
+  };
+  show(masked);
+  const whole = JSON.stringify(params, null, 2);
+  if (whole === masked) return h('div', {}, box, note);
   let revealed = false;
   const reveal = button(
     'Show masked values',
     async () => {
       revealed = !revealed;
-      replace(box, revealed ? whole : masked);
+      show(revealed ? whole : masked);
       reveal.textContent = revealed ? 'Mask secrets' : 'Show masked values';
     },
     { class: 'reveal' },
   );
-  return h('div', {}, box, h('span', { class: 'hint' }, 'Some values are masked. '), reveal);
+  return h('div', {}, box, note, h('span', { class: 'hint' }, 'Some values are masked. '), reveal);
+}
+
+/** A tool name with its look-alike letters marked (an upstream chose it). */
+function toolName(tool) {
+  return h('code', {}, markLookalikes(tool ?? '').nodes);
 }
 
 export function createView(ctx) {
@@ -103,7 +125,7 @@ export function createView(ctx) {
           });
           return [
             agentNames.get(a.agentId) ?? a.agentId,
-            h('code', {}, a.tool),
+            toolName(a.tool),
             args(a),
             ruleOf(a),
             since(a.expiresAt),
