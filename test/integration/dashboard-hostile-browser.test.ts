@@ -214,6 +214,14 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     // Words written wholly in another script are not marked.
     expect(await box.textContent()).toContain('Привет мир');
     await decide(approval, 'Deny');
+    // 50,000 of them in one word: a hundred are marked, the note says there are more, and the
+    // text is shown whole.
+    const many = await park(JSON.stringify({ message: 'a\u0431'.repeat(50_000) }));
+    expect(await many.box.locator('mark.lookalike').count()).toBe(100);
+    expect(await many.box.textContent()).toContain('a\u0431'.repeat(50_000));
+    const manyRow = page.locator(`#view-approvals tr[data-approval="${many.approval.id}"]`);
+    expect(await manyRow.locator('.lookalikes').textContent()).toMatch(/U\+0431, and more$/);
+    await decide(many.approval, 'Deny');
   });
 
   it('masking a Bearer credential does not hide the command that follows it', async () => {

@@ -30,7 +30,7 @@ export function visible(text) {
 /** A word: a run of characters without white space. */
 const WORD = /\S+/g;
 const ASCII_LETTER = /[A-Za-z]/;
-const NOT_ASCII = /[\u0080-\u{10ffff}]/gu;
+const NOT_ASCII = /[\u0080-\u{10ffff}]+/gu;
 const HAS_NOT_ASCII = /[\u0080-\u{10ffff}]/u;
 
 /** `U+0456` for `і`. */
@@ -38,12 +38,17 @@ export function codePoint(c) {
   return `U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')}`;
 }
 
+/** Most runs {@link markLookalikes} marks in one text (an agent may send 256 KiB of them). */
+export const MAX_MARKED = 100;
+
 /**
- * `text` ({@link visible}) as nodes in which every character outside ASCII that stands in a word
- * with ASCII letters is a `<mark class="lookalike">` titled with its code point: in
+ * `text` ({@link visible}) as nodes in which every run of characters outside ASCII that stands in
+ * a word with ASCII letters is a `<mark class="lookalike">` titled with its code points: in
  * "https://gіthub.com" the Cyrillic і, which reads as the Latin i, is marked, so the operator
  * does not approve a call to another domain than the one they read. A word wholly in another
  * script ("Привет") is not marked; a look-alike word wholly of Cyrillic letters is not caught.
+ * At most {@link MAX_MARKED} runs are marked (`more` tells there were others): the page must
+ * not build hundreds of thousands of elements for one agent's arguments.
  * `found` lists the marked characters, each once.
  */
 export function markLookalikes(text) {
@@ -51,18 +56,26 @@ export function markLookalikes(text) {
   const nodes = [];
   const found = new Set();
   let last = 0;
-  for (const word of shown.matchAll(WORD)) {
+  let marked = 0;
+  let more = false;
+  words: for (const word of shown.matchAll(WORD)) {
     if (!ASCII_LETTER.test(word[0]) || !HAS_NOT_ASCII.test(word[0])) continue;
-    for (const c of word[0].matchAll(NOT_ASCII)) {
-      const at = word.index + c.index;
+    for (const run of word[0].matchAll(NOT_ASCII)) {
+      if (marked === MAX_MARKED) {
+        more = true;
+        break words;
+      }
+      marked++;
+      const at = word.index + run.index;
       if (at > last) nodes.push(shown.slice(last, at));
-      nodes.push(h('mark', { class: 'lookalike', title: codePoint(c[0]) }, c[0]));
-      found.add(c[0]);
-      last = at + c[0].length;
+      const chars = [...run[0]];
+      nodes.push(h('mark', { class: 'lookalike', title: chars.map(codePoint).join(' ') }, run[0]));
+      for (const c of chars) found.add(c);
+      last = at + run[0].length;
     }
   }
   if (last < shown.length) nodes.push(shown.slice(last));
-  return { nodes, found: [...found] };
+  return { nodes, found: [...found], more };
 }
 
 /**

@@ -47,14 +47,15 @@ function args(a, decided = false) {
   const box = h('pre', { class: 'args' });
   const note = h('p', { class: 'hint lookalikes' });
   const show = (text) => {
-    const { nodes, found } = markLookalikes(text);
+    const { nodes, found, more } = markLookalikes(text);
     replace(box, nodes);
     note.hidden = found.length === 0;
+    const named = found.slice(0, 20).map((c) => `${c} ${codePoint(c)}`);
     replace(
       note,
       found.length === 0
         ? []
-        : `Not ASCII among ASCII letters, may imitate one: ${found.map((c) => `${c} ${codePoint(c)}`).join(', ')}`,
+        : `Not ASCII among ASCII letters, may imitate one: ${named.join(', ')}${more || found.length > named.length ? ', and more' : ''}`,
     );
   };
   show(masked);
