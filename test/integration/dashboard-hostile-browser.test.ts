@@ -9,7 +9,7 @@
  * Skips only when /usr/bin/chromium is missing and FABRIC_TEST_REQUIRE_BROWSER is unset.
  */
 import { join } from 'node:path';
-import { type Browser, type Page, type Request, type Response } from 'playwright-core';
+import { type Browser, type Page, type Request, type Response, type Route } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { UNPRINTABLE_CLASS } from '../../src/unprintable.js';
@@ -278,6 +278,44 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     await expect.poll(state, { timeout: 15_000, interval: 100 }).toBe('Confirm approve');
     await decide(second.approval, 'Deny');
   });
+
+  it('a double or triple click on Approve arms it and does not approve: the confirming click is a click of its own', async () => {
+    // A habit of double-clicking, or a page that asked for a triple click and moved the
+    // dashboard under the pointer after the first one, must not approve in one gesture.
+    let approves = 0;
+    const onApprove = async (route: Route): Promise<void> => {
+      approves++;
+      await route.continue();
+    };
+    await page.route('**/fabric.v1.ApprovalService/Approve', onApprove);
+    try {
+      for (const clickCount of [2, 3]) {
+        const { approval, answer } = await park(
+          JSON.stringify({ message: `rm -rf ~ (${clickCount})` }),
+        );
+        const row = page.locator(`#view-approvals tr[data-tool][data-approval="${approval.id}"]`);
+        await row.locator('button.approve').click({ clickCount });
+        // Its state: the approval's status once decided, else what its button says.
+        const state = async (): Promise<string> => {
+          const res = await api(sidecar, 'ApprovalService/GetApproval', { id: approval.id });
+          const { status } = ((await res.json()) as { approval: { status: string } }).approval;
+          if (status !== 'APPROVAL_STATUS_PENDING') return status;
+          return (await row.locator('button.approve').textContent({ timeout: 1000 })) ?? '';
+        };
+        await expect.poll(state, { timeout: 15_000, interval: 100 }).toBe('Confirm approve');
+        // Deny is one click: whatever the approve button sent went before it.
+        await row.locator('button.danger').click();
+        expect(await answer).toContain('FABRIC_ERR_APPROVAL_DENIED');
+        const res = await api(sidecar, 'ApprovalService/GetApproval', { id: approval.id });
+        expect(((await res.json()) as { approval: { status: string } }).approval.status).toBe(
+          'APPROVAL_STATUS_DENIED',
+        );
+      }
+      expect(approves).toBe(0);
+    } finally {
+      await page.unroute('**/fabric.v1.ApprovalService/Approve', onApprove);
+    }
+  }, 60_000);
 
   it('shows a __proto__ key the approval holds (the masking copy dropped it)', async () => {
     const { approval, apiText, box } = await park(

@@ -278,34 +278,47 @@ export function button(label, action, attrs = {}) {
 }
 
 /**
- * A button that asks once more before `action` runs (the first click arms it, the second runs
- * it; it disarms after a few seconds).
+ * How long the armed button of {@link confirmButton} takes no click: the rest of a double or
+ * triple click lands while it is disabled instead of confirming.
+ */
+export const CONFIRM_DELAY_MS = 600;
+
+/**
+ * A button that asks once more before `action` runs: the first click arms it, a click of its own
+ * runs it. Once armed it is disabled for {@link CONFIRM_DELAY_MS}, so the second and third click
+ * of one double or triple click (a habit, or a page that asked for one and moved the dashboard
+ * under the pointer after the first) do not confirm; it disarms 4 s after it can be clicked.
  */
 export function confirmButton(label, action, attrs = {}) {
   let armed = false;
   let timer;
-  const el = button(
-    label,
-    async () => {
-      if (!armed) {
-        armed = true;
-        el.textContent = `Confirm ${label.toLowerCase()}`;
-        el.classList.add('armed');
-        timer = setTimeout(() => {
-          armed = false;
-          el.textContent = label;
-          el.classList.remove('armed');
-        }, 4000);
-        return;
-      }
-      clearTimeout(timer);
-      armed = false;
-      el.textContent = label;
-      el.classList.remove('armed');
+  const el = h('button', { type: 'button', ...attrs }, label);
+  const disarm = () => {
+    clearTimeout(timer);
+    armed = false;
+    el.textContent = label;
+    el.classList.remove('armed');
+  };
+  el.addEventListener('click', async () => {
+    if (!armed) {
+      armed = true;
+      el.textContent = `Confirm ${label.toLowerCase()}`;
+      el.classList.add('armed');
+      el.disabled = true;
+      timer = setTimeout(() => {
+        el.disabled = false;
+        timer = setTimeout(disarm, 4000);
+      }, CONFIRM_DELAY_MS);
+      return;
+    }
+    disarm();
+    el.disabled = true;
+    try {
       await action();
-    },
-    attrs,
-  );
+    } finally {
+      el.disabled = false;
+    }
+  });
   return el;
 }
 
