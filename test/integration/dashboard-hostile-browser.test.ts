@@ -165,6 +165,20 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     expect(res.status).toBe(200);
   };
 
+  /**
+   * Where `approval` stands: its status once decided, else what the Approve button of its `row`
+   * says (`Approve`, or `Confirm approve` while armed).
+   */
+  const approveState = async (
+    approval: Approval,
+    row: ReturnType<Page['locator']>,
+  ): Promise<string> => {
+    const res = await api(sidecar, 'ApprovalService/GetApproval', { id: approval.id });
+    const { status } = ((await res.json()) as { approval: { status: string } }).approval;
+    if (status !== 'APPROVAL_STATUS_PENDING') return status;
+    return (await row.locator('button.approve').textContent({ timeout: 1000 })) ?? '';
+  };
+
   it('shows bidirectional and C1 controls in arguments as escapes instead of letting them reorder the text', async () => {
     // RLO makes "‮hs.exe" read backwards; an isolate and NEL act on what follows them.
     const { approval, box } = await park(
@@ -269,13 +283,9 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     expect((await secondRow.locator('button.approve').boundingBox())!.y).toBeCloseTo(aim.y, 0);
     await page.mouse.click(aim.x + aim.width / 2, aim.y + aim.height / 2);
     // The click armed the second one's button; it did not approve it.
-    const state = async (): Promise<string> => {
-      const res = await api(sidecar, 'ApprovalService/GetApproval', { id: second.approval.id });
-      const { status } = ((await res.json()) as { approval: { status: string } }).approval;
-      if (status !== 'APPROVAL_STATUS_PENDING') return status;
-      return (await secondRow.locator('button.approve').textContent({ timeout: 1000 })) ?? '';
-    };
-    await expect.poll(state, { timeout: 15_000, interval: 100 }).toBe('Confirm approve');
+    await expect
+      .poll(() => approveState(second.approval, secondRow), { timeout: 15_000, interval: 100 })
+      .toBe('Confirm approve');
     await decide(second.approval, 'Deny');
   });
 
@@ -295,14 +305,9 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
         );
         const row = page.locator(`#view-approvals tr[data-tool][data-approval="${approval.id}"]`);
         await row.locator('button.approve').click({ clickCount });
-        // Its state: the approval's status once decided, else what its button says.
-        const state = async (): Promise<string> => {
-          const res = await api(sidecar, 'ApprovalService/GetApproval', { id: approval.id });
-          const { status } = ((await res.json()) as { approval: { status: string } }).approval;
-          if (status !== 'APPROVAL_STATUS_PENDING') return status;
-          return (await row.locator('button.approve').textContent({ timeout: 1000 })) ?? '';
-        };
-        await expect.poll(state, { timeout: 15_000, interval: 100 }).toBe('Confirm approve');
+        await expect
+          .poll(() => approveState(approval, row), { timeout: 15_000, interval: 100 })
+          .toBe('Confirm approve');
         // Deny is one click: whatever the approve button sent went before it.
         await row.locator('button.danger').click();
         expect(await answer).toContain('FABRIC_ERR_APPROVAL_DENIED');
