@@ -46,6 +46,7 @@ import {
 } from './process-stdio-transport.js';
 import { boundedBody, boundedEventStream, UpstreamMessageTooLargeError } from './bounded-body.js';
 import type { UpstreamSpec } from './upstream-config.js';
+import { withOwnCancelReasons } from './upstream-cancel-reason.js';
 import { traceparentFetch, withTraceparentMeta } from '../telemetry/trace-context.js';
 
 /**
@@ -305,7 +306,8 @@ export class Upstream {
       if (this.#state === 'connecting' && this.spec.transport !== 'stdio') return;
       this.#hooks.onError?.(this, redactError(this.spec, error));
     };
-    const transport = this.#createTransport();
+    // A cancellation is sent with the gateway's reason, never the agent's (see the file).
+    const transport = withOwnCancelReasons(this.#createTransport());
     // One bound for the whole start: handshake and first catalog load.
     const timeoutMs = this.spec.startTimeoutSeconds * 1000;
     const deadline = performance.now() + timeoutMs;
