@@ -207,7 +207,8 @@ export interface PolicyProvider {
    * `decide` then answers only what is known without waiting (e.g. a cached verdict), for
    * `tools/list` probes and dry runs. A rejection fails closed: a deny with
    * `FABRIC_ERR_POLICY_UNAVAILABLE`, as a `decide` that throws or an invalid verdict does.
-   * Side-effect free like `decide`.
+   * `signal` aborts when the call is given up; the engine stops waiting then, whether or not the
+   * provider does (a later answer is dropped). Side-effect free like `decide`.
    */
   decideAsync?(ctx: PolicyContext, signal?: AbortSignal): Promise<PolicyVerdict | undefined>;
   /**
@@ -861,7 +862,7 @@ export class PolicyEngine {
     const priority = best?.priority ?? Number.NEGATIVE_INFINITY;
     const rank = best?.rank ?? 0;
     const verdicts: AskedVerdicts = asked ?? new Map();
-    await Promise.all(
+    const answered = Promise.all(
       this.#providers
         .filter(
           ({ provider, priority: p }) =>
@@ -879,6 +880,9 @@ export class PolicyEngine {
           verdicts.set(provider, verdict);
         }),
     );
+    // Not bound by the slowest provider: one that ignores `signal` (or never answers) would
+    // hold a call its caller gave up — and what the call holds — for as long as it takes.
+    await untilAborted(answered, signal);
     signal?.throwIfAborted();
     const decision = this.#consultProviders(ctx, best, ruleDecision, verdicts, noProviderDenies);
     return this.#withAudit(ctx, candidates, decision);
@@ -1254,4 +1258,27 @@ function invalid(policy: string, rule: number, field: string, err: unknown): Pol
         ? err.message
         : String((err as Error)?.message ?? err);
   return new PolicyValidationError(policy, `rules[${rule}].${field}`, message, rule);
+}
+
+/**
+ * `work`, or a rejection with `signal.reason` as soon as `signal` aborts (`work` then goes on,
+ * its result dropped). One listener while it waits, removed when it settles.
+ */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return work;
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err as Error);
+      },
+    );
+  });
 }
