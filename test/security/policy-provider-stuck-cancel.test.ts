@@ -22,17 +22,15 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
+  recorded,
+  recorderUpstream,
   startTestSidecar,
   tempDir,
-  text,
   until,
 } from '../fixtures/gateway/harness.js';
 
 const STUCK = fileURLToPath(
   new URL('../fixtures/plugins/stuck-policy-service.mjs', import.meta.url),
-);
-const RECORDER = fileURLToPath(
-  new URL('../fixtures/gateway/notification-recorder-server.mjs', import.meta.url),
 );
 
 describe('a call cancelled while a policy provider that never answers is asked', () => {
@@ -44,14 +42,7 @@ describe('a call cancelled while a policy provider that never answers is asked',
 
   beforeAll(async () => {
     sidecar = await startTestSidecar({
-      upstreams: {
-        rec: {
-          command: process.execPath,
-          args: [RECORDER],
-          stderr: 'ignore',
-          callTimeoutSeconds: 600,
-        },
-      },
+      upstreams: { rec: recorderUpstream() },
       policies: [DEFAULT_ALLOW],
       plugins: [{ module: STUCK, options: { askedFile, tool: 'rec__work' } }],
       audit: { path: auditPath, flushIntervalMs: 0 },
@@ -87,9 +78,7 @@ describe('a call cancelled while a policy provider that never answers is asked',
       expect.objectContaining({ outcome: 'cancelled', code: 'FABRIC_ERR_CANCELLED' }),
     ]);
     // The upstream never got it.
-    const seen = JSON.parse(text(await client.callTool({ name: 'rec__seen', arguments: {} }))) as {
-      held: number;
-    };
+    const seen = await recorded(client, 'rec');
     expect(seen.held).toBe(0);
   });
 });

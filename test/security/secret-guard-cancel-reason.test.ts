@@ -20,15 +20,14 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
+  recorded,
+  recorderUpstream,
   startTestSidecar,
   text,
   until,
 } from '../fixtures/gateway/harness.js';
 
 const SECRET_GUARD = fileURLToPath(new URL('../../plugins/secret-guard/index.js', import.meta.url));
-const RECORDER = fileURLToPath(
-  new URL('../fixtures/gateway/notification-recorder-server.mjs', import.meta.url),
-);
 /** Made up, in the format of the fabric's agent credentials (`afk_` + 40). */
 const CREDENTIAL = `afk_${'Zq3xW9vB'.repeat(5)}`;
 
@@ -39,19 +38,9 @@ describe('an agent cancelling a call behind secret-guard', () => {
   beforeAll(async () => {
     sidecar = await startTestSidecar({
       upstreams: {
-        rec: {
-          command: process.execPath,
-          args: [RECORDER],
-          stderr: 'ignore',
-          callTimeoutSeconds: 600,
-        },
+        rec: recorderUpstream(),
         // The same, timing its calls out after a second.
-        late: {
-          command: process.execPath,
-          args: [RECORDER],
-          stderr: 'ignore',
-          callTimeoutSeconds: 1,
-        },
+        late: recorderUpstream(1),
       },
       policies: [DEFAULT_ALLOW],
       plugins: [{ module: SECRET_GUARD }],
@@ -69,9 +58,7 @@ describe('an agent cancelling a call behind secret-guard', () => {
   async function seen(
     upstream = 'rec',
   ): Promise<{ held: number; cancels: { params: { reason?: string } }[] }> {
-    const { held, lines } = JSON.parse(
-      text(await client.callTool({ name: `${upstream}__seen`, arguments: {} })),
-    ) as { held: number; lines: string[] };
+    const { held, lines } = await recorded(client, upstream);
     const cancels = lines
       .map((line) => JSON.parse(line) as { method: string; params: { reason?: string } })
       .filter((m) => m.method === 'notifications/cancelled');
