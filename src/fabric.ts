@@ -1229,7 +1229,10 @@ export class AgentFabric {
     return back;
   }
 
-  /** Completes a task the agent holds; repeating it is a no-op. Counts as a heartbeat. */
+  /**
+   * Completes a task the agent holds; repeating it is a no-op, answered by whether the task's
+   * end is on disk. Counts as a heartbeat.
+   */
   async completeTask(
     agentId: string,
     taskId: string,
@@ -1238,9 +1241,14 @@ export class AgentFabric {
   ): Promise<void> {
     this.#touch(agentId);
     this.#checkSize('result', result);
-    this.scheduler.complete(taskId, attempt, result, agentId);
+    // A repeat (a worker retrying a report whose answer it lost) changes nothing: judged by
+    // whether the task's end is on disk (see #markedOnDisk).
+    const marked = this.#marker();
+    this.scheduler.complete(taskId, attempt, result, agentId, marked.take);
     this.#leases.end(taskId, attempt);
-    await this.#onDisk(`the completion holds ${KEPT}`);
+    await this.#markedOnDisk(`the completion holds ${KEPT}`, marked, () =>
+      this.#store.tasks.isOnDisk?.(taskId),
+    );
   }
 
   /** Fails a task the agent holds; with `retry` it is queued again while attempts remain. */
@@ -1261,9 +1269,12 @@ export class AgentFabric {
       message: blank(given.message) ? EMPTY_FAILURE_MESSAGE : given.message,
     };
     this.#checkSize('error', e);
-    this.scheduler.fail(taskId, attempt, e, { ...options, agentId });
+    const marked = this.#marker();
+    this.scheduler.fail(taskId, attempt, e, { ...options, agentId, onChanged: marked.take });
     this.#leases.end(taskId, attempt);
-    await this.#onDisk(`the failure holds ${KEPT}`);
+    await this.#markedOnDisk(`the failure holds ${KEPT}`, marked, () =>
+      this.#store.tasks.isOnDisk?.(taskId),
+    );
   }
 
   /** Records progress of a task the agent holds. */

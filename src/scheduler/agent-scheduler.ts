@@ -978,28 +978,41 @@ export class AgentScheduler {
   /**
    * Completes a task held by `agentId` (omit it for trusted in-process callers). Repeating the
    * same completion is a no-op.
+   * @param onChanged - called synchronously right after the completion, when it changed the task
+   *   (not for a repeat): `AgentFabric.completeTask` judges a repeat by whether the task's record
+   *   is on disk, not by the store's commits since.
    * @throws TaskNotFoundError for an unknown task and for one `agentId` does not hold;
    *   TaskStateError for a stale attempt or a task that already ended otherwise.
    */
-  complete(taskId: string, attempt: number, result: unknown, agentId?: string): void {
+  complete(
+    taskId: string,
+    attempt: number,
+    result: unknown,
+    agentId?: string,
+    onChanged?: () => void,
+  ): void {
     if (!this.#byReference) jsonByteLength('result', result);
     const t = this.#checkHolder(taskId, attempt, agentId, TaskStatus.COMPLETED);
-    if (t !== undefined) this.#complete(t, result);
+    if (t === undefined) return;
+    this.#complete(t, result);
+    onChanged?.();
   }
 
   /**
    * Fails a task held by `agentId`. With `retry`, the task is queued again while it has attempts
-   * left. Repeating the same failure is a no-op.
+   * left. Repeating the same failure is a no-op; `onChanged` is called as for {@link complete}.
    */
   fail(
     taskId: string,
     attempt: number,
     error: TaskError,
-    options: { retry?: boolean; agentId?: string } = {},
+    options: { retry?: boolean; agentId?: string; onChanged?: () => void } = {},
   ): void {
     if (!this.#byReference) jsonByteLength('error', error);
     const t = this.#checkHolder(taskId, attempt, options.agentId, TaskStatus.FAILED);
-    if (t !== undefined) this.#retryOrFail(t, error, options.retry === true);
+    if (t === undefined) return;
+    this.#retryOrFail(t, error, options.retry === true);
+    options.onChanged?.();
   }
 
   /** Records progress of a running task held by `agentId`. */

@@ -11,6 +11,8 @@
  * what was pending by itself, without a new change or a restart.
  */
 import { join } from 'node:path';
+import { create } from '@bufbuild/protobuf';
+import type { ServiceError } from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import { afterAll, expect, it } from 'vitest';
 import { callApi, listApprovals } from '../fixtures/api.js';
@@ -24,7 +26,13 @@ import {
   stateReady,
 } from '../fixtures/state/one-worker.js';
 import { diskFull, tasksIn } from '../fixtures/state/disk-full.js';
-import { cleanUp, connect, serve, stop, type Running } from '../fixtures/state/serve.js';
+import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
+import { grpcClient, unary } from '../fixtures/grpc-client.js';
+import { AGENT_SERVICE_DEFINITION } from '../../src/rpc/agent-service.js';
+import {
+  CompleteTaskRequestSchema,
+  FailTaskRequestSchema,
+} from '../../src/gen/fabric/v1/agent_pb.js';
 
 afterAll(cleanUp);
 
@@ -282,4 +290,82 @@ it('a call parked on an approval that is approved while the store cannot commit 
   } finally {
     db.close();
   }
+}, 120_000);
+
+it('a CompleteTask or FailTask repeated over gRPC (its answer lost) while the store cannot commit answers by whether its task end is on disk', async () => {
+  // Before, the repeat changed nothing and was judged by the commits since: with the disk full
+  // it answered FABRIC_ERR_STATE_STORE "not committed" for an end the file held, and a worker
+  // retrying a lost answer was told its completion did not hold. (Over MCP every tool call is
+  // refused while the store cannot commit, the worker tools included.)
+  const port = await freePort();
+  const dir = await oneWorkerDir('state-commit-failed-repeat-end', {
+    grpc: { host: '127.0.0.1', port },
+  });
+  const first = await serve(dir, ENV);
+  const agentId = agentIdOf(first);
+  const mcp = await connect(first.url, first.token);
+  const grpc = grpcClient(AGENT_SERVICE_DEFINITION, `127.0.0.1:${port}`);
+  try {
+    const claim = async (): Promise<{ taskId: string; attempt: number }> => {
+      const r = await mcp.callTool({ name: 'fabric__claim_task', arguments: { waitSeconds: 0 } });
+      expect(r.isError).toBeFalsy();
+      return JSON.parse((r.content as { text: string }[])[0]!.text) as {
+        taskId: string;
+        attempt: number;
+      };
+    };
+    const complete = (taskId: string, attempt: number): Promise<unknown> =>
+      unary(
+        grpc,
+        'completeTask',
+        create(CompleteTaskRequestSchema, { taskId, attempt }),
+        first.token,
+      ).catch((error: unknown) => error);
+    const fail = (taskId: string, attempt: number): Promise<unknown> =>
+      unary(
+        grpc,
+        'failTask',
+        create(FailTaskRequestSchema, { taskId, attempt, message: 'no' }),
+        first.token,
+      ).catch((error: unknown) => error);
+    const refusal = (e: unknown): string | undefined =>
+      e instanceof Error
+        ? String((e as ServiceError).metadata.get('fabric-error-code')[0])
+        : undefined;
+    const t1 = await schedule(first, agentId, 1);
+    const a1 = await claim();
+    expect(refusal(await complete(t1, a1.attempt))).toBe(undefined);
+    const t2 = await schedule(first, agentId, 2);
+    const a2 = await claim();
+    expect(refusal(await fail(t2, a2.attempt))).toBe(undefined);
+    const t3 = await schedule(first, agentId, 3);
+    const a3 = await claim();
+    const state = join(dir, '.fabric', 'state.db');
+    const statusOf = (id: string): string | undefined =>
+      tasksIn(state).find((t) => t.id === id)?.status;
+    expect([statusOf(t1), statusOf(t2)]).toEqual(['COMPLETED', 'FAILED']);
+
+    diskFull(first, true);
+    // The third task's completion is a change: refused, not on disk.
+    const refused = await complete(t3, a3.attempt);
+    expect(refusal(refused)).toBe('FABRIC_ERR_STATE_STORE');
+    expect((refused as Error).message).toContain('not committed');
+    for (let i = 0; i < 2; i++) {
+      expect.soft(refusal(await complete(t1, a1.attempt))).toBe(undefined);
+      expect.soft(refusal(await fail(t2, a2.attempt))).toBe(undefined);
+      // The third one's end is still not on disk: its repeat says so again.
+      const again = await complete(t3, a3.attempt);
+      expect(refusal(again)).toBe('FABRIC_ERR_STATE_STORE');
+      expect((again as Error).message).toContain('not committed');
+    }
+    expect([statusOf(t1), statusOf(t2), statusOf(t3)]).toEqual(['COMPLETED', 'FAILED', 'RUNNING']);
+
+    diskFull(first, false);
+    await until(() => stateReady(first), 20_000);
+    expect(statusOf(t3)).toBe('COMPLETED');
+    expect(refusal(await complete(t3, a3.attempt))).toBe(undefined);
+  } finally {
+    grpc.close();
+  }
+  expect(await stop(first, 'SIGTERM')).toBe(0);
 }, 120_000);

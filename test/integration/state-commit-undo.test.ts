@@ -425,3 +425,81 @@ it('a termination or cancel repeated after one answered "not committed" is answe
   expect(recordsIn(path, 'agent').get(solo.id)?.status).toBe('TERMINATED');
   expect(tasksIn(path).find((t) => t.id === task.id)?.status).toBe('CANCELLED');
 }, 60_000);
+
+it('a completion or failure repeated (its answer lost) changes nothing and answers success while an unrelated commit fails, its task end being on disk', async () => {
+  // A worker retrying a report whose answer it lost. Before, the repeat was judged by the
+  // commits since it ran: with the disk full for an unrelated change it answered
+  // FABRIC_ERR_STATE_STORE ("not committed … the completion holds") for an end the file held.
+  const { path, store, fabric } = await open('state-undo-repeat-end');
+  const worker = await fabric.spawn({ name: 'worker', model: 'm', executor: 'remote' });
+  await fabric.heartbeat(worker.id);
+  const done = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+  const a = (await fabric.claimTask(worker.id))!;
+  await fabric.completeTask(worker.id, done.id, a.attempt, 'done');
+  const failed = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+  const b = (await fabric.claimTask(worker.id))!;
+  await fabric.failTask(worker.id, failed.id, b.attempt, { code: 'E', message: 'no' });
+  expect(tasksIn(path).find((t) => t.id === done.id)?.status).toBe('COMPLETED');
+  expect(tasksIn(path).find((t) => t.id === failed.id)?.status).toBe('FAILED');
+  const live = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+  const c = (await fabric.claimTask(worker.id))!;
+
+  try {
+    failAnUnrelatedCommitSoon(fabric);
+    await until(() => store.commitFailure() !== undefined);
+    const completed = await fabric
+      .completeTask(worker.id, done.id, a.attempt, 'done')
+      .catch((error: unknown) => error);
+    expect.soft(completed).toBe(undefined);
+    const refailed = await fabric
+      .failTask(worker.id, failed.id, b.attempt, { code: 'E', message: 'no' })
+      .catch((error: unknown) => error);
+    expect.soft(refailed).toBe(undefined);
+    // A completion that does change something is still judged by its commit: it fails.
+    const refused = await fabric
+      .completeTask(worker.id, live.id, c.attempt, 'done')
+      .catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
+    expect((refused as Error).message).toContain('not committed');
+    expect(store.commitFailure()).toBeDefined();
+  } finally {
+    diskFull(false);
+  }
+  await until(() => store.commitFailure() === undefined, 20_000);
+  expect(tasksIn(path).find((t) => t.id === done.id)?.status).toBe('COMPLETED');
+  expect(tasksIn(path).find((t) => t.id === failed.id)?.status).toBe('FAILED');
+}, 60_000);
+
+it('a completion or failure repeated after one answered "not committed" is answered "not committed" again until its task end is on disk', async () => {
+  const { path, store, fabric } = await open('state-undo-repeat-end-unwritten');
+  const worker = await fabric.spawn({ name: 'worker', model: 'm', executor: 'remote' });
+  await fabric.heartbeat(worker.id);
+  const done = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+  const a = (await fabric.claimTask(worker.id))!;
+  const failed = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+  const b = (await fabric.claimTask(worker.id))!;
+  try {
+    diskFull(true);
+    for (let i = 0; i < 2; i++) {
+      const completed = await fabric
+        .completeTask(worker.id, done.id, a.attempt, 'done')
+        .catch((error: unknown) => error);
+      expect(completed).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
+      expect((completed as Error).message).toContain('not committed');
+      const refailed = await fabric
+        .failTask(worker.id, failed.id, b.attempt, { code: 'E', message: 'no' })
+        .catch((error: unknown) => error);
+      expect(refailed).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
+    }
+    expect(tasksIn(path).find((t) => t.id === done.id)?.status).toBe('RUNNING');
+  } finally {
+    diskFull(false);
+  }
+  await until(() => store.commitFailure() === undefined, 20_000);
+  expect(await fabric.completeTask(worker.id, done.id, a.attempt, 'done')).toBe(undefined);
+  expect(await fabric.failTask(worker.id, failed.id, b.attempt, { code: 'E', message: 'no' })).toBe(
+    undefined,
+  );
+  expect(tasksIn(path).find((t) => t.id === done.id)?.status).toBe('COMPLETED');
+  expect(tasksIn(path).find((t) => t.id === failed.id)?.status).toBe('FAILED');
+}, 60_000);
