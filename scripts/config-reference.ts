@@ -65,7 +65,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   adminToken:
     'Admin bearer token (at least 16 characters; prefer env `FABRIC_ADMIN_TOKEN`). Unset: one is generated at the first start, printed once and kept as a hash in the state.',
   state:
-    '`memory` (nothing survives a restart) or an SQLite file (env `FABRIC_STATE`: a path or `memory`). Default: `.fabric/state.db` in the working directory. `memory` with a hook store whose state a state file signed is refused at start (`FABRIC_ERR_HOOK_STORE_SIGNED`).',
+    '`memory` (nothing survives a restart) or an SQLite file (env `FABRIC_STATE`: a path or `memory`). Default: `.fabric/state.db` in the working directory. `memory` with a hook store a state file signed (its head, or a commit below it) is refused at start (`FABRIC_ERR_HOOK_STORE_SIGNED`).',
   'state.path':
     "The SQLite file (relative to the working directory); never inside a stdio upstream's `paths.roots`.",
   'state.synchronous': 'SQLite `synchronous`: `FULL` also survives a power loss, at a write cost.',

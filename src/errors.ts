@@ -956,18 +956,25 @@ export class HookStateRollbackError extends FabricError {
 }
 
 /**
- * A hook store whose state is signed was opened without the signing key (`state: memory`, or a
+ * A hook store whose state is signed — its head, or a commit below an unsigned head (see
+ * `SIGNED_ANCESTOR_LOOKBACK`) — was opened without the signing key (`state: memory`, or a
  * `HookManager` built without `stateSigning`): its commits would be unsigned, and the next start
  * with the key would quarantine them with the hook changes they hold. Nothing is written.
  */
 export class HookStoreSignedError extends FabricError {
   static readonly code = 'FABRIC_ERR_HOOK_STORE_SIGNED';
-  constructor(storagePath: string, head: string) {
+  /**
+   * @param signed - the newest signed commit below an unsigned `head`, and how many commits
+   *   before it (absent when `head` itself is signed)
+   */
+  constructor(storagePath: string, head: string, signed?: { oid: string; depth: number }) {
     super(
       HookStoreSignedError.code,
       'failed_precondition',
-      `hook store ${storagePath}: its state is signed (the head ${head} carries a Fabric-State-MAC trailer) and this store has no key to sign with: its commits would be quarantined by the next start with the state file that holds the key, with the hook changes in them. Start with that state file (state: its path), or use another hook store`,
-      { storagePath, head },
+      signed === undefined
+        ? `hook store ${storagePath}: its state is signed (the head ${head} carries a Fabric-State-MAC trailer) and this store has no key to sign with: its commits would be quarantined by the next start with the state file that holds the key, with the hook changes in them. Start with that state file (state: its path), or use another hook store`
+        : `hook store ${storagePath}: its state is signed (${signed.oid}, ${signed.depth} commit${signed.depth === 1 ? '' : 's'} before the head ${head}, carries a Fabric-State-MAC trailer) and this store has no key to sign with. The commits after it are not signed — written without the key, by a sidecar with state: memory of an earlier version or by hand — and the next start with the state file that holds the key will quarantine them (keeping them under refs/fabric/quarantine/, the state going back to ${signed.oid}), with this store's commits and the hook changes in them. Start with that state file (state: its path) now, so nothing more is built on them, or use another hook store`,
+      signed === undefined ? { storagePath, head } : { storagePath, head, signed: signed.oid },
     );
   }
 }

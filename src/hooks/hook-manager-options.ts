@@ -127,7 +127,8 @@ export interface HookManagerOptions {
    * the commit recorded as current after each commit (a rollback), which goes back to that
    * commit. The key, the "signed since" marker and the record must outlive the process (the
    * fabric takes them from its durable state file); without this option nothing is signed or
-   * verified, and a store whose head is signed is refused (`HookStoreSignedError`).
+   * verified, and a store whose head is signed, or is on top of a signed commit, is refused
+   * (`HookStoreSignedError`).
    * @default undefined
    */
   stateSigning?: StateSigning;

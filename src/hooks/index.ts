@@ -28,6 +28,7 @@ export {
   HOOKS_REF,
   HOOK_STORE_FORMAT_VERSION,
   QUARANTINE_REF_PREFIX,
+  SIGNED_ANCESTOR_LOOKBACK,
   STATE_MAC_TRAILER,
 } from './state-store.js';
 export {

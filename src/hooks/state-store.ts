@@ -19,7 +19,8 @@
  * otherwise indistinguishable from the store's own. The MAC does not tell an old commit from the
  * newest, so the state file also records the current commit after each one: a head moved back
  * to an earlier genuine commit is undone at load like a forgery. Without signing, a head that
- * carries a MAC is refused: this store's unsigned commits would be quarantined later.
+ * carries a MAC is refused, and so is an unsigned head on top of a commit that does (see
+ * {@link SIGNED_ANCESTOR_LOOKBACK}): this store's unsigned commits would be quarantined later.
  *
  * @module
  */
@@ -110,6 +111,16 @@ export const STALE_REF_LOCK_MS = 60_000;
 /** Commits read at a time while looking back for the newest one that verifies. */
 const VERIFY_WALK_CHUNK = 512;
 
+/**
+ * How far back (first parents) a store without the key looks for a signed commit below an
+ * unsigned head before it opens. The store refuses a signed head, and since it did, nothing it
+ * writes comes after one; only an earlier version (or someone by hand) left unsigned commits on
+ * signed history, and the next start with the key quarantines them all. Bounded so a long
+ * history never signed costs a start at most this many commits read, in one `git rev-list`: beyond
+ * it the store opens as before.
+ */
+export const SIGNED_ANCESTOR_LOOKBACK = 4096;
+
 /** Reads and writes the state ref. Not safe for concurrent `commit` calls: the caller queues. */
 export class HookStateStore {
   readonly #o: StateStoreOptions;
@@ -151,7 +162,8 @@ export class HookStateStore {
    * first (see {@link StateSigning}): one that fails, or that is older than the commit the state
    * file records, is quarantined and the state it replaced loaded; a legacy head of a store
    * never signed is signed at once.
-   * @throws HookStoreSignedError without signing, when the head carries a MAC.
+   * @throws HookStoreSignedError without signing, when the head carries a MAC or is on top of a
+   *   commit that does.
    * @throws HookStateRollbackError when the head is older than the recorded commit and that
    *   commit cannot be put back.
    */
@@ -170,6 +182,12 @@ export class HookStateStore {
       // Without the key this store's commits would be unsigned, and the next start with the key
       // would quarantine them (with their hook changes): refused before anything is written.
       if (loaded.commit.mac !== undefined) throw new HookStoreSignedError(this.#o.repoDir, tip);
+      // So is an unsigned head on top of signed history (left by an earlier version's memory
+      // sidecar, or by hand): that start quarantines it and everything built on it.
+      const signed = await this.#signedAncestor(loaded.commit);
+      if (signed !== undefined) {
+        throw new HookStoreSignedError(this.#o.repoDir, tip, signed);
+      }
     }
     if (loaded === undefined) return [];
     const { head, commit, adopt } = loaded;
@@ -419,6 +437,33 @@ export class HookStateStore {
     } catch {
       // Written again at the next commit (see above).
     }
+  }
+
+  /**
+   * The newest signed commit (one carrying a MAC, whatever its key) among the
+   * {@link SIGNED_ANCESTOR_LOOKBACK} first-parent ancestors of an unsigned head, with how many
+   * commits before the head it is; undefined when none is. One `rev-list` reads their messages
+   * (the verifying walk, which checks each object against its id, is not needed to refuse).
+   */
+  async #signedAncestor(head: ParsedCommit): Promise<{ oid: string; depth: number } | undefined> {
+    const parent = head.parents[0];
+    if (parent === undefined) return undefined;
+    // Each commit as `commit <id>\n<message>\0\n` (a message holds no NUL).
+    const out = await runGit(this.#o.repoDir, [
+      'rev-list',
+      '--first-parent',
+      `--max-count=${SIGNED_ANCESTOR_LOOKBACK}`,
+      '--format=%B%x00',
+      parent,
+    ]);
+    const records = out.toString('utf8').split('\0\n');
+    for (let i = 0; i < records.length; i++) {
+      const m = /^commit ([0-9a-f]+)\n/.exec(records[i]!);
+      if (m !== null && MAC_LINE.test(records[i]!.slice(m[0].length - 1))) {
+        return { oid: m[1]!, depth: i + 1 };
+      }
+    }
+    return undefined;
   }
 
   /**

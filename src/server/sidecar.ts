@@ -37,6 +37,7 @@ import { hashCredential, type AgentRecord } from '../lifecycle/lifecycle-manager
 import type { PoolRecord } from '../pools/pool-manager.js';
 import type { TaskRecord } from '../scheduler/task-record.js';
 import { SqliteStore } from '../store/sqlite-store.js';
+import { HOOK_SIGNED_SINCE, HOOK_STATE_HEAD, HOOKS_REF } from '../hooks/index.js';
 import {
   startHttpServer,
   type AdminApi,
@@ -320,7 +321,9 @@ export class Sidecar {
               found === null
                 ? 'the state ref was deleted'
                 : `the state ref's head ${found} ${reason === 'rollback' ? 'is a genuine commit from before the state the state file records as current (the ref was moved back)' : `was ${reason === 'unsigned' ? 'not signed' : 'signed with another key'}`}`
-            } while the sidecar was down, by someone without the key: ${quarantineRef === null ? '' : `kept as ${quarantineRef}; `}the state was loaded from ${restored}, the last genuine state`,
+            } while the sidecar was down, by someone without the key: ${quarantineRef === null ? '' : `kept as ${quarantineRef}; `}the state was loaded from ${restored}, the last genuine state${
+              found === null || reason === 'rollback' ? '' : setAsideHint(found, restored)
+            }`,
           }),
         );
         fabric.hooks?.on('store.ref_lock_removed', ({ path, ageMs }) =>
@@ -1075,4 +1078,14 @@ function gatewayTasks(
     maxResultBytesPerAgent: tasks?.maxResultBytesPerAgent,
     store: store?.toolTasks,
   };
+}
+
+/**
+ * What the log says of commits set aside at open that did not verify: they are not in the
+ * state, who writes such commits besides an attacker (an earlier version's `state: memory`
+ * sidecar, which opened a signed store), and how an operator who knows them to be genuine takes
+ * them back — the same once-only take of an unsigned head a state file without the mark makes.
+ */
+function setAsideHint(found: string, restored: string): string {
+  return `. Their changes are not in the state (git log ${restored}..${found} in the hook store lists them); an earlier version's sidecar with state: memory wrote such unsigned commits too. To take them knowingly, with no sidecar running: git update-ref ${HOOKS_REF} ${found} in the hook store, then sqlite3 <state file> "DELETE FROM meta WHERE key IN ('${HOOK_SIGNED_SINCE}', '${HOOK_STATE_HEAD}')"; the next start takes that head as it is, once, and signs it`;
 }

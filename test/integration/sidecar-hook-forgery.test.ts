@@ -9,6 +9,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { HOOK_STATE_KEY, QUARANTINE_REF_PREFIX } from '../../src/hooks/index.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
@@ -187,5 +188,59 @@ describe('sidecar with state: memory on a signed hook store', () => {
     expect(await quarantinedHeads(r)).toBe(0);
     expect(await stop(r, 'SIGTERM')).toBe(0);
     expect(git(storagePath, 'for-each-ref', 'refs/fabric/quarantine/')).toBe('');
+  }, 120_000);
+
+  it('refuses an unsigned head on top of signed history too (left by an earlier version), moving nothing; the durable start sets those commits aside, says how to take them back, and they can be', async () => {
+    // Before, only the head was checked: this start opened and built on the unsigned commit,
+    // and the next durable start quarantined them all with their hook changes.
+    const dir = tempDir('hook-memory-unsigned-head');
+    const storagePath = join(dir, 'hooks');
+    const statePath = join(dir, 'state.db');
+    const { agentId, hookId } = await createHooks(dir);
+    const genuine = stateHead(storagePath);
+    // What an earlier version's memory sidecar left: an unsigned commit with a hook change.
+    const unsigned = forgePendingHook(storagePath, hookId, agentId, dir);
+    const refs = git(storagePath, 'for-each-ref', '--format=%(refname) %(objectname)');
+    const objects = git(storagePath, 'count-objects', '-v');
+
+    writeConfig(dir, 'memory');
+    const memory = spawnServe(dir);
+    await until(() => memory.child.exitCode !== null, 30_000);
+    expect(memory.child.exitCode, memory.err()).toBe(1);
+    const last = memory.err().trim().split('\n').at(-1)!;
+    expect(last).toMatch(/^agent-fabric: FABRIC_ERR_HOOK_STORE_SIGNED: /);
+    expect(last).toContain(`${genuine}, 1 commit before the head ${unsigned.commit}`);
+    expect(last).toContain('state: memory of an earlier version');
+    expect(memory.out()).not.toContain('"mcpServers"');
+    expect(git(storagePath, 'for-each-ref', '--format=%(refname) %(objectname)')).toBe(refs);
+    expect(git(storagePath, 'count-objects', '-v')).toBe(objects);
+
+    // The durable start sets the unsigned commit aside and says what it holds and how to take it.
+    writeConfig(dir, { path: statePath });
+    const r = await serve(dir);
+    const listed = async (s: Running): Promise<string[]> =>
+      ((await call(s, 'FabricService/ListHooks', {})) as { hooks: { hookId: string }[] }).hooks
+        .map((h) => h.hookId)
+        .sort();
+    expect(await listed(r)).toEqual([hookId]);
+    expect(await stop(r, 'SIGTERM')).toBe(0);
+    const logged = stateRefLines(r);
+    expect(logged, r.err()).toHaveLength(1);
+    expect(logged[0]!.level).toBe(50);
+    expect(logged[0]!.msg).toContain(`git log ${genuine}..${unsigned.commit}`);
+    expect(logged[0]!.msg).toContain('state: memory');
+    expect(logged[0]!.msg).toContain(`git update-ref refs/fabric/hooks ${unsigned.commit}`);
+    expect(stateHead(storagePath)).toBe(genuine);
+
+    // Taken back knowingly, as the log says: the hook change is in the state again, signed.
+    git(storagePath, 'update-ref', 'refs/fabric/hooks', unsigned.commit);
+    const db = new Database(statePath);
+    db.prepare("DELETE FROM meta WHERE key IN ('hooks.signedSince', 'hooks.stateHead')").run();
+    db.close();
+    const taken = await serve(dir);
+    expect(await listed(taken)).toEqual([hookId, unsigned.hookId].sort());
+    expect(await stop(taken, 'SIGTERM')).toBe(0);
+    expect(stateRefLines(taken)).toEqual([]);
+    expect(git(storagePath, 'rev-parse', `${stateHead(storagePath)}^`)).toBe(unsigned.commit);
   }, 120_000);
 });

@@ -23,6 +23,7 @@ import {
   HookManager,
   HookStatus,
   QUARANTINE_REF_PREFIX,
+  SIGNED_ANCESTOR_LOOKBACK,
   STATE_MAC_TRAILER,
   type RefMovedEvent,
   type StateQuarantinedEvent,
@@ -461,5 +462,64 @@ describe('a hook store opened without the key', () => {
     // The lock was released: the store opens with the key.
     const again = await start();
     expect(again.quarantined).toEqual([]);
+  });
+
+  /** HookManager.open without the key: the error, or undefined once it opened (closed again). */
+  async function openWithoutKey(): Promise<unknown> {
+    return HookManager.open({ storagePath, useGitWorktree: false, fsync: false }).then(
+      async (m) => {
+        await m.close();
+        return undefined;
+      },
+      (e: unknown) => e,
+    );
+  }
+
+  it('refuses an unsigned head on top of signed history (left by an earlier version without the key), moving nothing', async () => {
+    // Before, only the head was checked: the store opened and built on the unsigned commits,
+    // which the next start with the key quarantined with everything built on them.
+    const first = await start();
+    await genuineHooks(first.fabric);
+    await stop();
+    const signed = stateHead(storagePath);
+    const head = forgeChain(storagePath, 3);
+    const refs = git(storagePath, 'for-each-ref', '--format=%(refname) %(objectname)');
+    const err = await openWithoutKey();
+    expect(err).toBeInstanceOf(HookStoreSignedError);
+    expect((err as HookStoreSignedError).code).toBe('FABRIC_ERR_HOOK_STORE_SIGNED');
+    expect((err as Error).message).toContain(`${signed}, 3 commits before the head ${head}`);
+    expect((err as HookStoreSignedError).details).toMatchObject({ head, signed });
+    expect(git(storagePath, 'for-each-ref', '--format=%(refname) %(objectname)')).toBe(refs);
+    // With the key the unsigned commits are set aside, nothing built on them.
+    const again = await start();
+    expect(again.quarantined.map((e) => [e.found, e.restored, e.reason])).toEqual([
+      [head, signed, 'unsigned'],
+    ]);
+  });
+
+  it(`looks back at most SIGNED_ANCESTOR_LOOKBACK (${SIGNED_ANCESTOR_LOOKBACK}) commits for a signed one`, async () => {
+    const first = await start();
+    await genuineHooks(first.fabric);
+    await stop();
+    const signed = stateHead(storagePath);
+    forgeChain(storagePath, SIGNED_ANCESTOR_LOOKBACK);
+    expect(await openWithoutKey()).toMatchObject({
+      code: 'FABRIC_ERR_HOOK_STORE_SIGNED',
+      details: { signed },
+    });
+    forgeChain(storagePath, 1);
+    expect(await openWithoutKey()).toBe(undefined);
+  });
+
+  it('opens a store never signed', async () => {
+    const m = await HookManager.open({ storagePath, useGitWorktree: false, fsync: false });
+    try {
+      for (let i = 0; i < 3; i++) {
+        await m.createHook({ agentId: 'worker-1', workItem: i, branch: `agent/${i}` });
+      }
+    } finally {
+      await m.close();
+    }
+    expect(await openWithoutKey()).toBe(undefined);
   });
 });
