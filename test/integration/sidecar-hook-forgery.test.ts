@@ -162,6 +162,21 @@ describe('sidecar start after the hook state ref was moved back while it was dow
   }, 120_000);
 });
 
+/**
+ * Starts the sidecar in `dir` with `state: memory`, expects it to exit 1 with
+ * FABRIC_ERR_HOOK_STORE_SIGNED before listening, and returns the error's line.
+ */
+async function refusedMemoryStart(dir: string): Promise<string> {
+  writeConfig(dir, 'memory');
+  const memory = spawnServe(dir);
+  await until(() => memory.child.exitCode !== null, 30_000);
+  expect(memory.child.exitCode, memory.err()).toBe(1);
+  const last = memory.err().trim().split('\n').at(-1)!;
+  expect(last).toMatch(/^agent-fabric: FABRIC_ERR_HOOK_STORE_SIGNED: /);
+  expect(memory.out()).not.toContain('"mcpServers"');
+  return last;
+}
+
 describe('sidecar with state: memory on a signed hook store', () => {
   it('refuses to start (exit 1, FABRIC_ERR_HOOK_STORE_SIGNED) and writes nothing; the durable sidecar then loses nothing', async () => {
     const dir = tempDir('hook-memory');
@@ -169,14 +184,7 @@ describe('sidecar with state: memory on a signed hook store', () => {
     const { hookId } = await createHooks(dir);
     const genuine = stateHead(storagePath);
 
-    writeConfig(dir, 'memory');
-    const memory = spawnServe(dir);
-    await until(() => memory.child.exitCode !== null, 30_000);
-    expect(memory.child.exitCode, memory.err()).toBe(1);
-    const last = memory.err().trim().split('\n').at(-1)!;
-    expect(last).toMatch(/^agent-fabric: FABRIC_ERR_HOOK_STORE_SIGNED: /);
-    expect(last).toContain(genuine);
-    expect(memory.out()).not.toContain('"mcpServers"');
+    expect(await refusedMemoryStart(dir)).toContain(genuine);
     expect(stateHead(storagePath)).toBe(genuine);
 
     writeConfig(dir, { path: join(dir, 'state.db') });
@@ -203,15 +211,9 @@ describe('sidecar with state: memory on a signed hook store', () => {
     const refs = git(storagePath, 'for-each-ref', '--format=%(refname) %(objectname)');
     const objects = git(storagePath, 'count-objects', '-v');
 
-    writeConfig(dir, 'memory');
-    const memory = spawnServe(dir);
-    await until(() => memory.child.exitCode !== null, 30_000);
-    expect(memory.child.exitCode, memory.err()).toBe(1);
-    const last = memory.err().trim().split('\n').at(-1)!;
-    expect(last).toMatch(/^agent-fabric: FABRIC_ERR_HOOK_STORE_SIGNED: /);
+    const last = await refusedMemoryStart(dir);
     expect(last).toContain(`${genuine}, 1 commit before the head ${unsigned.commit}`);
     expect(last).toContain('state: memory of an earlier version');
-    expect(memory.out()).not.toContain('"mcpServers"');
     expect(git(storagePath, 'for-each-ref', '--format=%(refname) %(objectname)')).toBe(refs);
     expect(git(storagePath, 'count-objects', '-v')).toBe(objects);
 

@@ -107,6 +107,12 @@ function failAnUnrelatedCommitNext(fabric: AgentFabric): void {
  * before a caller awaiting that change resumes — fills the disk and makes an unrelated change
  * whose commit (an approval's, at once, carrying some usage) fails.
  */
+/** `answer` is the error of a call whose change is not on disk. */
+function expectNotCommitted(answer: unknown): void {
+  expect(answer).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
+  expect((answer as Error).message).toContain('not committed');
+}
+
 function failAnUnrelatedCommitSoon(fabric: AgentFabric): void {
   queueMicrotask(() => {
     diskFull(true);
@@ -386,8 +392,7 @@ it('a termination of an agent already terminated and a cancel of a task already 
     expect.soft(cancelled).toMatchObject({ id: task.id, status: 'COMPLETED' });
     // A call that does change something is still judged by its commit: it fails.
     const refused = await fabric.cancelTask(live.id).catch((error: unknown) => error);
-    expect(refused).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
-    expect((refused as Error).message).toContain('not committed');
+    expectNotCommitted(refused);
     expect(store.commitFailure()).toBeDefined();
   } finally {
     diskFull(false);
@@ -426,18 +431,24 @@ it('a termination or cancel repeated after one answered "not committed" is answe
   expect(tasksIn(path).find((t) => t.id === task.id)?.status).toBe('CANCELLED');
 }, 60_000);
 
+/** A remote agent holding two tasks: `done` (attempt `a`) and `failed` (attempt `b`). */
+async function twoClaimed(fabric: AgentFabric) {
+  const worker = await fabric.spawn({ name: 'worker', model: 'm', executor: 'remote' });
+  await fabric.heartbeat(worker.id);
+  const done = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+  const a = (await fabric.claimTask(worker.id))!;
+  const failed = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
+  const b = (await fabric.claimTask(worker.id))!;
+  return { worker, done, a, failed, b };
+}
+
 it('a completion or failure repeated (its answer lost) changes nothing and answers success while an unrelated commit fails, its task end being on disk', async () => {
   // A worker retrying a report whose answer it lost. Before, the repeat was judged by the
   // commits since it ran: with the disk full for an unrelated change it answered
   // FABRIC_ERR_STATE_STORE ("not committed … the completion holds") for an end the file held.
   const { path, store, fabric } = await open('state-undo-repeat-end');
-  const worker = await fabric.spawn({ name: 'worker', model: 'm', executor: 'remote' });
-  await fabric.heartbeat(worker.id);
-  const done = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
-  const a = (await fabric.claimTask(worker.id))!;
+  const { worker, done, a, failed, b } = await twoClaimed(fabric);
   await fabric.completeTask(worker.id, done.id, a.attempt, 'done');
-  const failed = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
-  const b = (await fabric.claimTask(worker.id))!;
   await fabric.failTask(worker.id, failed.id, b.attempt, { code: 'E', message: 'no' });
   expect(tasksIn(path).find((t) => t.id === done.id)?.status).toBe('COMPLETED');
   expect(tasksIn(path).find((t) => t.id === failed.id)?.status).toBe('FAILED');
@@ -459,8 +470,7 @@ it('a completion or failure repeated (its answer lost) changes nothing and answe
     const refused = await fabric
       .completeTask(worker.id, live.id, c.attempt, 'done')
       .catch((error: unknown) => error);
-    expect(refused).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
-    expect((refused as Error).message).toContain('not committed');
+    expectNotCommitted(refused);
     expect(store.commitFailure()).toBeDefined();
   } finally {
     diskFull(false);
@@ -472,20 +482,14 @@ it('a completion or failure repeated (its answer lost) changes nothing and answe
 
 it('a completion or failure repeated after one answered "not committed" is answered "not committed" again until its task end is on disk', async () => {
   const { path, store, fabric } = await open('state-undo-repeat-end-unwritten');
-  const worker = await fabric.spawn({ name: 'worker', model: 'm', executor: 'remote' });
-  await fabric.heartbeat(worker.id);
-  const done = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
-  const a = (await fabric.claimTask(worker.id))!;
-  const failed = await fabric.schedule({ agentId: worker.id, taskType: 't', payload: {} });
-  const b = (await fabric.claimTask(worker.id))!;
+  const { worker, done, a, failed, b } = await twoClaimed(fabric);
   try {
     diskFull(true);
     for (let i = 0; i < 2; i++) {
       const completed = await fabric
         .completeTask(worker.id, done.id, a.attempt, 'done')
         .catch((error: unknown) => error);
-      expect(completed).toMatchObject({ code: 'FABRIC_ERR_STATE_STORE' });
-      expect((completed as Error).message).toContain('not committed');
+      expectNotCommitted(completed);
       const refailed = await fabric
         .failTask(worker.id, failed.id, b.attempt, { code: 'E', message: 'no' })
         .catch((error: unknown) => error);
