@@ -10,6 +10,7 @@ import {
   cutWireText,
   FabricError,
   PayloadTooLargeError,
+  StateStoreError,
   wireErrorDetails,
   type ErrorKind,
 } from '../errors.js';
@@ -159,7 +160,11 @@ function refusalFacts(
 ): { advice: string; meta: { code: string; reason: string } & Record<string, unknown> } {
   const retryAt = toEpochMs(refusal.retryAt);
   let advice = ' Do not retry the same call; choose another approach or ask a human.';
-  if (retryAt !== undefined) {
+  if (refusal.code === StateStoreError.code) {
+    // Nothing is wrong with the call: the sidecar cannot write its state for now (the disk
+    // full). The reason says when to call again; "do not retry" would contradict it.
+    advice = ' The call did not run; retry it once the sidecar can write its state again.';
+  } else if (retryAt !== undefined) {
     const inSeconds = Math.max(0, Math.ceil((retryAt - now) / 1000));
     advice = ` The limit resets at ${new Date(retryAt).toISOString()} (in ${inSeconds} s); retry after that.`;
   }

@@ -221,6 +221,9 @@ it('tool calls are refused while the store cannot commit: only the call that fou
     const said = (r.content as { text: string }[]).map((c) => c.text).join('\n');
     expect(said).toContain('FABRIC_ERR_STATE_STORE');
     expect(said).toContain('tool calls are refused until it can');
+    // The call itself is fine: the agent is told to call again, not to give it up.
+    expect(said).toContain('retry it once the sidecar can write its state again');
+    expect(said).not.toContain('Do not retry');
   }
   expect(tokensIn(statePath, scope)).toBe(settled);
 
