@@ -411,6 +411,9 @@ export class AgentFabric {
             : rec.credentialHash;
         },
         agentPool: (id) => this.lifecycle.peek(id)?.poolId,
+        // As #endOnDisk: one property read while the store commits.
+        onDisk: (id) =>
+          this.#store.commitFailure?.() === undefined || this.#store.tasks.isOnDisk?.(id) !== false,
       });
       this.natsExecutor = exec;
       this.scheduler.registerExecutor(exec);

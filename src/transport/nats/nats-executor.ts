@@ -154,6 +154,11 @@ export interface NatsExecutorHost {
   credentialHash(agentId: string): string | undefined;
   /** The pool of a known agent. */
   agentPool(agentId: string): string | undefined;
+  /**
+   * Whether the task's current record is on disk: false only while the store's commits fail
+   * and its latest change (the end a report made) waits in memory. Omitted: always on disk.
+   */
+  onDisk?(taskId: string): boolean;
 }
 
 /** Options of a {@link NatsExecutor}. */
@@ -190,6 +195,12 @@ export interface NatsExecutorStats {
    * answer over the server's `max_payload`); a worker whose report goes unanswered sends it again.
    */
   sendsFailed: number;
+  /**
+   * Answers to `complete`/`fail` reports held back because the end they made was not on disk
+   * (the store's commit failed): the worker sends the report again, and is answered once a
+   * commit succeeds.
+   */
+  answersWithheld: number;
 }
 
 /** A moment on both clocks: epoch ms and `performance.now()`. */
@@ -214,6 +225,7 @@ export class NatsExecutor implements TaskExecutor {
     reportsAccepted: 0,
     reportsRejected: 0,
     sendsFailed: 0,
+    answersWithheld: 0,
   };
   /** True with a durable lease key: see `TaskExecutor.resumable`. */
   readonly resumable: boolean;
@@ -640,10 +652,14 @@ export class NatsExecutor implements TaskExecutor {
     const parsed = reports.map(asReport);
     const checked = parsed.map((r) => this.#check(r));
     const answer = (list: Checked[]): void => {
+      let ends: string[] | undefined;
       const answers = list.map((c, i) => {
         const a = isReport(c) ? this.#apply(c) : c;
         if (a.ok) this.stats.reportsAccepted++;
         else this.stats.reportsRejected++;
+        if (a.ok && isReport(c) && (c.kind === 'complete' || c.kind === 'fail')) {
+          (ends ??= []).push(c.taskId);
+        }
         // Under the lease the report carried, which only the worker holding the attempt's
         // message shares: a worker acts on no answer without it (anyone may publish on its
         // reply subject). A body that is no report is refused under the lease it carries, when
@@ -652,9 +668,21 @@ export class NatsExecutor implements TaskExecutor {
         return r === undefined ? a : signedReportAnswer(r, a);
       });
       // Queued on a microtask queued after the store's commit of what the reports changed (the
-      // change queued it): a worker acks its message only once the outcome is on disk.
+      // change queued it): a worker acks its message only once the outcome is on disk. When
+      // that commit failed (the disk full) an outcome's answer is held back, the whole batch's
+      // with it: the worker keeps its message and sends the report again (answered — as a
+      // repeat, which changes nothing — once a commit succeeds), so a sidecar that stops before
+      // then loses no outcome a worker still holds.
       const body = isBatch(data) ? { answers } : answers[0]!;
-      if (msg.reply) queueMicrotask(() => this.#answer(msg, encodeJson(body)));
+      if (!msg.reply) return;
+      queueMicrotask(() => {
+        const host = this.#host;
+        if (ends !== undefined && ends.some((id) => host?.onDisk?.(id) === false)) {
+          this.stats.answersWithheld++;
+          return;
+        }
+        this.#answer(msg, encodeJson(body));
+      });
     };
     if (checked.some((c) => c instanceof Promise)) {
       // A rejection here would end the process (unhandled): refused, counted, and unanswered
