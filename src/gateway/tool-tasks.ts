@@ -250,7 +250,9 @@ export class ToolTasks {
    * When each task expires, on the monotonic clock (`performance.now()`): a ttl is a duration, so
    * a step of the wall clock (NTP, an operator setting the date) neither forgets every task (and
    * aborts its call) at the next sweep nor keeps tasks, and their calls, past their ttl. Set
-   * from `createdAt + ttl` on the wall clock when a task is made or restored.
+   * from `createdAt + ttl` on the wall clock when a task is made or restored: a durable store
+   * moves `createdAt` by each step of the wall clock (seen running or made while down), so a
+   * restored task has its ttl minus the time that really passed (`store/store-clock.ts`).
    */
   readonly #expiresAt = new Map<string, number>();
   /** Bytes of the result or error of each finished task kept (see `maxResultBytesPerAgent`). */

@@ -85,7 +85,7 @@ import {
   type TaskRow,
 } from './sqlite-tasks.js';
 import { SequentialCollection } from './memory-store.js';
-import { movedTime, StoreClock, type StoreBootOptions } from './store-clock.js';
+import { movedTime, StoreClock, TOOL_TASK_TIMES, type StoreBootOptions } from './store-clock.js';
 import type { Collection, FabricStore } from './store.js';
 
 /**
@@ -251,6 +251,24 @@ export class SqliteCollection<T> implements Collection<T> {
 
   adopt(id: string, record: T): void {
     this.#map.set(id, record);
+  }
+
+  /**
+   * @internal Moves the numeric `fields` of every record held by `ms` (within the stored range):
+   * the wall clock stepped while this process ran (`StoreClock.moveStarts` says why; it moves the
+   * stored rows in the transaction of the mark that follows). Each record is replaced by a moved
+   * copy (they may be frozen) without being marked changed, so a later write carries the moved
+   * times and a record with no change pending is as the file holds it. One pass per step.
+   */
+  moveTimes(fields: readonly string[], ms: number): void {
+    for (const [id, record] of this.#map) {
+      const moved: Record<string, unknown> = { ...(record as Record<string, unknown>) };
+      for (const f of fields) {
+        const t = moved[f];
+        if (typeof t === 'number') moved[f] = movedTime(t, ms);
+      }
+      this.#map.set(id, (Object.isFrozen(record) ? Object.freeze(moved) : moved) as T);
+    }
   }
 
   delete(id: string): boolean {
@@ -779,7 +797,6 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.orphanPoolBudgetsDropped = loaded.orphans;
     const stored = (kind: Kind): Array<[string, never]> => loaded.records.get(kind)!;
     this.tasks = new SqliteTaskCollection<TTask>(journal, loaded.tasks);
-    this.#clock.moveStarts = (ms) => this.tasks.moveStarts(ms);
     this.agents = new SqliteCollection<TAgent>('agent', journal, stored('agent'), 'soon');
     this.pools = new SqliteCollection<TPool>('pool', journal, stored('pool'), 'soon');
     this.approvals = new SqliteCollection<Approval>('approval', journal, stored('approval'), 'now');
@@ -789,6 +806,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       stored('tool_task'),
       'soon',
     );
+    this.#clock.moveStarts = (ms) => {
+      this.tasks.moveStarts(ms);
+      this.toolTasks.moveTimes(TOOL_TASK_TIMES, ms);
+    };
     this.policies = new SqliteCollection<PolicyChangeRecord>(
       'policy',
       journal,
@@ -1017,7 +1038,15 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     const started = performance.now();
     try {
       this.#inTransaction(() => {
-        this.#clock.committing();
+        // A step this call found moved the MCP tasks in memory after they were serialized above
+        // (see `StoreClock.committing`): serialized again, they are written as moved.
+        if (this.#clock.committing() !== 0) {
+          for (const row of rows) {
+            if (row[0] === 'tool_task' && typeof row[2] === 'string') {
+              row[2] = json(`tool_task ${row[1]}`, () => this.toolTasks.get(row[1]));
+            }
+          }
+        }
         if (tasks) {
           this.#taskRows.begin();
           written = this.tasks.write(lazy, (id, record, rid) =>

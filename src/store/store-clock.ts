@@ -25,11 +25,12 @@
  * `notBefore` follows the wall clock while running; see `task-timers.ts`), which a mark taken
  * when each record was written would have applied a second time. The start of a SCHEDULED or
  * RUNNING attempt does not follow the wall clock while running: its timeout counts on the
- * monotonic clock then, but from its start across a restart. The running store moves those
- * starts by each step it sees — in memory at once, in the file in the transaction of the mark
- * that follows the step (see {@link StoreClock.moveStarts}) — so after a restart an attempt has
- * its timeout minus the time that really passed, whatever the steps made while it ran or while
- * the sidecar was down, and whenever a crash came.
+ * monotonic clock then, but from its start across a restart; nor does an MCP task's creation
+ * (its ttl likewise). The running store moves those starts and creations by each step it sees —
+ * in memory at once, in the file in the transaction of the mark that follows the step (see
+ * {@link StoreClock.moveStarts}) — so after a restart an attempt has its timeout, and an MCP task
+ * its ttl, minus the time that really passed, whatever the steps made while it ran or while the
+ * sidecar was down, and whenever a crash came.
  *
  * On another boot (the boot id differs), where the boot-time clock or boot id cannot be read
  * (not Linux), or in a file written before the mark existed, only the wall clock spans the gap,
@@ -169,12 +170,17 @@ export class StoreClock {
    * first) is taken for one made while down and moves the records once, as a step made just
    * after the crash would; a step a commit followed moves nothing at the next open, as the
    * running sidecar moved nothing.
+   *
+   * Returns the move of stored times the mark written now made (ms; 0: none): the store then
+   * serializes again the MCP task records it serialized before the transaction, which the move
+   * made in memory (a step found by this very call) did not reach.
    */
-  committing(): void {
+  committing(): number {
     this.#shiftInCommit = 0;
     this.#clock.checkNow();
     if (this.#stepped || performance.now() >= this.#nextMark)
       this.#shiftInCommit = this.#writeMark();
+    return this.#shiftInCommit;
   }
 
   /**
@@ -191,7 +197,15 @@ export class StoreClock {
    * the time that really passed since it (what the monotonic clock counted while running, then
    * what the boot-time clock counts while down). A queued deadline and `notBefore` follow the
    * wall clock while running (`task-timers.ts`), so the mark moves them only for a step no
-   * sidecar saw; `createdAt` is history. Pending approvals and MCP tasks are not moved here.
+   * sidecar saw; `createdAt` is history. Pending approvals are not moved here (their expiry
+   * follows the wall clock while running too: a decision after it finds them expired).
+   *
+   * MCP tasks (the gateway's `tool_task` records) are, every one, finished or not, in memory and
+   * in the file alike: a task's ttl counts on the monotonic clock while the sidecar runs but
+   * from its stored `createdAt` across a restart, as an attempt's timeout from its start. Not
+   * moved, a step two hours ahead forgot at the restart every task with an hour's ttl (a result
+   * never fetched, a call parked on an approval), a step back kept them two hours past it. Their
+   * `updatedAt` moves with `createdAt`, so it is never before it.
    */
   moveStarts: ((ms: number) => void) | undefined = undefined;
 
@@ -209,7 +223,10 @@ export class StoreClock {
     if (this.#unwrittenShift !== 0) this.#stepped = true;
   }
 
-  /** The clock saw the wall clock step by `stepMs`: the starts move in memory now (see {@link moveStarts}). */
+  /**
+   * The clock saw the wall clock step by `stepMs`: the starts and MCP tasks' times move in memory
+   * now (see {@link moveStarts}).
+   */
   #steppedBy(stepMs: number): void {
     this.#stepped = true;
     const ms = Math.round(stepMs);
@@ -220,16 +237,19 @@ export class StoreClock {
 
   /**
    * Writes the mark of now (none where it cannot be read: see below), and moves the starts of
-   * the running attempts in the file by the steps not yet moved there, in one transaction (a
-   * savepoint inside a commit's): a file never holds a mark past a step beside starts from
-   * before it, or the other way round. Returns the move it wrote (ms).
+   * the running attempts and the MCP tasks' times in the file by the steps not yet moved there,
+   * in one transaction (a savepoint inside a commit's): a file never holds a mark past a step
+   * beside times from before it, or the other way round. Returns the move it wrote (ms).
    */
   #writeMark(): number {
     // Read first: reading the clock may find a step, which then moves the starts too.
     const mark = this.#clock.mark();
     const shift = this.#unwrittenShift;
     this.#db.transaction(() => {
-      if (shift !== 0) this.#moveStarts.run({ ms: shift });
+      if (shift !== 0) {
+        this.#moveStarts.run({ ms: shift });
+        shiftToolTasks(this.#db, shift);
+      }
       // None here (no boot id or boot-time clock): an earlier one no longer pairs the clocks
       // with what this process writes, so none is kept.
       if (mark === undefined) this.#remove.run(CLOCK_MARK_KEY);
@@ -277,7 +297,18 @@ function parseMark(text: string | undefined): ClockMark | undefined {
 function shiftOpenTimes(db: Database.Database, ms: number): void {
   db.prepare(SHIFT_OPEN_TASKS).run({ ms });
   shiftRecords(db, 'approval', ms, ['createdAt', 'expiresAt'], (r) => r.status === 'pending');
-  shiftRecords(db, 'tool_task', ms, ['createdAt', 'updatedAt'], () => true);
+  shiftToolTasks(db, ms);
+}
+
+/**
+ * The times of the gateway's MCP tasks, moved at open by a step made while down and by each step
+ * the running store sees (see {@link StoreClock.moveStarts}).
+ */
+export const TOOL_TASK_TIMES: readonly string[] = ['createdAt', 'updatedAt'];
+
+/** Moves every MCP task's {@link TOOL_TASK_TIMES} in the file by `ms`. */
+function shiftToolTasks(db: Database.Database, ms: number): void {
+  shiftRecords(db, 'tool_task', ms, TOOL_TASK_TIMES, () => true);
 }
 
 /** Moves `fields` (those that are numbers) of the JSON records of `kind` that `which` picks. */

@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
+import type { ToolTaskRecord } from '../../src/gateway/tool-tasks.js';
 import type { AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
 import type { PoolRecord } from '../../src/pools/pool-manager.js';
 import type { TaskRecord } from '../../src/scheduler/task-record.js';
@@ -311,6 +312,51 @@ describe('open tasks and approvals across a restart after the wall clock moved',
     }
     // On disk: the mark the commit wrote pairs the boot-time clock with the stepped wall clock.
     expect(markOnDisk(path).wall).toBe(T0 + 2 * HOUR);
+  });
+
+  it("a commit that itself finds a step writes the MCP tasks it carries as moved: a crash then keeps each task's ttl", async () => {
+    // Store-level: the gateway's records, one with a change pending when the clock steps. The
+    // commit serializes it, then finds the step (its mark moves every MCP task by it, in memory
+    // and in the file): before, the row it then wrote was the one serialized before the move,
+    // beside a mark on the stepped clock, and a restart forgot the task (its hour had passed).
+    const path = join(tempDir('state-clock-tool-task'), 'state.db');
+    const s = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path, {
+      boot: testBoot,
+    });
+    const task: ToolTaskRecord = {
+      taskId: 'tt_1',
+      agentId: 'a',
+      tool: 'ev__echo',
+      status: 'working',
+      createdAt: T0,
+      updatedAt: T0,
+      ttl: HOUR,
+    };
+    try {
+      s.toolTasks.put(task.taskId, Object.freeze(task));
+      s.flush();
+      s.toolTasks.put(task.taskId, Object.freeze({ ...task, statusMessage: 'running' }));
+      // Two hours ahead; no time passes: neither the clock's check nor the tick has looked.
+      vi.setSystemTime(T0 + 2 * HOUR);
+      s.flush();
+      expect(s.toolTasks.get('tt_1')).toMatchObject({ createdAt: T0 + 2 * HOUR });
+      const image = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(
+        crashImage(path, 'state-clock-tool-task-crash'),
+        { boot: testBoot },
+      );
+      try {
+        expect(image.clockStepAtOpen).toBe(0);
+        expect(image.toolTasks.get('tt_1')).toMatchObject({
+          statusMessage: 'running',
+          createdAt: T0 + 2 * HOUR,
+          updatedAt: T0 + 2 * HOUR,
+        });
+      } finally {
+        await image.close();
+      }
+    } finally {
+      await s.close();
+    }
   });
 
   it('the mark a failed commit took back after a step is written by the next commit: a crash then moves nothing', async () => {
