@@ -85,7 +85,13 @@ import {
   type TaskRow,
 } from './sqlite-tasks.js';
 import { SequentialCollection } from './memory-store.js';
-import { movedTime, StoreClock, TOOL_TASK_TIMES, type StoreBootOptions } from './store-clock.js';
+import {
+  movedRecord,
+  movedTime,
+  StoreClock,
+  TOOL_TASK_TIMES,
+  type StoreBootOptions,
+} from './store-clock.js';
 import type { Collection, FabricStore } from './store.js';
 
 /**
@@ -262,11 +268,7 @@ export class SqliteCollection<T> implements Collection<T> {
    */
   moveTimes(fields: readonly string[], ms: number): void {
     for (const [id, record] of this.#map) {
-      const moved: Record<string, unknown> = { ...(record as Record<string, unknown>) };
-      for (const f of fields) {
-        const t = moved[f];
-        if (typeof t === 'number') moved[f] = movedTime(t, ms);
-      }
+      const moved = movedRecord(record as Record<string, unknown>, fields, ms);
       this.#map.set(id, (Object.isFrozen(record) ? Object.freeze(moved) : moved) as T);
     }
   }

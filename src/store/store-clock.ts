@@ -95,6 +95,20 @@ const SHIFT_RUNNING_STARTS = `
 export const movedTime = (t: number, ms: number): number =>
   Math.min(Math.max(t + ms, MIN_MOVED_MS), MAX_MOVED_MS);
 
+/** A copy of `record` with its numeric `fields` moved by `ms` (see {@link movedTime}). */
+export function movedRecord(
+  record: Readonly<Record<string, unknown>>,
+  fields: readonly string[],
+  ms: number,
+): Record<string, unknown> {
+  const moved: Record<string, unknown> = { ...record };
+  for (const f of fields) {
+    const t = record[f];
+    if (typeof t === 'number') moved[f] = movedTime(t, ms);
+  }
+  return moved;
+}
+
 const SHIFT_OPEN_TASKS = `
   UPDATE tasks SET
     ${['created_at', 'deadline', 'not_before', 'started_at'].map(movedColumn).join(',\n    ')}
@@ -335,12 +349,7 @@ function shiftRecords(
     if (parsed === null || typeof parsed !== 'object') continue;
     const r = parsed as Record<string, unknown>;
     if (!which(r)) continue;
-    const moved: Record<string, unknown> = { ...r };
-    for (const f of fields) {
-      const t = r[f];
-      if (typeof t === 'number') moved[f] = movedTime(t, ms);
-    }
-    const text = recordJson(moved, `${kind} ${id}`);
+    const text = recordJson(movedRecord(r, fields, ms), `${kind} ${id}`);
     if (text !== undefined) update.run(text, kind, id);
   }
 }
