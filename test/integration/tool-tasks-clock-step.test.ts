@@ -20,6 +20,7 @@ import { CallToolResultSchema, ErrorCode } from '@modelcontextprotocol/sdk/types
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import type { ToolTaskRecord } from '../../src/gateway/tool-tasks.js';
+import { CLOCK_MARK_KEY } from '../../src/store/store-clock.js';
 import {
   agentToken,
   closeSidecar,
@@ -49,10 +50,17 @@ function toolTasksOnDisk(path: string): ToolTaskRecord[] {
   }
 }
 
-/** Real time passes in turns of the event loop. */
-async function realWait(ms: number): Promise<void> {
-  const end = process.hrtime.bigint() + BigInt(ms) * 1_000_000n;
-  while (process.hrtime.bigint() < end) await new Promise((r) => setTimeout(r, 20));
+/** The wall clock of the clock mark in the state file at `path`. */
+function markWallOnDisk(path: string): number {
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  try {
+    const row = db
+      .prepare<[string], { value: string }>('SELECT value FROM meta WHERE key = ?')
+      .get(CLOCK_MARK_KEY);
+    return (JSON.parse(row!.value) as { wall: number }).wall;
+  } finally {
+    db.close();
+  }
 }
 
 describe('MCP tasks across a restart after a wall-clock step the sidecar saw', () => {
@@ -92,11 +100,16 @@ describe('MCP tasks across a restart after a wall-clock step the sidecar saw', (
     await stop();
     return start(path);
   };
-  /** Steps the wall clock by `ms`; the store's clock sees it within its check (a real second). */
-  const step = async (ms: number): Promise<void> => {
+  /**
+   * Steps the wall clock by `ms`; a second passes (the clock's next check) and the store's tick
+   * writes the mark of the stepped clock (no commit needed).
+   */
+  const step = async (path: string, ms: number): Promise<void> => {
     vi.setSystemTime(Date.now() + ms);
     vi.advanceTimersByTime(1000);
-    await realWait(1500);
+    const stepped = Date.now();
+    // (Within a minute of it: the mark from before a step two hours back is past it too.)
+    await until(() => Math.abs(markWallOnDisk(path) - stepped) < 60_000);
   };
   /** A task with an hour's ttl that completed (its result kept for `tasks/result`). */
   const completed = async (c: Client): Promise<string> => {
@@ -122,7 +135,7 @@ describe('MCP tasks across a restart after a wall-clock step the sidecar saw', (
     const path = join(dir, 'state.db');
     const id = await completed(await start(path));
     const createdAt = toolTasksOnDisk(path)[0]!.createdAt;
-    await step(2 * HOUR);
+    await step(path, 2 * HOUR);
     expect((await client!.experimental.tasks.getTask(id)).status).toBe('completed');
     const c = await restart(path);
     // Before: createdAt + ttl was two hours past on the stepped clock; the task was forgotten.
@@ -141,7 +154,7 @@ describe('MCP tasks across a restart after a wall-clock step the sidecar saw', (
     await until(
       async () => (await c0.experimental.tasks.getTask(task.taskId)).status === 'input_required',
     );
-    await step(2 * HOUR);
+    await step(path, 2 * HOUR);
     const c = await restart(path);
     expect((await c.experimental.tasks.getTask(task.taskId)).status).toBe('input_required');
     expect(toolTasksOnDisk(path)).toMatchObject([
@@ -153,7 +166,7 @@ describe('MCP tasks across a restart after a wall-clock step the sidecar saw', (
     const path = join(dir, 'state.db');
     const id = await completed(await start(path));
     const createdAt = toolTasksOnDisk(path)[0]!.createdAt;
-    await step(-2 * HOUR);
+    await step(path, -2 * HOUR);
     const c = await restart(path);
     expect((await c.experimental.tasks.getTask(id)).status).toBe('completed');
     expect(toolTasksOnDisk(path)[0]!.createdAt - createdAt).toBeCloseTo(-2 * HOUR, -3);
@@ -165,7 +178,7 @@ describe('MCP tasks across a restart after a wall-clock step the sidecar saw', (
   it('set ahead two hours, then a crash: the file as the crash left it keeps the task', async () => {
     const path = join(dir, 'state.db');
     const id = await completed(await start(path));
-    await step(2 * HOUR);
+    await step(path, 2 * HOUR);
     // The store's tick wrote the mark of the stepped clock; the crash image is the file and its
     // WAL as they are now, the sidecar still running.
     const image = join(dir, 'crash.db');
