@@ -89,6 +89,7 @@ import {
   MAX_UPSTREAM_TASK_ID,
   RELATED_TASK_META_KEY,
   ToolTasks,
+  type ToolTaskCommits,
   type ToolTaskRecord,
   type ToolTaskRun,
   type UpstreamTaskLink,
@@ -205,7 +206,13 @@ export interface ToolGatewayOptions {
    * task store; `false` turns it off (the `tasks` capability is then not advertised).
    * @default {} (on, with the defaults of {@link ToolTasksOptions})
    */
-  tasks?: (ToolTasksOptions & { store?: Collection<ToolTaskRecord> | undefined }) | false;
+  tasks?:
+    | (ToolTasksOptions & {
+        store?: Collection<ToolTaskRecord> | undefined;
+        /** The durable store's commit wait (see {@link ToolTaskCommits}). */
+        commits?: ToolTaskCommits | undefined;
+      })
+    | false;
   /** Spans of every tool call (see telemetry/tracing.ts); absent: no tracing, no overhead. */
   tracing?: Tracing | undefined;
 }
@@ -333,18 +340,23 @@ export class ToolGateway implements SessionHost {
       calls: this.toolCalls,
     });
     if (options.tasks !== false) {
-      const { store, ...taskOptions } = options.tasks ?? {};
-      this.#tasks = new ToolTasks(taskOptions, store, {
-        // Every live session of the owning agent hears of it (the one that made the task may be
-        // gone; the agent's new session polls the same task).
-        onStatus: (agentId, task) => {
-          for (const s of this.#sessions) {
-            if (s.identity.agentId === agentId) {
-              s.notify({ method: 'notifications/tasks/status', params: task });
+      const { store, commits, ...taskOptions } = options.tasks ?? {};
+      this.#tasks = new ToolTasks(
+        taskOptions,
+        store,
+        {
+          // Every live session of the owning agent hears of it (the one that made the task may be
+          // gone; the agent's new session polls the same task).
+          onStatus: (agentId, task) => {
+            for (const s of this.#sessions) {
+              if (s.identity.agentId === agentId) {
+                s.notify({ method: 'notifications/tasks/status', params: task });
+              }
             }
-          }
+          },
         },
-      });
+        commits,
+      );
     }
     this.#tracing = options.tracing;
     this.#hideDenied = options.hideDeniedTools ?? true;
@@ -1206,7 +1218,7 @@ export class ToolGateway implements SessionHost {
           onEnd: this.#endCall,
         },
         (_auth, recheck) => {
-          task?.working();
+          const written = task?.working();
           const send = (): Promise<Result> => {
             // A task restored with an upstream task behind it never calls the tool again.
             if (
@@ -1251,9 +1263,12 @@ export class ToolGateway implements SessionHost {
                   recheck,
                 );
           };
-          return trace === undefined
-            ? send()
-            : trace.upstream(fabricTool ? 'fabric' : route!.upstream.name, send);
+          const go = (): Promise<Result> =>
+            trace === undefined
+              ? send()
+              : trace.upstream(fabricTool ? 'fabric' : route!.upstream.name, send);
+          // An approved task's call goes out once its task says so on disk (ToolTaskCommits).
+          return written === undefined ? go() : written.then(go);
         },
       );
     } catch (error) {

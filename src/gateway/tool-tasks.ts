@@ -197,8 +197,12 @@ export interface ToolTaskRun {
   readonly fabricTaskId?: string | undefined;
   /** The call waits for a human approval. */
   waiting(approval: { id: string; policy: string | null; rule: number | null }): void;
-  /** The call was authorized and is being forwarded. */
-  working(): void;
+  /**
+   * The call was authorized and is about to be forwarded. Returns, for a call that waited for an
+   * approval, a promise to await before forwarding it: it resolves once the task's `working`
+   * record is on disk (see {@link ToolTaskCommits}), and rejects when `signal` aborts first.
+   */
+  working(): Promise<void> | undefined;
   /**
    * The call was passed through to the upstream `name`, which made its task `taskId` at
    * `createdAt` (as it said).
@@ -212,6 +216,27 @@ export interface ToolTaskRun {
 export interface ToolTaskEvents {
   /** A task's status or status message changed (not called for its creation). */
   onStatus?: (agentId: string, task: Task) => void;
+}
+
+/**
+ * What {@link ToolTasks} needs of a durable store beyond its records: to wait until what it put is
+ * on disk.
+ *
+ * Why: a task restored `input_required` with its approval runs its call again after a restart
+ * (the approval then decides it at once), and only its `working` record says the call was
+ * already forwarded. That record is committed on a microtask, and a commit may fail (a full
+ * disk; the store keeps the change in memory and retries): a call forwarded before it was on
+ * disk, then a crash, ran the approved call a second time after the restart. So a call that
+ * waited for an approval is forwarded only once its `working` record is committed — while the
+ * store cannot commit, it waits (fail-closed), as long as its task lives.
+ */
+export interface ToolTaskCommits {
+  /**
+   * Resolves once every change made before the call is on disk (at once when the last commit
+   * succeeded); rejects with `signal`'s reason when it aborts first, or when the store closes
+   * without committing them.
+   */
+  whenCommitted(signal: AbortSignal): Promise<void>;
 }
 
 const TERMINAL: ReadonlySet<TaskStatus> = new Set(['completed', 'failed', 'cancelled']);
@@ -262,6 +287,7 @@ export class ToolTasks {
   /** Gateway task id by upstream task (see {@link upstreamKey}). */
   readonly #byUpstream = new Map<string, string>();
   readonly #events: ToolTaskEvents;
+  readonly #commits: ToolTaskCommits | undefined;
   readonly #sweep: NodeJS.Timeout;
   /** Tasks restored waiting for an approval, until {@link resume} runs them. */
   #resumable: ToolTaskRecord[] = [];
@@ -277,10 +303,12 @@ export class ToolTasks {
     options: ToolTasksOptions = {},
     store: Collection<ToolTaskRecord> = new MemoryCollection<ToolTaskRecord>(),
     events: ToolTaskEvents = {},
+    commits?: ToolTaskCommits,
   ) {
     this.#options = parseToolTasksOptions(options);
     this.#store = store;
     this.#events = events;
+    this.#commits = commits;
     this.#restore();
     this.#sweep = setInterval(() => this.#expireAll(), SWEEP_INTERVAL_MS);
     this.#sweep.unref();
@@ -416,7 +444,13 @@ export class ToolTasks {
         });
       },
       working: () => {
-        if (!ended()) this.#update(id, { status: 'working', statusMessage: 'running' });
+        if (ended()) return undefined;
+        const record = this.#update(id, { status: 'working', statusMessage: 'running' });
+        const commits = this.#commits;
+        // Only a call that waited for an approval would run again after a restart.
+        if (commits === undefined || record?.approvalId === undefined) return undefined;
+        // After the commit the update queued (a microtask, queued first), its outcome known.
+        return Promise.resolve().then(() => commits.whenCommitted(controller.signal));
       },
       relayed: (name, taskId, createdAt) => {
         if (ended()) return;

@@ -1077,6 +1077,7 @@ function gatewayTasks(
     maxPerAgent: tasks?.maxPerAgent,
     maxResultBytesPerAgent: tasks?.maxResultBytesPerAgent,
     store: store?.toolTasks,
+    commits: store === undefined ? undefined : { whenCommitted: (s) => store.whenCommitted(s) },
   };
 }
 
