@@ -16,7 +16,6 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import {
   CallToolResultSchema,
@@ -25,7 +24,6 @@ import {
   type CreateTaskResult,
 } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { ToolTaskRecord } from '../../src/gateway/tool-tasks.js';
 import { callApi, listApprovals, type ApiApproval } from '../fixtures/api.js';
 import { fileURLToPath } from 'node:url';
 import {
@@ -37,6 +35,7 @@ import {
   until,
 } from '../fixtures/gateway/harness.js';
 import { cleanUp, connect, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
+import { toolTaskOnDisk as onDisk } from '../fixtures/state/tool-task-rows.js';
 
 afterAll(cleanUp);
 
@@ -110,21 +109,6 @@ function callAsTask(client: Client, message: string): Promise<CreateTaskResult> 
     { method: 'tools/call', params: { name: 'ev__echo', arguments: { message }, task: {} } },
     CreateTaskResultSchema,
   );
-}
-
-/** The task as written in the state file (read-only, beside the live sidecar). */
-function onDisk(statePath: string, id: string): ToolTaskRecord | undefined {
-  const db = new Database(statePath, { readonly: true, fileMustExist: true });
-  try {
-    const row = db
-      .prepare<[string], { data: string }>(
-        "SELECT data FROM records WHERE kind = 'tool_task' AND id = ?",
-      )
-      .get(id);
-    return row === undefined ? undefined : (JSON.parse(row.data) as ToolTaskRecord);
-  } finally {
-    db.close();
-  }
 }
 
 describe('agent-fabric serve: MCP tasks over a state file', () => {

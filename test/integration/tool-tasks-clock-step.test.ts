@@ -19,7 +19,6 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { CallToolResultSchema, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
-import type { ToolTaskRecord } from '../../src/gateway/tool-tasks.js';
 import { CLOCK_MARK_KEY } from '../../src/store/store-clock.js';
 import {
   agentToken,
@@ -33,22 +32,10 @@ import {
   until,
 } from '../fixtures/gateway/harness.js';
 import { callAsTask, rpcError } from '../fixtures/gateway/tasks.js';
+import { toolTasksOnDisk } from '../fixtures/state/tool-task-rows.js';
 
 const HOUR = 3_600_000;
 const T0 = Date.UTC(2026, 2, 2, 10, 0, 0);
-
-/** The task records in the state file at `path` (read beside the sidecar). */
-function toolTasksOnDisk(path: string): ToolTaskRecord[] {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  try {
-    return db
-      .prepare<[], { data: string }>("SELECT data FROM records WHERE kind = 'tool_task'")
-      .all()
-      .map((r) => JSON.parse(r.data) as ToolTaskRecord);
-  } finally {
-    db.close();
-  }
-}
 
 /** The wall clock of the clock mark in the state file at `path`. */
 function markWallOnDisk(path: string): number {

@@ -14,11 +14,9 @@
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { ToolTaskRecord } from '../../src/gateway/tool-tasks.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { listApprovals } from '../fixtures/api.js';
 import {
@@ -35,6 +33,7 @@ import {
   until,
 } from '../fixtures/gateway/harness.js';
 import { callAsTask } from '../fixtures/gateway/tasks.js';
+import { toolTaskOnDisk } from '../fixtures/state/tool-task-rows.js';
 
 /** A full disk for this process (its file size limit 0), or none. */
 function diskFull(full: boolean): void {
@@ -67,20 +66,6 @@ function ran(auditPath: string, tool: string): number {
     .filter((l) => l !== '')
     .map((l) => JSON.parse(l) as { tool: string; outcome: string })
     .filter((e) => e.tool === tool && e.outcome === 'ok').length;
-}
-
-function taskOnDisk(path: string, id: string): ToolTaskRecord | undefined {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  try {
-    const row = db
-      .prepare<[string], { data: string }>(
-        "SELECT data FROM records WHERE kind = 'tool_task' AND id = ?",
-      )
-      .get(id);
-    return row === undefined ? undefined : (JSON.parse(row.data) as ToolTaskRecord);
-  } finally {
-    db.close();
-  }
 }
 
 describe('an approved task call and a state file that cannot be written', () => {
@@ -120,7 +105,7 @@ describe('an approved task call and a state file that cannot be written', () => 
     const crashed = join(tempDir('tool-task-approved-commit-crash'), 'state.db');
     copyFileSync(path, crashed);
     if (existsSync(`${path}-wal`)) copyFileSync(`${path}-wal`, `${crashed}-wal`);
-    expect(taskOnDisk(crashed, task.taskId)).toMatchObject({ status: 'input_required' });
+    expect(toolTaskOnDisk(crashed, task.taskId)).toMatchObject({ status: 'input_required' });
     // Had it not crashed: its store commits again, the call goes out once, the task completes.
     const done = await c1.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
     expect(text(done)).toBe('Echo: pay once');

@@ -10,11 +10,10 @@
  * - a finished task's record keeps no arguments.
  */
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { CallToolResultSchema, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isTerminalStatus, type ToolTaskRecord } from '../../src/gateway/tool-tasks.js';
+import { isTerminalStatus } from '../../src/gateway/tool-tasks.js';
 import type { GatewayLogEntry } from '../../src/gateway/index.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
@@ -29,6 +28,7 @@ import {
   until,
 } from '../fixtures/gateway/harness.js';
 import { callAsTask } from '../fixtures/gateway/tasks.js';
+import { toolTaskOnDisk as onDisk } from '../fixtures/state/tool-task-rows.js';
 
 const PARK = {
   name: 'park',
@@ -69,21 +69,6 @@ async function rawSession(
 /** `value` inside `depth` arrays, as JSON text. */
 function nested(depth: number, value: string): string {
   return `${'['.repeat(depth)}${value}${']'.repeat(depth)}`;
-}
-
-/** The task as written in the state file (read-only, beside the live sidecar). */
-function onDisk(statePath: string, id: string): ToolTaskRecord | undefined {
-  const db = new Database(statePath, { readonly: true, fileMustExist: true });
-  try {
-    const row = db
-      .prepare<[string], { data: string }>(
-        "SELECT data FROM records WHERE kind = 'tool_task' AND id = ?",
-      )
-      .get(id);
-    return row === undefined ? undefined : (JSON.parse(row.data) as ToolTaskRecord);
-  } finally {
-    db.close();
-  }
 }
 
 describe('MCP tasks against a hostile agent', () => {
