@@ -4,56 +4,60 @@
  * type and error, a hook's progress note, an approval's tool and parameters), and an agent must
  * not send escape sequences to the operator's terminal or forge rows with a line break. So
  * every table cell passes {@link printable}, and JSON output {@link printableJson}: C0 and C1
- * control characters, DEL and the bidirectional-text controls come out as `\xNN`/`\u{NNNN}`
- * escapes (JSON: `\uNNNN`). Other Unicode text (names in any script) is printed as it is. Each
- * line written to stdout passes {@link terminalSafe} as well, and each error line written to
- * stderr {@link printable} (main.ts), whatever the command did.
+ * control characters, DEL, the bidirectional-text controls and the characters a terminal draws
+ * as nothing (tag characters, the soft hyphen, zero-width ones: see `unprintable.ts`) come out as
+ * `\xNN`/`\u{NNNN}` escapes (JSON: `\uNNNN`). Other Unicode text (names in any script) is
+ * printed as it is. Each line written to stdout passes {@link terminalSafe} as well, and each
+ * error line written to stderr {@link printable} (main.ts), whatever the command did.
  *
  * @module
  */
 import { timestampDate, type Timestamp } from '@bufbuild/protobuf/wkt';
-import { UNPRINTABLE_CLASS } from '../unprintable.js';
+import { printable, UNPRINTABLE_CLASS } from '../unprintable.js';
 
-/** What a terminal would act on rather than show (see {@link UNPRINTABLE_CLASS}). */
-const UNPRINTABLE = new RegExp(UNPRINTABLE_CLASS, 'g');
-
-/** `text` with every {@link UNPRINTABLE} character escaped: `\x1b`, `\x0a`, `\u{202e}`. */
-export function printable(text: string): string {
-  return text.replace(UNPRINTABLE, (c) => {
-    const code = c.charCodeAt(0);
-    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u{${code.toString(16)}}`;
-  });
-}
-
-/** The {@link UNPRINTABLE} characters `JSON.stringify` leaves as they are (it escapes C0). */
-const UNPRINTABLE_IN_JSON = /[\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+/** Table cells and error lines escape with the same function as the readable log. */
+export { printable };
 
 /**
- * `JSON.stringify` output with DEL, C1 and the bidirectional controls `\u`-escaped too: the same
- * JSON value (they can only stand inside strings; C0 controls there are escaped already, and
- * the line breaks of indented JSON are left alone).
+ * `c` as JSON's `\uXXXX` escapes: one for a character up to U+FFFF, its surrogate pair past it
+ * (JSON has no other escape for those).
+ */
+function jsonEscape(c: string): string {
+  let escaped = '';
+  for (let i = 0; i < c.length; i++) {
+    escaped += `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`;
+  }
+  return escaped;
+}
+
+/**
+ * The {@link UNPRINTABLE_CLASS} characters `JSON.stringify` leaves as they are: all but C0 (it
+ * escapes those inside strings; outside them they are the line breaks of indented JSON).
+ */
+const UNPRINTABLE_IN_JSON = new RegExp(`(?![\\u0000-\\u001f])${UNPRINTABLE_CLASS}`, 'gu');
+
+/**
+ * `JSON.stringify` output with DEL, C1, the line separators and the default-ignorable characters
+ * (bidirectional controls, tag characters, the soft hyphen …) `\u`-escaped too: the same JSON
+ * value (they can only stand inside strings; C0 controls there are escaped already, and the line
+ * breaks of indented JSON are left alone).
  */
 export function printableJson(json: string): string {
-  return json.replace(
-    UNPRINTABLE_IN_JSON,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
-  );
+  return json.replace(UNPRINTABLE_IN_JSON, jsonEscape);
 }
 
-/** {@link UNPRINTABLE} but the line feed. */
-const UNPRINTABLE_BUT_LF = new RegExp(`(?!\\n)${UNPRINTABLE_CLASS}`, 'g');
+/** {@link UNPRINTABLE_CLASS} but the line feed. */
+const UNPRINTABLE_BUT_LF = new RegExp(`(?!\\n)${UNPRINTABLE_CLASS}`, 'gu');
 
 /**
- * `text` with every {@link UNPRINTABLE} character but the line feed `\u`-escaped (`\u001b`: the
- * same escape inside a JSON string). Every line the CLI writes to stdout passes it: what a
- * command forgot to make {@link printable} (a field of a hostile sidecar's answer, a name in a
- * config file under `config check`) still cannot act on the terminal.
+ * `text` with every {@link UNPRINTABLE_CLASS} character but the line feed `\u`-escaped (`\u001b`,
+ * a tag character as its surrogate pair `\udb40\udc72`: the same escapes inside a JSON string).
+ * Every line the CLI writes to stdout passes it: what a command forgot to make
+ * {@link printable} (a field of a hostile sidecar's answer, a name in a config file under
+ * `config check`) still cannot act on the terminal or hide in it.
  */
 export function terminalSafe(text: string): string {
-  return text.replace(
-    UNPRINTABLE_BUT_LF,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
-  );
+  return text.replace(UNPRINTABLE_BUT_LF, jsonEscape);
 }
 
 /**

@@ -1395,10 +1395,11 @@ function freezeHook(h: Hook): Hook {
 /**
  * What a trailer's value may not hold: whitespace runs and what a terminal acts on rather than
  * shows (a NUL breaks `git fsck --strict` and cuts `git log` short; C1 controls such as CSI and
- * NEL, and the bidirectional controls, reach the operator's terminal through `git log`, as they
- * would through the CLI, which escapes the same set); each run becomes one space.
+ * NEL, the bidirectional controls and what a terminal draws as nothing — tag characters, the
+ * soft hyphen — reach the operator's terminal through `git log`, as they would through the CLI,
+ * which escapes the same set); each run becomes one space.
  */
-const LINE_BREAKERS = new RegExp(`(?:\\s|${UNPRINTABLE_CLASS})+`, 'g');
+const LINE_BREAKERS = new RegExp(`(?:\\s|${UNPRINTABLE_CLASS})+`, 'gu');
 
 function message(hookId: string, what: string, trailers: Record<string, string | null>): string {
   return [`hook ${hookId}: ${what}`, '', `Hook-Id: ${hookId}`, ...trailerLines(trailers)].join(

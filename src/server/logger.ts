@@ -17,6 +17,7 @@
 import pino, { type DestinationStream, type Level, type Logger } from 'pino';
 import { ConfigError } from '../errors.js';
 import type { GatewayLogEntry } from '../gateway/gateway.js';
+import { printable } from '../unprintable.js';
 import { LogRedactor } from './log-redaction.js';
 
 /** Levels an operator may choose (`silent` logs nothing). */
@@ -84,22 +85,6 @@ const LEVEL_NAMES: Readonly<Record<number, string>> = {
   50: 'ERROR',
   60: 'FATAL',
 };
-
-/**
- * What a terminal would act on rather than show: C0 controls, DEL, C1 controls, the
- * bidirectional controls (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069) and the Unicode
- * line and paragraph separators.
- */
-// eslint-disable-next-line no-control-regex
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
-
-/** `text` with every {@link UNPRINTABLE} character escaped: `\x1b`, `\x0d`, `\u{202e}`. */
-function printable(text: string): string {
-  return text.replace(UNPRINTABLE, (c) => {
-    const code = c.charCodeAt(0);
-    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u{${code.toString(16)}}`;
-  });
-}
 
 /**
  * One pino JSON line as `HH:MM:SS.mmm LEVEL [upstream] msg key=value …`, {@link printable}: one

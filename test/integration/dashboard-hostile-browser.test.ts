@@ -35,8 +35,11 @@ import {
 const available = chromiumAvailable();
 /** How long a poll of the page waits (the machine is shared and slow; no timing is asserted). */
 const POLL = { timeout: 60_000, interval: 100 };
-/** Every character the CLI escapes (controls, bidirectional controls, line separators). */
-const UNPRINTABLE = new RegExp(UNPRINTABLE_CLASS);
+/**
+ * Every character the CLI escapes up to U+FFFF (controls, line separators, the default-ignorable
+ * ones: bidirectional controls, the soft hyphen, zero-width characters …).
+ */
+const UNPRINTABLE = new RegExp(UNPRINTABLE_CLASS, 'u');
 const EVERY_UNPRINTABLE = Array.from({ length: 0x10000 }, (_, c) => String.fromCharCode(c))
   .filter((c) => UNPRINTABLE.test(c))
   .join('');

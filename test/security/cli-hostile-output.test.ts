@@ -118,11 +118,14 @@ describe('the CLI prints no control character it was sent', () => {
   });
 
   it('terminalSafe keeps line feeds and other text, escapes the rest JSON-compatibly', () => {
-    const json = JSON.stringify({ k: 'a\u009b\u202eb é 名' }, null, 2);
+    const value = { k: 'a\u009b\u202eb é 名\u00ad\u{e0072}' };
+    const json = JSON.stringify(value, null, 2);
     const safe = terminalSafe(`${json}\nline\u001b[2J`);
     expect(safe).not.toMatch(CONTROL);
+    expect(safe).not.toMatch(/\p{Default_Ignorable_Code_Point}/u);
+    expect(safe).toContain('\\u00ad\\udb40\\udc72'); // a surrogate pair, JSON's escape of U+E0072
     expect(safe.split('\n')).toHaveLength(4);
-    expect(JSON.parse(safe.split('\nline')[0]!)).toEqual({ k: 'a\u009b\u202eb é 名' });
+    expect(JSON.parse(safe.split('\nline')[0]!)).toEqual(value);
     expect(safe.endsWith('line\\u001b[2J')).toBe(true);
   });
 });

@@ -122,11 +122,13 @@ describe('hook payloads from a hostile agent over MCP', () => {
 });
 
 describe('what an agent writes into the hook store’s commit messages', () => {
-  it('C1 controls and bidirectional controls in a note or failure message reach no commit message', async () => {
+  it('C1 controls, bidirectional controls and characters drawn as nothing in a note or failure message reach no commit message', async () => {
     const hookId = await activeHook();
     // CSI (U+009B) clears the screen of a terminal that honours C1; NEL (U+0085) is a line
     // break to some; RLO (U+202E) and friends reorder what the operator reads after them.
-    const hostile = 'ok\u009b2J\u0085Hook-Id: forged\u202eevil\u2066\u200f\u061c\u0090end';
+    // A soft hyphen and tag characters (U+E0072 …) are drawn as nothing.
+    const hostile =
+      'ok\u009b2J\u0085Hook-Id: forged\u202eevil\u2066\u200f\u061c\u0090end\u00ad\u{e0072}\u{e006d}x';
     const p = await call('hook_progress', { hookId, note: hostile });
     expect(p.isError, text(p)).toBeFalsy();
     const f = await call('fail_hook', { hookId, message: hostile });
@@ -143,8 +145,8 @@ describe('what an agent writes into the hook store’s commit messages', () => {
     const mine = log.split('\n').filter((l) => /^(Progress-)?Note: ok/.test(l));
     expect(mine).toHaveLength(2);
     for (const line of mine) {
-      expect(line).not.toMatch(/[\u0080-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/);
-      expect(line.replace(/^Progress-/, '')).toBe('Note: ok 2J Hook-Id: forged evil end');
+      expect(line).not.toMatch(/[\p{Cc}\u2028\u2029\p{Default_Ignorable_Code_Point}]/u);
+      expect(line.replace(/^Progress-/, '')).toBe('Note: ok 2J Hook-Id: forged evil end x');
     }
   });
 });

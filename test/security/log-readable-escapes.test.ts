@@ -79,14 +79,14 @@ describe('readable log and agent-influenced text', () => {
       level: 'warn',
       msg: 'first\nsecond\r\u009b2J',
       upstream: 'up\u001b[31m',
-      'k\u0007': 'v\u202ev',
+      'k\u0007': 'v\u202ev\u00ad\u{e0072}',
       nested: { s: '\u007f\u0085' },
     } as never);
     const text = term.text();
     expect(text.split('\n')).toEqual([expect.any(String), '']);
     expect(text).not.toMatch(CONTROL);
     expect(text).toContain('[up\\x1b[31m] first\\x0asecond\\x0d\\x9b2J');
-    expect(text).toContain('k\\x07=v\\u{202e}v');
+    expect(text).toContain('k\\x07=v\\u{202e}v\\xad\\u{e0072}');
     expect(text).toContain('nested={"s":"\\x7f\\x85"}');
   });
 });
