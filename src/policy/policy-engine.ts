@@ -890,8 +890,8 @@ export class PolicyEngine {
 
   /**
    * For a tool call that cannot be made (the tool does not exist): asks what would be asked had
-   * a rule hidden the tool, and resolves once every answer is in; the answers are dropped, and
-   * it never rejects. The asynchronous providers that outrank the lowest rule that hides tools
+   * a rule hidden the tool, and resolves once every answer is in or `signal` aborts (a late
+   * answer is dropped too); the answers are dropped, and it never rejects. The asynchronous providers that outrank the lowest rule that hides tools
    * (an enforced `deny` without conditions or `when`) are asked about `ctx`, all at once — those
    * a call of a hidden tool waits for (all of them when the providers sit above every such rule,
    * the common setup; none when below). `undefined`, at no cost, when none would be asked.
@@ -909,7 +909,13 @@ export class PolicyEngine {
         // A provider that throws instead of rejecting answered at once.
       }
     }
-    return asked.length === 0 ? undefined : Promise.all(asked).then(() => undefined);
+    if (asked.length === 0) return undefined;
+    // Not bound by a provider that ignores `signal` either (see #evaluateAsync): a given-up
+    // call of an unknown tool held its caller's slot forever where a hidden tool's did not.
+    return untilAborted(Promise.all(asked), signal).then(
+      () => undefined,
+      () => undefined,
+    );
   }
 
   #candidates(tool: string): Candidates {
