@@ -325,6 +325,41 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     }
   }, 60_000);
 
+  it('a burst of key presses arms Approve and does not approve; the armed button keeps the focus, so a keyboard user confirms with a key press of their own', async () => {
+    let approves = 0;
+    const onApprove = async (route: Route): Promise<void> => {
+      approves++;
+      await route.continue();
+    };
+    await page.route('**/fabric.v1.ApprovalService/Approve', onApprove);
+    try {
+      const { approval, answer } = await park(JSON.stringify({ message: 'keyboard' }));
+      const row = page.locator(`#view-approvals tr[data-tool][data-approval="${approval.id}"]`);
+      const approve = row.locator('button.approve');
+      await approve.focus();
+      // A burst of key presses: the first arms it, the rest land while it takes none.
+      for (const key of ['Enter', 'Enter', 'Space', 'Enter']) await page.keyboard.press(key);
+      await expect.poll(() => approveState(approval, row), POLL).toBe('Confirm approve');
+      await expect
+        .poll(() => approve.getAttribute('aria-disabled'), { timeout: 10_000, interval: 100 })
+        .toBe(null);
+      expect(approves).toBe(0);
+      expect(await approveState(approval, row)).toBe('Confirm approve');
+      // Still focused where the keyboard user left it (a disabled button loses the focus, and
+      // Enter then went nowhere): one more key press confirms.
+      const focused = await page.evaluate(() => document.activeElement?.className ?? '');
+      await page.keyboard.press('Enter');
+      await expect
+        .poll(() => approveState(approval, row), { timeout: 10_000, interval: 100 })
+        .toBe('APPROVAL_STATUS_APPROVED');
+      expect(focused).toContain('approve');
+      expect(approves).toBe(1);
+      await answer;
+    } finally {
+      await page.unroute('**/fabric.v1.ApprovalService/Approve', onApprove);
+    }
+  }, 60_000);
+
   it('shows a __proto__ key the approval holds (the masking copy dropped it)', async () => {
     const { approval, apiText, box } = await park(
       '{"message":"hello","__proto__":{"message":"rm -rf ~"}}',

@@ -279,18 +279,21 @@ export function button(label, action, attrs = {}) {
 
 /**
  * How long the armed button of {@link confirmButton} takes no click: the rest of a double or
- * triple click lands while it is disabled instead of confirming.
+ * triple click lands while it takes none instead of confirming.
  */
 export const CONFIRM_DELAY_MS = 600;
 
 /**
  * A button that asks once more before `action` runs: the first click arms it, a click of its own
- * runs it. Once armed it is disabled for {@link CONFIRM_DELAY_MS}, so the second and third click
- * of one double or triple click (a habit, or a page that asked for one and moved the dashboard
- * under the pointer after the first) do not confirm; it disarms 4 s after it can be clicked.
+ * runs it. Once armed it takes no click for {@link CONFIRM_DELAY_MS} (`aria-disabled`), so the
+ * second and third click of one double or triple click (a habit, or a page that asked for one
+ * and moved the dashboard under the pointer after the first) do not confirm, nor do the key
+ * presses of a burst; it disarms 4 s after it can be clicked. Not `disabled`: a disabled button
+ * loses the focus, and a keyboard user who armed it with Enter could no longer confirm it.
  */
 export function confirmButton(label, action, attrs = {}) {
   let armed = false;
+  let settling = false;
   let timer;
   const el = h('button', { type: 'button', ...attrs }, label);
   const disarm = () => {
@@ -300,13 +303,16 @@ export function confirmButton(label, action, attrs = {}) {
     el.classList.remove('armed');
   };
   el.addEventListener('click', async () => {
+    if (settling) return;
     if (!armed) {
       armed = true;
       el.textContent = `Confirm ${label.toLowerCase()}`;
       el.classList.add('armed');
-      el.disabled = true;
+      settling = true;
+      el.setAttribute('aria-disabled', 'true');
       timer = setTimeout(() => {
-        el.disabled = false;
+        settling = false;
+        el.removeAttribute('aria-disabled');
         timer = setTimeout(disarm, 4000);
       }, CONFIRM_DELAY_MS);
       return;
