@@ -292,9 +292,10 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     await decide(second.approval, 'Deny');
   });
 
-  it('a double or triple click on Approve arms it and does not approve: the confirming click is a click of its own', async () => {
-    // A habit of double-clicking, or a page that asked for a triple click and moved the
-    // dashboard under the pointer after the first one, must not approve in one gesture.
+  /** Runs `body` counting the Approve requests the page sends meanwhile (`approves()`). */
+  const countingApproves = async (
+    body: (approves: () => number) => Promise<void>,
+  ): Promise<void> => {
     let approves = 0;
     const onApprove = async (route: Route): Promise<void> => {
       approves++;
@@ -302,6 +303,16 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     };
     await page.route('**/fabric.v1.ApprovalService/Approve', onApprove);
     try {
+      await body(() => approves);
+    } finally {
+      await page.unroute('**/fabric.v1.ApprovalService/Approve', onApprove);
+    }
+  };
+
+  it('a double or triple click on Approve arms it and does not approve: the confirming click is a click of its own', async () => {
+    // A habit of double-clicking, or a page that asked for a triple click and moved the
+    // dashboard under the pointer after the first one, must not approve in one gesture.
+    await countingApproves(async (approves) => {
       for (const clickCount of [2, 3]) {
         const { approval, answer } = await park(
           JSON.stringify({ message: `rm -rf ~ (${clickCount})` }),
@@ -319,20 +330,12 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
           'APPROVAL_STATUS_DENIED',
         );
       }
-      expect(approves).toBe(0);
-    } finally {
-      await page.unroute('**/fabric.v1.ApprovalService/Approve', onApprove);
-    }
+      expect(approves()).toBe(0);
+    });
   }, 60_000);
 
   it('a burst of key presses arms Approve and does not approve; the armed button keeps the focus, so a keyboard user confirms with a key press of their own', async () => {
-    let approves = 0;
-    const onApprove = async (route: Route): Promise<void> => {
-      approves++;
-      await route.continue();
-    };
-    await page.route('**/fabric.v1.ApprovalService/Approve', onApprove);
-    try {
+    await countingApproves(async (approves) => {
       const { approval, answer } = await park(JSON.stringify({ message: 'keyboard' }));
       const row = page.locator(`#view-approvals tr[data-tool][data-approval="${approval.id}"]`);
       const approve = row.locator('button.approve');
@@ -343,21 +346,19 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
       await expect
         .poll(() => approve.getAttribute('aria-disabled'), { timeout: 10_000, interval: 100 })
         .toBe(null);
-      expect(approves).toBe(0);
+      expect(approves()).toBe(0);
       expect(await approveState(approval, row)).toBe('Confirm approve');
       // Still focused where the keyboard user left it (a disabled button loses the focus, and
       // Enter then went nowhere): one more key press confirms.
-      const focused = await page.evaluate(() => document.activeElement?.className ?? '');
+      const focused = await page.evaluate<string>("document.activeElement?.className ?? ''");
       await page.keyboard.press('Enter');
       await expect
         .poll(() => approveState(approval, row), { timeout: 10_000, interval: 100 })
         .toBe('APPROVAL_STATUS_APPROVED');
       expect(focused).toContain('approve');
-      expect(approves).toBe(1);
+      expect(approves()).toBe(1);
       await answer;
-    } finally {
-      await page.unroute('**/fabric.v1.ApprovalService/Approve', onApprove);
-    }
+    });
   }, 60_000);
 
   it('shows a __proto__ key the approval holds (the masking copy dropped it)', async () => {
