@@ -328,12 +328,18 @@ export function confirmButton(label, action, attrs = {}) {
   return el;
 }
 
-/** True while the user types into (or picks in) a field of `tr`: it is not rebuilt then. */
+/**
+ * True while the user types into (or picks in) a field of `tr`, or a button of it is armed
+ * ({@link confirmButton}): it is not rebuilt then — a rebuild would put an unarmed button in
+ * place of the armed one (and take the keyboard focus away), e.g. when the agent's name became
+ * known while the operator confirmed.
+ */
 function editing(tr) {
   const active = document.activeElement;
   return (
-    active !== null &&
-    ['INPUT', 'SELECT', 'TEXTAREA'].includes(active.tagName) &&
-    tr.contains(active)
+    (active !== null &&
+      ['INPUT', 'SELECT', 'TEXTAREA'].includes(active.tagName) &&
+      tr.contains(active)) ||
+    tr.querySelector('button.armed') !== null
   );
 }
