@@ -19,8 +19,8 @@ import { printable, UNPRINTABLE_CLASS } from '../unprintable.js';
 export { printable };
 
 /**
- * `c` as JSON's `\uXXXX` escapes: one for a character up to U+FFFF, its surrogate pair past it
- * (JSON has no other escape for those).
+ * `c` as JSON's `\uhhhh` escapes (four hex digits): one for a character up to U+FFFF, its
+ * surrogate pair past it (JSON has no other escape for those).
  */
 function jsonEscape(c: string): string {
   let escaped = '';

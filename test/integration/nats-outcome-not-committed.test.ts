@@ -45,19 +45,25 @@ describeNats('an outcome reported over NATS while the state cannot be written', 
     nc = fabric = undefined;
   });
 
+  /**
+   * A sidecar on the state file `path` (namespace `namespace`) with one task, started by a
+   * worker's link (reports answered within 0.5 s, else sent again).
+   */
+  const started = async (path: string, namespace: string) => {
+    const f = (fabric = await openNatsFabricOn(path, { url: server().url, namespace }));
+    nc = await connect({ servers: server().url });
+    const agent = await readyNatsAgent(f);
+    const task = await f.schedule({ agentId: agent.id, taskType: 't', payload: 1 });
+    const { link, consumer } = await natsAgentSide(nc, f, agent, 500);
+    const message = link.parse((await consumer.next({ expires: 5000 }))!)!;
+    expect((await link.report(message, 'start', { take: 'w1.1' }))?.ok).toBe(true);
+    return { f, task, link, message };
+  };
+
   for (const kind of ['complete', 'fail'] as const) {
     it(`a ${kind} is answered ok only once the task's end is on disk`, async () => {
       const path = join(tempDir(`nats-outcome-not-committed-${kind}`), 'state.db');
-      const f = (fabric = await openNatsFabricOn(path, {
-        url: server().url,
-        namespace: `onc${kind}`,
-      }));
-      nc = await connect({ servers: server().url });
-      const agent = await readyNatsAgent(f);
-      const task = await f.schedule({ agentId: agent.id, taskType: 't', payload: 1 });
-      const { link, consumer } = await natsAgentSide(nc, f, agent, 500);
-      const message = link.parse((await consumer.next({ expires: 5000 }))!)!;
-      expect((await link.report(message, 'start', { take: 'w1.1' }))?.ok).toBe(true);
+      const { f, task, link, message } = await started(path, `onc${kind}`);
       expect(statusOnDisk(path, task.id)).toBe(TaskStatus.RUNNING);
 
       let answer: Answer | undefined;
@@ -93,14 +99,9 @@ describeNats('an outcome reported over NATS while the state cannot be written', 
 
   it('a sidecar stopped before its disk recovered takes the outcome again from the worker that still holds it', async () => {
     const path = join(tempDir('nats-outcome-not-committed-stop'), 'state.db');
-    const nats = { url: server().url, namespace: 'oncstop' };
-    let f = (fabric = await openNatsFabricOn(path, nats));
-    nc = await connect({ servers: server().url });
-    const agent = await readyNatsAgent(f);
-    const task = await f.schedule({ agentId: agent.id, taskType: 't', payload: 1 });
-    const { link, consumer } = await natsAgentSide(nc, f, agent, 500);
-    const message = link.parse((await consumer.next({ expires: 5000 }))!)!;
-    expect((await link.report(message, 'start', { take: 'w1.1' }))?.ok).toBe(true);
+    const first = await started(path, 'oncstop');
+    const { task, link, message } = first;
+    let f = first.f;
 
     let answer: Answer | undefined;
     try {
@@ -117,7 +118,7 @@ describeNats('an outcome reported over NATS while the state cannot be written', 
     expect(statusOnDisk(path, task.id)).toBe(TaskStatus.RUNNING);
 
     // Restarted on its file: the worker's next send of the outcome is taken and answered.
-    f = fabric = await openNatsFabricOn(path, nats);
+    f = fabric = await openNatsFabricOn(path, { url: server().url, namespace: 'oncstop' });
     await until(() => answer !== undefined, 30_000);
     expect(answer?.ok).toBe(true);
     const done = await f.getTask(task.id);

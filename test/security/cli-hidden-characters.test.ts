@@ -5,7 +5,7 @@
  * spelt invisibly, which a model upstream still reads), a soft hyphen or zero-width characters,
  * and `agent-fabric approvals list` showed the operator arguments without them. The CLI now
  * escapes every Default_Ignorable_Code_Point too (the set the dashboard escapes), a character
- * past U+FFFF as one escape (`\u{e0072}`; in JSON its `\uXXXX` surrogate pair, so the JSON still
+ * past U+FFFF as one escape (`\u{e0072}`; in JSON its `\uhhhh` surrogate pair, so the JSON still
  * parses to the same value). The real `agent-fabric serve`, the official SDK client as the agent
  * and the real CLI as child processes.
  */

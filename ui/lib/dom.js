@@ -16,9 +16,9 @@
 const HIDDEN = /(?![\n\t])[\p{Cc}\u2028\u2029\p{Default_Ignorable_Code_Point}]/gu;
 
 /**
- * `text` with each character of {@link HIDDEN} written as its escape — `\uXXXX`, or `\u{XXXXX}`
- * past U+FFFF: an agent's right-to-left override shows as `\u202e` instead of making what
- * follows read backwards, and a tag character as `\u{e0072}` instead of nothing.
+ * `text` with each character of {@link HIDDEN} written as its escape (hex digits) — `\uhhhh`,
+ * or `\u{hhhhh}` past U+FFFF: an agent's right-to-left override shows as `\u202e` instead of
+ * making what follows read backwards, and a tag character as `\u{e0072}` instead of nothing.
  */
 export function visible(text) {
   return text.replace(HIDDEN, (c) => {
