@@ -24,6 +24,7 @@ import {
   type MessageShape,
 } from '@bufbuild/protobuf';
 import { EXIT } from './exit-codes.js';
+import { clip } from './format.js';
 
 /** A reader of an answer's body, and what one read gives. */
 type Reader = ReadableStreamDefaultReader<Uint8Array>;
@@ -455,7 +456,7 @@ function errorDetail(err: unknown): { code: string; message: string } | undefine
     message?: unknown;
   };
   return typeof code === 'string' && typeof message === 'string'
-    ? { code: cut(code, 200), message: cut(message, MAX_ERROR_MESSAGE) }
+    ? { code: clip(code, 200, '…'), message: clip(message, MAX_ERROR_MESSAGE, '…') }
     : undefined;
 }
 
@@ -464,11 +465,6 @@ function errorDetail(err: unknown): { code: string; message: string } | undefine
  * and one of up to --max-answer-mib would fill the operator's terminal with one line.
  */
 const MAX_ERROR_MESSAGE = 4096;
-
-/** `text` cut to `max` characters, marked with `…` when it was longer. */
-function cut(text: string, max: number): string {
-  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
-}
 
 /** The error a refused request ends with: the sidecar's `code: message` when it sent one. */
 function refused(status: number, what: string, text: string): CliError {

@@ -99,8 +99,19 @@ export function num(n: number): string {
   return Number.isInteger(n) ? String(n) : n.toFixed(2);
 }
 
+/**
+ * `text` cut to at most `max` UTF-16 units, `mark` included, when it is longer; the cut never
+ * falls inside a surrogate pair (half of one would print as U+FFFD, or leave an escape's half).
+ */
+export function clip(text: string, max: number, mark = '...'): string {
+  if (text.length <= max) return text;
+  let end = max - mark.length;
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--;
+  return `${text.slice(0, end)}${mark}`;
+}
+
 /** A one-line JSON view of a value, cut to `max` characters. */
 export function brief(value: unknown, max = 60): string {
-  const text = value === undefined ? '' : JSON.stringify(value);
-  return text.length > max ? `${text.slice(0, max - 3)}...` : text;
+  return clip(value === undefined ? '' : JSON.stringify(value), max);
 }

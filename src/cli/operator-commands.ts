@@ -26,7 +26,17 @@ import {
 } from '../gen/fabric/v1/fabric_types_pb.js';
 import { intOption, usageError, type Command, type CommandContext } from './command.js';
 import { EXIT } from './exit-codes.js';
-import { brief, enumName, num, orDash, printable, printableJson, table, when } from './format.js';
+import {
+  brief,
+  clip,
+  enumName,
+  num,
+  orDash,
+  printable,
+  printableJson,
+  table,
+  when,
+} from './format.js';
 
 /** Largest page the API serves. */
 const MAX_PAGE = 1000;
@@ -631,7 +641,7 @@ const hooksCommand: Command = {
           orDash(h.branch),
           String(h.attempts),
           when(h.updatedAt),
-          h.progressNote.length > 40 ? `${h.progressNote.slice(0, 37)}...` : h.progressNote,
+          clip(h.progressNote, 40),
         ]),
       ),
     );

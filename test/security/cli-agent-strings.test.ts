@@ -10,7 +10,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { ApiClient } from '../../src/cli/api-client.js';
 import type { CommandContext } from '../../src/cli/command.js';
-import { printable, printableJson, table } from '../../src/cli/format.js';
+import { clip, printable, printableJson, table } from '../../src/cli/format.js';
 import { operatorCommands } from '../../src/cli/operator-commands.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
@@ -77,6 +77,30 @@ describe('operator CLI output of agent-chosen strings', () => {
     expect(json).not.toMatch(CONTROL);
     const parsed = JSON.parse(json) as { tasks: { error?: { code?: string } }[] };
     expect(parsed.tasks[0]!.error?.code).toBe(evil);
+  });
+
+  it('tasks: a message cut for the table never keeps half of a surrogate pair', async () => {
+    sidecar = await startTestSidecar({
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'worker', executor: 'remote' }],
+    });
+    const task = await scheduleAndClaim(sidecar, 'worker', { taskType: 'review' });
+    // The table shows the message as JSON cut to 40: `"`, 35 letters, then a tag character
+    // (a surrogate pair) straddling the cut at 37.
+    const message = `${'a'.repeat(35)}\u{e0041}${'b'.repeat(10)}`;
+    const failed = await api(
+      sidecar,
+      'AgentService/FailTask',
+      { taskId: task.taskId, attempt: task.attempt, code: 'E', message },
+      agentToken(sidecar, 'worker'),
+    );
+    expect(failed.status, await failed.clone().text()).toBe(200);
+    const row = (await runCli('tasks')).split('\n')[1]!;
+    expect(row).toMatch(/E: "a{35}\.\.\.$/);
+    expect(row).not.toMatch(/[\ud800-\udfff]/); // no lone half left
+    expect(clip('ab\u{1f600}cd', 5)).toBe('ab...');
+    expect(clip('abc\u{1f600}', 5)).toBe('abc\u{1f600}');
+    expect(clip('abcdef', 4, '…')).toBe('abc…');
   });
 
   it('printable, printableJson and table escape what a terminal would act on, nothing else', () => {
