@@ -254,7 +254,7 @@ export class GrpcPolicyProvider {
     return this.#cache.get(key)?.verdict;
   }
 
-  async decideAsync(ctx) {
+  async decideAsync(ctx, signal) {
     let args;
     try {
       args = this.#arguments(ctx);
@@ -270,12 +270,53 @@ export class GrpcPolicyProvider {
     const key = this.#key(ctx, args);
     const hit = this.#cache?.get(key);
     if (hit !== undefined) return hit.verdict;
-    let pending = this.#inflight.get(key);
-    if (pending === undefined) {
-      pending = this.#ask(ctx, args, key).finally(() => this.#inflight.delete(key));
-      this.#inflight.set(key, pending);
+    if (signal?.aborted) throw signal.reason;
+    let asking = this.#inflight.get(key);
+    if (asking === undefined) {
+      const stop = new AbortController();
+      const entry = { stop, waiting: 0, verdict: undefined };
+      entry.verdict = this.#ask(ctx, args, key, stop.signal).finally(() => {
+        if (this.#inflight.get(key) === entry) this.#inflight.delete(key);
+      });
+      this.#inflight.set(key, entry);
+      asking = entry;
     }
-    return pending;
+    return this.#await(key, asking, signal);
+  }
+
+  /**
+   * The verdict `asking` gets, for one more caller. The service's request is cancelled once
+   * every caller waiting for it has given up (its `signal` aborted): a call nobody waits for
+   * no longer takes the service's time, or holds a request, until its deadline. A caller
+   * without a signal waits for good. The caller's promise rejects with its signal's reason as
+   * soon as it gives up.
+   */
+  #await(key, asking, signal) {
+    if (signal === undefined) {
+      asking.waiting = Number.POSITIVE_INFINITY;
+      return asking.verdict;
+    }
+    asking.waiting++;
+    return new Promise((resolve, reject) => {
+      const leave = () => {
+        reject(signal.reason);
+        if (--asking.waiting > 0) return;
+        // A caller that comes now asks anew rather than joining a cancelled request.
+        if (this.#inflight.get(key) === asking) this.#inflight.delete(key);
+        asking.stop.abort(signal.reason);
+      };
+      signal.addEventListener('abort', leave, { once: true });
+      asking.verdict.then(
+        (verdict) => {
+          signal.removeEventListener('abort', leave);
+          resolve(verdict);
+        },
+        (err) => {
+          signal.removeEventListener('abort', leave);
+          reject(err);
+        },
+      );
+    });
   }
 
   #arguments(ctx) {
@@ -292,7 +333,7 @@ export class GrpcPolicyProvider {
       .digest('base64url');
   }
 
-  async #ask(ctx, args, key) {
+  async #ask(ctx, args, key, signal) {
     const { res, verdict, refusal } = await this.#consult(
       'decide',
       policyProviderRequest({
@@ -302,6 +343,7 @@ export class GrpcPolicyProvider {
         poolId: ctx.poolId ?? '',
         labels: { ...ctx.labels },
       }),
+      signal,
     );
     if (refusal !== undefined) return refusal;
     const ttl = Math.min(res.cacheTtlMs, this.#o.maxCacheTtlMs);

@@ -856,6 +856,8 @@ export class PolicyEngine {
       const candidates = this.#candidates(ctx.tool);
       return this.#withAudit(ctx, candidates, this.#withoutProviderDenies(ctx, candidates));
     }
+    // A call given up already asks no provider (a remote one would work on it for nothing).
+    signal?.throwIfAborted();
     const candidates = this.#candidates(ctx.tool);
     const best = this.#bestRule(ctx, candidates);
     const ruleDecision = best === undefined ? this.#defaultDecision : best.decision;
@@ -894,11 +896,12 @@ export class PolicyEngine {
    * answer is dropped too); the answers are dropped, and it never rejects. The asynchronous providers that outrank the lowest rule that hides tools
    * (an enforced `deny` without conditions or `when`) are asked about `ctx`, all at once — those
    * a call of a hidden tool waits for (all of them when the providers sit above every such rule,
-   * the common setup; none when below). `undefined`, at no cost, when none would be asked.
+   * the common setup; none when below). `undefined`, at no cost, when none would be asked or
+   * `signal` has aborted already.
    */
   askAsLikeHidden(ctx: PolicyContext, signal?: AbortSignal): Promise<void> | undefined {
     const floor = this.#hidingFloor;
-    if (this.#async === 0 || floor === undefined) return undefined;
+    if (this.#async === 0 || floor === undefined || signal?.aborted === true) return undefined;
     const asked: Promise<unknown>[] = [];
     for (const { provider, priority } of this.#providers) {
       if (priority <= floor) break;

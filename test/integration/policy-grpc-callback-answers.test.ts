@@ -11,7 +11,7 @@
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { McpError } from '@modelcontextprotocol/sdk/types.js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import { PluginHost } from '../../src/plugins/plugin-host.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
@@ -254,7 +254,11 @@ describe.runIf(runs)('policy-grpc callback-answer checks: opt-in, and fail close
       const b = await check({ blob: 'x'.repeat(1_100_000) });
       expect(b.allowed === false && b.reason).toMatch(/exceed maxArgumentsBytes 1048576/);
       expect((await check({ fine: 'yes' })).allowed).toBe(true);
+      // The service prints its line before it answers, but the line may reach us after the
+      // answer; a line of the two refused checks would come before it.
+      await vi.waitFor(() => expect(service.answers.length).toBeGreaterThan(before));
       expect(service.answers.length).toBe(before + 1);
+      expect(service.answers.at(-1)!.result).toBe('{"fine":"yes"}');
     });
 
     it('a check given up while the service thinks is cancelled: it rejects with the reason, deciding nothing', async () => {

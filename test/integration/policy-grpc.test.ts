@@ -256,6 +256,54 @@ describe.runIf(runs)('policy-grpc with a Python policy service', () => {
     }
   });
 
+  it('a request is cancelled at the service once every call waiting for it is given up', async () => {
+    // A deadline far past the service's 3 s hold: only a cancellation ends the request early.
+    const other = new AgentFabric();
+    const long = new PluginHost(other, { log: () => undefined });
+    await long.load(PLUGIN, {
+      target: service.address,
+      insecure: true,
+      deadlineMs: 30_000,
+      authToken: TOKEN,
+    });
+    try {
+      const p = long.instanceOf<'policy'>('policy-grpc')!;
+      const held = (n: number) => ({ agentId, tool: 'py__hold', params: { n } });
+      const reaching = (n: number) =>
+        vi.waitFor(() => expect(service.calls.some((c) => c.args === `{"n":${n}}`)).toBe(true), {
+          timeout: 5000,
+        });
+
+      // Two identical calls share one request; one gives up, the other still gets the answer.
+      const gone = new AbortController();
+      const waiting = new AbortController();
+      const first = p.decideAsync!(held(1), gone.signal);
+      const second = p.decideAsync!(held(1), waiting.signal);
+      await reaching(1);
+      gone.abort(new Error('given up'));
+      await expect(first).rejects.toThrow('given up');
+      expect(await second).toMatchObject({ action: 'allow', reason: 'held to the end' });
+
+      // Both give up: the service sees the request cancelled.
+      const a = new AbortController();
+      const b = new AbortController();
+      const both = [p.decideAsync!(held(2), a.signal), p.decideAsync!(held(2), b.signal)];
+      await reaching(2);
+      a.abort(new Error('a gone'));
+      b.abort(new Error('b gone'));
+      await Promise.allSettled(both);
+      await vi.waitFor(() => expect(service.cancelled).toEqual(['{"n":2}']), { timeout: 5000 });
+      // A call already given up is not sent at all.
+      const late = new AbortController();
+      late.abort(new Error('late'));
+      await expect(p.decideAsync!(held(3), late.signal)).rejects.toThrow('late');
+      expect(service.calls.some((c) => c.args === '{"n":3}')).toBe(false);
+    } finally {
+      await long.close();
+      await other.close();
+    }
+  });
+
   it('service killed: every uncached call is denied, failing closed (a granted cache entry still answers)', async () => {
     await service.kill();
     const a = refusal(await call('py__allow', { after: 'kill' }));

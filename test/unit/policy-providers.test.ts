@@ -144,11 +144,10 @@ describe('PolicyEngine asynchronous providers (decideAsync)', () => {
   it('a rejection fails closed with FABRIC_ERR_POLICY_UNAVAILABLE; an aborted signal throws', async () => {
     const engine = new PolicyEngine();
     engine.addPolicy({ name: 'rules', rules: [{ tool: '*', action: 'allow' }] });
-    engine.addProvider(
-      remote('down', 0, async () => {
-        throw new Error('connection refused');
-      }),
-    );
+    const down = remote('down', 0, async () => {
+      throw new Error('connection refused');
+    });
+    engine.addProvider(down);
     expect(await engine.evaluateAsync(ctx('x'))).toMatchObject({
       action: 'deny',
       allowed: false,
@@ -158,6 +157,8 @@ describe('PolicyEngine asynchronous providers (decideAsync)', () => {
     const ac = new AbortController();
     ac.abort(new Error('client went away'));
     await expect(engine.evaluateAsync(ctx('x'), ac.signal)).rejects.toThrow('client went away');
+    // A call given up before it is evaluated asks no provider.
+    expect(down.asked).toEqual(['x']);
     engine.close();
   });
 
