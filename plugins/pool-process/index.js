@@ -3,7 +3,8 @@
 // its environment; it connects back as a worker (e.g. with the worker SDK) and claims its tasks
 // through the `remote` executor. Its stdout and stderr go to the log, line by line, with the
 // agent's id (its credential masked), each line cut at maxLogLineChars as it arrives (memory
-// stays bounded whatever a child writes). Stopping an agent ends its whole process tree; so does
+// stays bounded whatever a child writes), at most maxLogLinesPerSecond lines a second (the rest
+// dropped and counted in the log). Stopping an agent ends its whole process tree; so does
 // closing the plugin, and so does the sidecar's process exiting. See README.md.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -37,6 +38,12 @@ export const optionsSchema = z
      * the line is logged at once with `cut: true`.
      */
     maxLogLineChars: z.number().int().positive().default(8192),
+    /**
+     * Most log lines per second an agent's process gets into the log (stdout and stderr
+     * together; bursts up to one second's worth): the lines past it are dropped and counted, and
+     * the count is logged once lines pass again, and when the process's output ends.
+     */
+    maxLogLinesPerSecond: z.number().int().positive().default(200),
   })
   .strict();
 
@@ -62,6 +69,50 @@ function childEnv(options, agent, endpoints) {
   if (url !== undefined) env.FABRIC_URL = url;
   if (endpoints.grpcAddress !== undefined) env.FABRIC_GRPC_ADDRESS = endpoints.grpcAddress;
   return env;
+}
+
+/**
+ * A token bucket of log lines, shared by one process's stdout and stderr: `rate` lines a second,
+ * up to `rate` at once; the lines refused are counted until {@link takeDropped} takes the count.
+ * On the monotonic clock (a wall-clock step neither silences a process nor lets it flood).
+ */
+class LineLimit {
+  #tokens;
+  #last = performance.now();
+  #dropped = 0;
+  #reported = Number.NEGATIVE_INFINITY;
+
+  constructor(rate) {
+    this.rate = rate;
+    this.#tokens = rate;
+  }
+
+  /** Whether one more line may be logged now (counted as dropped when not). */
+  pass() {
+    const now = performance.now();
+    this.#tokens = Math.min(this.rate, this.#tokens + ((now - this.#last) * this.rate) / 1000);
+    this.#last = now;
+    if (this.#tokens >= 1) {
+      this.#tokens -= 1;
+      return true;
+    }
+    this.#dropped++;
+    return false;
+  }
+
+  /**
+   * The lines dropped since the count was last taken; 0 (the count kept) when it was taken less
+   * than a second ago, unless `now` — so a steady flood adds one count line a second, not one
+   * before every line that passes.
+   */
+  takeDropped(now = false) {
+    const at = performance.now();
+    if (this.#dropped === 0 || (!now && at - this.#reported < 1000)) return 0;
+    const n = this.#dropped;
+    this.#dropped = 0;
+    this.#reported = at;
+    return n;
+  }
 }
 
 /** Signals a child's whole process group; a group that is gone already (or never was) is fine. */
@@ -124,7 +175,8 @@ export class ProcessPool {
       if (child.pid !== undefined)
         this.#log.warn(`process error: ${err.message}`, { agentId: agent.agentId });
     });
-    for (const stream of ['stdout', 'stderr']) this.#pipe(child[stream], stream, agent);
+    const limit = new LineLimit(this.#o.maxLogLinesPerSecond);
+    for (const stream of ['stdout', 'stderr']) this.#pipe(child[stream], stream, agent, limit);
     child.once('exit', (code, signal) =>
       this.#log.info(`process ${child.pid} exited (${signal ?? code})`, { agentId: agent.agentId }),
     );
@@ -149,16 +201,27 @@ export class ProcessPool {
    * Logs a child's output line by line without holding more than one cut line: each line keeps
    * at most maxLogLineChars (plus the credential's length, so a credential across the cut is
    * still masked); past that the line is logged at once, marked cut, and the rest up to the next
-   * newline is dropped as it arrives. Lines end at `\n` (a `\r` before it is dropped).
+   * newline is dropped as it arrives. Lines end at `\n` (a `\r` before it is dropped). Lines
+   * past `limit` are dropped and counted (see {@link LineLimit}).
    */
-  #pipe(readable, stream, agent) {
+  #pipe(readable, stream, agent, limit) {
     const max = this.#o.maxLogLineChars;
     const keep = max + agent.credential.length;
     const decoder = new StringDecoder('utf8');
     const level = stream === 'stderr' ? 'warn' : 'info';
     let line = '';
     let dropping = false;
+    const dropped = (now = false) => {
+      const n = limit.takeDropped(now);
+      if (n === 0) return;
+      this.#log.warn(`${n} log lines dropped: over maxLogLinesPerSecond (${limit.rate})`, {
+        agentId: agent.agentId,
+        dropped: n,
+      });
+    };
     const emit = (text, cut) => {
+      if (!limit.pass()) return;
+      dropped();
       let masked = text.split(agent.credential).join('[credential]');
       if (masked.length > max) {
         masked = masked.slice(0, max);
@@ -197,6 +260,7 @@ export class ProcessPool {
       take(decoder.end());
       if (!dropping && line.length > 0) emit(line, false);
       line = '';
+      dropped(true);
     });
   }
 

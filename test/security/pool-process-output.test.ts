@@ -143,4 +143,61 @@ describe('pool-process log lines', () => {
     expect(lines()[1]).toMatchObject({ level: 'info', msg: 'next line' });
     expect(lines()[1]!.cut).toBeUndefined();
   });
+
+  it('a process flooding its output gets maxLogLinesPerSecond lines a second into the log; every other line is counted as dropped', async () => {
+    const dir = tempDir('pool-process-flood');
+    const script = join(dir, 'agent.cjs');
+    const written = join(dir, 'written');
+    const go = join(dir, 'go');
+    // 20 000 short lines on stdout and stderr at once; one more line and exit once told to.
+    writeFileSync(
+      script,
+      `const fs = require('node:fs');
+       let out = '';
+       for (let i = 0; i < 10000; i++) out += 'line ' + i + '\\n';
+       process.stderr.write(out);
+       process.stdout.write(out, () => fs.writeFileSync(${JSON.stringify(written)}, ''));
+       const t = setInterval(() => {
+         if (!fs.existsSync(${JSON.stringify(go)})) return;
+         clearInterval(t);
+         process.stdout.write('last\\n', () => process.exit(0));
+       }, 20);`,
+    );
+    fabric = new AgentFabric({}, { pools: { reconcileIntervalMs: 60_000 } });
+    const logs: PluginLogEntry[] = [];
+    host = new PluginHost(fabric, { log: (e) => logs.push(e) });
+    const started = performance.now();
+    await host.load(POOL_PROCESS, {
+      command: process.execPath,
+      args: [script],
+      url: 'http://127.0.0.1:9/mcp',
+      maxLogLinesPerSecond: 50,
+      stopTimeoutMs: 500,
+    });
+    const pool = await fabric.createPool({
+      poolId: 'p',
+      model: 'm',
+      minAgents: 1,
+      provider: 'process',
+    });
+    const agentId = pool.spawned[0]!.id;
+    const mine = () => logs.filter((l) => l.agentId === agentId);
+    const logged = () => mine().filter((l) => l.stream !== undefined).length;
+    const dropped = () =>
+      mine().reduce((n, l) => n + (typeof l.dropped === 'number' ? l.dropped : 0), 0);
+
+    await vi.waitFor(() => expect(existsSync(written)).toBe(true), { timeout: 15_000 });
+    writeFileSync(go, '');
+    // Once the output has ended, each of the 20 001 lines was either logged or counted.
+    await vi.waitFor(() => expect(logged() + dropped()).toBe(20_001), { timeout: 15_000 });
+    const seconds = (performance.now() - started) / 1000;
+    expect(logged()).toBeLessThanOrEqual(50 + Math.ceil(50 * seconds));
+    const counts = mine().filter((l) => l.dropped !== undefined);
+    expect(counts.length).toBeGreaterThan(0);
+    expect(counts.length).toBeLessThanOrEqual(2 + Math.ceil(seconds)); // one a second, and at the ends
+    expect(counts[0]).toMatchObject({
+      level: 'warn',
+      msg: expect.stringMatching(/^\d+ log lines dropped: over maxLogLinesPerSecond \(50\)$/),
+    });
+  });
 });
