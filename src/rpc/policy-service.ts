@@ -188,7 +188,7 @@ export function policyService(fabric: AgentFabric): ServiceImplementation<typeof
         if (!engine.removePolicy(policyName(req.name))) throw new PolicyNotFoundError(req.name);
         return create(RemovePolicyResponseSchema);
       },
-      evaluatePolicy: async (_caller, req) => {
+      evaluatePolicy: async (_caller, req, signal) => {
         if (req.tool === '')
           throw new InvalidArgumentError('tool', 'must be a non-empty tool name');
         const params = evaluationParams(req);
@@ -201,14 +201,19 @@ export function policyService(fabric: AgentFabric): ServiceImplementation<typeof
           );
         }
         const poolId = rec === undefined ? req.poolId || undefined : rec.poolId;
-        const d = await engine.evaluateAsync({
-          agentId: req.agentId,
-          tool: req.tool,
-          params,
-          ...(poolId === undefined ? {} : { poolId }),
-          labels: rec === undefined ? { ...req.labels } : rec.labels,
-          ...(attributes === undefined ? {} : { attributes }),
-        });
+        const d = await engine.evaluateAsync(
+          {
+            agentId: req.agentId,
+            tool: req.tool,
+            params,
+            ...(poolId === undefined ? {} : { poolId }),
+            labels: rec === undefined ? { ...req.labels } : rec.labels,
+            ...(attributes === undefined ? {} : { attributes }),
+          },
+          // A dry run its client gave up (cancelled, past its deadline) stops waiting for the
+          // policy providers asked, and tells them.
+          signal,
+        );
         return create(EvaluatePolicyResponseSchema, {
           action: ACTION[d.action],
           allowed: d.allowed,

@@ -18,9 +18,12 @@ import { status, type ClientUnaryCall, type ServiceError } from '@grpc/grpc-js';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CallToolRequestSchema, type CallToolResponse } from '../../src/gen/fabric/v1/tool_pb.js';
+import { EvaluatePolicyRequestSchema } from '../../src/gen/fabric/v1/policy_pb.js';
+import { POLICY_SERVICE_DEFINITION } from '../../src/rpc/policy-service.js';
 import { TOOL_SERVICE_DEFINITION } from '../../src/rpc/tool-service.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
+  ADMIN_TOKEN,
   agentToken,
   auditLines,
   closeSidecar,
@@ -165,5 +168,33 @@ describe('an unknown tool cancelled while a policy service that never answers is
     }).catch(() => {
       throw new Error(`the agent's slot stayed held: ${String(last)}`);
     });
+  });
+
+  it("PolicyService.EvaluatePolicy: a dry run its client cancels ends, and the provider's signal aborts", async () => {
+    const policies = grpcClient(POLICY_SERVICE_DEFINITION, sidecar!.grpcAddress!);
+    try {
+      let started: ClientUnaryCall | undefined;
+      const dryRun = unary(
+        policies,
+        'evaluatePolicy',
+        create(EvaluatePolicyRequestSchema, { tool: 'ghost', agentId: 'someone' }),
+        ADMIN_TOKEN,
+        { started: (c) => (started = c) },
+      ).then(
+        () => undefined,
+        (e: ServiceError) => e.code,
+      );
+      const count = (line: string): number => asked().filter((l) => l === line).length;
+      const before = count('ghost');
+      const abortedBefore = count('aborted ghost'); // the test above's call aborted too
+      await until(() => count('ghost') > before);
+      started!.cancel();
+      expect(await dryRun).toBe(status.CANCELLED);
+      // Before, the engine got no signal: the provider was never told, and the handler waited
+      // for it for good.
+      await until(() => count('aborted ghost') > abortedBefore);
+    } finally {
+      policies.close();
+    }
   });
 });
