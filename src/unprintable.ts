@@ -2,7 +2,7 @@
  * The characters a terminal acts on rather than shows, or draws as nothing, in one place for
  * every output an agent's text reaches an operator through: the CLI's tables and JSON
  * (`cli/format.ts`), the readable log (`server/logger.ts`) and the hook store's commit messages
- * (read with `git log`).
+ * (read with `git log`); and {@link clip}, how they are all cut short.
  *
  * @module
  */
@@ -31,4 +31,16 @@ export function printable(text: string): string {
     const code = c.codePointAt(0)!;
     return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u{${code.toString(16)}}`;
   });
+}
+
+/**
+ * `text` cut to at most `max` UTF-16 units, `mark` included, when it is longer; the cut never
+ * falls inside a surrogate pair (half of one would print as U+FFFD, or leave an escape's half).
+ */
+export function clip(text: string, max: number, mark = '...'): string {
+  if (text.length <= max) return text;
+  let end = max - mark.length;
+  const last = text.charCodeAt(end - 1);
+  if (last >= 0xd800 && last <= 0xdbff) end--;
+  return `${text.slice(0, end)}${mark}`;
 }

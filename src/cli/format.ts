@@ -13,10 +13,10 @@
  * @module
  */
 import { timestampDate, type Timestamp } from '@bufbuild/protobuf/wkt';
-import { printable, UNPRINTABLE_CLASS } from '../unprintable.js';
+import { clip, printable, UNPRINTABLE_CLASS } from '../unprintable.js';
 
 /** Table cells and error lines escape with the same function as the readable log. */
-export { printable };
+export { clip, printable };
 
 /**
  * `c` as JSON's `\uhhhh` escapes (four hex digits): one for a character up to U+FFFF, its
@@ -97,18 +97,6 @@ export function orDash(value: string | undefined): string {
 /** A number with at most two decimals (budget figures). */
 export function num(n: number): string {
   return Number.isInteger(n) ? String(n) : n.toFixed(2);
-}
-
-/**
- * `text` cut to at most `max` UTF-16 units, `mark` included, when it is longer; the cut never
- * falls inside a surrogate pair (half of one would print as U+FFFD, or leave an escape's half).
- */
-export function clip(text: string, max: number, mark = '...'): string {
-  if (text.length <= max) return text;
-  let end = max - mark.length;
-  const last = text.charCodeAt(end - 1);
-  if (last >= 0xd800 && last <= 0xdbff) end--;
-  return `${text.slice(0, end)}${mark}`;
 }
 
 /** A one-line JSON view of a value, cut to `max` characters. */

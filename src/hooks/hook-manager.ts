@@ -52,7 +52,7 @@ import { isAgentLiveness, type AgentLiveness } from './liveness.js';
 import { checkBranchName } from './ref-name.js';
 import { HOOKS_REF, HookStateStore, type StateChange } from './state-store.js';
 import { StoreLock } from './store-lock.js';
-import { UNPRINTABLE_CLASS } from '../unprintable.js';
+import { clip, UNPRINTABLE_CLASS } from '../unprintable.js';
 import { WorktreeManager, type CreatedWorktree } from './worktrees.js';
 
 /** Name of the lock file in the store's git directory. */
@@ -1410,7 +1410,7 @@ function message(hookId: string, what: string, trailers: Record<string, string |
 function trailerLines(trailers: Record<string, string | null>): string[] {
   const lines: string[] = [];
   for (const [key, value] of Object.entries(trailers)) {
-    if (value !== null) lines.push(`${key}: ${value.replace(LINE_BREAKERS, ' ').slice(0, 500)}`);
+    if (value !== null) lines.push(`${key}: ${clip(value.replace(LINE_BREAKERS, ' '), 500, '')}`);
   }
   return lines;
 }

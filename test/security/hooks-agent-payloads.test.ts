@@ -149,4 +149,19 @@ describe('what an agent writes into the hook store’s commit messages', () => {
       expect(line.replace(/^Progress-/, '')).toBe('Note: ok 2J Hook-Id: forged evil end x');
     }
   });
+
+  it('a trailer cut at 500 characters never keeps half of a surrogate pair', async () => {
+    const hookId = await activeHook();
+    // A character past U+FFFF (two UTF-16 units) straddling the cut.
+    const f = await call('fail_hook', { hookId, message: `cut${'a'.repeat(496)}\u{1f600}tail` });
+    expect(f.isError, text(f)).toBeFalsy();
+    const log = execFileSync('git', ['log', '-1', '--format=%B', HOOKS_REF], { cwd: storagePath });
+    // Half a pair is written as U+FFFD (EF BF BD): not in the message, which ends before it.
+    expect(log.includes(Buffer.from('\ufffd'))).toBe(false);
+    const note = log
+      .toString('utf8')
+      .split('\n')
+      .find((l) => l.startsWith('Note: cut'));
+    expect(note).toBe(`Note: cut${'a'.repeat(496)}`);
+  });
 });
