@@ -2,7 +2,7 @@
  * The characters a terminal acts on rather than shows, or draws as nothing, in one place for
  * every output an agent's text reaches an operator through: the CLI's tables and JSON
  * (`cli/format.ts`), the readable log (`server/logger.ts`) and the hook store's commit messages
- * (read with `git log`); and {@link clip}, how they are all cut short.
+ * (read with `git log`); and {@link clip}, which cuts the CLI's cells and the trailers short.
  *
  * @module
  */
