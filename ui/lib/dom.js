@@ -33,6 +33,16 @@ const ASCII_LETTER = /[A-Za-z]/;
 const NOT_ASCII = /[\u0080-\u{10ffff}]+/gu;
 const HAS_NOT_ASCII = /[\u0080-\u{10ffff}]/u;
 
+/**
+ * Letters of other scripts a reader takes for Latin ones: Cyrillic, Greek and Armenian letters
+ * drawn as (or nearly as) a Latin letter, and the fullwidth Latin letters. A word whose letters are
+ * all among them ("аррӏе.сом", all Cyrillic) reads as a Latin word it is not.
+ */
+const LATIN_LOOKALIKE = 'аеорсухіјѕһӏԁԛԝүАВЕКМНОРСТХІЈЅҮӀҺԚԜΑΒΕΖΗΙΚΜΝΟΡΤΥΧονօցսհոＡ-Ｚａ-ｚ';
+const LETTER = /\p{L}/u;
+/** A word none of whose letters is one outside {@link LATIN_LOOKALIKE}. */
+const ONLY_LOOKALIKE_LETTERS = new RegExp(`^(?:(?!\\p{L})\\S|[${LATIN_LOOKALIKE}])+$`, 'u');
+
 /** `U+0456` for `і`. */
 export function codePoint(c) {
   return `U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')}`;
@@ -45,8 +55,10 @@ export const MAX_MARKED = 100;
  * `text` ({@link visible}) as nodes in which every run of characters outside ASCII that stands in
  * a word with ASCII letters is a `<mark class="lookalike">` titled with its code points: in
  * "https://gіthub.com" the Cyrillic і, which reads as the Latin i, is marked, so the operator
- * does not approve a call to another domain than the one they read. A word wholly in another
- * script ("Привет") is not marked; a look-alike word wholly of Cyrillic letters is not caught.
+ * does not approve a call to another domain than the one they read. So is every such run of a
+ * word without ASCII letters whose letters all read as Latin ones ({@link LATIN_LOOKALIKE}:
+ * "https://аррӏе.сом" in Cyrillic). A word with any other letter of another script ("Привет")
+ * is not marked.
  * At most {@link MAX_MARKED} runs are marked (`more` tells there were others): the page must
  * not build hundreds of thousands of elements for one agent's arguments.
  * `found` lists the marked characters, each once.
@@ -59,7 +71,11 @@ export function markLookalikes(text) {
   let marked = 0;
   let more = false;
   words: for (const word of shown.matchAll(WORD)) {
-    if (!ASCII_LETTER.test(word[0]) || !HAS_NOT_ASCII.test(word[0])) continue;
+    if (!HAS_NOT_ASCII.test(word[0])) continue;
+    if (!ASCII_LETTER.test(word[0])) {
+      const lookalike = LETTER.test(word[0]) && ONLY_LOOKALIKE_LETTERS.test(word[0]);
+      if (!lookalike) continue;
+    }
     for (const run of word[0].matchAll(NOT_ASCII)) {
       if (marked === MAX_MARKED) {
         more = true;
