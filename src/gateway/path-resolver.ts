@@ -28,6 +28,14 @@
  *    ambiguous name is unresolvable;
  * 6. the result is NFC-normalized (rule values are too).
  *
+ * With `realpath`, a value whose real path is not its absolute spelling (a symlink, or another
+ * Unicode spelling, on the way) also keeps the names it went by: the absolute path as given,
+ * then the path after each symlink followed, one at a time (NFC). `deny` and
+ * `require_approval` conditions match those too ({@link recordSpellings}), so a rule naming a
+ * folder by a name that is a symlink (a glob-tail pattern such as `**` + `/protected/**`) still
+ * catches a call through that name. They cost a `lstat` per component (and a `readlink` per
+ * link), only for such values.
+ *
  * What cannot be resolved with certainty becomes an {@link UnresolvedPath} marker in the view:
  * deny/require_approval conditions on it match, allow conditions do not, a `when` reading it
  * fails closed. The walk over the parameters is iterative and bounded
@@ -40,7 +48,7 @@ import { lstat, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { posix } from 'node:path';
 import { looksLikePath, PATH_KEY_PATTERN } from '../policy/conditions.js';
-import { markHoldsUnresolved, UnresolvedPath } from '../policy/unresolved-path.js';
+import { markHoldsUnresolved, recordSpellings, UnresolvedPath } from '../policy/unresolved-path.js';
 import type { UpstreamSpec } from './upstream-config.js';
 
 /** Longest path-like value resolved (Linux `PATH_MAX`); longer ones are unresolvable. */
@@ -177,6 +185,8 @@ export class PathResolver {
   readonly #isPathKey: PathKeyTest;
   /** What relative paths resolve against: the declared roots until {@link readRoots}. */
   #roots: readonly string[];
+  /** Declared roots that are symlinks, with their real paths (read by {@link readRoots}). */
+  #rootLinks: readonly (readonly [root: string, real: string])[] = [];
 
   constructor(options: PathResolutionOptions) {
     for (const root of options.roots) {
@@ -210,11 +220,16 @@ export class PathResolver {
   async readRoots(): Promise<void> {
     if (!this.options.realpath || this.options.rootsFromClient) return;
     const expanded: string[] = [];
+    const links: (readonly [string, string])[] = [];
     for (const root of this.options.roots) {
       expanded.push(root);
       const real = await realOrMissing(root);
-      if (typeof real === 'string' && real !== root) expanded.push(real);
+      if (typeof real === 'string' && real !== root) {
+        expanded.push(real);
+        links.push([root, real]);
+      }
     }
+    this.#rootLinks = Object.freeze(links);
     const present: string[] = [];
     for (const dir of expanded) {
       try {
@@ -239,6 +254,7 @@ export class PathResolver {
     const slots = walk(params, this.#isPathKey);
     if (slots.length === 0) return params;
     const resolved = new Map<string, Resolved>();
+    const spellings = new Map<string, readonly string[]>();
     const disk: (readonly [value: string, abs: string])[] = [];
     for (const slot of slots) {
       const value = slot.value;
@@ -251,8 +267,10 @@ export class PathResolver {
         resolved.set(value, typeof abs === 'string' ? abs.normalize('NFC') : abs);
       }
     }
-    if (disk.length === 0) return buildView(params, slots, resolved);
-    return this.#realAll(disk, resolved).then(() => buildView(params, slots, resolved));
+    if (disk.length === 0) return buildView(params, slots, resolved, spellings);
+    return this.#realAll(disk, resolved, spellings).then(() =>
+      buildView(params, slots, resolved, spellings),
+    );
   }
 
   /**
@@ -263,13 +281,31 @@ export class PathResolver {
   async #realAll(
     disk: readonly (readonly [value: string, abs: string])[],
     resolved: Map<string, Resolved>,
+    spellings: Map<string, readonly string[]>,
   ): Promise<void> {
     const budget: DiskBudget = { left: MAX_DISK_LOOKUPS_PER_CALL };
     for (let i = 0; i < disk.length; i += DISK_CONCURRENCY) {
       await Promise.all(
         disk.slice(i, i + DISK_CONCURRENCY).map(async ([value, abs]) => {
           const r = await this.#real(value, abs, budget);
-          resolved.set(value, typeof r === 'string' ? r.normalize('NFC') : r);
+          if (typeof r !== 'string') {
+            resolved.set(value, r);
+            return;
+          }
+          const real = r.normalize('NFC');
+          const names =
+            real === abs.normalize('NFC')
+              ? []
+              : await spelledHops(value, abs, real, this.#rootLinks, budget);
+          if (names instanceof UnresolvedPath) {
+            resolved.set(value, names);
+            return;
+          }
+          resolved.set(value, real);
+          const other = [...new Set(names.map((n) => n.normalize('NFC')))].filter(
+            (n) => n !== real,
+          );
+          if (other.length > 0) spellings.set(value, other);
         }),
       );
     }
@@ -331,12 +367,7 @@ export class PathResolver {
   /** Step 5: the path on disk, following symlinks as the OS would. */
   async #real(value: string, abs: string, budget: DiskBudget): Promise<Resolved> {
     const spent = (): UnresolvedPath | undefined =>
-      budget.left-- > 0
-        ? undefined
-        : unresolved(
-            value,
-            `needs more than ${MAX_DISK_LOOKUPS_PER_CALL} disk lookups in one call`,
-          );
+      budget.left-- > 0 ? undefined : overBudget(value);
     let path = abs;
     for (let hops = 0; hops <= MAX_SYMLINK_HOPS; hops++) {
       let over = spent();
@@ -416,8 +447,91 @@ interface DiskBudget {
   left: number;
 }
 
+function overBudget(value: string): UnresolvedPath {
+  return unresolved(value, `needs more than ${MAX_DISK_LOOKUPS_PER_CALL} disk lookups in one call`);
+}
+
 function unreadable(value: string, error: unknown): UnresolvedPath {
   return unresolved(value, `cannot be resolved on disk (${errnoOf(error)})`);
+}
+
+/**
+ * The names `abs` goes by on the way to its real path `real`: `abs`, then the path after each
+ * symlink on it is followed, one at a time and from the left (a link's target is resolved
+ * lexically against its folder, as the names a rule could give it); a missing name ends the walk
+ * (the rest is new), and a name missing only in this spelling is taken as its one
+ * Unicode-equivalent entry. A root that is a symlink (`rootLinks`, read at connect) is the first
+ * hop without a lookup, and the folders of its real path are not looked up again; nor are the
+ * folders a hop's target shares with the path already walked. Called only for values whose real
+ * path differs from `abs`; spends `budget` like the resolution, and is a marker when it runs out
+ * or meets an error.
+ */
+async function spelledHops(
+  value: string,
+  abs: string,
+  real: string,
+  rootLinks: readonly (readonly [root: string, real: string])[],
+  budget: DiskBudget,
+): Promise<string[] | UnresolvedPath> {
+  const names = [abs];
+  let path = abs;
+  /** Leading components of `path` known to be folders, not links. */
+  let known = 0;
+  for (const [root, rootReal] of rootLinks) {
+    if (abs !== root && !abs.startsWith(`${root}/`)) continue;
+    path = rootReal + abs.slice(root.length);
+    names.push(path);
+    if (path.normalize('NFC') === real) return names;
+    known = rootReal.split('/').filter((c) => c !== '').length;
+    break;
+  }
+  for (let hops = 0; hops < MAX_SYMLINK_HOPS; hops++) {
+    const parts = path.split('/').filter((c) => c !== '');
+    let dir = prefix(parts, known);
+    let next: string | undefined;
+    for (let i = known; i < parts.length && next === undefined; i++) {
+      if (budget.left-- <= 0) return overBudget(value);
+      let here = posix.join(dir, parts[i]!);
+      let stat = await lstatOrMissing(here);
+      if (stat instanceof Error) return unreadable(value, stat);
+      if (stat === undefined) {
+        if (!hasNoOtherSpelling(parts[i]!) && budget.left-- <= 0) return overBudget(value);
+        const match = await equivalentEntry(dir, parts[i]!);
+        if (match instanceof Error) return unreadable(value, match);
+        if (typeof match !== 'string') return names; // new from here (ambiguous: a marker already)
+        here = posix.join(dir, match);
+        stat = await lstatOrMissing(here);
+        if (stat instanceof Error) return unreadable(value, stat);
+        if (stat === undefined) return names;
+      }
+      if (stat.isSymbolicLink()) {
+        let target: string;
+        try {
+          target = await readlink(here);
+        } catch (error) {
+          return unreadable(value, error);
+        }
+        next = posix.resolve(dir, target, ...parts.slice(i + 1));
+        known = sharedFolders(dir, next);
+      } else {
+        dir = here;
+      }
+    }
+    if (next === undefined) return names;
+    names.push(next);
+    path = next;
+  }
+  return names;
+}
+
+/** How many leading components `next` shares with the folder `dir` (all of them real folders). */
+function sharedFolders(dir: string, next: string): number {
+  const a = dir.split('/').filter((c) => c !== '');
+  const b = next.split('/').filter((c) => c !== '');
+  let n = 0;
+  // The last component of `next` is what it names, not a folder on its way.
+  while (n < a.length && n < b.length - 1 && a[n] === b[n]) n++;
+  return n;
 }
 
 function prefix(parts: readonly string[], n: number): string {
@@ -633,13 +747,17 @@ function buildView(
   params: Readonly<Record<string, unknown>>,
   slots: readonly Slot[],
   resolved: ReadonlyMap<string, Resolved>,
+  spellings: ReadonlyMap<string, readonly string[]>,
 ): Readonly<Record<string, unknown>> {
   const markers: UnresolvedPath[] = [];
   let root: Frame | undefined;
   for (const slot of slots) {
     const value = typeof slot.value === 'string' ? resolved.get(slot.value)! : slot.value;
     if (value === slot.value && typeof value === 'string') continue; // already canonical
-    setOwn(copyOf(slot.frame), slot.key, value);
+    const copy = copyOf(slot.frame);
+    setOwn(copy, slot.key, value);
+    const names = typeof slot.value === 'string' ? spellings.get(slot.value) : undefined;
+    if (names !== undefined) recordSpellings(copy, slot.key, names);
     if (value instanceof UnresolvedPath) {
       markers.push(value);
       for (let f: Frame | undefined = slot.frame; f !== undefined; f = f.parent) {

@@ -13,7 +13,7 @@ import { posix } from 'node:path';
 import { compileGlob, hasGlobSyntax } from './glob.js';
 import { resolvePatternPath } from './pattern-realpath.js';
 import type { ConditionScalar, PolicyConditions } from './policy.js';
-import { UnresolvedPath } from './unresolved-path.js';
+import { spellingsOf, UnresolvedPath } from './unresolved-path.js';
 
 /**
  * A compiled condition set: true when every condition matches `params`. `raw`: the parameters
@@ -103,10 +103,19 @@ function compileCondition(
           for (let i = 0; i < tests.length; i++) if (tests[i]!(v)) return true;
           return false;
         };
-  const matches = (value: unknown): boolean => {
-    if (!Array.isArray(value)) return one(value);
+  // A restrictive rule also matches the names a resolved path went by (recordSpellings).
+  const oneAt = restrictive
+    ? (v: unknown, holder: object, k: string | number): boolean => {
+        if (one(v)) return true;
+        const names = typeof v === 'string' ? spellingsOf(holder, k) : undefined;
+        if (names !== undefined) for (const n of names) if (one(n)) return true;
+        return false;
+      }
+    : one;
+  const matches = (value: unknown, holder: object, k: string | number): boolean => {
+    if (!Array.isArray(value)) return oneAt(value, holder, k);
     if (restrictive) {
-      for (let i = 0; i < value.length; i++) if (one(value[i])) return true;
+      for (let i = 0; i < value.length; i++) if (oneAt(value[i], value, i)) return true;
       return false;
     }
     if (value.length === 0) return false;
@@ -123,7 +132,7 @@ function compileCondition(
 /** Reads the parameter `key` (dotted: both spellings) and applies `matches`. */
 function compileLookup(
   key: string,
-  matches: (value: unknown) => boolean,
+  matches: (value: unknown, holder: object, key: string | number) => boolean,
   restrictive: boolean,
 ): ParamsPredicate {
   if (!key.includes('.')) {
@@ -132,7 +141,7 @@ function compileLookup(
         return false;
       }
       const value = params[key];
-      return value !== undefined && matches(value);
+      return value !== undefined && matches(value, params, key);
     };
   }
   // A dotted key names two parameters an agent controls at once: the literal key `a.b` and the
@@ -140,26 +149,39 @@ function compileLookup(
   // like an array's elements: a restrictive rule matches if either does (else `{"a.b": ok,
   // "a": {"b": bad}}` slips `bad` past a deny), an allow rule only if every one present does.
   const dotted = key.split('.');
+  const last = dotted[dotted.length - 1]!;
   return (params) => {
     if (params === null || typeof params !== 'object') return false;
     const literal = Object.hasOwn(params, key) ? params[key] : undefined;
-    const nested = walkDotted(params, dotted);
-    if (literal === undefined) return nested !== undefined && matches(nested);
-    if (nested === undefined) return matches(literal);
-    return restrictive ? matches(literal) || matches(nested) : matches(literal) && matches(nested);
+    const at = walkDotted(params, dotted);
+    const nested = at?.value;
+    const nestedMatches = (): boolean => matches(nested, at!.holder, last);
+    if (literal === undefined) return nested !== undefined && nestedMatches();
+    if (nested === undefined) return matches(literal, params, key);
+    return restrictive
+      ? matches(literal, params, key) || nestedMatches()
+      : matches(literal, params, key) && nestedMatches();
   };
 }
 
-/** The value at `params.a.b…` (own properties only), or a marker met on the way. */
-function walkDotted(params: Readonly<Record<string, unknown>>, dotted: readonly string[]): unknown {
+/**
+ * The value at `params.a.b…` (own properties only) and the object holding it, or a marker met
+ * on the way (then `holder` is not where the marker was: a marker has no other spellings).
+ */
+function walkDotted(
+  params: Readonly<Record<string, unknown>>,
+  dotted: readonly string[],
+): { readonly value: unknown; readonly holder: object } | undefined {
   let v: unknown = params;
+  let holder: object = params;
   for (const k of dotted) {
     // Nothing below a marker can be known: the marker answers for it.
-    if (v instanceof UnresolvedPath) return v;
+    if (v instanceof UnresolvedPath) return { value: v, holder };
     if (v === null || typeof v !== 'object' || !Object.hasOwn(v, k)) return undefined;
+    holder = v;
     v = (v as Record<string, unknown>)[k];
   }
-  return v;
+  return { value: v, holder };
 }
 
 function compileValue(

@@ -78,3 +78,32 @@ export function holdsUnresolved(value: unknown): boolean {
     (value instanceof UnresolvedPath || HOLDERS.has(value))
   );
 }
+
+/** Other spellings of resolved path values, by the view container and key that hold them. */
+const SPELLINGS = new WeakMap<object, Map<string | number, readonly string[]>>();
+
+/**
+ * Records the names a resolved path value at `container[key]` went by on its way to its real
+ * path (the absolute path as the agent named it, then the path after each symlink followed;
+ * NFC). A `deny` or `require_approval` condition matches them too, so a rule that names a folder
+ * by a name that is a symlink (a glob tail such as `**` + `/protected/**`, or a link made after
+ * the rule was loaded) still catches a call through that name; an `allow` condition matches
+ * only the real path.
+ */
+export function recordSpellings(
+  container: object,
+  key: string | number,
+  spellings: readonly string[],
+): void {
+  let byKey = SPELLINGS.get(container);
+  if (byKey === undefined) SPELLINGS.set(container, (byKey = new Map()));
+  byKey.set(key, spellings);
+}
+
+/** The spellings {@link recordSpellings} recorded for `container[key]`, if any. */
+export function spellingsOf(
+  container: object,
+  key: string | number,
+): readonly string[] | undefined {
+  return SPELLINGS.get(container)?.get(key);
+}

@@ -200,6 +200,64 @@ describe('rule patterns through symlinks (rules are resolved like the calls they
     expect(text(no)).toContain('FABRIC_ERR_POLICY_DENIED');
     expect(existsSync(join(real, 'elsewhere.txt'))).toBe(false);
   });
+
+  /** A sandbox whose protected/ is a link to `vault/` (and `alias` a link to protected/). */
+  function linkedVault(prefix: string): { sandbox: string; vault: string } {
+    const sandbox = realpathSync(tempDir(prefix));
+    const vault = join(sandbox, 'vault');
+    mkdirSync(vault);
+    mkdirSync(join(sandbox, 'work'));
+    writeFileSync(join(vault, 'secret.txt'), SECRET);
+    writeFileSync(join(sandbox, 'work', 'mine.txt'), 'mine');
+    symlinkSync('vault', join(sandbox, 'protected'));
+    symlinkSync('protected', join(sandbox, 'alias'));
+    return { sandbox, vault };
+  }
+
+  it('a glob-tail rule (`**/protected/**`) on a protected/ that is a symlink matches every name the call goes through', async () => {
+    // The glob tail cannot be resolved when the rule is loaded, and the call's real path is
+    // `vault/…`: a deny matches the spellings the call passes through on the way there too.
+    const { sandbox, vault } = linkedVault('pattern-glob-tail-link');
+    await startWith(sandbox, [readOnly('**/protected/**'), DEFAULT_ALLOW]);
+    await expectProtected(vault, sandbox);
+    for (const path of ['alias/planted.txt', `${sandbox}/alias/abs.txt`]) {
+      const r = await call('write_file', { path, content: 'pwned' });
+      expect(text(r), path).toContain('FABRIC_ERR_POLICY_DENIED');
+    }
+    const moved = await call('move_file', { source: 'work/mine.txt', destination: 'alias/m.txt' });
+    expect(text(moved)).toContain('FABRIC_ERR_POLICY_DENIED');
+    expect(tree(vault)).toEqual(['secret.txt']);
+    // Reached by its own name the vault is another folder to this rule: it names folders by name.
+    const direct = await call('write_file', { path: 'vault/direct.txt', content: 'by name' });
+    expect(direct.isError, text(direct)).toBeFalsy();
+  });
+
+  it('a link made after the rule was loaded is matched by the name the call gives, without a reload', async () => {
+    const sandbox = realpathSync(tempDir('pattern-late-link'));
+    mkdirSync(join(sandbox, 'work'));
+    writeFileSync(join(sandbox, 'work', 'mine.txt'), 'mine');
+    await startWith(sandbox, [readOnly(`${sandbox}/protected/**`), DEFAULT_ALLOW]);
+    const vault = join(sandbox, 'vault');
+    mkdirSync(vault);
+    writeFileSync(join(vault, 'secret.txt'), SECRET);
+    symlinkSync('vault', join(sandbox, 'protected'));
+    await expectProtected(vault, sandbox);
+  });
+
+  it('an allow rule still matches only the real path, not a name on the way', async () => {
+    const { sandbox, vault } = linkedVault('pattern-allow-tail-link');
+    await startWith(sandbox, [
+      {
+        name: 'allow-protected-name',
+        rules: [
+          { tool: 'fs__write_file', action: 'allow', conditions: { path: '**/protected/**' } },
+        ],
+      },
+    ]);
+    const r = await call('write_file', { path: 'protected/x.txt', content: 'x' });
+    expect(text(r)).toContain('FABRIC_ERR_POLICY_DENIED');
+    expect(tree(vault)).toEqual(['secret.txt']);
+  });
 });
 
 describe('config variables are pasted into rule globs escaped', () => {

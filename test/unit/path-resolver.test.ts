@@ -13,7 +13,12 @@ import {
   unresolvedPathsIn,
 } from '../../src/gateway/path-resolver.js';
 import { upstreamSpecSchema } from '../../src/gateway/upstream-config.js';
-import { holdsUnresolved, isUnresolvedPath } from '../../src/policy/unresolved-path.js';
+import { compileConditions } from '../../src/policy/conditions.js';
+import {
+  holdsUnresolved,
+  isUnresolvedPath,
+  spellingsOf,
+} from '../../src/policy/unresolved-path.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- test views are walked by hand
@@ -118,6 +123,32 @@ describe('PathResolver: realpath on disk', () => {
     expect(await r.resolve('cafe\u0301/x')).toBe(p('caf\u00e9/x'));
     expect(await r.resolve('\u00c5/x')).toBe(p('\u00c5/x')); // an exact name wins
     expect(reason(await r.resolve('\u212b/x'))).toMatch(/ambiguously/);
+  });
+
+  it('keeps the names a value went by; restrictive conditions match them, allow ones do not', async () => {
+    const view = (await r.view({
+      path: 'chain1/x',
+      paths: ['work/ok', 'pe\u0301/y'],
+      nested: { file: 'dangle' },
+      plain: p('protected/secret.txt'),
+    })) as Any;
+    expect(view.path).toBe(p('protected/x'));
+    expect(spellingsOf(view, 'path')).toEqual([p('chain1/x'), p('chain2/x'), p('plink/x')]);
+    expect(spellingsOf(view.paths, 1)).toEqual([p('p\u00e9/y')]);
+    expect(spellingsOf(view.paths, 0)).toBeUndefined(); // nothing on the way
+    expect(spellingsOf(view.nested, 'file')).toEqual([p('dangle')]);
+    expect(spellingsOf(view, 'plain')).toBeUndefined(); // already its real path
+    const named = (restrictive: boolean, key: string, glob: string) =>
+      compileConditions({ [key]: glob }, restrictive)(view);
+    for (const [key, glob] of [
+      ['path', '**/chain2/**'],
+      ['paths', '**/p\u00e9/**'],
+      ['nested.file', '**/dangle'],
+    ] as const) {
+      expect(named(true, key, glob), `${key} ${glob}`).toBe(true);
+      expect(named(false, key, glob), `${key} ${glob}`).toBe(false);
+    }
+    expect(named(false, 'path', '**/protected/**')).toBe(true);
   });
 
   it('marks errors other than "does not exist"', async () => {
@@ -340,6 +371,25 @@ describe('PathResolver.readRoots (roots as server-filesystem reads them at start
     await r.readRoots(); // a restarted server reads it
     expect(r.roots).toEqual([missing, link, real]);
     expect(await r.resolve('y')).toBe(join(missing, 'y'));
+  });
+
+  it('a symlinked root is a known first hop: a value below it keeps both spellings', async () => {
+    const base = realpathSync(tempDir('resolver-root-link'));
+    const real = join(base, 'real');
+    mkdirSync(join(real, 'vault'), { recursive: true });
+    symlinkSync('vault', join(real, 'protected'));
+    const link = join(base, 'link');
+    symlinkSync(real, link);
+    const r = new PathResolver({ roots: [link], home: undefined, realpath: true });
+    await r.readRoots();
+    const view = (await r.view({ path: 'x', file: 'protected/y' })) as Any;
+    expect(view.path).toBe(join(real, 'x'));
+    expect(spellingsOf(view, 'path')).toEqual([join(link, 'x')]);
+    expect(view.file).toBe(join(real, 'vault', 'y'));
+    expect(spellingsOf(view, 'file')).toEqual([
+      join(link, 'protected/y'),
+      join(real, 'protected/y'),
+    ]);
   });
 
   it('no root left: relative paths are unresolvable, with a reason naming why', async () => {
