@@ -187,6 +187,8 @@ export class PathResolver {
   #roots: readonly string[];
   /** Declared roots that are symlinks, with their real paths (read by {@link readRoots}). */
   #rootLinks: readonly (readonly [root: string, real: string])[] = [];
+  /** Roots that were their own real paths when read (no symlink on them). */
+  #realRoots: readonly string[] = [];
 
   constructor(options: PathResolutionOptions) {
     for (const root of options.roots) {
@@ -239,6 +241,7 @@ export class PathResolver {
       }
     }
     this.#roots = Object.freeze(present);
+    this.#realRoots = Object.freeze(present.filter((dir) => !links.some(([r]) => r === dir)));
   }
 
   /**
@@ -296,7 +299,7 @@ export class PathResolver {
           const names =
             real === abs.normalize('NFC')
               ? []
-              : await spelledHops(value, abs, real, this.#rootLinks, budget);
+              : await spelledHops(value, abs, real, this.#rootLinks, this.#realRoots, budget);
           if (names instanceof UnresolvedPath) {
             resolved.set(value, names);
             return;
@@ -461,8 +464,9 @@ function unreadable(value: string, error: unknown): UnresolvedPath {
  * lexically against its folder, as the names a rule could give it); a missing name ends the walk
  * (the rest is new), and a name missing only in this spelling is taken as its one
  * Unicode-equivalent entry. A root that is a symlink (`rootLinks`, read at connect) is the first
- * hop without a lookup, and the folders of its real path are not looked up again; nor are the
- * folders a hop's target shares with the path already walked. Called only for values whose real
+ * hop without a lookup, and the folders of a root's real path are not looked up; nor are the
+ * folders a hop's target shares with the path already walked, nor anything once a hop reaches
+ * the real path. Called only for values whose real
  * path differs from `abs`; spends `budget` like the resolution, and is a marker when it runs out
  * or meets an error.
  */
@@ -471,20 +475,23 @@ async function spelledHops(
   abs: string,
   real: string,
   rootLinks: readonly (readonly [root: string, real: string])[],
+  realRoots: readonly string[],
   budget: DiskBudget,
 ): Promise<string[] | UnresolvedPath> {
   const names = [abs];
   let path = abs;
   /** Leading components of `path` known to be folders, not links. */
   let known = 0;
+  const depth = (dir: string): number => dir.split('/').filter((c) => c !== '').length;
   for (const [root, rootReal] of rootLinks) {
-    if (abs !== root && !abs.startsWith(`${root}/`)) continue;
+    if (!insideAny(abs, [root])) continue;
     path = rootReal + abs.slice(root.length);
     names.push(path);
     if (path.normalize('NFC') === real) return names;
-    known = rootReal.split('/').filter((c) => c !== '').length;
+    known = depth(rootReal);
     break;
   }
+  for (const root of realRoots) if (insideAny(path, [root])) known = Math.max(known, depth(root));
   for (let hops = 0; hops < MAX_SYMLINK_HOPS; hops++) {
     const parts = path.split('/').filter((c) => c !== '');
     let dir = prefix(parts, known);
@@ -519,6 +526,7 @@ async function spelledHops(
     }
     if (next === undefined) return names;
     names.push(next);
+    if (next.normalize('NFC') === real) return names; // the real path: no link left on it
     path = next;
   }
   return names;

@@ -392,6 +392,22 @@ describe('PathResolver.readRoots (roots as server-filesystem reads them at start
     ]);
   });
 
+  it('keeping the names costs few lookups: MAX_PATHS_PER_CALL paths through a link all resolve', async () => {
+    const s = realpathSync(tempDir('resolver-names-budget'));
+    mkdirSync(join(s, 'vault', 'sub'), { recursive: true });
+    symlinkSync('vault', join(s, 'protected'));
+    const files = Array.from({ length: MAX_PATHS_PER_CALL }, (_, i) => `protected/sub/f${i}`);
+    for (const f of files.slice(0, 100)) writeFileSync(join(s, f), 'x'); // others are new
+    const r = new PathResolver({ roots: [s], home: undefined, realpath: true });
+    await r.readRoots();
+    const view = (await r.view({ paths: files })) as Any;
+    expect(unresolvedPathsIn(view)).toEqual([]);
+    files.forEach((f, i) => {
+      expect(view.paths[i]).toBe(join(s, 'vault', f.slice('protected/'.length)));
+      expect(spellingsOf(view.paths, i)).toEqual([join(s, f)]);
+    });
+  });
+
   it('no root left: relative paths are unresolvable, with a reason naming why', async () => {
     const r = new PathResolver({ roots: ['/nonexistent/a'], home: undefined, realpath: true });
     await r.readRoots();
