@@ -36,6 +36,9 @@ import { toTaskError } from './executor.js';
 import { setLongTimeout } from './task-waiters.js';
 import type { BatchInput, BatchKind, BatchOutcome, WorkerFlags } from './piscina-worker.js';
 
+/** `UNSENDABLE` of `piscina-worker.ts` (not imported: that module sets up a worker thread). */
+const UNSENDABLE = 2;
+
 /** Executor name of {@link PiscinaExecutor}. */
 export const LOCAL_EXECUTOR = 'local';
 
@@ -400,6 +403,14 @@ export class PiscinaExecutor implements TaskExecutor {
         const error = errors?.get(i);
         if (error === undefined) sink.complete(taskId, attempt, outcome.results[i]);
         else sink.fail(taskId, attempt, error);
+      } else if (Atomics.load(batch.flags, i) === UNSENDABLE) {
+        // Its result could not be cloned back (see the worker's markUnsendable): it would fail
+        // the same way on every attempt, and no worker crashed on its own.
+        sink.fail(taskId, attempt, {
+          code: InvalidArgumentError.code,
+          message:
+            "the handler's result could not be sent from its worker thread: it holds a value structured clone refuses (a function, a symbol …)",
+        });
       } else if (!batch.solo && items.length > 1 && !this.#closed) {
         retryAlone.push(it);
       } else {

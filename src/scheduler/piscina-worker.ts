@@ -111,6 +111,7 @@ const batchScope = new AsyncLocalStorage<BatchScope>();
  */
 function onUncaught(error: unknown): void {
   const scope = batchScope.getStore();
+  if (scope === undefined && isCloneError(error)) markUnsendable();
   if (scope?.ended !== true) throw error;
   const kinds = scope.kindTable.map((k) => `${k.taskType} (agent ${k.agentId})`).join(', ');
   const what = error instanceof Error ? (error.stack ?? error.message) : String(error);
@@ -119,6 +120,55 @@ function onUncaught(error: unknown): void {
   );
 }
 process.on('uncaughtException', onUncaught);
+
+/**
+ * Flag value a worker stores in a task's slot of its batch's flags ({@link BatchInput.region})
+ * when the task's result cannot be cloned back to the main thread; the main thread reads it only
+ * when the batch failed as a whole, and fails that task alone, not as a crash to retry.
+ */
+export const UNSENDABLE = 2;
+
+/** A batch whose outcome was handed to piscina, which posts it in the same microtask run. */
+interface Returned {
+  outcome: BatchOutcome;
+  flags: Int32Array;
+}
+
+/** Batches returned since the last macrotask (see {@link markUnsendable}). */
+let returned: Returned[] = [];
+let clearQueued = false;
+
+function clearReturned(): void {
+  returned = [];
+  clearQueued = false;
+}
+
+function isCloneError(error: unknown): boolean {
+  return (error as { name?: unknown } | null)?.name === 'DataCloneError';
+}
+
+/**
+ * piscina could not post a batch's outcome (a result holds a function, a symbol …): it throws
+ * the clone error on this thread outside any batch, and the thread crashes — the outcome never
+ * reaches the main thread. Before it does, the tasks at fault are marked {@link UNSENDABLE} in
+ * their batch's flags, so that they fail with a typed error there and the rest re-run without
+ * spending an attempt. Only here, after the fact: checking every result before it is returned
+ * would clone each one twice.
+ */
+function markUnsendable(): void {
+  for (const { outcome, flags } of returned) {
+    const failed = new Set(outcome.failed);
+    outcome.results.forEach((result, i) => {
+      if (failed.has(i)) return;
+      try {
+        structuredClone(result);
+      } catch {
+        Atomics.store(flags, i, UNSENDABLE);
+      }
+    });
+  }
+}
+
 const loaded = new Map<string, TaskHandler>();
 const loading = new Map<string, Promise<TaskHandler>>();
 
@@ -159,7 +209,14 @@ export default function runBatch(input: BatchInput): Promise<BatchOutcome> {
     scope.ended = true;
   };
   const outcome = batchScope.run(scope, runTasks, input);
-  outcome.then(end, end);
+  outcome.then((o) => {
+    end();
+    returned.push({ outcome: o, flags: input.flags ?? regionFlags(input.region) });
+    if (!clearQueued) {
+      clearQueued = true;
+      setImmediate(clearReturned);
+    }
+  }, end);
   return outcome;
 }
 

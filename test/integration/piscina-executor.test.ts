@@ -188,6 +188,42 @@ describe('local agents on piscina worker threads', () => {
     expect(others.every((t) => t.attempt === 1)).toBe(true);
   });
 
+  it('fails a task whose result cannot leave its worker thread at once, with a typed error; its batch-mates complete', async () => {
+    // A function or symbol in a result cannot be cloned back to the main thread. That used to
+    // crash the thread (piscina throws the clone error there), spend every attempt as a "worker
+    // crash" and fail with `FABRIC_ERR_WORKER_CRASHED: worker failed: [object Object]`.
+    fabric = new AgentFabric({ maxConcurrentTasksPerAgent: 50 }, { local: { maxThreads: 1 } });
+    fabric.registerHandler('unclonable', handler('unclonable'));
+    const agent = await fabric.spawn({ model: 'm', name: 'local' });
+    const kinds = ['ok', 'function', 'ok', 'symbol', 'ok', 'nested', 'ok'];
+    const tasks = await Promise.all(
+      kinds.map((kind, n) =>
+        fabric.schedule({
+          agentId: agent.id,
+          taskType: 'unclonable',
+          payload: { kind, n },
+          maxAttempts: 3,
+        }),
+      ),
+    );
+    const done = await Promise.all(
+      tasks.map((t) => fabric.waitForTask(t.id, { timeoutSeconds: 30 })),
+    );
+    done.forEach((t, n) => {
+      if (kinds[n] === 'ok') {
+        expect(t).toMatchObject({ status: TaskStatus.COMPLETED, attempt: 1, result: { ok: n } });
+      } else {
+        expect(t).toMatchObject({
+          status: TaskStatus.FAILED,
+          attempt: 1,
+          error: { code: 'FABRIC_ERR_INVALID_ARGUMENT' },
+        });
+        expect(t.error!.message).toMatch(/result could not be sent from its worker thread/);
+      }
+    });
+    expect(fabric.scheduler.stats().retriedTasks).toBe(0);
+  });
+
   it('aborts a handler at its timeout, and terminates a worker whose handler ignores the abort', async () => {
     fabric = new AgentFabric({}, { local: { maxThreads: 1, abortGraceMs: 100 } });
     fabric.registerHandler('wait-abort', handler('wait-abort'));
