@@ -62,6 +62,13 @@ import {
   wasRunning,
 } from './task-recovery.js';
 
+/** Where a task held back until its `notBefore` goes when released. */
+interface Held {
+  queue: FairQueue;
+  agent: AgentSlot | undefined;
+  pool: PoolSlot | undefined;
+}
+
 /** The options of a task scheduled without any (shared: a default `{}` is an object per call). */
 const NO_OPTIONS: ScheduleOptions = Object.freeze({});
 
@@ -197,8 +204,8 @@ export class AgentScheduler {
    */
   readonly #spare: TaskRecord[] = [];
 
-  /** Tasks held back until their `notBefore`, with what releases them into their queue. */
-  readonly #delayed = new Map<TaskRecord, () => void>();
+  /** Tasks held back until their `notBefore`, with where they go then. */
+  readonly #delayed = new Map<TaskRecord, Held>();
   readonly #finished: FinishedRetention;
   /** The group of a finished task of a tenant (`SchedulerOptions.finishedGroups`). */
   readonly #finishedGroup: ((tenant: string) => string | undefined) | undefined;
@@ -440,6 +447,16 @@ export class AgentScheduler {
         this.#finish(t, TaskStatus.FAILED, undefined, reason);
       }
     }
+    // Its tasks held back until their notBefore follow the same rule, still held.
+    for (const [t] of this.#heldFor(slot)) {
+      if (!t.pinned && pool !== undefined) {
+        t.poolId = pool.id;
+        this.#delayed.set(t, { queue: pool.queue, agent: undefined, pool });
+        this.#save(t);
+      } else {
+        this.#finish(t, TaskStatus.FAILED, undefined, reason);
+      }
+    }
     for (const t of slot.running.toArray()) {
       slot.exec.executor.abort(t.id, t.attempt, reason, slot.id);
       this.#retryOrFail(t, reason, true, options.finalStatus ?? TaskStatus.FAILED);
@@ -467,19 +484,34 @@ export class AgentScheduler {
     if (pool.queue.size > 0 || pool.running > 0) await this.#whenIdle(pool.idle, timeoutMs);
     const reason = { code: 'FABRIC_ERR_POOL_DRAINING', message: `pool ${poolId} was deleted` };
     for (const t of pool.queue.drain()) this.#finish(t, TaskStatus.CANCELLED, undefined, reason);
+    for (const [t] of this.#heldFor(pool)) this.#finish(t, TaskStatus.CANCELLED, undefined, reason);
   }
 
   /** Forgets a pool (after its agents are gone). */
   removePool(poolId: string): void {
     const pool = this.#pools.get(poolId);
     if (pool === undefined) return;
-    for (const t of pool.queue.drain()) {
-      this.#finish(t, TaskStatus.CANCELLED, undefined, {
-        code: 'FABRIC_ERR_POOL_NOT_FOUND',
-        message: `pool ${poolId} was removed`,
-      });
-    }
+    const reason = { code: 'FABRIC_ERR_POOL_NOT_FOUND', message: `pool ${poolId} was removed` };
+    for (const t of pool.queue.drain()) this.#finish(t, TaskStatus.CANCELLED, undefined, reason);
+    for (const [t] of this.#heldFor(pool)) this.#finish(t, TaskStatus.CANCELLED, undefined, reason);
     this.#pools.delete(poolId);
+  }
+
+  /**
+   * The tasks held back until their `notBefore` that go to `slot`'s own queue when released (a
+   * copy: the caller moves or ends them). A scan of the held tasks: for evictions and pool
+   * removals, which are rare, so that holding a task costs no index.
+   */
+  #heldFor(slot: AgentSlot | PoolSlot): [TaskRecord, Held][] {
+    const out: [TaskRecord, Held][] = [];
+    if (this.#delayed.size === 0) return out;
+    const isAgent = slot instanceof AgentSlot;
+    for (const entry of this.#delayed) {
+      const held = entry[1];
+      if (isAgent ? held.agent === slot : held.agent === undefined && held.pool === slot)
+        out.push(entry);
+    }
+    return out;
   }
 
   /**
@@ -696,15 +728,26 @@ export class AgentScheduler {
     pool: PoolSlot | undefined,
   ): void {
     const deadline = task.deadline;
-    this.#delayed.set(task, () => {
-      if (agent !== undefined && !this.#agents.has(agent.id)) {
-        this.#finish(task, TaskStatus.FAILED, undefined, agentGone(agent.id));
-        return;
-      }
-      this.#enqueue(task, queue, agent, pool);
-      if (deadline !== undefined) this.#timers.set(task, deadline);
-    });
+    this.#delayed.set(task, { queue, agent, pool });
     this.#timers.set(task, deadline === undefined ? notBefore : Math.min(deadline, notBefore));
+  }
+
+  /** A held task's `notBefore` came: into its queue (its agent and pool still exist: see evictAgent). */
+  #releaseHeld(task: TaskRecord, held: Held): void {
+    const { queue, agent, pool } = held;
+    if (agent !== undefined && this.#agents.get(agent.id) !== agent) {
+      this.#finish(task, TaskStatus.FAILED, undefined, agentGone(agent.id));
+      return;
+    }
+    if (agent === undefined && pool !== undefined && this.#pools.get(pool.id) !== pool) {
+      this.#finish(task, TaskStatus.CANCELLED, undefined, {
+        code: 'FABRIC_ERR_POOL_NOT_FOUND',
+        message: `pool ${pool.id} was removed`,
+      });
+      return;
+    }
+    this.#enqueue(task, queue, agent, pool);
+    if (task.deadline !== undefined) this.#timers.set(task, task.deadline);
   }
 
   #enqueue(
@@ -1530,10 +1573,10 @@ export class AgentScheduler {
 
   /** A task's timer came: release it into its queue, or end it (deadline, timeout). */
   #due(t: TaskRecord, now: number): void {
-    const release = this.#delayed.get(t);
-    if (release !== undefined && (t.deadline === undefined || t.deadline > now)) {
+    const held = this.#delayed.get(t);
+    if (held !== undefined && (t.deadline === undefined || t.deadline > now)) {
       this.#delayed.delete(t);
-      release();
+      this.#releaseHeld(t, held);
     } else if (t.status === TaskStatus.PENDING) {
       this.#finish(t, TaskStatus.TIMEOUT, undefined, deadlinePassed(t, now));
     } else if (t.status === TaskStatus.RUNNING || t.status === TaskStatus.SCHEDULED) {
