@@ -18,7 +18,8 @@
  * - one task's outcome never ends `run()`: a failure or result the fabric refuses for what it
  *   carries (over `maxTaskResultBytes`, or a request body over the sidecar's HTTP body limit,
  *   which the transport reports as `FABRIC_ERR_PAYLOAD_TOO_LARGE`) fails the task with the
- *   refusal's code instead.
+ *   refusal's code instead, and a result that is not JSON (a cycle, a bigint) with
+ *   `FABRIC_ERR_INVALID_ARGUMENT`.
  *
  * @example
  * const worker = await FabricWorker.connect({ url: 'http://127.0.0.1:8765/mcp', credential });
@@ -285,7 +286,8 @@ export class FabricWorker {
    * `handlers[taskType]`. A handler's error fails the task (or hook) with the error's code and
    * message (its name when the message is empty); a result the fabric refuses (over
    * `maxTaskResultBytes`, or a request body over the sidecar's HTTP body limit) fails the task
-   * with the refusal's code (`FABRIC_ERR_TASK_RESULT_TOO_LARGE`, `FABRIC_ERR_PAYLOAD_TOO_LARGE`);
+   * with the refusal's code (`FABRIC_ERR_TASK_RESULT_TOO_LARGE`, `FABRIC_ERR_PAYLOAD_TOO_LARGE`),
+   * a result that is not JSON with `FABRIC_ERR_INVALID_ARGUMENT`;
    * so does an error message refused the same way; a task type without a handler fails with
    * `FABRIC_ERR_HANDLER_NOT_FOUND`. A sidecar that serves no hooks is not asked again. Over a
    * transport that {@link WorkerTransport.leasesClaims}, each claim takes a delivery lease
@@ -414,8 +416,19 @@ export class FabricWorker {
       // The fabric refused the result itself (over maxTaskResultBytes, not storable; or the
       // request body over the sidecar's HTTP body limit, FABRIC_ERR_PAYLOAD_TOO_LARGE): the
       // task fails with the refusal's code instead of staying RUNNING here until its timeout.
-      if (!outcomeRefused(err)) throw err;
-      await this.#fail(task, { code: err.code, message: err.message || err.code });
+      if (outcomeRefused(err)) {
+        await this.#fail(task, { code: err.code, message: err.message || err.code });
+        return;
+      }
+      // A result no transport can send (a cycle, a bigint: JSON.stringify threw before the call
+      // left) fails the task the same way. Asked only after a failed report: no second
+      // serialization of every result.
+      const notJson = jsonError(result);
+      if (notJson === undefined) throw err;
+      await this.#fail(task, {
+        code: InvalidArgumentError.code,
+        message: `the handler's result is not JSON and cannot be sent: ${notJson}`,
+      });
     }
   }
 
@@ -529,6 +542,16 @@ function handlerFor(
   taskType: string,
 ): WorkerHandler | undefined {
   return Object.hasOwn(handlers, taskType) ? handlers[taskType] : undefined;
+}
+
+/** Why `value` cannot be written as JSON (a cycle, a bigint …), or undefined when it can. */
+function jsonError(value: unknown): string | undefined {
+  try {
+    JSON.stringify(value);
+    return undefined;
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
 }
 
 /**

@@ -9,6 +9,9 @@
  *   result over `maxTaskResultBytes` made `run()` reject and left the task RUNNING. Now an empty
  *   message reports the error's name, and a refused outcome fails the task with the refusal's
  *   code; `run()` goes on with the next task.
+ * - A result that is not JSON (a cycle, a bigint) made the SDK client's JSON.stringify throw a
+ *   TypeError, which ended `run()` and left the task RUNNING; it now fails the task with
+ *   `FABRIC_ERR_INVALID_ARGUMENT`.
  * - A result (or error message) over the sidecar's HTTP body limit (4 MiB) was refused by the
  *   transport, not the fabric: the SDK client threw `StreamableHTTPError` (`code` 413), which
  *   `run()` did not take as a refusal, so it ended and the task stayed RUNNING. The MCP
@@ -51,7 +54,7 @@ beforeAll(async () => {
       hooks: { storagePath: join(dir, 'hooks'), useGitWorktree: false },
       policies: [DEFAULT_ALLOW],
       fabric: { maxTaskResultBytes: 1024 },
-      agents: ['empty', 'bigError', 'bigResult'].map((name) => ({ name })),
+      agents: ['empty', 'bigError', 'bigResult', 'cycle', 'bigint'].map((name) => ({ name })),
     }),
     startTestSidecar({
       policies: [DEFAULT_ALLOW],
@@ -152,6 +155,33 @@ describe('FabricWorker.run and outcomes the sidecar refuses', () => {
     expect(r.first.status).toBe(TaskStatus.FAILED);
     expect(r.first.error?.code).toBe('FABRIC_ERR_TASK_RESULT_TOO_LARGE');
     expect(r.first.error?.message).toMatch(/maxTaskResultBytes/);
+    expect(r.second.status).toBe(TaskStatus.COMPLETED);
+  });
+});
+
+describe('FabricWorker.run and outcomes that are not JSON', () => {
+  // JSON.stringify of the call's arguments threw in the SDK client (a TypeError, not a refusal):
+  // run() rejected with it and the task stayed RUNNING on the agent until its timeout.
+  it('a result with a cycle fails its task with FABRIC_ERR_INVALID_ARGUMENT; run() goes on', async () => {
+    const r = await runTwo(small, 'cycle', () => {
+      const a: Record<string, unknown> = {};
+      a.self = a;
+      return a;
+    });
+    expect(r.runError).toBeUndefined();
+    expect(r.endedEarly).toBe(false);
+    expect(r.first.status).toBe(TaskStatus.FAILED);
+    expect(r.first.error?.code).toBe('FABRIC_ERR_INVALID_ARGUMENT');
+    expect(r.first.error?.message).toMatch(/result/);
+    expect(r.second.status).toBe(TaskStatus.COMPLETED);
+  });
+
+  it('a result holding a bigint fails its task the same way', async () => {
+    const r = await runTwo(small, 'bigint', () => ({ n: 10n }));
+    expect(r.runError).toBeUndefined();
+    expect(r.endedEarly).toBe(false);
+    expect(r.first.status).toBe(TaskStatus.FAILED);
+    expect(r.first.error?.code).toBe('FABRIC_ERR_INVALID_ARGUMENT');
     expect(r.second.status).toBe(TaskStatus.COMPLETED);
   });
 });
