@@ -806,6 +806,10 @@ export class AgentScheduler {
       this.#pending++;
       if (wasRunning(t)) {
         const reason = interruptedAttempt(t);
+        // Its agent may have outlived this process (a remote worker still running it): told the
+        // attempt ended, as for one ended while the process ran, so it does not run on beside
+        // the retry.
+        if (holder !== undefined) holder.exec.executor.abort(t.id, t.attempt, reason, holder.id);
         // Dispatched but never started (its executor acknowledges starts): it reached no
         // worker, so like an unclaimed attempt it does not count against maxAttempts.
         if (t.status === TaskStatus.SCHEDULED) t.undelivered++;

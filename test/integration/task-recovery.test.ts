@@ -192,6 +192,39 @@ describe('tasks across a restart of the fabric (SqliteStore)', () => {
     });
   });
 
+  it('tells the agent that held a retried attempt that it ended, so its worker stops running it', async () => {
+    // A remote worker outlives the sidecar: before, nothing told it that the restart ended the
+    // attempt it was running, so its handler ran on beside the retry (on this agent or another
+    // one of the pool) until it tried to report. Its next heartbeat now carries the notice, as
+    // for an attempt ended while the sidecar ran.
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    const pool = await first.fabric.createPool({
+      poolId: 'p',
+      model: 'm',
+      minAgents: 2,
+      maxAgents: 2,
+      executor: 'remote',
+    });
+    const [a, b] = pool.spawned.map((s) => s.id);
+    const task = await first.fabric.scheduleToPool('p', 'echo', { n: 1 }, { maxAttempts: 3 });
+    const claimed = (await first.fabric.claimTask(a!))!;
+    expect(claimed).toMatchObject({ taskId: task.id, attempt: 1 });
+    await close(first.fabric);
+
+    const second = await open(path);
+    expect(second.fabric.scheduler.takeEndedTasks(a!)).toEqual([
+      {
+        taskId: task.id,
+        attempt: 1,
+        code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
+        message: expect.any(String),
+      },
+    ]);
+    expect(second.fabric.scheduler.takeEndedTasks(b!)).toEqual([]);
+    expect(await second.fabric.claimTask(b!)).toMatchObject({ taskId: task.id, attempt: 2 });
+  });
+
   it('fails a running task that has used maxAttempts, and times out queued ones past their deadline', async () => {
     const path = join(tempDir('task-recovery'), 'state.db');
     const first = await open(path);
