@@ -31,12 +31,15 @@
  */
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import {
+  AgentNotFoundError,
+  AgentUnavailableError,
   HandlerNotFoundError,
   InvalidArgumentError,
   PayloadTooLargeError,
   TaskNotFoundError,
   TaskResultTooLargeError,
   TaskStateError,
+  UnauthenticatedError,
 } from '../errors.js';
 import { MAX_CLAIM_ACK_SECONDS } from '../scheduler/claim-leases.js';
 import { MAX_TIMER_MS } from '../scheduler/task-waiters.js';
@@ -309,7 +312,7 @@ export class FabricWorker {
       throw new InvalidArgumentError('options.signal', 'must be an AbortSignal');
     await this.heartbeat();
     const beat = setInterval(
-      () => void this.heartbeat().catch(() => undefined),
+      () => void this.heartbeat().catch((err: unknown) => this.#agentGone(err)),
       this.#options.heartbeatMs,
     );
     const claimWait = Math.min(this.#options.claimWait, MAX_RUN_CLAIM_WAIT_SECONDS);
@@ -462,6 +465,32 @@ export class FabricWorker {
     } catch (err) {
       const code = (err as { code?: unknown } | null)?.code;
       if (code !== TaskStateError.code && code !== TaskNotFoundError.code) throw err;
+    }
+  }
+
+  /**
+   * A heartbeat refused because this worker's agent is gone (terminated: its credential revoked,
+   * or its record forgotten): the fabric ended every attempt the agent held — cancelled them or
+   * retried them on other agents — and no ended-task notice can reach an agent that no longer
+   * exists, so the running handlers are aborted here (`run()` then ends with the refusal of its
+   * next call). Other failures (the sidecar unreachable for a moment) change nothing.
+   */
+  #agentGone(err: unknown): void {
+    if (!(err instanceof RemoteFabricError)) return;
+    const gone =
+      err.code === UnauthenticatedError.code ||
+      err.code === AgentNotFoundError.code ||
+      (err.code === AgentUnavailableError.code && err.details.status === 'TERMINATED');
+    if (!gone) return;
+    for (const [taskId, r] of this.#running) {
+      r.controller.abort(
+        new RemoteFabricError(
+          AgentUnavailableError.code,
+          'failed_precondition',
+          `this worker's agent is gone, and the fabric ended the attempts it held: ${err.message}`,
+          { taskId, attempt: r.attempt, cause: err.code },
+        ),
+      );
     }
   }
 

@@ -5,7 +5,8 @@
  * code in `_meta` and are thrown as {@link RemoteFabricError}. So is the sidecar's HTTP 413 (a
  * request body over its body limit, 4 MiB by default), which the SDK client raises as a
  * `StreamableHTTPError` with `code` 413: as `FABRIC_ERR_PAYLOAD_TOO_LARGE`, a refusal of what the
- * call carries like any other, so a worker fails the task instead of giving up.
+ * call carries like any other, so a worker fails the task instead of giving up; and its 401 (the
+ * credential unknown or revoked: the agent was terminated) as `FABRIC_ERR_UNAUTHENTICATED`.
  *
  * @module
  */
@@ -15,7 +16,7 @@ import {
   StreamableHTTPError,
 } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { PayloadTooLargeError, type ErrorKind } from '../errors.js';
+import { PayloadTooLargeError, UnauthenticatedError, type ErrorKind } from '../errors.js';
 import { ERROR_META_KEY } from '../gateway/map-error.js';
 import type { TaskAssignment } from '../task.js';
 import {
@@ -123,7 +124,7 @@ export class McpWorkerTransport implements WorkerTransport {
         arguments: args,
       })) as CallToolResult;
     } catch (err) {
-      throw bodyRefusal(tool, err) ?? err;
+      throw bodyRefusal(tool, err) ?? credentialRefusal(tool, err) ?? err;
     }
     if (res.isError === true) {
       const meta = (res._meta?.[ERROR_META_KEY] ?? {}) as {
@@ -159,6 +160,23 @@ function bodyRefusal(tool: string, err: unknown): RemoteFabricError | undefined 
     'resource_exhausted',
     `fabric__${tool}: the request body is over the sidecar's body limit (HTTP 413); send less`,
     { tool, status: PAYLOAD_TOO_LARGE_STATUS },
+  );
+}
+
+/** HTTP status of the sidecar's answer to a credential it does not know (or no longer). */
+const UNAUTHENTICATED_STATUS = 401;
+
+/**
+ * The sidecar's refusal of this worker's credential (HTTP 401: unknown, or revoked — its agent
+ * was terminated) as `FABRIC_ERR_UNAUTHENTICATED`; `undefined` for any other error.
+ */
+function credentialRefusal(tool: string, err: unknown): RemoteFabricError | undefined {
+  if (!(err instanceof StreamableHTTPError) || err.code !== UNAUTHENTICATED_STATUS) return;
+  return new RemoteFabricError(
+    UnauthenticatedError.code,
+    'unauthenticated',
+    `fabric__${tool}: the sidecar refused this worker's credential (HTTP 401: unknown, or revoked when its agent was terminated)`,
+    { tool, status: UNAUTHENTICATED_STATUS },
   );
 }
 
