@@ -447,8 +447,9 @@ export class AgentScheduler {
         this.#finish(t, TaskStatus.FAILED, undefined, reason);
       }
     }
-    // Its tasks held back until their notBefore follow the same rule, still held.
-    for (const [t] of this.#heldFor(slot)) {
+    // Once it is gone, its tasks held back until their notBefore (or a budget) follow the same
+    // rule, still held; an agent only evicted (UNHEALTHY) keeps them for when it is back.
+    for (const [t] of options.remove ? this.#heldFor(slot) : []) {
       if (!t.pinned && pool !== undefined) {
         t.poolId = pool.id;
         this.#delayed.set(t, { queue: pool.queue, agent: undefined, pool });
