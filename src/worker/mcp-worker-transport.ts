@@ -124,7 +124,7 @@ export class McpWorkerTransport implements WorkerTransport {
         arguments: args,
       })) as CallToolResult;
     } catch (err) {
-      throw bodyRefusal(tool, err) ?? credentialRefusal(tool, err) ?? err;
+      throw httpRefusal(tool, err) ?? err;
     }
     if (res.isError === true) {
       const meta = (res._meta?.[ERROR_META_KEY] ?? {}) as {
@@ -145,39 +145,44 @@ export class McpWorkerTransport implements WorkerTransport {
   }
 }
 
-/** HTTP status of the sidecar's answer to a request body over its limit. */
-const PAYLOAD_TOO_LARGE_STATUS = 413;
+/**
+ * The sidecar's HTTP refusals that are the fabric's refusals of the call, by status: a request
+ * body over its limit (413, before any tool ran) — a refusal of what the call carried —, and a
+ * credential it does not know (401: unknown, or revoked when the agent was terminated).
+ */
+const HTTP_REFUSALS: ReadonlyMap<number, { code: string; kind: ErrorKind; says: string }> = new Map(
+  [
+    [
+      413,
+      {
+        code: PayloadTooLargeError.code,
+        kind: 'resource_exhausted',
+        says: "the request body is over the sidecar's body limit (HTTP 413); send less",
+      },
+    ],
+    [
+      401,
+      {
+        code: UnauthenticatedError.code,
+        kind: 'unauthenticated',
+        says: "the sidecar refused this worker's credential (HTTP 401: unknown, or revoked when its agent was terminated)",
+      },
+    ],
+  ],
+);
 
 /**
- * The sidecar's refusal of a request body over its limit (HTTP 413, before any tool ran) as the
- * fabric's refusal of what the call carried; `undefined` for any other error. Told by the status
- * the SDK client keeps in `StreamableHTTPError.code`, not by its message.
+ * One of {@link HTTP_REFUSALS} as a {@link RemoteFabricError}; `undefined` for any other error.
+ * Told by the status the SDK client keeps in `StreamableHTTPError.code`, not by its message.
  */
-function bodyRefusal(tool: string, err: unknown): RemoteFabricError | undefined {
-  if (!(err instanceof StreamableHTTPError) || err.code !== PAYLOAD_TOO_LARGE_STATUS) return;
-  return new RemoteFabricError(
-    PayloadTooLargeError.code,
-    'resource_exhausted',
-    `fabric__${tool}: the request body is over the sidecar's body limit (HTTP 413); send less`,
-    { tool, status: PAYLOAD_TOO_LARGE_STATUS },
-  );
-}
-
-/** HTTP status of the sidecar's answer to a credential it does not know (or no longer). */
-const UNAUTHENTICATED_STATUS = 401;
-
-/**
- * The sidecar's refusal of this worker's credential (HTTP 401: unknown, or revoked — its agent
- * was terminated) as `FABRIC_ERR_UNAUTHENTICATED`; `undefined` for any other error.
- */
-function credentialRefusal(tool: string, err: unknown): RemoteFabricError | undefined {
-  if (!(err instanceof StreamableHTTPError) || err.code !== UNAUTHENTICATED_STATUS) return;
-  return new RemoteFabricError(
-    UnauthenticatedError.code,
-    'unauthenticated',
-    `fabric__${tool}: the sidecar refused this worker's credential (HTTP 401: unknown, or revoked when its agent was terminated)`,
-    { tool, status: UNAUTHENTICATED_STATUS },
-  );
+function httpRefusal(tool: string, err: unknown): RemoteFabricError | undefined {
+  if (!(err instanceof StreamableHTTPError) || err.code === undefined) return;
+  const refusal = HTTP_REFUSALS.get(err.code);
+  if (refusal === undefined) return;
+  return new RemoteFabricError(refusal.code, refusal.kind, `fabric__${tool}: ${refusal.says}`, {
+    tool,
+    status: err.code,
+  });
 }
 
 /** The answer of `heartbeat`/`report_progress`; a sidecar without notices gives none. */
