@@ -123,7 +123,11 @@ export interface FabricOptions {
   defaultExecutor?: string;
   /** How pools are reconciled (interval, start backoff). */
   pools?: PoolManagerOptions;
-  /** Fairness weight per tenant. @default 1 */
+  /**
+   * Fairness weight per tenant: tasks per round-robin turn, rounded down. A weight that is not a
+   * number of at least 1 (`undefined` for a tenant the function does not know, NaN), or a throw,
+   * counts as 1. @default 1
+   */
   tenantWeight?: (tenant: string) => number;
   /**
    * Credentials that authenticate as the administrator (approve, set budgets, scale, spawn).

@@ -241,8 +241,29 @@ class Level extends Ring<Flow> {
   spare: Flow | undefined = undefined;
 }
 
-/** Fairness weights per tenant (default 1). */
+/**
+ * Fairness weights per tenant (default 1). A weight is a whole number of tasks per turn: anything
+ * else counts as 1 (see {@link turnLength}).
+ */
 export type TenantWeights = (tenant: string) => number;
+
+/**
+ * The tasks per turn of `tenant`: its weight rounded down, at least 1 and at most 2^53 − 1; 1 when
+ * the weight is not a number (`undefined` from a function that answers only for the tenants it
+ * knows, NaN) or the function throws. Before, NaN went through (`Math.max(1, NaN)` is NaN): that
+ * tenant's turn never ended (`--NaN <= 0` is false) and it starved every other tenant at its
+ * priority; a throw left the task it was asked for stored as PENDING but in no queue.
+ */
+function turnLength(weights: TenantWeights, tenant: string): number {
+  let w: unknown;
+  try {
+    w = weights(tenant);
+  } catch {
+    return 1;
+  }
+  if (typeof w !== 'number' || !(w >= 1)) return 1;
+  return Math.min(Math.floor(w), Number.MAX_SAFE_INTEGER);
+}
 
 /**
  * Told when a flow of the queue gains its first task (`active`) and when it loses its last one
@@ -279,7 +300,7 @@ export class FairQueue {
     const level = this.#levels[task.priority]!;
     let flow = level.flows.get(task.tenant);
     if (flow === undefined) {
-      const weight = Math.max(1, Math.floor(this.#weight(task.tenant)));
+      const weight = turnLength(this.#weight, task.tenant);
       flow = level.spare;
       if (flow !== undefined && flow.tenant === task.tenant) {
         level.spare = undefined;

@@ -62,4 +62,41 @@ describe('tenant fairness against a flood (security)', () => {
     expect(order.filter((p) => p.startsWith('evil:'))).toHaveLength(2000 - Math.ceil(2000 / 3));
     expect(s.stats().queueDepth).toBe(0);
   });
+
+  // A weight function that answers only for the tenants it knows (`(t) => weights[t]`) gave every
+  // other tenant the weight NaN: its turn never ended (`--NaN <= 0` is false), so one such
+  // tenant's flood starved every other tenant at its priority. A weight that is not a number of
+  // at least 1 (or a function that throws) now counts as 1, the default.
+  for (const [what, weight] of [
+    ['undefined', () => undefined],
+    ['NaN', () => Number.NaN],
+    [
+      'a throw',
+      () => {
+        throw new Error('no weight for this tenant');
+      },
+    ],
+  ] as const) {
+    it(`a tenant whose weight is ${what} gets one task per turn, not the whole queue`, async () => {
+      const weights: Record<string, number> = { gold: 2 };
+      const w = new AgentScheduler({
+        maxConcurrentTasksPerAgent: 1,
+        tenantWeight: (t) => (Object.hasOwn(weights, t) ? weights[t]! : (weight() as number)),
+      });
+      try {
+        w.addPool('p');
+        w.addAgent({ agentId: 'a', executor: 'remote', poolId: 'p' });
+        w.setAccepting('a', true);
+        for (let i = 0; i < 50; i++)
+          w.submit({ poolId: 'p' }, 't', `evil:${i}`, { tenant: 'evil' });
+        for (let i = 0; i < 2; i++) w.submit({ poolId: 'p' }, 't', `gold:${i}`, { tenant: 'gold' });
+        const order = await claimAll(w, 'a');
+        expect(order).toHaveLength(52);
+        // evil, then gold's turn of 2.
+        expect(order.slice(0, 3)).toEqual(['evil:0', 'gold:0', 'gold:1']);
+      } finally {
+        await w.close();
+      }
+    });
+  }
 });
