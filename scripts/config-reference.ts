@@ -72,7 +72,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'state.budgetLeasePercent':
     'Budget usage is written ahead of use: each scope row holds its usage plus this % of its limit (of its usage, without a limit), and settles under that ceiling commit nothing. A crash over-counts a scope by at most that much, never under-counts; a clean stop writes exact usage. `0`: commit every settle exactly.',
   allowAnonymous:
-    'Requests without a token act as a built-in dev agent (env `FABRIC_ALLOW_ANONYMOUS`). Never in production.',
+    'Requests without a token act as a built-in dev agent (env `FABRIC_ALLOW_ANONYMOUS`); once an operator terminates that agent they get 401, as its token would. Never in production.',
   fabric:
     'AgentFabric options by name, numbers only (`maxConcurrentAgents`, `heartbeatIntervalSeconds`, …).',
   upstreams:

@@ -78,8 +78,13 @@ export interface McpHttpEndpointOptions {
    * without it every request is.
    */
   credentialEpoch?: () => number;
-  /** Identity of requests without a token; without it they get 401. */
-  anonymous?: AgentIdentity | undefined;
+  /**
+   * The credential that requests without a token act with (the dev agent of `allowAnonymous`);
+   * without it they get 401. It is authenticated like a bearer token on each such request, so
+   * once its agent is terminated they get 401 as that agent's token would, and the sessions
+   * they opened are closed with the agent's others.
+   */
+  anonymousCredential?: string | undefined;
   /** Keep-alive interval of SSE streams. @default 15000 */
   keepAliveMs?: number;
   /** Largest accepted request body (413 beyond). @default 4194304 */
@@ -123,7 +128,10 @@ interface AgentLoad {
 interface HttpSession {
   readonly transport: HttpSessionTransport;
   readonly session: GatewaySession;
-  /** The credential that opened the session (UTF-8), undefined for an anonymous one. */
+  /**
+   * The credential that opened the session (UTF-8): the bearer token, or the anonymous one for a
+   * request without a token; undefined only for a backend without credentials.
+   */
   readonly credential: Buffer | undefined;
   /** `credentialEpoch()` when `credential` last authenticated as this session's agent. */
   epoch: number;
@@ -290,7 +298,7 @@ export class McpHttpEndpoint {
     const epoch = this.#options.credentialEpoch?.();
     const closing: Promise<void>[] = [];
     for (const e of [...this.#sessions.values()]) {
-      if (e.credential === undefined) continue; // anonymous: no credential to revoke
+      if (e.credential === undefined) continue; // no credential to revoke
       if (agentId !== undefined && e.session.identity.agentId !== agentId) continue;
       let same = false;
       try {
@@ -356,20 +364,28 @@ export class McpHttpEndpoint {
     req: IncomingMessage,
   ): Promise<{ identity: AgentIdentity; credential: string | undefined }> {
     const token = bearerToken(req);
-    if (token === undefined) {
-      if (this.#options.anonymous)
-        return { identity: this.#options.anonymous, credential: undefined };
+    const anonymous = this.#options.anonymousCredential;
+    if (token === undefined && anonymous === undefined) {
       throw new UnauthenticatedError(
         'missing bearer token: send Authorization: Bearer <agent credential>',
       );
     }
-    const identity = await this.#options.authenticate(token);
+    let identity: GatewayIdentity;
+    try {
+      identity = await this.#options.authenticate(token ?? anonymous!);
+    } catch (error) {
+      if (token !== undefined || !(error instanceof UnauthenticatedError)) throw error;
+      throw new UnauthenticatedError(
+        'requests without a token act as the anonymous dev agent, which no longer ' +
+          'authenticates (terminated): send Authorization: Bearer <agent credential>',
+      );
+    }
     if (identity.kind !== 'agent') {
       throw new PermissionDeniedError(
         'the admin credential cannot open an agent session; use an agent credential',
       );
     }
-    return { identity, credential: token };
+    return { identity, credential: token ?? anonymous };
   }
 
   /** Handles one HTTP request to the MCP path. */

@@ -413,6 +413,7 @@ export class Sidecar {
         });
       }
       let anonymous: AgentIdentity | undefined;
+      let anonymousCredential: string | undefined;
       if (config.allowAnonymous) {
         const devConfig = spawnConfig(
           { name: 'anonymous-dev-agent', model: 'mcp-client', labels: { anonymous: 'true' } },
@@ -425,7 +426,10 @@ export class Sidecar {
             : await backend.spawn(devConfig);
         if (dev !== undefined) {
           const id = await backend.authenticate(dev.credential);
-          if (id.kind === 'agent') anonymous = id;
+          if (id.kind === 'agent') {
+            anonymous = id;
+            anonymousCredential = dev.credential;
+          }
         }
       }
       enter('gateway');
@@ -480,7 +484,7 @@ export class Sidecar {
           ...(backend.credentialEpoch === undefined
             ? {}
             : { credentialEpoch: () => backend.credentialEpoch!() }),
-          anonymous,
+          anonymousCredential,
           keepAliveMs: h.keepAliveSeconds * 1000,
           idleTimeoutMs: h.sessionIdleSeconds * 1000,
           bodyTimeoutMs: h.bodyTimeoutSeconds * 1000,
