@@ -194,7 +194,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'grpc.allowInsecure': 'Serve plaintext beyond loopback.',
   'grpc.reflection': 'Serve gRPC server reflection (v1 and v1alpha).',
   'grpc.maxInflightPerAgent':
-    'Unary calls one agent may have in flight over gRPC (tool calls, claims, waits); one more is RESOURCE_EXHAUSTED (FABRIC_ERR_INFLIGHT_LIMIT).',
+    'Unary calls one agent may have in flight over gRPC (tool calls, claims, waits), each until its answer is out or the client left; one more is RESOURCE_EXHAUSTED (FABRIC_ERR_INFLIGHT_LIMIT).',
   'grpc.maxStreams':
     'gRPC server streams (`EventService/Watch`, `ApprovalService/Watch`) open at once; one more is refused with RESOURCE_EXHAUSTED (`FABRIC_ERR_STREAM_LIMIT` in the `fabric-error-code` trailer) before it subscribes to anything. Health watches are bounded apart.',
   plugins: 'Plugins loaded at start, in order.',

@@ -54,7 +54,9 @@ export interface GrpcServerOptions
   reflection?: boolean | undefined;
   /**
    * Unary calls one agent may have in flight on this server (tool calls, claims, waits …); one
-   * more is RESOURCE_EXHAUSTED (`FABRIC_ERR_INFLIGHT_LIMIT`) until one ends.
+   * more is RESOURCE_EXHAUSTED (`FABRIC_ERR_INFLIGHT_LIMIT`) until one ends. A call counts until
+   * its answer is out (or its client left): answers an agent does not read count against its
+   * own bound (see rpc-call.ts).
    * @default 256 (as `http.maxInflightPerAgent`)
    */
   maxInflightPerAgent?: number | undefined;

@@ -351,15 +351,26 @@ function runCall<D extends DescMessage, R>(
   inflight?: AgentInflight,
   malformed?: MalformedHandler,
 ): Promise<R> {
-  call.on('cancelled', onCancel);
-  if (call.cancelled) onCancel();
+  // An agent's call holds a slot of `inflight` until its handler has settled and the call has
+  // ended: grpc-js emits `cancelled` at the end of every call, once its answer went out (its
+  // status follows the message's write) or the client left. An answer the client does not read
+  // keeps its call open and the answer in memory; counted until then, what one agent can make
+  // the server hold this way is bounded by its own slots, not by the connections it opens.
+  let release: (() => void) | undefined;
+  let settled = false;
+  let ended = call.cancelled;
+  call.on('cancelled', () => {
+    ended = true;
+    if (settled) release?.();
+    onCancel();
+  });
+  if (ended) onCancel();
   return (async () => {
     const authorization = authorizationOf(call.metadata);
     const caller = authenticateCaller(fabric, kind, authorization);
-    // An agent's call holds a slot from here until its handler settles (answered or failed);
-    // what it leaves running past that holds one more (`CallContext.holdSlot`), taken before
-    // the handler settles.
-    const release = caller.kind === 'agent' ? inflight?.acquire(caller.id) : undefined;
+    // What a call leaves running past its end holds one more slot (`CallContext.holdSlot`),
+    // taken before the handler settles.
+    release = caller.kind === 'agent' ? inflight?.acquire(caller.id) : undefined;
     const holdSlot = release === undefined ? undefined : () => inflight!.hold(caller.id);
     // Registered in the same turn as the check: a replacement after it ends this call.
     const unhold =
@@ -377,7 +388,8 @@ function runCall<D extends DescMessage, R>(
       return await run(caller, request, holdSlot);
     } finally {
       unhold?.();
-      release?.();
+      settled = true;
+      if (ended) release?.();
     }
   })();
 }

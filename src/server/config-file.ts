@@ -426,7 +426,10 @@ export const sidecarConfigSchema = z
         allowInsecure: z.boolean().default(false),
         /** Serve gRPC server reflection (v1 and v1alpha). */
         reflection: z.boolean().default(true),
-        /** Unary calls one agent may have in flight over gRPC; one more is RESOURCE_EXHAUSTED. */
+        /**
+         * Unary calls one agent may have in flight over gRPC (until their answers are out);
+         * one more is RESOURCE_EXHAUSTED.
+         */
         maxInflightPerAgent: z.number().int().positive().default(DEFAULT_MAX_INFLIGHT_PER_AGENT),
         /**
          * Server streams (EventService/Watch, ApprovalService/Watch) open at once over gRPC; one
