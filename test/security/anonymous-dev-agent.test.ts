@@ -22,6 +22,15 @@ describe('the anonymous dev agent, terminated', () => {
     sidecar = undefined;
   });
 
+  /** A sidecar with `allowAnonymous` and the everything upstream `ev`. */
+  function startAnonymous(): Promise<Sidecar> {
+    return startTestSidecar({
+      allowAnonymous: true,
+      upstreams: { ev: { command: process.execPath, args: [EVERYTHING_BIN] } },
+      policies: [DEFAULT_ALLOW],
+    } as never);
+  }
+
   async function post(
     s: Sidecar,
     body: unknown,
@@ -45,12 +54,7 @@ describe('the anonymous dev agent, terminated', () => {
   }
 
   it('opens no session and lists nothing for a request without a token (401, as its credential would)', async () => {
-    sidecar = await startTestSidecar({
-      allowAnonymous: true,
-      upstreams: { ev: { command: process.execPath, args: [EVERYTHING_BIN] } },
-      policies: [DEFAULT_ALLOW],
-    } as never);
-    const s = sidecar;
+    const s = (sidecar = await startAnonymous());
     const dev = s.anonymous!.agentId;
     const before = await post(s, INIT);
     expect(before.status).toBe(200);
@@ -74,12 +78,7 @@ describe('the anonymous dev agent, terminated', () => {
   });
 
   it('still serves requests without a token while the dev agent lives, on one session', async () => {
-    sidecar = await startTestSidecar({
-      allowAnonymous: true,
-      upstreams: { ev: { command: process.execPath, args: [EVERYTHING_BIN] } },
-      policies: [DEFAULT_ALLOW],
-    } as never);
-    const s = sidecar;
+    const s = (sidecar = await startAnonymous());
     const init = await post(s, INIT);
     expect(init.status).toBe(200);
     const call = await post(
