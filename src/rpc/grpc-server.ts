@@ -19,6 +19,7 @@ import type { AgentFabric } from '../fabric.js';
 import { Health } from '../gen/grpc/health/v1/health_pb.js';
 import { checkListenerSecurity, type TlsMaterial } from '../server/tls.js';
 import { authInterceptor } from './auth-interceptor.js';
+import { redactGrpcLogs } from './grpc-logging.js';
 import { addHealthService, HealthRegistry, type HealthProbe } from './health-service.js';
 import { addReflectionService } from './reflection-service.js';
 import { DEFAULT_MAX_INFLIGHT_PER_AGENT } from '../gateway/downstream-http.js';
@@ -101,6 +102,8 @@ export async function startGrpcServer(
 ): Promise<GrpcServer> {
   const host = options.host ?? '127.0.0.1';
   checkListenerSecurity('gRPC', host, options.tls, options.allowInsecure);
+  // grpc-js logs a metadata entry it drops with its value (a credential, for `authorization`).
+  redactGrpcLogs();
   const streams = new ActiveStreams(options.maxStreams ?? DEFAULT_API_MAX_STREAMS);
   const unreserve = reserveWatchListeners(fabric, options.gateway, streams.max);
   const services = fabricServices(fabric, options);
