@@ -38,13 +38,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf16"
 
 	"github.com/nats-io/nats.go"
 )
@@ -524,9 +527,20 @@ func (w *worker) handle(m *nats.Msg, ackWait time.Duration) {
 // report signs r for task t and sends it to the task's sidecar until it answers or giveUp.
 func (w *worker) report(t *task, r report, giveUp time.Time) (answer, bool) {
 	r.TaskID, r.Attempt, r.Lease, r.AgentID = t.TaskID, t.Attempt, t.Lease, w.agentID
-	r.Proof = w.proof(fmt.Sprintf("%s:%s:%s:%d", r.Kind, w.agentID, t.TaskID, t.Attempt))
 	// This report's own id (re-sends repeat it): no answer to another report verifies for it.
 	r.Nonce = randomTake()
+	content, err := contentDigest(&r)
+	if err != nil {
+		return answer{}, false
+	}
+	// The proof covers everything the sidecar acts on: the ids, the take-up, the copy taken up,
+	// this report's nonce and the digest of its content.
+	seq := ""
+	if r.Seq != 0 {
+		seq = strconv.FormatUint(r.Seq, 10)
+	}
+	r.Proof = w.proof(strings.Join([]string{"report", r.Kind, field(w.agentID), field(t.TaskID),
+		strconv.Itoa(t.Attempt), field(r.Take), seq, field(r.Nonce), content}, ":"))
 	body, err := json.Marshal(r)
 	if err != nil {
 		return answer{}, false
@@ -548,6 +562,133 @@ func (w *worker) report(t *task, r report, giveUp time.Time) (answer, bool) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// contentDigest is the digest a report's proof covers of what it carries besides its ids:
+// base64url (no padding) SHA-256 of the canonical JSON (RFC 8785) of the object made of the
+// members error, progress, result and retry that the report has, as the sidecar reads them
+// (so marshalled and read back first: the sidecar sees the JSON, not the Go values).
+func contentDigest(r *report) (string, error) {
+	content := map[string]interface{}{}
+	if r.Result != nil {
+		content["result"] = r.Result
+	}
+	if r.Error != nil {
+		content["error"] = r.Error
+	}
+	if r.Retry != nil {
+		content["retry"] = *r.Retry
+	}
+	raw, err := json.Marshal(content)
+	if err != nil {
+		return "", err
+	}
+	var read interface{}
+	if err := json.Unmarshal(raw, &read); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	canonical(&b, read)
+	sum := sha256.Sum256([]byte(b.String()))
+	return base64.RawURLEncoding.EncodeToString(sum[:]), nil
+}
+
+// canonical writes a value read by encoding/json as RFC 8785 canonical JSON: no whitespace,
+// members sorted by their names' UTF-16 code units, strings and numbers as ECMAScript's
+// JSON.stringify writes them.
+func canonical(b *strings.Builder, v interface{}) {
+	switch x := v.(type) {
+	case nil:
+		b.WriteString("null")
+	case bool:
+		b.WriteString(strconv.FormatBool(x))
+	case float64:
+		b.WriteString(esNumber(x))
+	case string:
+		esString(b, x)
+	case []interface{}:
+		b.WriteByte('[')
+		for i, e := range x {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			canonical(b, e)
+		}
+		b.WriteByte(']')
+	case map[string]interface{}:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool { return lessUTF16(keys[i], keys[j]) })
+		b.WriteByte('{')
+		for i, k := range keys {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			esString(b, k)
+			b.WriteByte(':')
+			canonical(b, x[k])
+		}
+		b.WriteByte('}')
+	}
+}
+
+// lessUTF16 orders strings by their UTF-16 code units (as JavaScript sorts them).
+func lessUTF16(a, b string) bool {
+	ua, ub := utf16.Encode([]rune(a)), utf16.Encode([]rune(b))
+	for i := 0; i < len(ua) && i < len(ub); i++ {
+		if ua[i] != ub[i] {
+			return ua[i] < ub[i]
+		}
+	}
+	return len(ua) < len(ub)
+}
+
+// esNumber writes a number as ECMAScript does: fixed notation from 1e-6 up to 1e21, else the
+// shortest exponent form with as few exponent digits as needed (1e-7, 1e+21); -0 as 0.
+func esNumber(f float64) string {
+	if f == 0 {
+		return "0"
+	}
+	if abs := math.Abs(f); abs >= 1e-6 && abs < 1e21 {
+		return strconv.FormatFloat(f, 'f', -1, 64)
+	}
+	s := strconv.FormatFloat(f, 'e', -1, 64) // e.g. 1e-07: two exponent digits at least
+	i := strings.IndexByte(s, 'e')
+	exp := strings.TrimLeft(s[i+2:], "0")
+	return s[:i+2] + exp
+}
+
+// esString writes a string as JSON.stringify does: " and \ escaped, \b \t \n \f \r, other
+// characters below U+0020 as \u00xx, everything else as it is.
+func esString(b *strings.Builder, s string) {
+	b.WriteByte('"')
+	for _, c := range s {
+		switch c {
+		case '"':
+			b.WriteString(`\"`)
+		case '\\':
+			b.WriteString(`\\`)
+		case '\b':
+			b.WriteString(`\b`)
+		case '\t':
+			b.WriteString(`\t`)
+		case '\n':
+			b.WriteString(`\n`)
+		case '\f':
+			b.WriteString(`\f`)
+		case '\r':
+			b.WriteString(`\r`)
+		default:
+			if c < 0x20 {
+				fmt.Fprintf(b, "\\u%04x", c)
+			} else {
+				b.WriteRune(c)
+			}
+		}
+	}
+	b.WriteByte('"')
 }
 
 // onEnded stops the handler of an attempt the sidecar ended.

@@ -57,24 +57,23 @@ describeNats('NATS reports too deep for the state store', () => {
       const failTask = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 2 });
       const two = await pull();
       const { msg } = two;
-      const proof = reportProof(
-        hashCredential(agent.credential),
-        agent.id,
-        'fail',
-        msg.taskId,
-        msg.attempt,
-      );
-      const head = JSON.stringify({
-        kind: 'fail',
+      const ids = {
+        kind: 'fail' as const,
         taskId: msg.taskId,
         attempt: msg.attempt,
         lease: msg.lease,
         agentId: agent.id,
-        proof,
         take: 't1',
-      }).slice(0, -1);
+      };
       const n = 200_000;
-      const body = `${head},"error":{"code":"E","message":"boom","details":{"d":${'['.repeat(n)}${']'.repeat(n)}}}}`;
+      const error = `{"code":"E","message":"boom","details":{"d":${'['.repeat(n)}${']'.repeat(n)}}}`;
+      // The proof covers the error too: its digest is of the canonical JSON of the value read.
+      const proof = reportProof(hashCredential(agent.credential), {
+        ...ids,
+        error: JSON.parse(error) as { code: string; message: string },
+      });
+      const head = JSON.stringify({ ...ids, proof }).slice(0, -1);
+      const body = `${head},"error":${error}}`;
       const reply = await nc.request(msg.replyTo, new TextEncoder().encode(body), {
         timeout: 5000,
       });

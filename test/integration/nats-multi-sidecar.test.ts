@@ -36,15 +36,14 @@ async function holdMessage(url: string, stream: string, consumer: string) {
     kind: ReportKind,
     extra: object = {},
     lease = msg.lease,
-  ) => ({
-    kind,
-    taskId: msg.taskId,
-    attempt: msg.attempt,
-    lease,
-    agentId,
-    proof: reportProof(hashCredential(credential), agentId, kind, msg.taskId, msg.attempt),
-    ...extra,
-  });
+  ) => {
+    const body = { kind, taskId: msg.taskId, attempt: msg.attempt, lease, agentId };
+    return {
+      proof: reportProof(hashCredential(credential), { ...body, ...extra }),
+      ...body,
+      ...extra,
+    };
+  };
   return { nc, m: m!, msg, report, signed };
 }
 
@@ -136,10 +135,23 @@ describeNats('NATS: two sidecars on one server', () => {
       await report(as(x.id, other.credential, 'complete', { result: 'forged' })),
     ).toMatchObject(refused);
     expect((await b.getTask(task.id)).status).toBe(TaskStatus.RUNNING);
-    expect(await report(as(x.id, x.credential, 'complete', { result: 'real' }))).toEqual({
-      ok: true,
-      mac: expect.any(String),
+    // x's own proofs with what they did not sign — another take-up, other progress, another
+    // result — as a reader of res.> would send them: A, asked about the report B got (its
+    // take-up, nonce and content digest), says no, and nothing changes on B.
+    const start = as(x.id, x.credential, 'start', { take: 'a', nonce: 's1' });
+    expect(await report({ ...start, take: 'b' })).toMatchObject(refused);
+    const progress = as(x.id, x.credential, 'progress', { take: 'a', progress: 1, nonce: 'p1' });
+    expect(await report(progress)).toMatchObject({ ok: true });
+    expect(await report({ ...progress, progress: 99 })).toMatchObject(refused);
+    expect(await report({ ...progress, nonce: 'p2' })).toMatchObject(refused);
+    const real = as(x.id, x.credential, 'complete', { take: 'a', result: 'real', nonce: 'c1' });
+    expect(await report({ ...real, result: 'forged' })).toMatchObject(refused);
+    expect(await b.getTask(task.id)).toMatchObject({
+      status: TaskStatus.RUNNING,
+      attempt: 1,
+      progress: 1,
     });
+    expect(await report(real)).toEqual({ ok: true, mac: expect.any(String) });
     expect(await b.waitForTask(task.id, { timeoutSeconds: 5 })).toMatchObject({
       status: TaskStatus.COMPLETED,
       result: 'real',
@@ -272,10 +284,13 @@ describeNats('NATS: two sidecars on one server', () => {
     ).toMatchObject({ answers: [notAllowed, { ok: true }] });
     const done = await b.waitForTask(task.id, { timeoutSeconds: 5 });
     expect(done).toMatchObject({ status: TaskStatus.COMPLETED, result: 'forged' });
-    expect(await report({ ...as(victim.id, victim.credential), result: 'again' })).toEqual({
-      ok: true,
-      mac: expect.any(String),
-    });
+    expect(
+      await report(signed(victim.id, victim.credential, 'complete', { result: 'again' })),
+    ).toEqual({ ok: true, mac: expect.any(String) });
+    // The victim's proof over another result than the one it signed: not the victim's report.
+    expect(await report({ ...as(victim.id, victim.credential), result: 'again' })).toMatchObject(
+      notAllowed,
+    );
     expect(
       await report(
         signed(victim.id, victim.credential, 'fail', { error: { code: 'X', message: 'x' } }),

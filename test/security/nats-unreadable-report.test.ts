@@ -113,15 +113,17 @@ describeNats('NATS: a report the sidecar cannot read', () => {
       const m = await consumer.next({ expires: 10_000 });
       const task = asTaskMessage(decodeJson(m!.data))!;
       const key = hashCredential(agent.credential);
-      const report = (kind: 'start' | 'progress' | 'fail', extra: Record<string, unknown>) => ({
-        kind,
-        taskId: task.taskId,
-        attempt: task.attempt,
-        lease: task.lease,
-        agentId: agent.id,
-        proof: reportProof(key, agent.id, kind, task.taskId, task.attempt),
-        ...extra,
-      });
+      const report = (kind: 'start' | 'progress' | 'fail', extra: Record<string, unknown>) => {
+        const body = {
+          kind,
+          taskId: task.taskId,
+          attempt: task.attempt,
+          lease: task.lease,
+          agentId: agent.id,
+          ...extra,
+        };
+        return { ...body, proof: reportProof(key, body) };
+      };
       const start = report('start', { take: 'take-1', seq: m!.seq });
       const started = await nc.request(task.replyTo, encodeJson(start), { timeout: 5000 });
       expect(genuineReportAnswer(decodeJson(started.data), start)).toEqual({ ok: true });

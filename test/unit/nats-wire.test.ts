@@ -2,7 +2,7 @@
  * The hand-written checks of the per-task NATS messages (`asTaskMessage`, `asReport`,
  * `batchReports`) accept exactly what the documented zod schemas accept.
  */
-import { createHmac } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import {
   answerMac,
@@ -17,6 +17,9 @@ import {
   asReport,
   asTaskMessage,
   batchReports,
+  canonicalJson,
+  reportContentDigest,
+  reportProof,
   reportBatchSchema,
   reportSchema,
   taskMessageSchema,
@@ -244,5 +247,70 @@ describe('NATS wire checks', () => {
     expect(genuineReportAnswer(progressOk, { ...n1, nonce: 'n:2' } as never)).toBeUndefined();
     expect(genuineReportAnswer(progressOk, { ...n1, nonce: undefined } as never)).toBeUndefined();
     expect(genuineReportAnswer(progressOk, { ...n1, nonce: '' } as never)).toBeUndefined();
+  });
+});
+
+describe('report proofs', () => {
+  const key = 'k'.repeat(64);
+  const r = {
+    kind: 'progress' as const,
+    agentId: 'a:1',
+    taskId: 't~1',
+    attempt: 2,
+    take: 'take-1',
+    seq: 7,
+    nonce: 'n-1',
+    progress: { step: 1 },
+  };
+  const b64 = (text: string): string => createHmac('sha256', key).update(text).digest('base64url');
+  const hashOf = (text: string): string =>
+    createHash('sha256').update(text, 'utf8').digest('base64url');
+
+  it('cover the text the README spells out: ids, take-up, copy, nonce and content digest', () => {
+    const content = hashOf('{"progress":{"step":1}}');
+    expect(reportContentDigest(r)).toBe(content);
+    expect(reportProof(key, r)).toBe(b64(`report:progress:a%3a1:t%7e1:2:take-1:7:n-1:${content}`));
+    // A start carries no content: the digest of `{}`; absent fields are empty.
+    expect(reportProof(key, { kind: 'start', agentId: 'a', taskId: 't', attempt: 1 })).toBe(
+      b64(`report:start:a:t:1::::${hashOf('{}')}`),
+    );
+  });
+
+  it('change with every field the sidecar acts on', () => {
+    const proof = reportProof(key, r);
+    const others = [
+      { ...r, kind: 'complete' as const },
+      { ...r, agentId: 'a:2' },
+      { ...r, taskId: 't~2' },
+      { ...r, attempt: 3 },
+      { ...r, take: 'take-2' },
+      { ...r, take: undefined },
+      { ...r, seq: 8 },
+      { ...r, seq: undefined },
+      { ...r, nonce: 'n-2' },
+      { ...r, progress: { step: 2 } },
+      { ...r, progress: undefined },
+      { ...r, result: 1 },
+      { ...r, retry: false },
+      { ...r, error: { code: 'E', message: 'm' } },
+      // Field boundaries cannot shift: a `:` in one field is not a separator.
+      { ...r, take: 'take-1:7', seq: undefined },
+    ].map((o) => reportProof(key, o));
+    expect(new Set([proof, ...others]).size).toBe(others.length + 1);
+  });
+
+  it('the content is canonical: the same value however its JSON was written', () => {
+    const a = JSON.parse(
+      '{"b":[1.0,1e21,1e-7,-0],"a":"\\u00e9\\u001f","\\ud83d\\ude00":1,"\\ufb01":2}',
+    );
+    expect(canonicalJson(a)).toBe('{"a":"é\\u001f","b":[1,1e+21,1e-7,0],"\ud83d\ude00":1,"ﬁ":2}');
+    const b = JSON.parse(
+      '{ "\\ufb01" : 2, "\\ud83d\\ude00":1, "b":[1,1E21,0.0000001,0],"a":"é\\u001F"}',
+    );
+    expect(reportContentDigest({ result: a })).toBe(reportContentDigest({ result: b }));
+    // Nested deeper than the call stack goes (JSON.parse reads it, so the sidecar must too).
+    const n = 100_000;
+    const deep = JSON.parse(`${'['.repeat(n)}${']'.repeat(n)}`) as unknown;
+    expect(canonicalJson(deep)).toHaveLength(2 * n);
   });
 });

@@ -127,6 +127,32 @@ function reportableError(error: ReportError): ReportError {
   };
 }
 
+/**
+ * `r` with its content as the sidecar will read it: what JSON makes of the members the proof's
+ * content digest covers (a `Date` as its string, an `undefined` member left out, …), so the
+ * proof is over what arrives. Only reports with such members pay for the round trip.
+ */
+function wireContent(r: Report): Report {
+  const { progress, result, error, retry } = r;
+  if (
+    progress === undefined &&
+    result === undefined &&
+    error === undefined &&
+    retry === undefined
+  ) {
+    return r;
+  }
+  const content = JSON.parse(JSON.stringify({ progress, result, error, retry })) as Partial<Report>;
+  return {
+    ...r,
+    progress: undefined,
+    result: undefined,
+    error: undefined,
+    retry: undefined,
+    ...content,
+  };
+}
+
 /** The error of a `fail` report. */
 type ReportError = NonNullable<Report['error']>;
 
@@ -285,7 +311,7 @@ export class NatsAgentLink {
       attempt: task.attempt,
       lease: task.lease,
       agentId: this.agentId,
-      proof: reportProof(this.#key, this.agentId, kind, task.taskId, task.attempt),
+      proof: '',
       // The take-up the report comes from (a start names its own in `extra`).
       take: kind === 'start' ? undefined : this.#upOf.get(task)?.take,
       ...extra,
@@ -296,6 +322,8 @@ export class NatsAgentLink {
     if (report.error !== undefined) report.error = reportableError(report.error);
     const giveUpAt = this.#giveUpAt.get(task) ?? performance.now() + 2_000;
     return new Promise((resolve) => {
+      // Here, as JSON.stringify below: content JSON cannot write rejects the promise.
+      report.proof = reportProof(this.#key, wireContent(report));
       let queue = this.#outbox.get(task.replyTo);
       if (queue === undefined) {
         queue = [];

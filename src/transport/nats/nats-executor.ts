@@ -66,7 +66,10 @@ import {
   batchReports,
   decodeJson,
   encodeJson,
+  legacyReportProof,
+  proofOver,
   reportBinding,
+  reportContentDigest,
   reportProof,
   sameProof,
   signedReportAnswer,
@@ -88,6 +91,20 @@ function notAllowed(r: Report): Answer {
   const e = new PermissionDeniedError(
     `agent ${r.agentId} may not report on task ${r.taskId}: not proven, not current, or not ` +
       `an agent the task was queued for`,
+  );
+  return { ok: false, code: e.code, message: e.message };
+}
+
+/**
+ * The refusal of a report signed as workers signed before the proof covered the take-up, nonce
+ * and content: never accepted (a reader of other workers' reports could replay its proof with
+ * another take-up or content), and said so, so the worker's operator knows to upgrade it.
+ */
+function legacyProof(r: Report): Answer {
+  const e = new PermissionDeniedError(
+    `agent ${r.agentId} may not report on task ${r.taskId}: its proof is in the old format ` +
+      `(kind, agent, task and attempt only), which is no longer accepted; the worker must sign ` +
+      `the take-up, nonce and content too (see the README's NATS wire protocol)`,
   );
   return { ok: false, code: e.code, message: e.message };
 }
@@ -729,8 +746,8 @@ export class NatsExecutor implements TaskExecutor {
         vouched !== undefined && vouched === pool ? r : notAllowed(r),
       );
     }
-    if (!sameProof(r.proof, reportProof(hash, r.agentId, r.kind, r.taskId, r.attempt))) {
-      return notAllowed(r);
+    if (!sameProof(r.proof, reportProof(hash, r))) {
+      return sameProof(r.proof, legacyReportProof(hash, r)) ? legacyProof(r) : notAllowed(r);
     }
     // A pinned task: only its agent. A pool's task: only an agent of that pool — whoever can
     // pull the pool's consumer holds the lease, and an agent of another pool, with its own
@@ -752,11 +769,17 @@ export class NatsExecutor implements TaskExecutor {
     const nc = this.#nc;
     const key = this.#sidecarKey;
     if (nc === undefined || nc.isClosed() || key === undefined) return undefined;
+    // Everything the proof covers, the content as its digest: the agent's sidecar checks the
+    // proof of this very report (its take-up, nonce and content), not of its ids alone.
     const v: Vouch = {
       agentId: r.agentId,
       kind: r.kind,
       taskId: r.taskId,
       attempt: r.attempt,
+      take: r.take,
+      seq: r.seq,
+      reportNonce: r.nonce,
+      content: reportContentDigest(r),
       proof: r.proof,
       nonce: randomBytes(18).toString('base64url'),
     };
@@ -805,10 +828,11 @@ export class NatsExecutor implements TaskExecutor {
     if (key === undefined) return;
     const v = vouchSchema.safeParse(decodeJson(msg.data));
     if (!v.success || !msg.reply) return;
-    const { agentId, kind, taskId, attempt, proof } = v.data;
+    const { agentId, kind, taskId, attempt, take, seq, reportNonce, content, proof } = v.data;
     const hash = this.#host?.credentialHash(agentId);
     if (hash === undefined) return; // another sidecar's agent (or nobody's)
-    const ok = sameProof(proof, reportProof(hash, agentId, kind, taskId, attempt));
+    const proven = { kind, agentId, taskId, attempt, take, seq, nonce: reportNonce };
+    const ok = sameProof(proof, proofOver(hash, proven, content));
     // With the agent's pool: the asking sidecar takes the report only for a task of that pool.
     const poolId = ok ? (this.#host!.agentPool(agentId) ?? null) : null;
     const mac = vouchMac(key, this.names.namespace, v.data, ok, poolId);

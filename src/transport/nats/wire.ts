@@ -6,7 +6,8 @@
  * credential, and the credential itself must not travel on a bus every sidecar and worker
  * reads. So a worker signs what it sends with HMAC-SHA256 keyed by that hash: the key is the
  * 64-character lowercase hex string `sha256(credential)` (its UTF-8 bytes), and the signed text
- * names the agent, the act and the task or time, so a proof is good for one message only.
+ * names the agent, the act and the task or time — for a report also its take-up, nonce and a
+ * digest of its content ({@link reportProof}) — so a proof is good for one message only.
  * A heartbeat carries a millisecond timestamp that must grow from one heartbeat to the next,
  * which makes a replayed heartbeat worthless.
  *
@@ -34,6 +35,7 @@
  *
  * @module
  */
+import { hash } from 'node:crypto';
 import { z } from 'zod';
 import { MAX_ID_LENGTH } from '../../validate.js';
 import { hmacSha256 } from './hmac.js';
@@ -88,7 +90,7 @@ export const reportSchema = z
     lease: z.string().min(1),
     /** The agent whose worker ran the task. */
     agentId: z.string().min(1).max(MAX_ID_LENGTH),
-    /** HMAC proof of the agent's credential (see {@link reportProof}). */
+    /** HMAC proof of the agent's credential over the report (see {@link reportProof}). */
     proof: z.string().min(1),
     result: z.unknown().optional(),
     progress: z.unknown().optional(),
@@ -139,6 +141,12 @@ export const vouchSchema = z
     kind: z.enum(['start', 'progress', 'complete', 'fail']),
     taskId: z.string().min(1).max(200),
     attempt: z.number().int().positive(),
+    /** The report's take-up, stream sequence and nonce, when it has them (its proof covers them). */
+    take: z.string().min(1).max(64).optional(),
+    seq: z.number().int().positive().optional(),
+    reportNonce: z.string().min(1).max(64).optional(),
+    /** The report's {@link reportContentDigest}, computed by the asking sidecar. */
+    content: z.string().min(1).max(100),
     proof: z.string().min(1).max(100),
     /** Fresh per request: the answer's MAC covers it (see {@link vouchMac}). */
     nonce: z.string().min(16).max(64),
@@ -360,15 +368,106 @@ export function heartbeatProof(credentialHash: string, agentId: string, ts: numb
   return hmac(credentialHash, `hb:${agentId}:${ts}`);
 }
 
-/** Proof of a report. */
-export function reportProof(
+/** What of a report its proof covers (everything the sidecar acts on; see {@link reportProof}). */
+export type ProvenReport = Pick<Report, 'kind' | 'agentId' | 'taskId' | 'attempt'> &
+  Partial<Pick<Report, 'take' | 'seq' | 'nonce' | 'result' | 'progress' | 'error' | 'retry'>>;
+
+/**
+ * Proof of a report: HMAC-SHA256 under the credential's hash over
+ * `report:<kind>:<agentId>:<taskId>:<attempt>:<take>:<seq>:<nonce>:<content>` — the fields
+ * written as an answer MAC's ({@link answerMac}: `%`, `:` and `~` escaped, an absent field
+ * empty) and `<content>` the report's {@link reportContentDigest}. It covers everything the
+ * sidecar acts on: the take-up (a start of another take-up counts a started attempt lost), the
+ * copy taken up, the report's nonce and what it reports (progress, result, error, retry), so a
+ * client that reads another worker's reports can neither re-send one as another take-up's nor
+ * put other content under its proof.
+ */
+export function reportProof(credentialHash: string, r: ProvenReport): string {
+  return proofOver(credentialHash, r, reportContentDigest(r));
+}
+
+/** {@link reportProof} with the content digest given (the vouch question carries it). */
+export function proofOver(
   credentialHash: string,
-  agentId: string,
-  kind: ReportKind,
-  taskId: string,
-  attempt: number,
+  r: Pick<ProvenReport, 'kind' | 'agentId' | 'taskId' | 'attempt' | 'take' | 'seq' | 'nonce'>,
+  content: string,
 ): string {
-  return hmac(credentialHash, `${kind}:${agentId}:${taskId}:${attempt}`);
+  return hmac(
+    credentialHash,
+    macText('report', [r.kind, r.agentId, r.taskId, r.attempt, r.take, r.seq, r.nonce, content]),
+  );
+}
+
+/**
+ * The proof of a report as workers made it before the proof covered the take-up, nonce and
+ * content (`<kind>:<agentId>:<taskId>:<attempt>`). Never accepted: only recognised, so that such
+ * a worker is refused with a message that says why.
+ */
+export function legacyReportProof(credentialHash: string, r: ProvenReport): string {
+  return hmac(credentialHash, `${r.kind}:${r.agentId}:${r.taskId}:${r.attempt}`);
+}
+
+/** SHA-256 (base64url) of the canonical JSON of `{}`: the content of a report without any. */
+const NO_CONTENT = hash('sha256', '{}', 'base64url');
+
+/**
+ * Digest of what a report carries besides its ids: base64url (no padding) of the SHA-256 of the
+ * UTF-8 bytes of {@link canonicalJson} of the object made of the report's members `error`,
+ * `progress`, `result` and `retry` that it has (each as it arrives in the JSON: a member that is
+ * absent is left out; `{}` when it has none, as a `start`).
+ */
+export function reportContentDigest(r: Partial<Pick<Report, ContentKey>>): string {
+  let content: Partial<Pick<Report, ContentKey>> | undefined;
+  for (const k of CONTENT_KEYS) {
+    if (r[k] !== undefined) (content ??= {})[k] = r[k] as never;
+  }
+  return content === undefined ? NO_CONTENT : hash('sha256', canonicalJson(content), 'base64url');
+}
+
+type ContentKey = 'error' | 'progress' | 'result' | 'retry';
+const CONTENT_KEYS: readonly ContentKey[] = ['error', 'progress', 'result', 'retry'];
+
+/** Closes an array or an object, or separates, in {@link canonicalJson}'s work stack. */
+class Literal {
+  constructor(readonly text: string) {}
+}
+const CLOSE_ARRAY = new Literal(']');
+const CLOSE_OBJECT = new Literal('}');
+const COMMA = new Literal(',');
+
+/**
+ * The canonical JSON of a value read from JSON (RFC 8785, JCS): no whitespace, object members
+ * sorted by their names' UTF-16 code units, strings and numbers written as ECMAScript's
+ * `JSON.stringify` writes them (so `1e21`, `1e-7`, `0.1`, `"\u001f"`, `"é"` unescaped). Iterative: a
+ * value nested as deep as `JSON.parse` reads (far deeper than the call stack) is written too.
+ */
+export function canonicalJson(value: unknown): string {
+  let out = '';
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (v instanceof Literal) {
+      out += v.text;
+    } else if (v === null || typeof v !== 'object') {
+      out += JSON.stringify(v) ?? 'null';
+    } else if (Array.isArray(v)) {
+      out += '[';
+      stack.push(CLOSE_ARRAY);
+      for (let i = v.length - 1; i >= 0; i--) {
+        stack.push(v[i]);
+        if (i > 0) stack.push(COMMA);
+      }
+    } else {
+      out += '{';
+      stack.push(CLOSE_OBJECT);
+      const keys = Object.keys(v).sort();
+      for (let i = keys.length - 1; i >= 0; i--) {
+        stack.push((v as Json)[keys[i]!]);
+        stack.push(new Literal(`${i > 0 ? ',' : ''}${JSON.stringify(keys[i])}:`));
+      }
+    }
+  }
+  return out;
 }
 
 /**
@@ -392,6 +491,10 @@ export function vouchMac(
     v.kind,
     v.taskId,
     v.attempt,
+    v.take ?? null,
+    v.seq ?? null,
+    v.reportNonce ?? null,
+    v.content,
     v.proof,
     ok,
     ok ? poolId : null,
@@ -414,14 +517,19 @@ export type MacField = string | number | boolean | null | undefined;
  * escaping every id as a subject token cost about as much again as the HMAC.)
  */
 export function answerMac(key: string, fields: readonly MacField[]): string {
-  let text = 'answer';
+  return hmac(key, macText('answer', fields));
+}
+
+/** `head` followed by each field after a `:`, written as {@link answerMac} says. */
+function macText(head: string, fields: readonly MacField[]): string {
+  let text = head;
   for (const f of fields) {
     text += ':';
     if (typeof f === 'string') text += macString(f);
     else if (f === null) text += '~';
     else if (f !== undefined) text += String(f);
   }
-  return hmac(key, text);
+  return text;
 }
 
 function macString(s: string): string {
