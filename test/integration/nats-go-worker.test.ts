@@ -155,10 +155,15 @@ describeNats('examples/nats-go: a worker in Go on the wire protocol alone', () =
         attempt: 1,
         error: { code: 'BAD_INPUT', message: 'this task always fails' },
       });
-      const unknown = await fabric.scheduleToPool('build', 'no-such-type', null);
+      // Its error message holds the type: characters Go's JSON writes escaped (<, &, >) and
+      // others beyond ASCII, which the proof's canonical content has unescaped — the sidecar
+      // takes the report only if the Go worker's digest is the one it computes.
+      const type = 'no-such-type <a&b> “é” 🚀';
+      const unknown = await fabric.scheduleToPool('build', type, null);
       expect(await fabric.waitForTask(unknown.id, { timeoutSeconds: 30 })).toMatchObject({
         status: TaskStatus.FAILED,
-        error: { code: 'UNKNOWN_TASK_TYPE' },
+        attempt: 1,
+        error: { code: 'UNKNOWN_TASK_TYPE', message: `no handler for "${type}"` },
       });
       expect(worker.stderr()).toBe('');
     },
