@@ -204,12 +204,15 @@ export class AgentNotFoundError extends FabricError {
 /** Spawning would exceed `maxConcurrentAgents`. */
 export class AgentLimitError extends FabricError {
   static readonly code = 'FABRIC_ERR_AGENT_LIMIT';
-  constructor(limit: number) {
+  /** `wanted` and `free`: a pool's `minAgents` that do not fit in the `free` room left. */
+  constructor(limit: number, wanted?: number, free?: number) {
     super(
       AgentLimitError.code,
       'resource_exhausted',
-      `cannot spawn: maxConcurrentAgents (${limit}) agents are already active`,
-      { limit },
+      wanted === undefined
+        ? `cannot spawn: maxConcurrentAgents (${limit}) agents are already active`
+        : `cannot spawn ${wanted} agents: maxConcurrentAgents (${limit}) leaves room for ${free ?? 0}`,
+      wanted === undefined ? { limit } : { limit, wanted, free: free ?? 0 },
     );
   }
 }

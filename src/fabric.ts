@@ -491,6 +491,7 @@ export class AgentFabric {
           }),
         agentInfo: (id) =>
           this.lifecycle.peek(id) === undefined ? undefined : this.lifecycle.agentInfo(id),
+        agentRoom: () => this.lifecycle.room,
         openPoolQueue: (id) => this.scheduler.addPool(id),
         drainPoolQueue: (id, ms) => this.scheduler.drainPool(id, ms),
         closePoolQueue: (id) => this.scheduler.removePool(id),

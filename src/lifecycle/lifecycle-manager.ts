@@ -244,6 +244,11 @@ export class LifecycleManager {
     return this.spawnSync(config);
   }
 
+  /** `maxConcurrentAgents`, and how many more agents may be spawned now under it. */
+  get room(): { readonly free: number; readonly limit: number } {
+    return { free: Math.max(0, this.#maxAgents - this.#live), limit: this.#maxAgents };
+  }
+
   /**
    * {@link spawn} without the promise (for the fabric's own wiring).
    * @param credentialFor - makes the credential from the new agent's id instead of random bytes

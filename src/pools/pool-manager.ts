@@ -37,7 +37,7 @@ import {
 import { TypedEmitter } from '../events.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { Collection } from '../store/store.js';
-import { InvalidArgumentError } from '../errors.js';
+import { AgentLimitError, InvalidArgumentError } from '../errors.js';
 import { checkCapabilities, checkLabels, checkNumber, checkString } from '../validate.js';
 import type { PoolProvider, PoolStopReason } from './pool-provider.js';
 
@@ -130,6 +130,8 @@ export interface PoolHost {
     onChanged?: () => void,
   ): Promise<AgentInfo>;
   agentInfo(agentId: string): AgentInfo | undefined;
+  /** `maxConcurrentAgents`, and how many more agents may be spawned now under it. */
+  agentRoom(): { readonly free: number; readonly limit: number };
   openPoolQueue(poolId: string): void;
   drainPoolQueue(poolId: string, timeoutMs: number): Promise<void>;
   closePoolQueue(poolId: string): void;
@@ -420,6 +422,10 @@ export class PoolManager {
         `names no registered pool provider: ${JSON.stringify(provider)}`,
       );
     }
+    // Refused before any agent is spawned: growing to the limit and terminating them all again
+    // would fill the terminated agents' retention with agents that never served.
+    const room = this.#host.agentRoom();
+    if (minAgents > room.free) throw new AgentLimitError(room.limit, minAgents, room.free);
     const rec: PoolRecord = {
       poolId,
       name: config.name === undefined ? poolId : checkString('config.name', config.name),

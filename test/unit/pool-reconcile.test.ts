@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { AgentStatus } from '../../src/agent.js';
-import { ConfigError, InvalidArgumentError } from '../../src/errors.js';
+import { AgentLimitError, ConfigError, InvalidArgumentError } from '../../src/errors.js';
 import { AgentFabric } from '../../src/fabric.js';
 import type { PoolEvents } from '../../src/pools/pool-manager.js';
 import type {
@@ -87,6 +87,30 @@ describe('pools reconcile', () => {
       { poolId: 'p', agentId: b, reason: 'create' },
       { poolId: 'p', agentId: replacement, reason: 'replace' },
     ]);
+  });
+
+  it('a pool whose minAgents do not fit under maxConcurrentAgents is refused before any agent is spawned', async () => {
+    await fabric.spawn({ model: 'm', name: 'solo', executor: 'inprocess' });
+    const err = await fabric
+      .createPool({ poolId: 'big', model: 'm', minAgents: 6, executor: 'inprocess' })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AgentLimitError);
+    expect(err).toMatchObject({
+      code: 'FABRIC_ERR_AGENT_LIMIT',
+      message: 'cannot spawn 6 agents: maxConcurrentAgents (6) leaves room for 5',
+      details: { limit: 6, wanted: 6, free: 5 },
+    });
+    // No agent was spawned and withdrawn (before: five, each left as a terminated record).
+    expect((await fabric.listAgents()).map((a) => a.name)).toEqual(['solo']);
+    await expect(fabric.getPool('big')).rejects.toThrow();
+    // One that fits is made.
+    const ok = await fabric.createPool({
+      poolId: 'p',
+      model: 'm',
+      minAgents: 5,
+      executor: 'inprocess',
+    });
+    expect(ok.spawned).toHaveLength(5);
   });
 
   it('keeps the scaled size, but does not bring back agents scaled away', async () => {
