@@ -403,10 +403,24 @@ const poolsCommand: Command = {
   },
 };
 
+/**
+ * An approval's status as the tables show it: a pending one that no call waits for any more
+ * (`orphaned`: its caller left, or the sidecar restarted) says so — approving it runs nothing,
+ * and the operator must not take it for the call the agent is waiting on.
+ */
+function approvalStatus(a: Approval): string {
+  const status = enumName(ApprovalStatus, a.status);
+  return a.orphaned && a.status === ApprovalStatus.PENDING ? `${status} (NO CALL WAITS)` : status;
+}
+
+/** What `approvals approve|deny` adds for an approval no call waited for: nothing ran. */
+const NOTHING_RAN =
+  ' — no call was waiting for it (its caller left or the sidecar restarted): nothing runs; the agent must call again';
+
 function approvalRows(list: readonly Approval[]): string[][] {
   return list.map((a) => [
     a.id,
-    enumName(ApprovalStatus, a.status),
+    approvalStatus(a),
     a.agentId,
     a.tool,
     brief(valueJson(a.params, a.paramsJson), 50),
@@ -481,7 +495,7 @@ function decideCommand(verb: 'approve' | 'deny'): Command {
       const a = message.approval;
       ctx.print(
         printable(
-          `${a?.id ?? ctx.positionals[0]} ${enumName(ApprovalStatus, a?.status ?? 0)} (${a?.tool ?? '?'} by ${a?.agentId ?? '?'})`,
+          `${a?.id ?? ctx.positionals[0]} ${enumName(ApprovalStatus, a?.status ?? 0)} (${a?.tool ?? '?'} by ${a?.agentId ?? '?'})${a?.orphaned ? NOTHING_RAN : ''}`,
         ),
       );
       return EXIT.ok;

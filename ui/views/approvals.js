@@ -131,14 +131,26 @@ export function createView(ctx) {
             ruleOf(a),
             since(a.expiresAt),
             h(
-              'span',
-              { class: 'inline' },
-              reason,
-              // Two clicks: when an approval above leaves (it expired — the agent chose when — or
-              // another operator decided it), the next one moves up under the pointer, and a
-              // click aimed at the first must not approve it.
-              confirmButton('Approve', () => decide(a, 'Approve')(reason), { class: 'approve' }),
-              button('Deny', () => decide(a, 'Deny')(reason), { class: 'danger' }),
+              'div',
+              {},
+              // Its caller left (or the sidecar restarted): a decision is recorded, nothing runs.
+              a.orphaned
+                ? h(
+                    'p',
+                    { class: 'hint orphaned' },
+                    'No call waits for this approval any more (its caller left or the sidecar restarted): approving it runs nothing — the agent must call again.',
+                  )
+                : null,
+              h(
+                'span',
+                { class: 'inline' },
+                reason,
+                // Two clicks: when an approval above leaves (it expired — the agent chose when — or
+                // another operator decided it), the next one moves up under the pointer, and a
+                // click aimed at the first must not approve it.
+                confirmButton('Approve', () => decide(a, 'Approve')(reason), { class: 'approve' }),
+                button('Deny', () => decide(a, 'Deny')(reason), { class: 'danger' }),
+              ),
             ),
           ];
         },
@@ -192,7 +204,9 @@ export function createView(ctx) {
               agentNames.get(a.agentId) ?? a.agentId,
               h('code', {}, a.tool),
               args(a, true),
-              badge(status, STATUS[status]),
+              a.orphaned
+                ? h('span', {}, badge(status, STATUS[status]), ' (no call waited: nothing ran)')
+                : badge(status, STATUS[status]),
               a.approver || '—',
               a.decisionReason || '',
             ];
