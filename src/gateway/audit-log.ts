@@ -86,6 +86,16 @@ export interface AuditRecord {
   code?: string | undefined;
   tokens?: number | undefined;
   cost?: number | undefined;
+  /**
+   * The approval a human decided the call on (`apr_…`), on the lines of calls that waited for
+   * one: approved (and ran, or were refused after), denied, expired, or ended while parked.
+   */
+  approval?: string | undefined;
+  /**
+   * Who decided that approval (the admin credential's name), when known: the line of a call a
+   * human approved or denied says who, also once the approval record itself is forgotten.
+   */
+  approver?: string | undefined;
 }
 
 /** Options of an {@link AuditLog}. */
@@ -211,7 +221,7 @@ export function digestArgs(args: unknown, key: string): string {
 
 /** The outcome fields of a call's record (see {@link AuditLog.writeCall}). */
 export type AuditOutcome = Pick<AuditRecord, 'decision' | 'outcome'> &
-  Partial<Pick<AuditRecord, 'rule' | 'code' | 'tokens' | 'cost'>>;
+  Partial<Pick<AuditRecord, 'rule' | 'code' | 'tokens' | 'cost' | 'approval' | 'approver'>>;
 
 /** A record queued by {@link AuditLog.writeCall}, completed when it is flushed. */
 export interface QueuedCall {
@@ -596,6 +606,8 @@ export function formatCall(c: QueuedCall, digester: ArgsDigester): string {
   let line = isoTimeMember(c.startedAt) + whoText + digest + jsonMs(c.durationMs) + endText;
   if (f.tokens !== undefined) line += `,"tokens":${jsonNumber(f.tokens)}`;
   if (f.cost !== undefined) line += `,"cost":${jsonCost(f.cost)}`;
+  if (f.approval !== undefined) line += `,"approval":${jsonString(f.approval)}`;
+  if (f.approver !== undefined) line += `,"approver":${jsonString(f.approver)}`;
   return line + '}\n';
 }
 

@@ -6,7 +6,7 @@
  */
 import type { CallPhases } from '../telemetry/tracing.js';
 import type { Reservation } from '../budget/budget-manager.js';
-import type { Approval } from '../policy/approval-manager.js';
+import type { Approval, ApprovalResult } from '../policy/approval-manager.js';
 import type { PolicyDecision } from '../policy/policy-engine.js';
 import type {
   CallbackAnswerContext,
@@ -99,6 +99,8 @@ export interface ToolCallAllowed {
   readonly allowed: true;
   readonly decision: Decision;
   readonly reservation: Reservation;
+  /** The human decision, when the call waited for one (its approval's id and approver). */
+  readonly approval?: ApprovalResult | undefined;
 }
 
 /** A call the pipeline refused (policy deny, approval denied/expired, budget exhausted). */

@@ -344,13 +344,22 @@ export class ToolCallPipeline {
           rule: approval === undefined ? undefined : approvalRule(approval),
           outcome: cancelled ? 'cancelled' : 'error',
           code: endedCode(error, cancelled),
+          ...(approval === undefined ? {} : { approval: approval.id }),
         });
         return { kind: 'error', error, stage: 'admission' };
       }
       const { auth, waited } = authorized;
       const d = describeDecision(auth.decision);
+      // A call a human decided names the approval (and who decided) on its audit line.
+      const human = waited ? humanDecision(parked.approval, auth) : undefined;
       if (!auth.allowed) {
-        audit({ decision: d.action ?? 'deny', rule: d.rule, outcome: 'denied', code: auth.code });
+        audit({
+          decision: d.action ?? 'deny',
+          rule: d.rule,
+          outcome: 'denied',
+          code: auth.code,
+          ...human,
+        });
         return { kind: 'refused', refusal: explainUnresolved(auth, view), withheld: false };
       }
       const decision = waited ? 'approved' : (d.action ?? 'allow');
@@ -362,12 +371,18 @@ export class ToolCallPipeline {
           stale = await this.#staleApproval(call.paths, call.params, view, auth);
         } catch (error) {
           this.#settle(auth, { tokens: 0, cost: 0 });
-          audit({ decision: 'error', rule: d.rule, outcome: 'error', code: codeOf(error) });
+          audit({
+            decision: 'error',
+            rule: d.rule,
+            outcome: 'error',
+            code: codeOf(error),
+            ...human,
+          });
           return { kind: 'error', error, stage: 'admission' };
         }
         if (stale !== undefined) {
           this.#settle(auth, { tokens: 0, cost: 0 });
-          audit({ decision, rule: d.rule, outcome: 'denied', code: stale.code });
+          audit({ decision, rule: d.rule, outcome: 'denied', code: stale.code, ...human });
           return { kind: 'refused', refusal: stale, withheld: false };
         }
       }
@@ -413,6 +428,7 @@ export class ToolCallPipeline {
             rule: turn.rule,
             outcome: 'denied',
             code: refusal.code,
+            ...human,
           });
           return { kind: 'refused', refusal, withheld: false };
         }
@@ -425,6 +441,7 @@ export class ToolCallPipeline {
           outcome: cancelled ? 'cancelled' : 'error',
           code: endedCode(error, cancelled),
           cost: charged,
+          ...human,
         });
         return { kind: 'error', error, stage: 'forward' };
       }
@@ -441,7 +458,11 @@ export class ToolCallPipeline {
             ? 'tool_error'
             : 'ok';
       const code = withheld?.code;
-      const finish = (): void => audit({ decision, rule: d.rule, outcome, code, tokens, cost });
+      // Only a call that waited for a human gets the approval's fields (no cost on the others).
+      const finish =
+        human === undefined
+          ? (): void => audit({ decision, rule: d.rule, outcome, code, tokens, cost })
+          : (): void => audit({ decision, rule: d.rule, outcome, code, tokens, cost, ...human });
       const onEnd = call.onEnd;
       if (call.defer) {
         call.defer(
@@ -692,6 +713,22 @@ function endedCode(error: unknown, cancelled: boolean): string {
   return code.startsWith('FABRIC_ERR_') && code !== 'FABRIC_ERR_INTERNAL'
     ? code
     : 'FABRIC_ERR_CANCELLED';
+}
+
+/**
+ * The audit fields of a call that waited for a human: the approval it parked on, and who decided
+ * it — from the authorization of an approved call, or from the details of a human's denial
+ * (absent for an expiry, and for an approved call refused after by changed rules or the budget).
+ */
+function humanDecision(
+  approval: Approval | undefined,
+  auth: ToolCallAuthorization,
+): { approval: string; approver?: string } | undefined {
+  if (approval === undefined) return undefined;
+  const approver = auth.allowed ? auth.approval?.approver : auth.details?.approver;
+  return typeof approver === 'string'
+    ? { approval: approval.id, approver }
+    : { approval: approval.id };
 }
 
 /** The rule that parked a call on `approval`, as {@link describeDecision} names it. */
