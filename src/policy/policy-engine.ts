@@ -26,6 +26,7 @@ import { compileConditions, type ParamsPredicate } from './conditions.js';
 import { compileGlob, GlobSyntaxError, type GlobMatcher } from './glob.js';
 import { compileJsonLogic, JsonLogicCompileError, truthy } from './json-logic.js';
 import { parsePolicy, type NormalizedPolicy, type PolicyAction } from './policy.js';
+import { approvalParams } from './unresolved-path.js';
 
 /**
  * A run-time change of one policy as a durable store keeps it, under the policy's name: only
@@ -149,7 +150,8 @@ export function approvalRequest(
     agentId: ctx.agentId,
     ...(ctx.poolId === undefined ? {} : { poolId: ctx.poolId }),
     tool: ctx.tool,
-    params: ctx.params,
+    // What the human sees: the view, its markers showing what the call forwards in their place.
+    params: approvalParams(ctx.params, ctx.rawParams),
     policy: decision.policy,
     rule: decision.rule,
     reason: decision.reason,

@@ -107,3 +107,44 @@ export function spellingsOf(
 ): readonly string[] | undefined {
   return SPELLINGS.get(container)?.get(key);
 }
+
+/**
+ * The parameters an approval keeps for the human who decides it: the policy's `view`, with each
+ * marker shown as `{ unresolvedPath: reason, value }` where `value` is what the call forwards in
+ * its place (`raw` at the same position) — not the marker's truncated spelling, nor the empty
+ * value of one that stands for what the walk did not inspect (a path past the 256th, a subtree
+ * deeper than 32 levels or past 10,000 values): the human must see everything that runs when
+ * they approve. `view` itself when it holds no marker, or when `raw` is not given.
+ */
+export function approvalParams(
+  view: Readonly<Record<string, unknown>>,
+  raw: Readonly<Record<string, unknown>> | undefined,
+): Readonly<Record<string, unknown>> {
+  if (raw === undefined || !holdsUnresolved(view)) return view;
+  return shownAsForwarded(view, raw) as Readonly<Record<string, unknown>>;
+}
+
+/** {@link approvalParams} of one value of the view and its forwarded counterpart. */
+function shownAsForwarded(view: unknown, raw: unknown): unknown {
+  if (view instanceof UnresolvedPath) {
+    return { unresolvedPath: view.reason, value: raw === undefined ? view.value : raw };
+  }
+  // The view is as deep as the walk went (32 levels), so this recursion is bounded by it.
+  if (!holdsUnresolved(view) || typeof raw !== 'object' || raw === null) return view;
+  if (Array.isArray(view)) {
+    const rawItems = Array.isArray(raw) ? (raw as unknown[]) : [];
+    return view.map((v, i) => shownAsForwarded(v, rawItems[i]));
+  }
+  const out: Record<string, unknown> = {};
+  for (const [key, v] of Object.entries(view as Record<string, unknown>)) {
+    const r = Object.hasOwn(raw, key) ? (raw as Record<string, unknown>)[key] : undefined;
+    // Defined as own data properties: a key `__proto__` stays a key, as in the arguments.
+    Object.defineProperty(out, key, {
+      value: shownAsForwarded(v, r),
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+  }
+  return out;
+}

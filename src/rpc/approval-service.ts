@@ -5,8 +5,9 @@
  * list/get/approve/deny methods).
  *
  * The approver recorded on a decision is the admin credential's name, never a name the request
- * supplies. Parameters are shown as the copy the approval holds (what the policy decided on, see
- * `approvalRequest`), not masked.
+ * supplies. Parameters are shown as the copy the approval holds (what the policy decided on, its
+ * unresolved-path markers showing what the call forwards in their place; see `approvalRequest`),
+ * not masked.
  *
  * @module
  */
