@@ -19,24 +19,18 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { listApprovals, type ApiApproval } from '../fixtures/api.js';
+import { startFsApprovalSidecar } from '../fixtures/fs-approvals.js';
 import {
+  ADMIN_TOKEN,
   agentToken,
   api,
   closeSidecar,
-  DEFAULT_ALLOW,
-  filesystemUpstream,
   httpClient,
-  startTestSidecar,
   tempDir,
   text,
   until,
 } from '../fixtures/gateway/harness.js';
-
-interface ApiApproval {
-  id: string;
-  tool: string;
-  params?: unknown;
-}
 
 const SECRET = 'the-secret-the-approver-never-saw-7731';
 
@@ -49,25 +43,7 @@ describe('an approval of a call whose paths the policy could not all resolve', (
     mkdirSync(join(root, 'notes'));
     for (let i = 0; i < 256; i++) writeFileSync(join(root, 'notes', `n${i}.txt`), `note ${i}`);
     writeFileSync(join(root, 'secret.txt'), SECRET);
-    sidecar = await startTestSidecar({
-      upstreams: { fs: filesystemUpstream(root) },
-      policies: [
-        {
-          name: 'reads',
-          priority: 100,
-          rules: [
-            {
-              tool: 'fs__read_multiple_files',
-              action: 'require_approval',
-              reason: 'a human reads many',
-            },
-          ],
-        },
-        DEFAULT_ALLOW,
-      ],
-      approvals: { timeoutSeconds: 600 },
-      agents: [{ name: 'worker' }],
-    });
+    sidecar = await startFsApprovalSidecar(root, 'fs__read_multiple_files');
     agent = await httpClient(sidecar.url!, agentToken(sidecar, 'worker'));
   });
 
@@ -88,10 +64,7 @@ describe('an approval of a call whose paths the policy could not all resolve', (
     ) as Promise<CallToolResult>;
     let parked: ApiApproval | undefined;
     await until(async () => {
-      const res = await api(sidecar, 'ApprovalService/ListApprovals', {
-        status: 'APPROVAL_STATUS_PENDING',
-      });
-      parked = ((await res.json()) as { approvals?: ApiApproval[] }).approvals?.[0];
+      parked = (await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending'))[0];
       return parked !== undefined;
     }, 30_000);
     const shown = (parked!.params as { paths: unknown[] }).paths;
@@ -120,10 +93,7 @@ describe('an approval of a call whose paths the policy could not all resolve', (
       .catch((error: unknown) => error);
     let parked: ApiApproval | undefined;
     await until(async () => {
-      const res = await api(sidecar, 'ApprovalService/ListApprovals', {
-        status: 'APPROVAL_STATUS_PENDING',
-      });
-      parked = ((await res.json()) as { approvals?: ApiApproval[] }).approvals?.[0];
+      parked = (await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending'))[0];
       return parked !== undefined;
     }, 30_000);
     const [marker] = (parked!.params as { paths: { unresolvedPath: string; value: string }[] })

@@ -19,29 +19,20 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { listApprovals } from '../fixtures/api.js';
 import { chromiumAvailable, launchChromium, newDashboardPage } from '../fixtures/browser.js';
+import { startFsApprovalSidecar } from '../fixtures/fs-approvals.js';
 import {
   ADMIN_TOKEN,
   agentToken,
-  api,
   CLI_MAIN,
   closeSidecar,
-  DEFAULT_ALLOW,
-  filesystemUpstream,
   httpClient,
-  startTestSidecar,
   tempDir,
   text,
   TSX,
   until,
 } from '../fixtures/gateway/harness.js';
-
-interface ApiApproval {
-  id: string;
-  status: string;
-  orphaned?: boolean;
-  params?: { path?: string };
-}
 
 interface Ran {
   code: number | null;
@@ -61,12 +52,7 @@ describe('an approval no call waits for any more, as the operator sees it', () =
   let waitedId = '';
   let waiting: Promise<CallToolResult>;
 
-  const pending = async (): Promise<ApiApproval[]> => {
-    const res = await api(sidecar, 'ApprovalService/ListApprovals', {
-      status: 'APPROVAL_STATUS_PENDING',
-    });
-    return ((await res.json()) as { approvals?: ApiApproval[] }).approvals ?? [];
-  };
+  const pending = () => listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending');
 
   /** Runs the real `agent-fabric` CLI against the sidecar with the admin token. */
   const cli = (args: readonly string[]): Promise<Ran> =>
@@ -84,19 +70,7 @@ describe('an approval no call waits for any more, as the operator sees it', () =
     });
 
   beforeAll(async () => {
-    sidecar = await startTestSidecar({
-      upstreams: { fs: filesystemUpstream(root) },
-      policies: [
-        {
-          name: 'writes',
-          priority: 100,
-          rules: [{ tool: 'fs__write_file', action: 'require_approval', reason: 'a human writes' }],
-        },
-        DEFAULT_ALLOW,
-      ],
-      approvals: { timeoutSeconds: 600 },
-      agents: [{ name: 'worker' }],
-    });
+    sidecar = await startFsApprovalSidecar(root, 'fs__write_file');
     agent = await httpClient(sidecar.url!, agentToken(sidecar, 'worker'));
 
     // One call parks, then its client gives up on it: its approval is left with no caller.

@@ -15,23 +15,18 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { listApprovals } from '../fixtures/api.js';
+import { startFsApprovalSidecar } from '../fixtures/fs-approvals.js';
 import {
+  ADMIN_TOKEN,
   agentToken,
   api,
   closeSidecar,
-  DEFAULT_ALLOW,
-  filesystemUpstream,
   httpClient,
-  startTestSidecar,
   tempDir,
   text,
   until,
 } from '../fixtures/gateway/harness.js';
-
-interface ApiApproval {
-  id: string;
-  params?: { path?: string };
-}
 
 describe('audit lines of calls a human decided (real sidecar, server-filesystem)', () => {
   const root = realpathSync(tempDir('audit-approval-fields'));
@@ -40,18 +35,7 @@ describe('audit lines of calls a human decided (real sidecar, server-filesystem)
   let agent: Client;
 
   beforeAll(async () => {
-    sidecar = await startTestSidecar({
-      upstreams: { fs: filesystemUpstream(root) },
-      policies: [
-        {
-          name: 'writes',
-          priority: 100,
-          rules: [{ tool: 'fs__write_file', action: 'require_approval', reason: 'a human writes' }],
-        },
-        DEFAULT_ALLOW,
-      ],
-      approvals: { timeoutSeconds: 600 },
-      agents: [{ name: 'worker' }],
+    sidecar = await startFsApprovalSidecar(root, 'fs__write_file', {
       audit: { path: auditPath, flushIntervalMs: 0 },
     });
     agent = await httpClient(sidecar.url!, agentToken(sidecar, 'worker'));
@@ -66,11 +50,8 @@ describe('audit lines of calls a human decided (real sidecar, server-filesystem)
   async function parkedFor(path: string): Promise<string> {
     let id: string | undefined;
     await until(async () => {
-      const res = await api(sidecar, 'ApprovalService/ListApprovals', {
-        status: 'APPROVAL_STATUS_PENDING',
-      });
-      const list = ((await res.json()) as { approvals?: ApiApproval[] }).approvals ?? [];
-      id = list.find((a) => a.params?.path === path)?.id;
+      const list = await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending');
+      id = list.find((a) => (a.params as { path?: string }).path === path)?.id;
       return id !== undefined;
     }, 30_000);
     return id!;
@@ -100,7 +81,7 @@ describe('audit lines of calls a human decided (real sidecar, server-filesystem)
     expect(readFileSync(args.path, 'utf8')).toBe('ran');
     expect(await lineOf(args)).toMatchObject({
       decision: 'approved',
-      rule: 'writes#0',
+      rule: 'human#0',
       outcome: 'ok',
       approval: id,
       approver: 'admin',
