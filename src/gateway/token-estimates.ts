@@ -17,7 +17,7 @@
  */
 import { LRUCache } from 'lru-cache';
 import { ConfigError } from '../errors.js';
-import { globToRegExp } from './tool-costs.js';
+import { globToRegExp, usageAmount } from './tool-costs.js';
 
 /** Default prior: tokens reserved for a tool's first call by an agent when no glob matches. */
 export const DEFAULT_TOKEN_ESTIMATE = 4000;
@@ -223,11 +223,9 @@ export class TokenEstimates {
   }
 }
 
+/** A prior the budgets can reserve (above `MAX_USAGE_AMOUNT` every call failed to). */
 function tokenCount(field: string, value: unknown): number {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
-    throw new ConfigError(field, 'must be a finite number of tokens >= 0');
-  }
-  return value;
+  return usageAmount(field, value, 'tokens');
 }
 
 function reasonOf(signal: AbortSignal): unknown {

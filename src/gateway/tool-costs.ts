@@ -4,6 +4,8 @@
  *
  * @module
  */
+import { MAX_USAGE_AMOUNT } from '../budget/budget-manager.js';
+import { ConfigError } from '../errors.js';
 import { rawResultBytes } from './raw-results.js';
 
 /** Bytes of JSON per estimated token: the common ~4 characters per token rule of thumb. */
@@ -89,8 +91,16 @@ export class ToolCosts {
   readonly #rules: readonly { re: RegExp; cost: number }[];
   readonly #cache = new Map<string, number>();
 
+  /**
+   * @throws ConfigError naming the glob (`toolCosts.<glob>`) of a cost the budgets cannot
+   *   reserve: not a number, negative, or above `MAX_USAGE_AMOUNT` (every call of the tool would
+   *   fail at its reservation).
+   */
   constructor(table: Readonly<Record<string, number>> = {}) {
-    this.#rules = Object.entries(table).map(([glob, cost]) => ({ re: globToRegExp(glob), cost }));
+    this.#rules = Object.entries(table).map(([glob, cost]) => ({
+      re: globToRegExp(glob),
+      cost: usageAmount(`toolCosts.${glob}`, cost, 'cost'),
+    }));
   }
 
   /** Cost of one call of `tool` (0 when no glob matches). */
@@ -102,4 +112,19 @@ export class ToolCosts {
     }
     return cost;
   }
+}
+
+/**
+ * `value`, when the budgets can reserve it (a number from 0 to `MAX_USAGE_AMOUNT`).
+ * @throws ConfigError naming `field`.
+ */
+export function usageAmount(field: string, value: unknown, what: 'cost' | 'tokens'): number {
+  if (typeof value !== 'number' || !(value >= 0) || value > MAX_USAGE_AMOUNT) {
+    const shown = typeof value === 'number' ? String(value) : JSON.stringify(value);
+    throw new ConfigError(
+      field,
+      `must be a ${what === 'cost' ? 'cost' : 'number of tokens'} from 0 to ${MAX_USAGE_AMOUNT}, got ${shown}`,
+    );
+  }
+  return value;
 }

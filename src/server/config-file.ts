@@ -13,6 +13,7 @@ import { z } from 'zod';
 import { timerMs, timerSeconds } from '../config-durations.js';
 import { ConfigFileError, type ConfigFileProblem } from '../errors.js';
 import { MAX_ARGUMENT_DEPTH_LIMIT } from '../gateway/input-bounds.js';
+import { MAX_USAGE_AMOUNT } from '../budget/budget-manager.js';
 import {
   DEFAULT_MAX_BATCH_MESSAGES,
   DEFAULT_MAX_INFLIGHT_PER_AGENT,
@@ -247,12 +248,12 @@ export const sidecarConfigSchema = z
     /** Budget applied to every agent the sidecar spawns, unless the agent sets its own. */
     budget: budgetSchema.optional(),
     /** Tool-name glob → cost of one call. */
-    toolCosts: z.record(z.string(), z.number().min(0)).default({}),
+    toolCosts: z.record(z.string(), z.number().min(0).max(MAX_USAGE_AMOUNT)).default({}),
     /**
      * Tool-name glob → tokens reserved for an agent's first call of a matching tool, until its
      * results teach the estimate (first match wins; others use DEFAULT_TOKEN_ESTIMATE).
      */
-    tokenEstimates: z.record(z.string(), z.number().min(0).finite()).default({}),
+    tokenEstimates: z.record(z.string(), z.number().min(0).max(MAX_USAGE_AMOUNT)).default({}),
     pools: z
       .array(
         z

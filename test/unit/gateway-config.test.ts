@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigFileError, ToolNameError } from '../../src/errors.js';
+import { ConfigError, ConfigFileError, ToolNameError } from '../../src/errors.js';
+import { MAX_USAGE_AMOUNT } from '../../src/budget/budget-manager.js';
 import { buildCatalog } from '../../src/gateway/catalog.js';
 import { Upstream } from '../../src/gateway/upstream.js';
 import { upstreamSpecSchema } from '../../src/gateway/upstream-config.js';
@@ -103,5 +104,23 @@ describe('usage', () => {
     expect(costs.costOf('fs__read')).toBe(0.001);
     expect(costs.costOf('other')).toBe(0);
     expect(estimateTokens({ a: 'bc' })).toBe(Math.ceil('{"a":"bc"}'.length / 4));
+  });
+
+  // A cost the budgets cannot take (above MAX_USAGE_AMOUNT, negative, not a number) was
+  // accepted, and every call of the tool then failed at its reservation with
+  // FABRIC_ERR_INVALID_USAGE ("estimate.cost must be …"): the error belongs to the config.
+  it('refuses a tool cost or a token prior the budgets cannot take, naming the glob', () => {
+    const over = MAX_USAGE_AMOUNT * 2;
+    for (const bad of [over, -1, Number.NaN, Infinity, '1' as unknown as number]) {
+      expect(() => new ToolCosts({ 'fs__*': bad })).toThrow(ConfigError);
+      expect(() => new ToolCosts({ 'fs__*': bad })).toThrow('toolCosts.fs__*');
+    }
+    expect(new ToolCosts({ 'fs__*': MAX_USAGE_AMOUNT }).costOf('fs__x')).toBe(MAX_USAGE_AMOUNT);
+    expect(() =>
+      parseSidecarConfig(`toolCosts:\n  "fs__*": ${over}\n`, 'f.yaml', { env: {} }),
+    ).toThrow(/f\.yaml:2: toolCosts\.fs__\*/);
+    expect(() =>
+      parseSidecarConfig(`tokenEstimates:\n  "fs__*": ${over}\n`, 'f.yaml', { env: {} }),
+    ).toThrow(/f\.yaml:2: tokenEstimates\.fs__\*/);
   });
 });

@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ConfigError } from '../../src/errors.js';
+import { MAX_USAGE_AMOUNT } from '../../src/budget/budget-manager.js';
 import {
   DEFAULT_TOKEN_ESTIMATE,
   TokenEstimates,
@@ -57,6 +58,11 @@ describe('TokenEstimates', () => {
     expect(() => new TokenEstimates({ priors: { x: Number.NaN } })).toThrow(ConfigError);
     expect(() => new TokenEstimates({ maxAgents: 0 })).toThrow(ConfigError);
     expect(() => new TokenEstimates({ defaultPrior: Infinity })).toThrow(ConfigError);
+    // More than a reservation can hold: every call of the tool failed at its reservation.
+    expect(() => new TokenEstimates({ priors: { x: MAX_USAGE_AMOUNT * 2 } })).toThrow(
+      'tokenEstimates.x',
+    );
+    expect(() => new TokenEstimates({ defaultPrior: MAX_USAGE_AMOUNT * 2 })).toThrow(ConfigError);
   });
 });
 
