@@ -66,19 +66,25 @@ function grpcSum(
 
 closeRaceSidecarAfterEach();
 
+/** A sidecar over `statePath` whose agent `worker` may spend 5 a day on `ev__get-sum` at 1 a call. */
+function startWorker(statePath: string, more: Record<string, unknown> = {}) {
+  return startRaceSidecar({
+    state: { path: statePath },
+    upstreams: {
+      ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+    },
+    policies: [DEFAULT_ALLOW],
+    agents: [{ name: 'worker', budget: { maxCostPerDay: 5 } }],
+    toolCosts: { 'ev__get-sum': 1 },
+    gateway: { budgetWaitSeconds: 30 },
+    ...more,
+  });
+}
+
 describe('one agent, many sessions, one cost budget', () => {
   it('runs exactly what the budget holds, whatever the concurrency', async () => {
     const statePath = join(tempDir('races-budget-sessions'), 'state.db');
-    const s = await startRaceSidecar({
-      state: { path: statePath },
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-      },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker', budget: { maxCostPerDay: 5 } }],
-      toolCosts: { 'ev__get-sum': 1 },
-      gateway: { budgetWaitSeconds: 30 },
-    });
+    const s = await startWorker(statePath);
     const id = agentId(s, 'worker');
     const token = agentToken(s, 'worker');
     const sessions = await Promise.all([1, 2, 3].map(() => httpClient(s.url!, token)));
@@ -105,17 +111,7 @@ describe('one agent, many sessions, one cost budget', () => {
 describe('one agent, every door at once, one cost budget', () => {
   it('MCP calls, MCP tasks and gRPC calls racing for the last units run exactly what it holds', async () => {
     const statePath = join(tempDir('races-budget-doors'), 'state.db');
-    const s = await startRaceSidecar({
-      state: { path: statePath, budgetLeasePercent: 0 },
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-      },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'worker', budget: { maxCostPerDay: 5 } }],
-      toolCosts: { 'ev__get-sum': 1 },
-      gateway: { budgetWaitSeconds: 30 },
-      grpc: { port: 0 },
-    });
+    const s = await startWorker(statePath, { grpc: { port: 0 } });
     const id = agentId(s, 'worker');
     const token = agentToken(s, 'worker');
     const grpc = new ToolClient(s.grpcAddress!, credentials.createInsecure());
