@@ -109,6 +109,7 @@ import {
 import { resourceParams } from './resource-params.js';
 import { ResourceSubscriptions } from './resource-subscriptions.js';
 import { Upstream, wasNeverSent } from './upstream.js';
+import { forgetRawResult } from './raw-results.js';
 import { InflightRoutes, type InFlight } from './upstream-routing.js';
 import { UpstreamGate } from './upstream-gate.js';
 import {
@@ -1268,7 +1269,11 @@ export class ToolGateway implements SessionHost {
               ? send()
               : trace.upstream(fabricTool ? 'fabric' : route!.upstream.name, send);
           // An approved task's call goes out once its task says so on disk (ToolTaskCommits).
-          return written === undefined ? go() : written.then(go);
+          const sent = written === undefined ? go() : written.then(go);
+          // A task's result is kept and sent by `tasks/result` as JSON written anew, not as the
+          // upstream's text (a number written `1e20` comes out 21 characters long): its tokens
+          // are measured on that JSON.
+          return task === undefined ? sent : sent.then(servedAsJson);
         },
       );
     } catch (error) {
@@ -2082,6 +2087,12 @@ export class ToolGateway implements SessionHost {
       error: messageOf(error instanceof AuditWriteError ? error.cause : error),
     });
   }
+}
+
+/** `result`, measured and sent as its JSON rather than its upstream's text. */
+function servedAsJson(result: Result): Result {
+  forgetRawResult(result);
+  return result;
 }
 
 /**

@@ -85,6 +85,15 @@ export function rawResponseLine(result: object, id: string | number): string | u
   return `${r.line.slice(0, r.idAt)}${idJson}}`;
 }
 
+/**
+ * Forgets the upstream text of `result`: for a result that is not sent as that text (an MCP
+ * task's, kept and written anew as JSON by `tasks/result`), so that its size is measured on the
+ * JSON it is sent as ({@link rawResultBytes} then knows none).
+ */
+export function forgetRawResult(result: object): void {
+  if (rawOf(result) !== undefined) delete (result as WithRaw)[RAW];
+}
+
 /** UTF-8 bytes of `result`'s JSON as the upstream wrote it, if known. */
 export function rawResultBytes(result: object): number | undefined {
   const json = rawResultJson(result);

@@ -1,0 +1,84 @@
+/**
+ * A task-augmented call's result is charged the tokens of the JSON `tasks/result` sends, not of
+ * the upstream's text. A plain call's response is the upstream's line with the agent's id (the
+ * result is not serialized again), so its size is what the agent gets; a task's result is kept
+ * and written anew as JSON when fetched, and a number an upstream wrote short — `1e20`, as a Rust
+ * or Python server writes it — comes out as `100000000000000000000`. Measured on the upstream's
+ * text, a task result five times the size of what was charged was delivered past the token
+ * limit. Real sidecar, a raw-line stdio upstream, the official SDK client.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
+import {
+  agentId,
+  agentToken,
+  closeSidecar,
+  DEFAULT_ALLOW,
+  httpClient,
+  startTestSidecar,
+  text,
+} from '../fixtures/gateway/harness.js';
+import { callAsTask } from '../fixtures/gateway/tasks.js';
+
+const BIG_NUMBER_SERVER = new URL('../fixtures/gateway/big-number-server.mjs', import.meta.url)
+  .pathname;
+/** The upstream's text of the `exponents` result (1000 numbers of four characters each). */
+const RAW = `{"content":[{"type":"text","text":"v"}],"structuredContent":{"v":[${new Array(1000).fill('1e20').join(',')}]}}`;
+/** Tokens of the upstream's text: what fits the limit below. */
+const RAW_TOKENS = Math.ceil(RAW.length / 4);
+/** The same result as JSON writes it again: what does not. */
+const SERIALIZED_TOKENS = Math.ceil(JSON.stringify(JSON.parse(RAW)).length / 4);
+const LIMIT = 3000;
+
+describe('a task result is charged as tasks/result sends it', () => {
+  let sidecar: Sidecar;
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      upstreams: { n: { command: process.execPath, args: [BIG_NUMBER_SERVER], stderr: 'ignore' } },
+      policies: [DEFAULT_ALLOW],
+      tokenEstimates: { n__exponents: 10 },
+      agents: [
+        { name: 'plain', budget: { maxTokensPerHour: LIMIT } },
+        { name: 'tasker', budget: { maxTokensPerHour: LIMIT } },
+        { name: 'rich', budget: { maxTokensPerHour: 100_000 } },
+      ],
+    });
+  });
+  afterAll(() => closeSidecar(sidecar));
+
+  const used = (name: string): number =>
+    sidecar.fabric!.budgets.getStatus(agentId(sidecar, name)).tokensUsed;
+
+  it('a plain call is charged the upstream text it is sent as', async () => {
+    expect(RAW_TOKENS).toBeLessThan(LIMIT);
+    expect(SERIALIZED_TOKENS).toBeGreaterThan(LIMIT);
+    const c = await httpClient(sidecar.url!, agentToken(sidecar, 'plain'));
+    const r = await c.callTool({ name: 'n__exponents', arguments: {} });
+    expect(r.isError).toBeFalsy();
+    expect(used('plain')).toBe(RAW_TOKENS);
+    await c.close();
+  });
+
+  it('a task result that fits only as the upstream wrote it is withheld, nothing charged', async () => {
+    const c = await httpClient(sidecar.url!, agentToken(sidecar, 'tasker'));
+    const { task } = await callAsTask(c, 'n__exponents', {});
+    const r = await c.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    expect(r.isError).toBe(true);
+    expect(text(r)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+    expect(JSON.stringify(r)).not.toContain('100000000000000000000');
+    expect(used('tasker')).toBe(0);
+    await c.close();
+  });
+
+  it('a task result that fits is charged the tokens of the JSON it is sent as', async () => {
+    const c = await httpClient(sidecar.url!, agentToken(sidecar, 'rich'));
+    const { task } = await callAsTask(c, 'n__exponents', {});
+    const r = await c.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    expect(r.isError).toBeFalsy();
+    const { _meta: _related, ...result } = r;
+    expect(Math.ceil(Buffer.byteLength(JSON.stringify(result)) / 4)).toBe(SERIALIZED_TOKENS);
+    expect(used('rich')).toBe(SERIALIZED_TOKENS);
+    await c.close();
+  });
+});
