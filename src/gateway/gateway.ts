@@ -109,7 +109,7 @@ import {
 import { resourceParams } from './resource-params.js';
 import { ResourceSubscriptions } from './resource-subscriptions.js';
 import { Upstream, wasNeverSent } from './upstream.js';
-import { forgetRawResult } from './raw-results.js';
+import { forgetLongerRawResult } from './raw-results.js';
 import { InflightRoutes, type InFlight } from './upstream-routing.js';
 import { UpstreamGate } from './upstream-gate.js';
 import {
@@ -1272,7 +1272,7 @@ export class ToolGateway implements SessionHost {
           const sent = written === undefined ? go() : written.then(go);
           // A task's result is kept and sent by `tasks/result` as JSON written anew, not as the
           // upstream's text (a number written `1e20` comes out 21 characters long): its tokens
-          // are measured on that JSON.
+          // are measured on what is sent.
           return task === undefined ? sent : sent.then(servedAsJson);
         },
       );
@@ -1469,7 +1469,8 @@ export class ToolGateway implements SessionHost {
         audit: this.#pipeline.auditor(identity.agentId, tool, params, performance.now()),
         countTokens: tool !== 'resources/subscribe',
       },
-      read,
+      // Sent by the SDK as JSON written anew: measured on that (see forgetLongerRawResult).
+      (auth, recheck) => read(auth, recheck).then(servedAsJson),
     );
     switch (outcome.kind) {
       case 'result':
@@ -2089,9 +2090,9 @@ export class ToolGateway implements SessionHost {
   }
 }
 
-/** `result`, measured and sent as its JSON rather than its upstream's text. */
+/** `result`, measured as the JSON it is sent as, not as its upstream's text (see forgetLongerRawResult). */
 function servedAsJson(result: Result): Result {
-  forgetRawResult(result);
+  forgetLongerRawResult(result);
   return result;
 }
 

@@ -85,13 +85,21 @@ export function rawResponseLine(result: object, id: string | number): string | u
   return `${r.line.slice(0, r.idAt)}${idJson}}`;
 }
 
+/** A number in exponent notation (`1e20`), which JavaScript's JSON may write longer. */
+const EXPONENT = /[0-9][eE]/;
+
 /**
- * Forgets the upstream text of `result`: for a result that is not sent as that text (an MCP
- * task's, kept and written anew as JSON by `tasks/result`), so that its size is measured on the
- * JSON it is sent as ({@link rawResultBytes} then knows none).
+ * For a result that is sent as JSON written anew rather than as its upstream's text (an MCP
+ * task's, kept and written by `tasks/result`; a resource read's, prompt get's or completion's,
+ * sent by the SDK): forgets that text when writing it again can make it longer — it holds a
+ * number in exponent notation (`1e20` is written `100000000000000000000`) — so that the size
+ * is measured on the JSON ({@link rawResultBytes} then knows none). Otherwise the upstream's
+ * text is kept: JSON written again can only be shorter (no whitespace, fewer escapes, the
+ * shortest digits), so its size bounds what is sent. Scans the text once; no serialization.
  */
-export function forgetRawResult(result: object): void {
-  if (rawOf(result) !== undefined) delete (result as WithRaw)[RAW];
+export function forgetLongerRawResult(result: object): void {
+  const r = rawOf(result);
+  if (r !== undefined && EXPONENT.test(r.line)) delete (result as WithRaw)[RAW];
 }
 
 /** UTF-8 bytes of `result`'s JSON as the upstream wrote it, if known. */

@@ -1,11 +1,12 @@
 /**
- * A task-augmented call's result is charged the tokens of the JSON `tasks/result` sends, not of
- * the upstream's text. A plain call's response is the upstream's line with the agent's id (the
- * result is not serialized again), so its size is what the agent gets; a task's result is kept
- * and written anew as JSON when fetched, and a number an upstream wrote short — `1e20`, as a Rust
- * or Python server writes it — comes out as `100000000000000000000`. Measured on the upstream's
- * text, a task result five times the size of what was charged was delivered past the token
- * limit. Real sidecar, a raw-line stdio upstream, the official SDK client.
+ * A result is charged the tokens of the JSON the agent is sent, not of the upstream's text. A
+ * plain call's response is the upstream's line with the agent's id (the result is not written
+ * again), so its size is what the agent gets; an MCP task's result is kept and written anew as
+ * JSON by `tasks/result`, and a resource read's by the SDK — and a number an upstream wrote
+ * short, `1e20` as a Rust or Python server writes it, comes out as `100000000000000000000`.
+ * Measured on the upstream's text, results five times the size of what was charged were
+ * delivered past the token limit. Real sidecar, a raw-line stdio upstream, the official SDK
+ * client.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js';
@@ -21,7 +22,7 @@ import {
 } from '../fixtures/gateway/harness.js';
 import { callAsTask } from '../fixtures/gateway/tasks.js';
 
-const BIG_NUMBER_SERVER = new URL('../fixtures/gateway/big-number-server.mjs', import.meta.url)
+const EXPONENT_SERVER = new URL('../fixtures/gateway/exponent-server.mjs', import.meta.url)
   .pathname;
 /** The upstream's text of the `exponents` result (1000 numbers of four characters each). */
 const RAW = `{"content":[{"type":"text","text":"v"}],"structuredContent":{"v":[${new Array(1000).fill('1e20').join(',')}]}}`;
@@ -31,17 +32,19 @@ const RAW_TOKENS = Math.ceil(RAW.length / 4);
 const SERIALIZED_TOKENS = Math.ceil(JSON.stringify(JSON.parse(RAW)).length / 4);
 const LIMIT = 3000;
 
-describe('a task result is charged as tasks/result sends it', () => {
+describe('a result is charged as the agent is sent it', () => {
   let sidecar: Sidecar;
   beforeAll(async () => {
     sidecar = await startTestSidecar({
-      upstreams: { n: { command: process.execPath, args: [BIG_NUMBER_SERVER], stderr: 'ignore' } },
+      upstreams: { n: { command: process.execPath, args: [EXPONENT_SERVER], stderr: 'ignore' } },
       policies: [DEFAULT_ALLOW],
       tokenEstimates: { n__exponents: 10 },
       agents: [
         { name: 'plain', budget: { maxTokensPerHour: LIMIT } },
         { name: 'tasker', budget: { maxTokensPerHour: LIMIT } },
         { name: 'rich', budget: { maxTokensPerHour: 100_000 } },
+        { name: 'reader', budget: { maxTokensPerHour: LIMIT } },
+        { name: 'rich-reader', budget: { maxTokensPerHour: 100_000 } },
       ],
     });
   });
@@ -80,5 +83,25 @@ describe('a task result is charged as tasks/result sends it', () => {
     expect(Math.ceil(Buffer.byteLength(JSON.stringify(result)) / 4)).toBe(SERIALIZED_TOKENS);
     expect(used('rich')).toBe(SERIALIZED_TOKENS);
     await c.close();
+  });
+
+  it('a resource read is charged as the SDK sends it: withheld when only the upstream text fits', async () => {
+    const raw = `{"contents":[{"uri":"exp://v","text":"v","_meta":{"v":[${new Array(1000).fill('1e20').join(',')}]}}]}`;
+    const serialized = Math.ceil(JSON.stringify(JSON.parse(raw)).length / 4);
+    expect(Math.ceil(raw.length / 4)).toBeLessThan(LIMIT);
+    expect(serialized).toBeGreaterThan(LIMIT);
+    const c = await httpClient(sidecar.url!, agentToken(sidecar, 'reader'));
+    const refused = await c.readResource({ uri: 'exp://v' }).then(
+      () => 'delivered',
+      (e: unknown) => String(e),
+    );
+    expect(refused).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+    expect(used('reader')).toBe(0);
+    await c.close();
+    const rich = await httpClient(sidecar.url!, agentToken(sidecar, 'rich-reader'));
+    const read = await rich.readResource({ uri: 'exp://v' });
+    expect(Math.ceil(Buffer.byteLength(JSON.stringify(read)) / 4)).toBe(serialized);
+    expect(used('rich-reader')).toBe(serialized);
+    await rich.close();
   });
 });
