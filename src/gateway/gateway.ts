@@ -619,18 +619,27 @@ export class ToolGateway implements SessionHost {
     ) {
       return this.#startTask(session.identity, name, params.arguments, params.task);
     }
-    return this.toolAnswer(await this.sessionToolCall(session, request, extra), request, session);
+    // Answered through the SDK, which writes the result anew (the fast path sends the
+    // upstream's text): measured as that JSON.
+    return this.toolAnswer(
+      await this.sessionToolCall(session, request, extra, true),
+      request,
+      session,
+    );
   }
 
   /**
    * The first half of {@link callTool} for a `tools/call` without `task`: the call through the
    * pipeline, to its outcome. {@link toolAnswer} is the second. The fast path runs the two with
-   * one await between them (its own), instead of one more in `callTool`.
+   * one await between them (its own), instead of one more in `callTool`. `rewritten`: the
+   * answer is not sent as the upstream's text but as JSON written anew (see
+   * `forgetLongerRawResult`), and its tokens are measured on that.
    */
   sessionToolCall(
     session: GatewaySession,
     request: Request,
     extra: CallExtra,
+    rewritten = false,
   ): Promise<ToolCallOutcome> {
     const params = (request.params ?? {}) as { name?: unknown; arguments?: unknown };
     return this.#runToolCall(
@@ -640,6 +649,8 @@ export class ToolGateway implements SessionHost {
       extra,
       progressSink(session, extra),
       session,
+      undefined,
+      rewritten,
     );
   }
 
@@ -1121,10 +1132,20 @@ export class ToolGateway implements SessionHost {
     progress: ProgressSink | undefined,
     session: GatewaySession | undefined,
     task?: ToolTaskRun,
+    rewritten = false,
   ): Promise<ToolCallOutcome> {
     // Not async: the pipeline's own promise is returned, without an await of ours after it.
     try {
-      return this.#startToolCall(identity, name, rawArgs, extra, progress, session, task);
+      return this.#startToolCall(
+        identity,
+        name,
+        rawArgs,
+        extra,
+        progress,
+        session,
+        task,
+        rewritten,
+      );
     } catch (error) {
       return Promise.reject(error as Error);
     }
@@ -1138,6 +1159,7 @@ export class ToolGateway implements SessionHost {
     progress: ProgressSink | undefined,
     session: GatewaySession | undefined,
     task: ToolTaskRun | undefined,
+    rewritten: boolean,
   ): Promise<ToolCallOutcome> {
     const started = performance.now();
     const args = (rawArgs ?? {}) as Record<string, unknown>;
@@ -1271,9 +1293,9 @@ export class ToolGateway implements SessionHost {
           // An approved task's call goes out once its task says so on disk (ToolTaskCommits).
           const sent = written === undefined ? go() : written.then(go);
           // A task's result is kept and sent by `tasks/result` as JSON written anew, not as the
-          // upstream's text (a number written `1e20` comes out 21 characters long): its tokens
-          // are measured on what is sent.
-          return task === undefined ? sent : sent.then(servedAsJson);
+          // upstream's text (a number written `1e20` comes out 21 characters long), and so is a
+          // result the SDK answers: its tokens are measured on what is sent.
+          return task === undefined && !rewritten ? sent : sent.then(servedAsJson);
         },
       );
     } catch (error) {

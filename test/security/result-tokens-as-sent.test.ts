@@ -2,7 +2,8 @@
  * A result is charged the tokens of the JSON the agent is sent, not of the upstream's text. A
  * plain call's response is the upstream's line with the agent's id (the result is not written
  * again), so its size is what the agent gets; an MCP task's result is kept and written anew as
- * JSON by `tasks/result`, and a resource read's by the SDK — and a number an upstream wrote
+ * JSON by `tasks/result`, and a resource read's — or a call's the SDK answers (one sent with
+ * `_meta`, which the fast path leaves to it) — by the SDK — and a number an upstream wrote
  * short, `1e20` as a Rust or Python server writes it, comes out as `100000000000000000000`.
  * Measured on the upstream's text, results five times the size of what was charged were
  * delivered past the token limit. Real sidecar, a raw-line stdio upstream, the official SDK
@@ -44,6 +45,7 @@ describe('a result is charged as the agent is sent it', () => {
         { name: 'tasker', budget: { maxTokensPerHour: LIMIT } },
         { name: 'rich', budget: { maxTokensPerHour: 100_000 } },
         { name: 'reader', budget: { maxTokensPerHour: LIMIT } },
+        { name: 'meta', budget: { maxTokensPerHour: LIMIT } },
         { name: 'rich-reader', budget: { maxTokensPerHour: 100_000 } },
       ],
     });
@@ -60,6 +62,21 @@ describe('a result is charged as the agent is sent it', () => {
     const r = await c.callTool({ name: 'n__exponents', arguments: {} });
     expect(r.isError).toBeFalsy();
     expect(used('plain')).toBe(RAW_TOKENS);
+    await c.close();
+  });
+
+  it('a plain call with _meta, which the SDK answers, is withheld when only the upstream text fits', async () => {
+    const c = await httpClient(sidecar.url!, agentToken(sidecar, 'meta'));
+    const r = await c.request(
+      {
+        method: 'tools/call',
+        params: { name: 'n__exponents', arguments: {}, _meta: { note: 'any' } },
+      },
+      CallToolResultSchema,
+    );
+    expect(r.isError).toBe(true);
+    expect(text(r)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+    expect(used('meta')).toBe(0);
     await c.close();
   });
 
