@@ -55,6 +55,15 @@ describe('a result is charged as the agent is sent it', () => {
   const used = (name: string): number =>
     sidecar.fabric!.budgets.getStatus(agentId(sidecar, name)).tokensUsed;
 
+  /** The result `tasks/result` gives agent `name` for its task-augmented call of `exponents`. */
+  async function taskResult(name: string) {
+    const c = await httpClient(sidecar.url!, agentToken(sidecar, name));
+    const { task } = await callAsTask(c, 'n__exponents', {});
+    const r = await c.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    await c.close();
+    return r;
+  }
+
   it('a plain call is charged the upstream text it is sent as', async () => {
     expect(RAW_TOKENS).toBeLessThan(LIMIT);
     expect(SERIALIZED_TOKENS).toBeGreaterThan(LIMIT);
@@ -81,25 +90,19 @@ describe('a result is charged as the agent is sent it', () => {
   });
 
   it('a task result that fits only as the upstream wrote it is withheld, nothing charged', async () => {
-    const c = await httpClient(sidecar.url!, agentToken(sidecar, 'tasker'));
-    const { task } = await callAsTask(c, 'n__exponents', {});
-    const r = await c.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    const r = await taskResult('tasker');
     expect(r.isError).toBe(true);
     expect(text(r)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
     expect(JSON.stringify(r)).not.toContain('100000000000000000000');
     expect(used('tasker')).toBe(0);
-    await c.close();
   });
 
   it('a task result that fits is charged the tokens of the JSON it is sent as', async () => {
-    const c = await httpClient(sidecar.url!, agentToken(sidecar, 'rich'));
-    const { task } = await callAsTask(c, 'n__exponents', {});
-    const r = await c.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    const r = await taskResult('rich');
     expect(r.isError).toBeFalsy();
     const { _meta: _related, ...result } = r;
     expect(Math.ceil(Buffer.byteLength(JSON.stringify(result)) / 4)).toBe(SERIALIZED_TOKENS);
     expect(used('rich')).toBe(SERIALIZED_TOKENS);
-    await c.close();
   });
 
   it('a resource read is charged as the SDK sends it: withheld when only the upstream text fits', async () => {
