@@ -68,12 +68,17 @@ class ClockTimers {
     this.#timer = undefined;
     this.#armedAt = Number.POSITIVE_INFINITY;
     const now = this.clock();
-    for (let t = this.heap.peek(); t !== undefined && t.timerAt <= now; t = this.heap.peek()) {
-      this.heap.pop();
-      this.due(t);
+    try {
+      for (let t = this.heap.peek(); t !== undefined && t.timerAt <= now; t = this.heap.peek()) {
+        this.heap.pop();
+        this.due(t);
+      }
+    } finally {
+      // A `due` that throws (an embedding program's `task.finished` listener) still propagates,
+      // but the timers stay armed: what else is due fires on the next turn, the rest in time.
+      const next = this.heap.peek();
+      if (next !== undefined) this.#arm(next.timerAt);
     }
-    const next = this.heap.peek();
-    if (next !== undefined) this.#arm(next.timerAt);
   };
 }
 
