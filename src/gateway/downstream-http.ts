@@ -630,7 +630,8 @@ export class McpHttpEndpoint {
   /**
    * Counts one request of `agentId` in flight that arrived by another door (the `/api/` door's
    * agent calls), against the same `maxInflightPerAgent` as its MCP requests; returns the
-   * function that ends it (call it once, when the answer is written or the call is abandoned).
+   * function that ends it (call it once, when the answer has left the process or the call is
+   * abandoned).
    * @throws InflightLimitError when the agent already has `maxInflightPerAgent` in flight.
    */
   acquireInflight(agentId: string): () => void {

@@ -173,7 +173,8 @@ export interface HttpDoorOptions {
   sessionCaller?: (req: IncomingMessage) => SessionCaller | undefined;
   /**
    * Counts an agent's unary call in flight (the MCP endpoint's `acquireInflight`, so both doors
-   * share `http.maxInflightPerAgent`); returns what ends it, throws `InflightLimitError` beyond.
+   * share `http.maxInflightPerAgent`) until its answer has left the process (or the client left)
+   * and its method settled; returns what ends it, throws `InflightLimitError` beyond.
    * @default no bound
    */
   inflight?: ((agentId: string) => () => void) | undefined;
@@ -368,13 +369,17 @@ export class HttpDoor {
     try {
       await this.#serve(req, res, pathname, slot);
     } finally {
-      // The call is over (answered, refused or abandoned); a stream ends on its own. One
-      // abandoned while its method still runs keeps its slot until the method settled: what it
-      // leaves running then (a tool call given up upstream) holds one of its own by then.
+      // The call is over (answered, refused or abandoned); a stream ends on its own. Its slot is
+      // freed once the answer has left the process — the response closed: written out, or its
+      // connection gone — as an /mcp request's: an answer the client does not read stays in
+      // memory and keeps its slot. One abandoned while its method still runs keeps it until the
+      // method settled, too: what it leaves running then (a tool call given up upstream) holds
+      // one of its own by then. (A refusal is written after this: `close` follows it.)
       const { release, running } = slot;
       if (release !== undefined) {
-        if (running === undefined) release();
-        else running.then(release, release);
+        const free = running === undefined ? release : () => void running.then(release, release);
+        if (res.closed) free();
+        else res.once('close', free);
       }
     }
   }
@@ -401,8 +406,8 @@ export class HttpDoor {
       throw new InvalidArgumentError('content-type', 'must be application/json');
     }
     const timeoutMs = deadlineOf(req);
-    // An agent's unary call holds a slot of `maxInflightPerAgent` from here until it is answered
-    // (or abandoned) and its method settled.
+    // An agent's unary call holds a slot of `maxInflightPerAgent` from here until its answer is
+    // out (or the client gone) and its method settled.
     if (route.kind === 'unary' && caller.kind === 'agent') {
       slot.release = this.#inflight?.(caller.id);
     }
