@@ -25,13 +25,11 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import {
-  StreamableHTTPClientTransport,
-  StreamableHTTPError,
-} from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { ErrorCode, type JSONRPCMessage, type RequestId } from '@modelcontextprotocol/sdk/types.js';
 import type { StdioSessionTransport } from '../gateway/downstream-stdio-transport.js';
 import { messageOf } from '../gateway/map-error.js';
+import { sessionGone } from '../worker/mcp-worker-transport.js';
 import {
   reconnectionFor,
   type Reconnection,
@@ -114,11 +112,6 @@ export interface McpBridgeOptions {
    * {@link DEFAULT_RESUME_SECONDS}).
    */
   resumeSeconds?: number;
-}
-
-/** True when `error` says the sidecar does not know the session (HTTP 404). */
-function sessionGone(error: unknown): boolean {
-  return error instanceof StreamableHTTPError && error.code === 404;
 }
 
 /** Bridges one stdio MCP client to one Streamable HTTP session (renewed when the sidecar lost it). */

@@ -4,7 +4,9 @@
  * you run it"), then claims tasks and runs them with its handlers. Every call goes through the
  * sidecar's policy pipeline like any tool call.
  *
- * The wire is a {@link WorkerTransport}: {@link FabricWorker.connect} opens the MCP one; any other
+ * The wire is a {@link WorkerTransport}: {@link FabricWorker.connect} opens the MCP one (which
+ * opens a new session when the sidecar no longer knows its own, as after a restart: the next
+ * heartbeat then learns which attempts the restarted sidecar ended); any other
  * goes through {@link FabricWorker.withTransport}. The run loop lives here, so every transport
  * gets the same behaviour:
  * - each task's handler gets its own `AbortSignal`, aborted when the fabric ends the task

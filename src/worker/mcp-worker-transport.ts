@@ -8,6 +8,13 @@
  * call carries like any other, so a worker fails the task instead of giving up; and its 401 (the
  * credential unknown or revoked: the agent was terminated) as `FABRIC_ERR_UNAUTHENTICATED`.
  *
+ * A call the sidecar answers with 404 — it does not know the session: it restarted, or it closed
+ * the session — opens a new session with the same credential and is sent again there, as the
+ * MCP Streamable HTTP transport asks of a client ("MUST start a new session by sending a new
+ * InitializeRequest", MCP 2025-06-18, Session Management; the stdio bridge `agent-fabric mcp`
+ * does the same). The refused call never ran, so it runs once. Several calls that find the same
+ * session gone open one new session; a call refused with 404 on the new one too fails with it.
+ *
  * @module
  */
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -31,22 +38,25 @@ import {
 
 /** {@link WorkerTransport} over a sidecar's MCP endpoint. */
 export class McpWorkerTransport implements WorkerTransport {
-  readonly #client: Client;
+  readonly #url: URL;
+  readonly #credential: string;
+  /** The client of the session calls go to. */
+  #client: Client;
+  /** The new session being opened after the sidecar lost `#client`'s (see {@link #renew}). */
+  #opening: Promise<Client> | undefined;
+  #closed = false;
   /** `fabric__claim_task` takes `ackSeconds`: an answer can be lost on a dropped connection. */
   readonly leasesClaims = true;
 
-  private constructor(client: Client) {
+  private constructor(url: URL, credential: string, client: Client) {
+    this.#url = url;
+    this.#credential = credential;
     this.#client = client;
   }
 
   /** Connects to `url` with `credential` as bearer token. @throws the sidecar's 401 as an error */
   static async connect(url: URL, credential: string): Promise<McpWorkerTransport> {
-    const transport = new StreamableHTTPClientTransport(url, {
-      requestInit: { headers: { Authorization: `Bearer ${credential}` } },
-    });
-    const client = new Client({ name: 'agent-fabric-worker', version: '0.1.0' });
-    await client.connect(transport);
-    return new McpWorkerTransport(client);
+    return new McpWorkerTransport(url, credential, await openSession(url, credential));
   }
 
   async heartbeat(): Promise<WorkerReportAnswer> {
@@ -109,20 +119,62 @@ export class McpWorkerTransport implements WorkerTransport {
   }
 
   callTool(name: string, args: Record<string, unknown>): Promise<CallToolResult> {
-    return this.#client.callTool({ name, arguments: args }) as Promise<CallToolResult>;
+    return this.#request(
+      (client) => client.callTool({ name, arguments: args }) as Promise<CallToolResult>,
+    );
   }
 
-  close(): Promise<void> {
-    return this.#client.close();
+  async close(): Promise<void> {
+    this.#closed = true;
+    const opening = this.#opening;
+    await this.#client.close();
+    // A session being opened is closed once it is open.
+    await opening?.then((c) => c.close()).catch(() => undefined);
+  }
+
+  /**
+   * Sends one request with `send` on the current session; when the sidecar no longer knows the
+   * session (404), on a new one (see the module's comment).
+   */
+  async #request<T>(send: (client: Client) => Promise<T>): Promise<T> {
+    const client = await (this.#opening ?? this.#client);
+    try {
+      return await send(client);
+    } catch (err) {
+      if (this.#closed || !sessionGone(err)) throw err;
+      return send(await this.#renew(client));
+    }
+  }
+
+  /**
+   * The client of a new session with the same credential, once the sidecar lost `lost`'s; one
+   * for all the calls that found it gone. A failed opening is tried again by the next call.
+   */
+  #renew(lost: Client): Promise<Client> {
+    if (this.#client !== lost) return Promise.resolve(this.#client);
+    this.#opening ??= openSession(this.#url, this.#credential).then(
+      (fresh) => {
+        this.#opening = undefined;
+        this.#client = fresh;
+        // Nothing to end on the sidecar: it does not know that session.
+        void lost.close().catch(() => undefined);
+        return fresh;
+      },
+      (err: unknown) => {
+        this.#opening = undefined;
+        throw err;
+      },
+    );
+    return this.#opening;
   }
 
   async #call(tool: string, args: Record<string, unknown>): Promise<unknown> {
     let res: CallToolResult;
     try {
-      res = (await this.#client.callTool({
-        name: `fabric__${tool}`,
-        arguments: args,
-      })) as CallToolResult;
+      res = await this.#request(
+        (client) =>
+          client.callTool({ name: `fabric__${tool}`, arguments: args }) as Promise<CallToolResult>,
+      );
     } catch (err) {
       throw httpRefusal(tool, err) ?? err;
     }
@@ -143,6 +195,21 @@ export class McpWorkerTransport implements WorkerTransport {
     }
     return (res.structuredContent as { result?: unknown } | undefined)?.result ?? null;
   }
+}
+
+/** A client of a new MCP session at `url` with `credential` as bearer token. */
+async function openSession(url: URL, credential: string): Promise<Client> {
+  const transport = new StreamableHTTPClientTransport(url, {
+    requestInit: { headers: { Authorization: `Bearer ${credential}` } },
+  });
+  const client = new Client({ name: 'agent-fabric-worker', version: '0.1.0' });
+  await client.connect(transport);
+  return client;
+}
+
+/** True when `err` says the sidecar does not know the session (HTTP 404). */
+export function sessionGone(err: unknown): boolean {
+  return err instanceof StreamableHTTPError && err.code === 404;
 }
 
 /**
