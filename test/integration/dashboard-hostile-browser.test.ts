@@ -226,6 +226,9 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
         // Cyrillic, and in fullwidth Latin.
         login: 'раураӏ',
         site: '\uff50\uff41\uff59\uff50\uff41\uff4c',
+        // ...and in mathematical bold and circled letters (compatibility forms of Latin ones).
+        brand: '\u{1d429}\u{1d41a}\u{1d432}\u{1d429}\u{1d41a}\u{1d425}',
+        circled: '\u24df\u24d0\u24e8\u24df\u24d0\u24db',
         note: 'Привет мир',
       }),
     );
@@ -234,6 +237,8 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
       '\u0456',
       'раураӏ',
       '\uff50\uff41\uff59\uff50\uff41\uff4c',
+      '\u{1d429}\u{1d41a}\u{1d432}\u{1d429}\u{1d41a}\u{1d425}',
+      '\u24df\u24d0\u24e8\u24df\u24d0\u24db',
     ]);
     expect(await row.locator('.lookalikes').textContent()).toContain('U+0456');
     expect(await row.locator('.lookalikes').textContent()).toContain('U+04CF');

@@ -42,6 +42,23 @@ const LATIN_LOOKALIKE = 'аеорсухіјѕһӏԁԛԝүАВЕКМНОРСТХ�
 const LETTER = /\p{L}/u;
 /** A word none of whose letters is one outside {@link LATIN_LOOKALIKE}. */
 const ONLY_LOOKALIKE_LETTERS = new RegExp(`^(?:(?!\\p{L})\\S|[${LATIN_LOOKALIKE}])+$`, 'u');
+const LOOKALIKE_LETTER = new RegExp(`^[${LATIN_LOOKALIKE}]$`, 'u');
+const ASCII_LETTERS = /^[A-Za-z]+$/;
+
+/**
+ * Whether `word` (without ASCII letters) reads as a Latin word it is not: it has letters, and
+ * each is one of {@link LATIN_LOOKALIKE} or a compatibility form of Latin letters (what NFKC
+ * makes ASCII letters of: mathematical `𝐩𝐚𝐲𝐩𝐚𝐥`, circled `ⓟ`, ligatures `ﬁ`, `™` …).
+ */
+function readsAsLatin(word) {
+  if (LETTER.test(word) && ONLY_LOOKALIKE_LETTERS.test(word)) return true;
+  let latin = false;
+  for (const c of word) {
+    if (LOOKALIKE_LETTER.test(c) || ASCII_LETTERS.test(c.normalize('NFKC'))) latin = true;
+    else if (LETTER.test(c)) return false; // a letter of another script, drawn as itself
+  }
+  return latin;
+}
 
 /** `U+0456` for `і`. */
 export function codePoint(c) {
@@ -56,8 +73,8 @@ export const MAX_MARKED = 100;
  * a word with ASCII letters is a `<mark class="lookalike">` titled with its code points: in
  * "https://gіthub.com" the Cyrillic і, which reads as the Latin i, is marked, so the operator
  * does not approve a call to another domain than the one they read. So is every such run of a
- * word without ASCII letters whose letters all read as Latin ones ({@link LATIN_LOOKALIKE}:
- * "https://аррӏе.сом" in Cyrillic). A word with any other letter of another script ("Привет")
+ * word without ASCII letters whose letters all read as Latin ones ({@link readsAsLatin}:
+ * "аррӏе.сом" in Cyrillic, "𝐩𝐚𝐲𝐩𝐚𝐥" in mathematical bold). A word with any other letter of another script ("Привет")
  * is not marked.
  * At most {@link MAX_MARKED} runs are marked (`more` tells there were others): the page must
  * not build hundreds of thousands of elements for one agent's arguments.
@@ -72,10 +89,7 @@ export function markLookalikes(text) {
   let more = false;
   words: for (const word of shown.matchAll(WORD)) {
     if (!HAS_NOT_ASCII.test(word[0])) continue;
-    if (!ASCII_LETTER.test(word[0])) {
-      const lookalike = LETTER.test(word[0]) && ONLY_LOOKALIKE_LETTERS.test(word[0]);
-      if (!lookalike) continue;
-    }
+    if (!ASCII_LETTER.test(word[0]) && !readsAsLatin(word[0])) continue;
     for (const run of word[0].matchAll(NOT_ASCII)) {
       if (marked === MAX_MARKED) {
         more = true;
