@@ -14,7 +14,12 @@
 import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import { jetstream } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
-import { InvalidArgumentError, PermissionDeniedError, TaskNotFoundError } from '../../errors.js';
+import {
+  AgentUnavailableError,
+  InvalidArgumentError,
+  PermissionDeniedError,
+  TaskNotFoundError,
+} from '../../errors.js';
 import type { TaskAssignment } from '../../task.js';
 import { checkString } from '../../validate.js';
 import type {
@@ -66,7 +71,20 @@ function refused(answer: Answer | undefined): RemoteFabricError {
       : answer.code === 'FABRIC_ERR_PERMISSION_DENIED'
         ? 'permission_denied'
         : 'failed_precondition';
-  return new RemoteFabricError(answer.code, kind, answer.message);
+  return new RemoteFabricError(answer.code, kind, answer.message, unavailableDetails(answer));
+}
+
+/**
+ * The details of the sidecar's `FABRIC_ERR_AGENT_UNAVAILABLE` refusal of a heartbeat (an answer
+ * carries only its code and message, both under its MAC): the agent and its status, as the
+ * error has them over MCP, read back from the message the sidecar wrote. A worker acts on them:
+ * `TERMINATED` aborts its running handlers (their attempts were ended, and the ended notices it
+ * was pushed reach it with no heartbeat now), `DRAINING` does not.
+ */
+function unavailableDetails(answer: Answer & { ok: false }): Record<string, unknown> | undefined {
+  if (answer.code !== AgentUnavailableError.code) return undefined;
+  const m = /^agent (.+) is (TERMINATED|DRAINING)$/.exec(answer.message);
+  return m === null ? undefined : { agentId: m[1], status: m[2] };
 }
 
 function notOverNats(what: string): RemoteFabricError {
