@@ -12,6 +12,7 @@ import { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transp
 import { TaskStatus } from '../../src/task.js';
 import { FabricWorker, RemoteFabricError } from '../../src/worker/fabric-worker.js';
 import { until } from '../fixtures/gateway/harness.js';
+import { runUntilAborted } from '../fixtures/worker-until-aborted.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
 describeNats('NATS: a FabricWorker whose agent is terminated mid-task', () => {
@@ -34,36 +35,16 @@ describeNats('NATS: a FabricWorker whose agent is terminated mid-task', () => {
       claimWaitSeconds: 1,
       heartbeatSeconds: 0.2,
     });
-    let started = false;
-    let reason: unknown;
-    const stop = new AbortController();
-    const running = worker
-      .run(
-        {
-          job: (_p, ctx) =>
-            new Promise((_resolve, reject) => {
-              started = true;
-              ctx.signal.addEventListener('abort', () => {
-                reason = ctx.signal.reason;
-                reject(ctx.signal.reason as Error);
-              });
-            }),
-        },
-        { signal: stop.signal },
-      )
-      .then(
-        () => undefined,
-        (err: unknown) => err,
-      );
+    const { started, reason, running, stop } = runUntilAborted(worker);
     try {
       const task = await fabric.scheduleToPool('p', 'job', null, { timeoutSeconds: 600 });
-      await until(() => started, 15_000);
+      await until(started, 15_000);
       await fabric.terminate(goes.id, { drainTimeoutSeconds: 0.1 });
       // The attempt was ended: the task waits for another agent of the pool.
       expect((await fabric.getTask(task.id)).status).toBe(TaskStatus.PENDING);
-      await until(() => reason !== undefined, 15_000);
-      expect(reason).toBeInstanceOf(RemoteFabricError);
-      expect((reason as RemoteFabricError).code).toBe('FABRIC_ERR_AGENT_UNAVAILABLE');
+      await until(() => reason() !== undefined, 15_000);
+      expect(reason()).toBeInstanceOf(RemoteFabricError);
+      expect((reason() as RemoteFabricError).code).toBe('FABRIC_ERR_AGENT_UNAVAILABLE');
     } finally {
       stop.abort();
       await running;

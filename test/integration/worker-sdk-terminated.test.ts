@@ -20,6 +20,7 @@ import {
   startTestSidecar,
   until,
 } from '../fixtures/gateway/harness.js';
+import { runUntilAborted } from '../fixtures/worker-until-aborted.js';
 
 let sidecar: Sidecar;
 
@@ -40,34 +41,14 @@ describe('FabricWorker.run when its agent is terminated mid-task', () => {
       claimWaitSeconds: 1,
       heartbeatSeconds: 0.2,
     });
-    let started = false;
-    let reason: unknown;
-    const stop = new AbortController();
-    const running = worker
-      .run(
-        {
-          job: (_p, ctx) =>
-            new Promise((_resolve, reject) => {
-              started = true;
-              ctx.signal.addEventListener('abort', () => {
-                reason = ctx.signal.reason;
-                reject(ctx.signal.reason as Error);
-              });
-            }),
-        },
-        { signal: stop.signal },
-      )
-      .then(
-        () => undefined,
-        (err: unknown) => err,
-      );
+    const { started, reason, running, stop } = runUntilAborted(worker);
     try {
-      await until(() => started, 10_000);
+      await until(started, 10_000);
       await fabric.terminate(id, { drainTimeoutSeconds: 0.1 });
       expect((await fabric.getTask(task.id)).status).toBe(TaskStatus.CANCELLED);
-      await until(() => reason !== undefined, 10_000);
-      expect(reason).toBeInstanceOf(RemoteFabricError);
-      expect((reason as RemoteFabricError).code).toBe('FABRIC_ERR_AGENT_UNAVAILABLE');
+      await until(() => reason() !== undefined, 10_000);
+      expect(reason()).toBeInstanceOf(RemoteFabricError);
+      expect((reason() as RemoteFabricError).code).toBe('FABRIC_ERR_AGENT_UNAVAILABLE');
       const ended = await running;
       expect(ended).toBeInstanceOf(RemoteFabricError);
       expect((ended as RemoteFabricError).code).toBe('FABRIC_ERR_UNAUTHENTICATED');
