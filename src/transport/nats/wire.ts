@@ -472,7 +472,8 @@ export function canonicalJson(value: unknown): string {
 
 /**
  * MAC of a vouch answer: HMAC-SHA256 under the sidecars' shared key over the namespace, the
- * request (its nonce, agent, report kind, task, attempt and proof) and the answer (`ok` and, when
+ * request (its nonce, agent, report kind, task, attempt, the report's take-up, stream sequence,
+ * nonce and content digest, and its proof) and the answer (`ok` and, when
  * ok, the agent's pool or `null`). The fields are JSON-encoded as a list, so no id can shift
  * another field's boundary.
  */
