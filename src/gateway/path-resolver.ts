@@ -33,8 +33,9 @@
  * then the path after each symlink followed, one at a time (NFC). `deny` and
  * `require_approval` conditions match those too ({@link recordSpellings}), so a rule naming a
  * folder by a name that is a symlink (a glob-tail pattern such as `**` + `/protected/**`) still
- * catches a call through that name. They cost a `lstat` per component (and a `readlink` per
- * link), only for such values.
+ * catches a call through that name. They cost a `lstat` per component below the roots (and a
+ * `readlink` per link), only for such values, each component once per call (the values of a
+ * call share their folders: 256 files through one pnpm workspace link cost its folders once).
  *
  * What cannot be resolved with certainty becomes an {@link UnresolvedPath} marker in the view:
  * deny/require_approval conditions on it match, allow conditions do not, a `when` reading it
@@ -287,6 +288,7 @@ export class PathResolver {
     spellings: Map<string, readonly string[]>,
   ): Promise<void> {
     const budget: DiskBudget = { left: MAX_DISK_LOOKUPS_PER_CALL };
+    const walked: WalkLookups = new Map();
     for (let i = 0; i < disk.length; i += DISK_CONCURRENCY) {
       await Promise.all(
         disk.slice(i, i + DISK_CONCURRENCY).map(async ([value, abs]) => {
@@ -299,7 +301,10 @@ export class PathResolver {
           const names =
             real === abs.normalize('NFC')
               ? []
-              : await spelledHops(value, abs, real, this.#rootLinks, this.#realRoots, budget);
+              : await spelledHops(value, abs, real, this.#rootLinks, this.#realRoots, {
+                  budget,
+                  walked,
+                });
           if (names instanceof UnresolvedPath) {
             resolved.set(value, names);
             return;
@@ -476,7 +481,7 @@ async function spelledHops(
   real: string,
   rootLinks: readonly (readonly [root: string, real: string])[],
   realRoots: readonly string[],
-  budget: DiskBudget,
+  { budget, walked }: { budget: DiskBudget; walked: WalkLookups },
 ): Promise<string[] | UnresolvedPath> {
   const names = [abs];
   let path = abs;
@@ -497,9 +502,14 @@ async function spelledHops(
     let dir = prefix(parts, known);
     let next: string | undefined;
     for (let i = known; i < parts.length && next === undefined; i++) {
-      if (budget.left-- <= 0) return overBudget(value);
       let here = posix.join(dir, parts[i]!);
-      let stat = await lstatOrMissing(here);
+      let lookup = walked.get(here);
+      if (lookup === undefined) {
+        // The values of one call share their folders: each is looked up (and paid for) once.
+        if (budget.left-- <= 0) return overBudget(value);
+        walked.set(here, (lookup = walkLookup(here)));
+      }
+      let { stat, target } = await lookup;
       if (stat instanceof Error) return unreadable(value, stat);
       if (stat === undefined) {
         if (!hasNoOtherSpelling(parts[i]!) && budget.left-- <= 0) return overBudget(value);
@@ -507,17 +517,12 @@ async function spelledHops(
         if (match instanceof Error) return unreadable(value, match);
         if (typeof match !== 'string') return names; // new from here (ambiguous: a marker already)
         here = posix.join(dir, match);
-        stat = await lstatOrMissing(here);
+        ({ stat, target } = await walkLookup(here));
         if (stat instanceof Error) return unreadable(value, stat);
         if (stat === undefined) return names;
       }
       if (stat.isSymbolicLink()) {
-        let target: string;
-        try {
-          target = await readlink(here);
-        } catch (error) {
-          return unreadable(value, error);
-        }
+        if (typeof target !== 'string') return unreadable(value, target);
         next = posix.resolve(dir, target, ...parts.slice(i + 1));
         known = sharedFolders(dir, next);
       } else {
@@ -530,6 +535,27 @@ async function spelledHops(
     path = next;
   }
   return names;
+}
+
+/** What the names walk of one call learnt of each path it looked up ({@link walkLookup}). */
+type WalkLookups = Map<string, Promise<WalkLookup>>;
+
+interface WalkLookup {
+  /** Its `lstat` (undefined: missing). */
+  readonly stat: Awaited<ReturnType<typeof lstatOrMissing>>;
+  /** A symlink's target (or why it could not be read). */
+  readonly target?: string | Error;
+}
+
+/** `path`'s `lstat` and, for a symlink, its target. */
+async function walkLookup(path: string): Promise<WalkLookup> {
+  const stat = await lstatOrMissing(path);
+  if (stat === undefined || stat instanceof Error || !stat.isSymbolicLink()) return { stat };
+  try {
+    return { stat, target: await readlink(path) };
+  } catch (error) {
+    return { stat, target: error as Error };
+  }
 }
 
 /** How many leading components `next` shares with the folder `dir` (all of them real folders). */

@@ -408,6 +408,29 @@ describe('PathResolver.readRoots (roots as server-filesystem reads them at start
     });
   });
 
+  it('keeping the names of paths through a link below folders (a pnpm workspace) costs few lookups: MAX_PATHS_PER_CALL of them all resolve', async () => {
+    // packages/app/node_modules/@scope/lib -> ../../../lib, as a pnpm workspace links its packages:
+    // each file below it goes by the link's name, five folders down.
+    const s = realpathSync(tempDir('resolver-names-deep-link'));
+    const modules = join(s, 'packages', 'app', 'node_modules', '@scope');
+    mkdirSync(modules, { recursive: true });
+    mkdirSync(join(s, 'packages', 'lib', 'src'), { recursive: true });
+    symlinkSync('../../../lib', join(modules, 'lib'));
+    const files = Array.from(
+      { length: MAX_PATHS_PER_CALL },
+      (_, i) => `packages/app/node_modules/@scope/lib/src/f${i}.ts`,
+    );
+    for (const f of files) writeFileSync(join(s, f), 'x');
+    const r = new PathResolver({ roots: [s], home: undefined, realpath: true });
+    await r.readRoots();
+    const view = (await r.view({ paths: files })) as Any;
+    expect(unresolvedPathsIn(view)).toEqual([]);
+    files.forEach((f, i) => {
+      expect(view.paths[i]).toBe(join(s, 'packages', 'lib', 'src', `f${i}.ts`));
+      expect(spellingsOf(view.paths, i)).toEqual([join(s, f)]);
+    });
+  });
+
   it('no root left: relative paths are unresolvable, with a reason naming why', async () => {
     const r = new PathResolver({ roots: ['/nonexistent/a'], home: undefined, realpath: true });
     await r.readRoots();
