@@ -424,7 +424,8 @@ export class AgentScheduler {
 
   /**
    * Takes an agent's work back. Its queued tasks move to its pool, or fail when pinned or when it
-   * has no pool. Its running tasks are aborted and retried in the pool while attempts remain,
+   * has no pool; so do the tasks held back for it until their `notBefore`, still held, except
+   * that only `remove` fails them (else they wait for it). Its running tasks are aborted and retried in the pool while attempts remain,
    * else end with `finalStatus` (FAILED, or CANCELLED for a terminate's drain timeout).
    */
   evictAgent(
@@ -447,14 +448,16 @@ export class AgentScheduler {
         this.#finish(t, TaskStatus.FAILED, undefined, reason);
       }
     }
-    // Once it is gone, its tasks held back until their notBefore (or a budget) follow the same
-    // rule, still held; an agent only evicted (UNHEALTHY) keeps them for when it is back.
-    for (const [t] of options.remove ? this.#heldFor(slot) : []) {
+    // Its tasks held back until their notBefore (or a budget) follow the same rule, still held —
+    // except that an agent only evicted (UNHEALTHY) keeps its pinned ones for when it is back
+    // (a budget-held pinned task must not fail on a missed heartbeat); its unpinned ones go to
+    // its pool as its queued ones do (released into its queue, they would wait for it there).
+    for (const [t] of this.#heldFor(slot)) {
       if (!t.pinned && pool !== undefined) {
         t.poolId = pool.id;
         this.#delayed.set(t, { queue: pool.queue, agent: undefined, pool });
         this.#save(t);
-      } else {
+      } else if (options.remove) {
         this.#finish(t, TaskStatus.FAILED, undefined, reason);
       }
     }
