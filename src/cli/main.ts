@@ -668,7 +668,24 @@ async function main(): Promise<void> {
   const result = await runCommand(command, rest, process.env);
   if (result === 'running') return; // serve and mcp set the phase themselves
   phase = 'stopping';
+  await stdoutWritten();
   process.exit(result);
+}
+
+/**
+ * Resolves once what the command wrote to stdout has left the process (or can no longer: the
+ * reader closed the pipe). Writes to a pipe are asynchronous: `process.exit` right after
+ * printing dropped what the pipe had not taken yet, so an answer over 64 KiB piped to a slower
+ * reader (`approvals show <id> --json | jq`) came out cut, with exit 0.
+ */
+function stdoutWritten(): Promise<void> {
+  const out = process.stdout;
+  if (out.writableLength === 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    // EPIPE (`| head`): nothing more can be written; the command's own exit code stands.
+    out.once('error', () => resolve());
+    out.write('', () => resolve());
+  });
 }
 
 main().catch(fail);
