@@ -1,6 +1,6 @@
 /**
  * The commands that read and steer a running sidecar through the operator API: `status`,
- * `agents`, `tasks`, `pools`, `approvals list|approve|deny|watch`, `budgets`, `hooks`.
+ * `agents`, `tasks`, `pools`, `approvals list|show|approve|deny|watch`, `budgets`, `hooks`.
  *
  * `approvals watch` reads the `ApprovalService.Watch` server stream as the HTTP door serves it
  * (NDJSON; `ApiClient.stream` reads it).
@@ -24,6 +24,7 @@ import {
   TaskPriority,
   TaskStatus,
 } from '../gen/fabric/v1/fabric_types_pb.js';
+import { CliError } from './api-client.js';
 import { intOption, usageError, type Command, type CommandContext } from './command.js';
 import { EXIT } from './exit-codes.js';
 import {
@@ -417,17 +418,33 @@ function approvalStatus(a: Approval): string {
 const NOTHING_RAN =
   ' — no call was waiting for it (its caller left or the sidecar restarted): nothing runs; the agent must call again';
 
+/** How much of an approval's arguments (as one-line JSON) the tables show. */
+const PARAMS_SHOWN = 50;
+
+/** An approval's policy and rule index, `policy#rule`. */
+function approvalRule(a: Approval): string {
+  return `${a.policy}${a.rule === undefined ? '' : `#${a.rule}`}`;
+}
+
 function approvalRows(list: readonly Approval[]): string[][] {
   return list.map((a) => [
     a.id,
     approvalStatus(a),
     a.agentId,
     a.tool,
-    brief(valueJson(a.params, a.paramsJson), 50),
-    `${a.policy}${a.rule === undefined ? '' : `#${a.rule}`}`,
+    brief(valueJson(a.params, a.paramsJson), PARAMS_SHOWN),
+    approvalRule(a),
     when(a.expiresAt),
   ]);
 }
+
+/** True when the tables cut `a`'s arguments (see {@link PARAMS_SHOWN}). */
+function paramsCut(a: Approval): boolean {
+  return (JSON.stringify(valueJson(a.params, a.paramsJson)) ?? '').length > PARAMS_SHOWN;
+}
+
+/** What the tables add (on stderr) when they cut an approval's arguments. */
+const PARAMS_CUT_HINT = `agent-fabric: PARAMS shows the first ${PARAMS_SHOWN} characters of the arguments; \`agent-fabric approvals show <id>\` prints them in full — read them before deciding`;
 
 const APPROVAL_HEADER = ['ID', 'STATUS', 'AGENT', 'TOOL', 'PARAMS', 'POLICY#RULE', 'EXPIRES'];
 /** Columns of `approvals watch`: the event, then the approval as after it. */
@@ -436,6 +453,7 @@ const WATCH_HEADER = ['EVENT', ...APPROVAL_HEADER];
 const approvalsListCommand: Command = {
   name: 'approvals list',
   summary: 'Approvals: the tool calls parked by a require_approval rule, and what became of them.',
+  description: `PARAMS shows the first ${PARAMS_SHOWN} characters of each call's arguments (a line on stderr says when one was cut); \`approvals show <id>\` prints one approval's in full, --json all of them.`,
   options: {
     status: {
       type: 'string',
@@ -459,6 +477,52 @@ const approvalsListCommand: Command = {
       return EXIT.ok;
     }
     ctx.print(table(APPROVAL_HEADER, approvalRows(message.approvals)));
+    if (message.approvals.some(paramsCut)) process.stderr.write(`${PARAMS_CUT_HINT}\n`);
+    return EXIT.ok;
+  },
+};
+
+const approvalsShowCommand: Command = {
+  name: 'approvals show',
+  args: '<id>',
+  positionals: [1, 1],
+  summary: 'One approval in full: its agent, tool, rule, status and the whole arguments.',
+  description:
+    'The arguments are the copy the approval holds (what the policy decided on; what is approved runs with them), as indented JSON: every character an agent could hide or act on the terminal with (controls, escape sequences, bidirectional controls, the characters a terminal draws as nothing) comes out as a JSON \\u escape, so the block is the same JSON value. Look-alike letters of other scripts are shown as they are. Fails (exit 1) when the approval does not exist (or was forgotten).',
+  online: true,
+  json: true,
+  async run(ctx) {
+    const { message, json } = await ctx
+      .api()
+      .call(ApprovalService.method.getApproval, { id: ctx.positionals[0]! });
+    if (ctx.json) {
+      printJson(ctx, json);
+      return EXIT.ok;
+    }
+    const a = message.approval;
+    if (a === undefined)
+      throw new CliError('the sidecar answered without an approval', EXIT.failure);
+    const orphaned = a.orphaned && a.status === ApprovalStatus.PENDING;
+    const field = (name: string, value: string): void =>
+      ctx.print(`${`${name}:`.padEnd(17)}${printable(value)}`);
+    field('id', a.id);
+    field(
+      'status',
+      `${approvalStatus(a)}${orphaned ? ' — no call waits for it (its caller left or the sidecar restarted): approving it runs nothing' : ''}`,
+    );
+    field('agent', a.agentId);
+    field('pool', orDash(a.poolId));
+    field('tool', a.tool);
+    field('rule', orDash(approvalRule(a)));
+    field('reason', orDash(a.reason));
+    field('created', when(a.createdAt));
+    field('expires', when(a.expiresAt));
+    field('decided', when(a.decidedAt));
+    field('approver', orDash(a.approver));
+    field('decision reason', orDash(a.decisionReason));
+    ctx.print('arguments:');
+    const args = JSON.stringify(valueJson(a.params, a.paramsJson), null, 2) ?? 'null';
+    ctx.print(indent(printableJson(args)));
     return EXIT.ok;
   },
 };
@@ -507,13 +571,13 @@ function decideCommand(verb: 'approve' | 'deny'): Command {
 const approvalsWatchCommand: Command = {
   name: 'approvals watch',
   summary: 'Prints approvals as they are requested, decided or expire, until interrupted.',
-  description:
-    "Reads the ApprovalService.Watch stream: first the approvals pending at start (EXISTING), then each one requested, decided or expired, one line each as it happens (the header line shows once the stream is open). With --json, the stream's events, one JSON object per line. Ctrl-C ends it (exit 0); the stream ended by the sidecar with an error (it stopped, or this reader fell behind) exits 1, the connection lost exits 3.",
+  description: `Reads the ApprovalService.Watch stream: first the approvals pending at start (EXISTING), then each one requested, decided or expired, one line each as it happens (the header line shows once the stream is open). PARAMS shows the first ${PARAMS_SHOWN} characters of a call's arguments (the first time one is cut, a line on stderr says so): \`approvals show <id>\` prints them in full. With --json, the stream's events, one JSON object per line. Ctrl-C ends it (exit 0); the stream ended by the sidecar with an error (it stopped, or this reader fell behind) exits 1, the connection lost exits 3.`,
   online: true,
   json: true,
   async run(ctx) {
     const stop = new AbortController();
     const stopNow = (): void => stop.abort();
+    let hinted = false;
     process.once('SIGINT', stopNow);
     process.once('SIGTERM', stopNow);
     try {
@@ -536,6 +600,10 @@ const approvalsWatchCommand: Command = {
         }
         const kind = e.existing ? 'EXISTING' : enumName(ApprovalEventKind, e.kind);
         ctx.print(table(WATCH_HEADER, [[kind, ...approvalRows([e.approval])[0]!]]).split('\n')[1]!);
+        if (!hinted && paramsCut(e.approval)) {
+          hinted = true;
+          process.stderr.write(`${PARAMS_CUT_HINT}\n`);
+        }
       }
     } finally {
       process.removeListener('SIGINT', stopNow);
@@ -670,6 +738,7 @@ export const operatorCommands: readonly Command[] = [
   tasksCommand,
   poolsCommand,
   approvalsListCommand,
+  approvalsShowCommand,
   decideCommand('approve'),
   decideCommand('deny'),
   approvalsWatchCommand,

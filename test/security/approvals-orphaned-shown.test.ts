@@ -4,7 +4,7 @@
  * nothing — but the operator's views did not say so: `approvals list` showed it as PENDING like
  * the call an agent is waiting on, `approvals approve` answered "APPROVED (tool by agent)", and
  * the dashboard's inbox showed it with the same Approve button. An operator approving it thought
- * the call had run. Now the CLI's tables mark it, `approve`/`deny` say that nothing runs, and the
+ * the call had run. Now the CLI's tables and `approvals show` mark it, `approve`/`deny` say that nothing runs, and the
  * inbox shows a warning on it (and the decided list says nothing ran).
  *
  * Real parts: a real sidecar, server-filesystem as the upstream over stdio (its writes checked
@@ -109,6 +109,18 @@ describe('an approval no call waits for any more, as the operator sees it', () =
     expect(line(leftId)).toContain('PENDING (NO CALL WAITS)');
     expect(line(waitedId)).toContain('PENDING');
     expect(line(waitedId)).not.toContain('NO CALL WAITS');
+  }, 120_000);
+
+  it('`approvals show` says it of the one nobody waits for, not of the other', async () => {
+    const status = async (id: string): Promise<string> => {
+      const shown = await cli(['approvals', 'show', id]);
+      expect(shown.code, shown.err).toBe(0);
+      return shown.out.split('\n').find((l) => l.startsWith('status:')) ?? '';
+    };
+    expect(await status(leftId)).toMatch(
+      /^status: +PENDING \(NO CALL WAITS\) — .*approving it runs nothing$/,
+    );
+    expect(await status(waitedId)).toMatch(/^status: +PENDING$/);
   }, 120_000);
 
   describe.skipIf(!chromiumAvailable())('the dashboard', () => {
