@@ -54,6 +54,7 @@ import {
   type RequestId,
 } from '@modelcontextprotocol/sdk/types.js';
 import {
+  duplicateIdError,
   invalidMessageResponse,
   isRequestId,
   jsonRpcError,
@@ -151,8 +152,6 @@ const SSE_HEADERS = {
 };
 
 const SESSION_CLOSED = 'the session was closed before the request was answered';
-
-const DUPLICATE_ID = 'Invalid Request: id is already used by a request in flight in this session';
 
 /**
  * Nesting below which {@link HttpSessionTransport.sendLine} writes a response's text as it is:
@@ -414,7 +413,7 @@ export class HttpSessionTransport implements Transport {
         const id = (messages[i] as Envelope).id!;
         if (this.#exchanges.has(id) || pending?.has(id)) {
           kinds[i] = 'invalid';
-          (errors ??= []).push(jsonRpcError(ErrorCode.InvalidRequest, DUPLICATE_ID, id));
+          (errors ??= []).push(duplicateIdError(id));
           duplicates++;
         } else {
           (pending ??= new Set()).add(id);

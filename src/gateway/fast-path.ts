@@ -48,6 +48,7 @@ import {
 import type { z } from 'zod';
 import { argumentsJson } from './args-json.js';
 import { ChurnMap } from './churn-collections.js';
+import { duplicateIdError } from './jsonrpc-message.js';
 import { LINE_QUEUED } from './line-writer.js';
 import { RelayedMcpError } from './map-error.js';
 import { NotConnectedError } from './process-stdio-transport.js';
@@ -601,6 +602,14 @@ export function plainToolCallRequest(
   return { jsonrpc: '2.0', id, method: 'tools/call', params: { name, arguments: args } };
 }
 
+/** The ids of requests in flight (a `Map`'s `size` and `has`). */
+interface InFlightIds {
+  readonly size: number;
+  has(id: RequestId): boolean;
+}
+
+const NO_IDS: InFlightIds = { size: 0, has: () => false };
+
 /** One `tools/call` in flight on the fast path: its cancellation and its deferred work. */
 class FastCall implements FastCallExtra, CancelHook {
   readonly requestId: RequestId;
@@ -660,6 +669,8 @@ export class FastToolCalls {
   readonly #answer: ((value: unknown, request: Request) => unknown) | undefined;
   readonly #oninvalid: ((request: Request) => void) | undefined;
   readonly #inflight = new ChurnMap<RequestId, FastCall>();
+  /** The requests in flight on the SDK's side (its Protocol's handlers, by id). */
+  readonly #sdkInflight: InFlightIds;
 
   /**
    * @param answer Makes the tool result of what `handler` resolved with (or throws the error
@@ -667,6 +678,8 @@ export class FastToolCalls {
    * @param oninvalid Told of a `tools/call` request whose params do not fit MCP's schema, before
    *   the SDK's Server refuses it (InvalidParams): such a call never reaches `handler`, but it
    *   still gets its audit line. Checked only for requests the fast path does not take.
+   * @param server The SDK `Server` connected to `transport`: a request whose id one of its
+   *   requests in flight holds is refused as one the fast path holds is (see {@link #reused}).
    */
   constructor(
     transport: Transport,
@@ -674,8 +687,12 @@ export class FastToolCalls {
     onerror: (error: Error) => void,
     answer?: (value: unknown, request: Request) => unknown,
     oninvalid?: (request: Request) => void,
+    server?: object,
   ) {
     this.#transport = transport;
+    this.#sdkInflight =
+      (server as { _requestHandlerAbortControllers?: InFlightIds } | undefined)
+        ?._requestHandlerAbortControllers ?? NO_IDS;
     this.#handler = handler;
     this.#onerror = onerror;
     this.#answer = answer;
@@ -686,6 +703,7 @@ export class FastToolCalls {
       const m = message as Envelope;
       if (m.method === 'tools/call') {
         if (this.#take(m, extra)) return;
+        if (this.#reused(m.id)) return;
         if (
           this.#oninvalid !== undefined &&
           m.id !== undefined &&
@@ -699,6 +717,8 @@ export class FastToolCalls {
         this.#inflight.size > 0
       ) {
         this.#cancel(m);
+      } else if (m.id !== undefined && m.method !== undefined && this.#reused(m.id)) {
+        return;
       }
       sdkMessage?.call(transport, message, extra);
     };
@@ -727,9 +747,33 @@ export class FastToolCalls {
     if (params.task !== undefined) return false;
     const args = params.arguments;
     if (args !== undefined && !isObject(args)) return false;
+    if (this.#reused(id)) return true;
     const call = new FastCall(id, extra?.requestInfo);
     this.#inflight.set(id, call);
     void this.#serve(m as Request & { id: RequestId }, call);
+    return true;
+  }
+
+  /**
+   * True, once it is answered with {@link duplicateIdError}, when request id `id` is held by a
+   * request still in flight in this session, here or in the SDK's Protocol (MCP: an id is never
+   * reused in a session). Either would otherwise replace the other's entry under that id: a
+   * `notifications/cancelled` for it then reached only the later call, and the earlier one —
+   * perhaps parked for a human — could no longer be cancelled and ran if approved. The later
+   * request is refused unrun. (The Streamable HTTP transport refuses such a request before it
+   * gets here: it keys each POST's answers by id.) A lookup in each map, the SDK's only when it
+   * holds a request.
+   */
+  #reused(id: unknown): boolean {
+    if (!isRequestId(id)) return false;
+    if (!this.#inflight.has(id) && (this.#sdkInflight.size === 0 || !this.#sdkInflight.has(id))) {
+      return false;
+    }
+    this.#transport
+      .send(duplicateIdError(id) as JSONRPCMessage)
+      .catch((error: unknown) =>
+        this.#onerror(new Error(`Failed to send an error response: ${String(error)}`)),
+      );
     return true;
   }
 

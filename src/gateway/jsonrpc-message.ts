@@ -174,6 +174,19 @@ export function invalidMessageResponse(message: unknown): JsonRpcErrorResponse {
 }
 
 /** A JSON-RPC error response with no id to answer (`id: null`, as JSON-RPC 2.0 asks). */
+/**
+ * The error answering a request whose id a request still in flight in the same session holds
+ * (MCP: an id is never reused in a session): the later request is refused unrun, the earlier one
+ * goes on and stays cancellable by that id.
+ */
+export function duplicateIdError(id: RequestId): JsonRpcErrorResponse {
+  return jsonRpcError(
+    ErrorCode.InvalidRequest,
+    `Invalid Request: id ${JSON.stringify(id)} is already used by a request in flight in this session (MCP forbids reusing it); this request was not run, the earlier one goes on`,
+    id,
+  );
+}
+
 export function jsonRpcError(
   code: number,
   message: string,

@@ -347,6 +347,7 @@ export class GatewaySession {
       (error) => this.server.onerror?.(error),
       (outcome, request) => this.#host.toolAnswer(outcome as ToolCallOutcome, request, this),
       (request) => this.#host.invalidToolCall(this, request),
+      this.server,
     );
   }
 
