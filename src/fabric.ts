@@ -1338,14 +1338,14 @@ export class AgentFabric {
     const refused = leavingAgentRefusal(ctx.agentId, this.lifecycle.peek(ctx.agentId));
     if (refused !== undefined) {
       this.#authorizer.release(auth);
-      return refused;
+      return withApproval(refused, auth);
     }
     // And the store may have stopped committing meanwhile (an approval decided on a full disk
     // stands): fail-closed as at the start, or the call's usage were held in memory only.
     const failure = this.#store.commitFailure?.();
     if (failure !== undefined) {
       this.#authorizer.release(auth);
-      return this.#notWritableRefusal(failure);
+      return withApproval(this.#notWritableRefusal(failure), auth);
     }
     return auth;
   }
@@ -2045,4 +2045,9 @@ function leavingAgentRefusal(
       ? new AgentNotFoundError(String(agentId))
       : new AgentUnavailableError(rec.id, rec.status);
   return { allowed: false, code: error.code, reason: error.message, details: error.details, error };
+}
+
+/** `refused`, for a call `auth` let through after a human's yes, with that approval (audit). */
+function withApproval(refused: ToolCallDenied, auth: ToolCallAllowed): ToolCallDenied {
+  return auth.approval === undefined ? refused : { ...refused, approval: auth.approval };
 }

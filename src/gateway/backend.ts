@@ -116,6 +116,11 @@ export interface ToolCallRefused {
   readonly retryAt?: number | null | undefined;
   /** Structured facts of the refusal (rule, policy, limit, retryAt …); never secrets. */
   readonly details?: Readonly<Record<string, unknown>> | undefined;
+  /**
+   * The human's yes, for a call approved and then refused (rules changed while it waited, the
+   * budget, its agent leaving): its approval's id and approver.
+   */
+  readonly approval?: ApprovalResult | undefined;
   /** The same refusal as a catalog error, for doors that report errors rather than results. */
   readonly error?: Error | undefined;
 }

@@ -717,15 +717,16 @@ function endedCode(error: unknown, cancelled: boolean): string {
 
 /**
  * The audit fields of a call that waited for a human: the approval it parked on, and who decided
- * it — from the authorization of an approved call, or from the details of a human's denial
- * (absent for an expiry, and for an approved call refused after by changed rules or the budget).
+ * it — from the authorization of an approved call (also one refused after it by rules changed
+ * while it waited or by the budget), or from the details of a human's denial (absent for an
+ * expiry).
  */
 function humanDecision(
   approval: Approval | undefined,
   auth: ToolCallAuthorization,
 ): { approval: string; approver?: string } | undefined {
   if (approval === undefined) return undefined;
-  const approver = auth.allowed ? auth.approval?.approver : auth.details?.approver;
+  const approver = auth.approval?.approver ?? (auth.allowed ? undefined : auth.details?.approver);
   return typeof approver === 'string'
     ? { approval: approval.id, approver }
     : { approval: approval.id };

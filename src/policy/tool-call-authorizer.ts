@@ -133,6 +133,11 @@ export interface ToolCallDenied {
   readonly details: Readonly<Record<string, unknown>>;
   /** The same refusal as a catalog error (for callers that prefer to throw). */
   readonly error: Error;
+  /**
+   * The human's yes, for a call approved and then refused (the rules changed while it waited,
+   * or the budget no longer holds it): its approval's id and approver, for the audit line.
+   */
+  readonly approval?: ApprovalResult;
 }
 
 /** Outcome of {@link ToolCallAuthorizer.authorize}. */
@@ -316,11 +321,16 @@ export class ToolCallAuthorizer {
     if (this.#policies.rulesVersion !== rulesVersion) {
       const version = this.#policies.rulesVersion;
       const now = await this.#decideAgain(ctx, true);
-      if (now !== undefined) return this.#admit(ctx, now, undefined, undefined, true);
+      if (now !== undefined) {
+        return refusedAfter(this.#admit(ctx, now, undefined, undefined, true), approval);
+      }
       rulesVersion = version;
     }
     // A human said yes: counted as it is, not asked again (see `PolicyProvider`).
-    return this.#admitWaiting(ctx, final, approval, undefined, false, rulesVersion);
+    return refusedAfter(
+      await this.#admitWaiting(ctx, final, approval, undefined, false, rulesVersion),
+      approval,
+    );
   }
 
   /**
@@ -629,6 +639,17 @@ export class ToolCallAuthorizer {
   release(authorization: ToolCallAuthorization): void {
     if (authorization.allowed) this.#budgets.release(authorization.reservation);
   }
+}
+
+/**
+ * `auth`, when it refuses a call a human approved, with that approval (who said yes, for the
+ * audit line); an allowed one carries it already.
+ */
+function refusedAfter(
+  auth: ToolCallAuthorization,
+  approval: ApprovalResult,
+): ToolCallAuthorization {
+  return auth.allowed ? auth : Object.freeze({ ...auth, approval });
 }
 
 function allowed(

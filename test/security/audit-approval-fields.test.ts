@@ -126,6 +126,33 @@ describe('audit lines of calls a human decided (real sidecar, server-filesystem)
     expect(line).not.toHaveProperty('approver');
   });
 
+  it('an approved call the rules refuse after (a deny added while it waited): the approval and its approver', async () => {
+    const args = { path: join(root, 'locked.txt'), content: 'never' };
+    const call = agent.callTool({ name: 'fs__write_file', arguments: args }, undefined, {
+      timeout: 600_000,
+    }) as Promise<CallToolResult>;
+    const id = await parkedFor(args.path);
+    const lockdown = {
+      name: 'lockdown',
+      priority: 200,
+      rules: [{ tool: 'fs__write_file', action: 'POLICY_ACTION_DENY', reason: 'frozen' }],
+    };
+    expect((await api(sidecar, 'PolicyService/AddPolicy', { policy: lockdown })).status).toBe(200);
+    try {
+      expect((await api(sidecar, 'ApprovalService/Approve', { id })).status).toBe(200);
+      expect(text(await call)).toContain('FABRIC_ERR_POLICY_DENIED');
+    } finally {
+      await api(sidecar, 'PolicyService/RemovePolicy', { name: 'lockdown' });
+    }
+    expect(existsSync(args.path)).toBe(false);
+    expect(await lineOf(args)).toMatchObject({
+      outcome: 'denied',
+      code: 'FABRIC_ERR_POLICY_DENIED',
+      approval: id,
+      approver: 'admin',
+    });
+  });
+
   it('a call no human decided has neither field', async () => {
     const args = { path: join(root, 'approved.txt') };
     const read = await agent.callTool({ name: 'fs__read_text_file', arguments: args });
@@ -134,5 +161,62 @@ describe('audit lines of calls a human decided (real sidecar, server-filesystem)
     expect(line).toMatchObject({ decision: 'allow', outcome: 'ok' });
     expect(line).not.toHaveProperty('approval');
     expect(line).not.toHaveProperty('approver');
+  });
+});
+
+describe('the audit line of an approved call the budget refuses after', () => {
+  const root = realpathSync(tempDir('audit-approval-budget'));
+  const auditPath = join(tempDir('audit-approval-budget-log'), 'audit.log');
+  let sidecar: Sidecar;
+  let agent: Client;
+
+  beforeAll(async () => {
+    // One unit a day; a write and a listing cost one each.
+    sidecar = await startFsApprovalSidecar(root, 'fs__write_file', {
+      audit: { path: auditPath, flushIntervalMs: 0 },
+      agents: [{ name: 'worker', budget: { maxCostPerDay: 1 } }],
+      toolCosts: { fs__write_file: 1, fs__list_directory: 1 },
+    });
+    agent = await httpClient(sidecar.url!, agentToken(sidecar, 'worker'));
+  });
+
+  afterAll(async () => {
+    await agent?.close();
+    await closeSidecar(sidecar);
+  });
+
+  it('names the approval and its approver', async () => {
+    const args = { path: join(root, 'over-budget.txt'), content: 'never' };
+    const call = agent.callTool({ name: 'fs__write_file', arguments: args }, undefined, {
+      timeout: 600_000,
+    }) as Promise<CallToolResult>;
+    let id: string | undefined;
+    await until(async () => {
+      id = (await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending'))[0]?.id;
+      return id !== undefined;
+    }, 30_000);
+    // While it waits, another call spends the day's one unit.
+    const listed = await agent.callTool({
+      name: 'fs__list_directory',
+      arguments: { path: root },
+    });
+    expect(listed.isError, text(listed)).toBeFalsy();
+    expect((await api(sidecar, 'ApprovalService/Approve', { id })).status).toBe(200);
+    expect(text(await call)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+    expect(existsSync(args.path)).toBe(false);
+
+    const digest = sidecar.gateway.auditDigest(args);
+    let line: string | undefined;
+    await until(() => {
+      const all = existsSync(auditPath) ? readFileSync(auditPath, 'utf8') : '';
+      line = all.split('\n').find((l) => l.includes(digest));
+      return line !== undefined;
+    }, 30_000);
+    expect(JSON.parse(line!)).toMatchObject({
+      outcome: 'denied',
+      code: 'FABRIC_ERR_BUDGET_EXCEEDED',
+      approval: id,
+      approver: 'admin',
+    });
   });
 });
