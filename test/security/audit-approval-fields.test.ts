@@ -28,15 +28,20 @@ import {
   until,
 } from '../fixtures/gateway/harness.js';
 
-describe('audit lines of calls a human decided (real sidecar, server-filesystem)', () => {
-  const root = realpathSync(tempDir('audit-approval-fields'));
-  const auditPath = join(tempDir('audit-approval-fields-log'), 'audit.log');
+/**
+ * A server-filesystem sidecar whose writes need a human, auditing to a file, and its agent's
+ * client, for the tests of one `describe` (`extra` is added to the config).
+ */
+function auditedSidecar(label: string, extra: Parameters<typeof startFsApprovalSidecar>[2] = {}) {
+  const root = realpathSync(tempDir(label));
+  const auditPath = join(tempDir(`${label}-log`), 'audit.log');
   let sidecar: Sidecar;
   let agent: Client;
 
   beforeAll(async () => {
     sidecar = await startFsApprovalSidecar(root, 'fs__write_file', {
       audit: { path: auditPath, flushIntervalMs: 0 },
+      ...extra,
     });
     agent = await httpClient(sidecar.url!, agentToken(sidecar, 'worker'));
   });
@@ -46,28 +51,46 @@ describe('audit lines of calls a human decided (real sidecar, server-filesystem)
     await closeSidecar(sidecar);
   });
 
-  /** The approval parked for a write of `path`, once it is there. */
-  async function parkedFor(path: string): Promise<string> {
-    let id: string | undefined;
-    await until(async () => {
-      const list = await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending');
-      id = list.find((a) => (a.params as { path?: string }).path === path)?.id;
-      return id !== undefined;
-    }, 30_000);
-    return id!;
-  }
+  return {
+    root,
+    get sidecar(): Sidecar {
+      return sidecar;
+    },
+    get agent(): Client {
+      return agent;
+    },
+    /** The approval parked for a write of `path`, once it is there. */
+    async parkedFor(path: string): Promise<string> {
+      let id: string | undefined;
+      await until(async () => {
+        const list = await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending');
+        id = list.find((a) => (a.params as { path?: string }).path === path)?.id;
+        return id !== undefined;
+      }, 30_000);
+      return id!;
+    },
+    /** The audit line of the call with these arguments, once it is written. */
+    async lineOf(args: object): Promise<Record<string, unknown>> {
+      const digest = sidecar.gateway.auditDigest(args);
+      let line: string | undefined;
+      await until(() => {
+        const all = existsSync(auditPath) ? readFileSync(auditPath, 'utf8') : '';
+        line = all.split('\n').find((l) => l.includes(digest));
+        return line !== undefined;
+      }, 30_000);
+      return JSON.parse(line!) as Record<string, unknown>;
+    },
+  };
+}
 
-  /** The audit line of the call with these arguments, once it is written. */
-  async function lineOf(args: object): Promise<Record<string, unknown>> {
-    const digest = sidecar.gateway.auditDigest(args);
-    let line: string | undefined;
-    await until(() => {
-      const all = existsSync(auditPath) ? readFileSync(auditPath, 'utf8') : '';
-      line = all.split('\n').find((l) => l.includes(digest));
-      return line !== undefined;
-    }, 30_000);
-    return JSON.parse(line!) as Record<string, unknown>;
-  }
+describe('audit lines of calls a human decided (real sidecar, server-filesystem)', () => {
+  const audited = auditedSidecar('audit-approval-fields');
+  const { root, parkedFor, lineOf } = audited;
+  let sidecar: Sidecar;
+  let agent: Client;
+  beforeAll(() => {
+    ({ sidecar, agent } = audited);
+  });
 
   it('an approved call that ran: the approval and its approver', async () => {
     const args = { path: join(root, 'approved.txt'), content: 'ran' };
@@ -165,36 +188,19 @@ describe('audit lines of calls a human decided (real sidecar, server-filesystem)
 });
 
 describe('the audit line of an approved call the budget refuses after', () => {
-  const root = realpathSync(tempDir('audit-approval-budget'));
-  const auditPath = join(tempDir('audit-approval-budget-log'), 'audit.log');
-  let sidecar: Sidecar;
-  let agent: Client;
-
-  beforeAll(async () => {
-    // One unit a day; a write and a listing cost one each.
-    sidecar = await startFsApprovalSidecar(root, 'fs__write_file', {
-      audit: { path: auditPath, flushIntervalMs: 0 },
-      agents: [{ name: 'worker', budget: { maxCostPerDay: 1 } }],
-      toolCosts: { fs__write_file: 1, fs__list_directory: 1 },
-    });
-    agent = await httpClient(sidecar.url!, agentToken(sidecar, 'worker'));
-  });
-
-  afterAll(async () => {
-    await agent?.close();
-    await closeSidecar(sidecar);
+  // One unit a day; a write and a listing cost one each.
+  const audited = auditedSidecar('audit-approval-budget', {
+    agents: [{ name: 'worker', budget: { maxCostPerDay: 1 } }],
+    toolCosts: { fs__write_file: 1, fs__list_directory: 1 },
   });
 
   it('names the approval and its approver', async () => {
+    const { root, sidecar, agent } = audited;
     const args = { path: join(root, 'over-budget.txt'), content: 'never' };
     const call = agent.callTool({ name: 'fs__write_file', arguments: args }, undefined, {
       timeout: 600_000,
     }) as Promise<CallToolResult>;
-    let id: string | undefined;
-    await until(async () => {
-      id = (await listApprovals(sidecar.url!, ADMIN_TOKEN, 'pending'))[0]?.id;
-      return id !== undefined;
-    }, 30_000);
+    const id = await audited.parkedFor(args.path);
     // While it waits, another call spends the day's one unit.
     const listed = await agent.callTool({
       name: 'fs__list_directory',
@@ -204,15 +210,7 @@ describe('the audit line of an approved call the budget refuses after', () => {
     expect((await api(sidecar, 'ApprovalService/Approve', { id })).status).toBe(200);
     expect(text(await call)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
     expect(existsSync(args.path)).toBe(false);
-
-    const digest = sidecar.gateway.auditDigest(args);
-    let line: string | undefined;
-    await until(() => {
-      const all = existsSync(auditPath) ? readFileSync(auditPath, 'utf8') : '';
-      line = all.split('\n').find((l) => l.includes(digest));
-      return line !== undefined;
-    }, 30_000);
-    expect(JSON.parse(line!)).toMatchObject({
+    expect(await audited.lineOf(args)).toMatchObject({
       outcome: 'denied',
       code: 'FABRIC_ERR_BUDGET_EXCEEDED',
       approval: id,

@@ -17,6 +17,7 @@ import { tempDir, until } from '../fixtures/gateway/harness.js';
 import {
   cleanUp,
   connect,
+  ECHO_NEEDS_APPROVAL,
   freePort,
   serve,
   writeEverythingConfig,
@@ -85,14 +86,7 @@ describe('agent-fabric approvals show', () => {
     const dir = tempDir('cli-approvals-show');
     writeEverythingConfig(dir, await freePort(), ADMIN, {
       state: 'memory',
-      policies: [
-        {
-          name: 'approvals',
-          priority: 100,
-          rules: [{ tool: 'ev__echo', action: 'require_approval', reason: 'a human echoes' }],
-        },
-        { name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] },
-      ],
+      policies: ECHO_NEEDS_APPROVAL,
       agents: [{ name: 'worker' }],
     });
     sidecar = await serve(dir);

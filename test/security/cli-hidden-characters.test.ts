@@ -15,6 +15,7 @@ import { tempDir, until } from '../fixtures/gateway/harness.js';
 import {
   cleanUp,
   connect,
+  ECHO_NEEDS_APPROVAL,
   freePort,
   serve,
   writeEverythingConfig,
@@ -37,14 +38,7 @@ describe('the CLI shows the characters a terminal draws as nothing, escaped', ()
     const dir = tempDir('cli-hidden-characters');
     writeEverythingConfig(dir, await freePort(), ADMIN, {
       state: 'memory',
-      policies: [
-        {
-          name: 'approvals',
-          priority: 100,
-          rules: [{ tool: 'ev__echo', action: 'require_approval', reason: 'a human echoes' }],
-        },
-        { name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] },
-      ],
+      policies: ECHO_NEEDS_APPROVAL,
       agents: [{ name: 'worker' }],
     });
     sidecar = await serve(dir);
