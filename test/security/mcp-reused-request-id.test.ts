@@ -13,22 +13,21 @@
  * (whose transport refuses such a request itself), and a raw upstream that holds `work` calls and tells how
  * many it received and which notifications (the cancellations forwarded to it) it read.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { inProcessChild } from '../fixtures/cli-process.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
-  CLI_MAIN,
   closeSidecar,
   DEFAULT_ALLOW,
   INIT,
   startTestSidecar,
   tempDir,
-  TSX,
   until,
 } from '../fixtures/gateway/harness.js';
 
@@ -98,13 +97,7 @@ policies:
       - { tool: '*', action: allow }
 `,
     );
-    const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...env } = process.env;
-    child = spawn(
-      process.execPath,
-      ['--import', TSX, CLI_MAIN, 'mcp', '--in-process', '--config', configFile],
-      { env: { ...env, FABRIC_STATE: 'memory' } },
-    );
-    child.stderr.resume();
+    child = inProcessChild(configFile, 'memory');
     createInterface({ input: child.stdout }).on('line', (line) => {
       answers.push(JSON.parse(line) as Answer);
     });

@@ -5,14 +5,15 @@
  * policy decided on — built around the text the audit digest then hashes (args-json.ts) — and
  * never the agent's raw bytes. The upstream here answers with the line it read.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { inProcessChild } from '../fixtures/cli-process.js';
 import { hmacDigest, stateDigestKey } from '../fixtures/audit/digest-key.js';
-import { CLI_MAIN, INIT, tempDir, TSX, until } from '../fixtures/gateway/harness.js';
+import { INIT, tempDir, until } from '../fixtures/gateway/harness.js';
 
 const LINE_ECHO = fileURLToPath(
   new URL('../fixtures/gateway/line-echo-server.mjs', import.meta.url),
@@ -72,13 +73,7 @@ policies:
       - { tool: '*', action: allow }
 `,
     );
-    const { FABRIC_AGENT_TOKEN: _t, FABRIC_URL: _u, ...env } = process.env;
-    child = spawn(
-      process.execPath,
-      ['--import', TSX, CLI_MAIN, 'mcp', '--in-process', '--config', configFile],
-      { env: { ...env, FABRIC_STATE: statePath } },
-    );
-    child.stderr.resume();
+    child = inProcessChild(configFile, statePath);
     createInterface({ input: child.stdout }).on('line', (line) => {
       const m = JSON.parse(line) as Answer;
       waiting.get(m.id)?.(m);
