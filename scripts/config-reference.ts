@@ -109,6 +109,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'upstreams.<name>.paths.realpath': 'Resolve symlinks on our disk (stdio: true; remote: false).',
   'upstreams.<name>.paths.params':
     'Parameter names taken as paths beyond the built-in pattern (`path`, `file`, `source`, …).',
+  'upstreams.<name>.paths.keepNames':
+    "Its tools that never rename, move, link or remove a name (`*`: all): their calls carrying paths share the upstream's path lock; every other such call holds it alone from its check to the upstream's answer.",
   policies:
     'Tool-call policies, highest `priority` first (see "Policies and approvals"). With durable `state`, a policy changed at run time (Operator API, `fabric.policies`) keeps its run-time version — or stays removed — across restarts until its entry here is edited, added or dropped after that change (see "Policies across a restart").',
   'policies[].name': 'Unique name; reported as the deciding policy.',

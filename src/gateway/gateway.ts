@@ -909,6 +909,7 @@ export class ToolGateway implements SessionHost {
     extra: CallExtra,
     run: ToolTaskRun,
     recheck?: TurnRecheck,
+    answered?: () => void,
   ): Promise<Result> {
     if (run.upstreamTask !== undefined && run.upstreamTask.name !== upstream.name) {
       throw new RelayedMcpError(
@@ -968,6 +969,9 @@ export class ToolGateway implements SessionHost {
         typeof createdAt === 'string' && createdAt.length <= MAX_CREATED_AT ? createdAt : undefined,
       );
     }
+    // The upstream answered the call that made its task: this call's path lock goes (the task
+    // may run for hours; what it resolves later is not covered, see the README).
+    answered?.();
     // The task's server→client requests come during this wait: tracked like the call, so none
     // is handed to another agent with a call in flight there (see upstream-routing.ts).
     const waiting = this.#routes.enter(upstream, session, extra.requestId);
@@ -1228,6 +1232,10 @@ export class ToolGateway implements SessionHost {
           tool: name,
           params: args,
           paths: route?.upstream.paths,
+          pathLock: route?.upstream.pathLock,
+          keepsNames: route?.upstream.keepsNames(route.upstreamName),
+          pathLockWaitMs:
+            route === undefined ? undefined : route.upstream.spec.callTimeoutSeconds * 1000,
           exclusive: fabricTool === undefined && route?.upstream.spec.exclusive === true,
           abort: extra,
           progress,
@@ -1240,7 +1248,7 @@ export class ToolGateway implements SessionHost {
           defer: extra.defer === undefined ? undefined : (work) => extra.defer!(work),
           onEnd: this.#endCall,
         },
-        (_auth, recheck) => {
+        (_auth, recheck, answered) => {
           const written = task?.working();
           const send = (): Promise<Result> => {
             // A task restored with an upstream task behind it never calls the tool again.
@@ -1257,6 +1265,7 @@ export class ToolGateway implements SessionHost {
                 extra,
                 task,
                 recheck,
+                answered,
               );
             }
             return fabricTool
@@ -1485,6 +1494,10 @@ export class ToolGateway implements SessionHost {
         params,
         forwarded,
         paths: upstream?.paths,
+        pathLock: upstream?.pathLock,
+        keepsNames: upstream?.keepsNames(tool),
+        pathLockWaitMs:
+          upstream === undefined ? undefined : upstream.spec.callTimeoutSeconds * 1000,
         exclusive: upstream?.spec.exclusive === true,
         abort: extra,
         progress: progressSink(session, extra),

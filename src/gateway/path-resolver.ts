@@ -145,6 +145,9 @@ interface Frame {
   copy: Record<string | number, unknown> | undefined;
 }
 
+/** The path-like values found in one call's parameters ({@link PathResolver.pathsIn}). */
+export type PathSlots = readonly Slot[];
+
 /** One value of the view that differs from the parameters. */
 interface Slot {
   readonly frame: Frame;
@@ -246,6 +249,16 @@ export class PathResolver {
   }
 
   /**
+   * The path-like values of `params` ({@link view} takes them), or `undefined` when it holds
+   * none — a call that carries no paths takes no path lock (see path-lock.ts) and costs nothing.
+   */
+  pathsIn(params: Readonly<Record<string, unknown>>): PathSlots | undefined {
+    if (!mayHoldPaths(params, this.#isPathKey)) return undefined;
+    const slots = walk(params, this.#isPathKey);
+    return slots.length === 0 ? undefined : slots;
+  }
+
+  /**
    * The policy's view of `params`: `params` itself when nothing in it is path-like (no copy, no
    * promise) or every path in it is already in its resolved form, else a copy in which
    * path-like values are resolved or replaced by markers (branches without changes are shared,
@@ -253,10 +266,9 @@ export class PathResolver {
    */
   view(
     params: Readonly<Record<string, unknown>>,
+    slots: PathSlots | undefined = this.pathsIn(params),
   ): Readonly<Record<string, unknown>> | Promise<Readonly<Record<string, unknown>>> {
-    if (!mayHoldPaths(params, this.#isPathKey)) return params;
-    const slots = walk(params, this.#isPathKey);
-    if (slots.length === 0) return params;
+    if (slots === undefined) return params;
     const resolved = new Map<string, Resolved>();
     const spellings = new Map<string, readonly string[]>();
     const disk: (readonly [value: string, abs: string])[] = [];

@@ -36,11 +36,12 @@ import type {
   ToolCallRefused,
 } from './backend.js';
 import type { Approval } from '../policy/approval-manager.js';
-import { ApprovalStaleError } from '../errors.js';
+import { ApprovalStaleError, WaitTimeoutError } from '../errors.js';
 import { messageOf } from './map-error.js';
 import type { CallPhases, TraceCarrier } from '../telemetry/tracing.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { TypedEmitter } from '../events.js';
+import type { PathLock, PathLockRelease } from './path-lock.js';
 import { unresolvedPathsIn, type PathResolver } from './path-resolver.js';
 import type { TokenEstimates, ToolEstimate } from './token-estimates.js';
 import { estimateTokens, type ToolCosts } from './tool-costs.js';
@@ -99,6 +100,16 @@ export interface PipelineCall {
   readonly forwarded?: Readonly<Record<string, unknown>> | undefined;
   /** The owning upstream's path resolver; absent: policy sees `params` as they are. */
   readonly paths?: PathResolver | undefined;
+  /**
+   * The owning upstream's path lock (with `paths`): a call that carries paths takes it before
+   * they are resolved and holds it until `forward` settles (or tells it is answered), except
+   * while it waits for a human approval (see path-lock.ts). Absent: no lock.
+   */
+  readonly pathLock?: PathLock | undefined;
+  /** The tool keeps names (`paths.keepNames`): the call shares the path lock. @default false */
+  readonly keepsNames?: boolean | undefined;
+  /** Longest wait for the path lock in ms (the upstream's call timeout). */
+  readonly pathLockWaitMs?: number | undefined;
   /**
    * The call goes to an `exclusive` upstream, where it may wait for its turn: `forward` gets a
    * recheck that decides it again then if the rules changed meanwhile. @default false
@@ -305,12 +316,20 @@ export class ToolCallPipeline {
    */
   async run(
     call: PipelineCall,
-    forward: (auth: ToolCallAllowed, recheck?: TurnRecheck) => Promise<Result>,
+    forward: (
+      auth: ToolCallAllowed,
+      recheck?: TurnRecheck,
+      answered?: () => void,
+    ) => Promise<Result>,
   ): Promise<ToolCallOutcome> {
     const { audit, abort } = call;
     const estimate = this.#estimates.get(call.identity.agentId, call.tool);
     let flight = false;
     let deferred = false;
+    // The upstream's path lock, while this call holds it (see PipelineCall.pathLock), and what
+    // gives it back early (parked on an approval; a task passed through, once answered).
+    let release: PathLockRelease | undefined;
+    let unlock: (() => void) | undefined;
     try {
       const cost = this.#costs.costOf(call.tool);
       let budget = this.#budgetOptions;
@@ -325,11 +344,26 @@ export class ToolCallPipeline {
       }
       let authorized: Authorized;
       let view = call.params;
-      const parked: { approval?: Approval } = {};
+      const parked: { approval?: Approval; unlock?: () => void } = {};
+      let locks = false;
       try {
         // The policy sees paths as the upstream will resolve them; the upstream gets `params`.
         if (call.paths !== undefined) {
-          const v = call.paths.view(call.params);
+          const slots = call.paths.pathsIn(call.params);
+          if (slots !== undefined && call.pathLock !== undefined) {
+            // Before the check, until the answer: no call that may rename what the paths go
+            // through runs in between (only calls carrying paths pay for it).
+            locks = true;
+            release = call.pathLock.tryAcquire(call.keepsNames !== true);
+            if (release === undefined) release = await this.#waitPathLock(call, call.pathLock);
+            // A human may take minutes: the lock is given back while the call is parked, and
+            // taken again before its paths are resolved again (below).
+            parked.unlock = unlock = () => {
+              release?.();
+              release = undefined;
+            };
+          }
+          const v = call.paths.view(call.params, slots);
           view = v instanceof Promise ? await v : v; // only for paths looked up on disk
         }
         const a = this.#authorize(call, view, { tokens: estimate.tokens, cost }, budget, parked);
@@ -368,14 +402,20 @@ export class ToolCallPipeline {
         // saw them resolved: a symlink changed meanwhile must not make it touch another file.
         let stale: ToolCallRefused | undefined;
         try {
+          if (locks && release === undefined) {
+            // Taken again before the paths are resolved again, as before the first check.
+            release = call.pathLock!.tryAcquire(call.keepsNames !== true);
+            if (release === undefined) release = await this.#waitPathLock(call, call.pathLock!);
+          }
           stale = await this.#staleApproval(call.paths, call.params, view, auth);
         } catch (error) {
           this.#settle(auth, { tokens: 0, cost: 0 });
+          const cancelled = (abort.cancel ?? abort.signal).aborted;
           audit({
-            decision: 'error',
+            decision: cancelled ? decision : 'error',
             rule: d.rule,
-            outcome: 'error',
-            code: codeOf(error),
+            outcome: cancelled ? 'cancelled' : 'error',
+            code: endedCode(error, cancelled),
             ...human,
           });
           return { kind: 'error', error, stage: 'admission' };
@@ -416,7 +456,9 @@ export class ToolCallPipeline {
       }
       let result: Result;
       try {
-        result = await forward(auth, recheck);
+        // A task passed through to its upstream: the lock is given back once the upstream has
+        // answered the call that made the task (see PipelineCall.pathLock).
+        result = await forward(auth, recheck, unlock);
       } catch (error) {
         const turn =
           typeof error === 'object' && error !== null ? turnRefusals.get(error) : undefined;
@@ -482,8 +524,46 @@ export class ToolCallPipeline {
         ? { kind: 'result', result, decision: auth.decision, approved: waited }
         : { kind: 'refused', refusal: withheld, withheld: true };
     } finally {
+      release?.();
       if (flight) estimate.land();
       if (!deferred) call.onEnd?.();
+    }
+  }
+
+  /**
+   * Waits for `lock` as {@link PipelineCall.pathLock} says, ended by the call's cancellation,
+   * the gateway closing, or `pathLockWaitMs` ({@link WaitTimeoutError}); nothing is held then.
+   */
+  async #waitPathLock(call: PipelineCall, lock: PathLock): Promise<PathLockRelease> {
+    const own = call.abort.signal;
+    const closing = this.#closing.signal;
+    const wait = new AbortController();
+    const onOwnAbort = (): void => wait.abort(own.reason);
+    const onClosing = (): void => wait.abort(closing.reason);
+    const seconds = (call.pathLockWaitMs ?? 60_000) / 1000;
+    const timer = setTimeout(
+      () =>
+        wait.abort(
+          new WaitTimeoutError(
+            `the path lock of ${call.tool} (another call of its upstream that may rename what its paths go through is in flight)`,
+            seconds,
+          ),
+        ),
+      call.pathLockWaitMs ?? 60_000,
+    );
+    timer.unref();
+    if (own.aborted) wait.abort(own.reason);
+    else if (closing.aborted) wait.abort(closing.reason);
+    else {
+      own.addEventListener('abort', onOwnAbort, { once: true });
+      closing.addEventListener('abort', onClosing, { once: true });
+    }
+    try {
+      return await lock.wait(call.keepsNames !== true, wait.signal);
+    } finally {
+      clearTimeout(timer);
+      own.removeEventListener('abort', onOwnAbort);
+      closing.removeEventListener('abort', onClosing);
     }
   }
 
@@ -558,7 +638,7 @@ export class ToolCallPipeline {
     view: Readonly<Record<string, unknown>>,
     estimate: { tokens: number; cost: number },
     budget: BudgetAdmission,
-    parked: { approval?: Approval },
+    parked: { approval?: Approval; unlock?: () => void },
   ): Authorized | Promise<Authorized> {
     const { agentId, poolId, labels } = call.identity;
     const raw = call.forwarded ?? call.params;
@@ -603,6 +683,7 @@ export class ToolCallPipeline {
         onWaiting: (approval) => {
           waited = true;
           parked.approval = approval;
+          parked.unlock?.();
           call.onApproval?.(approval);
           if (progress === undefined || waitTimer) return;
           let tick = 0;

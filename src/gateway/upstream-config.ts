@@ -55,6 +55,16 @@ const pathsSchema = z
      * any depth. @default []
      */
     params: z.array(z.string().min(1)).default([]),
+    /**
+     * This upstream's tools (names as the upstream lists them, or `resources/read`,
+     * `resources/subscribe`, `prompts/get`, `completion/complete`; `*`: all of them) that never
+     * rename, move, link or remove a name on disk. A call carrying paths takes the upstream's
+     * path lock from before its paths are checked until the upstream answers: shared for these
+     * tools, alone (exclusive) for every other tool, so no call that may redirect a path runs
+     * between another call's check and its answer (see path-lock.ts). @default [] (every
+     * path-carrying call alone)
+     */
+    keepNames: z.array(z.string().min(1)).default([]),
   })
   .strict();
 

@@ -36,6 +36,7 @@ import { CATALOG_ITEM_BOUNDS, catalogItemProblem } from './catalog.js';
 import { exceededBound } from './input-bounds.js';
 import { requestIdsOf } from './jsonrpc-message.js';
 import { combineHints, NO_HINTS, pageHints, type ListHints, type ListKey } from './list-hints.js';
+import { PathLock } from './path-lock.js';
 import { PathResolver, pathResolutionOf } from './path-resolver.js';
 import {
   InputBacklogError,
@@ -115,6 +116,10 @@ export class Upstream {
   readonly spec: UpstreamSpec;
   /** Resolves this upstream's path parameters for the policy (from `spec.paths`). */
   readonly paths: PathResolver;
+  /** Held by this upstream's calls that carry paths, from their check to the answer. */
+  readonly pathLock = new PathLock();
+  /** Tools whose calls share {@link pathLock} (`paths.keepNames`); `true`: every tool. */
+  readonly #keepNames: ReadonlySet<string> | true;
 
   #hooks: UpstreamHooks;
   #client: Client | undefined;
@@ -152,8 +157,19 @@ export class Upstream {
     this.name = name;
     this.spec = spec;
     this.paths = new PathResolver(pathResolutionOf(spec));
+    const keep = spec.paths?.keepNames ?? [];
+    this.#keepNames = keep.includes('*') ? true : new Set(keep);
     this.#hooks = hooks;
     this.#answerSecrets = specSecrets(spec, false);
+  }
+
+  /**
+   * Whether calls of `tool` (its upstream name, or a pseudo-tool such as `resources/read`) share
+   * the {@link pathLock}: `paths.keepNames` declares that it never renames, moves, links or
+   * removes a name. Otherwise a call of it that carries paths takes the lock alone.
+   */
+  keepsNames(tool: string): boolean {
+    return this.#keepNames === true || this.#keepNames.has(tool);
   }
 
   get state(): UpstreamState {
