@@ -214,7 +214,8 @@ describe('an approved call waiting for its turn on an exclusive upstream', () =>
           tk: {
             url: upstream.url,
             exclusive: true,
-            paths: { params: ['message'], realpath: true },
+            // Its calls only read: they share the path lock (see path-lock.ts).
+            paths: { params: ['message'], realpath: true, keepNames: ['*'] },
           },
         },
         policies: [
@@ -296,6 +297,8 @@ describe('an approved resources/read waiting for its turn on an exclusive upstre
           args: [FILE_RESOURCE_SERVER],
           stderr: 'ignore' as const,
           exclusive: true,
+          // It only reads: its reads and subscribes share the path lock (see path-lock.ts).
+          paths: { keepNames: ['resources/read', 'resources/subscribe'] },
         },
       },
       policies: [
@@ -358,6 +361,8 @@ describe('an approved resources/subscribe waiting for its turn on an exclusive u
           stderr: 'ignore' as const,
           env: { SUBSCRIBE_LOG: subscribeLog },
           exclusive: true,
+          // It only reads: its reads and subscribes share the path lock (see path-lock.ts).
+          paths: { keepNames: ['resources/read', 'resources/subscribe'] },
         },
       },
       policies: [
@@ -425,6 +430,8 @@ describe("a resources/subscribe that waits for another session's subscribe of th
           stderr: 'ignore' as const,
           env: { SUBSCRIBE_LOG: subscribeLog },
           exclusive: true,
+          // It only reads: its reads and subscribes share the path lock (see path-lock.ts).
+          paths: { keepNames: ['resources/read', 'resources/subscribe'] },
         },
       },
       policies: [DEFAULT_ALLOW],

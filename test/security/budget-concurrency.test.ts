@@ -18,6 +18,7 @@ import {
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
   FILESYSTEM_BIN,
+  FILESYSTEM_KEEP_NAMES,
   httpClient,
   startTestSidecar,
   tempDir,
@@ -108,7 +109,13 @@ describe('token budgets hold under concurrency (server-filesystem, real fabric)'
     const budget = { maxTokensPerHour: LIMIT };
     sidecar = await startTestSidecar({
       upstreams: {
-        fs: { command: process.execPath, args: [FILESYSTEM_BIN, sandbox], stderr: 'ignore' },
+        fs: {
+          command: process.execPath,
+          args: [FILESYSTEM_BIN, sandbox],
+          stderr: 'ignore',
+          // Its reads share the path lock, so they run in parallel (see path-lock.ts).
+          paths: { keepNames: [...FILESYSTEM_KEEP_NAMES] },
+        },
         ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
       },
       policies: [DEFAULT_ALLOW],
