@@ -105,6 +105,7 @@ import {
   type ToolCallOutcome,
   type ToolCallRequest,
   type TurnRecheck,
+  type TakeLock,
 } from './tool-call-pipeline.js';
 import { resourceParams } from './resource-params.js';
 import { ResourceSubscriptions } from './resource-subscriptions.js';
@@ -909,7 +910,7 @@ export class ToolGateway implements SessionHost {
     extra: CallExtra,
     run: ToolTaskRun,
     recheck?: TurnRecheck,
-    answered?: () => void,
+    lock?: TakeLock,
   ): Promise<Result> {
     if (run.upstreamTask !== undefined && run.upstreamTask.name !== upstream.name) {
       throw new RelayedMcpError(
@@ -950,6 +951,7 @@ export class ToolGateway implements SessionHost {
         { requestId: extra.requestId, signal: NEVER_ABORTED, agentId: extra.agentId },
         extra.signal,
         recheck,
+        lock,
       )) as Partial<CreateTaskResult>;
       const id = created.task?.taskId;
       if (typeof id !== 'string' || id === '' || id.length > MAX_UPSTREAM_TASK_ID) {
@@ -971,7 +973,7 @@ export class ToolGateway implements SessionHost {
     }
     // The upstream answered the call that made its task: this call's path lock goes (the task
     // may run for hours; what it resolves later is not covered, see the README).
-    answered?.();
+    lock?.()?.();
     // The task's server→client requests come during this wait: tracked like the call, so none
     // is handed to another agent with a call in flight there (see upstream-routing.ts).
     const waiting = this.#routes.enter(upstream, session, extra.requestId);
@@ -1248,7 +1250,7 @@ export class ToolGateway implements SessionHost {
           defer: extra.defer === undefined ? undefined : (work) => extra.defer!(work),
           onEnd: this.#endCall,
         },
-        (_auth, recheck, answered) => {
+        (_auth, recheck, lock) => {
           const written = task?.working();
           const send = (): Promise<Result> => {
             // A task restored with an upstream task behind it never calls the tool again.
@@ -1265,7 +1267,7 @@ export class ToolGateway implements SessionHost {
                 extra,
                 task,
                 recheck,
-                answered,
+                lock,
               );
             }
             return fabricTool
@@ -1293,6 +1295,7 @@ export class ToolGateway implements SessionHost {
                   extra,
                   undefined,
                   recheck,
+                  lock,
                 );
           };
           const go = (): Promise<Result> =>
@@ -1448,10 +1451,10 @@ export class ToolGateway implements SessionHost {
     extra: DownstreamExtra,
     name: string,
     what: string,
-  ): (auth: unknown, recheck?: TurnRecheck) => Promise<Result> {
+  ): (auth: unknown, recheck?: TurnRecheck, lock?: TakeLock) => Promise<Result> {
     if (upstream === undefined) return unserved(name, what);
-    return (_auth, recheck) =>
-      this.#upstreamRequest(session, upstream, request, extra, undefined, recheck);
+    return (_auth, recheck, lock) =>
+      this.#upstreamRequest(session, upstream, request, extra, undefined, recheck, lock);
   }
 
   /**
@@ -1484,7 +1487,7 @@ export class ToolGateway implements SessionHost {
     params: Record<string, unknown>,
     forwarded: Readonly<Record<string, unknown>>,
     extra: DownstreamExtra,
-    read: (auth: unknown, recheck?: TurnRecheck) => Promise<Result>,
+    read: (auth: unknown, recheck?: TurnRecheck, lock?: TakeLock) => Promise<Result>,
   ): Promise<Result> {
     const { identity } = session;
     const outcome = await this.#pipeline.run(
@@ -1533,6 +1536,7 @@ export class ToolGateway implements SessionHost {
     extra: CallExtra,
     turnSignal?: AbortSignal,
     recheck?: TurnRecheck,
+    lock?: TakeLock,
   ): Promise<Result> {
     return upstream.spec.exclusive
       ? this.#exclusiveRequest(
@@ -1542,8 +1546,9 @@ export class ToolGateway implements SessionHost {
           extra,
           turnSignal ?? extra.signal,
           recheck,
+          lock,
         )
-      : this.#forward(session, upstream, request, extra);
+      : this.#forward(session, upstream, request, extra, lock);
   }
 
   /**
@@ -1560,6 +1565,7 @@ export class ToolGateway implements SessionHost {
     extra: CallExtra,
     turnSignal: AbortSignal,
     recheck?: TurnRecheck,
+    lock?: TakeLock,
   ): Promise<Result> {
     let gate = this.#gates.get(upstream);
     if (gate === undefined) this.#gates.set(upstream, (gate = new UpstreamGate()));
@@ -1567,17 +1573,22 @@ export class ToolGateway implements SessionHost {
     try {
       const again = recheck?.();
       if (again !== undefined) await again;
-      return await this.#forward(session, upstream, request, extra);
+      return await this.#forward(session, upstream, request, extra, lock);
     } finally {
       gate.leave();
     }
   }
 
+  /**
+   * Sends `request` on. `lock`: the call's path lock, which a request given up on (cancelled,
+   * timed out) keeps until the upstream is done with it (see {@link #leave}).
+   */
   #forward(
     session: GatewaySession | undefined,
     upstream: Upstream,
     request: Request,
     extra: CallExtra,
+    lock?: TakeLock,
   ): Promise<Result> {
     // An upstream that was given an agent's roots serves that agent alone (forwardRoots).
     const holder = upstream.rootsHolder;
@@ -1585,7 +1596,7 @@ export class ToolGateway implements SessionHost {
       return Promise.reject(forwardError(upstream.heldByAnother(), request, false) as Error);
     }
     if (extra._meta?.progressToken !== undefined) {
-      return this.#forwardWithProgress(session, upstream, request, extra);
+      return this.#forwardWithProgress(session, upstream, request, extra, lock);
     }
     // Without progress to relay: one reaction on the upstream's promise, not an async frame
     // (the largest allocation of a call was async functions' frames).
@@ -1608,7 +1619,7 @@ export class ToolGateway implements SessionHost {
         return result;
       },
       (error: unknown) => {
-        this.#leave(upstream, entry, error, extra.holdSlot ?? session?.holdSlot);
+        this.#leave(upstream, entry, error, extra.holdSlot ?? session?.holdSlot, lock);
         throw forwardError(error, request, reached);
       },
     );
@@ -1624,11 +1635,21 @@ export class ToolGateway implements SessionHost {
    * that cancels each call it makes frees its slot at once and can keep any number of calls
    * running on an upstream that ignores cancellation, and what such a call logs or asks later
    * reaches the one other session with a call there. Called before the request's own failure
-   * settles, so the door still holds the call's slot when this one is taken.
+   * settles, so the door still holds the call's slot when this one is taken. The call's path
+   * lock (`lock`, see `PipelineCall.pathLock`) is kept as long: the upstream may still resolve
+   * its paths, so no call that may rename them runs before it is done.
    */
-  #leave(upstream: Upstream, entry: InFlight, error: unknown, hold: SlotHold | undefined): void {
+  #leave(
+    upstream: Upstream,
+    entry: InFlight,
+    error: unknown,
+    hold: SlotHold | undefined,
+    lock?: TakeLock,
+  ): void {
     if (!this.#routes.leave(upstream, entry, error)) return;
     const release = hold?.();
+    // The upstream may still resolve the call's paths: no rename runs before it is done.
+    const unlock = lock?.();
     let done = false;
     let stopWatch: (() => void) | undefined;
     const end = (): void => {
@@ -1638,6 +1659,7 @@ export class ToolGateway implements SessionHost {
       stopWatch?.();
       this.#routes.settle(upstream, entry);
       release?.();
+      unlock?.();
     };
     const stopTimer = setLongTimeout(end, upstream.spec.callTimeoutSeconds * 1000, {
       unref: true,
@@ -1655,6 +1677,7 @@ export class ToolGateway implements SessionHost {
     upstream: Upstream,
     request: Request,
     extra: CallExtra,
+    lock?: TakeLock,
   ): Promise<Result> {
     const progressToken = extra._meta?.progressToken;
     const entry = this.#routes.enter(upstream, session, extra.requestId);
@@ -1679,7 +1702,7 @@ export class ToolGateway implements SessionHost {
       this.#routes.leave(upstream, entry);
       return result;
     } catch (error) {
-      this.#leave(upstream, entry, error, extra.holdSlot ?? session?.holdSlot);
+      this.#leave(upstream, entry, error, extra.holdSlot ?? session?.holdSlot, lock);
       throw forwardError(error, request, reached);
     }
   }

@@ -234,6 +234,14 @@ const reachedUpstream = new WeakSet<object>();
 export type TurnRecheck = () => Promise<void> | undefined;
 
 /**
+ * Takes the path lock a call holds from it (`undefined` when it holds none now): to give it back
+ * early (a task passed through, once its upstream answered the call that made it) or to hand it
+ * on (a call the gateway gave up on while the upstream may still be working on it keeps it until
+ * the upstream is done, see `ToolGateway.#leave`). The caller then must release it.
+ */
+export type TakeLock = () => PathLockRelease | undefined;
+
+/**
  * The refusals of calls found stale or refused by changed rules after their turn wait in
  * `forward`, by their error, with what their audit line records.
  */
@@ -316,20 +324,16 @@ export class ToolCallPipeline {
    */
   async run(
     call: PipelineCall,
-    forward: (
-      auth: ToolCallAllowed,
-      recheck?: TurnRecheck,
-      answered?: () => void,
-    ) => Promise<Result>,
+    forward: (auth: ToolCallAllowed, recheck?: TurnRecheck, lock?: TakeLock) => Promise<Result>,
   ): Promise<ToolCallOutcome> {
     const { audit, abort } = call;
     const estimate = this.#estimates.get(call.identity.agentId, call.tool);
     let flight = false;
     let deferred = false;
     // The upstream's path lock, while this call holds it (see PipelineCall.pathLock), and what
-    // gives it back early (parked on an approval; a task passed through, once answered).
+    // takes it from the call (to give it back early, or to hand it on: see TakeLock).
     let release: PathLockRelease | undefined;
-    let unlock: (() => void) | undefined;
+    let take: TakeLock | undefined;
     try {
       const cost = this.#costs.costOf(call.tool);
       let budget = this.#budgetOptions;
@@ -344,7 +348,7 @@ export class ToolCallPipeline {
       }
       let authorized: Authorized;
       let view = call.params;
-      const parked: { approval?: Approval; unlock?: () => void } = {};
+      const parked: { approval?: Approval; take?: TakeLock } = {};
       let locks = false;
       try {
         // The policy sees paths as the upstream will resolve them; the upstream gets `params`.
@@ -358,10 +362,12 @@ export class ToolCallPipeline {
             if (release === undefined) release = await this.#waitPathLock(call, call.pathLock);
             // A human may take minutes: the lock is given back while the call is parked, and
             // taken again before its paths are resolved again (below).
-            parked.unlock = unlock = () => {
-              release?.();
+            take = () => {
+              const r = release;
               release = undefined;
+              return r;
             };
+            parked.take = take;
           }
           const v = call.paths.view(call.params, slots);
           view = v instanceof Promise ? await v : v; // only for paths looked up on disk
@@ -458,7 +464,7 @@ export class ToolCallPipeline {
       try {
         // A task passed through to its upstream: the lock is given back once the upstream has
         // answered the call that made the task (see PipelineCall.pathLock).
-        result = await forward(auth, recheck, unlock);
+        result = await forward(auth, recheck, take);
       } catch (error) {
         const turn =
           typeof error === 'object' && error !== null ? turnRefusals.get(error) : undefined;
@@ -638,7 +644,7 @@ export class ToolCallPipeline {
     view: Readonly<Record<string, unknown>>,
     estimate: { tokens: number; cost: number },
     budget: BudgetAdmission,
-    parked: { approval?: Approval; unlock?: () => void },
+    parked: { approval?: Approval; take?: TakeLock },
   ): Authorized | Promise<Authorized> {
     const { agentId, poolId, labels } = call.identity;
     const raw = call.forwarded ?? call.params;
@@ -683,7 +689,7 @@ export class ToolCallPipeline {
         onWaiting: (approval) => {
           waited = true;
           parked.approval = approval;
-          parked.unlock?.();
+          parked.take?.()?.();
           call.onApproval?.(approval);
           if (progress === undefined || waitTimer) return;
           let tick = 0;

@@ -18,6 +18,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
+  metricValue,
   slowUpstream,
   startTestSidecar,
   tempDir,
@@ -83,6 +84,8 @@ describe('path lock', () => {
           stderr: 'ignore' as const,
           paths: { roots: [dir], params: ['message'] },
         },
+        // A short late window (`callTimeoutSeconds`) for a call the gateway gave up on.
+        xc: { ...slowUpstream(ran('xc')), callTimeoutSeconds: 20, paths },
         // `label` is not path-like here: no lock.
         np: { ...slowUpstream(ran('np')), callTimeoutSeconds: 900 },
       },
@@ -112,7 +115,9 @@ describe('path lock', () => {
   });
 
   it('a call of a tool not declared as keeping names runs alone; a cancelled waiter forwards nothing and leaves the lock free', async () => {
-    const a = slow('x', 'a1', LONG);
+    // A first call made: the others do not wait for the estimate of the tool's first result.
+    expect(await slow('x', 'w1', 0).done).toBe('slept w1');
+    const a = slow('x', 'a1', 15_000);
     await until(() => log('x').includes('start a1'));
     expect(lock('x').state).toEqual({ shared: 0, exclusive: true, waiting: 0 });
     const b = slow('x', 'b1', 0);
@@ -122,8 +127,7 @@ describe('path lock', () => {
     expect(await b.done).toBeInstanceOf(Error);
     await until(() => lock('x').state.waiting === 0);
     expect(lock('x').state.exclusive).toBe(true); // a1 still holds it
-    a.abort.abort(); // the gateway gives up on a1: the lock goes with it
-    await a.done;
+    expect(await a.done).toBe('slept a1');
     await until(() => !lock('x').state.exclusive);
     expect(lock('x').state).toEqual(FREE);
     expect(await slow('x', 'c1', 0).done).toBe('slept c1');
@@ -132,13 +136,14 @@ describe('path lock', () => {
   });
 
   it('calls of a tool declared as keeping names are in flight at once', async () => {
-    const a = slow('sh', 'a2', LONG);
-    const b = slow('sh', 'b2', LONG);
+    const a = slow('sh', 'a2', 15_000);
+    const b = slow('sh', 'b2', 15_000);
     await until(() => log('sh').includes('start a2') && log('sh').includes('start b2'));
-    expect(lock('sh').state).toEqual({ shared: 2, exclusive: false, waiting: 0 });
-    a.abort.abort();
-    b.abort.abort();
-    await Promise.all([a.done, b.done]);
+    expect(await a.done).toBe('slept a2');
+    expect(await b.done).toBe('slept b2');
+    // Both arrived upstream before either answered: they were in flight at once.
+    const lines = log('sh').trim().split('\n');
+    expect(lines.slice(0, 2).sort()).toEqual(['start a2', 'start b2']);
     await until(() => lock('sh').state.shared === 0);
     expect(lock('sh').state).toEqual(FREE);
   });
@@ -164,15 +169,14 @@ describe('path lock', () => {
     });
     expect(lock('x').state).toEqual(FREE);
     // Another call of the upstream runs meanwhile, and holds the lock alone.
-    const hold = slow('x', 'a4', LONG);
+    const hold = slow('x', 'a4', 15_000);
     await until(() => log('x').includes('start a4'));
     const res = await callApi(sidecar.url!, 'ApprovalService/Approve', { id }, ADMIN_TOKEN);
     expect(res.status).toBe(200);
     // Approved: it waits for the lock, and is not sent while another call holds it.
     await until(() => lock('x').state.waiting === 1);
     expect(log('x')).not.toContain('start appr1');
-    hold.abort.abort();
-    await hold.done;
+    expect(await hold.done).toBe('slept a4');
     expect(await parked.done).toBe('slept appr1');
     await until(() => lock('x').state.exclusive === false);
     expect(lock('x').state).toEqual(FREE);
@@ -181,7 +185,7 @@ describe('path lock', () => {
   it('on an exclusive upstream, a call takes the lock, then waits for its turn, and runs once the turn is its', async () => {
     const other = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
     try {
-      const a = slow('ex', 'a5', LONG); // this session's turn, and the lock (shared)
+      const a = slow('ex', 'a5', 15_000); // this session's turn, and the lock (shared)
       await until(() => log('ex').includes('start a5'));
       const abort = new AbortController();
       const b = other
@@ -193,8 +197,7 @@ describe('path lock', () => {
       // The other session's call took the lock beside a5 and waits for its turn.
       await until(() => lock('ex').state.shared === 2);
       expect(log('ex')).not.toContain('start b5');
-      a.abort.abort();
-      await a.done;
+      expect(await a.done).toBe('slept a5');
       expect(await b).toBe('slept b5');
       await until(() => lock('ex').state.shared === 0);
       expect(lock('ex').state).toEqual(FREE);
@@ -220,4 +223,20 @@ describe('path lock', () => {
     );
     expect(lock('tk').state).toEqual(FREE);
   });
+
+  it('a call the gateway gave up on keeps the lock while the upstream may still work on it', async () => {
+    const a = slow('xc', 'a8', LONG);
+    await until(() => log('xc').includes('start a8'));
+    const series = 'agent_fabric_request_duration_seconds_count{outcome="cancelled"}';
+    const cancelled = (await metricValue(sidecar, series)) || 0;
+    a.abort.abort();
+    expect(await a.done).toBeInstanceOf(Error);
+    // The gateway ended the call (its client's promise rejects before the cancel arrives).
+    await until(async () => (await metricValue(sidecar, series)) === cancelled + 1);
+    // The upstream goes on with it (it ignores the cancel; the SDK then sends no answer) and may
+    // still resolve its paths: the lock stays taken until its late window ends.
+    expect(lock('xc').state.exclusive).toBe(true);
+    await until(() => !lock('xc').state.exclusive, 60_000);
+    expect(lock('xc').state).toEqual(FREE);
+  }, 90_000);
 });
