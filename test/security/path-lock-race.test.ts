@@ -24,8 +24,8 @@ import {
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
-  FILESYSTEM_BIN,
   FILESYSTEM_KEEP_NAMES,
+  filesystemUpstream,
   httpClient,
   tempDir,
   startTestSidecar,
@@ -60,17 +60,11 @@ describe('path lock: a concurrent move_file cannot redirect a checked write', ()
     mkdirSync(protectedDir, { recursive: true });
     mkdirSync(join(sandbox, 'work'));
     writeFileSync(join(protectedDir, 'secret.txt'), 'keep me');
-    const keepNames = shippedKeepNames();
     const deny = `${sandbox}/protected/**`;
     sidecar = await startTestSidecar({
       upstreams: {
-        fs: {
-          command: process.execPath,
-          args: [FILESYSTEM_BIN, sandbox],
-          stderr: 'ignore',
-          env: { HOME: sandbox },
-          paths: { roots: [sandbox], keepNames },
-        },
+        // server-filesystem with the shipped config's `keepNames` (asserted equal above).
+        fs: { ...filesystemUpstream(sandbox), env: { HOME: sandbox } },
       },
       policies: [
         {
