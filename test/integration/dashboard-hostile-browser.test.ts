@@ -383,6 +383,26 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     });
   }, 60_000);
 
+  it('a refresh that brings a new approval keeps the keyboard focus where the operator left it', async () => {
+    // Before, every refresh put the inbox's table back into the page (and moved rows out of it
+    // and back): what had the focus lost it — a keyboard user's Enter on the Approve button they
+    // had just armed then went nowhere.
+    const first = await park(JSON.stringify({ message: 'focus stays' }));
+    const row = page.locator(`#view-approvals tr[data-tool][data-approval="${first.approval.id}"]`);
+    await row.locator('button.approve').focus();
+    const second = await park(JSON.stringify({ message: 'arrives meanwhile' }));
+    await page
+      .locator(`#view-approvals tr[data-tool][data-approval="${second.approval.id}"]`)
+      .waitFor();
+    expect(
+      await row
+        .locator('button.approve')
+        .evaluate((button) => button.ownerDocument.activeElement === button),
+    ).toBe(true);
+    await decide(first.approval, 'Deny');
+    await decide(second.approval, 'Deny');
+  });
+
   it('shows a __proto__ key the approval holds (the masking copy dropped it)', async () => {
     const { approval, apiText, box } = await park(
       '{"message":"hello","__proto__":{"message":"rm -rf ~"}}',

@@ -209,6 +209,9 @@ export class KeyedTable {
    * order, without rebuilding it.
    */
   update(items) {
+    // Moving a row (or the table) out of the document and back takes the keyboard focus away
+    // from what it holds (an armed button a keyboard user is about to confirm): given back below.
+    const focused = document.activeElement;
     const keep = new Set();
     const ordered = items.map((item) => {
       keep.add(item.key);
@@ -241,7 +244,18 @@ export class KeyedTable {
       if (this.tbody.children[i] !== tr)
         this.tbody.insertBefore(tr, this.tbody.children[i] ?? null);
     });
-    this.el.replaceChildren(items.length === 0 ? this.empty : this.table);
+    const shown = items.length === 0 ? this.empty : this.table;
+    if (this.el.childNodes.length !== 1 || this.el.firstChild !== shown) {
+      this.el.replaceChildren(shown);
+    }
+    if (
+      focused instanceof HTMLElement &&
+      focused !== document.activeElement &&
+      focused.isConnected &&
+      this.el.contains(focused)
+    ) {
+      focused.focus({ preventScroll: true });
+    }
   }
 }
 
