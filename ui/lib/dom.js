@@ -36,7 +36,7 @@ const HAS_NOT_ASCII = /[\u0080-\u{10ffff}]/u;
 /**
  * Letters of other scripts a reader takes for Latin ones: Cyrillic, Greek and Armenian letters
  * drawn as (or nearly as) a Latin letter, and the fullwidth Latin letters. A word whose letters are
- * all among them ("аррӏе.сом", all Cyrillic) reads as a Latin word it is not.
+ * all among them ("раураӏ", all Cyrillic) reads as a Latin word it is not.
  */
 const LATIN_LOOKALIKE = 'аеорсухіјѕһӏԁԛԝүАВЕКМНОРСТХІЈЅҮӀҺԚԜΑΒΕΖΗΙΚΜΝΟΡΤΥΧονօցսհոＡ-Ｚａ-ｚ';
 const LETTER = /\p{L}/u;
@@ -74,7 +74,7 @@ export const MAX_MARKED = 100;
  * "https://gіthub.com" the Cyrillic і, which reads as the Latin i, is marked, so the operator
  * does not approve a call to another domain than the one they read. So is every such run of a
  * word without ASCII letters whose letters all read as Latin ones ({@link readsAsLatin}:
- * "аррӏе.сом" in Cyrillic, "𝐩𝐚𝐲𝐩𝐚𝐥" in mathematical bold). A word with any other letter of another script ("Привет")
+ * "раураӏ" in Cyrillic, "𝐩𝐚𝐲𝐩𝐚𝐥" in mathematical bold). A word with any other letter of another script ("Привет")
  * is not marked.
  * At most {@link MAX_MARKED} runs are marked (`more` tells there were others): the page must
  * not build hundreds of thousands of elements for one agent's arguments.
