@@ -30,6 +30,7 @@ import {
   tempDir,
   startTestSidecar,
   text,
+  readOnlyRules,
 } from '../fixtures/gateway/harness.js';
 import { parse } from 'yaml';
 import { defaultConfigPath } from '../../src/server/config-file.js';
@@ -70,15 +71,7 @@ describe('path lock: a concurrent move_file cannot redirect a checked write', ()
         {
           name: 'protected',
           priority: 100,
-          rules: [
-            {
-              tool: 'fs__{write_file,edit_file,create_directory}',
-              action: 'deny',
-              conditions: { path: deny },
-            },
-            { tool: 'fs__move_file', action: 'deny', conditions: { source: deny } },
-            { tool: 'fs__move_file', action: 'deny', conditions: { destination: deny } },
-          ],
+          rules: readOnlyRules(deny),
         },
         DEFAULT_ALLOW,
       ],

@@ -33,6 +33,7 @@ import {
   startTestSidecar,
   tempDir,
   text,
+  readOnlyRules,
 } from '../fixtures/gateway/harness.js';
 
 const SECRET = 'keep me';
@@ -101,15 +102,7 @@ function readOnly(glob: string): unknown {
   return {
     name: 'protected-files',
     priority: 100,
-    rules: [
-      {
-        tool: 'fs__{write_file,edit_file,create_directory}',
-        action: 'deny',
-        conditions: { path: glob },
-      },
-      { tool: 'fs__move_file', action: 'deny', conditions: { source: glob } },
-      { tool: 'fs__move_file', action: 'deny', conditions: { destination: glob } },
-    ],
+    rules: readOnlyRules(glob),
   };
 }
 

@@ -29,6 +29,7 @@ import {
   startTestSidecar,
   tempDir,
   text,
+  readOnlyRules,
 } from '../fixtures/gateway/harness.js';
 
 const SECRET = 'keep me';
@@ -105,17 +106,7 @@ describe('argument shapes and read tools against server-filesystem (real sidecar
           name: 'protected',
           priority: 100,
           rules: [
-            {
-              tool: 'fs__{write_file,edit_file,create_directory}',
-              action: 'deny',
-              conditions: { path: under('protected') },
-            },
-            { tool: 'fs__move_file', action: 'deny', conditions: { source: under('protected') } },
-            {
-              tool: 'fs__move_file',
-              action: 'deny',
-              conditions: { destination: under('protected') },
-            },
+            ...readOnlyRules(under('protected')),
             // secrets/ is not to be read by any tool, by any of its path parameters.
             { tool: 'fs__*', action: 'deny', conditions: { path: under('secrets') } },
             { tool: 'fs__*', action: 'deny', conditions: { paths: under('secrets') } },
