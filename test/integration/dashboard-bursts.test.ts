@@ -26,7 +26,12 @@ import {
   loggingUpstream,
   startTestSidecar,
 } from '../fixtures/gateway/harness.js';
-import { chromiumAvailable, launchChromium, newDashboardPage } from '../fixtures/browser.js';
+import {
+  chromiumAvailable,
+  launchChromium,
+  logInDashboard,
+  newDashboardPage,
+} from '../fixtures/browser.js';
 
 const available = chromiumAvailable();
 /** How long a poll of the page waits (the machine is shared and slow; no timing is asserted). */
@@ -48,10 +53,7 @@ describe.skipIf(!available)('the dashboard under bursts of events (Chromium)', (
     agent = await httpClient(sidecar.url!, agentToken(sidecar, 'busy'));
     browser = await launchChromium();
     page = await newDashboardPage(browser, pageErrors);
-    await page.goto(new URL('/ui/', sidecar.url!).href);
-    await page.waitForSelector('#login:not([hidden])');
-    await page.fill('#login-token', ADMIN_TOKEN);
-    await page.click('#login-form button[type=submit]');
+    await logInDashboard(page, sidecar.url!, ADMIN_TOKEN);
     await page.waitForSelector('#view-agents:not([hidden]) tr[data-name="busy"]');
     await page.waitForFunction("document.getElementById('stream-state')?.textContent === 'live'");
   });

@@ -29,6 +29,7 @@ import {
   chromiumAvailable,
   ECHO_NEEDS_APPROVAL,
   launchChromium,
+  logInDashboard,
   newDashboardPage,
 } from '../fixtures/browser.js';
 
@@ -92,9 +93,7 @@ describe.skipIf(!available)('the dashboard against an agent’s chosen strings (
     mcp = await rawMcp(sidecar.url!, agentToken(sidecar, 'worker'));
     browser = await launchChromium();
     page = await newDashboardPage(browser, pageErrors);
-    await page.goto(new URL('/ui/', sidecar.url!).href);
-    await page.fill('#login-token', ADMIN_TOKEN);
-    await page.click('#login-form button[type=submit]');
+    await logInDashboard(page, sidecar.url!, ADMIN_TOKEN);
     await page.waitForSelector('#view-agents:not([hidden])');
     await page.click('#tab-approvals');
     await page.waitForSelector('#view-approvals:not([hidden])');

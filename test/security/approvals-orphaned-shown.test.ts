@@ -20,7 +20,12 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { listApprovals } from '../fixtures/api.js';
-import { chromiumAvailable, launchChromium, newDashboardPage } from '../fixtures/browser.js';
+import {
+  chromiumAvailable,
+  launchChromium,
+  logInDashboard,
+  newDashboardPage,
+} from '../fixtures/browser.js';
 import { startFsApprovalSidecar } from '../fixtures/fs-approvals.js';
 import {
   ADMIN_TOKEN,
@@ -131,10 +136,7 @@ describe('an approval no call waits for any more, as the operator sees it', () =
     beforeAll(async () => {
       browser = await launchChromium();
       page = await newDashboardPage(browser, pageErrors);
-      await page.goto(new URL('/ui/', sidecar.url!).href);
-      await page.waitForSelector('#login:not([hidden])');
-      await page.fill('#login-token', ADMIN_TOKEN);
-      await page.click('#login-form button[type=submit]');
+      await logInDashboard(page, sidecar.url!, ADMIN_TOKEN);
       await page.click('#tab-approvals');
       await page.waitForSelector('#view-approvals:not([hidden])');
     }, 120_000);
