@@ -23,9 +23,9 @@
 // It prints "ready" once its first heartbeat was accepted, then a line per task: "started <task>
 // <attempt>", "done <task> <attempt> complete|fail", "aborted <task> <attempt>" (the fabric ended
 // the attempt: cancel or timeout) or "refused <task> <attempt> <code>". Errors go to stderr; a
-// heartbeat the fabric refuses or nobody answers at start, an agent that is not in POOL_ID, or a
+// heartbeat the fabric refuses or nobody answers at start, an agent that is not in POOL_ID, a
 // start refused FABRIC_ERR_PERMISSION_DENIED (the agent was terminated: the message goes back to
-// the pool) ends the process with status 1.
+// the pool), or a heartbeat refused with status TERMINATED ends the process with status 1.
 package main
 
 import (
@@ -88,10 +88,12 @@ type report struct {
 	Take    string      `json:"take,omitempty"`
 	Seq     uint64      `json:"seq,omitempty"`
 	Nonce   string      `json:"nonce,omitempty"`
+	Counter int         `json:"counter,omitempty"`
 }
 
 // answer is a sidecar's answer to a report or a heartbeat (a heartbeat's names the agent's pool:
-// a string, or null for none), with its MAC.
+// a string, or null for none; its refusal FABRIC_ERR_AGENT_UNAVAILABLE names the agent's status,
+// TERMINATED or DRAINING), with its MAC.
 type answer struct {
 	OK      bool            `json:"ok"`
 	Status  string          `json:"status"`
@@ -262,8 +264,17 @@ func mainErr() error {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if _, err := w.heartbeat(); err != nil {
+				a, err := w.heartbeat()
+				if err != nil {
 					fmt.Fprintln(os.Stderr, "worker:", err)
+				}
+				// Refused under a right MAC, with the agent's status as a field (never read out
+				// of the message): a terminated agent's attempts were ended, and the fabric takes
+				// no more reports from it.
+				if err != nil && a.Code == "FABRIC_ERR_AGENT_UNAVAILABLE" && a.Status == "TERMINATED" {
+					fmt.Fprintf(os.Stderr, "worker: the fabric takes no reports from agent %s: %s: %s (status %s)\n",
+						agentID, a.Code, a.Message, a.Status)
+					os.Exit(1)
 				}
 			}
 		}
@@ -368,9 +379,10 @@ func (w *worker) heartbeat() (answer, error) {
 	// answer (a refusal's code and message; ok's status and pool).
 	a, err := w.request(w.subject("hb."+token(w.agentID)), body, 5*time.Second, func(a *answer) bool {
 		code, message := a.refusal()
-		status, pool := "", ""
+		// The status in both: an ok answer's, and a refusal's (the agent is TERMINATED or
+		// DRAINING), which this worker acts on.
+		status, pool := field(a.Status), ""
 		if a.OK {
-			status = field(a.Status)
 			var p *string
 			if len(a.PoolID) > 0 {
 				if json.Unmarshal(a.PoolID, &p) != nil {
@@ -477,7 +489,9 @@ func (w *worker) handle(m *nats.Msg, ackWait time.Duration) {
 		w.mu.Unlock()
 	}()
 
-	a, ok := w.report(&t, report{Kind: "start", Take: take, Seq: meta.Sequence.Stream}, giveUp)
+	// Each report of this take-up is numbered (1 for the start), under its proof: the sidecar
+	// refuses an earlier one replayed after a later one.
+	a, ok := w.report(&t, report{Kind: "start", Take: take, Seq: meta.Sequence.Stream, Counter: 1}, giveUp)
 	if ok && a.Code == "FABRIC_ERR_PERMISSION_DENIED" {
 		// A genuine message this agent may not report on (terminated, or not in the pool): back
 		// to the task's own workers, and this worker stops. No pull of this consumer is open
@@ -506,10 +520,10 @@ func (w *worker) handle(m *nats.Msg, ackWait time.Duration) {
 		_ = m.Term()
 		return
 	}
-	out := report{Kind: "complete", Take: take, Result: result}
+	out := report{Kind: "complete", Take: take, Result: result, Counter: 2}
 	if failure != nil {
 		no := false
-		out = report{Kind: "fail", Take: take, Error: failure, Retry: &no}
+		out = report{Kind: "fail", Take: take, Error: failure, Retry: &no, Counter: 2}
 	}
 	if a, ok := w.report(&t, out, giveUp); !ok || !a.OK {
 		code := a.Code
@@ -534,13 +548,17 @@ func (w *worker) report(t *task, r report, giveUp time.Time) (answer, bool) {
 		return answer{}, false
 	}
 	// The proof covers everything the sidecar acts on: the ids, the take-up, the copy taken up,
-	// this report's nonce and the digest of its content.
+	// this report's nonce, the digest of its content and, last, its counter.
 	seq := ""
 	if r.Seq != 0 {
 		seq = strconv.FormatUint(r.Seq, 10)
 	}
-	r.Proof = w.proof(strings.Join([]string{"report", r.Kind, field(w.agentID), field(t.TaskID),
-		strconv.Itoa(t.Attempt), field(r.Take), seq, field(r.Nonce), content}, ":"))
+	fields := []string{"report", r.Kind, field(w.agentID), field(t.TaskID),
+		strconv.Itoa(t.Attempt), field(r.Take), seq, field(r.Nonce), content}
+	if r.Counter != 0 {
+		fields = append(fields, strconv.Itoa(r.Counter))
+	}
+	r.Proof = w.proof(strings.Join(fields, ":"))
 	body, err := json.Marshal(r)
 	if err != nil {
 		return answer{}, false

@@ -23,6 +23,7 @@ import { TaskStatus } from '../../src/task.js';
 import { encodeJson, endedMac } from '../../src/transport/nats/wire.js';
 import { closeSidecar, tempDir, until } from '../fixtures/gateway/harness.js';
 import { startAnswerForger } from '../fixtures/nats/answer-forger.js';
+import { readReports } from '../fixtures/nats/report-reader.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -369,6 +370,71 @@ describeNats('examples/nats-go: a worker in Go on the wire protocol alone', () =
       expect(await astray.exited).toBe(1);
       expect(astray.stderr()).toMatch(/is not in pool "build" \(its pool: null\)/);
       expect(astray.lines).not.toContain('ready');
+    },
+    60_000,
+  );
+
+  it.runIf(runGo)(
+    'writes canonical JSON as the sidecar does: the shared RFC 8785 vectors pass in Go',
+    () => {
+      // examples/nats-go/canonical_test.go reads test/fixtures/nats/canonical-json.json, the
+      // vectors test/unit/nats-canonical-json.test.ts holds the sidecar's canonicalJson to.
+      const out = execFileSync('go', ['test', '-v', 'worker.go', 'canonical_test.go'], {
+        cwd: join(root, 'examples/nats-go'),
+        env: { ...process.env, GO111MODULE: 'off', GOPATH, GOCACHE: join(dir, 'go-cache') },
+        encoding: 'utf8',
+      });
+      expect(out).toMatch(/--- PASS: TestCanonicalVectors/);
+    },
+    120_000,
+  );
+
+  it.runIf(runGo)(
+    'numbers the reports of each take-up under their proofs (start 1, outcome 2)',
+    async () => {
+      const fabric = sidecar!.fabric!;
+      const { nc, seen } = await readReports(server().url, 'demo', fabric.natsExecutor!.sidecarId);
+      try {
+        const { agent } = await agentWorker('go-counter');
+        const t = await fabric.schedule({
+          agentId: agent.id,
+          taskType: 'word-count',
+          payload: { text: 'counted words' },
+        });
+        expect(await fabric.waitForTask(t.id, { timeoutSeconds: 30 })).toMatchObject({
+          status: TaskStatus.COMPLETED,
+          result: { words: 2, by: 'go' },
+        });
+        await nc.flush();
+        // The sidecar took both: the proof covers the counter the Go worker sent.
+        const mine = seen.filter((r) => r.taskId === t.id);
+        expect(mine.map((r) => [r.kind, r.counter])).toEqual([
+          ['start', 1],
+          ['complete', 2],
+        ]);
+        expect(new Set(mine.map((r) => r.take)).size).toBe(1);
+      } finally {
+        await nc.close();
+      }
+    },
+    60_000,
+  );
+  it.runIf(runGo)(
+    'stops when a heartbeat is refused with status TERMINATED, read from the field its MAC covers',
+    async () => {
+      const fabric = sidecar!.fabric!;
+      // No pool: it pulls only its own tasks, and there are none.
+      const agent = await fabric.spawn({ name: 'go-hb-status', model: 'm', executor: 'nats' });
+      const w = startWorker({ AGENT_ID: agent.id, AGENT_CREDENTIAL: agent.credential });
+      await until(() => w.lines.includes('ready'), 20_000);
+      await fabric.terminate(agent.id, { drainTimeoutSeconds: 0.1 });
+      // Its next heartbeat is refused FABRIC_ERR_AGENT_UNAVAILABLE with `status` TERMINATED,
+      // which the answer's MAC covers: a worker that left the status out of the MAC would take
+      // the refusal for a forgery and run on.
+      expect(await w.exited).toBe(1);
+      expect(w.stderr()).toMatch(
+        /the fabric takes no reports from agent .*: FABRIC_ERR_AGENT_UNAVAILABLE: .* \(status TERMINATED\)/,
+      );
     },
     60_000,
   );

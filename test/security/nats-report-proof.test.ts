@@ -14,17 +14,15 @@
  */
 import { createHmac } from 'node:crypto';
 import { join } from 'node:path';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { expect, it } from 'vitest';
 import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
 import { TaskStatus } from '../../src/task.js';
 import { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transport.js';
-import { natsNames } from '../../src/transport/nats/subjects.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
 import { describeNats, startNatsServer } from '../fixtures/nats-server.js';
 import { openNatsFabricOn } from '../fixtures/nats/ready-fabric.js';
-
-type Body = Record<string, unknown>;
+import { readReports } from '../fixtures/nats/report-reader.js';
 
 describeNats("NATS: a report's proof replayed with another take-up or content", () => {
   it('a start of another take-up and a forged progress under a read proof are refused and change nothing', async () => {
@@ -40,18 +38,9 @@ describeNats("NATS: a report's proof replayed with another take-up or content", 
       await fabric.natsExecutor!.consumersReady();
 
       // The attacker reads every report sent to any sidecar (alone or batched).
-      evil = await connect({ servers: server.url });
-      const seen: Body[] = [];
-      evil.subscribe(natsNames(ns).results('*'), {
-        callback: (_e, m) => {
-          const body = m.json<Body>();
-          seen.push(...(Array.isArray(body.reports) ? (body.reports as Body[]) : [body]));
-        },
-      });
-      await evil.flush();
-      const results = natsNames(ns).results(fabric.natsExecutor!.sidecarId);
-      const send = async (body: Body): Promise<Body> =>
-        (await evil!.request(results, JSON.stringify(body), { timeout: 10_000 })).json<Body>();
+      const reader = await readReports(server.url, ns, fabric.natsExecutor!.sidecarId);
+      evil = reader.nc;
+      const { seen, send } = reader;
       const refused = { ok: false, code: 'FABRIC_ERR_PERMISSION_DENIED' };
 
       transport = await NatsWorkerTransport.connect({

@@ -145,9 +145,15 @@ export class HeartbeatListener {
       // With the agent's pool: a worker told to serve a pool checks it is one of its agents.
       return { ok: true, status: this.#lifecycle.heartbeatStatus(agentId), poolId: poolId ?? null };
     } catch (err) {
-      if (isFabricError(err)) return { ok: false, code: err.code, message: err.message };
-      const e = new AgentUnavailableError(agentId, AgentStatus.TERMINATED);
-      return { ok: false, code: e.code, message: e.message };
+      const e = isFabricError(err)
+        ? err
+        : new AgentUnavailableError(agentId, AgentStatus.TERMINATED);
+      // The agent's status as a field of its own (under the answer's MAC): a worker acts on it
+      // (TERMINATED stops its handlers), and must not have to read it out of the message.
+      const status = e.code === AgentUnavailableError.code ? e.details.status : undefined;
+      return typeof status === 'string'
+        ? { ok: false, code: e.code, message: e.message, status }
+        : { ok: false, code: e.code, message: e.message };
     }
   }
 

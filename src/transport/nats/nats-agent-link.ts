@@ -162,10 +162,14 @@ export class NatsAgentLink {
   /** When reports on a task taken up by {@link begin} stop waiting for a sidecar that is gone. */
   readonly #giveUpAt = new WeakMap<TaskMessage, number>();
   /**
-   * The take-up of a parsed message: its stream sequence, and from {@link start} on the take-up
-   * id, which the task's later reports carry (the sidecar takes only the starting take-up's).
+   * The take-up of a parsed message: its stream sequence, from {@link start} on the take-up
+   * id, which the task's later reports carry (the sidecar takes only the starting take-up's),
+   * and the number of reports made on it (each report's `counter`: 1 for the start).
    */
-  readonly #upOf = new WeakMap<TaskMessage, { readonly seq: number; take?: string }>();
+  readonly #upOf = new WeakMap<
+    TaskMessage,
+    { readonly seq: number; take?: string; reports: number }
+  >();
   /** Reports not sent yet, by the subject they go to (sent together on the next flush). */
   readonly #outbox = new Map<string, Queued[]>();
   /** Messages to ack on the next flush, in the same socket write as its reports. */
@@ -250,9 +254,9 @@ export class NatsAgentLink {
   #genuineHeartbeatAnswer(a: Answer, ts: number): boolean {
     if (typeof a.mac !== 'string') return false;
     // The MAC's text does not tell a string from a number: only the types a sidecar sends.
+    if (a.status !== undefined && typeof a.status !== 'string') return false;
     if (a.ok) {
-      const { status, poolId } = a;
-      if (status !== undefined && typeof status !== 'string') return false;
+      const { poolId } = a;
       if (poolId !== undefined && poolId !== null && typeof poolId !== 'string') return false;
     }
     return sameProof(a.mac, heartbeatAnswerMac(this.#key, this.agentId, ts, a));
@@ -319,6 +323,10 @@ export class NatsAgentLink {
       // same take-up (a `progress` before it) verifies as its answer. Re-sends repeat it.
       nonce: `${this.#nonce}-${++this.#reports}`,
     };
+    // Its number within the take-up, under its proof: the sidecar refuses an earlier one
+    // replayed after it (a `progress` that would set the attempt's progress back).
+    const up = this.#upOf.get(task);
+    if (up !== undefined) report.counter = ++up.reports;
     if (report.error !== undefined) report.error = reportableError(report.error);
     const giveUpAt = this.#giveUpAt.get(task) ?? performance.now() + 2_000;
     return new Promise((resolve) => {
@@ -447,7 +455,7 @@ export class NatsAgentLink {
     // Elapsed time (`performance.now()`): a wall-clock step neither drops reports at once nor
     // retries them for as long as the clock went back.
     this.#giveUpAt.set(task, performance.now() + task.timeoutSeconds * 1000);
-    this.#upOf.set(task, { seq: m.seq });
+    this.#upOf.set(task, { seq: m.seq, reports: 0 });
     return task;
   }
 

@@ -69,7 +69,7 @@ import {
   legacyReportProof,
   proofOver,
   reportBinding,
-  reportContentDigest,
+  vouchQuestion,
   reportProof,
   sameProof,
   signedReportAnswer,
@@ -205,6 +205,11 @@ export interface NatsExecutorStats {
    * `Report.seq`); the attempt went on with its own copy.
    */
   duplicatesRefused: number;
+  /**
+   * Reports refused because their take-up's counter was below the last one accepted (see
+   * `Report.counter`): a replay of an earlier report, most likely by a reader of `res.>`.
+   */
+  reportsOutOfOrder: number;
   reportsAccepted: number;
   reportsRejected: number;
   /**
@@ -239,6 +244,7 @@ export class NatsExecutor implements TaskExecutor {
     publishRetries: 0,
     publishesGivenUp: 0,
     duplicatesRefused: 0,
+    reportsOutOfOrder: 0,
     reportsAccepted: 0,
     reportsRejected: 0,
     sendsFailed: 0,
@@ -257,7 +263,14 @@ export class NatsExecutor implements TaskExecutor {
    */
   readonly #takes = new Map<
     string,
-    { attempt: number; take: string; lease: string; seq: number | undefined }
+    {
+      attempt: number;
+      take: string;
+      lease: string;
+      seq: number | undefined;
+      /** The highest `Report.counter` of the take-up accepted so far (none: it sends none). */
+      counter: number | undefined;
+    }
   >();
   /**
    * Each attempt's message while its task is out: its lease (a start is checked against it, no
@@ -771,18 +784,7 @@ export class NatsExecutor implements TaskExecutor {
     if (nc === undefined || nc.isClosed() || key === undefined) return undefined;
     // Everything the proof covers, the content as its digest: the agent's sidecar checks the
     // proof of this very report (its take-up, nonce and content), not of its ids alone.
-    const v: Vouch = {
-      agentId: r.agentId,
-      kind: r.kind,
-      taskId: r.taskId,
-      attempt: r.attempt,
-      take: r.take,
-      seq: r.seq,
-      reportNonce: r.nonce,
-      content: reportContentDigest(r),
-      proof: r.proof,
-      nonce: randomBytes(18).toString('base64url'),
-    };
+    const v: Vouch = vouchQuestion(r, randomBytes(18).toString('base64url'));
     const ns = this.names.namespace;
     // The connection's inbox prefix, so a server that permits only its inboxes still answers.
     const inbox = createInbox((nc as { options?: { inboxPrefix?: string } }).options?.inboxPrefix);
@@ -828,10 +830,11 @@ export class NatsExecutor implements TaskExecutor {
     if (key === undefined) return;
     const v = vouchSchema.safeParse(decodeJson(msg.data));
     if (!v.success || !msg.reply) return;
-    const { agentId, kind, taskId, attempt, take, seq, reportNonce, content, proof } = v.data;
+    const { agentId, kind, taskId, attempt, take, seq, reportNonce, counter, content, proof } =
+      v.data;
     const hash = this.#host?.credentialHash(agentId);
     if (hash === undefined) return; // another sidecar's agent (or nobody's)
-    const proven = { kind, agentId, taskId, attempt, take, seq, nonce: reportNonce };
+    const proven = { kind, agentId, taskId, attempt, take, seq, nonce: reportNonce, counter };
     const ok = sameProof(proof, proofOver(hash, proven, content));
     // With the agent's pool: the asking sidecar takes the report only for a task of that pool.
     const poolId = ok ? (this.#host!.agentPool(agentId) ?? null) : null;
@@ -869,6 +872,30 @@ export class NatsExecutor implements TaskExecutor {
       // up beside it, refused or not answered yet): not this attempt's report.
       if (known.attempt === r.attempt && known.take !== r.take) return stale();
     }
+    if (
+      r.kind !== 'start' &&
+      r.counter !== undefined &&
+      known !== undefined &&
+      known.counter !== undefined &&
+      known.attempt === r.attempt &&
+      known.take === r.take
+    ) {
+      // The take-up's reports are numbered, under their proofs. The last one accepted, sent
+      // again (its answer lost): ok, and nothing changes. An earlier one — a reader of `res.>`
+      // replaying an old `progress`, which would set the attempt's progress back — is refused.
+      // (Not a `start`: its take-up's only one, answered by the start's own rules, and re-sent
+      // after a later report was accepted when its first answer was lost.)
+      if (r.counter === known.counter) return OK;
+      if (r.counter < known.counter) {
+        this.stats.reportsOutOfOrder++;
+        const e = new TaskStateError(
+          r.taskId,
+          `report ${r.counter} of take-up ${r.take} came after report ${known.counter}`,
+        );
+        return { ok: false, code: e.code, message: e.message };
+      }
+      known.counter = r.counter;
+    }
     switch (r.kind) {
       case 'start': {
         if (r.take === undefined) return deny;
@@ -900,6 +927,7 @@ export class NatsExecutor implements TaskExecutor {
             take: r.take,
             lease: r.lease,
             seq: r.seq,
+            counter: r.counter,
           });
           break;
         }
@@ -922,6 +950,7 @@ export class NatsExecutor implements TaskExecutor {
             take: r.take,
             lease: r.lease,
             seq: r.seq ?? seq,
+            counter: r.counter,
           });
           sink.started(r.taskId, r.attempt);
         }

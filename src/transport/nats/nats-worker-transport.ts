@@ -56,7 +56,7 @@ interface Held {
   readonly working: NodeJS.Timeout;
 }
 
-function refused(answer: Answer | undefined): RemoteFabricError {
+function refused(answer: Answer | undefined, agentId?: string): RemoteFabricError {
   if (answer === undefined) {
     return new RemoteFabricError(
       'FABRIC_ERR_NATS_UNAVAILABLE',
@@ -71,20 +71,23 @@ function refused(answer: Answer | undefined): RemoteFabricError {
       : answer.code === 'FABRIC_ERR_PERMISSION_DENIED'
         ? 'permission_denied'
         : 'failed_precondition';
-  return new RemoteFabricError(answer.code, kind, answer.message, unavailableDetails(answer));
+  const details = agentId === undefined ? undefined : unavailableDetails(answer, agentId);
+  return new RemoteFabricError(answer.code, kind, answer.message, details);
 }
 
 /**
- * The details of the sidecar's `FABRIC_ERR_AGENT_UNAVAILABLE` refusal of a heartbeat (an answer
- * carries only its code and message, both under its MAC): the agent and its status, as the
- * error has them over MCP, read back from the message the sidecar wrote. A worker acts on them:
- * `TERMINATED` aborts its running handlers (their attempts were ended, and the ended notices it
- * was pushed reach it with no heartbeat now), `DRAINING` does not.
+ * The details of the sidecar's `FABRIC_ERR_AGENT_UNAVAILABLE` refusal of a heartbeat: the agent
+ * and its status, as the error has them over MCP — the status from the answer's `status` field,
+ * which its MAC covers (not from the message's words). A worker acts on them: `TERMINATED`
+ * aborts its running handlers (their attempts were ended, and the ended notices it was pushed
+ * reach it with no heartbeat now), `DRAINING` does not.
  */
-function unavailableDetails(answer: Answer & { ok: false }): Record<string, unknown> | undefined {
-  if (answer.code !== AgentUnavailableError.code) return undefined;
-  const m = /^agent (.+) is (TERMINATED|DRAINING)$/.exec(answer.message);
-  return m === null ? undefined : { agentId: m[1], status: m[2] };
+function unavailableDetails(
+  answer: Answer & { ok: false },
+  agentId: string,
+): Record<string, unknown> | undefined {
+  if (answer.code !== AgentUnavailableError.code || answer.status === undefined) return undefined;
+  return { agentId, status: answer.status };
 }
 
 function notOverNats(what: string): RemoteFabricError {
@@ -202,7 +205,7 @@ export class NatsWorkerTransport implements WorkerTransport {
 
   async heartbeat(): Promise<WorkerReportAnswer> {
     const answer = await this.#link.heartbeat();
-    if (!answer.ok) throw refused(answer);
+    if (!answer.ok) throw refused(answer, this.#link.agentId);
     return { ...answer, endedTasks: this.#takeEnded() };
   }
 

@@ -118,6 +118,15 @@ export const reportSchema = z
      * answer to one `progress` report of a take-up verifies as the answer to every other.
      */
     nonce: z.string().min(1).max(64).optional(),
+    /**
+     * Optional: the report's number within its take-up — 1 for the `start`, one more for each
+     * later report of the take-up (a re-sent report repeats it) — which its proof covers
+     * ({@link reportProof}). Once a take-up's report with a counter is accepted, one of the same
+     * take-up with a lower counter is refused (`FABRIC_ERR_TASK_STATE`) and one with the same
+     * counter (the same report, re-sent) is answered ok and changes nothing: a reader of
+     * `res.>` replaying an earlier `progress` cannot set the attempt's progress back.
+     */
+    counter: z.number().int().positive().optional(),
   })
   .strict();
 /** A worker's report on a task. */
@@ -137,14 +146,19 @@ export const reportBatchSchema = z
 /** A request to the agent's own sidecar to check a report's proof (core subject `vouch`). */
 export const vouchSchema = z
   .object({
-    agentId: z.string().min(1).max(200),
+    /** The report's ids, within the same bound as a report's ({@link MAX_ID_LENGTH}). */
+    agentId: z.string().min(1).max(MAX_ID_LENGTH),
     kind: z.enum(['start', 'progress', 'complete', 'fail']),
-    taskId: z.string().min(1).max(200),
+    taskId: z.string().min(1).max(MAX_ID_LENGTH),
     attempt: z.number().int().positive(),
-    /** The report's take-up, stream sequence and nonce, when it has them (its proof covers them). */
+    /**
+     * The report's take-up, stream sequence, nonce and counter, when it has them (its proof
+     * covers them).
+     */
     take: z.string().min(1).max(64).optional(),
     seq: z.number().int().positive().optional(),
     reportNonce: z.string().min(1).max(64).optional(),
+    counter: z.number().int().positive().optional(),
     /** The report's {@link reportContentDigest}, computed by the asking sidecar. */
     content: z.string().min(1).max(100),
     proof: z.string().min(1).max(100),
@@ -164,11 +178,13 @@ export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
 /**
  * The answer to a report or a heartbeat request. A heartbeat's names the agent's status and its
- * pool (`null`: none).
+ * pool (`null`: none); its refusal `FABRIC_ERR_AGENT_UNAVAILABLE` names the agent's status
+ * (`TERMINATED`, `DRAINING`) in `status`, which its MAC covers, so a worker reads the status
+ * from a field, not from the message's words.
  */
 export type Answer =
   | { ok: true; status?: string; poolId?: string | null; mac?: string }
-  | { ok: false; code: string; message: string; mac?: string };
+  | { ok: false; code: string; message: string; status?: string; mac?: string };
 
 /**
  * A sidecar's notice that it ended an attempt (core subject `ended.<taskId>`), with the MAC
@@ -276,7 +292,8 @@ export function asReport(data: unknown): Report | undefined {
     (data.retry === undefined || typeof data.retry === 'boolean') &&
     (data.take === undefined || nonEmpty(data.take, 64)) &&
     (data.seq === undefined || positiveInt(data.seq)) &&
-    (data.nonce === undefined || nonEmpty(data.nonce, 64));
+    (data.nonce === undefined || nonEmpty(data.nonce, 64)) &&
+    (data.counter === undefined || positiveInt(data.counter));
   return ok ? (data as Report) : undefined;
 }
 
@@ -370,13 +387,18 @@ export function heartbeatProof(credentialHash: string, agentId: string, ts: numb
 
 /** What of a report its proof covers (everything the sidecar acts on; see {@link reportProof}). */
 export type ProvenReport = Pick<Report, 'kind' | 'agentId' | 'taskId' | 'attempt'> &
-  Partial<Pick<Report, 'take' | 'seq' | 'nonce' | 'result' | 'progress' | 'error' | 'retry'>>;
+  Partial<
+    Pick<Report, 'take' | 'seq' | 'nonce' | 'counter' | 'result' | 'progress' | 'error' | 'retry'>
+  >;
 
 /**
  * Proof of a report: HMAC-SHA256 under the credential's hash over
- * `report:<kind>:<agentId>:<taskId>:<attempt>:<take>:<seq>:<nonce>:<content>` — the fields
- * written as an answer MAC's ({@link answerMac}: `%`, `:` and `~` escaped, an absent field
- * empty) and `<content>` the report's {@link reportContentDigest}. It covers everything the
+ * `report:<kind>:<agentId>:<taskId>:<attempt>:<take>:<seq>:<nonce>:<content>`, followed by
+ * `:<counter>` when the report has a counter — the fields written as an answer MAC's
+ * ({@link answerMac}: `%`, `:` and `~` escaped, an absent field empty) and `<content>` the
+ * report's {@link reportContentDigest}. (Without a counter the text is the one workers made
+ * before it: their reports still verify, but a replay of their earlier `progress` is not
+ * caught.) It covers everything the
  * sidecar acts on: the take-up (a start of another take-up counts a started attempt lost), the
  * copy taken up, the report's nonce and what it reports (progress, result, error, retry), so a
  * client that reads another worker's reports can neither re-send one as another take-up's nor
@@ -389,13 +411,24 @@ export function reportProof(credentialHash: string, r: ProvenReport): string {
 /** {@link reportProof} with the content digest given (the vouch question carries it). */
 export function proofOver(
   credentialHash: string,
-  r: Pick<ProvenReport, 'kind' | 'agentId' | 'taskId' | 'attempt' | 'take' | 'seq' | 'nonce'>,
+  r: Pick<
+    ProvenReport,
+    'kind' | 'agentId' | 'taskId' | 'attempt' | 'take' | 'seq' | 'nonce' | 'counter'
+  >,
   content: string,
 ): string {
-  return hmac(
-    credentialHash,
-    macText('report', [r.kind, r.agentId, r.taskId, r.attempt, r.take, r.seq, r.nonce, content]),
-  );
+  const fields: MacField[] = [
+    r.kind,
+    r.agentId,
+    r.taskId,
+    r.attempt,
+    r.take,
+    r.seq,
+    r.nonce,
+    content,
+  ];
+  if (r.counter !== undefined) fields.push(r.counter);
+  return hmac(credentialHash, macText('report', fields));
 }
 
 /**
@@ -471,11 +504,34 @@ export function canonicalJson(value: unknown): string {
 }
 
 /**
+ * The question a sidecar asks the namespace (`vouch`) about report `r` of an agent it does not
+ * know: everything its proof covers, the content as its digest, with the fresh `nonce`. Its ids
+ * are within a report's bounds, which {@link vouchSchema} shares: every readable report makes a
+ * question the agent's sidecar reads.
+ */
+export function vouchQuestion(r: Report, nonce: string): Vouch {
+  const v: Vouch = {
+    agentId: r.agentId,
+    kind: r.kind,
+    taskId: r.taskId,
+    attempt: r.attempt,
+    take: r.take,
+    seq: r.seq,
+    reportNonce: r.nonce,
+    content: reportContentDigest(r),
+    proof: r.proof,
+    nonce,
+  };
+  if (r.counter !== undefined) v.counter = r.counter;
+  return v;
+}
+
+/**
  * MAC of a vouch answer: HMAC-SHA256 under the sidecars' shared key over the namespace, the
  * request (its nonce, agent, report kind, task, attempt, the report's take-up, stream sequence,
  * nonce and content digest, and its proof) and the answer (`ok` and, when
- * ok, the agent's pool or `null`). The fields are JSON-encoded as a list, so no id can shift
- * another field's boundary.
+ * ok, the agent's pool or `null`), then — only when the question carries one — the report's
+ * counter. The fields are JSON-encoded as a list, so no id can shift another field's boundary.
  */
 export function vouchMac(
   sidecarKey: string,
@@ -484,7 +540,7 @@ export function vouchMac(
   ok: boolean,
   poolId: string | null,
 ): string {
-  const text = JSON.stringify([
+  const fields: unknown[] = [
     'vouch',
     namespace,
     v.nonce,
@@ -499,8 +555,9 @@ export function vouchMac(
     v.proof,
     ok,
     ok ? poolId : null,
-  ]);
-  return hmac(sidecarKey, text);
+  ];
+  if (v.counter !== undefined) fields.push(v.counter);
+  return hmac(sidecarKey, JSON.stringify(fields));
 }
 
 /** One field of the text an answer's MAC covers (see {@link answerMac}). */
@@ -571,7 +628,8 @@ export function reportAnswerMac(r: AnsweredReport, a: Answer): string {
 /**
  * MAC of the answer to a heartbeat: keyed by the agent credential's hash (the heartbeat proof's
  * key) over the agent, the heartbeat's timestamp (which grows: an old answer is worthless) and
- * the answer's `ok`, `code`, `message`, `status` and `poolId`.
+ * the answer's `ok`, `code`, `message`, `status` and `poolId` (a refusal's `status` when it has
+ * one: the agent's, with `FABRIC_ERR_AGENT_UNAVAILABLE`).
  */
 export function heartbeatAnswerMac(
   credentialHash: string,
@@ -583,7 +641,7 @@ export function heartbeatAnswerMac(
     credentialHash,
     a.ok
       ? ['hb', agentId, ts, true, undefined, undefined, a.status, a.poolId]
-      : ['hb', agentId, ts, false, a.code, a.message, undefined, undefined],
+      : ['hb', agentId, ts, false, a.code, a.message, a.status, undefined],
   );
 }
 

@@ -1,0 +1,109 @@
+/**
+ * A client that reads `fabric.<ns>.res.>` replays a worker's earlier `progress` report exactly
+ * as it was sent (its proof valid: the same take-up, nonce and content) after a later one landed.
+ * The sidecar kept no report nonces, so the replay set the running attempt's stored progress
+ * back to the earlier value. Now each report of a take-up carries a `counter` under its proof
+ * (1 for the start, one more for each later report): a report whose counter is below the last
+ * accepted one of its take-up is refused `FABRIC_ERR_TASK_STATE`, counted, and changes nothing;
+ * the last one re-sent (a worker whose answer was lost) is answered ok and changes nothing.
+ * Real nats-server, real worker transport, real SQLite state file (read back after a restart).
+ */
+import { join } from 'node:path';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { expect, it } from 'vitest';
+import { TaskStatus } from '../../src/task.js';
+import { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transport.js';
+import { tempDir } from '../fixtures/gateway/harness.js';
+import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
+import { openNatsFabricOn } from '../fixtures/nats/ready-fabric.js';
+import { readReports } from '../fixtures/nats/report-reader.js';
+
+describeNats('NATS: an earlier progress report replayed after a later one', () => {
+  const server = natsServerPerSuite();
+
+  it('is refused and does not set the stored progress back', async () => {
+    const ns = 'replayprog';
+    const path = join(tempDir('nats-progress-replay'), 'state.db');
+    const nats = { url: server().url, namespace: ns };
+    let fabric = await openNatsFabricOn(path, nats);
+    let transport: NatsWorkerTransport | undefined;
+    let evil: NatsConnection | undefined;
+    try {
+      const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
+      await fabric.natsExecutor!.consumersReady();
+      // The attacker reads every report sent to any sidecar (alone or batched).
+      const reader = await readReports(nats.url, ns, fabric.natsExecutor!.sidecarId);
+      evil = reader.nc;
+      const { seen, send } = reader;
+
+      transport = await NatsWorkerTransport.connect({
+        nats,
+        agentId: agent.id,
+        credential: agent.credential,
+      });
+      await transport.heartbeat();
+      const task = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1 });
+      const held = await transport.claim(5);
+      expect(held?.taskId).toBe(task.id);
+      await transport.reportProgress(held!, { pct: 10 });
+      await transport.reportProgress(held!, { pct: 90 });
+      await evil.flush();
+      const progress = seen.filter((r) => r.kind === 'progress');
+      expect(progress.map((r) => r.progress)).toEqual([{ pct: 10 }, { pct: 90 }]);
+      expect((await fabric.getTask(task.id)).progress).toEqual({ pct: 90 });
+
+      // The earlier progress, replayed exactly as read: refused, the stored progress stands.
+      const replay = await send(progress[0]!);
+      expect(await fabric.getTask(task.id)).toMatchObject({
+        status: TaskStatus.RUNNING,
+        attempt: 1,
+        progress: { pct: 90 },
+      });
+      expect(replay).toMatchObject({ ok: false, code: 'FABRIC_ERR_TASK_STATE' });
+      expect(replay.message).toMatch(/report 2 of take-up .* came after report 3/);
+      expect(fabric.natsExecutor!.stats.reportsOutOfOrder).toBe(1);
+      // How: the worker numbers its take-up's reports under their proofs — start 1, then 2, 3.
+      expect(seen.slice(0, 3).map((r) => [r.kind, r.counter])).toEqual([
+        ['start', 1],
+        ['progress', 2],
+        ['progress', 3],
+      ]);
+      // The later one re-sent (as a worker whose answer was lost does): ok, nothing changes.
+      expect(await send(progress[1]!)).toMatchObject({ ok: true });
+      expect(fabric.natsExecutor!.stats.reportsOutOfOrder).toBe(1);
+      // Without its counter the proof does not verify: it cannot be stripped.
+      const { counter: _c, ...stripped } = progress[0]!;
+      expect(await send(stripped)).toMatchObject({
+        ok: false,
+        code: 'FABRIC_ERR_PERMISSION_DENIED',
+      });
+      expect((await fabric.getTask(task.id)).progress).toEqual({ pct: 90 });
+
+      // The worker goes on: a third progress is taken, then its result, once.
+      await transport.reportProgress(held!, { pct: 95 });
+      expect((await fabric.getTask(task.id)).progress).toEqual({ pct: 95 });
+      expect(await send(progress[1]!)).toMatchObject({ ok: false, code: 'FABRIC_ERR_TASK_STATE' });
+      await transport.complete(held!, { done: true });
+      expect(await fabric.waitForTask(task.id, { timeoutSeconds: 10 })).toMatchObject({
+        status: TaskStatus.COMPLETED,
+        attempt: 1,
+        result: { done: true },
+      });
+
+      await transport.close();
+      transport = undefined;
+      await fabric.close();
+      fabric = await openNatsFabricOn(path, nats); // what is on disk
+      expect(await fabric.getTask(task.id)).toMatchObject({
+        status: TaskStatus.COMPLETED,
+        attempt: 1,
+        progress: { pct: 95 },
+        result: { done: true },
+      });
+    } finally {
+      await evil?.close();
+      await transport?.close();
+      await fabric.close();
+    }
+  }, 60_000);
+});
