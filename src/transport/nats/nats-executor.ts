@@ -29,7 +29,8 @@
  *   pool, MACed under the sidecars' shared `nats.sidecarKey`; without that key nobody is asked
  *   and such reports are refused) for others; a task pinned to an agent can only be reported
  *   on by that agent, a pool's task only by an agent of that pool. A report on an attempt
- *   that is no longer current is answered `FABRIC_ERR_TASK_STATE` and changes nothing.
+ *   that is no longer current is answered `FABRIC_ERR_TASK_STATE` and changes nothing, and so
+ *   is one whose take-up `counter` is below the last accepted (a replayed earlier report).
  *   Answers go out after the store's commit of what the report changed. JetStream's publish
  *   acknowledgements and the report answers come back on one reply subscription each
  *   (`ReplyInbox`), not through nats.js' per-request machinery.

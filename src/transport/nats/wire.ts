@@ -6,8 +6,9 @@
  * credential, and the credential itself must not travel on a bus every sidecar and worker
  * reads. So a worker signs what it sends with HMAC-SHA256 keyed by that hash: the key is the
  * 64-character lowercase hex string `sha256(credential)` (its UTF-8 bytes), and the signed text
- * names the agent, the act and the task or time — for a report also its take-up, nonce and a
- * digest of its content ({@link reportProof}) — so a proof is good for one message only.
+ * names the agent, the act and the task or time — for a report also its take-up, nonce, a
+ * digest of its content and its counter within the take-up ({@link reportProof}) — so a proof
+ * is good for one message only, and a replayed earlier report is told from a later one.
  * A heartbeat carries a millisecond timestamp that must grow from one heartbeat to the next,
  * which makes a replayed heartbeat worthless.
  *
