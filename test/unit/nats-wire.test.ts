@@ -88,7 +88,7 @@ function variants(base: Record<string, unknown>, extra: unknown[]): unknown[] {
     out.push(rest);
     for (const v of values) out.push({ ...base, [k]: v });
   }
-  for (const k of ['result', 'progress', 'error', 'retry', 'take', 'seq', 'nonce']) {
+  for (const k of ['result', 'progress', 'error', 'retry', 'take', 'seq', 'nonce', 'counter']) {
     for (const v of values) out.push({ ...base, [k]: v });
   }
   return out;
@@ -274,6 +274,10 @@ describe('report proofs', () => {
     expect(reportProof(key, { kind: 'start', agentId: 'a', taskId: 't', attempt: 1 })).toBe(
       b64(`report:start:a:t:1::::${hashOf('{}')}`),
     );
+    // The take-up counter, when the report has one, last (none adds nothing).
+    expect(reportProof(key, { ...r, counter: 12 })).toBe(
+      b64(`report:progress:a%3a1:t%7e1:2:take-1:7:n-1:${content}:12`),
+    );
   });
 
   it('change with every field the sidecar acts on', () => {
@@ -288,6 +292,8 @@ describe('report proofs', () => {
       { ...r, seq: 8 },
       { ...r, seq: undefined },
       { ...r, nonce: 'n-2' },
+      { ...r, counter: 1 },
+      { ...r, counter: 2 },
       { ...r, progress: { step: 2 } },
       { ...r, progress: undefined },
       { ...r, result: 1 },
