@@ -89,7 +89,7 @@ import {
   inFlight,
   Latency,
   median,
-  processCpuUs,
+  cpuMeter,
   startServe,
   stopChild,
   type BenchContext,
@@ -517,8 +517,10 @@ async function callToolGrpc(ctx: BenchContext): Promise<void> {
     await inFlight(warm, IN_FLIGHT, viaHttp, undefined);
     const n = q ? 500 : 1_000;
     const rounds = q ? 3 : 5;
-    const cpu = existsSync(`/proc/${serve.child.pid!}/stat`);
-    const cpuOf = (): number => (cpu ? processCpuUs(serve.child.pid!) : 0);
+    const meter = existsSync(`/proc/${serve.child.pid!}/stat`)
+      ? cpuMeter(serve.child.pid!)
+      : undefined;
+    const cpuOf = (): number => (meter ? meter() : 0);
     const latGrpc = new Latency();
     const latHttp = new Latency();
     const latDirect = new Latency();
@@ -563,7 +565,7 @@ async function callToolGrpc(ctx: BenchContext): Promise<void> {
       baselineP99Us: latHttp.percentileUs(99),
       goal: 'diagnostic: the gRPC door against the MCP door of one gateway',
     });
-    if (cpu) {
+    if (meter) {
       const grpcUs = used.grpc / (rounds * n);
       const httpUs = used.http / (rounds * n);
       ctx.report({

@@ -3,7 +3,7 @@
  * and reports the ratio (see ../shared/BENCHMARKS.md for the conventions).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { createHistogram, performance, type RecordableHistogram } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
@@ -188,9 +188,79 @@ export async function stopChild(child: ChildProcess | undefined): Promise<void> 
   clearTimeout(timer);
 }
 
-/** User + system CPU time of a process so far, in µs (Linux: /proc/<pid>/stat). */
-export function processCpuUs(pid: number): number {
+/**
+ * User + system CPU time of a process so far, in µs, from `/proc/<pid>/stat`: counted in clock
+ * ticks of 10 ms, so a window of 10 ms of CPU reads ±100 %. Includes threads that have exited.
+ */
+export function processCpuTicksUs(pid: number): number {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   // utime and stime (fields 14 and 15 of the line) are in clock ticks of 10 ms.
   return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+
+/** Each live thread's time on a CPU (user + system) in ns: the first field of its schedstat. */
+function threadRuntimesNs(pid: number): Map<number, number> | undefined {
+  const out = new Map<number, number>();
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return undefined;
+  }
+  for (const tid of tids) {
+    try {
+      out.set(
+        Number(tid),
+        Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ', 1)[0]),
+      );
+    } catch {
+      // the thread exited between the listing and the read: seen as gone below
+    }
+  }
+  return out.size ? out : undefined;
+}
+
+/** A process's CPU time, read by {@link cpuMeter}. */
+export interface CpuMeter {
+  /** User + system CPU time of the process (all its threads) since the meter was made, in µs. */
+  (): number;
+  /**
+   * How many reads fell back to the 10 ms ticks of `/proc/<pid>/stat` for their interval: a
+   * thread exited in it (its time since the last read is in no schedstat any more), or the
+   * kernel has no schedstat.
+   */
+  readonly fallbacks: number;
+}
+
+/**
+ * The CPU time of process `pid` read with ns precision (Linux): the sum over its threads of
+ * `/proc/<pid>/task/<tid>/schedstat`'s first field (time on a CPU, user + system, what the tick
+ * counts of `/proc/<pid>/stat` are scaled to). Each read adds the live threads' runtime since the
+ * previous read (a thread new since then counts from 0); when a thread went away in between, its
+ * last stretch is unknown and that interval is taken from the tick counts instead (`fallbacks`).
+ */
+export function cpuMeter(pid: number): CpuMeter {
+  let last = threadRuntimesNs(pid);
+  let lastTicksUs = processCpuTicksUs(pid);
+  let totalUs = 0;
+  let fallbacks = 0;
+  const read = (): number => {
+    const now = threadRuntimesNs(pid);
+    const ticksUs = processCpuTicksUs(pid);
+    let exact = now !== undefined && last !== undefined;
+    let deltaNs = 0;
+    if (exact) {
+      for (const tid of last!.keys()) if (!now!.has(tid)) exact = false;
+      for (const [tid, ns] of now!) deltaNs += ns - (last!.get(tid) ?? 0);
+    }
+    if (exact) totalUs += deltaNs / 1000;
+    else {
+      totalUs += ticksUs - lastTicksUs;
+      fallbacks++;
+    }
+    last = now;
+    lastTicksUs = ticksUs;
+    return totalUs;
+  };
+  return Object.defineProperty(read, 'fallbacks', { get: () => fallbacks }) as CpuMeter;
 }
