@@ -237,7 +237,10 @@ export interface CpuMeter {
  * `/proc/<pid>/task/<tid>/schedstat`'s first field (time on a CPU, user + system, what the tick
  * counts of `/proc/<pid>/stat` are scaled to). Each read adds the live threads' runtime since the
  * previous read (a thread new since then counts from 0); when a thread went away in between, its
- * last stretch is unknown and that interval is taken from the tick counts instead (`fallbacks`).
+ * last stretch is unknown and that interval is taken from the tick counts instead (`fallbacks`):
+ * seen by its tid missing, or, for a thread started and ended within the interval, by the ticks
+ * running more than 20 ms (two truncations) ahead of the live threads' sum — a thread that came
+ * and went with less CPU than that goes uncounted (node's own threads live as long as it does).
  */
 export function cpuMeter(pid: number): CpuMeter {
   let last = threadRuntimesNs(pid);
@@ -252,6 +255,9 @@ export function cpuMeter(pid: number): CpuMeter {
     if (exact) {
       for (const tid of last!.keys()) if (!now!.has(tid)) exact = false;
       for (const [tid, ns] of now!) deltaNs += ns - (last!.get(tid) ?? 0);
+      // A thread born and gone within the interval is in neither listing; the ticks (each of
+      // utime and stime truncated: at most 20 ms below the true total) still count it.
+      if (ticksUs - lastTicksUs - deltaNs / 1000 > 20_000) exact = false;
     }
     if (exact) totalUs += deltaNs / 1000;
     else {
