@@ -437,9 +437,18 @@ const suite: BenchSuite = {
           cliArgs(['mcp', '--in-process', '--config', echoConfig], PROFILE_DIR),
           'ev__echo',
         );
-        closers.push(async () => gateway.close());
+        // Waits for the exit: a gateway still shutting down when the temporary folder is removed
+        // writes its audit log and state file again (the log reopens a removed path), and the
+        // folder is left behind.
+        closers.push(async () => {
+          gateway.close();
+          await gateway.exited;
+        });
         const relay = await rawMcpPeer([JSON_RELAY, process.execPath, ECHO_SERVER], 'echo');
-        closers.push(async () => relay.close());
+        closers.push(async () => {
+          relay.close();
+          await relay.exited;
+        });
         // Steady state, not warm-up: the gateway's CPU per call falls for tens of thousands of
         // calls (JIT tiering, the heap growing to its working size; from ~35 µs in the first 10k
         // calls to ~1.1× its long-run level after 60k), the relay's within ~20k. With 6,000 calls
