@@ -463,7 +463,11 @@ async function inprocessListenedCases(ctx: BenchContext): Promise<void> {
  * keeping `depth` waiters alive (which the end-to-end cases include, as does their baseline).
  */
 async function queueOpsAt(depth: number, steps: number): Promise<number> {
-  const fabric = new AgentFabric({ maxQueueDepth: depth + 10, finishedTaskRetention: 0 });
+  const fabric = new AgentFabric({
+    maxQueueDepth: depth + 10,
+    maxQueueDepthPerTenant: depth + 10,
+    finishedTaskRetention: 0,
+  });
   await fabric.createPool({ poolId: 'q', model: 'none', minAgents: 1, executor: 'remote' });
   const ids: string[] = [];
   for (let i = 0; i < depth; i++) ids.push(fabric.scheduler.submit({ poolId: 'q' }, 'noop', i));

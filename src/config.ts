@@ -32,6 +32,14 @@ export const DEFAULT_MAX_SCHEDULED_TASKS_PER_AGENT = 64;
 /** Default for {@link FabricConfig.maxTaskResultBytes}: 1 MiB. */
 export const DEFAULT_MAX_TASK_RESULT_BYTES = 1024 * 1024;
 
+/**
+ * The default of `maxQueueDepthPerTenant`: three quarters of `maxQueueDepth` (at least 1), so a
+ * tenant that floods the queue leaves a quarter of it to the others.
+ */
+export function defaultQueueDepthPerTenant(maxQueueDepth: number): number {
+  return Math.max(1, Math.floor((maxQueueDepth * 3) / 4));
+}
+
 /** Options of an {@link AgentFabric}. Every field is optional; see the `DEFAULT_*` constants. */
 export interface FabricConfig {
   /**
@@ -40,6 +48,14 @@ export interface FabricConfig {
    * @default 1000
    */
   maxQueueDepth: number;
+  /**
+   * Most of the `maxQueueDepth` waiting tasks one tenant (`schedule({ tenant })`; `default` when
+   * unset) may hold; more of that tenant's are refused with `QueueFullError` (`details.tenant`)
+   * while the rest of the queue stays open to other tenants, so one flooding tenant cannot lock
+   * the others out. At most `maxQueueDepth`; equal to it turns the bound off.
+   * @default three quarters of `maxQueueDepth` (at least 1)
+   */
+  maxQueueDepthPerTenant: number;
   /**
    * Running-time limit of a task that sets no `timeoutSeconds` of its own.
    * @default 300
@@ -111,6 +127,7 @@ export interface FabricConfig {
 /** The built-in defaults, as in the Fabric Guide's table. */
 export const DEFAULT_FABRIC_CONFIG: Readonly<FabricConfig> = Object.freeze({
   maxQueueDepth: DEFAULT_MAX_QUEUE_DEPTH,
+  maxQueueDepthPerTenant: defaultQueueDepthPerTenant(DEFAULT_MAX_QUEUE_DEPTH),
   defaultTimeoutSeconds: DEFAULT_TIMEOUT_SECONDS,
   heartbeatIntervalSeconds: DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
   maxConcurrentAgents: DEFAULT_MAX_CONCURRENT_AGENTS,
@@ -126,6 +143,7 @@ export const DEFAULT_FABRIC_CONFIG: Readonly<FabricConfig> = Object.freeze({
 
 const FIELDS: Readonly<Record<keyof FabricConfig, NumberKind>> = {
   maxQueueDepth: 'positiveInt',
+  maxQueueDepthPerTenant: 'positiveInt',
   defaultTimeoutSeconds: 'positiveNumber',
   heartbeatIntervalSeconds: 'positiveNumber',
   maxConcurrentAgents: 'positiveInt',
@@ -174,6 +192,15 @@ export function parseFabricConfig(options: Partial<FabricConfig> = {}): Readonly
     throw configError(
       'options.finishedTaskRetentionPerAgent',
       `must be less than finishedTaskRetention (${retention}): one agent holding the whole retention pushes everyone else's finished tasks out`,
+    );
+  }
+  // One tenant's share of the queue leaves room for the others' (see maxQueueDepthPerTenant).
+  if (options.maxQueueDepthPerTenant === undefined) {
+    merged.maxQueueDepthPerTenant = defaultQueueDepthPerTenant(merged.maxQueueDepth);
+  } else if (merged.maxQueueDepthPerTenant > merged.maxQueueDepth) {
+    throw configError(
+      'options.maxQueueDepthPerTenant',
+      `must be at most maxQueueDepth (${merged.maxQueueDepth})`,
     );
   }
   return Object.freeze(merged);

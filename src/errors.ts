@@ -256,14 +256,23 @@ export class TaskNotFoundError extends FabricError {
   }
 }
 
-/** `maxQueueDepth` tasks are already pending: backpressure. */
+/**
+ * `maxQueueDepth` tasks are already pending, or the caller's share of them (`details.tenant`
+ * names the tenant over `maxQueueDepthPerTenant`): backpressure.
+ */
 export class QueueFullError extends FabricError {
   static readonly code = 'FABRIC_ERR_QUEUE_FULL';
   constructor(
     limit: number,
     message = `queue is full: maxQueueDepth (${limit}) tasks are already pending`,
+    tenant?: string,
   ) {
-    super(QueueFullError.code, 'resource_exhausted', message, { limit });
+    super(
+      QueueFullError.code,
+      'resource_exhausted',
+      message,
+      tenant === undefined ? { limit } : { limit, tenant },
+    );
   }
 }
 

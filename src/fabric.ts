@@ -348,6 +348,7 @@ export class AgentFabric {
     }
     this.scheduler = new AgentScheduler({
       maxQueueDepth: c.maxQueueDepth,
+      maxQueueDepthPerTenant: c.maxQueueDepthPerTenant,
       defaultTimeoutSeconds: c.defaultTimeoutSeconds,
       maxConcurrentTasksPerAgent: c.maxConcurrentTasksPerAgent,
       defaultMaxAttempts: c.defaultMaxAttempts,

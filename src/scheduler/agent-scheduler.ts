@@ -32,6 +32,7 @@ import {
   TaskNotFoundError,
   TaskStateError,
 } from '../errors.js';
+import { defaultQueueDepthPerTenant } from '../config.js';
 import { TypedEmitter } from '../events.js';
 import type { Collection } from '../store/store.js';
 import { SequentialCollection } from '../store/memory-store.js';
@@ -84,6 +85,13 @@ const MAX_SPARE_RECORDS = 4096;
 export interface SchedulerOptions {
   /** @default 1000 */
   maxQueueDepth?: number;
+  /**
+   * Most of the `maxQueueDepth` waiting tasks one tenant may hold: past it that tenant's
+   * `schedule` throws `QueueFullError` while the rest of the queue stays open to other tenants.
+   * At most `maxQueueDepth` (equal: no per-tenant bound).
+   * @default three quarters of `maxQueueDepth` (at least 1)
+   */
+  maxQueueDepthPerTenant?: number;
   /** @default 300 */
   defaultTimeoutSeconds?: number;
   /** @default 5 */
@@ -183,6 +191,10 @@ export class AgentScheduler {
   /** The store keeps the records themselves, so changes need no `put`. */
   readonly #byReference: boolean;
   readonly #maxQueueDepth: number;
+  /** `maxQueueDepthPerTenant`; `#queuedByTenant` is kept only while it is below `#maxQueueDepth`. */
+  readonly #maxPerTenant: number;
+  /** Waiting tasks (what `#pending` counts) of each tenant that has any. */
+  readonly #queuedByTenant: Map<string, number> | undefined;
   readonly #maxSpare: number;
   readonly #defaultTimeoutMs: number;
   readonly #perAgent: number;
@@ -285,6 +297,21 @@ export class AgentScheduler {
       options.maxQueueDepth ?? 1000,
       'positiveInt',
     );
+    this.#maxPerTenant =
+      options.maxQueueDepthPerTenant === undefined
+        ? defaultQueueDepthPerTenant(this.#maxQueueDepth)
+        : checkNumber(
+            'options.maxQueueDepthPerTenant',
+            options.maxQueueDepthPerTenant,
+            'positiveInt',
+          );
+    if (this.#maxPerTenant > this.#maxQueueDepth) {
+      throw new InvalidArgumentError(
+        'options.maxQueueDepthPerTenant',
+        `must be at most maxQueueDepth (${this.#maxQueueDepth})`,
+      );
+    }
+    this.#queuedByTenant = this.#maxPerTenant < this.#maxQueueDepth ? new Map() : undefined;
     this.#maxSpare = Math.min(this.#maxQueueDepth, MAX_SPARE_RECORDS);
     this.#defaultTimeoutMs = timeoutMs(
       'options.defaultTimeoutSeconds',
@@ -627,6 +654,17 @@ export class AgentScheduler {
       queue = pool.queue;
     }
     if (this.#pending >= this.#maxQueueDepth) throw new QueueFullError(this.#maxQueueDepth);
+    const byTenant = this.#queuedByTenant;
+    if (byTenant !== undefined) {
+      const mine = byTenant.get(tenant) ?? 0;
+      if (mine >= this.#maxPerTenant) {
+        throw new QueueFullError(
+          this.#maxPerTenant,
+          `tenant ${JSON.stringify(tenant)} has ${mine} tasks waiting (maxQueueDepthPerTenant ${this.#maxPerTenant}); the rest of the queue is kept for other tenants`,
+          tenant,
+        );
+      }
+    }
     // Refused before it is acknowledged, not dropped by the store after.
     if (!this.#byReference) jsonByteLength('payload', payload);
 
@@ -671,6 +709,7 @@ export class AgentScheduler {
     task.notBefore = notBefore;
     this.#tasks.put(task.id, task);
     this.#pending++;
+    this.#queued(tenant, 1);
     this.#scheduled++;
     this.#place(task, queue, agent, pool);
     return task;
@@ -808,6 +847,7 @@ export class AgentScheduler {
       }
       // Counted as queued from here; #finish and the queues take it on from this state.
       this.#pending++;
+      this.#queued(t.tenant, 1);
       if (wasRunning(t)) {
         const reason = interruptedAttempt(t);
         // Its agent may have outlived this process (a remote worker still running it): told the
@@ -1370,6 +1410,15 @@ export class AgentScheduler {
     }
   }
 
+  /** Counts `delta` waiting tasks of `tenant` (when tenants are bounded: `#queuedByTenant`). */
+  #queued(tenant: string, delta: 1 | -1): void {
+    const byTenant = this.#queuedByTenant;
+    if (byTenant === undefined) return;
+    const n = (byTenant.get(tenant) ?? 0) + delta;
+    if (n === 0) byTenant.delete(tenant);
+    else byTenant.set(tenant, n);
+  }
+
   #start(task: TaskRecord, slot: AgentSlot): void {
     let mono = this.#passMono;
     if (mono !== mono) {
@@ -1378,6 +1427,7 @@ export class AgentScheduler {
     }
     const now = this.#passWall;
     this.#pending--;
+    this.#queued(task.tenant, -1);
     this.#running++;
     task.attempt++;
     task.assignedAgentId = slot.id;
@@ -1488,6 +1538,7 @@ export class AgentScheduler {
     }
     this.#release(t);
     this.#pending++;
+    this.#queued(t.tenant, 1);
     this.#retried++;
     t.status = TaskStatus.PENDING;
     t.error = error;
@@ -1525,6 +1576,7 @@ export class AgentScheduler {
   #finish(t: TaskRecord, status: TaskStatus, result: unknown, error: TaskError | undefined): void {
     if (t.status === TaskStatus.PENDING) {
       this.#pending--;
+      this.#queued(t.tenant, -1);
       this.#delayed.delete(t);
       if (t.flow !== undefined) {
         const owner = t.agentId !== undefined ? this.#agents.get(t.agentId)?.queue : undefined;

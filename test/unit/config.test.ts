@@ -35,6 +35,16 @@ describe('parseFabricConfig', () => {
     expect(attempt).toThrow(`options.${field}`);
   });
 
+  it('gives one tenant three quarters of the queue by default and refuses a share above the queue', () => {
+    expect(parseFabricConfig().maxQueueDepthPerTenant).toBe(750);
+    expect(parseFabricConfig({ maxQueueDepth: 40 }).maxQueueDepthPerTenant).toBe(30);
+    expect(parseFabricConfig({ maxQueueDepth: 1 }).maxQueueDepthPerTenant).toBe(1);
+    expect(parseFabricConfig({ maxQueueDepthPerTenant: 1000 }).maxQueueDepthPerTenant).toBe(1000);
+    expect(() => parseFabricConfig({ maxQueueDepth: 10, maxQueueDepthPerTenant: 11 })).toThrow(
+      /options\.maxQueueDepthPerTenant.*at most maxQueueDepth \(10\)/,
+    );
+  });
+
   it('rejects unknown keys', () => {
     expect(() => parseFabricConfig({ maxQueueDepht: 3 } as never)).toThrow(/maxQueueDepht/);
   });

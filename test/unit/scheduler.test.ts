@@ -126,13 +126,46 @@ describe('AgentScheduler limits and errors', () => {
   afterEach(async () => s.close());
 
   it('throws QueueFullError past maxQueueDepth and accepts again once a task leaves', async () => {
-    s = remoteScheduler({ maxQueueDepth: 3 });
+    s = remoteScheduler({ maxQueueDepth: 3, maxQueueDepthPerTenant: 3 });
     for (let i = 0; i < 3; i++) s.schedule({ agentId: 'a' }, 't', i);
     expect(() => s.schedule({ agentId: 'a' }, 't', 'x')).toThrow(QueueFullError);
     const a = await s.claim('a');
     expect(a).toBeDefined();
     expect(() => s.schedule({ agentId: 'a' }, 't', 'y')).not.toThrow();
     expect(s.stats().queueDepth).toBe(3);
+  });
+
+  it('bounds each tenant to maxQueueDepthPerTenant of the waiting tasks, retries included', async () => {
+    s = remoteScheduler({ maxQueueDepth: 20, maxQueueDepthPerTenant: 3 });
+    const ids = [0, 1, 2].map((i) => s.schedule({ agentId: 'a' }, 't', i, { tenant: 'x' }).id);
+    let refused: unknown;
+    try {
+      s.schedule({ agentId: 'a' }, 't', 'over', { tenant: 'x' });
+    } catch (e) {
+      refused = e;
+    }
+    expect(refused).toBeInstanceOf(QueueFullError);
+    expect(refused).toMatchObject({ details: { limit: 3, tenant: 'x' } });
+    expect(String(refused)).toContain('maxQueueDepthPerTenant 3');
+    // Another tenant still gets in; the default tenant is a tenant like any other.
+    for (let i = 0; i < 3; i++) s.schedule({ agentId: 'a' }, 't', i);
+    expect(() => s.schedule({ agentId: 'a' }, 't', 'd')).toThrow(QueueFullError);
+    // A claimed task leaves its tenant's share; its retry comes back into it, past the share
+    // (it was acknowledged: it is not refused).
+    const a = (await s.claim('a'))!;
+    const tenant = s.getTask(a.taskId).tenant;
+    expect(tenant).toBe('x');
+    ids.splice(ids.indexOf(a.taskId), 1);
+    ids.push(s.schedule({ agentId: 'a' }, 't', 'in again', { tenant }).id);
+    expect(() => s.schedule({ agentId: 'a' }, 't', 'over', { tenant })).toThrow(QueueFullError);
+    s.fail(a.taskId, a.attempt, { code: 'E', message: 'retry me' }, { retry: true, agentId: 'a' });
+    expect(s.getTask(a.taskId).status).toBe(TaskStatus.PENDING);
+    expect(s.stats().queueDepth).toBe(7);
+    // x holds 4 now: two of them must leave before one more is taken.
+    s.cancel(ids[0]!);
+    expect(() => s.schedule({ agentId: 'a' }, 't', 'over', { tenant })).toThrow(QueueFullError);
+    s.cancel(ids[1]!);
+    expect(() => s.schedule({ agentId: 'a' }, 't', 'fits', { tenant })).not.toThrow();
   });
 
   it('never exceeds maxConcurrentTasksPerAgent', async () => {
