@@ -36,15 +36,22 @@ afterEach(async () => {
 
 const method = (name: string) => FabricService.methods.find((m) => m.localName === name)!;
 
+/** A JSON answer of `/api/`: a task, or an error. */
+interface ApiAnswer {
+  task: { taskId: string };
+  code?: string;
+  error?: unknown;
+}
+
 /** Schedules one task to pool `crew` under `tenant` over `/api/`: the HTTP status and body. */
-async function viaApi(tenant: string, i: number): Promise<{ status: number; body: any }> {
+async function viaApi(tenant: string, i: number): Promise<{ status: number; body: ApiAnswer }> {
   const res = await api(sidecar!, 'FabricService/ScheduleTaskToPool', {
     poolId: 'crew',
     taskType: 'work',
     payload: { tenant, i },
     options: { tenant },
   });
-  return { status: res.status, body: await res.json() };
+  return { status: res.status, body: (await res.json()) as ApiAnswer };
 }
 
 /** Schedules one task to pool `crew` under `tenant` over gRPC. */
@@ -86,7 +93,7 @@ describe('a tenant flooding the queue (security)', () => {
 
     // The flood: more than the whole queue, all under one tenant.
     const accepted: string[] = [];
-    const refused: any[] = [];
+    const refused: { status: number; body: ApiAnswer }[] = [];
     for (let i = 0; i < 60; i++) {
       const r = await viaApi('flood', i);
       if (r.status === 200) accepted.push(r.body.task.taskId);
