@@ -660,6 +660,20 @@ export class SqliteBudgetStore implements BudgetStore {
 }
 
 /**
+ * Commits of the open stores to run when the process exits without closing them: `process.exit`
+ * (a handler calling it), an uncaught exception, a second signal. An in-process attempt whose
+ * start waited for the end-of-iteration commit (`putLazily`) and ended the process in the same
+ * turn was otherwise never counted: the restart ran it again, and it ended that process too, for
+ * ever. SQLite here is synchronous, so the commit can run in the `exit` event. A SIGKILL or a
+ * native crash runs no `exit` event: such a start is still lost (see the README).
+ */
+const atExit = new Set<() => void>();
+
+function commitAtExit(): void {
+  for (const commit of atExit) commit();
+}
+
+/**
  * The durable store. Open it with {@link SqliteStore.open}; the fabric closes it.
  *
  * @example
@@ -846,7 +860,18 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       this.#clockTick();
     }, FILE_CHECK_INTERVAL_MS);
     this.#fileCheck.unref();
+    if (atExit.size === 0) process.on('exit', commitAtExit);
+    atExit.add(this.#atExit);
   }
+
+  /** What {@link commitAtExit} runs: the end-of-iteration commit, now; a failure ends nowhere. */
+  readonly #atExit = (): void => {
+    try {
+      this.#flush(true);
+    } catch {
+      // The process is ending: the changes are lost as they were before this commit existed.
+    }
+  };
 
   /**
    * Opens (or creates, with its folder) the state file at `path` and takes its lock.
@@ -1249,6 +1274,8 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       }
     }
     this.#closed = true;
+    atExit.delete(this.#atExit);
+    if (atExit.size === 0) process.off('exit', commitAtExit);
     const waiters = this.#commitWaiters;
     this.#commitWaiters = [];
     for (const w of waiters) {
