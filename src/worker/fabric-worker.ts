@@ -17,6 +17,9 @@
  *   that left;
  * - hooks are looked up when `run()` starts and again every `hookCheckSeconds` — unless the
  *   sidecar serves none (hooks are optional), which `run()` learns from its first look;
+ * - the sidecar down (restarting) never ends `run()`: a call that found it unreachable
+ *   ({@link WorkerTransport.unreachable}) is tried again with backoff (250 ms doubling to 5 s)
+ *   for as long as `run()` goes on; an answer of the sidecar (a refusal) still ends it;
  * - one task's outcome never ends `run()`: a failure or result the fabric refuses for what it
  *   carries (over `maxTaskResultBytes`, or a request body over the sidecar's HTTP body limit,
  *   which the transport reports as `FABRIC_ERR_PAYLOAD_TOO_LARGE`) fails the task with the
@@ -33,6 +36,7 @@
  */
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import {
+  FabricError,
   AgentNotFoundError,
   AgentUnavailableError,
   HandlerNotFoundError,
@@ -73,6 +77,14 @@ export const DEFAULT_WORKER_HOOK_CHECK_SECONDS = 10;
  * task), so stopping and the next hook check wait for it to return.
  */
 export const MAX_RUN_CLAIM_WAIT_SECONDS = 5;
+/**
+ * First wait of `run()` before it tries again a call that found the sidecar unreachable
+ * ({@link WorkerTransport.unreachable}); each failed try doubles it, up to
+ * {@link WORKER_RETRY_MAX_MS}, with jitter (half to all of it).
+ */
+export const WORKER_RETRY_FIRST_MS = 250;
+/** Longest wait of `run()` between tries while the sidecar is unreachable. */
+export const WORKER_RETRY_MAX_MS = 5000;
 
 /** Options of how a worker runs, whatever its transport. */
 export interface FabricWorkerRunOptions {
@@ -177,6 +189,8 @@ export class FabricWorker {
   readonly #options: ParsedRunOptions;
   /** Handlers running now, by task id, so an ended-task notice reaches the right one. */
   readonly #running = new Map<string, Running>();
+  /** The signal of the `run()` going on, if any: reports are retried while it has not aborted. */
+  #stop: AbortSignal | undefined;
 
   private constructor(transport: WorkerTransport, options: ParsedRunOptions) {
     this.#transport = transport;
@@ -312,7 +326,19 @@ export class FabricWorker {
     const { signal } = options;
     if (!(signal instanceof AbortSignal))
       throw new InvalidArgumentError('options.signal', 'must be an AbortSignal');
-    await this.heartbeat();
+    this.#stop = signal;
+    const retry = new Backoff();
+    // The sidecar may be down (restarting) when the run starts, too.
+    for (;;) {
+      try {
+        await this.heartbeat();
+        break;
+      } catch (err) {
+        if (!this.#unreachable(err) || signal.aborted) throw err;
+        await retry.pause(signal);
+      }
+    }
+    retry.reset();
     const beat = setInterval(
       () => void this.heartbeat().catch((err: unknown) => this.#agentGone(err)),
       this.#options.heartbeatMs,
@@ -323,25 +349,35 @@ export class FabricWorker {
       // False once the sidecar said it serves no hooks (they are optional): not asked again.
       let hooks = true;
       while (!signal.aborted) {
-        // Elapsed time: a wall clock set back must not pause hook checks for as long.
-        if (hooks && performance.now() >= nextHookCheck) {
-          hooks = await this.#runHooks(handlers, signal);
-          nextHookCheck = performance.now() + this.#options.hookCheckMs;
-          continue;
+        try {
+          // Elapsed time: a wall clock set back must not pause hook checks for as long.
+          if (hooks && performance.now() >= nextHookCheck) {
+            hooks = await this.#runHooks(handlers, signal);
+            nextHookCheck = performance.now() + this.#options.hookCheckMs;
+            retry.reset();
+            continue;
+          }
+          const ackSeconds = this.#transport.leasesClaims === true ? this.#options.claimAck : 0;
+          const task = await this.claimTask({ waitSeconds: claimWait, ackSeconds });
+          retry.reset();
+          if (task === null) continue;
+          if (signal.aborted) {
+            // Stopped while the claim was out: the handler never started, so the task goes back.
+            await this.releaseTask(task).catch(() => undefined);
+            break;
+          }
+          if (ackSeconds > 0 && !(await this.#acknowledge(task))) continue;
+          await this.#runTask(task, handlers, signal);
+        } catch (err) {
+          // The sidecar is down (restarting, the network away): wait and try again, as long as
+          // the run goes on. What the fabric answered (a refusal) still ends the run.
+          if (!this.#unreachable(err) || signal.aborted) throw err;
+          await retry.pause(signal);
         }
-        const ackSeconds = this.#transport.leasesClaims === true ? this.#options.claimAck : 0;
-        const task = await this.claimTask({ waitSeconds: claimWait, ackSeconds });
-        if (task === null) continue;
-        if (signal.aborted) {
-          // Stopped while the claim was out: the handler never started, so the task goes back.
-          await this.releaseTask(task).catch(() => undefined);
-          break;
-        }
-        if (ackSeconds > 0 && !(await this.#acknowledge(task))) continue;
-        await this.#runTask(task, handlers, signal);
       }
     } finally {
       clearInterval(beat);
+      this.#stop = undefined;
     }
   }
 
@@ -409,14 +445,14 @@ export class FabricWorker {
       settled();
       if (!aborted) await this.#fail(task, errorInfo(err));
       else if (reason instanceof DOMException && reason.name === 'AbortError')
-        await this.#report(this.releaseTask(task));
+        await this.#report(() => this.releaseTask(task));
       // Ended by the fabric, or past its timeout (the fabric ends it): nothing to report.
       return;
     }
     // The handler is done: from here on nothing aborts it (a stop or notice during the report).
     settled();
     try {
-      await this.#report(this.completeTask(task, result));
+      await this.#report(() => this.completeTask(task, result));
     } catch (err) {
       // The fabric refused the result itself (over maxTaskResultBytes, not storable; or the
       // request body over the sidecar's HTTP body limit, FABRIC_ERR_PAYLOAD_TOO_LARGE): the
@@ -445,10 +481,10 @@ export class FabricWorker {
    */
   async #fail(task: HeldTask, failure: WorkerFailure): Promise<void> {
     try {
-      await this.#report(this.failTask(task, failure));
+      await this.#report(() => this.failTask(task, failure));
     } catch (err) {
       if (!outcomeRefused(err)) throw err;
-      await this.#report(this.failTask(task, { code: err.code, message: err.code })).catch(
+      await this.#report(() => this.failTask(task, { code: err.code, message: err.code })).catch(
         (again: unknown) => {
           if (!outcomeRefused(again)) throw again;
         },
@@ -461,13 +497,27 @@ export class FabricWorker {
    * timed out): the fabric's refusal of a stale report is expected and dropped; any other error
    * (the sidecar unreachable) is thrown — out of `run()` unless the caller handles it.
    */
-  async #report(call: Promise<unknown>): Promise<void> {
-    try {
-      await call;
-    } catch (err) {
-      const code = (err as { code?: unknown } | null)?.code;
-      if (code !== TaskStateError.code && code !== TaskNotFoundError.code) throw err;
+  async #report(call: () => Promise<unknown>): Promise<void> {
+    const retry = new Backoff();
+    for (;;) {
+      try {
+        await call();
+        return;
+      } catch (err) {
+        const code = (err as { code?: unknown } | null)?.code;
+        if (code === TaskStateError.code || code === TaskNotFoundError.code) return;
+        // The sidecar unreachable while the run goes on: the report is sent again once it
+        // answers (a restarted one refuses it as stale if it retried the attempt meanwhile).
+        const stop = this.#stop;
+        if (stop === undefined || stop.aborted || !this.#unreachable(err)) throw err;
+        await retry.pause(stop);
+      }
     }
+  }
+
+  /** True when `err` says the sidecar could not be reached (see {@link WorkerTransport.unreachable}). */
+  #unreachable(err: unknown): boolean {
+    return !(err instanceof FabricError) && this.#transport.unreachable?.(err) === true;
   }
 
   /**
@@ -559,6 +609,31 @@ export class FabricWorker {
   /** Disconnects. */
   close(): Promise<void> {
     return this.#transport.close();
+  }
+}
+
+/** Waits between tries of a call that found the sidecar unreachable (see WORKER_RETRY_FIRST_MS). */
+class Backoff {
+  #next = WORKER_RETRY_FIRST_MS;
+
+  reset(): void {
+    this.#next = WORKER_RETRY_FIRST_MS;
+  }
+
+  /** Waits the next delay, or until `signal` aborts. */
+  pause(signal: AbortSignal): Promise<void> {
+    const ms = this.#next * (0.5 + Math.random() / 2);
+    this.#next = Math.min(this.#next * 2, WORKER_RETRY_MAX_MS);
+    return new Promise((resolve) => {
+      if (signal.aborted) return resolve();
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener('abort', done, { once: true });
+    });
   }
 }
 

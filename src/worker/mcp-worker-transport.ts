@@ -59,6 +59,10 @@ export class McpWorkerTransport implements WorkerTransport {
     return new McpWorkerTransport(url, credential, await openSession(url, credential));
   }
 
+  unreachable(err: unknown): boolean {
+    return sidecarUnreachable(err);
+  }
+
   async heartbeat(): Promise<WorkerReportAnswer> {
     return reportAnswer(await this.#call('heartbeat', {}));
   }
@@ -208,6 +212,41 @@ async function openSession(url: URL, credential: string): Promise<Client> {
 }
 
 /** True when `err` says the sidecar does not know the session (HTTP 404). */
+/** Codes of the socket errors of a sidecar that is not there (undici's and Node's). */
+const UNREACHABLE_CODES: ReadonlySet<string> = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+]);
+
+/**
+ * True when a call failed because the sidecar could not be reached: fetch failed to connect or
+ * the connection broke (a socket error code anywhere in the `cause` chain; undici's `fetch
+ * failed` and `terminated`), or a proxy in front of it answered 502, 503 or 504. An answer of the
+ * sidecar (a refusal, a 401, a 413) is not.
+ */
+export function sidecarUnreachable(err: unknown): boolean {
+  if (err instanceof StreamableHTTPError)
+    return err.code === 502 || err.code === 503 || err.code === 504;
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && UNREACHABLE_CODES.has(code)) return true;
+    if (e instanceof TypeError && (e.message === 'fetch failed' || e.message === 'terminated'))
+      return true;
+    e = e.cause;
+  }
+  return false;
+}
+
 export function sessionGone(err: unknown): boolean {
   return err instanceof StreamableHTTPError && err.code === 404;
 }

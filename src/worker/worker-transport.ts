@@ -64,6 +64,13 @@ export interface WorkerTransport {
    * Absent: `ackSeconds` is ignored (the transport redelivers by other means, e.g. JetStream).
    */
   readonly leasesClaims?: boolean;
+  /**
+   * True when `err` (thrown by one of this transport's calls) means the sidecar could not be
+   * reached — nothing listening, the connection reset, a proxy's 502/503/504 — rather than an
+   * answer: `FabricWorker.run` then waits and tries again instead of ending. Absent: every
+   * error ends `run()`.
+   */
+  unreachable?(err: unknown): boolean;
   heartbeat(): Promise<WorkerReportAnswer>;
   /**
    * The next task of this agent or its pool, or `null` when none arrived within `waitSeconds`.
