@@ -98,6 +98,11 @@ export interface HttpSessionTransportOptions {
    * count.
    */
   onRequestsDone?: (count: number) => void;
+  /**
+   * Called with each request refused because a request in flight in the session holds its id
+   * (after its refusal was queued): its audit line.
+   */
+  onDuplicate?: (request: unknown) => void;
   /** Called for each notification dropped because its stream's client is not reading. */
   onNotificationDropped?: () => void;
   /**
@@ -326,6 +331,7 @@ export class HttpSessionTransport implements Transport {
   readonly #onRequestsDone: (count: number) => void;
   readonly #onDropped: () => void;
   readonly #onActivity: () => void;
+  readonly #onDuplicate: ((request: unknown) => void) | undefined;
   readonly #exchanges = new Map<RequestId, Exchange>();
   /** Responses this session writes to and that have not closed (for {@link unsentBytes}). */
   readonly #open = new Set<ServerResponse>();
@@ -352,6 +358,7 @@ export class HttpSessionTransport implements Transport {
     this.#onRequestsDone = options.onRequestsDone ?? (() => undefined);
     this.#onDropped = options.onNotificationDropped ?? (() => undefined);
     this.#onActivity = options.onActivity ?? (() => undefined);
+    this.#onDuplicate = options.onDuplicate;
   }
 
   async start(): Promise<void> {}
@@ -406,7 +413,7 @@ export class HttpSessionTransport implements Transport {
     }
     let pending: Set<RequestId> | undefined;
     let errors: unknown[] | undefined;
-    let duplicates = 0;
+    let duplicates: unknown[] | undefined;
     for (let i = 0; i < messages.length; i++) {
       const kind = kinds[i];
       if (kind === 'request') {
@@ -414,7 +421,7 @@ export class HttpSessionTransport implements Transport {
         if (this.#exchanges.has(id) || pending?.has(id)) {
           kinds[i] = 'invalid';
           (errors ??= []).push(duplicateIdError(id));
-          duplicates++;
+          (duplicates ??= []).push(messages[i]);
         } else {
           (pending ??= new Set()).add(id);
         }
@@ -422,7 +429,10 @@ export class HttpSessionTransport implements Transport {
         (errors ??= []).push(invalidMessageResponse(messages[i]));
       }
     }
-    if (duplicates > 0) this.#onRequestsDone(duplicates);
+    if (duplicates !== undefined) {
+      this.#onRequestsDone(duplicates.length);
+      if (this.#onDuplicate !== undefined) for (const m of duplicates) this.#onDuplicate(m);
+    }
     if (pending === undefined) {
       if (errors === undefined) res.writeHead(202, { 'mcp-session-id': this.sessionId }).end();
       else this.#writeJson(res, 400, batch ? errors : errors[0]);

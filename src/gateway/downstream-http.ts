@@ -18,6 +18,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   ErrorCode,
   SUPPORTED_PROTOCOL_VERSIONS,
+  type Request as McpRequest,
   type RequestId,
 } from '@modelcontextprotocol/sdk/types.js';
 import {
@@ -705,6 +706,8 @@ export class McpHttpEndpoint {
       onActivity: () => {
         entry.lastSeen = performance.now();
       },
+      // Only after connect (below): the session exists by then.
+      onDuplicate: (request) => session.refusedDuplicate(request as McpRequest),
     });
     const session = this.#options.gateway.createSession(identity);
     session.holdSlot = () => this.holdInflight(agentId);

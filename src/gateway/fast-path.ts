@@ -668,6 +668,7 @@ export class FastToolCalls {
   readonly #onerror: (error: Error) => void;
   readonly #answer: ((value: unknown, request: Request) => unknown) | undefined;
   readonly #oninvalid: ((request: Request) => void) | undefined;
+  readonly #onduplicate: ((request: Request) => void) | undefined;
   readonly #inflight = new ChurnMap<RequestId, FastCall>();
   /** The requests in flight on the SDK's side (its Protocol's handlers, by id). */
   readonly #sdkInflight: InFlightIds;
@@ -680,6 +681,8 @@ export class FastToolCalls {
    *   still gets its audit line. Checked only for requests the fast path does not take.
    * @param server The SDK `Server` connected to `transport`: a request whose id one of its
    *   requests in flight holds is refused as one the fast path holds is (see {@link #reused}).
+   * @param onduplicate Told of each request refused because a request in flight holds its id
+   *   (after its refusal was sent): its audit line.
    */
   constructor(
     transport: Transport,
@@ -688,6 +691,7 @@ export class FastToolCalls {
     answer?: (value: unknown, request: Request) => unknown,
     oninvalid?: (request: Request) => void,
     server?: object,
+    onduplicate?: (request: Request) => void,
   ) {
     this.#transport = transport;
     this.#sdkInflight =
@@ -697,13 +701,14 @@ export class FastToolCalls {
     this.#onerror = onerror;
     this.#answer = answer;
     this.#oninvalid = oninvalid;
+    this.#onduplicate = onduplicate;
     const sdkMessage = transport.onmessage;
     const sdkClose = transport.onclose;
     transport.onmessage = (message, extra) => {
       const m = message as Envelope;
       if (m.method === 'tools/call') {
         if (this.#take(m, extra)) return;
-        if (this.#reused(m.id)) return;
+        if (this.#reused(m)) return;
         if (
           this.#oninvalid !== undefined &&
           m.id !== undefined &&
@@ -717,7 +722,7 @@ export class FastToolCalls {
         this.#inflight.size > 0
       ) {
         this.#cancel(m);
-      } else if (m.id !== undefined && m.method !== undefined && this.#reused(m.id)) {
+      } else if (m.id !== undefined && m.method !== undefined && this.#reused(m)) {
         return;
       }
       sdkMessage?.call(transport, message, extra);
@@ -747,7 +752,7 @@ export class FastToolCalls {
     if (params.task !== undefined) return false;
     const args = params.arguments;
     if (args !== undefined && !isObject(args)) return false;
-    if (this.#reused(id)) return true;
+    if (this.#reused(m)) return true;
     const call = new FastCall(id, extra?.requestInfo);
     this.#inflight.set(id, call);
     void this.#serve(m as Request & { id: RequestId }, call);
@@ -755,7 +760,7 @@ export class FastToolCalls {
   }
 
   /**
-   * True, once it is answered with {@link duplicateIdError}, when request id `id` is held by a
+   * True, once it is answered with {@link duplicateIdError} (and audited), when request `m`'s id is held by a
    * request still in flight in this session, here or in the SDK's Protocol (MCP: an id is never
    * reused in a session). Either would otherwise replace the other's entry under that id: a
    * `notifications/cancelled` for it then reached only the later call, and the earlier one —
@@ -764,7 +769,8 @@ export class FastToolCalls {
    * gets here: it keys each POST's answers by id.) A lookup in each map, the SDK's only when it
    * holds a request.
    */
-  #reused(id: unknown): boolean {
+  #reused(m: Envelope): boolean {
+    const id = m.id;
     if (!isRequestId(id)) return false;
     if (!this.#inflight.has(id) && (this.#sdkInflight.size === 0 || !this.#sdkInflight.has(id))) {
       return false;
@@ -774,6 +780,7 @@ export class FastToolCalls {
       .catch((error: unknown) =>
         this.#onerror(new Error(`Failed to send an error response: ${String(error)}`)),
       );
+    this.#onduplicate?.(m as unknown as Request);
     return true;
   }
 

@@ -227,6 +227,14 @@ const INVALID_TOOL = '(invalid)';
 /** Longest unknown tool name written to the audit log (a made-up name could be megabytes). */
 const AUDIT_UNKNOWN_NAME_MAX = 256;
 
+/** Requests other than `tools/call` that pass policy as pseudo-tools: each gets an audit line. */
+const AUDITED_METHODS: ReadonlySet<string> = new Set([
+  'resources/read',
+  'resources/subscribe',
+  'prompts/get',
+  'completion/complete',
+]);
+
 /** The longest one turn of the event loop compares sessions' tool lists after a policy change. */
 const VISIBILITY_SLICE_MS = 5;
 /** How much of an upstream's error message the log keeps. */
@@ -703,6 +711,26 @@ export class ToolGateway implements SessionHost {
       'invalid',
       InvalidArgumentError.code,
     );
+  }
+
+  /**
+   * The audit line of a request refused (`-32600`) because a request in flight in its session
+   * holds its id: a `tools/call` as a malformed one ({@link invalidToolCall}), a request that
+   * passes policy as a pseudo-tool with its method as `tool`; both `decision: "invalid"`,
+   * `FABRIC_ERR_INVALID_ARGUMENT`. Other methods (`ping`, lists, `tasks/*`) get no line, as
+   * they get none when served.
+   */
+  duplicateRequest(session: GatewaySession, request: Request): void {
+    if (request.method === 'tools/call') this.invalidToolCall(session, request);
+    else if (AUDITED_METHODS.has(request.method)) {
+      this.#auditRefused(
+        session,
+        request.method,
+        request.params,
+        'invalid',
+        InvalidArgumentError.code,
+      );
+    }
   }
 
   /**

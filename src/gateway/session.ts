@@ -111,6 +111,11 @@ export interface SessionHost {
    * schema, refused (InvalidParams) before `forward`: its audit line.
    */
   invalidRequest(session: GatewaySession, request: Request): void;
+  /**
+   * A request refused (`-32600`) because a request still in flight in the session holds its
+   * id: its audit line, when its method gets one.
+   */
+  duplicateRequest(session: GatewaySession, request: Request): void;
   /** `tasks/get`, `tasks/result`, `tasks/list`, `tasks/cancel` (only with the `tasks` capability). */
   taskRequest(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
   forward(session: GatewaySession, request: Request, extra: DownstreamExtra): Promise<Result>;
@@ -348,7 +353,16 @@ export class GatewaySession {
       (outcome, request) => this.#host.toolAnswer(outcome as ToolCallOutcome, request, this),
       (request) => this.#host.invalidToolCall(this, request),
       this.server,
+      (request) => this.refusedDuplicate(request),
     );
+  }
+
+  /**
+   * A request refused because a request in flight in this session holds its id (the fast path
+   * refuses it, or the Streamable HTTP transport before it): audited as other refusals are.
+   */
+  refusedDuplicate(request: Request): void {
+    this.#host.duplicateRequest(this, request);
   }
 
   /** The tools this agent may see (cached until the catalog changes). */

@@ -12,9 +12,14 @@
  * (the SDK client never reuses an id), a real sidecar spoken to in raw Streamable HTTP POSTs
  * (whose transport refuses such a request itself), and a raw upstream that holds `work` calls and tells how
  * many it received and which notifications (the cancellations forwarded to it) it read.
+ *
+ * Also found in review: the refused request left no audit line (every other refusal has one).
+ * Each refused `tools/call` now has its line (`decision: "invalid"`, `FABRIC_ERR_INVALID_ARGUMENT`,
+ * the digest of its arguments), as has a refused `resources/read` (its method as `tool`); a refused
+ * `ping` has none, as a served one has none. Checked in the audit file on disk.
  */
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -23,6 +28,7 @@ import { inProcessChild } from '../fixtures/cli-process.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
+  auditLines,
   closeSidecar,
   DEFAULT_ALLOW,
   INIT,
@@ -53,8 +59,30 @@ const refusal = (id: number) => ({
 const cancellations = (lines: string[]): number =>
   lines.filter((l) => l.includes('notifications/cancelled')).length;
 
+/** Every line of the audit file at `path` (none before it exists). */
+const auditFile = (path: string): Array<Record<string, unknown>> => {
+  let all = '';
+  try {
+    all = readFileSync(path, 'utf8');
+  } catch {
+    return [];
+  }
+  return all
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+};
+
+/** The line a refused duplicate gets. */
+const DUPLICATE_LINE = {
+  decision: 'invalid',
+  outcome: 'error',
+  code: 'FABRIC_ERR_INVALID_ARGUMENT',
+};
+
 describe('stdio: a request id already in flight is refused, the call holding it stays cancellable', () => {
   const dir = tempDir('sec-reused-id');
+  const auditPath = join(dir, 'audit.jsonl');
   let child: ChildProcessWithoutNullStreams;
   /** Every answer read, in order. */
   const answers: Answer[] = [];
@@ -91,6 +119,9 @@ describe('stdio: a request id already in flight is refused, the call holding it 
     stderr: ignore
 agents:
   - name: worker
+audit:
+  path: '${auditPath}'
+  flushIntervalMs: 0
 policies:
   - name: allow
     rules:
@@ -123,6 +154,13 @@ policies:
     await until(() => answersTo(5).length === 2);
     expect(answersTo(5)[1]).toEqual(refusal(5));
     expect((await seen()).held).toBe(1); // the upstream never got Y
+    // The refused call has its audit line (the held one has none yet: it has not ended); the
+    // refused ping none.
+    await until(() => auditFile(auditPath).some((l) => l.tool === 'rec__work'));
+    const lines = auditFile(auditPath).filter((l) => l.tool === 'rec__work');
+    expect(lines).toEqual([expect.objectContaining(DUPLICATE_LINE)]);
+    expect(lines[0]!.argsDigest).toMatch(/^[0-9a-f]{64}$/);
+    expect(auditFile(auditPath).filter((l) => l.tool === 'ping')).toEqual([]);
 
     // The cancellation reaches the call that holds the id: the upstream is told.
     send({ jsonrpc: '2.0', method: 'notifications/cancelled', params: { requestId: 5 } });
@@ -152,6 +190,14 @@ policies:
     await until(() => answersTo(7).length === 1);
     expect(answersTo(7)[0]).toEqual(refusal(7));
     expect((await seen()).held).toBe(before + 2); // neither Y reached the upstream
+    // Each refusal has its line, whichever path refused it.
+    const refusedBefore = 1; // the first test's
+    await until(
+      () =>
+        auditFile(auditPath).filter((l) => l.tool === 'rec__work' && l.decision === 'invalid')
+          .length ===
+        refusedBefore + 2,
+    );
 
     const cancelledBefore = cancellations((await seen()).lines);
     send({ jsonrpc: '2.0', method: 'notifications/cancelled', params: { requestId: 6 } });
@@ -164,6 +210,7 @@ policies:
 });
 
 describe('Streamable HTTP: a request id already in flight is refused, the call holding it stays cancellable', () => {
+  const auditPath = join(tempDir('sec-reused-id-http'), 'audit.jsonl');
   let sidecar: Sidecar;
   let session = '';
   let nextId = 1000;
@@ -205,6 +252,7 @@ describe('Streamable HTTP: a request id already in flight is refused, the call h
       upstreams: { rec: { command: process.execPath, args: [RECORDER], stderr: 'ignore' } },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'worker' }],
+      audit: { path: auditPath, flushIntervalMs: 0 },
     });
     const init = await post(INIT);
     expect(init.status).toBe(200);
@@ -232,6 +280,23 @@ describe('Streamable HTTP: a request id already in flight is refused, the call h
     expect(second.status).toBe(400);
     expect(await answerOf(second)).toEqual(refusal(5));
     expect((await seen()).held).toBe(1); // the upstream never got Y
+    // Audited, as a refused resources/read under the same id is (its method as `tool`).
+    await until(() => auditLines(sidecar, auditPath, 'worker', 'rec__work').length === 1);
+    expect(auditLines(sidecar, auditPath, 'worker', 'rec__work')).toEqual([
+      expect.objectContaining(DUPLICATE_LINE),
+    ]);
+    const read = await post({
+      jsonrpc: '2.0',
+      id: 5,
+      method: 'resources/read',
+      params: { uri: 'file:///x' },
+    });
+    expect(read.status).toBe(400);
+    expect(await answerOf(read)).toEqual(refusal(5));
+    await until(() => auditLines(sidecar, auditPath, 'worker', 'resources/read').length === 1);
+    expect(auditLines(sidecar, auditPath, 'worker', 'resources/read')).toEqual([
+      expect.objectContaining(DUPLICATE_LINE),
+    ]);
 
     const cancel = await post({
       jsonrpc: '2.0',
