@@ -84,7 +84,7 @@ import {
   type SlotHold,
 } from './session.js';
 import { TokenEstimates } from './token-estimates.js';
-import { ToolCosts } from './tool-costs.js';
+import { estimateTokens, ToolCosts } from './tool-costs.js';
 import {
   MAX_UPSTREAM_TASK_ID,
   RELATED_TASK_META_KEY,
@@ -328,9 +328,11 @@ export class ToolGateway implements SessionHost {
         })
       : undefined;
     const answers = new CallbackAnswers(this.#backend, this.#audit, this.#log, this.metrics);
-    this.#routes = new InflightRoutes(this.#log, (upstream, session, request, signal, answer) =>
-      answers.relay(upstream, session, request, signal, answer),
-    );
+    this.#routes = new InflightRoutes(this.#log, (upstream, session, request, signal, answer) => {
+      if (request.method === 'sampling/createMessage')
+        this.#chargeSampling(session, request, answer);
+      return answers.relay(upstream, session, request, signal, answer);
+    });
     this.#estimates = new TokenEstimates({ priors: options.tokenEstimates });
     const waitMs = options.budgetWaitMs ?? DEFAULT_BUDGET_WAIT_MS;
     if (typeof waitMs !== 'number' || !Number.isFinite(waitMs) || waitMs < 0) {
@@ -1940,6 +1942,39 @@ export class ToolGateway implements SessionHost {
    * whose client never sets a level). With no session asking, an upstream keeps the level it
    * has (MCP has no way to unset one).
    */
+  /**
+   * Charges the agent of `session` the tokens of a `sampling/createMessage` an upstream sent it
+   * and of its client's answer (the agent's model reads the one and writes the other), once the
+   * answer came, whatever becomes of it (a policy provider may refuse to pass it on: the model
+   * ran). Recorded as `fabric__record_usage` is, in full and never refused — the work is done
+   * before it can be measured — so a budget it exhausts refuses the agent's next call.
+   */
+  #chargeSampling(session: GatewaySession, request: Request, answer: Promise<Result>): void {
+    const agentId = session.identity.agentId;
+    const asked = estimateTokens(request.params ?? {});
+    const record = (tokens: number): void => {
+      try {
+        const done = this.#backend.recordUsage(agentId, { tokens, cost: 0 });
+        if (done instanceof Promise)
+          done.catch((error: unknown) => this.#samplingNotCharged(error));
+      } catch (error) {
+        this.#samplingNotCharged(error);
+      }
+    };
+    answer.then(
+      (result) => record(asked + estimateTokens(result)),
+      () => record(asked),
+    );
+  }
+
+  #samplingNotCharged(error: unknown): void {
+    this.#log({
+      level: 'warn',
+      msg: 'charging a sampling request failed',
+      error: messageOf(error),
+    });
+  }
+
   async #syncLogLevel(only?: Upstream): Promise<void> {
     let wanted = LOG_LEVELS.length;
     let unset = false;

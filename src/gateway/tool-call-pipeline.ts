@@ -23,7 +23,12 @@
  */
 import { setMaxListeners } from 'node:events';
 import { performance } from 'node:perf_hooks';
-import type { CallToolResult, Result } from '@modelcontextprotocol/sdk/types.js';
+import {
+  ErrorCode,
+  McpError,
+  type CallToolResult,
+  type Result,
+} from '@modelcontextprotocol/sdk/types.js';
 import type { AuditLog, AuditOutcome } from './audit-log.js';
 import type {
   AgentIdentity,
@@ -268,6 +273,20 @@ function chargedCost(error: unknown, cost: number): number {
   return typeof error === 'object' && error !== null && reachedUpstream.has(error) ? cost : 0;
 }
 
+/**
+ * What the agent is sent of a call that failed with `error`, when that is the upstream's own
+ * JSON-RPC error (relayed with its message and `data`, which an upstream may fill with a whole
+ * document): `{ code, message, data }`, whose tokens are charged as a result's are. `undefined`
+ * for a failure the gateway words itself (short, cut) and for one that never reached the
+ * upstream.
+ */
+function upstreamErrorBody(error: unknown): object | undefined {
+  if (!(error instanceof McpError) || error.code === ErrorCode.ConnectionClosed) return undefined;
+  if (!reachedUpstream.has(error)) return undefined;
+  const { code, message, data } = error;
+  return data === undefined ? { code, message } : { code, message, data };
+}
+
 /** `controller`, its signal without node's warning past ten listeners. */
 function unlimitedListeners(controller: AbortController): AbortController {
   setMaxListeners(0, controller.signal);
@@ -481,8 +500,29 @@ export class ToolCallPipeline {
           return { kind: 'refused', refusal, withheld: false };
         }
         const charged = chargedCost(error, cost);
-        this.#settle(auth, { tokens: 0, cost: charged });
         const cancelled = (abort.cancel ?? abort.signal).aborted;
+        // An upstream's JSON-RPC error reaches the agent as a result does: its tokens are
+        // charged, and withheld when they do not fit (a cancelled call is sent nothing).
+        const body = cancelled || call.countTokens === false ? undefined : upstreamErrorBody(error);
+        if (body !== undefined) {
+          const tokens = estimateTokens(body);
+          estimate.observe(tokens);
+          let withheld = this.#settle(auth, { tokens, cost: charged }, true);
+          if (call.alwaysDelivered === true) withheld = undefined;
+          audit({
+            decision,
+            rule: d.rule,
+            outcome: withheld === undefined ? 'error' : 'withheld',
+            code: withheld === undefined ? endedCode(error, false) : withheld.code,
+            tokens,
+            cost: charged,
+            ...human,
+          });
+          return withheld === undefined
+            ? { kind: 'error', error, stage: 'forward' }
+            : { kind: 'refused', refusal: withheld, withheld: true };
+        }
+        this.#settle(auth, { tokens: 0, cost: charged });
         audit({
           decision,
           rule: d.rule,
