@@ -724,15 +724,7 @@ export class ToolGateway implements SessionHost {
    */
   duplicateRequest(session: GatewaySession, request: Request): void {
     if (request.method === 'tools/call') this.invalidToolCall(session, request);
-    else if (AUDITED_METHODS.has(request.method)) {
-      this.#auditRefused(
-        session,
-        request.method,
-        request.params,
-        'invalid',
-        InvalidArgumentError.code,
-      );
-    }
+    else if (AUDITED_METHODS.has(request.method)) this.invalidRequest(session, request);
   }
 
   /**

@@ -8,7 +8,6 @@
  * left no trace. Real sidecar, real server-everything upstream, the official SDK client, the
  * audit file on disk.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { McpError } from '@modelcontextprotocol/sdk/types.js';
@@ -24,6 +23,7 @@ import {
   startTestSidecar,
   tempDir,
   until,
+  auditFileLines,
 } from '../fixtures/gateway/harness.js';
 
 const uri = (n: number): string => `demo://resource/dynamic/text/${n}`;
@@ -51,18 +51,7 @@ describe('audit line of a resources/subscribe refused with FABRIC_ERR_SUBSCRIPTI
     await closeSidecar(sidecar);
   });
 
-  const lines = (): Record<string, unknown>[] => {
-    let all = '';
-    try {
-      all = readFileSync(path, 'utf8');
-    } catch {
-      return [];
-    }
-    return all
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
-  };
+  const lines = (): Record<string, unknown>[] => auditFileLines(path);
 
   const refused = async (target: string): Promise<McpError> => {
     const error = await client.subscribeResource({ uri: target }).then(

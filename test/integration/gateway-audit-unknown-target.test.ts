@@ -11,7 +11,6 @@
  * Real sidecar, real server-everything upstream, the official SDK client, the audit file on
  * disk.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -28,6 +27,7 @@ import {
   startTestSidecar,
   tempDir,
   until,
+  auditFileLines,
 } from '../fixtures/gateway/harness.js';
 
 const FILE_RESOURCE_SERVER = fileURLToPath(
@@ -59,18 +59,7 @@ describe('audit line of a request naming an unknown prompt, resource or completi
     await closeSidecar(sidecar);
   });
 
-  const lines = (): Record<string, unknown>[] => {
-    let all = '';
-    try {
-      all = readFileSync(path, 'utf8');
-    } catch {
-      return [];
-    }
-    return all
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
-  };
+  const lines = (): Record<string, unknown>[] => auditFileLines(path);
 
   it('writes the not-found line for each, its method as tool, with the decision that let it through', async () => {
     // `audited`: what the line digests — a call's arguments, or what policy decides a request

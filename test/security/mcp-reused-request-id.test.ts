@@ -19,7 +19,7 @@
  * `ping` has none, as a served one has none. Checked in the audit file on disk.
  */
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -28,6 +28,7 @@ import { inProcessChild } from '../fixtures/cli-process.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
+  auditFileLines,
   auditLines,
   closeSidecar,
   DEFAULT_ALLOW,
@@ -58,20 +59,6 @@ const refusal = (id: number) => ({
 
 const cancellations = (lines: string[]): number =>
   lines.filter((l) => l.includes('notifications/cancelled')).length;
-
-/** Every line of the audit file at `path` (none before it exists). */
-const auditFile = (path: string): Array<Record<string, unknown>> => {
-  let all = '';
-  try {
-    all = readFileSync(path, 'utf8');
-  } catch {
-    return [];
-  }
-  return all
-    .split('\n')
-    .filter((l) => l !== '')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-};
 
 /** The line a refused duplicate gets. */
 const DUPLICATE_LINE = {
@@ -156,11 +143,11 @@ policies:
     expect((await seen()).held).toBe(1); // the upstream never got Y
     // The refused call has its audit line (the held one has none yet: it has not ended); the
     // refused ping none.
-    await until(() => auditFile(auditPath).some((l) => l.tool === 'rec__work'));
-    const lines = auditFile(auditPath).filter((l) => l.tool === 'rec__work');
+    await until(() => auditFileLines(auditPath).some((l) => l.tool === 'rec__work'));
+    const lines = auditFileLines(auditPath).filter((l) => l.tool === 'rec__work');
     expect(lines).toEqual([expect.objectContaining(DUPLICATE_LINE)]);
     expect(lines[0]!.argsDigest).toMatch(/^[0-9a-f]{64}$/);
-    expect(auditFile(auditPath).filter((l) => l.tool === 'ping')).toEqual([]);
+    expect(auditFileLines(auditPath).filter((l) => l.tool === 'ping')).toEqual([]);
 
     // The cancellation reaches the call that holds the id: the upstream is told.
     send({ jsonrpc: '2.0', method: 'notifications/cancelled', params: { requestId: 5 } });
@@ -194,7 +181,7 @@ policies:
     const refusedBefore = 1; // the first test's
     await until(
       () =>
-        auditFile(auditPath).filter((l) => l.tool === 'rec__work' && l.decision === 'invalid')
+        auditFileLines(auditPath).filter((l) => l.tool === 'rec__work' && l.decision === 'invalid')
           .length ===
         refusedBefore + 2,
     );
