@@ -7,7 +7,9 @@
  * result is: the error's `{ code, message, data }` (withheld when it does not fit, as a result
  * is), the sampling request and answer recorded on the agent once the answer came (never refused:
  * the model ran), so the next call is refused with FABRIC_ERR_BUDGET_EXCEEDED. A tool result with
- * `isError` was charged already (checked here too).
+ * `isError` was charged already (checked here too). What README (Usage) says is not charged is
+ * checked as well: progress and log notifications (the call costs its result's tokens alone), and
+ * a task's result fetched again (charged once).
  *
  * Real parts: a sidecar with @modelcontextprotocol/server-everything over stdio (and, for errors
  * with large `data`, which server-everything never sends, the SDK-built transparency fixture
@@ -16,7 +18,13 @@
  * audit file on disk.
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { CreateMessageRequestSchema, McpError } from '@modelcontextprotocol/sdk/types.js';
+import {
+  CallToolResultSchema,
+  CreateMessageRequestSchema,
+  LoggingMessageNotificationSchema,
+  McpError,
+  type Progress,
+} from '@modelcontextprotocol/sdk/types.js';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -35,6 +43,7 @@ import {
   text,
   until,
 } from '../fixtures/gateway/harness.js';
+import { callAsTask } from '../fixtures/gateway/tasks.js';
 
 const TRANSPARENCY_SERVER = fileURLToPath(
   new URL('../fixtures/gateway/transparency-server.mjs', import.meta.url),
@@ -119,6 +128,7 @@ describe('budget: upstream JSON-RPC errors and sampling are charged (server-ever
         { name: 'errors-withheld', budget: { maxTokensPerHour: 1500 } },
         { name: 'sampler', budget: { maxTokensPerHour: 100_000 } },
         { name: 'sampler-small', budget: { maxTokensPerHour: 3000 } },
+        { name: 'quiet', budget: { maxTokensPerHour: 100_000 } },
       ],
       audit: { path: auditPath, flushIntervalMs: 0 },
     });
@@ -126,7 +136,9 @@ describe('budget: upstream JSON-RPC errors and sampling are charged (server-ever
     const probe = await connect('errors');
     await until(async () => {
       const names = (await probe.listTools()).tools.map((t) => t.name);
-      return ['ev__echo', 'big__fail', 'mid__fail', 'mid2__fail'].every((n) => names.includes(n));
+      return ['ev__echo', 'big__fail', 'big__log', 'mid__fail', 'mid2__fail'].every((n) =>
+        names.includes(n),
+      );
     }, 30_000);
   }, 60_000);
 
@@ -217,5 +229,52 @@ describe('budget: upstream JSON-RPC errors and sampling are charged (server-ever
     const next = await attempt(client, 'ev__echo', { message: 'hi' });
     expect(next.result?.isError).toBe(true);
     expect(errorCode(next.result)).toBe('FABRIC_ERR_BUDGET_EXCEEDED');
+  });
+
+  /** The tokens of `agent`'s last audit line for `tool` (the result's, as charged). */
+  const lastTokens = async (agent: string, tool: string, count: number): Promise<number> => {
+    await until(() => auditLines(sidecar, auditPath, agent, tool).length === count);
+    return Number(auditLines(sidecar, auditPath, agent, tool).at(-1)!.tokens);
+  };
+
+  it('progress and log notifications are not charged: the call costs its result alone', async () => {
+    const client = await connect('quiet');
+    const seen: Progress[] = [];
+    let before = await tokensUsed(sidecar, 'quiet');
+    const r = await client.callTool(
+      { name: 'ev__trigger-long-running-operation', arguments: { duration: 0.2, steps: 4 } },
+      undefined,
+      { onprogress: (p) => seen.push(p) },
+    );
+    expect(text(r)).toContain('Long running operation completed');
+    expect(seen.length).toBeGreaterThan(0);
+    const progressTokens = await lastTokens('quiet', 'ev__trigger-long-running-operation', 1);
+    expect((await tokensUsed(sidecar, 'quiet')) - before).toBe(progressTokens);
+
+    const logs: unknown[] = [];
+    client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => void logs.push(n));
+    before = await tokensUsed(sidecar, 'quiet');
+    expect(text(await client.callTool({ name: 'big__log', arguments: {} }))).toBe('logged');
+    await until(() => logs.length > 0);
+    const logTokens = await lastTokens('quiet', 'big__log', 1);
+    expect((await tokensUsed(sidecar, 'quiet')) - before).toBe(logTokens);
+  });
+
+  it("an MCP task's result is charged once, however many times tasks/result fetches it", async () => {
+    const client = await connect('quiet');
+    const before = await tokensUsed(sidecar, 'quiet');
+    const { task } = await callAsTask(client, 'ev__echo', { message: 'e'.repeat(4000) }, 60_000);
+    const first = await client.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    expect(text(first)).toContain('eeee');
+    const charged = (await tokensUsed(sidecar, 'quiet')) - before;
+    expect(charged).toBeGreaterThanOrEqual(1000);
+    for (let i = 0; i < 3; i++) {
+      const again = await client.experimental.tasks.getTaskResult(
+        task.taskId,
+        CallToolResultSchema,
+      );
+      expect(text(again)).toBe(text(first));
+    }
+    expect((await tokensUsed(sidecar, 'quiet')) - before).toBe(charged);
   });
 });
