@@ -1927,14 +1927,6 @@ export class ToolGateway implements SessionHost {
   }
 
   /**
-   * Upstreams are shared, so they get the most verbose level any live session wants; each
-   * session still drops what is below its own level. A session that set no level wants all the
-   * upstream sends unasked, so while one is open the upstream is told `debug` (counting only the
-   * sessions that set one, an agent setting `emergency` silenced the upstream for every agent
-   * whose client never sets a level). With no session asking, an upstream keeps the level it
-   * has (MCP has no way to unset one).
-   */
-  /**
    * Charges the agent of `session` the tokens of a `sampling/createMessage` an upstream sent it
    * and of its client's answer (the agent's model reads the one and writes the other), once the
    * answer came, whatever becomes of it (a policy provider may refuse to pass it on: the model
@@ -1967,6 +1959,14 @@ export class ToolGateway implements SessionHost {
     });
   }
 
+  /**
+   * Upstreams are shared, so they get the most verbose level any live session wants; each
+   * session still drops what is below its own level. A session that set no level wants all the
+   * upstream sends unasked, so while one is open the upstream is told `debug` (counting only the
+   * sessions that set one, an agent setting `emergency` silenced the upstream for every agent
+   * whose client never sets a level). With no session asking, an upstream keeps the level it
+   * has (MCP has no way to unset one).
+   */
   async #syncLogLevel(only?: Upstream): Promise<void> {
     let wanted = LOG_LEVELS.length;
     let unset = false;
