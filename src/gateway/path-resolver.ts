@@ -37,6 +37,13 @@
  * `readlink` per link), only for such values, each component once per call (the values of a
  * call share their folders: 256 files through one pnpm workspace link cost its folders once).
  *
+ * With `realpath`, a value also records what it reaches on disk besides its name
+ * ({@link recordReach}), from one `stat` taken beside its realpath: a folder reaches everything
+ * below it (a walk, listing or move of it touches those names), and so does a new name a folder
+ * of the same call may become (`move_file`'s destination); a file with more than one hard link
+ * reaches names the policy cannot know. `deny` and `require_approval` conditions on a path see
+ * that reach (a rule that could match below the folder; any path pattern for a linked file).
+ *
  * What cannot be resolved with certainty becomes an {@link UnresolvedPath} marker in the view:
  * deny/require_approval conditions on it match, allow conditions do not, a `when` reading it
  * fails closed. The walk over the parameters is iterative and bounded
@@ -49,7 +56,13 @@ import { lstat, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { posix } from 'node:path';
 import { looksLikePath, PATH_KEY_PATTERN } from '../policy/conditions.js';
-import { markHoldsUnresolved, recordSpellings, UnresolvedPath } from '../policy/unresolved-path.js';
+import {
+  markHoldsUnresolved,
+  type PathReach,
+  recordReach,
+  recordSpellings,
+  UnresolvedPath,
+} from '../policy/unresolved-path.js';
 import type { UpstreamSpec } from './upstream-config.js';
 
 /** Longest path-like value resolved (Linux `PATH_MAX`); longer ones are unresolvable. */
@@ -271,6 +284,7 @@ export class PathResolver {
     if (slots === undefined) return params;
     const resolved = new Map<string, Resolved>();
     const spellings = new Map<string, readonly string[]>();
+    const reach = new Map<string, PathReach>();
     const disk: (readonly [value: string, abs: string])[] = [];
     for (const slot of slots) {
       const value = slot.value;
@@ -283,9 +297,9 @@ export class PathResolver {
         resolved.set(value, typeof abs === 'string' ? abs.normalize('NFC') : abs);
       }
     }
-    if (disk.length === 0) return buildView(params, slots, resolved, spellings);
-    return this.#realAll(disk, resolved, spellings).then(() =>
-      buildView(params, slots, resolved, spellings),
+    if (disk.length === 0) return buildView(params, slots, resolved, spellings, reach);
+    return this.#realAll(disk, resolved, spellings, reach).then(() =>
+      buildView(params, slots, resolved, spellings, reach),
     );
   }
 
@@ -298,13 +312,22 @@ export class PathResolver {
     disk: readonly (readonly [value: string, abs: string])[],
     resolved: Map<string, Resolved>,
     spellings: Map<string, readonly string[]>,
+    reach: Map<string, PathReach>,
   ): Promise<void> {
     const budget: DiskBudget = { left: MAX_DISK_LOOKUPS_PER_CALL };
     const walked: WalkLookups = new Map();
+    /** Values that name nothing yet (a folder of the same call may become them). */
+    const fresh: string[] = [];
     for (let i = 0; i < disk.length; i += DISK_CONCURRENCY) {
       await Promise.all(
         disk.slice(i, i + DISK_CONCURRENCY).map(async ([value, abs]) => {
-          const r = await this.#real(value, abs, budget);
+          // What the path is (a folder, a linked file) is stat'd beside the realpath, not after
+          // it: an existing path costs one lookup's latency, not two.
+          const found = { fresh: false };
+          const [r, seen] = await Promise.all([
+            this.#real(value, abs, budget, found),
+            budget.left-- > 0 ? statOrMissing(abs) : undefined,
+          ]);
           if (typeof r !== 'string') {
             resolved.set(value, r);
             return;
@@ -321,6 +344,13 @@ export class PathResolver {
             resolved.set(value, names);
             return;
           }
+          const kind = found.fresh ? 'new' : await kindOf(value, r, seen, budget);
+          if (kind instanceof UnresolvedPath) {
+            resolved.set(value, kind);
+            return;
+          }
+          if (kind === 'new') fresh.push(value);
+          else if (kind !== undefined) reach.set(value, kind);
           resolved.set(value, real);
           const other = [...new Set(names.map((n) => n.normalize('NFC')))].filter(
             (n) => n !== real,
@@ -328,6 +358,12 @@ export class PathResolver {
           if (other.length > 0) spellings.set(value, other);
         }),
       );
+    }
+    // A call that names a folder may make a new name of it that folder (move_file's
+    // destination): the new name reaches below itself too.
+    if (fresh.length > 0 && [...reach.values()].includes('below')) {
+      for (const value of fresh)
+        if (typeof resolved.get(value) === 'string') reach.set(value, 'below');
     }
   }
 
@@ -384,8 +420,16 @@ export class PathResolver {
     return posix.resolve(roots[0]!, p);
   }
 
-  /** Step 5: the path on disk, following symlinks as the OS would. */
-  async #real(value: string, abs: string, budget: DiskBudget): Promise<Resolved> {
+  /**
+   * Step 5: the path on disk, following symlinks as the OS would. Sets `found.fresh` when the
+   * result is known to name nothing yet.
+   */
+  async #real(
+    value: string,
+    abs: string,
+    budget: DiskBudget,
+    found: { fresh: boolean } = { fresh: false },
+  ): Promise<Resolved> {
     const spent = (): UnresolvedPath | undefined =>
       budget.left-- > 0 ? undefined : overBudget(value);
     let path = abs;
@@ -437,12 +481,18 @@ export class PathResolver {
         if (match === null) {
           return unresolved(value, `names an entry ambiguously (Unicode-equivalent names)`);
         }
-        if (match === undefined) return posix.join(real, name, ...rest);
+        if (match === undefined) {
+          found.fresh = true;
+          return posix.join(real, name, ...rest);
+        }
         entry = match;
         if ((over = spent())) return over;
         stat = await lstatOrMissing(posix.join(real, entry));
         if (stat instanceof Error) return unreadable(value, stat);
-        if (stat === undefined) return posix.join(real, name, ...rest); // removed meanwhile
+        if (stat === undefined) {
+          found.fresh = true; // removed meanwhile
+          return posix.join(real, name, ...rest);
+        }
       }
       if (stat.isSymbolicLink()) {
         // Dangling: what an open(O_CREAT) would create is the link's target.
@@ -460,6 +510,31 @@ export class PathResolver {
     }
     return unresolved(value, `follows more than ${MAX_SYMLINK_HOPS} symlinks`);
   }
+}
+
+/**
+ * What the resolved `path` of `value` is on disk, for the policy ({@link PathReach}): `below`
+ * for a folder, `linked` for anything else with more than one hard link, `new` when nothing is
+ * there, `undefined` for a file with one name. `seen` is the `stat` of the name as given, taken
+ * beside the realpath (the same file when it exists); without it (missing under that spelling,
+ * an error, no budget left) one `lstat` of `path` decides (it has no symlink left); an error
+ * other than "does not exist" is a marker.
+ */
+async function kindOf(
+  value: string,
+  path: string,
+  seen: Awaited<ReturnType<typeof statOrMissing>>,
+  budget: DiskBudget,
+): Promise<PathReach | 'new' | undefined | UnresolvedPath> {
+  let stat = seen;
+  if (stat === undefined || stat instanceof Error) {
+    if (budget.left-- <= 0) return overBudget(value);
+    stat = await lstatOrMissing(path);
+  }
+  if (stat === undefined) return 'new';
+  if (stat instanceof Error) return unreadable(value, stat);
+  if (stat.isDirectory()) return 'below';
+  return stat.nlink > 1 ? 'linked' : undefined;
 }
 
 /** What is left of one call's {@link MAX_DISK_LOOKUPS_PER_CALL}. */
@@ -588,6 +663,17 @@ function prefix(parts: readonly string[], n: number): string {
 async function realOrMissing(path: string): Promise<string | undefined | Error> {
   try {
     return await realpath(path);
+  } catch (error) {
+    return errnoOf(error) === 'ENOENT' ? undefined : (error as Error);
+  }
+}
+
+/** `stat` (symlinks followed), `undefined` when it does not exist, or the error. */
+async function statOrMissing(
+  path: string,
+): Promise<Awaited<ReturnType<typeof stat>> | undefined | Error> {
+  try {
+    return await stat(path);
   } catch (error) {
     return errnoOf(error) === 'ENOENT' ? undefined : (error as Error);
   }
@@ -794,16 +880,20 @@ function buildView(
   slots: readonly Slot[],
   resolved: ReadonlyMap<string, Resolved>,
   spellings: ReadonlyMap<string, readonly string[]>,
+  reach: ReadonlyMap<string, PathReach>,
 ): Readonly<Record<string, unknown>> {
   const markers: UnresolvedPath[] = [];
   let root: Frame | undefined;
   for (const slot of slots) {
     const value = typeof slot.value === 'string' ? resolved.get(slot.value)! : slot.value;
-    if (value === slot.value && typeof value === 'string') continue; // already canonical
+    const reaches = typeof slot.value === 'string' ? reach.get(slot.value) : undefined;
+    // Already canonical, and nothing to record about it: no copy.
+    if (value === slot.value && typeof value === 'string' && reaches === undefined) continue;
     const copy = copyOf(slot.frame);
     setOwn(copy, slot.key, value);
     const names = typeof slot.value === 'string' ? spellings.get(slot.value) : undefined;
     if (names !== undefined) recordSpellings(copy, slot.key, names);
+    if (reaches !== undefined) recordReach(copy, slot.key, reaches);
     if (value instanceof UnresolvedPath) {
       markers.push(value);
       for (let f: Frame | undefined = slot.frame; f !== undefined; f = f.parent) {

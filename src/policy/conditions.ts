@@ -13,7 +13,7 @@ import { posix } from 'node:path';
 import { compileGlob, hasGlobSyntax } from './glob.js';
 import { resolvePatternPath } from './pattern-realpath.js';
 import type { ConditionScalar, PolicyConditions } from './policy.js';
-import { spellingsOf, UnresolvedPath } from './unresolved-path.js';
+import { reachOf, spellingsOf, UnresolvedPath } from './unresolved-path.js';
 
 /**
  * A compiled condition set: true when every condition matches `params`. `raw`: the parameters
@@ -95,7 +95,8 @@ function compileCondition(
   const lastSegment = key.slice(key.lastIndexOf('.') + 1);
   const pathKey = PATH_KEY_PATTERN.test(lastSegment);
   const alternatives = (Array.isArray(expected) ? expected : [expected]) as ConditionScalar[];
-  const tests = alternatives.map((e) => compileValue(e, pathKey, restrictive));
+  const compiled = alternatives.map((e) => compileValue(e, pathKey, restrictive));
+  const tests = compiled.map((c) => c.test);
   const one =
     tests.length === 1
       ? tests[0]!
@@ -103,12 +104,21 @@ function compileCondition(
           for (let i = 0; i < tests.length; i++) if (tests[i]!(v)) return true;
           return false;
         };
-  // A restrictive rule also matches the names a resolved path went by (recordSpellings).
+  const below = anyBelow(compiled);
+  // A restrictive rule also matches the names a resolved path went by (recordSpellings), and
+  // what it reaches on disk (recordReach): a path below a folder, a hard-linked file's names.
   const oneAt = restrictive
     ? (v: unknown, holder: object, k: string | number): boolean => {
         if (one(v)) return true;
-        const names = typeof v === 'string' ? spellingsOf(holder, k) : undefined;
+        if (typeof v !== 'string') return false;
+        const names = spellingsOf(holder, k);
         if (names !== undefined) for (const n of names) if (one(n)) return true;
+        if (below === undefined) return false;
+        const reach = reachOf(holder, k);
+        if (reach === undefined) return false;
+        if (reach === 'linked') return true;
+        if (below(v)) return true;
+        if (names !== undefined) for (const n of names) if (below(n)) return true;
         return false;
       }
     : one;
@@ -184,15 +194,46 @@ function walkDotted(
   return { value: v, holder };
 }
 
+/**
+ * Whether any path pattern of `compiled` could match a path below the folder `dir` (a
+ * resolved, absolute path); `undefined` when none of them is a path pattern.
+ */
+function anyBelow(compiled: readonly CompiledValue[]): ((dir: string) => boolean) | undefined {
+  const belows = compiled.flatMap((c) => (c.below === undefined ? [] : [c.below]));
+  if (belows.length === 0) return undefined;
+  return (dir) => {
+    const n = normalizePath(dir);
+    const prefix = n === '/' ? n : `${n}/`;
+    for (let i = 0; i < belows.length; i++) if (belows[i]!(prefix)) return true;
+    return false;
+  };
+}
+
+/** One condition value compiled: its test, and for a path pattern its test below a folder. */
+interface CompiledValue {
+  readonly test: (v: unknown) => boolean;
+  /** True when the pattern could match some path starting with `prefix` (path patterns only). */
+  readonly below?: ((prefix: string) => boolean) | undefined;
+}
+
 function compileValue(
   expected: ConditionScalar,
   pathKey: boolean,
   restrictive: boolean,
-): (v: unknown) => boolean {
+): CompiledValue {
   if (typeof expected !== 'string') {
-    return (v) => v === expected || (restrictive && v instanceof UnresolvedPath);
+    return { test: (v) => v === expected || (restrictive && v instanceof UnresolvedPath) };
   }
-  const test = compileTest(expected, pathKey || looksLikePath(expected), restrictive);
+  const pathish = pathKey || looksLikePath(expected);
+  const { test, below } = compileTest(expected, pathish, restrictive);
+  return { test: valueTest(test, pathKey, restrictive), below: pathish ? below : undefined };
+}
+
+function valueTest(
+  test: ValueTest,
+  pathKey: boolean,
+  restrictive: boolean,
+): (v: unknown) => boolean {
   return (v) => {
     if (typeof v !== 'string') return restrictive && v instanceof UnresolvedPath;
     if (!pathKey && !looksLikePath(v)) return test(v);
@@ -218,19 +259,33 @@ function compileValue(
  * matches only the resolved one (a value that is not realpath'd and goes through a local
  * symlink is then not allowed, rather than an allow widened to wherever a name points).
  */
-function compileTest(expected: string, pathish: boolean, restrictive: boolean): ValueTest {
+function compileTest(
+  expected: string,
+  pathish: boolean,
+  restrictive: boolean,
+): { test: ValueTest; below: (prefix: string) => boolean } {
   if (hasGlobSyntax(expected)) {
     const spelled = pathish ? expected.normalize('NFC') : expected;
     const glob = compileGlob(spelled);
     const real = pathish ? resolvePatternPath(spelled, true) : spelled;
-    if (real === spelled) return (s) => glob.test(s);
+    if (real === spelled) return { test: (s) => glob.test(s), below: glob.matchesSomeWith };
     const realGlob = compileGlob(real);
-    return restrictive ? (s) => realGlob.test(s) || glob.test(s) : (s) => realGlob.test(s);
+    return restrictive
+      ? {
+          test: (s) => realGlob.test(s) || glob.test(s),
+          below: (p) => realGlob.matchesSomeWith(p) || glob.matchesSomeWith(p),
+        }
+      : { test: (s) => realGlob.test(s), below: realGlob.matchesSomeWith };
   }
   const literal = pathish ? normalizePath(expected) : expected;
   const real = pathish ? resolvePatternPath(literal, false) : literal;
-  if (real === literal) return (s) => s === literal;
-  return restrictive ? (s) => s === real || s === literal : (s) => s === real;
+  if (real === literal) return { test: (s) => s === literal, below: (p) => literal.startsWith(p) };
+  return restrictive
+    ? {
+        test: (s) => s === real || s === literal,
+        below: (p) => real.startsWith(p) || literal.startsWith(p),
+      }
+    : { test: (s) => s === real, below: (p) => real.startsWith(p) };
 }
 
 /**

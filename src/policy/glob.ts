@@ -26,6 +26,11 @@ export interface GlobMatcher {
   readonly literal: boolean;
   /** True when `value` matches the whole pattern. */
   test(value: string): boolean;
+  /**
+   * True when some value that starts with `prefix` matches (`/srv/a/` for `/srv/a/b/**`, and
+   * for `/srv/**`, `**` + `/b/**`): what a rule on a path could match below a folder.
+   */
+  matchesSomeWith(prefix: string): boolean;
 }
 
 /** Thrown by {@link compileGlob} for a malformed pattern. */
@@ -65,21 +70,38 @@ export function compileGlob(pattern: string): GlobMatcher {
 
 function build(pattern: string): GlobMatcher {
   if (pattern.length === 0) throw new GlobSyntaxError(pattern, 'is empty');
-  if (!hasGlobSyntax(pattern)) {
-    return Object.freeze({ pattern, literal: true, test: (v: string) => v === pattern });
-  }
+  if (!hasGlobSyntax(pattern)) return literalMatcher(pattern, pattern);
   const prefix = /^([^*?[\]{}\\]*)\*+$/.exec(pattern)?.[1];
   if (prefix !== undefined) {
     // `fs__*`, `/etc/*`: the common shape, a prefix test.
-    return Object.freeze({ pattern, literal: false, test: (v: string) => v.startsWith(prefix) });
+    return Object.freeze({
+      pattern,
+      literal: false,
+      test: (v: string) => v.startsWith(prefix),
+      matchesSomeWith: (p: string) => p.startsWith(prefix) || prefix.startsWith(p),
+    });
   }
   const { seq, literal } = parse(pattern);
-  if (literal !== undefined) {
-    // Only escapes: still a literal.
-    return Object.freeze({ pattern, literal: true, test: (v: string) => v === literal });
-  }
+  // Only escapes: still a literal.
+  if (literal !== undefined) return literalMatcher(pattern, literal);
   const test = compileSeq(seq);
-  return Object.freeze({ pattern, literal: false, test });
+  let nfa: Nfa | undefined;
+  return Object.freeze({
+    pattern,
+    literal: false,
+    test,
+    // Rarely asked (a folder's path against a deny rule): the NFA is built on first use.
+    matchesSomeWith: (p: string) => liveAfter((nfa ??= buildNfa(seq)), p),
+  });
+}
+
+function literalMatcher(pattern: string, literal: string): GlobMatcher {
+  return Object.freeze({
+    pattern,
+    literal: true,
+    test: (v: string) => v === literal,
+    matchesSomeWith: (p: string) => literal.startsWith(p),
+  });
 }
 
 /**
@@ -339,8 +361,15 @@ interface State {
   out: number[];
 }
 
-/** A Thompson NFA over `seq`, simulated with a state set: O(value × pattern), no backtracking. */
-function compileNfa(seq: readonly Node[]): (value: string) => boolean {
+/** A Thompson NFA: its states, the start and the accepting state. */
+interface Nfa {
+  readonly states: readonly State[];
+  readonly start: number;
+  readonly accept: number;
+}
+
+/** A Thompson NFA over `seq`. */
+function buildNfa(seq: readonly Node[]): Nfa {
   const states: State[] = [];
   const add = (char: CharTest | undefined): number => states.push({ char, out: [] }) - 1;
   // Builds `nodes` from state `from`; returns the state reached at their end.
@@ -374,31 +403,56 @@ function compileNfa(seq: readonly Node[]): (value: string) => boolean {
   };
   const start = add(undefined);
   const accept = build(seq, start);
-  return (v) => {
-    const mark = new Int32Array(states.length).fill(-1);
-    let current: number[] = [];
-    let next: number[] = [];
-    // Adds `s` and its epsilon closure to `list` for step `gen`.
-    const close = (s: number, gen: number, list: number[]): void => {
-      const frontier = [s];
-      while (frontier.length > 0) {
-        const x = frontier.pop()!;
-        if (mark[x] === gen) continue;
-        mark[x] = gen;
-        list.push(x);
-        if (states[x]!.char === undefined) for (const o of states[x]!.out) frontier.push(o);
-      }
-    };
-    close(start, 0, current);
-    for (let i = 0; i < v.length && current.length > 0; i++) {
-      const code = v.charCodeAt(i);
-      next.length = 0;
-      for (const x of current) {
-        const c = states[x]!.char;
-        if (c !== undefined && charMatches(c, code)) close(states[x]!.out[0]!, i + 1, next);
-      }
-      [current, next] = [next, current];
+  return { states, start, accept };
+}
+
+/**
+ * Simulates `nfa` over `v` with a state set (O(value × pattern), no backtracking): the states
+ * alive after it, and the step marks (`mark[accept] === v.length` when accept is among them).
+ */
+function simulate(nfa: Nfa, v: string): { current: number[]; mark: Int32Array } {
+  const { states, start } = nfa;
+  const mark = new Int32Array(states.length).fill(-1);
+  let current: number[] = [];
+  let next: number[] = [];
+  // Adds `s` and its epsilon closure to `list` for step `gen`.
+  const close = (s: number, gen: number, list: number[]): void => {
+    const frontier = [s];
+    while (frontier.length > 0) {
+      const x = frontier.pop()!;
+      if (mark[x] === gen) continue;
+      mark[x] = gen;
+      list.push(x);
+      if (states[x]!.char === undefined) for (const o of states[x]!.out) frontier.push(o);
     }
-    return mark[accept] === v.length && current.includes(accept);
+  };
+  close(start, 0, current);
+  for (let i = 0; i < v.length && current.length > 0; i++) {
+    const code = v.charCodeAt(i);
+    next.length = 0;
+    for (const x of current) {
+      const c = states[x]!.char;
+      if (c !== undefined && charMatches(c, code)) close(states[x]!.out[0]!, i + 1, next);
+    }
+    [current, next] = [next, current];
+  }
+  return { current, mark };
+}
+
+/**
+ * True when some value starting with `prefix` matches: a state is still alive after it (every
+ * state of a glob's NFA reaches the accepting one; a class no character meets is not worth
+ * telling apart — the answer is then a conservative yes).
+ */
+function liveAfter(nfa: Nfa, prefix: string): boolean {
+  return simulate(nfa, prefix).current.length > 0;
+}
+
+/** A matcher simulating the NFA of `seq` (braces with too many expansions). */
+function compileNfa(seq: readonly Node[]): (value: string) => boolean {
+  const nfa = buildNfa(seq);
+  return (v) => {
+    const { current, mark } = simulate(nfa, v);
+    return mark[nfa.accept] === v.length && current.includes(nfa.accept);
   };
 }

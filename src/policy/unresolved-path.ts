@@ -109,6 +109,35 @@ export function spellingsOf(
 }
 
 /**
+ * What a resolved path value reaches on disk besides its own name (see {@link recordReach}):
+ * `below` — it is a folder (or a new name a folder of the same call may become), so a call on
+ * it may list, move or remove everything below it; `linked` — it is a file with more than one
+ * hard link, whose other names (anywhere on its disk) cannot be known.
+ */
+export type PathReach = 'below' | 'linked';
+
+/** {@link PathReach} of resolved path values, by the view container and key that hold them. */
+const REACH = new WeakMap<object, Map<string | number, PathReach>>();
+
+/**
+ * Records what the resolved path value at `container[key]` reaches besides its name. A `deny`
+ * or `require_approval` condition on a path then matches when the rule could match a path
+ * below a `below` value (a walk, move or removal of a folder touches every name under it), and
+ * matches a `linked` value whatever its pattern (the file may be one under a denied folder by
+ * another name); an `allow` condition matches the value's own path only.
+ */
+export function recordReach(container: object, key: string | number, reach: PathReach): void {
+  let byKey = REACH.get(container);
+  if (byKey === undefined) REACH.set(container, (byKey = new Map()));
+  byKey.set(key, reach);
+}
+
+/** The reach {@link recordReach} recorded for `container[key]`, if any. */
+export function reachOf(container: object, key: string | number): PathReach | undefined {
+  return REACH.get(container)?.get(key);
+}
+
+/**
  * The parameters an approval keeps for the human who decides it: the policy's `view`, with each
  * marker shown as `{ unresolvedPath: reason, value }` where `value` is what the call forwards in
  * its place (`raw` at the same position) — not the marker's truncated spelling, nor the empty

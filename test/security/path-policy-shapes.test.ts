@@ -126,16 +126,18 @@ describe('argument shapes and read tools against server-filesystem (real sidecar
     await closeSidecar(sidecar);
   });
 
-  it('writes through a hard link replace the link; the protected file it shares is unchanged', async () => {
+  it('writes through a hard link to a protected file are denied (its other names are unknown); it is unchanged', async () => {
     const w = await call('write_file', { path: 'work/hard', content: 'pwned' });
-    expect(w.isError, text(w)).toBeFalsy();
+    expect(w.isError).toBe(true);
+    expect(text(w)).toContain(DENIED);
     const e = await call('edit_file', {
       path: 'work/hard2',
       edits: [{ oldText: SECRET, newText: 'PWNED' }],
     });
-    expect(e.isError, text(e)).toBeFalsy();
-    expect(readFileSync(join(sandbox, 'work', 'hard'), 'utf8')).toBe('pwned');
-    expect(readFileSync(join(sandbox, 'work', 'hard2'), 'utf8')).toBe('PWNED');
+    expect(e.isError).toBe(true);
+    expect(text(e)).toContain(DENIED);
+    expect(readFileSync(join(sandbox, 'work', 'hard'), 'utf8')).toBe(SECRET);
+    expect(readFileSync(join(sandbox, 'work', 'hard2'), 'utf8')).toBe(SECRET);
     protectedUntouched();
   });
 

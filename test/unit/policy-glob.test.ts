@@ -65,3 +65,28 @@ describe('normalizePath / looksLikePath', () => {
     expect(['a/b', 'https://x', 'abc', ''].some(looksLikePath)).toBe(false);
   });
 });
+
+describe('GlobMatcher.matchesSomeWith (could a rule match a path below a folder)', () => {
+  it.each([
+    // literal, escaped literal, prefix shape, general shape, braces past the expansion limit
+    ['/s/a/protected', '/s/a/', true],
+    ['/s/a/protected', '/s/b/', false],
+    ['/s/a\\*/protected', '/s/a*/', true],
+    ['/s/a/protected/**', '/s/', true],
+    ['/s/a/protected/**', '/s/a/protected/x/', true],
+    ['/s/a/protected/**', '/s/b/', false],
+    ['/s/a/protected/**', '/s/a/prot/', false],
+    ['/s/*.key', '/s/deep/', true],
+    ['/s/x/*.key', '/s/y/', false],
+    ['**/secrets/**', '/anything/', true],
+    ['/s/{a,b}/p/**', '/s/b/', true],
+    ['/s/{a,b}/p/**', '/s/c/', false],
+    ['/s/[ab]/p/**', '/s/c/', false],
+    ['/s/[ab]/p/**', '/s/a/', true],
+    [`/s/${'{a,b}'.repeat(8)}/p`, '/s/abab', true],
+    [`/s/${'{a,b}'.repeat(8)}/p`, '/s/ab/', false],
+    [`/s/${'{a,b}'.repeat(8)}/p`, '/s/c/', false],
+  ])('%s below %s → %s', (pattern, prefix, expected) => {
+    expect(compileGlob(pattern).matchesSomeWith(prefix)).toBe(expected);
+  });
+});
