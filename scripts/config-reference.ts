@@ -107,6 +107,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'upstreams.<name>.paths.roots': 'Directories relative paths resolve against, in its order.',
   'upstreams.<name>.paths.home': "What `~` means to the upstream (stdio: the child's HOME).",
   'upstreams.<name>.paths.realpath': 'Resolve symlinks on our disk (stdio: true; remote: false).',
+  'upstreams.<name>.paths.hardLinks':
+    'With `realpath`, a file with more than one hard link: `closed` matches every deny/require_approval path condition on it (its other names are unknown); `named` only by its names (links you trust). See _What a path reaches_.',
   'upstreams.<name>.paths.params':
     'Parameter names taken as paths beyond the built-in pattern (`path`, `file`, `source`, …).',
   'upstreams.<name>.paths.keepNames':

@@ -106,6 +106,12 @@ export interface PathResolutionOptions {
    */
   readonly realpath: boolean;
   /**
+   * With `realpath`, what a file with more than one hard link matches: `closed` — every
+   * `deny`/`require_approval` condition with a path pattern on it; `named` — only its names.
+   * @default 'closed'
+   */
+  readonly hardLinks?: 'closed' | 'named' | undefined;
+  /**
    * Parameter names taken as paths besides those {@link PATH_KEY_PATTERN} matches (a tool's
    * `output`, `to` …): their string values (and an array's strings) are resolved too.
    * @default []
@@ -128,6 +134,7 @@ export function pathResolutionOf(spec: UpstreamSpec): Readonly<PathResolutionOpt
     roots: Object.freeze((declared?.roots ?? []).map((r) => posix.resolve(r))),
     home,
     realpath: declared?.realpath ?? (stdio ? DEFAULT_STDIO_REALPATH : DEFAULT_REMOTE_REALPATH),
+    hardLinks: declared?.hardLinks ?? 'closed',
     params: Object.freeze([...(declared?.params ?? [])]),
     rootsFromClient: spec.forwardRoots,
   });
@@ -215,6 +222,7 @@ export class PathResolver {
       roots: Object.freeze(options.roots.map((r) => posix.resolve(r))),
       home: options.home,
       realpath: options.realpath,
+      hardLinks: options.hardLinks ?? 'closed',
       params: Object.freeze([...(options.params ?? [])]),
       rootsFromClient: options.rootsFromClient ?? false,
     });
@@ -316,6 +324,7 @@ export class PathResolver {
   ): Promise<void> {
     const budget: DiskBudget = { left: MAX_DISK_LOOKUPS_PER_CALL };
     const walked: WalkLookups = new Map();
+    const linked = this.options.hardLinks !== 'named';
     /** Values that name nothing yet (a folder of the same call may become them). */
     const fresh: string[] = [];
     for (let i = 0; i < disk.length; i += DISK_CONCURRENCY) {
@@ -350,7 +359,7 @@ export class PathResolver {
             return;
           }
           if (kind === 'new') fresh.push(value);
-          else if (kind !== undefined) reach.set(value, kind);
+          else if (kind === 'below' || (kind === 'linked' && linked)) reach.set(value, kind);
           resolved.set(value, real);
           const other = [...new Set(names.map((n) => n.normalize('NFC')))].filter(
             (n) => n !== real,

@@ -50,6 +50,14 @@ const pathsSchema = z
     /** Resolve symlinks on our disk. @default true (stdio), false (remote) */
     realpath: z.boolean().optional(),
     /**
+     * What a path to a file with more than one hard link matches, with `realpath`: `closed` —
+     * every `deny`/`require_approval` condition with a path pattern on it (its other names, one
+     * maybe under a denied folder, cannot be known); `named` — only by the name it is called by
+     * and the names it went by (trees of hard links the operator trusts: a pnpm store's
+     * `node_modules`). @default closed
+     */
+    hardLinks: z.enum(['closed', 'named']).default('closed'),
+    /**
      * Parameter names this upstream's tools take as paths beyond the built-in name pattern
      * (`path`, `file`, `dir`, `source`, `target` …), e.g. `output`, `to`; matched exactly, at
      * any depth. @default []

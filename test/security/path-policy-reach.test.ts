@@ -71,6 +71,9 @@ describe('what a path reaches: hard links, walks, ancestor moves (real sidecar, 
     writeFileSync(join(sandbox, 'work', 'sub', 'x.txt'), 'x');
     // Another process links the secret into the agent's folder (or it was there already).
     linkSync(join(secretsDir, 'key.txt'), join(sandbox, 'work', 'hard'));
+    // Two names of one file, both outside any denied folder (a pnpm store's `node_modules`).
+    writeFileSync(join(sandbox, 'work', 'pair-a'), 'pair');
+    linkSync(join(sandbox, 'work', 'pair-a'), join(sandbox, 'work', 'pair-b'));
     before = tree(protectedDir);
     const under = (dir: string): string => `${sandbox}/${dir}/**`;
     sidecar = await startTestSidecar({
@@ -80,6 +83,13 @@ describe('what a path reaches: hard links, walks, ancestor moves (real sidecar, 
           args: [FILESYSTEM_BIN, sandbox],
           stderr: 'ignore',
           paths: { roots: [sandbox] },
+        },
+        // The same server, trusting hard links (matched by their names only).
+        named: {
+          command: process.execPath,
+          args: [FILESYSTEM_BIN, sandbox],
+          stderr: 'ignore',
+          paths: { roots: [sandbox], hardLinks: 'named' },
         },
       },
       policies: [
@@ -92,9 +102,9 @@ describe('what a path reaches: hard links, walks, ancestor moves (real sidecar, 
             ...readOnlyRules(under('c/protected')),
             ...readOnlyRules(under('p\u00e9/protected')),
             // secrets/ is read by no tool, through any of its path parameters.
-            { tool: 'fs__*', action: 'deny', conditions: { path: under('secrets') } },
-            { tool: 'fs__*', action: 'deny', conditions: { paths: under('secrets') } },
-            { tool: 'fs__*', action: 'deny', conditions: { source: under('secrets') } },
+            { tool: '*', action: 'deny', conditions: { path: under('secrets') } },
+            { tool: '*', action: 'deny', conditions: { paths: under('secrets') } },
+            { tool: '*', action: 'deny', conditions: { source: under('secrets') } },
           ],
         },
         { name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] },
@@ -165,6 +175,23 @@ describe('what a path reaches: hard links, walks, ancestor moves (real sidecar, 
       expect(text(r), tool).toContain(DENIED);
       expect(text(r), tool).not.toContain(KEY);
     }
+  });
+
+  it('paths.hardLinks: named matches a hard-linked file by its names only (the operator trusts them)', async () => {
+    const closed = await call('read_text_file', { path: 'work/pair-a' });
+    expect(closed.isError).toBe(true);
+    expect(text(closed)).toContain(DENIED);
+    const named = (await client.callTool({
+      name: 'named__read_text_file',
+      arguments: { path: 'work/pair-a' },
+    })) as CallToolResult;
+    expect(named.isError, text(named)).toBeFalsy();
+    expect(text(named)).toContain('pair');
+    const secret = (await client.callTool({
+      name: 'named__read_text_file',
+      arguments: { path: 'secrets/key.txt' },
+    })) as CallToolResult;
+    expect(text(secret)).toContain(DENIED);
   });
 
   it('a walk or listing started above a denied folder is denied: no name below it leaks', async () => {

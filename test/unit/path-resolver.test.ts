@@ -303,6 +303,7 @@ describe('pathResolutionOf: defaults by transport', () => {
       roots: [],
       home: '/child',
       realpath: true,
+      hardLinks: 'closed',
       params: [],
       rootsFromClient: false,
     });
@@ -311,17 +312,19 @@ describe('pathResolutionOf: defaults by transport', () => {
       roots: [],
       home: undefined,
       realpath: false,
+      hardLinks: 'closed',
       params: [],
       rootsFromClient: false,
     });
     const declared = upstreamSpecSchema.parse({
       url: 'http://127.0.0.1:1/mcp',
-      paths: { roots: ['/a/./b/'], home: '/h', realpath: true, params: ['to'] },
+      paths: { roots: ['/a/./b/'], home: '/h', realpath: true, hardLinks: 'named', params: ['to'] },
     });
     expect(pathResolutionOf(declared)).toEqual({
       roots: ['/a/b'],
       home: '/h',
       realpath: true,
+      hardLinks: 'named',
       params: ['to'],
       rootsFromClient: false,
     });
