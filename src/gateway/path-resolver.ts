@@ -52,6 +52,7 @@
  *
  * @module
  */
+import type { Stats } from 'node:fs';
 import { lstat, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { posix } from 'node:path';
@@ -668,34 +669,36 @@ function prefix(parts: readonly string[], n: number): string {
   return `/${parts.slice(0, n).join('/')}`;
 }
 
-/** The real path, `undefined` when it does not exist, or the error. */
-async function realOrMissing(path: string): Promise<string | undefined | Error> {
+/** What `lookup` answers for `path`, `undefined` when it does not exist, or the error. */
+async function orMissing<T>(
+  lookup: (path: string) => Promise<T>,
+  path: string,
+): Promise<T | undefined | Error> {
   try {
-    return await realpath(path);
+    return await lookup(path);
   } catch (error) {
     return errnoOf(error) === 'ENOENT' ? undefined : (error as Error);
   }
+}
+
+// The string and `Stats` overloads, as values.
+const realpathOf = (p: string): Promise<string> => realpath(p);
+const statOf = (p: string): Promise<Stats> => stat(p);
+const lstatOf = (p: string): Promise<Stats> => lstat(p);
+
+/** The real path, `undefined` when it does not exist, or the error. */
+function realOrMissing(path: string): Promise<string | undefined | Error> {
+  return orMissing(realpathOf, path);
 }
 
 /** `stat` (symlinks followed), `undefined` when it does not exist, or the error. */
-async function statOrMissing(
-  path: string,
-): Promise<Awaited<ReturnType<typeof stat>> | undefined | Error> {
-  try {
-    return await stat(path);
-  } catch (error) {
-    return errnoOf(error) === 'ENOENT' ? undefined : (error as Error);
-  }
+function statOrMissing(path: string): Promise<Stats | undefined | Error> {
+  return orMissing(statOf, path);
 }
 
-async function lstatOrMissing(
-  path: string,
-): Promise<Awaited<ReturnType<typeof lstat>> | undefined | Error> {
-  try {
-    return await lstat(path);
-  } catch (error) {
-    return errnoOf(error) === 'ENOENT' ? undefined : (error as Error);
-  }
+/** `lstat`, `undefined` when it does not exist, or the error. */
+function lstatOrMissing(path: string): Promise<Stats | undefined | Error> {
+  return orMissing(lstatOf, path);
 }
 
 /**

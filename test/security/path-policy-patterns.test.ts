@@ -10,7 +10,6 @@
 import {
   existsSync,
   mkdirSync,
-  readdirSync,
   readFileSync,
   realpathSync,
   symlinkSync,
@@ -21,10 +20,8 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { compileGlob } from '../../src/policy/glob.js';
-import { defaultConfigPath, loadSidecarConfig } from '../../src/server/config-file.js';
-import { Sidecar } from '../../src/server/sidecar.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  ADMIN_TOKEN,
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
@@ -34,13 +31,11 @@ import {
   tempDir,
   text,
   readOnlyRules,
+  fileTree,
+  startShippedSidecar,
 } from '../fixtures/gateway/harness.js';
 
 const SECRET = 'keep me';
-
-function tree(dir: string): string[] {
-  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort();
-}
 
 let sidecar: Sidecar | undefined;
 let client: Client | undefined;
@@ -58,15 +53,7 @@ async function call(name: string, args: Record<string, unknown>): Promise<CallTo
 
 /** Starts the shipped example config from `cwd`, as `agent-fabric serve` would. */
 async function startShipped(cwd: string): Promise<void> {
-  const config = loadSidecarConfig(defaultConfigPath(), {
-    env: { FABRIC_HTTP_PORT: '0', FABRIC_ADMIN_TOKEN: ADMIN_TOKEN },
-    cwd,
-  });
-  const fs = config.upstreams.fs!;
-  if (fs.transport !== 'stdio') throw new Error('the shipped fs upstream is a stdio server');
-  sidecar = await Sidecar.start({
-    config: { ...config, state: 'memory', upstreams: { fs: { ...fs, stderr: 'ignore' } } },
-  });
+  sidecar = await startShippedSidecar(cwd, { memoryState: true });
   client = await httpClient(sidecar.url!, agentToken(sidecar, 'local-agent'));
 }
 
@@ -108,7 +95,7 @@ function readOnly(glob: string): unknown {
 
 /** Every way to change protected/ is refused, and protected/ is unchanged on disk. */
 async function expectProtected(protectedDir: string, sandboxSpelling: string): Promise<void> {
-  const before = tree(protectedDir);
+  const before = fileTree(protectedDir);
   const attempts: [string, Record<string, unknown>][] = [
     ['write_file', { path: 'protected/planted.txt', content: 'pwned' }],
     ['write_file', { path: `${sandboxSpelling}/protected/abs.txt`, content: 'pwned' }],
@@ -121,7 +108,7 @@ async function expectProtected(protectedDir: string, sandboxSpelling: string): P
     const r = await call(tool, args);
     expect(text(r), `${tool} ${JSON.stringify(args)}`).toContain('FABRIC_ERR_POLICY_DENIED');
   }
-  expect(tree(protectedDir)).toEqual(before);
+  expect(fileTree(protectedDir)).toEqual(before);
   expect(readFileSync(join(protectedDir, 'secret.txt'), 'utf8')).toBe(SECRET);
   // Work outside protected/ still lands.
   const ok = await call('write_file', { path: 'work/ok.txt', content: 'fine' });
@@ -219,7 +206,7 @@ describe('rule patterns through symlinks (rules are resolved like the calls they
     }
     const moved = await call('move_file', { source: 'work/mine.txt', destination: 'alias/m.txt' });
     expect(text(moved)).toContain('FABRIC_ERR_POLICY_DENIED');
-    expect(tree(vault)).toEqual(['secret.txt']);
+    expect(fileTree(vault)).toEqual(['secret.txt']);
     // Reached by its own name the vault is another folder to this rule: it names folders by name.
     const direct = await call('write_file', { path: 'vault/direct.txt', content: 'by name' });
     expect(direct.isError, text(direct)).toBeFalsy();
@@ -249,7 +236,7 @@ describe('rule patterns through symlinks (rules are resolved like the calls they
     ]);
     const r = await call('write_file', { path: 'protected/x.txt', content: 'x' });
     expect(text(r)).toContain('FABRIC_ERR_POLICY_DENIED');
-    expect(tree(vault)).toEqual(['secret.txt']);
+    expect(fileTree(vault)).toEqual(['secret.txt']);
   });
 });
 
@@ -337,7 +324,7 @@ describe('relative paths resolve against the roots as the server reads them at s
     const other = join(base, 'q', 'R');
     mkdirSync(other, { recursive: true });
     await startWith([link, other], [readOnly(`${link}/protected/**`), DEFAULT_ALLOW]);
-    const before = tree(join(real, 'protected'));
+    const before = fileTree(join(real, 'protected'));
     for (const [tool, args] of [
       ['write_file', { path: '../R/protected/planted.txt', content: 'pwned' }],
       ['write_file', { path: '../R/protected/secret.txt', content: 'pwned' }],
@@ -347,9 +334,9 @@ describe('relative paths resolve against the roots as the server reads them at s
       const r = await call(tool, args);
       expect(text(r), `${tool} ${JSON.stringify(args)}`).toContain('FABRIC_ERR_POLICY_DENIED');
     }
-    expect(tree(join(real, 'protected'))).toEqual(before);
+    expect(fileTree(join(real, 'protected'))).toEqual(before);
     expect(readFileSync(join(real, 'protected', 'secret.txt'), 'utf8')).toBe(SECRET);
-    expect(tree(other)).toEqual([]);
+    expect(fileTree(other)).toEqual([]);
     await expectProtected(join(real, 'protected'), link);
   });
 
@@ -365,7 +352,7 @@ describe('relative paths resolve against the roots as the server reads them at s
     // Created after the server started: the server still does not know it, nor does policy.
     mkdirSync(missing);
     await expectProtected(join(sandbox, 'protected'), sandbox);
-    expect(tree(missing)).toEqual([]);
+    expect(fileTree(missing)).toEqual([]);
   });
 });
 

@@ -11,7 +11,6 @@ import {
   existsSync,
   linkSync,
   mkdirSync,
-  readdirSync,
   readFileSync,
   realpathSync,
   writeFileSync,
@@ -20,10 +19,8 @@ import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { defaultConfigPath, loadSidecarConfig } from '../../src/server/config-file.js';
-import { Sidecar } from '../../src/server/sidecar.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  ADMIN_TOKEN,
   agentToken,
   closeSidecar,
   FILESYSTEM_BIN,
@@ -32,14 +29,20 @@ import {
   startTestSidecar,
   tempDir,
   text,
+  fileTree,
+  startShippedSidecar,
 } from '../fixtures/gateway/harness.js';
 
 const ORIGINAL = 'original';
 const KEY = 'TOPSECRET-KEY';
 const DENIED = 'FABRIC_ERR_POLICY_DENIED';
 
-function tree(dir: string): string[] {
-  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort();
+async function callTool(
+  client: Client,
+  name: string,
+  args: Record<string, unknown>,
+): Promise<CallToolResult> {
+  return (await client.callTool({ name, arguments: args })) as CallToolResult;
 }
 
 describe('what a path reaches: hard links, walks, ancestor moves (real sidecar, real server-filesystem)', () => {
@@ -51,11 +54,11 @@ describe('what a path reaches: hard links, walks, ancestor moves (real sidecar, 
   let client: Client;
   let before: string[];
 
-  const call = async (name: string, args: Record<string, unknown>): Promise<CallToolResult> =>
-    (await client.callTool({ name: `fs__${name}`, arguments: args })) as CallToolResult;
+  const call = (name: string, args: Record<string, unknown>): Promise<CallToolResult> =>
+    callTool(client, `fs__${name}`, args);
 
   const protectedUntouched = (): void => {
-    expect(tree(protectedDir)).toEqual(before);
+    expect(fileTree(protectedDir)).toEqual(before);
     expect(readFileSync(join(protectedDir, 'f'), 'utf8')).toBe(ORIGINAL);
   };
 
@@ -74,7 +77,7 @@ describe('what a path reaches: hard links, walks, ancestor moves (real sidecar, 
     // Two names of one file, both outside any denied folder (a pnpm store's `node_modules`).
     writeFileSync(join(sandbox, 'work', 'pair-a'), 'pair');
     linkSync(join(sandbox, 'work', 'pair-a'), join(sandbox, 'work', 'pair-b'));
-    before = tree(protectedDir);
+    before = fileTree(protectedDir);
     const under = (dir: string): string => `${sandbox}/${dir}/**`;
     sidecar = await startTestSidecar({
       upstreams: {
@@ -181,16 +184,10 @@ describe('what a path reaches: hard links, walks, ancestor moves (real sidecar, 
     const closed = await call('read_text_file', { path: 'work/pair-a' });
     expect(closed.isError).toBe(true);
     expect(text(closed)).toContain(DENIED);
-    const named = (await client.callTool({
-      name: 'named__read_text_file',
-      arguments: { path: 'work/pair-a' },
-    })) as CallToolResult;
+    const named = await callTool(client, 'named__read_text_file', { path: 'work/pair-a' });
     expect(named.isError, text(named)).toBeFalsy();
     expect(text(named)).toContain('pair');
-    const secret = (await client.callTool({
-      name: 'named__read_text_file',
-      arguments: { path: 'secrets/key.txt' },
-    })) as CallToolResult;
+    const secret = await callTool(client, 'named__read_text_file', { path: 'secrets/key.txt' });
     expect(text(secret)).toContain(DENIED);
   });
 
@@ -238,23 +235,15 @@ describe('the shipped example config: listing, walking and moving folders still 
   let sidecar: Sidecar;
   let client: Client;
 
-  const call = async (name: string, args: Record<string, unknown>): Promise<CallToolResult> =>
-    (await client.callTool({ name: `fs__${name}`, arguments: args })) as CallToolResult;
+  const call = (name: string, args: Record<string, unknown>): Promise<CallToolResult> =>
+    callTool(client, `fs__${name}`, args);
 
   beforeAll(async () => {
     mkdirSync(join(sandbox, 'protected'), { recursive: true });
     mkdirSync(join(sandbox, 'work', 'sub'), { recursive: true });
     writeFileSync(join(sandbox, 'protected', 'secret.txt'), ORIGINAL);
     writeFileSync(join(sandbox, 'work', 'sub', 'x.txt'), 'x');
-    const config = loadSidecarConfig(defaultConfigPath(), {
-      env: { FABRIC_HTTP_PORT: '0', FABRIC_ADMIN_TOKEN: ADMIN_TOKEN },
-      cwd: base,
-    });
-    const fs = config.upstreams.fs!;
-    if (fs.transport !== 'stdio') throw new Error('the shipped fs upstream is a stdio server');
-    sidecar = await Sidecar.start({
-      config: { ...config, upstreams: { fs: { ...fs, stderr: 'ignore' } } },
-    });
+    sidecar = await startShippedSidecar(base, { memoryState: true });
     client = await httpClient(sidecar.url!, agentToken(sidecar, 'local-agent'));
   });
 
@@ -279,6 +268,6 @@ describe('the shipped example config: listing, walking and moving folders still 
     const into = await call('move_file', { source: 'work', destination: 'protected/work' });
     expect(into.isError).toBe(true);
     expect(readFileSync(join(sandbox, 'protected', 'secret.txt'), 'utf8')).toBe(ORIGINAL);
-    expect(tree(join(sandbox, 'protected'))).toEqual(['secret.txt']);
+    expect(fileTree(join(sandbox, 'protected'))).toEqual(['secret.txt']);
   });
 });

@@ -10,7 +10,6 @@ import {
   existsSync,
   linkSync,
   mkdirSync,
-  readdirSync,
   readFileSync,
   realpathSync,
   symlinkSync,
@@ -30,15 +29,12 @@ import {
   tempDir,
   text,
   readOnlyRules,
+  fileTree,
 } from '../fixtures/gateway/harness.js';
 
 const SECRET = 'keep me';
 const KEY = 'TOPSECRET';
 const DENIED = 'FABRIC_ERR_POLICY_DENIED';
-
-function tree(dir: string): string[] {
-  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort();
-}
 
 describe('argument shapes and read tools against server-filesystem (real sidecar)', () => {
   const base = realpathSync(tempDir('path-shapes'));
@@ -57,7 +53,7 @@ describe('argument shapes and read tools against server-filesystem (real sidecar
     })) as CallToolResult;
 
   const protectedUntouched = (): void => {
-    expect(tree(protectedDir)).toEqual(before);
+    expect(fileTree(protectedDir)).toEqual(before);
     expect(readFileSync(join(protectedDir, 'secret.txt'), 'utf8')).toBe(SECRET);
   };
 
@@ -89,7 +85,7 @@ describe('argument shapes and read tools against server-filesystem (real sidecar
     linkSync(join(protectedDir, 'secret.txt'), join(sandbox, 'work', 'hard2'));
     symlinkSync('../secrets', join(sandbox, 'work', 'slink'));
     symlinkSync('../../protected/sub', join(sandbox, 'work', 'deep', 'psub'));
-    before = tree(protectedDir);
+    before = fileTree(protectedDir);
     const under = (dir: string): string => `${sandbox}/${dir}/**`;
     sidecar = await startTestSidecar({
       upstreams: {

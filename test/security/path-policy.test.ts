@@ -9,7 +9,6 @@
 import {
   existsSync,
   mkdirSync,
-  readdirSync,
   readFileSync,
   realpathSync,
   symlinkSync,
@@ -20,10 +19,8 @@ import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { McpError, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { defaultConfigPath, loadSidecarConfig } from '../../src/server/config-file.js';
-import { Sidecar } from '../../src/server/sidecar.js';
+import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  ADMIN_TOKEN,
   agentToken,
   closeSidecar,
   FILESYSTEM_BIN,
@@ -31,17 +28,14 @@ import {
   startTestSidecar,
   tempDir,
   text,
+  fileTree,
+  startShippedSidecar,
 } from '../fixtures/gateway/harness.js';
 
 const FILE_RESOURCE_SERVER = fileURLToPath(
   new URL('../fixtures/gateway/file-resource-server.mjs', import.meta.url),
 );
 const SECRET = 'keep me';
-
-/** Every entry under `dir`, recursively, as relative paths (symlinks not followed). */
-function tree(dir: string): string[] {
-  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort();
-}
 
 /**
  * A sandbox with `protected/secret.txt`, `protected/sub/`, a `work/` folder, and symlinks an
@@ -77,23 +71,15 @@ describe('the shipped config keeps protected/ read-only against every spelling (
 
   /** protected/ is exactly as it was and the secret is intact. */
   const protectedUntouched = (): void => {
-    expect(tree(protectedDir)).toEqual(before);
+    expect(fileTree(protectedDir)).toEqual(before);
     expect(readFileSync(join(protectedDir, 'secret.txt'), 'utf8')).toBe(SECRET);
   };
 
   beforeAll(async () => {
     process.env.HOME = base;
     makeSandbox(sandbox);
-    before = tree(protectedDir);
-    const config = loadSidecarConfig(defaultConfigPath(), {
-      env: { FABRIC_HTTP_PORT: '0', FABRIC_ADMIN_TOKEN: ADMIN_TOKEN },
-      cwd: base,
-    });
-    const fs = config.upstreams.fs!;
-    if (fs.transport !== 'stdio') throw new Error('the shipped fs upstream is a stdio server');
-    sidecar = await Sidecar.start({
-      config: { ...config, upstreams: { fs: { ...fs, stderr: 'ignore' } } },
-    });
+    before = fileTree(protectedDir);
+    sidecar = await startShippedSidecar(base);
     client = await httpClient(sidecar.url!, agentToken(sidecar, 'local-agent'));
   });
 
@@ -293,7 +279,7 @@ describe('fail closed where a path cannot be resolved, and resource URIs (real s
 
   beforeAll(async () => {
     makeSandbox(sandbox);
-    before = tree(protectedDir);
+    before = fileTree(protectedDir);
     const deny = `${sandbox}/protected/**`;
     sidecar = await startTestSidecar({
       upstreams: {
@@ -349,7 +335,7 @@ describe('fail closed where a path cannot be resolved, and resource URIs (real s
   });
 
   const protectedUntouched = (): void => {
-    expect(tree(protectedDir)).toEqual(before);
+    expect(fileTree(protectedDir)).toEqual(before);
     expect(readFileSync(join(protectedDir, 'secret.txt'), 'utf8')).toBe(SECRET);
   };
 
