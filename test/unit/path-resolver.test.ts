@@ -1,4 +1,4 @@
-import { mkdirSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
@@ -17,6 +17,7 @@ import { compileConditions } from '../../src/policy/conditions.js';
 import {
   holdsUnresolved,
   isUnresolvedPath,
+  reachOf,
   spellingsOf,
 } from '../../src/policy/unresolved-path.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
@@ -446,5 +447,54 @@ describe('PathResolver.readRoots (roots as server-filesystem reads them at start
     await r.readRoots();
     expect(r.roots).toEqual(['/nonexistent/a']);
     expect(r.resolve('x')).toBe('/nonexistent/a/x');
+  });
+});
+
+describe('PathResolver: what a path reaches (recordReach), and the conditions that read it', () => {
+  const base = realpathSync(tempDir('reach'));
+  mkdirSync(join(base, 'a', 'protected'), { recursive: true });
+  writeFileSync(join(base, 'plain.txt'), 'x');
+  writeFileSync(join(base, 'one.txt'), 'x');
+  linkSync(join(base, 'one.txt'), join(base, 'two.txt'));
+  const deny = compileConditions({ source: `${base}/a/protected/**` }, true);
+  const denyDest = compileConditions({ destination: `${base}/a/protected/**` }, true);
+  const allow = compileConditions({ source: `${base}/**` }, false);
+
+  it('a plain file is its name only: no copy of the parameters, nothing recorded', async () => {
+    const r = new PathResolver({ roots: [base], home: undefined, realpath: true });
+    const params = { source: join(base, 'plain.txt') };
+    expect(await r.view(params)).toBe(params);
+  });
+
+  it('a folder reaches below itself, and so does a new name in the same call', async () => {
+    const r = new PathResolver({ roots: [base], home: undefined, realpath: true });
+    const params = { source: join(base, 'a'), destination: join(base, 'new') };
+    const view = (await r.view(params)) as Any;
+    expect(view).toEqual(params);
+    expect(reachOf(view, 'source')).toBe('below');
+    expect(reachOf(view, 'destination')).toBe('below');
+    expect(deny(view, params)).toBe(true);
+    expect(allow(view, params)).toBe(true); // an allow rule sees the path itself
+    // A file moved to a new name: neither reaches below.
+    const file = (await r.view({ source: 'plain.txt', destination: 'a/protected' })) as Any;
+    expect(reachOf(file, 'source')).toBeUndefined();
+    expect(deny(file)).toBe(false);
+    expect(denyDest(file)).toBe(true); // the name itself, as before
+  });
+
+  it('a hard-linked file matches every restrictive path condition, unless hardLinks is named', async () => {
+    const closed = new PathResolver({ roots: [base], home: undefined, realpath: true });
+    const view = (await closed.view({ source: 'two.txt' })) as Any;
+    expect(reachOf(view, 'source')).toBe('linked');
+    expect(deny(view)).toBe(true);
+    expect(allow(view)).toBe(true);
+    const named = new PathResolver({
+      roots: [base],
+      home: undefined,
+      realpath: true,
+      hardLinks: 'named',
+    });
+    const params = { source: join(base, 'two.txt') };
+    expect(await named.view(params)).toBe(params);
   });
 });
