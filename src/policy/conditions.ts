@@ -68,7 +68,9 @@ type ValueTest = (value: string) => boolean;
  * value past a deny or to borrow an allow for a value it does not cover. It also decides an
  * {@link UnresolvedPath} marker (in the value, or on the way to it through dotted keys): a
  * condition on one matches exactly when `restrictive` is true, so what could not be resolved
- * is caught by deny rules and never allowed by allow rules. A dotted key (`a.b`) reads both the
+ * is caught by deny rules and never allowed by allow rules. A restrictive condition with a path
+ * pattern also matches what a resolved value reaches ({@link reachOf}): a folder when the pattern
+ * could match a path below it, a hard-linked file whatever the pattern. A dotted key (`a.b`) reads both the
  * literal parameter `a.b` and the nested `a` → `b`, combined the same way as array elements.
  *
  * @throws GlobSyntaxError for a malformed glob value.
