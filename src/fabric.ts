@@ -1525,6 +1525,26 @@ export class AgentFabric {
   }
 
   /**
+   * Whether an upstream's sampling request of `tokens` may reach the agent's model: the refusal
+   * when the agent's budget, its pool's or the fabric's is already at or over a limit for those
+   * tokens (the usage counted; in-flight reservations aside — the call that caused the request
+   * holds one), else `undefined`. Reserves nothing: the sampling is recorded once it ran
+   * (`recordUsage`). An agent no longer known is not refused here.
+   */
+  admitSampling(agentId: string, tokens: number): BudgetExceededError | undefined {
+    const rec = this.lifecycle.peek(agentId);
+    if (rec === undefined) return undefined;
+    const check = this.budgets.check(
+      agentId,
+      { tokens, cost: 0 },
+      { reservationsAside: true, ...(rec.poolId === undefined ? {} : { poolId: rec.poolId }) },
+    );
+    if (check.allowed) return undefined;
+    const { allowed: _allowed, ...short } = check;
+    return new BudgetExceededError(short);
+  }
+
+  /**
    * Records usage an agent reports (model tokens, spend) against its budgets.
    * @throws StateStoreError when the store cannot commit (disk full): the usage is counted all
    *   the same and written with the next commit that succeeds — do not report it again.

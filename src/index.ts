@@ -209,6 +209,7 @@ export type { BudgetConfig } from './budget/budget-config.js';
 export type {
   BudgetCheck,
   BudgetStatus,
+  CheckOptions,
   Reservation,
   ReserveOptions,
   ReserveWhenFreeOptions,

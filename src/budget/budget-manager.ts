@@ -46,6 +46,18 @@ export interface ReserveOptions extends BudgetCallOptions {
   unmetered?: boolean | undefined;
 }
 
+/** Options of {@link BudgetManager.check}. */
+export interface CheckOptions extends ReserveOptions {
+  /**
+   * Leave in-flight reservations aside: check the estimate against the usage counted alone —
+   * whether a scope is already at or over a limit for it, not whether a reservation would fit
+   * (for work that is recorded rather than reserved, like an upstream's sampling request, whose
+   * caller's own call holds a reservation that may fill the scope).
+   * @default false
+   */
+  reservationsAside?: boolean | undefined;
+}
+
 /** Options of {@link BudgetManager.reserveWhenFree}. */
 export interface ReserveWhenFreeOptions extends ReserveOptions {
   /**
@@ -441,17 +453,18 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
 
   /**
    * Whether a call with this estimate would fit every level now (usage plus in-flight
-   * reservations). Does not reserve anything. With `agentId` undefined only the pool and
+   * reservations; usage alone with `reservationsAside`). Does not reserve anything. With `agentId` undefined only the pool and
    * fabric levels are checked (work queued to a pool before an agent is chosen).
    * @throws InvalidUsageError for a bad estimate.
    */
-  check(agentId: string | undefined, estimate: UsageAmount, options?: ReserveOptions): BudgetCheck {
+  check(agentId: string | undefined, estimate: UsageAmount, options?: CheckOptions): BudgetCheck {
     let tokens = amount('estimate.tokens', estimate, 'tokens');
     const cost = amount('estimate.cost', estimate, 'cost');
     const poolId = options?.poolId;
     if (options?.unmetered === true) return ALLOWED;
     if (options?.clampTokens === true) tokens = this.#clamp(agentId, poolId, tokens);
-    const short = this.#shortfall(agentId, poolId, tokens, cost, this.#clock.now());
+    const now = this.#clock.now();
+    const short = this.#shortfall(agentId, poolId, tokens, cost, now, options?.reservationsAside);
     return short === null ? ALLOWED : Object.freeze({ allowed: false as const, ...short });
   }
 
@@ -667,17 +680,23 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     tokens: number,
     cost: number,
     now: number,
+    reservationsAside?: boolean,
   ): BudgetShortfall | null {
     if (agentId !== undefined) {
       id('agentId', agentId);
-      const a = this.#agent(agentId).shortfall(tokens, cost, now);
+      const a = this.#agent(agentId).shortfall(tokens, cost, now, reservationsAside);
       if (a !== null) return a;
     }
     if (poolId !== undefined) {
-      const p = this.#pool(id('options.poolId', poolId)).shortfall(tokens, cost, now);
+      const p = this.#pool(id('options.poolId', poolId)).shortfall(
+        tokens,
+        cost,
+        now,
+        reservationsAside,
+      );
       if (p !== null) return p;
     }
-    return this.#fabricScope().shortfall(tokens, cost, now);
+    return this.#fabricScope().shortfall(tokens, cost, now, reservationsAside);
   }
 
   /** True when no level is short of the call with in-flight reservations left aside. */

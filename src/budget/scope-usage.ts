@@ -191,27 +191,30 @@ export class ScopeUsage implements BudgetStateSource {
     this.#lease = undefined;
   }
 
-  /** Null when `tokens`/`cost` fit on top of usage and reservations; else why not. */
-  shortfall(tokens: number, cost: number, now: number): BudgetShortfall | null {
+  /**
+   * Null when `tokens`/`cost` fit on top of usage and reservations (with `reservationsAside`, of
+   * the usage alone: whether the scope is already at or over a limit for them); else why not.
+   */
+  shortfall(
+    tokens: number,
+    cost: number,
+    now: number,
+    reservationsAside = false,
+  ): BudgetShortfall | null {
     const c = this.config;
     if (c === undefined) return null;
     if (c.maxTokensPerHour !== Number.POSITIVE_INFINITY) {
       const used = this.tokens.used(now);
-      if (!fits(used + this.reservedTokens, tokens, c.maxTokensPerHour)) {
-        return this.#shortfall(
-          'tokens',
-          used,
-          this.reservedTokens,
-          tokens,
-          c.maxTokensPerHour,
-          now,
-        );
+      const reserved = reservationsAside ? 0 : this.reservedTokens;
+      if (!fits(used + reserved, tokens, c.maxTokensPerHour)) {
+        return this.#shortfall('tokens', used, reserved, tokens, c.maxTokensPerHour, now);
       }
     }
     if (c.maxCostPerDay !== Number.POSITIVE_INFINITY) {
       const used = this.cost.used(now);
-      if (!fits(used + this.reservedCost, cost, c.maxCostPerDay)) {
-        return this.#shortfall('cost', used, this.reservedCost, cost, c.maxCostPerDay, now);
+      const reserved = reservationsAside ? 0 : this.reservedCost;
+      if (!fits(used + reserved, cost, c.maxCostPerDay)) {
+        return this.#shortfall('cost', used, reserved, cost, c.maxCostPerDay, now);
       }
     }
     return null;

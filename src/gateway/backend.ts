@@ -4,6 +4,7 @@
  *
  * @module
  */
+import type { FabricError } from '../errors.js';
 import type { CallPhases } from '../telemetry/tracing.js';
 import type { Reservation } from '../budget/budget-manager.js';
 import type { Approval, ApprovalResult } from '../policy/approval-manager.js';
@@ -195,6 +196,14 @@ export interface GatewayBackend {
     ctx: CallbackAnswerContext,
     signal: AbortSignal,
   ): Promise<CallbackAnswerDecision> | CallbackAnswerDecision;
+  /**
+   * Optional: whether a `sampling/createMessage` an upstream sends the agent's client, whose
+   * params come to `tokens`, may reach the agent's model: the refusal (a `FabricError` coded
+   * `FABRIC_ERR_BUDGET_EXCEEDED`) when a budget scope of the agent is already at or over its
+   * limit for them, else `undefined`. Synchronous; reserves nothing (the gateway records the
+   * sampling with {@link recordUsage} once it ran). Without it sampling is never refused.
+   */
+  admitSampling?(agentId: string, tokens: number): FabricError | undefined;
   /**
    * Optional side-effect-free probe: `false` when policy denies `tool` to the agent outright
    * (a rule without conditions). Rules with conditions must answer `true`. Without this

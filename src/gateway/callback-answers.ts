@@ -18,8 +18,8 @@
  *
  * @module
  */
-import type { Request, Result } from '@modelcontextprotocol/sdk/types.js';
-import { CallbackAnswerDeniedError } from '../errors.js';
+import type { McpError, Request, Result } from '@modelcontextprotocol/sdk/types.js';
+import { CallbackAnswerDeniedError, FabricError } from '../errors.js';
 import { CALLBACK_ANSWER_UNCHECKED } from '../policy/callback-answer-check.js';
 import type { AuditLog } from './audit-log.js';
 import type { CallbackAnswerContext, CallbackAnswerDecision, GatewayBackend } from './backend.js';
@@ -119,29 +119,82 @@ export class CallbackAnswers {
       decision.policy,
       decision.reason,
     );
+    throw this.#refused(
+      "an agent's answer to an upstream's callback was refused by policy; the upstream gets an error instead",
+      { upstream, session, request, startedAt, started },
+      { decision: 'deny', rule: decision.policy, reason: decision.reason },
+      ctx.result ?? ctx.error,
+      refusal,
+    );
+  }
+
+  /**
+   * Refuses `request` of `upstream` before it reaches the agent's session (the budget refused a
+   * sampling request: `refusal`, coded `FABRIC_ERR_BUDGET_EXCEEDED`), logged and audited as a
+   * refused answer is (decision `none`: no policy decided; the request's params as digest).
+   * @returns the McpError to send the upstream.
+   */
+  refuse(
+    upstream: Upstream,
+    session: GatewaySession,
+    request: Request,
+    refusal: FabricError,
+  ): McpError {
+    const at = { upstream, session, request, startedAt: Date.now(), started: performance.now() };
+    return this.#refused(
+      "an upstream's callback was refused before it reached the agent's client; the upstream gets an error instead",
+      at,
+      { decision: 'none', reason: refusal.message },
+      request.params ?? {},
+      new FabricError(
+        refusal.code,
+        refusal.kind,
+        `${request.method} of upstream ${upstream.name} was not sent to the agent's client: ${refusal.message}`,
+        { ...refusal.details, upstream: upstream.name, method: request.method },
+      ),
+    );
+  }
+
+  /** Logs (`warn`) and audits a refusal sent upstream instead of a request or its answer. */
+  #refused(
+    msg: string,
+    at: {
+      upstream: Upstream;
+      session: GatewaySession;
+      request: Request;
+      startedAt: number;
+      started: number;
+    },
+    why: { decision: string; rule?: string; reason: string },
+    digested: unknown,
+    refusal: FabricError,
+  ): McpError {
+    const { upstream, session, request } = at;
+    const agentId = session.identity.agentId;
     this.#log({
       level: 'warn',
-      msg: "an agent's answer to an upstream's callback was refused by policy; the upstream gets an error instead",
-      agentId: identity.agentId,
+      msg,
+      agentId,
       session: session.id,
       upstream: upstream.name,
       method: request.method,
-      policy: decision.policy,
-      reason: decision.reason.slice(0, LOGGED_REASON_CHARS),
+      ...(why.rule === undefined ? {} : { policy: why.rule }),
+      code: refusal.code,
+      reason: why.reason.slice(0, LOGGED_REASON_CHARS),
     });
     this.#audit?.write({
-      time: new Date(startedAt).toISOString(),
-      agent: identity.agentId,
+      time: new Date(at.startedAt).toISOString(),
+      agent: agentId,
       tool: request.method,
       upstream: upstream.name,
-      decision: 'deny',
-      rule: decision.policy,
-      durationMs: Math.round((performance.now() - started) * 1000) / 1000,
+      decision: why.decision,
+      ...(why.rule === undefined ? {} : { rule: why.rule }),
+      durationMs: Math.round((performance.now() - at.started) * 1000) / 1000,
       outcome: 'denied',
-      ...answerDigest(this.#audit, ctx.result ?? ctx.error),
+      ...answerDigest(this.#audit, digested),
       code: refusal.code,
     });
-    throw toMcpError(refusal);
+    return toMcpError(refusal);
   }
 }
 

@@ -328,9 +328,18 @@ export class ToolGateway implements SessionHost {
         })
       : undefined;
     const answers = new CallbackAnswers(this.#backend, this.#audit, this.#log, this.metrics);
-    this.#routes = new InflightRoutes(this.#log, (upstream, session, request, signal, answer) => {
-      if (request.method === 'sampling/createMessage')
-        this.#chargeSampling(session, request, answer);
+    this.#routes = new InflightRoutes(this.#log, (upstream, session, request, signal, send) => {
+      if (request.method !== 'sampling/createMessage') {
+        return answers.relay(upstream, session, request, signal, send());
+      }
+      // The agent's model reads the request: not sent when its budget has no room for it.
+      const asked = estimateTokens(request.params ?? {});
+      const refusal = this.#backend.admitSampling?.(session.identity.agentId, asked);
+      if (refusal !== undefined) {
+        return Promise.reject(answers.refuse(upstream, session, request, refusal));
+      }
+      const answer = send();
+      this.#chargeSampling(session, asked, answer);
       return answers.relay(upstream, session, request, signal, answer);
     });
     this.#estimates = new TokenEstimates({ priors: options.tokenEstimates });
@@ -1928,14 +1937,15 @@ export class ToolGateway implements SessionHost {
 
   /**
    * Charges the agent of `session` the tokens of a `sampling/createMessage` an upstream sent it
-   * and of its client's answer (the agent's model reads the one and writes the other), once the
-   * answer came, whatever becomes of it (a policy provider may refuse to pass it on: the model
-   * ran). Recorded as `fabric__record_usage` is, in full and never refused — the work is done
-   * before it can be measured — so a budget it exhausts refuses the agent's next call.
+   * (`asked`, its params') and of its client's answer (the agent's model reads the one and
+   * writes the other), once the answer came, whatever becomes of it (a policy provider may
+   * refuse to pass it on: the model ran). Recorded as `fabric__record_usage` is, in full and
+   * never refused — the work is done before it can be measured — so a budget it exhausts refuses
+   * the agent's next call, and its next sampling request (`GatewayBackend.admitSampling`, asked
+   * before the request is sent).
    */
-  #chargeSampling(session: GatewaySession, request: Request, answer: Promise<Result>): void {
+  #chargeSampling(session: GatewaySession, asked: number, answer: Promise<Result>): void {
     const agentId = session.identity.agentId;
-    const asked = estimateTokens(request.params ?? {});
     const record = (tokens: number): void => {
       try {
         const done = this.#backend.recordUsage(agentId, { tokens, cost: 0 });

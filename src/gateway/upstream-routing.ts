@@ -26,8 +26,9 @@
  * (`Upstream.holdRootsOf`): the upstream may keep those roots, so the gateway sends that
  * connection no other agent's request until it ends.
  *
- * An agent's answer goes back through the gateway's {@link AnswerRelay} (the policy check of
- * callbacks' answers, callback-answers.ts), which may send the upstream a refusal instead.
+ * A request reaches the agent, and its answer goes back, through the gateway's
+ * {@link AnswerRelay} (the budget's admission of sampling, the policy check of callbacks'
+ * answers: callback-answers.ts), which may send the upstream a refusal instead.
  *
  * @module
  */
@@ -55,15 +56,16 @@ export interface InFlight extends Slotted {
 }
 
 /**
- * Takes an agent session's `answer` to `request` of `upstream` and returns (or throws) what the
- * upstream gets.
+ * Sends `request` of `upstream` to an agent session (`send`, at most once) and returns (or
+ * throws) what the upstream gets: the session's answer, or a refusal sent instead — of the
+ * answer, or of the request without asking the session at all.
  */
 export type AnswerRelay = (
   upstream: Upstream,
   session: GatewaySession,
   request: Request,
   signal: AbortSignal,
-  answer: Promise<Result>,
+  send: () => Promise<Result>,
 ) => Promise<Result>;
 
 /** The requests in flight per upstream. */
@@ -78,8 +80,9 @@ export class InflightRoutes {
   readonly #relay: AnswerRelay | undefined;
 
   /**
-   * @param relay what an agent's answer to a routed request passes before it goes upstream (the
-   *   policy check of callbacks' answers, callback-answers.ts); absent: relayed as it is.
+   * @param relay what a routed request passes before it reaches the agent's session, and its
+   *   answer before it goes upstream (the budget's admission of sampling, the policy check of
+   *   callbacks' answers, callback-answers.ts); absent: sent and relayed as they are.
    */
   constructor(log: (entry: GatewayLogEntry) => void, relay?: AnswerRelay) {
     this.#log = log;
@@ -195,11 +198,9 @@ export class InflightRoutes {
     const rootsHeld = routable && isRoots && !upstream.holdRootsOf(only.session!.identity.agentId);
     if (routable && !rootsHeld) {
       const session = only!.session!;
-      const answer = session.request(request, signal, only!.requestId);
+      const send = (): Promise<Result> => session.request(request, signal, only!.requestId);
       const relayed =
-        this.#relay === undefined
-          ? answer
-          : this.#relay(upstream, session, request, signal, answer);
+        this.#relay === undefined ? send() : this.#relay(upstream, session, request, signal, send);
       if (!isRoots) return relayed;
       // The pin stays only while the upstream may keep some of the agent's roots: not after an
       // answer with none (a client without roots, an empty list), nor after a refusal of the

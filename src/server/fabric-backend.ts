@@ -6,7 +6,7 @@
  * @module
  */
 import type { AgentFabric } from '../fabric.js';
-import { UnauthenticatedError } from '../errors.js';
+import { type FabricError, UnauthenticatedError } from '../errors.js';
 import type {
   AdminBackend,
   CallbackAnswerContext,
@@ -137,6 +137,10 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
 
   takeEndedTasks(agentId: string): readonly EndedTask[] {
     return this.#fabric.scheduler.takeEndedTasks(agentId);
+  }
+
+  admitSampling(agentId: string, tokens: number): FabricError | undefined {
+    return this.#fabric.admitSampling(agentId, tokens);
   }
 
   recordUsage(agentId: string, usage: ToolUsage): Promise<void> {

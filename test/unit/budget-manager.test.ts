@@ -241,6 +241,31 @@ describe('BudgetManager', () => {
       const r = other.reserve('a', { tokens: 1 });
       expect(() => budgets.settle(r)).toThrow(InvalidArgumentError);
     });
+
+    it('check with reservationsAside counts the usage alone (what an upstream sampling asks)', () => {
+      budgets.setPoolBudget('p', { maxTokensPerHour: 5000 });
+      // The calling call's reservation fills the limit: the usage alone still has room.
+      const r = budgets.reserve('a', { tokens: 1000 }, { poolId: 'p' });
+      const aside = { poolId: 'p', reservationsAside: true };
+      expect(budgets.check('a', { tokens: 100 }, { poolId: 'p' }).allowed).toBe(false);
+      expect(budgets.check('a', { tokens: 100 }, aside)).toEqual({ allowed: true });
+      budgets.settle(r, { tokens: 950 });
+      expect(budgets.check('a', { tokens: 100 }, aside)).toMatchObject({
+        allowed: false,
+        scope: 'agent:a',
+        limit: 'tokens',
+        used: 950,
+        reserved: 0,
+        requested: 100,
+      });
+      expect(budgets.check('a', { tokens: 50 }, aside)).toEqual({ allowed: true });
+      // A cost limit reached refuses it too (it asks no cost), as does a pool's limit.
+      budgets.recordUsage('a', { cost: 1 }, { poolId: 'p' });
+      expect(budgets.check('a', { tokens: 0 }, aside)).toMatchObject({ limit: 'cost' });
+      budgets.setBudget('a', {});
+      budgets.recordUsage('a', { tokens: 4100 }, { poolId: 'p' });
+      expect(budgets.check('a', { tokens: 0 }, aside)).toMatchObject({ scope: 'pool:p' });
+    });
   });
 
   describe('levels', () => {
