@@ -16,6 +16,10 @@
  * check that throws refuses the answer (fail closed); only the upstream giving up its request
  * (`signal`) ends it without an answer, as it would have ended the agent's.
  *
+ * A request the gateway refuses before it reaches the agent's session (a sampling request the
+ * budget has no room for, see `GatewayBackend.admitSampling`) is logged and audited here the
+ * same way ({@link CallbackAnswers.refuse}).
+ *
  * @module
  */
 import type { McpError, Request, Result } from '@modelcontextprotocol/sdk/types.js';
