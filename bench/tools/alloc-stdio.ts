@@ -12,50 +12,23 @@
  * the machine's load, unlike CPU time, so two builds can be compared on a busy machine (runs of
  * one build spread ±100 B over 60,000 calls: a collection is ~6 MB).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { rawMcpPeer, writeConfig } from '../fixtures/gateway-peers.js';
-import { CLI, ROOT, shebangNodeOptions } from '../lib.js';
+import { rmSync } from 'node:fs';
+import { rawMcpPeer, stdioToolRun } from '../fixtures/gateway-peers.js';
 
-const ECHO = join(ROOT, 'bench/fixtures/echo-mcp-server.mjs');
-const RELAY = join(ROOT, 'bench/fixtures/json-relay.mjs');
-
-const kind = process.argv[2] ?? 'gateway';
-const warm = Number(process.argv[3] ?? 30_000);
-const calls = Number(process.argv[4] ?? 60_000);
-const inFlight = Number(process.argv[5] ?? 32);
-if (
-  (kind !== 'gateway' && kind !== 'relay') ||
-  ![warm, calls, inFlight].every((n) => Number.isInteger(n) && n > 0)
-) {
-  console.error(
-    'usage: npx tsx bench/tools/alloc-stdio.ts [gateway|relay] [warm-up] [calls] [in-flight] (positive integers)',
-  );
-  process.exit(2);
-}
-
-const dir = mkdtempSync(join(tmpdir(), 'alloc-stdio-'));
-// The config of `stdio-cpu-per-call`.
-const config = writeConfig(dir, 'echo.json', { command: process.execPath, args: [ECHO] });
-const nodeArgs =
-  kind === 'gateway'
-    ? [...shebangNodeOptions(), '--trace-gc-nvp', CLI, 'mcp', '--in-process', '--config', config]
-    : ['--trace-gc-nvp', RELAY, process.execPath, ECHO];
+const { kind, warm, calls, inFlight, dir, nodeArgs, tool } = stdioToolRun(
+  'alloc-stdio',
+  { warm: 30_000, calls: 60_000, inFlight: 32 },
+  ['--trace-gc-nvp'],
+);
 let allocated = 0;
 let collections = 0;
-const peer = await rawMcpPeer(
-  ['-oL', process.execPath, ...nodeArgs],
-  kind === 'gateway' ? 'ev__echo' : 'echo',
-  'stdbuf',
-  (line) => {
-    const m = /\ballocated=(\d+)/.exec(line);
-    if (m) {
-      allocated += Number(m[1]);
-      collections++;
-    }
-  },
-);
+const peer = await rawMcpPeer(['-oL', process.execPath, ...nodeArgs], tool, 'stdbuf', (line) => {
+  const m = /\ballocated=(\d+)/.exec(line);
+  if (m) {
+    allocated += Number(m[1]);
+    collections++;
+  }
+});
 const settle = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 200));
 let perCall: number;
 let counted: number;

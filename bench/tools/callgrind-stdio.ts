@@ -20,36 +20,15 @@
  * (the gateway retires fewer instructions per cycle than the relay: see bench/RESULTS.md).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { rawMcpPeer, writeConfig } from '../fixtures/gateway-peers.js';
-import { CLI, ROOT, shebangNodeOptions } from '../lib.js';
+import { rawMcpPeer, stdioToolRun } from '../fixtures/gateway-peers.js';
 
-const ECHO = join(ROOT, 'bench/fixtures/echo-mcp-server.mjs');
-const RELAY = join(ROOT, 'bench/fixtures/json-relay.mjs');
-
-const kind = process.argv[2] ?? 'gateway';
-const warm = Number(process.argv[3] ?? 20_000);
-const calls = Number(process.argv[4] ?? 10_000);
-const inFlight = Number(process.argv[5] ?? 1);
-if (
-  (kind !== 'gateway' && kind !== 'relay') ||
-  ![warm, calls, inFlight].every((n) => Number.isInteger(n) && n > 0)
-) {
-  console.error(
-    'usage: npx tsx bench/tools/callgrind-stdio.ts [gateway|relay] [warm-up] [calls] [in-flight] (positive integers)',
-  );
-  process.exit(2);
-}
-
-const dir = mkdtempSync(join(tmpdir(), 'callgrind-stdio-'));
-// The config of `stdio-cpu-per-call`.
-const config = writeConfig(dir, 'echo.json', { command: process.execPath, args: [ECHO] });
-const nodeArgs =
-  kind === 'gateway'
-    ? [...shebangNodeOptions(), CLI, 'mcp', '--in-process', '--config', config]
-    : [RELAY, process.execPath, ECHO];
+const { kind, warm, calls, inFlight, dir, nodeArgs, tool } = stdioToolRun('callgrind-stdio', {
+  warm: 20_000,
+  calls: 10_000,
+  inFlight: 1,
+});
 const out = join(dir, 'callgrind.out');
 const peer = await rawMcpPeer(
   [
@@ -60,7 +39,7 @@ const peer = await rawMcpPeer(
     process.execPath,
     ...nodeArgs,
   ],
-  kind === 'gateway' ? 'ev__echo' : 'echo',
+  tool,
   'valgrind',
 );
 try {
