@@ -523,11 +523,15 @@ export class AgentFabric {
     }
     for (const agent of this.#store.agents.values()) {
       if (agent.status === AgentStatus.TERMINATED) continue;
-      this.scheduler.addAgent({
-        agentId: agent.id,
-        executor: agent.executor,
-        ...(agent.poolId === undefined ? {} : { poolId: agent.poolId }),
-      });
+      // Its executor may be a plugin's, registered later: it waits for it, taking no work.
+      this.scheduler.addAgent(
+        {
+          agentId: agent.id,
+          executor: agent.executor,
+          ...(agent.poolId === undefined ? {} : { poolId: agent.poolId }),
+        },
+        { restored: true },
+      );
       if (agent.status === AgentStatus.HEALTHY) this.scheduler.setAccepting(agent.id, true);
     }
     // Agents that joined a pool before joined agents were members (older state) become members.
@@ -702,9 +706,21 @@ export class AgentFabric {
     this.#inprocess.registerHandler(taskType, handler);
   }
 
-  /** Adds an executor agents can name in `AgentConfig.executor`. */
+  /**
+   * Adds an executor agents can name in `AgentConfig.executor`. Agents restored from the store
+   * that name it and waited for it (see {@link awaitedExecutors}) take work on it from now on.
+   */
   registerExecutor(executor: TaskExecutor): void {
     this.scheduler.registerExecutor(executor);
+  }
+
+  /**
+   * The executors that agents restored from the store name but that no one registered yet (a
+   * plugin that did not load), each with those agents' ids: they take no work until it is
+   * registered; the tasks queued for them wait, their pools' tasks go to the pools' other agents.
+   */
+  awaitedExecutors(): { executor: string; agentIds: string[] }[] {
+    return this.scheduler.awaitedExecutors();
   }
 
   /**

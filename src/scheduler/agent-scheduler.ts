@@ -42,6 +42,7 @@ import { checkNumber, checkString, jsonByteLength } from '../validate.js';
 import type { ExecutorSink, TaskExecutor } from './executor.js';
 import type { FairQueue, TenantWeights } from './fair-queue.js';
 import { RemoteExecutor, type EndedTask } from './remote-executor.js';
+import { AwaitedExecutor } from './awaited-executor.js';
 import type { ExecutorEntry } from './slots.js';
 import { AgentSlot, PoolSlot } from './slots.js';
 import { FinishedRetention } from './finished-retention.js';
@@ -202,6 +203,8 @@ export class AgentScheduler {
   readonly #weights: TenantWeights;
 
   readonly #executors = new Map<string, ExecutorEntry>();
+  /** Entries of executors restored agents name that are not registered yet (placeholders). */
+  readonly #awaited = new Map<string, ExecutorEntry>();
   readonly #agents = new Map<string, AgentSlot>();
   readonly #pools = new Map<string, PoolSlot>();
   readonly #remote = new RemoteExecutor();
@@ -350,7 +353,11 @@ export class AgentScheduler {
   // -------------------------------------------------------------------------------------------
   // Executors, agents, pools
 
-  /** Adds an executor under its name; agents name it in `SchedulerAgent.executor`. */
+  /**
+   * Adds an executor under its name; agents name it in `SchedulerAgent.executor`. Restored agents
+   * that were waiting for an executor of that name (see {@link addAgent}) start taking work on
+   * it, and it is told of the attempts the restart ended on them.
+   */
   registerExecutor(executor: TaskExecutor): void {
     if (this.#executors.has(executor.name)) {
       throw new InvalidArgumentError(
@@ -359,7 +366,34 @@ export class AgentScheduler {
       );
     }
     executor.bind(this.#sink);
-    this.#executors.set(executor.name, { executor, pending: [], slots: [] });
+    const awaited = this.#awaited.get(executor.name);
+    if (awaited === undefined) {
+      this.#executors.set(executor.name, { executor, pending: [], slots: [] });
+      return;
+    }
+    this.#awaited.delete(executor.name);
+    const placeholder = awaited.executor as AwaitedExecutor;
+    awaited.executor = executor;
+    this.#executors.set(executor.name, awaited);
+    const slots = [...this.#agents.values()].filter((slot) => slot.exec === awaited);
+    for (const slot of slots) executor.attachAgent?.(slot.id);
+    for (const a of placeholder.aborts) {
+      if (this.#agents.get(a.agentId)?.exec === awaited) {
+        executor.abort(a.taskId, a.attempt, a.reason, a.agentId);
+      }
+    }
+    for (const slot of slots) this.#markAgent(slot);
+  }
+
+  /**
+   * The executors that restored agents name but that are not registered yet, each with those
+   * agents' ids (they take no work until it is registered).
+   */
+  awaitedExecutors(): { executor: string; agentIds: string[] }[] {
+    return [...this.#awaited].map(([executor, entry]) => ({
+      executor,
+      agentIds: [...this.#agents.values()].filter((s) => s.exec === entry).map((s) => s.id),
+    }));
   }
 
   /**
@@ -398,11 +432,24 @@ export class AgentScheduler {
     if (!this.#pools.has(poolId)) this.#pools.set(poolId, new PoolSlot(poolId, this.#weights));
   }
 
-  /** Makes an agent known. It takes no work until {@link setAccepting} opens it. */
-  addAgent(agent: SchedulerAgent): void {
+  /**
+   * Makes an agent known. It takes no work until {@link setAccepting} opens it. `restored`: an
+   * agent a durable store kept, whose executor may not be registered yet (a plugin's loads after
+   * the state is restored): it then waits for it, taking no work until an executor of that name
+   * is registered (see {@link awaitedExecutors}).
+   * @throws ExecutorNotFoundError when the executor is not registered and the agent not restored.
+   */
+  addAgent(agent: SchedulerAgent, options: { restored?: boolean } = {}): void {
     this.#open();
-    const exec = this.#executors.get(agent.executor);
-    if (exec === undefined) throw new ExecutorNotFoundError(agent.executor);
+    let exec = this.#executors.get(agent.executor);
+    if (exec === undefined) {
+      if (options.restored !== true) throw new ExecutorNotFoundError(agent.executor);
+      exec = this.#awaited.get(agent.executor);
+      if (exec === undefined) {
+        exec = { executor: new AwaitedExecutor(agent.executor), pending: [], slots: [] };
+        this.#awaited.set(agent.executor, exec);
+      }
+    }
     let pool: PoolSlot | undefined;
     if (agent.poolId !== undefined) {
       pool = this.#pools.get(agent.poolId);

@@ -14,7 +14,11 @@ import { TenantMix } from './tenant-mix.js';
 
 /** A registered executor and the assignments of the current dispatch pass. */
 export interface ExecutorEntry {
-  readonly executor: TaskExecutor;
+  /**
+   * An `AwaitedExecutor` while the executor its restored agents name is not registered; the
+   * executor from its registration on (the agents keep the entry).
+   */
+  executor: TaskExecutor;
   /** Assignments of this dispatch pass, handed over together when the pass ends. */
   pending: TaskAssignment[];
   /** The agents of the pending assignments, each once (their `unflushed` counts them). */

@@ -355,6 +355,16 @@ export class Sidecar {
             msg: `plugin ${loaded.name}@${loaded.version} (${loaded.kind}) loaded`,
           });
         }
+        // Restored agents whose executor no plugin brought (a plugin dropped from the config,
+        // or optional and failed) wait for it: said once, so their work is not silently stuck.
+        for (const { executor, agentIds } of fabric.awaitedExecutors()) {
+          log({
+            level: 'warn',
+            msg: `executor ${JSON.stringify(executor)}: ${agentIds.length} agent(s) restored from the state file run on it, but no plugin registered it: they take no work until it is registered (the tasks queued for them wait; their pools' tasks go to the pools' other agents)`,
+            executor,
+            agentIds,
+          });
+        }
         enter('fabric');
         await configureFabric(fabric, config, log);
         // After the plugins: a `hook` plugin's store is the one whose events are counted.

@@ -1,0 +1,103 @@
+/**
+ * The library over a real SQLite state file, with an executor registered after the fabric is
+ * made (as a plugin's is): the agents the store kept that run on it are restored while it is not
+ * registered yet — they wait for it, taking no work — and take their work once it is registered,
+ * the executor told of the attempt the restart ended. A spawn naming it is still refused until then.
+ */
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { AgentFabric } from '../../src/fabric.js';
+import type { AgentRecord } from '../../src/lifecycle/lifecycle-manager.js';
+import type { PoolRecord } from '../../src/pools/pool-manager.js';
+import type { ExecutorSink, TaskExecutor } from '../../src/scheduler/executor.js';
+import type { TaskRecord } from '../../src/scheduler/task-record.js';
+import { SqliteStore } from '../../src/store/sqlite-store.js';
+import { TaskStatus, type TaskAssignment } from '../../src/task.js';
+import { tempDir } from '../fixtures/gateway/harness.js';
+
+const fabrics: AgentFabric[] = [];
+afterEach(async () => {
+  for (const f of fabrics.splice(0)) await f.close();
+});
+
+/**
+ * An executor named `late` that holds one task at a time and never ends it (`hold`), or
+ * completes its tasks with their payload.
+ */
+class LateExecutor implements TaskExecutor {
+  readonly name = 'late';
+  readonly acknowledges = false;
+  readonly autoHeartbeat = true;
+  readonly aborted: string[] = [];
+  readonly attached: string[] = [];
+  #sink: ExecutorSink | undefined;
+  #held = 0;
+  constructor(readonly hold: boolean) {}
+  bind(sink: ExecutorSink): void {
+    this.#sink = sink;
+  }
+  capacity(): number {
+    return this.hold ? 1 - this.#held : Number.POSITIVE_INFINITY;
+  }
+  dispatch(batch: readonly TaskAssignment[]): void {
+    if (this.hold) {
+      this.#held += batch.length;
+      return;
+    }
+    for (const a of batch) this.#sink!.complete(a.taskId, a.attempt, { done: a.payload });
+  }
+  abort(taskId: string, attempt: number): void {
+    this.aborted.push(`${taskId}#${attempt}`);
+  }
+  attachAgent(agentId: string): void {
+    this.attached.push(agentId);
+  }
+  async close(): Promise<void> {}
+}
+
+async function open(path: string): Promise<AgentFabric> {
+  const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+  const fabric = new AgentFabric({}, { store });
+  fabrics.push(fabric);
+  return fabric;
+}
+
+describe('AgentFabric restored before its executor is registered', () => {
+  it('restores the agents on it, which take their work once it is registered', async () => {
+    const path = join(tempDir('late-executor'), 'state.db');
+    const first = await open(path);
+    first.registerExecutor(new LateExecutor(true));
+    const pool = await first.createPool({
+      poolId: 'p',
+      model: 'm',
+      executor: 'late',
+      minAgents: 1,
+    });
+    const running = await first.scheduleToPool('p', 't', 0);
+    const queued = await first.scheduleToPool('p', 't', 1);
+    await expect
+      .poll(async () => (await first.getTask(running.id)).status)
+      .toBe(TaskStatus.RUNNING);
+    await first.close();
+    fabrics.splice(0);
+
+    const second = await open(path);
+    expect(second.awaitedExecutors()).toEqual([{ executor: 'late', agentIds: pool.currentAgents }]);
+    // Nothing runs meanwhile; the interrupted attempt is counted; a new agent on it is refused.
+    expect((await second.getTask(running.id)).status).toBe(TaskStatus.PENDING);
+    expect((await second.getTask(running.id)).attempt).toBe(1);
+    await expect(second.spawn({ name: 'x', model: 'm', executor: 'late' })).rejects.toThrow(
+      /names no registered executor/,
+    );
+    const exec = new LateExecutor(false);
+    second.registerExecutor(exec);
+    expect(second.awaitedExecutors()).toEqual([]);
+    expect(exec.attached).toEqual(pool.currentAgents);
+    expect(exec.aborted).toEqual([`${running.id}#1`]);
+    const a = await second.waitForTask(running.id, { timeoutSeconds: 20 });
+    const b = await second.waitForTask(queued.id, { timeoutSeconds: 20 });
+    expect([a.status, a.attempt, a.result]).toEqual([TaskStatus.COMPLETED, 2, { done: 0 }]);
+    expect([b.status, b.attempt, b.result]).toEqual([TaskStatus.COMPLETED, 1, { done: 1 }]);
+    expect(pool.currentAgents).toContain(a.assignedAgentId);
+  });
+});
