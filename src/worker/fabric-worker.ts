@@ -36,7 +36,6 @@
  */
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import {
-  FabricError,
   AgentNotFoundError,
   AgentUnavailableError,
   HandlerNotFoundError,
@@ -517,7 +516,7 @@ export class FabricWorker {
 
   /** True when `err` says the sidecar could not be reached (see {@link WorkerTransport.unreachable}). */
   #unreachable(err: unknown): boolean {
-    return !(err instanceof FabricError) && this.#transport.unreachable?.(err) === true;
+    return this.#transport.unreachable?.(err) === true;
   }
 
   /**

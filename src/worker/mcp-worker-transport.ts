@@ -23,7 +23,12 @@ import {
   StreamableHTTPError,
 } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
-import { PayloadTooLargeError, UnauthenticatedError, type ErrorKind } from '../errors.js';
+import {
+  FabricError,
+  PayloadTooLargeError,
+  UnauthenticatedError,
+  type ErrorKind,
+} from '../errors.js';
 import { ERROR_META_KEY } from '../gateway/map-error.js';
 import type { TaskAssignment } from '../task.js';
 import {
@@ -59,8 +64,9 @@ export class McpWorkerTransport implements WorkerTransport {
     return new McpWorkerTransport(url, credential, await openSession(url, credential));
   }
 
+  /** An answer of the sidecar (a FabricError) never is; see {@link sidecarUnreachable}. */
   unreachable(err: unknown): boolean {
-    return sidecarUnreachable(err);
+    return !(err instanceof FabricError) && sidecarUnreachable(err);
   }
 
   async heartbeat(): Promise<WorkerReportAnswer> {

@@ -66,9 +66,10 @@ export interface WorkerTransport {
   readonly leasesClaims?: boolean;
   /**
    * True when `err` (thrown by one of this transport's calls) means the sidecar could not be
-   * reached — nothing listening, the connection reset, a proxy's 502/503/504 — rather than an
-   * answer: `FabricWorker.run` then waits and tries again instead of ending. Absent: every
-   * error ends `run()`.
+   * reached rather than that it answered: `FabricWorker.run` then waits and tries again instead
+   * of ending. Over MCP: nothing listening, the connection reset, a proxy's 502/503/504. Over
+   * NATS: no sidecar answered (see `NatsWorkerTransport.unreachable`). Absent: every error ends
+   * `run()`.
    */
   unreachable?(err: unknown): boolean;
   heartbeat(): Promise<WorkerReportAnswer>;

@@ -10,7 +10,7 @@ import type { JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { InvalidArgumentError, NatsUnavailableError, PermissionDeniedError } from '../../errors.js';
 import { hashCredential } from '../../lifecycle/lifecycle-manager.js';
-import { ReplyInbox } from './reply-inbox.js';
+import { ReplyInbox, type NoAnswer } from './reply-inbox.js';
 import type { NatsNames } from './subjects.js';
 import type { Answer, Report, ReportKind, TaskMessage } from './wire.js';
 import {
@@ -57,6 +57,18 @@ export interface Starting {
   readonly answer: Promise<Answer | undefined>;
   /** Resolves once the report is handed to the connection (written out on this turn). */
   readonly sent: Promise<void>;
+}
+
+/** Why no sidecar answered a heartbeat, by the error it was rejected with. */
+const unanswered = new WeakMap<Error, NoAnswer>();
+
+/**
+ * Why no sidecar answered the heartbeat `err` (from {@link NatsAgentLink.heartbeat}) is about:
+ * nobody subscribes the subject (`no-responders`), no genuine answer in time (`timeout`), the
+ * link closed (`closed`); undefined for any other error.
+ */
+export function noAnswerOf(err: unknown): NoAnswer | undefined {
+  return err instanceof Error ? unanswered.get(err) : undefined;
 }
 
 /**
@@ -184,6 +196,7 @@ export class NatsAgentLink {
   #reports = 0;
   #lastTs = 0;
   #closed = false;
+  #answered = false;
   /** Where the sidecars' answers to reports come back. */
   readonly #inbox: ReplyInbox;
   /** Retries waiting for their backoff, each with its send (run at once by {@link close}). */
@@ -198,6 +211,15 @@ export class NatsAgentLink {
   ) {
     this.#key = hashCredential(credential);
     this.#inbox = new ReplyInbox(nc);
+  }
+
+  /**
+   * True once a sidecar answered one of this link's heartbeats under its credential: the agent
+   * and credential are known good, so a heartbeat no one answers later means its sidecar (or
+   * NATS) is away, not that they are wrong.
+   */
+  get answered(): boolean {
+    return this.#answered;
   }
 
   get closed(): boolean {
@@ -231,17 +253,18 @@ export class NatsAgentLink {
         this.reportTimeoutMs,
         (m, noAnswer) => {
           if (m === undefined) {
-            reject(
-              new NatsUnavailableError(
-                this.nc.getServer(),
-                `no sidecar answered the heartbeat of agent ${this.agentId} with a valid MAC ` +
-                  `(${noAnswer}): an unknown agent, a wrong credential or another namespace`,
-              ),
+            const err = new NatsUnavailableError(
+              this.nc.getServer(),
+              `no sidecar answered the heartbeat of agent ${this.agentId} with a valid MAC ` +
+                `(${noAnswer}): an unknown agent, a wrong credential or another namespace`,
             );
+            unanswered.set(err, noAnswer ?? 'timeout');
+            reject(err);
             return true;
           }
           const a = asAnswer(decodeJson(m.data));
           if (a === undefined || !this.#genuineHeartbeatAnswer(a, ts)) return false;
+          this.#answered = true;
           const { mac: _mac, ...answer } = a;
           resolve(answer as Answer);
           return true;

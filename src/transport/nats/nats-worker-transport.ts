@@ -31,7 +31,7 @@ import type {
   WorkerTransport,
 } from '../../worker/worker-transport.js';
 import { RemoteFabricError } from '../../worker/worker-transport.js';
-import { NatsAgentLink, quietly, terminate } from './nats-agent-link.js';
+import { NatsAgentLink, noAnswerOf, quietly, terminate } from './nats-agent-link.js';
 import { connectNats } from './nats-connection.js';
 import type { NatsOptionsInput } from './nats-options.js';
 import { DEFAULT_REPORT_TIMEOUT_MS, parseNatsOptions } from './nats-options.js';
@@ -117,6 +117,8 @@ export class NatsWorkerTransport implements WorkerTransport {
   #consuming = false;
   /** The fabric takes no reports from this agent (terminated, another pool): claims fail. */
   #denied: RemoteFabricError | undefined;
+  /** Errors of reports no sidecar answered (see {@link unreachable}). */
+  readonly #unanswered = new WeakSet<RemoteFabricError>();
 
   private constructor(
     link: NatsAgentLink,
@@ -203,10 +205,33 @@ export class NatsWorkerTransport implements WorkerTransport {
     }
   }
 
+  /**
+   * True when `err` (from one of its calls) says no sidecar answered, which `FabricWorker.run`
+   * waits out: a heartbeat nobody listens for (`no responders`: no sidecar of the namespace is
+   * up), or that no sidecar answered in time once one had answered this transport's heartbeats
+   * (the agent and credential are good: its sidecar or NATS is away; before that, the same is
+   * a wrong credential, an unknown agent or another namespace, which ends `run()`); a task's
+   * report no sidecar answered before the task's timeout passed (the attempt is over and the
+   * message dropped: the report is not sent again). Not a closed transport, nor any answer.
+   */
+  unreachable(err: unknown): boolean {
+    if (this.#link.closed) return false;
+    if (err instanceof RemoteFabricError) return this.#unanswered.has(err);
+    const why = noAnswerOf(err);
+    return why === 'no-responders' || (why === 'timeout' && this.#link.answered);
+  }
+
   async heartbeat(): Promise<WorkerReportAnswer> {
     const answer = await this.#link.heartbeat();
     if (!answer.ok) throw refused(answer, this.#link.agentId);
     return { ...answer, endedTasks: this.#takeEnded() };
+  }
+
+  /** {@link refused} for a report no sidecar answered (see {@link unreachable}). */
+  #notAnswered(): RemoteFabricError {
+    const err = refused(undefined);
+    if (!this.#link.closed) this.#unanswered.add(err);
+    return err;
   }
 
   #takeEnded(): WorkerEndedTask[] {
@@ -330,7 +355,7 @@ export class NatsWorkerTransport implements WorkerTransport {
     this.#held.delete(`${task.taskId}:${task.attempt}`);
     if (answer === undefined) {
       if (!this.#link.closed) terminate(h.m); // its sidecar is gone
-      throw refused(answer);
+      throw this.#notAnswered();
     }
     h.m.ack();
     if (!answer.ok) throw refused(answer);
@@ -360,7 +385,8 @@ export class NatsWorkerTransport implements WorkerTransport {
   async reportProgress(task: HeldTask, progress: unknown): Promise<WorkerReportAnswer> {
     const h = this.#heldTask(task);
     const answer = await this.#link.report(h.task, 'progress', { progress });
-    if (answer === undefined || !answer.ok) throw refused(answer);
+    if (answer === undefined) throw this.#notAnswered();
+    if (!answer.ok) throw refused(answer);
     return { endedTasks: this.#takeEnded() };
   }
 
