@@ -6,12 +6,17 @@
  * and a task's report given up once the task's timeout passed with the sidecar still down
  * (`FABRIC_ERR_NATS_UNAVAILABLE`). Both now count as the sidecar unreachable: `run()` waits and
  * goes on, and takes the tasks scheduled once the sidecar is back; the state file says each
- * ended as it should.
+ * ended as it should. So does a heartbeat that times out (another sidecar of the namespace
+ * listens, not knowing the agent) once the agent's own sidecar had answered the transport; a
+ * credential never answered still ends `run()`. A restart of the nats-server alone never ended
+ * `run()` (its connection reconnects): checked too.
  */
+import { connect } from '@nats-io/transport-node';
 import { afterAll, expect, it } from 'vitest';
 import { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
 import { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transport.js';
+import { natsNames } from '../../src/transport/nats/subjects.js';
 import { FabricWorker } from '../../src/worker/fabric-worker.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
@@ -162,5 +167,72 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
     expect(ended).toBe('resolved');
     await worker.close();
     await fabric.close();
+  }, 120_000);
+
+  it('waits out a heartbeat no sidecar answers in time once its own sidecar answered it; a wrong credential still ends run()', async () => {
+    const nats = { url: suiteServer().url, namespace: 'wsrt' };
+    const set = await natsSidecarWithAgent({
+      nats,
+      ackWaitSeconds: 30,
+      fabric: { heartbeatIntervalSeconds: 60 },
+    });
+    const { dir, statePath, agentId, credential } = set;
+    const options = { nats, agentId, reportTimeoutMs: 500 };
+    let transport: NatsWorkerTransport | undefined;
+    await until(async () => {
+      try {
+        transport = await NatsWorkerTransport.connect({ ...options, credential });
+        return true;
+      } catch {
+        return false;
+      }
+    }, 20_000);
+    const worker = FabricWorker.withTransport(transport!, {
+      heartbeatSeconds: 0.5,
+      claimWaitSeconds: 1,
+    });
+    await worker.heartbeat();
+    // A credential its sidecar never answered under: no sidecar answers it in time, and that
+    // ends the run (a misconfiguration, not a sidecar away).
+    const wrong = FabricWorker.withTransport(
+      await NatsWorkerTransport.connect({ ...options, credential: `${credential}x` }),
+    );
+    await expect(wrong.run({}, { signal: new AbortController().signal })).rejects.toMatchObject({
+      code: 'FABRIC_ERR_NATS_UNAVAILABLE',
+    });
+    await wrong.close();
+    // Another sidecar of the namespace listens for heartbeats but does not know the agent: with
+    // its own sidecar down, the heartbeat times out instead of finding no responders.
+    const other = await connect({ servers: nats.url });
+    other.subscribe(natsNames(nats.namespace).heartbeats);
+    await other.flush();
+    expect(await stop(set.sidecar, 'SIGKILL')).toBeNull();
+
+    const stopRun = new AbortController();
+    let ended: unknown;
+    const running = worker
+      .run({ double: (p) => (p as number) * 2 }, { signal: stopRun.signal })
+      .then(
+        () => (ended = 'resolved'),
+        (err: unknown) => (ended = err),
+      );
+    // Long enough for the first heartbeat to have timed out, and been tried again.
+    await new Promise((r) => setTimeout(r, 2000));
+    expect(ended).toBeUndefined();
+
+    const sidecar = await serve(dir);
+    const { task } = await api<{ task: { taskId: string } }>(
+      sidecar.url,
+      'FabricService/ScheduleTask',
+      { agentId, taskType: 'double', payload: 8 },
+    );
+    await until(() => onDisk(statePath).get(task.taskId)?.status === 'COMPLETED', 30_000);
+    expect(onDisk(statePath).get(task.taskId)).toMatchObject({ attempt: 1, result: 16 });
+    stopRun.abort();
+    await running;
+    expect(ended).toBe('resolved');
+    await worker.close();
+    await other.close();
+    expect(await stop(sidecar, 'SIGTERM')).toBe(0);
   }, 120_000);
 });
