@@ -65,6 +65,16 @@ function statusesOnDisk(statePath: string, ids: string[]): [string, number][] {
   return ids.map((id) => [rows.get(id)!.status, rows.get(id)!.attempt]);
 }
 
+/** Waits until the tasks `ids` have the `[status, attempt]`s `expected` in the state file. */
+function untilOnDisk(
+  statePath: string,
+  ids: string[],
+  expected: [string, number][],
+): Promise<void> {
+  const want = JSON.stringify(expected);
+  return until(() => JSON.stringify(statusesOnDisk(statePath, ids)) === want, 20_000);
+}
+
 describe('agent-fabric serve: pool agents on a plugin executor, across restarts', () => {
   it('SIGTERM with tasks running and queued: the restart runs them on the plugin executor', async () => {
     const dir = tempDir('plugin-exec-term');
@@ -83,16 +93,11 @@ describe('agent-fabric serve: pool agents on a plugin executor, across restarts'
     });
     const ids: string[] = [];
     for (let n = 0; n < 3; n++) ids.push(await scheduleToPool(first.url, 'gp', n));
-    await until(
-      () =>
-        JSON.stringify(statusesOnDisk(statePath, ids)) ===
-        JSON.stringify([
-          ['RUNNING', 1],
-          ['PENDING', 0],
-          ['PENDING', 0],
-        ]),
-      20_000,
-    );
+    await untilOnDisk(statePath, ids, [
+      ['RUNNING', 1],
+      ['PENDING', 0],
+      ['PENDING', 0],
+    ]);
     expect(await stop(first, 'SIGTERM')).toBe(0);
     // Unloading the plugin at the shutdown took its agents' running attempt back (counted).
     expect(first.err()).toContain(`aborted ${ids[0]}#1`);
@@ -138,15 +143,10 @@ describe('agent-fabric serve: pool agents on a plugin executor, across restarts'
     const first = await serve(dir);
     const ids: string[] = [];
     for (let n = 0; n < 2; n++) ids.push(await scheduleToPool(first.url, 'cp', n));
-    await until(
-      () =>
-        JSON.stringify(statusesOnDisk(statePath, ids)) ===
-        JSON.stringify([
-          ['RUNNING', 1],
-          ['PENDING', 0],
-        ]),
-      20_000,
-    );
+    await untilOnDisk(statePath, ids, [
+      ['RUNNING', 1],
+      ['PENDING', 0],
+    ]);
     const { pool } = await api<{ pool: { agentIds: string[] } }>(
       first.url,
       'FabricService/GetPool',

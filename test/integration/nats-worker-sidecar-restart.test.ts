@@ -17,13 +17,30 @@ import { AgentFabric } from '../../src/fabric.js';
 import { TaskStatus } from '../../src/task.js';
 import { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transport.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
-import { FabricWorker } from '../../src/worker/fabric-worker.js';
+import { FabricWorker, type WorkerHandler } from '../../src/worker/fabric-worker.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 import { api, natsSidecarWithAgent, onDisk } from '../fixtures/nats/state-sidecar.js';
 import { cleanUp, serve, stop } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
+
+/**
+ * Starts `worker.run(handlers)`: its stop, how it ended so far (undefined while it runs,
+ * `'resolved'`, or what it rejected with) and its end.
+ */
+function startRun(
+  worker: FabricWorker,
+  handlers: Readonly<Record<string, WorkerHandler>>,
+): { stop: AbortController; ended: () => unknown; done: Promise<unknown> } {
+  const stop = new AbortController();
+  let ended: unknown;
+  const done = worker.run(handlers, { signal: stop.signal }).then(
+    () => (ended = 'resolved'),
+    (err: unknown) => (ended = err),
+  );
+  return { stop, ended: () => ended, done };
+}
 
 describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
   const suiteServer = natsServerPerSuite();
@@ -68,31 +85,21 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
     let release: (() => void) | undefined;
     const held = new Promise<void>((r) => (release = r));
     let holding = false;
-    const stopRun = new AbortController();
-    let ended: unknown;
-    const running = worker
-      .run(
-        {
-          double: (p) => {
-            runs.push(`double ${String(p)}`);
-            return (p as number) * 2;
-          },
-          slow: async (p) => {
-            runs.push(`slow ${String(p)}`);
-            holding = true;
-            await held;
-            return p;
-          },
-        },
-        { signal: stopRun.signal },
-      )
-      .then(
-        () => (ended = 'resolved'),
-        (err: unknown) => (ended = err),
-      );
+    const run = startRun(worker, {
+      double: (p) => {
+        runs.push(`double ${String(p)}`);
+        return (p as number) * 2;
+      },
+      slow: async (p) => {
+        runs.push(`slow ${String(p)}`);
+        holding = true;
+        await held;
+        return p;
+      },
+    });
     // Long enough for the first heartbeat to have found nobody, and tried again.
     await new Promise((r) => setTimeout(r, 1500));
-    expect(ended).toBeUndefined();
+    expect(run.ended()).toBeUndefined();
 
     let sidecar = await serve(dir);
     const first = await schedule(sidecar.url, 'double', 21);
@@ -107,7 +114,7 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
     release!();
     // The report is tried until the task's timeout passed since it was taken up.
     await new Promise((r) => setTimeout(r, 3000));
-    expect(ended).toBeUndefined();
+    expect(run.ended()).toBeUndefined();
 
     sidecar = await serve(dir);
     // The restarted sidecar ends the attempt whose outcome never came at its timeout.
@@ -117,10 +124,10 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
     expect(status(after)).toMatchObject({ attempt: 1, result: 100 });
     // Each ran once.
     expect(runs).toEqual(['double 21', 'slow 7', 'double 50']);
-    expect(ended).toBeUndefined();
-    stopRun.abort();
-    await running;
-    expect(ended).toBe('resolved');
+    expect(run.ended()).toBeUndefined();
+    run.stop.abort();
+    await run.done;
+    expect(run.ended()).toBe('resolved');
     await worker.close();
     expect(await stop(sidecar, 'SIGTERM')).toBe(0);
   }, 120_000);
@@ -140,14 +147,7 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
       heartbeatSeconds: 0.5,
       claimWaitSeconds: 1,
     });
-    const stopRun = new AbortController();
-    let ended: unknown;
-    const running = worker
-      .run({ double: (p) => (p as number) * 2 }, { signal: stopRun.signal })
-      .then(
-        () => (ended = 'resolved'),
-        (err: unknown) => (ended = err),
-      );
+    const run = startRun(worker, { double: (p) => (p as number) * 2 });
     const before = await fabric.schedule({ agentId: agent.id, taskType: 'double', payload: 1 });
     expect(await fabric.waitForTask(before.id, { timeoutSeconds: 20 })).toMatchObject({
       status: TaskStatus.COMPLETED,
@@ -161,10 +161,10 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
       status: TaskStatus.COMPLETED,
       result: 4,
     });
-    expect(ended).toBeUndefined();
-    stopRun.abort();
-    await running;
-    expect(ended).toBe('resolved');
+    expect(run.ended()).toBeUndefined();
+    run.stop.abort();
+    await run.done;
+    expect(run.ended()).toBe('resolved');
     await worker.close();
     await fabric.close();
   }, 120_000);
@@ -208,17 +208,10 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
     await other.flush();
     expect(await stop(set.sidecar, 'SIGKILL')).toBeNull();
 
-    const stopRun = new AbortController();
-    let ended: unknown;
-    const running = worker
-      .run({ double: (p) => (p as number) * 2 }, { signal: stopRun.signal })
-      .then(
-        () => (ended = 'resolved'),
-        (err: unknown) => (ended = err),
-      );
+    const run = startRun(worker, { double: (p) => (p as number) * 2 });
     // Long enough for the first heartbeat to have timed out, and been tried again.
     await new Promise((r) => setTimeout(r, 2000));
-    expect(ended).toBeUndefined();
+    expect(run.ended()).toBeUndefined();
 
     const sidecar = await serve(dir);
     const { task } = await api<{ task: { taskId: string } }>(
@@ -228,9 +221,9 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
     );
     await until(() => onDisk(statePath).get(task.taskId)?.status === 'COMPLETED', 30_000);
     expect(onDisk(statePath).get(task.taskId)).toMatchObject({ attempt: 1, result: 16 });
-    stopRun.abort();
-    await running;
-    expect(ended).toBe('resolved');
+    run.stop.abort();
+    await run.done;
+    expect(run.ended()).toBe('resolved');
     await worker.close();
     await other.close();
     expect(await stop(sidecar, 'SIGTERM')).toBe(0);
