@@ -469,9 +469,12 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   }
 
   /**
-   * Reserves an estimate on every level, or throws when it does not fit one of them.
+   * Reserves an estimate on every level, or throws when it does not fit one of them. With a
+   * durable store the reservation is covered on disk before this returns (see
+   * `BudgetStore.coverReservation`: a commit only when it goes past what the store holds).
    * @throws BudgetExceededError carrying `scope`, `limit`, `used`, `max` and `retryAt`.
    * @throws InvalidUsageError for a bad estimate.
+   * @throws StateStoreError when the commit that covers it fails: nothing stays reserved.
    */
   reserve(agentId: string, estimate: UsageAmount, options?: ReserveOptions): Reservation {
     let tokens = amount('estimate.tokens', estimate, 'tokens');
@@ -564,7 +567,14 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     const tokens = w.clamp ? this.#clamp(w.agentId, w.poolId, w.tokens) : w.tokens;
     const short = this.#shortfall(w.agentId, w.poolId, tokens, w.cost, now);
     if (short === null) {
-      w.resolve(this.#hold(w.agentId, w.poolId, tokens, w.cost));
+      let held: Reservation;
+      try {
+        held = this.#hold(w.agentId, w.poolId, tokens, w.cost);
+      } catch (error) {
+        w.reject(error); // its coverage could not be committed (StateStoreError)
+        return true;
+      }
+      w.resolve(held);
       return true;
     }
     const waitable = this.#fitsUnreserved(w.agentId, w.poolId, tokens, w.cost, now);
@@ -614,7 +624,26 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     }
     f.reservedTokens += tokens;
     f.reservedCost += cost;
-    return new ReservationImpl(this, agentId, poolId, tokens, cost, a, p, f);
+    const r = new ReservationImpl(this, agentId, poolId, tokens, cost, a, p, f);
+    const store = this.#store;
+    if (store.coverReservation !== undefined && (tokens > 0 || cost > 0)) {
+      // The call goes ahead only once what the store holds covers its estimate: a crash while it
+      // is in flight (forwarded, its cost being spent) must not give that cost back. Under the
+      // committed ceiling (a lease) nothing is written.
+      let uncovered = store.coverReservation(a.scope, a);
+      if (p !== undefined && store.coverReservation(p.scope, p)) uncovered = true;
+      if (store.coverReservation(f.scope, f)) uncovered = true;
+      if (uncovered) {
+        try {
+          store.commitCoverage!();
+        } catch (error) {
+          r.code = RELEASED;
+          unreserve(r);
+          throw error;
+        }
+      }
+    }
+    return r;
   }
 
   /**

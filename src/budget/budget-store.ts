@@ -41,6 +41,11 @@ export interface BudgetStateSource {
    */
   toLeasedJSONText?(percent: number): string;
   leaseCovers?(): boolean;
+  /**
+   * With leased persistence: true while what the store holds covers the usage and in-flight
+   * reservations of every window with a limit (see ScopeUsage).
+   */
+  reservationCovered?(): boolean;
 }
 
 /**
@@ -54,13 +59,26 @@ export interface BudgetStateSource {
  *   when the source has it, else `JSON.stringify(source.toJSON())`: the same text). A store may
  *   instead write a leased ceiling (`toLeasedJSONText`) and skip the changes it covers.
  *
- * In-flight reservations are not persisted: after a crash they are simply gone (the calls they
- * guarded died with the process); settled usage is what counts.
+ * A store may cover in-flight reservations (`coverReservation`, `commitCoverage`): the calls
+ * they guard were forwarded, and a crash must not let the agent pay for them again. Without
+ * those (the in-memory store), reservations are not persisted: after a crash they are gone.
  */
 export interface BudgetStore {
   load(scope: string): BudgetScopeSnapshot | undefined;
   changed(scope: string, source: BudgetStateSource): void;
   delete(scope: string): void;
+  /**
+   * Called after a reservation was added to `scope` (both or neither with `commitCoverage`):
+   * true when what the store holds does not cover it — the scope is then pending, and the
+   * caller must call {@link commitCoverage} before the reserved call goes ahead.
+   */
+  coverReservation?(scope: string, source: BudgetStateSource): boolean;
+  /**
+   * Commits what {@link coverReservation} found uncovered, synchronously.
+   * @throws StateStoreError when that commit fails (or the store is closed): the reservation
+   *   is not covered, and the call it guards must not go ahead.
+   */
+  commitCoverage?(): void;
 }
 
 /**

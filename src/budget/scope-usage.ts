@@ -83,6 +83,8 @@ interface PersistedLease {
   readonly tokensCeiling: number;
   readonly costHead: number;
   readonly costCeiling: number;
+  /** Written without a lease (`percent` 0): the ceilings are the exact state, reservations in. */
+  readonly exact: boolean;
 }
 
 /** The clock a scope marks what it writes with, and reads the step since a mark by. */
@@ -320,19 +322,21 @@ export class ScopeUsage implements BudgetStateSource {
 
   /**
    * The scope's JSON as {@link toJSONText}, with a lease added to the head of each window: the
-   * newest token bucket holds `percent` % of `maxTokensPerHour` more than was used (at most up
-   * to the limit; of the tokens used in the window when the scope has no token limit), the cost
-   * window likewise.
+   * newest token bucket holds the tokens of the reservations in flight and `percent` % of
+   * `maxTokensPerHour` more than was used (the lease at most up to the limit; without a token
+   * limit, no reservations and `percent` % of the tokens used in the window), the cost window
+   * likewise.
    * The persisted usage is then a ceiling: while {@link leaseCovers} holds, usage recorded
    * since is already inside what the store holds, and a crash can only over-count (by at most
-   * the lease), never under-count. `percent` 0 writes the exact state. Only a store calls this,
+   * the lease), never under-count. `percent` 0 writes the exact state (reservations in flight
+   * counted as used: see {@link reservationCovered}). Only a store calls this,
    * for the text it commits: this scope remembers what was written.
    */
   toLeasedJSONText(percent: number): string {
     const mark = this.#markFirst();
     const c = this.config;
-    const tokensLease = leaseOf(c?.maxTokensPerHour, this.tokens, percent);
-    const costLease = leaseOf(c?.maxCostPerDay, this.cost, percent);
+    const tokensLease = leaseOf(c?.maxTokensPerHour, this.tokens, this.#heldTokens(), percent);
+    const costLease = leaseOf(c?.maxCostPerDay, this.cost, this.#heldCost(), percent);
     const text = this.#text(tokensLease, costLease, mark);
     // Remembered once the text exists (a throw leaves nothing claimed). The ceilings are computed
     // exactly as the windows write them (head amount + lease), and JSON numbers read back to the
@@ -345,21 +349,69 @@ export class ScopeUsage implements BudgetStateSource {
       tokensCeiling: this.tokens.headAmount + tokensLease,
       costHead: this.cost.head,
       costCeiling: this.cost.headAmount + costLease,
+      exact: percent === 0,
     };
     return text;
   }
 
   /**
-   * True when the last {@link toLeasedJSONText} still covers the live state: same limits, same
-   * alert flags, the same window heads (usage only went into the buckets the lease was added
-   * to) and no more usage in them than their ceilings. A store skips the write then.
+   * Tokens of the in-flight reservations a leased write covers: those of a scope with a token
+   * limit (a crash must not let the calls they guard, already forwarded, be paid for again);
+   * none without one (nothing to overspend).
    */
-  leaseCovers(): boolean {
+  #heldTokens(): number {
+    const max = this.config?.maxTokensPerHour;
+    return max === undefined || max === Number.POSITIVE_INFINITY ? 0 : this.reservedTokens;
+  }
+
+  /** Cost of the in-flight reservations a leased write covers (see {@link #heldTokens}). */
+  #heldCost(): number {
+    const max = this.config?.maxCostPerDay;
+    return max === undefined || max === Number.POSITIVE_INFINITY ? 0 : this.reservedCost;
+  }
+
+  /**
+   * True when the last {@link toLeasedJSONText} covers the usage and the in-flight reservations
+   * of every window with a limit: what the store holds counts every call already reserved, so a
+   * crash cannot give its cost back. A scope without limits is always covered (nothing to
+   * overspend). A store commits the scope before a reservation that is not covered is used.
+   */
+  reservationCovered(): boolean {
+    const c = this.config;
+    if (c === undefined) return true;
+    const tokensMax = c.maxTokensPerHour !== Number.POSITIVE_INFINITY;
+    const costMax = c.maxCostPerDay !== Number.POSITIVE_INFINITY;
+    if (!tokensMax && !costMax) return true;
     const l = this.#lease;
     return (
       l !== undefined &&
-      this.tokens.headAmount <= l.tokensCeiling &&
-      this.cost.headAmount <= l.costCeiling &&
+      (!tokensMax ||
+        (this.tokens.head === l.tokensHead &&
+          this.tokens.headAmount + this.reservedTokens <= l.tokensCeiling)) &&
+      (!costMax ||
+        (l.cost === this.cost &&
+          this.cost.head === l.costHead &&
+          this.cost.headAmount + this.reservedCost <= l.costCeiling))
+    );
+  }
+
+  /**
+   * True when the last {@link toLeasedJSONText} still covers the live state: same limits, same
+   * alert flags, the same window heads (usage only went into the buckets the lease was added
+   * to) and no more usage in them — plus the reservations in flight, in a window with a limit —
+   * than their ceilings (for an exact write, just as much). A store skips the write then.
+   */
+  leaseCovers(): boolean {
+    const l = this.#lease;
+    if (l === undefined) return false;
+    const tokens = this.tokens.headAmount + this.#heldTokens();
+    const cost = this.cost.headAmount + this.#heldCost();
+    return (
+      tokens <= l.tokensCeiling &&
+      cost <= l.costCeiling &&
+      // Written exact: covered only while it still is (a call settled for less than its
+      // estimate is written down to what it used).
+      (!l.exact || (tokens >= l.tokensCeiling && cost >= l.costCeiling)) &&
       this.tokens.head === l.tokensHead &&
       this.cost.head === l.costHead &&
       l.cost === this.cost &&
@@ -472,22 +524,30 @@ export class ScopeUsage implements BudgetStateSource {
 }
 
 /**
- * The lease of one window: `percent` % of its limit, but never past the limit (a crash then never
- * leaves a scope looking more exhausted than it was: near the limit the lease shrinks, down to
+ * What a leased write adds to the head of one window: for a window with a limit, the in-flight
+ * `reserved` (written as used, so a crash counts the calls already forwarded) plus `percent` % of
+ * the limit, but the lease never past the limit (a crash then never leaves a scope looking more
+ * exhausted than its usage and reservations made it: near the limit the lease shrinks, down to
  * an exact write at it); or, for a window without a limit (a scope that only tracks usage),
  * `percent` % of the usage in the window, so the over-count a crash can leave stays that share of
  * what was really used.
  */
-function leaseOf(max: number | undefined, window: UsageWindow, percent: number): number {
-  if (percent === 0) return 0;
+function leaseOf(
+  max: number | undefined,
+  window: UsageWindow,
+  reserved: number,
+  percent: number,
+): number {
   // As of the window's last move, not moved to the store's time: the windows are on the budget
   // manager's clock, and moving one on the wall clock's Date.now() in the second after a step
   // (before the manager noticed it) would drop the usage the step should keep.
   const used = window.total;
   if (max === undefined || max === Number.POSITIVE_INFINITY) return (used * percent) / 100;
+  // The reservations in flight are written as used (see `reservationCovered`), the lease on top.
+  if (percent === 0) return reserved;
   const lease = (max * percent) / 100;
-  const room = max - used;
-  return room <= 0 ? 0 : lease < room ? lease : room;
+  const room = max - used - reserved;
+  return reserved + (room <= 0 ? 0 : lease < room ? lease : room);
 }
 
 /** A call fits when the total stays within the limit and the scope is not already exhausted. */

@@ -593,8 +593,13 @@ export class SqliteBudgetStore implements BudgetStore {
   readonly #leasePercent: number;
   /** Scopes changed since the last commit; null = deleted. */
   readonly #dirty = new Map<string, BudgetStateSource | null>();
-  /** Scopes written with a lease (their row holds more than their usage). */
+  /**
+   * Scopes written with a lease or with reservations in flight (their row may hold more than
+   * their usage): a clean stop writes them exact.
+   */
   readonly #leased = new Map<string, BudgetStateSource>();
+  /** Scopes {@link coverReservation} made pending, for {@link commitCoverage}. */
+  #covering: string[] = [];
 
   /** @internal */
   constructor(db: Database.Database, path: string, journal: Journal, leasePercent: number) {
@@ -633,6 +638,30 @@ export class SqliteBudgetStore implements BudgetStore {
     this.#journal.touch('soon');
   }
 
+  coverReservation(scope: string, source: BudgetStateSource): boolean {
+    // Covered by the committed ceiling: nothing to write (the common case). A scope with a
+    // change pending may hold a ceiling a failed commit never wrote: it is committed first.
+    if (source.reservationCovered?.() !== false && !this.#dirty.has(scope)) return false;
+    this.#dirty.set(scope, source);
+    this.#covering.push(scope);
+    return true;
+  }
+
+  commitCoverage(): void {
+    const covering = this.#covering;
+    if (covering.length === 0) return;
+    this.#covering = [];
+    // A synchronous commit (everything pending goes with it): the call the reservation guards
+    // is forwarded only after it. Throws its StateStoreError when it fails.
+    this.#journal.touch('now');
+    // Not committed without a failure: the store is closed.
+    for (const scope of covering) {
+      if (this.#dirty.has(scope)) {
+        throw new StateStoreError(this.#path, 'is closed: the reservation was not committed');
+      }
+    }
+  }
+
   /** @internal The pending changes; `exact`: every leased scope too, to be written exact. */
   pending(exact: boolean): Array<[string, BudgetStateSource | null]> {
     if (exact) for (const [scope, source] of this.#leased) this.#dirty.set(scope, source);
@@ -646,7 +675,9 @@ export class SqliteBudgetStore implements BudgetStore {
   text(scope: string, source: BudgetStateSource, exact: boolean): string | null {
     if (source.toLeasedJSONText === undefined) return null;
     const percent = exact ? 0 : this.#leasePercent;
-    if (percent > 0) this.#leased.set(scope, source);
+    // Written with `percent` 0 too, a scope's row holds its reservations in flight, which may
+    // be released unused: a clean stop writes it again.
+    if (!exact) this.#leased.set(scope, source);
     else this.#leased.delete(scope);
     return source.toLeasedJSONText(percent);
   }
