@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { tempDir, text, until } from '../fixtures/gateway/harness.js';
 import { costOnDisk } from '../fixtures/state/budget-rows.js';
+import { diskFull } from '../fixtures/state/disk-full.js';
 import { cleanUp, connect, freePort, serve, stop } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
@@ -35,30 +36,36 @@ function started(file: string): number {
   }
 }
 
+/** A temp dir with `fabric.json`: the slow upstream, cost 1 a call, agent `spender` (1,000). */
+async function setUp(): Promise<{ dir: string; count: string; statePath: string }> {
+  const dir = tempDir('budget-reservation-crash');
+  const count = join(dir, 'ran.txt');
+  const statePath = join(dir, 'state', 'state.db');
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port: await freePort() },
+      adminToken: ADMIN,
+      state: { path: statePath },
+      upstreams: {
+        slow: {
+          command: process.execPath,
+          args: [SLOW_SERVER],
+          env: { COUNT_FILE: count },
+          stderr: 'ignore',
+        },
+      },
+      policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
+      toolCosts: { slow__slow: 1 },
+      agents: [{ name: 'spender', budget: { maxCostPerDay: 1000 } }],
+    }),
+  );
+  return { dir, count, statePath };
+}
+
 describe('budget reservations across SIGKILL (agent-fabric serve)', () => {
   it('counts every forwarded call in the state file before a kill -9', async () => {
-    const dir = tempDir('budget-reservation-crash');
-    const count = join(dir, 'ran.txt');
-    const statePath = join(dir, 'state', 'state.db');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port: await freePort() },
-        adminToken: ADMIN,
-        state: { path: statePath },
-        upstreams: {
-          slow: {
-            command: process.execPath,
-            args: [SLOW_SERVER],
-            env: { COUNT_FILE: count },
-            stderr: 'ignore',
-          },
-        },
-        policies: [{ name: 'default-allow', rules: [{ tool: '*', action: 'allow' }] }],
-        toolCosts: { slow__slow: 1 },
-        agents: [{ name: 'spender', budget: { maxCostPerDay: 1000 } }],
-      }),
-    );
+    const { dir, count, statePath } = await setUp();
     const r = await serve(dir);
     const agentId = /agent token:\s+\S+\s+\(spender, ([0-9a-f-]+)\)/.exec(r.out)![1]!;
     const scope = `agent:${agentId}`;
@@ -93,5 +100,47 @@ describe('budget reservations across SIGKILL (agent-fabric serve)', () => {
     expect(text(one)).toBe('slept after');
     expect(await stop(again, 'SIGTERM')).toBe(0);
     expect(costOnDisk(statePath, scope)).toBe(held + 1);
+  });
+
+  it('refuses a call whose reservation cannot be committed, and forwards none uncovered', async () => {
+    const { dir, count, statePath } = await setUp();
+    const r = await serve(dir);
+    const agentId = /agent token:\s+\S+\s+\(spender, ([0-9a-f-]+)\)/.exec(r.out)![1]!;
+    const scope = `agent:${agentId}`;
+    const client = await connect(r.url, r.token);
+    const warm = await client.callTool({ name: 'slow__slow', arguments: { label: 'warm', ms: 0 } });
+    expect(text(warm)).toBe('slept warm');
+    const ceiling = costOnDisk(statePath, scope); // 1 used + a lease of 10
+    expect(ceiling).toBe(1 + LEASE);
+    diskFull(r, true);
+    const refused: string[] = [];
+    try {
+      for (let i = 0; i < 20; i++) {
+        void client
+          .callTool({ name: 'slow__slow', arguments: { label: `f${i}`, ms: 600_000 } }, undefined, {
+            timeout: 600_000,
+          })
+          .then(
+            (res) => {
+              const said = (res.content as { text: string }[]).map((c) => c.text).join('\n');
+              refused.push(res.isError === true ? said : `answered: ${said}`);
+            },
+            (error: unknown) => refused.push(`threw: ${String(error)}`),
+          );
+      }
+      // The calls the ceiling covers go ahead (and never answer); the others are refused.
+      await until(() => refused.length + started(count) === 20, 30_000);
+    } finally {
+      diskFull(r, false);
+    }
+    const forwarded = started(count);
+    // Past the ceiling, every call was refused with the store's error, none forwarded: the
+    // first whose reservation could not be committed, the rest as the store could not commit.
+    expect(forwarded).toBeLessThanOrEqual(ceiling - 1);
+    expect(refused.length).toBeGreaterThan(0);
+    for (const said of refused) expect(said).toContain('FABRIC_ERR_STATE_STORE');
+    await stop(r, 'SIGKILL');
+    expect(started(count)).toBe(forwarded);
+    expect(costOnDisk(statePath, scope)).toBeGreaterThanOrEqual(1 + forwarded);
   });
 });
