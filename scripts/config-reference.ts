@@ -70,7 +70,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     "The SQLite file (relative to the working directory); never inside a stdio upstream's `paths.roots`.",
   'state.synchronous': 'SQLite `synchronous`: `FULL` also survives a power loss, at a write cost.',
   'state.budgetLeasePercent':
-    'Budget usage is written ahead of use: each scope row holds its usage plus this % of its limit (of its usage, without a limit), and settles under that ceiling commit nothing. A crash over-counts a scope by at most that much, never under-counts; a clean stop writes exact usage. `0`: commit every settle exactly.',
+    'Budget usage is written ahead of use: a scope row holds its usage, its calls in flight (with a limit: a call goes ahead once on disk) and this % of its limit (of usage without one); what stays under commits nothing. A crash over-counts by at most that plus unused estimates, never under; a clean stop is exact. `0`: no lease.',
   allowAnonymous:
     'Requests without a token act as a built-in dev agent (env `FABRIC_ALLOW_ANONYMOUS`); once an operator terminates that agent they get 401, as its token would. Never in production.',
   fabric:

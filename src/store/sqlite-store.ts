@@ -120,12 +120,15 @@ export interface SqliteStoreOptions {
    */
   synchronous?: StateSynchronous;
   /**
-   * Budget usage is written ahead of use, as a ceiling: a scope's row holds its usage plus this
-   * percentage of its limit (of its usage in the window when it has no limit), and changes that
-   * stay under that ceiling are not committed (see {@link SqliteBudgetStore}). A crash (kill -9,
-   * power loss aside) then leaves each scope's usage over-counted by at most this percentage —
-   * never under-counted; `close()` writes exact usage. 0 commits every change exactly, as
-   * before. 0 to 10. @default 1
+   * Budget usage is written ahead of use, as a ceiling: a scope's row holds its usage, the
+   * estimates of its calls in flight (a scope with a limit) and this percentage of its limit (of
+   * its usage in the window when it has no limit), and changes that stay under that ceiling are
+   * not committed (see {@link SqliteBudgetStore}); a reservation past it is committed before the
+   * call goes ahead. A crash (kill -9, power loss aside) then leaves each scope's usage
+   * over-counted by at most this percentage plus the estimates in flight at the last write —
+   * never under-counted (but for usage above an estimate not yet committed); `close()` writes
+   * exact usage. 0 commits every reservation past the row and every settle exactly. 0 to 10.
+   * @default 1
    */
   budgetLeasePercent?: number;
   /**
@@ -578,10 +581,13 @@ export class SqliteTaskCollection<T> implements Collection<T> {
  * Budget state in the same file and the same group commit as the records.
  *
  * A scope that can lease (ScopeUsage) is written with a ceiling: its usage plus `leasePercent` %
- * of its limit (of its usage when it has none) in the newest bucket of each window. A change
- * that stays under that ceiling — same limits, alerts and window buckets — is not written at
- * all: it is already covered by what the file holds, so a crash can over-count a scope's usage
- * by at most one lease and never under-count it. A tool call then costs a commit only once per
+ * of its limit (of its usage when it has none) in the newest bucket of each window — and, in a
+ * window with a limit, the reservations in flight. A change that stays under that ceiling — same
+ * limits, alerts and window buckets — is not written at all: it is already covered by what the
+ * file holds, so a crash can over-count a scope's usage by at most one lease (plus estimates
+ * not used) and never under-count it. A reservation past the ceiling is committed at once
+ * ({@link coverReservation}, {@link commitCoverage}): the call it guards is forwarded only once
+ * its estimate is on disk. A tool call then costs a commit only once per
  * lease, per new bucket (a minute for tokens, 15 minutes or a UTC day for cost) and per alert or
  * limit change, instead of once per batch of settles. `flush()` and `close()` write every leased
  * scope's exact usage, so a clean stop loses and adds nothing.

@@ -3,9 +3,10 @@
  * spawns an agent and records budget usage as fast as it can, and is killed with SIGKILL at a
  * varying moment, several rounds. After each kill: every agent whose spawn had returned still
  * authenticates with its credential, and every unit of usage acknowledged before the kill is
- * still counted (the next round starts from at least that much) — nothing resets. Reservations
- * are not persisted: the large reservation each round holds in flight at the kill is released
- * by the crash, so the usage after it is the settled usage (the acknowledged units, plus at most
+ * still counted (the next round starts from at least that much) — nothing resets. A scope without
+ * a limit does not persist its reservations (nothing to overspend; one with a limit does, see
+ * budget-reservation-crash.test.ts): the large reservation each round holds in flight at the kill
+ * is released by the crash, so the usage after it is the settled usage (the acknowledged units, plus at most
  * the one whose commit landed before its acknowledgement could be printed), plus at most the
  * budget lease the file held: 1 % of the usage, for this scope without a limit (see
  * budget-lease-crash.test.ts for the lease itself).
