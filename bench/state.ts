@@ -7,7 +7,8 @@
  * after an awaited answer and whose caller awaits it (as the gateway does): usage commits on a
  * microtask, before any caller resumes, and the 32 settles of one run share that commit. The `durable-dispatch` case of issue 11 needs persisted tasks and is
  * not here yet. These cases run with `budgetLeasePercent: 0`, so every run of settles commits
- * (what a commit costs); `budget-settle-normal-per-call-leased` runs `per-call` with the default
+ * (what a commit costs), and every reservation commits alone before it returns (a reservation
+ * past what the scope's row holds is covered on disk first); `budget-settle-normal-per-call-leased` runs `per-call` with the default
  * lease (1 % of the limits), under which the settles of this bench almost never commit.
  */
 import { rmSync } from 'node:fs';
