@@ -10,7 +10,6 @@
  * `FABRIC_ERR_STATE_STORE` and nothing stays reserved. In `test/integration` for the
  * process-wide limit; the kill -9 of a real `serve` is budget-reservation-crash.test.ts.
  */
-import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BudgetManager } from '../../src/budget/budget-manager.js';
@@ -18,16 +17,13 @@ import { StateStoreError } from '../../src/errors.js';
 import { SqliteStore, type SqliteStoreOptions } from '../../src/store/sqlite-store.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
 import { costOnDisk } from '../fixtures/state/budget-rows.js';
+import { diskFullHere as diskFull } from '../fixtures/state/disk-full.js';
 
 const stores: SqliteStore[] = [];
 afterEach(async () => {
   diskFull(false);
   for (const s of stores.splice(0)) await s.close().catch(() => undefined);
 });
-
-function diskFull(full: boolean): void {
-  execFileSync('prlimit', [`--pid=${process.pid}`, `--fsize=${full ? 0 : 'unlimited'}:`]);
-}
 
 async function open(options: SqliteStoreOptions = {}): Promise<SqliteStore> {
   const s = await SqliteStore.open(join(tempDir('budget-cover'), 'state.db'), options);

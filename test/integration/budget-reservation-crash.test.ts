@@ -63,16 +63,23 @@ async function setUp(): Promise<{ dir: string; count: string; statePath: string 
   return { dir, count, statePath };
 }
 
+/**
+ * {@link setUp}, `serve` started on it, and one call made: it teaches the gateway the tool's
+ * estimate (until then calls of the tool wait for the first) and settles cost 1.
+ */
+async function warmServe() {
+  const { dir, count, statePath } = await setUp();
+  const r = await serve(dir);
+  const agentId = /agent token:\s+\S+\s+\(spender, ([0-9a-f-]+)\)/.exec(r.out)![1]!;
+  const client = await connect(r.url, r.token);
+  const warm = await client.callTool({ name: 'slow__slow', arguments: { label: 'warm', ms: 0 } });
+  expect(text(warm)).toBe('slept warm');
+  return { dir, count, statePath, r, scope: `agent:${agentId}`, client };
+}
+
 describe('budget reservations across SIGKILL (agent-fabric serve)', () => {
   it('counts every forwarded call in the state file before a kill -9', async () => {
-    const { dir, count, statePath } = await setUp();
-    const r = await serve(dir);
-    const agentId = /agent token:\s+\S+\s+\(spender, ([0-9a-f-]+)\)/.exec(r.out)![1]!;
-    const scope = `agent:${agentId}`;
-    const client = await connect(r.url, r.token);
-    // A first call teaches the gateway the tool's estimate (until then calls of it wait for it).
-    const warm = await client.callTool({ name: 'slow__slow', arguments: { label: 'warm', ms: 0 } });
-    expect(text(warm)).toBe('slept warm');
+    const { dir, count, statePath, r, scope, client } = await warmServe();
     const calls = Array.from({ length: IN_FLIGHT }, (_, i) =>
       client
         .callTool({ name: 'slow__slow', arguments: { label: `c${i}`, ms: 600_000 } }, undefined, {
@@ -103,13 +110,7 @@ describe('budget reservations across SIGKILL (agent-fabric serve)', () => {
   });
 
   it('refuses a call whose reservation cannot be committed, and forwards none uncovered', async () => {
-    const { dir, count, statePath } = await setUp();
-    const r = await serve(dir);
-    const agentId = /agent token:\s+\S+\s+\(spender, ([0-9a-f-]+)\)/.exec(r.out)![1]!;
-    const scope = `agent:${agentId}`;
-    const client = await connect(r.url, r.token);
-    const warm = await client.callTool({ name: 'slow__slow', arguments: { label: 'warm', ms: 0 } });
-    expect(text(warm)).toBe('slept warm');
+    const { count, statePath, r, scope, client } = await warmServe();
     const ceiling = costOnDisk(statePath, scope); // 1 used + a lease of 10
     expect(ceiling).toBe(1 + LEASE);
     diskFull(r, true);
