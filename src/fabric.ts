@@ -1344,11 +1344,18 @@ export class AgentFabric {
   async authorizeToolCall(ctx: ToolCallContext): Promise<ToolCallAuthorization> {
     const agent = this.#toolCallAgent(ctx);
     if ('allowed' in agent) return agent;
-    const auth = await this.#authorizer.authorize({
-      ...ctx,
-      poolId: agent.poolId,
-      labels: agent.labels,
-    });
+    let auth: ToolCallAuthorization;
+    try {
+      auth = await this.#authorizer.authorize({
+        ...ctx,
+        poolId: agent.poolId,
+        labels: agent.labels,
+      });
+    } catch (error) {
+      // The commit that covers its reservation on disk failed: refused as while commits fail.
+      if (error instanceof StateStoreError) return this.#notWritableRefusal(error);
+      throw error;
+    }
     if (!auth.allowed) return auth;
     // The wait (a human's approval, a budget) may have outlasted the agent: a call of an agent
     // terminated or draining meanwhile does not run, whichever door it came through.
@@ -1375,19 +1382,25 @@ export class AgentFabric {
   tryAuthorizeToolCall(ctx: ToolCallContext): ToolCallAuthorization | undefined {
     const agent = this.#toolCallAgent(ctx);
     if ('allowed' in agent) return agent;
-    // Spelled out (no spread): this runs on every tool call.
-    return this.#authorizer.tryAuthorize({
-      agentId: ctx.agentId,
-      tool: ctx.tool,
-      params: ctx.params,
-      rawParams: ctx.rawParams,
-      poolId: agent.poolId,
-      labels: agent.labels,
-      attributes: ctx.attributes,
-      estimate: ctx.estimate,
-      budget: ctx.budget,
-      trace: ctx.trace,
-    });
+    try {
+      // Spelled out (no spread): this runs on every tool call.
+      return this.#authorizer.tryAuthorize({
+        agentId: ctx.agentId,
+        tool: ctx.tool,
+        params: ctx.params,
+        rawParams: ctx.rawParams,
+        poolId: agent.poolId,
+        labels: agent.labels,
+        attributes: ctx.attributes,
+        estimate: ctx.estimate,
+        budget: ctx.budget,
+        trace: ctx.trace,
+      });
+    } catch (error) {
+      // The commit that covers its reservation on disk failed (see `BudgetManager.reserve`).
+      if (error instanceof StateStoreError) return this.#notWritableRefusal(error);
+      throw error;
+    }
   }
 
   /**
