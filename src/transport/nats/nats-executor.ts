@@ -896,6 +896,24 @@ export class NatsExecutor implements TaskExecutor {
         return { ok: false, code: e.code, message: e.message };
       }
       known.counter = r.counter;
+    } else if (
+      r.kind === 'progress' &&
+      r.counter !== undefined &&
+      r.take !== undefined &&
+      known === undefined &&
+      t.started
+    ) {
+      // Started before this process restarted on its store, which keeps no take-ups: as for
+      // the first start heard of such an attempt, the first take-up heard reporting on it is
+      // taken as its own, so its later reports are numbered from here (else an earlier
+      // progress replayed after a later one set the progress back for the rest of the attempt).
+      this.#takes.set(r.taskId, {
+        attempt: r.attempt,
+        take: r.take,
+        lease: r.lease,
+        seq: r.seq ?? this.#outSeq(r),
+        counter: r.counter,
+      });
     }
     switch (r.kind) {
       case 'start': {
