@@ -217,7 +217,6 @@ async function openSession(url: URL, credential: string): Promise<Client> {
   return client;
 }
 
-/** True when `err` says the sidecar does not know the session (HTTP 404). */
 /** Codes of the socket errors of a sidecar that is not there (undici's and Node's). */
 const UNREACHABLE_CODES: ReadonlySet<string> = new Set([
   'ECONNREFUSED',
@@ -253,6 +252,7 @@ export function sidecarUnreachable(err: unknown): boolean {
   return false;
 }
 
+/** True when `err` says the sidecar does not know the session (HTTP 404). */
 export function sessionGone(err: unknown): boolean {
   return err instanceof StreamableHTTPError && err.code === 404;
 }
