@@ -897,7 +897,9 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       this.#clockTick();
     }, FILE_CHECK_INTERVAL_MS);
     this.#fileCheck.unref();
-    if (atExit.size === 0) process.on('exit', commitAtExit);
+    // First among the `exit` handlers: the lock file's own (installed with the process's first
+    // lock, before this) removes the lock, after which another process may open the file.
+    if (atExit.size === 0) process.prependListener('exit', commitAtExit);
     atExit.add(this.#atExit);
   }
 
