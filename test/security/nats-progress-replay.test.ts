@@ -21,6 +21,22 @@ import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 import { openNatsFabricOn } from '../fixtures/nats/ready-fabric.js';
 import { readReports } from '../fixtures/nats/report-reader.js';
 
+/** A nats agent of `fabric`, its worker (`transport`), and a task of it the worker claimed. */
+async function claimedTask(fabric: AgentFabric, nats: { url: string; namespace: string }) {
+  const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
+  await fabric.natsExecutor!.consumersReady();
+  const transport = await NatsWorkerTransport.connect({
+    nats,
+    agentId: agent.id,
+    credential: agent.credential,
+  });
+  await transport.heartbeat();
+  const task = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1 });
+  const held = await transport.claim(5);
+  expect(held?.taskId).toBe(task.id);
+  return { transport, task, held: held! };
+}
+
 /**
  * The worker completes `held`, once; then the sidecar is restarted on its state file (`at`) and
  * the task read back from disk, with `progress` the last one taken. Closes `transport`; returns
@@ -54,24 +70,14 @@ describeNats('NATS: an earlier progress report replayed after a later one', () =
     let transport: NatsWorkerTransport | undefined;
     let evil: NatsConnection | undefined;
     try {
-      const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-      await fabric.natsExecutor!.consumersReady();
       // The attacker reads every report sent to any sidecar (alone or batched).
       const reader = await readReports(nats.url, ns, fabric.natsExecutor!.sidecarId);
       evil = reader.nc;
       const { seen, send } = reader;
-
-      transport = await NatsWorkerTransport.connect({
-        nats,
-        agentId: agent.id,
-        credential: agent.credential,
-      });
-      await transport.heartbeat();
-      const task = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1 });
-      const held = await transport.claim(5);
-      expect(held?.taskId).toBe(task.id);
-      await transport.reportProgress(held!, { pct: 10 });
-      await transport.reportProgress(held!, { pct: 90 });
+      let task, held;
+      ({ transport, task, held } = await claimedTask(fabric, nats));
+      await transport.reportProgress(held, { pct: 10 });
+      await transport.reportProgress(held, { pct: 90 });
       await evil.flush();
       const progress = seen.filter((r) => r.kind === 'progress');
       expect(progress.map((r) => r.progress)).toEqual([{ pct: 10 }, { pct: 90 }]);
@@ -105,10 +111,10 @@ describeNats('NATS: an earlier progress report replayed after a later one', () =
       expect((await fabric.getTask(task.id)).progress).toEqual({ pct: 90 });
 
       // The worker goes on: a third progress is taken, then its result, once.
-      await transport.reportProgress(held!, { pct: 95 });
+      await transport.reportProgress(held, { pct: 95 });
       expect((await fabric.getTask(task.id)).progress).toEqual({ pct: 95 });
       expect(await send(progress[1]!)).toMatchObject({ ok: false, code: 'FABRIC_ERR_TASK_STATE' });
-      fabric = await completedOnDisk(fabric, transport, held!, { path, nats }, { pct: 95 });
+      fabric = await completedOnDisk(fabric, transport, held, { path, nats }, { pct: 95 });
       transport = undefined;
     } finally {
       await evil?.close();
@@ -129,17 +135,8 @@ describeNats('NATS: an earlier progress report replayed after a later one', () =
     let transport: NatsWorkerTransport | undefined;
     let evil: NatsConnection | undefined;
     try {
-      const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-      await fabric.natsExecutor!.consumersReady();
-      transport = await NatsWorkerTransport.connect({
-        nats,
-        agentId: agent.id,
-        credential: agent.credential,
-      });
-      await transport.heartbeat();
-      const task = await fabric.schedule({ agentId: agent.id, taskType: 't', payload: 1 });
-      const held = await transport.claim(5);
-      expect(held?.taskId).toBe(task.id);
+      let task, held;
+      ({ transport, task, held } = await claimedTask(fabric, nats));
 
       // The sidecar restarts on its state file; the worker goes on with its take-up.
       await fabric.close();
@@ -147,8 +144,8 @@ describeNats('NATS: an earlier progress report replayed after a later one', () =
       await fabric.natsExecutor!.consumersReady();
       const reader = await readReports(nats.url, ns, fabric.natsExecutor!.sidecarId);
       evil = reader.nc;
-      await transport.reportProgress(held!, { pct: 10 });
-      await transport.reportProgress(held!, { pct: 90 });
+      await transport.reportProgress(held, { pct: 10 });
+      await transport.reportProgress(held, { pct: 90 });
       await evil.flush();
       const progress = reader.seen.filter((r) => r.kind === 'progress');
       expect(progress.map((r) => [r.progress, r.counter])).toEqual([
@@ -164,7 +161,7 @@ describeNats('NATS: an earlier progress report replayed after a later one', () =
       expect((await fabric.getTask(task.id)).progress).toEqual({ pct: 90 });
       // The last one re-sent: ok, nothing changes.
       expect(await reader.send(progress[1]!)).toMatchObject({ ok: true });
-      fabric = await completedOnDisk(fabric, transport, held!, { path, nats }, { pct: 90 });
+      fabric = await completedOnDisk(fabric, transport, held, { path, nats }, { pct: 90 });
       transport = undefined;
     } finally {
       await evil?.close();
