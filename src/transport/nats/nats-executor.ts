@@ -29,8 +29,9 @@
  *   pool, MACed under the sidecars' shared `nats.sidecarKey`; without that key nobody is asked
  *   and such reports are refused) for others; a task pinned to an agent can only be reported
  *   on by that agent, a pool's task only by an agent of that pool. A report on an attempt
- *   that is no longer current is answered `FABRIC_ERR_TASK_STATE` and changes nothing, and so
- *   is one whose take-up `counter` is below the last accepted (a replayed earlier report).
+ *   that is no longer current is answered `FABRIC_ERR_TASK_STATE` and changes nothing; one
+ *   whose take-up `counter` is below the last accepted (overtaken: a replayed earlier report,
+ *   or the worker's late re-send) changes nothing and is answered ok.
  *   Answers go out after the store's commit of what the report changed. JetStream's publish
  *   acknowledgements and the report answers come back on one reply subscription each
  *   (`ReplyInbox`), not through nats.js' per-request machinery.
@@ -207,8 +208,9 @@ export interface NatsExecutorStats {
    */
   duplicatesRefused: number;
   /**
-   * Reports refused because their take-up's counter was below the last one accepted (see
-   * `Report.counter`): a replay of an earlier report, most likely by a reader of `res.>`.
+   * Reports ignored (answered ok, nothing changed) because their take-up's counter was below the
+   * last one accepted (see `Report.counter`): a replay of an earlier report by a reader of
+   * `res.>`, or the worker's own re-send of a report whose answer was lost, overtaken.
    */
   reportsOutOfOrder: number;
   reportsAccepted: number;
@@ -882,18 +884,17 @@ export class NatsExecutor implements TaskExecutor {
       known.take === r.take
     ) {
       // The take-up's reports are numbered, under their proofs. The last one accepted, sent
-      // again (its answer lost): ok, and nothing changes. An earlier one — a reader of `res.>`
-      // replaying an old `progress`, which would set the attempt's progress back — is refused.
-      // (Not a `start`: its take-up's only one, answered by the start's own rules, and re-sent
-      // after a later report was accepted when its first answer was lost.)
+      // again (its answer lost): ok, and nothing changes. An earlier one changes nothing either
+      // — a reader of `res.>` replaying an old `progress` would set the attempt's progress back —
+      // but is answered ok too: the worker's own re-send of a `progress` whose answer was lost
+      // can arrive after its next one was accepted, and a refusal would fail a handler that
+      // reports progress without awaiting it, for a report already overtaken. (Not a `start`:
+      // its take-up's only one, answered by the start's own rules, and re-sent after a later
+      // report was accepted when its first answer was lost.)
       if (r.counter === known.counter) return OK;
       if (r.counter < known.counter) {
         this.stats.reportsOutOfOrder++;
-        const e = new TaskStateError(
-          r.taskId,
-          `report ${r.counter} of take-up ${r.take} came after report ${known.counter}`,
-        );
-        return { ok: false, code: e.code, message: e.message };
+        return OK;
       }
       known.counter = r.counter;
     } else if (

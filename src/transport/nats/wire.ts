@@ -123,9 +123,9 @@ export const reportSchema = z
      * Optional: the report's number within its take-up — 1 for the `start`, one more for each
      * later report of the take-up (a re-sent report repeats it) — which its proof covers
      * ({@link reportProof}). Once a take-up's report with a counter is accepted, one of the same
-     * take-up with a lower counter is refused (`FABRIC_ERR_TASK_STATE`) and one with the same
-     * counter (the same report, re-sent) is answered ok and changes nothing: a reader of
-     * `res.>` replaying an earlier `progress` cannot set the attempt's progress back.
+     * take-up with a lower counter (overtaken: a replay, or a late re-send) or the same counter
+     * (the same report, re-sent) is answered ok and changes nothing: a reader of `res.>`
+     * replaying an earlier `progress` cannot set the attempt's progress back.
      */
     counter: z.number().int().positive().optional(),
   })
