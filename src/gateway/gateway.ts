@@ -876,7 +876,7 @@ export class ToolGateway implements SessionHost {
       case 'tasks/result':
         return tasks.result(agentId, params.taskId, extra.signal);
       case 'tasks/list':
-        return tasks.list(agentId, typeof params.cursor === 'string' ? params.cursor : undefined);
+        return tasks.list(agentId, params.cursor);
       case 'tasks/cancel':
         return tasks.cancel(agentId, params.taskId);
       default:

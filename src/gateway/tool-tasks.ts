@@ -30,7 +30,6 @@ import { randomUUID } from 'node:crypto';
 import { MAX_TIMER_MS, timerLimitMessage } from '../scheduler/task-waiters.js';
 import {
   ErrorCode,
-  McpError,
   type CallToolResult,
   type CreateTaskResult,
   type ListTasksResult,
@@ -38,7 +37,13 @@ import {
   type Task,
   type TaskStatus,
 } from '@modelcontextprotocol/sdk/types.js';
-import { ConfigError, TaskNotFoundError, TaskStateError, ToolTaskLimitError } from '../errors.js';
+import {
+  ConfigError,
+  InvalidArgumentError,
+  TaskNotFoundError,
+  TaskStateError,
+  ToolTaskLimitError,
+} from '../errors.js';
 import { MemoryCollection } from '../store/memory-store.js';
 import type { Collection } from '../store/store.js';
 import { RelayedMcpError, toMcpError } from './map-error.js';
@@ -271,6 +276,10 @@ export class ToolTasks {
   readonly #waiters = new Map<string, Set<() => void>>();
   /** Task ids per agent, oldest first (rebuilt from the store). */
   readonly #byAgent = new Map<string, Set<string>>();
+  /** Each task's place in its agent's list (1, 2, … in {@link #byAgent}'s order): list cursors. */
+  readonly #place = new Map<string, number>();
+  /** The last place given per agent (while it has tasks). */
+  readonly #lastPlace = new Map<string, number>();
   /**
    * When each task expires, on the monotonic clock (`performance.now()`): a ttl is a duration, so
    * a step of the wall clock (NTP, an operator setting the date) neither forgets every task (and
@@ -591,24 +600,38 @@ export class ToolTasks {
     };
   }
 
-  /** The agent's tasks, oldest first, {@link PAGE_SIZE} a page; `cursor` is the last id seen. */
-  list(agentId: string, cursor?: string): ListTasksResult {
+  /**
+   * The agent's tasks, oldest first, {@link PAGE_SIZE} a page. `cursor` is the `nextCursor` of the
+   * page before: the place in the agent's list of the last task it showed, so it still pages on
+   * when that task is forgotten meanwhile (its ttl ran out, or a new task made room).
+   * @throws McpError InvalidParams (`FABRIC_ERR_INVALID_ARGUMENT`) for a cursor this agent was
+   *   not given (not a string, or a place past its last task): the same answer for every agent.
+   */
+  list(agentId: string, cursor?: unknown): ListTasksResult {
+    const after = cursor === undefined ? 0 : this.#cursorPlace(agentId, cursor);
     const ids = [...(this.#byAgent.get(agentId) ?? [])];
-    let start = 0;
-    if (cursor !== undefined) {
-      const at = ids.indexOf(cursor);
-      if (at < 0) throw new McpError(ErrorCode.InvalidParams, 'Invalid cursor');
-      start = at + 1;
-    }
     const tasks: Task[] = [];
     let last: string | undefined;
-    for (let i = start; i < ids.length && tasks.length < PAGE_SIZE; i++) {
-      const record = this.#live(ids[i]!);
-      last = ids[i];
-      if (record !== undefined) tasks.push(this.#toTask(record));
+    let i = 0;
+    for (; i < ids.length && tasks.length < PAGE_SIZE; i++) {
+      const id = ids[i]!;
+      if ((this.#place.get(id) ?? 0) <= after) continue;
+      const record = this.#live(id);
+      if (record === undefined) continue;
+      tasks.push(this.#toTask(record));
+      last = id;
     }
-    const more = last !== undefined && ids.indexOf(last) < ids.length - 1;
-    return more ? { tasks, nextCursor: last } : { tasks };
+    const more = last !== undefined && i < ids.length;
+    return more ? { tasks, nextCursor: String(this.#place.get(last!)) } : { tasks };
+  }
+
+  /** The place a `tasks/list` cursor names (see {@link list}). */
+  #cursorPlace(agentId: string, cursor: unknown): number {
+    const place = typeof cursor === 'string' && /^[1-9]\d{0,15}$/.test(cursor) ? +cursor : 0;
+    if (place === 0 || place > (this.#lastPlace.get(agentId) ?? 0)) {
+      throw toMcpError(new InvalidArgumentError('tasks/list cursor', 'is not one tasks/list gave'));
+    }
+    return place;
   }
 
   /**
@@ -754,6 +777,9 @@ export class ToolTasks {
     let ids = this.#byAgent.get(record.agentId);
     if (ids === undefined) this.#byAgent.set(record.agentId, (ids = new Set()));
     ids.add(record.taskId);
+    const place = (this.#lastPlace.get(record.agentId) ?? 0) + 1;
+    this.#lastPlace.set(record.agentId, place);
+    this.#place.set(record.taskId, place);
     if (record.upstream) this.#byUpstream.set(upstreamKey(record.upstream), record.taskId);
   }
 
@@ -799,7 +825,11 @@ export class ToolTasks {
     }
     const ids = this.#byAgent.get(record.agentId);
     ids?.delete(record.taskId);
-    if (ids?.size === 0) this.#byAgent.delete(record.agentId);
+    this.#place.delete(record.taskId);
+    if (ids?.size === 0) {
+      this.#byAgent.delete(record.agentId);
+      this.#lastPlace.delete(record.agentId);
+    }
     const waiters = this.#waiters.get(record.taskId);
     if (waiters !== undefined) for (const wake of [...waiters]) wake();
   }

@@ -15,7 +15,11 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { CallToolResultSchema, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
+import {
+  CallToolResultSchema,
+  ErrorCode,
+  ListTasksResultSchema,
+} from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import { listApprovals, type ApiApproval } from '../fixtures/api.js';
@@ -248,6 +252,27 @@ describe('gateway as the receiver of task-augmented tool calls', () => {
     // Deciding the orphaned approval runs nothing: the task stays cancelled.
     await api(sidecar, 'ApprovalService/Approve', { id: approval!.id });
     expect((await owner.experimental.tasks.getTask(task.taskId)).status).toBe('cancelled');
+  });
+
+  it('tasks/list refuses a cursor it did not give, whatever its type or whose task it names', async () => {
+    const { task } = await callAsTask(owner, 'ev__echo', { message: 'listed' });
+    await owner.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    for (const [client, cursor] of [
+      [owner, 1],
+      [owner, { after: task.taskId }],
+      [owner, task.taskId],
+      [stranger, task.taskId],
+      [stranger, '99'],
+    ] as const) {
+      const error = await rpcError(
+        client.request({ method: 'tasks/list', params: { cursor } }, ListTasksResultSchema),
+      );
+      expect(error.code).toBe(ErrorCode.InvalidParams);
+      expect(JSON.stringify(error.data)).toContain('FABRIC_ERR_INVALID_ARGUMENT');
+      expect(error.message).toBe(
+        `MCP error ${ErrorCode.InvalidParams}: tasks/list cursor is not one tasks/list gave`,
+      );
+    }
   });
 
   it('an unknown task id is not found; a huge ttl is cut to the bound', async () => {

@@ -86,6 +86,45 @@ describe('ToolTasks', () => {
     expect(store.get(task.taskId)).toBeUndefined();
   });
 
+  it('pages tasks/list on: a cursor outlives the task it was given after', async () => {
+    tasks = new ToolTasks({ maxPerAgent: 101 });
+    const ids: string[] = [];
+    for (let i = 0; i < 101; i++) {
+      // The 100th ends at once; the others run on.
+      const run = i === 99 ? (): Promise<Result> => Promise.resolve({ content: [] }) : never;
+      ids.push(tasks.create({ agentId: 'a' }, 't', {}, run).task.taskId);
+    }
+    await vi.advanceTimersByTimeAsync(0);
+    const first = tasks.list('a');
+    expect(first.tasks.map((t) => t.taskId)).toEqual(ids.slice(0, 100));
+    expect(first.nextCursor).toBeDefined();
+    // At the cap, a new task makes room by forgetting the finished one the cursor came after.
+    const newest = tasks.create({ agentId: 'a' }, 't', {}, never).task.taskId;
+    expect(code(() => tasks.get('a', ids[99]))).toBe(ErrorCode.InvalidParams);
+    const second = tasks.list('a', first.nextCursor);
+    expect(second.tasks.map((t) => t.taskId)).toEqual([ids[100], newest]);
+    expect(second.nextCursor).toBeUndefined();
+  });
+
+  it('refuses a tasks/list cursor it did not give, by the same rule for every agent', () => {
+    tasks = new ToolTasks();
+    const { task } = tasks.create({ agentId: 'owner' }, 't', {}, never);
+    tasks.create({ agentId: 'intruder' }, 't', {}, never);
+    for (const cursor of [task.taskId, 'tt_nope', '', 'x'.repeat(100_000), 5, {}, null]) {
+      let error: unknown;
+      try {
+        tasks.list('intruder', cursor);
+      } catch (e) {
+        error = e;
+      }
+      expect(error).toBeInstanceOf(McpError);
+      expect((error as McpError).code).toBe(ErrorCode.InvalidParams);
+      // Said once, not as the SDK's "MCP error -32602: " prefix doubled on the client's side.
+      expect((error as McpError).message).not.toMatch(/^MCP error/);
+      expect((error as McpError).message.length).toBeLessThan(300);
+    }
+  });
+
   it("answers another agent's task id exactly like an unknown one", () => {
     tasks = new ToolTasks();
     const { task } = tasks.create({ agentId: 'owner' }, 't', {}, never);
