@@ -839,7 +839,7 @@ export class ToolTasks {
   }
 
   /**
-   * Keeps the agent under `maxPerAgent`: forgets its oldest finished task, or refuses — also
+   * Keeps the agent under `maxPerAgent`: forgets its oldest finished tasks, or refuses — also
    * when that many of its calls still run (tasks ended while their call is awaited count).
    */
   #makeRoom(agentId: string): void {
@@ -849,14 +849,13 @@ export class ToolTasks {
     const ids = this.#byAgent.get(agentId);
     if (ids === undefined) return;
     for (const id of [...ids]) this.#live(id);
-    if (ids.size < this.#options.maxPerAgent) return;
-    for (const id of ids) {
+    // Down to one under the cap, not just one fewer: a restart with a lower cap restored more.
+    for (const id of [...ids]) {
+      if (ids.size < this.#options.maxPerAgent) return;
       const record = this.#store.get(id);
-      if (record !== undefined && isTerminalStatus(record.status)) {
-        this.#forget(record);
-        return;
-      }
+      if (record !== undefined && isTerminalStatus(record.status)) this.#forget(record);
     }
+    if (ids.size < this.#options.maxPerAgent) return;
     throw toMcpError(new ToolTaskLimitError(agentId, this.#options.maxPerAgent));
   }
 

@@ -189,6 +189,27 @@ describe('ToolTasks', () => {
     expect(result._meta).toEqual({ 'io.modelcontextprotocol/related-task': { taskId: 'tt_done' } });
   });
 
+  it('a cap lowered across a restart holds: a new task makes room down to it, oldest first', () => {
+    const store = new MemoryCollection<ToolTaskRecord>();
+    const now = Date.now();
+    for (let i = 0; i < 5; i++) {
+      store.put(`tt_${i}`, {
+        taskId: `tt_${i}`,
+        agentId: 'a',
+        tool: 't',
+        status: 'completed',
+        result: { content: [] },
+        createdAt: now - 5 + i,
+        updatedAt: now,
+        ttl: 60_000,
+      });
+    }
+    tasks = new ToolTasks({ maxPerAgent: 2 }, store);
+    const { task } = tasks.create({ agentId: 'a' }, 't', {}, never);
+    expect(tasks.list('a').tasks.map((t) => t.taskId)).toEqual(['tt_4', task.taskId]);
+    expect([...store.values()]).toHaveLength(2);
+  });
+
   it("takes only the mapped upstream's non-terminal status, and tells the owner", async () => {
     const told: Array<[string, string, string | undefined]> = [];
     tasks = new ToolTasks({}, undefined, {
