@@ -177,7 +177,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     "A task's lifetime when the client asks for none (default 3600); then it is forgotten.",
   'gateway.tasks.maxTtlSeconds': 'Longest lifetime a client may ask for (default 86400).',
   'gateway.tasks.maxPerAgent':
-    'Tasks one agent may hold (default 64); at the cap its oldest finished ones are dropped (down to the cap, also one lowered across a restart), else the call is refused.',
+    'Tasks one agent may hold (default 64); at the cap its oldest finished ones are dropped (down to the cap, also one lowered across a restart), else the call is refused. Calls of tasks already ended still count while the upstream may work on them (a request given up after it was sent, until the upstream answers it, its connection closes or its `callTimeoutSeconds` pass).',
   'gateway.tasks.maxResultBytesPerAgent':
     "Bytes (JSON) the results and errors of one agent's finished tasks may hold together (default 67108864, 64 MiB); past it its oldest finished ones are dropped, its newest is always kept.",
   shutdownTimeoutSeconds:

@@ -829,7 +829,16 @@ export class ToolGateway implements SessionHost {
     rawArgs: unknown,
     run: ToolTaskRun,
   ): Promise<Result> {
-    const extra: CallExtra = { signal: run.signal, requestId: -1, agentId: identity.agentId };
+    // A request given up after it was sent upstream keeps counting against the agent's
+    // maxPerAgent until the upstream is done with it, as a plain call keeps its in-flight slot:
+    // else creating and cancelling tasks ran any number of calls on an upstream that ignores
+    // cancellation.
+    const extra: CallExtra = {
+      signal: run.signal,
+      requestId: -1,
+      agentId: identity.agentId,
+      holdSlot: run.holdSlot,
+    };
     const outcome = await this.#runToolCall(
       identity,
       name,

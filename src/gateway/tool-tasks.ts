@@ -77,7 +77,8 @@ export interface ToolTasksOptions {
    * Tasks one agent may hold; at the limit the agent's oldest finished task is forgotten, and
    * when none is finished, a new task is refused with `FABRIC_ERR_TOOL_TASK_LIMIT`. Also the
    * calls one agent's tasks may have running: a call that outlives its task (a passed-through
-   * call awaits the upstream's answer naming its task, to cancel that task) still counts.
+   * call awaits the upstream's answer naming its task, to cancel that task; a request given up
+   * after it was sent upstream, until the upstream is done with it) still counts.
    * @default 64
    */
   maxPerAgent?: number;
@@ -200,6 +201,12 @@ export interface ToolTaskRun {
   readonly upstreamTask?: UpstreamTaskLink | undefined;
   /** The fabric task this call scheduled before a restart (when it resumes). */
   readonly fabricTaskId?: string | undefined;
+  /**
+   * Counts one more call of the task's agent against `maxPerAgent` until the returned release:
+   * the gateway takes it for a request given up (the task cancelled or expired) after it was
+   * sent upstream, until the upstream is done with it (its `SlotHold`).
+   */
+  readonly holdSlot: () => () => void;
   /** The call waits for a human approval. */
   waiting(approval: { id: string; policy: string | null; rule: number | null }): void;
   /**
@@ -436,8 +443,21 @@ export class ToolTasks {
       const r = this.#store.get(id);
       return r === undefined || isTerminalStatus(r.status);
     };
+    const agentId = record.agentId;
+    const hold = (): (() => void) => {
+      this.#calls.set(agentId, (this.#calls.get(agentId) ?? 0) + 1);
+      let held = true;
+      return () => {
+        if (!held) return;
+        held = false;
+        const left = (this.#calls.get(agentId) ?? 1) - 1;
+        if (left > 0) this.#calls.set(agentId, left);
+        else this.#calls.delete(agentId);
+      };
+    };
     const handle: ToolTaskRun = {
       signal: controller.signal,
+      holdSlot: hold,
       approvalId: record.approvalId,
       ttl: record.ttl,
       upstreamTask: record.upstream,
@@ -484,13 +504,10 @@ export class ToolTasks {
       Math.min(Math.max(0, (this.#expiresAt.get(id) ?? 0) - performance.now()) + 1, MAX_TIMER_MS),
     );
     expiry.unref();
-    const agentId = record.agentId;
-    this.#calls.set(agentId, (this.#calls.get(agentId) ?? 0) + 1);
+    const release = hold();
     const done = (): void => {
       clearTimeout(expiry);
-      const left = (this.#calls.get(agentId) ?? 1) - 1;
-      if (left > 0) this.#calls.set(agentId, left);
-      else this.#calls.delete(agentId);
+      release();
     };
     // The task's answer goes out first; the call starts on the next turn.
     queueMicrotask(() => {

@@ -12,6 +12,12 @@
  * longer counted against `gateway.tasks.maxPerAgent` (a cancelled or expired task is finished),
  * so an agent creating and cancelling tasks (or giving them a short ttl) kept any number of calls
  * running on the upstream, each holding its arguments in the sidecar until its call timeout.
+ *
+ * Found in the third: a task's call forwarded as a plain call (the upstream takes no task for the
+ * tool, server-everything's trigger-long-running-operation, which ignores cancellation) ended
+ * with its task, so creating and cancelling tasks (or giving them a short ttl) still ran any
+ * number of calls on such an upstream — where a plain call given up keeps its in-flight slot
+ * until the upstream answers it.
  */
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -21,6 +27,7 @@ import {
   agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
+  EVERYTHING_BIN,
   httpClient,
   startTestSidecar,
   text,
@@ -141,4 +148,62 @@ describe('task calls still awaited upstream after their task ended', () => {
       }
     });
   });
+});
+
+describe('plain task calls given up after they were sent upstream', () => {
+  let sidecar: Sidecar;
+  let agent: Client;
+
+  beforeAll(async () => {
+    sidecar = await startTestSidecar({
+      upstreams: {
+        ev: {
+          command: process.execPath,
+          args: [EVERYTHING_BIN, 'stdio'],
+          stderr: 'ignore',
+          // The SDK's server sends no answer to a request cancelled: the wait ends at this.
+          callTimeoutSeconds: 8,
+        },
+      },
+      policies: [DEFAULT_ALLOW],
+      agents: [{ name: 'mallory' }],
+      gateway: { tasks: { maxTtlSeconds: 120, maxPerAgent: 2 }, shutdownGraceSeconds: 0 },
+    });
+    agent = await httpClient(sidecar.url!, agentToken(sidecar, 'mallory'));
+  });
+
+  afterAll(async () => {
+    await agent?.close();
+    await closeSidecar(sidecar);
+  });
+
+  it('count against maxPerAgent until the upstream answers them', async () => {
+    const tool = 'ev__trigger-long-running-operation';
+    // A first call of the tool answered: later ones are not held one at a time while the
+    // gateway has no estimate of its answers yet.
+    await agent.callTool({ name: tool, arguments: { duration: 0.1, steps: 1 } });
+    // Two calls the upstream works on for a minute, their tasks ended by a 1 s ttl.
+    for (let i = 0; i < 2; i++) {
+      const { task } = await callAsTask(agent, tool, { duration: 60, steps: 1 }, 1_000);
+      await until(() =>
+        agent.experimental.tasks.getTask(task.taskId).then(
+          () => false,
+          () => true,
+        ),
+      );
+    }
+    // The upstream still works on both: a third is refused, not sent.
+    const refused = await rpcError(callAsTask(agent, tool, { duration: 60, steps: 1 }));
+    expect(JSON.stringify(refused.data)).toContain('FABRIC_ERR_TOOL_TASK_LIMIT');
+    // Once the upstream is done with them (an answer dropped, or the upstream's call timeout
+    // passed), the agent may go on.
+    await until(async () => {
+      try {
+        await callAsTask(agent, tool, { duration: 0.1, steps: 1 });
+        return true;
+      } catch {
+        return false;
+      }
+    }, 30_000);
+  }, 60_000);
 });
