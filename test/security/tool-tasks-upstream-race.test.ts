@@ -22,6 +22,7 @@
 import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { SidecarConfigInput } from '../../src/server/config-file.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
@@ -89,28 +90,62 @@ describe('a passed-through task cancelled before the upstream made its task', ()
   });
 });
 
-describe('task calls still awaited upstream after their task ended', () => {
+/**
+ * A sidecar over `upstreams` (gateway.tasks.maxPerAgent 2) for the suite, and mallory's client.
+ */
+function mallorysSidecar(upstreams: SidecarConfigInput['upstreams']): () => Client {
   let sidecar: Sidecar;
   let agent: Client;
-
   beforeAll(async () => {
     sidecar = await startTestSidecar({
-      upstreams: {
-        tk: { command: process.execPath, args: [TASK_SERVER], stderr: 'ignore' },
-      },
+      upstreams,
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'mallory' }],
       gateway: { tasks: { maxTtlSeconds: 120, maxPerAgent: 2 }, shutdownGraceSeconds: 0 },
     });
     agent = await httpClient(sidecar.url!, agentToken(sidecar, 'mallory'));
   });
-
   afterAll(async () => {
     await agent?.close();
     await closeSidecar(sidecar);
   });
+  return () => agent;
+}
+
+/** Waits until the agent's task `id` is gone (its ttl ran out). */
+async function expired(agent: Client, id: string): Promise<void> {
+  await until(() =>
+    agent.experimental.tasks.getTask(id).then(
+      () => false,
+      () => true,
+    ),
+  );
+}
+
+/** Waits until a task-augmented call of `name` is taken again (the agent is under its cap). */
+async function takenAgain(
+  agent: Client,
+  name: string,
+  args: Record<string, unknown>,
+  timeoutMs?: number,
+): Promise<void> {
+  await until(async () => {
+    try {
+      await callAsTask(agent, name, args);
+      return true;
+    } catch {
+      return false;
+    }
+  }, timeoutMs);
+}
+
+describe('task calls still awaited upstream after their task ended', () => {
+  const mallory = mallorysSidecar({
+    tk: { command: process.execPath, args: [TASK_SERVER], stderr: 'ignore' },
+  });
 
   it('count against maxPerAgent: cancelling or letting tasks expire does not run more', async () => {
+    const agent = mallory();
     const gated = async (message: string, ttl?: number): Promise<string> => {
       const { task } = await callAsTask(agent, 'tk__slow_echo', { message, gate: true }, ttl);
       await until(async () => (await upstreamState(agent)).waiting.includes(message));
@@ -123,13 +158,7 @@ describe('task calls still awaited upstream after their task ended', () => {
       async () => (await agent.experimental.tasks.getTask(warm.taskId)).status === 'completed',
     );
     await agent.experimental.tasks.cancelTask(await gated('held-1'));
-    const expiring = await gated('held-2', 1_000);
-    await until(() =>
-      agent.experimental.tasks.getTask(expiring).then(
-        () => false,
-        () => true,
-      ),
-    );
+    await expired(agent, await gated('held-2', 1_000));
     // Both calls still wait upstream for their answer: a third is refused, not sent.
     const refused = await rpcError(
       callAsTask(agent, 'tk__slow_echo', { message: 'held-3', gate: true }),
@@ -139,45 +168,23 @@ describe('task calls still awaited upstream after their task ended', () => {
     // Once the upstream answers (and the gateway cancels its tasks), the agent may go on.
     await agent.callTool({ name: 'tk__release', arguments: { message: 'held-1' } });
     await agent.callTool({ name: 'tk__release', arguments: { message: 'held-2' } });
-    await until(async () => {
-      try {
-        await callAsTask(agent, 'tk__slow_echo', { message: 'after' });
-        return true;
-      } catch {
-        return false;
-      }
-    });
+    await takenAgain(agent, 'tk__slow_echo', { message: 'after' });
   });
 });
 
 describe('plain task calls given up after they were sent upstream', () => {
-  let sidecar: Sidecar;
-  let agent: Client;
-
-  beforeAll(async () => {
-    sidecar = await startTestSidecar({
-      upstreams: {
-        ev: {
-          command: process.execPath,
-          args: [EVERYTHING_BIN, 'stdio'],
-          stderr: 'ignore',
-          // The SDK's server sends no answer to a request cancelled: the wait ends at this.
-          callTimeoutSeconds: 8,
-        },
-      },
-      policies: [DEFAULT_ALLOW],
-      agents: [{ name: 'mallory' }],
-      gateway: { tasks: { maxTtlSeconds: 120, maxPerAgent: 2 }, shutdownGraceSeconds: 0 },
-    });
-    agent = await httpClient(sidecar.url!, agentToken(sidecar, 'mallory'));
-  });
-
-  afterAll(async () => {
-    await agent?.close();
-    await closeSidecar(sidecar);
+  const mallory = mallorysSidecar({
+    ev: {
+      command: process.execPath,
+      args: [EVERYTHING_BIN, 'stdio'],
+      stderr: 'ignore',
+      // The SDK's server sends no answer to a request cancelled: the wait ends at this.
+      callTimeoutSeconds: 8,
+    },
   });
 
   it('count against maxPerAgent until the upstream answers them', async () => {
+    const agent = mallory();
     const tool = 'ev__trigger-long-running-operation';
     // A first call of the tool answered: later ones are not held one at a time while the
     // gateway has no estimate of its answers yet.
@@ -185,25 +192,13 @@ describe('plain task calls given up after they were sent upstream', () => {
     // Two calls the upstream works on for a minute, their tasks ended by a 1 s ttl.
     for (let i = 0; i < 2; i++) {
       const { task } = await callAsTask(agent, tool, { duration: 60, steps: 1 }, 1_000);
-      await until(() =>
-        agent.experimental.tasks.getTask(task.taskId).then(
-          () => false,
-          () => true,
-        ),
-      );
+      await expired(agent, task.taskId);
     }
     // The upstream still works on both: a third is refused, not sent.
     const refused = await rpcError(callAsTask(agent, tool, { duration: 60, steps: 1 }));
     expect(JSON.stringify(refused.data)).toContain('FABRIC_ERR_TOOL_TASK_LIMIT');
     // Once the upstream is done with them (an answer dropped, or the upstream's call timeout
     // passed), the agent may go on.
-    await until(async () => {
-      try {
-        await callAsTask(agent, tool, { duration: 0.1, steps: 1 });
-        return true;
-      } catch {
-        return false;
-      }
-    }, 30_000);
+    await takenAgain(agent, tool, { duration: 0.1, steps: 1 }, 30_000);
   }, 60_000);
 });
