@@ -914,12 +914,6 @@ export class ToolTasks {
   }
 }
 
-/**
- * `record` without its call's arguments once it is finished: they are kept only to run the call
- * again after a restart, which a finished task never is, and they may be up to the request body
- * limit and hold what the agent would not want kept (a state file held them for the task's whole
- * ttl, up to a day).
- */
 /** Bytes of a finished record's result or error as JSON (what it holds for `tasks/result`). */
 function resultBytes(record: ToolTaskRecord): number {
   const kept = record.result ?? record.error;
@@ -932,6 +926,12 @@ function resultBytes(record: ToolTaskRecord): number {
   }
 }
 
+/**
+ * `record` without its call's arguments once it is finished: they are kept only to run the call
+ * again after a restart, which a finished task never is, and they may be up to the request body
+ * limit and hold what the agent would not want kept (a state file held them for the task's whole
+ * ttl, up to a day).
+ */
 function settled(record: ToolTaskRecord): ToolTaskRecord {
   if (!isTerminalStatus(record.status) || record.arguments === undefined) return record;
   const { arguments: _dropped, ...rest } = record;
@@ -943,7 +943,6 @@ function fabricStatusMessage(id: string, status: string): string {
   return `fabric task ${id} is ${status}`;
 }
 
-/** The key of an upstream task in {@link ToolTasks}'s index. */
 /**
  * Whether the upstream's word on a task made at `createdAt` is about `link`'s task: the same
  * `createdAt`. False when either is unknown — the id cannot be told from another task's.
@@ -952,6 +951,7 @@ export function sameUpstreamTask(link: UpstreamTaskLink | undefined, createdAt: 
   return link?.createdAt !== undefined && createdAt === link.createdAt;
 }
 
+/** The key of an upstream task in {@link ToolTasks}'s index. */
 function upstreamKey(upstream: { name: string; taskId: string }): string {
   return `${upstream.name}\u0000${upstream.taskId}`;
 }
