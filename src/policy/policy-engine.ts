@@ -26,6 +26,7 @@ import { compileConditions, type ParamsPredicate } from './conditions.js';
 import { compileGlob, GlobSyntaxError, type GlobMatcher } from './glob.js';
 import { compileJsonLogic, JsonLogicCompileError, truthy } from './json-logic.js';
 import { parsePolicy, type NormalizedPolicy, type PolicyAction } from './policy.js';
+import { frozenCopy } from './provider-view.js';
 import { approvalParams } from './unresolved-path.js';
 
 /**
@@ -182,7 +183,9 @@ export interface PolicyVerdict {
  * answers `tools/list` visibility probes with empty params, and may be asked more than once about
  * one call (below, and again after a human's approval). A `decide` that throws, or answers
  * anything but `undefined` or a verdict, fails closed: a deny with `FABRIC_ERR_POLICY_UNAVAILABLE`
- * (the same refusal and audit line as a policy service that is down).
+ * (the same refusal and audit line as a policy service that is down). Every method is handed a
+ * frozen copy of the call's context (see `provider-view.ts`): a write to it throws, and changes
+ * nothing that is forwarded, decided on by rules or seen by another provider.
  *
  * **Counting calls** (rate limits, loop guards): look in `decide`, count in `admitted`, which the
  * tool-call pipeline calls once per call it lets through. The pipeline keeps check and count one
@@ -437,6 +440,11 @@ export class PolicyEngine {
   #seq = 0;
   /** Providers, highest priority first. */
   #providers: { readonly provider: PolicyProvider; readonly priority: number }[] = [];
+  /** What providers were handed about a context (see {@link #seen}), by context. */
+  #views = new WeakMap<
+    PolicyContext,
+    { params: PolicyContext['params']; rawParams: PolicyContext['rawParams']; view: PolicyContext }
+  >();
   /** The providers with `admitted` (most have none: the hot path skips an empty list). */
   #admitting: { readonly provider: PolicyProvider; readonly priority: number }[] = [];
   /** How many providers have `decideAsync`. */
@@ -640,6 +648,29 @@ export class PolicyEngine {
     }
     this.#persist = { store, seq, base };
     return applied;
+  }
+
+  /**
+   * What providers are asked about `ctx`: a frozen copy of its policy fields (see
+   * `provider-view.ts`), made once per context — a provider that writes over it changes neither
+   * the call that is forwarded, nor the rules' view, nor what the next provider sees.
+   */
+  #seen(ctx: PolicyContext): PolicyContext {
+    const known = this.#views.get(ctx);
+    if (known !== undefined && known.params === ctx.params && known.rawParams === ctx.rawParams) {
+      return known.view;
+    }
+    const view: PolicyContext = Object.freeze({
+      agentId: ctx.agentId,
+      tool: ctx.tool,
+      params: frozenCopy(ctx.params),
+      ...(ctx.rawParams === undefined ? {} : { rawParams: frozenCopy(ctx.rawParams) }),
+      ...(ctx.poolId === undefined ? {} : { poolId: ctx.poolId }),
+      ...(ctx.labels === undefined ? {} : { labels: frozenCopy(ctx.labels) }),
+      ...(ctx.attributes === undefined ? {} : { attributes: frozenCopy(ctx.attributes) }),
+    });
+    this.#views.set(ctx, { params: ctx.params, rawParams: ctx.rawParams, view });
+    return view;
   }
 
   /**
@@ -866,6 +897,7 @@ export class PolicyEngine {
     const priority = best?.priority ?? Number.NEGATIVE_INFINITY;
     const rank = best?.rank ?? 0;
     const verdicts: AskedVerdicts = asked ?? new Map();
+    const seen = this.#seen(ctx);
     const answered = Promise.all(
       this.#providers
         .filter(
@@ -877,7 +909,7 @@ export class PolicyEngine {
         .map(async ({ provider }) => {
           let verdict: PolicyVerdict | undefined;
           try {
-            verdict = await provider.decideAsync!(ctx, signal);
+            verdict = await provider.decideAsync!(seen, signal);
           } catch (err) {
             verdict = providerFailed(provider.name, err);
           }
@@ -909,7 +941,7 @@ export class PolicyEngine {
       if (priority <= floor) break;
       if (provider.decideAsync === undefined) continue;
       try {
-        asked.push(provider.decideAsync(ctx, signal).catch(() => undefined));
+        asked.push(provider.decideAsync(this.#seen(ctx), signal).catch(() => undefined));
       } catch {
         // A provider that throws instead of rejecting answered at once.
       }
@@ -1001,7 +1033,7 @@ export class PolicyEngine {
           provider.name,
           verdicts !== undefined && verdicts.has(provider)
             ? verdicts.get(provider)
-            : provider.decide(ctx),
+            : provider.decide(this.#seen(ctx)),
         );
       } catch (err) {
         verdict = providerFailed(provider.name, err);
@@ -1033,9 +1065,10 @@ export class PolicyEngine {
   admitted(ctx: PolicyContext): void {
     const list = this.#admitting;
     if (list.length === 0) return;
+    const seen = this.#seen(ctx);
     for (const { provider } of list) {
       try {
-        provider.admitted!(ctx);
+        provider.admitted!(seen);
       } catch {
         // A counter that fails must not fail a call policy already let through.
       }
@@ -1060,7 +1093,7 @@ export class PolicyEngine {
       if (priority < floor) break;
       let verdict: PolicyVerdict | undefined;
       try {
-        verdict = readVerdict(provider.name, provider.decide(ctx));
+        verdict = readVerdict(provider.name, provider.decide(this.#seen(ctx)));
       } catch (err) {
         verdict = providerFailed(provider.name, err);
       }
