@@ -21,6 +21,45 @@ function copied(value: unknown): value is object {
  */
 export function frozenCopy<T>(value: T): T {
   if (!copied(value)) return value;
+  return (shallowCopy(value, 0) ?? walkedCopy(value)) as T;
+}
+
+/** Nesting {@link shallowCopy} copies by recursion; deeper (or cyclic) values are walked. */
+const RECURSION_DEPTH = 32;
+
+/** The common case, fast: a copy by recursion; `undefined` past {@link RECURSION_DEPTH}. */
+function shallowCopy(value: object, depth: number): object | undefined {
+  if (depth > RECURSION_DEPTH) return undefined;
+  if (Array.isArray(value)) {
+    const out = new Array<unknown>(value.length);
+    for (let i = 0; i < value.length; i++) {
+      const v: unknown = value[i];
+      if (!copied(v)) out[i] = v;
+      else if ((out[i] = shallowCopy(v, depth + 1)) === undefined) return undefined;
+    }
+    return Object.freeze(out);
+  }
+  const src = value as Record<string, unknown>;
+  const out: Record<string, unknown> =
+    Object.getPrototypeOf(value) === null ? (Object.create(null) as Record<string, unknown>) : {};
+  for (const k of Object.keys(src)) {
+    const v = src[k];
+    let c = v;
+    if (copied(v) && (c = shallowCopy(v, depth + 1)) === undefined) return undefined;
+    if (k === '__proto__') {
+      Object.defineProperty(out, k, {
+        value: c,
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
+    } else out[k] = c;
+  }
+  return Object.freeze(out);
+}
+
+/** A copy of any depth, without recursion; a cycle is copied as a cycle. */
+function walkedCopy(value: object): object {
   const copies = new Map<object, Record<string, unknown>>();
   const todo: object[] = [];
   const copyOf = (v: object): Record<string, unknown> => {
@@ -51,5 +90,5 @@ export function frozenCopy<T>(value: T): T {
     }
   }
   for (const c of copies.values()) Object.freeze(c);
-  return root as T;
+  return root;
 }
