@@ -743,7 +743,8 @@ export class PolicyEngine {
   ): Promise<CallbackAnswerDecision> {
     const checkers = this.#answerCheckers;
     if (checkers.length === 0) return Promise.resolve(CALLBACK_ANSWER_UNCHECKED);
-    return checkCallbackAnswer(checkers, ctx, {
+    // A frozen copy, as for tool calls (see #seen): the upstream gets the answer as it came.
+    return checkCallbackAnswer(checkers, frozenCopy(ctx), {
       signal,
       timeoutMs: this.#options.callbackCheckTimeoutMs,
     });

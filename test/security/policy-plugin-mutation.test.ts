@@ -3,7 +3,8 @@
  * ctx.params`) or the context's fields — must not change what the upstream receives, what the
  * rules decided on, or what the other providers see: the policy sees and forwards the same
  * thing. Before, a plugin's in-place write went to the upstream: a write the rules allowed (to
- * `public/`) landed in `protected/`, which they deny, with the plugin's content.
+ * `public/`) landed in `protected/`, which they deny, with the plugin's content; and an agent's
+ * answer to an upstream's callback reached the upstream as the plugin rewrote it.
  *
  * Real sidecar, real server-filesystem on a temp folder, the user plugin loaded by path from
  * the config, the official SDK client; the files on disk and the audit log are asserted.
@@ -16,13 +17,13 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
-  agentToken,
+  answeringClient,
   auditLines,
+  CALLBACK_SERVER,
   closeSidecar,
   DEFAULT_ALLOW,
   EVERYTHING_BIN,
   filesystemUpstream,
-  httpClient,
   startTestSidecar,
   tempDir,
   text,
@@ -45,6 +46,7 @@ describe('a policy plugin that writes over the call it is asked about', () => {
       upstreams: {
         fs: filesystemUpstream(root),
         ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
+        cb: { command: process.execPath, args: [CALLBACK_SERVER], stderr: 'ignore' },
       },
       policies: [
         {
@@ -72,7 +74,7 @@ describe('a policy plugin that writes over the call it is asked about', () => {
       agents: [{ name: 'a' }],
       audit: { path: auditPath, flushIntervalMs: 0 },
     });
-    client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'));
+    client = await answeringClient(sidecar, 'a', { text: 'the agent wrote this' });
   });
 
   afterAll(async () => {
@@ -109,5 +111,13 @@ describe('a policy plugin that writes over the call it is asked about', () => {
       arguments: { message: 'as sent' },
     })) as CallToolResult;
     expect(text(res)).toBe('Echo: as sent');
+  });
+
+  it("sends the upstream the agent's answer to its callback, as the agent wrote it", async () => {
+    const got = text(await client.callTool({ name: 'cb__sample', arguments: {} }));
+    expect(got).toMatch(/^received: /);
+    expect(got).toContain('the agent wrote this');
+    expect(got).not.toContain('SCRIBBLED');
+    expect(got).not.toContain('scribbled');
   });
 });
