@@ -114,6 +114,8 @@ const manifestSchema = z
 interface Entry {
   readonly plugin: LoadedPlugin;
   readonly instance: PluginInstance<PluginKind>;
+  /** The instance's `name` when it was plugged in: what it is unplugged by. */
+  readonly plugged: string;
   readonly controller: AbortController;
   readonly cleanups: (() => void)[];
   readonly dependencies: readonly string[];
@@ -364,6 +366,7 @@ export class PluginHost {
     const entry: Entry = {
       plugin: Object.freeze({ name: m.name, version: m.version, kind: m.kind }),
       instance,
+      plugged: (instance as { name?: unknown }).name as string,
       controller,
       cleanups,
       dependencies: m.dependencies ?? [],
@@ -459,16 +462,17 @@ export class PluginHost {
   }
 
   async #unplug(entry: Entry): Promise<void> {
-    const { plugin, instance } = entry;
+    const { plugin, instance, plugged } = entry;
+    // By the name it was plugged in under: an instance may have renamed itself since.
     switch (plugin.kind) {
       case 'policy':
-        this.#fabric.policies.removeProvider((instance as PluginInstance<'policy'>).name);
+        this.#fabric.policies.removeProvider(plugged);
         break;
       case 'executor':
-        this.#fabric.unregisterExecutor((instance as PluginInstance<'executor'>).name);
+        this.#fabric.unregisterExecutor(plugged);
         break;
       case 'pool':
-        this.#fabric.unregisterPoolProvider((instance as PluginInstance<'pool'>).name);
+        this.#fabric.unregisterPoolProvider(plugged);
         break;
       case 'hook':
         this.#fabric.detachHookStore(instance as PluginInstance<'hook'>);

@@ -439,14 +439,24 @@ export class PolicyEngine {
   readonly #cache: LRUCache<string, Candidates> | undefined;
   #seq = 0;
   /** Providers, highest priority first. */
-  #providers: { readonly provider: PolicyProvider; readonly priority: number }[] = [];
+  #providers: {
+    readonly provider: PolicyProvider;
+    readonly priority: number;
+    /** Its name when it was added (what it answers as and is removed by, whatever it says later). */
+    readonly name: string;
+  }[] = [];
   /** What providers were handed about a context (see {@link #seen}), by context. */
   #views = new WeakMap<
     PolicyContext,
     { params: PolicyContext['params']; rawParams: PolicyContext['rawParams']; view: PolicyContext }
   >();
   /** The providers with `admitted` (most have none: the hot path skips an empty list). */
-  #admitting: { readonly provider: PolicyProvider; readonly priority: number }[] = [];
+  #admitting: {
+    readonly provider: PolicyProvider;
+    readonly priority: number;
+    /** Its name when it was added (what it answers as and is removed by, whatever it says later). */
+    readonly name: string;
+  }[] = [];
   /** How many providers have `decideAsync`. */
   #async = 0;
   /** The providers with `checkCallbackAnswer`, highest priority first. */
@@ -686,32 +696,31 @@ export class PolicyEngine {
     ) {
       throw new PolicyValidationError('provider', 'decide', 'must be a function');
     }
-    if (typeof provider.name !== 'string' || provider.name.length === 0) {
+    // Read once: what it answers as and is removed by, whatever its `name` says later.
+    const name: unknown = provider.name;
+    if (typeof name !== 'string' || name.length === 0) {
       throw new PolicyValidationError('provider', 'name', 'must be a non-empty string');
     }
     const priority = provider.priority ?? 0;
     if (!Number.isFinite(priority)) {
-      throw new PolicyValidationError(provider.name, 'priority', 'must be a finite number');
+      throw new PolicyValidationError(name, 'priority', 'must be a finite number');
     }
-    if (
-      this.#policies.has(provider.name) ||
-      this.#providers.some((p) => p.provider.name === provider.name)
-    ) {
-      throw new PolicyExistsError(provider.name);
+    if (this.#policies.has(name) || this.#providers.some((p) => p.name === name)) {
+      throw new PolicyExistsError(name);
     }
     if (provider.admitted !== undefined && typeof provider.admitted !== 'function') {
-      throw new PolicyValidationError(provider.name, 'admitted', 'must be a function');
+      throw new PolicyValidationError(name, 'admitted', 'must be a function');
     }
     if (provider.decideAsync !== undefined && typeof provider.decideAsync !== 'function') {
-      throw new PolicyValidationError(provider.name, 'decideAsync', 'must be a function');
+      throw new PolicyValidationError(name, 'decideAsync', 'must be a function');
     }
     if (
       provider.checkCallbackAnswer !== undefined &&
       typeof provider.checkCallbackAnswer !== 'function'
     ) {
-      throw new PolicyValidationError(provider.name, 'checkCallbackAnswer', 'must be a function');
+      throw new PolicyValidationError(name, 'checkCallbackAnswer', 'must be a function');
     }
-    this.#providers = [...this.#providers, { provider, priority }].sort(
+    this.#providers = [...this.#providers, { provider, priority, name }].sort(
       (a, b) => b.priority - a.priority,
     );
     this.#indexProviders();
@@ -762,7 +771,7 @@ export class PolicyEngine {
   /** Removes a provider. Returns false when none has that name. */
   removeProvider(name: string): boolean {
     const before = this.#providers.length;
-    this.#providers = this.#providers.filter((p) => p.provider.name !== name);
+    this.#providers = this.#providers.filter((p) => p.name !== name);
     this.#indexProviders();
     const removed = this.#providers.length !== before;
     if (removed) this.#changed();
@@ -907,12 +916,12 @@ export class PolicyEngine {
             !verdicts.has(provider) &&
             (p > priority || (p === priority && rank !== DENY_RANK)),
         )
-        .map(async ({ provider }) => {
+        .map(async ({ provider, name }) => {
           let verdict: PolicyVerdict | undefined;
           try {
             verdict = await provider.decideAsync!(seen, signal);
           } catch (err) {
-            verdict = providerFailed(provider.name, err);
+            verdict = providerFailed(name, err);
           }
           verdicts.set(provider, verdict);
         }),
@@ -1026,18 +1035,18 @@ export class PolicyEngine {
     let decision = ruleDecision;
     let priority = best?.priority ?? Number.NEGATIVE_INFINITY;
     let rank = best?.rank ?? 0;
-    for (const { provider, priority: p } of this.#providers) {
+    for (const { provider, priority: p, name } of this.#providers) {
       if (p < priority || (p === priority && rank === DENY_RANK)) break;
       let verdict: PolicyVerdict | undefined;
       try {
         verdict = readVerdict(
-          provider.name,
+          name,
           verdicts !== undefined && verdicts.has(provider)
             ? verdicts.get(provider)
             : provider.decide(this.#seen(ctx)),
         );
       } catch (err) {
-        verdict = providerFailed(provider.name, err);
+        verdict = providerFailed(name, err);
       }
       if (verdict === undefined || (noDenies && verdict.action === 'deny')) continue;
       const vr = RANK[verdict.action];
@@ -1047,9 +1056,9 @@ export class PolicyEngine {
         decision = Object.freeze({
           action: verdict.action,
           allowed: verdict.action === 'allow',
-          policy: provider.name,
+          policy: name,
           rule: null,
-          reason: verdict.reason ?? `${verdict.action} by policy provider ${provider.name}`,
+          reason: verdict.reason ?? `${verdict.action} by policy provider ${name}`,
           ...(verdict.action === 'deny' && Number.isFinite(verdict.retryAt)
             ? { retryAt: verdict.retryAt! }
             : {}),
@@ -1090,16 +1099,16 @@ export class PolicyEngine {
     const list = this.#admitting;
     if (list.length === 0) return undefined;
     const floor = this.#priorityOf(decision);
-    for (const { provider, priority } of list) {
+    for (const { provider, priority, name } of list) {
       if (priority < floor) break;
       let verdict: PolicyVerdict | undefined;
       try {
-        verdict = readVerdict(provider.name, provider.decide(this.#seen(ctx)));
+        verdict = readVerdict(name, provider.decide(this.#seen(ctx)));
       } catch (err) {
-        verdict = providerFailed(provider.name, err);
+        verdict = providerFailed(name, err);
       }
       // Any verdict but a deny leaves the call to `decision` (no human is asked at admission).
-      if (verdict?.action === 'deny') return providerDeny(provider.name, verdict);
+      if (verdict?.action === 'deny') return providerDeny(name, verdict);
     }
     return undefined;
   }
@@ -1108,7 +1117,7 @@ export class PolicyEngine {
   #priorityOf(decision: PolicyDecision): number {
     const name = decision.policy;
     if (name === null) return Number.NEGATIVE_INFINITY;
-    for (const p of this.#providers) if (p.provider.name === name) return p.priority;
+    for (const p of this.#providers) if (p.name === name) return p.priority;
     // A policy removed since the decision: every counting provider is asked.
     return this.#policies.get(name)?.policy.priority ?? Number.NEGATIVE_INFINITY;
   }
