@@ -165,7 +165,10 @@ export interface PolicyVerdict {
   readonly action: PolicyAction;
   /** Shown to the agent's model and recorded in the audit log. */
   readonly reason?: string;
-  /** For a `deny` that lifts by itself (a rate limit): when the call may succeed (epoch ms). */
+  /**
+   * For a `deny` that lifts by itself (a rate limit): when the call may succeed (epoch ms). One
+   * no `Date` can hold (past ±8.64e15) is dropped: the deny stands, without a retry time.
+   */
   readonly retryAt?: number;
   /**
    * For a `deny` that is no judgement on the call: the catalog code the refusal carries instead
@@ -311,10 +314,14 @@ function readVerdict(provider: string, raw: unknown): PolicyVerdict | undefined 
   return {
     action: action as PolicyAction,
     ...(typeof reason === 'string' ? { reason } : {}),
-    ...(typeof retryAt === 'number' ? { retryAt } : {}),
+    // Only a time a date can hold (a Date ends at ±8.64e15 ms): what the refusal says.
+    ...(typeof retryAt === 'number' && Math.abs(retryAt) <= MAX_DATE_MS ? { retryAt } : {}),
     ...(typeof code === 'string' ? { code } : {}),
   };
 }
+
+/** The largest epoch time in milliseconds a `Date` holds. */
+const MAX_DATE_MS = 8.64e15;
 
 /**
  * The verdict of a provider that could not decide: its `decide` threw, its `decideAsync`
