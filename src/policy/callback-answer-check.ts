@@ -19,6 +19,7 @@
  *
  * @module
  */
+import { cutWireText } from '../errors.js';
 import type { PolicyAction } from './policy.js';
 
 /** An agent's answer to an upstream's server→client request, as a provider inspects it. */
@@ -156,7 +157,7 @@ function readVerdict(name: string, raw: unknown): CallbackAnswerDecision | undef
     );
   }
   const { action, reason } = raw as Record<string, unknown>;
-  const text = typeof reason === 'string' ? reason : undefined;
+  const text = typeof reason === 'string' ? cutWireText(reason) : undefined;
   switch (action) {
     case 'allow':
       return undefined;

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import {
   ConfigError,
+  cutWireText,
   PolicyExistsError,
   PolicyUnavailableError,
   PolicyValidationError,
@@ -313,7 +314,8 @@ function readVerdict(provider: string, raw: unknown): PolicyVerdict | undefined 
   }
   return {
     action: action as PolicyAction,
-    ...(typeof reason === 'string' ? { reason } : {}),
+    // Cut as a wire cuts it: the reason is kept in approval records, logs and the audit.
+    ...(typeof reason === 'string' ? { reason: cutWireText(reason) } : {}),
     // Only a time a date can hold (a Date ends at ±8.64e15 ms): what the refusal says.
     ...(typeof retryAt === 'number' && Math.abs(retryAt) <= MAX_DATE_MS ? { retryAt } : {}),
     ...(typeof code === 'string' ? { code } : {}),

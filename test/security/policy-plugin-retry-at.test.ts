@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MAX_WIRE_ERROR_TEXT } from '../../src/errors.js';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentToken,
@@ -41,7 +42,12 @@ describe.each([1e300, -1e300])('a policy plugin denying with retryAt %s', (retry
         ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
       },
       policies: [DEFAULT_ALLOW],
-      plugins: [{ module: FAR_RETRY, options: { tool: 'ev__echo', retryAt } }],
+      plugins: [
+        {
+          module: FAR_RETRY,
+          options: { tool: 'ev__echo', retryAt, askTool: 'ev__get-env', reasonLength: 3_000_000 },
+        },
+      ],
       agents: [{ name: 'a' }],
       audit: { path: auditPath, flushIntervalMs: 0 },
     });
@@ -75,5 +81,16 @@ describe.each([1e300, -1e300])('a policy plugin denying with retryAt %s', (retry
       arguments: { a: 1, b: 2 },
     })) as CallToolResult;
     expect(ok.isError).not.toBe(true);
+  });
+
+  it("keeps an approval's reason from a plugin bounded (as a wire cuts it)", async () => {
+    const call = client.callTool({ name: 'ev__get-env', arguments: {} }).catch((e: unknown) => e);
+    const approvals = () => sidecar!.fabric!.approvals.listApprovals({ status: 'pending' });
+    await until(() => approvals().length >= 1);
+    const reason = approvals()[0]!.reason ?? '';
+    expect(reason.length).toBeLessThanOrEqual(MAX_WIRE_ERROR_TEXT + 100);
+    expect(reason).toContain('QQQ');
+    sidecar!.fabric!.approvals.deny(approvals()[0]!.id, { approver: 'test' });
+    await call;
   });
 });
