@@ -46,14 +46,7 @@ function shallowCopy(value: object, depth: number): object | undefined {
     const v = src[k];
     let c = v;
     if (copied(v) && (c = shallowCopy(v, depth + 1)) === undefined) return undefined;
-    if (k === '__proto__') {
-      Object.defineProperty(out, k, {
-        value: c,
-        enumerable: true,
-        writable: true,
-        configurable: true,
-      });
-    } else out[k] = c;
+    put(out, k, c);
   }
   return Object.freeze(out);
 }
@@ -79,16 +72,21 @@ function walkedCopy(value: object): object {
     for (const k of Object.keys(src)) {
       const v = (src as Record<string, unknown>)[k];
       const c = copied(v) ? copyOf(v) : v;
-      if (k === '__proto__') {
-        Object.defineProperty(dst, k, {
-          value: c,
-          enumerable: true,
-          writable: true,
-          configurable: true,
-        });
-      } else dst[k] = c;
+      put(dst, k, c);
     }
   }
   for (const c of copies.values()) Object.freeze(c);
   return root;
+}
+
+/** Sets `out[key]`; a `__proto__` key as an own member (assigning it would set the prototype). */
+function put(out: Record<string, unknown>, key: string, value: unknown): void {
+  if (key === '__proto__') {
+    Object.defineProperty(out, key, {
+      value,
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+  } else out[key] = value;
 }

@@ -45,6 +45,33 @@ describe('PluginHost', () => {
     expect(fabric.policies.evaluateSync(ctx).action).toBe('allow');
   });
 
+  // An instance that renames itself once plugged in (a getter, a field it reassigns) is still
+  // unplugged by the name it was plugged in under. Before, unload removed whatever provider bore
+  // the new name — none — and the unloaded (and closed) plugin went on deciding every call.
+  it('unplugs a policy plugin that renamed itself; its decisions keep its name', async () => {
+    let closed = false;
+    await host.load(
+      definePlugin({ name: 'renamer', version: '1.0.0', kind: 'policy' }, () => ({
+        name: 'renamer',
+        priority: 100,
+        decide(this: { name: string }) {
+          this.name = 'someone-else';
+          return { action: 'deny' as const, reason: 'no' };
+        },
+        close: () => void (closed = true),
+      })),
+    );
+    const ctx = { agentId: 'a', tool: 't', params: {} };
+    expect(fabric.policies.evaluateSync(ctx)).toMatchObject({ action: 'deny', policy: 'renamer' });
+    expect(fabric.policies.evaluateSync(ctx)).toMatchObject({ action: 'deny', policy: 'renamer' });
+    await host.unload('renamer');
+    expect(closed).toBe(true);
+    expect(fabric.policies.evaluateSync(ctx)).toMatchObject({
+      action: 'allow',
+      policy: 'allow-all',
+    });
+  });
+
   it('plugs an executor plugin in: agents that name it run their tasks on it', async () => {
     let closed = false;
     await host.load(
