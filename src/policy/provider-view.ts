@@ -54,7 +54,7 @@ function shallowCopy(value: object, depth: number): object | undefined {
 /** A copy of any depth, without recursion; a cycle is copied as a cycle. */
 function walkedCopy(value: object): object {
   const copies = new Map<object, Record<string, unknown>>();
-  const todo: object[] = [];
+  const unwalked: object[] = [];
   const copyOf = (v: object): Record<string, unknown> => {
     let c = copies.get(v);
     if (c === undefined) {
@@ -62,12 +62,12 @@ function walkedCopy(value: object): object {
         Array.isArray(v) ? new Array<unknown>(v.length) : Object.create(Object.getPrototypeOf(v))
       ) as Record<string, unknown>;
       copies.set(v, c);
-      todo.push(v);
+      unwalked.push(v);
     }
     return c;
   };
   const root = copyOf(value);
-  for (let src = todo.pop(); src !== undefined; src = todo.pop()) {
+  for (let src = unwalked.pop(); src !== undefined; src = unwalked.pop()) {
     const dst = copies.get(src)!;
     for (const k of Object.keys(src)) {
       const v = (src as Record<string, unknown>)[k];

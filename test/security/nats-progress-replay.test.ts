@@ -4,8 +4,9 @@
  * The sidecar kept no report nonces, so the replay set the running attempt's stored progress
  * back to the earlier value. Now each report of a take-up carries a `counter` under its proof
  * (1 for the start, one more for each later report): a report whose counter is below the last
- * accepted one of its take-up is refused `FABRIC_ERR_TASK_STATE`, counted, and changes nothing;
- * the last one re-sent (a worker whose answer was lost) is answered ok and changes nothing.
+ * accepted one of its take-up (overtaken: a replay, or the worker's own late re-send) is
+ * answered ok, counted, and changes nothing; the last one re-sent (a worker whose answer was
+ * lost) is answered ok and changes nothing.
  * The same after the sidecar restarted on its state file while the take-up ran.
  * Real nats-server, real worker transport, real SQLite state file (read back after a restart).
  */
@@ -129,7 +130,7 @@ describeNats('NATS: an earlier progress report replayed after a later one', () =
   // it learnt none from the progress reports it heard next (only a start recorded one), so any
   // earlier progress replayed after a later one set the progress back for the rest of the
   // attempt. It now takes the first take-up it hears reporting as the attempt's own.
-  it('is refused after a sidecar restart too, once a later report of the take-up came', async () => {
+  it('changes nothing after a sidecar restart too, once a later report of the take-up came', async () => {
     const ns = 'replayrestart';
     const path = join(tempDir('nats-progress-replay-restart'), 'state.db');
     const nats = { url: server().url, namespace: ns };
