@@ -68,7 +68,7 @@ import type {
   ToolCallDenied,
 } from './policy/tool-call-authorizer.js';
 import { BudgetManager } from './budget/budget-manager.js';
-import type { SettleOptions, UsageAmount } from './budget/budget-manager.js';
+import type { Reservation, SettleOptions, UsageAmount } from './budget/budget-manager.js';
 import type { BudgetStore } from './budget/budget-store.js';
 import type { BootClock } from './budget/budget-clock.js';
 import { parseBudgetConfig } from './budget/budget-config.js';
@@ -1555,22 +1555,43 @@ export class AgentFabric {
 
   /**
    * Whether an upstream's sampling request of `tokens` may reach the agent's model: the refusal
-   * when the agent's budget, its pool's or the fabric's is already at or over a limit for those
-   * tokens (the usage counted; in-flight reservations aside — the call that caused the request
-   * holds one), else `undefined`. Reserves nothing: the sampling is recorded once it ran
-   * (`recordUsage`). An agent no longer known is not refused here.
+   * when the agent's budget, its pool's or the fabric's has no room for those tokens beside the
+   * usage counted and the samplings already in flight (other in-flight reservations aside — the
+   * call that caused the request holds one, which may fill a small limit), else the admission
+   * that holds them (a reservation, covered on disk as a call's is). Settle it with the tokens
+   * the sampling used, request and answer: recorded in full, never refused, committed as
+   * {@link recordUsage} is. An agent no longer known is not refused here (`undefined`: nothing
+   * held).
+   * @returns a {@link StateStoreError} refusal when the commit that covers the hold fails.
    */
-  admitSampling(agentId: string, tokens: number): BudgetExceededError | undefined {
+  admitSampling(
+    agentId: string,
+    tokens: number,
+  ): BudgetExceededError | StateStoreError | { settle(tokens: number): Promise<void> } | undefined {
     const rec = this.lifecycle.peek(agentId);
     if (rec === undefined) return undefined;
-    const check = this.budgets.check(
-      agentId,
-      { tokens, cost: 0 },
-      { reservationsAside: true, ...(rec.poolId === undefined ? {} : { poolId: rec.poolId }) },
-    );
-    if (check.allowed) return undefined;
-    const { allowed: _allowed, ...short } = check;
-    return new BudgetExceededError(short);
+    let held: Reservation;
+    try {
+      held = this.budgets.reserve(
+        agentId,
+        { tokens, cost: 0 },
+        { reservationsAside: true, ...(rec.poolId === undefined ? {} : { poolId: rec.poolId }) },
+      );
+    } catch (error) {
+      if (error instanceof BudgetExceededError || error instanceof StateStoreError) return error;
+      throw error;
+    }
+    return {
+      settle: (used: number): Promise<void> => {
+        try {
+          this.budgets.settle(held, { tokens: used, cost: 0 });
+        } catch (error) {
+          this.budgets.release(held); // a bad amount: nothing stays held
+          return Promise.reject(error);
+        }
+        return this.#onDisk(`the sampling is counted (the budgets hold it) ${KEPT}`);
+      },
+    };
   }
 
   /**

@@ -44,19 +44,19 @@ export interface ReserveOptions extends BudgetCallOptions {
    * @default false
    */
   unmetered?: boolean | undefined;
-}
-
-/** Options of {@link BudgetManager.check}. */
-export interface CheckOptions extends ReserveOptions {
   /**
-   * Leave in-flight reservations aside: check the estimate against the usage counted alone —
-   * whether a scope is already at or over a limit for it, not whether a reservation would fit
-   * (for work that is recorded rather than reserved, like an upstream's sampling request, whose
-   * caller's own call holds a reservation that may fill the scope).
+   * Leave the other in-flight reservations aside: fit the estimate on top of the usage counted
+   * and of the reservations made with this option alone — whether a scope is already at or over
+   * a limit for it, not whether it fits beside every call in flight (for work done inside a call
+   * that holds a reservation of its own, which may fill the scope: an upstream's sampling
+   * request). Such a reservation is still held against every other check and reservation.
    * @default false
    */
   reservationsAside?: boolean | undefined;
 }
+
+/** Options of {@link BudgetManager.check}. */
+export type CheckOptions = ReserveOptions;
 
 /** Options of {@link BudgetManager.reserveWhenFree}. */
 export interface ReserveWhenFreeOptions extends ReserveOptions {
@@ -202,6 +202,8 @@ class ReservationImpl implements Reservation {
   readonly agent: ScopeUsage;
   readonly pool: ScopeUsage | undefined;
   readonly fabric: ScopeUsage;
+  /** Made with `reservationsAside` (counted in the scopes' `asideTokens`/`asideCost` too). */
+  readonly aside: boolean;
   code = RESERVED;
 
   constructor(
@@ -213,8 +215,10 @@ class ReservationImpl implements Reservation {
     agent: ScopeUsage,
     pool: ScopeUsage | undefined,
     fabric: ScopeUsage,
+    aside: boolean,
   ) {
     this.owner = owner;
+    this.aside = aside;
     this.agentId = agentId;
     this.poolId = poolId;
     this.tokens = tokens;
@@ -453,7 +457,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
 
   /**
    * Whether a call with this estimate would fit every level now (usage plus in-flight
-   * reservations; usage alone with `reservationsAside`). Does not reserve anything. With `agentId` undefined only the pool and
+   * reservations; see `reservationsAside`). Does not reserve anything. With `agentId` undefined only the pool and
    * fabric levels are checked (work queued to a pool before an agent is chosen).
    * @throws InvalidUsageError for a bad estimate.
    */
@@ -482,9 +486,10 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     const poolId = options?.poolId;
     if (options?.unmetered === true) return this.#hold(agentId, poolId, 0, 0);
     if (options?.clampTokens === true) tokens = this.#clamp(agentId, poolId, tokens);
-    const short = this.#shortfall(agentId, poolId, tokens, cost, this.#clock.now());
+    const aside = options?.reservationsAside === true;
+    const short = this.#shortfall(agentId, poolId, tokens, cost, this.#clock.now(), aside);
     if (short !== null) throw new BudgetExceededError(short);
-    return this.#hold(agentId, poolId, tokens, cost);
+    return this.#hold(agentId, poolId, tokens, cost, aside);
   }
 
   /**
@@ -612,19 +617,18 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   }
 
   /** Holds a reservation on every level (the check was done). */
-  #hold(agentId: string, poolId: string | undefined, tokens: number, cost: number): Reservation {
+  #hold(
+    agentId: string,
+    poolId: string | undefined,
+    tokens: number,
+    cost: number,
+    aside = false,
+  ): Reservation {
     const a = this.#agent(agentId);
     const p = poolId === undefined ? undefined : this.#pool(poolId);
     const f = this.#fabricScope();
-    a.reservedTokens += tokens;
-    a.reservedCost += cost;
-    if (p !== undefined) {
-      p.reservedTokens += tokens;
-      p.reservedCost += cost;
-    }
-    f.reservedTokens += tokens;
-    f.reservedCost += cost;
-    const r = new ReservationImpl(this, agentId, poolId, tokens, cost, a, p, f);
+    const r = new ReservationImpl(this, agentId, poolId, tokens, cost, a, p, f, aside);
+    holdOn(r, 1);
     const store = this.#store;
     if (store.coverReservation !== undefined && (tokens > 0 || cost > 0)) {
       // The call goes ahead only once what the store holds covers its estimate: a crash while it
@@ -832,15 +836,32 @@ function tokenLimit(s: ScopeUsage): number {
   return s.config?.maxTokensPerHour ?? Number.POSITIVE_INFINITY;
 }
 
-function unreserve(r: ReservationImpl): void {
-  r.agent.reservedTokens -= r.tokens;
-  r.agent.reservedCost -= r.cost;
+/** Adds (`sign` 1) or takes back (-1) a reservation's amounts on each of its scopes. */
+function holdOn(r: ReservationImpl, sign: 1 | -1): void {
+  const tokens = sign * r.tokens;
+  const cost = sign * r.cost;
+  r.agent.reservedTokens += tokens;
+  r.agent.reservedCost += cost;
   if (r.pool !== undefined) {
-    r.pool.reservedTokens -= r.tokens;
-    r.pool.reservedCost -= r.cost;
+    r.pool.reservedTokens += tokens;
+    r.pool.reservedCost += cost;
   }
-  r.fabric.reservedTokens -= r.tokens;
-  r.fabric.reservedCost -= r.cost;
+  r.fabric.reservedTokens += tokens;
+  r.fabric.reservedCost += cost;
+  if (r.aside) {
+    r.agent.asideTokens += tokens;
+    r.agent.asideCost += cost;
+    if (r.pool !== undefined) {
+      r.pool.asideTokens += tokens;
+      r.pool.asideCost += cost;
+    }
+    r.fabric.asideTokens += tokens;
+    r.fabric.asideCost += cost;
+  }
+}
+
+function unreserve(r: ReservationImpl): void {
+  holdOn(r, -1);
 }
 
 function id(field: string, value: unknown): string {

@@ -108,6 +108,9 @@ export class ScopeUsage implements BudgetStateSource {
   cost: UsageWindow;
   reservedTokens = 0;
   reservedCost = 0;
+  /** Of the reservations, those made with `reservationsAside` (a check made so counts them). */
+  asideTokens = 0;
+  asideCost = 0;
   tokensWarned = false;
   tokensExhausted = false;
   costWarned = false;
@@ -195,7 +198,8 @@ export class ScopeUsage implements BudgetStateSource {
 
   /**
    * Null when `tokens`/`cost` fit on top of usage and reservations (with `reservationsAside`, of
-   * the usage alone: whether the scope is already at or over a limit for them); else why not.
+   * the usage and the reservations made that way alone: whether the scope is already at or over
+   * a limit for them); else why not.
    */
   shortfall(
     tokens: number,
@@ -207,14 +211,14 @@ export class ScopeUsage implements BudgetStateSource {
     if (c === undefined) return null;
     if (c.maxTokensPerHour !== Number.POSITIVE_INFINITY) {
       const used = this.tokens.used(now);
-      const reserved = reservationsAside ? 0 : this.reservedTokens;
+      const reserved = reservationsAside ? this.asideTokens : this.reservedTokens;
       if (!fits(used + reserved, tokens, c.maxTokensPerHour)) {
         return this.#shortfall('tokens', used, reserved, tokens, c.maxTokensPerHour, now);
       }
     }
     if (c.maxCostPerDay !== Number.POSITIVE_INFINITY) {
       const used = this.cost.used(now);
-      const reserved = reservationsAside ? 0 : this.reservedCost;
+      const reserved = reservationsAside ? this.asideCost : this.reservedCost;
       if (!fits(used + reserved, cost, c.maxCostPerDay)) {
         return this.#shortfall('cost', used, reserved, cost, c.maxCostPerDay, now);
       }

@@ -38,6 +38,16 @@ export type GatewayIdentity =
 /** An agent identity (what every MCP session is bound to). */
 export type AgentIdentity = Extract<GatewayIdentity, { kind: 'agent' }>;
 
+/** A sampling request the budget admitted (see {@link GatewayBackend.admitSampling}). */
+export interface SamplingAdmission {
+  /**
+   * Swaps what was held for `tokens`, the sampling's actual usage (request and answer),
+   * recorded in full and never refused. Called once.
+   * @throws (or rejects with) an error when it cannot be charged or committed.
+   */
+  settle(tokens: number): void | Promise<void>;
+}
+
 /** Estimated and actual usage of one call. */
 export interface ToolUsage {
   tokens: number;
@@ -198,12 +208,13 @@ export interface GatewayBackend {
   ): Promise<CallbackAnswerDecision> | CallbackAnswerDecision;
   /**
    * Optional: whether a `sampling/createMessage` an upstream sends the agent's client, whose
-   * params come to `tokens`, may reach the agent's model: the refusal (a `FabricError` coded
-   * `FABRIC_ERR_BUDGET_EXCEEDED`) when a budget scope of the agent is already at or over its
-   * limit for them, else `undefined`. Synchronous; reserves nothing (the gateway records the
-   * sampling with {@link recordUsage} once it ran). Without it sampling is never refused.
+   * params come to `tokens`, may reach the agent's model: the refusal (a `FabricError`, coded
+   * `FABRIC_ERR_BUDGET_EXCEEDED` when a budget scope of the agent has no room for them beside the
+   * samplings already in flight), else the admission that holds them, which the gateway settles
+   * with what the sampling used once it ran. Synchronous. `undefined` admits it unreserved (the
+   * gateway records the sampling with {@link recordUsage}). Without it sampling is never refused.
    */
-  admitSampling?(agentId: string, tokens: number): FabricError | undefined;
+  admitSampling?(agentId: string, tokens: number): FabricError | SamplingAdmission | undefined;
   /**
    * Optional side-effect-free probe: `false` when policy denies `tool` to the agent outright
    * (a rule without conditions). Rules with conditions must answer `true`. Without this

@@ -54,7 +54,7 @@ import {
   type AuditOutcome,
 } from './audit-log.js';
 import { CallbackAnswers } from './callback-answers.js';
-import type { AgentIdentity, GatewayBackend } from './backend.js';
+import type { AgentIdentity, GatewayBackend, SamplingAdmission } from './backend.js';
 import {
   buildCatalog,
   resourceOwner,
@@ -334,12 +334,18 @@ export class ToolGateway implements SessionHost {
       }
       // The agent's model reads the request: not sent when its budget has no room for it.
       const asked = estimateTokens(request.params ?? {});
-      const refusal = this.#backend.admitSampling?.(session.identity.agentId, asked);
-      if (refusal !== undefined) {
-        return Promise.reject(answers.refuse(upstream, session, request, refusal));
+      const admitted = this.#backend.admitSampling?.(session.identity.agentId, asked);
+      if (admitted instanceof FabricError) {
+        this.metrics.recordRefusal('denied', admitted.code);
+        return Promise.reject(answers.refuse(upstream, session, request, admitted));
       }
-      const answer = send();
-      this.#chargeSampling(session, asked, answer);
+      let answer: Promise<Result>;
+      try {
+        answer = send();
+      } catch (error) {
+        answer = Promise.reject(error);
+      }
+      this.#chargeSampling(session, asked, answer, admitted);
       return answers.relay(upstream, session, request, signal, answer);
     });
     this.#estimates = new TokenEstimates({ priors: options.tokenEstimates });
@@ -1948,16 +1954,25 @@ export class ToolGateway implements SessionHost {
    * Charges the agent of `session` the tokens of a `sampling/createMessage` an upstream sent it
    * (`asked`, its params') and of its client's answer (the agent's model reads the one and
    * writes the other), once the answer came, whatever becomes of it (a policy provider may
-   * refuse to pass it on: the model ran). Recorded as `fabric__record_usage` is, in full and
-   * never refused — the work is done before it can be measured — so a budget it exhausts refuses
-   * the agent's next call, and its next sampling request (`GatewayBackend.admitSampling`, asked
-   * before the request is sent).
+   * refuse to pass it on: the model ran). Settles `admission` (what the budget held for the
+   * request) with them, or without one records them as `fabric__record_usage` is; in full and
+   * never refused either way — the work is done before it can be measured — so a budget it
+   * exhausts refuses the agent's next call, and its next sampling request
+   * (`GatewayBackend.admitSampling`, asked before the request is sent).
    */
-  #chargeSampling(session: GatewaySession, asked: number, answer: Promise<Result>): void {
+  #chargeSampling(
+    session: GatewaySession,
+    asked: number,
+    answer: Promise<Result>,
+    admission: SamplingAdmission | undefined,
+  ): void {
     const agentId = session.identity.agentId;
     const record = (tokens: number): void => {
       try {
-        const done = this.#backend.recordUsage(agentId, { tokens, cost: 0 });
+        const done =
+          admission === undefined
+            ? this.#backend.recordUsage(agentId, { tokens, cost: 0 })
+            : admission.settle(tokens);
         if (done instanceof Promise)
           done.catch((error: unknown) => this.#samplingNotCharged(error));
       } catch (error) {

@@ -89,6 +89,7 @@ export type {
   AgentIdentity,
   GatewayBackend,
   GatewayIdentity,
+  SamplingAdmission,
   SettleToolCallOptions,
   ToolCallAllowed,
   ToolCallAuthorization,

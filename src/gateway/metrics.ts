@@ -100,6 +100,14 @@ export class GatewayMetrics {
     h.observe(durationMs / 1000);
   }
 
+  /**
+   * Counts one request refused that is not an agent's call (`agent_fabric_request_failures_total`
+   * alone): an upstream's sampling request the budget refused before it reached the agent.
+   */
+  recordRefusal(outcome: string, code: string): void {
+    this.#recordFailure(outcome, code);
+  }
+
   #recordFailure(outcome: string, code: string): void {
     const c = FABRIC_CODE.test(code) ? code : 'other';
     const key = `${outcome} ${c}`;
@@ -148,7 +156,7 @@ export class GatewayMetrics {
       },
       {
         name: 'agent_fabric_request_failures_total',
-        help: 'Requests refused or failed, by outcome and error code (FABRIC_ERR_BUDGET_EXCEEDED: budget refusals).',
+        help: "Requests refused or failed, by outcome and error code (FABRIC_ERR_BUDGET_EXCEEDED: budget refusals, upstreams' sampling requests included).",
         type: 'counter',
         samples: [...this.#failures.values()].map((f) => ({
           labels: { outcome: f.outcome, code: f.code },

@@ -13,6 +13,7 @@ import type {
   CallbackAnswerDecision,
   GatewayBackend,
   GatewayIdentity,
+  SamplingAdmission,
   SettleToolCallOptions,
   ToolCallAllowed,
   ToolCallAuthorization,
@@ -139,7 +140,7 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
     return this.#fabric.scheduler.takeEndedTasks(agentId);
   }
 
-  admitSampling(agentId: string, tokens: number): FabricError | undefined {
+  admitSampling(agentId: string, tokens: number): FabricError | SamplingAdmission | undefined {
     return this.#fabric.admitSampling(agentId, tokens);
   }
 

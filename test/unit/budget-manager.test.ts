@@ -266,6 +266,31 @@ describe('BudgetManager', () => {
       budgets.recordUsage('a', { tokens: 4100 }, { poolId: 'p' });
       expect(budgets.check('a', { tokens: 0 }, aside)).toMatchObject({ scope: 'pool:p' });
     });
+
+    it('reserve with reservationsAside counts the others made so, and every check counts it', () => {
+      budgets.setBudget('a', { maxTokensPerHour: 1000 });
+      // The calling call's own reservation fills the limit; samplings held aside fit beside it,
+      // but not beside each other past the limit.
+      const call = budgets.reserve('a', { tokens: 1000 });
+      const aside = { reservationsAside: true };
+      const s1 = budgets.reserve('a', { tokens: 600 }, aside);
+      expect(() => budgets.reserve('a', { tokens: 600 }, aside)).toThrow(BudgetExceededError);
+      expect(budgets.check('a', { tokens: 500 }, aside)).toMatchObject({
+        allowed: false,
+        reserved: 600,
+      });
+      const s2 = budgets.reserve('a', { tokens: 400 }, aside);
+      expect(budgets.getStatus('a').tokensReserved).toBe(2000);
+      budgets.release(call);
+      // An ordinary reservation sees them: no room left.
+      expect(budgets.check('a', { tokens: 1 }).allowed).toBe(false);
+      // Settled with what the samplings used; a released one gives its hold back.
+      budgets.settle(s1, { tokens: 700 });
+      budgets.release(s2);
+      expect(budgets.getStatus('a')).toMatchObject({ tokensUsed: 700, tokensReserved: 0 });
+      expect(budgets.check('a', { tokens: 300 }, aside)).toEqual({ allowed: true });
+      expect(budgets.check('a', { tokens: 301 }, aside).allowed).toBe(false);
+    });
   });
 
   describe('levels', () => {
