@@ -14,14 +14,17 @@
  * Real parts: a sidecar on a SQLite state file with the SDK-built callback fixture over stdio
  * (`sample_many`: 50 sampling requests at once), the official SDK client over Streamable HTTP
  * whose sampling handler counts its runs and holds every answer until each request was either
- * run or refused, the usage read through the operator API, `/metrics`, and the audit file on disk.
+ * run or refused, the usage read through the operator API and from the state file after the
+ * sidecar stopped, `/metrics`, and the audit file on disk.
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
+import { BudgetManager } from '../../src/budget/budget-manager.js';
 import { estimateTokens } from '../../src/gateway/tool-costs.js';
+import { SqliteStore } from '../../src/store/sqlite-store.js';
 import {
   agentId,
   agentToken,
@@ -71,6 +74,7 @@ describe('budget: samplings running at the same time cannot together pass a limi
   let sidecar: Sidecar;
   let client: Client;
   let runs = 0;
+  let usedBeforeStop = 0;
 
   beforeAll(async () => {
     sidecar = await startTestSidecar({
@@ -102,6 +106,17 @@ describe('budget: samplings running at the same time cannot together pass a limi
     await closeSidecar(sidecar);
   });
 
+  /** Tokens used in the agent's scope as the state file holds them. */
+  async function storedTokens(): Promise<number> {
+    const store = await SqliteStore.open(join(dir, 'state.db'));
+    try {
+      return new BudgetManager({ store: store.budgets }).getStatus(agentId(sidecar, 'a'))
+        .tokensUsed;
+    } finally {
+      await store.close();
+    }
+  }
+
   it('50 samplings at once against room for 5: 5 run, 45 are refused, the store holds 5', async () => {
     expect(ASKED).toBeGreaterThan(1000);
     const result = await client.callTool(
@@ -125,6 +140,7 @@ describe('budget: samplings running at the same time cannot together pass a limi
     expect(used).toBeGreaterThan(samplings);
     expect(used).toBeLessThan(samplings + 50);
     expect(used).toBeLessThanOrEqual(LIMIT);
+    usedBeforeStop = used;
   }, 90_000);
 
   it('each refused sampling is counted in /metrics as a budget refusal', async () => {
@@ -136,4 +152,11 @@ describe('budget: samplings running at the same time cannot together pass a limi
       ),
     ).toBe(COUNT - 5);
   }, 90_000);
+
+  it('the state file holds the same usage after the sidecar stopped', async () => {
+    expect(usedBeforeStop).toBeGreaterThan(5 * ASKED);
+    await client.close();
+    await closeSidecar(sidecar);
+    expect(await storedTokens()).toBe(usedBeforeStop);
+  });
 });
