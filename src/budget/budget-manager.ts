@@ -840,23 +840,18 @@ function tokenLimit(s: ScopeUsage): number {
 function holdOn(r: ReservationImpl, sign: 1 | -1): void {
   const tokens = sign * r.tokens;
   const cost = sign * r.cost;
-  r.agent.reservedTokens += tokens;
-  r.agent.reservedCost += cost;
-  if (r.pool !== undefined) {
-    r.pool.reservedTokens += tokens;
-    r.pool.reservedCost += cost;
-  }
-  r.fabric.reservedTokens += tokens;
-  r.fabric.reservedCost += cost;
-  if (r.aside) {
-    r.agent.asideTokens += tokens;
-    r.agent.asideCost += cost;
-    if (r.pool !== undefined) {
-      r.pool.asideTokens += tokens;
-      r.pool.asideCost += cost;
-    }
-    r.fabric.asideTokens += tokens;
-    r.fabric.asideCost += cost;
+  addHeld(r.agent, tokens, cost, r.aside);
+  if (r.pool !== undefined) addHeld(r.pool, tokens, cost, r.aside);
+  addHeld(r.fabric, tokens, cost, r.aside);
+}
+
+/** Adds held amounts to one scope (`aside`: to its `reservationsAside` amounts too). */
+function addHeld(s: ScopeUsage, tokens: number, cost: number, aside: boolean): void {
+  s.reservedTokens += tokens;
+  s.reservedCost += cost;
+  if (aside) {
+    s.asideTokens += tokens;
+    s.asideCost += cost;
   }
 }
 
