@@ -7,12 +7,14 @@
  * headers as JSON, `authorization` included. This logger writes what grpc-js's default one does
  * (`E`/`I`/`D` and the message on stderr), with such a dropped entry's value left out and the
  * values of the headers that carry credentials ({@link SECRET_HEADER}) replaced in a traced
- * request's headers.
+ * request's headers. It hands each line to the logger grpc-js had before (its default, or an
+ * embedder's own `setLogger`), so an embedder keeps its logger and gets the lines redacted.
  *
  * @module
  */
-import { format } from 'node:util';
 import { setLogger } from '@grpc/grpc-js';
+// grpc-js exports `setLogger` only; `getLogger` (the logger in place) is in this module of its.
+import { getLogger } from '@grpc/grpc-js/build/src/logging.js';
 
 /** The line grpc-js logs for a metadata entry it dropped: `… entry <key>: <values>. <reason>`. */
 const DROPPED_ENTRY = /^Failed to add metadata entry ([a-z0-9._-]{1,64})?/;
@@ -62,15 +64,22 @@ function redactTracedHeaders(message: string, at: number): string {
 
 let installed = false;
 
-/** Routes grpc-js's log lines through {@link redactGrpcLogMessage} (once per process). */
+/**
+ * Routes grpc-js's log lines through {@link redactGrpcLogMessage} to the logger in place before
+ * (once per process): grpc-js's default writes `E`/`I`/`D` and the message on stderr; an
+ * embedder's own logger (set before the gRPC server starts) gets the redacted lines instead of
+ * being replaced. A logger set after it replaces it, redaction included.
+ */
 export function redactGrpcLogs(): void {
   if (installed) return;
   installed = true;
+  const before = getLogger();
   const line =
-    (severity: string) =>
-    (message?: unknown, ...rest: unknown[]): void =>
-      void process.stderr.write(
-        `${format(`${severity} ${redactGrpcLogMessage(String(message))}`, ...rest)}\n`,
-      );
-  setLogger({ error: line('E'), info: line('I'), debug: line('D') });
+    (severity: 'error' | 'info' | 'debug') =>
+    (message?: unknown, ...rest: unknown[]): void => {
+      // grpc-js falls back to `error` for a logger without the method; so does this.
+      const write = before[severity] ?? before.error;
+      write?.call(before, redactGrpcLogMessage(String(message)), ...rest);
+    };
+  setLogger({ error: line('error'), info: line('info'), debug: line('debug') });
 }
