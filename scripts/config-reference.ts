@@ -175,7 +175,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     'Task-augmented `tools/call` (MCP tasks, answered by the gateway itself); `false` turns them off.',
   'gateway.tasks.defaultTtlSeconds':
     "A task's lifetime when the client asks for none (default 3600); then it is forgotten.",
-  'gateway.tasks.maxTtlSeconds': 'Longest lifetime a client may ask for (default 86400).',
+  'gateway.tasks.maxTtlSeconds':
+    'Longest lifetime a client may ask for (default 86400); lowered across a restart, it cuts the ttl of the tasks the state file kept (counted from their creation).',
   'gateway.tasks.maxPerAgent':
     'Tasks one agent may hold (default 64); at the cap its oldest finished ones are dropped (down to the cap, also one lowered across a restart), else the call is refused. Calls of tasks already ended still count while the upstream may work on them (a request given up after it was sent, until the upstream answers it, its connection closes or its `callTimeoutSeconds` pass).',
   'gateway.tasks.maxResultBytesPerAgent':

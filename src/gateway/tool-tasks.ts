@@ -71,7 +71,10 @@ export const RELATED_TASK_META_KEY = 'io.modelcontextprotocol/related-task';
 export interface ToolTasksOptions {
   /** A task's lifetime when the client asks for none. @default 3600000 */
   defaultTtlMs?: number;
-  /** Longest lifetime a client may ask for (a longer `ttl` is cut to it). @default 86400000 */
+  /**
+   * Longest lifetime a client may ask for (a longer `ttl` is cut to it); restored tasks' ttls are
+   * cut to it too. @default 86400000
+   */
   maxTtlMs?: number;
   /**
    * Tasks one agent may hold; at the limit the agent's oldest finished task is forgotten, and
@@ -283,10 +286,6 @@ export class ToolTasks {
   readonly #waiters = new Map<string, Set<() => void>>();
   /** Task ids per agent, oldest first (rebuilt from the store). */
   readonly #byAgent = new Map<string, Set<string>>();
-  /** Each task's place in its agent's list (1, 2, … in {@link #byAgent}'s order): list cursors. */
-  readonly #place = new Map<string, number>();
-  /** The last place given per agent (while it has tasks). */
-  readonly #lastPlace = new Map<string, number>();
   /**
    * When each task expires, on the monotonic clock (`performance.now()`): a ttl is a duration, so
    * a step of the wall clock (NTP, an operator setting the date) neither forgets every task (and
@@ -340,11 +339,16 @@ export class ToolTasks {
     const records = [...this.#store.values()]
       .filter(isRecord)
       .sort((a, b) => a.createdAt - b.createdAt);
-    for (const r of records) {
+    const maxTtl = this.#options.maxTtlMs;
+    for (const stored of records) {
+      // A bound lowered since the task was made applies to it: its end is counted from its
+      // createdAt with the cut ttl, and the store keeps the cut ttl.
+      const r = stored.ttl > maxTtl ? Object.freeze({ ...stored, ttl: maxTtl }) : stored;
       if (r.createdAt + r.ttl <= now) {
         this.#store.delete(r.taskId);
         continue;
       }
+      if (r !== stored) this.#store.put(r.taskId, r);
       this.#index(r);
       if (isTerminalStatus(r.status)) {
         this.#account(r);
@@ -618,37 +622,43 @@ export class ToolTasks {
   }
 
   /**
-   * The agent's tasks, oldest first, {@link PAGE_SIZE} a page. `cursor` is the `nextCursor` of the
-   * page before: the place in the agent's list of the last task it showed, so it still pages on
-   * when that task is forgotten meanwhile (its ttl ran out, or a new task made room).
-   * @throws McpError InvalidParams (`FABRIC_ERR_INVALID_ARGUMENT`) for a cursor this agent was
-   *   not given (not a string, or a place past its last task): the same answer for every agent.
+   * The agent's tasks, oldest first (by `createdAt`, then id), {@link PAGE_SIZE} a page. A
+   * `nextCursor` names the page's last task by that sort key, so the next page starts after it
+   * whatever was forgotten or made meanwhile, also across a restart (a position in the list was
+   * numbered afresh at each start: tasks forgotten across it made a cursor skip as many).
+   * @throws McpError InvalidParams (`FABRIC_ERR_INVALID_ARGUMENT`) for a cursor not of the form
+   *   tasks/list gives (not a string, or not one encoded key): the same answer for every agent.
+   *   A well-formed cursor only says where in the caller's own list to start.
    */
   list(agentId: string, cursor?: unknown): ListTasksResult {
-    const after = cursor === undefined ? 0 : this.#cursorPlace(agentId, cursor);
-    const ids = [...(this.#byAgent.get(agentId) ?? [])];
-    const tasks: Task[] = [];
-    let last: string | undefined;
-    let i = 0;
-    for (; i < ids.length && tasks.length < PAGE_SIZE; i++) {
-      const id = ids[i]!;
-      if ((this.#place.get(id) ?? 0) <= after) continue;
+    const after = cursor === undefined ? undefined : this.#cursorKey(agentId, cursor);
+    const records: ToolTaskRecord[] = [];
+    for (const id of [...(this.#byAgent.get(agentId) ?? [])]) {
       const record = this.#live(id);
-      if (record === undefined) continue;
-      tasks.push(this.#toTask(record));
-      last = id;
+      if (record !== undefined && (after === undefined || compareKeys(record, after) > 0)) {
+        records.push(record);
+      }
     }
-    const more = last !== undefined && i < ids.length;
-    return more ? { tasks, nextCursor: String(this.#place.get(last!)) } : { tasks };
+    records.sort(compareKeys);
+    const page = records.slice(0, PAGE_SIZE);
+    const tasks = page.map((r) => this.#toTask(r));
+    return records.length > PAGE_SIZE
+      ? { tasks, nextCursor: encodeCursor(page.at(-1)!) }
+      : { tasks };
   }
 
-  /** The place a `tasks/list` cursor names (see {@link list}). */
-  #cursorPlace(agentId: string, cursor: unknown): number {
-    const place = typeof cursor === 'string' && /^[1-9]\d{0,15}$/.test(cursor) ? +cursor : 0;
-    if (place === 0 || place > (this.#lastPlace.get(agentId) ?? 0)) {
+  /**
+   * The sort key a `tasks/list` cursor names (see {@link list}): the current key of the task it
+   * names when that is still the agent's (a step of the wall clock moved its `createdAt` across
+   * a restart), else the key as written in it.
+   */
+  #cursorKey(agentId: string, cursor: unknown): ListKey {
+    const key = decodeCursor(cursor);
+    if (key === undefined) {
       throw toMcpError(new InvalidArgumentError('tasks/list cursor', 'is not one tasks/list gave'));
     }
-    return place;
+    const named = this.#store.get(key.taskId);
+    return named !== undefined && named.agentId === agentId ? named : key;
   }
 
   /**
@@ -794,9 +804,6 @@ export class ToolTasks {
     let ids = this.#byAgent.get(record.agentId);
     if (ids === undefined) this.#byAgent.set(record.agentId, (ids = new Set()));
     ids.add(record.taskId);
-    const place = (this.#lastPlace.get(record.agentId) ?? 0) + 1;
-    this.#lastPlace.set(record.agentId, place);
-    this.#place.set(record.taskId, place);
     if (record.upstream) this.#byUpstream.set(upstreamKey(record.upstream), record.taskId);
   }
 
@@ -842,11 +849,7 @@ export class ToolTasks {
     }
     const ids = this.#byAgent.get(record.agentId);
     ids?.delete(record.taskId);
-    this.#place.delete(record.taskId);
-    if (ids?.size === 0) {
-      this.#byAgent.delete(record.agentId);
-      this.#lastPlace.delete(record.agentId);
-    }
+    if (ids?.size === 0) this.#byAgent.delete(record.agentId);
     const waiters = this.#waiters.get(record.taskId);
     if (waiters !== undefined) for (const wake of [...waiters]) wake();
   }
@@ -912,6 +915,39 @@ export class ToolTasks {
       ...(r.statusMessage === undefined ? {} : { statusMessage: r.statusMessage }),
     };
   }
+}
+
+/** What orders `tasks/list`: a task's `createdAt`, then its id. */
+interface ListKey {
+  readonly createdAt: number;
+  readonly taskId: string;
+}
+
+/** `tasks/list`'s order (see {@link ListKey}). */
+function compareKeys(a: ListKey, b: ListKey): number {
+  return a.createdAt - b.createdAt || (a.taskId < b.taskId ? -1 : a.taskId > b.taskId ? 1 : 0);
+}
+
+/** A `tasks/list` cursor: the key of a page's last task, as base64url (opaque to clients). */
+function encodeCursor(key: ListKey): string {
+  return Buffer.from(`${Math.floor(key.createdAt)}:${key.taskId}`).toString('base64url');
+}
+
+/** What a cursor names as {@link encodeCursor} wrote it. */
+const CURSOR_TEXT =
+  /^(\d{1,16}):(tt_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/;
+
+/**
+ * The key a cursor names; undefined unless it is exactly what {@link encodeCursor} writes for a
+ * key (a string of at most 128 characters whose canonical base64url decodes to one).
+ */
+function decodeCursor(cursor: unknown): ListKey | undefined {
+  if (typeof cursor !== 'string' || cursor.length > 128) return undefined;
+  const text = Buffer.from(cursor, 'base64url').toString('latin1');
+  const match = CURSOR_TEXT.exec(text);
+  if (match === null || Buffer.from(text).toString('base64url') !== cursor) return undefined;
+  const createdAt = Number(match[1]);
+  return Number.isSafeInteger(createdAt) ? { createdAt, taskId: match[2]! } : undefined;
 }
 
 /** Bytes of a finished record's result or error as JSON (what it holds for `tasks/result`). */

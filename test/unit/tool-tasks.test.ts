@@ -93,6 +93,7 @@ describe('ToolTasks', () => {
       // The 100th ends at once; the others run on.
       const run = i === 99 ? (): Promise<Result> => Promise.resolve({ content: [] }) : never;
       ids.push(tasks.create({ agentId: 'a' }, 't', {}, run).task.taskId);
+      vi.advanceTimersByTime(1); // one a millisecond: listed in the order they were made
     }
     await vi.advanceTimersByTimeAsync(0);
     const first = tasks.list('a');
@@ -104,6 +105,29 @@ describe('ToolTasks', () => {
     const second = tasks.list('a', first.nextCursor);
     expect(second.tasks.map((t) => t.taskId)).toEqual([ids[100], newest]);
     expect(second.nextCursor).toBeUndefined();
+  });
+
+  it("pages another agent's cursor (or a forged one) through the caller's own tasks only", () => {
+    tasks = new ToolTasks({ maxPerAgent: 300 });
+    const mine: string[] = [];
+    const theirs: string[] = [];
+    for (let i = 0; i < 101; i++) {
+      theirs.push(tasks.create({ agentId: 'owner' }, 't', {}, never).task.taskId);
+      mine.push(tasks.create({ agentId: 'intruder' }, 't', {}, never).task.taskId);
+      vi.advanceTimersByTime(1);
+    }
+    const given = tasks.list('owner').nextCursor!;
+    const page = tasks.list('intruder', given);
+    expect(page.tasks.map((t) => t.taskId)).toEqual(mine.slice(100));
+    const forged = Buffer.from(`0:tt_${'0'.repeat(8)}-0000-4000-8000-${'0'.repeat(12)}`).toString(
+      'base64url',
+    );
+    const all = [
+      ...tasks.list('intruder', forged).tasks,
+      ...tasks.list('intruder', tasks.list('intruder', forged).nextCursor).tasks,
+    ];
+    expect(all.map((t) => t.taskId)).toEqual(mine);
+    expect(all.some((t) => theirs.includes(t.taskId))).toBe(false);
   });
 
   it('refuses a tasks/list cursor it did not give, by the same rule for every agent', () => {
