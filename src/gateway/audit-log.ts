@@ -96,6 +96,11 @@ export interface AuditRecord {
    * human approved or denied says who, also once the approval record itself is forgotten.
    */
   approver?: string | undefined;
+  /**
+   * On a summary line (`tool: "(reused request ids)"`): how many refusals of the agent's session
+   * were not written one a line (past the session's bound, see `gateway/line-budget.ts`).
+   */
+  suppressed?: number | undefined;
 }
 
 /** Options of an {@link AuditLog}. */
@@ -221,7 +226,9 @@ export function digestArgs(args: unknown, key: string): string {
 
 /** The outcome fields of a call's record (see {@link AuditLog.writeCall}). */
 export type AuditOutcome = Pick<AuditRecord, 'decision' | 'outcome'> &
-  Partial<Pick<AuditRecord, 'rule' | 'code' | 'tokens' | 'cost' | 'approval' | 'approver'>>;
+  Partial<
+    Pick<AuditRecord, 'rule' | 'code' | 'tokens' | 'cost' | 'approval' | 'approver' | 'suppressed'>
+  >;
 
 /** A record queued by {@link AuditLog.writeCall}, completed when it is flushed. */
 export interface QueuedCall {
@@ -608,6 +615,7 @@ export function formatCall(c: QueuedCall, digester: ArgsDigester): string {
   if (f.cost !== undefined) line += `,"cost":${jsonCost(f.cost)}`;
   if (f.approval !== undefined) line += `,"approval":${jsonString(f.approval)}`;
   if (f.approver !== undefined) line += `,"approver":${jsonString(f.approver)}`;
+  if (f.suppressed !== undefined) line += `,"suppressed":${jsonNumber(f.suppressed)}`;
   return line + '}\n';
 }
 

@@ -53,6 +53,7 @@ import {
   type AuditLogStats,
   type AuditOutcome,
 } from './audit-log.js';
+import { LineBudget, REUSED_ID_LINES, REUSED_ID_WINDOW_MS } from './line-budget.js';
 import { CallbackAnswers } from './callback-answers.js';
 import type { AgentIdentity, GatewayBackend, SamplingAdmission } from './backend.js';
 import {
@@ -227,6 +228,9 @@ const INVALID_TOOL = '(invalid)';
 /** Longest unknown tool name written to the audit log (a made-up name could be megabytes). */
 const AUDIT_UNKNOWN_NAME_MAX = 256;
 
+/** The `tool` of the summary line of a session's refusals of reused ids not written one a line. */
+const REUSED_IDS_TOOL = '(reused request ids)';
+
 /** Requests other than `tools/call` that pass policy as pseudo-tools: each gets an audit line. */
 const AUDITED_METHODS: ReadonlySet<string> = new Set([
   'resources/read',
@@ -255,6 +259,8 @@ export class ToolGateway implements SessionHost {
   readonly #backend: GatewayBackend;
   readonly #upstreams = new Map<string, Upstream>();
   readonly #audit: AuditLog | undefined;
+  /** Per session, the audit lines its requests reusing an in-flight id may still write. */
+  readonly #reusedIdLines = new WeakMap<GatewaySession, LineBudget>();
   readonly #hideDenied: boolean;
   /** Stops listening for changes of what policy hides (see {@link #toolVisibilityChanged}). */
   #stopVisibilityWatch: (() => void) | undefined;
@@ -735,11 +741,37 @@ export class ToolGateway implements SessionHost {
    * holds its id: a `tools/call` as a malformed one ({@link invalidToolCall}), a request that
    * passes policy as a pseudo-tool with its method as `tool`; both `decision: "invalid"`,
    * `FABRIC_ERR_INVALID_ARGUMENT`. Other methods (`ping`, lists, `tasks/*`) get no line, as
-   * they get none when served.
+   * they get none when served. A session writes at most {@link REUSED_ID_LINES} such lines a
+   * minute; the rest are counted in one summary line (`tool` {@link REUSED_IDS_TOOL},
+   * `suppressed`: how many) at the minute's end or when the session closes.
    */
   duplicateRequest(session: GatewaySession, request: Request): void {
-    if (request.method === 'tools/call') this.invalidToolCall(session, request);
-    else if (AUDITED_METHODS.has(request.method)) this.invalidRequest(session, request);
+    const call = request.method === 'tools/call';
+    if (!call && !AUDITED_METHODS.has(request.method)) return;
+    // Refusing costs the agent nothing (none runs, none holds a slot): bounded per session, the
+    // rest counted in one summary line (see LineBudget).
+    let budget = this.#reusedIdLines.get(session);
+    if (budget === undefined) {
+      budget = new LineBudget(REUSED_ID_LINES, REUSED_ID_WINDOW_MS, (suppressed) =>
+        this.#audit?.writeCall(
+          session.identity.agentId,
+          REUSED_IDS_TOOL,
+          undefined,
+          Date.now(),
+          0,
+          {
+            decision: 'invalid',
+            outcome: 'error',
+            code: InvalidArgumentError.code,
+            suppressed,
+          },
+        ),
+      );
+      this.#reusedIdLines.set(session, budget);
+    }
+    if (!budget.take()) return;
+    if (call) this.invalidToolCall(session, request);
+    else this.invalidRequest(session, request);
   }
 
   /**
@@ -1940,6 +1972,8 @@ export class ToolGateway implements SessionHost {
 
   sessionClosed(session: GatewaySession): void {
     this.#sessions.delete(session);
+    this.#reusedIdLines.get(session)?.close();
+    this.#reusedIdLines.delete(session);
     for (const uri of [...session.subscriptions]) void this.unsubscribe(session, uri);
     // Whether it set a level or none (which holds the upstreams at `debug`), what the others
     // want may differ now.
