@@ -712,6 +712,8 @@ export class AgentFabric {
    */
   registerExecutor(executor: TaskExecutor): void {
     this.scheduler.registerExecutor(executor);
+    // Pools that could not spawn on it meanwhile reach their size now, not after their backoff.
+    this.pools.executorRegistered(executor.name);
   }
 
   /**
@@ -820,7 +822,11 @@ export class AgentFabric {
     if (exec === undefined) {
       throw new InvalidArgumentError(
         'config.executor',
-        `names no registered executor: ${JSON.stringify(executor)}`,
+        `names no registered executor: ${JSON.stringify(executor)}${
+          this.scheduler.awaits(executor)
+            ? ' (agents restored from the store wait for it: it is registered when its plugin loads)'
+            : ''
+        }`,
       );
     }
     // Validate the budget before anything is created, so a bad one leaves no half-spawned agent.

@@ -316,6 +316,31 @@ export class PoolManager {
       );
     }
     this.#providers.set(provider.name, provider);
+    this.#arrived((rec) => rec.provider === provider.name);
+  }
+
+  /**
+   * Tells the manager an executor was registered (a plugin's, loaded after the pools were
+   * restored): the pools that spawn on it and were backing off after failed starts grow now.
+   */
+  executorRegistered(name: string): void {
+    this.#arrived((rec) => this.#executorOf(rec) === name);
+  }
+
+  /** Ends the start backoff of the active pools `waited` picks and reconciles them. */
+  #arrived(waited: (rec: PoolRecord) => boolean): void {
+    if (this.#closed) return;
+    for (const rec of [...this.#pools.values()]) {
+      if (rec.status !== 'ACTIVE' || !this.#backoff.has(rec.poolId) || !waited(rec)) continue;
+      this.#clearBackoff(rec.poolId);
+      this.#reconcile(rec);
+    }
+  }
+
+  /** The executor a pool's agents are spawned on, when the pool or its provider names one. */
+  #executorOf(rec: PoolRecord): string | undefined {
+    if (rec.executor !== undefined) return rec.executor;
+    return rec.provider === undefined ? undefined : this.#providers.get(rec.provider)?.executor;
   }
 
   /**
@@ -475,11 +500,23 @@ export class PoolManager {
     checkNumber('targetSize', targetSize, 'nonNegativeInt');
     this.#prune(rec);
     const target = Math.min(rec.maxAgents, Math.max(rec.minAgents, targetSize));
+    const before = rec.desired;
     rec.desired = target;
     this.#pools.put(poolId, rec);
     const current = rec.agentIds.length;
     if (target > current) {
-      const spawned = this.#grow(rec, target - current, 'scale');
+      let spawned: SpawnedAgent[];
+      try {
+        spawned = this.#grow(rec, target - current, 'scale');
+      } catch (err) {
+        // Refused before any agent was spawned (a missing executor or provider, no room): the
+        // pool keeps the size it had — reconcile must not carry out a scale its caller saw fail.
+        if (rec.agentIds.length === current) {
+          rec.desired = before;
+          this.#pools.put(poolId, rec);
+        }
+        throw err;
+      }
       onChanged?.();
       return { pool: toInfo(rec), spawned };
     }
@@ -724,7 +761,7 @@ export class PoolManager {
         `pool ${rec.poolId} names pool provider ${JSON.stringify(rec.provider)}, which is not registered`,
       );
     }
-    const executor = rec.executor ?? provider?.executor;
+    const executor = this.#executorOf(rec);
     const spawned: SpawnedAgent[] = [];
     try {
       for (let i = 0; i < count; i++) {

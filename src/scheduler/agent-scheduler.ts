@@ -396,6 +396,11 @@ export class AgentScheduler {
     }));
   }
 
+  /** Whether restored agents wait for an executor named `name` (see {@link awaitedExecutors}). */
+  awaits(name: string): boolean {
+    return this.#awaited.has(name);
+  }
+
   /**
    * Removes the executor registered under `name` (its plugin is unloading): the work of the
    * agents using it is taken back as {@link evictAgent} does and they are forgotten here (they

@@ -383,6 +383,15 @@ export class Sidecar {
         fabric.events.on('error', (error) =>
           backgroundFailures.report('fabric: a background job failed', error),
         );
+        // A pool that cannot keep its size (its executor or provider missing, no room for more
+        // agents, a start that failed) says so, rather than stay short in silence.
+        const poolStartFailures = new FailureLog({ log, level: 'warn' });
+        fabric.pools.events.on('pool.start.failed', ({ poolId, error, retryAt }) =>
+          poolStartFailures.report(
+            `pool ${JSON.stringify(poolId)}: an agent could not be started (tried again from ${new Date(retryAt).toISOString()})`,
+            error,
+          ),
+        );
         backend = new FabricBackend(fabric);
       }
       enter('agents');

@@ -10,7 +10,9 @@
  * - a config pool whose pool plugin names the executor plugin's executor, SIGKILLed with a task
  *   running and one queued, restarted without the executor plugin: it starts, logs the executor
  *   its agents wait for, and the tasks stay queued on disk (the interrupted attempt counted);
- *   restarted with the plugin again, they run.
+ *   restarted with the plugin again, they run;
+ * - a pool whose agent ends while the executor plugin is missing: the pool cannot replace it,
+ *   and the log says why (not a silent stall).
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -198,4 +200,36 @@ describe('agent-fabric serve: pool agents on a plugin executor, across restarts'
     expect(pool.agentIds).toContain(assigned.task.assignedAgentId);
     expect(await stop(third, 'SIGTERM')).toBe(0);
   }, 120_000);
+
+  it('a pool agent ended while the executor is missing: the log says why it is not replaced', async () => {
+    const dir = tempDir('plugin-exec-replace');
+    const port = await freePort();
+    writeConfig(dir, port, [{ module: EXECUTOR_PLUGIN }]);
+    const first = await serve(dir);
+    const { pool } = await api<{ pool: { agentIds: string[] } }>(
+      first.url,
+      'FabricService/CreatePool',
+      { poolId: 'gp', model: 'm', minAgents: 1, executor: 'gated' },
+    );
+    expect(await stop(first, 'SIGTERM')).toBe(0);
+
+    writeConfig(dir, port, []);
+    const second = await serve(dir);
+    await api(second.url, 'FabricService/TerminateAgent', {
+      agentId: pool.agentIds[0],
+      drainTimeout: '0s',
+    });
+    const said = (): string | undefined =>
+      second
+        .err()
+        .split('\n')
+        .find((l) => l.includes('an agent could not be started'));
+    await until(() => said() !== undefined, 20_000);
+    const { level, msg } = JSON.parse(said()!) as { level: number; msg: string };
+    expect(level).toBe(40); // warn
+    expect(msg).toMatch(
+      /^pool "gp": an agent could not be started .*names no registered executor: "gated" \(agents restored from the store wait for it/,
+    );
+    expect(await stop(second, 'SIGTERM')).toBe(0);
+  }, 60_000);
 });
