@@ -60,6 +60,7 @@ import {
   agentGone,
   deadlinePassed,
   interruptedAttempt,
+  owesAbort,
   recoverTasks,
   wasRunning,
 } from './task-recovery.js';
@@ -900,6 +901,12 @@ export class AgentScheduler {
       // Counted as queued from here; #finish and the queues take it on from this state.
       this.#pending++;
       this.#queued(t.tenant, 1);
+      if (holder !== undefined && !wasRunning(t) && owesAbort(t)) {
+        // An earlier restart ended this attempt while its agent's executor was not registered
+        // (a plugin's), and the process stopped before it was: the abort its placeholder held
+        // was lost with it, so it is held again (told once more at worst: an ended attempt).
+        holder.exec.executor.abort(t.id, t.attempt, t.error!, holder.id);
+      }
       if (wasRunning(t)) {
         const reason = interruptedAttempt(t);
         // Its agent may have outlived this process (a remote worker still running it): told the

@@ -117,6 +117,22 @@ export function interruptedAttempt(t: TaskRecord): TaskError {
   };
 }
 
+/**
+ * True when `t` is queued again after a restart ended its attempt ({@link interruptedAttempt}
+ * is its error, for this attempt and agent) and it has not been handed out since: the agent's
+ * executor may not have been told of that end yet (it was not registered before the process
+ * stopped again), so it is told at this start.
+ */
+export function owesAbort(t: TaskRecord): boolean {
+  const e = t.error;
+  return (
+    t.status === TaskStatus.PENDING &&
+    e !== undefined &&
+    e.code === 'FABRIC_ERR_AGENT_UNAVAILABLE' &&
+    e.message === interruptedAttempt(t).message
+  );
+}
+
 /** Why a queued task whose deadline passed ends. */
 export function deadlinePassed(t: TaskRecord, now: number): TaskError {
   return {

@@ -10,7 +10,8 @@
  * - a config pool whose pool plugin names the executor plugin's executor, SIGKILLed with a task
  *   running and one queued, restarted without the executor plugin: it starts, logs the executor
  *   its agents wait for, and the tasks stay queued on disk (the interrupted attempt counted);
- *   restarted with the plugin again, they run;
+ *   restarted with the plugin again, they run, and the plugin is told of the attempt the kill
+ *   ended (the abort the second run held is not lost with it);
  * - a pool whose agent ends while the executor plugin is missing: the pool cannot replace it,
  *   and the log says why (not a silent stall).
  */
@@ -180,6 +181,10 @@ describe('agent-fabric serve: pool agents on a plugin executor, across restarts'
     writeConfig(dir, port, [{ module: EXECUTOR_PLUGIN }, { module: POOL_PLUGIN }], pools);
     const third = await serve(dir);
     expect(third.err()).not.toContain('no plugin registered it');
+    // The attempt the kill ended: the second run's placeholder held its abort and stopped before
+    // the plugin returned; this run tells the plugin, once.
+    await until(() => third.err().includes(`aborted ${ids[0]}#1`), 20_000);
+    expect(third.err().split(`aborted ${ids[0]}#1`)).toHaveLength(2);
     for (const taskId of ids) {
       await api(third.url, 'FabricService/WaitTask', { taskId, timeout: '30s' });
     }

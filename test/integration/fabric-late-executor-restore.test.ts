@@ -3,6 +3,8 @@
  * made (as a plugin's is): the agents the store kept that run on it are restored while it is not
  * registered yet — they wait for it, taking no work — and take their work once it is registered,
  * the executor told of the attempt the restart ended. A spawn naming it is still refused until then.
+ * Restarted again before it is registered, the fabric still owes it that abort (kept on disk, told
+ * once), and a task cancelled meanwhile stays cancelled and never runs.
  */
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,6 +16,7 @@ import type { TaskRecord } from '../../src/scheduler/task-record.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
 import { TaskStatus, type TaskAssignment } from '../../src/task.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
+import { onDisk } from '../fixtures/nats/state-sidecar.js';
 
 const fabrics: AgentFabric[] = [];
 afterEach(async () => {
@@ -99,5 +102,53 @@ describe('AgentFabric restored before its executor is registered', () => {
     expect([a.status, a.attempt, a.result]).toEqual([TaskStatus.COMPLETED, 2, { done: 0 }]);
     expect([b.status, b.attempt, b.result]).toEqual([TaskStatus.COMPLETED, 1, { done: 1 }]);
     expect(pool.currentAgents).toContain(a.assignedAgentId);
+  });
+
+  it('keeps the abort it owes the executor, and a cancel made meanwhile, across another restart', async () => {
+    const path = join(tempDir('late-executor-owed'), 'state.db');
+    const first = await open(path);
+    first.registerExecutor(new LateExecutor(true));
+    await first.createPool({ poolId: 'p', model: 'm', executor: 'late', minAgents: 1 });
+    const running = await first.scheduleToPool('p', 't', 0);
+    const cancelled = await first.scheduleToPool('p', 't', 1);
+    const timedOut = await first.scheduleToPool('p', 't', 2, { deadline: Date.now() + 2_000 });
+    await expect
+      .poll(async () => (await first.getTask(running.id)).status)
+      .toBe(TaskStatus.RUNNING);
+    await first.close();
+    fabrics.splice(0);
+
+    // Restored without the executor: the abort of attempt 1 is held, the queued task cancelled,
+    // the one with a deadline left to pass it; the process stops before the executor returns.
+    const second = await open(path);
+    expect(second.awaitedExecutors()).toHaveLength(1);
+    await second.cancelTask(cancelled.id);
+    await expect
+      .poll(async () => (await second.getTask(timedOut.id)).status, { timeout: 10_000 })
+      .toBe(TaskStatus.TIMEOUT);
+    await second.close();
+    fabrics.splice(0);
+    expect(onDisk(path).get(running.id)).toMatchObject({ status: 'PENDING', attempt: 1 });
+
+    const third = await open(path);
+    const exec = new LateExecutor(false);
+    third.registerExecutor(exec);
+    expect(exec.aborted).toEqual([`${running.id}#1`]);
+    const done = await third.waitForTask(running.id, { timeoutSeconds: 20 });
+    expect([done.status, done.attempt]).toEqual([TaskStatus.COMPLETED, 2]);
+    expect((await third.getTask(cancelled.id)).status).toBe(TaskStatus.CANCELLED);
+    expect((await third.getTask(timedOut.id)).status).toBe(TaskStatus.TIMEOUT);
+    await third.close();
+    fabrics.splice(0);
+    const rows = onDisk(path);
+    expect(rows.get(running.id)).toMatchObject({ status: 'COMPLETED', attempt: 2 });
+    expect(rows.get(cancelled.id)).toMatchObject({ status: 'CANCELLED', attempt: 0 });
+    expect(rows.get(timedOut.id)).toMatchObject({ status: 'TIMEOUT', attempt: 0 });
+
+    // Told once: a fourth start owes it nothing.
+    const fourth = await open(path);
+    const again = new LateExecutor(false);
+    fourth.registerExecutor(again);
+    expect(again.aborted).toEqual([]);
   });
 });
