@@ -489,6 +489,8 @@ export class PoolManager {
    *   (the pool's record with its growth, before the first await; then each termination's, see
    *   `LifecycleManager.terminate`), before the store commits it: the last call follows the
    *   last change (`AgentFabric.scalePool` marks the commit that carries it there).
+   * @throws AgentLimitError when the agents it would add do not fit under `maxConcurrentAgents`
+   *   (nothing changes); what a spawn throws (a missing executor or provider: the size is kept).
    */
   async scalePool(
     poolId: string,
@@ -500,6 +502,11 @@ export class PoolManager {
     checkNumber('targetSize', targetSize, 'nonNegativeInt');
     this.#prune(rec);
     const target = Math.min(rec.maxAgents, Math.max(rec.minAgents, targetSize));
+    // Refused whole, as createPool is: growing part of the way would leave agents spawned that
+    // the caller, answered with the error, never hears of.
+    const room = this.#host.agentRoom();
+    const wanted = target - rec.agentIds.length;
+    if (wanted > room.free) throw new AgentLimitError(room.limit, wanted, room.free);
     const before = rec.desired;
     rec.desired = target;
     this.#pools.put(poolId, rec);
@@ -509,7 +516,7 @@ export class PoolManager {
       try {
         spawned = this.#grow(rec, target - current, 'scale');
       } catch (err) {
-        // Refused before any agent was spawned (a missing executor or provider, no room): the
+        // Refused before any agent was spawned (a missing executor or provider): the
         // pool keeps the size it had — reconcile must not carry out a scale its caller saw fail.
         if (rec.agentIds.length === current) {
           rec.desired = before;

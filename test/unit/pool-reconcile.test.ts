@@ -89,6 +89,22 @@ describe('pools reconcile', () => {
     ]);
   });
 
+  it('a scale past maxConcurrentAgents is refused whole: no agent spawned, the pool keeps its size', async () => {
+    const seen = record(fabric);
+    await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 2, executor: 'inprocess' });
+    const before = (await fabric.getPool('p')).currentAgents;
+    const err = await fabric.scalePool('p', 7).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AgentLimitError);
+    expect(err).toMatchObject({ details: { limit: 6, wanted: 5, free: 4 } });
+    const pool = await fabric.getPool('p');
+    expect([pool.currentAgents, pool.desiredAgents]).toEqual([before, 2]);
+    expect(await fabric.listAgents()).toHaveLength(2);
+    // Reconcile does not carry out the refused scale later either.
+    await vi.advanceTimersByTimeAsync(3000);
+    expect((await fabric.getPool('p')).currentAgents).toEqual(before);
+    expect(seen.filter((s) => s.type === 'pool.agent.spawned')).toHaveLength(2);
+  });
+
   it('a pool whose minAgents do not fit under maxConcurrentAgents is refused before any agent is spawned', async () => {
     await fabric.spawn({ model: 'm', name: 'solo', executor: 'inprocess' });
     const err = await fabric
