@@ -4,7 +4,10 @@
  * registered yet — they wait for it, taking no work — and take their work once it is registered,
  * the executor told of the attempt the restart ended. A spawn naming it is still refused until then.
  * Restarted again before it is registered, the fabric still owes it that abort (kept on disk, told
- * once), and a task cancelled meanwhile stays cancelled and never runs.
+ * once), and a task cancelled meanwhile stays cancelled and never runs. A pool on it cannot spawn
+ * meanwhile — each try says which executor it waits for (`pool.start.failed`), a scale is refused
+ * with that reason — and reaches its size as soon as the executor is registered, whatever backoff
+ * its failed tries had built up.
  */
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,6 +17,8 @@ import type { PoolRecord } from '../../src/pools/pool-manager.js';
 import type { ExecutorSink, TaskExecutor } from '../../src/scheduler/executor.js';
 import type { TaskRecord } from '../../src/scheduler/task-record.js';
 import { SqliteStore } from '../../src/store/sqlite-store.js';
+import { AgentStatus } from '../../src/agent.js';
+import type { PoolManagerOptions } from '../../src/pools/pool-manager.js';
 import { TaskStatus, type TaskAssignment } from '../../src/task.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
 import { onDisk } from '../fixtures/nats/state-sidecar.js';
@@ -58,11 +63,26 @@ class LateExecutor implements TaskExecutor {
   async close(): Promise<void> {}
 }
 
-async function open(path: string): Promise<AgentFabric> {
+async function open(path: string, pools?: PoolManagerOptions): Promise<AgentFabric> {
   const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
-  const fabric = new AgentFabric({}, { store });
+  const fabric = new AgentFabric({}, { store, ...(pools === undefined ? {} : { pools }) });
   fabrics.push(fabric);
   return fabric;
+}
+
+/**
+ * Failed starts back off for ten minutes and pools are reconciled every ten minutes: what happens
+ * within a test is what the fabric does at once.
+ */
+const SLOW: PoolManagerOptions = {
+  reconcileIntervalMs: 600_000,
+  startBackoffMs: 600_000,
+  maxStartBackoffMs: 600_000,
+};
+
+async function live(fabric: AgentFabric, poolId: string): Promise<string[]> {
+  const agents = await fabric.listAgents({ poolId });
+  return agents.filter((a) => a.status !== AgentStatus.TERMINATED).map((a) => a.id);
 }
 
 describe('AgentFabric restored before its executor is registered', () => {
@@ -150,5 +170,45 @@ describe('AgentFabric restored before its executor is registered', () => {
     const again = new LateExecutor(false);
     fourth.registerExecutor(again);
     expect(again.aborted).toEqual([]);
+  });
+
+  it('a pool on it says what it waits for, and reaches its size once the executor is registered', async () => {
+    const path = join(tempDir('late-executor-pool'), 'state.db');
+    const first = await open(path, SLOW);
+    first.registerExecutor(new LateExecutor(false));
+    await first.createPool({ poolId: 'p', model: 'm', executor: 'late', minAgents: 2 });
+    const before = await live(first, 'p');
+    expect(before).toHaveLength(2);
+    await first.close();
+    fabrics.splice(0);
+
+    const second = await open(path, SLOW);
+    const failures: string[] = [];
+    second.pools.events.on('pool.start.failed', (e) => failures.push(e.error.message));
+    // One of its agents ends while the executor is missing: the pool cannot replace it yet.
+    await second.terminate(before[0]!, { drainTimeoutSeconds: 0 });
+    await expect.poll(() => failures.length).toBeGreaterThan(0);
+    expect(failures[0]).toMatch(
+      /names no registered executor: "late" \(agents restored from the store wait for it/,
+    );
+    expect(await live(second, 'p')).toEqual([before[1]]);
+    // A scale up is refused with the same reason, and leaves the pool's size as it was.
+    await expect(second.scalePool('p', 3)).rejects.toThrow(
+      /names no registered executor: "late" \(agents restored from the store wait for it/,
+    );
+    expect(second.pools.desiredSize('p')).toBe(2);
+
+    second.registerExecutor(new LateExecutor(false));
+    // Replaced now, not after the back-off (ten minutes).
+    await expect.poll(async () => (await live(second, 'p')).length).toBe(2);
+    const task = await second.scheduleToPool('p', 't', 7);
+    const done = await second.waitForTask(task.id, { timeoutSeconds: 20 });
+    expect([done.status, done.result]).toEqual([TaskStatus.COMPLETED, { done: 7 }]);
+    // And on disk.
+    await second.close();
+    fabrics.splice(0);
+    const third = await open(path, SLOW);
+    expect(await live(third, 'p')).toHaveLength(2);
+    expect(third.pools.desiredSize('p')).toBe(2);
   });
 });
