@@ -236,6 +236,26 @@ describe('pools reconcile', () => {
       expect(seen.filter((s) => s.type === 'pool.agent.started')).toHaveLength(2);
     });
 
+    it('a pool whose provider is gone backs off; registered again, it replaces its agent at once', async () => {
+      const seen = record(fabric);
+      await fabric.createPool({ poolId: 'p', model: 'm', minAgents: 1, provider: 'scripted' });
+      await vi.advanceTimersByTimeAsync(0);
+      const [first] = (await fabric.getPool('p')).currentAgents;
+      fabric.unregisterPoolProvider('scripted');
+      await fabric.terminate(first!);
+      // Failed starts back off 1 s, 2 s, 4 s, then 8 s (the test's maxStartBackoffMs).
+      await vi.advanceTimersByTimeAsync(7_500);
+      const failures = seen.filter((s) => s.type === 'pool.start.failed').length;
+      expect(failures).toBeGreaterThanOrEqual(3);
+      expect((await fabric.getPool('p')).currentAgents).toEqual([]);
+      fabric.registerPoolProvider(provider);
+      await vi.advanceTimersByTimeAsync(0);
+      const [replacement] = (await fabric.getPool('p')).currentAgents;
+      expect(replacement).toBeDefined();
+      expect(provider.started.map((s) => s.agentId)).toEqual([first, replacement]);
+      expect(seen.filter((s) => s.type === 'pool.start.failed')).toHaveLength(failures);
+    });
+
     it('refuses an unknown provider and a malformed one', async () => {
       await expect(
         fabric.createPool({ poolId: 'p', model: 'm', provider: 'nope' }),
