@@ -4,6 +4,7 @@
  * fails of one attempt, naming attempts out of order, sending results too big or too deep, and
  * racing claims. Every refusal is typed, and the state file holds exactly one end per task.
  */
+import { connect } from 'node:http2';
 import { join } from 'node:path';
 import { create, fromJson, type JsonValue } from '@bufbuild/protobuf';
 import { ListValueSchema, ValueSchema } from '@bufbuild/protobuf/wkt';
@@ -270,5 +271,64 @@ describe('a hostile agent on the gRPC agent protocol', () => {
     await complete(alice.credential, task.id, 1, 'once');
     await fabric.waitForTask(task.id, { timeoutSeconds: 5 });
     expect(onDisk(statePath).get(task.id)).toMatchObject({ status: 'COMPLETED', attempt: 1 });
+  });
+
+  /** One raw HTTP/2 call of `method` with `body` as the whole request; its grpc-status and message. */
+  function raw(method: string, body: Buffer, credential: string): Promise<[string, string]> {
+    return new Promise((resolve, reject) => {
+      const session = connect(`http://${server.address}`);
+      session.on('error', reject);
+      const req = session.request({
+        ':method': 'POST',
+        ':path': `/fabric.v1.AgentService/${method}`,
+        'content-type': 'application/grpc',
+        te: 'trailers',
+        authorization: `Bearer ${credential}`,
+      });
+      let headers: Record<string, unknown> = {};
+      req.on('response', (h) => (headers = { ...headers, ...h }));
+      req.on('trailers', (h) => (headers = { ...headers, ...h }));
+      req.on('data', () => undefined);
+      req.on('error', reject);
+      req.on('close', () => {
+        session.close();
+        resolve([
+          String(headers['grpc-status']),
+          decodeURIComponent(String(headers['grpc-message'])),
+        ]);
+      });
+      req.end(body);
+    });
+  }
+  const frame = (flag: number, declared: number, bytes: Buffer): Buffer => {
+    const head = Buffer.alloc(5);
+    head[0] = flag;
+    head.writeUInt32BE(declared, 1);
+    return Buffer.concat([head, bytes]);
+  };
+
+  it('raw HTTP/2: malformed, truncated or falsely compressed messages are refused; the task is untouched', async () => {
+    const t = await claimed(alice, { n: 7 });
+    const garbage = Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]);
+    const cases: [string, Buffer][] = [
+      ['not protobuf', frame(0, garbage.length, garbage)],
+      ['a frame shorter than it says', frame(0, 100, Buffer.from([0x0a, 0x01]))],
+      ['compressed without an encoding', frame(1, 3, Buffer.from([1, 2, 3]))],
+      ['a declared 4 GiB frame', frame(0, 0xffffffff, Buffer.alloc(16))],
+      [
+        'two messages for a unary call',
+        Buffer.concat([frame(0, 0, Buffer.alloc(0)), frame(0, 0, Buffer.alloc(0))]),
+      ],
+    ];
+    for (const [what, body] of cases) {
+      const [code, message] = await raw('CompleteTask', body, alice.credential);
+      expect([what, code]).not.toEqual([what, '0']);
+      expect([what, code]).not.toEqual([what, 'undefined']);
+      expect(message, what).not.toMatch(/FABRIC_ERR_INTERNAL/);
+    }
+    expect((await fabric.getTask(t.id)).status).toBe(TaskStatus.RUNNING);
+    await complete(alice.credential, t.id, t.attempt, 'after');
+    await fabric.waitForTask(t.id, { timeoutSeconds: 5 });
+    expect(onDisk(statePath).get(t.id)).toMatchObject({ status: 'COMPLETED', result: 'after' });
   });
 });
