@@ -64,6 +64,7 @@ describeNats('NATS reports too deep for the state store', () => {
         lease: msg.lease,
         agentId: agent.id,
         take: 't1',
+        counter: 2, // after the link's start (1)
       };
       const n = 200_000;
       const error = `{"code":"E","message":"boom","details":{"d":${'['.repeat(n)}${']'.repeat(n)}}}`;

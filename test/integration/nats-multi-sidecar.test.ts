@@ -30,6 +30,8 @@ async function holdMessage(url: string, stream: string, consumer: string) {
   const msg = decodeJson(m!.data) as TaskMessage;
   const report = async (body: Record<string, unknown>): Promise<unknown> =>
     decodeJson((await nc.request(msg.replyTo, encodeJson(body), { timeout: 10_000 })).data);
+  let counter = 0;
+  let take = 'take';
   const signed = (
     agentId: string,
     credential: string,
@@ -37,7 +39,17 @@ async function holdMessage(url: string, stream: string, consumer: string) {
     extra: object = {},
     lease = msg.lease,
   ) => {
-    const body = { kind, taskId: msg.taskId, attempt: msg.attempt, lease, agentId };
+    // Without a `take` or `counter` in `extra`: the last take-up named (else `take`), the next
+    // counter.
+    const body = {
+      kind,
+      taskId: msg.taskId,
+      attempt: msg.attempt,
+      lease,
+      agentId,
+      take: (take = (extra as { take?: string }).take ?? take),
+      counter: ++counter,
+    };
     return {
       proof: reportProof(hashCredential(credential), { ...body, ...extra }),
       ...body,

@@ -148,6 +148,8 @@ describeNats('NATS: vouch answers are authenticated with the sidecar key', () =>
         lease: msg.lease,
         agentId: 'ghost-agent-nobody-spawned',
         proof: 'not-a-proof',
+        take: 'g',
+        counter: 1,
         ...extra,
       });
       // A made-up take-up's start (it would count the real worker's as lost) and an outcome.

@@ -103,9 +103,14 @@ describeNats('NATS: an earlier progress report replayed after a later one', () =
       // The later one re-sent (as a worker whose answer was lost does): ok, nothing changes.
       expect(await send(progress[1]!)).toMatchObject({ ok: true });
       expect(fabric.natsExecutor!.stats.reportsOutOfOrder).toBe(1);
-      // Without its counter the proof does not verify: it cannot be stripped.
+      // Its counter cannot be stripped: a report without one is refused, naming it (see
+      // nats-counterless-report.test.ts), and with another the proof does not verify.
       const { counter: _c, ...stripped } = progress[0]!;
       expect(await send(stripped)).toMatchObject({
+        ok: false,
+        code: 'FABRIC_ERR_INVALID_ARGUMENT',
+      });
+      expect(await send({ ...progress[0]!, counter: 9 })).toMatchObject({
         ok: false,
         code: 'FABRIC_ERR_PERMISSION_DENIED',
       });

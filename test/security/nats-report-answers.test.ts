@@ -76,11 +76,13 @@ describeNats('NATS: report batches whose answers would exceed max_payload', () =
         lease: msg.lease,
         agentId,
         proof: 'x',
+        take: 't',
+        counter: 1,
         result: 'forged',
       });
       // The reviewer's batch: it fits max_payload, its refusals (each repeating the agent id)
       // did not.
-      const long = 'A'.repeat(895);
+      const long = 'A'.repeat(870);
       const body = encodeJson({ v: 1, reports: Array.from({ length: 1000 }, () => report(long)) });
       expect(body.length).toBeLessThan(evil.info!.max_payload);
       const answer = await send(evil, msg.replyTo, body);

@@ -113,6 +113,7 @@ describeNats('NATS: a report the sidecar cannot read', () => {
       const m = await consumer.next({ expires: 10_000 });
       const task = asTaskMessage(decodeJson(m!.data))!;
       const key = hashCredential(agent.credential);
+      let counter = 0; // the take-up's reports, numbered
       const report = (kind: 'start' | 'progress' | 'fail', extra: Record<string, unknown>) => {
         const body = {
           kind,
@@ -120,6 +121,7 @@ describeNats('NATS: a report the sidecar cannot read', () => {
           attempt: task.attempt,
           lease: task.lease,
           agentId: agent.id,
+          counter: ++counter,
           ...extra,
         };
         return { ...body, proof: reportProof(key, body) };

@@ -43,7 +43,7 @@ describeNats('NATS: the vouch question reads every id a report may carry', () =>
       for (const length of [201, MAX_ID_LENGTH]) {
         const taskId = 't'.repeat(length);
         const body = { kind: 'progress' as const, taskId, attempt: 1, agentId: agent.id };
-        const extra = { take: 'take-1', nonce: 'n-1', progress: { pct: 5 } };
+        const extra = { take: 'take-1', nonce: 'n-1', counter: 2, progress: { pct: 5 } };
         const report = asReport({
           ...body,
           ...extra,
@@ -59,6 +59,7 @@ describeNats('NATS: the vouch question reads every id a report may carry', () =>
           attempt: report.attempt,
           take: report.take,
           reportNonce: report.nonce,
+          counter: report.counter,
           content: reportContentDigest(report),
           proof: report.proof,
           nonce: randomBytes(18).toString('base64url'),

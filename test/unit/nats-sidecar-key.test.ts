@@ -60,6 +60,7 @@ describe('vouchMac', () => {
     take: 'take-1',
     seq: 7,
     reportNonce: 'report-1',
+    counter: 1,
     content: 'content-1',
     proof: 'proof-1',
     nonce: 'nonce-0123456789abcdef',
@@ -79,7 +80,7 @@ describe('vouchMac', () => {
       vouchMac(KEY, 'ns', { ...v, attempt: 3 }, true, 'p'),
       vouchMac(KEY, 'ns', { ...v, proof: 'proof-2' }, true, 'p'),
       vouchMac(KEY, 'ns', { ...v, take: 'take-2' }, true, 'p'),
-      vouchMac(KEY, 'ns', { ...v, take: undefined }, true, 'p'),
+      vouchMac(KEY, 'ns', { ...v, counter: 2 }, true, 'p'),
       vouchMac(KEY, 'ns', { ...v, seq: 8 }, true, 'p'),
       vouchMac(KEY, 'ns', { ...v, reportNonce: 'report-2' }, true, 'p'),
       vouchMac(KEY, 'ns', { ...v, content: 'content-2' }, true, 'p'),
@@ -94,10 +95,14 @@ describe('vouchMac', () => {
     );
   });
 
-  it('a vouch request needs a nonce', () => {
+  it('a vouch request needs a nonce, the take-up and its counter', () => {
     const { nonce: _nonce, ...withoutNonce } = v;
     expect(vouchSchema.safeParse(v).success).toBe(true);
     expect(vouchSchema.safeParse(withoutNonce).success).toBe(false);
+    for (const k of ['take', 'counter'] as const) {
+      const { [k]: _k, ...without } = v;
+      expect(vouchSchema.safeParse(without).success).toBe(false);
+    }
     expect(vouchSchema.safeParse({ ...v, nonce: 'short' }).success).toBe(false);
   });
 });

@@ -19,6 +19,7 @@ import {
   batchReports,
   canonicalJson,
   reportContentDigest,
+  missingReportFields,
   reportProof,
   reportBatchSchema,
   reportSchema,
@@ -47,6 +48,8 @@ const report = {
   lease: 'L',
   agentId: 'a',
   proof: 'P',
+  take: 'w.1',
+  counter: 1,
   result: { ok: 1 },
 };
 
@@ -63,6 +66,8 @@ function variants(base: Record<string, unknown>, extra: unknown[]): unknown[] {
     '',
     'x',
     'x'.repeat(65),
+    'x'.repeat(100),
+    'x'.repeat(101),
     'x'.repeat(201),
     'x'.repeat(256),
     'x'.repeat(257),
@@ -120,6 +125,19 @@ describe('NATS wire checks', () => {
       if (zod) accepted++;
     }
     expect(accepted).toBeGreaterThan(30);
+  });
+
+  it('missingReportFields names the take-up and counter a report lacks, and nothing else', () => {
+    const { take: _t, counter: _c, ...old } = report;
+    expect(missingReportFields(old)).toEqual(['take', 'counter']);
+    expect(missingReportFields({ ...old, take: 'w.1' })).toEqual(['counter']);
+    expect(missingReportFields({ ...old, counter: 1 })).toEqual(['take']);
+    expect(missingReportFields(report)).toBeUndefined(); // a report: nothing missing
+    // Not a report for another reason as well: not said to lack them.
+    expect(missingReportFields({ ...old, proof: 'P'.repeat(101) })).toBeUndefined();
+    expect(missingReportFields({ ...old, counter: 0 })).toBeUndefined();
+    expect(missingReportFields({ ...old, extra: 1 })).toBeUndefined();
+    expect(missingReportFields([old])).toBeUndefined();
   });
 
   it('batchReports agrees with reportBatchSchema', () => {

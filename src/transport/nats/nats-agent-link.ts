@@ -180,7 +180,7 @@ export class NatsAgentLink {
    */
   readonly #upOf = new WeakMap<
     TaskMessage,
-    { readonly seq: number; take?: string; reports: number }
+    { readonly seq: number | undefined; take?: string; reports: number }
   >();
   /** Reports not sent yet, by the subject they go to (sent together on the next flush). */
   readonly #outbox = new Map<string, Queued[]>();
@@ -332,6 +332,11 @@ export class NatsAgentLink {
       sent?.();
       return Promise.resolve(undefined);
     }
+    // The take-up the report comes from: a start names its own in `extra`, and the take-up's
+    // later reports carry it (a task not parsed here gets its take-up record now).
+    let up = this.#upOf.get(task);
+    if (up === undefined) this.#upOf.set(task, (up = { seq: undefined, reports: 0 }));
+    if (kind === 'start' && extra.take !== undefined) up.take = extra.take;
     const report: Report = {
       kind,
       taskId: task.taskId,
@@ -339,17 +344,16 @@ export class NatsAgentLink {
       lease: task.lease,
       agentId: this.agentId,
       proof: '',
-      // The take-up the report comes from (a start names its own in `extra`).
-      take: kind === 'start' ? undefined : this.#upOf.get(task)?.take,
+      // Empty only for a report before its take-up's start: the sidecar refuses it unread.
+      take: up.take ?? '',
       ...extra,
       // This report's own: its answer's MAC covers it, so no answer to another report of the
       // same take-up (a `progress` before it) verifies as its answer. Re-sends repeat it.
       nonce: `${this.#nonce}-${++this.#reports}`,
+      // Its number within the take-up, under its proof: the sidecar ignores an earlier one
+      // replayed after it (a `progress` that would set the attempt's progress back).
+      counter: ++up.reports,
     };
-    // Its number within the take-up, under its proof: the sidecar refuses an earlier one
-    // replayed after it (a `progress` that would set the attempt's progress back).
-    const up = this.#upOf.get(task);
-    if (up !== undefined) report.counter = ++up.reports;
     if (report.error !== undefined) report.error = reportableError(report.error);
     const giveUpAt = this.#giveUpAt.get(task) ?? performance.now() + 2_000;
     return new Promise((resolve) => {

@@ -51,7 +51,12 @@ import type { JetStreamManager, StreamInfo } from '@nats-io/jetstream';
 import { AckPolicy, RetentionPolicy, StorageType, jetstreamManager } from '@nats-io/jetstream';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { createInbox, headers, nanos } from '@nats-io/transport-node';
-import { PermissionDeniedError, TaskStateError, UnauthenticatedError } from '../../errors.js';
+import {
+  InvalidArgumentError,
+  PermissionDeniedError,
+  TaskStateError,
+  UnauthenticatedError,
+} from '../../errors.js';
 import type { ExecutorSink, TaskExecutor } from '../../scheduler/executor.js';
 import type { TaskAssignment, TaskError } from '../../task.js';
 import type { NatsOptions } from './nats-options.js';
@@ -69,6 +74,7 @@ import {
   decodeJson,
   encodeJson,
   legacyReportProof,
+  missingReportFields,
   proofOver,
   reportBinding,
   vouchQuestion,
@@ -107,6 +113,22 @@ function legacyProof(r: Report): Answer {
     `agent ${r.agentId} may not report on task ${r.taskId}: its proof is in the old format ` +
       `(kind, agent, task and attempt only), which is no longer accepted; the worker must sign ` +
       `the take-up, nonce and content too (see the README's NATS wire protocol)`,
+  );
+  return { ok: false, code: e.code, message: e.message };
+}
+
+/**
+ * The refusal of a body that would be a report but lacks `take` or `counter` (see
+ * `missingReportFields`): a worker written before they were required, whose `progress` reports
+ * a reader of `res.>` could replay unnoticed. Said so, naming the fields, so that its operator
+ * knows to upgrade it.
+ */
+function missingFields(fields: readonly string[]): Answer {
+  const e = new InvalidArgumentError(
+    fields.map((f) => `report.${f}`).join(' and '),
+    `is required: every report names its take-up (take) and its number within it (counter), ` +
+      `which its proof covers, so that a replay is told from a later report (see the README's ` +
+      `NATS wire protocol)`,
   );
   return { ok: false, code: e.code, message: e.message };
 }
@@ -271,8 +293,8 @@ export class NatsExecutor implements TaskExecutor {
       take: string;
       lease: string;
       seq: number | undefined;
-      /** The highest `Report.counter` of the take-up accepted so far (none: it sends none). */
-      counter: number | undefined;
+      /** The highest `Report.counter` of the take-up accepted so far. */
+      counter: number;
     }
   >();
   /**
@@ -683,7 +705,7 @@ export class NatsExecutor implements TaskExecutor {
       reports = batch;
     } else reports = [data];
     const parsed = reports.map(asReport);
-    const checked = parsed.map((r) => this.#check(r));
+    const checked = parsed.map((r, i) => this.#check(r, reports[i]));
     const answer = (list: Checked[]): void => {
       let ends: string[] | undefined;
       const answers = list.map((c, i) => {
@@ -730,14 +752,18 @@ export class NatsExecutor implements TaskExecutor {
 
   /**
    * The report when it is authentic — schema, the attempt's lease, the agent's proof — else the
-   * refusal: {@link DENY} when the message itself is not genuine (no report, a wrong lease, a
-   * task forgotten), {@link notAllowed} when it is but this agent may not report on it. The
+   * refusal: {@link missingFields} for a body that is a report but for its `take` or `counter`
+   * (`body`, as it came), {@link DENY} when the message itself is not genuine (no report, a
+   * wrong lease, a task forgotten), {@link notAllowed} when it is but this agent may not report on it. The
    * proof of an agent this sidecar does not know (a pool member attached through another
    * sidecar, or one terminated since) is checked by that agent's own sidecar
    * ({@link #vouchFor}), so a promise.
    */
-  #check(r: Report | undefined): Checked | Promise<Checked> {
-    if (r === undefined) return DENY;
+  #check(r: Report | undefined, body: unknown): Checked | Promise<Checked> {
+    if (r === undefined) {
+      const missing = missingReportFields(body);
+      return missing === undefined ? DENY : missingFields(missing);
+    }
     // The lease its start proved, or the one this process put in the message; after a restart
     // (or for an attempt no longer out) made again.
     const known = this.#takes.get(r.taskId) ?? this.#out.get(r.taskId);
@@ -870,19 +896,12 @@ export class NatsExecutor implements TaskExecutor {
     if (!t.dispatched || t.attempt !== r.attempt) return stale();
     const sink = this.#sink!;
     const known = this.#takes.get(r.taskId);
-    if (r.kind !== 'start' && r.take !== undefined && known !== undefined) {
+    if (r.kind !== 'start' && known !== undefined) {
       // From a take-up other than the one that started the attempt (a copy of its message taken
       // up beside it, refused or not answered yet): not this attempt's report.
       if (known.attempt === r.attempt && known.take !== r.take) return stale();
     }
-    if (
-      r.kind !== 'start' &&
-      r.counter !== undefined &&
-      known !== undefined &&
-      known.counter !== undefined &&
-      known.attempt === r.attempt &&
-      known.take === r.take
-    ) {
+    if (r.kind !== 'start' && known !== undefined && known.attempt === r.attempt) {
       // The take-up's reports are numbered, under their proofs. The last one accepted, sent
       // again (its answer lost): ok, and nothing changes. An earlier one changes nothing either
       // — a reader of `res.>` replaying an old `progress` would set the attempt's progress back —
@@ -897,13 +916,7 @@ export class NatsExecutor implements TaskExecutor {
         return OK;
       }
       known.counter = r.counter;
-    } else if (
-      r.kind === 'progress' &&
-      r.counter !== undefined &&
-      r.take !== undefined &&
-      known === undefined &&
-      t.started
-    ) {
+    } else if (r.kind === 'progress' && known === undefined && t.started) {
       // Started before this process restarted on its store, which keeps no take-ups: as for
       // the first start heard of such an attempt, the first take-up heard reporting on it is
       // taken as its own, so its later reports are numbered from here (else an earlier
@@ -918,7 +931,6 @@ export class NatsExecutor implements TaskExecutor {
     }
     switch (r.kind) {
       case 'start': {
-        if (r.take === undefined) return deny;
         // A copy of the attempt's message other than the one the attempt was stored as (or was
         // started from): a publish stored twice — a retry that went out after the stream's
         // duplicate window of a try that was stored, its answer lost. Refused (the worker

@@ -81,6 +81,14 @@ const taskErrorSchema = z
 /** What a report is about. */
 export type ReportKind = 'start' | 'progress' | 'complete' | 'fail';
 
+/**
+ * Longest `proof` of a report and of the vouch question that carries it, and longest `content`
+ * digest of that question (both are 43 characters: base64url of 32 bytes). A report whose proof
+ * is longer is not one — refused at once, never asked about — so every report a sidecar reads
+ * makes a vouch question the agent's own sidecar reads too.
+ */
+export const MAX_PROOF_LENGTH = 100;
+
 /** A worker's report on a task (request on the task's `replyTo`). */
 export const reportSchema = z
   .object({
@@ -91,22 +99,25 @@ export const reportSchema = z
     lease: z.string().min(1),
     /** The agent whose worker ran the task. */
     agentId: z.string().min(1).max(MAX_ID_LENGTH),
-    /** HMAC proof of the agent's credential over the report (see {@link reportProof}). */
-    proof: z.string().min(1),
+    /**
+     * HMAC proof of the agent's credential over the report (see {@link reportProof}): at most
+     * {@link MAX_PROOF_LENGTH} characters, as the vouch question that carries it.
+     */
+    proof: z.string().min(1).max(MAX_PROOF_LENGTH),
     result: z.unknown().optional(),
     progress: z.unknown().optional(),
     error: taskErrorSchema.optional(),
     /** With `fail`: an infrastructure fault, retried while attempts remain. */
     retry: z.boolean().optional(),
     /**
-     * With `start` (required there): an id the worker makes for this take-up of the message
-     * (unique per delivery it received; a re-sent report repeats it). A start of an attempt
-     * already started under another take-up means the message came back after AckWait — its
-     * first worker is lost — and the fabric ends that attempt and retries as a new one. With the
-     * other kinds (optional): the take-up the report comes from; once the attempt started, one
-     * from another take-up is stale.
+     * Required: an id the worker makes for each take-up of a message (unique per delivery it
+     * received; a re-sent report repeats it), which every report of the take-up carries. A start
+     * of an attempt already started under another take-up means the message came back after
+     * AckWait — its first worker is lost — and the fabric ends that attempt and retries as a new
+     * one; once the attempt started, a report from another take-up is stale. Its `counter`
+     * numbers the reports of the take-up.
      */
-    take: z.string().min(1).max(64).optional(),
+    take: z.string().min(1).max(64),
     /**
      * With `start` (optional): the stream sequence of the message taken up. A start of another
      * copy of the attempt's message than the one it was stored as (a copy stored again after
@@ -120,14 +131,15 @@ export const reportSchema = z
      */
     nonce: z.string().min(1).max(64).optional(),
     /**
-     * Optional: the report's number within its take-up — 1 for the `start`, one more for each
+     * Required: the report's number within its take-up — 1 for the `start`, one more for each
      * later report of the take-up (a re-sent report repeats it) — which its proof covers
-     * ({@link reportProof}). Once a take-up's report with a counter is accepted, one of the same
-     * take-up with a lower counter (overtaken: a replay, or a late re-send) or the same counter
-     * (the same report, re-sent) is answered ok and changes nothing: a reader of `res.>`
-     * replaying an earlier `progress` cannot set the attempt's progress back.
+     * ({@link reportProof}). Once a take-up's report is accepted, one of the same take-up with a
+     * lower counter (overtaken: a replay, or a late re-send) or the same counter (the same
+     * report, re-sent) is answered ok and changes nothing: a reader of `res.>` replaying an
+     * earlier `progress` cannot set the attempt's progress back. A report without it (or without
+     * its `take`) is refused ({@link missingReportFields}): its replays could not be told apart.
      */
-    counter: z.number().int().positive().optional(),
+    counter: z.number().int().positive(),
   })
   .strict();
 /** A worker's report on a task. */
@@ -153,16 +165,16 @@ export const vouchSchema = z
     taskId: z.string().min(1).max(MAX_ID_LENGTH),
     attempt: z.number().int().positive(),
     /**
-     * The report's take-up, stream sequence, nonce and counter, when it has them (its proof
-     * covers them).
+     * The report's take-up and counter (which every report has) and its stream sequence and
+     * nonce when it has them (its proof covers them all).
      */
-    take: z.string().min(1).max(64).optional(),
+    take: z.string().min(1).max(64),
     seq: z.number().int().positive().optional(),
     reportNonce: z.string().min(1).max(64).optional(),
-    counter: z.number().int().positive().optional(),
+    counter: z.number().int().positive(),
     /** The report's {@link reportContentDigest}, computed by the asking sidecar. */
-    content: z.string().min(1).max(100),
-    proof: z.string().min(1).max(100),
+    content: z.string().min(1).max(MAX_PROOF_LENGTH),
+    proof: z.string().min(1).max(MAX_PROOF_LENGTH),
     /** Fresh per request: the answer's MAC covers it (see {@link vouchMac}). */
     nonce: z.string().min(16).max(64),
   })
@@ -288,14 +300,27 @@ export function asReport(data: unknown): Report | undefined {
     positiveInt(data.attempt) &&
     nonEmpty(data.lease) &&
     nonEmpty(data.agentId, MAX_ID_LENGTH) &&
-    nonEmpty(data.proof) &&
+    nonEmpty(data.proof, MAX_PROOF_LENGTH) &&
     (data.error === undefined || isTaskError(data.error)) &&
     (data.retry === undefined || typeof data.retry === 'boolean') &&
-    (data.take === undefined || nonEmpty(data.take, 64)) &&
+    nonEmpty(data.take, 64) &&
     (data.seq === undefined || positiveInt(data.seq)) &&
     (data.nonce === undefined || nonEmpty(data.nonce, 64)) &&
-    (data.counter === undefined || positiveInt(data.counter));
+    positiveInt(data.counter);
   return ok ? (data as Report) : undefined;
+}
+
+/**
+ * The required fields `data` lacks (`take`, `counter`) when it would be a report with them, else
+ * undefined — a worker written before they were required, whose reports (their `progress`
+ * above all) a reader of `res.>` could replay unnoticed: it is refused with a message naming
+ * them, so its operator knows to upgrade it. Only on the path of a body {@link asReport} refused.
+ */
+export function missingReportFields(data: unknown): ('take' | 'counter')[] | undefined {
+  if (!isObject(data)) return undefined;
+  const missing = (['take', 'counter'] as const).filter((k) => data[k] === undefined);
+  if (missing.length === 0) return undefined;
+  return asReport({ take: 'x', counter: 1, ...data }) === undefined ? undefined : missing;
 }
 
 /**
@@ -398,8 +423,8 @@ export type ProvenReport = Pick<Report, 'kind' | 'agentId' | 'taskId' | 'attempt
  * `:<counter>` when the report has a counter — the fields written as an answer MAC's
  * ({@link answerMac}: `%`, `:` and `~` escaped, an absent field empty) and `<content>` the
  * report's {@link reportContentDigest}. (Without a counter the text is the one workers made
- * before it: their reports still verify, but a replay of their earlier `progress` is not
- * caught.) It covers everything the
+ * before it; such a report is refused before its proof is looked at, see
+ * {@link missingReportFields}.) It covers everything the
  * sidecar acts on: the take-up (a start of another take-up counts a started attempt lost), the
  * copy taken up, the report's nonce and what it reports (progress, result, error, retry), so a
  * client that reads another worker's reports can neither re-send one as another take-up's nor
@@ -519,11 +544,11 @@ export function vouchQuestion(r: Report, nonce: string): Vouch {
     take: r.take,
     seq: r.seq,
     reportNonce: r.nonce,
+    counter: r.counter,
     content: reportContentDigest(r),
     proof: r.proof,
     nonce,
   };
-  if (r.counter !== undefined) v.counter = r.counter;
   return v;
 }
 
@@ -531,8 +556,8 @@ export function vouchQuestion(r: Report, nonce: string): Vouch {
  * MAC of a vouch answer: HMAC-SHA256 under the sidecars' shared key over the namespace, the
  * request (its nonce, agent, report kind, task, attempt, the report's take-up, stream sequence,
  * nonce and content digest, and its proof) and the answer (`ok` and, when
- * ok, the agent's pool or `null`), then — only when the question carries one — the report's
- * counter. The fields are JSON-encoded as a list, so no id can shift another field's boundary.
+ * ok, the agent's pool or `null`), then the report's counter (the same text as when the
+ * counter was optional and the question carried one). The fields are JSON-encoded as a list, so no id can shift another field's boundary.
  */
 export function vouchMac(
   sidecarKey: string,
@@ -549,15 +574,15 @@ export function vouchMac(
     v.kind,
     v.taskId,
     v.attempt,
-    v.take ?? null,
+    v.take,
     v.seq ?? null,
     v.reportNonce ?? null,
     v.content,
     v.proof,
     ok,
     ok ? poolId : null,
+    v.counter,
   ];
-  if (v.counter !== undefined) fields.push(v.counter);
   return hmac(sidecarKey, JSON.stringify(fields));
 }
 
@@ -599,8 +624,9 @@ function macString(s: string): string {
 /** What of a report its answer's MAC binds (and the lease that keys it). */
 export type AnsweredReport = Pick<
   Report,
-  'kind' | 'agentId' | 'taskId' | 'attempt' | 'lease' | 'take' | 'nonce'
->;
+  'kind' | 'agentId' | 'taskId' | 'attempt' | 'lease' | 'nonce'
+> &
+  Partial<Pick<Report, 'take'>>;
 
 /**
  * MAC of the answer to a report: keyed by the report's `lease` (which only the scheduling sidecar
