@@ -7,8 +7,9 @@
  * (`FABRIC_ERR_NATS_UNAVAILABLE`). Both now count as the sidecar unreachable: `run()` waits and
  * goes on, and takes the tasks scheduled once the sidecar is back; the state file says each
  * ended as it should. So does a heartbeat that times out (another sidecar of the namespace
- * listens, not knowing the agent) once the agent's own sidecar had answered the transport; a
- * credential never answered still ends `run()`. A restart of the nats-server alone never ended
+ * listens, not knowing the agent), whether or not the agent's own sidecar had answered the
+ * transport yet; a wrong credential, which its sidecar refuses under a MAC the worker cannot
+ * check, still ends `run()`. A restart of the nats-server alone never ended
  * `run()` (its connection reconnects): checked too.
  */
 import { connect } from '@nats-io/transport-node';
@@ -169,6 +170,80 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
     await fabric.close();
   }, 120_000);
 
+  // Before, a heartbeat that timed out ended the `run()` of a transport none of whose heartbeats
+  // had been answered yet: silence then could not be told from a wrong credential. Now a wrong
+  // credential is told by the refusal its sidecar sends (under a MAC the worker cannot check).
+  it("a new transport's run() waits while its own sidecar is down and another is up; a wrong credential its sidecar refuses still ends it", async () => {
+    const nats = { url: suiteServer().url, namespace: 'wsrnew' };
+    const set = await natsSidecarWithAgent({
+      nats,
+      ackWaitSeconds: 30,
+      fabric: { heartbeatIntervalSeconds: 60 },
+    });
+    const { dir, statePath, agentId, credential } = set;
+    // A second real sidecar of the namespace: it hears every heartbeat, and answers none of an
+    // agent it does not know.
+    const other = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
+    await other.start();
+    const options = { nats, agentId, reportTimeoutMs: 300 };
+    let transport: NatsWorkerTransport | undefined;
+    await until(async () => {
+      try {
+        transport = await NatsWorkerTransport.connect({ ...options, credential });
+        return true;
+      } catch {
+        return false;
+      }
+    }, 20_000);
+    await transport!.close();
+    // A wrong credential, its sidecar up: refused, and the run ends saying so.
+    const wrong = FabricWorker.withTransport(
+      await NatsWorkerTransport.connect({ ...options, credential: `${credential}x` }),
+    );
+    await expect(wrong.run({}, { signal: new AbortController().signal })).rejects.toMatchObject({
+      code: 'FABRIC_ERR_NATS_UNAVAILABLE',
+      message: expect.stringMatching(/refused under a MAC its credential does not verify/),
+    });
+    await wrong.close();
+
+    // The agent's own sidecar down; a new transport (never answered) starts its run.
+    expect(await stop(set.sidecar, 'SIGKILL')).toBeNull();
+    const worker = FabricWorker.withTransport(
+      await NatsWorkerTransport.connect({ ...options, credential }),
+      { heartbeatSeconds: 0.2, claimWaitSeconds: 1 },
+    );
+    const spy = await connect({ servers: nats.url });
+    let beats = 0;
+    spy.subscribe(natsNames(nats.namespace).heartbeat(agentId), {
+      callback: () => {
+        beats++;
+      },
+    });
+    await spy.flush();
+    const run = startRun(worker, { double: (p) => (p as number) * 2 });
+    // Its heartbeats time out (the other sidecar listens, silent), one after another: the run
+    // goes on.
+    await until(() => beats >= 3 || run.ended() !== undefined, 30_000);
+    expect(run.ended()).toBeUndefined();
+
+    // Its sidecar back on its state file: the run takes the task scheduled there.
+    const sidecar = await serve(dir);
+    const { task } = await api<{ task: { taskId: string } }>(
+      sidecar.url,
+      'FabricService/ScheduleTask',
+      { agentId, taskType: 'double', payload: 5 },
+    );
+    await until(() => onDisk(statePath).get(task.taskId)?.status === 'COMPLETED', 30_000);
+    expect(onDisk(statePath).get(task.taskId)).toMatchObject({ attempt: 1, result: 10 });
+    run.stop.abort();
+    await run.done;
+    expect(run.ended()).toBe('resolved');
+    await worker.close();
+    await spy.close();
+    await other.close();
+    expect(await stop(sidecar, 'SIGTERM')).toBe(0);
+  }, 120_000);
+
   it('waits out a heartbeat no sidecar answers in time once its own sidecar answered it; a wrong credential still ends run()', async () => {
     const nats = { url: suiteServer().url, namespace: 'wsrt' };
     const set = await natsSidecarWithAgent({
@@ -192,8 +267,8 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
       claimWaitSeconds: 1,
     });
     await worker.heartbeat();
-    // A credential its sidecar never answered under: no sidecar answers it in time, and that
-    // ends the run (a misconfiguration, not a sidecar away).
+    // A wrong credential: its sidecar's refusal cannot be checked under it, and that ends the
+    // run (a misconfiguration, not a sidecar away).
     const wrong = FabricWorker.withTransport(
       await NatsWorkerTransport.connect({ ...options, credential: `${credential}x` }),
     );

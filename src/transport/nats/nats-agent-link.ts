@@ -59,15 +59,23 @@ export interface Starting {
   readonly sent: Promise<void>;
 }
 
+/**
+ * Why a heartbeat got no answer its worker can check: {@link NoAnswer}, or `unverified` — within
+ * the time, no genuine answer came but a refusal did whose MAC this link cannot check (a sidecar
+ * that knows the agent answers under the hash of the agent's real credential: this one is wrong).
+ */
+export type HeartbeatNoAnswer = NoAnswer | 'unverified';
+
 /** Why no sidecar answered a heartbeat, by the error it was rejected with. */
-const unanswered = new WeakMap<Error, NoAnswer>();
+const unanswered = new WeakMap<Error, HeartbeatNoAnswer>();
 
 /**
  * Why no sidecar answered the heartbeat `err` (from {@link NatsAgentLink.heartbeat}) is about:
- * nobody subscribes the subject (`no-responders`), no genuine answer in time (`timeout`), the
- * link closed (`closed`); undefined for any other error.
+ * nobody subscribes the subject (`no-responders`), no answer at all in time (`timeout`), only a
+ * refusal whose MAC does not verify (`unverified`), the link closed (`closed`); undefined for any
+ * other error.
  */
-export function noAnswerOf(err: unknown): NoAnswer | undefined {
+export function noAnswerOf(err: unknown): HeartbeatNoAnswer | undefined {
   return err instanceof Error ? unanswered.get(err) : undefined;
 }
 
@@ -246,6 +254,8 @@ export class NatsAgentLink {
    */
   heartbeat(): Promise<Answer> {
     const { ts, body } = this.#heartbeatBody();
+    // A refusal came whose MAC this credential cannot check (see `HeartbeatNoAnswer`).
+    let unverified = false;
     return new Promise((resolve, reject) => {
       this.#inbox.request(
         this.names.heartbeat(this.agentId),
@@ -253,17 +263,25 @@ export class NatsAgentLink {
         this.reportTimeoutMs,
         (m, noAnswer) => {
           if (m === undefined) {
+            const why =
+              noAnswer === 'timeout' && unverified ? 'unverified' : (noAnswer ?? 'timeout');
             const err = new NatsUnavailableError(
               this.nc.getServer(),
-              `no sidecar answered the heartbeat of agent ${this.agentId} with a valid MAC ` +
-                `(${noAnswer}): an unknown agent, a wrong credential or another namespace`,
+              why === 'unverified'
+                ? `the heartbeat of agent ${this.agentId} was refused under a MAC its ` +
+                    `credential does not verify: a wrong credential (or a forged refusal)`
+                : `no sidecar answered the heartbeat of agent ${this.agentId} with a valid MAC ` +
+                    `(${why}): its sidecar down, an unknown agent or another namespace`,
             );
-            unanswered.set(err, noAnswer ?? 'timeout');
+            unanswered.set(err, why);
             reject(err);
             return true;
           }
           const a = asAnswer(decodeJson(m.data));
-          if (a === undefined || !this.#genuineHeartbeatAnswer(a, ts)) return false;
+          if (a === undefined || !this.#genuineHeartbeatAnswer(a, ts)) {
+            if (a !== undefined && !a.ok && typeof a.mac === 'string') unverified = true;
+            return false;
+          }
           this.#answered = true;
           const { mac: _mac, ...answer } = a;
           resolve(answer as Answer);

@@ -208,17 +208,22 @@ export class NatsWorkerTransport implements WorkerTransport {
   /**
    * True when `err` (from one of its calls) says no sidecar answered, which `FabricWorker.run`
    * waits out: a heartbeat nobody listens for (`no responders`: no sidecar of the namespace is
-   * up), or that no sidecar answered in time once one had answered this transport's heartbeats
-   * (the agent and credential are good: its sidecar or NATS is away; before that, the same is
-   * a wrong credential, an unknown agent or another namespace, which ends `run()`); a task's
-   * report no sidecar answered before the task's timeout passed (the attempt is over and the
-   * message dropped: the report is not sent again). Not a closed transport, nor any answer.
+   * up), or one nothing came back to in time (other sidecars of the namespace listen, but the
+   * agent's own is away — {@link connect} found the agent's consumer, so the agent is one of the
+   * namespace's); a task's report no sidecar answered before the task's timeout passed (the
+   * attempt is over and the message dropped: the report is not sent again). Not a heartbeat
+   * refused under a MAC this credential cannot check before any of its heartbeats was answered
+   * (`unverified`: a sidecar knows the agent under another credential — a wrong one — which
+   * ends `run()`); once one was answered the credential is known good, and such a refusal is a
+   * forgery, waited out as silence. Not a closed transport, nor any answer.
    */
   unreachable(err: unknown): boolean {
     if (this.#link.closed) return false;
     if (err instanceof RemoteFabricError) return this.#unanswered.has(err);
     const why = noAnswerOf(err);
-    return why === 'no-responders' || (why === 'timeout' && this.#link.answered);
+    return (
+      why === 'no-responders' || why === 'timeout' || (why === 'unverified' && this.#link.answered)
+    );
   }
 
   async heartbeat(): Promise<WorkerReportAnswer> {
