@@ -43,6 +43,32 @@ function startRun(
   return { stop, ended: () => ended, done };
 }
 
+/**
+ * Starts the sidecar again on `dir`'s state file and schedules a `double` of `n` for `agentId`
+ * there; checks that `run` completes it once (on disk), then stops `run` (which must end
+ * resolved) and returns the restarted sidecar.
+ */
+async function takesTaskAfterRestart(
+  dir: string,
+  statePath: string,
+  agentId: string,
+  run: ReturnType<typeof startRun>,
+  n: number,
+) {
+  const sidecar = await serve(dir);
+  const { task } = await api<{ task: { taskId: string } }>(
+    sidecar.url,
+    'FabricService/ScheduleTask',
+    { agentId, taskType: 'double', payload: n },
+  );
+  await until(() => onDisk(statePath).get(task.taskId)?.status === 'COMPLETED', 30_000);
+  expect(onDisk(statePath).get(task.taskId)).toMatchObject({ attempt: 1, result: 2 * n });
+  run.stop.abort();
+  await run.done;
+  expect(run.ended()).toBe('resolved');
+  return sidecar;
+}
+
 describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
   const suiteServer = natsServerPerSuite();
 
@@ -227,17 +253,7 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
     expect(run.ended()).toBeUndefined();
 
     // Its sidecar back on its state file: the run takes the task scheduled there.
-    const sidecar = await serve(dir);
-    const { task } = await api<{ task: { taskId: string } }>(
-      sidecar.url,
-      'FabricService/ScheduleTask',
-      { agentId, taskType: 'double', payload: 5 },
-    );
-    await until(() => onDisk(statePath).get(task.taskId)?.status === 'COMPLETED', 30_000);
-    expect(onDisk(statePath).get(task.taskId)).toMatchObject({ attempt: 1, result: 10 });
-    run.stop.abort();
-    await run.done;
-    expect(run.ended()).toBe('resolved');
+    const sidecar = await takesTaskAfterRestart(dir, statePath, agentId, run, 5);
     await worker.close();
     await spy.close();
     await other.close();
@@ -288,17 +304,7 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
     await new Promise((r) => setTimeout(r, 2000));
     expect(run.ended()).toBeUndefined();
 
-    const sidecar = await serve(dir);
-    const { task } = await api<{ task: { taskId: string } }>(
-      sidecar.url,
-      'FabricService/ScheduleTask',
-      { agentId, taskType: 'double', payload: 8 },
-    );
-    await until(() => onDisk(statePath).get(task.taskId)?.status === 'COMPLETED', 30_000);
-    expect(onDisk(statePath).get(task.taskId)).toMatchObject({ attempt: 1, result: 16 });
-    run.stop.abort();
-    await run.done;
-    expect(run.ended()).toBe('resolved');
+    const sidecar = await takesTaskAfterRestart(dir, statePath, agentId, run, 8);
     await worker.close();
     await other.close();
     expect(await stop(sidecar, 'SIGTERM')).toBe(0);
