@@ -193,6 +193,11 @@ export class HookManager {
   readonly options: Readonly<ResolvedHookManagerOptions>;
   readonly #events = new HookEmitter();
   readonly #hooks = new Map<string, Hook>();
+  /**
+   * Open (PENDING and ACTIVE) hooks by agent, kept with `#hooks` by {@link #put}: what
+   * {@link hookFor} reads, so an agent's lookup does not walk every hook the store ever held.
+   */
+  readonly #openByAgent = new Map<string, Map<string, Hook>>();
   readonly #inflight = new Set<Promise<unknown>>();
   readonly #staleSeen = new Map<string, number>();
   #liveness: AgentLiveness | undefined;
@@ -608,11 +613,16 @@ export class HookManager {
    */
   hookFor(agentId: string): Promise<Hook | undefined> {
     return this.#run(async () => {
-      const mine = this.#sorted().filter((h) => h.agentId === agentId);
-      return (
-        mine.find((h) => h.status === HookStatus.ACTIVE) ??
-        mine.find((h) => h.status === HookStatus.PENDING)
-      );
+      let active: Hook | undefined;
+      let pending: Hook | undefined;
+      for (const h of this.#openByAgent.get(agentId)?.values() ?? []) {
+        if (h.status === HookStatus.ACTIVE) {
+          if (active === undefined || byAge(h, active) < 0) active = h;
+        } else if (pending === undefined || byAge(h, pending) < 0) {
+          pending = h;
+        }
+      }
+      return active ?? pending;
     });
   }
 
@@ -932,6 +942,24 @@ export class HookManager {
     return [...this.#hooks.values()].sort(byAge);
   }
 
+  /** Makes `record` the hook's current state, in `#hooks` and in `#openByAgent`. */
+  #put(record: Hook): void {
+    const id = record.hookId;
+    const before = this.#hooks.get(id);
+    if (before !== undefined) {
+      const theirs = this.#openByAgent.get(before.agentId);
+      if (theirs?.delete(id) === true && theirs.size === 0) {
+        this.#openByAgent.delete(before.agentId);
+      }
+    }
+    this.#hooks.set(id, record);
+    if (isOpenStatus(record.status)) {
+      let mine = this.#openByAgent.get(record.agentId);
+      if (mine === undefined) this.#openByAgent.set(record.agentId, (mine = new Map()));
+      mine.set(id, record);
+    }
+  }
+
   #mustGet(get: (hookId: string) => Hook | undefined, hookId: string): Hook {
     const h = get(hookId);
     if (h === undefined) throw new HookNotFoundError(hookId);
@@ -1059,7 +1087,8 @@ export class HookManager {
         );
       }
       this.#hooks.clear();
-      for (const r of records) this.#hooks.set(r.hookId, deepFreeze(r));
+      this.#openByAgent.clear();
+      for (const r of records) this.#put(deepFreeze(r));
       if (o.useGitWorktree) {
         if (!bare) await excludeWorktrees(gitDir, o.storagePath, o.worktreeRoot);
         this.#worktrees = new WorktreeManager(git, o.worktreeRoot, o.baseBranch ?? 'HEAD');
@@ -1266,7 +1295,7 @@ export class HookManager {
           this.#unmaintained = true;
           this.#lastError = undefined;
         }
-        for (const [id, record] of staged) this.#hooks.set(id, record);
+        for (const record of staged.values()) this.#put(record);
         for (const id of carried) this.#dropHeld(id);
         for (const [id, count] of heldNow) this.#hold(id, count);
         let i = 0;
