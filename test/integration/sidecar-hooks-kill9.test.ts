@@ -61,29 +61,46 @@ async function runHooks(c: Client, name: string, acked: Map<string, string>): Pr
   }
 }
 
+/**
+ * Writes `<dir>/fabric.json` (state in `<dir>/state.db`, hooks in `<dir>/hooks`, agents `a` and
+ * `b` with pinned credentials, `extra` on top, `hooks` merged) and starts `serve` on it.
+ */
+async function start(
+  dir: string,
+  hooks: Record<string, unknown>,
+  extra: Record<string, unknown> = {},
+): Promise<{ first: Running; storagePath: string; idOf: (name: string) => string }> {
+  const storagePath = join(dir, 'hooks');
+  writeFileSync(
+    join(dir, 'fabric.json'),
+    JSON.stringify({
+      http: { host: '127.0.0.1', port: 0 },
+      adminToken: ADMIN,
+      state: { path: join(dir, 'state.db') },
+      hooks: { storagePath, useGitWorktree: false, ...hooks },
+      policies: [{ name: 'allow', rules: [{ tool: '*', action: 'allow' }] }],
+      agents: [
+        { name: 'a', credential: TOKENS.a },
+        { name: 'b', credential: TOKENS.b },
+      ],
+      ...extra,
+    }),
+  );
+  const first = await serve(dir);
+  const { agents } = (await api(first, 'FabricService/ListAgents', {})) as {
+    agents: { agentId: string; name: string }[];
+  };
+  return {
+    first,
+    storagePath,
+    idOf: (name) => agents.find((x) => x.name === name)!.agentId,
+  };
+}
+
 describe('kill -9 of serve in the middle of hook transitions', () => {
   it('ends every hook exactly once after the restart, none lost', async () => {
     const dir = tempDir('hooks-kill9');
-    const storagePath = join(dir, 'hooks');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port: 0 },
-        adminToken: ADMIN,
-        state: { path: join(dir, 'state.db') },
-        hooks: { storagePath, useGitWorktree: false, autoReassign: false },
-        policies: [{ name: 'allow', rules: [{ tool: '*', action: 'allow' }] }],
-        agents: [
-          { name: 'a', credential: TOKENS.a },
-          { name: 'b', credential: TOKENS.b },
-        ],
-      }),
-    );
-    const first = await serve(dir);
-    const { agents } = (await api(first, 'FabricService/ListAgents', {})) as {
-      agents: { agentId: string; name: string }[];
-    };
-    const idOf = (name: string): string => agents.find((x) => x.name === name)!.agentId;
+    const { first, storagePath, idOf } = await start(dir, { autoReassign: false });
     const created: string[] = [];
     for (let i = 0; i < PER_AGENT; i++) {
       for (const name of ['a', 'b'] as const) {
@@ -142,32 +159,11 @@ describe('kill -9 of serve in the middle of hook transitions', () => {
 describe('a hook whose agent never comes back after kill -9', () => {
   it('moves to the first agent back, at most maxReassignments times, then FAILED', async () => {
     const dir = tempDir('hooks-kill9-lost');
-    const storagePath = join(dir, 'hooks');
-    writeFileSync(
-      join(dir, 'fabric.json'),
-      JSON.stringify({
-        http: { host: '127.0.0.1', port: 0 },
-        adminToken: ADMIN,
-        state: { path: join(dir, 'state.db') },
-        fabric: { heartbeatIntervalSeconds: 1 },
-        hooks: {
-          storagePath,
-          useGitWorktree: false,
-          patrolIntervalSeconds: 1,
-          maxReassignments: 1,
-        },
-        policies: [{ name: 'allow', rules: [{ tool: '*', action: 'allow' }] }],
-        agents: [
-          { name: 'a', credential: TOKENS.a },
-          { name: 'b', credential: TOKENS.b },
-        ],
-      }),
+    const { first, storagePath, idOf } = await start(
+      dir,
+      { patrolIntervalSeconds: 1, maxReassignments: 1 },
+      { fabric: { heartbeatIntervalSeconds: 1 } },
     );
-    const first = await serve(dir);
-    const { agents } = (await api(first, 'FabricService/ListAgents', {})) as {
-      agents: { agentId: string; name: string }[];
-    };
-    const idOf = (name: string): string => agents.find((x) => x.name === name)!.agentId;
     const { hook } = (await api(first, 'FabricService/CreateHook', {
       agentId: idOf('a'),
       workItem: 'lost work',
