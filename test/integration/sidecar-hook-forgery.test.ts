@@ -16,20 +16,21 @@ import { SqliteStore } from '../../src/store/sqlite-store.js';
 import { tempDir, until } from '../fixtures/gateway/harness.js';
 import { forgePendingHook } from '../fixtures/hooks/forge-state.js';
 import { git, stateHead } from '../fixtures/hooks/temp-store.js';
-import { cleanUp, serve, spawnServe, stop, type Running } from '../fixtures/state/serve.js';
+import {
+  adminApi,
+  cleanUp,
+  serve,
+  spawnServe,
+  stop,
+  type Running,
+} from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
 
 const ADMIN = `fab_admin_${'Hk3m'.repeat(8)}`;
 
-async function call(r: Running, method: string, body: unknown): Promise<Record<string, unknown>> {
-  const res = await fetch(`${new URL(r.url).origin}/api/fabric.v1.${method}`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  expect(res.status, method).toBe(200);
-  return (await res.json()) as Record<string, unknown>;
+function call(r: Running, method: string, body: unknown): Promise<Record<string, unknown>> {
+  return adminApi(r, ADMIN, method, body);
 }
 
 /** Writes `<dir>/fabric.json`: one agent, the hook store in `<dir>/hooks`, state `state`. */

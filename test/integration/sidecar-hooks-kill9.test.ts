@@ -15,7 +15,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { tempDir, text, until } from '../fixtures/gateway/harness.js';
 import { git } from '../fixtures/hooks/temp-store.js';
-import { cleanUp, connect, serve, stop, type Running } from '../fixtures/state/serve.js';
+import { adminApi, cleanUp, connect, serve, stop, type Running } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
 
@@ -23,14 +23,8 @@ const ADMIN = `fab_admin_${'K9hk'.repeat(8)}`;
 const TOKENS = { a: randomBytes(32).toString('hex'), b: randomBytes(32).toString('hex') } as const;
 const PER_AGENT = 15;
 
-async function api(r: Running, method: string, body: unknown): Promise<Record<string, unknown>> {
-  const res = await fetch(`${new URL(r.url).origin}/api/fabric.v1.${method}`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  expect(res.status, method).toBe(200);
-  return (await res.json()) as Record<string, unknown>;
+function api(r: Running, method: string, body: unknown): Promise<Record<string, unknown>> {
+  return adminApi(r, ADMIN, method, body);
 }
 
 interface WireHook {
