@@ -98,6 +98,20 @@ const NO_USAGE = Object.freeze({ tokens: 0, cost: 0 });
 const AGENT_TENANT = 'agent:';
 
 /**
+ * Refuses a tenant a caller names under {@link AGENT_TENANT}: those tenants are the agents' own
+ * (`scheduleFromAgent`), counted against `maxScheduledTasksPerAgent` (after a restart too) and
+ * evicting that agent's finished tasks, so an admin's task named so would take an agent's room.
+ */
+function checkTenant(tenant: unknown): void {
+  if (typeof tenant === 'string' && tenant.startsWith(AGENT_TENANT)) {
+    throw new InvalidArgumentError(
+      'tenant',
+      `must not start with "${AGENT_TENANT}": tenants so named are the tasks agents schedule themselves`,
+    );
+  }
+}
+
+/**
  * Deepest payload an agent may schedule ({@link AgentFabric.scheduleFromAgent}): a JSON level is
  * two protobuf levels in a `google.protobuf.Value`, and a claim's answer wraps the payload in
  * two more, so this is what a gRPC worker decodes under protobuf's default recursion limit
@@ -967,6 +981,7 @@ export class AgentFabric {
       throw new AgentUnavailableError(rec.id, rec.status);
     }
     const { agentId, taskType, payload, ...options } = request;
+    checkTenant(options.tenant);
     const held = this.#budgetHold(agentId, rec.poolId);
     return this.#committed(
       this.scheduler.schedule(
@@ -1024,13 +1039,24 @@ export class AgentFabric {
 
   /**
    * Queues a task to a pool, served by its least-loaded healthy agent.
-   * @throws PoolNotFoundError; PoolDrainingError; QueueFullError; InvalidArgumentError.
+   * @throws PoolNotFoundError; PoolDrainingError; QueueFullError; InvalidArgumentError (a tenant
+   *   named `agent:…`, kept for the tasks agents schedule themselves, included).
    */
   async scheduleToPool(
     poolId: string,
     taskType: string,
     payload?: unknown,
     options: ScheduleOptions = {},
+  ): Promise<Task> {
+    checkTenant(options?.tenant);
+    return this.#scheduleToPool(poolId, taskType, payload, options);
+  }
+
+  async #scheduleToPool(
+    poolId: string,
+    taskType: string,
+    payload: unknown,
+    options: ScheduleOptions,
   ): Promise<Task> {
     this.#open();
     this.pools.assertActive(poolId);
@@ -1087,7 +1113,7 @@ export class AgentFabric {
         `agent ${agentId} has ${mine.size} tasks it scheduled unfinished (maxScheduledTasksPerAgent ${limit}); wait for one to finish`,
       );
     }
-    const task = await this.scheduleToPool(poolId, taskType, payload, {
+    const task = await this.#scheduleToPool(poolId, taskType, payload, {
       tenant: `${AGENT_TENANT}${agentId}`,
       ...(options.timeoutSeconds === undefined ? {} : { timeoutSeconds: options.timeoutSeconds }),
     });

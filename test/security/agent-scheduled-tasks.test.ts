@@ -146,6 +146,35 @@ describe('tasks an agent schedules', () => {
     }
   });
 
+  it("cannot be crowded out by an operator's tasks named as the agent's own tenant", async () => {
+    // `agent:<id>` tenants are the agent's own: counted against maxScheduledTasksPerAgent (after
+    // a restart, from the store) and evicting its finished tasks. An operator naming one used to
+    // fill the agent's room: three such tasks, restart, and the agent could schedule nothing.
+    await start();
+    const attacker = agentId(sidecar!, 'attacker');
+    for (const [method, body] of [
+      ['ScheduleTaskToPool', { poolId: 'crew', taskType: 'ops' }],
+      ['ScheduleTask', { agentId: agentId(sidecar!, 'other'), taskType: 'ops' }],
+    ] as const) {
+      const res = await api(sidecar!, `FabricService/${method}`, {
+        ...body,
+        options: { tenant: `agent:${attacker}` },
+      });
+      expect(res.status).toBe(400);
+      expect(await res.text()).toMatch(/FABRIC_ERR_INVALID_ARGUMENT.*tenant/);
+    }
+    expect(sidecar!.fabric!.scheduler.listTasks().filter((t) => t.taskType === 'ops')).toEqual([]);
+    // Through the library as well, before anything is queued; other tenants still go.
+    await expect(
+      sidecar!.fabric!.scheduleToPool('crew', 'ops', null, { tenant: 'agent:x' }),
+    ).rejects.toThrow(/tenant must not start with "agent:"/);
+    await sidecar!.fabric!.scheduleToPool('crew', 'ops', null, { tenant: 'team-agent:x' });
+    // The agent's own three still fit.
+    const own = await client('attacker');
+    for (let i = 0; i < 3; i++) void schedule(own, { taskType: 'spam', payload: i });
+    await until(() => queuedBy('attacker').length === 3);
+  });
+
   it("of a plain call are cancelled when the sidecar stops cleanly (the call's answer would reach nobody)", async () => {
     const path = join(tempDir('agent-scheduled-stop'), 'state.db');
     sidecar = await startTestSidecar({
