@@ -335,7 +335,9 @@ export class ToolGateway implements SessionHost {
       : undefined;
     const answers = new CallbackAnswers(this.#backend, this.#audit, this.#log, this.metrics);
     this.#routes = new InflightRoutes(this.#log, (upstream, session, request, signal, send) => {
-      if (request.method !== 'sampling/createMessage') {
+      // A sampling request the client cannot take is answered without it (no model reads it):
+      // neither admitted against the budget nor charged.
+      if (request.method !== 'sampling/createMessage' || !session.takes(request.method)) {
         return answers.relay(upstream, session, request, signal, send());
       }
       // The agent's model reads the request: not sent when its budget has no room for it.

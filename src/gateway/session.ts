@@ -481,18 +481,29 @@ export class GatewaySession {
   }
 
   /**
+   * Whether {@link request} sends a server→client request of `method` to the client: false for
+   * sampling, elicitation and roots when the client did not declare the capability ({@link
+   * request} answers those itself, the client never sees them).
+   */
+  takes(method: string): boolean {
+    const caps = this.server.getClientCapabilities() ?? {};
+    if (method === 'roots/list') return caps.roots !== undefined;
+    if (method === 'sampling/createMessage') return caps.sampling !== undefined;
+    if (method === 'elicitation/create') return caps.elicitation !== undefined;
+    return true;
+  }
+
+  /**
    * Forwards a server→client request (sampling, elicitation, roots) to this agent's client.
    * @param relatedRequestId the agent's call that caused it (its HTTP stream carries it).
    */
   request(request: Request, signal: AbortSignal, relatedRequestId?: RequestId): Promise<Result> {
     // Answer for clients that did not declare the capability instead of sending them a request
     // they cannot handle.
-    const caps = this.server.getClientCapabilities() ?? {};
-    if (request.method === 'roots/list' && !caps.roots) return Promise.resolve({ roots: [] });
-    if (
-      (request.method === 'sampling/createMessage' && !caps.sampling) ||
-      (request.method === 'elicitation/create' && !caps.elicitation)
-    ) {
+    if (request.method === 'roots/list' && !this.takes(request.method)) {
+      return Promise.resolve({ roots: [] });
+    }
+    if (!this.takes(request.method)) {
       return Promise.reject(
         new McpError(
           ErrorCode.MethodNotFound,
