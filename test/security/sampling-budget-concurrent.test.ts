@@ -22,13 +22,10 @@ import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
-import { BudgetManager } from '../../src/budget/budget-manager.js';
 import { estimateTokens } from '../../src/gateway/tool-costs.js';
-import { SqliteStore } from '../../src/store/sqlite-store.js';
 import {
   agentId,
   agentToken,
-  api,
   auditLines,
   CALLBACK_SERVER,
   closeSidecar,
@@ -36,8 +33,10 @@ import {
   httpClient,
   metricValue,
   startTestSidecar,
+  storedTokensUsed,
   tempDir,
   text,
+  tokensStatus,
   until,
 } from '../fixtures/gateway/harness.js';
 
@@ -53,20 +52,6 @@ const ASKED = estimateTokens({
 /** Room for 5 requests, not 6. */
 const LIMIT = 5 * ASKED + ASKED / 2;
 const ANSWER = { role: 'assistant', model: 'm', content: { type: 'text', text: 'ok' } };
-
-async function budget(
-  sidecar: Sidecar,
-  agent: string,
-): Promise<{ used: number; reserved: number }> {
-  const res = await api(sidecar, 'BudgetService/GetBudgetStatus', {
-    scope: { agentId: agentId(sidecar, agent) },
-  });
-  expect(res.status).toBe(200);
-  const { status } = (await res.json()) as {
-    status: { tokens?: { used?: number; reserved?: number } };
-  };
-  return { used: Number(status.tokens?.used ?? 0), reserved: Number(status.tokens?.reserved ?? 0) };
-}
 
 describe('budget: samplings running at the same time cannot together pass a limit', () => {
   const dir = tempDir('sampling-concurrent');
@@ -106,17 +91,6 @@ describe('budget: samplings running at the same time cannot together pass a limi
     await closeSidecar(sidecar);
   });
 
-  /** Tokens used in the agent's scope as the state file holds them. */
-  async function storedTokens(): Promise<number> {
-    const store = await SqliteStore.open(join(dir, 'state.db'));
-    try {
-      return new BudgetManager({ store: store.budgets }).getStatus(agentId(sidecar, 'a'))
-        .tokensUsed;
-    } finally {
-      await store.close();
-    }
-  }
-
   it('50 samplings at once against room for 5: 5 run, 45 are refused, the store holds 5', async () => {
     expect(ASKED).toBeGreaterThan(1000);
     const result = await client.callTool(
@@ -134,8 +108,8 @@ describe('budget: samplings running at the same time cannot together pass a limi
     expect(JSON.parse(text(result))).toEqual({ results: 5, errors: 45 });
     // Charged: the 5 samplings' requests and answers, and the call's small result; nothing left
     // reserved.
-    await until(async () => (await budget(sidecar, 'a')).reserved === 0);
-    const { used } = await budget(sidecar, 'a');
+    await until(async () => (await tokensStatus(sidecar, 'a')).reserved === 0);
+    const { used } = await tokensStatus(sidecar, 'a');
     const samplings = 5 * (ASKED + estimateTokens(ANSWER));
     expect(used).toBeGreaterThan(samplings);
     expect(used).toBeLessThan(samplings + 50);
@@ -157,6 +131,8 @@ describe('budget: samplings running at the same time cannot together pass a limi
     expect(usedBeforeStop).toBeGreaterThan(5 * ASKED);
     await client.close();
     await closeSidecar(sidecar);
-    expect(await storedTokens()).toBe(usedBeforeStop);
+    expect(await storedTokensUsed(join(dir, 'state.db'), agentId(sidecar, 'a'))).toBe(
+      usedBeforeStop,
+    );
   });
 });

@@ -16,37 +16,25 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
-import { BudgetManager } from '../../src/budget/budget-manager.js';
-import { SqliteStore } from '../../src/store/sqlite-store.js';
 import {
   agentId,
   agentToken,
-  api,
   auditLines,
   CALLBACK_SERVER,
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
   startTestSidecar,
+  storedTokensUsed,
   tempDir,
   text,
+  tokensStatus,
   until,
 } from '../fixtures/gateway/harness.js';
 
 /** Characters of each sampling request's text (about 10,000 tokens). */
 const CHARS = 40_000;
 const LIMIT = 25_000;
-
-async function tokens(sidecar: Sidecar): Promise<{ used: number; reserved: number }> {
-  const res = await api(sidecar, 'BudgetService/GetBudgetStatus', {
-    scope: { agentId: agentId(sidecar, 'a') },
-  });
-  expect(res.status).toBe(200);
-  const { status } = (await res.json()) as {
-    status: { tokens?: { used?: number; reserved?: number } };
-  };
-  return { used: Number(status.tokens?.used ?? 0), reserved: Number(status.tokens?.reserved ?? 0) };
-}
 
 describe('budget: a sampling request the client cannot take is not charged', () => {
   const dir = tempDir('sampling-unsupported');
@@ -86,9 +74,9 @@ describe('budget: a sampling request the client cannot take is not charged', () 
       expect(result.isError).toBeFalsy();
       expect(JSON.parse(text(result))).toEqual({ results: 0, errors: 5 });
     }
-    await until(async () => (await tokens(sidecar)).reserved === 0);
-    // Only the two calls' small results are charged (the samplings would be ~100,000 tokens).
-    const { used } = await tokens(sidecar);
+    await until(async () => (await tokensStatus(sidecar, 'a')).reserved === 0);
+    // Only the calls' small results are charged (each sampling request is ~10,000 tokens).
+    const { used } = await tokensStatus(sidecar, 'a');
     expect(used).toBeLessThan(200);
     // No sampling was refused by the budget: the client could not take them.
     expect(auditLines(sidecar, auditPath, 'a', 'sampling/createMessage')).toEqual([]);
@@ -101,12 +89,6 @@ describe('budget: a sampling request the client cannot take is not charged', () 
 
     await client.close();
     await closeSidecar(sidecar);
-    const store = await SqliteStore.open(join(dir, 'state.db'));
-    try {
-      const stored = new BudgetManager({ store: store.budgets }).getStatus(agentId(sidecar, 'a'));
-      expect(stored.tokensUsed).toBeLessThan(300);
-    } finally {
-      await store.close();
-    }
+    expect(await storedTokensUsed(join(dir, 'state.db'), agentId(sidecar, 'a'))).toBeLessThan(300);
   }, 90_000);
 });
