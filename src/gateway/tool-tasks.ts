@@ -157,6 +157,13 @@ export interface ToolTaskRecord {
   readonly statusMessage?: string;
   /** Epoch ms. */
   readonly createdAt: number;
+  /**
+   * Where `tasks/list` sorts the task (then by id): its `createdAt`, raised past the last task
+   * made before it on this store, so a task made after the wall clock stepped back still comes
+   * after every cursor given before. Never moved by a step. Absent (stored before it was kept):
+   * `createdAt`.
+   */
+  readonly listedAt?: number;
   readonly updatedAt: number;
   /** Lifetime from creation, ms (as granted, after the bound). */
   readonly ttl: number;
@@ -286,6 +293,8 @@ export class ToolTasks {
   readonly #waiters = new Map<string, Set<() => void>>();
   /** Task ids per agent, oldest first (rebuilt from the store). */
   readonly #byAgent = new Map<string, Set<string>>();
+  /** The highest `listedAt` (see {@link ToolTaskRecord.listedAt}) of a task made or stored. */
+  #lastListed = 0;
   /**
    * When each task expires, on the monotonic clock (`performance.now()`): a ttl is a duration, so
    * a step of the wall clock (NTP, an operator setting the date) neither forgets every task (and
@@ -341,6 +350,8 @@ export class ToolTasks {
       .sort((a, b) => a.createdAt - b.createdAt);
     const maxTtl = this.#options.maxTtlMs;
     for (const stored of records) {
+      // Forgotten ones too: a cursor given before may name one.
+      this.#lastListed = Math.max(this.#lastListed, keyOf(stored).at);
       // A bound lowered since the task was made applies to it: its end is counted from its
       // createdAt with the cut ttl, and the store keeps the cut ttl.
       const r = stored.ttl > maxTtl ? Object.freeze({ ...stored, ttl: maxTtl }) : stored;
@@ -414,6 +425,8 @@ export class ToolTasks {
     const { agentId, poolId, labels } = identity;
     this.#makeRoom(agentId);
     const now = Date.now();
+    const listedAt = Math.max(now, this.#lastListed + 1);
+    this.#lastListed = listedAt;
     const asked = params.ttl;
     const ttl =
       typeof asked === 'number' && Number.isFinite(asked) && asked > 0
@@ -428,6 +441,7 @@ export class ToolTasks {
       ...(params.arguments === undefined ? {} : { arguments: params.arguments }),
       status: 'working',
       createdAt: now,
+      listedAt,
       updatedAt: now,
       ttl,
     };
@@ -622,10 +636,11 @@ export class ToolTasks {
   }
 
   /**
-   * The agent's tasks, oldest first (by `createdAt`, then id), {@link PAGE_SIZE} a page. A
-   * `nextCursor` names the page's last task by that sort key, so the next page starts after it
-   * whatever was forgotten or made meanwhile, also across a restart (a position in the list was
-   * numbered afresh at each start: tasks forgotten across it made a cursor skip as many).
+   * The agent's tasks, oldest first (by `listedAt`, then id: see {@link ToolTaskRecord.listedAt}),
+   * {@link PAGE_SIZE} a page. A `nextCursor` names the page's last task by that sort key, so the
+   * next page starts after it whatever was forgotten or made meanwhile (after it, also when the
+   * wall clock stepped back), also across a restart (a position in the list was numbered afresh
+   * at each start: tasks forgotten across it made a cursor skip as many).
    * @throws McpError InvalidParams (`FABRIC_ERR_INVALID_ARGUMENT`) for a cursor not of the form
    *   tasks/list gives (not a string, or not one encoded key): the same answer for every agent.
    *   A well-formed cursor only says where in the caller's own list to start.
@@ -635,22 +650,22 @@ export class ToolTasks {
     const records: ToolTaskRecord[] = [];
     for (const id of [...(this.#byAgent.get(agentId) ?? [])]) {
       const record = this.#live(id);
-      if (record !== undefined && (after === undefined || compareKeys(record, after) > 0)) {
+      if (record !== undefined && (after === undefined || compareKeys(keyOf(record), after) > 0)) {
         records.push(record);
       }
     }
-    records.sort(compareKeys);
+    records.sort((a, b) => compareKeys(keyOf(a), keyOf(b)));
     const page = records.slice(0, PAGE_SIZE);
     const tasks = page.map((r) => this.#toTask(r));
     return records.length > PAGE_SIZE
-      ? { tasks, nextCursor: encodeCursor(page.at(-1)!) }
+      ? { tasks, nextCursor: encodeCursor(keyOf(page.at(-1)!)) }
       : { tasks };
   }
 
   /**
    * The sort key a `tasks/list` cursor names (see {@link list}): the current key of the task it
-   * names when that is still the agent's (a step of the wall clock moved its `createdAt` across
-   * a restart), else the key as written in it.
+   * names when that is still the agent's (a step of the wall clock moved the `createdAt` of one
+   * stored without `listedAt` across a restart), else the key as written in it.
    */
   #cursorKey(agentId: string, cursor: unknown): ListKey {
     const key = decodeCursor(cursor);
@@ -658,7 +673,7 @@ export class ToolTasks {
       throw toMcpError(new InvalidArgumentError('tasks/list cursor', 'is not one tasks/list gave'));
     }
     const named = this.#store.get(key.taskId);
-    return named !== undefined && named.agentId === agentId ? named : key;
+    return named !== undefined && named.agentId === agentId ? keyOf(named) : key;
   }
 
   /**
@@ -917,20 +932,26 @@ export class ToolTasks {
   }
 }
 
-/** What orders `tasks/list`: a task's `createdAt`, then its id. */
+/** What orders `tasks/list`: a task's `listedAt` (`at`), then its id. */
 interface ListKey {
-  readonly createdAt: number;
+  readonly at: number;
   readonly taskId: string;
+}
+
+/** A record's {@link ListKey}. */
+function keyOf(r: ToolTaskRecord): ListKey {
+  const at = r.listedAt;
+  return { at: typeof at === 'number' && Number.isFinite(at) ? at : r.createdAt, taskId: r.taskId };
 }
 
 /** `tasks/list`'s order (see {@link ListKey}). */
 function compareKeys(a: ListKey, b: ListKey): number {
-  return a.createdAt - b.createdAt || (a.taskId < b.taskId ? -1 : a.taskId > b.taskId ? 1 : 0);
+  return a.at - b.at || (a.taskId < b.taskId ? -1 : a.taskId > b.taskId ? 1 : 0);
 }
 
 /** A `tasks/list` cursor: the key of a page's last task, as base64url (opaque to clients). */
 function encodeCursor(key: ListKey): string {
-  return Buffer.from(`${Math.floor(key.createdAt)}:${key.taskId}`).toString('base64url');
+  return Buffer.from(`${Math.floor(key.at)}:${key.taskId}`).toString('base64url');
 }
 
 /** What a cursor names as {@link encodeCursor} wrote it. */
@@ -946,8 +967,8 @@ function decodeCursor(cursor: unknown): ListKey | undefined {
   const text = Buffer.from(cursor, 'base64url').toString('latin1');
   const match = CURSOR_TEXT.exec(text);
   if (match === null || Buffer.from(text).toString('base64url') !== cursor) return undefined;
-  const createdAt = Number(match[1]);
-  return Number.isSafeInteger(createdAt) ? { createdAt, taskId: match[2]! } : undefined;
+  const at = Number(match[1]);
+  return Number.isSafeInteger(at) ? { at, taskId: match[2]! } : undefined;
 }
 
 /** Bytes of a finished record's result or error as JSON (what it holds for `tasks/result`). */

@@ -122,7 +122,8 @@ describe('ToolTasks', () => {
     }
     const given = tasks.list('owner').nextCursor!;
     const page = tasks.list('intruder', given);
-    expect(page.tasks.map((t) => t.taskId)).toEqual(mine.slice(100));
+    // Its own tasks made after the owner's 100th: its 100th (made just after it) and 101st.
+    expect(page.tasks.map((t) => t.taskId)).toEqual(mine.slice(99));
     const forged = Buffer.from(`0:tt_${'0'.repeat(8)}-0000-4000-8000-${'0'.repeat(12)}`).toString(
       'base64url',
     );
@@ -132,6 +133,37 @@ describe('ToolTasks', () => {
     ];
     expect(all.map((t) => t.taskId)).toEqual(mine);
     expect(all.some((t) => theirs.includes(t.taskId))).toBe(false);
+  });
+
+  it('pages on to a task made after the wall clock stepped back between the pages', () => {
+    // Found in review: the list was sorted by createdAt, so a task made after a step back sorted
+    // before the cursor and the paging client never saw it.
+    tasks = new ToolTasks({ maxPerAgent: 300 });
+    const made: string[] = [];
+    for (let i = 0; i < 101; i++) {
+      made.push(tasks.create({ agentId: 'a' }, 't', {}, never).task.taskId);
+      vi.advanceTimersByTime(1);
+    }
+    const first = tasks.list('a');
+    expect(first.tasks).toHaveLength(100);
+    vi.setSystemTime(Date.now() - 3_600_000);
+    const later = tasks.create({ agentId: 'a' }, 't', {}, never).task;
+    // It says when it was made, by the stepped clock; it is listed after the ones made before.
+    expect(Date.parse(later.createdAt)).toBe(Date.now());
+    const second = tasks.list('a', first.nextCursor);
+    expect(second.tasks.map((t) => t.taskId)).toEqual([made[100], later.taskId]);
+    expect(second.nextCursor).toBeUndefined();
+  });
+
+  it('lists tasks made in the same millisecond in the order they were made', () => {
+    tasks = new ToolTasks({ maxPerAgent: 300 });
+    const made = Array.from(
+      { length: 150 },
+      () => tasks.create({ agentId: 'a' }, 't', {}, never).task.taskId,
+    );
+    const first = tasks.list('a');
+    const listed = [...first.tasks, ...tasks.list('a', first.nextCursor).tasks];
+    expect(listed.map((t) => t.taskId)).toEqual(made);
   });
 
   it('refuses a tasks/list cursor it did not give, by the same rule for every agent', () => {
