@@ -111,13 +111,9 @@ describe('ToolTasks', () => {
     tasks = new ToolTasks({ maxPerAgent: 300 });
     const mine: string[] = [];
     const theirs: string[] = [];
-    // Each of mine a millisecond before the owner's next: no two tasks share a createdAt, so the
-    // owner's cursor (after its 100th, made after my 100th) starts the intruder at its 101st
-    // whatever the ids (which break ties in one millisecond).
     for (let i = 0; i < 101; i++) {
-      mine.push(tasks.create({ agentId: 'intruder' }, 't', {}, never).task.taskId);
-      vi.advanceTimersByTime(1);
       theirs.push(tasks.create({ agentId: 'owner' }, 't', {}, never).task.taskId);
+      mine.push(tasks.create({ agentId: 'intruder' }, 't', {}, never).task.taskId);
       vi.advanceTimersByTime(1);
     }
     const given = tasks.list('owner').nextCursor!;
