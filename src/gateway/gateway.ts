@@ -37,6 +37,7 @@ import type { Collection } from '../store/store.js';
 import type { TraceCarrier, Tracing } from '../telemetry/tracing.js';
 import {
   AgentUnavailableError,
+  BudgetExceededError,
   ClosedError,
   ConfigError,
   FabricError,
@@ -344,7 +345,9 @@ export class ToolGateway implements SessionHost {
       const asked = estimateTokens(request.params ?? {});
       const admitted = this.#backend.admitSampling?.(session.identity.agentId, asked);
       if (admitted instanceof FabricError) {
-        this.metrics.recordRefusal('denied', admitted.code);
+        // Over budget is a denial; a store that could not cover the hold is an error.
+        const outcome = admitted instanceof BudgetExceededError ? 'denied' : 'error';
+        this.metrics.recordRefusal(outcome, admitted.code);
         return Promise.reject(answers.refuse(upstream, session, request, admitted));
       }
       let answer: Promise<Result>;
