@@ -490,7 +490,9 @@ export class PoolManager {
    *   `LifecycleManager.terminate`), before the store commits it: the last call follows the
    *   last change (`AgentFabric.scalePool` marks the commit that carries it there).
    * @throws AgentLimitError when the agents it would add do not fit under `maxConcurrentAgents`
-   *   (nothing changes); what a spawn throws (a missing executor or provider: the size is kept).
+   *   and the size grows (nothing changes; a size no larger than the pool's spawns what fits and
+   *   leaves the rest to reconcile); what a spawn throws (a missing executor or provider: the
+   *   size is kept).
    */
   async scalePool(
     poolId: string,
@@ -503,18 +505,23 @@ export class PoolManager {
     this.#prune(rec);
     const target = Math.min(rec.maxAgents, Math.max(rec.minAgents, targetSize));
     // Refused whole, as createPool is: growing part of the way would leave agents spawned that
-    // the caller, answered with the error, never hears of.
+    // the caller, answered with the error, never hears of. Not a size no larger than the one
+    // the pool had (a pool short for want of room, scaled down): it asks for no agent the pool
+    // was not owed already, so it is kept, and what does not fit now is left to reconcile.
     const room = this.#host.agentRoom();
     const wanted = target - rec.agentIds.length;
-    if (wanted > room.free) throw new AgentLimitError(room.limit, wanted, room.free);
+    if (wanted > room.free && target > desiredOf(rec)) {
+      throw new AgentLimitError(room.limit, wanted, room.free);
+    }
     const before = rec.desired;
     rec.desired = target;
     this.#pools.put(poolId, rec);
     const current = rec.agentIds.length;
     if (target > current) {
-      let spawned: SpawnedAgent[];
+      let spawned: SpawnedAgent[] = [];
       try {
-        spawned = this.#grow(rec, target - current, 'scale');
+        const fits = Math.min(target - current, Math.max(0, room.free));
+        if (fits > 0) spawned = this.#grow(rec, fits, 'scale');
       } catch (err) {
         // Refused before any agent was spawned (a missing executor or provider): the
         // pool keeps the size it had — reconcile must not carry out a scale its caller saw fail.

@@ -105,6 +105,47 @@ describe('pools reconcile', () => {
     expect(seen.filter((s) => s.type === 'pool.agent.spawned')).toHaveLength(2);
   });
 
+  it('a pool short of its size for want of room is scaled down to a size still above what it has: not refused, and reconcile aims at the new size', async () => {
+    const seen = record(fabric);
+    const loners = [];
+    for (let i = 0; i < 2; i++) loners.push(await fabric.spawn({ model: 'm', name: `x${i}` }));
+    await fabric.createPool({
+      poolId: 'p',
+      model: 'm',
+      minAgents: 1,
+      maxAgents: 5,
+      executor: 'inprocess',
+    });
+    await fabric.scalePool('p', 4);
+    const [a, b, c, d] = (await fabric.getPool('p')).currentAgents;
+    // Others take the slots two lost pool agents free (maxConcurrentAgents is 6): the pool
+    // wants 4 and has 2, with no room.
+    fabric.pools.events.on(
+      'pool.agent.lost',
+      () => void fabric.spawn({ model: 'm', name: 'taker' }),
+    );
+    await fabric.terminate(a!);
+    await fabric.terminate(b!);
+    await vi.advanceTimersByTimeAsync(0);
+    expect((await fabric.getPool('p')).currentAgents).toEqual([c, d]);
+    const live = async () =>
+      (await fabric.listAgents()).filter((x) => x.status !== AgentStatus.TERMINATED).length;
+    expect(await live()).toBe(6);
+    // Lowering the size asks for no agent the limit does not already cover: it is not refused.
+    const change = await fabric.scalePool('p', 3);
+    expect(change.spawned).toEqual([]);
+    const pool = await fabric.getPool('p');
+    expect([pool.currentAgents, pool.desiredAgents]).toEqual([[c, d], 3]);
+    // A slot frees: the retry takes the pool to 3, not to the 4 it had.
+    await fabric.terminate(loners[0]!.id);
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect((await fabric.getPool('p')).currentAgents).toHaveLength(3);
+    await fabric.terminate(loners[1]!.id);
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect((await fabric.getPool('p')).currentAgents).toHaveLength(3);
+    expect(seen.filter((s) => s.type === 'pool.agent.spawned')).toHaveLength(5);
+  });
+
   it('a pool whose minAgents do not fit under maxConcurrentAgents is refused before any agent is spawned', async () => {
     await fabric.spawn({ model: 'm', name: 'solo', executor: 'inprocess' });
     const err = await fabric
