@@ -384,14 +384,25 @@ export class Sidecar {
           backgroundFailures.report('fabric: a background job failed', error),
         );
         // A pool that cannot keep its size (its executor or provider missing, no room for more
-        // agents, a start that failed) says so, rather than stay short in silence.
-        const poolStartFailures = new FailureLog({ log, level: 'warn' });
-        fabric.pools.events.on('pool.start.failed', ({ poolId, error, retryAt }) =>
-          poolStartFailures.report(
+        // agents, a start that failed) says so, rather than stay short in silence: each pool on
+        // its own window, so one failing for good does not hide another that starts to. Logs of
+        // pools deleted since are dropped when another pool first fails.
+        const poolStartFailures = new Map<string, FailureLog>();
+        const pools = fabric.pools;
+        pools.events.on('pool.start.failed', ({ poolId, error, retryAt }) => {
+          let failures = poolStartFailures.get(poolId);
+          if (failures === undefined) {
+            for (const id of poolStartFailures.keys()) {
+              if (pools.peek(id) === undefined) poolStartFailures.delete(id);
+            }
+            failures = new FailureLog({ log, level: 'warn' });
+            poolStartFailures.set(poolId, failures);
+          }
+          failures.report(
             `pool ${JSON.stringify(poolId)}: an agent could not be started (tried again from ${new Date(retryAt).toISOString()})`,
             error,
-          ),
-        );
+          );
+        });
         backend = new FabricBackend(fabric);
       }
       enter('agents');

@@ -13,7 +13,8 @@
  *   restarted with the plugin again, they run, and the plugin is told of the attempt the kill
  *   ended (the abort the second run held is not lost with it);
  * - a pool whose agent ends while the executor plugin is missing: the pool cannot replace it,
- *   and the log says why (not a silent stall).
+ *   and the log says why (not a silent stall); two such pools each get their line (one pool's
+ *   failures do not hide another's behind the log's window).
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -235,6 +236,40 @@ describe('agent-fabric serve: pool agents on a plugin executor, across restarts'
     expect(msg).toMatch(
       /^pool "gp": an agent could not be started .*names no registered executor: "gated" \(agents restored from the store wait for it/,
     );
+    expect(await stop(second, 'SIGTERM')).toBe(0);
+  }, 60_000);
+
+  it('two pools short at once: each says so, the second not hidden behind the first one’s window', async () => {
+    const dir = tempDir('plugin-exec-replace-two');
+    const port = await freePort();
+    writeConfig(dir, port, [{ module: EXECUTOR_PLUGIN }]);
+    const first = await serve(dir);
+    const agentOf = async (poolId: string): Promise<string> => {
+      const { pool } = await api<{ pool: { agentIds: string[] } }>(
+        first.url,
+        'FabricService/CreatePool',
+        { poolId, model: 'm', minAgents: 1, executor: 'gated' },
+      );
+      return pool.agentIds[0]!;
+    };
+    const a = await agentOf('ga');
+    const b = await agentOf('gb');
+    expect(await stop(first, 'SIGTERM')).toBe(0);
+
+    writeConfig(dir, port, []);
+    const second = await serve(dir);
+    const said = (poolId: string): string[] =>
+      second
+        .err()
+        .split('\n')
+        .filter((l) => l.includes(`pool \\"${poolId}\\": an agent could not be started`));
+    await api(second.url, 'FabricService/TerminateAgent', { agentId: a, drainTimeout: '0s' });
+    await until(() => said('ga').length > 0, 20_000);
+    // Pool ga goes on failing (its backoff retries) while gb starts to: gb is logged too.
+    await api(second.url, 'FabricService/TerminateAgent', { agentId: b, drainTimeout: '0s' });
+    await until(() => said('gb').length > 0, 20_000);
+    expect(said('ga')).toHaveLength(1);
+    expect(said('gb')).toHaveLength(1);
     expect(await stop(second, 'SIGTERM')).toBe(0);
   }, 60_000);
 });
