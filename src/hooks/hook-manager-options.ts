@@ -20,6 +20,8 @@ export const DEFAULT_PROGRESS_COMMIT_INTERVAL_MS = 1000;
 export const DEFAULT_MAINTENANCE_INTERVAL_SECONDS = 600;
 /** Default for {@link HookManagerOptions.maxReassignments}. */
 export const DEFAULT_MAX_REASSIGNMENTS = 3;
+/** Default for {@link HookManagerOptions.finishedRetention}. */
+export const DEFAULT_FINISHED_RETENTION = 10_000;
 /** Default for {@link HookManagerOptions.maxWorkItemBytes}: 256 KiB of JSON. */
 export const DEFAULT_MAX_WORK_ITEM_BYTES = 256 * 1024;
 /** Default for {@link HookManagerOptions.author}. */
@@ -98,6 +100,16 @@ export interface HookManagerOptions {
    */
   maxReassignments?: number;
   /**
+   * Finished (COMPLETED and FAILED) hooks kept: past this many, the oldest finished — by when
+   * they finished — are dropped from memory and from the next commit's tree (one commit,
+   * `trim: …`, after the change that went over). Their history stays in the state ref's log
+   * (`git log refs/fabric/hooks`); a dropped FAILED hook can no longer be reassigned. PENDING,
+   * ACTIVE and ABANDONED hooks are never dropped. A store opened with more than this many is
+   * trimmed in memory at once and in git with its next commit. `0` keeps none.
+   * @default 10000
+   */
+  finishedRetention?: number;
+  /**
    * Largest work item (and result) accepted, in bytes of JSON.
    * @default 262144
    */
@@ -150,6 +162,7 @@ export interface ResolvedHookManagerOptions {
   readonly progressCommitIntervalMs: number;
   readonly maintenanceIntervalSeconds: number;
   readonly maxReassignments: number;
+  readonly finishedRetention: number;
   readonly maxWorkItemBytes: number;
   readonly liveness: AgentLiveness | undefined;
   readonly fsync: boolean;
@@ -168,6 +181,7 @@ const KNOWN = new Set<string>([
   'progressCommitIntervalMs',
   'maintenanceIntervalSeconds',
   'maxReassignments',
+  'finishedRetention',
   'maxWorkItemBytes',
   'liveness',
   'fsync',
@@ -287,6 +301,12 @@ export function parseHookManagerOptions(
       'options.maxReassignments',
       o.maxReassignments,
       DEFAULT_MAX_REASSIGNMENTS,
+      'nonNegativeInt',
+    ),
+    finishedRetention: number(
+      'options.finishedRetention',
+      o.finishedRetention,
+      DEFAULT_FINISHED_RETENTION,
       'nonNegativeInt',
     ),
     maxWorkItemBytes: number(

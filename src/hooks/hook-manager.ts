@@ -46,7 +46,7 @@ import {
   type HookManagerOptions,
   type ResolvedHookManagerOptions,
 } from './hook-manager-options.js';
-import { HookStatus, canTransition, isOpenStatus } from './hook-status.js';
+import { HookStatus, canTransition, isFinishedStatus, isOpenStatus } from './hook-status.js';
 import { deepFreeze, toJsonValue } from './json-value.js';
 import { isAgentLiveness, type AgentLiveness } from './liveness.js';
 import { checkBranchName } from './ref-name.js';
@@ -198,6 +198,15 @@ export class HookManager {
    * {@link hookFor} reads, so an agent's lookup does not walk every hook the store ever held.
    */
   readonly #openByAgent = new Map<string, Map<string, Hook>>();
+  /** ABANDONED hooks, kept with `#hooks` by {@link #put}: what the patrol and recovery read. */
+  readonly #abandoned = new Map<string, Hook>();
+  /**
+   * Finished (COMPLETED and FAILED) hooks in the order they finished, oldest first, kept with
+   * `#hooks` by {@link #put}: past `finishedRetention`, the first ones are dropped.
+   */
+  readonly #finished = new Map<string, Hook>();
+  /** Hooks dropped from memory at open whose records the state tree still holds. */
+  #untrimmed: string[] = [];
   readonly #inflight = new Set<Promise<unknown>>();
   readonly #staleSeen = new Map<string, number>();
   #liveness: AgentLiveness | undefined;
@@ -646,8 +655,7 @@ export class HookManager {
       const now = this.#now();
       const staleMs = this.options.staleAfterSeconds * 1000;
       const out: PatrolHook[] = [];
-      for (const h of this.#sorted()) {
-        if (!isOpenStatus(h.status) && h.status !== HookStatus.ABANDONED) continue;
+      for (const h of this.#watched()) {
         const idle = now - h.lastProgressAt;
         const stale = isOpenStatus(h.status) && idle > staleMs;
         out.push(Object.freeze({ ...h, stale }));
@@ -715,9 +723,7 @@ export class HookManager {
     const skipped: { hookId: string; reason: string }[] = [];
     const exhausted: string[] = [];
     const limit = this.options.maxReassignments;
-    const abandoned: Hook[] = [];
-    for (const h of this.#hooks.values()) if (h.status === HookStatus.ABANDONED) abandoned.push(h);
-    abandoned.sort(byAge);
+    const abandoned = [...this.#abandoned.values()].sort(byAge);
     for (const h of abandoned) {
       if (h.reassignments >= limit) {
         try {
@@ -942,22 +948,83 @@ export class HookManager {
     return [...this.#hooks.values()].sort(byAge);
   }
 
-  /** Makes `record` the hook's current state, in `#hooks` and in `#openByAgent`. */
+  /** PENDING, ACTIVE and ABANDONED hooks (what the patrol reports), oldest first. */
+  #watched(): Hook[] {
+    const out = [...this.#abandoned.values()];
+    for (const mine of this.#openByAgent.values()) for (const h of mine.values()) out.push(h);
+    return out.sort(byAge);
+  }
+
+  /**
+   * Makes `record` the hook's current state, in `#hooks` and in the indexes by status
+   * (`#openByAgent`, `#abandoned`, `#finished`: a hook that finishes again goes to its end).
+   */
   #put(record: Hook): void {
     const id = record.hookId;
-    const before = this.#hooks.get(id);
-    if (before !== undefined) {
-      const theirs = this.#openByAgent.get(before.agentId);
-      if (theirs?.delete(id) === true && theirs.size === 0) {
-        this.#openByAgent.delete(before.agentId);
-      }
-    }
+    this.#unindex(id);
     this.#hooks.set(id, record);
     if (isOpenStatus(record.status)) {
       let mine = this.#openByAgent.get(record.agentId);
       if (mine === undefined) this.#openByAgent.set(record.agentId, (mine = new Map()));
       mine.set(id, record);
+    } else if (record.status === HookStatus.ABANDONED) {
+      this.#abandoned.set(id, record);
+    } else {
+      this.#finished.set(id, record);
     }
+  }
+
+  /** Takes the hook's current record out of the indexes by status. */
+  #unindex(id: string): void {
+    const before = this.#hooks.get(id);
+    if (before === undefined) return;
+    const theirs = this.#openByAgent.get(before.agentId);
+    if (theirs?.delete(id) === true && theirs.size === 0) {
+      this.#openByAgent.delete(before.agentId);
+    }
+    this.#abandoned.delete(id);
+    this.#finished.delete(id);
+  }
+
+  /** Drops a hook from memory (see `finishedRetention`). */
+  #forget(id: string): void {
+    this.#unindex(id);
+    this.#hooks.delete(id);
+    this.#staleSeen.delete(id);
+  }
+
+  /**
+   * The finished hooks to drop when `staged` is committed — the oldest beyond
+   * `finishedRetention` once the batch's own finish (and reopen) — after those dropped at open
+   * that the tree still holds. Hooks the batch changes are dropped only if they finish in it.
+   */
+  #planTrim(staged: ReadonlyMap<string, Hook>): string[] {
+    const drop = [...this.#untrimmed];
+    const finishing: string[] = [];
+    let reopening = 0;
+    for (const r of staged.values()) {
+      const was = this.#finished.has(r.hookId);
+      if (isFinishedStatus(r.status)) {
+        if (!was) finishing.push(r.hookId);
+      } else if (was) {
+        reopening++;
+      }
+    }
+    let excess =
+      this.#finished.size - reopening + finishing.length - this.options.finishedRetention;
+    if (excess <= 0) return drop;
+    for (const id of this.#finished.keys()) {
+      if (excess === 0) break;
+      if (staged.has(id)) continue;
+      drop.push(id);
+      excess--;
+    }
+    for (const id of finishing) {
+      if (excess === 0) break;
+      drop.push(id);
+      excess--;
+    }
+    return drop;
   }
 
   #mustGet(get: (hookId: string) => Hook | undefined, hookId: string): Hook {
@@ -1088,7 +1155,20 @@ export class HookManager {
       }
       this.#hooks.clear();
       this.#openByAgent.clear();
-      for (const r of records) this.#put(deepFreeze(r));
+      this.#abandoned.clear();
+      this.#finished.clear();
+      // Finished ones in the order they finished, so the oldest are dropped first.
+      const finished = records.filter((r) => isFinishedStatus(r.status)).sort(byFinish);
+      for (const r of records) if (!isFinishedStatus(r.status)) this.#put(deepFreeze(r));
+      for (const r of finished) this.#put(deepFreeze(r));
+      // Over the limit (it was lowered, or the store predates it): dropped from memory now and
+      // from the tree with the next commit.
+      this.#untrimmed = [];
+      for (const id of this.#finished.keys()) {
+        if (this.#finished.size - this.#untrimmed.length <= o.finishedRetention) break;
+        this.#untrimmed.push(id);
+      }
+      for (const id of this.#untrimmed) this.#forget(id);
       if (o.useGitWorktree) {
         if (!bare) await excludeWorktrees(gitDir, o.storagePath, o.worktreeRoot);
         this.#worktrees = new WorktreeManager(git, o.worktreeRoot, o.baseBranch ?? 'HEAD');
@@ -1278,11 +1358,18 @@ export class HookManager {
         const changes = accepted.flatMap(({ change }) =>
           change === null || 'held' in change ? [] : [change],
         );
+        const trim = changes.length === 0 ? [] : this.#planTrim(staged);
         let commits: string[];
         try {
           commits = await this.#store!.commit(
             changes.map((c): StateChange => ({ record: c.record, message: c.message })),
             now,
+            trim.length === 0
+              ? undefined
+              : {
+                  hookIds: trim,
+                  message: trimMessage(trim.length, this.options.finishedRetention),
+                },
           );
         } catch (err) {
           if (err instanceof HookStoreError) this.#lastError = err;
@@ -1313,6 +1400,10 @@ export class HookManager {
           q.resolve(change.record);
           change.announce?.(commit);
         }
+        if (trim.length > 0) {
+          for (const id of trim) this.#forget(id);
+          this.#untrimmed = [];
+        }
       }
     } finally {
       this.#draining = false;
@@ -1323,8 +1414,7 @@ export class HookManager {
   async #abandonDead(): Promise<void> {
     const liveness = this.#liveness;
     if (liveness === undefined) return;
-    const open = [...this.#hooks.values()].filter((h) => isOpenStatus(h.status));
-    const agents = [...new Set(open.map((h) => h.agentId))];
+    const agents = [...this.#openByAgent.keys()];
     const verdicts = await Promise.all(
       agents.map(async (agentId): Promise<[string, boolean]> => {
         try {
@@ -1336,8 +1426,9 @@ export class HookManager {
       }),
     );
     const dead = new Set(verdicts.filter(([, alive]) => !alive).map(([id]) => id));
-    const work = open
-      .filter((h) => dead.has(h.agentId))
+    const work = agents
+      .filter((agentId) => dead.has(agentId))
+      .flatMap((agentId) => [...(this.#openByAgent.get(agentId)?.values() ?? [])])
       .map((seen) =>
         this.#submit(seen.hookId, (get, now) => {
           const h = get(seen.hookId);
@@ -1387,6 +1478,20 @@ export class HookManager {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/** First finished first (`updatedAt` of a finished hook is when it finished); the id breaks ties. */
+function byFinish(a: Hook, b: Hook): number {
+  return a.updatedAt - b.updatedAt || (a.hookId < b.hookId ? -1 : a.hookId > b.hookId ? 1 : 0);
+}
+
+/** The message of the commit that drops finished hooks past `finishedRetention`. */
+function trimMessage(count: number, retention: number): string {
+  return [
+    `trim: ${count} finished hook(s) dropped (finishedRetention ${retention})`,
+    '',
+    `Dropped: ${count}`,
+  ].join('\n');
+}
 
 /** Oldest first; the id breaks ties so the order is stable. */
 function byAge(a: Hook, b: Hook): number {

@@ -43,3 +43,8 @@ export function canTransition(from: HookStatus, to: HookStatus): boolean {
 export function isOpenStatus(status: HookStatus): boolean {
   return status === HookStatus.PENDING || status === HookStatus.ACTIVE;
 }
+
+/** Statuses of finished hooks (COMPLETED, FAILED): what `finishedRetention` bounds. */
+export function isFinishedStatus(status: HookStatus): boolean {
+  return status === HookStatus.COMPLETED || status === HookStatus.FAILED;
+}

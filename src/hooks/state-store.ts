@@ -522,11 +522,17 @@ export class HookStateStore {
   }
 
   /**
-   * Commits `changes` in order, one commit each, and moves the ref once, from the head it was
-   * loaded at (or last moved to) to the last new commit. Returns the commit ids.
+   * Commits `changes` in order, one commit each, then — when `trim` names hooks — one more
+   * commit whose tree no longer holds them, and moves the ref once, from the head it was loaded
+   * at (or last moved to) to the last new commit. Returns the commit ids of `changes` (not the
+   * trim's). A hook named by `trim` that the tree does not hold is passed over.
    * @throws HookStoreError when git fails or the ref moved under us; nothing is changed then.
    */
-  async commit(changes: readonly StateChange[], now: number): Promise<string[]> {
+  async commit(
+    changes: readonly StateChange[],
+    now: number,
+    trim?: { readonly hookIds: readonly string[]; readonly message: string },
+  ): Promise<string[]> {
     if (changes.length === 0) return [];
     const shards = new Map(this.#shards);
     const shardTrees = new Map(this.#shardTrees);
@@ -535,19 +541,18 @@ export class HookStateStore {
     let parent = this.#head;
     try {
       const formatOid = this.#formatOid ?? w.blob(formatJson());
-      for (const { record, message } of changes) {
-        const shard = hookShard(record.hookId);
-        // Compact: indentation of a deeply nested result multiplied its size by up to ~60.
-        const blob = w.blob(`${JSON.stringify(record)}\n`);
-        const entries = new Map(shards.get(shard) ?? []);
-        entries.set(`${record.hookId}.json`, blob);
-        shards.set(shard, entries);
-        shardTrees.set(shard, w.tree([...entries].map(([name, oid]) => file(name, oid))));
-        const hooksTree = w.tree([...shardTrees].map(([name, oid]) => dir(name, oid)));
-        const root = w.tree([file('format.json', formatOid), dir('hooks', hooksTree)]);
+      const commitTree = (message: string): string => {
+        const root = w.tree(
+          shardTrees.size === 0
+            ? [file('format.json', formatOid)]
+            : [
+                file('format.json', formatOid),
+                dir('hooks', w.tree([...shardTrees].map(([name, oid]) => dir(name, oid)))),
+              ],
+        );
         const parents = parent === undefined ? [] : [parent];
         const key = this.#o.signing?.key;
-        parent = w.commit({
+        return w.commit({
           tree: root,
           parents,
           name: this.#o.author.name,
@@ -559,7 +564,39 @@ export class HookStateStore {
               ? message
               : `${message.replace(/\n*$/, '')}\n${STATE_MAC_TRAILER}: ${stateMac(key, root, parents)}`,
         });
+      };
+      for (const { record, message } of changes) {
+        const shard = hookShard(record.hookId);
+        // Compact: indentation of a deeply nested result multiplied its size by up to ~60.
+        const blob = w.blob(`${JSON.stringify(record)}\n`);
+        const entries = new Map(shards.get(shard) ?? []);
+        entries.set(`${record.hookId}.json`, blob);
+        shards.set(shard, entries);
+        shardTrees.set(shard, w.tree([...entries].map(([name, oid]) => file(name, oid))));
+        parent = commitTree(message);
         commits.push(parent);
+      }
+      if (trim !== undefined && trim.hookIds.length > 0) {
+        const touched = new Set<string>();
+        for (const hookId of trim.hookIds) {
+          const shard = hookShard(hookId);
+          const entries = shards.get(shard);
+          if (entries === undefined || !entries.has(`${hookId}.json`)) continue;
+          const left = new Map(entries);
+          left.delete(`${hookId}.json`);
+          shards.set(shard, left);
+          touched.add(shard);
+        }
+        for (const shard of touched) {
+          const entries = shards.get(shard)!;
+          if (entries.size === 0) {
+            shards.delete(shard);
+            shardTrees.delete(shard);
+          } else {
+            shardTrees.set(shard, w.tree([...entries].map(([name, oid]) => file(name, oid))));
+          }
+        }
+        if (touched.size > 0) parent = commitTree(trim.message);
       }
       // Objects first, then the ref: a crash in between leaves only unreachable objects.
       await w.flush();

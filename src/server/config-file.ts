@@ -504,6 +504,11 @@ export const sidecarConfigSchema = z
          */
         maintenanceIntervalSeconds: timerSeconds().min(0).optional(),
         maxReassignments: z.number().int().min(0).optional(),
+        /**
+         * Finished (COMPLETED, FAILED) hooks kept (HookManager default 10000; 0: none): the oldest
+         * finished beyond it leave memory and the state tree; `git log` of the ref keeps them.
+         */
+        finishedRetention: z.number().int().min(0).optional(),
       })
       .strict()
       .optional(),

@@ -875,6 +875,7 @@ function hookOptions(h: NonNullable<SidecarConfig['hooks']>): NonNullable<Fabric
     progressCommitIntervalMs,
     maintenanceIntervalSeconds,
     maxReassignments,
+    finishedRetention,
     ...always
   } = h;
   return {
@@ -885,6 +886,7 @@ function hookOptions(h: NonNullable<SidecarConfig['hooks']>): NonNullable<Fabric
     ...(progressCommitIntervalMs === undefined ? {} : { progressCommitIntervalMs }),
     ...(maintenanceIntervalSeconds === undefined ? {} : { maintenanceIntervalSeconds }),
     ...(maxReassignments === undefined ? {} : { maxReassignments }),
+    ...(finishedRetention === undefined ? {} : { finishedRetention }),
   };
 }
 
