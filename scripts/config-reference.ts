@@ -250,6 +250,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     "How often (at most) the hook store gets `git gc --auto` (default 600; 0: never): only after hooks were committed, one run at a time, off the transitions' path; packs loose objects past the repository's `gc.auto` (≤ git's 6700, ~1300 transitions; other gc settings pinned) and packs refs. Failures are logged.",
   'hooks.maxReassignments':
     'Reassignments of one hook (after it was abandoned or failed, hand-backs to the same agent included) before recovery gives up on it: it ends FAILED.',
+  'hooks.finishedRetention':
+    "Finished (COMPLETED, FAILED) hooks kept (default 10000; 0: none): past it the oldest finished leave memory and the next commit's state tree (a `trim:` commit); `git log refs/fabric/hooks` keeps their history. Open and ABANDONED hooks are never dropped; a dropped FAILED hook can no longer be reassigned.",
 };
 
 type Json = Record<string, unknown>;

@@ -1,7 +1,7 @@
 /**
  * `hookFor` is what every agent asks on start, on reconnect and on each worker hook check
- * (`fabric__get_hook`, gRPC `GetHook`, `FabricWorker` every `hookCheckSeconds`). Hooks are never
- * removed from the store, so a long-running sidecar holds every hook ever made; an answer that
+ * (`fabric__get_hook`, gRPC `GetHook`, `FabricWorker` every `hookCheckSeconds`). A long-running
+ * sidecar holds up to `finishedRetention` (default 10,000) finished hooks; an answer that
  * read (and sorted) all of them cost each call O(N log N) on the event loop — about 40 ms of CPU
  * with 20,000 hooks, which one agent calling `get_hook` in a loop turned into a stall for every
  * other agent. The answer now reads only the asking agent's open (PENDING and ACTIVE) hooks.
