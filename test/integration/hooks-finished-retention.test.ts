@@ -8,6 +8,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { HookManager, HookStatus, type Hook, type StateSigning } from '../../src/hooks/index.js';
+import { sortedElements } from '../fixtures/hooks/sort-count.js';
 import { git, tempDir, type TempDir } from '../fixtures/hooks/temp-store.js';
 import { HOOKS_REF } from '../../src/hooks/state-store.js';
 
@@ -196,17 +197,7 @@ describe('hooks.finishedRetention', () => {
     await hooks.abandonHook(gone.hookId, 'gone');
     now += 10;
 
-    let sorted = 0;
-    const sort = Array.prototype.sort;
-    vi.spyOn(Array.prototype, 'sort').mockImplementation(function (
-      this: unknown[],
-      compare?: (a: unknown, b: unknown) => number,
-    ) {
-      sorted += this.length;
-      return sort.call(this, compare);
-    });
-    const report = await hooks.checkPendingHooks();
-    vi.restoreAllMocks();
+    const { value: report, sorted } = await sortedElements(() => hooks.checkPendingHooks());
     expect(report.map((h) => h.hookId)).toEqual([open.hookId, gone.hookId]);
     // Old code: 302 elements sorted.
     expect(sorted).toBeLessThanOrEqual(2);

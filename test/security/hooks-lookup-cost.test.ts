@@ -11,6 +11,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { HookManager, HookStatus, type Hook } from '../../src/hooks/index.js';
+import { sortedElements } from '../fixtures/hooks/sort-count.js';
 import { tempDir, type TempDir } from '../fixtures/hooks/temp-store.js';
 
 let dir: TempDir;
@@ -36,24 +37,6 @@ function manager(clock: () => number): HookManager {
   });
   opened.push(m);
   return m;
-}
-
-/** Elements of every array sorted while `fn` runs. */
-async function sortedElements<T>(fn: () => Promise<T>): Promise<{ value: T; sorted: number }> {
-  let sorted = 0;
-  const sort = Array.prototype.sort;
-  const spy = vi.spyOn(Array.prototype, 'sort').mockImplementation(function (
-    this: unknown[],
-    compare?: (a: unknown, b: unknown) => number,
-  ) {
-    sorted += this.length;
-    return sort.call(this, compare);
-  });
-  try {
-    return { value: await fn(), sorted };
-  } finally {
-    spy.mockRestore();
-  }
 }
 
 describe("hookFor reads the asking agent's open hooks, not every hook ever made", () => {
