@@ -122,6 +122,17 @@ export interface ObjectCounts {
   readonly packs: number;
 }
 
+/**
+ * A worktree folder of a hook the store no longer holds (finished, then dropped by
+ * `finishedRetention`) was left in place at open: it has changes git would lose, possibly an
+ * agent's uncommitted work. Remove it by hand once saved (`git worktree remove --force`).
+ */
+export interface WorktreeKeptEvent {
+  readonly hookId: string;
+  /** The folder. */
+  readonly path: string;
+}
+
 /** Event name → payload. */
 export interface HookEventMap {
   'hook.created': HookTransitionEvent;
@@ -138,6 +149,7 @@ export interface HookEventMap {
   'store.ref_lock_removed': RefLockRemovedEvent;
   'store.lock_restored': LockRestoredEvent;
   'store.lock_lost': LockLostEvent;
+  'store.worktree_kept': WorktreeKeptEvent;
   /** The store was maintained (`git gc --auto`; it may have found nothing to do). */
   'store.maintained': MaintenanceEvent;
   /** A maintenance run failed; hooks go on being committed (the next run tries again). */

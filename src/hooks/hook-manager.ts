@@ -6,8 +6,8 @@
  */
 import { appendFile, chmod, mkdir, readFile, rm } from 'node:fs/promises';
 import { exists } from './fs-exists.js';
-import { dirname, join, relative, sep } from 'node:path';
-import { simpleGit } from 'simple-git';
+import { basename, dirname, join, relative, sep } from 'node:path';
+import { simpleGit, type SimpleGit } from 'simple-git';
 import {
   ClosedError,
   FabricError,
@@ -1172,7 +1172,13 @@ export class HookManager {
       if (o.useGitWorktree) {
         if (!bare) await excludeWorktrees(gitDir, o.storagePath, o.worktreeRoot);
         this.#worktrees = new WorktreeManager(git, o.worktreeRoot, o.baseBranch ?? 'HEAD');
-        await this.#worktrees.removeOrphans((id) => this.#hooks.has(id));
+        const { kept } = await this.#worktrees.removeOrphans(
+          (id) => this.#hooks.has(id),
+          (id) => inHistory(git, id),
+        );
+        for (const path of kept) {
+          this.#events.emit('store.worktree_kept', { hookId: basename(path), path });
+        }
       }
       this.#store = store;
       this.#lock = lock;
@@ -1667,4 +1673,31 @@ async function excludeWorktrees(gitDir: string, storagePath: string, root: strin
   await mkdir(dirname(file), { recursive: true, mode: PRIVATE_DIR_MODE });
   const prefix = current === '' || current.endsWith('\n') ? '' : '\n';
   await appendFile(file, `${prefix}# agent-fabric hook worktrees\n${pattern}\n`, { mode: 0o600 });
+}
+
+/**
+ * Whether a commit of the state ref names `hookId` (`Hook-Id:` trailer): the hook was once in
+ * the store. False when the ref does not exist (nothing was ever committed); true when git
+ * cannot tell otherwise (the folder is then kept, not forced out).
+ */
+async function inHistory(git: SimpleGit, hookId: string): Promise<boolean> {
+  const ref = await git.raw(['rev-parse', '--verify', '-q', HOOKS_REF]).then(
+    (out) => out.trim(),
+    () => '',
+  );
+  if (ref === '') return false;
+  try {
+    const out = await git.raw([
+      'log',
+      '-1',
+      '--format=%H',
+      '--fixed-strings',
+      `--grep=Hook-Id: ${hookId}`,
+      HOOKS_REF,
+      '--',
+    ]);
+    return out.trim() !== '';
+  } catch {
+    return true;
+  }
 }

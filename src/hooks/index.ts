@@ -63,6 +63,7 @@ export type {
   HookStaleEvent,
   HookTransitionEvent,
   LockLostEvent,
+  WorktreeKeptEvent,
   LockRestoredEvent,
   MaintenanceEvent,
   ObjectCounts,

@@ -138,21 +138,43 @@ export class WorktreeManager {
   /**
    * Removes the worktree folders under the root that belong to no hook (`known` says which ids
    * do): what a create cut short by a crash left — its hook was never committed, so no caller
-   * was told of it, and its branch stays checked out there until the folder goes. Branches are
-   * kept. Returns the paths removed.
+   * was told of it, and its branch stays checked out there until the folder goes. A folder with
+   * changes git would lose (`worktree remove` without `--force` refuses) is forced out only when
+   * `committed` says its hook never reached the store's history; a hook that did — finished,
+   * then dropped by `finishedRetention` — may have an agent's uncommitted work there, so its
+   * folder stays (returned in `kept`). Branches are kept.
    */
-  async removeOrphans(known: (hookId: string) => boolean): Promise<string[]> {
+  async removeOrphans(
+    known: (hookId: string) => boolean,
+    committed: (hookId: string) => Promise<boolean>,
+  ): Promise<{ removed: string[]; kept: string[] }> {
     let names: string[];
     try {
       names = await readdir(this.#root);
     } catch {
-      return []; // no root yet
+      return { removed: [], kept: [] }; // no root yet
     }
     const removed: string[] = [];
+    const kept: string[] = [];
+    let noFilters: string[] | undefined;
     for (const name of names) {
       if (!isHookId(name) || known(name)) continue;
       const path = join(this.#root, name);
-      await this.#git.raw(['worktree', 'remove', '--force', path]).catch(() => undefined);
+      // Without `--force` git runs `status` there: the shared config's filter drivers off, as
+      // in remove().
+      noFilters ??= await filterOverrides(() =>
+        this.#git.raw(['config', '--get-regexp', '^filter\\.']),
+      );
+      const clean = await this.#git.raw([...noFilters, 'worktree', 'remove', path]).then(
+        () => true,
+        () => false,
+      );
+      if (!clean && (await committed(name))) {
+        kept.push(path);
+        continue;
+      }
+      if (!clean)
+        await this.#git.raw(['worktree', 'remove', '--force', path]).catch(() => undefined);
       // Not (or no longer) registered with git: the folder alone. Best effort: a git the crash
       // left running may still be writing there (then the folder stays, and a create of that
       // hook id is refused as before).
@@ -164,7 +186,7 @@ export class WorktreeManager {
       }
     }
     if (removed.length > 0) await this.#git.raw(['worktree', 'prune']).catch(() => undefined);
-    return removed;
+    return { removed, kept };
   }
 
   /** Deletes `branch` (used to undo a branch created for a hook that was never committed). */

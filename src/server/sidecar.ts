@@ -326,6 +326,12 @@ export class Sidecar {
             }`,
           }),
         );
+        fabric.hooks?.on('store.worktree_kept', ({ hookId, path }) =>
+          log({
+            level: 'warn',
+            msg: `hooks: kept the worktree of hook ${hookId} at ${path}: the hook is no longer in the store (finishedRetention) and the folder has changes git would lose; remove it by hand once saved (git worktree remove --force)`,
+          }),
+        );
         fabric.hooks?.on('store.ref_lock_removed', ({ path, ageMs }) =>
           log({
             level: 'warn',

@@ -3,13 +3,15 @@
  * of it) for a hook that was never committed: no caller was told of it, and its branch stayed
  * checked out there, so the caller's retry on the same branch failed for good, with git's
  * "Preparing worktree" line as the reason. The store now removes such folders when it opens.
+ * A folder of a hook that was in the store (finished, then dropped by `finishedRetention`) and
+ * holds changes git would lose is kept and announced (`store.worktree_kept`), not forced out.
  * Real git, real repositories in temp dirs.
  */
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { HookManager } from '../../src/hooks/index.js';
+import { HookManager, type WorktreeKeptEvent } from '../../src/hooks/index.js';
 import { generateHookId } from '../../src/hooks/hook-id.js';
 import { git, tempDir, type TempDir } from '../fixtures/hooks/temp-store.js';
 
@@ -51,5 +53,38 @@ describe('a worktree left by a create cut short', () => {
     await expect(
       hooks.createHook({ agentId: 'b', workItem: 2, branch: 'agent/busy' }),
     ).rejects.toThrow(/fatal: 'agent\/busy' is already checked out/);
+  });
+});
+
+describe('a worktree of a finished hook dropped by finishedRetention', () => {
+  it('is kept (and announced) when it holds uncommitted work; removed when clean', async () => {
+    dir = await tempDir('hooks-dropped-worktree-');
+    const options = { storagePath: dir.path, useGitWorktree: true, finishedRetention: 1 };
+    hooks = await HookManager.open(options);
+    const finish = async (workItem: number) => {
+      const h = await hooks!.createHook({ agentId: 'a', workItem, branch: `agent/w${workItem}` });
+      await hooks!.activateHook(h.hookId, { agentId: 'a' });
+      return h;
+    };
+    const dirty = await finish(1);
+    const clean = await finish(2);
+    // The agent's work, not committed yet, in the first hook's worktree.
+    await writeFile(join(dirty.worktreePath!, 'unsaved.txt'), "an agent's work");
+    await hooks.completeHook(dirty.hookId, 'ok', { agentId: 'a' });
+    await hooks.completeHook(clean.hookId, 'ok', { agentId: 'a' });
+    const last = await finish(3);
+    await hooks.completeHook(last.hookId, 'ok', { agentId: 'a' });
+    await hooks.close();
+
+    hooks = new HookManager(options);
+    const kept: WorktreeKeptEvent[] = [];
+    hooks.on('store.worktree_kept', (e) => kept.push(e));
+    await hooks.open();
+    // Both were dropped from the store; only the clean folder went.
+    expect((await hooks.listHooks()).map((h) => h.hookId)).toEqual([last.hookId]);
+    expect(existsSync(join(dirty.worktreePath!, 'unsaved.txt'))).toBe(true);
+    expect(kept).toEqual([{ hookId: dirty.hookId, path: dirty.worktreePath! }]);
+    expect(existsSync(clean.worktreePath!)).toBe(false);
+    expect(existsSync(last.worktreePath!)).toBe(true);
   });
 });
