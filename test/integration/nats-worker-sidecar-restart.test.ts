@@ -30,6 +30,22 @@ afterAll(cleanUp);
  * Starts `worker.run(handlers)`: its stop, how it ended so far (undefined while it runs,
  * `'resolved'`, or what it rejected with) and its end.
  */
+/** A transport of the agent, connected once a sidecar answers it (it may still be starting). */
+async function connectWhenAnswered(
+  options: Parameters<typeof NatsWorkerTransport.connect>[0],
+): Promise<NatsWorkerTransport> {
+  let transport: NatsWorkerTransport | undefined;
+  await until(async () => {
+    try {
+      transport = await NatsWorkerTransport.connect(options);
+      return true;
+    } catch {
+      return false;
+    }
+  }, 20_000);
+  return transport!;
+}
+
 function startRun(
   worker: FabricWorker,
   handlers: Readonly<Record<string, WorkerHandler>>,
@@ -212,16 +228,8 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
     const other = new AgentFabric({ heartbeatIntervalSeconds: 60 }, { nats });
     await other.start();
     const options = { nats, agentId, reportTimeoutMs: 300 };
-    let transport: NatsWorkerTransport | undefined;
-    await until(async () => {
-      try {
-        transport = await NatsWorkerTransport.connect({ ...options, credential });
-        return true;
-      } catch {
-        return false;
-      }
-    }, 20_000);
-    await transport!.close();
+    const transport = await connectWhenAnswered({ ...options, credential });
+    await transport.close();
     // A wrong credential, its sidecar up: refused, and the run ends saying so.
     const wrong = FabricWorker.withTransport(
       await NatsWorkerTransport.connect({ ...options, credential: `${credential}x` }),
@@ -269,16 +277,8 @@ describeNats('FabricWorker.run() over NATS when its sidecar restarts', () => {
     });
     const { dir, statePath, agentId, credential } = set;
     const options = { nats, agentId, reportTimeoutMs: 500 };
-    let transport: NatsWorkerTransport | undefined;
-    await until(async () => {
-      try {
-        transport = await NatsWorkerTransport.connect({ ...options, credential });
-        return true;
-      } catch {
-        return false;
-      }
-    }, 20_000);
-    const worker = FabricWorker.withTransport(transport!, {
+    const transport = await connectWhenAnswered({ ...options, credential });
+    const worker = FabricWorker.withTransport(transport, {
       heartbeatSeconds: 0.5,
       claimWaitSeconds: 1,
     });

@@ -21,7 +21,7 @@ import {
   startTestSidecar,
   tempDir,
   text,
-  until,
+  untilTool,
 } from '../fixtures/gateway/harness.js';
 
 describe('a sampling request whose budget hold the store cannot cover', () => {
@@ -48,9 +48,7 @@ describe('a sampling request whose budget hold the store cannot cover', () => {
       runs += 1;
       return { role: 'assistant', model: 'm', content: { type: 'text', text: 'ok' } };
     });
-    await until(async () =>
-      (await client!.listTools()).tools.some((t) => t.name === 'cb__sample_many'),
-    );
+    await untilTool(client, 'cb__sample_many');
     // A first call: the tool's estimate is learned and the budget's lease is on disk.
     await client.callTool({ name: 'cb__sample_many', arguments: { count: 1, chars: 10 } });
     expect(runs).toBe(1);

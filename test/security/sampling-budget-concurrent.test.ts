@@ -38,6 +38,7 @@ import {
   text,
   tokensStatus,
   until,
+  untilTool,
 } from '../fixtures/gateway/harness.js';
 
 /** Sampling requests the upstream sends at once. */
@@ -80,10 +81,7 @@ describe('budget: samplings running at the same time cannot together pass a limi
       await until(() => runs + refused() >= COUNT, 30_000);
       return ANSWER;
     });
-    await until(async () => {
-      const names = (await client.listTools()).tools.map((t) => t.name);
-      return names.includes('cb__sample_many');
-    }, 30_000);
+    await untilTool(client, 'cb__sample_many');
   }, 60_000);
 
   afterAll(async () => {

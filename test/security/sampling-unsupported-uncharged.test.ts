@@ -30,6 +30,7 @@ import {
   text,
   tokensStatus,
   until,
+  untilTool,
 } from '../fixtures/gateway/harness.js';
 
 /** Characters of each sampling request's text (about 10,000 tokens). */
@@ -53,10 +54,7 @@ describe('budget: a sampling request the client cannot take is not charged', () 
       audit: { path: auditPath, flushIntervalMs: 0 },
     });
     client = await httpClient(sidecar.url!, agentToken(sidecar, 'a')); // no sampling capability
-    await until(async () => {
-      const names = (await client.listTools()).tools.map((t) => t.name);
-      return names.includes('cb__sample_many');
-    }, 30_000);
+    await untilTool(client, 'cb__sample_many');
   }, 60_000);
 
   afterAll(async () => {
