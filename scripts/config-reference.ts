@@ -90,7 +90,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'upstreams.<name>.namespace':
     '`prefix`: tools are `<name>__<tool>` (or `prefix` + tool); `none`: names pass unchanged.',
   'upstreams.<name>.prefix': 'Custom prefix when `namespace` is `prefix`.',
-  'upstreams.<name>.callTimeoutSeconds': 'Per-call timeout, also the bound of a hung call.',
+  'upstreams.<name>.callTimeoutSeconds':
+    "Per-call timeout, also the bound of a hung call, and of the agent client's answer to a `sampling/createMessage` the upstream sends it (then `FABRIC_ERR_CALLBACK_TIMEOUT`).",
   'upstreams.<name>.startTimeoutSeconds': 'Bound of the start-up handshake and first catalog load.',
   'upstreams.<name>.restart': 'Restart of a dead upstream with a doubling delay.',
   'upstreams.<name>.restart.initialDelayMs': 'First delay before a restart.',

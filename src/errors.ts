@@ -1179,6 +1179,23 @@ export class RoutingError extends FabricError {
   }
 }
 
+/**
+ * An agent's client did not answer an upstream's `sampling/createMessage` within the upstream's
+ * `callTimeoutSeconds`: the gateway cancelled the request at the client and answered the
+ * upstream with this (what the budget held for the request is settled with the request's tokens).
+ */
+export class CallbackTimeoutError extends FabricError {
+  static readonly code = 'FABRIC_ERR_CALLBACK_TIMEOUT';
+  constructor(upstream: string, method: string, timeoutMs: number) {
+    super(
+      CallbackTimeoutError.code,
+      'deadline_exceeded',
+      `upstream ${upstream} ${method}: the agent's client did not answer within ${timeoutMs} ms (the upstream's callTimeoutSeconds); the request was cancelled`,
+      { upstream, method, timeoutMs },
+    );
+  }
+}
+
 /** A tool call came through a door (the gRPC `ToolService`) of a process that runs no tool gateway. */
 export class GatewayUnavailableError extends FabricError {
   static readonly code = 'FABRIC_ERR_GATEWAY_UNAVAILABLE';

@@ -118,6 +118,7 @@ export {
   PolicyDeniedError,
   PolicyUnavailableError,
   CallbackAnswerDeniedError,
+  CallbackTimeoutError,
   PluginError,
   PluginTimeoutError,
   PolicyExistsError,

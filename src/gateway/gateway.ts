@@ -38,6 +38,7 @@ import type { TraceCarrier, Tracing } from '../telemetry/tracing.js';
 import {
   AgentUnavailableError,
   BudgetExceededError,
+  CallbackTimeoutError,
   ClosedError,
   ConfigError,
   FabricError,
@@ -350,14 +351,38 @@ export class ToolGateway implements SessionHost {
         this.metrics.recordRefusal(outcome, admitted.code);
         return Promise.reject(answers.refuse(upstream, session, request, admitted));
       }
+      // A client that never answers would keep the hold (and the upstream waiting) until its
+      // session closed (the session's 24 h bound): the request is bounded by the upstream's
+      // callTimeoutSeconds, which bounds the call it serves too, then cancelled at the client,
+      // charged as a refused one is (its request alone) and refused to the upstream.
+      const timeoutMs = upstream.spec.callTimeoutSeconds * 1000;
+      const deadline = new AbortController();
+      const timedOut = (): CallbackTimeoutError =>
+        new CallbackTimeoutError(upstream.name, request.method, timeoutMs);
+      // An McpError: the SDK wraps any other abort reason in one, whose text is all it keeps.
+      const stop = setLongTimeout(() => deadline.abort(toMcpError(timedOut())), timeoutMs, {
+        unref: true,
+      });
       let answer: Promise<Result>;
       try {
-        answer = send();
+        answer = send(AbortSignal.any([signal, deadline.signal]));
       } catch (error) {
         answer = Promise.reject(error);
       }
+      answer.then(stop, stop);
       this.#chargeSampling(session, asked, answer, admitted);
-      return answers.relay(upstream, session, request, signal, answer);
+      // Not the agent's answer: past the answer check, unchecked, as the session's end is.
+      const late = timedOut();
+      const unanswered = answer.catch((error: unknown) => {
+        throw error === deadline.signal.reason ? late : error;
+      });
+      return answers
+        .relay(upstream, session, request, signal, unanswered)
+        .catch((error: unknown) => {
+          if (error !== late) throw error;
+          this.#log({ level: 'warn', msg: late.message, agentId: session.identity.agentId });
+          throw toMcpError(late);
+        });
     });
     this.#estimates = new TokenEstimates({ priors: options.tokenEstimates });
     const waitMs = options.budgetWaitMs ?? DEFAULT_BUDGET_WAIT_MS;

@@ -84,7 +84,10 @@ const commonShape = {
   namespace: z.enum(['prefix', 'none']).default('prefix'),
   /** Custom prefix used when `namespace` is `prefix`. @default `<upstream>__` */
   prefix: z.string().min(1).optional(),
-  /** Per-call timeout, also the upper bound of a hung call. @default 60 */
+  /**
+   * Per-call timeout, also the upper bound of a hung call, and of the agent client's answer to a
+   * `sampling/createMessage` the upstream sends it. @default 60
+   */
   callTimeoutSeconds: timerSeconds().positive().default(DEFAULT_CALL_TIMEOUT_SECONDS),
   /**
    * Bound of the start-up handshake and first catalog load (a server launched with `npx` may

@@ -56,16 +56,17 @@ export interface InFlight extends Slotted {
 }
 
 /**
- * Sends `request` of `upstream` to an agent session (`send`, at most once) and returns (or
- * throws) what the upstream gets: the session's answer, or a refusal sent instead — of the
- * answer, or of the request without asking the session at all.
+ * Sends `request` of `upstream` to an agent session (`send`, at most once; with a signal of
+ * its own, which should end when `signal` does, in place of `signal`) and returns (or throws)
+ * what the upstream gets: the session's answer, or a refusal sent instead — of the answer, or of
+ * the request without asking the session at all.
  */
 export type AnswerRelay = (
   upstream: Upstream,
   session: GatewaySession,
   request: Request,
   signal: AbortSignal,
-  send: () => Promise<Result>,
+  send: (signal?: AbortSignal) => Promise<Result>,
 ) => Promise<Result>;
 
 /** The requests in flight per upstream. */
@@ -198,7 +199,8 @@ export class InflightRoutes {
     const rootsHeld = routable && isRoots && !upstream.holdRootsOf(only.session!.identity.agentId);
     if (routable && !rootsHeld) {
       const session = only!.session!;
-      const send = (): Promise<Result> => session.request(request, signal, only!.requestId);
+      const send = (ends = signal): Promise<Result> =>
+        session.request(request, ends, only!.requestId);
       const relayed =
         this.#relay === undefined ? send() : this.#relay(upstream, session, request, signal, send);
       if (!isRoots) return relayed;
