@@ -381,6 +381,7 @@ export class ToolGateway implements SessionHost {
         .catch((error: unknown) => {
           if (error !== late) throw error;
           this.#log({ level: 'warn', msg: late.message, agentId: session.identity.agentId });
+          this.metrics.recordRefusal('error', late.code);
           throw toMcpError(late);
         });
     });

@@ -102,7 +102,8 @@ export class GatewayMetrics {
 
   /**
    * Counts one request refused that is not an agent's call (`agent_fabric_request_failures_total`
-   * alone): an upstream's sampling request the budget refused before it reached the agent.
+   * alone): an upstream's sampling request the budget refused before it reached the agent, or
+   * one the agent's client did not answer in time (`FABRIC_ERR_CALLBACK_TIMEOUT`).
    */
   recordRefusal(outcome: string, code: string): void {
     this.#recordFailure(outcome, code);

@@ -13,7 +13,7 @@
  * Real parts: a sidecar on a SQLite state file with the SDK-built callback fixture over stdio
  * (`sample_many` with a 23-day timeout of its own), the official SDK client over Streamable HTTP
  * whose sampling handler never resolves, the budget read through the operator API and from the
- * state file after the sidecar stopped.
+ * state file after the sidecar stopped, and `/metrics`.
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
@@ -28,6 +28,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
+  metricValue,
   startTestSidecar,
   storedTokensUsed,
   tempDir,
@@ -120,6 +121,12 @@ describe('budget: a sampling the client never answers does not hold the budget p
       details: { upstream: 'cb', method: 'sampling/createMessage', timeoutMs: 2000 },
     });
     used = (await tokensStatus(sidecar, 'a')).used;
+    expect(
+      await metricValue(
+        sidecar,
+        'agent_fabric_request_failures_total{outcome="error",code="FABRIC_ERR_CALLBACK_TIMEOUT"}',
+      ),
+    ).toBe(1);
   }, 60_000);
 
   it('the state file holds the settled usage after the sidecar stopped', async () => {
