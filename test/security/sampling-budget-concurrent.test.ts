@@ -31,6 +31,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
+  sampleManyTokens,
   metricValue,
   startTestSidecar,
   storedTokensUsed,
@@ -46,10 +47,7 @@ const COUNT = 50;
 /** Characters of each request's text. */
 const CHARS = 4000;
 /** Tokens of one request's params, as the gateway estimates them. */
-const ASKED = estimateTokens({
-  messages: [{ role: 'user', content: { type: 'text', text: 'x'.repeat(CHARS) } }],
-  maxTokens: 10,
-});
+const ASKED = sampleManyTokens(CHARS);
 /** Room for 5 requests, not 6. */
 const LIMIT = 5 * ASKED + ASKED / 2;
 const ANSWER = { role: 'assistant', model: 'm', content: { type: 'text', text: 'ok' } };

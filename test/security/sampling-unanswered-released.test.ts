@@ -20,7 +20,6 @@ import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
-import { estimateTokens } from '../../src/gateway/tool-costs.js';
 import {
   agentId,
   agentToken,
@@ -28,6 +27,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   httpClient,
+  sampleManyTokens,
   metricValue,
   startTestSidecar,
   storedTokensUsed,
@@ -40,10 +40,7 @@ import {
 
 const CHARS = 4000;
 /** Tokens of the request's params, as the gateway estimates them. */
-const ASKED = estimateTokens({
-  messages: [{ role: 'user', content: { type: 'text', text: 'x'.repeat(CHARS) } }],
-  maxTokens: 10,
-});
+const ASKED = sampleManyTokens(CHARS);
 /** The upstream's own wait for the answer: far past any bound of the gateway's. */
 const UPSTREAM_WAIT_MS = 2_000_000_000;
 
