@@ -97,8 +97,9 @@ export interface AuditRecord {
    */
   approver?: string | undefined;
   /**
-   * On a summary line (`tool: "(reused request ids)"`): how many refusals of the agent's session
-   * were not written one a line (past the session's bound, see `gateway/line-budget.ts`).
+   * On a summary line (`tool: "(reused request ids)"`, `"(unknown tools)"` …: the kind): how
+   * many refusals of that kind of the agent's session (or, without one, the agent's) were not
+   * written one a line (past the bound, see `gateway/line-budget.ts`).
    */
   suppressed?: number | undefined;
 }

@@ -55,7 +55,7 @@ import {
   type AuditLogStats,
   type AuditOutcome,
 } from './audit-log.js';
-import { LineBudget, REUSED_ID_LINES, REUSED_ID_WINDOW_MS } from './line-budget.js';
+import { RefusalLines, type RefusalKind } from './line-budget.js';
 import { CallbackAnswers } from './callback-answers.js';
 import type { AgentIdentity, GatewayBackend, SamplingAdmission } from './backend.js';
 import {
@@ -230,8 +230,37 @@ const INVALID_TOOL = '(invalid)';
 /** Longest unknown tool name written to the audit log (a made-up name could be megabytes). */
 const AUDIT_UNKNOWN_NAME_MAX = 256;
 
-/** The `tool` of the summary line of a session's refusals of reused ids not written one a line. */
-const REUSED_IDS_TOOL = '(reused request ids)';
+/**
+ * The kinds of refusals that ran nothing whose lines are bounded (see line-budget.ts), each with
+ * its own bound and summary line (`tool`: the kind): requests reusing an in-flight id; requests
+ * refused as malformed or past the input limits; calls of unknown tools; subscriptions refused
+ * for the session's limit or a URI past its limit.
+ */
+const REUSED_IDS: RefusalKind = {
+  tool: '(reused request ids)',
+  decision: 'invalid',
+  code: InvalidArgumentError.code,
+};
+const INVALID_REQUESTS: RefusalKind = {
+  tool: '(invalid requests)',
+  decision: 'invalid',
+  code: InvalidArgumentError.code,
+};
+const UNKNOWN_TOOLS: RefusalKind = {
+  tool: '(unknown tools)',
+  decision: 'none',
+  code: ToolNotFoundError.code,
+};
+const SUBSCRIPTIONS_PAST_LIMIT: RefusalKind = {
+  tool: '(subscriptions past the limit)',
+  decision: 'none',
+  code: SubscriptionLimitError.code,
+};
+const SUBSCRIPTION_URIS_PAST_LIMIT: RefusalKind = {
+  tool: '(subscription URIs past the limit)',
+  decision: 'invalid',
+  code: SubscriptionLimitError.code,
+};
 
 /** Requests other than `tools/call` that pass policy as pseudo-tools: each gets an audit line. */
 const AUDITED_METHODS: ReadonlySet<string> = new Set([
@@ -261,8 +290,15 @@ export class ToolGateway implements SessionHost {
   readonly #backend: GatewayBackend;
   readonly #upstreams = new Map<string, Upstream>();
   readonly #audit: AuditLog | undefined;
-  /** Per session, the audit lines its requests reusing an in-flight id may still write. */
-  readonly #reusedIdLines = new WeakMap<GatewaySession, LineBudget>();
+  /** The bounds on the audit lines of refusals that ran nothing (see line-budget.ts). */
+  readonly #refusalLines = new RefusalLines((agent, kind, suppressed) =>
+    this.#audit?.writeCall(agent, kind.tool, undefined, Date.now(), 0, {
+      decision: kind.decision,
+      outcome: 'error',
+      code: kind.code,
+      suppressed,
+    }),
+  );
   readonly #hideDenied: boolean;
   /** Stops listening for changes of what policy hides (see {@link #toolVisibilityChanged}). */
   #stopVisibilityWatch: (() => void) | undefined;
@@ -721,12 +757,11 @@ export class ToolGateway implements SessionHost {
    * The audit line of a `tools/call` the SDK refuses for params that do not fit MCP's schema
    * (a number `name`, string `arguments` …): `decision: "invalid"`, as a call past the input
    * limits. A name that is not a string is written as `(invalid)`; the arguments are digested
-   * as they came.
+   * as they came. Bounded per session as other refusals that ran nothing (see
+   * `REFUSAL_LINES` in line-budget.ts).
    */
   invalidToolCall(session: GatewaySession, request: Request): void {
-    const params = request.params as { name?: unknown; arguments?: unknown } | undefined;
-    const raw = params !== null && typeof params === 'object' ? params : {};
-    this.invalidToolCallAs(session.identity, raw.name, raw.arguments);
+    this.#invalidCallLine(session, request, INVALID_REQUESTS);
   }
 
   /**
@@ -734,9 +769,28 @@ export class ToolGateway implements SessionHost {
    * gRPC `ToolService`'s `arguments_json` that is not JSON of an object …), as
    * {@link invalidToolCall} writes it for MCP: `decision: "invalid"`,
    * `FABRIC_ERR_INVALID_ARGUMENT`, `name` as sent (`(invalid)` when not a string, cut to 256
-   * characters when not a known tool), `args` digested as given.
+   * characters when not a known tool), `args` digested as given. Bounded per agent (these
+   * doors have no session) as other refusals that ran nothing (see `REFUSAL_LINES` in line-budget.ts).
    */
   invalidToolCallAs(identity: AgentIdentity, name: unknown, args: unknown): void {
+    this.#invalidToolCallLine(identity, name, args, undefined, INVALID_REQUESTS);
+  }
+
+  /** The line of a malformed `tools/call` of `session` (`request`), as a refusal of `kind`. */
+  #invalidCallLine(session: GatewaySession, request: Request, kind: RefusalKind): void {
+    const params = request.params as { name?: unknown; arguments?: unknown } | undefined;
+    const raw = params !== null && typeof params === 'object' ? params : {};
+    this.#invalidToolCallLine(session.identity, raw.name, raw.arguments, session, kind);
+  }
+
+  /** Counts a malformed call and writes its line, unless `kind`'s bound is spent. */
+  #invalidToolCallLine(
+    identity: AgentIdentity,
+    name: unknown,
+    args: unknown,
+    session: GatewaySession | undefined,
+    kind: RefusalKind,
+  ): void {
     const tool = typeof name === 'string' ? name : INVALID_TOOL;
     const known = this.#fabricTools.has(tool) || this.#catalog.tools.has(tool);
     const audit = known
@@ -748,7 +802,10 @@ export class ToolGateway implements SessionHost {
           performance.now(),
           UNKNOWN_TOOL,
         );
-    audit({ decision: 'invalid', outcome: 'error', code: InvalidArgumentError.code });
+    audit(
+      { decision: 'invalid', outcome: 'error', code: InvalidArgumentError.code },
+      this.#refusalLines.take(session, identity.agentId, kind),
+    );
   }
 
   /**
@@ -758,13 +815,7 @@ export class ToolGateway implements SessionHost {
    * as they came.
    */
   invalidRequest(session: GatewaySession, request: Request): void {
-    this.#auditRefused(
-      session,
-      request.method,
-      request.params,
-      'invalid',
-      InvalidArgumentError.code,
-    );
+    this.#auditRefused(session, request.method, request.params, INVALID_REQUESTS);
   }
 
   /**
@@ -772,58 +823,33 @@ export class ToolGateway implements SessionHost {
    * holds its id: a `tools/call` as a malformed one ({@link invalidToolCall}), a request that
    * passes policy as a pseudo-tool with its method as `tool`; both `decision: "invalid"`,
    * `FABRIC_ERR_INVALID_ARGUMENT`. Other methods (`ping`, lists, `tasks/*`) get no line, as
-   * they get none when served. A session writes at most {@link REUSED_ID_LINES} such lines a
-   * minute; the rest are counted in one summary line (`tool` {@link REUSED_IDS_TOOL},
+   * they get none when served. A session writes at most `REFUSAL_LINES` in line-budget.ts such lines a
+   * minute; the rest are counted in one summary line (`tool` `(reused request ids)`,
    * `suppressed`: how many) at the minute's end or when the session closes.
    */
   duplicateRequest(session: GatewaySession, request: Request): void {
-    const call = request.method === 'tools/call';
-    if (!call && !AUDITED_METHODS.has(request.method)) return;
-    // Refusing costs the agent nothing (none runs, none holds a slot): bounded per session, the
-    // rest counted in one summary line (see LineBudget).
-    let budget = this.#reusedIdLines.get(session);
-    if (budget === undefined) {
-      budget = new LineBudget(REUSED_ID_LINES, REUSED_ID_WINDOW_MS, (suppressed) =>
-        this.#audit?.writeCall(
-          session.identity.agentId,
-          REUSED_IDS_TOOL,
-          undefined,
-          Date.now(),
-          0,
-          {
-            decision: 'invalid',
-            outcome: 'error',
-            code: InvalidArgumentError.code,
-            suppressed,
-          },
-        ),
-      );
-      this.#reusedIdLines.set(session, budget);
+    if (request.method === 'tools/call') this.#invalidCallLine(session, request, REUSED_IDS);
+    else if (AUDITED_METHODS.has(request.method)) {
+      this.#auditRefused(session, request.method, request.params, REUSED_IDS);
     }
-    if (!budget.take()) return;
-    if (call) this.invalidToolCall(session, request);
-    else this.invalidRequest(session, request);
   }
 
   /**
    * The audit line of a `method` other than `tools/call` refused before policy (its `tool` is
-   * the method; `params` digested as they came): `decision` `invalid` (malformed, past the
-   * input limits) or `none` (naming no known target).
+   * the method; `params` digested as they came), with the `decision` and `code` of its `kind`
+   * — unless the session's bound on lines of that kind is spent (see `REFUSAL_LINES` in line-budget.ts).
    */
-  #auditRefused(
-    session: GatewaySession,
-    method: string,
-    params: unknown,
-    decision: 'invalid' | 'none',
-    code: string,
-  ): void {
+  #auditRefused(session: GatewaySession, method: string, params: unknown, kind: RefusalKind): void {
     const audit = this.#pipeline.auditor(
       session.identity.agentId,
       method,
       params,
       performance.now(),
     );
-    audit({ decision, outcome: 'error', code });
+    audit(
+      { decision: kind.decision, outcome: 'error', code: kind.code },
+      this.#refusalLines.take(session, session.identity.agentId, kind),
+    );
   }
 
   /**
@@ -1296,19 +1322,27 @@ export class ToolGateway implements SessionHost {
     const audit =
       trace === undefined
         ? audited
-        : (fields: AuditOutcome): void => {
-            audited(fields);
+        : (fields: AuditOutcome, line?: boolean): void => {
+            audited(fields, line);
             trace.end(fields);
           };
     // Before anything looks inside the arguments: policy, plugins, the audit digest and the
     // upstream all recurse into them (see input-bounds.ts).
     const tooBig = checkInputBounds(args, this.#bounds, 'arguments');
     if (tooBig !== undefined) {
-      audit({ decision: 'invalid', outcome: 'error', code: tooBig.code });
+      // Refusals that ran nothing: their lines are bounded per session (or agent); the metrics
+      // and the trace count each.
+      audit(
+        { decision: 'invalid', outcome: 'error', code: tooBig.code },
+        this.#refusalLines.take(session, agentId, INVALID_REQUESTS),
+      );
       return Promise.resolve({ kind: 'error', error: tooBig, stage: 'admission' });
     }
     if (!known) {
-      audit({ decision: 'none', outcome: 'error', code: ToolNotFoundError.code });
+      audit(
+        { decision: 'none', outcome: 'error', code: ToolNotFoundError.code },
+        this.#refusalLines.take(session, agentId, UNKNOWN_TOOLS),
+      );
       const notFound: ToolCallOutcome = {
         kind: 'error',
         error: new ToolNotFoundError(truncated(name)),
@@ -1443,7 +1477,7 @@ export class ToolGateway implements SessionHost {
       // The whole params are forwarded upstream (and parts of them reach policy): bound them all.
       const tooBig = checkInputBounds(params, this.#bounds, 'params');
       if (tooBig !== undefined) {
-        this.#auditRefused(session, method, params, 'invalid', tooBig.code);
+        this.#auditRefused(session, method, params, INVALID_REQUESTS);
         throw toMcpError(tooBig);
       }
     }
@@ -1821,7 +1855,7 @@ export class ToolGateway implements SessionHost {
       throw this.#refusedSubscribe(
         session,
         uri,
-        'invalid',
+        SUBSCRIPTION_URIS_PAST_LIMIT,
         new SubscriptionLimitError(this.#maxSubscriptionUri, uri.length),
       );
     }
@@ -1840,7 +1874,7 @@ export class ToolGateway implements SessionHost {
         throw this.#refusedSubscribe(
           session,
           uri,
-          'none',
+          SUBSCRIPTIONS_PAST_LIMIT,
           new SubscriptionLimitError(this.#maxSubscriptions),
         );
       }
@@ -1877,16 +1911,10 @@ export class ToolGateway implements SessionHost {
   #refusedSubscribe(
     session: GatewaySession,
     uri: string,
-    decision: 'invalid' | 'none',
+    kind: RefusalKind,
     error: SubscriptionLimitError,
   ): McpError {
-    this.#auditRefused(
-      session,
-      'resources/subscribe',
-      { uri },
-      decision,
-      SubscriptionLimitError.code,
-    );
+    this.#auditRefused(session, 'resources/subscribe', { uri }, kind);
     return toMcpError(error);
   }
 
@@ -2003,8 +2031,7 @@ export class ToolGateway implements SessionHost {
 
   sessionClosed(session: GatewaySession): void {
     this.#sessions.delete(session);
-    this.#reusedIdLines.get(session)?.close();
-    this.#reusedIdLines.delete(session);
+    this.#refusalLines.closeSession(session);
     for (const uri of [...session.subscriptions]) void this.unsubscribe(session, uri);
     // Whether it set a level or none (which holds the upstreams at `debug`), what the others
     // want may differ now.
@@ -2266,6 +2293,7 @@ export class ToolGateway implements SessionHost {
     await Promise.all([...this.#upstreams.values()].map((u) => u.close()));
     this.#closeStep = 'closing sessions';
     await Promise.all([...this.#sessions].map((s) => s.close()));
+    this.#refusalLines.close();
     try {
       this.#audit?.close();
     } catch (error) {
@@ -2286,9 +2314,14 @@ export class ToolGateway implements SessionHost {
     return this.#audit.digest(args);
   }
 
-  /** What the audit log could not do (write failures, lost records, reopens), for the metrics. */
-  get auditStats(): Readonly<AuditLogStats> | undefined {
-    return this.#audit?.stats;
+  /**
+   * What the audit log could not do (write failures, lost records, reopens), and the lines of
+   * refusals that ran nothing not written one a line (`linesSuppressed`, each counted in a
+   * summary line; see line-budget.ts), for the metrics.
+   */
+  get auditStats(): Readonly<AuditLogStats & { linesSuppressed: number }> | undefined {
+    const stats = this.#audit?.stats;
+    return stats && { ...stats, linesSuppressed: this.#refusalLines.suppressed };
   }
 
   #auditFailed(error: unknown): void {

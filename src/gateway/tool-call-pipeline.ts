@@ -616,7 +616,9 @@ export class ToolCallPipeline {
   /**
    * Counts one request that arrived at `started` (performance.now) in the metrics — under
    * `metricTool`, e.g. `(unknown)` for a name not in the catalog — and writes its audit line;
-   * the line's digest, time and JSON are made when the log flushes, after the response.
+   * the line's digest, time and JSON are made when the log flushes, after the response. Called
+   * with `line` false, it counts the request and tells `call.ended` but writes no line (a refusal
+   * past its bound, counted in a summary line instead: see line-budget.ts).
    */
   auditor(
     agentId: string,
@@ -624,18 +626,18 @@ export class ToolCallPipeline {
     args: unknown,
     started: number,
     metricTool = tool,
-  ): (fields: AuditOutcome) => void {
+  ): (fields: AuditOutcome, line?: boolean) => void {
     const log = this.#audit;
     const metrics = this.#metrics;
     const calls = this.#calls;
-    return (fields) => {
+    return (fields, line = true) => {
       const now = performance.now();
       const durationMs = now - started;
       metrics.recordCall(metricTool, fields.decision, fields.outcome, durationMs, fields.code);
       if (calls?.listens('call.ended')) {
         calls.emit('call.ended', { ...fields, agentId, tool, durationMs });
       }
-      if (!log) return;
+      if (!log || !line) return;
       log.writeCall(
         agentId,
         tool,

@@ -1071,6 +1071,12 @@ function sidecarMetrics(
         type: 'counter' as const,
         samples: [{ value: audit.reopens }],
       },
+      {
+        name: 'agent_fabric_audit_lines_suppressed_total',
+        help: 'Audit lines of refusals that ran nothing not written one a line past their per-session bound (each counted in a summary line).',
+        type: 'counter' as const,
+        samples: [{ value: audit.linesSuppressed }],
+      },
     );
   }
   if (fabric !== undefined) {

@@ -13,11 +13,17 @@
  * Real parts: `agent-fabric serve` as a child process, a raw stdio upstream that holds `work`
  * calls, raw Streamable HTTP POSTs (the SDK client never reuses an id), the audit file on disk.
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { INIT_BATCHING, tempDir, until } from '../fixtures/gateway/harness.js';
+import {
+  auditFileLines,
+  rawHttpSession,
+  tempDir,
+  until,
+  type AuditLine,
+} from '../fixtures/gateway/harness.js';
 import { cleanUp, freePort, serve, stop, type Running } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
@@ -27,44 +33,13 @@ const RECORDER = fileURLToPath(
 );
 const ADMIN = `fab_admin_${'Rb5k'.repeat(8)}`;
 
-interface Line {
-  agent: string;
-  tool: string;
-  decision: string;
-  outcome: string;
-  code?: string;
-  suppressed?: number;
-}
+type Line = AuditLine;
 
-function lines(path: string): Line[] {
-  if (!existsSync(path)) return [];
-  return readFileSync(path, 'utf8')
-    .split('\n')
-    .filter((l) => l.length > 0)
-    .map((l) => JSON.parse(l) as Line);
-}
+/** Every line of the audit file, each parsed (a line that is not JSON fails the test). */
+const lines = (path: string): Line[] => auditFileLines(path) as unknown as Line[];
 
 /** A raw Streamable HTTP session of the sidecar's first agent. */
-async function session(r: Running): Promise<(body: unknown, method?: string) => Promise<Response>> {
-  let id = '';
-  const send = (body: unknown, method = 'POST'): Promise<Response> =>
-    fetch(r.url, {
-      method,
-      headers: {
-        'content-type': 'application/json',
-        accept: 'application/json, text/event-stream',
-        authorization: `Bearer ${r.token}`,
-        ...(id === '' ? {} : { 'mcp-session-id': id }),
-      },
-      ...(method === 'POST' ? { body: JSON.stringify(body) } : {}),
-    });
-  const init = await send(INIT_BATCHING); // 2025-03-26: batches
-  expect(init.status).toBe(200);
-  id = init.headers.get('mcp-session-id')!;
-  await init.text();
-  expect((await send({ jsonrpc: '2.0', method: 'notifications/initialized' })).status).toBe(202);
-  return send;
-}
+const session = (r: Running) => rawHttpSession(r.url, r.token);
 
 const work = (id: number, label: string) => ({
   jsonrpc: '2.0',

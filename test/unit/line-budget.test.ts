@@ -1,10 +1,10 @@
 /**
- * LineBudget (the per-session bound on audit lines of requests reusing an in-flight id): past
+ * LineBudget (the per-session bound on audit lines of one kind of refusal that ran nothing): past
  * the limit lines are counted, and each window with any ends in one summary of how many — at
  * its end, or when the budget is closed first; a new window writes again.
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { LineBudget } from '../../src/gateway/line-budget.js';
+import { LineBudget, RefusalLines } from '../../src/gateway/line-budget.js';
 
 describe('LineBudget', () => {
   beforeEach(() => vi.useFakeTimers());
@@ -41,5 +41,62 @@ describe('LineBudget', () => {
     budget.take();
     budget.close();
     expect(summaries).toEqual([]);
+  });
+});
+
+describe('RefusalLines', () => {
+  beforeEach(() => vi.useFakeTimers());
+  afterEach(() => vi.useRealTimers());
+
+  const A = { tool: '(a)', decision: 'invalid', code: 'A' };
+  const B = { tool: '(b)', decision: 'none', code: 'B' };
+
+  it('bounds each kind per session apart, counts every line not written, and summarizes at the session close', () => {
+    const summaries: string[] = [];
+    const lines = new RefusalLines(
+      (agent, kind, n) => summaries.push(`${agent} ${kind.tool} ${n}`),
+      2,
+      1_000,
+    );
+    const s1 = {};
+    const s2 = {};
+    const taken = [A, A, A, B, A].map((k) => lines.take(s1, 'ag', k));
+    expect(taken).toEqual([true, true, false, true, false]);
+    // Another session of the same agent has its own bound.
+    expect([lines.take(s2, 'ag', A), lines.take(s2, 'ag', A), lines.take(s2, 'ag', A)]).toEqual([
+      true,
+      true,
+      false,
+    ]);
+    expect(lines.suppressed).toBe(3);
+    lines.closeSession(s1);
+    expect(summaries).toEqual(['ag (a) 2']);
+    vi.advanceTimersByTime(1_000);
+    expect(summaries).toEqual(['ag (a) 2', 'ag (a) 1']);
+  });
+
+  it('bounds calls without a session per agent, forgets an agent whose window ended, and summarizes at close', () => {
+    const summaries: string[] = [];
+    const lines = new RefusalLines(
+      (agent, kind, n) => summaries.push(`${agent} ${kind.tool} ${n}`),
+      1,
+      1_000,
+    );
+    expect([lines.take(undefined, 'x', A), lines.take(undefined, 'x', A)]).toEqual([true, false]);
+    expect(lines.take(undefined, 'y', A)).toBe(true);
+    vi.advanceTimersByTime(1_000);
+    expect(summaries).toEqual(['x (a) 1']);
+    // A new window: the agent's bound starts again (its budget was forgotten, not kept).
+    expect([
+      lines.take(undefined, 'x', A),
+      lines.take(undefined, 'x', A),
+      lines.take(undefined, 'x', B),
+    ]).toEqual([true, false, true]);
+    lines.close();
+    expect(summaries).toEqual(['x (a) 1', 'x (a) 1']);
+    expect(vi.getTimerCount()).toBe(0);
+    // Closed (the gateway stopped): nothing more is bounded.
+    expect(lines.take(undefined, 'x', A)).toBe(true);
+    expect(lines.suppressed).toBe(2);
   });
 });
