@@ -373,6 +373,7 @@ export class AgentFabric {
         group: (tenant) => (tenant.startsWith(AGENT_TENANT) ? tenant : undefined),
       },
       tasks: this.#store.tasks,
+      ...(this.#store.owedAborts ? { owedAborts: this.#store.owedAborts } : {}),
       ...(options.tenantWeight ? { tenantWeight: options.tenantWeight } : {}),
     });
     this.#leases = new ClaimLeases(this.scheduler);

@@ -34,14 +34,14 @@ import {
 } from '../errors.js';
 import { defaultQueueDepthPerTenant } from '../config.js';
 import { TypedEmitter } from '../events.js';
-import type { Collection } from '../store/store.js';
-import { SequentialCollection } from '../store/memory-store.js';
+import type { Collection, OwedAborts } from '../store/store.js';
+import { MemoryCollection, SequentialCollection } from '../store/memory-store.js';
 import type { ScheduleOptions, Task, TaskAssignment, TaskError } from '../task.js';
 import { Priority, TaskStatus, isFinished } from '../task.js';
 import { checkNumber, checkString, jsonByteLength } from '../validate.js';
 import type { ExecutorSink, TaskExecutor } from './executor.js';
 import type { FairQueue, TenantWeights } from './fair-queue.js';
-import { RemoteExecutor, type EndedTask } from './remote-executor.js';
+import { MAX_ENDED_NOTICES, RemoteExecutor, type EndedTask } from './remote-executor.js';
 import { AwaitedExecutor } from './awaited-executor.js';
 import type { ExecutorEntry } from './slots.js';
 import { AgentSlot, PoolSlot } from './slots.js';
@@ -116,6 +116,12 @@ export interface SchedulerOptions {
    * JSON-serializable. @default an in-memory collection
    */
   tasks?: Collection<TaskRecord>;
+  /**
+   * Where the aborts owed to agents whose executor tells them later are kept until they are
+   * told (see `AgentScheduler.takeEndedTasks`): a durable collection carries them over a
+   * restart. @default an in-memory collection
+   */
+  owedAborts?: Collection<OwedAborts>;
   /** Fairness weight of a tenant (tasks per round-robin turn). @default 1 for every tenant */
   tenantWeight?: TenantWeights;
 }
@@ -190,6 +196,7 @@ export type ScheduleTarget =
 export class AgentScheduler {
   readonly events = new TypedEmitter<SchedulerEvents>();
   readonly #tasks: Collection<TaskRecord>;
+  readonly #owed: Collection<OwedAborts>;
   /** The store keeps the records themselves, so changes need no `put`. */
   readonly #byReference: boolean;
   readonly #maxQueueDepth: number;
@@ -332,6 +339,7 @@ export class AgentScheduler {
       'positiveInt',
     );
     this.#tasks = options.tasks ?? new SequentialCollection<TaskRecord>();
+    this.#owed = options.owedAborts ?? new MemoryCollection<OwedAborts>();
     this.#finished = new FinishedRetention(
       checkNumber(
         'options.finishedTaskRetention',
@@ -383,6 +391,8 @@ export class AgentScheduler {
         executor.abort(a.taskId, a.attempt, a.reason, a.agentId);
       }
     }
+    // Told: the registered executor takes them from here.
+    for (const slot of slots) this.#owed.delete(slot.id);
     for (const slot of slots) this.#markAgent(slot);
   }
 
@@ -542,7 +552,7 @@ export class AgentScheduler {
       }
     }
     for (const t of slot.running.toArray()) {
-      slot.exec.executor.abort(t.id, t.attempt, reason, slot.id);
+      this.#tell(t.id, t.attempt, slot, reason);
       this.#retryOrFail(t, reason, true, options.finalStatus ?? TaskStatus.FAILED);
     }
     if (options.remove) {
@@ -552,6 +562,8 @@ export class AgentScheduler {
         if (i >= 0) pool.agents.splice(i, 1);
       }
       slot.exec.executor.detachAgent?.(agentId);
+      // Its notices went with it: nothing would ever take them.
+      this.#owed.delete(agentId);
       for (const resolve of slot.idle.splice(0)) resolve();
     }
     if (pool !== undefined) this.#markPool(pool);
@@ -875,6 +887,7 @@ export class AgentScheduler {
     this.#open();
     if (this.#restored) return;
     this.#restored = true;
+    this.#tellOwed();
     if (this.#tasks.size === 0) return;
     const { finished, open, nextSeq } = recoverTasks(this.#tasks);
     if (nextSeq > this.#seq) this.#seq = nextSeq;
@@ -901,18 +914,18 @@ export class AgentScheduler {
       // Counted as queued from here; #finish and the queues take it on from this state.
       this.#pending++;
       this.#queued(t.tenant, 1);
-      if (holder !== undefined && !wasRunning(t) && owesAbort(t)) {
+      if (holder !== undefined && !wasRunning(t) && owesAbort(t) && !this.#owes(holder.id, t)) {
         // An earlier restart ended this attempt while its agent's executor was not registered
-        // (a plugin's), and the process stopped before it was: the abort its placeholder held
-        // was lost with it, so it is held again (told once more at worst: an ended attempt).
-        holder.exec.executor.abort(t.id, t.attempt, t.error!, holder.id);
+        // (a plugin's), and the process stopped before it was, in a store without owed aborts
+        // (written by an older build): it is held again (told once more at worst).
+        this.#tell(t.id, t.attempt, holder, t.error!);
       }
       if (wasRunning(t)) {
         const reason = interruptedAttempt(t);
         // Its agent may have outlived this process (a remote worker still running it): told the
         // attempt ended, as for one ended while the process ran, so it does not run on beside
         // the retry.
-        if (holder !== undefined) holder.exec.executor.abort(t.id, t.attempt, reason, holder.id);
+        if (holder !== undefined) this.#tell(t.id, t.attempt, holder, reason);
         // Dispatched but never started (its executor acknowledges starts): it reached no
         // worker, so like an unclaimed attempt it does not count against maxAttempts.
         if (t.status === TaskStatus.SCHEDULED) t.undelivered++;
@@ -1528,25 +1541,96 @@ export class AgentScheduler {
   /** Tells the executor of the agent running `t` that the scheduler ended the attempt. */
   #abort(t: TaskRecord, error: TaskError): void {
     const slot = this.#agentOf(t);
-    slot?.exec.executor.abort(t.id, t.attempt, error, slot.id);
+    if (slot !== undefined) this.#tell(t.id, t.attempt, slot, error);
+  }
+
+  /**
+   * Tells the executor of `slot` that the scheduler ended attempt `attempt` of task `taskId`
+   * there. When that executor tells the agent later — the remote one hands out a notice when
+   * the agent next reports, a placeholder holds it until its executor is registered — the abort
+   * is also kept in the owed aborts until then, committed with the task's change: a process
+   * that stops before does not lose it (the next start tells it again, see {@link restore}).
+   */
+  #tell(taskId: string, attempt: number, slot: AgentSlot, error: TaskError): void {
+    const executor = slot.exec.executor;
+    executor.abort(taskId, attempt, error, slot.id);
+    if (executor !== this.#remote && !(executor instanceof AwaitedExecutor)) return;
+    const owed = { taskId, attempt, code: error.code, message: error.message };
+    this.#setOwed(slot.id, [...(this.#owed.get(slot.id)?.aborts ?? []), owed]);
+  }
+
+  /** Whether an abort of `t`'s current attempt is owed to agent `agentId`. */
+  #owes(agentId: string, t: TaskRecord): boolean {
+    const owed = this.#owed.get(agentId)?.aborts ?? [];
+    return owed.some((o) => o.taskId === t.id && o.attempt === t.attempt);
+  }
+
+  /** Keeps `aborts` (the newest {@link MAX_ENDED_NOTICES}) as owed to `agentId`; none: forgets. */
+  #setOwed(agentId: string, aborts: OwedAborts['aborts']): void {
+    if (aborts.length === 0) {
+      this.#owed.delete(agentId);
+      return;
+    }
+    const kept = aborts.length > MAX_ENDED_NOTICES ? aborts.slice(-MAX_ENDED_NOTICES) : aborts;
+    this.#owed.put(agentId, { agentId, aborts: kept });
+  }
+
+  /**
+   * At start: tells the executors the aborts an earlier process owed their agents and had not
+   * told when it stopped, whatever became of the tasks since (cancelled, finished on another
+   * agent). Those of agents that are gone are forgotten (their notices went with them).
+   */
+  #tellOwed(): void {
+    for (const { agentId, aborts } of [...this.#owed.values()]) {
+      const slot = this.#agents.get(agentId);
+      if (slot === undefined) {
+        this.#owed.delete(agentId);
+        continue;
+      }
+      for (const o of aborts) {
+        slot.exec.executor.abort(
+          o.taskId,
+          o.attempt,
+          { code: o.code, message: o.message },
+          agentId,
+        );
+      }
+    }
   }
 
   /**
    * Tasks of `agentId` (a remote agent) the fabric ended while the agent held them — cancelled,
-   * timed out — that it has not been told about yet; telling is up to the caller. Oldest first.
+   * timed out — that it has not been told about yet; telling is up to the caller (they are no
+   * longer owed from here: see {@link restoreEndedTasks}). Oldest first.
    */
   takeEndedTasks(agentId: string): EndedTask[] {
-    return this.#remote.takeEnded(agentId);
+    const notices = this.#remote.takeEnded(agentId);
+    if (notices.length > 0 && this.#owed.get(agentId) !== undefined) {
+      const told = new Set(notices.map((n) => `${n.attempt}:${n.taskId}`));
+      const owed = this.#owed.get(agentId)!.aborts;
+      this.#setOwed(
+        agentId,
+        owed.filter((o) => !told.has(`${o.attempt}:${o.taskId}`)),
+      );
+    }
+    return notices;
   }
 
   /**
    * Puts back notices {@link takeEndedTasks} gave out that did not reach the agent — unless the
    * agent was removed meanwhile (terminated while the answer was written): its notices were
-   * dropped with it, and nothing would ever take these.
+   * dropped with it, and nothing would ever take these. They are owed again.
    */
   restoreEndedTasks(agentId: string, notices: readonly EndedTask[]): void {
-    if (!this.#agents.has(agentId)) return;
+    if (!this.#agents.has(agentId) || notices.length === 0) return;
     this.#remote.restoreEnded(agentId, notices);
+    const owed = notices.map(({ taskId, attempt, code, message }) => ({
+      taskId,
+      attempt,
+      code,
+      message,
+    }));
+    this.#setOwed(agentId, [...owed, ...(this.#owed.get(agentId)?.aborts ?? [])]);
   }
 
   /** Takes a task off its agent (it is no longer running there). */

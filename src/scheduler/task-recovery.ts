@@ -121,7 +121,8 @@ export function interruptedAttempt(t: TaskRecord): TaskError {
  * True when `t` is queued again after a restart ended its attempt ({@link interruptedAttempt}
  * is its error, for this attempt and agent) and it has not been handed out since: the agent's
  * executor may not have been told of that end yet (it was not registered before the process
- * stopped again), so it is told at this start.
+ * stopped again). For stores written by builds that kept no owed aborts (the scheduler keeps
+ * them in `owedAborts` now, and tells them at start whatever became of the task).
  */
 export function owesAbort(t: TaskRecord): boolean {
   const e = t.error;

@@ -92,7 +92,7 @@ import {
   TOOL_TASK_TIMES,
   type StoreBootOptions,
 } from './store-clock.js';
-import type { Collection, FabricStore } from './store.js';
+import type { Collection, FabricStore, OwedAborts } from './store.js';
 
 /**
  * The schema version this code writes (stored as SQLite's `user_version`). 2: tasks in their own
@@ -173,8 +173,15 @@ const SCHEMA_TABLES: Readonly<Record<number, Readonly<Record<string, readonly st
   },
 };
 
-type Kind = 'agent' | 'pool' | 'approval' | 'tool_task' | 'policy';
-const RECORD_KINDS: readonly Kind[] = ['agent', 'pool', 'approval', 'tool_task', 'policy'];
+type Kind = 'agent' | 'pool' | 'approval' | 'tool_task' | 'policy' | 'owed_abort';
+const RECORD_KINDS: readonly Kind[] = [
+  'agent',
+  'pool',
+  'approval',
+  'tool_task',
+  'policy',
+  'owed_abort',
+];
 
 /**
  * Deletes the budget rows (`pool:<id>`) of pools the file holds no record of. A deleted pool's
@@ -739,6 +746,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly toolTasks: SqliteCollection<ToolTaskRecord>;
   /** Policy changes made at run time, by policy name. Committed synchronously, as approvals. */
   readonly policies: SqliteCollection<PolicyChangeRecord>;
+  readonly owedAborts: SqliteCollection<OwedAborts>;
   readonly budgets: SqliteBudgetStore;
   /**
    * How far the wall clock stepped beyond elapsed time while no process had the file open (ms;
@@ -868,6 +876,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       journal,
       stored('policy'),
       'now',
+    );
+    this.owedAborts = new SqliteCollection<OwedAborts>(
+      'owed_abort',
+      journal,
+      stored('owed_abort'),
+      'soon',
     );
     this.budgets = new SqliteBudgetStore(
       db,
@@ -1034,6 +1048,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     const approvals = this.approvals.pending(lazy);
     const toolTasks = this.toolTasks.pending(lazy);
     const policies = this.policies.pending(lazy);
+    const owed = this.owedAborts.pending(lazy);
     const budgets = this.budgets.pending(exact);
     if (
       !tasks &&
@@ -1042,6 +1057,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       approvals.length === 0 &&
       toolTasks.length === 0 &&
       policies.length === 0 &&
+      owed.length === 0 &&
       budgets.length === 0
     ) {
       // Every change made so far (lazy ones aside, without `lazy`) is on disk.
@@ -1085,6 +1101,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
       [this.approvals, approvals],
       [this.toolTasks, toolTasks],
       [this.policies, policies],
+      [this.owedAborts, owed],
     ] as const) {
       for (const [id, record] of changed) {
         rows.push([
@@ -1153,6 +1170,7 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     this.approvals.committed(approvals.map(([id]) => id));
     this.toolTasks.committed(toolTasks.map(([id]) => id));
     this.policies.committed(policies.map(([id]) => id));
+    this.owedAborts.committed(owed.map(([id]) => id));
     this.budgets.committed(budgets);
     if (unserializable.length > 0) {
       throw new StateStoreError(

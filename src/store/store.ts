@@ -52,6 +52,21 @@ export interface Collection<T> {
   isOnDisk?(id: string): boolean;
 }
 
+/**
+ * What the scheduler owes one agent whose executor tells it later (a remote agent's notices, a
+ * plugin executor not registered yet): the attempts it ended while the agent held them, that the
+ * agent was not told of yet, oldest first. Plain data (a change is a new object `put`).
+ */
+export interface OwedAborts {
+  readonly agentId: string;
+  readonly aborts: ReadonlyArray<{
+    readonly taskId: string;
+    readonly attempt: number;
+    readonly code: string;
+    readonly message: string;
+  }>;
+}
+
 /** Where the fabric's records live. */
 export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown> {
   readonly tasks: Collection<TTask>;
@@ -74,6 +89,11 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
    * store commits a `put`/`delete` before it returns, so a change the caller saw is on disk.
    */
   readonly policies?: Collection<PolicyChangeRecord>;
+  /**
+   * The aborts the scheduler owes remote agents, by agent id (see {@link OwedAborts}); a store
+   * without it leaves them in memory only, and a restart before an agent was told loses them.
+   */
+  readonly owedAborts?: Collection<OwedAborts>;
   /** Budget state kept with the records (the fabric uses it unless given its own). */
   readonly budgets?: BudgetStore;
   /**

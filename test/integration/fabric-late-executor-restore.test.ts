@@ -71,6 +71,19 @@ async function open(path: string, pools?: PoolManagerOptions): Promise<AgentFabr
 }
 
 /**
+ * Opens `path` and registers a `late` executor at once, then closes it again: the aborts the
+ * executor was told at its registration.
+ */
+async function abortsAtStart(path: string): Promise<string[]> {
+  const fabric = await open(path);
+  const exec = new LateExecutor(false);
+  fabric.registerExecutor(exec);
+  await fabric.close();
+  fabrics.splice(fabrics.indexOf(fabric), 1);
+  return exec.aborted;
+}
+
+/**
  * Failed starts back off for ten minutes and pools are reconciled every ten minutes: what happens
  * within a test is what the fabric does at once.
  */
@@ -166,10 +179,34 @@ describe('AgentFabric restored before its executor is registered', () => {
     expect(rows.get(timedOut.id)).toMatchObject({ status: 'TIMEOUT', attempt: 0 });
 
     // Told once: a fourth start owes it nothing.
-    const fourth = await open(path);
-    const again = new LateExecutor(false);
-    fourth.registerExecutor(again);
-    expect(again.aborted).toEqual([]);
+    expect(await abortsAtStart(path)).toEqual([]);
+  });
+
+  it('still owes the executor the abort when the task is cancelled before it is registered', async () => {
+    // Before, the abort was owed again at a later start only while the task was queued: one
+    // cancelled (or finished elsewhere) before the executor returned was owed nothing, so the
+    // executor's worker never heard that the attempt it held had ended.
+    const path = join(tempDir('late-executor-cancelled'), 'state.db');
+    const first = await open(path);
+    first.registerExecutor(new LateExecutor(true));
+    await first.createPool({ poolId: 'p', model: 'm', executor: 'late', minAgents: 1 });
+    const running = await first.scheduleToPool('p', 't', 0);
+    await expect
+      .poll(async () => (await first.getTask(running.id)).status)
+      .toBe(TaskStatus.RUNNING);
+    await first.close();
+    fabrics.splice(0);
+
+    const second = await open(path);
+    await second.cancelTask(running.id);
+    await second.close();
+    fabrics.splice(0);
+
+    expect(await abortsAtStart(path)).toEqual([`${running.id}#1`]);
+    expect(onDisk(path).get(running.id)).toMatchObject({ status: 'CANCELLED', attempt: 1 });
+
+    // Told once: a fourth start owes it nothing.
+    expect(await abortsAtStart(path)).toEqual([]);
   });
 
   it('a pool on it says what it waits for, and reaches its size once the executor is registered', async () => {

@@ -55,6 +55,18 @@ function storedTasks(path: string): Map<string, Record<string, unknown>> {
   }
 }
 
+/** Pool `p` of two remote agents: their ids. */
+async function remotePair(fabric: AgentFabric): Promise<string[]> {
+  const pool = await fabric.createPool({
+    poolId: 'p',
+    model: 'm',
+    minAgents: 2,
+    maxAgents: 2,
+    executor: 'remote',
+  });
+  return pool.spawned.map((s) => s.id);
+}
+
 /** Claims and completes every task the agent gets, returning the payloads' `n` in claim order. */
 async function drain(fabric: AgentFabric, agentId: string): Promise<number[]> {
   const order: number[] = [];
@@ -199,14 +211,7 @@ describe('tasks across a restart of the fabric (SqliteStore)', () => {
     // for an attempt ended while the sidecar ran.
     const path = join(tempDir('task-recovery'), 'state.db');
     const first = await open(path);
-    const pool = await first.fabric.createPool({
-      poolId: 'p',
-      model: 'm',
-      minAgents: 2,
-      maxAgents: 2,
-      executor: 'remote',
-    });
-    const [a, b] = pool.spawned.map((s) => s.id);
+    const [a, b] = await remotePair(first.fabric);
     const task = await first.fabric.scheduleToPool('p', 'echo', { n: 1 }, { maxAttempts: 3 });
     const claimed = (await first.fabric.claimTask(a!))!;
     expect(claimed).toMatchObject({ taskId: task.id, attempt: 1 });
@@ -223,6 +228,65 @@ describe('tasks across a restart of the fabric (SqliteStore)', () => {
     ]);
     expect(second.fabric.scheduler.takeEndedTasks(b!)).toEqual([]);
     expect(await second.fabric.claimTask(b!)).toMatchObject({ taskId: task.id, attempt: 2 });
+  });
+
+  it('still tells the holder after another restart, once the retry finished elsewhere or the task timed out', async () => {
+    // The notices a stopped process owed its remote agents used to live in its memory only: a
+    // second restart before the holder's next report lost them, and a task finished or ended
+    // meanwhile was owed nothing at the next start, so the holder's worker ran on. They are
+    // kept in the store now, until the agent takes them.
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    const [a, b] = await remotePair(first.fabric);
+    const retried = await first.fabric.scheduleToPool('p', 'echo', { n: 1 }, { maxAttempts: 3 });
+    expect(await first.fabric.claimTask(a!)).toMatchObject({ taskId: retried.id, attempt: 1 });
+    const timed = await first.fabric.scheduleToPool('p', 'echo', { n: 2 }, { timeoutSeconds: 0.2 });
+    expect(await first.fabric.claimTask(b!)).toMatchObject({ taskId: timed.id, attempt: 1 });
+    await until(async () => (await first.fabric.getTask(timed.id)).status === TaskStatus.TIMEOUT);
+    await close(first.fabric);
+
+    // The restart retries the attempt `a` held; `b` finishes the retry; `a` never reports.
+    const second = await open(path);
+    const retry = (await second.fabric.claimTask(b!))!;
+    expect(retry).toMatchObject({ taskId: retried.id, attempt: 2 });
+    await second.fabric.completeTask(b!, retry.taskId, retry.attempt, 'b did it');
+    await close(second.fabric);
+
+    const third = await open(path);
+    expect(third.fabric.scheduler.takeEndedTasks(a!)).toEqual([
+      {
+        taskId: retried.id,
+        attempt: 1,
+        code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
+        message: expect.any(String),
+      },
+    ]);
+    expect(third.fabric.scheduler.takeEndedTasks(b!)).toEqual([
+      {
+        taskId: timed.id,
+        attempt: 1,
+        code: 'FABRIC_ERR_TASK_TIMEOUT',
+        message: expect.any(String),
+      },
+    ]);
+    // The old attempt's late result is refused (a task `a` does not hold reads as unknown to
+    // it); the store keeps the one outcome.
+    await expect(third.fabric.completeTask(a!, retried.id, 1, 'a, late')).rejects.toMatchObject({
+      code: 'FABRIC_ERR_TASK_NOT_FOUND',
+    });
+    await close(third.fabric);
+    const rows = storedTasks(path);
+    expect(rows.get(retried.id)).toMatchObject({
+      status: 'COMPLETED',
+      attempt: 2,
+      result: 'b did it',
+    });
+    expect(rows.get(timed.id)).toMatchObject({ status: 'TIMEOUT', attempt: 1 });
+
+    // Taken: a fourth start owes nothing.
+    const fourth = await open(path);
+    expect(fourth.fabric.scheduler.takeEndedTasks(a!)).toEqual([]);
+    expect(fourth.fabric.scheduler.takeEndedTasks(b!)).toEqual([]);
   });
 
   it('fails a running task that has used maxAttempts, and times out queued ones past their deadline', async () => {
