@@ -422,6 +422,7 @@ export class AgentFabric {
                     : undefined,
                 poolId: t.poolId,
                 maxAttempts: t.maxAttempts,
+                reportMark: t.reportMark,
               };
         },
         credentialHash: (id) => {

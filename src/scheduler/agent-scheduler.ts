@@ -294,11 +294,13 @@ export class AgentScheduler {
         this.#saveStart(t, this.#agentOf(t));
       }
     },
-    progress: (id, attempt, progress) => {
+    progress: (id, attempt, progress, mark) => {
       const t = this.#reported(id, attempt);
       // Progress is advisory: a report the store cannot keep is not applied (the task goes on).
-      if (t !== undefined && this.#unstorable('progress', progress) === undefined)
+      if (t !== undefined && this.#unstorable('progress', progress) === undefined) {
+        if (mark !== undefined) t.reportMark = mark; // written with the progress
         this.#progress(t, progress);
+      }
     },
   };
 

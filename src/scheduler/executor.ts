@@ -28,8 +28,12 @@ export interface ExecutorSink {
   fail(taskId: string, attempt: number, error: TaskError, options?: { retry?: boolean }): void;
   /** The executor started the task (only needed when {@link TaskExecutor.acknowledges}). */
   started(taskId: string, attempt: number): void;
-  /** Progress reported by the running task. */
-  progress(taskId: string, attempt: number, progress: unknown): void;
+  /**
+   * Progress reported by the running task. `mark`, when given, is kept with the task in the
+   * same write as the progress (`TaskRecord.reportMark`, in the store) and read back by the
+   * executor's host after a restart: where the executor was in the attempt's reports.
+   */
+  progress(taskId: string, attempt: number, progress: unknown, mark?: string): void;
 }
 
 /** Something that runs tasks for agents. Registered with the scheduler under its `name`. */

@@ -48,6 +48,8 @@ export interface TaskData {
   result?: unknown;
   error?: TaskError;
   progress?: unknown;
+  /** See {@link TaskRecord.reportMark}. */
+  reportMark?: string;
 }
 
 /** Mutable task state. Fields are public for speed; only the scheduler writes them. */
@@ -66,6 +68,14 @@ export class TaskRecord {
   result: unknown = undefined;
   error: TaskError | undefined = undefined;
   progress: unknown = undefined;
+  /**
+   * What the executor running the task wrote with its last progress (see
+   * `ExecutorSink.progress`), kept with the task so that it outlives a restart on a durable
+   * store: the `nats` executor's `<attempt>:<counter>:<take>` of the last report it accepted,
+   * by which a replayed earlier report heard first after a restart is told from a later one.
+   * Not part of the public {@link Task}.
+   */
+  reportMark: string | undefined = undefined;
   /** Position in its queue flow: heap index, or absolute FIFO slot when `inFifo`. */
   qIndex = NOT_IN_HEAP;
   /** Whether its flow keeps it in the FIFO (no deadline, never run) or the heap. */
@@ -141,6 +151,7 @@ export class TaskRecord {
     w.result = undefined;
     w.error = undefined;
     w.progress = undefined;
+    w.reportMark = undefined;
     w.qIndex = NOT_IN_HEAP;
     w.inFifo = false;
     w.tIndex = NOT_IN_HEAP;
@@ -232,6 +243,7 @@ export class TaskRecord {
       t.error = rec.error;
     }
     t.progress = rec.progress;
+    t.reportMark = str(rec.reportMark, 'reportMark', true);
     return t;
   }
 
@@ -261,6 +273,7 @@ export class TaskRecord {
       result: this.result,
       error: this.error,
       progress: this.progress,
+      reportMark: this.reportMark,
     };
   }
 

@@ -96,9 +96,10 @@ import type { Collection, FabricStore, OwedAborts } from './store.js';
 
 /**
  * The schema version this code writes (stored as SQLite's `user_version`). 2: tasks in their own
- * table (`sqlite-tasks.ts`); a version-1 file is migrated when opened.
+ * table (`sqlite-tasks.ts`); 3: the tasks table's `report_mark` column (`TaskRecord.reportMark`).
+ * A file of an older version is migrated when opened.
  */
-export const STATE_SCHEMA_VERSION = 2;
+export const STATE_SCHEMA_VERSION = 3;
 
 /** How hard a commit is pushed to disk. @see SqliteStoreOptions.synchronous */
 export type StateSynchronous = 'NORMAL' | 'FULL';
@@ -166,6 +167,12 @@ const SCHEMA = `
 const SCHEMA_TABLES: Readonly<Record<number, Readonly<Record<string, readonly string[]>>>> = {
   1: { meta: ['key', 'value'], records: ['kind', 'id', 'data'], budgets: ['scope', 'data'] },
   2: {
+    meta: ['key', 'value'],
+    records: ['kind', 'id', 'data'],
+    budgets: ['scope', 'data'],
+    tasks: TASK_COLUMNS.filter((c) => c !== 'report_mark'),
+  },
+  3: {
     meta: ['key', 'value'],
     records: ['kind', 'id', 'data'],
     budgets: ['scope', 'data'],
@@ -1770,8 +1777,8 @@ function missingTable(
 
 /**
  * Brings a file of an older schema to {@link STATE_SCHEMA_VERSION} in one transaction (a failure
- * leaves it as it was): 0 (new) or 1 → 2 creates the `tasks` table and moves schema 1's task
- * records (JSON in `records`) into it.
+ * leaves it as it was): 0 (new) or 1 creates the `tasks` table and moves schema 1's task
+ * records (JSON in `records`) into it; 2 adds the tasks table's `report_mark` column.
  * @throws StateStoreError naming the file and the task when a schema-1 task record is not JSON.
  */
 function migrate(path: string, db: Database.Database): void {
@@ -1779,7 +1786,8 @@ function migrate(path: string, db: Database.Database): void {
   if (version === STATE_SCHEMA_VERSION) return;
   try {
     db.transaction(() => {
-      db.exec(TASKS_TABLE);
+      if (version === 2) db.exec('ALTER TABLE tasks ADD COLUMN report_mark TEXT');
+      else db.exec(TASKS_TABLE);
       if (version === 1) {
         const insert = db.prepare(INSERT_TASK);
         let rid = 0;

@@ -16,7 +16,10 @@
 import type Database from 'better-sqlite3';
 import { parseRecordJson, recordJson } from '../json-bytes.js';
 
-/** The `tasks` table (schema 2). `rid` is the store's key; `id` the task id. */
+/**
+ * The `tasks` table (schema 3: schema 2 without `report_mark`). `rid` is the store's key; `id`
+ * the task id.
+ */
 export const TASKS_TABLE = `
   CREATE TABLE IF NOT EXISTS tasks (
     rid INTEGER PRIMARY KEY,
@@ -42,7 +45,8 @@ export const TASKS_TABLE = `
     not_before REAL,
     result TEXT,
     error TEXT,
-    progress TEXT
+    progress TEXT,
+    report_mark TEXT
   );
 `;
 
@@ -75,6 +79,7 @@ export const MUTABLE_COLUMNS = [
   'result',
   'error',
   'progress',
+  'report_mark',
 ] as const;
 
 /** Every column of the `tasks` table, as {@link TASKS_TABLE} makes it. */
@@ -199,6 +204,7 @@ function fillMutable(cells: Cell[], at: number, id: string, d: Record<string, un
   cells[at + 8] = json(d.result, id, 'result');
   cells[at + 9] = json(d.error, id, 'error');
   cells[at + 10] = json(d.progress, id, 'progress');
+  cells[at + 11] = str(d.reportMark);
 }
 
 /** Column → `TaskData` field, for the columns read back as they are. */
@@ -220,6 +226,7 @@ const PLAIN_FIELDS: ReadonlyArray<readonly [string, string]> = [
   ['started_at', 'startedAt'],
   ['finished_at', 'finishedAt'],
   ['not_before', 'notBefore'],
+  ['report_mark', 'reportMark'],
 ];
 
 /** Columns holding JSON text → `TaskData` field. */

@@ -21,7 +21,12 @@ import { natsNames } from '../../src/transport/nats/subjects.js';
 import { FabricWorker, type WorkerHandler } from '../../src/worker/fabric-worker.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
-import { api, natsSidecarWithAgent, onDisk } from '../fixtures/nats/state-sidecar.js';
+import {
+  api,
+  connectWhenAnswered,
+  natsSidecarWithAgent,
+  onDisk,
+} from '../fixtures/nats/state-sidecar.js';
 import { cleanUp, serve, stop } from '../fixtures/state/serve.js';
 
 afterAll(cleanUp);
@@ -30,22 +35,6 @@ afterAll(cleanUp);
  * Starts `worker.run(handlers)`: its stop, how it ended so far (undefined while it runs,
  * `'resolved'`, or what it rejected with) and its end.
  */
-/** A transport of the agent, connected once a sidecar answers it (it may still be starting). */
-async function connectWhenAnswered(
-  options: Parameters<typeof NatsWorkerTransport.connect>[0],
-): Promise<NatsWorkerTransport> {
-  let transport: NatsWorkerTransport | undefined;
-  await until(async () => {
-    try {
-      transport = await NatsWorkerTransport.connect(options);
-      return true;
-    } catch {
-      return false;
-    }
-  }, 20_000);
-  return transport!;
-}
-
 function startRun(
   worker: FabricWorker,
   handlers: Readonly<Record<string, WorkerHandler>>,

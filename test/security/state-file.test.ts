@@ -264,7 +264,7 @@ describe('SqliteStore.open against hostile files', () => {
     },
   );
 
-  it('a state file of schema 2 whose tasks table lost a column: refused, unchanged', async () => {
+  it('a state file whose tasks table lost a column: refused, unchanged', async () => {
     const path = join(tempDir('state-missing-column'), 'state.db');
     await realState(path);
     const db = new Database(path);
@@ -301,7 +301,7 @@ describe('SqliteStore.open against hostile files', () => {
     const ids = await stateWithTasks(path, 1);
     const db = new Database(path);
     db.prepare(
-      "INSERT INTO tasks SELECT 100, id, type, payload, priority, agent_id, pinned, tenant, deadline, timeout_ms, max_attempts, seq, created_at, pool_id, 'COMPLETED', attempt, undelivered, assigned_agent_id, started_at, 5, not_before, result, error, progress FROM tasks WHERE id = ?",
+      "INSERT INTO tasks SELECT 100, id, type, payload, priority, agent_id, pinned, tenant, deadline, timeout_ms, max_attempts, seq, created_at, pool_id, 'COMPLETED', attempt, undelivered, assigned_agent_id, started_at, 5, not_before, result, error, progress, report_mark FROM tasks WHERE id = ?",
     ).run(ids[0]);
     db.pragma('wal_checkpoint(TRUNCATE)');
     db.close();

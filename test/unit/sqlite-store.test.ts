@@ -208,7 +208,7 @@ function task(id: string, payload: unknown = { n: id }): TaskRecord {
   return t;
 }
 
-describe('SqliteStore tasks table (schema 2)', () => {
+describe('SqliteStore tasks table (schema 2 on)', () => {
   it('commits a lazy put at the end of the event-loop iteration, not with an earlier commit', async () => {
     const s = await open('tasks-lazy.db');
     const started = task('t1');
@@ -530,6 +530,41 @@ describe('SqliteStore tasks table (schema 2)', () => {
     s = await SqliteStore.open(path);
     stores.push(s);
     expect(TaskRecord.fromData(s.tasks.get('t7')).toJSON()).toEqual(t.toJSON());
+  });
+
+  it('migrates a schema-2 file: its tasks table gains report_mark, every task kept; a mark round-trips', async () => {
+    const path = join(tempDir('sqlite-unit'), 'v2.db');
+    let s = await SqliteStore.open(path);
+    const t = task('t8');
+    t.status = TaskStatus.RUNNING;
+    t.attempt = 1;
+    t.progress = { pct: 5 };
+    s.tasks.put('t8', t);
+    await s.close();
+    // The file as schema 2 wrote it: no report_mark column.
+    let db = new Database(path);
+    db.exec('ALTER TABLE tasks DROP COLUMN report_mark');
+    db.pragma('user_version = 2');
+    db.pragma('wal_checkpoint(TRUNCATE)');
+    db.close();
+    s = await SqliteStore.open(path);
+    expect(TaskRecord.fromData(s.tasks.get('t8')).toJSON()).toEqual(t.toJSON());
+    const marked = TaskRecord.fromData(s.tasks.get('t8'));
+    marked.reportMark = '1:3:w1.1';
+    s.tasks.put('t8', marked);
+    await s.close();
+    db = new Database(path, { readonly: true });
+    try {
+      expect(db.pragma('user_version', { simple: true })).toBe(STATE_SCHEMA_VERSION);
+      expect(db.prepare('SELECT report_mark FROM tasks').get()).toEqual({
+        report_mark: '1:3:w1.1',
+      });
+    } finally {
+      db.close();
+    }
+    s = await SqliteStore.open(path);
+    stores.push(s);
+    expect(TaskRecord.fromData(s.tasks.get('t8')).reportMark).toBe('1:3:w1.1');
   });
 
   it('refuses a schema-1 file whose task record is not JSON, naming it, and leaves the file as it was', async () => {

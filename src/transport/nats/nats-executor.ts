@@ -20,8 +20,8 @@
  *   already started attempt under another take-up (its message came back after AckWait) ends
  *   that attempt as lost and retries the task as a new attempt, or FAILS it after its
  *   `maxAttempts` (after a restart, the first start heard of a started attempt is taken as its
- *   own take-up). The sidecar creates the consumers of an agent (and of its pool) when the
- *   agent is attached here.
+ *   own take-up, unless a progress of it was applied: its take-up is kept with the task). The
+ *   sidecar creates the consumers of an agent (and of its pool) when the agent is attached here.
  * - **Reports.** Workers send `start`, `progress`, `complete` and `fail` as requests on the
  *   scheduling sidecar's `res.<sidecarId>`, alone or batched. A report must carry the attempt's
  *   lease (see `wire.ts`) and the reporting agent's credential proof, checked here for agents
@@ -146,6 +146,36 @@ function noSidecarKey(r: Report): Answer {
   return { ok: false, code: e.code, message: e.message };
 }
 
+/**
+ * What the executor keeps with a task with each progress it applies (`TaskRecord.reportMark`):
+ * `<attempt>:<counter>:<take>` of the report, the take-up last (it may hold a `:`).
+ */
+function reportMark(r: Report): string {
+  return `${r.attempt}:${r.counter}:${r.take}`;
+}
+
+/** A {@link reportMark} read back; undefined for none or one not of that form. */
+function parseReportMark(
+  mark: string | undefined,
+): { attempt: number; counter: number; take: string } | undefined {
+  const m = mark === undefined ? null : /^(\d+):(\d+):(.+)$/s.exec(mark);
+  if (m === null) return undefined;
+  const attempt = Number(m[1]);
+  const counter = Number(m[2]);
+  if (!Number.isSafeInteger(attempt) || !Number.isSafeInteger(counter)) return undefined;
+  return { attempt, counter, take: m[3]! };
+}
+
+/** The take-up whose start was accepted, of a running attempt (see `NatsExecutor.#takes`). */
+interface TakeUp {
+  attempt: number;
+  take: string;
+  lease: string;
+  seq: number | undefined;
+  /** The highest `Report.counter` of the take-up accepted so far. */
+  counter: number;
+}
+
 /** A checked report, or the answer that refuses it. */
 type Checked = Report | Answer;
 
@@ -189,6 +219,11 @@ export interface NatsExecutorHost {
         agentId: string | undefined;
         poolId: string | undefined;
         maxAttempts: number;
+        /**
+         * What {@link NatsExecutor} gave `ExecutorSink.progress` with the last progress it
+         * applied (kept with the task by a durable store): see {@link reportMark}.
+         */
+        reportMark?: string | undefined;
       }
     | undefined;
   /** SHA-256 (hex) of a known, not terminated agent's credential. */
@@ -286,17 +321,7 @@ export class NatsExecutor implements TaskExecutor {
    * attempt's lease that start proved (its later reports are checked against it, no HMAC) and
    * the stream sequence of the message it took up, when its start named one.
    */
-  readonly #takes = new Map<
-    string,
-    {
-      attempt: number;
-      take: string;
-      lease: string;
-      seq: number | undefined;
-      /** The highest `Report.counter` of the take-up accepted so far. */
-      counter: number;
-    }
-  >();
+  readonly #takes = new Map<string, TakeUp>();
   /**
    * Each attempt's message while its task is out: its lease (a start is checked against it, no
    * HMAC) and, from the publish's acknowledgement on, its stream sequence — when the scheduler
@@ -877,6 +902,30 @@ export class NatsExecutor implements TaskExecutor {
     return out !== undefined && out.attempt === r.attempt ? out.seq : undefined;
   }
 
+  /**
+   * After a restart on a durable store (no take-up of the task in memory), the take-up of its
+   * started attempt and the counter of its last progress accepted before the restart, as kept
+   * with the task ({@link reportMark}); remembered as the attempt's take-up, so that a replayed
+   * earlier report heard first after the restart is told from a later one. Undefined when the
+   * store holds none for this attempt (no progress accepted yet, or a file written before marks).
+   */
+  #takeOnDisk(
+    r: Report,
+    t: { attempt: number; started: boolean; reportMark?: string | undefined },
+  ): TakeUp | undefined {
+    const mark = t.started ? parseReportMark(t.reportMark) : undefined;
+    if (mark === undefined || mark.attempt !== t.attempt || mark.attempt !== r.attempt) return;
+    const take = {
+      attempt: mark.attempt,
+      take: mark.take,
+      lease: attemptLease(this.#secret, r.taskId, mark.attempt),
+      seq: this.#outSeq(r),
+      counter: mark.counter,
+    };
+    this.#takes.set(r.taskId, take);
+    return take;
+  }
+
   /** Applies an authentic report to the task's current attempt. */
   #apply(r: Report): Answer {
     const deny = DENY;
@@ -895,7 +944,7 @@ export class NatsExecutor implements TaskExecutor {
     // Not held by an agent (queued again for a retry, or finished): no attempt is current.
     if (!t.dispatched || t.attempt !== r.attempt) return stale();
     const sink = this.#sink!;
-    const known = this.#takes.get(r.taskId);
+    const known = this.#takes.get(r.taskId) ?? this.#takeOnDisk(r, t);
     if (r.kind !== 'start' && known !== undefined) {
       // From a take-up other than the one that started the attempt (a copy of its message taken
       // up beside it, refused or not answered yet): not this attempt's report.
@@ -917,10 +966,11 @@ export class NatsExecutor implements TaskExecutor {
       }
       known.counter = r.counter;
     } else if (r.kind === 'progress' && known === undefined && t.started) {
-      // Started before this process restarted on its store, which keeps no take-ups: as for
-      // the first start heard of such an attempt, the first take-up heard reporting on it is
-      // taken as its own, so its later reports are numbered from here (else an earlier
-      // progress replayed after a later one set the progress back for the rest of the attempt).
+      // Started before this process restarted on its store, which kept no take-up of it (no
+      // progress applied yet, see #takeOnDisk): as for the first start heard of such an
+      // attempt, the first take-up heard reporting on it is taken as its own, so its later
+      // reports are numbered from here (else an earlier progress replayed after a later one set
+      // the progress back for the rest of the attempt).
       this.#takes.set(r.taskId, {
         attempt: r.attempt,
         take: r.take,
@@ -947,13 +997,13 @@ export class NatsExecutor implements TaskExecutor {
           return { ok: false, code: e.code, message: e.message };
         }
         if (t.started && known === undefined) {
-          // Started before this process restarted on its store, which does not keep take-ups:
-          // the first start it hears of is taken as the attempt's own — most likely the start
-          // of the worker running it, sent again because the answer was lost with the old
-          // process (a take-up after AckWait needs that worker to have stopped acknowledging
-          // the message). Counting it as lost instead would run the task again beside that
-          // worker. At worst, the attempt of a worker that died while this sidecar was down
-          // goes uncounted.
+          // Started before this process restarted on its store, which kept no take-up of it (a
+          // take-up is kept with a progress only, see #takeOnDisk): the first start it hears
+          // of is taken as the attempt's own — most likely the start of the worker running it,
+          // sent again because the answer was lost with the old process (a take-up after
+          // AckWait needs that worker to have stopped acknowledging the message). Counting it
+          // as lost instead would run the task again beside that worker. At worst, the attempt
+          // of a worker that died while this sidecar was down goes uncounted.
           this.#takes.set(r.taskId, {
             attempt: r.attempt,
             take: r.take,
@@ -989,7 +1039,7 @@ export class NatsExecutor implements TaskExecutor {
         break;
       }
       case 'progress':
-        sink.progress(r.taskId, r.attempt, r.progress);
+        sink.progress(r.taskId, r.attempt, r.progress, reportMark(r));
         break;
       case 'complete': {
         this.#takes.delete(r.taskId);
