@@ -5,14 +5,17 @@
  * memory only, so it took the replay as the take-up's latest and set the stored progress back
  * (to stay there if the worker's next report was its result). Now the take-up and counter of the
  * last progress applied are written with the task (`report_mark`, in the same write as the
- * progress): after the restart, the replay is below it — answered ok, nothing changes.
+ * progress): after the restart, the replay is below it — answered ok, nothing changes — and a
+ * report of another take-up of the attempt is stale.
  * Real nats-server, the real `agent-fabric serve` on a SQLite state file (SIGKILLed, started
  * again on it), the real worker transport; the progress read from the file.
  */
 import Database from 'better-sqlite3';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, expect, it } from 'vitest';
+import { hashCredential } from '../../src/lifecycle/lifecycle-manager.js';
 import type { NatsWorkerTransport } from '../../src/transport/nats/nats-worker-transport.js';
+import { reportProof } from '../../src/transport/nats/wire.js';
 import { natsNames } from '../../src/transport/nats/subjects.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
@@ -96,22 +99,38 @@ describeNats('NATS: an earlier progress replayed to a sidecar restarted on its s
       expect(await stop(sidecar, 'SIGKILL')).toBeNull();
       sidecar = await serve(dir);
 
-      // The earlier progress, replayed exactly as read, is the first report of the take-up the
-      // restarted sidecar hears: answered ok (as a late re-send is), nothing changes.
-      const first = progress[0]!;
-      let answer: Record<string, unknown> | undefined;
-      await until(async () => {
-        try {
-          const m = await evil!.request(first.subject, JSON.stringify(first.body), {
-            timeout: 2000,
-          });
-          answer = m.json<Record<string, unknown>>();
-          return true;
-        } catch {
-          return false; // not subscribed yet
-        }
-      }, 20_000);
-      expect(answer).toMatchObject({ ok: true });
+      /** Sends `body` to the restarted sidecar once it listens; its answer. */
+      const send = async (body: Record<string, unknown>) => {
+        let answer: Record<string, unknown> | undefined;
+        await until(async () => {
+          try {
+            const m = await evil!.request(progress[0]!.subject, JSON.stringify(body), {
+              timeout: 2000,
+            });
+            answer = m.json<Record<string, unknown>>();
+            return true;
+          } catch {
+            return false; // not subscribed yet
+          }
+        }, 20_000);
+        return answer;
+      };
+      // A progress of another take-up of the attempt (signed with the agent's credential) is
+      // the first report the restarted sidecar hears: not the take-up that ran it, so stale.
+      const other: Record<string, unknown> = {
+        ...progress[1]!.body,
+        take: 'another-take',
+        counter: 9,
+        progress: { pct: 1 },
+      };
+      delete other.proof;
+      const signed = { ...other, proof: reportProof(hashCredential(credential), other as never) };
+      expect(await send(signed)).toMatchObject({ ok: false, code: 'FABRIC_ERR_TASK_STATE' });
+      expect(storedProgress(statePath, task.taskId).progress).toEqual({ pct: 90 });
+
+      // The earlier progress, replayed exactly as read: answered ok (as a late re-send is),
+      // nothing changes.
+      expect(await send(progress[0]!.body)).toMatchObject({ ok: true });
       expect(storedProgress(statePath, task.taskId).progress).toEqual({ pct: 90 });
       const { task: read } = await api<{ task: { status: string; progress: unknown } }>(
         sidecar.url,
