@@ -2051,7 +2051,13 @@ export class AgentFabric {
       try {
         const abandoned: string[] = [];
         if (!this.#isAlive(agentId)) {
-          for (const h of await hooks.listHooks({ agentId })) {
+          // Only its open hooks, one status per call (what every hook store plugin answers):
+          // the store need not read its finished ones (up to `finishedRetention`) to find them.
+          const open = [
+            ...(await hooks.listHooks({ agentId, status: HookStatus.ACTIVE })),
+            ...(await hooks.listHooks({ agentId, status: HookStatus.PENDING })),
+          ].sort((a, b) => a.createdAt - b.createdAt);
+          for (const h of open) {
             if (h.status === HookStatus.ACTIVE || h.status === HookStatus.PENDING) {
               const status = this.lifecycle.peek(agentId)?.status ?? 'gone';
               await hooks.abandonHook(h.hookId, `agent ${agentId} is ${status}`);

@@ -198,6 +198,11 @@ export class HookManager {
    * {@link hookFor} reads, so an agent's lookup does not walk every hook the store ever held.
    */
   readonly #openByAgent = new Map<string, Map<string, Hook>>();
+  /**
+   * Every hook by agent, kept with `#hooks` by {@link #put}: what `listHooks({ agentId })` reads
+   * (the fabric's recovery of a lost agent), so it does not walk every hook the store holds.
+   */
+  readonly #byAgent = new Map<string, Map<string, Hook>>();
   /** ABANDONED hooks, kept with `#hooks` by {@link #put}: what the patrol and recovery read. */
   readonly #abandoned = new Map<string, Hook>();
   /**
@@ -599,7 +604,10 @@ export class HookManager {
     return this.#run(async () => this.#mustGet((id) => this.#hooks.get(id), checkHookId(hookId)));
   }
 
-  /** Hooks matching `filter`, oldest first. */
+  /**
+   * Hooks matching `filter`, oldest first. With `agentId` it reads only that agent's hooks (only
+   * its open ones when `status` asks for PENDING or ACTIVE alone), not every hook the store holds.
+   */
   listHooks(filter: ListHooksFilter = {}): Promise<Hook[]> {
     return this.#run(async () => {
       const statuses =
@@ -608,11 +616,21 @@ export class HookManager {
           : new Set<HookStatus>(
               typeof filter.status === 'string' ? [filter.status] : filter.status,
             );
-      return this.#sorted().filter(
-        (h) =>
+      let from: Iterable<Hook> = this.#hooks.values();
+      if (filter.agentId !== undefined) {
+        const onlyOpen = statuses !== undefined && [...statuses].every(isOpenStatus);
+        from = (onlyOpen ? this.#openByAgent : this.#byAgent).get(filter.agentId)?.values() ?? [];
+      }
+      const out: Hook[] = [];
+      for (const h of from) {
+        if (
           (filter.agentId === undefined || h.agentId === filter.agentId) &&
-          (statuses === undefined || statuses.has(h.status)),
-      );
+          (statuses === undefined || statuses.has(h.status))
+        ) {
+          out.push(h);
+        }
+      }
+      return out.sort(byAge);
     });
   }
 
@@ -944,10 +962,6 @@ export class HookManager {
     return Math.floor(this.options.clock());
   }
 
-  #sorted(): Hook[] {
-    return [...this.#hooks.values()].sort(byAge);
-  }
-
   /** PENDING, ACTIVE and ABANDONED hooks (what the patrol reports), oldest first. */
   #watched(): Hook[] {
     const out = [...this.#abandoned.values()];
@@ -956,13 +970,16 @@ export class HookManager {
   }
 
   /**
-   * Makes `record` the hook's current state, in `#hooks` and in the indexes by status
-   * (`#openByAgent`, `#abandoned`, `#finished`: a hook that finishes again goes to its end).
+   * Makes `record` the hook's current state, in `#hooks`, in `#byAgent` and in the indexes by
+   * status (`#openByAgent`, `#abandoned`, `#finished`: a hook that finishes again goes to its end).
    */
   #put(record: Hook): void {
     const id = record.hookId;
     this.#unindex(id);
     this.#hooks.set(id, record);
+    let all = this.#byAgent.get(record.agentId);
+    if (all === undefined) this.#byAgent.set(record.agentId, (all = new Map()));
+    all.set(id, record);
     if (isOpenStatus(record.status)) {
       let mine = this.#openByAgent.get(record.agentId);
       if (mine === undefined) this.#openByAgent.set(record.agentId, (mine = new Map()));
@@ -974,13 +991,13 @@ export class HookManager {
     }
   }
 
-  /** Takes the hook's current record out of the indexes by status. */
+  /** Takes the hook's current record out of the indexes by agent and by status. */
   #unindex(id: string): void {
     const before = this.#hooks.get(id);
     if (before === undefined) return;
-    const theirs = this.#openByAgent.get(before.agentId);
-    if (theirs?.delete(id) === true && theirs.size === 0) {
-      this.#openByAgent.delete(before.agentId);
+    for (const index of [this.#openByAgent, this.#byAgent]) {
+      const theirs = index.get(before.agentId);
+      if (theirs?.delete(id) === true && theirs.size === 0) index.delete(before.agentId);
     }
     this.#abandoned.delete(id);
     this.#finished.delete(id);
@@ -1155,6 +1172,7 @@ export class HookManager {
       }
       this.#hooks.clear();
       this.#openByAgent.clear();
+      this.#byAgent.clear();
       this.#abandoned.clear();
       this.#finished.clear();
       // Finished ones in the order they finished, so the oldest are dropped first.

@@ -9,7 +9,10 @@
  * store of hooks most of which are finished or another agent's; and the answer stays right
  * across activation, completion, abandonment, reassignment and a restart.
  */
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { AgentStatus } from '../../src/agent.js';
+import { AgentFabric } from '../../src/fabric.js';
 import { HookManager, HookStatus, type Hook } from '../../src/hooks/index.js';
 import { sortedElements } from '../fixtures/hooks/sort-count.js';
 import { tempDir, type TempDir } from '../fixtures/hooks/temp-store.js';
@@ -120,4 +123,110 @@ describe("hookFor reads the asking agent's open hooks, not every hook ever made"
     expect((await again.hookFor('b'))?.hookId).toBe(b1.hookId);
     expect(await again.hookFor('nobody')).toBeUndefined();
   });
+});
+
+describe("listHooks({ agentId }) reads that agent's hooks, not every hook the store holds", () => {
+  /** 300 finished hooks of other agents, `victim`'s three hooks (one finished, two open). */
+  async function crowded(hooks: HookManager, tick: () => void): Promise<Hook[]> {
+    const others = await Promise.all(
+      Array.from({ length: 300 }, (_, i) =>
+        hooks.createHook({ agentId: `other-${i % 5}`, workItem: i }),
+      ),
+    );
+    for (const h of others) await hooks.activateHook(h.hookId);
+    await Promise.all(others.map((h) => hooks.completeHook(h.hookId, 'done')));
+    tick();
+    const done = await hooks.createHook({ agentId: 'victim', workItem: 'done' });
+    await hooks.activateHook(done.hookId);
+    await hooks.completeHook(done.hookId, 'ok');
+    tick();
+    const active = await hooks.activateHook(
+      (await hooks.createHook({ agentId: 'victim', workItem: 'active' })).hookId,
+    );
+    tick();
+    const pending = await hooks.createHook({ agentId: 'victim', workItem: 'pending' });
+    return [await hooks.getHook(done.hookId), active, pending];
+  }
+
+  it('sorts only the agent’s hooks (its open ones when asked for an open status)', async () => {
+    let now = 1_700_000_000_000;
+    const hooks = manager(() => now);
+    const [done, active, pending] = await crowded(hooks, () => (now += 10));
+    const ids = (hs: Hook[]): string[] => hs.map((h) => h.hookId);
+
+    const { value, sorted } = await sortedElements(async () => [
+      await hooks.listHooks({ agentId: 'victim' }),
+      await hooks.listHooks({ agentId: 'victim', status: HookStatus.PENDING }),
+      await hooks.listHooks({ agentId: 'victim', status: [HookStatus.ACTIVE, HookStatus.PENDING] }),
+      await hooks.listHooks({ agentId: 'victim', status: HookStatus.COMPLETED }),
+      await hooks.listHooks({ agentId: 'nobody' }),
+    ]);
+    expect(value.map(ids)).toEqual([
+      ids([done!, active!, pending!]),
+      ids([pending!]),
+      ids([active!, pending!]),
+      ids([done!]),
+      [],
+    ]);
+    // Old code: 5 × 303 elements sorted.
+    expect(sorted).toBeLessThanOrEqual(3 + 1 + 2 + 3 + 0);
+
+    // The index follows reassignment and a restart.
+    await hooks.abandonHook(active!.hookId, 'gone');
+    await hooks.reassignHook(active!.hookId, 'heir');
+    expect(ids(await hooks.listHooks({ agentId: 'victim' }))).toEqual(ids([done!, pending!]));
+    expect(ids(await hooks.listHooks({ agentId: 'heir' }))).toEqual(ids([active!]));
+    await hooks.close();
+    const again = manager(() => now);
+    expect(ids(await again.listHooks({ agentId: 'victim' }))).toEqual(ids([done!, pending!]));
+    expect(ids(await again.listHooks({ agentId: 'heir', status: HookStatus.PENDING }))).toEqual(
+      ids([active!]),
+    );
+    expect(await again.listHooks()).toHaveLength(303);
+  }, 120_000);
+
+  it("the fabric's recovery of a lost agent sorts none of the store's finished hooks", async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    try {
+      const fabric = new AgentFabric(
+        { heartbeatIntervalSeconds: 10 },
+        { hooks: { storagePath: join(dir.path, 'fabric'), useGitWorktree: false, fsync: false } },
+      );
+      try {
+        const pool = await fabric.createPool({
+          poolId: 'p',
+          model: 'm',
+          minAgents: 1,
+          maxAgents: 1,
+          executor: 'remote',
+        });
+        const agent = pool.currentAgents[0]!;
+        await fabric.heartbeat(agent);
+        const hooks = fabric.hooks!;
+        const finished = await Promise.all(
+          Array.from({ length: 200 }, (_, i) => hooks.createHook({ agentId: agent, workItem: i })),
+        );
+        for (const h of finished) await hooks.activateHook(h.hookId);
+        await Promise.all(finished.map((h) => hooks.completeHook(h.hookId, 'done')));
+        const open = await hooks.createHook({ agentId: agent, workItem: 'open' });
+
+        // Hooks sorted (the commit of the abandonment sorts its git trees' entries, by shard).
+        const hooksOnly = (a: unknown[]): boolean =>
+          a.some((x) => typeof x === 'object' && x !== null && 'hookId' in x);
+        const { sorted } = await sortedElements(async () => {
+          vi.advanceTimersByTime(3 * 10 * 1000 + 1); // silent for three heartbeats
+          fabric.lifecycle.checkHealth();
+          await fabric.hookRecoveryIdle();
+        }, hooksOnly);
+        expect((await fabric.getAgentInfo(agent)).status).toBe(AgentStatus.UNHEALTHY);
+        expect((await hooks.getHook(open.hookId)).status).toBe(HookStatus.ABANDONED);
+        // Old code: the agent's 201 hooks sorted to find its open one.
+        expect(sorted).toBeLessThanOrEqual(5);
+      } finally {
+        await fabric.close();
+      }
+    } finally {
+      vi.useRealTimers();
+    }
+  }, 120_000);
 });
