@@ -253,6 +253,8 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
     'Reassignments of one hook (after it was abandoned or failed, hand-backs to the same agent included) before recovery gives up on it: it ends FAILED.',
   'hooks.finishedRetention':
     "Finished (COMPLETED, FAILED) hooks kept (default 10000; 0: none): past it the oldest finished leave memory and the next commit's state tree (a `trim:` commit); `git log refs/fabric/hooks` keeps their history. Open and ABANDONED hooks are never dropped; a dropped FAILED hook can no longer be reassigned.",
+  'hooks.removeCompletedWorktrees':
+    "Remove a COMPLETED hook's worktree folder when the hook completes, if it is clean (default true; its branch, with the agent's commits, stays). A dirty one, and a FAILED hook's (it may be reassigned), is kept.",
 };
 
 type Json = Record<string, unknown>;

@@ -110,6 +110,14 @@ export interface HookManagerOptions {
    */
   finishedRetention?: number;
   /**
+   * With worktrees: remove a hook's worktree folder when the hook is COMPLETED, if it is clean
+   * (nothing git would lose; the branch keeps the agent's commits), so finished work does not
+   * keep a checkout on disk nor its branch checked out (a new hook on that branch can then have
+   * a worktree). A dirty one is kept. FAILED hooks keep theirs: they may be reassigned.
+   * @default true
+   */
+  removeCompletedWorktrees?: boolean;
+  /**
    * Largest work item (and result) accepted, in bytes of JSON.
    * @default 262144
    */
@@ -163,6 +171,7 @@ export interface ResolvedHookManagerOptions {
   readonly maintenanceIntervalSeconds: number;
   readonly maxReassignments: number;
   readonly finishedRetention: number;
+  readonly removeCompletedWorktrees: boolean;
   readonly maxWorkItemBytes: number;
   readonly liveness: AgentLiveness | undefined;
   readonly fsync: boolean;
@@ -182,6 +191,7 @@ const KNOWN = new Set<string>([
   'maintenanceIntervalSeconds',
   'maxReassignments',
   'finishedRetention',
+  'removeCompletedWorktrees',
   'maxWorkItemBytes',
   'liveness',
   'fsync',
@@ -213,6 +223,9 @@ export function parseHookManagerOptions(
     throw new ConfigError('options.storagePath', 'must not contain NUL');
   if (typeof o.useGitWorktree !== 'boolean') {
     throw new ConfigError('options.useGitWorktree', 'must be a boolean');
+  }
+  if (o.removeCompletedWorktrees !== undefined && typeof o.removeCompletedWorktrees !== 'boolean') {
+    throw new ConfigError('options.removeCompletedWorktrees', 'must be a boolean');
   }
   let baseBranch: string | undefined;
   if (o.baseBranch !== undefined) {
@@ -309,6 +322,7 @@ export function parseHookManagerOptions(
       DEFAULT_FINISHED_RETENTION,
       'nonNegativeInt',
     ),
+    removeCompletedWorktrees: o.removeCompletedWorktrees ?? true,
     maxWorkItemBytes: number(
       'options.maxWorkItemBytes',
       o.maxWorkItemBytes,

@@ -463,16 +463,33 @@ export class HookManager {
    * @throws HookNotFoundError, HookStateError, InvalidArgumentError, HookWorkItemTooLargeError.
    */
   completeHook(hookId: string, result: unknown = null, options: AsAgent = {}): Promise<Hook> {
-    return this.#run(() => {
+    return this.#run(async () => {
       const value = toJsonValue(result, 'result', this.options.maxWorkItemBytes);
-      return this.#transition(
+      const done = await this.#transition(
         hookId,
         HookStatus.COMPLETED,
         false,
         () => ({ changes: { result: value }, event: 'hook.completed' }),
         options,
       );
+      this.#retireWorktree(done);
+      return done;
     });
+  }
+
+  /**
+   * With `removeCompletedWorktrees`, removes the worktree of a hook just COMPLETED when it is
+   * clean (a dirty one is kept: git refuses). Queued with the other worktree operations before
+   * the answer, so a create on the same branch that follows it finds the branch free; `close()`
+   * waits for it.
+   */
+  #retireWorktree(hook: Hook): void {
+    const manager = this.#worktrees;
+    if (!this.options.removeCompletedWorktrees || manager === undefined) return;
+    if (hook.worktreePath === null) return;
+    void this.#track(
+      this.#serialWorktree(() => manager.remove(hook.hookId, false)).catch(() => undefined),
+    );
   }
 
   /**

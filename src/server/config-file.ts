@@ -509,6 +509,11 @@ export const sidecarConfigSchema = z
          * finished beyond it leave memory and the state tree; `git log` of the ref keeps them.
          */
         finishedRetention: z.number().int().min(0).optional(),
+        /**
+         * Remove a COMPLETED hook's worktree folder when it is clean (HookManager default true;
+         * its branch stays); a dirty one, and a FAILED hook's, is kept.
+         */
+        removeCompletedWorktrees: z.boolean().optional(),
       })
       .strict()
       .optional(),

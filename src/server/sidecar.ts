@@ -882,6 +882,7 @@ function hookOptions(h: NonNullable<SidecarConfig['hooks']>): NonNullable<Fabric
     maintenanceIntervalSeconds,
     maxReassignments,
     finishedRetention,
+    removeCompletedWorktrees,
     ...always
   } = h;
   return {
@@ -893,6 +894,7 @@ function hookOptions(h: NonNullable<SidecarConfig['hooks']>): NonNullable<Fabric
     ...(maintenanceIntervalSeconds === undefined ? {} : { maintenanceIntervalSeconds }),
     ...(maxReassignments === undefined ? {} : { maxReassignments }),
     ...(finishedRetention === undefined ? {} : { finishedRetention }),
+    ...(removeCompletedWorktrees === undefined ? {} : { removeCompletedWorktrees }),
   };
 }
 

@@ -59,7 +59,13 @@ describe('a worktree left by a create cut short', () => {
 describe('a worktree of a finished hook dropped by finishedRetention', () => {
   it('is kept (and announced) when it holds uncommitted work; removed when clean', async () => {
     dir = await tempDir('hooks-dropped-worktree-');
-    const options = { storagePath: dir.path, useGitWorktree: true, finishedRetention: 1 };
+    // Completed worktrees kept at completion, so that retention is what removes the clean one.
+    const options = {
+      storagePath: dir.path,
+      useGitWorktree: true,
+      finishedRetention: 1,
+      removeCompletedWorktrees: false,
+    };
     hooks = await HookManager.open(options);
     const finish = async (workItem: number) => {
       const h = await hooks!.createHook({ agentId: 'a', workItem, branch: `agent/w${workItem}` });

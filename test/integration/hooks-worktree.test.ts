@@ -140,4 +140,52 @@ describe('hook worktrees', () => {
     expect(git(dir.path, 'rev-parse', 'agent/on-develop')).toBe(developHead);
     expect((await hooks.getHook(h.hookId)).status).toBe(HookStatus.COMPLETED);
   });
+
+  it("removes a COMPLETED hook's clean worktree (branch and commits kept), so its branch can be used again", async () => {
+    const h = await hooks.createHook({ agentId: 'a', workItem: 1, branch: 'agent/done' });
+    await hooks.activateHook(h.hookId);
+    await writeFile(join(h.worktreePath!, 'work.txt'), 'the work');
+    git(h.worktreePath!, 'add', 'work.txt');
+    git(h.worktreePath!, 'commit', '-q', '-m', 'agent work');
+    const work = git(h.worktreePath!, 'rev-parse', 'HEAD');
+    await hooks.completeHook(h.hookId, { ok: true });
+
+    // Old code: the folder stayed, with agent/done checked out there, and this create failed
+    // with HookWorktreeError ("already checked out" / used by worktree).
+    const next = await hooks.createHook({ agentId: 'b', workItem: 2, branch: 'agent/done' });
+    expect(existsSync(h.worktreePath!)).toBe(false);
+    expect(git(dir.path, 'worktree', 'list', '--porcelain')).not.toContain(h.hookId);
+    expect(git(dir.path, 'rev-parse', 'agent/done')).toBe(work);
+    expect(git(next.worktreePath!, 'rev-parse', 'HEAD')).toBe(work);
+    expect(await hooks.inspectWorktree(h.hookId)).toMatchObject({ exists: false });
+    expect((await hooks.getHook(h.hookId)).status).toBe(HookStatus.COMPLETED);
+    await hooks.removeWorktree(h.hookId); // gone already: nothing to do
+    git(dir.path, 'fsck', '--strict', '--no-progress');
+  });
+
+  it('keeps a dirty COMPLETED worktree and a FAILED one; removeCompletedWorktrees: false keeps all', async () => {
+    const dirty = await hooks.createHook({ agentId: 'a', workItem: 1, branch: 'agent/dirty' });
+    const failed = await hooks.createHook({ agentId: 'a', workItem: 2, branch: 'agent/failed' });
+    await hooks.activateHook(dirty.hookId);
+    await hooks.activateHook(failed.hookId);
+    await writeFile(join(dirty.worktreePath!, 'unsaved.txt'), 'not committed');
+    await hooks.completeHook(dirty.hookId, 'ok');
+    await hooks.failHook(failed.hookId, 'no');
+    await hooks.close(); // waits for the worktree operations
+    expect(await readFile(join(dirty.worktreePath!, 'unsaved.txt'), 'utf8')).toBe('not committed');
+    expect(existsSync(failed.worktreePath!)).toBe(true);
+
+    hooks = await HookManager.open({
+      storagePath: dir.path,
+      useGitWorktree: true,
+      removeCompletedWorktrees: false,
+    });
+    const kept = await hooks.createHook({ agentId: 'a', workItem: 3, branch: 'agent/kept' });
+    await hooks.activateHook(kept.hookId);
+    await hooks.completeHook(kept.hookId, 'ok');
+    await hooks.close();
+    expect(existsSync(kept.worktreePath!)).toBe(true);
+    expect(git(dir.path, 'worktree', 'list', '--porcelain')).toContain(kept.hookId);
+    hooks = await HookManager.open({ storagePath: dir.path, useGitWorktree: true });
+  });
 });
