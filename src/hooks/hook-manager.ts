@@ -1214,6 +1214,14 @@ export class HookManager {
         for (const path of kept) {
           this.#events.emit('store.worktree_kept', { hookId: basename(path), path });
         }
+        if (o.removeCompletedWorktrees) {
+          // Clean worktrees of COMPLETED hooks left by a crash between the commit and the
+          // removal, or kept before (removeCompletedWorktrees off, an earlier version).
+          for (const id of await this.#worktrees.hookFolders()) {
+            if (this.#hooks.get(id)?.status !== HookStatus.COMPLETED) continue;
+            await this.#worktrees.remove(id, false).catch(() => undefined);
+          }
+        }
       }
       this.#store = store;
       this.#lock = lock;

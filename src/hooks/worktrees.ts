@@ -189,6 +189,12 @@ export class WorktreeManager {
     return { removed, kept };
   }
 
+  /** Hook ids with a folder under the root (none when there is no root yet). */
+  async hookFolders(): Promise<string[]> {
+    const names = await readdir(this.#root).catch(() => [] as string[]);
+    return names.filter((name) => isHookId(name));
+  }
+
   /** Deletes `branch` (used to undo a branch created for a hook that was never committed). */
   async deleteBranch(branch: string): Promise<void> {
     await this.#git.raw(['branch', '-D', checkBranchName(branch)]).catch(() => undefined);

@@ -186,6 +186,13 @@ describe('hook worktrees', () => {
     await hooks.close();
     expect(existsSync(kept.worktreePath!)).toBe(true);
     expect(git(dir.path, 'worktree', 'list', '--porcelain')).toContain(kept.hookId);
+
+    // Turned on again: the clean COMPLETED worktree left before is removed at open, the dirty
+    // and the FAILED one are kept.
     hooks = await HookManager.open({ storagePath: dir.path, useGitWorktree: true });
+    expect(existsSync(kept.worktreePath!)).toBe(false);
+    expect(git(dir.path, 'worktree', 'list', '--porcelain')).not.toContain(kept.hookId);
+    expect(existsSync(join(dirty.worktreePath!, 'unsaved.txt'))).toBe(true);
+    expect(existsSync(failed.worktreePath!)).toBe(true);
   });
 });
