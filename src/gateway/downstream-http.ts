@@ -172,6 +172,21 @@ function accepts(accept: string | undefined, type: string): boolean {
   });
 }
 
+/** True when `contentType` (a `Content-Type` header) names JSON, whatever its parameters. */
+function isJsonType(contentType: string | undefined): boolean {
+  return contentType?.split(';', 1)[0]!.trim().toLowerCase() === 'application/json';
+}
+
+/**
+ * The last `Content-Type` and `Accept` headers of a POST that {@link transportRefusal} looked at,
+ * with its answers: a client sends the same ones on every request, so they are parsed once, not
+ * split and lower-cased per request (a string comparison is what each request costs).
+ */
+let lastContentType: string | undefined;
+let lastIsJson = false;
+let lastPostAccept: string | undefined;
+let lastPostAccepted = false;
+
 /**
  * What the Streamable HTTP transport refuses before a request is looked at, as the SDK's own
  * server transport does: a POST that is not JSON (415) or whose client does not take both JSON
@@ -181,11 +196,20 @@ function accepts(accept: string | undefined, type: string): boolean {
 function transportRefusal(req: IncomingMessage, inSession: boolean): [number, string] | undefined {
   const accept = req.headers.accept;
   if (req.method === 'POST') {
-    const type = req.headers['content-type']?.split(';', 1)[0]!.trim().toLowerCase();
-    if (type !== 'application/json') {
+    const type = req.headers['content-type'];
+    if (type !== lastContentType) {
+      lastIsJson = isJsonType(type);
+      lastContentType = type;
+    }
+    if (!lastIsJson) {
       return [415, 'Unsupported Media Type: Content-Type must be application/json'];
     }
-    if (!accepts(accept, 'application/json') || !accepts(accept, 'text/event-stream')) {
+    if (accept !== lastPostAccept) {
+      lastPostAccepted =
+        accepts(accept, 'application/json') && accepts(accept, 'text/event-stream');
+      lastPostAccept = accept;
+    }
+    if (!lastPostAccepted) {
       return [406, 'Not Acceptable: Accept must list application/json and text/event-stream'];
     }
   } else if (req.method === 'GET' && !accepts(accept, 'text/event-stream')) {

@@ -256,6 +256,18 @@ describe('HTTP requests racing their own session and calls (real sidecar)', () =
     expect(JSON.parse(again.body)).toMatchObject({ error: { code: -32600 } });
     // The session still works.
     expect(await statusOf(mcpHeaders(token, session), ping)).toBe(200);
+    // The last headers' answers are remembered (clients repeat them): each change is read anew,
+    // either way, however often the same value came before.
+    for (let round = 0; round < 2; round++) {
+      expect(await statusOf(mcpHeaders(token, session), ping)).toBe(200);
+      expect(
+        await statusOf({ ...mcpHeaders(token, session), 'content-type': 'text/plain' }, ping),
+      ).toBe(415);
+      expect(
+        await statusOf({ ...mcpHeaders(token, session), accept: 'text/event-stream' }, ping),
+      ).toBe(406);
+      expect(await statusOf(mcpHeaders(token, session), ping)).toBe(200);
+    }
   });
 
   it('refuses an initialize batched with other messages, as the SDK transport does: no session, nothing run', async () => {
