@@ -840,18 +840,31 @@ function tokenLimit(s: ScopeUsage): number {
 function holdOn(r: ReservationImpl, sign: 1 | -1): void {
   const tokens = sign * r.tokens;
   const cost = sign * r.cost;
-  addHeld(r.agent, tokens, cost, r.aside);
-  if (r.pool !== undefined) addHeld(r.pool, tokens, cost, r.aside);
-  addHeld(r.fabric, tokens, cost, r.aside);
+  addHeld(r.agent, sign, tokens, cost, r.aside);
+  if (r.pool !== undefined) addHeld(r.pool, sign, tokens, cost, r.aside);
+  addHeld(r.fabric, sign, tokens, cost, r.aside);
 }
 
-/** Adds held amounts to one scope (`aside`: to its `reservationsAside` amounts too). */
-function addHeld(s: ScopeUsage, tokens: number, cost: number, aside: boolean): void {
-  s.reservedTokens += tokens;
-  s.reservedCost += cost;
+/**
+ * Adds held amounts to one scope (`aside`: to its `reservationsAside` amounts too). The last
+ * hold given back leaves the sums at exactly 0, not at the float drift of the adds and takes.
+ */
+function addHeld(s: ScopeUsage, sign: 1 | -1, tokens: number, cost: number, aside: boolean): void {
+  if ((s.reservedCount += sign) === 0) {
+    s.reservedTokens = 0;
+    s.reservedCost = 0;
+  } else {
+    s.reservedTokens += tokens;
+    s.reservedCost += cost;
+  }
   if (aside) {
-    s.asideTokens += tokens;
-    s.asideCost += cost;
+    if ((s.asideCount += sign) === 0) {
+      s.asideTokens = 0;
+      s.asideCost = 0;
+    } else {
+      s.asideTokens += tokens;
+      s.asideCost += cost;
+    }
   }
 }
 

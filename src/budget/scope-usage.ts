@@ -108,9 +108,17 @@ export class ScopeUsage implements BudgetStateSource {
   cost: UsageWindow;
   reservedTokens = 0;
   reservedCost = 0;
+  /**
+   * How many reservations `reservedTokens`/`reservedCost` hold. When the last is given back the
+   * sums are set to exactly 0: adding and taking back fractional amounts in another order leaves
+   * float drift (a scope with nothing in flight read `costReserved` -4e-16).
+   */
+  reservedCount = 0;
   /** Of the reservations, those made with `reservationsAside` (a check made so counts them). */
   asideTokens = 0;
   asideCost = 0;
+  /** How many reservations `asideTokens`/`asideCost` hold (reset as `reservedCount`). */
+  asideCount = 0;
   tokensWarned = false;
   tokensExhausted = false;
   costWarned = false;
