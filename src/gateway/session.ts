@@ -277,6 +277,12 @@ export class GatewaySession {
       ...(instructions === undefined ? {} : { instructions }),
     });
     const s = this.server;
+    // The SDK numbers a server's requests from 0, and an SDK client's `Protocol` ignores a
+    // `notifications/cancelled` whose requestId is falsy: the first server→client request of a
+    // session (often a sampling) could never be cancelled at such a client — its handler ran on
+    // after the gateway gave up on it. This session's requests are numbered from 1.
+    const ids = s as unknown as { _requestMessageId?: unknown };
+    if (ids._requestMessageId === 0) ids._requestMessageId = 1;
     const sdkInitialize = (s as unknown as { _oninitialize?: SdkInitialize })._oninitialize;
     if (typeof sdkInitialize === 'function') {
       // The SDK's own handling, once the params are checked here (see malformedInitialize).

@@ -4,8 +4,10 @@
  * that never cancels (it waits weeks for the answer), kept that hold until the session closed —
  * the session bounds a server→client request at 24 h — so the agent's budget stayed blocked by
  * it long after the call that asked had timed out, and the upstream waited as long. Now the
- * request is bounded by the upstream's `callTimeoutSeconds`: it is cancelled (the cancellation
- * reaches the client only while the call's stream is open — here it no longer is), the
+ * request is bounded by the upstream's `callTimeoutSeconds`: it is cancelled (here the call's
+ * stream has ended: the cancellation reaches the client's sampling handler on the session's
+ * standalone GET stream — it did not before, as the session numbered its server→client requests
+ * from 0 and the SDK client ignores a cancellation of request id 0), the
  * upstream gets `FABRIC_ERR_CALLBACK_TIMEOUT`, and the hold is settled as a refused sampling's is
  * (the request's tokens, which reached the client), so nothing stays reserved, in memory or in
  * the state file.
@@ -51,12 +53,15 @@ describe('budget: a sampling the client never answers does not hold the budget p
   let client: Client;
   let runs = 0;
   let used = 0;
+  /** Why the client's sampling handler was aborted (the gateway's cancellation), once it was. */
+  let aborted: unknown;
 
   beforeAll(async () => {
     sidecar = await startSidecar();
     client = await httpClient(sidecar.url!, agentToken(sidecar, 'a'), { sampling: {} });
-    client.setRequestHandler(CreateMessageRequestSchema, () => {
+    client.setRequestHandler(CreateMessageRequestSchema, (_request, extra) => {
       runs += 1;
+      extra.signal.addEventListener('abort', () => (aborted = extra.signal.reason ?? 'aborted'));
       return new Promise(() => undefined); // never answers
     });
     await untilTool(client, 'cb__sample_many');
@@ -99,6 +104,8 @@ describe('budget: a sampling the client never answers does not hold the budget p
     // The call itself times out (callTimeoutSeconds); the sampling it asked for is bounded alike.
     await call;
     await until(async () => (await tokensStatus(sidecar, 'a')).reserved === 0, 15_000);
+    // The cancellation reached the client's handler, though the call's stream had ended.
+    await until(() => aborted !== undefined, 15_000);
     // Charged as a refused sampling is: the request, which reached the client (and the timed-out
     // call's error, a few tokens).
     const status = await tokensStatus(sidecar, 'a');
