@@ -254,7 +254,7 @@ export const DESCRIPTIONS: Readonly<Record<string, string>> = {
   'hooks.finishedRetention':
     "Finished (COMPLETED, FAILED) hooks kept (default 10000; 0: none): past it the oldest finished leave memory and the next commit's state tree (a `trim:` commit); `git log refs/fabric/hooks` keeps their history. Open and ABANDONED hooks are never dropped; a dropped FAILED hook can no longer be reassigned.",
   'hooks.removeCompletedWorktrees':
-    "Remove a COMPLETED hook's worktree folder when the hook completes, if it is clean (default true; its branch, with the agent's commits, stays). A dirty one, and a FAILED hook's (it may be reassigned), is kept.",
+    "Remove a COMPLETED hook's worktree folder when the hook completes (and at open), if it is clean and still on the hook's branch (default true; its branch, with the agent's commits, stays; ignored files go with the folder). A dirty one, one whose HEAD is detached or on another branch, and a FAILED hook's (it may be reassigned), are kept.",
 };
 
 type Json = Record<string, unknown>;

@@ -111,9 +111,11 @@ export interface HookManagerOptions {
   finishedRetention?: number;
   /**
    * With worktrees: remove a hook's worktree folder when the hook is COMPLETED, if it is clean
-   * (nothing git would lose; the branch keeps the agent's commits), so finished work does not
-   * keep a checkout on disk nor its branch checked out (a new hook on that branch can then have
-   * a worktree). A dirty one is kept. FAILED hooks keep theirs: they may be reassigned.
+   * and still on the hook's branch (nothing git tracks is lost: the branch keeps the agent's
+   * commits; ignored files go with the folder), so finished work does not keep a checkout on
+   * disk nor its branch checked out (a new hook on that branch can then have a worktree). A
+   * dirty one is kept, and one whose HEAD is detached or on another branch. FAILED hooks keep
+   * theirs: they may be reassigned.
    * @default true
    */
   removeCompletedWorktrees?: boolean;

@@ -479,17 +479,31 @@ export class HookManager {
 
   /**
    * With `removeCompletedWorktrees`, removes the worktree of a hook just COMPLETED when it is
-   * clean (a dirty one is kept: git refuses). Queued with the other worktree operations before
-   * the answer, so a create on the same branch that follows it finds the branch free; `close()`
-   * waits for it.
+   * clean (a dirty one is kept: git refuses) and still on the hook's branch (see
+   * {@link #removeIfRetired}). Queued with the other worktree operations before the answer, so a
+   * create on the same branch that follows it finds the branch free; `close()` waits for it.
    */
   #retireWorktree(hook: Hook): void {
     const manager = this.#worktrees;
     if (!this.options.removeCompletedWorktrees || manager === undefined) return;
     if (hook.worktreePath === null) return;
     void this.#track(
-      this.#serialWorktree(() => manager.remove(hook.hookId, false)).catch(() => undefined),
+      this.#serialWorktree(() => HookManager.#removeIfRetired(manager, hook)).catch(
+        () => undefined,
+      ),
     );
+  }
+
+  /**
+   * Removes the worktree of COMPLETED `hook` when git finds it clean and its HEAD is still the
+   * hook's branch. A detached HEAD (a rebase stopped midway, a checkout of a commit) or another
+   * branch keeps it: `worktree remove` would drop that HEAD, and commits made on it that no
+   * branch holds would be left unreachable, with the worktree's reflog gone.
+   */
+  static async #removeIfRetired(manager: WorktreeManager, hook: Hook): Promise<void> {
+    const info = await manager.inspect(hook.hookId, hook.worktreePath);
+    if (!info.valid || hook.branch === null || info.branch !== hook.branch) return;
+    await manager.remove(hook.hookId, false);
   }
 
   /**
@@ -1218,8 +1232,9 @@ export class HookManager {
           // Clean worktrees of COMPLETED hooks left by a crash between the commit and the
           // removal, or kept before (removeCompletedWorktrees off, an earlier version).
           for (const id of await this.#worktrees.hookFolders()) {
-            if (this.#hooks.get(id)?.status !== HookStatus.COMPLETED) continue;
-            await this.#worktrees.remove(id, false).catch(() => undefined);
+            const hook = this.#hooks.get(id);
+            if (hook?.status !== HookStatus.COMPLETED) continue;
+            await HookManager.#removeIfRetired(this.#worktrees, hook).catch(() => undefined);
           }
         }
       }

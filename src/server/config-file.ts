@@ -510,8 +510,9 @@ export const sidecarConfigSchema = z
          */
         finishedRetention: z.number().int().min(0).optional(),
         /**
-         * Remove a COMPLETED hook's worktree folder when it is clean (HookManager default true;
-         * its branch stays); a dirty one, and a FAILED hook's, is kept.
+         * Remove a COMPLETED hook's worktree folder when it is clean and on the hook's branch
+         * (HookManager default true; its branch stays, ignored files go); a dirty one, one on a
+         * detached HEAD or another branch, and a FAILED hook's, are kept.
          */
         removeCompletedWorktrees: z.boolean().optional(),
       })

@@ -195,4 +195,32 @@ describe('hook worktrees', () => {
     expect(existsSync(join(dirty.worktreePath!, 'unsaved.txt'))).toBe(true);
     expect(existsSync(failed.worktreePath!)).toBe(true);
   });
+
+  it("keeps a COMPLETED worktree whose HEAD left the hook's branch (commits no branch holds), at completion and at open", async () => {
+    const detachedCommit = async (branch: string): Promise<{ path: string; work: string }> => {
+      const h = await hooks.createHook({ agentId: 'a', workItem: 1, branch });
+      await hooks.activateHook(h.hookId);
+      git(h.worktreePath!, 'checkout', '-q', '--detach');
+      git(h.worktreePath!, 'commit', '-q', '--allow-empty', '-m', 'work on a detached HEAD');
+      const work = git(h.worktreePath!, 'rev-parse', 'HEAD');
+      await hooks.completeHook(h.hookId, 'ok');
+      await hooks.close(); // waits for the worktree operations
+      return { path: h.worktreePath!, work };
+    };
+    // Old code: `worktree remove` found them clean and removed them, the commits left
+    // unreachable (the worktree's reflog gone with it).
+    const atCompletion = await detachedCommit('agent/detached-1');
+    expect(git(atCompletion.path, 'rev-parse', 'HEAD')).toBe(atCompletion.work);
+
+    hooks = await HookManager.open({
+      storagePath: dir.path,
+      useGitWorktree: true,
+      removeCompletedWorktrees: false,
+    });
+    const atOpen = await detachedCommit('agent/detached-2');
+    hooks = await HookManager.open({ storagePath: dir.path, useGitWorktree: true });
+    expect(git(atOpen.path, 'rev-parse', 'HEAD')).toBe(atOpen.work);
+    expect(git(atCompletion.path, 'rev-parse', 'HEAD')).toBe(atCompletion.work);
+    expect(git(dir.path, 'worktree', 'list', '--porcelain')).toContain(atOpen.path);
+  });
 });
