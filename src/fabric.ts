@@ -1060,16 +1060,19 @@ export class AgentFabric {
     payload: unknown,
     options: ScheduleOptions,
   ): Promise<Task> {
+    return this.#committed(this.#queueToPool(poolId, taskType, payload, options));
+  }
+
+  /** The synchronous part of {@link #scheduleToPool}: the task queued, its commit not awaited. */
+  #queueToPool(poolId: string, taskType: string, payload: unknown, options: ScheduleOptions): Task {
     this.#open();
     this.pools.assertActive(poolId);
     const held = this.#budgetHold(undefined, poolId);
-    return this.#committed(
-      this.scheduler.schedule(
-        { poolId },
-        taskType,
-        payload,
-        held ? { ...options, notBefore: held } : options,
-      ),
+    return this.scheduler.schedule(
+      { poolId },
+      taskType,
+      payload,
+      held ? { ...options, notBefore: held } : options,
     );
   }
 
@@ -1115,13 +1118,15 @@ export class AgentFabric {
         `agent ${agentId} has ${mine.size} tasks it scheduled unfinished (maxScheduledTasksPerAgent ${limit}); wait for one to finish`,
       );
     }
-    const task = await this.#scheduleToPool(poolId, taskType, payload, {
+    const task = this.#queueToPool(poolId, taskType, payload, {
       tenant: `${AGENT_TENANT}${agentId}`,
       ...(options.timeoutSeconds === undefined ? {} : { timeoutSeconds: options.timeoutSeconds }),
     });
+    // Counted before the commit is awaited: calls made meanwhile see it (a task whose commit
+    // fails ends CANCELLED, and is dropped from the count by the agent's next call).
     if (mine === undefined) this.#scheduledBy.set(agentId, (mine = new Set()));
     mine.add(task.id);
-    return task;
+    return this.#committed(task);
   }
 
   /**
