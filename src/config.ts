@@ -79,6 +79,7 @@ export interface FabricConfig {
   maxConcurrentTasksPerAgent: number;
   /**
    * Attempts a task gets when its agent dies or its worker crashes, unless the task sets its own.
+   * At most 4,294,967,295 (what a protobuf `uint32` holds), as a task's own `maxAttempts`.
    * @default 3
    */
   defaultMaxAttempts: number;

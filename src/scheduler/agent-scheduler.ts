@@ -335,10 +335,9 @@ export class AgentScheduler {
       options.maxConcurrentTasksPerAgent ?? 5,
       'positiveInt',
     );
-    this.#defaultMaxAttempts = checkNumber(
+    this.#defaultMaxAttempts = attempts(
       'options.defaultMaxAttempts',
       options.defaultMaxAttempts ?? 3,
-      'positiveInt',
     );
     this.#tasks = options.tasks ?? new SequentialCollection<TaskRecord>();
     this.#owed = options.owedAborts ?? new MemoryCollection<OwedAborts>();
@@ -696,7 +695,7 @@ export class AgentScheduler {
     const maxAttempts =
       options.maxAttempts === undefined
         ? this.#defaultMaxAttempts
-        : checkNumber('maxAttempts', options.maxAttempts, 'positiveInt');
+        : attempts('maxAttempts', options.maxAttempts);
     const tenant = options.tenant === undefined ? 'default' : checkString('tenant', options.tenant);
     let notBefore: number | undefined;
     if (options.notBefore !== undefined) {
@@ -1807,6 +1806,25 @@ export const MAX_TASK_TIMEOUT_SECONDS = 315_576_000_000;
  * `google.protobuf.Timestamp`'s range (see {@link MAX_TASK_TIMEOUT_SECONDS}).
  */
 export const MAX_TASK_DEADLINE_MS = 253_402_300_799_999;
+
+/**
+ * Most attempts a task may have: a protobuf `uint32`, what `TaskInfo.max_attempts` carries. A
+ * larger one was queued, then every gRPC `ListTasks`, `GetTask` and `WaitTask` showing the task
+ * failed (`INTERNAL: Error serializing response`).
+ */
+export const MAX_TASK_ATTEMPTS = 4_294_967_295;
+
+/** A task's (or the default) `maxAttempts`: a positive integer of at most {@link MAX_TASK_ATTEMPTS}. */
+function attempts(field: string, value: unknown): number {
+  const n = checkNumber(field, value, 'positiveInt');
+  if (n > MAX_TASK_ATTEMPTS) {
+    throw new InvalidArgumentError(
+      field,
+      `must be at most ${MAX_TASK_ATTEMPTS} (what a protobuf uint32 holds), got ${n}`,
+    );
+  }
+  return n;
+}
 
 /**
  * A task timeout in seconds as milliseconds, at most {@link MAX_TASK_TIMEOUT_SECONDS}. (A number
