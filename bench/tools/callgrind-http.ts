@@ -18,11 +18,12 @@
  * as bench/RESULTS.md does.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { callgrindArgs, callgrindPerCall } from '../fixtures/callgrind-totals.js';
 import { writeConfig } from '../fixtures/gateway-peers.js';
 import { linkedSignalFetch } from '../../src/gateway/upstream.js';
 import { cliArgs, ROOT } from '../lib.js';
@@ -40,17 +41,7 @@ const config = writeConfig(dir, 'echo.json', { command: process.execPath, args: 
 const out = join(dir, 'callgrind.out');
 const child = spawn(
   'valgrind',
-  [
-    '--tool=callgrind',
-    '--instr-atstart=no',
-    '--separate-threads=yes',
-    '--smc-check=all-non-file',
-    `--callgrind-out-file=${out}`,
-    process.execPath,
-    // e.g. `--perf-basic-prof`, to name the JIT code in the counts (see RESULTS.md)
-    ...(process.env.CALLGRIND_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
-    ...cliArgs(['serve', '--config', config]),
-  ],
+  [...callgrindArgs(out), ...cliArgs(['serve', '--config', config])],
   { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] },
 );
 const { url, token } = await new Promise<{ url: string; token: string }>((resolve, reject) => {
@@ -95,15 +86,7 @@ try {
   child.kill('SIGTERM');
   await exited;
 }
-const perThread: [string, number][] = [];
-for (const f of readdirSync(dir).filter((name) => name.startsWith('callgrind.out'))) {
-  const m = /^totals: (\d+)/m.exec(readFileSync(join(dir, f), 'utf8'));
-  if (m) perThread.push([f, Number(m[1]) / calls]);
-}
-perThread.sort((a, b) => a[0].localeCompare(b[0], 'en', { numeric: true }));
+const { summary } = callgrindPerCall(dir, calls);
 if (process.env.KEEP_CALLGRIND) console.log(`kept ${dir}`);
 else rmSync(dir, { recursive: true, force: true });
-const main = perThread.find(([f]) => /-0*1$/.test(f));
-console.log(
-  `main thread: ${((main?.[1] ?? NaN) / 1000).toFixed(1)}k instructions per call (${calls} calls after ${warm} of warm-up, ${concurrency} in flight); threads: ${perThread.map(([f, n]) => `${f.replace(/^callgrind\.out\.?/, '')} ${(n / 1000).toFixed(1)}k`).join(', ')}`,
-);
+console.log(`${summary} (${calls} calls after ${warm} of warm-up, ${concurrency} in flight)`);

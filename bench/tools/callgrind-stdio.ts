@@ -8,9 +8,14 @@
  * policy with a conditional rule, budget reserve + settle, tool costs, audit, SQLite state), or
  * the minimal JSON-RPC relay of that case, in front of the echo server, driven by a raw-line
  * client with `in-flight` calls in flight (default 1). Instrumentation is switched on (`callgrind_control -i on`)
- * only after the warm-up, so the count covers `calls` calls of steady state; it includes what
- * V8's collector and compiler did in that window, which moves from run to run by a few thousand
- * instructions per call (compare several runs of each side).
+ * only after the warm-up, so the count covers `calls` calls of steady state, and each thread is
+ * counted apart (`--separate-threads`): the figure is the main thread's, where the gateway's own
+ * JavaScript runs, V8's background threads printed beside it (as `callgrind-http.ts` does;
+ * `CALLGRIND_NODE_ARGS=--perf-basic-prof` names the JIT code, `KEEP_CALLGRIND=1` keeps the
+ * files). It includes what V8's collector and compiler did on that thread in that window, which
+ * moves from run to run by a few thousand instructions per call (compare several runs of each
+ * side, or subtract `Heap::CollectGarbage` and the compiler's functions in
+ * `callgrind_annotate --inclusive=yes`).
  *
  * With one call in flight the count hardly depends on the machine's load, so two builds can be
  * compared on a busy machine where CPU time cannot. With more in flight it does: how many
@@ -20,8 +25,9 @@
  * (the gateway retires fewer instructions per cycle than the relay: see bench/RESULTS.md).
  */
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { callgrindArgs, callgrindPerCall } from '../fixtures/callgrind-totals.js';
 import { rawMcpPeer, stdioToolRun } from '../fixtures/gateway-peers.js';
 
 const { kind, warm, calls, inFlight, dir, nodeArgs, tool } = stdioToolRun('callgrind-stdio', {
@@ -30,18 +36,7 @@ const { kind, warm, calls, inFlight, dir, nodeArgs, tool } = stdioToolRun('callg
   inFlight: 1,
 });
 const out = join(dir, 'callgrind.out');
-const peer = await rawMcpPeer(
-  [
-    '--tool=callgrind',
-    '--instr-atstart=no',
-    '--smc-check=all-non-file', // V8 writes the code it runs
-    `--callgrind-out-file=${out}`,
-    process.execPath,
-    ...nodeArgs,
-  ],
-  tool,
-  'valgrind',
-);
+const peer = await rawMcpPeer([...callgrindArgs(out), ...nodeArgs], tool, 'valgrind');
 try {
   await peer.run(warm, inFlight);
   // valgrind runs node in its own process: the pid is the one callgrind_control names.
@@ -52,12 +47,7 @@ try {
   peer.close();
   await peer.exited;
 }
-let total = 0;
-for (const f of readdirSync(dir).filter((name) => name.startsWith('callgrind.out'))) {
-  const m = /^totals: (\d+)/m.exec(readFileSync(join(dir, f), 'utf8'));
-  if (m) total += Number(m[1]);
-}
-rmSync(dir, { recursive: true, force: true });
-console.log(
-  `${kind}: ${(total / calls / 1000).toFixed(1)}k instructions per call (${calls} calls after ${warm} of warm-up, ${inFlight} in flight)`,
-);
+const { summary } = callgrindPerCall(dir, calls);
+if (process.env.KEEP_CALLGRIND) console.log(`kept ${dir}`);
+else rmSync(dir, { recursive: true, force: true });
+console.log(`${kind}: ${summary} (${calls} calls after ${warm} of warm-up, ${inFlight} in flight)`);
