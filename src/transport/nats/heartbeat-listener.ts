@@ -13,7 +13,7 @@ import { AgentStatus } from '../../agent.js';
 import { AgentUnavailableError, UnauthenticatedError, isFabricError } from '../../errors.js';
 import type { LifecycleManager } from '../../lifecycle/lifecycle-manager.js';
 import type { NatsNames } from './subjects.js';
-import { idFromToken } from './subjects.js';
+import { answerable, idFromToken } from './subjects.js';
 import type { Answer, Heartbeat } from './wire.js';
 import {
   decodeJson,
@@ -111,7 +111,7 @@ export class HeartbeatListener {
       : NO_PROOF;
     if (answer.ok) this.stats.accepted++;
     else this.stats.rejected++;
-    if (!msg.reply) return;
+    if (!answerable(msg.reply)) return; // none, or not an inbox: see `answerable`
     // Under the agent's credential hash, over its timestamp: a worker acts on no answer without
     // it (anyone may publish on its reply subject). Not a heartbeat: nothing to bind, no MAC.
     const mac =

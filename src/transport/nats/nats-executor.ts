@@ -64,7 +64,7 @@ import { LAZY_FLUSH_MS } from './nats-agent-link.js';
 import { ReplyInbox } from './reply-inbox.js';
 import { TurnFlush } from './turn-flush.js';
 import type { NatsNames } from './subjects.js';
-import { natsNames } from './subjects.js';
+import { answerable, natsNames } from './subjects.js';
 import type { Answer, EndedNotice, Report, TaskMessage, Vouch } from './wire.js';
 import {
   asReport,
@@ -274,7 +274,8 @@ export interface NatsExecutorStats {
   reportsRejected: number;
   /**
    * Report answers and `ended` notices that could not be sent (the connection closing, an
-   * answer over the server's `max_payload`); a worker whose report goes unanswered sends it again.
+   * answer over the server's `max_payload`), and answers not sent because the request's reply
+   * subject is no inbox (see `answerable`); a worker whose report goes unanswered sends it again.
    */
   sendsFailed: number;
   /**
@@ -508,9 +509,15 @@ export class NatsExecutor implements TaskExecutor {
    * Answers a request, never throwing: it runs in timers and subscription callbacks, where an
    * exception would kill the process (or stop nats.js reading the connection). A send that fails
    * — the connection closing, an answer over the server's `max_payload` (a batch of many refused
-   * reports) — is counted in `stats.sendsFailed`; the worker gets no answer and tries again.
+   * reports) — is counted in `stats.sendsFailed`; the worker gets no answer and tries again. So is
+   * an answer not sent because the reply subject is no inbox (the JetStream API, a task subject:
+   * see `answerable`).
    */
   #respond(msg: Msg, body: Uint8Array): void {
+    if (!answerable(msg.reply)) {
+      this.stats.sendsFailed++; // not an inbox: see `answerable`
+      return;
+    }
     try {
       msg.respond(body);
     } catch {
@@ -883,7 +890,7 @@ export class NatsExecutor implements TaskExecutor {
     const key = this.#sidecarKey;
     if (key === undefined) return;
     const v = vouchSchema.safeParse(decodeJson(msg.data));
-    if (!v.success || !msg.reply) return;
+    if (!v.success || !answerable(msg.reply)) return;
     const { agentId, kind, taskId, attempt, take, seq, reportNonce, counter, content, proof } =
       v.data;
     const hash = this.#host?.credentialHash(agentId);

@@ -92,6 +92,21 @@ export function natsNames(namespace: string): NatsNames {
   };
 }
 
+/**
+ * Whether the sidecar answers a request onto its reply subject `reply`. The reply subject is the
+ * requester's choice and the answer goes out under the sidecar's own NATS permissions, so a
+ * subject of the server's APIs (`$JS.API.STREAM.PURGE.<stream>`, `$JS.ACK.…`, `$SYS.…`: every
+ * `$` subject) or of the fabric (`fabric.…`: a task stream subject would store the answer as a
+ * task message) is never one: a client allowed to publish a report or a heartbeat, and nothing
+ * else, would make the sidecar purge or delete the task stream or its consumers. Workers'
+ * reply subjects are inboxes (`_INBOX.…` of nats.js and nats.go), which neither is.
+ */
+export function answerable(reply: string | undefined): reply is string {
+  return (
+    reply !== undefined && reply !== '' && !reply.startsWith('$') && !reply.startsWith('fabric.')
+  );
+}
+
 /** Recovers an id from its {@link subjectToken}. */
 export function idFromToken(token: string): string {
   return token.replace(/__([0-9a-f]{4})|_([0-9a-f]{2})/g, (_, wide?: string, narrow?: string) =>
