@@ -2058,11 +2058,14 @@ export class AgentFabric {
         if (!this.#isAlive(agentId)) {
           // Only its open hooks, one status per call (what every hook store plugin answers):
           // the store need not read its finished ones (up to `finishedRetention`) to find them.
-          const open = [
-            ...(await hooks.listHooks({ agentId, status: HookStatus.ACTIVE })),
-            ...(await hooks.listHooks({ agentId, status: HookStatus.PENDING })),
-          ].sort((a, b) => a.createdAt - b.createdAt);
-          for (const h of open) {
+          // PENDING first: one activated between the two reads is in the second (a hook never
+          // goes from ACTIVE back to PENDING), and is kept once.
+          const open = new Map<string, Hook>();
+          for (const status of [HookStatus.PENDING, HookStatus.ACTIVE]) {
+            for (const h of await hooks.listHooks({ agentId, status })) open.set(h.hookId, h);
+          }
+          const ordered = [...open.values()].sort((a, b) => a.createdAt - b.createdAt);
+          for (const h of ordered) {
             if (h.status === HookStatus.ACTIVE || h.status === HookStatus.PENDING) {
               const status = this.lifecycle.peek(agentId)?.status ?? 'gone';
               await hooks.abandonHook(h.hookId, `agent ${agentId} is ${status}`);
