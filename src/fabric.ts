@@ -373,7 +373,12 @@ export class AgentFabric {
         group: (tenant) => (tenant.startsWith(AGENT_TENANT) ? tenant : undefined),
       },
       tasks: this.#store.tasks,
-      ...(this.#store.owedAborts ? { owedAborts: this.#store.owedAborts } : {}),
+      ...(this.#store.owedAborts
+        ? {
+            owedAborts: this.#store.owedAborts,
+            owedAbortsComplete: this.#store.owedAbortsComplete === true,
+          }
+        : {}),
       ...(options.tenantWeight ? { tenantWeight: options.tenantWeight } : {}),
     });
     this.#leases = new ClaimLeases(this.scheduler);

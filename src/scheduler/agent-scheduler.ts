@@ -122,6 +122,13 @@ export interface SchedulerOptions {
    * restart. @default an in-memory collection
    */
   owedAborts?: Collection<OwedAborts>;
+  /**
+   * True when `owedAborts` holds every abort owed when the process that wrote it stopped (see
+   * `FabricStore.owedAbortsComplete`): then {@link AgentScheduler.restore} tells only those, not
+   * again the interrupted attempts of queued tasks (which their agents may have taken already).
+   * @default false
+   */
+  owedAbortsComplete?: boolean;
   /** Fairness weight of a tenant (tasks per round-robin turn). @default 1 for every tenant */
   tenantWeight?: TenantWeights;
 }
@@ -197,6 +204,7 @@ export class AgentScheduler {
   readonly events = new TypedEmitter<SchedulerEvents>();
   readonly #tasks: Collection<TaskRecord>;
   readonly #owed: Collection<OwedAborts>;
+  readonly #owedComplete: boolean;
   /** The store keeps the records themselves, so changes need no `put`. */
   readonly #byReference: boolean;
   readonly #maxQueueDepth: number;
@@ -341,6 +349,7 @@ export class AgentScheduler {
     );
     this.#tasks = options.tasks ?? new SequentialCollection<TaskRecord>();
     this.#owed = options.owedAborts ?? new MemoryCollection<OwedAborts>();
+    this.#owedComplete = options.owedAbortsComplete === true;
     this.#finished = new FinishedRetention(
       checkNumber(
         'options.finishedTaskRetention',
@@ -915,10 +924,18 @@ export class AgentScheduler {
       // Counted as queued from here; #finish and the queues take it on from this state.
       this.#pending++;
       this.#queued(t.tenant, 1);
-      if (holder !== undefined && !wasRunning(t) && owesAbort(t) && !this.#owes(holder.id, t)) {
+      if (
+        !this.#owedComplete &&
+        holder !== undefined &&
+        !wasRunning(t) &&
+        owesAbort(t) &&
+        !this.#owes(holder.id, t)
+      ) {
         // An earlier restart ended this attempt while its agent's executor was not registered
         // (a plugin's), and the process stopped before it was, in a store without owed aborts
-        // (written by an older build): it is held again (told once more at worst).
+        // (written by an older build): it is held again (told once more at worst). Not with a
+        // store that kept them: what it does not owe was taken, and telling it again would
+        // owe it anew at every start until the task is handed out.
         this.#tell(t.id, t.attempt, holder, t.error!);
       }
       if (wasRunning(t)) {

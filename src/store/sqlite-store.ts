@@ -753,7 +753,13 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
   readonly toolTasks: SqliteCollection<ToolTaskRecord>;
   /** Policy changes made at run time, by policy name. Committed synchronously, as approvals. */
   readonly policies: SqliteCollection<PolicyChangeRecord>;
+  /** The aborts the scheduler owes remote agents (see `FabricStore.owedAborts`). */
   readonly owedAborts: SqliteCollection<OwedAborts>;
+  /**
+   * False when the file was of schema 2 or older when opened (written by a build that kept no
+   * owed aborts); see `FabricStore.owedAbortsComplete`.
+   */
+  readonly owedAbortsComplete: boolean;
   readonly budgets: SqliteBudgetStore;
   /**
    * How far the wall clock stepped beyond elapsed time while no process had the file open (ms;
@@ -823,8 +829,10 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
     db: Database.Database,
     lock: StoreLock,
     options: SqliteStoreOptions,
+    owedAbortsComplete: boolean,
   ) {
     this.path = path;
+    this.owedAbortsComplete = owedAbortsComplete;
     this.created = created;
     this.#db = db;
     this.#lock = lock;
@@ -986,14 +994,17 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         db?.close();
         throw new StateStoreError(path, `cannot be opened: ${messageOf(error)}`, { cause: error });
       }
+      let from: number;
       try {
-        migrate(path, db);
+        from = migrate(path, db);
       } catch (error) {
         db.close();
         throw error;
       }
       try {
-        return new SqliteStore<TTask, TAgent, TPool>(path, created, db, lock, options);
+        // Owed aborts are kept from schema 3 on; a new file (0) has none to miss.
+        const complete = from === 0 || from >= 3;
+        return new SqliteStore<TTask, TAgent, TPool>(path, created, db, lock, options, complete);
       } catch (error) {
         db.close();
         throw error;
@@ -1779,11 +1790,12 @@ function missingTable(
  * Brings a file of an older schema to {@link STATE_SCHEMA_VERSION} in one transaction (a failure
  * leaves it as it was): 0 (new) or 1 creates the `tasks` table and moves schema 1's task
  * records (JSON in `records`) into it; 2 adds the tasks table's `report_mark` column.
+ * @returns the schema version the file had when opened.
  * @throws StateStoreError naming the file and the task when a schema-1 task record is not JSON.
  */
-function migrate(path: string, db: Database.Database): void {
+function migrate(path: string, db: Database.Database): number {
   const version = db.pragma('user_version', { simple: true }) as number;
-  if (version === STATE_SCHEMA_VERSION) return;
+  if (version === STATE_SCHEMA_VERSION) return version;
   try {
     db.transaction(() => {
       if (version === 2) db.exec('ALTER TABLE tasks ADD COLUMN report_mark TEXT');
@@ -1812,6 +1824,7 @@ function migrate(path: string, db: Database.Database): void {
       { cause: error },
     );
   }
+  return version;
 }
 
 /**

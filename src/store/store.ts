@@ -94,6 +94,13 @@ export interface FabricStore<TTask = unknown, TAgent = unknown, TPool = unknown>
    * without it leaves them in memory only, and a restart before an agent was told loses them.
    */
   readonly owedAborts?: Collection<OwedAborts>;
+  /**
+   * True when {@link owedAborts} holds every abort owed when the process that wrote the store
+   * stopped (it was written by a build that kept them). False or unset: written by an older
+   * build, which kept none, so the scheduler tells again at start the interrupted attempts of
+   * queued tasks it cannot tell were told (see `owesAbort`).
+   */
+  readonly owedAbortsComplete?: boolean;
   /** Budget state kept with the records (the fabric uses it unless given its own). */
   readonly budgets?: BudgetStore;
   /**

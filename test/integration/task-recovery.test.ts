@@ -55,6 +55,19 @@ function storedTasks(path: string): Map<string, Record<string, unknown>> {
   }
 }
 
+/** The ids of the `owed_abort` records in the file itself. */
+function owedAbortRows(path: string): string[] {
+  const db = new Database(path, { readonly: true });
+  try {
+    return db
+      .prepare<[], { id: string }>("SELECT id FROM records WHERE kind = 'owed_abort'")
+      .all()
+      .map((r) => r.id);
+  } finally {
+    db.close();
+  }
+}
+
 /** Pool `p` of two remote agents: their ids. */
 async function remotePair(fabric: AgentFabric): Promise<string[]> {
   const pool = await fabric.createPool({
@@ -287,6 +300,43 @@ describe('tasks across a restart of the fabric (SqliteStore)', () => {
     const fourth = await open(path);
     expect(fourth.fabric.scheduler.takeEndedTasks(a!)).toEqual([]);
     expect(fourth.fabric.scheduler.takeEndedTasks(b!)).toEqual([]);
+  });
+
+  it('does not owe again at the next start a notice the agent took while its task stays queued', async () => {
+    // The notice of an attempt a restart ended was owed anew at every later start while the
+    // task waited in its queue (the fallback for files of builds that kept no owed aborts,
+    // applied to every file), so the agent was told it again after each restart.
+    const path = join(tempDir('task-recovery'), 'state.db');
+    const first = await open(path);
+    const [a] = await remotePair(first.fabric);
+    const task = await first.fabric.scheduleToPool('p', 'echo', { n: 1 }, { maxAttempts: 3 });
+    expect(await first.fabric.claimTask(a!)).toMatchObject({ taskId: task.id, attempt: 1 });
+    await close(first.fabric);
+
+    const second = await open(path);
+    expect(second.fabric.scheduler.takeEndedTasks(a!)).toEqual([
+      expect.objectContaining({ taskId: task.id, attempt: 1 }),
+    ]);
+    await close(second.fabric);
+    expect(owedAbortRows(path)).toEqual([]);
+
+    // Nobody claimed the retry: the task is still queued with that attempt's error.
+    const third = await open(path);
+    expect((await third.fabric.getTask(task.id)).status).toBe(TaskStatus.PENDING);
+    expect(third.fabric.scheduler.takeEndedTasks(a!)).toEqual([]);
+    await close(third.fabric);
+    expect(owedAbortRows(path)).toEqual([]);
+
+    // The same file as a build before schema 3 (which kept no owed aborts) would leave it: the
+    // first start of this build cannot tell whether `a` was told, so it tells it again.
+    const db = new Database(path);
+    db.exec('ALTER TABLE tasks DROP COLUMN report_mark');
+    db.pragma('user_version = 2');
+    db.close();
+    const fourth = await open(path);
+    expect(fourth.fabric.scheduler.takeEndedTasks(a!)).toEqual([
+      expect.objectContaining({ taskId: task.id, attempt: 1 }),
+    ]);
   });
 
   it('fails a running task that has used maxAttempts, and times out queued ones past their deadline', async () => {
