@@ -1572,9 +1572,17 @@ export class AgentScheduler {
   #tell(taskId: string, attempt: number, slot: AgentSlot, error: TaskError): void {
     const executor = slot.exec.executor;
     executor.abort(taskId, attempt, error, slot.id);
-    if (executor !== this.#remote && !(executor instanceof AwaitedExecutor)) return;
+    if (!this.#tellsLater(executor)) return;
     const owed = { taskId, attempt, code: error.code, message: error.message };
     this.#setOwed(slot.id, [...(this.#owed.get(slot.id)?.aborts ?? []), owed]);
+  }
+
+  /**
+   * Whether `executor` tells its agents of an abort later (the remote one when the agent next
+   * reports, a placeholder once its executor is registered): until then it is owed.
+   */
+  #tellsLater(executor: TaskExecutor): boolean {
+    return executor === this.#remote || executor instanceof AwaitedExecutor;
   }
 
   /** Whether an abort of `t`'s current attempt is owed to agent `agentId`. */
@@ -1613,6 +1621,8 @@ export class AgentScheduler {
           agentId,
         );
       }
+      // Registered already (given to the fabric at construction): told, it takes them from here.
+      if (!this.#tellsLater(slot.exec.executor)) this.#owed.delete(agentId);
     }
   }
 

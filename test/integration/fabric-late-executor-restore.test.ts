@@ -21,7 +21,7 @@ import { AgentStatus } from '../../src/agent.js';
 import type { PoolManagerOptions } from '../../src/pools/pool-manager.js';
 import { TaskStatus, type TaskAssignment } from '../../src/task.js';
 import { tempDir } from '../fixtures/gateway/harness.js';
-import { onDisk } from '../fixtures/nats/state-sidecar.js';
+import { onDisk, owedAbortIds } from '../fixtures/nats/state-sidecar.js';
 
 const fabrics: AgentFabric[] = [];
 afterEach(async () => {
@@ -81,6 +81,21 @@ async function abortsAtStart(path: string): Promise<string[]> {
   await fabric.close();
   fabrics.splice(fabrics.indexOf(fabric), 1);
   return exec.aborted;
+}
+
+/**
+ * Pool `p` of one agent on a `late` executor that holds its task: the task it runs when the
+ * fabric on `path` is closed.
+ */
+async function runningOnLate(path: string): Promise<{ id: string }> {
+  const first = await open(path);
+  first.registerExecutor(new LateExecutor(true));
+  await first.createPool({ poolId: 'p', model: 'm', executor: 'late', minAgents: 1 });
+  const running = await first.scheduleToPool('p', 't', 0);
+  await expect.poll(async () => (await first.getTask(running.id)).status).toBe(TaskStatus.RUNNING);
+  await first.close();
+  fabrics.splice(0);
+  return running;
 }
 
 /**
@@ -187,15 +202,7 @@ describe('AgentFabric restored before its executor is registered', () => {
     // cancelled (or finished elsewhere) before the executor returned was owed nothing, so the
     // executor's worker never heard that the attempt it held had ended.
     const path = join(tempDir('late-executor-cancelled'), 'state.db');
-    const first = await open(path);
-    first.registerExecutor(new LateExecutor(true));
-    await first.createPool({ poolId: 'p', model: 'm', executor: 'late', minAgents: 1 });
-    const running = await first.scheduleToPool('p', 't', 0);
-    await expect
-      .poll(async () => (await first.getTask(running.id)).status)
-      .toBe(TaskStatus.RUNNING);
-    await first.close();
-    fabrics.splice(0);
+    const running = await runningOnLate(path);
 
     const second = await open(path);
     await second.cancelTask(running.id);
@@ -207,6 +214,30 @@ describe('AgentFabric restored before its executor is registered', () => {
 
     // Told once: a fourth start owes it nothing.
     expect(await abortsAtStart(path)).toEqual([]);
+  });
+
+  it('tells the abort once when the executor is given at construction at the next start', async () => {
+    // An executor given in `FabricOptions.executors` is registered before the store's owed
+    // aborts are told: it was told the abort at every later start, and the record stayed in
+    // the file for good (only a registration after the start or the agent's removal took it).
+    const path = join(tempDir('late-executor-given'), 'state.db');
+    const running = await runningOnLate(path);
+    // Restored without the executor: the abort of attempt 1 is owed; it stops before it returns.
+    await (await open(path)).close();
+    fabrics.splice(0);
+
+    const given = async (): Promise<string[]> => {
+      const exec = new LateExecutor(false);
+      const store = await SqliteStore.open<TaskRecord, AgentRecord, PoolRecord>(path);
+      const fabric = new AgentFabric({}, { store, executors: [exec] });
+      const done = await fabric.waitForTask(running.id, { timeoutSeconds: 20 });
+      expect([done.status, done.attempt]).toEqual([TaskStatus.COMPLETED, 2]);
+      await fabric.close();
+      return exec.aborted;
+    };
+    expect(await given()).toEqual([`${running.id}#1`]);
+    expect(owedAbortIds(path)).toEqual([]);
+    expect(await given()).toEqual([]);
   });
 
   it('a pool on it says what it waits for, and reaches its size once the executor is registered', async () => {

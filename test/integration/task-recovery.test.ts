@@ -20,6 +20,7 @@ import { MemoryStore } from '../../src/store/memory-store.js';
 import { Priority, TaskStatus } from '../../src/task.js';
 import type { FabricConfig } from '../../src/config.js';
 import { tempDir, until } from '../fixtures/gateway/harness.js';
+import { owedAbortIds } from '../fixtures/nats/state-sidecar.js';
 
 type Store = SqliteStore<TaskRecord, AgentRecord, PoolRecord>;
 
@@ -50,19 +51,6 @@ function storedTasks(path: string): Map<string, Record<string, unknown>> {
   try {
     const rows = db.prepare<[], TaskRow>('SELECT * FROM tasks').all();
     return new Map(rows.map((r) => [r.id, taskFromRow(r)]));
-  } finally {
-    db.close();
-  }
-}
-
-/** The ids of the `owed_abort` records in the file itself. */
-function owedAbortRows(path: string): string[] {
-  const db = new Database(path, { readonly: true });
-  try {
-    return db
-      .prepare<[], { id: string }>("SELECT id FROM records WHERE kind = 'owed_abort'")
-      .all()
-      .map((r) => r.id);
   } finally {
     db.close();
   }
@@ -318,14 +306,14 @@ describe('tasks across a restart of the fabric (SqliteStore)', () => {
       expect.objectContaining({ taskId: task.id, attempt: 1 }),
     ]);
     await close(second.fabric);
-    expect(owedAbortRows(path)).toEqual([]);
+    expect(owedAbortIds(path)).toEqual([]);
 
     // Nobody claimed the retry: the task is still queued with that attempt's error.
     const third = await open(path);
     expect((await third.fabric.getTask(task.id)).status).toBe(TaskStatus.PENDING);
     expect(third.fabric.scheduler.takeEndedTasks(a!)).toEqual([]);
     await close(third.fabric);
-    expect(owedAbortRows(path)).toEqual([]);
+    expect(owedAbortIds(path)).toEqual([]);
 
     // The same file as a build before schema 3 (which kept no owed aborts) would leave it: the
     // first start of this build cannot tell whether `a` was told, so it tells it again.
