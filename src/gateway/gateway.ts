@@ -757,7 +757,7 @@ export class ToolGateway implements SessionHost {
    * The audit line of a `tools/call` the SDK refuses for params that do not fit MCP's schema
    * (a number `name`, string `arguments` …): `decision: "invalid"`, as a call past the input
    * limits. A name that is not a string is written as `(invalid)`; the arguments are digested
-   * as they came. Bounded per session as other refusals that ran nothing (see
+   * as they came. Bounded per agent as other refusals that ran nothing (see
    * `REFUSAL_LINES` in line-budget.ts).
    */
   invalidToolCall(session: GatewaySession, request: Request): void {
@@ -769,18 +769,18 @@ export class ToolGateway implements SessionHost {
    * gRPC `ToolService`'s `arguments_json` that is not JSON of an object …), as
    * {@link invalidToolCall} writes it for MCP: `decision: "invalid"`,
    * `FABRIC_ERR_INVALID_ARGUMENT`, `name` as sent (`(invalid)` when not a string, cut to 256
-   * characters when not a known tool), `args` digested as given. Bounded per agent (these
-   * doors have no session) as other refusals that ran nothing (see `REFUSAL_LINES` in line-budget.ts).
+   * characters when not a known tool), `args` digested as given. Bounded per agent as other
+   * refusals that ran nothing (see `REFUSAL_LINES` in line-budget.ts).
    */
   invalidToolCallAs(identity: AgentIdentity, name: unknown, args: unknown): void {
-    this.#invalidToolCallLine(identity, name, args, undefined, INVALID_REQUESTS);
+    this.#invalidToolCallLine(identity, name, args, INVALID_REQUESTS);
   }
 
   /** The line of a malformed `tools/call` of `session` (`request`), as a refusal of `kind`. */
   #invalidCallLine(session: GatewaySession, request: Request, kind: RefusalKind): void {
     const params = request.params as { name?: unknown; arguments?: unknown } | undefined;
     const raw = params !== null && typeof params === 'object' ? params : {};
-    this.#invalidToolCallLine(session.identity, raw.name, raw.arguments, session, kind);
+    this.#invalidToolCallLine(session.identity, raw.name, raw.arguments, kind);
   }
 
   /** Counts a malformed call and writes its line, unless `kind`'s bound is spent. */
@@ -788,7 +788,6 @@ export class ToolGateway implements SessionHost {
     identity: AgentIdentity,
     name: unknown,
     args: unknown,
-    session: GatewaySession | undefined,
     kind: RefusalKind,
   ): void {
     const tool = typeof name === 'string' ? name : INVALID_TOOL;
@@ -804,7 +803,7 @@ export class ToolGateway implements SessionHost {
         );
     audit(
       { decision: 'invalid', outcome: 'error', code: InvalidArgumentError.code },
-      this.#refusalLines.take(session, identity.agentId, kind),
+      this.#refusalLines.take(identity.agentId, kind),
     );
   }
 
@@ -823,7 +822,7 @@ export class ToolGateway implements SessionHost {
    * holds its id: a `tools/call` as a malformed one ({@link invalidToolCall}), a request that
    * passes policy as a pseudo-tool with its method as `tool`; both `decision: "invalid"`,
    * `FABRIC_ERR_INVALID_ARGUMENT`. Other methods (`ping`, lists, `tasks/*`) get no line, as
-   * they get none when served. A session writes at most `REFUSAL_LINES` in line-budget.ts such lines a
+   * they get none when served. An agent writes at most `REFUSAL_LINES` in line-budget.ts such lines a
    * minute; the rest are counted in one summary line (`tool` `(reused request ids)`,
    * `suppressed`: how many) at the minute's end or when the session closes.
    */
@@ -837,7 +836,7 @@ export class ToolGateway implements SessionHost {
   /**
    * The audit line of a `method` other than `tools/call` refused before policy (its `tool` is
    * the method; `params` digested as they came), with the `decision` and `code` of its `kind`
-   * — unless the session's bound on lines of that kind is spent (see `REFUSAL_LINES` in line-budget.ts).
+   * — unless the agent's bound on lines of that kind is spent (see `REFUSAL_LINES` in line-budget.ts).
    */
   #auditRefused(session: GatewaySession, method: string, params: unknown, kind: RefusalKind): void {
     const audit = this.#pipeline.auditor(
@@ -848,7 +847,7 @@ export class ToolGateway implements SessionHost {
     );
     audit(
       { decision: kind.decision, outcome: 'error', code: kind.code },
-      this.#refusalLines.take(session, session.identity.agentId, kind),
+      this.#refusalLines.take(session.identity.agentId, kind),
     );
   }
 
@@ -1330,18 +1329,18 @@ export class ToolGateway implements SessionHost {
     // upstream all recurse into them (see input-bounds.ts).
     const tooBig = checkInputBounds(args, this.#bounds, 'arguments');
     if (tooBig !== undefined) {
-      // Refusals that ran nothing: their lines are bounded per session (or agent); the metrics
+      // Refusals that ran nothing: their lines are bounded per agent; the metrics
       // and the trace count each.
       audit(
         { decision: 'invalid', outcome: 'error', code: tooBig.code },
-        this.#refusalLines.take(session, agentId, INVALID_REQUESTS),
+        this.#refusalLines.take(agentId, INVALID_REQUESTS),
       );
       return Promise.resolve({ kind: 'error', error: tooBig, stage: 'admission' });
     }
     if (!known) {
       audit(
         { decision: 'none', outcome: 'error', code: ToolNotFoundError.code },
-        this.#refusalLines.take(session, agentId, UNKNOWN_TOOLS),
+        this.#refusalLines.take(agentId, UNKNOWN_TOOLS),
       );
       const notFound: ToolCallOutcome = {
         kind: 'error',
@@ -2031,7 +2030,7 @@ export class ToolGateway implements SessionHost {
 
   sessionClosed(session: GatewaySession): void {
     this.#sessions.delete(session);
-    this.#refusalLines.closeSession(session);
+    this.#refusalLines.closeSession(session.identity.agentId);
     for (const uri of [...session.subscriptions]) void this.unsubscribe(session, uri);
     // Whether it set a level or none (which holds the upstreams at `debug`), what the others
     // want may differ now.

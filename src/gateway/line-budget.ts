@@ -1,16 +1,16 @@
 /**
  * Bounds on the audit lines of refusals that ran nothing (a malformed request, an unknown tool,
  * arguments past the input limits, a request reusing an in-flight id …): each costs its agent
- * nothing, so without a bound one token could fill the audit log. A session (or, for calls
- * that come without one — gRPC, in-process — an agent) writes at most `limit` lines of a kind a
- * window of `windowMs`; the rest are counted and told in one summary line of that kind when the
- * window ends (or the session closes first), so a flood cannot fill the log yet no refusal goes
- * unrecorded.
+ * nothing, so without a bound one token could fill the audit log. An agent writes at most
+ * `limit` lines of a kind a window of `windowMs`, whatever door or session they come through (a
+ * bound per session let it flood on by opening new sessions); the rest are counted and told in a
+ * summary line of that kind when the window ends, when one of its sessions closes, or when the
+ * gateway stops, so a flood cannot fill the log yet no refusal goes unrecorded.
  *
  * @module
  */
 
-/** Lines of one kind of refusal one session (or session-less agent) may write a window. */
+/** Lines of one kind of refusal one agent may write a window. */
 export const REFUSAL_LINES = 100;
 /** The window of {@link REFUSAL_LINES}: a minute. */
 export const REFUSAL_WINDOW_MS = 60_000;
@@ -67,6 +67,16 @@ export class LineBudget {
     return false;
   }
 
+  /**
+   * Writes the summary of the lines not written so far (if any) now; the window goes on (its
+   * lines stay counted), so what follows in it is bounded as before.
+   */
+  flush(): void {
+    const suppressed = this.#suppressed;
+    this.#suppressed = 0;
+    if (suppressed > 0) this.#summary(suppressed);
+  }
+
   /** Writes the summary of the lines not written yet (if any) and stops counting. Idempotent. */
   close(): void {
     if (this.#closed) return;
@@ -95,15 +105,15 @@ export interface RefusalKind {
 }
 
 /**
- * The {@link LineBudget}s of refusals that ran nothing, one per kind and session — or per kind
- * and agent for refusals that come without a session (gRPC, in-process callers), forgotten when
- * their window ends. Counts every line not written ({@link suppressed}, for the metrics).
+ * The {@link LineBudget}s of refusals that ran nothing, one per kind and agent — whatever door or
+ * session the refusals came through, so an agent opening new sessions gets no new lines — each
+ * forgotten when its window ends. Counts every line not written ({@link suppressed}, for the
+ * metrics).
  */
 export class RefusalLines {
   readonly #summary: (agent: string, kind: RefusalKind, suppressed: number) => void;
   readonly #limit: number;
   readonly #windowMs: number;
-  readonly #bySession = new WeakMap<object, Map<RefusalKind, LineBudget>>();
   readonly #byAgent = new Map<string, Map<RefusalKind, LineBudget>>();
   #suppressed = 0;
   #closed = false;
@@ -125,33 +135,24 @@ export class RefusalLines {
   }
 
   /**
-   * True when the line of one more refusal of `kind` may be written; else it is counted for the
-   * summary. `session` undefined: bounded per `agent`.
+   * True when the line of one more refusal of `kind` by `agent` may be written; else it is
+   * counted for the summary.
    */
-  take(session: object | undefined, agent: string, kind: RefusalKind): boolean {
+  take(agent: string, kind: RefusalKind): boolean {
     if (this.#closed) return true;
-    let budgets: Map<RefusalKind, LineBudget> | undefined;
-    if (session !== undefined) {
-      budgets = this.#bySession.get(session);
-      if (budgets === undefined) this.#bySession.set(session, (budgets = new Map()));
-    } else {
-      budgets = this.#byAgent.get(agent);
-      if (budgets === undefined) this.#byAgent.set(agent, (budgets = new Map()));
-    }
+    let budgets = this.#byAgent.get(agent);
+    if (budgets === undefined) this.#byAgent.set(agent, (budgets = new Map()));
     let budget = budgets.get(kind);
     if (budget === undefined) {
-      const forget =
-        session === undefined
-          ? (): void => {
-              budgets.delete(kind);
-              if (budgets.size === 0) this.#byAgent.delete(agent);
-            }
-          : undefined;
+      const mine = budgets;
       budget = new LineBudget(
         this.#limit,
         this.#windowMs,
         (n) => this.#summary(agent, kind, n),
-        forget,
+        () => {
+          mine.delete(kind);
+          if (mine.size === 0) this.#byAgent.delete(agent);
+        },
       );
       budgets.set(kind, budget);
     }
@@ -160,17 +161,15 @@ export class RefusalLines {
     return false;
   }
 
-  /** Writes the summaries still pending of a session that closed. */
-  closeSession(session: object): void {
-    const budgets = this.#bySession.get(session);
-    this.#bySession.delete(session);
-    for (const b of budgets?.values() ?? []) b.close();
+  /**
+   * A session of `agent` closed: writes the agent's summaries pending so far. Its windows go on,
+   * so a session opened next in the same minute has no new lines to write.
+   */
+  closeSession(agent: string): void {
+    for (const b of this.#byAgent.get(agent)?.values() ?? []) b.flush();
   }
 
-  /**
-   * Writes the summaries still pending of session-less agents and stops bounding (sessions
-   * still open write theirs at {@link closeSession}). Idempotent.
-   */
+  /** Writes every summary still pending and stops bounding. Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;

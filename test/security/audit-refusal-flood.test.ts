@@ -6,7 +6,7 @@
  * line each with no bound: one agent token, batch after batch of 100 such requests (each costs
  * the agent nothing), could fill the audit log and rotate the other agents' lines away.
  *
- * Now each kind is bounded as reused ids are: a session writes at most 100 lines of a kind a
+ * Now each kind is bounded as reused ids are: an agent writes at most 100 lines of a kind a
  * minute, the rest counted in one summary line of that kind (`tool` `(invalid requests)`,
  * `(unknown tools)` …, `suppressed: n`) when the minute ends or the session closes; the lines
  * not written are counted in `agent_fabric_audit_lines_suppressed_total` at once, and still in
@@ -73,7 +73,7 @@ const KINDS: { summary: string; request: (i: number) => unknown }[] = [
 ];
 
 describe('audit: refusals that ran nothing cannot flood the audit log', () => {
-  it('a session writes at most 100 lines of each kind a minute, the rest counted in /metrics and in one summary line per kind', async () => {
+  it('an agent writes at most 100 lines of each kind a minute, the rest counted in /metrics and in one summary line per kind', async () => {
     const dir = tempDir('sec-audit-refusals');
     const auditPath = join(dir, 'audit.jsonl');
     const port = await freePort();

@@ -5,10 +5,10 @@
  * nothing (none runs, none takes a slot) and each wrote a line, so it could fill the audit log
  * (and rotate the other agents' lines away).
  *
- * Now a session writes at most 100 such lines a minute; the rest of that minute are counted, and
- * one summary line (`tool: "(reused request ids)"`, `suppressed: n`) says how many were not
- * written — when the minute ends, or when the session closes (DELETE, or the sidecar's SIGTERM)
- * if sooner. Nothing is silently lost: the lines plus the summaries' counts are every refusal.
+ * Now an agent writes at most 100 such lines a minute, whatever session they come through; the
+ * rest of that minute are counted, and a summary line (`tool: "(reused request ids)"`,
+ * `suppressed: n`) says how many were not written — when the minute ends, when one of its
+ * sessions closes (DELETE), or at the sidecar's SIGTERM. Nothing is silently lost: the lines plus the summaries' counts are every refusal.
  *
  * Real parts: `agent-fabric serve` as a child process, a raw stdio upstream that holds `work`
  * calls, raw Streamable HTTP POSTs (the SDK client never reuses an id), the audit file on disk.
@@ -89,7 +89,7 @@ async function held(send: Awaited<ReturnType<typeof session>>): Promise<number> 
 }
 
 describe('audit: calls reusing an in-flight id cannot flood the audit log', () => {
-  it('a session writes at most 100 such lines a minute, then one summary counting the rest (on DELETE and on SIGTERM)', async () => {
+  it('an agent writes at most 100 such lines a minute across its sessions, then summaries counting the rest (on DELETE and on SIGTERM)', async () => {
     const dir = tempDir('sec-audit-flood');
     const auditPath = join(dir, 'audit.jsonl');
     writeFileSync(
@@ -128,13 +128,15 @@ describe('audit: calls reusing an in-flight id cannot flood the audit log', () =
     expect(afterFirst.filter((l) => l.decision === 'invalid').length).toBe(101);
     expect(accounted(afterFirst)).toBe(500);
 
-    // Another session of the same agent has its own 100; its summary is written on SIGTERM.
+    // The bound is the agent's: a session it opens next in the same minute writes no new lines
+    // (before, each session had its own 100, so reopening sessions went on flooding); the
+    // summary of its refusals is written on SIGTERM.
     const second = await session(running);
     await flood(second, 3);
     await stop(running, 'SIGTERM');
     const all = lines(auditPath);
     const invalid = all.filter((l) => l.decision === 'invalid');
-    expect(invalid.length).toBe(202);
+    expect(invalid.length).toBe(102);
     expect(invalid.filter((l) => l.tool === '(reused request ids)')).toHaveLength(2);
     expect(accounted(all)).toBe(800);
   }, 120_000);

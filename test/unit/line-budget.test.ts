@@ -51,52 +51,51 @@ describe('RefusalLines', () => {
   const A = { tool: '(a)', decision: 'invalid', code: 'A' };
   const B = { tool: '(b)', decision: 'none', code: 'B' };
 
-  it('bounds each kind per session apart, counts every line not written, and summarizes at the session close', () => {
+  it('bounds each kind per agent apart, across its sessions, counts every line not written, and summarizes at a session close without a new window', () => {
     const summaries: string[] = [];
     const lines = new RefusalLines(
       (agent, kind, n) => summaries.push(`${agent} ${kind.tool} ${n}`),
       2,
       1_000,
     );
-    const s1 = {};
-    const s2 = {};
-    const taken = [A, A, A, B, A].map((k) => lines.take(s1, 'ag', k));
+    const taken = [A, A, A, B, A].map((k) => lines.take('ag', k));
     expect(taken).toEqual([true, true, false, true, false]);
-    // Another session of the same agent has its own bound.
-    expect([lines.take(s2, 'ag', A), lines.take(s2, 'ag', A), lines.take(s2, 'ag', A)]).toEqual([
-      true,
-      true,
-      false,
-    ]);
-    expect(lines.suppressed).toBe(3);
-    lines.closeSession(s1);
+    // A session of the agent closed: its summary now, but the minute's lines stay spent, so a
+    // session opened next writes no new lines.
+    lines.closeSession('ag');
     expect(summaries).toEqual(['ag (a) 2']);
+    expect([lines.take('ag', A), lines.take('ag', A)]).toEqual([false, false]);
+    // Another agent has its own bound.
+    expect(lines.take('other', A)).toBe(true);
+    expect(lines.suppressed).toBe(4);
     vi.advanceTimersByTime(1_000);
-    expect(summaries).toEqual(['ag (a) 2', 'ag (a) 1']);
+    expect(summaries).toEqual(['ag (a) 2', 'ag (a) 2']);
+    // A new window: the agent's bound starts again.
+    expect(lines.take('ag', A)).toBe(true);
   });
 
-  it('bounds calls without a session per agent, forgets an agent whose window ended, and summarizes at close', () => {
+  it('forgets an agent whose window ended, and summarizes at close', () => {
     const summaries: string[] = [];
     const lines = new RefusalLines(
       (agent, kind, n) => summaries.push(`${agent} ${kind.tool} ${n}`),
       1,
       1_000,
     );
-    expect([lines.take(undefined, 'x', A), lines.take(undefined, 'x', A)]).toEqual([true, false]);
-    expect(lines.take(undefined, 'y', A)).toBe(true);
+    expect([lines.take('x', A), lines.take('x', A)]).toEqual([true, false]);
+    expect(lines.take('y', A)).toBe(true);
     vi.advanceTimersByTime(1_000);
     expect(summaries).toEqual(['x (a) 1']);
     // A new window: the agent's bound starts again (its budget was forgotten, not kept).
-    expect([
-      lines.take(undefined, 'x', A),
-      lines.take(undefined, 'x', A),
-      lines.take(undefined, 'x', B),
-    ]).toEqual([true, false, true]);
+    expect([lines.take('x', A), lines.take('x', A), lines.take('x', B)]).toEqual([
+      true,
+      false,
+      true,
+    ]);
     lines.close();
     expect(summaries).toEqual(['x (a) 1', 'x (a) 1']);
     expect(vi.getTimerCount()).toBe(0);
     // Closed (the gateway stopped): nothing more is bounded.
-    expect(lines.take(undefined, 'x', A)).toBe(true);
+    expect(lines.take('x', A)).toBe(true);
     expect(lines.suppressed).toBe(2);
   });
 });
