@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { createHmac } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import {
   existsSync,
   mkdtempSync,
@@ -204,6 +204,33 @@ describe('ArgsDigester', () => {
     expect(new ArgsDigester(KEY).digest({ a: 1 })).not.toBe(
       new ArgsDigester(`${KEY}x`).digest({ a: 1 }),
     );
+  });
+
+  it('matches createHmac over many random texts: every byte value of the inner digest is carried', () => {
+    // 2,000 inner digests hold every byte value (0x00, 0x80–0xff …) many times over: a copy of
+    // the inner digest that re-encoded or dropped any of them would differ from createHmac.
+    let seed = 7;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % n;
+    };
+    const pieces = ['a', 'é', '€', '😀', '\ud800', '\udfff', '"', '\\', '\n', '\u0000', 'ÿ'];
+    const seen = new Set<number>();
+    for (const key of [KEY, 'k'.repeat(64), '~'.repeat(16)]) {
+      const d = new ArgsDigester(key);
+      for (let i = 0; i < 700; i++) {
+        let s = '';
+        for (let n = rand(90); n > 0; n--) s += pieces[rand(pieces.length)];
+        const args = { s, n: rand(1_000_000) };
+        const json = JSON.stringify(args);
+        const ipad = Buffer.alloc(64);
+        ipad.write(key, 'latin1');
+        for (let j = 0; j < 64; j++) ipad[j]! ^= 0x36;
+        for (const b of createHash('sha256').update(ipad).update(json).digest()) seen.add(b);
+        expect(d.digest(args)).toBe(createHmac('sha256', key).update(json).digest('hex'));
+      }
+    }
+    expect(seen.size).toBe(256);
   });
 
   it('refuses keys that are too short, too long or not printable ASCII', () => {
