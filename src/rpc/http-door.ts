@@ -53,6 +53,7 @@ import {
   type DescMethod,
   type JsonValue,
 } from '@bufbuild/protobuf';
+import { checkJsonNumbers } from './json-numbers.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   CallDeadlineError,
@@ -649,7 +650,9 @@ function sentBody(text: string): { json: unknown } | { text: string } {
  * A request body as a `schema` message.
  * @throws InvalidArgumentError (`details.field` `body`) when it is not JSON, nests deeper than
  *   {@link MAX_API_JSON_DEPTH} or holds more than {@link MAX_API_JSON_NODES} values, or is not a
- *   `schema` message in the protobuf JSON mapping (unknown fields included).
+ *   `schema` message in the protobuf JSON mapping (unknown fields included); naming the field
+ *   (`body.tokens`) when a number is in a form other than a decimal one (see
+ *   {@link checkJsonNumbers}: `"0x10"`, `" 16"`, `"1e1"` as a string, an integer beyond 2^53).
  */
 export function decodeJson<D extends DescMessage>(schema: D, text: string): unknown {
   let json: unknown = {};
@@ -672,6 +675,7 @@ export function decodeJson<D extends DescMessage>(schema: D, text: string): unkn
         : `holds more than ${MAX_API_JSON_NODES} values`,
     );
   }
+  checkJsonNumbers(schema, json);
   try {
     return fromJson(schema, json as JsonValue);
   } catch (error) {
