@@ -788,19 +788,51 @@ export class ApprovalLimitError extends FabricError {
 /** A call does not fit a budget (agent, pool or fabric-wide); `details.retryAt` says when it may. */
 export class BudgetExceededError extends FabricError {
   static readonly code = 'FABRIC_ERR_BUDGET_EXCEEDED';
+  constructor(
+    details: {
+      scope: string;
+      limit: 'tokens' | 'cost';
+      used: number;
+      max: number;
+      retryAt: number | null;
+    },
+    message?: string,
+  ) {
+    super(
+      BudgetExceededError.code,
+      'resource_exhausted',
+      message ??
+        `budget of ${details.scope} exceeded: ${details.limit} ${details.used}/${details.max}` +
+          (details.retryAt === null ? '' : `, retry at ${new Date(details.retryAt).toISOString()}`),
+      details,
+    );
+  }
+}
+
+/**
+ * A usage report (`recordUsage`, `fabric__record_usage`, `RecordUsage`) went past what its
+ * agent's own limit had left: it is recorded in full on the agent's budget (now exhausted), but
+ * its pool's and the fabric's were charged only that remainder — an agent's reports cannot
+ * spend shared budgets beyond what the agent itself is allowed. The usage is counted: do not
+ * report it again. `details.recorded` is what was reported, `details.shared` what the shared
+ * budgets were charged.
+ */
+export class UsageBeyondLimitError extends BudgetExceededError {
   constructor(details: {
     scope: string;
     limit: 'tokens' | 'cost';
     used: number;
     max: number;
-    retryAt: number | null;
+    recorded: { tokens: number; cost: number };
+    shared: { tokens: number; cost: number };
   }) {
+    const { limit, recorded, shared } = details;
     super(
-      BudgetExceededError.code,
-      'resource_exhausted',
-      `budget of ${details.scope} exceeded: ${details.limit} ${details.used}/${details.max}` +
-        (details.retryAt === null ? '' : `, retry at ${new Date(details.retryAt).toISOString()}`),
-      details,
+      { ...details, retryAt: null },
+      `usage recorded on ${details.scope} in full (${limit} ${details.used}/${details.max}), ` +
+        `but its pool and the fabric were charged ${limit} ${shared[limit]} of ${recorded[limit]}: ` +
+        `a report counts on shared budgets up to what the agent's own limit had left; ` +
+        `it is counted, do not report it again`,
     );
   }
 }

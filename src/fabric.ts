@@ -13,6 +13,7 @@ import {
   AgentNotFoundError,
   AgentUnavailableError,
   BudgetExceededError,
+  UsageBeyondLimitError,
   ClosedError,
   ConfigError,
   InvalidArgumentError,
@@ -68,7 +69,12 @@ import type {
   ToolCallDenied,
 } from './policy/tool-call-authorizer.js';
 import { BudgetManager } from './budget/budget-manager.js';
-import type { Reservation, SettleOptions, UsageAmount } from './budget/budget-manager.js';
+import type {
+  Reservation,
+  SettleOptions,
+  UnsharedUsage,
+  UsageAmount,
+} from './budget/budget-manager.js';
 import type { BudgetStore } from './budget/budget-store.js';
 import type { BootClock } from './budget/budget-clock.js';
 import { parseBudgetConfig } from './budget/budget-config.js';
@@ -1639,19 +1645,36 @@ export class AgentFabric {
   }
 
   /**
-   * Records usage an agent reports (model tokens, spend) against its budgets.
+   * Records usage an agent reports (model tokens, spend) against its budgets: in full on its
+   * own, and on its pool's and the fabric's at most what its own limit had left (see
+   * `BudgetManager.recordUsage`).
+   * @returns null, or what the shared budgets were charged short of the report (counted all the
+   *   same; the doors answer it as `UsageBeyondLimitError`: see {@link recordReportedUsage}).
    * @throws StateStoreError when the store cannot commit (disk full): the usage is counted all
    *   the same and written with the next commit that succeeds — do not report it again.
    */
-  async recordUsage(agentId: string, usage: UsageAmount): Promise<void> {
+  async recordUsage(agentId: string, usage: UsageAmount): Promise<UnsharedUsage | null> {
     const rec = this.lifecycle.peek(agentId);
     if (rec === undefined) throw new AgentNotFoundError(String(agentId));
-    this.budgets.recordUsage(
+    const unshared = this.budgets.recordUsage(
       agentId,
       usage,
       rec.poolId === undefined ? {} : { poolId: rec.poolId },
     );
     await this.#onDisk(`the usage is counted (the budgets hold it) ${KEPT}`);
+    return unshared;
+  }
+
+  /**
+   * {@link recordUsage} for an agent's own report over a door (`fabric__record_usage`,
+   * `RecordUsage`): the same, committed, and then a report past what the agent's own limit had
+   * left is answered with a typed error, so the agent learns it (and the MCP call's audit line
+   * carries its code).
+   * @throws UsageBeyondLimitError when it went past: counted all the same — do not report it again.
+   */
+  async recordReportedUsage(agentId: string, usage: UsageAmount): Promise<void> {
+    const unshared = await this.recordUsage(agentId, usage);
+    if (unshared !== null) throw new UsageBeyondLimitError(unshared);
   }
 
   /**

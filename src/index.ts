@@ -94,6 +94,7 @@ export {
   ApprovalNotFoundError,
   BodyTimeoutError,
   BudgetExceededError,
+  UsageBeyondLimitError,
   ConfigFileError,
   HookNotFoundError,
   HookRetryLimitError,
@@ -215,6 +216,7 @@ export type {
   ReserveOptions,
   ReserveWhenFreeOptions,
   SettleOptions,
+  UnsharedUsage,
   UsageAmount,
 } from './budget/budget-manager.js';
 export type { BudgetStore } from './budget/budget-store.js';

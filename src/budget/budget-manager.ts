@@ -82,6 +82,25 @@ export interface SettleOptions {
   requireFit?: boolean | undefined;
 }
 
+/**
+ * What {@link BudgetManager.recordUsage} charged the shared scopes (the agent's pool, the
+ * fabric) short of a report that went past what the agent's own limit had left.
+ */
+export interface UnsharedUsage {
+  /** The agent's scope, `agent:<id>`, which counted the report in full. */
+  readonly scope: string;
+  /** The first limit the report went past (`tokens` when both). */
+  readonly limit: 'tokens' | 'cost';
+  /** The agent's usage of that limit now, the report counted. */
+  readonly used: number;
+  /** The agent's limit. */
+  readonly max: number;
+  /** What was reported (the agent's scope counted all of it). */
+  readonly recorded: { readonly tokens: number; readonly cost: number };
+  /** What the pool's and the fabric's scopes were charged. */
+  readonly shared: { readonly tokens: number; readonly cost: number };
+}
+
 /** Result of {@link BudgetManager.check}. */
 export type BudgetCheck =
   { readonly allowed: true } | ({ readonly allowed: false } & BudgetShortfall);
@@ -436,23 +455,47 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   }
 
   /**
-   * Records usage that happened without a reservation (it may push a scope over its limit;
-   * the next `check`/`reserve` then refuses).
+   * Records usage that happened without a reservation — an agent's own report — never refused
+   * for budget: it may push a scope over its limit (the next `check`/`reserve` then refuses).
+   * It counts in full on the agent's scope; its pool's and the fabric's (shared with other
+   * agents) are charged at most what the agent's own limit had left before it, per limit
+   * (tokens, cost), so one agent's reports cannot spend shared budgets beyond what the agent is
+   * allowed (an agent without a limit of that kind is not capped). A report within the agent's
+   * limits counts the same everywhere.
+   * @returns null when every scope was charged in full, else what the shared scopes were charged
+   *   short of the report (the caller tells the agent: `UsageBeyondLimitError`).
    * @throws InvalidUsageError for a negative, NaN, infinite or non-numeric amount.
    */
-  recordUsage(agentId: string, usage: UsageAmount, options?: BudgetCallOptions): void {
+  recordUsage(
+    agentId: string,
+    usage: UsageAmount,
+    options?: BudgetCallOptions,
+  ): UnsharedUsage | null {
     const tokens = amount('usage.tokens', usage, 'tokens');
     const cost = amount('usage.cost', usage, 'cost');
     const now = this.#clock.now();
     const poolId = options?.poolId;
-    this.#record(
-      this.#agent(id('agentId', agentId)),
-      poolId === undefined ? undefined : this.#pool(id('options.poolId', poolId)),
-      this.#fabricScope(),
-      tokens,
-      cost,
-      now,
-    );
+    const a = this.#agent(id('agentId', agentId));
+    const p = poolId === undefined ? undefined : this.#pool(id('options.poolId', poolId));
+    const c = a.config;
+    const sharedTokens = capped(tokens, c?.maxTokensPerHour, a.tokens.used(now));
+    const sharedCost = capped(cost, c?.maxCostPerDay, a.cost.used(now));
+    if (sharedTokens === tokens && sharedCost === cost) {
+      this.#record(a, p, this.#fabricScope(), tokens, cost, now);
+      return null;
+    }
+    a.record(tokens, cost, now, this.#emit);
+    this.#store.changed(a.scope, a);
+    this.#record(undefined, p, this.#fabricScope(), sharedTokens, sharedCost, now);
+    const limit = sharedTokens < tokens ? 'tokens' : 'cost';
+    return Object.freeze({
+      scope: a.scope,
+      limit,
+      used: limit === 'tokens' ? a.tokens.used(now) : a.cost.used(now),
+      max: (limit === 'tokens' ? c!.maxTokensPerHour : c!.maxCostPerDay)!,
+      recorded: Object.freeze({ tokens, cost }),
+      shared: Object.freeze({ tokens: sharedTokens, cost: sharedCost }),
+    });
   }
 
   /**
@@ -765,14 +808,14 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
   }
 
   #record(
-    a: ScopeUsage,
+    a: ScopeUsage | undefined,
     p: ScopeUsage | undefined,
     f: ScopeUsage,
     tokens: number,
     cost: number,
     now: number,
   ): void {
-    if (!a.forgotten) {
+    if (a !== undefined && !a.forgotten) {
       a.record(tokens, cost, now, this.#emit);
       this.#store.changed(a.scope, a);
     }
@@ -889,6 +932,21 @@ function amount(field: string, usage: UsageAmount | undefined, key: 'tokens' | '
   }
   return v;
 }
+
+/**
+ * What a report of `amount` may charge shared scopes: all of it without a `limit`, else at most
+ * what the agent's `limit` had left beside its `used`.
+ */
+function capped(amount: number, limit: number | undefined, used: number): number {
+  if (limit === undefined) return amount;
+  const left = limit - used;
+  // A report that brings the agent to its limit exactly fits, float rounding of the sum aside.
+  if (amount <= left + limit * USAGE_EPSILON) return amount;
+  return left > 0 ? left : 0;
+}
+
+/** Relative float slack of {@link capped}: far below any real amount, above summing's error. */
+const USAGE_EPSILON = 1e-9;
 
 function status(s: ScopeUsage, now: number): BudgetStatus {
   const c = s.config;

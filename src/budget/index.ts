@@ -32,6 +32,7 @@ export type {
   BudgetEvents,
   BudgetManagerOptions,
   BudgetStatus,
+  UnsharedUsage,
   Reservation,
   ReserveOptions,
   ReserveWhenFreeOptions,

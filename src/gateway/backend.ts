@@ -259,6 +259,11 @@ export interface GatewayBackend {
   releaseTask(agentId: string, taskId: string, attempt: number): boolean;
   /** Hands out (once) the agent's notices of tasks the fabric ended while it held them. */
   takeEndedTasks(agentId: string): readonly EndedTask[];
+  /**
+   * Records usage the agent reports (`fabric__record_usage`): may throw or reject with a
+   * fabric error (the tool's error result), `UsageBeyondLimitError` for usage counted past
+   * what the agent's own limit had left.
+   */
   recordUsage(agentId: string, usage: ToolUsage): unknown;
 
   // Fabric work an agent schedules to its own pool (`fabric__schedule_task`); absent: not served.

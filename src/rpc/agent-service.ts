@@ -183,7 +183,7 @@ export function agentService(
             `must be a non-negative safe integer, got ${req.tokens.toString()}`,
           );
         }
-        await fabric.recordUsage(agentId, { tokens: Number(req.tokens), cost: req.cost });
+        await fabric.recordReportedUsage(agentId, { tokens: Number(req.tokens), cost: req.cost });
         return create(RecordUsageResponseSchema);
       },
       getHook: async ({ id: agentId }) => {

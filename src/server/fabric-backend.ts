@@ -144,8 +144,9 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
     return this.#fabric.admitSampling(agentId, tokens);
   }
 
+  /** An agent's own report: one past its own limit's remainder rejects (`UsageBeyondLimitError`). */
   recordUsage(agentId: string, usage: ToolUsage): Promise<void> {
-    return this.#fabric.recordUsage(agentId, usage);
+    return this.#fabric.recordReportedUsage(agentId, usage);
   }
 
   scheduleToOwnPool(

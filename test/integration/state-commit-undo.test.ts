@@ -342,12 +342,13 @@ it('a termination, pool shrink, pool deletion and claim whose own commit succeed
     .toBe(undefined);
   const budgets = fabric.budgets;
   const record = budgets.recordUsage.bind(budgets);
-  budgets.recordUsage = (...args: Parameters<typeof record>): void => {
+  budgets.recordUsage = (...args: Parameters<typeof record>): ReturnType<typeof record> => {
     budgets.recordUsage = record;
-    record(...args);
+    const unshared = record(...args);
     failAnUnrelatedCommitSoon(fabric);
+    return unshared;
   };
-  expect.soft(await answer(fabric.recordUsage(worker.id, { tokens: 5 }))).toBe(undefined);
+  expect.soft(await answer(fabric.recordUsage(worker.id, { tokens: 5 }))).toBe(null);
 
   // What the answers acknowledged is what the fabric holds, and the file after a restart.
   expect((await fabric.getAgentInfo(solo.id)).status).toBe('TERMINATED');

@@ -311,8 +311,11 @@ describe('token budgets hold under concurrency (server-filesystem, real fabric)'
       name: 'fabric__record_usage',
       arguments: { tokens: 500, cost: 0 },
     })) as CallToolResult;
-    // The confirmation arrives (an agent that missed it would report twice), uncharged.
-    expect(r.isError, text(r)).toBeFalsy();
+    // The answer arrives (an agent that missed it would report twice), uncharged: past its limit,
+    // the report is counted and the agent told so (its pool and the fabric got only the limit).
+    expect(r.isError).toBe(true);
+    expect(text(r)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+    expect(text(r)).toContain('do not report it again');
     expect(status('reporter')).toMatchObject({ tokensUsed: 500, tokensReserved: 0 });
     const after = await read(c, small);
     expect(classify(after)).toBe('refused');

@@ -2,7 +2,8 @@
  * Usage an agent reports itself (`fabric__record_usage`), as a hostile agent sends it: amounts so
  * large their sum overflows (two reports of 1e308 used to make the fabric's cost `Infinity`; the
  * state file then held `null` and no agent could call a tool after a restart), and reports past
- * an exhausted budget (they used to be refused as tool calls, and the usage was lost). Real
+ * an exhausted budget (they used to be refused as tool calls, and the usage was lost; now
+ * counted on the agent, and on shared scopes up to its own limit). Real
  * sidecar, real server-everything upstream, real SQLite state file; what a restarted sidecar
  * reads back is checked.
  */
@@ -145,22 +146,29 @@ describe('huge usage reports', () => {
 });
 
 describe('usage reports past an exhausted budget', () => {
-  it('are counted on the agent, its scopes and the fabric, over MCP as over gRPC', async () => {
+  it('are counted on the agent, and on its scopes and the fabric up to its own limit, over MCP', async () => {
     const s = await start(join(tempDir('usage-exhausted'), 'state.db'));
     const tok = await client(s, 'tok');
-    const first = await record(tok, 500, 0);
-    expect(first.isError, text(first)).toBeFalsy();
     const fabricBefore = s.fabric!.budgets.getFabricStatus().tokensUsed;
+    // Past its limit (100): counted in full on the agent, on the fabric up to what it had left,
+    // and the agent is told so.
+    const first = await record(tok, 500, 0);
+    expect(first.isError).toBe(true);
+    expect(text(first)).toContain('FABRIC_ERR_BUDGET_EXCEEDED');
+    expect(text(first)).toContain('do not report it again');
+    expect(s.fabric!.budgets.getFabricStatus().tokensUsed).toBe(fabricBefore + 100);
     const second = await record(tok, 700, 0);
-    expect(second.isError, text(second)).toBeFalsy();
+    expect(second.isError).toBe(true);
     // The tool's own answer is a few tokens, not charged past the limit.
     expect(s.fabric!.budgets.getStatus(agentId(s, 'tok')).tokensUsed).toBe(1200);
-    expect(s.fabric!.budgets.getFabricStatus().tokensUsed).toBe(fabricBefore + 700);
+    expect(s.fabric!.budgets.getFabricStatus().tokensUsed).toBe(fabricBefore + 100);
 
     const spender = await client(s, 'spender');
-    expect((await record(spender, 0, 5)).isError).toBeFalsy();
-    expect((await record(spender, 0, 3)).isError).toBeFalsy();
-    expect(s.fabric!.budgets.getStatus(agentId(s, 'spender')).costUsed).toBe(8);
+    const within = await record(spender, 0, 0.5);
+    expect(within.isError, text(within)).toBeFalsy();
+    expect((await record(spender, 0, 3)).isError).toBe(true);
+    expect(s.fabric!.budgets.getStatus(agentId(s, 'spender')).costUsed).toBe(3.5);
+    expect(s.fabric!.budgets.getFabricStatus().costUsed).toBe(1);
     // Other tool calls of the exhausted agent are still refused.
     const refused = (await spender.callTool({
       name: 'ev__echo',
