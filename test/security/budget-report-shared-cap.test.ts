@@ -57,6 +57,7 @@ async function start(dir: string): Promise<Sidecar> {
       { name: 'attacker', budget: { maxCostPerDay: 1, maxTokensPerHour: 1000 } },
       { name: 'via-grpc', budget: { maxCostPerDay: 2 } },
       { name: 'victim', budget: { maxCostPerDay: 5 } },
+      { name: 'racer', budget: { maxCostPerDay: 1 } },
     ],
     toolCosts: { ev__echo: 0.25 },
   });
@@ -121,8 +122,16 @@ describe('usage reports charge shared budgets at most what the agent itself is a
     const honest = await record(victim, 100, 0.5);
     expect(honest.isError, text(honest)).toBeFalsy();
     expect(budgets.getStatus(agentId(s, 'victim'))).toMatchObject({ costUsed: 0.75 });
+    expect(budgets.getFabricStatus().costUsed).toBeCloseTo(3.75, 9);
+
+    // Six sessions of one agent racing reports of 0.4 against its limit of 1: two fit, a third
+    // gets the 0.2 left on the fabric, the rest nothing, whatever the interleaving.
+    const racers = await Promise.all(Array.from({ length: 6 }, () => client(s, 'racer')));
+    const raced = await Promise.all(racers.map((c) => record(c, 0, 0.4)));
+    expect(raced.filter((r) => r.isError !== true)).toHaveLength(2);
+    expect(budgets.getStatus(agentId(s, 'racer')).costUsed).toBeCloseTo(2.4, 9);
     const fabric = budgets.getFabricStatus();
-    expect(fabric.costUsed).toBeCloseTo(3.75, 9);
+    expect(fabric.costUsed).toBeCloseTo(4.75, 9);
     expect(fabric.exhausted).toBe(false);
 
     // What the state file holds, read back by a restarted sidecar: the same counts.
@@ -143,7 +152,7 @@ describe('usage reports charge shared budgets at most what the agent itself is a
 
     const again = await start(dir);
     const after = again.fabric!.budgets.getFabricStatus();
-    expect(after.costUsed).toBeCloseTo(3.75, 9);
+    expect(after.costUsed).toBeCloseTo(4.75, 9);
     expect(after.tokensUsed).toBeLessThan(2000);
     expect(again.fabric!.budgets.getStatus(agentId(again, 'attacker')).costUsed).toBe(1e15 + 5);
     const victimAgain = await client(again, 'victim');
