@@ -2,7 +2,7 @@
  * The numbers of a request body in the protobuf JSON mapping, checked before protobuf-es's
  * `fromJson` reads them: it reads an integer given as a string with `BigInt`, which takes
  * `"0x10"`, `"0b1"`, `"0o7"`, `" 16 "` and `"  "` (0), and a double given as a string with
- * `Number`, which takes `"0x10"` and `"1e1"`; and `JSON.parse` has already rounded an integer
+ * `Number`, which takes `"0x10"`, `" 1"` and `"1."`; and `JSON.parse` has already rounded an integer
  * beyond 2^53 written as a number. Each of those is refused here with the field named.
  *
  * @module
@@ -12,8 +12,11 @@ import { InvalidArgumentError } from '../errors.js';
 
 /** A decimal integer as a string: an optional `-`, no leading zero, nothing around it. */
 const INTEGER_STRING = /^-?(?:0|[1-9][0-9]*)$/;
-/** A decimal number as a string: an integer with an optional fraction, no exponent. */
-const DECIMAL_STRING = /^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?$/;
+/**
+ * A decimal number as a string: an integer with an optional fraction and an optional exponent
+ * (the protobuf JSON mapping accepts exponent notation for floats; `Number` reads it exactly so).
+ */
+const DECIMAL_STRING = /^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$/;
 /** The strings the protobuf JSON mapping gives a float or double that is not finite. */
 const NON_FINITE = new Set(['NaN', 'Infinity', '-Infinity']);
 
@@ -22,7 +25,7 @@ const NON_FINITE = new Set(['NaN', 'Infinity', '-Infinity']);
  * fields hold in a form other than a decimal one: an integer field's string that is not
  * `-?digits` (no sign `+`, leading zero, base prefix, exponent or whitespace) or its number
  * that is not a safe integer (JSON gave it rounded), a float field's string that is not
- * `-?digits[.digits]` nor `NaN`/`Infinity`/`-Infinity`. What else is wrong `fromJson` tells.
+ * `-?digits[.digits][e±digits]` nor `NaN`/`Infinity`/`-Infinity`. What else is wrong `fromJson` tells.
  * Messages of `google.protobuf` (Value, Struct, Timestamp, Duration) keep their own mapping.
  * @throws InvalidArgumentError naming the field (`body.tokens`, `body.spec.deadlineMs`, …).
  */
@@ -80,7 +83,7 @@ function checkScalar(type: ScalarType, value: unknown, path: string): void {
       if (typeof value === 'string' && !DECIMAL_STRING.test(value) && !NON_FINITE.has(value)) {
         throw new InvalidArgumentError(
           path,
-          `must be a number, or a decimal number as a string (no exponent, base prefix or whitespace), got ${JSON.stringify(value)}`,
+          `must be a number, or a decimal number as a string (no base prefix, sign + or whitespace), got ${JSON.stringify(value)}`,
         );
       }
       return;

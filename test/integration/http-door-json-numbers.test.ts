@@ -1,7 +1,7 @@
 /**
  * Numbers of a request body over the HTTP door in a form other than a decimal one, against a
  * real sidecar with fetch: protobuf-es's `fromJson` read `"tokens": "0x10"` as 16 (and `" 16"`,
- * `"0b1"`, `"  "` as 0, a cost of `"1e1"` as 10), and `JSON.parse` rounded an integer beyond
+ * `"0b1"`, `"  "` as 0, a cost of `"0x10"` as 16), and `JSON.parse` rounded an integer beyond
  * 2^53 silently. Each is refused naming the field, and nothing is recorded.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -34,8 +34,8 @@ describe('the HTTP door refuses numbers given in non-decimal forms', () => {
   const record = (text: string): Promise<Response> =>
     postJson(new URL('fabric.v1.AgentService/RecordUsage', base), text, credential);
 
-  it('records decimal forms, refuses hex, binary, octal, signs, padding, exponents and rounded integers', async () => {
-    for (const good of ['{"tokens":16,"cost":0.5}', '{"tokens":"16","cost":"0.5"}']) {
+  it('records decimal forms (a float with an exponent too, as the protobuf JSON mapping allows), refuses hex, binary, octal, signs, padding, integer exponents and rounded integers', async () => {
+    for (const good of ['{"tokens":16,"cost":0.5}', '{"tokens":"16","cost":"5e-1"}']) {
       const r = await record(good);
       expect({ good, status: r.status }).toEqual({ good, status: 200 });
     }
@@ -54,7 +54,8 @@ describe('the HTTP door refuses numbers given in non-decimal forms', () => {
       ['{"tokens":9007199254740993}', 'body.tokens'],
       ['{"tokens":1e20}', 'body.tokens'],
       ['{"cost":"0x10"}', 'body.cost'],
-      ['{"cost":"1e1"}', 'body.cost'],
+      ['{"cost":"1e"}', 'body.cost'],
+      ['{"cost":"0x1p3"}', 'body.cost'],
       ['{"cost":" 1"}', 'body.cost'],
       ['{"cost":"1."}', 'body.cost'],
       ['{"cost":".5"}', 'body.cost'],
