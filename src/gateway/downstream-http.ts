@@ -35,6 +35,7 @@ import {
   DEFAULT_MAX_STREAM_BACKLOG_BYTES,
   HttpSessionTransport,
 } from './downstream-http-transport.js';
+import { plainToolCallRequest } from './fast-path.js';
 import type { ToolGateway } from './gateway.js';
 import {
   arrivedBody,
@@ -535,12 +536,16 @@ export class McpHttpEndpoint {
         return;
       }
     }
-    let body: unknown;
-    try {
-      body = JSON.parse(text);
-    } catch {
-      badRequest(res, ErrorCode.ParseError, 'Parse error: the body is not JSON');
-      return;
+    // A plain `tools/call` (nearly every POST) is read with a parse of its arguments alone, as
+    // over stdio: the same message `JSON.parse` of the whole body gives (see fast-path.ts).
+    let body: unknown = plainToolCallRequest(text);
+    if (body === undefined) {
+      try {
+        body = JSON.parse(text);
+      } catch {
+        badRequest(res, ErrorCode.ParseError, 'Parse error: the body is not JSON');
+        return;
+      }
     }
     const batch = Array.isArray(body);
     if (batch && entry !== undefined && !batchesAllowed(entry.session.protocolVersion)) {

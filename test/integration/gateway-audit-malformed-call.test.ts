@@ -11,11 +11,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../src/server/sidecar.js';
 import {
   agentId,
-  agentToken,
   closeSidecar,
   DEFAULT_ALLOW,
-  EVERYTHING_BIN,
-  INIT,
+  EVERYTHING_UPSTREAM,
+  openRawSession,
   startTestSidecar,
   tempDir,
   until,
@@ -28,26 +27,12 @@ describe('audit line of a malformed tools/call (real fabric, raw HTTP)', () => {
 
   beforeAll(async () => {
     sidecar = await startTestSidecar({
-      upstreams: {
-        ev: { command: process.execPath, args: [EVERYTHING_BIN, 'stdio'], stderr: 'ignore' },
-      },
+      upstreams: { ev: EVERYTHING_UPSTREAM },
       policies: [DEFAULT_ALLOW],
       agents: [{ name: 'prober' }],
       audit: { path, flushIntervalMs: 0 },
     });
-    headers = {
-      authorization: `Bearer ${agentToken(sidecar, 'prober')}`,
-      'content-type': 'application/json',
-      accept: 'application/json, text/event-stream',
-    };
-    const init = await fetch(sidecar.url!, {
-      method: 'POST',
-      headers,
-      body: JSON.stringify(INIT),
-    });
-    headers['mcp-session-id'] = init.headers.get('mcp-session-id')!;
-    headers['mcp-protocol-version'] = '2025-06-18';
-    await post({ jsonrpc: '2.0', method: 'notifications/initialized' });
+    headers = await openRawSession(sidecar, 'prober');
   });
 
   afterAll(async () => {
