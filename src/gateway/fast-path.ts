@@ -25,7 +25,8 @@
  * without a parse (`plainTextResponse` in raw-results.ts). Both accept only layouts whose every
  * key and separator is fixed, build exactly what `JSON.parse` of the whole line builds, and
  * leave any other line to the parse as before; a whole-line parse was the largest part of a
- * forwarded call's CPU time.
+ * forwarded call's CPU time. The Streamable HTTP endpoint reads a POST's body with
+ * {@link plainToolCallRequest} too (downstream-http.ts), before its whole-body parse.
  *
  * @module
  */
