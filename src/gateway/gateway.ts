@@ -234,7 +234,8 @@ const AUDIT_UNKNOWN_NAME_MAX = 256;
  * The kinds of refusals that ran nothing whose lines are bounded (see line-budget.ts), each with
  * its own bound and summary line (`tool`: the kind): requests reusing an in-flight id; requests
  * refused as malformed or past the input limits; calls of unknown tools; subscriptions refused
- * for the session's limit or a URI past its limit.
+ * for the session's limit or a URI past its limit; calls refused because the gateway is closing
+ * (`FABRIC_ERR_CLOSED`: an agent calling on through the shutdown grace wrote one line each).
  */
 const REUSED_IDS: RefusalKind = {
   tool: '(reused request ids)',
@@ -260,6 +261,11 @@ const SUBSCRIPTION_URIS_PAST_LIMIT: RefusalKind = {
   tool: '(subscription URIs past the limit)',
   decision: 'invalid',
   code: SubscriptionLimitError.code,
+};
+const CALLS_WHILE_CLOSING: RefusalKind = {
+  tool: '(calls refused while closing)',
+  decision: 'none',
+  code: ClosedError.code,
 };
 
 /** Requests other than `tools/call` that pass policy as pseudo-tools: each gets an audit line. */
@@ -1360,7 +1366,10 @@ export class ToolGateway implements SessionHost {
       return wait === undefined ? Promise.resolve(notFound) : wait.then(() => notFound);
     }
     if (this.#state !== 'started') {
-      audit({ decision: 'none', outcome: 'error', code: ClosedError.code });
+      audit(
+        { decision: 'none', outcome: 'error', code: ClosedError.code },
+        this.#refusalLines.take(agentId, CALLS_WHILE_CLOSING),
+      );
       return Promise.resolve({
         kind: 'error',
         error: new ClosedError('the gateway'),

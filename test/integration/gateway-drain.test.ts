@@ -1,5 +1,4 @@
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { InMemoryTransport } from '@modelcontextprotocol/sdk/inMemory.js';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -9,6 +8,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   HANGING_SERVER,
+  inMemoryClient,
   startTestSidecar,
   tempDir,
   text,
@@ -50,14 +50,7 @@ describe('gateway close() and the calls in flight', () => {
       },
       { http: false },
     );
-    const identity = await sidecar.backend.authenticate(sidecar.agents[0]!.credential);
-    if (identity.kind !== 'agent') throw new Error('expected an agent identity');
-    const session = sidecar.gateway.createSession(identity);
-    const [ct, st] = InMemoryTransport.createLinkedPair();
-    await session.connect(st);
-    const client = new Client({ name: 'caller', version: '1.0.0' });
-    await client.connect(ct);
-    return client;
+    return inMemoryClient(sidecar, sidecar.agents[0]!.credential);
   }
 
   /** Ended calls on both paths: the fast path (plain) and the SDK path (with a progress token). */
