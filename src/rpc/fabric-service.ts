@@ -16,8 +16,8 @@ import {
   durationFromMs,
   durationMs,
   timestampFromMs,
-  timestampMs,
   type Duration,
+  type Timestamp,
   type Value,
 } from '@bufbuild/protobuf/wkt';
 import type { AgentStatus, AgentBudgetConfig, AgentInfo, SpawnedAgent } from '../agent.js';
@@ -192,6 +192,32 @@ function seconds(d: Duration | undefined): number | undefined {
   return d === undefined ? undefined : durationMs(d) / 1000;
 }
 
+/** Seconds of 0001-01-01T00:00:00Z and of 9999-12-31T23:59:59Z: a `Timestamp`'s range. */
+const TIMESTAMP_MIN_SECONDS = -62_135_596_800n;
+const TIMESTAMP_MAX_SECONDS = 253_402_300_799n;
+
+/**
+ * A task's deadline from a `Timestamp`, in epoch ms: its nanoseconds cut to the millisecond, not
+ * rounded (a deadline less than 1 ms earlier). protobuf-es's `timestampMs` rounds, so the largest
+ * valid Timestamp, 9999-12-31T23:59:59.999999999Z, became year 10000 and was refused as past
+ * the latest deadline.
+ * @throws InvalidArgumentError for a Timestamp outside its range (0001-01-01T00:00:00Z to
+ *   9999-12-31T23:59:59.999999999Z, nanos 0 to 999,999,999), naming both ends.
+ */
+function deadlineMs(t: Timestamp): number {
+  if (
+    t.seconds < TIMESTAMP_MIN_SECONDS ||
+    t.seconds > TIMESTAMP_MAX_SECONDS ||
+    !(t.nanos >= 0 && t.nanos <= 999_999_999)
+  ) {
+    throw new InvalidArgumentError(
+      'options.deadline',
+      `must be a valid Timestamp, from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z (nanos 0 to 999999999), got seconds ${t.seconds} nanos ${t.nanos}`,
+    );
+  }
+  return Number(t.seconds) * 1000 + Math.floor(t.nanos / 1_000_000);
+}
+
 function budget(b: BudgetLimits | undefined): AgentBudgetConfig | undefined {
   if (b === undefined) return undefined;
   if (b.costWindow !== CostWindow.UNSPECIFIED) {
@@ -224,7 +250,7 @@ function scheduleOptions(o: rpc.TaskOptions | undefined): ScheduleOptions {
   const timeout = seconds(o.timeout);
   return {
     ...(priority === undefined ? {} : { priority: (o.priority - 1) as Priority }),
-    ...(o.deadline === undefined ? {} : { deadline: timestampMs(o.deadline) }),
+    ...(o.deadline === undefined ? {} : { deadline: deadlineMs(o.deadline) }),
     ...(timeout === undefined ? {} : { timeoutSeconds: timeout }),
     ...(o.maxAttempts === 0 ? {} : { maxAttempts: o.maxAttempts }),
     ...(o.tenant === '' ? {} : { tenant: o.tenant }),
