@@ -6,7 +6,11 @@
  * that request must go out first (progress, a log line, a sampling or elicitation request).
  * The common call thus costs one JSON response, and server→client traffic still reaches the
  * client on the stream of the call that caused it. Messages unrelated to any request go to the
- * session's standalone GET stream. SSE streams get keep-alive comments.
+ * session's standalone GET stream. SSE streams get keep-alive comments. A message that reaches
+ * no stream — its request's POST was answered as JSON and that connection closed, or it belongs
+ * to no request and no GET stream is open (nor one to resume) — is dropped, as the spec allows,
+ * but never silently: the owner is told ({@link HttpSessionTransportOptions.onMessageUndelivered}),
+ * and a server→client request so dropped rejects its `send`, so its sender fails at once.
  *
  * Every POST is answered, whatever it holds: the SDK's `Protocol` never answers a message its
  * schemas reject, nor a request the client cancelled, so the transport does. Messages come
@@ -38,7 +42,8 @@
  * connection carries stay in flight until they are out, as on the POST's; answers a stream keeps
  * while nobody is connected stay in flight until it ended. A stream is kept while requests of it
  * are pending and {@link RESUME_WINDOW_MS} after it ended, at most {@link MAX_ENDED_LOG_BYTES} of
- * ended streams per session. A POST answered with plain JSON sent no event id, so it cannot be resumed.
+ * ended streams per session. A POST answered with plain JSON sent no event id, so it cannot be
+ * resumed: what its request still sends once its connection closed reaches no stream (above).
  *
  * @module
  */
@@ -49,6 +54,7 @@ import type {
 } from '@modelcontextprotocol/sdk/shared/transport.js';
 import {
   ErrorCode,
+  McpError,
   type JSONRPCMessage,
   type MessageExtraInfo,
   type RequestId,
@@ -106,10 +112,32 @@ export interface HttpSessionTransportOptions {
   /** Called for each notification dropped because its stream's client is not reading. */
   onNotificationDropped?: () => void;
   /**
+   * Called for each message that reached no stream (see {@link UndeliveredMessage}); a request
+   * so dropped also fails its sender at once (`send` rejects), where before it waited for an
+   * answer that could not come.
+   */
+  onMessageUndelivered?: (message: UndeliveredMessage) => void;
+  /**
    * Called when a response this session wrote to has finished or lost its connection (the
    * answer of a POST that carried requests, the standalone stream): the session was active.
    */
   onActivity?: () => void;
+}
+
+/**
+ * Why a message for the client reached no stream: `request-gone` — it belongs to a request whose
+ * POST was answered as plain JSON (no event id: nobody can resume it) and whose connection has
+ * closed; `no-stream` — it belongs to no request and the client has no standalone GET stream
+ * open, nor had one to resume.
+ */
+export type UndeliveredReason = 'request-gone' | 'no-stream';
+
+/** A message {@link HttpSessionTransport.send} could not deliver: what it was, not what it held. */
+export interface UndeliveredMessage {
+  readonly reason: UndeliveredReason;
+  readonly kind: 'request' | 'notification';
+  /** Its method, cut to 100 characters. */
+  readonly method: string;
 }
 
 interface Exchange {
@@ -330,6 +358,7 @@ export class HttpSessionTransport implements Transport {
   readonly #maxBacklog: number;
   readonly #onRequestsDone: (count: number) => void;
   readonly #onDropped: () => void;
+  readonly #onUndelivered: (message: UndeliveredMessage) => void;
   readonly #onActivity: () => void;
   readonly #onDuplicate: ((request: unknown) => void) | undefined;
   readonly #exchanges = new Map<RequestId, Exchange>();
@@ -357,6 +386,7 @@ export class HttpSessionTransport implements Transport {
     this.#maxBacklog = options.maxStreamBacklogBytes ?? DEFAULT_MAX_STREAM_BACKLOG_BYTES;
     this.#onRequestsDone = options.onRequestsDone ?? (() => undefined);
     this.#onDropped = options.onNotificationDropped ?? (() => undefined);
+    this.#onUndelivered = options.onMessageUndelivered ?? (() => undefined);
     this.#onActivity = options.onActivity ?? (() => undefined);
     this.#onDuplicate = options.onDuplicate;
   }
@@ -903,7 +933,10 @@ export class HttpSessionTransport implements Transport {
       this.#writeEvent(ex.res, ex.log, json, notification);
       return;
     }
-    if (ex) return;
+    if (ex) {
+      this.#undelivered(e, notification, 'request-gone');
+      return;
+    }
     const json = serializeMessage(message);
     const standalone = this.#standalone?.res;
     // Stream 0 lives as long as the session: everything it carries, a server's request too, is
@@ -914,8 +947,27 @@ export class HttpSessionTransport implements Transport {
     } else if (standalone === undefined && this.#standaloneLog !== undefined) {
       // Between a client's standalone streams: kept for it to resume.
       this.#writeEvent(undefined, this.#standaloneLog, json, true);
+    } else if (standalone === undefined) {
+      // No stream, nor one to resume: the message is dropped, as the spec allows — told.
+      this.#undelivered(e, notification, 'no-stream');
     }
-    // Otherwise there is no stream: the message is dropped, as the spec allows.
+  }
+
+  /**
+   * Tells of a message that reached no stream; for a request, rejects (`send` throws), so its
+   * sender fails at once instead of waiting for an answer that cannot come.
+   * @throws McpError (ConnectionClosed) for a request.
+   */
+  #undelivered(e: Envelope, notification: boolean, reason: UndeliveredReason): void {
+    const method = typeof e.method === 'string' ? e.method.slice(0, 100) : '(none)';
+    this.#onUndelivered({ reason, kind: notification ? 'notification' : 'request', method });
+    if (notification) return;
+    throw new McpError(
+      ErrorCode.ConnectionClosed,
+      reason === 'request-gone'
+        ? `the agent's request this ${method} belongs to was answered as JSON and its connection has closed: nothing can carry it to the agent`
+        : `the agent has no standalone SSE stream (GET) open to carry this ${method}`,
+    );
   }
 
   async close(): Promise<void> {

@@ -34,6 +34,8 @@ import type { AgentIdentity, GatewayIdentity } from './backend.js';
 import {
   DEFAULT_MAX_STREAM_BACKLOG_BYTES,
   HttpSessionTransport,
+  type UndeliveredMessage,
+  type UndeliveredReason,
 } from './downstream-http-transport.js';
 import { plainToolCallRequest } from './fast-path.js';
 import type { ToolGateway } from './gateway.js';
@@ -52,6 +54,7 @@ import {
   type MessageKind,
 } from './jsonrpc-message.js';
 import { httpErrorBody, httpStatusOf } from './map-error.js';
+import type { GatewayLogEntry } from './tool-call-pipeline.js';
 import { malformedInitialize, type GatewaySession } from './session.js';
 
 export { readBody, sendJson } from './http-body.js';
@@ -119,6 +122,12 @@ export interface McpHttpEndpointOptions {
    * client reads. Responses are never dropped. @default 262144
    */
   maxStreamBacklogBytes?: number;
+  /**
+   * Structured log sink. A message for an agent that reached no stream (see
+   * `UndeliveredMessage`) is told here, at `warn`: the first of each reason in a session (what
+   * it was, never what it held); the rest are counted ({@link McpHttpEndpoint.undeliveredMessages}).
+   */
+  logger?: (entry: GatewayLogEntry) => void;
 }
 
 /** One agent's share of the endpoint. */
@@ -272,6 +281,7 @@ export class McpHttpEndpoint {
   readonly #maxBatch: number;
   readonly #maxBacklog: number;
   #droppedNotifications = 0;
+  readonly #undelivered: Record<UndeliveredReason, number> = { 'request-gone': 0, 'no-stream': 0 };
   #sweeper: NodeJS.Timeout | undefined;
   #closed = false;
 
@@ -374,6 +384,34 @@ export class McpHttpEndpoint {
   /** Notifications dropped because their stream's client was not reading, since start. */
   get droppedNotifications(): number {
     return this.#droppedNotifications;
+  }
+
+  /** Messages for agents that reached no stream and were dropped, by reason, since start. */
+  get undeliveredMessages(): Readonly<Record<UndeliveredReason, number>> {
+    return this.#undelivered;
+  }
+
+  /** Counts a message of `agentId`'s session that reached no stream; logs the first of its kind. */
+  #undeliveredMessage(
+    agentId: string,
+    logged: Set<UndeliveredReason>,
+    m: UndeliveredMessage,
+  ): void {
+    this.#undelivered[m.reason]++;
+    if (logged.has(m.reason)) return;
+    logged.add(m.reason);
+    const what =
+      m.reason === 'request-gone'
+        ? `belongs to a call whose POST was answered as JSON and whose connection has closed`
+        : `belongs to no call and the session has no standalone SSE stream (GET) open`;
+    this.#options.logger?.({
+      level: 'warn',
+      msg: `mcp: a ${m.kind} for an agent was dropped: it ${what}${m.kind === 'request' ? ' (its sender was failed at once)' : ''}; the session's later ones are only counted (agent_fabric_mcp_http_messages_undelivered_total)`,
+      agentId,
+      reason: m.reason,
+      kind: m.kind,
+      method: m.method,
+    });
   }
 
   /**
@@ -719,6 +757,7 @@ export class McpHttpEndpoint {
     // Counted before the first await: parallel initializes cannot all pass the check.
     load.sessions++;
     const agentLoad = load;
+    const undeliveredLogged = new Set<UndeliveredReason>();
     const transport = new HttpSessionTransport(randomUUID(), {
       ...(this.#options.keepAliveMs === undefined
         ? {}
@@ -732,6 +771,7 @@ export class McpHttpEndpoint {
       onNotificationDropped: () => {
         this.#droppedNotifications++;
       },
+      onMessageUndelivered: (m) => this.#undeliveredMessage(agentId, undeliveredLogged, m),
       onActivity: () => {
         entry.lastSeen = performance.now();
       },

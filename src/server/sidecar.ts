@@ -528,6 +528,7 @@ export class Sidecar {
           maxInflightPerAgent: h.maxInflightPerAgent,
           maxBatchMessages: h.maxBatchMessages,
           maxStreamBacklogBytes: h.maxStreamBacklogBytes,
+          logger: log,
         });
         const hostGuard = new HostGuard({
           bindHost: h.host,
@@ -1050,6 +1051,15 @@ function sidecarMetrics(
       help: 'Notifications dropped because the stream they were for held maxStreamBacklogBytes unread.',
       type: 'counter' as const,
       samples: [{ value: mcp.droppedNotifications }],
+    },
+    {
+      name: 'agent_fabric_mcp_http_messages_undelivered_total',
+      help: 'Messages for agents that reached no stream and were dropped: request-gone (its call was answered as JSON and that connection closed), no-stream (no standalone GET stream open).',
+      type: 'counter' as const,
+      samples: Object.entries(mcp.undeliveredMessages).map(([reason, value]) => ({
+        labels: { reason },
+        value,
+      })),
     },
   ];
   const audit = gateway.auditStats;

@@ -13,6 +13,7 @@ import {
   MAX_ENDED_LOG_BYTES,
   RESUME_WINDOW_MS,
   nestsFewerThan,
+  type UndeliveredMessage,
 } from '../../src/gateway/downstream-http-transport.js';
 import type { MessageKind } from '../../src/gateway/jsonrpc-message.js';
 
@@ -83,10 +84,12 @@ const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve)
 function setup(options: { maxStreamBacklogBytes?: number; keepAliveMs?: number } = {}) {
   let done = 0;
   let dropped = 0;
+  const undelivered: UndeliveredMessage[] = [];
   const transport = new HttpSessionTransport('sid', {
     ...options,
     onRequestsDone: (n) => (done += n),
     onNotificationDropped: () => dropped++,
+    onMessageUndelivered: (m) => undelivered.push(m),
   });
   const post = (ids: number[], version?: string): FakeResponse => {
     const res = new FakeResponse();
@@ -106,7 +109,7 @@ function setup(options: { maxStreamBacklogBytes?: number; keepAliveMs?: number }
     transport.handleGet(res as unknown as ServerResponse, lastEventId);
     return res;
   };
-  return { transport, post, get, done: () => done, dropped: () => dropped };
+  return { transport, post, get, done: () => done, dropped: () => dropped, undelivered };
 }
 
 const bigResponse = (id: number, chars: number): JSONRPCMessage => ({
@@ -223,6 +226,40 @@ describe('HttpSessionTransport', () => {
     for (let i = 0; i < 100; i++) await t.transport.send(progress(i));
     expect(t.dropped()).toBeGreaterThan(80);
     expect(t.transport.unsentBytes).toBeLessThan(1024 + 200);
+    await t.transport.close();
+  });
+
+  it('tells of a message with no stream to carry it, and fails a request so dropped', async () => {
+    const t = setup();
+    const elicit: JSONRPCMessage = {
+      jsonrpc: '2.0',
+      id: 7,
+      method: 'elicitation/create',
+      params: { message: 'secret-ish text', requestedSchema: { type: 'object' } },
+    };
+    // No GET stream was ever opened: a notification is dropped, told; a request rejects.
+    await t.transport.send(progress(1));
+    await expect(t.transport.send(elicit)).rejects.toThrow(
+      /no standalone SSE stream \(GET\) open to carry this elicitation\/create/,
+    );
+    // Related to a call whose POST was answered as JSON and whose connection closed.
+    const res = t.post([1]);
+    res.cut();
+    await t.transport.send(progress(2), { relatedRequestId: 1 });
+    await expect(t.transport.send(elicit, { relatedRequestId: 1 })).rejects.toThrow(
+      /answered as JSON and its connection has closed/,
+    );
+    expect(t.undelivered).toEqual([
+      { reason: 'no-stream', kind: 'notification', method: 'notifications/progress' },
+      { reason: 'no-stream', kind: 'request', method: 'elicitation/create' },
+      { reason: 'request-gone', kind: 'notification', method: 'notifications/progress' },
+      { reason: 'request-gone', kind: 'request', method: 'elicitation/create' },
+    ]);
+    // A standalone stream that closed is kept for the client to resume: nothing dropped.
+    const get = t.get();
+    get.cut();
+    await t.transport.send(progress(3));
+    expect(t.undelivered).toHaveLength(4);
     await t.transport.close();
   });
 
