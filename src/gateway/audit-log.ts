@@ -38,6 +38,7 @@ import {
 } from 'node:fs';
 import { dirname } from 'node:path';
 import { ConfigError } from '../errors.js';
+import { lineSafeJson } from '../json-lines.js';
 import { argumentsJson } from './args-json.js';
 
 const NEWLINE = Buffer.from('\n');
@@ -381,7 +382,7 @@ export class AuditLog {
     if (this.#closed) return;
     let line: string;
     try {
-      line = JSON.stringify(record) + '\n';
+      line = lineSafeJson(JSON.stringify(record)) + '\n';
     } catch (error) {
       // A field of the wrong type (a BigInt, a cycle): keep who, what and the outcome.
       const r = record as unknown as Record<string, unknown>;
@@ -389,7 +390,7 @@ export class AuditLog {
         `{"time":${jsonString(String(r.time))},"agent":${jsonString(String(r.agent))}` +
         `,"tool":${jsonString(String(r.tool))},"decision":${jsonString(String(r.decision))}` +
         `,"outcome":${jsonString(String(r.outcome))}` +
-        `,"recordError":${JSON.stringify(`record could not be serialized: ${errorText(error)}`)}}\n`;
+        `,"recordError":${jsonString(`record could not be serialized: ${errorText(error)}`)}}\n`;
     }
     this.#pending.push(line);
     this.#schedule();
@@ -567,6 +568,7 @@ export class AuditLog {
 
 /**
  * The JSON line of a queued call: the same text `JSON.stringify` makes of its {@link AuditRecord}
+ * (but for U+2028 and U+2029, escaped: see json-lines.ts)
  * (keys `time, agent, tool, rule, argsDigest, durationMs, decision, outcome, code, tokens, cost`,
  * undefined ones left out; `argsDigest: null, argsError` when the arguments cannot be
  * serialized), built directly — the object spread and generic stringify were a
@@ -611,7 +613,7 @@ export function formatCall(c: QueuedCall, digester: ArgsDigester): string {
     digest = `"${digester.digest(c.args)}","durationMs":`;
   } catch (error) {
     // Arguments JSON.stringify cannot serialize: the record is still written, marked.
-    digest = `null,"argsError":${JSON.stringify(`arguments could not be serialized: ${errorText(error)}`)},"durationMs":`;
+    digest = `null,"argsError":${jsonString(`arguments could not be serialized: ${errorText(error)}`)},"durationMs":`;
   }
   let line = isoTimeMember(c.startedAt) + whoText + digest + jsonMs(c.durationMs) + endText;
   if (f.tokens !== undefined) line += `,"tokens":${jsonNumber(f.tokens)}`;
@@ -641,12 +643,12 @@ function safeFormatCall(c: QueuedCall, digester: ArgsDigester): string {
   try {
     return formatCall(c, digester);
   } catch (error) {
-    const text = (v: unknown): string => JSON.stringify(typeof v === 'string' ? v : typeof v);
+    const text = (v: unknown): string => jsonString(typeof v === 'string' ? v : typeof v);
     return (
       `{"time":${Math.abs(c.startedAt) <= 8.64e15 ? text(new Date(c.startedAt).toISOString()) : 'null'}` +
       `,"agent":${text(c.agent)},"tool":${text(c.tool)},"decision":${text(c.fields?.decision)}` +
       `,"outcome":${text(c.fields?.outcome)}` +
-      `,"recordError":${JSON.stringify(`record could not be serialized: ${errorText(error)}`)}}\n`
+      `,"recordError":${jsonString(`record could not be serialized: ${errorText(error)}`)}}\n`
     );
   }
 }
@@ -658,7 +660,8 @@ function errorText(error: unknown): string {
 
 /**
  * `JSON.stringify` of a string, remembered: agents, tools, rules and outcomes repeat from a
- * small set, and escaping each afresh was a visible part of a record.
+ * small set, and escaping each afresh was a visible part of a record. U+2028 and U+2029 are
+ * escaped too (see json-lines.ts): a made-up tool name holding one split its line.
  */
 const jsonStrings = new Map<string, string>();
 const JSON_STRINGS_MAX = 4096;
@@ -666,7 +669,7 @@ const JSON_STRINGS_MAX = 4096;
 function jsonString(s: string): string {
   let json = jsonStrings.get(s);
   if (json === undefined) {
-    json = JSON.stringify(s);
+    json = lineSafeJson(JSON.stringify(s));
     if (jsonStrings.size >= JSON_STRINGS_MAX) jsonStrings.clear();
     if (s.length <= 256) jsonStrings.set(s, json);
   }

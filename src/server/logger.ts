@@ -7,7 +7,8 @@
  * stderr lines are logged as messages, and upstreams echo what agents asked for. So control
  * characters (C0 — line breaks and ESC included —, DEL, C1) and the bidirectional controls are
  * written as `\xNN`/`\u{NNNN}` escapes: an entry is one line that cannot move the cursor, retitle
- * the terminal or forge another entry. (The JSON form escapes C0 controls already.)
+ * the terminal or forge another entry. (The JSON form escapes C0 controls already, and U+2028
+ * and U+2029 are escaped in it too, see json-lines.ts: each entry is one line in any language.)
  *
  * The readable form is written here rather than with `pino-pretty` (a transport in a worker
  * thread, with its own dependencies) because it is a dozen lines.
@@ -17,6 +18,7 @@
 import pino, { type DestinationStream, type Level, type Logger } from 'pino';
 import { ConfigError } from '../errors.js';
 import type { GatewayLogEntry } from '../gateway/gateway.js';
+import { lineSafeJson } from '../json-lines.js';
 import { printable } from '../unprintable.js';
 import { LogRedactor } from './log-redaction.js';
 
@@ -65,7 +67,7 @@ export function createSidecarLog(options: SidecarLogOptions = {}): SidecarLog {
   const pretty = format === 'pretty' || (format === 'auto' && stream.isTTY === true);
   const destination: DestinationStream = pretty
     ? { write: (line: string) => void stream.write(readable(line)) }
-    : { write: (line: string) => void stream.write(line) };
+    : { write: (line: string) => void stream.write(lineSafeJson(line)) };
   const logger = pino({ level, base: undefined }, destination);
   const redactor = new LogRedactor();
   const write = (entry: GatewayLogEntry): void => {

@@ -27,6 +27,7 @@ import {
   type AuditOutcome,
   type AuditRecord,
 } from '../../src/gateway/audit-log.js';
+import { lineSafeJson } from '../../src/json-lines.js';
 import { ConfigError } from '../../src/errors.js';
 
 /** The digest key of the logs these tests make (a log given none draws a random one). */
@@ -252,7 +253,8 @@ describe('formatCall', () => {
       durationMs: c.durationMs,
       ...c.fields,
     };
-    return JSON.stringify(record) + '\n';
+    // U+2028 and U+2029 escaped: JSON.stringify leaves them raw, and they split a line.
+    return lineSafeJson(JSON.stringify(record)) + '\n';
   }
 
   const outcomes: AuditOutcome[] = [
@@ -281,7 +283,7 @@ describe('formatCall', () => {
     -1, // 1969
   ];
 
-  it('writes exactly the JSON.stringify text of the record', () => {
+  it('writes exactly the JSON.stringify text of the record (line separators escaped)', () => {
     const agents = ['3f0c7a2e-1234-4abc-9def-0123456789ab', 'naïve “agent”\n\u2028'];
     const tools = ['ev__echo', 'resources/read', 'tab\there'];
     for (const startedAt of times) {
