@@ -46,7 +46,7 @@ import { AwaitedExecutor } from './awaited-executor.js';
 import type { ExecutorEntry } from './slots.js';
 import { AgentSlot, PoolSlot } from './slots.js';
 import { FinishedRetention } from './finished-retention.js';
-import { clockMs, TaskRecord } from './task-record.js';
+import { clockMs, MAX_TASK_ATTEMPTS, TaskRecord } from './task-record.js';
 import { TaskTimers } from './task-timers.js';
 import {
   MAX_TIMER_MS,
@@ -1834,12 +1834,7 @@ export const MAX_TASK_TIMEOUT_SECONDS = 315_576_000_000;
  */
 export const MAX_TASK_DEADLINE_MS = 253_402_300_799_999;
 
-/**
- * Most attempts a task may have: a protobuf `uint32`, what `TaskInfo.max_attempts` carries. A
- * larger one was queued, then every gRPC `ListTasks`, `GetTask` and `WaitTask` showing the task
- * failed (`INTERNAL: Error serializing response`).
- */
-export const MAX_TASK_ATTEMPTS = 4_294_967_295;
+export { MAX_TASK_ATTEMPTS };
 
 /** A task's (or the default) `maxAttempts`: a positive integer of at most {@link MAX_TASK_ATTEMPTS}. */
 function attempts(field: string, value: unknown): number {

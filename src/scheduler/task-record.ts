@@ -10,6 +10,14 @@ import type { HeapSlot } from './indexed-heap.js';
 import { NOT_IN_HEAP } from './indexed-heap.js';
 import type { Flow } from './fair-queue.js';
 
+/**
+ * Most attempts a task may have: a protobuf `uint32`, what `TaskInfo.max_attempts` carries. A
+ * larger one was queued, then every gRPC `ListTasks`, `GetTask` and `WaitTask` showing the task
+ * failed (`INTERNAL: Error serializing response`); one an older build stored is lowered to it
+ * when the task is loaded ({@link TaskRecord.fromData}).
+ */
+export const MAX_TASK_ATTEMPTS = 4_294_967_295;
+
 /** Someone awaiting a task's end. */
 export interface Waiter {
   resolve(task: Task): void;
@@ -224,7 +232,9 @@ export class TaskRecord {
       str(rec.tenant, 'tenant', false)!,
       num(rec.deadline, 'deadline', true),
       num(rec.timeoutMs, 'timeoutMs', false)! > 0 ? rec.timeoutMs! : bad('timeoutMs', 'positive'),
-      count(rec.maxAttempts, 'maxAttempts', 1, false)!,
+      // An older build queued any safe integer: lowered to what every door can show (a task
+      // cannot use up 4,294,967,295 attempts anyway); `recoverTasks` warns of it.
+      Math.min(count(rec.maxAttempts, 'maxAttempts', 1, false)!, MAX_TASK_ATTEMPTS),
       num(rec.seq, 'seq', false)!,
       num(rec.createdAt, 'createdAt', false)!,
     );

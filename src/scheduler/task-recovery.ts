@@ -29,6 +29,9 @@ export interface RecoveredTasks {
  * (written by an older build, or changed by hand) does not stop the start: that task alone is
  * held as FAILED, its error `FABRIC_ERR_INTERNAL` naming what was wrong, and a process warning
  * (`FABRIC_TASK_UNREADABLE`) says so; the stored record itself is left as it was (not written).
+ * A `maxAttempts` past `MAX_TASK_ATTEMPTS` (4,294,967,295; an older build queued any safe integer) is
+ * lowered to it, with a process warning (`FABRIC_TASK_MAX_ATTEMPTS_LOWERED`); the stored value
+ * changes with the task's next write.
  * @throws InvalidArgumentError when a stored record has no id to keep it under.
  */
 export function recoverTasks(tasks: Collection<TaskRecord>): RecoveredTasks {
@@ -55,6 +58,13 @@ export function recoverTasks(tasks: Collection<TaskRecord>): RecoveredTasks {
       }
       if (tasks.adopt !== undefined) tasks.adopt(t.id, t);
       else tasks.put(t.id, t);
+      const stored = (loaded as { maxAttempts?: unknown }).maxAttempts;
+      if (typeof stored === 'number' && stored > t.maxAttempts) {
+        process.emitWarning(
+          `task ${t.id}: its stored maxAttempts ${stored} (written by an older build) is past what a protobuf uint32 holds, so no door could show the task; lowered to ${t.maxAttempts}`,
+          { code: 'FABRIC_TASK_MAX_ATTEMPTS_LOWERED' },
+        );
+      }
     }
     if (t.seq >= nextSeq) nextSeq = t.seq + 1;
     (isFinished(t.status) ? finished : open).push(t);

@@ -5,9 +5,17 @@
  * operator with `INTERNAL: Error serializing response`. Now more than 4,294,967,295 is refused
  * with FABRIC_ERR_INVALID_ARGUMENT and nothing is queued; the largest that fits goes through
  * every door. Real sidecar, grpc-js client.
+ *
+ * A task an older build stored with more (it queued any safe integer) still loads from the state
+ * file — and then every gRPC `ListTasks` showing it failed. Now it is lowered to 4,294,967,295 at
+ * load, with a process warning (`FABRIC_TASK_MAX_ATTEMPTS_LOWERED`) naming the task and both
+ * numbers, and is listed. Real SQLite state file (the value written into its `tasks` table as
+ * the older build stored it).
  */
+import { join } from 'node:path';
 import { create } from '@bufbuild/protobuf';
 import type { Client as GrpcClient } from '@grpc/grpc-js';
+import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '../../src/errors.js';
 import { AgentFabric } from '../../src/fabric.js';
@@ -26,6 +34,7 @@ import {
   closeSidecar,
   DEFAULT_ALLOW,
   startTestSidecar,
+  tempDir,
 } from '../fixtures/gateway/harness.js';
 import { grpcClient, unary } from '../fixtures/grpc-client.js';
 
@@ -38,6 +47,17 @@ afterEach(async () => {
   await closeSidecar(sidecar);
   sidecar = undefined;
 });
+
+/** Every task, as gRPC `ListTasks` shows them to the admin (a grpc-js client). */
+function listTasks(s: Sidecar): Promise<ListTasksResponse> {
+  grpc = grpcClient(grpcDefinition(FabricService), s.grpcAddress!);
+  return unary<ListTasksResponse>(
+    grpc,
+    'listTasks',
+    create(ListTasksRequestSchema, {}),
+    ADMIN_TOKEN,
+  );
+}
 
 describe('maxAttempts past a protobuf uint32', () => {
   it('is refused at schedule time; the largest that fits is listed over gRPC and /api', async () => {
@@ -59,13 +79,7 @@ describe('maxAttempts past a protobuf uint32', () => {
     }
     expect(fabric.scheduler.listTasks()).toEqual([]);
     await fabric.schedule({ agentId: worker, taskType: 'most', maxAttempts: MAX_TASK_ATTEMPTS });
-    grpc = grpcClient(grpcDefinition(FabricService), sidecar.grpcAddress!);
-    const listed = await unary<ListTasksResponse>(
-      grpc,
-      'listTasks',
-      create(ListTasksRequestSchema, {}),
-      ADMIN_TOKEN,
-    );
+    const listed = await listTasks(sidecar);
     expect(listed.tasks.map((t) => [t.taskType, t.maxAttempts])).toEqual([
       ['most', MAX_TASK_ATTEMPTS],
     ]);
@@ -78,5 +92,52 @@ describe('maxAttempts past a protobuf uint32', () => {
     expect(() => new AgentFabric({ defaultMaxAttempts: 2 ** 40 })).toThrow(
       /defaultMaxAttempts must be at most 4294967295/,
     );
+  });
+});
+
+const config = (path: string) =>
+  ({
+    state: { path },
+    grpc: { host: '127.0.0.1', port: 0 },
+    agents: [{ name: 'w' }],
+  }) as never;
+
+describe('a stored maxAttempts past a protobuf uint32', () => {
+  it('is lowered at load, with a warning, and the task is listed over gRPC', async () => {
+    const path = join(tempDir('max-attempts-stored'), 'state.db');
+    sidecar = await startTestSidecar(config(path));
+    const task = await sidecar.fabric!.schedule({
+      agentId: agentId(sidecar, 'w'),
+      taskType: 'old',
+      maxAttempts: 3,
+    });
+    await closeSidecar(sidecar);
+    sidecar = undefined;
+    // What the older build wrote for maxAttempts 2^40.
+    const db = new Database(path);
+    expect(
+      db.prepare('UPDATE tasks SET max_attempts = ? WHERE id = ?').run(2 ** 40, task.id).changes,
+    ).toBe(1);
+    db.close();
+
+    const warnings: Array<Error & { code?: string }> = [];
+    const onWarning = (w: Error): void => void warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      sidecar = await startTestSidecar(config(path));
+      await new Promise((resolve) => setImmediate(resolve)); // warnings come on the next tick
+    } finally {
+      process.off('warning', onWarning);
+    }
+    const lowered = warnings.filter((w) => w.code === 'FABRIC_TASK_MAX_ATTEMPTS_LOWERED');
+    expect(lowered).toHaveLength(1);
+    expect(lowered[0]!.message).toContain(task.id);
+    expect(lowered[0]!.message).toContain(`${2 ** 40}`);
+    expect(lowered[0]!.message).toContain(`${MAX_TASK_ATTEMPTS}`);
+
+    const listed = await listTasks(sidecar);
+    expect(listed.tasks.map((t) => [t.taskId, t.maxAttempts])).toEqual([
+      [task.id, MAX_TASK_ATTEMPTS],
+    ]);
   });
 });
