@@ -785,7 +785,13 @@ export class ApprovalLimitError extends FabricError {
   }
 }
 
-/** A call does not fit a budget (agent, pool or fabric-wide); `details.retryAt` says when it may. */
+/**
+ * A call does not fit a budget (agent, pool or fabric-wide); `details.retryAt` says when it may.
+ * Also the answer to an agent's usage report (`fabric__record_usage`, `RecordUsage`) that went
+ * past what its own limit had left ({@link BudgetExceededError.usageBeyondLimit}): counted in
+ * full on the agent, on its pool and the fabric only that remainder; `details.recorded` is what
+ * was reported, `details.shared` what the shared budgets were charged, `retryAt` null.
+ */
 export class BudgetExceededError extends FabricError {
   static readonly code = 'FABRIC_ERR_BUDGET_EXCEEDED';
   constructor(
@@ -795,6 +801,8 @@ export class BudgetExceededError extends FabricError {
       used: number;
       max: number;
       retryAt: number | null;
+      recorded?: { tokens: number; cost: number };
+      shared?: { tokens: number; cost: number };
     },
     message?: string,
   ) {
@@ -807,27 +815,23 @@ export class BudgetExceededError extends FabricError {
       details,
     );
   }
-}
 
-/**
- * A usage report (`recordUsage`, `fabric__record_usage`, `RecordUsage`) went past what its
- * agent's own limit had left: it is recorded in full on the agent's budget (now exhausted), but
- * its pool's and the fabric's were charged only that remainder — an agent's reports cannot
- * spend shared budgets beyond what the agent itself is allowed. The usage is counted: do not
- * report it again. `details.recorded` is what was reported, `details.shared` what the shared
- * budgets were charged.
- */
-export class UsageBeyondLimitError extends BudgetExceededError {
-  constructor(details: {
+  /**
+   * The answer to a usage report that went past what its agent's own limit had left: it is
+   * recorded in full on the agent's budget (now exhausted), but its pool's and the fabric's were
+   * charged only that remainder — an agent's reports cannot spend shared budgets beyond what
+   * the agent itself is allowed. The usage is counted: it must not be reported again.
+   */
+  static usageBeyondLimit(details: {
     scope: string;
     limit: 'tokens' | 'cost';
     used: number;
     max: number;
     recorded: { tokens: number; cost: number };
     shared: { tokens: number; cost: number };
-  }) {
+  }): BudgetExceededError {
     const { limit, recorded, shared } = details;
-    super(
+    return new BudgetExceededError(
       { ...details, retryAt: null },
       `usage recorded on ${details.scope} in full (${limit} ${details.used}/${details.max}), ` +
         `but its pool and the fabric were charged ${limit} ${shared[limit]} of ${recorded[limit]}: ` +

@@ -13,7 +13,6 @@ import {
   AgentNotFoundError,
   AgentUnavailableError,
   BudgetExceededError,
-  UsageBeyondLimitError,
   ClosedError,
   ConfigError,
   InvalidArgumentError,
@@ -1649,7 +1648,7 @@ export class AgentFabric {
    * own, and on its pool's and the fabric's at most what its own limit had left (see
    * `BudgetManager.recordUsage`).
    * @returns null, or what the shared budgets were charged short of the report (counted all the
-   *   same; the doors answer it as `UsageBeyondLimitError`: see {@link recordReportedUsage}).
+   *   same; the doors answer it as a `BudgetExceededError`: see {@link recordReportedUsage}).
    * @throws StateStoreError when the store cannot commit (disk full): the usage is counted all
    *   the same and written with the next commit that succeeds — do not report it again.
    */
@@ -1670,11 +1669,12 @@ export class AgentFabric {
    * `RecordUsage`): the same, committed, and then a report past what the agent's own limit had
    * left is answered with a typed error, so the agent learns it (and the MCP call's audit line
    * carries its code).
-   * @throws UsageBeyondLimitError when it went past: counted all the same — do not report it again.
+   * @throws BudgetExceededError (`BudgetExceededError.usageBeyondLimit`, `details.recorded` and
+   *   `details.shared`) when it went past: counted all the same — do not report it again.
    */
   async recordReportedUsage(agentId: string, usage: UsageAmount): Promise<void> {
     const unshared = await this.recordUsage(agentId, usage);
-    if (unshared !== null) throw new UsageBeyondLimitError(unshared);
+    if (unshared !== null) throw BudgetExceededError.usageBeyondLimit(unshared);
   }
 
   /**

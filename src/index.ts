@@ -94,7 +94,6 @@ export {
   ApprovalNotFoundError,
   BodyTimeoutError,
   BudgetExceededError,
-  UsageBeyondLimitError,
   ConfigFileError,
   HookNotFoundError,
   HookRetryLimitError,

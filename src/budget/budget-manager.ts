@@ -463,7 +463,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
    * allowed (an agent without a limit of that kind is not capped). A report within the agent's
    * limits counts the same everywhere.
    * @returns null when every scope was charged in full, else what the shared scopes were charged
-   *   short of the report (the caller tells the agent: `UsageBeyondLimitError`).
+   *   short of the report (the caller tells the agent: `BudgetExceededError.usageBeyondLimit`).
    * @throws InvalidUsageError for a negative, NaN, infinite or non-numeric amount.
    */
   recordUsage(

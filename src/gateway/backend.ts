@@ -261,7 +261,7 @@ export interface GatewayBackend {
   takeEndedTasks(agentId: string): readonly EndedTask[];
   /**
    * Records usage the agent reports (`fabric__record_usage`): may throw or reject with a
-   * fabric error (the tool's error result), `UsageBeyondLimitError` for usage counted past
+   * fabric error (the tool's error result), `BudgetExceededError` (`details.shared`) for usage counted past
    * what the agent's own limit had left.
    */
   recordUsage(agentId: string, usage: ToolUsage): unknown;

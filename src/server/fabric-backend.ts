@@ -144,7 +144,7 @@ export class FabricBackend implements GatewayBackend, AdminBackend, AdminApi {
     return this.#fabric.admitSampling(agentId, tokens);
   }
 
-  /** An agent's own report: one past its own limit's remainder rejects (`UsageBeyondLimitError`). */
+  /** An agent's own report: one past its own limit's remainder rejects (`BudgetExceededError`, `details.shared`). */
   recordUsage(agentId: string, usage: ToolUsage): Promise<void> {
     return this.#fabric.recordReportedUsage(agentId, usage);
   }
