@@ -625,14 +625,15 @@ export class PolicyValidationError extends FabricError {
   }
 }
 
-/** A policy with this name is already registered. */
+/** A policy (or policy provider) with this name is already registered. */
 export class PolicyExistsError extends FabricError {
   static readonly code = 'FABRIC_ERR_POLICY_EXISTS';
-  constructor(policy: string) {
+  /** @param provider the name is a policy provider's (a plugin's), not a policy's */
+  constructor(policy: string, provider = false) {
     super(
       PolicyExistsError.code,
       'already_exists',
-      `policy ${JSON.stringify(policy)} already exists`,
+      `policy ${JSON.stringify(policy)} already exists${provider ? ' (a policy provider of that name is loaded)' : ''}`,
       {
         policy,
       },

@@ -444,6 +444,8 @@ export class PolicyEngine {
   readonly #approvals: ApprovalManager;
   readonly #ownsApprovals: boolean;
   readonly #policies = new Map<string, CompiledPolicy>();
+  /** True while {@link persistTo} applies the changes an earlier run stored. */
+  #restoring = false;
   readonly #defaultDecision: PolicyDecision;
   readonly #cache: LRUCache<string, Candidates> | undefined;
   #seq = 0;
@@ -530,6 +532,16 @@ export class PolicyEngine {
     const existing = this.#policies.get(normalized.name);
     if (existing !== undefined && options.replace !== true) {
       throw new PolicyExistsError(normalized.name);
+    }
+    // Policies and providers share one namespace (addProvider refuses a policy's name): a
+    // policy named as a provider made decisions and audit lines name either. A change stored
+    // by an earlier run is still applied (persistTo), so such a state file keeps starting.
+    if (
+      existing === undefined &&
+      !this.#restoring &&
+      this.#providers.some((p) => p.name === normalized.name)
+    ) {
+      throw new PolicyExistsError(normalized.name, true);
     }
     const seq = existing?.seq ?? this.#seq;
     const compiled: CompiledPolicy = {
@@ -638,6 +650,24 @@ export class PolicyEngine {
     for (const [name, c] of this.#policies) base.set(name, policyDigest(c.policy));
     const applied: AppliedPolicyChange[] = [];
     let seq = 0;
+    this.#restoring = true;
+    try {
+      seq = this.#applyStored(records, base, applied, store);
+    } finally {
+      this.#restoring = false;
+    }
+    this.#persist = { store, seq, base };
+    return applied;
+  }
+
+  /** Applies `records` (sorted, checked) for {@link persistTo}; returns the next sequence. */
+  #applyStored(
+    records: readonly PolicyChangeRecord[],
+    base: ReadonlyMap<string, string>,
+    applied: AppliedPolicyChange[],
+    store: Collection<PolicyChangeRecord>,
+  ): number {
+    let seq = 0;
     for (const r of records) {
       const name = r.name;
       seq = Math.max(seq, r.seq + 1);
@@ -665,8 +695,7 @@ export class PolicyEngine {
       this.addPolicy(r.policy, { replace: true });
       applied.push({ name, effect: registered ? 'replaced' : 'added', at: r.at });
     }
-    this.#persist = { store, seq, base };
-    return applied;
+    return seq;
   }
 
   /**
