@@ -212,6 +212,14 @@ export class HookManager {
   readonly #finished = new Map<string, Hook>();
   /** Hooks dropped from memory at open whose records the state tree still holds. */
   #untrimmed: string[] = [];
+  /**
+   * Finished hooks on the state ref whose records are not read yet (hook id → record blob):
+   * open reads only the hooks that are not finished (see `state-store.ts`); these are read
+   * when something asks for them ({@link #loadDeferred}, or one record for `getHook`).
+   */
+  readonly #deferred = new Map<string, string>();
+  /** The read of every deferred record in progress (one at a time, shared). */
+  #loadingDeferred: Promise<void> | undefined;
   readonly #inflight = new Set<Promise<unknown>>();
   readonly #staleSeen = new Map<string, number>();
   #liveness: AgentLiveness | undefined;
@@ -632,7 +640,7 @@ export class HookManager {
 
   /** The hook with this id. @throws HookNotFoundError, InvalidArgumentError (malformed id). */
   getHook(hookId: string): Promise<Hook> {
-    return this.#run(async () => this.#mustGet((id) => this.#hooks.get(id), checkHookId(hookId)));
+    return this.#run(async () => this.#lookup(checkHookId(hookId)));
   }
 
   /**
@@ -647,6 +655,10 @@ export class HookManager {
           : new Set<HookStatus>(
               typeof filter.status === 'string' ? [filter.status] : filter.status,
             );
+      // Finished hooks not read at open are read now, once, when the answer may hold one.
+      if (statuses === undefined || [...statuses].some(isFinishedStatus)) {
+        await this.#loadDeferred();
+      }
       let from: Iterable<Hook> = this.#hooks.values();
       if (filter.agentId !== undefined) {
         const onlyOpen = statuses !== undefined && [...statuses].every(isOpenStatus);
@@ -947,7 +959,7 @@ export class HookManager {
    */
   inspectWorktree(hookId: string): Promise<WorktreeInfo> {
     return this.#run(async () => {
-      const h = this.#mustGet((id) => this.#hooks.get(id), checkHookId(hookId));
+      const h = await this.#lookup(checkHookId(hookId));
       if (this.#worktrees === undefined || h.worktreePath === null) {
         return Object.freeze({
           hookId,
@@ -970,7 +982,7 @@ export class HookManager {
    */
   removeWorktree(hookId: string, options: { force?: boolean } = {}): Promise<void> {
     return this.#run(async () => {
-      const h = this.#mustGet((id) => this.#hooks.get(id), checkHookId(hookId));
+      const h = await this.#lookup(checkHookId(hookId));
       if (h.status !== HookStatus.COMPLETED && h.status !== HookStatus.FAILED) {
         throw new HookStateError(
           hookId,
@@ -1038,7 +1050,48 @@ export class HookManager {
   #forget(id: string): void {
     this.#unindex(id);
     this.#hooks.delete(id);
+    this.#deferred.delete(id);
     this.#staleSeen.delete(id);
+  }
+
+  /**
+   * The hook's current record: from memory, or — a finished hook not read at open — its record
+   * read from the state ref (not kept: the next call reads it again).
+   * @throws HookNotFoundError
+   */
+  async #lookup(hookId: string): Promise<Hook> {
+    const h = this.#hooks.get(hookId);
+    if (h !== undefined) return h;
+    const oid = this.#deferred.get(hookId);
+    if (oid === undefined) throw new HookNotFoundError(hookId);
+    const [record] = await this.#store!.readRecords(new Map([[hookId, oid]]));
+    return deepFreeze(record!);
+  }
+
+  /**
+   * Reads every finished hook not read at open into memory (a no-op once done): what listing
+   * finished hooks, changing one (reassigning a FAILED hook) and dropping the oldest past
+   * `finishedRetention` need. Their order of finish is then what a full read at open gives.
+   */
+  #loadDeferred(): Promise<void> {
+    if (this.#deferred.size === 0) return Promise.resolve();
+    this.#loadingDeferred ??= (async () => {
+      try {
+        const records = await this.#store!.readRecords(new Map(this.#deferred));
+        // Some may have been dropped meanwhile (a trim): those stay dropped.
+        const fresh = records.filter((r) => this.#deferred.delete(r.hookId));
+        const finished = [...this.#finished.values()];
+        for (const r of fresh) {
+          if (isFinishedStatus(r.status)) finished.push(deepFreeze(r));
+          else this.#put(deepFreeze(r)); // not finished after all (an index edited by hand)
+        }
+        finished.sort(byFinish);
+        for (const r of finished) this.#put(r);
+      } finally {
+        this.#loadingDeferred = undefined;
+      }
+    })();
+    return this.#loadingDeferred;
   }
 
   /**
@@ -1187,8 +1240,16 @@ export class HookManager {
         },
       });
       let records: Hook[];
+      let deferred: ReadonlyMap<string, string>;
       try {
-        records = await store.load(o.clock());
+        ({ records, deferred } = await store.load(o.clock()));
+        const finishedCount =
+          deferred.size + records.filter((r) => isFinishedStatus(r.status)).length;
+        // Over the limit: the oldest are dropped below, which needs them all, in order.
+        if (deferred.size > 0 && finishedCount > o.finishedRetention) {
+          records = [...records, ...(await store.readRecords(deferred))];
+          deferred = new Map();
+        }
       } catch (err) {
         // Coded already (HookStoreError, HookStateRollbackError, HookStoreSignedError).
         if (err instanceof FabricError) throw err;
@@ -1206,6 +1267,8 @@ export class HookManager {
       this.#byAgent.clear();
       this.#abandoned.clear();
       this.#finished.clear();
+      this.#deferred.clear();
+      for (const [id, oid] of deferred) this.#deferred.set(id, oid);
       // Finished ones in the order they finished, so the oldest are dropped first.
       const finished = records.filter((r) => isFinishedStatus(r.status)).sort(byFinish);
       for (const r of records) if (!isFinishedStatus(r.status)) this.#put(deepFreeze(r));
@@ -1222,7 +1285,7 @@ export class HookManager {
         if (!bare) await excludeWorktrees(gitDir, o.storagePath, o.worktreeRoot);
         this.#worktrees = new WorktreeManager(git, o.worktreeRoot, o.baseBranch ?? 'HEAD');
         const { kept } = await this.#worktrees.removeOrphans(
-          (id) => this.#hooks.has(id),
+          (id) => this.#hooks.has(id) || this.#deferred.has(id),
           (id) => inHistory(git, id),
         );
         for (const path of kept) {
@@ -1232,7 +1295,10 @@ export class HookManager {
           // Clean worktrees of COMPLETED hooks left by a crash between the commit and the
           // removal, or kept before (removeCompletedWorktrees off, an earlier version).
           for (const id of await this.#worktrees.hookFolders()) {
-            const hook = this.#hooks.get(id);
+            const oid = this.#deferred.get(id);
+            const hook =
+              this.#hooks.get(id) ??
+              (oid === undefined ? undefined : (await store.readRecords(new Map([[id, oid]])))[0]);
             if (hook?.status !== HookStatus.COMPLETED) continue;
             await HookManager.#removeIfRetired(this.#worktrees, hook).catch(() => undefined);
           }
@@ -1299,6 +1365,11 @@ export class HookManager {
 
   /** Queues a change; resolves with the hook once its commit is on the ref. */
   #submit(hookId: string, build: Build): Promise<Hook> {
+    // A finished hook not read at open is read first (with the others: its place among them,
+    // by finish, is what `finishedRetention` drops by).
+    if (this.#deferred.has(hookId)) {
+      return this.#loadDeferred().then(() => this.#submit(hookId, build));
+    }
     return new Promise<Hook>((resolve, reject) => {
       this.#queue.push({ hookId, build, resolve, reject });
       if (!this.#draining) void this.#drain();
@@ -1422,6 +1493,22 @@ export class HookManager {
         const changes = accepted.flatMap(({ change }) =>
           change === null || 'held' in change ? [] : [change],
         );
+        // Dropping the oldest finished hooks needs them all, in order: read now if not yet, and
+        // only when this batch could go over the limit.
+        if (
+          changes.length > 0 &&
+          this.#deferred.size > 0 &&
+          this.#finished.size + this.#deferred.size + staged.size > this.options.finishedRetention
+        ) {
+          try {
+            await this.#loadDeferred();
+          } catch (err) {
+            if (err instanceof HookStoreError) this.#lastError = err;
+            this.#failedCommits++;
+            for (const { q } of accepted) q.reject(err);
+            continue;
+          }
+        }
         const trim = changes.length === 0 ? [] : this.#planTrim(staged);
         let commits: string[];
         try {

@@ -11,7 +11,17 @@
  * ```text
  * format.json                    {"format":"agent-fabric/hooks","version":1}
  * hooks/<2 hex>/<hookId>.json    one record per hook (shard = 2 hex digits of the id)
+ * hooks/<2 hex>/<hookId>.live    the same blob again, for a hook not finished (an index entry)
+ * hooks/<2 hex>/.index           format.json's blob: this shard's `.live` entries are complete
  * ```
+ *
+ * The `.live` entries let `load()` read only the records of hooks that are not finished
+ * (PENDING, ACTIVE, ABANDONED: the work that must run) and leave the finished ones for
+ * {@link HookStateStore.readRecords}, so opening costs the live work, not the history. They
+ * live in the shard trees every commit rewrites anyway, so a commit writes no extra object.
+ * A version from before them reads only `*.json` entries and drops the rest from the shards it
+ * rewrites — `.index` with them — so a shard without `.index` is read whole, as before, and
+ * indexed at the next commit.
  *
  * With {@link StateSigning} (a key that outlives the process), every commit ends in a
  * `Fabric-State-MAC:` trailer over its tree and parents, and `load()` verifies the head: the
@@ -33,6 +43,7 @@ import { RefUpdater, runGit } from './git-process.js';
 import type { StateQuarantinedEvent } from './hook-events.js';
 import { HookRecordSchema, type Hook } from './hook.js';
 import { hookShard, isHookId } from './hook-id.js';
+import { isFinishedStatus } from './hook-status.js';
 
 /** The ref holding hook state. Not a branch: `git log refs/fabric/hooks` shows the history. */
 export const HOOKS_REF = 'refs/fabric/hooks';
@@ -41,6 +52,20 @@ export const QUARANTINE_REF_PREFIX = 'refs/fabric/quarantine/hooks-';
 /** Version of the tree layout written by this code. */
 export const HOOK_STORE_FORMAT_VERSION = 1;
 const FORMAT_NAME = 'agent-fabric/hooks';
+
+/** A shard's entry saying its `<hookId>.live` entries are complete (see the module's layout). */
+const INDEX_ENTRY = '.index';
+/** The suffix of a hook's index entry: it is not finished (see the module's layout). */
+const LIVE_SUFFIX = '.live';
+
+/**
+ * What {@link HookStateStore.load} read: every hook that is not finished (and every hook of a
+ * shard without an index), and the finished ones left on the ref, unread (id → record blob).
+ */
+export interface LoadedState {
+  readonly records: Hook[];
+  readonly deferred: ReadonlyMap<string, string>;
+}
 
 /** One committed change: the hook's new record and the commit message describing it. */
 export interface StateChange {
@@ -130,8 +155,10 @@ export class HookStateStore {
   /** The "signed since" marker is known to be set (read once, not at every commit). */
   #marked = false;
   #formatOid: string | undefined;
-  /** shard -> (file name -> blob id) */
+  /** shard -> (file name -> blob id): records, their `.live` entries and `.index` */
   #shards = new Map<string, ReadonlyMap<string, string>>();
+  /** Shards loaded without an index (whose trees the next commit rewrites with one). */
+  #unindexed = new Set<string>();
   /** shard -> tree id */
   #shardTrees = new Map<string, string>();
 
@@ -155,7 +182,9 @@ export class HookStateStore {
   }
 
   /**
-   * Reads every hook from the ref's current commit. Every object read — the commit, its trees,
+   * Reads the hooks from the ref's current commit: the records of those not finished, and of
+   * every hook in a shard without an index (see the module's layout); the finished ones of
+   * indexed shards are returned unread, as `deferred`. Every object read — the commit, its trees,
    * the records — is checked against its id: git reads an object file without doing so, and
    * with worktrees agents can write the object store (an object file rewritten under its name
    * would otherwise be read as the record it replaced). With signing, the head is verified
@@ -167,10 +196,11 @@ export class HookStateStore {
    * @throws HookStateRollbackError when the head is older than the recorded commit and that
    *   commit cannot be put back.
    */
-  async load(now: number = Date.now()): Promise<Hook[]> {
+  async load(now: number = Date.now()): Promise<LoadedState> {
     const tip = await this.#readRef();
     this.#shards = new Map();
     this.#shardTrees = new Map();
+    this.#unindexed = new Set();
     this.#formatOid = undefined;
     this.#head = undefined;
     const signing = this.#o.signing;
@@ -189,7 +219,7 @@ export class HookStateStore {
         throw new HookStoreSignedError(this.#o.repoDir, tip, signed);
       }
     }
-    if (loaded === undefined) return [];
+    if (loaded === undefined) return { records: [], deferred: new Map() };
     const { head, commit, adopt } = loaded;
     this.#head = head;
     const rootOid = commit.tree;
@@ -201,6 +231,7 @@ export class HookStateStore {
     if (this.#formatOid === undefined) throw this.#corrupt('format.json is missing');
     const hooksOid = root.find((e) => e.name === 'hooks' && e.type === 'tree')?.oid;
     const blobs: { path: string; oid: string; hookId: string }[] = [];
+    const deferred = new Map<string, string>();
     if (hooksOid !== undefined) {
       const hooksTree = this.#parseTree(
         hooksOid,
@@ -212,18 +243,45 @@ export class HookStateStore {
       const shardTrees = await this.#readObjects([...this.#shardTrees.values()], 'tree');
       for (const [shard, oid] of this.#shardTrees) {
         const entries = new Map<string, string>();
+        const live = new Map<string, string>();
+        let indexed = false;
+        const records: { path: string; oid: string; hookId: string }[] = [];
         for (const e of this.#parseTree(oid, shardTrees.get(oid)!)) {
           const path = `hooks/${shard}/${e.name}`;
+          if (e.type !== 'blob') continue; // not ours to keep
+          if (e.name === INDEX_ENTRY) {
+            indexed = e.oid === this.#formatOid;
+            continue;
+          }
+          if (e.name.endsWith(LIVE_SUFFIX)) {
+            live.set(e.name.slice(0, -LIVE_SUFFIX.length), e.oid);
+            continue;
+          }
           const file = /^([^/]+)\.json$/.exec(e.name);
-          if (!file || e.type !== 'blob') continue; // not ours to keep
+          if (!file) continue; // not ours to keep
           const hookId = file[1]!;
           if (!isHookId(hookId) || hookShard(hookId) !== shard) {
             throw this.#corrupt(`unexpected entry ${path}`);
           }
-          blobs.push({ path, oid: e.oid, hookId });
+          records.push({ path, oid: e.oid, hookId });
           entries.set(e.name, e.oid);
         }
-        if (entries.size > 0) this.#shards.set(shard, entries);
+        if (entries.size === 0) continue;
+        // An index is taken only as this store writes it: every `.live` entry names a record
+        // of the shard, by its blob. Anything else (an older version's rewrite, a hand edit)
+        // has the shard read whole.
+        indexed &&= [...live].every(([id, blob]) => entries.get(`${id}.json`) === blob);
+        if (indexed) {
+          for (const [id, blob] of live) entries.set(`${id}${LIVE_SUFFIX}`, blob);
+          entries.set(INDEX_ENTRY, this.#formatOid);
+        } else {
+          this.#unindexed.add(shard);
+        }
+        for (const r of records) {
+          if (!indexed || live.has(r.hookId)) blobs.push(r);
+          else deferred.set(r.hookId, r.oid);
+        }
+        this.#shards.set(shard, entries);
       }
       // Anything else (foreign entries) is not ours to keep.
     }
@@ -236,15 +294,43 @@ export class HookStateStore {
         `format.json says ${JSON.stringify(format)}; this version reads ${FORMAT_NAME} v${HOOK_STORE_FORMAT_VERSION}`,
       );
     }
-    const records = blobs.map(({ path, oid, hookId }) => {
-      const parsed = HookRecordSchema.safeParse(this.#parseJson(contents.get(oid), path));
-      if (!parsed.success || parsed.data.hookId !== hookId) {
-        throw this.#corrupt(`${path} is not a valid hook record`, parsed.error);
-      }
-      return parsed.data;
-    });
+    const records = blobs.map(({ path, oid, hookId }) =>
+      this.#parseRecord(contents.get(oid), path, hookId),
+    );
+    // Indexed shards keep their `.live` entries; a shard read whole gets them now (from what it
+    // holds), in memory, and its tree with the next commit.
+    for (const r of records) {
+      const shard = hookShard(r.hookId);
+      if (!this.#unindexed.has(shard)) continue;
+      const entries = this.#shards.get(shard) as Map<string, string>;
+      if (!isFinishedStatus(r.status))
+        entries.set(`${r.hookId}${LIVE_SUFFIX}`, entries.get(`${r.hookId}.json`)!);
+    }
+    for (const shard of this.#unindexed) {
+      (this.#shards.get(shard) as Map<string, string>).set(INDEX_ENTRY, this.#formatOid);
+    }
     if (adopt) await this.#adopt(head, rootOid, this.#o.signing!, now);
-    return records;
+    return { records, deferred };
+  }
+
+  /**
+   * The records of hooks `load()` left unread (id → blob id, as it returned them), in one
+   * `cat-file --batch`, each checked against its id and parsed as at load.
+   * @throws HookStoreError for a record that is missing, altered or not a valid hook record.
+   */
+  async readRecords(hooks: ReadonlyMap<string, string>): Promise<Hook[]> {
+    const contents = await this.#readObjects([...new Set(hooks.values())], 'blob');
+    return [...hooks].map(([hookId, oid]) =>
+      this.#parseRecord(contents.get(oid), `hooks/${hookShard(hookId)}/${hookId}.json`, hookId),
+    );
+  }
+
+  #parseRecord(content: Buffer | undefined, path: string, hookId: string): Hook {
+    const parsed = HookRecordSchema.safeParse(this.#parseJson(content, path));
+    if (!parsed.success || parsed.data.hookId !== hookId) {
+      throw this.#corrupt(`${path} is not a valid hook record`, parsed.error);
+    }
+    return parsed.data;
   }
 
   /**
@@ -537,10 +623,14 @@ export class HookStateStore {
     const shards = new Map(this.#shards);
     const shardTrees = new Map(this.#shardTrees);
     const w = this.#writer;
+    const treeOf = (entries: ReadonlyMap<string, string>): string =>
+      w.tree([...entries].map(([name, oid]) => file(name, oid)));
     const commits: string[] = [];
     let parent = this.#head;
     try {
       const formatOid = this.#formatOid ?? w.blob(formatJson());
+      // Shards loaded without an index get theirs (see load()).
+      for (const shard of this.#unindexed) shardTrees.set(shard, treeOf(shards.get(shard)!));
       const commitTree = (message: string): string => {
         const root = w.tree(
           shardTrees.size === 0
@@ -571,8 +661,11 @@ export class HookStateStore {
         const blob = w.blob(`${JSON.stringify(record)}\n`);
         const entries = new Map(shards.get(shard) ?? []);
         entries.set(`${record.hookId}.json`, blob);
+        if (isFinishedStatus(record.status)) entries.delete(`${record.hookId}${LIVE_SUFFIX}`);
+        else entries.set(`${record.hookId}${LIVE_SUFFIX}`, blob);
+        entries.set(INDEX_ENTRY, formatOid);
         shards.set(shard, entries);
-        shardTrees.set(shard, w.tree([...entries].map(([name, oid]) => file(name, oid))));
+        shardTrees.set(shard, treeOf(entries));
         parent = commitTree(message);
         commits.push(parent);
       }
@@ -584,16 +677,17 @@ export class HookStateStore {
           if (entries === undefined || !entries.has(`${hookId}.json`)) continue;
           const left = new Map(entries);
           left.delete(`${hookId}.json`);
+          left.delete(`${hookId}${LIVE_SUFFIX}`);
           shards.set(shard, left);
           touched.add(shard);
         }
         for (const shard of touched) {
           const entries = shards.get(shard)!;
-          if (entries.size === 0) {
+          if (![...entries.keys()].some((name) => name.endsWith('.json'))) {
             shards.delete(shard);
             shardTrees.delete(shard);
           } else {
-            shardTrees.set(shard, w.tree([...entries].map(([name, oid]) => file(name, oid))));
+            shardTrees.set(shard, treeOf(entries));
           }
         }
         if (touched.size > 0) parent = commitTree(trim.message);
@@ -630,6 +724,7 @@ export class HookStateStore {
     this.#head = parent;
     this.#shards = shards;
     this.#shardTrees = shardTrees;
+    this.#unindexed.clear();
     if (!this.#marked) this.#markSigned();
     // After the ref update: a crash in between leaves a signed descendant of the record, which
     // the next load takes (a record written first would make a failed update look like a rollback).

@@ -65,7 +65,7 @@ function treeHookIds(): string[] {
   const out = git(dir.path, 'ls-tree', '-r', '--name-only', HOOKS_REF);
   return out
     .split('\n')
-    .filter((p) => p.startsWith('hooks/'))
+    .filter((p) => p.startsWith('hooks/') && p.endsWith('.json')) // records, not index entries
     .map((p) => p.slice(p.lastIndexOf('/') + 1, -'.json'.length))
     .sort();
 }

@@ -41,7 +41,7 @@ async function listed(r: Running): Promise<string[]> {
 function treeHookIds(storagePath: string): string[] {
   return git(storagePath, 'ls-tree', '-r', '--name-only', 'refs/fabric/hooks')
     .split('\n')
-    .filter((p) => p.startsWith('hooks/'))
+    .filter((p) => p.startsWith('hooks/') && p.endsWith('.json')) // records, not index entries
     .map((p) => p.slice(p.lastIndexOf('/') + 1, -'.json'.length))
     .sort();
 }
