@@ -1608,8 +1608,9 @@ export class AgentFabric {
    * usage counted and the samplings already in flight (other in-flight reservations aside — the
    * call that caused the request holds one, which may fill a small limit), else the admission
    * that holds them (a reservation, covered on disk as a call's is). Settle it with the tokens
-   * the sampling used, request and answer: recorded in full, never refused, committed as
-   * {@link recordUsage} is. An agent no longer known is not refused here (`undefined`: nothing
+   * the sampling used, request and answer: never refused, committed as {@link recordUsage} is,
+   * and counted as it is — in full on the agent, on its pool's and the fabric's at most what the
+   * agent's own limit had left (the answer is what the agent's client wrote). An agent no longer known is not refused here (`undefined`: nothing
    * held).
    * @returns a {@link StateStoreError} refusal when the commit that covers the hold fails.
    */
@@ -1633,7 +1634,9 @@ export class AgentFabric {
     return {
       settle: (used: number): Promise<void> => {
         try {
-          this.budgets.settle(held, { tokens: used, cost: 0 });
+          // The answer's tokens are measured from what the agent's own client wrote: on the
+          // shared budgets they count at most what the agent's limit had left (as a report).
+          this.budgets.settle(held, { tokens: used, cost: 0 }, { shareUpToAgentLimit: true });
         } catch (error) {
           this.budgets.release(held); // a bad amount: nothing stays held
           return Promise.reject(error);

@@ -80,6 +80,14 @@ export interface SettleOptions {
    * @default false
    */
   requireFit?: boolean | undefined;
+  /**
+   * For usage the agent itself measured (the tokens of a sampling answer its own client wrote):
+   * count it in full on the agent's scope, and on its pool's and the fabric's at most what the
+   * agent's own limit had left, as `recordUsage` does — so an agent cannot spend shared budgets
+   * beyond its own limit by how much it says it used.
+   * @default false
+   */
+  shareUpToAgentLimit?: boolean | undefined;
 }
 
 /**
@@ -477,25 +485,7 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     const poolId = options?.poolId;
     const a = this.#agent(id('agentId', agentId));
     const p = poolId === undefined ? undefined : this.#pool(id('options.poolId', poolId));
-    const c = a.config;
-    const sharedTokens = capped(tokens, c?.maxTokensPerHour, a.tokens.used(now));
-    const sharedCost = capped(cost, c?.maxCostPerDay, a.cost.used(now));
-    if (sharedTokens === tokens && sharedCost === cost) {
-      this.#record(a, p, this.#fabricScope(), tokens, cost, now);
-      return null;
-    }
-    a.record(tokens, cost, now, this.#emit);
-    this.#store.changed(a.scope, a);
-    this.#record(undefined, p, this.#fabricScope(), sharedTokens, sharedCost, now);
-    const limit = sharedTokens < tokens ? 'tokens' : 'cost';
-    return Object.freeze({
-      scope: a.scope,
-      limit,
-      used: limit === 'tokens' ? a.tokens.used(now) : a.cost.used(now),
-      max: (limit === 'tokens' ? c!.maxTokensPerHour : c!.maxCostPerDay)!,
-      recorded: Object.freeze({ tokens, cost }),
-      shared: Object.freeze({ tokens: sharedTokens, cost: sharedCost }),
-    });
+    return this.#recordShareCapped(a, p, this.#fabricScope(), tokens, cost, now);
   }
 
   /**
@@ -721,7 +711,9 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
         r.fabric.deliveryShortfall(tokens, now);
       if (short !== null) tokens = 0;
     }
-    this.#record(r.agent, r.pool, r.fabric, tokens, cost, now);
+    if (options?.shareUpToAgentLimit === true)
+      this.#recordShareCapped(r.agent, r.pool, r.fabric, tokens, cost, now);
+    else this.#record(r.agent, r.pool, r.fabric, tokens, cost, now);
     if (this.#waiters.length > 0) this.#wake();
     return short;
   }
@@ -805,6 +797,42 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
     return poolId !== undefined && scope === `pool:${poolId}`
       ? this.#pool(poolId)
       : this.#agent(agentId);
+  }
+
+  /**
+   * Records `tokens`/`cost` in full on `a` (the agent's scope), and on `p` and `f` (shared with
+   * other agents) at most what `a`'s own limits had left before them (see `recordUsage`).
+   * @returns null when every scope was charged in full, else what the shared scopes were short.
+   */
+  #recordShareCapped(
+    a: ScopeUsage,
+    p: ScopeUsage | undefined,
+    f: ScopeUsage,
+    tokens: number,
+    cost: number,
+    now: number,
+  ): UnsharedUsage | null {
+    const c = a.config;
+    const sharedTokens = capped(tokens, c?.maxTokensPerHour, a.tokens.used(now));
+    const sharedCost = capped(cost, c?.maxCostPerDay, a.cost.used(now));
+    if (sharedTokens === tokens && sharedCost === cost) {
+      this.#record(a, p, f, tokens, cost, now);
+      return null;
+    }
+    if (!a.forgotten) {
+      a.record(tokens, cost, now, this.#emit);
+      this.#store.changed(a.scope, a);
+    }
+    this.#record(undefined, p, f, sharedTokens, sharedCost, now);
+    const limit = sharedTokens < tokens ? 'tokens' : 'cost';
+    return Object.freeze({
+      scope: a.scope,
+      limit,
+      used: limit === 'tokens' ? a.tokens.used(now) : a.cost.used(now),
+      max: (limit === 'tokens' ? c!.maxTokensPerHour : c!.maxCostPerDay)!,
+      recorded: Object.freeze({ tokens, cost }),
+      shared: Object.freeze({ tokens: sharedTokens, cost: sharedCost }),
+    });
   }
 
   #record(

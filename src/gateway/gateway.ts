@@ -2055,8 +2055,9 @@ export class ToolGateway implements SessionHost {
    * (`asked`, its params') and of its client's answer (the agent's model reads the one and
    * writes the other), once the answer came, whatever becomes of it (a policy provider may
    * refuse to pass it on: the model ran). Settles `admission` (what the budget held for the
-   * request) with them, or without one records them as `fabric__record_usage` is; in full and
-   * never refused either way — the work is done before it can be measured — so a budget it
+   * request) with them, or without one records them as `fabric__record_usage` is; never refused
+   * either way — the work is done before it can be measured — and in full on the agent (shared
+   * budgets take at most what its own limit had left: the answer is its client's), so a budget it
    * exhausts refuses the agent's next call, and its next sampling request
    * (`GatewayBackend.admitSampling`, asked before the request is sent).
    */
