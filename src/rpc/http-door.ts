@@ -10,7 +10,9 @@
  *   response message>}` for each message, then exactly one last line `{"end": {}}` when the
  *   stream completed or `{"end": {"error": {code, kind, message, details}}}` when it failed (a
  *   slow reader's overflow, the deadline, the server stopping). A stream that stops without an
- *   `end` line was cut. While nothing happens an empty line is sent every `keepAliveMs` (skip
+ *   `end` line was cut. U+2028 and U+2029 in a line are written as `\u2028`/`\u2029` escapes
+ *   (json-lines.ts), so a tool name an agent made up with one in it cannot split a line for a
+ *   reader that breaks there. While nothing happens an empty line is sent every `keepAliveMs` (skip
  *   empty lines). NDJSON rather than SSE: it is read the same way from `fetch` as from `curl -N`,
  *   and a browser's `EventSource` could not send the POST body and `authorization` header
  *   anyway; rather than Connect's binary-enveloped stream: a dashboard needs no framing code.
@@ -91,6 +93,7 @@ import {
   type MalformedHandler,
   type StreamSender,
 } from './rpc-call.js';
+import { lineSafeJson } from '../json-lines.js';
 import { reserveWatchListeners } from './events-service.js';
 import type { AnyServiceImplementation } from './services.js';
 
@@ -534,7 +537,7 @@ export class HttpDoor {
       maxMessages: this.#maxBuffered,
       maxBytes: this.#maxBufferedBytes,
       encode: (message) => {
-        const chunk = `${JSON.stringify({ message: toJson(route.method.output, message as never) })}\n`;
+        const chunk = `${lineSafeJson(JSON.stringify({ message: toJson(route.method.output, message as never) }))}\n`;
         return { chunk, bytes: Buffer.byteLength(chunk) };
       },
       write: (chunk, done) => void res.write(chunk, () => done()),
@@ -552,7 +555,7 @@ export class HttpDoor {
       scope.dispose();
       if (res.destroyed) return;
       res.end(
-        `${JSON.stringify({ end: err === undefined ? {} : { error: httpErrorBody(err).error } })}\n`,
+        `${lineSafeJson(JSON.stringify({ end: err === undefined ? {} : { error: httpErrorBody(err).error } }))}\n`,
       );
     };
     const deregister = this.#streams.add((err) => end(err));
