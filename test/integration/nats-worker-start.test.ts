@@ -221,6 +221,58 @@ describeNats('NatsWorker start', () => {
     }
   });
 
+  it("a slot is free again once its handler returns: the next task starts before the outcome's answer", async () => {
+    // One slot. A stand-in sidecar on the tasks' replyTo holds back its answer to `one`'s
+    // outcome. The slot used to stay taken until that answer came (and the ack went out), so
+    // `two` sat pulled and unstarted — at every task, for the report timers of both sides.
+    const { fabric, agent, worker } = await setup('slot', 1);
+    const stop = new AbortController();
+    const nc = await connect({ servers: suiteServer().url });
+    try {
+      const replyTo = 'slot.stand-in';
+      // Every request carrying it, the worker's re-sends (after `reportTimeoutMs`) included.
+      const held: { msg: Msg; batch: boolean; reports: Report[] }[] = [];
+      const answer = (msg: Msg, batch: boolean, reports: Report[]) =>
+        msg.respond(
+          encodeJson(
+            batch
+              ? { answers: reports.map((r) => signed(r, { ok: true })) }
+              : signed(reports[0]!, { ok: true }),
+          ),
+        );
+      let released = false;
+      nc.subscribe(replyTo, {
+        callback: (_err, msg) => {
+          const { batch, reports } = reportsOf(msg);
+          const outcomeOfOne = reports.some((r) => r.kind === 'complete' && r.taskId === 'one');
+          if (outcomeOfOne && !released) held.push({ msg, batch, reports });
+          else answer(msg, batch, reports);
+        },
+      });
+      await nc.flush();
+      await publishForged(nc, fabric, agent.id, 't', 'one', { taskId: 'one', replyTo });
+      await publishForged(nc, fabric, agent.id, 't', 'two', { taskId: 'two', replyTo });
+      const ran: unknown[] = [];
+      const running = worker.run({ t: (p) => (ran.push(p), p) }, { signal: stop.signal });
+      await until(() => held.length > 0, 10_000);
+      // `one`'s outcome is unanswered: its message is neither acked nor its slot taken.
+      await until(() => ran.length === 2, 10_000);
+      expect(ran).toEqual(['one', 'two']);
+      released = true;
+      for (const h of held) answer(h.msg, h.batch, h.reports);
+      await until(() => worker.stats.completed === 2, 10_000);
+      const jsm = await jetstreamManager(nc);
+      const stream = fabric.natsExecutor!.names.stream;
+      await until(async () => (await jsm.streams.info(stream)).state.messages === 0, 10_000);
+      stop.abort();
+      await running;
+    } finally {
+      await nc.close();
+      await worker.close();
+      await fabric.close();
+    }
+  });
+
   it('a message delivered again while the worker holds it (it waited past AckWait for a slot) runs once', async () => {
     // Two slots, both taken by `a1` and `a2` (they run until released); then `b` arrives in the
     // worker's next pull, which asked for two and stays open for one more, and waits for a slot

@@ -51,7 +51,11 @@ export interface NatsWorkerOptions {
   credential: string;
   /** The agent's pool: its worker also pulls the pool's tasks. */
   poolId?: string;
-  /** Tasks run at once. @default 4 */
+  /**
+   * Handlers run at once. A slot is free again once its handler returns: reporting the outcome
+   * and acking the message do not hold it (but a worker holds at most twice as many tasks taken
+   * up, running or waiting for their outcome's answer). @default 4
+   */
   concurrency?: number;
   /** Heartbeat period. @default 10 */
   heartbeatSeconds?: number;
@@ -290,8 +294,22 @@ export class NatsWorker {
       },
       Math.max(50, ackWaitMs / 3),
     );
+    // A slot is taken at a message's take-up and given back once its handler has returned: the
+    // outcome's report, its answer and the ack do not hold it (they waited on the report timers
+    // of both sides, ~2 ms or more, while the next task sat pulled and unstarted). Taken-up tasks
+    // are bounded apart, running or past their handler (`finishing`): at most twice
+    // `concurrency`, so a sidecar that answers slowly holds back new take-ups instead of letting
+    // held messages pile up.
     let free = this.#concurrency;
+    let finishing = 0;
+    /** Tasks taken up and not settled: running, or past their handler (`finishing`). */
+    const held = (): number => this.#concurrency - free + finishing;
     let wake: (() => void) | undefined;
+    const wakeUp = (): void => {
+      const w = wake;
+      wake = undefined;
+      w?.();
+    };
     const inFlight = new Set<Promise<void>>();
     const iterators: ConsumerMessages[] = [];
     let halted = false;
@@ -325,7 +343,7 @@ export class NatsWorker {
             // this one. (Taken up twice, the sidecar would count the attempt lost and the task
             // would run again.)
             if (this.#held.has(m.seq)) continue;
-            while (free === 0 && !stopped()) {
+            while ((free === 0 || held() >= 2 * this.#concurrency) && !stopped()) {
               await new Promise<void>((r) => (wake = r));
             }
             if (stopped()) {
@@ -335,12 +353,21 @@ export class NatsWorker {
               continue;
             }
             free--;
-            const p = this.#runOne(m, handlers, ackWaitMs).finally(() => {
+            let slot = true;
+            const handlerDone = (): void => {
+              if (!slot) return;
+              slot = false;
               free++;
+              finishing++;
+              wakeUp();
+            };
+            const p = this.#runOne(m, handlers, ackWaitMs, handlerDone).finally(() => {
+              if (slot) {
+                slot = false;
+                free++;
+              } else finishing--;
               inFlight.delete(p);
-              const w = wake;
-              wake = undefined;
-              w?.();
+              wakeUp();
             });
             inFlight.add(p);
           }
@@ -397,10 +424,15 @@ export class NatsWorker {
     return age < ackWaitMs / 2;
   }
 
+  /**
+   * Takes up, runs and reports one pulled message; `handlerDone` is called once its handler has
+   * returned (or thrown), before the outcome is reported (its slot is then free: see {@link run}).
+   */
   async #runOne(
     m: JsMsg,
     handlers: Readonly<Record<string, NatsTaskHandler>>,
     ackWaitMs: number,
+    handlerDone: () => void,
   ): Promise<void> {
     this.#held.set(m.seq, m);
     const task = this.#link.parse(m);
@@ -487,6 +519,7 @@ export class NatsWorker {
       } catch (err) {
         outcome = { error: toTaskError(err) };
       }
+      handlerDone();
       // Closed: the worker is gone as far as anyone knows; the message is redelivered.
       if (this.#closed) return;
       if (running.aborted) {
