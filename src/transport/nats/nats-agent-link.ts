@@ -25,6 +25,7 @@ import {
   heartbeatProof,
   reportProof,
   sameProof,
+  STALE_DELIVERY_CODE,
 } from './wire.js';
 
 /** Most reports in one batch request, and most bytes (NATS' default max_payload is 1 MiB). */
@@ -80,6 +81,19 @@ export function noAnswerOf(err: unknown): HeartbeatNoAnswer | undefined {
 }
 
 /**
+ * JetStream's delivery count of a pulled message, or undefined when its reply subject does not
+ * say (nats.js parses it once per message, and the worker reads it already).
+ */
+function deliveryCount(m: JsMsg): number | undefined {
+  try {
+    const n = m.info.deliveryCount;
+    return Number.isSafeInteger(n) && n > 0 ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * Terminates a message: the work queue drops it, it is never delivered again. Sent without a
  * reason text: nats-server before 2.10 does not recognise `+TERM <reason>` and would redeliver
  * the message after AckWait, again and again.
@@ -109,6 +123,15 @@ export function quietly(send: () => void): void {
  */
 export function notAllowed(answer: Answer | undefined): boolean {
   return answer !== undefined && !answer.ok && answer.code === 'FABRIC_ERR_PERMISSION_DENIED';
+}
+
+/**
+ * True when the fabric refused a start as a stale copy of a running attempt's message (see
+ * `Report.delivery`): the copy is dropped unsettled — an ack or a term would settle the message
+ * that another worker runs, a nak would have it delivered again at once.
+ */
+export function staleCopy(answer: Answer | undefined): boolean {
+  return answer !== undefined && !answer.ok && answer.code === STALE_DELIVERY_CODE;
 }
 
 /**
@@ -188,7 +211,12 @@ export class NatsAgentLink {
    */
   readonly #upOf = new WeakMap<
     TaskMessage,
-    { readonly seq: number | undefined; take?: string; reports: number }
+    {
+      readonly seq: number | undefined;
+      readonly delivery: number | undefined;
+      take?: string;
+      reports: number;
+    }
   >();
   /** Reports not sent yet, by the subject they go to (sent together on the next flush). */
   readonly #outbox = new Map<string, Queued[]>();
@@ -353,7 +381,8 @@ export class NatsAgentLink {
     // The take-up the report comes from: a start names its own in `extra`, and the take-up's
     // later reports carry it (a task not parsed here gets its take-up record now).
     let up = this.#upOf.get(task);
-    if (up === undefined) this.#upOf.set(task, (up = { seq: undefined, reports: 0 }));
+    if (up === undefined)
+      this.#upOf.set(task, (up = { seq: undefined, delivery: undefined, reports: 0 }));
     if (kind === 'start' && extra.take !== undefined) up.take = extra.take;
     const report: Report = {
       kind,
@@ -500,7 +529,7 @@ export class NatsAgentLink {
     // Elapsed time (`performance.now()`): a wall-clock step neither drops reports at once nor
     // retries them for as long as the clock went back.
     this.#giveUpAt.set(task, performance.now() + task.timeoutSeconds * 1000);
-    this.#upOf.set(task, { seq: m.seq, reports: 0 });
+    this.#upOf.set(task, { seq: m.seq, delivery: deliveryCount(m), reports: 0 });
     return task;
   }
 
@@ -508,7 +537,8 @@ export class NatsAgentLink {
    * Reports `start` for a parsed message, with an id of this take-up (the sidecar counts an
    * already started attempt taken up again as lost and answers it stale) and the message's
    * stream sequence (the sidecar refuses a copy of the attempt's message other than the one it
-   * was stored as, without ending the attempt).
+   * was stored as, without ending the attempt) and delivery count (the sidecar refuses an
+   * earlier delivery than the one running the attempt: {@link staleCopy}).
    */
   start(task: TaskMessage): Starting {
     let sent!: () => void;
@@ -516,14 +546,15 @@ export class NatsAgentLink {
     const take = `${this.#nonce}.${++this.#takes}`;
     const up = this.#upOf.get(task);
     if (up !== undefined) up.take = take;
-    const answer = this.report(task, 'start', { take, seq: up?.seq }, sent);
+    const answer = this.report(task, 'start', { take, seq: up?.seq, delivery: up?.delivery }, sent);
     return { answer, sent: written };
   }
 
   /**
    * Takes a pulled message up: parses it and waits for the sidecar's answer to its `start`.
    * Returns the task to run, or `undefined` when the message was terminated instead (not a task,
-   * start refused — the attempt ended or was lost — or its sidecar gone). The caller keeps the
+   * start refused — the attempt ended or was lost — or its sidecar gone), or dropped unsettled
+   * (a stale copy: {@link staleCopy}). The caller keeps the
    * message alive with in-progress acks meanwhile.
    * @throws PermissionDeniedError when this agent may not report on it ({@link notAllowed}):
    *   the message is neither terminated nor acked; the caller gives it back.
@@ -537,6 +568,7 @@ export class NatsAgentLink {
       // has closed its pulls, so that it is not delivered to them again.
       throw new PermissionDeniedError((start as { message: string }).message);
     }
+    if (staleCopy(start)) return undefined; // another worker runs a later delivery: dropped
     if (start === undefined || !start.ok) {
       terminate(m); // the attempt is over, or its sidecar is gone
       return undefined;

@@ -81,6 +81,7 @@ import {
   reportProof,
   sameProof,
   signedReportAnswer,
+  STALE_DELIVERY_CODE,
   vouchMac,
   vouchSchema,
 } from './wire.js';
@@ -172,6 +173,8 @@ interface TakeUp {
   take: string;
   lease: string;
   seq: number | undefined;
+  /** JetStream's delivery count of the copy it took up, when its start named one. */
+  delivery?: number | undefined;
   /** The highest `Report.counter` of the take-up accepted so far. */
   counter: number;
 }
@@ -265,6 +268,12 @@ export interface NatsExecutorStats {
    */
   duplicatesRefused: number;
   /**
+   * Starts refused from a stale copy of a running attempt's message (an earlier delivery than
+   * the running take-up's, held by a busy worker past AckWait: `Report.delivery`); the attempt
+   * went on.
+   */
+  staleDeliveriesRefused: number;
+  /**
    * Reports ignored (answered ok, nothing changed) because their take-up's counter was below the
    * last one accepted (see `Report.counter`): a replay of an earlier report by a reader of
    * `res.>`, or the worker's own re-send of a report whose answer was lost, overtaken.
@@ -305,6 +314,7 @@ export class NatsExecutor implements TaskExecutor {
     publishRetries: 0,
     publishesGivenUp: 0,
     duplicatesRefused: 0,
+    staleDeliveriesRefused: 0,
     reportsOutOfOrder: 0,
     reportsAccepted: 0,
     reportsRejected: 0,
@@ -891,11 +901,21 @@ export class NatsExecutor implements TaskExecutor {
     if (key === undefined) return;
     const v = vouchSchema.safeParse(decodeJson(msg.data));
     if (!v.success || !answerable(msg.reply)) return;
-    const { agentId, kind, taskId, attempt, take, seq, reportNonce, counter, content, proof } =
-      v.data;
+    const { agentId, kind, taskId, attempt, take, seq, delivery, reportNonce, counter } = v.data;
+    const { content, proof } = v.data;
     const hash = this.#host?.credentialHash(agentId);
     if (hash === undefined) return; // another sidecar's agent (or nobody's)
-    const proven = { kind, agentId, taskId, attempt, take, seq, nonce: reportNonce, counter };
+    const proven = {
+      kind,
+      agentId,
+      taskId,
+      attempt,
+      take,
+      seq,
+      nonce: reportNonce,
+      counter,
+      delivery,
+    };
     const ok = sameProof(proof, proofOver(hash, proven, content));
     // With the agent's pool: the asking sidecar takes the report only for a task of that pool.
     const poolId = ok ? (this.#host!.agentPool(agentId) ?? null) : null;
@@ -983,6 +1003,7 @@ export class NatsExecutor implements TaskExecutor {
         take: r.take,
         lease: r.lease,
         seq: r.seq ?? this.#outSeq(r),
+        delivery: r.delivery,
         counter: r.counter,
       });
     }
@@ -1016,9 +1037,30 @@ export class NatsExecutor implements TaskExecutor {
             take: r.take,
             lease: r.lease,
             seq: r.seq,
+            delivery: r.delivery,
             counter: r.counter,
           });
           break;
+        }
+        if (
+          t.started &&
+          known!.attempt === r.attempt &&
+          known!.take !== r.take &&
+          r.delivery !== undefined &&
+          known!.delivery !== undefined &&
+          r.delivery < known!.delivery
+        ) {
+          // An earlier delivery of the message than the one the attempt runs from: a copy a busy
+          // worker held in its pull past AckWait, while JetStream delivered it again to the
+          // worker now running it — which still acknowledges it. Refused, the attempt going on;
+          // the worker drops its copy without settling the message (see `Report.delivery`).
+          this.stats.staleDeliveriesRefused++;
+          const e = new TaskStateError(
+            r.taskId,
+            `delivery ${r.delivery} of attempt ${r.attempt}'s message is older than the one ` +
+              `running it (delivery ${known!.delivery})`,
+          );
+          return { ok: false, code: STALE_DELIVERY_CODE, message: e.message };
         }
         if (t.started && (known!.attempt !== r.attempt || known!.take !== r.take)) {
           // Another take-up of a started attempt: its message went out again after AckWait, so
@@ -1039,6 +1081,7 @@ export class NatsExecutor implements TaskExecutor {
             take: r.take,
             lease: r.lease,
             seq: r.seq ?? seq,
+            delivery: r.delivery,
             counter: r.counter,
           });
           sink.started(r.taskId, r.attempt);

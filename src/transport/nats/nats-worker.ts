@@ -39,7 +39,7 @@ import type { NatsNames } from './subjects.js';
 import { natsNames } from './subjects.js';
 import type { Answer, Report, ReportKind } from './wire.js';
 import { asEndedNotice, decodeJson, endedNoticeGenuine } from './wire.js';
-import { NatsAgentLink, notAllowed, quietly, terminate } from './nats-agent-link.js';
+import { NatsAgentLink, notAllowed, quietly, staleCopy, terminate } from './nats-agent-link.js';
 
 /** Options of {@link NatsWorker.connect}. */
 export interface NatsWorkerOptions {
@@ -457,6 +457,8 @@ export class NatsWorker {
     let accepted: Promise<boolean>;
     /** The refusal of the start when this agent may not report on the task (first delivery). */
     let denial: Answer | undefined;
+    /** The start was refused as a stale copy ({@link staleCopy}): dropped, never settled. */
+    let stale = false;
     if (
       this.#startBeforeAnswer &&
       !this.#ended.has(`${task.taskId}:${task.attempt}`) &&
@@ -475,6 +477,7 @@ export class NatsWorker {
       }
       accepted = starting.answer.then((a) => {
         if (notAllowed(a)) denial = a;
+        stale = staleCopy(a);
         if (a === undefined || !a.ok) running.abort(new Error(refusedReason(a)));
         return a !== undefined && a.ok;
       });
@@ -484,7 +487,9 @@ export class NatsWorker {
       const a = await starting.answer;
       if (a === undefined || !a.ok) {
         if (notAllowed(a)) await this.#giveBack(m, a);
-        else terminate(m); // the attempt is over, or its sidecar is gone
+        // A stale copy: another worker runs a later delivery of the message (an ack or a term
+        // of this one would settle it, a nak have it delivered again), so it is dropped.
+        else if (!staleCopy(a)) terminate(m); // the attempt is over, or its sidecar is gone
         this.#held.delete(m.seq);
         forget();
         this.stats.refused++;
@@ -525,7 +530,7 @@ export class NatsWorker {
       if (running.aborted) {
         if (!(await accepted)) this.stats.refused++;
         if (denial !== undefined) await this.#giveBack(m, denial);
-        else terminate(m); // the fabric ended the attempt
+        else if (!stale) terminate(m); // the fabric ended the attempt
         return;
       }
       // Sent after the start (same subject, in order), so the sidecar applies the start first;
@@ -541,7 +546,7 @@ export class NatsWorker {
       if (answer?.ok !== true && !(await accepted)) {
         this.stats.refused++;
         if (denial !== undefined) await this.#giveBack(m, denial);
-        else terminate(m);
+        else if (!stale) terminate(m);
         return;
       }
       if (answer === undefined) {

@@ -89,6 +89,12 @@ export type ReportKind = 'start' | 'progress' | 'complete' | 'fail';
  */
 export const MAX_PROOF_LENGTH = 100;
 
+/**
+ * The code of the refusal of a `start` from a stale copy of a running attempt's message (see
+ * `Report.delivery`): the worker drops that copy without settling it.
+ */
+export const STALE_DELIVERY_CODE = 'FABRIC_ERR_STALE_DELIVERY';
+
 /** A worker's report on a task (request on the task's `replyTo`). */
 export const reportSchema = z
   .object({
@@ -124,6 +130,17 @@ export const reportSchema = z
      * the duplicate window) is refused, and the attempt goes on.
      */
     seq: z.number().int().positive().optional(),
+    /**
+     * With `start` (optional): JetStream's delivery count of the copy taken up (1 for the first
+     * delivery; its proof covers it). A worker may hold a pulled copy past AckWait while busy,
+     * and JetStream delivers the message again to another worker meanwhile: the start of a take-up
+     * whose delivery is not later than the running take-up's (which named its own) is that
+     * stale copy — refused with {@link STALE_DELIVERY_CODE}, the running attempt going on — and
+     * the worker drops it without ack, nak or term (an ack or a term of any delivery settles the
+     * message, the one the other worker runs). Without it (a worker that does not send it) a start
+     * of another take-up of a started attempt ends that attempt as lost.
+     */
+    delivery: z.number().int().positive().optional(),
     /**
      * Optional: an id the worker makes for this report (unique among its reports; a re-sent
      * report repeats it), which the answer's MAC covers ({@link reportAnswerMac}). Without it the
@@ -170,6 +187,7 @@ export const vouchSchema = z
      */
     take: z.string().min(1).max(64),
     seq: z.number().int().positive().optional(),
+    delivery: z.number().int().positive().optional(),
     reportNonce: z.string().min(1).max(64).optional(),
     counter: z.number().int().positive(),
     /** The report's {@link reportContentDigest}, computed by the asking sidecar. */
@@ -305,6 +323,7 @@ export function asReport(data: unknown): Report | undefined {
     (data.retry === undefined || typeof data.retry === 'boolean') &&
     nonEmpty(data.take, 64) &&
     (data.seq === undefined || positiveInt(data.seq)) &&
+    (data.delivery === undefined || positiveInt(data.delivery)) &&
     (data.nonce === undefined || nonEmpty(data.nonce, 64)) &&
     positiveInt(data.counter);
   return ok ? (data as Report) : undefined;
@@ -414,13 +433,16 @@ export function heartbeatProof(credentialHash: string, agentId: string, ts: numb
 /** What of a report its proof covers (everything the sidecar acts on; see {@link reportProof}). */
 export type ProvenReport = Pick<Report, 'kind' | 'agentId' | 'taskId' | 'attempt'> &
   Partial<
-    Pick<Report, 'take' | 'seq' | 'nonce' | 'counter' | 'result' | 'progress' | 'error' | 'retry'>
+    Pick<
+      Report,
+      'take' | 'seq' | 'delivery' | 'nonce' | 'counter' | 'result' | 'progress' | 'error' | 'retry'
+    >
   >;
 
 /**
  * Proof of a report: HMAC-SHA256 under the credential's hash over
  * `report:<kind>:<agentId>:<taskId>:<attempt>:<take>:<seq>:<nonce>:<content>`, followed by
- * `:<counter>` when the report has a counter — the fields written as an answer MAC's
+ * `:<counter>` when the report has a counter, then `:d<delivery>` when it has a `delivery` — the fields written as an answer MAC's
  * ({@link answerMac}: `%`, `:` and `~` escaped, an absent field empty) and `<content>` the
  * report's {@link reportContentDigest}. (Without a counter the text is the one workers made
  * before it; such a report is refused before its proof is looked at, see
@@ -439,7 +461,7 @@ export function proofOver(
   credentialHash: string,
   r: Pick<
     ProvenReport,
-    'kind' | 'agentId' | 'taskId' | 'attempt' | 'take' | 'seq' | 'nonce' | 'counter'
+    'kind' | 'agentId' | 'taskId' | 'attempt' | 'take' | 'seq' | 'nonce' | 'counter' | 'delivery'
   >,
   content: string,
 ): string {
@@ -454,6 +476,8 @@ export function proofOver(
     content,
   ];
   if (r.counter !== undefined) fields.push(r.counter);
+  // Last, only when the report has one: a report without it is proven by the same text as before.
+  if (r.delivery !== undefined) fields.push(`d${r.delivery}`);
   return hmac(credentialHash, macText('report', fields));
 }
 
@@ -543,6 +567,7 @@ export function vouchQuestion(r: Report, nonce: string): Vouch {
     attempt: r.attempt,
     take: r.take,
     seq: r.seq,
+    delivery: r.delivery,
     reportNonce: r.nonce,
     counter: r.counter,
     content: reportContentDigest(r),
@@ -557,7 +582,8 @@ export function vouchQuestion(r: Report, nonce: string): Vouch {
  * request (its nonce, agent, report kind, task, attempt, the report's take-up, stream sequence,
  * nonce and content digest, and its proof) and the answer (`ok` and, when
  * ok, the agent's pool or `null`), then the report's counter (the same text as when the
- * counter was optional and the question carried one). The fields are JSON-encoded as a list, so no id can shift another field's boundary.
+ * counter was optional and the question carried one) and, when the question has one, its
+ * `delivery`. The fields are JSON-encoded as a list, so no id can shift another field's boundary.
  */
 export function vouchMac(
   sidecarKey: string,
@@ -583,6 +609,8 @@ export function vouchMac(
     ok ? poolId : null,
     v.counter,
   ];
+  // Last, only when the report has one: without it the text is the one before it existed.
+  if (v.delivery !== undefined) fields.push(v.delivery);
   return hmac(sidecarKey, JSON.stringify(fields));
 }
 
