@@ -1610,14 +1610,19 @@ export class AgentFabric {
    * that holds them (a reservation, covered on disk as a call's is). Settle it with the tokens
    * the sampling used, request and answer: never refused, committed as {@link recordUsage} is,
    * and counted as it is — in full on the agent, on its pool's and the fabric's at most what the
-   * agent's own limit had left (the answer is what the agent's client wrote). An agent no longer known is not refused here (`undefined`: nothing
-   * held).
+   * agent's own limit had left (the answer is what the agent's client wrote); the settle
+   * resolves with what the shared budgets were charged short (`UnsharedUsage`) when they were
+   * capped so. An agent no longer known is not refused here (`undefined`: nothing held).
    * @returns a {@link StateStoreError} refusal when the commit that covers the hold fails.
    */
   admitSampling(
     agentId: string,
     tokens: number,
-  ): BudgetExceededError | StateStoreError | { settle(tokens: number): Promise<void> } | undefined {
+  ):
+    | BudgetExceededError
+    | StateStoreError
+    | { settle(tokens: number): Promise<UnsharedUsage | null | void> }
+    | undefined {
     const rec = this.lifecycle.peek(agentId);
     if (rec === undefined) return undefined;
     let held: Reservation;
@@ -1632,16 +1637,22 @@ export class AgentFabric {
       throw error;
     }
     return {
-      settle: (used: number): Promise<void> => {
+      settle: (used: number): Promise<UnsharedUsage | null | void> => {
+        let unshared: UnsharedUsage | null;
         try {
           // The answer's tokens are measured from what the agent's own client wrote: on the
           // shared budgets they count at most what the agent's limit had left (as a report).
-          this.budgets.settle(held, { tokens: used, cost: 0 }, { shareUpToAgentLimit: true });
+          unshared = this.budgets.settle(
+            held,
+            { tokens: used, cost: 0 },
+            { shareUpToAgentLimit: true },
+          );
         } catch (error) {
           this.budgets.release(held); // a bad amount: nothing stays held
           return Promise.reject(error);
         }
-        return this.#onDisk(`the sampling is counted (the budgets hold it) ${KEPT}`);
+        const done = this.#onDisk(`the sampling is counted (the budgets hold it) ${KEPT}`);
+        return unshared === null ? done : done.then(() => unshared);
       },
     };
   }

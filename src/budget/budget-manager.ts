@@ -688,12 +688,25 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
    * the estimate). A second settle, or a settle after release, does nothing.
    * @throws InvalidUsageError for a bad amount (the reservation stays reserved).
    * @throws InvalidArgumentError for a reservation from another manager.
+   * @returns with `shareUpToAgentLimit`, what the shared scopes were charged short of `actual`
+   *   (counted in full on the agent all the same), or null.
    */
+  settle(
+    reservation: Reservation,
+    actual: UsageAmount | undefined,
+    options: SettleOptions & { shareUpToAgentLimit: true; requireFit?: false | undefined },
+  ): UnsharedUsage | null;
+  /** @returns with `requireFit`, the shortfall that withheld `actual`'s tokens, or null. */
   settle(
     reservation: Reservation,
     actual?: UsageAmount,
     options?: SettleOptions,
-  ): BudgetShortfall | null {
+  ): BudgetShortfall | null;
+  settle(
+    reservation: Reservation,
+    actual?: UsageAmount,
+    options?: SettleOptions,
+  ): BudgetShortfall | UnsharedUsage | null {
     const r = this.#own(reservation);
     if (r.code !== RESERVED) return null;
     let tokens =
@@ -711,11 +724,12 @@ export class BudgetManager extends TypedEmitter<BudgetEvents> {
         r.fabric.deliveryShortfall(tokens, now);
       if (short !== null) tokens = 0;
     }
+    let unshared: UnsharedUsage | null = null;
     if (options?.shareUpToAgentLimit === true)
-      this.#recordShareCapped(r.agent, r.pool, r.fabric, tokens, cost, now);
+      unshared = this.#recordShareCapped(r.agent, r.pool, r.fabric, tokens, cost, now);
     else this.#record(r.agent, r.pool, r.fabric, tokens, cost, now);
     if (this.#waiters.length > 0) this.#wake();
-    return short;
+    return short ?? unshared;
   }
 
   /** Gives a reservation back unused. Idempotent; does nothing after settle. */

@@ -6,7 +6,7 @@
  */
 import type { FabricError } from '../errors.js';
 import type { CallPhases } from '../telemetry/tracing.js';
-import type { Reservation } from '../budget/budget-manager.js';
+import type { Reservation, UnsharedUsage } from '../budget/budget-manager.js';
 import type { Approval, ApprovalResult } from '../policy/approval-manager.js';
 import type { PolicyDecision } from '../policy/policy-engine.js';
 import type {
@@ -43,9 +43,12 @@ export interface SamplingAdmission {
   /**
    * Swaps what was held for `tokens`, the sampling's actual usage (request and answer),
    * recorded in full and never refused. Called once.
+   * @returns (or resolves with) what the agent's pool and the fabric were charged short of
+   *   `tokens` when the agent's own limit capped them (`UnsharedUsage`: the gateway logs it),
+   *   else nothing or null.
    * @throws (or rejects with) an error when it cannot be charged or committed.
    */
-  settle(tokens: number): void | Promise<void>;
+  settle(tokens: number): void | UnsharedUsage | null | Promise<void | UnsharedUsage | null>;
 }
 
 /** Estimated and actual usage of one call. */

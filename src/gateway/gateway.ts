@@ -57,6 +57,7 @@ import {
 } from './audit-log.js';
 import { RefusalLines, type RefusalKind } from './line-budget.js';
 import { CallbackAnswers } from './callback-answers.js';
+import type { UnsharedUsage } from '../budget/budget-manager.js';
 import type { AgentIdentity, GatewayBackend, SamplingAdmission } from './backend.js';
 import {
   buildCatalog,
@@ -2057,7 +2058,8 @@ export class ToolGateway implements SessionHost {
    * refuse to pass it on: the model ran). Settles `admission` (what the budget held for the
    * request) with them, or without one records them as `fabric__record_usage` is; never refused
    * either way — the work is done before it can be measured — and in full on the agent (shared
-   * budgets take at most what its own limit had left: the answer is its client's), so a budget it
+   * budgets take at most what its own limit had left: the answer is its client's; a sampling so
+   * capped is logged at `warn`), so a budget it
    * exhausts refuses the agent's next call, and its next sampling request
    * (`GatewayBackend.admitSampling`, asked before the request is sent).
    */
@@ -2074,10 +2076,18 @@ export class ToolGateway implements SessionHost {
           admission === undefined
             ? this.#backend.recordUsage(agentId, { tokens, cost: 0 })
             : admission.settle(tokens);
-        if (done instanceof Promise)
-          done.catch((error: unknown) => this.#samplingNotCharged(error));
+        if (done instanceof Promise) {
+          done.then(
+            (unshared: unknown) => {
+              if (unshared != null) this.#samplingCapped(agentId, unshared as UnsharedUsage);
+            },
+            (error: unknown) => this.#samplingNotCharged(agentId, error),
+          );
+        } else if (done != null && admission !== undefined) {
+          this.#samplingCapped(agentId, done as UnsharedUsage);
+        }
       } catch (error) {
-        this.#samplingNotCharged(error);
+        this.#samplingNotCharged(agentId, error);
       }
     };
     answer.then(
@@ -2086,11 +2096,39 @@ export class ToolGateway implements SessionHost {
     );
   }
 
-  #samplingNotCharged(error: unknown): void {
+  #samplingNotCharged(agentId: string, error: unknown): void {
+    // A report past the agent's own limit's remainder is answered so (`usageBeyondLimit`): it
+    // was counted, only capped on the shared budgets.
+    if (error instanceof BudgetExceededError && error.details.shared !== undefined) {
+      this.#samplingCapped(agentId, error.details as unknown as UnsharedUsage);
+      return;
+    }
     this.#log({
       level: 'warn',
       msg: 'charging a sampling request failed',
       error: messageOf(error),
+    });
+  }
+
+  /**
+   * Tells the operator a sampling answer went past what the agent's own budget had left:
+   * counted in full on the agent, its pool and the fabric charged only that remainder (how
+   * much was recorded and shared; never what the sampling held).
+   */
+  #samplingCapped(agentId: string, unshared: UnsharedUsage): void {
+    const { scope, limit, used, max, recorded, shared } = unshared;
+    this.#log({
+      level: 'warn',
+      msg:
+        `a sampling request was counted in full on ${scope} (${limit} ${used}/${max}), but past ` +
+        `what its limit had left: its pool and the fabric were charged ${limit} ${shared[limit]} of ${recorded[limit]}`,
+      agentId,
+      scope,
+      limit,
+      used,
+      max,
+      recorded: { tokens: recorded.tokens, cost: recorded.cost },
+      shared: { tokens: shared.tokens, cost: shared.cost },
     });
   }
 
