@@ -53,6 +53,7 @@ import {
   jsonRpcError,
   type MessageKind,
 } from './jsonrpc-message.js';
+import { RefusalLines } from './line-budget.js';
 import { httpErrorBody, httpStatusOf } from './map-error.js';
 import type { GatewayLogEntry } from './tool-call-pipeline.js';
 import { malformedInitialize, type GatewaySession } from './session.js';
@@ -69,6 +70,8 @@ export const DEFAULT_MAX_INFLIGHT_PER_AGENT = 256;
 export const DEFAULT_MAX_BATCH_MESSAGES = 100;
 /** Default of {@link McpHttpEndpointOptions.idleTimeoutMs}: 30 minutes. */
 export const DEFAULT_SESSION_IDLE_TIMEOUT_MS = 30 * 60_000;
+/** The window of the `warn` lines of undelivered messages: one per agent and reason in it. */
+const UNDELIVERED_LOG_WINDOW_MS = 60_000;
 
 /** Options of an {@link McpHttpEndpoint}. */
 export interface McpHttpEndpointOptions {
@@ -124,8 +127,9 @@ export interface McpHttpEndpointOptions {
   maxStreamBacklogBytes?: number;
   /**
    * Structured log sink. A message for an agent that reached no stream (see
-   * `UndeliveredMessage`) is told here, at `warn`: the first of each reason in a session (what
-   * it was, never what it held); the rest are counted ({@link McpHttpEndpoint.undeliveredMessages}).
+   * `UndeliveredMessage`) is told here, at `warn`: the first of each reason an agent has a
+   * minute, whatever its session (what it was, never what it held), and how many more in a
+   * summary line when the minute ends; all are counted ({@link McpHttpEndpoint.undeliveredMessages}).
    */
   logger?: (entry: GatewayLogEntry) => void;
 }
@@ -282,6 +286,24 @@ export class McpHttpEndpoint {
   readonly #maxBacklog: number;
   #droppedNotifications = 0;
   readonly #undelivered: Record<UndeliveredReason, number> = { 'request-gone': 0, 'no-stream': 0 };
+  /**
+   * The `warn` lines of undelivered messages: one per agent and reason a minute, whatever
+   * session they came through (a line per session let an agent that cycles sessions write one
+   * a cycle, without bound); how many more were dropped is told in a summary line when the
+   * minute ends, or when the endpoint closes.
+   */
+  readonly #undeliveredLines = new RefusalLines<UndeliveredReason>(
+    (agentId, reason, suppressed) =>
+      this.#options.logger?.({
+        level: 'warn',
+        msg: `mcp: ${suppressed} more message(s) for an agent were dropped within a minute of the one logged (${reason}); only counted (agent_fabric_mcp_http_messages_undelivered_total)`,
+        agentId,
+        reason,
+        suppressed,
+      }),
+    1,
+    UNDELIVERED_LOG_WINDOW_MS,
+  );
   #sweeper: NodeJS.Timeout | undefined;
   #closed = false;
 
@@ -391,22 +413,20 @@ export class McpHttpEndpoint {
     return this.#undelivered;
   }
 
-  /** Counts a message of `agentId`'s session that reached no stream; logs the first of its kind. */
-  #undeliveredMessage(
-    agentId: string,
-    logged: Set<UndeliveredReason>,
-    m: UndeliveredMessage,
-  ): void {
+  /**
+   * Counts a message of `agentId`'s that reached no stream; logs the first of its reason the
+   * agent has a minute (see {@link #undeliveredLines}).
+   */
+  #undeliveredMessage(agentId: string, m: UndeliveredMessage): void {
     this.#undelivered[m.reason]++;
-    if (logged.has(m.reason)) return;
-    logged.add(m.reason);
+    if (!this.#undeliveredLines.take(agentId, m.reason)) return;
     const what =
       m.reason === 'request-gone'
         ? `belongs to a call whose POST was answered as JSON and whose connection has closed`
         : `belongs to no call and the session has no standalone SSE stream (GET) open`;
     this.#options.logger?.({
       level: 'warn',
-      msg: `mcp: a ${m.kind} for an agent was dropped: it ${what}${m.kind === 'request' ? ' (its sender was failed at once)' : ''}; the session's later ones are only counted (agent_fabric_mcp_http_messages_undelivered_total)`,
+      msg: `mcp: a ${m.kind} for an agent was dropped: it ${what}${m.kind === 'request' ? ' (its sender was failed at once)' : ''}; the agent's later ones of this reason within a minute are only counted (agent_fabric_mcp_http_messages_undelivered_total)`,
       agentId,
       reason: m.reason,
       kind: m.kind,
@@ -757,7 +777,6 @@ export class McpHttpEndpoint {
     // Counted before the first await: parallel initializes cannot all pass the check.
     load.sessions++;
     const agentLoad = load;
-    const undeliveredLogged = new Set<UndeliveredReason>();
     const transport = new HttpSessionTransport(randomUUID(), {
       ...(this.#options.keepAliveMs === undefined
         ? {}
@@ -771,7 +790,7 @@ export class McpHttpEndpoint {
       onNotificationDropped: () => {
         this.#droppedNotifications++;
       },
-      onMessageUndelivered: (m) => this.#undeliveredMessage(agentId, undeliveredLogged, m),
+      onMessageUndelivered: (m) => this.#undeliveredMessage(agentId, m),
       onActivity: () => {
         entry.lastSeen = performance.now();
       },
@@ -819,6 +838,7 @@ export class McpHttpEndpoint {
     if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
     this.#sweeper = undefined;
     await Promise.all([...this.#sessions.values()].map((e) => e.session.close()));
+    this.#undeliveredLines.close(); // the summaries pending
     this.#sessions.clear();
   }
 }

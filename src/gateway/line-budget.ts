@@ -108,19 +108,20 @@ export interface RefusalKind {
  * The {@link LineBudget}s of refusals that ran nothing, one per kind and agent — whatever door or
  * session the refusals came through, so an agent opening new sessions gets no new lines — each
  * forgotten when its window ends. Counts every line not written ({@link suppressed}, for the
- * metrics).
+ * metrics). `K` is what tells kinds apart (a `Map` key; the Streamable HTTP endpoint bounds its
+ * lines of undelivered messages with one, a kind per reason).
  */
-export class RefusalLines {
-  readonly #summary: (agent: string, kind: RefusalKind, suppressed: number) => void;
+export class RefusalLines<K = RefusalKind> {
+  readonly #summary: (agent: string, kind: K, suppressed: number) => void;
   readonly #limit: number;
   readonly #windowMs: number;
-  readonly #byAgent = new Map<string, Map<RefusalKind, LineBudget>>();
+  readonly #byAgent = new Map<string, Map<K, LineBudget>>();
   #suppressed = 0;
   #closed = false;
 
   /** @param summary - writes the summary line of `suppressed` refusals of `agent`'s. */
   constructor(
-    summary: (agent: string, kind: RefusalKind, suppressed: number) => void,
+    summary: (agent: string, kind: K, suppressed: number) => void,
     limit = REFUSAL_LINES,
     windowMs = REFUSAL_WINDOW_MS,
   ) {
@@ -138,7 +139,7 @@ export class RefusalLines {
    * True when the line of one more refusal of `kind` by `agent` may be written; else it is
    * counted for the summary.
    */
-  take(agent: string, kind: RefusalKind): boolean {
+  take(agent: string, kind: K): boolean {
     if (this.#closed) return true;
     let budgets = this.#byAgent.get(agent);
     if (budgets === undefined) this.#byAgent.set(agent, (budgets = new Map()));
