@@ -30,8 +30,9 @@ export interface RecoveredTasks {
  * held as FAILED, its error `FABRIC_ERR_INTERNAL` naming what was wrong, and a process warning
  * (`FABRIC_TASK_UNREADABLE`) says so; the stored record itself is left as it was (not written).
  * A `maxAttempts` past `MAX_TASK_ATTEMPTS` (4,294,967,295; an older build queued any safe integer) is
- * lowered to it, with a process warning (`FABRIC_TASK_MAX_ATTEMPTS_LOWERED`); the stored value
- * changes with the task's next write.
+ * lowered to it, with a process warning (`FABRIC_TASK_MAX_ATTEMPTS_LOWERED`), and written lowered
+ * with the store's next commit (`Collection.rewrite`: a task's later writes leave `maxAttempts`
+ * as first written), so the warning comes once.
  * @throws InvalidArgumentError when a stored record has no id to keep it under.
  */
 export function recoverTasks(tasks: Collection<TaskRecord>): RecoveredTasks {
@@ -56,10 +57,14 @@ export function recoverTasks(tasks: Collection<TaskRecord>): RecoveredTasks {
         if (t.seq >= nextSeq) nextSeq = t.seq + 1;
         continue;
       }
-      if (tasks.adopt !== undefined) tasks.adopt(t.id, t);
-      else tasks.put(t.id, t);
       const stored = (loaded as { maxAttempts?: unknown }).maxAttempts;
-      if (typeof stored === 'number' && stored > t.maxAttempts) {
+      if (typeof stored !== 'number' || stored <= t.maxAttempts) {
+        if (tasks.adopt !== undefined) tasks.adopt(t.id, t);
+        else tasks.put(t.id, t);
+      } else {
+        // Written with the next commit, so the next start finds it lowered and warns no more.
+        if (tasks.rewrite !== undefined) tasks.rewrite(t.id, t);
+        else tasks.put(t.id, t);
         process.emitWarning(
           `task ${t.id}: its stored maxAttempts ${stored} (written by an older build) is past what a protobuf uint32 holds, so no door could show the task; lowered to ${t.maxAttempts}`,
           { code: 'FABRIC_TASK_MAX_ATTEMPTS_LOWERED' },

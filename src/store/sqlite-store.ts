@@ -412,6 +412,8 @@ export class SqliteTaskCollection<T> implements Collection<T> {
   #nextRid = 1;
   /** Tasks of the failed commit never written before (see {@link unwritten}). */
   #unwritten: T[] = [];
+  /** Entries whose next write also writes the columns fixed at the first ({@link rewrite}). */
+  readonly #whole = new Set<TaskEntry<T>>();
 
   /** @internal `rows`: the stored tasks with their rows. */
   constructor(journal: Journal, rows: ReadonlyArray<[string, T, number]>) {
@@ -463,6 +465,17 @@ export class SqliteTaskCollection<T> implements Collection<T> {
     this.#entry(id, record);
   }
 
+  /**
+   * {@link put}, and the commit that writes it also writes the columns written at a task's first
+   * write only (`max_attempts` …), which a later write leaves as they are. Kept until a commit
+   * that wrote it succeeds.
+   */
+  rewrite(id: string, record: T): void {
+    this.put(id, record);
+    const e = this.#find(id)!;
+    if (e.rid !== undefined) this.#whole.add(e);
+  }
+
   delete(id: string): boolean {
     const e = this.#find(id);
     if (e === undefined) return false;
@@ -493,13 +506,16 @@ export class SqliteTaskCollection<T> implements Collection<T> {
   /**
    * @internal Writes the pending changes with `write` (inside the commit's transaction):
    * `write(id, record, rid)` for each changed task, `record` undefined for a deleted one, `rid`
-   * undefined for one without a row; it returns the row it inserted, if any. The caller then
+   * undefined for one without a row; it returns the row it inserted, if any; and first
+   * `writeFixed(id, record, rid)` for each task {@link rewrite} was called for (the columns its
+   * first write wrote, again: a commit without one costs a size check). The caller then
    * calls `committed()` once the transaction committed, or `failed()` when it did not
    * (everything stays pending). `count`: the tasks written.
    */
   write(
     lazy: boolean,
     write: (id: string, record: T | undefined, rid: number | undefined) => number | undefined,
+    writeFixed: (id: string, record: T, rid: number) => void,
   ): { count: number; committed(): void; failed(): void } {
     // The entries written are marked WRITING (INSERTING: their row is new, `rid` set by this
     // commit) and found again through the two lists, so a commit allocates nothing per task.
@@ -527,6 +543,10 @@ export class SqliteTaskCollection<T> implements Collection<T> {
       if (lazy) for (const e of lazies) back(e, LAZY);
     };
     try {
+      if (this.#whole.size !== 0) {
+        for (const e of this.#whole)
+          if (!e.gone && e.rid !== undefined) writeFixed(e.id, e.record, e.rid);
+      }
       for (const e of dirty) if (e.state === DIRTY) one(e);
       if (lazy) for (const e of lazies) if (e.state === LAZY) one(e);
     } catch (error) {
@@ -538,6 +558,7 @@ export class SqliteTaskCollection<T> implements Collection<T> {
       committed: () => {
         for (const e of dirty) clean(e);
         if (lazy) for (const e of lazies) clean(e);
+        if (this.#whole.size !== 0) this.#whole.clear();
         this.#dirty = [];
         if (lazy) this.#lazy = [];
         else if (lazies.length > 4096) this.#lazy = lazies.filter((e) => e.state === LAZY);
@@ -1150,8 +1171,12 @@ export class SqliteStore<TTask = unknown, TAgent = unknown, TPool = unknown> imp
         }
         if (tasks) {
           this.#taskRows.begin();
-          written = this.tasks.write(lazy, (id, record, rid) =>
-            this.#writeTask(id, record, rid, unserializable),
+          written = this.tasks.write(
+            lazy,
+            (id, record, rid) => this.#writeTask(id, record, rid, unserializable),
+            (id, record, rid) => {
+              if (!this.#taskRows.rewriteFixed(rid, id, record)) unserializable.push(`task ${id}`);
+            },
           );
           this.#taskRows.end();
         }

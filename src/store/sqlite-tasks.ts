@@ -418,6 +418,7 @@ export class TaskRowWriter {
   readonly #deleteOne: Database.Statement<[number]>;
   readonly #deleteMany: Database.Statement<unknown[]>;
   readonly #deleteRange: Database.Statement<[number, number]>;
+  readonly #rewriteFixed: Database.Statement<unknown[]>;
   /** The rows deleted by the commit in progress (sorted and written by {@link end}). */
   readonly #deletes: number[] = [];
   readonly #deleteBatch = new Array<number>(TASK_BATCH).fill(0);
@@ -432,6 +433,9 @@ export class TaskRowWriter {
     this.#deleteOne = db.prepare('DELETE FROM tasks WHERE rid = ?');
     this.#deleteMany = db.prepare(deleteTasks(TASK_BATCH));
     this.#deleteRange = db.prepare('DELETE FROM tasks WHERE rid BETWEEN ? AND ?');
+    this.#rewriteFixed = db.prepare(
+      `UPDATE tasks SET ${FIXED_COLUMNS.map((c) => `${c} = ?`).join(', ')} WHERE rid = ?`,
+    );
   }
 
   /** Starts a commit's writes: forgets whatever a failed commit left buffered. */
@@ -471,6 +475,23 @@ export class TaskRowWriter {
     }
     row[UPDATE_CELLS - 1] = rid;
     this.#updates.add(row);
+    return true;
+  }
+
+  /**
+   * Writes again, at once, the columns of row `rid` written at the task's first write only (a
+   * value of them lowered at load; rare, so one statement, not batched: the row is on disk and
+   * no other write of the commit touches these columns); false like {@link insert}.
+   * @throws SqliteError from the statement run
+   */
+  rewriteFixed(rid: number, id: string, record: unknown): boolean {
+    const row = this.#insertRow;
+    try {
+      fillInsertCells(row, 0, id, record);
+    } catch {
+      return false;
+    }
+    this.#rewriteFixed.run(...row.slice(1, 1 + FIXED_COLUMNS.length), rid);
     return true;
   }
 

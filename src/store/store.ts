@@ -26,6 +26,12 @@ export interface Collection<T> {
    * further change of the record before then is written once. Stores without it get `put`.
    */
   putLazily?(id: string, record: T): void;
+  /**
+   * {@link put} of a record whose fields fixed when it was made changed since (a stored value
+   * lowered at load): its write carries those fields too. Stores whose every write carries the
+   * whole record leave it unset (callers then `put`).
+   */
+  rewrite?(id: string, record: T): void;
   delete(id: string): boolean;
   values(): IterableIterator<T>;
   readonly size: number;

@@ -102,23 +102,31 @@ const config = (path: string) =>
     agents: [{ name: 'w' }],
   }) as never;
 
+/**
+ * A state file at `path` holding one queued task as an older build stored it with maxAttempts
+ * 2^40 (a real sidecar queues it, then its row is changed); the task's id.
+ */
+async function storedTask(path: string): Promise<string> {
+  sidecar = await startTestSidecar(config(path));
+  const task = await sidecar.fabric!.schedule({
+    agentId: agentId(sidecar, 'w'),
+    taskType: 'old',
+    maxAttempts: 3,
+  });
+  await closeSidecar(sidecar);
+  sidecar = undefined;
+  const db = new Database(path);
+  expect(
+    db.prepare('UPDATE tasks SET max_attempts = ? WHERE id = ?').run(2 ** 40, task.id).changes,
+  ).toBe(1);
+  db.close();
+  return task.id;
+}
+
 describe('a stored maxAttempts past a protobuf uint32', () => {
   it('is lowered at load, with a warning, and the task is listed over gRPC', async () => {
     const path = join(tempDir('max-attempts-stored'), 'state.db');
-    sidecar = await startTestSidecar(config(path));
-    const task = await sidecar.fabric!.schedule({
-      agentId: agentId(sidecar, 'w'),
-      taskType: 'old',
-      maxAttempts: 3,
-    });
-    await closeSidecar(sidecar);
-    sidecar = undefined;
-    // What the older build wrote for maxAttempts 2^40.
-    const db = new Database(path);
-    expect(
-      db.prepare('UPDATE tasks SET max_attempts = ? WHERE id = ?').run(2 ** 40, task.id).changes,
-    ).toBe(1);
-    db.close();
+    const task = { id: await storedTask(path) };
 
     const warnings: Array<Error & { code?: string }> = [];
     const onWarning = (w: Error): void => void warnings.push(w);
@@ -138,6 +146,48 @@ describe('a stored maxAttempts past a protobuf uint32', () => {
     const listed = await listTasks(sidecar);
     expect(listed.tasks.map((t) => [t.taskId, t.maxAttempts])).toEqual([
       [task.id, MAX_TASK_ATTEMPTS],
+    ]);
+  });
+
+  it('is written back lowered: a queued task nobody touches warns at one start only', async () => {
+    const path = join(tempDir('max-attempts-once'), 'state.db');
+    const task = { id: await storedTask(path) };
+    const storedMaxAttempts = (): unknown => {
+      const db = new Database(path, { readonly: true });
+      try {
+        return (
+          db.prepare('SELECT max_attempts FROM tasks WHERE id = ?').get(task.id) as {
+            max_attempts: unknown;
+          }
+        ).max_attempts;
+      } finally {
+        db.close();
+      }
+    };
+    expect(storedMaxAttempts()).toBe(2 ** 40);
+
+    const warnings: Array<Error & { code?: string }> = [];
+    const onWarning = (w: Error): void => void warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      for (let start = 0; start < 3; start++) {
+        sidecar = await startTestSidecar(config(path));
+        await new Promise((resolve) => setImmediate(resolve)); // warnings come on the next tick
+        expect(sidecar.fabric!.scheduler.getTask(task.id)?.status).toBe('PENDING');
+        await closeSidecar(sidecar);
+        sidecar = undefined;
+        expect(storedMaxAttempts()).toBe(MAX_TASK_ATTEMPTS);
+      }
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings.filter((w) => w.code === 'FABRIC_TASK_MAX_ATTEMPTS_LOWERED')).toHaveLength(1);
+
+    // The rest of the row is as it was: the task still runs.
+    sidecar = await startTestSidecar(config(path));
+    const listed = await listTasks(sidecar);
+    expect(listed.tasks.map((t) => [t.taskId, t.taskType, t.maxAttempts])).toEqual([
+      [task.id, 'old', MAX_TASK_ATTEMPTS],
     ]);
   });
 });
