@@ -21,27 +21,37 @@ import { NatsWorker } from '../../src/transport/nats/nats-worker.js';
 import { until } from '../fixtures/gateway/harness.js';
 import { describeNats, natsServerPerSuite } from '../fixtures/nats-server.js';
 
+/**
+ * A sidecar (AckWait 1 s) with one nats agent, and two `NatsWorker`s of it with one slot each;
+ * `nc` is a plain connection for the test's looks at the stream.
+ */
+async function twoWorkers(url: string, namespace: string) {
+  const nats = { url, namespace, ackWaitSeconds: 1 };
+  const fabric = new AgentFabric(
+    { heartbeatIntervalSeconds: 60, maxConcurrentTasksPerAgent: 10 },
+    { nats },
+  );
+  await fabric.start();
+  const nc = await connect({ servers: nats.url });
+  const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
+  const executor = fabric.natsExecutor!;
+  await executor.consumersReady();
+  await fabric.heartbeat(agent.id);
+  const jsm = await jetstreamManager(nc);
+  const { stream } = executor.names;
+  const worker = () =>
+    NatsWorker.connect({ nats, agentId: agent.id, credential: agent.credential, concurrency: 1 });
+  return { fabric, nc, agent, executor, jsm, stream, a: await worker(), b: await worker() };
+}
+
 describeNats('NatsWorker: a stale copy held past AckWait by a busy worker', () => {
   const server = natsServerPerSuite();
 
   it('does not end the attempt another worker runs from a later delivery', async () => {
-    const nats = { url: server().url, namespace: 'stale', ackWaitSeconds: 1 };
-    const fabric = new AgentFabric(
-      { heartbeatIntervalSeconds: 60, maxConcurrentTasksPerAgent: 10 },
-      { nats },
+    const { fabric, nc, agent, executor, jsm, stream, a, b } = await twoWorkers(
+      server().url,
+      'stale',
     );
-    await fabric.start();
-    const nc = await connect({ servers: nats.url });
-    const agent = await fabric.spawn({ name: 'w', model: 'm', executor: 'nats' });
-    const executor = fabric.natsExecutor!;
-    await executor.consumersReady();
-    await fabric.heartbeat(agent.id);
-    const jsm = await jetstreamManager(nc);
-    const { stream } = executor.names;
-    const worker = () =>
-      NatsWorker.connect({ nats, agentId: agent.id, credential: agent.credential, concurrency: 1 });
-    const a = await worker();
-    const b = await worker();
     const stopA = new AbortController();
     const stopB = new AbortController();
     let releaseA!: () => void;
@@ -124,6 +134,114 @@ describeNats('NatsWorker: a stale copy held past AckWait by a busy worker', () =
     } finally {
       releaseA();
       releaseB();
+      stopA.abort();
+      stopB.abort();
+      await Promise.allSettled([runA, runB]);
+      await a.close();
+      await b.close();
+      await fabric.close();
+      await nc.close();
+    }
+  });
+
+  /**
+   * The reverse order of the test above, NOT fixed (documented in the README's
+   * `NatsWorker` section): worker A holds x unstarted past AckWait (busy), JetStream delivers x
+   * again into the pull of worker B — also busy — and A's slot frees FIRST. A's start (delivery 1)
+   * is the first the sidecar hears of the attempt and is taken; B's start (delivery 2) then looks
+   * exactly like the redelivery after a dead worker, so the sidecar ends the attempt A runs as lost
+   * (`FABRIC_ERR_AGENT_UNAVAILABLE`; A's handler's signal aborts, its result is not reported) and refuses B's start: the attempt is
+   * used up by a healthy worker, and at `maxAttempts: 1` the task ends FAILED though never
+   * completed. This test pins that behaviour so a fix shows up as a change here.
+   */
+  it('ends the attempt a healthy worker runs (FAILED at maxAttempts 1)', async () => {
+    const { fabric, nc, agent, executor, jsm, stream, a, b } = await twoWorkers(
+      server().url,
+      'stale2',
+    );
+    const stopA = new AbortController();
+    const stopB = new AbortController();
+    let releaseA!: () => void;
+    const blockA = new Promise<void>((r) => (releaseA = r));
+    let releaseB!: () => void;
+    const blockB = new Promise<void>((r) => (releaseB = r));
+    let releaseX!: () => void;
+    const blockX = new Promise<void>((r) => (releaseX = r));
+    const runs: string[] = [];
+    let runA: Promise<void> | undefined;
+    let runB: Promise<void> | undefined;
+    const handler = (who: string, block: Promise<void>) => ({
+      t: async (p: unknown) => {
+        runs.push(`${who}:${String(p)}`);
+        if (p === `block-${who}`) await block;
+        if (p === 'x') await blockX;
+        return p;
+      },
+    });
+    try {
+      runA = a.run(handler('a', blockA) as never, { signal: stopA.signal });
+      const ba = await fabric.schedule({
+        agentId: agent.id,
+        taskType: 't',
+        payload: 'block-a',
+        timeoutSeconds: 60,
+      });
+      await until(() => runs.length === 1, 10_000);
+      const x = await fabric.schedule({
+        agentId: agent.id,
+        taskType: 't',
+        payload: 'x',
+        timeoutSeconds: 60,
+        maxAttempts: 1,
+      });
+      await until(() => executor.stats.published === 2, 10_000);
+      const consumers = await jsm.consumers.list(stream).next();
+      const info = async () => {
+        let pending = 0,
+          redelivered = 0;
+        for (const c of consumers) {
+          const i = await jsm.consumers.info(stream, c.name);
+          pending += i.num_ack_pending;
+          redelivered += i.num_redelivered;
+        }
+        return { pending, redelivered };
+      };
+      await until(async () => (await info()).pending === 2, 10_000);
+      runB = b.run(handler('b', blockB) as never, { signal: stopB.signal });
+      const bb = await fabric.schedule({
+        agentId: agent.id,
+        taskType: 't',
+        payload: 'block-b',
+        timeoutSeconds: 60,
+      });
+      await until(() => runs.includes('b:block-b'), 10_000);
+      // x's AckWait passes while A holds it unstarted: JetStream delivers it again, to B's pull.
+      await until(
+        async () => (await info()).redelivered >= 1 && (await info()).pending === 3,
+        10_000,
+      );
+      releaseA(); // A starts its delivery 1 of x first
+      await until(() => runs.includes('a:x'), 10_000);
+      await until(async () => (await fabric.getTask(x.id)).status === TaskStatus.RUNNING, 10_000);
+      releaseB(); // then B starts its delivery 2: taken as the redelivery after a dead worker
+      await until(() => b.stats.refused === 1, 10_000);
+      const end = await fabric.waitForTask(x.id, { timeoutSeconds: 20 });
+      expect(end.status).toBe(TaskStatus.FAILED);
+      expect(end.attempt).toBe(1);
+      expect(end.error).toEqual({
+        code: 'FABRIC_ERR_AGENT_UNAVAILABLE',
+        message: 'attempt 1 was taken up again: its worker stopped acknowledging it',
+      });
+      expect(executor.stats.staleDeliveriesRefused).toBe(0);
+      releaseX();
+      // x ran once, on A (whose result is not reported: its attempt ended), and B never ran it.
+      expect(runs.filter((r) => r.endsWith(':x'))).toEqual(['a:x']);
+      await fabric.waitForTask(ba.id, { timeoutSeconds: 20 });
+      await fabric.waitForTask(bb.id, { timeoutSeconds: 20 });
+    } finally {
+      releaseA();
+      releaseB();
+      releaseX();
       stopA.abort();
       stopB.abort();
       await Promise.allSettled([runA, runB]);
