@@ -145,14 +145,15 @@ describeNats('NatsWorker: a stale copy held past AckWait by a busy worker', () =
   });
 
   /**
-   * The reverse order of the test above, NOT fixed (documented in the README's
-   * `NatsWorker` section): worker A holds x unstarted past AckWait (busy), JetStream delivers x
-   * again into the pull of worker B — also busy — and A's slot frees FIRST. A's start (delivery 1)
-   * is the first the sidecar hears of the attempt and is taken; B's start (delivery 2) then looks
-   * exactly like the redelivery after a dead worker, so the sidecar ends the attempt A runs as lost
-   * (`FABRIC_ERR_AGENT_UNAVAILABLE`; A's handler's signal aborts, its result is not reported) and refuses B's start: the attempt is
-   * used up by a healthy worker, and at `maxAttempts: 1` the task ends FAILED though never
-   * completed. This test pins that behaviour so a fix shows up as a change here.
+   * The reverse order of the test above, NOT fixed (documented in the README's `NatsWorker`
+   * section): worker A holds x unstarted past AckWait (busy), JetStream delivers x again into
+   * the pull of worker B — also busy — and A's slot frees FIRST. A's start (delivery 1) is the
+   * first the sidecar hears of the attempt and is taken; B's start (delivery 2) then looks
+   * exactly like the redelivery after a dead worker, so the sidecar ends the attempt A runs as
+   * lost (`FABRIC_ERR_AGENT_UNAVAILABLE`; A's handler's signal aborts, its result is not
+   * reported) and refuses B's start: the attempt is used up by a healthy worker, and at
+   * `maxAttempts: 1` the task ends FAILED though never completed. This test pins that
+   * behaviour, so a fix shows up as a change here.
    */
   it('ends the attempt a healthy worker runs (FAILED at maxAttempts 1)', async () => {
     const { fabric, nc, agent, executor, jsm, stream, a, b } = await twoWorkers(
