@@ -155,7 +155,7 @@ describeNats('NatsWorker: a stale copy held past AckWait by a busy worker', () =
    * `maxAttempts: 1` the task ends FAILED though never completed. This test pins that
    * behaviour, so a fix shows up as a change here.
    */
-  it('ends the attempt a healthy worker runs (FAILED at maxAttempts 1)', async () => {
+  it('known problem, the reverse order (README, NatsWorker): the stale start taken first, the healthy attempt is ended (FAILED at maxAttempts 1)', async () => {
     const { fabric, nc, agent, executor, jsm, stream, a, b } = await twoWorkers(
       server().url,
       'stale2',
