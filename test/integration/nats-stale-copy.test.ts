@@ -41,14 +41,35 @@ async function twoWorkers(url: string, namespace: string) {
   const { stream } = executor.names;
   const worker = () =>
     NatsWorker.connect({ nats, agentId: agent.id, credential: agent.credential, concurrency: 1 });
-  return { fabric, nc, agent, executor, jsm, stream, a: await worker(), b: await worker() };
+  /** Schedules a task of type `t` for the agent (60 s timeout). */
+  const schedule = (payload: string, maxAttempts?: number) =>
+    fabric.schedule({
+      agentId: agent.id,
+      taskType: 't',
+      payload,
+      timeoutSeconds: 60,
+      ...(maxAttempts === undefined ? {} : { maxAttempts }),
+    });
+  /** Deliveries not acknowledged yet, and redelivered ones, over the stream's consumers. */
+  const deliveries = async () => {
+    let pending = 0;
+    let redelivered = 0;
+    for (const c of await jsm.consumers.list(stream).next()) {
+      const i = await jsm.consumers.info(stream, c.name);
+      pending += i.num_ack_pending;
+      redelivered += i.num_redelivered;
+    }
+    return { pending, redelivered };
+  };
+  const [a, b] = [await worker(), await worker()];
+  return { fabric, nc, executor, jsm, stream, a, b, schedule, deliveries };
 }
 
 describeNats('NatsWorker: a stale copy held past AckWait by a busy worker', () => {
   const server = natsServerPerSuite();
 
   it('does not end the attempt another worker runs from a later delivery', async () => {
-    const { fabric, nc, agent, executor, jsm, stream, a, b } = await twoWorkers(
+    const { fabric, nc, executor, jsm, stream, a, b, schedule, deliveries } = await twoWorkers(
       server().url,
       'stale',
     );
@@ -72,30 +93,13 @@ describeNats('NatsWorker: a stale copy held past AckWait by a busy worker', () =
         },
         { signal: stopA.signal },
       );
-      const block = await fabric.schedule({
-        agentId: agent.id,
-        taskType: 't',
-        payload: 'block',
-        timeoutSeconds: 60,
-      });
+      const block = await schedule('block');
       await until(() => runs.length === 1, 10_000);
-      const x = await fabric.schedule({
-        agentId: agent.id,
-        taskType: 't',
-        payload: 'x',
-        timeoutSeconds: 60,
-        maxAttempts: 1,
-      });
+      const x = await schedule('x', 1);
       await until(() => executor.stats.published === 2, 10_000);
       const xSeq = (await jsm.streams.info(stream)).state.last_seq;
       // Both messages delivered to A (one running, x waiting in its pull buffer)...
-      const consumers = await jsm.consumers.list(stream).next();
-      await until(async () => {
-        let pending = 0;
-        for (const c of consumers)
-          pending += (await jsm.consumers.info(stream, c.name)).num_ack_pending;
-        return pending === 2;
-      }, 10_000);
+      await until(async () => (await deliveries()).pending === 2, 10_000);
       // ...so B gets x only once JetStream delivers it again, after AckWait.
       runB = b.run(
         {
@@ -156,7 +160,7 @@ describeNats('NatsWorker: a stale copy held past AckWait by a busy worker', () =
    * behaviour, so a fix shows up as a change here.
    */
   it('known problem, the reverse order (README, NatsWorker): the stale start taken first, the healthy attempt is ended (FAILED at maxAttempts 1)', async () => {
-    const { fabric, nc, agent, executor, jsm, stream, a, b } = await twoWorkers(
+    const { fabric, nc, executor, a, b, schedule, deliveries } = await twoWorkers(
       server().url,
       'stale2',
     );
@@ -181,46 +185,19 @@ describeNats('NatsWorker: a stale copy held past AckWait by a busy worker', () =
     });
     try {
       runA = a.run(handler('a', blockA) as never, { signal: stopA.signal });
-      const ba = await fabric.schedule({
-        agentId: agent.id,
-        taskType: 't',
-        payload: 'block-a',
-        timeoutSeconds: 60,
-      });
+      const ba = await schedule('block-a');
       await until(() => runs.length === 1, 10_000);
-      const x = await fabric.schedule({
-        agentId: agent.id,
-        taskType: 't',
-        payload: 'x',
-        timeoutSeconds: 60,
-        maxAttempts: 1,
-      });
+      const x = await schedule('x', 1);
       await until(() => executor.stats.published === 2, 10_000);
-      const consumers = await jsm.consumers.list(stream).next();
-      const info = async () => {
-        let pending = 0,
-          redelivered = 0;
-        for (const c of consumers) {
-          const i = await jsm.consumers.info(stream, c.name);
-          pending += i.num_ack_pending;
-          redelivered += i.num_redelivered;
-        }
-        return { pending, redelivered };
-      };
-      await until(async () => (await info()).pending === 2, 10_000);
+      await until(async () => (await deliveries()).pending === 2, 10_000);
       runB = b.run(handler('b', blockB) as never, { signal: stopB.signal });
-      const bb = await fabric.schedule({
-        agentId: agent.id,
-        taskType: 't',
-        payload: 'block-b',
-        timeoutSeconds: 60,
-      });
+      const bb = await schedule('block-b');
       await until(() => runs.includes('b:block-b'), 10_000);
       // x's AckWait passes while A holds it unstarted: JetStream delivers it again, to B's pull.
-      await until(
-        async () => (await info()).redelivered >= 1 && (await info()).pending === 3,
-        10_000,
-      );
+      await until(async () => {
+        const { pending, redelivered } = await deliveries();
+        return redelivered >= 1 && pending === 3;
+      }, 10_000);
       releaseA(); // A starts its delivery 1 of x first
       await until(() => runs.includes('a:x'), 10_000);
       await until(async () => (await fabric.getTask(x.id)).status === TaskStatus.RUNNING, 10_000);
